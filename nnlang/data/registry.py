@@ -1,0 +1,125 @@
+"""Dataset names -> loaders: the entry point of `nnlang.data` (`load_dataset`, `list_datasets`).
+
+Also loads the small real samples shipped in `nnlang/data/samples/` (`imdb-sample`,
+`mnist-sample`), so a first run works with no network and no data dir.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import inspect
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from nnlang.data import imdb, mnist, npz
+from nnlang.data.cache import DataError
+from nnlang.data.dataset import Dataset
+
+SAMPLES_DIR = Path(__file__).parent / "samples"
+IMDB_SAMPLE = SAMPLES_DIR / "imdb-sample.tar.gz"
+MNIST_SAMPLE = SAMPLES_DIR / "mnist-sample.npz"
+
+
+def load_imdb_sample(data_dir=None, vocab: int = 20000, maxlen: int = 200) -> Dataset:
+    """A balanced subset of real IMDB reviews shipped with nnlang (see samples/make_samples.py)."""
+    ds = imdb.load_reviews("imdb-sample", _sample_file(IMDB_SAMPLE), vocab, maxlen)
+    ds.meta.update(sample=True, counts={"train": len(ds.train), "test": len(ds.test)})
+    return ds
+
+
+def load_mnist_sample(data_dir=None) -> Dataset:
+    """A subset of real MNIST digits shipped with nnlang (see samples/make_samples.py)."""
+    with np.load(_sample_file(MNIST_SAMPLE), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in mnist.FILES}
+    meta = {"sample": True, "source": str(MNIST_SAMPLE),
+            "counts": {"train": len(arrays["train_label"]), "test": len(arrays["test_label"])}}
+    return mnist.from_uint8("mnist-sample", arrays, [str(i) for i in range(10)], meta)
+
+
+def _sample_file(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(f"the bundled sample {path} is missing from this installation",
+                        "reinstall nnlang, or run python -m nnlang.data.samples.make_samples")
+    return path
+
+
+@dataclass(frozen=True)
+class Entry:
+    loader: Callable[..., Dataset]
+    summary: str
+
+
+DATASETS = {
+    "imdb": Entry(imdb.load_imdb, "IMDB movie reviews, 25,000/25,000, pos/neg; options vocab, "
+                  "maxlen"),
+    "imdb-sample": Entry(load_imdb_sample, "2,500/1,000 real IMDB reviews bundled with nnlang"),
+    "mnist": Entry(mnist.load_mnist, "MNIST handwritten digits, 60,000/10,000, 28x28"),
+    "mnist-sample": Entry(load_mnist_sample, "5,000/1,000 real MNIST digits bundled with nnlang"),
+    "fashion-mnist": Entry(mnist.load_fashion_mnist, "Fashion-MNIST clothing, 60,000/10,000"),
+}
+FILE_LOADERS = {".npz": npz.load_npz, ".csv": npz.load_csv}
+
+
+def list_datasets() -> list[str]:
+    """Names `load_dataset` accepts (besides .npz/.csv paths); `DATASETS[name].summary` says more."""
+    return sorted(DATASETS)
+
+
+def load_dataset(spec: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
+                 **options) -> Dataset:
+    """Load a dataset by name ("imdb", "imdb(vocab=10000, maxlen=100)", "mnist", ...) or from a
+    user file ("data.npz", "data.csv"). `data_dir` is searched before the default places.
+
+    Raises DataError (never a traceback) for unknown names, bad options and missing files.
+    """
+    name, options = _parse_spec(spec, options)
+    key = name.lower().replace("_", "-")
+    if key in DATASETS:
+        loader = DATASETS[key].loader
+        _check_options(key, loader, options, skip={"data_dir"})
+        return loader(data_dir=data_dir, **options)
+    path = Path(name)
+    if path.suffix.lower() in FILE_LOADERS:
+        if not path.is_file() and data_dir is not None and (Path(data_dir) / path).is_file():
+            path = Path(data_dir) / path
+        if not path.is_file():
+            raise DataError(f"data file not found: {path}")
+        loader = FILE_LOADERS[path.suffix.lower()]
+        _check_options(str(path), loader, options, skip={"path"})
+        return loader(path, **options)
+    close = difflib.get_close_matches(key, list(DATASETS), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise DataError(f"unknown dataset '{name}'", f"{hint}known datasets: "
+                    f"{', '.join(list_datasets())}, or a path to a .npz/.csv file")
+
+
+_CALL = re.compile(r"^\s*([\w.\-/]+)\s*\((.*)\)\s*$", re.S)
+
+
+def _parse_spec(spec, options: dict) -> tuple[str, dict]:
+    """"imdb(vocab=100)" -> ("imdb", {"vocab": 100}); keyword arguments win over the string."""
+    m = _CALL.match(str(spec)) if isinstance(spec, str) else None
+    if not m:
+        return str(spec), options
+    try:
+        call = ast.parse(f"f({m[2]})", mode="eval").body
+        if call.args:
+            raise ValueError("options must be written name=value")
+        parsed = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+    except (SyntaxError, ValueError) as e:
+        raise DataError(f"cannot parse dataset options in '{spec}' ({e})",
+                        "write e.g. imdb(vocab=20000, maxlen=200)") from None
+    return m[1], {**parsed, **options}
+
+
+def _check_options(name: str, loader, options: dict, skip: set[str]) -> None:
+    allowed = [p for p in inspect.signature(loader).parameters if p not in skip]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise DataError(f"dataset '{name}' has no option(s) {', '.join(unknown)}",
+                        f"accepted options: {', '.join(allowed) or 'none'}")

@@ -1,0 +1,112 @@
+"""Source spans and the one exception type every stage raises.
+
+An `NNError` renders as `file:line:col: error: message`, the source line, a caret under the span
+and an optional hint; several errors found in one run travel together in one `NNError`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Span:
+    file: str
+    line: int
+    col: int
+    end_line: int = 0
+    end_col: int = 0
+    source: str | None = field(default=None, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+    def source_line(self) -> str | None:
+        if self.source is None:
+            return None
+        lines = self.source.splitlines()
+        return lines[self.line - 1] if 0 < self.line <= len(lines) else None
+
+
+@dataclass
+class Diagnostic:
+    message: str
+    span: Span | None = None
+    hint: str | None = None
+    notes: list[tuple[str, Span | None]] = field(default_factory=list)
+
+    def render(self) -> str:
+        where = f"{self.span}: " if self.span else ""
+        out = [f"{where}error: {self.message}"]
+        if self.span is not None:
+            out += _caret(self.span)
+        for text, span in self.notes:
+            out.append(f"  note: {text}" + (f" ({span})" if span else ""))
+        if self.hint:
+            out.append(f"  hint: {self.hint}")
+        return "\n".join(out)
+
+
+def _caret(span: Span) -> list[str]:
+    line = span.source_line()
+    if line is None:
+        return []
+    start = max(span.col - 1, 0)
+    end = span.end_col - 1 if span.end_line == span.line and span.end_col > span.col else len(line)
+    width = max(1, min(end, len(line)) - start)
+    gutter = f"{span.line:>4} | "
+    return [gutter + line, " " * (len(gutter) + start) + "^" * width]
+
+
+class NNError(Exception):
+    """The error nnlang reports for bad input: one or more diagnostics, each with a span."""
+
+    def __init__(self, message: str | list[Diagnostic], span: Span | None = None,
+                 hint: str | None = None):
+        if isinstance(message, list):
+            self.diagnostics = message
+        else:
+            self.diagnostics = [Diagnostic(message, span, hint)]
+        super().__init__(self.render())
+
+    @property
+    def message(self) -> str:
+        return self.diagnostics[0].message
+
+    @property
+    def span(self) -> Span | None:
+        return self.diagnostics[0].span
+
+    @property
+    def hint(self) -> str | None:
+        return self.diagnostics[0].hint
+
+    def render(self) -> str:
+        body = "\n\n".join(d.render() for d in self.diagnostics)
+        if len(self.diagnostics) > 1:
+            body += f"\n\n{len(self.diagnostics)} errors"
+        return body
+
+
+class ErrorSink:
+    """Collects independent errors so one run reports them all."""
+
+    def __init__(self):
+        self.diagnostics: list[Diagnostic] = []
+
+    def add(self, message: str, span: Span | None = None, hint: str | None = None,
+            notes: list[tuple[str, Span | None]] | None = None) -> None:
+        self.diagnostics.append(Diagnostic(message, span, hint, notes or []))
+
+    def extend(self, err: NNError) -> None:
+        self.diagnostics.extend(err.diagnostics)
+
+    def raise_if_any(self) -> None:
+        if self.diagnostics:
+            raise NNError(self.diagnostics)
+
+
+def did_you_mean(name: str, candidates) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None

@@ -1,0 +1,126 @@
+"""Text to syntax tree: loads `grammars/nnlang.lark` once and turns lark's errors into `NNError`s.
+
+Syntax errors get a caret at the offending token, the tokens that would have fit, and a hint
+chosen by matching the failure against small examples of common mistakes (lark's
+`match_examples`).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from lark import Lark, Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from nnlang.errors import Diagnostic, NNError, Span
+from nnlang.frontend import ast
+
+
+def grammar_path() -> Path:
+    """The grammar file: inside the installed wheel, or grammars/ in a source checkout."""
+    try:
+        packaged = resources.files("nnlang.grammars") / "nnlang.lark"
+        if packaged.is_file():
+            return Path(str(packaged))
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parents[2] / "grammars" / "nnlang.lark"
+
+
+@lru_cache(maxsize=None)
+def parser(strict: bool = False) -> Lark:
+    return Lark(grammar_path().read_text(), parser="lalr", propagate_positions=True,
+                maybe_placeholders=True, cache=not strict, strict=strict)
+
+
+# Common mistakes, each a label and inputs that fail in the same parser state.
+_MISTAKES = {
+    "missing ',' between arguments": ["model M { y = f(a b) }", "model M { y = f(a, b c) }",
+                                      "model M { y = f(a, k = 1 b) }"],
+    "keyword arguments use '=', not ':'": ["model M { y = f(a, k: 1) }", "model M { y = f(k: 1) }"],
+    "a statement is `name = expression`; is the '=' missing?": [
+        "model M { y f(a) }", "model M { y 1 }"],
+    "an input needs a type, e.g. `input x: float32[batch, 10]`": [
+        "model M { input x }", "model M { input x: float32 }", "model M { input x = 1 }"],
+    "'{' is never closed; add '}' at the end of the block": [
+        "model M { y = f(a)", "block B(x) { return x", "train M { batch = 1"],
+    "'(' is never closed": ["model M { y = f(a }", "model M { y = f(a, b }"],
+    "use '==' to compare; '=' only binds names": ["model M { y = a = b }"],
+    "a train section holds settings like `batch = 64`": ["train M { batch 64 }"],
+}
+
+_TOKEN_TEXT = {"$END": "end of file", "NAME": "a name", "NUMBER": "a number",
+               "STRING": "a string", "COMPARE": "a comparison"}
+
+
+def _describe_expected(p: Lark, expected) -> str:
+    names = []
+    for term in sorted(expected):
+        if term in _TOKEN_TEXT:
+            names.append(_TOKEN_TEXT[term])
+            continue
+        pattern = next((t.pattern for t in p.terminals if t.name == term), None)
+        if pattern is not None and pattern.type == "str":
+            names.append(f"'{pattern.value}'")
+    return " or ".join(names) if len(names) <= 3 else ", ".join(names[:6]) + ", ..."
+
+
+def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
+    p = parser()
+    line, col = err.line, err.column
+    if isinstance(err, UnexpectedCharacters):
+        char = source[err.pos_in_stream] if err.pos_in_stream < len(source) else "?"
+        msg = f"unexpected character '{char}'"
+        span = Span(file, line, col, line, col + 1, source)
+    else:
+        tok = getattr(err, "token", None)
+        if isinstance(err, UnexpectedEOF) or (isinstance(tok, Token) and tok.type == "$END"):
+            msg = "unexpected end of file"
+            lines = source.splitlines() or [""]
+            line, col = len(lines), len(lines[-1]) + 1
+            span = Span(file, line, col, line, col + 1, source)
+        else:
+            msg = f"unexpected '{tok}'"
+            span = Span(file, tok.line, tok.column, tok.end_line, tok.end_column, source)
+        expected = getattr(err, "expected", None) or getattr(err, "accepts", None)
+    hint = None
+    try:
+        # NOTE: use_accepts=True trips a formatting bug in lark 1.3's debug logging
+        hint = err.match_examples(p.parse, _MISTAKES, use_accepts=False)
+    except Exception:  # NOTE: matching is best effort; a failed match must not hide the error
+        hint = None
+    if not hint and not isinstance(err, UnexpectedCharacters) and expected:
+        msg += f"; expected {_describe_expected(p, expected)}"
+    return Diagnostic(msg, span, hint)
+
+
+def parse(source: str, file: str = "<string>") -> ast.Module:
+    """Parses .nn source into an `ast.Module`; syntax errors raise one `NNError` listing them."""
+    errors: list[Diagnostic] = []
+
+    def recover(err: UnexpectedInput) -> bool:
+        # NOTE: skip the bad token and go on, so independent mistakes are reported together;
+        # only one error per line is kept, since later ones there are usually echoes.
+        if not any(d.span and d.span.line == err.line for d in errors):
+            errors.append(_diagnostic(err, file, source))
+        return isinstance(err, UnexpectedToken) and len(errors) < 20
+
+    try:
+        tree = parser().parse(source, on_error=recover)
+    except UnexpectedInput as err:
+        if not any(d.span and d.span.line == err.line for d in errors) or not errors:
+            errors.append(_diagnostic(err, file, source))
+        raise NNError(errors) from None
+    if errors:
+        raise NNError(errors)
+    return ast.ToAst(file, source).transform(tree)
+
+
+def parse_file(path: str | Path) -> ast.Module:
+    path = Path(path)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise NNError(f"cannot read '{path}': {err.strerror}",
+                      hint="check the path; .nn files are plain UTF-8 text") from None
+    return parse(source, str(path))

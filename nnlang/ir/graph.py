@@ -1,0 +1,240 @@
+"""The computation graph every stage after elaboration works on.
+
+`Graph` wraps a `networkx.MultiDiGraph` (one value may feed two inputs of one node) whose nodes
+are plain `Node` records: op, attrs, type, source span, block path and role (fwd, bwd, optim).
+`Builder` is the one way to add ops: it binds attributes, runs the op's shape rule and stamps
+the current span, path and role on the new node, so decompositions and gradients keep them.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+import networkx as nx
+import numpy as np
+
+from nnlang.errors import Span
+from nnlang.ir.dims import fmt_shape
+from nnlang.ops import registry
+from nnlang.ops.registry import ShapeError, TensorType
+
+SLOT_ABSENT = "_absent"  # attr: indices of optional tensor arguments that were not given
+
+
+@dataclass
+class Node:
+    id: int
+    op: str
+    inputs: tuple[int, ...]
+    attrs: dict
+    type: TensorType | None      # None after a shape error upstream
+    span: Span | None = None
+    path: str = ""
+    role: str = "fwd"
+    name: str | None = None      # the .nn value name, when it has one
+
+    @property
+    def shape(self):
+        return self.type.shape if self.type else None
+
+    @property
+    def dtype(self):
+        return self.type.dtype if self.type else None
+
+
+@dataclass
+class Graph:
+    nx: nx.MultiDiGraph = field(default_factory=nx.MultiDiGraph)
+    inputs: dict[str, int] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, int] = field(default_factory=dict)
+    losses: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, int] = field(default_factory=dict)
+    symbols: tuple[str, ...] = ("batch",)
+    meta: dict = field(default_factory=dict)
+    _next: int = 0
+
+    # *** structure ***
+    def add_node(self, op: str, inputs, attrs: dict, type: TensorType | None, **kw) -> int:
+        nid = self._next
+        self._next += 1
+        node = Node(nid, op, tuple(inputs), dict(attrs), type, **kw)
+        self.nx.add_node(nid, node=node)
+        for i, src in enumerate(node.inputs):
+            self.nx.add_edge(src, nid, key=i)
+        return nid
+
+    def node(self, nid: int) -> Node:
+        return self.nx.nodes[nid]["node"]
+
+    def __iter__(self):
+        return (self.node(n) for n in self.nx.nodes)
+
+    def __len__(self) -> int:
+        return self.nx.number_of_nodes()
+
+    def users(self, nid: int) -> list[int]:
+        return sorted({dst for _, dst in self.nx.out_edges(nid)})
+
+    def topo(self) -> list[int]:
+        # NOTE: ties broken by id so dumps, kernels and goldens are deterministic
+        return list(nx.lexicographical_topological_sort(self.nx))
+
+    def set_inputs(self, nid: int, inputs) -> None:
+        node = self.node(nid)
+        for src in set(node.inputs):
+            for key in [k for _, _, k in self.nx.in_edges(nid, keys=True)]:
+                if self.nx.has_edge(src, nid, key):
+                    self.nx.remove_edge(src, nid, key)
+        node.inputs = tuple(inputs)
+        for i, src in enumerate(node.inputs):
+            self.nx.add_edge(src, nid, key=i)
+
+    def replace_uses(self, old: int, new: int) -> None:
+        """Points every user of `old` (and the graph's named results) at `new`."""
+        for user in self.users(old):
+            u = self.node(user)
+            self.set_inputs(user, [new if i == old else i for i in u.inputs])
+        for table in (self.outputs, self.losses, self.metrics):
+            for k, v in table.items():
+                if v == old:
+                    table[k] = new
+
+    def remove(self, nid: int) -> None:
+        self.nx.remove_node(nid)
+
+    def roots(self) -> list[int]:
+        """Nodes whose values leave the graph: outputs, losses, metrics and `root` nodes."""
+        named = [*self.outputs.values(), *self.losses.values(), *self.metrics.values()]
+        return sorted(set(named) | {n.id for n in self if n.attrs.get("root")})
+
+    def copy(self) -> "Graph":
+        g = copy.copy(self)
+        g.nx = nx.MultiDiGraph()
+        for node in self:
+            g.nx.add_node(node.id, node=replace(node, attrs=dict(node.attrs)))
+        g.nx.add_edges_from(self.nx.edges(keys=True))
+        g.inputs, g.params = dict(self.inputs), dict(self.params)
+        g.outputs, g.losses, g.metrics = dict(self.outputs), dict(self.losses), dict(self.metrics)
+        g.meta = dict(self.meta)
+        return g
+
+    # *** printing ***
+    def dump(self, roles=None) -> str:
+        """Text form in the style of a jaxpr: one line per node, in topological order."""
+        lines = []
+        for nid in self.topo():
+            n = self.node(nid)
+            if roles and n.role not in roles:
+                continue
+            lines.append(format_node(self, n))
+        for title, table in (("output", self.outputs), ("loss", self.losses),
+                             ("metric", self.metrics)):
+            for k, v in table.items():
+                lines.append(f"{title} {k} = %{v}")
+        return "\n".join(lines) + "\n"
+
+
+def format_attr(v) -> str:
+    if isinstance(v, np.ndarray):
+        return f"array{fmt_shape(v.shape)}" if v.size > 4 else np.array2string(v.ravel(),
+                                                                               separator=",")
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], dict):  # initializer
+        args = ",".join(f"{k}={format_attr(x)}" for k, x in v[1].items())
+        return f"{v[0]}({args})"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def format_node(g: Graph, n: Node) -> str:
+    attrs = ", ".join(f"{k}={format_attr(v)}" for k, v in sorted(n.attrs.items())
+                      if not k.startswith("_"))
+    args = ", ".join(f"%{i}" for i in n.inputs)
+    call = f"{n.op}({args}{', ' if args and attrs else ''}{attrs})"
+    label = f" {n.name}" if n.name else ""
+    where = f"  # {n.path or '.'}" + (f" @{n.span.line}" if n.span and n.span.line else "")
+    role = "" if n.role == "fwd" else f"[{n.role}] "
+    return f"%{n.id}{label}: {n.type or '?'} = {role}{call}{where}"
+
+
+class Builder:
+    """Adds ops to a graph with the current span, block path and role stamped on each node."""
+
+    def __init__(self, graph: Graph, span: Span | None = None, path: str = "", role: str = "fwd"):
+        self.g, self.span, self.path, self.role = graph, span, path, role
+
+    @contextmanager
+    def at(self, span: Span | None = None, path: str | None = None, role: str | None = None):
+        saved = self.span, self.path, self.role
+        self.span = span if span is not None else self.span
+        self.path = path if path is not None else self.path
+        self.role = role if role is not None else self.role
+        try:
+            yield self
+        finally:
+            self.span, self.path, self.role = saved
+
+    def type(self, nid: int) -> TensorType | None:
+        return self.g.node(nid).type
+
+    def emit(self, op: str, *inputs, name: str | None = None, **attrs) -> int:
+        """Adds `op(*inputs, **attrs)`; None inputs mark optional tensors that were not given."""
+        opdef = registry.get(op)
+        if opdef is None:
+            raise KeyError(f"unknown op {op!r}")
+        for p in opdef.sig.params:
+            if p.kind not in ("tensor", "tensor?") and p.name not in attrs:
+                attrs[p.name] = p.default
+        absent = tuple(i for i, x in enumerate(inputs) if x is None)
+        present = [x for x in inputs if x is not None]
+        in_types = [None if x is None else self.g.node(x).type for x in inputs]
+        if any(t is None for i, t in enumerate(in_types) if i not in absent):
+            out = None  # an upstream error was already reported
+        else:
+            out = opdef.shape(*in_types, **attrs)
+        if absent:
+            attrs[SLOT_ABSENT] = absent
+        return self.g.add_node(op, present, attrs, out, span=self.span, path=self.path,
+                               role=self.role, name=name)
+
+    def const(self, value, dtype: str = "float32") -> int:
+        arr = np.asarray(value, dtype=dtype)
+        return self.g.add_node("const", [], {"value": arr}, TensorType(arr.shape, dtype),
+                               span=self.span, path=self.path, role=self.role)
+
+    training = True  # decompositions of dropout and batch_norm read this
+
+    def rng_key(self) -> int:
+        """The int64 scalar input the runtime advances every step; random ops hash it."""
+        if "_rng" not in self.g.inputs:
+            self.g.inputs["_rng"] = self.g.add_node(
+                "input", [], {"name": "_rng", "dtype": "int64", "shape": []},
+                TensorType((), "int64"), span=self.span, path="", role=self.role, name="_rng")
+        return self.g.inputs["_rng"]
+
+    def salt(self) -> int:
+        """A number unique to each random site, so two dropouts draw different masks."""
+        self.g.meta["salt"] = self.g.meta.get("salt", 0) + 1
+        return self.g.meta["salt"]
+
+    def __getattr__(self, op: str):
+        if op.startswith("_") or registry.get(op) is None:
+            raise AttributeError(op)
+        return lambda *inputs, **attrs: self.emit(op, *inputs, **attrs)
+
+
+def slots(g: Graph, node: Node) -> list:
+    """A node's inputs with None restored where optional tensor arguments were absent."""
+    absent = node.attrs.get(SLOT_ABSENT, ())
+    it = iter(node.inputs)
+    total = len(node.inputs) + len(absent)
+    return [None if i in absent else next(it) for i in range(total)]
+
+
+def op_attrs(node: Node) -> dict:
+    return {k: v for k, v in node.attrs.items() if not k.startswith("_") and k != "root"}
+
+
+__all__ = ["Graph", "Node", "Builder", "ShapeError", "TensorType", "slots", "op_attrs"]

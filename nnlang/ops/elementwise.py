@@ -1,0 +1,148 @@
+"""Elementwise primitives: each a scalar expression (shared by the Numba and CUDA renderers),
+numpy semantics, and a gradient written in other ops. Broadcasting is undone in one place
+(`passes/autodiff.py`), so these gradients return full-shape values.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nnlang.ops.registry import (BINARY, ELEMENTWISE, NONDIFF, TERNARY, UNARY, Sample, ShapeError,
+                                 TensorType, broadcast_shapes, is_float, promote, register)
+
+_REAL = (Sample(((3, 4),)), Sample(((2, 3, 5),)))
+_POS = (Sample(((3, 4),), domain="positive"),)
+_PAIRS = (Sample(((3, 4), (3, 4))), Sample(((2, 3, 4), (4,))), Sample(((3, 1), (1, 5))))
+
+
+def _unary_shape(x: TensorType, **_) -> TensorType:
+    return x
+
+
+def _float_unary_shape(x: TensorType, **_) -> TensorType:
+    if not is_float(x.dtype):
+        raise ShapeError(f"needs a float tensor, got {x}", arg=0,
+                         hint="cast it first, e.g. cast(x, dtype = \"float32\")")
+    return x
+
+
+def _binary_shape(a: TensorType, b: TensorType, **_) -> TensorType:
+    return TensorType(broadcast_shapes(a.shape, b.shape), promote(a.dtype, b.dtype))
+
+
+def _compare_shape(a: TensorType, b: TensorType, **_) -> TensorType:
+    return TensorType(broadcast_shapes(a.shape, b.shape), "bool")
+
+
+def _unary(name, expr, impl, grad, samples=_REAL, float_only=True, doc=""):
+    register(name, "x: tensor", _float_unary_shape if float_only else _unary_shape,
+             expr=expr, impl=impl, grad=grad, samples=samples, doc=doc, family="elementwise",
+             traits={ELEMENTWISE, UNARY})
+
+
+def _binary(name, expr, impl, grad, samples=_PAIRS, doc=""):
+    register(name, "a: tensor, b: tensor", _binary_shape, expr=expr, impl=impl, grad=grad,
+             samples=samples, doc=doc, family="elementwise", traits={ELEMENTWISE, BINARY})
+
+
+# NOTE: in every rule below `n.inputs` are the forward inputs, `n.id` the forward output, and
+# `g` the incoming gradient with the output's shape.
+def _ins(n):
+    return n.inputs if len(n.inputs) > 1 else n.inputs[0]
+
+
+_unary("neg", "-{0}", np.negative, lambda b, n, g: (b.neg(g),), float_only=False,
+       doc="-x")
+_unary("exp", "exp({0})", np.exp, lambda b, n, g: (b.mul(g, n.id),), doc="e**x")
+_unary("log", "log({0})", np.log, lambda b, n, g: (b.div(g, _ins(n)),), samples=_POS,
+       doc="natural logarithm")
+_unary("sqrt", "sqrt({0})", np.sqrt,
+       lambda b, n, g: (b.div(g, b.mul(n.id, b.const(2.0, n.dtype))),), samples=_POS,
+       doc="square root")
+_unary("abs", "abs({0})", np.abs, lambda b, n, g: (b.mul(g, b.sign(_ins(n))),),
+       float_only=False, doc="|x|")
+_unary("sign", "sign({0})", np.sign, lambda b, n, g: (None,), float_only=False,
+       doc="-1, 0 or 1 (no gradient)")
+_unary("tanh", "tanh({0})", np.tanh,
+       lambda b, n, g: (b.mul(g, b.sub(b.const(1.0, n.dtype), b.mul(n.id, n.id))),),
+       doc="hyperbolic tangent")
+_unary("sigmoid", "sigmoid({0})", lambda x: 0.5 * (np.tanh(0.5 * x) + 1),
+       lambda b, n, g: (b.mul(g, b.mul(n.id, b.sub(b.const(1.0, n.dtype), n.id))),),
+       doc="1 / (1 + e**-x), computed without overflow")
+_unary("erf", "erf({0})", np.vectorize(math.erf, otypes=[np.float64]),
+       lambda b, n, g: (b.mul(g, b.mul(b.const(2 / math.sqrt(math.pi), n.dtype),
+                                       b.exp(b.neg(b.mul(_ins(n), _ins(n)))))),),
+       doc="Gauss error function")
+
+_binary("add", "{0} + {1}", np.add, lambda b, n, g: (g, g), doc="a + b")
+_binary("sub", "{0} - {1}", np.subtract, lambda b, n, g: (g, b.neg(g)), doc="a - b")
+_binary("mul", "{0} * {1}", np.multiply,
+        lambda b, n, g: (b.mul(g, n.inputs[1]), b.mul(g, n.inputs[0])), doc="a * b")
+_binary("div", "{0} / {1}", np.divide,
+        lambda b, n, g: (b.div(g, n.inputs[1]), b.neg(b.div(b.mul(g, n.id), n.inputs[1]))),
+        samples=(Sample(((3, 4), (3, 4)), domain="positive"),
+                 Sample(((2, 3), (3,)), domain="positive")), doc="a / b")
+_binary("pow", "pow({0}, {1})", np.power,
+        lambda b, n, g: (
+            b.mul(g, b.mul(n.inputs[1], b.pow(n.inputs[0], b.sub(n.inputs[1],
+                                                                  b.const(1.0, n.dtype))))),
+            b.mul(g, b.mul(n.id, b.log(n.inputs[0])))),
+        samples=(Sample(((3, 4), (3, 4)), domain="positive"),), doc="a ** b")
+
+
+def _select_grad(pick_a):
+    def grad(b, n, g):
+        a, c = n.inputs
+        zero = b.const(0.0, n.dtype)
+        mask = pick_a(b, a, c)
+        return b.where(mask, g, zero), b.where(mask, zero, g)
+    return grad
+
+
+# NOTE: ties send the whole gradient to `a`, as torch.maximum's subgradient choice differs;
+# finite differences are undefined at ties, so samples avoid them.
+_binary("maximum", "max({0}, {1})", np.maximum, _select_grad(lambda b, a, c: b.ge(a, c)),
+        doc="elementwise max")
+_binary("minimum", "min({0}, {1})", np.minimum, _select_grad(lambda b, a, c: b.le(a, c)),
+        doc="elementwise min")
+
+for _name, _sym, _np in (("lt", "<", np.less), ("le", "<=", np.less_equal),
+                         ("gt", ">", np.greater), ("ge", ">=", np.greater_equal),
+                         ("eq", "==", np.equal), ("ne", "!=", np.not_equal)):
+    register(_name, "a: tensor, b: tensor", _compare_shape, expr=f"{{0}} {_sym} {{1}}",
+             impl=_np, doc=f"a {_sym} b, as bool", family="elementwise",
+             traits={ELEMENTWISE, BINARY, NONDIFF}, samples=(Sample(((3, 4), (3, 4)),
+                                                                    grad=False),))
+
+
+def _where_shape(c: TensorType, a: TensorType, b: TensorType, **_) -> TensorType:
+    if c.dtype != "bool":
+        raise ShapeError(f"the condition must be bool, got {c}", arg=0,
+                         hint="compare first, e.g. where(x > 0, x, 0)")
+    return TensorType(broadcast_shapes(c.shape, a.shape, b.shape), promote(a.dtype, b.dtype))
+
+
+def _where_grad(b, n, g):
+    c = n.inputs[0]
+    zero = b.const(0.0, n.dtype)
+    return None, b.where(c, g, zero), b.where(c, zero, g)
+
+
+register("where", "cond: tensor, a: tensor, b: tensor", _where_shape,
+         expr="({1} if {0} else {2})", impl=np.where, grad=_where_grad,
+         doc="a where cond is true, else b", family="elementwise",
+         traits={ELEMENTWISE, TERNARY},
+         samples=(Sample(((3, 4), (3, 4), (3, 4)), dtypes=("bool", None, None)),))
+
+
+def _cast_shape(x: TensorType, *, dtype: str) -> TensorType:
+    return TensorType(x.shape, dtype)
+
+
+register("cast", "x: tensor, dtype: dtype", _cast_shape, expr="cast({0})",
+         impl=lambda x, *, dtype: x.astype(dtype),
+         grad=lambda b, n, g: (b.cast(g, dtype=b.type(n.inputs[0]).dtype)
+                               if is_float(b.type(n.inputs[0]).dtype) else None,),
+         doc="convert to another dtype (no gradient into integer inputs)", family="elementwise",
+         traits={ELEMENTWISE, UNARY}, samples=(Sample(((3, 4),), {"dtype": "float64"}),))

@@ -1,0 +1,43 @@
+"""Matrix multiplication, batched over leading dims with numpy broadcasting; lowers to BLAS."""
+from __future__ import annotations
+
+import numpy as np
+
+from nnlang.ir.dims import fmt_shape, numel
+from nnlang.ops.registry import (LINALG, Sample, ShapeError, TensorType, broadcast_shapes,
+                                 is_float, promote, register)
+
+
+def _matmul_shape(a: TensorType, b: TensorType) -> TensorType:
+    if a.rank < 2 or b.rank < 2:
+        raise ShapeError(f"matmul needs rank >= 2 operands, got {a} and {b}",
+                         arg=0 if a.rank < 2 else 1, hint="unsqueeze the vector first")
+    if a.shape[-1] != b.shape[-2]:
+        raise ShapeError(f"inner dims differ: {fmt_shape(a.shape)} @ {fmt_shape(b.shape)} "
+                         f"({a.shape[-1]} vs {b.shape[-2]})", arg=1,
+                         hint="the last dim of the left side must equal the second-to-last "
+                              "of the right; transpose one side?")
+    if not (is_float(a.dtype) and is_float(b.dtype)):
+        raise ShapeError(f"matmul needs float tensors, got {a} and {b}", arg=0)
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return TensorType(batch + (a.shape[-2], b.shape[-1]), promote(a.dtype, b.dtype))
+
+
+def _swap(b, x):
+    r = b.type(x).rank
+    return b.transpose(x, perm=list(range(r - 2)) + [r - 1, r - 2])
+
+
+def _matmul_grad(b, n, g):
+    x, w = n.inputs
+    return b.matmul(g, _swap(b, w)), b.matmul(_swap(b, x), g)
+
+
+def _matmul_flops(ins, out):
+    return 2 * numel(out.shape) * ins[0].shape[-1]
+
+
+register("matmul", "a: tensor, b: tensor", _matmul_shape, impl=np.matmul, grad=_matmul_grad,
+         flops=_matmul_flops, family="linalg", traits={LINALG}, doc="a @ b",
+         samples=(Sample(((3, 4), (4, 5))), Sample(((2, 3, 4), (4, 5))),
+                  Sample(((2, 3, 4), (2, 4, 2)))))

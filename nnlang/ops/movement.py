@@ -1,0 +1,247 @@
+"""Data movement primitives: reshape, transpose, broadcast, slicing, concatenation, and the
+sliding-window pair unfold/fold that convolution and pooling are built from.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from nnlang.ir.dims import DimError, Sym, dim_div, fmt_shape, numel
+from nnlang.ops.registry import (MOVEMENT, Sample, ShapeError, TensorType, broadcast_shapes,
+                                 norm_axis, register)
+
+
+# *** reshape / transpose / broadcast ***
+
+def _reshape_shape(x: TensorType, *, shape) -> TensorType:
+    shape = list(shape)
+    if shape.count(-1) > 1:
+        raise ShapeError("reshape allows at most one -1", arg=0)
+    if -1 in shape:
+        known = numel([d for d in shape if d != -1])
+        try:
+            shape[shape.index(-1)] = dim_div(numel(x.shape), known)
+        except DimError:
+            raise ShapeError(f"cannot reshape {fmt_shape(x.shape)} into {fmt_shape(shape)}: "
+                             f"{numel(x.shape)} elements are not divisible by {known}",
+                             arg=0) from None
+    if numel(shape) != numel(x.shape):
+        raise ShapeError(f"cannot reshape {fmt_shape(x.shape)} ({numel(x.shape)} elements) "
+                         f"into {fmt_shape(shape)} ({numel(shape)} elements)", arg=0)
+    return TensorType(tuple(shape), x.dtype)
+
+
+register("reshape", "x: tensor, shape: shape", _reshape_shape,
+         impl=lambda x, *, shape: x.reshape([int(d) for d in shape]),
+         grad=lambda b, n, g: (b.reshape(g, shape=list(b.type(n.inputs[0]).shape)),),
+         family="movement", traits={MOVEMENT}, doc="same elements, new shape (one dim may be -1)",
+         samples=(Sample(((3, 4),), {"shape": [2, 6]}), Sample(((2, 3, 4),), {"shape": [-1, 4]})))
+
+
+def _transpose_shape(x: TensorType, *, perm) -> TensorType:
+    if sorted(perm) != list(range(x.rank)):
+        raise ShapeError(f"perm {perm} is not a permutation of the {x.rank} axes of "
+                         f"{fmt_shape(x.shape)}", arg=0)
+    return TensorType(tuple(x.shape[p] for p in perm), x.dtype)
+
+
+register("transpose", "x: tensor, perm: ints", _transpose_shape,
+         impl=lambda x, *, perm: np.transpose(x, perm),
+         grad=lambda b, n, g: (b.transpose(g, perm=list(np.argsort(n.attrs["perm"]).tolist())),),
+         family="movement", traits={MOVEMENT}, doc="permute axes",
+         samples=(Sample(((3, 4),), {"perm": [1, 0]}), Sample(((2, 3, 4),), {"perm": [2, 0, 1]})))
+
+
+def _broadcast_shape(x: TensorType, *, shape) -> TensorType:
+    out = broadcast_shapes(x.shape, tuple(shape))
+    if out != tuple(shape):
+        raise ShapeError(f"cannot broadcast {fmt_shape(x.shape)} to {fmt_shape(shape)}", arg=0)
+    return TensorType(tuple(shape), x.dtype)
+
+
+register("broadcast_to", "x: tensor, shape: shape", _broadcast_shape,
+         impl=lambda x, *, shape: np.broadcast_to(x, [int(d) for d in shape]),
+         grad=lambda b, n, g: (g,),  # NOTE: autodiff's sum_to undoes the broadcast
+         family="movement", traits={MOVEMENT}, doc="repeat size-1 and missing leading dims",
+         samples=(Sample(((3, 1),), {"shape": [2, 3, 4]}),))
+
+
+# *** slicing ***
+
+def _slice_len(n, start, stop, step):
+    return len(range(start, stop, step)) if isinstance(n, int) else None
+
+
+def _slice_shape(x: TensorType, *, axis, start, stop, step) -> TensorType:
+    ax = norm_axis(axis, x.rank)
+    n = x.shape[ax]
+    if isinstance(n, Sym):
+        if (start, stop, step) != (0, None, 1):
+            raise ShapeError(f"cannot slice symbolic dim {n}", arg=0)
+        return x
+    lo, hi, st = slice(start, stop, step).indices(n)
+    size = len(range(lo, hi, st))
+    if size == 0:
+        raise ShapeError(f"slice {start}:{stop} of a dim of size {n} is empty", arg=0)
+    return TensorType(x.shape[:ax] + (size,) + x.shape[ax + 1:], x.dtype)
+
+
+def _slice_impl(x, *, axis, start, stop, step):
+    idx = [slice(None)] * x.ndim
+    idx[axis] = slice(start, stop, step)
+    return x[tuple(idx)]
+
+
+def _slice_grad(b, n, g):
+    a = n.attrs
+    size = b.type(n.inputs[0]).shape[norm_axis(a["axis"], b.type(g).rank)]
+    return (b.unslice(g, axis=a["axis"], start=a["start"], stop=a["stop"], step=a["step"],
+                      size=size),)
+
+
+register("slice", "x: tensor, axis: int, start: int = 0, stop: int = none, step: int = 1",
+         _slice_shape, impl=_slice_impl, grad=_slice_grad, family="movement", traits={MOVEMENT},
+         doc="x[start:stop:step] along one axis",
+         samples=(Sample(((5, 4),), {"axis": 0, "start": 1, "stop": 4}),
+                  Sample(((3, 6),), {"axis": -1, "start": 0, "stop": None, "step": 2})))
+
+
+def _unslice_shape(x: TensorType, *, axis, start, stop, step, size) -> TensorType:
+    ax = norm_axis(axis, x.rank)
+    lo, hi, st = slice(start, stop, step).indices(size)
+    if len(range(lo, hi, st)) != x.shape[ax]:
+        raise ShapeError(f"unslice: {x.shape[ax]} values do not fill {start}:{stop}:{step} "
+                         f"of {size}", arg=0)
+    return TensorType(x.shape[:ax] + (size,) + x.shape[ax + 1:], x.dtype)
+
+
+def _unslice_impl(x, *, axis, start, stop, step, size):
+    shape = list(x.shape)
+    shape[axis] = size
+    out = np.zeros(shape, x.dtype)
+    idx = [slice(None)] * x.ndim
+    idx[axis] = slice(start, stop, step)
+    out[tuple(idx)] = x
+    return out
+
+
+register("unslice", "x: tensor, axis: int, start: int, stop: int, step: int, size: int",
+         _unslice_shape, impl=_unslice_impl,
+         grad=lambda b, n, g: (b.slice(g, **{k: n.attrs[k] for k in
+                                             ("axis", "start", "stop", "step")}),),
+         family="movement", traits={MOVEMENT},
+         doc="place x at [start:stop:step] of a zero tensor with `size` along axis (slice's "
+             "adjoint; also zero padding)",
+         samples=(Sample(((3, 4),), {"axis": 0, "start": 1, "stop": 4, "step": 1, "size": 5}),))
+
+
+def _concat_shape(*xs: TensorType, axis) -> TensorType:
+    first = xs[0]
+    ax = norm_axis(axis, first.rank)
+    total = 0
+    for i, x in enumerate(xs):
+        if x.rank != first.rank or any(a != c for k, (a, c) in
+                                       enumerate(zip(x.shape, first.shape)) if k != ax):
+            raise ShapeError(f"concat along axis {axis}: {fmt_shape(x.shape)} does not match "
+                             f"{fmt_shape(first.shape)} outside that axis", arg=i)
+        total = x.shape[ax] + total
+    return TensorType(first.shape[:ax] + (total,) + first.shape[ax + 1:], first.dtype)
+
+
+def _concat_grad(b, n, g):
+    ax = norm_axis(n.attrs["axis"], b.type(g).rank)
+    out, start = [], 0
+    for x in n.inputs:
+        size = b.type(x).shape[ax]
+        out.append(b.slice(g, axis=ax, start=start, stop=start + size, step=1))
+        start += size
+    return tuple(out)
+
+
+register("concat", "*xs: tensor, axis: int = -1", _concat_shape,
+         impl=lambda *xs, axis: np.concatenate(xs, axis=axis), grad=_concat_grad,
+         family="movement", traits={MOVEMENT}, doc="join tensors along an axis",
+         samples=(Sample(((2, 3), (2, 5)), {"axis": 1}), Sample(((2, 3), (4, 3)), {"axis": 0})))
+
+
+# *** sliding windows ***
+
+def window_out(size: int, k: int, stride: int, lo: int, hi: int, dilation: int) -> int:
+    return (size + lo + hi - dilation * (k - 1) - 1) // stride + 1
+
+
+def _unfold_shape(x: TensorType, *, kernel, stride, pads, dilation, pad_value) -> TensorType:
+    nd = len(kernel)
+    if x.rank != nd + 2:
+        raise ShapeError(f"expected [batch, channels, {nd} spatial dims], got "
+                         f"{fmt_shape(x.shape)}", arg=0)
+    outs = []
+    for i in range(nd):
+        s = x.shape[2 + i]
+        if isinstance(s, Sym):
+            raise ShapeError(f"spatial dim {s} must be a number", arg=0)
+        o = window_out(s, kernel[i], stride[i], pads[2 * i], pads[2 * i + 1], dilation[i])
+        if o <= 0:
+            raise ShapeError(f"window {kernel[i]} (dilation {dilation[i]}) is larger than the "
+                             f"padded input {s + pads[2 * i] + pads[2 * i + 1]}", arg=0)
+        outs.append(o)
+    return TensorType(x.shape[:2] + tuple(kernel) + tuple(outs), x.dtype)
+
+
+def _window_slices(kernel, stride, dilation, outs):
+    for ks in itertools.product(*(range(k) for k in kernel)):
+        yield ks, tuple(slice(k * d, k * d + s * (o - 1) + 1, s)
+                        for k, d, s, o in zip(ks, dilation, stride, outs))
+
+
+def _unfold_impl(x, *, kernel, stride, pads, dilation, pad_value):
+    nd = len(kernel)
+    widths = [(0, 0), (0, 0)] + [(pads[2 * i], pads[2 * i + 1]) for i in range(nd)]
+    xp = np.pad(x, widths, constant_values=pad_value)
+    outs = [window_out(x.shape[2 + i], kernel[i], stride[i], pads[2 * i], pads[2 * i + 1],
+                       dilation[i]) for i in range(nd)]
+    out = np.empty(x.shape[:2] + tuple(kernel) + tuple(outs), x.dtype)
+    for ks, sl in _window_slices(kernel, stride, dilation, outs):
+        out[(slice(None), slice(None)) + ks] = xp[(slice(None), slice(None)) + sl]
+    return out
+
+
+def _fold_impl(cols, *, size, kernel, stride, pads, dilation):
+    nd = len(kernel)
+    padded = [size[i] + pads[2 * i] + pads[2 * i + 1] for i in range(nd)]
+    outs = cols.shape[2 + nd:]
+    xp = np.zeros(cols.shape[:2] + tuple(padded), cols.dtype)
+    for ks, sl in _window_slices(kernel, stride, dilation, outs):
+        xp[(slice(None), slice(None)) + sl] += cols[(slice(None), slice(None)) + ks]
+    crop = tuple(slice(pads[2 * i], pads[2 * i] + size[i]) for i in range(nd))
+    return xp[(slice(None), slice(None)) + crop]
+
+
+def _fold_shape(cols: TensorType, *, size, kernel, stride, pads, dilation) -> TensorType:
+    nd = len(kernel)
+    return TensorType(cols.shape[:2] + tuple(size), cols.dtype)
+
+
+_WINDOW = "kernel: ints, stride: ints, pads: ints, dilation: ints"
+
+register("unfold", f"x: tensor, {_WINDOW}, pad_value: float = 0.0", _unfold_shape,
+         impl=_unfold_impl,
+         grad=lambda b, n, g: (b.fold(g, size=list(b.type(n.inputs[0]).shape[2:]),
+                                      **{k: n.attrs[k] for k in
+                                         ("kernel", "stride", "pads", "dilation")}),),
+         family="movement", traits={MOVEMENT},
+         doc="sliding windows: [B, C, *spatial] -> [B, C, *kernel, *out] (im2col)",
+         samples=(Sample(((2, 3, 7),), {"kernel": [3], "stride": [2], "pads": [1, 1],
+                                        "dilation": [1]}),
+                  Sample(((1, 2, 5, 6),), {"kernel": [3, 2], "stride": [1, 2],
+                                           "pads": [1, 1, 0, 0], "dilation": [1, 1]})))
+
+register("fold", f"cols: tensor, size: ints, {_WINDOW}", _fold_shape, impl=_fold_impl,
+         grad=lambda b, n, g: (b.unfold(g, pad_value=0.0, **{k: n.attrs[k] for k in
+                                                            ("kernel", "stride", "pads",
+                                                             "dilation")}),),
+         family="movement", traits={MOVEMENT},
+         doc="adjoint of unfold: sums each window value back into place (col2im)",
+         samples=(Sample(((2, 3, 3, 4),), {"size": [7], "kernel": [3], "stride": [2],
+                                           "pads": [1, 1], "dilation": [1]}),))

@@ -1,0 +1,179 @@
+"""The op registry: one `OpDef` per op holds everything about it, looked up by its .nn name.
+
+An entry carries its signature, shape/dtype rule, parameters (for layers that own weights), and
+then either a decomposition into other ops (a composite) or, for a primitive, its gradient rule,
+numpy semantics and kernel lowering. Passes ask about traits (`ELEMENTWISE`, `REDUCE`, ...),
+never about single op names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from nnlang.ir.dims import Dim, Sym, fmt_shape
+from nnlang.ops.signature import Signature
+
+FLOAT_DTYPES = ("float32", "float64")
+INT_DTYPES = ("int32", "int64")
+DTYPES = FLOAT_DTYPES + INT_DTYPES + ("bool",)
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple[Dim, ...]
+    dtype: str = "float32"
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}{fmt_shape(self.shape)}"
+
+
+class ShapeError(Exception):
+    """A shape or dtype rule failed; `arg` is the index of the input at fault, if one is."""
+
+    def __init__(self, message: str, hint: str | None = None, arg: int | None = None):
+        super().__init__(message)
+        self.message, self.hint, self.arg = message, hint, arg
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A weight a layer owns: shape, initializer (name, options) and whether it is trained."""
+    shape: tuple[Dim, ...]
+    init: tuple[str, dict] = ("zeros", {})
+    trainable: bool = True
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A test case for the op matrix: input shapes, attrs, and the domain inputs are drawn from."""
+    shapes: tuple
+    attrs: dict = field(default_factory=dict)
+    domain: str = "real"        # real | positive | unit (0..1) | int:<high> | bool
+    dtypes: tuple | None = None  # per input; default float
+    grad: bool = True            # check gradients for this sample
+
+
+# Traits, in the style of tinygrad's GroupOp: passes test membership, not op names.
+ELEMENTWISE, UNARY, BINARY, TERNARY = "elementwise", "unary", "binary", "ternary"
+REDUCE, MOVEMENT, LINALG, INDEX = "reduce", "movement", "linalg", "index"
+COMPOSITE, RANDOM, NONDIFF, SOURCE = "composite", "random", "nondiff", "source"
+
+
+@dataclass
+class OpDef:
+    name: str
+    sig: Signature
+    shape: Callable[..., TensorType]          # (in_types, **attrs) -> TensorType
+    doc: str = ""
+    family: str = ""
+    params: Callable | None = None            # (in_types, **attrs) -> {name: ParamSpec}
+    decompose: Callable | None = None         # (b, *inputs, **attrs) -> value      (composite)
+    grad: Callable | None = None              # (b, node, gout) -> tuple of grads   (primitive)
+    impl: Callable | None = None              # (*arrays, **attrs) -> array; numpy semantics
+    expr: str | None = None                   # scalar C/Python expression, elementwise only
+    lower: dict = field(default_factory=dict)  # backend name -> lowering function
+    traits: frozenset = frozenset()
+    samples: tuple = ()
+    flops: Callable | None = None             # (in_types, out_type, **attrs) -> int
+
+    @property
+    def is_composite(self) -> bool:
+        return self.decompose is not None
+
+    def has(self, trait: str) -> bool:
+        return trait in self.traits
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register(name: str, sig: str, shape: Callable, **kw) -> OpDef:
+    """Adds an op; `sig` lists tensor inputs first, then attributes (see `Signature.parse`)."""
+    assert name not in OPS, f"op {name!r} registered twice"
+    traits = set(kw.pop("traits", ()))
+    if kw.get("decompose") is not None:
+        traits.add(COMPOSITE)
+    op = OpDef(name, Signature.parse(sig), shape, traits=frozenset(traits), **kw)
+    OPS[name] = op
+    return op
+
+
+def get(name: str) -> OpDef | None:
+    _load_all()
+    return OPS.get(name)
+
+
+def all_ops() -> dict[str, OpDef]:
+    _load_all()
+    return OPS
+
+
+_FAMILIES = ("source", "elementwise", "reduce", "movement", "linalg", "index", "random",
+             "nn", "conv", "rnn", "attention", "losses", "metrics")
+
+
+def _load_all() -> None:
+    import importlib
+
+    for fam in _FAMILIES:
+        try:
+            importlib.import_module(f"nnlang.ops.{fam}")
+        except ModuleNotFoundError as err:
+            if err.name != f"nnlang.ops.{fam}":
+                raise
+
+
+# *** helpers shared by shape rules ***
+
+def norm_axis(axis: int, rank: int, arg: int = 0) -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise ShapeError(f"axis {axis} is out of range for a tensor of rank {rank}", arg=arg)
+    return axis % rank if rank else 0
+
+
+def norm_axes(axes, rank: int, arg: int = 0) -> tuple[int, ...]:
+    if axes is None:
+        return tuple(range(rank))
+    axes = [axes] if isinstance(axes, int) else axes
+    return tuple(sorted(norm_axis(a, rank, arg) for a in axes))
+
+
+def broadcast_shapes(*shapes) -> tuple:
+    """numpy broadcasting over ints and symbolic dims; raises ShapeError naming both shapes."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for i in range(rank):
+        dims = [s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0]
+        real = {d for d in dims if d != 1}
+        if len(real) > 1:
+            bad = next(k for k, s in enumerate(shapes) if len(s) - rank + i >= 0
+                       and s[len(s) - rank + i] != 1 and k > 0)
+            raise ShapeError(
+                "shapes " + " and ".join(fmt_shape(s) for s in shapes) + " do not broadcast "
+                f"(dim {i - rank}: " + " vs ".join(str(d) for d in dims) + ")", arg=bad,
+                hint="dims must be equal or 1; reshape or transpose one side")
+        out.append(real.pop() if real else 1)
+    return tuple(out)
+
+
+def same_dim(a: Dim, b: Dim) -> bool:
+    return a == b
+
+
+def is_float(dtype: str) -> bool:
+    return dtype in FLOAT_DTYPES
+
+
+def promote(*dtypes: str) -> str:
+    """Result dtype of mixing inputs: floats win over ints, wider wins over narrower."""
+    order = ["bool", "int32", "int64", "float32", "float64"]
+    return max(dtypes, key=order.index)
+
+
+def sym_dims(shape) -> set[str]:
+    return {n for d in shape if isinstance(d, Sym) for n in d.names}

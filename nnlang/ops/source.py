@@ -1,0 +1,20 @@
+"""Graph leaves: model inputs, trained parameters and constants."""
+from __future__ import annotations
+
+from nnlang.ops.registry import NONDIFF, SOURCE, TensorType, register
+
+register("input", "name: str, dtype: dtype, shape: shape",
+         lambda *, name, dtype, shape: TensorType(tuple(shape), dtype),
+         doc="A value fed from outside (declared with `input x: float32[batch, 10]`).",
+         family="source", traits={SOURCE, NONDIFF})
+
+register("param", "name: str, dtype: dtype = 'float32', shape: shape = [], init: init = none,"
+         " trainable: bool = true",
+         lambda *, name, dtype, shape, init, trainable: TensorType(tuple(shape), dtype),
+         doc="A trained weight; its name is its block path, e.g. `encoder.0.attn.q.weight`.",
+         family="source", traits={SOURCE})
+
+register("const", "value: any",
+         lambda *, value: TensorType(tuple(value.shape), str(value.dtype)),
+         doc="A constant array folded into the graph.", family="source",
+         traits={SOURCE, NONDIFF}, impl=lambda *, value: value)

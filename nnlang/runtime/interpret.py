@@ -1,0 +1,34 @@
+"""A reference interpreter: runs a primitive graph node by node with each op's numpy `impl`.
+
+It defines what a graph means; constant folding and the tests use it, and compiled executables
+must agree with it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from nnlang.errors import NNError
+from nnlang.ir.graph import Graph, op_attrs, slots
+from nnlang.ops import registry
+
+
+def interpret(g: Graph, feeds: dict, params: dict | None = None, want=None) -> dict:
+    """Values of `want` node ids (default: all) given input feeds and parameter arrays by name."""
+    params = params or {}
+    env: dict[int, np.ndarray] = {}
+    for nid in g.topo():
+        node = g.node(nid)
+        if node.op == "input":
+            if node.attrs["name"] not in feeds:
+                raise NNError(f"no value fed for input '{node.attrs['name']}'")
+            env[nid] = np.asarray(feeds[node.attrs["name"]], dtype=node.dtype)
+        elif node.op == "param":
+            env[nid] = np.asarray(params[node.attrs["name"]], dtype=node.dtype)
+        else:
+            opdef = registry.get(node.op)
+            if opdef.impl is None:
+                raise NotImplementedError(f"op {node.op} has no numpy semantics; decompose first")
+            args = [None if i is None else env[i] for i in slots(g, node)]
+            out = opdef.impl(*args, **op_attrs(node))
+            env[nid] = np.asarray(out, dtype=node.dtype)
+    return env if want is None else {k: env[v] for k, v in want.items()}

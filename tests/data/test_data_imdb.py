@@ -1,0 +1,116 @@
+"""IMDB on the real archive (parsed once per module), the bundled sample and the array cache."""
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnlang.data import imdb, load_dataset, tokenize
+from nnlang.data.registry import IMDB_SAMPLE
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    root = os.environ.get("NNLANG_DATA_DIR")
+    if not root or not list(Path(root).glob("imdb/aclImdb_v1*.tar.gz")):
+        pytest.skip("needs NNLANG_DATA_DIR with imdb/aclImdb_v1*.tar.gz")
+    cache_dir = tmp_path_factory.mktemp("imdb-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NNLANG_CACHE_DIR", str(cache_dir))
+        ds = load_dataset("imdb", data_dir=root)
+    return ds, cache_dir, root
+
+
+def test_full_counts_and_labels(full):
+    ds, _, _ = full
+    assert (len(ds.train), len(ds.test)) == (25000, 25000)
+    for split in (ds.train, ds.test):
+        assert split["tokens"].shape == (25000, 200) and split["tokens"].dtype == np.int32
+        assert split["label"].dtype == np.float32
+        assert split["label"].tolist() == [0.0] * 12500 + [1.0] * 12500  # (label, id) order
+    assert ds.meta["ids"]["train"][:3].tolist() == [0, 1, 2]
+
+
+def test_full_vocab_and_ids(full):
+    ds, _, _ = full
+    vocab = ds.meta["vocab"]
+    assert len(vocab) == 20000 and len(set(vocab)) == 20000
+    assert vocab[:6] == ["<pad>", "<oov>", "the", ".", ",", "and"]
+    for split in (ds.train, ds.test):
+        t = split["tokens"]
+        assert t.min() >= 0 and t.max() < 20000
+        # front padding: once a row has a non-pad token, no pad follows
+        started = np.maximum.accumulate(t != 0, axis=1)
+        assert not np.any(started & (t == 0))
+    assert (ds.train["tokens"] == tokenize.OOV_ID).any()
+
+
+def test_full_rows_match_the_tokenizer(full):
+    """Rows of the full set re-derived from the same reviews in the bundled sample."""
+    ds, _, _ = full
+    ids = {w: i for i, w in enumerate(ds.meta["vocab"])}
+    texts = {d[:3]: d[3] for d in imdb.read_reviews(IMDB_SAMPLE)}
+    longest = max((k for k in texts if k[0] == "train"), key=lambda k: len(texts[k]))
+    rows = {}
+    for key in [("train", 1, 0), ("test", 0, 25), longest]:
+        split, label, rid = key
+        rows[key] = np.flatnonzero(ds.meta["ids"][split] == rid)[label]  # neg row, then pos
+        want = tokenize.encode([texts[key]], ids, 200)[0]
+        np.testing.assert_array_equal(getattr(ds, split)["tokens"][rows[key]], want)
+    toks = tokenize.tokenize(texts[longest])
+    assert len(toks) > 200  # truncated, yet the row still ends with the review's last token
+    assert ds.train["tokens"][rows[longest], -1] == ids.get(toks[-1], tokenize.OOV_ID)
+
+
+def test_second_load_uses_cache(full, monkeypatch):
+    ds, cache_dir, root = full
+    path = Path(ds.meta["cache"])
+    assert path.is_file() and path.parent.parent == cache_dir
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(cache_dir))
+    monkeypatch.setattr(imdb, "_process", lambda *a: pytest.fail("cache was not used"))
+    again = load_dataset("imdb", data_dir=root)
+    assert again.meta["vocab"] == ds.meta["vocab"]
+    np.testing.assert_array_equal(again.test["tokens"], ds.test["tokens"])
+
+
+def test_encode_review(full):
+    ds, _, _ = full
+    out = ds.encode("This movie was not good at all!")["tokens"]
+    assert out.shape == (1, 200) and out.dtype == np.int32
+    words = ["this", "movie", "was", "not", "good", "at", "all", "!"]
+    assert out[0, -8:].tolist() == [ds.meta["vocab"].index(w) for w in words]
+    assert not out[0, :-8].any()
+
+
+def test_sample_loads_balanced():
+    ds = load_dataset("imdb-sample", maxlen=100)
+    assert ds.name == "imdb-sample" and ds.meta["sample"] is True
+    assert ds.meta["counts"] == {"train": 2500, "test": 1000}
+    assert np.bincount(ds.train["label"].astype(int)).tolist() == [1250, 1250]
+    assert np.bincount(ds.test["label"].astype(int)).tolist() == [500, 500]
+    assert ds.train["tokens"].shape == (2500, 100) and ds.train["tokens"].max() < 20000
+    assert IMDB_SAMPLE.stat().st_size < 2_100_000
+
+
+def test_unwritable_cache_still_loads(tiny_imdb, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(blocker / "cache"))
+    ds = load_dataset("imdb", data_dir=tiny_imdb, vocab=50, maxlen=5)
+    assert len(ds.train) == 4 and not Path(ds.meta["cache"]).exists()
+
+
+def test_cache_key_changes_with_options(tiny_imdb, isolated):
+    a = load_dataset("imdb", data_dir=tiny_imdb, vocab=50, maxlen=5)
+    b = load_dataset("imdb", data_dir=tiny_imdb, vocab=50, maxlen=7)
+    assert a.meta["cache"] != b.meta["cache"] and b.train["tokens"].shape[1] == 7
+    assert len(list((isolated / "processed").glob("*.npz"))) == 2
+
+
+def test_corrupt_archive(tmp_path):
+    d = tmp_path / "imdb"
+    d.mkdir()
+    (d / "aclImdb_v1.tar.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with pytest.raises(imdb.DataError, match="aclImdb_v1.tar.gz is truncated or corrupt"):
+        load_dataset("imdb", data_dir=tmp_path)
