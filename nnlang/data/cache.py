@@ -80,6 +80,10 @@ def fetch(name: str, remotes: list[Remote], data_dir=None) -> dict[str, Path]:
     paths, failed = {}, []
     for r in remotes:
         dest = target / r.filename
+        if failed:  # after one failure (usually: no network) don't wait on the others
+            if not dest.is_file():
+                failed.append((r, ""))
+            continue
         try:
             paths[r.filename] = dest if dest.is_file() else download(r, dest, name)
         except DataError as e:
@@ -117,7 +121,8 @@ def download(r: Remote, dest: Path, name: str) -> Path:
     digest = hashlib.new(algo)
     fd, tmp = tempfile.mkstemp(prefix=f".{r.filename}.", suffix=".part", dir=dest.parent)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+        with (os.fdopen(fd, "wb") as out,
+              urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp):
             total = int(resp.headers.get("Content-Length") or 0) or None
             with _progress() as bar:
                 task = bar.add_task(f"{name}/{r.filename}", total=total)
@@ -138,10 +143,14 @@ def download(r: Remote, dest: Path, name: str) -> Path:
 
 
 def _progress():
+    # Imported here: rich costs ~0.1 s to import and only downloads need it.
+    from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
+    # stderr, so `nnlang predict ... > out.txt` output stays clean.
     return Progress(TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), transient=True)
+                    TransferSpeedColumn(), TimeRemainingColumn(), transient=True,
+                    console=Console(stderr=True))
 
 
 def file_hash(path: Path, algo: str = "sha256") -> str:

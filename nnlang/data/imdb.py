@@ -20,7 +20,8 @@ from nnlang.data.dataset import Dataset, Split
 
 # Published checksum of the official archive (84,125,825 bytes, includes the unsup reviews);
 # the same sha256 is listed by TFDS and others, its md5 is 7c2ac02c03563afcf9b574c7e56c153a.
-REMOTE = Remote("aclImdb_v1.tar.gz", "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+REMOTE = Remote("aclImdb_v1.tar.gz",
+                "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
                 "sha256:c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe")
 _MEMBER = re.compile(r"(?:.*/)?(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
 LABELS = {"neg": 0, "pos": 1}
@@ -78,7 +79,7 @@ def _source_key(source: Path, vocab: int, maxlen: int) -> str:
 
 
 def read_reviews(source: Path) -> list[tuple[str, int, int, str]]:
-    """[(split, label, id, text)] sorted by (split, label, id): train before test, neg before pos."""
+    """[(split, label, id, text)] sorted by (split, label, id): train first, neg before pos."""
     docs = []
     try:
         if source.is_dir():

@@ -66,7 +66,7 @@ FILE_LOADERS = {".npz": npz.load_npz, ".csv": npz.load_csv}
 
 
 def list_datasets() -> list[str]:
-    """Names `load_dataset` accepts (besides .npz/.csv paths); `DATASETS[name].summary` says more."""
+    """Names `load_dataset` accepts besides .npz/.csv paths; `DATASETS[name].summary` tells more."""
     return sorted(DATASETS)
 
 

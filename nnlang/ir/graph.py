@@ -179,7 +179,7 @@ class Builder:
     def type(self, nid: int) -> TensorType | None:
         return self.g.node(nid).type
 
-    def emit(self, op: str, *inputs, name: str | None = None, **attrs) -> int:
+    def emit(self, op: str, *inputs, value_name: str | None = None, **attrs) -> int:
         """Adds `op(*inputs, **attrs)`; None inputs mark optional tensors that were not given."""
         opdef = registry.get(op)
         if opdef is None:
@@ -197,7 +197,7 @@ class Builder:
         if absent:
             attrs[SLOT_ABSENT] = absent
         return self.g.add_node(op, present, attrs, out, span=self.span, path=self.path,
-                               role=self.role, name=name)
+                               role=self.role, name=value_name)
 
     def const(self, value, dtype: str = "float32") -> int:
         arr = np.asarray(value, dtype=dtype)

@@ -59,11 +59,6 @@ def real_data():
 
 
 @pytest.fixture
-def make_reviews_tar():
-    return write_reviews
-
-
-@pytest.fixture
 def tiny_imdb(tmp_path) -> Path:
     """A data dir holding imdb/aclImdb_v1.tar.gz with TINY_REVIEWS."""
     d = tmp_path / "data" / "imdb"

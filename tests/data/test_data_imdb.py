@@ -1,6 +1,5 @@
 """IMDB on the real archive (parsed once per module), the bundled sample and the array cache."""
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np

@@ -1,4 +1,6 @@
 """Tokenizer, vocabulary and padding rules (nnlang/data/tokenize.py) on hand-written inputs."""
+import tarfile
+
 import numpy as np
 import pytest
 
@@ -8,7 +10,8 @@ from nnlang.data.tokenize import OOV_ID, PAD_ID, build_vocab, encode, tokenize
 
 @pytest.mark.parametrize("text, tokens", [
     ("Great film!", ["great", "film", "!"]),
-    ("I didn't like it.<br /><br />Really?!", ["i", "didn't", "like", "it", ".", "really", "?", "!"]),
+    ("I didn't like it.<br /><br />Really?!",
+     ["i", "didn't", "like", "it", ".", "really", "?", "!"]),
     ("one<br>two<br/>three<BR />four", ["one", "two", "three", "four"]),
     ("A 10/10 movie...", ["a", "10", "/", "10", "movie", ".", ".", "."]),
     ("Don\u2019t say 'no'", ["don't", "say", "'", "no", "'"]),
@@ -44,15 +47,15 @@ def test_tiny_imdb_vocab_is_from_train_only(tiny_imdb):
     # Order is (split, label, id): neg before pos.
     assert ds.train["label"].tolist() == [0, 0, 1, 1] and ds.test["label"].tolist() == [0, 1]
     words = {w: i for i, w in enumerate(ds.meta["vocab"])}
-    assert ds.test["tokens"][1].tolist() == [0, 0, words["great"], words["film"], words[","], OOV_ID]
+    great_film = [0, words["great"], words["film"], words[","], OOV_ID, words["!"]]
+    assert ds.test["tokens"][1].tolist() == great_film
     # "A great cast, a great story!" has 8 tokens: the last 6 are kept.
     kept = ["a", "great", "story", "!"]
     assert ds.train["tokens"][3][-4:].tolist() == [words[w] for w in kept]
     assert ds.encode("great zanzibar")["tokens"].tolist() == [[0, 0, 0, 0, words["great"], 1]]
 
 
-def test_extracted_folder_matches_tarball(tiny_imdb, tmp_path, make_reviews_tar):
-    import tarfile
+def test_extracted_folder_matches_tarball(tiny_imdb, tmp_path):
     with tarfile.open(tiny_imdb / "imdb" / "aclImdb_v1.tar.gz") as tar:
         tar.extractall(tmp_path / "x" / "imdb", filter="data")
     a = load_dataset("imdb", data_dir=tiny_imdb, vocab=50, maxlen=6)

@@ -1,0 +1,178 @@
+"""Weight initializers: what a layer's `ParamSpec.init = (name, options)` means as numbers.
+
+Layers name their default here (Keras defaults); the trainer calls `initialize` once per param
+node when it allocates weights. `init_spec` normalises what users write (`"he_normal"` or
+`("normal", {"std": 0.1})`) and is what layers' `params` rules call.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nnlang.errors import did_you_mean
+from nnlang.ops.registry import ParamSpec, ShapeError
+from nnlang.ops.signature import BindError, Signature
+
+# name -> (options signature, fn(rng, shape, dtype, fan_in, fan_out, **opts) -> ndarray)
+INITIALIZERS: dict[str, tuple[Signature, callable]] = {}
+
+
+def _initializer(*names: str, sig: str = ""):
+    def deco(fn):
+        for n in names:
+            INITIALIZERS[n] = (Signature.parse(sig), fn)
+        return fn
+    return deco
+
+
+def fans(shape, kind: str | None = None) -> tuple[int, int]:
+    """(fan_in, fan_out) of a weight, with the layout decided by `kind` or, when None, by rank.
+
+    dense / recurrent [in, out]; conv [out, in, *kernel] (fans scale by the receptive field);
+    embedding [vocab, dim] (Keras treats it like dense); vectors use their length for both.
+    """
+    shape = tuple(int(d) for d in shape)
+    if kind is None:
+        kind = {0: "scalar", 1: "vector", 2: "dense"}.get(len(shape), "conv")
+    if kind == "scalar":
+        return 1, 1
+    if kind == "vector":
+        return shape[0], shape[0]
+    if kind in ("dense", "recurrent", "embedding"):
+        return shape[0], shape[1]
+    if kind == "conv":
+        field = math.prod(shape[2:])
+        return shape[1] * field, shape[0] * field
+    raise ValueError(f"unknown weight kind {kind!r}")
+
+
+# NOTE: like Keras, the variance-scaling "normal" inits (glorot_normal, he_normal, lecun_normal)
+# draw a normal truncated at 2 std devs and divide std by that truncation's std, so the weights
+# keep the intended variance; truncated_normal(std) takes std as given.
+_TRUNC_STD = 0.87962566103423978
+
+
+def _uniform(rng, shape, dtype, bound):
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+@_initializer("glorot_uniform", "xavier_uniform")
+def _glorot_uniform(rng, shape, dtype, fan_in, fan_out):
+    return _uniform(rng, shape, dtype, math.sqrt(6.0 / (fan_in + fan_out)))
+
+
+@_initializer("glorot_normal", "xavier_normal")
+def _glorot_normal(rng, shape, dtype, fan_in, fan_out):
+    return _truncated(rng, shape, dtype, math.sqrt(2.0 / (fan_in + fan_out)) / _TRUNC_STD, 0.0)
+
+
+@_initializer("he_uniform", "kaiming_uniform")
+def _he_uniform(rng, shape, dtype, fan_in, fan_out):
+    return _uniform(rng, shape, dtype, math.sqrt(6.0 / fan_in))
+
+
+@_initializer("he_normal", "kaiming_normal")
+def _he_normal(rng, shape, dtype, fan_in, fan_out):
+    return _truncated(rng, shape, dtype, math.sqrt(2.0 / fan_in) / _TRUNC_STD, 0.0)
+
+
+@_initializer("lecun_uniform")
+def _lecun_uniform(rng, shape, dtype, fan_in, fan_out):
+    return _uniform(rng, shape, dtype, math.sqrt(3.0 / fan_in))
+
+
+@_initializer("lecun_normal")
+def _lecun_normal(rng, shape, dtype, fan_in, fan_out):
+    return _truncated(rng, shape, dtype, math.sqrt(1.0 / fan_in) / _TRUNC_STD, 0.0)
+
+
+@_initializer("zeros")
+def _zeros(rng, shape, dtype, fan_in, fan_out):
+    return np.zeros(shape, dtype)
+
+
+@_initializer("ones")
+def _ones(rng, shape, dtype, fan_in, fan_out):
+    return np.ones(shape, dtype)
+
+
+@_initializer("constant", sig="value: float = 0.0")
+def _constant(rng, shape, dtype, fan_in, fan_out, value):
+    return np.full(shape, value, dtype)
+
+
+@_initializer("normal", sig="std: float = 0.05, mean: float = 0.0")
+def _normal(rng, shape, dtype, fan_in, fan_out, std, mean):
+    return rng.normal(mean, std, size=shape).astype(dtype)
+
+
+@_initializer("uniform", sig="scale: float = 0.05")
+def _uniform_init(rng, shape, dtype, fan_in, fan_out, scale):
+    return _uniform(rng, shape, dtype, scale)
+
+
+@_initializer("truncated_normal", sig="std: float = 0.05, mean: float = 0.0")
+def _truncated_normal(rng, shape, dtype, fan_in, fan_out, std, mean):
+    return _truncated(rng, shape, dtype, std, mean)
+
+
+def _truncated(rng, shape, dtype, std, mean):
+    """Normal with values beyond two std devs redrawn."""
+    out = rng.standard_normal(size=shape)
+    bad = np.abs(out) > 2
+    while bad.any():
+        out[bad] = rng.standard_normal(size=int(bad.sum()))
+        bad = np.abs(out) > 2
+    return (mean + std * out).astype(dtype)
+
+
+@_initializer("orthogonal", sig="gain: float = 1.0")
+def _orthogonal(rng, shape, dtype, fan_in, fan_out, gain):
+    # As Keras/PyTorch: QR of a gaussian [rows, cols] matrix (rows = first dim, cols = the
+    # rest), sign-corrected so the result is uniformly distributed; rows or cols orthonormal.
+    rows, cols = shape[0], math.prod(shape[1:])
+    a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return (gain * q).reshape(shape).astype(dtype)
+
+
+@_initializer("unit_forget_bias", sig="units: int")
+def _unit_forget_bias(rng, shape, dtype, fan_in, fan_out, units):
+    # Keras LSTM(unit_forget_bias=True): zeros, with the forget gate's slice (gate order
+    # i, f, c, o) set to 1 so early training does not forget the cell state.
+    out = np.zeros(shape, dtype)
+    out[..., units:2 * units] = 1.0
+    return out
+
+
+def init_spec(value, what: str = "init") -> tuple[str, dict]:
+    """Checks an `init` argument (name or (name, options)) and returns (name, options)."""
+    if isinstance(value, str):
+        name, opts = value, {}
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[1], dict):
+        name, opts = value
+    else:
+        raise ShapeError(f"{what}: expected an initializer name or (name, options), got "
+                         f"{value!r}", hint="e.g. \"he_normal\" or (\"normal\", {\"std\": 0.1})")
+    if name not in INITIALIZERS:
+        raise ShapeError(f"{what}: unknown initializer {name!r}",
+                         hint=did_you_mean(name, list(INITIALIZERS))
+                         or "known: " + ", ".join(sorted(INITIALIZERS)))
+    try:
+        INITIALIZERS[name][0].bind([], dict(opts))
+    except BindError as err:
+        raise ShapeError(f"{what}: initializer {name} {err.message}", hint=err.hint) from None
+    return name, dict(opts)
+
+
+def initialize(spec: ParamSpec, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
+    """The starting value of one parameter (shape dims must be concrete by now)."""
+    name, opts = init_spec(spec.init)
+    sig, fn = INITIALIZERS[name]
+    shape = tuple(int(d) for d in spec.shape)
+    fan_in, fan_out = fans(shape, kind)
+    return fn(rng, shape, spec.dtype, fan_in, fan_out, **sig.bind([], opts))

@@ -1,0 +1,110 @@
+"""Finding, downloading (from a local HTTP server) and failing clearly: nnlang/data/cache.py."""
+import hashlib
+import http.server
+import shutil
+import threading
+from functools import partial
+
+import pytest
+
+from nnlang.data import DataError, cache, list_datasets, load_dataset
+from nnlang.data.cache import Remote, download
+from nnlang.data.mnist import FILES
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Serves tmp_path/www on 127.0.0.1; shut down after the test (daemon thread, so bounded)."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=root))
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_checksum_and_atomic_write(server, tmp_path, monkeypatch):
+    root, url = server
+    payload = b"real bytes " * 50_000
+    (root / "toy").mkdir()
+    (root / "toy" / "blob.bin").write_bytes(payload)
+    monkeypatch.setenv("NNLANG_DATA_MIRROR", url)
+    good = Remote("blob.bin", "https://example.invalid/blob.bin",
+                  "sha256:" + hashlib.sha256(payload).hexdigest())
+    dest = tmp_path / "dl" / "blob.bin"
+    assert download(good, dest, "toy") == dest and dest.read_bytes() == payload
+    assert [p.name for p in dest.parent.iterdir()] == ["blob.bin"]
+
+    bad = Remote("blob.bin", good.url, "md5:" + "0" * 32)
+    dest2 = tmp_path / "dl2" / "blob.bin"
+    with pytest.raises(DataError, match="checksum mismatch"):
+        download(bad, dest2, "toy")
+    assert list(dest2.parent.iterdir()) == []  # neither the file nor a .part temp file
+
+
+def test_mnist_downloaded_from_mirror(server, real_data, isolated, monkeypatch):
+    root, url = server
+    shutil.copytree(real_data("mnist/*.gz") / "mnist", root / "mnist")
+    monkeypatch.setenv("NNLANG_DATA_MIRROR", url)
+    monkeypatch.delenv("NNLANG_DATA_DIR")
+    ds = load_dataset("mnist")
+    assert len(ds.train) == 60000
+    assert sorted(p.name for p in (isolated / "mnist").iterdir()) == sorted(
+        f"{s}.gz" for s in FILES.values())
+    # A corrupted mirror copy fails its published checksum and leaves nothing behind.
+    (root / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b tampered")
+    shutil.rmtree(isolated / "mnist")
+    with pytest.raises(DataError, match="checksum mismatch") as e:
+        load_dataset("mnist")
+    assert not (isolated / "mnist" / "t10k-labels-idx1-ubyte.gz").exists()
+    assert str(isolated / "mnist" / "t10k-labels-idx1-ubyte.gz") in e.value.message
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("mnist", "mnist/train-images-idx3-ubyte.gz"),
+    ("fashion-mnist", "fashion-mnist/t10k-labels-idx1-ubyte.gz"),
+    ("imdb", "imdb/aclImdb_v1.tar.gz"),
+])
+def test_missing_data_without_network(name, expected, tmp_path, isolated, monkeypatch):
+    monkeypatch.delenv("NNLANG_DATA_DIR", raising=False)
+    with pytest.raises(DataError) as e:
+        load_dataset(name, data_dir=tmp_path / "empty")
+    text = str(e.value)
+    assert str(isolated / expected) in text
+    assert "--data-dir" in text and "NNLANG_DATA_DIR" in text and str(tmp_path / "empty") in text
+    assert not list(isolated.rglob("*.part"))
+
+
+def test_search_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNLANG_DATA_DIR", str(tmp_path / "env"))
+    monkeypatch.setattr(cache, "SYSTEM_DIRS", [tmp_path / "sys"])
+    dirs = cache.candidate_dirs("mnist", tmp_path / "arg")
+    assert dirs == [tmp_path / "arg" / "mnist", tmp_path / "arg", tmp_path / "env" / "mnist",
+                    tmp_path / "env", tmp_path / "sys" / "mnist", tmp_path / "sys",
+                    cache.user_cache_dir() / "mnist", cache.user_cache_dir()]
+
+
+def test_registry_names_and_errors():
+    assert list_datasets() == ["fashion-mnist", "imdb", "imdb-sample", "mnist", "mnist-sample"]
+    with pytest.raises(DataError, match="unknown dataset 'minst'") as e:
+        load_dataset("minst")
+    assert "did you mean 'mnist'" in e.value.hint
+    with pytest.raises(DataError, match="no option"):
+        load_dataset("mnist-sample", vocab=3)
+    with pytest.raises(DataError, match="cannot parse"):
+        load_dataset("imdb-sample(maxlen=)")
+    with pytest.raises(DataError, match="not found"):
+        load_dataset("nope.npz")
+
+
+def test_spec_string_options():
+    ds = load_dataset("imdb_sample(vocab=500, maxlen=40)")
+    assert ds.train["tokens"].shape == (2500, 40) and ds.train["tokens"].max() < 500
+    assert len(ds.meta["vocab"]) == 500

@@ -1,0 +1,54 @@
+"""User .npz and .csv files (nnlang/data/npz.py)."""
+import numpy as np
+import pytest
+
+from nnlang.data import DataError, load_dataset
+
+
+def test_npz_without_prefixes_is_all_train(tmp_path):
+    x = np.arange(12, dtype=np.float64).reshape(6, 2)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(6))
+    ds = load_dataset(tmp_path / "d.npz")
+    assert ds.inputs == ["x"] and ds.targets == ["y"] and ds.name == "d"
+    assert len(ds.train) == 6 and len(ds.test) == 0
+    assert ds.train["x"].dtype == np.float32 and ds.train["y"].dtype == np.int32
+    assert ds.test["x"].shape == (0, 2)
+    assert ds.encode([1.0, 2.0])["x"].tolist() == [[1.0, 2.0]]
+
+
+def test_npz_with_prefixes_and_explicit_targets(tmp_path):
+    np.savez(tmp_path / "d.npz", train_image=np.zeros((5, 3), np.float32),
+             train_aux=np.ones((5,), np.float32), test_image=np.zeros((2, 3), np.float32),
+             test_aux=np.ones((2,), np.float32))
+    ds = load_dataset(str(tmp_path / "d.npz"), targets=["aux"])
+    assert (len(ds.train), len(ds.test)) == (5, 2)
+    assert ds.inputs == ["image"] and ds.targets == ["aux"]
+
+
+@pytest.mark.parametrize("arrays, match", [
+    ({"train_x": np.zeros(3), "y": np.zeros(3)}, "no train_/test_ prefix"),
+    ({"x": np.zeros(3), "label": np.zeros(4)}, "same length"),
+    ({"train_x": np.zeros(3), "test_z": np.zeros(3)}, "differ"),
+])
+def test_npz_errors(tmp_path, arrays, match):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DataError, match=match):
+        load_dataset(tmp_path / "d.npz")
+
+
+def test_csv(tmp_path):
+    (tmp_path / "d.csv").write_text("a,kind,b\n1,0,2.5\n3,1,4\n5,2,6\n")
+    ds = load_dataset("d.csv", data_dir=tmp_path, target="kind")
+    assert ds.inputs == ["x"] and ds.targets == ["label"]
+    assert ds.train["x"].tolist() == [[1, 2.5], [3, 4], [5, 6]]
+    assert ds.train["x"].dtype == np.float32
+    assert ds.train["label"].tolist() == [0, 1, 2] and ds.train["label"].dtype == np.int32
+    assert ds.meta["feature_names"] == ["a", "b"] and len(ds.test) == 0
+
+
+def test_csv_errors(tmp_path):
+    (tmp_path / "d.csv").write_text("a,label\n1,0\nx,1\n")
+    with pytest.raises(DataError, match=r"d.csv:3: non-numeric"):
+        load_dataset(tmp_path / "d.csv")
+    with pytest.raises(DataError, match="no column 'y'"):
+        load_dataset(tmp_path / "d.csv", target="y")
