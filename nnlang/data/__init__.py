@@ -4,6 +4,7 @@ Pipeline position: outside the compiler proper; the trainer feeds these arrays t
 """
 from nnlang.data.cache import DataError
 from nnlang.data.dataset import Dataset, Split
-from nnlang.data.registry import DATASETS, list_datasets, load_dataset
+from nnlang.data.registry import DATASETS, canonical_name, list_datasets, load_dataset
 
-__all__ = ["DATASETS", "DataError", "Dataset", "Split", "list_datasets", "load_dataset"]
+__all__ = ["DATASETS", "DataError", "Dataset", "Split", "canonical_name", "list_datasets",
+           "load_dataset"]

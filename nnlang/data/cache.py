@@ -13,21 +13,22 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnlang.errors import NNError
+
 # Debian's dataset-* packages (e.g. dataset-fashion-mnist) install here. A list so tests can
 # empty it and not depend on what the machine has installed.
 SYSTEM_DIRS = [Path("/usr/share/datasets")]
 DOWNLOAD_TIMEOUT_S = 30
 
 
-class DataError(Exception):
+class DataError(NNError):
     """A dataset problem the user can fix: missing files, bad checksum, corrupt data, bad option.
 
-    NOTE: meant to be re-parented onto `nnlang.errors.NNError`; keep `.message` and `.hint`.
+    Has no source span; the caller may re-raise it at the `data:` setting's span.
     """
 
     def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message if hint is None else f"{message}\nhint: {hint}")
-        self.message, self.hint = message, hint
+        super().__init__(message, None, hint)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,12 @@ DATASETS = {
 FILE_LOADERS = {".npz": npz.load_npz, ".csv": npz.load_csv}
 
 
+def canonical_name(name: str) -> str | None:
+    """"fashion_mnist" -> "fashion-mnist"; None if `name` is not a registered dataset."""
+    key = name.lower().replace("_", "-")
+    return key if key in DATASETS else None
+
+
 def list_datasets() -> list[str]:
     """Names `load_dataset` accepts besides .npz/.csv paths; `DATASETS[name].summary` tells more."""
     return sorted(DATASETS)
@@ -78,8 +84,8 @@ def load_dataset(spec: str | os.PathLike, *, data_dir: str | os.PathLike | None 
     Raises DataError (never a traceback) for unknown names, bad options and missing files.
     """
     name, options = _parse_spec(spec, options)
-    key = name.lower().replace("_", "-")
-    if key in DATASETS:
+    key = canonical_name(name)
+    if key is not None:
         loader = DATASETS[key].loader
         _check_options(key, loader, options, skip={"data_dir"})
         return loader(data_dir=data_dir, **options)
@@ -92,7 +98,7 @@ def load_dataset(spec: str | os.PathLike, *, data_dir: str | os.PathLike | None 
         loader = FILE_LOADERS[path.suffix.lower()]
         _check_options(str(path), loader, options, skip={"path"})
         return loader(path, **options)
-    close = difflib.get_close_matches(key, list(DATASETS), n=1)
+    close = difflib.get_close_matches(name.lower(), list(DATASETS), n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise DataError(f"unknown dataset '{name}'", f"{hint}known datasets: "
                     f"{', '.join(list_datasets())}, or a path to a .npz/.csv file")

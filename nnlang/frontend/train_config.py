@@ -69,9 +69,9 @@ def _data_choice(value, span, errors: ErrorSink):
     name, options = (value, {}) if isinstance(value, str) else value
     if any(name.endswith(ext) for ext in (".npz", ".csv")) or "/" in name:
         return Choice(name, options)
-    from nnlang.data.registry import list_datasets
+    from nnlang.data.registry import canonical_name, list_datasets
     names = list_datasets()
-    if name not in names:
+    if canonical_name(name) is None:
         errors.add(f"unknown dataset '{name}'", span,
                    did_you_mean(name, names) or f"datasets: {', '.join(names)}, or a .npz/.csv")
         return None

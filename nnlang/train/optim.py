@@ -1,10 +1,15 @@
-"""Optimizers and learning-rate schedules: each one entry with its signature and doc, so the
-train section is checked against it; the update rules are appended to the train graph as ops.
+"""Optimizers and learning-rate schedules. Each optimizer is one entry: its signature (checked in
+the train section), its state slots and its update rule, written as graph ops and appended to the
+train graph so the whole update fuses into kernels like the model does (as in tinygrad).
+Update rules follow the PyTorch documentation of torch.optim.{SGD, Adam, AdamW, RMSprop}.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Callable
 
+from nnlang.ir.graph import Builder
 from nnlang.ops.signature import Signature
 
 
@@ -13,25 +18,72 @@ class OptimDef:
     name: str
     sig: Signature
     doc: str
+    slots: tuple = ()                 # per-parameter state, zero-initialized
+    update: Callable | None = field(default=None, compare=False)
+    # update(b, p, g, slots: {name: node}, t: step node (1-based), lr: node, **hp)
+    #   -> (new_p, {slot: new value})
+
+
+def _c(b: Builder, v: float, like: int) -> int:
+    return b.const(v, b.type(like).dtype)
+
+
+def _sgd(b, p, g, s, t, lr, *, momentum, nesterov, weight_decay, **_):
+    if weight_decay:
+        g = b.add(g, b.mul(_c(b, weight_decay, p), p))
+    new = {}
+    if momentum:
+        buf = b.add(b.mul(_c(b, momentum, p), s["momentum"]), g)
+        new["momentum"] = buf
+        g = b.add(g, b.mul(_c(b, momentum, p), buf)) if nesterov else buf
+    return b.sub(p, b.mul(lr, g)), new
+
+
+def _adam(b, p, g, s, t, lr, *, beta1, beta2, eps, weight_decay, decoupled=False, **_):
+    if weight_decay and decoupled:
+        p = b.mul(p, b.sub(_c(b, 1.0, p), b.mul(lr, _c(b, weight_decay, p))))
+    elif weight_decay:
+        g = b.add(g, b.mul(_c(b, weight_decay, p), p))
+    m = b.add(b.mul(_c(b, beta1, p), s["m"]), b.mul(_c(b, 1 - beta1, p), g))
+    v = b.add(b.mul(_c(b, beta2, p), s["v"]), b.mul(_c(b, 1 - beta2, p), b.mul(g, g)))
+    one = _c(b, 1.0, p)
+    bc1 = b.sub(one, b.pow(_c(b, beta1, p), t))
+    bc2 = b.sub(one, b.pow(_c(b, beta2, p), t))
+    denom = b.add(b.div(b.sqrt(v), b.sqrt(bc2)), _c(b, eps, p))
+    return b.sub(p, b.mul(b.div(lr, bc1), b.div(m, denom))), {"m": m, "v": v}
+
+
+def _rmsprop(b, p, g, s, t, lr, *, alpha, eps, momentum, weight_decay, **_):
+    if weight_decay:
+        g = b.add(g, b.mul(_c(b, weight_decay, p), p))
+    sq = b.add(b.mul(_c(b, alpha, p), s["square_avg"]), b.mul(_c(b, 1 - alpha, p), b.mul(g, g)))
+    step = b.div(g, b.add(b.sqrt(sq), _c(b, eps, p)))
+    new = {"square_avg": sq}
+    if momentum:
+        step = b.add(b.mul(_c(b, momentum, p), s["momentum"]), step)
+        new["momentum"] = step
+    return b.sub(p, b.mul(lr, step)), new
 
 
 OPTIMIZERS = {o.name: o for o in (
     OptimDef("sgd", Signature.parse("lr: float = 0.01, momentum: float = 0.0, "
                                     "nesterov: bool = false, weight_decay: float = 0.0"),
              "SGD with optional (Nesterov) momentum; weight decay is added to the gradient "
-             "(torch.optim.SGD)"),
+             "(torch.optim.SGD)", ("momentum",), _sgd),
     OptimDef("adam", Signature.parse("lr: float = 0.001, beta1: float = 0.9, "
                                      "beta2: float = 0.999, eps: float = 1e-8, "
                                      "weight_decay: float = 0.0"),
-             "Adam with L2 weight decay added to the gradient (torch.optim.Adam)"),
+             "Adam with L2 weight decay added to the gradient (torch.optim.Adam)",
+             ("m", "v"), _adam),
     OptimDef("adamw", Signature.parse("lr: float = 0.001, beta1: float = 0.9, "
                                       "beta2: float = 0.999, eps: float = 1e-8, "
                                       "weight_decay: float = 0.01"),
-             "Adam with decoupled weight decay (torch.optim.AdamW)"),
+             "Adam with decoupled weight decay (torch.optim.AdamW)", ("m", "v"),
+             lambda *a, **k: _adam(*a, decoupled=True, **k)),
     OptimDef("rmsprop", Signature.parse("lr: float = 0.01, alpha: float = 0.99, "
                                         "eps: float = 1e-8, momentum: float = 0.0, "
                                         "weight_decay: float = 0.0"),
-             "RMSprop (torch.optim.RMSprop)"),
+             "RMSprop (torch.optim.RMSprop)", ("square_avg", "momentum"), _rmsprop),
 )}
 
 SCHEDULES = {o.name: o for o in (
@@ -44,3 +96,68 @@ SCHEDULES = {o.name: o for o in (
              "cosine decay from lr to min_lr over the whole run, after a linear warm-up of "
              "`warmup` steps"),
 )}
+
+
+def learning_rate(base: float, schedule, step: int, epoch: int, total_steps: int) -> float:
+    """The learning rate for a (0-based) step; `schedule` is a Choice or None."""
+    if schedule is None:
+        return base
+    o = schedule.options
+    warm = o.get("warmup", 0)
+    if warm and step < warm:
+        return base * (step + 1) / warm
+    name = schedule.name
+    if name == "step":
+        return base * o["gamma"] ** (epoch // o["step_size"])
+    if name == "exponential":
+        return base * o["gamma"] ** epoch
+    if name == "cosine":
+        span = max(total_steps - warm, 1)
+        frac = min(max(step - warm, 0) / span, 1.0)
+        return o["min_lr"] + (base - o["min_lr"]) * 0.5 * (1 + math.cos(math.pi * frac))
+    return base
+
+
+class _LazySlots(dict):
+    """Creates an optimizer slot on first use, so e.g. SGD without momentum keeps no buffer."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        self[key] = self.make(key)
+        return self[key]
+
+
+def append_update(b: Builder, params: dict, grads: dict, choice, clip_norm: float | None,
+                  lr: int, add_state) -> dict:
+    """Appends clipping and the optimizer update for every trained parameter.
+
+    `params` and `grads` map parameter names to nodes; `add_state(name, like)` creates a
+    persistent zero-initialized state node. Returns {state name: new value node}.
+    """
+    opt = OPTIMIZERS[choice.name]
+    hp = dict(choice.options)
+    hp.pop("lr", None)
+    if clip_norm:
+        # NOTE: like torch.nn.utils.clip_grad_norm_: scale = min(1, max_norm / (norm + 1e-6))
+        sq = None
+        for g in grads.values():
+            part = b.reduce_sum(b.mul(g, g), axes=None)
+            sq = part if sq is None else b.add(sq, part)
+        norm = b.sqrt(sq)
+        scale = b.minimum(b.const(1.0, "float32"),
+                          b.div(b.const(clip_norm, "float32"),
+                                b.add(norm, b.const(1e-6, "float32"))))
+        grads = {k: b.mul(g, scale) for k, g in grads.items()}
+    step = add_state("optimizer.step", None)
+    t = b.add(step, b.const(1.0, "float32"))
+    updates = {"optimizer.step": t}
+    for name, p in params.items():
+        slots = _LazySlots(lambda s, name=name, p=p: add_state(f"optimizer.{s}.{name}", p))
+        new_p, new_slots = opt.update(b, p, grads[name], slots, t, lr, **hp)
+        updates[name] = new_p
+        for s, v in new_slots.items():
+            updates[f"optimizer.{s}.{name}"] = v
+    return updates

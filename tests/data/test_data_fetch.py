@@ -10,6 +10,7 @@ import pytest
 from nnlang.data import DataError, cache, list_datasets, load_dataset
 from nnlang.data.cache import Remote, download
 from nnlang.data.mnist import FILES
+from nnlang.errors import NNError
 
 
 @pytest.fixture
@@ -96,6 +97,7 @@ def test_registry_names_and_errors():
     with pytest.raises(DataError, match="unknown dataset 'minst'") as e:
         load_dataset("minst")
     assert "did you mean 'mnist'" in e.value.hint
+    assert isinstance(e.value, NNError) and "hint:" in str(e.value)
     with pytest.raises(DataError, match="no option"):
         load_dataset("mnist-sample", vocab=3)
     with pytest.raises(DataError, match="cannot parse"):

@@ -1,0 +1,75 @@
+"""The one table from neutral scalar op names (as written in each `OpDef.expr`) to source text.
+
+`ScalarLang` renders Python/numba spellings; a CUDA renderer subclasses it and overrides a few
+entries (`funcs`, `templates`, `dtype_names`, `helpers`), like tinygrad's `code_for_op`.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+_CALL = re.compile(r"\b([a-z_][a-z0-9_]*)\(")
+
+
+class ScalarLang:
+    # neutral function name in an expr template -> this language's function
+    funcs = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh",
+             "erf": "math.erf", "abs": "abs", "sign": "np.sign", "sigmoid": "sigmoid",
+             "max": "max", "min": "min", "pow": "pow"}
+    # whole-template overrides by op name (C-like languages spell `where` as `c ? a : b`)
+    templates: dict[str, str] = {}
+    dtype_names = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32",
+                   "int64": "np.int64", "bool": "np.bool_"}
+    # helper functions a kernel module defines when it uses them
+    helpers = {"sigmoid": (
+        "@numba.njit(inline='always', cache=True, error_model='numpy')\n"
+        "def sigmoid(x):\n"
+        "    # NOTE: the tanh form cannot overflow, unlike 1 / (1 + exp(-x))\n"
+        "    return 0.5 * (math.tanh(0.5 * x) + 1.0)\n")}
+    # ops whose result already has its float operands' dtype, so no cast is needed after them
+    float_preserving = {"neg", "add", "sub", "mul", "div", "exp", "log", "sqrt", "tanh", "abs",
+                        "maximum", "minimum", "where"}
+
+    def cast(self, x: str, dtype: str) -> str:
+        return f"({x} != 0)" if dtype == "bool" else f"{self.dtype_names[dtype]}({x})"
+
+    def literal(self, value, dtype: str) -> str:
+        if dtype == "bool":
+            return "True" if bool(value) else "False"
+        if dtype.startswith("int"):
+            return f"{self.dtype_names[dtype]}({int(value)})"
+        v = float(value)
+        text = repr(v) if math.isfinite(v) else ("np.nan" if math.isnan(v) else
+                                                   ("np.inf" if v > 0 else "-np.inf"))
+        return f"{self.dtype_names[dtype]}({text})"
+
+    def reduce_init(self, op: str, dtype: str) -> str:
+        if op == "sum":
+            return self.literal(0, dtype)
+        if dtype.startswith("int"):
+            return self.literal(np.iinfo(dtype).min, dtype)
+        return self.literal(-math.inf, dtype)
+
+    def reduce_step(self, op: str, acc: str, v: str) -> str:
+        return f"{acc} += {v}" if op == "sum" else f"{acc} = max({acc}, {v})"
+
+    def expr(self, op: str, template: str, args: list[str], dtype: str, in_dtypes) -> str:
+        """One SSA right-hand side; casts to `dtype` when the language's promotion may differ."""
+        if op == "cast":
+            return self.cast(args[0], dtype)
+        template = self.templates.get(op, template)
+        text = _CALL.sub(lambda m: self.funcs.get(m.group(1), m.group(1)) + "(", template)
+        text = text.format(*args)
+        if dtype == "bool" or (dtype.startswith("float") and op in self.float_preserving
+                               and all(d == dtype for d in in_dtypes)):
+            return text
+        return self.cast(text, dtype)
+
+    def used_helpers(self, ops) -> list[str]:
+        names = {op for op in ops if op in self.helpers}
+        return [self.helpers[n] for n in sorted(names)]
+
+
+PYTHON = ScalarLang()

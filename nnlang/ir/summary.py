@@ -1,0 +1,268 @@
+"""The model summary behind `nnlang check`: one row per user-level op with its output shape,
+parameter count, forward FLOPs and activation memory, plus totals. Plain data, so the CLI renders
+it as a rich table and the golden tests compare its text form.
+
+FLOPs come from each op's `OpDef.flops`; a composite without one is decomposed into primitives
+on a scratch graph and their FLOPs are summed (elementwise ops count one per output element,
+reductions one per input element, movement and indexing none). A multiply-add counts as 2.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from nnlang.ir.dims import Sym, bind, fmt_shape
+from nnlang.ir.graph import Builder, Graph, Node, op_attrs, slots
+from nnlang.ops import registry
+from nnlang.ops.registry import ELEMENTWISE, REDUCE, TensorType
+
+SOURCE_OPS = ("input", "param", "const")
+DTYPE_BYTES = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
+
+
+@dataclass
+class Row:
+    layer: str          # block/layer path, or the value name for ops that own no weights
+    op: str
+    shape: str          # symbolic output shape, e.g. [batch, 512]
+    dtype: str
+    params: int         # weights owned by this row (shared weights count at their first use)
+    flops: int          # forward FLOPs at the summary's batch size
+    memory: int         # bytes of the output activation at the summary's batch size
+    line: int = 0       # source line
+
+
+@dataclass
+class Summary:
+    model: str
+    file: str
+    batch: int
+    batch_from: str                  # "train section", "--batch" or "default"
+    inputs: list[tuple[str, str]]    # (name, type)
+    rows: list[Row] = field(default_factory=list)
+    total_params: int = 0
+    trainable_params: int = 0
+    param_memory: int = 0
+    flops: int = 0
+    memory: int = 0
+    outputs: list[str] = field(default_factory=list)
+    losses: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+
+    @property
+    def non_trainable_params(self) -> int:
+        return self.total_params - self.trainable_params
+
+
+def summarize(program, batch: int | None = None) -> Summary:
+    """Summary of an elaborated `Program` (from `nnlang.frontend.elaborate.load`)."""
+    g: Graph = program.graph
+    if batch is not None:
+        size, src = batch, "--batch"
+    elif program.train is not None:
+        size, src = program.train.batch, "train section"
+    else:
+        size, src = 1, "default"
+    env = {"batch": size}
+    s = Summary(program.model, program.file, size, src,
+                [(k, str(g.node(v).type)) for k, v in g.inputs.items() if not k.startswith("_")])
+    owner: dict[int, int] = {}  # param id -> first user in topological order
+    order = g.topo()
+    for nid in order:
+        for i in g.node(nid).inputs:
+            if g.node(i).op == "param":
+                owner.setdefault(i, nid)
+    for pid in g.params.values():
+        p = g.node(pid)
+        n = numel_int(p.shape, env)
+        s.total_params += n
+        s.param_memory += n * DTYPE_BYTES.get(p.dtype, 4)
+        if p.attrs.get("trainable", True):
+            s.trainable_params += n
+    for nid in order:
+        node = g.node(nid)
+        if node.op in SOURCE_OPS:
+            continue
+        params = sum(numel_int(g.node(p).shape, env) for p, user in owner.items() if user == nid)
+        row = Row(layer_label(node, bool(params) or _owns_weights(node)), node.op,
+                  fmt_shape(node.shape), node.dtype or "?", params, node_flops(g, node, env),
+                  activation_bytes(node.type, env), node.span.line if node.span else 0)
+        s.rows.append(row)
+        s.flops += row.flops
+        s.memory += row.memory
+    # NOTE: params no op uses (a `param` declared but never read) still count, in their own row
+    for pid, p in ((pid, g.node(pid)) for pid in g.params.values() if pid not in owner):
+        s.rows.append(Row(p.attrs.get("name", p.path), "param", fmt_shape(p.shape), p.dtype,
+                          numel_int(p.shape, env), 0, 0, p.span.line if p.span else 0))
+    s.outputs, s.losses, s.metrics = list(g.outputs), list(g.losses), list(g.metrics)
+    return s
+
+
+def _owns_weights(node: Node) -> bool:
+    opdef = registry.get(node.op)
+    return opdef is not None and opdef.params is not None
+
+
+def layer_label(node: Node, owns_weights: bool) -> str:
+    """A layer is named by its weights' path (`enc.0.attn`); other ops by their value name."""
+    if owns_weights or not node.name:
+        return node.path
+    return f"{node.path}.{node.name}" if node.path else node.name
+
+
+def concrete(shape, env: dict) -> tuple[int, ...]:
+    """Binds symbolic dims with `env`; symbols it doesn't know (e.g. `seq`) count as 1."""
+    out = []
+    for d in shape:
+        d = bind(d, env)
+        if isinstance(d, Sym):
+            d = d.coeff
+        out.append(int(d))
+    return tuple(out)
+
+
+def numel_int(shape, env: dict) -> int:
+    n = 1
+    for d in concrete(shape, env):
+        n *= d
+    return n
+
+
+def activation_bytes(t: TensorType | None, env: dict) -> int:
+    return 0 if t is None else numel_int(t.shape, env) * DTYPE_BYTES.get(t.dtype, 4)
+
+
+def _concrete_type(t: TensorType, env: dict) -> TensorType:
+    return TensorType(concrete(t.shape, env), t.dtype)
+
+
+def node_flops(g: Graph, node: Node, env: dict) -> int:
+    """Forward FLOPs of one node at concrete sizes (see the module docstring for the rules)."""
+    if node.type is None:
+        return 0
+    ins = tuple(None if i is None else _concrete_type(g.node(i).type, env)
+                for i in slots(g, node))
+    attrs = op_attrs(node)
+    try:
+        return _flops(node.op, ins, _concrete_type(node.type, env), _freeze(attrs))
+    except Exception:  # NOTE: a summary must not fail on an op's FLOP rule; report 0 instead
+        return 0
+
+
+def _freeze(v):
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, list):
+        return ("__list__",) + tuple(_freeze(x) for x in v)
+    if isinstance(v, tuple):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def _thaw(v):
+    if isinstance(v, tuple) and v[:1] == ("__list__",):
+        return [_thaw(x) for x in v[1:]]
+    if isinstance(v, tuple):
+        return tuple(_thaw(x) for x in v)
+    return v
+
+
+@lru_cache(maxsize=4096)
+def _flops(op: str, ins: tuple, out: TensorType, frozen_attrs: tuple) -> int:
+    opdef = registry.get(op)
+    attrs = {k: _thaw(v) for k, v in frozen_attrs}
+    present = [t for t in ins if t is not None]
+    if opdef is None or opdef.has(registry.SOURCE):
+        return 0
+    if opdef.flops is not None:
+        try:
+            return int(opdef.flops(present, out, **attrs))
+        except TypeError:
+            return int(opdef.flops(present, out))
+    if opdef.is_composite:
+        return _composite_flops(opdef, ins, attrs)
+    if opdef.has(ELEMENTWISE):
+        return numel_int(out.shape, {})
+    if opdef.has(REDUCE):
+        return numel_int(present[0].shape, {})
+    return 0
+
+
+def _composite_flops(opdef, ins: tuple, attrs: dict) -> int:
+    from nnlang.passes.decompose import decompose
+
+    scratch = Graph()
+    b = Builder(scratch)
+    ids = [None if t is None else
+           scratch.add_node("input", [], {"name": f"x{i}", "dtype": t.dtype,
+                                          "shape": list(t.shape)}, t)
+           for i, t in enumerate(ins)]
+    b.training = False
+    out = opdef.decompose(b, *ids, **attrs)
+    scratch.outputs["y"] = out
+    scratch = decompose(scratch, training=False)
+    total = 0
+    for n in scratch:
+        if n.op in SOURCE_OPS or n.type is None:
+            continue
+        sub = tuple(None if i is None else scratch.node(i).type for i in slots(scratch, n))
+        total += _flops(n.op, sub, n.type, _freeze(op_attrs(n)))
+    return total
+
+
+# *** text form (golden files, plain terminals) ***
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23M'; bytes with unit='B' -> '4.71 MiB'."""
+    if unit == "B":
+        for suffix, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if n >= k:
+                return f"{n / k:.2f} {suffix}"
+        return f"{int(n)} B"
+    for suffix, k in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= k:
+            return f"{n / k:.2f}{suffix}"
+    return str(int(n))
+
+
+HEADERS = ("Layer", "Op", "Output shape", "Params", "FLOPs", "Memory")
+
+
+def table_cells(s: Summary) -> list[tuple[str, ...]]:
+    return [(r.layer or "·", r.op, r.shape if r.dtype == "float32" else f"{r.dtype}{r.shape}",
+             f"{r.params:,}" if r.params else "", human(r.flops) if r.flops else "",
+             human(r.memory, "B") if r.memory else "") for r in s.rows]
+
+
+def header_lines(s: Summary) -> list[str]:
+    ins = ", ".join(f"{n}: {t}" for n, t in s.inputs) or "none"
+    return [f"model {s.model} ({s.file})", f"inputs: {ins}",
+            f"sizes at batch = {s.batch} ({s.batch_from})"]
+
+
+def total_lines(s: Summary) -> list[str]:
+    out = [f"Total params: {s.total_params:,} ({human(s.param_memory, 'B')})",
+           f"Trainable params: {s.trainable_params:,}",
+           f"Non-trainable params: {s.non_trainable_params:,}",
+           f"Forward FLOPs: {s.flops:,} ({human(s.flops)})",
+           f"Activation memory: {human(s.memory, 'B')}"]
+    for title, names in (("outputs", s.outputs), ("losses", s.losses), ("metrics", s.metrics)):
+        if names:
+            out.append(f"{title}: {', '.join(names)}")
+    return out
+
+
+def render_text(s: Summary) -> str:
+    """The summary as plain fixed-width text (what the golden files hold)."""
+    cells = table_cells(s)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
+              for i, h in enumerate(HEADERS)]
+    right = {3, 4, 5}
+
+    def line(row):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    rule = "-" * len(line(HEADERS))
+    body = [line(HEADERS), rule, *(line(c) for c in cells), rule]
+    return "\n".join(header_lines(s) + [""] + body + total_lines(s)) + "\n"

@@ -1,0 +1,168 @@
+"""Attention composites: multi-head scaled dot-product attention and positional encodings,
+decomposed into GEMMs, the softmax composite and elementwise masking.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nnlang.ir.dims import Sym, fmt_shape, numel
+from nnlang.ops.nn import const_like, linear, need_float, param_dtype
+from nnlang.ops.registry import ParamSpec, Sample, ShapeError, TensorType, register
+
+NEG_INF = -1e9  # added to masked scores: exp underflows to exactly 0 without inf - inf = nan
+
+
+def _mha_dims(q, kv, heads, dim):
+    for i, t in ((0, q), (1, kv)):
+        if t is None:
+            continue
+        need_float("multi_head_attention", t, i)
+        if t.rank != 3 or isinstance(t.shape[2], Sym):
+            raise ShapeError(f"multi_head_attention expects [batch, len, dim] but got "
+                             f"{fmt_shape(t.shape)}", arg=i)
+    dim = q.shape[2] if dim is None else dim
+    if heads < 1 or dim % heads:
+        raise ShapeError(f"multi_head_attention: dim {dim} is not divisible by heads = {heads}",
+                         hint="pick heads dividing the model dim (e.g. 4 or 8 for 128)")
+    return dim
+
+
+def _mha_params(q, kv=None, mask=None, *, heads, dim, causal, dropout):
+    kv = kv or q
+    inner, dt = _mha_dims(q, kv, heads, dim), param_dtype(q)
+    w, z = ("glorot_uniform", {}), ("zeros", {})
+    return {"wq": ParamSpec((q.shape[2], inner), w, dtype=dt), "bq": ParamSpec((inner,), z, dtype=dt),
+            "wk": ParamSpec((kv.shape[2], inner), w, dtype=dt), "bk": ParamSpec((inner,), z, dtype=dt),
+            "wv": ParamSpec((kv.shape[2], inner), w, dtype=dt), "bv": ParamSpec((inner,), z, dtype=dt),
+            "wo": ParamSpec((inner, q.shape[2]), w, dtype=dt),
+            "bo": ParamSpec((q.shape[2],), z, dtype=dt)}
+
+
+def _mha_shape(q, kv=None, mask=None, *weights, heads, dim, causal, dropout):
+    kvt = kv or q
+    _mha_dims(q, kvt, heads, dim)
+    if kv is not None and kv.shape[0] != q.shape[0]:
+        raise ShapeError(f"multi_head_attention: query batch {fmt_shape(q.shape)} and key/value "
+                         f"batch {fmt_shape(kv.shape)} differ", arg=1)
+    if mask is not None and mask.shape != (kvt.shape[0], kvt.shape[1]):
+        raise ShapeError(f"multi_head_attention: key_padding_mask {fmt_shape(mask.shape)} must "
+                         f"be [batch, kv_len] = {fmt_shape(kvt.shape[:2])}", arg=2,
+                         hint="1 keeps a key, 0 masks it (padding)")
+    if causal and (isinstance(q.shape[1], Sym) or isinstance(kvt.shape[1], Sym)):
+        raise ShapeError("multi_head_attention: causal masking needs concrete lengths", arg=0)
+    if not 0.0 <= dropout < 1.0:
+        raise ShapeError(f"multi_head_attention: dropout must be in [0, 1), got {dropout}")
+    return q
+
+
+def _split_heads(b, x, heads, perm):
+    batch, length, dim = b.type(x).shape
+    return b.transpose(b.reshape(x, shape=[batch, length, heads, dim // heads]), perm=perm)
+
+
+def _mha(b, q, kv, mask, wq, bq, wk, bk, wv, bv, wo, bo, *, heads, dim, causal, dropout):
+    kv = q if kv is None else kv
+    batch, lq, _ = b.type(q).shape
+    lk = b.type(kv).shape[1]
+    inner = b.type(wq).shape[1]
+    qh = _split_heads(b, linear(b, q, wq, bq), heads, [0, 2, 1, 3])    # [B, H, Lq, dh]
+    kh = _split_heads(b, linear(b, kv, wk, bk), heads, [0, 2, 3, 1])   # [B, H, dh, Lk]
+    vh = _split_heads(b, linear(b, kv, wv, bv), heads, [0, 2, 1, 3])   # [B, H, Lk, dh]
+    scores = b.mul(b.matmul(qh, kh), const_like(b, 1.0 / math.sqrt(inner // heads), q))
+    if mask is not None:
+        keep = b.cast(mask, dtype=b.type(q).dtype) if b.type(mask).dtype != "bool" else \
+            b.cast(mask, dtype=b.type(q).dtype)
+        bias = b.mul(b.sub(const_like(b, 1.0, q), b.cast(b.ne(keep, const_like(b, 0.0, q)),
+                                                         dtype=b.type(q).dtype)),
+                     const_like(b, NEG_INF, q))
+        scores = b.add(scores, b.reshape(bias, shape=[batch, 1, 1, lk]))
+    if causal:
+        # query i sees keys j <= i + (lk - lq), so a longer key prefix (a cache) stays visible
+        future = np.triu(np.ones((lq, lk)), k=1 + lk - lq) * NEG_INF
+        scores = b.add(scores, b.const(future, b.type(q).dtype))
+    probs = b.softmax(scores, axis=-1)
+    if dropout:
+        probs = b.dropout(probs, rate=dropout)
+    ctx = b.transpose(b.matmul(probs, vh), perm=[0, 2, 1, 3])          # [B, Lq, H, dh]
+    return linear(b, b.reshape(ctx, shape=[batch, lq, inner]), wo, bo)
+
+
+def _mha_flops(ins, out, *, heads, dim, **_):
+    q, kv = ins[0], ins[1] or ins[0]
+    inner = dim or q.shape[2]
+    proj = numel(q.shape[:2]) * q.shape[2] * inner * 2 + numel(kv.shape[:2]) * kv.shape[2] * \
+        inner * 2
+    attn = 2 * numel(q.shape[:2]) * kv.shape[1] * inner
+    return 2 * (proj + attn)
+
+
+register("multi_head_attention",
+         "q: tensor, kv: tensor? = none, key_padding_mask: tensor? = none, heads: int, "
+         "dim: int = none, causal: bool = false, dropout: float = 0.0",
+         _mha_shape, decompose=_mha, params=_mha_params, flops=_mha_flops, family="attention",
+         doc="Multi-head scaled dot-product attention on [batch, len, dim]: self-attention when "
+             "kv is none. dim is the attention width (default: q's last dim), split over heads; "
+             "the output has q's shape. key_padding_mask [batch, kv_len] (float, int or bool; "
+             "nonzero keeps a key, 0 masks it) and causal = true add -1e9 to masked scores "
+             "before the softmax; dropout applies to the attention weights in training. Params "
+             "wq/wk/wv [in, dim], wo [dim, q_dim] and biases (d = 128: 66,048, like PyTorch). "
+             "Init: weights glorot_uniform (PyTorch's xavier_uniform), biases zeros.",
+         samples=(Sample(((2, 4, 8),), {"heads": 2}),
+                  Sample(((2, 3, 8), (2, 5, 6)), {"heads": 4, "dim": 12}),
+                  Sample(((2, 4, 8), None, (2, 4)), {"heads": 2, "causal": True},
+                         domain="int:2", dtypes=(None, None, "int32"))))
+
+
+def sinusoid_table(length: int, dim: int) -> np.ndarray:
+    """Vaswani et al.: sin on even columns, cos on odd, wavelengths 2*pi .. 10000*2*pi."""
+    pos = np.arange(length)[:, None]
+    freq = np.exp(-math.log(10000.0) * (np.arange(0, dim, 2) / dim))
+    table = np.zeros((length, dim))
+    table[:, 0::2] = np.sin(pos * freq)
+    table[:, 1::2] = np.cos(pos * freq[: dim // 2])
+    return table
+
+
+def _pe_check(x, kind, max_len):
+    need_float("positional_encoding", x)
+    if x.rank != 3 or isinstance(x.shape[1], Sym) or isinstance(x.shape[2], Sym):
+        raise ShapeError(f"positional_encoding expects [batch, len, dim] with concrete len and "
+                         f"dim but got {fmt_shape(x.shape)}", arg=0)
+    if kind not in ("sinusoidal", "learned"):
+        raise ShapeError(f"positional_encoding: kind must be \"sinusoidal\" or \"learned\", got "
+                         f"{kind!r}")
+    if max_len is not None and max_len < x.shape[1]:
+        raise ShapeError(f"positional_encoding: sequence length {x.shape[1]} exceeds max_len = "
+                         f"{max_len}", arg=0)
+
+
+def _pe_params(x, *, kind, max_len):
+    _pe_check(x, kind, max_len)
+    if kind != "learned":
+        return {}
+    return {"weight": ParamSpec((max_len or x.shape[1], x.shape[2]), ("normal", {"std": 0.02}),
+                                dtype=param_dtype(x))}
+
+
+def _pe_shape(x, weight=None, *, kind, max_len):
+    _pe_check(x, kind, max_len)
+    return x
+
+
+def _pe(b, x, weight=None, *, kind, max_len):
+    _, length, dim = b.type(x).shape
+    if kind == "sinusoidal":
+        return b.add(x, b.const(sinusoid_table(length, dim), b.type(x).dtype))
+    if b.type(weight).shape[0] != length:
+        weight = b.slice(weight, axis=0, start=0, stop=length, step=1)
+    return b.add(x, weight)
+
+
+register("positional_encoding", "x: tensor, kind: str = \"sinusoidal\", max_len: int = none",
+         _pe_shape, decompose=_pe, params=_pe_params, family="attention",
+         doc="adds position information to x [batch, len, dim]. sinusoidal: the fixed "
+             "Transformer table (no params). learned: a weight [max_len (default len), dim], "
+             "init normal(std = 0.02) as in BERT/GPT-2; the first len rows are added.",
+         samples=(Sample(((2, 5, 6),)), Sample(((2, 4, 6),), {"kind": "learned", "max_len": 7})))

@@ -1,0 +1,240 @@
+"""Convolution and pooling composites on channels-first tensors [batch, channels, *spatial],
+lowered to the `unfold` (im2col) primitive plus one batched GEMM or a reduction.
+
+Text models keep embeddings as [batch, len, dim]: pass `channels_last = true` (conv1d and the
+pools take it) rather than writing permutes; it transposes in and out around the NCL lowering.
+"""
+from __future__ import annotations
+
+import math
+
+from nnlang.ir.dims import Sym, fmt_shape, numel
+from nnlang.ops.init import init_spec
+from nnlang.ops.movement import window_out
+from nnlang.ops.nn import const_like, mean_over, need_float, param_dtype
+from nnlang.ops.registry import ParamSpec, Sample, ShapeError, TensorType, promote, register
+
+_LAYOUT = {1: "[batch, channels, length]", 2: "[batch, channels, height, width]"}
+
+
+def _tuple(op, name, v, nd):
+    v = [v] * nd if isinstance(v, int) else list(v)
+    if len(v) != nd or not all(isinstance(i, int) and i >= 1 for i in v):
+        raise ShapeError(f"{op}: {name} must be a positive int or {nd} of them, got {v}")
+    return v
+
+
+def _pads(op, padding, size, kernel, stride, dilation):
+    """[lo0, hi0, lo1, hi1, ...] from an int, a per-dim list, explicit lo/hi pairs, or
+    "valid" / "same" (TensorFlow's rule: out = ceil(in / stride), the odd pad goes high)."""
+    nd = len(kernel)
+    if padding == "valid":
+        return [0] * (2 * nd)
+    if padding == "same":
+        pads = []
+        for n, k, s, d in zip(size, kernel, stride, dilation):
+            total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+            pads += [total // 2, total - total // 2]
+        return pads
+    if isinstance(padding, int):
+        padding = [padding] * nd
+    if isinstance(padding, (list, tuple)) and all(isinstance(p, int) and p >= 0 for p in padding):
+        if len(padding) == nd:
+            return [p for p in padding for _ in range(2)]
+        if len(padding) == 2 * nd:
+            return list(padding)
+    raise ShapeError(f"{op}: padding must be \"same\", \"valid\", an int, {nd} ints or {2 * nd} "
+                     f"lo/hi ints, got {padding!r}")
+
+
+def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_last=False):
+    """Checks x's layout and returns (channels-first shape, kernel, stride, pads, dilation, out)."""
+    if x.rank != nd + 2:
+        layout = _LAYOUT[nd]
+        if channels_last:
+            layout = layout.replace("channels, ", "").replace("]", ", channels]")
+        hint = "reshape first?" if x.rank < nd + 2 else "fewer dims expected; reshape first?"
+        raise ShapeError(f"{op} expects {layout} but got {fmt_shape(x.shape)}: {hint}", arg=0)
+    shape = (x.shape[0], x.shape[-1], *x.shape[1:-1]) if channels_last else x.shape
+    spatial = shape[2:]
+    if any(isinstance(d, Sym) for d in spatial):
+        raise ShapeError(f"{op}: spatial dims of {fmt_shape(x.shape)} must be concrete", arg=0)
+    kernel = _tuple(op, "kernel", kernel, nd)
+    stride = _tuple(op, "stride", kernel if stride is None else stride, nd)
+    dilation = _tuple(op, "dilation", dilation, nd)
+    pads = _pads(op, padding, spatial, kernel, stride, dilation)
+    out = []
+    for i in range(nd):
+        o = window_out(spatial[i], kernel[i], stride[i], pads[2 * i], pads[2 * i + 1],
+                       dilation[i])
+        if o <= 0:
+            raise ShapeError(f"{op}: window {kernel[i]} (dilation {dilation[i]}) does not fit "
+                             f"spatial size {spatial[i]} of {fmt_shape(x.shape)} with padding "
+                             f"{pads[2 * i]}+{pads[2 * i + 1]}", arg=0,
+                             hint="use padding = \"same\" or a smaller kernel")
+        out.append(o)
+    return shape, kernel, stride, pads, dilation, out
+
+
+def _to_first(b, x, channels_last):
+    r = b.type(x).rank
+    return b.transpose(x, perm=[0, r - 1, *range(1, r - 1)]) if channels_last else x
+
+
+def _to_last(b, y, channels_last):
+    r = b.type(y).rank
+    return b.transpose(y, perm=[0, *range(2, r), 1]) if channels_last else y
+
+
+def _out_type(shape, c, out, dtype, channels_last):
+    dims = (shape[0], *out, c) if channels_last else (shape[0], c, *out)
+    return TensorType(tuple(dims), dtype)
+
+
+# *** convolution ***
+
+def _conv(nd):
+    name = f"conv{nd}d"
+
+    def params(x, *, filters, kernel, stride, padding, dilation, use_bias, init, bias_init,
+               channels_last=False):
+        shape, k, *_ = _window(name, x, nd, kernel, stride, padding, dilation, channels_last)
+        dt = param_dtype(x)
+        specs = {"weight": ParamSpec((filters, shape[1], *k), init_spec(init, "init"), dtype=dt)}
+        if use_bias:
+            specs["bias"] = ParamSpec((filters,), init_spec(bias_init, "bias_init"), dtype=dt)
+        return specs
+
+    def shape_rule(x, weight=None, bias=None, *, filters, kernel, stride, padding, dilation,
+                   use_bias, init, bias_init, channels_last=False):
+        need_float(name, x)
+        shape, k, s, pads, d, out = _window(name, x, nd, kernel, stride, padding, dilation,
+                                            channels_last)
+        if isinstance(shape[1], Sym):
+            raise ShapeError(f"{name}: channels of {fmt_shape(x.shape)} must be concrete", arg=0)
+        if weight is not None and weight.shape != (filters, shape[1], *k):
+            raise ShapeError(f"{name}: weight {fmt_shape(weight.shape)} does not fit "
+                             f"{shape[1]} input channels, {filters} filters and kernel {k}",
+                             arg=1)
+        dt = x.dtype if weight is None else promote(x.dtype, weight.dtype)
+        return _out_type(shape, filters, out, dt, channels_last)
+
+    def decompose(b, x, weight, bias=None, *, filters, kernel, stride, padding, dilation,
+                  channels_last=False, **_):
+        x = _to_first(b, x, channels_last)
+        shape, k, s, pads, d, out = _window(name, b.type(x), nd, kernel, stride, padding,
+                                            dilation)
+        ck, length = shape[1] * math.prod(k), math.prod(out)
+        cols = b.unfold(x, kernel=k, stride=s, pads=pads, dilation=d, pad_value=0.0)
+        cols = b.reshape(cols, shape=[shape[0], ck, length])
+        # [F, C*K] @ [B, C*K, L] broadcasts to one batched GEMM -> [B, F, L]
+        y = b.matmul(b.reshape(weight, shape=[filters, ck]), cols)
+        if bias is not None:
+            y = b.add(y, b.reshape(bias, shape=[filters, 1]))
+        return _to_last(b, b.reshape(y, shape=[shape[0], filters, *out]), channels_last)
+
+    def flops(ins, out, **_):
+        return 2 * numel(out.shape) * numel(ins[1].shape[1:])
+
+    dims = "length" if nd == 1 else "height, width"
+    register(name, "x: tensor, filters: int, kernel: ints, stride: ints = 1, padding: any = 0, "
+             "dilation: ints = 1, use_bias: bool = true, init: init = \"glorot_uniform\", "
+             "bias_init: init = \"zeros\", channels_last: bool = false",
+             shape_rule, decompose=decompose, params=params, flops=flops, family="conv",
+             doc=f"{nd}-D convolution (cross-correlation, like PyTorch) of [batch, channels, "
+                 f"{dims}] with weight [filters, channels, *kernel]. kernel/stride/dilation: an "
+                 "int or one per dim; padding: an int, one per dim, lo/hi pairs, \"valid\" or "
+                 "\"same\" (TensorFlow rule, extra pad on the high side). channels_last = true "
+                 "takes and returns channels on the last axis. Lowered as unfold + one GEMM. "
+                 "Init (Keras): weight glorot_uniform (fans scaled by the kernel size), bias "
+                 "zeros.",
+             samples=_CONV_SAMPLES[nd])
+
+
+_CONV_SAMPLES = {
+    1: (Sample(((2, 3, 9),), {"filters": 4, "kernel": 3}),
+        Sample(((2, 3, 10),), {"filters": 2, "kernel": 4, "stride": 2, "padding": "same"}),
+        Sample(((2, 7, 3),), {"filters": 2, "kernel": 3, "padding": [1, 2], "dilation": 2,
+                              "channels_last": True, "use_bias": False})),
+    2: (Sample(((2, 3, 6, 5),), {"filters": 4, "kernel": 3}),
+        Sample(((1, 2, 7, 6),), {"filters": 3, "kernel": [3, 2], "stride": [2, 1],
+                                 "padding": 1}),
+        Sample(((2, 2, 5, 5),), {"filters": 2, "kernel": 2, "padding": "same",
+                                 "dilation": [1, 2]})),
+}
+_conv(1)
+_conv(2)
+
+
+# *** pooling ***
+
+def _pool(nd, kind):
+    name = f"{kind}_pool{nd}d"
+
+    def shape_rule(x, *, size, stride, padding, channels_last):
+        shape, k, s, pads, d, out = _window(name, x, nd, size, stride, padding, 1, channels_last)
+        if kind == "avg":
+            need_float(name, x)
+        return _out_type(shape, shape[1], out, x.dtype, channels_last)
+
+    def decompose(b, x, *, size, stride, padding, channels_last):
+        x = _to_first(b, x, channels_last)
+        shape, k, s, pads, d, out = _window(name, b.type(x), nd, size, stride, padding, 1)
+        axes = list(range(2, 2 + nd))
+        if kind == "max":
+            # NOTE: padded cells hold -inf so they never win the max
+            cols = b.unfold(x, kernel=k, stride=s, pads=pads, dilation=d, pad_value=-math.inf)
+            y = b.reduce_max(cols, axes=axes)
+        else:
+            cols = b.unfold(x, kernel=k, stride=s, pads=pads, dilation=d, pad_value=0.0)
+            y = b.div(b.reduce_sum(cols, axes=axes), const_like(b, float(math.prod(k)), x))
+        return _to_last(b, y, channels_last)
+
+    what = ("largest value" if kind == "max" else
+            "mean (padding counts as zeros in the divisor: count_include_pad like PyTorch)")
+    register(name, "x: tensor, size: ints, stride: ints = none, padding: any = 0, "
+             "channels_last: bool = false", shape_rule, decompose=decompose, family="conv",
+             doc=f"{nd}-D {kind} pooling: the {what} of each window. stride defaults to size; "
+                 "padding as for convolution.",
+             samples=_POOL_SAMPLES[nd])
+
+
+_POOL_SAMPLES = {
+    1: (Sample(((2, 3, 8),), {"size": 2}),
+        Sample(((2, 3, 7),), {"size": 3, "stride": 2, "padding": 1}),
+        Sample(((2, 6, 3),), {"size": 2, "padding": "same", "stride": 1,
+                              "channels_last": True})),
+    2: (Sample(((2, 3, 6, 6),), {"size": 2}),
+        Sample(((1, 2, 5, 7),), {"size": [3, 2], "stride": [2, 2], "padding": [1, 0]})),
+}
+for _nd in (1, 2):
+    for _kind in ("max", "avg"):
+        _pool(_nd, _kind)
+
+
+def _global(kind):
+    name = f"global_{kind}_pool"
+
+    def shape_rule(x, *, channels_last):
+        if x.rank < 3:
+            raise ShapeError(f"{name} expects [batch, channels, *spatial] but got "
+                             f"{fmt_shape(x.shape)}: it is already pooled?", arg=0)
+        if kind == "avg":
+            need_float(name, x)
+        return TensorType((x.shape[0], x.shape[-1] if channels_last else x.shape[1]), x.dtype)
+
+    def decompose(b, x, *, channels_last):
+        r = b.type(x).rank
+        axes = list(range(1, r - 1)) if channels_last else list(range(2, r))
+        return b.reduce_max(x, axes=axes) if kind == "max" else mean_over(b, x, axes)
+
+    register(name, "x: tensor, channels_last: bool = false", shape_rule, decompose=decompose,
+             family="conv",
+             doc=f"{kind} over all spatial axes: [batch, channels, *spatial] -> [batch, channels]"
+                 " (channels_last = true: [batch, *spatial, channels] -> [batch, channels])",
+             samples=(Sample(((2, 3, 5),)), Sample(((2, 3, 4, 5),)),
+                      Sample(((2, 6, 3),), {"channels_last": True})))
+
+
+_global("max")
+_global("avg")

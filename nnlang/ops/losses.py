@@ -1,0 +1,142 @@
+"""Loss composites: each reduces predictions and targets to one scalar, the mean over the batch
+(and any other example axes), ready for `autodiff.backward(g, loss)`.
+"""
+from __future__ import annotations
+
+from nnlang.ir.dims import fmt_shape
+from nnlang.ops.nn import const_like, mean_over, need_float
+from nnlang.ops.registry import INT_DTYPES, Sample, ShapeError, TensorType, is_float, register
+
+
+def _same_shape(op, a: TensorType, b: TensorType) -> None:
+    # NOTE: no broadcasting here on purpose: pred [batch, 1] against target [batch] would
+    # silently build a [batch, batch] loss.
+    if a.shape != b.shape:
+        raise ShapeError(f"{op}: prediction {fmt_shape(a.shape)} and target {fmt_shape(b.shape)} "
+                         "differ", arg=1, hint="reshape or squeeze one side so they match")
+
+
+def _binary_pair(op, p: TensorType, y: TensorType) -> None:
+    need_float(op, p)
+    if p.shape != y.shape and p.shape != y.shape + (1,):
+        _same_shape(op, p, y)
+
+
+def _match(b, p, y):
+    """A [batch, 1] sigmoid output against [batch] labels: drop the trailing 1, and make y float."""
+    if b.type(p).shape != b.type(y).shape:
+        p = b.reshape(p, shape=list(b.type(y).shape))
+    if b.type(y).dtype != b.type(p).dtype:
+        y = b.cast(y, dtype=b.type(p).dtype)
+    return p, y
+
+
+def _scalar(p: TensorType, *_, **__) -> TensorType:
+    return TensorType((), p.dtype)
+
+
+def _regression_shape(op):
+    def rule(pred, target):
+        need_float(op, pred)
+        _same_shape(op, pred, target)
+        return _scalar(pred)
+    return rule
+
+
+def _mse(b, pred, target):
+    d = b.sub(pred, target)
+    return mean_over(b, b.mul(d, d))
+
+
+def _l1(b, pred, target):
+    return mean_over(b, b.abs(b.sub(pred, target)))
+
+
+_REG_SAMPLES = (Sample(((4, 3), (4, 3))), Sample(((5,), (5,))))
+register("mse", "pred: tensor, target: tensor", _regression_shape("mse"), decompose=_mse,
+         family="losses", samples=_REG_SAMPLES,
+         doc="mean squared error: mean((pred - target)**2) over all elements")
+for _name in ("l1", "mae"):
+    register(_name, "pred: tensor, target: tensor", _regression_shape(_name), decompose=_l1,
+             family="losses", samples=_REG_SAMPLES,
+             doc="mean absolute error: mean(|pred - target|) over all elements"
+                 + (" (alias of l1)" if _name == "mae" else ""))
+
+
+def _bce_shape(prob, target, *, eps=None):
+    _binary_pair("bce", prob, target)
+    return _scalar(prob)
+
+
+def _bce(b, prob, target, *, eps):
+    p, y = _match(b, prob, target)
+    # NOTE: clipping keeps log finite for saturated sigmoids (Keras' epsilon); the gradient is
+    # zero outside [eps, 1 - eps], which is why bce_with_logits is the better choice.
+    p = b.minimum(b.maximum(p, const_like(b, eps, p)), const_like(b, 1.0 - eps, p))
+    one = const_like(b, 1.0, p)
+    ll = b.add(b.mul(y, b.log(p)), b.mul(b.sub(one, y), b.log(b.sub(one, p))))
+    return b.neg(mean_over(b, ll))
+
+
+register("bce", "prob: tensor, target: tensor, eps: float = 1e-7", _bce_shape, decompose=_bce,
+         family="losses",
+         samples=(Sample(((4,), (4,)), domain="unit"), Sample(((4, 1), (4,)), domain="unit"),
+                  Sample(((3, 2), (3, 2)), domain="unit")),
+         doc="binary cross-entropy of probabilities: -mean(y log p + (1-y) log(1-p)), p clipped "
+             "to [eps, 1-eps]. A [batch, 1] prob matches [batch] targets; int targets are cast.")
+
+
+def _bce_logits_shape(logits, target):
+    _binary_pair("bce_with_logits", logits, target)
+    return _scalar(logits)
+
+
+def _bce_logits(b, logits, target):
+    z, y = _match(b, logits, target)
+    zero, one = const_like(b, 0.0, z), const_like(b, 1.0, z)
+    # max(z, 0) - z*y + log(1 + e**-|z|): equal to bce(sigmoid(z), y) but never overflows
+    soft = b.log(b.add(one, b.exp(b.neg(b.abs(z)))))
+    return mean_over(b, b.add(b.sub(b.maximum(z, zero), b.mul(z, y)), soft))
+
+
+register("bce_with_logits", "logits: tensor, target: tensor", _bce_logits_shape,
+         decompose=_bce_logits, family="losses",
+         samples=(Sample(((4,), (4,)), domain="unit"), Sample(((4, 1), (4,)), domain="unit")),
+         doc="binary cross-entropy on raw scores, in the stable form "
+             "max(z, 0) - z*y + log(1 + e**-|z|), averaged. Prefer it to sigmoid + bce.")
+
+
+def _ce_shape(logits, labels):
+    need_float("cross_entropy", logits)
+    if labels.dtype in INT_DTYPES:
+        if logits.shape[:-1] != labels.shape:
+            raise ShapeError(f"cross_entropy: logits {fmt_shape(logits.shape)} need labels "
+                             f"{fmt_shape(logits.shape[:-1])} (one class id per row), got "
+                             f"{fmt_shape(labels.shape)}", arg=1,
+                             hint="logits are [batch, classes] or [batch, time, classes]")
+    elif is_float(labels.dtype):
+        _same_shape("cross_entropy", logits, labels)
+    else:
+        raise ShapeError(f"cross_entropy: labels must be int class ids or float probabilities, "
+                         f"got {labels}", arg=1)
+    if logits.rank < 1:
+        raise ShapeError("cross_entropy: logits need a class axis", arg=0)
+    return _scalar(logits)
+
+
+def _cross_entropy(b, logits, labels):
+    t = b.type(logits)
+    logp = b.log_softmax(logits, axis=-1)
+    if b.type(labels).dtype in INT_DTYPES:
+        labels = b.one_hot(labels, depth=t.shape[-1], dtype=t.dtype)
+    return b.neg(mean_over(b, b.reduce_sum(b.mul(labels, logp), axes=[-1])))
+
+
+register("cross_entropy", "logits: tensor, labels: tensor", _ce_shape, decompose=_cross_entropy,
+         family="losses",
+         samples=(Sample(((4, 5), (4,)), domain="int:5", dtypes=(None, "int32")),
+                  Sample(((2, 3, 4), (2, 3)), domain="int:4", dtypes=(None, "int64")),
+                  Sample(((3, 4), (3, 4)), domain="unit")),
+         doc="softmax cross-entropy from raw logits [..., classes]: labels are int class ids "
+             "[...] (or float probabilities shaped like logits); mean over all rows (batch, "
+             "and time for [batch, time, classes]).")

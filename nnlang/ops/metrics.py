@@ -1,0 +1,55 @@
+"""Metric composites: scalar float32 scores reported next to the loss. They are built from
+comparisons (NONDIFF), so autodiff never walks through them.
+"""
+from __future__ import annotations
+
+from nnlang.ir.dims import fmt_shape
+from nnlang.ops.nn import mean_over, need_float
+from nnlang.ops.registry import INT_DTYPES, NONDIFF, Sample, ShapeError, TensorType, register
+
+
+def _accuracy_shape(logits, labels):
+    need_float("accuracy", logits)
+    if labels.dtype not in INT_DTYPES or logits.shape[:-1] != labels.shape:
+        raise ShapeError(f"accuracy: scores {fmt_shape(logits.shape)} need int class ids "
+                         f"{fmt_shape(logits.shape[:-1])}, got {labels}", arg=1,
+                         hint="for one sigmoid output use binary_accuracy")
+    return TensorType((), "float32")
+
+
+def _accuracy(b, logits, labels):
+    hit = b.eq(b.argmax(logits, axis=-1), labels)
+    return mean_over(b, b.cast(hit, dtype="float32"))
+
+
+register("accuracy", "logits: tensor, labels: tensor", _accuracy_shape, decompose=_accuracy,
+         family="metrics", traits={NONDIFF},
+         samples=(Sample(((6, 4), (6,)), domain="int:4", dtypes=(None, "int32"), grad=False),
+                  Sample(((2, 3, 5), (2, 3)), domain="int:5", dtypes=(None, "int64"),
+                         grad=False)),
+         doc="fraction of rows whose argmax (of logits or probabilities) equals the int label")
+
+
+def _binary_accuracy_shape(prob, labels, *, threshold):
+    need_float("binary_accuracy", prob)
+    if prob.shape != labels.shape and prob.shape != labels.shape + (1,):
+        raise ShapeError(f"binary_accuracy: predictions {fmt_shape(prob.shape)} and labels "
+                         f"{fmt_shape(labels.shape)} differ", arg=1)
+    return TensorType((), "float32")
+
+
+def _binary_accuracy(b, prob, labels, *, threshold):
+    if b.type(prob).shape != b.type(labels).shape:
+        prob = b.reshape(prob, shape=list(b.type(labels).shape))
+    pred = b.gt(prob, b.const(threshold, b.type(prob).dtype))
+    truth = b.gt(b.cast(labels, dtype="float32"), b.const(0.5, "float32"))
+    return mean_over(b, b.cast(b.eq(pred, truth), dtype="float32"))
+
+
+register("binary_accuracy", "prob: tensor, labels: tensor, threshold: float = 0.5",
+         _binary_accuracy_shape, decompose=_binary_accuracy, family="metrics", traits={NONDIFF},
+         samples=(Sample(((8,), (8,)), domain="int:2", dtypes=(None, "int32"), grad=False),
+                  Sample(((8, 1), (8,)), {"threshold": 0.0}, domain="int:2",
+                         dtypes=(None, "float32"), grad=False)),
+         doc="fraction where (prob > threshold) agrees with the 0/1 label; use threshold = 0 "
+             "on logits. A [batch, 1] prediction matches [batch] labels.")

@@ -1,0 +1,490 @@
+"""Core layer and tensor composites (dense, embedding, activations, softmax, reductions, norms,
+dropout, shape sugar). Each is a `decompose` rule into primitives; `passes/decompose.py` runs
+them, and gradients and kernels come from the primitives they emit.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nnlang.ir.dims import Sym, fmt_shape, numel
+from nnlang.ops.init import init_spec
+from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, is_float, norm_axes,
+                                 norm_axis, promote, register)
+
+# *** helpers shared by the composite families ***
+
+
+def const_like(b, value, x: int):
+    """A scalar constant in x's float dtype, so float64 graphs stay float64."""
+    dtype = b.type(x).dtype
+    return b.const(value, dtype if is_float(dtype) else "float32")
+
+
+def param_dtype(x: TensorType) -> str:
+    """Weights follow a float input's dtype; integer inputs (token ids) get float32 weights."""
+    return x.dtype if x is not None and is_float(x.dtype) else "float32"
+
+
+def need_float(op: str, x: TensorType, arg: int = 0) -> None:
+    if not is_float(x.dtype):
+        raise ShapeError(f"{op} needs a float tensor, got {x}", arg=arg,
+                         hint="cast it first, e.g. cast(x, dtype = \"float32\")")
+
+
+def count(b, dims, dtype: str):
+    """Number of elements in `dims` as a scalar value. Concrete dims give a const; symbolic ones
+    (batch) are counted at run time by summing ones of just those dims, which the fold pass
+    turns into a const once the batch size is bound."""
+    dims = list(dims)
+    n = b.const(float(math.prod(d for d in dims if isinstance(d, int))), dtype)
+    syms = [d for d in dims if isinstance(d, Sym)]
+    if syms:
+        ones = b.broadcast_to(b.const(np.ones([1] * len(syms)), dtype), shape=syms)
+        n = b.mul(n, b.reduce_sum(ones, axes=None))
+    return n
+
+
+def mean_over(b, x: int, axes=None, keepdims: bool = False):
+    t = b.type(x)
+    ax = norm_axes(axes, t.rank)
+    total = b.reduce_sum(x, axes=list(ax), keepdims=keepdims)
+    return b.div(total, count(b, [t.shape[a] for a in ax], t.dtype))
+
+
+def linear(b, x: int, w: int, bias: int | None = None):
+    """x @ w (+ bias) over the last dim of x, as ONE 2-D GEMM: leading dims are flattened first
+    and restored after, so the backend sees [rows, in] @ [in, out]."""
+    t = b.type(x)
+    out = b.type(w).shape[-1]
+    y = b.matmul(x if t.rank == 2 else b.reshape(x, shape=[-1, t.shape[-1]]), w)
+    if bias is not None:
+        y = b.add(y, bias)
+    return y if t.rank == 2 else b.reshape(y, shape=list(t.shape[:-1]) + [out])
+
+
+ACTIVATIONS = ("relu", "leaky_relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax",
+               "silu", "softplus", "elu", "linear")
+
+
+def check_activation(op: str, name) -> None:
+    if name is not None and name not in ACTIVATIONS:
+        from nnlang.errors import did_you_mean
+        raise ShapeError(f"{op}: unknown activation {name!r}",
+                         hint=did_you_mean(name, list(ACTIVATIONS))
+                         or "one of: " + ", ".join(ACTIVATIONS))
+
+
+def activate(b, x: int, name):
+    return x if name in (None, "linear") else b.emit(name, x)
+
+
+def _flops_dense(ins, out, **_):
+    return 2 * numel(out.shape) * ins[0].shape[-1]
+
+
+# *** dense / embedding ***
+
+def _dense_params(x, *, units, use_bias, init, bias_init, **_):
+    dt = param_dtype(x)
+    specs = {"weight": ParamSpec((x.shape[-1], units), init_spec(init, "init"), dtype=dt)}
+    if use_bias:
+        specs["bias"] = ParamSpec((units,), init_spec(bias_init, "bias_init"), dtype=dt)
+    return specs
+
+
+def _dense_shape(x, weight=None, bias=None, *, units, activation, use_bias, init, bias_init):
+    need_float("dense", x)
+    if x.rank < 1:
+        raise ShapeError(f"dense needs at least a vector, got a scalar {x}", arg=0)
+    if isinstance(x.shape[-1], Sym):
+        raise ShapeError(f"dense: the last dim of {fmt_shape(x.shape)} is symbolic; its size "
+                         "fixes the weight shape", arg=0, hint="reshape to a concrete size")
+    if units < 1:
+        raise ShapeError(f"dense: units must be positive, got {units}")
+    check_activation("dense", activation)
+    if weight is not None and weight.shape != (x.shape[-1], units):
+        raise ShapeError(f"dense: weight {fmt_shape(weight.shape)} does not fit input "
+                         f"{fmt_shape(x.shape)} and units={units} (expected "
+                         f"[{x.shape[-1]}, {units}])", arg=1)
+    dt = x.dtype if weight is None else promote(x.dtype, weight.dtype)
+    return TensorType(tuple(x.shape[:-1]) + (units,), dt)
+
+
+def _dense_decompose(b, x, weight, bias=None, *, activation, **_):
+    return activate(b, linear(b, x, weight, bias), activation)
+
+
+_DENSE_SIG = ("x: tensor, units: int, activation: str = none, use_bias: bool = true, "
+              "init: init = \"glorot_uniform\", bias_init: init = \"zeros\"")
+_DENSE_DOC = ("Fully connected layer on the last axis: y = activation(x @ weight + bias), "
+              "weight [in, units]. Leading dims are flattened into one GEMM. Init (Keras): "
+              "weight glorot_uniform, bias zeros.")
+for _name, _doc in (("dense", _DENSE_DOC), ("linear", "Alias of dense. " + _DENSE_DOC)):
+    register(_name, _DENSE_SIG, _dense_shape, decompose=_dense_decompose, params=_dense_params,
+             flops=_flops_dense, family="nn", doc=_doc,
+             samples=(Sample(((4, 6),), {"units": 3}),
+                      Sample(((2, 3, 5),), {"units": 4, "activation": "relu"}),
+                      Sample(((3, 4),), {"units": 2, "use_bias": False,
+                                         "activation": "sigmoid"})))
+
+
+def _embedding_params(tokens, *, vocab, dim, init):
+    return {"weight": ParamSpec((vocab, dim), init_spec(init), dtype="float32")}
+
+
+def _embedding_shape(tokens, weight=None, *, vocab, dim, init):
+    if tokens.dtype not in ("int32", "int64"):
+        raise ShapeError(f"embedding expects integer token ids, got {tokens}", arg=0,
+                         hint="declare the input as int32[batch, len]")
+    if vocab < 1 or dim < 1:
+        raise ShapeError(f"embedding: vocab and dim must be positive, got {vocab} and {dim}")
+    dt = weight.dtype if weight is not None else "float32"
+    return TensorType(tuple(tokens.shape) + (dim,), dt)
+
+
+register("embedding", "tokens: tensor, vocab: int, dim: int, init: init = \"uniform\"",
+         _embedding_shape, decompose=lambda b, tokens, weight, **_: b.gather(weight, tokens),
+         params=_embedding_params, family="nn",
+         doc="Looks up a learned [vocab, dim] vector per token id: [*tokens] -> [*tokens, dim]. "
+             "Ids must lie in [0, vocab). Init (Keras): uniform(-0.05, 0.05).",
+         samples=(Sample(((2, 5),), {"vocab": 7, "dim": 3}, domain="int:7", dtypes=("int32",)),))
+
+
+# *** activations ***
+
+def _float_shape(name):
+    def rule(x, **_):
+        need_float(name, x)
+        return x
+    return rule
+
+
+_ACT_SAMPLES = (Sample(((3, 4),)), Sample(((2, 3, 5),)))
+
+
+def _act(name, sig, decompose, doc, samples=_ACT_SAMPLES):
+    register(name, sig, _float_shape(name), decompose=decompose, family="nn", doc=doc,
+             samples=samples)
+
+
+_act("relu", "x: tensor", lambda b, x: b.maximum(x, const_like(b, 0.0, x)),
+     "max(x, 0). NOTE: the gradient at exactly 0 is 1 (maximum sends ties to x).")
+_act("leaky_relu", "x: tensor, alpha: float = 0.01",
+     lambda b, x, *, alpha: b.where(b.gt(x, const_like(b, 0.0, x)), x,
+                                    b.mul(x, const_like(b, alpha, x))),
+     "x where x > 0, else alpha * x",
+     samples=_ACT_SAMPLES + (Sample(((3, 4),), {"alpha": 0.2}),))
+
+
+def _gelu(b, x, *, approximate):
+    half_x = b.mul(x, const_like(b, 0.5, x))
+    if approximate == "tanh":
+        cube = b.mul(b.mul(x, x), x)
+        inner = b.mul(b.add(x, b.mul(cube, const_like(b, 0.044715, x))),
+                      const_like(b, math.sqrt(2 / math.pi), x))
+        return b.mul(half_x, b.add(const_like(b, 1.0, x), b.tanh(inner)))
+    return b.mul(half_x, b.add(const_like(b, 1.0, x),
+                               b.erf(b.mul(x, const_like(b, 1 / math.sqrt(2), x)))))
+
+
+def _gelu_shape(x, *, approximate):
+    if approximate not in ("none", "tanh"):
+        raise ShapeError(f"gelu: approximate must be \"none\" or \"tanh\", got {approximate!r}")
+    return _float_shape("gelu")(x)
+
+
+register("gelu", "x: tensor, approximate: str = \"none\"", _gelu_shape, decompose=_gelu,
+         family="nn", samples=_ACT_SAMPLES + (Sample(((3, 4),), {"approximate": "tanh"}),),
+         doc="x * Phi(x): the exact erf form by default (like PyTorch); approximate = \"tanh\" "
+             "gives 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))).")
+
+_act("silu", "x: tensor", lambda b, x: b.mul(x, b.sigmoid(x)), "x * sigmoid(x) (swish)")
+_act("softplus", "x: tensor",
+     lambda b, x: b.add(b.maximum(x, const_like(b, 0.0, x)),
+                        b.log(b.add(const_like(b, 1.0, x), b.exp(b.neg(b.abs(x)))))),
+     "log(1 + e**x), computed as max(x, 0) + log(1 + e**-|x|) so it never overflows")
+_act("elu", "x: tensor, alpha: float = 1.0",
+     lambda b, x, *, alpha: b.where(
+         b.gt(x, const_like(b, 0.0, x)), x,
+         b.mul(const_like(b, alpha, x),
+               b.sub(b.exp(b.minimum(x, const_like(b, 0.0, x))), const_like(b, 1.0, x)))),
+     "x where x > 0, else alpha * (e**x - 1)")
+_act("square", "x: tensor", lambda b, x: b.mul(x, x), "x * x")
+_act("reciprocal", "x: tensor", lambda b, x: b.div(const_like(b, 1.0, x), x), "1 / x",
+     samples=(Sample(((3, 4),), domain="positive"),))
+
+
+def _clip_shape(x, *, lo, hi):
+    if lo is not None and hi is not None and lo > hi:
+        raise ShapeError(f"clip: lo = {lo} is above hi = {hi}")
+    return _float_shape("clip")(x)
+
+
+def _clip(b, x, *, lo, hi):
+    if lo is not None:
+        x = b.maximum(x, const_like(b, lo, x))
+    return x if hi is None else b.minimum(x, const_like(b, hi, x))
+
+
+register("clip", "x: tensor, lo: float = none, hi: float = none", _clip_shape, decompose=_clip,
+         family="nn", doc="x limited to [lo, hi] (either bound may be none)",
+         samples=(Sample(((3, 4),), {"lo": -0.5, "hi": 0.5}), Sample(((5,),), {"lo": 0.1})))
+
+
+# *** softmax family ***
+
+def _softmax_shape(x, *, axis):
+    need_float("softmax", x)
+    norm_axis(axis, x.rank)
+    return x
+
+
+def _shifted(b, x, axis):
+    # NOTE: subtracting the max keeps exp from overflowing; it is mathematically a constant for
+    # the gradient, and the terms it contributes cancel, so it is left in the graph as is.
+    return b.sub(x, b.reduce_max(x, axes=[axis], keepdims=True))
+
+
+def _softmax(b, x, *, axis):
+    e = b.exp(_shifted(b, x, axis))
+    return b.div(e, b.reduce_sum(e, axes=[axis], keepdims=True))
+
+
+def _log_softmax(b, x, *, axis):
+    z = _shifted(b, x, axis)
+    return b.sub(z, b.log(b.reduce_sum(b.exp(z), axes=[axis], keepdims=True)))
+
+
+_SOFTMAX_SAMPLES = (Sample(((3, 5),)), Sample(((2, 3, 4),), {"axis": 1}))
+register("softmax", "x: tensor, axis: int = -1", _softmax_shape, decompose=_softmax,
+         family="nn", samples=_SOFTMAX_SAMPLES,
+         doc="exp(x) / sum(exp(x)) along axis, with the max subtracted first for stability")
+register("log_softmax", "x: tensor, axis: int = -1", _softmax_shape, decompose=_log_softmax,
+         family="nn", samples=_SOFTMAX_SAMPLES,
+         doc="x - log(sum(exp(x))) along axis, computed stably (max subtracted)")
+
+
+# *** reductions ***
+
+def _axes_attr(axis):
+    return None if axis is None else ([axis] if isinstance(axis, int) else list(axis))
+
+
+def _reduce_shape(x, *, axis, keepdims):
+    ax = norm_axes(_axes_attr(axis), x.rank)
+    if keepdims:
+        return TensorType(tuple(1 if i in ax else d for i, d in enumerate(x.shape)), x.dtype)
+    return TensorType(tuple(d for i, d in enumerate(x.shape) if i not in ax), x.dtype)
+
+
+def _float_reduce_shape(x, *, axis, keepdims):
+    need_float("mean and var", x)
+    return _reduce_shape(x, axis=axis, keepdims=keepdims)
+
+
+def _var(b, x, *, axis, keepdims):
+    ax = _axes_attr(axis)
+    d = b.sub(x, mean_over(b, x, ax, keepdims=True))
+    return mean_over(b, b.mul(d, d), ax, keepdims)
+
+
+_RED_SIG = "x: tensor, axis: ints = none, keepdims: bool = false"
+_RED_SAMPLES = (Sample(((3, 4),)), Sample(((2, 3, 4),), {"axis": [0, 2]}),
+                Sample(((2, 3, 4),), {"axis": -1, "keepdims": True}))
+register("sum", _RED_SIG, _reduce_shape, family="nn", samples=_RED_SAMPLES,
+         decompose=lambda b, x, *, axis, keepdims: b.reduce_sum(x, axes=_axes_attr(axis),
+                                                                keepdims=keepdims),
+         doc="sum over axis (an int or a list; all axes when none)")
+register("max", _RED_SIG, _reduce_shape, family="nn", samples=_RED_SAMPLES,
+         decompose=lambda b, x, *, axis, keepdims: b.reduce_max(x, axes=_axes_attr(axis),
+                                                                keepdims=keepdims),
+         doc="max over axis (an int or a list; all axes when none)")
+register("mean", _RED_SIG, _float_reduce_shape, family="nn", samples=_RED_SAMPLES,
+         decompose=lambda b, x, *, axis, keepdims: mean_over(b, x, _axes_attr(axis), keepdims),
+         doc="mean over axis (an int or a list; all axes when none): a sum divided by the count")
+register("var", _RED_SIG, _float_reduce_shape, family="nn", samples=_RED_SAMPLES,
+         decompose=_var,
+         doc="population variance (divides by n, like numpy's default) over axis")
+
+
+# *** shape sugar ***
+
+def _flatten_shape(x, *, start, end):
+    s, e = norm_axis(start, x.rank), norm_axis(end, x.rank)
+    if s > e:
+        raise ShapeError(f"flatten: start {start} comes after end {end} for {fmt_shape(x.shape)}",
+                         arg=0)
+    return TensorType(x.shape[:s] + (numel(x.shape[s:e + 1]),) + x.shape[e + 1:], x.dtype)
+
+
+register("flatten", "x: tensor, start: int = 1, end: int = -1", _flatten_shape, family="nn",
+         decompose=lambda b, x, **a: b.reshape(x, shape=list(_flatten_shape(b.type(x),
+                                                                           **a).shape)),
+         doc="merges axes start..end (inclusive) into one: [batch, 28, 28] -> [batch, 784]",
+         samples=(Sample(((2, 3, 4),)), Sample(((2, 3, 4, 5),), {"start": 1, "end": 2})))
+
+
+def _squeeze_shape(x, *, axis):
+    ax = norm_axes(_axes_attr(axis), x.rank)
+    if axis is None:
+        ax = tuple(i for i, d in enumerate(x.shape) if d == 1)
+    for a in ax:
+        if x.shape[a] != 1:
+            raise ShapeError(f"squeeze: axis {a} of {fmt_shape(x.shape)} has size {x.shape[a]}, "
+                             "not 1", arg=0)
+    return TensorType(tuple(d for i, d in enumerate(x.shape) if i not in ax), x.dtype)
+
+
+def _unsqueeze_shape(x, *, axis):
+    ax = norm_axis(axis, x.rank + 1)
+    return TensorType(x.shape[:ax] + (1,) + x.shape[ax:], x.dtype)
+
+
+def _reshape_to(shape_rule):
+    return lambda b, x, **a: b.reshape(x, shape=list(shape_rule(b.type(x), **a).shape))
+
+
+register("squeeze", "x: tensor, axis: ints = none", _squeeze_shape, family="nn",
+         decompose=_reshape_to(_squeeze_shape),
+         doc="drops size-1 axes (the given ones, or all when none)",
+         samples=(Sample(((3, 1, 4),), {"axis": 1}), Sample(((1, 3, 1),))))
+register("unsqueeze", "x: tensor, axis: int", _unsqueeze_shape, family="nn",
+         decompose=_reshape_to(_unsqueeze_shape), doc="inserts a size-1 axis at axis",
+         samples=(Sample(((3, 4),), {"axis": 1}), Sample(((3, 4),), {"axis": -1})))
+
+
+def _permute_shape(x, *, perm):
+    perm = [norm_axis(p, x.rank) for p in perm]
+    if sorted(perm) != list(range(x.rank)):
+        raise ShapeError(f"permute: {perm} is not a permutation of the {x.rank} axes of "
+                         f"{fmt_shape(x.shape)}", arg=0)
+    return TensorType(tuple(x.shape[p] for p in perm), x.dtype)
+
+
+register("permute", "x: tensor, perm: ints", _permute_shape, family="nn",
+         decompose=lambda b, x, *, perm: b.transpose(
+             x, perm=[norm_axis(p, b.type(x).rank) for p in perm]),
+         doc="reorders axes, e.g. permute(x, [0, 2, 1]) turns [batch, len, dim] into "
+             "[batch, dim, len] (the transpose primitive, under its PyTorch name)",
+         samples=(Sample(((2, 3, 4),), {"perm": [0, 2, 1]}),))
+
+
+# *** dropout ***
+
+def _dropout_shape(x, *, rate):
+    need_float("dropout", x)
+    if not 0.0 <= rate < 1.0:
+        raise ShapeError(f"dropout: rate must be in [0, 1), got {rate}")
+    return x
+
+
+def _dropout(b, x, *, rate):
+    if not b.training or rate == 0.0:
+        return x
+    u = b.random_uniform(b.rng_key(), shape=list(b.type(x).shape), salt=b.salt())
+    keep = b.ge(u, b.const(rate, "float32"))
+    # inverted dropout: scale at train time so evaluation is the identity
+    return b.where(keep, b.mul(x, const_like(b, 1.0 / (1.0 - rate), x)), const_like(b, 0.0, x))
+
+
+register("dropout", "x: tensor, rate: float = 0.5", _dropout_shape, decompose=_dropout,
+         family="nn", samples=(Sample(((4, 6),), {"rate": 0.5}), Sample(((2, 3, 4),))),
+         doc="training: zeroes each element with probability rate and scales the rest by "
+             "1/(1-rate) (inverted dropout); evaluation: the identity")
+
+
+# *** normalization ***
+
+def _norm_axes_of(x, axis):
+    ax = norm_axes(_axes_attr(axis), x.rank)
+    if any(isinstance(x.shape[a], Sym) for a in ax):
+        raise ShapeError(f"layer_norm: normalized axes of {fmt_shape(x.shape)} must be "
+                         "concrete (they size gamma and beta)", arg=0)
+    return ax
+
+
+def _layer_norm_params(x, *, axis, eps):
+    shape = tuple(x.shape[a] for a in _norm_axes_of(x, axis))
+    dt = param_dtype(x)
+    return {"gamma": ParamSpec(shape, ("ones", {}), dtype=dt),
+            "beta": ParamSpec(shape, ("zeros", {}), dtype=dt)}
+
+
+def _layer_norm_shape(x, gamma=None, beta=None, *, axis, eps):
+    need_float("layer_norm", x)
+    want = tuple(x.shape[a] for a in _norm_axes_of(x, axis))
+    for i, p in ((1, gamma), (2, beta)):
+        if p is not None and p.shape != want:
+            raise ShapeError(f"layer_norm: parameter {fmt_shape(p.shape)} does not match the "
+                             f"normalized dims {fmt_shape(want)}", arg=i)
+    return x
+
+
+def _affine(b, y, gamma, beta, shape):
+    return b.add(b.mul(y, b.reshape(gamma, shape=shape)), b.reshape(beta, shape=shape))
+
+
+def _layer_norm(b, x, gamma, beta, *, axis, eps):
+    t = b.type(x)
+    ax = list(_norm_axes_of(t, axis))
+    d = b.sub(x, mean_over(b, x, ax, keepdims=True))
+    var = mean_over(b, b.mul(d, d), ax, keepdims=True)
+    y = b.div(d, b.sqrt(b.add(var, const_like(b, eps, x))))
+    return _affine(b, y, gamma, beta, [t.shape[i] if i in ax else 1 for i in range(t.rank)])
+
+
+register("layer_norm", "x: tensor, axis: ints = -1, eps: float = 1e-5", _layer_norm_shape,
+         decompose=_layer_norm, params=_layer_norm_params, family="nn",
+         doc="(x - mean) / sqrt(var + eps) * gamma + beta, statistics over axis (the last by "
+             "default) per example. Params gamma (ones) and beta (zeros) over those dims.",
+         samples=(Sample(((3, 8),)), Sample(((2, 3, 4),), {"axis": [1, 2]})))
+
+
+def _batch_norm_params(x, *, momentum, eps):
+    c, dt = x.shape[1], param_dtype(x)
+    return {"gamma": ParamSpec((c,), ("ones", {}), dtype=dt),
+            "beta": ParamSpec((c,), ("zeros", {}), dtype=dt),
+            "running_mean": ParamSpec((c,), ("zeros", {}), trainable=False, dtype=dt),
+            "running_var": ParamSpec((c,), ("ones", {}), trainable=False, dtype=dt)}
+
+
+def _batch_norm_shape(x, *params, momentum, eps):
+    need_float("batch_norm", x)
+    if x.rank < 2 or isinstance(x.shape[1], Sym):
+        raise ShapeError(f"batch_norm expects [batch, channels, ...] with concrete channels, "
+                         f"got {fmt_shape(x.shape)}", arg=0)
+    for i, p in enumerate(params):
+        if p is not None and p.shape != (x.shape[1],):
+            raise ShapeError(f"batch_norm: parameter {fmt_shape(p.shape)} does not match "
+                             f"{x.shape[1]} channels", arg=i + 1)
+    return x
+
+
+def _batch_norm(b, x, gamma, beta, running_mean, running_var, *, momentum, eps):
+    t = b.type(x)
+    shape = [1, t.shape[1]] + [1] * (t.rank - 2)
+    if b.training:
+        # TODO: running-stat update belongs to the trainer: after each step it should set
+        # running_mean = (1 - momentum) * running_mean + momentum * batch_mean (and the same for
+        # var, PyTorch uses the unbiased batch var there). That needs a way to return the batch
+        # statistics as extra graph outputs (e.g. `root` nodes named <path>.running_mean.next);
+        # until that exists, training uses batch statistics and leaves the running stats alone.
+        ax = [0] + list(range(2, t.rank))
+        d = b.sub(x, mean_over(b, x, ax, keepdims=True))
+        var = mean_over(b, b.mul(d, d), ax, keepdims=True)
+    else:
+        d = b.sub(x, b.reshape(running_mean, shape=shape))
+        var = b.reshape(running_var, shape=shape)
+    y = b.div(d, b.sqrt(b.add(var, const_like(b, eps, x))))
+    return _affine(b, y, gamma, beta, shape)
+
+
+register("batch_norm", "x: tensor, momentum: float = 0.1, eps: float = 1e-5", _batch_norm_shape,
+         decompose=_batch_norm, params=_batch_norm_params, family="nn",
+         doc="normalizes each channel (axis 1) of [batch, channels, ...]: training uses the "
+             "batch's mean and biased variance, evaluation the running_mean / running_var "
+             "(non-trainable). Params gamma (ones), beta (zeros), running_mean (zeros), "
+             "running_var (ones); momentum is PyTorch's (new = (1-m) old + m batch).",
+         samples=(Sample(((4, 3),)), Sample(((2, 3, 4, 5),))))

@@ -1,0 +1,74 @@
+"""Reverse-mode differentiation as a graph transform: appends the backward graph (role "bwd")
+to a primitive graph and returns the gradient node of each requested value.
+
+One loop does it all: walk the nodes on a path from the wanted values to the loss in reverse
+order, call each op's own `grad` rule, undo broadcasting with `sum_to`, and sum fan-out
+contributions with `add` nodes. Integer and bool values never get gradients.
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from nnlang.ir.graph import Builder, Graph
+from nnlang.ops import registry
+from nnlang.ops.registry import NONDIFF, is_float
+
+
+def sum_to(b: Builder, g: int, shape: tuple) -> int:
+    """Sums a gradient over the axes that broadcasting expanded, back to `shape`."""
+    gshape = b.type(g).shape
+    if tuple(gshape) == tuple(shape):
+        return g
+    lead = len(gshape) - len(shape)
+    axes = list(range(lead)) + [lead + i for i, d in enumerate(shape)
+                                if d == 1 and gshape[lead + i] != 1]
+    out = b.reduce_sum(g, axes=axes, keepdims=False) if axes else g
+    if tuple(b.type(out).shape) != tuple(shape):
+        out = b.reshape(out, shape=list(shape))
+    return out
+
+
+def differentiable_path(g: Graph, loss: int, wrt) -> set[int]:
+    """Nodes whose value depends on some `wrt` node and feeds the loss (tinygrad's deepwalk)."""
+    feeds_loss = nx.ancestors(g.nx, loss) | {loss}
+    reached: set[int] = set()
+    for w in wrt:
+        if w in feeds_loss:
+            reached |= (nx.descendants(g.nx, w) | {w}) & feeds_loss
+    return {n for n in reached if is_float(g.node(n).dtype)}
+
+
+def backward(g: Graph, loss: int, wrt) -> dict[int, int]:
+    """Adds d(loss)/d(w) for each w in `wrt` to `g` in place; returns {w: gradient node}."""
+    wrt = list(wrt)
+    path = differentiable_path(g, loss, wrt)
+    b = Builder(g, role="bwd")
+    lnode = g.node(loss)
+    with b.at(lnode.span, lnode.path):
+        seed = b.const(1.0, lnode.dtype)
+    contributions: dict[int, list[int]] = {loss: [seed]}
+    grads: dict[int, int] = {}
+    for nid in sorted(path, key=_topo_index(g), reverse=True):
+        parts = contributions.pop(nid, [])
+        if not parts:
+            continue
+        node = g.node(nid)
+        with b.at(node.span, node.path):
+            total = parts[0]
+            for p in parts[1:]:
+                total = b.add(total, p)
+            grads[nid] = total
+            opdef = registry.get(node.op)
+            if opdef.grad is None or opdef.has(NONDIFF):
+                continue
+            in_grads = opdef.grad(b, node, total)
+            for src, gi in zip(node.inputs, in_grads):
+                if gi is None or src not in path:
+                    continue
+                contributions.setdefault(src, []).append(sum_to(b, gi, g.node(src).shape))
+    return {w: grads[w] for w in wrt if w in grads}
+
+
+def _topo_index(g: Graph):
+    order = {n: i for i, n in enumerate(g.topo())}
+    return order.__getitem__

@@ -1,0 +1,110 @@
+"""Constant folding plus a small table of algebraic identities (runs first in `optimize`).
+
+A node whose inputs are all constants becomes a constant computed by the op's numpy `impl`.
+`SIMPLIFY_RULES` then removes operations that leave a value unchanged; every rule is exact
+in floating point (x*1 keeps NaN and -0.0, a double transpose is a permutation, ...).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from nnlang.ir.dims import numel
+from nnlang.ir.graph import Graph, Node, op_attrs
+from nnlang.ops import registry
+from nnlang.ops.registry import RANDOM, SOURCE, TensorType
+from nnlang.passes.rewrite import replace_value
+
+FOLD_LIMIT = 4096  # NOTE: never fold into a constant much larger than its inputs (broadcasts)
+
+
+def _const_value(g: Graph, nid: int):
+    node = g.node(nid)
+    return node.attrs["value"] if node.op == "const" else None
+
+
+def _is_fill(g: Graph, nid: int, fill: float) -> bool:
+    v = _const_value(g, nid)
+    return v is not None and v.size > 0 and bool(np.all(v == fill))
+
+
+def _identity_operand(fill: float, sides=(0, 1)):
+    """`op(x, c)` (or `op(c, x)` for commutative ops) with c all `fill` and x's type is x."""
+    def rule(g: Graph, n: Node):
+        for side in sides:
+            x, c = n.inputs[1 - side], n.inputs[side]
+            if _is_fill(g, c, fill) and g.node(x).type == n.type:
+                return x
+        return None
+    return rule
+
+
+def _same_type_input(g: Graph, n: Node):
+    x = n.inputs[0]
+    return x if g.node(x).type == n.type else None
+
+
+def _identity_perm(g: Graph, n: Node):
+    return n.inputs[0] if list(n.attrs["perm"]) == list(range(len(n.attrs["perm"]))) else None
+
+
+def _double_transpose(g: Graph, n: Node):
+    inner = g.node(n.inputs[0])
+    if inner.op != "transpose":
+        return None
+    perm = [inner.attrs["perm"][p] for p in n.attrs["perm"]]
+    if perm == list(range(len(perm))):
+        return inner.inputs[0]
+    return g.add_node("transpose", [inner.inputs[0]], {"perm": perm}, n.type, span=n.span,
+                      path=n.path, role=n.role, name=n.name)
+
+
+def _double_neg(g: Graph, n: Node):
+    inner = g.node(n.inputs[0])
+    return inner.inputs[0] if inner.op == "neg" else None
+
+
+# op -> rules tried in order; each returns the replacement node id or None
+SIMPLIFY_RULES = {
+    "mul": [_identity_operand(1.0)],                 # x*1, 1*x
+    "add": [_identity_operand(0.0)],                 # x+0, 0+x (NOTE: -0.0+0.0 is +0.0, equal)
+    "sub": [_identity_operand(0.0, sides=(1,))],     # x-0
+    "div": [_identity_operand(1.0, sides=(1,))],     # x/1
+    "reshape": [_same_type_input],
+    "broadcast_to": [_same_type_input],
+    "cast": [_same_type_input],
+    "transpose": [_identity_perm, _double_transpose],
+    "neg": [_double_neg],
+}
+
+
+def _foldable(g: Graph, n: Node) -> bool:
+    opdef = registry.get(n.op)
+    if not n.inputs or opdef is None or opdef.impl is None or opdef.has(RANDOM) or \
+            opdef.has(SOURCE) or n.type is None:
+        return False
+    if any(g.node(i).op != "const" for i in n.inputs):
+        return False
+    biggest = max(g.node(i).attrs["value"].size for i in n.inputs)
+    return numel(n.type.shape) <= max(FOLD_LIMIT, biggest)
+
+
+def _fold(g: Graph, n: Node) -> int:
+    args = [g.node(i).attrs["value"] for i in n.inputs]
+    value = np.asarray(registry.get(n.op).impl(*args, **op_attrs(n)), dtype=n.dtype)
+    value = np.ascontiguousarray(value)
+    return g.add_node("const", [], {"value": value}, TensorType(value.shape, n.dtype),
+                      span=n.span, path=n.path, role=n.role, name=n.name)
+
+
+def fold_constants(g: Graph) -> Graph:
+    g = g.copy()
+    for nid in g.topo():
+        n = g.node(nid)
+        new = _fold(g, n) if _foldable(g, n) else None
+        for rule in SIMPLIFY_RULES.get(n.op, ()) if new is None else ():
+            new = rule(g, n)
+            if new is not None:
+                break
+        if new is not None:
+            replace_value(g, nid, new)
+    return g

@@ -1,0 +1,115 @@
+"""From the user-level graph to the primitive graphs that get compiled: bind the batch, pick the
+dtype, decompose composites, and for training append the backward graph and the optimizer update.
+
+`train_graph` is the joint graph of one training step: forward, loss, backward (role "bwd") and
+update (role "optim"); its `meta["updates"]` says which state each result overwrites.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from nnlang.ir.graph import Builder, Graph
+from nnlang.ops.registry import TensorType
+from nnlang.passes.autodiff import backward
+from nnlang.passes.decompose import decompose
+from nnlang.passes.shapes import bind, infer
+from nnlang.train.optim import append_update
+
+LR_INPUT = "_lr"
+
+
+def retype(g: Graph, dtype: str) -> Graph:
+    """Every float32 value becomes `dtype` (float64 for gradient checks)."""
+    if dtype == "float32":
+        return g
+    g = g.copy()
+    for node in g:
+        if node.attrs.get("dtype") == "float32":
+            node.attrs["dtype"] = dtype
+        if node.op == "const" and node.attrs["value"].dtype == np.float32:
+            node.attrs["value"] = node.attrs["value"].astype(dtype)
+    return infer(g)
+
+
+def specialize(user: Graph, batch: int, dtype: str = "float32") -> Graph:
+    return retype(bind(user, batch=batch), dtype)
+
+
+def forward_graph(user: Graph, batch: int, dtype: str = "float32",
+                  results=("outputs", "losses", "metrics")) -> Graph:
+    """The inference graph (dropout off) keeping only the requested kinds of result."""
+    g = decompose(specialize(user, batch, dtype), training=False)
+    for kind in ("outputs", "losses", "metrics"):
+        if kind not in results:
+            setattr(g, kind, {})
+    return drop_unused_inputs(g)
+
+
+def drop_unused_inputs(g: Graph) -> Graph:
+    """Drops what no result needs, inputs included (a prediction graph takes no labels)."""
+    import networkx as nx
+    needed = set()
+    for r in g.roots():
+        needed |= nx.ancestors(g.nx, r) | {r}
+    for node in list(g):
+        if node.id not in needed and node.op != "param":
+            g.remove(node.id)
+    g.inputs = {k: v for k, v in g.inputs.items() if v in needed}
+    return g
+
+
+def total_loss(b: Builder, g: Graph, l2: float = 0.0) -> int:
+    total = None
+    for nid in g.losses.values():
+        total = nid if total is None else b.add(total, nid)
+    if l2:
+        # NOTE: Keras-style L2 on weight matrices and kernels only (rank >= 2), not on biases
+        dtype = g.node(total).dtype
+        for nid in trainable(g).values():
+            if len(g.node(nid).shape) >= 2:
+                sq = b.reduce_sum(b.mul(nid, nid), axes=None)
+                total = b.add(total, b.mul(b.const(l2, dtype), sq))
+    return total
+
+
+def trainable(g: Graph) -> dict[str, int]:
+    return {k: v for k, v in g.params.items() if g.node(v).attrs.get("trainable", True)}
+
+
+def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
+                wrt_inputs: tuple = ()) -> Graph:
+    """Forward + loss + generated backward + optimizer update, as one primitive graph."""
+    g = decompose(specialize(user, batch, dtype), training=True)
+    if not g.losses:
+        from nnlang.errors import NNError
+        raise NNError(f"model '{g.meta.get('model')}' declares no loss, so it cannot be trained",
+                      hint="add a line like `loss cross_entropy(logits, label)`")
+    b = Builder(g, role="bwd")
+    total = total_loss(b, g, cfg.l2)
+    params = trainable(g)
+    wrt = list(params.values()) + [g.inputs[n] for n in wrt_inputs]
+    grads = backward(g, total, wrt)
+    b.role = "optim"
+    lr = g.add_node("input", [], {"name": LR_INPUT, "dtype": dtype, "shape": []},
+                    TensorType((), dtype), role="optim", name=LR_INPUT)
+    g.inputs[LR_INPUT] = lr
+
+    def add_state(name, like):
+        shape = list(g.node(like).shape) if like is not None else []
+        nid = g.add_node("param", [], {"name": name, "dtype": dtype, "shape": shape,
+                                       "init": ("zeros", {}), "trainable": False},
+                         TensorType(tuple(shape), dtype), role="optim", name=name)
+        g.params[name] = nid
+        return nid
+
+    zero = {}
+    for name, nid in params.items():
+        zero[name] = grads.get(nid)
+        if zero[name] is None:  # NOTE: a weight the loss does not reach still gets a 0 gradient
+            zero[name] = b.mul(nid, b.const(0.0, dtype))
+    updates = append_update(b, params, zero, cfg.optimizer, cfg.clip_norm, lr, add_state)
+    g.meta["updates"] = updates
+    g.meta["grads"] = {name: zero[name] for name in params}
+    g.losses = {"loss": total}
+    g.outputs = {}
+    return g

@@ -1,0 +1,172 @@
+"""A compiled model: the library API (`nnlang.compile`) on top of the compiled executables.
+
+`Net` owns the persistent state (parameters and optimizer slots, by name) and lazily compiles
+one executable per graph kind: a training step, an evaluation pass, and a prediction pass.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from nnlang.errors import NNError
+from nnlang.ops.init import initialize
+from nnlang.ops.registry import ParamSpec
+from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
+from nnlang.runtime.interpret import interpret
+from nnlang.train.optim import learning_rate
+
+BACKENDS = ("numba", "cupy", "reference")
+
+
+class _Interpreted:
+    """The reference executable: runs a graph through the numpy interpreter (slow, exact)."""
+
+    def __init__(self, g):
+        self.g = g
+
+    def run(self, feeds: dict, state: dict) -> dict:
+        env = interpret(self.g, feeds, state)
+        results = {**self.g.outputs, **self.g.losses, **self.g.metrics}
+        out = {k: env[v] for k, v in results.items()}
+        for name, nid in self.g.meta.get("updates", {}).items():
+            state[name] = env[nid]
+        return out
+
+
+def _compile(g, backend: str):
+    if backend == "reference":
+        return _Interpreted(g)
+    if backend == "numba":
+        from nnlang.runtime.executable import compile_graph
+        return compile_graph(g, backend="numba")
+    if backend == "cupy":
+        from nnlang.backends.cupy_backend import require_cupy
+        require_cupy()
+        from nnlang.runtime.executable import compile_graph
+        return compile_graph(g, backend="cupy")
+    raise NNError(f"unknown backend '{backend}'", hint=f"backends: {', '.join(BACKENDS)}")
+
+
+class Net:
+    """A model compiled for one batch size; see `nnlang.compile`."""
+
+    def __init__(self, program, backend: str = "numba", batch: int | None = None,
+                 dtype: str = "float32", seed: int | None = None):
+        self.program, self.backend, self.dtype = program, backend, dtype
+        self.config = program.train or _default_config()
+        self.batch = batch or self.config.batch
+        self.seed = self.config.seed if seed is None else seed
+        self.user = program.graph
+        self._exes: dict = {}
+        self.step = 0
+        self.epoch = 0
+        self.total_steps = 0
+        self.state = self._init_state()
+
+    # *** state ***
+    def _init_state(self) -> dict:
+        rng = np.random.default_rng(self.seed)
+        state = {}
+        for name, nid in self.user.params.items():
+            a = self.user.node(nid).attrs
+            spec = ParamSpec(tuple(a["shape"]), a["init"] or ("zeros", {}), a["trainable"],
+                             self.dtype)
+            state[name] = initialize(spec, rng).astype(self.dtype)
+        return state
+
+    def parameters(self) -> dict:
+        """Trained weights by block path (copies)."""
+        return {k: self.state[k].copy() for k in self.user.params}
+
+    def state_dict(self) -> dict:
+        return {k: v.copy() for k, v in self.state.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            if k in self.state and self.state[k].shape != v.shape:
+                raise NNError(f"checkpoint value '{k}' has shape {v.shape}, the model expects "
+                              f"{self.state[k].shape}", hint="was it saved from another model "
+                              "or with other --set values?")
+            self.state[k] = np.asarray(v, self.dtype).copy()
+        for exe in self._exes.values():
+            if hasattr(exe, "load_state"):
+                exe.load_state(self.state)
+
+    # *** executables ***
+    def _exe(self, kind: str, batch: int):
+        key = (kind, batch)
+        if key not in self._exes:
+            if kind == "train":
+                g = train_graph(self.user, self.config, batch, self.dtype)
+                for name, nid in g.params.items():  # optimizer slots start at zero
+                    if name not in self.state:
+                        shape = tuple(int(d) for d in g.node(nid).shape)
+                        self.state[name] = np.zeros(shape, self.dtype)
+            else:
+                results = ("outputs",) if kind == "predict" else ("outputs", "losses", "metrics")
+                g = forward_graph(self.user, batch, self.dtype, results)
+            self._exes[key] = (_compile(g, self.backend), g)
+        return self._exes[key]
+
+    def graph(self, kind: str = "train"):
+        """The optimized-input primitive graph of `kind` (train | eval | predict)."""
+        return self._exe(kind, self.batch)[1]
+
+    def _run(self, kind: str, feeds: dict, extra: dict) -> dict:
+        batch = _batch_of(feeds)
+        exe, g = self._exe(kind, batch)
+        feeds = {**self._cast(feeds, g), **extra}
+        if "_rng" in g.inputs:
+            feeds["_rng"] = np.int64(self.seed * 1_000_003 + self.step)
+        return exe.run(feeds, self.state)
+
+    def _cast(self, feeds: dict, g) -> dict:
+        out = {}
+        for name, nid in g.inputs.items():
+            if name.startswith("_"):
+                continue
+            if name not in feeds:
+                raise NNError(f"missing input '{name}'",
+                              hint=f"the model's inputs: {', '.join(g.inputs)}")
+            node = g.node(nid)
+            arr = np.asarray(feeds[name])
+            want = tuple(node.shape[1:])
+            if arr.shape[1:] != want:
+                if int(np.prod(arr.shape[1:])) == int(np.prod(want)):
+                    arr = arr.reshape((arr.shape[0],) + want)
+                else:
+                    raise NNError(f"input '{name}' has shape {list(arr.shape)}, the model "
+                                  f"declares {node.type}")
+            out[name] = np.ascontiguousarray(arr, dtype=node.dtype)
+        return out
+
+    def train_step(self, feeds: dict) -> float:
+        """One fused step (forward, backward, update); returns the loss. Metrics: last_metrics."""
+        lr = learning_rate(self.config.optimizer.options["lr"], self.config.schedule,
+                           self.step, self.epoch, self.total_steps)
+        out = self._run("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)})
+        self.step += 1
+        loss = float(out.pop("loss"))
+        self.last_metrics = {k: float(v) for k, v in out.items()}
+        return loss
+
+    def evaluate(self, feeds: dict) -> dict:
+        """Losses and metrics on one batch, without updating anything."""
+        out = self._run("eval", feeds, {})
+        g = self._exe("eval", _batch_of(feeds))[1]
+        return {k: float(out[k]) for k in (*g.losses, *g.metrics)}
+
+    def forward(self, feeds: dict) -> dict:
+        """The model's outputs (dropout off)."""
+        return self._run("predict", feeds, {})
+
+
+def _batch_of(feeds: dict) -> int:
+    for k, v in feeds.items():
+        if not k.startswith("_"):
+            return int(np.shape(v)[0])
+    raise NNError("no inputs given")
+
+
+def _default_config():
+    from nnlang.frontend.train_config import TrainConfig
+    return TrainConfig()
