@@ -30,18 +30,18 @@ def _mha_dims(q, kv, heads, dim):
 
 
 def _mha_params(q, kv=None, mask=None, *, heads, dim, causal, dropout):
-    kv = kv or q
+    kv = q if kv is None else kv
     inner, dt = _mha_dims(q, kv, heads, dim), param_dtype(q)
-    w, z = ("glorot_uniform", {}), ("zeros", {})
-    return {"wq": ParamSpec((q.shape[2], inner), w, dtype=dt), "bq": ParamSpec((inner,), z, dtype=dt),
-            "wk": ParamSpec((kv.shape[2], inner), w, dtype=dt), "bk": ParamSpec((inner,), z, dtype=dt),
-            "wv": ParamSpec((kv.shape[2], inner), w, dtype=dt), "bv": ParamSpec((inner,), z, dtype=dt),
-            "wo": ParamSpec((inner, q.shape[2]), w, dtype=dt),
-            "bo": ParamSpec((q.shape[2],), z, dtype=dt)}
+    specs = {}
+    for name, fan_in, fan_out in (("q", q.shape[2], inner), ("k", kv.shape[2], inner),
+                                  ("v", kv.shape[2], inner), ("o", inner, q.shape[2])):
+        specs["w" + name] = ParamSpec((fan_in, fan_out), ("glorot_uniform", {}), dtype=dt)
+        specs["b" + name] = ParamSpec((fan_out,), ("zeros", {}), dtype=dt)
+    return specs
 
 
 def _mha_shape(q, kv=None, mask=None, *weights, heads, dim, causal, dropout):
-    kvt = kv or q
+    kvt = q if kv is None else kv
     _mha_dims(q, kvt, heads, dim)
     if kv is not None and kv.shape[0] != q.shape[0]:
         raise ShapeError(f"multi_head_attention: query batch {fmt_shape(q.shape)} and key/value "
@@ -72,11 +72,8 @@ def _mha(b, q, kv, mask, wq, bq, wk, bk, wv, bv, wo, bo, *, heads, dim, causal, 
     vh = _split_heads(b, linear(b, kv, wv, bv), heads, [0, 2, 1, 3])   # [B, H, Lk, dh]
     scores = b.mul(b.matmul(qh, kh), const_like(b, 1.0 / math.sqrt(inner // heads), q))
     if mask is not None:
-        keep = b.cast(mask, dtype=b.type(q).dtype) if b.type(mask).dtype != "bool" else \
-            b.cast(mask, dtype=b.type(q).dtype)
-        bias = b.mul(b.sub(const_like(b, 1.0, q), b.cast(b.ne(keep, const_like(b, 0.0, q)),
-                                                         dtype=b.type(q).dtype)),
-                     const_like(b, NEG_INF, q))
+        keep = b.ne(mask, b.const(0, b.type(mask).dtype))   # any dtype: nonzero keeps
+        bias = b.where(keep, const_like(b, 0.0, q), const_like(b, NEG_INF, q))
         scores = b.add(scores, b.reshape(bias, shape=[batch, 1, 1, lk]))
     if causal:
         # query i sees keys j <= i + (lk - lq), so a longer key prefix (a cache) stays visible
@@ -90,7 +87,8 @@ def _mha(b, q, kv, mask, wq, bq, wk, bk, wv, bv, wo, bo, *, heads, dim, causal, 
 
 
 def _mha_flops(ins, out, *, heads, dim, **_):
-    q, kv = ins[0], ins[1] or ins[0]
+    q = ins[0]
+    kv = ins[1] if len(ins) > 1 and ins[1] is not None and ins[1].rank == 3 else q
     inner = dim or q.shape[2]
     proj = numel(q.shape[:2]) * q.shape[2] * inner * 2 + numel(kv.shape[:2]) * kv.shape[2] * \
         inner * 2

@@ -1,0 +1,180 @@
+"""Graph to Graphviz DOT text (`nnlang graph`): nodes show op and value name, edges show shapes,
+block/layer paths become nested clusters, and `depth` collapses everything below a path prefix
+into one box.
+
+Two hooks serve later stages: `roles` keeps only nodes of those roles (`{"fwd", "bwd"}` for
+`--backward`), and `cluster_of` maps a node to a group name (a fused kernel for `--fused`), which
+then replaces the path clusters.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+from nnlang.ir.dims import fmt_shape
+from nnlang.ir.graph import Graph, Node
+
+HIDDEN_BY_DEFAULT = ("param", "const")
+
+_STYLE = {
+    "input": 'shape=ellipse, style=filled, fillcolor="#d8f0d8"',
+    "layer": 'shape=box, style="rounded,filled", fillcolor="#dce8f8"',
+    "op": 'shape=box, style=rounded',
+    "param": 'shape=note, fontsize=9, color=gray40',
+    "const": 'shape=plain, fontsize=9',
+    "box": 'shape=box3d, style=filled, fillcolor="#eeeeee"',
+    "bwd": 'shape=box, style="rounded,filled", fillcolor="#f8e0e0"',
+    "optim": 'shape=box, style="rounded,filled", fillcolor="#f8f0d0"',
+}
+
+
+def _q(text: str) -> str:
+    """A DOT double-quoted string."""
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    return tuple(p for p in path.split(".") if p) if path else ()
+
+
+def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = False,
+           cluster_of: Callable[[Node], str | None] | dict | None = None,
+           title: str | None = None) -> str:
+    """DOT text of `g`.
+
+    depth: a path prefix of `depth` components that has anything below it is drawn as one box.
+    roles: only nodes with these roles (None: all). show_params: draw param and const leaves.
+    cluster_of: node -> group name (or a dict node id -> name); groups replace path clusters.
+    """
+    if depth is not None and depth < 1:
+        raise ValueError("depth must be at least 1")
+    group = cluster_of.get if isinstance(cluster_of, dict) else cluster_of
+    nodes = [g.node(n) for n in g.topo()]
+    nodes = [n for n in nodes if (roles is None or n.role in roles)
+             and (show_params or n.op not in HIDDEN_BY_DEFAULT)]
+    kept = {n.id for n in nodes}
+    results = {v: f"{kind} {k}" for kind, table in (("output", g.outputs), ("loss", g.losses),
+                                                    ("metric", g.metrics))
+               for k, v in table.items()}
+
+    # which drawn item stands for each node: itself, or the box of its collapsed prefix
+    boxed: set[tuple] = set()
+    if depth is not None and group is None:
+        boxed = {_parts(n.path)[:depth] for n in nodes if len(_parts(n.path)) > depth}
+    rep: dict[int, str] = {}
+    box_count: dict[str, tuple[tuple, int]] = {}  # box id -> (path prefix, ops inside)
+    for n in nodes:
+        key = _parts(n.path)[:depth] if depth is not None else None
+        if key is not None and key in boxed:
+            rep[n.id] = f"box{sorted(boxed).index(key)}"
+            box_count[rep[n.id]] = (key, box_count.get(rep[n.id], (key, 0))[1] + 1)
+        else:
+            rep[n.id] = f"n{n.id}"
+
+    # each drawn item's cluster: a group name, or its path (a layer's own node sits in its
+    # parent's cluster, so a one-op layer draws no cluster around itself)
+    def cluster(n: Node) -> tuple:
+        if group is not None:
+            name = group(n) if not isinstance(cluster_of, dict) else group(n.id)
+            return (name,) if name else ()
+        parts = _parts(n.path)
+        if rep[n.id] in box_count:
+            return parts[:depth - 1]
+        return parts[:-1] if _is_layer(g, n) else parts
+
+    tree: dict = {}
+    items: dict[tuple, list[str]] = defaultdict(list)
+    drawn: set[str] = set()
+    for n in nodes:
+        if rep[n.id] in drawn:
+            continue
+        drawn.add(rep[n.id])
+        where = cluster(n)
+        t = tree
+        for part in where:
+            t = t.setdefault(part, {})
+        items[where].append(_node_line(g, n, rep[n.id], results, box_count))
+
+    lines = ["digraph nnlang {", '  rankdir=TB;', '  node [fontname="Helvetica", fontsize=11];',
+             '  edge [fontname="Helvetica", fontsize=9, color=gray30];']
+    if title:
+        lines.append(f"  label={_q(title)}; labelloc=t;")
+    _emit_clusters(lines, tree, (), items, 1)
+
+    seen_edges: set[tuple] = set()
+    for n in nodes:
+        for i in n.inputs:
+            if i not in kept:
+                continue
+            a, b = rep[i], rep[n.id]
+            if a == b or (a, b) in seen_edges:
+                continue
+            seen_edges.add((a, b))
+            src = g.node(i)
+            lines.append(f"  {a} -> {b} [label={_q(fmt_shape(src.shape))}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _is_layer(g: Graph, n: Node) -> bool:
+    return any(g.node(i).op == "param" for i in n.inputs)
+
+
+def _node_line(g: Graph, n: Node, rid: str, results: dict, box_count: dict) -> str:
+    if rid in box_count:
+        key, count = box_count[rid]
+        label = f"{'.'.join(key)}\n{count} ops"
+        return f"{rid} [label={_q(label)}, {_STYLE['box']}];"
+    if n.op == "input":
+        label = f"input {n.name or n.attrs.get('name')}\n{n.type}"
+        style = _STYLE["input"]
+    elif n.op in ("param", "const"):
+        label = n.attrs.get("name", n.op) if n.op == "param" else "const"
+        style = _STYLE[n.op]
+    else:
+        name = n.name or (n.path.rpartition(".")[2] if _is_layer(g, n) else "")
+        label = n.op + (f"\n{name}" if name else "")
+        style = _STYLE.get(n.role) if n.role != "fwd" else None
+        style = style or (_STYLE["layer"] if _is_layer(g, n) else _STYLE["op"])
+    if n.id in results:
+        label += f"\n({results[n.id]})"
+        style += ", penwidth=2"
+    return f"{rid} [label={_q(label)}, {style}];"
+
+
+def _emit_clusters(lines: list, tree: dict, prefix: tuple, items: dict, indent: int):
+    pad = "  " * indent
+    for line in items.get(prefix, []):
+        lines.append(pad + line)
+    for part, sub in tree.items():
+        path = prefix + (part,)
+        cid = "cluster_" + "_".join(str(p).replace("-", "_") for p in path)
+        lines.append(f"{pad}subgraph {_q(cid)} {{")
+        lines.append(f"{pad}  label={_q('.'.join(map(str, path)))}; style=rounded; color=gray60;")
+        _emit_clusters(lines, sub, path, items, indent + 1)
+        lines.append(f"{pad}}}")
+
+
+class GraphvizMissing(RuntimeError):
+    pass
+
+
+def render(dot_text: str, out: Path) -> Path:
+    """Writes `out`: .dot as is; .svg/.png/.pdf through Graphviz's `dot` program. The .dot text
+    is always written next to it; raises GraphvizMissing when `dot` is not installed."""
+    out = Path(out)
+    dot_path = out if out.suffix == ".dot" else out.with_suffix(".dot")
+    dot_path.write_text(dot_text)
+    if out.suffix == ".dot":
+        return out
+    exe = shutil.which("dot")
+    if exe is None:
+        raise GraphvizMissing(dot_path)
+    proc = subprocess.run([exe, f"-T{out.suffix[1:]}", str(dot_path), "-o", str(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dot failed: {proc.stderr.strip()}")
+    return out

@@ -1,0 +1,121 @@
+"""Fusion: groups elementwise chains and trees, plus at most one trailing reduction, into
+kernels (last pass of `optimize`). The graph is unchanged; the groups go in `g.meta["groups"]`.
+
+Walking consumers before producers, an elementwise node joins the group of its users when it
+has the group's loop shape. A value also needed outside that group is stored as an extra
+output, unless that would make the groups depend on each other in a cycle. Broadcasts and
+views of a group's inputs are index maps (see `codegen/kernel.py`); matmul, index ops and
+unfold/fold are never fused: they are library calls or kernels of their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from nnlang.codegen.kernel import is_fusable
+from nnlang.ir.graph import Graph
+from nnlang.ops import registry
+from nnlang.passes.rewrite import result_ids
+
+
+@dataclass
+class Group:
+    loop_shape: tuple
+    members: list[int] = field(default_factory=list)   # topological order
+    outputs: list[int] = field(default_factory=list)   # members whose values are stored
+    reduce: int | None = None                          # the trailing reduce node, if any
+
+
+def _loop_shape(g: Graph, nid: int) -> tuple:
+    n = g.node(nid)
+    return tuple(g.node(n.inputs[0]).shape) if registry.get(n.op).has(registry.REDUCE) \
+        else tuple(n.shape)
+
+
+def _reaches(g: Graph, starts, targets: set[int], pos: dict, limit: int) -> bool:
+    """Is any of `targets` reachable from `starts` through nodes no later than `limit`?"""
+    stack, seen = list(starts), set()
+    while stack:
+        nid = stack.pop()
+        if nid in targets:
+            return True
+        if nid in seen or pos[nid] > limit:
+            continue
+        seen.add(nid)
+        stack.extend(g.users(nid))
+    return False
+
+
+def _acyclic(g: Graph, groups: list[Group]) -> bool:
+    where = {m: k for k, grp in enumerate(groups) for m in grp.members}
+    key = {n: ("group", where[n]) if n in where else ("node", n) for n in g.nx.nodes}
+    dag = nx.DiGraph()
+    dag.add_edges_from((key[a], key[b]) for a, b in g.nx.edges() if key[a] != key[b])
+    return nx.is_directed_acyclic_graph(dag)
+
+
+def plan_groups(g: Graph, fuse: bool = True) -> list[Group]:
+    """Groups of fusable nodes; with `fuse=False` every fusable node is its own kernel."""
+    groups = _plan(g, fuse, side_outputs=True)
+    # NOTE: the local check in _plan can miss a cycle that runs through a third group; without
+    # extra outputs a group has one exit and cannot be part of a cycle, so fall back to that.
+    return groups if _acyclic(g, groups) else _plan(g, fuse, side_outputs=False)
+
+
+def _plan(g: Graph, fuse: bool, side_outputs: bool) -> list[Group]:
+    topo = g.topo()
+    pos = {nid: i for i, nid in enumerate(topo)}
+    results = result_ids(g)
+    group_of: dict[int, Group] = {}
+    groups: list[Group] = []
+    for nid in reversed(topo):
+        n = g.node(nid)
+        if not is_fusable(n.op):
+            continue
+        users = g.users(nid)
+        target = None
+        if fuse and registry.get(n.op).has(registry.ELEMENTWISE):
+            candidates = []
+            for u in users:
+                grp = group_of.get(u)
+                if grp is not None and grp.loop_shape == tuple(n.shape) and grp not in candidates:
+                    candidates.append(grp)
+            for grp in candidates:
+                outside = [u for u in users if group_of.get(u) is not grp]
+                limit = max(pos[m] for m in grp.members)
+                if not outside or side_outputs and not _reaches(g, outside, set(grp.members), pos, limit):
+                    target = grp
+                    break
+        if target is None:
+            target = Group(_loop_shape(g, nid))
+            groups.append(target)
+            if registry.get(n.op).has(registry.REDUCE):
+                target.reduce = nid
+        target.members.insert(0, nid)
+        group_of[nid] = target
+        if nid in results or any(group_of.get(u) is not target for u in users):
+            target.outputs.insert(0, nid)
+    groups.sort(key=lambda grp: pos[grp.members[-1]])
+    return groups
+
+
+def fuse(g: Graph) -> Graph:
+    g = g.copy()
+    g.meta["groups"] = plan_groups(g, fuse=True)
+    return g
+
+
+def format_groups(g: Graph, groups: list[Group]) -> str:
+    """The groups as text for `--emit fused`: members with op, path and .nn line."""
+    lines = []
+    for k, grp in enumerate(groups):
+        shape = "x".join(str(d) for d in grp.loop_shape) or "scalar"
+        lines.append(f"kernel {k}: loop [{shape}]"
+                     f"{' reduce' if grp.reduce is not None else ''} -> "
+                     + ", ".join(f"%{o}" for o in grp.outputs))
+        for m in grp.members:
+            n = g.node(m)
+            line = n.span.line if n.span else "?"
+            lines.append(f"  %{m} = {n.op}  # {n.path or '.'} @{line}")
+    return "\n".join(lines) + "\n"

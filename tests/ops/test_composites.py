@@ -1,0 +1,299 @@
+"""Composite op matrix: every composite's samples are decomposed, interpreted in float64 and
+compared with the independent numpy in tests/reference.py; plus initializers, parameter counts,
+symbolic batch dims and the shape errors users see.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nnlang.ir.dims import Sym, numel
+from nnlang.ir.graph import Builder, Graph
+from nnlang.ops import registry
+from nnlang.ops.init import INITIALIZERS, fans, init_spec, initialize
+from nnlang.ops.registry import ParamSpec, ShapeError, TensorType
+from nnlang.passes.decompose import decompose
+from nnlang.runtime.interpret import interpret
+from tests.reference import REFERENCES, TRAINING_REFERENCES
+
+COMPOSITES = sorted(n for n, op in registry.all_ops().items() if op.is_composite)
+CASES = [(n, i) for n in COMPOSITES for i in range(len(registry.get(n).samples))]
+
+
+def _attrs(op, sample) -> dict:
+    attrs = {p.name: p.default for p in op.sig.params if p.kind not in ("tensor", "tensor?")}
+    return {**attrs, **sample.attrs}
+
+
+def _draw(rng, shape, domain, dtype):
+    if domain.startswith("int:") and dtype is not None:
+        return rng.integers(0, int(domain[4:]), size=shape).astype(dtype)
+    if domain == "positive":
+        return rng.uniform(0.5, 2.0, size=shape)
+    if domain == "unit":
+        return rng.uniform(0.05, 0.95, size=shape)
+    return rng.standard_normal(size=shape)
+
+
+def build(name, sample, rng=None, batch=None):
+    """Graph with one input per tensor arg (None: absent), a param node per `params` entry, and
+    the composite itself; with `batch`, dim 0 of every input becomes that symbol."""
+    op = registry.get(name)
+    attrs = _attrs(op, sample)
+    g = Graph()
+    b = Builder(g)
+    inputs, feeds, values = [], {}, {}
+    dtypes = sample.dtypes or (None,) * len(sample.shapes)
+    for i, shape in enumerate(sample.shapes):
+        if shape is None:
+            inputs.append(None)
+            continue
+        dtype = dtypes[i] or "float64"
+        sym_shape = (batch, *shape[1:]) if batch is not None and shape else tuple(shape)
+        nid = g.add_node("input", [], {"name": f"in{i}", "dtype": dtype,
+                                       "shape": list(sym_shape)},
+                         TensorType(sym_shape, dtype), name=f"in{i}")
+        g.inputs[f"in{i}"] = nid
+        inputs.append(nid)
+        if rng is not None:
+            feeds[f"in{i}"] = _draw(rng, shape, sample.domain, dtypes[i])
+    in_types = [None if x is None else g.node(x).type for x in inputs]
+    specs = op.params(*in_types, **attrs) if op.params else {}
+    params = []
+    for key, spec in specs.items():
+        pname = f"layer.{key}"
+        nid = g.add_node("param", [], {"name": pname, "shape": list(spec.shape),
+                                       "dtype": "float64", "init": spec.init,
+                                       "trainable": spec.trainable},
+                         TensorType(tuple(spec.shape), "float64"))
+        g.params[pname] = nid
+        params.append(nid)
+        if rng is not None:
+            v = rng.standard_normal(size=spec.shape) * 0.5
+            values[pname] = np.abs(v) + 0.5 if "running_var" in key else v
+    out = b.emit(name, *inputs, *params, **attrs)
+    g.outputs["y"] = out
+    return g, feeds, values, attrs
+
+
+def run(name, sample, training=False, seed=0):
+    rng = np.random.default_rng(seed)
+    g, feeds, values, attrs = build(name, sample, rng)
+    declared = g.node(g.outputs["y"]).type
+    low = decompose(g, training=training)
+    assert not [n.op for n in low if registry.get(n.op).is_composite]
+    got = interpret(low, {**feeds, "_rng": 7}, values, want={"y": low.outputs["y"]})["y"]
+    assert low.node(low.outputs["y"]).type == declared, "shape rule disagrees with decomposition"
+    args = [feeds.get(f"in{i}") for i in range(len(sample.shapes))]
+    args += [values[k] for k in g.params]
+    return got, args, attrs, declared
+
+
+def test_every_composite_has_samples_and_reference():
+    missing = [n for n in COMPOSITES if not registry.get(n).samples or n not in REFERENCES]
+    assert not missing, f"composites without samples or a reference: {missing}"
+    undocumented = [n for n in COMPOSITES if len(registry.get(n).doc) < 10]
+    assert not undocumented
+
+
+@pytest.mark.parametrize("name,index", CASES, ids=[f"{n}-{i}" for n, i in CASES])
+def test_matches_reference(name, index):
+    sample = registry.get(name).samples[index]
+    got, args, attrs, declared = run(name, sample)
+    want = REFERENCES[name](*args, **attrs)
+    assert got.shape == tuple(declared.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 if declared.dtype == "float64"
+                               else 1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(TRAINING_REFERENCES))
+def test_training_mode_matches_reference(name):
+    for sample in registry.get(name).samples:
+        got, args, attrs, _ = run(name, sample, training=True)
+        np.testing.assert_allclose(got, TRAINING_REFERENCES[name](*args, **attrs), rtol=1e-9,
+                                   atol=1e-9)
+
+
+@pytest.mark.parametrize("name,index", CASES, ids=[f"{n}-{i}" for n, i in CASES])
+def test_symbolic_batch(name, index):
+    """Shape rules and decompositions work on a symbolic batch dim and agree with each other."""
+    sample = registry.get(name).samples[index]
+    batch = Sym.of("batch")
+    g, *_ = build(name, sample, batch=batch)
+    declared = g.node(g.outputs["y"]).type
+    low = decompose(g, training=True)
+    assert low.node(low.outputs["y"]).type == declared
+
+
+def test_dropout_training_statistics():
+    g = Graph()
+    b = Builder(g)
+    x = g.add_node("input", [], {"name": "x", "dtype": "float64", "shape": [200, 50]},
+                   TensorType((200, 50), "float64"))
+    g.inputs["x"] = x
+    g.outputs["y"] = b.dropout(x, rate=0.3)
+    g.outputs["z"] = b.dropout(x, rate=0.3)
+    low = decompose(g, training=True)
+    xs = np.ones((200, 50))
+    env = interpret(low, {"x": xs, "_rng": 3}, want=dict(low.outputs))
+    y, z = env["y"], env["z"]
+    assert set(np.unique(y)) <= {0.0, 1 / 0.7}
+    assert abs((y == 0).mean() - 0.3) < 0.02
+    assert (y != z).any(), "two dropout sites must draw different masks"
+    assert abs(y.mean() - 1.0) < 0.05
+
+
+def test_concat_from_user_side():
+    g = Graph()
+    b = Builder(g)
+    xs = []
+    for i, n in enumerate((2, 3, 4)):
+        xs.append(g.add_node("input", [], {"name": f"x{i}", "dtype": "float64",
+                                           "shape": [2, n]}, TensorType((2, n), "float64")))
+    y = b.concat(*xs, axis=-1)
+    assert g.node(y).type == TensorType((2, 9), "float64")
+    feeds = {f"x{i}": np.full((2, n), float(i)) for i, n in enumerate((2, 3, 4))}
+    out = interpret(g, feeds, want={"y": y})["y"]
+    np.testing.assert_array_equal(out, np.concatenate(list(feeds.values()), axis=-1))
+
+
+# *** parameters and initializers ***
+
+def _count(name, shapes, **attrs):
+    op = registry.get(name)
+    attrs = {**{p.name: p.default for p in op.sig.params if p.kind not in ("tensor", "tensor?")},
+             **attrs}
+    types = [TensorType(s, "int32" if name == "embedding" else "float32") for s in shapes]
+    return sum(numel(s.shape) for s in op.params(*types, **attrs).values())
+
+
+@pytest.mark.parametrize("name,shapes,attrs,want", [
+    ("dense", [(Sym.of("batch"), 784)], {"units": 512}, 401_920),
+    ("conv2d", [(Sym.of("batch"), 1, 28, 28)], {"filters": 32, "kernel": 3}, 320),
+    ("lstm", [(Sym.of("batch"), 10, 128)], {"units": 128}, 131_584),
+    ("gru", [(Sym.of("batch"), 10, 128)], {"units": 128}, 99_072),
+    ("multi_head_attention", [(Sym.of("batch"), 10, 128)], {"heads": 8}, 66_048),
+    ("layer_norm", [(Sym.of("batch"), 10, 128)], {}, 256),
+    ("embedding", [(Sym.of("batch"), 200)], {"vocab": 20_000, "dim": 128}, 2_560_000),
+    ("lstm", [(Sym.of("batch"), 10, 128)], {"units": 64, "bidirectional": True},
+     2 * (128 * 256 + 64 * 256 + 256)),
+])
+def test_parameter_counts(name, shapes, attrs, want):
+    assert _count(name, shapes, **attrs) == want
+
+
+def test_fans():
+    assert fans((784, 512)) == (784, 512)
+    assert fans((32, 3, 5, 5)) == (75, 800)
+    assert fans((7,)) == (7, 7)
+
+
+def test_glorot_uniform_bound_and_variance():
+    w = initialize(ParamSpec((300, 200), ("glorot_uniform", {})), np.random.default_rng(0))
+    bound = math.sqrt(6 / 500)
+    assert w.dtype == np.float32 and np.abs(w).max() <= bound
+    assert np.abs(w).max() > 0.99 * bound
+    assert abs(w.var() - 2 / 500) < 0.05 * 2 / 500
+
+
+@pytest.mark.parametrize("name,var", [("he_normal", 2 / 400), ("glorot_normal", 2 / 700),
+                                      ("lecun_normal", 1 / 400), ("he_uniform", 2 / 400)])
+def test_variance_scaling(name, var):
+    w = initialize(ParamSpec((400, 300), (name, {})), np.random.default_rng(1))
+    assert abs(w.var() - var) < 0.05 * var
+
+
+def test_orthogonal():
+    rng = np.random.default_rng(2)
+    w = initialize(ParamSpec((64, 256), ("orthogonal", {})), rng).astype(np.float64)
+    np.testing.assert_allclose(w @ w.T, np.eye(64), atol=1e-5)
+    w = initialize(ParamSpec((50, 20), ("orthogonal", {"gain": 2.0})), rng).astype(np.float64)
+    np.testing.assert_allclose(w.T @ w, 4 * np.eye(20), atol=1e-4)
+
+
+def test_simple_initializers():
+    rng = np.random.default_rng(3)
+    assert (initialize(ParamSpec((3, 4), ("ones", {})), rng) == 1).all()
+    assert (initialize(ParamSpec((3,), ("constant", {"value": 0.5})), rng) == 0.5).all()
+    u = initialize(ParamSpec((100, 100), ("uniform", {})), rng)
+    assert np.abs(u).max() <= 0.05 and np.abs(u).max() > 0.049
+    n = initialize(ParamSpec((200, 200), ("normal", {"std": 0.02, "mean": 1.0})), rng)
+    assert abs(n.mean() - 1.0) < 0.001 and abs(n.std() - 0.02) < 0.001
+    t = initialize(ParamSpec((200, 200), ("truncated_normal", {"std": 0.1})), rng)
+    assert np.abs(t).max() <= 0.2
+    bias = initialize(ParamSpec((12,), ("unit_forget_bias", {"units": 3})), rng)
+    np.testing.assert_array_equal(bias, [0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    assert {"xavier_uniform", "kaiming_normal", "lecun_uniform"} <= set(INITIALIZERS)
+
+
+def test_default_initializers_follow_keras():
+    lstm = registry.get("lstm")
+    x = TensorType((Sym.of("batch"), 5, 8))
+    attrs = {p.name: p.default for p in lstm.sig.params[1:]} | {"units": 4}
+    specs = lstm.params(x, **attrs)
+    assert specs["kernel"].init[0] == "glorot_uniform"
+    assert specs["recurrent"].init[0] == "orthogonal"
+    assert specs["bias"].init == ("unit_forget_bias", {"units": 4})
+    bn = registry.get("batch_norm").params(TensorType((2, 3, 4)), momentum=0.1, eps=1e-5)
+    assert not bn["running_mean"].trainable and bn["gamma"].init[0] == "ones"
+
+
+def test_init_spec_errors():
+    assert init_spec(("normal", {"std": 0.1})) == ("normal", {"std": 0.1})
+    with pytest.raises(ShapeError, match="unknown initializer") as err:
+        init_spec("glorot_unifrom")
+    assert "glorot_uniform" in err.value.hint
+    with pytest.raises(ShapeError, match="has no parameter"):
+        init_spec(("normal", {"sigma": 1.0}))
+
+
+# *** shape errors users see ***
+
+def _shape_error(name, types, **attrs):
+    op = registry.get(name)
+    attrs = {**{p.name: p.default for p in op.sig.params if p.kind not in ("tensor", "tensor?")},
+             **attrs}
+    with pytest.raises(ShapeError) as err:
+        op.shape(*types, **attrs)
+    return err.value
+
+
+def test_conv2d_on_flat_input_says_reshape():
+    err = _shape_error("conv2d", [TensorType((Sym.of("batch"), 784))], filters=32, kernel=3)
+    assert err.message == ("conv2d expects [batch, channels, height, width] but got "
+                           "[batch, 784]: reshape first?")
+    assert err.arg == 0
+
+
+@pytest.mark.parametrize("name,types,attrs,text", [
+    ("lstm", [TensorType((4, 8))], {"units": 3}, "expects [batch, time, features]"),
+    ("lstm", [TensorType((4, Sym.of("seq"), 8))], {"units": 3}, "must be a number"),
+    ("dense", [TensorType((4, 8), "int32")], {"units": 3}, "needs a float tensor"),
+    ("dense", [TensorType((4, 8))], {"units": 3, "activation": "rellu"}, "unknown activation"),
+    ("cross_entropy", [TensorType((4, 5)), TensorType((5,), "int32")], {}, "need labels [4]"),
+    ("mse", [TensorType((4, 1)), TensorType((4,))], {}, "differ"),
+    ("multi_head_attention", [TensorType((2, 3, 10))], {"heads": 3}, "not divisible"),
+    ("max_pool2d", [TensorType((1, 1, 2, 2))], {"size": 3}, "does not fit"),
+    ("embedding", [TensorType((2, 3))], {"vocab": 5, "dim": 2}, "integer token ids"),
+])
+def test_shape_errors(name, types, attrs, text):
+    assert text in _shape_error(name, types, **attrs).message
+
+
+def test_dense_applies_to_last_dim_and_counts_flops():
+    op = registry.get("dense")
+    x = TensorType((Sym.of("batch"), 7, 16))
+    attrs = {p.name: p.default for p in op.sig.params[1:]} | {"units": 4}
+    out = op.shape(x, **attrs)
+    assert out.shape == (Sym.of("batch"), 7, 4)
+    assert op.flops([x], out) == 2 * Sym.of("batch") * 7 * 16 * 4
+
+
+def test_conv_same_padding_matches_tensorflow():
+    op = registry.get("conv2d")
+    attrs = {p.name: p.default for p in op.sig.params[1:]}
+    out = op.shape(TensorType((1, 3, 10, 9)), **{**attrs, "filters": 2, "kernel": 4,
+                                                 "stride": 3, "padding": "same"})
+    assert out.shape == (1, 2, 4, 3)  # ceil(10/3), ceil(9/3)

@@ -1,0 +1,343 @@
+"""Independent numpy references for the composite ops, written from the math (JAX's
+lax_reference.py): no nnlang code, loops and einsum instead of unfold, so a bug in a
+decomposition cannot hide behind the same bug here.
+
+Each function takes the op's tensor arguments (None when an optional one is absent), then its
+parameters in `params` order, then the op's attributes as keywords.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+# *** activations and elementwise ***
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(x, axis=-1):
+    m = x.max(axis=axis, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+def gelu(x, approximate="none"):
+    if approximate == "tanh":
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
+
+
+ACTIVATIONS = {
+    None: lambda x: x, "linear": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0), "leaky_relu": lambda x: np.where(x > 0, x, 0.01 * x),
+    "gelu": gelu, "sigmoid": sigmoid, "tanh": np.tanh, "softmax": softmax,
+    "log_softmax": log_softmax, "silu": lambda x: x * sigmoid(x),
+    "softplus": lambda x: np.logaddexp(0, x), "elu": lambda x: np.where(x > 0, x, np.expm1(x)),
+}
+
+
+def _axes(axis):
+    return None if axis is None else (axis if isinstance(axis, int) else tuple(axis))
+
+
+# *** nn ***
+
+def dense(x, w, b=None, *, activation=None, **_):
+    y = np.einsum("...i,io->...o", x, w)
+    return ACTIVATIONS[activation](y if b is None else y + b)
+
+
+def layer_norm(x, gamma, beta, *, axis, eps):
+    ax = _axes(axis)
+    ax = tuple(a % x.ndim for a in ((ax,) if isinstance(ax, int) else ax))
+    mu = x.mean(axis=ax, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=ax, keepdims=True)
+    shape = [x.shape[i] if i in ax else 1 for i in range(x.ndim)]
+    return (x - mu) / np.sqrt(var + eps) * gamma.reshape(shape) + beta.reshape(shape)
+
+
+def batch_norm(x, gamma, beta, mean, var, *, eps, training=False, **_):
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    if training:
+        ax = (0,) + tuple(range(2, x.ndim))
+        mean, var = x.mean(axis=ax), x.var(axis=ax)
+    return ((x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * gamma.reshape(shape)
+            + beta.reshape(shape))
+
+
+def flatten(x, *, start, end):
+    s, e = start % x.ndim, end % x.ndim
+    return x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])
+
+
+def squeeze(x, *, axis):
+    return np.squeeze(x, axis=_axes(axis))
+
+
+def var(x, *, axis, keepdims):
+    return np.var(x, axis=_axes(axis), keepdims=keepdims)
+
+
+NN = {
+    "dense": dense, "linear": dense,
+    "embedding": lambda tokens, w, **_: w[tokens],
+    "relu": lambda x: np.maximum(x, 0),
+    "leaky_relu": lambda x, *, alpha: np.where(x > 0, x, alpha * x),
+    "gelu": gelu,
+    "silu": lambda x: x * sigmoid(x),
+    "softplus": lambda x: np.log1p(np.exp(x)),
+    "elu": lambda x, *, alpha: np.where(x > 0, x, alpha * np.expm1(x)),
+    "square": lambda x: x ** 2,
+    "reciprocal": lambda x: 1.0 / x,
+    "clip": lambda x, *, lo, hi: np.clip(x, -np.inf if lo is None else lo,
+                                         np.inf if hi is None else hi),
+    "softmax": softmax, "log_softmax": log_softmax,
+    "sum": lambda x, *, axis, keepdims: np.sum(x, axis=_axes(axis), keepdims=keepdims),
+    "max": lambda x, *, axis, keepdims: np.max(x, axis=_axes(axis), keepdims=keepdims),
+    "mean": lambda x, *, axis, keepdims: np.mean(x, axis=_axes(axis), keepdims=keepdims),
+    "var": var,
+    "flatten": flatten, "squeeze": squeeze,
+    "unsqueeze": lambda x, *, axis: np.expand_dims(x, axis),
+    "permute": lambda x, *, perm: np.transpose(x, perm),
+    "dropout": lambda x, **_: x,  # evaluation mode; training is checked statistically
+    "layer_norm": layer_norm, "batch_norm": batch_norm,
+}
+
+
+# *** convolution and pooling ***
+
+def same_pads(n, k, s, d):
+    """TensorFlow "SAME": output ceil(n / s), padding split with the extra cell at the end."""
+    out = -(-n // s)
+    total = max(0, (out - 1) * s + d * (k - 1) + 1 - n)
+    return total // 2, total - total // 2
+
+
+def _norm(v, nd):
+    return [v] * nd if isinstance(v, int) else list(v)
+
+
+def _padding(padding, spatial, k, s, d):
+    nd = len(spatial)
+    if padding == "same":
+        return [same_pads(n, kk, ss, dd) for n, kk, ss, dd in zip(spatial, k, s, d)]
+    if padding == "valid":
+        return [(0, 0)] * nd
+    p = _norm(padding, nd)
+    return [(p[i], p[i]) for i in range(nd)] if len(p) == nd else \
+        [(p[2 * i], p[2 * i + 1]) for i in range(nd)]
+
+
+def _channels_first(x, channels_last):
+    return np.moveaxis(x, -1, 1) if channels_last else x
+
+
+def _channels_back(y, channels_last):
+    return np.moveaxis(y, 1, -1) if channels_last else y
+
+
+def conv(x, w, b=None, *, kernel, stride, padding, dilation, channels_last=False, **_):
+    """Direct convolution: for every output position, sum over channels and kernel offsets."""
+    x = _channels_first(x, channels_last)
+    nd = x.ndim - 2
+    k, s, d = list(w.shape[2:]), _norm(stride, nd), _norm(dilation, nd)
+    pads = _padding(padding, x.shape[2:], k, s, d)
+    xp = np.pad(x, [(0, 0), (0, 0)] + pads)
+    out = [(xp.shape[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(nd)]
+    y = np.zeros((x.shape[0], w.shape[0], *out))
+    for pos in itertools.product(*(range(o) for o in out)):
+        idx = tuple(slice(p * s[i], p * s[i] + d[i] * (k[i] - 1) + 1, d[i])
+                    for i, p in enumerate(pos))
+        patch = xp[(slice(None), slice(None)) + idx]          # [B, C, *k]
+        y[(slice(None), slice(None)) + pos] = np.einsum("bc...,fc...->bf", patch, w)
+    if b is not None:
+        y += b.reshape([1, -1] + [1] * nd)
+    return _channels_back(y, channels_last)
+
+
+def pool(kind):
+    def ref(x, *, size, stride, padding, channels_last):
+        x = _channels_first(x, channels_last)
+        nd = x.ndim - 2
+        k = _norm(size, nd)
+        s = k if stride is None else _norm(stride, nd)
+        pads = _padding(padding, x.shape[2:], k, s, [1] * nd)
+        fill = -np.inf if kind == "max" else 0.0
+        xp = np.pad(x, [(0, 0), (0, 0)] + pads, constant_values=fill)
+        out = [(xp.shape[2 + i] - k[i]) // s[i] + 1 for i in range(nd)]
+        y = np.zeros(x.shape[:2] + tuple(out))
+        for pos in itertools.product(*(range(o) for o in out)):
+            win = xp[(slice(None), slice(None)) +
+                     tuple(slice(p * s[i], p * s[i] + k[i]) for i, p in enumerate(pos))]
+            win = win.reshape(x.shape[:2] + (-1,))
+            y[(slice(None), slice(None)) + pos] = win.max(-1) if kind == "max" else win.mean(-1)
+        return _channels_back(y, channels_last)
+    return ref
+
+
+def global_pool(fn):
+    def ref(x, *, channels_last):
+        x = _channels_first(x, channels_last)
+        return fn(x.reshape(x.shape[:2] + (-1,)), axis=-1)
+    return ref
+
+
+CONV = {"conv1d": conv, "conv2d": conv,
+        "max_pool1d": pool("max"), "max_pool2d": pool("max"),
+        "avg_pool1d": pool("avg"), "avg_pool2d": pool("avg"),
+        "global_max_pool": global_pool(np.max), "global_avg_pool": global_pool(np.mean)}
+
+
+# *** recurrent ***
+
+def _act(name):
+    return ACTIVATIONS[name]
+
+
+def _scan(x, step, reverse, return_sequences):
+    steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
+    outs = {}
+    h = None
+    for t in steps:
+        h = step(x[:, t])
+        outs[t] = h
+    return np.stack([outs[t] for t in range(x.shape[1])], axis=1) if return_sequences else h
+
+
+def _directions(cell):
+    def ref(x, *weights, units, activation, return_sequences, bidirectional, **_):
+        ys = [cell(x, *weights[:3], units, _act(activation), False, return_sequences)]
+        if bidirectional:
+            ys.append(cell(x, *weights[3:6], units, _act(activation), True, return_sequences))
+        return np.concatenate(ys, axis=-1)
+    return ref
+
+
+def _simple(x, W, U, b, units, act, reverse, seq):
+    h = np.zeros((x.shape[0], units))
+
+    def step(xt):
+        nonlocal h
+        h = act(xt @ W + h @ U + b)
+        return h
+    return _scan(x, step, reverse, seq)
+
+
+def _lstm(x, W, U, b, units, act, reverse, seq):
+    h = c = np.zeros((x.shape[0], units))
+
+    def step(xt):
+        nonlocal h, c
+        z = xt @ W + h @ U + b
+        i, f, g, o = (z[:, k * units:(k + 1) * units] for k in range(4))
+        c = sigmoid(f) * c + sigmoid(i) * act(g)
+        h = sigmoid(o) * act(c)
+        return h
+    return _scan(x, step, reverse, seq)
+
+
+def _gru(x, W, U, b, units, act, reverse, seq):
+    """Keras GRU(reset_after=True): bias[0] on the input side, bias[1] on the recurrent side."""
+    h = np.zeros((x.shape[0], units))
+
+    def step(xt):
+        nonlocal h
+        xz, xr, xh = np.split(xt @ W + b[0], 3, axis=1)
+        hz, hr, hh = np.split(h @ U + b[1], 3, axis=1)
+        z, r = sigmoid(xz + hz), sigmoid(xr + hr)
+        h = z * h + (1 - z) * act(xh + r * hh)
+        return h
+    return _scan(x, step, reverse, seq)
+
+
+RNN = {"rnn": _directions(_simple), "lstm": _directions(_lstm), "gru": _directions(_gru)}
+
+
+# *** attention ***
+
+def multi_head_attention(q, kv, mask, wq, bq, wk, bk, wv, bv, wo, bo, *, heads, causal,
+                         **_):
+    kv = q if kv is None else kv
+    Q, K, V = q @ wq + bq, kv @ wk + bk, kv @ wv + bv
+    B, Lq, D = Q.shape
+    Lk, dh = K.shape[1], D // heads
+    Q, K, V = (t.reshape(B, -1, heads, dh) for t in (Q, K, V))
+    s = np.einsum("bqhd,bkhd->bhqk", Q, K) / math.sqrt(dh)
+    if mask is not None:
+        s = s + np.where(mask.astype(bool), 0.0, -1e9)[:, None, None, :]
+    if causal:
+        allowed = np.arange(Lk)[None, :] <= np.arange(Lq)[:, None] + (Lk - Lq)
+        s = s + np.where(allowed, 0.0, -1e9)
+    p = softmax(s, axis=-1)
+    ctx = np.einsum("bhqk,bkhd->bqhd", p, V).reshape(B, Lq, D)
+    return ctx @ wo + bo
+
+
+def positional_encoding(x, w=None, *, kind, **_):
+    _, length, dim = x.shape
+    if kind == "learned":
+        return x + w[:length]
+    pe = np.zeros((length, dim))
+    for pos in range(length):
+        for i in range(dim):
+            angle = pos / 10000 ** (2 * (i // 2) / dim)
+            pe[pos, i] = math.sin(angle) if i % 2 == 0 else math.cos(angle)
+    return x + pe
+
+
+ATTENTION = {"multi_head_attention": multi_head_attention,
+             "positional_encoding": positional_encoding}
+
+
+# *** losses and metrics ***
+
+def _binary(p, y):
+    return p.reshape(y.shape), y.astype(np.float64)
+
+
+def bce(p, y, *, eps):
+    p, y = _binary(p, y)
+    p = np.clip(p, eps, 1 - eps)
+    return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def bce_with_logits(z, y):
+    z, y = _binary(z, y)
+    p = sigmoid(z)
+    return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def cross_entropy(logits, labels):
+    logp = log_softmax(logits)
+    if np.issubdtype(labels.dtype, np.integer):
+        return -np.mean(np.take_along_axis(logp, labels[..., None], axis=-1))
+    return -np.mean(np.sum(labels * logp, axis=-1))
+
+
+def binary_accuracy(p, y, *, threshold):
+    p, y = _binary(p, y)
+    return np.mean((p > threshold) == (y > 0.5))
+
+
+LOSSES = {
+    "mse": lambda p, t: np.mean((p - t) ** 2),
+    "l1": lambda p, t: np.mean(np.abs(p - t)), "mae": lambda p, t: np.mean(np.abs(p - t)),
+    "bce": bce, "bce_with_logits": bce_with_logits, "cross_entropy": cross_entropy,
+    "accuracy": lambda s, y: np.mean(np.argmax(s, axis=-1) == y),
+    "binary_accuracy": binary_accuracy,
+}
+
+REFERENCES = {**NN, **CONV, **RNN, **ATTENTION, **LOSSES}
+
+# ops whose training-mode decomposition differs and is deterministic
+TRAINING_REFERENCES = {"batch_norm": lambda *a, **k: batch_norm(*a, training=True, **k)}
