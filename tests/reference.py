@@ -159,7 +159,8 @@ def conv(x, w, b=None, *, kernel, stride, padding, dilation, channels_last=False
         idx = tuple(slice(p * s[i], p * s[i] + d[i] * (k[i] - 1) + 1, d[i])
                     for i, p in enumerate(pos))
         patch = xp[(slice(None), slice(None)) + idx]          # [B, C, *k]
-        y[(slice(None), slice(None)) + pos] = np.einsum("bc...,fc...->bf", patch, w)
+        inner = list(range(1, nd + 2))                         # channels and kernel offsets
+        y[(slice(None), slice(None)) + pos] = np.tensordot(patch, w, axes=(inner, inner))
     if b is not None:
         y += b.reshape([1, -1] + [1] * nd)
     return _channels_back(y, channels_last)

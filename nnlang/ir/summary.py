@@ -66,6 +66,7 @@ def summarize(program, batch: int | None = None) -> Summary:
     env = {"batch": size}
     s = Summary(program.model, program.file, size, src,
                 [(k, str(g.node(v).type)) for k, v in g.inputs.items() if not k.startswith("_")])
+    named = {v: k for table in (g.metrics, g.losses, g.outputs) for k, v in table.items()}
     owner: dict[int, int] = {}  # param id -> first user in topological order
     order = g.topo()
     for nid in order:
@@ -84,7 +85,7 @@ def summarize(program, batch: int | None = None) -> Summary:
         if node.op in SOURCE_OPS:
             continue
         params = sum(numel_int(g.node(p).shape, env) for p, user in owner.items() if user == nid)
-        row = Row(layer_label(node, bool(params) or _owns_weights(node)), node.op,
+        row = Row(layer_label(node, bool(params) or _owns_weights(node), named.get(nid)), node.op,
                   fmt_shape(node.shape), node.dtype or "?", params, node_flops(g, node, env),
                   activation_bytes(node.type, env), node.span.line if node.span else 0)
         s.rows.append(row)
@@ -103,11 +104,13 @@ def _owns_weights(node: Node) -> bool:
     return opdef is not None and opdef.params is not None
 
 
-def layer_label(node: Node, owns_weights: bool) -> str:
-    """A layer is named by its weights' path (`enc.0.attn`); other ops by their value name."""
-    if owns_weights or not node.name:
+def layer_label(node: Node, owns_weights: bool, result: str | None = None) -> str:
+    """A layer is named by its weights' path (`enc.0.attn`); other ops by their value name (or
+    the name of the loss, metric or output they are)."""
+    name = node.name or result
+    if owns_weights or not name:
         return node.path
-    return f"{node.path}.{node.name}" if node.path else node.name
+    return f"{node.path}.{name}" if node.path else name
 
 
 def concrete(shape, env: dict) -> tuple[int, ...]:

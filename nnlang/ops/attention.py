@@ -9,7 +9,7 @@ import numpy as np
 
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.nn import const_like, linear, need_float, param_dtype
-from nnlang.ops.registry import ParamSpec, Sample, ShapeError, TensorType, register
+from nnlang.ops.registry import ParamSpec, Sample, ShapeError, register
 
 NEG_INF = -1e9  # added to masked scores: exp underflows to exactly 0 without inf - inf = nan
 
@@ -107,7 +107,7 @@ register("multi_head_attention",
              "before the softmax; dropout applies to the attention weights in training. Params "
              "wq/wk/wv [in, dim], wo [dim, q_dim] and biases (d = 128: 66,048, like PyTorch). "
              "Init: weights glorot_uniform (PyTorch's xavier_uniform), biases zeros.",
-         samples=(Sample(((2, 4, 8),), {"heads": 2}),
+         samples=(Sample(((2, 4, 8),), {"heads": 2, "dropout": 0.1}),
                   Sample(((2, 3, 8), (2, 5, 6)), {"heads": 4, "dim": 12}),
                   Sample(((2, 4, 8), None, (2, 4)), {"heads": 2, "causal": True},
                          domain="int:2", dtypes=(None, None, "int32"))))

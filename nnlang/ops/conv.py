@@ -133,8 +133,9 @@ def _conv(nd):
             y = b.add(y, b.reshape(bias, shape=[filters, 1]))
         return _to_last(b, b.reshape(y, shape=[shape[0], filters, *out]), channels_last)
 
-    def flops(ins, out, **_):
-        return 2 * numel(out.shape) * numel(ins[1].shape[1:])
+    def flops(ins, out, *, kernel, channels_last=False, **_):
+        channels = ins[0].shape[-1 if channels_last else 1]
+        return 2 * numel(out.shape) * channels * math.prod(_tuple(name, "kernel", kernel, nd))
 
     dims = "length" if nd == 1 else "height, width"
     register(name, "x: tensor, filters: int, kernel: ints, stride: ints = 1, padding: any = 0, "

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from nnlang.errors import did_you_mean
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.init import init_spec
 from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, is_float, norm_axes,
@@ -70,7 +71,6 @@ ACTIVATIONS = ("relu", "leaky_relu", "gelu", "sigmoid", "tanh", "softmax", "log_
 
 def check_activation(op: str, name) -> None:
     if name is not None and name not in ACTIVATIONS:
-        from nnlang.errors import did_you_mean
         raise ShapeError(f"{op}: unknown activation {name!r}",
                          hint=did_you_mean(name, list(ACTIVATIONS))
                          or "one of: " + ", ".join(ACTIVATIONS))

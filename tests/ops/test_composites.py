@@ -59,6 +59,8 @@ def build(name, sample, rng=None, batch=None):
         inputs.append(nid)
         if rng is not None:
             feeds[f"in{i}"] = _draw(rng, shape, sample.domain, dtypes[i])
+    n_tensors = sum(p.kind in ("tensor", "tensor?") for p in op.sig.params)
+    inputs += [None] * (n_tensors - len(inputs))  # absent optional tensors, then the params
     in_types = [None if x is None else g.node(x).type for x in inputs]
     specs = op.params(*in_types, **attrs) if op.params else {}
     params = []
@@ -86,7 +88,8 @@ def run(name, sample, training=False, seed=0):
     assert not [n.op for n in low if registry.get(n.op).is_composite]
     got = interpret(low, {**feeds, "_rng": 7}, values, want={"y": low.outputs["y"]})["y"]
     assert low.node(low.outputs["y"]).type == declared, "shape rule disagrees with decomposition"
-    args = [feeds.get(f"in{i}") for i in range(len(sample.shapes))]
+    n_tensors = sum(p.kind in ("tensor", "tensor?") for p in registry.get(name).sig.params)
+    args = [feeds.get(f"in{i}") for i in range(n_tensors)]
     args += [values[k] for k in g.params]
     return got, args, attrs, declared
 
@@ -297,3 +300,15 @@ def test_conv_same_padding_matches_tensorflow():
     out = op.shape(TensorType((1, 3, 10, 9)), **{**attrs, "filters": 2, "kernel": 4,
                                                  "stride": 3, "padding": "same"})
     assert out.shape == (1, 2, 4, 3)  # ceil(10/3), ceil(9/3)
+
+
+@pytest.mark.parametrize("name,shape,attrs,want", [
+    ("conv2d", (8, 3, 32, 32), {"filters": 16, "kernel": 3, "padding": "same"},
+     2 * 8 * 16 * 32 * 32 * 3 * 9),
+    ("lstm", (8, 10, 32), {"units": 16}, 2 * 8 * 10 * (32 + 16) * 4 * 16),
+])
+def test_flops(name, shape, attrs, want):
+    op = registry.get(name)
+    attrs = {p.name: p.default for p in op.sig.params[1:]} | attrs
+    x = TensorType(shape)
+    assert op.flops([x], op.shape(x, **attrs), **attrs) == want

@@ -1,0 +1,105 @@
+"""The typer app every command module registers on, and the helpers they share: printing an
+`NNError` (exit 1, no traceback) and parsing `--set name=value` overrides.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from nnlang.errors import NNError, Span
+
+app = typer.Typer(name="nnlang", rich_markup_mode="rich", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False,
+                  help="nnlang: a readable compiler for neural networks.")
+
+
+def console() -> Console:
+    # NOTE: made per call, so it writes to whatever sys.stdout is now (CliRunner swaps it)
+    return Console(file=sys.stdout, soft_wrap=True, highlight=False)
+
+
+def err_console() -> Console:
+    return Console(file=sys.stderr, soft_wrap=True, highlight=False)
+
+
+def print_error(err: NNError) -> None:
+    """The rendered error, exactly as `NNError.render()` gives it (carets stay aligned); only
+    colour is added, and no markup in the message is interpreted."""
+    text = Text(err.render())
+    text.highlight_regex(r"error:", "bold red")
+    text.highlight_regex(r"(?m)^ +\^+$", "bold red")
+    text.highlight_regex(r"hint:", "bold cyan")
+    text.highlight_regex(r"note:", "bold")
+    err_console().print(text, soft_wrap=True, markup=False, highlight=False)
+
+
+@contextmanager
+def reporting():
+    """Turns an NNError into its rendering on stderr and exit code 1."""
+    try:
+        yield
+    except NNError as err:
+        print_error(err)
+        raise typer.Exit(1) from None
+
+
+def parse_value(text: str, where: Span | None = None):
+    """An nnlang literal: 128, 1e-3, -2, true, false, none, "str", [1, 2]. A bare word that is
+    not a literal (`--set act=gelu`) is taken as a string."""
+    from nnlang.frontend import ast
+    from nnlang.frontend.parser import parse
+
+    stripped = text.strip()
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", stripped) and stripped not in (
+            "true", "false", "none"):
+        return stripped
+    try:
+        module = parse(f"model M(v = {text}) {{}}", "<--set>")
+    except NNError:
+        module = None
+    default = module.items[0].params[0].default if module else None
+
+    def lit(e):
+        if isinstance(e, (ast.Number, ast.String, ast.Bool)):
+            return e.value
+        if isinstance(e, ast.NoneLit):
+            return None
+        if isinstance(e, ast.Neg) and isinstance(e.operand, ast.Number):
+            return -e.operand.value
+        if isinstance(e, ast.ListLit):
+            return [lit(x) for x in e.items]
+        raise ValueError
+    try:
+        return lit(default)
+    except ValueError:
+        raise NNError(f"'{text}' is not a literal", where,
+                      "use a number (128, 1e-3), true/false, a string or a list") from None
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """`["lr=1e-3", "units=64"]` -> {"lr": 0.001, "units": 64}; errors point into the flag."""
+    out: dict = {}
+    errors = []
+    for item in items or []:
+        source = f"--set {item}"
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not eq or not name.isidentifier():
+            errors.append(NNError(f"--set expects name=value, got '{item}'",
+                                  Span("<command line>", 1, 7, 1, 7 + len(item), source),
+                                  "e.g. --set hidden=256 --set lr=1e-3"))
+            continue
+        col = 7 + len(item) - len(value)
+        span = Span("<command line>", 1, col, 1, col + max(len(value), 1), source)
+        try:
+            out[name] = parse_value(value, span)
+        except NNError as err:
+            errors.append(NNError(f"--set {name}: {err.message}", span, err.hint))
+    if errors:
+        raise NNError([d for e in errors for d in e.diagnostics])
+    return out

@@ -1,0 +1,236 @@
+"""Commands that inspect a model without training it: `check` (summary table), `graph` (DOT/SVG),
+`fmt` (canonical text) and `ops` (the op reference).
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+from nnlang.errors import NNError, did_you_mean
+from nnlang_cli.app import app, console, err_console, parse_overrides, print_error, reporting
+
+SET_HELP = "Override a hyper-parameter: --set name=value (an nnlang literal); repeatable."
+MODEL_HELP = "The model to use when the file defines several."
+
+
+def load_program(path: Path, sets: list[str] | None, model: str | None):
+    """Parse and elaborate one file (raises NNError)."""
+    from nnlang.frontend.elaborate import elaborate
+    from nnlang.frontend.parser import parse_file
+
+    return elaborate(parse_file(path), parse_overrides(sets), model)
+
+
+# *** check ***
+
+def summary_table(s) -> Table:
+    from nnlang.ir.summary import HEADERS, table_cells
+
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for i, h in enumerate(HEADERS):
+        t.add_column(h, justify="right" if i >= 3 else "left", no_wrap=i < 3,
+                     style={0: "bold", 1: "cyan"}.get(i))
+    for cells in table_cells(s):
+        t.add_row(*(Text(c) for c in cells))
+    return t
+
+
+@app.command()
+def check(
+    files: list[Path] = typer.Argument(..., help="One or more .nn files."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1,
+                                        help="Batch size for FLOPs and memory "
+                                             "(default: the train section's)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only report errors."),
+):
+    """Parse, elaborate and shape-check models; print a summary table.
+
+    One row per op: layer path, output shape, parameters, forward FLOPs and activation memory
+    (at the train section's batch size, or --batch), then totals.
+    """
+    from nnlang.ir.summary import header_lines, summarize, total_lines
+
+    failed = False
+    out = console()
+    for path in files:
+        try:
+            s = summarize(load_program(path, sets, model), batch)
+        except NNError as err:
+            print_error(err)
+            failed = True
+            continue
+        if quiet:
+            continue
+        for line in header_lines(s):
+            out.print(Text(line))
+        out.print(summary_table(s))
+        for line in total_lines(s):
+            out.print(Text(line))
+        out.print(Text(f"ok: {path}", style="green"))
+        if len(files) > 1:
+            out.print()
+    if failed:
+        raise typer.Exit(1)
+
+
+# *** graph ***
+
+GRAPH_FORMATS = (".dot", ".svg", ".png", ".pdf")
+
+
+@app.command()
+def graph(
+    file: Path = typer.Argument(..., help="A .nn file."),
+    output: Path = typer.Option(..., "-o", "--output", help="out.dot, out.svg, out.png or out.pdf"),
+    depth: Optional[int] = typer.Option(None, "--depth", min=1,
+                                        help="Collapse block paths deeper than N into one box."),
+    params: bool = typer.Option(False, "--params", help="Also draw weights and constants."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+):
+    """Draw the model graph: blocks and layers as clusters, edges labelled with shapes."""
+    from nnlang.ir.dot import GraphvizMissing, render, to_dot
+
+    if output.suffix not in GRAPH_FORMATS:
+        raise typer.BadParameter(f"unknown format '{output.suffix}'; use one of "
+                                 + ", ".join(GRAPH_FORMATS), param_hint="-o")
+    with reporting():
+        prog = load_program(file, sets, model)
+    text = to_dot(prog.graph, depth=depth, show_params=params, title=f"{prog.model} ({file})")
+    try:
+        written = render(text, output)
+    except GraphvizMissing as missing:
+        err_console().print(Text(
+            f"Graphviz's `dot` program is not installed, so {output} was not drawn; the graph "
+            f"is in {missing.args[0]}.\nInstall it with `apt-get install graphviz` (or `brew "
+            f"install graphviz`), then run: dot -T{output.suffix[1:]} {missing.args[0]} -o "
+            f"{output}"))
+        raise typer.Exit(1)
+    except RuntimeError as err:
+        err_console().print(Text(str(err)))
+        raise typer.Exit(1)
+    console().print(Text(f"wrote {written}"))
+
+
+# *** fmt ***
+
+@app.command()
+def fmt(
+    files: list[Path] = typer.Argument(..., help="One or more .nn files."),
+    check_only: bool = typer.Option(False, "--check",
+                                    help="Exit 1 if a file is not formatted; change nothing."),
+    write: bool = typer.Option(False, "--write", "-w", help="Rewrite the files in place."),
+):
+    """Print .nn files in canonical form (2-space indent, one statement per line)."""
+    from nnlang.frontend.fmt import format_source
+
+    if check_only and write:
+        raise typer.BadParameter("use --check or --write, not both")
+    bad = failed = False
+    for path in files:
+        try:
+            try:
+                source = path.read_text(encoding="utf-8")
+            except OSError as err:
+                raise NNError(f"cannot read '{path}': {err.strerror}") from None
+            text = format_source(source, str(path))
+        except NNError as err:
+            print_error(err)
+            failed = True
+            continue
+        if check_only:
+            if text != source:
+                err_console().print(Text(f"would reformat {path}"))
+                bad = True
+        elif write:
+            if text != source:
+                path.write_text(text, encoding="utf-8")
+                err_console().print(Text(f"reformatted {path}"))
+        else:
+            sys.stdout.write(text)
+    if failed or bad:
+        raise typer.Exit(1)
+
+
+# *** ops ***
+
+def one_line(doc: str) -> str:
+    """The first sentence of an op's doc."""
+    doc = " ".join(doc.split())
+    m = re.match(r"^(.+?[.!?])\s+(?=[A-Z])", doc)
+    return (m.group(1) if m else doc).rstrip(".")
+
+
+def listed_ops() -> dict:
+    """Ops a .nn file can call, grouped by family in registry order (graph leaves excluded)."""
+    from nnlang.ops import registry
+
+    groups: dict[str, list] = {}
+    for name, op in registry.all_ops().items():
+        if op.family == "source":
+            continue
+        groups.setdefault(op.family or "other", []).append(op)
+    return groups
+
+
+def ops_markdown() -> str:
+    """The op reference table of docs/language.md (regenerate: `nnlang ops --markdown`)."""
+    lines = []
+    for family, ops in listed_ops().items():
+        lines += [f"#### {family}", "", "| op | signature | description |", "|---|---|---|"]
+        for op in ops:
+            doc = " ".join(op.doc.split()).replace("|", "\\|")
+            lines.append(f"| `{op.name}` | `{op.name}({op.sig})` | {doc} |".replace(
+                "`|`", "`\\|`"))
+        lines.append("")
+    return "\n".join(lines)
+
+
+@app.command()
+def ops(
+    name: Optional[str] = typer.Argument(None, help="Show one op in full."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the docs table (Markdown)."),
+):
+    """List the ops a model can call, grouped by family, or show one op in full."""
+    from nnlang.ops import registry
+
+    out = console()
+    if markdown:
+        sys.stdout.write(ops_markdown())
+        return
+    if name is not None:
+        op = registry.get(name)
+        if op is None:
+            print_error(NNError(f"unknown op '{name}'", None,
+                                did_you_mean(name, registry.all_ops()) or
+                                "run `nnlang ops` for the list"))
+            raise typer.Exit(1)
+        out.print(Text(f"{op.name}({op.sig})", style="bold"))
+        out.print(Text(f"family: {op.family}" + (f"   traits: {', '.join(sorted(op.traits))}"
+                                                  if op.traits else "")))
+        out.print(Text("owns weights" if op.params else "no weights"))
+        out.print()
+        for p in op.sig.params:
+            out.print(Text(f"  {p}"))
+        out.print()
+        out.print(Text(" ".join(op.doc.split())))
+        return
+    for family, group in listed_ops().items():
+        t = Table(title=family, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
+                  show_edge=False)
+        t.add_column("op", style="cyan", no_wrap=True)
+        t.add_column("signature")
+        t.add_column("description")
+        for op in group:
+            sig = ", ".join(str(p) for p in op.sig.params)
+            t.add_row(Text(op.name), Text(sig), Text(one_line(op.doc)))
+        out.print(t)

@@ -1,0 +1,19 @@
+"""Entry point of the `nnlang` command: the typer app with every command module registered.
+
+`python -m nnlang_cli.main ...` works like the installed `nnlang` script.
+"""
+from __future__ import annotations
+
+import nnlang_cli.inspect_cmds  # noqa: F401  (registers check, graph, fmt, ops)
+from nnlang_cli.app import app
+
+try:
+    import nnlang_cli.train_cmds  # noqa: F401  (registers train, eval, predict, compile)
+except ModuleNotFoundError as err:
+    if err.name != "nnlang_cli.train_cmds":
+        raise
+
+__all__ = ["app"]
+
+if __name__ == "__main__":
+    app()

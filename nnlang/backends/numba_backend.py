@@ -1,0 +1,210 @@
+"""The CPU backend: generated kernels compiled with numba, matmul through numpy's BLAS, and
+library ops (gather, scatter_add, unfold, fold, ...) that write into planned buffers.
+
+Kernel source is written to `$NNLANG_CACHE_DIR` (default `~/.cache/nnlang/kernels`) under a
+hash of the source and versions, then imported, so numba's own `cache=True` on-disk cache
+applies and a second process compiles nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import itertools
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from nnlang.backends import numba_kernels as nk
+from nnlang.backends.base import Call
+from nnlang.ir.graph import Node, op_attrs
+from nnlang.ops import registry
+from nnlang.ops.random import MASK64
+
+VERSION = "nnlang-0.1"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("NNLANG_CACHE_DIR")
+    path = Path(env) if env else Path.home() / ".cache" / "nnlang" / "kernels"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class NumbaBackend:
+    name = "numba"
+
+    def __init__(self):
+        self._modules: dict[str, object] = {}
+        self.compiled = 0      # kernel signatures compiled in this process
+        self.cache_hits = 0    # ... loaded from numba's disk cache instead
+
+    # *** memory ***
+    def alloc(self, nbytes: int) -> np.ndarray:
+        return np.empty(nbytes, np.uint8)
+
+    def upload(self, dst, src) -> None:
+        np.copyto(dst, src, casting="unsafe")
+
+    def download(self, src) -> np.ndarray:
+        return np.array(src)
+
+    def sync(self) -> None:
+        pass
+
+    # *** generated kernels ***
+    def compile(self, source: str, name: str):
+        key = hashlib.sha256(f"{VERSION}\n{numba.__version__}\n{source}".encode()).hexdigest()
+        key = key[:24]
+        if key not in self._modules:
+            path = cache_dir() / f"k_{key}.py"
+            if not path.exists() or path.read_text() != source:
+                _write_atomic(path, source)
+            spec = importlib.util.spec_from_file_location(f"nnlang_kernels.k_{key}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            self._modules[key] = module
+        return getattr(self._modules[key], name)
+
+    def specialize(self, fn, args: tuple) -> Call:
+        sig = tuple(numba.typeof(a) for a in args)
+        hits = sum(fn._cache_hits.values())
+        known = sig in fn.overloads
+        entry = fn.compile(sig)
+        if not known:
+            if sum(fn._cache_hits.values()) > hits:
+                self.cache_hits += 1
+            else:
+                self.compiled += 1
+        return entry, args
+
+    # *** library ops ***
+    def library_call(self, node: Node, inputs: list, out: np.ndarray) -> Call:
+        a = op_attrs(node)
+        make = getattr(self, f"_{node.op}", None)
+        if make is not None:
+            return make(a, inputs, out)
+        impl = registry.get(node.op).impl  # NOTE: correct but allocates; add a lowering
+
+        def run(*xs):
+            out[...] = impl(*xs, **a)
+        return run, tuple(inputs)
+
+    def _matmul(self, a, xs, out):
+        return np.matmul, (xs[0], xs[1], out)
+
+    def _gather(self, a, xs, out):
+        # NOTE: mode="wrap" maps -1 to the last row like numpy indexing and, unlike "raise",
+        # writes straight into `out` without a temporary
+        return _take, (xs[0], xs[1], out)
+
+    def _scatter_add(self, a, xs, out):
+        src, idx = xs
+        n = idx.size
+        src2 = np.reshape(src, (n, -1), copy=False) if n else src.reshape(0, -1)
+        out2 = np.reshape(out, (out.shape[0], -1), copy=False)
+        return self.specialize(nk.scatter_add, (src2, np.reshape(idx, -1), out2))
+
+    def _one_hot(self, a, xs, out):
+        out2 = np.reshape(out, (-1, a["depth"]), copy=False)
+        return self.specialize(nk.one_hot, (np.reshape(xs[0], -1), out2))
+
+    def _argmax(self, a, xs, out):
+        tmp = np.empty(out.shape, np.intp)
+        return _argmax, (xs[0], a["axis"], tmp, out)
+
+    def _random_uniform(self, a, xs, out):
+        fn, args = self.specialize(nk.random_uniform, (np.uint64(0), np.reshape(out, -1)))
+        return _random, (fn, xs[0], a["salt"], args[1])
+
+    def _unslice(self, a, xs, out):
+        idx = [slice(None)] * out.ndim
+        idx[a["axis"] % out.ndim] = slice(a["start"], a["stop"], a["step"])
+        return _unslice, (xs[0], out, tuple(idx))
+
+    def _concat(self, a, xs, out):
+        return _concat, (tuple(xs), a["axis"], out)
+
+    def _unfold(self, a, xs, out):
+        x = xs[0]
+        nd = len(a["kernel"])
+        pads = a["pads"]
+        padded = np.empty(x.shape[:2] + tuple(x.shape[2 + i] + pads[2 * i] + pads[2 * i + 1]
+                                              for i in range(nd)), x.dtype)
+        inner = (slice(None),) * 2 + tuple(slice(pads[2 * i], pads[2 * i] + x.shape[2 + i])
+                                           for i in range(nd))
+        moves = [((slice(None),) * 2 + ks, (slice(None),) * 2 + sl)
+                 for ks, sl in _windows(a, out.shape[2 + nd:])]
+        return _unfold, (x, out, padded, inner, a["pad_value"], moves)
+
+    def _fold(self, a, xs, out):
+        cols = xs[0]
+        nd = len(a["kernel"])
+        pads, size = a["pads"], a["size"]
+        padded = np.empty(cols.shape[:2] + tuple(size[i] + pads[2 * i] + pads[2 * i + 1]
+                                                 for i in range(nd)), cols.dtype)
+        crop = (slice(None),) * 2 + tuple(slice(pads[2 * i], pads[2 * i] + size[i])
+                                          for i in range(nd))
+        moves = [((slice(None),) * 2 + ks, (slice(None),) * 2 + sl)
+                 for ks, sl in _windows(a, cols.shape[2 + nd:])]
+        return _fold, (cols, out, padded, crop, moves)
+
+
+def _windows(a, outs):
+    for ks in itertools.product(*(range(k) for k in a["kernel"])):
+        yield ks, tuple(slice(k * d, k * d + s * (o - 1) + 1, s)
+                        for k, d, s, o in zip(ks, a["dilation"], a["stride"], outs))
+
+
+# *** library op bodies: all write into preallocated arrays ***
+
+def _take(table, idx, out):
+    np.take(table, idx, axis=0, out=out, mode="wrap")
+
+
+def _argmax(x, axis, tmp, out):
+    np.argmax(x, axis=axis, out=tmp)
+    np.copyto(out, tmp, casting="unsafe")
+
+
+def _random(fn, key, salt, out):
+    base = np.uint64((int(key) * 0x100000001B3 + salt * 0x9E3779B1) & MASK64)
+    fn(base, out)
+
+
+def _unslice(x, out, idx):
+    out[...] = 0
+    out[idx] = x
+
+
+def _concat(xs, axis, out):
+    np.concatenate(xs, axis=axis, out=out)
+
+
+def _unfold(x, out, padded, inner, pad_value, moves):
+    padded[...] = pad_value
+    padded[inner] = x
+    for dst, src in moves:
+        out[dst] = padded[src]
+
+
+def _fold(cols, out, padded, crop, moves):
+    padded[...] = 0
+    for src, dst in moves:
+        view = padded[dst]
+        np.add(view, cols[src], out=view)
+    out[...] = padded[crop]
+
+
+__all__ = ["NumbaBackend", "cache_dir"]

@@ -1,0 +1,96 @@
+"""Memory planning (after `schedule`): liveness-based buffer reuse.
+
+Every value a step stores and every fed input gets a slice of one of a few byte buffers,
+allocated once per executable; values whose lifetimes do not overlap share a buffer. Params
+and constants own their memory, and results stay live until the end of the call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nnlang.ir.graph import Graph
+from nnlang.passes.rewrite import result_ids
+from nnlang.passes.schedule import Step, base_of
+
+ALIGN = 64
+
+
+@dataclass(frozen=True)
+class Lifetime:
+    key: int        # the value (a node id)
+    nbytes: int
+    start: int      # step that writes it (-1: before the first step, e.g. a fed input)
+    end: int        # last step that reads it (len(steps): read after the last step)
+
+
+def plan_buffers(lifetimes: list[Lifetime]) -> tuple[dict[int, int], list[int]]:
+    """Greedy best-fit: value -> buffer index, and each buffer's size in bytes.
+
+    A buffer is free again once the step of its value's last read has finished, so a step
+    never writes a buffer it also reads.
+    """
+    assign, sizes = {}, []
+    busy: list[tuple[int, int]] = []   # (end, buffer)
+    free: list[int] = []
+    for lt in sorted(lifetimes, key=lambda lt: (lt.start, -lt.nbytes, lt.key)):
+        for end, buf in list(busy):
+            if end < lt.start:
+                busy.remove((end, buf))
+                free.append(buf)
+        need = -(-max(lt.nbytes, 1) // ALIGN) * ALIGN
+        fits = [b for b in free if sizes[b] >= need]
+        if fits:
+            buf = min(fits, key=lambda b: (sizes[b], b))
+        elif free:  # grow the largest free buffer rather than adding one
+            buf = max(free, key=lambda b: (sizes[b], -b))
+            sizes[buf] = need
+        else:
+            buf = len(sizes)
+            sizes.append(need)
+        if buf in free:
+            free.remove(buf)
+        busy.append((lt.end, buf))
+        assign[lt.key] = buf
+    return assign, sizes
+
+
+def lifetimes(g: Graph, steps: list[Step], views: dict[int, int]) -> list[Lifetime]:
+    start = {nid: -1 for nid in g.inputs.values() if nid in g.nx}
+    for k, s in enumerate(steps):
+        for out in s.outputs:
+            start[out] = k
+    end = dict(start)
+    for k, s in enumerate(steps):
+        inside = set(s.nodes)
+        for m in s.nodes:
+            for i in g.node(m).inputs:
+                b = base_of(views, i)
+                if i not in inside and b in end:
+                    end[b] = max(end[b], k)
+    for nid in result_ids(g):
+        b = base_of(views, nid)
+        if b in end:
+            end[b] = len(steps)
+    out = []
+    for nid, s in start.items():
+        n = g.node(nid)
+        size = int(np.prod([int(d) for d in n.shape], dtype=np.int64))
+        out.append(Lifetime(nid, size * np.dtype(n.dtype).itemsize, s, end[nid]))
+    return out
+
+
+@dataclass
+class MemoryPlan:
+    assign: dict[int, int]   # node id -> buffer index
+    sizes: list[int]         # bytes per buffer
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes)
+
+
+def plan_memory(g: Graph, steps: list[Step], views: dict[int, int]) -> MemoryPlan:
+    assign, sizes = plan_buffers(lifetimes(g, steps, views))
+    return MemoryPlan(assign, sizes)

@@ -1,0 +1,25 @@
+"""The optimizing passes in order (after decompose and autodiff, before schedule/memory).
+
+Each entry can be switched off by name (`--no-fuse` etc.) to compare results or debug.
+"""
+from __future__ import annotations
+
+from nnlang.ir.graph import Graph
+from nnlang.passes.cse import eliminate_common
+from nnlang.passes.dce import eliminate_dead
+from nnlang.passes.fold import fold_constants
+from nnlang.passes.fuse import fuse
+
+PASSES = [("fold", fold_constants), ("cse", eliminate_common), ("dce", eliminate_dead),
+          ("fuse", fuse)]
+
+
+def optimize(g: Graph, disable=()) -> Graph:
+    unknown = set(disable) - {name for name, _ in PASSES}
+    if unknown:
+        raise ValueError(f"unknown passes {sorted(unknown)}; known: "
+                         f"{', '.join(name for name, _ in PASSES)}")
+    for name, fn in PASSES:
+        if name not in disable:
+            g = fn(g)
+    return g

@@ -1,0 +1,154 @@
+"""The compiled plan and its runner (the end of the pipeline): planned buffers plus an ordered
+list of prebound calls. `compile_graph` runs optimize, schedule, memory planning and codegen.
+
+A steady-state `run` allocates nothing but the returned outputs: feeds are copied into
+planned buffers, kernels write into planned buffers, updates are copied into state.
+"""
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+
+import numpy as np
+
+from nnlang.backends.base import Backend, get_backend
+from nnlang.codegen.kernel import build_kernel
+from nnlang.codegen.render_numba import render
+from nnlang.errors import NNError
+from nnlang.ir.graph import Graph
+from nnlang.passes.fuse import format_groups, plan_groups
+from nnlang.passes.memory import MemoryPlan, plan_memory
+from nnlang.passes.optimize import optimize
+from nnlang.passes.rewrite import updates
+from nnlang.passes.schedule import Step, apply_view, schedule
+
+
+class State(MutableMapping):
+    """Persistent arrays by name (params and optimizer slots). Setting copies into the existing
+    buffer, because compiled calls hold references to it."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self._arrays = arrays
+
+    def __getitem__(self, name):
+        return self._arrays[name]
+
+    def __setitem__(self, name, value):
+        if name not in self._arrays:
+            raise KeyError(f"no state named {name!r}")
+        np.copyto(self._arrays[name], np.asarray(value), casting="same_kind")
+
+    def __delitem__(self, name):
+        raise TypeError("state entries cannot be removed")
+
+    def __iter__(self):
+        return iter(self._arrays)
+
+    def __len__(self):
+        return len(self._arrays)
+
+
+class Executable:
+    """A graph compiled for one backend: `run(feeds)` returns outputs, losses and metrics."""
+
+    def __init__(self, g: Graph, steps: list[Step], views: dict[int, int], memory: MemoryPlan,
+                 backend: Backend, state: dict | None = None):
+        self.graph, self.steps, self.memory, self.backend = g, steps, memory, backend
+        self.buffers = [backend.alloc(n) for n in memory.sizes]
+        self.arrays: dict[int, np.ndarray] = {}
+        params = {}
+        for nid in g.topo():
+            n = g.node(nid)
+            shape = tuple(int(d) for d in n.shape)
+            if nid in memory.assign:
+                raw = self.buffers[memory.assign[nid]]
+                nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(n.dtype).itemsize
+                self.arrays[nid] = raw[:nbytes].view(n.dtype).reshape(shape)
+            elif n.op == "param":
+                name = n.attrs["name"]
+                params.setdefault(name, np.zeros(shape, n.dtype))
+                self.arrays[nid] = params[name]
+            elif n.op == "const":
+                self.arrays[nid] = np.array(n.attrs["value"], dtype=n.dtype)
+        for nid in g.topo():  # views need their inputs' arrays, so a second pass in order
+            if nid in views:
+                self.arrays[nid] = apply_view(g.node(nid), self.arrays[views[nid]])
+        self.state = State(params)
+        for name, value in (state or {}).items():
+            self.state[name] = value
+        self._feeds = [(n.attrs["name"], self.arrays[n.id]) for n in g
+                       if n.op == "input" and n.id in self.arrays]
+        self._rng_key = 0
+        self._sources: list[tuple[str, str]] = []   # (header, body) per kernel step
+        self._calls = [self._build(s) for s in steps]
+        named = {**g.outputs, **g.losses, **g.metrics}
+        self._results = [(k, self.arrays[v]) for k, v in named.items()]
+        self._updates = [(self.state._arrays[k], self.arrays[v]) for k, v in updates(g).items()]
+
+    def _build(self, step: Step):
+        g = self.graph
+        if step.kind == "kernel":
+            grp = step.group
+            kernel, bind = build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
+            header, body = render(kernel, bind.loop_shape)
+            self._sources.append((header, body))
+            fn = self.backend.compile(body, kernel.name)
+            rank = len(bind.loop_shape)
+            loads = [self._ranked(self.arrays[i], rank) for i in bind.loads]
+            outs = [self._ranked(self.arrays[o], rank) for o in bind.outputs]
+            if bind.reduce_out is not None:
+                kept = [d for a, d in enumerate(bind.loop_shape)
+                        if a not in kernel.reduce.axes] or [1]
+                outs.append(np.reshape(self.arrays[bind.reduce_out], kept, copy=False))
+            return self.backend.specialize(fn, (*bind.loop_shape, *loads, *outs))
+        nid = step.nodes[0]
+        n = g.node(nid)
+        inputs = [self.arrays[i] for i in n.inputs]
+        if step.kind == "copy":
+            return np.copyto, (np.reshape(self.arrays[nid], inputs[0].shape), inputs[0])
+        return self.backend.library_call(n, inputs, self.arrays[nid])
+
+    @staticmethod
+    def _ranked(a: np.ndarray, rank: int) -> np.ndarray:
+        return np.reshape(a, (1,) * (rank - a.ndim) + a.shape, copy=False)
+
+    def run(self, feeds: dict) -> dict[str, np.ndarray]:
+        """Runs one call: feeds by input name -> outputs, losses and metrics by name."""
+        for name, buf in self._feeds:
+            if name in feeds:
+                np.copyto(buf, feeds[name], casting="unsafe")
+            elif name == "_rng":  # NOTE: the runtime advances the random key every call
+                buf[...] = self._rng_key
+                self._rng_key += 1
+            else:
+                raise NNError(f"no value fed for input '{name}'")
+        for fn, args in self._calls:
+            fn(*args)
+        for dst, src in self._updates:
+            np.copyto(dst, src)
+        return {k: np.array(v) for k, v in self._results}
+
+    def kernel_sources(self) -> list[str]:
+        """Each kernel step's source with its header, in schedule order (`--emit kernels`)."""
+        return [header + body for header, body in self._sources]
+
+    def groups_text(self) -> str:
+        return format_groups(self.graph, [s.group for s in self.steps if s.kind == "kernel"])
+
+    def summary(self) -> dict:
+        kinds = [s.kind for s in self.steps]
+        return {"kernels": kinds.count("kernel"), "calls": kinds.count("call"),
+                "copies": kinds.count("copy"), "distinct_kernels": len({b for _, b in
+                                                                        self._sources}),
+                "buffers": len(self.memory.sizes), "buffer_bytes": self.memory.total_bytes,
+                "nodes": len(self.graph)}
+
+
+def compile_graph(g: Graph, backend: str = "numba", disable=(), state=None) -> Executable:
+    """optimize -> schedule -> memory plan -> codegen + compile, for a primitive graph."""
+    g = optimize(g, disable)
+    groups = g.meta.get("groups") if "fuse" not in disable else None
+    if groups is None:
+        groups = plan_groups(g, fuse=False)
+    steps, views = schedule(g, groups)
+    memory = plan_memory(g, steps, views)
+    return Executable(g, steps, views, memory, get_backend(backend), state)
