@@ -20,7 +20,10 @@ app = typer.Typer(name="nnlang", rich_markup_mode="rich", no_args_is_help=True,
 
 def console() -> Console:
     # NOTE: made per call, so it writes to whatever sys.stdout is now (CliRunner swaps it)
-    return Console(file=sys.stdout, soft_wrap=True, highlight=False)
+    # NOTE: a pipe or file gets wide lines rather than rich's 80-column default, so tables
+    # are not cut into "…" cells
+    wide = None if sys.stdout.isatty() else 160
+    return Console(file=sys.stdout, soft_wrap=True, highlight=False, width=wide)
 
 
 def err_console() -> Console:

@@ -35,7 +35,7 @@ def summary_table(s) -> Table:
 
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for i, h in enumerate(HEADERS):
-        t.add_column(h, justify="right" if i >= 3 else "left", no_wrap=i < 3,
+        t.add_column(h, justify="right" if i >= 3 else "left", no_wrap=True,
                      style={0: "bold", 1: "cyan"}.get(i))
     for cells in table_cells(s):
         t.add_row(*(Text(c) for c in cells))

@@ -214,6 +214,11 @@ class Builder:
                 TensorType((), "int64"), span=self.span, path="", role=self.role, name="_rng")
         return self.g.inputs["_rng"]
 
+    def update_state(self, param: int, value: int) -> None:
+        """After the step, the persistent `param` takes `value` (batch-norm running stats)."""
+        name = self.g.node(param).attrs["name"]
+        self.g.meta.setdefault("updates", {})[name] = value
+
     def salt(self) -> int:
         """A number unique to each random site, so two dropouts draw different masks."""
         self.g.meta["salt"] = self.g.meta.get("salt", 0) + 1

@@ -268,12 +268,12 @@ register("log_softmax", "x: tensor, axis: int = -1", _softmax_shape, decompose=_
 
 # *** reductions ***
 
-def _axes_attr(axis):
+def axes_attr(axis):
     return None if axis is None else ([axis] if isinstance(axis, int) else list(axis))
 
 
 def _reduce_shape(x, *, axis, keepdims):
-    ax = norm_axes(_axes_attr(axis), x.rank)
+    ax = norm_axes(axes_attr(axis), x.rank)
     if keepdims:
         return TensorType(tuple(1 if i in ax else d for i, d in enumerate(x.shape)), x.dtype)
     return TensorType(tuple(d for i, d in enumerate(x.shape) if i not in ax), x.dtype)
@@ -285,7 +285,7 @@ def _float_reduce_shape(x, *, axis, keepdims):
 
 
 def _var(b, x, *, axis, keepdims):
-    ax = _axes_attr(axis)
+    ax = axes_attr(axis)
     d = b.sub(x, mean_over(b, x, ax, keepdims=True))
     return mean_over(b, b.mul(d, d), ax, keepdims)
 
@@ -294,15 +294,15 @@ _RED_SIG = "x: tensor, axis: ints = none, keepdims: bool = false"
 _RED_SAMPLES = (Sample(((3, 4),)), Sample(((2, 3, 4),), {"axis": [0, 2]}),
                 Sample(((2, 3, 4),), {"axis": -1, "keepdims": True}))
 register("sum", _RED_SIG, _reduce_shape, family="nn", samples=_RED_SAMPLES,
-         decompose=lambda b, x, *, axis, keepdims: b.reduce_sum(x, axes=_axes_attr(axis),
+         decompose=lambda b, x, *, axis, keepdims: b.reduce_sum(x, axes=axes_attr(axis),
                                                                 keepdims=keepdims),
          doc="sum over axis (an int or a list; all axes when none)")
 register("max", _RED_SIG, _reduce_shape, family="nn", samples=_RED_SAMPLES,
-         decompose=lambda b, x, *, axis, keepdims: b.reduce_max(x, axes=_axes_attr(axis),
+         decompose=lambda b, x, *, axis, keepdims: b.reduce_max(x, axes=axes_attr(axis),
                                                                 keepdims=keepdims),
          doc="max over axis (an int or a list; all axes when none)")
 register("mean", _RED_SIG, _float_reduce_shape, family="nn", samples=_RED_SAMPLES,
-         decompose=lambda b, x, *, axis, keepdims: mean_over(b, x, _axes_attr(axis), keepdims),
+         decompose=lambda b, x, *, axis, keepdims: mean_over(b, x, axes_attr(axis), keepdims),
          doc="mean over axis (an int or a list; all axes when none): a sum divided by the count")
 register("var", _RED_SIG, _float_reduce_shape, family="nn", samples=_RED_SAMPLES,
          decompose=_var,
@@ -327,7 +327,7 @@ register("flatten", "x: tensor, start: int = 1, end: int = -1", _flatten_shape, 
 
 
 def _squeeze_shape(x, *, axis):
-    ax = norm_axes(_axes_attr(axis), x.rank)
+    ax = norm_axes(axes_attr(axis), x.rank)
     if axis is None:
         ax = tuple(i for i, d in enumerate(x.shape) if d == 1)
     for a in ax:
@@ -369,122 +369,3 @@ register("permute", "x: tensor, perm: ints", _permute_shape, family="nn",
          doc="reorders axes, e.g. permute(x, [0, 2, 1]) turns [batch, len, dim] into "
              "[batch, dim, len] (the transpose primitive, under its PyTorch name)",
          samples=(Sample(((2, 3, 4),), {"perm": [0, 2, 1]}),))
-
-
-# *** dropout ***
-
-def _dropout_shape(x, *, rate):
-    need_float("dropout", x)
-    if not 0.0 <= rate < 1.0:
-        raise ShapeError(f"dropout: rate must be in [0, 1), got {rate}")
-    return x
-
-
-def _dropout(b, x, *, rate):
-    if not b.training or rate == 0.0:
-        return x
-    u = b.random_uniform(b.rng_key(), shape=list(b.type(x).shape), salt=b.salt())
-    keep = b.ge(u, b.const(rate, "float32"))
-    # inverted dropout: scale at train time so evaluation is the identity
-    return b.where(keep, b.mul(x, const_like(b, 1.0 / (1.0 - rate), x)), const_like(b, 0.0, x))
-
-
-register("dropout", "x: tensor, rate: float = 0.5", _dropout_shape, decompose=_dropout,
-         family="nn", samples=(Sample(((4, 6),), {"rate": 0.5}), Sample(((2, 3, 4),))),
-         doc="training: zeroes each element with probability rate and scales the rest by "
-             "1/(1-rate) (inverted dropout); evaluation: the identity")
-
-
-# *** normalization ***
-
-def _norm_axes_of(x, axis):
-    ax = norm_axes(_axes_attr(axis), x.rank)
-    if any(isinstance(x.shape[a], Sym) for a in ax):
-        raise ShapeError(f"layer_norm: normalized axes of {fmt_shape(x.shape)} must be "
-                         "concrete (they size gamma and beta)", arg=0)
-    return ax
-
-
-def _layer_norm_params(x, *, axis, eps):
-    shape = tuple(x.shape[a] for a in _norm_axes_of(x, axis))
-    dt = param_dtype(x)
-    return {"gamma": ParamSpec(shape, ("ones", {}), dtype=dt),
-            "beta": ParamSpec(shape, ("zeros", {}), dtype=dt)}
-
-
-def _layer_norm_shape(x, gamma=None, beta=None, *, axis, eps):
-    need_float("layer_norm", x)
-    want = tuple(x.shape[a] for a in _norm_axes_of(x, axis))
-    for i, p in ((1, gamma), (2, beta)):
-        if p is not None and p.shape != want:
-            raise ShapeError(f"layer_norm: parameter {fmt_shape(p.shape)} does not match the "
-                             f"normalized dims {fmt_shape(want)}", arg=i)
-    return x
-
-
-def _affine(b, y, gamma, beta, shape):
-    return b.add(b.mul(y, b.reshape(gamma, shape=shape)), b.reshape(beta, shape=shape))
-
-
-def _layer_norm(b, x, gamma, beta, *, axis, eps):
-    t = b.type(x)
-    ax = list(_norm_axes_of(t, axis))
-    d = b.sub(x, mean_over(b, x, ax, keepdims=True))
-    var = mean_over(b, b.mul(d, d), ax, keepdims=True)
-    y = b.div(d, b.sqrt(b.add(var, const_like(b, eps, x))))
-    return _affine(b, y, gamma, beta, [t.shape[i] if i in ax else 1 for i in range(t.rank)])
-
-
-register("layer_norm", "x: tensor, axis: ints = -1, eps: float = 1e-5", _layer_norm_shape,
-         decompose=_layer_norm, params=_layer_norm_params, family="nn",
-         doc="(x - mean) / sqrt(var + eps) * gamma + beta, statistics over axis (the last by "
-             "default) per example. Params gamma (ones) and beta (zeros) over those dims.",
-         samples=(Sample(((3, 8),)), Sample(((2, 3, 4),), {"axis": [1, 2]})))
-
-
-def _batch_norm_params(x, *, momentum, eps):
-    c, dt = x.shape[1], param_dtype(x)
-    return {"gamma": ParamSpec((c,), ("ones", {}), dtype=dt),
-            "beta": ParamSpec((c,), ("zeros", {}), dtype=dt),
-            "running_mean": ParamSpec((c,), ("zeros", {}), trainable=False, dtype=dt),
-            "running_var": ParamSpec((c,), ("ones", {}), trainable=False, dtype=dt)}
-
-
-def _batch_norm_shape(x, *params, momentum, eps):
-    need_float("batch_norm", x)
-    if x.rank < 2 or isinstance(x.shape[1], Sym):
-        raise ShapeError(f"batch_norm expects [batch, channels, ...] with concrete channels, "
-                         f"got {fmt_shape(x.shape)}", arg=0)
-    for i, p in enumerate(params):
-        if p is not None and p.shape != (x.shape[1],):
-            raise ShapeError(f"batch_norm: parameter {fmt_shape(p.shape)} does not match "
-                             f"{x.shape[1]} channels", arg=i + 1)
-    return x
-
-
-def _batch_norm(b, x, gamma, beta, running_mean, running_var, *, momentum, eps):
-    t = b.type(x)
-    shape = [1, t.shape[1]] + [1] * (t.rank - 2)
-    if b.training:
-        # TODO: running-stat update belongs to the trainer: after each step it should set
-        # running_mean = (1 - momentum) * running_mean + momentum * batch_mean (and the same for
-        # var, PyTorch uses the unbiased batch var there). That needs a way to return the batch
-        # statistics as extra graph outputs (e.g. `root` nodes named <path>.running_mean.next);
-        # until that exists, training uses batch statistics and leaves the running stats alone.
-        ax = [0] + list(range(2, t.rank))
-        d = b.sub(x, mean_over(b, x, ax, keepdims=True))
-        var = mean_over(b, b.mul(d, d), ax, keepdims=True)
-    else:
-        d = b.sub(x, b.reshape(running_mean, shape=shape))
-        var = b.reshape(running_var, shape=shape)
-    y = b.div(d, b.sqrt(b.add(var, const_like(b, eps, x))))
-    return _affine(b, y, gamma, beta, shape)
-
-
-register("batch_norm", "x: tensor, momentum: float = 0.1, eps: float = 1e-5", _batch_norm_shape,
-         decompose=_batch_norm, params=_batch_norm_params, family="nn",
-         doc="normalizes each channel (axis 1) of [batch, channels, ...]: training uses the "
-             "batch's mean and biased variance, evaluation the running_mean / running_var "
-             "(non-trainable). Params gamma (ones), beta (zeros), running_mean (zeros), "
-             "running_var (ones); momentum is PyTorch's (new = (1-m) old + m batch).",
-         samples=(Sample(((4, 3),)), Sample(((2, 3, 4, 5),))))

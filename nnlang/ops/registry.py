@@ -114,7 +114,7 @@ def all_ops() -> dict[str, OpDef]:
 
 
 _FAMILIES = ("source", "elementwise", "reduce", "movement", "linalg", "index", "random",
-             "nn", "conv", "rnn", "attention", "losses", "metrics")
+             "nn", "norm", "conv", "rnn", "attention", "losses", "metrics")
 
 
 def _load_all() -> None:

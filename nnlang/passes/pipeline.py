@@ -108,7 +108,7 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
         if zero[name] is None:  # NOTE: a weight the loss does not reach still gets a 0 gradient
             zero[name] = b.mul(nid, b.const(0.0, dtype))
     updates = append_update(b, params, zero, cfg.optimizer, cfg.clip_norm, lr, add_state)
-    g.meta["updates"] = updates
+    g.meta["updates"] = {**g.meta.get("updates", {}), **updates}
     g.meta["grads"] = {name: zero[name] for name in params}
     g.losses = {"loss": total}
     g.outputs = {}

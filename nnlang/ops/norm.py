@@ -1,0 +1,138 @@
+"""Normalization and regularization layers: dropout, layer_norm and batch_norm, as compositions
+of primitives. batch_norm's running statistics are state the training step overwrites, through
+`Builder.update_state`, like the optimizer's slots.
+"""
+from __future__ import annotations
+
+from nnlang.ir.dims import Sym, fmt_shape, numel
+from nnlang.ops.nn import axes_attr, const_like, mean_over, need_float, param_dtype
+from nnlang.ops.registry import ParamSpec, Sample, ShapeError, TensorType, norm_axes, register
+
+
+# *** dropout ***
+
+def _dropout_shape(x, *, rate):
+    need_float("dropout", x)
+    if not 0.0 <= rate < 1.0:
+        raise ShapeError(f"dropout: rate must be in [0, 1), got {rate}")
+    return x
+
+
+def _dropout(b, x, *, rate):
+    if not b.training or rate == 0.0:
+        return x
+    u = b.random_uniform(b.rng_key(), shape=list(b.type(x).shape), salt=b.salt())
+    keep = b.ge(u, b.const(rate, "float32"))
+    # inverted dropout: scale at train time so evaluation is the identity
+    return b.where(keep, b.mul(x, const_like(b, 1.0 / (1.0 - rate), x)), const_like(b, 0.0, x))
+
+
+register("dropout", "x: tensor, rate: float = 0.5", _dropout_shape, decompose=_dropout,
+         family="norm", samples=(Sample(((4, 6),), {"rate": 0.5}), Sample(((2, 3, 4),))),
+         doc="training: zeroes each element with probability rate and scales the rest by "
+             "1/(1-rate) (inverted dropout); evaluation: the identity")
+
+
+# *** normalization ***
+
+def _norm_axes_of(x, axis):
+    ax = norm_axes(axes_attr(axis), x.rank)
+    if any(isinstance(x.shape[a], Sym) for a in ax):
+        raise ShapeError(f"layer_norm: normalized axes of {fmt_shape(x.shape)} must be "
+                         "concrete (they size gamma and beta)", arg=0)
+    return ax
+
+
+def _layer_norm_params(x, *, axis, eps):
+    shape = tuple(x.shape[a] for a in _norm_axes_of(x, axis))
+    dt = param_dtype(x)
+    return {"gamma": ParamSpec(shape, ("ones", {}), dtype=dt),
+            "beta": ParamSpec(shape, ("zeros", {}), dtype=dt)}
+
+
+def _layer_norm_shape(x, gamma=None, beta=None, *, axis, eps):
+    need_float("layer_norm", x)
+    want = tuple(x.shape[a] for a in _norm_axes_of(x, axis))
+    for i, p in ((1, gamma), (2, beta)):
+        if p is not None and p.shape != want:
+            raise ShapeError(f"layer_norm: parameter {fmt_shape(p.shape)} does not match the "
+                             f"normalized dims {fmt_shape(want)}", arg=i)
+    return x
+
+
+def _affine(b, y, gamma, beta, shape):
+    return b.add(b.mul(y, b.reshape(gamma, shape=shape)), b.reshape(beta, shape=shape))
+
+
+def _layer_norm(b, x, gamma, beta, *, axis, eps):
+    t = b.type(x)
+    ax = list(_norm_axes_of(t, axis))
+    d = b.sub(x, mean_over(b, x, ax, keepdims=True))
+    var = mean_over(b, b.mul(d, d), ax, keepdims=True)
+    y = b.div(d, b.sqrt(b.add(var, const_like(b, eps, x))))
+    return _affine(b, y, gamma, beta, [t.shape[i] if i in ax else 1 for i in range(t.rank)])
+
+
+register("layer_norm", "x: tensor, axis: ints = -1, eps: float = 1e-5", _layer_norm_shape,
+         decompose=_layer_norm, params=_layer_norm_params, family="norm",
+         doc="(x - mean) / sqrt(var + eps) * gamma + beta, statistics over axis (the last by "
+             "default) per example. Params gamma (ones) and beta (zeros) over those dims.",
+         samples=(Sample(((3, 8),)), Sample(((2, 3, 4),), {"axis": [1, 2]})))
+
+
+def _batch_norm_params(x, *, momentum, eps):
+    c, dt = x.shape[1], param_dtype(x)
+    return {"gamma": ParamSpec((c,), ("ones", {}), dtype=dt),
+            "beta": ParamSpec((c,), ("zeros", {}), dtype=dt),
+            "running_mean": ParamSpec((c,), ("zeros", {}), trainable=False, dtype=dt),
+            "running_var": ParamSpec((c,), ("ones", {}), trainable=False, dtype=dt)}
+
+
+def _batch_norm_shape(x, *params, momentum, eps):
+    need_float("batch_norm", x)
+    if x.rank < 2 or isinstance(x.shape[1], Sym):
+        raise ShapeError(f"batch_norm expects [batch, channels, ...] with concrete channels, "
+                         f"got {fmt_shape(x.shape)}", arg=0)
+    for i, p in enumerate(params):
+        if p is not None and p.shape != (x.shape[1],):
+            raise ShapeError(f"batch_norm: parameter {fmt_shape(p.shape)} does not match "
+                             f"{x.shape[1]} channels", arg=i + 1)
+    return x
+
+
+def _update_running(b, running_mean, running_var, mean, var, momentum, t, ax):
+    """running = (1 - m) running + m batch, with the unbiased batch variance (as PyTorch)."""
+    n = numel([t.shape[a] for a in ax])
+    if isinstance(n, Sym) or n < 2:
+        return  # NOTE: only graphs specialized to a batch size train; checks leave stats alone
+    m, c = const_like(b, momentum, running_mean), [t.shape[1]]
+    keep = const_like(b, 1.0 - momentum, running_mean)
+    unbiased = b.mul(b.reshape(var, shape=c), const_like(b, n / (n - 1), running_var))
+    b.update_state(running_mean, b.add(b.mul(keep, running_mean),
+                                       b.mul(m, b.reshape(mean, shape=c))))
+    b.update_state(running_var, b.add(b.mul(keep, running_var), b.mul(m, unbiased)))
+
+
+def _batch_norm(b, x, gamma, beta, running_mean, running_var, *, momentum, eps):
+    t = b.type(x)
+    shape = [1, t.shape[1]] + [1] * (t.rank - 2)
+    if b.training:
+        ax = [0] + list(range(2, t.rank))
+        mean = mean_over(b, x, ax, keepdims=True)
+        d = b.sub(x, mean)
+        var = mean_over(b, b.mul(d, d), ax, keepdims=True)
+        _update_running(b, running_mean, running_var, mean, var, momentum, t, ax)
+    else:
+        d = b.sub(x, b.reshape(running_mean, shape=shape))
+        var = b.reshape(running_var, shape=shape)
+    y = b.div(d, b.sqrt(b.add(var, const_like(b, eps, x))))
+    return _affine(b, y, gamma, beta, shape)
+
+
+register("batch_norm", "x: tensor, momentum: float = 0.1, eps: float = 1e-5", _batch_norm_shape,
+         decompose=_batch_norm, params=_batch_norm_params, family="norm",
+         doc="normalizes each channel (axis 1) of [batch, channels, ...]: training uses the "
+             "batch's mean and biased variance, evaluation the running_mean / running_var "
+             "(non-trainable). Params gamma (ones), beta (zeros), running_mean (zeros), "
+             "running_var (ones); momentum is PyTorch's (new = (1-m) old + m batch).",
+         samples=(Sample(((4, 3),)), Sample(((2, 3, 4, 5),))))

@@ -1,0 +1,115 @@
+"""Checkpoints: every state array (parameters and optimizer slots) plus what resume, `eval` and
+`predict` need (epoch/step, data-order RNG state, model source, resolved config, dataset meta),
+in one .npz written atomically. The non-array part is one JSON string under `__meta__`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nnlang.errors import NNError
+from nnlang.frontend.train_config import Choice, TrainConfig
+
+FORMAT = 1
+FILENAME = "checkpoint.npz"
+_META = "__meta__"
+_STATE = "state/"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: `state` arrays by name and the JSON `meta` dict."""
+    state: dict
+    meta: dict
+    path: Path | None = None
+
+    @property
+    def epoch(self) -> int:
+        """Completed epochs."""
+        return self.meta["epoch"]
+
+    @property
+    def step(self) -> int:
+        """Global training steps taken."""
+        return self.meta["step"]
+
+    @property
+    def config(self) -> TrainConfig:
+        return config_from_dict(self.meta["config"])
+
+    @property
+    def data_meta(self) -> dict:
+        return self.meta.get("data", {}).get("meta", {})
+
+
+def save(path, state: dict, meta: dict) -> Path:
+    """Writes `state` and `meta` to `path` atomically: a temp file in the same folder, fsync,
+    then `os.replace`, so a crash or Ctrl-C never leaves a half-written checkpoint behind."""
+    path = Path(path)
+    arrays = {_STATE + k: np.asarray(v) for k, v in state.items()}
+    arrays[_META] = np.array(json.dumps({"format": FORMAT, **meta}, default=_json_default))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:  # NOTE: KeyboardInterrupt too: never leave the temp file
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise NNError(f"cannot write checkpoint {path} ({err})") from None
+        raise
+    return path
+
+
+def load(path) -> Checkpoint:
+    """Reads a checkpoint file, or `checkpoint.npz` inside a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILENAME
+    if not path.is_file():
+        raise NNError(f"checkpoint not found: {path}",
+                      hint="pass a checkpoint.npz, or the run directory that holds one")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z[_META][()]))
+            state = {k[len(_STATE):]: z[k] for k in z.files if k.startswith(_STATE)}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
+            json.JSONDecodeError) as err:
+        raise NNError(f"{path} is not a readable nnlang checkpoint ({type(err).__name__}: "
+                      f"{err})", hint="it may be truncated or from another program; use "
+                      "another checkpoint or train again") from None
+    if meta.get("format") != FORMAT:
+        raise NNError(f"{path} has checkpoint format {meta.get('format')!r}; this nnlang "
+                      f"reads format {FORMAT}")
+    return Checkpoint(state, meta, path)
+
+
+# *** config <-> JSON ***
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    def choice(c):
+        return None if c is None else Choice(c["name"], dict(c.get("options", {})))
+    return TrainConfig(**{**d, "data": choice(d.get("data")), "optimizer": choice(d["optimizer"]),
+                          "schedule": choice(d.get("schedule"))})
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (Path, tuple, set)):
+        return str(o) if isinstance(o, Path) else list(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")

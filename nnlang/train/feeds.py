@@ -1,0 +1,180 @@
+"""Dataset arrays -> model inputs: which dataset array feeds which `input`, dtype casts and
+reshapes to the declared shapes, the seeded validation carve, and shuffled fixed-size batches.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from nnlang.errors import NNError
+from nnlang.frontend.train_config import Choice
+
+TARGET_NAMES = ("label", "labels", "y", "target", "targets")
+
+
+# *** which array feeds which input ***
+
+def input_roles(graph) -> tuple[dict, dict]:
+    """(features, targets) of a user graph, as {input name: node id}. Features are the inputs an
+    `output` depends on; targets are the rest (labels only the losses and metrics read)."""
+    inputs = {k: v for k, v in graph.inputs.items() if not k.startswith("_")}
+    if graph.outputs:
+        needed = set()
+        for nid in graph.outputs.values():
+            needed |= nx.ancestors(graph.nx, nid) | {nid}
+        features = {k: v for k, v in inputs.items() if v in needed}
+    else:  # NOTE: no outputs to trace from, so fall back on conventional label names
+        features = {k: v for k, v in inputs.items() if k not in TARGET_NAMES}
+    return features, {k: v for k, v in inputs.items() if k not in features}
+
+
+def match_inputs(graph, ds_inputs: list[str], ds_targets: list[str], dataset: str = "dataset",
+                 need_targets: bool = True) -> dict[str, str]:
+    """{model input: dataset array}: by name first, then by role (the remaining dataset inputs
+    feed the remaining features and the remaining targets the remaining targets, in order)."""
+    features, targets = input_roles(graph)
+    if not need_targets:
+        targets = {}
+        ds_targets = []
+    available = list(ds_inputs) + list(ds_targets)
+    mapping = {m: m for m in (*features, *targets) if m in available}
+    for model_side, ds_side in ((features, ds_inputs), (targets, ds_targets)):
+        left = [m for m in model_side if m not in mapping]
+        spare = [a for a in ds_side if a not in mapping.values()]
+        if left and len(left) == len(spare):
+            mapping.update(zip(left, spare))
+    missing = [m for m in (*features, *targets) if m not in mapping]
+    if missing:
+        def fmt(names, g=None):
+            if not names:
+                return "none"
+            return ", ".join(f"{n}: {g.node(graph.inputs[n]).type}" if g else n for n in names)
+        raise NNError(
+            f"cannot match the model's inputs to the arrays of {dataset}: no array for "
+            f"{', '.join(missing)}",
+            hint=f"model inputs {fmt(list(features), graph)} (targets: {fmt(list(targets), graph)})"
+                 f"; dataset inputs {fmt(ds_inputs)} (targets: {fmt(ds_targets)}). Rename the "
+                 "model's inputs to the dataset's names, or give each side the same number of "
+                 "inputs and targets")
+    return mapping
+
+
+def conform(name: str, arr: np.ndarray, node, source: str | None = None) -> np.ndarray:
+    """Casts `arr` to the input's dtype and reshapes each example to its declared shape
+    ([N, 1, 28, 28] -> [N, 784] when the sizes agree)."""
+    want = tuple(node.shape[1:])
+    got = tuple(arr.shape[1:])
+    fixed = all(isinstance(d, int) for d in want)
+    if got != want and fixed and int(np.prod(got)) == int(np.prod(want)):
+        arr = arr.reshape((arr.shape[0],) + want)
+    elif len(got) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want, got)):
+        what = f"dataset array '{source}'" if source else "the value"
+        raise NNError(f"{what} has shape {list(arr.shape)} ({_per_example(got)}), but model "
+                      f"input '{name}' is declared {node.type}",
+                      hint="change the input's declared shape, or the dataset options "
+                           "(e.g. maxlen), or --set the model's hyper-parameters to match")
+    return np.ascontiguousarray(arr, dtype=node.dtype)
+
+
+def _per_example(shape) -> str:
+    return f"{int(np.prod(shape))} values per example" if shape else "a scalar per example"
+
+
+def model_arrays(graph, arrays: dict, mapping: dict[str, str]) -> dict[str, np.ndarray]:
+    """A split's arrays renamed, cast and reshaped for the model's inputs."""
+    return {m: conform(m, arrays[a], graph.node(graph.inputs[m]), a) for m, a in mapping.items()}
+
+
+# *** validation carve and batches ***
+
+def carve(arrays: dict, val_split: float, seed: int) -> tuple[dict, dict]:
+    """(train, val): validation is the END of the train split after one seeded shuffle."""
+    n = _length(arrays)
+    n_val = int(round(n * val_split))
+    if val_split <= 0 or n == 0:
+        return arrays, {}
+    n_val = min(max(n_val, 1), n - 1)
+    if n < 2:
+        raise NNError(f"val_split={val_split} needs at least 2 training examples, got {n}")
+    order = np.random.default_rng(np.random.SeedSequence([seed, 1])).permutation(n)
+    cut = n - n_val
+    return ({k: v[order[:cut]] for k, v in arrays.items()},
+            {k: v[order[cut:]] for k, v in arrays.items()})
+
+
+def order_rng(seed: int) -> np.random.Generator:
+    """The data-order generator: one permutation per epoch, drawn in epoch order."""
+    return np.random.default_rng(np.random.SeedSequence([seed, 2]))
+
+
+def batches(arrays: dict, batch: int, order: np.ndarray | None = None, start: int = 0,
+            drop_last: bool = True):
+    """Yields {name: array[batch...]} in `order`, from batch number `start`; the last partial
+    batch only when `drop_last` is off (evaluation runs it at its own size)."""
+    n = _length(arrays)
+    stop = n // batch if drop_last else -(-n // batch)
+    for i in range(start, stop):
+        sel = slice(i * batch, (i + 1) * batch)
+        idx = order[sel] if order is not None else sel
+        yield {k: v[idx] for k, v in arrays.items()}
+
+
+def _length(arrays: dict) -> int:
+    return len(next(iter(arrays.values()))) if arrays else 0
+
+
+# *** which dataset ***
+
+def accepted_options(name: str) -> set[str] | None:
+    """The options the loader for dataset `name` takes (None: an unknown name)."""
+    from nnlang.data.registry import DATASETS, FILE_LOADERS, canonical_name
+    key = canonical_name(name)
+    if key is not None:
+        loader, skip = DATASETS[key].loader, {"data_dir"}
+    elif Path(name).suffix.lower() in FILE_LOADERS:
+        loader, skip = FILE_LOADERS[Path(name).suffix.lower()], {"path"}
+    else:
+        return None
+    return set(inspect.signature(loader).parameters) - skip
+
+
+def replace_data(current: Choice | None, spec: str) -> Choice:
+    """`--data imdb-sample` keeps the train section's options the new dataset accepts;
+    `--data "imdb(maxlen=50)"` sets options too (and they win)."""
+    from nnlang.data.registry import _parse_spec  # NOTE: the one parser for "name(k=v)" specs
+    name, options = _parse_spec(spec, {})
+    allowed = accepted_options(name) or set()
+    kept = {k: v for k, v in (current.options if current else {}).items() if k in allowed}
+    return Choice(name, {**kept, **options})
+
+
+def load_data(choice: Choice | None, data_dir=None, base_dir=None):
+    """The dataset a train section (or --data) names; relative file paths are also looked up
+    next to the .nn file (`base_dir`)."""
+    from nnlang.data import load_dataset
+    if choice is None:
+        raise NNError("no dataset: the train section has no `data = ...` setting",
+                      hint="pass --data NAME or a .npz/.csv path")
+    name = choice.name
+    path = Path(name)
+    if (base_dir is not None and path.suffix and not path.is_absolute() and not path.exists()
+            and (Path(base_dir) / path).is_file()):
+        name = str(Path(base_dir) / path)
+    return load_dataset(name, data_dir=data_dir, **choice.options)
+
+
+def predict_meta(meta: dict) -> dict:
+    """The part of a dataset's meta that `predict` needs and JSON can hold (vocab, tokenizer,
+    image shape, class names...); bulky or machine-specific entries are left out."""
+    skip = {"ids", "cache", "source", "counts"}
+    out = {}
+    for k, v in meta.items():
+        if k in skip or isinstance(v, np.ndarray):
+            continue
+        if isinstance(v, (str, int, float, bool, list, dict, tuple)) or v is None:
+            out[k] = list(v) if isinstance(v, tuple) else v
+    return out

@@ -1,0 +1,106 @@
+"""A training run's directory: `config.json`, per-epoch `metrics.jsonl` + `metrics.csv`,
+`checkpoint.npz`, `summary.json` and plots (`loss.png`, one `<metric>.png` per metric).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+from nnlang.train import checkpoint
+
+PLOT_HINT = "plots skipped: matplotlib is not installed (pip install 'nnlang[plot]')"
+
+
+class RunDir:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def create(cls, model: str, out=None, root="runs") -> "RunDir":
+        """`out`, or a fresh `runs/<model>-<YYYYmmdd-HHMMSS>/` (suffixed if that exists)."""
+        if out is not None:
+            return cls(out)
+        base = Path(root) / f"{model.lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path, n = base, 2
+        while path.exists():
+            path, n = base.with_name(f"{base.name}-{n}"), n + 1
+        return cls(path)
+
+    @staticmethod
+    def latest(model: str, root="runs") -> Path | None:
+        """The newest run directory of `model` under `root` that holds a checkpoint."""
+        found = sorted(p for p in Path(root).glob(f"{model.lower()}-*")
+                       if (p / checkpoint.FILENAME).is_file())
+        return found[-1] if found else None
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / checkpoint.FILENAME
+
+    def write_json(self, name: str, data: dict) -> Path:
+        target = self.path / name
+        tmp = target.with_name(f".{name}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=checkpoint._json_default) + "\n")
+        os.replace(tmp, target)
+        return target
+
+    # *** metrics ***
+    def rows(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def keep_rows(self, upto_epoch: int) -> None:
+        """Drops rows past `upto_epoch` (a resumed run rewrites a partly trained epoch)."""
+        rows = [r for r in self.rows() if r["epoch"] <= upto_epoch]
+        (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        self._write_csv(rows)
+
+    def log(self, row: dict) -> None:
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        # NOTE: rewritten whole each epoch so the header always covers every column
+        self._write_csv(self.rows())
+
+    def _write_csv(self, rows: list[dict]) -> None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        with open(self.path / "metrics.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, columns)
+            w.writeheader()
+            w.writerows(rows)
+
+    # *** plots ***
+    def plot(self) -> list[Path] | None:
+        """loss.png and one png per metric (train and val curves); None without matplotlib."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        rows = self.rows()
+        if not rows:
+            return []
+        names = [k[len("train_"):] for k in rows[0] if k.startswith("train_")]
+        paths = []
+        for name in names:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for split in ("train", "val"):
+                pts = [(r["epoch"], r[f"{split}_{name}"]) for r in rows
+                       if r.get(f"{split}_{name}") is not None]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=split)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+            ax.legend()
+            fig.tight_layout()
+            paths.append(self.path / f"{name}.png")
+            fig.savefig(paths[-1], dpi=100)
+            plt.close(fig)
+        return paths

@@ -1,0 +1,179 @@
+"""Compiled executables against the reference interpreter and independent numpy, fused and
+unfused; library ops; updates; the kernel cache."""
+import numpy as np
+import pytest
+
+from nnlang.ir.graph import Builder, Graph, TensorType
+from nnlang.ops.random import _uniform_impl
+from nnlang.runtime.executable import compile_graph
+from nnlang.runtime.interpret import interpret
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NNLANG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernels"))
+    yield
+    mp.undo()
+
+
+def leaf(g, op, name, shape, dtype="float32"):
+    attrs = {"name": name, "dtype": dtype, "shape": list(shape)}
+    nid = g.add_node(op, [], attrs, TensorType(tuple(shape), dtype), name=name)
+    (g.inputs if op == "input" else g.params)[name] = nid
+    return nid
+
+
+def rand(shape, dtype="float32"):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def check(g, feeds, state=None, numpy_ref=None, tol=1e-5):
+    """Runs fused and unfused; both must match the interpreter (and `numpy_ref` if given)."""
+    want = {**g.outputs, **g.losses, **g.metrics}
+    ref = interpret(g, feeds, state, want=want)
+    for disable in ((), ("fuse",)):
+        exe = compile_graph(g, disable=disable, state=state)
+        out = exe.run(feeds)
+        for k in want:
+            np.testing.assert_allclose(out[k], ref[k], rtol=tol, atol=tol, err_msg=k)
+            assert out[k].dtype == ref[k].dtype
+        if numpy_ref is not None:
+            for k, v in numpy_ref.items():
+                np.testing.assert_allclose(out[k], v, rtol=tol, atol=tol, err_msg=k)
+    return exe
+
+
+def test_bias_sigmoid():
+    g = Graph()
+    b = Builder(g)
+    x, bias = leaf(g, "input", "x", (6, 5)), leaf(g, "param", "b", (5,))
+    g.outputs["y"] = b.sigmoid(b.add(x, bias))
+    feeds, st = {"x": rand((6, 5))}, {"b": rand(5)}
+    check(g, feeds, st, {"y": 1 / (1 + np.exp(-(feeds["x"] + st["b"])))})
+
+
+def test_softmax_and_layernorm():
+    g = Graph()
+    b = Builder(g)
+    x = leaf(g, "input", "x", (4, 7))
+    m = b.reduce_max(x, axes=[-1], keepdims=True)
+    e = b.exp(b.sub(x, b.broadcast_to(m, shape=[4, 7])))
+    s = b.reduce_sum(e, axes=[-1], keepdims=True)
+    g.outputs["p"] = b.div(e, b.broadcast_to(s, shape=[4, 7]))
+    n = b.const(1 / 7)
+    mean = b.mul(b.reduce_sum(x, axes=[1], keepdims=True), n)
+    d = b.sub(x, b.broadcast_to(mean, shape=[4, 7]))
+    var = b.mul(b.reduce_sum(b.mul(d, d), axes=[1], keepdims=True), n)
+    g.outputs["ln"] = b.div(d, b.sqrt(b.add(var, b.const(1e-5))))
+    xv = rand((4, 7))
+    ex = np.exp(xv - xv.max(-1, keepdims=True))
+    ln = (xv - xv.mean(1, keepdims=True)) / np.sqrt(xv.var(1, keepdims=True) + 1e-5)
+    check(g, {"x": xv}, numpy_ref={"p": ex / ex.sum(-1, keepdims=True), "ln": ln}, tol=1e-4)
+
+
+def test_matmul_relu_and_axis0_sum():
+    g = Graph()
+    b = Builder(g)
+    x, w = leaf(g, "input", "x", (5, 3)), leaf(g, "param", "w", (3, 4))
+    h = b.maximum(b.add(b.matmul(x, w), b.const(np.ones(4, np.float32))), b.const(0.0))
+    g.outputs["h"] = h
+    g.outputs["col"] = b.reduce_sum(h, axes=[0])
+    g.outputs["wt"] = b.matmul(b.transpose(x, perm=[1, 0]), x)
+    feeds, st = {"x": rand((5, 3))}, {"w": rand((3, 4))}
+    hv = np.maximum(feeds["x"] @ st["w"] + 1, 0)
+    check(g, feeds, st, {"h": hv, "col": hv.sum(0), "wt": feeds["x"].T @ feeds["x"]})
+
+
+def test_dtypes_int_bool_float64():
+    g = Graph()
+    b = Builder(g)
+    i, x = leaf(g, "input", "i", (3, 4), "int32"), leaf(g, "input", "x", (3, 4), "float64")
+    f = b.cast(i, dtype="float64")
+    g.outputs["w"] = b.where(b.gt(x, f), b.mul(x, f), b.neg(x))
+    g.outputs["s"] = b.add(i, i)
+    g.outputs["m"] = b.reduce_max(i, axes=None)
+    feeds = {"i": RNG.integers(-3, 3, (3, 4)).astype(np.int32), "x": rand((3, 4), "float64")}
+    xv, fv = feeds["x"], feeds["i"].astype(np.float64)
+    check(g, feeds, numpy_ref={"w": np.where(xv > fv, xv * fv, -xv), "s": 2 * feeds["i"]})
+
+
+def test_gather_scatter_onehot_argmax():
+    g = Graph()
+    b = Builder(g)
+    t, idx = leaf(g, "param", "t", (7, 3)), leaf(g, "input", "idx", (2, 5), "int32")
+    rows = b.gather(t, idx)
+    g.outputs["rows"] = rows
+    g.outputs["back"] = b.scatter_add(b.exp(rows), idx, rows=7)
+    g.outputs["oh"] = b.one_hot(idx, depth=7)
+    g.outputs["am"] = b.argmax(rows, axis=-1)
+    feeds, st = {"idx": RNG.integers(0, 7, (2, 5)).astype(np.int32)}, {"t": rand((7, 3))}
+    back = np.zeros((7, 3), np.float32)
+    np.add.at(back, feeds["idx"].ravel(), np.exp(st["t"][feeds["idx"]]).reshape(-1, 3))
+    check(g, feeds, st, {"rows": st["t"][feeds["idx"]], "back": back,
+                         "am": st["t"][feeds["idx"]].argmax(-1)})
+
+
+def test_unfold_fold_slice_concat():
+    g = Graph()
+    b = Builder(g)
+    x = leaf(g, "input", "x", (2, 3, 6, 5))
+    win = dict(kernel=[3, 2], stride=[1, 2], pads=[1, 1, 0, 0], dilation=[1, 1])
+    cols = b.unfold(x, pad_value=0.0, **win)
+    g.outputs["cols"] = cols
+    g.outputs["back"] = b.fold(b.mul(cols, cols), size=[6, 5], **win)
+    sl = b.slice(x, axis=3, start=1, stop=4, step=1)
+    g.outputs["cat"] = b.concat(b.exp(sl), x, axis=3)
+    g.outputs["pad"] = b.unslice(sl, axis=3, start=0, stop=3, step=1, size=5)
+    g.outputs["flat"] = b.reshape(b.transpose(x, perm=[0, 2, 1, 3]), shape=[2, -1])
+    check(g, {"x": rand((2, 3, 6, 5))})
+
+
+def test_random_uniform_bit_exact():
+    g = Graph()
+    b = Builder(g)
+    key = b.rng_key()
+    g.outputs["u"] = b.random_uniform(key, shape=[3, 50], salt=4)
+    exe = compile_graph(g)
+    for k in (0, 123456789):
+        out = exe.run({"_rng": np.int64(k)})
+        assert np.array_equal(out["u"], _uniform_impl(np.int64(k), shape=[3, 50], salt=4))
+    a, c = exe.run({})["u"], exe.run({})["u"]  # the runtime advances the key itself
+    assert not np.array_equal(a, c)
+
+
+def test_updates_write_state():
+    g = Graph()
+    b = Builder(g)
+    w = leaf(g, "param", "w", (3, 2))
+    g.losses["l"] = b.reduce_sum(b.mul(w, w), axes=None)
+    g.meta["updates"] = {"w": b.sub(w, b.mul(b.const(0.1), w))}
+    w0 = rand((3, 2))
+    exe = compile_graph(g, state={"w": w0})
+    out = exe.run({})
+    np.testing.assert_allclose(out["l"], (w0 * w0).sum(), rtol=1e-5)
+    np.testing.assert_allclose(exe.state["w"], w0 * 0.9, rtol=1e-6)
+    exe.run({})
+    np.testing.assert_allclose(exe.state["w"], w0 * 0.81, rtol=1e-6)
+    exe.state["w"] = w0
+    np.testing.assert_allclose(exe.state["w"], w0)
+
+
+def test_kernel_dedup_and_disk_cache(tmp_path, monkeypatch):
+    from nnlang.backends.numba_backend import NumbaBackend
+    from nnlang.runtime import executable
+    g = Graph()
+    b = Builder(g)
+    x = leaf(g, "input", "x", (4, 3))
+    h = x
+    for _ in range(20):  # identical steps, as an unrolled RNN produces
+        h = b.tanh(b.matmul(b.add(h, b.const(0.5)), b.const(np.eye(3, dtype=np.float32))))
+    g.outputs["h"] = h
+    ex = compile_graph(g)
+    # tanh of step k fuses with the add of step k+1: 21 launches, 3 distinct sources
+    assert ex.summary()["kernels"] == 21 and ex.summary()["distinct_kernels"] == 3
+    monkeypatch.setattr(executable, "get_backend", lambda name: NumbaBackend())
+    fresh = compile_graph(g)  # a new backend: compiles nothing, loads numba's disk cache
+    assert fresh.backend.compiled == 0 and fresh.backend.cache_hits >= 1

@@ -1,0 +1,69 @@
+"""The joint train graph: roles, state updates, dropout on/off, L2, and float64 retyping."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnlang
+from nnlang.errors import NNError
+from nnlang.passes.shapes import verify
+
+BN = """
+model B { input x: float32[batch, 3, 4]  y = batch_norm(x)  output y  loss l = mean(y * y) }
+train B { optimizer = sgd(lr = 0.1) }
+"""
+
+
+def test_batch_norm_running_stats_follow_pytorch():
+    net = nnlang.compile(BN, backend="reference", batch=5)
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(5, 3, 4)).astype("float32")
+    net.train_step({"x": x})
+    np.testing.assert_allclose(net.state["y.running_mean"], 0.1 * x.mean(axis=(0, 2)), rtol=1e-5)
+    np.testing.assert_allclose(net.state["y.running_var"],
+                               0.9 + 0.1 * x.var(axis=(0, 2), ddof=1), rtol=1e-5)
+    # evaluation normalizes with the running statistics, not the batch's
+    mean, var = net.state["y.running_mean"], net.state["y.running_var"]
+    expect = (x - mean[None, :, None]) / np.sqrt(var[None, :, None] + 1e-5)
+    np.testing.assert_allclose(net.forward({"x": x})["y"], expect, rtol=1e-4, atol=1e-5)
+
+
+def test_train_graph_roles_and_updates():
+    net = nnlang.compile(BN, backend="reference", batch=4)
+    g = net.graph("train")
+    verify(g)
+    roles = {n.role for n in g}
+    assert roles == {"fwd", "bwd", "optim"}
+    assert set(g.meta["updates"]) == {"y.gamma", "y.beta", "y.running_mean", "y.running_var",
+                                      "optimizer.step"}
+    bwd = [n for n in g if n.role == "bwd" and n.span is not None]
+    assert bwd and all(n.span.line == 2 for n in bwd), "backward nodes keep forward spans"
+
+
+def test_dropout_only_in_training():
+    src = """model D { input x: float32[batch, 64]  y = dropout(x, 0.5)  output y
+                       loss l = mean(y) }"""
+    net = nnlang.compile(src, backend="reference", batch=2)
+    x = np.ones((2, 64), np.float32)
+    np.testing.assert_array_equal(net.forward({"x": x})["y"], x)
+    assert any(n.op == "random_uniform" for n in net.graph("train"))
+
+
+def test_l2_penalty_adds_to_the_loss():
+    src = """model L { input x: float32[batch, 2]  param w: float32[2, 2] = ones()
+                       loss l = mean(x @ w) }
+             train L { l2 = 0.5  optimizer = sgd(lr = 0.0) }"""
+    net = nnlang.compile(src, backend="reference", batch=1)
+    loss = net.train_step({"x": np.zeros((1, 2), np.float32)})
+    assert loss == pytest.approx(0.5 * 4)
+
+
+def test_float64_graphs_stay_float64():
+    net = nnlang.compile(BN, backend="reference", batch=3, dtype="float64")
+    assert {n.dtype for n in net.graph("train")} <= {"float64", "bool", "int64", "int32"}
+
+
+def test_model_without_loss_cannot_train():
+    net = nnlang.compile("model M { input x: float32[batch, 2]  output y = exp(x) }",
+                         backend="reference", batch=2)
+    with pytest.raises(NNError, match="declares no loss"):
+        net.train_step({"x": np.zeros((2, 2), np.float32)})
