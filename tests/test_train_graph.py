@@ -23,7 +23,8 @@ def test_batch_norm_running_stats_follow_pytorch():
                                0.9 + 0.1 * x.var(axis=(0, 2), ddof=1), rtol=1e-5)
     # evaluation normalizes with the running statistics, not the batch's
     mean, var = net.state["y.running_mean"], net.state["y.running_var"]
-    expect = (x - mean[None, :, None]) / np.sqrt(var[None, :, None] + 1e-5)
+    gamma, beta = net.state["y.gamma"][None, :, None], net.state["y.beta"][None, :, None]
+    expect = (x - mean[None, :, None]) / np.sqrt(var[None, :, None] + 1e-5) * gamma + beta
     np.testing.assert_allclose(net.forward({"x": x})["y"], expect, rtol=1e-4, atol=1e-5)
 
 

@@ -140,6 +140,7 @@ def append_update(b: Builder, params: dict, grads: dict, choice, clip_norm: floa
     opt = OPTIMIZERS[choice.name]
     hp = dict(choice.options)
     hp.pop("lr", None)
+    dt = b.type(lr).dtype
     if clip_norm:
         # NOTE: like torch.nn.utils.clip_grad_norm_: scale = min(1, max_norm / (norm + 1e-6))
         sq = None
@@ -147,12 +148,11 @@ def append_update(b: Builder, params: dict, grads: dict, choice, clip_norm: floa
             part = b.reduce_sum(b.mul(g, g), axes=None)
             sq = part if sq is None else b.add(sq, part)
         norm = b.sqrt(sq)
-        scale = b.minimum(b.const(1.0, "float32"),
-                          b.div(b.const(clip_norm, "float32"),
-                                b.add(norm, b.const(1e-6, "float32"))))
+        scale = b.minimum(b.const(1.0, dt),
+                          b.div(b.const(clip_norm, dt), b.add(norm, b.const(1e-6, dt))))
         grads = {k: b.mul(g, scale) for k, g in grads.items()}
     step = add_state("optimizer.step", None)
-    t = b.add(step, b.const(1.0, "float32"))
+    t = b.add(step, b.const(1.0, dt))
     updates = {"optimizer.step": t}
     for name, p in params.items():
         slots = _LazySlots(lambda s, name=name, p=p: add_state(f"optimizer.{s}.{name}", p))

@@ -1,0 +1,92 @@
+"""Fusion asserted by kernel counts (tinygrad's assert_kernel_count), plus group structure."""
+import numpy as np
+import pytest
+
+from nnlang.ir.graph import Builder, Graph, TensorType
+from nnlang.passes.fuse import format_groups, fuse
+from nnlang.runtime.executable import compile_graph
+from nnlang.runtime.interpret import interpret
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NNLANG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernels"))
+    yield
+    mp.undo()
+
+
+def graph_with_input(shape):
+    g = Graph()
+    x = g.add_node("input", [], {"name": "x", "dtype": "float32", "shape": list(shape)},
+                   TensorType(tuple(shape), "float32"), name="x")
+    g.inputs["x"] = x
+    return g, Builder(g), x
+
+
+def assert_kernel_count(g, n, feeds=None):
+    exe = compile_graph(g)
+    assert exe.summary()["kernels"] == n, exe.groups_text()
+    if feeds is not None:
+        want = {**g.outputs, **g.losses}
+        ref = interpret(g, feeds, want=want)
+        out = exe.run(feeds)
+        for k in want:
+            np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-6)
+    return exe
+
+
+def test_elementwise_chain_is_one_kernel():
+    g, b, x = graph_with_input((8, 8))
+    g.outputs["y"] = b.add(b.mul(b.exp(x), b.const(2.0)), b.const(1.0))
+    exe = assert_kernel_count(g, 1, {"x": np.ones((8, 8), np.float32)})
+    assert "math.exp" in exe.kernel_sources()[0]
+
+
+def test_softmax_last_axis_at_most_three_kernels():
+    g, b, x = graph_with_input((16, 10))
+    m = b.reduce_max(x, axes=[-1], keepdims=True)
+    e = b.exp(b.sub(x, b.broadcast_to(m, shape=[16, 10])))
+    s = b.reduce_sum(e, axes=[-1], keepdims=True)
+    g.outputs["p"] = b.div(e, b.broadcast_to(s, shape=[16, 10]))
+    exe = assert_kernel_count(g, 3, {"x": np.random.default_rng(1).standard_normal(
+        (16, 10)).astype(np.float32)})
+    assert "reduce_sum" in exe.groups_text()
+
+
+def test_mean_of_loss_fuses_into_reduction():
+    g, b, x = graph_with_input((32, 4))
+    sq = b.mul(b.sub(x, b.const(0.5)), b.sub(x, b.const(0.5)))
+    g.losses["mse"] = b.mul(b.reduce_sum(sq, axes=None), b.const(1 / 128))
+    assert_kernel_count(g, 2, {"x": np.arange(128, dtype=np.float32).reshape(32, 4)})
+
+
+def test_never_fuses_across_matmul_or_gather():
+    g, b, x = graph_with_input((4, 4))
+    h = b.matmul(b.exp(x), b.exp(x))
+    idx = b.const(np.array([0, 2], np.int32), "int32")
+    g.outputs["y"] = b.tanh(b.gather(b.neg(h), idx))
+    exe = assert_kernel_count(g, 3, {"x": np.eye(4, dtype=np.float32)})
+    assert exe.summary()["calls"] == 2
+
+
+def test_value_used_by_two_groups_is_materialized():
+    g, b, x = graph_with_input((5, 6))
+    e = b.exp(x)
+    g.outputs["a"] = b.reduce_sum(e, axes=[1])
+    g.outputs["c"] = b.reduce_max(e, axes=[0])
+    fused = fuse(g)
+    groups = fused.meta["groups"]
+    owner = [grp for grp in groups if e in grp.members]
+    assert len(owner) == 1 and e in owner[0].outputs
+    text = format_groups(fused, groups)
+    assert f"%{e} = exp" in text
+    assert_kernel_count(g, 2, {"x": np.ones((5, 6), np.float32)})
+
+
+def test_broadcast_input_is_an_index_map():
+    g, b, x = graph_with_input((3, 4))
+    row = b.reduce_sum(x, axes=[0], keepdims=True)
+    g.outputs["y"] = b.mul(x, b.broadcast_to(b.exp(row), shape=[3, 4]))
+    exe = assert_kernel_count(g, 3, {"x": np.ones((3, 4), np.float32)})
+    assert "[0, i1]" in "".join(exe.kernel_sources())
