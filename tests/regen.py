@@ -39,10 +39,7 @@ def error_text(case: Path) -> str:
 
     first = case.read_text().splitlines()[0] if case.read_text() else ""
     sets = first[len("# set:"):].split() if first.startswith("# set:") else []
-    try:
-        from nnlang_cli.app import parse_overrides
-    except ModuleNotFoundError:
-        parse_overrides = _cli_module().parse_overrides
+    parse_overrides = ensure_cli().app.parse_overrides
     try:
         elaborate(parse_file(rel(case)), parse_overrides(sets))
     except NNError as err:
@@ -50,18 +47,23 @@ def error_text(case: Path) -> str:
     return "(no error)\n"
 
 
-def _cli_module():
-    """cli/app.py when the package is not installed (a source checkout)."""
+def ensure_cli():
+    """The `nnlang_cli` package: installed, or cli/ of this checkout mapped to that name (as
+    pyproject.toml does) when nnlang is not pip-installed."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "nnlang_cli", ROOT / "cli" / "__init__.py", submodule_search_locations=[str(ROOT / "cli")])
-    if "nnlang_cli" not in sys.modules:
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["nnlang_cli"] = mod
-        spec.loader.exec_module(mod)
+    try:
+        import nnlang_cli
+    except ModuleNotFoundError:
+        spec = importlib.util.spec_from_file_location(
+            "nnlang_cli", ROOT / "cli" / "__init__.py",
+            submodule_search_locations=[str(ROOT / "cli")])
+        nnlang_cli = importlib.util.module_from_spec(spec)
+        sys.modules["nnlang_cli"] = nnlang_cli
+        spec.loader.exec_module(nnlang_cli)
     import nnlang_cli.app
-    return nnlang_cli.app
+    import nnlang_cli.main  # noqa: F401
+    return nnlang_cli
 
 
 def goldens(names=()) -> dict[Path, tuple]:

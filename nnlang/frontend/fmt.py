@@ -215,7 +215,8 @@ class Formatter:
             self.out.append(head + "}" + self.take_trailing(start, end, depth))
             return
         # NOTE: a comment ending the header line stays there; comments below it open the body
-        self.out.append(head + self.take_trailing(start, start, depth))
+        shares_line = body and body[0].span.line == start  # `model M { input x: ... # c`
+        self.out.append(head + ("" if shares_line else self.take_trailing(start, start, depth)))
         prev_end = None
         for stmt in body:
             if prev_end is not None and self._gap(prev_end, stmt.span.line):

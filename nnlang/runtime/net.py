@@ -95,8 +95,10 @@ class Net:
     def _exe(self, kind: str, batch: int):
         key = (kind, batch)
         if key not in self._exes:
-            if kind == "train":
+            if kind in ("train", "grad"):
                 g = train_graph(self.user, self.config, batch, self.dtype)
+                if kind == "grad":
+                    g = _gradient_graph(g)
                 for name, nid in g.params.items():  # optimizer slots start at zero
                     if name not in self.state:
                         shape = tuple(int(d) for d in g.node(nid).shape)
@@ -155,9 +157,23 @@ class Net:
         g = self._exe("eval", _batch_of(feeds))[1]
         return {k: float(out[k]) for k in (*g.losses, *g.metrics)}
 
+    def gradients(self, feeds: dict) -> dict:
+        """d(loss)/d(parameter) by name, for one batch, without updating anything."""
+        out = self._run("grad", feeds, {LR_INPUT: np.asarray(0.0, self.dtype)})
+        return {k[len("grad:"):]: v for k, v in out.items() if k.startswith("grad:")}
+
     def forward(self, feeds: dict) -> dict:
         """The model's outputs (dropout off)."""
         return self._run("predict", feeds, {})
+
+
+def _gradient_graph(g):
+    """The train graph with its gradients as outputs and no state updates."""
+    from nnlang.passes.pipeline import drop_unused_inputs
+    g.outputs = {f"grad:{k}": v for k, v in g.meta.pop("grads").items()}
+    g.meta["updates"] = {}
+    g.metrics = {}
+    return drop_unused_inputs(g)
 
 
 def _batch_of(feeds: dict) -> int:

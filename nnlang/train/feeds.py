@@ -63,7 +63,7 @@ def match_inputs(graph, ds_inputs: list[str], ds_targets: list[str], dataset: st
     return mapping
 
 
-def conform(name: str, arr: np.ndarray, node, source: str | None = None) -> np.ndarray:
+def conform(name: str, arr: np.ndarray, node, what: str = "the value") -> np.ndarray:
     """Casts `arr` to the input's dtype and reshapes each example to its declared shape
     ([N, 1, 28, 28] -> [N, 784] when the sizes agree)."""
     want = tuple(node.shape[1:])
@@ -72,7 +72,6 @@ def conform(name: str, arr: np.ndarray, node, source: str | None = None) -> np.n
     if got != want and fixed and int(np.prod(got)) == int(np.prod(want)):
         arr = arr.reshape((arr.shape[0],) + want)
     elif len(got) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want, got)):
-        what = f"dataset array '{source}'" if source else "the value"
         raise NNError(f"{what} has shape {list(arr.shape)} ({_per_example(got)}), but model "
                       f"input '{name}' is declared {node.type}",
                       hint="change the input's declared shape, or the dataset options "
@@ -86,7 +85,7 @@ def _per_example(shape) -> str:
 
 def model_arrays(graph, arrays: dict, mapping: dict[str, str]) -> dict[str, np.ndarray]:
     """A split's arrays renamed, cast and reshaped for the model's inputs."""
-    return {m: conform(m, arrays[a], graph.node(graph.inputs[m]), a) for m, a in mapping.items()}
+    return {m: conform(m, arrays[a], graph.node(graph.inputs[m]), f"dataset array '{a}'") for m, a in mapping.items()}
 
 
 # *** validation carve and batches ***
@@ -178,3 +177,50 @@ def predict_meta(meta: dict) -> dict:
         if isinstance(v, (str, int, float, bool, list, dict, tuple)) or v is None:
             out[k] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+# *** raw inputs for predict ***
+
+def encode_raw(raws: list, meta: dict, graph) -> dict[str, np.ndarray]:
+    """Raw inputs -> a batch for the model's one feature input, using only the checkpoint's
+    dataset meta: text through its vocabulary and tokenizer settings, images through the
+    loaders' scaling, .npy arrays as they are."""
+    features, _ = input_roles(graph)
+    if len(features) != 1:
+        raise NNError(f"predict handles models with one input; this one has "
+                      f"{', '.join(features) or 'none'}")
+    name, nid = next(iter(features.items()))
+    kind = meta.get("kind")
+    if kind == "text":
+        from nnlang.data import tokenize
+        texts = [_read_text(r) for r in raws]
+        ids = {w: i for i, w in enumerate(meta["vocab"])}
+        arr = tokenize.encode(texts, ids, meta["tokenizer"]["maxlen"])
+    elif kind == "image":
+        from nnlang.data.image import encode_image
+        arr = np.concatenate([encode_image(r, meta["image_shape"]) for r in raws])
+    else:
+        arr = np.stack([_read_npy(r) for r in raws])
+    return {name: conform(name, arr, graph.node(nid), "the input")}
+
+
+def _read_text(raw) -> str:
+    path = Path(str(raw))
+    if path.suffix.lower() == ".txt" and "\n" not in str(raw):
+        if not path.is_file():
+            raise NNError(f"text file not found: {path}")
+        return path.read_text(encoding="utf-8", errors="replace")
+    return str(raw)
+
+
+def _read_npy(raw) -> np.ndarray:
+    path = Path(str(raw))
+    if path.suffix.lower() != ".npy":
+        raise NNError(f"'{raw}' is not a .npy file", hint="this model was trained on arrays; "
+                      "save one example with numpy.save('x.npy', x)")
+    if not path.is_file():
+        raise NNError(f"input file not found: {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise NNError(f"cannot read {path} ({err})") from None

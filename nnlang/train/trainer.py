@@ -1,0 +1,517 @@
+"""The training loop on top of a compiled `Net`: `fit` (progress, validation, NaN guard, Ctrl-C,
+checkpoints, resume), plus `evaluate_checkpoint` and `predict` for trained models. The CLI's
+`train`, `eval` and `predict` are thin wrappers over these.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+from rich import box
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+from nnlang.errors import NNError
+from nnlang.frontend.train_config import Choice, TrainConfig
+from nnlang.train import checkpoint, feeds
+from nnlang.train.optim import OPTIMIZERS, SCHEDULES, learning_rate
+from nnlang.train.runs import PLOT_HINT, RunDir
+
+_SCALARS = {f.name: f.type for f in fields(TrainConfig)
+            if f.name not in ("data", "optimizer", "schedule")}
+
+
+@dataclass
+class History:
+    """What `fit` returns: one row per epoch (as in metrics.jsonl), every step's loss, the final
+    validation and test results, and why training stopped early (None, "max_steps",
+    "interrupted")."""
+    rows: list = field(default_factory=list)
+    losses: list = field(default_factory=list)
+    val: dict | None = None
+    test: dict | None = None
+    run_dir: Path | None = None
+    stopped: str | None = None
+    net: object = None
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.run_dir / checkpoint.FILENAME if self.run_dir else None
+
+
+# *** resolving the program and its config ***
+
+def _source_of(program_or_path) -> tuple[str | None, str]:
+    """(source text, file name) of a path, source text or `Program`."""
+    if hasattr(program_or_path, "graph"):
+        f = program_or_path.file
+        return (Path(f).read_text() if f and Path(f).is_file() else None), f
+    text = str(program_or_path)
+    if "\n" not in text and (text.endswith(".nn") or Path(text).is_file()):
+        path = Path(text)
+        if not path.is_file():
+            raise NNError(f"model file not found: {path}")
+        return path.read_text(), str(path)
+    return text, "<string>"
+
+
+def _hparam_names(source: str | None, file: str) -> set[str]:
+    from nnlang.frontend import ast
+    from nnlang.frontend.parser import parse
+    if source is None:
+        return set()
+    module = parse(source, file)
+    return {p.name for m in module.items if isinstance(m, ast.ModelDef) for p in m.params}
+
+
+def split_overrides(sets: dict, source: str | None, file: str) -> tuple[dict, dict]:
+    """`--set` values -> (model hyper-parameters, train settings). A model hyper-parameter of
+    that name wins; else lr, optimizer/schedule options and train settings go to training."""
+    hp_names = _hparam_names(source, file) if sets else set()
+    train_keys = {"lr", "optimizer", "schedule", "data", *_SCALARS}
+    train_keys |= {p.name for o in (*OPTIMIZERS.values(), *SCHEDULES.values()) for p in o.sig.params}
+    hp = {k: v for k, v in sets.items() if k in hp_names or k not in train_keys}
+    return hp, {k: v for k, v in sets.items() if k not in hp}
+
+
+def apply_overrides(cfg: TrainConfig, kw: dict) -> TrainConfig:
+    """Flag values onto a config: lr and other optimizer/schedule options go into those choices;
+    `data` (a name/spec) keeps the options the new dataset accepts."""
+    kw = {k: v for k, v in kw.items() if v is not None}
+    opt, sched = cfg.optimizer, cfg.schedule
+    if "optimizer" in kw:
+        opt = _choice(str(kw.pop("optimizer")), OPTIMIZERS, "optimizer",
+                      {"lr": opt.options.get("lr")})
+    if "schedule" in kw:
+        sched = _choice(str(kw.pop("schedule")), SCHEDULES, "schedule", {})
+    scalars = {}
+    for k, v in kw.items():
+        if k == "data":
+            continue
+        if k in _SCALARS:
+            scalars[k] = _coerce(k, v)
+        elif k in opt.options:
+            opt = Choice(opt.name, {**opt.options, k: _like(opt.options[k], v)})
+        elif sched is not None and k in sched.options:
+            sched = Choice(sched.name, {**sched.options, k: _like(sched.options[k], v)})
+        else:
+            known = [*_SCALARS, *opt.options, *(sched.options if sched else ())]
+            raise NNError(f"unknown train setting '{k}'",
+                          hint=f"settings: {', '.join(known)} (optimizer {opt.name})")
+    data = cfg.data
+    if kw.get("data") is not None:
+        data = feeds.replace_data(cfg.data, str(kw["data"]))
+    return replace(cfg, data=data, optimizer=opt, schedule=sched, **scalars)
+
+
+def _choice(name: str, registry: dict, what: str, keep: dict) -> Choice:
+    if name not in registry:
+        raise NNError(f"unknown {what} '{name}'", hint=f"{what}s: {', '.join(sorted(registry))}")
+    sig = registry[name].sig
+    names = {p.name for p in sig.params}
+    bound = sig.bind([], {k: v for k, v in keep.items() if k in names and v is not None})
+    return Choice(name, bound)
+
+
+def _like(old, v):
+    """`--lr 1` is the float 1.0 where the option holds a float."""
+    return float(v) if isinstance(old, float) and type(v) is int else v
+
+
+def _coerce(k: str, v):
+    kind = _SCALARS[k]
+    try:
+        v = None if v is None and "None" in str(kind) else (
+            int(v) if "int" in str(kind) else float(v))
+    except (TypeError, ValueError):
+        raise NNError(f"train setting '{k}' must be a number, got {v!r}") from None
+    bad = (k in ("batch", "epochs") and v < 1) or (k == "val_split" and not 0 <= v < 1)
+    if bad:
+        raise NNError(f"train setting '{k}': {v!r} is out of range",
+                      hint="batch and epochs are >= 1; val_split is in [0, 1)")
+    return v
+
+
+def resolve(program_or_path, config=None, sets: dict | None = None, model: str | None = None,
+            base: TrainConfig | None = None, base_overrides: dict | None = None):
+    """(program, config, source, file, model overrides) from a path/source/Program, `--set`
+    values and flag overrides (`config` is a TrainConfig, or a dict of overrides)."""
+    import nnlang
+    source, file = _source_of(program_or_path)
+    hp, train_sets = split_overrides(dict(sets or {}), source, file)
+    hp = {**(base_overrides or {}), **hp}
+    if hasattr(program_or_path, "graph"):
+        program = program_or_path
+    else:
+        program = nnlang.load(file if file != "<string>" else source, hp, model)
+    if isinstance(config, TrainConfig):
+        cfg = config
+    else:
+        cfg = base or program.train or TrainConfig()
+        cfg = apply_overrides(cfg, {**train_sets, **(config or {})})
+    return program, cfg, source, file, hp
+
+
+# *** evaluation ***
+
+def evaluate(net, arrays: dict, batch: int) -> dict | None:
+    """Loss (the sum of the model's losses) and metrics over ALL of `arrays`: the last partial
+    batch runs at its own size (Net compiles one more batch size) and counts by its size."""
+    n = feeds._length(arrays)
+    if n == 0:
+        return None
+    loss_names = list(net.user.losses)
+    totals: dict = {}
+    for b in feeds.batches(arrays, batch, drop_last=False):
+        k = feeds._length(b)
+        out = net.evaluate(b)
+        res = {"loss": sum(out[name] for name in loss_names)}
+        if len(loss_names) > 1:
+            res.update({name: out[name] for name in loss_names})
+        res.update({m: v for m, v in out.items() if m not in loss_names})
+        for key, v in res.items():
+            totals[key] = totals.get(key, 0.0) + v * k
+    return {k: v / n for k, v in totals.items()}
+
+
+# *** fit ***
+
+class _Sums:
+    """Running means of the training loss and metrics over one epoch."""
+
+    def __init__(self, state: dict | None = None):
+        state = state or {}
+        self.n = state.get("n", 0)
+        self.sums = dict(state.get("sums", {}))
+
+    def add(self, loss: float, metrics: dict) -> None:
+        self.n += 1
+        for k, v in {"loss": loss, **metrics}.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def means(self) -> dict:
+        return {k: v / self.n for k, v in self.sums.items()} if self.n else {}
+
+    def state(self) -> dict:
+        return {"n": self.n, "sums": self.sums}
+
+
+def _fmt(values: dict | None) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in (values or {}).items())
+
+
+def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
+        overrides: dict | None = None, model: str | None = None, data_dir=None, out=None,
+        resume=False, max_steps: int | None = None, save: bool = True, progress: bool = True,
+        console: Console | None = None, runs_root="runs") -> History:
+    """Trains a model (a .nn path, source text or `Program`) and returns a `History`.
+
+    config: a TrainConfig replacing the train section, or a dict of overrides (epochs, batch,
+        lr, seed, val_split, clip_norm, l2, optimizer options, data).
+    data: a `Dataset`, or a name/path spec replacing the train section's `data`.
+    overrides: `--set` values: model hyper-parameters (or train settings when not one).
+    out: the run directory (default runs/<model>-<stamp>/); save=False writes none.
+    resume: True to continue the run in `out` (or the newest runs/<model>-*), or a path to a
+        run directory or checkpoint. The checkpoint's config and overrides are the base; new
+        flags apply on top (e.g. more epochs).
+    All randomness comes from the config's seed: the same seed gives the same numbers.
+    """
+    from nnlang.runtime.net import BACKENDS, Net
+    console = console or Console()
+    if backend not in BACKENDS:
+        raise NNError(f"unknown backend '{backend}'", hint=f"backends: {', '.join(BACKENDS)}")
+    if isinstance(config, dict) and config.get("data") is not None and data is None:
+        data = config["data"]
+    config = {k: v for k, v in config.items() if k != "data"} if isinstance(config, dict) else config
+
+    ckpt, run = None, None
+    if resume:
+        where = Path(out) if resume is True and out is not None else None
+        if resume is not True:
+            where = Path(resume)
+        if where is None:
+            prog0 = resolve(program_or_path, config, overrides, model)[0]
+            where = RunDir.latest(prog0.model, runs_root)
+            if where is None:
+                raise NNError(f"no run of '{prog0.model}' with a checkpoint under {runs_root}/",
+                              hint="pass --out RUN_DIR to say which run to resume")
+        ckpt = checkpoint.load(where)
+        run = RunDir(ckpt.path.parent) if save else None
+        console.print(f"resuming {ckpt.path} (epoch {ckpt.epoch}, step {ckpt.step})")
+    program, cfg, source, file, hp = resolve(
+        program_or_path, config, overrides, model or (ckpt.meta["model"] if ckpt else None),
+        base=ckpt.config if ckpt else None,
+        base_overrides=ckpt.meta.get("overrides") if ckpt else None)
+    if ckpt and source is not None and ckpt.meta.get("source") not in (None, source):
+        console.print(f"note: {file} differs from the source this checkpoint was trained with")
+
+    # *** data ***
+    if data is not None and not isinstance(data, (str, Path)):
+        ds = data
+    else:
+        if data is not None:
+            cfg = replace(cfg, data=feeds.replace_data(cfg.data, str(data)))
+        base_dir = Path(file).parent if file != "<string>" else None
+        ds = feeds.load_data(cfg.data, data_dir, base_dir)
+    mapping = feeds.match_inputs(program.graph, ds.inputs, ds.targets, f"dataset '{ds.name}'")
+    train_all = feeds.model_arrays(program.graph, ds.train.arrays, mapping)
+    train, val = feeds.carve(train_all, cfg.val_split, cfg.seed)
+    test = feeds.model_arrays(program.graph, ds.test.arrays, mapping) if len(ds.test) else {}
+    n = feeds._length(train)
+    per_epoch = n // cfg.batch
+    if per_epoch == 0:
+        raise NNError(f"{n} training examples do not fill one batch of {cfg.batch}",
+                      hint="lower --batch, or lower val_split")
+    if n % cfg.batch:
+        console.print(f"note: the training step is compiled for batch {cfg.batch}, so each "
+                      f"epoch drops the last {n % cfg.batch} of {n} shuffled examples")
+
+    net = Net(program, backend=backend, batch=cfg.batch, seed=cfg.seed)
+    net.config = cfg
+    net.total_steps = cfg.epochs * per_epoch
+    rng = feeds.order_rng(cfg.seed)
+    start_epoch, skip, partial = 0, 0, None
+    if ckpt is not None:
+        net.load_state_dict(ckpt.state)
+        net.step = ckpt.step
+        rng.bit_generator.state = ckpt.meta["rng_state"]
+        start_epoch, skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)
+        partial = ckpt.meta.get("partial")
+        if skip and ckpt.config.batch != cfg.batch:
+            raise NNError(f"this checkpoint stopped inside an epoch at batch {ckpt.config.batch};"
+                          f" resume it with the same batch size, not {cfg.batch}")
+    if save and run is None:
+        run = RunDir.create(program.model, out, runs_root)
+    if run is not None:
+        if ckpt is not None:
+            run.keep_rows(start_epoch)
+        run.write_json("config.json", {
+            "model": program.model, "file": file, "hparams": program.hparams, "overrides": hp,
+            "train": checkpoint.config_to_dict(cfg), "backend": backend,
+            "dataset": {"name": ds.name, "options": cfg.data.options if cfg.data else {},
+                        "train": n, "val": feeds._length(val), "test": feeds._length(test),
+                        "feeds": mapping, "meta": _small_meta(ds.meta)},
+            "resumed_from": str(ckpt.path) if ckpt else None})
+
+    history = History(rows=run.rows() if run else [], run_dir=run.path if run else None, net=net)
+    data_info = {"name": ds.name, "choice": asdict(cfg.data) if cfg.data else None,
+                 "inputs": ds.inputs, "targets": ds.targets, "feeds": mapping, "meta": feeds.predict_meta(ds.meta)}
+
+    def save_ckpt(epoch: int, step_in_epoch: int, rng_state: dict, sums: _Sums | None):
+        if run is None:
+            return None
+        meta = {"model": program.model, "file": file, "source": source, "overrides": hp,
+                "hparams": program.hparams, "config": checkpoint.config_to_dict(cfg),
+                "backend": backend, "dtype": net.dtype, "epoch": epoch,
+                "step_in_epoch": step_in_epoch, "step": net.step,
+                "total_steps": net.total_steps, "rng_state": rng_state,
+                "partial": sums.state() if sums else None, "data": data_info}
+        return checkpoint.save(run.checkpoint, net.state_dict(), meta)
+
+    show = progress and console.is_terminal
+    epoch, done, sums, epoch_state = start_epoch, skip, _Sums(partial), rng.bit_generator.state
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            net.epoch = epoch
+            if epoch > start_epoch or not skip:
+                sums, done = _Sums(), 0
+            epoch_state = rng.bit_generator.state
+            order = rng.permutation(n)
+            t0, seen = time.perf_counter(), 0
+            columns = (TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(),
+                       MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                       TimeElapsedColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=console, disable=not show) as bar:
+                task = bar.add_task("train", total=per_epoch, completed=done, stats="")
+                for b in feeds.batches(train, cfg.batch, order, start=done):
+                    loss = net.train_step(b)
+                    if not math.isfinite(loss):
+                        raise _diverged(loss, epoch, done, net.step, run, start_epoch, ckpt)
+                    sums.add(loss, net.last_metrics)
+                    history.losses.append(loss)
+                    done, seen = done + 1, seen + cfg.batch
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    bar.update(task, completed=done,
+                               stats=f"{_fmt(sums.means())}  {rate:,.0f} samples/s")
+                    if max_steps is not None and net.step >= max_steps:
+                        history.stopped = "max_steps"
+                        break
+            wall = time.perf_counter() - t0
+            val_res = evaluate(net, val, cfg.batch) if val else None
+            lr = learning_rate(cfg.optimizer.options["lr"], cfg.schedule, max(net.step - 1, 0),
+                               epoch, net.total_steps)
+            row = {"epoch": epoch + 1, "step": net.step,
+                   **{f"train_{k}": v for k, v in sums.means().items()},
+                   **{f"val_{k}": v for k, v in (val_res or {}).items()},
+                   "lr": lr, "samples_per_s": seen / max(wall, 1e-9), "time": wall}
+            history.rows.append(row)
+            history.val = val_res
+            console.print(f"epoch {epoch + 1}/{cfg.epochs}  {_fmt(sums.means())}"
+                          + (f"  | val {_fmt(val_res)}" if val_res else "")
+                          + f"  | {row['samples_per_s']:,.0f} samples/s  {wall:.1f}s")
+            if run is not None:
+                run.log(row)
+            if done < per_epoch:  # stopped by max_steps inside the epoch
+                save_ckpt(epoch, done, epoch_state, sums)
+            else:
+                save_ckpt(epoch + 1, 0, rng.bit_generator.state, None)
+            if history.stopped:
+                break
+    except KeyboardInterrupt:
+        path = save_ckpt(epoch, done, epoch_state, sums)
+        history.stopped = "interrupted"
+        where = f"; checkpoint saved to {path}" if path else ""
+        console.print(f"interrupted at epoch {epoch + 1}, step {done}{where}")
+        if path:
+            console.print(f"resume with: nnlang train {file} --out {run.path} --resume")
+        return history
+
+    history.test = evaluate(net, test, cfg.batch) if test else None
+    if run is not None:
+        run.write_json("summary.json", {"epochs": len(history.rows), "step": net.step,
+                                        "stopped": history.stopped,
+                                        "train": _last_train(history.rows),
+                                        "val": history.val, "test": history.test})
+        if run.plot() is None:
+            console.print(PLOT_HINT)
+    console.print(summary_table(history))
+    if run is not None:
+        console.print(f"run directory: {run.path}")
+    return history
+
+
+def _diverged(loss, epoch, done, step, run, start_epoch, ckpt) -> NNError:
+    last = None
+    if run is not None and run.checkpoint.is_file():
+        last = f"the last good checkpoint is {run.checkpoint}"
+    hint = "lower the learning rate (--lr), or set clip_norm; " + (
+        last or "no checkpoint was written before it diverged")
+    return NNError(f"training diverged: the loss is {loss} at epoch {epoch + 1}, step {done + 1} "
+                   f"(global step {step})", hint=hint)
+
+
+def _last_train(rows: list) -> dict | None:
+    if not rows:
+        return None
+    return {k[len("train_"):]: v for k, v in rows[-1].items() if k.startswith("train_")}
+
+
+def _small_meta(meta: dict) -> dict:
+    """Dataset meta for config.json: without the vocabulary list (it is in the checkpoint)."""
+    small = feeds.predict_meta(meta)
+    if "vocab" in small:
+        small["vocab"] = f"<{len(small['vocab'])} words>"
+    return small
+
+
+def summary_table(history: History) -> Table:
+    """train (last epoch) / val / test rows of loss and metrics."""
+    results = {"train": _last_train(history.rows), "val": history.val, "test": history.test}
+    results = {k: v for k, v in results.items() if v}
+    cols = list(dict.fromkeys(k for v in results.values() for k in v))
+    t = Table(box=box.SIMPLE_HEAD, title="summary")
+    t.add_column("split", style="bold")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for split, values in results.items():
+        t.add_row(split, *(f"{values[c]:.4f}" if c in values else "" for c in cols))
+    return t
+
+
+# *** trained models: eval and predict ***
+
+def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | None = None,
+            console: Console | None = None):
+    """(net, checkpoint, config) with the checkpoint's parameters and hyper-parameters."""
+    from nnlang.runtime.net import BACKENDS, Net
+    if backend not in BACKENDS:
+        raise NNError(f"unknown backend '{backend}'", hint=f"backends: {', '.join(BACKENDS)}")
+    ckpt = checkpoint.load(ckpt_path)
+    program, cfg, source, file, _ = resolve(program_or_path, ckpt.config, None,
+                                            ckpt.meta.get("model"),
+                                            base_overrides=ckpt.meta.get("overrides"))
+    if console and source is not None and ckpt.meta.get("source") not in (None, source):
+        console.print(f"note: {file} differs from the source this checkpoint was trained with")
+    net = Net(program, backend=backend, batch=batch or cfg.batch, seed=cfg.seed)
+    net.config = cfg
+    missing = [k for k in net.state if k not in ckpt.state]
+    if missing:
+        raise NNError(f"{ckpt.path} has no value for parameter(s) {', '.join(missing)}",
+                      hint="was it saved from another model?")
+    net.load_state_dict({k: v for k, v in ckpt.state.items() if k in net.state})
+    return net, ckpt, cfg
+
+
+def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,
+                        backend: str = "numba", batch: int | None = None,
+                        console: Console | None = None) -> tuple[str, dict]:
+    """(split evaluated, {loss, metrics...}) on the test split of the checkpoint's dataset (or
+    `data`); a dataset without a test split falls back to the seeded validation carve."""
+    net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, batch, console)
+    choice = feeds.replace_data(cfg.data, str(data)) if data is not None else cfg.data
+    base = Path(ckpt.meta.get("file", ".")).parent
+    ds = feeds.load_data(choice, data_dir, base if base.is_dir() else None)
+    mapping = feeds.match_inputs(net.user, ds.inputs, ds.targets, f"dataset '{ds.name}'")
+    if len(ds.test):
+        arrays, split = feeds.model_arrays(net.user, ds.test.arrays, mapping), "test"
+    else:
+        all_train = feeds.model_arrays(net.user, ds.train.arrays, mapping)
+        arrays, split = feeds.carve(all_train, cfg.val_split, cfg.seed)[1], "val"
+        if not arrays:
+            raise NNError(f"dataset '{ds.name}' has no test split and the run used no "
+                          "validation split", hint="pass --data with a test split (for .npz: "
+                          "train_*/test_* arrays)")
+    return split, evaluate(net, arrays, net.batch)
+
+
+def predict(program_or_path, ckpt_path, inputs: list, backend: str = "numba",
+            console: Console | None = None) -> list[dict]:
+    """One dict per raw input and model output: {input, output, label, probability, class}.
+    Text models take review text (or a .txt path), encoded with the checkpoint's vocabulary;
+    image models a .png/.npy path; array models a .npy path."""
+    if not inputs:
+        raise NNError("predict needs at least one input")
+    net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, None, console)
+    if not net.user.outputs:
+        raise NNError(f"model '{net.program.model}' declares no output to predict",
+                      hint="add e.g. `output probs = softmax(logits)`")
+    meta = ckpt.data_meta
+    batch = feeds.encode_raw(list(inputs), meta, net.user)
+    outs = net.forward(batch)
+    names = meta.get("class_names")
+    results = []
+    for oname, value in outs.items():
+        for i, (raw, r) in enumerate(zip(inputs, interpret_output(np.asarray(value), names))):
+            results.append({"input": str(raw), "output": oname, **r})
+    return results
+
+
+def interpret_output(value: np.ndarray, class_names=None) -> list[dict]:
+    """Per example: the class and its probability. One value per example is a binary
+    probability (sigmoid applied if it is a logit); a vector is a distribution (softmax applied
+    unless it already is one)."""
+    per = value.reshape(len(value), -1).astype(np.float64)
+    if value.ndim > 2:
+        return [{"label": None, "probability": None, "class": None, "value": v.tolist()}
+                for v in value]
+    out = []
+    if per.shape[1] == 1:
+        p = per[:, 0]
+        if np.any((p < 0) | (p > 1)):
+            p = 1 / (1 + np.exp(-p))
+        for pi in p:
+            c = int(pi >= 0.5)
+            out.append((c, float(pi if c else 1 - pi)))
+    else:
+        probs = per
+        if np.any(per < 0) or not np.allclose(per.sum(1), 1, atol=1e-3):
+            e = np.exp(per - per.max(1, keepdims=True))
+            probs = e / e.sum(1, keepdims=True)
+        out = [(int(np.argmax(q)), float(np.max(q))) for q in probs]
+    return [{"label": class_names[c] if class_names and c < len(class_names) else str(c),
+             "probability": p, "class": c} for c, p in out]

@@ -1,0 +1,146 @@
+"""The inspection commands (check, graph, fmt, ops) through typer's CliRunner: exit codes, output,
+and never a traceback on bad input; plus one run of the real command in a subprocess."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.regen import ROOT, ensure_cli
+
+app = ensure_cli().main.app
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _in_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # error paths and goldens are relative to the repository root
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output + result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    return result
+
+
+def test_check_prints_a_summary():
+    r = run("check", "models/mlp.nn")
+    assert r.exit_code == 0, r.stderr
+    for text in ("model Mlp", "inputs: image: float32[batch, 784]", "Total params: 535,818",
+                 "dense", "[batch, 512]", "401,920", "ok: models/mlp.nn"):
+        assert text in r.stdout
+
+
+def test_check_several_files_fails_if_one_fails():
+    r = run("check", "models/mlp.nn", "tests/errors/unknown_name.nn", "models/cnn.nn")
+    assert r.exit_code == 1
+    assert "Total params: 535,818" in r.stdout and "Total params: 421,642" in r.stdout
+    assert (ROOT / "tests/errors/unknown_name.expected").read_text().strip() in r.stderr
+
+
+def test_check_error_is_printed_verbatim():
+    r = run("check", "tests/errors/shape_mismatch.nn")
+    assert r.exit_code == 1
+    assert r.stderr == (ROOT / "tests/errors/shape_mismatch.expected").read_text()
+
+
+def test_check_set_batch_and_model():
+    r = run("check", "models/mlp.nn", "--set", "hidden1=256", "--batch", "1")
+    assert r.exit_code == 0 and "Total params: 269,322" in r.stdout
+    assert "batch = 1 (--batch)" in r.stdout
+    assert run("check", "models/mlp.nn", "--model", "Mlp", "-q").exit_code == 0
+    r = run("check", "models/mlp.nn", "--model", "Nope")
+    assert r.exit_code == 1 and "no model named 'Nope'" in r.stderr
+
+
+@pytest.mark.parametrize("flag", ["hidden1=1e", "hidden1", "=3", "hidden1=[1,"])
+def test_check_bad_set(flag):
+    r = run("check", "models/mlp.nn", "--set", flag)
+    assert r.exit_code == 1 and "error:" in r.stderr and "--set" in r.stderr
+
+
+def test_check_missing_file():
+    r = run("check", "models/nope.nn")
+    assert r.exit_code == 1 and "cannot read 'models/nope.nn'" in r.stderr
+
+
+def test_graph_dot(tmp_path):
+    out = tmp_path / "mlp.dot"
+    r = run("graph", "models/transformer.nn", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    text = out.read_text()
+    assert text.startswith("digraph") and 'label="[batch, 128, 128]"' in text
+    assert 'subgraph "cluster_h_0"' in text and "multi_head_attention" in text
+    r = run("graph", "models/transformer.nn", "-o", out, "--depth", "1")
+    assert r.exit_code == 0 and "box3d" in out.read_text()
+    assert "multi_head_attention" not in out.read_text()
+
+
+def test_graph_svg_needs_graphviz(tmp_path):
+    r = run("graph", "models/mlp.nn", "-o", tmp_path / "mlp.svg")
+    assert (tmp_path / "mlp.dot").exists()
+    if shutil.which("dot"):
+        assert r.exit_code == 0 and (tmp_path / "mlp.svg").read_text().lstrip().startswith("<")
+    else:
+        assert r.exit_code == 1 and "apt-get install graphviz" in r.stderr
+
+
+def test_graph_bad_input(tmp_path):
+    assert run("graph", "tests/errors/unknown_op.nn", "-o", tmp_path / "x.dot").exit_code == 1
+    assert run("graph", "models/mlp.nn", "-o", tmp_path / "x.txt").exit_code == 2
+
+
+def test_fmt(tmp_path):
+    messy = tmp_path / "m.nn"
+    messy.write_text("model M{input x:float32[batch,4]   # in\n output y=dense(x,2)}\n")
+    r = run("fmt", messy)
+    assert r.exit_code == 0
+    assert r.stdout == ("model M {\n  input x: float32[batch, 4]  # in\n"
+                        "  output y = dense(x, 2)\n}\n")
+    assert run("fmt", "--check", messy).exit_code == 1
+    assert run("fmt", "--write", messy).exit_code == 0
+    assert run("fmt", "--check", messy).exit_code == 0
+    assert run("fmt", "--check", *sorted((ROOT / "models").glob("*.nn"))).exit_code == 0
+    r = run("fmt", "tests/errors/syntax_error.nn")
+    assert r.exit_code == 1 and "error: unexpected 'float32'" in r.stderr
+
+
+def test_ops():
+    r = run("ops")
+    assert r.exit_code == 0
+    for text in ("elementwise", "dense", "lstm", "cross_entropy", "x: tensor, units: int"):
+        assert text in r.stdout
+    r = run("ops", "dense")
+    assert r.exit_code == 0 and "units: int" in r.stdout and "glorot_uniform" in r.stdout
+    r = run("ops", "dens")
+    assert r.exit_code == 1 and "did you mean 'dense'?" in r.stderr
+
+
+def test_help():
+    r = run("--help")
+    assert r.exit_code == 0
+    for cmd in ("check", "graph", "fmt", "ops"):
+        assert cmd in r.stdout
+
+
+def test_subprocess_check():
+    """The real entry point: the installed `nnlang` script, else `python -m nnlang_cli.main`
+    (with cli/ mapped to nnlang_cli when the package is not installed)."""
+    exe = shutil.which("nnlang", path=str(Path(sys.executable).parent))
+    if exe:
+        cmd = [exe, "check", "models/mlp.nn"]
+    else:
+        shim = ("import sys; sys.path.insert(0, '.'); from tests.regen import ensure_cli; "
+                "ensure_cli().main.app(prog_name='nnlang')")
+        cmd = [sys.executable, "-c", shim, "check", "models/mlp.nn"]
+    env = dict(os.environ, COLUMNS="200")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "Total params: 535,818" in proc.stdout

@@ -1,0 +1,48 @@
+"""Error messages are part of the interface: every tests/errors/<case>.nn must fail with exactly
+the text in <case>.expected (file:line:col, the source line, a caret, notes and a hint).
+
+A case whose first line is `# set: name=value ...` is elaborated with those --set overrides.
+Regenerate the expected files (prints the diff) with:
+
+    python -m tests.regen
+"""
+from __future__ import annotations
+
+import difflib
+
+import pytest
+
+from tests.regen import ERRORS_DIR, error_text
+
+CASES = sorted(p.stem for p in ERRORS_DIR.glob("*.nn"))
+
+# One case per error kind the front end reports; a new kind needs a new case here.
+KINDS = {
+    "syntax_error", "syntax_missing_comma", "syntax_several", "unknown_name", "unknown_op",
+    "wrong_argument", "missing_argument", "unknown_argument", "shape_mismatch", "shape_hint",
+    "matmul_mismatch", "dtype_mismatch", "use_before_definition", "duplicate_definition",
+    "recursive_block", "bad_train_section", "unknown_dataset", "unknown_optimizer",
+    "several_errors", "bad_set_value", "bad_set_name", "loss_not_scalar",
+}
+
+
+def test_every_kind_has_a_case():
+    assert KINDS <= set(CASES), f"missing cases: {sorted(KINDS - set(CASES))}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_error_golden(case):
+    got = error_text(ERRORS_DIR / f"{case}.nn")
+    want = (ERRORS_DIR / f"{case}.expected").read_text()
+    assert got != "(no error)\n", f"{case}.nn elaborates without an error"
+    if got != want:
+        diff = "".join(difflib.unified_diff(want.splitlines(True), got.splitlines(True),
+                                            f"{case}.expected", "now"))
+        pytest.fail(f"error text of {case} changed (regenerate: python -m tests.regen)\n{diff}")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_error_points_into_the_file(case):
+    first = (ERRORS_DIR / f"{case}.expected").read_text().splitlines()[0]
+    assert first.startswith((f"tests/errors/{case}.nn:", "<command line>:")), first
+    assert "Traceback" not in (ERRORS_DIR / f"{case}.expected").read_text()
