@@ -1,6 +1,7 @@
 """Regenerates the golden files of the inspection tests and shows what changed.
 
-    python -m tests.regen            # rewrite tests/golden/summary/*.txt and tests/errors/*.expected
+    python -m tests.regen            # rewrite tests/golden/summary/*.txt, tests/errors/*.expected
+                                     # and the op table in docs/language.md
     python -m tests.regen --check    # only show the diff; exit 1 if anything is out of date
     python -m tests.regen mlp bad_set_value   # only the goldens with these names
 
@@ -16,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 SUMMARY_DIR = ROOT / "tests" / "golden" / "summary"
 ERRORS_DIR = ROOT / "tests" / "errors"
+DOC = ROOT / "docs" / "language.md"
+OPS_BEGIN, OPS_END = "<!-- ops:begin -->", "<!-- ops:end -->"
 
 
 def rel(path: Path) -> str:
@@ -66,11 +69,20 @@ def ensure_cli():
     return nnlang_cli
 
 
+def doc_text(doc: Path) -> str:
+    """docs/language.md with the op table between the ops markers regenerated."""
+    text = doc.read_text()
+    head, _, rest = text.partition(OPS_BEGIN)
+    _, _, tail = rest.partition(OPS_END)
+    return f"{head}{OPS_BEGIN}\n{ensure_cli().inspect_cmds.ops_markdown()}{OPS_END}{tail}"
+
+
 def goldens(names=()) -> dict[Path, tuple]:
     """golden path -> (function, source) for every model and error case (or those in names)."""
     jobs = {SUMMARY_DIR / f"{m.stem}.txt": (summary_text, m) for m in sorted(MODELS.glob("*.nn"))}
     jobs.update({c.with_suffix(".expected"): (error_text, c)
                  for c in sorted(ERRORS_DIR.glob("*.nn"))})
+    jobs[DOC] = (doc_text, DOC)
     return {p: job for p, job in jobs.items() if not names or p.stem in names}
 
 

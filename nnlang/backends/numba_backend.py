@@ -26,6 +26,11 @@ from nnlang.ops.random import MASK64
 
 VERSION = "nnlang-0.1"
 
+# NOTE: numba's default OpenMP layer spin-waits and fights OpenBLAS's threads between a matmul
+# and the next parallel kernel (5x slower steps on 2 cores); the workqueue layer does not.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
 
 def cache_dir() -> Path:
     env = os.environ.get("NNLANG_CACHE_DIR")

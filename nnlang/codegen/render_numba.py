@@ -61,7 +61,7 @@ def render_body(k: Kernel, parallel: bool, lang: ScalarLang = PYTHON) -> str:
         pad = "    " * (1 + len(kept))
         out_idx = ", ".join(f"i{a}" for a in kept) or "0"
         lines.append(f"{pad}{k.reduce.arg}[{out_idx}] = {lang.cast(acc, k.reduce.dtype)}")
-    helpers = lang.used_helpers(op.op for op in k.body)
+    helpers = lang.used_helpers("\n".join(lines))
     return PRELUDE + "".join("\n\n" + h for h in helpers) + "\n\n" + "\n".join(lines) + "\n"
 
 

@@ -67,6 +67,7 @@ class Scope:
     in_loop: int = 0
     kind: str = "model"              # model | block
     repeat: tuple = ()               # iteration indices of enclosing `repeat`s
+    later: dict = field(default_factory=dict)      # names defined further down -> Span
 
 
 def _eval_binop(op, a, b):
@@ -143,6 +144,10 @@ class Elaborator:
 
     # *** statements ***
     def run_body(self, body, scope: Scope):
+        for stmt in body:  # remembered so a use before the definition can say so
+            for name in getattr(stmt, "targets", ()) or [getattr(stmt, "name", None)]:
+                if isinstance(name, str):
+                    scope.later.setdefault(name, stmt.span)
         result = None
         for stmt in body:
             try:
@@ -323,6 +328,11 @@ class Elaborator:
             return v
         if e.id in INITIALIZERS:
             return Initializer(e.id, {})
+        if e.id in scope.later:
+            where = scope.later[e.id]
+            self.fail(f"'{e.id}' is used before it is defined (line {where.line})", e.span,
+                      "statements run in order; move the definition up",
+                      [("defined here", where)])
         if e.id in self.defs or registry.get(e.id) is not None:
             self.fail(f"'{e.id}' is an op or block; call it: {e.id}(...)", e.span)
         self.fail(f"unknown name '{e.id}'", e.span,
@@ -396,7 +406,10 @@ class Elaborator:
             names += [n for n in registry.all_ops() if n not in _KEYWORD_ONLY_OPS]
             self.fail(f"unknown op or block '{e.func}'", e.func_span,
                       did_you_mean(e.func, names) or "see `nnlang ops` for the list of ops")
-        args = [self.expr(a, scope, None) for a in e.args]
+        # NOTE: an op without weights (relu in `h = dense(x, 8) |> relu`) passes the target
+        # name to its first argument, so the layer it wraps is named `h`, not `dense`
+        inner = target if opdef.params is None else None
+        args = [self.expr(a, scope, inner if i == 0 else None) for i, a in enumerate(e.args)]
         kwargs = {k.name: self.expr(k.value, scope, None) for k in e.kwargs}
         if any(v is POISON for v in args + list(kwargs.values())):
             raise _Abort
@@ -451,11 +464,11 @@ class Elaborator:
         base = target or func
         rep = scope.repeat
         path = _join(scope.prefix, base + "".join(f".{k}" for k in rep))
-        if path in self.used_paths:
-            path, k = _join(path, func), 1
-            while path in self.used_paths:
+        if path in self.used_paths:  # e.g. a second anonymous dense: dense_1, dense_2, ...
+            k = 1
+            while f"{path}_{k}" in self.used_paths:
                 k += 1
-                path = _join(_join(scope.prefix, base), f"{func}_{k}")
+            path = f"{path}_{k}"
         self.used_paths.add(path)
         return path
 
@@ -512,7 +525,8 @@ class Elaborator:
             node = self.g.node(t.id)
             name, where = self.origin.get(t.id, (node.name or f"%{t.id}", node.span))
             notes.append((f"'{name}' is {node.type}, from {self.describe(t.id)}", where))
-        self.fail(f"{op}: {err.message}", at, err.hint, notes)
+        msg = err.message if err.message.startswith(op) else f"{op}: {err.message}"
+        self.fail(msg, at, err.hint, notes)
 
     def describe(self, nid: int, depth: int = 3) -> str:
         """The chain of ops that produced a value, e.g. `flatten <- max_pool2d <- conv2d`."""

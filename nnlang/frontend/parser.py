@@ -49,6 +49,23 @@ _MISTAKES = {
     "a train section holds settings like `batch = 64`": ["train M { batch 64 }"],
 }
 
+
+
+def _with_earlier_statements(examples: dict) -> dict:
+    """Each example again after one earlier statement: lark compares parser states by stack
+    depth, and the first statement of a body sits one level shallower than later ones."""
+    out = {}
+    for label, texts in examples.items():
+        extra = [t.replace("model M { ", "model M { input q: float32[1] ", 1)
+                  .replace("train M { ", "train M { seed = 1 ", 1)
+                  .replace("block B(x) { ", "block B(x) { q = x ", 1) for t in texts]
+        out[label] = texts + [t for t in extra if t not in texts]
+    return out
+
+
+_MISTAKES = _with_earlier_statements(_MISTAKES)
+_MAX_SYNTAX_ERRORS = 10
+
 _TOKEN_TEXT = {"$END": "end of file", "NAME": "a name", "NUMBER": "a number",
                "STRING": "a string", "COMPARE": "a comparison"}
 
@@ -97,20 +114,21 @@ def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
 def parse(source: str, file: str = "<string>") -> ast.Module:
     """Parses .nn source into an `ast.Module`; syntax errors raise one `NNError` listing them."""
     errors: list[Diagnostic] = []
-
-    def recover(err: UnexpectedInput) -> bool:
-        # NOTE: skip the bad token and go on, so independent mistakes are reported together;
-        # only one error per line is kept, since later ones there are usually echoes.
-        if not any(d.span and d.span.line == err.line for d in errors):
+    text = source
+    for _ in range(_MAX_SYNTAX_ERRORS):
+        try:
+            tree = parser().parse(text)
+            break
+        except UnexpectedInput as err:
             errors.append(_diagnostic(err, file, source))
-        return isinstance(err, UnexpectedToken) and len(errors) < 20
-
-    try:
-        tree = parser().parse(source, on_error=recover)
-    except UnexpectedInput as err:
-        if not any(d.span and d.span.line == err.line for d in errors) or not errors:
-            errors.append(_diagnostic(err, file, source))
-        raise NNError(errors) from None
+            # NOTE: to find independent mistakes, blank the failing line and parse again; a
+            # line that opens or closes a brace would leave only echoes behind, so stop there.
+            lines = text.split("\n")
+            bad = lines[err.line - 1] if 0 < err.line <= len(lines) else "{"
+            if isinstance(err, UnexpectedEOF) or "{" in bad or "}" in bad:
+                break
+            lines[err.line - 1] = " " * len(bad)
+            text = "\n".join(lines)
     if errors:
         raise NNError(errors)
     return ast.ToAst(file, source).transform(tree)

@@ -84,7 +84,8 @@ def _plan(g: Graph, fuse: bool, side_outputs: bool) -> list[Group]:
             for grp in candidates:
                 outside = [u for u in users if group_of.get(u) is not grp]
                 limit = max(pos[m] for m in grp.members)
-                if not outside or side_outputs and not _reaches(g, outside, set(grp.members), pos, limit):
+                if not outside or (side_outputs and
+                                   not _reaches(g, outside, set(grp.members), pos, limit)):
                     target = grp
                     break
         if target is None:

@@ -83,9 +83,10 @@ def load(path) -> Checkpoint:
             state = {k[len(_STATE):]: z[k] for k in z.files if k.startswith(_STATE)}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
             json.JSONDecodeError) as err:
-        raise NNError(f"{path} is not a readable nnlang checkpoint ({type(err).__name__}: "
-                      f"{err})", hint="it may be truncated or from another program; use "
-                      "another checkpoint or train again") from None
+        why = f"no {err} entry" if isinstance(err, KeyError) else type(err).__name__
+        raise NNError(f"{path} is not a readable nnlang checkpoint ({why})",
+                      hint="it may be truncated or written by another program; use another "
+                           "checkpoint or train again") from None
     if meta.get("format") != FORMAT:
         raise NNError(f"{path} has checkpoint format {meta.get('format')!r}; this nnlang "
                       f"reads format {FORMAT}")

@@ -242,13 +242,13 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
                               hint="pass --out RUN_DIR to say which run to resume")
         ckpt = checkpoint.load(where)
         run = RunDir(ckpt.path.parent) if save else None
-        console.print(f"resuming {ckpt.path} (epoch {ckpt.epoch}, step {ckpt.step})")
+        _say(console, f"resuming {ckpt.path} (epoch {ckpt.epoch}, step {ckpt.step})")
     program, cfg, source, file, hp = resolve(
         program_or_path, config, overrides, model or (ckpt.meta["model"] if ckpt else None),
         base=ckpt.config if ckpt else None,
         base_overrides=ckpt.meta.get("overrides") if ckpt else None)
     if ckpt and source is not None and ckpt.meta.get("source") not in (None, source):
-        console.print(f"note: {file} differs from the source this checkpoint was trained with")
+        _say(console, f"note: {file} differs from the source this checkpoint was trained with")
 
     # *** data ***
     if data is not None and not isinstance(data, (str, Path)):
@@ -268,7 +268,7 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         raise NNError(f"{n} training examples do not fill one batch of {cfg.batch}",
                       hint="lower --batch, or lower val_split")
     if n % cfg.batch:
-        console.print(f"note: the training step is compiled for batch {cfg.batch}, so each "
+        _say(console, f"note: the training step is compiled for batch {cfg.batch}, so each "
                       f"epoch drops the last {n % cfg.batch} of {n} shuffled examples")
 
     net = Net(program, backend=backend, batch=cfg.batch, seed=cfg.seed)
@@ -313,6 +313,9 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
                 "partial": sums.state() if sums else None, "data": data_info}
         return checkpoint.save(run.checkpoint, net.state_dict(), meta)
 
+    if start_epoch >= cfg.epochs:
+        _say(console, f"nothing to train: the checkpoint has {start_epoch} of {cfg.epochs} "
+                      "epochs (pass --epochs to train more)")
     show = progress and console.is_terminal
     epoch, done, sums, epoch_state = start_epoch, skip, _Sums(partial), rng.bit_generator.state
     try:
@@ -329,7 +332,9 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
             with Progress(*columns, console=console, disable=not show) as bar:
                 task = bar.add_task("train", total=per_epoch, completed=done, stats="")
                 for b in feeds.batches(train, cfg.batch, order, start=done):
-                    loss = net.train_step(b)
+                    # NOTE: overflow warnings are noise here; a non-finite loss is the report
+                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                        loss = net.train_step(b)
                     if not math.isfinite(loss):
                         raise _diverged(loss, epoch, done, net.step, run, start_epoch, ckpt)
                     sums.add(loss, net.last_metrics)
@@ -351,7 +356,7 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
                    "lr": lr, "samples_per_s": seen / max(wall, 1e-9), "time": wall}
             history.rows.append(row)
             history.val = val_res
-            console.print(f"epoch {epoch + 1}/{cfg.epochs}  {_fmt(sums.means())}"
+            _say(console, f"epoch {epoch + 1}/{cfg.epochs}  {_fmt(sums.means())}"
                           + (f"  | val {_fmt(val_res)}" if val_res else "")
                           + f"  | {row['samples_per_s']:,.0f} samples/s  {wall:.1f}s")
             if run is not None:
@@ -366,9 +371,9 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         path = save_ckpt(epoch, done, epoch_state, sums)
         history.stopped = "interrupted"
         where = f"; checkpoint saved to {path}" if path else ""
-        console.print(f"interrupted at epoch {epoch + 1}, step {done}{where}")
+        _say(console, f"interrupted at epoch {epoch + 1}, step {done}{where}")
         if path:
-            console.print(f"resume with: nnlang train {file} --out {run.path} --resume")
+            _say(console, f"resume with: nnlang train {file} --out {run.path} --resume")
         return history
 
     history.test = evaluate(net, test, cfg.batch) if test else None
@@ -378,11 +383,16 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
                                         "train": _last_train(history.rows),
                                         "val": history.val, "test": history.test})
         if run.plot() is None:
-            console.print(PLOT_HINT)
+            _say(console, PLOT_HINT)
     console.print(summary_table(history))
     if run is not None:
-        console.print(f"run directory: {run.path}")
+        _say(console, f"run directory: {run.path}")
     return history
+
+
+def _say(console: Console, text: str) -> None:
+    # NOTE: paths and hints hold brackets (nnlang[plot]) that rich would take as markup
+    console.print(text, markup=False, highlight=False)
 
 
 def _diverged(loss, epoch, done, step, run, start_epoch, ckpt) -> NNError:
@@ -436,7 +446,7 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
                                             ckpt.meta.get("model"),
                                             base_overrides=ckpt.meta.get("overrides"))
     if console and source is not None and ckpt.meta.get("source") not in (None, source):
-        console.print(f"note: {file} differs from the source this checkpoint was trained with")
+        _say(console, f"note: {file} differs from the source this checkpoint was trained with")
     net = Net(program, backend=backend, batch=batch or cfg.batch, seed=cfg.seed)
     net.config = cfg
     missing = [k for k in net.state if k not in ckpt.state]

@@ -1,0 +1,110 @@
+"""Commands that train and use models: `train`, `eval` and `predict`, thin wrappers over
+`nnlang.train.trainer` (`fit`, `evaluate_checkpoint`, `predict`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich import box
+from rich.table import Table
+
+from nnlang_cli.app import app, console, parse_overrides, reporting
+
+BACKEND_HELP = "numba (CPU, default), cupy (NVIDIA GPU) or reference (numpy interpreter, slow)."
+DATA_HELP = ("A dataset name (imdb, mnist, imdb-sample...) or a .npz/.csv path; replaces the "
+             "train section's `data`, keeping the options the new dataset accepts.")
+DATA_DIR_HELP = "Look for dataset files here first."
+CKPT_HELP = "A checkpoint.npz, or the run directory that holds one."
+
+
+@app.command()
+def train(
+    file: Path = typer.Argument(..., help="The .nn file."),
+    data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1),
+    lr: Optional[float] = typer.Option(None, "--lr", help="The optimizer's learning rate."),
+    sets: Optional[list[str]] = typer.Option(
+        None, "--set", help="name=value: a model hyper-parameter, or a train setting / "
+                            "optimizer option (clip_norm, l2, momentum...); repeatable."),
+    backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    val_split: Optional[float] = typer.Option(None, "--val-split", min=0.0, max=0.99),
+    out: Optional[Path] = typer.Option(None, "--out",
+                                       help="Run directory (default runs/<model>-<time>/)."),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Continue the run in --out (default: the newest "
+                                     "runs/<model>-* with a checkpoint)."),
+    model: Optional[str] = typer.Option(None, "--model",
+                                        help="The model to train when the file defines several."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1,
+                                            help="Stop after this many steps (smoke tests)."),
+):
+    """Train a model. Flags override the file's train section; with none, it is used as is.
+
+    Writes runs/<model>-<time>/ (or --out): config.json, metrics.jsonl/.csv, checkpoint.npz,
+    summary.json and plots. Ctrl-C saves a checkpoint; --resume continues from it.
+    """
+    from nnlang.train.trainer import fit
+    with reporting():
+        history = fit(str(file), {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
+                                  "val_split": val_split}, data, backend=backend,
+                      overrides=parse_overrides(sets), model=model, data_dir=data_dir, out=out,
+                      resume=resume, max_steps=max_steps, console=console())
+    if history.stopped == "interrupted":
+        raise typer.Exit(130)  # NOTE: the shell convention for "stopped by Ctrl-C"
+
+
+@app.command("eval")
+def eval_(
+    file: Path = typer.Argument(..., help="The .nn file the checkpoint was trained from."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP),
+    data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1),
+):
+    """Loss and metrics of a trained model on the test split of its dataset (or --data)."""
+    from nnlang.train.trainer import evaluate_checkpoint
+    out = console()
+    with reporting():
+        split, result = evaluate_checkpoint(str(file), checkpoint, data, data_dir, backend,
+                                            batch, out)
+    t = Table(box=box.SIMPLE_HEAD, title=f"{split} set")
+    t.add_column("split", style="bold")
+    for k in result:
+        t.add_column(k, justify="right")
+    t.add_row(split, *(f"{v:.4f}" for v in result.values()))
+    out.print(t)
+
+
+@app.command()
+def predict(
+    file: Path = typer.Argument(..., help="The .nn file the checkpoint was trained from."),
+    inputs: list[str] = typer.Argument(..., help="Review text or .txt paths (text models), "
+                                                 ".png/.npy paths (image models), .npy paths."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP),
+    backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
+):
+    """The model's outputs for raw inputs: class label and probability per input."""
+    from nnlang.train.trainer import predict as run_predict
+    out = console()
+    with reporting():
+        results = run_predict(str(file), checkpoint, inputs, backend, out)
+    t = Table(box=box.SIMPLE_HEAD)
+    for c in ("input", "output", "label", "probability"):
+        t.add_column(c, justify="right" if c == "probability" else "left",
+                     overflow="ellipsis", max_width=50 if c == "input" else None, no_wrap=True)
+    for r in results:
+        prob = "" if r["probability"] is None else f"{r['probability']:.4f}"
+        label = r["label"] if r["label"] is not None else str(r.get("value"))
+        t.add_row(_short(r["input"]), r["output"], label, prob)
+    out.print(t)
+
+
+def _short(text: str, width: int = 50) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

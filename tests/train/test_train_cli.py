@@ -1,0 +1,125 @@
+"""`nnlang train`, `eval` and `predict` through typer's CliRunner on the reference backend:
+a tiny .npz model end to end, resume, clean errors, and text predict on imdb-sample."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from nnlang.data import cache
+from nnlang.train import feeds
+from nnlang_cli.main import app
+
+TINY = """
+model Tiny(hidden = 8, classes = 3) {
+  input x: float32[batch, 4]
+  input label: int32[batch]
+  h = dense(x, hidden) |> relu
+  logits = dense(h, classes)
+  output probs = softmax(logits)
+  loss cross_entropy(logits, label)
+  metric acc = accuracy(logits, label)
+}
+train Tiny {
+  data = "tiny.npz"
+  optimizer = sgd(lr = 0.1)
+  batch = 4
+  epochs = 2
+}
+"""
+SENTIMENT = """
+model Sentiment(vocab = 100, maxlen = 20, dim = 8) {
+  input tokens: int32[batch, maxlen]
+  input label: float32[batch]
+  pooled = embedding(tokens, vocab, dim) |> mean(axis = 1)
+  logits = dense(pooled, 1) |> squeeze(axis = 1)
+  output prob = sigmoid(logits)
+  loss bce_with_logits(logits, label)
+  metric acc = binary_accuracy(logits, label)
+}
+train Sentiment {
+  data = imdb(vocab = 100, maxlen = 20)
+  optimizer = adam(lr = 0.01)
+  batch = 8
+}
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "SYSTEM_DIRS", [])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 4)).astype(np.float32)
+    y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0)).astype(np.int32)
+    np.savez("tiny.npz", train_x=x[:40], train_label=y[:40], test_x=x[40:], test_label=y[40:])
+    np.save("one.npy", x[0])
+    (tmp_path / "tiny.nn").write_text(TINY)
+    return tmp_path
+
+
+def nnlang(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_train_eval_predict(tiny):
+    r = nnlang("train", "tiny.nn", "--backend", "reference", "--out", "run", "--epochs", "1",
+               "--lr", "0.05", "--set", "hidden=6")
+    assert r.exit_code == 0, r.output
+    assert "epoch 1/1" in r.output and "test" in r.output and "run directory: run" in r.output
+    cfg = json.loads((tiny / "run/config.json").read_text())
+    assert cfg["train"]["optimizer"]["options"]["lr"] == 0.05 and cfg["train"]["epochs"] == 1
+    assert cfg["hparams"]["hidden"] == 6
+    r = nnlang("eval", "tiny.nn", "--checkpoint", "run", "--backend", "reference")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tiny / "run/summary.json").read_text())
+    assert f"{summary['test']['loss']:.4f}" in r.output  # the --set hidden=6 model, restored
+    r = nnlang("predict", "tiny.nn", "one.npy", "one.npy", "-c", "run/checkpoint.npz",
+               "--backend", "reference")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("one.npy") == 2 and "probs" in r.output
+
+
+def test_resume_from_the_command_line(tiny):
+    assert nnlang("train", "tiny.nn", "--backend", "reference", "--out", "run",
+                  "--epochs", "1").exit_code == 0
+    # the checkpoint's config (1 epoch) is the base; flags extend it
+    r = nnlang("train", "tiny.nn", "--backend", "reference", "--out", "run", "--resume",
+               "--epochs", "2")
+    assert r.exit_code == 0, r.output
+    assert "resuming" in r.output and "epoch 2/2" in r.output and "epoch 1/2" not in r.output
+    rows = (tiny / "run/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(row)["epoch"] for row in rows] == [1, 2]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "tiny.nn", "--set", "nope=1"], "has no hyper-parameter 'nope'"),
+    (["train", "tiny.nn", "--backend", "tpu"], "unknown backend 'tpu'"),
+    (["train", "tiny.nn", "--data", "missing.npz"], "data file not found"),
+    (["train", "tiny.nn", "--lr", "1e30", "--out", "bad"], "training diverged"),
+    (["eval", "tiny.nn", "--checkpoint", "nothing.npz"], "checkpoint not found"),
+    (["predict", "tiny.nn", "x.npy", "-c", "nothing"], "checkpoint not found"),
+])
+def test_errors_exit_1_without_a_traceback(tiny, args, message):
+    r = nnlang(*args, "--backend", "reference") if "--backend" not in args else nnlang(*args)
+    assert r.exit_code == 1
+    assert message in r.output and "Traceback" not in r.output
+
+
+def test_predict_text_with_the_checkpoint_vocabulary(tiny, monkeypatch):
+    (tiny / "sentiment.nn").write_text(SENTIMENT)
+    r = nnlang("train", "sentiment.nn", "--data", "imdb-sample", "--max-steps", "1",
+               "--backend", "reference", "--out", "run")
+    assert r.exit_code == 0, r.output
+    (tiny / "review.txt").write_text("A wonderful film, great acting!")
+    # NOTE: predict must not load the dataset again: the vocab comes from the checkpoint
+    def no_data(*args, **kw):
+        raise AssertionError("predict loaded the dataset")
+    monkeypatch.setattr(feeds, "load_data", no_data)
+    r = nnlang("predict", "sentiment.nn", "review.txt", "a dull and boring mess", "-c", "run",
+               "--backend", "reference")
+    assert r.exit_code == 0, r.output
+    assert "review.txt" in r.output and "a dull and boring mess" in r.output
+    labels = [line.split()[-2] for line in r.output.splitlines() if " prob " in line]
+    assert len(labels) == 2 and set(labels) <= {"pos", "neg"}

@@ -1,0 +1,120 @@
+"""Dataset arrays -> model inputs (by name, by role, casts, reshapes, errors), the validation
+carve, batching, and how flags and `--set` values override the train section."""
+import numpy as np
+import pytest
+
+import nnlang
+from nnlang.errors import NNError
+from nnlang.frontend.train_config import Choice, TrainConfig
+from nnlang.train import feeds
+from nnlang.train.trainer import apply_overrides, split_overrides
+
+MLP = """
+model Mlp {
+  input image: float32[batch, 784]
+  input label: int32[batch]
+  logits = dense(image, 10)
+  output logits
+  loss cross_entropy(logits, label)
+}
+"""
+ROLES = """
+model Roles {
+  input x: float32[batch, 6]
+  input y: int32[batch]
+  logits = dense(x, 2)
+  output logits
+  loss cross_entropy(logits, y)
+}
+"""
+
+
+def graph(src):
+    return nnlang.load(src).graph
+
+
+def test_roles_follow_the_outputs():
+    features, targets = feeds.input_roles(graph(ROLES))
+    assert list(features) == ["x"] and list(targets) == ["y"]
+
+
+def test_match_by_name_then_reshape_and_cast():
+    g = graph(MLP)
+    mapping = feeds.match_inputs(g, ["image"], ["label"])
+    assert mapping == {"image": "image", "label": "label"}
+    arrays = {"image": np.zeros((5, 1, 28, 28), np.float64), "label": np.ones(5, np.float32)}
+    out = feeds.model_arrays(g, arrays, mapping)
+    assert out["image"].shape == (5, 784) and out["image"].dtype == np.float32
+    assert out["label"].dtype == np.int32
+
+
+def test_match_by_role():
+    assert feeds.match_inputs(graph(ROLES), ["tokens"], ["label"]) == {"x": "tokens",
+                                                                        "y": "label"}
+    # a name match takes its array first; the rest pair up by role
+    assert feeds.match_inputs(graph(ROLES), ["a"], ["y"]) == {"x": "a", "y": "y"}
+
+
+def test_unmatched_inputs_name_both_sides():
+    with pytest.raises(NNError) as err:
+        feeds.match_inputs(graph(ROLES), ["a", "b"], ["label"], "dataset 'pairs'")
+    e = err.value
+    assert "dataset 'pairs'" in e.message and "no array for x" in e.message
+    assert "x: float32[batch, 6]" in e.hint and "a, b" in e.hint and "label" in e.hint
+
+
+def test_shape_mismatch_names_both_sides():
+    g = graph(MLP)
+    with pytest.raises(NNError) as err:
+        feeds.model_arrays(g, {"image": np.zeros((3, 1, 20, 20)), "label": np.zeros(3)},
+                           {"image": "image", "label": "label"})
+    assert "dataset array 'image' has shape [3, 1, 20, 20]" in err.value.message
+    assert "model input 'image' is declared float32[batch, 784]" in err.value.message
+
+
+def test_carve_takes_the_end_of_one_seeded_shuffle():
+    arrays = {"x": np.arange(20), "y": np.arange(20) * 10}
+    train, val = feeds.carve(arrays, 0.25, seed=3)
+    assert len(train["x"]) == 15 and len(val["x"]) == 5
+    assert sorted(np.concatenate([train["x"], val["x"]])) == list(range(20))
+    np.testing.assert_array_equal(val["y"], val["x"] * 10)
+    again = feeds.carve(arrays, 0.25, seed=3)[1]
+    np.testing.assert_array_equal(again["x"], val["x"])
+    assert not np.array_equal(feeds.carve(arrays, 0.25, seed=4)[1]["x"], val["x"])
+    assert feeds.carve(arrays, 0.0, seed=3) == (arrays, {})
+
+
+def test_batches_drop_the_remainder_only_for_training():
+    arrays = {"x": np.arange(10)}
+    assert [len(b["x"]) for b in feeds.batches(arrays, 4)] == [4, 4]
+    assert [len(b["x"]) for b in feeds.batches(arrays, 4, drop_last=False)] == [4, 4, 2]
+    order = np.arange(10)[::-1]
+    assert [list(b["x"]) for b in feeds.batches(arrays, 4, order, start=1)] == [[5, 4, 3, 2]]
+
+
+def test_replace_data_keeps_the_options_the_new_dataset_accepts():
+    imdb = Choice("imdb", {"vocab": 100, "maxlen": 20})
+    assert feeds.replace_data(imdb, "imdb-sample") == Choice("imdb-sample", imdb.options)
+    assert feeds.replace_data(imdb, "mnist-sample") == Choice("mnist-sample", {})
+    assert feeds.replace_data(imdb, "imdb(maxlen=50)") == Choice("imdb", {"vocab": 100,
+                                                                         "maxlen": 50})
+
+
+def test_flag_overrides():
+    cfg = TrainConfig(optimizer=Choice("sgd", {"lr": 0.1, "momentum": 0.0}))
+    new = apply_overrides(cfg, {"lr": 1, "momentum": 0.9, "epochs": 3.0, "batch": None,
+                                "clip_norm": 1})
+    assert new.optimizer.options == {"lr": 1.0, "momentum": 0.9}
+    assert (new.epochs, new.batch, new.clip_norm) == (3, cfg.batch, 1.0)
+    with pytest.raises(NNError, match="unknown train setting 'beta1'"):
+        apply_overrides(cfg, {"beta1": 0.5})
+    with pytest.raises(NNError, match="out of range"):
+        apply_overrides(cfg, {"val_split": 1.5})
+    assert apply_overrides(cfg, {"optimizer": "adam"}).optimizer.options["lr"] == 0.1
+
+
+def test_set_values_split_between_model_and_training():
+    src = "model M(hidden = 4, lr = 1) {\n input x: float32[batch, 2]\n}\n"
+    hp, train = split_overrides({"hidden": 8, "lr": 2, "clip_norm": 1.0, "bogus": 1}, src, "m")
+    assert hp == {"hidden": 8, "lr": 2, "bogus": 1}  # unknown names: the model reports them
+    assert train == {"clip_norm": 1.0}

@@ -1,0 +1,193 @@
+"""The training loop on the reference backend: determinism, resume equivalence (after whole
+epochs, mid-epoch and after Ctrl-C), the NaN guard, atomic checkpoints and the run directory."""
+import json
+
+import numpy as np
+import pytest
+
+from nnlang.errors import NNError
+from nnlang.runtime.net import Net
+from nnlang.train import checkpoint
+from nnlang.train.trainer import fit
+
+TINY = """
+model Tiny(hidden = 8, classes = 3) {
+  input x: float32[batch, 4]
+  input label: int32[batch]
+  h = dense(x, hidden) |> relu
+  logits = dense(h, classes)
+  output probs = softmax(logits)
+  loss cross_entropy(logits, label)
+  metric acc = accuracy(logits, label)
+}
+train Tiny {
+  data = "tiny.npz"
+  optimizer = adam(lr = 0.05)
+  batch = 4
+  epochs = 2
+  val_split = 0.2
+}
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """tiny.nn next to tiny.npz: 52 train examples (42 train + 10 val: 10 steps of 4 per epoch,
+    2 dropped) and 9 test examples."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(61, 4)).astype(np.float32)
+    y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0)).astype(np.int32)
+    np.savez(tmp_path / "tiny.npz", train_x=x[:52], train_label=y[:52], test_x=x[52:],
+             test_label=y[52:])
+    (tmp_path / "tiny.nn").write_text(TINY)
+    return tmp_path / "tiny.nn"
+
+
+def run(path, out=None, **kw):
+    kw.setdefault("backend", "reference")
+    kw.setdefault("progress", False)
+    return fit(str(path), out=out, save=out is not None, **kw)
+
+
+def params(history) -> dict:
+    return history.net.state_dict()
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-7, err_msg=k)
+
+
+def test_same_seed_same_numbers(tiny):
+    a, b = run(tiny), run(tiny)
+    assert a.losses == b.losses and len(a.losses) == 2 * (42 // 4)
+    assert a.rows[-1]["val_loss"] == b.rows[-1]["val_loss"]
+    assert_same_state(params(a), params(b))
+    c = run(tiny, config={"seed": 1})
+    assert c.losses != a.losses
+
+
+def test_resume_after_an_epoch_equals_straight_run(tiny, tmp_path):
+    straight = run(tiny, tmp_path / "straight")
+    run(tiny, tmp_path / "split", config={"epochs": 1})
+    resumed = run(tiny, tmp_path / "split", config={"epochs": 2}, resume=True)
+    assert_same_state(params(straight), params(resumed))
+    assert resumed.losses == straight.losses[len(straight.losses) // 2:]
+    rows = [json.loads(line) for line in (tmp_path / "split/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["val_loss"] == straight.rows[1]["val_loss"]
+
+
+def test_resume_inside_an_epoch_equals_straight_run(tiny, tmp_path):
+    straight = run(tiny, tmp_path / "straight")
+    first = run(tiny, tmp_path / "split", max_steps=13)  # stops 3 steps into epoch 2
+    assert first.stopped == "max_steps"
+    ck = checkpoint.load(tmp_path / "split")
+    assert (ck.epoch, ck.meta["step_in_epoch"], ck.step) == (1, 3, 13)
+    resumed = run(tiny, tmp_path / "split", resume=tmp_path / "split/checkpoint.npz")
+    assert_same_state(params(straight), params(resumed))
+    # the partly trained epoch's running means carry over, so the row matches too
+    assert resumed.rows[-1]["train_loss"] == pytest.approx(straight.rows[-1]["train_loss"])
+    assert [r["epoch"] for r in resumed.rows] == [1, 2]
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tiny, tmp_path, monkeypatch):
+    straight = run(tiny, tmp_path / "straight")
+    real = Net.train_step
+
+    def interrupting(self, feeds):
+        if self.step == 7:
+            raise KeyboardInterrupt
+        return real(self, feeds)
+    monkeypatch.setattr(Net, "train_step", interrupting)
+    stopped = run(tiny, tmp_path / "split")
+    assert stopped.stopped == "interrupted"
+    ck = checkpoint.load(tmp_path / "split/checkpoint.npz")
+    assert (ck.epoch, ck.meta["step_in_epoch"], ck.step) == (0, 7, 7)
+    monkeypatch.setattr(Net, "train_step", real)
+    resumed = run(tiny, tmp_path / "split", resume=True)
+    assert_same_state(params(straight), params(resumed))
+
+
+def test_divergence_stops_with_a_clear_error(tiny):
+    with pytest.raises(NNError, match=r"diverged: the loss is (nan|inf) at epoch 1, step \d+"):
+        run(tiny, config={"lr": 1e30})
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    real = Net.train_step
+    monkeypatch.setattr(Net, "train_step",
+                        lambda self, f: float("nan") if self.step >= 12 else real(self, f))
+    with pytest.raises(NNError) as err:
+        run(tiny, tmp_path / "r")
+    assert "epoch 2, step 3" in err.value.message
+    assert "checkpoint.npz" in err.value.hint
+    assert checkpoint.load(tmp_path / "r").epoch == 1
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.npz"
+    old = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    checkpoint.save(path, old, {"epoch": 1, "step": 5})
+
+    def failing_savez(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")  # the temp file is open and partly written
+        raise OSError("disk full")
+    monkeypatch.setattr(np, "savez", failing_savez)
+    with pytest.raises(NNError, match="cannot write checkpoint.*disk full"):
+        checkpoint.save(path, {"w": np.zeros((2, 3), np.float32)}, {"epoch": 2, "step": 9})
+    ck = checkpoint.load(path)
+    np.testing.assert_array_equal(ck.state["w"], old["w"])
+    assert ck.epoch == 1 and ck.step == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]  # no temp file left
+
+
+def test_checkpoint_load_errors(tmp_path):
+    with pytest.raises(NNError, match="checkpoint not found"):
+        checkpoint.load(tmp_path / "missing.npz")
+    checkpoint.save(tmp_path / "good.npz", {"w": np.ones(3, np.float32)}, {"epoch": 0, "step": 0})
+    data = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(NNError, match="not a readable nnlang checkpoint"):
+        checkpoint.load(tmp_path / "cut.npz")
+    np.savez(tmp_path / "other.npz", w=np.ones(3))
+    with pytest.raises(NNError, match="not a readable nnlang checkpoint"):
+        checkpoint.load(tmp_path / "other.npz")
+
+
+def test_run_directory_contents(tiny, tmp_path):
+    h = run(tiny, tmp_path / "r", overrides={"hidden": 6})
+    r = tmp_path / "r"
+    names = {p.name for p in r.iterdir()}
+    assert {"config.json", "metrics.jsonl", "metrics.csv", "checkpoint.npz",
+            "summary.json"} <= names
+    cfg = json.loads((r / "config.json").read_text())
+    assert cfg["model"] == "Tiny" and cfg["overrides"] == {"hidden": 6}
+    assert cfg["hparams"]["hidden"] == 6 and cfg["train"]["optimizer"]["name"] == "adam"
+    assert cfg["dataset"]["name"] == "tiny" and cfg["dataset"]["val"] == 10
+    rows = [json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert {"step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time"} <= set(rows[0])
+    header = (r / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["epoch", "step", "train_loss", "train_acc"]
+    ck = checkpoint.load(r)
+    assert ck.meta["source"] == TINY and ck.meta["overrides"] == {"hidden": 6}
+    weights = set(h.net.user.params)
+    assert len(weights) == 4 and weights <= set(ck.state)
+    assert {f"optimizer.{slot}.{w}" for w in weights for slot in "mv"} <= set(ck.state)
+    assert ck.config.val_split == 0.2 and ck.meta["rng_state"]["bit_generator"] == "PCG64"
+    summary = json.loads((r / "summary.json").read_text())
+    assert summary["test"] == pytest.approx(h.test)
+    try:
+        import matplotlib  # noqa: F401
+        assert {"loss.png", "acc.png"} <= names
+    except ImportError:
+        pass
+
+
+def test_default_run_directory_is_named_after_the_model(tiny, tmp_path):
+    fit(str(tiny), {"epochs": 1}, backend="reference", progress=False)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("tiny-") and (run_dir / "checkpoint.npz").is_file()
