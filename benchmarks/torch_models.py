@@ -327,7 +327,9 @@ def forward_gemm_flops(name: str, batch: int, hp: dict) -> int:
 
 # *** --check: same loss and gradients with copied weights ***
 
-def _check_batch(name: str, net, batch: int, rng: np.random.Generator) -> dict:
+def random_batch(net, batch: int, rng: np.random.Generator) -> dict:
+    """One batch of random inputs of the right shapes: tokens front-padded like IMDB, images
+    in [0, 1), labels in range."""
     feat, lab = feature_name(net)
     g = net.user
     shape = [batch if not isinstance(d, int) else d for d in g.node(g.inputs[feat]).shape]
@@ -374,7 +376,7 @@ def check(name: str, dtype: str = "float32", batch: int = 4, seed: int = 0,
     n_nn, n_torch = sum(v.size for v in params.values()), trainable_count(module)
     assert n_nn == n_torch, f"{name}: nnlang has {n_nn} trainable parameters, torch {n_torch}"
     load_nnlang(module, params)
-    feeds = _check_batch(name, net, batch, np.random.default_rng(seed))
+    feeds = random_batch(net, batch, np.random.default_rng(seed))
     feat, lab = feature_name(net)
     t0 = time.perf_counter()
     loss_nn, grads_nn = nnlang_loss_and_grads(net, feeds)

@@ -23,9 +23,10 @@ def load(source_or_path, overrides: dict | None = None, model: str | None = None
 
 
 def compile(model, backend: str = "numba", batch: int | None = None, dtype: str = "float32",
-            seed: int | None = None, overrides: dict | None = None):
+            seed: int | None = None, overrides: dict | None = None, disable=()):
     """Compiles a model (a path, source text or a `Program` from `load`) into a `Net` with
-    `train_step(feeds)`, `forward(feeds)`, `evaluate(feeds)` and `parameters()`."""
+    `train_step(feeds)`, `forward(feeds)`, `evaluate(feeds)` and `parameters()`.
+    `disable` switches graph passes off by name (e.g. ("fuse",)) to compare."""
     from nnlang.runtime.net import Net
     program = model if hasattr(model, "graph") else load(model, overrides)
-    return Net(program, backend=backend, batch=batch, dtype=dtype, seed=seed)
+    return Net(program, backend=backend, batch=batch, dtype=dtype, seed=seed, disable=disable)

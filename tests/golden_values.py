@@ -57,15 +57,15 @@ def feeds_for(program, seed: int = 0) -> dict:
     return out
 
 
-def compute(model: str, backend: str = "reference") -> dict:
+def compute(model: str, backend: str = "reference", dtype: str = "float32") -> dict:
     program = nnlang.load(ROOT / "models" / f"{model}.nn", OVERRIDES.get(model, {}))
     feeds = feeds_for(program)
-    net = nnlang.compile(program, backend=backend, batch=BATCH, seed=0)
+    net = nnlang.compile(program, backend=backend, batch=BATCH, seed=0, dtype=dtype)
     values = {f"feed:{k}": v for k, v in feeds.items()}
     values.update({f"out:{k}": v for k, v in net.forward(feeds).items()})
     values.update({f"grad:{k}": v for k, v in net.gradients(feeds).items()})
     losses = [net.train_step(feeds) for _ in range(STEPS)]
-    values["loss"] = np.asarray(losses, np.float32)
+    values["loss"] = np.asarray(losses, dtype)
     values.update({f"param:{k}": v for k, v in net.parameters().items()})
     return values
 

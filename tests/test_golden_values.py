@@ -13,11 +13,11 @@ from tests.golden_values import BATCH, GOLDEN, OVERRIDES, ROOT, compute, feeds_f
 BACKENDS = ["reference", "numba"]
 
 
-def _compare(model: str, backend: str, rtol: float, atol: float):
+def _compare(model: str, backend: str, rtol: float, atol: float, skip: str = "-"):
     golden = dict(np.load(GOLDEN / f"{model}.npz"))
     got = compute(model, backend)
     assert sorted(got) == sorted(golden), "the set of golden values changed; regenerate"
-    for key in sorted(golden):
+    for key in sorted(k for k in golden if not k.startswith(skip)):
         np.testing.assert_allclose(got[key], golden[key], rtol=rtol, atol=atol,
                                    err_msg=f"{model} {key} ({backend})")
 
@@ -28,8 +28,20 @@ def test_model_matches_golden_values(model, backend):
     if backend == "reference":
         _compare(model, backend, rtol=1e-6, atol=1e-7)
     else:
-        # NOTE: compiled kernels sum in other orders than numpy; float32 rounding differs
-        _compare(model, backend, rtol=2e-4, atol=2e-5)
+        # NOTE: compiled kernels sum in other orders than numpy, so float32 rounding differs;
+        # Adam amplifies that wherever a gradient is exactly 0 in exact arithmetic (attention's
+        # key bias: softmax ignores a shift shared by all scores), since m / sqrt(v) of pure
+        # noise is +-1. So parameters after steps are compared in float64 below instead.
+        _compare(model, backend, rtol=2e-4, atol=2e-5, skip="param:")
+
+
+@pytest.mark.parametrize("model", models())
+def test_compiled_training_steps_match_reference_in_float64(model):
+    ref = compute(model, "reference", "float64")
+    got = compute(model, "numba", "float64")
+    for key in sorted(ref):
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-7, atol=1e-9,
+                                   err_msg=f"{model} {key}")
 
 
 @pytest.mark.parametrize("model", models())

@@ -47,6 +47,16 @@ class State(MutableMapping):
         return len(self._arrays)
 
 
+def _state_array(given, shape, dtype) -> np.ndarray:
+    """The caller's array itself when it fits, so executables of one model share their state
+    (a train step's update is what the next prediction reads); otherwise a copy or zeros."""
+    if given is None:
+        return np.zeros(shape, dtype)
+    if given.shape == shape and given.dtype == dtype and given.flags.c_contiguous:
+        return given
+    return np.ascontiguousarray(np.broadcast_to(given, shape), dtype=dtype).copy()
+
+
 class Executable:
     """A graph compiled for one backend: `run(feeds)` returns outputs, losses and metrics."""
 
@@ -65,7 +75,8 @@ class Executable:
                 self.arrays[nid] = raw[:nbytes].view(n.dtype).reshape(shape)
             elif n.op == "param":
                 name = n.attrs["name"]
-                params.setdefault(name, np.zeros(shape, n.dtype))
+                if name not in params:
+                    params[name] = _state_array((state or {}).get(name), shape, n.dtype)
                 self.arrays[nid] = params[name]
             elif n.op == "const":
                 self.arrays[nid] = np.array(n.attrs["value"], dtype=n.dtype)
@@ -73,8 +84,6 @@ class Executable:
             if nid in views:
                 self.arrays[nid] = apply_view(g.node(nid), self.arrays[views[nid]])
         self.state = State(params)
-        for name, value in (state or {}).items():
-            self.state[name] = value
         self._feeds = [(n.attrs["name"], self.arrays[n.id]) for n in g
                        if n.op == "input" and n.id in self.arrays]
         self._rng_key = 0
@@ -105,7 +114,23 @@ class Executable:
         inputs = [self.arrays[i] for i in n.inputs]
         if step.kind == "copy":
             return np.copyto, (np.reshape(self.arrays[nid], inputs[0].shape), inputs[0])
-        return self.backend.library_call(n, inputs, self.arrays[nid])
+        # NOTE: library kernels index flat rows; a strided view (a transpose the schedule left
+        # as a view) is first copied into a scratch array allocated once, here
+        staged = []
+        if n.op != "matmul":
+            for k, x in enumerate(inputs):
+                if not x.flags.c_contiguous:
+                    inputs[k] = np.empty(x.shape, x.dtype)
+                    staged.append((inputs[k], x))
+        fn, args = self.backend.library_call(n, inputs, self.arrays[nid])
+        if not staged:
+            return fn, args
+
+        def run(*a):
+            for dst, src in staged:
+                np.copyto(dst, src)
+            fn(*a)
+        return run, args
 
     @staticmethod
     def _ranked(a: np.ndarray, rank: int) -> np.ndarray:

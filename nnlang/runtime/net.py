@@ -20,29 +20,28 @@ BACKENDS = ("numba", "cupy", "reference")
 class _Interpreted:
     """The reference executable: runs a graph through the numpy interpreter (slow, exact)."""
 
-    def __init__(self, g):
-        self.g = g
+    def __init__(self, g, state: dict):
+        self.g, self.state = g, state
 
-    def run(self, feeds: dict, state: dict) -> dict:
-        env = interpret(self.g, feeds, state)
+    def run(self, feeds: dict) -> dict:
+        env = interpret(self.g, feeds, self.state)
         results = {**self.g.outputs, **self.g.losses, **self.g.metrics}
         out = {k: env[v] for k, v in results.items()}
         for name, nid in self.g.meta.get("updates", {}).items():
-            state[name] = env[nid]
+            np.copyto(self.state[name], env[nid])
         return out
 
 
-def _compile(g, backend: str):
+def _compile(g, backend: str, state: dict, disable=()):
+    """An executable whose parameters are the arrays in `state` (shared, updated in place)."""
     if backend == "reference":
-        return _Interpreted(g)
-    if backend == "numba":
+        return _Interpreted(g, state)
+    if backend in ("numba", "cupy"):
+        if backend == "cupy":
+            from nnlang.backends.cupy_backend import require_cupy
+            require_cupy()
         from nnlang.runtime.executable import compile_graph
-        return compile_graph(g, backend="numba")
-    if backend == "cupy":
-        from nnlang.backends.cupy_backend import require_cupy
-        require_cupy()
-        from nnlang.runtime.executable import compile_graph
-        return compile_graph(g, backend="cupy")
+        return compile_graph(g, backend=backend, disable=disable, state=state)
     raise NNError(f"unknown backend '{backend}'", hint=f"backends: {', '.join(BACKENDS)}")
 
 
@@ -50,8 +49,9 @@ class Net:
     """A model compiled for one batch size; see `nnlang.compile`."""
 
     def __init__(self, program, backend: str = "numba", batch: int | None = None,
-                 dtype: str = "float32", seed: int | None = None):
+                 dtype: str = "float32", seed: int | None = None, disable=()):
         self.program, self.backend, self.dtype = program, backend, dtype
+        self.disable = tuple(disable)
         self.config = program.train or _default_config()
         self.batch = batch or self.config.batch
         self.seed = self.config.seed if seed is None else seed
@@ -70,7 +70,8 @@ class Net:
             a = self.user.node(nid).attrs
             spec = ParamSpec(tuple(a["shape"]), a["init"] or ("zeros", {}), a["trainable"],
                              self.dtype)
-            state[name] = initialize(spec, rng).astype(self.dtype)
+            # NOTE: C order: compiled executables share these arrays only when contiguous
+            state[name] = np.ascontiguousarray(initialize(spec, rng), dtype=self.dtype)
         return state
 
     def parameters(self) -> dict:
@@ -86,10 +87,10 @@ class Net:
                 raise NNError(f"checkpoint value '{k}' has shape {v.shape}, the model expects "
                               f"{self.state[k].shape}", hint="was it saved from another model "
                               "or with other --set values?")
-            self.state[k] = np.asarray(v, self.dtype).copy()
-        for exe in self._exes.values():
-            if hasattr(exe, "load_state"):
-                exe.load_state(self.state)
+            if k in self.state:  # NOTE: in place: compiled executables hold these arrays
+                np.copyto(self.state[k], np.asarray(v, self.dtype))
+            else:
+                self.state[k] = np.array(v, self.dtype)
 
     # *** executables ***
     def _exe(self, kind: str, batch: int):
@@ -106,7 +107,7 @@ class Net:
             else:
                 results = ("outputs",) if kind == "predict" else ("outputs", "losses", "metrics")
                 g = forward_graph(self.user, batch, self.dtype, results)
-            self._exes[key] = (_compile(g, self.backend), g)
+            self._exes[key] = (_compile(g, self.backend, self.state, self.disable), g)
         return self._exes[key]
 
     def graph(self, kind: str = "train"):
@@ -119,7 +120,7 @@ class Net:
         feeds = {**self._cast(feeds, g), **extra}
         if "_rng" in g.inputs:
             feeds["_rng"] = np.int64(self.seed * 1_000_003 + self.step)
-        return exe.run(feeds, self.state)
+        return exe.run(feeds)
 
     def _cast(self, feeds: dict, g) -> dict:
         out = {}

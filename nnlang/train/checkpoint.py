@@ -53,7 +53,7 @@ def save(path, state: dict, meta: dict) -> Path:
     then `os.replace`, so a crash or Ctrl-C never leaves a half-written checkpoint behind."""
     path = Path(path)
     arrays = {_STATE + k: np.asarray(v) for k, v in state.items()}
-    arrays[_META] = np.array(json.dumps({"format": FORMAT, **meta}, default=_json_default))
+    arrays[_META] = np.array(json.dumps({"format": FORMAT, **meta}, default=json_default))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -106,7 +106,7 @@ def config_from_dict(d: dict) -> TrainConfig:
                           "schedule": choice(d.get("schedule"))})
 
 
-def _json_default(o):
+def json_default(o):
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

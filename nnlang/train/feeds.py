@@ -85,14 +85,15 @@ def _per_example(shape) -> str:
 
 def model_arrays(graph, arrays: dict, mapping: dict[str, str]) -> dict[str, np.ndarray]:
     """A split's arrays renamed, cast and reshaped for the model's inputs."""
-    return {m: conform(m, arrays[a], graph.node(graph.inputs[m]), f"dataset array '{a}'") for m, a in mapping.items()}
+    return {m: conform(m, arrays[a], graph.node(graph.inputs[m]), f"dataset array '{a}'")
+            for m, a in mapping.items()}
 
 
 # *** validation carve and batches ***
 
 def carve(arrays: dict, val_split: float, seed: int) -> tuple[dict, dict]:
     """(train, val): validation is the END of the train split after one seeded shuffle."""
-    n = _length(arrays)
+    n = length(arrays)
     n_val = int(round(n * val_split))
     if val_split <= 0 or n == 0:
         return arrays, {}
@@ -114,7 +115,7 @@ def batches(arrays: dict, batch: int, order: np.ndarray | None = None, start: in
             drop_last: bool = True):
     """Yields {name: array[batch...]} in `order`, from batch number `start`; the last partial
     batch only when `drop_last` is off (evaluation runs it at its own size)."""
-    n = _length(arrays)
+    n = length(arrays)
     stop = n // batch if drop_last else -(-n // batch)
     for i in range(start, stop):
         sel = slice(i * batch, (i + 1) * batch)
@@ -122,7 +123,7 @@ def batches(arrays: dict, batch: int, order: np.ndarray | None = None, start: in
         yield {k: v[idx] for k, v in arrays.items()}
 
 
-def _length(arrays: dict) -> int:
+def length(arrays: dict) -> int:
     return len(next(iter(arrays.values()))) if arrays else 0
 
 

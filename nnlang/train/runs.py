@@ -44,7 +44,7 @@ class RunDir:
     def write_json(self, name: str, data: dict) -> Path:
         target = self.path / name
         tmp = target.with_name(f".{name}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=checkpoint._json_default) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, default=checkpoint.json_default) + "\n")
         os.replace(tmp, target)
         return target
 
@@ -58,6 +58,10 @@ class RunDir:
     def keep_rows(self, upto_epoch: int) -> None:
         """Drops rows past `upto_epoch` (a resumed run rewrites a partly trained epoch)."""
         rows = [r for r in self.rows() if r["epoch"] <= upto_epoch]
+        if not rows:
+            for name in ("metrics.jsonl", "metrics.csv"):
+                (self.path / name).unlink(missing_ok=True)
+            return
         (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         self._write_csv(rows)
 
@@ -81,6 +85,7 @@ class RunDir:
             import matplotlib
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
+            from matplotlib.ticker import MaxNLocator
         except ImportError:
             return None
         rows = self.rows()
@@ -95,6 +100,7 @@ class RunDir:
                        if r.get(f"{split}_{name}") is not None]
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=split)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)

@@ -13,7 +13,7 @@ import numpy as np
 from rich import box
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+                           TimeRemainingColumn)
 from rich.table import Table
 
 from nnlang.errors import NNError
@@ -28,9 +28,9 @@ _SCALARS = {f.name: f.type for f in fields(TrainConfig)
 
 @dataclass
 class History:
-    """What `fit` returns: one row per epoch (as in metrics.jsonl), every step's loss, the final
-    validation and test results, and why training stopped early (None, "max_steps",
-    "interrupted")."""
+    """What `fit` returns: one row per epoch (as in metrics.jsonl), the loss of every step this
+    call took, the final validation and test results, and why training stopped early (None,
+    "max_steps", "interrupted"). NOTE: train_loss includes the l2 penalty, val/test loss not."""
     rows: list = field(default_factory=list)
     losses: list = field(default_factory=list)
     val: dict | None = None
@@ -74,7 +74,8 @@ def split_overrides(sets: dict, source: str | None, file: str) -> tuple[dict, di
     that name wins; else lr, optimizer/schedule options and train settings go to training."""
     hp_names = _hparam_names(source, file) if sets else set()
     train_keys = {"lr", "optimizer", "schedule", "data", *_SCALARS}
-    train_keys |= {p.name for o in (*OPTIMIZERS.values(), *SCHEDULES.values()) for p in o.sig.params}
+    train_keys |= {p.name for o in (*OPTIMIZERS.values(), *SCHEDULES.values())
+                   for p in o.sig.params}
     hp = {k: v for k, v in sets.items() if k in hp_names or k not in train_keys}
     return hp, {k: v for k, v in sets.items() if k not in hp}
 
@@ -147,6 +148,9 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
     hp = {**(base_overrides or {}), **hp}
     if hasattr(program_or_path, "graph"):
         program = program_or_path
+        if any(program.hparams.get(k) != v for k, v in hp.items()):
+            raise NNError(f"cannot apply hyper-parameters {', '.join(hp)} to an elaborated "
+                          "Program", hint="pass the .nn path or source text instead")
     else:
         program = nnlang.load(file if file != "<string>" else source, hp, model)
     if isinstance(config, TrainConfig):
@@ -162,13 +166,13 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
 def evaluate(net, arrays: dict, batch: int) -> dict | None:
     """Loss (the sum of the model's losses) and metrics over ALL of `arrays`: the last partial
     batch runs at its own size (Net compiles one more batch size) and counts by its size."""
-    n = feeds._length(arrays)
+    n = feeds.length(arrays)
     if n == 0:
         return None
     loss_names = list(net.user.losses)
     totals: dict = {}
     for b in feeds.batches(arrays, batch, drop_last=False):
-        k = feeds._length(b)
+        k = feeds.length(b)
         out = net.evaluate(b)
         res = {"loss": sum(out[name] for name in loss_names)}
         if len(loss_names) > 1:
@@ -221,27 +225,14 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         flags apply on top (e.g. more epochs).
     All randomness comes from the config's seed: the same seed gives the same numbers.
     """
-    from nnlang.runtime.net import BACKENDS, Net
+    from nnlang.runtime.net import Net
     console = console or Console()
-    if backend not in BACKENDS:
-        raise NNError(f"unknown backend '{backend}'", hint=f"backends: {', '.join(BACKENDS)}")
-    if isinstance(config, dict) and config.get("data") is not None and data is None:
-        data = config["data"]
-    config = {k: v for k, v in config.items() if k != "data"} if isinstance(config, dict) else config
-
-    ckpt, run = None, None
-    if resume:
-        where = Path(out) if resume is True and out is not None else None
-        if resume is not True:
-            where = Path(resume)
-        if where is None:
-            prog0 = resolve(program_or_path, config, overrides, model)[0]
-            where = RunDir.latest(prog0.model, runs_root)
-            if where is None:
-                raise NNError(f"no run of '{prog0.model}' with a checkpoint under {runs_root}/",
-                              hint="pass --out RUN_DIR to say which run to resume")
-        ckpt = checkpoint.load(where)
-        run = RunDir(ckpt.path.parent) if save else None
+    _check_backend(backend)
+    if isinstance(config, dict):
+        data = config.get("data") if data is None else data
+        config = {k: v for k, v in config.items() if k != "data"}
+    ckpt = _find_checkpoint(program_or_path, config, overrides, model, out, resume, runs_root)
+    if ckpt is not None:
         _say(console, f"resuming {ckpt.path} (epoch {ckpt.epoch}, step {ckpt.step})")
     program, cfg, source, file, hp = resolve(
         program_or_path, config, overrides, model or (ckpt.meta["model"] if ckpt else None),
@@ -249,20 +240,8 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         base_overrides=ckpt.meta.get("overrides") if ckpt else None)
     if ckpt and source is not None and ckpt.meta.get("source") not in (None, source):
         _say(console, f"note: {file} differs from the source this checkpoint was trained with")
-
-    # *** data ***
-    if data is not None and not isinstance(data, (str, Path)):
-        ds = data
-    else:
-        if data is not None:
-            cfg = replace(cfg, data=feeds.replace_data(cfg.data, str(data)))
-        base_dir = Path(file).parent if file != "<string>" else None
-        ds = feeds.load_data(cfg.data, data_dir, base_dir)
-    mapping = feeds.match_inputs(program.graph, ds.inputs, ds.targets, f"dataset '{ds.name}'")
-    train_all = feeds.model_arrays(program.graph, ds.train.arrays, mapping)
-    train, val = feeds.carve(train_all, cfg.val_split, cfg.seed)
-    test = feeds.model_arrays(program.graph, ds.test.arrays, mapping) if len(ds.test) else {}
-    n = feeds._length(train)
+    cfg, ds, mapping, (train, val, test) = _data(program, cfg, data, data_dir, file)
+    n = feeds.length(train)
     per_epoch = n // cfg.batch
     if per_epoch == 0:
         raise NNError(f"{n} training examples do not fill one batch of {cfg.batch}",
@@ -285,22 +264,22 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         if skip and ckpt.config.batch != cfg.batch:
             raise NNError(f"this checkpoint stopped inside an epoch at batch {ckpt.config.batch};"
                           f" resume it with the same batch size, not {cfg.batch}")
-    if save and run is None:
-        run = RunDir.create(program.model, out, runs_root)
-    if run is not None:
-        if ckpt is not None:
-            run.keep_rows(start_epoch)
+    run = None
+    if save:
+        run = RunDir(ckpt.path.parent) if ckpt else RunDir.create(program.model, out, runs_root)
+        run.keep_rows(start_epoch)  # a fresh run starts empty; a resumed one drops later rows
         run.write_json("config.json", {
             "model": program.model, "file": file, "hparams": program.hparams, "overrides": hp,
             "train": checkpoint.config_to_dict(cfg), "backend": backend,
             "dataset": {"name": ds.name, "options": cfg.data.options if cfg.data else {},
-                        "train": n, "val": feeds._length(val), "test": feeds._length(test),
+                        "train": n, "val": feeds.length(val), "test": feeds.length(test),
                         "feeds": mapping, "meta": _small_meta(ds.meta)},
             "resumed_from": str(ckpt.path) if ckpt else None})
 
     history = History(rows=run.rows() if run else [], run_dir=run.path if run else None, net=net)
     data_info = {"name": ds.name, "choice": asdict(cfg.data) if cfg.data else None,
-                 "inputs": ds.inputs, "targets": ds.targets, "feeds": mapping, "meta": feeds.predict_meta(ds.meta)}
+                 "inputs": ds.inputs, "targets": ds.targets, "feeds": mapping,
+                 "meta": feeds.predict_meta(ds.meta)}
 
     def save_ckpt(epoch: int, step_in_epoch: int, rng_state: dict, sums: _Sums | None):
         if run is None:
@@ -328,7 +307,7 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
             t0, seen = time.perf_counter(), 0
             columns = (TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(),
                        MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                       TimeElapsedColumn(), TimeRemainingColumn())
+                       TimeRemainingColumn())
             with Progress(*columns, console=console, disable=not show) as bar:
                 task = bar.add_task("train", total=per_epoch, completed=done, stats="")
                 for b in feeds.batches(train, cfg.batch, order, start=done):
@@ -336,7 +315,7 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
                     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                         loss = net.train_step(b)
                     if not math.isfinite(loss):
-                        raise _diverged(loss, epoch, done, net.step, run, start_epoch, ckpt)
+                        raise _diverged(loss, epoch, done, net.step, run)
                     sums.add(loss, net.last_metrics)
                     history.losses.append(loss)
                     done, seen = done + 1, seen + cfg.batch
@@ -373,7 +352,8 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         where = f"; checkpoint saved to {path}" if path else ""
         _say(console, f"interrupted at epoch {epoch + 1}, step {done}{where}")
         if path:
-            _say(console, f"resume with: nnlang train {file} --out {run.path} --resume")
+            flag = f" --backend {backend}" if backend != "numba" else ""
+            _say(console, f"resume with: nnlang train {file} --out {run.path} --resume{flag}")
         return history
 
     history.test = evaluate(net, test, cfg.batch) if test else None
@@ -395,7 +375,49 @@ def _say(console: Console, text: str) -> None:
     console.print(text, markup=False, highlight=False)
 
 
-def _diverged(loss, epoch, done, step, run, start_epoch, ckpt) -> NNError:
+def _check_backend(backend: str) -> None:
+    from nnlang.runtime.net import BACKENDS
+    if backend not in BACKENDS:
+        raise NNError(f"unknown backend '{backend}'", hint=f"backends: {', '.join(BACKENDS)}")
+
+
+def _find_checkpoint(program_or_path, config, overrides, model, out, resume, runs_root):
+    """The checkpoint `resume` names: a path, or True for the run in `out` (default: the newest
+    run of the model). A fresh run refuses an `out` that already holds a checkpoint."""
+    if not resume:
+        if out is not None and (Path(out) / checkpoint.FILENAME).is_file():
+            raise NNError(f"{out} already holds a training run", hint="pass --resume to "
+                          "continue it, or another --out for a new run")
+        return None
+    if resume is not True:
+        return checkpoint.load(resume)
+    if out is not None:
+        return checkpoint.load(out)
+    name = resolve(program_or_path, config, overrides, model)[0].model
+    where = RunDir.latest(name, runs_root)
+    if where is None:
+        raise NNError(f"no run of '{name}' with a checkpoint under {runs_root}/",
+                      hint="pass --out RUN_DIR to say which run to resume")
+    return checkpoint.load(where)
+
+
+def _data(program, cfg, data, data_dir, file):
+    """(config, dataset, input mapping, (train, val, test) arrays ready for the model)."""
+    if data is not None and not isinstance(data, (str, Path)):
+        ds = data
+    else:
+        if data is not None:
+            cfg = replace(cfg, data=feeds.replace_data(cfg.data, str(data)))
+        base_dir = Path(file).parent if file != "<string>" else None
+        ds = feeds.load_data(cfg.data, data_dir, base_dir)
+    mapping = feeds.match_inputs(program.graph, ds.inputs, ds.targets, f"dataset '{ds.name}'")
+    train, val = feeds.carve(feeds.model_arrays(program.graph, ds.train.arrays, mapping),
+                             cfg.val_split, cfg.seed)
+    test = feeds.model_arrays(program.graph, ds.test.arrays, mapping) if len(ds.test) else {}
+    return cfg, ds, mapping, (train, val, test)
+
+
+def _diverged(loss, epoch, done, step, run) -> NNError:
     last = None
     if run is not None and run.checkpoint.is_file():
         last = f"the last good checkpoint is {run.checkpoint}"
@@ -438,9 +460,8 @@ def summary_table(history: History) -> Table:
 def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | None = None,
             console: Console | None = None):
     """(net, checkpoint, config) with the checkpoint's parameters and hyper-parameters."""
-    from nnlang.runtime.net import BACKENDS, Net
-    if backend not in BACKENDS:
-        raise NNError(f"unknown backend '{backend}'", hint=f"backends: {', '.join(BACKENDS)}")
+    from nnlang.runtime.net import Net
+    _check_backend(backend)
     ckpt = checkpoint.load(ckpt_path)
     program, cfg, source, file, _ = resolve(program_or_path, ckpt.config, None,
                                             ckpt.meta.get("model"),
@@ -464,8 +485,8 @@ def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,
     `data`); a dataset without a test split falls back to the seeded validation carve."""
     net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, batch, console)
     choice = feeds.replace_data(cfg.data, str(data)) if data is not None else cfg.data
-    base = Path(ckpt.meta.get("file", ".")).parent
-    ds = feeds.load_data(choice, data_dir, base if base.is_dir() else None)
+    file = _source_of(program_or_path)[1]
+    ds = feeds.load_data(choice, data_dir, Path(file).parent if file != "<string>" else None)
     mapping = feeds.match_inputs(net.user, ds.inputs, ds.targets, f"dataset '{ds.name}'")
     if len(ds.test):
         arrays, split = feeds.model_arrays(net.user, ds.test.arrays, mapping), "test"

@@ -69,10 +69,11 @@ def test_same_seed_same_numbers(tiny):
     assert c.losses != a.losses
 
 
-def test_resume_after_an_epoch_equals_straight_run(tiny, tmp_path):
-    straight = run(tiny, tmp_path / "straight")
-    run(tiny, tmp_path / "split", config={"epochs": 1})
-    resumed = run(tiny, tmp_path / "split", config={"epochs": 2}, resume=True)
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_resume_after_an_epoch_equals_straight_run(tiny, tmp_path, backend):
+    straight = run(tiny, tmp_path / "straight", backend=backend)
+    run(tiny, tmp_path / "split", config={"epochs": 1}, backend=backend)
+    resumed = run(tiny, tmp_path / "split", config={"epochs": 2}, resume=True, backend=backend)
     assert_same_state(params(straight), params(resumed))
     assert resumed.losses == straight.losses[len(straight.losses) // 2:]
     rows = [json.loads(line) for line in (tmp_path / "split/metrics.jsonl").read_text().splitlines()]
@@ -187,7 +188,11 @@ def test_run_directory_contents(tiny, tmp_path):
         pass
 
 
-def test_default_run_directory_is_named_after_the_model(tiny, tmp_path):
+def test_default_run_directory_and_resuming_the_newest_run(tiny, tmp_path):
     fit(str(tiny), {"epochs": 1}, backend="reference", progress=False)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert run_dir.name.startswith("tiny-") and (run_dir / "checkpoint.npz").is_file()
+    h = fit(str(tiny), {"epochs": 2}, backend="reference", progress=False, resume=True)
+    assert h.run_dir.resolve() == run_dir and [r["epoch"] for r in h.rows] == [1, 2]
+    with pytest.raises(NNError, match="already holds a training run"):
+        fit(str(tiny), backend="reference", progress=False, out=run_dir)
