@@ -204,7 +204,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("NNLANG_DATA_DIR", "/work/shared/datasets")
     sides = (args.only,) if args.only else ("nnlang", "torch")
     runs = [run_seed(args.model, int(s), args.epochs, args.backend, args.limit_train,
-                     args.limit_test, args.threads, sides, args.data) for s in args.seeds.split(",")]
+                     args.limit_test, args.threads, sides, args.data)
+            for s in args.seeds.split(",")]
     machine = machine_info()
     r0 = runs[0]
     head = (f"{args.model} on {r0['dataset']}: {r0['train_examples']} train / "

@@ -48,7 +48,7 @@ def _to_torch(feeds: dict, feat: str, lab: str):
 
 
 def time_model(name: str, backend: str, rounds: int, warmup: int, batch: int | None,
-               threads: int) -> dict:
+               threads: int, torch_only: bool = False) -> dict:
     """Alternating rounds of both frameworks; the torch side alone when nnlang fails to compile
     or run the model (the error is recorded)."""
     import torch
@@ -71,6 +71,8 @@ def time_model(name: str, backend: str, rounds: int, warmup: int, batch: int | N
 
     net = None
     try:
+        if torch_only:
+            raise RuntimeError("--only torch")
         net = nnlang.compile(program, backend=backend, batch=batch, seed=0)
         t0 = time.perf_counter()
         net.train_step(feeds)  # the first step compiles; keep its time apart
@@ -181,6 +183,8 @@ def main(argv=None) -> int:
                     help="override every model's batch (smoke runs); default: the train section")
     ap.add_argument("--no-compile-times", action="store_true",
                     help="skip the cold/warm compile subprocesses")
+    ap.add_argument("--only", choices=("torch",), default=None,
+                    help="time the PyTorch side alone")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
     os.environ.setdefault("NNLANG_DATA_DIR", "/work/shared/datasets")
@@ -189,7 +193,8 @@ def main(argv=None) -> int:
     peak_before = sgemm_peak()
     results = []
     for name in args.models.split(","):
-        r = time_model(name, args.backend, args.rounds, args.warmup, args.batch, args.threads)
+        r = time_model(name, args.backend, args.rounds, args.warmup, args.batch, args.threads,
+                       args.only == "torch")
         if not args.no_compile_times and "nnlang_error" not in r:
             r["compile"] = compile_times(name, args.backend, args.batch)
         results.append(r)

@@ -151,8 +151,10 @@ def test_updates_write_state():
     g.losses["l"] = b.reduce_sum(b.mul(w, w), axes=None)
     g.meta["updates"] = {"w": b.sub(w, b.mul(b.const(0.1), w))}
     w0 = rand((3, 2))
-    exe = compile_graph(g, state={"w": w0})
+    shared = w0.copy()
+    exe = compile_graph(g, state={"w": shared})
     out = exe.run({})
+    assert exe.state["w"] is shared, "a fitting state array is shared, not copied"
     np.testing.assert_allclose(out["l"], (w0 * w0).sum(), rtol=1e-5)
     np.testing.assert_allclose(exe.state["w"], w0 * 0.9, rtol=1e-6)
     exe.run({})
