@@ -48,9 +48,13 @@ def _to_torch(feeds: dict, feat: str, lab: str):
 
 
 def time_model(name: str, backend: str, rounds: int, warmup: int, batch: int | None,
-               threads: int, torch_only: bool = False) -> dict:
+               threads: int, torch_only: bool = False, gap: float = 0.2) -> dict:
     """Alternating rounds of both frameworks; the torch side alone when nnlang fails to compile
-    or run the model (the error is recorded)."""
+    or run the model (the error is recorded).
+
+    NOTE: `gap` seconds of sleep (untimed) before each step let the other runtime's worker
+    threads park: OpenBLAS and OpenMP workers spin for a while after a call, and on a 2-core
+    machine a spinning pool of one framework slows the other's next step many times over."""
     import torch
 
     import nnlang
@@ -86,14 +90,15 @@ def time_model(name: str, backend: str, rounds: int, warmup: int, batch: int | N
         _torch_step(module, opt, lossf, x, y)
     t_nn, t_torch = [], []
     for _ in range(rounds):
-        t0 = time.perf_counter()
         if net:
+            time.sleep(gap)
+            t0 = time.perf_counter()
             net.train_step(feeds)
-        t1 = time.perf_counter()
+            t_nn.append(time.perf_counter() - t0)
+        time.sleep(gap)
+        t0 = time.perf_counter()
         _torch_step(module, opt, lossf, x, y)
-        t2 = time.perf_counter()
-        t_nn.append(t1 - t0)
-        t_torch.append(t2 - t1)
+        t_torch.append(time.perf_counter() - t0)
     out["torch_ms"] = 1e3 * statistics.median(t_torch)
     out["torch_ms_all"] = [1e3 * t for t in t_torch]
     out["torch_gflops"] = out["gemm_gflop_per_step"] / (out["torch_ms"] / 1e3)
@@ -183,6 +188,8 @@ def main(argv=None) -> int:
                     help="override every model's batch (smoke runs); default: the train section")
     ap.add_argument("--no-compile-times", action="store_true",
                     help="skip the cold/warm compile subprocesses")
+    ap.add_argument("--gap", type=float, default=0.2,
+                    help="untimed sleep (s) before each step so idle worker threads park")
     ap.add_argument("--only", choices=("torch",), default=None,
                     help="time the PyTorch side alone")
     ap.add_argument("--out", help="write the results as JSON here")
@@ -194,7 +201,7 @@ def main(argv=None) -> int:
     results = []
     for name in args.models.split(","):
         r = time_model(name, args.backend, args.rounds, args.warmup, args.batch, args.threads,
-                       args.only == "torch")
+                       args.only == "torch", args.gap)
         if not args.no_compile_times and "nnlang_error" not in r:
             r["compile"] = compile_times(name, args.backend, args.batch)
         results.append(r)
@@ -207,7 +214,8 @@ def main(argv=None) -> int:
               f"(median before/after: {peak_before['median_gflops']:.1f} / "
               f"{peak_after['median_gflops']:.1f}). nnlang backend: {args.backend}; torch "
               f"threads: {args.threads}; {args.rounds} alternating rounds after {args.warmup} "
-              f"warm-up steps.\n\n" + table(results, peak))
+              f"warm-up steps, {args.gap} s untimed gap before each step.\n\n"
+              + table(results, peak))
     print(report)
     if args.out:
         Path(args.out).write_text(json.dumps(

@@ -19,6 +19,7 @@ import numba
 import numpy as np
 
 from nnlang.backends import numba_kernels as nk
+from nnlang.backends.blas import matmul_call, single_threaded_blas
 from nnlang.backends.base import Call
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops import registry
@@ -107,7 +108,11 @@ class NumbaBackend:
         return run, tuple(inputs)
 
     def _matmul(self, a, xs, out):
-        return np.matmul, (xs[0], xs[1], out)
+        return matmul_call(xs[0], xs[1], out)
+
+    def session(self):
+        """Context for running one step: BLAS single-threaded (see backends/blas.py)."""
+        return single_threaded_blas()
 
     def _gather(self, a, xs, out):
         # NOTE: mode="wrap" maps -1 to the last row like numpy indexing and, unlike "raise",

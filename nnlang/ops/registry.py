@@ -109,8 +109,13 @@ def get(name: str) -> OpDef | None:
 
 
 def all_ops() -> dict[str, OpDef]:
+    """Every op, ordered by family (pipeline order) and then by registration, whatever order
+    the family modules happened to be imported in."""
     _load_all()
-    return OPS
+    order = {name: i for i, name in enumerate(OPS)}
+    rank = {f: i for i, f in enumerate(_FAMILIES)}
+    return dict(sorted(OPS.items(), key=lambda kv: (rank.get(kv[1].family, len(rank)),
+                                                    order[kv[0]])))
 
 
 _FAMILIES = ("source", "elementwise", "reduce", "movement", "linalg", "index", "random",

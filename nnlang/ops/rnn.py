@@ -96,11 +96,13 @@ def _make(op):
         else:
             in_bias, rec_bias = bias, None
         proj = linear(b, x, kernel, in_bias)          # [batch, time, gates*units], one GEMM
+        # NOTE: time-major once, so every step's slice is one contiguous block
+        proj = b.transpose(proj, perm=[1, 0, 2])
         zeros = b.broadcast_to(b.const([[0.0]], b.type(x).dtype), shape=[batch, units])
         h = c = zeros
         outs = []
         for t in (reversed(range(steps)) if reverse else range(steps)):
-            xt = b.reshape(b.slice(proj, axis=1, start=t, stop=t + 1, step=1),
+            xt = b.reshape(b.slice(proj, axis=0, start=t, stop=t + 1, step=1),
                            shape=[batch, gates * units])
             h, c = cell(b, xt, h, c, rec, rec_bias, units=units, activation=activation)
             outs.append(h)

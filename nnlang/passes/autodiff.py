@@ -28,6 +28,52 @@ def sum_to(b: Builder, g: int, shape: tuple) -> int:
     return out
 
 
+def accumulate(b: Builder, parts: list[int]) -> int:
+    """Sums fan-out contributions. Adjoints of disjoint slices of one value (an unrolled RNN
+    reads each time step of a projection) are joined by one concat, not summed as T full-size
+    zero-padded tensors, which would cost O(T^2) time and memory."""
+    pieces: dict[int, list] = {}
+    rest = []
+    for p in parts:
+        n = b.g.node(p)
+        if n.op == "unslice" and n.attrs["step"] == 1:
+            a = n.attrs
+            start, stop, _ = slice(a["start"], a["stop"], 1).indices(a["size"])
+            pieces.setdefault(a["axis"] % len(n.shape), []).append((start, stop, p))
+        else:
+            rest.append(p)
+    for axis, group in pieces.items():
+        group.sort()
+        disjoint = all(a[1] <= c[0] for a, c in zip(group, group[1:]))
+        if len(group) < 2 or not disjoint:
+            rest += [p for _, _, p in group]
+            continue
+        rest.append(_join(b, axis, group))
+    total = rest[0]
+    for p in rest[1:]:
+        total = b.add(total, p)
+    return total
+
+
+def _join(b: Builder, axis: int, group: list) -> int:
+    shape = list(b.type(group[0][2]).shape)
+    dtype = b.type(group[0][2]).dtype
+    chunks, pos = [], 0
+
+    def zeros(n):
+        dims = shape[:axis] + [n] + shape[axis + 1:]
+        return b.broadcast_to(b.const(0.0, dtype), shape=dims)
+
+    for start, stop, p in group:
+        if start > pos:
+            chunks.append(zeros(start - pos))
+        chunks.append(b.g.node(p).inputs[0])
+        pos = stop
+    if pos < shape[axis]:
+        chunks.append(zeros(shape[axis] - pos))
+    return chunks[0] if len(chunks) == 1 else b.concat(*chunks, axis=axis)
+
+
 def differentiable_path(g: Graph, loss: int, wrt) -> set[int]:
     """Nodes whose value depends on some `wrt` node and feeds the loss (tinygrad's deepwalk)."""
     feeds_loss = nx.ancestors(g.nx, loss) | {loss}
@@ -54,9 +100,7 @@ def backward(g: Graph, loss: int, wrt) -> dict[int, int]:
             continue
         node = g.node(nid)
         with b.at(node.span, node.path):
-            total = parts[0]
-            for p in parts[1:]:
-                total = b.add(total, p)
+            total = accumulate(b, parts)
             grads[nid] = total
             opdef = registry.get(node.op)
             if opdef.grad is None or opdef.has(NONDIFF):

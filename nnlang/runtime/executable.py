@@ -146,8 +146,9 @@ class Executable:
                 self._rng_key += 1
             else:
                 raise NNError(f"no value fed for input '{name}'")
-        for fn, args in self._calls:
-            fn(*args)
+        with self.backend.session():
+            for fn, args in self._calls:
+                fn(*args)
         for dst, src in self._updates:
             np.copyto(dst, src)
         return {k: np.array(v) for k, v in self._results}
