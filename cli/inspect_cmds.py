@@ -96,6 +96,9 @@ def graph(
     params: bool = typer.Option(False, "--params", help="Also draw weights and constants."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    backward: bool = typer.Option(False, "--backward",
+                                  help="Draw the generated backward pass beside the forward."),
+    fused: bool = typer.Option(False, "--fused", help="Draw each fused kernel as a cluster."),
 ):
     """Draw the model graph: blocks and layers as clusters, edges labelled with shapes."""
     from nnlang.ir.dot import GraphvizMissing, render, to_dot
@@ -105,7 +108,15 @@ def graph(
                                  + ", ".join(GRAPH_FORMATS), param_hint="-o")
     with reporting():
         prog = load_program(file, sets, model)
-    text = to_dot(prog.graph, depth=depth, show_params=params, title=f"{prog.model} ({file})")
+    title = f"{prog.model} ({file})"
+    if backward or fused:
+        import nnlang
+        with reporting():
+            net = nnlang.compile(prog, backend="reference")
+            text = nnlang.dot(net, backward=backward, fused=fused, depth=depth,
+                              show_params=params, title=title)
+    else:
+        text = to_dot(prog.graph, depth=depth, show_params=params, title=title)
     try:
         written = render(text, output)
     except GraphvizMissing as missing:

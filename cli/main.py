@@ -4,11 +4,12 @@
 """
 from __future__ import annotations
 
+import nnlang_cli.compile_cmds  # noqa: F401  (registers compile)
 import nnlang_cli.inspect_cmds  # noqa: F401  (registers check, graph, fmt, ops)
 from nnlang_cli.app import app
 
 try:
-    import nnlang_cli.train_cmds  # noqa: F401  (registers train, eval, predict, compile)
+    import nnlang_cli.train_cmds  # noqa: F401  (registers train, eval, predict)
 except ModuleNotFoundError as err:
     if err.name != "nnlang_cli.train_cmds":
         raise

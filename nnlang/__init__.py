@@ -12,7 +12,7 @@ from __future__ import annotations
 from nnlang.errors import NNError
 
 __version__ = "0.1.0"
-__all__ = ["NNError", "load", "compile", "__version__"]
+__all__ = ["NNError", "load", "compile", "emit", "dot", "__version__"]
 
 
 def load(source_or_path, overrides: dict | None = None, model: str | None = None):
@@ -30,3 +30,19 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
     from nnlang.runtime.net import Net
     program = model if hasattr(model, "graph") else load(model, overrides)
     return Net(program, backend=backend, batch=batch, dtype=dtype, seed=seed, disable=disable)
+
+
+def emit(net, what: str, mode: str = "train") -> str:
+    """Text views of a compiled model: "user" (the checked graph), "ir" (the optimized graph),
+    "backward" (the generated backward pass and update), "fused" (kernel groups), "kernels"
+    (generated source) or "summary" (compile time and kernel counts)."""
+    from nnlang.runtime.emit import emit as _emit
+    return _emit(net, what, mode)
+
+
+def dot(net, backward: bool = False, fused: bool = False, depth: int | None = None,
+        show_params: bool = False, title: str | None = None) -> str:
+    """Graphviz DOT text of a compiled model's train graph: with `backward` the generated
+    backward pass beside the forward one; with `fused` each kernel drawn as a cluster."""
+    from nnlang.runtime.emit import dot as _dot
+    return _dot(net, backward, fused, depth, show_params, title)

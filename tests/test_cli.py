@@ -3,6 +3,7 @@ and never a traceback on bad input; plus one run of the real command in a subpro
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -144,3 +145,45 @@ def test_subprocess_check():
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "Total params: 535,818" in proc.stdout
+
+
+# *** compile (the generated backward pass and kernels) ***
+
+@pytest.mark.parametrize("emit,expect", [("ir", "matmul("), ("backward", "[bwd]"),
+                                         ("fused", "kernel 0: loop"),
+                                         ("kernels", "@numba.njit"), ("summary", "kernels:")])
+def test_compile_emits(emit, expect):
+    result = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--emit", emit,
+                                      "--set", "hidden1=16", "--set", "hidden2=8"])
+    assert result.exit_code == 0, result.output
+    assert expect in result.output
+
+
+def test_compile_kernels_name_their_source_lines():
+    result = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--emit", "kernels",
+                                      "--set", "hidden1=16", "--set", "hidden2=8"])
+    assert "# computes:" in result.output and "h1 @8" in result.output
+
+
+def test_compile_without_fusion_has_more_kernels():
+    def kernels(*flags):
+        r = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--set", "hidden1=16",
+                                     "--set", "hidden2=8", *flags])
+        return int(re.search(r"kernels: (\d+)", r.output).group(1))
+    assert kernels("--no-fuse") > kernels()
+
+
+def test_compile_bad_emit_is_an_error_not_a_traceback():
+    result = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--emit", "asm"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "unknown --emit 'asm'" in result.output
+
+
+def test_graph_backward_and_fused(tmp_path):
+    for flag in ("--backward", "--fused"):
+        out = tmp_path / f"g{flag}.dot"
+        r = CliRunner().invoke(app, ["graph", "models/mlp.nn", flag, "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        text = out.read_text()
+        assert text.startswith("digraph")
+        assert ("kernel 0" in text) if flag == "--fused" else ("#f8e0e0" in text)

@@ -445,7 +445,8 @@ class Elaborator:
         path = None
         if opdef.params is not None:
             path = self.layer_path(scope, target, e.func, share, spans.get("share"))
-        return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path)
+        where = path or _join(scope.prefix, target or "")
+        return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path, where)
 
     def as_tensor(self, v, span: Span, func: str) -> T:
         if isinstance(v, T):
@@ -487,7 +488,8 @@ class Elaborator:
         return nid
 
     def emit(self, op: str, ins: list, attrs: dict, span: Span, in_spans: list, scope: Scope,
-             path: str | None):
+             path: str | None, where: str | None = None):
+        """Adds one op node; `path` names a layer that owns weights, `where` the node's path."""
         ins = [self.as_tensor(v, s, op) if v is not None else None
                for v, s in zip(ins, in_spans)]
         opdef = registry.get(op)
@@ -505,9 +507,9 @@ class Elaborator:
             shared = path in self.layer_of.values()
             params = [T(self.param(f"{path}.{k}", spec, span, shared))
                       for k, spec in specs.items()]
-        layer = path if path is not None else _join(scope.prefix, "")
+        layer = path or where or scope.prefix
         try:
-            with self.b.at(span, layer or scope.prefix):
+            with self.b.at(span, layer):
                 nid = self.b.emit(op, *[None if t is None else t.id for t in ins],
                                   *[p.id for p in params], **full)
         except ShapeError as err:

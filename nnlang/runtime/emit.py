@@ -1,0 +1,87 @@
+"""What `nnlang compile --emit` shows: the user graph, the optimized train graph, its backward
+part, the fusion groups and the generated kernel source, so a user can read exactly what runs.
+"""
+from __future__ import annotations
+
+import time
+
+from nnlang.errors import NNError
+from nnlang.ir.graph import Graph
+
+EMITS = ("user", "ir", "backward", "fused", "kernels", "summary")
+MODES = ("train", "eval", "predict")
+
+
+def _graph(net, mode: str) -> Graph:
+    from nnlang.passes.pipeline import forward_graph, train_graph
+    if mode == "train":
+        return train_graph(net.user, net.config, net.batch, net.dtype)
+    results = ("outputs",) if mode == "predict" else ("outputs", "losses", "metrics")
+    return forward_graph(net.user, net.batch, net.dtype, results)
+
+
+def emit(net, what: str, mode: str = "train") -> str:
+    """The text of one --emit view of a compiled `Net` (see EMITS)."""
+    from nnlang.passes.optimize import optimize
+    if what not in EMITS:
+        raise NNError(f"unknown --emit '{what}'", hint=f"choose one of: {', '.join(EMITS)}")
+    if mode not in MODES:
+        raise NNError(f"unknown mode '{mode}'", hint=f"choose one of: {', '.join(MODES)}")
+    if what == "user":
+        return net.user.dump()
+    g = optimize(_graph(net, mode), net.disable)
+    if what == "ir":
+        return g.dump()
+    if what == "backward":
+        if mode != "train":
+            raise NNError("--emit backward needs the train graph", hint="drop --mode")
+        return ("# the generated backward pass (role bwd) and optimizer update (role optim);\n"
+                "# each line ends with the block path and the .nn line it came from\n"
+                + g.dump(roles=("bwd", "optim")))
+    if what == "fused":
+        from nnlang.passes.fuse import format_groups
+        return format_groups(g, g.meta.get("groups", []))
+    if what == "kernels":
+        return kernel_text(net, g, mode)
+    start = time.perf_counter()
+    exe = net._exe(mode, net.batch)[0]
+    took = time.perf_counter() - start
+    info = exe.summary() if hasattr(exe, "summary") else {}
+    rows = [f"model {net.program.model}, mode {mode}, backend {net.backend}, batch {net.batch}",
+            f"compile time {took:.2f} s"] + [f"{k}: {v}" for k, v in info.items()]
+    return "\n".join(rows) + "\n"
+
+
+def kernel_text(net, g: Graph, mode: str) -> str:
+    """Generated kernel source, each kernel headed by the nodes and .nn lines it computes."""
+    if net.backend == "cupy":
+        from nnlang.codegen.render_cuda import cuda_sources
+        sources = cuda_sources(g)
+    elif net.backend == "numba":
+        sources = net._exe(mode, net.batch)[0].kernel_sources()
+    else:
+        raise NNError(f"the {net.backend} backend generates no kernels",
+                      hint="use --backend numba or --backend cupy")
+    seen, out = set(), []
+    for src in sources:
+        out.append(src if src not in seen else src.split("\n", 1)[0] + "  (same as above)\n")
+        seen.add(src)
+    return "\n".join(out)
+
+
+def dot(net, backward: bool = False, fused: bool = False, depth: int | None = None,
+        show_params: bool = False, title: str | None = None) -> str:
+    """DOT text of the train graph: forward and generated backward side by side (`backward`),
+    or the optimized graph with each fused kernel drawn as a cluster (`fused`)."""
+    from nnlang.ir.dot import to_dot
+    from nnlang.passes.optimize import optimize
+    g = _graph(net, "train")
+    if not fused:
+        return to_dot(g, depth=depth, roles=("fwd", "bwd") if backward else ("fwd",),
+                      show_params=show_params, title=title)
+    g = optimize(g, net.disable)
+    cluster = {m: f"kernel {k}" for k, grp in enumerate(g.meta.get("groups", []))
+               for m in grp.members}
+    roles = ("fwd", "bwd", "optim") if backward else None
+    return to_dot(g, depth=depth, roles=roles, show_params=show_params, cluster_of=cluster,
+                  title=title)
