@@ -1,0 +1,61 @@
+"""Hand-written CUDA for the library ops the CuPy backend does not take from CuPy (gather,
+scatter_add, one_hot, random_uniform), as source text: compiled by `cupy_backend.py` through
+NVRTC, and run on the CPU by the host harness in `tests/gpu/test_host_harness.py`.
+
+Each kernel is one thread per element in a grid-stride loop; its C types are parameters.
+"""
+from __future__ import annotations
+
+from nnlang.codegen.render_cuda import CTYPES
+
+_LOOP = ("  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;"
+         " e += (long long)gridDim.x * blockDim.x) {\n")
+
+
+def gather(t: str, i: str) -> tuple[str, str]:
+    """out[r, :] = table[idx[r] wrapped into [0, rows), :] (numpy `take(mode="wrap")`)."""
+    name = f"nn_gather_{t}_{i}"
+    return name, (
+        f'extern "C" __global__ void {name}(long long total, long long width, long long rows,\n'
+        f"    const {CTYPES[t]}* __restrict__ table, const {CTYPES[i]}* __restrict__ idx,\n"
+        f"    {CTYPES[t]}* __restrict__ out) {{\n" + _LOOP +
+        "    long long r = (long long)idx[e / width] % rows;\n"
+        "    if (r < 0) r += rows;\n"
+        "    out[e] = table[r * width + e % width];\n  }\n}\n")
+
+
+def scatter_add(t: str, i: str) -> tuple[str, str]:
+    """out[idx[r], :] += src[r, :] for every r, after `out` is zeroed (atomics: rows repeat)."""
+    name = f"nn_scatter_add_{t}_{i}"
+    return name, (
+        f'extern "C" __global__ void {name}(long long total, long long width, long long rows,\n'
+        f"    const {CTYPES[t]}* __restrict__ src, const {CTYPES[i]}* __restrict__ idx,\n"
+        f"    {CTYPES[t]}* __restrict__ out) {{\n" + _LOOP +
+        "    long long r = (long long)idx[e / width];\n"
+        "    if (r < 0) r += rows;\n"
+        "    atomicAdd(out + r * width + e % width, src[e]);\n  }\n}\n")
+
+
+def one_hot(t: str, i: str) -> tuple[str, str]:
+    """out[r, d] = (idx[r] == d): an index outside [0, depth) gives a row of zeros."""
+    name = f"nn_one_hot_{t}_{i}"
+    return name, (
+        f'extern "C" __global__ void {name}(long long total, long long depth,\n'
+        f"    const {CTYPES[i]}* __restrict__ idx, {CTYPES[t]}* __restrict__ out) {{\n" + _LOOP +
+        f"    out[e] = ({CTYPES[t]})((long long)idx[e / depth] == e % depth);\n  }}\n}}\n")
+
+
+def random_uniform() -> tuple[str, str]:
+    """splitmix64 of (base + index), the top 24 bits as a float32 in [0, 1): bit for bit what
+    `nnlang/ops/random.py` computes. The key stays on the device (no sync to read it)."""
+    name = "nn_random_uniform"
+    return name, (
+        f'extern "C" __global__ void {name}(long long total, const long long* __restrict__ key,\n'
+        "    unsigned long long salt_term, float* __restrict__ out) {\n"
+        "  const unsigned long long base ="
+        " (unsigned long long)key[0] * 0x100000001B3ULL + salt_term;\n" + _LOOP +
+        "    unsigned long long z = base + (unsigned long long)e + 0x9E3779B97F4A7C15ULL;\n"
+        "    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;\n"
+        "    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;\n"
+        "    z = z ^ (z >> 31);\n"
+        "    out[e] = (float)(z >> 40) * 5.9604644775390625e-08f;  // 2**-24\n  }\n}\n")

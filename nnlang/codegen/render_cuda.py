@@ -1,0 +1,338 @@
+"""Kernel -> CUDA C source (after `fuse`, the CUDA twin of `render_numba.py`), compiled by
+`backends/cupy_backend.py` through NVRTC, or by `nvcc` in the tests.
+
+Sizes and load strides are kernel arguments, so one source serves every batch size and every
+view layout. Elementwise kernels use one thread per output element in a grid-stride loop.
+Kernels ending in a reduction use one block per kept (output) element: each thread folds a
+strided share of the reduced elements, then a shared-memory tree combines the block's
+partials (`blockDim.x` must be a power of two; the launcher picks it).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from nnlang.codegen.kernel import Kernel, build_kernel
+from nnlang.codegen.scalar_ops import ScalarLang
+from nnlang.ops import registry
+
+CTYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long",
+          "int16": "short", "int8": "signed char", "uint8": "unsigned char", "bool": "bool"}
+
+_device = "__device__ __forceinline__ "
+
+
+class CudaLang(ScalarLang):
+    """CUDA spellings of the neutral scalar ops: float32 math uses the `f` functions."""
+
+    funcs = {"exp": "exp", "log": "log", "sqrt": "sqrt", "tanh": "tanh", "erf": "erf",
+             "abs": "fabs", "sign": "nn_sign", "sigmoid": "nn_sigmoid", "max": "fmax",
+             "min": "fmin", "pow": "pow"}
+    funcs_f32 = {"exp": "expf", "log": "logf", "sqrt": "sqrtf", "tanh": "tanhf", "erf": "erff",
+                 "abs": "fabsf", "sigmoid": "nn_sigmoidf", "max": "fmaxf", "min": "fminf",
+                 "pow": "powf"}
+    funcs_int = {"abs": "nn_abs", "sign": "nn_sign", "max": "nn_max", "min": "nn_min"}
+    templates = {"where": "({0} ? {1} : {2})"}
+    dtype_names = CTYPES
+    # NOTE: each helper's first two lines are a comment and the signature, as `used_helpers`
+    # scans the text after them for calls of other helpers
+    helpers = {
+        # NOTE: the tanh form cannot overflow, unlike 1 / (1 + exp(-x)), and is what the
+        # reference interpreter computes
+        "nn_sigmoidf": "// sigmoid (float32)\n" + _device + "float nn_sigmoidf(float x) {\n"
+                       "  return 0.5f * (tanhf(0.5f * x) + 1.0f);\n}\n",
+        "nn_sigmoid": "// sigmoid\n" + _device + "double nn_sigmoid(double x) {\n"
+                      "  return 0.5 * (tanh(0.5 * x) + 1.0);\n}\n",
+        "nn_sign": "// sign (0 at 0)\ntemplate <class T> " + _device + "T nn_sign(T x) {\n"
+                   "  return (T)((x > (T)0) - (x < (T)0));\n}\n",
+        "nn_abs": "// integer abs\ntemplate <class T> " + _device + "T nn_abs(T x) {\n"
+                  "  return x < (T)0 ? -x : x;\n}\n",
+        "nn_max": "// integer max\ntemplate <class T> " + _device + "T nn_max(T a, T b) {\n"
+                  "  return a > b ? a : b;\n}\n",
+        "nn_min": "// integer min\ntemplate <class T> " + _device + "T nn_min(T a, T b) {\n"
+                  "  return a < b ? a : b;\n}\n",
+    }
+
+    def cast(self, x: str, dtype: str) -> str:
+        return f"(({x}) != 0)" if dtype == "bool" else f"(({CTYPES[dtype]})({x}))"
+
+    def literal(self, value, dtype: str) -> str:
+        if dtype == "bool":
+            return "true" if bool(value) else "false"
+        if dtype.startswith(("int", "uint")):
+            if int(value) == np.iinfo(dtype).min and dtype in ("int32", "int64"):
+                return f"(({CTYPES[dtype]})({int(value) + 1}{'LL' if dtype == 'int64' else ''} - 1))"
+            return f"(({CTYPES[dtype]}){int(value)}{'LL' if dtype == 'int64' else ''})"
+        v = float(value)
+        if not math.isfinite(v):
+            text = "NAN" if math.isnan(v) else ("INFINITY" if v > 0 else "-INFINITY")
+            return text if dtype == "float32" else f"((double){text})"
+        # NOTE: repr of a float32 value read back as a float literal is that exact value
+        return f"{v!r}f" if dtype == "float32" else repr(v)
+
+    def reduce_step(self, op: str, acc: str, v: str, dtype: str = "float32") -> str:
+        if op == "sum":
+            return f"{acc} += {v};"
+        fn = {"float32": "fmaxf", "float64": "fmax"}.get(dtype, "nn_max")
+        return f"{acc} = {fn}({acc}, {v});"
+
+    def expr(self, op: str, template: str, args: list[str], dtype: str, in_dtypes) -> str:
+        if op == "cast":
+            return self.cast(args[0], dtype)
+        # NOTE: numpy computes a mixed op in the result dtype (int + float32 in float32), so
+        # float results cast their odd operands first; C would divide two ints as ints
+        if registry.is_float(dtype):
+            offset = len(args) - len(in_dtypes)  # `where` lists no dtype for its condition
+            args = [a if i < offset or in_dtypes[i - offset] == dtype else self.cast(a, dtype)
+                    for i, a in enumerate(args)]
+        template = self.templates.get(op, template)
+        funcs = {"float32": {**self.funcs, **self.funcs_f32}, "float64": self.funcs}.get(
+            dtype, {**self.funcs, **self.funcs_int})
+        if op in ("abs", "sign", "maximum", "minimum") and not registry.is_float(in_dtypes[0]):
+            funcs = {**self.funcs, **self.funcs_int}
+        text = re.sub(r"\b([a-z_][a-z0-9_]*)\(",
+                      lambda m: funcs.get(m.group(1), m.group(1)) + "(", template)
+        text = text.format(*args)
+        if dtype == "bool" or registry.is_float(dtype):
+            return text
+        return self.cast(text, dtype)
+
+
+CUDA = CudaLang()
+
+PRELUDE = ("#ifndef NN_CUDA_PRELUDE\n#define NN_CUDA_PRELUDE\n"
+           "// NVRTC has no <math.h>: spell the special float values as bit patterns\n"
+           "#ifndef INFINITY\n#define INFINITY __int_as_float(0x7f800000)\n#endif\n"
+           "#ifndef NAN\n#define NAN __int_as_float(0x7fffffff)\n#endif\n#endif\n")
+
+_META = re.compile(r"^// nnlang: (.*)$", re.M)
+
+
+@dataclass(frozen=True)
+class LaunchInfo:
+    """What a launcher needs to know about a kernel, kept in its source's `// nnlang:` line."""
+    rank: int
+    loads: int
+    outputs: int                    # element stores, plus the reduction's output when any
+    reduce_axes: tuple[int, ...] = ()
+    acc_bytes: int = 0              # shared memory per thread of a reduction
+
+    def line(self) -> str:
+        axes = ",".join(map(str, self.reduce_axes)) or "-"
+        return (f"// nnlang: rank={self.rank} loads={self.loads} outputs={self.outputs} "
+                f"reduce={axes} acc_bytes={self.acc_bytes}")
+
+    @staticmethod
+    def parse(source: str) -> "LaunchInfo":
+        m = _META.search(source)
+        if m is None:
+            raise ValueError("not an nnlang CUDA kernel (no '// nnlang:' line)")
+        kv = dict(item.split("=") for item in m.group(1).split())
+        axes = () if kv["reduce"] == "-" else tuple(int(a) for a in kv["reduce"].split(","))
+        return LaunchInfo(int(kv["rank"]), int(kv["loads"]), int(kv["outputs"]), axes,
+                          int(kv["acc_bytes"]))
+
+
+def _acc_dtype(k: Kernel) -> str:
+    # NOTE: float32 sums accumulate in float64 like the numba backend, so both backends (and
+    # the float64 reference) agree closely whatever the reduction order
+    r = k.reduce
+    return "float64" if r.op == "sum" and r.dtype == "float32" else r.dtype
+
+
+def params(k: Kernel) -> list[tuple[str, str]]:
+    """(C type, name) of every kernel parameter: sizes, each load and its strides, outputs."""
+    out = [("int", f"n{a}") for a in range(k.loop_rank)]
+    for ld in k.loads.values():
+        out.append((f"const {CTYPES[ld.dtype]}* __restrict__", ld.arg))
+        out += [("int", f"{ld.arg}_s{a}") for a in range(k.loop_rank)]
+    dtypes = {op.out: op.dtype for op in k.body}
+    dtypes.update({name: ld.dtype for name, ld in k.loads.items()})
+    dtypes.update({name: dtype for name, _, dtype in k.consts})
+    for value, arg in k.stores:
+        out.append((f"{CTYPES[dtypes[value]]}* __restrict__", arg))
+    if k.reduce:
+        out.append((f"{CTYPES[k.reduce.dtype]}* __restrict__", k.reduce.arg))
+    return out
+
+
+def _decode(axes: list[int], flat: str, pad: str) -> list[str]:
+    """Row-major indices i<axis> of `flat` over the loop sizes of `axes`."""
+    if not axes:
+        return []
+    lines = [f"{pad}int {flat}_r = {flat};"]
+    for a in reversed(axes[1:]):
+        lines.append(f"{pad}const int i{a} = {flat}_r % n{a}; {flat}_r /= n{a};")
+    lines.append(f"{pad}const int i{axes[0]} = {flat}_r;")
+    return lines
+
+
+def _flat(axes: list[int]) -> str:
+    text = f"i{axes[0]}"
+    for a in axes[1:]:
+        text = f"({text} * n{a} + i{a})"
+    return text
+
+
+def _element(k: Kernel, pad: str, flat_index: str) -> list[str]:
+    """Loads, the SSA body and the element stores at the current loop index."""
+    lines = []
+    for name, ld in k.loads.items():
+        terms = [f"i{a} * {ld.arg}_s{a}" for a in range(k.loop_rank) if not ld.broadcast[a]]
+        lines.append(f"{pad}const {CTYPES[ld.dtype]} {name} = "
+                     f"{ld.arg}[{' + '.join(terms) or '0'}];")
+    for op in k.body:
+        rhs = CUDA.expr(op.op, registry.get(op.op).expr, list(op.args), op.dtype, op.in_dtypes)
+        lines.append(f"{pad}const {CTYPES[op.dtype]} {op.out} = {rhs};")
+    for value, arg in k.stores:
+        lines.append(f"{pad}{arg}[{flat_index}] = {value};")
+    return lines
+
+
+def render_function(k: Kernel) -> str:
+    """The `extern "C" __global__` function alone (no prelude or helpers)."""
+    sig = ",\n    ".join(f"{t} {n}" for t, n in params(k))
+    lines = [f'extern "C" __global__ void {k.name}(\n    {sig}) {{']
+    for name, value, dtype in k.consts:
+        lines.append(f"  const {CTYPES[dtype]} {name} = {CUDA.literal(value, dtype)};")
+    axes = list(range(k.loop_rank))
+    if k.reduce is None:
+        total = " * ".join(f"n{a}" for a in axes)
+        lines += [f"  const int total = {total};",
+                  "  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total;"
+                  " e += gridDim.x * blockDim.x) {"]
+        lines += _decode(axes, "e", "    ")
+        lines += _element(k, "    ", "e")
+        lines.append("  }")
+    else:
+        red = sorted(k.reduce.axes)
+        kept = [a for a in axes if a not in red]
+        acc_t = CTYPES[_acc_dtype(k)]
+        init = CUDA.reduce_init(k.reduce.op, _acc_dtype(k))
+        n_out = " * ".join(f"n{a}" for a in kept) or "1"
+        n_red = " * ".join(f"n{a}" for a in red)
+        lines += ["  extern __shared__ unsigned char nn_smem[];",
+                  f"  {acc_t}* partial = reinterpret_cast<{acc_t}*>(nn_smem);",
+                  f"  const int n_out = {n_out};",
+                  f"  const int n_red = {n_red};",
+                  "  for (int o = blockIdx.x; o < n_out; o += gridDim.x) {"]
+        lines += _decode(kept, "o", "    ")
+        lines += [f"    {acc_t} acc = {init};",
+                  "    for (int r = threadIdx.x; r < n_red; r += blockDim.x) {"]
+        lines += _decode(red, "r", "      ")
+        lines += _element(k, "      ", _flat(axes))
+        acc_dtype = _acc_dtype(k)
+        lines.append(f"      {CUDA.reduce_step(k.reduce.op, 'acc', k.reduce.value, acc_dtype)}")
+        step = CUDA.reduce_step(k.reduce.op, "partial[threadIdx.x]",
+                                "partial[threadIdx.x + s]", acc_dtype)
+        lines += ["    }",
+                  "    partial[threadIdx.x] = acc;",
+                  "    __syncthreads();",
+                  "    for (int s = blockDim.x / 2; s > 0; s >>= 1) {",
+                  f"      if (threadIdx.x < s) {step}",
+                  "      __syncthreads();",
+                  "    }",
+                  "    if (threadIdx.x == 0) "
+                  f"{k.reduce.arg}[o] = {CUDA.cast('partial[0]', k.reduce.dtype)};",
+                  "    __syncthreads();  // partial[] is reused by the next output",
+                  "  }"]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def launch_info(k: Kernel) -> LaunchInfo:
+    acc = np.dtype(_acc_dtype(k)).itemsize if k.reduce else 0
+    return LaunchInfo(k.loop_rank, len(k.loads), len(k.stores) + bool(k.reduce),
+                      tuple(sorted(k.reduce.axes)) if k.reduce else (), acc)
+
+
+def render_parts(k: Kernel) -> tuple[list[str], str]:
+    """(helper definitions used, the kernel function with its `// nnlang:` line)."""
+    fn = launch_info(k).line() + "\n" + render_function(k)
+    return CUDA.used_helpers(fn), fn
+
+
+def render_body(k: Kernel) -> str:
+    """One self-contained CUDA source: prelude, helpers and the kernel (the unit cached)."""
+    helpers, fn = render_parts(k)
+    return PRELUDE + "".join("\n" + h for h in helpers) + "\n" + fn
+
+
+def render_header(k: Kernel) -> str:
+    return "".join(f"// {line}\n" for line in ["computes:"] + ["  " + h for h in k.header])
+
+
+def render(k: Kernel, loop_shape=None) -> tuple[str, str]:
+    """(header comment, source) for one kernel; the signature of `render_numba.render`."""
+    return render_header(k), render_body(k)
+
+
+# *** whole-graph sources, without CuPy or a device (`nvcc` tests, --emit kernels) ***
+
+@dataclass(frozen=True)
+class CudaSource:
+    kernel: Kernel
+    header: str
+    source: str
+
+
+def cuda_sources(g, disable=()) -> list[CudaSource]:
+    """Every fused kernel of a primitive graph, in schedule order, rendered as CUDA: the same
+    optimize -> schedule -> build_kernel pipeline `compile_graph` runs."""
+    from nnlang.passes.fuse import plan_groups
+    from nnlang.passes.optimize import optimize
+    from nnlang.passes.schedule import schedule
+    g = optimize(g, disable)
+    groups = g.meta.get("groups") if "fuse" not in disable else None
+    if groups is None:
+        groups = plan_groups(g, fuse=False)
+    steps, _ = schedule(g, groups)
+    out = []
+    for s in steps:
+        if s.kind == "kernel":
+            grp = s.group
+            k, _ = build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
+            out.append(CudaSource(k, render_header(k), render_body(k)))
+    return out
+
+
+def module_source(kernels: list[Kernel]) -> tuple[str, list[str]]:
+    """One translation unit holding each distinct kernel once (helpers once, names made unique
+    by numbering): (source, the kernel name per input kernel)."""
+    helpers: list[str] = []
+    fns: dict[str, str] = {}
+    names = []
+    for k in kernels:
+        used, fn = render_parts(k)
+        helpers += [h for h in used if h not in helpers]
+        if fn not in fns:
+            fns[fn] = f"{k.name}_{len(fns)}"
+        names.append(fns[fn])
+    first = {render_parts(k)[1]: k.name for k in reversed(kernels)}
+    body = [fn.replace(f" {first[fn]}(\n", f" {name}(\n", 1) for fn, name in fns.items()]
+    return PRELUDE + "".join("\n" + h for h in helpers) + "".join("\n" + b for b in body), names
+
+
+# *** launch configuration, shared by the CuPy launcher and the host harness ***
+
+BLOCK = 256
+
+
+def launch_config(info: LaunchInfo, sizes, max_blocks: int) -> tuple[int, int, int]:
+    """(grid, block, shared bytes) for loop `sizes`; grid 0 means nothing to do."""
+    total = math.prod(sizes)
+    if total == 0:
+        return 0, 1, 0
+    if not info.reduce_axes:
+        return min(-(-total // BLOCK), max_blocks), BLOCK, 0
+    n_red = math.prod(sizes[a] for a in info.reduce_axes)
+    n_out = total // n_red
+    # NOTE: a power of two (the tree halves it), no wider than the rows are long; one output
+    # that is long (a norm of a whole weight) gets a full block of 1024
+    block = 1 << max(5, min(8, (n_red - 1).bit_length()))
+    if n_out < 8 and n_red >= 1 << 14:
+        block = 1024
+    return min(n_out, max_blocks), block, block * info.acc_bytes
