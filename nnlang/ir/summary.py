@@ -108,8 +108,8 @@ def layer_label(node: Node, owns_weights: bool, result: str | None = None) -> st
     """A layer is named by its weights' path (`enc.0.attn`); other ops by their value name (or
     the name of the loss, metric or output they are)."""
     name = node.name or result
-    if owns_weights or not name:
-        return node.path
+    if owns_weights or not name or node.path.rpartition(".")[2] == name:
+        return node.path or name or ""
     return f"{node.path}.{name}" if node.path else name
 
 

@@ -57,6 +57,19 @@ def _state_array(given, shape, dtype) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(given, shape), dtype=dtype).copy()
 
 
+def _row_strided(x: np.ndarray):
+    """(flat 1-D view, outer strides in elements) for a non-contiguous array whose last axis is
+    contiguous, which generated kernels index by hand so the inner loop vectorizes
+    (`render_numba.render_body`); None for other arrays."""
+    item = x.itemsize
+    if x.flags.c_contiguous or x.ndim < 2 or x.size == 0 or \
+            any(s < 0 or s % item for s in x.strides) or (x.shape[-1] > 1 and x.strides[-1] != item):
+        return None
+    span = 1 + sum((n - 1) * s // item for n, s in zip(x.shape, x.strides))
+    flat = np.lib.stride_tricks.as_strided(x, (span,), (item,))
+    return flat, [np.intp(s // item) for s in x.strides[:-1]]
+
+
 class Executable:
     """A graph compiled for one backend: `run(feeds)` returns outputs, losses and metrics."""
 
@@ -98,9 +111,6 @@ class Executable:
         if step.kind == "kernel":
             grp = step.group
             kernel, bind = build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
-            header, body = render(kernel, bind.loop_shape)
-            self._sources.append((header, body))
-            fn = self.backend.compile(body, kernel.name)
             rank = len(bind.loop_shape)
             loads = [self._ranked(self.arrays[i], rank) for i in bind.loads]
             outs = [self._ranked(self.arrays[o], rank) for o in bind.outputs]
@@ -108,7 +118,17 @@ class Executable:
                 kept = [d for a, d in enumerate(bind.loop_shape)
                         if a not in kernel.reduce.axes] or [1]
                 outs.append(np.reshape(self.arrays[bind.reduce_out], kept, copy=False))
-            return self.backend.specialize(fn, (*bind.loop_shape, *loads, *outs))
+            arrays = loads + outs
+            names = kernel.args[rank:]
+            red = kernel.reduce.arg if kernel.reduce else None
+            flat = {a: _row_strided(x) for a, x in zip(names, arrays) if a != red}
+            flat = {a: v for a, v in flat.items() if v is not None}
+            header, body = render(kernel, bind.loop_shape, strided=set(flat))
+            self._sources.append((header, body))
+            fn = self.backend.compile(body, kernel.name)
+            arrays = [flat[a][0] if a in flat else x for a, x in zip(names, arrays)]
+            strides = [s for a in kernel.args if a in flat for s in flat[a][1]]
+            return self.backend.specialize(fn, (*bind.loop_shape, *arrays, *strides))
         nid = step.nodes[0]
         n = g.node(nid)
         inputs = [self.arrays[i] for i in n.inputs]

@@ -1,0 +1,460 @@
+"""The NVIDIA GPU backend: generated CUDA kernels (`codegen/render_cuda.py`) compiled through
+CuPy's NVRTC (`cupy.RawModule`, which keeps its own on-disk cache keyed by source and
+options), GEMMs through cuBLAS (`cupy.matmul`), and the other library ops as CuPy calls or the
+small kernels of `backends/cuda_kernels.py`.
+
+CuPy is imported lazily: importing nnlang, or the numba backend, never needs it, and asking
+for `backend="cupy"` without CuPy or without a device is an `NNError` (`require_cupy`).
+Parameters and optimizer slots stay on the device; a step copies the fed batch up and only
+its results (the loss and metrics) down.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+
+import numpy as np
+
+from nnlang.backends import cuda_kernels as ck
+from nnlang.backends.base import Call
+from nnlang.codegen.kernel import build_kernel
+from nnlang.codegen.render_cuda import LaunchInfo, launch_config, render
+from nnlang.errors import NNError
+from nnlang.ir.graph import Node, op_attrs
+from nnlang.ops.random import MASK64
+from nnlang.passes.rewrite import updates
+from nnlang.runtime.executable import Executable, State
+
+VERSION = "nnlang-cuda-0.1"
+OPTIONS = ("-std=c++17",)
+_INT32_MAX = (1 << 31) - 1
+
+
+def require_cupy():
+    """The `cupy` module, or an NNError saying what is missing (the package or a device)."""
+    try:
+        import cupy
+    except ImportError as e:
+        raise NNError(f"the cupy backend needs CuPy, which is not installed ({e})",
+                      hint="pip install 'nnlang[gpu]' (a cupy-cudaXXx wheel matching your "
+                           "CUDA driver), or use --backend numba") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # NOTE: CUDARuntimeError without a driver, ImportError without libs
+        raise NNError(f"the cupy backend found no usable NVIDIA GPU: {e}",
+                      hint="check nvidia-smi, or use --backend numba") from None
+    if count < 1:
+        raise NNError("the cupy backend found no NVIDIA GPU", hint="use --backend numba")
+    return cupy
+
+
+class CudaFunction:
+    """A compiled generated kernel and what its launcher needs to know."""
+
+    def __init__(self, kernel, info: LaunchInfo):
+        self.kernel, self.info = kernel, info
+
+
+def _launch(kernel, grid, block, args, smem):
+    kernel((grid,), (block,), args, shared_mem=smem)
+
+
+def _noop(*_):
+    pass
+
+
+class CupyBackend:
+    name = "cupy"
+
+    def __init__(self):
+        self.cp = require_cupy()
+        self._modules: dict[str, object] = {}
+        self.compiled = 0
+        dev = self.cp.cuda.Device()
+        # NOTE: grid-stride loops need no more blocks than keep every SM busy
+        self.max_blocks = dev.attributes["MultiProcessorCount"] * 32
+
+    @property
+    def executable(self):
+        return CupyExecutable
+
+    # *** memory ***
+    def alloc(self, nbytes: int):
+        return self.cp.empty(max(nbytes, 1), self.cp.uint8)
+
+    def upload(self, dst, src) -> None:
+        host = np.ascontiguousarray(np.broadcast_to(np.asarray(src), dst.shape), dst.dtype)
+        dst.set(host)
+
+    def download(self, src) -> np.ndarray:
+        return self.cp.asnumpy(src)
+
+    def sync(self) -> None:
+        self.cp.cuda.get_current_stream().synchronize()
+
+    def session(self):
+        from contextlib import nullcontext
+        return nullcontext()
+
+    # *** generated kernels ***
+    def _module(self, source: str):
+        key = hashlib.sha256(f"{VERSION}\n{source}".encode()).hexdigest()[:24]
+        if key not in self._modules:
+            self._modules[key] = self.cp.RawModule(code=source, options=OPTIONS)
+            self.compiled += 1
+        return self._modules[key]
+
+    def compile(self, source: str, name: str) -> CudaFunction:
+        return CudaFunction(self._module(source).get_function(name), LaunchInfo.parse(source))
+
+    def specialize(self, fn: CudaFunction, args: tuple) -> Call:
+        """args as the numba backend takes them: loop sizes, loads (ranked), outputs."""
+        info = fn.info
+        sizes = [int(s) for s in args[:info.rank]]
+        loads = args[info.rank:info.rank + info.loads]
+        outs = args[info.rank + info.loads:]
+        grid, block, smem = launch_config(info, sizes, self.max_blocks)
+        if grid == 0:
+            return _noop, ()
+        if int(np.prod(sizes)) > _INT32_MAX:
+            raise NNError(f"a kernel loops over {sizes} = more than 2**31 elements, beyond the "
+                          "32-bit indices of generated CUDA kernels")
+        flat: list = [np.int32(s) for s in sizes]
+        for x in loads:
+            flat.append(x)
+            flat += [np.int32(s // x.itemsize) for s in x.strides]
+        for x in outs:
+            if not x.flags.c_contiguous:
+                raise NNError("internal: a kernel output is not contiguous")
+            flat.append(x)
+        return _launch, (fn.kernel, grid, block, tuple(flat), smem)
+
+    def _library(self, name_source: tuple[str, str]):
+        name, source = name_source
+        return self._module(source).get_function(name)
+
+    def _grid(self, total: int) -> int:
+        return max(1, min(-(-total // 256), self.max_blocks))
+
+    # *** library ops ***
+    def library_call(self, node: Node, inputs: list, out) -> Call:
+        a = op_attrs(node)
+        make = getattr(self, f"_{node.op}", None)
+        if make is None:
+            raise NNError(f"op '{node.op}' has no CUDA lowering in the cupy backend",
+                          span=node.span, hint="use --backend numba")
+        return make(a, inputs, out)
+
+    def _matmul(self, a, xs, out):
+        return _matmul, (self.cp, xs[0], xs[1], out)
+
+    def _gather(self, a, xs, out):
+        table, idx = xs
+        total = out.size
+        width = total // max(idx.size, 1)
+        k = self._library(ck.gather(str(table.dtype), str(idx.dtype)))
+        return _launch, (k, self._grid(total), 256,
+                         (np.int64(total), np.int64(width), np.int64(table.shape[0]), table, idx,
+                          out), 0)
+
+    def _scatter_add(self, a, xs, out):
+        src, idx = xs
+        total = src.size
+        width = total // max(idx.size, 1)
+        k = self._library(ck.scatter_add(str(src.dtype), str(idx.dtype)))
+        args = (np.int64(total), np.int64(width), np.int64(out.shape[0]), src, idx, out)
+        return _zero_then, (out, k, self._grid(total), 256, args, total)
+
+    def _one_hot(self, a, xs, out):
+        k = self._library(ck.one_hot(str(out.dtype), str(xs[0].dtype)))
+        args = (np.int64(out.size), np.int64(a["depth"]), xs[0], out)
+        return _launch, (k, self._grid(out.size), 256, args, 0)
+
+    def _random_uniform(self, a, xs, out):
+        k = self._library(ck.random_uniform())
+        salt = np.uint64((a["salt"] * 0x9E3779B1) & MASK64)
+        key = xs[0] if xs[0].dtype == np.int64 else xs[0].astype(np.int64)
+        return _launch, (k, self._grid(out.size), 256, (np.int64(out.size), key, salt, out), 0)
+
+    def _argmax(self, a, xs, out):
+        return _argmax, (self.cp, xs[0], a["axis"], out)
+
+    def _unslice(self, a, xs, out):
+        idx = [slice(None)] * out.ndim
+        idx[a["axis"] % out.ndim] = slice(a["start"], a["stop"], a["step"])
+        return _unslice, (xs[0], out, tuple(idx))
+
+    def _concat(self, a, xs, out):
+        return _concat, (self.cp, tuple(xs), a["axis"], out)
+
+    # NOTE: unfold/fold are the numba backend's padded-window copies as CuPy slice kernels
+    # (one launch per kernel tap); TODO: one im2col/col2im kernel each
+    def _unfold(self, a, xs, out):
+        from nnlang.backends.numba_backend import _windows
+        x = xs[0]
+        nd = len(a["kernel"])
+        pads = a["pads"]
+        padded = self.cp.empty(x.shape[:2] + tuple(x.shape[2 + i] + pads[2 * i] + pads[2 * i + 1]
+                                                   for i in range(nd)), x.dtype)
+        inner = (slice(None),) * 2 + tuple(slice(pads[2 * i], pads[2 * i] + x.shape[2 + i])
+                                           for i in range(nd))
+        moves = [((slice(None),) * 2 + ks, (slice(None),) * 2 + sl)
+                 for ks, sl in _windows(a, out.shape[2 + nd:])]
+        return _unfold, (x, out, padded, inner, a["pad_value"], moves)
+
+    def _fold(self, a, xs, out):
+        from nnlang.backends.numba_backend import _windows
+        cols = xs[0]
+        nd = len(a["kernel"])
+        pads, size = a["pads"], a["size"]
+        padded = self.cp.empty(cols.shape[:2] + tuple(size[i] + pads[2 * i] + pads[2 * i + 1]
+                                                      for i in range(nd)), cols.dtype)
+        crop = (slice(None),) * 2 + tuple(slice(pads[2 * i], pads[2 * i] + size[i])
+                                          for i in range(nd))
+        moves = [((slice(None),) * 2 + ks, (slice(None),) * 2 + sl)
+                 for ks, sl in _windows(a, cols.shape[2 + nd:])]
+        return _fold, (self.cp, cols, out, padded, crop, moves)
+
+
+# *** library op bodies: all write into preallocated device arrays ***
+
+def _matmul(cp, a, b, out):
+    cp.matmul(a, b, out=out)
+
+
+def _zero_then(out, kernel, grid, block, args, total):
+    out.fill(0)
+    if total:
+        _launch(kernel, grid, block, args, 0)
+
+
+def _argmax(cp, x, axis, out):
+    # NOTE: CuPy allocates the int64 result from its pool (no device sync), then casts
+    out[...] = cp.argmax(x, axis=axis)
+
+
+def _unslice(x, out, idx):
+    out.fill(0)
+    out[idx] = x
+
+
+def _concat(cp, xs, axis, out):
+    cp.concatenate(xs, axis=axis, out=out)
+
+
+def _unfold(x, out, padded, inner, pad_value, moves):
+    padded.fill(pad_value)
+    padded[inner] = x
+    for dst, src in moves:
+        out[dst] = padded[src]
+
+
+def _fold(cp, cols, out, padded, crop, moves):
+    padded.fill(0)
+    for src, dst in moves:
+        view = padded[dst]
+        cp.add(view, cols[src], out=view)
+    out[...] = padded[crop]
+
+
+# *** the executable on device arrays ***
+
+class DeviceState(State):
+    """Parameters and optimizer slots on the device; setting uploads into the existing array."""
+
+    def __setitem__(self, name, value):
+        if name not in self._arrays:
+            raise KeyError(f"no state named {name!r}")
+        dst = self._arrays[name]
+        if hasattr(value, "__cuda_array_interface__"):
+            dst[...] = value
+        else:
+            dst.set(np.ascontiguousarray(np.broadcast_to(np.asarray(value), dst.shape), dst.dtype))
+
+
+def _view(cp, node, x):
+    """`schedule.apply_view` for CuPy arrays (the same views: `find_views` chose them)."""
+    a = node.attrs
+    shape = [int(d) for d in node.shape]
+    if node.op == "reshape":
+        y = x.reshape(shape)
+        if not (y.data.ptr == x.data.ptr and y.size == x.size):
+            raise NNError("internal: a planned view became a copy on the device")
+        return y
+    if node.op == "transpose":
+        return x.transpose(a["perm"])
+    if node.op == "broadcast_to":
+        return cp.broadcast_to(x, shape)
+    idx = [slice(None)] * x.ndim
+    idx[a["axis"] % x.ndim] = slice(a["start"], a["stop"], a["step"])
+    return x[tuple(idx)]
+
+
+class CupyExecutable(Executable):
+    """`Executable` with its buffers, params and constants as CuPy arrays.
+
+    Persistent state stays on the device across calls and across the executables of one model:
+    a host array in the caller's `state` dict is uploaded once and the dict entry replaced by
+    the device array, which the next executable (eval, predict) then takes as is.
+    With NNLANG_CUDA_GRAPH=1 the steady-state calls are captured once into a CUDA graph and
+    replayed (experimental: falls back to plain launches if capture fails).
+    """
+
+    def __init__(self, g, steps, views, memory, backend: CupyBackend, state=None):
+        cp = self.cp = backend.cp
+        self.graph, self.steps, self.memory, self.backend = g, steps, memory, backend
+        self.buffers = [backend.alloc(n) for n in memory.sizes]
+        self.arrays = {}
+        shared = state if state is not None else {}
+        params = {}
+        for nid in g.topo():
+            n = g.node(nid)
+            shape = tuple(int(d) for d in n.shape)
+            if nid in memory.assign:
+                raw = self.buffers[memory.assign[nid]]
+                nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(n.dtype).itemsize
+                self.arrays[nid] = raw[:nbytes].view(n.dtype).reshape(shape)
+            elif n.op == "param":
+                name = n.attrs["name"]
+                if name not in params:
+                    params[name] = self._device_state(shared, name, shape, n.dtype)
+                self.arrays[nid] = params[name]
+            elif n.op == "const":
+                self.arrays[nid] = cp.asarray(np.asarray(n.attrs["value"], dtype=n.dtype))
+        for nid in g.topo():
+            if nid in views:
+                self.arrays[nid] = _view(cp, g.node(nid), self.arrays[views[nid]])
+        self.state = DeviceState(params)
+        self._feeds = [(n.attrs["name"], self.arrays[n.id]) for n in g
+                       if n.op == "input" and n.id in self.arrays]
+        self._rng_key = 0
+        self._sources = []
+        self._calls = [self._build(s) for s in steps]
+        named = {**g.outputs, **g.losses, **g.metrics}
+        self._results = [(k, self.arrays[v]) for k, v in named.items()]
+        self._updates = [(self.state._arrays[k], self.arrays[v]) for k, v in updates(g).items()]
+        self._graph = None
+        self._runs = 0
+        self._use_graph = os.environ.get("NNLANG_CUDA_GRAPH") == "1"
+
+    def _device_state(self, shared: dict, name: str, shape, dtype):
+        cp = self.cp
+        given = shared.get(name)
+        if isinstance(given, cp.ndarray) and given.shape == shape and given.dtype == dtype \
+                and given.flags.c_contiguous:
+            return given
+        host = np.zeros(shape, dtype) if given is None else np.ascontiguousarray(
+            np.broadcast_to(cp.asnumpy(given), shape), dtype)
+        shared[name] = dev = cp.asarray(host)
+        return dev
+
+    def _ranked(self, a, rank: int):
+        return a.reshape((1,) * (rank - a.ndim) + a.shape)
+
+    def _build(self, step):
+        g, cp = self.graph, self.cp
+        if step.kind == "kernel":
+            grp = step.group
+            kernel, bind = build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
+            header, body = render(kernel, bind.loop_shape)
+            self._sources.append((header, body))
+            fn = self.backend.compile(body, kernel.name)
+            rank = len(bind.loop_shape)
+            loads = [self._ranked(self.arrays[i], rank) for i in bind.loads]
+            outs = [self._ranked(self.arrays[o], rank) for o in bind.outputs]
+            if bind.reduce_out is not None:
+                kept = [d for a, d in enumerate(bind.loop_shape)
+                        if a not in kernel.reduce.axes] or [1]
+                outs.append(self.arrays[bind.reduce_out].reshape(kept))
+            return self.backend.specialize(fn, (*bind.loop_shape, *loads, *outs))
+        nid = step.nodes[0]
+        n = g.node(nid)
+        inputs = [self.arrays[i] for i in n.inputs]
+        if step.kind == "copy":
+            return cp.copyto, (self.arrays[nid].reshape(inputs[0].shape), inputs[0])
+        staged = []
+        if n.op != "matmul":
+            for k, x in enumerate(inputs):
+                if not x.flags.c_contiguous:
+                    inputs[k] = cp.empty(x.shape, x.dtype)
+                    staged.append((inputs[k], x))
+        fn, args = self.backend.library_call(n, inputs, self.arrays[nid])
+        if not staged:
+            return fn, args
+
+        def run(*a):
+            for dst, src in staged:
+                cp.copyto(dst, src)
+            fn(*a)
+        return run, args
+
+    def _launch_all(self):
+        for fn, args in self._calls:
+            fn(*args)
+        for dst, src in self._updates:
+            self.cp.copyto(dst, src)
+
+    def _capture(self):
+        cp = self.cp
+        stream = cp.cuda.Stream(non_blocking=True)
+        try:
+            with stream:
+                stream.begin_capture()
+                try:
+                    self._launch_all()
+                finally:
+                    graph = stream.end_capture()
+            self._graph, self._stream = graph, stream
+        except Exception as e:  # NOTE: e.g. a library call that syncs or allocates
+            warnings.warn(f"CUDA graph capture failed, launching kernels one by one: {e}")
+            self._use_graph = False
+
+    def run(self, feeds: dict) -> dict:
+        for name, buf in self._feeds:
+            if name in feeds:
+                self.backend.upload(buf, feeds[name])
+            elif name == "_rng":
+                buf.fill(self._rng_key)
+                self._rng_key += 1
+            else:
+                raise NNError(f"no value fed for input '{name}'")
+        self._runs += 1
+        if self._use_graph and self._graph is None and self._runs >= 2:
+            self.backend.sync()
+            self._capture()
+        if self._graph is not None:
+            self.backend.sync()  # the uploads above ran on the current stream
+            self._graph.launch(stream=self._stream)
+            self._stream.synchronize()
+        else:
+            self._launch_all()
+        return {k: self.cp.asnumpy(v) for k, v in self._results}
+
+
+def compile_graph(g, disable=(), state=None) -> CupyExecutable:
+    """`runtime.executable.compile_graph` for the GPU (until it dispatches on the backend)."""
+    from nnlang.passes.fuse import plan_groups
+    from nnlang.passes.memory import plan_memory
+    from nnlang.passes.optimize import optimize
+    from nnlang.passes.schedule import schedule
+    g = optimize(g, disable)
+    groups = g.meta.get("groups") if "fuse" not in disable else None
+    if groups is None:
+        groups = plan_groups(g, fuse=False)
+    steps, views = schedule(g, groups)
+    memory = plan_memory(g, steps, views)
+    return CupyExecutable(g, steps, views, memory, get_backend(), state)
+
+
+_BACKEND: CupyBackend | None = None
+
+
+def get_backend() -> CupyBackend:
+    global _BACKEND
+    if _BACKEND is None:
+        _BACKEND = CupyBackend()
+    return _BACKEND
+
+
+__all__ = ["CupyBackend", "CupyExecutable", "compile_graph", "get_backend", "require_cupy"]
