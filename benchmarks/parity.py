@@ -44,11 +44,17 @@ def _data(program, cfg, limit_train, limit_test, data=None):
     mapping = feeds.match_inputs(program.graph, ds.inputs, ds.targets, ds.name)
     train = feeds.model_arrays(program.graph, ds.train.arrays, mapping)
     test = feeds.model_arrays(program.graph, ds.test.arrays, mapping)
-    if limit_train:
-        train = {k: v[:limit_train] for k, v in train.items()}
-    if limit_test:
-        test = {k: v[:limit_test] for k, v in test.items()}
-    return ds.name, train, test
+    return ds.name, _subset(train, limit_train), _subset(test, limit_test)
+
+
+def _subset(arrays: dict, limit: int | None) -> dict:
+    """A fixed random `limit` examples (the same for every seed). NOTE: not the first `limit`:
+    IMDB's splits are ordered by label, so a prefix would hold one class only."""
+    n = _length(arrays)
+    if not limit or limit >= n:
+        return arrays
+    keep = np.sort(np.random.default_rng(12345).permutation(n)[:limit])
+    return {k: v[keep] for k, v in arrays.items()}
 
 
 def _torch_optimizer(module, cfg):
@@ -193,8 +199,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--backend", default="numba")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    ap.add_argument("--limit-train", type=int, default=None, help="first N train examples")
-    ap.add_argument("--limit-test", type=int, default=None, help="first N test examples")
+    ap.add_argument("--limit-train", type=int, default=None,
+                    help="a fixed random N train examples (smoke runs)")
+    ap.add_argument("--limit-test", type=int, default=None,
+                    help="a fixed random N test examples")
     ap.add_argument("--only", choices=("nnlang", "torch"), default=None,
                     help="train one side only (e.g. the torch reference while nnlang is built)")
     ap.add_argument("--data", help="another dataset spec (e.g. mnist-sample for a smoke run)")
@@ -203,10 +211,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("NNLANG_DATA_DIR", "/work/shared/datasets")
     sides = (args.only,) if args.only else ("nnlang", "torch")
+    machine = machine_info()  # before the runs: the load average is the one at the start
     runs = [run_seed(args.model, int(s), args.epochs, args.backend, args.limit_train,
                      args.limit_test, args.threads, sides, args.data)
             for s in args.seeds.split(",")]
-    machine = machine_info()
     r0 = runs[0]
     head = (f"{args.model} on {r0['dataset']}: {r0['train_examples']} train / "
             f"{r0['test_examples']} test examples, batch {r0['batch']}, {r0['config']}; nnlang "

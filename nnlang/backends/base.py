@@ -41,7 +41,10 @@ def get_backend(name: str) -> Backend:
         if name == "numba":
             from nnlang.backends.numba_backend import NumbaBackend
             _BACKENDS[name] = NumbaBackend()
+        elif name == "cupy":
+            from nnlang.backends.cupy_backend import get_backend as _cupy
+            _BACKENDS[name] = _cupy()
         else:
             from nnlang.errors import NNError
-            raise NNError(f"unknown backend {name!r} (available: numba)")
+            raise NNError(f"unknown backend {name!r} (available: numba, cupy)")
     return _BACKENDS[name]

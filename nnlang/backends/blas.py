@@ -40,13 +40,31 @@ def single_threaded_blas():
         yield
 
 
-def _run_split(a, b, out, parts):
+def workers() -> int:
+    return _WORKERS
+
+
+def pool() -> ThreadPoolExecutor:
+    """The shared pool for split GEMMs and split generated kernels (numba `nogil`)."""
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="nnlang-gemm")
+    return _pool
+
+
+def run_parts(calls):
+    """Each (fn, args) call: the first on this thread, the rest on the pool."""
+    futures = [pool().submit(fn, *args) for fn, args in calls[1:]]
+    fn, args = calls[0]
+    fn(*args)
+    for f in futures:
+        f.result()
+
+
+def _run_split(a, b, out, parts):
     rows = out.shape[-2]
     bounds = np.linspace(0, rows, parts + 1).astype(int)
-    futures = [_pool.submit(np.matmul, a[..., lo:hi, :], b, out=out[..., lo:hi, :])
+    futures = [pool().submit(np.matmul, a[..., lo:hi, :], b, out=out[..., lo:hi, :])
                for lo, hi in zip(bounds[:-1], bounds[1:])]
     for f in futures:
         f.result()

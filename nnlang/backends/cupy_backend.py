@@ -174,8 +174,8 @@ class CupyBackend:
     def _random_uniform(self, a, xs, out):
         k = self._library(ck.random_uniform())
         salt = np.uint64((a["salt"] * 0x9E3779B1) & MASK64)
-        key = xs[0] if xs[0].dtype == np.int64 else xs[0].astype(np.int64)
-        return _launch, (k, self._grid(out.size), 256, (np.int64(out.size), key, salt, out), 0)
+        # NOTE: the key is read on the device (an int64 scalar, checked by the shape rule)
+        return _launch, (k, self._grid(out.size), 256, (np.int64(out.size), xs[0], salt, out), 0)
 
     def _argmax(self, a, xs, out):
         return _argmax, (self.cp, xs[0], a["axis"], out)

@@ -63,9 +63,11 @@ class CudaLang(ScalarLang):
         if dtype == "bool":
             return "true" if bool(value) else "false"
         if dtype.startswith(("int", "uint")):
-            if int(value) == np.iinfo(dtype).min and dtype in ("int32", "int64"):
-                return f"(({CTYPES[dtype]})({int(value) + 1}{'LL' if dtype == 'int64' else ''} - 1))"
-            return f"(({CTYPES[dtype]}){int(value)}{'LL' if dtype == 'int64' else ''})"
+            suffix = "LL" if dtype == "int64" else ""
+            if dtype in ("int32", "int64") and int(value) == np.iinfo(dtype).min:
+                # NOTE: -2147483648 is the negation of an out-of-range literal in C
+                return f"(({CTYPES[dtype]})({int(value) + 1}{suffix} - 1))"
+            return f"(({CTYPES[dtype]}){int(value)}{suffix})"
         v = float(value)
         if not math.isfinite(v):
             text = "NAN" if math.isnan(v) else ("INFINITY" if v > 0 else "-INFINITY")
@@ -275,6 +277,7 @@ def render(k: Kernel, loop_shape=None) -> tuple[str, str]:
 @dataclass(frozen=True)
 class CudaSource:
     kernel: Kernel
+    loop_shape: tuple[int, ...]     # the sizes this graph launches it with
     header: str
     source: str
 
@@ -294,8 +297,8 @@ def cuda_sources(g, disable=()) -> list[CudaSource]:
     for s in steps:
         if s.kind == "kernel":
             grp = s.group
-            k, _ = build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
-            out.append(CudaSource(k, render_header(k), render_body(k)))
+            k, bind = build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
+            out.append(CudaSource(k, bind.loop_shape, render_header(k), render_body(k)))
     return out
 
 

@@ -1,8 +1,8 @@
 """Kernel -> readable numba source: one `@numba.njit` function with explicit loops.
 
-Loop sizes are arguments, so one source serves every batch size; `prange` goes on the outer
-loop only when the work is large enough to pay for threads. Emitted after `fuse`, compiled by
-`backends/numba_backend.py`.
+Loop sizes are arguments, so one source serves every batch size. Kernels are serial and
+release the GIL; the runtime runs large ones as row blocks on several threads (`split_rows`).
+Emitted after `fuse`, compiled by `backends/numba_backend.py`.
 """
 from __future__ import annotations
 
@@ -15,12 +15,27 @@ PARALLEL_MIN = 1 << 16  # elements; below this thread start-up costs more than i
 PRELUDE = "import math\n\nimport numba\nimport numpy as np\n"
 
 
-def wants_parallel(k: Kernel, loop_shape) -> bool:
+def split_rows(k: Kernel, loop_shape) -> bool:
+    """Is the kernel worth running as row blocks of its outer axis on several threads?
+
+    NOTE: the runtime splits calls instead of numba's `parallel=True`: a parfor kernel took
+    ~3 s more to compile, and the serial kernel serves both the split and the whole call.
+    Only a kept outer axis splits, so every block writes its own part of the outputs."""
     total = 1
     for d in loop_shape:
         total *= d
-    kept = [a for a in range(k.loop_rank) if not (k.reduce and a in k.reduce.axes)]
-    return total >= PARALLEL_MIN and bool(kept) and loop_shape[kept[0]] > 1
+    return total >= PARALLEL_MIN and loop_shape[0] > 1 and \
+        not (k.reduce is not None and 0 in k.reduce.axes)
+
+
+def inner_kept(k: Kernel) -> bool:
+    """A reduction whose innermost loop axis is kept (a column sum, a bias gradient)."""
+    return k.reduce is not None and k.loop_rank - 1 not in k.reduce.axes
+
+
+def _acc_dtype(k: Kernel) -> str:
+    # NOTE: float32 sums accumulate in float64 for accuracy
+    return "float64" if k.reduce.op == "sum" and k.reduce.dtype == "float32" else k.reduce.dtype
 
 
 def _index(bcast, order_names) -> str:
@@ -56,34 +71,77 @@ def render_body(k: Kernel, parallel: bool, lang: ScalarLang = PYTHON, strided=()
     reduced = set(k.reduce.axes) if k.reduce else set()
     kept = [a for a in range(k.loop_rank) if a not in reduced]
     order = kept + sorted(reduced)
-    lines = [f"@numba.njit(cache=True, fastmath=False, error_model='numpy', "
-             f"parallel={parallel})",
+    lines = [f"@numba.njit(cache=True, fastmath=False, error_model='numpy', nogil=True"
+             f"{', parallel=True' if parallel else ''})",
              f"def {k.name}({', '.join(k.args + stride_args(k, strided))}):"]
     pad = "    "
     for name, value, dtype in k.consts:
         lines.append(f"{pad}{name} = {lang.literal(value, dtype)}")
+    if inner_kept(k):
+        lines += _inner_kept_loops(k, lang, at, full)
+        return _module(lines, lang)
     acc = None
     for depth, axis in enumerate(order):
         rng = "numba.prange" if parallel and depth == 0 else "range"
         if k.reduce and depth == len(kept):
-            acc_dtype = "float64" if k.reduce.op == "sum" and k.reduce.dtype == "float32" \
-                else k.reduce.dtype  # NOTE: float32 sums accumulate in float64 for accuracy
             acc = "acc"
-            lines.append(f"{pad}acc = {lang.reduce_init(k.reduce.op, acc_dtype)}")
+            lines.append(f"{pad}acc = {lang.reduce_init(k.reduce.op, _acc_dtype(k))}")
         lines.append(f"{pad}for i{axis} in {rng}(n{axis}):")
         pad += "    "
-    for name, ld in k.loads.items():
-        lines.append(f"{pad}{name} = {ld.arg}[{at(ld.arg, ld.broadcast)}]")
-    for op in k.body:
-        rhs = lang.expr(op.op, registry.get(op.op).expr, list(op.args), op.dtype, op.in_dtypes)
-        lines.append(f"{pad}{op.out} = {rhs}")
-    for value, arg in k.stores:
-        lines.append(f"{pad}{arg}[{at(arg, full)}] = {value}")
+    lines += _body(k, pad, lang, at, full)
     if k.reduce:
         lines.append(f"{pad}{lang.reduce_step(k.reduce.op, acc, k.reduce.value)}")
         pad = "    " * (1 + len(kept))
         out_idx = ", ".join(f"i{a}" for a in kept) or "0"
         lines.append(f"{pad}{k.reduce.arg}[{out_idx}] = {lang.cast(acc, k.reduce.dtype)}")
+    return _module(lines, lang)
+
+
+def _body(k: Kernel, pad: str, lang: ScalarLang, at, full) -> list[str]:
+    """Loads, scalar ops and element stores at the innermost loop level."""
+    lines = [f"{pad}{name} = {ld.arg}[{at(ld.arg, ld.broadcast)}]" for name, ld in k.loads.items()]
+    for op in k.body:
+        rhs = lang.expr(op.op, registry.get(op.op).expr, list(op.args), op.dtype, op.in_dtypes)
+        lines.append(f"{pad}{op.out} = {rhs}")
+    lines += [f"{pad}{arg}[{at(arg, full)}] = {value}" for value, arg in k.stores]
+    return lines
+
+
+def _inner_kept_loops(k: Kernel, lang: ScalarLang, at, full) -> list[str]:
+    """Loops in memory order; the kept axes after the first reduced one index an accumulator
+    array, reset for each index of the kept axes before it.
+
+    NOTE: the scalar-accumulator form runs the reduced axes innermost, which strides through
+    memory when a kept axis follows them (a [12800, 512] -> [512] bias gradient took 35 ms;
+    this takes ~3). Serial only: the accumulator is shared by the outer iterations."""
+    red = k.reduce
+    first = min(red.axes)
+    inner = [a for a in range(first, k.loop_rank) if a not in red.axes]
+    kept = [a for a in range(k.loop_rank) if a not in red.axes]
+    aidx = ", ".join(f"i{a}" for a in inner)
+    pad = "    "
+    lines = [f"{pad}acc = np.empty(({', '.join(f'n{a}' for a in inner)},), "
+             f"np.{_acc_dtype(k)})"]
+    for axis in range(first):
+        lines.append(f"{pad}for i{axis} in range(n{axis}):")
+        pad += "    "
+    lines.append(f"{pad}acc.fill({lang.reduce_init(red.op, _acc_dtype(k))})")
+    base = pad
+    for axis in range(first, k.loop_rank):
+        lines.append(f"{pad}for i{axis} in range(n{axis}):")
+        pad += "    "
+    lines += _body(k, pad, lang, at, full)
+    lines.append(f"{pad}{lang.reduce_step(red.op, f'acc[{aidx}]', red.value)}")
+    pad = base
+    for a in inner:
+        lines.append(f"{pad}for i{a} in range(n{a}):")
+        pad += "    "
+    out_idx = ", ".join(f"i{a}" for a in kept)
+    lines.append(f"{pad}{red.arg}[{out_idx}] = {lang.cast(f'acc[{aidx}]', red.dtype)}")
+    return lines
+
+
+def _module(lines: list[str], lang: ScalarLang) -> str:
     helpers = lang.used_helpers("\n".join(lines))
     return PRELUDE + "".join("\n\n" + h for h in helpers) + "\n\n" + "\n".join(lines) + "\n"
 
@@ -93,5 +151,5 @@ def render_header(k: Kernel) -> str:
 
 
 def render(k: Kernel, loop_shape, lang: ScalarLang = PYTHON, strided=()) -> tuple[str, str]:
-    """(header comment, function source) for one kernel."""
-    return render_header(k), render_body(k, wants_parallel(k, loop_shape), lang, strided)
+    """(header comment, function source) for one kernel; serial (see `split_rows`)."""
+    return render_header(k), render_body(k, False, lang, strided)

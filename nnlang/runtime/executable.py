@@ -12,7 +12,8 @@ import numpy as np
 
 from nnlang.backends.base import Backend, get_backend
 from nnlang.codegen.kernel import build_kernel
-from nnlang.codegen.render_numba import render
+from nnlang.backends.blas import run_parts, workers
+from nnlang.codegen.render_numba import render, split_rows
 from nnlang.errors import NNError
 from nnlang.ir.graph import Graph
 from nnlang.passes.fuse import format_groups, plan_groups
@@ -57,17 +58,18 @@ def _state_array(given, shape, dtype) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(given, shape), dtype=dtype).copy()
 
 
-def _row_strided(x: np.ndarray):
+def _row_strided(x: np.ndarray, force: bool = False):
     """(flat 1-D view, outer strides in elements) for a non-contiguous array whose last axis is
     contiguous, which generated kernels index by hand so the inner loop vectorizes
-    (`render_numba.render_body`); None for other arrays."""
+    (`render_numba.render_body`); None for other arrays (`force`: contiguous ones too)."""
     item = x.itemsize
-    if x.flags.c_contiguous or x.ndim < 2 or x.size == 0 or \
-            any(s < 0 or s % item for s in x.strides) or (x.shape[-1] > 1 and x.strides[-1] != item):
+    strides = [0 if n == 1 else s for n, s in zip(x.shape, x.strides)]  # any stride fits size 1
+    if (x.flags.c_contiguous and not force) or x.ndim < 2 or x.size == 0 or \
+            any(s < 0 or s % item for s in strides) or strides[-1] not in (0, item):
         return None
-    span = 1 + sum((n - 1) * s // item for n, s in zip(x.shape, x.strides))
+    span = 1 + sum((n - 1) * s // item for n, s in zip(x.shape, strides))
     flat = np.lib.stride_tricks.as_strided(x, (span,), (item,))
-    return flat, [np.intp(s // item) for s in x.strides[:-1]]
+    return flat, [np.intp(s // item) for s in strides[:-1]]
 
 
 class Executable:
@@ -121,14 +123,27 @@ class Executable:
             arrays = loads + outs
             names = kernel.args[rank:]
             red = kernel.reduce.arg if kernel.reduce else None
-            flat = {a: _row_strided(x) for a, x in zip(names, arrays) if a != red}
-            flat = {a: v for a, v in flat.items() if v is not None}
-            header, body = render(kernel, bind.loop_shape, strided=set(flat))
+            strided = {a for a, x in zip(names, arrays)
+                       if a != red and _row_strided(x) is not None}
+            header, body = render(kernel, bind.loop_shape, strided=strided)
             self._sources.append((header, body))
             fn = self.backend.compile(body, kernel.name)
-            arrays = [flat[a][0] if a in flat else x for a, x in zip(names, arrays)]
-            strides = [s for a in kernel.args if a in flat for s in flat[a][1]]
-            return self.backend.specialize(fn, (*bind.loop_shape, *arrays, *strides))
+
+            def args_for(shape, xs):
+                flat = [_row_strided(x, force=True) if a in strided else (x, [])
+                        for a, x in zip(names, xs)]
+                return (*shape, *(f for f, _ in flat), *(s for _, ss in flat for s in ss))
+            n0 = bind.loop_shape[0]
+            parts = min(workers(), n0)
+            if parts < 2 or not split_rows(kernel, bind.loop_shape):
+                return self.backend.specialize(fn, args_for(bind.loop_shape, arrays))
+            calls = []
+            for lo, hi in zip(np.linspace(0, n0, parts + 1).astype(int)[:-1],
+                              np.linspace(0, n0, parts + 1).astype(int)[1:]):
+                xs = [x[lo:hi] if x.shape[0] == n0 else x for x in arrays]
+                shape = (hi - lo, *bind.loop_shape[1:])
+                calls.append(self.backend.specialize(fn, args_for(shape, xs)))
+            return run_parts, (calls,)
         nid = step.nodes[0]
         n = g.node(nid)
         inputs = [self.arrays[i] for i in n.inputs]
@@ -197,4 +212,6 @@ def compile_graph(g: Graph, backend: str = "numba", disable=(), state=None) -> E
         groups = plan_groups(g, fuse=False)
     steps, views = schedule(g, groups)
     memory = plan_memory(g, steps, views)
-    return Executable(g, steps, views, memory, get_backend(backend), state)
+    be = get_backend(backend)
+    # NOTE: a backend may bring its own executable (the CuPy one keeps state on the device)
+    return getattr(be, "executable", Executable)(g, steps, views, memory, be, state)

@@ -75,11 +75,11 @@ class Net:
         return state
 
     def parameters(self) -> dict:
-        """Trained weights by block path (copies)."""
-        return {k: self.state[k].copy() for k in self.user.params}
+        """Trained weights by block path (numpy copies, wherever the state lives)."""
+        return {k: _host(self.state[k]) for k in self.user.params}
 
     def state_dict(self) -> dict:
-        return {k: v.copy() for k, v in self.state.items()}
+        return {k: _host(v) for k, v in self.state.items()}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
@@ -87,7 +87,9 @@ class Net:
                 raise NNError(f"checkpoint value '{k}' has shape {v.shape}, the model expects "
                               f"{self.state[k].shape}", hint="was it saved from another model "
                               "or with other --set values?")
-            if k in self.state:  # NOTE: in place: compiled executables hold these arrays
+            if k in self.state and _on_device(self.state[k]):
+                self.state[k].set(np.ascontiguousarray(v, self.dtype))
+            elif k in self.state:  # NOTE: in place: compiled executables hold these arrays
                 np.copyto(self.state[k], np.asarray(v, self.dtype))
             else:
                 self.state[k] = np.array(v, self.dtype)
@@ -166,6 +168,14 @@ class Net:
     def forward(self, feeds: dict) -> dict:
         """The model's outputs (dropout off)."""
         return self._run("predict", feeds, {})
+
+
+def _on_device(a) -> bool:
+    return hasattr(a, "__cuda_array_interface__")
+
+
+def _host(a) -> np.ndarray:
+    return a.get() if _on_device(a) else a.copy()
 
 
 def _gradient_graph(g):

@@ -19,10 +19,10 @@ from tests.golden_values import OVERRIDES, ROOT, models
 NVCC_FLAGS = ["-cubin", "-arch=sm_80", "-std=c++17", "-Werror", "all-warnings"]
 
 
-def model_kernels(model: str, batch: int = 2):
+def model_sources(model: str, batch: int = 2):
+    """The CUDA kernels of a model's train graph (shrunk as the golden values are)."""
     program = nnlang.load(ROOT / "models" / f"{model}.nn", OVERRIDES.get(model, {}))
-    g = train_graph(program.graph, program.train or _default_config(), batch)
-    return [s.kernel for s in cuda_sources(g)]
+    return cuda_sources(train_graph(program.graph, program.train or _default_config(), batch))
 
 
 def nvcc_compile(nvcc: str, source: str, tmp_path, stem: str) -> None:
@@ -35,7 +35,7 @@ def nvcc_compile(nvcc: str, source: str, tmp_path, stem: str) -> None:
 
 @pytest.mark.parametrize("model", models())
 def test_model_kernels_compile_with_nvcc(model, nvcc, tmp_path):
-    kernels = model_kernels(model)
+    kernels = [s.kernel for s in model_sources(model)]
     source, names = module_source(kernels)
     t = time.perf_counter()
     nvcc_compile(nvcc, source, tmp_path, model)

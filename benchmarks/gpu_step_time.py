@@ -1,0 +1,119 @@
+"""Training-step time on an NVIDIA GPU: nnlang's cupy backend against PyTorch CUDA (fused Adam,
+the same batch and the same initial weights), per reference model, as a ratio.
+
+    python benchmarks/gpu_step_time.py [--models mlp,cnn,...] [--rounds 30] [--out results.json]
+
+Both sides end a step by reading the loss (nnlang's train_step returns a float; the torch step
+calls .item()), so each timed step includes its device sync. The frameworks alternate for
+`--rounds` rounds after warm-up; each model reports the median of the paired ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_models import (MODELS, build, feature_name, load_nnlang, loss_fn,  # noqa: E402
+                          model_path, random_batch)
+
+
+def _host_params(net) -> dict:
+    import cupy
+    g = net.user
+    return {k: cupy.asnumpy(net.state[k]) for k, nid in g.params.items()
+            if g.node(nid).attrs.get("trainable", True)}
+
+
+def time_model(name: str, rounds: int, warmup: int, batch: int | None) -> dict:
+    import torch
+
+    import nnlang
+    program = nnlang.load(str(model_path(name)))
+    batch = batch or program.train.batch
+    out = {"model": name, "batch": batch}
+    dev = torch.device("cuda")
+    module = build(name, program.hparams).to(dev)
+    o = program.train.optimizer.options
+    lossf = loss_fn(module.loss_kind)
+    try:
+        net = nnlang.compile(program, backend="cupy", batch=batch, seed=0)
+        init = nnlang.compile(program, backend="reference", batch=batch, seed=0)
+        feeds = random_batch(init, batch, np.random.default_rng(0))
+        t0 = time.perf_counter()
+        net.train_step(feeds)
+        out["first_step_s"] = time.perf_counter() - t0
+        module.cpu()
+        load_nnlang(module, _host_params(net))  # NOTE: the weights after nnlang's first step
+        module.to(dev)
+    except Exception as err:  # noqa: BLE001 - report the torch side and why nnlang is missing
+        out["nnlang_error"] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+        net = None
+        init = nnlang.compile(program, backend="reference", batch=batch, seed=0)
+        feeds = random_batch(init, batch, np.random.default_rng(0))
+    opt = torch.optim.Adam(module.parameters(), lr=o["lr"], betas=(o["beta1"], o["beta2"]),
+                           eps=o["eps"], weight_decay=o["weight_decay"], fused=True)
+    feat, lab = feature_name(init)
+    x = torch.as_tensor(feeds[feat]).to(dev)
+    x = x.long() if not x.is_floating_point() else x
+    y = torch.as_tensor(feeds[lab]).to(dev)
+
+    def torch_step():
+        opt.zero_grad(set_to_none=True)
+        loss = lossf(module(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(warmup):
+        if net:
+            net.train_step(feeds)
+        torch_step()
+    t_nn, t_torch = [], []
+    for _ in range(rounds):
+        if net:
+            t0 = time.perf_counter()
+            net.train_step(feeds)
+            t_nn.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        torch_step()
+        t_torch.append(time.perf_counter() - t0)
+    out["torch_ms"] = 1e3 * statistics.median(t_torch)
+    if net:
+        out["nnlang_ms"] = 1e3 * statistics.median(t_nn)
+        out["ratio"] = statistics.median(a / b for a, b in zip(t_nn, t_torch))
+        exe = net._exe("train", batch)[0]
+        out["kernels"] = exe.summary()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    import torch
+    results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+               "models": []}
+    print(f"{'model':<12} {'batch':>5} {'nnlang ms':>10} {'torch ms':>9} {'ratio':>6}")
+    for name in args.models.split(","):
+        r = time_model(name, args.rounds, args.warmup, args.batch)
+        results["models"].append(r)
+        print(f"{name:<12} {r['batch']:>5} {r.get('nnlang_ms', float('nan')):>10.3f} "
+              f"{r['torch_ms']:>9.3f} {r.get('ratio', float('nan')):>6.2f}  "
+              f"{r.get('nnlang_error', '')}", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

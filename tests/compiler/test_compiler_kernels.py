@@ -1,0 +1,89 @@
+"""Generated numba kernels against numpy: reductions in every axis position, row-strided loads
+passed flat, row blocks split over threads, and the float32 tanh/sigmoid approximation."""
+import numpy as np
+import pytest
+
+from nnlang.backends.blas import run_parts
+from nnlang.codegen.scalar_ops import PYTHON
+from nnlang.ir.graph import Builder, Graph
+from nnlang.runtime.executable import compile_graph
+from tests.compiler.test_compiler_exec import leaf, rand
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NNLANG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernels"))
+    yield
+    mp.undo()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["sum", "max"])
+@pytest.mark.parametrize("shape,axes", [((300, 257), (0,)), ((6, 7, 5, 4), (1, 2)),
+                                        ((5, 6, 7), (2,)), ((3, 4, 5), (0, 2)),
+                                        ((400, 300), (1,))])
+def test_reduction_in_any_axis_position(shape, axes, op, dtype):
+    g = Graph()
+    b = Builder(g)
+    x = leaf(g, "input", "x", shape, dtype)
+    e = b.exp(b.mul(x, x))
+    g.outputs["e"] = e
+    g.outputs["r"] = getattr(b, f"reduce_{op}")(e, axes=list(axes))
+    feeds = {"x": rand(shape, dtype) * 0.5}
+    exe = compile_graph(g)
+    out = exe.run(feeds)
+    want = np.exp(feeds["x"].astype(np.float64) ** 2)
+    red = want.sum(axis=axes) if op == "sum" else want.max(axis=axes)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(out["r"], red, rtol=tol)
+    np.testing.assert_allclose(out["e"], want, rtol=tol)
+    assert exe.summary()["kernels"] == 1
+
+
+def test_gate_slices_are_indexed_flat_and_vectorizable():
+    g = Graph()
+    b = Builder(g)
+    z = leaf(g, "input", "z", (64, 512))
+    gates = [b.slice(z, axis=1, start=k * 128, stop=(k + 1) * 128, step=1) for k in range(4)]
+    c = b.add(b.mul(b.sigmoid(gates[0]), b.tanh(gates[1])), b.sigmoid(gates[2]))
+    g.outputs["h"] = b.mul(c, b.tanh(gates[3]))
+    feeds = {"z": rand((64, 512))}
+    exe = compile_graph(g)
+    out = exe.run(feeds)
+    q = [feeds["z"][:, k * 128:(k + 1) * 128].astype(np.float64) for k in range(4)]
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    want = (sig(q[0]) * np.tanh(q[1]) + sig(q[2])) * np.tanh(q[3])
+    np.testing.assert_allclose(out["h"], want, rtol=2e-6, atol=2e-6)
+    src = "".join(exe.kernel_sources())
+    assert "in0_s0" in src and "in0[i0 * in0_s0 + i1]" in src
+
+
+def test_large_kernels_run_as_row_blocks():
+    g = Graph()
+    b = Builder(g)
+    x, bias = leaf(g, "input", "x", (512, 300)), leaf(g, "param", "b", (300,))
+    g.outputs["y"] = b.tanh(b.add(x, bias))
+    g.outputs["s"] = b.reduce_sum(b.mul(x, x), axes=[1])
+    feeds, st = {"x": rand((512, 300))}, {"b": rand(300)}
+    exe = compile_graph(g, state=st)
+    out = exe.run(feeds)
+    np.testing.assert_allclose(out["y"], np.tanh(feeds["x"] + st["b"]), atol=1e-6)
+    np.testing.assert_allclose(out["s"], (feeds["x"].astype(np.float64) ** 2).sum(1), rtol=1e-5)
+    assert all(fn is run_parts for fn, _ in exe._calls)
+
+
+def test_float32_tanh_and_sigmoid_are_accurate():
+    import numba
+    ns = {"numba": numba, "np": np, "math": __import__("math")}
+    for name in ("tanh_f32", "sigmoid_f32"):
+        exec(PYTHON.helpers[name].replace("cache=True, ", ""), ns)  # no file to cache for
+    tanh, sigmoid = ns["tanh_f32"], ns["sigmoid_f32"]
+    x = np.concatenate([np.linspace(-12, 12, 20001), [0.0, -0.0, 1e-30, np.inf, -np.inf]])
+    x = x.astype(np.float32)
+    t = np.array([tanh(v) for v in x], np.float32)
+    assert np.abs(t - np.tanh(x.astype(np.float64))).max() < 4e-7
+    assert np.all(np.abs(t) <= 1) and t[x.size - 5] == 0
+    s = np.array([sigmoid(v) for v in x], np.float32)
+    assert np.abs(s - 1 / (1 + np.exp(-x.astype(np.float64)))).max() < 3e-7
+    assert np.isnan(tanh(np.float32(np.nan)))

@@ -1,0 +1,244 @@
+"""The generated CUDA kernels run on the CPU: the exact source `render_cuda` emits is compiled
+as host C++ with the CUDA built-ins emulated (blocks run one after another, the threads of a
+block as real std::threads meeting at a std::barrier for `__syncthreads`, `extern __shared__`
+as one static array, `atomicAdd` through std::atomic_ref), launched with the backend's own
+`launch_config`, and compared with a numpy evaluation of the same kernel description (each
+op's registry `impl`, the semantics the reference interpreter uses). Runs without a GPU.
+
+What this cannot show: warp scheduling, memory coalescing and NVRTC specifics; those are the
+`@pytest.mark.gpu` tests' job.
+"""
+from __future__ import annotations
+
+import ctypes
+import subprocess
+
+import numpy as np
+import pytest
+
+from nnlang.backends import cuda_kernels as ck
+from nnlang.codegen.render_cuda import launch_config, launch_info, module_source, params
+from nnlang.ops import registry
+from nnlang.ops.random import _uniform_impl
+from tests.golden_values import models
+from tests.gpu.test_nvcc import model_sources
+
+MAX_BLOCKS = 3  # few blocks, so every grid-stride loop goes round more than once
+
+EMULATION = r"""
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <functional>
+#include <thread>
+#include <vector>
+struct nn_dim3 { unsigned x = 0, y = 0, z = 0; };
+static nn_dim3 blockIdx, blockDim, gridDim;
+static thread_local nn_dim3 threadIdx;
+static std::barrier<>* nn_barrier = nullptr;
+static void __syncthreads() { nn_barrier->arrive_and_wait(); }
+alignas(16) unsigned char nn_smem[1 << 16];
+template <class T> T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__
+static void nn_launch(int grid, int block, bool threaded, const std::function<void()>& f) {
+  gridDim.x = grid; blockDim.x = block;
+  for (int b = 0; b < grid; ++b) {
+    blockIdx.x = b;
+    if (!threaded) {
+      for (int t = 0; t < block; ++t) { threadIdx.x = t; f(); }
+      continue;
+    }
+    std::barrier<> bar(block);
+    nn_barrier = &bar;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < block; ++t)
+      threads.emplace_back([&f, t] { threadIdx.x = t; f(); });
+    for (auto& th : threads) th.join();
+  }
+}
+"""
+
+
+def _trampoline(name: str, ptypes: list[str], threaded: bool) -> str:
+    args = []
+    for i, t in enumerate(ptypes):
+        t = t.replace("__restrict__", "").strip()
+        args.append(f"({t})a[{i}]" if t.endswith("*") else f"*({t}*)a[{i}]")
+    return (f'extern "C" void run_{name}(int grid, int block, void** a) {{\n'
+            f"  nn_launch(grid, block, {'true' if threaded else 'false'}, "
+            f"[&] {{ {name}({', '.join(args)}); }});\n}}\n")
+
+
+def build(host_cxx, tmp_path, stem: str, source: str, kernels: dict[str, list[str]]):
+    """Compiles kernels (name -> parameter C types) into a shared library of `run_<name>`."""
+    threaded = "__syncthreads" in source or "atomicAdd" in source
+    text = EMULATION + source + "".join(_trampoline(n, p, threaded) for n, p in kernels.items())
+    cpp, so = tmp_path / f"{stem}.cpp", tmp_path / f"{stem}.so"
+    cpp.write_text(text)
+    done = subprocess.run([*host_cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
+                           "-w", "-o", str(so), str(cpp)], capture_output=True, text=True)
+    assert done.returncode == 0, f"host compile of {cpp} failed:\n{done.stderr[-4000:]}"
+    return ctypes.CDLL(str(so))
+
+
+def launch(lib, name: str, grid: int, block: int, args: list) -> None:
+    """args: numpy arrays (passed by pointer) and numpy scalars (passed by value)."""
+    keep = [np.ascontiguousarray(a) if isinstance(a, np.ndarray) else np.array(a) for a in args]
+    ptrs = (ctypes.c_void_p * len(keep))(*[k.ctypes.data for k in keep])
+    getattr(lib, f"run_{name}")(ctypes.c_int(grid), ctypes.c_int(block), ptrs)
+
+
+# *** a numpy evaluation of a kernel description: the expected values ***
+
+def _random_input(rng, shape, dtype):
+    if dtype == "bool":
+        return rng.random(shape) < 0.5
+    if dtype.startswith("int"):
+        return rng.integers(0, 3, size=shape).astype(dtype)
+    # NOTE: positive and away from 0, so log, sqrt, pow and div stay finite in every kernel
+    return rng.uniform(0.5, 2.0, size=shape).astype(dtype)
+
+
+def evaluate(k, loop_shape, inputs: dict) -> dict:
+    env = dict(inputs)
+    for name, value, dtype in k.consts:
+        env[name] = np.asarray(value, dtype)
+    for op in k.body:
+        impl = registry.get(op.op).impl
+        xs = [env[a] for a in op.args]
+        with np.errstate(all="ignore"):
+            out = impl(*xs, dtype=op.dtype) if op.op == "cast" else impl(*xs)
+        env[op.out] = np.broadcast_to(np.asarray(out).astype(op.dtype), loop_shape)
+    result = {arg: np.broadcast_to(env[v], loop_shape) for v, arg in k.stores}
+    if k.reduce:
+        v = np.broadcast_to(env[k.reduce.value], loop_shape).astype(np.float64)
+        fn = np.sum if k.reduce.op == "sum" else np.max
+        result[k.reduce.arg] = fn(v, axis=k.reduce.axes).astype(k.reduce.dtype)
+    return result
+
+
+# NOTE: the emulated threads of a reducing block meet at a barrier several times per output,
+# which is slow on a small CPU; the kernels are generic in sizes, so all but the MLP run with
+# each loop size capped (a size > 1 stays > 1, so the broadcast pattern is the model's)
+CAP = {"mlp": None}
+
+
+@pytest.mark.parametrize("model", models())
+def test_model_kernels_run_on_the_host(model, host_cxx, tmp_path):
+    """Every distinct fused kernel of the model's train graph."""
+    sources = model_sources(model)
+    cap = CAP.get(model, 7)
+    kernels = [s.kernel for s in sources]
+    shapes = [tuple(min(d, cap) if cap else d for d in s.loop_shape) for s in sources]
+    source, names = module_source(kernels)
+    lib = build(host_cxx, tmp_path, model, source,
+                {n: [t for t, _ in params(k)] for k, n in zip(kernels, names)})
+    rng = np.random.default_rng(0)
+    seen = set()
+    for k, name, shape in zip(kernels, names, shapes):
+        if (name, shape) in seen:
+            continue
+        seen.add((name, shape))
+        inputs, args = {}, [np.int32(d) for d in shape]
+        for sname, ld in k.loads.items():
+            x = _random_input(rng, tuple(1 if b else d for b, d in zip(ld.broadcast, shape)),
+                              ld.dtype)
+            inputs[sname] = x
+            args += [x] + [np.int32(s // x.itemsize) for s in x.strides]
+        want = evaluate(k, shape, inputs)
+        outs = {}
+        for _, arg in k.stores:
+            outs[arg] = np.zeros(shape, want[arg].dtype)
+        if k.reduce:
+            outs[k.reduce.arg] = np.zeros(want[k.reduce.arg].shape, k.reduce.dtype)
+        args += list(outs.values())
+        grid, block, _ = launch_config(launch_info(k), shape, MAX_BLOCKS)
+        launch(lib, name, grid, block, args)
+        for arg, got in outs.items():
+            np.testing.assert_allclose(got, want[arg], rtol=1e-4, atol=1e-5, equal_nan=True,
+                                       err_msg=f"{model} {name} {arg} loop {shape}\n"
+                                               + "".join(k.header))
+    print(f"{model}: {len(seen)} distinct kernel launches checked on the host")
+
+
+def test_strided_and_broadcast_loads(host_cxx, tmp_path):
+    """Loads through transposed and sliced views (strides are kernel arguments)."""
+    from nnlang.codegen.kernel import Kernel, Load, ScalarOp
+    k = Kernel("k_strided", 2, {"a0": Load("in0", "float32", (False, False)),
+                                "a1": Load("in1", "float32", (True, False))},
+               [], [ScalarOp("v0", "mul", ("a0", "a1"), "float32", ("float32", "float32"))],
+               [("v0", "out0")])
+    source, names = module_source([k])
+    lib = build(host_cxx, tmp_path, "strided", source, {names[0]: [t for t, _ in params(k)]})
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(7, 10)).astype(np.float32)
+    x = base.T[::2]                                  # (5, 7), strides (2, 10) elements
+    row = rng.normal(size=(1, 7)).astype(np.float32)
+    out = np.zeros((5, 7), np.float32)
+    # NOTE: pass the base buffer with the view's strides, as CuPy passes a view's pointer
+    args = [np.int32(5), np.int32(7), base, np.int32(2), np.int32(10), row, np.int32(7),
+            np.int32(1), out]
+    launch(lib, names[0], 2, 4, args)
+    np.testing.assert_array_equal(out, x * row)
+
+
+def test_library_kernels_on_the_host(host_cxx, tmp_path):
+    parts = {"gather": ck.gather("float32", "int32"), "scatter": ck.scatter_add("float32", "int64"),
+             "one_hot": ck.one_hot("float32", "int32"), "random": ck.random_uniform()}
+    ptypes = {
+        parts["gather"][0]: ["long long"] * 3 + ["const float*", "const int*", "float*"],
+        parts["scatter"][0]: ["long long"] * 3 + ["const float*", "const long long*", "float*"],
+        parts["one_hot"][0]: ["long long"] * 2 + ["const int*", "float*"],
+        parts["random"][0]: ["long long", "const long long*", "unsigned long long", "float*"]}
+    lib = build(host_cxx, tmp_path, "library", "".join(s for _, s in parts.values()), ptypes)
+    rng = np.random.default_rng(2)
+
+    table = rng.normal(size=(6, 4)).astype(np.float32)
+    idx = np.array([[0, 5, -1], [2, 7, 3]], np.int32)   # -1 and 7 wrap like take(mode="wrap")
+    out = np.zeros((2, 3, 4), np.float32)
+    launch(lib, parts["gather"][0], 2, 8, [np.int64(24), np.int64(4), np.int64(6), table, idx, out])
+    np.testing.assert_array_equal(out, np.take(table, idx, axis=0, mode="wrap"))
+
+    src = rng.normal(size=(5, 3)).astype(np.float32)
+    sidx = np.array([1, 1, 0, 3, -1], np.int64)
+    got = np.zeros((4, 3), np.float32)
+    launch(lib, parts["scatter"][0], 2, 4, [np.int64(15), np.int64(3), np.int64(4), src, sidx, got])
+    want = np.zeros((4, 3), np.float32)
+    np.add.at(want, sidx, src)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+    hot_idx = np.array([0, 3, 9, -1], np.int32)
+    hot = np.full((4, 4), 7, np.float32)
+    launch(lib, parts["one_hot"][0], 1, 8, [np.int64(16), np.int64(4), hot_idx, hot])
+    np.testing.assert_array_equal(hot, (hot_idx[:, None] == np.arange(4)).astype(np.float32))
+
+    for key, salt in ((0, 0), (123456789, 3), (-5, 7), (2**62 + 11, 1)):
+        got = np.zeros(1000, np.float32)
+        salt_term = np.uint64((salt * 0x9E3779B1) & ((1 << 64) - 1))
+        launch(lib, parts["random"][0], 3, 64, [np.int64(1000), np.int64(key), salt_term, got])
+        np.testing.assert_array_equal(got, _uniform_impl(np.int64(key), shape=(1000,), salt=salt))
+
+
+@pytest.mark.parametrize("op, axes, shape", [("sum", (0, 1), (150, 200)),   # one 1024-thread block
+                                             ("max", (0,), (37, 5)),        # outer axis reduced
+                                             ("sum", (1,), (9, 300))])      # rows > blocks
+def test_reductions_on_the_host(op, axes, shape, host_cxx, tmp_path):
+    from nnlang.codegen.kernel import Kernel, Load, Reduce, ScalarOp
+    k = Kernel("k_red", 2, {"a0": Load("in0", "float32", (False, False))}, [],
+               [ScalarOp("v0", "exp", ("a0",), "float32", ("float32",))], [("v0", "out0")],
+               Reduce(op, axes, "v0", "out1", "float32"))
+    source, names = module_source([k])
+    lib = build(host_cxx, tmp_path, "red", source, {names[0]: [t for t, _ in params(k)]})
+    x = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    want = evaluate(k, shape, {"a0": x})
+    full = np.zeros(shape, np.float32)
+    red = np.zeros(want["out1"].shape, np.float32)
+    grid, block, smem = launch_config(launch_info(k), shape, MAX_BLOCKS)
+    assert smem == block * (8 if op == "sum" else 4)  # float32 sums accumulate in double
+    launch(lib, names[0], grid, block, [np.int32(shape[0]), np.int32(shape[1]), x,
+                                        np.int32(shape[1]), np.int32(1), full, red])
+    np.testing.assert_allclose(full, want["out0"], rtol=1e-6)
+    np.testing.assert_allclose(red.reshape(want["out1"].shape), want["out1"], rtol=1e-6)
