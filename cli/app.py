@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from contextlib import contextmanager
@@ -49,6 +50,16 @@ def reporting():
     except NNError as err:
         print_error(err)
         raise typer.Exit(1) from None
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as err:  # NOTE: a bug in nnlang, not bad input; still no traceback
+        if os.environ.get("NNLANG_DEBUG"):
+            raise
+        err_console().print(Text(
+            f"internal error: {type(err).__name__}: {err}\n  hint: this is a bug in nnlang, "
+            "not in your model; run again with NNLANG_DEBUG=1 to see the traceback, and "
+            "report it"), soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def parse_value(text: str, where: Span | None = None):

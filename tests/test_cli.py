@@ -187,3 +187,21 @@ def test_graph_backward_and_fused(tmp_path):
         text = out.read_text()
         assert text.startswith("digraph")
         assert ("kernel 0" in text) if flag == "--fused" else ("#f8e0e0" in text)
+
+
+def test_compile_emits_cuda_without_a_gpu():
+    result = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--backend", "cupy",
+                                      "--emit", "kernels", "--set", "hidden1=16"])
+    assert result.exit_code == 0, result.output
+    assert '__global__ void' in result.output and "h1 @8" in result.output
+
+
+def test_internal_errors_print_no_traceback(monkeypatch):
+    import nnlang.runtime.emit as emit
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(emit, "emit", broken)
+    result = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--emit", "ir"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "internal error: RuntimeError: boom" in result.output

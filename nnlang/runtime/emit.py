@@ -29,6 +29,8 @@ def emit(net, what: str, mode: str = "train") -> str:
         raise NNError(f"unknown mode '{mode}'", hint=f"choose one of: {', '.join(MODES)}")
     if what == "user":
         return net.user.dump()
+    if what == "kernels":
+        return kernel_text(net, _graph(net, mode), mode)
     g = optimize(_graph(net, mode), net.disable)
     if what == "ir":
         return g.dump()
@@ -41,8 +43,6 @@ def emit(net, what: str, mode: str = "train") -> str:
     if what == "fused":
         from nnlang.passes.fuse import format_groups
         return format_groups(g, g.meta.get("groups", []))
-    if what == "kernels":
-        return kernel_text(net, g, mode)
     start = time.perf_counter()
     exe = net._exe(mode, net.batch)[0]
     took = time.perf_counter() - start
@@ -54,9 +54,9 @@ def emit(net, what: str, mode: str = "train") -> str:
 
 def kernel_text(net, g: Graph, mode: str) -> str:
     """Generated kernel source, each kernel headed by the nodes and .nn lines it computes."""
-    if net.backend == "cupy":
+    if net.backend == "cupy":  # NOTE: rendering CUDA needs neither CuPy nor a GPU
         from nnlang.codegen.render_cuda import cuda_sources
-        sources = cuda_sources(g)
+        sources = [c.header + c.source for c in cuda_sources(g, net.disable)]
     elif net.backend == "numba":
         sources = net._exe(mode, net.batch)[0].kernel_sources()
     else:
