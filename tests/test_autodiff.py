@@ -47,12 +47,26 @@ def _eval(g, loss, feeds, params):
     return float(interpret(g, feeds, params, want={"l": loss})["l"])
 
 
+def _compiled_gradients(g, grads, feeds, params):
+    """The gradient values computed by kernels the Numba backend generated for this graph."""
+    from nnlang.runtime.executable import compile_graph
+    g = g.copy()
+    g.outputs = {f"g{nid}": gid for nid, gid in grads.items()}
+    exe = compile_graph(g, backend="numba", state=params)
+    out = exe.run({k: v for k, v in feeds.items() if k in g.inputs})
+    return {nid: out[f"g{nid}"] for nid in grads}
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
 @pytest.mark.parametrize("name,sample", list(_cases()))
-def test_gradient_matches_finite_differences(name, sample):
+def test_gradient_matches_finite_differences(name, sample, backend):
     g, feeds, params, loss, wrt = _loss_graph(name, sample)
     grads = backward(g, loss, list(wrt.values()))
     verify(g)
     env = interpret(g, feeds, params)
+    if backend == "numba":
+        env = {**env, **{grads[n]: v for n, v in
+                         _compiled_gradients(g, grads, feeds, params).items()}}
     rng = np.random.default_rng(2)
     h = 1e-6
     for key, nid in wrt.items():

@@ -84,7 +84,7 @@ class CupyBackend:
         return self.cp.empty(max(nbytes, 1), self.cp.uint8)
 
     def upload(self, dst, src) -> None:
-        host = np.ascontiguousarray(np.broadcast_to(np.asarray(src), dst.shape), dst.dtype)
+        host = np.array(np.broadcast_to(np.asarray(src), dst.shape), dst.dtype, order="C")
         dst.set(host)
 
     def download(self, src) -> np.ndarray:
@@ -270,7 +270,7 @@ class DeviceState(State):
         if hasattr(value, "__cuda_array_interface__"):
             dst[...] = value
         else:
-            dst.set(np.ascontiguousarray(np.broadcast_to(np.asarray(value), dst.shape), dst.dtype))
+            dst.set(np.array(np.broadcast_to(np.asarray(value), dst.shape), dst.dtype, order="C"))
 
 
 def _view(cp, node, x):
@@ -344,8 +344,8 @@ class CupyExecutable(Executable):
         if isinstance(given, cp.ndarray) and given.shape == shape and given.dtype == dtype \
                 and given.flags.c_contiguous:
             return given
-        host = np.zeros(shape, dtype) if given is None else np.ascontiguousarray(
-            np.broadcast_to(cp.asnumpy(given), shape), dtype)
+        host = np.zeros(shape, dtype) if given is None else np.array(
+            np.broadcast_to(cp.asnumpy(given), shape), dtype, order="C")
         shared[name] = dev = cp.asarray(host)
         return dev
 

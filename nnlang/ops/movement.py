@@ -33,7 +33,7 @@ def _reshape_shape(x: TensorType, *, shape) -> TensorType:
 
 
 register("reshape", "x: tensor, shape: shape", _reshape_shape,
-         impl=lambda x, *, shape: x.reshape([int(d) for d in shape]),
+         impl=lambda x, *, shape: np.reshape(x, tuple(int(d) for d in shape)),
          grad=lambda b, n, g: (b.reshape(g, shape=list(b.type(n.inputs[0]).shape)),),
          family="movement", traits={MOVEMENT}, doc="same elements, new shape (one dim may be -1)",
          samples=(Sample(((3, 4),), {"shape": [2, 6]}), Sample(((2, 3, 4),), {"shape": [-1, 4]})))

@@ -122,7 +122,15 @@ _FAMILIES = ("source", "elementwise", "reduce", "movement", "linalg", "index", "
              "nn", "norm", "conv", "rnn", "attention", "losses", "metrics")
 
 
+_loaded = False
+
+
 def _load_all() -> None:
+    # NOTE: `get` runs for every node in every pass (60k calls on an LSTM step); the imports
+    # alone cost ~2 s of compile time there, so they run once
+    global _loaded
+    if _loaded:
+        return
     import importlib
 
     for fam in _FAMILIES:
@@ -131,6 +139,7 @@ def _load_all() -> None:
         except ModuleNotFoundError as err:
             if err.name != f"nnlang.ops.{fam}":
                 raise
+    _loaded = True
 
 
 # *** helpers shared by shape rules ***

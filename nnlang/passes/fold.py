@@ -91,7 +91,7 @@ def _foldable(g: Graph, n: Node) -> bool:
 def _fold(g: Graph, n: Node) -> int:
     args = [g.node(i).attrs["value"] for i in n.inputs]
     value = np.asarray(registry.get(n.op).impl(*args, **op_attrs(n)), dtype=n.dtype)
-    value = np.ascontiguousarray(value)
+    value = np.array(value, order="C")  # NOTE: ascontiguousarray would make 0-d arrays 1-d
     return g.add_node("const", [], {"value": value}, TensorType(value.shape, n.dtype),
                       span=n.span, path=n.path, role=n.role, name=n.name)
 

@@ -9,9 +9,10 @@ from nnlang.passes.cse import eliminate_common
 from nnlang.passes.dce import eliminate_dead
 from nnlang.passes.fold import fold_constants
 from nnlang.passes.fuse import fuse
+from nnlang.passes.matmul_sum import merge_matmul_sums
 
-PASSES = [("fold", fold_constants), ("cse", eliminate_common), ("dce", eliminate_dead),
-          ("fuse", fuse)]
+PASSES = [("fold", fold_constants), ("cse", eliminate_common),
+          ("matmul_sum", merge_matmul_sums), ("dce", eliminate_dead), ("fuse", fuse)]
 
 
 def optimize(g: Graph, disable=()) -> Graph:

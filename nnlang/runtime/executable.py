@@ -55,7 +55,7 @@ def _state_array(given, shape, dtype) -> np.ndarray:
         return np.zeros(shape, dtype)
     if given.shape == shape and given.dtype == dtype and given.flags.c_contiguous:
         return given
-    return np.ascontiguousarray(np.broadcast_to(given, shape), dtype=dtype).copy()
+    return np.array(np.broadcast_to(given, shape), dtype=dtype, order="C")
 
 
 def _row_strided(x: np.ndarray, force: bool = False):

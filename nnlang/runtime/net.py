@@ -71,7 +71,7 @@ class Net:
             spec = ParamSpec(tuple(a["shape"]), a["init"] or ("zeros", {}), a["trainable"],
                              self.dtype)
             # NOTE: C order: compiled executables share these arrays only when contiguous
-            state[name] = np.ascontiguousarray(initialize(spec, rng), dtype=self.dtype)
+            state[name] = np.array(initialize(spec, rng), dtype=self.dtype, order="C")
         return state
 
     def parameters(self) -> dict:
@@ -88,7 +88,7 @@ class Net:
                               f"{self.state[k].shape}", hint="was it saved from another model "
                               "or with other --set values?")
             if k in self.state and _on_device(self.state[k]):
-                self.state[k].set(np.ascontiguousarray(v, self.dtype))
+                self.state[k].set(np.array(v, self.dtype, order="C"))
             elif k in self.state:  # NOTE: in place: compiled executables hold these arrays
                 np.copyto(self.state[k], np.asarray(v, self.dtype))
             else:
@@ -141,7 +141,7 @@ class Net:
                 else:
                     raise NNError(f"input '{name}' has shape {list(arr.shape)}, the model "
                                   f"declares {node.type}")
-            out[name] = np.ascontiguousarray(arr, dtype=node.dtype)
+            out[name] = np.array(arr, dtype=node.dtype, order="C", copy=None)
         return out
 
     def train_step(self, feeds: dict) -> float:

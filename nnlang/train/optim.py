@@ -112,6 +112,8 @@ def learning_rate(base: float, schedule, step: int, epoch: int, total_steps: int
     if name == "exponential":
         return base * o["gamma"] ** epoch
     if name == "cosine":
+        if total_steps <= 0:  # NOTE: a bare Net.train_step loop gives no horizon to decay over
+            return base
         span = max(total_steps - warm, 1)
         frac = min(max(step - warm, 0) / span, 1.0)
         return o["min_lr"] + (base - o["min_lr"]) * 0.5 * (1 + math.cos(math.pi * frac))

@@ -87,3 +87,44 @@ def test_float32_tanh_and_sigmoid_are_accurate():
     s = np.array([sigmoid(v) for v in x], np.float32)
     assert np.abs(s - 1 / (1 + np.exp(-x.astype(np.float64)))).max() < 3e-7
     assert np.isnan(tanh(np.float32(np.nan)))
+
+
+@pytest.mark.parametrize("transposed", [True, False])
+def test_sum_of_matmuls_is_one_matmul_of_concats(transposed):
+    from nnlang.passes.matmul_sum import merge_matmul_sums
+    g = Graph()
+    b = Builder(g)
+    hs = [leaf(g, "input", f"h{t}", (6, 5)) for t in range(5)]
+    gs = [leaf(g, "input", f"g{t}", (6, 7)) for t in range(5)]
+    extra = leaf(g, "input", "c", (5, 7))
+    terms = [b.matmul(b.transpose(h, perm=[1, 0]) if transposed else b.reshape(h, shape=[5, 6]), x)
+             for h, x in zip(hs, gs)]
+    total = extra
+    for t in terms:
+        total = b.add(total, t)
+    g.outputs["w"] = total
+    merged = merge_matmul_sums(g)
+    from nnlang.passes.dce import eliminate_dead
+    assert sum(n.op == "matmul" for n in eliminate_dead(merged)) == 1
+    feeds = {k: rand(g.node(v).shape) for k, v in g.inputs.items()}
+    want = feeds["c"].astype(np.float64)
+    for t in range(5):
+        h = feeds[f"h{t}"].T if transposed else feeds[f"h{t}"].reshape(5, 6)
+        want = want + h.astype(np.float64) @ feeds[f"g{t}"]
+    out = compile_graph(g).run(feeds)["w"]
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_float32_exp_is_within_one_ulp():
+    import numba
+    ns = {"numba": numba, "np": np}
+    exec(PYTHON.helpers["exp_f32"].replace("cache=True, ", ""), ns)
+    exp = ns["exp_f32"]
+    x = np.concatenate([np.linspace(-88, 88.7, 40001), [0.0, -0.0, 1e-30, -1e-30]]).astype(np.float32)
+    got = np.array([exp(v) for v in x], np.float32)
+    want = np.exp(x.astype(np.float64))
+    normal = want > np.finfo(np.float32).tiny
+    assert (np.abs(got - want) / np.spacing(want.astype(np.float32)))[normal].max() <= 1.0
+    for v, w in [(np.inf, np.inf), (-np.inf, 0.0), (89.0, np.inf), (-100.0, 0.0)]:
+        assert exp(np.float32(v)) == w
+    assert np.isnan(exp(np.float32(np.nan)))
