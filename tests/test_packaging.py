@@ -13,40 +13,48 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory):
+def venv(tmp_path_factory):
+    """A fresh virtual environment with only the built wheel installed; its dependencies come
+    from this environment through a .pth file, so the test needs no network beyond the build."""
     out = tmp_path_factory.mktemp("wheel")
     try:
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                        "-q", "-w", str(out), str(ROOT)], check=True, capture_output=True,
-                       timeout=300)
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out),
+                        str(ROOT)], check=True, capture_output=True, timeout=300)
     except subprocess.CalledProcessError as err:
         pytest.fail(f"building the wheel failed:\n{err.stderr.decode()[-2000:]}")
     wheel = next(out.glob("nnlang-*.whl"))
-    target = out / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
-                    str(target), str(wheel)], check=True, capture_output=True, timeout=300)
-    return target
+    env_dir = out / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True,
+                   timeout=120)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                           "['purelib'])"], capture_output=True, text=True, check=True).stdout
+    deps = [p for p in sys.path if p.endswith("site-packages")]
+    (Path(site.strip()) / "deps.pth").write_text("\n".join(deps) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
+                    "--no-deps", "-q", str(wheel)], check=True, capture_output=True,
+                   timeout=300)
+    return env_dir
 
 
-def _run(target, code, cwd):
-    env = {**os.environ, "PYTHONPATH": str(target)}
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+def _run(venv, args, cwd):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_wheel_ships_grammar_and_cli(installed, tmp_path):
-    code = ("import nnlang, nnlang_cli.main; from nnlang.frontend.parser import grammar_path;"
-            "p = grammar_path(); assert 'site' in str(p), p;"
-            "prog = nnlang.load('model M { input x: float32[batch, 3]\\n output y = exp(x) }');"
-            "print(prog.graph.node(prog.graph.outputs['y']).type)")
-    r = _run(installed, code, tmp_path)
+def test_console_script_checks_a_model(venv, tmp_path):
+    (tmp_path / "mlp.nn").write_text((ROOT / "models" / "mlp.nn").read_text())
+    r = _run(venv, [str(venv / "bin" / "nnlang"), "check", "mlp.nn"], tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "float32[batch, 3]" in r.stdout
+    assert "Total params: 535,818" in r.stdout
 
 
-def test_wheel_ships_data_samples(installed, tmp_path):
-    code = ("from nnlang.data import load_dataset; d = load_dataset('mnist-sample');"
+def test_wheel_ships_grammar_and_samples(venv, tmp_path):
+    code = ("import nnlang; from nnlang.frontend.parser import grammar_path;"
+            f"assert str(grammar_path()).startswith({str(venv)!r}), grammar_path();"
+            f"assert nnlang.__file__.startswith({str(venv)!r}), nnlang.__file__;"
+            "from nnlang.data import load_dataset; d = load_dataset('mnist-sample');"
             "print(len(d.train), len(d.test))")
-    r = _run(installed, code, tmp_path)
+    r = _run(venv, [str(venv / "bin" / "python"), "-c", code], tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["5000", "1000"]
