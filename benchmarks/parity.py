@@ -13,6 +13,7 @@ the nnlang side sees exactly the batches `nnlang train` would; torch gets the sa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -81,7 +82,8 @@ def _tensors(b: dict, feat: str, lab: str):
 
 
 def run_seed(name: str, seed: int, epochs: int | None, backend: str, limit_train, limit_test,
-             threads: int, sides=("nnlang", "torch"), data: str | None = None) -> dict:
+             threads: int, sides=("nnlang", "torch"), data: str | None = None,
+             constant_lr: bool = False, clip_norm: float | None = None) -> dict:
     import torch
 
     import nnlang
@@ -92,6 +94,10 @@ def run_seed(name: str, seed: int, epochs: int | None, backend: str, limit_train
     torch.set_num_threads(threads)
     program = nnlang.load(str(model_path(name)))
     cfg = program.train.with_overrides(seed=seed, epochs=epochs)
+    if constant_lr:  # NOTE: the reference runs use the optimizer's lr throughout
+        cfg = dataclasses.replace(cfg, schedule=None)
+    if clip_norm is not None:
+        cfg = dataclasses.replace(cfg, clip_norm=clip_norm or None)
     dataset, train, test = _data(program, cfg, limit_train, limit_test, data)
     feat, lab = [k for k in program.graph.inputs if not k.startswith("_")][:2]
     n, batch = _length(train), cfg.batch
@@ -205,15 +211,21 @@ def main(argv=None) -> int:
                     help="a fixed random N test examples")
     ap.add_argument("--only", choices=("nnlang", "torch"), default=None,
                     help="train one side only (e.g. the torch reference while nnlang is built)")
+    ap.add_argument("--constant-lr", action="store_true",
+                    help="drop the train section's schedule (the reference recipe)")
+    ap.add_argument("--clip-norm", type=float, default=None,
+                    help="gradient clipping by global norm (0: none); default: the section's")
     ap.add_argument("--data", help="another dataset spec (e.g. mnist-sample for a smoke run)")
     ap.add_argument("--out", help="JSON results file (default: none)")
     ap.add_argument("--markdown", help="also write the markdown table here")
     args = ap.parse_args(argv)
-    os.environ.setdefault("NNLANG_DATA_DIR", "/work/shared/datasets")
+    os.environ.setdefault("NNLANG_DATA_DIR",
+                          str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
     sides = (args.only,) if args.only else ("nnlang", "torch")
     machine = machine_info()  # before the runs: the load average is the one at the start
     runs = [run_seed(args.model, int(s), args.epochs, args.backend, args.limit_train,
-                     args.limit_test, args.threads, sides, args.data)
+                     args.limit_test, args.threads, sides, args.data, args.constant_lr,
+                     args.clip_norm)
             for s in args.seeds.split(",")]
     r0 = runs[0]
     head = (f"{args.model} on {r0['dataset']}: {r0['train_examples']} train / "

@@ -194,7 +194,8 @@ def main(argv=None) -> int:
                     help="time the PyTorch side alone")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
-    os.environ.setdefault("NNLANG_DATA_DIR", "/work/shared/datasets")
+    os.environ.setdefault("NNLANG_DATA_DIR",
+                          str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
     machine = machine_info()
     peak_before = sgemm_peak()

@@ -448,5 +448,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("NNLANG_DATA_DIR", "/work/shared/datasets")
+    os.environ.setdefault("NNLANG_DATA_DIR",
+                          str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
     sys.exit(main())
