@@ -4,8 +4,8 @@
 
 Prints load time, the first `train_step` (compile; run with an empty NNLANG_CACHE_DIR for the
 cold number, again for warm), the median steady step, the executable summary, and with
-`--breakdown` the time per step kind/op and the slowest calls (each call timed alone, so the
-sum is a little above the real step).
+`--breakdown` the time per call signature (kernel ops and loop shape, or library op and input
+shapes), summed over its calls, slowest first.
 """
 from __future__ import annotations
 
@@ -35,28 +35,40 @@ def random_feeds(net) -> dict:
     return feeds
 
 
-def breakdown(exe, top: int, reps: int = 3) -> None:
+def breakdown(net, feeds, top: int, reps: int = 3) -> None:
+    """Times every call inside real steps (wrapped calls, so inputs are fed as usual: replaying
+    the calls alone reads buffers a later step reused, e.g. garbage token ids)."""
+    exe, _ = net._exes[("train", net.batch)]
     times = [0.0] * len(exe._calls)
-    with exe.backend.session():
+    calls = list(exe._calls)
+
+    def timed(i, fn):
+        def run(*args):
+            t = time.perf_counter()
+            fn(*args)
+            times[i] += (time.perf_counter() - t) / reps
+        return run
+    exe._calls = [(timed(i, fn), args) for i, (fn, args) in enumerate(calls)]
+    try:
         for _ in range(reps):
-            for i, (fn, args) in enumerate(exe._calls):
-                t = time.perf_counter()
-                fn(*args)
-                times[i] += (time.perf_counter() - t) / reps
-    by_kind: dict = {}
-    for i, t in enumerate(times):
-        s = exe.steps[i]
-        key = s.kind if s.kind == "kernel" else f"{s.kind}:{exe.graph.node(s.nodes[0]).op}"
-        n, total = by_kind.get(key, (0, 0.0))
-        by_kind[key] = (n + 1, total + t)
+            net.train_step(feeds)
+    finally:
+        exe._calls = calls
+    by_sig: dict = {}
+    for i, s in enumerate(exe.steps):
+        g = exe.graph
+        if s.kind == "kernel":
+            ops = [g.node(m).op for m in s.nodes]
+            key = (f"kernel {len(ops)} nodes {'_'.join(dict.fromkeys(ops))[:50]}",
+                   tuple(s.group.loop_shape))
+        else:
+            n = g.node(s.nodes[0])
+            key = (f"{s.kind} {n.op}", tuple(tuple(g.node(j).shape) for j in n.inputs[:2]))
+        n, total = by_sig.get(key, (0, 0.0))
+        by_sig[key] = (n + 1, total + times[i])
     print(f"sum of calls {sum(times) * 1e3:.1f} ms")
-    for key, (n, t) in sorted(by_kind.items(), key=lambda kv: -kv[1][1]):
-        print(f"  {key:<22} {n:5d} calls {t * 1e3:8.1f} ms")
-    for i in sorted(range(len(times)), key=lambda i: -times[i])[:top]:
-        s = exe.steps[i]
-        ops = [exe.graph.node(m).op for m in s.nodes]
-        print(f"  {times[i] * 1e3:7.2f} ms {s.kind:<6} {len(ops):3d} nodes {ops[:4]} "
-              f"{s.group.loop_shape if s.group else exe.graph.node(s.nodes[0]).shape}")
+    for (what, shape), (n, t) in sorted(by_sig.items(), key=lambda kv: -kv[1][1])[:top]:
+        print(f"  {t * 1e3:8.2f} ms {n:5d}x {t / n * 1e6:9.1f} us  {what} {shape}")
 
 
 def main():
@@ -83,7 +95,7 @@ def main():
           f"{[round(s * 1e3, 1) for s in steps]}")
     print(exe.summary())
     if args.breakdown:
-        breakdown(exe, args.top)
+        breakdown(net, feeds, args.top)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from rich.text import Text
 import nnlang
 from nnlang_cli.app import app, console, parse_overrides, reporting
 
-PASS_NAMES = ("fold", "cse", "dce", "fuse")
+PASS_NAMES = ("fold", "cse", "matmul_sum", "dce", "fuse")
 
 
 @app.command("compile")
@@ -26,13 +26,16 @@ def compile_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Which model of the file."),
     no_fold: bool = typer.Option(False, "--no-fold", help="Skip constant folding."),
     no_cse: bool = typer.Option(False, "--no-cse", help="Skip common-subexpression elimination."),
+    no_matmul_sum: bool = typer.Option(False, "--no-matmul-sum",
+                                       help="Keep sums of matmuls (e.g. per-step RNN weight "
+                                            "gradients) as they are."),
     no_dce: bool = typer.Option(False, "--no-dce", help="Skip dead-code elimination."),
     no_fuse: bool = typer.Option(False, "--no-fuse", help="One kernel per op."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write to a file."),
 ):
     """Compile a model and show what runs: --emit ir, backward, fused or kernels."""
-    disable = tuple(name for name, off in zip(PASS_NAMES, (no_fold, no_cse, no_dce, no_fuse))
-                    if off)
+    flags = (no_fold, no_cse, no_matmul_sum, no_dce, no_fuse)
+    disable = tuple(name for name, off in zip(PASS_NAMES, flags) if off)
     with reporting():
         program = nnlang.load(file, parse_overrides(sets), model)
         net = nnlang.compile(program, backend=backend, batch=batch, disable=disable)

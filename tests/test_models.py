@@ -76,8 +76,10 @@ def test_summary_golden(name):
 
 def test_train_sections():
     mlp = load(rel(MODELS / "mlp.nn")).train
-    assert (mlp.batch, mlp.epochs, mlp.data.name, mlp.optimizer.name) == (128, 3, "mnist", "adam")
-    assert mlp.optimizer.options["lr"] == pytest.approx(1e-3)
+    assert (mlp.batch, mlp.epochs, mlp.data.name, mlp.optimizer.name) == (128, 10, "mnist", "adam")
+    assert mlp.optimizer.options["lr"] == pytest.approx(1e-3) and mlp.schedule.name == "cosine"
+    lstm = load(rel(MODELS / "lstm.nn")).train
+    assert lstm.clip_norm == 1.0 and lstm.data.options == {"vocab": 20000, "maxlen": 200}
     assert load(rel(MODELS / "cnn.nn")).train.batch == 64
     tr = load(rel(MODELS / "transformer.nn"))
     assert tr.train.batch == 32 and tr.train.data.options == {"vocab": 20000, "maxlen": 128}

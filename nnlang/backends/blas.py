@@ -61,19 +61,23 @@ def run_parts(calls):
         f.result()
 
 
-def _run_split(a, b, out, parts):
-    rows = out.shape[-2]
-    bounds = np.linspace(0, rows, parts + 1).astype(int)
-    futures = [pool().submit(np.matmul, a[..., lo:hi, :], b, out=out[..., lo:hi, :])
-               for lo, hi in zip(bounds[:-1], bounds[1:])]
-    for f in futures:
-        f.result()
+def _bounds(n: int, parts: int):
+    cuts = np.linspace(0, n, parts + 1).astype(int)
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def matmul_call(a: np.ndarray, b: np.ndarray, out: np.ndarray):
-    """A (function, args) pair computing out = a @ b, split over threads when it pays."""
+    """A (function, args) pair computing out = a @ b, split over threads when it pays: a 2-D
+    product by rows of `a`, a batched one (attention) by its leading batch axis."""
     flops = 2 * out.size * a.shape[-1]
-    parts = min(_WORKERS, out.shape[-2])
-    if _WORKERS > 1 and flops >= _SPLIT_FLOPS and parts > 1 and b.ndim == 2 and a.ndim == 2:
-        return _run_split, (a, b, out, parts)
-    return np.matmul, (a, b, out)
+    if _WORKERS < 2 or flops < _SPLIT_FLOPS:
+        return np.matmul, (a, b, out)
+    if a.ndim == 2 and b.ndim == 2:
+        parts = _bounds(out.shape[0], min(_WORKERS, out.shape[0]))
+        calls = [(np.matmul, (a[lo:hi], b, out[lo:hi])) for lo, hi in parts]
+    elif a.ndim >= 3 and a.shape[:-2] == b.shape[:-2] == out.shape[:-2]:
+        parts = _bounds(out.shape[0], min(_WORKERS, out.shape[0]))
+        calls = [(np.matmul, (a[lo:hi], b[lo:hi], out[lo:hi])) for lo, hi in parts]
+    else:
+        return np.matmul, (a, b, out)
+    return (run_parts, (calls,)) if len(calls) > 1 else calls[0]

@@ -11,6 +11,7 @@ from nnlang.codegen.scalar_ops import PYTHON, ScalarLang
 from nnlang.ops import registry
 
 PARALLEL_MIN = 1 << 16  # elements; below this thread start-up costs more than it saves
+LANES = 4  # independent accumulators of an innermost-axis reduction
 
 PRELUDE = "import math\n\nimport numba\nimport numpy as np\n"
 
@@ -80,21 +81,55 @@ def render_body(k: Kernel, parallel: bool, lang: ScalarLang = PYTHON, strided=()
     if inner_kept(k):
         lines += _inner_kept_loops(k, lang, at, full)
         return _module(lines, lang)
-    acc = None
+    if k.reduce is None:
+        for depth, axis in enumerate(order):
+            rng = "numba.prange" if parallel and depth == 0 else "range"
+            lines.append(f"{pad}for i{axis} in {rng}(n{axis}):")
+            pad += "    "
+        lines += _body(k, pad, lang, at, full)
+        return _module(lines, lang)
+    lines += _inner_reduced_loops(k, parallel, lang, at, full, order, len(kept))
+    return _module(lines, lang)
+
+
+def _inner_reduced_loops(k: Kernel, parallel: bool, lang: ScalarLang, at, full, order,
+                         n_kept: int) -> list[str]:
+    """A reduction over the innermost axis: each row of values goes to a scratch row, then is
+    folded into LANES independent accumulators.
+
+    NOTE: one scalar accumulator makes the whole loop a strict-order chain that LLVM will not
+    vectorize (no fastmath), so exp in a softmax ran at libm speed; the split lets the value
+    loop vectorize and the lanes add 4-wide."""
+    red, last = k.reduce, k.loop_rank - 1
+    acc_dtype = _acc_dtype(k)
+    lanes = [f"acc{j}" for j in range(LANES)]
+    pad = "    "
+    lines = [] if parallel else [f"{pad}row = np.empty(n{last}, np.{acc_dtype})"]
     for depth, axis in enumerate(order):
+        if depth == n_kept:
+            lines.append(f"{pad}{' = '.join(lanes)} = {lang.reduce_init(red.op, acc_dtype)}")
+        if axis == last:
+            break
         rng = "numba.prange" if parallel and depth == 0 else "range"
-        if k.reduce and depth == len(kept):
-            acc = "acc"
-            lines.append(f"{pad}acc = {lang.reduce_init(k.reduce.op, _acc_dtype(k))}")
         lines.append(f"{pad}for i{axis} in {rng}(n{axis}):")
         pad += "    "
-    lines += _body(k, pad, lang, at, full)
-    if k.reduce:
-        lines.append(f"{pad}{lang.reduce_step(k.reduce.op, acc, k.reduce.value)}")
-        pad = "    " * (1 + len(kept))
-        out_idx = ", ".join(f"i{a}" for a in kept) or "0"
-        lines.append(f"{pad}{k.reduce.arg}[{out_idx}] = {lang.cast(acc, k.reduce.dtype)}")
-    return _module(lines, lang)
+        if parallel and depth == 0:  # NOTE: one scratch row per parallel iteration
+            lines.append(f"{pad}row = np.empty(n{last}, np.{acc_dtype})")
+    lines.append(f"{pad}for i{last} in range(n{last}):")
+    lines += _body(k, pad + "    ", lang, at, full)
+    lines.append(f"{pad}    row[i{last}] = {red.value}")
+    lines.append(f"{pad}for j in range(0, n{last} - {LANES - 1}, {LANES}):")
+    lines += [f"{pad}    {lang.reduce_step(red.op, a, f'row[j + {j}]')}"
+              for j, a in enumerate(lanes)]
+    lines.append(f"{pad}for j in range(n{last} - n{last} % {LANES}, n{last}):")
+    lines.append(f"{pad}    {lang.reduce_step(red.op, lanes[0], 'row[j]')}")
+    pad = "    " * (1 + n_kept)
+    total = lanes
+    while len(total) > 1:  # pairwise, so the combined order is fixed
+        pairs = [(total[j], total[j + 1]) for j in range(0, len(total), 2)]
+        total = [f"({a} + {b})" if red.op == "sum" else f"max({a}, {b})" for a, b in pairs]
+    out_idx = ", ".join(f"i{a}" for a in order[:n_kept]) or "0"
+    return lines + [f"{pad}{red.arg}[{out_idx}] = {lang.cast(total[0], red.dtype)}"]
 
 
 def _body(k: Kernel, pad: str, lang: ScalarLang, at, full) -> list[str]:

@@ -1,11 +1,13 @@
 """Sums of matmuls become one matmul of concatenations (after cse, before dce and fuse):
 
     A1 @ B1 + A2 @ B2 + ... = [A1 A2 ...] @ [B1; B2; ...]
+    sum(X1, axes) + sum(X2, axes) + ... = sum([X1; X2; ...], axes)   (axis 0 among the axes)
 
 A recurrent weight's gradient is sum_t h_t^T g_t over every time step; as 200 small GEMMs and a
 200-input add it cost ~30 ms per LSTM step, and the fused add kernel with 200 array arguments
 took numba 13 s to compile. One [units, T*B] @ [T*B, 4*units] GEMM is one BLAS call that the
-runtime can split over threads.
+runtime can split over threads. A recurrent bias gradient is the same sum of column sums of
+the same g_t, so both share one concatenation.
 """
 from __future__ import annotations
 
@@ -36,22 +38,71 @@ def _leaves(g: Graph, root: int, keep: set[int]) -> list[int]:
     return out
 
 
-def _merged(b: Builder, g: Graph, terms: list[int]) -> int:
+def _is_row_sum(g: Graph, nid: int) -> bool:
+    n = g.node(nid)
+    if n.op != "reduce_sum" or not g.node(n.inputs[0]).shape:
+        return False
+    axes = n.attrs["axes"]
+    rank = len(g.node(n.inputs[0]).shape)
+    return axes is None or 0 in [a % rank for a in axes]
+
+
+class _Concats:
+    """One concat node per (inputs, axis), shared by every merged sum."""
+
+    def __init__(self, b: Builder):
+        self.b, self.made = b, {}
+
+    def __call__(self, xs, axis: int) -> int:
+        key = (tuple(xs), axis)
+        if key not in self.made:
+            self.made[key] = self.b.concat(*xs, axis=axis)
+        return self.made[key]
+
+
+def _merged_matmuls(b: Builder, g: Graph, terms: list[int], concat: _Concats) -> int:
     lhs = [g.node(t).inputs[0] for t in terms]
     rhs = [g.node(t).inputs[1] for t in terms]
     if all(g.node(a).op == "transpose" and list(g.node(a).attrs["perm"]) == [1, 0]
            for a in lhs):
         # NOTE: h_t^T terms: stack the rows of h_t and transpose the result (a view), so
         # the copy reads and writes whole rows
-        a = b.transpose(b.concat(*(g.node(x).inputs[0] for x in lhs), axis=0), perm=[1, 0])
+        a = b.transpose(concat([g.node(x).inputs[0] for x in lhs], 0), perm=[1, 0])
     else:
-        a = b.concat(*lhs, axis=1)
-    return b.matmul(a, b.concat(*rhs, axis=0))
+        a = concat(lhs, 1)
+    return b.matmul(a, concat(rhs, 0))
+
+
+def _merged_sums(b: Builder, g: Graph, terms: list[int], concat: _Concats) -> int:
+    n = g.node(terms[0])
+    xs = [g.node(t).inputs[0] for t in terms]
+    return b.reduce_sum(concat(xs, 0), axes=n.attrs["axes"], keepdims=n.attrs["keepdims"])
+
+
+def _groups(g: Graph, terms: list[int], dtype: str, keep: set[int]):
+    """Mergeable terms by kind and operand shapes, each ordered by its data operand's id so sums
+    over the same values (g_t) build the same concatenation."""
+    out: dict[tuple, list[int]] = {}
+    for t in terms:
+        n = g.node(t)
+        if len(g.users(t)) != 1 or t in keep or n.dtype != dtype:
+            continue
+        if _is_2d_matmul(g, t):
+            key = ("mm", tuple(g.node(n.inputs[0]).shape[:1]), tuple(g.node(n.inputs[1]).shape[1:]))
+        elif _is_row_sum(g, t):
+            key = ("sum", tuple(g.node(n.inputs[0]).shape), str(n.attrs["axes"]),
+                   n.attrs["keepdims"])
+        else:
+            continue
+        out.setdefault(key, []).append(t)
+    return {k: sorted(v, key=lambda t: g.node(t).inputs[-1]) for k, v in out.items()
+            if len(v) >= MIN_TERMS}
 
 
 def merge_matmul_sums(g: Graph) -> Graph:
     g = g.copy()
     keep = result_ids(g)
+    concat = None
     for root in g.topo():
         if root not in g.nx or g.node(root).op != "add":
             continue
@@ -60,15 +111,20 @@ def merge_matmul_sums(g: Graph) -> Graph:
                 g.node(users[0]).shape == g.node(root).shape:
             continue  # not the top of its tree
         terms = _leaves(g, root, keep)
-        mm = [t for t in terms if _is_2d_matmul(g, t) and len(g.users(t)) == 1 and t not in keep
-              and g.node(t).dtype == g.node(root).dtype]
-        if len(mm) < MIN_TERMS:
+        groups = _groups(g, terms, g.node(root).dtype, keep)
+        if not groups:
             continue
         node = g.node(root)
         b = Builder(g, node.span, node.path, node.role)
-        total = _merged(b, g, mm)
+        concat = concat or _Concats(b)
+        concat.b = b
+        merged = {t for ts in groups.values() for t in ts}
+        total = None
+        for (kind, *_), ts in groups.items():
+            v = (_merged_matmuls if kind == "mm" else _merged_sums)(b, g, ts, concat)
+            total = v if total is None else b.add(total, v)
         for t in terms:
-            if t not in mm:
+            if t not in merged:
                 total = b.add(total, t)
         replace_value(g, root, total)
     return g
