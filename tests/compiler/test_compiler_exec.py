@@ -1,7 +1,6 @@
 """Compiled executables against the reference interpreter and independent numpy, fused and
 unfused; library ops; updates; the kernel cache."""
 import numpy as np
-import pytest
 
 from nnlang.ir.graph import Builder, Graph, TensorType
 from nnlang.ops.random import _uniform_impl
@@ -9,14 +8,6 @@ from nnlang.runtime.executable import compile_graph
 from nnlang.runtime.interpret import interpret
 
 RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NNLANG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernels"))
-    yield
-    mp.undo()
 
 
 def leaf(g, op, name, shape, dtype="float32"):

@@ -1,19 +1,10 @@
 """Fusion asserted by kernel counts (tinygrad's assert_kernel_count), plus group structure."""
 import numpy as np
-import pytest
 
 from nnlang.ir.graph import Builder, Graph, TensorType
 from nnlang.passes.fuse import format_groups, fuse
 from nnlang.runtime.executable import compile_graph
 from nnlang.runtime.interpret import interpret
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NNLANG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernels"))
-    yield
-    mp.undo()
 
 
 def graph_with_input(shape):

@@ -10,14 +10,6 @@ from nnlang.runtime.executable import compile_graph
 from tests.compiler.test_compiler_exec import leaf, rand
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NNLANG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernels"))
-    yield
-    mp.undo()
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("op", ["sum", "max"])
 @pytest.mark.parametrize("shape,axes", [((300, 257), (0,)), ((6, 7, 5, 4), (1, 2)),

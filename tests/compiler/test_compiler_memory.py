@@ -1,18 +1,9 @@
 """Memory planning: the planner on synthetic lifetimes, and no allocation in steady state."""
 import numpy as np
-import pytest
 
 from nnlang.ir.graph import Builder, Graph, TensorType
 from nnlang.passes.memory import Lifetime, plan_buffers
 from nnlang.runtime.executable import compile_graph
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NNLANG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernels"))
-    yield
-    mp.undo()
 
 
 def test_planner_reuses_non_overlapping():

@@ -11,14 +11,6 @@ from nnlang.runtime.executable import compile_graph
 from nnlang.runtime.interpret import interpret
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NNLANG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kernels"))
-    yield
-    mp.undo()
-
-
 def sample_graph():
     """Folding, simplification, common and dead subexpressions all have work here."""
     g = Graph()
