@@ -24,7 +24,7 @@ from nnlang.errors import NNError
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops.random import MASK64
 from nnlang.passes.rewrite import updates
-from nnlang.runtime.executable import Executable, State
+from nnlang.runtime.executable import Executable, State, library_call
 
 VERSION = "nnlang-cuda-0.1"
 OPTIONS = ("-std=c++17",)
@@ -373,21 +373,7 @@ class CupyExecutable(Executable):
         inputs = [self.arrays[i] for i in n.inputs]
         if step.kind == "copy":
             return cp.copyto, (self.arrays[nid].reshape(inputs[0].shape), inputs[0])
-        staged = []
-        if n.op != "matmul":
-            for k, x in enumerate(inputs):
-                if not x.flags.c_contiguous:
-                    inputs[k] = cp.empty(x.shape, x.dtype)
-                    staged.append((inputs[k], x))
-        fn, args = self.backend.library_call(n, inputs, self.arrays[nid])
-        if not staged:
-            return fn, args
-
-        def run(*a):
-            for dst, src in staged:
-                cp.copyto(dst, src)
-            fn(*a)
-        return run, args
+        return library_call(cp, self.backend, n, inputs, self.arrays[nid])
 
     def _launch_all(self):
         for fn, args in self._calls:

@@ -48,6 +48,28 @@ class State(MutableMapping):
         return len(self._arrays)
 
 
+def library_call(xp, backend, node, inputs: list, out):
+    """The backend's call for a non-kernel op (matmul, gather, unfold...); `xp` is the array
+    module (numpy, or cupy for the GPU executable)."""
+    # NOTE: library kernels index flat rows; a strided view (a transpose the schedule left as
+    # a view) is first copied into a scratch array allocated once, here
+    staged = []
+    if node.op != "matmul":
+        for k, x in enumerate(inputs):
+            if not x.flags.c_contiguous:
+                inputs[k] = xp.empty(x.shape, x.dtype)
+                staged.append((inputs[k], x))
+    fn, args = backend.library_call(node, inputs, out)
+    if not staged:
+        return fn, args
+
+    def run(*a):
+        for dst, src in staged:
+            xp.copyto(dst, src)
+        fn(*a)
+    return run, args
+
+
 def _state_array(given, shape, dtype) -> np.ndarray:
     """The caller's array itself when it fits, so executables of one model share their state
     (a train step's update is what the next prediction reads); otherwise a copy or zeros."""
@@ -149,23 +171,7 @@ class Executable:
         inputs = [self.arrays[i] for i in n.inputs]
         if step.kind == "copy":
             return np.copyto, (np.reshape(self.arrays[nid], inputs[0].shape), inputs[0])
-        # NOTE: library kernels index flat rows; a strided view (a transpose the schedule left
-        # as a view) is first copied into a scratch array allocated once, here
-        staged = []
-        if n.op != "matmul":
-            for k, x in enumerate(inputs):
-                if not x.flags.c_contiguous:
-                    inputs[k] = np.empty(x.shape, x.dtype)
-                    staged.append((inputs[k], x))
-        fn, args = self.backend.library_call(n, inputs, self.arrays[nid])
-        if not staged:
-            return fn, args
-
-        def run(*a):
-            for dst, src in staged:
-                np.copyto(dst, src)
-            fn(*a)
-        return run, args
+        return library_call(np, self.backend, n, inputs, self.arrays[nid])
 
     @staticmethod
     def _ranked(a: np.ndarray, rank: int) -> np.ndarray:
