@@ -8,7 +8,6 @@ Regenerate the summary goldens (prints a diff of what changed) with:
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 
 import pytest
 

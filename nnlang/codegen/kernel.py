@@ -85,7 +85,6 @@ def build_kernel(g: Graph, members: list[int], outputs: list[int], reduce: int |
                  loop_shape: tuple[int, ...]) -> tuple[Kernel, Binding]:
     loop_shape = tuple(int(d) for d in loop_shape) or (1,)  # a scalar loops once
     rank = len(loop_shape)
-    inside = set(members)
     names: dict[int, str] = {}
     loads: dict[str, Load] = {}
     load_ids: list[int] = []

@@ -2,50 +2,27 @@
 `repeat` and weight sharing, binds call arguments against op signatures and runs shape rules.
 
 Errors are collected, not raised one at a time: a failed value becomes `POISON`, later uses of
-it stay quiet, and all independent errors are reported together at the end.
+it stay quiet, and all independent errors are reported together at the end. Calls are
+elaborated in `calls.py`, imports gathered in `imports.py`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nnlang.errors import ErrorSink, NNError, Span, did_you_mean
+from nnlang.errors import ErrorSink, Span, did_you_mean
 from nnlang.frontend import ast
+from nnlang.frontend.calls import CallElaboration
+from nnlang.frontend.imports import collect_defs
 from nnlang.frontend.parser import parse, parse_file
 from nnlang.frontend.train_config import TrainConfig, elaborate_train
+from nnlang.frontend.values import (POISON, TENSOR_BINOPS, Abort, Initializer, Scope, T,
+                                    eval_binop, join_path)
 from nnlang.ir.dims import Sym, fmt_shape
 from nnlang.ir.graph import Builder, Graph
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS
-from nnlang.ops.registry import DTYPES, ParamSpec, ShapeError, TensorType
-from nnlang.ops.signature import BindError, check_kind
-
-
-@dataclass(frozen=True)
-class T:
-    """A tensor value: a node in the graph being built."""
-    id: int
-
-
-class _Poison:
-    def __repr__(self):
-        return "<error>"
-
-
-POISON = _Poison()
-
-
-class _Abort(Exception):
-    """Stops evaluating one statement after its error was recorded."""
-
-
-@dataclass
-class Initializer:
-    name: str
-    options: dict
-
-    def spec(self) -> tuple[str, dict]:
-        return self.name, dict(self.options)
+from nnlang.ops.registry import DTYPES, ParamSpec, TensorType
 
 
 @dataclass
@@ -59,36 +36,7 @@ class Program:
     defs: dict = field(default_factory=dict)
 
 
-@dataclass
-class Scope:
-    prefix: str                      # block path of this scope, e.g. "enc.0"
-    vars: dict = field(default_factory=dict)       # name -> value
-    spans: dict = field(default_factory=dict)      # name -> Span of its definition
-    in_loop: int = 0
-    kind: str = "model"              # model | block
-    repeat: tuple = ()               # iteration indices of enclosing `repeat`s
-    later: dict = field(default_factory=dict)      # names defined further down -> Span
-
-
-def _eval_binop(op, a, b):
-    import operator
-    table = {"+": operator.add, "-": operator.sub, "*": operator.mul, "**": operator.pow,
-             "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
-             ">": operator.gt, ">=": operator.ge}
-    if op == "/":
-        if isinstance(a, int) and isinstance(b, int) and b and a % b == 0:
-            return a // b
-        return a / b
-    return table[op](a, b)
-
-
-_TENSOR_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul", "**": "pow",
-                  "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
-
-_KEYWORD_ONLY_OPS = {"input", "param", "const"}
-
-
-class Elaborator:
+class Elaborator(CallElaboration):
     def __init__(self, defs: dict, errors: ErrorSink):
         self.defs = defs                  # name -> ModelDef/BlockDef/TrainDef (with "train:")
         self.errors = errors
@@ -102,7 +50,7 @@ class Elaborator:
     # *** errors ***
     def fail(self, message: str, span: Span | None, hint: str | None = None, notes=None):
         self.errors.add(message, span, hint, notes)
-        raise _Abort
+        raise Abort
 
     # *** models ***
     def model(self, m: ast.ModelDef, overrides: dict) -> dict:
@@ -131,7 +79,7 @@ class Elaborator:
             else:
                 try:
                     value = self.const_expr(p.default, scope)
-                except _Abort:
+                except Abort:
                     value = POISON
             scope.vars[p.name], scope.spans[p.name] = value, p.span
         return {k: v for k, v in scope.vars.items()}
@@ -154,7 +102,7 @@ class Elaborator:
                 r = self.stmt(stmt, scope)
                 if isinstance(stmt, ast.Return):
                     result = r
-            except _Abort:
+            except Abort:
                 for name in getattr(stmt, "targets", ()) or ([stmt.name] if hasattr(
                         stmt, "name") and isinstance(stmt.name, str) else []):
                     scope.vars.setdefault(name, POISON)
@@ -188,7 +136,7 @@ class Elaborator:
             init = self.init_value(s.init, scope) if s.init else None
             if init is None:
                 init = ("glorot_uniform", {}) if len(t.shape) >= 2 else ("zeros", {})
-            path = _join(scope.prefix, s.name)
+            path = join_path(scope.prefix, s.name)
             nid = self.param(path, ParamSpec(t.shape, init, dtype=t.dtype), s.span, share=False)
             self.define(scope, s.name, T(nid), s.span)
         elif isinstance(s, ast.Symbol):
@@ -247,7 +195,7 @@ class Elaborator:
         else:
             value = self.expr(s.value, scope, s.name)
         if value is POISON:
-            raise _Abort
+            raise Abort
         if not isinstance(value, T):
             self.fail(f"{what} must be a tensor, got {value!r}", s.span)
         node = self.g.node(value.id)
@@ -298,7 +246,7 @@ class Elaborator:
         if isinstance(e, ast.Neg):
             v = self.expr(e.operand, scope, target)
             if v is POISON:
-                raise _Abort
+                raise Abort
             if isinstance(v, T):
                 return self.emit("neg", [v], {}, e.span, [e.operand.span], scope, None)
             return -v
@@ -324,7 +272,7 @@ class Elaborator:
         if e.id in scope.vars:
             v = scope.vars[e.id]
             if v is POISON:
-                raise _Abort
+                raise Abort
             return v
         if e.id in INITIALIZERS:
             return Initializer(e.id, {})
@@ -343,15 +291,15 @@ class Elaborator:
         a = self.expr(e.left, scope, target)
         c = self.expr(e.right, scope, target)
         if a is POISON or c is POISON:
-            raise _Abort
+            raise Abort
         if not isinstance(a, T) and not isinstance(c, T):
             if e.op == "@":
                 self.fail("@ needs tensors", e.span)
             try:
-                return _eval_binop(e.op, a, c)
+                return eval_binop(e.op, a, c)
             except Exception as err:  # NOTE: constant arithmetic on user values
                 self.fail(f"cannot compute {a!r} {e.op} {c!r}: {err}", e.span)
-        return self.emit(_TENSOR_BINOPS[e.op], [a, c], {}, e.span,
+        return self.emit(TENSOR_BINOPS[e.op], [a, c], {}, e.span,
                          [e.left.span, e.right.span], scope, None)
 
     def subscript(self, e: ast.Subscript, scope: Scope):
@@ -391,267 +339,6 @@ class Elaborator:
         return v
 
     # *** calls ***
-    def call(self, e: ast.Call, scope: Scope, target: str | None):
-        if e.func in INITIALIZERS and registry.get(e.func) is None:
-            return self.initializer_call(e, scope)
-        block = self.defs.get(e.func)
-        opdef = registry.get(e.func)
-        if isinstance(block, ast.BlockDef):
-            return self.block_call(block, e, scope, target)
-        if isinstance(block, ast.ModelDef):
-            self.fail(f"'{e.func}' is a model; models cannot be called", e.func_span,
-                      f"turn it into a block: `block {e.func}(...) {{ ... return ... }}`")
-        if opdef is None or e.func in _KEYWORD_ONLY_OPS:
-            names = [n for n, d in self.defs.items() if isinstance(d, ast.BlockDef)]
-            names += [n for n in registry.all_ops() if n not in _KEYWORD_ONLY_OPS]
-            self.fail(f"unknown op or block '{e.func}'", e.func_span,
-                      did_you_mean(e.func, names) or "see `nnlang ops` for the list of ops")
-        # NOTE: an op without weights (relu in `h = dense(x, 8) |> relu`) passes the target
-        # name to its first argument, so the layer it wraps is named `h`, not `dense`
-        inner = target if opdef.params is None else None
-        args = [self.expr(a, scope, inner if i == 0 else None) for i, a in enumerate(e.args)]
-        kwargs = {k.name: self.expr(k.value, scope, None) for k in e.kwargs}
-        if any(v is POISON for v in args + list(kwargs.values())):
-            raise _Abort
-        share = kwargs.pop("share", None)
-        spans = {i: a.span for i, a in enumerate(e.args)}
-        spans.update({k.name: k.value.span for k in e.kwargs})
-        try:
-            bound = opdef.sig.bind(args, kwargs)
-        except BindError as err:
-            span = spans.get(err.arg, e.span) if err.arg is not None else e.span
-            self.fail(f"{e.func}() {err.message}", span, err.hint)
-        tensors, attrs, tspans = [], {}, []
-        names = list(opdef.sig.names())
-        for p in opdef.sig.params:
-            value = bound[p.name]
-            pos = names.index(p.name)
-            span = spans.get(p.name, spans.get(pos, e.span))
-            if p.variadic:
-                for i, v in enumerate(value):
-                    tensors.append(self.as_tensor(v, spans.get(i, e.span), e.func))
-                    tspans.append(spans.get(i, e.span))
-                continue
-            optional_none = value is None and not p.required and p.default is None
-            problem = None if optional_none else check_kind(p.kind, value, isinstance(value, T))
-            if problem:
-                self.fail(f"{e.func}() argument '{p.name}': {problem}", span,
-                          f"signature: {e.func}({opdef.sig})")
-            if p.kind in ("tensor", "tensor?"):
-                tensors.append(None if value is None else self.as_tensor(value, span, e.func))
-                tspans.append(span)
-            else:
-                attrs[p.name] = value.spec() if isinstance(value, Initializer) else value
-        path = None
-        if opdef.params is not None:
-            path = self.layer_path(scope, target, e.func, share, spans.get("share"))
-        where = path or _join(scope.prefix, target or "")
-        return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path, where)
-
-    def as_tensor(self, v, span: Span, func: str) -> T:
-        if isinstance(v, T):
-            return v
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            with self.b.at(span):
-                return T(self.b.const(v, "float32"))
-        self.fail(f"{func}(): expected a tensor, got {v!r}", span)
-
-    def layer_path(self, scope, target, func, share, share_span) -> str:
-        if share is not None:
-            if not isinstance(share, T) or share.id not in self.layer_of:
-                self.fail("share= names a value produced by a layer with weights", share_span,
-                          "e.g. `b = dense(x2, 64, share = a)` reuses the weights of `a`")
-            return self.layer_of[share.id]
-        base = target or func
-        rep = scope.repeat
-        path = _join(scope.prefix, base + "".join(f".{k}" for k in rep))
-        if path in self.used_paths:  # e.g. a second anonymous dense: dense_1, dense_2, ...
-            k = 1
-            while f"{path}_{k}" in self.used_paths:
-                k += 1
-            path = f"{path}_{k}"
-        self.used_paths.add(path)
-        return path
-
-    def param(self, name: str, spec: ParamSpec, span: Span, share: bool) -> int:
-        if name in self.g.params:
-            existing = self.g.node(self.g.params[name])
-            if share and existing.shape == tuple(spec.shape):
-                return existing.id
-            self.fail(f"weight '{name}' {fmt_shape(spec.shape)} conflicts with its earlier "
-                      f"definition {fmt_shape(existing.shape)}", span,
-                      "shared layers must see inputs of the same shape" if share else None)
-        with self.b.at(span, name.rpartition(".")[0]):
-            nid = self.b.emit("param", name=name, dtype=spec.dtype, shape=list(spec.shape),
-                              init=spec.init, trainable=spec.trainable)
-        self.g.params[name] = nid
-        return nid
-
-    def emit(self, op: str, ins: list, attrs: dict, span: Span, in_spans: list, scope: Scope,
-             path: str | None, where: str | None = None):
-        """Adds one op node; `path` names a layer that owns weights, `where` the node's path."""
-        ins = [self.as_tensor(v, s, op) if v is not None else None
-               for v, s in zip(ins, in_spans)]
-        opdef = registry.get(op)
-        in_types = [None if t is None else self.g.node(t.id).type for t in ins]
-        if any(t is None for t, x in zip(in_types, ins) if x is not None):
-            raise _Abort
-        full = {p.name: attrs.get(p.name, p.default) for p in opdef.sig.params
-                if p.kind not in ("tensor", "tensor?")}
-        params = []
-        if opdef.params is not None:
-            try:
-                specs = opdef.params(*in_types, **full)
-            except ShapeError as err:
-                self.shape_fail(op, err, span, in_spans, ins)
-            shared = path in self.layer_of.values()
-            params = [T(self.param(f"{path}.{k}", spec, span, shared))
-                      for k, spec in specs.items()]
-        layer = path or where or scope.prefix
-        try:
-            with self.b.at(span, layer):
-                nid = self.b.emit(op, *[None if t is None else t.id for t in ins],
-                                  *[p.id for p in params], **full)
-        except ShapeError as err:
-            self.shape_fail(op, err, span, in_spans, ins)
-        if path is not None:
-            self.layer_of[nid] = path
-        return T(nid)
-
-    def shape_fail(self, op, err: ShapeError, span, in_spans, ins):
-        at = in_spans[err.arg] if err.arg is not None and err.arg < len(in_spans) else span
-        notes = []
-        for t in dict.fromkeys(ins):
-            if t is None:
-                continue
-            node = self.g.node(t.id)
-            name, where = self.origin.get(t.id, (node.name or f"%{t.id}", node.span))
-            notes.append((f"'{name}' is {node.type}, from {self.describe(t.id)}", where))
-        msg = err.message if err.message.startswith(op) else f"{op}: {err.message}"
-        self.fail(msg, at, err.hint, notes)
-
-    def describe(self, nid: int, depth: int = 3) -> str:
-        """The chain of ops that produced a value, e.g. `flatten <- max_pool2d <- conv2d`."""
-        chain, cur = [], nid
-        while cur is not None and len(chain) < depth:
-            node = self.g.node(cur)
-            chain.append(f"{node.op}{fmt_shape(node.shape)}")
-            tensor_ins = [i for i in node.inputs if self.g.node(i).op not in ("param", "const")]
-            cur = tensor_ins[0] if tensor_ins else None
-        return " <- ".join(chain)
-
-    def initializer_call(self, e: ast.Call, scope: Scope) -> Initializer:
-        sig, _ = INITIALIZERS[e.func]
-        args = [self.const_expr(a, scope) for a in e.args]
-        kwargs = {k.name: self.const_expr(k.value, scope) for k in e.kwargs}
-        try:
-            return Initializer(e.func, sig.bind(args, kwargs))
-        except BindError as err:
-            self.fail(f"{e.func}() {err.message}", e.span, err.hint)
-
-    def init_value(self, e, scope) -> tuple[str, dict]:
-        v = self.expr(e, scope, None)
-        if isinstance(v, Initializer):
-            return v.spec()
-        if isinstance(v, str) and v in INITIALIZERS:
-            return v, {}
-        self.fail(f"expected an initializer, got {v!r}", e.span,
-                  did_you_mean(str(v), INITIALIZERS) or
-                  f"initializers: {', '.join(sorted(INITIALIZERS))}")
-
-    def block_call(self, block: ast.BlockDef, e: ast.Call, scope: Scope, target):
-        if block.name in self.stack:
-            chain = " -> ".join(self.stack[self.stack.index(block.name):] + [block.name])
-            self.fail(f"block '{block.name}' calls itself ({chain})", e.span,
-                      "blocks cannot be recursive; use `repeat N { ... }` to stack layers")
-        names = [p.name for p in block.params]
-        args = [self.expr(a, scope, None) for a in e.args]
-        kwargs = {k.name: self.expr(k.value, scope, None) for k in e.kwargs}
-        if any(v is POISON for v in args + list(kwargs.values())):
-            raise _Abort
-        share = kwargs.pop("share", None)
-        if len(args) > len(names):
-            self.fail(f"{block.name}() takes {len(names)} arguments but {len(args)} were given",
-                      e.span, f"signature: {block.name}({', '.join(names)})")
-        inner = Scope("", kind="block")
-        inner.prefix = self.layer_path(scope, target, block.name, share,
-                                       next((k.span for k in e.kwargs if k.name == "share"),
-                                            e.span))
-        given = dict(zip(names, args))
-        for k in e.kwargs:
-            if k.name == "share":
-                continue
-            if k.name not in names:
-                self.fail(f"{block.name}() has no parameter '{k.name}'", k.span,
-                          did_you_mean(k.name, names) or f"parameters: {', '.join(names)}")
-            if k.name in given:
-                self.fail(f"{block.name}() got '{k.name}' twice", k.span)
-            given[k.name] = kwargs[k.name]
-        for p in block.params:
-            if p.name in given:
-                inner.vars[p.name] = given[p.name]
-            elif p.default is not None:
-                inner.vars[p.name] = self.expr(p.default, inner, None)
-            else:
-                self.fail(f"{block.name}() missing required argument '{p.name}'", e.span,
-                          f"signature: {block.name}({', '.join(names)})")
-            inner.spans[p.name] = p.span
-        self.stack.append(block.name)
-        errors_before = len(self.errors.diagnostics)
-        try:
-            result = self.run_body(block.body, inner)
-        finally:
-            self.stack.pop()
-        if len(self.errors.diagnostics) > errors_before:
-            raise _Abort
-        if result is None:
-            self.fail(f"block '{block.name}' returns nothing", block.span,
-                      "end the block with `return value`")
-        for v in result if isinstance(result, tuple) else (result,):
-            if isinstance(v, T):
-                self.layer_of.setdefault(v.id, inner.prefix)
-        return result
-
-
-def _join(a: str, b: str) -> str:
-    return f"{a}.{b}" if a and b else a or b
-
-
-# *** files and imports ***
-
-def collect_defs(module: ast.Module, errors: ErrorSink, seen: set | None = None,
-                 defs: dict | None = None) -> dict:
-    """All models, blocks and train sections of a file and the files it imports."""
-    seen = seen if seen is not None else set()
-    defs = defs if defs is not None else {}
-    seen.add(str(Path(module.file).resolve()) if module.file != "<string>" else module.file)
-    for item in module.items:
-        if isinstance(item, ast.Import):
-            base = Path(module.file).parent if module.file != "<string>" else Path.cwd()
-            path = (base / item.path).resolve()
-            if str(path) in seen:
-                continue  # NOTE: a diamond or a cycle of imports loads each file once
-            if not path.is_file():
-                errors.add(f"cannot import '{item.path}': no such file", item.span,
-                           f"looked for {path}")
-                continue
-            try:
-                collect_defs(parse_file(path), errors, seen, defs)
-            except NNError as err:
-                errors.extend(err)
-            continue
-        key = f"train:{item.name}" if isinstance(item, ast.TrainDef) else item.name
-        if key in defs:
-            prev = defs[key]
-            errors.add(f"'{item.name}' is defined twice", item.span,
-                       "rename one of them", [("first defined here", prev.span)])
-            continue
-        if not isinstance(item, ast.TrainDef) and registry.get(item.name) is not None:
-            errors.add(f"block '{item.name}' has the name of a built-in op", item.span,
-                       "choose another name")
-            continue
-        defs[key] = item
-    return defs
 
 
 def elaborate(module: ast.Module, overrides: dict | None = None,
@@ -688,7 +375,7 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
     tdef = defs.get(f"train:{chosen.name}")
     if tdef is not None:
         scope = Scope("", vars=dict(hparams))
-        train = elaborate_train(tdef, lambda e: el.const_expr(e, scope), errors, _Abort)
+        train = elaborate_train(tdef, lambda e: el.const_expr(e, scope), errors, Abort)
     errors.raise_if_any()
     el.g.meta["train"] = train
     return Program(el.g, chosen.name, hparams, train, module.file, defs)

@@ -219,7 +219,6 @@ def _fold_impl(cols, *, size, kernel, stride, pads, dilation):
 
 
 def _fold_shape(cols: TensorType, *, size, kernel, stride, pads, dilation) -> TensorType:
-    nd = len(kernel)
     return TensorType(cols.shape[:2] + tuple(size), cols.dtype)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.nn import axes_attr, const_like, mean_over, need_float, param_dtype
-from nnlang.ops.registry import ParamSpec, Sample, ShapeError, TensorType, norm_axes, register
+from nnlang.ops.registry import ParamSpec, Sample, ShapeError, norm_axes, register
 
 
 # *** dropout ***

@@ -4,7 +4,6 @@ reshapes to the declared shapes, the seeded validation carve, and shuffled fixed
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx

@@ -1,0 +1,239 @@
+"""Elaborating calls: ops (argument binding, kind checks, parameters, shape rules, errors that
+name both shapes and where they came from), user blocks, and initializer calls."""
+from __future__ import annotations
+
+from nnlang.errors import Span, did_you_mean
+from nnlang.frontend import ast
+from nnlang.frontend.values import (POISON, Abort, Initializer, KEYWORD_ONLY_OPS, Scope, T,
+                                    join_path)
+from nnlang.ir.dims import fmt_shape
+from nnlang.ops import registry
+from nnlang.ops.init import INITIALIZERS
+from nnlang.ops.registry import ParamSpec, ShapeError
+from nnlang.ops.signature import BindError, check_kind
+
+
+class CallElaboration:
+    """The call half of `Elaborator` (a mixin: it uses the elaborator's graph, builder and
+    error sink)."""
+
+    def call(self, e: ast.Call, scope: Scope, target: str | None):
+        if e.func in INITIALIZERS and registry.get(e.func) is None:
+            return self.initializer_call(e, scope)
+        block = self.defs.get(e.func)
+        opdef = registry.get(e.func)
+        if isinstance(block, ast.BlockDef):
+            return self.block_call(block, e, scope, target)
+        if isinstance(block, ast.ModelDef):
+            self.fail(f"'{e.func}' is a model; models cannot be called", e.func_span,
+                      f"turn it into a block: `block {e.func}(...) {{ ... return ... }}`")
+        if opdef is None or e.func in KEYWORD_ONLY_OPS:
+            names = [n for n, d in self.defs.items() if isinstance(d, ast.BlockDef)]
+            names += [n for n in registry.all_ops() if n not in KEYWORD_ONLY_OPS]
+            self.fail(f"unknown op or block '{e.func}'", e.func_span,
+                      did_you_mean(e.func, names) or "see `nnlang ops` for the list of ops")
+        # NOTE: an op without weights (relu in `h = dense(x, 8) |> relu`) passes the target
+        # name to its first argument, so the layer it wraps is named `h`, not `dense`
+        inner = target if opdef.params is None else None
+        args = [self.expr(a, scope, inner if i == 0 else None) for i, a in enumerate(e.args)]
+        kwargs = {k.name: self.expr(k.value, scope, None) for k in e.kwargs}
+        if any(v is POISON for v in args + list(kwargs.values())):
+            raise Abort
+        share = kwargs.pop("share", None)
+        spans = {i: a.span for i, a in enumerate(e.args)}
+        spans.update({k.name: k.value.span for k in e.kwargs})
+        try:
+            bound = opdef.sig.bind(args, kwargs)
+        except BindError as err:
+            span = spans.get(err.arg, e.span) if err.arg is not None else e.span
+            self.fail(f"{e.func}() {err.message}", span, err.hint)
+        tensors, attrs, tspans = [], {}, []
+        names = list(opdef.sig.names())
+        for p in opdef.sig.params:
+            value = bound[p.name]
+            pos = names.index(p.name)
+            span = spans.get(p.name, spans.get(pos, e.span))
+            if p.variadic:
+                for i, v in enumerate(value):
+                    tensors.append(self.as_tensor(v, spans.get(i, e.span), e.func))
+                    tspans.append(spans.get(i, e.span))
+                continue
+            optional_none = value is None and not p.required and p.default is None
+            problem = None if optional_none else check_kind(p.kind, value, isinstance(value, T))
+            if problem:
+                self.fail(f"{e.func}() argument '{p.name}': {problem}", span,
+                          f"signature: {e.func}({opdef.sig})")
+            if p.kind in ("tensor", "tensor?"):
+                tensors.append(None if value is None else self.as_tensor(value, span, e.func))
+                tspans.append(span)
+            else:
+                attrs[p.name] = value.spec() if isinstance(value, Initializer) else value
+        path = None
+        if opdef.params is not None:
+            path = self.layer_path(scope, target, e.func, share, spans.get("share"))
+        where = path or join_path(scope.prefix, target or "")
+        return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path, where)
+
+    def as_tensor(self, v, span: Span, func: str) -> T:
+        if isinstance(v, T):
+            return v
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            with self.b.at(span):
+                return T(self.b.const(v, "float32"))
+        self.fail(f"{func}(): expected a tensor, got {v!r}", span)
+
+    def layer_path(self, scope, target, func, share, share_span) -> str:
+        if share is not None:
+            if not isinstance(share, T) or share.id not in self.layer_of:
+                self.fail("share= names a value produced by a layer with weights", share_span,
+                          "e.g. `b = dense(x2, 64, share = a)` reuses the weights of `a`")
+            return self.layer_of[share.id]
+        base = target or func
+        rep = scope.repeat
+        path = join_path(scope.prefix, base + "".join(f".{k}" for k in rep))
+        if path in self.used_paths:  # e.g. a second anonymous dense: dense_1, dense_2, ...
+            k = 1
+            while f"{path}_{k}" in self.used_paths:
+                k += 1
+            path = f"{path}_{k}"
+        self.used_paths.add(path)
+        return path
+
+    def param(self, name: str, spec: ParamSpec, span: Span, share: bool) -> int:
+        if name in self.g.params:
+            existing = self.g.node(self.g.params[name])
+            if share and existing.shape == tuple(spec.shape):
+                return existing.id
+            self.fail(f"weight '{name}' {fmt_shape(spec.shape)} conflicts with its earlier "
+                      f"definition {fmt_shape(existing.shape)}", span,
+                      "shared layers must see inputs of the same shape" if share else None)
+        with self.b.at(span, name.rpartition(".")[0]):
+            nid = self.b.emit("param", name=name, dtype=spec.dtype, shape=list(spec.shape),
+                              init=spec.init, trainable=spec.trainable)
+        self.g.params[name] = nid
+        return nid
+
+    def emit(self, op: str, ins: list, attrs: dict, span: Span, in_spans: list, scope: Scope,
+             path: str | None, where: str | None = None):
+        """Adds one op node; `path` names a layer that owns weights, `where` the node's path."""
+        ins = [self.as_tensor(v, s, op) if v is not None else None
+               for v, s in zip(ins, in_spans)]
+        opdef = registry.get(op)
+        in_types = [None if t is None else self.g.node(t.id).type for t in ins]
+        if any(t is None for t, x in zip(in_types, ins) if x is not None):
+            raise Abort
+        full = {p.name: attrs.get(p.name, p.default) for p in opdef.sig.params
+                if p.kind not in ("tensor", "tensor?")}
+        params = []
+        if opdef.params is not None:
+            try:
+                specs = opdef.params(*in_types, **full)
+            except ShapeError as err:
+                self.shape_fail(op, err, span, in_spans, ins)
+            shared = path in self.layer_of.values()
+            params = [T(self.param(f"{path}.{k}", spec, span, shared))
+                      for k, spec in specs.items()]
+        layer = path or where or scope.prefix
+        try:
+            with self.b.at(span, layer):
+                nid = self.b.emit(op, *[None if t is None else t.id for t in ins],
+                                  *[p.id for p in params], **full)
+        except ShapeError as err:
+            self.shape_fail(op, err, span, in_spans, ins)
+        if path is not None:
+            self.layer_of[nid] = path
+        return T(nid)
+
+    def shape_fail(self, op, err: ShapeError, span, in_spans, ins):
+        at = in_spans[err.arg] if err.arg is not None and err.arg < len(in_spans) else span
+        notes = []
+        for t in dict.fromkeys(ins):
+            if t is None:
+                continue
+            node = self.g.node(t.id)
+            name, where = self.origin.get(t.id, (node.name or f"%{t.id}", node.span))
+            notes.append((f"'{name}' is {node.type}, from {self.describe(t.id)}", where))
+        msg = err.message if err.message.startswith(op) else f"{op}: {err.message}"
+        self.fail(msg, at, err.hint, notes)
+
+    def describe(self, nid: int, depth: int = 3) -> str:
+        """The chain of ops that produced a value, e.g. `flatten <- max_pool2d <- conv2d`."""
+        chain, cur = [], nid
+        while cur is not None and len(chain) < depth:
+            node = self.g.node(cur)
+            chain.append(f"{node.op}{fmt_shape(node.shape)}")
+            tensor_ins = [i for i in node.inputs if self.g.node(i).op not in ("param", "const")]
+            cur = tensor_ins[0] if tensor_ins else None
+        return " <- ".join(chain)
+
+    def initializer_call(self, e: ast.Call, scope: Scope) -> Initializer:
+        sig, _ = INITIALIZERS[e.func]
+        args = [self.const_expr(a, scope) for a in e.args]
+        kwargs = {k.name: self.const_expr(k.value, scope) for k in e.kwargs}
+        try:
+            return Initializer(e.func, sig.bind(args, kwargs))
+        except BindError as err:
+            self.fail(f"{e.func}() {err.message}", e.span, err.hint)
+
+    def init_value(self, e, scope) -> tuple[str, dict]:
+        v = self.expr(e, scope, None)
+        if isinstance(v, Initializer):
+            return v.spec()
+        if isinstance(v, str) and v in INITIALIZERS:
+            return v, {}
+        self.fail(f"expected an initializer, got {v!r}", e.span,
+                  did_you_mean(str(v), INITIALIZERS) or
+                  f"initializers: {', '.join(sorted(INITIALIZERS))}")
+
+    def block_call(self, block: ast.BlockDef, e: ast.Call, scope: Scope, target):
+        if block.name in self.stack:
+            chain = " -> ".join(self.stack[self.stack.index(block.name):] + [block.name])
+            self.fail(f"block '{block.name}' calls itself ({chain})", e.span,
+                      "blocks cannot be recursive; use `repeat N { ... }` to stack layers")
+        names = [p.name for p in block.params]
+        args = [self.expr(a, scope, None) for a in e.args]
+        kwargs = {k.name: self.expr(k.value, scope, None) for k in e.kwargs}
+        if any(v is POISON for v in args + list(kwargs.values())):
+            raise Abort
+        share = kwargs.pop("share", None)
+        if len(args) > len(names):
+            self.fail(f"{block.name}() takes {len(names)} arguments but {len(args)} were given",
+                      e.span, f"signature: {block.name}({', '.join(names)})")
+        inner = Scope("", kind="block")
+        inner.prefix = self.layer_path(scope, target, block.name, share,
+                                       next((k.span for k in e.kwargs if k.name == "share"),
+                                            e.span))
+        given = dict(zip(names, args))
+        for k in e.kwargs:
+            if k.name == "share":
+                continue
+            if k.name not in names:
+                self.fail(f"{block.name}() has no parameter '{k.name}'", k.span,
+                          did_you_mean(k.name, names) or f"parameters: {', '.join(names)}")
+            if k.name in given:
+                self.fail(f"{block.name}() got '{k.name}' twice", k.span)
+            given[k.name] = kwargs[k.name]
+        for p in block.params:
+            if p.name in given:
+                inner.vars[p.name] = given[p.name]
+            elif p.default is not None:
+                inner.vars[p.name] = self.expr(p.default, inner, None)
+            else:
+                self.fail(f"{block.name}() missing required argument '{p.name}'", e.span,
+                          f"signature: {block.name}({', '.join(names)})")
+            inner.spans[p.name] = p.span
+        self.stack.append(block.name)
+        errors_before = len(self.errors.diagnostics)
+        try:
+            result = self.run_body(block.body, inner)
+        finally:
+            self.stack.pop()
+        if len(self.errors.diagnostics) > errors_before:
+            raise Abort
+        if result is None:
+            self.fail(f"block '{block.name}' returns nothing", block.span,
+                      "end the block with `return value`")
+        for v in result if isinstance(result, tuple) else (result,):
+            if isinstance(v, T):
+                self.layer_of.setdefault(v.id, inner.prefix)
+        return result

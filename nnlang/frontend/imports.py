@@ -1,0 +1,45 @@
+"""Gathering definitions: a file's models, blocks and train sections plus those of the files it
+imports (each file once, so diamonds and cycles are harmless), with duplicate-name errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnlang.errors import ErrorSink, NNError
+from nnlang.frontend import ast
+from nnlang.frontend.parser import parse_file
+from nnlang.ops import registry
+
+
+def collect_defs(module: ast.Module, errors: ErrorSink, seen: set | None = None,
+                 defs: dict | None = None) -> dict:
+    """All models, blocks and train sections of a file and the files it imports."""
+    seen = seen if seen is not None else set()
+    defs = defs if defs is not None else {}
+    seen.add(str(Path(module.file).resolve()) if module.file != "<string>" else module.file)
+    for item in module.items:
+        if isinstance(item, ast.Import):
+            base = Path(module.file).parent if module.file != "<string>" else Path.cwd()
+            path = (base / item.path).resolve()
+            if str(path) in seen:
+                continue  # NOTE: a diamond or a cycle of imports loads each file once
+            if not path.is_file():
+                errors.add(f"cannot import '{item.path}': no such file", item.span,
+                           f"looked for {path}")
+                continue
+            try:
+                collect_defs(parse_file(path), errors, seen, defs)
+            except NNError as err:
+                errors.extend(err)
+            continue
+        key = f"train:{item.name}" if isinstance(item, ast.TrainDef) else item.name
+        if key in defs:
+            prev = defs[key]
+            errors.add(f"'{item.name}' is defined twice", item.span,
+                       "rename one of them", [("first defined here", prev.span)])
+            continue
+        if not isinstance(item, ast.TrainDef) and registry.get(item.name) is not None:
+            errors.add(f"block '{item.name}' has the name of a built-in op", item.span,
+                       "choose another name")
+            continue
+        defs[key] = item
+    return defs

@@ -1,0 +1,65 @@
+"""Values elaboration works with: tensors (graph nodes), the error poison, initializer calls,
+scopes, and the small helpers shared by statement and call elaboration."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class T:
+    """A tensor value: a node in the graph being built."""
+    id: int
+
+
+class _Poison:
+    def __repr__(self):
+        return "<error>"
+
+
+POISON = _Poison()
+
+
+class Abort(Exception):
+    """Stops evaluating one statement after its error was recorded."""
+
+
+@dataclass
+class Initializer:
+    name: str
+    options: dict
+
+    def spec(self) -> tuple[str, dict]:
+        return self.name, dict(self.options)
+
+
+@dataclass
+class Scope:
+    prefix: str                      # block path of this scope, e.g. "enc.0"
+    vars: dict = field(default_factory=dict)       # name -> value
+    spans: dict = field(default_factory=dict)      # name -> Span of its definition
+    in_loop: int = 0
+    kind: str = "model"              # model | block
+    repeat: tuple = ()               # iteration indices of enclosing `repeat`s
+    later: dict = field(default_factory=dict)      # names defined further down -> Span
+
+
+def eval_binop(op, a, b):
+    import operator
+    table = {"+": operator.add, "-": operator.sub, "*": operator.mul, "**": operator.pow,
+             "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+             ">": operator.gt, ">=": operator.ge}
+    if op == "/":
+        if isinstance(a, int) and isinstance(b, int) and b and a % b == 0:
+            return a // b
+        return a / b
+    return table[op](a, b)
+
+
+TENSOR_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul", "**": "pow",
+                  "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
+
+KEYWORD_ONLY_OPS = {"input", "param", "const"}
+
+
+def join_path(a: str, b: str) -> str:
+    return f"{a}.{b}" if a and b else a or b
