@@ -31,9 +31,11 @@ def venv(tmp_path_factory):
                            "['purelib'])"], capture_output=True, text=True, check=True).stdout
     deps = [p for p in sys.path if p.endswith("site-packages")]
     (Path(site.strip()) / "deps.pth").write_text("\n".join(deps) + "\n")
+    # NOTE: --ignore-installed: the .pth above also exposes any nnlang installed here, which
+    # pip would otherwise take as "already satisfied" and skip installing the wheel
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
-                    "--no-deps", "-q", str(wheel)], check=True, capture_output=True,
-                   timeout=300)
+                    "--no-deps", "--ignore-installed", "-q", str(wheel)], check=True,
+                   capture_output=True, timeout=300)
     return env_dir
 
 
