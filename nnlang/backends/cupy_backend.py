@@ -24,6 +24,7 @@ from nnlang.errors import NNError
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops.random import MASK64
 from nnlang.passes.rewrite import updates
+from nnlang.backends.windows import fold_call, unfold_call
 from nnlang.runtime.executable import Executable, State, library_call
 
 VERSION = "nnlang-cuda-0.1"
@@ -191,30 +192,10 @@ class CupyBackend:
     # NOTE: unfold/fold are the numba backend's padded-window copies as CuPy slice kernels
     # (one launch per kernel tap); TODO: one im2col/col2im kernel each
     def _unfold(self, a, xs, out):
-        from nnlang.backends.numba_backend import _windows
-        x = xs[0]
-        nd = len(a["kernel"])
-        pads = a["pads"]
-        padded = self.cp.empty(x.shape[:2] + tuple(x.shape[2 + i] + pads[2 * i] + pads[2 * i + 1]
-                                                   for i in range(nd)), x.dtype)
-        inner = (slice(None),) * 2 + tuple(slice(pads[2 * i], pads[2 * i] + x.shape[2 + i])
-                                           for i in range(nd))
-        moves = [((slice(None),) * 2 + ks, (slice(None),) * 2 + sl)
-                 for ks, sl in _windows(a, out.shape[2 + nd:])]
-        return _unfold, (x, out, padded, inner, a["pad_value"], moves)
+        return unfold_call(self.cp, a, xs[0], out)
 
     def _fold(self, a, xs, out):
-        from nnlang.backends.numba_backend import _windows
-        cols = xs[0]
-        nd = len(a["kernel"])
-        pads, size = a["pads"], a["size"]
-        padded = self.cp.empty(cols.shape[:2] + tuple(size[i] + pads[2 * i] + pads[2 * i + 1]
-                                                      for i in range(nd)), cols.dtype)
-        crop = (slice(None),) * 2 + tuple(slice(pads[2 * i], pads[2 * i] + size[i])
-                                          for i in range(nd))
-        moves = [((slice(None),) * 2 + ks, (slice(None),) * 2 + sl)
-                 for ks, sl in _windows(a, cols.shape[2 + nd:])]
-        return _fold, (self.cp, cols, out, padded, crop, moves)
+        return fold_call(self.cp, a, xs[0], out)
 
 
 # *** library op bodies: all write into preallocated device arrays ***
@@ -241,21 +222,6 @@ def _unslice(x, out, idx):
 
 def _concat(cp, xs, axis, out):
     cp.concatenate(xs, axis=axis, out=out)
-
-
-def _unfold(x, out, padded, inner, pad_value, moves):
-    padded.fill(pad_value)
-    padded[inner] = x
-    for dst, src in moves:
-        out[dst] = padded[src]
-
-
-def _fold(cp, cols, out, padded, crop, moves):
-    padded.fill(0)
-    for src, dst in moves:
-        view = padded[dst]
-        cp.add(view, cols[src], out=view)
-    out[...] = padded[crop]
 
 
 # *** the executable on device arrays ***

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import itertools
 import os
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import numba
 import numpy as np
 
 from nnlang.backends import numba_kernels as nk
+from nnlang.backends.windows import fold_call, unfold_call
 from nnlang.backends.blas import matmul_call, single_threaded_blas
 from nnlang.backends.base import Call
 from nnlang.ir.graph import Node, op_attrs
@@ -147,34 +147,10 @@ class NumbaBackend:
         return _concat, (tuple(xs), a["axis"], out)
 
     def _unfold(self, a, xs, out):
-        x = xs[0]
-        nd = len(a["kernel"])
-        pads = a["pads"]
-        padded = np.empty(x.shape[:2] + tuple(x.shape[2 + i] + pads[2 * i] + pads[2 * i + 1]
-                                              for i in range(nd)), x.dtype)
-        inner = (slice(None),) * 2 + tuple(slice(pads[2 * i], pads[2 * i] + x.shape[2 + i])
-                                           for i in range(nd))
-        moves = [((slice(None),) * 2 + ks, (slice(None),) * 2 + sl)
-                 for ks, sl in _windows(a, out.shape[2 + nd:])]
-        return _unfold, (x, out, padded, inner, a["pad_value"], moves)
+        return unfold_call(np, a, xs[0], out)
 
     def _fold(self, a, xs, out):
-        cols = xs[0]
-        nd = len(a["kernel"])
-        pads, size = a["pads"], a["size"]
-        padded = np.empty(cols.shape[:2] + tuple(size[i] + pads[2 * i] + pads[2 * i + 1]
-                                                 for i in range(nd)), cols.dtype)
-        crop = (slice(None),) * 2 + tuple(slice(pads[2 * i], pads[2 * i] + size[i])
-                                          for i in range(nd))
-        moves = [((slice(None),) * 2 + ks, (slice(None),) * 2 + sl)
-                 for ks, sl in _windows(a, cols.shape[2 + nd:])]
-        return _fold, (cols, out, padded, crop, moves)
-
-
-def _windows(a, outs):
-    for ks in itertools.product(*(range(k) for k in a["kernel"])):
-        yield ks, tuple(slice(k * d, k * d + s * (o - 1) + 1, s)
-                        for k, d, s, o in zip(ks, a["dilation"], a["stride"], outs))
+        return fold_call(np, a, xs[0], out)
 
 
 # *** library op bodies: all write into preallocated arrays ***
@@ -200,21 +176,6 @@ def _unslice(x, out, idx):
 
 def _concat(xs, axis, out):
     np.concatenate(xs, axis=axis, out=out)
-
-
-def _unfold(x, out, padded, inner, pad_value, moves):
-    padded[...] = pad_value
-    padded[inner] = x
-    for dst, src in moves:
-        out[dst] = padded[src]
-
-
-def _fold(cols, out, padded, crop, moves):
-    padded[...] = 0
-    for src, dst in moves:
-        view = padded[dst]
-        np.add(view, cols[src], out=view)
-    out[...] = padded[crop]
 
 
 __all__ = ["NumbaBackend", "cache_dir"]
