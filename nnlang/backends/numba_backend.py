@@ -18,9 +18,9 @@ import numba
 import numpy as np
 
 from nnlang.backends import numba_kernels as nk
-from nnlang.backends.windows import fold_call, unfold_call
-from nnlang.backends.blas import matmul_call, single_threaded_blas
 from nnlang.backends.base import Call
+from nnlang.backends.blas import matmul_call, single_threaded_blas
+from nnlang.backends.windows import fold_call, unfold_call
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops import registry
 from nnlang.ops.random import MASK64
