@@ -68,7 +68,7 @@ def eval_(
     batch: Optional[int] = typer.Option(None, "--batch", min=1),
 ):
     """Loss and metrics of a trained model on the test split of its dataset (or --data)."""
-    from nnlang.train.trainer import evaluate_checkpoint
+    from nnlang.train.inference import evaluate_checkpoint
     out = console()
     with reporting():
         split, result = evaluate_checkpoint(str(file), checkpoint, data, data_dir, backend,
@@ -90,7 +90,7 @@ def predict(
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
 ):
     """The model's outputs for raw inputs: class label and probability per input."""
-    from nnlang.train.trainer import predict as run_predict
+    from nnlang.train.inference import predict as run_predict
     out = console()
     with reporting():
         results = run_predict(str(file), checkpoint, inputs, backend, out)

@@ -1,12 +1,12 @@
 """The training loop on top of a compiled `Net`: `fit` (progress, validation, NaN guard, Ctrl-C,
-checkpoints, resume), plus `evaluate_checkpoint` and `predict` for trained models. The CLI's
-`train`, `eval` and `predict` are thin wrappers over these.
+checkpoints, resume). Settings are resolved in `overrides.py`; using a trained model
+(`evaluate_checkpoint`, `predict`) is in `inference.py`. The CLI commands wrap these.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +17,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Table
 
 from nnlang.errors import NNError
-from nnlang.frontend.train_config import Choice, TrainConfig
 from nnlang.train import checkpoint, feeds
-from nnlang.train.optim import OPTIMIZERS, SCHEDULES, learning_rate
+from nnlang.train.optim import learning_rate
 from nnlang.train.runs import PLOT_HINT, RunDir
-
-_SCALARS = {f.name: f.type for f in fields(TrainConfig)
-            if f.name not in ("data", "optimizer", "schedule")}
+from nnlang.train.overrides import resolve
 
 
 @dataclass
@@ -45,123 +42,6 @@ class History:
 
 
 # *** resolving the program and its config ***
-
-def _source_of(program_or_path) -> tuple[str | None, str]:
-    """(source text, file name) of a path, source text or `Program`."""
-    if hasattr(program_or_path, "graph"):
-        f = program_or_path.file
-        return (Path(f).read_text() if f and Path(f).is_file() else None), f
-    text = str(program_or_path)
-    if "\n" not in text and (text.endswith(".nn") or Path(text).is_file()):
-        path = Path(text)
-        if not path.is_file():
-            raise NNError(f"model file not found: {path}")
-        return path.read_text(), str(path)
-    return text, "<string>"
-
-
-def _hparam_names(source: str | None, file: str) -> set[str]:
-    from nnlang.frontend import ast
-    from nnlang.frontend.parser import parse
-    if source is None:
-        return set()
-    module = parse(source, file)
-    return {p.name for m in module.items if isinstance(m, ast.ModelDef) for p in m.params}
-
-
-def split_overrides(sets: dict, source: str | None, file: str) -> tuple[dict, dict]:
-    """`--set` values -> (model hyper-parameters, train settings). A model hyper-parameter of
-    that name wins; else lr, optimizer/schedule options and train settings go to training."""
-    hp_names = _hparam_names(source, file) if sets else set()
-    train_keys = {"lr", "optimizer", "schedule", "data", *_SCALARS}
-    train_keys |= {p.name for o in (*OPTIMIZERS.values(), *SCHEDULES.values())
-                   for p in o.sig.params}
-    hp = {k: v for k, v in sets.items() if k in hp_names or k not in train_keys}
-    return hp, {k: v for k, v in sets.items() if k not in hp}
-
-
-def apply_overrides(cfg: TrainConfig, kw: dict) -> TrainConfig:
-    """Flag values onto a config: lr and other optimizer/schedule options go into those choices;
-    `data` (a name/spec) keeps the options the new dataset accepts."""
-    kw = {k: v for k, v in kw.items() if v is not None}
-    opt, sched = cfg.optimizer, cfg.schedule
-    if "optimizer" in kw:
-        opt = _choice(str(kw.pop("optimizer")), OPTIMIZERS, "optimizer",
-                      {"lr": opt.options.get("lr")})
-    if "schedule" in kw:
-        sched = _choice(str(kw.pop("schedule")), SCHEDULES, "schedule", {})
-    scalars = {}
-    for k, v in kw.items():
-        if k == "data":
-            continue
-        if k in _SCALARS:
-            scalars[k] = _coerce(k, v)
-        elif k in opt.options:
-            opt = Choice(opt.name, {**opt.options, k: _like(opt.options[k], v)})
-        elif sched is not None and k in sched.options:
-            sched = Choice(sched.name, {**sched.options, k: _like(sched.options[k], v)})
-        else:
-            known = [*_SCALARS, *opt.options, *(sched.options if sched else ())]
-            raise NNError(f"unknown train setting '{k}'",
-                          hint=f"settings: {', '.join(known)} (optimizer {opt.name})")
-    data = cfg.data
-    if kw.get("data") is not None:
-        data = feeds.replace_data(cfg.data, str(kw["data"]))
-    return replace(cfg, data=data, optimizer=opt, schedule=sched, **scalars)
-
-
-def _choice(name: str, registry: dict, what: str, keep: dict) -> Choice:
-    if name not in registry:
-        raise NNError(f"unknown {what} '{name}'", hint=f"{what}s: {', '.join(sorted(registry))}")
-    sig = registry[name].sig
-    names = {p.name for p in sig.params}
-    bound = sig.bind([], {k: v for k, v in keep.items() if k in names and v is not None})
-    return Choice(name, bound)
-
-
-def _like(old, v):
-    """`--lr 1` is the float 1.0 where the option holds a float."""
-    return float(v) if isinstance(old, float) and type(v) is int else v
-
-
-def _coerce(k: str, v):
-    kind = _SCALARS[k]
-    try:
-        v = None if v is None and "None" in str(kind) else (
-            int(v) if "int" in str(kind) else float(v))
-    except (TypeError, ValueError):
-        raise NNError(f"train setting '{k}' must be a number, got {v!r}") from None
-    bad = (k in ("batch", "epochs") and v < 1) or (k == "val_split" and not 0 <= v < 1)
-    if bad:
-        raise NNError(f"train setting '{k}': {v!r} is out of range",
-                      hint="batch and epochs are >= 1; val_split is in [0, 1)")
-    return v
-
-
-def resolve(program_or_path, config=None, sets: dict | None = None, model: str | None = None,
-            base: TrainConfig | None = None, base_overrides: dict | None = None):
-    """(program, config, source, file, model overrides) from a path/source/Program, `--set`
-    values and flag overrides (`config` is a TrainConfig, or a dict of overrides)."""
-    import nnlang
-    source, file = _source_of(program_or_path)
-    hp, train_sets = split_overrides(dict(sets or {}), source, file)
-    hp = {**(base_overrides or {}), **hp}
-    if hasattr(program_or_path, "graph"):
-        program = program_or_path
-        if any(program.hparams.get(k) != v for k, v in hp.items()):
-            raise NNError(f"cannot apply hyper-parameters {', '.join(hp)} to an elaborated "
-                          "Program", hint="pass the .nn path or source text instead")
-    else:
-        program = nnlang.load(file if file != "<string>" else source, hp, model)
-    if isinstance(config, TrainConfig):
-        cfg = config
-    else:
-        cfg = base or program.train or TrainConfig()
-        cfg = apply_overrides(cfg, {**train_sets, **(config or {})})
-    return program, cfg, source, file, hp
-
-
-# *** evaluation ***
 
 def evaluate(net, arrays: dict, batch: int) -> dict | None:
     """Loss (the sum of the model's losses) and metrics over ALL of `arrays`: the last partial
@@ -227,19 +107,19 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
     """
     from nnlang.runtime.net import Net
     console = console or Console()
-    _check_backend(backend)
+    check_backend(backend)
     if isinstance(config, dict):
         data = config.get("data") if data is None else data
         config = {k: v for k, v in config.items() if k != "data"}
     ckpt = _find_checkpoint(program_or_path, config, overrides, model, out, resume, runs_root)
     if ckpt is not None:
-        _say(console, f"resuming {ckpt.path} (epoch {ckpt.epoch}, step {ckpt.step})")
+        say(console, f"resuming {ckpt.path} (epoch {ckpt.epoch}, step {ckpt.step})")
     program, cfg, source, file, hp = resolve(
         program_or_path, config, overrides, model or (ckpt.meta["model"] if ckpt else None),
         base=ckpt.config if ckpt else None,
         base_overrides=ckpt.meta.get("overrides") if ckpt else None)
     if ckpt and source is not None and ckpt.meta.get("source") not in (None, source):
-        _say(console, f"note: {file} differs from the source this checkpoint was trained with")
+        say(console, f"note: {file} differs from the source this checkpoint was trained with")
     cfg, ds, mapping, (train, val, test) = _data(program, cfg, data, data_dir, file)
     n = feeds.length(train)
     per_epoch = n // cfg.batch
@@ -247,7 +127,7 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         raise NNError(f"{n} training examples do not fill one batch of {cfg.batch}",
                       hint="lower --batch, or lower val_split")
     if n % cfg.batch:
-        _say(console, f"note: the training step is compiled for batch {cfg.batch}, so each "
+        say(console, f"note: the training step is compiled for batch {cfg.batch}, so each "
                       f"epoch drops the last {n % cfg.batch} of {n} shuffled examples")
 
     net = Net(program, backend=backend, batch=cfg.batch, seed=cfg.seed)
@@ -273,7 +153,7 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
             "train": checkpoint.config_to_dict(cfg), "backend": backend,
             "dataset": {"name": ds.name, "options": cfg.data.options if cfg.data else {},
                         "train": n, "val": feeds.length(val), "test": feeds.length(test),
-                        "feeds": mapping, "meta": _small_meta(ds.meta)},
+                        "feeds": mapping, "meta": small_meta(ds.meta)},
             "resumed_from": str(ckpt.path) if ckpt else None})
 
     history = History(rows=run.rows() if run else [], run_dir=run.path if run else None, net=net)
@@ -293,7 +173,7 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         return checkpoint.save(run.checkpoint, net.state_dict(), meta)
 
     if start_epoch >= cfg.epochs:
-        _say(console, f"nothing to train: the checkpoint has {start_epoch} of {cfg.epochs} "
+        say(console, f"nothing to train: the checkpoint has {start_epoch} of {cfg.epochs} "
                       "epochs (pass --epochs to train more)")
     show = progress and console.is_terminal
     epoch, done, sums, epoch_state = start_epoch, skip, _Sums(partial), rng.bit_generator.state
@@ -335,7 +215,7 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
                    "lr": lr, "samples_per_s": seen / max(wall, 1e-9), "time": wall}
             history.rows.append(row)
             history.val = val_res
-            _say(console, f"epoch {epoch + 1}/{cfg.epochs}  {_fmt(sums.means())}"
+            say(console, f"epoch {epoch + 1}/{cfg.epochs}  {_fmt(sums.means())}"
                           + (f"  | val {_fmt(val_res)}" if val_res else "")
                           + f"  | {row['samples_per_s']:,.0f} samples/s  {wall:.1f}s")
             if run is not None:
@@ -350,10 +230,10 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         path = save_ckpt(epoch, done, epoch_state, sums)
         history.stopped = "interrupted"
         where = f"; checkpoint saved to {path}" if path else ""
-        _say(console, f"interrupted at epoch {epoch + 1}, step {done}{where}")
+        say(console, f"interrupted at epoch {epoch + 1}, step {done}{where}")
         if path:
             flag = f" --backend {backend}" if backend != "numba" else ""
-            _say(console, f"resume with: nnlang train {file} --out {run.path} --resume{flag}")
+            say(console, f"resume with: nnlang train {file} --out {run.path} --resume{flag}")
         return history
 
     history.test = evaluate(net, test, cfg.batch) if test else None
@@ -363,19 +243,19 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
                                         "train": _last_train(history.rows),
                                         "val": history.val, "test": history.test})
         if run.plot() is None:
-            _say(console, PLOT_HINT)
+            say(console, PLOT_HINT)
     console.print(summary_table(history))
     if run is not None:
-        _say(console, f"run directory: {run.path}")
+        say(console, f"run directory: {run.path}")
     return history
 
 
-def _say(console: Console, text: str) -> None:
+def say(console: Console, text: str) -> None:
     # NOTE: paths and hints hold brackets (nnlang[plot]) that rich would take as markup
     console.print(text, markup=False, highlight=False)
 
 
-def _check_backend(backend: str) -> None:
+def check_backend(backend: str) -> None:
     from nnlang.runtime.net import BACKENDS
     if backend not in BACKENDS:
         raise NNError(f"unknown backend '{backend}'", hint=f"backends: {', '.join(BACKENDS)}")
@@ -433,7 +313,7 @@ def _last_train(rows: list) -> dict | None:
     return {k[len("train_"):]: v for k, v in rows[-1].items() if k.startswith("train_")}
 
 
-def _small_meta(meta: dict) -> dict:
+def small_meta(meta: dict) -> dict:
     """Dataset meta for config.json: without the vocabulary list (it is in the checkpoint)."""
     small = feeds.predict_meta(meta)
     if "vocab" in small:
@@ -456,93 +336,3 @@ def summary_table(history: History) -> Table:
 
 
 # *** trained models: eval and predict ***
-
-def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | None = None,
-            console: Console | None = None):
-    """(net, checkpoint, config) with the checkpoint's parameters and hyper-parameters."""
-    from nnlang.runtime.net import Net
-    _check_backend(backend)
-    ckpt = checkpoint.load(ckpt_path)
-    program, cfg, source, file, _ = resolve(program_or_path, ckpt.config, None,
-                                            ckpt.meta.get("model"),
-                                            base_overrides=ckpt.meta.get("overrides"))
-    if console and source is not None and ckpt.meta.get("source") not in (None, source):
-        _say(console, f"note: {file} differs from the source this checkpoint was trained with")
-    net = Net(program, backend=backend, batch=batch or cfg.batch, seed=cfg.seed)
-    net.config = cfg
-    missing = [k for k in net.state if k not in ckpt.state]
-    if missing:
-        raise NNError(f"{ckpt.path} has no value for parameter(s) {', '.join(missing)}",
-                      hint="was it saved from another model?")
-    net.load_state_dict({k: v for k, v in ckpt.state.items() if k in net.state})
-    return net, ckpt, cfg
-
-
-def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,
-                        backend: str = "numba", batch: int | None = None,
-                        console: Console | None = None) -> tuple[str, dict]:
-    """(split evaluated, {loss, metrics...}) on the test split of the checkpoint's dataset (or
-    `data`); a dataset without a test split falls back to the seeded validation carve."""
-    net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, batch, console)
-    choice = feeds.replace_data(cfg.data, str(data)) if data is not None else cfg.data
-    file = _source_of(program_or_path)[1]
-    ds = feeds.load_data(choice, data_dir, Path(file).parent if file != "<string>" else None)
-    mapping = feeds.match_inputs(net.user, ds.inputs, ds.targets, f"dataset '{ds.name}'")
-    if len(ds.test):
-        arrays, split = feeds.model_arrays(net.user, ds.test.arrays, mapping), "test"
-    else:
-        all_train = feeds.model_arrays(net.user, ds.train.arrays, mapping)
-        arrays, split = feeds.carve(all_train, cfg.val_split, cfg.seed)[1], "val"
-        if not arrays:
-            raise NNError(f"dataset '{ds.name}' has no test split and the run used no "
-                          "validation split", hint="pass --data with a test split (for .npz: "
-                          "train_*/test_* arrays)")
-    return split, evaluate(net, arrays, net.batch)
-
-
-def predict(program_or_path, ckpt_path, inputs: list, backend: str = "numba",
-            console: Console | None = None) -> list[dict]:
-    """One dict per raw input and model output: {input, output, label, probability, class}.
-    Text models take review text (or a .txt path), encoded with the checkpoint's vocabulary;
-    image models a .png/.npy path; array models a .npy path."""
-    if not inputs:
-        raise NNError("predict needs at least one input")
-    net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, None, console)
-    if not net.user.outputs:
-        raise NNError(f"model '{net.program.model}' declares no output to predict",
-                      hint="add e.g. `output probs = softmax(logits)`")
-    meta = ckpt.data_meta
-    batch = feeds.encode_raw(list(inputs), meta, net.user)
-    outs = net.forward(batch)
-    names = meta.get("class_names")
-    results = []
-    for oname, value in outs.items():
-        for i, (raw, r) in enumerate(zip(inputs, interpret_output(np.asarray(value), names))):
-            results.append({"input": str(raw), "output": oname, **r})
-    return results
-
-
-def interpret_output(value: np.ndarray, class_names=None) -> list[dict]:
-    """Per example: the class and its probability. One value per example is a binary
-    probability (sigmoid applied if it is a logit); a vector is a distribution (softmax applied
-    unless it already is one)."""
-    per = value.reshape(len(value), -1).astype(np.float64)
-    if value.ndim > 2:
-        return [{"label": None, "probability": None, "class": None, "value": v.tolist()}
-                for v in value]
-    out = []
-    if per.shape[1] == 1:
-        p = per[:, 0]
-        if np.any((p < 0) | (p > 1)):
-            p = 1 / (1 + np.exp(-p))
-        for pi in p:
-            c = int(pi >= 0.5)
-            out.append((c, float(pi if c else 1 - pi)))
-    else:
-        probs = per
-        if np.any(per < 0) or not np.allclose(per.sum(1), 1, atol=1e-3):
-            e = np.exp(per - per.max(1, keepdims=True))
-            probs = e / e.sum(1, keepdims=True)
-        out = [(int(np.argmax(q)), float(np.max(q))) for q in probs]
-    return [{"label": class_names[c] if class_names and c < len(class_names) else str(c),
-             "probability": p, "class": c} for c, p in out]

@@ -7,7 +7,7 @@ import nnlang
 from nnlang.errors import NNError
 from nnlang.frontend.train_config import Choice, TrainConfig
 from nnlang.train import feeds
-from nnlang.train.trainer import apply_overrides, split_overrides
+from nnlang.train.overrides import apply_overrides, split_overrides
 
 MLP = """
 model Mlp {

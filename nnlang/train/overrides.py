@@ -1,0 +1,133 @@
+"""Resolving what a run trains with: the train section of the file, then `--set` values (model
+hyper-parameters or train settings, told apart by the model's own parameter names), then flags.
+"""
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from pathlib import Path
+
+from nnlang.errors import NNError
+from nnlang.frontend.train_config import Choice, TrainConfig
+from nnlang.train import feeds
+from nnlang.train.optim import OPTIMIZERS, SCHEDULES
+
+_SCALARS = {f.name: f.type for f in fields(TrainConfig)
+            if f.name not in ("data", "optimizer", "schedule")}
+
+
+def source_of(program_or_path) -> tuple[str | None, str]:
+    """(source text, file name) of a path, source text or `Program`."""
+    if hasattr(program_or_path, "graph"):
+        f = program_or_path.file
+        return (Path(f).read_text() if f and Path(f).is_file() else None), f
+    text = str(program_or_path)
+    if "\n" not in text and (text.endswith(".nn") or Path(text).is_file()):
+        path = Path(text)
+        if not path.is_file():
+            raise NNError(f"model file not found: {path}")
+        return path.read_text(), str(path)
+    return text, "<string>"
+
+
+def _hparam_names(source: str | None, file: str) -> set[str]:
+    from nnlang.frontend import ast
+    from nnlang.frontend.parser import parse
+    if source is None:
+        return set()
+    module = parse(source, file)
+    return {p.name for m in module.items if isinstance(m, ast.ModelDef) for p in m.params}
+
+
+def split_overrides(sets: dict, source: str | None, file: str) -> tuple[dict, dict]:
+    """`--set` values -> (model hyper-parameters, train settings). A model hyper-parameter of
+    that name wins; else lr, optimizer/schedule options and train settings go to training."""
+    hp_names = _hparam_names(source, file) if sets else set()
+    train_keys = {"lr", "optimizer", "schedule", "data", *_SCALARS}
+    train_keys |= {p.name for o in (*OPTIMIZERS.values(), *SCHEDULES.values())
+                   for p in o.sig.params}
+    hp = {k: v for k, v in sets.items() if k in hp_names or k not in train_keys}
+    return hp, {k: v for k, v in sets.items() if k not in hp}
+
+
+def apply_overrides(cfg: TrainConfig, kw: dict) -> TrainConfig:
+    """Flag values onto a config: lr and other optimizer/schedule options go into those choices;
+    `data` (a name/spec) keeps the options the new dataset accepts."""
+    kw = {k: v for k, v in kw.items() if v is not None}
+    opt, sched = cfg.optimizer, cfg.schedule
+    if "optimizer" in kw:
+        opt = _choice(str(kw.pop("optimizer")), OPTIMIZERS, "optimizer",
+                      {"lr": opt.options.get("lr")})
+    if "schedule" in kw:
+        sched = _choice(str(kw.pop("schedule")), SCHEDULES, "schedule", {})
+    scalars = {}
+    for k, v in kw.items():
+        if k == "data":
+            continue
+        if k in _SCALARS:
+            scalars[k] = _coerce(k, v)
+        elif k in opt.options:
+            opt = Choice(opt.name, {**opt.options, k: _like(opt.options[k], v)})
+        elif sched is not None and k in sched.options:
+            sched = Choice(sched.name, {**sched.options, k: _like(sched.options[k], v)})
+        else:
+            known = [*_SCALARS, *opt.options, *(sched.options if sched else ())]
+            raise NNError(f"unknown train setting '{k}'",
+                          hint=f"settings: {', '.join(known)} (optimizer {opt.name})")
+    data = cfg.data
+    if kw.get("data") is not None:
+        data = feeds.replace_data(cfg.data, str(kw["data"]))
+    return replace(cfg, data=data, optimizer=opt, schedule=sched, **scalars)
+
+
+def _choice(name: str, registry: dict, what: str, keep: dict) -> Choice:
+    if name not in registry:
+        raise NNError(f"unknown {what} '{name}'", hint=f"{what}s: {', '.join(sorted(registry))}")
+    sig = registry[name].sig
+    names = {p.name for p in sig.params}
+    bound = sig.bind([], {k: v for k, v in keep.items() if k in names and v is not None})
+    return Choice(name, bound)
+
+
+def _like(old, v):
+    """`--lr 1` is the float 1.0 where the option holds a float."""
+    return float(v) if isinstance(old, float) and type(v) is int else v
+
+
+def _coerce(k: str, v):
+    kind = _SCALARS[k]
+    try:
+        v = None if v is None and "None" in str(kind) else (
+            int(v) if "int" in str(kind) else float(v))
+    except (TypeError, ValueError):
+        raise NNError(f"train setting '{k}' must be a number, got {v!r}") from None
+    bad = (k in ("batch", "epochs") and v < 1) or (k == "val_split" and not 0 <= v < 1)
+    if bad:
+        raise NNError(f"train setting '{k}': {v!r} is out of range",
+                      hint="batch and epochs are >= 1; val_split is in [0, 1)")
+    return v
+
+
+def resolve(program_or_path, config=None, sets: dict | None = None, model: str | None = None,
+            base: TrainConfig | None = None, base_overrides: dict | None = None):
+    """(program, config, source, file, model overrides) from a path/source/Program, `--set`
+    values and flag overrides (`config` is a TrainConfig, or a dict of overrides)."""
+    import nnlang
+    source, file = source_of(program_or_path)
+    hp, train_sets = split_overrides(dict(sets or {}), source, file)
+    hp = {**(base_overrides or {}), **hp}
+    if hasattr(program_or_path, "graph"):
+        program = program_or_path
+        if any(program.hparams.get(k) != v for k, v in hp.items()):
+            raise NNError(f"cannot apply hyper-parameters {', '.join(hp)} to an elaborated "
+                          "Program", hint="pass the .nn path or source text instead")
+    else:
+        program = nnlang.load(file if file != "<string>" else source, hp, model)
+    if isinstance(config, TrainConfig):
+        cfg = config
+    else:
+        cfg = base or program.train or TrainConfig()
+        cfg = apply_overrides(cfg, {**train_sets, **(config or {})})
+    return program, cfg, source, file, hp
+
+
+# *** evaluation ***
