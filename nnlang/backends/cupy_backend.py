@@ -23,7 +23,6 @@ from nnlang.codegen.render_cuda import LaunchInfo, launch_config, render
 from nnlang.errors import NNError
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops.random import MASK64
-from nnlang.passes.rewrite import updates
 from nnlang.backends.windows import fold_call, unfold_call
 from nnlang.runtime.executable import Executable, State, library_call
 
@@ -267,44 +266,22 @@ class CupyExecutable(Executable):
     replayed (experimental: falls back to plain launches if capture fails).
     """
 
+    state_class = DeviceState
+
     def __init__(self, g, steps, views, memory, backend: CupyBackend, state=None):
-        cp = self.cp = backend.cp
-        self.graph, self.steps, self.memory, self.backend = g, steps, memory, backend
-        self.buffers = [backend.alloc(n) for n in memory.sizes]
-        self.arrays = {}
-        shared = state if state is not None else {}
-        params = {}
-        for nid in g.topo():
-            n = g.node(nid)
-            shape = tuple(int(d) for d in n.shape)
-            if nid in memory.assign:
-                raw = self.buffers[memory.assign[nid]]
-                nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(n.dtype).itemsize
-                self.arrays[nid] = raw[:nbytes].view(n.dtype).reshape(shape)
-            elif n.op == "param":
-                name = n.attrs["name"]
-                if name not in params:
-                    params[name] = self._device_state(shared, name, shape, n.dtype)
-                self.arrays[nid] = params[name]
-            elif n.op == "const":
-                self.arrays[nid] = cp.asarray(np.asarray(n.attrs["value"], dtype=n.dtype))
-        for nid in g.topo():
-            if nid in views:
-                self.arrays[nid] = _view(cp, g.node(nid), self.arrays[views[nid]])
-        self.state = DeviceState(params)
-        self._feeds = [(n.attrs["name"], self.arrays[n.id]) for n in g
-                       if n.op == "input" and n.id in self.arrays]
-        self._rng_key = 0
-        self._sources = []
-        self._calls = [self._build(s) for s in steps]
-        named = {**g.outputs, **g.losses, **g.metrics}
-        self._results = [(k, self.arrays[v]) for k, v in named.items()]
-        self._updates = [(self.state._arrays[k], self.arrays[v]) for k, v in updates(g).items()]
+        self.cp = backend.cp
+        super().__init__(g, steps, views, memory, backend, state)
         self._graph = None
         self._runs = 0
         self._use_graph = os.environ.get("NNLANG_CUDA_GRAPH") == "1"
 
-    def _device_state(self, shared: dict, name: str, shape, dtype):
+    def _const_array(self, value, dtype):
+        return self.cp.asarray(np.asarray(value, dtype=dtype))
+
+    def _view(self, node, base):
+        return _view(self.cp, node, base)
+
+    def _state_array(self, shared: dict, name: str, shape, dtype):
         cp = self.cp
         given = shared.get(name)
         if isinstance(given, cp.ndarray) and given.shape == shape and given.dtype == dtype \

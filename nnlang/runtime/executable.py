@@ -70,7 +70,7 @@ def library_call(xp, backend, node, inputs: list, out):
     return run, args
 
 
-def _state_array(given, shape, dtype) -> np.ndarray:
+def _fitting_array(given, shape, dtype) -> np.ndarray:
     """The caller's array itself when it fits, so executables of one model share their state
     (a train step's update is what the next prediction reads); otherwise a copy or zeros."""
     if given is None:
@@ -102,6 +102,7 @@ class Executable:
         self.graph, self.steps, self.memory, self.backend = g, steps, memory, backend
         self.buffers = [backend.alloc(n) for n in memory.sizes]
         self.arrays: dict[int, np.ndarray] = {}
+        shared = state if state is not None else {}
         params = {}
         for nid in g.topo():
             n = g.node(nid)
@@ -113,14 +114,14 @@ class Executable:
             elif n.op == "param":
                 name = n.attrs["name"]
                 if name not in params:
-                    params[name] = _state_array((state or {}).get(name), shape, n.dtype)
+                    params[name] = self._state_array(shared, name, shape, n.dtype)
                 self.arrays[nid] = params[name]
             elif n.op == "const":
-                self.arrays[nid] = np.array(n.attrs["value"], dtype=n.dtype)
+                self.arrays[nid] = self._const_array(n.attrs["value"], n.dtype)
         for nid in g.topo():  # views need their inputs' arrays, so a second pass in order
             if nid in views:
-                self.arrays[nid] = apply_view(g.node(nid), self.arrays[views[nid]])
-        self.state = State(params)
+                self.arrays[nid] = self._view(g.node(nid), self.arrays[views[nid]])
+        self.state = self.state_class(params)
         self._feeds = [(n.attrs["name"], self.arrays[n.id]) for n in g
                        if n.op == "input" and n.id in self.arrays]
         self._rng_key = 0
@@ -129,6 +130,21 @@ class Executable:
         named = {**g.outputs, **g.losses, **g.metrics}
         self._results = [(k, self.arrays[v]) for k, v in named.items()]
         self._updates = [(self.state._arrays[k], self.arrays[v]) for k, v in updates(g).items()]
+
+    # *** where arrays live: the hooks a device executable overrides ***
+    state_class = State
+
+    @staticmethod
+    def _state_array(shared: dict, name: str, shape, dtype):
+        return _fitting_array(shared.get(name), shape, dtype)
+
+    @staticmethod
+    def _const_array(value, dtype):
+        return np.array(value, dtype=dtype)
+
+    @staticmethod
+    def _view(node, base):
+        return apply_view(node, base)
 
     def _build(self, step: Step):
         g = self.graph
