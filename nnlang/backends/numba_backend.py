@@ -147,10 +147,41 @@ class NumbaBackend:
         return _concat, (tuple(xs), a["axis"], out)
 
     def _unfold(self, a, xs, out):
-        return unfold_call(np, a, xs[0], out)
+        planes = _as_planes(a, xs[0], out)
+        if planes is None:
+            return unfold_call(np, a, xs[0], out)
+        return self.specialize(nk.unfold2d, planes + _window_ints(a) + (float(a["pad_value"]),))
 
     def _fold(self, a, xs, out):
-        return fold_call(np, a, xs[0], out)
+        planes = _as_planes(a, out, xs[0])
+        if planes is None:
+            return fold_call(np, a, xs[0], out)
+        return self.specialize(nk.fold2d, planes[::-1] + _window_ints(a))
+
+
+def _as_planes(a, image, cols):
+    """(image, cols) viewed as [B, H, W, C] and [B, OH, OW, KH, KW, C] (H = OH = KH = 1 for
+    1-d), or None where the numba window kernels do not apply (3-d, non-contiguous)."""
+    nd = len(a["kernel"])
+    if nd not in (1, 2):
+        return None
+    if nd == 1:
+        (n, length, c), (o, k) = image.shape, cols.shape[1:3]
+        shapes = ((n, 1, length, c), (n, 1, o, 1, k, c))
+    else:
+        shapes = (image.shape, cols.shape)
+    try:
+        return (np.reshape(image, shapes[0], copy=False), np.reshape(cols, shapes[1], copy=False))
+    except ValueError:
+        return None
+
+
+def _window_ints(a) -> tuple:
+    """(sh, sw, dh, dw, ph, pw): the window's strides, dilations and leading pads as 2-d."""
+    s, d, p = list(a["stride"]), list(a["dilation"]), list(a["pads"])[0::2]
+    if len(a["kernel"]) == 1:
+        s, d, p = [1] + s, [1] + d, [0] + p
+    return tuple(int(v) for v in s + d + p)
 
 
 # *** library op bodies: all write into preallocated arrays ***

@@ -1,5 +1,6 @@
 """Hand-written numba kernels for the index and random ops the numba backend cannot take from
-numpy without allocating (scatter_add, one_hot, random_uniform).
+numpy without allocating (scatter_add, one_hot, random_uniform) and the sliding-window copies
+(unfold, fold).
 """
 from __future__ import annotations
 
@@ -37,3 +38,47 @@ def random_uniform(base, out):
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
         out[i] = np.float32(z >> np.uint64(40)) * scale
+
+
+# *** sliding windows (im2col / col2im) for 1-d and 2-d, channels last: images [B, H, W, C]
+# and cols [B, OH, OW, KH, KW, C], with H = OH = KH = 1 for 1-d ***
+# NOTE: one batch item per parallel iteration: fold's windows overlap only within an item, so
+# items never race. Channels innermost make each tap a contiguous run of C values.
+
+@numba.njit(cache=True, parallel=True)
+def unfold2d(x, out, sh, sw, dh, dw, ph, pw, pad_value):
+    n, h, w, c = x.shape
+    oh, ow, kh, kw = out.shape[1], out.shape[2], out.shape[3], out.shape[4]
+    fill = x.dtype.type(pad_value)
+    for b in numba.prange(n):
+        for y in range(oh):
+            for z in range(ow):
+                for i in range(kh):
+                    iy = y * sh + i * dh - ph
+                    for j in range(kw):
+                        ix = z * sw + j * dw - pw
+                        if 0 <= iy < h and 0 <= ix < w:
+                            for ch in range(c):
+                                out[b, y, z, i, j, ch] = x[b, iy, ix, ch]
+                        else:
+                            for ch in range(c):
+                                out[b, y, z, i, j, ch] = fill
+
+
+@numba.njit(cache=True, parallel=True)
+def fold2d(cols, out, sh, sw, dh, dw, ph, pw):
+    n, h, w, c = out.shape
+    oh, ow, kh, kw = cols.shape[1], cols.shape[2], cols.shape[3], cols.shape[4]
+    for b in numba.prange(n):
+        out[b] = 0
+        for y in range(oh):
+            for z in range(ow):
+                for i in range(kh):
+                    iy = y * sh + i * dh - ph
+                    if iy < 0 or iy >= h:
+                        continue
+                    for j in range(kw):
+                        ix = z * sw + j * dw - pw
+                        if 0 <= ix < w:
+                            for ch in range(c):
+                                out[b, iy, ix, ch] += cols[b, y, z, i, j, ch]

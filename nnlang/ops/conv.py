@@ -76,14 +76,16 @@ def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_l
     return shape, kernel, stride, pads, dilation, out
 
 
-def _to_first(b, x, channels_last):
+def _to_last(b, x, channels_last):
+    """x in the channels-last layout the window ops work in."""
     r = b.type(x).rank
-    return b.transpose(x, perm=[0, r - 1, *range(1, r - 1)]) if channels_last else x
+    return x if channels_last else b.transpose(x, perm=[0, *range(2, r), 1])
 
 
-def _to_last(b, y, channels_last):
+def _from_last(b, y, channels_last):
+    """A channels-last result in the caller's layout."""
     r = b.type(y).rank
-    return b.transpose(y, perm=[0, *range(2, r), 1]) if channels_last else y
+    return y if channels_last else b.transpose(y, perm=[0, r - 1, *range(1, r - 1)])
 
 
 def _out_type(shape, c, out, dtype, channels_last):
@@ -121,17 +123,20 @@ def _conv(nd):
 
     def decompose(b, x, weight, bias=None, *, filters, kernel, stride, padding, dilation,
                   channels_last=False, **_):
-        x = _to_first(b, x, channels_last)
         shape, k, s, pads, d, out = _window(name, b.type(x), nd, kernel, stride, padding,
-                                            dilation)
-        ck, length = shape[1] * math.prod(k), math.prod(out)
-        cols = b.unfold(x, kernel=k, stride=s, pads=pads, dilation=d, pad_value=0.0)
-        cols = b.reshape(cols, shape=[shape[0], ck, length])
-        # [F, C*K] @ [B, C*K, L] broadcasts to one batched GEMM -> [B, F, L]
-        y = b.matmul(b.reshape(weight, shape=[filters, ck]), cols)
+                                            dilation, channels_last)
+        kc = math.prod(k) * shape[1]
+        # NOTE: unfold gives one row per output position, so [B*L, K*C] @ [K*C, F] is a single
+        # GEMM (a batched [F, C*K] @ [B, C*K, L] ran as B small ones); the weight
+        # [F, C, *K] is reordered to match the rows' (*K, C) order
+        cols = b.unfold(_to_last(b, x, channels_last), kernel=k, stride=s, pads=pads,
+                        dilation=d, pad_value=0.0)
+        rows = b.reshape(cols, shape=[-1, kc])
+        w = b.reshape(b.transpose(weight, perm=[0, *range(2, nd + 2), 1]), shape=[filters, kc])
+        y = b.matmul(rows, b.transpose(w, perm=[1, 0]))
         if bias is not None:
-            y = b.add(y, b.reshape(bias, shape=[filters, 1]))
-        return _to_last(b, b.reshape(y, shape=[shape[0], filters, *out]), channels_last)
+            y = b.add(y, bias)
+        return _from_last(b, b.reshape(y, shape=[shape[0], *out, filters]), channels_last)
 
     def flops(ins, out, *, kernel, channels_last=False, **_):
         channels = ins[0].shape[-1 if channels_last else 1]
@@ -179,9 +184,10 @@ def _pool(nd, kind):
         return _out_type(shape, shape[1], out, x.dtype, channels_last)
 
     def decompose(b, x, *, size, stride, padding, channels_last):
-        x = _to_first(b, x, channels_last)
-        shape, k, s, pads, d, out = _window(name, b.type(x), nd, size, stride, padding, 1)
-        axes = list(range(2, 2 + nd))
+        shape, k, s, pads, d, out = _window(name, b.type(x), nd, size, stride, padding, 1,
+                                            channels_last)
+        x = _to_last(b, x, channels_last)
+        axes = list(range(1 + nd, 1 + 2 * nd))   # the window axes of [B, *out, *kernel, C]
         if kind == "max":
             # NOTE: padded cells hold -inf so they never win the max
             cols = b.unfold(x, kernel=k, stride=s, pads=pads, dilation=d, pad_value=-math.inf)
@@ -189,7 +195,7 @@ def _pool(nd, kind):
         else:
             cols = b.unfold(x, kernel=k, stride=s, pads=pads, dilation=d, pad_value=0.0)
             y = b.div(b.reduce_sum(cols, axes=axes), const_like(b, float(math.prod(k)), x))
-        return _to_last(b, y, channels_last)
+        return _from_last(b, y, channels_last)
 
     what = ("largest value" if kind == "max" else
             "mean (padding counts as zeros in the divisor: count_include_pad like PyTorch)")

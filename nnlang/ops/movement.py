@@ -174,11 +174,11 @@ def window_out(size: int, k: int, stride: int, lo: int, hi: int, dilation: int) 
 def _unfold_shape(x: TensorType, *, kernel, stride, pads, dilation, pad_value) -> TensorType:
     nd = len(kernel)
     if x.rank != nd + 2:
-        raise ShapeError(f"expected [batch, channels, {nd} spatial dims], got "
+        raise ShapeError(f"expected [batch, {nd} spatial dims, channels], got "
                          f"{fmt_shape(x.shape)}", arg=0)
     outs = []
     for i in range(nd):
-        s = x.shape[2 + i]
+        s = x.shape[1 + i]
         if isinstance(s, Sym):
             raise ShapeError(f"spatial dim {s} must be a number", arg=0)
         o = window_out(s, kernel[i], stride[i], pads[2 * i], pads[2 * i + 1], dilation[i])
@@ -186,54 +186,57 @@ def _unfold_shape(x: TensorType, *, kernel, stride, pads, dilation, pad_value) -
             raise ShapeError(f"window {kernel[i]} (dilation {dilation[i]}) is larger than the "
                              f"padded input {s + pads[2 * i] + pads[2 * i + 1]}", arg=0)
         outs.append(o)
-    return TensorType(x.shape[:2] + tuple(kernel) + tuple(outs), x.dtype)
+    return TensorType((x.shape[0], *outs, *kernel, x.shape[-1]), x.dtype)
 
 
-def _window_slices(kernel, stride, dilation, outs):
+def window_taps(kernel, stride, dilation, outs):
+    """(index of one kernel tap in cols, the padded-image index that tap reads) for each tap."""
+    nd, every = len(kernel), slice(None)
     for ks in itertools.product(*(range(k) for k in kernel)):
-        yield ks, tuple(slice(k * d, k * d + s * (o - 1) + 1, s)
-                        for k, d, s, o in zip(ks, dilation, stride, outs))
+        yield ((every,) * (nd + 1) + ks + (every,),
+               (every,) + tuple(slice(k * d, k * d + s * (o - 1) + 1, s)
+                                for k, d, s, o in zip(ks, dilation, stride, outs)) + (every,))
 
 
 def _unfold_impl(x, *, kernel, stride, pads, dilation, pad_value):
     nd = len(kernel)
-    widths = [(0, 0), (0, 0)] + [(pads[2 * i], pads[2 * i + 1]) for i in range(nd)]
+    widths = [(0, 0)] + [(pads[2 * i], pads[2 * i + 1]) for i in range(nd)] + [(0, 0)]
     xp = np.pad(x, widths, constant_values=pad_value)
-    outs = [window_out(x.shape[2 + i], kernel[i], stride[i], pads[2 * i], pads[2 * i + 1],
+    outs = [window_out(x.shape[1 + i], kernel[i], stride[i], pads[2 * i], pads[2 * i + 1],
                        dilation[i]) for i in range(nd)]
-    out = np.empty(x.shape[:2] + tuple(kernel) + tuple(outs), x.dtype)
-    for ks, sl in _window_slices(kernel, stride, dilation, outs):
-        out[(slice(None), slice(None)) + ks] = xp[(slice(None), slice(None)) + sl]
+    out = np.empty((x.shape[0], *outs, *kernel, x.shape[-1]), x.dtype)
+    for tap, window in window_taps(kernel, stride, dilation, outs):
+        out[tap] = xp[window]
     return out
 
 
 def _fold_impl(cols, *, size, kernel, stride, pads, dilation):
     nd = len(kernel)
     padded = [size[i] + pads[2 * i] + pads[2 * i + 1] for i in range(nd)]
-    outs = cols.shape[2 + nd:]
-    xp = np.zeros(cols.shape[:2] + tuple(padded), cols.dtype)
-    for ks, sl in _window_slices(kernel, stride, dilation, outs):
-        xp[(slice(None), slice(None)) + sl] += cols[(slice(None), slice(None)) + ks]
+    xp = np.zeros((cols.shape[0], *padded, cols.shape[-1]), cols.dtype)
+    for tap, window in window_taps(kernel, stride, dilation, cols.shape[1:1 + nd]):
+        xp[window] += cols[tap]
     crop = tuple(slice(pads[2 * i], pads[2 * i] + size[i]) for i in range(nd))
-    return xp[(slice(None), slice(None)) + crop]
+    return xp[(slice(None),) + crop]
 
 
 def _fold_shape(cols: TensorType, *, size, kernel, stride, pads, dilation) -> TensorType:
-    return TensorType(cols.shape[:2] + tuple(size), cols.dtype)
+    return TensorType((cols.shape[0], *size, cols.shape[-1]), cols.dtype)
 
 
 _WINDOW = "kernel: ints, stride: ints, pads: ints, dilation: ints"
 
 register("unfold", f"x: tensor, {_WINDOW}, pad_value: float = 0.0", _unfold_shape,
          impl=_unfold_impl,
-         grad=lambda b, n, g: (b.fold(g, size=list(b.type(n.inputs[0]).shape[2:]),
+         grad=lambda b, n, g: (b.fold(g, size=list(b.type(n.inputs[0]).shape[1:-1]),
                                       **{k: n.attrs[k] for k in
                                          ("kernel", "stride", "pads", "dilation")}),),
          family="movement", traits={MOVEMENT},
-         doc="sliding windows: [B, C, *spatial] -> [B, C, *kernel, *out] (im2col)",
-         samples=(Sample(((2, 3, 7),), {"kernel": [3], "stride": [2], "pads": [1, 1],
+         doc="sliding windows, channels last: [B, *spatial, C] -> [B, *out, *kernel, C] "
+             "(im2col with one row per output position, so a convolution is one GEMM)",
+         samples=(Sample(((2, 7, 3),), {"kernel": [3], "stride": [2], "pads": [1, 1],
                                         "dilation": [1]}),
-                  Sample(((1, 2, 5, 6),), {"kernel": [3, 2], "stride": [1, 2],
+                  Sample(((1, 5, 6, 2),), {"kernel": [3, 2], "stride": [1, 2],
                                            "pads": [1, 1, 0, 0], "dilation": [1, 1]})))
 
 register("fold", f"cols: tensor, size: ints, {_WINDOW}", _fold_shape, impl=_fold_impl,
@@ -242,5 +245,5 @@ register("fold", f"cols: tensor, size: ints, {_WINDOW}", _fold_shape, impl=_fold
                                                              "dilation")}),),
          family="movement", traits={MOVEMENT},
          doc="adjoint of unfold: sums each window value back into place (col2im)",
-         samples=(Sample(((2, 3, 3, 4),), {"size": [7], "kernel": [3], "stride": [2],
+         samples=(Sample(((2, 4, 3, 3),), {"size": [7], "kernel": [3], "stride": [2],
                                            "pads": [1, 1], "dilation": [1]}),))

@@ -1,6 +1,9 @@
 """Compiled executables against the reference interpreter and independent numpy, fused and
 unfused; library ops; updates; the kernel cache."""
+import itertools
+
 import numpy as np
+import pytest
 
 from nnlang.ir.graph import Builder, Graph, TensorType
 from nnlang.ops.random import _uniform_impl
@@ -114,7 +117,7 @@ def test_unfold_fold_slice_concat():
     win = dict(kernel=[3, 2], stride=[1, 2], pads=[1, 1, 0, 0], dilation=[1, 1])
     cols = b.unfold(x, pad_value=0.0, **win)
     g.outputs["cols"] = cols
-    g.outputs["back"] = b.fold(b.mul(cols, cols), size=[6, 5], **win)
+    g.outputs["back"] = b.fold(b.mul(cols, cols), size=[3, 6], **win)
     sl = b.slice(x, axis=3, start=1, stop=4, step=1)
     g.outputs["cat"] = b.concat(b.exp(sl), x, axis=3)
     g.outputs["pad"] = b.unslice(sl, axis=3, start=0, stop=3, step=1, size=5)
@@ -170,3 +173,37 @@ def test_kernel_dedup_and_disk_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(executable, "get_backend", lambda name: NumbaBackend())
     fresh = compile_graph(g)  # a new backend: compiles nothing, loads numba's disk cache
     assert fresh.backend.compiled == 0 and fresh.backend.cache_hits >= 1
+
+
+@pytest.mark.parametrize("win", [
+    dict(kernel=[3], stride=[2], pads=[1, 2], dilation=[2]),
+    dict(kernel=[3, 2], stride=[1, 2], pads=[1, 1, 0, 1], dilation=[1, 2]),
+    dict(kernel=[2, 2, 2], stride=[1, 2, 1], pads=[0, 1, 1, 0, 0, 0], dilation=[1, 1, 2]),
+], ids=["1d", "2d", "3d"])
+def test_window_slice_copies(win):
+    """backends/windows.py (the GPU lowering, the CPU fallback) against a loop over every
+    output position, and fold as unfold's adjoint: <unfold(x), c> == <x, fold(c)>."""
+    from nnlang.backends.windows import fold_call, unfold_call
+    nd = len(win["kernel"])
+    x = rand((2, 7, 6, 5)[:1 + nd] + (3,)).astype(np.float64)
+    spatial = x.shape[1:-1]
+    outs = [(n + win["pads"][2 * i] + win["pads"][2 * i + 1]
+             - win["dilation"][i] * (win["kernel"][i] - 1) - 1) // win["stride"][i] + 1
+            for i, n in enumerate(spatial)]
+    cols = np.empty((2, *outs, *win["kernel"], 3))
+    fn, args = unfold_call(np, dict(win, pad_value=-5.0), x, cols)
+    fn(*args)
+    for pos in itertools.product(*map(range, outs)):
+        for tap in itertools.product(*map(range, win["kernel"])):
+            at = [p * s + t * d - lo for p, s, t, d, lo in
+                  zip(pos, win["stride"], tap, win["dilation"], win["pads"][0::2])]
+            inside = all(0 <= a < n for a, n in zip(at, spatial))
+            want = x[(slice(None), *at)] if inside else -5.0
+            np.testing.assert_array_equal(cols[(slice(None), *pos, *tap)], want)
+    c = RNG.standard_normal(cols.shape)
+    back = np.empty_like(x)
+    fn, args = fold_call(np, dict(win, size=list(spatial)), c, back)
+    fn(*args)
+    fn, args = unfold_call(np, dict(win, pad_value=0.0), x, cols)
+    fn(*args)
+    assert np.isclose(np.vdot(cols, c), np.vdot(x, back), rtol=1e-12)
