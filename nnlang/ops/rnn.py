@@ -95,9 +95,9 @@ def _make(op):
             rec_bias = b.reshape(_slice(b, bias, 0, 1, 1), shape=[gates * units])
         else:
             in_bias, rec_bias = bias, None
-        proj = linear(b, x, kernel, in_bias)          # [batch, time, gates*units], one GEMM
-        # NOTE: time-major once, so every step's slice is one contiguous block
-        proj = b.transpose(proj, perm=[1, 0, 2])
+        # NOTE: x goes time-major before the projection (a copy of F features per token rather
+        # than gates*units), so every step's slice of proj is one contiguous block
+        proj = linear(b, b.transpose(x, perm=[1, 0, 2]), kernel, in_bias)  # one GEMM
         zeros = b.broadcast_to(b.const([[0.0]], b.type(x).dtype), shape=[batch, units])
         h = c = zeros
         outs = []

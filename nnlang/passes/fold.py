@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnlang.ir.dims import numel
+from nnlang.ir.dims import dim_prod, numel
 from nnlang.ir.graph import Graph, Node, op_attrs
 from nnlang.ops import registry
 from nnlang.ops.registry import RANDOM, SOURCE, TensorType
@@ -63,6 +63,25 @@ def _double_neg(g: Graph, n: Node):
     return inner.inputs[0] if inner.op == "neg" else None
 
 
+def _stacked_rows(g: Graph, n: Node):
+    """concat([reshape(x_i, [1, *s]) ...], axis=0) is reshape(concat([x_i ...], axis=0)): the
+    same bytes, and the inner concat is the one a recurrent weight's gradient also builds
+    (passes/matmul_sum.py), so the two share one copy."""
+    pieces = [g.node(i) for i in n.inputs]
+    if n.attrs["axis"] != 0 or len(pieces) < 2 or any(
+            p.op != "reshape" or p.shape[:1] != (1,) or
+            tuple(g.node(p.inputs[0]).shape) != tuple(p.shape[1:]) or
+            len(p.shape) < 2 for p in pieces):
+        return None
+    inner = [p.inputs[0] for p in pieces]
+    rows = dim_prod([pieces[0].shape[1], len(pieces)])
+    cat = g.add_node("concat", inner, {"axis": 0},
+                     TensorType((rows, *pieces[0].shape[2:]), n.dtype), span=n.span,
+                     path=n.path, role=n.role)
+    return g.add_node("reshape", [cat], {"shape": list(n.shape)}, n.type, span=n.span,
+                      path=n.path, role=n.role, name=n.name)
+
+
 # op -> rules tried in order; each returns the replacement node id or None
 SIMPLIFY_RULES = {
     "mul": [_identity_operand(1.0)],                 # x*1, 1*x
@@ -74,6 +93,7 @@ SIMPLIFY_RULES = {
     "cast": [_same_type_input],
     "transpose": [_identity_perm, _double_transpose],
     "neg": [_double_neg],
+    "concat": [_stacked_rows],
 }
 
 

@@ -48,10 +48,22 @@ def _is_row_sum(g: Graph, nid: int) -> bool:
 
 
 class _Concats:
-    """One concat node per (inputs, axis), shared by every merged sum."""
+    """One concat node per (inputs, axis), shared by every merged sum and with the graph's
+    existing concats (the gradient of the time-major input projection stacks the same g_t)."""
 
-    def __init__(self, b: Builder):
+    def __init__(self, b: Builder, g: Graph):
         self.b, self.made = b, {}
+        for n in g:
+            if n.op == "concat" and n.attrs["axis"] == 0:
+                self.made.setdefault((tuple(n.inputs), 0), n.id)
+
+    def order(self, xs: list[int], axis: int) -> list[int]:
+        """xs in the order of an existing concatenation of the same values, if there is one."""
+        want = sorted(xs)
+        for ins, ax in self.made:
+            if ax == axis and len(ins) == len(xs) and sorted(ins) == want:
+                return list(ins)
+        return xs
 
     def __call__(self, xs, axis: int) -> int:
         key = (tuple(xs), axis)
@@ -61,6 +73,7 @@ class _Concats:
 
 
 def _merged_matmuls(b: Builder, g: Graph, terms: list[int], concat: _Concats) -> int:
+    terms = _ordered(g, terms, concat)
     lhs = [g.node(t).inputs[0] for t in terms]
     rhs = [g.node(t).inputs[1] for t in terms]
     if all(g.node(a).op == "transpose" and list(g.node(a).attrs["perm"]) == [1, 0]
@@ -73,7 +86,17 @@ def _merged_matmuls(b: Builder, g: Graph, terms: list[int], concat: _Concats) ->
     return b.matmul(a, concat(rhs, 0))
 
 
+def _ordered(g: Graph, terms: list[int], concat: _Concats) -> list[int]:
+    """terms reordered so their data operands follow an existing concatenation of them."""
+    data = [g.node(t).inputs[-1] for t in terms]
+    if len(set(data)) != len(data):
+        return terms
+    at = {x: t for x, t in zip(data, terms)}
+    return [at[x] for x in concat.order(data, 0)]
+
+
 def _merged_sums(b: Builder, g: Graph, terms: list[int], concat: _Concats) -> int:
+    terms = _ordered(g, terms, concat)
     n = g.node(terms[0])
     xs = [g.node(t).inputs[0] for t in terms]
     return b.reduce_sum(concat(xs, 0), axes=n.attrs["axes"], keepdims=n.attrs["keepdims"])
@@ -116,7 +139,7 @@ def merge_matmul_sums(g: Graph) -> Graph:
             continue
         node = g.node(root)
         b = Builder(g, node.span, node.path, node.role)
-        concat = concat or _Concats(b)
+        concat = concat or _Concats(b, g)
         concat.b = b
         merged = {t for ts in groups.values() for t in ts}
         total = None

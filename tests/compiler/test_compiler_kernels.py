@@ -154,3 +154,32 @@ def test_sums_of_column_sums_and_matmuls_share_one_concat():
     G = np.concatenate([feeds[f"g{t}"] for t in range(5)]).astype(np.float64)
     np.testing.assert_allclose(out["w"], H.T @ G, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["b"], G.sum(0), rtol=1e-5, atol=1e-5)
+
+
+def test_stacked_gradients_and_weight_gradient_share_one_concat():
+    """The time-major projection's gradient stacks [1, B, G] pieces of the same g_t that the
+    recurrent weight gradient concatenates (in the other order): fold turns the first into a
+    reshape of a row concat, and matmul_sum reuses that concat in its order."""
+    from nnlang.passes.cse import eliminate_common
+    from nnlang.passes.dce import eliminate_dead
+    from nnlang.passes.fold import fold_constants
+    from nnlang.passes.matmul_sum import merge_matmul_sums
+    g = Graph()
+    b = Builder(g)
+    hs = [leaf(g, "input", f"h{t}", (6, 5)) for t in range(5)]
+    gs = [leaf(g, "input", f"g{t}", (6, 7)) for t in range(5)]
+    g.outputs["stack"] = b.concat(*[b.reshape(x, shape=[1, 6, 7]) for x in gs], axis=0)
+    w = None
+    for h, x in reversed(list(zip(hs, gs))):
+        mm = b.matmul(b.transpose(h, perm=[1, 0]), x)
+        w = mm if w is None else b.add(w, mm)
+    g.outputs["w"] = w
+    out_g = eliminate_dead(merge_matmul_sums(eliminate_common(fold_constants(g))))
+    ops = [n.op for n in out_g]
+    assert ops.count("matmul") == 1 and ops.count("concat") == 2, out_g.dump()  # g_t, h_t
+    feeds = {k: rand(g.node(v).shape) for k, v in g.inputs.items()}
+    out = compile_graph(g).run(feeds)
+    H = np.concatenate([feeds[f"h{t}"] for t in range(5)]).astype(np.float64)
+    G = np.concatenate([feeds[f"g{t}"] for t in range(5)]).astype(np.float64)
+    np.testing.assert_array_equal(out["stack"], np.stack([feeds[f"g{t}"] for t in range(5)]))
+    np.testing.assert_allclose(out["w"], H.T @ G, rtol=1e-5, atol=1e-5)
