@@ -52,6 +52,7 @@ class NumbaBackend:
 
     def __init__(self):
         self._modules: dict[str, object] = {}
+        self._entries: dict[tuple, object] = {}   # (dispatcher, signature) -> compiled entry
         self.compiled = 0      # kernel signatures compiled in this process
         self.cache_hits = 0    # ... loaded from numba's disk cache instead
 
@@ -85,9 +86,13 @@ class NumbaBackend:
 
     def specialize(self, fn, args: tuple) -> Call:
         sig = tuple(numba.typeof(a) for a in args)
+        # NOTE: the unrolled LSTM binds one kernel ~200 times; asking numba again costs ~0.5 ms
+        entry = self._entries.get((fn, sig))
+        if entry is not None:
+            return entry, args
         hits = sum(fn._cache_hits.values())
         known = sig in fn.overloads
-        entry = fn.compile(sig)
+        entry = self._entries[(fn, sig)] = fn.compile(sig)
         if not known:
             if sum(fn._cache_hits.values()) > hits:
                 self.cache_hits += 1

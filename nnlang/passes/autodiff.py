@@ -76,7 +76,7 @@ def _join(b: Builder, axis: int, group: list) -> int:
 
 def differentiable_path(g: Graph, loss: int, wrt) -> set[int]:
     """Nodes whose value depends on some `wrt` node and feeds the loss (tinygrad's deepwalk)."""
-    feeds_loss = nx.ancestors(g.nx, loss) | {loss}
+    feeds_loss = g.ancestors([loss])
     reached: set[int] = set()
     for w in wrt:
         if w in feeds_loss:

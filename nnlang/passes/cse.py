@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnlang.ir.graph import Graph
-from nnlang.passes.rewrite import replace_value
+from nnlang.passes.rewrite import graph_pass, replace_value
 
 
 def _hashable(v):
@@ -27,8 +27,8 @@ def node_key(node) -> tuple:
     return (node.op, node.inputs, attrs, node.dtype, node.shape)
 
 
+@graph_pass
 def eliminate_common(g: Graph) -> Graph:
-    g = g.copy()
     seen: dict[tuple, int] = {}
     for nid in g.topo():
         node = g.node(nid)

@@ -5,17 +5,13 @@ input that is no longer read must still be accepted as a feed.
 """
 from __future__ import annotations
 
-import networkx as nx
-
 from nnlang.ir.graph import Graph
-from nnlang.passes.rewrite import result_ids
+from nnlang.passes.rewrite import graph_pass, result_ids
 
 
+@graph_pass
 def eliminate_dead(g: Graph) -> Graph:
-    g = g.copy()
-    live = set(result_ids(g))
-    for nid in list(live):
-        live |= nx.ancestors(g.nx, nid)
+    live = g.ancestors(result_ids(g))
     for node in list(g):
         if node.id not in live and node.op not in ("input", "param"):
             g.remove(node.id)

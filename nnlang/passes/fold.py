@@ -12,7 +12,7 @@ from nnlang.ir.dims import dim_prod, numel
 from nnlang.ir.graph import Graph, Node, op_attrs
 from nnlang.ops import registry
 from nnlang.ops.registry import RANDOM, SOURCE, TensorType
-from nnlang.passes.rewrite import replace_value
+from nnlang.passes.rewrite import graph_pass, replace_value
 
 FOLD_LIMIT = 4096  # NOTE: never fold into a constant much larger than its inputs (broadcasts)
 
@@ -116,8 +116,8 @@ def _fold(g: Graph, n: Node) -> int:
                       span=n.span, path=n.path, role=n.role, name=n.name)
 
 
+@graph_pass
 def fold_constants(g: Graph) -> Graph:
-    g = g.copy()
     for nid in g.topo():
         n = g.node(nid)
         new = _fold(g, n) if _foldable(g, n) else None

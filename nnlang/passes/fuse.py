@@ -16,7 +16,7 @@ import networkx as nx
 from nnlang.codegen.kernel import is_fusable
 from nnlang.ir.graph import Graph
 from nnlang.ops import registry
-from nnlang.passes.rewrite import result_ids
+from nnlang.passes.rewrite import graph_pass, result_ids
 
 
 @dataclass
@@ -101,8 +101,8 @@ def _plan(g: Graph, fuse: bool, side_outputs: bool) -> list[Group]:
     return groups
 
 
+@graph_pass
 def fuse(g: Graph) -> Graph:
-    g = g.copy()
     g.meta["groups"] = plan_groups(g, fuse=True)
     return g
 

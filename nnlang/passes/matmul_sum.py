@@ -12,7 +12,7 @@ the same g_t, so both share one concatenation.
 from __future__ import annotations
 
 from nnlang.ir.graph import Builder, Graph
-from nnlang.passes.rewrite import replace_value, result_ids
+from nnlang.passes.rewrite import graph_pass, replace_value, result_ids
 
 MIN_TERMS = 4  # below this the two concatenation copies cost more than the calls they save
 
@@ -122,8 +122,8 @@ def _groups(g: Graph, terms: list[int], dtype: str, keep: set[int]):
             if len(v) >= MIN_TERMS}
 
 
+@graph_pass
 def merge_matmul_sums(g: Graph) -> Graph:
-    g = g.copy()
     keep = result_ids(g)
     concat = None
     for root in g.topo():

@@ -6,6 +6,8 @@ and constants own their memory, and results stay live until the end of the call.
 """
 from __future__ import annotations
 
+import bisect
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,26 +34,23 @@ def plan_buffers(lifetimes: list[Lifetime]) -> tuple[dict[int, int], list[int]]:
     never writes a buffer it also reads.
     """
     assign, sizes = {}, []
-    busy: list[tuple[int, int]] = []   # (end, buffer)
-    free: list[int] = []
+    busy: list[tuple[int, int]] = []   # heap of (end, buffer)
+    free: list[tuple[int, int]] = []   # sorted (size, buffer): best fit is a bisection
     for lt in sorted(lifetimes, key=lambda lt: (lt.start, -lt.nbytes, lt.key)):
-        for end, buf in list(busy):
-            if end < lt.start:
-                busy.remove((end, buf))
-                free.append(buf)
+        while busy and busy[0][0] < lt.start:
+            buf = heapq.heappop(busy)[1]
+            bisect.insort(free, (sizes[buf], buf))
         need = -(-max(lt.nbytes, 1) // ALIGN) * ALIGN
-        fits = [b for b in free if sizes[b] >= need]
-        if fits:
-            buf = min(fits, key=lambda b: (sizes[b], b))
-        elif free:  # grow the largest free buffer rather than adding one
-            buf = max(free, key=lambda b: (sizes[b], -b))
+        at = bisect.bisect_left(free, (need, -1))
+        if at < len(free):
+            buf = free.pop(at)[1]
+        elif free:  # grow the largest free buffer (the lowest index of that size)
+            buf = free.pop(bisect.bisect_left(free, (free[-1][0], -1)))[1]
             sizes[buf] = need
         else:
             buf = len(sizes)
             sizes.append(need)
-        if buf in free:
-            free.remove(buf)
-        busy.append((lt.end, buf))
+        heapq.heappush(busy, (lt.end, buf))
         assign[lt.key] = buf
     return assign, sizes
 

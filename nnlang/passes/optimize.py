@@ -20,7 +20,8 @@ def optimize(g: Graph, disable=()) -> Graph:
     if unknown:
         raise ValueError(f"unknown passes {sorted(unknown)}; known: "
                          f"{', '.join(name for name, _ in PASSES)}")
+    g = g.copy()
     for name, fn in PASSES:
         if name not in disable:
-            g = fn(g)
+            g = fn(g, inplace=True)
     return g

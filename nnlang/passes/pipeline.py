@@ -47,10 +47,7 @@ def forward_graph(user: Graph, batch: int, dtype: str = "float32",
 
 def drop_unused_inputs(g: Graph) -> Graph:
     """Drops what no result needs, inputs included (a prediction graph takes no labels)."""
-    import networkx as nx
-    needed = set()
-    for r in g.roots():
-        needed |= nx.ancestors(g.nx, r) | {r}
+    needed = g.ancestors(g.roots())
     for node in list(g):
         if node.id not in needed and node.op != "param":
             g.remove(node.id)

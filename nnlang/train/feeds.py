@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-import networkx as nx
 import numpy as np
 
 from nnlang.errors import NNError
@@ -22,9 +21,7 @@ def input_roles(graph) -> tuple[dict, dict]:
     `output` depends on; targets are the rest (labels only the losses and metrics read)."""
     inputs = {k: v for k, v in graph.inputs.items() if not k.startswith("_")}
     if graph.outputs:
-        needed = set()
-        for nid in graph.outputs.values():
-            needed |= nx.ancestors(graph.nx, nid) | {nid}
+        needed = graph.ancestors(graph.outputs.values())
         features = {k: v for k, v in inputs.items() if v in needed}
     else:  # NOTE: no outputs to trace from, so fall back on conventional label names
         features = {k: v for k, v in inputs.items() if k not in TARGET_NAMES}

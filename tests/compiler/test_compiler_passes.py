@@ -85,3 +85,21 @@ def test_optimize_rejects_unknown_pass():
     g, _ = sample_graph()
     with pytest.raises(ValueError):
         optimize(g, disable=("nope",))
+
+
+def test_topo_is_networkx_lexicographic_order_and_follows_changes():
+    import networkx as nx
+
+    import nnlang
+    from nnlang.passes.pipeline import train_graph
+    program = nnlang.load("models/gru.nn", {"maxlen": 6})
+    g = train_graph(program.graph, program.train, 4)
+    assert g.topo() == list(nx.lexicographical_topological_sort(g.nx))
+    before = g.topo()
+    b = Builder(g)
+    first = next(n for n in before if g.node(n).dtype == "float32" and g.users(n))
+    new = b.exp(first)
+    later = next(n for n in before if first in g.node(n).inputs)
+    g.set_inputs(later, [new if i == first else i for i in g.node(later).inputs])
+    assert g.topo() == list(nx.lexicographical_topological_sort(g.nx)) != before
+    assert g.ancestors([later]) == nx.ancestors(g.nx, later) | {later}
