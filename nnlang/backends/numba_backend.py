@@ -26,6 +26,7 @@ from nnlang.ops import registry
 from nnlang.ops.random import MASK64
 
 VERSION = "nnlang-0.1"
+_GUARD = 256 << 10
 
 # NOTE: numba's default OpenMP layer spin-waits and fights OpenBLAS's threads between a matmul
 # and the next parallel kernel (5x slower steps on 2 cores); the workqueue layer does not.
@@ -58,7 +59,11 @@ class NumbaBackend:
 
     # *** memory ***
     def alloc(self, nbytes: int) -> np.ndarray:
-        return np.empty(nbytes, np.uint8)
+        # NOTE: each buffer is followed by an untouched guard (address space only: its pages are
+        # never faulted in). Stores into a buffer that starts within ~128 KiB after the end of
+        # a buffer the same kernel streams loads from ran 5x slower on this EPYC (the LSTM cell:
+        # 210 us, 42 us with the guard; measured with benchmarks/profile_step.py --breakdown)
+        return np.empty(nbytes + _GUARD, np.uint8)[:nbytes]
 
     def upload(self, dst, src) -> None:
         np.copyto(dst, src, casting="unsafe")
