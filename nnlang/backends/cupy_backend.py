@@ -23,7 +23,8 @@ from nnlang.codegen.render_cuda import LaunchInfo, launch_config, render
 from nnlang.errors import NNError
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops.random import MASK64
-from nnlang.backends.windows import fold_call, unfold_call
+from nnlang.backends.windows import (fold_call, unfold_call, window_max_call,
+                                     window_max_grad_call)
 from nnlang.runtime.executable import Executable, State, library_call
 
 VERSION = "nnlang-cuda-0.1"
@@ -195,6 +196,12 @@ class CupyBackend:
 
     def _fold(self, a, xs, out):
         return fold_call(self.cp, a, xs[0], out)
+
+    def _window_max(self, a, xs, out):
+        return window_max_call(self.cp, a, xs[0], out)
+
+    def _window_max_grad(self, a, xs, out):
+        return window_max_grad_call(self.cp, a, xs[0], xs[1], out)
 
 
 # *** library op bodies: all write into preallocated device arrays ***

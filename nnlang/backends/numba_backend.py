@@ -20,7 +20,8 @@ import numpy as np
 from nnlang.backends import numba_kernels as nk
 from nnlang.backends.base import Call
 from nnlang.backends.blas import matmul_call, single_threaded_blas
-from nnlang.backends.windows import fold_call, unfold_call
+from nnlang.backends.windows import (fold_call, unfold_call, window_max_call,
+                                     window_max_grad_call)
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops import registry
 from nnlang.ops.random import MASK64
@@ -162,11 +163,44 @@ class NumbaBackend:
             return unfold_call(np, a, xs[0], out)
         return self.specialize(nk.unfold2d, planes + _window_ints(a) + (float(a["pad_value"]),))
 
+    def _window_max(self, a, xs, out):
+        planes = _pool_planes(a, xs[0], out)
+        if planes is None:
+            return window_max_call(np, a, xs[0], out)
+        return self.specialize(nk.window_max2d, planes + _pool_ints(a))
+
+    def _window_max_grad(self, a, xs, out):
+        planes = _pool_planes(a, xs[0], xs[1], out)
+        if planes is None:
+            return window_max_grad_call(np, a, xs[0], xs[1], out)
+        x, g, dx = planes
+        cells = np.reshape(dx, (dx.shape[0], -1, dx.shape[-1]), copy=False)
+        return self.specialize(nk.window_max_grad2d, (x, g, cells) + _pool_ints(a))
+
     def _fold(self, a, xs, out):
         planes = _as_planes(a, out, xs[0])
         if planes is None:
             return fold_call(np, a, xs[0], out)
         return self.specialize(nk.fold2d, planes[::-1] + _window_ints(a))
+
+
+def _pool_planes(a, *arrays):
+    """Channels-last arrays [B, *spatial, C] as [B, H, W, C] (H = 1 for 1-d), or None for 3-d."""
+    if len(a["kernel"]) not in (1, 2):
+        return None
+    try:
+        return tuple(np.reshape(x, (x.shape[0], 1, *x.shape[1:]) if x.ndim == 3 else x.shape,
+                                copy=False) for x in arrays)
+    except ValueError:
+        return None
+
+
+def _pool_ints(a) -> tuple:
+    """(kh, kw, sh, sw, ph, pw) of a 1-d or 2-d pooling window."""
+    k, s, p = list(a["kernel"]), list(a["stride"]), list(a["pads"])[0::2]
+    if len(k) == 1:
+        k, s, p = [1] + k, [1] + s, [0] + p
+    return tuple(int(v) for v in k + s + p)
 
 
 def _as_planes(a, image, cols):

@@ -1,6 +1,6 @@
 """Hand-written numba kernels for the index and random ops the numba backend cannot take from
-numpy without allocating (scatter_add, one_hot, random_uniform) and the sliding-window copies
-(unfold, fold).
+numpy without allocating (scatter_add, one_hot, random_uniform) and the sliding-window ops
+(unfold, fold, window_max and its gradient).
 """
 from __future__ import annotations
 
@@ -82,3 +82,61 @@ def fold2d(cols, out, sh, sw, dh, dw, ph, pw):
                         if 0 <= ix < w:
                             for ch in range(c):
                                 out[b, iy, ix, ch] += cols[b, y, z, i, j, ch]
+
+
+@numba.njit(cache=True, parallel=True)
+def window_max2d(x, out, kh, kw, sh, sw, ph, pw):
+    n, h, w, c = x.shape
+    oh, ow = out.shape[1], out.shape[2]
+    for b in numba.prange(n):
+        for y in range(oh):
+            for z in range(ow):
+                out[b, y, z] = -np.inf
+                for i in range(kh):
+                    iy = y * sh + i - ph
+                    if iy < 0 or iy >= h:
+                        continue
+                    for j in range(kw):
+                        ix = z * sw + j - pw
+                        if ix < 0 or ix >= w:
+                            continue
+                        for ch in range(c):
+                            v, m = x[b, iy, ix, ch], out[b, y, z, ch]
+                            # NOTE: a NaN wins and stays (v > NaN is false), as in numpy's max
+                            out[b, y, z, ch] = v if (v > m or v != v) else m
+
+
+@numba.njit(cache=True, parallel=True)
+def window_max_grad2d(x, g, out, kh, kw, sh, sw, ph, pw):
+    """out [B, H*W, C]: each window's g added at its first largest cell (numpy's argmax)."""
+    n, h, w, c = x.shape
+    oh, ow = g.shape[1], g.shape[2]
+    for b in numba.prange(n):
+        best = np.empty(c, x.dtype)
+        at = np.empty(c, np.int64)
+        out[b] = 0
+        for y in range(oh):
+            for z in range(ow):
+                seen = False
+                for i in range(kh):
+                    iy = y * sh + i - ph
+                    if iy < 0 or iy >= h:
+                        continue
+                    for j in range(kw):
+                        ix = z * sw + j - pw
+                        if ix < 0 or ix >= w:
+                            continue
+                        cell = iy * w + ix
+                        if not seen:
+                            seen = True
+                            for ch in range(c):
+                                best[ch], at[ch] = x[b, iy, ix, ch], cell
+                            continue
+                        for ch in range(c):
+                            v, m = x[b, iy, ix, ch], best[ch]
+                            take = v > m or (v != v and m == m)
+                            best[ch] = v if take else m
+                            at[ch] = cell if take else at[ch]
+                if seen:
+                    for ch in range(c):
+                        out[b, at[ch], ch] += g[b, y, z, ch]

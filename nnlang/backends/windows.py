@@ -1,5 +1,6 @@
 """unfold/fold (im2col/col2im) as slice copies into preallocated arrays, one copy per kernel
-tap; the GPU backend's lowering and the CPU backend's fallback for 3-d windows. Arrays go
+tap, and window_max (max pooling) and its gradient built on them; the GPU backend's lowering
+and the CPU backend's fallback for 3-d windows. Arrays go
 through the array module `xp` (numpy or cupy). Layouts (channels last): images
 [B, *spatial, C], cols [B, *out, *kernel, C]."""
 from __future__ import annotations
@@ -47,3 +48,39 @@ def _fold(xp, cols, out, padded, crop, moves):
         view = padded[window]
         xp.add(view, cols[tap], out=view)
     out[...] = padded[crop]
+
+
+def _pool_cols(xp, a, x_shape, out_shape, dtype):
+    """A scratch cols array for a pooling window, and its [B, *out, K, C] view."""
+    nd = len(a["kernel"])
+    cols = xp.empty(tuple(out_shape[:1 + nd]) + tuple(a["kernel"]) + (x_shape[-1],), dtype)
+    return cols, cols.reshape(tuple(out_shape[:1 + nd]) + (-1, x_shape[-1]))
+
+
+def window_max_call(xp, a: dict, x, out):
+    """(function, args) writing each window's largest value of x [B, *spatial, C] to out."""
+    cols, rows = _pool_cols(xp, a, x.shape, out.shape, x.dtype)
+    fill = unfold_call(xp, dict(a, dilation=[1] * len(a["kernel"]), pad_value=-float("inf")),
+                       x, cols)
+
+    def run():
+        fill[0](*fill[1])
+        xp.max(rows, axis=-2, out=out)
+    return run, ()
+
+
+def window_max_grad_call(xp, a: dict, x, g, out):
+    """(function, args) adding each window's g at the window's first largest cell of x."""
+    nd = len(a["kernel"])
+    cols, rows = _pool_cols(xp, a, x.shape, g.shape, x.dtype)
+    window = dict(a, dilation=[1] * nd)
+    fill = unfold_call(xp, dict(window, pad_value=-float("inf")), x, cols)
+    back = fold_call(xp, dict(window, size=list(x.shape[1:-1])), cols, out)
+    taps = xp.arange(rows.shape[-2]).reshape((1,) * (rows.ndim - 2) + (-1, 1))
+
+    def run():
+        fill[0](*fill[1])
+        first = xp.argmax(rows, axis=-2)[..., None, :]
+        xp.multiply(taps == first, g[..., None, :], out=rows)
+        back[0](*back[1])
+    return run, ()

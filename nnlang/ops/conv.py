@@ -1,8 +1,9 @@
 """Convolution and pooling composites on channels-first tensors [batch, channels, *spatial],
-lowered to the `unfold` (im2col) primitive plus one batched GEMM or a reduction.
+lowered channels last: `unfold` (im2col, one row per output position) plus one GEMM for a
+convolution, `window_max` or unfold + a sum for pooling.
 
 Text models keep embeddings as [batch, len, dim]: pass `channels_last = true` (conv1d and the
-pools take it) rather than writing permutes; it transposes in and out around the NCL lowering.
+pools take it) rather than writing permutes; it then needs no transposes at all.
 """
 from __future__ import annotations
 
@@ -189,15 +190,14 @@ def _pool(nd, kind):
         x = _to_last(b, x, channels_last)
         axes = list(range(1 + nd, 1 + 2 * nd))   # the window axes of [B, *out, *kernel, C]
         if kind == "max":
-            # NOTE: padded cells hold -inf so they never win the max
-            cols = b.unfold(x, kernel=k, stride=s, pads=pads, dilation=d, pad_value=-math.inf)
-            y = b.reduce_max(cols, axes=axes)
+            y = b.window_max(x, kernel=k, stride=s, pads=pads)
         else:
             cols = b.unfold(x, kernel=k, stride=s, pads=pads, dilation=d, pad_value=0.0)
             y = b.div(b.reduce_sum(cols, axes=axes), const_like(b, float(math.prod(k)), x))
         return _from_last(b, y, channels_last)
 
-    what = ("largest value" if kind == "max" else
+    what = ("largest value (its gradient goes to the first largest cell, as in PyTorch)"
+            if kind == "max" else
             "mean (padding counts as zeros in the divisor: count_include_pad like PyTorch)")
     register(name, "x: tensor, size: ints, stride: ints = none, padding: any = 0, "
              "channels_last: bool = false", shape_rule, decompose=decompose, family="conv",

@@ -4,12 +4,13 @@ sliding-window pair unfold/fold that convolution and pooling are built from.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
 from nnlang.ir.dims import DimError, Sym, dim_div, fmt_shape, numel
-from nnlang.ops.registry import (MOVEMENT, Sample, ShapeError, TensorType, broadcast_shapes,
-                                 norm_axis, register)
+from nnlang.ops.registry import (MOVEMENT, NONDIFF, Sample, ShapeError, TensorType,
+                                 broadcast_shapes, norm_axis, register)
 
 
 # *** reshape / transpose / broadcast ***
@@ -247,3 +248,56 @@ register("fold", f"cols: tensor, size: ints, {_WINDOW}", _fold_shape, impl=_fold
          doc="adjoint of unfold: sums each window value back into place (col2im)",
          samples=(Sample(((2, 4, 3, 3),), {"size": [7], "kernel": [3], "stride": [2],
                                            "pads": [1, 1], "dilation": [1]}),))
+
+# *** window max (max pooling): a primitive, because unfold + reduce_max wrote and read back a
+# copy of every window, and its gradient took five more kernels and a fold ***
+
+def _window_max_shape(x: TensorType, *, kernel, stride, pads) -> TensorType:
+    cols = _unfold_shape(x, kernel=kernel, stride=stride, pads=pads, dilation=[1] * len(kernel),
+                         pad_value=0.0)
+    return TensorType(cols.shape[:1 + len(kernel)] + (x.shape[-1],), x.dtype)
+
+
+def _window_rows(x, kernel, stride, pads):
+    """[B, *out, K, C]: every window's cells (padding as -inf) on one axis."""
+    nd = len(kernel)
+    cols = _unfold_impl(x, kernel=kernel, stride=stride, pads=pads, dilation=[1] * nd,
+                        pad_value=-np.inf)
+    return cols.reshape(cols.shape[:1 + nd] + (-1, cols.shape[-1]))
+
+
+def _window_max_grad_impl(x, g, *, kernel, stride, pads):
+    rows = _window_rows(x, kernel, stride, pads)
+    first = rows.argmax(axis=-2)[..., None, :]   # the first largest cell, as PyTorch routes it
+    taps = np.arange(rows.shape[-2]).reshape((1,) * (rows.ndim - 2) + (-1, 1))
+    cols = np.where(taps == first, g[..., None, :], 0).astype(g.dtype)
+    nd = len(kernel)
+    return _fold_impl(cols.reshape(rows.shape[:1 + nd] + tuple(kernel) + rows.shape[-1:]),
+                      size=list(x.shape[1:-1]), kernel=kernel, stride=stride, pads=pads,
+                      dilation=[1] * nd)
+
+
+_POOL_WINDOW = "kernel: ints, stride: ints, pads: ints"
+_WINDOW_MAX_SAMPLES = (
+    Sample(((2, 7, 3),), {"kernel": [2], "stride": [2], "pads": [0, 1]}),
+    Sample(((2, 5, 6, 3),), {"kernel": [3, 2], "stride": [2, 1], "pads": [1, 1, 0, 1]}))
+
+register("window_max", f"x: tensor, {_POOL_WINDOW}", _window_max_shape,
+         impl=lambda x, *, kernel, stride, pads: _window_rows(x, kernel, stride, pads).max(-2),
+         grad=lambda b, n, g: (b.window_max_grad(n.inputs[0], g, **{
+             k: n.attrs[k] for k in ("kernel", "stride", "pads")}),),
+         flops=lambda ins, out, *, kernel, **_: numel(out.shape) * math.prod(kernel),
+         family="movement",
+         doc="max over sliding windows, channels last: [B, *spatial, C] -> [B, *out, C]; "
+             "padding never wins (max pooling)",
+         samples=_WINDOW_MAX_SAMPLES)
+
+register("window_max_grad", f"x: tensor, g: tensor, {_POOL_WINDOW}",
+         lambda x, g, **_: TensorType(x.shape, g.dtype), impl=_window_max_grad_impl,
+         family="movement", traits={NONDIFF},
+         doc="window_max's gradient: each window's g added at the window's first largest cell "
+             "of x",
+         samples=tuple(Sample((s.shapes[0], _window_max_shape(TensorType(s.shapes[0]),
+                                                              **s.attrs).shape),
+                              s.attrs, grad=False) for s in _WINDOW_MAX_SAMPLES))
+

@@ -207,3 +207,44 @@ def test_window_slice_copies(win):
     fn, args = unfold_call(np, dict(win, pad_value=0.0), x, cols)
     fn(*args)
     assert np.isclose(np.vdot(cols, c), np.vdot(x, back), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape,win", [
+    ((3, 9, 4), dict(kernel=[3], stride=[2], pads=[1, 1])),
+    ((2, 7, 6, 5), dict(kernel=[2, 3], stride=[2, 1], pads=[0, 1, 1, 1])),
+    ((2, 4, 4, 3, 2), dict(kernel=[2, 2, 2], stride=[2, 2, 1], pads=[0, 0, 0, 0, 1, 0])),
+], ids=["1d", "2d", "3d"])
+def test_window_max_and_gradient(shape, win):
+    """Max pooling's primitives (numba kernels; windows.py for 3-d) against a loop over the
+    windows: the largest cell, and g routed to the first largest cell, NaN included."""
+    g = Graph()
+    b = Builder(g)
+    x = leaf(g, "input", "x", shape)
+    y = b.window_max(x, **win)
+    gy = leaf(g, "input", "gy", g.node(y).shape)
+    g.outputs["y"], g.outputs["dx"] = y, b.window_max_grad(x, gy, **win)
+    feeds = {"x": np.round(rand(shape), 1), "gy": rand(g.node(y).shape)}  # rounded: ties
+    feeds["x"].flat[5] = np.nan
+    want_y = np.full(g.node(y).shape, -np.inf, np.float32)
+    want_dx = np.zeros(shape, np.float32)
+    spatial, outs = shape[1:-1], g.node(y).shape[1:-1]
+    for bi in range(shape[0]):
+        for pos in itertools.product(*map(range, outs)):
+            for c in range(shape[-1]):
+                cells = []
+                for tap in itertools.product(*map(range, win["kernel"])):
+                    at = tuple(p * s + t - lo for p, s, t, lo in
+                               zip(pos, win["stride"], tap, win["pads"][0::2]))
+                    if all(0 <= a < n for a, n in zip(at, spatial)):
+                        cells.append((feeds["x"][(bi, *at, c)], at))
+                vals = [v for v, _ in cells]
+                k = next(i for i, v in enumerate(vals) if np.isnan(v)) if np.isnan(vals).any() \
+                    else int(np.argmax(vals))
+                want_y[(bi, *pos, c)] = vals[k]
+                want_dx[(bi, *cells[k][1], c)] += feeds["gy"][(bi, *pos, c)]
+    out = compile_graph(g).run(feeds)
+    np.testing.assert_array_equal(out["y"], want_y)
+    np.testing.assert_allclose(out["dx"], want_dx, rtol=1e-6, atol=1e-6)
+    ref = interpret(g, feeds, want=g.outputs)
+    np.testing.assert_array_equal(ref["y"], want_y)
+    np.testing.assert_allclose(ref["dx"], want_dx, rtol=1e-6, atol=1e-6)
