@@ -70,6 +70,11 @@ _unary("tanh", "tanh({0})", np.tanh,
 _unary("sigmoid", "sigmoid({0})", lambda x: 0.5 * (np.tanh(0.5 * x) + 1),
        lambda b, n, g: (b.mul(g, b.mul(n.id, b.sub(b.const(1.0, n.dtype), n.id))),),
        doc="1 / (1 + e**-x), computed without overflow")
+register("stop_gradient", "x: tensor", _unary_shape, expr="{0}", impl=np.positive,
+         flops=lambda ins, out, **_: 0, samples=(Sample(((3, 4),), grad=False),), family="elementwise",
+         traits={ELEMENTWISE, UNARY, NONDIFF},
+         doc="x itself, a constant to autodiff: no gradient flows back through it (the "
+             "max a stable softmax subtracts)")
 _unary("erf", "erf({0})", np.vectorize(math.erf, otypes=[np.float64]),
        lambda b, n, g: (b.mul(g, b.mul(b.const(2 / math.sqrt(math.pi), n.dtype),
                                        b.exp(b.neg(b.mul(_ins(n), _ins(n)))))),),

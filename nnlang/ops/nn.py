@@ -242,9 +242,9 @@ def _softmax_shape(x, *, axis):
 
 
 def _shifted(b, x, axis):
-    # NOTE: subtracting the max keeps exp from overflowing; it is mathematically a constant for
-    # the gradient, and the terms it contributes cancel, so it is left in the graph as is.
-    return b.sub(x, b.reduce_max(x, axes=[axis], keepdims=True))
+    # NOTE: subtracting the max keeps exp from overflowing; the result does not depend on it,
+    # so its gradient terms cancel exactly and are not generated (stop_gradient)
+    return b.sub(x, b.stop_gradient(b.reduce_max(x, axes=[axis], keepdims=True)))
 
 
 def _softmax(b, x, *, axis):

@@ -91,6 +91,7 @@ SIMPLIFY_RULES = {
     "reshape": [_same_type_input],
     "broadcast_to": [_same_type_input],
     "cast": [_same_type_input],
+    "stop_gradient": [_same_type_input],    # autodiff has run; now it is the identity
     "transpose": [_identity_perm, _double_transpose],
     "neg": [_double_neg],
     "concat": [_stacked_rows],
