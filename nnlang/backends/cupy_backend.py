@@ -23,6 +23,7 @@ from nnlang.codegen.render_cuda import LaunchInfo, launch_config, render
 from nnlang.errors import NNError
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops.random import MASK64
+from nnlang.passes.schedule import copy_call
 from nnlang.backends.windows import (fold_call, unfold_call, window_max_call,
                                      window_max_grad_call)
 from nnlang.runtime.executable import Executable, State, library_call
@@ -322,7 +323,7 @@ class CupyExecutable(Executable):
         n = g.node(nid)
         inputs = [self.arrays[i] for i in n.inputs]
         if step.kind == "copy":
-            return cp.copyto, (self.arrays[nid].reshape(inputs[0].shape), inputs[0])
+            return copy_call(cp, n, inputs[0], self.arrays[nid])
         return library_call(cp, self.backend, n, inputs, self.arrays[nid])
 
     def _launch_all(self):

@@ -20,7 +20,7 @@ from nnlang.passes.fuse import format_groups, plan_groups
 from nnlang.passes.memory import MemoryPlan, plan_memory
 from nnlang.passes.optimize import optimize
 from nnlang.passes.rewrite import updates
-from nnlang.passes.schedule import Step, apply_view, schedule
+from nnlang.passes.schedule import Step, apply_view, copy_call, schedule
 
 
 class State(MutableMapping):
@@ -186,7 +186,7 @@ class Executable:
         n = g.node(nid)
         inputs = [self.arrays[i] for i in n.inputs]
         if step.kind == "copy":
-            return np.copyto, (np.reshape(self.arrays[nid], inputs[0].shape), inputs[0])
+            return copy_call(np, n, inputs[0], self.arrays[nid])
         return library_call(np, self.backend, n, inputs, self.arrays[nid])
 
     @staticmethod

@@ -248,3 +248,17 @@ def test_window_max_and_gradient(shape, win):
     ref = interpret(g, feeds, want=g.outputs)
     np.testing.assert_array_equal(ref["y"], want_y)
     np.testing.assert_allclose(ref["dx"], want_dx, rtol=1e-6, atol=1e-6)
+
+
+def test_transpose_read_by_many_matmuls_is_copied_once():
+    from nnlang.passes.schedule import COPY_REUSED_TRANSPOSE
+    g = Graph()
+    b = Builder(g)
+    u = leaf(g, "param", "u", (4, 6))
+    ut = b.transpose(u, perm=[1, 0])
+    xs = [leaf(g, "input", f"x{i}", (3, 6)) for i in range(COPY_REUSED_TRANSPOSE)]
+    for i, x in enumerate(xs):
+        g.outputs[f"y{i}"] = b.matmul(x, ut)
+    feeds, st = {f"x{i}": rand((3, 6)) for i in range(len(xs))}, {"u": rand((4, 6))}
+    exe = check(g, feeds, st, {f"y{i}": feeds[f"x{i}"] @ st["u"].T for i in range(len(xs))})
+    assert [s.kind for s in exe.steps].count("copy") == 1
