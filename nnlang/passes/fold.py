@@ -11,7 +11,7 @@ import numpy as np
 from nnlang.ir.dims import dim_prod, numel
 from nnlang.ir.graph import Graph, Node, op_attrs
 from nnlang.ops import registry
-from nnlang.ops.registry import RANDOM, SOURCE, TensorType
+from nnlang.ops.registry import ELEMENTWISE, RANDOM, SOURCE, TensorType
 from nnlang.passes.rewrite import graph_pass, replace_value
 
 FOLD_LIMIT = 4096  # NOTE: never fold into a constant much larger than its inputs (broadcasts)
@@ -58,6 +58,37 @@ def _double_transpose(g: Graph, n: Node):
                       path=n.path, role=n.role, name=n.name)
 
 
+def _untransposed(g: Graph, nid: int, perm: list[int], depth: int = 4):
+    """A node y with transpose(y, perm) equal to `nid`, built from the transposes `nid` is an
+    elementwise function of (scalars broadcast the same either way), or None."""
+    n = g.node(nid)
+    if n.op == "transpose" and list(n.attrs["perm"]) == perm:
+        return n.inputs[0]
+    if n.shape is not None and all(d == 1 for d in n.shape):
+        return nid
+    op = registry.get(n.op)
+    if depth == 0 or not op.has(ELEMENTWISE) or n.type is None:
+        return None
+    ins = [_untransposed(g, i, perm, depth - 1) for i in n.inputs]
+    if any(i is None for i in ins):
+        return None
+    inverse = list(np.argsort(perm))
+    shape = tuple(n.shape[inverse[j]] for j in range(len(perm)))
+    return g.add_node(n.op, ins, dict(n.attrs), TensorType(shape, n.dtype), span=n.span,
+                      path=n.path, role=n.role)
+
+
+def _transposed_back(g: Graph, n: Node):
+    """transpose(f(transpose(x, p)), p^-1) is f(x) for elementwise f: the conv/pool lowering
+    works channels last, and a channels-first relu between two of them (and its gradient)
+    otherwise costs two transposed copies."""
+    inner = g.node(n.inputs[0])
+    if inner.op == "transpose" or not registry.get(inner.op).has(ELEMENTWISE):
+        return None
+    perm = [int(i) for i in np.argsort(n.attrs["perm"])]
+    return _untransposed(g, n.inputs[0], perm)
+
+
 def _double_neg(g: Graph, n: Node):
     inner = g.node(n.inputs[0])
     return inner.inputs[0] if inner.op == "neg" else None
@@ -92,7 +123,7 @@ SIMPLIFY_RULES = {
     "broadcast_to": [_same_type_input],
     "cast": [_same_type_input],
     "stop_gradient": [_same_type_input],    # autodiff has run; now it is the identity
-    "transpose": [_identity_perm, _double_transpose],
+    "transpose": [_identity_perm, _double_transpose, _transposed_back],
     "neg": [_double_neg],
     "concat": [_stacked_rows],
 }

@@ -103,3 +103,27 @@ def test_topo_is_networkx_lexicographic_order_and_follows_changes():
     g.set_inputs(later, [new if i == first else i for i in g.node(later).inputs])
     assert g.topo() == list(nx.lexicographical_topological_sort(g.nx)) != before
     assert g.ancestors([later]) == nx.ancestors(g.nx, later) | {later}
+
+
+def test_elementwise_between_inverse_transposes_runs_untransposed():
+    """transpose(where(x > 0, g, 0) * 2, p^-1) with x and g transposed by p: the relu and its
+    gradient between channels-last conv/pool lowerings; fold removes every transpose."""
+    g = Graph()
+    b = Builder(g)
+    x = g.add_node("input", [], {"name": "x", "dtype": "float32", "shape": [2, 3, 4, 5]},
+                   TensorType((2, 3, 4, 5), "float32"), name="x")
+    gy = g.add_node("input", [], {"name": "gy", "dtype": "float32", "shape": [2, 3, 4, 5]},
+                    TensorType((2, 3, 4, 5), "float32"), name="gy")
+    g.inputs.update(x=x, gy=gy)
+    p = [0, 3, 1, 2]
+    xt, gt = b.transpose(x, perm=p), b.transpose(gy, perm=p)
+    zero = b.const(np.zeros((1, 1, 1, 1), np.float32))
+    masked = b.where(b.gt(xt, zero), gt, zero)
+    g.outputs["z"] = b.transpose(b.mul(masked, b.const(2.0)), perm=[0, 2, 3, 1])
+    rng = np.random.default_rng(3)
+    feeds = {k: rng.standard_normal((2, 3, 4, 5)).astype(np.float32) for k in ("x", "gy")}
+    out = eliminate_dead(fold_constants(g))
+    assert "transpose" not in ops(out), out.dump()
+    want = np.where(feeds["x"] > 0, feeds["gy"], 0) * 2
+    np.testing.assert_allclose(interpret(out, feeds, want=out.outputs)["z"], want, rtol=1e-6)
+    np.testing.assert_allclose(compile_graph(g).run(feeds)["z"], want, rtol=1e-6)
