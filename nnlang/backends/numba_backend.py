@@ -158,74 +158,59 @@ class NumbaBackend:
         return _concat, (tuple(xs), a["axis"], out)
 
     def _unfold(self, a, xs, out):
-        planes = _as_planes(a, xs[0], out)
-        if planes is None:
+        arrays = _as_2d(a, xs[0], out)
+        if arrays is None:
             return unfold_call(np, a, xs[0], out)
-        return self.specialize(nk.unfold2d, planes + _window_ints(a) + (float(a["pad_value"]),))
-
-    def _window_max(self, a, xs, out):
-        planes = _pool_planes(a, xs[0], out)
-        if planes is None:
-            return window_max_call(np, a, xs[0], out)
-        return self.specialize(nk.window_max2d, planes + _pool_ints(a))
-
-    def _window_max_grad(self, a, xs, out):
-        planes = _pool_planes(a, xs[0], xs[1], out)
-        if planes is None:
-            return window_max_grad_call(np, a, xs[0], xs[1], out)
-        x, g, dx = planes
-        cells = np.reshape(dx, (dx.shape[0], -1, dx.shape[-1]), copy=False)
-        return self.specialize(nk.window_max_grad2d, (x, g, cells) + _pool_ints(a))
+        return self.specialize(nk.unfold2d, arrays + _ints_2d(a, "stride", "dilation", "pads")
+                               + (float(a["pad_value"]),))
 
     def _fold(self, a, xs, out):
-        planes = _as_planes(a, out, xs[0])
-        if planes is None:
+        arrays = _as_2d(a, xs[0], out)
+        if arrays is None:
             return fold_call(np, a, xs[0], out)
-        return self.specialize(nk.fold2d, planes[::-1] + _window_ints(a))
+        return self.specialize(nk.fold2d, arrays + _ints_2d(a, "stride", "dilation", "pads"))
+
+    def _window_max(self, a, xs, out):
+        arrays = _as_2d(a, xs[0], out)
+        if arrays is None:
+            return window_max_call(np, a, xs[0], out)
+        return self.specialize(nk.window_max2d, arrays + _ints_2d(a, "kernel", "stride", "pads"))
+
+    def _window_max_grad(self, a, xs, out):
+        arrays = _as_2d(a, xs[0], xs[1], out)
+        if arrays is None:
+            return window_max_grad_call(np, a, xs[0], xs[1], out)
+        x, g, dx = arrays
+        cells = np.reshape(dx, (dx.shape[0], -1, dx.shape[-1]), copy=False)
+        return self.specialize(nk.window_max_grad2d,
+                               (x, g, cells) + _ints_2d(a, "kernel", "stride", "pads"))
 
 
-def _pool_planes(a, *arrays):
-    """Channels-last arrays [B, *spatial, C] as [B, H, W, C] (H = 1 for 1-d), or None for 3-d."""
-    if len(a["kernel"]) not in (1, 2):
-        return None
-    try:
-        return tuple(np.reshape(x, (x.shape[0], 1, *x.shape[1:]) if x.ndim == 3 else x.shape,
-                                copy=False) for x in arrays)
-    except ValueError:
-        return None
-
-
-def _pool_ints(a) -> tuple:
-    """(kh, kw, sh, sw, ph, pw) of a 1-d or 2-d pooling window."""
-    k, s, p = list(a["kernel"]), list(a["stride"]), list(a["pads"])[0::2]
-    if len(k) == 1:
-        k, s, p = [1] + k, [1] + s, [0] + p
-    return tuple(int(v) for v in k + s + p)
-
-
-def _as_planes(a, image, cols):
-    """(image, cols) viewed as [B, H, W, C] and [B, OH, OW, KH, KW, C] (H = OH = KH = 1 for
-    1-d), or None where the numba window kernels do not apply (3-d, non-contiguous)."""
+def _as_2d(a, *arrays):
+    """The arrays of a 1-d window op as those of a 2-d one (images [B, L, C] as [B, 1, L, C],
+    cols [B, O, K, C] as [B, 1, O, 1, K, C]); None for 3-d windows or arrays that cannot be
+    viewed so, which take the slice-copy lowering."""
     nd = len(a["kernel"])
-    if nd not in (1, 2):
+    if nd == 2:
+        return arrays
+    if nd != 1:
         return None
-    if nd == 1:
-        (n, length, c), (o, k) = image.shape, cols.shape[1:3]
-        shapes = ((n, 1, length, c), (n, 1, o, 1, k, c))
-    else:
-        shapes = (image.shape, cols.shape)
     try:
-        return (np.reshape(image, shapes[0], copy=False), np.reshape(cols, shapes[1], copy=False))
+        return tuple(np.reshape(x, (x.shape[0], 1, *x.shape[1:]) if x.ndim == 3 else
+                                (x.shape[0], 1, x.shape[1], 1, *x.shape[2:]), copy=False)
+                     for x in arrays)
     except ValueError:
         return None
 
 
-def _window_ints(a) -> tuple:
-    """(sh, sw, dh, dw, ph, pw): the window's strides, dilations and leading pads as 2-d."""
-    s, d, p = list(a["stride"]), list(a["dilation"]), list(a["pads"])[0::2]
-    if len(a["kernel"]) == 1:
-        s, d, p = [1] + s, [1] + d, [0] + p
-    return tuple(int(v) for v in s + d + p)
+def _ints_2d(a, *names) -> tuple:
+    """The named window attributes as 2 ints each (pads: the leading ones), 1-d lifted."""
+    out = []
+    for name in names:
+        v = [int(p) for p in a.get(name, [1] * len(a["kernel"]))]
+        v = v[0::2] if name == "pads" else v
+        out += ([0 if name == "pads" else 1] if len(v) == 1 else []) + v
+    return tuple(out)
 
 
 # *** library op bodies: all write into preallocated arrays ***
