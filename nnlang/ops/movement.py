@@ -249,6 +249,7 @@ register("fold", f"cols: tensor, size: ints, {_WINDOW}", _fold_shape, impl=_fold
          samples=(Sample(((2, 4, 3, 3),), {"size": [7], "kernel": [3], "stride": [2],
                                            "pads": [1, 1], "dilation": [1]}),))
 
+
 # *** window max (max pooling): a primitive, because unfold + reduce_max wrote and read back a
 # copy of every window, and its gradient took five more kernels and a fold ***
 
@@ -300,4 +301,3 @@ register("window_max_grad", f"x: tensor, g: tensor, {_POOL_WINDOW}",
          samples=tuple(Sample((s.shapes[0], _window_max_shape(TensorType(s.shapes[0]),
                                                               **s.attrs).shape),
                               s.attrs, grad=False) for s in _WINDOW_MAX_SAMPLES))
-

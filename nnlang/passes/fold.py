@@ -1,8 +1,10 @@
 """Constant folding plus a small table of algebraic identities (runs first in `optimize`).
 
 A node whose inputs are all constants becomes a constant computed by the op's numpy `impl`.
-`SIMPLIFY_RULES` then removes operations that leave a value unchanged; every rule is exact
-in floating point (x*1 keeps NaN and -0.0, a double transpose is a permutation, ...).
+`SIMPLIFY_RULES` then removes operations that leave a value unchanged or moves data movement
+out of the way (an elementwise op between inverse transposes, a stack of unit reshapes); every
+rule is exact in floating point (x*1 keeps NaN and -0.0, a double transpose is a permutation,
+elementwise ops commute with transposes, ...).
 """
 from __future__ import annotations
 
