@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import pickle
+import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numba
@@ -19,7 +22,7 @@ import numpy as np
 
 from nnlang.backends import numba_kernels as nk
 from nnlang.backends.base import Call
-from nnlang.backends.blas import matmul_call, single_threaded_blas
+from nnlang.backends.blas import matmul_call, run_parts, single_threaded_blas, workers
 from nnlang.backends.windows import (fold_call, unfold_call, window_max_call,
                                      window_max_grad_call)
 from nnlang.ir.graph import Node, op_attrs
@@ -27,6 +30,9 @@ from nnlang.ops import registry
 from nnlang.ops.random import MASK64
 
 VERSION = "nnlang-0.1"
+_KERNELS = "nnlang_kernels."   # the module prefix of generated kernels
+_WORKER_MIN = 6                 # missing kernels (~0.2 s each) worth starting a worker (~0.6 s)
+_WORKER_TIMEOUT = 600
 _GUARD = 256 << 10
 
 # NOTE: numba's default OpenMP layer spin-waits and fights OpenBLAS's threads between a matmul
@@ -42,6 +48,60 @@ def cache_dir() -> Path:
     return path
 
 
+class Pending:
+    """The compiled entry of a kernel requested inside `NumbaBackend.together()`, once known."""
+    entry = None
+
+
+def resolved(call: Call) -> Call:
+    """A call (or a run_parts call of several) with its Pending entries replaced."""
+    fn, args = call
+    if isinstance(fn, Pending):
+        return fn.entry, args
+    if fn is run_parts:
+        return fn, ([resolved(c) for c in args[0]],)
+    return call
+
+
+def _marker(fn, sig) -> Path:
+    """A file saying this (kernel, signature) is in numba's disk cache: a warm run starts no
+    worker. It sits next to the cache itself, so the two go together."""
+    tag = hashlib.sha256(str(sig).encode()).hexdigest()[:16]
+    path = cache_dir() / "compiled" / f"{fn.py_func.__module__}.{fn.__name__}.{tag}"
+    path.parent.mkdir(exist_ok=True)
+    return path
+
+
+def _halves(todo):
+    """todo split in two of about equal size, every signature of one kernel on the same side
+    (numba keeps one cache index per kernel, and two writers would race on it)."""
+    by_fn: dict = {}
+    for fn, sig in todo:
+        by_fn.setdefault(fn, []).append(sig)
+    halves = ([], [])
+    for fn, sigs in sorted(by_fn.items(), key=lambda kv: -len(kv[1])):
+        side = halves[0] if len(halves[0]) <= len(halves[1]) else halves[1]
+        side.extend((fn, sig) for sig in sigs)
+    return halves
+
+
+def _start_worker(todo):
+    """A second process compiling `todo` [(dispatcher, signature)] into the disk cache."""
+    jobs: dict = {}
+    for fn, sig in todo:
+        module = sys.modules[fn.py_func.__module__]
+        jobs.setdefault((module.__file__, module.__name__, fn.__name__), []).append(sig)
+    try:
+        worker = subprocess.Popen([sys.executable, "-m", "nnlang.backends.compile_worker"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        worker.stdin.write(pickle.dumps([(*k, v) for k, v in jobs.items()]))
+        worker.stdin.close()
+        return worker
+    except OSError:  # NOTE: no second process here: the parent compiles everything
+        return None
+
+
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -55,6 +115,7 @@ class NumbaBackend:
     def __init__(self):
         self._modules: dict[str, object] = {}
         self._entries: dict[tuple, object] = {}   # (dispatcher, signature) -> compiled entry
+        self._waiting: dict | None = None            # inside together(): requests -> Pending
         self.compiled = 0      # kernel signatures compiled in this process
         self.cache_hits = 0    # ... loaded from numba's disk cache instead
 
@@ -83,7 +144,7 @@ class NumbaBackend:
             path = cache_dir() / f"k_{key}.py"
             if not path.exists() or path.read_text() != source:
                 _write_atomic(path, source)
-            spec = importlib.util.spec_from_file_location(f"nnlang_kernels.k_{key}", path)
+            spec = importlib.util.spec_from_file_location(f"{_KERNELS}k_{key}", path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module
             spec.loader.exec_module(module)
@@ -92,10 +153,15 @@ class NumbaBackend:
 
     def specialize(self, fn, args: tuple) -> Call:
         sig = tuple(numba.typeof(a) for a in args)
+        if self._waiting is not None and fn.py_func.__module__.startswith(_KERNELS):
+            return self._waiting.setdefault((fn, sig), Pending()), args
+        return self._entry(fn, sig), args
+
+    def _entry(self, fn, sig):
         # NOTE: the unrolled LSTM binds one kernel ~200 times; asking numba again costs ~0.5 ms
         entry = self._entries.get((fn, sig))
         if entry is not None:
-            return entry, args
+            return entry
         hits = sum(fn._cache_hits.values())
         known = sig in fn.overloads
         entry = self._entries[(fn, sig)] = fn.compile(sig)
@@ -104,7 +170,37 @@ class NumbaBackend:
                 self.cache_hits += 1
             else:
                 self.compiled += 1
-        return entry, args
+            if fn.py_func.__module__.startswith(_KERNELS):
+                _marker(fn, sig).touch()
+        return entry
+
+    resolved = staticmethod(resolved)
+
+    @contextmanager
+    def together(self):
+        """Within it, specialize() of a generated kernel returns a `Pending` entry; on leaving,
+        every kernel is compiled or loaded and the Pending entries are filled. With enough
+        kernels missing from the cache, a second process compiles part of them meanwhile."""
+        self._waiting = {}
+        try:
+            yield
+            waiting = self._waiting
+        finally:
+            self._waiting = None
+        todo = [(fn, sig) for fn, sig in waiting
+                if sig not in fn.overloads and not _marker(fn, sig).exists()]
+        mine, theirs = _halves(todo)
+        worker = _start_worker(theirs) if len(todo) >= _WORKER_MIN and workers() >= 2 \
+            else None
+        for fn, sig in mine if worker else ():
+            self._entry(fn, sig)
+        if worker is not None:
+            try:
+                worker.wait(timeout=_WORKER_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        for (fn, sig), pending in waiting.items():
+            pending.entry = self._entry(fn, sig)
 
     # *** library ops ***
     def library_call(self, node: Node, inputs: list, out: np.ndarray) -> Call:

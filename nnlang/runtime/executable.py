@@ -7,6 +7,7 @@ planned buffers, kernels write into planned buffers, updates are copied into sta
 from __future__ import annotations
 
 from collections.abc import MutableMapping
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -126,7 +127,11 @@ class Executable:
                        if n.op == "input" and n.id in self.arrays]
         self._rng_key = 0
         self._sources: list[tuple[str, str]] = []   # (header, body) per kernel step
-        self._calls = [self._build(s) for s in steps]
+        # NOTE: a backend may compile the kernels together, in parallel (see NumbaBackend)
+        together = getattr(backend, "together", None)
+        with together() if together else nullcontext():
+            calls = [self._build(s) for s in steps]
+        self._calls = [backend.resolved(c) for c in calls] if together else calls
         named = {**g.outputs, **g.losses, **g.metrics}
         self._results = [(k, self.arrays[v]) for k, v in named.items()]
         self._updates = [(self.state._arrays[k], self.arrays[v]) for k, v in updates(g).items()]

@@ -175,6 +175,32 @@ def test_kernel_dedup_and_disk_cache(tmp_path, monkeypatch):
     assert fresh.backend.compiled == 0 and fresh.backend.cache_hits >= 1
 
 
+def test_cold_kernels_compile_in_a_second_process(tmp_path, monkeypatch):
+    """With many kernels missing from the cache, a worker process compiles part of them into
+    numba's disk cache while this one compiles the rest; the results are the same."""
+    from nnlang.backends.numba_backend import NumbaBackend
+    from nnlang.runtime import executable
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    g = Graph()
+    b = Builder(g)
+    h = leaf(g, "input", "x", (4, 3))
+    eye = b.const(np.eye(3, dtype=np.float32))
+    for op in ("exp", "tanh", "sigmoid", "neg", "abs", "sign", "erf"):
+        # NOTE: the matmuls keep the ops apart: one distinct kernel each
+        h = b.matmul(b.emit(op, b.mul(h, b.const(0.25))), eye)
+    g.outputs["h"] = h
+    monkeypatch.setattr(executable, "get_backend", lambda name: NumbaBackend())
+    feeds = {"x": rand((4, 3))}
+    exe = compile_graph(g)
+    assert exe.backend.cache_hits >= 1          # the worker's share, loaded from disk
+    assert exe.backend.compiled + exe.backend.cache_hits == exe.summary()["distinct_kernels"]
+    assert len(list((tmp_path / "compiled").iterdir())) == exe.summary()["distinct_kernels"]
+    np.testing.assert_allclose(exe.run(feeds)["h"], interpret(g, feeds, want=g.outputs)["h"],
+                               rtol=1e-5, atol=1e-6)
+    warm = compile_graph(g)                      # markers: no worker, all from the cache
+    assert warm.backend.compiled == 0
+
+
 @pytest.mark.parametrize("win", [
     dict(kernel=[3], stride=[2], pads=[1, 2], dilation=[2]),
     dict(kernel=[3, 2], stride=[1, 2], pads=[1, 1, 0, 1], dilation=[1, 2]),
