@@ -15,6 +15,8 @@ def scatter_add(src, idx, out):
     rows = out.shape[0]
     for i in range(idx.shape[0]):
         r = idx[i] + rows if idx[i] < 0 else idx[i]
+        if r < 0 or r >= rows:  # NOTE: numba does not bounds-check; this write would corrupt
+            raise IndexError("scatter_add: index out of range")
         for j in range(src.shape[1]):
             out[r, j] += src[i, j]
 

@@ -11,6 +11,7 @@ from nnlang.errors import NNError
 from nnlang.ops.init import initialize
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
+from nnlang.runtime.indices import check_indices, index_inputs
 from nnlang.runtime.interpret import interpret
 from nnlang.train.optim import learning_rate
 
@@ -57,6 +58,7 @@ class Net:
         self.seed = self.config.seed if seed is None else seed
         self.user = program.graph
         self._exes: dict = {}
+        self._checks: dict = {}   # (kind, batch) -> the inputs holding ids, checked per call
         self.step = 0
         self.epoch = 0
         self.total_steps = 0
@@ -120,6 +122,9 @@ class Net:
         batch = _batch_of(feeds)
         exe, g = self._exe(kind, batch)
         feeds = {**self._cast(feeds, g), **extra}
+        if (kind, batch) not in self._checks:
+            self._checks[(kind, batch)] = index_inputs(g)
+        check_indices(self._checks[(kind, batch)], feeds)
         if "_rng" in g.inputs:
             feeds["_rng"] = np.int64(self.seed * 1_000_003 + self.step)
         return exe.run(feeds)

@@ -288,3 +288,15 @@ def test_transpose_read_by_many_matmuls_is_copied_once():
     feeds, st = {f"x{i}": rand((3, 6)) for i in range(len(xs))}, {"u": rand((4, 6))}
     exe = check(g, feeds, st, {f"y{i}": feeds[f"x{i}"] @ st["u"].T for i in range(len(xs))})
     assert [s.kind for s in exe.steps].count("copy") == 1
+
+
+def test_scatter_add_kernel_refuses_rows_outside_its_output():
+    g = Graph()
+    b = Builder(g)
+    src, idx = leaf(g, "input", "src", (4, 3)), leaf(g, "input", "idx", (4,), "int32")
+    g.outputs["out"] = b.scatter_add(src, idx, rows=5)
+    exe = compile_graph(g)
+    ok = exe.run({"src": rand((4, 3)), "idx": np.array([0, 4, -5, 2], np.int32)})["out"]
+    assert ok.shape == (5, 3)
+    with pytest.raises(IndexError):
+        exe.run({"src": rand((4, 3)), "idx": np.array([0, 5, 1, 2], np.int32)})

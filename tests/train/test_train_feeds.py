@@ -118,3 +118,35 @@ def test_set_values_split_between_model_and_training():
     hp, train = split_overrides({"hidden": 8, "lr": 2, "clip_norm": 1.0, "bogus": 1}, src, "m")
     assert hp == {"hidden": 8, "lr": 2, "bogus": 1}  # unknown names: the model reports them
     assert train == {"clip_norm": 1.0}
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_ids_outside_the_table_are_an_error_before_the_step(backend):
+    """A token id past the embedding's rows would wrap silently in gather and write out of
+    bounds in scatter_add; the error names the input and points at the embedding call."""
+    text = """
+model Emb {
+  input tokens: int32[batch, 5]
+  input label: int32[batch]
+  e = embedding(tokens, 11, 4)
+  logits = dense(flatten(e), 3)
+  output logits
+  loss cross_entropy(logits, label)
+}
+"""
+    net = nnlang.compile(text, backend=backend, batch=2)
+    tokens = np.arange(10, dtype=np.int32).reshape(2, 5)
+    before = {k: v.copy() for k, v in net.parameters().items()}
+    net.train_step({"tokens": tokens, "label": np.array([0, 2])})   # ids 0..9: fine
+    trained = {k: v.copy() for k, v in net.parameters().items()}
+    assert any(not np.array_equal(before[k], trained[k]) for k in before)
+    for bad in (11, -1):
+        tokens[1, 3] = bad
+        with pytest.raises(NNError) as err:
+            net.train_step({"tokens": tokens, "label": np.array([0, 2])})
+        assert f"the id {bad}, outside the 11 rows" in err.value.message
+        assert err.value.span is not None and err.value.span.line == 5
+        for k, v in net.parameters().items():   # nothing was updated
+            np.testing.assert_array_equal(v, trained[k])
+    with pytest.raises(NNError):
+        net.forward({"tokens": tokens})

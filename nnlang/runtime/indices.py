@@ -1,0 +1,52 @@
+"""Index inputs checked before a call runs: a token id outside its table would otherwise wrap
+around silently in `gather` (numpy's take) and write outside the gradient in `scatter_add`.
+PyTorch and Keras raise on such ids too; here the error points at the op in the .nn file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nnlang.errors import NNError
+from nnlang.ir.graph import Graph, Node
+
+_PASS_THROUGH = ("reshape", "transpose", "slice", "broadcast_to", "cast")
+
+
+@dataclass(frozen=True)
+class IndexInput:
+    name: str    # the graph input holding ids
+    rows: int    # the size of the axis they index
+    node: Node   # the op indexing with them (its span is the .nn call)
+
+
+def index_inputs(g: Graph) -> list[IndexInput]:
+    """Every graph input that gather or scatter_add index with, with the rows it may address."""
+    found: dict[str, IndexInput] = {}
+    for n in g:
+        if n.op not in ("gather", "scatter_add"):
+            continue
+        rows = int(n.attrs["rows"]) if n.op == "scatter_add" else int(g.node(n.inputs[0]).shape[0])
+        src = g.node(n.inputs[1])
+        while src.op in _PASS_THROUGH:
+            src = g.node(src.inputs[0])
+        if src.op == "input" and (src.attrs["name"] not in found or
+                                  rows < found[src.attrs["name"]].rows):
+            found[src.attrs["name"]] = IndexInput(src.attrs["name"], rows, n)
+    return list(found.values())
+
+
+def check_indices(checks: list[IndexInput], feeds: dict) -> None:
+    for c in checks:
+        ids = feeds.get(c.name)
+        if ids is None or np.size(ids) == 0:
+            continue
+        lo, hi = int(np.min(ids)), int(np.max(ids))
+        if lo < 0 or hi >= c.rows:
+            bad = lo if lo < 0 else hi
+            raise NNError(f"input '{c.name}' holds the id {bad}, outside the {c.rows} rows "
+                          f"it indexes (0 to {c.rows - 1})", span=c.node.span,
+                          hint="the data's vocabulary or class count is larger than the "
+                               "model's; raise it in the model (e.g. --set vocab=...) or "
+                               "map unknown ids to a reserved one")
