@@ -192,13 +192,16 @@ class NumbaBackend:
         mine, theirs = _halves(todo)
         worker = _start_worker(theirs) if len(todo) >= _WORKER_MIN and workers() >= 2 \
             else None
-        for fn, sig in mine if worker else ():
-            self._entry(fn, sig)
-        if worker is not None:
-            try:
-                worker.wait(timeout=_WORKER_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        try:
+            for fn, sig in mine if worker else ():
+                self._entry(fn, sig)
+        finally:
+            if worker is not None:
+                try:
+                    worker.wait(timeout=_WORKER_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait()
         for (fn, sig), pending in waiting.items():
             pending.entry = self._entry(fn, sig)
 
