@@ -1,5 +1,6 @@
 """Fusion: groups elementwise chains and trees, plus at most one trailing reduction, into
 kernels (last pass of `optimize`). The graph is unchanged; the groups go in `g.meta["groups"]`.
+Sibling groups whose values meet in one concat (an RNN step's gate gradients) then merge.
 
 Walking consumers before producers, an elementwise node joins the group of its users when it
 has the group's loop shape. A value also needed outside that group is stored as an extra
@@ -58,9 +59,53 @@ def _acyclic(g: Graph, groups: list[Group]) -> bool:
 def plan_groups(g: Graph, fuse: bool = True) -> list[Group]:
     """Groups of fusable nodes; with `fuse=False` every fusable node is its own kernel."""
     groups = _plan(g, fuse, side_outputs=True)
+    if fuse:
+        groups = _merge_siblings(g, groups)
     # NOTE: the local check in _plan can miss a cycle that runs through a third group; without
     # extra outputs a group has one exit and cannot be part of a cycle, so fall back to that.
     return groups if _acyclic(g, groups) else _plan(g, fuse, side_outputs=False)
+
+
+def _merge_siblings(g: Graph, groups: list[Group]) -> list[Group]:
+    """Groups with one loop shape and no reduction whose values meet in the same concat become
+    one kernel when that makes no cycle: the four gate gradients of each LSTM step were four
+    launches, each loading the same incoming gradients."""
+    pos = {nid: i for i, nid in enumerate(g.topo())}
+    owner = {o: grp for grp in groups for o in grp.outputs}
+    gone: set[int] = set()
+    for n in g:
+        if n.op != "concat":
+            continue
+        siblings: list[Group] = []
+        for i in n.inputs:
+            grp = owner.get(i)
+            if grp is not None and grp.reduce is None and id(grp) not in gone and \
+                    grp not in siblings:
+                siblings.append(grp)
+        by_shape: dict[tuple, list[Group]] = {}
+        for grp in siblings:
+            by_shape.setdefault(grp.loop_shape, []).append(grp)
+        for same in by_shape.values():
+            base = same[0]
+            for other in same[1:]:
+                if _mergeable(g, base, other, pos):
+                    base.members = sorted(base.members + other.members, key=pos.__getitem__)
+                    base.outputs = sorted(base.outputs + other.outputs, key=pos.__getitem__)
+                    for o in other.outputs:
+                        owner[o] = base
+                    gone.add(id(other))
+    return [grp for grp in groups if id(grp) not in gone]
+
+
+def _mergeable(g: Graph, a: Group, b: Group, pos: dict) -> bool:
+    """One kernel for both would not be a cycle: neither group reaches the other through a
+    node outside both (a direct read becomes a value inside the merged kernel)."""
+    both = set(a.members) | set(b.members)
+
+    def reaches(src: Group, dst: Group) -> bool:
+        starts = [u for o in src.outputs for u in g.users(o) if u not in both]
+        return _reaches(g, starts, set(dst.members), pos, max(pos[m] for m in dst.members))
+    return not reaches(a, b) and not reaches(b, a)
 
 
 def _plan(g: Graph, fuse: bool, side_outputs: bool) -> list[Group]:

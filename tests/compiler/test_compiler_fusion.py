@@ -81,3 +81,23 @@ def test_broadcast_input_is_an_index_map():
     g.outputs["y"] = b.mul(x, b.broadcast_to(b.exp(row), shape=[3, 4]))
     exe = assert_kernel_count(g, 3, {"x": np.ones((3, 4), np.float32)})
     assert "[0, i1]" in "".join(exe.kernel_sources())
+
+
+def test_independent_siblings_meeting_in_a_concat_are_one_kernel():
+    """Four gate gradients of one RNN step: same loop shape, one concat, no dependency."""
+    g, b, x = graph_with_input((6, 5))
+    gates = [b.mul(b.sub(b.const(1.0), b.tanh(x)), b.const(float(k))) for k in range(4)]
+    g.outputs["z"] = b.concat(*gates, axis=1)
+    x0 = np.linspace(-2, 2, 30, dtype=np.float32).reshape(6, 5)
+    exe = assert_kernel_count(g, 1, {"x": x0})
+    assert exe.summary()["calls"] == 1   # the concat
+
+
+def test_siblings_that_depend_on_each_other_stay_apart():
+    """b's chain reads a's value through a matmul, so one kernel for both would be a cycle."""
+    g, b, x = graph_with_input((5, 5))
+    first = b.tanh(x)
+    second = b.exp(b.matmul(first, x))
+    g.outputs["z"] = b.concat(first, second, axis=0)
+    x0 = np.linspace(-1, 1, 25, dtype=np.float32).reshape(5, 5)
+    assert_kernel_count(g, 2, {"x": x0})
