@@ -3,7 +3,9 @@ library ops (gather, scatter_add, unfold, fold, ...) that write into planned buf
 
 Kernel source is written to `$NNLANG_CACHE_DIR` (default `~/.cache/nnlang/kernels`) under a
 hash of the source and versions, then imported, so numba's own `cache=True` on-disk cache
-applies and a second process compiles nothing.
+applies and a second process compiles nothing. An executable's kernels are compiled together
+(`together`): when many are missing from the cache, a worker process (`compile_worker.py`)
+compiles half of them meanwhile.
 """
 from __future__ import annotations
 
