@@ -1,6 +1,8 @@
 """Index inputs checked before a call runs: a token id outside its table would otherwise wrap
-around silently in `gather` (numpy's take) and write outside the gradient in `scatter_add`.
-PyTorch and Keras raise on such ids too; here the error points at the op in the .nn file.
+around silently in `gather` (numpy's take) and write outside the gradient in `scatter_add`,
+and a class label past the logits would be a row of zeros in `one_hot`, a sample that silently
+adds nothing to the loss. PyTorch and Keras raise on such ids too; here the error points at
+the op in the .nn file.
 """
 from __future__ import annotations
 
@@ -17,18 +19,28 @@ _PASS_THROUGH = ("reshape", "transpose", "slice", "broadcast_to", "cast")
 @dataclass(frozen=True)
 class IndexInput:
     name: str    # the graph input holding ids
-    rows: int    # the size of the axis they index
+    rows: int    # how many values an id may take: 0 to rows - 1
     node: Node   # the op indexing with them (its span is the .nn call)
 
 
+def _rows(g: Graph, n: Node) -> int | None:
+    if n.op == "gather":
+        return int(g.node(n.inputs[0]).shape[0])
+    if n.op == "scatter_add":
+        return int(n.attrs["rows"])
+    if n.op == "one_hot":
+        return int(n.attrs["depth"])
+    return None
+
+
 def index_inputs(g: Graph) -> list[IndexInput]:
-    """Every graph input that gather or scatter_add index with, with the rows it may address."""
+    """Every graph input that gather, scatter_add or one_hot index with, and its range."""
     found: dict[str, IndexInput] = {}
     for n in g:
-        if n.op not in ("gather", "scatter_add"):
+        rows = _rows(g, n)
+        if rows is None:
             continue
-        rows = int(n.attrs["rows"]) if n.op == "scatter_add" else int(g.node(n.inputs[0]).shape[0])
-        src = g.node(n.inputs[1])
+        src = g.node(n.inputs[1] if n.op != "one_hot" else n.inputs[0])
         while src.op in _PASS_THROUGH:
             src = g.node(src.inputs[0])
         if src.op == "input" and (src.attrs["name"] not in found or
@@ -45,8 +57,8 @@ def check_indices(checks: list[IndexInput], feeds: dict) -> None:
         lo, hi = int(np.min(ids)), int(np.max(ids))
         if lo < 0 or hi >= c.rows:
             bad = lo if lo < 0 else hi
-            raise NNError(f"input '{c.name}' holds the id {bad}, outside the {c.rows} rows "
-                          f"it indexes (0 to {c.rows - 1})", span=c.node.span,
+            raise NNError(f"input '{c.name}' holds the id {bad}, outside the {c.rows} values "
+                          f"it may take here (0 to {c.rows - 1})", span=c.node.span,
                           hint="the data's vocabulary or class count is larger than the "
                                "model's; raise it in the model (e.g. --set vocab=...) or "
                                "map unknown ids to a reserved one")

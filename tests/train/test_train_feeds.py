@@ -144,9 +144,21 @@ model Emb {
         tokens[1, 3] = bad
         with pytest.raises(NNError) as err:
             net.train_step({"tokens": tokens, "label": np.array([0, 2])})
-        assert f"the id {bad}, outside the 11 rows" in err.value.message
+        assert f"the id {bad}, outside the 11 values" in err.value.message
         assert err.value.span is not None and err.value.span.line == 5
         for k, v in net.parameters().items():   # nothing was updated
             np.testing.assert_array_equal(v, trained[k])
     with pytest.raises(NNError):
         net.forward({"tokens": tokens})
+
+
+def test_labels_past_the_classes_are_an_error_not_a_zero_loss():
+    """cross_entropy one-hot encodes int labels; label 10 of 10 classes would be a row of
+    zeros, a sample that adds nothing to the loss."""
+    net = nnlang.compile(MLP, backend="numba", batch=4)
+    image = np.zeros((4, 784), np.float32)
+    net.evaluate({"image": image, "label": np.array([0, 9, 3, 1])})
+    with pytest.raises(NNError) as err:
+        net.evaluate({"image": image, "label": np.array([0, 10, 3, 1])})
+    assert "input 'label' holds the id 10, outside the 10 values" in err.value.message
+    assert err.value.span is not None
