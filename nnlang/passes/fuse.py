@@ -44,7 +44,8 @@ def _reaches(g: Graph, starts, targets: set[int], pos: dict, limit: int) -> bool
         if nid in seen or pos[nid] > limit:
             continue
         seen.add(nid)
-        stack.extend(g.users(nid))
+        # NOTE: the successor dict, not g.users(): order does not matter here (5x faster)
+        stack.extend(g.nx.succ[nid])
     return False
 
 
