@@ -12,28 +12,28 @@ _LOOP = ("  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
          " e += (long long)gridDim.x * blockDim.x) {\n")
 
 
-def gather(t: str, i: str) -> tuple[str, str]:
-    """out[r, :] = table[idx[r] wrapped into [0, rows), :] (numpy `take(mode="wrap")`)."""
-    name = f"nn_gather_{t}_{i}"
+def _by_row(name: str, t: str, i: str, rows_of: str, body: str) -> tuple[str, str]:
+    """A kernel over the rows of `rows_of` [n, width] picked by idx [n], writing `out`."""
     return name, (
         f'extern "C" __global__ void {name}(long long total, long long width, long long rows,\n'
-        f"    const {CTYPES[t]}* __restrict__ table, const {CTYPES[i]}* __restrict__ idx,\n"
-        f"    {CTYPES[t]}* __restrict__ out) {{\n" + _LOOP +
-        "    long long r = (long long)idx[e / width] % rows;\n"
-        "    if (r < 0) r += rows;\n"
-        "    out[e] = table[r * width + e % width];\n  }\n}\n")
+        f"    const {CTYPES[t]}* __restrict__ {rows_of}, const {CTYPES[i]}* __restrict__ idx,\n"
+        f"    {CTYPES[t]}* __restrict__ out) {{\n" + _LOOP + body + "  }\n}\n")
+
+
+def gather(t: str, i: str) -> tuple[str, str]:
+    """out[r, :] = table[idx[r] wrapped into [0, rows), :] (numpy `take(mode="wrap")`)."""
+    return _by_row(f"nn_gather_{t}_{i}", t, i, "table",
+                   "    long long r = (long long)idx[e / width] % rows;\n"
+                   "    if (r < 0) r += rows;\n"
+                   "    out[e] = table[r * width + e % width];\n")
 
 
 def scatter_add(t: str, i: str) -> tuple[str, str]:
     """out[idx[r], :] += src[r, :] for every r, after `out` is zeroed (atomics: rows repeat)."""
-    name = f"nn_scatter_add_{t}_{i}"
-    return name, (
-        f'extern "C" __global__ void {name}(long long total, long long width, long long rows,\n'
-        f"    const {CTYPES[t]}* __restrict__ src, const {CTYPES[i]}* __restrict__ idx,\n"
-        f"    {CTYPES[t]}* __restrict__ out) {{\n" + _LOOP +
-        "    long long r = (long long)idx[e / width];\n"
-        "    if (r < 0) r += rows;\n"
-        "    atomicAdd(out + r * width + e % width, src[e]);\n  }\n}\n")
+    return _by_row(f"nn_scatter_add_{t}_{i}", t, i, "src",
+                   "    long long r = (long long)idx[e / width];\n"
+                   "    if (r < 0) r += rows;\n"
+                   "    atomicAdd(out + r * width + e % width, src[e]);\n")
 
 
 def one_hot(t: str, i: str) -> tuple[str, str]:

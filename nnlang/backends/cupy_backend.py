@@ -18,15 +18,14 @@ import numpy as np
 
 from nnlang.backends import cuda_kernels as ck
 from nnlang.backends.base import Call
+from nnlang.backends.windows import (fold_call, unfold_call, window_max_call,
+                                     window_max_grad_call)
 from nnlang.codegen.kernel import build_kernel
 from nnlang.codegen.render_cuda import LaunchInfo, launch_config, render
 from nnlang.errors import NNError
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops.random import MASK64
-from nnlang.passes.schedule import copy_call
-from nnlang.backends.windows import (fold_call, unfold_call, window_max_call,
-                                     window_max_grad_call)
-from nnlang.runtime.executable import Executable, State, library_call
+from nnlang.runtime.executable import Executable, State
 
 VERSION = "nnlang-cuda-0.1"
 OPTIONS = ("-std=c++17",)
@@ -300,31 +299,21 @@ class CupyExecutable(Executable):
         shared[name] = dev = cp.asarray(host)
         return dev
 
-    def _ranked(self, a, rank: int):
-        return a.reshape((1,) * (rank - a.ndim) + a.shape)
+    @staticmethod
+    def _reshaped(a, shape):
+        return a.reshape(shape)
 
     def _build(self, step):
-        g, cp = self.graph, self.cp
-        if step.kind == "kernel":
-            grp = step.group
-            kernel, bind = build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
-            header, body = render(kernel, bind.loop_shape)
-            self._sources.append((header, body))
-            fn = self.backend.compile(body, kernel.name)
-            rank = len(bind.loop_shape)
-            loads = [self._ranked(self.arrays[i], rank) for i in bind.loads]
-            outs = [self._ranked(self.arrays[o], rank) for o in bind.outputs]
-            if bind.reduce_out is not None:
-                kept = [d for a, d in enumerate(bind.loop_shape)
-                        if a not in kernel.reduce.axes] or [1]
-                outs.append(self.arrays[bind.reduce_out].reshape(kept))
-            return self.backend.specialize(fn, (*bind.loop_shape, *loads, *outs))
-        nid = step.nodes[0]
-        n = g.node(nid)
-        inputs = [self.arrays[i] for i in n.inputs]
-        if step.kind == "copy":
-            return copy_call(cp, n, inputs[0], self.arrays[nid])
-        return library_call(cp, self.backend, n, inputs, self.arrays[nid])
+        if step.kind != "kernel":
+            return self._library_step(step, self.cp)
+        grp = step.group
+        kernel, bind = build_kernel(self.graph, grp.members, grp.outputs, grp.reduce,
+                                    grp.loop_shape)
+        header, body = render(kernel, bind.loop_shape)
+        self._sources.append((header, body))
+        fn = self.backend.compile(body, kernel.name)
+        return self.backend.specialize(fn, (*bind.loop_shape,
+                                            *self._kernel_arrays(kernel, bind)))
 
     def _launch_all(self):
         for fn, args in self._calls:

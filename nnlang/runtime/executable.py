@@ -12,8 +12,8 @@ from contextlib import nullcontext
 import numpy as np
 
 from nnlang.backends.base import Backend, get_backend
-from nnlang.codegen.kernel import build_kernel
 from nnlang.backends.blas import run_parts, workers
+from nnlang.codegen.kernel import build_kernel
 from nnlang.codegen.render_numba import render, split_rows
 from nnlang.errors import NNError
 from nnlang.ir.graph import Graph
@@ -156,15 +156,8 @@ class Executable:
         if step.kind == "kernel":
             grp = step.group
             kernel, bind = build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
-            rank = len(bind.loop_shape)
-            loads = [self._ranked(self.arrays[i], rank) for i in bind.loads]
-            outs = [self._ranked(self.arrays[o], rank) for o in bind.outputs]
-            if bind.reduce_out is not None:
-                kept = [d for a, d in enumerate(bind.loop_shape)
-                        if a not in kernel.reduce.axes] or [1]
-                outs.append(np.reshape(self.arrays[bind.reduce_out], kept, copy=False))
-            arrays = loads + outs
-            names = kernel.args[rank:]
+            arrays = self._kernel_arrays(kernel, bind)
+            names = kernel.args[len(bind.loop_shape):]
             red = kernel.reduce.arg if kernel.reduce else None
             strided = {a for a, x in zip(names, arrays)
                        if a != red and _row_strided(x) is not None}
@@ -187,16 +180,33 @@ class Executable:
                 shape = (hi - lo, *bind.loop_shape[1:])
                 calls.append(self.backend.specialize(fn, args_for(shape, xs)))
             return run_parts, (calls,)
+        return self._library_step(step, np)
+
+    # *** shared by the device executable's _build ***
+    def _kernel_arrays(self, kernel, bind) -> list:
+        """A kernel's array arguments in order: its loads and outputs with leading unit axes up
+        to the loop's rank, then the reduction's result in the kept loop shape."""
+        rank = len(bind.loop_shape)
+        arrays = [self._reshaped(a, (1,) * (rank - a.ndim) + a.shape)
+                  for a in (self.arrays[i] for i in (*bind.loads, *bind.outputs))]
+        if bind.reduce_out is not None:
+            kept = [d for a, d in enumerate(bind.loop_shape)
+                    if a not in kernel.reduce.axes] or [1]
+            arrays.append(self._reshaped(self.arrays[bind.reduce_out], kept))
+        return arrays
+
+    def _library_step(self, step: Step, xp):
+        """The call of a copy or library step, on the array module `xp`."""
         nid = step.nodes[0]
-        n = g.node(nid)
+        n = self.graph.node(nid)
         inputs = [self.arrays[i] for i in n.inputs]
         if step.kind == "copy":
-            return copy_call(np, n, inputs[0], self.arrays[nid])
-        return library_call(np, self.backend, n, inputs, self.arrays[nid])
+            return copy_call(xp, n, inputs[0], self.arrays[nid])
+        return library_call(xp, self.backend, n, inputs, self.arrays[nid])
 
     @staticmethod
-    def _ranked(a: np.ndarray, rank: int) -> np.ndarray:
-        return np.reshape(a, (1,) * (rank - a.ndim) + a.shape, copy=False)
+    def _reshaped(a, shape):
+        return np.reshape(a, shape, copy=False)
 
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
         """Runs one call: feeds by input name -> outputs, losses and metrics by name."""
