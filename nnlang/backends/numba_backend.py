@@ -281,10 +281,8 @@ class NumbaBackend:
         arrays = _as_2d(a, xs[0], xs[1], out)
         if arrays is None:
             return window_max_grad_call(np, a, xs[0], xs[1], out)
-        x, g, dx = arrays
-        cells = np.reshape(dx, (dx.shape[0], -1, dx.shape[-1]), copy=False)
         return self.specialize(nk.window_max_grad2d,
-                               (x, g, cells) + _ints_2d(a, "kernel", "stride", "pads"))
+                               arrays + _ints_2d(a, "kernel", "stride", "pads"))
 
 
 def _as_2d(a, *arrays):

@@ -119,13 +119,14 @@ def window_max2d(x, out, kh, kw, sh, sw, ph, pw):
 
 @numba.njit(cache=True, parallel=True)
 def window_max_grad2d(x, g, out, kh, kw, sh, sw, ph, pw):
-    """out [B, H*W, C]: each window's g added at its first largest cell (numpy's argmax)."""
+    """Each window's g added into out (x's shape) at its first largest cell (numpy's argmax)."""
     n, h, w, c = x.shape
     oh, ow = g.shape[1], g.shape[2]
+    cells = out.reshape((n, h * w, c))
     for b in numba.prange(n):
         best = np.empty(c, x.dtype)
         at = np.empty(c, np.int64)
-        out[b] = 0
+        cells[b] = 0
         for y in range(oh):
             for z in range(ow):
                 seen = False
@@ -150,4 +151,4 @@ def window_max_grad2d(x, g, out, kh, kw, sh, sw, ph, pw):
                             at[ch] = cell if take else at[ch]
                 if seen:
                     for ch in range(c):
-                        out[b, at[ch], ch] += g[b, y, z, ch]
+                        cells[b, at[ch], ch] += g[b, y, z, ch]

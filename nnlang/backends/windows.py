@@ -1,8 +1,8 @@
 """unfold/fold (im2col/col2im) as slice copies into preallocated arrays, one copy per kernel
-tap, and window_max (max pooling) and its gradient built on them; the GPU backend's lowering
-and the CPU backend's fallback for 3-d windows. Arrays go
-through the array module `xp` (numpy or cupy). Layouts (channels last): images
-[B, *spatial, C], cols [B, *out, *kernel, C]."""
+tap, and window_max (max pooling) and its gradient built on them: the GPU backend's lowering
+and the CPU backend's fallback for 3-d windows. Arrays go through the array module `xp`
+(numpy or cupy). Layouts (channels last): images [B, *spatial, C], cols [B, *out, *kernel, C].
+"""
 from __future__ import annotations
 
 from nnlang.ops.movement import window_taps
@@ -24,15 +24,13 @@ def _taps(a, cols_shape):
 def unfold_call(xp, a: dict, x, out):
     """(function, args) filling out [B, *outs, *kernel, C] from x [B, *spatial, C]."""
     padded, inner = _padded(xp, a, x.shape, x.dtype)
-    return _unfold, (x, out, padded, inner, a["pad_value"],
-                     _taps(a, out.shape))
+    return _unfold, (x, out, padded, inner, a["pad_value"], _taps(a, out.shape))
 
 
 def fold_call(xp, a: dict, cols, out):
     """(function, args) summing cols [B, *outs, *kernel, C] back into out [B, *size, C]."""
     padded, inner = _padded(xp, a, out.shape, cols.dtype)
-    return _fold, (xp, cols, out, padded, inner,
-                   _taps(a, cols.shape))
+    return _fold, (xp, cols, out, padded, inner, _taps(a, cols.shape))
 
 
 def _unfold(x, out, padded, inner, pad_value, moves):

@@ -52,23 +52,24 @@ class _Concats:
     existing concats (the gradient of the time-major input projection stacks the same g_t)."""
 
     def __init__(self, b: Builder, g: Graph):
-        self.b, self.made = b, {}
+        self.b, self.made, self.orders = b, {}, {}
         for n in g:
             if n.op == "concat" and n.attrs["axis"] == 0:
-                self.made.setdefault((tuple(n.inputs), 0), n.id)
+                self._add(tuple(n.inputs), 0, n.id)
+
+    def _add(self, xs: tuple, axis: int, nid: int) -> None:
+        self.made.setdefault((xs, axis), nid)
+        self.orders.setdefault((frozenset(xs), axis), xs)
 
     def order(self, xs: list[int], axis: int) -> list[int]:
         """xs in the order of an existing concatenation of the same values, if there is one."""
-        want = sorted(xs)
-        for ins, ax in self.made:
-            if ax == axis and len(ins) == len(xs) and sorted(ins) == want:
-                return list(ins)
-        return xs
+        ins = self.orders.get((frozenset(xs), axis))
+        return list(ins) if ins is not None and len(ins) == len(xs) else xs
 
     def __call__(self, xs, axis: int) -> int:
         key = (tuple(xs), axis)
         if key not in self.made:
-            self.made[key] = self.b.concat(*xs, axis=axis)
+            self._add(key[0], axis, self.b.concat(*xs, axis=axis))
         return self.made[key]
 
 

@@ -12,8 +12,9 @@ import numpy as np
 
 from nnlang.errors import NNError
 from nnlang.ir.graph import Graph, Node
+from nnlang.passes.schedule import VIEW_OPS
 
-_PASS_THROUGH = ("reshape", "transpose", "slice", "broadcast_to", "cast")
+_PASS_THROUGH = (*VIEW_OPS, "cast")   # ops that hand an id through unchanged
 
 
 @dataclass(frozen=True)
