@@ -10,7 +10,7 @@ from rich.text import Text
 import nnlang
 from nnlang_cli.app import app, console, parse_overrides, reporting
 
-PASS_NAMES = ("fold", "cse", "matmul_sum", "dce", "fuse")
+PASS_NAMES = ("fold", "cse", "matmul_sum", "dce", "fuse", "multi_tensor")
 
 
 @app.command("compile")
@@ -31,10 +31,13 @@ def compile_cmd(
                                             "gradients) as they are."),
     no_dce: bool = typer.Option(False, "--no-dce", help="Skip dead-code elimination."),
     no_fuse: bool = typer.Option(False, "--no-fuse", help="One kernel per op."),
+    no_multi_tensor: bool = typer.Option(False, "--no-multi-tensor",
+                                         help="One launch per tensor for the optimizer update "
+                                              "(and other runs of one elementwise kernel)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write to a file."),
 ):
     """Compile a model and show what runs: --emit ir, backward, fused or kernels."""
-    flags = (no_fold, no_cse, no_matmul_sum, no_dce, no_fuse)
+    flags = (no_fold, no_cse, no_matmul_sum, no_dce, no_fuse, no_multi_tensor)
     disable = tuple(name for name, off in zip(PASS_NAMES, flags) if off)
     with reporting():
         program = nnlang.load(file, parse_overrides(sets), model)

@@ -26,7 +26,11 @@ def _compare(model: str, backend: str, rtol: float, atol: float, skip: str = "-"
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_model_matches_golden_values(model, backend):
     if backend == "reference":
-        _compare(model, backend, rtol=1e-6, atol=1e-7)
+        # NOTE: numpy's float32 matmul sums in the order of the BLAS kernel the CPU selects
+        # (OpenBLAS Haswell vs SkylakeX kernels: ~5e-7 apart on these gradients), so values
+        # generated on one machine differ from another's by that much; parameters after Adam
+        # steps amplify it where a gradient is ~0 (see below) and are checked in float64
+        _compare(model, backend, rtol=1e-5, atol=1e-6, skip="param:")
     else:
         # NOTE: compiled kernels sum in other orders than numpy, so float32 rounding differs;
         # Adam amplifies that wherever a gradient is exactly 0 in exact arithmetic (attention's

@@ -61,6 +61,12 @@ def run_parts(calls):
         f.result()
 
 
+def run_in_order(calls):
+    """Each (fn, args) call in turn, on this thread."""
+    for fn, args in calls:
+        fn(*args)
+
+
 def _bounds(n: int, parts: int):
     cuts = np.linspace(0, n, parts + 1).astype(int)
     return list(zip(cuts[:-1], cuts[1:]))

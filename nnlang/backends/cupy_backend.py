@@ -18,6 +18,7 @@ import numpy as np
 
 from nnlang.backends import cuda_kernels as ck
 from nnlang.backends.base import Call
+from nnlang.backends.blas import run_in_order
 from nnlang.backends.windows import (fold_call, unfold_call, window_max_call,
                                      window_max_grad_call)
 from nnlang.codegen.kernel import build_kernel
@@ -25,7 +26,7 @@ from nnlang.codegen.render_cuda import LaunchInfo, launch_config, render
 from nnlang.errors import NNError
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops.random import MASK64
-from nnlang.runtime.executable import Executable, State
+from nnlang.runtime.executable import Executable, State, plan
 
 VERSION = "nnlang-cuda-0.1"
 OPTIONS = ("-std=c++17",)
@@ -304,9 +305,13 @@ class CupyExecutable(Executable):
         return a.reshape(shape)
 
     def _build(self, step):
+        if step.kind == "multi":  # NOTE: one launch per member until a multi-tensor CUDA kernel
+            return run_in_order, ([self._kernel_call(grp) for grp in step.groups],)
         if step.kind != "kernel":
             return self._library_step(step, self.cp)
-        grp = step.group
+        return self._kernel_call(step.group)
+
+    def _kernel_call(self, grp):
         kernel, bind = build_kernel(self.graph, grp.members, grp.outputs, grp.reduce,
                                     grp.loop_shape)
         header, body = render(kernel, bind.loop_shape)
@@ -360,16 +365,7 @@ class CupyExecutable(Executable):
 
 def compile_graph(g, disable=(), state=None) -> CupyExecutable:
     """`runtime.executable.compile_graph` for the GPU (until it dispatches on the backend)."""
-    from nnlang.passes.fuse import plan_groups
-    from nnlang.passes.memory import plan_memory
-    from nnlang.passes.optimize import optimize
-    from nnlang.passes.schedule import schedule
-    g = optimize(g, disable)
-    groups = g.meta.get("groups") if "fuse" not in disable else None
-    if groups is None:
-        groups = plan_groups(g, fuse=False)
-    steps, views = schedule(g, groups)
-    memory = plan_memory(g, steps, views)
+    g, steps, views, memory = plan(g, disable)
     return CupyExecutable(g, steps, views, memory, get_backend(), state)
 
 

@@ -24,7 +24,8 @@ import numpy as np
 
 from nnlang.backends import numba_kernels as nk
 from nnlang.backends.base import Call
-from nnlang.backends.blas import matmul_call, run_parts, single_threaded_blas, workers
+from nnlang.backends.blas import (matmul_call, run_in_order, run_parts, single_threaded_blas,
+                                  workers)
 from nnlang.backends.windows import (fold_call, unfold_call, window_max_call,
                                      window_max_grad_call)
 from nnlang.ir.graph import Node, op_attrs
@@ -60,7 +61,7 @@ def resolved(call: Call) -> Call:
     fn, args = call
     if isinstance(fn, Pending):
         return fn.entry, args
-    if fn is run_parts:
+    if fn in (run_parts, run_in_order):
         return fn, ([resolved(c) for c in args[0]],)
     return call
 

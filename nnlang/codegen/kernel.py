@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from nnlang.ir.graph import Graph
 from nnlang.ops import registry
 from nnlang.ops.registry import norm_axes
@@ -108,6 +110,8 @@ def build_kernel(g: Graph, members: list[int], outputs: list[int], reduce: int |
                 consts.append((const_keys[key], value, dtype))
             return const_keys[key]
         shape = tuple(int(d) for d in g.node(src).shape)
+        if len(shape) > rank:  # a flattened loop (multi_tensor): full-size or a scalar
+            shape = (int(np.prod(shape)),)
         shape = (1,) * (rank - len(shape)) + shape
         bcast = tuple(s == 1 and n != 1 for s, n in zip(shape, loop_shape))
         key = (src, bcast)

@@ -188,3 +188,19 @@ def render_header(k: Kernel) -> str:
 def render(k: Kernel, loop_shape, lang: ScalarLang = PYTHON, strided=()) -> tuple[str, str]:
     """(header comment, function source) for one kernel; serial (see `split_rows`)."""
     return render_header(k), render_body(k, False, lang, strided)
+
+
+def render_multi(k: Kernel, body: str, count: int) -> tuple[str, str]:
+    """(header, source) of one launch of a 1-d elementwise kernel over `count` tensors: the
+    kernel itself plus a loop applying it to each tensor in turn (its loop sizes in `ns`, each
+    argument a tuple holding that argument of every tensor). The optimizer update of every
+    parameter is one such launch, as PyTorch's multi-tensor (foreach) optimizers do."""
+    args = k.args[1:]
+    lines = ["", "", "@numba.njit(cache=True, fastmath=False, error_model='numpy', nogil=True)",
+             f"def {k.name}_multi(ns, {', '.join(args)}):",
+             "    for t in range(ns.shape[0]):",
+             f"        {k.name}(ns[t], {', '.join(f'{a}[t]' for a in args)})"]
+    header = "".join(f"# {line}\n" for line in
+                     [f"computes, for each of {count} tensors in one launch:"] +
+                     ["  " + h for h in k.header])
+    return header, body + "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ from nnlang.frontend.parser import parse, parse_file
 from nnlang.frontend.train_config import TrainConfig, elaborate_train
 from nnlang.frontend.values import (POISON, TENSOR_BINOPS, Abort, Initializer, Scope, T,
                                     eval_binop, join_path)
+from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import Sym, fmt_shape
 from nnlang.ir.graph import Builder, Graph
 from nnlang.ops import registry
@@ -384,8 +385,9 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
 def load(source_or_path, overrides: dict | None = None, model: str | None = None) -> Program:
     """Parses and elaborates a .nn file (a path) or .nn source text."""
     text = str(source_or_path)
-    if "\n" not in text and (text.endswith(".nn") or Path(text).is_file()):
-        module = parse_file(text)
-    else:
-        module = parse(text, "<string>")
-    return elaborate(module, overrides, model)
+    with paused_gc():
+        if "\n" not in text and (text.endswith(".nn") or Path(text).is_file()):
+            module = parse_file(text)
+        else:
+            module = parse(text, "<string>")
+        return elaborate(module, overrides, model)

@@ -23,10 +23,15 @@ COPY_REUSED_TRANSPOSE = 8
 
 @dataclass
 class Step:
-    kind: str                # kernel | call | copy
+    kind: str                # kernel | multi | call | copy
     nodes: list[int]         # the graph nodes it computes, in topological order
     outputs: list[int]       # the nodes whose values it stores
     group: Group | None = None
+    groups: list[Group] | None = None   # multi: one kernel launched over several groups
+
+    @property
+    def kernel_groups(self) -> list[Group]:
+        return self.groups if self.kind == "multi" else [self.group] if self.group else []
 
 
 def apply_view(node, x: np.ndarray) -> np.ndarray:

@@ -12,13 +12,15 @@ from contextlib import nullcontext
 import numpy as np
 
 from nnlang.backends.base import Backend, get_backend
-from nnlang.backends.blas import run_parts, workers
+from nnlang.backends.blas import run_in_order, run_parts, workers
 from nnlang.codegen.kernel import build_kernel
-from nnlang.codegen.render_numba import render, split_rows
+from nnlang.codegen.render_numba import PARALLEL_MIN, render, render_multi, split_rows
 from nnlang.errors import NNError
 from nnlang.ir.graph import Graph
+from nnlang.passes import plan_cache
 from nnlang.passes.fuse import format_groups, plan_groups
 from nnlang.passes.memory import MemoryPlan, plan_memory
+from nnlang.passes.multi_tensor import merge_multi_tensor
 from nnlang.passes.optimize import optimize
 from nnlang.passes.rewrite import updates
 from nnlang.passes.schedule import Step, apply_view, copy_call, schedule
@@ -69,6 +71,31 @@ def library_call(xp, backend, node, inputs: list, out):
             xp.copyto(dst, src)
         fn(*a)
     return run, args
+
+
+def _element_ranges(members, parts: int) -> list[list]:
+    """The members' (size, arrays) cut into `parts` runs of about equal element counts; a
+    member that straddles a cut is sliced (its size-1 broadcast arrays are not)."""
+    total = sum(n for n, _ in members)
+    cuts = np.linspace(0, total, parts + 1).astype(int)
+    out = []
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        part, start = [], 0
+        for n, xs in members:
+            a, b = max(lo, start) - start, min(hi, start + n) - start
+            if a < b or (n == 0 and lo <= start < hi):
+                part.append((b - a if n else 0,
+                             [x[a:b] if x.shape[0] == n and n else x for x in xs]))
+            start += n
+        if part:
+            out.append(part)
+    return out
+
+
+def _multi_args(part) -> tuple:
+    """A multi kernel's arguments: the sizes, then per argument a tuple over the members."""
+    ns = np.array([n for n, _ in part], np.int64)
+    return (ns, *(tuple(xs[k] for _, xs in part) for k in range(len(part[0][1]))))
 
 
 def _fitting_array(given, shape, dtype) -> np.ndarray:
@@ -152,42 +179,67 @@ class Executable:
         return apply_view(node, base)
 
     def _build(self, step: Step):
-        g = self.graph
+        if step.kind == "multi":
+            return self._multi_call(step)
         if step.kind == "kernel":
-            grp = step.group
-            kernel, bind = build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
-            arrays = self._kernel_arrays(kernel, bind)
-            names = kernel.args[len(bind.loop_shape):]
-            red = kernel.reduce.arg if kernel.reduce else None
-            strided = {a for a, x in zip(names, arrays)
-                       if a != red and _row_strided(x) is not None}
-            header, body = render(kernel, bind.loop_shape, strided=strided)
-            self._sources.append((header, body))
-            fn = self.backend.compile(body, kernel.name)
-
-            def args_for(shape, xs):
-                flat = [_row_strided(x, force=True) if a in strided else (x, [])
-                        for a, x in zip(names, xs)]
-                return (*shape, *(f for f, _ in flat), *(s for _, ss in flat for s in ss))
-            n0 = bind.loop_shape[0]
-            parts = min(workers(), n0)
-            if parts < 2 or not split_rows(kernel, bind.loop_shape):
-                return self.backend.specialize(fn, args_for(bind.loop_shape, arrays))
-            calls = []
-            for lo, hi in zip(np.linspace(0, n0, parts + 1).astype(int)[:-1],
-                              np.linspace(0, n0, parts + 1).astype(int)[1:]):
-                xs = [x[lo:hi] if x.shape[0] == n0 else x for x in arrays]
-                shape = (hi - lo, *bind.loop_shape[1:])
-                calls.append(self.backend.specialize(fn, args_for(shape, xs)))
-            return run_parts, (calls,)
+            return self._kernel_call(step.group)
         return self._library_step(step, np)
+
+    def _kernel_call(self, grp):
+        kernel, bind = build_kernel(self.graph, grp.members, grp.outputs, grp.reduce,
+                                    grp.loop_shape)
+        arrays = self._kernel_arrays(kernel, bind)
+        names = kernel.args[len(bind.loop_shape):]
+        red = kernel.reduce.arg if kernel.reduce else None
+        strided = {a for a, x in zip(names, arrays) if a != red and _row_strided(x) is not None}
+        header, body = render(kernel, bind.loop_shape, strided=strided)
+        self._sources.append((header, body))
+        fn = self.backend.compile(body, kernel.name)
+
+        def args_for(shape, xs):
+            flat = [_row_strided(x, force=True) if a in strided else (x, [])
+                    for a, x in zip(names, xs)]
+            return (*shape, *(f for f, _ in flat), *(s for _, ss in flat for s in ss))
+        n0 = bind.loop_shape[0]
+        parts = min(workers(), n0)
+        if parts < 2 or not split_rows(kernel, bind.loop_shape):
+            return self.backend.specialize(fn, args_for(bind.loop_shape, arrays))
+        calls = []
+        for lo, hi in zip(np.linspace(0, n0, parts + 1).astype(int)[:-1],
+                          np.linspace(0, n0, parts + 1).astype(int)[1:]):
+            xs = [x[lo:hi] if x.shape[0] == n0 else x for x in arrays]
+            shape = (hi - lo, *bind.loop_shape[1:])
+            calls.append(self.backend.specialize(fn, args_for(shape, xs)))
+        return run_parts, (calls,)
+
+    def _multi_call(self, step: Step):
+        """One launch of a 1-d kernel over every member group (`passes/multi_tensor.py`); its
+        combined element range split over threads when large. Members whose arrays are not
+        plain contiguous vectors (a strided view) run one by one instead."""
+        members = []
+        for grp in step.groups:
+            kernel, bind = build_kernel(self.graph, grp.members, grp.outputs, grp.reduce,
+                                        grp.loop_shape)
+            members.append((bind.loop_shape[0], self._kernel_arrays(kernel, bind)))
+        if any(x.ndim != 1 or not x.flags.c_contiguous for _, xs in members for x in xs):
+            return run_in_order, ([self._kernel_call(grp) for grp in step.groups],)
+        header, source = render_multi(kernel, render(kernel, (1,))[1], len(members))
+        self._sources.append((header, source))
+        fn = self.backend.compile(source, f"{kernel.name}_multi")
+        total = sum(n for n, _ in members)
+        parts = min(workers(), total) if total >= PARALLEL_MIN else 1
+        calls = [self.backend.specialize(fn, _multi_args(part))
+                 for part in _element_ranges(members, parts)]
+        return calls[0] if len(calls) == 1 else (run_parts, (calls,))
 
     # *** shared by the device executable's _build ***
     def _kernel_arrays(self, kernel, bind) -> list:
         """A kernel's array arguments in order: its loads and outputs with leading unit axes up
         to the loop's rank, then the reduction's result in the kept loop shape."""
         rank = len(bind.loop_shape)
-        arrays = [self._reshaped(a, (1,) * (rank - a.ndim) + a.shape)
+        # NOTE: an array of higher rank than the loop belongs to a flattened loop (multi_tensor)
+        arrays = [self._reshaped(a, (1,) * (rank - a.ndim) + a.shape if a.ndim <= rank
+                                 else (a.size,))
                   for a in (self.arrays[i] for i in (*bind.loads, *bind.outputs))]
         if bind.reduce_out is not None:
             kept = [d for a, d in enumerate(bind.loop_shape)
@@ -230,25 +282,41 @@ class Executable:
         return [header + body for header, body in self._sources]
 
     def groups_text(self) -> str:
-        return format_groups(self.graph, [s.group for s in self.steps if s.kind == "kernel"])
+        return format_groups(self.graph, [grp for s in self.steps for grp in s.kernel_groups])
 
     def summary(self) -> dict:
         kinds = [s.kind for s in self.steps]
-        return {"kernels": kinds.count("kernel"), "calls": kinds.count("call"),
+        return {"kernels": sum(len(s.kernel_groups) for s in self.steps),
+                "multi_tensor_launches": kinds.count("multi"), "calls": kinds.count("call"),
                 "copies": kinds.count("copy"), "distinct_kernels": len({b for _, b in
                                                                         self._sources}),
                 "buffers": len(self.memory.sizes), "buffer_bytes": self.memory.total_bytes,
                 "nodes": len(self.graph)}
 
 
+def plan(g: Graph, disable=()):
+    """optimize -> schedule -> multi-tensor launches -> memory plan, or the same plan from the
+    on-disk cache: (optimized graph, steps, views, memory plan)."""
+    key = plan_cache.graph_key(g, disable) if plan_cache.enabled() else None
+    cached = plan_cache.load(key) if key else None
+    if cached is None:
+        g = optimize(g, disable)
+        groups = g.meta.get("groups") if "fuse" not in disable else None
+        if groups is None:
+            groups = plan_groups(g, fuse=False)
+        steps, views = schedule(g, groups)
+        if "multi_tensor" not in disable:
+            steps = merge_multi_tensor(g, steps, views)
+        cached = (g, steps, views, plan_memory(g, steps, views))
+        if key:
+            plan_cache.store(key, cached)
+    return cached
+
+
 def compile_graph(g: Graph, backend: str = "numba", disable=(), state=None) -> Executable:
-    """optimize -> schedule -> memory plan -> codegen + compile, for a primitive graph."""
-    g = optimize(g, disable)
-    groups = g.meta.get("groups") if "fuse" not in disable else None
-    if groups is None:
-        groups = plan_groups(g, fuse=False)
-    steps, views = schedule(g, groups)
-    memory = plan_memory(g, steps, views)
+    """optimize -> schedule -> memory plan (or the same plan from the cache) -> codegen +
+    compile, for a primitive graph."""
+    g, steps, views, memory = plan(g, disable)
     be = get_backend(backend)
     # NOTE: a backend may bring its own executable (the CuPy one keeps state on the device)
     return getattr(be, "executable", Executable)(g, steps, views, memory, be, state)

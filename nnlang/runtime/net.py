@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnlang.errors import NNError
+from nnlang.gc_pause import paused_gc
 from nnlang.ops.init import initialize
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
@@ -100,19 +101,23 @@ class Net:
     def _exe(self, kind: str, batch: int):
         key = (kind, batch)
         if key not in self._exes:
-            if kind in ("train", "grad"):
-                g = train_graph(self.user, self.config, batch, self.dtype)
-                if kind == "grad":
-                    g = _gradient_graph(g)
-                for name, nid in g.params.items():  # optimizer slots start at zero
-                    if name not in self.state:
-                        shape = tuple(int(d) for d in g.node(nid).shape)
-                        self.state[name] = np.zeros(shape, self.dtype)
-            else:
-                results = ("outputs",) if kind == "predict" else ("outputs", "losses", "metrics")
-                g = forward_graph(self.user, batch, self.dtype, results)
-            self._exes[key] = (_compile(g, self.backend, self.state, self.disable), g)
+            with paused_gc():
+                self._exes[key] = self._build_exe(kind, batch)
         return self._exes[key]
+
+    def _build_exe(self, kind: str, batch: int):
+        if kind in ("train", "grad"):
+            g = train_graph(self.user, self.config, batch, self.dtype)
+            if kind == "grad":
+                g = _gradient_graph(g)
+            for name, nid in g.params.items():  # optimizer slots start at zero
+                if name not in self.state:
+                    shape = tuple(int(d) for d in g.node(nid).shape)
+                    self.state[name] = np.zeros(shape, self.dtype)
+        else:
+            results = ("outputs",) if kind == "predict" else ("outputs", "losses", "metrics")
+            g = forward_graph(self.user, batch, self.dtype, results)
+        return _compile(g, self.backend, self.state, self.disable), g
 
     def graph(self, kind: str = "train"):
         """The optimized-input primitive graph of `kind` (train | eval | predict)."""

@@ -1,0 +1,80 @@
+"""Multi-tensor launches (after `schedule`, before memory planning): consecutive kernel steps
+that run the same 1-d elementwise kernel on independent tensors become one step, launched
+once over all of them (PyTorch's `foreach` optimizers, apex's multi_tensor_apply).
+
+The optimizer update is the case it is for: every parameter's Adam update is the same kernel
+on other arrays, and they are scheduled back to back after the backward pass. Merging before
+memory planning makes the planner see all members' reads and writes at one step, so no member
+writes a buffer another one reads, and the backend may run the members in any order or split
+the combined element range over threads.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from nnlang.codegen.kernel import build_kernel
+from nnlang.ir.graph import Graph
+from nnlang.passes.fuse import Group
+from nnlang.passes.schedule import Step, base_of
+
+
+def flat_group(g: Graph, step: Step, views: dict[int, int]) -> Group | None:
+    """The step's group as a 1-d loop over all its elements, when that computes the same: no
+    reduction, and every operand either full-size and contiguous or a single element; None for
+    steps that cannot take part."""
+    if step.kind != "kernel" or step.group.reduce is not None:
+        return None
+    grp = step.group
+    shape = tuple(int(d) for d in grp.loop_shape)
+    _, bind = build_kernel(g, grp.members, grp.outputs, grp.reduce, shape)
+    for nid in bind.loads:
+        n = g.node(nid)
+        if int(np.prod(n.shape, dtype=np.int64)) == 1:
+            continue
+        if tuple(int(d) for d in n.shape) != shape or not _contiguous(g, nid, views):
+            return None
+    return replace(grp, loop_shape=(int(np.prod(shape, dtype=np.int64)),))
+
+
+def _contiguous(g: Graph, nid: int, views: dict[int, int]) -> bool:
+    while nid in views:  # NOTE: only reshapes keep a planned (contiguous) value contiguous
+        if g.node(nid).op != "reshape":
+            return False
+        nid = views[nid]
+    return True
+
+
+def kernel_key(g: Graph, grp: Group) -> str:
+    """What two groups must share to run as one launch: the kernel up to its loop size (the
+    rendered source depends on nothing else)."""
+    k, _ = build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
+    return repr((k.name, list(k.loads.values()), k.consts, k.body, k.stores))
+
+
+def merge_multi_tensor(g: Graph, steps: list[Step], views: dict[int, int]) -> list[Step]:
+    out: list[Step] = []
+    run: list[tuple[Step, Group | None]] = []
+    run_key, written = None, set()
+
+    def close():
+        if len(run) > 1:
+            out.append(Step("multi", [n for s, _ in run for n in s.nodes],
+                            [o for s, _ in run for o in s.outputs], None,
+                            [flat for _, flat in run]))
+        else:
+            out.extend(s for s, _ in run)
+
+    for step in steps:
+        flat = flat_group(g, step, views)
+        key = kernel_key(g, flat) if flat is not None else None
+        reads = {base_of(views, i) for m in step.nodes for i in g.node(m).inputs}
+        if key is not None and key == run_key and not reads & written:
+            run.append((step, flat))
+            written.update(step.outputs)
+            continue
+        close()
+        run, run_key, written = [(step, flat)], key, set(step.outputs)
+    close()
+    return out

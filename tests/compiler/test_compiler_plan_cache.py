@@ -1,0 +1,99 @@
+"""The on-disk plan cache: a second compile of the same graph skips the passes and runs the same
+plan; anything that changes the graph, the switches or the compiler is a miss; a broken entry
+costs only time."""
+import numpy as np
+import pytest
+
+import nnlang
+from nnlang.ir.graph import Builder, Graph
+from nnlang.passes import plan_cache
+from nnlang.runtime import executable
+from nnlang.runtime.executable import compile_graph
+from tests.compiler.test_compiler_exec import leaf, rand
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("NNLANG_PLAN_CACHE", raising=False)
+    return tmp_path / "plans"
+
+
+def small_graph(scale=0.5):
+    g = Graph()
+    b = Builder(g)
+    x = leaf(g, "input", "x", (8, 5))
+    w = leaf(g, "param", "w", (5, 3))
+    h = b.tanh(b.mul(b.matmul(x, w), b.const(scale)))
+    g.outputs["h"] = b.add(h, b.const(1.0))
+    return g
+
+
+def numpy_ref(x, w, scale=0.5):
+    return np.tanh(x @ w * scale) + 1.0
+
+
+def passes_must_not_run(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("the optimizing passes ran: the cached plan was not used")
+    monkeypatch.setattr(executable, "optimize", fail)
+
+
+def test_second_compile_loads_the_plan_and_computes_the_same(cache, monkeypatch):
+    x, w = rand((8, 5)), rand((5, 3))
+    first = compile_graph(small_graph(), state={"w": w})
+    assert len(list(cache.glob("*.pkl"))) == 1
+    passes_must_not_run(monkeypatch)
+    second = compile_graph(small_graph(), state={"w": w})
+    np.testing.assert_allclose(second.run({"x": x})["h"], numpy_ref(x, w), rtol=1e-5)
+    assert second.summary() == first.summary()
+
+
+def test_a_changed_graph_or_switch_is_a_miss(cache):
+    base = plan_cache.graph_key(small_graph())
+    assert plan_cache.graph_key(small_graph()) == base        # deterministic
+    assert plan_cache.graph_key(small_graph(scale=0.25)) != base  # a constant's value
+    assert plan_cache.graph_key(small_graph(), disable=("fuse",)) != base
+    g = small_graph()
+    g.node(g.outputs["h"]).attrs["root"] = True
+    assert plan_cache.graph_key(g) != base                    # an attribute
+    x, w = rand((8, 5)), rand((5, 3))
+    exe = compile_graph(small_graph(scale=0.25), state={"w": w})
+    np.testing.assert_allclose(exe.run({"x": x})["h"], numpy_ref(x, w, 0.25), rtol=1e-5)
+
+
+def test_the_compiler_source_is_part_of_the_key(cache, monkeypatch):
+    base = plan_cache.graph_key(small_graph())
+    monkeypatch.setattr(plan_cache, "compiler_fingerprint", lambda: "an edited pass")
+    assert plan_cache.graph_key(small_graph()) != base
+
+
+def test_a_corrupt_entry_is_a_miss_and_is_rewritten(cache):
+    compile_graph(small_graph(), state={"w": rand((5, 3))})
+    (entry,) = cache.glob("*.pkl")
+    entry.write_bytes(b"not a pickle")
+    x, w = rand((8, 5)), rand((5, 3))
+    exe = compile_graph(small_graph(), state={"w": w})
+    np.testing.assert_allclose(exe.run({"x": x})["h"], numpy_ref(x, w), rtol=1e-5)
+    assert plan_cache.load(entry.stem) is not None
+
+
+def test_switched_off_writes_nothing(cache, monkeypatch):
+    monkeypatch.setenv("NNLANG_PLAN_CACHE", "0")
+    compile_graph(small_graph(), state={"w": rand((5, 3))})
+    assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_a_whole_model_trains_the_same_from_the_cached_plan(cache, monkeypatch):
+    """Two fresh Nets of the MLP, the second built from the cached plan: same losses over three
+    Adam steps as the first (which ran the passes)."""
+    rng = np.random.default_rng(1)
+    feeds = {"image": rng.random((16, 784), dtype=np.float32),
+             "label": rng.integers(0, 10, 16).astype(np.int32)}
+    runs = []
+    for _ in range(2):
+        net = nnlang.compile("models/mlp.nn", batch=16, seed=0)
+        runs.append([net.train_step(feeds) for _ in range(3)])
+        passes_must_not_run(monkeypatch)
+    assert runs[0] == runs[1]
+    assert runs[0][2] < runs[0][0]
