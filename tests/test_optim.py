@@ -100,3 +100,38 @@ def test_schedules():
     assert [learning_rate(1.0, step, 0, e, 0) for e in range(5)] == [1, 1, 0.5, 0.5, 0.25]
     exp = Choice("exponential", {"gamma": 0.9, "warmup": 0})
     assert learning_rate(2.0, exp, 0, 3, 0) == pytest.approx(2.0 * 0.9 ** 3)
+
+
+SHAPES = {"a": (300, 300), "b": (7,), "c": (2, 3, 5), "d": (3, 4)}  # a: over PARALLEL_MIN
+MANY = """
+model M {
+  input t: float32[batch, 1]
+%s
+  loss l = (%s) * reduce_sum(t) * 0.5
+}
+train M { optimizer = %s  clip_norm = %s }
+"""
+
+
+@pytest.mark.parametrize("disable", [(), ("multi_tensor",)])
+@pytest.mark.parametrize("clip", [None, 0.5])
+@pytest.mark.parametrize("name,opts", [CASES[1], CASES[4], CASES[7]], ids=["sgd", "adam", "rms"])
+def test_multi_tensor_update_of_many_parameters(name, opts, clip, disable):
+    """Parameters of four shapes, compiled by numba: with the multi-tensor launch (one launch
+    for every update, the big one split over threads mid-tensor) and without, each matches
+    the documented formula applied to all parameters as one vector (the clip norm is global).
+    The loss 0.5 * sum(p^2) * sum(t), fed t = 1, has the gradient p."""
+    params = "\n".join(f"  param {k}: float32[{', '.join(map(str, s))}] = normal(std = 1.0)"
+                       for k, s in SHAPES.items())
+    squares = " + ".join(f"reduce_sum({k} * {k})" for k in SHAPES)
+    net = nnlang.compile(MANY % (params, squares, _opt_text(name, opts), clip or 0),
+                         backend="numba", batch=1, dtype="float64", disable=disable)
+    w0 = np.concatenate([net.state[k].ravel() for k in SHAPES])
+    for _ in range(4):
+        net.train_step({"t": np.ones((1, 1))})
+    expected = _reference(name, opts, w0, np.zeros_like(w0), 4, clip)
+    got = np.concatenate([net.state[k].ravel() for k in SHAPES])
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    exe = net._exe("train", 1)[0]
+    multi = [s for s in exe.steps if s.kind == "multi"]
+    assert [len(s.groups) for s in multi] == ([] if disable else [len(SHAPES)])

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from nnlang.ir.graph import Graph
-from nnlang.passes.rewrite import result_ids
+from nnlang.passes.rewrite import result_ids, updates
 from nnlang.passes.schedule import Step, base_of
 
 ALIGN = 64
@@ -55,7 +55,8 @@ def plan_buffers(lifetimes: list[Lifetime]) -> tuple[dict[int, int], list[int]]:
     return assign, sizes
 
 
-def lifetimes(g: Graph, steps: list[Step], views: dict[int, int]) -> list[Lifetime]:
+def lifetimes(g: Graph, steps: list[Step], views: dict[int, int],
+              skip=()) -> list[Lifetime]:
     start = {nid: -1 for nid in g.inputs.values() if nid in g.nx}
     for k, s in enumerate(steps):
         for out in s.outputs:
@@ -74,16 +75,54 @@ def lifetimes(g: Graph, steps: list[Step], views: dict[int, int]) -> list[Lifeti
             end[b] = len(steps)
     out = []
     for nid, s in start.items():
+        if nid in skip:
+            continue
         n = g.node(nid)
         size = int(np.prod([int(d) for d in n.shape], dtype=np.int64))
         out.append(Lifetime(nid, size * np.dtype(n.dtype).itemsize, s, end[nid]))
     return out
 
 
+def in_place_updates(g: Graph, steps: list[Step], views: dict[int, int]) -> dict[int, str]:
+    """Update values a kernel can write straight into their state array: {value: state name}.
+
+    The optimizer's new weights and slots (and any other state update) would otherwise land
+    in planned buffers and be copied into the state after each step (32 MB a step for the
+    LSTM). Writing in place is right when the value's kernel is elementwise over the state's
+    own shape, reads the state only directly (at the index it writes), and no later step, nor
+    another kernel of the same launch, reads the old value."""
+    owner = {out: k for k, s in enumerate(steps) for out in s.outputs}
+    last_read: dict[int, int] = {}
+    for k, s in enumerate(steps):
+        inside = set(s.nodes)
+        for m in s.nodes:
+            for i in g.node(m).inputs:
+                if i not in inside:
+                    last_read[base_of(views, i)] = k
+    found: dict[int, str] = {}
+    for name, value in updates(g).items():
+        param = g.params.get(name)
+        k = owner.get(value)
+        if param is None or k is None or value in found or value in views or \
+                g.node(value).type != g.node(param).type or last_read.get(param, -1) > k:
+            continue
+        readers = [grp for grp in steps[k].kernel_groups
+                   if any(base_of(views, i) == param for m in grp.members
+                          for i in g.node(m).inputs)]
+        grp = next((grp for grp in steps[k].kernel_groups if value in grp.outputs), None)
+        if grp is None or grp.reduce is not None or any(r is not grp for r in readers) or \
+                any(base_of(views, i) == param and i != param
+                    for m in grp.members for i in g.node(m).inputs):
+            continue
+        found[value] = name
+    return found
+
+
 @dataclass
 class MemoryPlan:
     assign: dict[int, int]   # node id -> buffer index
     sizes: list[int]         # bytes per buffer
+    in_place: dict[int, str] = field(default_factory=dict)  # value -> state it is written to
 
     @property
     def total_bytes(self) -> int:
@@ -91,5 +130,6 @@ class MemoryPlan:
 
 
 def plan_memory(g: Graph, steps: list[Step], views: dict[int, int]) -> MemoryPlan:
-    assign, sizes = plan_buffers(lifetimes(g, steps, views))
-    return MemoryPlan(assign, sizes)
+    in_place = in_place_updates(g, steps, views)
+    assign, sizes = plan_buffers(lifetimes(g, steps, views, skip=in_place))
+    return MemoryPlan(assign, sizes, in_place)

@@ -144,6 +144,8 @@ class Executable:
                 if name not in params:
                     params[name] = self._state_array(shared, name, shape, n.dtype)
                 self.arrays[nid] = params[name]
+            elif nid in memory.in_place:  # its kernel writes the state array itself
+                self.arrays[nid] = params[memory.in_place[nid]]
             elif n.op == "const":
                 self.arrays[nid] = self._const_array(n.attrs["value"], n.dtype)
         for nid in g.topo():  # views need their inputs' arrays, so a second pass in order
@@ -161,7 +163,8 @@ class Executable:
         self._calls = [backend.resolved(c) for c in calls] if together else calls
         named = {**g.outputs, **g.losses, **g.metrics}
         self._results = [(k, self.arrays[v]) for k, v in named.items()]
-        self._updates = [(self.state._arrays[k], self.arrays[v]) for k, v in updates(g).items()]
+        self._updates = [(self.state._arrays[k], self.arrays[v]) for k, v in updates(g).items()
+                         if v not in memory.in_place]
 
     # *** where arrays live: the hooks a device executable overrides ***
     state_class = State

@@ -60,3 +60,52 @@ def test_steady_state_allocates_nothing():
     assert exe.run(feeds)["l"] == first == 8 * 16
     # liveness lets the 12 intermediates share a handful of buffers
     assert exe.summary()["buffers"] <= 4
+
+
+def _state_graph(read_after=False, transposed=False):
+    """w <- 0.5 * w (or 0.5 * w^T); with `read_after`, y = x @ w is built after the update, so
+    its matmul runs after the update kernel and needs the old w."""
+    g = Graph()
+    b = Builder(g)
+    w = g.add_node("param", [], {"name": "w", "dtype": "float32", "shape": [3, 3]},
+                   TensorType((3, 3), "float32"), name="w")
+    g.params["w"] = w
+    x = g.add_node("input", [], {"name": "x", "dtype": "float32", "shape": [2, 3]},
+                   TensorType((2, 3), "float32"), name="x")
+    g.inputs["x"] = x
+    src = b.transpose(w, perm=[1, 0]) if transposed else w
+    g.meta["updates"] = {"w": b.mul(src, b.const(0.5))}
+    if read_after:
+        g.outputs["y"] = b.matmul(x, w)
+    else:
+        g.outputs["s"] = b.reduce_sum(x, axes=None)
+    return g
+
+
+def test_updates_are_written_in_place_when_nothing_reads_the_old_value():
+    import nnlang
+    net = nnlang.compile("models/mlp.nn", batch=8)
+    exe, g = net._exe("train", 8)
+    assert set(exe.memory.in_place) == set(g.meta["updates"].values())
+    assert not exe._updates and not set(exe.memory.in_place) & set(exe.memory.assign)
+    w0 = np.arange(9, dtype=np.float32).reshape(3, 3)
+    state = {"w": w0.copy()}
+    exe = compile_graph(_state_graph(), state=state)
+    assert exe.memory.in_place
+    exe.run({"x": np.ones((2, 3), np.float32)})
+    np.testing.assert_array_equal(state["w"], 0.5 * w0)
+
+
+def test_no_update_in_place_when_the_old_value_is_read_later_or_transposed():
+    w0 = np.arange(9, dtype=np.float32).reshape(3, 3)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    state = {"w": w0.copy()}
+    exe = compile_graph(_state_graph(read_after=True), state=state)
+    assert not exe.memory.in_place
+    np.testing.assert_allclose(exe.run({"x": x})["y"], x @ w0)
+    np.testing.assert_array_equal(state["w"], 0.5 * w0)
+    state = {"w": w0.copy()}
+    exe = compile_graph(_state_graph(transposed=True), state=state)
+    assert not exe.memory.in_place
+    exe.run({"x": x})
+    np.testing.assert_array_equal(state["w"], 0.5 * w0.T)
