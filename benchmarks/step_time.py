@@ -47,14 +47,29 @@ def _to_torch(feeds: dict, feat: str, lab: str):
     return x, torch.as_tensor(feeds[lab])
 
 
+def _timed_block(step, gap: float, block: int) -> float:
+    """After `gap` s of untimed sleep, `block` steps back to back: the one step's time
+    (block 1), or the median of all but the first (which absorbs waking the thread pools)."""
+    time.sleep(gap)
+    times = []
+    for _ in range(block):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:] if block > 1 else times)
+
+
 def time_model(name: str, backend: str, rounds: int, warmup: int, batch: int | None,
-               threads: int, torch_only: bool = False, gap: float = 0.2) -> dict:
+               threads: int, torch_only: bool = False, gap: float = 0.2,
+               block: int = 1) -> dict:
     """Alternating rounds of both frameworks; the torch side alone when nnlang fails to compile
     or run the model (the error is recorded).
 
     NOTE: `gap` seconds of sleep (untimed) before each step let the other runtime's worker
     threads park: OpenBLAS and OpenMP workers spin for a while after a call, and on a 2-core
-    machine a spinning pool of one framework slows the other's next step many times over."""
+    machine a spinning pool of one framework slows the other's next step many times over.
+    With `block` > 1 each framework runs that many steps in a row per round, as in training,
+    and a round's time is the median of all but its first step."""
     import torch
 
     import nnlang
@@ -91,14 +106,8 @@ def time_model(name: str, backend: str, rounds: int, warmup: int, batch: int | N
     t_nn, t_torch = [], []
     for _ in range(rounds):
         if net:
-            time.sleep(gap)
-            t0 = time.perf_counter()
-            net.train_step(feeds)
-            t_nn.append(time.perf_counter() - t0)
-        time.sleep(gap)
-        t0 = time.perf_counter()
-        _torch_step(module, opt, lossf, x, y)
-        t_torch.append(time.perf_counter() - t0)
+            t_nn.append(_timed_block(lambda: net.train_step(feeds), gap, block))
+        t_torch.append(_timed_block(lambda: _torch_step(module, opt, lossf, x, y), gap, block))
     out["torch_ms"] = 1e3 * statistics.median(t_torch)
     out["torch_ms_all"] = [1e3 * t for t in t_torch]
     out["torch_gflops"] = out["gemm_gflop_per_step"] / (out["torch_ms"] / 1e3)
@@ -190,6 +199,9 @@ def main(argv=None) -> int:
                     help="skip the cold/warm compile subprocesses")
     ap.add_argument("--gap", type=float, default=0.2,
                     help="untimed sleep (s) before each step so idle worker threads park")
+    ap.add_argument("--block", type=int, default=1,
+                    help="steps in a row per framework and round (the first untimed), as in "
+                         "training; 1: single steps, each after the gap")
     ap.add_argument("--only", choices=("torch",), default=None,
                     help="time the PyTorch side alone")
     ap.add_argument("--out", help="write the results as JSON here")
@@ -202,7 +214,7 @@ def main(argv=None) -> int:
     results = []
     for name in args.models.split(","):
         r = time_model(name, args.backend, args.rounds, args.warmup, args.batch, args.threads,
-                       args.only == "torch", args.gap)
+                       args.only == "torch", args.gap, args.block)
         if not args.no_compile_times and "nnlang_error" not in r:
             r["compile"] = compile_times(name, args.backend, args.batch)
         results.append(r)
@@ -215,7 +227,10 @@ def main(argv=None) -> int:
               f"(median before/after: {peak_before['median_gflops']:.1f} / "
               f"{peak_after['median_gflops']:.1f}). nnlang backend: {args.backend}; torch "
               f"threads: {args.threads}; {args.rounds} alternating rounds after {args.warmup} "
-              f"warm-up steps, {args.gap} s untimed gap before each step.\n\n"
+              f"warm-up steps, {args.gap} s untimed gap before each "
+              + ("step" if args.block == 1 else
+                 f"block of {args.block} steps (median of the last {args.block - 1})")
+              + ".\n\n"
               + table(results, peak))
     print(report)
     if args.out:

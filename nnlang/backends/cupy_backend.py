@@ -275,6 +275,12 @@ class CupyExecutable(Executable):
     """
 
     state_class = DeviceState
+    # NOTE: the CUDA kernels take loads as const __restrict__ pointers, so an update is stored
+    # into a buffer of its own and copied into the state after the step
+    writes_state_in_place = False
+
+    def _buffer(self, shape, dtype):
+        return self.cp.empty(shape, dtype)
 
     def __init__(self, g, steps, views, memory, backend: CupyBackend, state=None):
         self.cp = backend.cp

@@ -145,7 +145,8 @@ class Executable:
                     params[name] = self._state_array(shared, name, shape, n.dtype)
                 self.arrays[nid] = params[name]
             elif nid in memory.in_place:  # its kernel writes the state array itself
-                self.arrays[nid] = params[memory.in_place[nid]]
+                self.arrays[nid] = params[memory.in_place[nid]] if self.writes_state_in_place \
+                    else self._buffer(shape, n.dtype)
             elif n.op == "const":
                 self.arrays[nid] = self._const_array(n.attrs["value"], n.dtype)
         for nid in g.topo():  # views need their inputs' arrays, so a second pass in order
@@ -164,10 +165,15 @@ class Executable:
         named = {**g.outputs, **g.losses, **g.metrics}
         self._results = [(k, self.arrays[v]) for k, v in named.items()]
         self._updates = [(self.state._arrays[k], self.arrays[v]) for k, v in updates(g).items()
-                         if v not in memory.in_place]
+                         if self.arrays[v] is not self.state._arrays[k]]
 
     # *** where arrays live: the hooks a device executable overrides ***
     state_class = State
+    writes_state_in_place = True  # memory.in_place values: kernels store into the state
+
+    @staticmethod
+    def _buffer(shape, dtype):
+        return np.empty(shape, dtype)
 
     @staticmethod
     def _state_array(shared: dict, name: str, shape, dtype):
@@ -188,9 +194,18 @@ class Executable:
             return self._kernel_call(step.group)
         return self._library_step(step, np)
 
+    def _in_place(self, grp) -> dict[int, int]:
+        """The group's outputs that overwrite the state they load: {output: param node}."""
+        params = self.graph.params
+        return {v: params[self.memory.in_place[v]] for v in grp.outputs
+                if v in self.memory.in_place} if self.writes_state_in_place else {}
+
+    def _kernel(self, grp):
+        return build_kernel(self.graph, grp.members, grp.outputs, grp.reduce, grp.loop_shape,
+                            self._in_place(grp))
+
     def _kernel_call(self, grp):
-        kernel, bind = build_kernel(self.graph, grp.members, grp.outputs, grp.reduce,
-                                    grp.loop_shape)
+        kernel, bind = self._kernel(grp)
         arrays = self._kernel_arrays(kernel, bind)
         names = kernel.args[len(bind.loop_shape):]
         red = kernel.reduce.arg if kernel.reduce else None
@@ -219,14 +234,15 @@ class Executable:
         """One launch of a 1-d kernel over every member group (`passes/multi_tensor.py`); its
         combined element range split over threads when large. Members whose arrays are not
         plain contiguous vectors (a strided view) run one by one instead."""
-        members = []
+        members, bodies = [], set()
         for grp in step.groups:
-            kernel, bind = build_kernel(self.graph, grp.members, grp.outputs, grp.reduce,
-                                        grp.loop_shape)
+            kernel, bind = self._kernel(grp)
             members.append((bind.loop_shape[0], self._kernel_arrays(kernel, bind)))
-        if any(x.ndim != 1 or not x.flags.c_contiguous for _, xs in members for x in xs):
+            bodies.add(render(kernel, (1,))[1])
+        if len(bodies) > 1 or \
+                any(x.ndim != 1 or not x.flags.c_contiguous for _, xs in members for x in xs):
             return run_in_order, ([self._kernel_call(grp) for grp in step.groups],)
-        header, source = render_multi(kernel, render(kernel, (1,))[1], len(members))
+        header, source = render_multi(kernel, bodies.pop(), len(members))
         self._sources.append((header, source))
         fn = self.backend.compile(source, f"{kernel.name}_multi")
         total = sum(n for n, _ in members)
