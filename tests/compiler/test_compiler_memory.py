@@ -95,7 +95,7 @@ def test_updates_are_written_in_place_when_nothing_reads_the_old_value():
     # NOTE: stored through the load's own argument: a second pointer to the same array would
     # make LLVM's overlap check fail and run the loop unvectorized
     (update,) = [k for k in exe.kernel_sources() if "mul" in k.split("import")[0]]
-    assert "in0[i0] = " in update and "out0" not in update
+    assert "in0[i0, i1] = " in update and "out0" not in update
     exe.run({"x": np.ones((2, 3), np.float32)})
     np.testing.assert_array_equal(state["w"], 0.5 * w0)
 
