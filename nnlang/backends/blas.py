@@ -74,11 +74,17 @@ def _bounds(n: int, parts: int):
 
 def matmul_call(a: np.ndarray, b: np.ndarray, out: np.ndarray):
     """A (function, args) pair computing out = a @ b, split over threads when it pays: a 2-D
-    product by rows of `a`, a batched one (attention) by its leading batch axis."""
+    product along its longer output axis, a batched one (attention) by its leading batch
+    axis."""
     flops = 2 * out.size * a.shape[-1]
     if _WORKERS < 2 or flops < _SPLIT_FLOPS:
         return np.matmul, (a, b, out)
-    if a.ndim == 2 and b.ndim == 2:
+    if a.ndim == 2 and b.ndim == 2 and out.shape[1] > out.shape[0]:
+        # NOTE: a wide product splits by columns: the LSTM's [128, 12800] @ [12800, 512]
+        # weight gradient took 5.7 ms by rows, 5.1 by columns (the MLP's 0.34 / 0.31)
+        parts = _bounds(out.shape[1], min(_WORKERS, out.shape[1]))
+        calls = [(np.matmul, (a, b[:, lo:hi], out[:, lo:hi])) for lo, hi in parts]
+    elif a.ndim == 2 and b.ndim == 2:
         parts = _bounds(out.shape[0], min(_WORKERS, out.shape[0]))
         calls = [(np.matmul, (a[lo:hi], b, out[lo:hi])) for lo, hi in parts]
     elif a.ndim >= 3 and a.shape[:-2] == b.shape[:-2] == out.shape[:-2]:

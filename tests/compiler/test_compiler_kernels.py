@@ -122,13 +122,15 @@ def test_float32_exp_is_within_one_ulp():
     assert np.isnan(exp(np.float32(np.nan)))
 
 
-@pytest.mark.parametrize("sa,sb", [((600, 300), (300, 500)), ((8, 4, 128, 64), (8, 4, 64, 128)),
-                                   ((3, 64, 32), (32, 16))])
+@pytest.mark.parametrize("sa,sb", [((600, 300), (300, 500)), ((128, 3000), (3000, 700)),
+                                   ((8, 4, 128, 160), (8, 4, 160, 128)), ((3, 64, 32), (32, 16))])
 def test_matmul_calls_split_over_threads_match_numpy(sa, sb):
-    from nnlang.backends.blas import matmul_call
+    """By rows, by columns (a wide product), by batch, and a small one left whole."""
+    from nnlang.backends.blas import matmul_call, run_parts, workers
     a, b = rand(sa), rand(sb)
     out = np.empty(np.broadcast_shapes(sa[:-2], sb[:-2]) + (sa[-2], sb[-1]), np.float32)
     fn, args = matmul_call(a, b, out)
+    assert (fn is run_parts) == (workers() > 1 and sa[0] != 3)
     fn(*args)
     np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-4)
 
