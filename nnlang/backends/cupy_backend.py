@@ -26,7 +26,8 @@ from nnlang.codegen.render_cuda import LaunchInfo, launch_config, render
 from nnlang.errors import NNError
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops.random import MASK64
-from nnlang.runtime.executable import Executable, State, plan
+from nnlang.passes.plan import plan
+from nnlang.runtime.executable import Executable, State
 
 VERSION = "nnlang-cuda-0.1"
 OPTIONS = ("-std=c++17",)

@@ -283,20 +283,13 @@ class CudaSource:
 
 
 def cuda_sources(g, disable=()) -> list[CudaSource]:
-    """Every fused kernel of a primitive graph, in schedule order, rendered as CUDA: the same
-    optimize -> schedule -> build_kernel pipeline `compile_graph` runs."""
-    from nnlang.passes.fuse import plan_groups
-    from nnlang.passes.optimize import optimize
-    from nnlang.passes.schedule import schedule
-    g = optimize(g, disable)
-    groups = g.meta.get("groups") if "fuse" not in disable else None
-    if groups is None:
-        groups = plan_groups(g, fuse=False)
-    steps, _ = schedule(g, groups)
+    """Every fused kernel of a primitive graph, in schedule order, rendered as CUDA: the plan
+    the CuPy executable runs (a multi-tensor step's groups one by one)."""
+    from nnlang.passes.plan import plan
+    g, steps, _, _ = plan(g, disable)
     out = []
     for s in steps:
-        if s.kind == "kernel":
-            grp = s.group
+        for grp in s.kernel_groups:
             k, bind = build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
             out.append(CudaSource(k, bind.loop_shape, render_header(k), render_body(k)))
     return out

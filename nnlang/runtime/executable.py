@@ -17,13 +17,11 @@ from nnlang.codegen.kernel import build_kernel
 from nnlang.codegen.render_numba import PARALLEL_MIN, render, render_multi, split_rows
 from nnlang.errors import NNError
 from nnlang.ir.graph import Graph
-from nnlang.passes import plan_cache
-from nnlang.passes.fuse import format_groups, plan_groups
-from nnlang.passes.memory import MemoryPlan, plan_memory
-from nnlang.passes.multi_tensor import merge_multi_tensor
-from nnlang.passes.optimize import optimize
+from nnlang.passes.fuse import format_groups
+from nnlang.passes.memory import MemoryPlan
+from nnlang.passes.plan import plan
 from nnlang.passes.rewrite import updates
-from nnlang.passes.schedule import Step, apply_view, copy_call, schedule
+from nnlang.passes.schedule import Step, apply_view, copy_call
 
 
 class State(MutableMapping):
@@ -311,25 +309,6 @@ class Executable:
                                                                         self._sources}),
                 "buffers": len(self.memory.sizes), "buffer_bytes": self.memory.total_bytes,
                 "nodes": len(self.graph)}
-
-
-def plan(g: Graph, disable=()):
-    """optimize -> schedule -> multi-tensor launches -> memory plan, or the same plan from the
-    on-disk cache: (optimized graph, steps, views, memory plan)."""
-    key = plan_cache.graph_key(g, disable) if plan_cache.enabled() else None
-    cached = plan_cache.load(key) if key else None
-    if cached is None:
-        g = optimize(g, disable)
-        groups = g.meta.get("groups") if "fuse" not in disable else None
-        if groups is None:
-            groups = plan_groups(g, fuse=False)
-        steps, views = schedule(g, groups)
-        if "multi_tensor" not in disable:
-            steps = merge_multi_tensor(g, steps, views)
-        cached = (g, steps, views, plan_memory(g, steps, views))
-        if key:
-            plan_cache.store(key, cached)
-    return cached
 
 
 def compile_graph(g: Graph, backend: str = "numba", disable=(), state=None) -> Executable:

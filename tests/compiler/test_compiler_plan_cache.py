@@ -6,8 +6,7 @@ import pytest
 
 import nnlang
 from nnlang.ir.graph import Builder, Graph
-from nnlang.passes import plan_cache
-from nnlang.runtime import executable
+from nnlang.passes import plan, plan_cache
 from nnlang.runtime.executable import compile_graph
 from tests.compiler.test_compiler_exec import leaf, rand
 
@@ -36,7 +35,7 @@ def numpy_ref(x, w, scale=0.5):
 def passes_must_not_run(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("the optimizing passes ran: the cached plan was not used")
-    monkeypatch.setattr(executable, "optimize", fail)
+    monkeypatch.setattr(plan, "optimize", fail)
 
 
 def test_second_compile_loads_the_plan_and_computes_the_same(cache, monkeypatch):
