@@ -15,6 +15,8 @@ import numpy as np
 
 _WORKERS = max(1, min(os.cpu_count() or 1, 8))
 _SPLIT_FLOPS = 1 << 27   # below this one thread is faster than handing work to a pool
+SMALL_GEMM_FLOPS = 1 << 20
+CHAIN_GEMMS = 64         # small products in a step that make threaded BLAS pay
 _pool: ThreadPoolExecutor | None = None
 _controller = None
 
@@ -31,13 +33,31 @@ def _blas_controllers():
 
 
 @contextmanager
-def single_threaded_blas():
+def blas_threads(n: int = 1):
     ctl = _blas_controllers()
     if not ctl:
         yield
         return
-    with ctl.limit(limits=1):
+    if n > 1:
+        # NOTE: down to one thread and back before each threaded step: without it the LSTM's
+        # steps drifted from 46 to 60 ms over 25 steps; with it they stay at 45-47 (measured,
+        # OpenBLAS 0.3.31; why its workers slow down otherwise is not known)
+        with ctl.limit(limits=1):
+            pass
+    with ctl.limit(limits=n):
         yield
+
+
+def threaded_blas_pays(gemms) -> bool:
+    """Should BLAS run on its own threads for a whole step, with no product split by nnlang?
+    `gemms`: (rows, inner, cols) of every 2-D product of the step.
+
+    NOTE: yes for a long chain of small dependent products, an RNN's ~400 [64, 128] x
+    [128, 512] per step: OpenBLAS runs one on 2 threads in 26 us (40 on one), which nnlang's
+    split cannot (177 us); the LSTM step went 54.8 -> 47.4 ms, the GRU's 56.3 -> 51.8 (same
+    process, alternating). No elsewhere: the transformer ran 1.23x slower, the text CNN 1.03x."""
+    small = sum(SMALL_GEMM_FLOPS <= 2 * m * k * n < _SPLIT_FLOPS for m, k, n in gemms)
+    return _WORKERS >= 2 and small >= CHAIN_GEMMS
 
 
 def workers() -> int:

@@ -24,7 +24,7 @@ import numpy as np
 
 from nnlang.backends import numba_kernels as nk
 from nnlang.backends.base import Call
-from nnlang.backends.blas import (matmul_call, run_in_order, run_parts, single_threaded_blas,
+from nnlang.backends.blas import (blas_threads, matmul_call, run_in_order, run_parts,
                                   workers)
 from nnlang.backends.windows import (fold_call, unfold_call, window_max_call,
                                      window_max_grad_call)
@@ -223,9 +223,10 @@ class NumbaBackend:
     def _matmul(self, a, xs, out):
         return matmul_call(xs[0], xs[1], out)
 
-    def session(self):
-        """Context for running one step: BLAS single-threaded (see backends/blas.py)."""
-        return single_threaded_blas()
+    def session(self, threads: int = 1):
+        """Context for running one step: BLAS on `threads` threads, single-threaded unless the
+        step's products are a chain BLAS threads better (see backends/blas.py)."""
+        return blas_threads(threads)
 
     def _gather(self, a, xs, out):
         # NOTE: mode="wrap" maps -1 to the last row like numpy indexing and, unlike "raise",

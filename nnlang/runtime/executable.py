@@ -12,7 +12,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from nnlang.backends.base import Backend, get_backend
-from nnlang.backends.blas import run_in_order, run_parts, workers
+from nnlang.backends.blas import run_in_order, run_parts, threaded_blas_pays, workers
 from nnlang.codegen.kernel import build_kernel
 from nnlang.codegen.render_numba import PARALLEL_MIN, render, render_multi, split_rows
 from nnlang.errors import NNError
@@ -69,6 +69,17 @@ def library_call(xp, backend, node, inputs: list, out):
             xp.copyto(dst, src)
         fn(*a)
     return run, args
+
+
+def _gemms(g: Graph, steps: list[Step]) -> list[tuple[int, int, int]]:
+    """(rows, inner, cols) of every 2-D matmul step."""
+    out = []
+    for s in steps:
+        n = g.node(s.nodes[0])
+        if s.kind == "call" and n.op == "matmul" and len(n.shape) == 2:
+            inner = int(g.node(n.inputs[0]).shape[-1])
+            out.append((int(n.shape[0]), inner, int(n.shape[1])))
+    return out
 
 
 def _element_ranges(members, parts: int) -> list[list]:
@@ -155,6 +166,7 @@ class Executable:
                        if n.op == "input" and n.id in self.arrays]
         self._rng_key = 0
         self._sources: list[tuple[str, str]] = []   # (header, body) per kernel step
+        self.threaded_blas = self.picks_blas_threads and threaded_blas_pays(_gemms(g, steps))
         # NOTE: a backend may compile the kernels together, in parallel (see NumbaBackend)
         together = getattr(backend, "together", None)
         with together() if together else nullcontext():
@@ -168,6 +180,7 @@ class Executable:
     # *** where arrays live: the hooks a device executable overrides ***
     state_class = State
     writes_state_in_place = True  # memory.in_place values: kernels store into the state
+    picks_blas_threads = True     # may hand a step's products to BLAS's own threads
 
     @staticmethod
     def _buffer(shape, dtype):
@@ -271,6 +284,8 @@ class Executable:
         inputs = [self.arrays[i] for i in n.inputs]
         if step.kind == "copy":
             return copy_call(xp, n, inputs[0], self.arrays[nid])
+        if n.op == "matmul" and self.threaded_blas:  # NOTE: BLAS splits it over its threads
+            return xp.matmul, (inputs[0], inputs[1], self.arrays[nid])
         return library_call(xp, self.backend, n, inputs, self.arrays[nid])
 
     @staticmethod
@@ -287,7 +302,7 @@ class Executable:
                 self._rng_key += 1
             else:
                 raise NNError(f"no value fed for input '{name}'")
-        with self.backend.session():
+        with self.backend.session(workers() if self.threaded_blas else 1):
             for fn, args in self._calls:
                 fn(*args)
         for dst, src in self._updates:
@@ -303,7 +318,7 @@ class Executable:
 
     def summary(self) -> dict:
         kinds = [s.kind for s in self.steps]
-        return {"kernels": sum(len(s.kernel_groups) for s in self.steps),
+        return {"threaded_blas": self.threaded_blas,"kernels": sum(len(s.kernel_groups) for s in self.steps),
                 "multi_tensor_launches": kinds.count("multi"), "calls": kinds.count("call"),
                 "copies": kinds.count("copy"), "distinct_kernels": len({b for _, b in
                                                                         self._sources}),

@@ -185,3 +185,13 @@ def test_stacked_gradients_and_weight_gradient_share_one_concat():
     G = np.concatenate([feeds[f"g{t}"] for t in range(5)]).astype(np.float64)
     np.testing.assert_array_equal(out["stack"], np.stack([feeds[f"g{t}"] for t in range(5)]))
     np.testing.assert_allclose(out["w"], H.T @ G, rtol=1e-5, atol=1e-5)
+
+
+def test_blas_threads_a_chain_of_small_products_only():
+    """An RNN's ~400 small recurrent products per step run on BLAS's own threads; a few
+    small ones, or big ones nnlang splits itself, do not."""
+    from nnlang.backends.blas import threaded_blas_pays, workers
+    rnn = [(64, 128, 512)] * 200 + [(64, 512, 128)] * 199 + [(128, 12800, 512)] * 2
+    assert threaded_blas_pays(rnn) == (workers() > 1)
+    assert not threaded_blas_pays([(128, 784, 512)] * 5 + [(640, 12544, 128)] * 3)
+    assert not threaded_blas_pays([(4096, 128, 128)] * 48 + [(2, 3, 4)] * 100)
