@@ -22,6 +22,7 @@ import nnlang
 from nnlang.ir.graph import Graph
 
 _FORMAT = 1  # bump when what is pickled changes shape
+KEEP = 64    # entries kept; older ones are removed when a new one is written
 
 
 def enabled() -> bool:
@@ -100,6 +101,15 @@ def store(key: str, plan) -> None:
         with os.fdopen(fd, "wb") as f:
             pickle.dump((_FORMAT, plan), f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, folder / f"{key}.pkl")
+        _prune(folder)
     except (OSError, pickle.PicklingError, TypeError, AttributeError):
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _prune(folder: Path) -> None:
+    """Keeps the KEEP newest entries: every model, batch size and edit of the compiler adds
+    one (1.3 MB for the unrolled LSTM)."""
+    entries = sorted(folder.glob("*.pkl"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[KEEP:]:
+        old.unlink(missing_ok=True)

@@ -6,7 +6,7 @@ from nnlang.ir.graph import Builder, Graph, TensorType
 from nnlang.passes.cse import eliminate_common
 from nnlang.passes.dce import eliminate_dead
 from nnlang.passes.fold import fold_constants
-from nnlang.passes.optimize import PASSES, optimize
+from nnlang.passes.optimize import PASSES, SWITCHES, optimize
 from nnlang.runtime.executable import compile_graph
 from nnlang.runtime.interpret import interpret
 
@@ -71,7 +71,7 @@ def test_dce_keeps_results_updates_and_params():
     assert upd in out.nx and p in out.nx
 
 
-@pytest.mark.parametrize("name", [name for name, _ in PASSES])
+@pytest.mark.parametrize("name", SWITCHES)
 def test_pass_on_and_off_same_result(name):
     g, feeds = sample_graph()
     ref = interpret(g, feeds, want=g.outputs)["z"]
@@ -127,3 +127,46 @@ def test_elementwise_between_inverse_transposes_runs_untransposed():
     want = np.where(feeds["x"] > 0, feeds["gy"], 0) * 2
     np.testing.assert_allclose(interpret(out, feeds, want=out.outputs)["z"], want, rtol=1e-6)
     np.testing.assert_allclose(compile_graph(g).run(feeds)["z"], want, rtol=1e-6)
+
+
+def test_multi_tensor_merges_independent_runs_of_one_kernel():
+    """x*2+1 and y*2+1 (other shapes, independent) become one launch; u*3+1 is another kernel
+    and stays apart; with the pass off, three kernels."""
+    g = Graph()
+    b = Builder(g)
+    feeds = {}
+    for name, shape in (("x", (8,)), ("y", (3, 4)), ("u", (5,))):
+        g.inputs[name] = g.add_node("input", [], {"name": name, "dtype": "float32",
+                                                  "shape": list(shape)},
+                                    TensorType(shape, "float32"), name=name)
+        feeds[name] = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    for k, scale in (("x", 2.0), ("y", 2.0), ("u", 3.0)):
+        g.outputs[k + "2"] = b.add(b.mul(g.inputs[k], b.const(scale)), b.const(1.0))
+    exe = compile_graph(g)
+    assert [(s.kind, len(s.kernel_groups)) for s in exe.steps] == [("multi", 2), ("kernel", 1)]
+    assert [s.kind for s in compile_graph(g, disable=("multi_tensor",)).steps] == ["kernel"] * 3
+    out = exe.run(feeds)
+    for k, scale in (("x", 2.0), ("y", 2.0), ("u", 3.0)):
+        np.testing.assert_allclose(out[k + "2"], feeds[k] * scale + 1, rtol=1e-6)
+
+
+def test_multi_tensor_keeps_a_kernel_that_reads_another_apart():
+    """Unfused, x*2 then (x*2)*2 are the same kernel twice, but the second reads the first:
+    they are never one launch; y*2 may join either."""
+    g = Graph()
+    b = Builder(g)
+    for name in ("x", "y"):
+        g.inputs[name] = g.add_node("input", [], {"name": name, "dtype": "float32",
+                                                  "shape": [8]},
+                                    TensorType((8,), "float32"), name=name)
+    first = b.mul(g.inputs["x"], b.const(2.0))
+    g.outputs["x4"] = b.mul(first, b.const(2.0))
+    g.outputs["y2"] = b.mul(g.inputs["y"], b.const(2.0))
+    exe = compile_graph(g, disable=("fuse",))
+    for s in exe.steps:
+        assert not (first in s.nodes and g.outputs["x4"] in s.nodes)
+    assert any(s.kind == "multi" for s in exe.steps)
+    x, y = np.arange(8, dtype=np.float32), np.ones(8, np.float32)
+    out = exe.run({"x": x, "y": y})
+    np.testing.assert_array_equal(out["x4"], x * 4)
+    np.testing.assert_array_equal(out["y2"], y * 2)

@@ -96,3 +96,11 @@ def test_a_whole_model_trains_the_same_from_the_cached_plan(cache, monkeypatch):
         passes_must_not_run(monkeypatch)
     assert runs[0] == runs[1]
     assert runs[0][2] < runs[0][0]
+
+
+def test_old_entries_are_pruned(cache, monkeypatch):
+    monkeypatch.setattr(plan_cache, "KEEP", 2)
+    for scale in (0.1, 0.2, 0.3):
+        compile_graph(small_graph(scale), state={"w": rand((5, 3))})
+    assert len(list(cache.glob("*.pkl"))) == 2
+    assert plan_cache.load(plan_cache.graph_key(small_graph(0.3))) is not None
