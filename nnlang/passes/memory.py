@@ -100,11 +100,13 @@ def in_place_updates(g: Graph, steps: list[Step], views: dict[int, int]) -> dict
                 if i not in inside:
                     last_read[base_of(views, i)] = k
     found: dict[int, str] = {}
+    returned = {base_of(views, r) for r in g.roots()}  # NOTE: results are read after the step
     for name, value in updates(g).items():
         param = g.params.get(name)
         k = owner.get(value)
         if param is None or k is None or value in found or value in views or \
-                g.node(value).type != g.node(param).type or last_read.get(param, -1) > k:
+                param in returned or g.node(value).type != g.node(param).type or \
+                last_read.get(param, -1) > k:
             continue
         readers = [grp for grp in steps[k].kernel_groups
                    if any(base_of(views, i) == param for m in grp.members

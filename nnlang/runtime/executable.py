@@ -242,16 +242,16 @@ class Executable:
         return run_parts, (calls,)
 
     def _multi_call(self, step: Step):
-        """One launch of a 1-d kernel over every member group (`passes/multi_tensor.py`); its
-        combined element range split over threads when large. Members whose arrays are not
-        plain contiguous vectors (a strided view) run one by one instead."""
+        """One launch of a 1-d kernel over every member group (`passes/multi_tensor.py`; its
+        arrays are contiguous vectors), the combined element range split over threads when
+        large. Members that became different kernels (some updates in place, some not) run one
+        by one instead."""
         members, bodies = [], set()
         for grp in step.groups:
             kernel, bind = self._kernel(grp)
             members.append((bind.loop_shape[0], self._kernel_arrays(kernel, bind)))
             bodies.add(render(kernel, (1,))[1])
-        if len(bodies) > 1 or \
-                any(x.ndim != 1 or not x.flags.c_contiguous for _, xs in members for x in xs):
+        if len(bodies) > 1:
             return run_in_order, ([self._kernel_call(grp) for grp in step.groups],)
         header, source = render_multi(kernel, bodies.pop(), len(members))
         self._sources.append((header, source))
@@ -318,7 +318,8 @@ class Executable:
 
     def summary(self) -> dict:
         kinds = [s.kind for s in self.steps]
-        return {"threaded_blas": self.threaded_blas,"kernels": sum(len(s.kernel_groups) for s in self.steps),
+        return {"threaded_blas": self.threaded_blas,
+                "kernels": sum(len(s.kernel_groups) for s in self.steps),
                 "multi_tensor_launches": kinds.count("multi"), "calls": kinds.count("call"),
                 "copies": kinds.count("copy"), "distinct_kernels": len({b for _, b in
                                                                         self._sources}),

@@ -113,3 +113,29 @@ def test_no_update_in_place_when_the_old_value_is_read_later_or_transposed():
     assert not exe.memory.in_place
     exe.run({"x": x})
     np.testing.assert_array_equal(state["w"], 0.5 * w0.T)
+
+
+def test_one_launch_whose_updates_are_partly_in_place_runs_each_kernel():
+    """w1 <- w1/2 and w2 <- w2/2 are one multi-tensor step; a matmul after it reads the old w2,
+    so only w1 is written in place, the two kernels differ, and each runs on its own."""
+    g = Graph()
+    b = Builder(g)
+    ws = []
+    for name in ("w1", "w2"):
+        ws.append(g.add_node("param", [], {"name": name, "dtype": "float32", "shape": [3, 3]},
+                             TensorType((3, 3), "float32"), name=name))
+        g.params[name] = ws[-1]
+    g.meta["updates"] = {name: b.mul(w, b.const(0.5)) for name, w in zip(("w1", "w2"), ws)}
+    x = g.add_node("input", [], {"name": "x", "dtype": "float32", "shape": [2, 3]},
+                   TensorType((2, 3), "float32"), name="x")
+    g.inputs["x"] = x
+    g.outputs["y"] = b.matmul(x, ws[1])
+    w0 = np.arange(9, dtype=np.float32).reshape(3, 3)
+    state = {"w1": w0.copy(), "w2": w0.copy() + 1}
+    exe = compile_graph(g, state=state)
+    assert [s.kind for s in exe.steps].count("multi") == 1
+    assert list(exe.memory.in_place.values()) == ["w1"]
+    xv = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(exe.run({"x": xv})["y"], xv @ (w0 + 1))
+    np.testing.assert_array_equal(state["w1"], 0.5 * w0)
+    np.testing.assert_array_equal(state["w2"], 0.5 * (w0 + 1))
