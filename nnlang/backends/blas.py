@@ -15,8 +15,7 @@ import numpy as np
 
 _WORKERS = max(1, min(os.cpu_count() or 1, 8))
 _SPLIT_FLOPS = 1 << 27   # below this one thread is faster than handing work to a pool
-SMALL_GEMM_FLOPS = 1 << 20
-CHAIN_GEMMS = 64         # small products in a step that make threaded BLAS pay
+_MID_FLOPS = 1 << 20     # products from here to _SPLIT_FLOPS make threaded BLAS pay
 _pool: ThreadPoolExecutor | None = None
 _controller = None
 
@@ -48,16 +47,31 @@ def blas_threads(n: int = 1):
         yield
 
 
-def threaded_blas_pays(gemms) -> bool:
+def threaded_blas_pays(products) -> bool:
     """Should BLAS run on its own threads for a whole step, with no product split by nnlang?
-    `gemms`: (rows, inner, cols) of every 2-D product of the step.
+    `products`: (a shape, b shape) of every matmul of the step. Yes when some 2-d product is
+    too small for nnlang's split (it would run on one core) but not tiny, and no batched
+    product is big enough to split by its batch axis.
 
-    NOTE: yes for a long chain of small dependent products, an RNN's ~400 [64, 128] x
-    [128, 512] per step: OpenBLAS runs one on 2 threads in 26 us (40 on one), which nnlang's
-    split cannot (177 us); the LSTM step went 54.8 -> 47.4 ms, the GRU's 56.3 -> 51.8 (same
-    process, alternating). No elsewhere: the transformer ran 1.23x slower, the text CNN 1.03x."""
-    small = sum(SMALL_GEMM_FLOPS <= 2 * m * k * n < _SPLIT_FLOPS for m, k, n in gemms)
-    return _WORKERS >= 2 and small >= CHAIN_GEMMS
+    NOTE: measured on 2 cores, in one process, alternating the two settings step by step:
+    - threaded was faster for the LSTM (54.7 -> 49.3 ms), the GRU (52.7 -> 50.6), the MLP
+      (1.8 -> 1.5) and the LeNet CNN (16.9 -> 13.8), whose products are small or mid-size
+      (an RNN's 400 recurrent [64, 128] x [128, 512]: 26 us on 2 OpenBLAS threads, 40 on one);
+    - split was faster for the text CNN (22.1 vs 23.1), all of whose products are big: with
+      OpenBLAS's workers spinning after each product, its parallel window kernels ran 1.5-3x
+      slower (unfold 0.98 -> 2.85 ms);
+    - split was faster for the transformer (52.5 vs 68.5): numpy hands BLAS a batched
+      product as one small matrix after another, nnlang splits it by batch."""
+    if _WORKERS < 2:
+        return False
+    mid = False
+    for a, b in products:
+        batch = max(int(np.prod(a[:-2], dtype=np.int64)), int(np.prod(b[:-2], dtype=np.int64)))
+        flops = 2 * batch * a[-2] * a[-1] * b[-1]
+        if batch > 1 and flops >= _SPLIT_FLOPS:
+            return False
+        mid = mid or (batch == 1 and _MID_FLOPS <= flops < _SPLIT_FLOPS)
+    return mid
 
 
 def workers() -> int:

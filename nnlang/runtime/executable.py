@@ -71,15 +71,10 @@ def library_call(xp, backend, node, inputs: list, out):
     return run, args
 
 
-def _gemms(g: Graph, steps: list[Step]) -> list[tuple[int, int, int]]:
-    """(rows, inner, cols) of every 2-D matmul step."""
-    out = []
-    for s in steps:
-        n = g.node(s.nodes[0])
-        if s.kind == "call" and n.op == "matmul" and len(n.shape) == 2:
-            inner = int(g.node(n.inputs[0]).shape[-1])
-            out.append((int(n.shape[0]), inner, int(n.shape[1])))
-    return out
+def _products(g: Graph, steps: list[Step]) -> list[tuple[tuple, tuple]]:
+    """(a shape, b shape) of every matmul step."""
+    return [tuple(tuple(int(d) for d in g.node(i).shape) for i in g.node(s.nodes[0]).inputs)
+            for s in steps if s.kind == "call" and g.node(s.nodes[0]).op == "matmul"]
 
 
 def _element_ranges(members, parts: int) -> list[list]:
@@ -166,7 +161,7 @@ class Executable:
                        if n.op == "input" and n.id in self.arrays]
         self._rng_key = 0
         self._sources: list[tuple[str, str]] = []   # (header, body) per kernel step
-        self.threaded_blas = self.picks_blas_threads and threaded_blas_pays(_gemms(g, steps))
+        self.threaded_blas = self.picks_blas_threads and threaded_blas_pays(_products(g, steps))
         # NOTE: a backend may compile the kernels together, in parallel (see NumbaBackend)
         together = getattr(backend, "together", None)
         with together() if together else nullcontext():

@@ -187,11 +187,15 @@ def test_stacked_gradients_and_weight_gradient_share_one_concat():
     np.testing.assert_allclose(out["w"], H.T @ G, rtol=1e-5, atol=1e-5)
 
 
-def test_blas_threads_a_chain_of_small_products_only():
-    """An RNN's ~400 small recurrent products per step run on BLAS's own threads; a few
-    small ones, or big ones nnlang splits itself, do not."""
+def test_blas_threads_steps_with_mid_size_products_and_no_big_batched_one():
+    """BLAS's own threads for the RNNs' small recurrent products and the MLP's mid-size ones;
+    nnlang's split when every product is big (the text CNN) or a batched one is (attention)."""
     from nnlang.backends.blas import threaded_blas_pays, workers
-    rnn = [(64, 128, 512)] * 200 + [(64, 512, 128)] * 199 + [(128, 12800, 512)] * 2
-    assert threaded_blas_pays(rnn) == (workers() > 1)
-    assert not threaded_blas_pays([(128, 784, 512)] * 5 + [(640, 12544, 128)] * 3)
-    assert not threaded_blas_pays([(4096, 128, 128)] * 48 + [(2, 3, 4)] * 100)
+    two = workers() > 1
+    rnn = [((64, 128), (128, 512))] * 200 + [((128, 12800), (12800, 512))] * 2
+    assert threaded_blas_pays(rnn) == two
+    assert threaded_blas_pays([((128, 784), (784, 512)), ((128, 256), (256, 10))]) == two
+    assert not threaded_blas_pays([((12544, 640), (640, 128)), ((640, 12544), (12544, 128)),
+                                   ((64, 128), (128, 1))])
+    assert not threaded_blas_pays([((32, 4, 128, 32), (32, 4, 32, 128)),
+                                   ((4096, 128), (128, 64))])
