@@ -96,7 +96,7 @@ class CupyBackend:
     def sync(self) -> None:
         self.cp.cuda.get_current_stream().synchronize()
 
-    def session(self):
+    def session(self, threads: int = 1):
         from contextlib import nullcontext
         return nullcontext()
 

@@ -104,3 +104,22 @@ def test_old_entries_are_pruned(cache, monkeypatch):
         compile_graph(small_graph(scale), state={"w": rand((5, 3))})
     assert len(list(cache.glob("*.pkl"))) == 2
     assert plan_cache.load(plan_cache.graph_key(small_graph(0.3))) is not None
+
+
+def test_the_collector_is_paused_while_compiling_and_restored_after(cache, monkeypatch):
+    """The build runs with gc off (nnlang/gc_pause.py) and leaves it as it found it, after an
+    error too."""
+    import gc
+
+    from nnlang.gc_pause import paused_gc
+    seen = []
+    real = plan.optimize
+    monkeypatch.setattr(plan, "optimize", lambda *a, **k: seen.append(gc.isenabled()) or
+                        real(*a, **k))
+    assert gc.isenabled()
+    nnlang.compile("models/mlp.nn", batch=4).train_step(
+        {"image": np.zeros((4, 784), np.float32), "label": np.zeros(4, np.int32)})
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(RuntimeError), paused_gc():
+        raise RuntimeError("a failed build")
+    assert gc.isenabled()
