@@ -2,10 +2,12 @@
 against PyTorch eager on the CPU (fused Adam, the same batch and the same initial weights).
 
     python benchmarks/step_time.py [--models mlp,cnn,...] [--rounds 20] [--backend numba]
-                                   [--threads 2] [--out results.json]
+                                   [--threads 2] [--block 1] [--out results.json]
 
 The two frameworks alternate (nnlang step, torch step, ...) for `--rounds` rounds after warm-up,
 so slow drift of a shared machine hits both; each model reports the median of the paired ratios.
+With `--block N` each framework runs N steps in a row per round (timing all but the first), as
+in training; by default each round is one step of each, after an idle pause.
 GFLOP/s counts only the GEMM/conv work (forward FLOPs x 3 for forward + backward), against
 numpy's measured SGEMM peak. Compile times are measured in fresh subprocesses: cold (empty
 NNLANG_CACHE_DIR) and warm (a second process with the same cache dir).
