@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnlang.errors import NNError
+from nnlang.user_cache import user_cache_dir
 
 # Debian's dataset-* packages (e.g. dataset-fashion-mnist) install here. A list so tests can
 # empty it and not depend on what the machine has installed.
@@ -39,10 +40,6 @@ class Remote:
     url: str
     checksum: str               # "sha256:<hex>" or "md5:<hex>", of the file as published
     aliases: tuple[str, ...] = ()  # other accepted local names, e.g. the un-gzipped file
-
-
-def user_cache_dir() -> Path:
-    return Path(os.environ.get("NNLANG_CACHE_DIR") or Path.home() / ".cache" / "nnlang")
 
 
 def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:

@@ -55,20 +55,26 @@ def plan_buffers(lifetimes: list[Lifetime]) -> tuple[dict[int, int], list[int]]:
     return assign, sizes
 
 
+def last_reads(g: Graph, steps: list[Step], views: dict[int, int]) -> dict[int, int]:
+    """The last step that reads each value (through views, from outside that step)."""
+    last: dict[int, int] = {}
+    for k, s in enumerate(steps):
+        inside = set(s.nodes)
+        for m in s.nodes:
+            for i in g.node(m).inputs:
+                if i not in inside:
+                    last[base_of(views, i)] = k
+    return last
+
+
 def lifetimes(g: Graph, steps: list[Step], views: dict[int, int],
               skip=()) -> list[Lifetime]:
     start = {nid: -1 for nid in g.inputs.values() if nid in g.nx}
     for k, s in enumerate(steps):
         for out in s.outputs:
             start[out] = k
-    end = dict(start)
-    for k, s in enumerate(steps):
-        inside = set(s.nodes)
-        for m in s.nodes:
-            for i in g.node(m).inputs:
-                b = base_of(views, i)
-                if i not in inside and b in end:
-                    end[b] = max(end[b], k)
+    last = last_reads(g, steps, views)
+    end = {nid: max(k, last.get(nid, k)) for nid, k in start.items()}
     for nid in result_ids(g):
         b = base_of(views, nid)
         if b in end:
@@ -92,13 +98,7 @@ def in_place_updates(g: Graph, steps: list[Step], views: dict[int, int]) -> dict
     own shape, reads the state only directly (at the index it writes), and no later step, nor
     another kernel of the same launch, reads the old value."""
     owner = {out: k for k, s in enumerate(steps) for out in s.outputs}
-    last_read: dict[int, int] = {}
-    for k, s in enumerate(steps):
-        inside = set(s.nodes)
-        for m in s.nodes:
-            for i in g.node(m).inputs:
-                if i not in inside:
-                    last_read[base_of(views, i)] = k
+    last_read = last_reads(g, steps, views)
     found: dict[int, str] = {}
     returned = {base_of(views, r) for r in g.roots()}  # NOTE: results are read after the step
     for name, value in updates(g).items():

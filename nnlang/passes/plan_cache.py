@@ -20,6 +20,7 @@ import numpy as np
 
 import nnlang
 from nnlang.ir.graph import Graph
+from nnlang.user_cache import user_cache_dir
 
 _FORMAT = 1  # bump when what is pickled changes shape
 KEEP = 64    # entries kept; older ones are removed when a new one is written
@@ -30,9 +31,7 @@ def enabled() -> bool:
 
 
 def plan_dir() -> Path:
-    env = os.environ.get("NNLANG_CACHE_DIR")
-    root = Path(env) if env else Path.home() / ".cache" / "nnlang"
-    return root / "plans"
+    return user_cache_dir() / "plans"
 
 
 @lru_cache(maxsize=1)
