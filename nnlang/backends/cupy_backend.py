@@ -22,7 +22,7 @@ from nnlang.backends.blas import run_in_order
 from nnlang.backends.windows import (fold_call, unfold_call, window_max_call,
                                      window_max_grad_call)
 from nnlang.codegen.kernel import build_kernel
-from nnlang.codegen.render_cuda import LaunchInfo, launch_config, render
+from nnlang.codegen.render_cuda import LaunchInfo, launch_config, multi_tensor, render
 from nnlang.errors import NNError
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops.random import MASK64
@@ -61,6 +61,10 @@ class CudaFunction:
 
 def _launch(kernel, grid, block, args, smem):
     kernel((grid,), (block,), args, shared_mem=smem)
+
+
+def _launch_multi(kernel, grid, block, args, _members):
+    kernel((grid,), (block,), args)
 
 
 def _noop(*_):
@@ -132,6 +136,24 @@ class CupyBackend:
                 raise NNError("internal: a kernel output is not contiguous")
             flat.append(x)
         return _launch, (fn.kernel, grid, block, tuple(flat), smem)
+
+    def specialize_multi(self, fn: CudaFunction, sizes: list[int], members: list[list]) -> Call:
+        """A multi-tensor launch (`render_cuda.MultiTensor`): `members` holds each tensor's
+        arrays as `specialize` takes them (loads, then outputs), all contiguous vectors or
+        single elements. The pointer tables are uploaded once, here, not per step."""
+        cp = self.cp
+        starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        grid, block, _ = launch_config(fn.info, [int(starts[-1])], self.max_blocks)
+        if grid == 0:
+            return _noop, ()
+        tables = []
+        for column in zip(*members):  # one argument of every tensor
+            if not all(x.flags.c_contiguous for x in column):
+                raise NNError("internal: a multi-tensor kernel argument is not contiguous")
+            tables.append(cp.asarray(np.array([x.data.ptr for x in column], np.uint64)))
+        args = (np.int32(len(sizes)), cp.asarray(starts), *tables)
+        # NOTE: the members ride along so the arrays the tables point into stay alive
+        return _launch_multi, (fn.kernel, grid, block, args, members)
 
     def _library(self, name_source: tuple[str, str]):
         name, source = name_source
@@ -313,11 +335,25 @@ class CupyExecutable(Executable):
         return a.reshape(shape)
 
     def _build(self, step):
-        if step.kind == "multi":  # NOTE: one launch per member until a multi-tensor CUDA kernel
-            return run_in_order, ([self._kernel_call(grp) for grp in step.groups],)
+        if step.kind == "multi":
+            return self._multi_call(step)
         if step.kind != "kernel":
             return self._library_step(step, self.cp)
         return self._kernel_call(step.group)
+
+    def _multi_call(self, step):
+        """One launch over every member tensor (`render_cuda.MultiTensor`), or each member on
+        its own when their kernels differ."""
+        built = [build_kernel(self.graph, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
+                 for grp in step.groups]
+        multi = multi_tensor([k for k, _ in built])
+        if multi is None:
+            return run_in_order, ([self._kernel_call(grp) for grp in step.groups],)
+        header, body = render(multi)
+        self._sources.append((header, body))
+        fn = self.backend.compile(body, multi.name)
+        return self.backend.specialize_multi(fn, [bind.loop_shape[0] for _, bind in built],
+                                             [self._kernel_arrays(k, bind) for k, bind in built])
 
     def _kernel_call(self, grp):
         kernel, bind = build_kernel(self.graph, grp.members, grp.outputs, grp.reduce,

@@ -145,17 +145,47 @@ def _acc_dtype(k: Kernel) -> str:
     return "float64" if r.op == "sum" and r.dtype == "float32" else r.dtype
 
 
-def params(k: Kernel) -> list[tuple[str, str]]:
-    """(C type, name) of every kernel parameter: sizes, each load and its strides, outputs."""
+@dataclass(frozen=True)
+class MultiTensor:
+    """A 1-d elementwise kernel launched once over several tensors (`passes/multi_tensor.py`):
+    each array parameter is a table of device pointers, one per tensor, and `nn_starts` holds
+    the tensors' offsets in the combined element range (one entry more than tensors). The
+    optimizer update of every parameter is one such launch, as in apex's multi_tensor_apply."""
+    kernel: Kernel
+    reduce = None   # NOTE: class attributes, so code that takes a Kernel reads these too
+
+    @property
+    def name(self) -> str:
+        return f"{self.kernel.name}_multi"
+
+    @property
+    def header(self) -> list[str]:
+        return self.kernel.header
+
+
+def _store_ctypes(k: Kernel) -> list[str]:
+    dtypes = {op.out: op.dtype for op in k.body}
+    dtypes.update({name: ld.dtype for name, ld in k.loads.items()})
+    dtypes.update({name: dtype for name, _, dtype in k.consts})
+    return [CTYPES[dtypes[value]] for value, _ in k.stores]
+
+
+def params(k: Kernel | MultiTensor) -> list[tuple[str, str]]:
+    """(C type, name) of every kernel parameter: sizes, each load and its strides, outputs; for
+    a multi-tensor launch the tensor count, their starts and a pointer table per array."""
+    if isinstance(k, MultiTensor):
+        k = k.kernel
+        return ([("int", "n_tensors"), ("const long long* __restrict__", "nn_starts")]
+                + [(f"const {CTYPES[ld.dtype]}* const* __restrict__", ld.arg)
+                   for ld in k.loads.values()]
+                + [(f"{t}* const* __restrict__", arg)
+                   for t, (_, arg) in zip(_store_ctypes(k), k.stores)])
     out = [("int", f"n{a}") for a in range(k.loop_rank)]
     for ld in k.loads.values():
         out.append((f"const {CTYPES[ld.dtype]}* __restrict__", ld.arg))
         out += [("int", f"{ld.arg}_s{a}") for a in range(k.loop_rank)]
-    dtypes = {op.out: op.dtype for op in k.body}
-    dtypes.update({name: ld.dtype for name, ld in k.loads.items()})
-    dtypes.update({name: dtype for name, _, dtype in k.consts})
-    for value, arg in k.stores:
-        out.append((f"{CTYPES[dtypes[value]]}* __restrict__", arg))
+    for t, (_, arg) in zip(_store_ctypes(k), k.stores):
+        out.append((f"{t}* __restrict__", arg))
     if k.reduce:
         out.append((f"{CTYPES[k.reduce.dtype]}* __restrict__", k.reduce.arg))
     return out
@@ -179,23 +209,56 @@ def _flat(axes: list[int]) -> str:
     return text
 
 
-def _element(k: Kernel, pad: str, flat_index: str) -> list[str]:
-    """Loads, the SSA body and the element stores at the current loop index."""
+def _strided_load(k: Kernel, ld) -> str:
+    terms = [f"i{a} * {ld.arg}_s{a}" for a in range(k.loop_rank) if not ld.broadcast[a]]
+    return f"{ld.arg}[{' + '.join(terms) or '0'}]"
+
+
+def _element(k: Kernel, pad: str, flat_index: str, load=_strided_load, array=str) -> list[str]:
+    """Loads, the SSA body and the element stores at the current loop index (`load` spells a
+    load's address, `array` an output array)."""
     lines = []
     for name, ld in k.loads.items():
-        terms = [f"i{a} * {ld.arg}_s{a}" for a in range(k.loop_rank) if not ld.broadcast[a]]
-        lines.append(f"{pad}const {CTYPES[ld.dtype]} {name} = "
-                     f"{ld.arg}[{' + '.join(terms) or '0'}];")
+        lines.append(f"{pad}const {CTYPES[ld.dtype]} {name} = {load(k, ld)};")
     for op in k.body:
         rhs = CUDA.expr(op.op, registry.get(op.op).expr, list(op.args), op.dtype, op.in_dtypes)
         lines.append(f"{pad}const {CTYPES[op.dtype]} {op.out} = {rhs};")
     for value, arg in k.stores:
-        lines.append(f"{pad}{arg}[{flat_index}] = {value};")
+        lines.append(f"{pad}{array(arg)}[{flat_index}] = {value};")
     return lines
 
 
-def render_function(k: Kernel) -> str:
+def _render_multi(m: MultiTensor) -> str:
+    k = m.kernel
+    if k.loop_rank != 1 or k.reduce is not None:
+        raise ValueError(f"a multi-tensor launch needs a 1-d elementwise kernel, not {k.name}")
+    sig = ",\n    ".join(f"{t} {n}" for t, n in params(m))
+    lines = [f'extern "C" __global__ void {m.name}(\n    {sig}) {{']
+    for name, value, dtype in k.consts:
+        lines.append(f"  const {CTYPES[dtype]} {name} = {CUDA.literal(value, dtype)};")
+    # NOTE: 64-bit element indices: the tensors together may hold more than 2**31 elements
+    lines += ["  const long long total = nn_starts[n_tensors];",
+              "  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;"
+              " e += (long long)gridDim.x * blockDim.x) {",
+              "    // the tensor holding element e: the last one starting at or before it",
+              "    int t = 0;",
+              "    for (int hi = n_tensors - 1; t < hi;) {",
+              "      const int mid = (t + hi + 1) / 2;",
+              "      if (nn_starts[mid] <= e) t = mid; else hi = mid - 1;",
+              "    }",
+              "    const long long i0 = e - nn_starts[t];"]
+    # NOTE: members are contiguous vectors (multi_tensor.flat_group), so no strides
+    lines += _element(k, "    ", "i0",
+                      load=lambda k, ld: f"{ld.arg}[t][{'0' if ld.broadcast[0] else 'i0'}]",
+                      array=lambda arg: f"{arg}[t]")
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_function(k: Kernel | MultiTensor) -> str:
     """The `extern "C" __global__` function alone (no prelude or helpers)."""
+    if isinstance(k, MultiTensor):
+        return _render_multi(k)
     sig = ",\n    ".join(f"{t} {n}" for t, n in params(k))
     lines = [f'extern "C" __global__ void {k.name}(\n    {sig}) {{']
     for name, value, dtype in k.consts:
@@ -245,29 +308,31 @@ def render_function(k: Kernel) -> str:
     return "\n".join(lines) + "\n"
 
 
-def launch_info(k: Kernel) -> LaunchInfo:
+def launch_info(k: Kernel | MultiTensor) -> LaunchInfo:
+    if isinstance(k, MultiTensor):
+        return LaunchInfo(1, len(k.kernel.loads), len(k.kernel.stores))
     acc = np.dtype(_acc_dtype(k)).itemsize if k.reduce else 0
     return LaunchInfo(k.loop_rank, len(k.loads), len(k.stores) + bool(k.reduce),
                       tuple(sorted(k.reduce.axes)) if k.reduce else (), acc)
 
 
-def render_parts(k: Kernel) -> tuple[list[str], str]:
+def render_parts(k: Kernel | MultiTensor) -> tuple[list[str], str]:
     """(helper definitions used, the kernel function with its `// nnlang:` line)."""
     fn = launch_info(k).line() + "\n" + render_function(k)
     return CUDA.used_helpers(fn), fn
 
 
-def render_body(k: Kernel) -> str:
+def render_body(k: Kernel | MultiTensor) -> str:
     """One self-contained CUDA source: prelude, helpers and the kernel (the unit cached)."""
     helpers, fn = render_parts(k)
     return PRELUDE + "".join("\n" + h for h in helpers) + "\n" + fn
 
 
-def render_header(k: Kernel) -> str:
+def render_header(k: Kernel | MultiTensor) -> str:
     return "".join(f"// {line}\n" for line in ["computes:"] + ["  " + h for h in k.header])
 
 
-def render(k: Kernel, loop_shape=None) -> tuple[str, str]:
+def render(k: Kernel | MultiTensor, loop_shape=None) -> tuple[str, str]:
     """(header comment, source) for one kernel; the signature of `render_numba.render`."""
     return render_header(k), render_body(k)
 
@@ -276,22 +341,36 @@ def render(k: Kernel, loop_shape=None) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class CudaSource:
-    kernel: Kernel
-    loop_shape: tuple[int, ...]     # the sizes this graph launches it with
-    header: str
+    kernel: Kernel | MultiTensor
+    loop_shape: tuple[int, ...]     # the sizes this graph launches it with (a multi-tensor
+    header: str                     # launch: each tensor's size)
     source: str
+
+
+def multi_tensor(kernels: list[Kernel]) -> MultiTensor | None:
+    """The one launch for a multi-tensor step's member kernels, or None when they render
+    differently (then each runs on its own)."""
+    if len({render_function(k) for k in kernels}) != 1:
+        return None
+    return MultiTensor(kernels[0])
 
 
 def cuda_sources(g, disable=()) -> list[CudaSource]:
     """Every fused kernel of a primitive graph, in schedule order, rendered as CUDA: the plan
-    the CuPy executable runs (a multi-tensor step's groups one by one)."""
+    the CuPy executable runs."""
     from nnlang.passes.plan import plan
     g, steps, _, _ = plan(g, disable)
     out = []
     for s in steps:
-        for grp in s.kernel_groups:
-            k, bind = build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
-            out.append(CudaSource(k, bind.loop_shape, render_header(k), render_body(k)))
+        built = [build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
+                 for grp in s.kernel_groups]
+        multi = multi_tensor([k for k, _ in built]) if s.kind == "multi" else None
+        if multi is not None:
+            sizes = tuple(bind.loop_shape[0] for _, bind in built)
+            out.append(CudaSource(multi, sizes, render_header(multi), render_body(multi)))
+            continue
+        out += [CudaSource(k, bind.loop_shape, render_header(k), render_body(k))
+                for k, bind in built]
     return out
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from nnlang.backends import cuda_kernels as ck
-from nnlang.codegen.render_cuda import launch_config, launch_info, module_source, params
+from nnlang.codegen.render_cuda import (MultiTensor, launch_config, launch_info,
+                                        module_source, params)
 from nnlang.ops import registry
 from nnlang.ops.random import _uniform_impl
 from tests.golden_values import models
@@ -142,6 +143,9 @@ def test_model_kernels_run_on_the_host(model, host_cxx, tmp_path):
         if (name, shape) in seen:
             continue
         seen.add((name, shape))
+        if isinstance(k, MultiTensor):
+            _check_multi(lib, name, k, shape, rng, f"{model} {name}")
+            continue
         inputs, args = {}, [np.int32(d) for d in shape]
         for sname, ld in k.loads.items():
             x = _random_input(rng, tuple(1 if b else d for b, d in zip(ld.broadcast, shape)),
@@ -162,6 +166,50 @@ def test_model_kernels_run_on_the_host(model, host_cxx, tmp_path):
                                        err_msg=f"{model} {name} {arg} loop {shape}\n"
                                                + "".join(k.header))
     print(f"{model}: {len(seen)} distinct kernel launches checked on the host")
+
+
+def _check_multi(lib, name: str, m: MultiTensor, sizes, rng, what: str) -> None:
+    """One multi-tensor launch over tensors of `sizes`, each compared with the numpy
+    evaluation of the member kernel on that tensor alone."""
+    k = m.kernel
+    tensors = []
+    for n in sizes:
+        inputs = {s: _random_input(rng, (1,) if ld.broadcast[0] else (n,), ld.dtype)
+                  for s, ld in k.loads.items()}
+        want = evaluate(k, (n,), inputs)
+        outs = {arg: np.full(n, np.nan, want[arg].dtype) for _, arg in k.stores}
+        tensors.append((inputs, want, outs))
+
+    def table(arrays):
+        return np.array([a.ctypes.data for a in arrays], np.uint64)
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    args = [np.int32(len(sizes)), starts]
+    args += [table([t[0][s] for t in tensors]) for s in k.loads]
+    args += [table([t[2][arg] for t in tensors]) for _, arg in k.stores]
+    grid, block, _ = launch_config(launch_info(m), [int(starts[-1])], MAX_BLOCKS)
+    launch(lib, name, grid, block, args)
+    for i, (_, want, outs) in enumerate(tensors):
+        for arg, got in outs.items():
+            np.testing.assert_allclose(got, want[arg], rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{what} tensor {i} of {list(sizes)}: {arg}")
+
+
+def test_multi_tensor_launch(host_cxx, tmp_path):
+    """Tensors of several sizes (an empty one too) in one launch whose grid-stride loop crosses
+    from tensor to tensor, with a scalar load broadcast to every element."""
+    from nnlang.codegen.kernel import Kernel, Load, ScalarOp
+    k = Kernel("k_axpy", 1, {"a0": Load("in0", "float32", (False,)),
+                             "a1": Load("in1", "float32", (True,))},
+               [("c0", 2.0, "float32")],
+               [ScalarOp("v0", "mul", ("a0", "a1"), "float32", ("float32", "float32")),
+                ScalarOp("v1", "add", ("v0", "c0"), "float32", ("float32", "float32"))],
+               [("v0", "out0"), ("v1", "out1")])
+    m = MultiTensor(k)
+    source, names = module_source([m])
+    lib = build(host_cxx, tmp_path, "multi", source, {names[0]: [t for t, _ in params(m)]})
+    rng = np.random.default_rng(4)
+    for sizes in ([5, 0, 300, 1, 77], [1], [0, 2000]):
+        _check_multi(lib, names[0], m, sizes, rng, "k_axpy")
 
 
 def test_strided_and_broadcast_loads(host_cxx, tmp_path):
