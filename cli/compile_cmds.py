@@ -10,7 +10,8 @@ from rich.text import Text
 import nnlang
 from nnlang_cli.app import app, console, parse_overrides, reporting
 
-PASS_NAMES = ("fold", "cse", "matmul_sum", "dce", "fuse", "multi_tensor")
+PASS_NAMES = ("fold", "cse", "matmul_sum", "dce", "fuse", "multi_tensor",
+              "concat_in_place")
 
 
 @app.command("compile")
@@ -34,10 +35,14 @@ def compile_cmd(
     no_multi_tensor: bool = typer.Option(False, "--no-multi-tensor",
                                          help="One launch per tensor for the optimizer update "
                                               "(and other runs of one elementwise kernel)."),
+    no_concat_in_place: bool = typer.Option(False, "--no-concat-in-place",
+                                            help="Concats copy their inputs instead of each "
+                                                 "input being stored in its slice."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write to a file."),
 ):
     """Compile a model and show what runs: --emit ir, backward, fused or kernels."""
-    flags = (no_fold, no_cse, no_matmul_sum, no_dce, no_fuse, no_multi_tensor)
+    flags = (no_fold, no_cse, no_matmul_sum, no_dce, no_fuse, no_multi_tensor,
+             no_concat_in_place)
     disable = tuple(name for name, off in zip(PASS_NAMES, flags) if off)
     with reporting():
         program = nnlang.load(file, parse_overrides(sets), model)

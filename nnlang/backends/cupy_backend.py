@@ -301,6 +301,9 @@ class CupyExecutable(Executable):
     # NOTE: the CUDA kernels take loads as const __restrict__ pointers, so an update is stored
     # into a buffer of its own and copied into the state after the step
     writes_state_in_place = False
+    # NOTE: CUDA kernels store at contiguous flat indices, so concat pieces get buffers of
+    # their own and the concats copy them
+    writes_concat_in_place = False
     picks_blas_threads = False
 
     def _buffer(self, shape, dtype):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nnlang.ir.graph import Graph
+from nnlang.passes.concat_in_place import Piece, concat_pieces, root_of
 from nnlang.passes.rewrite import result_ids, updates
 from nnlang.passes.schedule import Step, base_of
 
@@ -125,13 +126,28 @@ class MemoryPlan:
     assign: dict[int, int]   # node id -> buffer index
     sizes: list[int]         # bytes per buffer
     in_place: dict[int, str] = field(default_factory=dict)  # value -> state it is written to
+    pieces: dict[int, Piece] = field(default_factory=dict)  # value -> its slice of a concat
 
     @property
     def total_bytes(self) -> int:
         return sum(self.sizes)
 
 
-def plan_memory(g: Graph, steps: list[Step], views: dict[int, int]) -> MemoryPlan:
+def _with_pieces(lts: list[Lifetime], pieces: dict[int, Piece]) -> list[Lifetime]:
+    """A concat holding pieces is live from the first piece's write to the last read of any
+    of them; the pieces get no buffer of their own."""
+    span = {lt.key: (lt.start, lt.end) for lt in lts}
+    for nid, (s, e) in list(span.items()):
+        if nid in pieces:
+            root = root_of(pieces, nid)
+            rs, re_ = span[root]
+            span[root] = (min(rs, s), max(re_, e))
+    return [Lifetime(lt.key, lt.nbytes, *span[lt.key]) for lt in lts if lt.key not in pieces]
+
+
+def plan_memory(g: Graph, steps: list[Step], views: dict[int, int],
+                concat_in_place: bool = True) -> MemoryPlan:
     in_place = in_place_updates(g, steps, views)
-    assign, sizes = plan_buffers(lifetimes(g, steps, views, skip=in_place))
-    return MemoryPlan(assign, sizes, in_place)
+    pieces = concat_pieces(g, steps, views, in_place) if concat_in_place else {}
+    assign, sizes = plan_buffers(_with_pieces(lifetimes(g, steps, views, skip=in_place), pieces))
+    return MemoryPlan(assign, sizes, in_place, pieces)

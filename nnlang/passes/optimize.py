@@ -14,7 +14,7 @@ from nnlang.passes.matmul_sum import merge_matmul_sums
 PASSES = [("fold", fold_constants), ("cse", eliminate_common),
           ("matmul_sum", merge_matmul_sums), ("dce", eliminate_dead), ("fuse", fuse)]
 # switches of the steps after these passes (`passes/plan.py`)
-LATER = ("multi_tensor",)
+LATER = ("multi_tensor", "concat_in_place")
 SWITCHES = tuple(name for name, _ in PASSES) + LATER
 
 

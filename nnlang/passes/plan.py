@@ -1,6 +1,7 @@
 """The compiled plan of a primitive graph, the end of the backend-neutral pipeline: optimize ->
-schedule -> multi-tensor launches -> memory plan, or the same plan from the on-disk cache
-(`plan_cache.py`). Both executables (numba, CuPy) and the CUDA source listing start here.
+schedule -> multi-tensor launches -> memory plan (with concats in place), or the same plan
+from the on-disk cache (`plan_cache.py`). Both executables (numba, CuPy) and the CUDA source
+listing start here.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def plan(g: Graph, disable=()):
         steps, views = schedule(g, groups)
         if "multi_tensor" not in disable:
             steps = merge_multi_tensor(g, steps, views)
-        cached = (g, steps, views, plan_memory(g, steps, views))
+        memory = plan_memory(g, steps, views, "concat_in_place" not in disable)
+        cached = (g, steps, views, memory)
         if key:
             plan_cache.store(key, cached)
     return cached

@@ -48,7 +48,7 @@ def apply_view(node, x: np.ndarray) -> np.ndarray:
     return x[tuple(idx)]
 
 
-def _fake(shape) -> np.ndarray:
+def fake_layout(shape) -> np.ndarray:
     """A contiguous array's layout without its memory (strides in elements, itemsize 1)."""
     shape = [int(d) for d in shape]
     strides, acc = [], 1
@@ -70,7 +70,7 @@ def find_views(g: Graph) -> dict[int, int]:
                 continue
             except ValueError:
                 pass
-        layout[nid] = _fake(n.shape)
+        layout[nid] = fake_layout(n.shape)
     return views
 
 

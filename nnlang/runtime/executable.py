@@ -17,6 +17,7 @@ from nnlang.codegen.kernel import build_kernel
 from nnlang.codegen.render_numba import PARALLEL_MIN, render, render_multi, split_rows
 from nnlang.errors import NNError
 from nnlang.ir.graph import Graph
+from nnlang.passes.concat_in_place import Piece, piece_view
 from nnlang.passes.fuse import format_groups
 from nnlang.passes.memory import MemoryPlan
 from nnlang.passes.plan import plan
@@ -132,6 +133,7 @@ class Executable:
     def __init__(self, g: Graph, steps: list[Step], views: dict[int, int], memory: MemoryPlan,
                  backend: Backend, state: dict | None = None):
         self.graph, self.steps, self.memory, self.backend = g, steps, memory, backend
+        self.views = views
         self.buffers = [backend.alloc(n) for n in memory.sizes]
         self.arrays: dict[int, np.ndarray] = {}
         shared = state if state is not None else {}
@@ -151,8 +153,13 @@ class Executable:
             elif nid in memory.in_place:  # its kernel writes the state array itself
                 self.arrays[nid] = params[memory.in_place[nid]] if self.writes_state_in_place \
                     else self._buffer(shape, n.dtype)
+            elif nid in memory.pieces and not self.writes_concat_in_place:
+                self.arrays[nid] = self._buffer(shape, n.dtype)
             elif n.op == "const":
                 self.arrays[nid] = self._const_array(n.attrs["value"], n.dtype)
+        if self.writes_concat_in_place:
+            for nid in memory.pieces:
+                self._piece_array(nid)
         for nid in g.topo():  # views need their inputs' arrays, so a second pass in order
             if nid in views:
                 self.arrays[nid] = self._view(g.node(nid), self.arrays[views[nid]])
@@ -172,9 +179,17 @@ class Executable:
         self._updates = [(self.state._arrays[k], self.arrays[v]) for k, v in updates(g).items()
                          if self.arrays[v] is not self.state._arrays[k]]
 
+    def _piece_array(self, nid: int):
+        """A concat piece's array: its slice of the concat's (`passes/concat_in_place.py`)."""
+        if nid not in self.arrays:
+            piece = self.memory.pieces[nid]
+            self.arrays[nid] = piece_view(piece, self._piece_array(piece.concat))
+        return self.arrays[nid]
+
     # *** where arrays live: the hooks a device executable overrides ***
     state_class = State
     writes_state_in_place = True  # memory.in_place values: kernels store into the state
+    writes_concat_in_place = True  # memory.pieces: kernels store into their concat's slice
     picks_blas_threads = True     # may hand a step's products to BLAS's own threads
 
     @staticmethod
@@ -279,9 +294,26 @@ class Executable:
         inputs = [self.arrays[i] for i in n.inputs]
         if step.kind == "copy":
             return copy_call(xp, n, inputs[0], self.arrays[nid])
+        if n.op == "concat" and self.writes_concat_in_place and \
+                any(self.memory.pieces.get(i, None) is not None and
+                    self.memory.pieces[i].concat == nid for i in n.inputs):
+            return self._concat_rest(n)
         if n.op == "matmul" and self.threaded_blas:  # NOTE: BLAS splits it over its threads
             return xp.matmul, (inputs[0], inputs[1], self.arrays[nid])
         return library_call(xp, self.backend, n, inputs, self.arrays[nid])
+
+    def _concat_rest(self, n):
+        """A concat some of whose inputs are stored in place: copies only the others."""
+        out, axis, start = self.arrays[n.id], n.attrs["axis"] % len(n.shape), 0
+        copies = []
+        for i in n.inputs:
+            stop = start + int(self.graph.node(i).shape[axis])
+            piece = self.memory.pieces.get(i)
+            if piece is None or piece.concat != n.id:
+                copies.append((np.copyto, (piece_view(Piece(n.id, axis, start, stop), out),
+                                           self.arrays[i])))
+            start = stop
+        return run_in_order, (copies,)
 
     @staticmethod
     def _reshaped(a, shape):
@@ -318,6 +350,8 @@ class Executable:
                 "multi_tensor_launches": kinds.count("multi"), "calls": kinds.count("call"),
                 "copies": kinds.count("copy"), "distinct_kernels": len({b for _, b in
                                                                         self._sources}),
+                "concat_pieces_in_place": len(self.memory.pieces)
+                if self.writes_concat_in_place else 0,
                 "buffers": len(self.memory.sizes), "buffer_bytes": self.memory.total_bytes,
                 "nodes": len(self.graph)}
 
