@@ -2,9 +2,9 @@
 
 A node whose inputs are all constants becomes a constant computed by the op's numpy `impl`.
 `SIMPLIFY_RULES` then removes operations that leave a value unchanged or moves data movement
-out of the way (an elementwise op between inverse transposes, a stack of unit reshapes); every
-rule is exact in floating point (x*1 keeps NaN and -0.0, a double transpose is a permutation,
-elementwise ops commute with transposes, ...).
+out of the way (an elementwise op between inverse transposes or under slices, a stack of unit
+reshapes); every rule is exact in floating point (x*1 keeps NaN and -0.0, a double transpose is
+a permutation, elementwise ops commute with transposes and slices, ...).
 """
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from nnlang.ir.dims import dim_prod, numel
 from nnlang.ir.graph import Graph, Node, op_attrs
 from nnlang.ops import registry
 from nnlang.ops.registry import ELEMENTWISE, RANDOM, SOURCE, TensorType
-from nnlang.passes.rewrite import graph_pass, replace_value
+from nnlang.passes.rewrite import graph_pass, replace_value, updates
 
 FOLD_LIMIT = 4096  # NOTE: never fold into a constant much larger than its inputs (broadcasts)
+MAX_ROUNDS = 16    # of rules over the nodes earlier rounds made (each round is one level deeper)
 
 
 def _const_value(g: Graph, nid: int):
@@ -115,6 +116,36 @@ def _stacked_rows(g: Graph, n: Node):
                       path=n.path, role=n.role, name=n.name)
 
 
+def _sliced_elementwise(g: Graph, n: Node):
+    """slice(f(a, b)) is f(slice(a), slice(b)) for elementwise f: when every user of f's value
+    is a slice read only by elementwise ops, the slices' kernels compute f themselves and the
+    whole value is never stored (an LSTM's gates: the [64, 512] z = x_t + h @ U was a kernel
+    of its own at each of 200 steps, then read back as four slices)."""
+    inner = g.node(n.inputs[0])
+    op = registry.get(inner.op)
+    if op is None or not op.has(ELEMENTWISE) or op.has(RANDOM) or not inner.inputs or \
+            inner.type is None or n.attrs["step"] != 1:
+        return None
+    # NOTE: a slice already rewritten has no users left (dead code until `dce`)
+    for s in g.users(inner.id):
+        if g.node(s).op != "slice" or any(
+                not registry.get(g.node(u).op).has(ELEMENTWISE) for u in g.users(s)):
+            return None
+    rank, axis = len(inner.shape), n.attrs["axis"] % len(inner.shape)
+    ins = []
+    for i in inner.inputs:
+        x = g.node(i)
+        at = axis - (rank - len(x.shape))  # NOTE: numpy broadcasting aligns shapes on the right
+        if at < 0 or x.shape[at] != inner.shape[axis]:  # broadcast along the sliced axis
+            ins.append(i)
+            continue
+        shape = tuple(n.shape[axis] if a == at else d for a, d in enumerate(x.shape))
+        ins.append(g.add_node("slice", [i], {**n.attrs, "axis": at},
+                              TensorType(shape, x.dtype), span=n.span, path=n.path, role=n.role))
+    return g.add_node(inner.op, ins, dict(inner.attrs), n.type, span=inner.span,
+                      path=inner.path, role=inner.role, name=n.name)
+
+
 # op -> rules tried in order; each returns the replacement node id or None
 SIMPLIFY_RULES = {
     "mul": [_identity_operand(1.0)],                 # x*1, 1*x
@@ -128,6 +159,7 @@ SIMPLIFY_RULES = {
     "transpose": [_identity_perm, _double_transpose, _transposed_back],
     "neg": [_double_neg],
     "concat": [_stacked_rows],
+    "slice": [_sliced_elementwise],
 }
 
 
@@ -152,13 +184,38 @@ def _fold(g: Graph, n: Node) -> int:
 
 @graph_pass
 def fold_constants(g: Graph) -> Graph:
-    for nid in g.topo():
-        n = g.node(nid)
-        new = _fold(g, n) if _foldable(g, n) else None
-        for rule in SIMPLIFY_RULES.get(n.op, ()) if new is None else ():
-            new = rule(g, n)
+    order = g.topo()
+    for _ in range(MAX_ROUNDS):
+        if not order:
+            break
+        seen = set(g.nx)
+        for nid in order:
+            n = g.node(nid)
+            new = _fold(g, n) if _foldable(g, n) else None
+            for rule in SIMPLIFY_RULES.get(n.op, ()) if new is None else ():
+                new = rule(g, n)
+                if new is not None:
+                    break
             if new is not None:
-                break
-        if new is not None:
-            replace_value(g, nid, new)
+                replace_value(g, nid, new)
+                _drop_unused(g, nid)
+        # NOTE: the nodes the rules made get their turn too (a slice pushed through a chain of
+        # elementwise ops), once the whole graph has had its own
+        order = [nid for nid in g.topo() if nid not in seen]
     return g
+
+
+def _drop_unused(g: Graph, nid: int) -> None:
+    """Removes a replaced node and what only it read, so rules that look at a value's users
+    (`_sliced_elementwise`) do not count them; other dead code is `dce`'s."""
+    named = {*g.outputs.values(), *g.losses.values(), *g.metrics.values(), *updates(g).values()}
+    stack = [nid]
+    while stack:
+        x = stack.pop()
+        if x not in g.nx or g.users(x) or x in named:
+            continue
+        n = g.node(x)
+        if n.op in ("input", "param") or n.attrs.get("root"):
+            continue
+        g.remove(x)
+        stack.extend(n.inputs)

@@ -129,6 +129,49 @@ def test_elementwise_between_inverse_transposes_runs_untransposed():
     np.testing.assert_allclose(compile_graph(g).run(feeds)["z"], want, rtol=1e-6)
 
 
+def _gate_graph(consumer):
+    """z = x + h @ u + bias, its two halves along axis 1 each read by `consumer`."""
+    g = Graph()
+    b = Builder(g)
+    for name, shape in (("x", (4, 6)), ("h", (4, 3)), ("u", (3, 6)), ("bias", (6,))):
+        g.inputs[name] = g.add_node("input", [], {"name": name, "dtype": "float32",
+                                                  "shape": list(shape)},
+                                    TensorType(shape, "float32"), name=name)
+    i = g.inputs
+    z = b.add(b.add(i["x"], b.matmul(i["h"], i["u"])), i["bias"])
+    halves = [b.slice(z, axis=1, start=k * 3, stop=(k + 1) * 3, step=1) for k in range(2)]
+    g.outputs["a"] = consumer(b, halves[0], i)
+    g.outputs["b"] = consumer(b, halves[1], i)
+    rng = np.random.default_rng(5)
+    feeds = {n: rng.standard_normal(g.node(v).shape).astype(np.float32) for n, v in i.items()}
+    q = {k: v.astype(np.float64) for k, v in feeds.items()}
+    zv = q["x"] + q["h"] @ q["u"] + q["bias"]
+    return g, feeds, zv
+
+
+def test_slices_of_an_elementwise_value_compute_it_themselves():
+    """Each half's kernel adds its own slices (the bias broadcast by numpy rules): the whole z
+    is never computed."""
+    g, feeds, zv = _gate_graph(lambda b, half, i: b.tanh(half))
+    out = eliminate_dead(fold_constants(g))
+    full = [n for n in out if n.op == "add" and tuple(n.shape) == (4, 6)]
+    assert not full and sum(n.op == "add" for n in out) == 4, out.dump()
+    for graph in (out, g):
+        got = compile_graph(graph).run(feeds)
+        np.testing.assert_allclose(got["a"], np.tanh(zv[:, :3]), rtol=1e-6)
+        np.testing.assert_allclose(got["b"], np.tanh(zv[:, 3:]), rtol=1e-6)
+    assert len([s for s in compile_graph(g).steps if s.kind == "kernel"]) == 2
+
+
+def test_slices_read_by_a_matmul_keep_the_elementwise_value():
+    """A slice feeding a matmul would make the add a kernel of its own per slice: no rewrite."""
+    g, feeds, zv = _gate_graph(lambda b, half, i: b.matmul(half, b.transpose(half, perm=[1, 0])))
+    out = eliminate_dead(fold_constants(g))
+    assert [tuple(n.shape) for n in out if n.op == "add"] == [(4, 6), (4, 6)], out.dump()
+    got = compile_graph(g).run(feeds)
+    np.testing.assert_allclose(got["a"], zv[:, :3] @ zv[:, :3].T, rtol=1e-5)
+
+
 def test_multi_tensor_merges_independent_runs_of_one_kernel():
     """x*2+1 and y*2+1 (other shapes, independent) become one launch; u*3+1 is another kernel
     and stays apart; with the pass off, three kernels."""
