@@ -1,6 +1,7 @@
 """Hand-written CUDA for the library ops the CuPy backend does not take from CuPy (gather,
-scatter_add, one_hot, random_uniform), as source text: compiled by `cupy_backend.py` through
-NVRTC, and run on the CPU by the host harness in `tests/gpu/test_host_harness.py`.
+scatter_add, one_hot, random_uniform, unfold, fold), as source text: compiled by
+`cupy_backend.py` through NVRTC, and run on the CPU by the host harness in
+`tests/gpu/test_host_harness.py`.
 
 Each kernel is one thread per element in a grid-stride loop; its C types are parameters.
 """
@@ -59,3 +60,53 @@ def random_uniform() -> tuple[str, str]:
         "    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;\n"
         "    z = z ^ (z >> 31);\n"
         "    out[e] = (float)(z >> 40) * 5.9604644775390625e-08f;  // 2**-24\n  }\n}\n")
+
+
+# *** sliding windows (im2col / col2im), 2-d channels last: images [B, H, W, C], cols
+# [B, OH, OW, KH, KW, C]; 1-d windows come lifted to 2-d (`windows.as_2d`) ***
+
+_WINDOW_PARAMS = ("long long total, int H, int W, int C, int OH, int OW, int KH, int KW,\n"
+                  "    int sh, int sw, int dh, int dw, int ph, int pw")
+
+
+def unfold(t: str) -> tuple[str, str]:
+    """One thread per cols element: the image cell its tap reads, or the pad value."""
+    name, ct = f"nn_unfold_{t}", CTYPES[t]
+    return name, (
+        f'extern "C" __global__ void {name}({_WINDOW_PARAMS}, {ct} pad,\n'
+        f"    const {ct}* __restrict__ x, {ct}* __restrict__ out) {{\n" + _LOOP +
+        "    long long r = e / C;\n"
+        "    const int c = (int)(e % C);\n"
+        "    const int j = (int)(r % KW); r /= KW;\n"
+        "    const int i = (int)(r % KH); r /= KH;\n"
+        "    const int z = (int)(r % OW); r /= OW;\n"
+        "    const int y = (int)(r % OH);\n"
+        "    const long long b = r / OH;\n"
+        "    const int iy = y * sh + i * dh - ph, ix = z * sw + j * dw - pw;\n"
+        "    out[e] = (iy >= 0 && iy < H && ix >= 0 && ix < W)\n"
+        "        ? x[((b * H + iy) * W + ix) * C + c] : pad;\n  }\n}\n")
+
+
+def fold(t: str) -> tuple[str, str]:
+    """One thread per image element, summing every tap that reads it (a gather: no atomics,
+    and the same order of additions on every run)."""
+    name, ct = f"nn_fold_{t}", CTYPES[t]
+    return name, (
+        f'extern "C" __global__ void {name}({_WINDOW_PARAMS},\n'
+        f"    const {ct}* __restrict__ cols, {ct}* __restrict__ out) {{\n" + _LOOP +
+        "    long long r = e / C;\n"
+        "    const int c = (int)(e % C);\n"
+        "    const int ix = (int)(r % W); r /= W;\n"
+        "    const int iy = (int)(r % H);\n"
+        "    const long long b = r / H;\n"
+        f"    {ct} acc = 0;\n"
+        "    for (int i = 0; i < KH; ++i) {\n"
+        "      const int ty = iy + ph - i * dh;\n"
+        "      if (ty < 0 || ty % sh != 0 || ty / sh >= OH) continue;\n"
+        "      for (int j = 0; j < KW; ++j) {\n"
+        "        const int tx = ix + pw - j * dw;\n"
+        "        if (tx < 0 || tx % sw != 0 || tx / sw >= OW) continue;\n"
+        "        acc += cols[((((b * OH + ty / sh) * OW + tx / sw) * KH + i) * KW + j) * C + c];\n"
+        "      }\n"
+        "    }\n"
+        "    out[e] = acc;\n  }\n}\n")

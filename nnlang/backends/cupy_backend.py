@@ -19,8 +19,8 @@ import numpy as np
 from nnlang.backends import cuda_kernels as ck
 from nnlang.backends.base import Call
 from nnlang.backends.blas import run_in_order
-from nnlang.backends.windows import (fold_call, unfold_call, window_max_call,
-                                     window_max_grad_call)
+from nnlang.backends.windows import (as_2d, fold_call, ints_2d, unfold_call,
+                                     window_max_call, window_max_grad_call)
 from nnlang.codegen.kernel import build_kernel
 from nnlang.codegen.render_cuda import LaunchInfo, launch_config, multi_tensor, render
 from nnlang.errors import NNError
@@ -213,13 +213,28 @@ class CupyBackend:
     def _concat(self, a, xs, out):
         return _concat, (self.cp, tuple(xs), a["axis"], out)
 
-    # NOTE: unfold/fold are the numba backend's padded-window copies as CuPy slice kernels
-    # (one launch per kernel tap); TODO: one im2col/col2im kernel each
+    def _window_call(self, make, a, image, cols, total: int, *tail) -> Call:
+        """A 1-d or 2-d unfold/fold kernel (`make`: its source) over `total` elements."""
+        (_, h, w, c), (_, oh, ow, kh, kw, _) = image.shape, cols.shape
+        dims = (h, w, c, oh, ow, kh, kw, *ints_2d(a, "stride", "dilation", "pads"))
+        kernel = self._library(make(str(image.dtype)))
+        args = (np.int64(total), *(np.int32(d) for d in dims), *tail)
+        return _launch, (kernel, self._grid(total), 256, args, 0)
+
     def _unfold(self, a, xs, out):
-        return unfold_call(self.cp, a, xs[0], out)
+        arrays = as_2d(a, xs[0], out)
+        if arrays is None:  # NOTE: 3-d windows: one CuPy slice copy per kernel tap
+            return unfold_call(self.cp, a, xs[0], out)
+        image, cols = arrays
+        return self._window_call(ck.unfold, a, image, cols, cols.size,
+                                 image.dtype.type(a["pad_value"]), image, cols)
 
     def _fold(self, a, xs, out):
-        return fold_call(self.cp, a, xs[0], out)
+        arrays = as_2d(a, out, xs[0])
+        if arrays is None:
+            return fold_call(self.cp, a, xs[0], out)
+        image, cols = arrays
+        return self._window_call(ck.fold, a, image, cols, image.size, cols, image)
 
     def _window_max(self, a, xs, out):
         return window_max_call(self.cp, a, xs[0], out)

@@ -26,8 +26,8 @@ from nnlang.backends import numba_kernels as nk
 from nnlang.backends.base import Call
 from nnlang.backends.blas import (blas_threads, matmul_call, run_in_order, run_parts,
                                   workers)
-from nnlang.backends.windows import (fold_call, unfold_call, window_max_call,
-                                     window_max_grad_call)
+from nnlang.backends.windows import (as_2d, fold_call, ints_2d, unfold_call,
+                                     window_max_call, window_max_grad_call)
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops import registry
 from nnlang.ops.random import MASK64
@@ -261,57 +261,30 @@ class NumbaBackend:
         return _concat, (tuple(xs), a["axis"], out)
 
     def _unfold(self, a, xs, out):
-        arrays = _as_2d(a, xs[0], out)
+        arrays = as_2d(a, xs[0], out)
         if arrays is None:
             return unfold_call(np, a, xs[0], out)
-        return self.specialize(nk.unfold2d, arrays + _ints_2d(a, "stride", "dilation", "pads")
+        return self.specialize(nk.unfold2d, arrays + ints_2d(a, "stride", "dilation", "pads")
                                + (float(a["pad_value"]),))
 
     def _fold(self, a, xs, out):
-        arrays = _as_2d(a, xs[0], out)
+        arrays = as_2d(a, xs[0], out)
         if arrays is None:
             return fold_call(np, a, xs[0], out)
-        return self.specialize(nk.fold2d, arrays + _ints_2d(a, "stride", "dilation", "pads"))
+        return self.specialize(nk.fold2d, arrays + ints_2d(a, "stride", "dilation", "pads"))
 
     def _window_max(self, a, xs, out):
-        arrays = _as_2d(a, xs[0], out)
+        arrays = as_2d(a, xs[0], out)
         if arrays is None:
             return window_max_call(np, a, xs[0], out)
-        return self.specialize(nk.window_max2d, arrays + _ints_2d(a, "kernel", "stride", "pads"))
+        return self.specialize(nk.window_max2d, arrays + ints_2d(a, "kernel", "stride", "pads"))
 
     def _window_max_grad(self, a, xs, out):
-        arrays = _as_2d(a, xs[0], xs[1], out)
+        arrays = as_2d(a, xs[0], xs[1], out)
         if arrays is None:
             return window_max_grad_call(np, a, xs[0], xs[1], out)
         return self.specialize(nk.window_max_grad2d,
-                               arrays + _ints_2d(a, "kernel", "stride", "pads"))
-
-
-def _as_2d(a, *arrays):
-    """The arrays of a 1-d window op as those of a 2-d one (images [B, L, C] as [B, 1, L, C],
-    cols [B, O, K, C] as [B, 1, O, 1, K, C]); None for 3-d windows or arrays that cannot be
-    viewed so, which take the slice-copy lowering."""
-    nd = len(a["kernel"])
-    if nd == 2:
-        return arrays
-    if nd != 1:
-        return None
-    try:
-        return tuple(np.reshape(x, (x.shape[0], 1, *x.shape[1:]) if x.ndim == 3 else
-                                (x.shape[0], 1, x.shape[1], 1, *x.shape[2:]), copy=False)
-                     for x in arrays)
-    except ValueError:
-        return None
-
-
-def _ints_2d(a, *names) -> tuple:
-    """The named window attributes as 2 ints each (pads: the leading ones), 1-d lifted."""
-    out = []
-    for name in names:
-        v = [int(p) for p in a.get(name, [1] * len(a["kernel"]))]
-        v = v[0::2] if name == "pads" else v
-        out += ([0 if name == "pads" else 1] if len(v) == 1 else []) + v
-    return tuple(out)
+                               arrays + ints_2d(a, "kernel", "stride", "pads"))
 
 
 # *** library op bodies: all write into preallocated arrays ***

@@ -1,7 +1,9 @@
 """unfold/fold (im2col/col2im) as slice copies into preallocated arrays, one copy per kernel
-tap, and window_max (max pooling) and its gradient built on them: the GPU backend's lowering
-and the CPU backend's fallback for 3-d windows. Arrays go through the array module `xp`
+tap, and window_max (max pooling) and its gradient built on them: the backends' fallback for
+3-d windows (and the GPU's lowering of pooling). Arrays go through the array module `xp`
 (numpy or cupy). Layouts (channels last): images [B, *spatial, C], cols [B, *out, *kernel, C].
+Both backends run 1-d and 2-d unfold/fold as kernels of their own, on arrays lifted to 2-d by
+`as_2d` and `ints_2d`.
 """
 from __future__ import annotations
 
@@ -82,3 +84,26 @@ def window_max_grad_call(xp, a: dict, x, g, out):
         xp.multiply(taps == first, g[..., None, :], out=rows)
         back[0](*back[1])
     return run, ()
+
+
+def as_2d(a: dict, *arrays):
+    """The arrays of a 1-d window op as those of a 2-d one (images [B, L, C] as [B, 1, L, C],
+    cols [B, O, K, C] as [B, 1, O, 1, K, C]), numpy's or CuPy's; None for 3-d windows or
+    arrays that are not contiguous, which take the slice-copy lowering."""
+    nd = len(a["kernel"])
+    if nd not in (1, 2) or not all(x.flags.c_contiguous for x in arrays):
+        return None
+    if nd == 2:
+        return arrays
+    return tuple(x.reshape((x.shape[0], 1, *x.shape[1:]) if x.ndim == 3 else
+                           (x.shape[0], 1, x.shape[1], 1, *x.shape[2:])) for x in arrays)
+
+
+def ints_2d(a: dict, *names) -> tuple:
+    """The named window attributes as 2 ints each (pads: the leading ones), 1-d lifted."""
+    out = []
+    for name in names:
+        v = [int(p) for p in a.get(name, [1] * len(a["kernel"]))]
+        v = v[0::2] if name == "pads" else v
+        out += ([0 if name == "pads" else 1] if len(v) == 1 else []) + v
+    return tuple(out)

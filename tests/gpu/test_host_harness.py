@@ -270,6 +270,39 @@ def test_library_kernels_on_the_host(host_cxx, tmp_path):
         np.testing.assert_array_equal(got, _uniform_impl(np.int64(key), shape=(1000,), salt=salt))
 
 
+WINDOWS = [  # (image shape, kernel, stride, pads, dilation)
+    ((2, 7, 9, 3), [3, 2], [2, 1], [1, 0, 2, 1], [1, 2]),   # 2-d: strided, dilated, padded
+    ((3, 1, 11, 4), [1, 5], [1, 1], [0, 0, 0, 0], [1, 1]),  # the text CNN's 1-d window, lifted
+    ((1, 5, 5, 2), [2, 2], [3, 3], [0, 1, 0, 1], [1, 1]),   # stride wider than the window
+]
+
+
+@pytest.mark.parametrize("shape, kernel, stride, pads, dilation", WINDOWS)
+def test_unfold_and_fold_kernels_on_the_host(shape, kernel, stride, pads, dilation, host_cxx,
+                                             tmp_path):
+    """The CUDA im2col/col2im against the ops' numpy definitions (`ops/movement.py`), with the
+    -inf padding max pooling uses."""
+    un, fo = ck.unfold("float32"), ck.fold("float32")
+    dims = ["long long"] + ["int"] * 13
+    lib = build(host_cxx, tmp_path, "windows", un[1] + fo[1],
+                {un[0]: dims + ["float", "const float*", "float*"],
+                 fo[0]: dims + ["const float*", "float*"]})
+    window = dict(kernel=kernel, stride=stride, pads=pads, dilation=dilation)
+    x = np.random.default_rng(6).normal(size=shape).astype(np.float32)
+    for pad in (0.0, -np.inf):
+        want = registry.get("unfold").impl(x, **window, pad_value=pad)
+        got = np.full(want.shape, np.nan, np.float32)
+        ints = [np.int32(d) for d in (*shape[1:], *want.shape[1:5], *stride, *dilation,
+                                      pads[0], pads[2])]
+        launch(lib, un[0], MAX_BLOCKS, 64, [np.int64(got.size), *ints, np.float32(pad), x, got])
+        np.testing.assert_array_equal(got, want)
+    cols = np.random.default_rng(7).normal(size=want.shape).astype(np.float32)
+    want = registry.get("fold").impl(cols, size=list(shape[1:3]), **window)
+    got = np.full(want.shape, np.nan, np.float32)
+    launch(lib, fo[0], MAX_BLOCKS, 64, [np.int64(got.size), *ints, cols, got])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("op, axes, shape", [("sum", (0, 1), (150, 200)),   # one 1024-thread block
                                              ("max", (0,), (37, 5)),        # outer axis reduced
                                              ("sum", (1,), (9, 300))])      # rows > blocks
