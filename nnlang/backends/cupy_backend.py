@@ -128,12 +128,13 @@ class CupyBackend:
             raise NNError(f"a kernel loops over {sizes} = more than 2**31 elements, beyond the "
                           "32-bit indices of generated CUDA kernels")
         flat: list = [np.int32(s) for s in sizes]
-        for x in loads:
+        reduced = outs[-1:] if info.reduce_axes else ()
+        for x in (*loads, *outs[:len(outs) - len(reduced)]):
             flat.append(x)
             flat += [np.int32(s // x.itemsize) for s in x.strides]
-        for x in outs:
+        for x in reduced:  # NOTE: indexed by the flat kept index
             if not x.flags.c_contiguous:
-                raise NNError("internal: a kernel output is not contiguous")
+                raise NNError("internal: a reduction's output is not contiguous")
             flat.append(x)
         return _launch, (fn.kernel, grid, block, tuple(flat), smem)
 
@@ -316,9 +317,6 @@ class CupyExecutable(Executable):
     # NOTE: the CUDA kernels take loads as const __restrict__ pointers, so an update is stored
     # into a buffer of its own and copied into the state after the step
     writes_state_in_place = False
-    # NOTE: CUDA kernels store at contiguous flat indices, so concat pieces get buffers of
-    # their own and the concats copy them
-    writes_concat_in_place = False
     picks_blas_threads = False
 
     def _buffer(self, shape, dtype):

@@ -1,11 +1,12 @@
 """Kernel -> CUDA C source (after `fuse`, the CUDA twin of `render_numba.py`), compiled by
 `backends/cupy_backend.py` through NVRTC, or by `nvcc` in the tests.
 
-Sizes and load strides are kernel arguments, so one source serves every batch size and every
-view layout. Elementwise kernels use one thread per output element in a grid-stride loop.
-Kernels ending in a reduction use one block per kept (output) element: each thread folds a
-strided share of the reduced elements, then a shared-memory tree combines the block's
-partials (`blockDim.x` must be a power of two; the launcher picks it).
+Sizes and the strides of loads and element outputs are kernel arguments, so one source serves
+every batch size and every view layout (an output may be a slice of a concat's buffer).
+Elementwise kernels use one thread per output element in a grid-stride loop. Kernels ending in
+a reduction use one block per kept (output) element: each thread folds a strided share of the
+reduced elements, then a shared-memory tree combines the block's partials (`blockDim.x` must
+be a power of two; the launcher picks it).
 """
 from __future__ import annotations
 
@@ -184,8 +185,10 @@ def params(k: Kernel | MultiTensor) -> list[tuple[str, str]]:
     for ld in k.loads.values():
         out.append((f"const {CTYPES[ld.dtype]}* __restrict__", ld.arg))
         out += [("int", f"{ld.arg}_s{a}") for a in range(k.loop_rank)]
+    # NOTE: element outputs take strides too: one may be a slice of a concat's buffer
     for t, (_, arg) in zip(_store_ctypes(k), k.stores):
         out.append((f"{t}* __restrict__", arg))
+        out += [("int", f"{arg}_s{a}") for a in range(k.loop_rank)]
     if k.reduce:
         out.append((f"{CTYPES[k.reduce.dtype]}* __restrict__", k.reduce.arg))
     return out
@@ -202,21 +205,18 @@ def _decode(axes: list[int], flat: str, pad: str) -> list[str]:
     return lines
 
 
-def _flat(axes: list[int]) -> str:
-    text = f"i{axes[0]}"
-    for a in axes[1:]:
-        text = f"({text} * n{a} + i{a})"
-    return text
-
-
 def _strided_load(k: Kernel, ld) -> str:
     terms = [f"i{a} * {ld.arg}_s{a}" for a in range(k.loop_rank) if not ld.broadcast[a]]
     return f"{ld.arg}[{' + '.join(terms) or '0'}]"
 
 
-def _element(k: Kernel, pad: str, flat_index: str, load=_strided_load, array=str) -> list[str]:
-    """Loads, the SSA body and the element stores at the current loop index (`load` spells a
-    load's address, `array` an output array)."""
+def _strided_store(k: Kernel, arg: str) -> str:
+    return f"{arg}[{' + '.join(f'i{a} * {arg}_s{a}' for a in range(k.loop_rank))}]"
+
+
+def _element(k: Kernel, pad: str, load=_strided_load, store=_strided_store) -> list[str]:
+    """Loads, the SSA body and the element stores at the current loop index (`load` and
+    `store` spell the addresses)."""
     lines = []
     for name, ld in k.loads.items():
         lines.append(f"{pad}const {CTYPES[ld.dtype]} {name} = {load(k, ld)};")
@@ -224,7 +224,7 @@ def _element(k: Kernel, pad: str, flat_index: str, load=_strided_load, array=str
         rhs = CUDA.expr(op.op, registry.get(op.op).expr, list(op.args), op.dtype, op.in_dtypes)
         lines.append(f"{pad}const {CTYPES[op.dtype]} {op.out} = {rhs};")
     for value, arg in k.stores:
-        lines.append(f"{pad}{array(arg)}[{flat_index}] = {value};")
+        lines.append(f"{pad}{store(k, arg)} = {value};")
     return lines
 
 
@@ -248,9 +248,9 @@ def _render_multi(m: MultiTensor) -> str:
               "    }",
               "    const long long i0 = e - nn_starts[t];"]
     # NOTE: members are contiguous vectors (multi_tensor.flat_group), so no strides
-    lines += _element(k, "    ", "i0",
+    lines += _element(k, "    ",
                       load=lambda k, ld: f"{ld.arg}[t][{'0' if ld.broadcast[0] else 'i0'}]",
-                      array=lambda arg: f"{arg}[t]")
+                      store=lambda k, arg: f"{arg}[t][i0]")
     lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
 
@@ -270,7 +270,7 @@ def render_function(k: Kernel | MultiTensor) -> str:
                   "  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total;"
                   " e += gridDim.x * blockDim.x) {"]
         lines += _decode(axes, "e", "    ")
-        lines += _element(k, "    ", "e")
+        lines += _element(k, "    ")
         lines.append("  }")
     else:
         red = sorted(k.reduce.axes)
@@ -288,7 +288,7 @@ def render_function(k: Kernel | MultiTensor) -> str:
         lines += [f"    {acc_t} acc = {init};",
                   "    for (int r = threadIdx.x; r < n_red; r += blockDim.x) {"]
         lines += _decode(red, "r", "      ")
-        lines += _element(k, "      ", _flat(axes))
+        lines += _element(k, "      ")
         acc_dtype = _acc_dtype(k)
         lines.append(f"      {CUDA.reduce_step(k.reduce.op, 'acc', k.reduce.value, acc_dtype)}")
         step = CUDA.reduce_step(k.reduce.op, "partial[threadIdx.x]",

@@ -14,8 +14,7 @@ A piece qualifies when:
   (those loop over contiguous vectors);
 - every view taken of it is still a view of its slice (a reshape may not be).
 
-A backend that stores kernel outputs only contiguously (CuPy) gives each piece a buffer of its
-own instead and runs the concat as usual (`Executable.writes_concat_in_place`).
+Both backends' kernels take their outputs' strides, so a piece is just a strided output.
 """
 from __future__ import annotations
 

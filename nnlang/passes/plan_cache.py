@@ -1,5 +1,6 @@
 """An on-disk cache of the compiled plan (`plan.py`: optimize -> schedule -> multi-tensor ->
-memory), so the second run of a model skips the passes: on the unrolled LSTM they take ~0.6 s, unpickling the plan ~0.15 s.
+memory), so the second run of a model skips the passes: on the unrolled LSTM they take ~0.6 s,
+unpickling the plan ~0.15 s.
 
 The key is a fingerprint of the graph that goes in (every node's op, inputs, attributes, type,
 span, path and role; the graph's tables and meta), the disabled passes, and the source of the

@@ -153,13 +153,10 @@ class Executable:
             elif nid in memory.in_place:  # its kernel writes the state array itself
                 self.arrays[nid] = params[memory.in_place[nid]] if self.writes_state_in_place \
                     else self._buffer(shape, n.dtype)
-            elif nid in memory.pieces and not self.writes_concat_in_place:
-                self.arrays[nid] = self._buffer(shape, n.dtype)
             elif n.op == "const":
                 self.arrays[nid] = self._const_array(n.attrs["value"], n.dtype)
-        if self.writes_concat_in_place:
-            for nid in memory.pieces:
-                self._piece_array(nid)
+        for nid in memory.pieces:
+            self._piece_array(nid)
         for nid in g.topo():  # views need their inputs' arrays, so a second pass in order
             if nid in views:
                 self.arrays[nid] = self._view(g.node(nid), self.arrays[views[nid]])
@@ -189,7 +186,6 @@ class Executable:
     # *** where arrays live: the hooks a device executable overrides ***
     state_class = State
     writes_state_in_place = True  # memory.in_place values: kernels store into the state
-    writes_concat_in_place = True  # memory.pieces: kernels store into their concat's slice
     picks_blas_threads = True     # may hand a step's products to BLAS's own threads
 
     @staticmethod
@@ -294,15 +290,14 @@ class Executable:
         inputs = [self.arrays[i] for i in n.inputs]
         if step.kind == "copy":
             return copy_call(xp, n, inputs[0], self.arrays[nid])
-        if n.op == "concat" and self.writes_concat_in_place and \
-                any(self.memory.pieces.get(i, None) is not None and
-                    self.memory.pieces[i].concat == nid for i in n.inputs):
-            return self._concat_rest(n)
+        pieces = self.memory.pieces
+        if n.op == "concat" and any(i in pieces and pieces[i].concat == nid for i in n.inputs):
+            return self._concat_rest(n, xp)
         if n.op == "matmul" and self.threaded_blas:  # NOTE: BLAS splits it over its threads
             return xp.matmul, (inputs[0], inputs[1], self.arrays[nid])
         return library_call(xp, self.backend, n, inputs, self.arrays[nid])
 
-    def _concat_rest(self, n):
+    def _concat_rest(self, n, xp):
         """A concat some of whose inputs are stored in place: copies only the others."""
         out, axis, start = self.arrays[n.id], n.attrs["axis"] % len(n.shape), 0
         copies = []
@@ -310,7 +305,7 @@ class Executable:
             stop = start + int(self.graph.node(i).shape[axis])
             piece = self.memory.pieces.get(i)
             if piece is None or piece.concat != n.id:
-                copies.append((np.copyto, (piece_view(Piece(n.id, axis, start, stop), out),
+                copies.append((xp.copyto, (piece_view(Piece(n.id, axis, start, stop), out),
                                            self.arrays[i])))
             start = stop
         return run_in_order, (copies,)
@@ -350,8 +345,7 @@ class Executable:
                 "multi_tensor_launches": kinds.count("multi"), "calls": kinds.count("call"),
                 "copies": kinds.count("copy"), "distinct_kernels": len({b for _, b in
                                                                         self._sources}),
-                "concat_pieces_in_place": len(self.memory.pieces)
-                if self.writes_concat_in_place else 0,
+                "concat_pieces_in_place": len(self.memory.pieces),
                 "buffers": len(self.memory.sizes), "buffer_bytes": self.memory.total_bytes,
                 "nodes": len(self.graph)}
 

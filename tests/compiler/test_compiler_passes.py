@@ -6,7 +6,7 @@ from nnlang.ir.graph import Builder, Graph, TensorType
 from nnlang.passes.cse import eliminate_common
 from nnlang.passes.dce import eliminate_dead
 from nnlang.passes.fold import fold_constants
-from nnlang.passes.optimize import PASSES, SWITCHES, optimize
+from nnlang.passes.optimize import SWITCHES, optimize
 from nnlang.runtime.executable import compile_graph
 from nnlang.runtime.interpret import interpret
 

@@ -153,19 +153,40 @@ def test_model_kernels_run_on_the_host(model, host_cxx, tmp_path):
             inputs[sname] = x
             args += [x] + [np.int32(s // x.itemsize) for s in x.strides]
         want = evaluate(k, shape, inputs)
-        outs = {}
+        outs, bases = {}, []
         for _, arg in k.stores:
-            outs[arg] = np.zeros(shape, want[arg].dtype)
+            outs[arg], base = _row_padded(shape, want[arg].dtype)
+            bases.append(base)
+            args += [base] + [np.int32(s // base.itemsize) for s in outs[arg].strides]
         if k.reduce:
             outs[k.reduce.arg] = np.zeros(want[k.reduce.arg].shape, k.reduce.dtype)
-        args += list(outs.values())
+            args.append(outs[k.reduce.arg])
         grid, block, _ = launch_config(launch_info(k), shape, MAX_BLOCKS)
         launch(lib, name, grid, block, args)
         for arg, got in outs.items():
             np.testing.assert_allclose(got, want[arg], rtol=1e-4, atol=1e-5, equal_nan=True,
                                        err_msg=f"{model} {name} {arg} loop {shape}\n"
                                                + "".join(k.header))
+        for base in bases:  # NOTE: nothing stored outside the output's own elements
+            if shape:
+                pad = base[..., shape[-1]:]
+                assert np.array_equal(pad, np.full(pad.shape, _SENTINEL[pad.dtype.kind], pad.dtype),
+                                      equal_nan=pad.dtype.kind == "f"), (name, shape)
     print(f"{model}: {len(seen)} distinct kernel launches checked on the host")
+
+
+_SENTINEL = {"f": np.nan, "i": -7, "u": 7, "b": True}
+
+
+def _row_padded(shape, dtype):
+    """An output as the leading columns of a wider buffer filled with a sentinel (a concat
+    piece's layout): (the view, its buffer, passed with the view's strides as CuPy passes a
+    view's pointer)."""
+    if not shape:
+        out = np.zeros(shape, dtype)
+        return out, out
+    base = np.full((*shape[:-1], shape[-1] + 3), _SENTINEL[np.dtype(dtype).kind], dtype)
+    return base[..., :shape[-1]], base
 
 
 def _check_multi(lib, name: str, m: MultiTensor, sizes, rng, what: str) -> None:
@@ -228,7 +249,7 @@ def test_strided_and_broadcast_loads(host_cxx, tmp_path):
     out = np.zeros((5, 7), np.float32)
     # NOTE: pass the base buffer with the view's strides, as CuPy passes a view's pointer
     args = [np.int32(5), np.int32(7), base, np.int32(2), np.int32(10), row, np.int32(7),
-            np.int32(1), out]
+            np.int32(1), out, np.int32(7), np.int32(1)]
     launch(lib, names[0], 2, 4, args)
     np.testing.assert_array_equal(out, x * row)
 
@@ -320,6 +341,7 @@ def test_reductions_on_the_host(op, axes, shape, host_cxx, tmp_path):
     grid, block, smem = launch_config(launch_info(k), shape, MAX_BLOCKS)
     assert smem == block * (8 if op == "sum" else 4)  # float32 sums accumulate in double
     launch(lib, names[0], grid, block, [np.int32(shape[0]), np.int32(shape[1]), x,
-                                        np.int32(shape[1]), np.int32(1), full, red])
+                                        np.int32(shape[1]), np.int32(1), full,
+                                        np.int32(shape[1]), np.int32(1), red])
     np.testing.assert_allclose(full, want["out0"], rtol=1e-6)
     np.testing.assert_allclose(red.reshape(want["out1"].shape), want["out1"], rtol=1e-6)
