@@ -4,7 +4,7 @@
 # pytest and torch, but not lark, and no network.
 #
 # lark comes from a wheel carried with the tree; fetch it once on a machine with network:
-#     pip download lark -d vendor/        (or put it under shared/wheels/)
+#     pip download lark -d vendor/        (or into .whl/ or shared/wheels/)
 #
 # Usage: scripts/gpu_run.sh            results go to $OUT (if set) or ./gpu_results
 set -uo pipefail
@@ -18,9 +18,9 @@ nvidia-smi > "$RESULTS/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed" >> "$RES
     > "$RESULTS/versions.txt" 2>&1
 
 if ! "$PY" -c "import lark" 2>/dev/null; then
-    wheel=$(ls vendor/lark-*.whl shared/wheels/lark-*.whl 2>/dev/null | head -n 1)
+    wheel=$(ls vendor/lark-*.whl .whl/lark-*.whl shared/wheels/lark-*.whl 2>/dev/null | head -n 1)
     if [ -z "$wheel" ]; then
-        echo "no lark wheel under vendor/ or shared/wheels/ (pip download lark -d vendor/)" >&2
+        echo "no lark wheel under vendor/, .whl/ or shared/wheels/ (pip download lark -d vendor/)" >&2
         exit 2
     fi
     "$PY" -m pip install --no-deps --no-index "$wheel" 2>&1 | tail -n 2
