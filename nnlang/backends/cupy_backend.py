@@ -21,7 +21,6 @@ from nnlang.backends.base import Call
 from nnlang.backends.blas import run_in_order
 from nnlang.backends.windows import (as_2d, fold_call, ints_2d, unfold_call,
                                      window_max_call, window_max_grad_call)
-from nnlang.codegen.kernel import build_kernel
 from nnlang.codegen.render_cuda import LaunchInfo, launch_config, multi_tensor, render
 from nnlang.errors import NNError
 from nnlang.ir.graph import Node, op_attrs
@@ -314,9 +313,6 @@ class CupyExecutable(Executable):
     """
 
     state_class = DeviceState
-    # NOTE: the CUDA kernels take loads as const __restrict__ pointers, so an update is stored
-    # into a buffer of its own and copied into the state after the step
-    writes_state_in_place = False
     picks_blas_threads = False
 
     def _buffer(self, shape, dtype):
@@ -360,8 +356,7 @@ class CupyExecutable(Executable):
     def _multi_call(self, step):
         """One launch over every member tensor (`render_cuda.MultiTensor`), or each member on
         its own when their kernels differ."""
-        built = [build_kernel(self.graph, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
-                 for grp in step.groups]
+        built = [self._kernel(grp) for grp in step.groups]
         multi = multi_tensor([k for k, _ in built])
         if multi is None:
             return run_in_order, ([self._kernel_call(grp) for grp in step.groups],)
@@ -372,8 +367,7 @@ class CupyExecutable(Executable):
                                              [self._kernel_arrays(k, bind) for k, bind in built])
 
     def _kernel_call(self, grp):
-        kernel, bind = build_kernel(self.graph, grp.members, grp.outputs, grp.reduce,
-                                    grp.loop_shape)
+        kernel, bind = self._kernel(grp)
         header, body = render(kernel, bind.loop_shape)
         self._sources.append((header, body))
         fn = self.backend.compile(body, kernel.name)

@@ -119,7 +119,8 @@ class LaunchInfo:
     """What a launcher needs to know about a kernel, kept in its source's `// nnlang:` line."""
     rank: int
     loads: int
-    outputs: int                    # element stores, plus the reduction's output when any
+    outputs: int                    # output arguments: element stores not made in place, and
+                                    # the reduction's output when any
     reduce_axes: tuple[int, ...] = ()
     acc_bytes: int = 0              # shared memory per thread of a reduction
 
@@ -164,29 +165,42 @@ class MultiTensor:
         return self.kernel.header
 
 
-def _store_ctypes(k: Kernel) -> list[str]:
+def _output_ctypes(k: Kernel) -> list[tuple[str, str]]:
+    """(C type, argument) of each element output with an argument of its own: a store into a
+    loaded array (an in-place state update) writes through that load's pointer instead."""
     dtypes = {op.out: op.dtype for op in k.body}
     dtypes.update({name: ld.dtype for name, ld in k.loads.items()})
     dtypes.update({name: dtype for name, _, dtype in k.consts})
-    return [CTYPES[dtypes[value]] for value, _ in k.stores]
+    written = _in_place_args(k)
+    return [(CTYPES[dtypes[value]], arg) for value, arg in k.stores if arg not in written]
+
+
+def _in_place_args(k: Kernel) -> set[str]:
+    return {arg for _, arg in k.stores} & {ld.arg for ld in k.loads.values()}
 
 
 def params(k: Kernel | MultiTensor) -> list[tuple[str, str]]:
     """(C type, name) of every kernel parameter: sizes, each load and its strides, outputs; for
-    a multi-tensor launch the tensor count, their starts and a pointer table per array."""
-    if isinstance(k, MultiTensor):
-        k = k.kernel
+    a multi-tensor launch the tensor count, their starts and a pointer table per array.
+
+    NOTE: a load that is also stored to (an in-place update) loses `const`; it keeps
+    `__restrict__`, since the kernel reaches that memory through no other pointer."""
+    multi = isinstance(k, MultiTensor)
+    k = k.kernel if multi else k
+    written = _in_place_args(k)
+
+    def load_type(ld):
+        return f"{'' if ld.arg in written else 'const '}{CTYPES[ld.dtype]}*"
+    if multi:
         return ([("int", "n_tensors"), ("const long long* __restrict__", "nn_starts")]
-                + [(f"const {CTYPES[ld.dtype]}* const* __restrict__", ld.arg)
-                   for ld in k.loads.values()]
-                + [(f"{t}* const* __restrict__", arg)
-                   for t, (_, arg) in zip(_store_ctypes(k), k.stores)])
+                + [(f"{load_type(ld)} const* __restrict__", ld.arg) for ld in k.loads.values()]
+                + [(f"{t}* const* __restrict__", arg) for t, arg in _output_ctypes(k)])
     out = [("int", f"n{a}") for a in range(k.loop_rank)]
     for ld in k.loads.values():
-        out.append((f"const {CTYPES[ld.dtype]}* __restrict__", ld.arg))
+        out.append((f"{load_type(ld)} __restrict__", ld.arg))
         out += [("int", f"{ld.arg}_s{a}") for a in range(k.loop_rank)]
     # NOTE: element outputs take strides too: one may be a slice of a concat's buffer
-    for t, (_, arg) in zip(_store_ctypes(k), k.stores):
+    for t, arg in _output_ctypes(k):
         out.append((f"{t}* __restrict__", arg))
         out += [("int", f"{arg}_s{a}") for a in range(k.loop_rank)]
     if k.reduce:
@@ -310,9 +324,9 @@ def render_function(k: Kernel | MultiTensor) -> str:
 
 def launch_info(k: Kernel | MultiTensor) -> LaunchInfo:
     if isinstance(k, MultiTensor):
-        return LaunchInfo(1, len(k.kernel.loads), len(k.kernel.stores))
+        return LaunchInfo(1, len(k.kernel.loads), len(_output_ctypes(k.kernel)))
     acc = np.dtype(_acc_dtype(k)).itemsize if k.reduce else 0
-    return LaunchInfo(k.loop_rank, len(k.loads), len(k.stores) + bool(k.reduce),
+    return LaunchInfo(k.loop_rank, len(k.loads), len(_output_ctypes(k)) + bool(k.reduce),
                       tuple(sorted(k.reduce.axes)) if k.reduce else (), acc)
 
 
@@ -359,11 +373,11 @@ def cuda_sources(g, disable=()) -> list[CudaSource]:
     """Every fused kernel of a primitive graph, in schedule order, rendered as CUDA: the plan
     the CuPy executable runs."""
     from nnlang.passes.plan import plan
-    g, steps, _, _ = plan(g, disable)
+    g, steps, _, memory = plan(g, disable)
     out = []
     for s in steps:
-        built = [build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
-                 for grp in s.kernel_groups]
+        built = [build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape,
+                              memory.in_place_of(g, grp.outputs)) for grp in s.kernel_groups]
         multi = multi_tensor([k for k, _ in built]) if s.kind == "multi" else None
         if multi is not None:
             sizes = tuple(bind.loop_shape[0] for _, bind in built)

@@ -132,6 +132,11 @@ class MemoryPlan:
     def total_bytes(self) -> int:
         return sum(self.sizes)
 
+    def in_place_of(self, g: Graph, outputs) -> dict[int, int]:
+        """{output: the param node whose array it overwrites} for those of `outputs` that are
+        state updates written in place (`build_kernel`'s `in_place`)."""
+        return {v: g.params[self.in_place[v]] for v in outputs if v in self.in_place}
+
 
 def _with_pieces(lts: list[Lifetime], pieces: dict[int, Piece]) -> list[Lifetime]:
     """A concat holding pieces is live from the first piece's write to the last read of any

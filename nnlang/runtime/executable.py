@@ -213,9 +213,8 @@ class Executable:
 
     def _in_place(self, grp) -> dict[int, int]:
         """The group's outputs that overwrite the state they load: {output: param node}."""
-        params = self.graph.params
-        return {v: params[self.memory.in_place[v]] for v in grp.outputs
-                if v in self.memory.in_place} if self.writes_state_in_place else {}
+        return self.memory.in_place_of(self.graph, grp.outputs) \
+            if self.writes_state_in_place else {}
 
     def _kernel(self, grp):
         return build_kernel(self.graph, grp.members, grp.outputs, grp.reduce, grp.loop_shape,
