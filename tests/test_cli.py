@@ -173,6 +173,16 @@ def test_compile_without_fusion_has_more_kernels():
     assert kernels("--no-fuse") > kernels()
 
 
+def test_compile_switches_concat_in_place_off():
+    def pieces(*flags):
+        r = CliRunner().invoke(app, ["compile", "models/lstm.nn", "--batch", "2",
+                                     "--set", "maxlen=4", "--set", "units=8", "--set", "embed=8",
+                                     "--set", "vocab=50", *flags])
+        assert r.exit_code == 0, r.output
+        return int(re.search(r"concat_pieces_in_place: (\d+)", r.output).group(1))
+    assert pieces() > 0 and pieces("--no-concat-in-place") == 0
+
+
 def test_compile_bad_emit_is_an_error_not_a_traceback():
     result = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--emit", "asm"])
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -194,6 +204,7 @@ def test_compile_emits_cuda_without_a_gpu():
                                       "--emit", "kernels", "--set", "hidden1=16"])
     assert result.exit_code == 0, result.output
     assert '__global__ void' in result.output and "h1 @8" in result.output
+    assert "_multi(" in result.output  # NOTE: the Adam update of every parameter, one launch
 
 
 def test_internal_errors_print_no_traceback(monkeypatch):
