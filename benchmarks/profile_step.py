@@ -17,19 +17,24 @@ from pathlib import Path
 import numpy as np
 
 import nnlang
+from nnlang.runtime.indices import index_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def random_feeds(net) -> dict:
+    """Inputs of the right shapes; ids spread over their whole range (an embedding's gather and
+    scatter_add touch as many rows as real tokens do), other ints and labels 0 or 1."""
     prog, batch = net.program, net.batch
     rng = np.random.default_rng(0)
+    rows = {c.name: c.rows for c in index_inputs(prog.graph)}
     feeds = {}
     for name, nid in prog.graph.inputs.items():
         n = prog.graph.node(nid)
         shape = [batch if not isinstance(d, int) else d for d in n.shape]
         if n.dtype.startswith("int") or name == "label":
-            feeds[name] = rng.integers(0, 2, size=shape).astype(n.dtype)
+            high = rows.get(name, 2) if name != "label" else 2
+            feeds[name] = rng.integers(0, high, size=shape).astype(n.dtype)
         else:
             feeds[name] = rng.normal(size=shape).astype(n.dtype)
     return feeds
