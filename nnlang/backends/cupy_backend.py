@@ -315,9 +315,6 @@ class CupyExecutable(Executable):
     state_class = DeviceState
     picks_blas_threads = False
 
-    def _buffer(self, shape, dtype):
-        return self.cp.empty(shape, dtype)
-
     def __init__(self, g, steps, views, memory, backend: CupyBackend, state=None):
         self.cp = backend.cp
         super().__init__(g, steps, views, memory, backend, state)

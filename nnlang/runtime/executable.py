@@ -151,8 +151,7 @@ class Executable:
                     params[name] = self._state_array(shared, name, shape, n.dtype)
                 self.arrays[nid] = params[name]
             elif nid in memory.in_place:  # its kernel writes the state array itself
-                self.arrays[nid] = params[memory.in_place[nid]] if self.writes_state_in_place \
-                    else self._buffer(shape, n.dtype)
+                self.arrays[nid] = params[memory.in_place[nid]]
             elif n.op == "const":
                 self.arrays[nid] = self._const_array(n.attrs["value"], n.dtype)
         for nid in memory.pieces:
@@ -185,12 +184,7 @@ class Executable:
 
     # *** where arrays live: the hooks a device executable overrides ***
     state_class = State
-    writes_state_in_place = True  # memory.in_place values: kernels store into the state
     picks_blas_threads = True     # may hand a step's products to BLAS's own threads
-
-    @staticmethod
-    def _buffer(shape, dtype):
-        return np.empty(shape, dtype)
 
     @staticmethod
     def _state_array(shared: dict, name: str, shape, dtype):
@@ -211,14 +205,10 @@ class Executable:
             return self._kernel_call(step.group)
         return self._library_step(step, np)
 
-    def _in_place(self, grp) -> dict[int, int]:
-        """The group's outputs that overwrite the state they load: {output: param node}."""
-        return self.memory.in_place_of(self.graph, grp.outputs) \
-            if self.writes_state_in_place else {}
-
     def _kernel(self, grp):
+        """The group's kernel; outputs that are state updates store into their state's load."""
         return build_kernel(self.graph, grp.members, grp.outputs, grp.reduce, grp.loop_shape,
-                            self._in_place(grp))
+                            self.memory.in_place_of(self.graph, grp.outputs))
 
     def _kernel_call(self, grp):
         kernel, bind = self._kernel(grp)
