@@ -69,19 +69,24 @@ _WINDOW_PARAMS = ("long long total, int H, int W, int C, int OH, int OW, int KH,
                   "    int sh, int sw, int dh, int dw, int ph, int pw")
 
 
+def _unravel(axes: list[tuple[str, str]]) -> str:
+    """Lines decoding the flat index `e` into the channel `c`, the named indices (innermost
+    first, each with its size) and the batch item `b`."""
+    lines = ["    long long r = e / C;", "    const int c = (int)(e % C);"]
+    lines += [f"    const int {name} = (int)(r % {size}); r /= {size};"
+              for name, size in axes[:-1]]
+    name, size = axes[-1]
+    lines += [f"    const int {name} = (int)(r % {size});", f"    const long long b = r / {size};"]
+    return "".join(line + "\n" for line in lines)
+
+
 def unfold(t: str) -> tuple[str, str]:
     """One thread per cols element: the image cell its tap reads, or the pad value."""
     name, ct = f"nn_unfold_{t}", CTYPES[t]
     return name, (
         f'extern "C" __global__ void {name}({_WINDOW_PARAMS}, {ct} pad,\n'
         f"    const {ct}* __restrict__ x, {ct}* __restrict__ out) {{\n" + _LOOP +
-        "    long long r = e / C;\n"
-        "    const int c = (int)(e % C);\n"
-        "    const int j = (int)(r % KW); r /= KW;\n"
-        "    const int i = (int)(r % KH); r /= KH;\n"
-        "    const int z = (int)(r % OW); r /= OW;\n"
-        "    const int y = (int)(r % OH);\n"
-        "    const long long b = r / OH;\n"
+        _unravel([("j", "KW"), ("i", "KH"), ("z", "OW"), ("y", "OH")]) +
         "    const int iy = y * sh + i * dh - ph, ix = z * sw + j * dw - pw;\n"
         "    out[e] = (iy >= 0 && iy < H && ix >= 0 && ix < W)\n"
         "        ? x[((b * H + iy) * W + ix) * C + c] : pad;\n  }\n}\n")
@@ -94,11 +99,7 @@ def fold(t: str) -> tuple[str, str]:
     return name, (
         f'extern "C" __global__ void {name}({_WINDOW_PARAMS},\n'
         f"    const {ct}* __restrict__ cols, {ct}* __restrict__ out) {{\n" + _LOOP +
-        "    long long r = e / C;\n"
-        "    const int c = (int)(e % C);\n"
-        "    const int ix = (int)(r % W); r /= W;\n"
-        "    const int iy = (int)(r % H);\n"
-        "    const long long b = r / H;\n"
+        _unravel([("ix", "W"), ("iy", "H")]) +
         f"    {ct} acc = 0;\n"
         "    for (int i = 0; i < KH; ++i) {\n"
         "      const int ty = iy + ph - i * dh;\n"
