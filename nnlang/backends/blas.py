@@ -13,7 +13,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-_WORKERS = max(1, min(os.cpu_count() or 1, 8))
+from nnlang.backends import cpu_affinity
+
+_WORKERS = max(1, min(len(cpu_affinity.allowed_cpus()), 8))
 _SPLIT_FLOPS = 1 << 27   # below this one thread is faster than handing work to a pool
 _MID_FLOPS = 1 << 20     # products from here to _SPLIT_FLOPS make threaded BLAS pay
 _pool: ThreadPoolExecutor | None = None
@@ -79,10 +81,12 @@ def workers() -> int:
 
 
 def pool() -> ThreadPoolExecutor:
-    """The shared pool for split GEMMs and split generated kernels (numba `nogil`)."""
+    """The shared pool for split GEMMs and split generated kernels (numba `nogil`): one thread
+    fewer than the parts of a split, whose first part runs on the calling thread."""
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="nnlang-gemm")
+        _pool = ThreadPoolExecutor(max(1, _WORKERS - 1), thread_name_prefix="nnlang-gemm",
+                                   initializer=cpu_affinity.pin_worker)
     return _pool
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from nnlang.backends import cpu_affinity
 from nnlang.backends import numba_kernels as nk
 from nnlang.backends.base import Call
 from nnlang.backends.blas import (blas_threads, matmul_call, run_in_order, run_parts,
@@ -223,10 +224,19 @@ class NumbaBackend:
     def _matmul(self, a, xs, out):
         return matmul_call(xs[0], xs[1], out)
 
+    @contextmanager
     def session(self, threads: int = 1):
         """Context for running one step: BLAS on `threads` threads, single-threaded unless the
-        step's products are a chain BLAS threads better (see backends/blas.py)."""
-        return blas_threads(threads)
+        step's products are a chain BLAS threads better (see backends/blas.py). When nnlang's
+        pool splits the work instead, the calling thread stays on one CPU and the pool on the
+        others (see backends/cpu_affinity.py)."""
+        if threads > 1:  # NOTE: pinning measured no gain there; BLAS may start threads then
+            with blas_threads(threads):
+                yield
+            return
+        numba.get_num_threads()  # NOTE: starts numba's workers unpinned: threads inherit CPUs
+        with cpu_affinity.pinned(), blas_threads(1):
+            yield
 
     def _gather(self, a, xs, out):
         # NOTE: mode="wrap" maps -1 to the last row like numpy indexing and, unlike "raise",
