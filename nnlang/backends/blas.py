@@ -86,7 +86,7 @@ def pool() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max(1, _WORKERS - 1), thread_name_prefix="nnlang-gemm",
-                                   initializer=cpu_affinity.pin_worker)
+                                   initializer=cpu_affinity.register_worker)
     return _pool
 
 

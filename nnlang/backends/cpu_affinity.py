@@ -2,10 +2,10 @@
 process may use, each worker of the GEMM/kernel pool on one of the others.
 
 NOTE why: a split call hands half its work to a pool thread and waits for it, dozens of times a
-step. After the process has slept (0.2 s between steps is enough), Linux's load tracking says
-both threads are nearly idle, so its wake-up placement keeps putting the woken thread on the
-waker's CPU, and the two halves of a split run on one core until the load tracking catches up.
-Measured on a 2-core VM, one process, 12 rounds of "sleep 0.2 s, step, step":
+step. After the process has slept (0.2 s between steps is enough), each half of a split GEMM
+ran 13-15% slower and a whole transformer step up to 1.6x slower, as if the two halves shared
+a core for a while: most likely Linux's wake-up placement, which pulls a woken thread towards
+its waker's CPU while their recent load looks small. Pinning removes it. Measured on a 2-core VM, one process, 12 rounds of "sleep 0.2 s, step, step":
 - transformer: first step after the sleep 79-83 ms unpinned, 55-60 ms pinned (back to back
   55-62 either way);
 - text CNN: 26-30 ms unpinned, 24-26 ms pinned (back to back 22-24 either way);
@@ -13,21 +13,24 @@ Measured on a 2-core VM, one process, 12 rounds of "sleep 0.2 s, step, step":
   the numba backend pins only the steps that its pool splits.
 OpenMP runtimes offer the same binding (OMP_PROC_BIND); `NNLANG_PIN_THREADS=0` turns it off.
 
-The calling thread is pinned only for the length of a step and gets its own affinity back
-afterwards; a thread that the user restricted to other CPUs is left alone, and so is a second
-thread stepping while another one is.
+Both are pinned only for the length of a step: between steps the calling thread has its own
+affinity back and the pool's threads may run anywhere. (Pool threads pinned for good were
+stuck behind OpenBLAS's spinning workers in the steps that use BLAS's threads: the MLP's
+step after a pause took 13 ms instead of 2.7 in half of the rounds.) A thread that the user
+restricted to other CPUs is left alone, and so is a second thread stepping while another one
+is.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 from contextlib import contextmanager
 
 ENV = "NNLANG_PIN_THREADS"
 _lock = threading.Lock()
-_active = 0                   # threads inside `pinned()` right now
-_next_worker = itertools.count()
+_stepping = 0                  # threads inside `pinned()` right now
+_pinned = False                # whether the one stepping thread pinned itself and the pool
+_workers: list[threading.Thread] = []   # the pool's threads, in start order
 
 
 def _process_cpus() -> tuple[int, ...]:
@@ -49,37 +52,57 @@ def allowed_cpus() -> tuple[int, ...]:
 
 def enabled() -> bool:
     return (hasattr(os, "sched_setaffinity") and os.environ.get(ENV, "1") != "0"
-            and len(allowed_cpus()) >= 2)
+            and len(_CPUS) >= 2)
 
 
-def pin_worker() -> None:
-    """A pool thread's initializer: worker i runs on the (i+1)-th allowed CPU, wrapping past the
-    last, so that with one worker per remaining CPU no two share one."""
+def _worker_cpus(i: int) -> set[int]:
+    """Worker i's CPU during a pinned step: the (i+1)-th allowed one, wrapping past the last,
+    so that with one worker per remaining CPU no two share one."""
+    return {_CPUS[1 + i % (len(_CPUS) - 1)]}
+
+
+def register_worker() -> None:
+    """A pool thread's initializer: it is pinned with the steps from now on, and starts where
+    the current step wants it (or anywhere, rather than on the CPUs of the thread that
+    happened to start it)."""
     if not enabled():
         return
-    cpus = allowed_cpus()
-    i = next(_next_worker)
-    os.sched_setaffinity(0, {cpus[1 + i % (len(cpus) - 1)]})
+    with _lock:
+        _workers.append(threading.current_thread())
+        os.sched_setaffinity(0, _worker_cpus(len(_workers) - 1) if _pinned else set(_CPUS))
+
+
+def _place_workers(pin: bool) -> None:
+    # NOTE: an exited thread's id may belong to another process's thread by now: skip it
+    for i, t in enumerate(_workers):
+        if t.is_alive():
+            try:
+                os.sched_setaffinity(t.native_id, _worker_cpus(i) if pin else set(_CPUS))
+            except ProcessLookupError:  # exited since is_alive()
+                pass
 
 
 @contextmanager
 def pinned():
-    """The calling thread on the first allowed CPU while the block runs."""
-    global _active
+    """While the block runs: the calling thread on the first allowed CPU, the pool's threads
+    on the others."""
+    global _stepping, _pinned
     own = None
     with _lock:
-        if enabled() and _active == 0:
+        if enabled() and _stepping == 0:
             mine = os.sched_getaffinity(0)
-            home = allowed_cpus()[0]
-            if home in mine:
+            if _CPUS[0] in mine:
                 own = mine
-        _active += 1
+                os.sched_setaffinity(0, {_CPUS[0]})
+                _place_workers(True)
+                _pinned = True
+        _stepping += 1
     try:
-        if own is not None:
-            os.sched_setaffinity(0, {home})
         yield
     finally:
         with _lock:
-            _active -= 1
-        if own is not None:
-            os.sched_setaffinity(0, own)
+            _stepping -= 1
+            if own is not None:
+                _pinned = False
+                _place_workers(False)
+                os.sched_setaffinity(0, own)

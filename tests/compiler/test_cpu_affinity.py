@@ -77,12 +77,19 @@ def test_a_second_thread_stepping_meanwhile_is_not_pinned_to_the_same_cpu():
         t.join()
 
 
-def test_pool_workers_each_get_one_cpu_other_than_the_steps():
-    with ThreadPoolExecutor(3, initializer=cpu_affinity.pin_worker) as ex:
+def test_pool_workers_get_one_cpu_other_than_the_steps_while_a_step_runs():
+    def affinities(ex):
         barrier = threading.Barrier(3)
-        got = list(ex.map(lambda _: (barrier.wait(10), os.sched_getaffinity(0))[1], range(3)))
-    for cpus in got:
+        return list(ex.map(lambda _: (barrier.wait(10), os.sched_getaffinity(0))[1], range(3)))
+    with ThreadPoolExecutor(3, initializer=cpu_affinity.register_worker) as ex:
+        with cpu_affinity.pinned():
+            during = affinities(ex)   # the threads start inside the step
+        after = affinities(ex)
+        with cpu_affinity.pinned():
+            again = affinities(ex)    # started threads are moved when a step begins
+    for cpus in during + again:
         assert len(cpus) == 1 and HOME not in cpus
+    assert after == [set(cpu_affinity.allowed_cpus())] * 3
 
 
 def test_a_numba_train_step_leaves_the_callers_affinity_as_it_was():
