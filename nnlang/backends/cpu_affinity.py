@@ -1,5 +1,5 @@
-"""Where nnlang's CPU threads run while a step executes: the calling thread on the first CPU the
-process may use, each worker of the GEMM/kernel pool on one of the others.
+"""Where nnlang's CPU threads run while a step that its pool splits executes: the calling
+thread stays on the CPU it is on, each worker of the GEMM/kernel pool on one of the others.
 
 NOTE why: a split call hands half its work to a pool thread and waits for it, dozens of times a
 step. After the process has slept (0.2 s between steps is enough), each half of a split GEMM
@@ -14,10 +14,11 @@ its waker's CPU while their recent load looks small. Pinning removes it. Measure
 OpenMP runtimes offer the same binding (OMP_PROC_BIND); `NNLANG_PIN_THREADS=0` turns it off.
 
 Both are pinned only for the length of a step: between steps the calling thread has its own
-affinity back and the pool's threads may run anywhere. (Pool threads pinned for good were
+affinity back and the pool's threads may run anywhere, and each step starts from wherever
+the scheduler has put the calling thread (a CPU busy with another process is left that way). (Pool threads pinned for good were
 stuck behind OpenBLAS's spinning workers in the steps that use BLAS's threads: the MLP's
 step after a pause took 13 ms instead of 2.7 in half of the rounds.) A thread that the user
-restricted to other CPUs is left alone, and so is a second thread stepping while another one
+restricted to some CPUs is left alone, and so is a second thread stepping while another one
 is.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from contextlib import contextmanager
 ENV = "NNLANG_PIN_THREADS"
 _lock = threading.Lock()
 _stepping = 0                  # threads inside `pinned()` right now
-_pinned = False                # whether the one stepping thread pinned itself and the pool
+_home: int | None = None       # the stepping thread's CPU while a pinned step runs
 _workers: list[threading.Thread] = []   # the pool's threads, in start order
 
 
@@ -55,10 +56,20 @@ def enabled() -> bool:
             and len(_CPUS) >= 2)
 
 
-def _worker_cpus(i: int) -> set[int]:
-    """Worker i's CPU during a pinned step: the (i+1)-th allowed one, wrapping past the last,
-    so that with one worker per remaining CPU no two share one."""
-    return {_CPUS[1 + i % (len(_CPUS) - 1)]}
+def current_cpu() -> int | None:
+    """The CPU the calling thread runs on now (Linux's /proc), or None."""
+    try:
+        with open("/proc/thread-self/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[36])  # field 39, "processor"
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _worker_cpus(i: int, home: int) -> set[int]:
+    """Worker i's CPU during a pinned step: the i-th allowed one other than the step's,
+    wrapping past the last, so that with one worker per remaining CPU no two share one."""
+    others = [c for c in _CPUS if c != home]
+    return {others[i % len(others)]}
 
 
 def register_worker() -> None:
@@ -69,40 +80,41 @@ def register_worker() -> None:
         return
     with _lock:
         _workers.append(threading.current_thread())
-        os.sched_setaffinity(0, _worker_cpus(len(_workers) - 1) if _pinned else set(_CPUS))
+        i = len(_workers) - 1
+        os.sched_setaffinity(0, set(_CPUS) if _home is None else _worker_cpus(i, _home))
 
 
-def _place_workers(pin: bool) -> None:
+def _place_workers(home: int | None) -> None:
     # NOTE: an exited thread's id may belong to another process's thread by now: skip it
     for i, t in enumerate(_workers):
         if t.is_alive():
             try:
-                os.sched_setaffinity(t.native_id, _worker_cpus(i) if pin else set(_CPUS))
+                os.sched_setaffinity(t.native_id,
+                                     set(_CPUS) if home is None else _worker_cpus(i, home))
             except ProcessLookupError:  # exited since is_alive()
                 pass
 
 
 @contextmanager
 def pinned():
-    """While the block runs: the calling thread on the first allowed CPU, the pool's threads
-    on the others."""
-    global _stepping, _pinned
-    own = None
+    """While the block runs: the calling thread on its current CPU, the pool's threads on the
+    others."""
+    global _stepping, _home
+    pinning = False
     with _lock:
-        if enabled() and _stepping == 0:
-            mine = os.sched_getaffinity(0)
-            if _CPUS[0] in mine:
-                own = mine
-                os.sched_setaffinity(0, {_CPUS[0]})
-                _place_workers(True)
-                _pinned = True
+        if enabled() and _stepping == 0 and os.sched_getaffinity(0) == set(_CPUS):
+            home = current_cpu()
+            _home = home if home in _CPUS else _CPUS[0]
+            os.sched_setaffinity(0, {_home})
+            _place_workers(_home)
+            pinning = True
         _stepping += 1
     try:
         yield
     finally:
         with _lock:
             _stepping -= 1
-            if own is not None:
-                _pinned = False
-                _place_workers(False)
-                os.sched_setaffinity(0, own)
+            if pinning:
+                _home = None
+                _place_workers(None)
+                os.sched_setaffinity(0, set(_CPUS))

@@ -99,7 +99,7 @@ class CupyBackend:
     def sync(self) -> None:
         self.cp.cuda.get_current_stream().synchronize()
 
-    def session(self, threads: int = 1):
+    def session(self, threads: int = 1, split: bool = False):
         from contextlib import nullcontext
         return nullcontext()
 

@@ -225,12 +225,12 @@ class NumbaBackend:
         return matmul_call(xs[0], xs[1], out)
 
     @contextmanager
-    def session(self, threads: int = 1):
+    def session(self, threads: int = 1, split: bool = False):
         """Context for running one step: BLAS on `threads` threads, single-threaded unless the
         step's products are a chain BLAS threads better (see backends/blas.py). When nnlang's
-        pool splits the work instead, the calling thread stays on one CPU and the pool on the
-        others (see backends/cpu_affinity.py)."""
-        if threads > 1:  # NOTE: pinning measured no gain there; BLAS may start threads then
+        pool splits some of the step's work instead (`split`), the calling thread stays on
+        one CPU and the pool on the others (see backends/cpu_affinity.py)."""
+        if threads > 1 or not split:  # NOTE: pinning measured no gain with BLAS's threads
             with blas_threads(threads):
                 yield
             return

@@ -127,6 +127,12 @@ def _row_strided(x: np.ndarray, force: bool = False):
     return flat, [np.intp(s // item) for s in strides[:-1]]
 
 
+def _uses_pool(call) -> bool:
+    """Does this (function, args) call hand work to the thread pool (`blas.run_parts`)?"""
+    fn, args = call
+    return fn is run_parts or (fn is run_in_order and any(_uses_pool(c) for c in args[0]))
+
+
 class Executable:
     """A graph compiled for one backend: `run(feeds)` returns outputs, losses and metrics."""
 
@@ -170,6 +176,7 @@ class Executable:
         with together() if together else nullcontext():
             calls = [self._build(s) for s in steps]
         self._calls = [backend.resolved(c) for c in calls] if together else calls
+        self.splits = any(_uses_pool(c) for c in self._calls)
         named = {**g.outputs, **g.losses, **g.metrics}
         self._results = [(k, self.arrays[v]) for k, v in named.items()]
         self._updates = [(self.state._arrays[k], self.arrays[v]) for k, v in updates(g).items()
@@ -313,7 +320,7 @@ class Executable:
                 self._rng_key += 1
             else:
                 raise NNError(f"no value fed for input '{name}'")
-        with self.backend.session(workers() if self.threaded_blas else 1):
+        with self.backend.session(workers() if self.threaded_blas else 1, self.splits):
             for fn, args in self._calls:
                 fn(*args)
         for dst, src in self._updates:
