@@ -10,7 +10,8 @@ With `--block N` each framework runs N steps in a row per round (timing all but 
 in training; by default each round is one step of each, after an idle pause.
 GFLOP/s counts only the GEMM/conv work (forward FLOPs x 3 for forward + backward), against
 numpy's measured SGEMM peak. Compile times are measured in fresh subprocesses: cold (empty
-NNLANG_CACHE_DIR) and warm (a second process with the same cache dir).
+NNLANG_CACHE_DIR) and warm (a second process with the same cache dir); the table shows the
+build of the training step's executable, the JSON also the first step with it.
 """
 from __future__ import annotations
 
@@ -133,19 +134,22 @@ t1 = time.perf_counter()
 net = nnlang.compile({path!r}, backend={backend!r}, batch={batch}, seed=0)
 feeds = random_batch(net, net.batch, np.random.default_rng(0))
 t2 = time.perf_counter()
+net.graph("train")  # builds the training step's executable: the compile alone
+tb = time.perf_counter()
 net.train_step(feeds)
 t3 = time.perf_counter()
 net.train_step(feeds)
 t4 = time.perf_counter()
-print("PROBE" + json.dumps({{"import_s": t1 - t0, "first_step_s": t3 - t2,
+print("PROBE" + json.dumps({{"import_s": t1 - t0, "build_s": tb - t2, "first_step_s": t3 - t2,
                             "second_step_s": t4 - t3}}))
 """
 
 
 def compile_times(name: str, backend: str, batch: int | None, timeout: float = 1800) -> dict:
-    """Cold: first train_step of a fresh process with an empty NNLANG_CACHE_DIR; warm: the same
-    in a second process that finds the first one's cache. NOTE: the first step includes running
-    that step once; second_step_s says how much of it that is."""
+    """Cold: a fresh process with an empty NNLANG_CACHE_DIR; warm: a second process that finds
+    the first one's cache. build_s: building the training step's executable (the compile);
+    first_step_s: that and running the first step (which also faults in every fresh buffer);
+    second_step_s: the next step."""
     import nnlang
     batch = batch or nnlang.load(str(model_path(name))).train.batch
     code = _PROBE.format(bench=str(Path(__file__).resolve().parent), path=str(model_path(name)),
@@ -180,7 +184,7 @@ def table(results: list[dict], peak: float) -> str:
             v = r.get(key)
             return NOT_MEASURED if v is None else f"{v:.1f} ({100 * v / peak:.0f}%)"
         ct = r.get("compile", {})
-        cold, warm = (ct.get(k, {}).get("first_step_s") for k in ("cold", "warm"))
+        cold, warm = (ct.get(k, {}).get("build_s") for k in ("cold", "warm"))
         rows.append(f"| {r['model']} | {r['batch']} | {_f(r.get('nnlang_ms'), '.1f')} | "
                     f"{_f(r.get('torch_ms'), '.1f')} | {_f(r.get('ratio'), '.2f')} | "
                     f"{r['gemm_gflop_per_step']:.3f} | {rate('nnlang_gflops')} | "
