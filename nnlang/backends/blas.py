@@ -7,7 +7,6 @@ GEMMs ourselves keeps both cores busy without that contention.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 

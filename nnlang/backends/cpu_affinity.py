@@ -5,21 +5,21 @@ NOTE why: a split call hands half its work to a pool thread and waits for it, do
 step. After the process has slept (0.2 s between steps is enough), each half of a split GEMM
 ran 13-15% slower and a whole transformer step up to 1.6x slower, as if the two halves shared
 a core for a while: most likely Linux's wake-up placement, which pulls a woken thread towards
-its waker's CPU while their recent load looks small. Pinning removes it. Measured on a 2-core VM, one process, 12 rounds of "sleep 0.2 s, step, step":
-- transformer: first step after the sleep 79-83 ms unpinned, 55-60 ms pinned (back to back
-  55-62 either way);
-- text CNN: 26-30 ms unpinned, 24-26 ms pinned (back to back 22-24 either way);
+its waker's CPU while their recent load looks small. Pinning removes it. Measured on a 2-core
+VM, one process, rounds of "sleep 0.2 s, step, step" (medians of 12, several runs):
+- transformer: first step after the sleep 73-83 ms unpinned, 55-60 ms pinned (back to back
+  50-62 either way);
+- text CNN: 26-30 ms unpinned, 24-27 ms pinned (back to back 22-26 either way);
 - LSTM and LeNet CNN (their products run on BLAS's own threads, not split): no change, so
   the numba backend pins only the steps that its pool splits.
 OpenMP runtimes offer the same binding (OMP_PROC_BIND); `NNLANG_PIN_THREADS=0` turns it off.
 
-Both are pinned only for the length of a step: between steps the calling thread has its own
-affinity back and the pool's threads may run anywhere, and each step starts from wherever
-the scheduler has put the calling thread (a CPU busy with another process is left that way). (Pool threads pinned for good were
-stuck behind OpenBLAS's spinning workers in the steps that use BLAS's threads: the MLP's
-step after a pause took 13 ms instead of 2.7 in half of the rounds.) A thread that the user
-restricted to some CPUs is left alone, and so is a second thread stepping while another one
-is.
+Both are pinned only for the length of a step: between steps they may run anywhere, and
+each step starts on whichever CPU the scheduler has put the calling thread, so a CPU that
+another process keeps busy is not forced on it. (Pool threads pinned for good sat behind
+OpenBLAS's spinning workers in the steps that use BLAS's threads: the MLP's step after a
+pause took 13 ms instead of 2.7 in half of the rounds.) A thread that the user restricted to
+some CPUs is left alone, and so is a second thread stepping while another one is.
 """
 from __future__ import annotations
 

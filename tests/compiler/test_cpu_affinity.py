@@ -100,8 +100,6 @@ def test_pool_workers_get_one_cpu_other_than_the_steps_while_a_step_runs():
 
 
 def test_a_numba_train_step_leaves_the_callers_affinity_as_it_was():
-    import numpy as np
-
     import nnlang
     src = """model M {
   input x: float32[batch, 8]
