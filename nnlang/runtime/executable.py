@@ -23,6 +23,7 @@ from nnlang.passes.memory import MemoryPlan
 from nnlang.passes.plan import plan
 from nnlang.passes.rewrite import updates
 from nnlang.passes.schedule import Step, apply_view, copy_call
+from nnlang.runtime.aligned import aligned_copy, aligned_zeros
 
 
 class State(MutableMapping):
@@ -107,10 +108,10 @@ def _fitting_array(given, shape, dtype) -> np.ndarray:
     """The caller's array itself when it fits, so executables of one model share their state
     (a train step's update is what the next prediction reads); otherwise a copy or zeros."""
     if given is None:
-        return np.zeros(shape, dtype)
+        return aligned_zeros(shape, dtype)
     if given.shape == shape and given.dtype == dtype and given.flags.c_contiguous:
         return given
-    return np.array(np.broadcast_to(given, shape), dtype=dtype, order="C")
+    return aligned_copy(np.broadcast_to(given, shape), dtype)
 
 
 def _row_strided(x: np.ndarray, force: bool = False):

@@ -12,6 +12,7 @@ from nnlang.gc_pause import paused_gc
 from nnlang.ops.init import initialize
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
+from nnlang.runtime.aligned import aligned_copy, aligned_zeros
 from nnlang.runtime.indices import check_indices, index_inputs
 from nnlang.runtime.interpret import interpret
 from nnlang.train.optim import learning_rate
@@ -74,7 +75,7 @@ class Net:
             spec = ParamSpec(tuple(a["shape"]), a["init"] or ("zeros", {}), a["trainable"],
                              self.dtype)
             # NOTE: C order: compiled executables share these arrays only when contiguous
-            state[name] = np.array(initialize(spec, rng), dtype=self.dtype, order="C")
+            state[name] = aligned_copy(initialize(spec, rng), self.dtype)
         return state
 
     def parameters(self) -> dict:
@@ -95,7 +96,7 @@ class Net:
             elif k in self.state:  # NOTE: in place: compiled executables hold these arrays
                 np.copyto(self.state[k], np.asarray(v, self.dtype))
             else:
-                self.state[k] = np.array(v, self.dtype)
+                self.state[k] = aligned_copy(v, self.dtype)
 
     # *** executables ***
     def _exe(self, kind: str, batch: int):
@@ -113,7 +114,7 @@ class Net:
             for name, nid in g.params.items():  # optimizer slots start at zero
                 if name not in self.state:
                     shape = tuple(int(d) for d in g.node(nid).shape)
-                    self.state[name] = np.zeros(shape, self.dtype)
+                    self.state[name] = aligned_zeros(shape, self.dtype)
         else:
             results = ("outputs",) if kind == "predict" else ("outputs", "losses", "metrics")
             g = forward_graph(self.user, batch, self.dtype, results)
