@@ -65,13 +65,6 @@ def current_cpu() -> int | None:
         return None
 
 
-def _worker_cpus(i: int, home: int) -> set[int]:
-    """Worker i's CPU during a pinned step: the i-th allowed one other than the step's,
-    wrapping past the last, so that with one worker per remaining CPU no two share one."""
-    others = [c for c in _CPUS if c != home]
-    return {others[i % len(others)]}
-
-
 def register_worker() -> None:
     """A pool thread's initializer: it is pinned with the steps from now on, and starts where
     the current step wants it (or anywhere, rather than on the CPUs of the thread that
@@ -80,17 +73,25 @@ def register_worker() -> None:
         return
     with _lock:
         _workers.append(threading.current_thread())
-        i = len(_workers) - 1
-        os.sched_setaffinity(0, set(_CPUS) if _home is None else _worker_cpus(i, _home))
+        os.sched_setaffinity(0, _worker_target(len(_workers) - 1))
 
 
-def _place_workers(home: int | None) -> None:
+def _worker_target(i: int) -> set[int]:
+    """Where worker i may run now: anywhere between steps; during a pinned step, the i-th
+    allowed CPU other than the step's, wrapping past the last, so that with one worker per
+    remaining CPU no two share one."""
+    if _home is None:
+        return set(_CPUS)
+    others = [c for c in _CPUS if c != _home]
+    return {others[i % len(others)]}
+
+
+def _place_workers() -> None:
     # NOTE: an exited thread's id may belong to another process's thread by now: skip it
     for i, t in enumerate(_workers):
         if t.is_alive():
             try:
-                os.sched_setaffinity(t.native_id,
-                                     set(_CPUS) if home is None else _worker_cpus(i, home))
+                os.sched_setaffinity(t.native_id, _worker_target(i))
             except ProcessLookupError:  # exited since is_alive()
                 pass
 
@@ -106,7 +107,7 @@ def pinned():
             home = current_cpu()
             _home = home if home in _CPUS else _CPUS[0]
             os.sched_setaffinity(0, {_home})
-            _place_workers(_home)
+            _place_workers()
             pinning = True
         _stepping += 1
     try:
@@ -116,5 +117,5 @@ def pinned():
             _stepping -= 1
             if pinning:
                 _home = None
-                _place_workers(None)
+                _place_workers()
                 os.sched_setaffinity(0, set(_CPUS))
