@@ -30,14 +30,15 @@ def _host_params(net) -> dict:
             if g.node(nid).attrs.get("trainable", True)}
 
 
-def time_model(name: str, rounds: int, warmup: int, batch: int | None) -> dict:
+def time_model(name: str, rounds: int, warmup: int, batch: int | None,
+               device: str = "cuda") -> dict:
     import torch
 
     import nnlang
     program = nnlang.load(str(model_path(name)))
     batch = batch or program.train.batch
     out = {"model": name, "batch": batch}
-    dev = torch.device("cuda")
+    dev = torch.device(device)
     module = build(name, program.hparams).to(dev)
     o = program.train.optimizer.options
     lossf = loss_fn(module.loss_kind)
@@ -57,7 +58,8 @@ def time_model(name: str, rounds: int, warmup: int, batch: int | None) -> dict:
         init = nnlang.compile(program, backend="reference", batch=batch, seed=0)
         feeds = random_batch(init, batch, np.random.default_rng(0))
     opt = torch.optim.Adam(module.parameters(), lr=o["lr"], betas=(o["beta1"], o["beta2"]),
-                           eps=o["eps"], weight_decay=o["weight_decay"], fused=True)
+                           eps=o["eps"], weight_decay=o["weight_decay"],
+                           fused=dev.type == "cuda")
     feat, lab = feature_name(init)
     x = torch.as_tensor(feeds[feat]).to(dev)
     x = x.long() if not x.is_floating_point() else x
@@ -99,13 +101,17 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--torch-device", default="cuda",
+                    help="torch's device (cpu: a smoke run of this script without a GPU)")
     args = ap.parse_args(argv)
     import torch
-    results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+    device = args.torch_device
+    results = {"device": torch.cuda.get_device_name(0) if device == "cuda" else device,
+               "torch": torch.__version__,
                "models": []}
     print(f"{'model':<12} {'batch':>5} {'nnlang ms':>10} {'torch ms':>9} {'ratio':>6}")
     for name in args.models.split(","):
-        r = time_model(name, args.rounds, args.warmup, args.batch)
+        r = time_model(name, args.rounds, args.warmup, args.batch, device)
         results["models"].append(r)
         print(f"{name:<12} {r['batch']:>5} {r.get('nnlang_ms', float('nan')):>10.3f} "
               f"{r['torch_ms']:>9.3f} {r.get('ratio', float('nan')):>6.2f}  "

@@ -1,7 +1,5 @@
 """The generated CUDA kernels run on the CPU: the exact source `render_cuda` emits is compiled
-as host C++ with the CUDA built-ins emulated (blocks run one after another, the threads of a
-block as real std::threads meeting at a std::barrier for `__syncthreads`, `extern __shared__`
-as one static array, `atomicAdd` through std::atomic_ref), launched with the backend's own
+as host C++ with the CUDA built-ins emulated (`host_cuda.py`), launched with the backend's own
 `launch_config`, and compared with a numpy evaluation of the same kernel description (each
 op's registry `impl`, the semantics the reference interpreter uses). Runs without a GPU.
 
@@ -9,9 +7,6 @@ What this cannot show: warp scheduling, memory coalescing and NVRTC specifics; t
 `@pytest.mark.gpu` tests' job.
 """
 from __future__ import annotations
-
-import ctypes
-import subprocess
 
 import numpy as np
 import pytest
@@ -22,74 +17,18 @@ from nnlang.codegen.render_cuda import (MultiTensor, launch_config, launch_info,
 from nnlang.ops import registry
 from nnlang.ops.random import _uniform_impl
 from tests.golden_values import models
+from tests.gpu import host_cuda
+from tests.gpu.host_cuda import launch
 from tests.gpu.test_nvcc import model_sources
 
 MAX_BLOCKS = 3  # few blocks, so every grid-stride loop goes round more than once
 
-EMULATION = r"""
-#include <atomic>
-#include <barrier>
-#include <cmath>
-#include <functional>
-#include <thread>
-#include <vector>
-struct nn_dim3 { unsigned x = 0, y = 0, z = 0; };
-static nn_dim3 blockIdx, blockDim, gridDim;
-static thread_local nn_dim3 threadIdx;
-static std::barrier<>* nn_barrier = nullptr;
-static void __syncthreads() { nn_barrier->arrive_and_wait(); }
-alignas(16) unsigned char nn_smem[1 << 16];
-template <class T> T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __shared__
-static void nn_launch(int grid, int block, bool threaded, const std::function<void()>& f) {
-  gridDim.x = grid; blockDim.x = block;
-  for (int b = 0; b < grid; ++b) {
-    blockIdx.x = b;
-    if (!threaded) {
-      for (int t = 0; t < block; ++t) { threadIdx.x = t; f(); }
-      continue;
-    }
-    std::barrier<> bar(block);
-    nn_barrier = &bar;
-    std::vector<std::thread> threads;
-    for (int t = 0; t < block; ++t)
-      threads.emplace_back([&f, t] { threadIdx.x = t; f(); });
-    for (auto& th : threads) th.join();
-  }
-}
-"""
 
-
-def _trampoline(name: str, ptypes: list[str], threaded: bool) -> str:
-    args = []
-    for i, t in enumerate(ptypes):
-        t = t.replace("__restrict__", "").strip()
-        args.append(f"({t})a[{i}]" if t.endswith("*") else f"*({t}*)a[{i}]")
-    return (f'extern "C" void run_{name}(int grid, int block, void** a) {{\n'
-            f"  nn_launch(grid, block, {'true' if threaded else 'false'}, "
-            f"[&] {{ {name}({', '.join(args)}); }});\n}}\n")
-
-
-def build(host_cxx, tmp_path, stem: str, source: str, kernels: dict[str, list[str]]):
-    """Compiles kernels (name -> parameter C types) into a shared library of `run_<name>`."""
-    threaded = "__syncthreads" in source or "atomicAdd" in source
-    text = EMULATION + source + "".join(_trampoline(n, p, threaded) for n, p in kernels.items())
-    cpp, so = tmp_path / f"{stem}.cpp", tmp_path / f"{stem}.so"
-    cpp.write_text(text)
-    done = subprocess.run([*host_cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
-                           "-w", "-o", str(so), str(cpp)], capture_output=True, text=True)
-    assert done.returncode == 0, f"host compile of {cpp} failed:\n{done.stderr[-4000:]}"
-    return ctypes.CDLL(str(so))
-
-
-def launch(lib, name: str, grid: int, block: int, args: list) -> None:
-    """args: numpy arrays (passed by pointer) and numpy scalars (passed by value)."""
-    keep = [np.ascontiguousarray(a) if isinstance(a, np.ndarray) else np.array(a) for a in args]
-    ptrs = (ctypes.c_void_p * len(keep))(*[k.ctypes.data for k in keep])
-    getattr(lib, f"run_{name}")(ctypes.c_int(grid), ctypes.c_int(block), ptrs)
+def build(host_cxx, tmp_path, stem, source, kernels):
+    try:
+        return host_cuda.build(host_cxx, tmp_path, stem, source, kernels)
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 # *** a numpy evaluation of a kernel description: the expected values ***

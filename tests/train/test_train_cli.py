@@ -47,6 +47,11 @@ train Sentiment {
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
+    return make_tiny(tmp_path, monkeypatch)
+
+
+def make_tiny(tmp_path, monkeypatch):
+    """tmp_path as the working directory, holding tiny.nn, its data and one.npy."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(cache, "SYSTEM_DIRS", [])
