@@ -5,7 +5,11 @@ the same batch and the same initial weights), per reference model, as a ratio.
 
 Both sides end a step by reading the loss (nnlang's train_step returns a float; the torch step
 calls .item()), so each timed step includes its device sync. The frameworks alternate for
-`--rounds` rounds after warm-up; each model reports the median of the paired ratios.
+`--rounds` rounds after warm-up; each model reports the median of the paired ratios. The
+pipelined columns time groups of `--pipeline` steps that read only the last loss, as
+`nnlang train` does (`train_step(fetch=False)`, then `fetch()`), against torch steps that do
+not call .item() until the group's last. nnlang uploads the batch every step; torch's stays on
+the device.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ def _host_params(net) -> dict:
 
 
 def time_model(name: str, rounds: int, warmup: int, batch: int | None,
-               device: str = "cuda") -> dict:
+               device: str = "cuda", pipeline: int = 10) -> dict:
     import torch
 
     import nnlang
@@ -65,17 +69,23 @@ def time_model(name: str, rounds: int, warmup: int, batch: int | None,
     x = x.long() if not x.is_floating_point() else x
     y = torch.as_tensor(feeds[lab]).to(dev)
 
-    def torch_step():
-        opt.zero_grad(set_to_none=True)
-        loss = lossf(module(x), y)
-        loss.backward()
-        opt.step()
+    def torch_steps(k: int = 1):
+        for _ in range(k):
+            opt.zero_grad(set_to_none=True)
+            loss = lossf(module(x), y)
+            loss.backward()
+            opt.step()
         return loss.item()
+
+    def nnlang_steps(k: int):
+        for _ in range(k):
+            net.train_step(feeds, fetch=False)
+        return net.fetch()[-1][0]
 
     for _ in range(warmup):
         if net:
             net.train_step(feeds)
-        torch_step()
+        torch_steps()
     t_nn, t_torch = [], []
     for _ in range(rounds):
         if net:
@@ -83,12 +93,26 @@ def time_model(name: str, rounds: int, warmup: int, batch: int | None,
             net.train_step(feeds)
             t_nn.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        torch_step()
+        torch_steps()
         t_torch.append(time.perf_counter() - t0)
     out["torch_ms"] = 1e3 * statistics.median(t_torch)
     if net:
         out["nnlang_ms"] = 1e3 * statistics.median(t_nn)
         out["ratio"] = statistics.median(a / b for a, b in zip(t_nn, t_torch))
+    if net and pipeline:  # NOTE: as `nnlang train` runs: steps queue up, one read per group
+        p_nn, p_torch = [], []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            nnlang_steps(pipeline)
+            p_nn.append((time.perf_counter() - t0) / pipeline)
+            t0 = time.perf_counter()
+            torch_steps(pipeline)
+            p_torch.append((time.perf_counter() - t0) / pipeline)
+        out["pipelined_steps"] = pipeline
+        out["nnlang_pipelined_ms"] = 1e3 * statistics.median(p_nn)
+        out["torch_pipelined_ms"] = 1e3 * statistics.median(p_torch)
+        out["pipelined_ratio"] = statistics.median(a / b for a, b in zip(p_nn, p_torch))
+    if net:
         exe = net._exe("train", batch)[0]
         out["kernels"] = exe.summary()
     return out
@@ -101,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--pipeline", type=int, default=10,
+                    help="also time groups of this many steps with one read each (0: off)")
     ap.add_argument("--torch-device", default="cuda",
                     help="torch's device (cpu: a smoke run of this script without a GPU)")
     args = ap.parse_args(argv)
@@ -109,12 +135,14 @@ def main(argv=None) -> int:
     results = {"device": torch.cuda.get_device_name(0) if device == "cuda" else device,
                "torch": torch.__version__,
                "models": []}
-    print(f"{'model':<12} {'batch':>5} {'nnlang ms':>10} {'torch ms':>9} {'ratio':>6}")
+    print(f"{'model':<12} {'batch':>5} {'nnlang ms':>10} {'torch ms':>9} {'ratio':>6} "
+          f"{'pipelined':>9}")
     for name in args.models.split(","):
-        r = time_model(name, args.rounds, args.warmup, args.batch, device)
+        r = time_model(name, args.rounds, args.warmup, args.batch, device, args.pipeline)
         results["models"].append(r)
         print(f"{name:<12} {r['batch']:>5} {r.get('nnlang_ms', float('nan')):>10.3f} "
-              f"{r['torch_ms']:>9.3f} {r.get('ratio', float('nan')):>6.2f}  "
+              f"{r['torch_ms']:>9.3f} {r.get('ratio', float('nan')):>6.2f} "
+              f"{r.get('pipelined_ratio', float('nan')):>9.2f}  "
               f"{r.get('nnlang_error', '')}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))

@@ -308,8 +308,11 @@ class CupyExecutable(Executable):
     Persistent state stays on the device across calls and across the executables of one model:
     a host array in the caller's `state` dict is uploaded once and the dict entry replaced by
     the device array, which the next executable (eval, predict) then takes as is.
+    `run(feeds, fetch=False)` leaves the results on the device, so a training loop syncs only
+    when it reads them (`read_all`, once for many steps).
     With NNLANG_CUDA_GRAPH=1 the steady-state calls are captured once into a CUDA graph and
-    replayed (experimental: falls back to plain launches if capture fails).
+    replayed (experimental: falls back to plain launches if capture fails; a replay always
+    ends in a sync, since the next call's uploads go to another stream).
     """
 
     state_class = DeviceState
@@ -392,7 +395,7 @@ class CupyExecutable(Executable):
             warnings.warn(f"CUDA graph capture failed, launching kernels one by one: {e}")
             self._use_graph = False
 
-    def run(self, feeds: dict) -> dict:
+    def run(self, feeds: dict, fetch: bool = True) -> dict:
         for name, buf in self._feeds:
             if name in feeds:
                 self.backend.upload(buf, feeds[name])
@@ -411,7 +414,30 @@ class CupyExecutable(Executable):
             self._stream.synchronize()
         else:
             self._launch_all()
+            if not fetch:  # NOTE: device copies, since the next call overwrites the buffers
+                return {k: v.copy() for k, v in self._results}
         return {k: self.cp.asnumpy(v) for k, v in self._results}
+
+    def read_all(self, results: list[dict]) -> list[dict]:
+        """Device results of several calls downloaded in one transfer (one sync): their bytes
+        concatenated on the device, split again on the host."""
+        cp = self.cp
+        flat = [v for r in results for v in r.values() if isinstance(v, cp.ndarray)]
+        if not flat:
+            return results
+        raw = cp.asnumpy(cp.concatenate([cp.ascontiguousarray(v).reshape(-1).view(cp.uint8)
+                                         for v in flat]))
+        out, at = [], 0
+        for r in results:
+            host = {}
+            for k, v in r.items():
+                if isinstance(v, cp.ndarray):
+                    host[k] = raw[at:at + v.nbytes].view(v.dtype).reshape(v.shape)
+                    at += v.nbytes
+                else:
+                    host[k] = v
+            out.append(host)
+        return out
 
 
 def compile_graph(g, disable=(), state=None) -> CupyExecutable:

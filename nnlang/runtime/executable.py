@@ -311,8 +311,9 @@ class Executable:
     def _reshaped(a, shape):
         return np.reshape(a, shape, copy=False)
 
-    def run(self, feeds: dict) -> dict[str, np.ndarray]:
-        """Runs one call: feeds by input name -> outputs, losses and metrics by name."""
+    def run(self, feeds: dict, fetch: bool = True) -> dict[str, np.ndarray]:
+        """Runs one call: feeds by input name -> outputs, losses and metrics by name.
+        fetch=False lets a device executable leave them on the device (see `read_all`)."""
         for name, buf in self._feeds:
             if name in feeds:
                 np.copyto(buf, feeds[name], casting="unsafe")
@@ -327,6 +328,12 @@ class Executable:
         for dst, src in self._updates:
             np.copyto(dst, src)
         return {k: np.array(v) for k, v in self._results}
+
+    @staticmethod
+    def read_all(results: list[dict]) -> list[dict]:
+        """The results of several `run(..., fetch=False)` calls as host arrays (here they
+        already are)."""
+        return results
 
     def kernel_sources(self) -> list[str]:
         """Each kernel step's source with its header, in schedule order (`--emit kernels`)."""

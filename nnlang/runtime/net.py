@@ -26,13 +26,17 @@ class _Interpreted:
     def __init__(self, g, state: dict):
         self.g, self.state = g, state
 
-    def run(self, feeds: dict) -> dict:
+    def run(self, feeds: dict, fetch: bool = True) -> dict:
         env = interpret(self.g, feeds, self.state)
         results = {**self.g.outputs, **self.g.losses, **self.g.metrics}
         out = {k: env[v] for k, v in results.items()}
         for name, nid in self.g.meta.get("updates", {}).items():
             np.copyto(self.state[name], env[nid])
         return out
+
+    @staticmethod
+    def read_all(results: list[dict]) -> list[dict]:
+        return results
 
 
 def _compile(g, backend: str, state: dict, disable=()):
@@ -63,6 +67,7 @@ class Net:
         self._checks: dict = {}   # (kind, batch) -> the inputs holding ids, checked per call
         self.step = 0
         self.epoch = 0
+        self._unread: list = []   # (executable, device results) of unfetched train steps
         self.total_steps = 0
         self.state = self._init_state()
 
@@ -124,7 +129,7 @@ class Net:
         """The optimized-input primitive graph of `kind` (train | eval | predict)."""
         return self._exe(kind, self.batch)[1]
 
-    def _run(self, kind: str, feeds: dict, extra: dict) -> dict:
+    def _run(self, kind: str, feeds: dict, extra: dict, fetch: bool = True) -> dict:
         batch = _batch_of(feeds)
         exe, g = self._exe(kind, batch)
         feeds = {**self._cast(feeds, g), **extra}
@@ -133,7 +138,7 @@ class Net:
         check_indices(self._checks[(kind, batch)], feeds)
         if "_rng" in g.inputs:
             feeds["_rng"] = np.int64(self.seed * 1_000_003 + self.step)
-        return exe.run(feeds)
+        return exe.run(feeds, fetch)
 
     def _cast(self, feeds: dict, g) -> dict:
         out = {}
@@ -155,15 +160,32 @@ class Net:
             out[name] = np.array(arr, dtype=node.dtype, order="C", copy=None)
         return out
 
-    def train_step(self, feeds: dict) -> float:
-        """One fused step (forward, backward, update); returns the loss. Metrics: last_metrics."""
+    def train_step(self, feeds: dict, fetch: bool = True) -> float | None:
+        """One fused step (forward, backward, update); returns the loss. Metrics: last_metrics.
+
+        fetch=False returns None and leaves the loss and metrics where the step computed them,
+        so on a GPU the step ends without waiting for the device; `fetch()` then reads those
+        of every such step at once."""
         lr = learning_rate(self.config.optimizer.options["lr"], self.config.schedule,
                            self.step, self.epoch, self.total_steps)
-        out = self._run("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)})
+        out = self._run("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)}, fetch)
         self.step += 1
-        loss = float(out.pop("loss"))
-        self.last_metrics = {k: float(v) for k, v in out.items()}
+        if not fetch:
+            self._unread.append((self._exe("train", _batch_of(feeds))[0], out))
+            return None
+        loss, self.last_metrics = _loss_and_metrics(out)
         return loss
+
+    def fetch(self) -> list[tuple[float, dict]]:
+        """(loss, metrics) of each `train_step(..., fetch=False)` since the last call, in
+        order; one device transfer for all of them."""
+        unread, self._unread = self._unread, []
+        if not unread:
+            return []
+        results = unread[-1][0].read_all([out for _, out in unread])
+        taken = [_loss_and_metrics(out) for out in results]
+        self.last_metrics = taken[-1][1]
+        return taken
 
     def evaluate(self, feeds: dict) -> dict:
         """Losses and metrics on one batch, without updating anything."""
@@ -179,6 +201,12 @@ class Net:
     def forward(self, feeds: dict) -> dict:
         """The model's outputs (dropout off)."""
         return self._run("predict", feeds, {})
+
+
+def _loss_and_metrics(out: dict) -> tuple[float, dict]:
+    out = dict(out)
+    loss = float(out.pop("loss"))
+    return loss, {k: float(v) for k, v in out.items()}
 
 
 def _on_device(a) -> bool:

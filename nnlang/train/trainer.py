@@ -85,6 +85,11 @@ class _Sums:
         return {"n": self.n, "sums": self.sums}
 
 
+# how often the training loop reads the steps' losses (for the progress bar and the NaN guard)
+READ_EVERY_S = 0.2
+READ_EVERY_STEPS = 50
+
+
 def _fmt(values: dict | None) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in (values or {}).items())
 
@@ -184,25 +189,30 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
                 sums, done = _Sums(), 0
             epoch_state = rng.bit_generator.state
             order = rng.permutation(n)
-            t0, seen = time.perf_counter(), 0
+            t0, seen, start_done = time.perf_counter(), 0, done
             columns = (TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(),
                        MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
                        TimeRemainingColumn())
             with Progress(*columns, console=console, disable=not show) as bar:
                 task = bar.add_task("train", total=per_epoch, completed=done, stats="")
+                unread, read_at = 0, time.perf_counter()
                 for b in feeds.batches(train, cfg.batch, order, start=done):
                     # NOTE: overflow warnings are noise here; a non-finite loss is the report
                     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                        loss = net.train_step(b)
-                    if not math.isfinite(loss):
-                        raise _diverged(loss, epoch, done, net.step, run)
-                    sums.add(loss, net.last_metrics)
-                    history.losses.append(loss)
-                    done, seen = done + 1, seen + cfg.batch
-                    rate = seen / max(time.perf_counter() - t0, 1e-9)
-                    bar.update(task, completed=done,
-                               stats=f"{_fmt(sums.means())}  {rate:,.0f} samples/s")
-                    if max_steps is not None and net.step >= max_steps:
+                        net.train_step(b, fetch=False)
+                    unread += 1
+                    stop = max_steps is not None and net.step >= max_steps
+                    # NOTE: reading a step's loss waits for it; on a GPU the steps in between
+                    # queue up without waiting (a few per progress refresh, all at the end)
+                    if stop or done + unread == per_epoch or unread == READ_EVERY_STEPS \
+                            or time.perf_counter() - read_at >= READ_EVERY_S:
+                        done = _take(net, sums, history, epoch, done, run)
+                        unread, read_at = 0, time.perf_counter()
+                        seen = (done - start_done) * cfg.batch
+                        rate = seen / max(read_at - t0, 1e-9)
+                        bar.update(task, completed=done,
+                                   stats=f"{_fmt(sums.means())}  {rate:,.0f} samples/s")
+                    if stop:
                         history.stopped = "max_steps"
                         break
             wall = time.perf_counter() - t0
@@ -227,6 +237,8 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
             if history.stopped:
                 break
     except KeyboardInterrupt:
+        # NOTE: the steps already run count (their updates are in the state), finite or not
+        done = _take(net, sums, history, epoch, done, None, check=False)
         path = save_ckpt(epoch, done, epoch_state, sums)
         history.stopped = "interrupted"
         where = f"; checkpoint saved to {path}" if path else ""
@@ -295,6 +307,21 @@ def _data(program, cfg, data, data_dir, file):
                              cfg.val_split, cfg.seed)
     test = feeds.model_arrays(program.graph, ds.test.arrays, mapping) if len(ds.test) else {}
     return cfg, ds, mapping, (train, val, test)
+
+
+def _take(net, sums: _Sums, history: History, epoch: int, done: int, run,
+          check: bool = True) -> int:
+    """Reads the losses and metrics of the steps run since the last read into the epoch's
+    sums; returns the epoch's step count. A non-finite loss stops training (`check`)."""
+    taken = net.fetch()
+    first = net.step - len(taken)
+    for i, (loss, metrics) in enumerate(taken):
+        if check and not math.isfinite(loss):
+            raise _diverged(loss, epoch, done, first + i + 1, run)
+        sums.add(loss, metrics)
+        history.losses.append(loss)
+        done += 1
+    return done
 
 
 def _diverged(loss, epoch, done, step, run) -> NNError:

@@ -15,6 +15,7 @@ kernel with nvcc), and timing.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import sys
 import types
@@ -97,6 +98,7 @@ class ndarray:
         return f"fake_cupy.ndarray({self._a!r})"
 
     def get(self):
+        TRANSFERS["to_host"] += 1
         return self._a.copy()
 
     def set(self, arr):
@@ -108,6 +110,7 @@ class ndarray:
             raise TypeError(f"{self.dtype} array cannot be set to {arr.dtype} array")
         if not self._a.flags.c_contiguous:
             raise RuntimeError("Cannot set to non-contiguous array")
+        TRANSFERS["to_device"] += 1
         self._a[...] = arr
 
     def view(self, dtype):
@@ -179,11 +182,12 @@ def _module():
     def asarray(a, dtype=None):
         if isinstance(a, ndarray):
             return a if dtype is None or a.dtype == dtype else a.astype(dtype)
+        TRANSFERS["to_device"] += 1
         return ndarray(np.array(a, dtype=dtype))
     m.asarray = m.array = asarray
 
     def asnumpy(a):
-        return a._a.copy() if isinstance(a, ndarray) else np.asarray(a)
+        return a.get() if isinstance(a, ndarray) else np.asarray(a)
     m.asnumpy = asnumpy
 
     def matmul(a, b, out=None):
@@ -194,6 +198,7 @@ def _module():
         np.copyto(_host(dst, "copyto"), _host(src, "copyto"), casting=casting)
     m.copyto = copyto
 
+    m.ascontiguousarray = lambda a: ndarray(np.ascontiguousarray(_host(a, "ascontiguousarray")))
     m.transpose = lambda a, axes=None: ndarray(np.transpose(_host(a, "transpose"), axes))
     m.broadcast_to = lambda a, shape: ndarray(np.broadcast_to(_host(a, "broadcast_to"), shape))
 
@@ -240,6 +245,8 @@ class _Compiler:
 
 
 _COMPILER: _Compiler | None = None
+# NOTE: host<->device copies since `install`: "to_host" (each one a sync on a GPU), "to_device"
+TRANSFERS: collections.Counter = collections.Counter()
 
 
 class RawModule:
@@ -364,6 +371,7 @@ def install(monkeypatch, host_cxx: list[str], directory):
     global _COMPILER
     from nnlang.backends import base, cupy_backend
     _COMPILER = _Compiler(host_cxx, directory)
+    TRANSFERS.clear()
     module = _module()
     monkeypatch.setitem(sys.modules, "cupy", module)
     monkeypatch.setattr(cupy_backend, "_BACKEND", None)

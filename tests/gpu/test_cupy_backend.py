@@ -75,6 +75,29 @@ def test_training_lowers_the_loss_and_keeps_state_on_the_device(cupy):
     assert all("__global__" in s for s in exe.kernel_sources())
 
 
+def test_unfetched_steps_are_read_in_one_transfer(cupy):
+    """train_step(fetch=False) leaves the loss and metrics on the device; fetch() reads every
+    such step's at once, the same numbers as steps that read their own."""
+    program = nnlang.load(ROOT / "models" / "conv1d.nn", OVERRIDES["conv1d"])
+    feeds = _noisy_batch(program, 2)
+    ref = nnlang.compile(program, backend="cupy", batch=2 * BATCH, seed=0)
+    want = [(ref.train_step(feeds), ref.last_metrics) for _ in range(5)]
+    net = nnlang.compile(program, backend="cupy", batch=2 * BATCH, seed=0)
+    net.train_step(feeds)                               # compiles, and reads its loss
+    net.fetch()
+    reads = fake_cupy.TRANSFERS["to_host"]
+    assert all(net.train_step(feeds, fetch=False) is None for _ in range(4))
+    if cupy.ndarray is fake_cupy.ndarray:
+        assert fake_cupy.TRANSFERS["to_host"] == reads  # NOTE: no step waited for the device
+    got = net.fetch()
+    if cupy.ndarray is fake_cupy.ndarray:
+        assert fake_cupy.TRANSFERS["to_host"] == reads + 1
+    assert net.fetch() == []
+    assert len(got) == 4 and got[-1][1] == net.last_metrics and want[0][1]
+    for (loss, metrics), (want_loss, want_metrics) in zip(got, want[1:]):
+        assert loss == want_loss and metrics == want_metrics
+
+
 def test_state_round_trips_through_the_host(cupy):
     """parameters(), state_dict() and load_state_dict() move state between host and device:
     a second net loaded with the first one's state continues exactly as the first does."""
@@ -182,8 +205,10 @@ def test_gpu_benchmark_script_runs(cupy, tmp_path, monkeypatch):
     import gpu_step_time
     out = tmp_path / "gpu.json"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    gpu_step_time.main(["--models", "mlp,lstm", "--rounds", "2", "--warmup", "1", "--batch", "4",
-                        "--torch-device", device, "--out", str(out)])
+    gpu_step_time.main(["--models", "mlp,conv1d", "--rounds", "1", "--warmup", "0",
+                        "--batch", "4", "--pipeline", "2", "--torch-device", device,
+                        "--out", str(out)])
     for r in json.loads(out.read_text())["models"]:
         assert "nnlang_error" not in r, r
         assert r["nnlang_ms"] > 0 and r["torch_ms"] > 0 and r["kernels"]["kernels"] > 0, r
+        assert r["nnlang_pipelined_ms"] > 0 and r["pipelined_steps"] == 2, r

@@ -81,6 +81,32 @@ def test_resume_after_an_epoch_equals_straight_run(tiny, tmp_path, backend):
     assert rows[1]["val_loss"] == straight.rows[1]["val_loss"]
 
 
+@pytest.mark.parametrize("every, stop, reads", [
+    (4, None, [4, 4, 2, 4, 4, 2]),       # 10 steps an epoch, each epoch's last read short
+    (1, None, [1] * 20),
+    (4, 13, [4, 4, 2, 3]),               # max_steps reads the steps before it stops
+])
+def test_losses_are_read_every_few_steps(tiny, monkeypatch, every, stop, reads):
+    """The loop leaves steps' losses unread (on a GPU, unwaited for) between reads; what it
+    records is the same, step for step, however often it reads."""
+    from nnlang.train import trainer
+    straight = run(tiny, max_steps=stop)
+    real, counts = Net.fetch, []
+
+    def counting(self):
+        taken = real(self)
+        counts.append(len(taken))
+        return taken
+    monkeypatch.setattr(Net, "fetch", counting)
+    monkeypatch.setattr(trainer, "READ_EVERY_STEPS", every)
+    monkeypatch.setattr(trainer, "READ_EVERY_S", float("inf"))
+    got = run(tiny, max_steps=stop)
+    assert [c for c in counts if c] == reads
+    assert got.losses == straight.losses
+    assert [r["train_loss"] for r in got.rows] == [r["train_loss"] for r in straight.rows]
+    assert [r["train_acc"] for r in got.rows] == [r["train_acc"] for r in straight.rows]
+
+
 def test_resume_inside_an_epoch_equals_straight_run(tiny, tmp_path):
     straight = run(tiny, tmp_path / "straight")
     first = run(tiny, tmp_path / "split", max_steps=13)  # stops 3 steps into epoch 2
@@ -98,10 +124,10 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tiny, tmp_path, monkeypa
     straight = run(tiny, tmp_path / "straight")
     real = Net.train_step
 
-    def interrupting(self, feeds):
+    def interrupting(self, feeds, fetch=True):
         if self.step == 7:
             raise KeyboardInterrupt
-        return real(self, feeds)
+        return real(self, feeds, fetch)
     monkeypatch.setattr(Net, "train_step", interrupting)
     stopped = run(tiny, tmp_path / "split")
     assert stopped.stopped == "interrupted"
@@ -118,9 +144,14 @@ def test_divergence_stops_with_a_clear_error(tiny):
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
-    real = Net.train_step
-    monkeypatch.setattr(Net, "train_step",
-                        lambda self, f: float("nan") if self.step >= 12 else real(self, f))
+    real = Net.fetch
+
+    def poisoned(self):  # NOTE: the 13th step's loss on is NaN
+        taken = real(self)
+        first = self.step - len(taken)
+        return [(float("nan") if first + i >= 12 else loss, m)
+                for i, (loss, m) in enumerate(taken)]
+    monkeypatch.setattr(Net, "fetch", poisoned)
     with pytest.raises(NNError) as err:
         run(tiny, tmp_path / "r")
     assert "epoch 2, step 3" in err.value.message
