@@ -7,6 +7,8 @@
 #     pip download lark -d vendor/        (or into .whl/ or shared/wheels/)
 #
 # Usage: scripts/gpu_run.sh            results go to $OUT (if set) or ./gpu_results
+# Limits (seconds): GPU_TEST_S (default 300) for the GPU tests, GPU_BENCH_S (150) per benchmark
+# run; GPU_HOST_TESTS=1 also runs the CPU-only tests of tests/gpu.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS="${OUT:-$PWD/gpu_results}"
@@ -29,11 +31,18 @@ fi
     || { echo "pip install failed, see $RESULTS/install.txt" >&2; exit 3; }
 
 # NOTE: run from the tree (the tests import tests.golden_values), against the installed package
-"$PY" -m pytest -q -m gpu tests/gpu -rs --junitxml="$RESULTS/pytest-gpu.xml" 2>&1 \
-    | tee "$RESULTS/pytest-gpu.txt"
+# NOTE: each part has a time limit, so one hang cannot spend the whole device lease
+timeout "${GPU_TEST_S:-300}" "$PY" -m pytest -q -m gpu tests/gpu -rs -s \
+    --junitxml="$RESULTS/pytest-gpu.xml" 2>&1 | tee "$RESULTS/pytest-gpu.txt"
 status=${PIPESTATUS[0]}
-"$PY" -m pytest -q tests/gpu -m "not gpu" 2>&1 | tail -n 3 | tee "$RESULTS/pytest-host.txt"
 
-"$PY" benchmarks/gpu_step_time.py --rounds 30 --out "$RESULTS/gpu_step_time.json" 2>&1 \
-    | tee "$RESULTS/gpu_step_time.txt"
+timeout "${GPU_BENCH_S:-150}" "$PY" benchmarks/gpu_step_time.py --rounds 30 \
+    --out "$RESULTS/gpu_step_time.json" 2>&1 | tee "$RESULTS/gpu_step_time.txt"
+# the same with the steady-state step captured into a CUDA graph and replayed
+NNLANG_CUDA_GRAPH=1 timeout "${GPU_BENCH_S:-150}" "$PY" benchmarks/gpu_step_time.py --rounds 30 \
+    --out "$RESULTS/gpu_step_time_graph.json" 2>&1 | tee "$RESULTS/gpu_step_time_graph.txt"
+
+if [ -n "${GPU_HOST_TESTS:-}" ]; then  # the CPU-only tests, which CI runs anyway
+    "$PY" -m pytest -q tests/gpu -m "not gpu" 2>&1 | tail -n 3 | tee "$RESULTS/pytest-host.txt"
+fi
 exit "$status"

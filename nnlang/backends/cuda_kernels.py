@@ -1,5 +1,5 @@
 """Hand-written CUDA for the library ops the CuPy backend does not take from CuPy (gather,
-scatter_add, one_hot, random_uniform, unfold, fold), as source text: compiled by
+scatter_add, one_hot, random_uniform, concat, unfold, fold), as source text: compiled by
 `cupy_backend.py` through NVRTC, and run on the CPU by the host harness in
 `tests/gpu/test_host_harness.py`.
 
@@ -60,6 +60,25 @@ def random_uniform() -> tuple[str, str]:
         "    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;\n"
         "    z = z ^ (z >> 31);\n"
         "    out[e] = (float)(z >> 40) * 5.9604644775390625e-08f;  // 2**-24\n  }\n}\n")
+
+
+def concat(t: str) -> tuple[str, str]:
+    """out [outer, row] from n contiguous pieces [outer, starts[k+1] - starts[k]] side by side
+    (a concat along any axis, flattened so): one launch over a table of the pieces' pointers
+    that the backend uploads once. Each thread finds its piece by a binary search of `starts`
+    (the last piece starting at or before its column, which skips empty pieces)."""
+    name, ct = f"nn_concat_{t}", CTYPES[t]
+    return name, (
+        f'extern "C" __global__ void {name}(long long total, long long row, int n,\n'
+        f"    const long long* __restrict__ starts, const {ct}* const* __restrict__ parts,\n"
+        f"    {ct}* __restrict__ out) {{\n" + _LOOP +
+        "    const long long o = e / row, c = e % row;\n"
+        "    int lo = 0, hi = n - 1;\n"
+        "    while (lo < hi) {\n"
+        "      const int mid = (lo + hi + 1) / 2;\n"
+        "      if (starts[mid] <= c) lo = mid; else hi = mid - 1;\n"
+        "    }\n"
+        "    out[e] = parts[lo][o * (starts[lo + 1] - starts[lo]) + c - starts[lo]];\n  }\n}\n")
 
 
 # *** sliding windows (im2col / col2im), 2-d channels last: images [B, H, W, C], cols

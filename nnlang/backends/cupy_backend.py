@@ -25,7 +25,6 @@ from nnlang.codegen.render_cuda import LaunchInfo, launch_config, multi_tensor, 
 from nnlang.errors import NNError
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops.random import MASK64
-from nnlang.passes.plan import plan
 from nnlang.runtime.executable import Executable, State
 
 VERSION = "nnlang-cuda-0.1"
@@ -203,7 +202,9 @@ class CupyBackend:
         return _launch, (k, self._grid(out.size), 256, (np.int64(out.size), xs[0], salt, out), 0)
 
     def _argmax(self, a, xs, out):
-        return _argmax, (self.cp, xs[0], a["axis"], out)
+        # NOTE: CuPy's argmax gives int64; a scratch made here keeps the step allocation-free
+        tmp = out if out.dtype == self.cp.int64 else self.cp.empty(out.shape, self.cp.int64)
+        return _argmax, (self.cp, xs[0], a["axis"], tmp, out)
 
     def _unslice(self, a, xs, out):
         idx = [slice(None)] * out.ndim
@@ -211,7 +212,22 @@ class CupyBackend:
         return _unslice, (xs[0], out, tuple(idx))
 
     def _concat(self, a, xs, out):
-        return _concat, (self.cp, tuple(xs), a["axis"], out)
+        """One launch over a pointer table uploaded here. NOTE: CuPy's own concatenate of
+        more than 8 arrays uploads such a table on every call: a host copy inside the step,
+        which also breaks CUDA graph capture."""
+        cp, axis = self.cp, a["axis"] % out.ndim
+        if not out.flags.c_contiguous or not all(x.flags.c_contiguous for x in xs):
+            return run_in_order, ([(cp.copyto, (view, x)) for view, x in
+                                   zip(_slices(out, axis, xs), xs)],)
+        inner = int(np.prod(out.shape[axis + 1:], dtype=np.int64))
+        row = out.shape[axis] * inner
+        starts = np.concatenate([[0], np.cumsum([x.shape[axis] * inner for x in xs])])
+        table = cp.asarray(np.array([x.data.ptr for x in xs], np.uint64))
+        k = self._library(ck.concat(str(out.dtype)))
+        args = (np.int64(out.size), np.int64(row), np.int32(len(xs)),
+                cp.asarray(starts.astype(np.int64)), table, out)
+        # NOTE: the pieces ride along so the arrays the table points into stay alive
+        return _launch_multi, (k, self._grid(out.size), 256, args, xs)
 
     def _window_call(self, make, a, image, cols, total: int, *tail) -> Call:
         """A 1-d or 2-d unfold/fold kernel (`make`: its source) over `total` elements."""
@@ -255,9 +271,10 @@ def _zero_then(out, kernel, grid, block, args, total):
         _launch(kernel, grid, block, args, 0)
 
 
-def _argmax(cp, x, axis, out):
-    # NOTE: CuPy allocates the int64 result from its pool (no device sync), then casts
-    out[...] = cp.argmax(x, axis=axis)
+def _argmax(cp, x, axis, tmp, out):
+    cp.argmax(x, axis=axis, out=tmp)
+    if tmp is not out:
+        cp.copyto(out, tmp, casting="unsafe")
 
 
 def _unslice(x, out, idx):
@@ -265,8 +282,15 @@ def _unslice(x, out, idx):
     out[idx] = x
 
 
-def _concat(cp, xs, axis, out):
-    cp.concatenate(xs, axis=axis, out=out)
+def _slices(out, axis: int, xs) -> list:
+    """The views of `out` that the pieces `xs` fill, in order along `axis`."""
+    views, start = [], 0
+    for x in xs:
+        idx = [slice(None)] * out.ndim
+        idx[axis] = slice(start, start + x.shape[axis])
+        views.append(out[tuple(idx)])
+        start += x.shape[axis]
+    return views
 
 
 # *** the executable on device arrays ***
@@ -311,8 +335,7 @@ class CupyExecutable(Executable):
     `run(feeds, fetch=False)` leaves the results on the device, so a training loop syncs only
     when it reads them (`read_all`, once for many steps).
     With NNLANG_CUDA_GRAPH=1 the steady-state calls are captured once into a CUDA graph and
-    replayed (experimental: falls back to plain launches if capture fails; a replay always
-    ends in a sync, since the next call's uploads go to another stream).
+    replayed (experimental: falls back to plain launches if capture fails).
     """
 
     state_class = DeviceState
@@ -390,7 +413,7 @@ class CupyExecutable(Executable):
                     self._launch_all()
                 finally:
                     graph = stream.end_capture()
-            self._graph, self._stream = graph, stream
+            self._graph = graph
         except Exception as e:  # NOTE: e.g. a library call that syncs or allocates
             warnings.warn(f"CUDA graph capture failed, launching kernels one by one: {e}")
             self._use_graph = False
@@ -409,13 +432,13 @@ class CupyExecutable(Executable):
             self.backend.sync()
             self._capture()
         if self._graph is not None:
-            self.backend.sync()  # the uploads above ran on the current stream
-            self._graph.launch(stream=self._stream)
-            self._stream.synchronize()
+            # NOTE: replayed on the current stream, so it follows this call's uploads as plain
+            # launches do (capture itself needs a stream of its own)
+            self._graph.launch(stream=self.cp.cuda.get_current_stream())
         else:
             self._launch_all()
-            if not fetch:  # NOTE: device copies, since the next call overwrites the buffers
-                return {k: v.copy() for k, v in self._results}
+        if not fetch:  # NOTE: device copies, since the next call overwrites the buffers
+            return {k: v.copy() for k, v in self._results}
         return {k: self.cp.asnumpy(v) for k, v in self._results}
 
     def read_all(self, results: list[dict]) -> list[dict]:
@@ -440,12 +463,6 @@ class CupyExecutable(Executable):
         return out
 
 
-def compile_graph(g, disable=(), state=None) -> CupyExecutable:
-    """`runtime.executable.compile_graph` for the GPU (until it dispatches on the backend)."""
-    g, steps, views, memory = plan(g, disable)
-    return CupyExecutable(g, steps, views, memory, get_backend(), state)
-
-
 _BACKEND: CupyBackend | None = None
 
 
@@ -456,4 +473,4 @@ def get_backend() -> CupyBackend:
     return _BACKEND
 
 
-__all__ = ["CupyBackend", "CupyExecutable", "compile_graph", "get_backend", "require_cupy"]
+__all__ = ["CupyBackend", "CupyExecutable", "get_backend", "require_cupy"]

@@ -78,10 +78,15 @@ def window_max_grad_call(xp, a: dict, x, g, out):
     back = fold_call(xp, dict(window, size=list(x.shape[1:-1])), cols, out)
     taps = xp.arange(rows.shape[-2]).reshape((1,) * (rows.ndim - 2) + (-1, 1))
 
+    # NOTE: scratch made here, so the step allocates nothing (a GPU step may be captured)
+    first = xp.empty(rows.shape[:-2] + rows.shape[-1:], "int64")
+    hits = xp.empty(rows.shape, bool)
+
     def run():
         fill[0](*fill[1])
-        first = xp.argmax(rows, axis=-2)[..., None, :]
-        xp.multiply(taps == first, g[..., None, :], out=rows)
+        xp.argmax(rows, axis=-2, out=first)
+        xp.equal(taps, first[..., None, :], out=hits)
+        xp.multiply(hits, g[..., None, :], out=rows)
         back[0](*back[1])
     return run, ()
 

@@ -9,9 +9,17 @@ for one executable go into one library, on the first launch) and each launch che
 GPU would not: the argument count, every argument's type against the kernel's C signature, a
 device array for every pointer, the block size and the dynamic shared memory limit.
 
-Not emulated: cuBLAS (matmul is numpy's), streams and stream capture (`begin_capture` raises,
-which takes CupyExecutable's fallback path), NVRTC itself (`test_nvcc.py` compiles every
-kernel with nvcc), and timing.
+Stream capture is emulated as a CUDA graph records: while a stream captures, every operation
+that writes device memory (kernel launches with their arguments as they were, fills, copies,
+matmuls) is recorded instead of run, and `Graph.launch` replays them in order; host<->device
+copies and syncs during capture raise, as CUDA refuses them. So does an operation that
+allocates a new array (argmax without `out=`, a comparison, a matmul into a non-contiguous
+`out`, which CuPy computes in a temporary): memory taken from CuPy's pool during capture goes
+back to the pool when Python drops the array, while the graph keeps writing to it, so a step
+meant for capture must allocate nothing.
+
+Not emulated: cuBLAS (matmul is numpy's), NVRTC itself (`test_nvcc.py` compiles every kernel
+with nvcc), concurrency between streams (all work runs in call order), and timing.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ import collections
 import itertools
 import sys
 import types
+from typing import ClassVar
 
 import numpy as np
 
@@ -64,6 +73,28 @@ def _wrap(a):
     return ndarray(a) if isinstance(a, np.ndarray) else a
 
 
+_CAPTURE: list | None = None   # the operations a capturing stream records, or None
+
+
+def _effect(run) -> None:
+    """A device operation that writes memory: run now, or recorded while a stream captures."""
+    if _CAPTURE is None:
+        run()
+    else:
+        _CAPTURE.append(run)
+
+
+def _new(compute):
+    """A device operation returning a new array (refused while a stream captures)."""
+    _no_capture("a new device array allocated")
+    return ndarray(np.asarray(compute()))   # NOTE: CuPy's 0-d results are device arrays too
+
+
+def _no_capture(what: str) -> None:
+    if _CAPTURE is not None:
+        raise RuntimeError(f"fake cupy: {what} while a stream is capturing (CUDA refuses it)")
+
+
 class ndarray:
     """A device array: a numpy array the host may not read implicitly."""
     __array_ufunc__ = None   # NOTE: makes numpy's operators and ufuncs refuse it
@@ -98,6 +129,7 @@ class ndarray:
         return f"fake_cupy.ndarray({self._a!r})"
 
     def get(self):
+        _no_capture("a device-to-host copy")
         TRANSFERS["to_host"] += 1
         return self._a.copy()
 
@@ -110,6 +142,7 @@ class ndarray:
             raise TypeError(f"{self.dtype} array cannot be set to {arr.dtype} array")
         if not self._a.flags.c_contiguous:
             raise RuntimeError("Cannot set to non-contiguous array")
+        _no_capture("a host-to-device copy")
         TRANSFERS["to_device"] += 1
         self._a[...] = arr
 
@@ -117,41 +150,47 @@ class ndarray:
         return ndarray(self._a.view(dtype))
 
     def reshape(self, *shape):
-        return ndarray(self._a.reshape(*shape))
+        a = self._a.reshape(*shape)
+        return ndarray(a) if np.shares_memory(a, self._a) else _new(lambda: self._a.reshape(*shape))
 
     def transpose(self, *axes):
         return ndarray(self._a.transpose(*axes))
 
     def astype(self, dtype, copy=True):
-        return ndarray(self._a.astype(dtype, copy=copy))
+        return _new(lambda: self._a.astype(dtype))
 
     def copy(self):
-        return ndarray(self._a.copy())
+        return _new(self._a.copy)
 
     def fill(self, value):
-        self._a.fill(_host(value, "fill"))
+        value = _host(value, "fill")
+        _effect(lambda: self._a.fill(value))
 
     def __getitem__(self, idx):
         return _wrap(self._a[_host(idx, "indexing")])
 
     def __setitem__(self, idx, value):
-        self._a[_host(idx, "indexing")] = _host(value, "__setitem__")
+        idx, value = _host(idx, "indexing"), _host(value, "__setitem__")
+        _effect(lambda: self._a.__setitem__(idx, value))
 
     def __int__(self):
-        return int(self._a)
+        return int(self.get())
 
     def __float__(self):
-        return float(self._a)
+        return float(self.get())
 
     def __bool__(self):
-        return bool(self._a)
+        return bool(self.get())
 
 
 def _ufunc(f):
     def call(*args, out=None, **kw):
-        host_out = None if out is None else _host(out, f.__name__)
-        result = f(*_host(args, f.__name__), out=host_out, **kw)
-        return out if out is not None else _wrap(result)
+        args = _host(args, f.__name__)
+        if out is None:
+            return _new(lambda: f(*args, **kw))
+        host_out = _host(out, f.__name__)
+        _effect(lambda: f(*args, out=host_out, **kw))
+        return out
     call.__name__ = f.__name__
     return call
 
@@ -174,14 +213,18 @@ def _module():
     for name in ("add", "subtract", "multiply", "divide", "maximum", "equal", "exp", "negative"):
         setattr(m, name, _ufunc(getattr(np, name)))
 
-    m.empty = lambda shape, dtype=float: ndarray(np.empty(shape, dtype))
-    m.zeros = lambda shape, dtype=float: ndarray(np.zeros(shape, dtype))
-    m.full = lambda shape, value, dtype=None: ndarray(np.full(shape, value, dtype))
-    m.arange = lambda *a, **kw: ndarray(np.arange(*a, **kw))
+    def empty(shape, dtype=float):
+        _no_capture("a new device array allocated")
+        return ndarray(np.empty(shape, dtype))
+    m.empty = empty
+    m.zeros = lambda shape, dtype=float: _new(lambda: np.zeros(shape, dtype))
+    m.full = lambda shape, value, dtype=None: _new(lambda: np.full(shape, value, dtype))
+    m.arange = lambda *a, **kw: _new(lambda: np.arange(*a, **kw))
 
     def asarray(a, dtype=None):
         if isinstance(a, ndarray):
             return a if dtype is None or a.dtype == dtype else a.astype(dtype)
+        _no_capture("a host-to-device copy")
         TRANSFERS["to_device"] += 1
         return ndarray(np.array(a, dtype=dtype))
     m.asarray = m.array = asarray
@@ -191,32 +234,55 @@ def _module():
     m.asnumpy = asnumpy
 
     def matmul(a, b, out=None):
+        if out is not None and not out.flags.c_contiguous:
+            # NOTE: CuPy computes into a temporary and copies it into a non-contiguous out
+            _no_capture("a matmul into a non-contiguous out (a temporary)")
         return _ufunc(np.matmul)(a, b, out=out)
     m.matmul = matmul
 
     def copyto(dst, src, casting="same_kind"):
-        np.copyto(_host(dst, "copyto"), _host(src, "copyto"), casting=casting)
+        dst, src = _host(dst, "copyto"), _host(src, "copyto")
+        _effect(lambda: np.copyto(dst, src, casting=casting))
     m.copyto = copyto
 
-    m.ascontiguousarray = lambda a: ndarray(np.ascontiguousarray(_host(a, "ascontiguousarray")))
+    m.ascontiguousarray = lambda a: a if a.flags.c_contiguous else _new(
+        lambda: np.ascontiguousarray(_host(a, "ascontiguousarray")))
     m.transpose = lambda a, axes=None: ndarray(np.transpose(_host(a, "transpose"), axes))
     m.broadcast_to = lambda a, shape: ndarray(np.broadcast_to(_host(a, "broadcast_to"), shape))
 
     def concatenate(tup, axis=0, out=None):
-        result = np.concatenate(_host(list(tup), "concatenate"), axis=axis,
-                                out=None if out is None else _host(out, "concatenate"))
-        return out if out is not None else ndarray(result)
+        xs = _host(list(tup), "concatenate")
+        if len(xs) > 8:  # NOTE: CuPy then uploads a table of the arrays' pointers, every call
+            _no_capture("a host-to-device copy (concatenate's pointer table)")
+            TRANSFERS["to_device"] += 1
+        if out is None:
+            return _new(lambda: np.concatenate(xs, axis=axis))
+        host_out = _host(out, "concatenate")
+        _effect(lambda: np.concatenate(xs, axis=axis, out=host_out))
+        return out
     m.concatenate = concatenate
 
     def reduction(f):
         def call(a, axis=None, out=None, keepdims=False):
-            result = f(_host(a, f.__name__), axis=axis, keepdims=keepdims,
-                       out=None if out is None else _host(out, f.__name__))
-            return out if out is not None else _wrap(result)
+            a = _host(a, f.__name__)
+            if out is None:
+                return _new(lambda: f(a, axis=axis, keepdims=keepdims))
+            host_out = _host(out, f.__name__)
+            _effect(lambda: f(a, axis=axis, keepdims=keepdims, out=host_out))
+            return out
         return call
     m.max = m.amax = reduction(np.max)
     m.sum = reduction(np.sum)
-    m.argmax = lambda a, axis=None: _wrap(np.asarray(np.argmax(_host(a, "argmax"), axis=axis)))
+    def argmax(a, axis=None, out=None):
+        a = _host(a, "argmax")
+        if out is None:
+            return _new(lambda: np.argmax(a, axis=axis))
+        if out.dtype != np.int64:
+            raise TypeError(f"fake cupy: argmax into {out.dtype} (its results are int64)")
+        host_out = _host(out, "argmax")
+        _effect(lambda: np.argmax(a, axis=axis, out=host_out))
+        return out
+    m.argmax = argmax
 
     m.RawModule = RawModule
     m.cuda = _cuda_namespace()
@@ -279,8 +345,9 @@ class RawKernel:
         host_args = _checked_args(self.name, self.ptypes, args)
         if self.module._lib is None:
             _COMPILER.flush()
-        host_cuda.launch(self.module._lib, f"m{self.module._index}_{self.name}", grid, block,
-                         host_args)
+        lib, symbol = self.module._lib, f"m{self.module._index}_{self.name}"
+        # NOTE: a captured launch keeps these arguments, as a CUDA graph's kernel node does
+        _effect(lambda: host_cuda.launch(lib, symbol, grid, block, host_args))
 
 
 def _dim(d, what: str) -> int:
@@ -328,31 +395,55 @@ class _Stream:
         self.null = null
 
     def synchronize(self):
-        pass
+        _no_capture("a stream sync")
 
     def __enter__(self):
+        _STREAMS.append(self)
         return self
 
     def __exit__(self, *exc):
+        _STREAMS.pop()
         return False
 
     def begin_capture(self, mode=None):
-        raise RuntimeError("fake cupy: stream capture is not emulated")
+        global _CAPTURE
+        if self.null:
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        if _CAPTURE is not None:
+            raise RuntimeError("fake cupy: a stream is capturing already")
+        _CAPTURE = []
 
     def end_capture(self):
-        raise RuntimeError("fake cupy: stream capture is not emulated")
+        global _CAPTURE
+        if _CAPTURE is None:
+            raise RuntimeError("fake cupy: end_capture without begin_capture")
+        graph, _CAPTURE = _Graph(_CAPTURE), None
+        return graph
+
+
+class _Graph:
+    def __init__(self, ops: list):
+        self.ops = ops
+
+    def launch(self, stream=None):
+        _no_capture("a graph launch")
+        for op in self.ops:
+            op()
 
 
 class _Device:
     # NOTE: one multiprocessor: grid-stride loops get few blocks and go round many times
-    attributes = {"MultiProcessorCount": 1, "MaxThreadsPerBlock": MAX_THREADS,
-                  "MaxSharedMemoryPerBlock": SHARED_LIMIT}
+    attributes: ClassVar[dict] = {"MultiProcessorCount": 1, "MaxThreadsPerBlock": MAX_THREADS,
+                                  "MaxSharedMemoryPerBlock": SHARED_LIMIT}
 
     def __init__(self, device=0):
         self.id = device
 
     def synchronize(self):
-        pass
+        _no_capture("a device sync")
+
+
+_STREAMS: list[_Stream] = [_Stream(null=True)]
 
 
 def _cuda_namespace():
@@ -361,8 +452,8 @@ def _cuda_namespace():
                                          runtimeGetVersion=lambda: 0)
     cuda.Device = _Device
     cuda.Stream = _Stream
-    null = _Stream(null=True)
-    cuda.get_current_stream = lambda: null
+    cuda.Graph = _Graph
+    cuda.get_current_stream = lambda: _STREAMS[-1]
     return cuda
 
 
@@ -372,6 +463,8 @@ def install(monkeypatch, host_cxx: list[str], directory):
     from nnlang.backends import base, cupy_backend
     _COMPILER = _Compiler(host_cxx, directory)
     TRANSFERS.clear()
+    monkeypatch.setattr(sys.modules[__name__], "_CAPTURE", None)
+    del _STREAMS[1:]
     module = _module()
     monkeypatch.setitem(sys.modules, "cupy", module)
     monkeypatch.setattr(cupy_backend, "_BACKEND", None)

@@ -92,3 +92,29 @@ def test_modules_made_together_are_built_together(cp):
     b((1,), (4,), (np.int32(4), x, np.float32(3), y))
     np.testing.assert_array_equal(cp.asnumpy(y), 4)
     assert fake_cupy._COMPILER.libraries == 1
+
+
+def test_stream_capture_records_and_replays(cp, k_scale):
+    """Captured work runs only when the graph is launched, each time, with the kernel
+    arguments it was captured with; host copies, syncs and allocations inside a capture are
+    refused."""
+    x = cp.asarray(np.ones(4, np.float32))
+    y = cp.zeros(4, cp.float32)
+    k_scale((1,), (4,), (np.int32(4), x, np.float32(2), y))   # builds the module first
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        k_scale((1,), (4,), (np.int32(4), y, np.float32(3), x))   # x = 3 * y
+        for refused in (lambda: x.set(np.zeros(4, np.float32)), lambda: cp.asnumpy(x),
+                        lambda: cp.sum(x), lambda: x == y, lambda: cp.argmax(x)):
+            with pytest.raises(RuntimeError, match="capturing"):
+                refused()
+        graph = stream.end_capture()
+    np.testing.assert_array_equal(cp.asnumpy(x), 1)    # nothing ran yet
+    graph.launch(stream=stream)
+    np.testing.assert_array_equal(cp.asnumpy(x), 6)
+    y.set(np.full(4, 10, np.float32))                  # new data, same pointers
+    graph.launch(stream=stream)
+    np.testing.assert_array_equal(cp.asnumpy(x), 30)
+    with pytest.raises(RuntimeError, match="default"):
+        cp.cuda.get_current_stream().begin_capture()

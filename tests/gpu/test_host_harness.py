@@ -241,6 +241,27 @@ def test_library_kernels_on_the_host(host_cxx, tmp_path):
         np.testing.assert_array_equal(got, _uniform_impl(np.int64(key), shape=(1000,), salt=salt))
 
 
+@pytest.mark.parametrize("axis, widths", [(1, [3, 0, 1, 5]),   # an empty piece in between
+                                         (0, [2, 1]), (2, [1] * 11), (1, [0, 4])])
+def test_concat_kernel_on_the_host(axis, widths, host_cxx, tmp_path):
+    name, source = ck.concat("float32")
+    lib = build(host_cxx, tmp_path, "concat", source,
+                {name: ["long long", "long long", "int", "const long long*",
+                        "const float* const*", "float*"]})
+    rng = np.random.default_rng(8)
+    base = [3, 2, 4]
+    xs = [rng.normal(size=[w if a == axis else d for a, d in enumerate(base)]).astype(np.float32)
+          for w in widths]
+    want = np.concatenate(xs, axis=axis)
+    inner = int(np.prod(want.shape[axis + 1:]))
+    starts = np.concatenate([[0], np.cumsum([x.shape[axis] * inner for x in xs])]).astype(np.int64)
+    table = np.array([x.ctypes.data for x in xs], np.uint64)
+    got = np.full(want.shape, np.nan, np.float32)
+    launch(lib, name, MAX_BLOCKS, 8, [np.int64(got.size), np.int64(want.shape[axis] * inner),
+                                      np.int32(len(xs)), starts, table, got])
+    np.testing.assert_array_equal(got, want)
+
+
 WINDOWS = [  # (image shape, kernel, stride, pads, dilation)
     ((2, 7, 9, 3), [3, 2], [2, 1], [1, 0, 2, 1], [1, 2]),   # 2-d: strided, dilated, padded
     ((3, 1, 11, 4), [1, 5], [1, 1], [0, 0, 0, 0], [1, 1]),  # the text CNN's 1-d window, lifted
