@@ -1,5 +1,6 @@
 """Hand-written CUDA for the library ops the CuPy backend does not take from CuPy (gather,
-scatter_add, one_hot, random_uniform, concat, unfold, fold), as source text: compiled by
+scatter_add, one_hot, random_uniform, concat, unfold, fold, window_max and its gradient), as
+source text: compiled by
 `cupy_backend.py` through NVRTC, and run on the CPU by the host harness in
 `tests/gpu/test_host_harness.py`.
 
@@ -7,7 +8,7 @@ Each kernel is one thread per element in a grid-stride loop; its C types are par
 """
 from __future__ import annotations
 
-from nnlang.codegen.render_cuda import CTYPES
+from nnlang.codegen.render_cuda import CTYPES, PRELUDE
 
 _LOOP = ("  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;"
          " e += (long long)gridDim.x * blockDim.x) {\n")
@@ -130,3 +131,60 @@ def fold(t: str) -> tuple[str, str]:
         "      }\n"
         "    }\n"
         "    out[e] = acc;\n  }\n}\n")
+
+
+# *** max pooling on the same layouts: pooled [B, OH, OW, C] ***
+
+def _taps(pad: str) -> str:
+    """The head of a loop over the real cells (iy, ix) of pooled cell (y, z)'s window; the
+    caller closes its two braces."""
+    return (f"{pad}for (int i = 0; i < KH; ++i) {{\n"
+            f"{pad}  const int iy = y * sh + i * dh - ph;\n"
+            f"{pad}  if (iy < 0 || iy >= H) continue;\n"
+            f"{pad}  for (int j = 0; j < KW; ++j) {{\n"
+            f"{pad}    const int ix = z * sw + j * dw - pw;\n"
+            f"{pad}    if (ix < 0 || ix >= W) continue;\n")
+
+
+def window_max(t: str) -> tuple[str, str]:
+    """One thread per pooled element: the largest cell of its window (padding never wins; a
+    NaN does, and stays, as in numpy's max)."""
+    name, ct = f"nn_window_max_{t}", CTYPES[t]
+    return name, PRELUDE + (
+        f'extern "C" __global__ void {name}({_WINDOW_PARAMS},\n'
+        f"    const {ct}* __restrict__ x, {ct}* __restrict__ out) {{\n" + _LOOP +
+        _unravel([("z", "OW"), ("y", "OH")]) +
+        f"    {ct} m = -INFINITY;\n" + _taps("    ") +
+        f"        const {ct} v = x[((b * H + iy) * W + ix) * C + c];\n"
+        "        m = (v > m || v != v) ? v : m;\n"
+        "      }\n    }\n    out[e] = m;\n  }\n}\n")
+
+
+def window_max_grad(t: str) -> tuple[str, str]:
+    """One thread per image element: the sum of g over the windows whose first largest cell
+    (numpy's argmax over the real cells; the first NaN wins) it is. A gather, like fold: no
+    atomics, and the windows are added in the order the numba kernel adds them."""
+    name, ct = f"nn_window_max_grad_{t}", CTYPES[t]
+    return name, (
+        f'extern "C" __global__ void {name}({_WINDOW_PARAMS},\n'
+        f"    const {ct}* __restrict__ x, const {ct}* __restrict__ g, {ct}* __restrict__ out) {{\n"
+        + _LOOP + _unravel([("cx", "W"), ("cy", "H")]) +
+        f"    {ct} acc = 0;\n"
+        "    for (int ti = KH - 1; ti >= 0; --ti) {  // NOTE: windows in row-major order\n"
+        "      const int ty = cy + ph - ti * dh;\n"
+        "      if (ty < 0 || ty % sh != 0 || ty / sh >= OH) continue;\n"
+        "      const int y = ty / sh;\n"
+        "      for (int tj = KW - 1; tj >= 0; --tj) {\n"
+        "        const int tx = cx + pw - tj * dw;\n"
+        "        if (tx < 0 || tx % sw != 0 || tx / sw >= OW) continue;\n"
+        "        const int z = tx / sw;\n"
+        f"        {ct} best = 0;\n"
+        "        int at_y = -1, at_x = -1;\n" + _taps("        ") +
+        f"            const {ct} v = x[((b * H + iy) * W + ix) * C + c];\n"
+        "            if (at_y < 0 || v > best || (v != v && best == best)) {\n"
+        "              best = v; at_y = iy; at_x = ix;\n"
+        "            }\n"
+        "          }\n        }\n"
+        "        if (at_y == cy && at_x == cx) acc += g[((b * OH + y) * OW + z) * C + c];\n"
+        "      }\n    }\n    out[e] = acc;\n  }\n}\n")
+

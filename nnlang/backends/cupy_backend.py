@@ -252,11 +252,27 @@ class CupyBackend:
         image, cols = arrays
         return self._window_call(ck.fold, a, image, cols, image.size, cols, image)
 
+    def _pool_call(self, make, a, image, pooled, total: int, *arrays) -> Call:
+        """A 1-d or 2-d window_max(_grad) kernel over `total` elements (pooled [B, OH, OW, C])."""
+        (_, h, w, c), (_, oh, ow, _) = image.shape, pooled.shape
+        dims = (h, w, c, oh, ow, *ints_2d(a, "kernel", "stride", "dilation", "pads"))
+        kernel = self._library(make(str(image.dtype)))
+        args = (np.int64(total), *(np.int32(d) for d in dims), *arrays)
+        return _launch, (kernel, self._grid(total), 256, args, 0)
+
     def _window_max(self, a, xs, out):
-        return window_max_call(self.cp, a, xs[0], out)
+        arrays = as_2d(a, xs[0], out)
+        if arrays is None:
+            return window_max_call(self.cp, a, xs[0], out)
+        image, pooled = arrays
+        return self._pool_call(ck.window_max, a, image, pooled, pooled.size, image, pooled)
 
     def _window_max_grad(self, a, xs, out):
-        return window_max_grad_call(self.cp, a, xs[0], xs[1], out)
+        arrays = as_2d(a, xs[0], xs[1], out)
+        if arrays is None:
+            return window_max_grad_call(self.cp, a, xs[0], xs[1], out)
+        image, g, grad = arrays
+        return self._pool_call(ck.window_max_grad, a, image, g, grad.size, image, g, grad)
 
 
 # *** library op bodies: all write into preallocated device arrays ***

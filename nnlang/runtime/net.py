@@ -20,6 +20,16 @@ from nnlang.train.optim import learning_rate
 BACKENDS = ("numba", "cupy", "reference")
 
 
+def check_backend(backend: str, device: bool = True) -> None:
+    """An unknown backend is an error; so is the GPU one without CuPy or a device, unless
+    `device` is False (a Net that only renders its CUDA source needs neither)."""
+    if backend not in BACKENDS:
+        raise NNError(f"unknown backend '{backend}'", hint=f"backends: {', '.join(BACKENDS)}")
+    if backend == "cupy" and device:
+        from nnlang.backends.cupy_backend import require_cupy
+        require_cupy()
+
+
 class _Interpreted:
     """The reference executable: runs a graph through the numpy interpreter (slow, exact)."""
 
@@ -43,13 +53,9 @@ def _compile(g, backend: str, state: dict, disable=()):
     """An executable whose parameters are the arrays in `state` (shared, updated in place)."""
     if backend == "reference":
         return _Interpreted(g, state)
-    if backend in ("numba", "cupy"):
-        if backend == "cupy":
-            from nnlang.backends.cupy_backend import require_cupy
-            require_cupy()
-        from nnlang.runtime.executable import compile_graph
-        return compile_graph(g, backend=backend, disable=disable, state=state)
-    raise NNError(f"unknown backend '{backend}'", hint=f"backends: {', '.join(BACKENDS)}")
+    check_backend(backend)
+    from nnlang.runtime.executable import compile_graph
+    return compile_graph(g, backend=backend, disable=disable, state=state)
 
 
 class Net:
@@ -57,6 +63,7 @@ class Net:
 
     def __init__(self, program, backend: str = "numba", batch: int | None = None,
                  dtype: str = "float32", seed: int | None = None, disable=()):
+        check_backend(backend, device=False)
         self.program, self.backend, self.dtype = program, backend, dtype
         self.disable = tuple(disable)
         self.config = program.train or _default_config()

@@ -11,7 +11,8 @@ from rich.console import Console
 from nnlang.errors import NNError
 from nnlang.train import checkpoint, feeds
 from nnlang.train.overrides import resolve, source_of
-from nnlang.train.trainer import check_backend, evaluate, say
+from nnlang.runtime.net import check_backend
+from nnlang.train.trainer import evaluate, say
 
 
 def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | None = None,

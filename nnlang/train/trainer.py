@@ -110,7 +110,7 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         flags apply on top (e.g. more epochs).
     All randomness comes from the config's seed: the same seed gives the same numbers.
     """
-    from nnlang.runtime.net import Net
+    from nnlang.runtime.net import Net, check_backend
     console = console or Console()
     check_backend(backend)
     if isinstance(config, dict):
@@ -265,12 +265,6 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
 def say(console: Console, text: str) -> None:
     # NOTE: paths and hints hold brackets (nnlang[plot]) that rich would take as markup
     console.print(text, markup=False, highlight=False)
-
-
-def check_backend(backend: str) -> None:
-    from nnlang.runtime.net import BACKENDS
-    if backend not in BACKENDS:
-        raise NNError(f"unknown backend '{backend}'", hint=f"backends: {', '.join(BACKENDS)}")
 
 
 def _find_checkpoint(program_or_path, config, overrides, model, out, resume, runs_root):

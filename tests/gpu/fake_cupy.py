@@ -78,6 +78,7 @@ _CAPTURE: list | None = None   # the operations a capturing stream records, or N
 
 def _effect(run) -> None:
     """A device operation that writes memory: run now, or recorded while a stream captures."""
+    COUNTS["device_operations"] += 1
     if _CAPTURE is None:
         run()
     else:
@@ -130,7 +131,7 @@ class ndarray:
 
     def get(self):
         _no_capture("a device-to-host copy")
-        TRANSFERS["to_host"] += 1
+        COUNTS["to_host"] += 1
         return self._a.copy()
 
     def set(self, arr):
@@ -143,7 +144,7 @@ class ndarray:
         if not self._a.flags.c_contiguous:
             raise RuntimeError("Cannot set to non-contiguous array")
         _no_capture("a host-to-device copy")
-        TRANSFERS["to_device"] += 1
+        COUNTS["to_device"] += 1
         self._a[...] = arr
 
     def view(self, dtype):
@@ -225,7 +226,7 @@ def _module():
         if isinstance(a, ndarray):
             return a if dtype is None or a.dtype == dtype else a.astype(dtype)
         _no_capture("a host-to-device copy")
-        TRANSFERS["to_device"] += 1
+        COUNTS["to_device"] += 1
         return ndarray(np.array(a, dtype=dtype))
     m.asarray = m.array = asarray
 
@@ -254,7 +255,7 @@ def _module():
         xs = _host(list(tup), "concatenate")
         if len(xs) > 8:  # NOTE: CuPy then uploads a table of the arrays' pointers, every call
             _no_capture("a host-to-device copy (concatenate's pointer table)")
-            TRANSFERS["to_device"] += 1
+            COUNTS["to_device"] += 1
         if out is None:
             return _new(lambda: np.concatenate(xs, axis=axis))
         host_out = _host(out, "concatenate")
@@ -311,8 +312,9 @@ class _Compiler:
 
 
 _COMPILER: _Compiler | None = None
-# NOTE: host<->device copies since `install`: "to_host" (each one a sync on a GPU), "to_device"
-TRANSFERS: collections.Counter = collections.Counter()
+# NOTE: since `install`: host<->device copies ("to_host", each one a sync on a GPU, and
+# "to_device") and "device_operations" (launches, fills, copies, matmuls: issued, or captured)
+COUNTS: collections.Counter = collections.Counter()
 
 
 class RawModule:
@@ -462,7 +464,7 @@ def install(monkeypatch, host_cxx: list[str], directory):
     global _COMPILER
     from nnlang.backends import base, cupy_backend
     _COMPILER = _Compiler(host_cxx, directory)
-    TRANSFERS.clear()
+    COUNTS.clear()
     monkeypatch.setattr(sys.modules[__name__], "_CAPTURE", None)
     del _STREAMS[1:]
     module = _module()

@@ -85,17 +85,17 @@ def test_unfetched_steps_are_read_in_one_transfer(cupy):
     net = nnlang.compile(program, backend="cupy", batch=2 * BATCH, seed=0)
     net.train_step(feeds)                               # compiles, and reads its loss
     net.fetch()
-    reads, uploads = fake_cupy.TRANSFERS["to_host"], fake_cupy.TRANSFERS["to_device"]
+    reads, uploads = fake_cupy.COUNTS["to_host"], fake_cupy.COUNTS["to_device"]
     assert all(net.train_step(feeds, fetch=False) is None for _ in range(4))
     if cupy.ndarray is fake_cupy.ndarray:
-        assert fake_cupy.TRANSFERS["to_host"] == reads  # NOTE: no step waited for the device
+        assert fake_cupy.COUNTS["to_host"] == reads  # NOTE: no step waited for the device
         # NOTE: and a step copies up only what is fed: the batch and the learning rate
         fed = [name for name, _ in net._exe("train", 2 * BATCH)[0]._feeds if name != "_rng"]
         assert sorted(fed) == sorted([*feeds, "_lr"])
-        assert fake_cupy.TRANSFERS["to_device"] == uploads + 4 * len(fed)
+        assert fake_cupy.COUNTS["to_device"] == uploads + 4 * len(fed)
     got = net.fetch()
     if cupy.ndarray is fake_cupy.ndarray:
-        assert fake_cupy.TRANSFERS["to_host"] == reads + 1
+        assert fake_cupy.COUNTS["to_host"] == reads + 1
     assert net.fetch() == []
     assert len(got) == 4 and got[-1][1] == net.last_metrics and want[0][1]
     for (loss, metrics), (want_loss, want_metrics) in zip(got, want[1:]):

@@ -118,3 +118,14 @@ def test_stream_capture_records_and_replays(cp, k_scale):
     np.testing.assert_array_equal(cp.asnumpy(x), 30)
     with pytest.raises(RuntimeError, match="default"):
         cp.cuda.get_current_stream().begin_capture()
+
+
+def test_launch_count_script(host_cxx, capsys, monkeypatch):
+    """benchmarks/gpu_launch_count.py: a step's device operations, and that it uploads only
+    its fed inputs (image, label, learning rate) and reads nothing back."""
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import gpu_launch_count
+    assert gpu_launch_count.main(["--models", "mlp"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[0] == "mlp" and int(row[1]) > 0 and row[3:] == ["3", "0"], row

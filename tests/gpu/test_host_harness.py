@@ -295,6 +295,39 @@ def test_unfold_and_fold_kernels_on_the_host(shape, kernel, stride, pads, dilati
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+POOLS = [  # (image shape, kernel, stride, pads)
+    ((2, 6, 7, 3), [2, 2], [2, 2], [0, 0, 0, 1]),   # LeNet's 2x2/2, one padded column
+    ((1, 7, 7, 2), [3, 3], [1, 2], [1, 1, 1, 1]),   # overlapping windows: cells in several
+    ((2, 1, 9, 4), [1, 3], [1, 2], [0, 0, 1, 0]),   # a 1-d window, lifted
+]
+
+
+@pytest.mark.parametrize("shape, kernel, stride, pads", POOLS)
+def test_window_max_kernels_on_the_host(shape, kernel, stride, pads, host_cxx, tmp_path):
+    """Max pooling and its gradient against the ops' numpy definitions, with ties (the first
+    largest cell takes the gradient) and a NaN (it wins)."""
+    fw, bw = ck.window_max("float32"), ck.window_max_grad("float32")
+    dims = ["long long"] + ["int"] * 13
+    lib = build(host_cxx, tmp_path, "pool", fw[1] + bw[1],
+                {fw[0]: dims + ["const float*", "float*"],
+                 bw[0]: dims + ["const float*", "const float*", "float*"]})
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 4, size=shape).astype(np.float32)   # NOTE: small integers: many ties
+    x[0, 0, 1, 0] = np.nan
+    window = {"kernel": kernel, "stride": stride, "pads": pads}
+    want = registry.get("window_max").impl(x, **window)
+    g = rng.normal(size=want.shape).astype(np.float32)
+    want_grad = registry.get("window_max_grad").impl(x, g, **window)
+    ints = [np.int32(d) for d in (*shape[1:], *want.shape[1:3], *kernel, *stride, 1, 1,
+                                  pads[0], pads[2])]
+    got = np.zeros(want.shape, np.float32)
+    launch(lib, fw[0], MAX_BLOCKS, 64, [np.int64(got.size), *ints, x, got])
+    np.testing.assert_array_equal(got, want)
+    got_grad = np.full(x.shape, np.nan, np.float32)
+    launch(lib, bw[0], MAX_BLOCKS, 64, [np.int64(x.size), *ints, x, g, got_grad])
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("op, axes, shape", [("sum", (0, 1), (150, 200)),   # one 1024-thread block
                                              ("max", (0,), (37, 5)),        # outer axis reduced
                                              ("sum", (1,), (9, 300))])      # rows > blocks

@@ -49,5 +49,6 @@ def test_library_kernels_compile_with_nvcc(nvcc, tmp_path):
     for t in ("float32", "float64"):
         for i in ("int32", "int64"):
             parts += [ck.gather(t, i), ck.scatter_add(t, i), ck.one_hot(t, i)]
-        parts += [ck.unfold(t), ck.fold(t), ck.concat(t)]
+        parts += [ck.unfold(t), ck.fold(t), ck.concat(t), ck.window_max(t),
+                  ck.window_max_grad(t)]
     nvcc_compile(nvcc, "".join(src for _, src in parts), tmp_path, "library")
