@@ -1,8 +1,7 @@
 """Hand-written CUDA for the library ops the CuPy backend does not take from CuPy (gather,
 scatter_add, one_hot, random_uniform, concat, unfold, fold, window_max and its gradient), as
-source text: compiled by
-`cupy_backend.py` through NVRTC, and run on the CPU by the host harness in
-`tests/gpu/test_host_harness.py`.
+source text: compiled by `cupy_backend.py` through NVRTC, and run on the CPU by the host
+harness in `tests/gpu/test_host_harness.py`.
 
 Each kernel is one thread per element in a grid-stride loop; its C types are parameters.
 """
