@@ -3,6 +3,7 @@ them; the rest (nvcc compiles, the host harness) run anywhere `nvcc`/a C++ compi
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -41,12 +42,17 @@ def nvcc() -> str:
     return path
 
 
+# NOTE: set by test_host_asan.py for its child pytest, which runs with libasan preloaded
+ASAN_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer"] \
+    if os.environ.get("NNLANG_HOST_ASAN") == "1" else []
+
+
 @pytest.fixture(scope="session")
 def host_cxx() -> list[str]:
     """A C++20 compiler for the host harness: the system c++, or nvcc driving it."""
     for name in ("c++", "g++", "clang++"):
         if shutil.which(name):
-            return [name]
+            return [name, *ASAN_FLAGS]
     if shutil.which("nvcc"):
         return ["nvcc", "-x", "c++", "-Xcompiler", "-fPIC"]
     pytest.skip("no C++ compiler on PATH for the host harness")
