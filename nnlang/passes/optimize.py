@@ -10,6 +10,7 @@ from nnlang.passes.dce import eliminate_dead
 from nnlang.passes.fold import fold_constants
 from nnlang.passes.fuse import fuse
 from nnlang.passes.matmul_sum import merge_matmul_sums
+from nnlang.passes.shared_pieces import split_shared_pieces
 
 PASSES = [("fold", fold_constants), ("cse", eliminate_common),
           ("matmul_sum", merge_matmul_sums), ("dce", eliminate_dead), ("fuse", fuse)]
@@ -24,6 +25,8 @@ def optimize(g: Graph, disable=()) -> Graph:
         raise ValueError(f"unknown passes {sorted(unknown)}; known: {', '.join(SWITCHES)}")
     g = g.copy()
     for name, fn in PASSES:
+        if name == "fuse" and "concat_in_place" not in disable:
+            g = split_shared_pieces(g, inplace=True)   # NOTE: its copies fuse, so before fuse
         if name not in disable:
             g = fn(g, inplace=True)
     return g

@@ -100,6 +100,37 @@ def test_pieces_that_cannot_live_in_a_slice_are_copied():
     assert len(pieces) == 1 and next(iter(pieces.values())).start == 6
 
 
+def test_a_value_in_two_concats_is_stored_into_both():
+    """The GRU's gate gradients: one value in two concats. The kernel that computes it stores
+    it into each concat's slice (`shared_pieces.py` gives the second concat a copy, which
+    fuses into that kernel), so neither concat copies anything."""
+    g = Graph()
+    b = Builder(g)
+    x, y = leaf(g, "input", "x", (4, 3)), leaf(g, "input", "y", (4, 3))
+    t, s, e = b.tanh(b.mul(x, y)), b.sigmoid(b.add(x, y)), b.exp(y)
+    g.outputs["one"] = b.mul(b.concat(t, s, axis=1), b.const(2.0))
+    g.outputs["two"] = b.mul(b.concat(t, e, axis=1), b.const(3.0))
+    feeds = {n: rand((4, 3)) for n in "xy"}
+    v = {k: a.astype(np.float64) for k, a in feeds.items()}
+    tv = np.tanh(v["x"] * v["y"])
+    kernels = {}
+    for disable in ((), ("concat_in_place",)):
+        exe = compile_graph(g, disable=disable)
+        out = exe.run(feeds)
+        np.testing.assert_allclose(out["one"], 2 * np.concatenate(
+            [tv, 1 / (1 + np.exp(-(v["x"] + v["y"])))], axis=1), rtol=1e-6)
+        np.testing.assert_allclose(out["two"], 3 * np.concatenate([tv, np.exp(v["y"])], axis=1),
+                                   rtol=1e-6)
+        kernels[disable] = exe.summary()["kernels"]
+    exe = compile_graph(g)
+    steps = _concat_steps(exe)
+    assert len(steps) == 2 and len(exe.memory.pieces) == 4
+    for step in steps:   # NOTE: every input of each concat lives in its buffer
+        cat = exe.graph.node(step.nodes[0])
+        assert all(exe.memory.pieces[i].concat == cat.id for i in cat.inputs)
+    assert kernels[()] == kernels[("concat_in_place",)]   # the copy is no kernel of its own
+
+
 def _true_intervals(exe) -> dict:
     """Each stored value's steps from its write to its last read (through views; results and
     fed inputs: the whole call), a concat's spanning all its pieces'."""
@@ -125,8 +156,9 @@ def _true_intervals(exe) -> dict:
     return span
 
 
-def test_lstm_trains_the_same_with_and_without_and_no_live_buffer_is_shared():
-    program = nnlang.load(ROOT / "models" / "lstm.nn", OVERRIDES["lstm"])
+@pytest.mark.parametrize("model", ["lstm", "gru"])
+def test_rnn_trains_the_same_with_and_without_and_no_live_buffer_is_shared(model):
+    program = nnlang.load(ROOT / "models" / f"{model}.nn", OVERRIDES[model])
     feeds = feeds_for(program)
     runs = {}
     for disable in ((), ("concat_in_place",)):
