@@ -11,6 +11,8 @@ the same g_t, so both share one concatenation.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from nnlang.ir.graph import Builder, Graph
 from nnlang.passes.rewrite import graph_pass, replace_value, result_ids
 
@@ -77,14 +79,25 @@ def _merged_matmuls(b: Builder, g: Graph, terms: list[int], concat: _Concats) ->
     terms = _ordered(g, terms, concat)
     lhs = [g.node(t).inputs[0] for t in terms]
     rhs = [g.node(t).inputs[1] for t in terms]
-    if all(g.node(a).op == "transpose" and list(g.node(a).attrs["perm"]) == [1, 0]
-           for a in lhs):
+    rows = [_untransposed(b, g, x) for x in lhs]
+    if all(r is not None for r in rows):
         # NOTE: h_t^T terms: stack the rows of h_t and transpose the result (a view), so
-        # the copy reads and writes whole rows
-        a = b.transpose(concat([g.node(x).inputs[0] for x in lhs], 0), perm=[1, 0])
+        # the copy reads and writes whole rows, and the h_t can be stored into it in place
+        a = b.transpose(concat(rows, 0), perm=[1, 0])
     else:
         a = concat(lhs, 1)
     return b.matmul(a, concat(rhs, 0))
+
+
+def _untransposed(b: Builder, g: Graph, nid: int) -> int | None:
+    """x for an operand x^T: a transpose's input, or a constant's transpose (the initial
+    state h_0^T, folded into a constant); None for anything else."""
+    n = g.node(nid)
+    if n.op == "transpose" and list(n.attrs["perm"]) == [1, 0]:
+        return n.inputs[0]
+    if n.op == "const" and np.ndim(n.attrs["value"]) == 2:
+        return b.const(np.ascontiguousarray(np.transpose(n.attrs["value"])), n.dtype)
+    return None
 
 
 def _ordered(g: Graph, terms: list[int], concat: _Concats) -> list[int]:

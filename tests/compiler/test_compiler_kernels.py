@@ -82,27 +82,39 @@ def test_float32_tanh_and_sigmoid_are_accurate():
     assert np.isnan(tanh(np.float32(np.nan)))
 
 
-@pytest.mark.parametrize("transposed", [True, False])
+@pytest.mark.parametrize("transposed", [True, False, "with a constant"])
 def test_sum_of_matmuls_is_one_matmul_of_concats(transposed):
+    """With transposed operands (h_t^T, and h_0^T folded into a constant) the rows of h_t
+    are stacked, and the product takes that stack's transpose: no concat of transposes."""
     from nnlang.passes.matmul_sum import merge_matmul_sums
     g = Graph()
     b = Builder(g)
     hs = [leaf(g, "input", f"h{t}", (6, 5)) for t in range(5)]
     gs = [leaf(g, "input", f"g{t}", (6, 7)) for t in range(5)]
     extra = leaf(g, "input", "c", (5, 7))
+    h0 = rand((5, 6))
     terms = [b.matmul(b.transpose(h, perm=[1, 0]) if transposed else b.reshape(h, shape=[5, 6]), x)
              for h, x in zip(hs, gs)]
+    if transposed == "with a constant":
+        terms[0] = b.matmul(b.const(h0), gs[0])
     total = extra
     for t in terms:
         total = b.add(total, t)
     g.outputs["w"] = total
     merged = merge_matmul_sums(g)
     from nnlang.passes.dce import eliminate_dead
-    assert sum(n.op == "matmul" for n in eliminate_dead(merged)) == 1
+    merged = eliminate_dead(merged)
+    assert sum(n.op == "matmul" for n in merged) == 1
+    (cat,) = [n for n in merged if n.op == "concat" and len(n.inputs) == 5 and
+              merged.node(n.inputs[-1]).shape == ((6, 5) if transposed else (5, 6))]
+    assert cat.attrs["axis"] == (0 if transposed else 1)
+    assert all(merged.node(i).op != "transpose" for i in cat.inputs)
     feeds = {k: rand(g.node(v).shape) for k, v in g.inputs.items()}
     want = feeds["c"].astype(np.float64)
     for t in range(5):
         h = feeds[f"h{t}"].T if transposed else feeds[f"h{t}"].reshape(5, 6)
+        if t == 0 and transposed == "with a constant":
+            h = h0
         want = want + h.astype(np.float64) @ feeds[f"g{t}"]
     out = compile_graph(g).run(feeds)["w"]
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
