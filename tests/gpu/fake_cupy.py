@@ -1,6 +1,6 @@
 """A stand-in for CuPy that runs on the CPU, so the CuPy backend's own code (buffers, views,
 kernel arguments, launch configurations, library calls, device state) runs end to end without a
-GPU: `install(monkeypatch, tmp_path)` puts it in `sys.modules["cupy"]`.
+GPU: `install(monkeypatch, host_cxx, directory)` puts it in `sys.modules["cupy"]`.
 
 Device arrays are numpy arrays behind a wrapper that, like CuPy, refuses implicit conversion to
 numpy (`np.asarray(x)` raises) and mixing with host arrays, so host code that would fail on a
@@ -88,6 +88,7 @@ def _effect(run) -> None:
 def _new(compute):
     """A device operation returning a new array (refused while a stream captures)."""
     _no_capture("a new device array allocated")
+    COUNTS["device_operations"] += 1
     return ndarray(np.asarray(compute()))   # NOTE: CuPy's 0-d results are device arrays too
 
 
@@ -152,7 +153,9 @@ class ndarray:
 
     def reshape(self, *shape):
         a = self._a.reshape(*shape)
-        return ndarray(a) if np.shares_memory(a, self._a) else _new(lambda: self._a.reshape(*shape))
+        # NOTE: a reshape is a view or a fresh copy, so overlapping bounds tell them apart
+        return ndarray(a) if np.may_share_memory(a, self._a) else \
+            _new(lambda: self._a.reshape(*shape))
 
     def transpose(self, *axes):
         return ndarray(self._a.transpose(*axes))
@@ -274,6 +277,7 @@ def _module():
         return call
     m.max = m.amax = reduction(np.max)
     m.sum = reduction(np.sum)
+
     def argmax(a, axis=None, out=None):
         a = _host(a, "argmax")
         if out is None:
