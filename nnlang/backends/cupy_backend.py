@@ -229,10 +229,11 @@ class CupyBackend:
         # NOTE: the pieces ride along so the arrays the table points into stay alive
         return _launch_multi, (k, self._grid(out.size), 256, args, xs)
 
-    def _window_call(self, make, a, image, cols, total: int, *tail) -> Call:
-        """A 1-d or 2-d unfold/fold kernel (`make`: its source) over `total` elements."""
-        (_, h, w, c), (_, oh, ow, kh, kw, _) = image.shape, cols.shape
-        dims = (h, w, c, oh, ow, kh, kw, *ints_2d(a, "stride", "dilation", "pads"))
+    def _window_call(self, make, a, image, window, total: int, *tail) -> Call:
+        """A 1-d or 2-d window kernel (`make`: its source; unfold, fold, window_max and its
+        gradient) over `total` elements; `window`: (OH, OW, KH, KW)."""
+        _, h, w, c = image.shape
+        dims = (h, w, c, *window, *ints_2d(a, "stride", "dilation", "pads"))
         kernel = self._library(make(str(image.dtype)))
         args = (np.int64(total), *(np.int32(d) for d in dims), *tail)
         return _launch, (kernel, self._grid(total), 256, args, 0)
@@ -242,7 +243,7 @@ class CupyBackend:
         if arrays is None:  # NOTE: 3-d windows: one CuPy slice copy per kernel tap
             return unfold_call(self.cp, a, xs[0], out)
         image, cols = arrays
-        return self._window_call(ck.unfold, a, image, cols, cols.size,
+        return self._window_call(ck.unfold, a, image, cols.shape[1:5], cols.size,
                                  image.dtype.type(a["pad_value"]), image, cols)
 
     def _fold(self, a, xs, out):
@@ -250,15 +251,12 @@ class CupyBackend:
         if arrays is None:
             return fold_call(self.cp, a, xs[0], out)
         image, cols = arrays
-        return self._window_call(ck.fold, a, image, cols, image.size, cols, image)
+        return self._window_call(ck.fold, a, image, cols.shape[1:5], image.size, cols, image)
 
     def _pool_call(self, make, a, image, pooled, total: int, *arrays) -> Call:
-        """A 1-d or 2-d window_max(_grad) kernel over `total` elements (pooled [B, OH, OW, C])."""
-        (_, h, w, c), (_, oh, ow, _) = image.shape, pooled.shape
-        dims = (h, w, c, oh, ow, *ints_2d(a, "kernel", "stride", "dilation", "pads"))
-        kernel = self._library(make(str(image.dtype)))
-        args = (np.int64(total), *(np.int32(d) for d in dims), *arrays)
-        return _launch, (kernel, self._grid(total), 256, args, 0)
+        """A window_max(_grad) kernel: the window's size is the op's `kernel`."""
+        return self._window_call(make, a, image, (*pooled.shape[1:3], *ints_2d(a, "kernel")),
+                                 total, *arrays)
 
     def _window_max(self, a, xs, out):
         arrays = as_2d(a, xs[0], out)
