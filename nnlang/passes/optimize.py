@@ -12,11 +12,14 @@ from nnlang.passes.fuse import fuse
 from nnlang.passes.matmul_sum import merge_matmul_sums
 from nnlang.passes.shared_pieces import split_shared_pieces
 
+# NOTE: (switch, pass); `split_shared_pieces` only serves concats in place, so it shares
+# that switch (whose main part runs after these passes) and runs before fuse (its copies fuse)
 PASSES = [("fold", fold_constants), ("cse", eliminate_common),
-          ("matmul_sum", merge_matmul_sums), ("dce", eliminate_dead), ("fuse", fuse)]
+          ("matmul_sum", merge_matmul_sums), ("dce", eliminate_dead),
+          ("concat_in_place", split_shared_pieces), ("fuse", fuse)]
 # switches of the steps after these passes (`passes/plan.py`)
 LATER = ("multi_tensor", "concat_in_place")
-SWITCHES = tuple(name for name, _ in PASSES) + LATER
+SWITCHES = tuple(dict.fromkeys([name for name, _ in PASSES] + list(LATER)))
 
 
 def optimize(g: Graph, disable=()) -> Graph:
@@ -25,8 +28,6 @@ def optimize(g: Graph, disable=()) -> Graph:
         raise ValueError(f"unknown passes {sorted(unknown)}; known: {', '.join(SWITCHES)}")
     g = g.copy()
     for name, fn in PASSES:
-        if name == "fuse" and "concat_in_place" not in disable:
-            g = split_shared_pieces(g, inplace=True)   # NOTE: its copies fuse, so before fuse
         if name not in disable:
             g = fn(g, inplace=True)
     return g
