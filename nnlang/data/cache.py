@@ -1,15 +1,20 @@
-"""Finding and downloading dataset files: the first step of `load_dataset`, before any parsing.
+"""Finding, downloading and verifying dataset files: the first step of `load_dataset`.
 
 Lookup order is `data_dir`, `$NNLANG_DATA_DIR`, `/usr/share/datasets`, then the user cache
 (`$NNLANG_CACHE_DIR` or `~/.cache/nnlang`); downloads are checksummed and written atomically.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,14 +45,26 @@ class Remote:
     url: str
     checksum: str               # "sha256:<hex>" or "md5:<hex>", of the file as published
     aliases: tuple[str, ...] = ()  # other accepted local names, e.g. the un-gzipped file
+    # sha256 of other known-good local copies (the un-gzipped file, a distribution's repack)
+    known: tuple[str, ...] = ()
+
+    def sha256s(self) -> set[str]:
+        algo, want = self.checksum.split(":", 1)
+        return {*self.known, *([want] if algo == "sha256" else [])}
+
+
+def search_roots(data_dir: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
+    """(root, how it was chosen) for every root searched for dataset files, in priority order."""
+    roots = [(Path(data_dir), "--data-dir")] if data_dir is not None else []
+    if os.environ.get("NNLANG_DATA_DIR"):
+        roots.append((Path(os.environ["NNLANG_DATA_DIR"]), "$NNLANG_DATA_DIR"))
+    return [*roots, *((d, "the system datasets dir") for d in SYSTEM_DIRS),
+            (user_cache_dir(), "the user cache")]
 
 
 def search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Roots searched for dataset files, in priority order."""
-    roots = [Path(data_dir)] if data_dir is not None else []
-    if os.environ.get("NNLANG_DATA_DIR"):
-        roots.append(Path(os.environ["NNLANG_DATA_DIR"]))
-    return [*roots, *SYSTEM_DIRS, user_cache_dir()]
+    return [root for root, _ in search_roots(data_dir)]
 
 
 def candidate_dirs(name: str, data_dir=None) -> list[Path]:
@@ -159,6 +176,118 @@ def file_hash(path: Path, algo: str = "sha256") -> str:
     return h.hexdigest()
 
 
+# *** verifying local files ***
+
+def origin(path: Path, data_dir=None) -> str:
+    """Where `path` was found, for error messages: "$NNLANG_DATA_DIR=/data" or "the user cache"."""
+    for root, how in search_roots(data_dir):
+        if Path(path).is_relative_to(root):
+            return f"{how} ({root})" if how.startswith(("-", "$")) else f"{how} {root}"
+    return str(Path(path).parent)
+
+
+def in_user_cache(path: Path) -> bool:
+    return Path(path).is_relative_to(user_cache_dir())
+
+
+def corrupt(path: Path, why: str, data_dir=None, remote: Remote | None = None,
+            sha: str | None = None) -> DataError:
+    """The error for a damaged dataset file: which file, what is wrong, where it was found, how
+    to get a good one. `sha` (the file's sha256) is compared with `remote`'s published ones."""
+    lines = [f"{path} is corrupt: {why}", f"  found through {origin(path, data_dir)}"]
+    if remote is not None and sha is not None and sha not in remote.sha256s():
+        lines.append(f"  checksum mismatch: sha256 {sha}, expected "
+                     f"{' or '.join(sorted(remote.sha256s()))}")
+    url = f" from {remote.url}" if remote else ""
+    if in_user_cache(path):
+        hint = f"delete it and nnlang downloads it again{url}"
+    else:
+        hint = (f"delete it (nnlang then looks in the next place, or downloads it{url}), or "
+                "replace it with a good copy")
+    return DataError("\n".join(lines), hint)
+
+
+def _verified_file() -> Path:
+    return user_cache_dir() / "verified.json"
+
+
+def _stamp(path: Path) -> list:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def sha256_of(path: Path) -> str:
+    """The file's sha256; remembered (by size and mtime) for files that `remember` was told of,
+    so a verified 28 MB archive is not hashed again on every run."""
+    entry = _read_verified().get(str(Path(path).resolve()))
+    if entry and entry[:2] == _stamp(path):
+        return entry[2]
+    return file_hash(path)
+
+
+def remember(path: Path, sha: str) -> None:
+    """Records that `path`, as it is now, passed verification (its content hash is `sha`)."""
+    table = _read_verified()
+    table[str(Path(path).resolve())] = [*_stamp(path), sha]
+    _write_atomic(_verified_file(), json.dumps(table, indent=0).encode())
+
+
+def _read_verified() -> dict:
+    try:
+        table = json.loads(_verified_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
+def _write_atomic(path: Path, data: bytes) -> bool:
+    """Writes via a temporary file and a rename; False (and nothing written) when it cannot."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
+def checked_gzip(path: Path, data_dir=None, remote: Remote | None = None):
+    """Opens a .gz for streaming and, once the body is done, reads it to the end so its CRC and
+    length are checked; gzip/zlib errors become a `corrupt` error with the compressed byte."""
+    with open(path, "rb") as raw:
+        gz = gzip.GzipFile(fileobj=raw)
+        size = os.fstat(raw.fileno()).st_size
+        try:
+            yield gz
+            while gz.read(1 << 20):
+                pass
+        except EOFError:
+            why = f"truncated gzip: the file ends at byte {size:,} before the gzip stream does"
+        except gzip.BadGzipFile as e:
+            if raw.tell() <= 10 and "CRC" not in str(e):
+                why = f"not a gzip file ({e})"
+            else:  # NOTE: the CRC is only checked at the end, so "where" is only a bound
+                why = (f"gzip check failed, damaged data before byte {raw.tell():,} of "
+                       f"{size:,} ({e})")
+        except zlib.error as e:
+            why = f"bad compressed data near byte {raw.tell():,} of {size:,} ({e})"
+        except tarfile.ReadError as e:
+            why = f"damaged tar data near byte {raw.tell():,} of {size:,} ({e})"
+        else:
+            return
+    raise corrupt(path, why, data_dir, remote,
+                  sha=file_hash(path) if remote is not None else None) from None
+
+
 # *** processed-array cache (e.g. tokenized IMDB) ***
 
 def processed_path(key: str) -> Path:
@@ -166,24 +295,15 @@ def processed_path(key: str) -> Path:
 
 
 def save_processed(key: str, arrays: dict) -> Path | None:
-    """Atomically write `arrays` as an .npz; returns None (no cache) if the dir isn't writable."""
+    """Atomically write `arrays` as an .npz; returns None (no cache) if the dir isn't writable.
+    Only arrays derived from a verified source may be saved here."""
+    import io
+
     import numpy as np
     path = processed_path(key)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-        return path
-    except OSError:
-        return None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return path if _write_atomic(path, buf.getvalue()) else None
 
 
 def load_processed(key: str) -> dict | None:

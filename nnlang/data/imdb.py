@@ -8,23 +8,28 @@ from __future__ import annotations
 import hashlib
 import re
 import tarfile
-import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from nnlang.data import tokenize
-from nnlang.data.cache import (DataError, Remote, candidate_dirs, fetch, load_processed,
-                               processed_path, save_processed)
+from nnlang.data.cache import (DataError, Remote, candidate_dirs, checked_gzip, corrupt, fetch,
+                               load_processed, processed_path, remember, save_processed,
+                               sha256_of)
 from nnlang.data.dataset import Dataset, Split
 
 # Published checksum of the official archive (84,125,825 bytes, includes the unsup reviews);
 # the same sha256 is listed by TFDS and others, its md5 is 7c2ac02c03563afcf9b574c7e56c153a.
+# Also known: aclImdb_v1-labeled.tar.gz (28,630,965 bytes), the same reviews without unsup.
 REMOTE = Remote("aclImdb_v1.tar.gz",
                 "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
-                "sha256:c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe")
+                "sha256:c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe",
+                known=("fc132c2a23a4d23eec474b518907765dbc9c59e648c1e57ac8010670238ed697",))
 _MEMBER = re.compile(r"(?:.*/)?(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
 LABELS = {"neg": 0, "pos": 1}
+# Reviews per folder in every release of aclImdb v1: an archive with fewer is damaged.
+FULL_COUNTS = {f"{s}/{lab}": 12500 for s in ("train", "test") for lab in LABELS}
 
 
 def find_source(data_dir=None) -> Path:
@@ -40,19 +45,31 @@ def find_source(data_dir=None) -> Path:
 
 def load_imdb(data_dir=None, vocab: int = 20000, maxlen: int = 200) -> Dataset:
     """25,000 train + 25,000 test movie reviews; `label` is 1.0 for pos and 0.0 for neg."""
-    return load_reviews("imdb", find_source(data_dir), vocab, maxlen)
+    return load_reviews("imdb", find_source(data_dir), vocab, maxlen, expect=FULL_COUNTS,
+                        data_dir=data_dir, remote=REMOTE)
 
 
-def load_reviews(name: str, source: Path, vocab: int, maxlen: int, meta=None) -> Dataset:
-    """Tokenize (or load from cache) the reviews under `source`, a tarball or `aclImdb/` dir."""
+def load_reviews(name: str, source: Path, vocab: int, maxlen: int, meta=None,
+                 expect: dict[str, int] | None = None, data_dir=None,
+                 remote: Remote | None = None) -> Dataset:
+    """Tokenize (or load from cache) the reviews under `source`, a tarball or `aclImdb/` dir.
+
+    `expect` ({"train/pos": 12500, ...}) is checked after the archive was read to its end, and
+    only a source that passed is cached: a damaged archive raises and leaves no cache entry.
+    """
     for opt, v in (("vocab", vocab), ("maxlen", maxlen)):
         if not isinstance(v, int) or isinstance(v, bool) or v < (3 if opt == "vocab" else 1):
             raise DataError(f"{name}: option {opt}={v!r} must be an integer >= "
                             f"{3 if opt == 'vocab' else 1}")
-    key = f"{name}-{_source_key(source, vocab, maxlen)}"
+    sha = sha256_of(source) if source.is_file() else None
+    key = f"{name}-{_source_key(source, sha, vocab, maxlen)}"
     cached = load_processed(key)
     if cached is None:
-        cached = _process(source, vocab, maxlen)
+        docs = read_reviews(source, data_dir, remote)
+        _check_counts(source, docs, expect, data_dir, remote, sha)
+        cached = _process(docs, vocab, maxlen)
+        if sha is not None:
+            remember(source, sha)
         save_processed(key, cached)  # NOTE: a read-only cache dir just means no cache
     vocab_list = cached["vocab"].tolist()
     splits = {s: Split({"tokens": cached[f"{s}_tokens"], "label": cached[f"{s}_label"]})
@@ -67,52 +84,69 @@ def load_reviews(name: str, source: Path, vocab: int, maxlen: int, meta=None) ->
     return Dataset(name, splits["train"], splits["test"], ["tokens"], ["label"], meta)
 
 
-def _source_key(source: Path, vocab: int, maxlen: int) -> str:
-    """Changes whenever the source file, the options or the tokenizer change."""
-    if source.is_dir():
-        stats = [(source / s / lab).stat() for s in ("train", "test") for lab in LABELS]
+def _source_key(source: Path, sha: str | None, vocab: int, maxlen: int) -> str:
+    """Changes whenever the source's content, the options or the tokenizer change."""
+    if sha is not None:
+        parts = [sha]
     else:
-        stats = [source.stat()]
-    parts = [str(source.resolve()), *(f"{st.st_size}:{st.st_mtime_ns}" for st in stats),
-             str(vocab), str(maxlen), str(tokenize.TOKENIZER_VERSION)]
+        stats = [(source / s / lab).stat() for s in ("train", "test") for lab in LABELS]
+        parts = [str(source.resolve()), *(f"{st.st_size}:{st.st_mtime_ns}" for st in stats)]
+    parts += [str(vocab), str(maxlen), str(tokenize.TOKENIZER_VERSION)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def read_reviews(source: Path) -> list[tuple[str, int, int, str]]:
-    """[(split, label, id, text)] sorted by (split, label, id): train first, neg before pos."""
+def read_reviews(source: Path, data_dir=None,
+                 remote: Remote | None = None) -> list[tuple[str, int, int, str]]:
+    """[(split, label, id, text)] sorted by (split, label, id): train first, neg before pos.
+
+    A tarball is read to its very end (gzip CRC and length checked), so a damaged archive is an
+    error rather than the reviews before the damage."""
     docs = []
-    try:
-        if source.is_dir():
-            for path in source.glob("*/*/*.txt"):
-                m = _MEMBER.match(path.relative_to(source).as_posix())
-                if m:
-                    docs.append((*_key(m), path.read_text("utf-8", errors="replace")))
-        else:
-            with tarfile.open(source, "r:gz") as tar:
+    if source.is_dir():
+        for path in source.glob("*/*/*.txt"):
+            m = _MEMBER.match(path.relative_to(source).as_posix())
+            if m:
+                docs.append((*_key(m), path.read_text("utf-8", errors="replace")))
+    else:
+        with checked_gzip(source, data_dir, remote) as gz:
+            with tarfile.open(fileobj=gz, mode="r|") as tar:
                 for member in tar:  # streaming: members are read in archive order, once
                     m = _MEMBER.match(member.name)
                     if m and member.isfile():
                         text = tar.extractfile(member).read().decode("utf-8", errors="replace")
                         docs.append((*_key(m), text))
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{source} is truncated or corrupt ({e})",
-                        "delete it so it is downloaded again, or replace it") from None
+                end = tar.offset
+            # tarfile takes a damaged member header for the end of the archive: what follows
+            # the end must be padding. (Read it all first: a CRC error is the better message.)
+            stopped_early = False
+            while chunk := gz.read(1 << 20):
+                stopped_early = stopped_early or bool(chunk.strip(b"\0"))
+        if stopped_early:
+            raise corrupt(source, f"damaged tar member header at byte {end:,} of the "
+                          "uncompressed archive", data_dir, remote, sha256_of(source))
     if not docs:
         raise DataError(f"{source} holds no reviews (expected aclImdb/train/pos/<id>_<rating>.txt)")
     docs.sort(key=lambda d: (d[0] != "train", d[1], d[2]))
     return docs
 
 
+def _check_counts(source: Path, docs, expect, data_dir, remote, sha) -> None:
+    got = Counter(f"{split}/{'pos' if label else 'neg'}" for split, label, _, _ in docs)
+    wrong = [f"{k} has {got[k]:,} of {n:,} reviews" for k, n in (expect or {}).items()
+             if got[k] != n]
+    if not any(split == "train" for split, *_ in docs):
+        wrong.append("no train/ reviews")
+    if wrong:
+        raise corrupt(source, f"missing members: {'; '.join(wrong)}", data_dir, remote, sha)
+
+
 def _key(m: re.Match) -> tuple[str, int, int]:
     return m[1], LABELS[m[2]], int(m[3])
 
 
-def _process(source: Path, vocab: int, maxlen: int) -> dict[str, np.ndarray]:
-    docs = read_reviews(source)
+def _process(docs, vocab: int, maxlen: int) -> dict[str, np.ndarray]:
     toks = [tokenize.tokenize(text) for _, _, _, text in docs]
     is_train = [d[0] == "train" for d in docs]
-    if not any(is_train):
-        raise DataError(f"{source} has no train/ reviews to build the vocabulary from")
     words = tokenize.build_vocab((t for t, tr in zip(toks, is_train) if tr), vocab)
     ids = {w: i for i, w in enumerate(words)}
     out = {"vocab": np.array(words)}

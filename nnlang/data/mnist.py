@@ -5,14 +5,12 @@ normalization (the model can add it). `label` is int32 [N]. No validation split 
 """
 from __future__ import annotations
 
-import gzip
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from nnlang.data.cache import DataError, Remote, fetch
+from nnlang.data.cache import DataError, Remote, checked_gzip, corrupt, fetch, file_hash
 from nnlang.data.dataset import Dataset, Split
 
 FILES = {"train_image": "train-images-idx3-ubyte", "train_label": "train-labels-idx1-ubyte",
@@ -39,10 +37,35 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Sneaker", "Bag", "Ankle boot"]
 
 
+# sha256 of other good local copies: the un-gzipped IDX files (published by TFDS and others)
+# and, for Fashion-MNIST, Debian's dataset-fashion-mnist .gz files (same data, other header).
+KNOWN_SHA256 = {
+    "mnist": {
+        "train_image": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",),
+        "train_label": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",),
+        "test_image": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",),
+        "test_label": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",),
+    },
+    "fashion-mnist": {
+        "train_image": ("b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+                        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+        "train_label": ("0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+                        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+        "test_image": ("cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+                       "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+        "test_label": ("8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+                       "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+    },
+}
+# Every release of both data sets: 28x28 images, 60,000 train and 10,000 test, classes 0-9.
+COUNTS = {"train": 60000, "test": 10000}
+
+
 def remotes(name: str) -> list[Remote]:
     url, sums, algo = ((MNIST_URL, MNIST_SHA256, "sha256") if name == "mnist"
                        else (FASHION_URL, FASHION_MD5, "md5"))
-    return [Remote(f"{stem}.gz", url + f"{stem}.gz", f"{algo}:{sums[key]}", aliases=(stem,))
+    return [Remote(f"{stem}.gz", url + f"{stem}.gz", f"{algo}:{sums[key]}", aliases=(stem,),
+                   known=KNOWN_SHA256[name][key])
             for key, stem in FILES.items()]
 
 
@@ -57,8 +80,23 @@ def load_fashion_mnist(data_dir=None) -> Dataset:
 
 
 def _load(name: str, data_dir, class_names: list[str]) -> Dataset:
+    """Every file is read whole (gzip CRC and length checked) and its shape, count and label
+    range checked, so a damaged file is an error naming it, never a partial data set."""
     paths = fetch(name, remotes(name), data_dir)
-    arrays = {key: read_idx(paths[f"{stem}.gz"]) for key, stem in FILES.items()}
+    arrays = {}
+    for (key, stem), remote in zip(FILES.items(), remotes(name)):
+        path = paths[f"{stem}.gz"]
+        arr = read_idx(path, data_dir, remote)
+        split, kind = key.split("_")
+        want = (COUNTS[split], 28, 28) if kind == "image" else (COUNTS[split],)
+        if arr.shape != want:
+            raise corrupt(path, f"holds {kind}s of shape {list(arr.shape)}, expected "
+                          f"{list(want)}", data_dir, remote, file_hash(path))
+        if kind == "label" and arr.max() >= len(class_names):
+            row = int(np.argmax(arr >= len(class_names)))
+            raise corrupt(path, f"label {arr[row]} at row {row} is not a class 0-"
+                          f"{len(class_names) - 1}", data_dir, remote, file_hash(path))
+        arrays[key] = arr
     meta = {"source": {k: str(paths[f"{s}.gz"]) for k, s in FILES.items()}}
     return from_uint8(name, arrays, class_names, meta)
 
@@ -78,21 +116,24 @@ def from_uint8(name: str, arrays: dict, class_names: list[str], meta: dict) -> D
     return Dataset(name, splits["train"], splits["test"], ["image"], ["label"], meta)
 
 
-def read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path, data_dir=None, remote: Remote | None = None) -> np.ndarray:
     """An IDX file of uint8 (magic 0x0000 08 <ndim>) -> array; checks magic and size."""
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path} is truncated or corrupt ({e})",
-                        "delete it so it is downloaded again, or replace it") from None
+        if path.suffix == ".gz":
+            with checked_gzip(path, data_dir, remote) as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror or e})") from None
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08 or not 1 <= data[3] <= 4:
-        raise DataError(f"{path} is not a uint8 IDX file (magic {data[:4].hex() or 'empty'})")
+        raise corrupt(path, f"not a uint8 IDX file (magic {data[:4].hex() or 'empty'}, "
+                      "expected 00000801 or 00000803)", data_dir, remote, file_hash(path))
     ndim = data[3]
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim]) if len(data) >= 4 + 4 * ndim else ()
     want = 4 + 4 * ndim + int(np.prod(dims)) if dims else -1
     if len(data) != want:
-        raise DataError(f"{path} is truncated or corrupt: header says {dims}, "
-                        f"file has {len(data)} bytes, expected {want}")
+        raise corrupt(path, f"truncated or corrupt IDX data: header says {dims}, the data has "
+                      f"{len(data):,} bytes, expected {want:,}", data_dir, remote,
+                      file_hash(path))
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from nnlang.data import imdb, mnist, npz
-from nnlang.data.cache import DataError
+from nnlang.data.cache import DataError, remember, sha256_of
 from nnlang.data.dataset import Dataset
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
@@ -25,9 +25,18 @@ IMDB_SAMPLE = SAMPLES_DIR / "imdb-sample.tar.gz"
 MNIST_SAMPLE = SAMPLES_DIR / "mnist-sample.npz"
 
 
+# The samples are byte-reproducible (make_samples.py): any other content is a damaged install.
+SAMPLE_SHA256 = {
+    IMDB_SAMPLE.name: "02573179e7f08203de7f4fb701b53596653981bbf259207a219793b31cf2dfec",
+    MNIST_SAMPLE.name: "78de74fd6d0df3bfbcbe63bc48a9a0e36fddde39be1b9dcdeda62956717eb0fc",
+}
+IMDB_SAMPLE_COUNTS = {"train/neg": 1250, "train/pos": 1250, "test/neg": 500, "test/pos": 500}
+
+
 def load_imdb_sample(data_dir=None, vocab: int = 20000, maxlen: int = 200) -> Dataset:
     """A balanced subset of real IMDB reviews shipped with nnlang (see samples/make_samples.py)."""
-    ds = imdb.load_reviews("imdb-sample", _sample_file(IMDB_SAMPLE), vocab, maxlen)
+    ds = imdb.load_reviews("imdb-sample", _sample_file(IMDB_SAMPLE), vocab, maxlen,
+                           expect=IMDB_SAMPLE_COUNTS)
     ds.meta.update(sample=True, counts={"train": len(ds.train), "test": len(ds.test)})
     return ds
 
@@ -42,9 +51,14 @@ def load_mnist_sample(data_dir=None) -> Dataset:
 
 
 def _sample_file(path: Path) -> Path:
+    hint = "reinstall nnlang, or run python -m nnlang.data.samples.make_samples DATA_DIR"
     if not path.is_file():
-        raise DataError(f"the bundled sample {path} is missing from this installation",
-                        "reinstall nnlang, or run python -m nnlang.data.samples.make_samples")
+        raise DataError(f"the bundled sample {path} is missing from this installation", hint)
+    sha = sha256_of(path)
+    if sha != SAMPLE_SHA256[path.name]:
+        raise DataError(f"the bundled sample {path} is corrupt: checksum mismatch (sha256 {sha}, "
+                        f"expected {SAMPLE_SHA256[path.name]})", hint)
+    remember(path, sha)
     return path
 
 

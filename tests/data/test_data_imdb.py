@@ -92,17 +92,17 @@ def test_sample_loads_balanced():
     assert IMDB_SAMPLE.stat().st_size < 2_100_000
 
 
-def test_unwritable_cache_still_loads(tiny_imdb, tmp_path, monkeypatch):
+def test_unwritable_cache_still_loads(tiny_imdb, tmp_path, monkeypatch, load_tiny):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
     monkeypatch.setenv("NNLANG_CACHE_DIR", str(blocker / "cache"))
-    ds = load_dataset("imdb", data_dir=tiny_imdb, vocab=50, maxlen=5)
+    ds = load_tiny(tiny_imdb, vocab=50, maxlen=5)
     assert len(ds.train) == 4 and not Path(ds.meta["cache"]).exists()
 
 
-def test_cache_key_changes_with_options(tiny_imdb, isolated):
-    a = load_dataset("imdb", data_dir=tiny_imdb, vocab=50, maxlen=5)
-    b = load_dataset("imdb", data_dir=tiny_imdb, vocab=50, maxlen=7)
+def test_cache_key_changes_with_options(tiny_imdb, isolated, load_tiny):
+    a = load_tiny(tiny_imdb, vocab=50, maxlen=5)
+    b = load_tiny(tiny_imdb, vocab=50, maxlen=7)
     assert a.meta["cache"] != b.meta["cache"] and b.train["tokens"].shape[1] == 7
     assert len(list((isolated / "processed").glob("*.npz"))) == 2
 
@@ -111,5 +111,24 @@ def test_corrupt_archive(tmp_path):
     d = tmp_path / "imdb"
     d.mkdir()
     (d / "aclImdb_v1.tar.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
-    with pytest.raises(imdb.DataError, match="aclImdb_v1.tar.gz is truncated or corrupt"):
+    with pytest.raises(imdb.DataError, match="aclImdb_v1.tar.gz is corrupt: truncated gzip"):
         load_dataset("imdb", data_dir=tmp_path)
+
+
+def test_incomplete_archive_is_refused_and_not_cached(tiny_imdb, isolated):
+    """A well-formed archive that lacks reviews is damaged: aclImdb v1 has 12,500 per folder."""
+    with pytest.raises(imdb.DataError, match="missing members: train/neg has 2 of 12,500") as e:
+        load_dataset("imdb", data_dir=tiny_imdb)
+    assert "found through --data-dir" in e.value.message
+    assert not (isolated / "processed").exists()
+
+
+def test_cache_follows_the_content(tiny_imdb, isolated, load_tiny):
+    """The array cache is keyed by the archive's content: a changed archive is read again."""
+    from tests.data.conftest import TINY_REVIEWS, write_reviews
+    path = tiny_imdb / "imdb" / "aclImdb_v1.tar.gz"
+    a = load_tiny(tiny_imdb)
+    write_reviews(path, {**TINY_REVIEWS, "train/pos/2_7.txt": "zanzibar zanzibar zanzibar"})
+    b = load_tiny(tiny_imdb)
+    assert len(a.train) == 4 and len(b.train) == 5 and "zanzibar" in b.meta["vocab"]
+    assert a.meta["cache"] != b.meta["cache"]

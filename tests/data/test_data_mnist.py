@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nnlang.data import DataError, load_dataset
-from nnlang.data.mnist import FILES, read_idx
+from nnlang.data.mnist import FILES, from_uint8, read_idx
 
 # Independent facts from the datasets' documentation (shared datasets README).
 MNIST_TRAIN_HIST = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -57,19 +57,24 @@ def tiny_mnist(tmp_path):
 
 
 def test_ungzipped_names_accepted(tiny_mnist):
-    ds = load_dataset("mnist", data_dir=tiny_mnist)
-    assert (len(ds.train), len(ds.test)) == (6, 4)
+    """The un-gzipped names are found; these tiny files are then refused for their counts."""
+    with pytest.raises(DataError, match="shape \\[6, 28, 28\\], expected \\[60000, 28, 28\\]") as e:
+        load_dataset("mnist", data_dir=tiny_mnist)
+    assert str(tiny_mnist / "mnist" / FILES["train_image"]) in e.value.message
     raw = read_idx(tiny_mnist / "mnist" / FILES["train_image"])
+    ds = from_uint8("t", {k: read_idx(tiny_mnist / "mnist" / s) for k, s in FILES.items()},
+                    list("0123456789"), {})
+    assert (len(ds.train), len(ds.test)) == (6, 4)
     np.testing.assert_allclose(ds.train["image"][:, 0] * 255, raw, atol=1e-4)
 
 
 @pytest.mark.parametrize("damage, match", [
-    (lambda b: b[:-10], "truncated or corrupt"),
-    (lambda b: b"\0\0\x09\x03" + b[4:], "not a uint8 IDX"),
-    (lambda b: gzip.compress(b)[:-20], "truncated or corrupt"),
+    (lambda b: b[:-10], "is corrupt: truncated or corrupt IDX data"),
+    (lambda b: b"\0\0\x09\x03" + b[4:], "is corrupt: not a uint8 IDX"),
+    (lambda b: gzip.compress(b)[:-20], "is corrupt: truncated gzip"),
 ])
 def test_corrupt_file_names_the_file(tiny_mnist, damage, match):
-    path = tiny_mnist / "mnist" / FILES["test_image"]
+    path = tiny_mnist / "mnist" / FILES["train_image"]  # read first
     data = damage(path.read_bytes())
     if data[:2] == b"\x1f\x8b":
         path.unlink()

@@ -39,8 +39,8 @@ def test_encode_pads_front_and_keeps_end():
     assert encode(["A x!"], ids, 4).tolist() == [[0, 2, OOV_ID, OOV_ID]]
 
 
-def test_tiny_imdb_vocab_is_from_train_only(tiny_imdb):
-    ds = load_dataset("imdb", data_dir=tiny_imdb, vocab=50, maxlen=6)
+def test_tiny_imdb_vocab_is_from_train_only(tiny_imdb, load_tiny):
+    ds = load_tiny(tiny_imdb, vocab=50, maxlen=6)
     assert len(ds.train) == 4 and len(ds.test) == 2
     assert "zanzibar" not in ds.meta["vocab"] and "unsupervised" not in ds.meta["vocab"]
     assert ds.meta["vocab"][:4] == ["<pad>", "<oov>", ".", "great"]  # 5 and 4 times in train
@@ -55,11 +55,11 @@ def test_tiny_imdb_vocab_is_from_train_only(tiny_imdb):
     assert ds.encode("great zanzibar")["tokens"].tolist() == [[0, 0, 0, 0, words["great"], 1]]
 
 
-def test_extracted_folder_matches_tarball(tiny_imdb, tmp_path):
+def test_extracted_folder_matches_tarball(tiny_imdb, tmp_path, load_tiny):
     with tarfile.open(tiny_imdb / "imdb" / "aclImdb_v1.tar.gz") as tar:
         tar.extractall(tmp_path / "x" / "imdb", filter="data")
-    a = load_dataset("imdb", data_dir=tiny_imdb, vocab=50, maxlen=6)
-    b = load_dataset("imdb", data_dir=tmp_path / "x", vocab=50, maxlen=6)
+    a = load_tiny(tiny_imdb, vocab=50, maxlen=6)
+    b = load_tiny(tmp_path / "x", vocab=50, maxlen=6)
     assert b.meta["source"].endswith("aclImdb")
     assert a.meta["vocab"] == b.meta["vocab"]
     for split in ("train", "test"):
