@@ -9,6 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class Arrays(dict):
+    """A split's {name: array}, knowing where it came from, for error messages about its rows."""
+
+    where: str = ""
+
+
 @dataclass
 class Split:
     """One split; all arrays are aligned on axis 0 (one row per example)."""
@@ -42,6 +48,14 @@ class Dataset:
     targets: list[str]
     meta: dict = field(default_factory=dict)
     _word_ids: dict | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        source = self.meta.get("source")
+        origin = source if isinstance(source, str) else f"dataset '{self.name}'"
+        for name in ("train", "test"):
+            split = getattr(self, name)
+            split.arrays = Arrays(split.arrays)
+            split.arrays.where = f"{origin} ({name} split)"
 
     def encode(self, raw) -> dict[str, np.ndarray]:
         """One raw example -> a batch of one, e.g. review text -> {"tokens": int32[1, maxlen]},

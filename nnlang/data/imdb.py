@@ -57,10 +57,7 @@ def load_reviews(name: str, source: Path, vocab: int, maxlen: int, meta=None,
     `expect` ({"train/pos": 12500, ...}) is checked after the archive was read to its end, and
     only a source that passed is cached: a damaged archive raises and leaves no cache entry.
     """
-    for opt, v in (("vocab", vocab), ("maxlen", maxlen)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < (3 if opt == "vocab" else 1):
-            raise DataError(f"{name}: option {opt}={v!r} must be an integer >= "
-                            f"{3 if opt == 'vocab' else 1}")
+    check_options(name, vocab, maxlen)
     sha = sha256_of(source) if source.is_file() else None
     key = f"{name}-{_source_key(source, sha, vocab, maxlen)}"
     cached = load_processed(key)
@@ -82,6 +79,14 @@ def load_reviews(name: str, source: Path, vocab: int, maxlen: int, meta=None,
             "cache": str(processed_path(key)), "ids": {s: cached[f"{s}_id"] for s in splits},
             **(meta or {})}
     return Dataset(name, splits["train"], splits["test"], ["tokens"], ["label"], meta)
+
+
+def check_options(name: str, vocab: int = 20000, maxlen: int = 200) -> None:
+    """vocab counts the padding and out-of-vocabulary ids, so it needs one more for a word."""
+    for opt, v, low in (("vocab", vocab, 3), ("maxlen", maxlen, 1)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise DataError(f"{name}: option {opt}={v!r} must be an integer >= {low}",
+                            "e.g. imdb(vocab = 20000, maxlen = 200)")
 
 
 def _source_key(source: Path, sha: str | None, vocab: int, maxlen: int) -> str:

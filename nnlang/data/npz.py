@@ -8,6 +8,9 @@ in file order, become `x` float32 [N, F] (names kept in meta["feature_names"]).
 from __future__ import annotations
 
 import csv
+import math
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +19,24 @@ from nnlang.data.cache import DataError
 from nnlang.data.dataset import Dataset, Split
 
 TARGET_NAMES = ("label", "labels", "y", "target")
+NPZ_HINT = ("write it with numpy.savez('data.npz', train_x=x, train_label=y) (arrays of numbers, "
+            "one row per example)")
+
+
+def check_options(name: str, target=None, targets=None) -> None:
+    """The options of the .csv (`target`) and .npz (`targets`) loaders."""
+    if target is not None and not (isinstance(target, str) and target):
+        raise DataError(f"{name}: option target={target!r} must be a column name",
+                        'e.g. csv("table.csv", target = "y")')
+    if targets is not None and not (isinstance(targets, list)
+                                    and all(isinstance(t, str) for t in targets)):
+        raise DataError(f"{name}: option targets={targets!r} must be a list of array names",
+                        'e.g. npz("data.npz", targets = ["y"])')
 
 
 def load_npz(path: Path, targets: list[str] | None = None) -> Dataset:
     """Inputs are all arrays except `targets` (default: those named label/labels/y/target)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: _narrow(z[k]) for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"cannot read {path} as .npz ({e})") from None
+    arrays = read_npz(path)
     prefixed = [k for k in arrays if k.startswith(("train_", "test_"))]
     if prefixed and len(prefixed) != len(arrays):
         bare = sorted(set(arrays) - set(prefixed))
@@ -33,46 +45,62 @@ def load_npz(path: Path, targets: list[str] | None = None) -> Dataset:
     if prefixed:
         split = {s: {k[len(s) + 1:]: v for k, v in arrays.items() if k.startswith(s + "_")}
                  for s in ("train", "test")}
-        if split["test"] and split["test"].keys() != split["train"].keys():
+        if split["test"] and split["train"] and split["test"].keys() != split["train"].keys():
             raise DataError(f"{path}: train arrays {sorted(split['train'])} and test arrays "
                             f"{sorted(split['test'])} differ")
     else:
         split = {"train": arrays, "test": {}}
     train = split["train"]
     if not train:
-        raise DataError(f"{path} holds no training arrays")
+        raise DataError(f"{path} holds no training arrays (it has {sorted(arrays) or 'none'})",
+                        NPZ_HINT)
     test = split["test"] or {k: v[:0] for k, v in train.items()}
     names = list(train)
     tgt = list(targets) if targets is not None else [n for n in names if n in TARGET_NAMES]
     if unknown := [t for t in tgt if t not in train]:
         raise DataError(f"{path}: target(s) {unknown} not among arrays {names}")
     meta = {"kind": "arrays", "source": str(path)}
-    return Dataset(path.stem, _split(path, train), _split(path, test),
-                   [n for n in names if n not in tgt], tgt, meta)
+    return Dataset(path.stem, _split(path, "train_" if prefixed else "", train),
+                   _split(path, "test_", test), [n for n in names if n not in tgt], tgt, meta)
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """{name: array} of a .npz, every array numeric with one row per example."""
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith(".npy")]
+            for n in names:
+                key = n[:-4]
+                with zf.open(n) as f:
+                    try:
+                        arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+                    except ValueError as e:
+                        raise DataError(f"{path}: array '{key}' cannot be read ({e})",
+                                        NPZ_HINT) from None
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{path} is not a valid .npz file ({e}): truncated, corrupt or not a "
+                        "zip archive", NPZ_HINT) from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read {path} as .npz ({e}): truncated or corrupt",
+                        NPZ_HINT) from None
+    for key, a in arrays.items():
+        if a.dtype.kind not in "biufc":
+            raise DataError(f"{path}: array '{key}' holds {a.dtype} values, not numbers",
+                            "convert it to numbers first (e.g. class names to integer ids)")
+        if a.ndim == 0:
+            raise DataError(f"{path}: array '{key}' is a single value; every array needs one "
+                            "row per example", NPZ_HINT)
+    return {k: _narrow(v) for k, v in arrays.items()}
 
 
 def load_csv(path: Path, target: str = "label") -> Dataset:
     """`target` column -> `label` (int32 if all whole numbers, else float32); the rest -> `x`."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {path} ({e})") from None
-    rows = [r for r in rows if r]
-    if len(rows) < 2:
-        raise DataError(f"{path} has no data rows; expected a header row and numeric rows")
-    header = [h.strip() for h in rows[0]]
+    header, data = read_csv(path)
     if target not in header:
         raise DataError(f"{path}: no column '{target}' in header {header}",
-                        "pass target=<column name> to choose the label column")
-    try:
-        data = np.array([[float(v) for v in r] for r in rows[1:]], np.float64)
-    except ValueError as e:
-        bad = next(i for i, r in enumerate(rows[1:], 2) if not _numeric(r))
-        raise DataError(f"{path}:{bad}: non-numeric value ({e})",
-                        "the CSV loader takes numbers only") from None
-    if data.ndim != 2 or data.shape[1] != len(header):
-        raise DataError(f"{path}: every row must have {len(header)} values like the header")
+                        'choose the label column with csv("file.csv", target = "name") in the '
+                        'train section, or --data "file.csv(target=name)"')
     t = header.index(target)
     y = data[:, t]
     label = y.astype(np.int32) if np.all(y == np.round(y)) else y.astype(np.float32)
@@ -84,21 +112,64 @@ def load_csv(path: Path, target: str = "label") -> Dataset:
     return Dataset(path.stem, train, test, ["x"], ["label"], meta)
 
 
-def _numeric(row) -> bool:
+def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
+    """(header, float64 [rows, columns]); every cell a finite number, errors at file:line."""
     try:
-        [float(v) for v in row]
-        return True
-    except ValueError:
-        return False
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column name
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header, rows = None, []
+            for row in reader:
+                if not any(c.strip() for c in row):
+                    continue
+                if header is None:
+                    header = [h.strip() for h in row]
+                    continue
+                rows.append(_csv_row(path, reader.line_num, header, row))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read {path} ({e})",
+                        "save it as a UTF-8 CSV file with a header row") from None
+    if header is None:
+        raise DataError(f"{path} is empty; expected a header row and rows of numbers")
+    if not rows:
+        raise DataError(f"{path} has a header but no data rows")
+    return header, np.array(rows, np.float64)
+
+
+def _csv_row(path: Path, line: int, header: list[str], row: list[str]) -> list[float]:
+    if len(row) != len(header):
+        missing = f" (no value for {', '.join(header[len(row):])})" if len(row) < len(header) \
+            else ""
+        raise DataError(f"{path}:{line}: the row has {len(row)} values but the header has "
+                        f"{len(header)} columns{missing}", "every row needs one value per column")
+    out = []
+    for name, cell in zip(header, row):
+        try:
+            v = float(cell)
+        except ValueError:
+            v = None
+        if v is None or not math.isfinite(v):
+            what = "is empty" if not cell.strip() else f"'{cell.strip()}' is not a finite number"
+            raise DataError(f"{path}:{line}: column '{name}' {what}",
+                            "the CSV loader takes numbers only: fill in or drop the row")
+        out.append(v)
+    return out
 
 
 def _narrow(a: np.ndarray) -> np.ndarray:
-    # The compiler works in 32 bits, but numpy defaults to 64.
+    # The compiler works in 32 bits, but numpy defaults to 64. Integers that do not fit stay
+    # 64-bit, so the cast to the model's input type reports them instead of wrapping around.
+    if a.dtype == np.int64 and a.size and (a.min() < -2**31 or a.max() >= 2**31):
+        return a
+    if a.dtype == np.float64 and a.size and np.nanmax(np.abs(a), initial=0) > 3.4e38:
+        return a
     return a.astype({np.float64: np.float32, np.int64: np.int32}.get(a.dtype.type, a.dtype))
 
 
-def _split(path: Path, arrays: dict) -> Split:
-    try:
-        return Split(arrays)
-    except DataError as e:
-        raise DataError(f"{path}: {e.message}") from None
+def _split(path: Path, prefix: str, arrays: dict) -> Split:
+    lengths = {f"{prefix}{k}": len(v) for k, v in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise DataError(f"{path}: arrays have different numbers of rows: " +
+                        ", ".join(f"'{k}' {n}" for k, n in lengths.items()),
+                        "every array needs one row per example")
+    return Split(arrays)

@@ -66,17 +66,21 @@ def _sample_file(path: Path) -> Path:
 class Entry:
     loader: Callable[..., Dataset]
     summary: str
+    check: Callable[..., None] | None = None  # check(name, **options): DataError if bad
 
 
 DATASETS = {
     "imdb": Entry(imdb.load_imdb, "IMDB movie reviews, 25,000/25,000, pos/neg; options vocab, "
-                  "maxlen"),
-    "imdb-sample": Entry(load_imdb_sample, "2,500/1,000 real IMDB reviews bundled with nnlang"),
+                  "maxlen", imdb.check_options),
+    "imdb-sample": Entry(load_imdb_sample, "2,500/1,000 real IMDB reviews bundled with nnlang",
+                         imdb.check_options),
     "mnist": Entry(mnist.load_mnist, "MNIST handwritten digits, 60,000/10,000, 28x28"),
     "mnist-sample": Entry(load_mnist_sample, "5,000/1,000 real MNIST digits bundled with nnlang"),
     "fashion-mnist": Entry(mnist.load_fashion_mnist, "Fashion-MNIST clothing, 60,000/10,000"),
 }
 FILE_LOADERS = {".npz": npz.load_npz, ".csv": npz.load_csv}
+# `csv("table.csv", target = "y")`: the call form of a file, for options in the train section.
+FILE_FORMS = {"csv": ".csv", "npz": ".npz"}
 
 
 def canonical_name(name: str) -> str | None:
@@ -93,51 +97,83 @@ def list_datasets() -> list[str]:
 def load_dataset(spec: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
                  **options) -> Dataset:
     """Load a dataset by name ("imdb", "imdb(vocab=10000, maxlen=100)", "mnist", ...) or from a
-    user file ("data.npz", "data.csv"). `data_dir` is searched before the default places.
+    user file ("data.npz", "data.csv", 'csv("data.csv", target=y)'). `data_dir` is searched
+    before the default places.
 
     Raises DataError (never a traceback) for unknown names, bad options and missing files.
     """
     name, options = _parse_spec(spec, options)
     key = canonical_name(name)
+    check_options(name, options)
     if key is not None:
-        loader = DATASETS[key].loader
-        _check_options(key, loader, options, skip={"data_dir"})
-        return loader(data_dir=data_dir, **options)
+        return DATASETS[key].loader(data_dir=data_dir, **options)
     path = Path(name)
-    if path.suffix.lower() in FILE_LOADERS:
-        if not path.is_file() and data_dir is not None and (Path(data_dir) / path).is_file():
-            path = Path(data_dir) / path
-        if not path.is_file():
-            raise DataError(f"data file not found: {path}")
-        loader = FILE_LOADERS[path.suffix.lower()]
-        _check_options(str(path), loader, options, skip={"path"})
-        return loader(path, **options)
-    close = difflib.get_close_matches(name.lower(), list(DATASETS), n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    raise DataError(f"unknown dataset '{name}'", f"{hint}known datasets: "
-                    f"{', '.join(list_datasets())}, or a path to a .npz/.csv file")
+    if not path.is_file() and data_dir is not None and (Path(data_dir) / path).is_file():
+        path = Path(data_dir) / path
+    if not path.is_file():
+        hint = "the path is relative to the current directory (or to --data-dir)"
+        raise DataError(f"data file not found: {path}", hint)
+    return FILE_LOADERS[path.suffix.lower()](path, **options)
+
+
+def check_options(name: str, options: dict) -> None:
+    """DataError unless `name` is a dataset or a .npz/.csv path and `options` are ones its
+    loader takes, with valid values."""
+    key = canonical_name(name)
+    if key is not None:
+        entry = DATASETS[key]
+        _check_names(key, entry.loader, options, skip={"data_dir"})
+        if entry.check is not None:
+            entry.check(key, **options)
+        return
+    suffix = Path(name).suffix.lower()
+    if suffix not in FILE_LOADERS:
+        close = difflib.get_close_matches(name.lower(), list(DATASETS), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise DataError(f"unknown dataset '{name}'", f"{hint}known datasets: "
+                        f"{', '.join(list_datasets())}, or a path to a .npz/.csv file")
+    _check_names(name, FILE_LOADERS[suffix], options, skip={"path"})
+    npz.check_options(name, **options)
 
 
 _CALL = re.compile(r"^\s*([\w.\-/]+)\s*\((.*)\)\s*$", re.S)
 
 
 def _parse_spec(spec, options: dict) -> tuple[str, dict]:
-    """"imdb(vocab=100)" -> ("imdb", {"vocab": 100}); keyword arguments win over the string."""
+    """"imdb(vocab=100)" -> ("imdb", {"vocab": 100}); 'csv("r.csv", target=y)' -> ("r.csv",
+    {"target": "y"}) (a bare name is a string); keyword arguments win over the string."""
     m = _CALL.match(str(spec)) if isinstance(spec, str) else None
     if not m:
         return str(spec), options
+    name = m[1]
     try:
         call = ast.parse(f"f({m[2]})", mode="eval").body
         if call.args:
-            raise ValueError("options must be written name=value")
-        parsed = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+            if name not in FILE_FORMS or len(call.args) != 1:
+                raise ValueError("options must be written name=value")
+            path = _literal(call.args[0])
+            if not isinstance(path, str) or not path.lower().endswith(FILE_FORMS[name]):
+                raise ValueError(f"{name}() reads a {FILE_FORMS[name]} file, got {path!r}")
+            name = path
+        parsed = {kw.arg: _literal(kw.value) for kw in call.keywords}
     except (SyntaxError, ValueError) as e:
         raise DataError(f"cannot parse dataset options in '{spec}' ({e})",
-                        "write e.g. imdb(vocab=20000, maxlen=200)") from None
-    return m[1], {**parsed, **options}
+                        'write e.g. imdb(vocab=20000, maxlen=200) or csv("t.csv", target=y)'
+                        ) from None
+    return name, {**parsed, **options}
 
 
-def _check_options(name: str, loader, options: dict, skip: set[str]) -> None:
+def _literal(node):
+    """A Python literal, or a bare name as its string (`target=y` means `target="y"`)."""
+    if isinstance(node, ast.Name):
+        return node.id
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise ValueError(f"'{ast.unparse(node)}' is not a value") from None
+
+
+def _check_names(name: str, loader, options: dict, skip: set[str]) -> None:
     allowed = [p for p in inspect.signature(loader).parameters if p not in skip]
     unknown = sorted(set(options) - set(allowed))
     if unknown:

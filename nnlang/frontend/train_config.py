@@ -3,9 +3,10 @@ and gathered into a `TrainConfig` that the CLI's flags can override.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
-from nnlang.errors import ErrorSink, did_you_mean
+from nnlang.errors import ErrorSink, NNError, did_you_mean
 from nnlang.frontend import ast
 from nnlang.ops.signature import BindError, check_kind
 from nnlang.train.optim import OPTIMIZERS, SCHEDULES
@@ -35,6 +36,21 @@ class TrainConfig:
     clip_norm: float | None = None
     l2: float = 0.0
 
+    def __post_init__(self):
+        # The train section's values were checked where they are written (with a span), so a
+        # value out of range here came from a flag, --set or the Python API.
+        for name, value in self.numbers():
+            if problem := range_problem(name, value):
+                flag = FLAGS.get(name)
+                given = f"{flag} or --set {name}=..." if flag else f"--set {name}=..."
+                raise NNError(f"train setting '{name}' (given by {given}): {problem}")
+
+    def numbers(self):
+        """(name, value) of every train setting, optimizer and schedule option."""
+        yield from ((k, getattr(self, k)) for k in _SCALARS)
+        yield from self.optimizer.options.items()
+        yield from (self.schedule.options.items() if self.schedule else ())
+
     def with_overrides(self, **kw) -> "TrainConfig":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
@@ -42,9 +58,48 @@ class TrainConfig:
 _SCALARS = {"batch": "int", "epochs": "int", "val_split": "float", "seed": "int",
             "clip_norm": "float", "l2": "float"}
 SETTINGS = ("data", "optimizer", "schedule", *_SCALARS)
+FLAGS = {"lr": "--lr", "epochs": "--epochs", "batch": "--batch", "seed": "--seed",
+         "val_split": "--val-split"}
 
 
-def _choice(value, registry: dict, what: str, span, errors: ErrorSink, calls: dict):
+def _unit(v) -> bool:
+    return 0 <= v < 1
+
+
+# The valid range of every optimizer and schedule option and numeric train setting, by name:
+# a name means the same thing in every optimizer (see nnlang/train/optim.py).
+RANGES = {
+    "lr": (lambda v: v > 0, "> 0"),
+    "beta1": (_unit, "in [0, 1)"),
+    "beta2": (_unit, "in [0, 1)"),
+    "alpha": (_unit, "in [0, 1)"),
+    "momentum": (_unit, "in [0, 1)"),
+    "eps": (lambda v: v > 0, "> 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "gamma": (lambda v: v > 0, "> 0"),
+    "step_size": (lambda v: v >= 1, ">= 1"),
+    "warmup": (lambda v: v >= 0, ">= 0 (steps)"),
+    "min_lr": (lambda v: v >= 0, ">= 0"),
+    "batch": (lambda v: v >= 1, ">= 1"),
+    "epochs": (lambda v: v >= 1, ">= 1"),
+    "val_split": (_unit, "in [0, 1)"),
+    "seed": (lambda v: v >= 0, ">= 0"),
+    "clip_norm": (lambda v: v >= 0, ">= 0 (0, or leaving it out, means no clipping)"),
+    "l2": (lambda v: v >= 0, ">= 0"),
+}
+
+
+def range_problem(name: str, value) -> str | None:
+    """Why `value` is not a valid `name` (None when it is, or when `name` has no range)."""
+    if name not in RANGES or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    test, text = RANGES[name]
+    return None if test(value) else f"{value!r} is out of range: {name} must be {text}"
+
+
+def _choice(value, registry: dict, what: str, span, errors: ErrorSink, spans: dict):
     name, options = (value, {}) if isinstance(value, str) else value
     if name not in registry:
         errors.add(f"unknown {what} '{name}'", span,
@@ -56,26 +111,46 @@ def _choice(value, registry: dict, what: str, span, errors: ErrorSink, calls: di
     except BindError as err:
         errors.add(f"{name}() {err.message}", span, err.hint)
         return None
+    ok = True
     for p in sig.params:
         none_ok = bound[p.name] is None and not p.required and p.default is None
-        problem = None if none_ok else check_kind(p.kind, bound[p.name], False)
+        problem = None if none_ok else (check_kind(p.kind, bound[p.name], False)
+                                        or range_problem(p.name, bound[p.name]))
         if problem:
-            errors.add(f"{name}() argument '{p.name}': {problem}", span)
+            errors.add(f"{name}() argument '{p.name}': {problem}", spans.get(p.name, span))
+            ok = False
+    return Choice(name, bound) if ok else None
+
+
+def _data_choice(name: str, args: list, options: dict, span, errors: ErrorSink, spans: dict):
+    """`imdb`, `imdb(vocab = 10000)`, `"reg.csv"` or `csv("reg.csv", target = "y")`."""
+    from nnlang.data import DataError
+    from nnlang.data.registry import FILE_FORMS, canonical_name, check_options, list_datasets
+    if args:
+        forms = ", ".join(f'{f}("file{ext}", ...)' for f, ext in FILE_FORMS.items())
+        if name not in FILE_FORMS or len(args) != 1:
+            errors.add(f"{name}() takes keyword arguments only", span,
+                       f"e.g. imdb(vocab = 20000); a file is read with {forms}")
             return None
-    return Choice(name, bound)
-
-
-def _data_choice(value, span, errors: ErrorSink):
-    name, options = (value, {}) if isinstance(value, str) else value
-    if any(name.endswith(ext) for ext in (".npz", ".csv")) or "/" in name:
-        return Choice(name, options)
-    from nnlang.data.registry import canonical_name, list_datasets
-    names = list_datasets()
-    if canonical_name(name) is None:
+        if not isinstance(args[0], str) or not args[0].lower().endswith(FILE_FORMS[name]):
+            errors.add(f"{name}() reads a {FILE_FORMS[name]} file, got {args[0]!r}", span,
+                       f"a file is read with {forms}")
+            return None
+        name = args[0]
+    elif not (name.lower().endswith((".npz", ".csv")) or "/" in name
+              or canonical_name(name) is not None):
+        names = list_datasets()
         errors.add(f"unknown dataset '{name}'", span,
                    did_you_mean(name, names) or f"datasets: {', '.join(names)}, or a .npz/.csv")
         return None
-    return Choice(name, options)
+    ok = True
+    for key in options or [None]:  # one at a time, so each error points at its own option
+        try:
+            check_options(name, {key: options[key]} if key else {})
+        except DataError as err:
+            errors.add(err.message, spans.get(key, span), err.hint)
+            ok = False
+    return Choice(name, options) if ok else None
 
 
 def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort) -> TrainConfig:
@@ -89,12 +164,15 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort) -> Trai
         if s.name in values:
             errors.add(f"train setting '{s.name}' is given twice", s.span)
             continue
+        args, spans = [], {}
         if s.name in ("data", "optimizer", "schedule") and isinstance(s.value, ast.Call):
             try:
                 opts = {k.name: evaluate(k.value) for k in s.value.kwargs}
+                args = [evaluate(a) for a in s.value.args]
             except abort:
                 continue
-            if s.value.args:
+            spans = {k.name: k.value.span for k in s.value.kwargs}
+            if args and s.name != "data":
                 errors.add(f"{s.value.func}() takes keyword arguments only", s.value.span,
                            f"e.g. {s.value.func}(lr = 1e-3)")
                 continue
@@ -108,20 +186,21 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort) -> Trai
                 continue
         span = s.value.span
         if s.name == "optimizer":
-            value = _choice(raw, OPTIMIZERS, "optimizer", span, errors, {})
+            value = _choice(raw, OPTIMIZERS, "optimizer", span, errors, spans)
         elif s.name == "schedule":
-            value = _choice(raw, SCHEDULES, "schedule", span, errors, {})
+            value = _choice(raw, SCHEDULES, "schedule", span, errors, spans)
         elif s.name == "data":
-            value = _data_choice(raw, span, errors) if isinstance(raw, (str, tuple)) else None
-            if value is None and not isinstance(raw, (str, tuple)):
+            if isinstance(raw, (str, tuple)):
+                name, opts = (raw, {}) if isinstance(raw, str) else raw
+                value = _data_choice(name, args, opts, span, errors, spans)
+            else:
+                value = None
                 errors.add(f"data must be a dataset like imdb(...) or a file path, got {raw!r}",
                            span)
         else:
-            problem = check_kind(_SCALARS[s.name], raw, False)
-            if problem or (s.name in ("batch", "epochs") and raw < 1) or (
-                    s.name == "val_split" and not 0 <= raw < 1):
-                errors.add(f"train setting '{s.name}': {problem or f'{raw!r} is out of range'}",
-                           span)
+            problem = check_kind(_SCALARS[s.name], raw, False) or range_problem(s.name, raw)
+            if problem:
+                errors.add(f"train setting '{s.name}': {problem}", span)
                 continue
             value = float(raw) if _SCALARS[s.name] == "float" else raw
         if value is not None:

@@ -72,7 +72,46 @@ def conform(name: str, arr: np.ndarray, node, what: str = "the value") -> np.nda
                       f"input '{name}' is declared {node.type}",
                       hint="change the input's declared shape, or the dataset options "
                            "(e.g. maxlen), or --set the model's hyper-parameters to match")
+    check_values(name, arr, np.dtype(node.dtype), what)
     return np.ascontiguousarray(arr, dtype=node.dtype)
+
+
+def check_values(name: str, arr: np.ndarray, dtype: np.dtype, what: str) -> None:
+    """Refuses data that would train on garbage or be changed by the cast to `dtype`: NaN or
+    infinity, a fraction or an out-of-range value for an integer input, a complex number.
+    Runs once when a data set is loaded, so a bad row is named before any training step."""
+    def bad(mask, why: str, hint: str):
+        flat = mask.reshape(len(mask), -1).any(axis=1) if mask.ndim > 1 else mask
+        row = int(np.argmax(flat))
+        value = arr[row].flat[int(np.argmax(mask[row].reshape(-1)))] if arr.ndim > 1 \
+            else arr[row]
+        raise NNError(f"{what}, row {row}: {value} {why} (model input '{name}' is "
+                      f"{dtype.name})", hint=hint)
+
+    kind = arr.dtype.kind
+    if kind not in "biufc":
+        raise NNError(f"{what} holds {arr.dtype} values, not numbers (model input '{name}')")
+    if kind == "c":
+        if dtype.kind != "c" and np.any(arr.imag != 0):
+            bad(arr.imag != 0, "has an imaginary part", "the model takes real numbers: pass "
+                "the real and imaginary parts as separate features")
+        arr = arr.real
+    if kind in "fc":
+        if not np.all(finite := np.isfinite(arr)):
+            bad(~finite, "is not a finite number", "remove or fill in the rows with NaN or "
+                "infinity before training")
+        if dtype.kind in "iu" and not np.all(whole := arr == np.round(arr)):
+            bad(~whole, "is not a whole number", f"input '{name}' takes integers (e.g. class "
+                "ids): round the data first, or declare the input as float32")
+    if dtype.kind == "f" and kind == "f" and arr.dtype.itemsize > dtype.itemsize and arr.size:
+        big = np.abs(arr) > np.finfo(dtype).max
+        if big.any():
+            bad(big, f"does not fit in {dtype.name}", "scale the data down")
+    if dtype.kind in "iu" and arr.size:
+        info = np.iinfo(dtype)
+        if arr.min() < info.min or arr.max() > info.max:
+            bad((arr < info.min) | (arr > info.max), f"does not fit in {dtype.name}",
+                f"{dtype.name} holds {info.min}..{info.max}")
 
 
 def _per_example(shape) -> str:
@@ -81,7 +120,8 @@ def _per_example(shape) -> str:
 
 def model_arrays(graph, arrays: dict, mapping: dict[str, str]) -> dict[str, np.ndarray]:
     """A split's arrays renamed, cast and reshaped for the model's inputs."""
-    return {m: conform(m, arrays[a], graph.node(graph.inputs[m]), f"dataset array '{a}'")
+    where = getattr(arrays, "where", "") and f"{arrays.where}, "
+    return {m: conform(m, arrays[a], graph.node(graph.inputs[m]), f"{where}array '{a}'")
             for m, a in mapping.items()}
 
 

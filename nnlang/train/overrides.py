@@ -126,7 +126,9 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
         cfg = config
     else:
         cfg = base or program.train or TrainConfig()
-        cfg = apply_overrides(cfg, {**train_sets, **(config or {})})
+        # NOTE: an unset flag (None) must not hide the same setting given with --set
+        flags = {k: v for k, v in (config or {}).items() if v is not None}
+        cfg = apply_overrides(cfg, {**train_sets, **flags})
     return program, cfg, source, file, hp
 
 

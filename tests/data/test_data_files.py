@@ -27,7 +27,7 @@ def test_npz_with_prefixes_and_explicit_targets(tmp_path):
 
 @pytest.mark.parametrize("arrays, match", [
     ({"train_x": np.zeros(3), "y": np.zeros(3)}, "no train_/test_ prefix"),
-    ({"x": np.zeros(3), "label": np.zeros(4)}, "same length"),
+    ({"x": np.zeros(3), "label": np.zeros(4)}, "different numbers of rows: 'x' 3, 'label' 4"),
     ({"train_x": np.zeros(3), "test_z": np.zeros(3)}, "differ"),
 ])
 def test_npz_errors(tmp_path, arrays, match):
@@ -48,7 +48,23 @@ def test_csv(tmp_path):
 
 def test_csv_errors(tmp_path):
     (tmp_path / "d.csv").write_text("a,label\n1,0\nx,1\n")
-    with pytest.raises(DataError, match=r"d.csv:3: non-numeric"):
+    with pytest.raises(DataError, match=r"d.csv:3: column 'a' 'x' is not a finite number"):
         load_dataset(tmp_path / "d.csv")
+    (tmp_path / "d.csv").write_text("a,label\n1,0\n")
     with pytest.raises(DataError, match="no column 'y'"):
         load_dataset(tmp_path / "d.csv", target="y")
+
+
+@pytest.mark.parametrize("spec", ["r.csv(target=y)", "r.csv(target='y')",
+                                  'csv("r.csv", target=y)', "csv('r.csv', target='y')"])
+def test_csv_target_spellings(tmp_path, monkeypatch, spec):
+    """A bare name is a string, and csv("file", ...) is the train section's spelling."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.csv").write_text("a,y\n1,0.5\n2,1.5\n")
+    ds = load_dataset(spec)
+    assert ds.meta["target_column"] == "y" and ds.train["label"].tolist() == [0.5, 1.5]
+
+
+def test_csv_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    (tmp_path / "b.csv").write_bytes("\ufeffa,label\n1,0\n2,1\n".encode())
+    assert load_dataset(tmp_path / "b.csv").meta["feature_names"] == ["a"]
