@@ -267,6 +267,8 @@ def checked_gzip(path: Path, data_dir=None, remote: Remote | None = None):
         gz = gzip.GzipFile(fileobj=raw)
         size = os.fstat(raw.fileno()).st_size
         try:
+            if size == 0:  # gzip reads an empty file as empty data, not as an error
+                raise gzip.BadGzipFile("the file is empty")
             yield gz
             while gz.read(1 << 20):
                 pass

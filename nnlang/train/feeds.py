@@ -85,7 +85,7 @@ def check_values(name: str, arr: np.ndarray, dtype: np.dtype, what: str) -> None
         row = int(np.argmax(flat))
         value = arr[row].flat[int(np.argmax(mask[row].reshape(-1)))] if arr.ndim > 1 \
             else arr[row]
-        raise NNError(f"{what}, row {row}: {value} {why} (model input '{name}' is "
+        raise NNError(f"{what}, row {row}: {value!s} {why} (model input '{name}' is "
                       f"{dtype.name})", hint=hint)
 
     kind = arr.dtype.kind
@@ -195,6 +195,10 @@ def load_data(choice: Choice | None, data_dir=None, base_dir=None):
     if choice is None:
         raise NNError("no dataset: the train section has no `data = ...` setting",
                       hint="pass --data NAME or a .npz/.csv path")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        what = "does not exist" if not Path(data_dir).exists() else "is not a directory"
+        raise NNError(f"--data-dir {data_dir} {what}",
+                      hint="pass the folder that holds the dataset folders (e.g. DIR/mnist/)")
     name = choice.name
     path = Path(name)
     if (base_dir is not None and path.suffix and not path.is_absolute() and not path.exists()

@@ -1,0 +1,442 @@
+"""Bad data and bad train settings through the real `nnlang train`: damaged dataset archives
+(never a partial data set, never a cache entry), broken user files, lossy or non-finite data,
+bad data options, and out-of-range optimizer/schedule/train settings. Every case must fail
+with exit 1 and an error that names the file (and row/column) or the setting/flag."""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.faults.conftest import ROOT, cli
+
+SHARED = os.environ.get("NNLANG_DATA_DIR")
+
+
+def shared(rel: str) -> Path:
+    """A real dataset file under $NNLANG_DATA_DIR (read only: corrupt copies, never it)."""
+    path = Path(SHARED or "") / rel
+    if not SHARED or not path.is_file():
+        pytest.skip(f"needs NNLANG_DATA_DIR with {rel}")
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A cache of this test's own, so "no cache entry" is checked where the loader writes."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(d))
+    return d
+
+
+def flip(data: bytes, at: int, n: int = 64) -> bytes:
+    at = min(max(at, 0), len(data) - n)
+    return data[:at] + bytes(b ^ 0xFF for b in data[at:at + n]) + data[at + n:]
+
+
+def train(*args, cwd=None) -> str:
+    return cli("train", *map(str, args), code=1, cwd=cwd)
+
+
+# *** the known archives, damaged: header, middle and end of each ***
+
+POSITIONS = {"header": lambda n: 0, "middle": lambda n: n // 2, "end": lambda n: n - 64}
+
+
+@pytest.mark.parametrize("where", list(POSITIONS))
+def test_damaged_imdb_archive(where, tmp_path, cache):
+    good = shared("imdb/aclImdb_v1-labeled.tar.gz")
+    data = good.read_bytes()
+    bad = tmp_path / "data" / "imdb" / good.name
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(flip(data, POSITIONS[where](len(data))))
+    out = train(ROOT / "models/lstm.nn", "--data-dir", tmp_path / "data", "--out", tmp_path / "r")
+    for words in (f"{bad} is corrupt", f"--data-dir ({tmp_path / 'data'})",
+                  "checksum mismatch", "delete it"):
+        assert words in out, out
+    assert not list(cache.glob("processed/imdb-*")), "a damaged archive left a cache entry"
+    assert str(bad) not in (cache / "verified.json").read_text() \
+        if (cache / "verified.json").exists() else True
+
+
+@pytest.mark.parametrize("cut", [0.1, pytest.param(0.9, marks=pytest.mark.slow)])
+def test_truncated_imdb_archive(cut, tmp_path, cache):
+    good = shared("imdb/aclImdb_v1-labeled.tar.gz")
+    data = good.read_bytes()
+    bad = tmp_path / "imdb" / "aclImdb_v1.tar.gz"  # the Stanford name: an unknown archive
+    bad.parent.mkdir()
+    bad.write_bytes(data[: int(len(data) * cut)])
+    out = train(ROOT / "models/lstm.nn", "--data-dir", tmp_path, "--out", tmp_path / "r")
+    assert f"{bad} is corrupt: truncated gzip: the file ends at byte" in out, out
+    assert not list(cache.glob("processed/imdb-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frac", [0.1, 0.25, 0.75, 0.9])
+def test_damaged_imdb_archive_anywhere(frac, tmp_path, cache):
+    """The issue's case: 64 bytes flipped at 90% trained on 20,009 of 25,000 reviews."""
+    good = shared("imdb/aclImdb_v1-labeled.tar.gz")
+    data = good.read_bytes()
+    bad = tmp_path / "imdb" / good.name
+    bad.parent.mkdir()
+    bad.write_bytes(flip(data, int(len(data) * frac)))
+    out = train(ROOT / "models/lstm.nn", "--data-dir", tmp_path, "--out", tmp_path / "r")
+    assert f"{bad} is corrupt" in out and "checksum mismatch" in out, out
+    assert not list(cache.glob("processed/imdb-*"))
+
+
+def test_incomplete_imdb_archive_is_refused(tmp_path, cache):
+    """A well-formed archive of the right name but missing reviews is not a data set."""
+    import io
+    import tarfile
+    bad = tmp_path / "imdb" / "aclImdb_v1.tar.gz"
+    bad.parent.mkdir()
+    with tarfile.open(bad, "w:gz") as tar:
+        for name in ("train/pos/0_9.txt", "train/neg/0_1.txt", "test/pos/0_8.txt"):
+            info = tarfile.TarInfo(f"aclImdb/{name}")
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"good"))
+    out = train(ROOT / "models/lstm.nn", "--data-dir", tmp_path, "--out", tmp_path / "r")
+    assert "missing members: train/neg has 1 of 12,500 reviews" in out, out
+    assert "test/neg has 0 of 12,500" in out
+    assert not (cache / "processed").exists()
+
+
+MNIST = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+
+def mnist_dir(tmp_path: Path, name: str, bad_file: str, damage) -> Path:
+    """<tmp>/<name>/ with links to the three good files and a damaged copy of `bad_file`."""
+    d = tmp_path / "data" / name
+    d.mkdir(parents=True)
+    for f in MNIST:
+        src = shared(f"{name}/{f}")
+        if f == bad_file:
+            (d / f).write_bytes(damage(src.read_bytes()))
+        else:
+            (d / f).symlink_to(src)
+    return d / bad_file
+
+
+MNIST_CASES = [
+    ("mnist", "t10k-labels-idx1-ubyte.gz", "header", "not a gzip file"),
+    ("mnist", "t10k-labels-idx1-ubyte.gz", "middle", "is corrupt"),
+    ("mnist", "t10k-labels-idx1-ubyte.gz", "end", "gzip"),
+    ("mnist", "train-images-idx3-ubyte.gz", "middle", "is corrupt"),
+    ("fashion-mnist", "t10k-labels-idx1-ubyte.gz", "end", "gzip"),
+] + [pytest.param(n, f, w, "is corrupt", marks=pytest.mark.slow)
+     for n in ("mnist", "fashion-mnist") for f in MNIST for w in POSITIONS]
+
+
+@pytest.mark.parametrize("name, file, where, words", MNIST_CASES)
+def test_damaged_mnist_file(name, file, where, words, tmp_path, cache):
+    bad = mnist_dir(tmp_path, name, file, lambda b: flip(b, POSITIONS[where](len(b))))
+    out = train(ROOT / "models/mlp.nn", "--data", name, "--data-dir", tmp_path / "data",
+                "--out", tmp_path / "r")
+    assert f"{bad} is corrupt" in out and words in out, out
+    assert "checksum mismatch" in out and "--data-dir" in out
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda b: b[: len(b) // 2], "truncated gzip: the file ends at byte 2,271"),
+    (lambda b: b"", "not a gzip file"),
+    (lambda b: gzip.compress(b"\0\0\x09\x01" + gzip.decompress(b)[4:]), "not a uint8 IDX file"),
+    (lambda b: gzip.compress(gzip.decompress(b)[:-100]), "header says (10000,)"),
+    (lambda b: gzip.compress(gzip.decompress(b)[:8] + b"\x0a" * 10000), "label 10 at row 0"),
+])
+def test_broken_idx_file(damage, words, tmp_path, cache):
+    bad = mnist_dir(tmp_path, "mnist", "t10k-labels-idx1-ubyte.gz", damage)
+    out = train(ROOT / "models/mlp.nn", "--data-dir", tmp_path / "data", "--out", tmp_path / "r")
+    assert f"{bad} is corrupt" in out and words in out, out
+
+
+@pytest.mark.parametrize("sample, damage", [
+    ("IMDB_SAMPLE", lambda b: flip(b, len(b) // 2)),
+    ("MNIST_SAMPLE", lambda b: b[:-1000]),
+])
+def test_damaged_bundled_sample(sample, damage, tmp_path, monkeypatch, cache):
+    from nnlang.data import registry
+    good = getattr(registry, sample)
+    bad = tmp_path / good.name
+    bad.write_bytes(damage(good.read_bytes()))
+    monkeypatch.setattr(registry, sample, bad)
+    name = "imdb-sample" if sample == "IMDB_SAMPLE" else "mnist-sample"
+    model = "lstm.nn" if name == "imdb-sample" else "mlp.nn"
+    out = train(ROOT / "models" / model, "--data", name, "--out", tmp_path / "r")
+    assert f"the bundled sample {bad} is corrupt: checksum mismatch" in out, out
+    assert "reinstall nnlang" in out
+    assert not list(cache.glob("processed/*"))
+
+
+# *** user files: .npz and .csv ***
+
+REG = """
+model Reg {
+  input x: float32[batch, 2]
+  input label: float32[batch]
+  y = squeeze(dense(x, 1), axis = 1)
+  output y
+  loss mse(y, label)
+}
+train Reg {
+  data = "reg.csv"
+  batch = 2
+}
+"""
+CLS = """
+model Cls {
+  input x: float32[batch, 2]
+  input label: int32[batch]
+  logits = dense(x, 10)
+  output logits
+  loss cross_entropy(logits, label)
+}
+train Cls {
+  data = "ok.npz"
+  batch = 2
+}
+"""
+
+
+@pytest.fixture
+def work(tmp_path) -> Path:
+    (tmp_path / "reg.nn").write_text(REG)
+    (tmp_path / "cls.nn").write_text(CLS)
+    return tmp_path
+
+
+X = np.arange(16, dtype=np.float64).reshape(8, 2)
+
+NPZ_CASES = {
+    "strings": (dict(x=X, label=np.array(list("abcdefgh"))),
+                ["strings.npz: array 'label' holds <U1 values, not numbers"]),
+    "objects": (None, ["objects.npz: array 'label' cannot be read", "allow_pickle"]),
+    "scalar": (dict(x=np.float64(1), label=np.arange(8)), ["array 'x' is a single value"]),
+    "lengths": (dict(x=X, label=np.arange(7)),
+                ["lengths.npz: arrays have different numbers of rows: 'x' 8, 'label' 7"]),
+    "test_only": (dict(test_x=X, test_label=np.arange(8)),
+                  ["test_only.npz holds no training arrays", "test_label"]),
+    "empty": ({}, ["empty.npz holds no training arrays (it has none)"]),
+    "prefixes": (dict(train_x=X, label=np.arange(8)), ["have no train_/test_ prefix"]),
+    "fraction": (dict(x=X, label=np.array([0, 1, 2, 9.7, 3, 4, 5, 6])),
+                 ["fraction.npz (train split), array 'label', row 3: 9.7 is not a whole number",
+                  "model input 'label' is int32"]),
+    "complex": (dict(x=X + np.eye(8, 2) * 1j, label=np.arange(8)),
+                ["complex.npz (train split), array 'x', row 0:", "has an imaginary part"]),
+    "nan": (dict(x=np.where(X == 11, np.nan, X), label=np.arange(8)),
+            ["nan.npz (train split), array 'x', row 5: nan is not a finite number"]),
+    "inf": (dict(train_x=X, train_label=np.arange(8), test_x=np.where(X == 3, np.inf, X),
+                 test_label=np.arange(8)),
+            ["inf.npz (test split), array 'x', row 1: inf is not a finite number"]),
+    "overflow": (dict(x=X, label=np.array([0, 1, 2, 3, 2**40, 5, 6, 7])),
+                 ["overflow.npz (train split), array 'label', row 4: 1099511627776 does not fit "
+                  "in int32"]),
+    "huge": (dict(x=np.where(X == 6, 1e300, X), label=np.arange(8)),
+             ["array 'x', row 3: 1e+300 does not fit in float32"]),
+    "rank": (dict(x=X.reshape(8, 2, 1, 1)[:, :1], label=np.arange(8)),
+             ["has shape [8, 1, 1, 1]", "model input 'x' is declared float32[batch, 2]"]),
+}
+
+
+def write_npz(path: Path, arrays):
+    if arrays is None:  # an object array: numpy writes it pickled
+        np.savez(path, x=X, label=np.array([{"a": 1}] * 8, dtype=object))
+    else:
+        np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("case", list(NPZ_CASES))
+def test_bad_npz(case, work):
+    arrays, words = NPZ_CASES[case]
+    write_npz(work / f"{case}.npz", arrays)
+    out = train("cls.nn", "--data", f"{case}.npz", "--out", "r", cwd=work)
+    for w in words:
+        assert w in out, out
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda b: b"not a zip", "is not a valid .npz file"),
+    (lambda b: b[: len(b) // 2], "is not a valid .npz file"),
+    (lambda b: b"", "is not a valid .npz file"),
+    (lambda b: b[:200] + bytes(x ^ 0xFF for x in b[200:260]) + b[260:], "ok.npz"),
+])
+def test_damaged_npz(damage, words, work):
+    np.savez_compressed(work / "ok.npz", x=X, label=np.arange(8))
+    (work / "ok.npz").write_bytes(damage((work / "ok.npz").read_bytes()))
+    out = train("cls.nn", "--out", "r", cwd=work)
+    assert words in out, out
+
+
+def test_npy_named_npz(work):
+    np.save(work / "x.npy", X)
+    shutil.copy(work / "x.npy", work / "ok.npz")
+    assert "ok.npz is not a valid .npz file" in train("cls.nn", "--out", "r", cwd=work)
+
+
+CSV_CASES = [
+    ("a,b,label\n1,2,3\n4,5\n", ["short.csv:3: the row has 2 values but the header has 3 "
+                                  "columns (no value for label)"]),
+    ("a,b,label\n1,2,3\n4,5,6,7\n", ["long.csv:3: the row has 4 values"]),
+    ("a,b,label\n", ["header.csv has a header but no data rows"]),
+    ("", ["empty.csv is empty"]),
+    ("a,b,label\n1,2,3\n\n4,x,6\n", ["text.csv:4: column 'b' 'x' is not a finite number"]),
+    ("a,b,label\n1,,3\n", ["blank.csv:2: column 'b' is empty"]),
+    ("a,b,label\n1,nan,3\n", ["nan.csv:2: column 'b' 'nan' is not a finite number"]),
+    ("a,b,label\n1,2,inf\n", ["inf.csv:2: column 'label' 'inf' is not a finite number"]),
+    ("a,b,y\n1,2,3\n", ["nolabel.csv: no column 'label'", 'csv("file.csv", target = "name")']),
+    (b"a,b,label\n1,2,\xff\n", ["latin.csv", "utf-8"]),
+]
+CSV_NAMES = ["short", "long", "header", "empty", "text", "blank", "nan", "inf", "nolabel",
+             "latin"]
+
+
+@pytest.mark.parametrize("text, words", CSV_CASES, ids=CSV_NAMES)
+def test_bad_csv(text, words, work, request):
+    name = request.node.callspec.id
+    path = work / f"{name}.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    out = train("reg.nn", "--data", path.name, "--out", "r", cwd=work)
+    for w in words:
+        assert w in out, out
+
+
+def test_csv_with_a_byte_order_mark_trains(work):
+    """Excel's UTF-8 CSVs start with a BOM: it is not part of the first column's name."""
+    (work / "reg.csv").write_bytes(b"\xef\xbb\xbfa,b,label\n1,2,3\n4,5,6\n")
+    cli("train", "reg.nn", "--out", "r", "--max-steps", "1", code=0, cwd=work)
+
+
+@pytest.mark.parametrize("spec", ["reg.csv(target=y)", 'csv("reg.csv", target=y)'])
+def test_csv_target_on_the_command_line(spec, work):
+    (work / "reg.csv").write_text("a,b,y\n1,2,3\n4,5,6\n")
+    cli("train", "reg.nn", "--data", spec, "--out", "r", "--max-steps", "1", code=0, cwd=work)
+    assert '"target": "y"' in (work / "r" / "config.json").read_text()
+
+
+def test_csv_target_in_the_train_section(work):
+    (work / "reg.csv").write_text("a,b,y\n1,2,3\n4,5,6\n")
+    (work / "reg.nn").write_text(REG.replace('"reg.csv"', 'csv("reg.csv", target = "y")'))
+    cli("train", "reg.nn", "--out", "r", "--max-steps", "1", code=0, cwd=work)
+
+
+# *** data names, options and places ***
+
+@pytest.mark.parametrize("args, words", [
+    (["--data", "mnsit"], ["unknown dataset 'mnsit'", "did you mean 'mnist'?"]),
+    (["--data", "imdb(maxlen=-1)"], ["imdb: option maxlen=-1 must be an integer >= 1"]),
+    (["--data", "imdb(vocab=0)"], ["imdb: option vocab=0 must be an integer >= 3"]),
+    (["--data", "imdb(vocab=1.5)"], ["imdb: option vocab=1.5 must be an integer"]),
+    (["--data", "imdb(max_len=5)"], ["dataset 'imdb' has no option(s) max_len",
+                                     "accepted options: vocab, maxlen"]),
+    (["--data", "imdb(5)"], ["cannot parse dataset options", "name=value"]),
+    (["--data", "imdb(vocab=)"], ["cannot parse dataset options"]),
+    (["--data", "csv('x.txt')"], ["csv() reads a .csv file"]),
+    (["--data", "reg.csv(target=3)"], ["option target=3 must be a column name"]),
+    (["--data", "missing.npz"], ["data file not found: missing.npz"]),
+    (["--data-dir", "no/such/dir"], ["--data-dir no/such/dir does not exist"]),
+    (["--data-dir", "reg.nn"], ["--data-dir reg.nn is not a directory"]),
+])
+def test_bad_data_choice(args, words, work):
+    (work / "reg.csv").write_text("a,b,label\n1,2,3\n")
+    out = train("reg.nn", *args, "--out", "r", cwd=work)
+    for w in words:
+        assert w in out, out
+
+
+@pytest.mark.parametrize("data, words", [
+    ("imdb(maxlen = -1)", ["reg.nn:10:24: error: imdb: option maxlen=-1 must be"]),
+    ("imdb(vocab = 2, maxlen = 0)", ["reg.nn:10:23: error: imdb: option vocab=2",
+                                     "reg.nn:10:35: error: imdb: option maxlen=0"]),
+    ("mnits", ["reg.nn:10:10: error: unknown dataset 'mnits'", "did you mean 'mnist'?"]),
+    ('csv("reg.txt")', ["reg.nn:10:10: error: csv() reads a .csv file, got 'reg.txt'"]),
+    ('imdb("reg.csv")', ["imdb() takes keyword arguments only"]),
+    ('csv("reg.csv", targte = "y")', ["dataset 'reg.csv' has no option(s) targte"]),
+])
+def test_bad_data_setting(data, words, work):
+    (work / "reg.nn").write_text(REG.replace('"reg.csv"', data))
+    out = train("reg.nn", "--out", "r", cwd=work)
+    for w in words:
+        assert w in out, out
+
+
+# *** optimizer, schedule and train settings ***
+
+# (setting line in the train section, expected words): every option of every optimizer and
+# schedule (nnlang/train/optim.py) and every numeric train setting, just out of range.
+SETTING_CASES = [
+    ("optimizer = sgd(lr = -0.1)", "sgd() argument 'lr': -0.1 is out of range: lr must be > 0"),
+    ("optimizer = sgd(lr = 0)", "lr must be > 0"),
+    ("optimizer = sgd(momentum = 1.0)", "momentum must be in [0, 1)"),
+    ("optimizer = sgd(momentum = -0.5)", "momentum must be in [0, 1)"),
+    ("optimizer = sgd(weight_decay = -1e-4)", "weight_decay must be >= 0"),
+    ("optimizer = adam(beta1 = 1.0)", "beta1 must be in [0, 1)"),
+    ("optimizer = adam(beta2 = -0.1)", "beta2 must be in [0, 1)"),
+    ("optimizer = adam(eps = 0)", "eps must be > 0"),
+    ("optimizer = adam(weight_decay = -1)", "weight_decay must be >= 0"),
+    ("optimizer = adamw(lr = -1e-3)", "adamw() argument 'lr'"),
+    ("optimizer = adamw(beta2 = 1.5)", "beta2 must be in [0, 1)"),
+    ("optimizer = adamw(eps = -1e-8)", "eps must be > 0"),
+    ("optimizer = adamw(weight_decay = -0.01)", "weight_decay must be >= 0"),
+    ("optimizer = rmsprop(alpha = 1.0)", "alpha must be in [0, 1)"),
+    ("optimizer = rmsprop(eps = 0.0)", "eps must be > 0"),
+    ("optimizer = rmsprop(momentum = 2)", "momentum must be in [0, 1)"),
+    ("optimizer = rmsprop(lr = -0.01)", "rmsprop() argument 'lr'"),
+    ("optimizer = rmsprop(weight_decay = -2)", "weight_decay must be >= 0"),
+    ("schedule = constant(warmup = -1)", "warmup must be >= 0"),
+    ("schedule = step(step_size = 0)", "step_size must be >= 1"),
+    ("schedule = step(step_size = 2, gamma = 0)", "gamma must be > 0"),
+    ("schedule = step(step_size = 2, warmup = -5)", "warmup must be >= 0"),
+    ("schedule = exponential(gamma = -0.9)", "gamma must be > 0"),
+    ("schedule = cosine(min_lr = -1e-5)", "min_lr must be >= 0"),
+    ("schedule = cosine(warmup = -10)", "warmup must be >= 0"),
+    ("epochs = 0", "train setting 'epochs': 0 is out of range: epochs must be >= 1"),
+    ("val_split = 1.0", "val_split must be in [0, 1)"),
+    ("val_split = -0.1", "val_split must be in [0, 1)"),
+    ("seed = -1", "seed must be >= 0"),
+    ("clip_norm = -1.0", "clip_norm must be >= 0"),
+    ("l2 = -0.001", "l2 must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("line, words", SETTING_CASES, ids=[c[0] for c in SETTING_CASES])
+def test_bad_setting_in_the_file(line, words, work):
+    src = REG.replace("  batch = 2\n", "  batch = 2\n  " + line + "\n")
+    (work / "reg.nn").write_text(src)
+    out = train("reg.nn", "--out", "r", cwd=work)
+    row = src.splitlines().index("  " + line) + 1
+    assert f"reg.nn:{row}:" in out and words in out, out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--lr", "-1"], "train setting 'lr' (given by --lr or --set lr=...): -1.0 is out of range"),
+    (["--lr", "0"], "lr must be > 0"),
+    (["--lr", "nan"], "nan is not a finite number"),
+    (["--set", "lr=-0.5"], "-0.5 is out of range: lr must be > 0"),
+    (["--set", "beta1=1"], "(given by --set beta1=...): 1.0 is out of range"),
+    (["--set", "eps=0"], "eps must be > 0"),
+    (["--set", "weight_decay=-1"], "weight_decay must be >= 0"),
+    (["--set", "seed=-3"], "(given by --seed or --set seed=...): -3 is out of range"),
+    (["--set", "epochs=0"], "epochs"),
+    (["--set", "clip_norm=-2"], "clip_norm must be >= 0"),
+    (["--set", "l2=-1"], "l2 must be >= 0"),
+    (["--set", "val_split=1.5"], "val_split"),
+    (["--set", "optimizer=sgd", "--set", "momentum=1"], "momentum must be in [0, 1)"),
+])
+def test_bad_setting_flag(args, words, work):
+    (work / "reg.csv").write_text("a,b,label\n1,2,3\n")
+    out = train("reg.nn", *args, "--out", "r", cwd=work)
+    assert words in out, out
+
+
+def test_set_train_settings_are_applied(work):
+    """`--set lr=...` was silently dropped when the --lr flag was not given."""
+    (work / "reg.csv").write_text("a,b,label\n1,2,3\n4,5,6\n")
+    cli("train", "reg.nn", "--set", "lr=0.25", "--set", "seed=7", "--out", "r",
+        "--max-steps", "1", code=0, cwd=work)
+    config = (work / "r" / "config.json").read_text()
+    assert '"lr": 0.25' in config and '"seed": 7' in config
