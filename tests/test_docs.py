@@ -44,3 +44,51 @@ def test_every_op_is_documented():
 
     for name, op in registry.all_ops().items():
         assert op.family == "source" or f"| `{name}` |" in TEXT, name
+
+
+# *** docs/data.md: its files load and feed their models, its error text is exact ***
+
+DATA_DOC = DOC.parent / "data.md"
+DATA_TEXT = DATA_DOC.read_text()
+DATA_BLOCKS = re.findall(r"```(\w+)(?: (file|loads)=(\S+))?\n(.*?)```", DATA_TEXT, re.S)
+DATA_FILES = {name: body for kind, key, name, body in DATA_BLOCKS if key == "file"}
+
+
+def test_data_doc_has_examples():
+    assert {"reg.csv", "reg.nn", "bad.csv"} <= set(DATA_FILES)
+
+
+@pytest.mark.parametrize("src", [b for kind, key, _, b in DATA_BLOCKS if kind == "nn" and not key])
+def test_data_doc_model_checks(src):
+    elaborate(parse(src, "example.nn"))
+
+
+@pytest.mark.parametrize("nn", [n for n in DATA_FILES if n.endswith(".nn")])
+def test_data_doc_file_feeds_its_model(nn, tmp_path, monkeypatch):
+    import nnlang
+    from nnlang.train import feeds
+    for name, body in DATA_FILES.items():
+        (tmp_path / name).write_text(body)
+    monkeypatch.chdir(tmp_path)
+    program = nnlang.load(nn)
+    ds = feeds.load_data(program.train.data)
+    mapping = feeds.match_inputs(program.graph, ds.inputs, ds.targets)
+    arrays = feeds.model_arrays(program.graph, ds.train.arrays, mapping)
+    assert all(len(a) == len(ds.train) > 0 for a in arrays.values())
+
+
+@pytest.mark.parametrize("name, want", [(n, b) for kind, key, n, b in DATA_BLOCKS
+                                        if key == "loads"])
+def test_data_doc_error(name, want, tmp_path, monkeypatch):
+    from nnlang.data import DataError, load_dataset
+    (tmp_path / name).write_text(DATA_FILES[name])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as info:
+        load_dataset(name)
+    assert info.value.render() + "\n" == want
+
+
+def test_data_doc_lists_every_dataset():
+    from nnlang.data import list_datasets
+    for name in list_datasets():
+        assert f"| `{name}` |" in DATA_TEXT, name
