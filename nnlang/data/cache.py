@@ -179,7 +179,7 @@ def file_hash(path: Path, algo: str = "sha256") -> str:
 # *** verifying local files ***
 
 def origin(path: Path, data_dir=None) -> str:
-    """Where `path` was found, for error messages: "$NNLANG_DATA_DIR=/data" or "the user cache"."""
+    """Where `path` was found, for error messages: "$NNLANG_DATA_DIR (/data)", "--data-dir (d)"."""
     for root, how in search_roots(data_dir):
         if Path(path).is_relative_to(root):
             return f"{how} ({root})" if how.startswith(("-", "$")) else f"{how} {root}"
@@ -227,9 +227,10 @@ def sha256_of(path: Path) -> str:
 
 def remember(path: Path, sha: str) -> None:
     """Records that `path`, as it is now, passed verification (its content hash is `sha`)."""
-    table = _read_verified()
-    table[str(Path(path).resolve())] = [*_stamp(path), sha]
-    _write_atomic(_verified_file(), json.dumps(table, indent=0).encode())
+    table, key, entry = _read_verified(), str(Path(path).resolve()), [*_stamp(path), sha]
+    if table.get(key) != entry:
+        table[key] = entry
+        _write_atomic(_verified_file(), json.dumps(table, indent=0).encode())
 
 
 def _read_verified() -> dict:

@@ -120,8 +120,9 @@ def _per_example(shape) -> str:
 
 def model_arrays(graph, arrays: dict, mapping: dict[str, str]) -> dict[str, np.ndarray]:
     """A split's arrays renamed, cast and reshaped for the model's inputs."""
-    where = getattr(arrays, "where", "") and f"{arrays.where}, "
-    return {m: conform(m, arrays[a], graph.node(graph.inputs[m]), f"{where}array '{a}'")
+    where = getattr(arrays, "where", "")
+    what = f"{where}, array" if where else "dataset array"
+    return {m: conform(m, arrays[a], graph.node(graph.inputs[m]), f"{what} '{a}'")
             for m, a in mapping.items()}
 
 
