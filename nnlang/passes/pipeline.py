@@ -27,7 +27,8 @@ def retype(g: Graph, dtype: str) -> Graph:
         if node.attrs.get("dtype") == "float32":
             node.attrs["dtype"] = dtype
         if node.op == "const" and node.attrs["value"].dtype == np.float32:
-            node.attrs["value"] = node.attrs["value"].astype(dtype)
+            exact = node.attrs.get("_literal", node.attrs["value"])
+            node.attrs["value"] = np.asarray(exact, dtype)
     return infer(g)
 
 
