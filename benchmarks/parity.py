@@ -89,7 +89,7 @@ def run_seed(name: str, seed: int, epochs: int | None, backend: str, limit_train
     import nnlang
     from nnlang.runtime.net import Net
     from nnlang.train import feeds
-    from nnlang.train.optim import learning_rate
+    from nnlang.ops.optim import learning_rate
     from nnlang.train.trainer import evaluate
     torch.set_num_threads(threads)
     program = nnlang.load(str(model_path(name)))

@@ -36,10 +36,17 @@ def print_error(err: NNError) -> None:
     colour is added, and no markup in the message is interpreted."""
     text = Text(err.render())
     text.highlight_regex(r"error:", "bold red")
+    text.highlight_regex(r"warning:", "bold yellow")
     text.highlight_regex(r"(?m)^ +\^+$", "bold red")
     text.highlight_regex(r"hint:", "bold cyan")
     text.highlight_regex(r"note:", "bold")
     err_console().print(text, soft_wrap=True, markup=False, highlight=False)
+
+
+def print_warnings(program) -> None:
+    """The program's lint warnings (`frontend/lint.py`) on stderr, rendered like errors."""
+    if program.warnings:
+        print_error(NNError(program.warnings))
 
 
 @contextmanager

@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from nnlang.errors import NNError, did_you_mean
-from nnlang_cli.app import app, console, err_console, parse_overrides, print_error, reporting
+from nnlang_cli.app import (app, console, err_console, parse_overrides, print_error,
+                            print_warnings, reporting)
 
 SET_HELP = "Override a hyper-parameter: --set name=value (an nnlang literal); repeatable."
 MODEL_HELP = "The model to use when the file defines several."
@@ -63,7 +64,9 @@ def check(
     out = console()
     for path in files:
         try:
-            s = summarize(load_program(path, sets, model), batch)
+            program = load_program(path, sets, model)
+            print_warnings(program)
+            s = summarize(program, batch)
         except NNError as err:
             print_error(err)
             failed = True

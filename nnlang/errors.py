@@ -33,10 +33,11 @@ class Diagnostic:
     span: Span | None = None
     hint: str | None = None
     notes: list[tuple[str, Span | None]] = field(default_factory=list)
+    severity: str = "error"   # or "warning": reported, but nothing stops
 
     def render(self) -> str:
         where = f"{self.span}: " if self.span else ""
-        out = [f"{where}error: {self.message}"]
+        out = [f"{where}{self.severity}: {self.message}"]
         if self.span is not None:
             out += _caret(self.span)
         for text, span in self.notes:
@@ -82,8 +83,9 @@ class NNError(Exception):
 
     def render(self) -> str:
         body = "\n\n".join(d.render() for d in self.diagnostics)
-        if len(self.diagnostics) > 1:
-            body += f"\n\n{len(self.diagnostics)} errors"
+        errors = sum(d.severity == "error" for d in self.diagnostics)
+        if errors > 1:
+            body += f"\n\n{errors} errors"
         return body
 
 

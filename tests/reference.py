@@ -37,12 +37,21 @@ def gelu(x, approximate="none"):
     return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
 
 
+def leaky_relu(x, *, alpha=0.01):
+    return np.where(x > 0, x, alpha * x)
+
+
+def elu(x, *, alpha=1.0):
+    return np.where(x > 0, x, alpha * np.expm1(x))
+
+
+# NOTE: the one table of activations: dense's activation= and the standalone ops both read it
 ACTIVATIONS = {
     None: lambda x: x, "linear": lambda x: x,
-    "relu": lambda x: np.maximum(x, 0), "leaky_relu": lambda x: np.where(x > 0, x, 0.01 * x),
+    "relu": lambda x: np.maximum(x, 0), "leaky_relu": leaky_relu,
     "gelu": gelu, "sigmoid": sigmoid, "tanh": np.tanh, "softmax": softmax,
     "log_softmax": log_softmax, "silu": lambda x: x * sigmoid(x),
-    "softplus": lambda x: np.logaddexp(0, x), "elu": lambda x: np.where(x > 0, x, np.expm1(x)),
+    "softplus": lambda x: np.logaddexp(0, x), "elu": elu,
 }
 
 
@@ -91,12 +100,8 @@ def var(x, *, axis, keepdims):
 NN = {
     "dense": dense, "linear": dense,
     "embedding": lambda tokens, w, **_: w[tokens],
-    "relu": lambda x: np.maximum(x, 0),
-    "leaky_relu": lambda x, *, alpha: np.where(x > 0, x, alpha * x),
-    "gelu": gelu,
-    "silu": lambda x: x * sigmoid(x),
-    "softplus": lambda x: np.log1p(np.exp(x)),
-    "elu": lambda x, *, alpha: np.where(x > 0, x, alpha * np.expm1(x)),
+    **{name: ACTIVATIONS[name] for name in ("relu", "leaky_relu", "gelu", "silu", "softplus",
+                                            "elu")},
     "square": lambda x: x ** 2,
     "reciprocal": lambda x: 1.0 / x,
     "clip": lambda x, *, lo, hi: np.clip(x, -np.inf if lo is None else lo,

@@ -11,7 +11,7 @@ import pytest
 
 import nnlang
 from nnlang.frontend.train_config import Choice
-from nnlang.train.optim import OPTIMIZERS, learning_rate
+from nnlang.ops.optim import OPTIMIZERS, learning_rate
 
 MODEL = """
 model Q {

@@ -32,7 +32,7 @@ from nnlang.backends.windows import (as_2d, fold_call, ints_2d, unfold_call,
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops import registry
 from nnlang.ops.random import MASK64
-from nnlang.runtime.aligned import aligned_empty
+from nnlang.backends.aligned import aligned_empty
 
 VERSION = "nnlang-0.1"
 _KERNELS = "nnlang_kernels."   # the module prefix of generated kernels
@@ -130,7 +130,7 @@ class NumbaBackend:
         # never faulted in). Stores into a buffer that starts within ~128 KiB after the end of
         # a buffer the same kernel streams loads from ran 5x slower on this EPYC (the LSTM cell:
         # 210 us, 42 us with the guard; measured with benchmarks/profile_step.py --breakdown).
-        # Buffers start on a cache line (runtime/aligned.py).
+        # Buffers start on a cache line (backends/aligned.py).
         return aligned_empty((nbytes,), np.uint8, spare=_GUARD)
 
     def upload(self, dst, src) -> None:

@@ -55,7 +55,7 @@ class CallElaboration:
             span = spans.get(p.name, spans.get(pos, e.span))
             if p.variadic:
                 for i, v in enumerate(value):
-                    tensors.append(self.as_tensor(v, spans.get(i, e.span), e.func))
+                    tensors.append(v)
                     tspans.append(spans.get(i, e.span))
                 continue
             optional_none = value is None and not p.required and p.default is None
@@ -64,7 +64,7 @@ class CallElaboration:
                 self.fail(f"{e.func}() argument '{p.name}': {problem}", span,
                           f"signature: {e.func}({opdef.sig})")
             if p.kind in ("tensor", "tensor?"):
-                tensors.append(None if value is None else self.as_tensor(value, span, e.func))
+                tensors.append(value)
                 tspans.append(span)
             else:
                 attrs[p.name] = value.spec() if isinstance(value, Initializer) else value
@@ -74,12 +74,15 @@ class CallElaboration:
         where = path or join_path(scope.prefix, target or "")
         return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path, where)
 
-    def as_tensor(self, v, span: Span, func: str) -> T:
+    def as_tensor(self, v, span: Span, func: str, dtype: str = "float32") -> T:
+        """A tensor argument; a number literal becomes a constant of `dtype` (the dtype of the
+        tensors it meets) that remembers its exact value, so a later retype to float64
+        starts from the literal, not from its float32 rounding (`x * 0.1`)."""
         if isinstance(v, T):
             return v
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             with self.b.at(span):
-                return T(self.b.const(v, "float32"))
+                return T(self.b.literal(v, dtype))
         self.fail(f"{func}(): expected a tensor, got {v!r}", span)
 
     def layer_path(self, scope, target, func, share, share_span) -> str:
@@ -116,7 +119,8 @@ class CallElaboration:
     def emit(self, op: str, ins: list, attrs: dict, span: Span, in_spans: list, scope: Scope,
              path: str | None, where: str | None = None):
         """Adds one op node; `path` names a layer that owns weights, `where` the node's path."""
-        ins = [self.as_tensor(v, s, op) if v is not None else None
+        dtype = literal_dtype(self.g.node(v.id).dtype for v in ins if isinstance(v, T))
+        ins = [self.as_tensor(v, s, op, dtype) if v is not None else None
                for v, s in zip(ins, in_spans)]
         opdef = registry.get(op)
         in_types = [None if t is None else self.g.node(t.id).type for t in ins]
@@ -237,3 +241,10 @@ class CallElaboration:
             if isinstance(v, T):
                 self.layer_of.setdefault(v.id, inner.prefix)
         return result
+
+
+def literal_dtype(dtypes) -> str:
+    """The dtype a number literal takes in an op: that of the float tensors it meets (float64
+    when any is float64), else float32."""
+    floats = [d for d in dtypes if d in ("float32", "float64")]
+    return "float64" if "float64" in floats else "float32"

@@ -14,6 +14,7 @@ from nnlang.errors import ErrorSink, Span, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration
 from nnlang.frontend.imports import collect_defs
+from nnlang.frontend.lint import lint
 from nnlang.frontend.parser import parse, parse_file
 from nnlang.frontend.train_config import TrainConfig, elaborate_train
 from nnlang.frontend.values import (POISON, TENSOR_BINOPS, Abort, Initializer, Scope, T,
@@ -35,6 +36,7 @@ class Program:
     train: TrainConfig | None
     file: str
     defs: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)   # Diagnostics from `lint`
 
 
 class Elaborator(CallElaboration):
@@ -222,9 +224,6 @@ class Elaborator(CallElaboration):
                       did_you_mean(t.dtype, DTYPES) or f"dtypes: {', '.join(DTYPES)}")
         dims = []
         for d in t.dims:
-            if isinstance(d, ast.Name) and d.id == "batch" and "batch" not in scope.vars:
-                dims.append(Sym.of("batch"))
-                continue
             v = self.const_expr(d, scope)
             if not (isinstance(v, Sym) or isinstance(v, int) and not isinstance(v, bool)
                     and v > 0):
@@ -277,6 +276,8 @@ class Elaborator(CallElaboration):
             return v
         if e.id in INITIALIZERS:
             return Initializer(e.id, {})
+        if e.id == "batch":  # NOTE: the implicit symbol, as in `input x: float32[batch, 4]`
+            return Sym.of("batch")
         if e.id in scope.later:
             where = scope.later[e.id]
             self.fail(f"'{e.id}' is used before it is defined (line {where.line})", e.span,
@@ -379,7 +380,7 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
         train = elaborate_train(tdef, lambda e: el.const_expr(e, scope), errors, Abort)
     errors.raise_if_any()
     el.g.meta["train"] = train
-    return Program(el.g, chosen.name, hparams, train, module.file, defs)
+    return Program(el.g, chosen.name, hparams, train, module.file, defs, lint(el.g))
 
 
 def load(source_or_path, overrides: dict | None = None, model: str | None = None) -> Program:

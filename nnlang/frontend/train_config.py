@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from nnlang.errors import ErrorSink, NNError, did_you_mean
 from nnlang.frontend import ast
 from nnlang.ops.signature import BindError, check_kind
-from nnlang.train.optim import OPTIMIZERS, SCHEDULES
+from nnlang.ops.optim import OPTIMIZERS, SCHEDULES
 
 
 @dataclass(frozen=True)

@@ -248,6 +248,13 @@ class Builder:
         return self.g.add_node("const", [], {"value": arr}, TensorType(arr.shape, dtype),
                                span=self.span, path=self.path, role=self.role)
 
+    def literal(self, value: float, dtype: str = "float32") -> int:
+        """A number written in the source: a const that keeps the exact value (hidden attr
+        `_literal`) so a retype to a wider dtype does not inherit the narrower rounding."""
+        nid = self.const(value, dtype)
+        self.g.node(nid).attrs["_literal"] = value
+        return nid
+
     training = True  # decompositions of dropout and batch_norm read this
 
     def rng_key(self) -> int:

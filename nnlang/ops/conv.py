@@ -231,14 +231,23 @@ def _global(kind):
         return TensorType((x.shape[0], x.shape[-1] if channels_last else x.shape[1]), x.dtype)
 
     def decompose(b, x, *, channels_last):
-        r = b.type(x).rank
-        axes = list(range(1, r - 1)) if channels_last else list(range(2, r))
-        return b.reduce_max(x, axes=axes) if kind == "max" else mean_over(b, x, axes)
+        t = b.type(x)
+        axes = list(range(1, t.rank - 1)) if channels_last else list(range(2, t.rank))
+        if kind == "avg":
+            return mean_over(b, x, axes)
+        # NOTE: one window over the whole extent, so a tied maximum's gradient goes to the
+        # first largest cell as in max_pool1d/2d and PyTorch (reduce_max splits it evenly)
+        spatial = [int(t.shape[a]) for a in axes]
+        y = b.window_max(_to_last(b, x, channels_last), kernel=spatial, stride=spatial,
+                         pads=[0] * (2 * len(spatial)))
+        return b.reshape(y, shape=[t.shape[0], t.shape[-1] if channels_last else t.shape[1]])
 
     register(name, "x: tensor, channels_last: bool = false", shape_rule, decompose=decompose,
              family="conv",
              doc=f"{kind} over all spatial axes: [batch, channels, *spatial] -> [batch, channels]"
-                 " (channels_last = true: [batch, *spatial, channels] -> [batch, channels])",
+                 " (channels_last = true: [batch, *spatial, channels] -> [batch, channels])"
+                 + ("; a tied maximum's gradient goes to its first cell, as in max_pool"
+                    if kind == "max" else ""),
              samples=(Sample(((2, 3, 5),)), Sample(((2, 3, 4, 5),)),
                       Sample(((2, 6, 3),), {"channels_last": True})))
 

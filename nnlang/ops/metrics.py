@@ -1,4 +1,4 @@
-"""Metric composites: scalar float32 scores reported next to the loss. They are built from
+"""Metric composites: scalar scores in the predictions' float dtype, reported next to the loss. They are built from
 comparisons (NONDIFF), so autodiff never walks through them.
 """
 from __future__ import annotations
@@ -14,12 +14,12 @@ def _accuracy_shape(logits, labels):
         raise ShapeError(f"accuracy: scores {fmt_shape(logits.shape)} need int class ids "
                          f"{fmt_shape(logits.shape[:-1])}, got {labels}", arg=1,
                          hint="for one sigmoid output use binary_accuracy")
-    return TensorType((), "float32")
+    return TensorType((), logits.dtype)
 
 
 def _accuracy(b, logits, labels):
     hit = b.eq(b.argmax(logits, axis=-1), labels)
-    return mean_over(b, b.cast(hit, dtype="float32"))
+    return mean_over(b, b.cast(hit, dtype=b.type(logits).dtype))
 
 
 register("accuracy", "logits: tensor, labels: tensor", _accuracy_shape, decompose=_accuracy,
@@ -35,15 +35,16 @@ def _binary_accuracy_shape(prob, labels, *, threshold):
     if prob.shape != labels.shape and prob.shape != labels.shape + (1,):
         raise ShapeError(f"binary_accuracy: predictions {fmt_shape(prob.shape)} and labels "
                          f"{fmt_shape(labels.shape)} differ", arg=1)
-    return TensorType((), "float32")
+    return TensorType((), prob.dtype)
 
 
 def _binary_accuracy(b, prob, labels, *, threshold):
     if b.type(prob).shape != b.type(labels).shape:
         prob = b.reshape(prob, shape=list(b.type(labels).shape))
-    pred = b.gt(prob, b.const(threshold, b.type(prob).dtype))
-    truth = b.gt(b.cast(labels, dtype="float32"), b.const(0.5, "float32"))
-    return mean_over(b, b.cast(b.eq(pred, truth), dtype="float32"))
+    dtype = b.type(prob).dtype
+    pred = b.gt(prob, b.const(threshold, dtype))
+    truth = b.gt(b.cast(labels, dtype=dtype), b.const(0.5, dtype))
+    return mean_over(b, b.cast(b.eq(pred, truth), dtype=dtype))
 
 
 register("binary_accuracy", "prob: tensor, labels: tensor, threshold: float = 0.5",

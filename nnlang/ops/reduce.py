@@ -55,4 +55,5 @@ register("reduce_sum", "x: tensor, axes: ints = none, keepdims: bool = false", _
          traits={REDUCE}, doc="sum over axes (all axes when none)")
 register("reduce_max", "x: tensor, axes: ints = none, keepdims: bool = false", _reduce_shape,
          impl=_np_reduce(np.max), grad=_max_grad, samples=_SAMPLES, family="reduce",
-         traits={REDUCE}, doc="max over axes (all axes when none)")
+         traits={REDUCE}, doc="max over axes (all axes when none); a tied maximum shares the "
+             "gradient evenly, as torch.amax does")

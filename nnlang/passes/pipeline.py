@@ -13,22 +13,28 @@ from nnlang.ops.registry import TensorType
 from nnlang.passes.autodiff import backward
 from nnlang.passes.decompose import decompose
 from nnlang.passes.shapes import bind, infer
-from nnlang.train.optim import append_update
+from nnlang.ops.optim import append_update
 
 LR_INPUT = "_lr"
 
 
 def retype(g: Graph, dtype: str) -> Graph:
-    """Every float32 value becomes `dtype` (float64 for gradient checks)."""
-    if dtype == "float32":
+    """Every float32 value becomes `dtype` (float64 for gradient checks); a number literal
+    starts from its exact value, not its float32 rounding. Afterwards no const remembers its
+    literal, so CSE merges equal constants whatever made them."""
+    if dtype == "float32" and not any("_literal" in node.attrs for node in g):
         return g
     g = g.copy()
     for node in g:
+        exact = node.attrs.pop("_literal", None)
+        if dtype == "float32":
+            continue
         if node.attrs.get("dtype") == "float32":
             node.attrs["dtype"] = dtype
         if node.op == "const" and node.attrs["value"].dtype == np.float32:
-            node.attrs["value"] = node.attrs["value"].astype(dtype)
-    return infer(g)
+            node.attrs["value"] = np.asarray(node.attrs["value"] if exact is None else exact,
+                                             dtype)
+    return g if dtype == "float32" else infer(g)
 
 
 def specialize(user: Graph, batch: int, dtype: str = "float32") -> Graph:

@@ -23,7 +23,7 @@ from nnlang.passes.memory import MemoryPlan
 from nnlang.passes.plan import plan
 from nnlang.passes.rewrite import updates
 from nnlang.passes.schedule import Step, apply_view, copy_call
-from nnlang.runtime.aligned import aligned_copy, aligned_zeros
+from nnlang.backends.aligned import aligned_copy, aligned_zeros
 
 
 class State(MutableMapping):

@@ -12,10 +12,10 @@ from nnlang.gc_pause import paused_gc
 from nnlang.ops.init import initialize
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
-from nnlang.runtime.aligned import aligned_copy, aligned_zeros
+from nnlang.backends.aligned import aligned_copy, aligned_zeros
 from nnlang.runtime.indices import check_indices, index_inputs
 from nnlang.runtime.interpret import interpret
-from nnlang.train.optim import learning_rate
+from nnlang.ops.optim import learning_rate
 
 BACKENDS = ("numba", "cupy", "reference")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from nnlang.errors import NNError
 from nnlang.frontend.train_config import Choice, TrainConfig
 from nnlang.train import feeds
-from nnlang.train.optim import OPTIMIZERS, SCHEDULES
+from nnlang.ops.optim import OPTIMIZERS, SCHEDULES
 
 _SCALARS = {f.name: f.type for f in fields(TrainConfig)
             if f.name not in ("data", "optimizer", "schedule")}

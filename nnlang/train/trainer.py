@@ -18,7 +18,7 @@ from rich.table import Table
 
 from nnlang.errors import NNError
 from nnlang.train import checkpoint, feeds
-from nnlang.train.optim import learning_rate
+from nnlang.ops.optim import learning_rate
 from nnlang.train.runs import PLOT_HINT, RunDir
 from nnlang.train.overrides import resolve
 

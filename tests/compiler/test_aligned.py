@@ -1,10 +1,10 @@
-"""Host arrays on cache lines (runtime/aligned.py): the numba backend's buffers and a model's
+"""Host arrays on cache lines (backends/aligned.py): the numba backend's buffers and a model's
 state."""
 import numpy as np
 import pytest
 
 import nnlang
-from nnlang.runtime.aligned import ALIGN, aligned_copy, aligned_empty, aligned_zeros
+from nnlang.backends.aligned import ALIGN, aligned_copy, aligned_empty, aligned_zeros
 
 
 @pytest.mark.parametrize("shape,dtype", [((), np.float32), ((7,), np.float64),

@@ -1,7 +1,12 @@
-"""Optimizers and learning-rate schedules. Each optimizer is one entry: its signature (checked in
-the train section), its state slots and its update rule, written as graph ops and appended to the
-train graph so the whole update fuses into kernels like the model does (as in tinygrad).
-Update rules follow the PyTorch documentation of torch.optim.{SGD, Adam, AdamW, RMSprop}.
+"""Optimizers and learning-rate schedules. Each optimizer is one entry, like an op's: its
+signature (checked in the train section), its state slots and its update rule, written as graph
+ops and appended to the train graph so the whole update fuses into kernels like the model does
+(as in tinygrad). Update rules follow the PyTorch documentation of
+torch.optim.{SGD, Adam, AdamW, RMSprop}.
+
+NOTE: it sits on the ops floor, below the frontend (which checks a train section's optimizer
+options against these signatures), the passes (which append the update) and the runtime (which
+computes each step's learning rate here, in one place).
 """
 from __future__ import annotations
 

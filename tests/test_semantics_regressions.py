@@ -1,0 +1,108 @@
+"""Regression tests for bugs found from outside (issue 14): literal precision in float64 models,
+metric dtype, the tie rule of global_max_pool, `batch` in shape arguments, and the lint warning
+for a softmax fed to cross_entropy. References are plain numpy and hand-worked values."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnlang
+from nnlang.frontend.elaborate import load
+
+BACKENDS = ("reference", "numba")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("declared,net_dtype", [("float64", "float32"), ("float32", "float64")])
+def test_a_literal_takes_the_dtype_it_meets_without_float32_rounding(backend, declared,
+                                                                      net_dtype):
+    src = f"model M {{ input x: {declared}[batch, 3]  output y = x * 0.1 + 1e-9 }}"
+    net = nnlang.compile(src, backend=backend, batch=2, dtype=net_dtype)
+    x = np.array([[1.0, 3.0, 7.0], [0.5, -2.0, 1e6]])
+    y = net.forward({"x": x})["y"]
+    assert y.dtype == np.float64
+    np.testing.assert_array_equal(y, x * 0.1 + 1e-9)   # float32(0.1) would be off by 1.5e-9
+
+
+def test_a_literal_in_a_float32_model_stays_float32():
+    src = "model M { input x: float32[batch, 3]  output y = x * 0.1 }"
+    y = nnlang.compile(src, backend="numba", batch=1).forward({"x": np.ones((1, 3))})["y"]
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, np.float32(0.1) * np.ones((1, 3), np.float32))
+
+
+CLASSIFIER = """model M {
+  input x: float32[batch, 3]
+  input label: int32[batch]
+  loss cross_entropy(x, label)
+  metric acc = accuracy(x, label)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 3 }"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_metrics_are_computed_in_the_models_dtype(backend):
+    net = nnlang.compile(CLASSIFIER, backend=backend, batch=3, dtype="float64")
+    out = net.evaluate({"x": np.eye(3), "label": np.array([0, 2, 2])})
+    assert out["acc"] == 2 / 3            # float32(2/3) would differ in the 8th digit
+    g = net.graph("eval")
+    assert g.node(g.metrics["acc"]).dtype == "float64"
+
+
+TIED = """model M {
+  input x: float64[batch, 2]
+  param p: float64[1, 2, 4] = zeros
+  loss sum(global_max_pool(p) * x)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_global_max_pool_gives_a_tied_maximum_to_its_first_cell_like_max_pool(backend):
+    net = nnlang.compile(TIED, backend=backend, batch=1, dtype="float64")
+    net.load_state_dict({"p": np.array([[[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0]]])})
+    grad = net.gradients({"x": np.array([[1.0, 5.0]])})["p"]
+    # PyTorch's max pooling (and max_pool1d here) routes each window's gradient to the first max
+    np.testing.assert_array_equal(grad, [[[0, 1, 0, 0], [5, 0, 0, 0]]])
+
+
+def test_batch_names_the_batch_dim_in_shape_arguments():
+    src = """model M {
+  input x: float32[batch, 4]
+  output y = broadcast_to(reshape(x, [batch, 1, 4]), [batch, 3, 4])
+}"""
+    net = nnlang.compile(src, backend="numba", batch=2)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_array_equal(net.forward({"x": x})["y"],
+                                  np.broadcast_to(x[:, None, :], (2, 3, 4)))
+
+
+@pytest.mark.parametrize("probs", ["dense(x, 3) |> softmax", "softmax(dense(x, 3))",
+                                   'dense(x, 3, activation = "softmax")'])
+def test_softmax_into_cross_entropy_is_a_located_warning(probs):
+    src = f"""model M {{
+  input x: float32[batch, 4]
+  input label: int32[batch]
+  probs = {probs}
+  loss cross_entropy(probs, label)
+}}"""
+    (warning,) = load(src).warnings
+    text = warning.render()
+    assert text.startswith("<string>:5:8: warning: cross_entropy takes logits")
+    assert "hint: pass the logits" in text
+
+
+def test_logits_into_cross_entropy_give_no_warning():
+    for path in ("models/mlp.nn", "models/cnn.nn", "models/transformer.nn"):
+        assert load(path).warnings == []
+
+
+def test_check_prints_the_warning_and_still_succeeds(tmp_path):
+    from typer.testing import CliRunner
+    from nnlang_cli.main import app
+    path = tmp_path / "m.nn"
+    path.write_text("model M {\n  input x: float32[batch, 4]\n  input label: int32[batch]\n"
+                    "  loss cross_entropy(softmax(x), label)\n}\n")
+    r = CliRunner().invoke(app, ["check", str(path)])
+    assert r.exit_code == 0, r.output
+    assert f"{path}:4:8: warning: cross_entropy takes logits" in r.stderr
