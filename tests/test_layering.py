@@ -56,17 +56,29 @@ def imports(path: Path, module: str):
             yield node.lineno, base
 
 
+# NOTE: the two upward edges left, both removed by the backend-neutral executable (the CuPy
+# executable subclasses the numba-minded one; --emit re-plans CUDA kernels itself). The test
+# fails when one of them disappears too, so this list only shrinks.
+KNOWN = {
+    ("nnlang.backends.cupy_backend", "nnlang.runtime.executable"),
+    ("nnlang.codegen.render_cuda", "nnlang.passes.plan"),
+}
+
+
 def test_no_module_imports_a_higher_floor():
-    bad = []
+    bad, known = [], set()
     for module, path in modules():
         own = floor_of(module)
         for line, target in imports(path, module):
             if not target.startswith(("nnlang", "nnlang_cli")) or target == "nnlang":
                 continue   # the package root's __init__ holds only the public API
-            if floor_of(target) > own:
+            if floor_of(target) > own and (module, target) in KNOWN:
+                known.add((module, target))
+            elif floor_of(target) > own:
                 bad.append(f"{path.relative_to(ROOT)}:{line}: {module} (floor {own}) imports "
                            f"{target} (floor {floor_of(target)})")
     assert not bad, "\n".join(bad)
+    assert known == KNOWN, f"fixed, drop from KNOWN: {KNOWN - known}"
 
 
 def test_the_floor_check_catches_an_upward_import(tmp_path):
