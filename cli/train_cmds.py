@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +12,19 @@ from rich import box
 from rich.table import Table
 
 from nnlang_cli.app import app, console, parse_overrides, reporting
+
+INTERRUPTED = 130  # NOTE: the shell convention for "stopped by Ctrl-C"
+
+
+@contextmanager
+def interruptible(out):
+    """Ctrl-C outside the training loop (loading, compiling, eval, predict): a word and exit
+    130, not a traceback; nothing there is half-written (the files are replaced atomically)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        out.print("interrupted", markup=False, highlight=False)
+        raise typer.Exit(INTERRUPTED) from None
 
 BACKEND_HELP = "numba (CPU, default), cupy (NVIDIA GPU) or reference (numpy interpreter, slow)."
 DATA_HELP = ("A dataset name (imdb, mnist, imdb-sample...) or a .npz/.csv path; replaces the "
@@ -49,13 +63,13 @@ def train(
     summary.json and plots. Ctrl-C saves a checkpoint; --resume continues from it.
     """
     from nnlang.train.trainer import fit
-    with reporting():
+    with interruptible(console()), reporting():
         history = fit(str(file), {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
                                   "val_split": val_split}, data, backend=backend,
                       overrides=parse_overrides(sets), model=model, data_dir=data_dir, out=out,
                       resume=resume, max_steps=max_steps, console=console())
     if history.stopped == "interrupted":
-        raise typer.Exit(130)  # NOTE: the shell convention for "stopped by Ctrl-C"
+        raise typer.Exit(INTERRUPTED)
 
 
 @app.command("eval")
@@ -70,7 +84,7 @@ def eval_(
     """Loss and metrics of a trained model on the test split of its dataset (or --data)."""
     from nnlang.train.inference import evaluate_checkpoint
     out = console()
-    with reporting():
+    with interruptible(out), reporting():
         split, result = evaluate_checkpoint(str(file), checkpoint, data, data_dir, backend,
                                             batch, out)
     t = Table(box=box.SIMPLE_HEAD, title=f"{split} set")
@@ -92,7 +106,7 @@ def predict(
     """The model's outputs for raw inputs: class label and probability per input."""
     from nnlang.train.inference import predict as run_predict
     out = console()
-    with reporting():
+    with interruptible(out), reporting():
         results = run_predict(str(file), checkpoint, inputs, backend, out)
     t = Table(box=box.SIMPLE_HEAD)
     for c in ("input", "output", "label", "probability"):

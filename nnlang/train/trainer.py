@@ -364,7 +364,14 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
                 say(console, f"resume with: nnlang train {file} --out {run.path} --resume{flag}")
             return history
 
-    history.test = evaluate(net, test, cfg.batch) if test else None
+    try:
+        history.test = evaluate(net, test, cfg.batch) if test else None
+    except KeyboardInterrupt:
+        # NOTE: training is complete and saved; only the test numbers are missing
+        history.stopped = "interrupted"
+        say(console, "interrupted during the test evaluation; training finished"
+                     + (f" and is saved in {run.checkpoint}" if run else ""))
+        return history
     if run is not None:
         run.write_json("summary.json", {"epochs": len(history.rows), "step": net.step,
                                         "stopped": history.stopped,
