@@ -21,9 +21,17 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
     from nnlang.runtime.net import Net
     check_backend(backend)
     ckpt = checkpoint.load(ckpt_path)
-    program, cfg, source, file, _ = resolve(program_or_path, ckpt.config, None,
-                                            ckpt.meta.get("model"),
-                                            base_overrides=ckpt.meta.get("overrides"))
+    try:
+        program, cfg, source, file, _ = resolve(program_or_path, ckpt.config, None,
+                                                ckpt.meta.get("model"),
+                                                base_overrides=ckpt.meta.get("overrides"))
+    except NNError as err:
+        if len(err.diagnostics) > 1 or err.span is not None:
+            raise  # NOTE: an error in the .nn file itself: its own words say where
+        raise NNError(f"{ckpt.path} holds model '{ckpt.meta.get('model')}' (trained from "
+                      f"{ckpt.meta.get('file')}), which {source_of(program_or_path)[1]} cannot "
+                      f"give: {err.message}", hint="pass the .nn file the checkpoint was "
+                      "trained from") from None
     if console and source is not None and ckpt.meta.get("source") not in (None, source):
         say(console, f"note: {file} differs from the source this checkpoint was trained with")
     net = Net(program, backend=backend, batch=batch or cfg.batch, seed=cfg.seed)
@@ -55,7 +63,7 @@ def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,
             raise NNError(f"dataset '{ds.name}' has no test split and the run used no "
                           "validation split", hint="pass --data with a test split (for .npz: "
                           "train_*/test_* arrays)")
-    return split, evaluate(net, arrays, net.batch)
+    return split, evaluate(net, arrays, net.batch, console)
 
 
 def predict(program_or_path, ckpt_path, inputs: list, backend: str = "numba",
@@ -72,6 +80,8 @@ def predict(program_or_path, ckpt_path, inputs: list, backend: str = "numba",
         raise NNError(f"model '{net.program.model}' declares no output to predict",
                       hint="add e.g. `output probs = softmax(logits)`")
     meta = ckpt.data_meta
+    if meta.get("kind") == "text":
+        _no_files_for_text(inputs)
     batch = feeds.encode_raw(list(inputs), meta, net.user)
     outs = net.forward(batch)
     names = meta.get("class_names")
@@ -82,6 +92,17 @@ def predict(program_or_path, ckpt_path, inputs: list, backend: str = "numba",
         for raw, r in zip(inputs, interpret_output(value, kind, logits, names)):
             results.append({"input": str(raw), "output": oname, "kind": kind, **r})
     return results
+
+
+# files a text model would otherwise read as the words of their name
+_NOT_TEXT = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".npy", ".npz", ".csv", ".nn")
+
+
+def _no_files_for_text(inputs) -> None:
+    for raw in inputs:
+        if Path(str(raw)).suffix.lower() in _NOT_TEXT and "\n" not in str(raw):
+            raise NNError(f"'{raw}' looks like a file, but this model reads text",
+                          hint="pass the review text itself, or a .txt file that holds it")
 
 
 # an output whose value per example has at most this many numbers is printed whole

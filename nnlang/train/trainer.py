@@ -217,10 +217,6 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         raise NNError(f"--max-steps must be at least 1, not {max_steps}")
     if cfg.epochs < 1:
         raise NNError(f"epochs must be at least 1, not {cfg.epochs}", hint="pass --epochs N")
-    # NOTE: before the data and the compile: a run that cannot be saved fails in a second
-    run = None
-    if save:
-        run = RunDir(ckpt.path.parent) if ckpt else RunDir.create(program.model, out, runs_root)
     cfg, ds, mapping, (train, val, test) = _data(program, cfg, data, data_dir, file)
     n = feeds.length(train)
     per_epoch = n // cfg.batch
@@ -230,6 +226,11 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
     if n % cfg.batch:
         say(console, f"note: the training step is compiled for batch {cfg.batch}, so each "
                       f"epoch drops the last {n % cfg.batch} of {n} shuffled examples")
+
+    # NOTE: before the compile: a run that cannot be saved fails now, not after a minute
+    run = None
+    if save:
+        run = RunDir(ckpt.path.parent) if ckpt else RunDir.create(program.model, out, runs_root)
 
     net = Net(program, backend=backend, batch=cfg.batch, seed=cfg.seed)
     net.config = cfg
@@ -328,7 +329,8 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
                             break
                 wall = time.perf_counter() - t0
                 with interrupts.immediate():
-                    val_res = evaluate(net, val, cfg.batch) if val else None
+                    val_res = evaluate(net, val, cfg.batch, console if show else None) \
+                        if val else None
                 lr = learning_rate(cfg.optimizer.options["lr"], cfg.schedule,
                                    max(net.step - 1, 0), epoch, net.total_steps)
                 row = {"epoch": epoch + 1, "step": net.step,
@@ -429,13 +431,13 @@ def _data(program, cfg, data, data_dir, file):
 # a loss above EXPLODED x its start (at least 1) for EXPLODED_STEPS steps in a row diverged
 EXPLODED = 1e4
 EXPLODED_STEPS = 3
-START_STEPS = 5
 
 
 class _Guard:
-    """Stops a run whose loss is not finite or has exploded. Its start is the median of the
-    run's first START_STEPS losses (kept in the checkpoint, so a resumed run judges alike),
-    at least 1 so a loss that starts near 0 is not judged by its noise. Healthy training moves
+    """Stops a run whose loss is not finite or has exploded. Its start is the loss of the
+    run's first step, at the initial weights (later ones may have exploded already: with
+    --lr 1e6 the second is), kept in the checkpoint so a resumed run judges alike; at least 1
+    so a loss that starts near 0 is not judged by its noise. Healthy training moves
     a loss by a few times, a step size far too big multiplies it by 1e10 and more within a few
     steps (--lr 1e6: 1e22 with Adam, 1e30 with SGD): a factor of 1e4 leaves room both ways.
     One spike is forgiven; a streak still open when a checkpoint is due counts, so an
@@ -443,16 +445,13 @@ class _Guard:
 
     def __init__(self, start: float | None = None):
         self.start = start
-        self._first: list = []
         self._streak: list = []   # (loss, epoch, step in epoch, global step) above the limit
 
     def check(self, loss: float, epoch: int, done: int, step: int, run) -> None:
         if not math.isfinite(loss):
             raise _diverged(loss, epoch, done, step, run)
         if self.start is None:
-            self._first.append(loss)
-            if len(self._first) == START_STEPS:
-                self.start = float(np.median(self._first))
+            self.start = loss
             return
         if loss > EXPLODED * max(self.start, 1.0):
             self._streak.append((loss, epoch, done, step))
