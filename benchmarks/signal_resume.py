@@ -85,19 +85,19 @@ def same_checkpoints(a: Path, b: Path) -> tuple[bool, str]:
 
 
 def reference(model: str, batch: int, work: Path, backend: str) -> tuple[Path, int, float]:
-    """(checkpoint, total steps, training seconds) of the uninterrupted run."""
+    """(checkpoint, total steps, training seconds after "compiled in") of the uninterrupted
+    run: the async signals are sent within that time."""
     out = work / f"ref-{model}-{batch}"
-    t0 = time.perf_counter()
-    p = _run(_train_cmd(model, batch, out, work, backend))
-    if p.returncode != 0:
-        raise RuntimeError(f"reference run failed:\n{p.stdout}\n{p.stderr}")
+    code, text, seconds = _async(_train_cmd(model, batch, out, work, backend), None, None)
+    if code != 0:
+        raise RuntimeError(f"reference run failed:\n{text}")
     from nnlang.train import checkpoint
-    step = checkpoint.load(out).step
-    return out / "checkpoint.npz", step, time.perf_counter() - t0
+    return out / "checkpoint.npz", checkpoint.load(out).step, seconds
 
 
-def _async(cmd, delay: float, sig: int) -> tuple[int, str]:
-    """Starts `cmd`, waits for its "compiled in" line, sends `sig` after `delay` seconds."""
+def _async(cmd, delay: float | None, sig: int | None) -> tuple[int, str, float]:
+    """Starts `cmd`, waits for its "compiled in" line, sends `sig` after `delay` seconds
+    (none: lets it run); (exit code, output, seconds from that line to the end of training)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=_env(), cwd=ROOT)
     lines = []
@@ -105,11 +105,18 @@ def _async(cmd, delay: float, sig: int) -> tuple[int, str]:
         lines.append(line)
         if line.startswith("compiled in"):
             break
-    time.sleep(delay)
-    if proc.poll() is None:
-        proc.send_signal(sig)
+    t0 = trained = time.perf_counter()
+    if sig is None:  # NOTE: timed to the last epoch's line: tests and plots come after it
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("epoch 2/2  "):
+                trained = time.perf_counter()
+    else:
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=600)
-    return proc.wait(), "".join(lines) + rest
+    return proc.wait(), "".join(lines) + rest, trained - t0
 
 
 def trial(model: str, batch: int, kind: str, ref: tuple, work: Path, rng, backend: str,
@@ -126,9 +133,9 @@ def trial(model: str, batch: int, kind: str, ref: tuple, work: Path, rng, backen
         p = _run(cmd, env={"NNLANG_TEST_SIGNAL_AT_STEP": spec})
         code, text = p.returncode, p.stdout + p.stderr
     else:
-        delay = float(rng.uniform(0, max(seconds - 2.5, 0.2)))
+        delay = float(rng.uniform(0, seconds * 0.9))
         row["at"] = f"{delay:.2f}s"
-        code, text = _async(cmd, delay, sig)
+        code, text, _ = _async(cmd, delay, sig)
     want = (130,) if sig == signal.SIGINT else (-signal.SIGKILL,)
     # NOTE: a signal after the command's own work (interpreter exit) kills a finished run
     if code == 0 or (code == -signal.SIGINT and "run directory:" in text):
