@@ -3,10 +3,10 @@ library ops (gather, scatter_add, unfold, fold, ...) that write into planned buf
 
 Kernel source is written to the cache's `kernels/` folder (`user_cache.py`) under a hash of
 the source and versions, then imported, so numba's own `cache=True` on-disk cache (beside it)
-applies and a second process compiles nothing. A cache that cannot be written costs time only:
-the kernels go to a private temp folder instead, with a warning. An executable's kernels are compiled together
+applies and a second process compiles nothing. An executable's kernels are compiled together
 (`together`): when many are missing from the cache, a worker process (`compile_worker.py`)
-compiles half of them meanwhile.
+compiles half of them meanwhile. A cache that cannot be written costs time only: the kernels
+go to a private temp folder instead, with a warning.
 """
 from __future__ import annotations
 
@@ -195,9 +195,11 @@ class NumbaBackend:
             return entry
         hits = sum(fn._cache_hits.values())
         known = sig in fn.overloads
+        saved = True
         try:
             entry = fn.compile(sig)
         except OSError as err:
+            saved = False
             # NOTE: numba compiled it, then could not save it to its disk cache (full or
             # read-only): the kernel is loaded already, so asking again returns it
             cache_unwritable(Path(fn.py_func.__code__.co_filename).parent, err)
@@ -208,7 +210,7 @@ class NumbaBackend:
                 self.cache_hits += 1
             else:
                 self.compiled += 1
-            if fn.py_func.__module__.startswith(_KERNELS):
+            if saved and fn.py_func.__module__.startswith(_KERNELS):
                 _mark(fn, sig)
         return entry
 
