@@ -131,6 +131,9 @@ class RunDir:
             ax.legend()
             fig.tight_layout()
             paths.append(self.path / f"{name}.png")
-            fig.savefig(paths[-1], dpi=100)
-            plt.close(fig)
+            try:
+                with writing(paths[-1]):
+                    fig.savefig(paths[-1], dpi=100)
+            finally:
+                plt.close(fig)
         return paths
