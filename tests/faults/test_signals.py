@@ -134,3 +134,16 @@ def test_twenty_four_random_signals_resume_bit_identical(tmp_path):
     rows = signal_resume.run_trials(24, ["mlp", "cnn", "gru"], seed=1, work=tmp_path)
     assert all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
     assert sum(r["result"] == "bit-identical" for r in rows) >= 20
+
+
+def test_ctrl_c_in_the_test_evaluation_keeps_the_finished_run(tiny, monkeypatch):
+    real = trainer.evaluate
+
+    def interrupted_on_test(net, arrays, batch, console=None):
+        if len(next(iter(arrays.values()))) == 9:  # the test split (the val split has 10)
+            raise KeyboardInterrupt
+        return real(net, arrays, batch, console)
+    monkeypatch.setattr(trainer, "evaluate", interrupted_on_test)
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", "r", code=130)
+    assert "interrupted during the test evaluation; training finished" in out
+    assert checkpoint.load(tiny / "r").step == 20
