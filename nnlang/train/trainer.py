@@ -1,6 +1,7 @@
-"""The training loop on top of a compiled `Net`: `fit` (progress, validation, NaN guard, Ctrl-C,
-checkpoints, resume). Settings are resolved in `overrides.py`; using a trained model
-(`evaluate_checkpoint`, `predict`) is in `inference.py`. The CLI commands wrap these.
+"""The training loop on top of a compiled `Net`: `fit` (progress, validation, divergence guard,
+Ctrl-C between whole steps, checkpoints, resume). Settings are resolved in `overrides.py`;
+using a trained model (`evaluate_checkpoint`, `predict`) is in `inference.py`. The CLI commands
+wrap these.
 """
 from __future__ import annotations
 
@@ -342,7 +343,7 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
                 say(console, f"epoch {epoch + 1}/{cfg.epochs}  {_fmt(sums.means())}"
                               + (f"  | val {_fmt(val_res)}" if val_res else "")
                               + f"  | {row['samples_per_s']:,.0f} samples/s  {wall:.1f}s")
-                guard.settle(epoch, run)  # NOTE: an exploded state is never saved
+                guard.settle(run)  # NOTE: an exploded state is never saved
                 if run is not None:
                     run.log(row)
                 if done < per_epoch:  # stopped by max_steps inside the epoch
@@ -456,11 +457,12 @@ class _Guard:
         if loss > EXPLODED * max(self.start, 1.0):
             self._streak.append((loss, epoch, done, step))
             if len(self._streak) >= EXPLODED_STEPS:
-                self.settle(epoch, run)
+                self.settle(run)
         else:
             self._streak = []
 
-    def settle(self, epoch: int, run) -> None:
+    def settle(self, run) -> None:
+        """Raises if the loss is above the limit now (a checkpoint is due)."""
         if self._streak:
             loss, epoch, done, step = self._streak[0]
             raise _diverged(loss, epoch, done, step, run, self.start)
@@ -525,11 +527,17 @@ def _describe_resume(console: Console, ckpt, cfg, hp: dict, picked: bool) -> Non
         say(console, "note: this resume changes the run's " + ", ".join(changed))
 
 
-def _setting_changes(old, new):
-    flat = lambda c: {**{k: v for k, v in asdict(c).items() if k != "optimizer"},  # noqa: E731
-                      **{f"{c.optimizer.name}.{k}": v for k, v in c.optimizer.options.items()}}
-    a, b = flat(old), flat(new)
+def _setting_changes(old, new) -> list[tuple]:
+    """(setting, old value, new value) of each train setting (optimizer options as
+    `adam.lr`) that differs."""
+    a, b = _flat_settings(old), _flat_settings(new)
     return [(k, a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+
+
+def _flat_settings(cfg) -> dict:
+    flat = {k: v for k, v in asdict(cfg).items() if k != "optimizer"}
+    flat.update({f"{cfg.optimizer.name}.{k}": v for k, v in cfg.optimizer.options.items()})
+    return flat
 
 
 def _last_train(rows: list) -> dict | None:

@@ -239,14 +239,14 @@ def test_the_explosion_rule():
     big = EXPLODED * 2.0 * 1.01
     for step, loss in enumerate([big, 1.0, big, big, 1.5, 0.5], start=2):
         g.check(loss, 0, step - 1, step, None)   # spikes of 1 and 2 steps pass
-    g.settle(0, None)
+    g.settle(None)
     for step in (8, 9):
         g.check(big, 0, step - 1, step, None)
     with pytest.raises(NNError, match=r"step 8 \(global step 8\), over 10000 times its start"):
-        g.settle(0, None)                        # a streak open at a checkpoint counts
+        g.settle(None)                        # a streak open at a checkpoint counts
     g = _Guard(start=1e-3)                       # a loss near 0 is judged against 1
     g.check(EXPLODED * 0.5, 0, 0, 1, None)
-    g.settle(0, None)
+    g.settle(None)
     for step in (1, 2):
         g.check(EXPLODED * 2, 0, step - 1, step, None)
     with pytest.raises(NNError, match=r"step 1 \(global step 1\)"):
