@@ -59,6 +59,12 @@ class RunDir:
     def checkpoint(self) -> Path:
         return self.path / checkpoint.FILENAME
 
+    def drop_stale_temps(self) -> None:
+        """Removes the temp files of checkpoint saves a kill -9 cut short (one per kill, as big
+        as a checkpoint); `checkpoint.save` never leaves one otherwise."""
+        for tmp in self.path.glob(f".{checkpoint.FILENAME}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
     def write_json(self, name: str, data: dict) -> Path:
         target = self.path / name
         tmp = target.with_name(f".{name}.tmp")

@@ -250,6 +250,7 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
             raise NNError(f"this checkpoint stopped inside an epoch at batch {ckpt.config.batch};"
                           f" resume it with the same batch size, not {cfg.batch}")
     if run is not None:
+        run.drop_stale_temps()
         run.keep_rows(start_epoch)  # a fresh run starts empty; a resumed one drops later rows
         run.write_json("config.json", {
             "model": program.model, "file": file, "hparams": program.hparams, "overrides": hp,

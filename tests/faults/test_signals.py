@@ -76,9 +76,11 @@ def test_signal_then_resume_is_bit_identical(tiny, spec, code, saved_step):
         assert "interrupted at epoch 1, step 7 (global step 7)" in p.stdout
         assert "resume with: nnlang train tiny.nn --out cut --resume" in p.stdout
     assert checkpoint.load(tiny / "cut").step == saved_step
+    (tiny / "cut" / ".checkpoint.npz.k9x.tmp").write_bytes(b"PK half")  # a save kill -9 cut
     out = cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", "--resume", code=0)
     assert f"resuming cut/checkpoint.npz (epoch {saved_step // 10}, step {saved_step})" in out
     assert_bit_identical(ref, tiny / "cut")
+    assert not list((tiny / "cut").glob("*.tmp"))
 
 
 def test_sigint_inside_a_step_waits_for_the_step(tiny, monkeypatch):
