@@ -3,14 +3,30 @@
 """
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 from rich import box
 from rich.table import Table
 
 from nnlang_cli.app import app, console, parse_overrides, reporting
+
+INTERRUPTED = 130  # NOTE: the shell convention for "stopped by Ctrl-C"
+
+
+@contextmanager
+def interruptible(out):
+    """Ctrl-C outside the training loop (loading, compiling, eval, predict): a word and exit
+    130, not a traceback; nothing there is half-written (the files are replaced atomically)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        out.print("interrupted", markup=False, highlight=False)
+        raise typer.Exit(INTERRUPTED) from None
 
 BACKEND_HELP = "numba (CPU, default), cupy (NVIDIA GPU) or reference (numpy interpreter, slow)."
 DATA_HELP = ("A dataset name (imdb, mnist, imdb-sample...) or a .npz/.csv path; replaces the "
@@ -49,13 +65,13 @@ def train(
     summary.json and plots. Ctrl-C saves a checkpoint; --resume continues from it.
     """
     from nnlang.train.trainer import fit
-    with reporting():
+    with interruptible(console()), reporting():
         history = fit(str(file), {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
                                   "val_split": val_split}, data, backend=backend,
                       overrides=parse_overrides(sets), model=model, data_dir=data_dir, out=out,
                       resume=resume, max_steps=max_steps, console=console())
     if history.stopped == "interrupted":
-        raise typer.Exit(130)  # NOTE: the shell convention for "stopped by Ctrl-C"
+        raise typer.Exit(INTERRUPTED)
 
 
 @app.command("eval")
@@ -70,7 +86,7 @@ def eval_(
     """Loss and metrics of a trained model on the test split of its dataset (or --data)."""
     from nnlang.train.inference import evaluate_checkpoint
     out = console()
-    with reporting():
+    with interruptible(out), reporting():
         split, result = evaluate_checkpoint(str(file), checkpoint, data, data_dir, backend,
                                             batch, out)
     t = Table(box=box.SIMPLE_HEAD, title=f"{split} set")
@@ -88,21 +104,47 @@ def predict(
                                                  ".png/.npy paths (image models), .npy paths."),
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print every result as one JSON line "
+                                                       "(all values, for scripts)."),
 ):
-    """The model's outputs for raw inputs: class label and probability per input."""
+    """The model's outputs for raw inputs: the class and its probability for a classifier,
+    the numbers for a regression, the shape and a summary for a tensor (all with --json)."""
     from nnlang.train.inference import predict as run_predict
     out = console()
-    with reporting():
-        results = run_predict(str(file), checkpoint, inputs, backend, out)
+    with interruptible(out), reporting():
+        results = run_predict(str(file), checkpoint, inputs, backend, None if as_json else out)
+    if as_json:
+        for r in results:
+            typer.echo(json.dumps(r))
+        return
+    for name in dict.fromkeys(r["output"] for r in results):
+        out.print(_result_table([r for r in results if r["output"] == name]))
+
+
+def _result_table(results: list[dict]) -> Table:
+    """One output's results: label and probability for classes, else the numbers (or the
+    shape and a summary of a large tensor)."""
     t = Table(box=box.SIMPLE_HEAD)
-    for c in ("input", "output", "label", "probability"):
+    classes = results[0]["kind"] in ("class", "binary")
+    columns = ("input", "output", "label", "probability") if classes else \
+        ("input", "output", "value")
+    for c in columns:
         t.add_column(c, justify="right" if c == "probability" else "left",
                      overflow="ellipsis", max_width=50 if c == "input" else None, no_wrap=True)
     for r in results:
-        prob = "" if r["probability"] is None else f"{r['probability']:.4f}"
-        label = r["label"] if r["label"] is not None else str(r.get("value"))
-        t.add_row(_short(r["input"]), r["output"], label, prob)
-    out.print(t)
+        if classes:
+            t.add_row(_short(r["input"]), r["output"], r["label"], f"{r['probability']:.4f}")
+        else:
+            t.add_row(_short(r["input"]), r["output"], _numbers(r))
+    return t
+
+
+def _numbers(r: dict) -> str:
+    v = np.asarray(r["value"], dtype=np.float64)
+    if r["kind"] == "value":
+        return " ".join(f"{x:.6g}" for x in v.ravel()) if v.ndim else f"{float(v):.6g}"
+    return (f"shape {list(v.shape)}: min {v.min():.4g}, mean {v.mean():.4g}, max {v.max():.4g}"
+            " (--json for all values)")
 
 
 def _short(text: str, width: int = 50) -> str:

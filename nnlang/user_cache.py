@@ -1,10 +1,53 @@
-"""The user's cache folder, shared by downloaded data sets (`data/cache.py`) and compiled plans
-(`passes/plan_cache.py`): `$NNLANG_CACHE_DIR`, or `~/.cache/nnlang`."""
+"""The user's cache folder, the one rule for where cached files go: `$NNLANG_CACHE_DIR` (or
+`~/.cache/nnlang`) is the root, holding downloaded data sets (`data/cache.py`), compiled plans
+(`plans/`, `passes/plan_cache.py`) and compiled kernels (`kernels/`, `backends/numba_backend.py`).
+Everything cached can be made again, so a cache that cannot be written is a warning, not an error.
+"""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
+
+_warned: set = set()
+_private: dict = {}
 
 
 def user_cache_dir() -> Path:
     return Path(os.environ.get("NNLANG_CACHE_DIR") or Path.home() / ".cache" / "nnlang")
+
+
+def cache_subdir(name: str) -> Path | None:
+    """<root>/<name>, created if need be; None (after a warning) when it cannot be written."""
+    path = user_cache_dir() / name
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "no write permission")
+    except OSError as err:
+        cache_unwritable(path, err)
+        return None
+    return path
+
+
+def private_dir(name: str) -> Path:
+    """A folder of this process's own, removed at exit: where files that must exist on disk
+    (kernel modules to import) go when the cache cannot take them."""
+    if name not in _private:
+        _private[name] = Path(tempfile.mkdtemp(prefix=f"nnlang-{name}-"))
+        atexit.register(shutil.rmtree, _private[name], ignore_errors=True)
+    return _private[name]
+
+
+def cache_unwritable(path, err: OSError) -> None:
+    """One warning per process on stderr: the run goes on without the cache (slower next time)."""
+    if _warned:  # NOTE: one is enough: plans and kernels share the folder
+        return
+    _warned.add(str(path))
+    why = err.strerror or str(err)
+    print(f"warning: cannot write the cache at {path} ({why}); going on without it (the next "
+          "run compiles again)\n  hint: point NNLANG_CACHE_DIR to a writable folder with free "
+          "space", file=sys.stderr)

@@ -1,11 +1,12 @@
 """The CPU backend: generated kernels compiled with numba, matmul through numpy's BLAS, and
 library ops (gather, scatter_add, unfold, fold, ...) that write into planned buffers.
 
-Kernel source is written to `$NNLANG_CACHE_DIR` (default `~/.cache/nnlang/kernels`) under a
-hash of the source and versions, then imported, so numba's own `cache=True` on-disk cache
+Kernel source is written to the cache's `kernels/` folder (`user_cache.py`) under a hash of
+the source and versions, then imported, so numba's own `cache=True` on-disk cache (beside it)
 applies and a second process compiles nothing. An executable's kernels are compiled together
 (`together`): when many are missing from the cache, a worker process (`compile_worker.py`)
-compiles half of them meanwhile.
+compiles half of them meanwhile. A cache that cannot be written costs time only: the kernels
+go to a private temp folder instead, with a warning.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from nnlang.backends import cpu_affinity
 from nnlang.backends import numba_kernels as nk
+from nnlang.backends.aligned import aligned_empty
 from nnlang.backends.base import Call
 from nnlang.backends.blas import (blas_threads, matmul_call, run_in_order, run_parts,
                                   workers)
@@ -32,7 +34,7 @@ from nnlang.backends.windows import (as_2d, fold_call, ints_2d, unfold_call,
 from nnlang.ir.graph import Node, op_attrs
 from nnlang.ops import registry
 from nnlang.ops.random import MASK64
-from nnlang.backends.aligned import aligned_empty
+from nnlang.user_cache import cache_subdir, cache_unwritable, private_dir
 
 VERSION = "nnlang-0.1"
 _KERNELS = "nnlang_kernels."   # the module prefix of generated kernels
@@ -47,10 +49,8 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("NNLANG_CACHE_DIR")
-    path = Path(env) if env else Path.home() / ".cache" / "nnlang" / "kernels"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """<cache root>/kernels, or this process's private folder when that cannot be written."""
+    return cache_subdir("kernels") or private_dir("kernels")
 
 
 class Pending:
@@ -72,9 +72,17 @@ def _marker(fn, sig) -> Path:
     """A file saying this (kernel, signature) is in numba's disk cache: a warm run starts no
     worker. It sits next to the cache itself, so the two go together."""
     tag = hashlib.sha256(str(sig).encode()).hexdigest()[:16]
-    path = cache_dir() / "compiled" / f"{fn.py_func.__module__}.{fn.__name__}.{tag}"
-    path.parent.mkdir(exist_ok=True)
-    return path
+    folder = Path(sys.modules[fn.py_func.__module__].__file__).parent / "compiled"
+    return folder / f"{fn.py_func.__module__}.{fn.__name__}.{tag}"
+
+
+def _mark(fn, sig) -> None:
+    path = _marker(fn, sig)
+    try:
+        path.parent.mkdir(exist_ok=True)
+        path.touch()
+    except OSError:  # NOTE: only a hint for the next run: without it that run starts a worker
+        pass
 
 
 def _halves(todo):
@@ -109,9 +117,28 @@ def _start_worker(todo):
 
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:  # NOTE: a full disk must not leave an empty temp file behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _kernel_file(key: str, source: str) -> Path:
+    """The kernel module's file: in the cache, or (the cache full or read-only) in this
+    process's private folder."""
+    path = cache_dir() / f"k_{key}.py"
+    try:
+        if not path.exists() or path.read_text() != source:
+            _write_atomic(path, source)
+        return path
+    except OSError as err:
+        cache_unwritable(path.parent, err)
+        path = private_dir("kernels") / path.name
+        _write_atomic(path, source)
+        return path
 
 
 class NumbaBackend:
@@ -147,9 +174,7 @@ class NumbaBackend:
         key = hashlib.sha256(f"{VERSION}\n{numba.__version__}\n{source}".encode()).hexdigest()
         key = key[:24]
         if key not in self._modules:
-            path = cache_dir() / f"k_{key}.py"
-            if not path.exists() or path.read_text() != source:
-                _write_atomic(path, source)
+            path = _kernel_file(key, source)
             spec = importlib.util.spec_from_file_location(f"{_KERNELS}k_{key}", path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module
@@ -170,14 +195,23 @@ class NumbaBackend:
             return entry
         hits = sum(fn._cache_hits.values())
         known = sig in fn.overloads
-        entry = self._entries[(fn, sig)] = fn.compile(sig)
+        saved = True
+        try:
+            entry = fn.compile(sig)
+        except OSError as err:
+            saved = False
+            # NOTE: numba compiled it, then could not save it to its disk cache (full or
+            # read-only): the kernel is loaded already, so asking again returns it
+            cache_unwritable(Path(fn.py_func.__code__.co_filename).parent, err)
+            entry = fn.compile(sig)
+        self._entries[(fn, sig)] = entry
         if not known:
             if sum(fn._cache_hits.values()) > hits:
                 self.cache_hits += 1
             else:
                 self.compiled += 1
-            if fn.py_func.__module__.startswith(_KERNELS):
-                _marker(fn, sig).touch()
+            if saved and fn.py_func.__module__.startswith(_KERNELS):
+                _mark(fn, sig)
         return entry
 
     resolved = staticmethod(resolved)

@@ -67,7 +67,7 @@ def _unit(v) -> bool:
 
 
 # The valid range of every optimizer and schedule option and numeric train setting, by name:
-# a name means the same thing in every optimizer (see nnlang/train/optim.py).
+# a name means the same thing in every optimizer (see nnlang/ops/optim.py).
 RANGES = {
     "lr": (lambda v: v > 0, "> 0"),
     "beta1": (_unit, "in [0, 1)"),

@@ -21,7 +21,7 @@ import numpy as np
 
 import nnlang
 from nnlang.ir.graph import Graph
-from nnlang.user_cache import user_cache_dir
+from nnlang.user_cache import cache_unwritable, user_cache_dir
 
 _FORMAT = 1  # bump when what is pickled changes shape
 KEEP = 64    # entries kept; older ones are removed when a new one is written
@@ -93,7 +93,8 @@ def load(key: str):
 
 
 def store(key: str, plan) -> None:
-    """Writes the plan atomically; a read-only or full cache only costs the next run time."""
+    """Writes the plan atomically; a read-only or full cache only costs the next run time (and
+    a warning)."""
     folder, tmp = plan_dir(), None
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -101,10 +102,15 @@ def store(key: str, plan) -> None:
         with os.fdopen(fd, "wb") as f:
             pickle.dump((_FORMAT, plan), f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, folder / f"{key}.pkl")
+        tmp = None
         _prune(folder)
-    except (OSError, pickle.PicklingError, TypeError, AttributeError):
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    except OSError as err:
+        cache_unwritable(folder, err)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        pass  # NOTE: a plan that does not pickle is only not cached
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _prune(folder: Path) -> None:

@@ -132,6 +132,10 @@ class Net:
             g = forward_graph(self.user, batch, self.dtype, results)
         return _compile(g, self.backend, self.state, self.disable), g
 
+    def prepare(self, kind: str = "train", batch: int | None = None) -> None:
+        """Compiles the `kind` executable for `batch` now rather than on its first call."""
+        self._exe(kind, batch or self.batch)
+
     def graph(self, kind: str = "train"):
         """The optimized-input primitive graph of `kind` (train | eval | predict)."""
         return self._exe(kind, self.batch)[1]

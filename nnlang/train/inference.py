@@ -21,9 +21,17 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
     from nnlang.runtime.net import Net
     check_backend(backend)
     ckpt = checkpoint.load(ckpt_path)
-    program, cfg, source, file, _ = resolve(program_or_path, ckpt.config, None,
-                                            ckpt.meta.get("model"),
-                                            base_overrides=ckpt.meta.get("overrides"))
+    try:
+        program, cfg, source, file, _ = resolve(program_or_path, ckpt.config, None,
+                                                ckpt.meta.get("model"),
+                                                base_overrides=ckpt.meta.get("overrides"))
+    except NNError as err:
+        if len(err.diagnostics) > 1 or err.span is not None:
+            raise  # NOTE: an error in the .nn file itself: its own words say where
+        raise NNError(f"{ckpt.path} holds model '{ckpt.meta.get('model')}' (trained from "
+                      f"{ckpt.meta.get('file')}), which {source_of(program_or_path)[1]} cannot "
+                      f"give: {err.message}", hint="pass the .nn file the checkpoint was "
+                      "trained from") from None
     if console and source is not None and ckpt.meta.get("source") not in (None, source):
         say(console, f"note: {file} differs from the source this checkpoint was trained with")
     net = Net(program, backend=backend, batch=batch or cfg.batch, seed=cfg.seed)
@@ -55,14 +63,16 @@ def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,
             raise NNError(f"dataset '{ds.name}' has no test split and the run used no "
                           "validation split", hint="pass --data with a test split (for .npz: "
                           "train_*/test_* arrays)")
-    return split, evaluate(net, arrays, net.batch)
+    return split, evaluate(net, arrays, net.batch, console)
 
 
 def predict(program_or_path, ckpt_path, inputs: list, backend: str = "numba",
             console: Console | None = None) -> list[dict]:
-    """One dict per raw input and model output: {input, output, label, probability, class}.
-    Text models take review text (or a .txt path), encoded with the checkpoint's vocabulary;
-    image models a .png/.npy path; array models a .npy path."""
+    """One dict per raw input and model output: {input, output, kind, ...}. Text models take
+    review text (or a .txt path), encoded with the checkpoint's vocabulary; image models a
+    .png/.npy path; array models a .npy path. The kind comes from the graph (`output_kind`):
+    "class" and "binary" add label, probability and class; "value" and "tensor" add value
+    (the numbers, as lists) and shape."""
     if not inputs:
         raise NNError("predict needs at least one input")
     net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, None, console)
@@ -70,35 +80,81 @@ def predict(program_or_path, ckpt_path, inputs: list, backend: str = "numba",
         raise NNError(f"model '{net.program.model}' declares no output to predict",
                       hint="add e.g. `output probs = softmax(logits)`")
     meta = ckpt.data_meta
+    if meta.get("kind") == "text":
+        _no_files_for_text(inputs)
     batch = feeds.encode_raw(list(inputs), meta, net.user)
     outs = net.forward(batch)
     names = meta.get("class_names")
     results = []
     for oname, value in outs.items():
-        for i, (raw, r) in enumerate(zip(inputs, interpret_output(np.asarray(value), names))):
-            results.append({"input": str(raw), "output": oname, **r})
+        value = np.asarray(value)
+        kind, logits = output_kind(net.user, net.user.outputs[oname], value)
+        for raw, r in zip(inputs, interpret_output(value, kind, logits, names)):
+            results.append({"input": str(raw), "output": oname, "kind": kind, **r})
     return results
 
 
-def interpret_output(value: np.ndarray, class_names=None) -> list[dict]:
-    """Per example: the class and its probability. One value per example is a binary
-    probability (sigmoid applied if it is a logit); a vector is a distribution (softmax applied
-    unless it already is one)."""
+# files a text model would otherwise read as the words of their name
+_NOT_TEXT = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".npy", ".npz", ".csv", ".nn")
+
+
+def _no_files_for_text(inputs) -> None:
+    for raw in inputs:
+        if Path(str(raw)).suffix.lower() in _NOT_TEXT and "\n" not in str(raw):
+            raise NNError(f"'{raw}' looks like a file, but this model reads text",
+                          hint="pass the review text itself, or a .txt file that holds it")
+
+
+# an output whose value per example has at most this many numbers is printed whole
+VALUE_NUMBERS = 16
+# ops that change a tensor's shape, not its meaning: looked through when matching a loss's input
+_SAME = ("squeeze", "reshape", "flatten", "expand_dims", "identity")
+
+
+def output_kind(graph, nid: int, value: np.ndarray) -> tuple[str, bool]:
+    """(kind, logits): what an output is, from the losses it was trained with (never from its
+    numbers): "class" (cross_entropy's logits, or their softmax: one class per example),
+    "binary" (bce_with_logits' logit or its sigmoid, bce's probability), else "value"
+    (regression) or, past VALUE_NUMBERS numbers per example, "tensor". `logits`: the output
+    is the loss's raw input (softmax / sigmoid still to apply)."""
+    def through(n):
+        while graph.node(n).op in _SAME:
+            n = graph.node(n).inputs[0]
+        return n
+    trained = {}
+    for loss_nid in graph.losses.values():
+        node = graph.node(loss_nid)
+        if node.op in ("cross_entropy", "bce_with_logits", "bce"):
+            trained[through(node.inputs[0])] = node.op
+    node = graph.node(through(nid))
+    per = value.reshape(len(value), -1).shape[1] if value.ndim else 1
+    op = trained.get(through(nid))
+    if op is None and node.op in ("softmax", "sigmoid"):
+        inner = trained.get(through(node.inputs[0]))
+        op = {("softmax", "cross_entropy"): "softmax",
+              ("sigmoid", "bce_with_logits"): "sigmoid"}.get((node.op, inner))
+    logits = op in ("cross_entropy", "bce_with_logits")
+    if op in ("cross_entropy", "softmax") and value.ndim == 2:
+        return "class", logits
+    if op in ("bce_with_logits", "bce", "sigmoid") and per == 1:
+        return "binary", logits
+    return ("value" if per <= VALUE_NUMBERS else "tensor"), False
+
+
+def interpret_output(value: np.ndarray, kind: str, logits: bool = False,
+                     class_names=None) -> list[dict]:
+    """Per example: for "class" and "binary" the label, its probability and class id
+    (softmax / sigmoid applied to logits: the graph says which the output is); otherwise the
+    numbers and their shape."""
+    if kind not in ("class", "binary"):
+        return [{"value": np.asarray(v).tolist(), "shape": list(np.shape(v))} for v in value]
     per = value.reshape(len(value), -1).astype(np.float64)
-    if value.ndim > 2:
-        return [{"label": None, "probability": None, "class": None, "value": v.tolist()}
-                for v in value]
-    out = []
-    if per.shape[1] == 1:
-        p = per[:, 0]
-        if np.any((p < 0) | (p > 1)):
-            p = 1 / (1 + np.exp(-p))
-        for pi in p:
-            c = int(pi >= 0.5)
-            out.append((c, float(pi if c else 1 - pi)))
+    probs = per
+    if kind == "binary":
+        p = 1 / (1 + np.exp(-per[:, 0])) if logits else per[:, 0]
+        out = [(int(pi >= 0.5), float(pi if pi >= 0.5 else 1 - pi)) for pi in p]
     else:
-        probs = per
-        if np.any(per < 0) or not np.allclose(per.sum(1), 1, atol=1e-3):
+        if logits:
             e = np.exp(per - per.max(1, keepdims=True))
             probs = e / e.sum(1, keepdims=True)
         out = [(int(np.argmax(q)), float(np.max(q))) for q in probs]

@@ -6,18 +6,36 @@ from __future__ import annotations
 import csv
 import json
 import os
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+from nnlang.errors import NNError
 from nnlang.train import checkpoint
 
 PLOT_HINT = "plots skipped: matplotlib is not installed (pip install 'nnlang[plot]')"
 
 
+@contextmanager
+def writing(path):
+    """An OSError writing `path` (read-only file system, disk full) as a clear error."""
+    try:
+        yield
+    except OSError as err:
+        raise NNError(f"cannot write {path} ({err.strerror or err})",
+                      hint="pass --out with a writable folder that has free space") from None
+
+
 class RunDir:
     def __init__(self, path):
+        """Creates the folder and checks that files can be written in it (a run learns that
+        before it compiles and trains, not when it saves)."""
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        with writing(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.path):
+                pass
 
     @classmethod
     def create(cls, model: str, out=None, root="runs") -> "RunDir":
@@ -41,11 +59,21 @@ class RunDir:
     def checkpoint(self) -> Path:
         return self.path / checkpoint.FILENAME
 
+    def drop_stale_temps(self) -> None:
+        """Removes the temp files of checkpoint saves a kill -9 cut short (one per kill, as big
+        as a checkpoint); `checkpoint.save` never leaves one otherwise."""
+        for tmp in self.path.glob(f".{checkpoint.FILENAME}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
     def write_json(self, name: str, data: dict) -> Path:
         target = self.path / name
         tmp = target.with_name(f".{name}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=checkpoint.json_default) + "\n")
-        os.replace(tmp, target)
+        with writing(target):
+            try:
+                tmp.write_text(json.dumps(data, indent=2, default=checkpoint.json_default) + "\n")
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
         return target
 
     # *** metrics ***
@@ -62,14 +90,16 @@ class RunDir:
             for name in ("metrics.jsonl", "metrics.csv"):
                 (self.path / name).unlink(missing_ok=True)
             return
-        (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        self._write_csv(rows)
+        with writing(self.path / "metrics.jsonl"):
+            (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            self._write_csv(rows)
 
     def log(self, row: dict) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        # NOTE: rewritten whole each epoch so the header always covers every column
-        self._write_csv(self.rows())
+        with writing(self.path / "metrics.jsonl"):
+            with open(self.path / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            # NOTE: rewritten whole each epoch so the header always covers every column
+            self._write_csv(self.rows())
 
     def _write_csv(self, rows: list[dict]) -> None:
         columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -107,6 +137,9 @@ class RunDir:
             ax.legend()
             fig.tight_layout()
             paths.append(self.path / f"{name}.png")
-            fig.savefig(paths[-1], dpi=100)
-            plt.close(fig)
+            try:
+                with writing(paths[-1]):
+                    fig.savefig(paths[-1], dpi=100)
+            finally:
+                plt.close(fig)
         return paths

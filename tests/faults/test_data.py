@@ -367,7 +367,7 @@ def test_bad_data_setting(data, words, work):
 # *** optimizer, schedule and train settings ***
 
 # (setting line in the train section, expected words): every option of every optimizer and
-# schedule (nnlang/train/optim.py) and every numeric train setting, just out of range.
+# schedule (nnlang/ops/optim.py) and every numeric train setting, just out of range.
 SETTING_CASES = [
     ("optimizer = sgd(lr = -0.1)", "sgd() argument 'lr': -0.1 is out of range: lr must be > 0"),
     ("optimizer = sgd(lr = 0)", "lr must be > 0"),

@@ -227,3 +227,29 @@ def test_default_run_directory_and_resuming_the_newest_run(tiny, tmp_path):
     assert h.run_dir.resolve() == run_dir and [r["epoch"] for r in h.rows] == [1, 2]
     with pytest.raises(NNError, match="already holds a training run"):
         fit(str(tiny), backend="reference", progress=False, out=run_dir)
+
+
+def test_the_explosion_rule():
+    """Over EXPLODED x the first loss (at least 1) for EXPLODED_STEPS steps in a row, or not
+    finite; one spike is forgiven unless a checkpoint is due while it lasts."""
+    from nnlang.train.trainer import EXPLODED, _Guard
+    g = _Guard()
+    g.check(2.0, 0, 0, 1, None)
+    assert g.start == 2.0
+    big = EXPLODED * 2.0 * 1.01
+    for step, loss in enumerate([big, 1.0, big, big, 1.5, 0.5], start=2):
+        g.check(loss, 0, step - 1, step, None)   # spikes of 1 and 2 steps pass
+    g.settle(None)
+    for step in (8, 9):
+        g.check(big, 0, step - 1, step, None)
+    with pytest.raises(NNError, match=r"step 8 \(global step 8\), over 10000 times its start"):
+        g.settle(None)                        # a streak open at a checkpoint counts
+    g = _Guard(start=1e-3)                       # a loss near 0 is judged against 1
+    g.check(EXPLODED * 0.5, 0, 0, 1, None)
+    g.settle(None)
+    for step in (1, 2):
+        g.check(EXPLODED * 2, 0, step - 1, step, None)
+    with pytest.raises(NNError, match=r"step 1 \(global step 1\)"):
+        g.check(EXPLODED * 2, 0, 2, 3, None)
+    with pytest.raises(NNError, match="the loss is nan"):
+        _Guard(start=1.0).check(float("nan"), 0, 0, 1, None)

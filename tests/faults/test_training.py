@@ -1,0 +1,315 @@
+"""The bad-input and fault corpus of training and using a model: `train` flags and runs that
+cannot go on (divergence, an unwritable --out, a bare --resume), `eval`/`predict` with missing,
+truncated or foreign checkpoints and inputs of the wrong kind, what predict prints for each
+kind of output, and caches that cannot be written (they only warn)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import numpy as np
+import pytest
+
+from nnlang.train import checkpoint
+from tests.faults.conftest import ROOT, cli, cli_process
+
+TINY = """
+model Tiny(hidden = 8, classes = 3) {
+  input x: float32[batch, 4]
+  input label: int32[batch]
+  h = dense(x, hidden) |> relu
+  logits = dense(h, classes)
+  output probs = softmax(logits)
+  loss cross_entropy(logits, label)
+  metric acc = accuracy(logits, label)
+}
+train Tiny {
+  data = "tiny.npz"
+  optimizer = adam(lr = 0.05)
+  batch = 4
+  epochs = 2
+}
+"""
+# the same data, other models: a regression (one number), an autoencoder (4 numbers) and one
+# whose output is a 20-number tensor
+REGRESSION = """
+model Reg(hidden = 8) {
+  input x: float32[batch, 4]
+  input label: float32[batch]
+  y = dense(x, hidden) |> relu |> dense(1) |> squeeze(axis = 1)
+  output y
+  loss mse(y, label)
+}
+train Reg { data = "tiny.npz" batch = 4 }
+"""
+AUTOENCODER = """
+model Ae(code = 2, width = 4) {
+  input x: float32[batch, 4]
+  input label: int32[batch]
+  recon = dense(x, code) |> relu |> dense(width) |> sigmoid
+  output recon
+  loss mse(recon, x)
+}
+train Ae { data = "tiny.npz" batch = 4 }
+"""
+OTHER = """
+model Other(hidden = 5) {
+  input x: float32[batch, 4]
+  input label: int32[batch]
+  logits = dense(x, hidden) |> dense(3)
+  output logits
+  loss cross_entropy(logits, label)
+}
+train Other { data = "tiny.npz" batch = 4 }
+"""
+WIDE = """
+model Wide(width = 20) {
+  input x: float32[batch, 4]
+  input label: int32[batch]
+  h = dense(x, width) |> relu
+  logits = dense(h, 3)
+  output h
+  loss cross_entropy(logits, label)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """One folder with the models, tiny.npz, a few inputs and trained runs (made once)."""
+    d = tmp_path_factory.mktemp("training")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 4)).astype(np.float32)
+    y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0)).astype(np.int32)
+    np.savez(d / "tiny.npz", train_x=x[:40], train_label=y[:40], test_x=x[40:],
+             test_label=y[40:])
+    for name, text in (("tiny", TINY), ("reg", REGRESSION), ("ae", AUTOENCODER),
+                       ("other", OTHER)):
+        (d / f"{name}.nn").write_text(text)
+    np.save(d / "one.npy", x[0])
+    np.save(d / "wide.npy", np.zeros(7, np.float32))
+    (d / "notes.txt").write_text("hello")
+    for name in ("tiny", "reg", "ae"):
+        cli("train", f"{name}.nn", "--backend", "reference", "--out", f"run-{name}",
+            "--epochs", "1", code=0, cwd=d)
+    ck = d / "run-tiny" / "checkpoint.npz"
+    (d / "cut.npz").write_bytes(ck.read_bytes()[:300])
+    c = checkpoint.load(ck)
+    checkpoint.save(d / "future.npz", c.state, {k: v for k, v in c.meta.items()
+                                                 if k != "format"})
+    z = dict(np.load(d / "future.npz"))
+    meta = json.loads(str(z["__meta__"]))
+    z["__meta__"] = np.array(json.dumps({**meta, "format": 99}))
+    np.savez(d / "future.npz", **z)
+    np.savez(d / "foreign.npz", weights=np.ones(3))
+    return d
+
+
+# *** train: flags and runs that cannot go on ***
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--backend", "nonsense"], 1, ["unknown backend 'nonsense'", "numba"]),
+    (["--epochs", "0"], 2, ["--epochs", "greater than or equal to 1"]),
+    (["--max-steps", "0"], 2, ["--max-steps", "greater than or equal to 1"]),
+    (["--resume"], 1, ["no run of 'Tiny'", "--out RUN_DIR"]),
+    (["--resume", "--out", "nowhere"], 1, ["checkpoint not found: nowhere"]),
+    (["--out", "tiny.npz/run"], 1, ["cannot write tiny.npz/run", "--out"]),
+    (["--out", "run-tiny"], 1, ["already holds a training run", "--resume"]),
+    (["--lr", "1e6"], 1, ["training diverged", "over 10000 times its start", "--lr"]),
+    (["--lr", "1e6", "--set", "optimizer=sgd"], 1, ["training diverged", "step"]),
+    (["--data", "one.npy"], 1, ["one.npy"]),
+])
+def test_train_refuses(work, args, code, words):
+    out = cli("train", "tiny.nn", "--backend", "reference", *args, code=code, cwd=work)
+    for w in words:
+        assert w in out, out
+
+
+def test_divergence_keeps_the_last_good_checkpoint(work, tmp_path):
+    run = tmp_path / "run"
+    cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--epochs", "1", code=0,
+        cwd=work)
+    good = checkpoint.load(run)
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--resume",
+              "--epochs", "3", "--lr", "1e6", cwd=work)
+    assert "diverged" in out and f"last good checkpoint is {run}/checkpoint.npz" in out
+    after = checkpoint.load(run)
+    assert after.step == good.step
+    assert all(np.array_equal(after.state[k], good.state[k]) for k in good.state)
+
+
+def test_bare_resume_says_which_run_and_what_changes(work, tmp_path):
+    (tmp_path / "tiny.nn").write_text(TINY)
+    (tmp_path / "tiny.npz").write_bytes((work / "tiny.npz").read_bytes())
+    cli("train", "tiny.nn", "--backend", "reference", "--epochs", "1", "--seed", "3", code=0,
+        cwd=tmp_path)
+    out = cli("train", "tiny.nn", "--backend", "reference", "--resume", "--epochs", "2",
+              "--lr", "0.01", code=0, cwd=tmp_path)
+    assert "resuming runs/tiny-" in out
+    assert "the newest run of Tiny: data tiny.npz, adam lr 0.05, batch 4, epochs 1, seed 3" \
+        in out
+    assert "this resume changes the run's epochs 1 -> 2, adam.lr 0.05 -> 0.01" in out
+
+
+def test_without_a_terminal_training_says_what_it_does(work, tmp_path, monkeypatch):
+    from nnlang.train import trainer
+    monkeypatch.setattr(trainer, "LINE_EVERY_S", 0.0)
+    monkeypatch.setattr(trainer, "READ_EVERY_S", 0.0)
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", tmp_path / "r", code=0,
+              cwd=work)
+    assert "compiling the training step" in out and "compiled in" in out
+    assert "epoch 1/2  step 1/10" in out and "epoch 2/2  step 10/10" in out
+    out = cli("eval", "tiny.nn", "-c", tmp_path / "r", "--backend", "reference", code=0,
+              cwd=work)
+    assert "evaluating: 3 batches" in out
+
+
+# *** eval and predict: checkpoints and inputs ***
+
+@pytest.mark.parametrize("ckpt, words", [
+    ("missing.npz", ["checkpoint not found: missing.npz"]),
+    ("cut.npz", ["cut.npz is not a readable nnlang checkpoint", "truncated"]),
+    ("foreign.npz", ["foreign.npz is not a readable nnlang checkpoint"]),
+    ("future.npz", ["checkpoint format 99", "format 1"]),
+    ("notes.txt", ["notes.txt is not a readable nnlang checkpoint"]),
+])
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_bad_checkpoints(work, command, ckpt, words):
+    extra = ["one.npy"] if command == "predict" else []
+    out = cli(command, "tiny.nn", *extra, "-c", ckpt, "--backend", "reference", cwd=work)
+    for w in words:
+        assert w in out, out
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_checkpoint_of_another_model(work, command):
+    extra = ["one.npy"] if command == "predict" else []
+    out = cli(command, "other.nn", *extra, "-c", "run-tiny", "--backend", "reference",
+              cwd=work)
+    assert "holds model 'Tiny'" in out and "no model named 'Tiny'" in out, out
+    assert "the .nn file the checkpoint was trained from" in out
+
+
+@pytest.mark.parametrize("inputs, words", [
+    (["missing.npy"], ["input file not found: missing.npy"]),
+    (["wide.npy"], ["shape [1, 7]", "'x'"]),
+    (["notes.txt"], ["not a .npy file"]),
+])
+def test_predict_refuses_inputs_of_the_wrong_kind(work, inputs, words):
+    out = cli("predict", "tiny.nn", *inputs, "-c", "run-tiny", "--backend", "reference",
+              cwd=work)
+    for w in words:
+        assert w in out, out
+
+
+def test_predict_a_file_for_a_text_model(tmp_path):
+    from nnlang.train.inference import _no_files_for_text
+    from nnlang.errors import NNError
+    with pytest.raises(NNError, match="'digit.png' looks like a file, but this model reads"):
+        _no_files_for_text(["a fine film", "digit.png"])
+    _no_files_for_text(["review.txt", "it was great. truly"])
+
+
+def test_predict_tells_classes_from_numbers(work):
+    out = cli("predict", "tiny.nn", "one.npy", "-c", "run-tiny", "--backend", "reference",
+              code=0, cwd=work)
+    assert "label" in out and "probability" in out
+    out = cli("predict", "reg.nn", "one.npy", "-c", "run-reg", "--backend", "reference",
+              code=0, cwd=work)
+    assert "label" not in out and "probability" not in out and "value" in out
+    r = json.loads(cli("predict", "reg.nn", "one.npy", "-c", "run-reg", "--backend",
+                       "reference", "--json", code=0, cwd=work))
+    assert r["kind"] == "value" and r["shape"] == [] and isinstance(r["value"], float)
+    assert f"{r['value']:.6g}" in out   # the real output, not a sigmoid of it
+    r = json.loads(cli("predict", "ae.nn", "one.npy", "-c", "run-ae", "--backend",
+                       "reference", "--json", code=0, cwd=work))
+    assert r["kind"] == "value" and r["shape"] == [4] and len(r["value"]) == 4
+
+
+def test_output_kind_comes_from_the_losses():
+    import nnlang
+    from nnlang.train.inference import output_kind
+    cases = [(TINY, "probs", (2, 3), ("class", False)),
+             (REGRESSION, "y", (2,), ("value", False)),
+             (AUTOENCODER, "recon", (2, 4), ("value", False)),
+             (OTHER, "logits", (2, 3), ("class", True)),
+             (WIDE, "h", (2, 20), ("tensor", False))]
+    for source, name, shape, want in cases:
+        g = nnlang.load(source).graph
+        assert output_kind(g, g.outputs[name], np.zeros(shape)) == want, name
+    g = nnlang.load(str(ROOT / "models/gru.nn")).graph
+    assert output_kind(g, g.outputs["prob"], np.zeros(2)) == ("binary", False)
+
+
+def test_tensor_outputs_print_a_summary():
+    from nnlang_cli.train_cmds import _numbers
+    r = {"kind": "tensor", "value": np.arange(40.0).reshape(2, 20).tolist()}
+    assert _numbers(r) == "shape [2, 20]: min 0, mean 19.5, max 39 (--json for all values)"
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_ctrl_c_in_eval_and_predict_exits_130(work, monkeypatch, command):
+    from nnlang.runtime.net import Net
+
+    def interrupted(self, *a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Net, "_run", interrupted)
+    extra = ["one.npy"] if command == "predict" else []
+    out = cli(command, "tiny.nn", *extra, "-c", "run-tiny", "--backend", "reference",
+              code=130, cwd=work)
+    assert "interrupted" in out
+
+
+# *** caches: optional, so a cache that cannot be written only warns ***
+
+def test_kernel_files_live_under_the_cache_root(tmp_path, monkeypatch):
+    from nnlang.backends import numba_backend
+    from nnlang.passes import plan_cache
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    assert numba_backend.cache_dir() == tmp_path / "kernels"
+    assert plan_cache.plan_dir() == tmp_path / "plans"
+
+
+SOURCE = "import numba\n\n@numba.njit(cache=True)\ndef twice(x):\n    return 2 * x\n"
+
+
+@pytest.mark.parametrize("err, which", [
+    (errno.ENOSPC, ""), (errno.EROFS, ""),
+    (errno.ENOSPC, ".nb"),    # only numba's own cache files (.nbi/.nbc) cannot be written
+])
+def test_full_or_read_only_cache_warns_and_leaves_no_temp_file(tmp_path, monkeypatch, capsys,
+                                                                 err, which):
+    from nnlang import user_cache
+    from nnlang.backends import numba_backend
+    from nnlang.passes import plan_cache
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(user_cache, "_warned", set())
+    real = os.replace
+
+    def failing(src, dst):
+        if str(tmp_path) in str(dst) and which in str(dst):
+            raise OSError(err, os.strerror(err))
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", failing)
+    plan_cache.store("k" * 64, {"plan": 1})
+    backend = numba_backend.NumbaBackend()
+    fn = backend.compile(SOURCE + f"# {err} {which}\n", "twice")
+    entry, _ = backend.specialize(fn, (21,))
+    assert entry(21) == 42
+    warning = capsys.readouterr().err
+    assert "warning: cannot write the cache" in warning and os.strerror(err) in warning
+    assert warning.count("warning:") == 1
+    # NOTE: the markers in kernels/compiled/ are empty by design; no other file may be
+    left = [p for p in tmp_path.rglob("*") if p.is_file() and p.parent.name != "compiled"]
+    assert not [p for p in left if p.suffix == ".tmp" or p.stat().st_size == 0], left
+    if which:  # no "in numba's cache" marker for a kernel numba could not save
+        assert not (tmp_path / "kernels/compiled").exists()
+
+
+def test_unusable_cache_dir_in_a_real_run(work):
+    """A cache folder that cannot even be made (its parent is a file): the run trains."""
+    p = cli_process("train", "tiny.nn", "--out", "run-nocache", "--epochs", "1", code=0,
+                    cwd=work, env={"NNLANG_CACHE_DIR": str(work / "one.npy" / "cache")})
+    assert "warning: cannot write the cache" in p.stderr
+    assert checkpoint.load(work / "run-nocache").step == 10
