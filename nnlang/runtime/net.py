@@ -62,11 +62,14 @@ class Net:
     """A model compiled for one batch size; see `nnlang.compile`."""
 
     def __init__(self, program, backend: str = "numba", batch: int | None = None,
-                 dtype: str = "float32", seed: int | None = None, disable=()):
+                 dtype: str = "float32", seed: int | None = None, disable=(), config=None,
+                 total_steps: int = 0):
+        """config: a TrainConfig replacing the program's train section; total_steps: the
+        run's length, which schedules that decay over the whole run (cosine) need."""
         check_backend(backend, device=False)
         self.program, self.backend, self.dtype = program, backend, dtype
         self.disable = tuple(disable)
-        self.config = program.train or _default_config()
+        self.config = config or program.train or _default_config()
         self.batch = batch or self.config.batch
         self.seed = self.config.seed if seed is None else seed
         self.user = program.graph
@@ -75,7 +78,7 @@ class Net:
         self.step = 0
         self.epoch = 0
         self._unread: list = []   # (executable, device results) of unfetched train steps
-        self.total_steps = 0
+        self.total_steps = total_steps
         self.state = self._init_state()
 
     # *** state ***
@@ -177,8 +180,7 @@ class Net:
         fetch=False returns None and leaves the loss and metrics where the step computed them,
         so on a GPU the step ends without waiting for the device; `fetch()` then reads those
         of every such step at once."""
-        lr = learning_rate(self.config.optimizer.options["lr"], self.config.schedule,
-                           self.step, self.epoch, self.total_steps)
+        lr = self.learning_rate()
         out = self._run("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)}, fetch)
         self.step += 1
         if not fetch:
@@ -186,6 +188,12 @@ class Net:
             return None
         loss, self.last_metrics = _loss_and_metrics(out)
         return loss
+
+    def learning_rate(self, step: int | None = None) -> float:
+        """The schedule's learning rate at (0-based) `step`, default the next step to run, in
+        the current epoch: the one place it is computed."""
+        return learning_rate(self.config.optimizer.options["lr"], self.config.schedule,
+                             self.step if step is None else step, self.epoch, self.total_steps)
 
     def fetch(self) -> list[tuple[float, dict]]:
         """(loss, metrics) of each `train_step(..., fetch=False)` since the last call, in

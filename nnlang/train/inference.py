@@ -9,10 +9,11 @@ import numpy as np
 from rich.console import Console
 
 from nnlang.errors import NNError
+from nnlang.runtime.net import check_backend
 from nnlang.train import checkpoint, feeds
 from nnlang.train.overrides import resolve, source_of
-from nnlang.runtime.net import check_backend
-from nnlang.train.trainer import evaluate, say
+from nnlang.train.progress import say
+from nnlang.train.trainer import evaluate
 
 
 def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | None = None,

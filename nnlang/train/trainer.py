@@ -1,16 +1,12 @@
 """The training loop on top of a compiled `Net`: `fit` (progress, validation, divergence guard,
-Ctrl-C between whole steps, checkpoints, resume). Settings are resolved in `overrides.py`;
-using a trained model (`evaluate_checkpoint`, `predict`) is in `inference.py`. The CLI commands
-wrap these.
+Ctrl-C between whole steps, checkpoints, resume), written as the named steps of one `_Training`.
+Settings are resolved in `overrides.py`, the resumed checkpoint found in `resume.py`; using a
+trained model (`evaluate_checkpoint`, `predict`) is in `inference.py`. The CLI wraps these.
 """
 from __future__ import annotations
 
-import math
 import os
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -23,9 +19,12 @@ from rich.table import Table
 
 from nnlang.errors import NNError
 from nnlang.train import checkpoint, feeds
-from nnlang.ops.optim import learning_rate
-from nnlang.train.runs import PLOT_HINT, RunDir
+from nnlang.train.guard import DivergenceGuard
+from nnlang.train.interrupts import Interrupts, test_signal
 from nnlang.train.overrides import resolve
+from nnlang.train.progress import LINE_EVERY_S, fmt, progress, say
+from nnlang.train.resume import describe_resume, find_checkpoint
+from nnlang.train.runs import PLOT_HINT, RunDir
 
 
 @dataclass
@@ -46,8 +45,6 @@ class History:
         return self.run_dir / checkpoint.FILENAME if self.run_dir else None
 
 
-# *** resolving the program and its config ***
-
 def evaluate(net, arrays: dict, batch: int, console: Console | None = None) -> dict | None:
     """Loss (the sum of the model's losses) and metrics over ALL of `arrays`: the last partial
     batch runs at its own size (Net compiles one more batch size) and counts by its size.
@@ -57,7 +54,7 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None) -> d
         return None
     loss_names = list(net.user.losses)
     totals: dict = {}
-    for b in _progress(feeds.batches(arrays, batch, drop_last=False), -(-n // batch),
+    for b in progress(feeds.batches(arrays, batch, drop_last=False), -(-n // batch),
                        "evaluating", console):
         k = feeds.length(b)
         out = net.evaluate(b)
@@ -68,29 +65,6 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None) -> d
         for key, v in res.items():
             totals[key] = totals.get(key, 0.0) + v * k
     return {k: v / n for k, v in totals.items()}
-
-
-def _progress(items, total: int, what: str, console: Console | None):
-    """`items`, shown as they go: a bar on a terminal, a line every LINE_EVERY_S elsewhere."""
-    if console is None:
-        yield from items
-        return
-    if not console.is_terminal:
-        say(console, f"{what}: {total} batches")
-        t0 = last = time.perf_counter()
-        for i, item in enumerate(items):
-            yield item
-            now = time.perf_counter()
-            if now - last >= LINE_EVERY_S:
-                say(console, f"{what}: {i + 1}/{total} batches, {now - t0:.0f}s")
-                last = now
-        return
-    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(what, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)
 
 
 # *** fit ***
@@ -115,72 +89,19 @@ class _Sums:
         return {"n": self.n, "sums": self.sums}
 
 
-# how often the training loop reads the steps' losses (for the progress bar and the NaN guard)
+# how often the training loop reads the steps' losses (for the progress bar and the guard)
 READ_EVERY_S = 0.2
 READ_EVERY_STEPS = 50
-# without a progress bar (stdout not a terminal), a line at least this often
-LINE_EVERY_S = 30.0
 
 
-class _Interrupts:
-    """Ctrl-C while training. A KeyboardInterrupt raised at any bytecode could land between a
-    step's kernels or between the step and its counters, so the checkpoint would describe a
-    state that no number of whole steps gives. Inside `fit` SIGINT only records the request;
-    the loop acts on it where its state is whole (`check`, between steps). Inside `immediate()`
-    (compiling, validation: nothing there changes the training state) it raises at once, so a
-    long compile stays interruptible. A second Ctrl-C while the checkpoint is written is
-    recorded, not acted on: the save finishes."""
-
-    def __init__(self):
-        self.requested = False
-        self._immediate = False
-        self._old = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
-
-    def _handler(self, signum, frame):
-        self.requested = True
-        if self._immediate:
-            raise KeyboardInterrupt
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    @contextmanager
-    def immediate(self):
-        self.check()
-        self._immediate = True
-        try:
-            yield
-        finally:
-            self._immediate = False
-
-    def hold(self) -> None:
-        """From here on (the interrupted run's checkpoint) every Ctrl-C is only recorded."""
-        self._immediate = False
-
-
-def _test_signal() -> tuple[int, int] | None:
-    """NNLANG_TEST_SIGNAL_AT_STEP=K[:KILL]: the process signals itself (SIGINT, or SIGKILL)
-    right after global step K is queued, so tests land an interrupt at a chosen step."""
-    spec = os.environ.get("NNLANG_TEST_SIGNAL_AT_STEP")
-    if not spec:
-        return None
-    step, _, kind = spec.partition(":")
-    return int(step), (signal.SIGKILL if kind.upper() == "KILL" else signal.SIGINT)
-
-
-def _fmt(values: dict | None) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in (values or {}).items())
+@dataclass
+class _Position:
+    """Where the loop is: the epoch, its steps done, their running sums, and the data-order RNG
+    state the epoch began with. Changed together, so a checkpoint always sees a whole one."""
+    epoch: int
+    done: int
+    sums: _Sums
+    rng_state: dict
 
 
 def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
@@ -199,219 +120,271 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         flags apply on top (e.g. more epochs).
     All randomness comes from the config's seed: the same seed gives the same numbers.
     """
-    from nnlang.runtime.net import Net, check_backend
-    console = console or Console()
-    check_backend(backend)
-    if isinstance(config, dict):
-        data = config.get("data") if data is None else data
-        config = {k: v for k, v in config.items() if k != "data"}
-    ckpt = _find_checkpoint(program_or_path, config, overrides, model, out, resume, runs_root)
-    program, cfg, source, file, hp = resolve(
-        program_or_path, config, overrides, model or (ckpt.meta["model"] if ckpt else None),
-        base=ckpt.config if ckpt else None,
-        base_overrides=ckpt.meta.get("overrides") if ckpt else None)
-    if ckpt is not None:
-        _describe_resume(console, ckpt, cfg, hp, picked=resume is True and out is None)
-    if ckpt and source is not None and ckpt.meta.get("source") not in (None, source):
-        say(console, f"note: {file} differs from the source this checkpoint was trained with")
-    if max_steps is not None and max_steps < 1:
-        raise NNError(f"--max-steps must be at least 1, not {max_steps}")
-    if cfg.epochs < 1:
-        raise NNError(f"epochs must be at least 1, not {cfg.epochs}", hint="pass --epochs N")
-    cfg, ds, mapping, (train, val, test) = _data(program, cfg, data, data_dir, file)
-    n = feeds.length(train)
-    per_epoch = n // cfg.batch
-    if per_epoch == 0:
-        raise NNError(f"{n} training examples do not fill one batch of {cfg.batch}",
-                      hint="lower --batch, or lower val_split")
-    if n % cfg.batch:
-        say(console, f"note: the training step is compiled for batch {cfg.batch}, so each "
-                      f"epoch drops the last {n % cfg.batch} of {n} shuffled examples")
+    return _Training.setup(program_or_path, config, data, backend=backend, overrides=overrides,
+                           model=model, data_dir=data_dir, out=out, resume=resume,
+                           max_steps=max_steps, save=save, progress=progress,
+                           console=console or Console(), runs_root=runs_root).run()
 
-    # NOTE: before the compile: a run that cannot be saved fails now, not after a minute
-    run = None
-    if save:
-        run = RunDir(ckpt.path.parent) if ckpt else RunDir.create(program.model, out, runs_root)
 
-    net = Net(program, backend=backend, batch=cfg.batch, seed=cfg.seed)
-    net.config = cfg
-    net.total_steps = cfg.epochs * per_epoch
-    rng = feeds.order_rng(cfg.seed)
-    start_epoch, skip, partial = 0, 0, None
-    guard = _Guard()
-    if ckpt is not None:
-        net.load_state_dict(ckpt.state)
-        net.step = ckpt.step
-        rng.bit_generator.state = ckpt.meta["rng_state"]
-        start_epoch, skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)
-        partial = ckpt.meta.get("partial")
-        guard = _Guard(ckpt.meta.get("loss_start"))
-        if skip and ckpt.config.batch != cfg.batch:
-            raise NNError(f"this checkpoint stopped inside an epoch at batch {ckpt.config.batch};"
-                          f" resume it with the same batch size, not {cfg.batch}")
-    if run is not None:
-        run.drop_stale_temps()
-        run.keep_rows(start_epoch)  # a fresh run starts empty; a resumed one drops later rows
-        run.write_json("config.json", {
-            "model": program.model, "file": file, "hparams": program.hparams, "overrides": hp,
-            "train": checkpoint.config_to_dict(cfg), "backend": backend,
+class _Training:
+    """One call of `fit` as named steps: `setup` (settings, data, run directory, net, resumed
+    state), then `run`: `train_epoch` and `end_epoch` (validation, log, checkpoint) per epoch,
+    `interrupted` on Ctrl-C, `finish` (test set, summary)."""
+
+    @classmethod
+    def setup(cls, program_or_path, config, data, *, backend, overrides, model, data_dir, out,
+              resume, max_steps, save, progress, console, runs_root) -> "_Training":
+        from nnlang.runtime.net import Net, check_backend
+        check_backend(backend)
+        if isinstance(config, dict):
+            data = config.get("data") if data is None else data
+            config = {k: v for k, v in config.items() if k != "data"}
+        ckpt = find_checkpoint(program_or_path, config, overrides, model, out, resume,
+                               runs_root)
+        program, cfg, source, file, hp = resolve(
+            program_or_path, config, overrides,
+            model or (ckpt.meta["model"] if ckpt else None),
+            base=ckpt.config if ckpt else None,
+            base_overrides=ckpt.meta.get("overrides") if ckpt else None)
+        for warning in program.warnings:
+            say(console, warning.render())
+        if ckpt is not None:
+            describe_resume(console, ckpt, cfg, hp, picked=resume is True and out is None)
+        if ckpt and source is not None and ckpt.meta.get("source") not in (None, source):
+            say(console, f"note: {file} differs from the source this checkpoint was trained "
+                         "with")
+        if max_steps is not None and max_steps < 1:
+            raise NNError(f"--max-steps must be at least 1, not {max_steps}")
+        if cfg.epochs < 1:
+            raise NNError(f"epochs must be at least 1, not {cfg.epochs}",
+                          hint="pass --epochs N")
+        cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file)
+        self = cls()
+        self.console, self.backend, self.max_steps = console, backend, max_steps
+        self.program, self.cfg, self.source, self.file, self.hp = program, cfg, source, file, hp
+        self.ds, self.mapping = ds, mapping
+        self.train, self.val, self.test = splits
+        self.n = feeds.length(self.train)
+        self.per_epoch = self._steps_per_epoch()
+        # NOTE: before the compile: a run that cannot be saved fails now, not after a minute
+        self.run_dir = None
+        if save:
+            self.run_dir = RunDir(ckpt.path.parent) if ckpt else \
+                RunDir.create(program.model, out, runs_root)
+        self.net = Net(program, backend=backend, batch=cfg.batch, seed=cfg.seed, config=cfg,
+                       total_steps=cfg.epochs * self.per_epoch)
+        self.show = progress and console.is_terminal
+        self.lines = progress and not self.show
+        self.progress = progress
+        self._restore(ckpt)
+        self._write_config(ckpt)
+        return self
+
+    def _steps_per_epoch(self) -> int:
+        per_epoch = self.n // self.cfg.batch
+        if per_epoch == 0:
+            raise NNError(f"{self.n} training examples do not fill one batch of "
+                          f"{self.cfg.batch}", hint="lower --batch, or lower val_split")
+        if self.n % self.cfg.batch:
+            say(self.console, f"note: the training step is compiled for batch {self.cfg.batch}"
+                              f", so each epoch drops the last {self.n % self.cfg.batch} of "
+                              f"{self.n} shuffled examples")
+        return per_epoch
+
+    def _restore(self, ckpt) -> None:
+        """The loop's starting point: a fresh run, or the checkpoint's state, step, data order,
+        partial epoch and divergence baseline."""
+        self.rng = feeds.order_rng(self.cfg.seed)
+        self.start_epoch, self.skip, partial = 0, 0, None
+        self.guard = DivergenceGuard()
+        if ckpt is not None:
+            self.net.load_state_dict(ckpt.state)
+            self.net.step = ckpt.step
+            self.rng.bit_generator.state = ckpt.meta["rng_state"]
+            self.start_epoch, self.skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)
+            partial = ckpt.meta.get("partial")
+            self.guard = DivergenceGuard(ckpt.meta.get("loss_start"))
+            if self.skip and ckpt.config.batch != self.cfg.batch:
+                raise NNError(f"this checkpoint stopped inside an epoch at batch "
+                              f"{ckpt.config.batch}; resume it with the same batch size, not "
+                              f"{self.cfg.batch}")
+        self.pos = _Position(self.start_epoch, self.skip, _Sums(partial),
+                             self.rng.bit_generator.state)
+        rows = self.run_dir.rows() if self.run_dir else []
+        self.history = History(rows=rows, run_dir=self.run_dir.path if self.run_dir else None,
+                               net=self.net)
+
+    def _write_config(self, ckpt) -> None:
+        ds, cfg = self.ds, self.cfg
+        self.data_info = {"name": ds.name, "choice": asdict(cfg.data) if cfg.data else None,
+                          "inputs": ds.inputs, "targets": ds.targets, "feeds": self.mapping,
+                          "meta": feeds.predict_meta(ds.meta)}
+        if self.run_dir is None:
+            return
+        self.run_dir.drop_stale_temps()
+        # NOTE: a fresh run starts empty; a resumed one drops the rows past its checkpoint
+        self.run_dir.keep_rows(self.start_epoch)
+        self.history.rows = self.run_dir.rows()
+        self.run_dir.write_json("config.json", {
+            "model": self.program.model, "file": self.file, "hparams": self.program.hparams,
+            "overrides": self.hp, "train": checkpoint.config_to_dict(cfg),
+            "backend": self.backend,
             "dataset": {"name": ds.name, "options": cfg.data.options if cfg.data else {},
-                        "train": n, "val": feeds.length(val), "test": feeds.length(test),
-                        "feeds": mapping, "meta": small_meta(ds.meta)},
+                        "train": self.n, "val": feeds.length(self.val),
+                        "test": feeds.length(self.test), "feeds": self.mapping,
+                        "meta": small_meta(ds.meta)},
             "resumed_from": str(ckpt.path) if ckpt else None})
 
-    history = History(rows=run.rows() if run else [], run_dir=run.path if run else None, net=net)
-    data_info = {"name": ds.name, "choice": asdict(cfg.data) if cfg.data else None,
-                 "inputs": ds.inputs, "targets": ds.targets, "feeds": mapping,
-                 "meta": feeds.predict_meta(ds.meta)}
-
-    def save_ckpt(epoch: int, step_in_epoch: int, rng_state: dict, sums: _Sums | None):
-        if run is None:
+    def save(self, epoch: int, step_in_epoch: int, rng_state: dict, sums: _Sums | None):
+        """The checkpoint of the state after `step_in_epoch` steps of `epoch` (None: no run
+        directory)."""
+        if self.run_dir is None:
             return None
-        meta = {"model": program.model, "file": file, "source": source, "overrides": hp,
-                "hparams": program.hparams, "config": checkpoint.config_to_dict(cfg),
-                "backend": backend, "dtype": net.dtype, "epoch": epoch,
-                "step_in_epoch": step_in_epoch, "step": net.step,
-                "total_steps": net.total_steps, "rng_state": rng_state,
-                "partial": sums.state() if sums else None, "data": data_info,
-                "loss_start": guard.start}
-        return checkpoint.save(run.checkpoint, net.state_dict(), meta)
+        net = self.net
+        meta = {"model": self.program.model, "file": self.file, "source": self.source,
+                "overrides": self.hp, "hparams": self.program.hparams,
+                "config": checkpoint.config_to_dict(self.cfg), "backend": self.backend,
+                "dtype": net.dtype, "epoch": epoch, "step_in_epoch": step_in_epoch,
+                "step": net.step, "total_steps": net.total_steps, "rng_state": rng_state,
+                "partial": sums.state() if sums else None, "data": self.data_info,
+                "loss_start": self.guard.start}
+        return checkpoint.save(self.run_dir.checkpoint, net.state_dict(), meta)
 
-    if start_epoch >= cfg.epochs:
-        say(console, f"nothing to train: the checkpoint has {start_epoch} of {cfg.epochs} "
-                      "epochs (pass --epochs to train more)")
-    show = progress and console.is_terminal
-    lines = progress and not show
-    signal_at = _test_signal()
-    epoch, done, sums, epoch_state = start_epoch, skip, _Sums(partial), rng.bit_generator.state
-    with _Interrupts() as interrupts:
-        try:
-            if start_epoch < cfg.epochs:
-                with interrupts.immediate():
-                    _compile(net, cfg.batch, console, progress)
-            for epoch in range(start_epoch, cfg.epochs):
-                # NOTE: one tuple: the loop's (epoch, done, sums, rng state) always agree
-                if epoch > start_epoch or not skip:
-                    sums, done, epoch_state = _Sums(), 0, rng.bit_generator.state
-                net.epoch = epoch
-                order = rng.permutation(n)
-                t0, seen, start_done = time.perf_counter(), 0, done
-                columns = (TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(),
-                           MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                           TimeRemainingColumn())
-                with Progress(*columns, console=console, disable=not show) as bar:
-                    task = bar.add_task("train", total=per_epoch, completed=done, stats="")
-                    unread, read_at, line_at = 0, time.perf_counter(), time.perf_counter()
-                    for b in feeds.batches(train, cfg.batch, order, start=done):
-                        # NOTE: overflow warnings are noise here; a non-finite loss is the report
-                        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                            net.train_step(b, fetch=False)
-                        unread += 1
-                        if signal_at and net.step == signal_at[0]:
-                            os.kill(os.getpid(), signal_at[1])
-                        stop = max_steps is not None and net.step >= max_steps
-                        # NOTE: reading a step's loss waits for it; on a GPU the steps in
-                        # between queue up without waiting (a few per refresh, all at the end)
-                        if stop or done + unread == per_epoch or unread == READ_EVERY_STEPS \
-                                or time.perf_counter() - read_at >= READ_EVERY_S \
-                                or interrupts.requested:
-                            done = _take(net, sums, history, epoch, done, run, guard)
-                            unread, read_at = 0, time.perf_counter()
-                            seen = (done - start_done) * cfg.batch
-                            rate = seen / max(read_at - t0, 1e-9)
-                            stats = f"{_fmt(sums.means())}  {rate:,.0f} samples/s"
-                            bar.update(task, completed=done, stats=stats)
-                            if lines and read_at - line_at >= LINE_EVERY_S:
-                                say(console, f"epoch {epoch + 1}/{cfg.epochs}  step {done}/"
-                                             f"{per_epoch}  {stats}")
-                                line_at = read_at
-                        interrupts.check()
-                        if stop:
-                            history.stopped = "max_steps"
-                            break
-                wall = time.perf_counter() - t0
-                with interrupts.immediate():
-                    val_res = evaluate(net, val, cfg.batch, console if show else None) \
-                        if val else None
-                lr = learning_rate(cfg.optimizer.options["lr"], cfg.schedule,
-                                   max(net.step - 1, 0), epoch, net.total_steps)
-                row = {"epoch": epoch + 1, "step": net.step,
-                       **{f"train_{k}": v for k, v in sums.means().items()},
-                       **{f"val_{k}": v for k, v in (val_res or {}).items()},
-                       "lr": lr, "samples_per_s": seen / max(wall, 1e-9), "time": wall}
-                history.rows.append(row)
-                history.val = val_res
-                say(console, f"epoch {epoch + 1}/{cfg.epochs}  {_fmt(sums.means())}"
-                              + (f"  | val {_fmt(val_res)}" if val_res else "")
-                              + f"  | {row['samples_per_s']:,.0f} samples/s  {wall:.1f}s")
-                guard.settle(run)  # NOTE: an exploded state is never saved
-                if run is not None:
-                    run.log(row)
-                if done < per_epoch:  # stopped by max_steps inside the epoch
-                    save_ckpt(epoch, done, epoch_state, sums)
-                else:
-                    save_ckpt(epoch + 1, 0, rng.bit_generator.state, None)
+    # *** the loop ***
+    def run(self) -> History:
+        cfg = self.cfg
+        if self.start_epoch >= cfg.epochs:
+            say(self.console, f"nothing to train: the checkpoint has {self.start_epoch} of "
+                              f"{cfg.epochs} epochs (pass --epochs to train more)")
+        with Interrupts() as interrupts:
+            try:
+                if self.start_epoch < cfg.epochs:
+                    with interrupts.immediate():
+                        _compile(self.net, cfg.batch, self.console, self.progress)
+                for epoch in range(self.start_epoch, cfg.epochs):
+                    seen, wall = self.train_epoch(epoch, interrupts)
+                    self.end_epoch(seen, wall, interrupts)
+                    interrupts.check()
+                    if self.history.stopped:
+                        break
+            except KeyboardInterrupt:
+                interrupts.hold()
+                return self.interrupted()
+        return self.finish()
+
+    def train_epoch(self, epoch: int, interrupts: Interrupts) -> tuple[int, float]:
+        """Runs the epoch's steps (from where a resumed epoch stopped); returns the examples
+        trained on and the wall time."""
+        cfg, net = self.cfg, self.net
+        if epoch > self.start_epoch or not self.skip:
+            self.pos = _Position(epoch, 0, _Sums(), self.rng.bit_generator.state)
+        pos = self.pos
+        net.epoch = epoch
+        order = self.rng.permutation(self.n)
+        signal_at = test_signal()
+        t0, seen, start_done = time.perf_counter(), 0, pos.done
+        columns = (TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(),
+                   MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=self.console, disable=not self.show) as bar:
+            task = bar.add_task("train", total=self.per_epoch, completed=pos.done, stats="")
+            unread, read_at, line_at = 0, time.perf_counter(), time.perf_counter()
+            for b in feeds.batches(self.train, cfg.batch, order, start=pos.done):
+                # NOTE: overflow warnings are noise here; a non-finite loss is the report
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    net.train_step(b, fetch=False)
+                unread += 1
+                if signal_at and net.step == signal_at[0]:
+                    os.kill(os.getpid(), signal_at[1])
+                stop = self.max_steps is not None and net.step >= self.max_steps
+                # NOTE: reading a step's loss waits for it; on a GPU the steps in between
+                # queue up without waiting (a few per progress refresh, all at the end)
+                if stop or pos.done + unread == self.per_epoch or unread == READ_EVERY_STEPS \
+                        or time.perf_counter() - read_at >= READ_EVERY_S \
+                        or interrupts.requested:
+                    self._take(check=True)
+                    unread, read_at = 0, time.perf_counter()
+                    seen = (pos.done - start_done) * cfg.batch
+                    stats = f"{fmt(pos.sums.means())}  " \
+                            f"{seen / max(read_at - t0, 1e-9):,.0f} samples/s"
+                    bar.update(task, completed=pos.done, stats=stats)
+                    if self.lines and read_at - line_at >= LINE_EVERY_S:
+                        say(self.console, f"epoch {epoch + 1}/{cfg.epochs}  step {pos.done}/"
+                                          f"{self.per_epoch}  {stats}")
+                        line_at = read_at
                 interrupts.check()
-                if history.stopped:
+                if stop:
+                    self.history.stopped = "max_steps"
                     break
+        return seen, time.perf_counter() - t0
+
+    def end_epoch(self, seen: int, wall: float, interrupts: Interrupts) -> None:
+        """Validation, the epoch's row (printed and logged) and its checkpoint."""
+        cfg, net, pos, history = self.cfg, self.net, self.pos, self.history
+        with interrupts.immediate():
+            val_res = evaluate(net, self.val, cfg.batch, self.console if self.show else None) \
+                if self.val else None
+        row = {"epoch": pos.epoch + 1, "step": net.step,
+               **{f"train_{k}": v for k, v in pos.sums.means().items()},
+               **{f"val_{k}": v for k, v in (val_res or {}).items()},
+               "lr": net.learning_rate(max(net.step - 1, 0)),
+               "samples_per_s": seen / max(wall, 1e-9), "time": wall}
+        history.rows.append(row)
+        history.val = val_res
+        say(self.console, f"epoch {pos.epoch + 1}/{cfg.epochs}  {fmt(pos.sums.means())}"
+                          + (f"  | val {fmt(val_res)}" if val_res else "")
+                          + f"  | {row['samples_per_s']:,.0f} samples/s  {wall:.1f}s")
+        self.guard.settle(self.run_dir)  # NOTE: an exploded state is never saved
+        if self.run_dir is not None:
+            self.run_dir.log(row)
+        if pos.done < self.per_epoch:  # stopped by max_steps inside the epoch
+            self.save(pos.epoch, pos.done, pos.rng_state, pos.sums)
+        else:
+            self.save(pos.epoch + 1, 0, self.rng.bit_generator.state, None)
+
+    def _take(self, check: bool) -> None:
+        pos = self.pos
+        pos.done = _take(self.net, pos.sums, self.history, pos.epoch, pos.done, self.run_dir,
+                         self.guard if check else None)
+
+    def interrupted(self) -> History:
+        """Ctrl-C between whole steps: the steps run so far count (their updates are in the
+        state, finite or not); the checkpoint describes exactly them."""
+        self._take(check=False)
+        pos = self.pos
+        path = self.save(pos.epoch, pos.done, pos.rng_state, pos.sums)
+        self.history.stopped = "interrupted"
+        where = f"; checkpoint saved to {path}" if path else ""
+        say(self.console, f"interrupted at epoch {pos.epoch + 1}, step {pos.done} (global step "
+                          f"{self.net.step}){where}")
+        if path:
+            flag = f" --backend {self.backend}" if self.backend != "numba" else ""
+            say(self.console, f"resume with: nnlang train {self.file} --out {self.run_dir.path}"
+                              f" --resume{flag}")
+        return self.history
+
+    def finish(self) -> History:
+        """The test set's results, summary.json, plots and the summary table."""
+        history, run = self.history, self.run_dir
+        try:
+            history.test = evaluate(self.net, self.test, self.cfg.batch) if self.test else None
         except KeyboardInterrupt:
-            interrupts.hold()
-            # NOTE: the steps already run count (their updates are in the state), finite or not
-            done = _take(net, sums, history, epoch, done, None, None)
-            path = save_ckpt(epoch, done, epoch_state, sums)
+            # NOTE: training is complete and saved; only the test numbers are missing
             history.stopped = "interrupted"
-            where = f"; checkpoint saved to {path}" if path else ""
-            say(console, f"interrupted at epoch {epoch + 1}, step {done} (global step "
-                         f"{net.step}){where}")
-            if path:
-                flag = f" --backend {backend}" if backend != "numba" else ""
-                say(console, f"resume with: nnlang train {file} --out {run.path} --resume{flag}")
+            say(self.console, "interrupted during the test evaluation; training finished"
+                              + (f" and is saved in {run.checkpoint}" if run else ""))
             return history
-
-    try:
-        history.test = evaluate(net, test, cfg.batch) if test else None
-    except KeyboardInterrupt:
-        # NOTE: training is complete and saved; only the test numbers are missing
-        history.stopped = "interrupted"
-        say(console, "interrupted during the test evaluation; training finished"
-                     + (f" and is saved in {run.checkpoint}" if run else ""))
+        if run is not None:
+            run.write_json("summary.json", {"epochs": len(history.rows), "step": self.net.step,
+                                            "stopped": history.stopped,
+                                            "train": _last_train(history.rows),
+                                            "val": history.val, "test": history.test})
+            if run.plot() is None:
+                say(self.console, PLOT_HINT)
+        self.console.print(summary_table(history))
+        if run is not None:
+            say(self.console, f"run directory: {run.path}")
         return history
-    if run is not None:
-        run.write_json("summary.json", {"epochs": len(history.rows), "step": net.step,
-                                        "stopped": history.stopped,
-                                        "train": _last_train(history.rows),
-                                        "val": history.val, "test": history.test})
-        if run.plot() is None:
-            say(console, PLOT_HINT)
-    console.print(summary_table(history))
-    if run is not None:
-        say(console, f"run directory: {run.path}")
-    return history
-
-
-def say(console: Console, text: str) -> None:
-    # NOTE: paths and hints hold brackets (nnlang[plot]) that rich would take as markup
-    console.print(text, markup=False, highlight=False)
-
-
-def _find_checkpoint(program_or_path, config, overrides, model, out, resume, runs_root):
-    """The checkpoint `resume` names: a path, or True for the run in `out` (default: the newest
-    run of the model). A fresh run refuses an `out` that already holds a checkpoint."""
-    if not resume:
-        if out is not None and (Path(out) / checkpoint.FILENAME).is_file():
-            raise NNError(f"{out} already holds a training run", hint="pass --resume to "
-                          "continue it, or another --out for a new run")
-        return None
-    if resume is not True:
-        return checkpoint.load(resume)
-    if out is not None:
-        return checkpoint.load(out)
-    name = resolve(program_or_path, config, overrides, model)[0].model
-    where = RunDir.latest(name, runs_root)
-    if where is None:
-        raise NNError(f"no run of '{name}' with a checkpoint under {runs_root}/",
-                      hint="pass --out RUN_DIR to say which run to resume")
-    return checkpoint.load(where)
 
 
 def _data(program, cfg, data, data_dir, file):
@@ -430,47 +403,8 @@ def _data(program, cfg, data, data_dir, file):
     return cfg, ds, mapping, (train, val, test)
 
 
-# a loss above EXPLODED x its start (at least 1) for EXPLODED_STEPS steps in a row diverged
-EXPLODED = 1e4
-EXPLODED_STEPS = 3
-
-
-class _Guard:
-    """Stops a run whose loss is not finite or has exploded. Its start is the loss of the
-    run's first step, at the initial weights (later ones may have exploded already: with
-    --lr 1e6 the second is), kept in the checkpoint so a resumed run judges alike; at least 1
-    so a loss that starts near 0 is not judged by its noise. Healthy training moves
-    a loss by a few times, a step size far too big multiplies it by 1e10 and more within a few
-    steps (--lr 1e6: 1e22 with Adam, 1e30 with SGD): a factor of 1e4 leaves room both ways.
-    One spike is forgiven; a streak still open when a checkpoint is due counts, so an
-    exploded state is never saved over the last good one."""
-
-    def __init__(self, start: float | None = None):
-        self.start = start
-        self._streak: list = []   # (loss, epoch, step in epoch, global step) above the limit
-
-    def check(self, loss: float, epoch: int, done: int, step: int, run) -> None:
-        if not math.isfinite(loss):
-            raise _diverged(loss, epoch, done, step, run)
-        if self.start is None:
-            self.start = loss
-            return
-        if loss > EXPLODED * max(self.start, 1.0):
-            self._streak.append((loss, epoch, done, step))
-            if len(self._streak) >= EXPLODED_STEPS:
-                self.settle(run)
-        else:
-            self._streak = []
-
-    def settle(self, run) -> None:
-        """Raises if the loss is above the limit now (a checkpoint is due)."""
-        if self._streak:
-            loss, epoch, done, step = self._streak[0]
-            raise _diverged(loss, epoch, done, step, run, self.start)
-
-
 def _take(net, sums: _Sums, history: History, epoch: int, done: int, run,
-          guard: _Guard | None) -> int:
+          guard: DivergenceGuard | None) -> int:
     """Reads the losses and metrics of the steps run since the last read into the epoch's
     sums; returns the epoch's step count. A diverged loss stops training (with a `guard`)."""
     taken = net.fetch()
@@ -484,18 +418,6 @@ def _take(net, sums: _Sums, history: History, epoch: int, done: int, run,
     return done
 
 
-def _diverged(loss, epoch, done, step, run, start: float | None = None) -> NNError:
-    last = None
-    if run is not None and run.checkpoint.is_file():
-        last = f"the last good checkpoint is {run.checkpoint}"
-    hint = "lower the learning rate (--lr), or set clip_norm; " + (
-        last or "no checkpoint was written before it diverged")
-    why = "" if start is None else (f", over {EXPLODED:g} times its start ({start:.4g}) for "
-                                    f"{EXPLODED_STEPS} steps in a row")
-    return NNError(f"training diverged: the loss is {loss:.4g} at epoch {epoch + 1}, step "
-                   f"{done + 1} (global step {step}){why}", hint=hint)
-
-
 def _compile(net, batch: int, console: Console, progress: bool) -> None:
     """Compiles the training step before the first epoch, so its time is said apart and not
     counted in epoch 1's samples/s."""
@@ -506,39 +428,6 @@ def _compile(net, batch: int, console: Console, progress: bool) -> None:
     net.prepare("train", batch)
     if progress:
         say(console, f"compiled in {time.perf_counter() - t0:.1f}s")
-
-
-def _describe_resume(console: Console, ckpt, cfg, hp: dict, picked: bool) -> None:
-    """Says which run is resumed (`picked`: found as the newest run of the model) and its
-    settings, and every setting or --set value that this call changes."""
-    say(console, f"resuming {ckpt.path} (epoch {ckpt.epoch}, step {ckpt.step})")
-    old = ckpt.config
-    if picked:
-        opts = old.optimizer.options
-        say(console, f"  the newest run of {ckpt.meta.get('model')}: data "
-                     f"{old.data.name if old.data else '-'}, {old.optimizer.name} lr "
-                     f"{opts.get('lr')}, batch {old.batch}, epochs {old.epochs}, seed "
-                     f"{old.seed}" + "".join(f", {k}={v}" for k, v in
-                                             (ckpt.meta.get("overrides") or {}).items())
-                     + " (pass --out RUN_DIR to pick another)")
-    changed = [f"{k} {a} -> {b}" for k, a, b in _setting_changes(old, cfg)]
-    changed += [f"{k} {v0} -> {v}" for k, v in hp.items()
-                if (v0 := (ckpt.meta.get("overrides") or {}).get(k)) != v]
-    if changed:
-        say(console, "note: this resume changes the run's " + ", ".join(changed))
-
-
-def _setting_changes(old, new) -> list[tuple]:
-    """(setting, old value, new value) of each train setting (optimizer options as
-    `adam.lr`) that differs."""
-    a, b = _flat_settings(old), _flat_settings(new)
-    return [(k, a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
-
-
-def _flat_settings(cfg) -> dict:
-    flat = {k: v for k, v in asdict(cfg).items() if k != "optimizer"}
-    flat.update({f"{cfg.optimizer.name}.{k}": v for k, v in cfg.optimizer.options.items()})
-    return flat
 
 
 def _last_train(rows: list) -> dict | None:
@@ -567,6 +456,3 @@ def summary_table(history: History) -> Table:
     for split, values in results.items():
         t.add_row(split, *(f"{values[c]:.4f}" if c in values else "" for c in cols))
     return t
-
-
-# *** trained models: eval and predict ***

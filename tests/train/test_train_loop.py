@@ -232,8 +232,8 @@ def test_default_run_directory_and_resuming_the_newest_run(tiny, tmp_path):
 def test_the_explosion_rule():
     """Over EXPLODED x the first loss (at least 1) for EXPLODED_STEPS steps in a row, or not
     finite; one spike is forgiven unless a checkpoint is due while it lasts."""
-    from nnlang.train.trainer import EXPLODED, _Guard
-    g = _Guard()
+    from nnlang.train.guard import EXPLODED, DivergenceGuard
+    g = DivergenceGuard()
     g.check(2.0, 0, 0, 1, None)
     assert g.start == 2.0
     big = EXPLODED * 2.0 * 1.01
@@ -244,7 +244,7 @@ def test_the_explosion_rule():
         g.check(big, 0, step - 1, step, None)
     with pytest.raises(NNError, match=r"step 8 \(global step 8\), over 10000 times its start"):
         g.settle(None)                        # a streak open at a checkpoint counts
-    g = _Guard(start=1e-3)                       # a loss near 0 is judged against 1
+    g = DivergenceGuard(start=1e-3)                       # a loss near 0 is judged against 1
     g.check(EXPLODED * 0.5, 0, 0, 1, None)
     g.settle(None)
     for step in (1, 2):
@@ -252,4 +252,4 @@ def test_the_explosion_rule():
     with pytest.raises(NNError, match=r"step 1 \(global step 1\)"):
         g.check(EXPLODED * 2, 0, 2, 3, None)
     with pytest.raises(NNError, match="the loss is nan"):
-        _Guard(start=1.0).check(float("nan"), 0, 0, 1, None)
+        DivergenceGuard(start=1.0).check(float("nan"), 0, 0, 1, None)

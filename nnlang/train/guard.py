@@ -1,0 +1,58 @@
+"""The divergence guard of the training loop: a loss that is not finite, or has exploded far
+past its start, stops training with the step named, before an exploded state is saved."""
+from __future__ import annotations
+
+import math
+
+from nnlang.errors import NNError
+
+
+# a loss above EXPLODED x its start (at least 1) for EXPLODED_STEPS steps in a row diverged
+EXPLODED = 1e4
+EXPLODED_STEPS = 3
+
+
+class DivergenceGuard:
+    """Stops a run whose loss is not finite or has exploded. Its start is the loss of the
+    run's first step, at the initial weights (later ones may have exploded already: with
+    --lr 1e6 the second is), kept in the checkpoint so a resumed run judges alike; at least 1
+    so a loss that starts near 0 is not judged by its noise. Healthy training moves
+    a loss by a few times, a step size far too big multiplies it by 1e10 and more within a few
+    steps (--lr 1e6: 1e22 with Adam, 1e30 with SGD): a factor of 1e4 leaves room both ways.
+    One spike is forgiven; a streak still open when a checkpoint is due counts, so an
+    exploded state is never saved over the last good one."""
+
+    def __init__(self, start: float | None = None):
+        self.start = start
+        self._streak: list = []   # (loss, epoch, step in epoch, global step) above the limit
+
+    def check(self, loss: float, epoch: int, done: int, step: int, run) -> None:
+        if not math.isfinite(loss):
+            raise diverged(loss, epoch, done, step, run)
+        if self.start is None:
+            self.start = loss
+            return
+        if loss > EXPLODED * max(self.start, 1.0):
+            self._streak.append((loss, epoch, done, step))
+            if len(self._streak) >= EXPLODED_STEPS:
+                self.settle(run)
+        else:
+            self._streak = []
+
+    def settle(self, run) -> None:
+        """Raises if the loss is above the limit now (a checkpoint is due)."""
+        if self._streak:
+            loss, epoch, done, step = self._streak[0]
+            raise diverged(loss, epoch, done, step, run, self.start)
+
+
+def diverged(loss, epoch, done, step, run, start: float | None = None) -> NNError:
+    last = None
+    if run is not None and run.checkpoint.is_file():
+        last = f"the last good checkpoint is {run.checkpoint}"
+    hint = "lower the learning rate (--lr), or set clip_norm; " + (
+        last or "no checkpoint was written before it diverged")
+    why = "" if start is None else (f", over {EXPLODED:g} times its start ({start:.4g}) for "
+                                    f"{EXPLODED_STEPS} steps in a row")
+    return NNError(f"training diverged: the loss is {loss:.4g} at epoch {epoch + 1}, step "
+                   f"{done + 1} (global step {step}){why}", hint=hint)

@@ -1,0 +1,65 @@
+"""Ctrl-C during training: a request acted on between whole steps, so a checkpoint always
+describes a state that some number of whole steps gives (used by `trainer.fit`)."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+
+
+class Interrupts:
+    """Ctrl-C while training. A KeyboardInterrupt raised at any bytecode could land between a
+    step's kernels or between the step and its counters, so the checkpoint would describe a
+    state that no number of whole steps gives. Inside `fit` SIGINT only records the request;
+    the loop acts on it where its state is whole (`check`, between steps). Inside `immediate()`
+    (compiling, validation: nothing there changes the training state) it raises at once, so a
+    long compile stays interruptible. A second Ctrl-C while the checkpoint is written is
+    recorded, not acted on: the save finishes."""
+
+    def __init__(self):
+        self.requested = False
+        self._immediate = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+    def _handler(self, signum, frame):
+        self.requested = True
+        if self._immediate:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def immediate(self):
+        self.check()
+        self._immediate = True
+        try:
+            yield
+        finally:
+            self._immediate = False
+
+    def hold(self) -> None:
+        """From here on (the interrupted run's checkpoint) every Ctrl-C is only recorded."""
+        self._immediate = False
+
+
+def test_signal() -> tuple[int, int] | None:
+    """NNLANG_TEST_SIGNAL_AT_STEP=K[:KILL]: the process signals itself (SIGINT, or SIGKILL)
+    right after global step K is queued, so tests land an interrupt at a chosen step."""
+    spec = os.environ.get("NNLANG_TEST_SIGNAL_AT_STEP")
+    if not spec:
+        return None
+    step, _, kind = spec.partition(":")
+    return int(step), (signal.SIGKILL if kind.upper() == "KILL" else signal.SIGINT)

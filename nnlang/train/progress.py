@@ -1,0 +1,44 @@
+"""What training and evaluation print as they go: plain lines (`say`) and progress over batches
+(a bar on a terminal, a line every LINE_EVERY_S elsewhere, so logs and pipes see progress too)."""
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+# without a progress bar (stdout not a terminal), a line at least this often
+LINE_EVERY_S = 30.0
+
+
+def say(console: Console, text: str) -> None:
+    # NOTE: paths and hints hold brackets (nnlang[plot]) that rich would take as markup
+    console.print(text, markup=False, highlight=False)
+
+
+def progress(items, total: int, what: str, console: Console | None):
+    """`items`, shown as they go: a bar on a terminal, a line every LINE_EVERY_S elsewhere."""
+    if console is None:
+        yield from items
+        return
+    if not console.is_terminal:
+        say(console, f"{what}: {total} batches")
+        t0 = last = time.perf_counter()
+        for i, item in enumerate(items):
+            yield item
+            now = time.perf_counter()
+            if now - last >= LINE_EVERY_S:
+                say(console, f"{what}: {i + 1}/{total} batches, {now - t0:.0f}s")
+                last = now
+        return
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def fmt(values: dict | None) -> str:
+    """`loss 0.1234  accuracy 0.9876`."""
+    return "  ".join(f"{k} {v:.4f}" for k, v in (values or {}).items())

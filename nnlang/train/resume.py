@@ -1,0 +1,67 @@
+"""Which checkpoint a `fit(..., resume=...)` continues, and saying so: the run it picked, its
+settings, and what this call changes."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+
+from nnlang.errors import NNError
+from nnlang.train import checkpoint
+from nnlang.train.overrides import resolve
+from nnlang.train.progress import say
+from nnlang.train.runs import RunDir
+
+
+def find_checkpoint(program_or_path, config, overrides, model, out, resume, runs_root):
+    """The checkpoint `resume` names: a path, or True for the run in `out` (default: the newest
+    run of the model). A fresh run refuses an `out` that already holds a checkpoint."""
+    if not resume:
+        if out is not None and (Path(out) / checkpoint.FILENAME).is_file():
+            raise NNError(f"{out} already holds a training run", hint="pass --resume to "
+                          "continue it, or another --out for a new run")
+        return None
+    if resume is not True:
+        return checkpoint.load(resume)
+    if out is not None:
+        return checkpoint.load(out)
+    name = resolve(program_or_path, config, overrides, model)[0].model
+    where = RunDir.latest(name, runs_root)
+    if where is None:
+        raise NNError(f"no run of '{name}' with a checkpoint under {runs_root}/",
+                      hint="pass --out RUN_DIR to say which run to resume")
+    return checkpoint.load(where)
+
+
+def describe_resume(console: Console, ckpt, cfg, hp: dict, picked: bool) -> None:
+    """Says which run is resumed (`picked`: found as the newest run of the model) and its
+    settings, and every setting or --set value that this call changes."""
+    say(console, f"resuming {ckpt.path} (epoch {ckpt.epoch}, step {ckpt.step})")
+    old = ckpt.config
+    if picked:
+        opts = old.optimizer.options
+        say(console, f"  the newest run of {ckpt.meta.get('model')}: data "
+                     f"{old.data.name if old.data else '-'}, {old.optimizer.name} lr "
+                     f"{opts.get('lr')}, batch {old.batch}, epochs {old.epochs}, seed "
+                     f"{old.seed}" + "".join(f", {k}={v}" for k, v in
+                                             (ckpt.meta.get("overrides") or {}).items())
+                     + " (pass --out RUN_DIR to pick another)")
+    changed = [f"{k} {a} -> {b}" for k, a, b in _setting_changes(old, cfg)]
+    changed += [f"{k} {v0} -> {v}" for k, v in hp.items()
+                if (v0 := (ckpt.meta.get("overrides") or {}).get(k)) != v]
+    if changed:
+        say(console, "note: this resume changes the run's " + ", ".join(changed))
+
+
+def _setting_changes(old, new) -> list[tuple]:
+    """(setting, old value, new value) of each train setting (optimizer options as
+    `adam.lr`) that differs."""
+    a, b = _flat_settings(old), _flat_settings(new)
+    return [(k, a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+
+
+def _flat_settings(cfg) -> dict:
+    flat = {k: v for k, v in asdict(cfg).items() if k != "optimizer"}
+    flat.update({f"{cfg.optimizer.name}.{k}": v for k, v in cfg.optimizer.options.items()})
+    return flat
