@@ -101,6 +101,8 @@ def _element_ranges(members, parts: int) -> list[list]:
 def _multi_args(part) -> tuple:
     """A multi kernel's arguments: the sizes, then per argument a table of the members' array
     addresses (`render_numba.render_multi`); the caller keeps the arrays alive."""
+    if not all(x.flags.c_contiguous for _, xs in part for x in xs):
+        raise NNError("internal: a multi-tensor kernel argument is not contiguous")
     ns = np.array([n for n, _ in part], np.int64)
     return (ns, *(np.array([xs[k].ctypes.data for _, xs in part], np.uintp)
                   for k in range(len(part[0][1]))))
