@@ -15,6 +15,7 @@ from numba.extending import intrinsic
 def _voidptr(typingctx, address):
     if not isinstance(address, types.Integer):
         return None
+
     def codegen(context, builder, sig, args):
         return builder.inttoptr(args[0], cgutils.voidptr_t)
     return types.voidptr(address), codegen
