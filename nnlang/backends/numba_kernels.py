@@ -1,11 +1,34 @@
 """Hand-written numba kernels for the index and random ops the numba backend cannot take from
-numpy without allocating (scatter_add, one_hot, random_uniform) and the sliding-window ops
-(unfold, fold, window_max and its gradient).
+numpy without allocating (scatter_add, one_hot, random_uniform), the sliding-window ops
+(unfold, fold, window_max and its gradient), and `tensor_at`, which multi-tensor kernels use.
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+@intrinsic
+def _voidptr(typingctx, address):
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+    return types.voidptr(address), codegen
+
+
+@numba.njit(inline="always")
+def tensor_at(address, n, dtype):
+    """The `n` elements of `dtype` at `address` as a 1-d array: a multi-tensor kernel takes a
+    table of addresses per argument, as the CUDA one takes pointer tables.
+
+    NOTE: a tuple of arrays instead made numba's compile time superlinear in the tuple length
+    (repeat 100 of a dense layer: 56 s) and fails at 1000; the caller keeps the arrays alive."""
+    return numba.carray(_voidptr(address), n, dtype)
 
 
 @numba.njit(cache=True)

@@ -195,17 +195,40 @@ def render(k: Kernel, loop_shape, lang: ScalarLang = PYTHON, strided=()) -> tupl
     return render_header(k), render_body(k, False, lang, strided)
 
 
+MULTI_IMPORT = "\nfrom nnlang.backends.numba_kernels import tensor_at\n"
+
+
+def _arg_dtypes(k: Kernel) -> dict[str, str]:
+    """The element dtype of each array argument (loads, then stored values)."""
+    dtypes = {op.out: op.dtype for op in k.body}
+    dtypes.update({name: ld.dtype for name, ld in k.loads.items()})
+    dtypes.update({name: dtype for name, _, dtype in k.consts})
+    out = {ld.arg: ld.dtype for ld in k.loads.values()}
+    for value, arg in k.stores:
+        out.setdefault(arg, dtypes[value])
+    return out
+
+
 def render_multi(k: Kernel, body: str, count: int) -> tuple[str, str]:
     """(header, source) of one launch of a 1-d elementwise kernel over `count` tensors: the
     kernel itself plus a loop applying it to each tensor in turn (its loop sizes in `ns`, each
-    argument a tuple holding that argument of every tensor). The optimizer update of every
-    parameter is one such launch, as PyTorch's multi-tensor (foreach) optimizers do."""
+    argument a table of that argument's address in every tensor, read by `tensor_at`). The
+    optimizer update of every parameter is one such launch, as PyTorch's multi-tensor (foreach)
+    optimizers do. The source and its compile time do not depend on `count`."""
+    single = {ld.arg for ld in k.loads.values() if ld.broadcast[0]}
+    dtypes = _arg_dtypes(k)
     args = k.args[1:]
+    views = [f"            tensor_at({a}[t], {'1' if a in single else 'n'}, "
+             f"{PYTHON.dtype_names[dtypes[a]]})," for a in args]
     lines = ["", "", "@numba.njit(cache=True, fastmath=False, error_model='numpy', nogil=True)",
              f"def {k.name}_multi(ns, {', '.join(args)}):",
              "    for t in range(ns.shape[0]):",
-             f"        {k.name}(ns[t], {', '.join(f'{a}[t]' for a in args)})"]
+             "        n = ns[t]",
+             f"        {k.name}(",
+             "            n,", *views,
+             "        )"]
     header = "".join(f"# {line}\n" for line in
                      [f"computes, for each of {count} tensors in one launch:"] +
                      ["  " + h for h in k.header])
-    return header, body + "\n".join(lines) + "\n"
+    source = body.replace(PRELUDE, PRELUDE + MULTI_IMPORT, 1)
+    return header, source + "\n".join(lines) + "\n"

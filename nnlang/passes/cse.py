@@ -30,6 +30,10 @@ def node_key(node) -> tuple:
 @graph_pass
 def eliminate_common(g: Graph) -> Graph:
     seen: dict[tuple, int] = {}
+    merged: dict[int, int] = {}
+    # NOTE: the state updates are renamed once at the end: replace_value scans all of them for
+    # each merge, quadratic in the parameter count (every parameter's optimizer constants merge)
+    ups = g.meta.pop("updates", None)
     for nid in g.topo():
         node = g.node(nid)
         try:
@@ -39,7 +43,10 @@ def eliminate_common(g: Graph) -> Graph:
             continue
         if key in seen:
             replace_value(g, nid, seen[key])
+            merged[nid] = seen[key]
             g.remove(nid)
         else:
             seen[key] = nid
+    if ups is not None:  # NOTE: a kept node is never merged later, so one lookup is enough
+        g.meta["updates"] = {k: merged.get(v, v) for k, v in ups.items()}
     return g

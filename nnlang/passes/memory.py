@@ -99,7 +99,9 @@ def in_place_updates(g: Graph, steps: list[Step], views: dict[int, int]) -> dict
     own shape, reads the state only directly (at the index it writes), and no later step, nor
     another kernel of the same launch, reads the old value."""
     owner = {out: k for k, s in enumerate(steps) for out in s.outputs}
+    group_of = {out: grp for s in steps for grp in s.kernel_groups for out in grp.outputs}
     last_read = last_reads(g, steps, views)
+    readers = _readers(g, steps, views)
     found: dict[int, str] = {}
     returned = {base_of(views, r) for r in g.roots()}  # NOTE: results are read after the step
     for name, value in updates(g).items():
@@ -109,16 +111,27 @@ def in_place_updates(g: Graph, steps: list[Step], views: dict[int, int]) -> dict
                 param in returned or g.node(value).type != g.node(param).type or \
                 last_read.get(param, -1) > k:
             continue
-        readers = [grp for grp in steps[k].kernel_groups
-                   if any(base_of(views, i) == param for m in grp.members
-                          for i in g.node(m).inputs)]
-        grp = next((grp for grp in steps[k].kernel_groups if value in grp.outputs), None)
-        if grp is None or grp.reduce is not None or any(r is not grp for r in readers) or \
+        grp = group_of.get(value)
+        if grp is None or grp.reduce is not None or \
+                any(r is not grp for r in readers.get((k, param), ())) or \
                 any(base_of(views, i) == param and i != param
                     for m in grp.members for i in g.node(m).inputs):
             continue
         found[value] = name
     return found
+
+
+def _readers(g: Graph, steps: list[Step], views: dict[int, int]) -> dict[tuple, list]:
+    """{(step, value): the step's kernel groups reading the value (through views)}.
+
+    NOTE: an index, not a scan per update: a multi-tensor step holds a group per parameter,
+    and scanning them all for each update was quadratic (44 s of a repeat-250 compile)."""
+    out: dict[tuple, list] = {}
+    for k, s in enumerate(steps):
+        for grp in s.kernel_groups:
+            for b in {base_of(views, i) for m in grp.members for i in g.node(m).inputs}:
+                out.setdefault((k, b), []).append(grp)
+    return out
 
 
 @dataclass

@@ -99,9 +99,13 @@ def _element_ranges(members, parts: int) -> list[list]:
 
 
 def _multi_args(part) -> tuple:
-    """A multi kernel's arguments: the sizes, then per argument a tuple over the members."""
+    """A multi kernel's arguments: the sizes, then per argument a table of the members' array
+    addresses (`render_numba.render_multi`); the caller keeps the arrays alive."""
+    if not all(x.flags.c_contiguous for _, xs in part for x in xs):
+        raise NNError("internal: a multi-tensor kernel argument is not contiguous")
     ns = np.array([n for n, _ in part], np.int64)
-    return (ns, *(tuple(xs[k] for _, xs in part) for k in range(len(part[0][1]))))
+    return (ns, *(np.array([xs[k].ctypes.data for _, xs in part], np.uintp)
+                  for k in range(len(part[0][1]))))
 
 
 def _fitting_array(given, shape, dtype) -> np.ndarray:
@@ -171,6 +175,7 @@ class Executable:
                        if n.op == "input" and n.id in self.arrays]
         self._rng_key = 0
         self._sources: list[tuple[str, str]] = []   # (header, body) per kernel step
+        self._pinned: list = []   # arrays that multi-tensor calls reach by address
         self.threaded_blas = self.picks_blas_threads and threaded_blas_pays(_products(g, steps))
         # NOTE: a backend may compile the kernels together, in parallel (see NumbaBackend)
         together = getattr(backend, "together", None)
@@ -261,8 +266,10 @@ class Executable:
         fn = self.backend.compile(source, f"{kernel.name}_multi")
         total = sum(n for n, _ in members)
         parts = min(workers(), total) if total >= PARALLEL_MIN else 1
-        calls = [self.backend.specialize(fn, _multi_args(part))
-                 for part in _element_ranges(members, parts)]
+        calls = []
+        for part in _element_ranges(members, parts):
+            self._pinned.append(part)  # NOTE: the address tables do not hold their arrays
+            calls.append(self.backend.specialize(fn, _multi_args(part)))
         return calls[0] if len(calls) == 1 else (run_parts, (calls,))
 
     # *** shared by the device executable's _build ***

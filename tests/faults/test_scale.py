@@ -1,0 +1,99 @@
+"""Models with many parameters: `repeat N` of a small layer compiles in time linear in N (the
+multi-tensor optimizer update once took a tuple of every parameter and hung at repeat 250),
+and the one-launch update computes what the per-parameter updates do."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnlang
+from nnlang.ir.graph import Builder, Graph, TensorType
+from nnlang.runtime.executable import compile_graph
+from tests.faults.conftest import cli_process
+
+
+def deep_model(n: int) -> str:
+    """`n` dense+tanh layers of width 8 trained with Adam: 2n parameters in one update."""
+    return f"""
+model Deep(n = {n}) {{
+  input x: float32[batch, 8]
+  input y: float32[batch, 8]
+  h = x
+  repeat n {{
+    h = dense(h, 8) |> tanh
+  }}
+  output h
+  loss mean((h - y) ** 2)
+}}
+
+train Deep {{
+  optimizer = adam(lr = 1e-3)
+  batch = 16
+  epochs = 1
+}}
+"""
+
+
+def _compiles(tmp_path, n: int, timeout: float) -> None:
+    path = tmp_path / f"deep{n}.nn"
+    path.write_text(deep_model(n))
+    out = cli_process("compile", path, code=0, timeout=timeout).stdout
+    assert "multi_tensor_launches: 1" in out, out
+
+
+def _trained(n: int, disable=(), steps: int = 2) -> dict:
+    net = nnlang.compile(deep_model(n), seed=0, disable=disable)
+    rng = np.random.default_rng(1)
+    for _ in range(steps):
+        loss = net.train_step({"x": rng.standard_normal((16, 8), np.float32),
+                               "y": rng.standard_normal((16, 8), np.float32)})
+        assert np.isfinite(loss)
+    return net.parameters()
+
+
+def test_repeat_250_compiles(tmp_path):
+    _compiles(tmp_path, 250, timeout=120)
+
+
+def test_repeat_250_update_in_one_launch_matches_one_per_parameter():
+    merged, apart = _trained(250), _trained(250, disable=("multi_tensor",))
+    initial = nnlang.compile(deep_model(250), seed=0).parameters()
+    assert merged.keys() == apart.keys() and len(merged) == 500
+    for name in merged:
+        assert not np.array_equal(merged[name], initial[name]), name  # every one moved
+        np.testing.assert_array_equal(merged[name], apart[name], err_msg=name)
+
+
+@pytest.mark.slow
+def test_repeat_1000_compiles_and_trains(tmp_path):
+    _compiles(tmp_path, 1000, timeout=300)
+    merged, apart = _trained(1000, steps=1), _trained(1000, disable=("multi_tensor",), steps=1)
+    for name in merged:
+        np.testing.assert_array_equal(merged[name], apart[name], err_msg=name)
+
+
+def test_one_launch_updates_every_member_of_many():
+    """w <- w * 0.5 + s over 97 parameters of assorted sizes (one of them large enough that
+    the launch is split over threads mid-tensor), against numpy."""
+    sizes = [2, 7, 70_001] + [(k % 13) + 2 for k in range(94)]
+    g = Graph()
+    b = Builder(g)
+    g.inputs["s"] = s = g.add_node("input", [], {"name": "s", "dtype": "float32", "shape": []},
+                                   TensorType((), "float32"), name="s")
+    updates = {}
+    for k, n in enumerate(sizes):
+        name = f"w{k}"
+        g.params[name] = w = g.add_node("param", [], {"name": name, "dtype": "float32",
+                                                      "shape": [n]},
+                                        TensorType((n,), "float32"), name=name)
+        updates[name] = b.add(b.mul(w, b.const(0.5)), s)
+    g.meta["updates"] = updates
+    rng = np.random.default_rng(0)
+    w0 = {f"w{k}": rng.standard_normal(n).astype(np.float32) for k, n in enumerate(sizes)}
+    state = {k: v.copy() for k, v in w0.items()}
+    exe = compile_graph(g, state=state)
+    assert [(st.kind, len(st.kernel_groups)) for st in exe.steps] == [("multi", len(sizes))]
+    exe.run({"s": np.float32(3.0)})
+    for name, v in w0.items():
+        np.testing.assert_array_equal(state[name], v * np.float32(0.5) + np.float32(3.0),
+                                      err_msg=name)
