@@ -360,7 +360,7 @@ def nnlang_loss_and_grads(net, feeds: dict) -> tuple[float, dict]:
     state = {k: net.state[k] if k in net.state else
              np.zeros(tuple(int(d) for d in g.node(nid).shape), net.dtype)
              for k, nid in g.params.items()}
-    env = interpret(g, fed, state, want={"loss": g.losses["loss"], **g.meta["grads"]})
+    env = interpret(g, fed, state, want={"loss": g.losses["loss"], **g.grads})
     return float(env.pop("loss")), env
 
 

@@ -34,7 +34,7 @@ def test_train_graph_roles_and_updates():
     verify(g)
     roles = {n.role for n in g}
     assert roles == {"fwd", "bwd", "optim"}
-    assert set(g.meta["updates"]) == {"y.gamma", "y.beta", "y.running_mean", "y.running_var",
+    assert set(g.updates) == {"y.gamma", "y.beta", "y.running_mean", "y.running_var",
                                       "optimizer.step"}
     bwd = [n for n in g if n.role == "bwd" and n.span is not None]
     assert bwd and all(n.span.line == 2 for n in bwd), "backward nodes keep forward spans"
@@ -52,7 +52,7 @@ def test_dropout_only_in_training():
 def test_l2_penalty_adds_to_the_loss():
     src = """model L { input x: float32[batch, 2]  param w: float32[2, 2] = ones()
                        loss l = mean(x @ w) }
-             train L { l2 = 0.5  optimizer = sgd(lr = 0.0) }"""
+             train L { l2 = 0.5  optimizer = sgd(lr = 0.1) }"""   # the loss before the update
     net = nnlang.compile(src, backend="reference", batch=1)
     loss = net.train_step({"x": np.zeros((1, 2), np.float32)})
     assert loss == pytest.approx(0.5 * 4)

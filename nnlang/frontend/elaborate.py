@@ -59,7 +59,7 @@ class Elaborator(CallElaboration):
     def model(self, m: ast.ModelDef, overrides: dict) -> dict:
         scope = Scope("")
         hparams = self.bind_hparams(m, overrides, scope)
-        self.g.meta.update(model=m.name, hparams=hparams)
+        self.g.model = m.name
         self.run_body(m.body, scope)
         if not self.g.losses and not self.errors.diagnostics:
             pass  # NOTE: a model without a loss can still be checked and run for inference
@@ -379,7 +379,6 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
         scope = Scope("", vars=dict(hparams))
         train = elaborate_train(tdef, lambda e: el.const_expr(e, scope), errors, Abort)
     errors.raise_if_any()
-    el.g.meta["train"] = train
     return Program(el.g, chosen.name, hparams, train, module.file, defs, lint(el.g))
 
 

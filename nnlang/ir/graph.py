@@ -61,7 +61,12 @@ class Graph:
     losses: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, int] = field(default_factory=dict)
     symbols: tuple[str, ...] = ("batch",)
-    meta: dict = field(default_factory=dict)
+    model: str = ""               # the model's name, for messages
+    # state name -> the value it takes after a step (train graphs, batch-norm statistics)
+    updates: dict[str, int] = field(default_factory=dict)
+    grads: dict[str, int] = field(default_factory=dict)   # parameter name -> its gradient
+    groups: list | None = None    # the kernel groups `fuse` chose (its last pass)
+    salt: int = 0                 # the last salt handed to a random op
     _next: int = 0
     _order: tuple | None = field(default=None, repr=False, compare=False)  # topo() until a change
 
@@ -161,7 +166,8 @@ class Graph:
             data["node"] = data["node"].clone()
         g.inputs, g.params = dict(self.inputs), dict(self.params)
         g.outputs, g.losses, g.metrics = dict(self.outputs), dict(self.losses), dict(self.metrics)
-        g.meta = dict(self.meta)
+        g.updates, g.grads = dict(self.updates), dict(self.grads)
+        g.groups = None if self.groups is None else list(self.groups)
         return g
 
     # *** printing ***
@@ -268,12 +274,12 @@ class Builder:
     def update_state(self, param: int, value: int) -> None:
         """After the step, the persistent `param` takes `value` (batch-norm running stats)."""
         name = self.g.node(param).attrs["name"]
-        self.g.meta.setdefault("updates", {})[name] = value
+        self.g.updates[name] = value
 
     def salt(self) -> int:
         """A number unique to each random site, so two dropouts draw different masks."""
-        self.g.meta["salt"] = self.g.meta.get("salt", 0) + 1
-        return self.g.meta["salt"]
+        self.g.salt += 1
+        return self.g.salt
 
     def __getattr__(self, op: str):
         if op.startswith("_") or registry.get(op) is None:

@@ -33,7 +33,7 @@ def eliminate_common(g: Graph) -> Graph:
     merged: dict[int, int] = {}
     # NOTE: the state updates are renamed once at the end: replace_value scans all of them for
     # each merge, quadratic in the parameter count (every parameter's optimizer constants merge)
-    ups = g.meta.pop("updates", None)
+    ups, g.updates = g.updates, {}
     for nid in g.topo():
         node = g.node(nid)
         try:
@@ -47,6 +47,6 @@ def eliminate_common(g: Graph) -> Graph:
             g.remove(nid)
         else:
             seen[key] = nid
-    if ups is not None:  # NOTE: a kept node is never merged later, so one lookup is enough
-        g.meta["updates"] = {k: merged.get(v, v) for k, v in ups.items()}
+    # NOTE: a kept node is never merged later, so one lookup is enough
+    g.updates = {k: merged.get(v, v) for k, v in ups.items()}
     return g

@@ -1,5 +1,5 @@
 """Fusion: groups elementwise chains and trees, plus at most one trailing reduction, into
-kernels (last pass of `optimize`). The graph is unchanged; the groups go in `g.meta["groups"]`.
+kernels (last pass of `optimize`). The graph is unchanged; the groups go in `g.groups`.
 Sibling groups whose values meet in one concat (an RNN step's gate gradients) then merge.
 
 Walking consumers before producers, an elementwise node joins the group of its users when it
@@ -149,7 +149,7 @@ def _plan(g: Graph, fuse: bool, side_outputs: bool) -> list[Group]:
 
 @graph_pass
 def fuse(g: Graph) -> Graph:
-    g.meta["groups"] = plan_groups(g, fuse=True)
+    g.groups = plan_groups(g, fuse=True)
     return g
 
 

@@ -2,7 +2,7 @@
 dtype, decompose composites, and for training append the backward graph and the optimizer update.
 
 `train_graph` is the joint graph of one training step: forward, loss, backward (role "bwd") and
-update (role "optim"); its `meta["updates"]` says which state each result overwrites.
+update (role "optim"); its `updates` say which state each result overwrites.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     g = decompose(specialize(user, batch, dtype), training=True)
     if not g.losses:
         from nnlang.errors import NNError
-        raise NNError(f"model '{g.meta.get('model')}' declares no loss, so it cannot be trained",
+        raise NNError(f"model '{g.model}' declares no loss, so it cannot be trained",
                       hint="add a line like `loss cross_entropy(logits, label)`")
     b = Builder(g, role="bwd")
     total = total_loss(b, g, cfg.l2)
@@ -111,8 +111,8 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
         if zero[name] is None:  # NOTE: a weight the loss does not reach still gets a 0 gradient
             zero[name] = b.mul(nid, b.const(0.0, dtype))
     updates = append_update(b, params, zero, cfg.optimizer, cfg.clip_norm, lr, add_state)
-    g.meta["updates"] = {**g.meta.get("updates", {}), **updates}
-    g.meta["grads"] = {name: zero[name] for name in params}
+    g.updates = {**g.updates, **updates}
+    g.grads = {name: zero[name] for name in params}
     g.losses = {"loss": total}
     g.outputs = {}
     return g

@@ -21,7 +21,7 @@ def plan(g: Graph, disable=()):
     cached = plan_cache.load(key) if key else None
     if cached is None:
         g = optimize(g, disable)
-        groups = g.meta.get("groups") if "fuse" not in disable else None
+        groups = g.groups if "fuse" not in disable else None
         if groups is None:
             groups = plan_groups(g, fuse=False)
         steps, views = schedule(g, groups)

@@ -3,7 +3,7 @@ memory), so the second run of a model skips the passes: on the unrolled LSTM the
 unpickling the plan ~0.15 s.
 
 The key is a fingerprint of the graph that goes in (every node's op, inputs, attributes, type,
-span, path and role; the graph's tables and meta), the disabled passes, and the source of the
+span, path and role; the graph's tables), the disabled passes, and the source of the
 whole `nnlang` package, so any change to the model, the settings or the compiler itself is a
 miss, never a stale plan. Entries are written atomically; an unreadable entry is a miss.
 `NNLANG_PLAN_CACHE=0` switches the cache off.
@@ -76,7 +76,8 @@ def graph_key(g: Graph, disable=()) -> str:
         if s is not None:
             h.update(f"@{s.file}:{s.line}:{s.col}:{s.end_line}:{s.end_col}".encode())
         _feed(h, n.attrs)
-    _feed(h, [g.inputs, g.params, g.outputs, g.losses, g.metrics, g.symbols, g.meta])
+    _feed(h, [g.inputs, g.params, g.outputs, g.losses, g.metrics, g.symbols, g.model,
+              g.updates, g.grads, g.groups, g.salt])
     return h.hexdigest()
 
 

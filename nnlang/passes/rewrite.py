@@ -19,7 +19,7 @@ def graph_pass(fn):
 
 
 def updates(g: Graph) -> dict[str, int]:
-    return g.meta.get("updates", {})
+    return g.updates
 
 
 def result_ids(g: Graph) -> set[int]:
@@ -35,4 +35,4 @@ def replace_value(g: Graph, old: int, new: int) -> None:
     if g.node(old).attrs.get("root"):
         g.node(new).attrs["root"] = True
     if any(v == old for v in updates(g).values()):
-        g.meta["updates"] = {k: new if v == old else v for k, v in updates(g).items()}
+        g.updates = {k: new if v == old else v for k, v in g.updates.items()}

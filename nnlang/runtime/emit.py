@@ -42,7 +42,7 @@ def emit(net, what: str, mode: str = "train") -> str:
                 + g.dump(roles=("bwd", "optim")))
     if what == "fused":
         from nnlang.passes.fuse import format_groups
-        return format_groups(g, g.meta.get("groups", []))
+        return format_groups(g, g.groups or [])
     start = time.perf_counter()
     exe = net._exe(mode, net.batch)[0]
     took = time.perf_counter() - start
@@ -80,7 +80,7 @@ def dot(net, backward: bool = False, fused: bool = False, depth: int | None = No
         return to_dot(g, depth=depth, roles=("fwd", "bwd") if backward else ("fwd",),
                       show_params=show_params, title=title)
     g = optimize(g, net.disable)
-    cluster = {m: f"kernel {k}" for k, grp in enumerate(g.meta.get("groups", []))
+    cluster = {m: f"kernel {k}" for k, grp in enumerate(g.groups or [])
                for m in grp.members}
     roles = ("fwd", "bwd", "optim") if backward else None
     return to_dot(g, depth=depth, roles=roles, show_params=show_params, cluster_of=cluster,

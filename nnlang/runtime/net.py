@@ -40,7 +40,7 @@ class _Interpreted:
         env = interpret(self.g, feeds, self.state)
         results = {**self.g.outputs, **self.g.losses, **self.g.metrics}
         out = {k: env[v] for k, v in results.items()}
-        for name, nid in self.g.meta.get("updates", {}).items():
+        for name, nid in self.g.updates.items():
             np.copyto(self.state[name], env[nid])
         return out
 
@@ -239,8 +239,8 @@ def _host(a) -> np.ndarray:
 def _gradient_graph(g):
     """The train graph with its gradients as outputs and no state updates."""
     from nnlang.passes.pipeline import drop_unused_inputs
-    g.outputs = {f"grad:{k}": v for k, v in g.meta.pop("grads").items()}
-    g.meta["updates"] = {}
+    g.outputs = {f"grad:{k}": v for k, v in g.grads.items()}
+    g.grads, g.updates = {}, {}
     g.metrics = {}
     return drop_unused_inputs(g)
 

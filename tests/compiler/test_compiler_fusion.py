@@ -67,7 +67,7 @@ def test_value_used_by_two_groups_is_materialized():
     g.outputs["a"] = b.reduce_sum(e, axes=[1])
     g.outputs["c"] = b.reduce_max(e, axes=[0])
     fused = fuse(g)
-    groups = fused.meta["groups"]
+    groups = fused.groups
     owner = [grp for grp in groups if e in grp.members]
     assert len(owner) == 1 and e in owner[0].outputs
     text = format_groups(fused, groups)

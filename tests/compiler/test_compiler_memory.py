@@ -74,7 +74,7 @@ def _state_graph(read_after=False, transposed=False):
                    TensorType((2, 3), "float32"), name="x")
     g.inputs["x"] = x
     src = b.transpose(w, perm=[1, 0]) if transposed else w
-    g.meta["updates"] = {"w": b.mul(src, b.const(0.5))}
+    g.updates = {"w": b.mul(src, b.const(0.5))}
     if read_after:
         g.outputs["y"] = b.matmul(x, w)
     else:
@@ -86,7 +86,7 @@ def test_updates_are_written_in_place_when_nothing_reads_the_old_value():
     import nnlang
     net = nnlang.compile("models/mlp.nn", batch=8)
     exe, g = net._exe("train", 8)
-    assert set(exe.memory.in_place) == set(g.meta["updates"].values())
+    assert set(exe.memory.in_place) == set(g.updates.values())
     assert not exe._updates and not set(exe.memory.in_place) & set(exe.memory.assign)
     w0 = np.arange(9, dtype=np.float32).reshape(3, 3)
     state = {"w": w0.copy()}
@@ -125,7 +125,7 @@ def test_one_launch_whose_updates_are_partly_in_place_runs_each_kernel():
         ws.append(g.add_node("param", [], {"name": name, "dtype": "float32", "shape": [3, 3]},
                              TensorType((3, 3), "float32"), name=name))
         g.params[name] = ws[-1]
-    g.meta["updates"] = {name: b.mul(w, b.const(0.5)) for name, w in zip(("w1", "w2"), ws)}
+    g.updates = {name: b.mul(w, b.const(0.5)) for name, w in zip(("w1", "w2"), ws)}
     x = g.add_node("input", [], {"name": "x", "dtype": "float32", "shape": [2, 3]},
                    TensorType((2, 3), "float32"), name="x")
     g.inputs["x"] = x

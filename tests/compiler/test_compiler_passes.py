@@ -65,7 +65,7 @@ def test_dce_keeps_results_updates_and_params():
                    TensorType((2,), "float32"), name="w")
     b = Builder(g)
     upd = b.mul(p, b.const(0.5))
-    g.meta["updates"] = {"w": upd}
+    g.updates = {"w": upd}
     out = eliminate_dead(g)
     assert "tanh" in ops(g) and "tanh" not in ops(out)
     assert upd in out.nx and p in out.nx

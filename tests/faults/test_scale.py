@@ -87,7 +87,7 @@ def test_one_launch_updates_every_member_of_many():
                                                       "shape": [n]},
                                         TensorType((n,), "float32"), name=name)
         updates[name] = b.add(b.mul(w, b.const(0.5)), s)
-    g.meta["updates"] = updates
+    g.updates = updates
     rng = np.random.default_rng(0)
     w0 = {f"w{k}": rng.standard_normal(n).astype(np.float32) for k, n in enumerate(sizes)}
     state = {k: v.copy() for k, v in w0.items()}
