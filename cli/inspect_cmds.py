@@ -143,16 +143,14 @@ def fmt(
 ):
     """Print .nn files in canonical form (2-space indent, one statement per line)."""
     from nnlang.frontend.fmt import format_source
+    from nnlang.frontend.source import read_source
 
     if check_only and write:
         raise typer.BadParameter("use --check or --write, not both")
     bad = failed = False
     for path in files:
         try:
-            try:
-                source = path.read_text(encoding="utf-8")
-            except OSError as err:
-                raise NNError(f"cannot read '{path}': {err.strerror}") from None
+            source = read_source(path)
             text = format_source(source, str(path))
         except NNError as err:
             print_error(err)

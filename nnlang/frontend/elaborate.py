@@ -8,13 +8,13 @@ elaborated in `calls.py`, imports gathered in `imports.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from nnlang.errors import ErrorSink, Span, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration
 from nnlang.frontend.imports import collect_defs
-from nnlang.frontend.parser import parse, parse_file
+from nnlang.frontend.parser import parse
+from nnlang.frontend.source import load_source
 from nnlang.frontend.train_config import TrainConfig, elaborate_train
 from nnlang.frontend.values import (POISON, TENSOR_BINOPS, Abort, Initializer, Scope, T,
                                     eval_binop, join_path)
@@ -384,10 +384,6 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
 
 def load(source_or_path, overrides: dict | None = None, model: str | None = None) -> Program:
     """Parses and elaborates a .nn file (a path) or .nn source text."""
-    text = str(source_or_path)
+    text, file = load_source(source_or_path)
     with paused_gc():
-        if "\n" not in text and (text.endswith(".nn") or Path(text).is_file()):
-            module = parse_file(text)
-        else:
-            module = parse(text, "<string>")
-        return elaborate(module, overrides, model)
+        return elaborate(parse(text, file), overrides, model)

@@ -14,6 +14,7 @@ from lark import Lark, Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInp
 
 from nnlang.errors import Diagnostic, NNError, Span
 from nnlang.frontend import ast
+from nnlang.frontend.source import read_source
 
 
 def grammar_path() -> Path:
@@ -135,10 +136,4 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
 
 
 def parse_file(path: str | Path) -> ast.Module:
-    path = Path(path)
-    try:
-        source = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise NNError(f"cannot read '{path}': {err.strerror}",
-                      hint="check the path; .nn files are plain UTF-8 text") from None
-    return parse(source, str(path))
+    return parse(read_source(path), str(path))
