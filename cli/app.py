@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -60,6 +61,32 @@ def reporting():
             "not in your model; run again with NNLANG_DEBUG=1 to see the traceback, and "
             "report it"), soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def check_output(path: Path, flag: str = "-o") -> Path:
+    """Fails early, before any slow work, when `path` cannot be written: its folder is missing
+    or read-only, or it is a folder itself."""
+    if path.is_dir():
+        raise NNError(f"{flag} {path}: this is a folder, not a file",
+                      hint=f"name a file inside it, e.g. {path / ('out' + path.suffix)}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise NNError(f"{flag} {path}: the folder '{parent}' does not exist",
+                      hint=f"create it first: mkdir -p {parent}")
+    if not os.access(parent, os.W_OK):
+        raise NNError(f"{flag} {path}: the folder '{parent}' is not writable",
+                      hint="choose a folder you can write to")
+    return path
+
+
+@contextmanager
+def writing(path: Path, flag: str = "-o"):
+    """An OSError while writing `path` (disk full, permissions) as an NNError naming it."""
+    try:
+        yield
+    except OSError as err:
+        raise NNError(f"{flag} {path}: cannot write: {err.strerror or err}",
+                      hint="check the path, its permissions and the free disk space") from None
 
 
 def parse_value(text: str, where: Span | None = None):

@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from nnlang.errors import NNError, did_you_mean
-from nnlang_cli.app import app, console, err_console, parse_overrides, print_error, reporting
+from nnlang_cli.app import (app, check_output, console, err_console, parse_overrides, print_error,
+                            reporting, writing)
 
 SET_HELP = "Override a hyper-parameter: --set name=value (an nnlang literal); repeatable."
 MODEL_HELP = "The model to use when the file defines several."
@@ -107,6 +108,7 @@ def graph(
         raise typer.BadParameter(f"unknown format '{output.suffix}'; use one of "
                                  + ", ".join(GRAPH_FORMATS), param_hint="-o")
     with reporting():
+        check_output(output)
         prog = load_program(file, sets, model)
     title = f"{prog.model} ({file})"
     if backward or fused:
@@ -118,7 +120,11 @@ def graph(
     else:
         text = to_dot(prog.graph, depth=depth, show_params=params, title=title)
     try:
-        written = render(text, output)
+        with writing(output):
+            written = render(text, output)
+    except NNError as err:
+        print_error(err)
+        raise typer.Exit(1)
     except GraphvizMissing as missing:
         err_console().print(Text(
             f"Graphviz's `dot` program is not installed, so {output} was not drawn; the graph "
@@ -162,7 +168,8 @@ def fmt(
                 bad = True
         elif write:
             if text != source:
-                path.write_text(text, encoding="utf-8")
+                with reporting(), writing(path, "--write"):
+                    path.write_text(text, encoding="utf-8")
                 err_console().print(Text(f"reformatted {path}"))
         else:
             sys.stdout.write(text)

@@ -6,7 +6,7 @@ from nnlang.errors import Span, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.values import (POISON, Abort, Initializer, KEYWORD_ONLY_OPS, Scope, T,
                                     join_path)
-from nnlang.ir.dims import fmt_shape
+from nnlang.ir.dims import fmt_shape, size_problem
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS
 from nnlang.ops.registry import ParamSpec, ShapeError
@@ -47,7 +47,7 @@ class CallElaboration:
         except BindError as err:
             span = spans.get(err.arg, e.span) if err.arg is not None else e.span
             self.fail(f"{e.func}() {err.message}", span, err.hint)
-        tensors, attrs, tspans = [], {}, []
+        tensors, attrs, tspans, attr_spans = [], {}, [], {}
         names = list(opdef.sig.names())
         for p in opdef.sig.params:
             value = bound[p.name]
@@ -68,11 +68,12 @@ class CallElaboration:
                 tspans.append(span)
             else:
                 attrs[p.name] = value.spec() if isinstance(value, Initializer) else value
+                attr_spans[p.name] = span
         path = None
         if opdef.params is not None:
             path = self.layer_path(scope, target, e.func, share, spans.get("share"))
         where = path or join_path(scope.prefix, target or "")
-        return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path, where)
+        return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path, where, attr_spans)
 
     def as_tensor(self, v, span: Span, func: str) -> T:
         if isinstance(v, T):
@@ -114,8 +115,9 @@ class CallElaboration:
         return nid
 
     def emit(self, op: str, ins: list, attrs: dict, span: Span, in_spans: list, scope: Scope,
-             path: str | None, where: str | None = None):
-        """Adds one op node; `path` names a layer that owns weights, `where` the node's path."""
+             path: str | None, where: str | None = None, attr_spans: dict | None = None):
+        """Adds one op node; `path` names a layer that owns weights, `where` the node's path,
+        `attr_spans` where each attribute was written (a size error points there)."""
         ins = [self.as_tensor(v, s, op) if v is not None else None
                for v, s in zip(ins, in_spans)]
         opdef = registry.get(op)
@@ -131,6 +133,8 @@ class CallElaboration:
             except ShapeError as err:
                 self.shape_fail(op, err, span, in_spans, ins)
             shared = path in self.layer_of.values()
+            for spec in specs.values():
+                self.check_size(spec.shape, attrs, attr_spans, span)
             params = [T(self.param(f"{path}.{k}", spec, span, shared))
                       for k, spec in specs.items()]
         layer = path or where or scope.prefix
@@ -140,9 +144,22 @@ class CallElaboration:
                                   *[p.id for p in params], **full)
         except ShapeError as err:
             self.shape_fail(op, err, span, in_spans, ins)
+        self.check_size(self.g.node(nid).shape or (), attrs, attr_spans, span)
         if path is not None:
             self.layer_of[nid] = path
         return T(nid)
+
+    def check_size(self, shape, attrs: dict, attr_spans: dict | None, span: Span):
+        """An error at the argument that made a tensor too large for any machine."""
+        problem = size_problem(shape)
+        if problem is None:
+            return
+        index, why = problem
+        dim = shape[index] if index is not None else None
+        at = next((attr_spans[k] for k, v in attrs.items() if attr_spans and k in attr_spans
+                   and dim is not None and (v == dim or isinstance(v, list) and dim in v)),
+                  span)
+        self.fail(why, at, "sizes must fit in memory; check this argument")
 
     def shape_fail(self, op, err: ShapeError, span, in_spans, ins):
         at = in_spans[err.arg] if err.arg is not None and err.arg < len(in_spans) else span

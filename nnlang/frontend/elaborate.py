@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from nnlang.errors import ErrorSink, Span, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration
+from nnlang.frontend.deep import deep_stack
 from nnlang.frontend.imports import collect_defs
 from nnlang.frontend.parser import parse
 from nnlang.frontend.source import load_source
@@ -19,7 +20,7 @@ from nnlang.frontend.train_config import TrainConfig, elaborate_train
 from nnlang.frontend.values import (POISON, TENSOR_BINOPS, Abort, Initializer, Scope, T,
                                     eval_binop, join_path)
 from nnlang.gc_pause import paused_gc
-from nnlang.ir.dims import Sym, fmt_shape
+from nnlang.ir.dims import Sym, fmt_shape, size_problem
 from nnlang.ir.graph import Builder, Graph
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS
@@ -165,7 +166,7 @@ class Elaborator(CallElaboration):
             if scope.kind != "block":
                 self.fail("`return` is only allowed in a block", s.span,
                           "a model names its results with `output`, `loss` and `metric`")
-            vals = tuple(self.expr(v, scope, None) for v in s.values)
+            vals = tuple([self.expr(v, scope, None) for v in s.values])
             return vals[0] if len(vals) == 1 else vals
         elif isinstance(s, ast.Repeat):
             count = self.const_expr(s.count, scope)
@@ -230,6 +231,9 @@ class Elaborator(CallElaboration):
                     and v > 0):
                 self.fail(f"a dim must be a positive integer or a symbol, got {v!r}", d.span)
             dims.append(v)
+            problem = size_problem(dims)
+            if problem:
+                self.fail(problem[1], d.span, "sizes must fit in memory")
         return TensorType(tuple(dims), t.dtype)
 
     # *** expressions ***
@@ -342,6 +346,7 @@ class Elaborator(CallElaboration):
     # *** calls ***
 
 
+@deep_stack
 def elaborate(module: ast.Module, overrides: dict | None = None,
               model: str | None = None) -> Program:
     errors = ErrorSink()
