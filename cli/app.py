@@ -93,7 +93,7 @@ def parse_value(text: str, where: Span | None = None):
     """An nnlang literal: 128, 1e-3, -2, true, false, none, "str", [1, 2]. A bare word that is
     not a literal (`--set act=gelu`) is taken as a string."""
     from nnlang.frontend import ast
-    from nnlang.frontend.parser import parse
+    from nnlang.frontend.parser import BadLiteral, parse
 
     stripped = text.strip()
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", stripped) and stripped not in (
@@ -101,6 +101,8 @@ def parse_value(text: str, where: Span | None = None):
         return stripped
     try:
         module = parse(f"model M(v = {text}) {{}}", "<--set>")
+    except BadLiteral as err:
+        raise NNError(err.message, where, err.hint) from None
     except NNError:
         module = None
     default = module.items[0].params[0].default if module else None
@@ -120,6 +122,14 @@ def parse_value(text: str, where: Span | None = None):
     except ValueError:
         raise NNError(f"'{text}' is not a literal", where,
                       "use a number (128, 1e-3), true/false, a string or a list") from None
+
+
+def finite_float(value: float | None) -> float | None:
+    """A typer callback: float flags take finite numbers (typer accepts inf, nan and 1e999)."""
+    import math
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def parse_overrides(items: list[str] | None) -> dict:

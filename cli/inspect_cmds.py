@@ -62,25 +62,42 @@ def check(
 
     failed = False
     out = console()
-    for path in files:
-        try:
-            s = summarize(load_program(path, sets, model), batch)
-        except NNError as err:
-            print_error(err)
-            failed = True
-            continue
-        if quiet:
-            continue
-        for line in header_lines(s):
-            out.print(Text(line))
-        out.print(summary_table(s))
-        for line in total_lines(s):
-            out.print(Text(line))
-        out.print(Text(f"ok: {path}", style="green"))
-        if len(files) > 1:
-            out.print()
+    with reporting():
+        for path in files:
+            try:
+                prog = load_program(path, sets, model)
+                s = summarize(prog, batch)
+            except NNError as err:
+                print_error(err)
+                failed = True
+                continue
+            warning = memory_warning(prog, s.batch)
+            if warning:
+                err_console().print(Text(f"warning: {path}: {warning}", style="yellow"))
+            if quiet:
+                continue
+            for line in header_lines(s):
+                out.print(Text(line))
+            out.print(summary_table(s))
+            for line in total_lines(s):
+                out.print(Text(line))
+            out.print(Text(f"ok: {path}", style="green"))
+            if len(files) > 1:
+                out.print()
     if failed:
         raise typer.Exit(1)
+
+
+def memory_warning(prog, batch: int) -> str | None:
+    """Why training `prog` at `batch` would not fit in this machine's memory, if it would not."""
+    from nnlang.ir.summary import memory_need, memory_problem
+
+    slots = 0
+    if prog.train is not None:
+        from nnlang.train.optim import OPTIMIZERS
+        opt = OPTIMIZERS.get(prog.train.optimizer.name)
+        slots = len(opt.slots) if opt is not None else 0
+    return memory_problem(memory_need(prog.graph, batch, "float32", slots))
 
 
 # *** graph ***
@@ -154,25 +171,26 @@ def fmt(
     if check_only and write:
         raise typer.BadParameter("use --check or --write, not both")
     bad = failed = False
-    for path in files:
-        try:
-            source = read_source(path)
-            text = format_source(source, str(path))
-        except NNError as err:
-            print_error(err)
-            failed = True
-            continue
-        if check_only:
-            if text != source:
-                err_console().print(Text(f"would reformat {path}"))
-                bad = True
-        elif write:
-            if text != source:
-                with reporting(), writing(path, "--write"):
-                    path.write_text(text, encoding="utf-8")
-                err_console().print(Text(f"reformatted {path}"))
-        else:
-            sys.stdout.write(text)
+    with reporting():
+        for path in files:
+            try:
+                source = read_source(path)
+                text = format_source(source, str(path))
+            except NNError as err:
+                print_error(err)
+                failed = True
+                continue
+            if check_only:
+                if text != source:
+                    err_console().print(Text(f"would reformat {path}"))
+                    bad = True
+            elif write:
+                if text != source:
+                    with writing(path, "--write"):
+                        path.write_text(text, encoding="utf-8")
+                    err_console().print(Text(f"reformatted {path}"))
+            else:
+                sys.stdout.write(text)
     if failed or bad:
         raise typer.Exit(1)
 

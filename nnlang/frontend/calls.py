@@ -12,6 +12,8 @@ from nnlang.ops.init import INITIALIZERS
 from nnlang.ops.registry import ParamSpec, ShapeError
 from nnlang.ops.signature import BindError, check_kind
 
+FLOAT32_MAX = 3.4028234663852886e38
+
 
 class CallElaboration:
     """The call half of `Elaborator` (a mixin: it uses the elaborator's graph, builder and
@@ -79,6 +81,9 @@ class CallElaboration:
         if isinstance(v, T):
             return v
         if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if abs(v) > FLOAT32_MAX:
+                self.fail(f"{v:g} is too large for a float32 tensor (it would be infinity)",
+                          span, "float32 holds up to about 3.4e38")
             with self.b.at(span):
                 return T(self.b.const(v, "float32"))
         self.fail(f"{func}(): expected a tensor, got {v!r}", span)

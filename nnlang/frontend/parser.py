@@ -118,6 +118,10 @@ def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
     return Diagnostic(msg, span, hint)
 
 
+class BadLiteral(NNError):
+    """Source that parses but holds a number no float can hold (1e999)."""
+
+
 def _at_end(err: UnexpectedInput) -> bool:
     tok = getattr(err, "token", None)
     return isinstance(err, UnexpectedEOF) or (isinstance(tok, Token) and tok.type == "$END")
@@ -165,7 +169,7 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
     to_ast = ast.ToAst(file, source)
     module = to_ast.transform(tree)
     if to_ast.errors:
-        raise NNError(to_ast.errors)
+        raise BadLiteral(to_ast.errors)
     check_nesting(module)
     return module
 
