@@ -62,6 +62,8 @@ class CallElaboration:
                 continue
             optional_none = value is None and not p.required and p.default is None
             problem = None if optional_none else check_kind(p.kind, value, isinstance(value, T))
+            if not problem and p.kind == "float" and value is not None and abs(value) > FLOAT32_MAX:
+                problem = f"{value!r} is too large for float32 (it would be infinity)"
             if problem:
                 self.fail(f"{e.func}() argument '{p.name}': {problem}", span,
                           f"signature: {e.func}({opdef.sig})")
@@ -136,7 +138,7 @@ class CallElaboration:
             try:
                 specs = opdef.params(*in_types, **full)
             except ShapeError as err:
-                self.shape_fail(op, err, span, in_spans, ins)
+                self.shape_fail(op, err, span, in_spans, ins, attr_spans)
             shared = path in self.layer_of.values()
             for spec in specs.values():
                 self.check_size(spec.shape, attrs, attr_spans, span)
@@ -148,7 +150,7 @@ class CallElaboration:
                 nid = self.b.emit(op, *[None if t is None else t.id for t in ins],
                                   *[p.id for p in params], **full)
         except ShapeError as err:
-            self.shape_fail(op, err, span, in_spans, ins)
+            self.shape_fail(op, err, span, in_spans, ins, attr_spans)
         self.check_size(self.g.node(nid).shape or (), attrs, attr_spans, span)
         if path is not None:
             self.layer_of[nid] = path
@@ -166,8 +168,10 @@ class CallElaboration:
                   span)
         self.fail(why, at, "sizes must fit in memory; check this argument")
 
-    def shape_fail(self, op, err: ShapeError, span, in_spans, ins):
+    def shape_fail(self, op, err: ShapeError, span, in_spans, ins, attr_spans=None):
         at = in_spans[err.arg] if err.arg is not None and err.arg < len(in_spans) else span
+        if err.attr is not None and attr_spans and err.attr in attr_spans:
+            at = attr_spans[err.attr]
         notes = []
         for t in dict.fromkeys(ins):
             if t is None:

@@ -304,6 +304,8 @@ class Elaborator(CallElaboration):
                 return eval_binop(e.op, a, c)
             except Exception as err:  # NOTE: constant arithmetic on user values
                 self.fail(f"cannot compute {a!r} {e.op} {c!r}: {err}", e.span)
+        if e.op == "/" and c == 0 and not isinstance(c, (T, bool)):
+            self.fail("division by zero", e.right.span, "every element would be inf or nan")
         return self.emit(TENSOR_BINOPS[e.op], [a, c], {}, e.span,
                          [e.left.span, e.right.span], scope, None)
 
