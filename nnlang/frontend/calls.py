@@ -162,10 +162,9 @@ class CallElaboration:
         if problem is None:
             return
         index, why = problem
-        dim = shape[index] if index is not None else None
+        dims = [shape[index]] if index is not None else list(shape)
         at = next((attr_spans[k] for k, v in attrs.items() if attr_spans and k in attr_spans
-                   and dim is not None and (v == dim or isinstance(v, list) and dim in v)),
-                  span)
+                   and any(v == d or isinstance(v, list) and d in v for d in dims)), span)
         self.fail(why, at, "sizes must fit in memory; check this argument")
 
     def shape_fail(self, op, err: ShapeError, span, in_spans, ins, attr_spans=None):
