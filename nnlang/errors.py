@@ -107,7 +107,9 @@ class ErrorSink:
 
     def add(self, message: str, span: Span | None = None, hint: str | None = None,
             notes: list[tuple[str, Span | None]] | None = None) -> None:
-        self.diagnostics.append(Diagnostic(message, span, hint, notes or []))
+        d = Diagnostic(message, span, hint, notes or [])
+        if d not in self.diagnostics:  # NOTE: e.g. one mistake in a block called twice
+            self.diagnostics.append(d)
 
     def extend(self, err: NNError) -> None:
         self.diagnostics.extend(err.diagnostics)

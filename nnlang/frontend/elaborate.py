@@ -27,6 +27,9 @@ from nnlang.ops.init import INITIALIZERS
 from nnlang.ops.registry import DTYPES, ParamSpec, TensorType
 
 
+MAX_REPEAT = 10_000  # NOTE: each copy is elaborated; 10**9 would run for days, silently
+
+
 @dataclass
 class Program:
     """What elaboration produces: the user-level graph and the resolved train section."""
@@ -48,6 +51,7 @@ class Elaborator(CallElaboration):
         self.origin: dict[int, tuple[str, Span]] = {}  # tensor id -> (value name, span)
         self.stack: list[str] = []          # block call chain, for recursion errors
         self.used_paths: set[str] = set()
+        self.copies = 1                     # product of the enclosing repeat counts
 
     # *** errors ***
     def fail(self, message: str, span: Span | None, hint: str | None = None, notes=None):
@@ -172,16 +176,26 @@ class Elaborator(CallElaboration):
             count = self.const_expr(s.count, scope)
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
                 self.fail(f"repeat needs a positive integer count, got {count!r}", s.count.span)
-            outer = scope.prefix
+            if count * self.copies > MAX_REPEAT:
+                total = "" if self.copies == 1 else f" ({count * self.copies:,} with the " \
+                                                     "repeats around it)"
+                self.fail(f"repeat {count:,} makes more than {MAX_REPEAT:,} copies of its "
+                          f"body{total}", s.count.span,
+                          "a deeper stack than this is almost surely a typo")
+            outer, copies = scope.prefix, self.copies
             scope.in_loop += 1
+            self.copies *= count
+            errors_before = len(self.errors.diagnostics)
             try:
                 for k in range(count):
                     scope.repeat = scope.repeat + (k,)
                     self.run_body(s.body, scope)
                     scope.repeat = scope.repeat[:-1]
+                    if len(self.errors.diagnostics) > errors_before:
+                        break  # NOTE: the next copies would report the same errors again
             finally:
                 scope.in_loop -= 1
-                scope.prefix = outer
+                scope.prefix, self.copies = outer, copies
         return None
 
     def result_stmt(self, s, scope: Scope):

@@ -276,8 +276,9 @@ def render_text(s: Summary) -> str:
 
 @dataclass
 class MemoryNeed:
-    """Bytes a model needs at one batch size: a lower bound (executables reuse buffers and
-    fusion skips many activations, but weights and optimizer state are all allocated)."""
+    """Bytes a model needs at one batch size. Weights, gradients and optimizer state are exact;
+    activations count every user-level op's output (twice in training, for backward), which
+    overstates what fused executables keep."""
     params: int
     gradients: int
     optimizer: int
@@ -347,13 +348,17 @@ def memory_problem(need: MemoryNeed) -> str | None:
             f"{human(have[1], 'B')} of memory available ({human(have[0], 'B')} in all)")
 
 
-def check_memory(graph: Graph, batch: int, dtype: str = "float32") -> None:
-    """Raises NNError, before anything is allocated, when the weights of `graph` alone do not
-    fit in this machine's available memory (the error names the largest weight)."""
+def check_memory(graph: Graph, batch: int, dtype: str = "float32",
+                 optimizer_slots: int | None = None) -> None:
+    """Raises NNError, before anything is allocated, when the weights of `graph` (with
+    `optimizer_slots`: also their gradients and optimizer state) do not fit in this machine's
+    available memory; the error names the largest weight. Activations are left out: how many
+    the executables keep depends on fusion."""
     from nnlang.errors import NNError
 
-    need = memory_need(graph, batch, dtype, training=False)
-    need.activations = 0  # NOTE: only the weights are allocated up front
+    need = memory_need(graph, batch, dtype, optimizer_slots or 0,
+                       training=optimizer_slots is not None)
+    need.activations = 0
     problem = memory_problem(need)
     if problem is None:
         return

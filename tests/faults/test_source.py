@@ -367,12 +367,22 @@ def test_fmt_write_into_a_read_only_file_is_named(tmp_path, monkeypatch):
     (["repeat 0 { z = v }", "y = v"], "7:10", ["repeat needs a positive integer count, got 0"]),
     (["repeat -1 { z = v }", "y = v"], "7:10", ["positive integer count, got -1"]),
     (["repeat 2.5 { z = v }", "y = v"], "7:10", ["got 2.5"]),
+    (["repeat 1000000000 { z = v }", "y = v"], "7:10", ["makes more than 10,000 copies"]),
+    (["repeat 1000 { repeat 1000 { z = v } }", "y = v"], "7:24", ["(1,000,000 with the repeats"]),
     (["param w: float32[0, 3]", "y = v"], "7:20", ["a dim must be a positive integer"]),
     (["param w: float32[-2, 3]", "y = v"], "7:20", ["a dim must be a positive integer"]),
 ])
 def test_counts_and_declared_dims(tmp_path, lines, where, words):
     path = nn_file(tmp_path, model(*lines))
-    expect(cli("check", path), f"{path}:{where}: error:", *words)
+    out = cli("check", path)
+    expect(out, f"{path}:{where}: error:", *words)
+    assert out.count("error:") == 1, out
+
+
+def test_an_error_inside_a_repeat_is_reported_once(tmp_path):
+    path = nn_file(tmp_path, model("h = v", "repeat 50 { h = dense(h, 0) }", "y = h"))
+    out = cli("check", path)
+    assert out.count("units must be a positive integer") == 1, out
 
 
 # *** every op's arguments at their limits: errors at check time, at the line of the call ***
