@@ -34,7 +34,7 @@ def deep_stack(fn):
             _local.inside = True
             try:
                 result["value"] = fn(*args, **kwargs)
-            except BaseException as err:  # NOTE: re-raised on the caller's thread below
+            except BaseException as err:  # noqa: BLE001 - re-raised on the calling thread
                 result["error"] = err
 
         with _LIMIT_LOCK:

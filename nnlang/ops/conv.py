@@ -13,7 +13,8 @@ from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.init import init_spec
 from nnlang.ops.movement import window_out
 from nnlang.ops.nn import const_like, mean_over, need_float, param_dtype
-from nnlang.ops.registry import ParamSpec, Sample, ShapeError, TensorType, need_positive, promote, register
+from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, need_positive,
+                                 promote, register)
 
 _LAYOUT = {1: "[batch, channels, length]", 2: "[batch, channels, height, width]"}
 

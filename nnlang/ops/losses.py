@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from nnlang.ir.dims import fmt_shape
 from nnlang.ops.nn import const_like, mean_over, need_float
-from nnlang.ops.registry import INT_DTYPES, Sample, ShapeError, TensorType, is_float, need_range, register
+from nnlang.ops.registry import (INT_DTYPES, Sample, ShapeError, TensorType, is_float, need_range,
+                                 register)
 
 
 def _same_shape(op, a: TensorType, b: TensorType) -> None:

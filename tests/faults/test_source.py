@@ -189,10 +189,10 @@ def test_chains_near_the_nesting_limit(tmp_path):
 # *** sizes ***
 
 @pytest.mark.parametrize("line, where, words", [
-    ("y = dense(v, 99999999999999999999999)", "7:16", ["dim 99,999,999,999,999,999,999,999 is "
-                                                       "too large"]),
-    ("param w: float32[2**40, 2**40]", "7:27", ["[1099511627776, 1099511627776] has "
-                                                "1,208,925,819,614,629,174,706,176 elements"]),
+    ("y = dense(v, 99999999999999999999999)", "7:16",
+     ["dim 99,999,999,999,999,999,999,999 is too large"]),
+    ("param w: float32[2**40, 2**40]", "7:27",
+     ["[1099511627776, 1099511627776] has 1,208,925,819,614,629,174,706,176 elements"]),
     ("y = dense(v, 2**40) |> dense(2**40)", "7:32", ["elements; a tensor holds at most 2**60"]),
     ("y = dense(v, -3)", "7:16", ["dense: units must be a positive integer, got -3"]),
 ])
@@ -349,6 +349,23 @@ def test_output_paths_that_cannot_be_written(tmp_path, command, target, words):
     (tmp_path / "folder.dot").mkdir()
     out = target.replace("{tmp}", str(tmp_path)).replace("{file}", str(file))
     expect(cli(command[0], MLP, "-o", out, *command[1:]), "error: -o", *words)
+
+
+def test_output_into_a_read_only_folder(tmp_path, monkeypatch):
+    import os
+    real = os.access
+    # NOTE: as root every folder is writable; the check is what a user without rights meets
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path)
+                        else real(p, mode))
+    for command in (["graph"], ["compile", "--backend", "reference"]):
+        out = cli(command[0], MLP, "-o", tmp_path / "g.dot", *command[1:])
+        expect(out, f"error: -o {tmp_path / 'g.dot'}: the folder '{tmp_path}' is not writable")
+
+
+def test_an_imported_binary_file_is_named(tmp_path):
+    nn_file(tmp_path, GARBAGE, "lib.nn")
+    path = nn_file(tmp_path, 'import "lib.nn"\n' + model("y = v"))
+    expect(cli("check", path), f"{tmp_path / 'lib.nn'}:2:118: error: not UTF-8 text")
 
 
 def test_fmt_write_into_a_read_only_file_is_named(tmp_path, monkeypatch):
