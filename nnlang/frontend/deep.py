@@ -37,18 +37,13 @@ def deep_stack(fn):
             except BaseException as err:  # noqa: BLE001 - re-raised on the calling thread
                 result["error"] = err
 
+        worker = threading.Thread(target=work, name=f"nnlang-{fn.__name__}", daemon=True)
         with _LIMIT_LOCK:
-            old_size = threading.stack_size(_STACK_BYTES)
-            try:
-                worker = threading.Thread(target=work, name=f"nnlang-{fn.__name__}",
-                                          daemon=True)
-            finally:
-                threading.stack_size(old_size)
             _raise_limit()
         try:
             try:
-                worker.start()
-            except RuntimeError:  # NOTE: no room for a big stack (ulimit -v): run in place
+                _start_with_big_stack(worker)
+            except (RuntimeError, ValueError):  # NOTE: no room for a big stack: run in place
                 work()
             else:
                 worker.join()
@@ -64,6 +59,16 @@ def deep_stack(fn):
             raise err.with_traceback(err.__traceback__)
         return result["value"]
     return run
+
+
+def _start_with_big_stack(worker: threading.Thread) -> None:
+    # NOTE: stack_size applies to threads started while it is set; the lock keeps it ours
+    with _LIMIT_LOCK:
+        old = threading.stack_size(_STACK_BYTES)
+        try:
+            worker.start()
+        finally:
+            threading.stack_size(old)
 
 
 # The recursion limit is per interpreter: raised while any deep pass runs, restored after the
@@ -103,10 +108,15 @@ def check_nesting(module) -> None:
             stack.append((child, depth + 1, top if depth > 1 else child))
 
 
+@functools.lru_cache(maxsize=None)
+def _field_names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls) if f.name != "span")
+
+
 def _children(node):
-    for f in fields(node):
-        value = getattr(node, f.name)
+    for name in _field_names(type(node)):
+        value = getattr(node, name)
         if isinstance(value, tuple):
             yield from (v for v in value if is_dataclass(v) and hasattr(v, "span"))
-        elif is_dataclass(value) and hasattr(value, "span") and f.name != "span":
+        elif is_dataclass(value) and hasattr(value, "span"):
             yield value
