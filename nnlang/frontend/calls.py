@@ -165,7 +165,7 @@ class CallElaboration:
         dims = [shape[index]] if index is not None else list(shape)
         at = next((attr_spans[k] for k, v in attrs.items() if attr_spans and k in attr_spans
                    and any(v == d or isinstance(v, list) and d in v for d in dims)), span)
-        self.fail(why, at, "sizes must fit in memory; check this argument")
+        self.fail(why, at, "is this number a typo?")
 
     def shape_fail(self, op, err: ShapeError, span, in_spans, ins, attr_spans=None):
         at = in_spans[err.arg] if err.arg is not None and err.arg < len(in_spans) else span

@@ -247,7 +247,7 @@ class Elaborator(CallElaboration):
             dims.append(v)
             problem = size_problem(dims)
             if problem:
-                self.fail(problem[1], d.span, "sizes must fit in memory")
+                self.fail(problem[1], d.span, "is this number a typo?")
         return TensorType(tuple(dims), t.dtype)
 
     # *** expressions ***
