@@ -12,6 +12,7 @@ from pathlib import Path
 from nnlang.errors import NNError, Span
 
 STRING_FILE = "<string>"
+MAX_SOURCE_BYTES = 64 << 20  # NOTE: bounds what /dev/zero or a mistaken data file can cost
 
 
 def is_source_text(source_or_path) -> bool:
@@ -39,12 +40,16 @@ def read_source(path) -> str:
     if path.is_dir():
         raise NNError(f"'{path}' is a directory, not a .nn file", hint=_dir_hint(path))
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:  # NOTE: not only regular files: /dev/stdin works too
+            data = f.read(MAX_SOURCE_BYTES + 1)
     except FileNotFoundError:
         raise NNError(f"file not found: {path}", hint=_missing_hint(path)) from None
     except OSError as err:
         raise NNError(f"cannot read '{path}': {err.strerror}",
                       hint="check the path and its permissions") from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise NNError(f"'{path}' is larger than {MAX_SOURCE_BYTES / 2**20:g} MiB; a .nn file "
+                      "describes a model, it holds no data", hint="is this the right file?")
     return decode(data, str(path))
 
 

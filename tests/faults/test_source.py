@@ -82,6 +82,12 @@ def test_paths_that_are_not_nn_files(args, words):
     assert "unexpected" not in out  # NOTE: once parsed as source: `<string>:1:7: unexpected '/'`
 
 
+def test_an_endless_file_is_cut_short(monkeypatch):
+    from nnlang.frontend import source
+    monkeypatch.setattr(source, "MAX_SOURCE_BYTES", 1 << 16)
+    expect(cli("check", "/dev/zero"), "'/dev/zero' is larger than 0.0625 MiB", "the right file?")
+
+
 def test_library_tells_paths_from_source_the_same_way():
     import nnlang
     from nnlang.errors import NNError
