@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -69,11 +70,37 @@ def reporting():
         raise typer.Exit(2) from None
 
 
+def check_output(path: Path, flag: str = "-o") -> Path:
+    """Fails early, before any slow work, when `path` cannot be written: its folder is missing
+    or read-only, or it is a folder itself."""
+    if path.is_dir():
+        raise NNError(f"{flag} {path}: this is a folder, not a file",
+                      hint=f"name a file inside it, e.g. {path / ('out' + path.suffix)}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise NNError(f"{flag} {path}: the folder '{parent}' does not exist",
+                      hint=f"create it first: mkdir -p {parent}")
+    if not os.access(parent, os.W_OK):
+        raise NNError(f"{flag} {path}: the folder '{parent}' is not writable",
+                      hint="choose a folder you can write to")
+    return path
+
+
+@contextmanager
+def writing(path: Path, flag: str = "-o"):
+    """An OSError while writing `path` (disk full, permissions) as an NNError naming it."""
+    try:
+        yield
+    except OSError as err:
+        raise NNError(f"{flag} {path}: cannot write: {err.strerror or err}",
+                      hint="check the path, its permissions and the free disk space") from None
+
+
 def parse_value(text: str, where: Span | None = None):
     """An nnlang literal: 128, 1e-3, -2, true, false, none, "str", [1, 2]. A bare word that is
     not a literal (`--set act=gelu`) is taken as a string."""
     from nnlang.frontend import ast
-    from nnlang.frontend.parser import parse
+    from nnlang.frontend.parser import BadLiteral, parse
 
     stripped = text.strip()
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", stripped) and stripped not in (
@@ -81,6 +108,8 @@ def parse_value(text: str, where: Span | None = None):
         return stripped
     try:
         module = parse(f"model M(v = {text}) {{}}", "<--set>")
+    except BadLiteral as err:
+        raise NNError(err.message, where, err.hint) from None
     except NNError:
         module = None
     default = module.items[0].params[0].default if module else None
@@ -100,6 +129,14 @@ def parse_value(text: str, where: Span | None = None):
     except ValueError:
         raise NNError(f"'{text}' is not a literal", where,
                       "use a number (128, 1e-3), true/false, a string or a list") from None
+
+
+def finite_float(value: float | None) -> float | None:
+    """A typer callback: float flags take finite numbers (typer accepts inf, nan and 1e999)."""
+    import math
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def parse_overrides(items: list[str] | None) -> dict:

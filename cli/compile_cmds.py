@@ -8,7 +8,7 @@ import typer
 from rich.text import Text
 
 import nnlang
-from nnlang_cli.app import app, console, parse_overrides, reporting
+from nnlang_cli.app import app, check_output, console, parse_overrides, reporting, writing
 
 PASS_NAMES = ("fold", "cse", "matmul_sum", "dce", "fuse", "multi_tensor",
               "concat_in_place")
@@ -45,11 +45,15 @@ def compile_cmd(
              no_concat_in_place)
     disable = tuple(name for name, off in zip(PASS_NAMES, flags) if off)
     with reporting():
+        if output is not None:
+            check_output(output)
         program = nnlang.load(file, parse_overrides(sets), model)
         net = nnlang.compile(program, backend=backend, batch=batch, disable=disable)
         text = nnlang.emit(net, emit, mode)
+        if output is not None:
+            with writing(output):
+                output.write_text(text, encoding="utf-8")
     if output is not None:
-        output.write_text(text)
         console().print(Text(f"wrote {output}"))
     else:
         console().print(Text(text), end="", soft_wrap=True)

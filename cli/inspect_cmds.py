@@ -14,8 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from nnlang.errors import NNError, did_you_mean
-from nnlang_cli.app import (app, console, err_console, parse_overrides, print_error,
-                            print_warnings, reporting)
+from nnlang_cli.app import (app, check_output, console, err_console, parse_overrides,
+                            print_error, print_warnings, reporting, writing)
 
 SET_HELP = "Override a hyper-parameter: --set name=value (an nnlang literal); repeatable."
 MODEL_HELP = "The model to use when the file defines several."
@@ -62,27 +62,43 @@ def check(
 
     failed = False
     out = console()
-    for path in files:
-        try:
-            program = load_program(path, sets, model)
-            print_warnings(program)
-            s = summarize(program, batch)
-        except NNError as err:
-            print_error(err)
-            failed = True
-            continue
-        if quiet:
-            continue
-        for line in header_lines(s):
-            out.print(Text(line))
-        out.print(summary_table(s))
-        for line in total_lines(s):
-            out.print(Text(line))
-        out.print(Text(f"ok: {path}", style="green"))
-        if len(files) > 1:
-            out.print()
+    with reporting():
+        for path in files:
+            try:
+                prog = load_program(path, sets, model)
+                print_warnings(prog)
+                s = summarize(prog, batch)
+            except NNError as err:
+                print_error(err)
+                failed = True
+                continue
+            warning = memory_warning(prog, s.batch)
+            if warning:
+                err_console().print(Text(f"warning: {path}: {warning}", style="yellow"))
+            if quiet:
+                continue
+            for line in header_lines(s):
+                out.print(Text(line))
+            out.print(summary_table(s))
+            for line in total_lines(s):
+                out.print(Text(line))
+            out.print(Text(f"ok: {path}", style="green"))
+            if len(files) > 1:
+                out.print()
     if failed:
         raise typer.Exit(1)
+
+
+def memory_warning(prog, batch: int) -> str | None:
+    """Why training `prog` at `batch` would not fit in this machine's memory, if it would not."""
+    from nnlang.ir.summary import memory_need, memory_problem
+
+    slots = 0
+    if prog.train is not None:
+        from nnlang.train.optim import OPTIMIZERS
+        opt = OPTIMIZERS.get(prog.train.optimizer.name)
+        slots = len(opt.slots) if opt is not None else 0
+    return memory_problem(memory_need(prog.graph, batch, "float32", slots))
 
 
 # *** graph ***
@@ -110,6 +126,7 @@ def graph(
         raise typer.BadParameter(f"unknown format '{output.suffix}'; use one of "
                                  + ", ".join(GRAPH_FORMATS), param_hint="-o")
     with reporting():
+        check_output(output)
         prog = load_program(file, sets, model)
     title = f"{prog.model} ({file})"
     if backward or fused:
@@ -121,7 +138,11 @@ def graph(
     else:
         text = to_dot(prog.graph, depth=depth, show_params=params, title=title)
     try:
-        written = render(text, output)
+        with writing(output):
+            written = render(text, output)
+    except NNError as err:
+        print_error(err)
+        raise typer.Exit(1)
     except GraphvizMissing as missing:
         err_console().print(Text(
             f"Graphviz's `dot` program is not installed, so {output} was not drawn; the graph "
@@ -146,31 +167,31 @@ def fmt(
 ):
     """Print .nn files in canonical form (2-space indent, one statement per line)."""
     from nnlang.frontend.fmt import format_source
+    from nnlang.frontend.source import read_source
 
     if check_only and write:
         raise typer.BadParameter("use --check or --write, not both")
     bad = failed = False
-    for path in files:
-        try:
+    with reporting():
+        for path in files:
             try:
-                source = path.read_text(encoding="utf-8")
-            except OSError as err:
-                raise NNError(f"cannot read '{path}': {err.strerror}") from None
-            text = format_source(source, str(path))
-        except NNError as err:
-            print_error(err)
-            failed = True
-            continue
-        if check_only:
-            if text != source:
-                err_console().print(Text(f"would reformat {path}"))
-                bad = True
-        elif write:
-            if text != source:
-                path.write_text(text, encoding="utf-8")
-                err_console().print(Text(f"reformatted {path}"))
-        else:
-            sys.stdout.write(text)
+                source = read_source(path)
+                text = format_source(source, str(path))
+            except NNError as err:
+                print_error(err)
+                failed = True
+                continue
+            if check_only:
+                if text != source:
+                    err_console().print(Text(f"would reformat {path}"))
+                    bad = True
+            elif write:
+                if text != source:
+                    with writing(path, "--write"):
+                        path.write_text(text, encoding="utf-8")
+                    err_console().print(Text(f"reformatted {path}"))
+            else:
+                sys.stdout.write(text)
     if failed or bad:
         raise typer.Exit(1)
 

@@ -13,7 +13,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from nnlang_cli.app import app, console, parse_overrides, reporting
+from nnlang_cli.app import app, console, finite_float, parse_overrides, reporting
 
 INTERRUPTED = 130  # NOTE: the shell convention for "stopped by Ctrl-C"
 
@@ -42,7 +42,8 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     batch: Optional[int] = typer.Option(None, "--batch", min=1),
-    lr: Optional[float] = typer.Option(None, "--lr", help="The optimizer's learning rate."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="The optimizer's learning rate.",
+                                       callback=finite_float),
     sets: Optional[list[str]] = typer.Option(
         None, "--set", help="name=value: a model hyper-parameter, or a train setting / "
                             "optimizer option (clip_norm, l2, momentum...); repeatable."),

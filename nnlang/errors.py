@@ -47,13 +47,25 @@ class Diagnostic:
         return "\n".join(out)
 
 
+_SHOWN = 120  # columns of a long source line shown around the caret
+
+
 def _caret(span: Span) -> list[str]:
     line = span.source_line()
     if line is None:
         return []
     start = max(span.col - 1, 0)
     end = span.end_col - 1 if span.end_line == span.line and span.end_col > span.col else len(line)
-    width = max(1, min(end, len(line)) - start)
+    end = min(end, len(line))
+    if len(line) > _SHOWN:  # NOTE: a generated or minified line: a window, marked with "..."
+        first = max(0, min(start - 20, len(line) - _SHOWN))
+        shown = line[first:first + _SHOWN]
+        prefix = "..." if first else ""
+        line = prefix + shown + ("..." if first + _SHOWN < len(line) else "")
+        start, end = start - first + len(prefix), min(end - first, _SHOWN) + len(prefix)
+    # NOTE: one column per character, so the caret stays under it: a tab shows as a space
+    line = "".join(ch if ch.isprintable() else " " if ch == "\t" else "?" for ch in line)
+    width = max(1, end - start)
     gutter = f"{span.line:>4} | "
     return [gutter + line, " " * (len(gutter) + start) + "^" * width]
 
@@ -97,7 +109,9 @@ class ErrorSink:
 
     def add(self, message: str, span: Span | None = None, hint: str | None = None,
             notes: list[tuple[str, Span | None]] | None = None) -> None:
-        self.diagnostics.append(Diagnostic(message, span, hint, notes or []))
+        d = Diagnostic(message, span, hint, notes or [])
+        if d not in self.diagnostics:  # NOTE: e.g. one mistake in a block called twice
+            self.diagnostics.append(d)
 
     def extend(self, err: NNError) -> None:
         self.diagnostics.extend(err.diagnostics)

@@ -69,7 +69,7 @@ def test_check_bad_set(flag):
 
 def test_check_missing_file():
     r = run("check", "models/nope.nn")
-    assert r.exit_code == 1 and "cannot read 'models/nope.nn'" in r.stderr
+    assert r.exit_code == 1 and "file not found: models/nope.nn" in r.stderr
 
 
 def test_graph_dot(tmp_path):

@@ -23,6 +23,7 @@ KINDS = {
     "matmul_mismatch", "dtype_mismatch", "use_before_definition", "duplicate_definition",
     "recursive_block", "bad_train_section", "unknown_dataset", "unknown_optimizer",
     "several_errors", "bad_set_value", "bad_set_name", "loss_not_scalar",
+    "number_overflow", "size_too_large", "unclosed_brace", "argument_out_of_range",
 }
 
 

@@ -5,11 +5,13 @@ sees the syntax tree.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from lark import Token, Transformer, v_args
+from lark import Token, v_args
+from lark.visitors import Transformer_NonRecursive
 
-from nnlang.errors import Span
+from nnlang.errors import Diagnostic, Span
 
 
 @dataclass(frozen=True)
@@ -210,13 +212,26 @@ def _number(text: str) -> int | float:
     return int(text) if text.isdigit() else float(text)
 
 
+def _float_problem(text: str, value) -> str | None:
+    """Why a float literal does not mean what it says: too large (inf) or too small (0.0)."""
+    if not isinstance(value, float):
+        return None
+    if math.isinf(value):
+        return "is too large for a float (it would be infinity)"
+    if value == 0.0 and any(ch in "123456789" for ch in text.lower().partition("e")[0]):
+        return "is too small for a float (it would be 0)"
+    return None
+
+
 @v_args(meta=True)
-class ToAst(Transformer):
-    """Builds AST nodes from lark's tree; every node gets a span."""
+class ToAst(Transformer_NonRecursive):
+    """Builds AST nodes from lark's tree; every node gets a span. Non-recursive: a chain of
+    thousands of terms is a tree that deep."""
 
     def __init__(self, file: str, source: str):
         super().__init__()
         self.file, self.source = file, source
+        self.errors: list[Diagnostic] = []  # raised by the parser after the whole tree
 
     def _span(self, meta) -> Span:
         if isinstance(meta, Token):
@@ -229,7 +244,13 @@ class ToAst(Transformer):
 
     # *** expressions ***
     def number(self, meta, c):
-        return Number(self._span(meta), _number(str(c[0])), str(c[0]))
+        text, span = str(c[0]), self._span(meta)
+        value = _number(text)
+        problem = _float_problem(text, value)
+        if problem:
+            self.errors.append(Diagnostic(f"the number {text} {problem}", span,
+                                          "floats are 64-bit: about 1e-308 to 1.8e308"))
+        return Number(span, value, text)
 
     def string(self, meta, c):
         return String(self._span(meta), _unquote(str(c[0])))

@@ -6,11 +6,13 @@ from nnlang.errors import Span, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.values import (POISON, Abort, Initializer, KEYWORD_ONLY_OPS, Scope, T,
                                     join_path)
-from nnlang.ir.dims import fmt_shape
+from nnlang.ir.dims import fmt_shape, size_problem
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS
 from nnlang.ops.registry import ParamSpec, ShapeError
 from nnlang.ops.signature import BindError, check_kind
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class CallElaboration:
@@ -47,7 +49,7 @@ class CallElaboration:
         except BindError as err:
             span = spans.get(err.arg, e.span) if err.arg is not None else e.span
             self.fail(f"{e.func}() {err.message}", span, err.hint)
-        tensors, attrs, tspans = [], {}, []
+        tensors, attrs, tspans, attr_spans = [], {}, [], {}
         names = list(opdef.sig.names())
         for p in opdef.sig.params:
             value = bound[p.name]
@@ -60,6 +62,8 @@ class CallElaboration:
                 continue
             optional_none = value is None and not p.required and p.default is None
             problem = None if optional_none else check_kind(p.kind, value, isinstance(value, T))
+            if not problem and p.kind == "float" and value is not None and abs(value) > FLOAT32_MAX:
+                problem = f"{value!r} is too large for float32 (it would be infinity)"
             if problem:
                 self.fail(f"{e.func}() argument '{p.name}': {problem}", span,
                           f"signature: {e.func}({opdef.sig})")
@@ -68,11 +72,12 @@ class CallElaboration:
                 tspans.append(span)
             else:
                 attrs[p.name] = value.spec() if isinstance(value, Initializer) else value
+                attr_spans[p.name] = span
         path = None
         if opdef.params is not None:
             path = self.layer_path(scope, target, e.func, share, spans.get("share"))
         where = path or join_path(scope.prefix, target or "")
-        return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path, where)
+        return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path, where, attr_spans)
 
     def as_tensor(self, v, span: Span, func: str, dtype: str = "float32") -> T:
         """A tensor argument; a number literal becomes a constant of `dtype` (the dtype of the
@@ -81,6 +86,9 @@ class CallElaboration:
         if isinstance(v, T):
             return v
         if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if dtype == "float32" and abs(v) > FLOAT32_MAX:
+                self.fail(f"{v:g} is too large for a float32 tensor (it would be infinity)",
+                          span, "float32 holds up to about 3.4e38")
             with self.b.at(span):
                 return T(self.b.literal(v, dtype))
         self.fail(f"{func}(): expected a tensor, got {v!r}", span)
@@ -117,8 +125,9 @@ class CallElaboration:
         return nid
 
     def emit(self, op: str, ins: list, attrs: dict, span: Span, in_spans: list, scope: Scope,
-             path: str | None, where: str | None = None):
-        """Adds one op node; `path` names a layer that owns weights, `where` the node's path."""
+             path: str | None, where: str | None = None, attr_spans: dict | None = None):
+        """Adds one op node; `path` names a layer that owns weights, `where` the node's path,
+        `attr_spans` where each attribute was written (a size error points there)."""
         dtype = literal_dtype(self.g.node(v.id).dtype for v in ins if isinstance(v, T))
         ins = [self.as_tensor(v, s, op, dtype) if v is not None else None
                for v, s in zip(ins, in_spans)]
@@ -133,8 +142,10 @@ class CallElaboration:
             try:
                 specs = opdef.params(*in_types, **full)
             except ShapeError as err:
-                self.shape_fail(op, err, span, in_spans, ins)
+                self.shape_fail(op, err, span, in_spans, ins, attr_spans)
             shared = path in self.layer_of.values()
+            for spec in specs.values():
+                self.check_size(spec.shape, attrs, attr_spans, span)
             params = [T(self.param(f"{path}.{k}", spec, span, shared))
                       for k, spec in specs.items()]
         layer = path or where or scope.prefix
@@ -143,13 +154,27 @@ class CallElaboration:
                 nid = self.b.emit(op, *[None if t is None else t.id for t in ins],
                                   *[p.id for p in params], **full)
         except ShapeError as err:
-            self.shape_fail(op, err, span, in_spans, ins)
+            self.shape_fail(op, err, span, in_spans, ins, attr_spans)
+        self.check_size(self.g.node(nid).shape or (), attrs, attr_spans, span)
         if path is not None:
             self.layer_of[nid] = path
         return T(nid)
 
-    def shape_fail(self, op, err: ShapeError, span, in_spans, ins):
+    def check_size(self, shape, attrs: dict, attr_spans: dict | None, span: Span):
+        """An error at the argument that made a tensor too large for any machine."""
+        problem = size_problem(shape)
+        if problem is None:
+            return
+        index, why = problem
+        dims = [shape[index]] if index is not None else list(shape)
+        at = next((attr_spans[k] for k, v in attrs.items() if attr_spans and k in attr_spans
+                   and any(v == d or isinstance(v, list) and d in v for d in dims)), span)
+        self.fail(why, at, "is this number a typo?")
+
+    def shape_fail(self, op, err: ShapeError, span, in_spans, ins, attr_spans=None):
         at = in_spans[err.arg] if err.arg is not None and err.arg < len(in_spans) else span
+        if err.attr is not None and attr_spans and err.attr in attr_spans:
+            at = attr_spans[err.attr]
         notes = []
         for t in dict.fromkeys(ins):
             if t is None:

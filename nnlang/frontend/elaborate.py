@@ -8,23 +8,27 @@ elaborated in `calls.py`, imports gathered in `imports.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from nnlang.errors import ErrorSink, Span, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration
+from nnlang.frontend.deep import deep_stack
 from nnlang.frontend.imports import collect_defs
 from nnlang.frontend.lint import lint
-from nnlang.frontend.parser import parse, parse_file
+from nnlang.frontend.parser import parse
+from nnlang.frontend.source import load_source
 from nnlang.frontend.train_config import TrainConfig, elaborate_train
 from nnlang.frontend.values import (POISON, TENSOR_BINOPS, Abort, Initializer, Scope, T,
                                     eval_binop, join_path)
 from nnlang.gc_pause import paused_gc
-from nnlang.ir.dims import Sym, fmt_shape
+from nnlang.ir.dims import Sym, fmt_shape, size_problem
 from nnlang.ir.graph import Builder, Graph
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS
 from nnlang.ops.registry import DTYPES, ParamSpec, TensorType
+
+
+MAX_REPEAT = 10_000  # NOTE: each copy is elaborated; 10**9 would run for days, silently
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Elaborator(CallElaboration):
         self.origin: dict[int, tuple[str, Span]] = {}  # tensor id -> (value name, span)
         self.stack: list[str] = []          # block call chain, for recursion errors
         self.used_paths: set[str] = set()
+        self.copies = 1                     # product of the enclosing repeat counts
 
     # *** errors ***
     def fail(self, message: str, span: Span | None, hint: str | None = None, notes=None):
@@ -167,22 +172,32 @@ class Elaborator(CallElaboration):
             if scope.kind != "block":
                 self.fail("`return` is only allowed in a block", s.span,
                           "a model names its results with `output`, `loss` and `metric`")
-            vals = tuple(self.expr(v, scope, None) for v in s.values)
+            vals = tuple([self.expr(v, scope, None) for v in s.values])
             return vals[0] if len(vals) == 1 else vals
         elif isinstance(s, ast.Repeat):
             count = self.const_expr(s.count, scope)
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
                 self.fail(f"repeat needs a positive integer count, got {count!r}", s.count.span)
-            outer = scope.prefix
+            if count * self.copies > MAX_REPEAT:
+                total = "" if self.copies == 1 else f" ({count * self.copies:,} with the " \
+                                                     "repeats around it)"
+                self.fail(f"repeat {count:,} makes more than {MAX_REPEAT:,} copies of its "
+                          f"body{total}", s.count.span,
+                          "a deeper stack than this is almost surely a typo")
+            outer, copies = scope.prefix, self.copies
             scope.in_loop += 1
+            self.copies *= count
+            errors_before = len(self.errors.diagnostics)
             try:
                 for k in range(count):
                     scope.repeat = scope.repeat + (k,)
                     self.run_body(s.body, scope)
                     scope.repeat = scope.repeat[:-1]
+                    if len(self.errors.diagnostics) > errors_before:
+                        break  # NOTE: the next copies would report the same errors again
             finally:
                 scope.in_loop -= 1
-                scope.prefix = outer
+                scope.prefix, self.copies = outer, copies
         return None
 
     def result_stmt(self, s, scope: Scope):
@@ -229,6 +244,9 @@ class Elaborator(CallElaboration):
                     and v > 0):
                 self.fail(f"a dim must be a positive integer or a symbol, got {v!r}", d.span)
             dims.append(v)
+            problem = size_problem(dims)
+            if problem:
+                self.fail(problem[1], d.span, "is this number a typo?")
         return TensorType(tuple(dims), t.dtype)
 
     # *** expressions ***
@@ -301,6 +319,8 @@ class Elaborator(CallElaboration):
                 return eval_binop(e.op, a, c)
             except Exception as err:  # NOTE: constant arithmetic on user values
                 self.fail(f"cannot compute {a!r} {e.op} {c!r}: {err}", e.span)
+        if e.op == "/" and c == 0 and not isinstance(c, (T, bool)):
+            self.fail("division by zero", e.right.span, "every element would be inf or nan")
         return self.emit(TENSOR_BINOPS[e.op], [a, c], {}, e.span,
                          [e.left.span, e.right.span], scope, None)
 
@@ -343,6 +363,7 @@ class Elaborator(CallElaboration):
     # *** calls ***
 
 
+@deep_stack
 def elaborate(module: ast.Module, overrides: dict | None = None,
               model: str | None = None) -> Program:
     errors = ErrorSink()
@@ -384,10 +405,6 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
 
 def load(source_or_path, overrides: dict | None = None, model: str | None = None) -> Program:
     """Parses and elaborates a .nn file (a path) or .nn source text."""
-    text = str(source_or_path)
+    text, file = load_source(source_or_path)
     with paused_gc():
-        if "\n" not in text and (text.endswith(".nn") or Path(text).is_file()):
-            module = parse_file(text)
-        else:
-            module = parse(text, "<string>")
-        return elaborate(module, overrides, model)
+        return elaborate(parse(text, file), overrides, model)

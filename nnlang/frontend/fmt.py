@@ -16,9 +16,13 @@ from functools import lru_cache
 from lark import Lark
 
 from nnlang.frontend import ast
+from nnlang.frontend.deep import deep_stack
 from nnlang.frontend.parser import grammar_path, parse
 
 INDENT = "  "
+
+# NOTE: the recursive helpers join lists, not generators: a generator that join() consumes
+# recurses on the C stack, and a chain thousands of terms deep would overflow it.
 
 # Binding strength of each expression form, loosest first (see grammars/nnlang.lark).
 PIPE, COMPARE, ARITH, TERM, UNARY, POWER, POSTFIX, ATOM = range(1, 9)
@@ -27,12 +31,14 @@ _BINOP_LEVEL = {"+": ARITH, "-": ARITH, "*": TERM, "/": TERM, "@": TERM, "**": P
                 ">=": COMPARE}
 
 
+@deep_stack
 def format_source(source: str, file: str = "<string>") -> str:
     """Canonical text of .nn source; raises NNError when it does not parse."""
     module = parse(source, file)
     return Formatter(_comments(source), source).module(module)
 
 
+@deep_stack
 def format_module(module: ast.Module) -> str:
     return Formatter(_comments(module.source), module.source).module(module)
 
@@ -68,7 +74,7 @@ def _expr(e) -> str:
     if isinstance(e, ast.Name):
         return e.id
     if isinstance(e, ast.ListLit):
-        return "[" + ", ".join(expr(x) for x in e.items) + "]"
+        return "[" + ", ".join([expr(x) for x in e.items]) + "]"
     if isinstance(e, ast.Neg):
         return "-" + expr(e.operand, UNARY)
     if isinstance(e, ast.BinOp):
@@ -86,7 +92,7 @@ def _expr(e) -> str:
         args = [expr(a) for a in e.args] + [f"{k.name} = {expr(k.value)}" for k in e.kwargs]
         return f"{e.func}({', '.join(args)})"
     if isinstance(e, ast.Subscript):
-        return f"{expr(e.value, POSTFIX)}[{', '.join(_index(i) for i in e.indices)}]"
+        return f"{expr(e.value, POSTFIX)}[{', '.join([_index(i) for i in e.indices])}]"
     if isinstance(e, ast.Kwarg):
         return f"{e.name} = {expr(e.value)}"
     raise TypeError(f"cannot format {type(e).__name__}")
@@ -103,7 +109,8 @@ def tensor_type(t: ast.TensorType) -> str:
 
 
 def _params(ps) -> str:
-    return ", ".join(p.name if p.default is None else f"{p.name} = {expr(p.default)}" for p in ps)
+    return ", ".join([p.name if p.default is None else f"{p.name} = {expr(p.default)}"
+                      for p in ps])
 
 
 def statement_head(s) -> str:
@@ -124,7 +131,7 @@ def statement_head(s) -> str:
     if isinstance(s, ast.Metric):
         return f"metric {s.name} = {expr(s.value)}"
     if isinstance(s, ast.Return):
-        return "return " + ", ".join(expr(v) for v in s.values)
+        return "return " + ", ".join([expr(v) for v in s.values])
     if isinstance(s, ast.Setting):
         return f"{s.name} = {expr(s.value)}"
     if isinstance(s, ast.Import):
@@ -238,13 +245,14 @@ class Formatter:
 _SPAN_FIELDS = {"span", "func_span", "dtype_span", "file", "source"}
 
 
+@deep_stack
 def strip_spans(node):
     """A nested tuple form of an AST without spans (and without the file name and source), so
     two parses can be compared: `strip_spans(parse(fmt(x))) == strip_spans(parse(x))`."""
     if is_dataclass(node):
-        return (type(node).__name__,) + tuple(
+        return (type(node).__name__,) + tuple([
             (f.name, strip_spans(getattr(node, f.name))) for f in fields(node)
-            if f.name not in _SPAN_FIELDS)
+            if f.name not in _SPAN_FIELDS])
     if isinstance(node, (tuple, list)):
-        return tuple(strip_spans(x) for x in node)
+        return tuple([strip_spans(x) for x in node])
     return node

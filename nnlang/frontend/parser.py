@@ -14,6 +14,8 @@ from lark import Lark, Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInp
 
 from nnlang.errors import Diagnostic, NNError, Span
 from nnlang.frontend import ast
+from nnlang.frontend.deep import check_nesting
+from nnlang.frontend.source import read_source
 
 
 def grammar_path() -> Path:
@@ -85,13 +87,15 @@ def _describe_expected(p: Lark, expected) -> str:
 def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
     p = parser()
     line, col = err.line, err.column
+    at_end = _at_end(err)
     if isinstance(err, UnexpectedCharacters):
         char = source[err.pos_in_stream] if err.pos_in_stream < len(source) else "?"
-        msg = f"unexpected character '{char}'"
+        shown = f"'{char}'" if char.isprintable() else f"U+{ord(char):04X}"
+        msg = f"unexpected character {shown}"
         span = Span(file, line, col, line, col + 1, source)
     else:
         tok = getattr(err, "token", None)
-        if isinstance(err, UnexpectedEOF) or (isinstance(tok, Token) and tok.type == "$END"):
+        if at_end:
             msg = "unexpected end of file"
             lines = source.splitlines() or [""]
             line, col = len(lines), len(lines[-1]) + 1
@@ -106,9 +110,40 @@ def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
         hint = err.match_examples(p.parse, _MISTAKES, use_accepts=False)
     except Exception:  # NOTE: matching is best effort; a failed match must not hide the error
         hint = None
+    unclosed = _unclosed_brace(source) if at_end else None
+    if unclosed:
+        hint = f"the '{{' on line {unclosed} is never closed; add '}}' at the end of its block"
     if not hint and not isinstance(err, UnexpectedCharacters) and expected:
         msg += f"; expected {_describe_expected(p, expected)}"
     return Diagnostic(msg, span, hint)
+
+
+class BadLiteral(NNError):
+    """Source that parses but holds a number no float can hold (1e999)."""
+
+
+def _at_end(err: UnexpectedInput) -> bool:
+    tok = getattr(err, "token", None)
+    return isinstance(err, UnexpectedEOF) or (isinstance(tok, Token) and tok.type == "$END")
+
+
+def _unclosed_brace(source: str) -> int | None:
+    """The line of the last '{' that no '}' closes (strings and comments skipped)."""
+    opened: list[int] = []
+    for number, line in enumerate(source.split("\n"), 1):
+        quote = None
+        for ch in line:
+            if quote:
+                quote = None if ch == quote else quote
+            elif ch in "\"'":
+                quote = ch
+            elif ch == "#":
+                break
+            elif ch == "{":
+                opened.append(number)
+            elif ch == "}" and opened:
+                opened.pop()
+    return opened[-1] if opened else None
 
 
 def parse(source: str, file: str = "<string>") -> ast.Module:
@@ -125,20 +160,19 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
             # line that opens or closes a brace would leave only echoes behind, so stop there.
             lines = text.split("\n")
             bad = lines[err.line - 1] if 0 < err.line <= len(lines) else "{"
-            if isinstance(err, UnexpectedEOF) or "{" in bad or "}" in bad:
+            if _at_end(err) or "{" in bad or "}" in bad:
                 break
             lines[err.line - 1] = " " * len(bad)
             text = "\n".join(lines)
     if errors:
         raise NNError(errors)
-    return ast.ToAst(file, source).transform(tree)
+    to_ast = ast.ToAst(file, source)
+    module = to_ast.transform(tree)
+    if to_ast.errors:
+        raise BadLiteral(to_ast.errors)
+    check_nesting(module)
+    return module
 
 
 def parse_file(path: str | Path) -> ast.Module:
-    path = Path(path)
-    try:
-        source = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise NNError(f"cannot read '{path}': {err.strerror}",
-                      hint="check the path; .nn files are plain UTF-8 text") from None
-    return parse(source, str(path))
+    return parse(read_source(path), str(path))

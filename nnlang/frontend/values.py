@@ -43,7 +43,27 @@ class Scope:
     later: dict = field(default_factory=dict)      # names defined further down -> Span
 
 
+_MAX_INT_BITS = 4096  # constant arithmetic beyond this is a typo, not a model size
+
+
 def eval_binop(op, a, b):
+    """Constant arithmetic; ArithmeticError when the result overflows (an inf from finite
+    numbers, or an integer power with thousands of digits)."""
+    import math
+    if (op == "**" and isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b > 0
+            and b * math.log2(abs(a)) > _MAX_INT_BITS):
+        raise OverflowError("the result is too large")
+    try:
+        result = _eval_binop(op, a, b)
+    except OverflowError:  # NOTE: float ** says "(34, 'Numerical result out of range')"
+        raise OverflowError("the result is too large for a float") from None
+    if (isinstance(result, float) and not math.isfinite(result)
+            and all(math.isfinite(v) for v in (a, b) if isinstance(v, (int, float)))):
+        raise OverflowError("the result is too large for a float")
+    return result
+
+
+def _eval_binop(op, a, b):
     import operator
     table = {"+": operator.add, "-": operator.sub, "*": operator.mul, "**": operator.pow,
              "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,

@@ -98,3 +98,25 @@ def bind(d: Dim, env: dict[str, int]) -> Dim:
 
 def numel(shape) -> Dim:
     return dim_prod(shape)
+
+
+# NOTE: numpy's limit: an array's size in bytes must fit int64, so with 8-byte elements a
+# tensor holds at most 2**60 of them. Anything larger cannot be allocated on any machine.
+MAX_ELEMENTS = 2**60
+
+
+def size_problem(shape) -> tuple[int | None, str] | None:
+    """(index of the dim at fault, or None for the whole shape; why) when no machine could hold
+    a tensor of this shape (symbolic dims count by their coefficient)."""
+    total = 1
+    for i, d in enumerate(shape):
+        n = d.coeff if isinstance(d, Sym) else d
+        if not isinstance(n, int):
+            continue
+        if n > MAX_ELEMENTS:
+            return i, f"dim {n:,} is too large (a tensor holds at most 2**60 elements)"
+        total *= n
+    if total > MAX_ELEMENTS:
+        return None, (f"{fmt_shape(shape)} has {total:,} elements; a tensor holds at most "
+                      "2**60")
+    return None

@@ -217,7 +217,8 @@ def _composite_flops(opdef, ins: tuple, attrs: dict) -> int:
 def human(n: float, unit: str = "") -> str:
     """1234567 -> '1.23M'; bytes with unit='B' -> '4.71 MiB'."""
     if unit == "B":
-        for suffix, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        for suffix, k in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20),
+                          ("KiB", 2**10)):
             if n >= k:
                 return f"{n / k:.2f} {suffix}"
         return f"{int(n)} B"
@@ -268,3 +269,98 @@ def render_text(s: Summary) -> str:
     rule = "-" * len(line(HEADERS))
     body = [line(HEADERS), rule, *(line(c) for c in cells), rule]
     return "\n".join(header_lines(s) + [""] + body + total_lines(s)) + "\n"
+
+
+# *** memory ***
+
+@dataclass
+class MemoryNeed:
+    """Bytes a model needs at one batch size. Weights, gradients and optimizer state are exact;
+    activations count every user-level op's output (twice in training, for backward), which
+    overstates what fused executables keep."""
+    params: int
+    gradients: int
+    optimizer: int
+    activations: int
+    batch: int
+    largest: tuple[str, tuple, object] | None = None  # (weight name, shape, span)
+
+    @property
+    def total(self) -> int:
+        return self.params + self.gradients + self.optimizer + self.activations
+
+    def describe(self) -> str:
+        parts = [f"weights {human(self.params, 'B')}"]
+        if self.gradients:
+            parts.append(f"gradients {human(self.gradients, 'B')}")
+        if self.optimizer:
+            parts.append(f"optimizer state {human(self.optimizer, 'B')}")
+        if self.activations:
+            parts.append(f"activations {human(self.activations, 'B')} at batch {self.batch}")
+        return f"about {human(self.total, 'B')} ({', '.join(parts)})"
+
+
+def memory_need(graph: Graph, batch: int, dtype: str | None = None, optimizer_slots: int = 0,
+                training: bool = True) -> MemoryNeed:
+    """What `graph` needs: float weights in `dtype` (default: as declared); in training also
+    their gradients, `optimizer_slots` state tensors each, and activations kept for backward."""
+    env = {"batch": batch}
+    params, largest, biggest = 0, None, -1
+    for name, pid in graph.params.items():
+        p = graph.node(pid)
+        size = numel_int(p.shape, env)
+        own = p.dtype if dtype is None or not registry.is_float(p.dtype) else dtype
+        params += size * DTYPE_BYTES.get(own, 4)
+        if size > biggest:
+            biggest, largest = size, (name, tuple(p.shape), p.span)
+    activations = sum(activation_bytes(n.type, env) for n in graph
+                      if n.op not in SOURCE_OPS and n.type is not None)
+    if not training:
+        return MemoryNeed(params, 0, 0, activations, batch, largest)
+    return MemoryNeed(params, params, params * optimizer_slots, 2 * activations, batch, largest)
+
+
+def machine_memory() -> tuple[int, int] | None:
+    """(total, available) bytes of RAM on this machine, or None where the system cannot say."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = {k: int(v.split()[0]) * 1024 for k, v in
+                    (line.split(":", 1) for line in f if ":" in line)}
+        return info["MemTotal"], info.get("MemAvailable", info["MemTotal"])
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        import os
+        page = os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_problem(need: MemoryNeed) -> str | None:
+    """Why `need` cannot fit in this machine's available memory (None when it can, or when the
+    machine's memory is unknown)."""
+    have = machine_memory()
+    if have is None or need.total <= have[1]:
+        return None
+    return (f"this model needs {need.describe()}, but this machine has "
+            f"{human(have[1], 'B')} of memory available ({human(have[0], 'B')} in all)")
+
+
+def check_memory(graph: Graph, batch: int, dtype: str = "float32",
+                 optimizer_slots: int | None = None) -> None:
+    """Raises NNError, before anything is allocated, when the weights of `graph` (with
+    `optimizer_slots`: also their gradients and optimizer state) do not fit in this machine's
+    available memory; the error names the largest weight. Activations are left out: how many
+    the executables keep depends on fusion."""
+    from nnlang.errors import NNError
+
+    need = memory_need(graph, batch, dtype, optimizer_slots or 0,
+                       training=optimizer_slots is not None)
+    need.activations = 0
+    problem = memory_problem(need)
+    if problem is None:
+        return
+    name, shape, span = need.largest
+    raise NNError(problem, span, f"the largest weight is {name} {fmt_shape(shape)}; use "
+                  "smaller layers, or a machine with more memory")

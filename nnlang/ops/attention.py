@@ -9,7 +9,7 @@ import numpy as np
 
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.nn import const_like, linear, need_float, param_dtype
-from nnlang.ops.registry import ParamSpec, Sample, ShapeError, register
+from nnlang.ops.registry import ParamSpec, Sample, ShapeError, need_positive, need_range, register
 
 NEG_INF = -1e9  # added to masked scores: exp underflows to exactly 0 without inf - inf = nan
 
@@ -22,8 +22,11 @@ def _mha_dims(q, kv, heads, dim):
         if t.rank != 3 or isinstance(t.shape[2], Sym):
             raise ShapeError(f"multi_head_attention expects [batch, len, dim] but got "
                              f"{fmt_shape(t.shape)}", arg=i)
+    need_positive("multi_head_attention", "heads", heads)
+    if dim is not None:
+        need_positive("multi_head_attention", "dim", dim)
     dim = q.shape[2] if dim is None else dim
-    if heads < 1 or dim % heads:
+    if dim % heads:
         raise ShapeError(f"multi_head_attention: dim {dim} is not divisible by heads = {heads}",
                          hint="pick heads dividing the model dim (e.g. 4 or 8 for 128)")
     return dim
@@ -52,8 +55,7 @@ def _mha_shape(q, kv=None, mask=None, *weights, heads, dim, causal, dropout):
                          hint="1 keeps a key, 0 masks it (padding)")
     if causal and (isinstance(q.shape[1], Sym) or isinstance(kvt.shape[1], Sym)):
         raise ShapeError("multi_head_attention: causal masking needs concrete lengths", arg=0)
-    if not 0.0 <= dropout < 1.0:
-        raise ShapeError(f"multi_head_attention: dropout must be in [0, 1), got {dropout}")
+    need_range("multi_head_attention", "dropout", dropout, 0.0, 1.0, hi_open=True)
     return q
 
 

@@ -13,7 +13,8 @@ from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.init import init_spec
 from nnlang.ops.movement import window_out
 from nnlang.ops.nn import const_like, mean_over, need_float, param_dtype
-from nnlang.ops.registry import ParamSpec, Sample, ShapeError, TensorType, promote, register
+from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, need_positive,
+                                 promote, register)
 
 _LAYOUT = {1: "[batch, channels, length]", 2: "[batch, channels, height, width]"}
 
@@ -21,7 +22,8 @@ _LAYOUT = {1: "[batch, channels, length]", 2: "[batch, channels, height, width]"
 def _tuple(op, name, v, nd):
     v = [v] * nd if isinstance(v, int) else list(v)
     if len(v) != nd or not all(isinstance(i, int) and i >= 1 for i in v):
-        raise ShapeError(f"{op}: {name} must be a positive int or {nd} of them, got {v}")
+        raise ShapeError(f"{op}: {name} must be a positive int or {nd} of them, got {v}",
+                         attr=name)
     return v
 
 
@@ -45,11 +47,13 @@ def _pads(op, padding, size, kernel, stride, dilation):
         if len(padding) == 2 * nd:
             return list(padding)
     raise ShapeError(f"{op}: padding must be \"same\", \"valid\", an int, {nd} ints or {2 * nd} "
-                     f"lo/hi ints, got {padding!r}")
+                     f"lo/hi ints, got {padding!r}", attr="padding")
 
 
-def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_last=False):
-    """Checks x's layout and returns (channels-first shape, kernel, stride, pads, dilation, out)."""
+def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_last=False,
+            kernel_name="kernel"):
+    """Checks x's layout and returns (channels-first shape, kernel, stride, pads, dilation, out);
+    `kernel_name` is the attribute that gave the kernel (pools call it size)."""
     if x.rank != nd + 2:
         layout = _LAYOUT[nd]
         if channels_last:
@@ -60,7 +64,7 @@ def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_l
     spatial = shape[2:]
     if any(isinstance(d, Sym) for d in spatial):
         raise ShapeError(f"{op}: spatial dims of {fmt_shape(x.shape)} must be concrete", arg=0)
-    kernel = _tuple(op, "kernel", kernel, nd)
+    kernel = _tuple(op, kernel_name, kernel, nd)
     stride = _tuple(op, "stride", kernel if stride is None else stride, nd)
     dilation = _tuple(op, "dilation", dilation, nd)
     pads = _pads(op, padding, spatial, kernel, stride, dilation)
@@ -101,6 +105,7 @@ def _conv(nd):
 
     def params(x, *, filters, kernel, stride, padding, dilation, use_bias, init, bias_init,
                channels_last=False):
+        need_positive(name, "filters", filters)
         shape, k, *_ = _window(name, x, nd, kernel, stride, padding, dilation, channels_last)
         dt = param_dtype(x)
         specs = {"weight": ParamSpec((filters, shape[1], *k), init_spec(init, "init"), dtype=dt)}
@@ -111,6 +116,7 @@ def _conv(nd):
     def shape_rule(x, weight=None, bias=None, *, filters, kernel, stride, padding, dilation,
                    use_bias, init, bias_init, channels_last=False):
         need_float(name, x)
+        need_positive(name, "filters", filters)
         shape, k, s, pads, d, out = _window(name, x, nd, kernel, stride, padding, dilation,
                                             channels_last)
         if isinstance(shape[1], Sym):
@@ -179,7 +185,12 @@ def _pool(nd, kind):
     name = f"{kind}_pool{nd}d"
 
     def shape_rule(x, *, size, stride, padding, channels_last):
-        shape, k, s, pads, d, out = _window(name, x, nd, size, stride, padding, 1, channels_last)
+        shape, k, s, pads, d, out = _window(name, x, nd, size, stride, padding, 1, channels_last,
+                                            "size")
+        if any(p > k[i // 2] // 2 for i, p in enumerate(pads)):
+            # NOTE: PyTorch's rule: a wider pad makes windows of padding alone (-inf for max)
+            raise ShapeError(f"{name}: padding {pads} is more than half the window {k}",
+                             hint="pad at most size // 2 on each side", attr="padding")
         if kind == "avg":
             need_float(name, x)
         return _out_type(shape, shape[1], out, x.dtype, channels_last)

@@ -7,7 +7,7 @@ import numpy as np
 
 from nnlang.ir.dims import fmt_shape
 from nnlang.ops.registry import (INDEX, INT_DTYPES, NONDIFF, Sample, ShapeError, TensorType,
-                                 register)
+                                 need_positive, register)
 
 
 def _int_indices(idx: TensorType, arg: int) -> None:
@@ -26,6 +26,7 @@ def _scatter_shape(src: TensorType, idx: TensorType, *, rows) -> TensorType:
     if src.shape[:idx.rank] != idx.shape:
         raise ShapeError(f"scatter_add: values {fmt_shape(src.shape)} do not start with the "
                          f"index shape {fmt_shape(idx.shape)}", arg=0)
+    need_positive("scatter_add", "rows", rows)
     return TensorType((rows,) + src.shape[idx.rank:], src.dtype)
 
 
@@ -53,6 +54,7 @@ register("scatter_add", "src: tensor, idx: tensor, rows: int", _scatter_shape,
 
 def _one_hot_shape(idx: TensorType, *, depth, dtype) -> TensorType:
     _int_indices(idx, 0)
+    need_positive("one_hot", "depth", depth)
     return TensorType(idx.shape + (depth,), dtype)
 
 

@@ -53,8 +53,23 @@ def fans(shape, kind: str | None = None) -> tuple[int, int]:
 _TRUNC_STD = 0.87962566103423978
 
 
+# NOTE: draws are float64 (the stream every seed has always given), but made a chunk at a time
+# and cast into the result, so a float32 model never holds a float64 copy of a weight: the peak
+# is the result plus one chunk, and the values are those of one draw cast at the end.
+_CHUNK = 1 << 20
+
+
+def _drawn(shape, dtype, sample) -> np.ndarray:
+    """An array of `dtype` filled in order with `sample(n)` (n float64 values per call)."""
+    out = np.empty(shape, dtype)
+    flat = out.reshape(-1)
+    for start in range(0, flat.size, _CHUNK):
+        flat[start:start + _CHUNK] = sample(min(_CHUNK, flat.size - start))
+    return out
+
+
 def _uniform(rng, shape, dtype, bound):
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+    return _drawn(shape, dtype, lambda n: rng.uniform(-bound, bound, size=n))
 
 
 @_initializer("glorot_uniform", "xavier_uniform")
@@ -104,7 +119,7 @@ def _constant(rng, shape, dtype, fan_in, fan_out, value):
 
 @_initializer("normal", sig="std: float = 0.05, mean: float = 0.0")
 def _normal(rng, shape, dtype, fan_in, fan_out, std, mean):
-    return rng.normal(mean, std, size=shape).astype(dtype)
+    return _drawn(shape, dtype, lambda n: rng.normal(mean, std, size=n))
 
 
 @_initializer("uniform", sig="scale: float = 0.05")
@@ -118,13 +133,21 @@ def _truncated_normal(rng, shape, dtype, fan_in, fan_out, std, mean):
 
 
 def _truncated(rng, shape, dtype, std, mean):
-    """Normal with values beyond two std devs redrawn."""
-    out = rng.standard_normal(size=shape)
-    bad = np.abs(out) > 2
-    while bad.any():
-        out[bad] = rng.standard_normal(size=int(bad.sum()))
-        bad = np.abs(out) > 2
-    return (mean + std * out).astype(dtype)
+    """Normal with values beyond two std devs redrawn: each round redraws the positions still
+    out of range, in order (a chunk at a time, as `_drawn`)."""
+    out = np.empty(shape, dtype)
+    flat = out.reshape(-1)
+    todo = np.arange(flat.size)
+    while todo.size:
+        redo = []
+        for start in range(0, todo.size, _CHUNK):
+            where = todo[start:start + _CHUNK]
+            x = rng.standard_normal(size=where.size)
+            bad = np.abs(x) > 2
+            flat[where[~bad]] = mean + std * x[~bad]
+            redo.append(where[bad])
+        todo = np.concatenate(redo)
+    return out
 
 
 @_initializer("orthogonal", sig="gain: float = 1.0")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from nnlang.ir.dims import fmt_shape
 from nnlang.ops.nn import const_like, mean_over, need_float
-from nnlang.ops.registry import INT_DTYPES, Sample, ShapeError, TensorType, is_float, register
+from nnlang.ops.registry import (INT_DTYPES, Sample, ShapeError, TensorType, is_float, need_range,
+                                 register)
 
 
 def _same_shape(op, a: TensorType, b: TensorType) -> None:
@@ -65,6 +66,8 @@ for _name in ("l1", "mae"):
 
 def _bce_shape(prob, target, *, eps=None):
     _binary_pair("bce", prob, target)
+    if eps is not None:
+        need_range("bce", "eps", eps, 0.0, 0.5, hi_open=True)
     return _scalar(prob)
 
 

@@ -75,6 +75,8 @@ def _slice_len(n, start, stop, step):
 
 
 def _slice_shape(x: TensorType, *, axis, start, stop, step) -> TensorType:
+    if step == 0:
+        raise ShapeError("slice: step cannot be 0", attr="step")
     ax = norm_axis(axis, x.rank)
     n = x.shape[ax]
     if isinstance(n, Sym):
@@ -138,6 +140,8 @@ register("unslice", "x: tensor, axis: int, start: int, stop: int, step: int, siz
 
 
 def _concat_shape(*xs: TensorType, axis) -> TensorType:
+    if not xs:
+        raise ShapeError("concat needs at least one tensor", hint="concat(a, b, axis = -1)")
     first = xs[0]
     ax = norm_axis(axis, first.rank)
     total = 0
@@ -172,8 +176,26 @@ def window_out(size: int, k: int, stride: int, lo: int, hi: int, dilation: int) 
     return (size + lo + hi - dilation * (k - 1) - 1) // stride + 1
 
 
-def _unfold_shape(x: TensorType, *, kernel, stride, pads, dilation, pad_value) -> TensorType:
+def _window_args(op, kernel, stride, pads, dilation=None) -> int:
+    """The number of spatial dims; ShapeError unless kernel, stride (and dilation) hold that
+    many positive ints and pads twice as many ints >= 0."""
+    kernel = [kernel] if isinstance(kernel, int) else kernel
     nd = len(kernel)
+    for name, v, n, least in (("kernel", kernel, nd, 1), ("stride", stride, nd, 1),
+                              ("pads", pads, 2 * nd, 0), ("dilation", dilation, nd, 1)):
+        if name == "dilation" and v is None:
+            continue
+        v = [v] * n if isinstance(v, int) and name != "pads" else v
+        if (not nd or not isinstance(v, list) or len(v) != n
+                or not all(isinstance(i, int) and i >= least for i in v)):
+            raise ShapeError(f"{op}: {name} must be {n} int{'s' if n > 1 else ''} >= {least} "
+                             f"(one per spatial dim{', lo and hi' if name == 'pads' else ''}), "
+                             f"got {v!r}", attr=name)
+    return nd
+
+
+def _unfold_shape(x: TensorType, *, kernel, stride, pads, dilation, pad_value) -> TensorType:
+    nd = _window_args("unfold", kernel, stride, pads, dilation)
     if x.rank != nd + 2:
         raise ShapeError(f"expected [batch, {nd} spatial dims, channels], got "
                          f"{fmt_shape(x.shape)}", arg=0)
@@ -222,6 +244,16 @@ def _fold_impl(cols, *, size, kernel, stride, pads, dilation):
 
 
 def _fold_shape(cols: TensorType, *, size, kernel, stride, pads, dilation) -> TensorType:
+    nd = _window_args("fold", kernel, stride, pads, dilation)
+    if not isinstance(size, list) or len(size) != nd or not all(
+            isinstance(n, int) and n >= 1 for n in size):
+        raise ShapeError(f"fold: size must be {nd} positive ints, got {size!r}", attr="size")
+    outs = [window_out(size[i], kernel[i], stride[i], pads[2 * i], pads[2 * i + 1],
+                       dilation[i]) for i in range(nd)]
+    want = (cols.shape[0], *outs, *kernel, cols.shape[-1])
+    if cols.shape != want:
+        raise ShapeError(f"fold: cols {fmt_shape(cols.shape)} are not the windows of size "
+                         f"{size} (expected {fmt_shape(want)})", arg=0)
     return TensorType((cols.shape[0], *size, cols.shape[-1]), cols.dtype)
 
 
@@ -254,6 +286,7 @@ register("fold", f"cols: tensor, size: ints, {_WINDOW}", _fold_shape, impl=_fold
 # copy of every window, and its gradient took five more kernels and a fold ***
 
 def _window_max_shape(x: TensorType, *, kernel, stride, pads) -> TensorType:
+    _window_args("window_max", kernel, stride, pads)
     cols = _unfold_shape(x, kernel=kernel, stride=stride, pads=pads, dilation=[1] * len(kernel),
                          pad_value=0.0)
     return TensorType(cols.shape[:1 + len(kernel)] + (x.shape[-1],), x.dtype)

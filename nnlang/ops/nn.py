@@ -11,8 +11,8 @@ import numpy as np
 from nnlang.errors import did_you_mean
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.init import init_spec
-from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, is_float, norm_axes,
-                                 norm_axis, promote, register)
+from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, is_float,
+                                 need_positive, norm_axes, norm_axis, promote, register)
 
 # *** helpers shared by the composite families ***
 
@@ -101,8 +101,7 @@ def _dense_shape(x, weight=None, bias=None, *, units, activation, use_bias, init
     if isinstance(x.shape[-1], Sym):
         raise ShapeError(f"dense: the last dim of {fmt_shape(x.shape)} is symbolic; its size "
                          "fixes the weight shape", arg=0, hint="reshape to a concrete size")
-    if units < 1:
-        raise ShapeError(f"dense: units must be positive, got {units}")
+    need_positive("dense", "units", units)
     check_activation("dense", activation)
     if weight is not None and weight.shape != (x.shape[-1], units):
         raise ShapeError(f"dense: weight {fmt_shape(weight.shape)} does not fit input "
@@ -131,6 +130,8 @@ for _name, _doc in (("dense", _DENSE_DOC), ("linear", "Alias of dense. " + _DENS
 
 
 def _embedding_params(tokens, *, vocab, dim, init):
+    need_positive("embedding", "vocab", vocab)
+    need_positive("embedding", "dim", dim)
     return {"weight": ParamSpec((vocab, dim), init_spec(init), dtype="float32")}
 
 
@@ -138,8 +139,8 @@ def _embedding_shape(tokens, weight=None, *, vocab, dim, init):
     if tokens.dtype not in ("int32", "int64"):
         raise ShapeError(f"embedding expects integer token ids, got {tokens}", arg=0,
                          hint="declare the input as int32[batch, len]")
-    if vocab < 1 or dim < 1:
-        raise ShapeError(f"embedding: vocab and dim must be positive, got {vocab} and {dim}")
+    need_positive("embedding", "vocab", vocab)
+    need_positive("embedding", "dim", dim)
     dt = weight.dtype if weight is not None else "float32"
     return TensorType(tuple(tokens.shape) + (dim,), dt)
 

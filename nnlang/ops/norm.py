@@ -6,15 +6,14 @@ from __future__ import annotations
 
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.nn import axes_attr, const_like, mean_over, need_float, param_dtype
-from nnlang.ops.registry import ParamSpec, Sample, ShapeError, norm_axes, register
+from nnlang.ops.registry import ParamSpec, Sample, ShapeError, need_range, norm_axes, register
 
 
 # *** dropout ***
 
 def _dropout_shape(x, *, rate):
     need_float("dropout", x)
-    if not 0.0 <= rate < 1.0:
-        raise ShapeError(f"dropout: rate must be in [0, 1), got {rate}")
+    need_range("dropout", "rate", rate, 0.0, 1.0, hi_open=True)
     return x
 
 
@@ -52,6 +51,7 @@ def _layer_norm_params(x, *, axis, eps):
 
 def _layer_norm_shape(x, gamma=None, beta=None, *, axis, eps):
     need_float("layer_norm", x)
+    need_range("layer_norm", "eps", eps, 0.0, 1.0)
     want = tuple(x.shape[a] for a in _norm_axes_of(x, axis))
     for i, p in ((1, gamma), (2, beta)):
         if p is not None and p.shape != want:
@@ -90,6 +90,8 @@ def _batch_norm_params(x, *, momentum, eps):
 
 def _batch_norm_shape(x, *params, momentum, eps):
     need_float("batch_norm", x)
+    need_range("batch_norm", "momentum", momentum, 0.0, 1.0)
+    need_range("batch_norm", "eps", eps, 0.0, 1.0)
     if x.rank < 2 or isinstance(x.shape[1], Sym):
         raise ShapeError(f"batch_norm expects [batch, channels, ...] with concrete channels, "
                          f"got {fmt_shape(x.shape)}", arg=0)

@@ -32,11 +32,13 @@ class TensorType:
 
 
 class ShapeError(Exception):
-    """A shape or dtype rule failed; `arg` is the index of the input at fault, if one is."""
+    """A shape or dtype rule failed; `arg` is the index of the input at fault, `attr` the name
+    of the attribute at fault, if one is."""
 
-    def __init__(self, message: str, hint: str | None = None, arg: int | None = None):
+    def __init__(self, message: str, hint: str | None = None, arg: int | None = None,
+                 attr: str | None = None):
         super().__init__(message)
-        self.message, self.hint, self.arg = message, hint, arg
+        self.message, self.hint, self.arg, self.attr = message, hint, arg, attr
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,23 @@ def norm_axes(axes, rank: int, arg: int = 0) -> tuple[int, ...]:
     if axes is None:
         return tuple(range(rank))
     axes = [axes] if isinstance(axes, int) else axes
-    return tuple(sorted(norm_axis(a, rank, arg) for a in axes))
+    out = tuple(sorted(norm_axis(a, rank, arg) for a in axes))
+    if len(set(out)) != len(out):
+        raise ShapeError(f"axes {list(axes)} name an axis twice", arg=arg)
+    return out
+
+
+def need_positive(op: str, name: str, value) -> None:
+    """A count or size attribute (units, filters, heads, depth...) must be at least 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ShapeError(f"{op}: {name} must be a positive integer, got {value!r}", attr=name)
+
+
+def need_range(op: str, name: str, value, lo: float, hi: float, hi_open: bool = False) -> None:
+    """A number attribute in [lo, hi] (or [lo, hi) with `hi_open`)."""
+    if not (lo <= value < hi if hi_open else lo <= value <= hi):
+        raise ShapeError(f"{op}: {name} must be in [{lo:g}, {hi:g}{')' if hi_open else ']'}, "
+                         f"got {value!r}", attr=name)
 
 
 def broadcast_shapes(*shapes) -> tuple:

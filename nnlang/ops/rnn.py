@@ -10,7 +10,7 @@ from __future__ import annotations
 from nnlang.ir.dims import Sym, fmt_shape
 from nnlang.ops.init import init_spec
 from nnlang.ops.nn import activate, check_activation, const_like, linear, need_float, param_dtype
-from nnlang.ops.registry import ParamSpec, Sample, ShapeError, TensorType, register
+from nnlang.ops.registry import ParamSpec, Sample, ShapeError, TensorType, need_positive, register
 
 
 def _slice(b, x, axis, k, width):
@@ -78,8 +78,7 @@ def _make(op):
     def shape_rule(x, *weights, units, activation, return_sequences, bidirectional, **_):
         _check(op, x)
         check_activation(op, activation)
-        if units < 1:
-            raise ShapeError(f"{op}: units must be positive, got {units}")
+        need_positive(op, "units", units)
         want = (x.shape[2], gates * units)
         if weights and weights[0] is not None and weights[0].shape != want:
             raise ShapeError(f"{op}: kernel {fmt_shape(weights[0].shape)} does not fit "

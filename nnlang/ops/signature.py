@@ -137,12 +137,16 @@ def check_kind(kind: str, value, is_tensor: bool) -> str | None:
         return "expected a tensor"
     if is_tensor:
         return f"expected {_KIND_TEXT.get(kind, kind)}, got a tensor"
+    if kind == "dtype":
+        from nnlang.ops.registry import DTYPES  # NOTE: registry imports this module
+        if value not in DTYPES:
+            return f"expected a dtype ({', '.join(DTYPES)}), got {_show(value)}"
+        return None
     ok = {
         "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
         "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
         "bool": lambda v: isinstance(v, bool),
         "str": lambda v: isinstance(v, str) or v is None,
-        "dtype": lambda v: isinstance(v, str),
         "ints": lambda v: _is_int(v) or isinstance(v, list) and all(map(_is_int, v)),
         "shape": lambda v: isinstance(v, list),
         "floats": lambda v: isinstance(v, list),

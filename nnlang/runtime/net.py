@@ -9,6 +9,7 @@ import numpy as np
 
 from nnlang.errors import NNError
 from nnlang.gc_pause import paused_gc
+from nnlang.ir.summary import check_memory
 from nnlang.ops.init import initialize
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
@@ -83,6 +84,7 @@ class Net:
 
     # *** state ***
     def _init_state(self) -> dict:
+        check_memory(self.user, self.batch, self.dtype)  # NOTE: before a weight is allocated
         rng = np.random.default_rng(self.seed)
         state = {}
         for name, nid in self.user.params.items():

@@ -7,6 +7,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from nnlang.errors import NNError
+from nnlang.frontend.source import load_source, read_source
 from nnlang.frontend.train_config import Choice, TrainConfig
 from nnlang.train import feeds
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES
@@ -19,14 +20,8 @@ def source_of(program_or_path) -> tuple[str | None, str]:
     """(source text, file name) of a path, source text or `Program`."""
     if hasattr(program_or_path, "graph"):
         f = program_or_path.file
-        return (Path(f).read_text() if f and Path(f).is_file() else None), f
-    text = str(program_or_path)
-    if "\n" not in text and (text.endswith(".nn") or Path(text).is_file()):
-        path = Path(text)
-        if not path.is_file():
-            raise NNError(f"model file not found: {path}")
-        return path.read_text(), str(path)
-    return text, "<string>"
+        return (read_source(f) if f and Path(f).is_file() else None), f
+    return load_source(program_or_path)
 
 
 def _hparam_names(source: str | None, file: str) -> set[str]:

@@ -1,0 +1,99 @@
+"""Where .nn text comes from: the one place that tells a path from source text and reads a .nn
+file, so every command and the library give the same clear error for a missing file, a
+directory, or bytes that are not UTF-8 text.
+"""
+from __future__ import annotations
+
+import codecs
+import difflib
+import os
+from pathlib import Path
+
+from nnlang.errors import NNError, Span
+
+STRING_FILE = "<string>"
+MAX_SOURCE_BYTES = 64 << 20  # NOTE: bounds what /dev/zero or a mistaken data file can cost
+
+
+def is_source_text(source_or_path) -> bool:
+    """Source text has a line break or a brace (every model has `{`); anything else is a path,
+    so `models/mlp` is reported as a missing file, not parsed as a model."""
+    if isinstance(source_or_path, os.PathLike):
+        return False
+    text = str(source_or_path)
+    if "\n" in text or not text.strip():
+        return True
+    return "{" in text and not Path(text).is_file()
+
+
+def load_source(source_or_path) -> tuple[str, str]:
+    """(text, file name) of a path or of source text (named "<string>")."""
+    if is_source_text(source_or_path):
+        return str(source_or_path), STRING_FILE
+    return read_source(source_or_path), str(source_or_path)
+
+
+def read_source(path) -> str:
+    """The text of a .nn file; NNError for a missing or unreadable file, a directory, or
+    contents that are not UTF-8."""
+    path = Path(path)
+    if path.is_dir():
+        raise NNError(f"'{path}' is a directory, not a .nn file", hint=_dir_hint(path))
+    try:
+        with path.open("rb") as f:  # NOTE: not only regular files: /dev/stdin works too
+            data = f.read(MAX_SOURCE_BYTES + 1)
+    except FileNotFoundError:
+        raise NNError(f"file not found: {path}", hint=_missing_hint(path)) from None
+    except OSError as err:
+        raise NNError(f"cannot read '{path}': {err.strerror}",
+                      hint="check the path and its permissions") from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise NNError(f"'{path}' is larger than {MAX_SOURCE_BYTES / 2**20:g} MiB; a .nn file "
+                      "describes a model, it holds no data", hint="is this the right file?")
+    return decode(data, str(path))
+
+
+def decode(data: bytes, file: str) -> str:
+    """UTF-8 text (a leading byte-order mark is dropped); NNError at the first byte that is not
+    UTF-8, by line, column and byte offset."""
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        at = skip + err.start
+        line_start = data.rfind(b"\n", 0, at) + 1
+        line = data.count(b"\n", 0, at) + 1
+        col = len(data[max(line_start, skip):at].decode("utf-8")) + 1
+        binary = b"\0" in data[:4096]
+        raise NNError(f"not UTF-8 text: byte 0x{data[at]:02x} at byte offset {at}",
+                      Span(file, line, col),
+                      "this looks like a binary file, not .nn source" if binary else
+                      "save the file as UTF-8 text") from None
+
+
+def _missing_hint(path: Path) -> str:
+    if path.suffix != ".nn" and path.with_name(path.name + ".nn").is_file():
+        return f"did you mean '{path.with_name(path.name + '.nn')}'?"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"no such directory: {parent}"
+    stem = path.stem if path.suffix == ".nn" else path.name
+    close = difflib.get_close_matches(stem, [p.stem for p in _nn_files(parent)], n=1)
+    if close:
+        return f"did you mean '{parent / close[0]}.nn'?"
+    return "check the path; a model is a .nn file"
+
+
+def _dir_hint(path: Path) -> str:
+    files = [str(p) for p in _nn_files(path)]
+    if not files:
+        return "it holds no .nn file; pass the path of a .nn file"
+    shown = ", ".join(files[:8]) + (", ..." if len(files) > 8 else "")
+    return f"pass one of its .nn files: {shown}"
+
+
+def _nn_files(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.suffix == ".nn" and p.is_file())
+    except OSError:
+        return []

@@ -1,0 +1,488 @@
+"""Bad .nn source and bad flags of the inspection and compile commands (issue 13): binary or
+non-UTF-8 files, paths that are not files, very long chains, sizes no machine can hold,
+overflowing numbers, truncated files and every op's arguments at their limits. Each case runs the
+real `nnlang` command and expects a clear error that says where (exit 1; typer's own usage
+errors exit 2), never a traceback or an internal error.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.faults.conftest import ROOT, cli
+
+MLP = ROOT / "models" / "mlp.nn"
+
+HEAD = """model M {
+  input x: float32[batch, 3, 8, 8]
+  input s: float32[batch, 6, 4]
+  input v: float32[batch, 8]
+  input t: int32[batch]
+  input tok: int32[batch, 5]
+"""
+
+
+def model(*lines: str) -> str:
+    """A model with inputs x (image), s (sequence), v (vector), t (labels), tok (token ids);
+    the given statements start on line 7."""
+    body = "".join(f"  {line}\n" for line in lines)
+    return HEAD + body + "  loss mean(y)\n}\n"
+
+
+def nn_file(tmp_path, content, name="m.nn"):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def expect(out: str, *words: str) -> None:
+    for w in words:
+        assert w in out, f"{w!r} not in:\n{out}"
+
+
+# *** the file itself ***
+
+GARBAGE = bytes(range(256)) * 8  # NULs, one newline (byte 10) before the first non-UTF-8 byte
+
+
+@pytest.mark.parametrize("command", [
+    ["check"], ["fmt"], ["compile", "--backend", "reference"], ["graph", "-o", "{tmp}/g.dot"],
+    ["train", "--max-steps", "1", "--out", "{tmp}/run"]])
+def test_binary_file_is_named_not_decoded(tmp_path, command):
+    path = nn_file(tmp_path, GARBAGE)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    out = cli(args[0], path, *args[1:])
+    expect(out, f"{path}:2:118: error: not UTF-8 text: byte 0x80 at byte offset 128",
+           "binary file")
+
+
+def test_non_utf8_byte_is_located_by_line(tmp_path):
+    path = nn_file(tmp_path, MLP.read_bytes().replace(b"hidden1 = 512", b"hidd\xe9n1 = 512"))
+    out = cli("check", path)
+    offset = MLP.read_bytes().index(b"hidden1 = 512") + 4
+    expect(out, f"{path}:4:15: error: not UTF-8 text: byte 0xe9 at byte offset {offset}",
+           "save the file as UTF-8")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "models/mlp"], ["file not found: models/mlp", "did you mean 'models/mlp.nn'?"]),
+    (["check", "models/mpl.nn"], ["file not found: models/mpl.nn", "'models/mlp.nn'"]),
+    (["compile", "models/nope.nn"], ["file not found: models/nope.nn"]),
+    (["graph", "nowhere/m.nn", "-o", "x.dot"], ["file not found", "no such directory: nowhere"]),
+    (["check", "models"], ["'models' is a directory", "models/mlp.nn", "models/cnn.nn"]),
+    (["fmt", "models"], ["'models' is a directory"]),
+    (["train", "tests"], ["'tests' is a directory", "holds no .nn file"]),
+])
+def test_paths_that_are_not_nn_files(args, words):
+    out = cli(*args, cwd=ROOT)
+    expect(out, *words)
+    assert "unexpected" not in out  # NOTE: once parsed as source: `<string>:1:7: unexpected '/'`
+
+
+def test_an_endless_file_is_cut_short(monkeypatch):
+    from nnlang.frontend import source
+    monkeypatch.setattr(source, "MAX_SOURCE_BYTES", 1 << 16)
+    expect(cli("check", "/dev/zero"), "'/dev/zero' is larger than 0.0625 MiB", "the right file?")
+
+
+def test_library_tells_paths_from_source_the_same_way():
+    import nnlang
+    from nnlang.errors import NNError
+
+    with pytest.raises(NNError, match="file not found: models/mlp") as err:
+        nnlang.load("models/mlp")
+    assert "models/mlp.nn" in err.value.hint or "did you mean" in (err.value.hint or "")
+    assert nnlang.load(MLP).model == "Mlp"
+    assert nnlang.load("model M { input x: float32[batch, 2] }").model == "M"
+
+
+@pytest.mark.parametrize("transform", [
+    lambda b: b"\xef\xbb\xbf" + b,               # a byte-order mark
+    lambda b: b.replace(b"\n", b"\r\n"),         # Windows line endings
+    lambda b: b.replace(b"  ", b"\t"),           # tabs
+])
+def test_bom_crlf_and_tabs_are_fine(tmp_path, transform):
+    path = nn_file(tmp_path, transform(MLP.read_bytes()))
+    expect(cli("check", "-q", path, code=0))
+    assert cli("fmt", path, code=0) == cli("fmt", MLP, code=0)
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n\n# and another\n", "\n\n   \n"])
+def test_empty_files_say_what_is_missing(tmp_path, text):
+    path = nn_file(tmp_path, text)
+    expect(cli("check", path), f"{path}:1:1: error: this file defines no model",
+           "add `model Name(...) { ... }`")
+
+
+def test_a_long_line_is_shown_as_a_window(tmp_path):
+    path = nn_file(tmp_path, model("y = v" + " + v" * 20_000 + " + $"))
+    out = cli("check", path)
+    expect(out, f"{path}:7:80011: error: unexpected character '$'")
+    shown = next(line for line in out.splitlines() if line.startswith("   7 | "))
+    assert len(shown) < 200 and shown.startswith("   7 | ...") and shown.endswith("+ $")
+
+
+def test_a_control_character_is_named(tmp_path):
+    path = nn_file(tmp_path, model("y = v\x00"))
+    expect(cli("check", path), f"{path}:7:8: error: unexpected character U+0000")
+
+
+@pytest.mark.slow
+def test_ten_megabytes_of_comment(tmp_path):
+    path = nn_file(tmp_path, "# " + "a" * 10_000_000 + "\n" + model("y = relu(v)"))
+    expect(cli("check", "-q", path, code=0))
+
+
+# *** long chains and deep nesting ***
+
+CHAINS = [
+    " + ".join(["v"] * 5000),
+    "v" + " |> relu" * 2000,
+    "(" * 1000 + "v" + ")" * 1000,
+    "relu(" * 1000 + "v" + ")" * 1000,
+    "-" * 1000 + "v",
+]
+
+
+@pytest.mark.parametrize("expr", CHAINS, ids=["add", "pipe", "parens", "calls", "negs"])
+def test_long_chains_check_and_format(tmp_path, expr):
+    path = nn_file(tmp_path, model(f"y = {expr}"))
+    cli("check", "-q", path, code=0)
+    formatted = nn_file(tmp_path, cli("fmt", path, code=0), "formatted.nn")
+    cli("fmt", "--check", formatted, code=0)
+
+
+@pytest.mark.parametrize("expr", [
+    "v" + " |> relu" * 2000,
+    pytest.param(CHAINS[0], marks=pytest.mark.slow),  # NOTE: ~20 s: v has 5,000 users
+])
+def test_long_chains_compile_with_their_backward_pass(tmp_path, expr):
+    path = nn_file(tmp_path, model(f"y = {expr}"))
+    expect(cli("compile", path, "--backend", "reference", "--emit", "backward", code=0), "loss")
+    cli("graph", path, "-o", tmp_path / "g.dot", "--backward", code=0)
+
+
+def test_nested_repeats(tmp_path):
+    depth = 300
+    body = ["z = v"] + ["repeat 1 {"] * depth + ["w = v"] + ["}"] * depth + ["y = z"]
+    path = nn_file(tmp_path, model(*body))
+    cli("check", "-q", path, code=0)
+
+
+def test_nesting_beyond_the_limit_is_located(tmp_path, monkeypatch):
+    from nnlang.frontend import deep
+    monkeypatch.setattr(deep, "MAX_NESTING", 100)
+    path = nn_file(tmp_path, model("u = v", "y = " + " + ".join(["v"] * 150)))
+    expect(cli("check", path), f"{path}:8:3: error: this statement nests more than 100 levels",
+           "split it into several statements")
+    expect(cli("fmt", path), "nests more than 100 levels")
+
+
+@pytest.mark.slow
+def test_chains_near_the_nesting_limit(tmp_path):
+    from nnlang.frontend.deep import MAX_NESTING
+    n = MAX_NESTING - 100
+    for expr in (" + ".join(["v"] * n), "relu(" * n + "v" + ")" * n, "[" * n + "1" + "]" * n):
+        path = nn_file(tmp_path, model("q = " + expr if expr[0] == "[" else "q = v",
+                                       "y = " + (expr if expr[0] != "[" else "v")))
+        cli("check", "-q", path, code=0)
+        cli("fmt", path, code=0)
+
+
+# *** sizes ***
+
+@pytest.mark.parametrize("line, where, words", [
+    ("y = dense(v, 99999999999999999999999)", "7:16",
+     ["dim 99,999,999,999,999,999,999,999 is too large"]),
+    ("param w: float32[2**40, 2**40]", "7:27",
+     ["[1099511627776, 1099511627776] has 1,208,925,819,614,629,174,706,176 elements"]),
+    ("y = dense(v, 2**40) |> dense(2**40)", "7:32", ["elements; a tensor holds at most 2**60"]),
+    ("y = dense(v, -3)", "7:16", ["dense: units must be a positive integer, got -3"]),
+])
+def test_sizes_no_machine_holds(tmp_path, line, where, words):
+    path = nn_file(tmp_path, model(line))
+    expect(cli("check", path), f"{path}:{where}: error:", *words)
+
+
+def test_huge_input_dims(tmp_path):
+    text = HEAD.replace("[batch, 8]", "[batch, 99999999999999999999]") + "}\n"
+    path = nn_file(tmp_path, text)
+    expect(cli("check", path), f"{path}:4:27: error: dim 99,999,999,999,999,999,999 is too large")
+
+
+def test_weights_beyond_this_machine(tmp_path):
+    path = nn_file(tmp_path, model("y = dense(v, 1000000000000)"))
+    out = cli("check", "-q", path, code=0)
+    expect(out, "warning:", "TiB", "of memory available")
+    out = cli("compile", path, "--backend", "reference")
+    expect(out, f"{path}:7:7: error: this model needs about 32.74 TiB (weights 32.74 TiB)",
+           "the largest weight is y.weight [8, 1000000000000]")
+
+
+@pytest.mark.parametrize("init", ["glorot_uniform", "he_normal", "normal", "truncated_normal",
+                                  "uniform", "lecun_normal"])
+def test_initial_weights_drawn_in_chunks_are_the_one_shot_values(monkeypatch, init):
+    """Chunked float64 draws cast into float32 give the values of one float64 draw cast at the
+    end (the reference below), for chunk sizes that split the weight anywhere."""
+    from nnlang.ops import init as inits
+    from nnlang.ops.registry import ParamSpec
+
+    def reference(rng, shape, std, mean, kind):
+        if kind == "uniform":
+            return rng.uniform(-std, std, size=shape).astype("float32")
+        if kind == "normal":
+            return rng.normal(mean, std, size=shape).astype("float32")
+        out = rng.standard_normal(size=shape)
+        bad = np.abs(out) > 2
+        while bad.any():
+            out[bad] = rng.standard_normal(size=int(bad.sum()))
+            bad = np.abs(out) > 2
+        return (mean + std * out).astype("float32")
+
+    shape = (37, 29)
+    fan_in, fan_out = shape
+    std = {"glorot_uniform": (6 / (fan_in + fan_out)) ** 0.5, "he_normal":
+           (2 / fan_in) ** 0.5 / 0.87962566103423978, "normal": 0.05, "truncated_normal": 0.05,
+           "uniform": 0.05, "lecun_normal": (1 / fan_in) ** 0.5 / 0.87962566103423978}[init]
+    kind = {"glorot_uniform": "uniform", "uniform": "uniform", "normal": "normal"}.get(
+        init, "truncated")
+    for chunk in (1, 7, 1000, 1 << 20):
+        monkeypatch.setattr(inits, "_CHUNK", chunk)
+        got = inits.initialize(ParamSpec(shape, (init, {}), dtype="float32"),
+                               np.random.default_rng(3))
+        want = reference(np.random.default_rng(3), shape, std, 0.0, kind)
+        assert got.dtype == np.float32 and np.array_equal(got, want), (init, chunk)
+
+
+# *** numbers that overflow ***
+
+@pytest.mark.parametrize("line, where, words", [
+    ("y = v * 1e400", "7:11", ["the number 1e400 is too large for a float"]),
+    ("y = v * 1e-400", "7:11", ["the number 1e-400 is too small for a float"]),
+    ("y = v * 1e39", "7:11", ["too large for a float32 tensor"]),
+    ("y = leaky_relu(v, alpha = 1e300)", "7:29", ["too large for float32"]),
+    ("k = 1e300 * 1e300", "7:7", ["cannot compute", "too large for a float"]),
+    ("k = 2.0 ** 5000", "7:7", ["too large for a float"]),
+    ("k = 10 ** 100000000", "7:7", ["too large"]),
+    ("y = sum(v) / 0", "7:16", ["division by zero"]),
+])
+def test_overflowing_numbers(tmp_path, line, where, words):
+    path = nn_file(tmp_path, model(line, *(["y = v"] if line.startswith("k") else [])))
+    expect(cli("check", path), f"{path}:{where}: error:", *words)
+
+
+def test_overflowing_number_in_the_train_section(tmp_path):
+    path = nn_file(tmp_path, MLP.read_text().replace("adam(lr = 1e-3)", "adam(lr = 1e999)"))
+    expect(cli("check", path), f"{path}:21:25: error: the number 1e999 is too large")
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["check", MLP, "--set", "hidden1=1e999"], 1,
+     ["<command line>:1:15: error: --set hidden1: the number 1e999 is too large"]),
+    (["check", MLP, "--set", "hidden1=[1e-999]"], 1, ["is too small"]),
+    (["train", MLP, "--lr", "1e999"], 2, ["--lr", "inf is not a finite number"]),
+    (["train", MLP, "--lr", "nan"], 2, ["--lr", "nan is not a finite number"]),
+])
+def test_overflowing_flags(args, code, words):
+    expect(cli(*args, code=code), *words)
+
+
+# *** truncated files: one error each ***
+
+def _cut_after(marker: str) -> str:
+    text = MLP.read_text()
+    return text[:text.index(marker) + len(marker)]
+
+
+@pytest.mark.parametrize("cut, line", [
+    ("h1 = dense(image, hidden1) |> relu\n", 8),          # inside the model, after a statement
+    ("h2 = dense(h1, ", 9),                                 # inside a call
+    ("train Mlp {\n  data = mnist\n", 20),               # inside the train section
+    ("optimizer = ", 21),
+    ("model Mlp(hidden1 = 512, ", 4),
+])
+def test_truncated_file_reports_one_error(tmp_path, cut, line):
+    path = nn_file(tmp_path, _cut_after(cut))
+    for command in ("check", "fmt"):
+        out = cli(command, path)
+        assert out.count("error:") == 1, out
+        expect(out, f"{path}:{line}:", "unexpected end of file")
+
+
+def test_truncated_body_names_the_open_brace(tmp_path):
+    path = nn_file(tmp_path, _cut_after("h1 = dense(image, hidden1) |> relu\n"))
+    expect(cli("check", path), "the '{' on line 4 is never closed")
+
+
+# *** flags ***
+
+@pytest.mark.parametrize("args, code, words", [
+    (["compile", MLP, "--emit", "nonsense", "--backend", "reference"], 1,
+     ["unknown --emit 'nonsense'"]),
+    (["compile", MLP, "--backend", "nonsense"], 1, ["unknown backend 'nonsense'"]),
+    (["compile", MLP, "--mode", "nonsense", "--backend", "reference"], 1,
+     ["unknown mode 'nonsense'"]),
+    (["compile", MLP, "--batch", "0"], 2, ["--batch"]),
+    (["check", MLP, "--batch", "-5"], 2, ["--batch"]),
+    (["graph", MLP, "-o", "x.dot", "--depth", "0"], 2, ["--depth"]),
+    (["graph", MLP, "-o", "x.txt"], 2, ["unknown format '.txt'"]),
+    (["check", MLP, "--model", "Nope"], 1, ["no model named 'Nope'", "models: Mlp"]),
+    (["compile", MLP, "--model", "Nope"], 1, ["no model named 'Nope'"]),
+    (["check", MLP, "--set", "hidden1"], 1, ["--set expects name=value, got 'hidden1'"]),
+    (["check", MLP, "--set", "=3"], 1, ["--set expects name=value"]),
+    (["check", MLP, "--set", "hidden1=[1,"], 1, ["'[1,' is not a literal"]),
+    (["check", MLP, "--set", "nope=3"], 1, ["has no hyper-parameter 'nope'"]),
+    (["check", MLP, "--set", "hidden1=0"], 1,
+     ["models/mlp.nn:8:21: error: dense: units must be a positive integer, got 0"]),
+    (["ops", "nonsense"], 1, ["unknown op 'nonsense'"]),
+    (["fmt", "--check", "--write", MLP], 2, ["use --check or --write, not both"]),
+])
+def test_bad_flags(args, code, words):
+    expect(cli(*args, code=code, cwd=ROOT), *words)
+
+
+@pytest.mark.parametrize("command", [["compile", "--backend", "reference"], ["graph"]])
+@pytest.mark.parametrize("target, words", [
+    ("{tmp}/missing/dir/out.dot", ["the folder", "missing/dir' does not exist", "mkdir -p"]),
+    ("{file}/out.dot", ["plain.txt' does not exist"]),      # the "folder" is a file
+    ("{tmp}/folder.dot", ["this is a folder, not a file"]),
+])
+def test_output_paths_that_cannot_be_written(tmp_path, command, target, words):
+    file = nn_file(tmp_path, "x", "plain.txt")
+    (tmp_path / "folder.dot").mkdir()
+    out = target.replace("{tmp}", str(tmp_path)).replace("{file}", str(file))
+    expect(cli(command[0], MLP, "-o", out, *command[1:]), "error: -o", *words)
+
+
+def test_output_into_a_read_only_folder(tmp_path, monkeypatch):
+    import os
+    real = os.access
+    # NOTE: as root every folder is writable; the check is what a user without rights meets
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path)
+                        else real(p, mode))
+    for command in (["graph"], ["compile", "--backend", "reference"]):
+        out = cli(command[0], MLP, "-o", tmp_path / "g.dot", *command[1:])
+        expect(out, f"error: -o {tmp_path / 'g.dot'}: the folder '{tmp_path}' is not writable")
+
+
+def test_an_imported_binary_file_is_named(tmp_path):
+    nn_file(tmp_path, GARBAGE, "lib.nn")
+    path = nn_file(tmp_path, 'import "lib.nn"\n' + model("y = v"))
+    expect(cli("check", path), f"{tmp_path / 'lib.nn'}:2:118: error: not UTF-8 text")
+
+
+def test_fmt_write_into_a_read_only_file_is_named(tmp_path, monkeypatch):
+    path = nn_file(tmp_path, "model   M {}\n")
+    import pathlib
+
+    def refuse(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(pathlib.Path, "write_text", refuse)
+    expect(cli("fmt", "--write", path), f"error: --write {path}: cannot write: Permission denied")
+
+
+# *** repeat counts and dims in declarations ***
+
+@pytest.mark.parametrize("lines, where, words", [
+    (["repeat 0 { z = v }", "y = v"], "7:10", ["repeat needs a positive integer count, got 0"]),
+    (["repeat -1 { z = v }", "y = v"], "7:10", ["positive integer count, got -1"]),
+    (["repeat 2.5 { z = v }", "y = v"], "7:10", ["got 2.5"]),
+    (["repeat 1000000000 { z = v }", "y = v"], "7:10", ["makes more than 10,000 copies"]),
+    (["repeat 1000 { repeat 1000 { z = v } }", "y = v"], "7:24", ["(1,000,000 with the repeats"]),
+    (["param w: float32[0, 3]", "y = v"], "7:20", ["a dim must be a positive integer"]),
+    (["param w: float32[-2, 3]", "y = v"], "7:20", ["a dim must be a positive integer"]),
+])
+def test_counts_and_declared_dims(tmp_path, lines, where, words):
+    path = nn_file(tmp_path, model(*lines))
+    out = cli("check", path)
+    expect(out, f"{path}:{where}: error:", *words)
+    assert out.count("error:") == 1, out
+
+
+def test_an_error_inside_a_repeat_is_reported_once(tmp_path):
+    path = nn_file(tmp_path, model("h = v", "repeat 50 { h = dense(h, 0) }", "y = h"))
+    out = cli("check", path)
+    assert out.count("units must be a positive integer") == 1, out
+
+
+# *** every op's arguments at their limits: errors at check time, at the line of the call ***
+
+OP_LIMITS = [
+    ("conv2d(x, 4, 0)", "kernel must be a positive int"),
+    ("conv2d(x, 4, 9)", "does not fit spatial size 8"),
+    ("conv2d(x, 4, 3, stride = 0)", "stride must be a positive int"),
+    ("conv2d(x, 4, -3)", "kernel must be a positive int"),
+    ("conv2d(x, 0, 3)", "filters must be a positive integer, got 0"),
+    ("conv2d(x, 4, 3, dilation = 0)", "dilation must be a positive int"),
+    ("conv2d(x, 4, 3, padding = -1)", "padding must be"),
+    ("conv2d(x, 4, 3, padding = \"bogus\")", "padding must be"),
+    ("conv2d(x, 4, [3, 3, 3])", "kernel must be a positive int or 2 of them"),
+    ("conv2d(x, 4, 5, dilation = 3)", "does not fit"),
+    ("conv2d(v, 4, 3)", "conv2d expects [batch, channels, height, width]"),
+    ("conv1d(s, 4, 7)", "does not fit spatial size 4"),
+    ("max_pool2d(x, 0)", "size must be a positive int"),
+    ("max_pool2d(x, 9)", "does not fit"),
+    ("max_pool2d(x, 2, stride = 0)", "stride must be a positive int"),
+    ("max_pool2d(x, 2, padding = 5)", "more than half the window"),
+    ("avg_pool2d(x, 2, padding = 5)", "more than half the window"),
+    ("avg_pool1d(s, 9)", "does not fit"),
+    ("global_max_pool(v)", "it is already pooled"),
+    ("dense(v, 0)", "units must be a positive integer, got 0"),
+    ("dense(v, 2.5)", "expected an integer, got 2.5"),
+    ("embedding(tok, 0, 4)", "vocab must be a positive integer"),
+    ("embedding(tok, 10, -1)", "dim must be a positive integer"),
+    ("embedding(v, 10, 4)", "expects integer token ids"),
+    ("lstm(s, 0)", "units must be a positive integer"),
+    ("gru(v, 4)", "expects [batch, time, features]"),
+    ("rnn(s, 4, activation = \"bogus\")", "unknown activation 'bogus'"),
+    ("multi_head_attention(s, heads = 0)", "heads must be a positive integer, got 0"),
+    ("multi_head_attention(s, heads = 3)", "dim 4 is not divisible by heads = 3"),
+    ("multi_head_attention(s, heads = 2, dim = 0)", "dim must be a positive integer, got 0"),
+    ("multi_head_attention(s, heads = 2, dropout = 1.0)", "dropout must be in [0, 1)"),
+    ("positional_encoding(s, max_len = 2)", "exceeds max_len = 2"),
+    ("dropout(v, 1.0)", "rate must be in [0, 1), got 1.0"),
+    ("dropout(v, -0.1)", "rate must be in [0, 1), got -0.1"),
+    ("gelu(v, approximate = \"bogus\")", "approximate must be"),
+    ("clip(v, lo = 2, hi = 1)", "lo = 2 is above hi = 1"),
+    ("softmax(v, axis = 5)", "axis 5 is out of range"),
+    ("mean(v, axis = [1, 1])", "name an axis twice"),
+    ("flatten(x, start = 3, end = 1)", "start 3 comes after end 1"),
+    ("squeeze(v, axis = 1)", "has size 8, not 1"),
+    ("permute(x, [0, 1, 1, 2])", "is not a permutation"),
+    ("layer_norm(v, eps = -1.0)", "eps must be in [0, 1]"),
+    ("batch_norm(v, momentum = 1.5)", "momentum must be in [0, 1]"),
+    ("batch_norm(v, eps = -1.0)", "eps must be in [0, 1]"),
+    ("reshape(v, [3, 5])", "cannot reshape"),
+    ("reshape(v, [-1, -1])", "at most one -1"),
+    ("slice(v, 1, 0, 4, 0)", "step cannot be 0"),
+    ("slice(v, 1, 20, 30)", "is empty"),
+    ("concat()", "concat needs at least one tensor"),
+    ("concat(v, v, axis = 5)", "axis 5 is out of range"),
+    ("one_hot(t, 0)", "depth must be a positive integer, got 0"),
+    ("one_hot(t, 10, dtype = \"bogus\")", "expected a dtype"),
+    ("cast(v, \"bogus\")", "expected a dtype"),
+    ("scatter_add(v, t, 0)", "rows must be a positive integer"),
+    ("bce(sigmoid(v), v, eps = -1.0)", "eps must be in [0, 0.5)"),
+    ("cross_entropy(x, t)", "need labels"),
+    ("v[:, 5:2]", "is empty"),
+    ("v[:, :, :]", "3 indices for a tensor of rank 2"),
+    ("unfold(x, [0, 0], [1, 1], [0, 0, 0, 0], [1, 1])", "kernel must be 2 ints >= 1"),
+    ("window_max(x, [0, 0], [1, 1], [0, 0, 0, 0])", "kernel must be 2 ints >= 1"),
+    ("fold(x, [8, 8], [3, 3], [1, 1], [0, 0, 0, 0], [1, 1])", "are not the windows of size"),
+]
+
+
+@pytest.mark.parametrize("expr, words", OP_LIMITS, ids=[e for e, _ in OP_LIMITS])
+def test_op_arguments_at_their_limits(tmp_path, expr, words):
+    path = nn_file(tmp_path, model(f"y = {expr}"))
+    out = cli("check", path)
+    expect(out, f"{path}:7:", words)
+
+
+def test_attribute_errors_point_at_the_argument(tmp_path):
+    path = nn_file(tmp_path, model("y = dropout(v, rate = 1.5)"))
+    out = cli("check", path)
+    expect(out, f"{path}:7:25: error: dropout: rate must be in [0, 1), got 1.5")
