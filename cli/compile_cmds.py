@@ -1,6 +1,7 @@
 """`nnlang compile`: the optimized graph, the generated backward pass and the kernels that run."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Optional
 
@@ -10,11 +11,7 @@ from rich.text import Text
 import nnlang
 from nnlang_cli.app import app, check_output, console, parse_overrides, reporting, writing
 
-PASS_NAMES = ("fold", "cse", "matmul_sum", "dce", "fuse", "multi_tensor",
-              "concat_in_place")
 
-
-@app.command("compile")
 def compile_cmd(
     file: Path = typer.Argument(..., help="A .nn file."),
     emit: str = typer.Option("summary", "--emit",
@@ -25,25 +22,11 @@ def compile_cmd(
                                         help="Batch size (default: the train section's)."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a hyper-parameter."),
     model: Optional[str] = typer.Option(None, "--model", help="Which model of the file."),
-    no_fold: bool = typer.Option(False, "--no-fold", help="Skip constant folding."),
-    no_cse: bool = typer.Option(False, "--no-cse", help="Skip common-subexpression elimination."),
-    no_matmul_sum: bool = typer.Option(False, "--no-matmul-sum",
-                                       help="Keep sums of matmuls (e.g. per-step RNN weight "
-                                            "gradients) as they are."),
-    no_dce: bool = typer.Option(False, "--no-dce", help="Skip dead-code elimination."),
-    no_fuse: bool = typer.Option(False, "--no-fuse", help="One kernel per op."),
-    no_multi_tensor: bool = typer.Option(False, "--no-multi-tensor",
-                                         help="One launch per tensor for the optimizer update "
-                                              "(and other runs of one elementwise kernel)."),
-    no_concat_in_place: bool = typer.Option(False, "--no-concat-in-place",
-                                            help="Concats copy their inputs instead of each "
-                                                 "input being stored in its slice."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write to a file."),
+    **switched_off: bool,
 ):
     """Compile a model and show what runs: --emit ir, backward, fused or kernels."""
-    flags = (no_fold, no_cse, no_matmul_sum, no_dce, no_fuse, no_multi_tensor,
-             no_concat_in_place)
-    disable = tuple(name for name, off in zip(PASS_NAMES, flags) if off)
+    disable = tuple(name[len("no_"):] for name, off in switched_off.items() if off)
     with reporting():
         if output is not None:
             check_output(output)
@@ -57,3 +40,19 @@ def compile_cmd(
         console().print(Text(f"wrote {output}"))
     else:
         console().print(Text(text), end="", soft_wrap=True)
+
+
+def _with_pass_switches(fn):
+    """`fn` with one `--no-<pass>` flag per optimizer pass, taken from the pass list itself
+    (`nnlang.pass_switches()`), so a new pass gets its flag without an edit here."""
+    sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    for name, text in nnlang.pass_switches().items():
+        flag = typer.Option(False, f"--no-{name.replace('_', '-')}", help=text)
+        params.append(inspect.Parameter(f"no_{name}", inspect.Parameter.KEYWORD_ONLY,
+                                        default=flag, annotation=bool))
+    fn.__signature__ = sig.replace(parameters=params)
+    return fn
+
+
+app.command("compile")(_with_pass_switches(compile_cmd))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from nnlang.errors import NNError
 
 __version__ = "0.1.0"
-__all__ = ["NNError", "load", "compile", "emit", "dot", "__version__"]
+__all__ = ["NNError", "load", "compile", "emit", "dot", "pass_switches", "__version__"]
 
 
 def load(source_or_path, overrides: dict | None = None, model: str | None = None):
@@ -46,3 +46,10 @@ def dot(net, backward: bool = False, fused: bool = False, depth: int | None = No
     backward pass beside the forward one; with `fused` each kernel drawn as a cluster."""
     from nnlang.runtime.emit import dot as _dot
     return _dot(net, backward, fused, depth, show_params, title)
+
+
+def pass_switches() -> dict[str, str]:
+    """The optimizer passes that `compile(..., disable=)` switches off, each with what switching
+    it off does (the `nnlang compile --no-<pass>` flags)."""
+    from nnlang.passes.optimize import SWITCH_HELP
+    return dict(SWITCH_HELP)

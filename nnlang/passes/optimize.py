@@ -20,6 +20,19 @@ PASSES = [("fold", fold_constants), ("cse", eliminate_common),
 # switches of the steps after these passes (`passes/plan.py`)
 LATER = ("multi_tensor", "concat_in_place")
 SWITCHES = tuple(dict.fromkeys([name for name, _ in PASSES] + list(LATER)))
+# what switching each off does: the help of `nnlang compile --no-<switch>`
+SWITCH_HELP = {
+    "fold": "Skip constant folding.",
+    "cse": "Skip common-subexpression elimination.",
+    "matmul_sum": "Keep sums of matmuls (e.g. per-step RNN weight gradients) as they are.",
+    "dce": "Skip dead-code elimination.",
+    "fuse": "One kernel per op.",
+    "multi_tensor": "One launch per tensor for the optimizer update (and other runs of one "
+                    "elementwise kernel).",
+    "concat_in_place": "Concats copy their inputs instead of each input being stored in its "
+                       "slice.",
+}
+assert set(SWITCH_HELP) == set(SWITCHES), "every switch needs its help text"
 
 
 def optimize(g: Graph, disable=()) -> Graph:
