@@ -95,7 +95,7 @@ def memory_warning(prog, batch: int) -> str | None:
 
     slots = 0
     if prog.train is not None:
-        from nnlang.train.optim import OPTIMIZERS
+        from nnlang.ops.optim import OPTIMIZERS
         opt = OPTIMIZERS.get(prog.train.optimizer.name)
         slots = len(opt.slots) if opt is not None else 0
     return memory_problem(memory_need(prog.graph, batch, "float32", slots))
