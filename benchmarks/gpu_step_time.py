@@ -115,7 +115,7 @@ def time_model(name: str, rounds: int, warmup: int, batch: int | None,
     if net:
         exe = net._exe("train", batch)[0]
         out["kernels"] = exe.summary()
-        out["cuda_graph"] = getattr(exe, "_graph", None) is not None  # NNLANG_CUDA_GRAPH=1
+        out["cuda_graph"] = getattr(exe._step, "_graph", None) is not None  # NNLANG_CUDA_GRAPH=1
     return out
 
 

@@ -64,3 +64,39 @@ def op_graph(name: str, sample, dtype: str = "float64", seed: int = 0):
     out = b.emit(name, *ins, **attrs)
     g.outputs["out"] = out
     return g, feeds, params, out
+
+
+def sample_cases():
+    """(id, name, sample) for every sample of every op in the registry: what the CUDA checks
+    (tests/gpu) loop over, so a new op is checked there by existing."""
+    for name, op in registry.all_ops().items():
+        for k, sample in enumerate(op.samples):
+            yield f"{name}-{k}", name, sample
+
+
+def op_graph_with_grads(name: str, sample, dtype: str = "float32", seed: int = 0):
+    """`op_graph` decomposed, plus the gradient of sum(out * c) with respect to every float
+    input and parameter (when the op and sample have one) as outputs `d<name>`: the forward
+    and backward kernels a model using the op would run. (graph, feeds, params)."""
+    from nnlang.ops.registry import NONDIFF, RANDOM, is_float
+    from nnlang.passes.autodiff import backward
+    from nnlang.passes.decompose import decompose
+    g, feeds, params, _ = op_graph(name, sample, dtype, seed)
+    g = decompose(g)
+    if "_rng" in g.inputs:
+        feeds["_rng"] = np.int64(7)
+    op = registry.get(name)
+    out = g.outputs["out"]
+    wrt = {k: v for k, v in {**g.inputs, **g.params}.items()
+           if is_float(g.node(v).dtype) and not k.startswith("_")}
+    if not (sample.grad and wrt and is_float(g.node(out).dtype)) or op.has(NONDIFF) \
+            or op.has(RANDOM):
+        return g, feeds, params
+    b = Builder(g)
+    rng = np.random.default_rng(seed + 1)
+    cot = b.const(rng.normal(size=[int(d) for d in g.node(out).shape]), g.node(out).dtype)
+    grads = backward(g, b.reduce_sum(b.mul(out, cot), axes=None), list(wrt.values()))
+    for k, nid in wrt.items():
+        if nid in grads:
+            g.outputs[f"d{k}"] = grads[nid]
+    return g, feeds, params

@@ -347,3 +347,17 @@ REFERENCES = {**NN, **CONV, **RNN, **ATTENTION, **LOSSES}
 
 # ops whose training-mode decomposition differs and is deterministic
 TRAINING_REFERENCES = {"batch_norm": lambda *a, **k: batch_norm(*a, training=True, **k)}
+
+
+# *** library primitives (their registry `impl` is checked against these) ***
+
+def cumsum(x, *, axis=-1, reverse=False):
+    y = np.moveaxis(np.asarray(x), axis, -1)
+    out, acc = np.empty_like(y), np.zeros(y.shape[:-1], y.dtype)
+    for i in (reversed(range(y.shape[-1])) if reverse else range(y.shape[-1])):
+        acc = acc + y[..., i]
+        out[..., i] = acc
+    return np.moveaxis(out, -1, axis)
+
+
+PRIMITIVES = {"cumsum": cumsum}

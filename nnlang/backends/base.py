@@ -1,42 +1,156 @@
-"""The `Backend` protocol the executable runs on (after codegen): memory, compiling generated
-kernel source, and the library ops that are not generated (matmul, gather, unfold, ...).
+"""The `Backend` protocol the executable (`runtime/executable.py`) runs on, after codegen: where
+arrays live, rendering and compiling generated kernels, running a step, and the services the
+library primitives' lowerings (`OpDef.lower[backend.name]` in `ops/`) call.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import MutableMapping
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from nnlang.ir.graph import Node
+from nnlang.errors import NNError
+from nnlang.ir.graph import Node, op_attrs
 
 Call = tuple[Callable, tuple]  # a function and its prebound arguments, run as fn(*args)
+Rendered = tuple[str, str]     # (header comment, source) of one generated kernel
+
+
+def run_in_order(calls):
+    """Each (fn, args) call in turn, on this thread."""
+    for fn, args in calls:
+        fn(*args)
+
+
+class State(MutableMapping):
+    """Persistent arrays by name (params and optimizer slots). Setting copies into the existing
+    buffer, because compiled calls hold references to it."""
+
+    def __init__(self, arrays: dict):
+        self._arrays = arrays
+
+    def __getitem__(self, name):
+        return self._arrays[name]
+
+    def __setitem__(self, name, value):
+        if name not in self._arrays:
+            raise KeyError(f"no state named {name!r}")
+        np.copyto(self._arrays[name], np.asarray(value), casting="same_kind")
+
+    def __delitem__(self, name):
+        raise TypeError("state entries cannot be removed")
+
+    def __iter__(self):
+        return iter(self._arrays)
+
+    def __len__(self):
+        return len(self._arrays)
 
 
 class Backend(Protocol):
-    name: str
+    name: str          # as --backend spells it
+    target: str        # the key of its lowerings in `OpDef.lower`: "numba" or "cuda"
+    xp: Any            # the array module of its arrays: numpy, or cupy
+    render_only: bool  # renders kernels and compiles nothing (`--emit kernels` without a GPU)
 
-    def alloc(self, nbytes: int) -> np.ndarray: ...
+    # *** where arrays live ***
+    def alloc(self, nbytes: int):
+        """A planned buffer of raw bytes."""
 
-    def upload(self, dst, src: np.ndarray) -> None: ...
+    def upload(self, dst, src: np.ndarray) -> None:
+        """A host array (a fed batch) copied into `dst`, cast to its dtype."""
 
     def download(self, src) -> np.ndarray: ...
 
-    def compile(self, source: str, name: str) -> Callable:
-        """Function `name` from generated source; cached on disk by a hash of the source."""
+    def state_array(self, shared: dict, name: str, shape: tuple, dtype: str):
+        """The array of a parameter or slot: the caller's own `shared[name]` when it fits, so
+        the executables of one model share their state."""
 
-    def specialize(self, fn: Callable, args: tuple) -> Call:
-        """A call of a compiled kernel with fixed arguments, cheapest to launch repeatedly."""
+    def state(self, arrays: dict) -> MutableMapping:
+        """The mapping `Executable.state` shows the persistent arrays through."""
 
-    def library_call(self, node: Node, inputs: list, out) -> Call:
-        """A call that computes a non-fused op (matmul, gather, unfold, ...) into `out`."""
+    def const_array(self, value, dtype: str): ...
+
+    def view(self, node: Node, base):
+        """A view op (`schedule.find_views` chose it) applied to `base` without a copy."""
+
+    def reshape(self, a, shape): ...
 
     def sync(self) -> None: ...
+
+    # *** generated kernels ***
+    def kernel_call(self, kernel, loop_shape: tuple, arrays: list) -> tuple[Rendered, Call]:
+        """A fused kernel (`codegen/kernel.py`) rendered, compiled and bound to its arrays
+        (`Executable._kernel_arrays`)."""
+
+    def multi_call(self, kernels: list, sizes: list[int], arrays: list[list]) \
+            -> tuple[Rendered, Call, Any] | None:
+        """One launch over several 1-d kernels (`passes/multi_tensor.py`) and what the caller
+        keeps alive for it (the arrays its address tables point into), or None when they
+        render differently (the executable then runs them one by one)."""
+
+    def together(self) -> AbstractContextManager:
+        """Around the building of all calls of an executable: compiles may go together."""
+
+    def resolved(self, call: Call) -> Call:
+        """A call built inside `together`, made runnable once it has ended."""
+
+    # *** library primitives (what their lowerings call) ***
+    def library_call(self, node: Node, inputs: list, out) -> Call:
+        """A call computing a non-fused op into `out`: its registry entry's lowering."""
+
+    def gemm(self, a, b, out) -> Call:
+        """out = a @ b through the backend's BLAS."""
+
+    def specialize(self, fn, args: tuple) -> Call:
+        """A call of a compiled kernel (a generated one, or a lowering's) with fixed arguments,
+        cheapest to launch repeatedly."""
+
+    # numba target: `jit(pyfunc, parallel)` compiles a lowering's kernel body.
+    # cuda target: `library_kernel(name, source)` compiles a lowering's CUDA source;
+    # `launch(kernel, total, args, keep)` one thread per element; `ctype(dtype)`, `prelude`,
+    # `to_device(host)` and `pointer_table(arrays)` help build them.
+
+    # *** running ***
+    def threaded_blas(self, products: list) -> bool:
+        """Should a step with these (a shape, b shape) products hand them to BLAS threads?"""
+
+    def launcher(self, calls: list[Call], updates: list, threaded: bool) -> Callable[[], None]:
+        """The function running one step: every call, then each (state, update) copy."""
+
+    def splits(self, calls: list[Call]) -> bool:
+        """Does some call share its work out over threads (`Executable.summary`)?"""
+
+    def results(self, named: list, fetch: bool) -> dict:
+        """A step's (name, array) results as the caller gets them: host copies, or with
+        fetch=False, device copies that `read_all` downloads later."""
+
+    def read_all(self, results: list[dict]) -> list[dict]: ...
+
+
+def library_call(backend: Backend, node: Node, inputs: list, out) -> Call:
+    """The lowering of `node`'s op for `backend` from the op's registry entry."""
+    from nnlang.ops import registry
+    lower = registry.get(node.op).lower.get(backend.target)
+    if lower is None:
+        raise NNError(f"op '{node.op}' has no lowering for the {backend.name} backend",
+                      span=node.span, hint="add one to the op's registry entry (`lower`; see "
+                      "docs/contributing.md), or use another --backend")
+    return lower(backend, op_attrs(node), inputs, out)
 
 
 _BACKENDS = {}
 
 
-def get_backend(name: str) -> Backend:
+def get_backend(name: str, render_only: bool = False) -> Backend:
+    """The backend named `name` (one per process); `render_only`: one that renders the kernels
+    it is given and compiles nothing, which needs no device (CUDA's `--emit kernels`)."""
+    if render_only:
+        if name != "cupy":
+            raise NNError(f"the {name} backend has no render-only mode")
+        from nnlang.backends.cupy_backend import CupyBackend
+        return CupyBackend(render_only=True)
     if name not in _BACKENDS:
         if name == "numba":
             from nnlang.backends.numba_backend import NumbaBackend
@@ -45,6 +159,5 @@ def get_backend(name: str) -> Backend:
             from nnlang.backends.cupy_backend import get_backend as _cupy
             _BACKENDS[name] = _cupy()
         else:
-            from nnlang.errors import NNError
             raise NNError(f"unknown backend {name!r} (available: numba, cupy)")
     return _BACKENDS[name]

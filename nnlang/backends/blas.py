@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from nnlang.backends import cpu_affinity
+from nnlang.backends.base import run_in_order  # noqa: F401  (re-exported)
 
 _WORKERS = max(1, min(len(cpu_affinity.allowed_cpus()), 8))
 _SPLIT_FLOPS = 1 << 27   # below this one thread is faster than handing work to a pool
@@ -96,12 +97,6 @@ def run_parts(calls):
     fn(*args)
     for f in futures:
         f.result()
-
-
-def run_in_order(calls):
-    """Each (fn, args) call in turn, on this thread."""
-    for fn, args in calls:
-        fn(*args)
 
 
 def _bounds(n: int, parts: int):

@@ -1,5 +1,5 @@
 """The CPU backend: generated kernels compiled with numba, matmul through numpy's BLAS, and
-library ops (gather, scatter_add, unfold, fold, ...) that write into planned buffers.
+the library primitives' numba lowerings (in their registry entries, `ops/`) jitted here.
 
 Kernel source is written to the cache's `kernels/` folder (`user_cache.py`) under a hash of
 the source and versions, then imported, so numba's own `cache=True` on-disk cache (beside it)
@@ -17,6 +17,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import types
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,16 +25,14 @@ import numba
 import numpy as np
 
 from nnlang.backends import cpu_affinity
-from nnlang.backends import numba_kernels as nk
-from nnlang.backends.aligned import aligned_empty
-from nnlang.backends.base import Call
-from nnlang.backends.blas import (blas_threads, matmul_call, run_in_order, run_parts,
+from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
+from nnlang.backends.base import Call, State, library_call, run_in_order
+from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded_blas_pays,
                                   workers)
-from nnlang.backends.windows import (as_2d, fold_call, ints_2d, unfold_call,
-                                     window_max_call, window_max_grad_call)
-from nnlang.ir.graph import Node, op_attrs
-from nnlang.ops import registry
-from nnlang.ops.random import MASK64
+from nnlang.codegen.render_numba import PARALLEL_MIN, render, render_multi, split_rows
+from nnlang.errors import NNError
+from nnlang.ir.graph import Node
+from nnlang.passes.schedule import apply_view
 from nnlang.user_cache import cache_subdir, cache_unwritable, private_dir
 
 VERSION = "nnlang-0.1"
@@ -115,6 +114,65 @@ def _start_worker(todo):
         return None
 
 
+def _element_ranges(members, parts: int) -> list[list]:
+    """The members' (size, arrays) cut into `parts` runs of about equal element counts; a
+    member that straddles a cut is sliced (its size-1 broadcast arrays are not)."""
+    total = sum(n for n, _ in members)
+    cuts = np.linspace(0, total, parts + 1).astype(int)
+    out = []
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        part, start = [], 0
+        for n, xs in members:
+            a, b = max(lo, start) - start, min(hi, start + n) - start
+            if a < b or (n == 0 and lo <= start < hi):
+                part.append((b - a if n else 0,
+                             [x[a:b] if x.shape[0] == n and n else x for x in xs]))
+            start += n
+        if part:
+            out.append(part)
+    return out
+
+
+def _multi_args(part) -> tuple:
+    """A multi kernel's arguments: the sizes, then per argument a table of the members' array
+    addresses (`render_numba.render_multi`); the caller keeps the arrays alive."""
+    if not all(x.flags.c_contiguous for _, xs in part for x in xs):
+        raise NNError("internal: a multi-tensor kernel argument is not contiguous")
+    ns = np.array([n for n, _ in part], np.int64)
+    return (ns, *(np.array([xs[k].ctypes.data for _, xs in part], np.uintp)
+                  for k in range(len(part[0][1]))))
+
+
+def _fitting_array(given, shape, dtype) -> np.ndarray:
+    """The caller's array itself when it fits, so executables of one model share their state
+    (a train step's update is what the next prediction reads); otherwise a copy or zeros."""
+    if given is None:
+        return aligned_zeros(shape, dtype)
+    if given.shape == shape and given.dtype == dtype and given.flags.c_contiguous:
+        return given
+    return aligned_copy(np.broadcast_to(given, shape), dtype)
+
+
+def _row_strided(x: np.ndarray, force: bool = False):
+    """(flat 1-D view, outer strides in elements) for a non-contiguous array whose last axis is
+    contiguous, which generated kernels index by hand so the inner loop vectorizes
+    (`render_numba.render_body`); None for other arrays (`force`: contiguous ones too)."""
+    item = x.itemsize
+    strides = [0 if n == 1 else s for n, s in zip(x.shape, x.strides)]  # any stride fits size 1
+    if (x.flags.c_contiguous and not force) or x.ndim < 2 or x.size == 0 or \
+            any(s < 0 or s % item for s in strides) or strides[-1] not in (0, item):
+        return None
+    span = 1 + sum((n - 1) * s // item for n, s in zip(x.shape, strides))
+    flat = np.lib.stride_tricks.as_strided(x, (span,), (item,))
+    return flat, [np.intp(s // item) for s in strides[:-1]]
+
+
+def _uses_pool(call) -> bool:
+    """Does this (function, args) call hand work to the thread pool (`blas.run_parts`)?"""
+    fn, args = call
+    return fn is run_parts or (fn is run_in_order and any(_uses_pool(c) for c in args[0]))
+
+
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
@@ -142,9 +200,12 @@ def _kernel_file(key: str, source: str) -> Path:
 
 
 class NumbaBackend:
-    name = "numba"
+    name = target = "numba"
+    xp = np
+    render_only = False
 
     def __init__(self):
+        self._jitted: dict = {}     # (python function, parallel) -> numba dispatcher
         self._modules: dict[str, object] = {}
         self._entries: dict[tuple, object] = {}   # (dispatcher, signature) -> compiled entry
         self._waiting: dict | None = None            # inside together(): requests -> Pending
@@ -169,7 +230,70 @@ class NumbaBackend:
     def sync(self) -> None:
         pass
 
+    @staticmethod
+    def state_array(shared: dict, name: str, shape, dtype):
+        return _fitting_array(shared.get(name), shape, dtype)
+
+    @staticmethod
+    def state(arrays: dict) -> State:
+        return State(arrays)
+
+    @staticmethod
+    def const_array(value, dtype):
+        return np.array(value, dtype=dtype)
+
+    @staticmethod
+    def view(node, base):
+        return apply_view(node, base)
+
+    @staticmethod
+    def reshape(a, shape):
+        return np.reshape(a, shape, copy=False)
+
     # *** generated kernels ***
+    def kernel_call(self, kernel, loop_shape: tuple, arrays: list):
+        """Loads through row-strided views are indexed by hand (`_row_strided`); a large loop
+        whose rows are independent is split over the pool's threads."""
+        names = kernel.args[len(loop_shape):]
+        red = kernel.reduce.arg if kernel.reduce else None
+        strided = {a for a, x in zip(names, arrays) if a != red and _row_strided(x) is not None}
+        header, body = render(kernel, loop_shape, strided=strided)
+        fn = self.compile(body, kernel.name)
+
+        def args_for(shape, xs):
+            flat = [_row_strided(x, force=True) if a in strided else (x, [])
+                    for a, x in zip(names, xs)]
+            return (*shape, *(f for f, _ in flat), *(s for _, ss in flat for s in ss))
+        n0 = loop_shape[0]
+        parts = min(workers(), n0)
+        if parts < 2 or not split_rows(kernel, loop_shape):
+            return (header, body), self.specialize(fn, args_for(loop_shape, arrays))
+        calls = []
+        cuts = np.linspace(0, n0, parts + 1).astype(int)
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            xs = [x[lo:hi] if x.shape[0] == n0 else x for x in arrays]
+            calls.append(self.specialize(fn, args_for((hi - lo, *loop_shape[1:]), xs)))
+        return (header, body), (run_parts, (calls,))
+
+    def multi_call(self, kernels: list, sizes: list[int], arrays: list[list]):
+        """A 1-d kernel over a table of every member's array addresses (`render_multi`), the
+        combined element range split over threads when large."""
+        bodies = {render(k, (1,))[1] for k in kernels}
+        if len(bodies) > 1:
+            return None
+        members = list(zip(sizes, arrays))
+        kernel = kernels[-1]
+        header, source = render_multi(kernel, bodies.pop(), len(members))
+        fn = self.compile(source, f"{kernel.name}_multi")
+        total = sum(sizes)
+        parts = min(workers(), total) if total >= PARALLEL_MIN else 1
+        calls, pinned = [], []
+        for part in _element_ranges(members, parts):
+            pinned.append(part)  # NOTE: the address tables do not hold their arrays
+            calls.append(self.specialize(fn, _multi_args(part)))
+        call = calls[0] if len(calls) == 1 else (run_parts, (calls,))
+        return (header, source), call, pinned
+
     def compile(self, source: str, name: str):
         key = hashlib.sha256(f"{VERSION}\n{numba.__version__}\n{source}".encode()).hexdigest()
         key = key[:24]
@@ -245,20 +369,52 @@ class NumbaBackend:
         for (fn, sig), pending in waiting.items():
             pending.entry = self._entry(fn, sig)
 
-    # *** library ops ***
+    # *** library primitives: their lowerings live in the op's registry entry (`ops/`) ***
     def library_call(self, node: Node, inputs: list, out: np.ndarray) -> Call:
-        a = op_attrs(node)
-        make = getattr(self, f"_{node.op}", None)
-        if make is not None:
-            return make(a, inputs, out)
-        impl = registry.get(node.op).impl  # NOTE: correct but allocates; add a lowering
+        return library_call(self, node, inputs, out)
 
-        def run(*xs):
-            out[...] = impl(*xs, **a)
-        return run, tuple(inputs)
+    def gemm(self, a, b, out) -> Call:
+        return matmul_call(a, b, out)
 
-    def _matmul(self, a, xs, out):
-        return matmul_call(xs[0], xs[1], out)
+    def jit(self, pyfunc, parallel: bool = False):
+        """A lowering's kernel body (a plain Python function, so `ops/` never imports numba)
+        compiled with numba, cached on disk like the generated kernels. The body's `prange`
+        and `uintp` names (Python's `range` and `int` in its module) become numba's."""
+        key = (pyfunc, parallel)
+        if key not in self._jitted:
+            names = {**pyfunc.__globals__, "prange": numba.prange, "uintp": numba.uintp}
+            fn = types.FunctionType(pyfunc.__code__, names, pyfunc.__name__,
+                                    pyfunc.__defaults__, pyfunc.__closure__)
+            fn.__qualname__, fn.__module__ = pyfunc.__qualname__, pyfunc.__module__
+            self._jitted[key] = numba.njit(cache=True, parallel=parallel)(fn)
+        return self._jitted[key]
+
+    # *** running a step ***
+    def threaded_blas(self, products: list) -> bool:
+        return threaded_blas_pays(products)
+
+    def splits(self, calls: list[Call]) -> bool:
+        return any(_uses_pool(c) for c in calls)
+
+    def launcher(self, calls: list[Call], updates: list, threaded: bool):
+        threads, split, session = workers() if threaded else 1, self.splits(calls), self.session
+
+        def step():
+            with session(threads, split):
+                for fn, args in calls:
+                    fn(*args)
+            for dst, src in updates:
+                np.copyto(dst, src)
+        return step
+
+    @staticmethod
+    def results(named: list, fetch: bool) -> dict:
+        return {k: np.array(v) for k, v in named}
+
+    @staticmethod
+    def read_all(results: list[dict]) -> list[dict]:
+        """Results are host arrays already."""
+        return results
 
     @contextmanager
     def session(self, threads: int = 1, split: bool = False):
@@ -273,89 +429,6 @@ class NumbaBackend:
         numba.get_num_threads()  # NOTE: starts numba's workers unpinned: threads inherit CPUs
         with cpu_affinity.pinned(), blas_threads(1):
             yield
-
-    def _gather(self, a, xs, out):
-        # NOTE: mode="wrap" maps -1 to the last row like numpy indexing and, unlike "raise",
-        # writes straight into `out` without a temporary
-        return _take, (xs[0], xs[1], out)
-
-    def _scatter_add(self, a, xs, out):
-        src, idx = xs
-        n = idx.size
-        src2 = np.reshape(src, (n, -1), copy=False) if n else src.reshape(0, -1)
-        out2 = np.reshape(out, (out.shape[0], -1), copy=False)
-        return self.specialize(nk.scatter_add, (src2, np.reshape(idx, -1), out2))
-
-    def _one_hot(self, a, xs, out):
-        out2 = np.reshape(out, (-1, a["depth"]), copy=False)
-        return self.specialize(nk.one_hot, (np.reshape(xs[0], -1), out2))
-
-    def _argmax(self, a, xs, out):
-        tmp = np.empty(out.shape, np.intp)
-        return _argmax, (xs[0], a["axis"], tmp, out)
-
-    def _random_uniform(self, a, xs, out):
-        fn, args = self.specialize(nk.random_uniform, (np.uint64(0), np.reshape(out, -1)))
-        return _random, (fn, xs[0], a["salt"], args[1])
-
-    def _unslice(self, a, xs, out):
-        idx = [slice(None)] * out.ndim
-        idx[a["axis"] % out.ndim] = slice(a["start"], a["stop"], a["step"])
-        return _unslice, (xs[0], out, tuple(idx))
-
-    def _concat(self, a, xs, out):
-        return _concat, (tuple(xs), a["axis"], out)
-
-    def _unfold(self, a, xs, out):
-        arrays = as_2d(a, xs[0], out)
-        if arrays is None:
-            return unfold_call(np, a, xs[0], out)
-        return self.specialize(nk.unfold2d, arrays + ints_2d(a, "stride", "dilation", "pads")
-                               + (float(a["pad_value"]),))
-
-    def _fold(self, a, xs, out):
-        arrays = as_2d(a, xs[0], out)
-        if arrays is None:
-            return fold_call(np, a, xs[0], out)
-        return self.specialize(nk.fold2d, arrays + ints_2d(a, "stride", "dilation", "pads"))
-
-    def _window_max(self, a, xs, out):
-        arrays = as_2d(a, xs[0], out)
-        if arrays is None:
-            return window_max_call(np, a, xs[0], out)
-        return self.specialize(nk.window_max2d, arrays + ints_2d(a, "kernel", "stride", "pads"))
-
-    def _window_max_grad(self, a, xs, out):
-        arrays = as_2d(a, xs[0], xs[1], out)
-        if arrays is None:
-            return window_max_grad_call(np, a, xs[0], xs[1], out)
-        return self.specialize(nk.window_max_grad2d,
-                               arrays + ints_2d(a, "kernel", "stride", "pads"))
-
-
-# *** library op bodies: all write into preallocated arrays ***
-
-def _take(table, idx, out):
-    np.take(table, idx, axis=0, out=out, mode="wrap")
-
-
-def _argmax(x, axis, tmp, out):
-    np.argmax(x, axis=axis, out=tmp)
-    np.copyto(out, tmp, casting="unsafe")
-
-
-def _random(fn, key, salt, out):
-    base = np.uint64((int(key) * 0x100000001B3 + salt * 0x9E3779B1) & MASK64)
-    fn(base, out)
-
-
-def _unslice(x, out, idx):
-    out[...] = 0
-    out[idx] = x
-
-
-def _concat(xs, axis, out):
-    np.concatenate(xs, axis=axis, out=out)
 
 
 __all__ = ["NumbaBackend", "cache_dir"]

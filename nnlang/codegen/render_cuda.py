@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnlang.codegen.kernel import Kernel, build_kernel
+from nnlang.codegen.kernel import Kernel
 from nnlang.codegen.scalar_ops import ScalarLang
 from nnlang.ops import registry
 
@@ -351,7 +351,7 @@ def render(k: Kernel | MultiTensor, loop_shape=None) -> tuple[str, str]:
     return render_header(k), render_body(k)
 
 
-# *** whole-graph sources, without CuPy or a device (`nvcc` tests, --emit kernels) ***
+# *** rendered kernels as a render-only CuPy backend records them (`nvcc` tests, --emit) ***
 
 @dataclass(frozen=True)
 class CudaSource:
@@ -367,25 +367,6 @@ def multi_tensor(kernels: list[Kernel]) -> MultiTensor | None:
     if len({render_function(k) for k in kernels}) != 1:
         return None
     return MultiTensor(kernels[0])
-
-
-def cuda_sources(g, disable=()) -> list[CudaSource]:
-    """Every fused kernel of a primitive graph, in schedule order, rendered as CUDA: the plan
-    the CuPy executable runs."""
-    from nnlang.passes.plan import plan
-    g, steps, _, memory = plan(g, disable)
-    out = []
-    for s in steps:
-        built = [build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape,
-                              memory.in_place_of(g, grp.outputs)) for grp in s.kernel_groups]
-        multi = multi_tensor([k for k, _ in built]) if s.kind == "multi" else None
-        if multi is not None:
-            sizes = tuple(bind.loop_shape[0] for _, bind in built)
-            out.append(CudaSource(multi, sizes, render_header(multi), render_body(multi)))
-            continue
-        out += [CudaSource(k, bind.loop_shape, render_header(k), render_body(k))
-                for k, bind in built]
-    return out
 
 
 def module_source(kernels: list[Kernel]) -> tuple[str, list[str]]:

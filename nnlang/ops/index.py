@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnlang.ir.dims import fmt_shape
+from nnlang.ops.lowering import GRID_LOOP
 from nnlang.ops.registry import (INDEX, INT_DTYPES, NONDIFF, Sample, ShapeError, TensorType,
                                  need_positive, register)
 
@@ -36,16 +37,144 @@ def _scatter_impl(src, idx, *, rows):
     return out
 
 
+# *** lowerings: numba kernel bodies and CUDA source, one thread per element on the GPU ***
+
+def _by_row(be, name: str, t: str, i: str, rows_of: str, body: str) -> tuple[str, str]:
+    """A CUDA kernel over the rows of `rows_of` [n, width] picked by idx [n], writing `out`."""
+    return name, (
+        f'extern "C" __global__ void {name}(long long total, long long width, long long rows,\n'
+        f"    const {be.ctype(t)}* __restrict__ {rows_of}, const {be.ctype(i)}* __restrict__ idx,\n"
+        f"    {be.ctype(t)}* __restrict__ out) {{\n" + GRID_LOOP + body + "  }\n}\n")
+
+
+def _take(table, idx, out):
+    np.take(table, idx, axis=0, out=out, mode="wrap")
+
+
+def _gather_numba(be, a, xs, out):
+    # NOTE: mode="wrap" maps -1 to the last row like numpy indexing and, unlike "raise",
+    # writes straight into `out` without a temporary
+    return _take, (xs[0], xs[1], out)
+
+
+def gather_cuda_source(be, t: str, i: str) -> tuple[str, str]:
+    """out[r, :] = table[idx[r] wrapped into [0, rows), :] (numpy `take(mode="wrap")`)."""
+    return _by_row(be, f"nn_gather_{t}_{i}", t, i, "table",
+                   "    long long r = (long long)idx[e / width] % rows;\n"
+                   "    if (r < 0) r += rows;\n"
+                   "    out[e] = table[r * width + e % width];\n")
+
+
+def _gather_cuda(be, a, xs, out):
+    table, idx = xs
+    total = out.size
+    width = total // max(idx.size, 1)
+    k = be.library_kernel(*gather_cuda_source(be, str(table.dtype), str(idx.dtype)))
+    return be.launch(k, total, (np.int64(total), np.int64(width), np.int64(table.shape[0]),
+                                table, idx, out))
+
+
+def scatter_add_kernel(src, idx, out):
+    # NOTE: serial on purpose: repeated indices would race under prange
+    out[:] = 0
+    rows = out.shape[0]
+    for i in range(idx.shape[0]):
+        r = idx[i] + rows if idx[i] < 0 else idx[i]
+        if r < 0 or r >= rows:  # NOTE: numba does not bounds-check; this write would corrupt
+            raise IndexError("scatter_add: index out of range")
+        for j in range(src.shape[1]):
+            out[r, j] += src[i, j]
+
+
+def _scatter_add_numba(be, a, xs, out):
+    src, idx = xs
+    n = idx.size
+    src2 = np.reshape(src, (n, -1), copy=False) if n else src.reshape(0, -1)
+    out2 = np.reshape(out, (out.shape[0], -1), copy=False)
+    return be.specialize(be.jit(scatter_add_kernel), (src2, np.reshape(idx, -1), out2))
+
+
+def scatter_add_cuda_source(be, t: str, i: str) -> tuple[str, str]:
+    """out[idx[r], :] += src[r, :] for every r, after `out` is zeroed (atomics: rows repeat)."""
+    return _by_row(be, f"nn_scatter_add_{t}_{i}", t, i, "src",
+                   "    long long r = (long long)idx[e / width];\n"
+                   "    if (r < 0) r += rows;\n"
+                   "    atomicAdd(out + r * width + e % width, src[e]);\n")
+
+
+def _zero_then(out, fn, args):
+    out.fill(0)
+    fn(*args)
+
+
+def _scatter_add_cuda(be, a, xs, out):
+    src, idx = xs
+    total = src.size
+    width = total // max(idx.size, 1)
+    k = be.library_kernel(*scatter_add_cuda_source(be, str(src.dtype), str(idx.dtype)))
+    fn, args = be.launch(k, total, (np.int64(total), np.int64(width), np.int64(out.shape[0]),
+                                    src, idx, out))
+    return _zero_then, (out, fn, args)
+
+
+def one_hot_kernel(idx, out):
+    out[:] = 0
+    depth = out.shape[1]
+    for i in range(idx.shape[0]):
+        if 0 <= idx[i] < depth:
+            out[i, idx[i]] = 1
+
+
+def _one_hot_numba(be, a, xs, out):
+    out2 = np.reshape(out, (-1, a["depth"]), copy=False)
+    return be.specialize(be.jit(one_hot_kernel), (np.reshape(xs[0], -1), out2))
+
+
+def one_hot_cuda_source(be, t: str, i: str) -> tuple[str, str]:
+    """out[r, d] = (idx[r] == d): an index outside [0, depth) gives a row of zeros."""
+    name = f"nn_one_hot_{t}_{i}"
+    return name, (
+        f'extern "C" __global__ void {name}(long long total, long long depth,\n'
+        f"    const {be.ctype(i)}* __restrict__ idx, {be.ctype(t)}* __restrict__ out) {{\n"
+        + GRID_LOOP +
+        f"    out[e] = ({be.ctype(t)})((long long)idx[e / depth] == e % depth);\n  }}\n}}\n")
+
+
+def _one_hot_cuda(be, a, xs, out):
+    k = be.library_kernel(*one_hot_cuda_source(be, str(out.dtype), str(xs[0].dtype)))
+    return be.launch(k, out.size, (np.int64(out.size), np.int64(a["depth"]), xs[0], out))
+
+
+def _argmax_into(xp, x, axis, tmp, out):
+    xp.argmax(x, axis=axis, out=tmp)
+    if tmp is not out:
+        xp.copyto(out, tmp, casting="unsafe")
+
+
+def _argmax_numba(be, a, xs, out):
+    tmp = np.empty(out.shape, np.intp)
+    return _argmax_into, (np, xs[0], a["axis"], tmp, out)
+
+
+def _argmax_cuda(be, a, xs, out):
+    # NOTE: CuPy's argmax gives int64; a scratch made here keeps the step allocation-free
+    xp = be.xp
+    tmp = out if out.dtype == xp.int64 else xp.empty(out.shape, xp.int64)
+    return _argmax_into, (xp, xs[0], a["axis"], tmp, out)
+
+
 register("gather", "table: tensor, idx: tensor", _gather_shape,
          impl=lambda table, idx: table[idx],
          grad=lambda b, n, g: (b.scatter_add(g, n.inputs[1],
                                              rows=b.type(n.inputs[0]).shape[0]), None),
+         lower={"numba": _gather_numba, "cuda": _gather_cuda},
          family="index", traits={INDEX}, doc="rows of table at integer indices: table[idx]",
          samples=(Sample(((7, 3), (2, 5)), domain="int:7", dtypes=(None, "int32")),))
 
 register("scatter_add", "src: tensor, idx: tensor, rows: int", _scatter_shape,
          impl=_scatter_impl,
          grad=lambda b, n, g: (b.gather(g, n.inputs[1]), None),
+         lower={"numba": _scatter_add_numba, "cuda": _scatter_add_cuda},
          family="index", traits={INDEX},
          doc="zeros[rows, ...] with src rows added at idx (gather's adjoint; repeats add up)",
          samples=(Sample(((2, 5, 3), (2, 5)), {"rows": 7}, domain="int:7",
@@ -60,6 +189,7 @@ def _one_hot_shape(idx: TensorType, *, depth, dtype) -> TensorType:
 
 register("one_hot", "idx: tensor, depth: int, dtype: dtype = 'float32'", _one_hot_shape,
          impl=lambda idx, *, depth, dtype: (idx[..., None] == np.arange(depth)).astype(dtype),
+         lower={"numba": _one_hot_numba, "cuda": _one_hot_cuda},
          family="index", traits={INDEX, NONDIFF}, doc="1.0 at each index along a new last axis",
          samples=(Sample(((2, 3),), {"depth": 4}, domain="int:4", dtypes=("int32",),
                          grad=False),))
@@ -73,5 +203,6 @@ def _argmax_shape(x: TensorType, *, axis) -> TensorType:
 
 register("argmax", "x: tensor, axis: int = -1", _argmax_shape,
          impl=lambda x, *, axis: np.argmax(x, axis=axis).astype(np.int32),
+         lower={"numba": _argmax_numba, "cuda": _argmax_cuda},
          family="index", traits={INDEX, NONDIFF}, doc="index of the largest value along an axis",
          samples=(Sample(((3, 5),), {"axis": -1}, grad=False),))

@@ -3,14 +3,16 @@ sliding-window pair unfold/fold that convolution and pooling are built from.
 """
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 
 from nnlang.ir.dims import DimError, Sym, dim_div, fmt_shape, numel
+from nnlang.ops.lowering import GRID_LOOP, both
 from nnlang.ops.registry import (MOVEMENT, NONDIFF, Sample, ShapeError, TensorType,
                                  broadcast_shapes, norm_axis, register)
+from nnlang.ops.windows import LOWER as _WINDOW_LOWER
+from nnlang.ops.windows import window_taps
 
 
 # *** reshape / transpose / broadcast ***
@@ -129,8 +131,19 @@ def _unslice_impl(x, *, axis, start, stop, step, size):
     return out
 
 
+def _unslice_into(x, out, idx):
+    out.fill(0)
+    out[idx] = x
+
+
+def _unslice_lower(be, a, xs, out):
+    idx = [slice(None)] * out.ndim
+    idx[a["axis"] % out.ndim] = slice(a["start"], a["stop"], a["step"])
+    return _unslice_into, (xs[0], out, tuple(idx))
+
+
 register("unslice", "x: tensor, axis: int, start: int, stop: int, step: int, size: int",
-         _unslice_shape, impl=_unslice_impl,
+         _unslice_shape, impl=_unslice_impl, lower=both(_unslice_lower),
          grad=lambda b, n, g: (b.slice(g, **{k: n.attrs[k] for k in
                                              ("axis", "start", "stop", "step")}),),
          family="movement", traits={MOVEMENT},
@@ -164,8 +177,64 @@ def _concat_grad(b, n, g):
     return tuple(out)
 
 
+def _copy_all(xp, pairs):
+    for dst, src in pairs:
+        xp.copyto(dst, src)
+
+
+def _concat_numba(be, a, xs, out):
+    return _concatenate, (tuple(xs), a["axis"], out)
+
+
+def _concatenate(xs, axis, out):
+    np.concatenate(xs, axis=axis, out=out)
+
+
+def concat_cuda_source(be, t: str) -> tuple[str, str]:
+    """out [outer, row] from n contiguous pieces [outer, starts[k+1] - starts[k]] side by side
+    (a concat along any axis, flattened so): one launch over a table of the pieces' pointers.
+    Each thread finds its piece by a binary search of `starts` (the last piece starting at or
+    before its column, which skips empty pieces)."""
+    name, ct = f"nn_concat_{t}", be.ctype(t)
+    return name, (
+        f'extern "C" __global__ void {name}(long long total, long long row, int n,\n'
+        f"    const long long* __restrict__ starts, const {ct}* const* __restrict__ parts,\n"
+        f"    {ct}* __restrict__ out) {{\n" + GRID_LOOP +
+        "    const long long o = e / row, c = e % row;\n"
+        "    int lo = 0, hi = n - 1;\n"
+        "    while (lo < hi) {\n"
+        "      const int mid = (lo + hi + 1) / 2;\n"
+        "      if (starts[mid] <= c) lo = mid; else hi = mid - 1;\n"
+        "    }\n"
+        "    out[e] = parts[lo][o * (starts[lo + 1] - starts[lo]) + c - starts[lo]];\n  }\n}\n")
+
+
+def _concat_cuda(be, a, xs, out):
+    """One launch over a pointer table uploaded here. NOTE: CuPy's own concatenate of more
+    than 8 arrays uploads such a table on every call: a host copy inside the step, which also
+    breaks CUDA graph capture."""
+    xp, axis = be.xp, a["axis"] % out.ndim
+    if not out.flags.c_contiguous or not all(x.flags.c_contiguous for x in xs):
+        pairs, start = [], 0
+        for x in xs:
+            idx = [slice(None)] * out.ndim
+            idx[axis] = slice(start, start + x.shape[axis])
+            pairs.append((out[tuple(idx)], x))
+            start += x.shape[axis]
+        return _copy_all, (xp, pairs)
+    inner = int(np.prod(out.shape[axis + 1:], dtype=np.int64))
+    row = out.shape[axis] * inner
+    starts = np.concatenate([[0], np.cumsum([x.shape[axis] * inner for x in xs])])
+    k = be.library_kernel(*concat_cuda_source(be, str(out.dtype)))
+    args = (np.int64(out.size), np.int64(row), np.int32(len(xs)),
+            be.to_device(starts.astype(np.int64)), be.pointer_table(xs), out)
+    # NOTE: the pieces ride along so the arrays the table points into stay alive
+    return be.launch(k, out.size, args, keep=xs)
+
+
 register("concat", "*xs: tensor, axis: int = -1", _concat_shape,
          impl=lambda *xs, axis: np.concatenate(xs, axis=axis), grad=_concat_grad,
+         lower={"numba": _concat_numba, "cuda": _concat_cuda},
          family="movement", traits={MOVEMENT}, doc="join tensors along an axis",
          samples=(Sample(((2, 3), (2, 5)), {"axis": 1}), Sample(((2, 3), (4, 3)), {"axis": 0})))
 
@@ -212,15 +281,6 @@ def _unfold_shape(x: TensorType, *, kernel, stride, pads, dilation, pad_value) -
     return TensorType((x.shape[0], *outs, *kernel, x.shape[-1]), x.dtype)
 
 
-def window_taps(kernel, stride, dilation, outs):
-    """(index of one kernel tap in cols, the padded-image index that tap reads) for each tap."""
-    nd, every = len(kernel), slice(None)
-    for ks in itertools.product(*(range(k) for k in kernel)):
-        yield ((every,) * (nd + 1) + ks + (every,),
-               (every,) + tuple(slice(k * d, k * d + s * (o - 1) + 1, s)
-                                for k, d, s, o in zip(ks, dilation, stride, outs)) + (every,))
-
-
 def _unfold_impl(x, *, kernel, stride, pads, dilation, pad_value):
     nd = len(kernel)
     widths = [(0, 0)] + [(pads[2 * i], pads[2 * i + 1]) for i in range(nd)] + [(0, 0)]
@@ -260,7 +320,7 @@ def _fold_shape(cols: TensorType, *, size, kernel, stride, pads, dilation) -> Te
 _WINDOW = "kernel: ints, stride: ints, pads: ints, dilation: ints"
 
 register("unfold", f"x: tensor, {_WINDOW}, pad_value: float = 0.0", _unfold_shape,
-         impl=_unfold_impl,
+         impl=_unfold_impl, lower=_WINDOW_LOWER["unfold"],
          grad=lambda b, n, g: (b.fold(g, size=list(b.type(n.inputs[0]).shape[1:-1]),
                                       **{k: n.attrs[k] for k in
                                          ("kernel", "stride", "pads", "dilation")}),),
@@ -273,6 +333,7 @@ register("unfold", f"x: tensor, {_WINDOW}, pad_value: float = 0.0", _unfold_shap
                                            "pads": [1, 1, 0, 0], "dilation": [1, 1]})))
 
 register("fold", f"cols: tensor, size: ints, {_WINDOW}", _fold_shape, impl=_fold_impl,
+         lower=_WINDOW_LOWER["fold"],
          grad=lambda b, n, g: (b.unfold(g, pad_value=0.0, **{k: n.attrs[k] for k in
                                                             ("kernel", "stride", "pads",
                                                              "dilation")}),),
@@ -318,6 +379,7 @@ _WINDOW_MAX_SAMPLES = (
 
 register("window_max", f"x: tensor, {_POOL_WINDOW}", _window_max_shape,
          impl=lambda x, *, kernel, stride, pads: _window_rows(x, kernel, stride, pads).max(-2),
+         lower=_WINDOW_LOWER["window_max"],
          grad=lambda b, n, g: (b.window_max_grad(n.inputs[0], g, **{
              k: n.attrs[k] for k in ("kernel", "stride", "pads")}),),
          flops=lambda ins, out, *, kernel, **_: numel(out.shape) * math.prod(kernel),
@@ -328,6 +390,7 @@ register("window_max", f"x: tensor, {_POOL_WINDOW}", _window_max_shape,
 
 register("window_max_grad", f"x: tensor, g: tensor, {_POOL_WINDOW}",
          lambda x, g, **_: TensorType(x.shape, g.dtype), impl=_window_max_grad_impl,
+         lower=_WINDOW_LOWER["window_max_grad"],
          family="movement", traits={NONDIFF},
          doc="window_max's gradient: each window's g added at the window's first largest cell "
              "of x",

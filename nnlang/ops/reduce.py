@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnlang.ops.registry import REDUCE, Sample, TensorType, norm_axes, register
+from nnlang.ops.lowering import GRID_LOOP, prange
+from nnlang.ops.registry import (REDUCE, Sample, ShapeError, TensorType, norm_axes, norm_axis,
+                                 register)
 
 
 def _reduced(x: TensorType, axes, keepdims: bool) -> tuple:
@@ -57,3 +59,79 @@ register("reduce_max", "x: tensor, axes: ints = none, keepdims: bool = false", _
          impl=_np_reduce(np.max), grad=_max_grad, samples=_SAMPLES, family="reduce",
          traits={REDUCE}, doc="max over axes (all axes when none); a tied maximum shares the "
              "gradient evenly, as torch.amax does")
+
+
+# *** cumulative sum: a library primitive (a scan), lowered per backend below ***
+
+def _cumsum_shape(x: TensorType, *, axis, reverse) -> TensorType:
+    if x.dtype == "bool":
+        raise ShapeError(f"cumsum needs numbers, got {x}", arg=0, hint="cast(x, 'int32') first")
+    norm_axis(axis, x.rank)
+    return TensorType(x.shape, x.dtype)
+
+
+def _cumsum_impl(x, *, axis, reverse):
+    if reverse:
+        return np.flip(np.cumsum(np.flip(x, axis), axis, dtype=x.dtype), axis)
+    return np.cumsum(x, axis, dtype=x.dtype)
+
+
+def _lines(x, axis: int) -> tuple[int, int, int]:
+    """(outer, n, inner): x as [outer, n, inner] with `axis` in the middle."""
+    ax = axis % x.ndim
+    outer = int(np.prod(x.shape[:ax], dtype=np.int64))
+    return outer, x.shape[ax], int(np.prod(x.shape[ax + 1:], dtype=np.int64))
+
+
+def cumsum_kernel(x, out, reverse):
+    """x, out: [outer, n, inner]; each line summed in order, in x's dtype (as numpy does)."""
+    outer, n, inner = x.shape
+    for o in prange(outer):
+        for j in range(inner):
+            acc = x.dtype.type(0)
+            for k in range(n):
+                i = n - 1 - k if reverse else k
+                acc += x[o, i, j]
+                out[o, i, j] = acc
+
+
+def _cumsum_numba(be, a, xs, out):
+    shape = _lines(out, a["axis"])
+    return be.specialize(be.jit(cumsum_kernel, parallel=True),
+                         (xs[0].reshape(shape), out.reshape(shape), bool(a["reverse"])))
+
+
+def cumsum_cuda_source(be, t: str) -> tuple[str, str]:
+    """One thread per line of [outer, n, inner], summing it in order."""
+    name, ct = f"nn_cumsum_{t}", be.ctype(t)
+    return name, (
+        f'extern "C" __global__ void {name}(long long total, long long n, long long inner,\n'
+        f"    int reverse, const {ct}* __restrict__ x, {ct}* __restrict__ out) {{\n"
+        + GRID_LOOP +
+        "    const long long o = e / inner, j = e % inner;\n"
+        f"    {ct} acc = 0;\n"
+        "    for (long long k = 0; k < n; ++k) {\n"
+        "      const long long at = (o * n + (reverse ? n - 1 - k : k)) * inner + j;\n"
+        "      acc += x[at];\n"
+        "      out[at] = acc;\n"
+        "    }\n  }\n}\n")
+
+
+def _cumsum_cuda(be, a, xs, out):
+    outer, n, inner = _lines(out, a["axis"])
+    k = be.library_kernel(*cumsum_cuda_source(be, str(out.dtype)))
+    return be.launch(k, outer * inner, (np.int64(outer * inner), np.int64(n), np.int64(inner),
+                                        np.int32(bool(a["reverse"])), xs[0], out))
+
+
+register("cumsum", "x: tensor, axis: int = -1, reverse: bool = false", _cumsum_shape,
+         impl=_cumsum_impl,
+         grad=lambda b, n, g: (b.cumsum(g, axis=n.attrs["axis"],
+                                        reverse=not n.attrs["reverse"]),),
+         lower={"numba": _cumsum_numba, "cuda": _cumsum_cuda}, family="reduce",
+         doc="running sum along an axis (from the end when reverse); its gradient is the "
+             "reverse running sum",
+         samples=(Sample(((3, 5),), {"axis": 1}), Sample(((2, 4, 3),), {"axis": 1,
+                                                                       "reverse": True}),
+                  Sample(((4, 3),), {"axis": 0}), Sample(((2, 6),), dtypes=("int32",),
+                                                         grad=False)))

@@ -55,8 +55,8 @@ def emit(net, what: str, mode: str = "train") -> str:
 def kernel_text(net, g: Graph, mode: str) -> str:
     """Generated kernel source, each kernel headed by the nodes and .nn lines it computes."""
     if net.backend == "cupy":  # NOTE: rendering CUDA needs neither CuPy nor a GPU
-        from nnlang.codegen.render_cuda import cuda_sources
-        sources = [c.header + c.source for c in cuda_sources(g, net.disable)]
+        from nnlang.runtime.executable import compile_graph
+        sources = compile_graph(g, "cupy", net.disable, render_only=True).kernel_sources()
     elif net.backend == "numba":
         sources = net._exe(mode, net.batch)[0].kernel_sources()
     else:

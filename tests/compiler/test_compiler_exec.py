@@ -157,9 +157,8 @@ def test_updates_write_state():
     np.testing.assert_allclose(exe.state["w"], w0)
 
 
-def test_kernel_dedup_and_disk_cache(tmp_path, monkeypatch):
+def test_kernel_dedup_and_disk_cache(tmp_path):
     from nnlang.backends.numba_backend import NumbaBackend
-    from nnlang.runtime import executable
     g = Graph()
     b = Builder(g)
     x = leaf(g, "input", "x", (4, 3))
@@ -170,8 +169,7 @@ def test_kernel_dedup_and_disk_cache(tmp_path, monkeypatch):
     ex = compile_graph(g)
     # tanh of step k fuses with the add of step k+1: 21 launches, 3 distinct sources
     assert ex.summary()["kernels"] == 21 and ex.summary()["distinct_kernels"] == 3
-    monkeypatch.setattr(executable, "get_backend", lambda name: NumbaBackend())
-    fresh = compile_graph(g)  # a new backend: compiles nothing, loads numba's disk cache
+    fresh = compile_graph(g, NumbaBackend())  # a new backend: compiles nothing, loads numba's disk cache
     assert fresh.backend.compiled == 0 and fresh.backend.cache_hits >= 1
 
 
@@ -179,7 +177,6 @@ def test_cold_kernels_compile_in_a_second_process(tmp_path, monkeypatch):
     """With many kernels missing from the cache, a worker process compiles part of them into
     numba's disk cache while this one compiles the rest; the results are the same."""
     from nnlang.backends.numba_backend import NumbaBackend
-    from nnlang.runtime import executable
     monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
     g = Graph()
     b = Builder(g)
@@ -189,16 +186,15 @@ def test_cold_kernels_compile_in_a_second_process(tmp_path, monkeypatch):
         # NOTE: the matmuls keep the ops apart: one distinct kernel each
         h = b.matmul(b.emit(op, b.mul(h, b.const(0.25))), eye)
     g.outputs["h"] = h
-    monkeypatch.setattr(executable, "get_backend", lambda name: NumbaBackend())
     feeds = {"x": rand((4, 3))}
-    exe = compile_graph(g)
+    exe = compile_graph(g, NumbaBackend())
     assert exe.backend.cache_hits >= 1          # the worker's share, loaded from disk
     assert exe.backend.compiled + exe.backend.cache_hits == exe.summary()["distinct_kernels"]
     markers = tmp_path / "kernels" / "compiled"
     assert len(list(markers.iterdir())) == exe.summary()["distinct_kernels"]
     np.testing.assert_allclose(exe.run(feeds)["h"], interpret(g, feeds, want=g.outputs)["h"],
                                rtol=1e-5, atol=1e-6)
-    warm = compile_graph(g)                      # markers: no worker, all from the cache
+    warm = compile_graph(g, NumbaBackend())      # markers: no worker, all from the cache
     assert warm.backend.compiled == 0
 
 
@@ -208,9 +204,9 @@ def test_cold_kernels_compile_in_a_second_process(tmp_path, monkeypatch):
     dict(kernel=[2, 2, 2], stride=[1, 2, 1], pads=[0, 1, 1, 0, 0, 0], dilation=[1, 1, 2]),
 ], ids=["1d", "2d", "3d"])
 def test_window_slice_copies(win):
-    """backends/windows.py (the GPU lowering, the CPU fallback) against a loop over every
+    """ops/windows.py's slice copies (the 3-d lowering) against a loop over every
     output position, and fold as unfold's adjoint: <unfold(x), c> == <x, fold(c)>."""
-    from nnlang.backends.windows import fold_call, unfold_call
+    from nnlang.ops.windows import fold_call, unfold_call
     nd = len(win["kernel"])
     x = rand((2, 7, 6, 5)[:1 + nd] + (3,)).astype(np.float64)
     spatial = x.shape[1:-1]
@@ -242,7 +238,7 @@ def test_window_slice_copies(win):
     ((2, 4, 4, 3, 2), dict(kernel=[2, 2, 2], stride=[2, 2, 1], pads=[0, 0, 0, 0, 1, 0])),
 ], ids=["1d", "2d", "3d"])
 def test_window_max_and_gradient(shape, win):
-    """Max pooling's primitives (numba kernels; windows.py for 3-d) against a loop over the
+    """Max pooling's primitives (numba kernels; slice copies for 3-d) against a loop over the
     windows: the largest cell, and g routed to the first largest cell, NaN included."""
     g = Graph()
     b = Builder(g)

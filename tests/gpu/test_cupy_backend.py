@@ -159,8 +159,8 @@ def test_cuda_graph_switch_gives_the_same_steps(cupy, monkeypatch, model):
     failed = [str(w.message) for w in caught if "capture failed" in str(w.message)]
     exe = graphed._exe("train", BATCH)[0]
     if cupy.ndarray is fake_cupy.ndarray:  # NOTE: on a GPU the fallback is allowed, and shown
-        assert not failed and exe._graph is not None
-    print("CUDA graph:", "replayed" if exe._graph is not None else f"fell back: {failed}")
+        assert not failed and exe._step._graph is not None
+    print("CUDA graph:", "replayed" if exe._step._graph is not None else f"fell back: {failed}")
 
 
 @pytest.fixture
@@ -186,13 +186,19 @@ def test_train_resume_eval_predict_commands(cupy, tiny):
     assert "one.npy" in r.output and "probs" in r.output
 
 
+def _cuda_lowering(op: str):
+    from nnlang.ops import registry
+    return registry.get(op).lower["cuda"]
+
+
 def test_random_uniform_is_bit_exact_on_the_device(cupy):
     from nnlang.backends.cupy_backend import get_backend
     from nnlang.ops.random import _uniform_impl
     be = get_backend()
     for key, salt in ((0, 0), (987654321, 5), (-3, 2)):
         out = cupy.zeros((7, 1001), cupy.float32)
-        fn, args = be._random_uniform({"salt": salt}, [cupy.asarray(np.int64(key))], out)
+        fn, args = _cuda_lowering("random_uniform")(be, {"salt": salt},
+                                                    [cupy.asarray(np.int64(key))], out)
         fn(*args)
         np.testing.assert_array_equal(cupy.asnumpy(out),
                                       _uniform_impl(np.int64(key), shape=(7, 1001), salt=salt))
@@ -205,13 +211,14 @@ def test_library_ops_match_numpy(cupy):
     table = rng.normal(size=(9, 3)).astype(np.float32)
     idx = np.array([[1, -1], [8, 12]], np.int32)
     out = cupy.empty((2, 2, 3), cupy.float32)
-    fn, args = be._gather({}, [cupy.asarray(table), cupy.asarray(idx)], out)
+    fn, args = _cuda_lowering("gather")(be, {}, [cupy.asarray(table), cupy.asarray(idx)], out)
     fn(*args)
     np.testing.assert_array_equal(cupy.asnumpy(out), np.take(table, idx, axis=0, mode="wrap"))
     src = rng.normal(size=(4, 3)).astype(np.float32)
     sidx = np.array([2, 2, 0, -1], np.int32)
     out = cupy.full((5, 3), 9, cupy.float32)
-    fn, args = be._scatter_add({}, [cupy.asarray(src), cupy.asarray(sidx)], out)
+    fn, args = _cuda_lowering("scatter_add")(be, {}, [cupy.asarray(src), cupy.asarray(sidx)],
+                                             out)
     fn(*args)
     want = np.zeros((5, 3), np.float32)
     np.add.at(want, sidx, src)
@@ -219,12 +226,13 @@ def test_library_ops_match_numpy(cupy):
 
 
 def test_compile_graph_dispatches_to_cupy(cupy):
-    from nnlang.backends.cupy_backend import CupyExecutable
+    from nnlang.backends.cupy_backend import CupyBackend, DeviceState
     from nnlang.passes.pipeline import forward_graph
     from nnlang.runtime.executable import compile_graph
     program = nnlang.load(ROOT / "models" / "mlp.nn", OVERRIDES["mlp"])
     exe = compile_graph(forward_graph(program.graph, BATCH), backend="cupy")
-    assert isinstance(exe, CupyExecutable)
+    assert isinstance(exe.backend, CupyBackend) and isinstance(exe.state, DeviceState)
+    assert all(isinstance(a, cupy.ndarray) for a in exe.state.values())
 
 
 def test_gpu_benchmark_script_runs(cupy, tmp_path, monkeypatch):

@@ -11,15 +11,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnlang.backends import cuda_kernels as ck
+from nnlang.backends.cupy_backend import CupyBackend
 from nnlang.codegen.render_cuda import (MultiTensor, launch_config, launch_info,
                                         module_source, params)
-from nnlang.ops import registry
-from nnlang.ops.random import _uniform_impl
+from nnlang.ops import index, movement, registry, windows
+from nnlang.ops.random import _uniform_impl, uniform_cuda_source
 from tests.golden_values import models
 from tests.gpu import host_cuda
 from tests.gpu.host_cuda import launch
-from tests.gpu.test_nvcc import model_sources
+from tests.gpu.test_nvcc import model_sources, op_sources
+
+RB = CupyBackend(render_only=True)  # what the library kernels' sources ask (C types, prelude)
 
 MAX_BLOCKS = 3  # few blocks, so every grid-stride loop goes round more than once
 
@@ -71,50 +73,69 @@ def test_model_kernels_run_on_the_host(model, host_cxx, tmp_path):
     """Every distinct fused kernel of the model's train graph."""
     sources = model_sources(model)
     cap = CAP.get(model, 7)
-    kernels = [s.kernel for s in sources]
     shapes = [tuple(min(d, cap) if cap else d for d in s.loop_shape) for s in sources]
+    seen = run_kernels(host_cxx, tmp_path, model, [(model, s) for s in sources], shapes)
+    print(f"{model}: {seen} distinct kernel launches checked on the host")
+
+
+def test_every_op_sample_kernel_runs_on_the_host(host_cxx, tmp_path):
+    """Every distinct fused kernel of every op's samples, forward and backward, in float32 and
+    float64: a new op's kernels are checked here by existing."""
+    kernels, _ = op_sources()
+    seen = run_kernels(host_cxx, tmp_path, "ops", kernels, [s.loop_shape for _, s in kernels])
+    print(f"{seen} distinct kernel launches checked on the host")
+
+
+def run_kernels(host_cxx, tmp_path, stem: str, sources, shapes) -> int:
+    """Each distinct (kernel, loop shape) of `sources` [(what, CudaSource)] built in one
+    library and run on `shapes`, against `evaluate`; returns how many ran."""
+    kernels = [s.kernel for _, s in sources]
     source, names = module_source(kernels)
-    lib = build(host_cxx, tmp_path, model, source,
+    lib = build(host_cxx, tmp_path, stem, source,
                 {n: [t for t, _ in params(k)] for k, n in zip(kernels, names)})
     rng = np.random.default_rng(0)
     seen = set()
-    for k, name, shape in zip(kernels, names, shapes):
+    for (what, _), k, name, shape in zip(sources, kernels, names, shapes):
         if (name, shape) in seen:
             continue
         seen.add((name, shape))
         if isinstance(k, MultiTensor):
-            _check_multi(lib, name, k, shape, rng, f"{model} {name}")
+            _check_multi(lib, name, k, shape, rng, f"{what} {name}")
             continue
-        inputs, args = {}, [np.int32(d) for d in shape]
-        for sname, ld in k.loads.items():
-            x = _random_input(rng, tuple(1 if b else d for b, d in zip(ld.broadcast, shape)),
-                              ld.dtype)
-            inputs[sname] = x
-            args += [x] + [np.int32(s // x.itemsize) for s in x.strides]
-        want = {a: np.array(v) for a, v in evaluate(k, shape, inputs).items()}
-        outs, bases = {}, []
-        for _, arg in k.stores:
-            if arg in in_place_loads(k):  # NOTE: a state update, stored into its load
-                outs[arg] = inputs[in_place_loads(k)[arg]]
-                continue
-            outs[arg], base = _row_padded(shape, want[arg].dtype)
-            bases.append(base)
-            args += [base] + [np.int32(s // base.itemsize) for s in outs[arg].strides]
-        if k.reduce:
-            outs[k.reduce.arg] = np.zeros(want[k.reduce.arg].shape, k.reduce.dtype)
-            args.append(outs[k.reduce.arg])
-        grid, block, _ = launch_config(launch_info(k), shape, MAX_BLOCKS)
-        launch(lib, name, grid, block, args)
-        for arg, got in outs.items():
-            np.testing.assert_allclose(got, want[arg], rtol=1e-4, atol=1e-5, equal_nan=True,
-                                       err_msg=f"{model} {name} {arg} loop {shape}\n"
-                                               + "".join(k.header))
-        for base in bases:  # NOTE: nothing stored outside the output's own elements
-            if shape:
-                pad = base[..., shape[-1]:]
-                assert np.array_equal(pad, np.full(pad.shape, _SENTINEL[pad.dtype.kind], pad.dtype),
-                                      equal_nan=pad.dtype.kind == "f"), (name, shape)
-    print(f"{model}: {len(seen)} distinct kernel launches checked on the host")
+        _check_kernel(lib, name, k, shape, rng, what)
+    return len(seen)
+
+
+def _check_kernel(lib, name: str, k, shape, rng, what: str) -> None:
+    inputs, args = {}, [np.int32(d) for d in shape]
+    for sname, ld in k.loads.items():
+        x = _random_input(rng, tuple(1 if b else d for b, d in zip(ld.broadcast, shape)),
+                          ld.dtype)
+        inputs[sname] = x
+        args += [x] + [np.int32(s // x.itemsize) for s in x.strides]
+    want = {a: np.array(v) for a, v in evaluate(k, shape, inputs).items()}
+    outs, bases = {}, []
+    for _, arg in k.stores:
+        if arg in in_place_loads(k):  # NOTE: a state update, stored into its load
+            outs[arg] = inputs[in_place_loads(k)[arg]]
+            continue
+        outs[arg], base = _row_padded(shape, want[arg].dtype)
+        bases.append(base)
+        args += [base] + [np.int32(s // base.itemsize) for s in outs[arg].strides]
+    if k.reduce:
+        outs[k.reduce.arg] = np.zeros(want[k.reduce.arg].shape, k.reduce.dtype)
+        args.append(outs[k.reduce.arg])
+    grid, block, _ = launch_config(launch_info(k), shape, MAX_BLOCKS)
+    launch(lib, name, grid, block, args)
+    for arg, got in outs.items():
+        np.testing.assert_allclose(got, want[arg], rtol=1e-4, atol=1e-5, equal_nan=True,
+                                   err_msg=f"{what} {name} {arg} loop {shape}\n"
+                                           + "".join(k.header))
+    for base in bases:  # NOTE: nothing stored outside the output's own elements
+        if shape:
+            pad = base[..., shape[-1]:]
+            assert np.array_equal(pad, np.full(pad.shape, _SENTINEL[pad.dtype.kind], pad.dtype),
+                                  equal_nan=pad.dtype.kind == "f"), (name, shape)
 
 
 _SENTINEL = {"f": np.nan, "i": -7, "u": 7, "b": True}
@@ -205,8 +226,10 @@ def test_strided_and_broadcast_loads(host_cxx, tmp_path):
 
 
 def test_library_kernels_on_the_host(host_cxx, tmp_path):
-    parts = {"gather": ck.gather("float32", "int32"), "scatter": ck.scatter_add("float32", "int64"),
-             "one_hot": ck.one_hot("float32", "int32"), "random": ck.random_uniform()}
+    parts = {"gather": index.gather_cuda_source(RB, "float32", "int32"),
+             "scatter": index.scatter_add_cuda_source(RB, "float32", "int64"),
+             "one_hot": index.one_hot_cuda_source(RB, "float32", "int32"),
+             "random": uniform_cuda_source(RB)}
     ptypes = {
         parts["gather"][0]: ["long long"] * 3 + ["const float*", "const int*", "float*"],
         parts["scatter"][0]: ["long long"] * 3 + ["const float*", "const long long*", "float*"],
@@ -244,7 +267,7 @@ def test_library_kernels_on_the_host(host_cxx, tmp_path):
 @pytest.mark.parametrize("axis, widths", [(1, [3, 0, 1, 5]),   # an empty piece in between
                                          (0, [2, 1]), (2, [1] * 11), (1, [0, 4])])
 def test_concat_kernel_on_the_host(axis, widths, host_cxx, tmp_path):
-    name, source = ck.concat("float32")
+    name, source = movement.concat_cuda_source(RB, "float32")
     lib = build(host_cxx, tmp_path, "concat", source,
                 {name: ["long long", "long long", "int", "const long long*",
                         "const float* const*", "float*"]})
@@ -274,7 +297,8 @@ def test_unfold_and_fold_kernels_on_the_host(shape, kernel, stride, pads, dilati
                                              tmp_path):
     """The CUDA im2col/col2im against the ops' numpy definitions (`ops/movement.py`), with the
     -inf padding max pooling uses."""
-    un, fo = ck.unfold("float32"), ck.fold("float32")
+    un = windows.unfold_cuda_source(RB, "float32")
+    fo = windows.fold_cuda_source(RB, "float32")
     dims = ["long long"] + ["int"] * 13
     lib = build(host_cxx, tmp_path, "windows", un[1] + fo[1],
                 {un[0]: dims + ["float", "const float*", "float*"],
@@ -306,7 +330,8 @@ POOLS = [  # (image shape, kernel, stride, pads)
 def test_window_max_kernels_on_the_host(shape, kernel, stride, pads, host_cxx, tmp_path):
     """Max pooling and its gradient against the ops' numpy definitions, with ties (the first
     largest cell takes the gradient) and a NaN (it wins)."""
-    fw, bw = ck.window_max("float32"), ck.window_max_grad("float32")
+    fw = windows.window_max_cuda_source(RB, "float32")
+    bw = windows.window_max_grad_cuda_source(RB, "float32")
     dims = ["long long"] + ["int"] * 13
     lib = build(host_cxx, tmp_path, "pool", fw[1] + bw[1],
                 {fw[0]: dims + ["const float*", "float*"],
