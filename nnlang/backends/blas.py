@@ -13,7 +13,6 @@ from contextlib import contextmanager
 import numpy as np
 
 from nnlang.backends import cpu_affinity
-from nnlang.backends.base import run_in_order  # noqa: F401  (re-exported)
 
 _WORKERS = max(1, min(len(cpu_affinity.allowed_cpus()), 8))
 _SPLIT_FLOPS = 1 << 27   # below this one thread is faster than handing work to a pool
