@@ -24,8 +24,15 @@ def draw(rng, shape, domain: str, dtype: str):
     return rng.normal(size=shape).astype(dtype)
 
 
-def op_graph(name: str, sample, dtype: str = "float64", seed: int = 0):
-    """(graph, feeds, params, out node) for `name(*inputs, **sample.attrs)`."""
+def sample_attrs(name: str, sample) -> dict:
+    """The op's non-tensor arguments for `sample`: its defaults, overridden by the sample's."""
+    return {p.name: sample.attrs.get(p.name, p.default) for p in registry.get(name).sig.params
+            if p.kind not in ("tensor", "tensor?")}
+
+
+def op_graph(name: str, sample, dtype: str = "float64", seed: int = 0, batch=None):
+    """(graph, feeds, params, out node) for `name(*inputs, **sample.attrs)`; with `batch` (a
+    symbolic dim), dim 0 of every input is declared as that symbol (the feeds stay concrete)."""
     opdef = registry.get(name)
     rng = np.random.default_rng(seed)
     g = Graph()
@@ -38,16 +45,16 @@ def op_graph(name: str, sample, dtype: str = "float64", seed: int = 0):
             ins.append(None)
             continue
         key = f"x{i}"
-        nid = g.add_node("input", [], {"name": key, "dtype": dt, "shape": list(shape)},
-                         TensorType(tuple(shape), dt), name=key)
+        declared = (batch, *shape[1:]) if batch is not None and shape else tuple(shape)
+        nid = g.add_node("input", [], {"name": key, "dtype": dt, "shape": list(declared)},
+                         TensorType(declared, dt), name=key)
         g.inputs[key] = nid
         feeds[key] = draw(rng, shape, sample.domain if dt == dtype or "int" in sample.domain
                           else "real", dt)
         ins.append(nid)
     slots = [p for p in opdef.sig.params if p.kind in ("tensor", "tensor?") and not p.variadic]
     ins += [None] * (len(slots) - len(ins))
-    attrs = {p.name: sample.attrs.get(p.name, p.default) for p in opdef.sig.params
-             if p.kind not in ("tensor", "tensor?")}
+    attrs = sample_attrs(name, sample)
     if opdef.params is not None:
         types = [None if i is None else g.node(i).type for i in ins]
         for pname, spec in opdef.params(*types, **attrs).items():

@@ -16,82 +16,27 @@ from nnlang.ops.init import INITIALIZERS, fans, init_spec, initialize
 from nnlang.ops.registry import ParamSpec, ShapeError, TensorType
 from nnlang.passes.decompose import decompose
 from nnlang.runtime.interpret import interpret
+from tests.op_graphs import op_graph, sample_attrs
 from tests.reference import REFERENCES, TRAINING_REFERENCES
 
 COMPOSITES = sorted(n for n, op in registry.all_ops().items() if op.is_composite)
 CASES = [(n, i) for n in COMPOSITES for i in range(len(registry.get(n).samples))]
 
 
-def _attrs(op, sample) -> dict:
-    attrs = {p.name: p.default for p in op.sig.params if p.kind not in ("tensor", "tensor?")}
-    return {**attrs, **sample.attrs}
-
-
-def _draw(rng, shape, domain, dtype):
-    if domain.startswith("int:") and dtype is not None:
-        return rng.integers(0, int(domain[4:]), size=shape).astype(dtype)
-    if domain == "positive":
-        return rng.uniform(0.5, 2.0, size=shape)
-    if domain == "unit":
-        return rng.uniform(0.05, 0.95, size=shape)
-    return rng.standard_normal(size=shape)
-
-
-def build(name, sample, rng=None, batch=None):
-    """Graph with one input per tensor arg (None: absent), a param node per `params` entry, and
-    the composite itself; with `batch`, dim 0 of every input becomes that symbol."""
-    op = registry.get(name)
-    attrs = _attrs(op, sample)
-    g = Graph()
-    b = Builder(g)
-    inputs, feeds, values = [], {}, {}
-    dtypes = sample.dtypes or (None,) * len(sample.shapes)
-    for i, shape in enumerate(sample.shapes):
-        if shape is None:
-            inputs.append(None)
-            continue
-        dtype = dtypes[i] or "float64"
-        sym_shape = (batch, *shape[1:]) if batch is not None and shape else tuple(shape)
-        nid = g.add_node("input", [], {"name": f"in{i}", "dtype": dtype,
-                                       "shape": list(sym_shape)},
-                         TensorType(sym_shape, dtype), name=f"in{i}")
-        g.inputs[f"in{i}"] = nid
-        inputs.append(nid)
-        if rng is not None:
-            feeds[f"in{i}"] = _draw(rng, shape, sample.domain, dtypes[i])
-    n_tensors = sum(p.kind in ("tensor", "tensor?") for p in op.sig.params)
-    inputs += [None] * (n_tensors - len(inputs))  # absent optional tensors, then the params
-    in_types = [None if x is None else g.node(x).type for x in inputs]
-    specs = op.params(*in_types, **attrs) if op.params else {}
-    params = []
-    for key, spec in specs.items():
-        pname = f"layer.{key}"
-        nid = g.add_node("param", [], {"name": pname, "shape": list(spec.shape),
-                                       "dtype": "float64", "init": spec.init,
-                                       "trainable": spec.trainable},
-                         TensorType(tuple(spec.shape), "float64"))
-        g.params[pname] = nid
-        params.append(nid)
-        if rng is not None:
-            v = rng.standard_normal(size=spec.shape) * 0.5
-            values[pname] = np.abs(v) + 0.5 if "running_var" in key else v
-    out = b.emit(name, *inputs, *params, **attrs)
-    g.outputs["y"] = out
-    return g, feeds, values, attrs
-
-
 def run(name, sample, training=False, seed=0):
-    rng = np.random.default_rng(seed)
-    g, feeds, values, attrs = build(name, sample, rng)
-    declared = g.node(g.outputs["y"]).type
+    """The composite decomposed and interpreted in float64: (result, the reference's positional
+    arguments (inputs, then parameters), attrs, the declared type)."""
+    g, feeds, values, out = op_graph(name, sample, seed=seed)
+    declared = g.node(out).type
     low = decompose(g, training=training)
     assert not [n.op for n in low if registry.get(n.op).is_composite]
-    got = interpret(low, {**feeds, "_rng": 7}, values, want={"y": low.outputs["y"]})["y"]
-    assert low.node(low.outputs["y"]).type == declared, "shape rule disagrees with decomposition"
+    got = interpret(low, {**feeds, "_rng": 7}, values, want={"y": low.outputs["out"]})["y"]
+    assert low.node(low.outputs["out"]).type == declared, \
+        "shape rule disagrees with decomposition"
     n_tensors = sum(p.kind in ("tensor", "tensor?") for p in registry.get(name).sig.params)
-    args = [feeds.get(f"in{i}") for i in range(n_tensors)]
+    args = [feeds.get(f"x{i}") for i in range(n_tensors)]
     args += [values[k] for k in g.params]
-    return got, args, attrs, declared
+    return got, args, sample_attrs(name, sample), declared
 
 
 def test_every_composite_has_samples_and_reference():
@@ -123,11 +68,10 @@ def test_training_mode_matches_reference(name):
 def test_symbolic_batch(name, index):
     """Shape rules and decompositions work on a symbolic batch dim and agree with each other."""
     sample = registry.get(name).samples[index]
-    batch = Sym.of("batch")
-    g, *_ = build(name, sample, batch=batch)
-    declared = g.node(g.outputs["y"]).type
+    g, _, _, out = op_graph(name, sample, batch=Sym.of("batch"))
+    declared = g.node(out).type
     low = decompose(g, training=True)
-    assert low.node(low.outputs["y"]).type == declared
+    assert low.node(low.outputs["out"]).type == declared
 
 
 def test_dropout_training_statistics():
