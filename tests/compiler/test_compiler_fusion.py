@@ -101,3 +101,26 @@ def test_siblings_that_depend_on_each_other_stay_apart():
     g.outputs["z"] = b.concat(first, second, axis=0)
     x0 = np.linspace(-1, 1, 25, dtype=np.float32).reshape(5, 5)
     assert_kernel_count(g, 2, {"x": x0})
+
+
+def test_a_long_chain_is_cut_into_runs_that_compute_the_same():
+    """A chain longer than MAX_GROUP ops (and its gradient, which reads every step's value)
+    becomes runs of at most MAX_GROUP: numba's compile time grows faster than the kernel."""
+    from nnlang.passes.autodiff import backward
+    from nnlang.passes.fuse import MAX_GROUP
+    n = 2 * MAX_GROUP + 7
+    g, b, x = graph_with_input((4, 8))
+    h = x
+    for k in range(n):
+        h = b.tanh(b.mul(h, b.const(1.0 + 0.01 * (k % 3))))
+    loss = b.reduce_sum(b.mul(h, h), axes=None)
+    g.outputs["loss"] = loss
+    g.outputs["dx"] = backward(g, loss, [x])[x]
+    fused = fuse(g)
+    assert max(len(grp.members) for grp in fused.groups) <= MAX_GROUP
+    assert len(fused.groups) >= 2 * (2 * n // MAX_GROUP)   # forward and backward both cut
+    feeds = {"x": np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)}
+    ref = interpret(g, feeds, want=dict(g.outputs))
+    out = compile_graph(g).run(feeds)
+    for k in ("loss", "dx"):
+        np.testing.assert_allclose(out[k], ref[k], rtol=2e-5, atol=1e-6)
