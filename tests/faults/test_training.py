@@ -13,24 +13,9 @@ import pytest
 
 from nnlang.train import checkpoint
 from tests.faults.conftest import ROOT, cli, cli_process
+from tests.tiny_run import tiny_data, tiny_source
 
-TINY = """
-model Tiny(hidden = 8, classes = 3) {
-  input x: float32[batch, 4]
-  input label: int32[batch]
-  h = dense(x, hidden) |> relu
-  logits = dense(h, classes)
-  output probs = softmax(logits)
-  loss cross_entropy(logits, label)
-  metric acc = accuracy(logits, label)
-}
-train Tiny {
-  data = "tiny.npz"
-  optimizer = adam(lr = 0.05)
-  batch = 4
-  epochs = 2
-}
-"""
+TINY = tiny_source(val_split=None)
 # the same data, other models: a regression (one number), an autoencoder (4 numbers) and one
 # whose output is a 20-number tensor
 REGRESSION = """
@@ -79,11 +64,7 @@ model Wide(width = 20) {
 def work(tmp_path_factory):
     """One folder with the models, tiny.npz, a few inputs and trained runs (made once)."""
     d = tmp_path_factory.mktemp("training")
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(50, 4)).astype(np.float32)
-    y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0)).astype(np.int32)
-    np.savez(d / "tiny.npz", train_x=x[:40], train_label=y[:40], test_x=x[40:],
-             test_label=y[40:])
+    x = tiny_data(d, total=50, train=40)
     for name, text in (("tiny", TINY), ("reg", REGRESSION), ("ae", AUTOENCODER),
                        ("other", OTHER)):
         (d / f"{name}.nn").write_text(text)

@@ -9,24 +9,9 @@ from typer.testing import CliRunner
 from nnlang.data import cache
 from nnlang.train import feeds
 from nnlang_cli.main import app
+from tests.tiny_run import tiny_data, tiny_source
 
-TINY = """
-model Tiny(hidden = 8, classes = 3) {
-  input x: float32[batch, 4]
-  input label: int32[batch]
-  h = dense(x, hidden) |> relu
-  logits = dense(h, classes)
-  output probs = softmax(logits)
-  loss cross_entropy(logits, label)
-  metric acc = accuracy(logits, label)
-}
-train Tiny {
-  data = "tiny.npz"
-  optimizer = sgd(lr = 0.1)
-  batch = 4
-  epochs = 2
-}
-"""
+TINY = tiny_source("sgd(lr = 0.1)", val_split=None)
 SENTIMENT = """
 model Sentiment(vocab = 100, maxlen = 20, dim = 8) {
   input tokens: int32[batch, maxlen]
@@ -55,10 +40,7 @@ def make_tiny(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(cache, "SYSTEM_DIRS", [])
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(50, 4)).astype(np.float32)
-    y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0)).astype(np.int32)
-    np.savez("tiny.npz", train_x=x[:40], train_label=y[:40], test_x=x[40:], test_label=y[40:])
+    x = tiny_data(tmp_path, total=50, train=40)
     np.save("one.npy", x[0])
     (tmp_path / "tiny.nn").write_text(TINY)
     return tmp_path

@@ -9,25 +9,9 @@ from nnlang.errors import NNError
 from nnlang.runtime.net import Net
 from nnlang.train import checkpoint
 from nnlang.train.trainer import fit
+from tests.tiny_run import tiny_data, tiny_source
 
-TINY = """
-model Tiny(hidden = 8, classes = 3) {
-  input x: float32[batch, 4]
-  input label: int32[batch]
-  h = dense(x, hidden) |> relu
-  logits = dense(h, classes)
-  output probs = softmax(logits)
-  loss cross_entropy(logits, label)
-  metric acc = accuracy(logits, label)
-}
-train Tiny {
-  data = "tiny.npz"
-  optimizer = adam(lr = 0.05)
-  batch = 4
-  epochs = 2
-  val_split = 0.2
-}
-"""
+TINY = tiny_source()
 
 
 @pytest.fixture
@@ -35,11 +19,7 @@ def tiny(tmp_path, monkeypatch):
     """tiny.nn next to tiny.npz: 52 train examples (42 train + 10 val: 10 steps of 4 per epoch,
     2 dropped) and 9 test examples."""
     monkeypatch.chdir(tmp_path)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(61, 4)).astype(np.float32)
-    y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0)).astype(np.int32)
-    np.savez(tmp_path / "tiny.npz", train_x=x[:52], train_label=y[:52], test_x=x[52:],
-             test_label=y[52:])
+    tiny_data(tmp_path)
     (tmp_path / "tiny.nn").write_text(TINY)
     return tmp_path / "tiny.nn"
 
