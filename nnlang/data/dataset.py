@@ -47,6 +47,7 @@ class Dataset:
     inputs: list[str]
     targets: list[str]
     meta: dict = field(default_factory=dict)
+    val: Split | None = None   # given validation examples (.npz val_*), used over val_split
     _word_ids: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):

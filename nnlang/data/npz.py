@@ -1,7 +1,7 @@
 """User data files -> `Dataset`: `.npz` archives of named arrays and numeric `.csv` tables.
 
-.npz: array names are the model's input/target names, optionally prefixed `train_`/`test_`;
-without prefixes the whole file is train and test is empty (the trainer carves validation).
+.npz: array names are the model's input/target names, optionally prefixed `train_`/`val_`/`test_`
+(val_* arrays are the validation set, used instead of carving val_split); without prefixes the whole file is train and test is empty (the trainer carves validation).
 .csv: a header row, numbers only; the `target` column becomes `label` and all other columns,
 in file order, become `x` float32 [N, F] (names kept in meta["feature_names"]).
 """
@@ -37,19 +37,21 @@ def check_options(name: str, target=None, targets=None) -> None:
 def load_npz(path: Path, targets: list[str] | None = None) -> Dataset:
     """Inputs are all arrays except `targets` (default: those named label/labels/y/target)."""
     arrays = read_npz(path)
-    prefixed = [k for k in arrays if k.startswith(("train_", "test_"))]
+    prefixed = [k for k in arrays if k.startswith(("train_", "val_", "test_"))]
     if prefixed and len(prefixed) != len(arrays):
         bare = sorted(set(arrays) - set(prefixed))
-        raise DataError(f"{path}: arrays {bare} have no train_/test_ prefix but others do",
+        raise DataError(f"{path}: arrays {bare} have no train_/val_/test_ prefix but others do",
                         "prefix every array, or none (then the whole file is training data)")
     if prefixed:
         split = {s: {k[len(s) + 1:]: v for k, v in arrays.items() if k.startswith(s + "_")}
-                 for s in ("train", "test")}
-        if split["test"] and split["train"] and split["test"].keys() != split["train"].keys():
-            raise DataError(f"{path}: train arrays {sorted(split['train'])} and test arrays "
-                            f"{sorted(split['test'])} differ")
+                 for s in ("train", "val", "test")}
+        for s in ("val", "test"):
+            if split[s] and split["train"] and split[s].keys() != split["train"].keys():
+                raise DataError(f"{path}: train arrays {sorted(split['train'])} and {s} arrays "
+                                f"{sorted(split[s])} differ",
+                                f"give {s}_* arrays of the same names as the train_* ones")
     else:
-        split = {"train": arrays, "test": {}}
+        split = {"train": arrays, "val": {}, "test": {}}
     train = split["train"]
     if not train:
         raise DataError(f"{path} holds no training arrays (it has {sorted(arrays) or 'none'})",
@@ -61,7 +63,8 @@ def load_npz(path: Path, targets: list[str] | None = None) -> Dataset:
         raise DataError(f"{path}: target(s) {unknown} not among arrays {names}")
     meta = {"kind": "arrays", "source": str(path)}
     return Dataset(path.stem, _split(path, "train_" if prefixed else "", train),
-                   _split(path, "test_", test), [n for n in names if n not in tgt], tgt, meta)
+                   _split(path, "test_", test), [n for n in names if n not in tgt], tgt, meta,
+                   _split(path, "val_", split["val"]) if split["val"] else None)
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:

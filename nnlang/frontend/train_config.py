@@ -35,6 +35,16 @@ class TrainConfig:
     seed: int = 0
     clip_norm: float | None = None
     l2: float = 0.0
+    l1: float = 0.0
+    early_stop: int | None = None     # patience in epochs without improvement of `monitor`
+    monitor: str | None = None        # "val_<loss or metric>"; default val_loss
+    mode: str | None = None           # "min" | "max"; default from the monitor's name
+
+    @property
+    def watched(self) -> tuple[str, str]:
+        """(monitored value, mode) that early stopping and the plateau schedule follow."""
+        monitor = self.monitor or "val_loss"
+        return monitor, self.mode or ("min" if monitor.endswith("loss") else "max")
 
     def __post_init__(self):
         # The train section's values were checked where they are written (with a span), so a
@@ -56,7 +66,8 @@ class TrainConfig:
 
 
 _SCALARS = {"batch": "int", "epochs": "int", "val_split": "float", "seed": "int",
-            "clip_norm": "float", "l2": "float"}
+            "clip_norm": "float", "l2": "float", "l1": "float", "early_stop": "int",
+            "monitor": "str", "mode": "str"}
 SETTINGS = ("data", "optimizer", "schedule", *_SCALARS)
 FLAGS = {"lr": "--lr", "epochs": "--epochs", "batch": "--batch", "seed": "--seed",
          "val_split": "--val-split"}
@@ -86,17 +97,35 @@ RANGES = {
     "seed": (lambda v: v >= 0, ">= 0"),
     "clip_norm": (lambda v: v >= 0, ">= 0 (0, or leaving it out, means no clipping)"),
     "l2": (lambda v: v >= 0, ">= 0"),
+    "l1": (lambda v: v >= 0, ">= 0"),
+    "early_stop": (lambda v: v >= 1, ">= 1 (epochs without improvement before stopping)"),
+    "patience": (lambda v: v >= 1, ">= 1 (epochs)"),
+    "factor": (lambda v: 0 < v < 1, "in (0, 1)"),
 }
+# string settings with a fixed set of values
+CHOICES = {"mode": ("min", "max")}
 
 
 def range_problem(name: str, value) -> str | None:
     """Why `value` is not a valid `name` (None when it is, or when `name` has no range)."""
+    if name in CHOICES and value is not None:
+        ok = value in CHOICES[name]
+        return None if ok else f"{value!r} is not one of {', '.join(map(repr, CHOICES[name]))}"
     if name not in RANGES or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if not math.isfinite(value):
         return f"{value!r} is not a finite number"
     test, text = RANGES[name]
     return None if test(value) else f"{value!r} is out of range: {name} must be {text}"
+
+
+def setting_span(program, name: str):
+    """Where the train section of `program` sets `name` (None: not in the source)."""
+    tdef = (getattr(program, "defs", None) or {}).get(f"train:{program.model}")
+    for s in (tdef.settings if tdef else ()):
+        if s.name == name:
+            return s.value.span
+    return None
 
 
 def _choice(value, registry: dict, what: str, span, errors: ErrorSink, spans: dict):

@@ -100,11 +100,17 @@ SCHEDULES = {o.name: o for o in (
     OptimDef("cosine", Signature.parse("warmup: int = 0, min_lr: float = 0.0"),
              "cosine decay from lr to min_lr over the whole run, after a linear warm-up of "
              "`warmup` steps"),
+    OptimDef("plateau", Signature.parse("factor: float = 0.1, patience: int = 2, "
+                                        "min_lr: float = 0.0, warmup: int = 0"),
+             "multiply by factor after `patience` epochs without improvement of the train "
+             "section's `monitor` (default val_loss), down to min_lr"),
 )}
 
 
-def learning_rate(base: float, schedule, step: int, epoch: int, total_steps: int) -> float:
-    """The learning rate for a (0-based) step; `schedule` is a Choice or None."""
+def learning_rate(base: float, schedule, step: int, epoch: int, total_steps: int,
+                  scale: float = 1.0) -> float:
+    """The learning rate for a (0-based) step; `schedule` is a Choice or None. `scale`: what
+    plateau reductions so far multiply the base rate by (see `plateau_scale`)."""
     if schedule is None:
         return base
     o = schedule.options
@@ -116,6 +122,8 @@ def learning_rate(base: float, schedule, step: int, epoch: int, total_steps: int
         return base * o["gamma"] ** (epoch // o["step_size"])
     if name == "exponential":
         return base * o["gamma"] ** epoch
+    if name == "plateau":
+        return max(base * scale, min(o["min_lr"], base))
     if name == "cosine":
         if total_steps <= 0:  # NOTE: a bare Net.train_step loop gives no horizon to decay over
             return base
@@ -123,6 +131,14 @@ def learning_rate(base: float, schedule, step: int, epoch: int, total_steps: int
         frac = min(max(step - warm, 0) / span, 1.0)
         return o["min_lr"] + (base - o["min_lr"]) * 0.5 * (1 + math.cos(math.pi * frac))
     return base
+
+
+def plateau_scale(schedule, base: float, scale: float) -> float:
+    """The next `scale` of a plateau schedule once its patience ran out: one more factor, but
+    never below min_lr (a scale that reached it stays)."""
+    o = schedule.options
+    floor = min(o["min_lr"], base) / base if base else 0.0
+    return max(scale * o["factor"], floor)
 
 
 class _LazySlots(dict):

@@ -61,17 +61,21 @@ def drop_unused_inputs(g: Graph) -> Graph:
     return g
 
 
-def total_loss(b: Builder, g: Graph, l2: float = 0.0) -> int:
+def total_loss(b: Builder, g: Graph, l2: float = 0.0, l1: float = 0.0) -> int:
     total = None
     for nid in g.losses.values():
         total = nid if total is None else b.add(total, nid)
-    if l2:
-        # NOTE: Keras-style L2 on weight matrices and kernels only (rank >= 2), not on biases
-        dtype = g.node(total).dtype
-        for nid in trainable(g).values():
-            if len(g.node(nid).shape) >= 2:
-                sq = b.reduce_sum(b.mul(nid, nid), axes=None)
-                total = b.add(total, b.mul(b.const(l2, dtype), sq))
+    # NOTE: Keras-style penalties on weight matrices and kernels only (rank >= 2), not biases
+    dtype = g.node(total).dtype
+    for nid in trainable(g).values():
+        if len(g.node(nid).shape) < 2:
+            continue
+        if l2:
+            sq = b.reduce_sum(b.mul(nid, nid), axes=None)
+            total = b.add(total, b.mul(b.const(l2, dtype), sq))
+        if l1:
+            ab = b.reduce_sum(b.abs(nid), axes=None)
+            total = b.add(total, b.mul(b.const(l1, dtype), ab))
     return total
 
 
@@ -88,7 +92,7 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
         raise NNError(f"model '{g.model}' declares no loss, so it cannot be trained",
                       hint="add a line like `loss cross_entropy(logits, label)`")
     b = Builder(g, role="bwd")
-    total = total_loss(b, g, cfg.l2)
+    total = total_loss(b, g, cfg.l2, cfg.l1)
     params = trainable(g)
     wrt = list(params.values()) + [g.inputs[n] for n in wrt_inputs]
     grads = backward(g, total, wrt)

@@ -78,6 +78,7 @@ class Net:
         self._checks: dict = {}   # (kind, batch) -> the inputs holding ids, checked per call
         self.step = 0
         self.epoch = 0
+        self.lr_scale = 1.0       # a plateau schedule's reductions so far (the trainer sets it)
         self._unread: list = []   # (executable, device results) of unfetched train steps
         self.total_steps = total_steps
         self.state = self._init_state()
@@ -195,7 +196,14 @@ class Net:
         """The schedule's learning rate at (0-based) `step`, default the next step to run, in
         the current epoch: the one place it is computed."""
         return learning_rate(self.config.optimizer.options["lr"], self.config.schedule,
-                             self.step if step is None else step, self.epoch, self.total_steps)
+                             self.step if step is None else step, self.epoch, self.total_steps,
+                             self.lr_scale)
+
+    def end_epoch(self) -> int:
+        """Marks a pass over the data done: epoch-based schedules (step, exponential) move on.
+        `train_step` counts steps itself; a library loop calls this after each epoch."""
+        self.epoch += 1
+        return self.epoch
 
     def fetch(self) -> list[tuple[float, dict]]:
         """(loss, metrics) of each `train_step(..., fetch=False)` since the last call, in

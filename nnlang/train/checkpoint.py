@@ -18,6 +18,7 @@ from nnlang.frontend.train_config import Choice, TrainConfig
 
 FORMAT = 1
 FILENAME = "checkpoint.npz"
+BEST = "best.npz"     # beside FILENAME: the best epoch's state by the monitored value
 _META = "__meta__"
 _STATE = "state/"
 
@@ -69,11 +70,12 @@ def save(path, state: dict, meta: dict) -> Path:
     return path
 
 
-def load(path) -> Checkpoint:
-    """Reads a checkpoint file, or `checkpoint.npz` inside a run directory."""
+def load(path, prefer_best: bool = False) -> Checkpoint:
+    """Reads a checkpoint file, or `checkpoint.npz` inside a run directory (`best.npz` when
+    it holds one and `prefer_best`: what eval and predict use)."""
     path = Path(path)
     if path.is_dir():
-        path = path / FILENAME
+        path = path / (BEST if prefer_best and (path / BEST).is_file() else FILENAME)
     if not path.is_file():
         raise NNError(f"checkpoint not found: {path}",
                       hint="pass a checkpoint.npz, or the run directory that holds one")

@@ -128,6 +128,15 @@ def model_arrays(graph, arrays: dict, mapping: dict[str, str]) -> dict[str, np.n
 
 # *** validation carve and batches ***
 
+def train_and_val(graph, ds, mapping: dict, val_split: float, seed: int) -> tuple[dict, dict]:
+    """(train, val) model arrays: the dataset's own validation split (.npz val_*) when it has
+    one, else the val_split carve of its training split."""
+    train = model_arrays(graph, ds.train.arrays, mapping)
+    if ds.val is not None and len(ds.val):
+        return train, model_arrays(graph, ds.val.arrays, mapping)
+    return carve(train, val_split, seed)
+
+
 def carve(arrays: dict, val_split: float, seed: int) -> tuple[dict, dict]:
     """(train, val): validation is the END of the train split after one seeded shuffle."""
     n = length(arrays)

@@ -18,10 +18,16 @@ from nnlang.train.trainer import evaluate
 
 def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | None = None,
             console: Console | None = None):
-    """(net, checkpoint, config) with the checkpoint's parameters and hyper-parameters."""
+    """(net, checkpoint, config) with the checkpoint's parameters and hyper-parameters. A run
+    directory gives its best.npz when it has one (the best epoch), else its checkpoint.npz."""
     from nnlang.runtime.net import Net
     check_backend(backend)
-    ckpt = checkpoint.load(ckpt_path)
+    ckpt = checkpoint.load(ckpt_path, prefer_best=True)
+    if console and Path(ckpt_path).is_dir():
+        best = ckpt.meta.get("best") if ckpt.path.name == checkpoint.BEST else None
+        why = f" (best {best['monitor']} {best['value']:.4f}, epoch {best['epoch']})" \
+            if best else ""
+        say(console, f"using {ckpt.path}{why}")
     try:
         program, cfg, source, file, _ = resolve(program_or_path, ckpt.config, None,
                                                 ckpt.meta.get("model"),
@@ -58,8 +64,8 @@ def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,
     if len(ds.test):
         arrays, split = feeds.model_arrays(net.user, ds.test.arrays, mapping), "test"
     else:
-        all_train = feeds.model_arrays(net.user, ds.train.arrays, mapping)
-        arrays, split = feeds.carve(all_train, cfg.val_split, cfg.seed)[1], "val"
+        arrays = feeds.train_and_val(net.user, ds, mapping, cfg.val_split, cfg.seed)[1]
+        split = "val"
         if not arrays:
             raise NNError(f"dataset '{ds.name}' has no test split and the run used no "
                           "validation split", hint="pass --data with a test split (for .npz: "

@@ -90,6 +90,8 @@ def _like(old, v):
 
 def _coerce(k: str, v):
     kind = _SCALARS[k]
+    if kind == "str":  # monitor, mode: checked where the config is built
+        return None if v is None else str(v)
     try:
         v = None if v is None and "None" in str(kind) else (
             int(v) if "int" in str(kind) else float(v))

@@ -1,5 +1,6 @@
 """A training run's directory: `config.json`, per-epoch `metrics.jsonl` + `metrics.csv`,
-`checkpoint.npz`, `summary.json` and plots (`loss.png`, one `<metric>.png` per metric).
+`checkpoint.npz` (the last state), `best.npz` (the best epoch by the monitored validation value),
+`summary.json` and plots (`loss.png`, one `<metric>.png` per metric).
 """
 from __future__ import annotations
 
@@ -59,11 +60,16 @@ class RunDir:
     def checkpoint(self) -> Path:
         return self.path / checkpoint.FILENAME
 
+    @property
+    def best(self) -> Path:
+        return self.path / checkpoint.BEST
+
     def drop_stale_temps(self) -> None:
         """Removes the temp files of checkpoint saves a kill -9 cut short (one per kill, as big
         as a checkpoint); `checkpoint.save` never leaves one otherwise."""
-        for tmp in self.path.glob(f".{checkpoint.FILENAME}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for name in (checkpoint.FILENAME, checkpoint.BEST):
+            for tmp in self.path.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def write_json(self, name: str, data: dict) -> Path:
         target = self.path / name

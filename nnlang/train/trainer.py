@@ -5,6 +5,7 @@ trained model (`evaluate_checkpoint`, `predict`) is in `inference.py`. The CLI w
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -18,6 +19,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Table
 
 from nnlang.errors import NNError
+from nnlang.ops.optim import plateau_scale
 from nnlang.train import checkpoint, feeds
 from nnlang.train.guard import DivergenceGuard
 from nnlang.train.interrupts import Interrupts, test_signal
@@ -31,7 +33,8 @@ from nnlang.train.runs import PLOT_HINT, RunDir
 class History:
     """What `fit` returns: one row per epoch (as in metrics.jsonl), the loss of every step this
     call took, the final validation and test results, and why training stopped early (None,
-    "max_steps", "interrupted"). NOTE: train_loss includes the l2 penalty, val/test loss not."""
+    "max_steps", "interrupted", "early_stop"). NOTE: train_loss includes the l1/l2 penalties,
+    val/test loss not. `best`: the monitored value's best epoch (weights in best.npz)."""
     rows: list = field(default_factory=list)
     losses: list = field(default_factory=list)
     val: dict | None = None
@@ -39,6 +42,7 @@ class History:
     run_dir: Path | None = None
     stopped: str | None = None
     net: object = None
+    best: dict | None = None
 
     @property
     def checkpoint(self) -> Path | None:
@@ -87,6 +91,60 @@ class _Sums:
 
     def state(self) -> dict:
         return {"n": self.n, "sums": self.sums}
+
+
+class _Watch:
+    """The monitored validation value (train section's monitor/mode) as early stopping, the
+    plateau schedule and best.npz see it: the best so far and the epochs since it improved."""
+
+    def __init__(self, cfg, state: dict | None = None):
+        self.monitor, self.mode = cfg.watched
+        state = state or {}
+        self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
+        self.bad, self.plateau_bad = state.get("bad", 0), state.get("plateau_bad", 0)
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Counts one finished epoch (1-based `epoch`); True when it is the best so far."""
+        better = math.isfinite(value) and (
+            self.best is None or (value < self.best if self.mode == "min" else value > self.best))
+        if better:
+            self.best, self.best_epoch, self.bad, self.plateau_bad = value, epoch, 0, 0
+        else:
+            self.bad, self.plateau_bad = self.bad + 1, self.plateau_bad + 1
+        return better
+
+    def state(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad": self.bad,
+                "plateau_bad": self.plateau_bad}
+
+    def summary(self) -> dict | None:
+        return None if self.best is None else {"monitor": self.monitor, "mode": self.mode,
+                                               "value": self.best, "epoch": self.best_epoch}
+
+
+def check_watch(program, cfg, val: dict) -> None:
+    """early_stop and the plateau schedule need validation data and a monitor the model
+    computes: clear errors at the setting that asks for them."""
+    from nnlang.frontend.train_config import setting_span
+    users = [n for n, on in (("early_stop", cfg.early_stop),
+                             ("schedule", cfg.schedule and cfg.schedule.name == "plateau"))
+             if on]
+    if not users:
+        return
+    g = program.graph
+    names = ["val_loss", *(f"val_{n}" for n in g.losses if len(g.losses) > 1),
+             *(f"val_{m}" for m in g.metrics)]
+    monitor = cfg.watched[0]
+    if monitor not in names:
+        raise NNError(f"monitor = {monitor!r} names no validation value of model "
+                      f"'{program.model}'", setting_span(program, "monitor"),
+                      hint=f"monitor one of: {', '.join(names)}")
+    if not val:
+        what = "early_stop" if users[0] == "early_stop" else "the plateau schedule"
+        raise NNError(f"{what} watches {monitor}, but this run has no validation data",
+                      setting_span(program, users[0]),
+                      hint="set val_split (e.g. val_split = 0.2), or give val_* arrays in the "
+                           ".npz")
 
 
 # how often the training loop reads the steps' losses (for the progress bar and the guard)
@@ -159,6 +217,7 @@ class _Training:
             raise NNError(f"epochs must be at least 1, not {cfg.epochs}",
                           hint="pass --epochs N")
         cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file)
+        check_watch(program, cfg, splits[1])
         self = cls()
         self.console, self.backend, self.max_steps = console, backend, max_steps
         self.program, self.cfg, self.source, self.file, self.hp = program, cfg, source, file, hp
@@ -197,9 +256,12 @@ class _Training:
         self.rng = feeds.order_rng(self.cfg.seed)
         self.start_epoch, self.skip, partial = 0, 0, None
         self.guard = DivergenceGuard()
+        self.watch = _Watch(self.cfg)
         if ckpt is not None:
             self.net.load_state_dict(ckpt.state)
-            self.net.step = ckpt.step
+            self.net.step, self.net.epoch = ckpt.step, ckpt.epoch
+            self.net.lr_scale = ckpt.meta.get("lr_scale", 1.0)
+            self.watch = _Watch(self.cfg, ckpt.meta.get("watch"))
             self.rng.bit_generator.state = ckpt.meta["rng_state"]
             self.start_epoch, self.skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)
             partial = ckpt.meta.get("partial")
@@ -212,7 +274,7 @@ class _Training:
                              self.rng.bit_generator.state)
         rows = self.run_dir.rows() if self.run_dir else []
         self.history = History(rows=rows, run_dir=self.run_dir.path if self.run_dir else None,
-                               net=self.net)
+                               net=self.net, best=self.watch.summary())
 
     def _write_config(self, ckpt) -> None:
         ds, cfg = self.ds, self.cfg
@@ -222,6 +284,8 @@ class _Training:
         if self.run_dir is None:
             return
         self.run_dir.drop_stale_temps()
+        if ckpt is None:  # NOTE: a best.npz of an earlier run in this folder is not this run's
+            self.run_dir.best.unlink(missing_ok=True)
         # NOTE: a fresh run starts empty; a resumed one drops the rows past its checkpoint
         self.run_dir.keep_rows(self.start_epoch)
         self.history.rows = self.run_dir.rows()
@@ -235,9 +299,10 @@ class _Training:
                         "meta": small_meta(ds.meta)},
             "resumed_from": str(ckpt.path) if ckpt else None})
 
-    def save(self, epoch: int, step_in_epoch: int, rng_state: dict, sums: _Sums | None):
-        """The checkpoint of the state after `step_in_epoch` steps of `epoch` (None: no run
-        directory)."""
+    def save(self, epoch: int, step_in_epoch: int, rng_state: dict, sums: _Sums | None,
+             path=None):
+        """The checkpoint (or `path`) of the state after `step_in_epoch` steps of `epoch` (None:
+        no run directory)."""
         if self.run_dir is None:
             return None
         net = self.net
@@ -247,8 +312,9 @@ class _Training:
                 "dtype": net.dtype, "epoch": epoch, "step_in_epoch": step_in_epoch,
                 "step": net.step, "total_steps": net.total_steps, "rng_state": rng_state,
                 "partial": sums.state() if sums else None, "data": self.data_info,
-                "loss_start": self.guard.start}
-        return checkpoint.save(self.run_dir.checkpoint, net.state_dict(), meta)
+                "loss_start": self.guard.start, "lr_scale": net.lr_scale,
+                "watch": self.watch.state(), "best": self.watch.summary()}
+        return checkpoint.save(path or self.run_dir.checkpoint, net.state_dict(), meta)
 
     # *** the loop ***
     def run(self) -> History:
@@ -279,7 +345,6 @@ class _Training:
         if epoch > self.start_epoch or not self.skip:
             self.pos = _Position(epoch, 0, _Sums(), self.rng.bit_generator.state)
         pos = self.pos
-        net.epoch = epoch
         order = self.rng.permutation(self.n)
         signal_at = test_signal()
         t0, seen, start_done = time.perf_counter(), 0, pos.done
@@ -339,8 +404,40 @@ class _Training:
             self.run_dir.log(row)
         if pos.done < self.per_epoch:  # stopped by max_steps inside the epoch
             self.save(pos.epoch, pos.done, pos.rng_state, pos.sums)
-        else:
-            self.save(pos.epoch + 1, 0, self.rng.bit_generator.state, None)
+            return
+        self.watch_epoch(val_res)
+        net.end_epoch()
+        self.save(pos.epoch + 1, 0, self.rng.bit_generator.state, None)
+
+    def watch_epoch(self, val_res: dict | None) -> None:
+        """After a whole epoch: best.npz when the monitored value improved, the plateau
+        schedule's reduction, and early stopping."""
+        cfg, net, watch = self.cfg, self.net, self.watch
+        if not val_res:
+            return
+        epoch = self.pos.epoch + 1
+        value = val_res.get(watch.monitor[len("val_"):])
+        if value is None:
+            return  # NOTE: only a run with early_stop or plateau checked the monitor's name
+        if watch.update(value, epoch):
+            self.history.best = watch.summary()
+            self.save(epoch, 0, self.rng.bit_generator.state, None,
+                      path=self.run_dir.best if self.run_dir else None)
+        schedule = cfg.schedule
+        if schedule and schedule.name == "plateau" \
+                and watch.plateau_bad >= schedule.options["patience"]:
+            base = cfg.optimizer.options["lr"]
+            net.lr_scale = plateau_scale(schedule, base, net.lr_scale)
+            watch.plateau_bad = 0
+            say(self.console, f"plateau: {watch.monitor} has not improved for "
+                              f"{schedule.options['patience']} epoch(s); lr is now "
+                              f"{net.learning_rate():.4g}")
+        if cfg.early_stop and watch.bad >= cfg.early_stop:
+            self.history.stopped = "early_stop"
+            where = f"; its weights are in {self.run_dir.best}" if self.run_dir else ""
+            say(self.console, f"early stop: {watch.monitor} has not improved for "
+                              f"{watch.bad} epoch(s); best {watch.best:.4f} at epoch "
+                              f"{watch.best_epoch}{where}")
 
     def _take(self, check: bool) -> None:
         pos = self.pos
@@ -377,6 +474,7 @@ class _Training:
         if run is not None:
             run.write_json("summary.json", {"epochs": len(history.rows), "step": self.net.step,
                                             "stopped": history.stopped,
+                                            "best": history.best,
                                             "train": _last_train(history.rows),
                                             "val": history.val, "test": history.test})
             if run.plot() is None:
@@ -397,8 +495,7 @@ def _data(program, cfg, data, data_dir, file):
         base_dir = Path(file).parent if file != "<string>" else None
         ds = feeds.load_data(cfg.data, data_dir, base_dir)
     mapping = feeds.match_inputs(program.graph, ds.inputs, ds.targets, f"dataset '{ds.name}'")
-    train, val = feeds.carve(feeds.model_arrays(program.graph, ds.train.arrays, mapping),
-                             cfg.val_split, cfg.seed)
+    train, val = feeds.train_and_val(program.graph, ds, mapping, cfg.val_split, cfg.seed)
     test = feeds.model_arrays(program.graph, ds.test.arrays, mapping) if len(ds.test) else {}
     return cfg, ds, mapping, (train, val, test)
 

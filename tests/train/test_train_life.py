@@ -1,0 +1,137 @@
+"""After the first run: early stopping and best.npz, the plateau schedule, explicit val_*
+arrays, the l1 setting, and a library loop whose schedule moves with `Net.end_epoch`."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import nnlang
+from nnlang.errors import NNError
+from nnlang.runtime.net import Net
+from nnlang.train import checkpoint
+from nnlang.train.inference import evaluate_checkpoint
+from nnlang.train.trainer import fit
+from tests.tiny_run import tiny_source
+
+
+def overfit_source(extra: str, epochs: int = 30) -> str:
+    """The tiny model on a tiny train set with random labels: it memorizes the train set and
+    its validation loss rises after a few epochs."""
+    source = tiny_source("adam(lr = 0.05)", None).replace("epochs = 2", f"epochs = {epochs}")
+    return source.rstrip().rstrip("}") + f"  {extra}\n}}\n"
+
+
+def overfit_data(folder, val: bool = True, n_train: int = 8, n_val: int = 24):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(n_train + n_val, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=n_train + n_val).astype(np.int32)
+    arrays = dict(train_x=x[:n_train], train_label=y[:n_train],
+                  test_x=x[n_train:], test_label=y[n_train:])
+    if val:  # NOTE: test = val, so eval of best.npz can be compared with the logged best
+        arrays.update(val_x=x[n_train:], val_label=y[n_train:])
+    np.savez(folder / "tiny.npz", **arrays)
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def train(folder, extra: str, epochs: int = 30, val: bool = True):
+    overfit_data(folder, val)
+    (folder / "tiny.nn").write_text(overfit_source(extra, epochs))
+    return fit(str(folder / "tiny.nn"), out=folder / "run", backend="reference",
+               progress=False)
+
+
+def test_early_stop_keeps_the_best_epoch(folder):
+    h = train(folder, "early_stop = 3")
+    val = [r["val_loss"] for r in h.rows]
+    best = int(np.argmin(val))
+    assert h.stopped == "early_stop"
+    assert len(h.rows) == best + 1 + 3 < 30          # stopped exactly at the patience
+    assert h.best == {"monitor": "val_loss", "mode": "min", "value": val[best],
+                      "epoch": best + 1}
+    ck = checkpoint.load(folder / "run" / "best.npz")
+    assert ck.epoch == best + 1
+    assert checkpoint.load(folder / "run").epoch == len(h.rows)
+    split, res = evaluate_checkpoint(str(folder / "tiny.nn"), folder / "run",
+                                     backend="reference")
+    assert split == "test" and res["loss"] == pytest.approx(val[best], rel=1e-5)
+    summary = json.loads((folder / "run" / "summary.json").read_text())
+    assert summary["stopped"] == "early_stop" and summary["best"]["epoch"] == best + 1
+
+
+def test_monitor_max_on_a_metric(folder):
+    h = train(folder, 'early_stop = 2\n  monitor = "val_acc"', epochs=12)
+    acc = [r["val_acc"] for r in h.rows]
+    assert h.best["mode"] == "max" and h.best["value"] == max(acc)
+    assert h.best["epoch"] == acc.index(max(acc)) + 1
+
+
+def test_val_arrays_are_the_validation_set(folder):
+    h = train(folder, "val_split = 0.5", epochs=1)  # NOTE: val_* wins over val_split
+    config = json.loads((folder / "run" / "config.json").read_text())
+    assert config["dataset"]["val"] == 24 and config["dataset"]["train"] == 8
+    assert h.val is not None
+
+
+def test_plateau_lowers_the_lr_after_patience(folder):
+    h = train(folder, "schedule = plateau(factor = 0.5, patience = 2)", epochs=10)
+    scale, best, bad, cuts = 1.0, np.inf, 0, 0
+    for r in h.rows:   # the rule, replayed on the logged val_loss
+        assert r["lr"] == pytest.approx(0.05 * scale, rel=1e-9), r
+        if r["val_loss"] < best:
+            best, bad = r["val_loss"], 0
+        else:
+            bad += 1
+        if bad >= 2:
+            scale, bad, cuts = scale * 0.5, 0, cuts + 1
+    assert cuts >= 1
+    assert checkpoint.load(folder / "run").meta["lr_scale"] == scale
+
+
+def test_l1_adds_lambda_sum_abs_weights(folder):
+    overfit_data(folder)
+    program = nnlang.load(overfit_source(""))
+    feeds = {"x": np.ones((4, 4), np.float32), "label": np.array([0, 1, 2, 0], np.int32)}
+    nets = [Net(program, backend="reference", config=replace(program.train, l1=l1))
+            for l1 in (0.0, 0.01)]
+    w = nets[1].parameters()
+    penalty = 0.01 * sum(np.abs(v).astype(np.float64).sum() for v in w.values() if v.ndim >= 2)
+    assert penalty > 0
+    diff = nets[1].train_step(feeds) - nets[0].train_step(feeds)
+    assert diff == pytest.approx(penalty, rel=1e-4)
+
+
+def test_library_loop_advances_an_epoch_schedule(folder):
+    overfit_data(folder)
+    program = nnlang.load(overfit_source("schedule = step(step_size = 1, gamma = 0.5)"))
+    net = Net(program, backend="reference")
+    feeds = {"x": np.ones((4, 4), np.float32), "label": np.array([0, 1, 2, 0], np.int32)}
+    assert net.learning_rate() == pytest.approx(0.05)
+    net.train_step(feeds)
+    assert net.step == 1 and net.learning_rate() == pytest.approx(0.05)
+    assert net.end_epoch() == 1
+    assert net.learning_rate() == pytest.approx(0.025)
+
+
+@pytest.mark.parametrize("extra, val, words", [
+    ("early_stop = 0", True, ["early_stop", ">= 1"]),
+    ("early_stop = -2", True, ["early_stop", ">= 1"]),
+    ('early_stop = 2\n  monitor = "val_f1"', True, ["monitor", "val_f1", "val_acc"]),
+    ('early_stop = 2\n  mode = "up"', True, ["mode", "'min', 'max'"]),
+    ("early_stop = 2", False, ["early_stop", "no validation data", "val_split"]),
+    ("schedule = plateau(patience = 2)", False, ["plateau", "no validation data"]),
+    ("schedule = plateau(factor = 2.0)", True, ["factor", "(0, 1)"]),
+    ("l1 = -0.1", True, ["l1", ">= 0"]),
+])
+def test_bad_settings_are_located(folder, extra, val, words):
+    with pytest.raises(NNError) as err:
+        train(folder, extra, epochs=2, val=val)
+    text = err.value.render()
+    assert "tiny.nn:" in text, text
+    for w in words:
+        assert w in text, text
