@@ -40,8 +40,9 @@ def load_npz(path: Path, targets: list[str] | None = None) -> Dataset:
     prefixed = [k for k in arrays if k.startswith(("train_", "val_", "test_"))]
     if prefixed and len(prefixed) != len(arrays):
         bare = sorted(set(arrays) - set(prefixed))
-        raise DataError(f"{path}: arrays {bare} have no train_/val_/test_ prefix but others do",
-                        "prefix every array, or none (then the whole file is training data)")
+        raise DataError(f"{path}: arrays {bare} have no train_/test_ prefix but others do",
+                        "prefix every array (train_, val_ or test_), or none (then the whole "
+                        "file is training data)")
     if prefixed:
         split = {s: {k[len(s) + 1:]: v for k, v in arrays.items() if k.startswith(s + "_")}
                  for s in ("train", "val", "test")}
