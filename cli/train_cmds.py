@@ -32,7 +32,8 @@ BACKEND_HELP = "numba (CPU, default), cupy (NVIDIA GPU) or reference (numpy inte
 DATA_HELP = ("A dataset name (imdb, mnist, imdb-sample...) or a .npz/.csv path; replaces the "
              "train section's `data`, keeping the options the new dataset accepts.")
 DATA_DIR_HELP = "Look for dataset files here first."
-CKPT_HELP = "A checkpoint.npz, or the run directory that holds one."
+CKPT_HELP = ("A checkpoint .npz, or a run directory: its best.npz (the best validation epoch) "
+             "when it has one, else its checkpoint.npz.")
 
 
 @app.command()

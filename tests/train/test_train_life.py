@@ -12,6 +12,7 @@ from nnlang.runtime.net import Net
 from nnlang.train import checkpoint
 from nnlang.train.inference import evaluate_checkpoint
 from nnlang.train.trainer import fit
+from tests.faults.conftest import cli
 from tests.tiny_run import tiny_source
 
 
@@ -60,6 +61,8 @@ def test_early_stop_keeps_the_best_epoch(folder):
     split, res = evaluate_checkpoint(str(folder / "tiny.nn"), folder / "run",
                                      backend="reference")
     assert split == "test" and res["loss"] == pytest.approx(val[best], rel=1e-5)
+    out = cli("eval", "tiny.nn", "--checkpoint", "run", "--backend", "reference", code=0)
+    assert "best.npz" in out and f"epoch {best + 1}" in out, out
     summary = json.loads((folder / "run" / "summary.json").read_text())
     assert summary["stopped"] == "early_stop" and summary["best"]["epoch"] == best + 1
 
@@ -91,6 +94,18 @@ def test_plateau_lowers_the_lr_after_patience(folder):
             scale, bad, cuts = scale * 0.5, 0, cuts + 1
     assert cuts >= 1
     assert checkpoint.load(folder / "run").meta["lr_scale"] == scale
+
+
+def test_plateau_resume_is_exact(folder):
+    extra = "schedule = plateau(factor = 0.5, patience = 1)"
+    whole = train(folder, extra, epochs=6)
+    fit(str(folder / "tiny.nn"), out=folder / "half", backend="reference", progress=False,
+        config={"epochs": 3})
+    resumed = fit(str(folder / "tiny.nn"), out=folder / "half", backend="reference",
+                  progress=False, resume=True, config={"epochs": 6})
+    assert [r["lr"] for r in resumed.rows] == [r["lr"] for r in whole.rows]
+    for k, v in whole.net.state_dict().items():
+        np.testing.assert_array_equal(resumed.net.state_dict()[k], v, err_msg=k)
 
 
 def test_l1_adds_lambda_sum_abs_weights(folder):
