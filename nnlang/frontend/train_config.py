@@ -35,6 +35,7 @@ class TrainConfig:
     seed: int = 0
     clip_norm: float | None = None
     l2: float = 0.0
+    init_from: str | None = None    # a run directory or checkpoint to start the weights from
 
     def __post_init__(self):
         # The train section's values were checked where they are written (with a span), so a
@@ -57,7 +58,7 @@ class TrainConfig:
 
 _SCALARS = {"batch": "int", "epochs": "int", "val_split": "float", "seed": "int",
             "clip_norm": "float", "l2": "float"}
-SETTINGS = ("data", "optimizer", "schedule", *_SCALARS)
+SETTINGS = ("data", "optimizer", "schedule", *_SCALARS, "init_from")
 FLAGS = {"lr": "--lr", "epochs": "--epochs", "batch": "--batch", "seed": "--seed",
          "val_split": "--val-split"}
 
@@ -197,6 +198,11 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort) -> Trai
                 value = None
                 errors.add(f"data must be a dataset like imdb(...) or a file path, got {raw!r}",
                            span)
+        elif s.name == "init_from":
+            value = raw if isinstance(raw, str) and raw else None
+            if value is None:
+                errors.add(f"init_from must be a run directory or checkpoint path in quotes, "
+                           f"got {raw!r}", span, 'e.g. init_from = "runs/cnn-20260101-120000"')
         else:
             problem = check_kind(_SCALARS[s.name], raw, False) or range_problem(s.name, raw)
             if problem:
