@@ -60,6 +60,13 @@ def train(
                                         help="The model to train when the file defines several."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1,
                                             help="Stop after this many steps (smoke tests)."),
+    init_from: Optional[Path] = typer.Option(
+        None, "--init-from", help="Start a new run from the weights of another run (its "
+                                  "directory or a checkpoint): every parameter with the same "
+                                  "name and shape; the optimizer starts fresh."),
+    init_skip_mismatch: bool = typer.Option(
+        False, "--init-skip-mismatch", help="With --init-from: keep this model's own initial "
+                                            "values for parameters of another shape."),
 ):
     """Train a model. Flags override the file's train section; with none, it is used as is.
 
@@ -71,7 +78,8 @@ def train(
         history = fit(str(file), {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
                                   "val_split": val_split}, data, backend=backend,
                       overrides=parse_overrides(sets), model=model, data_dir=data_dir, out=out,
-                      resume=resume, max_steps=max_steps, console=console())
+                      resume=resume, max_steps=max_steps, console=console(),
+                      init_from=init_from, init_skip_mismatch=init_skip_mismatch)
     if history.stopped == "interrupted":
         raise typer.Exit(INTERRUPTED)
 

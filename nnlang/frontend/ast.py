@@ -116,6 +116,7 @@ class ParamDecl(Node):
     name: str
     type: TensorType
     init: Node | None
+    trainable: Node | None = None
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,7 @@ class ToAst(Transformer_NonRecursive):
         return Input(self._span(meta), str(c[0]), c[1])
 
     def param_stmt(self, meta, c):
-        return ParamDecl(self._span(meta), str(c[0]), c[1], c[2])
+        return ParamDecl(self._span(meta), str(c[0]), c[1], c[2], c[3])
 
     def symbol_stmt(self, meta, c):
         return Symbol(self._span(meta), tuple(str(t) for t in c))

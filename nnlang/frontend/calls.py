@@ -44,6 +44,9 @@ class CallElaboration:
         share = kwargs.pop("share", None)
         spans = {i: a.span for i, a in enumerate(e.args)}
         spans.update({k.name: k.value.span for k in e.kwargs})
+        frozen = scope.frozen
+        if opdef.params is not None and "trainable" in kwargs:
+            frozen = not self.trainable_flag(kwargs.pop("trainable"), spans["trainable"]) or frozen
         try:
             bound = opdef.sig.bind(args, kwargs)
         except BindError as err:
@@ -77,7 +80,15 @@ class CallElaboration:
         if opdef.params is not None:
             path = self.layer_path(scope, target, e.func, share, spans.get("share"))
         where = path or join_path(scope.prefix, target or "")
-        return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path, where, attr_spans)
+        return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path, where, attr_spans,
+                         frozen)
+
+    def trainable_flag(self, value, span: Span) -> bool:
+        """The value of a `trainable = ...` option, which must be a boolean."""
+        if not isinstance(value, bool):
+            self.fail(f"trainable must be true or false, got {value!r}", span,
+                      "write `trainable = false` to freeze the weights")
+        return value
 
     def as_tensor(self, v, span: Span, func: str, dtype: str = "float32") -> T:
         """A tensor argument; a number literal becomes a constant of `dtype` (the dtype of the
@@ -110,24 +121,33 @@ class CallElaboration:
         self.used_paths.add(path)
         return path
 
-    def param(self, name: str, spec: ParamSpec, span: Span, share: bool) -> int:
+    def param(self, name: str, spec: ParamSpec, span: Span, share: bool,
+              frozen: bool = False) -> int:
+        """The param node of weight `name`; a frozen one is not trainable whatever its spec."""
+        trainable = spec.trainable and not frozen
         if name in self.g.params:
             existing = self.g.node(self.g.params[name])
             if share and existing.shape == tuple(spec.shape):
+                if spec.trainable and existing.attrs.get("trainable", True) != trainable:
+                    self.fail(f"weight '{name}' is shared with a layer that is "
+                              f"{'not ' if existing.attrs.get('trainable', True) else ''}frozen",
+                              span, "give both uses of a shared layer the same `trainable`")
                 return existing.id
             self.fail(f"weight '{name}' {fmt_shape(spec.shape)} conflicts with its earlier "
                       f"definition {fmt_shape(existing.shape)}", span,
                       "shared layers must see inputs of the same shape" if share else None)
         with self.b.at(span, name.rpartition(".")[0]):
             nid = self.b.emit("param", name=name, dtype=spec.dtype, shape=list(spec.shape),
-                              init=spec.init, trainable=spec.trainable)
+                              init=spec.init, trainable=trainable)
         self.g.params[name] = nid
         return nid
 
     def emit(self, op: str, ins: list, attrs: dict, span: Span, in_spans: list, scope: Scope,
-             path: str | None, where: str | None = None, attr_spans: dict | None = None):
+             path: str | None, where: str | None = None, attr_spans: dict | None = None,
+             frozen: bool = False):
         """Adds one op node; `path` names a layer that owns weights, `where` the node's path,
-        `attr_spans` where each attribute was written (a size error points there)."""
+        `attr_spans` where each attribute was written (a size error points there), `frozen`
+        whether its weights are kept out of training."""
         dtype = literal_dtype(self.g.node(v.id).dtype for v in ins if isinstance(v, T))
         ins = [self.as_tensor(v, s, op, dtype) if v is not None else None
                for v, s in zip(ins, in_spans)]
@@ -146,7 +166,7 @@ class CallElaboration:
             shared = path in self.layer_of.values()
             for spec in specs.values():
                 self.check_size(spec.shape, attrs, attr_spans, span)
-            params = [T(self.param(f"{path}.{k}", spec, span, shared))
+            params = [T(self.param(f"{path}.{k}", spec, span, shared, frozen))
                       for k, spec in specs.items()]
         layer = path or where or scope.prefix
         try:
@@ -225,16 +245,20 @@ class CallElaboration:
         if any(v is POISON for v in args + list(kwargs.values())):
             raise Abort
         share = kwargs.pop("share", None)
+        frozen = scope.frozen
+        if "trainable" in kwargs and "trainable" not in names:
+            span = next(k.value.span for k in e.kwargs if k.name == "trainable")
+            frozen = not self.trainable_flag(kwargs.pop("trainable"), span) or frozen
         if len(args) > len(names):
             self.fail(f"{block.name}() takes {len(names)} arguments but {len(args)} were given",
                       e.span, f"signature: {block.name}({', '.join(names)})")
-        inner = Scope("", kind="block")
+        inner = Scope("", kind="block", frozen=frozen)
         inner.prefix = self.layer_path(scope, target, block.name, share,
                                        next((k.span for k in e.kwargs if k.name == "share"),
                                             e.span))
         given = dict(zip(names, args))
         for k in e.kwargs:
-            if k.name == "share":
+            if k.name == "share" or k.name == "trainable" and k.name not in names:
                 continue
             if k.name not in names:
                 self.fail(f"{block.name}() has no parameter '{k.name}'", k.span,

@@ -144,8 +144,13 @@ class Elaborator(CallElaboration):
             init = self.init_value(s.init, scope) if s.init else None
             if init is None:
                 init = ("glorot_uniform", {}) if len(t.shape) >= 2 else ("zeros", {})
+            frozen = scope.frozen
+            if s.trainable is not None:
+                frozen = not self.trainable_flag(self.const_expr(s.trainable, scope),
+                                                 s.trainable.span) or frozen
             path = join_path(scope.prefix, s.name)
-            nid = self.param(path, ParamSpec(t.shape, init, dtype=t.dtype), s.span, share=False)
+            nid = self.param(path, ParamSpec(t.shape, init, dtype=t.dtype), s.span, share=False,
+                             frozen=frozen)
             self.define(scope, s.name, T(nid), s.span)
         elif isinstance(s, ast.Symbol):
             for n in s.names:

@@ -119,7 +119,8 @@ def statement_head(s) -> str:
         return f"input {s.name}: {tensor_type(s.type)}"
     if isinstance(s, ast.ParamDecl):
         init = f" = {expr(s.init)}" if s.init is not None else ""
-        return f"param {s.name}: {tensor_type(s.type)}{init}"
+        frozen = f" trainable = {expr(s.trainable)}" if s.trainable is not None else ""
+        return f"param {s.name}: {tensor_type(s.type)}{init}{frozen}"
     if isinstance(s, ast.Symbol):
         return "symbol " + ", ".join(s.names)
     if isinstance(s, ast.Assign):

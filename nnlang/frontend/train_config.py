@@ -39,6 +39,7 @@ class TrainConfig:
     early_stop: int | None = None     # patience in epochs without improvement of `monitor`
     monitor: str | None = None        # "val_<loss or metric>"; default val_loss
     mode: str | None = None           # "min" | "max"; default from the monitor's name
+    init_from: str | None = None      # a run directory or checkpoint to start the weights from
 
     @property
     def watched(self) -> tuple[str, str]:
@@ -68,7 +69,7 @@ class TrainConfig:
 _SCALARS = {"batch": "int", "epochs": "int", "val_split": "float", "seed": "int",
             "clip_norm": "float", "l2": "float", "l1": "float", "early_stop": "int",
             "monitor": "str", "mode": "str"}
-SETTINGS = ("data", "optimizer", "schedule", *_SCALARS)
+SETTINGS = ("data", "optimizer", "schedule", *_SCALARS, "init_from")
 FLAGS = {"lr": "--lr", "epochs": "--epochs", "batch": "--batch", "seed": "--seed",
          "val_split": "--val-split"}
 
@@ -226,6 +227,11 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort) -> Trai
                 value = None
                 errors.add(f"data must be a dataset like imdb(...) or a file path, got {raw!r}",
                            span)
+        elif s.name == "init_from":
+            value = raw if isinstance(raw, str) and raw else None
+            if value is None:
+                errors.add(f"init_from must be a run directory or checkpoint path in quotes, "
+                           f"got {raw!r}", span, 'e.g. init_from = "runs/cnn-20260101-120000"')
         else:
             problem = check_kind(_SCALARS[s.name], raw, False) or range_problem(s.name, raw)
             if problem:

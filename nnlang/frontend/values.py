@@ -41,6 +41,7 @@ class Scope:
     kind: str = "model"              # model | block
     repeat: tuple = ()               # iteration indices of enclosing `repeat`s
     later: dict = field(default_factory=dict)      # names defined further down -> Span
+    frozen: bool = False             # inside a block called with `trainable = false`
 
 
 _MAX_INT_BITS = 4096  # constant arithmetic beyond this is a typo, not a model size

@@ -25,6 +25,7 @@ from nnlang.train.guard import DivergenceGuard
 from nnlang.train.interrupts import Interrupts, test_signal
 from nnlang.train.overrides import resolve
 from nnlang.train.progress import LINE_EVERY_S, fmt, progress, say
+from nnlang.train.init_from import start_run
 from nnlang.train.resume import describe_resume, find_checkpoint
 from nnlang.train.runs import PLOT_HINT, RunDir
 
@@ -165,7 +166,8 @@ class _Position:
 def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         overrides: dict | None = None, model: str | None = None, data_dir=None, out=None,
         resume=False, max_steps: int | None = None, save: bool = True, progress: bool = True,
-        console: Console | None = None, runs_root="runs") -> History:
+        console: Console | None = None, runs_root="runs", init_from=None,
+        init_skip_mismatch: bool = False) -> History:
     """Trains a model (a .nn path, source text or `Program`) and returns a `History`.
 
     config: a TrainConfig replacing the train section, or a dict of overrides (epochs, batch,
@@ -176,12 +178,15 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
     resume: True to continue the run in `out` (or the newest runs/<model>-*), or a path to a
         run directory or checkpoint. The checkpoint's config and overrides are the base; new
         flags apply on top (e.g. more epochs).
+    init_from: a run directory or checkpoint whose weights (by name and shape) start this new
+        run (see `nnlang.train.init_from`); init_skip_mismatch keeps fresh those of another shape.
     All randomness comes from the config's seed: the same seed gives the same numbers.
     """
     return _Training.setup(program_or_path, config, data, backend=backend, overrides=overrides,
                            model=model, data_dir=data_dir, out=out, resume=resume,
                            max_steps=max_steps, save=save, progress=progress,
-                           console=console or Console(), runs_root=runs_root).run()
+                           console=console or Console(), runs_root=runs_root,
+                           init_from=init_from, init_skip_mismatch=init_skip_mismatch).run()
 
 
 class _Training:
@@ -191,7 +196,8 @@ class _Training:
 
     @classmethod
     def setup(cls, program_or_path, config, data, *, backend, overrides, model, data_dir, out,
-              resume, max_steps, save, progress, console, runs_root) -> "_Training":
+              resume, max_steps, save, progress, console, runs_root, init_from=None,
+              init_skip_mismatch=False) -> "_Training":
         from nnlang.runtime.net import Net, check_backend
         check_backend(backend)
         if isinstance(config, dict):
@@ -236,6 +242,8 @@ class _Training:
         self.lines = progress and not self.show
         self.progress = progress
         self._restore(ckpt)
+        self.cfg, self.init_report = start_run(self.net, cfg, init_from, init_skip_mismatch,
+                                               ckpt is not None, file, console)
         self._write_config(ckpt)
         return self
 

@@ -1,0 +1,111 @@
+"""Starting a model from another run's weights (`nnlang train --init-from`, `init_from` in the
+train section, `nnlang.compile(..., init_from=)`): every parameter whose name and shape match
+is copied into a freshly built `Net`; its optimizer state stays fresh."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from rich import box
+from rich.table import Table
+
+from nnlang.errors import NNError
+from nnlang.ir.dims import fmt_shape
+from nnlang.train import checkpoint
+
+# NOTE: the optimizer's own state (moments, step count) never carries over to a new run
+OPTIMIZER_PREFIX = "optimizer."
+
+
+@dataclass
+class InitReport:
+    """What `init_from` did: `loaded` and `fresh` (kept their initializer) are this model's
+    parameters, `skipped` the checkpoint's unused ones with why."""
+    source: Path
+    loaded: list = field(default_factory=list)    # (name, shape)
+    skipped: list = field(default_factory=list)   # (name, shape, why)
+    fresh: list = field(default_factory=list)     # (name, shape)
+
+    def table(self) -> Table:
+        t = Table(title=f"weights from {self.source}: {len(self.loaded)} loaded, "
+                        f"{len(self.skipped)} skipped, {len(self.fresh)} fresh",
+                  box=box.SIMPLE_HEAD, title_justify="left")
+        for col in ("parameter", "shape", "status"):
+            t.add_column(col)
+        rows = [(n, s, "loaded") for n, s in self.loaded]
+        rows += [(n, s, f"skipped: {why}") for n, s, why in self.skipped]
+        rows += [(n, s, "fresh (not in the checkpoint)") for n, s in self.fresh]
+        for name, shape, status in rows:
+            t.add_row(name, fmt_shape(shape), status)
+        return t
+
+
+def resolve_source(source, what: str, base_dir: Path | None = None) -> Path:
+    """The checkpoint file `source` names (a run directory or a .npz); a relative path from
+    the train section is looked up beside the .nn file first."""
+    path = Path(source)
+    if base_dir is not None and not path.is_absolute() and (base_dir / path).exists():
+        path = base_dir / path
+    if path.is_dir():
+        path = path / checkpoint.FILENAME
+    if not path.is_file():
+        raise NNError(f"{what}: no checkpoint at {path}",
+                      hint="pass a run directory (runs/<model>-<time>/) or a checkpoint .npz")
+    return path
+
+
+def init_from(net, source, skip_mismatch: bool = False, what: str = "--init-from",
+              base_dir: Path | None = None) -> InitReport:
+    """Copies the parameters of checkpoint `source` that `net` has by name and shape into it.
+    A shape mismatch is an error unless `skip_mismatch`; no parameter in common always is."""
+    path = resolve_source(source, what, base_dir)
+    try:
+        ckpt = checkpoint.load(path)
+    except NNError as err:
+        raise NNError(f"{what}: {err.message}", hint=err.hint) from None
+    ours = net.parameters()
+    theirs = {k: v for k, v in ckpt.state.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    report = InitReport(path)
+    matched = {}
+    for name, value in theirs.items():
+        if name not in ours:
+            report.skipped.append((name, value.shape, "not in this model"))
+        elif value.shape != ours[name].shape:
+            if not skip_mismatch:
+                raise NNError(f"{what}: parameter '{name}' is {fmt_shape(value.shape)} in "
+                              f"{path} but {fmt_shape(ours[name].shape)} in this model",
+                              hint="pass --init-skip-mismatch to keep this model's own "
+                                   "initial values for it (init_skip_mismatch=True in Python)")
+            report.skipped.append((name, value.shape,
+                                   f"shape differs from this model's "
+                                   f"{fmt_shape(ours[name].shape)}"))
+        else:
+            matched[name] = value
+            report.loaded.append((name, value.shape))
+    report.fresh = [(n, v.shape) for n, v in ours.items() if n not in theirs]
+    if not matched:
+        raise NNError(f"{what}: no parameter of {path} matches this model by name and shape "
+                      f"(the checkpoint has {', '.join(list(theirs)[:4]) or 'none'}"
+                      f"{', ...' if len(theirs) > 4 else ''}; this model has "
+                      f"{', '.join(list(ours)[:4])}{', ...' if len(ours) > 4 else ''})",
+                      hint="was it trained from another model? layers match by their block "
+                           "path, as `nnlang check` prints it")
+    net.load_state_dict(matched)
+    return report
+
+
+def start_run(net, cfg, flag, skip_mismatch: bool, resumed: bool, file, console):
+    """The trainer's hook on a freshly built `Net`: loads `--init-from` (`flag`) or the train
+    section's `init_from` and shows the table; returns the config recording the checkpoint
+    used, and the report (None when there was nothing to load)."""
+    if flag is not None and resumed:
+        raise NNError("--init-from starts a new run from another run's weights, --resume "
+                      "continues a run: pass one of them")
+    source = flag if flag is not None else (None if resumed else cfg.init_from)
+    if source is None:
+        return cfg, None
+    what = "--init-from" if flag is not None else "init_from (train section)"
+    base = Path(file).parent if flag is None and file not in (None, "<string>") else None
+    report = init_from(net, source, skip_mismatch, what, base)
+    console.print(report.table())
+    return replace(cfg, init_from=str(report.source)), report

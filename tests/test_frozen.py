@@ -1,0 +1,106 @@
+"""Frozen weights (`trainable = false` on a layer, a `param` or a block call): no gradient, no
+update, no decay, and counted as non-trainable."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnlang
+from nnlang.errors import NNError
+from nnlang.frontend.fmt import format_source
+from nnlang.ir.summary import summarize
+
+MODEL = """
+block enc(x) {{
+  h = conv2d(x, 3, 3) |> relu
+  return h
+}}
+model F {{
+  input x: float32[batch, 1, 5, 5]
+  input y: int32[batch]
+  param s: float32[3, 3] = ones trainable = false
+  e = enc(x{enc})
+  f = flatten(e)
+  a = dense(f, 3{dense})
+  logits = a @ s
+  loss cross_entropy(logits, y)
+}}
+train F {{ optimizer = {opt}  batch = 4{l2} }}
+"""
+
+
+def source(opt="sgd(lr = 0.1)", l2="", enc=", trainable = false", dense=""):
+    return MODEL.format(opt=opt, l2=l2, enc=enc, dense=dense)
+
+
+def feeds():
+    rng = np.random.default_rng(0)
+    return {"x": rng.normal(size=(4, 1, 5, 5)).astype(np.float32),
+            "y": np.array([0, 1, 2, 1], np.int32)}
+
+
+@pytest.mark.parametrize("opt,l2", [("sgd(lr = 0.1)", "  l2 = 0.5"),
+                                    ("adamw(lr = 0.05, weight_decay = 0.5)", "")])
+def test_frozen_weights_stay_bit_identical(opt, l2):
+    net = nnlang.compile(source(opt, l2), backend="reference", seed=1)
+    before = net.parameters()
+    for _ in range(3):
+        net.train_step(feeds())
+    after = net.parameters()
+    for name in ("e.h.weight", "e.h.bias", "s"):
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    for name in ("a.weight", "a.bias"):
+        assert not np.array_equal(after[name], before[name]), name
+
+
+def test_backward_has_no_gradient_for_frozen_conv():
+    def conv_backward(enc):
+        net = nnlang.compile(source(enc=enc), backend="reference")
+        lines = nnlang.emit(net, "backward").splitlines()
+        grads = sorted(net.graph("train").grads)
+        return [ln for ln in lines if "[bwd]" in ln and ln.endswith("e.h @3")], grads
+
+    frozen, frozen_grads = conv_backward(", trainable = false")
+    free, free_grads = conv_backward("")
+    assert any("matmul" in ln for ln in free)       # the conv's weight gradient, when trained
+    assert frozen == []
+    assert frozen_grads == ["a.bias", "a.weight"]
+    assert free_grads == ["a.bias", "a.weight", "e.h.bias", "e.h.weight"]
+
+
+def test_check_counts_frozen_as_non_trainable():
+    program = nnlang.load(source(dense=", trainable = false"))
+    s = summarize(program)
+    frozen = 3 * 9 + 3 + 9 + 27 * 3 + 3       # conv, s, dense
+    assert (s.total_params, s.non_trainable_params) == (frozen, frozen)
+    assert s.trainable_params == 0
+
+
+def test_param_option_formats_back():
+    text = source()
+    assert "ones trainable = false" in format_source(text)
+    assert format_source(format_source(text)) == format_source(text)
+
+
+@pytest.mark.parametrize("enc,dense,words", [
+    (', trainable = "no"', "", ["trainable must be true or false", "'no'", ":10:"]),
+    ("", ", trainable = 0", ["trainable must be true or false", ":12:"]),
+])
+def test_bad_trainable_value(enc, dense, words):
+    with pytest.raises(NNError) as err:
+        nnlang.load(source(enc=enc, dense=dense))
+    text = err.value.render()
+    for w in words:
+        assert w in text, (w, text)
+
+
+def test_op_without_weights_refuses_trainable():
+    with pytest.raises(NNError, match="trainable"):
+        nnlang.load(source().replace("flatten(e)", "flatten(e, trainable = false)"))
+
+
+def test_shared_layer_must_agree_on_trainable():
+    text = source(enc="").replace("logits = a @ s", "b = dense(f, 3, share = a, trainable = false)"
+                                  "\n  logits = (a + b) @ s")
+    with pytest.raises(NNError, match="shared"):
+        nnlang.load(text)

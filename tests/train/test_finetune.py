@@ -1,0 +1,134 @@
+"""Starting a run from another run's weights (`--init-from`, `init_from`), alone and with the
+loaded layers frozen (a fine-tune): what is loaded, skipped and left fresh, and the errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnlang
+from nnlang.errors import NNError
+from nnlang.train import checkpoint
+from nnlang.train.trainer import fit
+from tests.faults.conftest import cli
+from tests.tiny_run import tiny_data, tiny_source
+
+# a tiny models/cnn.nn: conv, pool, dense head; {frozen} freezes the convolution
+CNN = """
+model Cnn(classes = 3) {{
+  input x: float32[batch, 1, 6, 6]
+  input label: int32[batch]
+  c = conv2d(x, 4, 3{frozen}) |> relu |> max_pool2d(2)
+  logits = dense(flatten(c), classes)
+  loss cross_entropy(logits, label)
+  metric acc = accuracy(logits, label)
+}}
+train Cnn {{ data = "img.npz"  optimizer = {opt}  batch = 4  epochs = 1{init} }}
+"""
+
+
+def cnn(frozen="", opt="sgd(lr = 0.1)", init=""):
+    return CNN.format(frozen=frozen, opt=opt, init=init)
+
+
+def img_data(folder, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(24, 1, 6, 6)).astype(np.float32)
+    y = (x[:, 0, :3].sum(axis=(1, 2)) > 0).astype(np.int32) + (x[:, 0, 3:, :3].sum((1, 2)) > 0)
+    np.savez(folder / "img.npz", train_x=x[:20], train_label=y[:20].astype(np.int32),
+             test_x=x[20:], test_label=y[20:].astype(np.int32))
+
+
+def train(path, out, **kw):
+    return fit(str(path), backend="reference", progress=False, out=out, **kw)
+
+
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch):
+    """A trained run of the tiny dense model (hidden 8): its directory."""
+    monkeypatch.chdir(tmp_path)
+    tiny_data(tmp_path)
+    (tmp_path / "tiny.nn").write_text(tiny_source())
+    train(tmp_path / "tiny.nn", tmp_path / "a", max_steps=3)
+    return tmp_path / "a"
+
+
+def deeper(hidden2=5):
+    """The tiny model with a second hidden layer: h matches, h2 is new, logits changes shape."""
+    return tiny_source().replace("logits = dense(h, classes)",
+                                 f"h2 = dense(h, {hidden2}) |> relu\n  logits = dense(h2, classes)")
+
+
+def test_init_from_loads_matching_and_reports(tiny_run):
+    saved = checkpoint.load(tiny_run).state
+    net = nnlang.compile(tiny_source(), backend="reference", init_from=tiny_run)
+    for name in ("h.weight", "h.bias", "logits.weight", "logits.bias"):
+        np.testing.assert_array_equal(net.parameters()[name], saved[name])
+    assert [n for n, _ in net.init_report.loaded] == list(net.parameters())
+    assert net.init_report.skipped == [] and net.init_report.fresh == []
+    # the optimizer starts fresh: its moments are zero, not the run's
+    assert not any(k.startswith("optimizer.") and np.any(v)
+                   for k, v in net.state_dict().items())
+
+    fresh = nnlang.compile(deeper(), backend="reference", seed=3)
+    net = nnlang.compile(deeper(), backend="reference", seed=3, init_from=tiny_run,
+                         init_skip_mismatch=True)
+    r = net.init_report
+    assert [n for n, _ in r.loaded] == ["h.weight", "h.bias", "logits.bias"]
+    assert [(n, why) for n, _, why in r.skipped] == [
+        ("logits.weight", "shape differs from this model's [5, 3]")]
+    assert [n for n, _ in r.fresh] == ["h2.weight", "h2.bias"]
+    np.testing.assert_array_equal(net.parameters()["h.weight"], saved["h.weight"])
+    for name in ("h2.weight", "logits.weight"):
+        np.testing.assert_array_equal(net.parameters()[name], fresh.parameters()[name])
+
+
+def test_shape_mismatch_is_an_error_naming_the_parameter(tiny_run):
+    with pytest.raises(NNError, match=r"parameter 'logits.weight' is \[8, 3\] .* but \[5, 3\]"):
+        nnlang.compile(deeper(), backend="reference", init_from=tiny_run)
+
+
+def test_cli_init_from_table_and_errors(tiny_run, tmp_path):
+    (tmp_path / "deep.nn").write_text(deeper())
+    out = cli("train", "deep.nn", "--init-from", str(tiny_run), "--backend", "reference",
+              "--max-steps", "1", "--out", "b", code=1)
+    assert "--init-from" in out and "logits.weight" in out and "--init-skip-mismatch" in out
+    out = cli("train", "deep.nn", "--init-from", str(tiny_run), "--init-skip-mismatch",
+              "--backend", "reference", "--max-steps", "1", "--out", "c", code=0)
+    assert "3 loaded, 1 skipped, 2 fresh" in out and "h2.weight" in out
+    out = cli("train", "deep.nn", "--init-from", "missing-run", "--backend", "reference",
+              code=1)
+    assert "--init-from" in out and "missing-run" in out
+    (tmp_path / "other.nn").write_text(tiny_source().replace("h = dense", "g = dense")
+                                       .replace("dense(h,", "dense(g,").replace("logits", "z"))
+    out = cli("train", "other.nn", "--init-from", str(tiny_run), "--backend", "reference",
+              code=1)
+    assert "no parameter" in out and "matches" in out
+    out = cli("train", "deep.nn", "--init-from", str(tiny_run), "--resume", "--out", "c",
+              "--backend", "reference", code=1)
+    assert "--resume" in out
+
+
+def test_train_section_init_from_must_be_a_path(tmp_path):
+    with pytest.raises(NNError, match="init_from must be a run directory"):
+        nnlang.load(tiny_source().replace("batch = 4", "batch = 4  init_from = 3"))
+
+
+def test_finetune_frozen_convolution(tmp_path, monkeypatch):
+    """Pretrain, then fine-tune on other data from the section's `init_from` with the
+    convolution frozen: it stays what was loaded, bit for bit; the head learns."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pre").mkdir()
+    img_data(tmp_path / "pre", 0)
+    (tmp_path / "pre" / "cnn.nn").write_text(cnn())
+    train(tmp_path / "pre" / "cnn.nn", tmp_path / "pre" / "run")
+    loaded = checkpoint.load(tmp_path / "pre" / "run").state
+    img_data(tmp_path, 1)
+    (tmp_path / "ft.nn").write_text(cnn(", trainable = false", "adamw(lr = 0.05, weight_decay"
+                                        " = 0.1)", '  init_from = "pre/run"'))
+    h = train(tmp_path / "ft.nn", tmp_path / "ft")
+    after = h.net.parameters()
+    for name in ("c.weight", "c.bias"):
+        np.testing.assert_array_equal(after[name], loaded[name])
+    assert not np.array_equal(after["logits.weight"], loaded["logits.weight"])
+    assert checkpoint.load(tmp_path / "ft").config.init_from.endswith("checkpoint.npz")
+    assert "c.weight" not in h.net.graph("train").grads
