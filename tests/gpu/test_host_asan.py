@@ -5,6 +5,9 @@ or write past the end of an array fails with the kernel and the address.
 
 Arrays of one memory-plan buffer share it, so this catches accesses beyond a buffer, not a
 stray read of a neighbour inside one; the golden values catch those.
+
+It reruns the whole host harness under ASan (about 100 s), so it is marked `slow`: run it with
+`python -m pytest -m slow tests/gpu/test_host_asan.py` after changing a kernel or a lowering.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ def _libasan() -> str | None:
     return path if os.path.isabs(path) and os.path.exists(path) else None
 
 
+@pytest.mark.slow
 def test_host_kernels_under_address_sanitizer(host_cxx, tmp_path):
     if host_cxx[0] == "nvcc":
         pytest.skip("AddressSanitizer needs the host C++ compiler (gcc or clang)")
