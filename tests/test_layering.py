@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # lowest first; a module's floor is that of the longest matching prefix
 FLOORS = [
-    ("nnlang.errors", "nnlang.gc_pause", "nnlang.user_cache", "nnlang.data"),
+    ("nnlang.errors", "nnlang.files", "nnlang.gc_pause", "nnlang.user_cache", "nnlang.data"),
     ("nnlang.ir", "nnlang.ops"),
     ("nnlang.frontend", "nnlang.codegen"),
     ("nnlang.passes",),

@@ -16,7 +16,6 @@ import os
 import pickle
 import subprocess
 import sys
-import tempfile
 import types
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +30,7 @@ from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded
                                   workers)
 from nnlang.codegen.render_numba import PARALLEL_MIN, render, render_multi, split_rows
 from nnlang.errors import NNError
+from nnlang.files import write_atomic
 from nnlang.ir.graph import Node
 from nnlang.passes.schedule import apply_view
 from nnlang.user_cache import cache_subdir, cache_unwritable, private_dir
@@ -173,29 +173,18 @@ def _uses_pool(call) -> bool:
     return fn is run_parts or (fn is run_in_order and any(_uses_pool(c) for c in args[0]))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:  # NOTE: a full disk must not leave an empty temp file behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _kernel_file(key: str, source: str) -> Path:
     """The kernel module's file: in the cache, or (the cache full or read-only) in this
     process's private folder."""
     path = cache_dir() / f"k_{key}.py"
     try:
         if not path.exists() or path.read_text() != source:
-            _write_atomic(path, source)
+            write_atomic(path, source)
         return path
     except OSError as err:
         cache_unwritable(path.parent, err)
         path = private_dir("kernels") / path.name
-        _write_atomic(path, source)
+        write_atomic(path, source)
         return path
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnlang.errors import NNError
+from nnlang.files import write_atomic
 from nnlang.user_cache import user_cache_dir
 
 # Debian's dataset-* packages (e.g. dataset-fashion-mnist) install here. A list so tests can
@@ -242,22 +243,14 @@ def _read_verified() -> dict:
 
 
 def _write_atomic(path: Path, data: bytes) -> bool:
-    """Writes via a temporary file and a rename; False (and nothing written) when it cannot."""
+    """`files.write_atomic`, creating the folder; False (and nothing written) when it cannot:
+    these files are a cache."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError:
-        return False
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
         return True
     except OSError:
         return False
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @contextmanager

@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 import nnlang
+from nnlang.files import write_atomic
 from nnlang.ir.graph import Graph
 from nnlang.user_cache import cache_unwritable, user_cache_dir
 
@@ -96,22 +96,16 @@ def load(key: str):
 def store(key: str, plan) -> None:
     """Writes the plan atomically; a read-only or full cache only costs the next run time (and
     a warning)."""
-    folder, tmp = plan_dir(), None
+    folder = plan_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump((_FORMAT, plan), f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, folder / f"{key}.pkl")
-        tmp = None
+        write_atomic(folder / f"{key}.pkl", lambda f: pickle.dump(
+            (_FORMAT, plan), f, protocol=pickle.HIGHEST_PROTOCOL))
         _prune(folder)
     except OSError as err:
         cache_unwritable(folder, err)
     except (pickle.PicklingError, TypeError, AttributeError):
         pass  # NOTE: a plan that does not pickle is only not cached
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _prune(folder: Path) -> None:

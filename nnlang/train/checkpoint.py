@@ -5,8 +5,6 @@ in one .npz written atomically. The non-array part is one JSON string under `__m
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlang.errors import NNError
+from nnlang.files import write_atomic
 from nnlang.frontend.train_config import Choice, TrainConfig
 
 FORMAT = 1
@@ -55,19 +54,10 @@ def save(path, state: dict, meta: dict) -> Path:
     path = Path(path)
     arrays = {_STATE + k: np.asarray(v) for k, v in state.items()}
     arrays[_META] = np.array(json.dumps({"format": FORMAT, **meta}, default=json_default))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:  # NOTE: KeyboardInterrupt too: never leave the temp file
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise NNError(f"cannot write checkpoint {path} ({err})") from None
-        raise
-    return path
+        return write_atomic(path, lambda f: np.savez(f, **arrays), fsync=True)
+    except OSError as err:
+        raise NNError(f"cannot write checkpoint {path} ({err})") from None
 
 
 def load(path, prefer_best: bool = False) -> Checkpoint:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from nnlang.errors import NNError
+from nnlang.files import write_atomic
 from nnlang.train import checkpoint
 
 PLOT_HINT = "plots skipped: matplotlib is not installed (pip install 'nnlang[plot]')"
@@ -73,13 +73,9 @@ class RunDir:
 
     def write_json(self, name: str, data: dict) -> Path:
         target = self.path / name
-        tmp = target.with_name(f".{name}.tmp")
         with writing(target):
-            try:
-                tmp.write_text(json.dumps(data, indent=2, default=checkpoint.json_default) + "\n")
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(target, json.dumps(data, indent=2, default=checkpoint.json_default)
+                         + "\n")
         return target
 
     # *** metrics ***

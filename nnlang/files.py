@@ -1,0 +1,33 @@
+"""Writing a file so that readers see the old file or the whole new one, never a part of it:
+checkpoints, run records, cached plans, kernels and data sets all go through `write_atomic`."""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+
+def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
+                 fsync: bool = False) -> Path:
+    """Writes `data` (bytes, text, or a function writing to the open binary file) to a temporary
+    file `.<name>.*.tmp` beside `path`, then renames it over `path`. With `fsync` the bytes
+    reach the disk before the rename (checkpoints). On any failure, a full disk or Ctrl-C
+    included, the temporary file is removed and the error raised."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
