@@ -58,7 +58,8 @@ def check(
     One row per op: layer path, output shape, parameters, forward FLOPs and activation memory
     (at the train section's batch size, or --batch), then totals.
     """
-    from nnlang.ir.summary import header_lines, summarize, total_lines
+    from nnlang.ir.summary import (header_lines, summarize, total_lines,
+                                   training_memory_problem)
 
     failed = False
     out = console()
@@ -72,7 +73,7 @@ def check(
                 print_error(err)
                 failed = True
                 continue
-            warning = memory_warning(prog, s.batch)
+            warning = training_memory_problem(prog, s.batch)
             if warning:
                 err_console().print(Text(f"warning: {path}: {warning}", style="yellow"))
             if quiet:
@@ -87,18 +88,6 @@ def check(
                 out.print()
     if failed:
         raise typer.Exit(1)
-
-
-def memory_warning(prog, batch: int) -> str | None:
-    """Why training `prog` at `batch` would not fit in this machine's memory, if it would not."""
-    from nnlang.ir.summary import memory_need, memory_problem
-
-    slots = 0
-    if prog.train is not None:
-        from nnlang.ops.optim import OPTIMIZERS
-        opt = OPTIMIZERS.get(prog.train.optimizer.name)
-        slots = len(opt.slots) if opt is not None else 0
-    return memory_problem(memory_need(prog.graph, batch, "float32", slots))
 
 
 # *** graph ***

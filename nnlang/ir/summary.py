@@ -347,6 +347,16 @@ def memory_problem(need: MemoryNeed) -> str | None:
             f"{human(have[1], 'B')} of memory available ({human(have[0], 'B')} in all)")
 
 
+def training_memory_problem(program, batch: int) -> str | None:
+    """Why training `program` at `batch` (its optimizer's slots included) would not fit in this
+    machine's memory, if it would not: what `nnlang check` warns about."""
+    from nnlang.ops.optim import OPTIMIZERS
+
+    opt = OPTIMIZERS.get(program.train.optimizer.name) if program.train is not None else None
+    slots = len(opt.slots) if opt is not None else 0
+    return memory_problem(memory_need(program.graph, batch, "float32", slots))
+
+
 def check_memory(graph: Graph, batch: int, dtype: str = "float32",
                  optimizer_slots: int | None = None) -> None:
     """Raises NNError, before anything is allocated, when the weights of `graph` (with

@@ -14,7 +14,7 @@ from nnlang.ir.dims import dim_prod, numel
 from nnlang.ir.graph import Graph, Node, op_attrs
 from nnlang.ops import registry
 from nnlang.ops.registry import ELEMENTWISE, RANDOM, SOURCE, TensorType
-from nnlang.passes.rewrite import graph_pass, replace_value, updates
+from nnlang.passes.rewrite import graph_pass, replace_value
 
 FOLD_LIMIT = 4096  # NOTE: never fold into a constant much larger than its inputs (broadcasts)
 MAX_ROUNDS = 16    # of rules over the nodes earlier rounds made (each round is one level deeper)
@@ -208,7 +208,7 @@ def fold_constants(g: Graph) -> Graph:
 def _drop_unused(g: Graph, nid: int) -> None:
     """Removes a replaced node and what only it read, so rules that look at a value's users
     (`_sliced_elementwise`) do not count them; other dead code is `dce`'s."""
-    named = {*g.outputs.values(), *g.losses.values(), *g.metrics.values(), *updates(g).values()}
+    named = {*g.outputs.values(), *g.losses.values(), *g.metrics.values(), *g.updates.values()}
     stack = [nid]
     while stack:
         x = stack.pop()

@@ -14,7 +14,7 @@ import numpy as np
 
 from nnlang.ir.graph import Graph
 from nnlang.passes.concat_in_place import Piece, concat_pieces, root_of
-from nnlang.passes.rewrite import result_ids, updates
+from nnlang.passes.rewrite import result_ids
 from nnlang.passes.schedule import Step, base_of
 
 ALIGN = 64
@@ -104,7 +104,7 @@ def in_place_updates(g: Graph, steps: list[Step], views: dict[int, int]) -> dict
     readers = _readers(g, steps, views)
     found: dict[int, str] = {}
     returned = {base_of(views, r) for r in g.roots()}  # NOTE: results are read after the step
-    for name, value in updates(g).items():
+    for name, value in g.updates.items():
         param = g.params.get(name)
         k = owner.get(value)
         if param is None or k is None or value in found or value in views or \

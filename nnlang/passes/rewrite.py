@@ -18,13 +18,9 @@ def graph_pass(fn):
     return run
 
 
-def updates(g: Graph) -> dict[str, int]:
-    return g.updates
-
-
 def result_ids(g: Graph) -> set[int]:
     """Every node whose value leaves the graph, including values written back to state."""
-    return set(g.roots()) | set(updates(g).values())
+    return set(g.roots()) | set(g.updates.values())
 
 
 def replace_value(g: Graph, old: int, new: int) -> None:
@@ -34,5 +30,5 @@ def replace_value(g: Graph, old: int, new: int) -> None:
     g.replace_uses(old, new)
     if g.node(old).attrs.get("root"):
         g.node(new).attrs["root"] = True
-    if any(v == old for v in updates(g).values()):
+    if any(v == old for v in g.updates.values()):
         g.updates = {k: new if v == old else v for k, v in g.updates.items()}

@@ -18,7 +18,6 @@ from nnlang.passes.concat_in_place import Piece, piece_view
 from nnlang.passes.fuse import format_groups
 from nnlang.passes.memory import MemoryPlan
 from nnlang.passes.plan import plan
-from nnlang.passes.rewrite import updates
 from nnlang.passes.schedule import Step, copy_call
 
 __all__ = ["Executable", "State", "compile_graph"]
@@ -100,7 +99,7 @@ class Executable:
         self.splits = backend.splits(self._calls)
         named = {**g.outputs, **g.losses, **g.metrics}
         self._results = [(k, self.arrays[v]) for k, v in named.items()]
-        self._updates = [(self.state._arrays[k], self.arrays[v]) for k, v in updates(g).items()
+        self._updates = [(self.state._arrays[k], self.arrays[v]) for k, v in g.updates.items()
                          if self.arrays[v] is not self.state._arrays[k]]
         self._step = backend.launcher(self._calls, self._updates, self.threaded_blas)
 

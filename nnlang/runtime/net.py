@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnlang.backends.aligned import aligned_copy, aligned_zeros
 from nnlang.errors import NNError
 from nnlang.gc_pause import paused_gc
 from nnlang.ir.summary import check_memory
 from nnlang.ops.init import initialize
+from nnlang.ops.optim import learning_rate
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
-from nnlang.backends.aligned import aligned_copy, aligned_zeros
 from nnlang.runtime.indices import check_indices, index_inputs
 from nnlang.runtime.interpret import interpret
-from nnlang.ops.optim import learning_rate
 
 BACKENDS = ("numba", "cupy", "reference")
 

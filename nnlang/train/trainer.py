@@ -60,7 +60,7 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None) -> d
     loss_names = list(net.user.losses)
     totals: dict = {}
     for b in progress(feeds.batches(arrays, batch, drop_last=False), -(-n // batch),
-                       "evaluating", console):
+                      "evaluating", console):
         k = feeds.length(b)
         out = net.evaluate(b)
         res = {"loss": sum(out[name] for name in loss_names)}
@@ -219,9 +219,6 @@ class _Training:
                          "with")
         if max_steps is not None and max_steps < 1:
             raise NNError(f"--max-steps must be at least 1, not {max_steps}")
-        if cfg.epochs < 1:
-            raise NNError(f"epochs must be at least 1, not {cfg.epochs}",
-                          hint="pass --epochs N")
         cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file)
         check_watch(program, cfg, splits[1])
         self = cls()
@@ -448,9 +445,17 @@ class _Training:
                               f"{watch.best_epoch}{where}")
 
     def _take(self, check: bool) -> None:
-        pos = self.pos
-        pos.done = _take(self.net, pos.sums, self.history, pos.epoch, pos.done, self.run_dir,
-                         self.guard if check else None)
+        """Reads the losses and metrics of the steps run since the last read into the epoch's
+        sums and step count; with `check`, a diverged loss stops training."""
+        pos, net = self.pos, self.net
+        taken = net.fetch()
+        first = net.step - len(taken)
+        for i, (loss, metrics) in enumerate(taken):
+            if check:
+                self.guard.check(loss, pos.epoch, pos.done, first + i + 1, self.run_dir)
+            pos.sums.add(loss, metrics)
+            self.history.losses.append(loss)
+            pos.done += 1
 
     def interrupted(self) -> History:
         """Ctrl-C between whole steps: the steps run so far count (their updates are in the
@@ -506,21 +511,6 @@ def _data(program, cfg, data, data_dir, file):
     train, val = feeds.train_and_val(program.graph, ds, mapping, cfg.val_split, cfg.seed)
     test = feeds.model_arrays(program.graph, ds.test.arrays, mapping) if len(ds.test) else {}
     return cfg, ds, mapping, (train, val, test)
-
-
-def _take(net, sums: _Sums, history: History, epoch: int, done: int, run,
-          guard: DivergenceGuard | None) -> int:
-    """Reads the losses and metrics of the steps run since the last read into the epoch's
-    sums; returns the epoch's step count. A diverged loss stops training (with a `guard`)."""
-    taken = net.fetch()
-    first = net.step - len(taken)
-    for i, (loss, metrics) in enumerate(taken):
-        if guard is not None:
-            guard.check(loss, epoch, done, first + i + 1, run)
-        sums.add(loss, metrics)
-        history.losses.append(loss)
-        done += 1
-    return done
 
 
 def _compile(net, batch: int, console: Console, progress: bool) -> None:
