@@ -6,10 +6,10 @@ from nnlang.errors import Span, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.values import (POISON, Abort, Initializer, KEYWORD_ONLY_OPS, Scope, T,
                                     join_path)
-from nnlang.ir.dims import fmt_shape, size_problem
+from nnlang.ir.dims import fmt_shape, is_concrete, size_problem
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS
-from nnlang.ops.registry import ParamSpec, ShapeError
+from nnlang.ops.registry import ParamSpec, ShapeError, sym_dims
 from nnlang.ops.signature import BindError, check_kind
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -164,8 +164,10 @@ class CallElaboration:
             except ShapeError as err:
                 self.shape_fail(op, err, span, in_spans, ins, attr_spans)
             shared = path in self.layer_of.values()
-            for spec in specs.values():
+            for k, spec in specs.items():
                 self.check_size(spec.shape, attrs, attr_spans, span)
+                if not is_concrete(spec.shape):
+                    self.symbolic_weight(op, k, spec.shape, span, in_spans, ins, in_types)
             params = [T(self.param(f"{path}.{k}", spec, span, shared, frozen))
                       for k, spec in specs.items()]
         layer = path or where or scope.prefix
@@ -190,6 +192,17 @@ class CallElaboration:
         at = next((attr_spans[k] for k, v in attrs.items() if attr_spans and k in attr_spans
                    and any(v == d or isinstance(v, list) and d in v for d in dims)), span)
         self.fail(why, at, "is this number a typo?")
+
+    def symbolic_weight(self, op, name, shape, span, in_spans, ins, in_types):
+        """A weight's size may not depend on a symbol: it is allocated once, for every length."""
+        syms = sym_dims(shape)
+        arg = next((i for i, t in enumerate(in_types) if t is not None
+                    and sym_dims(t.shape) & syms), None)
+        self.shape_fail(op, ShapeError(
+            f"{op}: its weight '{name}' would be {fmt_shape(shape)}, which depends on the "
+            f"symbol {', '.join(sorted(syms))}", arg=arg,
+            hint="a weight has one size for every length: make that dim a number or a "
+                 "hyper-parameter"), span, in_spans, ins)
 
     def shape_fail(self, op, err: ShapeError, span, in_spans, ins, attr_spans=None):
         at = in_spans[err.arg] if err.arg is not None and err.arg < len(in_spans) else span

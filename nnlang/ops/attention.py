@@ -127,12 +127,19 @@ def sinusoid_table(length: int, dim: int) -> np.ndarray:
 
 def _pe_check(x, kind, max_len):
     need_float("positional_encoding", x)
-    if x.rank != 3 or isinstance(x.shape[1], Sym) or isinstance(x.shape[2], Sym):
-        raise ShapeError(f"positional_encoding expects [batch, len, dim] with concrete len and "
-                         f"dim but got {fmt_shape(x.shape)}", arg=0)
+    if x.rank != 3 or isinstance(x.shape[2], Sym):
+        raise ShapeError(f"positional_encoding expects [batch, len, dim] with concrete dim but "
+                         f"got {fmt_shape(x.shape)}", arg=0)
     if kind not in ("sinusoidal", "learned"):
         raise ShapeError(f"positional_encoding: kind must be \"sinusoidal\" or \"learned\", got "
                          f"{kind!r}")
+    if isinstance(x.shape[1], Sym):
+        # NOTE: the table (or the weight's first rows) is taken once the length is bound
+        if kind == "learned" and max_len is None:
+            raise ShapeError(f"positional_encoding: learned positions on the symbolic length "
+                             f"{x.shape[1]} need max_len (the weight's rows)", attr="max_len",
+                             hint="add max_len = <the longest sequence>")
+        return
     if max_len is not None and max_len < x.shape[1]:
         raise ShapeError(f"positional_encoding: sequence length {x.shape[1]} exceeds max_len = "
                          f"{max_len}", arg=0)

@@ -163,7 +163,13 @@ def _concat_shape(*xs: TensorType, axis) -> TensorType:
                                        enumerate(zip(x.shape, first.shape)) if k != ax):
             raise ShapeError(f"concat along axis {axis}: {fmt_shape(x.shape)} does not match "
                              f"{fmt_shape(first.shape)} outside that axis", arg=i)
-        total = x.shape[ax] + total
+        try:
+            total = x.shape[ax] + total
+        except DimError:
+            raise ShapeError(f"concat along axis {axis}: cannot add the symbolic length "
+                             f"{x.shape[ax]} to {total}", arg=i,
+                             hint="concatenate along a concrete axis, or give every piece "
+                                  "the same symbolic length") from None
     return TensorType(first.shape[:ax] + (total,) + first.shape[ax + 1:], first.dtype)
 
 

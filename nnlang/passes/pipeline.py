@@ -37,14 +37,16 @@ def retype(g: Graph, dtype: str) -> Graph:
     return g if dtype == "float32" else infer(g)
 
 
-def specialize(user: Graph, batch: int, dtype: str = "float32") -> Graph:
-    return retype(bind(user, batch=batch), dtype)
+def specialize(user: Graph, batch: int, dtype: str = "float32",
+               lengths: dict | None = None) -> Graph:
+    """`lengths`: sizes of the other symbols (`symbol seq`), bound with the batch."""
+    return retype(bind(user, **(lengths or {}), batch=batch), dtype)
 
 
 def forward_graph(user: Graph, batch: int, dtype: str = "float32",
-                  results=("outputs", "losses", "metrics")) -> Graph:
+                  results=("outputs", "losses", "metrics"), lengths=None) -> Graph:
     """The inference graph (dropout off) keeping only the requested kinds of result."""
-    g = decompose(specialize(user, batch, dtype), training=False)
+    g = decompose(specialize(user, batch, dtype, lengths), training=False)
     for kind in ("outputs", "losses", "metrics"):
         if kind not in results:
             setattr(g, kind, {})
@@ -84,9 +86,9 @@ def trainable(g: Graph) -> dict[str, int]:
 
 
 def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
-                wrt_inputs: tuple = ()) -> Graph:
+                wrt_inputs: tuple = (), lengths=None) -> Graph:
     """Forward + loss + generated backward + optimizer update, as one primitive graph."""
-    g = decompose(specialize(user, batch, dtype), training=True)
+    g = decompose(specialize(user, batch, dtype, lengths), training=True)
     if not g.losses:
         from nnlang.errors import NNError
         raise NNError(f"model '{g.model}' declares no loss, so it cannot be trained",

@@ -29,8 +29,21 @@ def infer(g: Graph, env: dict | None = None) -> Graph:
             node.attrs = {k: _bind_value(v, env) for k, v in node.attrs.items()}
         opdef = registry.get(node.op)
         ins = [None if i is None else g.node(i).type for i in slots(g, node)]
-        node.type = opdef.shape(*ins, **op_attrs(node))
+        try:
+            node.type = opdef.shape(*ins, **op_attrs(node))
+        except registry.ShapeError as err:
+            if not env:
+                raise
+            raise _bound_error(node, err, env) from None
     return g
+
+
+def _bound_error(node, err, env: dict):
+    """A shape rule refusing the sizes bound for symbols (a length over a max_len) is bad
+    input: an error at the op's line, naming the sizes."""
+    from nnlang.errors import NNError
+    sizes = ", ".join(f"{k} = {v}" for k, v in sorted(env.items()))
+    return NNError(f"{err.message} (with {sizes})", node.span, err.hint)
 
 
 def bind(g: Graph, **dims: int) -> Graph:

@@ -15,9 +15,9 @@ MODES = ("train", "eval", "predict")
 def _graph(net, mode: str) -> Graph:
     from nnlang.passes.pipeline import forward_graph, train_graph
     if mode == "train":
-        return train_graph(net.user, net.config, net.batch, net.dtype)
+        return train_graph(net.user, net.config, net.batch, net.dtype, lengths=net.lengths)
     results = ("outputs",) if mode == "predict" else ("outputs", "losses", "metrics")
-    return forward_graph(net.user, net.batch, net.dtype, results)
+    return forward_graph(net.user, net.batch, net.dtype, results, net.lengths)
 
 
 def emit(net, what: str, mode: str = "train") -> str:
@@ -47,7 +47,8 @@ def emit(net, what: str, mode: str = "train") -> str:
     exe = net._exe(mode, net.batch)[0]
     took = time.perf_counter() - start
     info = exe.summary() if hasattr(exe, "summary") else {}
-    rows = [f"model {net.program.model}, mode {mode}, backend {net.backend}, batch {net.batch}",
+    rows = [f"model {net.program.model}, mode {mode}, backend {net.backend}, batch {net.batch}"
+            + "".join(f", {k} {v}" for k, v in net.lengths.items()),
             f"compile time {took:.2f} s"] + [f"{k}: {v}" for k, v in info.items()]
     return "\n".join(rows) + "\n"
 

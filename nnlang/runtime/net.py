@@ -10,6 +10,7 @@ import numpy as np
 from nnlang.backends.aligned import aligned_copy, aligned_zeros
 from nnlang.errors import NNError
 from nnlang.gc_pause import paused_gc
+from nnlang.ir.dims import Sym
 from nnlang.ir.summary import check_memory
 from nnlang.ops.init import initialize
 from nnlang.ops.optim import learning_rate
@@ -19,6 +20,12 @@ from nnlang.runtime.indices import check_indices, index_inputs
 from nnlang.runtime.interpret import interpret
 
 BACKENDS = ("numba", "cupy", "reference")
+# NOTE: the size a symbolic length (`symbol seq`) is shown and prepared at before a feed binds
+# it; generated kernels take their sizes as arguments, so any length runs the same kernels
+DEFAULT_LENGTH = 16
+# executables kept per kind for lengths other than the latest: each holds buffers sized for its
+# length, and rebuilding one from the plan and kernel caches is cheap
+KEEP_LENGTHS = 8
 
 
 def check_backend(backend: str, device: bool = True) -> None:
@@ -60,7 +67,8 @@ def _compile(g, backend: str, state: dict, disable=()):
 
 
 class Net:
-    """A model compiled for one batch size; see `nnlang.compile`."""
+    """A model compiled for one batch size (and any size of its other symbols, bound from the
+    feeds: one executable per bound size); see `nnlang.compile`."""
 
     def __init__(self, program, backend: str = "numba", batch: int | None = None,
                  dtype: str = "float32", seed: int | None = None, disable=(), config=None,
@@ -74,6 +82,7 @@ class Net:
         self.batch = batch or self.config.batch
         self.seed = self.config.seed if seed is None else seed
         self.user = program.graph
+        self.lengths = {s: DEFAULT_LENGTH for s in self.user.symbols if s != "batch"}
         self._exes: dict = {}
         self._checks: dict = {}   # (kind, batch) -> the inputs holding ids, checked per call
         self.step = 0
@@ -117,16 +126,26 @@ class Net:
                 self.state[k] = aligned_copy(v, self.dtype)
 
     # *** executables ***
-    def _exe(self, kind: str, batch: int):
-        key = (kind, batch)
+    def _exe(self, kind: str, batch: int, lengths: dict | None = None):
+        """The executable of `kind` for `batch` and `lengths` (default self.lengths); keyed
+        (kind, batch) when the model has no other symbol, else (kind, batch, lengths)."""
+        key = _key(kind, batch, lengths or self.lengths)
         if key not in self._exes:
             with paused_gc():
-                self._exes[key] = self._build_exe(kind, batch)
+                self._exes[key] = self._build_exe(kind, batch, dict(key[2]) if key[2:] else {})
+            self._forget_lengths(key)
         return self._exes[key]
 
-    def _build_exe(self, kind: str, batch: int):
+    def _forget_lengths(self, latest) -> None:
+        """Drops the least recently built executables of other lengths beyond KEEP_LENGTHS."""
+        others = [k for k in self._exes if k[2:] and k[0] == latest[0] and k != latest]
+        for old in others[:max(0, len(others) - KEEP_LENGTHS)]:
+            del self._exes[old]
+            self._checks.pop(old, None)
+
+    def _build_exe(self, kind: str, batch: int, lengths: dict):
         if kind in ("train", "grad"):
-            g = train_graph(self.user, self.config, batch, self.dtype)
+            g = train_graph(self.user, self.config, batch, self.dtype, lengths=lengths)
             if kind == "grad":
                 g = _gradient_graph(g)
             for name, nid in g.params.items():  # optimizer slots start at zero
@@ -135,7 +154,7 @@ class Net:
                     self.state[name] = aligned_zeros(shape, self.dtype)
         else:
             results = ("outputs",) if kind == "predict" else ("outputs", "losses", "metrics")
-            g = forward_graph(self.user, batch, self.dtype, results)
+            g = forward_graph(self.user, batch, self.dtype, results, lengths)
         return _compile(g, self.backend, self.state, self.disable), g
 
     def prepare(self, kind: str = "train", batch: int | None = None) -> None:
@@ -146,13 +165,17 @@ class Net:
         """The optimized-input primitive graph of `kind` (train | eval | predict)."""
         return self._exe(kind, self.batch)[1]
 
+    def _exe_for(self, kind: str, feeds: dict):
+        """The executable for the batch and lengths of `feeds`, and its key."""
+        batch, lengths = _sizes_of(self.user, feeds, self.lengths)
+        return self._exe(kind, batch, lengths), _key(kind, batch, lengths)
+
     def _run(self, kind: str, feeds: dict, extra: dict, fetch: bool = True) -> dict:
-        batch = _batch_of(feeds)
-        exe, g = self._exe(kind, batch)
+        (exe, g), key = self._exe_for(kind, feeds)
         feeds = {**self._cast(feeds, g), **extra}
-        if (kind, batch) not in self._checks:
-            self._checks[(kind, batch)] = index_inputs(g)
-        check_indices(self._checks[(kind, batch)], feeds)
+        if key not in self._checks:
+            self._checks[key] = index_inputs(g)
+        check_indices(self._checks[key], feeds)
         if "_rng" in g.inputs:
             feeds["_rng"] = np.int64(self.seed * 1_000_003 + self.step)
         return exe.run(feeds, fetch)
@@ -187,7 +210,7 @@ class Net:
         out = self._run("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)}, fetch)
         self.step += 1
         if not fetch:
-            self._unread.append((self._exe("train", _batch_of(feeds))[0], out))
+            self._unread.append((self._exe_for("train", feeds)[0][0], out))
             return None
         loss, self.last_metrics = _loss_and_metrics(out)
         return loss
@@ -219,7 +242,7 @@ class Net:
     def evaluate(self, feeds: dict) -> dict:
         """Losses and metrics on one batch, without updating anything."""
         out = self._run("eval", feeds, {})
-        g = self._exe("eval", _batch_of(feeds))[1]
+        g = self._exe_for("eval", feeds)[0][1]
         return {k: float(out[k]) for k in (*g.losses, *g.metrics)}
 
     def gradients(self, feeds: dict) -> dict:
@@ -253,6 +276,37 @@ def _gradient_graph(g):
     g.grads, g.updates = {}, {}
     g.metrics = {}
     return drop_unused_inputs(g)
+
+
+def _key(kind: str, batch: int, lengths: dict) -> tuple:
+    return (kind, batch, tuple(sorted(lengths.items()))) if lengths else (kind, batch)
+
+
+def _sizes_of(user, feeds: dict, default: dict) -> tuple[int, dict]:
+    """(batch, {symbol: size}) read off the feeds' shapes where the inputs declare a plain
+    symbol (`[batch, seq]`); a symbol no fed input carries keeps its `default` size."""
+    bound: dict = {}
+    for name, nid in user.inputs.items():
+        if name.startswith("_") or name not in feeds:
+            continue
+        declared, got = user.node(nid).shape, np.shape(feeds[name])
+        if len(declared) != len(got):
+            continue  # NOTE: a flattened feed; `_cast` reshapes it or says what is wrong
+        for axis, (d, n) in enumerate(zip(declared, got)):
+            if not (isinstance(d, Sym) and len(d.names) == 1 and d.coeff == 1):
+                continue
+            sym = d.names[0]
+            if n < 1:
+                raise NNError(f"input '{name}' has {sym} = {n} (dim {axis} of shape "
+                              f"{list(got)})", hint=f"every {sym} must be at least 1")
+            first = bound.setdefault(sym, (n, name))
+            if first[0] != n:
+                raise NNError(f"input '{name}' has {sym} = {n} (dim {axis} of shape "
+                              f"{list(got)}), but input '{first[1]}' has {sym} = {first[0]}",
+                              hint=f"inputs that share the symbol {sym} must agree on its size "
+                                   "in one call: pad them to the same length")
+    batch = bound.pop("batch", (None,))[0] or _batch_of(feeds)
+    return batch, {s: bound[s][0] if s in bound else n for s, n in default.items()}
 
 
 def _batch_of(feeds: dict) -> int:
