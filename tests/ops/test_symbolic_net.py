@@ -1,0 +1,87 @@
+"""One compiled net whose sequence dim is a `symbol` runs several lengths: each call binds the
+length from its feeds and gets its own plan, the kernels are the ones compiled for the first
+length (no new source, no compile), and the values equal those of a fresh net declared with that
+length as a number.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnlang
+from nnlang.backends.base import get_backend
+from nnlang.errors import NNError
+
+# attention-style pooling over the symbolic axis (a softmax and a sum across it), a padding mask,
+# a dense layer on the last axis: the reductions and broadcasts a length touches
+SOURCE = """
+model Pool {
+  symbol seq
+  input x: float32[batch, seq, 4]
+  input label: float32[batch]
+  mask = cast(x[:, :, 0] != 0.0, dtype = "float32") |> unsqueeze(axis = -1)
+  h = dense(x, 6) |> tanh
+  score = dense(h, 1) + (mask - 1.0) * 1e4
+  w = softmax(score, axis = 1)
+  pooled = sum(h * w, axis = 1)
+  y = dense(pooled, 1) |> squeeze(axis = -1)
+  output out = y
+  loss mse(y, label)
+}
+train Pool {
+  optimizer = adam(lr = 0.01)
+  batch = 3
+}
+"""
+LENGTHS = (5, 9, 2)
+
+
+def concrete(n: int) -> str:
+    return SOURCE.replace("  symbol seq\n", "").replace("seq", str(n))
+
+
+def feeds(n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(3, n, 4)).astype(np.float32)
+    x[0, n // 2:, :] = 0.0  # a padded tail
+    return {"x": x, "label": rng.normal(size=3).astype(np.float32)}
+
+
+def kernel_count(backend) -> tuple[int, int]:
+    """(kernel sources loaded, signatures compiled or loaded from disk) in this process."""
+    return len(backend._modules), backend.compiled + backend.cache_hits
+
+
+def test_one_net_runs_every_length_with_the_same_kernels():
+    net = nnlang.compile(SOURCE, seed=3)
+    backend = get_backend("numba")
+    got = {}
+    for k, n in enumerate(LENGTHS):
+        if k == 1:
+            after_first = kernel_count(backend)
+        loss = net.train_step(feeds(n, k))
+        got[n] = (loss, net.forward(feeds(n, 10 + k))["out"], net.parameters())
+    assert kernel_count(backend) == after_first, "a new length compiled new kernels"
+    assert {key[2] for key in net._exes if key[0] == "train"} == {(("seq", n),) for n in LENGTHS}
+
+    twin = nnlang.compile(concrete(LENGTHS[0]), seed=3)
+    for k, n in enumerate(LENGTHS):
+        fresh = nnlang.compile(concrete(n), seed=3)
+        fresh.load_state_dict(twin.state_dict())  # the weights the symbolic net had here
+        fresh.step = twin.step
+        loss, out, params = got[n]
+        assert fresh.train_step(feeds(n, k)) == pytest.approx(loss, rel=1e-5)
+        np.testing.assert_allclose(fresh.forward(feeds(n, 10 + k))["out"], out, rtol=1e-5,
+                                   atol=1e-6)
+        for name, value in fresh.parameters().items():
+            np.testing.assert_allclose(value, params[name], rtol=1e-5, atol=1e-6)
+        twin = fresh
+
+
+def test_inputs_sharing_a_symbol_must_agree():
+    src = SOURCE.replace("input label: float32[batch]", "input label: float32[batch, seq]") \
+        .replace("loss mse(y, label)", "loss mse(y, sum(label, axis = 1))")
+    net = nnlang.compile(src)
+    with pytest.raises(NNError, match="input 'label' has seq = 4 .* input 'x' has seq = 5"):
+        net.forward({"x": np.ones((3, 5, 4), np.float32),
+                     "label": np.ones((3, 4), np.float32)})
