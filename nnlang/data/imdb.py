@@ -18,6 +18,7 @@ from nnlang.data.cache import (DataError, Remote, candidate_dirs, checked_gzip, 
                                load_processed, processed_path, remember, save_processed,
                                sha256_of)
 from nnlang.data.dataset import Dataset, Split
+from nnlang.data.ragged import Ragged
 
 # Published checksum of the official archive (84,125,825 bytes, includes the unsup reviews);
 # the same sha256 is listed by TFDS and others, its md5 is 7c2ac02c03563afcf9b574c7e56c153a.
@@ -43,13 +44,14 @@ def find_source(data_dir=None) -> Path:
     return fetch("imdb", [REMOTE], data_dir)[REMOTE.filename]
 
 
-def load_imdb(data_dir=None, vocab: int = 20000, maxlen: int = 200) -> Dataset:
-    """25,000 train + 25,000 test movie reviews; `label` is 1.0 for pos and 0.0 for neg."""
+def load_imdb(data_dir=None, vocab: int = 20000, maxlen: int | None = 200) -> Dataset:
+    """25,000 train + 25,000 test movie reviews; `label` is 1.0 for pos and 0.0 for neg.
+    maxlen = None keeps whole reviews: `tokens` is then a `Ragged` of variable-length rows."""
     return load_reviews("imdb", find_source(data_dir), vocab, maxlen, expect=FULL_COUNTS,
                         data_dir=data_dir, remote=REMOTE)
 
 
-def load_reviews(name: str, source: Path, vocab: int, maxlen: int, meta=None,
+def load_reviews(name: str, source: Path, vocab: int, maxlen: int | None, meta=None,
                  expect: dict[str, int] | None = None, data_dir=None,
                  remote: Remote | None = None) -> Dataset:
     """Tokenize (or load from cache) the reviews under `source`, a tarball or `aclImdb/` dir.
@@ -69,7 +71,7 @@ def load_reviews(name: str, source: Path, vocab: int, maxlen: int, meta=None,
             remember(source, sha)
         save_processed(key, cached)  # NOTE: a read-only cache dir just means no cache
     vocab_list = cached["vocab"].tolist()
-    splits = {s: Split({"tokens": cached[f"{s}_tokens"], "label": cached[f"{s}_label"]})
+    splits = {s: Split({"tokens": _tokens(cached, s), "label": cached[f"{s}_label"]})
               for s in ("train", "test")}
     meta = {"kind": "text", "vocab": vocab_list, "vocab_size": vocab,
             "tokenizer": {"version": tokenize.TOKENIZER_VERSION, "maxlen": maxlen,
@@ -81,12 +83,14 @@ def load_reviews(name: str, source: Path, vocab: int, maxlen: int, meta=None,
     return Dataset(name, splits["train"], splits["test"], ["tokens"], ["label"], meta)
 
 
-def check_options(name: str, vocab: int = 20000, maxlen: int = 200) -> None:
-    """vocab counts the padding and out-of-vocabulary ids, so it needs one more for a word."""
-    for opt, v, low in (("vocab", vocab, 3), ("maxlen", maxlen, 1)):
+def check_options(name: str, vocab: int = 20000, maxlen: int | None = 200) -> None:
+    """vocab counts the padding and out-of-vocabulary ids, so it needs one more for a word;
+    maxlen = none keeps whole reviews."""
+    for opt, v, low in (("vocab", vocab, 3), ("maxlen", 1 if maxlen is None else maxlen, 1)):
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise DataError(f"{name}: option {opt}={v!r} must be an integer >= {low}",
-                            "e.g. imdb(vocab = 20000, maxlen = 200)")
+                            "e.g. imdb(vocab = 20000, maxlen = 200), or maxlen = none for "
+                            "whole reviews")
 
 
 def _source_key(source: Path, sha: str | None, vocab: int, maxlen: int) -> str:
@@ -157,7 +161,19 @@ def _process(docs, vocab: int, maxlen: int) -> dict[str, np.ndarray]:
     out = {"vocab": np.array(words)}
     for split in ("train", "test"):
         rows = [i for i, d in enumerate(docs) if d[0] == split]
-        out[f"{split}_tokens"] = tokenize.encode((toks[i] for i in rows), ids, maxlen)
+        if maxlen is None:  # NOTE: stored flat + offsets; see `_tokens`
+            ragged = Ragged.from_rows([[ids.get(w, tokenize.OOV_ID) for w in toks[i]]
+                                       for i in rows])
+            out[f"{split}_tokens"], out[f"{split}_offsets"] = ragged.flat, ragged.offsets
+        else:
+            out[f"{split}_tokens"] = tokenize.encode((toks[i] for i in rows), ids, maxlen)
         out[f"{split}_label"] = np.array([docs[i][1] for i in rows], np.float32)
         out[f"{split}_id"] = np.array([docs[i][2] for i in rows], np.int32)
     return out
+
+
+def _tokens(cached: dict, split: str):
+    """A split's tokens: [N, maxlen], or whole reviews as a `Ragged` (maxlen = none)."""
+    if f"{split}_offsets" in cached:
+        return Ragged(cached[f"{split}_tokens"], cached[f"{split}_offsets"])
+    return cached[f"{split}_tokens"]

@@ -33,7 +33,7 @@ SAMPLE_SHA256 = {
 IMDB_SAMPLE_COUNTS = {"train/neg": 1250, "train/pos": 1250, "test/neg": 500, "test/pos": 500}
 
 
-def load_imdb_sample(data_dir=None, vocab: int = 20000, maxlen: int = 200) -> Dataset:
+def load_imdb_sample(data_dir=None, vocab: int = 20000, maxlen: int | None = 200) -> Dataset:
     """A balanced subset of real IMDB reviews shipped with nnlang (see samples/make_samples.py)."""
     ds = imdb.load_reviews("imdb-sample", _sample_file(IMDB_SAMPLE), vocab, maxlen,
                            expect=IMDB_SAMPLE_COUNTS)

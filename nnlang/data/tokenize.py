@@ -50,7 +50,12 @@ def build_vocab(docs: Iterable[list[str]], size: int) -> list[str]:
 
 
 def encode(docs: Iterable, word_ids: dict[str, int], maxlen: int) -> np.ndarray:
-    """Token lists (or raw strings) -> int32 [N, maxlen], front-padded, keeping the end."""
+    """Token lists (or raw strings) -> int32 [N, maxlen], front-padded, keeping the end;
+    maxlen None (whole reviews): as long as the longest, rounded up as training batches are."""
+    if maxlen is None:
+        from nnlang.data.ragged import padded_length
+        docs = [tokenize(d) if isinstance(d, str) else d for d in docs]
+        maxlen = padded_length(max((len(d) for d in docs), default=1))
     rows = []
     for doc in docs:
         toks = tokenize(doc) if isinstance(doc, str) else doc

@@ -23,9 +23,10 @@ BACKENDS = ("numba", "cupy", "reference")
 # NOTE: the size a symbolic length (`symbol seq`) is shown and prepared at before a feed binds
 # it; generated kernels take their sizes as arguments, so any length runs the same kernels
 DEFAULT_LENGTH = 16
-# executables kept per kind for lengths other than the latest: each holds buffers sized for its
-# length, and rebuilding one from the plan and kernel caches is cheap
-KEEP_LENGTHS = 8
+# executables kept per kind for other lengths than the one in use, least recently used dropped
+# first: each holds buffers sized for its length, and rebuilding one (plan, no kernel compile)
+# costs ~0.5 s; bucketed data pads to ~22 lengths up to 2,500 tokens (`data/ragged.py`)
+KEEP_LENGTHS = 24
 
 
 def check_backend(backend: str, device: bool = True) -> None:
@@ -134,10 +135,12 @@ class Net:
             with paused_gc():
                 self._exes[key] = self._build_exe(kind, batch, dict(key[2]) if key[2:] else {})
             self._forget_lengths(key)
+        elif key[2:]:
+            self._exes[key] = self._exes.pop(key)  # NOTE: most recently used last
         return self._exes[key]
 
     def _forget_lengths(self, latest) -> None:
-        """Drops the least recently built executables of other lengths beyond KEEP_LENGTHS."""
+        """Drops the least recently used executables of other lengths beyond KEEP_LENGTHS."""
         others = [k for k in self._exes if k[2:] and k[0] == latest[0] and k != latest]
         for old in others[:max(0, len(others) - KEEP_LENGTHS)]:
             del self._exes[old]

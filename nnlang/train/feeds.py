@@ -1,5 +1,6 @@
 """Dataset arrays -> model inputs: which dataset array feeds which `input`, dtype casts and
-reshapes to the declared shapes, the seeded validation carve, and shuffled fixed-size batches.
+reshapes to the declared shapes, the seeded validation carve, and shuffled fixed-size batches
+(variable-length rows: bucketed by length, each batch padded to its own length).
 """
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from nnlang.data.ragged import Ragged
 from nnlang.errors import NNError
 from nnlang.frontend.train_config import Choice
+from nnlang.ir.dims import Sym
 
 TARGET_NAMES = ("label", "labels", "y", "target", "targets")
 
@@ -62,6 +65,8 @@ def match_inputs(graph, ds_inputs: list[str], ds_targets: list[str], dataset: st
 def conform(name: str, arr: np.ndarray, node, what: str = "the value") -> np.ndarray:
     """Casts `arr` to the input's dtype and reshapes each example to its declared shape
     ([N, 1, 28, 28] -> [N, 784] when the sizes agree)."""
+    if isinstance(arr, Ragged):
+        return _conform_ragged(name, arr, node, what)
     want = tuple(node.shape[1:])
     got = tuple(arr.shape[1:])
     fixed = all(isinstance(d, int) for d in want)
@@ -74,6 +79,19 @@ def conform(name: str, arr: np.ndarray, node, what: str = "the value") -> np.nda
                            "(e.g. maxlen), or --set the model's hyper-parameters to match")
     check_values(name, arr, np.dtype(node.dtype), what)
     return np.ascontiguousarray(arr, dtype=node.dtype)
+
+
+def _conform_ragged(name: str, rows: Ragged, node, what: str) -> Ragged:
+    """Variable-length rows feed an input whose length is a symbol: [batch, seq]."""
+    if len(node.shape) != 2 or not isinstance(node.shape[1], Sym):
+        raise NNError(f"{what} has rows of different lengths (up to "
+                      f"{int(rows.lengths.max(initial=0)):,}), but model input '{name}' is "
+                      f"declared {node.type}",
+                      hint="declare its length as a symbol (`symbol seq` and "
+                           f"`input {name}: {node.dtype}[batch, seq]`), or give the dataset a "
+                           "fixed length (e.g. maxlen = 200)")
+    check_values(name, rows.flat[:, None], np.dtype(node.dtype), what)
+    return rows.astype(node.dtype)
 
 
 def check_values(name: str, arr: np.ndarray, dtype: np.dtype, what: str) -> None:
@@ -157,6 +175,36 @@ def order_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, 2]))
 
 
+BUCKET_BATCHES = 50  # batches per chunk sorted by length: larger pads less, shuffles less
+
+
+def epoch_order(arrays: dict, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """One epoch's example order, drawn from `rng` alone (so a resumed run redraws it exactly).
+    Fixed-length data: a permutation. Variable-length rows: bucketed, so a batch holds rows of
+    similar length and pads little: a permutation cut into chunks of BUCKET_BATCHES batches,
+    each sorted by length and cut into batches; the full batches then run in shuffled order
+    (the leftover partial batch stays last, where `batches` drops it)."""
+    order = rng.permutation(length(arrays))
+    ragged = [v for v in arrays.values() if isinstance(v, Ragged)]
+    if not ragged:
+        return order
+    lengths = ragged[0].lengths
+    chunk = batch * BUCKET_BATCHES
+    for lo in range(0, len(order), chunk):
+        part = order[lo:lo + chunk]
+        order[lo:lo + chunk] = part[np.argsort(lengths[part], kind="stable")]
+    full = len(order) // batch
+    shuffled = order[:full * batch].reshape(full, batch)[rng.permutation(full)]
+    return np.concatenate([shuffled.reshape(-1), order[full * batch:]])
+
+
+def eval_order(arrays: dict) -> np.ndarray | None:
+    """Evaluation order: variable-length rows by length (fewer sizes, less padding; the means
+    do not depend on the order), else as stored (None)."""
+    ragged = [v for v in arrays.values() if isinstance(v, Ragged)]
+    return np.argsort(ragged[0].lengths, kind="stable") if ragged else None
+
+
 def batches(arrays: dict, batch: int, order: np.ndarray | None = None, start: int = 0,
             drop_last: bool = True):
     """Yields {name: array[batch...]} in `order`, from batch number `start`; the last partial
@@ -166,7 +214,8 @@ def batches(arrays: dict, batch: int, order: np.ndarray | None = None, start: in
     for i in range(start, stop):
         sel = slice(i * batch, (i + 1) * batch)
         idx = order[sel] if order is not None else sel
-        yield {k: v[idx] for k, v in arrays.items()}
+        yield {k: v[idx].padded() if isinstance(v, Ragged) else v[idx]
+               for k, v in arrays.items()}
 
 
 def length(arrays: dict) -> int:

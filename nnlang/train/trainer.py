@@ -59,7 +59,8 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None) -> d
         return None
     loss_names = list(net.user.losses)
     totals: dict = {}
-    for b in progress(feeds.batches(arrays, batch, drop_last=False), -(-n // batch),
+    batches = feeds.batches(arrays, batch, feeds.eval_order(arrays), drop_last=False)
+    for b in progress(batches, -(-n // batch),
                       "evaluating", console):
         k = feeds.length(b)
         out = net.evaluate(b)
@@ -350,7 +351,7 @@ class _Training:
         if epoch > self.start_epoch or not self.skip:
             self.pos = _Position(epoch, 0, _Sums(), self.rng.bit_generator.state)
         pos = self.pos
-        order = self.rng.permutation(self.n)
+        order = feeds.epoch_order(self.train, cfg.batch, self.rng)
         signal_at = test_signal()
         t0, seen, start_done = time.perf_counter(), 0, pos.done
         columns = (TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(),

@@ -1,0 +1,122 @@
+"""Variable-length rows (`imdb(maxlen = none)`): `Ragged` indexing and padding, the bucketed
+epoch order (a permutation, batches of similar lengths, fixed by the seed), IMDB whole reviews,
+and training on them with a `symbol` length, resumed exactly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnlang.data.dataset import Dataset, Split
+from nnlang.data.ragged import Ragged, padded_length
+from nnlang.errors import NNError
+from nnlang.train import feeds
+from nnlang.train.trainer import fit
+
+
+def random_rows(n: int, seed: int = 0, longest: int = 60) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [list(rng.integers(1, 50, rng.integers(1, longest))) for _ in range(n)]
+
+
+def test_padded_length_ladder():
+    assert [padded_length(n) for n in (1, 16, 17, 128, 129, 256, 257, 2500)] == \
+        [16, 16, 32, 128, 160, 256, 320, 2560]
+    sizes = {padded_length(n) for n in range(1, 2501)}
+    assert len(sizes) <= 26 and all(padded_length(n) < 1.25 * n + 16 for n in range(1, 3000))
+
+
+def test_ragged_rows_index_and_pad_like_lists():
+    rows = random_rows(30)
+    r = Ragged.from_rows(rows)
+    pick = np.array([7, 3, 3, 29])
+    sub = r[pick]
+    assert [sub.row(i).tolist() for i in range(len(sub))] == [rows[i] for i in pick]
+    dense = sub.padded()
+    assert dense.shape == (4, padded_length(max(len(rows[i]) for i in pick)))
+    for i, k in enumerate(pick):  # front padding, as the fixed-length tokenizer pads
+        n = len(rows[k])
+        assert dense[i, dense.shape[1] - n:].tolist() == rows[k]
+        assert not dense[i, :dense.shape[1] - n].any()
+
+
+def test_bucketed_order_is_a_seeded_permutation_of_similar_lengths():
+    arrays = {"tokens": Ragged.from_rows(random_rows(1000, longest=400)),
+              "label": np.zeros(1000, np.float32)}
+    lengths = arrays["tokens"].lengths
+    order = feeds.epoch_order(arrays, 16, feeds.order_rng(3))
+    assert sorted(order) == list(range(1000))
+    np.testing.assert_array_equal(order, feeds.epoch_order(arrays, 16, feeds.order_rng(3)))
+    assert not np.array_equal(order, feeds.epoch_order(arrays, 16, feeds.order_rng(4)))
+
+    def padding(order):
+        full = order[:len(order) // 16 * 16].reshape(-1, 16)
+        return sum(padded_length(lengths[b].max()) * 16 - lengths[b].sum() for b in full)
+    random = np.random.default_rng(0).permutation(1000)
+    assert padding(order) < 0.2 * padding(random)
+    batch_max = [lengths[b].max() for b in order[:992].reshape(-1, 16)]
+    assert batch_max != sorted(batch_max), "the batches must run in shuffled order"
+
+
+def test_fixed_length_order_is_the_plain_permutation():
+    arrays = {"x": np.zeros((50, 3)), "label": np.zeros(50)}
+    np.testing.assert_array_equal(feeds.epoch_order(arrays, 8, feeds.order_rng(1)),
+                                  feeds.order_rng(1).permutation(50))
+
+
+def test_imdb_whole_reviews_end_like_the_fixed_length_rows():
+    from nnlang.data import load_dataset
+    whole = load_dataset("imdb-sample", maxlen=None)
+    cut = load_dataset("imdb-sample", maxlen=100)
+    tokens = whole.train["tokens"]
+    assert isinstance(tokens, Ragged) and len(tokens) == len(cut.train["tokens"])
+    assert tokens.lengths.max() > 1000  # whole reviews, not cut
+    for i in (0, 5, 1234):
+        np.testing.assert_array_equal(tokens.row(i)[-100:], cut.train["tokens"][i][-100:]
+                                      [-len(tokens.row(i)):])
+    batch = whole.encode(["a great film", "bad"])["tokens"]
+    assert batch.shape == (2, 16) and (batch[:, -1] != 0).all()
+
+
+SOURCE = """
+model Bag {
+  symbol seq
+  input tokens: int32[batch, seq]
+  input label: float32[batch]
+  keep = cast(tokens != 0, dtype = "float32") |> unsqueeze(axis = -1)
+  x = embedding(tokens, 50, 4)
+  pooled = sum(x * keep, axis = 1) / maximum(sum(keep, axis = 1), 1.0)
+  logit = dense(pooled, 1) |> squeeze(axis = -1)
+  loss bce_with_logits(logit, label)
+}
+train Bag {
+  optimizer = adam(lr = 0.01)
+  batch = 8
+  epochs = 2
+  val_split = 0
+}
+"""
+
+
+def ragged_dataset() -> Dataset:
+    rows = random_rows(60, seed=1)
+    label = np.array([r[-1] % 2 for r in rows], np.float32)
+    split = Split({"tokens": Ragged.from_rows(rows), "label": label})
+    return Dataset("bag", split, Split({"tokens": Ragged.from_rows(rows[:10]),
+                                        "label": label[:10]}), ["tokens"], ["label"])
+
+
+def test_training_on_whole_rows_resumes_exactly(tmp_path):
+    kw = dict(data=ragged_dataset(), backend="reference", progress=False)
+    whole = fit(SOURCE, out=tmp_path / "whole", **kw)
+    assert whole.test is not None
+    fit(SOURCE, out=tmp_path / "half", max_steps=4, **kw)  # stops inside epoch 1
+    resumed = fit(SOURCE, out=tmp_path / "half", resume=True, **kw)
+    for k, v in whole.net.state_dict().items():
+        np.testing.assert_array_equal(resumed.net.state_dict()[k], v, err_msg=k)
+
+
+def test_whole_rows_need_a_symbolic_length():
+    with pytest.raises(NNError, match="(?s)rows of different lengths .* declare its length "
+                                      "as a symbol"):
+        fit(SOURCE.replace("symbol seq\n", "").replace("[batch, seq]", "[batch, 64]"),
+            data=ragged_dataset(), backend="reference", progress=False, save=False)
