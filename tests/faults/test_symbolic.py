@@ -1,0 +1,89 @@
+"""Symbolic lengths (`symbol seq`) at their edges: what an op cannot do with a symbolic dim is
+refused by `nnlang check` at the call, what it can do compiles (no internal error), and a length
+bound from the feeds that a shape rule refuses is an error at the op's line.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnlang
+from nnlang.errors import NNError
+from tests.faults.conftest import cli
+
+
+def model(*lines: str) -> str:
+    body = "".join(f"  {line}\n" for line in lines)
+    return ("model M {\n  symbol seq\n  input s: float32[batch, seq, 8]\n"
+            "  input tok: int32[batch, seq]\n" + body + "  loss mean(y)\n}\n")
+
+
+REFUSED = [
+    (["y = dense(transpose(s, perm = [0, 2, 1]), 4)"], "m.nn:5:13",
+     "its weight 'weight' would be [seq, 4], which depends on the symbol seq"),
+    (["y = concat(s, s[:, 0:2, :], axis = 1)"], "m.nn:5:", "slice"),
+    (["y = concat(s, ones_like(s)[:, :, 0:2] |> transpose(perm = [0, 2, 1]), axis = 1)"],
+     "m.nn:5:", "slice"),
+    (["y = positional_encoding(s, kind = \"learned\")"], "m.nn:5:",
+     "learned positions on the symbolic length seq need max_len"),
+    (["y = layer_norm(transpose(s, perm = [0, 2, 1]))"], "m.nn:5:", "must be concrete"),
+    (["y = conv1d(transpose(s, perm = [0, 2, 1]), 4, 3)"], "m.nn:5:", "must be concrete"),
+    (["y = multi_head_attention(s, heads = 2, causal = true)"], "m.nn:5:",
+     "causal masking needs concrete lengths"),
+]
+
+
+@pytest.mark.parametrize("lines,where,words", REFUSED, ids=[r[2][:24] for r in REFUSED])
+def test_refused_at_check_with_the_line(tmp_path, lines, where, words):
+    path = tmp_path / "m.nn"
+    path.write_text(model(*lines))
+    out = cli("check", path)
+    assert where in out and words in out, out
+
+
+ACCEPTED = [
+    "y = dense(s, 4)",
+    "y = multi_head_attention(s, key_padding_mask = tok != 0, heads = 2)",
+    "y = positional_encoding(s) + positional_encoding(s, kind = \"learned\", max_len = 64)",
+    "y = softmax(s, axis = 1) * layer_norm(s)",
+    "y = embedding(tok, 10, 8) + s",
+    "y = concat(s, s, axis = 1)",
+    "y = global_max_pool(s, channels_last = true)",
+]
+
+
+@pytest.mark.parametrize("line", ACCEPTED, ids=[a.split("(")[0][4:] + str(i)
+                                                for i, a in enumerate(ACCEPTED)])
+def test_accepted_ops_compile(tmp_path, line):
+    path = tmp_path / "m.nn"
+    path.write_text(model(line))
+    out = cli("compile", path, "--backend", "reference", code=0)
+    assert "seq 16" in out, out  # compiled at the default length a feed would replace
+
+
+def test_docs_symbols_example_compiles(tmp_path):
+    path = tmp_path / "sym.nn"
+    path.write_text("model Symbols {\n  symbol steps\n  input x: float32[batch, steps, 16]\n"
+                    "  output y = dense(x, 8)\n}\n")
+    assert "steps 16" in cli("compile", path, "--mode", "predict", "--backend", "reference",
+                             code=0)
+
+
+def test_a_bound_length_over_max_len_is_an_error_at_the_line():
+    net = nnlang.compile(model("y = positional_encoding(s, kind = \"learned\", max_len = 6)"),
+                         backend="reference")
+    net.forward({"s": np.zeros((2, 6, 8), np.float32)})
+    with pytest.raises(NNError, match=r"<string>:5:.*sequence length 7 exceeds max_len = 6 "
+                                      r"\(with batch = 2, seq = 7\)"):
+        net.forward({"s": np.zeros((2, 7, 8), np.float32)})
+
+
+@pytest.mark.parametrize("shape,words", [
+    ((2, 0, 8), "input 's' has seq = 0"),
+    ((2, 3, 5), "input 's' has shape [2, 3, 5]"),
+])
+def test_bad_feeds_are_named(shape, words):
+    net = nnlang.compile(model("y = dense(s, 4)"), backend="reference")
+    with pytest.raises(NNError) as info:
+        net.evaluate({"s": np.zeros(shape, np.float32)})
+    assert words in str(info.value)
