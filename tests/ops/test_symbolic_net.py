@@ -85,3 +85,18 @@ def test_inputs_sharing_a_symbol_must_agree():
     with pytest.raises(NNError, match="input 'label' has seq = 4 .* input 'x' has seq = 5"):
         net.forward({"x": np.ones((3, 5, 4), np.float32),
                      "label": np.ones((3, 4), np.float32)})
+
+
+def test_the_language_docs_example_runs_any_length():
+    """docs/language.md's symbolic-length model (test_docs only checks it) runs two lengths."""
+    import re
+    from tests.regen import DOC
+    src = next(b for b in re.findall(r"```nn\n(.*?)```", DOC.read_text(), re.S)
+               if "model Reviews(vocab = 20000, embed" in b)
+    net = nnlang.compile(src, backend="reference", overrides={"vocab": 50, "embed": 8})
+    rng = np.random.default_rng(0)
+    for n in (5, 37):
+        tokens = rng.integers(0, 50, (2, n)).astype(np.int32)
+        assert net.forward({"tokens": tokens})["prob"].shape == (2,)
+        losses = net.evaluate({"tokens": tokens, "label": np.ones(2, np.float32)})
+        assert losses and all(np.isfinite(v) for v in losses.values())
