@@ -24,7 +24,9 @@ from nnlang.ir.graph import Graph
 from nnlang.user_cache import cache_unwritable, user_cache_dir
 
 _FORMAT = 1  # bump when what is pickled changes shape
-KEEP = 64    # entries kept; older ones are removed when a new one is written
+# entries kept; older ones are removed when a new one is written. NOTE: a model with a symbolic
+# length has one plan per padded length (~22 for whole IMDB reviews, per kind of step)
+KEEP = 160
 
 
 def enabled() -> bool:
@@ -109,8 +111,8 @@ def store(key: str, plan) -> None:
 
 
 def _prune(folder: Path) -> None:
-    """Keeps the KEEP newest entries: every model, batch size and edit of the compiler adds
-    one (1.3 MB for the unrolled LSTM)."""
+    """Keeps the KEEP newest entries: every model, batch size, length and edit of the compiler
+    adds one (1.3 MB for the unrolled LSTM, 0.2 MB for the Transformer)."""
     entries = sorted(folder.glob("*.pkl"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in entries[KEEP:]:
         old.unlink(missing_ok=True)
