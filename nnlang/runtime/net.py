@@ -85,7 +85,7 @@ class Net:
         self.user = program.graph
         self.lengths = {s: DEFAULT_LENGTH for s in self.user.symbols if s != "batch"}
         self._exes: dict = {}
-        self._checks: dict = {}   # (kind, batch) -> the inputs holding ids, checked per call
+        self._checks: dict = {}   # executable key -> the inputs holding ids, checked per call
         self.step = 0
         self.epoch = 0
         self.lr_scale = 1.0       # a plateau schedule's reductions so far (the trainer sets it)

@@ -100,3 +100,12 @@ def test_the_language_docs_example_runs_any_length():
         assert net.forward({"tokens": tokens})["prob"].shape == (2,)
         losses = net.evaluate({"tokens": tokens, "label": np.ones(2, np.float32)})
         assert losses and all(np.isfinite(v) for v in losses.values())
+
+
+def test_least_recently_used_lengths_are_dropped(monkeypatch):
+    from nnlang.runtime import net as net_module
+    monkeypatch.setattr(net_module, "KEEP_LENGTHS", 1)  # one besides the length in use
+    net = nnlang.compile(SOURCE, backend="reference")
+    for n in (3, 4, 3, 5):
+        net.forward({"x": np.ones((3, n, 4), np.float32)})
+    assert sorted(key[2] for key in net._exes) == [(("seq", 3),), (("seq", 5),)]
