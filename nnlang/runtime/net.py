@@ -25,7 +25,7 @@ BACKENDS = ("numba", "cupy", "reference")
 DEFAULT_LENGTH = 16
 # executables kept per kind for other lengths than the one in use, least recently used dropped
 # first: each holds buffers sized for its length, and rebuilding one (plan, no kernel compile)
-# costs ~0.5 s; bucketed data pads to ~22 lengths up to 2,500 tokens (`data/ragged.py`)
+# costs ~0.25 s of CPU; bucketed data pads to ~22 lengths up to 2,500 tokens (`data/ragged.py`)
 KEEP_LENGTHS = 24
 
 
