@@ -27,6 +27,9 @@ DEFAULT_LENGTH = 16
 # first: each holds buffers sized for its length, and rebuilding one (plan, no kernel compile)
 # costs ~0.25 s of CPU; bucketed data pads to ~22 lengths up to 2,500 tokens (`data/ragged.py`)
 KEEP_LENGTHS = 24
+# ... and at most this many bytes of their planned buffers: attention on whole reviews plans
+# gigabytes per length, and 24 of those would exhaust the machine
+KEEP_BYTES = 2 << 30
 
 
 def check_backend(backend: str, device: bool = True) -> None:
@@ -140,9 +143,15 @@ class Net:
         return self._exes[key]
 
     def _forget_lengths(self, latest) -> None:
-        """Drops the least recently used executables of other lengths beyond KEEP_LENGTHS."""
+        """Drops the least recently used executables of other lengths beyond KEEP_LENGTHS or
+        KEEP_BYTES of buffers."""
         others = [k for k in self._exes if k[2:] and k[0] == latest[0] and k != latest]
-        for old in others[:max(0, len(others) - KEEP_LENGTHS)]:
+        held = sum(_buffer_bytes(self._exes[k][0]) for k in others)
+        for old in list(others):
+            if len(others) <= KEEP_LENGTHS and held <= KEEP_BYTES:
+                break
+            held -= _buffer_bytes(self._exes[old][0])
+            others.remove(old)
             del self._exes[old]
             self._checks.pop(old, None)
 
@@ -279,6 +288,11 @@ def _gradient_graph(g):
     g.grads, g.updates = {}, {}
     g.metrics = {}
     return drop_unused_inputs(g)
+
+
+def _buffer_bytes(exe) -> int:
+    memory = getattr(exe, "memory", None)  # NOTE: the reference interpreter plans no buffers
+    return memory.total_bytes if memory is not None else 0
 
 
 def _key(kind: str, batch: int, lengths: dict) -> tuple:

@@ -109,3 +109,12 @@ def test_least_recently_used_lengths_are_dropped(monkeypatch):
     for n in (3, 4, 3, 5):
         net.forward({"x": np.ones((3, n, 4), np.float32)})
     assert sorted(key[2] for key in net._exes) == [(("seq", 3),), (("seq", 5),)]
+
+
+def test_lengths_beyond_the_byte_budget_are_dropped(monkeypatch):
+    from nnlang.runtime import net as net_module
+    monkeypatch.setattr(net_module, "KEEP_BYTES", 1)  # any planned buffer is over it
+    net = nnlang.compile(SOURCE, backend="numba")
+    for n in (3, 4, 5):
+        net.forward({"x": np.ones((3, n, 4), np.float32)})
+    assert [key[2] for key in net._exes] == [(("seq", 5),)]
