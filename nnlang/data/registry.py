@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from nnlang.data import imdb, mnist, npz
+from nnlang.data import imdb, mnist, npz, text
 from nnlang.data.cache import DataError, remember, sha256_of
 from nnlang.data.dataset import Dataset
 
@@ -74,6 +74,9 @@ DATASETS = {
                   "maxlen", imdb.check_options),
     "imdb-sample": Entry(load_imdb_sample, "2,500/1,000 real IMDB reviews bundled with nnlang",
                          imdb.check_options),
+    "imdb-text": Entry(text.load_imdb_text, "IMDB review text as character chunks for language "
+                       "models (tokens, next); options maxlen, train_chunks, test_chunks",
+                       text.check_options),
     "mnist": Entry(mnist.load_mnist, "MNIST handwritten digits, 60,000/10,000, 28x28"),
     "mnist-sample": Entry(load_mnist_sample, "5,000/1,000 real MNIST digits bundled with nnlang"),
     "fashion-mnist": Entry(mnist.load_fashion_mnist, "Fashion-MNIST clothing, 60,000/10,000"),
