@@ -177,7 +177,7 @@ def test_char_tokenizer_round_trips():
 
 @pytest.mark.parametrize("setting,words", [
     ("tokens = next2  logits = logits", "'next2' is not an input"),
-    ("tokens = tokens  logits = x", "must be float [batch, 16, vocab]"),
+    ("tokens = tokens  logits = pooled", "must be float [batch, 16, vocab]"),
     ("tokens = tokens  logits = logits  top_p = 1.5", "top_p must be in (0, 1]"),
     ("tokens = tokens  logits = logits  beams = 2", "did you mean 'beam'"),
     ("logits = logits", "which input is the token stream"),
@@ -185,7 +185,7 @@ def test_char_tokenizer_round_trips():
 def test_generate_section_errors(setting, words):
     source = LM.replace("  tokens = tokens    # which input is the token stream\n"
                         "  logits = logits    # which output scores the next token\n",
-                        f"  {setting}\n").replace("output logits", "output logits  output x = sum(h2, axis = 1)")
+                        f"  {setting}\n").replace("output logits", "output logits  output pooled = sum(h2, axis = 1)")
     with pytest.raises(NNError) as err:
         load(source)
     assert words in err.value.render()
