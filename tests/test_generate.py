@@ -190,3 +190,20 @@ def test_generate_section_errors(setting, words):
         load(source)
     assert words in err.value.render()
     assert "example" not in err.value.render() and ":" in err.value.render()
+
+
+def test_encoder_decoder_generation_with_the_cache_matches_recomputation():
+    net = Net(load(SEQ2SEQ), backend="reference", batch=2, seed=3)
+    tok = CharTokenizer("0123456789-")   # 13 ids, the model scores 16
+    prompts = ["12-34", "7"]
+    for opts in ({"max_new": 7}, {"max_new": 5, "beam": 2}):
+        opts = options_from(net.program.generate, opts)
+        runs = []
+        for recompute in (False, True):
+            gen = Generator(net, net.program.generate, tok)
+            if recompute:
+                gen.graphs, gen.mode = None, "recompute"
+            runs.append(gen.generate(prompts, opts))
+        assert runs[0].mode == "incremental"
+        assert [s.ids for s in runs[0].samples] == [s.ids for s in runs[1].samples]
+        assert all(s.ids for s in runs[0].samples)
