@@ -51,8 +51,6 @@ def generate(
         if stop is not None and stop.isdigit():
             stop = int(stop)
         net, _, _ = restore(str(file), checkpoint, backend, None, None if as_json else out)
-        if net.program.generate is None:
-            net.generate([])  # NOTE: its error says how to add a generate section
         result = net.generate(prompts, max_new=max_new, temperature=temperature, top_k=top_k,
                               top_p=top_p, beam=beam, length_penalty=length_penalty, seed=seed,
                               stop=stop, greedy=greedy or None, data_dir=data_dir)

@@ -185,7 +185,8 @@ def test_char_tokenizer_round_trips():
 def test_generate_section_errors(setting, words):
     source = LM.replace("  tokens = tokens    # which input is the token stream\n"
                         "  logits = logits    # which output scores the next token\n",
-                        f"  {setting}\n").replace("output logits", "output logits  output pooled = sum(h2, axis = 1)")
+                        f"  {setting}\n")
+    source = source.replace("output logits", "output logits  output pooled = sum(h2, axis = 1)")
     with pytest.raises(NNError) as err:
         load(source)
     assert words in err.value.render()

@@ -65,8 +65,8 @@ def elaborate_generate(d: ast.GenerateDef, g, evaluate, errors: ErrorSink, abort
         spans[s.name] = s.value.span
         if s.name in ROLES:
             if not isinstance(s.value, ast.Name):
-                errors.add(f"generate setting '{s.name}' names an "
-                           f"{'output' if s.name == 'logits' else 'input'} of the model", 
+                kind = "an output" if s.name == "logits" else "an input"
+                errors.add(f"generate setting '{s.name}' names {kind} of the model",
                            s.value.span, f"write e.g. `{s.name} = {s.name}`")
                 continue
             values[s.name] = s.value.id
@@ -88,12 +88,11 @@ def elaborate_generate(d: ast.GenerateDef, g, evaluate, errors: ErrorSink, abort
         elif SAMPLING[s.name][0] is float:
             v = float(v)
         values[s.name] = v
-    for need in ("tokens", "logits"):
+    for need, what in (("tokens", "input is the token stream"),
+                       ("logits", "output holds the next-token logits")):
         if need not in values and not any(x.name == need for x in d.settings):
-            errors.add(f"the generate section of '{d.name}' does not say which "
-                       f"{'input is the token stream' if need == 'tokens' else 'output holds the next-token logits'}",
-                       d.span, f"add `{need} = NAME` naming the model's "
-                       f"{'input' if need == 'tokens' else 'output'}")
+            errors.add(f"the generate section of '{d.name}' does not say which {what}", d.span,
+                       f"add `{need} = NAME` naming the model's {what.split()[0]}")
     if "source" in values and "start" not in values:
         errors.add("an encoder-decoder (`source = ...`) needs `start`: the token its decoder "
                    "starts from", spans["source"], "add e.g. `start = 1`")
