@@ -208,3 +208,33 @@ def test_encoder_decoder_generation_with_the_cache_matches_recomputation():
         assert runs[0].mode == "incremental"
         assert [s.ids for s in runs[0].samples] == [s.ids for s in runs[1].samples]
         assert all(s.ids for s in runs[0].samples)
+
+
+def test_an_rnn_language_model_recomputes_its_prefix():
+    """No scan form yet: the step graph cannot carry an LSTM's state, so every token reruns
+    the unrolled LSTM on the prefix; later positions must not change earlier tokens."""
+    source = """
+model RnnLm(vocab = 40, maxlen = 10) {
+  input tokens: int32[batch, maxlen]
+  h = embedding(tokens, vocab, 8) |> lstm(8, return_sequences = true)
+  output logits = dense(h, vocab)
+}
+generate RnnLm {
+  tokens = tokens
+  logits = logits
+}
+"""
+    net = Net(load(source), backend="reference", batch=2, seed=0)
+    gen = generator(net)
+    got = gen.generate(["ab", "abcd"], options_from(net.program.generate, {"max_new": 4}))
+    assert got.mode == "recompute" and "lstm" in got.reason
+    # greedy continuation of "ab" by hand: one full forward per token
+    ids = gen.tok.encode("ab")
+    for _ in range(4):
+        tokens = np.zeros((2, 10), np.int32)
+        tokens[:, :len(ids)] = ids
+        logits = net.forward({"tokens": tokens})["logits"][0, len(ids) - 1].astype(np.float64)
+        logits[0] = -np.inf
+        logits[gen.tok.vocab_size:] = -np.inf
+        ids.append(int(logits.argmax()))
+    assert got.samples[0].ids == ids[2:]
