@@ -126,8 +126,12 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--backend", default="numba")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: its own)")
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--lengths", default="128,256", help="new tokens per run")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    lengths = [int(n) for n in args.lengths.split(",")]
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,8 +139,8 @@ def main(argv=None):
     twin = TorchGpt(net.state, {**net.program.hparams, "maxlen": MAXLEN})
     ids = tok.encode(PROMPT)
     results = {"device": "cpu", "backend": args.backend, "prompt_tokens": len(ids), "runs": []}
-    for batch in (1, 16):
-        for new in (128, 256):
+    for batch in batches:
+        for new in lengths:
             ours = nnlang_greedy(net, tok, batch, new)          # warm-up (compiles)
             theirs = twin.greedy(ids, batch, new)
             assert ours == theirs, f"batch {batch}: nnlang and PyTorch tokens differ"
@@ -152,7 +156,7 @@ def main(argv=None):
             print(f"batch {batch:2d}  {new} tokens  nnlang {row['nnlang_tok_s']:8.0f} tok/s  "
                   f"torch {row['torch_tok_s']:8.0f} tok/s  nnlang/torch "
                   f"{row['speedup']:.2f}x  (same greedy tokens)", flush=True)
-    for batch in (1, 16):
+    for batch in batches if {128, 256} <= set(lengths) else ():
         t = {r["new_tokens"]: r["nnlang_s"] for r in results["runs"] if r["batch"] == batch}
         ratio = t[256] / t[128]
         results[f"linearity_batch{batch}"] = ratio
