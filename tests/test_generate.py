@@ -238,3 +238,23 @@ generate RnnLm {
         logits[gen.tok.vocab_size:] = -np.inf
         ids.append(int(logits.argmax()))
     assert got.samples[0].ids == ids[2:]
+
+
+def test_imdb_text_chunks_come_from_the_archives_own_split(tmp_path, monkeypatch):
+    from nnlang.data import imdb, load_dataset
+    from nnlang.data.registry import IMDB_SAMPLE
+    from nnlang.data.text import clean
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    ds = load_dataset("imdb_text_sample(maxlen = 32, train_chunks = 20, test_chunks = 5)")
+    tok = ds.meta["text_tokenizer"]
+    assert ds.train["tokens"].shape == (20, 32) and ds.val is ds.test
+    np.testing.assert_array_equal(ds.train["tokens"][:, 1:], ds.train["next"][:, :-1])
+    docs = imdb.read_reviews(IMDB_SAMPLE)
+    text = {s: "\n".join(clean(t) for split, _, _, t in docs if split == s)
+            for s in ("train", "test")}
+    for split in ("train", "test"):
+        for row in getattr(ds, split)["tokens"]:
+            # a chunk may span two reviews: check its longest piece within one review
+            piece = max(tok.decode(row).split("\n"), key=len)
+            assert piece in text[split] and piece not in text["test" if split == "train"
+                                                               else "train"]
