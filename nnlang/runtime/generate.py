@@ -79,7 +79,7 @@ def generate(net, prompts, tokenizer=None, data_dir=None, **options) -> Generati
                       f"{net.program.file} (see docs/generation.md)")
     if isinstance(prompts, str):
         prompts = [prompts]
-    gen = net.__dict__.get("_generator")
+    gen = getattr(net, "_generator", None)
     if gen is None or (tokenizer is not None and tokenizer is not gen.tok):
         gen = Generator(net, spec, tokenizer or tokenizer_of(net.program, data_dir))
         net._generator = gen
@@ -92,7 +92,8 @@ def tokenizer_of(program, data_dir=None):
     data = program.train.data if program.train else None
     if data is None:
         raise NNError(f"model '{program.model}' has no train data set to take a tokenizer "
-                      "from", hint="add `data = ...` to its train section, or pass --data")
+                      "from", hint="add `data = ...` (a text data set such as imdb_text) to its train "
+                      "section, or pass tokenizer=... in Python")
     try:
         ds = load_dataset(data.name, data_dir=data_dir, **data.options)
     except DataError as err:
@@ -123,17 +124,20 @@ class Generator:
 
     # *** prompts ***
     def token(self, value, what: str) -> int:
-        """A `start`/`stop` token given as an id or as text."""
+        """A `start`/`stop` token given as an id or as text (errors point at the generate
+        section when the value came from there, else they name the flag)."""
+        span = self.spec.spans.get(what) if value == getattr(self.spec, what) else None
+        what = what if span else f"--{what}: {what}"
         if isinstance(value, int):
             if not 0 <= value < self.spec.vocab:
                 raise NNError(f"{what} token id {value} is outside the vocabulary "
-                              f"(0..{self.spec.vocab - 1})", self.spec.spans.get(what))
+                              f"(0..{self.spec.vocab - 1})", span)
             return value
         text = codecs.decode(value, "unicode_escape") if "\\" in value else value
         got = self.tok.id_of(text)
         if got is None:
             raise NNError(f"{what} token {value!r} is not in the tokenizer's vocabulary",
-                          self.spec.spans.get(what), "give one token (a single character "
+                          span, "give one token (a single character "
                           "for a character tokenizer) or a token id")
         return got
 

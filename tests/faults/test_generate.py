@@ -101,3 +101,11 @@ def test_no_token_input(tmp_path):
                    "generate Reg {\n  tokens = x\n  logits = y\n}\n")
     out = cli("check", bad)
     assert "reg.nn:6:12" in out and "must be int token ids [batch, len]" in out
+
+
+def test_a_section_stop_token_the_tokenizer_lacks_points_at_the_section(run):
+    (run / "stop.nn").write_text(LM + GENERATE.replace("logits = logits",
+                                                       "logits = logits\n  stop = \"\u2603\""))
+    out = generate(run, "--prompt", "a", file="stop.nn")
+    assert "stop.nn:" in out and "stop token '\u2603' is not in the tokenizer" in out
+    assert "--stop" not in out.split("hint")[0]
