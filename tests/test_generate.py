@@ -258,3 +258,14 @@ def test_imdb_text_chunks_come_from_the_archives_own_split(tmp_path, monkeypatch
             piece = max(tok.decode(row).split("\n"), key=len)
             assert piece in text[split] and piece not in text["test" if split == "train"
                                                                else "train"]
+
+
+def test_prefill_and_step_lower_to_cuda_source():
+    """The CuPy backend gets the same graphs: they render to CUDA kernels (no GPU needed)."""
+    from nnlang.runtime.executable import compile_graph
+    net = lm_net()
+    graphs = derive(net.user, net.program.generate)
+    for kind in ("prefill", "step"):
+        g = forward_graph(getattr(graphs, kind), 4, "float32", ("outputs",))
+        exe = compile_graph(g, backend="cupy", render_only=True)
+        assert "__global__" in "".join(exe.kernel_sources())
