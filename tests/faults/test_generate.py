@@ -65,6 +65,7 @@ def test_a_good_prompt_works(run):
     (["--prompt", "a", "--beam", "2", "--temperature", "0.5"], ["deterministic", "--beam 2"]),
     (["--prompt", "a", "--stop", "xyz"], ["stop token 'xyz'", "not in the tokenizer"]),
     (["--prompt", "a", "--stop", "500"], ["stop token id 500", "outside the vocabulary"]),
+    (["--prompt-file", "missing.txt"], ["--prompt-file missing.txt", "cannot read"]),
 ])
 def test_bad_prompts_and_flags(run, args, words):
     out = generate(run, *args)
