@@ -40,10 +40,13 @@ REFERENCE = {
     # learned positions Embedding(128, 128), 2 x torch TransformerEncoderLayer(128, 4, 512)
     # (198,272 each), Dense(1)
     "transformer": EMBED + 128 * 128 + 2 * ENCODER + HEAD,
+    # character GPT: Embedding(108, 128), learned positions (128, 128), 2 pre-norm decoder
+    # layers (the same pieces as ENCODER), a final LayerNorm(128), Linear(128, 108)
+    "gpt": 108 * 128 + 128 * 128 + 2 * ENCODER + 2 * 128 + (128 * 108 + 108),
 }
 # The numbers the task quotes, as a check on the formulas above.
 QUOTED = {"mlp": 535_818, "cnn": 421_642, "lstm": 2_691_713, "gru": 2_659_201,
-          "conv1d": 2_642_177, "transformer": 2_973_057}
+          "conv1d": 2_642_177, "transformer": 2_973_057, "gpt": 440_940}
 
 
 def test_reference_formulas_match_quoted_counts():

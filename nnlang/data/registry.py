@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from nnlang.data import imdb, mnist, npz
+from nnlang.data import imdb, mnist, npz, text
 from nnlang.data.cache import DataError, remember, sha256_of
 from nnlang.data.dataset import Dataset
 
@@ -39,6 +39,13 @@ def load_imdb_sample(data_dir=None, vocab: int = 20000, maxlen: int | None = 200
                            expect=IMDB_SAMPLE_COUNTS)
     ds.meta.update(sample=True, counts={"train": len(ds.train), "test": len(ds.test)})
     return ds
+
+
+def load_imdb_text_sample(data_dir=None, maxlen: int = 128, train_chunks: int = 8000,
+                          test_chunks: int = 400) -> Dataset:
+    """imdb_text from the bundled review sample (no data dir needed)."""
+    return text.text_chunks("imdb-text-sample", _sample_file(IMDB_SAMPLE), maxlen,
+                            train_chunks, test_chunks)
 
 
 def load_mnist_sample(data_dir=None) -> Dataset:
@@ -74,6 +81,11 @@ DATASETS = {
                   "maxlen", imdb.check_options),
     "imdb-sample": Entry(load_imdb_sample, "2,500/1,000 real IMDB reviews bundled with nnlang",
                          imdb.check_options),
+    "imdb-text": Entry(text.load_imdb_text, "IMDB review text as character chunks for language "
+                       "models (tokens, next); options maxlen, train_chunks, test_chunks",
+                       text.check_options),
+    "imdb-text-sample": Entry(load_imdb_text_sample, "imdb-text from the 3,500 bundled reviews",
+                              text.check_options),
     "mnist": Entry(mnist.load_mnist, "MNIST handwritten digits, 60,000/10,000, 28x28"),
     "mnist-sample": Entry(load_mnist_sample, "5,000/1,000 real MNIST digits bundled with nnlang"),
     "fashion-mnist": Entry(mnist.load_fashion_mnist, "Fashion-MNIST clothing, 60,000/10,000"),

@@ -199,6 +199,12 @@ class TrainDef(Node):
 
 
 @dataclass(frozen=True)
+class GenerateDef(Node):
+    name: str
+    settings: tuple
+
+
+@dataclass(frozen=True)
 class Module(Node):
     items: tuple
     file: str
@@ -359,6 +365,9 @@ class ToAst(Transformer_NonRecursive):
 
     def train_def(self, meta, c):
         return TrainDef(self._span(meta), str(c[0]), tuple(c[1:]))
+
+    def generate_def(self, meta, c):
+        return GenerateDef(self._span(meta), str(c[0]), tuple(c[1:]))
 
     def start(self, meta, c):
         return Module(self._span(meta), tuple(c), self.file, self.source)

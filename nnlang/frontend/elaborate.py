@@ -13,6 +13,7 @@ from nnlang.errors import ErrorSink, Span, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration
 from nnlang.frontend.deep import deep_stack
+from nnlang.frontend.generate_config import elaborate_generate
 from nnlang.frontend.imports import collect_defs
 from nnlang.frontend.lint import lint
 from nnlang.frontend.parser import parse
@@ -41,6 +42,7 @@ class Program:
     file: str
     defs: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)   # Diagnostics from `lint`
+    generate: object = None   # a GenerateSpec (generate_config.py) from a `generate` section
 
 
 class Elaborator(CallElaboration):
@@ -394,8 +396,9 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
                    local[1].span, "pass --model NAME")
         errors.raise_if_any()
     for key, d in defs.items():
-        if isinstance(d, ast.TrainDef) and d.name not in defs:
-            errors.add(f"train section for unknown model '{d.name}'", d.span,
+        if isinstance(d, (ast.TrainDef, ast.GenerateDef)) and d.name not in defs:
+            kind = "train" if isinstance(d, ast.TrainDef) else "generate"
+            errors.add(f"{kind} section for unknown model '{d.name}'", d.span,
                        did_you_mean(d.name, [m.name for m in models]))
     el = Elaborator(defs, errors)
     hparams = el.model(chosen, overrides or {})
@@ -404,8 +407,13 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
     if tdef is not None:
         scope = Scope("", vars=dict(hparams))
         train = elaborate_train(tdef, lambda e: el.const_expr(e, scope), errors, Abort)
+    gen = None
+    gdef = defs.get(f"generate:{chosen.name}")
+    if gdef is not None and not errors.diagnostics:  # NOTE: checks need a sound graph
+        scope = Scope("", vars=dict(hparams))
+        gen = elaborate_generate(gdef, el.g, lambda e: el.const_expr(e, scope), errors, Abort)
     errors.raise_if_any()
-    return Program(el.g, chosen.name, hparams, train, module.file, defs, lint(el.g))
+    return Program(el.g, chosen.name, hparams, train, module.file, defs, lint(el.g), gen)
 
 
 def load(source_or_path, overrides: dict | None = None, model: str | None = None) -> Program:

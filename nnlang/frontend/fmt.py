@@ -145,6 +145,8 @@ def statement_head(s) -> str:
         return f"block {s.name}({_params(s.params)}) {{"
     if isinstance(s, ast.TrainDef):
         return f"train {s.name} {{"
+    if isinstance(s, ast.GenerateDef):
+        return f"generate {s.name} {{"
     raise TypeError(f"cannot format {type(s).__name__}")
 
 
@@ -214,7 +216,7 @@ class Formatter:
         body = None
         if isinstance(s, (ast.ModelDef, ast.BlockDef, ast.Repeat)):
             body = s.body
-        elif isinstance(s, ast.TrainDef):
+        elif isinstance(s, (ast.TrainDef, ast.GenerateDef)):
             body = s.settings
         if body is None:
             self.out.append(head + self.take_trailing(start, end, depth))

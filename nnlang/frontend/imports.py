@@ -31,15 +31,24 @@ def collect_defs(module: ast.Module, errors: ErrorSink, seen: set | None = None,
             except NNError as err:
                 errors.extend(err)
             continue
-        key = f"train:{item.name}" if isinstance(item, ast.TrainDef) else item.name
+        key = section_key(item)
         if key in defs:
             prev = defs[key]
             errors.add(f"'{item.name}' is defined twice", item.span,
                        "rename one of them", [("first defined here", prev.span)])
             continue
-        if not isinstance(item, ast.TrainDef) and registry.get(item.name) is not None:
+        if key == item.name and registry.get(item.name) is not None:
             errors.add(f"block '{item.name}' has the name of a built-in op", item.span,
                        "choose another name")
             continue
         defs[key] = item
     return defs
+
+
+def section_key(item) -> str:
+    """A model's or block's name; "train:M" / "generate:M" for the sections of model M."""
+    if isinstance(item, ast.TrainDef):
+        return f"train:{item.name}"
+    if isinstance(item, ast.GenerateDef):
+        return f"generate:{item.name}"
+    return item.name

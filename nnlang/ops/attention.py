@@ -173,3 +173,62 @@ register("positional_encoding", "x: tensor, kind: str = \"sinusoidal\", max_len:
              "Transformer table (no params). learned: a weight [max_len (default len), dim], "
              "init normal(std = 0.02) as in BERT/GPT-2; the first len rows are added.",
          samples=(Sample(((2, 5, 6),)), Sample(((2, 4, 6),), {"kind": "learned", "max_len": 7})))
+
+
+# *** incremental decoding: builder helpers that nnlang/runtime/decode_graphs.py emits in place
+# of multi_head_attention and positional_encoding when it derives the prefill and step graphs.
+# A causal self-attention's key/value cache holds `max_len` positions per sequence, in the
+# layouts its matmuls read: keys [batch, heads, dh, max_len], values [batch, heads, max_len, dh].
+KV_LAYOUTS = {"k": [0, 2, 3, 1], "v": [0, 2, 1, 3]}
+
+
+def kv_cache_shape(batch, length, inner, heads, layout):
+    dh = inner // heads
+    return (batch, heads, dh, length) if layout == "k" else (batch, heads, length, dh)
+
+
+def kv_project(b, x, w, bias, heads, layout):
+    """x's keys or values in the cache layout. NOTE: the same ops as _mha's projections, so
+    CSE shares them with the attention in a prefill graph."""
+    return _split_heads(b, linear(b, x, w, bias), heads, KV_LAYOUTS[layout])
+
+
+def _at_position(b, pos, length, axis):
+    """(0..length-1 along `axis` of a rank-4 grid, pos [batch] as [batch, 1, 1, 1])."""
+    shape = [1, 1, 1, 1]
+    shape[axis] = length
+    grid = b.const(np.arange(length).reshape(shape), b.type(pos).dtype)
+    return grid, b.reshape(pos, shape=[b.type(pos).shape[0], 1, 1, 1])
+
+
+def kv_cache_write(b, cache, x, w, bias, pos, heads, layout):
+    """The cache with position pos[r] of row r replaced by the projection of x [batch, 1, dim]."""
+    new = kv_project(b, x, w, bias, heads, layout)       # length 1 on the cache axis
+    axis = 3 if layout == "k" else 2
+    grid, at = _at_position(b, pos, b.type(cache).shape[axis], axis)
+    return b.where(b.eq(grid, at), new, cache)
+
+
+def cached_attention(b, x, k, v, pos, wq, bq, wo, bo, heads):
+    """One position of causal self-attention: x [batch, 1, dim] attends to the cache positions
+    <= pos[r] (the cache already holds x's own key and value)."""
+    batch = b.type(x).shape[0]
+    inner = b.type(wq).shape[1]
+    qh = _split_heads(b, linear(b, x, wq, bq), heads, [0, 2, 1, 3])    # [B, H, 1, dh]
+    scores = b.mul(b.matmul(qh, k), const_like(b, 1.0 / math.sqrt(inner // heads), x))
+    grid, at = _at_position(b, pos, b.type(k).shape[3], 3)
+    # the full model's -1e9, so a masked key weighs exactly 0 in both
+    bias = b.where(b.le(grid, at), const_like(b, 0.0, x), const_like(b, NEG_INF, x))
+    probs = b.softmax(b.add(scores, bias), axis=-1)
+    ctx = b.transpose(b.matmul(probs, v), perm=[0, 2, 1, 3])             # [B, 1, H, dh]
+    return linear(b, b.reshape(ctx, shape=[batch, 1, inner]), wo, bo)
+
+
+def positional_encoding_at(b, x, pos, weight, kind, max_len):
+    """positional_encoding for x [batch, 1, dim]: adds row pos[r] of the table (the learned
+    weight, or the sinusoid table of max_len rows)."""
+    batch, _, dim = b.type(x).shape
+    if kind == "sinusoidal":
+        weight = b.const(sinusoid_table(max_len, dim), b.type(x).dtype)
+    rows = b.gather(weight, pos)                                          # [B, dim]
+    return b.add(x, b.reshape(rows, shape=[batch, 1, dim]))

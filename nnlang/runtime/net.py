@@ -266,6 +266,18 @@ class Net:
         """The model's outputs (dropout off)."""
         return self._run("predict", feeds, {})
 
+    def generate(self, prompts, *, max_new=None, temperature=None, top_k=None, top_p=None,
+                 beam=None, length_penalty=None, seed=None, stop=None, greedy=None,
+                 tokenizer=None, data_dir=None):
+        """Continues text prompts (one string or a list, decoded in one batch) with the model's
+        generate section (docs/generation.md): greedy unless temperature/top_k/top_p ask for
+        sampling, or beam search with beam > 1. Returns a `Generation` (.texts, .samples,
+        .mode). The tokenizer defaults to the train data set's."""
+        from nnlang.runtime.generate import generate
+        return generate(self, prompts, tokenizer, data_dir, max_new=max_new,
+                        temperature=temperature, top_k=top_k, top_p=top_p, beam=beam,
+                        length_penalty=length_penalty, seed=seed, stop=stop, greedy=greedy)
+
 
 def _loss_and_metrics(out: dict) -> tuple[float, dict]:
     out = dict(out)

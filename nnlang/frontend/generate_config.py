@@ -1,0 +1,149 @@
+"""The generate section: which input is the token stream, which output the next-token logits
+(and an encoder-decoder's source), checked against the elaborated graph into a `GenerateSpec`.
+See docs/generation.md.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from nnlang.errors import ErrorSink, Span, did_you_mean
+from nnlang.frontend import ast
+from nnlang.ir.dims import Sym
+from nnlang.ops.registry import INT_DTYPES
+
+ROLES = ("tokens", "logits", "source")   # settings naming an input or an output
+TOKENS = ("start", "stop")               # settings naming a token (string or id)
+# sampling defaults: name -> (kind, test, wording); the CLI flags of the same names override
+SAMPLING = {
+    "max_new": (int, lambda v: v >= 1, ">= 1"),
+    "temperature": (float, lambda v: v > 0, "> 0 (use greedy decoding for 0)"),
+    "top_k": (int, lambda v: v >= 1, ">= 1"),
+    "top_p": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "beam": (int, lambda v: v >= 1, ">= 1"),
+    "length_penalty": (float, lambda v: v >= 0, ">= 0"),
+    "seed": (int, lambda v: v >= 0, ">= 0"),
+}
+SETTINGS = (*ROLES, *TOKENS, *SAMPLING)
+
+
+@dataclass(frozen=True)
+class GenerateSpec:
+    tokens: str                   # input name: int [batch, max_len]
+    logits: str                   # output name: float [batch, max_len, vocab]
+    max_len: int
+    vocab: int
+    source: str | None = None     # input name: int [batch, src_len] (encoder-decoder)
+    start: int | str | None = None
+    stop: int | str | None = None
+    defaults: dict = field(default_factory=dict)
+    spans: dict = field(default_factory=dict)   # setting -> Span, for later located errors
+
+
+def sampling_problem(name: str, value) -> str | None:
+    """Why `value` is not a valid sampling setting `name` (None if it is)."""
+    kind, test, text = SAMPLING[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (kind is int and not isinstance(value, int)):
+        return f"{value!r} is not {'an int' if kind is int else 'a number'}"
+    if not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    return None if test(value) else f"{value!r} is out of range: {name} must be {text}"
+
+
+def elaborate_generate(d: ast.GenerateDef, g, evaluate, errors: ErrorSink, abort):
+    """The checked spec, or None after adding errors; `evaluate` computes a constant."""
+    values, spans = {}, {}
+    for s in d.settings:
+        if s.name not in SETTINGS:
+            errors.add(f"unknown generate setting '{s.name}'", s.span,
+                       did_you_mean(s.name, SETTINGS) or f"settings: {', '.join(SETTINGS)}")
+            continue
+        if s.name in values:
+            errors.add(f"generate setting '{s.name}' is given twice", s.span)
+            continue
+        spans[s.name] = s.value.span
+        if s.name in ROLES:
+            if not isinstance(s.value, ast.Name):
+                kind = "an output" if s.name == "logits" else "an input"
+                errors.add(f"generate setting '{s.name}' names {kind} of the model",
+                           s.value.span, f"write e.g. `{s.name} = {s.name}`")
+                continue
+            values[s.name] = s.value.id
+            continue
+        try:
+            v = evaluate(s.value)
+        except abort:
+            continue
+        if s.name in TOKENS:
+            ok = (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or \
+                (isinstance(v, str) and v != "")
+            if not ok:
+                errors.add(f"generate setting '{s.name}' must be a token (a string) or a token "
+                           f"id (an int >= 0), got {v!r}", s.value.span)
+                continue
+        elif problem := sampling_problem(s.name, v):
+            errors.add(f"generate setting '{s.name}': {problem}", s.value.span)
+            continue
+        elif SAMPLING[s.name][0] is float:
+            v = float(v)
+        values[s.name] = v
+    for need, what in (("tokens", "input is the token stream"),
+                       ("logits", "output holds the next-token logits")):
+        if need not in values and not any(x.name == need for x in d.settings):
+            errors.add(f"the generate section of '{d.name}' does not say which {what}", d.span,
+                       f"add `{need} = NAME` naming the model's {what.split()[0]}")
+    if "source" in values and "start" not in values:
+        errors.add("an encoder-decoder (`source = ...`) needs `start`: the token its decoder "
+                   "starts from", spans["source"], "add e.g. `start = 1`")
+    if any(k not in values for k in ("tokens", "logits")):
+        return None
+    return _check_roles(g, values, spans, errors)
+
+
+def _check_roles(g, values: dict, spans: dict, errors: ErrorSink):
+    span = spans.get
+    tok = _input(g, values["tokens"], span("tokens"), errors)
+    src = _input(g, values["source"], span("source"), errors) if "source" in values else None
+    out = g.outputs.get(values["logits"])
+    if out is None:
+        errors.add(f"'{values['logits']}' is not an output of model '{g.model}'",
+                   span("logits"), did_you_mean(values["logits"], list(g.outputs)) or
+                   f"outputs: {', '.join(g.outputs) or 'none'} (declare it with `output NAME`)")
+    if tok is None or out is None or (src is None and "source" in values):
+        return None
+    max_len = tok.shape[1]
+    logits = g.node(out)
+    if logits.type is None:
+        return None
+    ls = logits.shape
+    if len(ls) != 3 or logits.dtype in INT_DTYPES or ls[1] != max_len or isinstance(ls[2], Sym):
+        errors.add(f"logits '{values['logits']}' must be float [batch, {max_len}, vocab] (one "
+                   f"row of next-token scores per position of '{values['tokens']}'), but it is "
+                   f"{logits.type}", span("logits"),
+                   "a [batch, vocab] output scores one position only; keep the time axis")
+        return None
+    if g.inputs[values["tokens"]] not in g.ancestors([out]):
+        errors.add(f"logits '{values['logits']}' do not depend on the token stream "
+                   f"'{values['tokens']}'", span("logits"))
+        return None
+    rest = {k: v for k, v in values.items() if k in SAMPLING}
+    return GenerateSpec(values["tokens"], values["logits"], int(max_len), int(ls[2]),
+                        values.get("source"), values.get("start"), values.get("stop"),
+                        rest, dict(spans))
+
+
+def _input(g, name: str, span: Span | None, errors: ErrorSink):
+    nid = g.inputs.get(name)
+    if nid is None:
+        errors.add(f"'{name}' is not an input of model '{g.model}'", span,
+                   did_you_mean(name, list(g.inputs)) or
+                   f"inputs: {', '.join(g.inputs) or 'none'}")
+        return None
+    node = g.node(nid)
+    shape = node.shape
+    if node.dtype not in INT_DTYPES or len(shape) != 2 or isinstance(shape[1], Sym):
+        errors.add(f"'{name}' must be int token ids [batch, len] with a concrete len, but it is "
+                   f"{node.type}", span, f"declare it e.g. `input {name}: int32[batch, maxlen]`")
+        return None
+    return node

@@ -1,0 +1,397 @@
+"""Text generation on a compiled model (`Net.generate`, `nnlang generate`): prompts -> token ids
+-> decoding (greedy, temperature / top-k / top-p sampling, beam search) -> text.
+
+Tokens come one at a time from the step graph of `decode_graphs.py` (a key/value cache per
+attention layer, prefilled once); a model it cannot follow is rerun on the whole prefix for
+every token instead (`Generation.mode` says which, `reason` why). See docs/generation.md.
+"""
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nnlang.errors import NNError
+from nnlang.frontend.generate_config import SAMPLING, sampling_problem
+from nnlang.gc_pause import paused_gc
+from nnlang.passes.pipeline import forward_graph
+from nnlang.runtime.decode_graphs import POS_INPUT, NotIncremental, derive
+
+FLAGS = {"max_new": "--max-new", "temperature": "--temperature", "top_k": "--top-k",
+         "top_p": "--top-p", "beam": "--beam", "length_penalty": "--length-penalty",
+         "seed": "--seed", "stop": "--stop"}
+BASE = {"max_new": 100, "beam": 1, "length_penalty": 1.0, "seed": 0}
+
+
+@dataclass
+class Sample:
+    prompt: str
+    text: str                   # the generated continuation (without the stop token)
+    ids: list                   # its token ids (with the stop token, if one ended it)
+    stopped: str                # "stop", "max_new" or "max_len"
+    score: float | None = None  # beam search: length-normalized log-probability
+
+
+@dataclass
+class Generation:
+    samples: list
+    mode: str                   # "incremental" (KV cache) or "recompute"
+    reason: str | None = None   # why recompute
+    options: dict = field(default_factory=dict)
+
+    @property
+    def texts(self) -> list[str]:
+        return [s.text for s in self.samples]
+
+
+def options_from(spec, given: dict) -> dict:
+    """The sampling settings: flags/arguments over the generate section over the defaults,
+    each range-checked (an error names the flag). Greedy unless some sampling is asked for."""
+    for name, v in given.items():
+        if v is not None and name in SAMPLING and (problem := sampling_problem(name, v)):
+            raise NNError(f"{FLAGS[name]}: {problem}")
+    explicit = {k: v for k, v in given.items() if v is not None}
+    if explicit.get("greedy") or explicit.get("beam", 1) > 1:
+        sampled = [k for k in ("temperature", "top_k", "top_p") if k in explicit]
+        if sampled and explicit.get("beam", 1) > 1:
+            raise NNError(f"beam search is deterministic: {FLAGS[sampled[0]]} has no effect "
+                          f"with --beam {explicit['beam']}",
+                          hint="drop the sampling flags, or use --beam 1 to sample")
+        defaults = {k: v for k, v in spec.defaults.items()
+                    if k not in ("temperature", "top_k", "top_p")}
+    else:
+        defaults = dict(spec.defaults)
+    opts = {**BASE, **defaults, **explicit}
+    opts["sample"] = not opts.pop("greedy", False) and opts["beam"] == 1 and any(
+        k in opts for k in ("temperature", "top_k", "top_p"))
+    opts.setdefault("stop", spec.stop)
+    return opts
+
+
+def generate(net, prompts, tokenizer=None, data_dir=None, **options) -> Generation:
+    """`Net.generate`: see there."""
+    spec = net.program.generate
+    if spec is None:
+        raise NNError(f"model '{net.program.model}' has no generate section, so nnlang does "
+                      "not know which input is the token stream", hint=f"add `generate "
+                      f"{net.program.model} {{ tokens = INPUT  logits = OUTPUT }}` to "
+                      f"{net.program.file} (see docs/generation.md)")
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    gen = getattr(net, "_generator", None)
+    if gen is None or (tokenizer is not None and tokenizer is not gen.tok):
+        gen = Generator(net, spec, tokenizer or tokenizer_of(net.program, data_dir))
+        net._generator = gen
+    return gen.generate(list(prompts), options_from(spec, options))
+
+
+def tokenizer_of(program, data_dir=None):
+    """The tokenizer of the data set the model trains on (its train section's `data`)."""
+    from nnlang.data import DataError, load_dataset
+    data = program.train.data if program.train else None
+    if data is None:
+        raise NNError(f"model '{program.model}' has no train data set to take a tokenizer "
+                      "from", hint="add `data = ...` (a text data set such as imdb_text) to its train "
+                      "section, or pass tokenizer=... in Python")
+    try:
+        ds = load_dataset(data.name, data_dir=data_dir, **data.options)
+    except DataError as err:
+        raise NNError(f"loading the tokenizer's data set '{data.name}': {err.message}",
+                      hint=err.hint) from None
+    tok = ds.meta.get("text_tokenizer")
+    if tok is None:
+        raise NNError(f"data set '{data.name}' has no text tokenizer, so prompts cannot be "
+                      "encoded", hint="train the model on a text data set such as imdb_text")
+    return tok
+
+
+class Generator:
+    """Decodes for one Net; compiles its prefill and step graphs once per batch size."""
+
+    def __init__(self, net, spec, tokenizer):
+        self.net, self.spec, self.tok = net, spec, tokenizer
+        if tokenizer.vocab_size > spec.vocab:
+            raise NNError(f"the tokenizer has {tokenizer.vocab_size} tokens but logits "
+                          f"'{spec.logits}' score {spec.vocab}", spec.spans.get("logits"),
+                          "make the model's vocab at least the data set's vocab_size")
+        try:
+            self.graphs, self.mode, self.reason = derive(net.user, spec), "incremental", None
+        except NotIncremental as why:
+            self.graphs, self.mode, self.reason = None, "recompute", str(why)
+        self._exes: dict = {}
+        self._states: dict = {}   # batch -> the weights (the Net's own arrays) and the caches
+
+    # *** prompts ***
+    def token(self, value, what: str) -> int:
+        """A `start`/`stop` token given as an id or as text (errors point at the generate
+        section when the value came from there, else they name the flag)."""
+        span = self.spec.spans.get(what) if value == getattr(self.spec, what) else None
+        what = what if span else f"--{what}: {what}"
+        if isinstance(value, int):
+            if not 0 <= value < self.spec.vocab:
+                raise NNError(f"{what} token id {value} is outside the vocabulary "
+                              f"(0..{self.spec.vocab - 1})", span)
+            return value
+        text = codecs.decode(value, "unicode_escape") if "\\" in value else value
+        got = self.tok.id_of(text)
+        if got is None:
+            raise NNError(f"{what} token {value!r} is not in the tokenizer's vocabulary",
+                          span, "give one token (a single character "
+                          "for a character tokenizer) or a token id")
+        return got
+
+    def encode(self, prompts: list[str]):
+        """(decoder token ids per prompt, source ids per prompt or None)."""
+        from nnlang.data import DataError
+        if not prompts:
+            raise NNError("no prompt given", hint="pass --prompt TEXT (repeatable) or "
+                          "--prompt-file FILE")
+        start = None if self.spec.start is None else self.token(self.spec.start, "start")
+        dec, src = [], []
+        for k, text in enumerate(prompts):
+            where = f"prompt {k + 1}" if len(prompts) > 1 else "the prompt"
+            if not isinstance(text, str):
+                raise NNError(f"{where} is {type(text).__name__}, not text")
+            try:
+                ids = self.tok.encode(text)
+            except DataError as err:
+                raise NNError(f"{where}: {err.message}", hint=err.hint) from None
+            if self.spec.source:
+                src.append(self._fit(ids, self._source_len(), where, "source"))
+                dec.append([start])
+                continue
+            ids = ([start] if start is not None else []) + ids
+            if not ids:
+                raise NNError(f"{where} is empty", hint="give at least one character to "
+                              "continue (or a `start` token in the generate section)")
+            dec.append(self._fit(ids, self.spec.max_len - 1, where, "token stream"))
+        return dec, (src if self.spec.source else None)
+
+    def _source_len(self) -> int:
+        return int(self.net.user.node(self.net.user.inputs[self.spec.source]).shape[1])
+
+    @staticmethod
+    def _fit(ids, limit: int, where: str, what: str):
+        if len(ids) > limit:
+            raise NNError(f"{where} is {len(ids)} tokens, longer than the model's {what} "
+                          f"allows ({limit})", hint="shorten the prompt (the model's max "
+                          "length is its token input's length)")
+        return ids
+
+    # *** engines ***
+    def _exe(self, kind: str, batch: int):
+        from nnlang.runtime.net import _compile
+        from nnlang.backends.aligned import aligned_zeros
+        key = (kind, batch)
+        if batch not in self._states:
+            self._states[batch] = {**self.net.state, **{
+                name: aligned_zeros((batch, *shape), self.net.dtype)
+                for name, shape in (self.graphs.caches.items() if self.graphs else ())}}
+        self.state = self._states[batch]
+        if key not in self._exes:
+            with paused_gc():
+                graph = getattr(self.graphs, kind) if self.graphs else self.net.user
+                g = forward_graph(graph, batch, self.net.dtype, ("outputs",))
+                self._exes[key] = _compile(g, self.net.backend, self.state, self.net.disable)
+        return self._exes[key]
+
+    def _feeds(self, tokens, source) -> dict:
+        feeds = {self.spec.tokens: tokens}
+        if source is not None:
+            feeds[self.spec.source] = source
+        if not self.graphs:  # the full model may have other inputs (labels): zeros
+            user = self.net.user
+            for name, nid in user.inputs.items():
+                if name not in feeds and not name.startswith("_"):
+                    node = user.node(nid)
+                    feeds[name] = np.zeros((len(tokens), *node.shape[1:]), node.dtype)
+        return feeds
+
+    def start(self, tokens: np.ndarray, lengths: np.ndarray, source) -> np.ndarray:
+        """Runs the prompt; the next-token logits [rows, vocab]."""
+        self.tokens, self.source = tokens, source
+        rows = np.arange(len(tokens))
+        if not self.graphs:
+            out = self._exe("predict", len(tokens)).run(self._feeds(tokens, source))
+            return np.array(out["logits" if "logits" in out else self.spec.logits]
+                            )[rows, lengths - 1]
+        out = self._exe("prefill", len(tokens)).run(self._feeds(tokens, source))
+        self._exe("step", len(tokens))  # NOTE: picks this batch's caches as self.state
+        for name in self.graphs.caches:
+            self._put(name, out[name])
+        self.statics = {k: np.array(out[k]) for k in self.graphs.statics}
+        return np.array(out["logits"])[rows, lengths - 1]
+
+    def advance(self, new: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Feeds token new[r] at position pos[r] of each row; the next logits [rows, vocab]."""
+        rows = np.arange(len(new))
+        self.tokens[rows, pos] = new
+        if not self.graphs:
+            out = self._exe("predict", len(new)).run(self._feeds(self.tokens, self.source))
+            return np.array(out[self.spec.logits])[rows, pos]
+        feeds = {self.spec.tokens: new[:, None].astype(np.int32),
+                 POS_INPUT: pos.astype(np.int32), **self.statics}
+        return np.array(self._exe("step", len(new)).run(feeds)["logits"])[:, 0]
+
+    def reorder(self, src: np.ndarray) -> None:
+        """Row r continues the sequence of row src[r] (beam search)."""
+        self.tokens = self.tokens[src]
+        if self.source is not None:
+            self.source = self.source[src]
+        if self.graphs:
+            for name in self.graphs.caches:
+                self._put(name, _host(self.state[name])[src])
+            self.statics = {k: v[src] for k, v in self.statics.items()}
+
+    def _put(self, name: str, value) -> None:
+        target = self.state[name]
+        if hasattr(target, "__cuda_array_interface__"):
+            target.set(np.ascontiguousarray(_host(value), target.dtype))
+        else:
+            np.copyto(target, _host(value))
+
+    # *** decoding ***
+    def generate(self, prompts: list[str], opts: dict) -> Generation:
+        dec, src = self.encode(prompts)
+        stop = None if opts.get("stop") is None else self.token(opts["stop"], "stop")
+        width = opts["beam"]
+        reps = np.repeat(np.arange(len(dec)), width)
+        L = self.spec.max_len
+        tokens = np.full((len(reps), L), self.tok.pad_id, np.int32)
+        lengths = np.array([len(dec[i]) for i in reps])
+        for r, i in enumerate(reps):
+            tokens[r, :len(dec[i])] = dec[i]
+        source = None
+        if src is not None:
+            source = np.full((len(reps), self._source_len()), self.tok.pad_id, np.int32)
+            for r, i in enumerate(reps):
+                source[r, :len(src[i])] = src[i]
+        logits = self.start(tokens, lengths, source)
+        decode = _beam if width > 1 else _sample
+        outs = decode(self, logits, lengths, stop, opts)
+        samples = []
+        for prompt, (ids, why, score) in zip(prompts, outs):
+            text_ids = ids[:-1] if why == "stop" else ids
+            samples.append(Sample(prompt, self.tok.decode(text_ids), ids, why, score))
+        return Generation(samples, self.mode, self.reason, opts)
+
+
+def _host(a):
+    return a.get() if hasattr(a, "__cuda_array_interface__") else np.asarray(a)
+
+
+def _masked(g: Generator, logits: np.ndarray) -> np.ndarray:
+    """Padding, and ids the tokenizer cannot write, are never tokens to produce."""
+    z = np.array(logits, np.float64)
+    z[:, g.tok.pad_id] = -np.inf
+    z[:, g.tok.vocab_size:] = -np.inf
+    return z
+
+
+def _sample(g: Generator, logits, lengths, stop, opts):
+    rng = np.random.default_rng(opts["seed"])
+    rows = len(lengths)
+    ids = [[] for _ in range(rows)]
+    why = [None] * rows
+    pos = lengths.copy()
+    for step in range(opts["max_new"]):
+        z = _masked(g, logits)
+        new = _choose(z, opts, rng) if opts["sample"] else z.argmax(axis=-1)
+        for r in range(rows):
+            if why[r] is None:
+                ids[r].append(int(new[r]))
+                if stop is not None and new[r] == stop:
+                    why[r] = "stop"
+                elif pos[r] + 1 >= g.spec.max_len and step + 1 < opts["max_new"]:
+                    why[r] = "max_len"
+        if all(w is not None for w in why) or step + 1 == opts["max_new"]:
+            break
+        live = np.array([w is None for w in why])
+        at = np.where(live, pos, np.minimum(pos, g.spec.max_len - 1))
+        logits = g.advance(np.where(live, new, g.tok.pad_id), at)
+        pos = np.where(live, pos + 1, pos)
+    return [(ids[r], why[r] or "max_new", None) for r in range(rows)]
+
+
+def _choose(z: np.ndarray, opts: dict, rng) -> np.ndarray:
+    """Temperature, then top-k, then top-p (nucleus), then one draw per row."""
+    z = z / opts.get("temperature", 1.0)
+    if opts.get("top_k"):
+        k = min(opts["top_k"], z.shape[1])
+        kth = np.partition(z, -k, axis=1)[:, -k][:, None]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    if opts.get("top_p", 1.0) < 1.0:
+        order = np.argsort(-p, axis=1)
+        sorted_p = np.take_along_axis(p, order, axis=1)
+        before = np.cumsum(sorted_p, axis=1) - sorted_p   # mass of the likelier tokens
+        drop = np.zeros_like(p, bool)
+        np.put_along_axis(drop, order, before >= opts["top_p"], axis=1)
+        p = np.where(drop, 0.0, p)
+        p /= p.sum(axis=1, keepdims=True)
+    u = rng.random(len(p))[:, None]
+    return np.minimum((np.cumsum(p, axis=1) < u).sum(axis=1), p.shape[1] - 1)
+
+
+def _beam(g: Generator, logits, lengths, stop, opts):
+    """Beam search per prompt: `beam` live hypotheses; one ending with `stop` is set aside with
+    its score divided by (generated length) ** length_penalty; the best of these wins."""
+    width, lp = opts["beam"], opts["length_penalty"]
+    rows = len(lengths)
+    prompts = rows // width
+    scores = np.where(np.arange(rows) % width == 0, 0.0, -np.inf)  # one live beam at first
+    seqs = [[] for _ in range(rows)]
+    done = [[] for _ in range(prompts)]
+    closed = [False] * prompts
+    pos = lengths.copy()
+    for step in range(opts["max_new"]):
+        z = _masked(g, logits)
+        logp = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+        cand = (scores[:, None] + logp).reshape(prompts, -1)
+        vocab = logp.shape[1]
+        src, new, nscore = np.arange(rows), np.full(rows, g.tok.pad_id), np.full(rows, -np.inf)
+        for p in range(prompts):
+            if closed[p]:
+                continue
+            kept = 0
+            for c in np.argsort(-cand[p], kind="stable")[: 2 * width]:
+                if not np.isfinite(cand[p, c]):
+                    break
+                r, v = p * width + c // vocab, int(c % vocab)
+                if stop is not None and v == stop:
+                    done[p].append((cand[p, c] / (step + 1) ** lp, seqs[r] + [v], "stop"))
+                    continue
+                src[p * width + kept], new[p * width + kept] = r, v
+                nscore[p * width + kept] = cand[p, c]
+                kept += 1
+                if kept == width:
+                    break
+            closed[p] = len(done[p]) >= width
+            if closed[p]:
+                nscore[p * width:(p + 1) * width] = -np.inf
+        seqs = [seqs[s] + [int(v)] if np.isfinite(sc) else seqs[s]
+                for s, v, sc in zip(src, new, nscore)]
+        scores = nscore
+        last = step + 1 == opts["max_new"]
+        for p in range(prompts):
+            full = pos[p * width] + 1 >= g.spec.max_len   # its beams all have one length
+            if closed[p] or not (full or last):
+                continue
+            for r in range(p * width, (p + 1) * width):
+                if np.isfinite(scores[r]):
+                    done[p].append((scores[r] / (step + 1) ** lp, seqs[r],
+                                    "max_new" if last else "max_len"))
+            closed[p] = True
+        if all(closed):
+            break
+        g.reorder(src)
+        live = np.isfinite(scores)
+        logits = g.advance(new, np.where(live, pos, np.minimum(pos, g.spec.max_len - 1)))
+        pos = np.where(live, pos + 1, pos)
+    out = []
+    for p in range(prompts):
+        score, ids, why = max(done[p], key=lambda d: d[0])
+        out.append((ids, why, float(score)))
+    return out

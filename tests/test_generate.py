@@ -1,0 +1,271 @@
+"""Generation (nnlang/runtime/generate.py, decode_graphs.py): the KV-cache step graph against the
+full forward pass, greedy/beam decoding with the cache against full recomputation, sampling
+settings, the generate section and the character tokenizer."""
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnlang.data.text import CharTokenizer
+from nnlang.errors import NNError
+from nnlang.frontend.elaborate import load
+from nnlang.passes.pipeline import forward_graph
+from nnlang.runtime.decode_graphs import derive
+from nnlang.runtime.generate import Generator, options_from
+from nnlang.runtime.net import Net, _compile
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "generation.md"
+LM, SEQ2SEQ = re.findall(r"```nn\n(.*?)```", DOC.read_text(), re.S)[:2]
+CHARS = "abcdefghijklmnopqrstuvwxyz .,!?'-:;()"   # 37 characters: ids 2..38 (the model has 40)
+
+
+def lm_net(backend="reference", seed=1, source=LM):
+    return Net(load(source), backend=backend, batch=2, seed=seed)
+
+
+def generator(net, recompute=False):
+    gen = Generator(net, net.program.generate, CharTokenizer(CHARS))
+    if recompute:   # the reference: every token reruns the model on the whole prefix
+        gen.graphs, gen.mode = None, "recompute"
+    return gen
+
+
+def step_logits(net, tokens, prompt_len, statics_feeds=None, zero_cache=False):
+    """Prefill on tokens[:, :prompt_len], then one step per later position: the logits of
+    every position from the cache path, [batch, len, vocab]."""
+    spec = net.program.generate
+    graphs = derive(net.user, spec)
+    batch = len(tokens)
+    state = dict(net.state)
+    prefill = _compile(forward_graph(graphs.prefill, batch, "float32", ("outputs",)),
+                       net.backend, state)
+    cut = tokens.copy()
+    cut[:, prompt_len:] = 0
+    out = prefill.run({spec.tokens: cut, **(statics_feeds or {})})
+    for name in graphs.caches:
+        state[name] = np.zeros_like(out[name]) if zero_cache else np.array(out[name])
+    step = _compile(forward_graph(graphs.step, batch, "float32", ("outputs",)), net.backend,
+                    state)
+    got = [np.array(out["logits"])[:, :prompt_len]]
+    for t in range(prompt_len, tokens.shape[1]):
+        feeds = {spec.tokens: tokens[:, t:t + 1], "_pos": np.full(batch, t, np.int32),
+                 **{k: out[k] for k in graphs.statics}}
+        got.append(np.array(step.run(feeds)["logits"]))
+    return np.concatenate(got, axis=1)
+
+
+def random_tokens(shape, vocab=40, seed=0):
+    return np.random.default_rng(seed).integers(1, vocab, shape).astype(np.int32)
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_cached_logits_match_the_full_forward_at_every_position(backend):
+    net = lm_net(backend)
+    tokens = random_tokens((2, 16))
+    full = net.forward({"tokens": tokens, "next": tokens})["logits"]
+    got = step_logits(net, tokens, prompt_len=3)
+    np.testing.assert_allclose(got, full, atol=1e-5, rtol=0)
+    # the step really reads the cache: without the prompt's keys the logits differ
+    blind = step_logits(net, tokens, prompt_len=3, zero_cache=True)
+    assert np.abs(blind[:, 3:] - full[:, 3:]).max() > 1e-3
+
+
+def test_encoder_decoder_step_matches_the_full_forward():
+    net = Net(load(SEQ2SEQ), backend="reference", batch=2, seed=2)
+    source = random_tokens((2, 12), 16, seed=1)
+    source[0, 7:] = 0   # padding, masked by the model
+    target_in = random_tokens((2, 8), 16, seed=2)
+    full = net.forward({"source": source, "target_in": target_in})["logits"]
+    got = step_logits(net, target_in, prompt_len=1, statics_feeds={"source": source})
+    np.testing.assert_allclose(got, full, atol=1e-5, rtol=0)
+    assert derive(net.user, net.program.generate).statics   # the memory is computed once
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_greedy_with_the_cache_gives_the_tokens_of_full_recomputation(backend):
+    net = lm_net(backend)
+    prompts = ["the movie was", "a"]     # different lengths share the batch
+    opts = options_from(net.program.generate, {"max_new": 12})
+    cached = generator(net).generate(prompts, opts)
+    full = generator(net, recompute=True).generate(prompts, opts)
+    assert cached.mode == "incremental" and full.mode == "recompute"
+    assert [s.ids for s in cached.samples] == [s.ids for s in full.samples]
+    assert [len(s.ids) for s in cached.samples] == [3, 12]   # 13 + 3 fill maxlen = 16
+    assert [s.stopped for s in cached.samples] == ["max_len", "max_new"]
+
+
+def test_beam_search_is_exhaustive_when_as_wide_as_the_vocabulary():
+    """Two tokens, width >= vocabulary: the best pair by total log-probability, which a brute
+    force over every pair (one full forward pass each) finds independently."""
+    net = lm_net()
+    gen = generator(net)
+    result = gen.generate(["ab"], options_from(net.program.generate,
+                                               {"max_new": 2, "beam": 40}))
+    base = [gen.tok.encode("ab")]
+    vocab = gen.tok.vocab_size
+    pairs = list(itertools.product(range(2, vocab), repeat=2))
+    tokens = np.zeros((len(pairs), 16), np.int32)
+    tokens[:, :2] = base[0]
+    tokens[:, 2:4] = pairs
+    big = Net(net.program, backend="reference", batch=len(pairs))
+    big.load_state_dict(net.state_dict())
+    logits = big.forward({"tokens": tokens, "next": tokens})["logits"].astype(np.float64)
+    masked = logits.copy()
+    masked[..., 0] = -np.inf   # generation never produces padding, nor ids it cannot write
+    masked[..., vocab:] = -np.inf
+    logp = masked - np.logaddexp.reduce(masked, axis=-1, keepdims=True)
+    rows = np.arange(len(pairs))
+    total = logp[rows, 1, tokens[:, 2]] + logp[rows, 2, tokens[:, 3]]
+    assert result.samples[0].ids == list(pairs[int(total.argmax())])
+    assert result.samples[0].score == pytest.approx(total.max() / 2, abs=1e-4)
+
+
+def test_beam_search_with_the_cache_matches_recomputation():
+    net = lm_net()
+    opts = options_from(net.program.generate, {"max_new": 6, "beam": 3})
+    a = generator(net).generate(["the", "ok"], opts)
+    b = generator(net, recompute=True).generate(["the", "ok"], opts)
+    assert [s.ids for s in a.samples] == [s.ids for s in b.samples]
+
+
+def test_stop_token_ends_a_sequence():
+    net = lm_net()
+    gen = generator(net)
+    first = gen.generate(["the"], options_from(net.program.generate, {"max_new": 5}))
+    stop = CHARS[first.samples[0].ids[1] - 2]       # the second greedy token
+    got = gen.generate(["the"], options_from(net.program.generate,
+                                             {"max_new": 5, "stop": stop}))
+    assert got.samples[0].ids == first.samples[0].ids[:2]
+    assert got.samples[0].stopped == "stop" and len(got.samples[0].text) == 1
+
+
+def test_sampling_settings():
+    net = lm_net()
+    gen = generator(net)
+    spec = net.program.generate
+    greedy = gen.generate(["the"], options_from(spec, {"max_new": 8})).texts
+    assert gen.generate(["the"], options_from(spec, {"max_new": 8, "top_k": 1,
+                                                    "temperature": 2.0})).texts == greedy
+    assert gen.generate(["the"], options_from(spec, {"max_new": 8, "top_p": 1e-6})).texts \
+        == greedy
+    hot = {"max_new": 8, "temperature": 5.0, "seed": 4}
+    once = gen.generate(["the", "the"], options_from(spec, hot)).texts
+    assert once == gen.generate(["the", "the"], options_from(spec, hot)).texts  # seeded
+    assert once[0] != once[1] or once[0] != greedy[0]   # rows draw independently
+
+
+def test_a_model_that_mixes_positions_falls_back_to_recomputation():
+    source = LM.replace("causal = true", "causal = false")
+    net = lm_net(source=source)
+    got = generator(net).generate(["abc"], options_from(net.program.generate, {"max_new": 3}))
+    assert got.mode == "recompute" and "non-causal" in got.reason
+    assert len(got.samples[0].ids) == 3
+
+
+def test_char_tokenizer_round_trips():
+    tok = CharTokenizer(CHARS)
+    text = "hello, world! it's (fine)"
+    assert tok.decode(tok.encode(text)) == text
+    from nnlang.data import DataError
+    with pytest.raises(DataError, match="position 1"):
+        tok.encode("h\u00e9")
+
+
+@pytest.mark.parametrize("setting,words", [
+    ("tokens = next2  logits = logits", "'next2' is not an input"),
+    ("tokens = tokens  logits = pooled", "must be float [batch, 16, vocab]"),
+    ("tokens = tokens  logits = logits  top_p = 1.5", "top_p must be in (0, 1]"),
+    ("tokens = tokens  logits = logits  beams = 2", "did you mean 'beam'"),
+    ("logits = logits", "which input is the token stream"),
+])
+def test_generate_section_errors(setting, words):
+    source = LM.replace("  tokens = tokens    # which input is the token stream\n"
+                        "  logits = logits    # which output scores the next token\n",
+                        f"  {setting}\n")
+    source = source.replace("output logits", "output logits  output pooled = sum(h2, axis = 1)")
+    with pytest.raises(NNError) as err:
+        load(source)
+    assert words in err.value.render()
+    assert "example" not in err.value.render() and ":" in err.value.render()
+
+
+def test_encoder_decoder_generation_with_the_cache_matches_recomputation():
+    net = Net(load(SEQ2SEQ), backend="reference", batch=2, seed=3)
+    tok = CharTokenizer("0123456789-")   # 13 ids, the model scores 16
+    prompts = ["12-34", "7"]
+    for opts in ({"max_new": 7}, {"max_new": 5, "beam": 2}):
+        opts = options_from(net.program.generate, opts)
+        runs = []
+        for recompute in (False, True):
+            gen = Generator(net, net.program.generate, tok)
+            if recompute:
+                gen.graphs, gen.mode = None, "recompute"
+            runs.append(gen.generate(prompts, opts))
+        assert runs[0].mode == "incremental"
+        assert [s.ids for s in runs[0].samples] == [s.ids for s in runs[1].samples]
+        assert all(s.ids for s in runs[0].samples)
+
+
+def test_an_rnn_language_model_recomputes_its_prefix():
+    """No scan form yet: the step graph cannot carry an LSTM's state, so every token reruns
+    the unrolled LSTM on the prefix; later positions must not change earlier tokens."""
+    source = """
+model RnnLm(vocab = 40, maxlen = 10) {
+  input tokens: int32[batch, maxlen]
+  h = embedding(tokens, vocab, 8) |> lstm(8, return_sequences = true)
+  output logits = dense(h, vocab)
+}
+generate RnnLm {
+  tokens = tokens
+  logits = logits
+}
+"""
+    net = Net(load(source), backend="reference", batch=2, seed=0)
+    gen = generator(net)
+    got = gen.generate(["ab", "abcd"], options_from(net.program.generate, {"max_new": 4}))
+    assert got.mode == "recompute" and "lstm" in got.reason
+    # greedy continuation of "ab" by hand: one full forward per token
+    ids = gen.tok.encode("ab")
+    for _ in range(4):
+        tokens = np.zeros((2, 10), np.int32)
+        tokens[:, :len(ids)] = ids
+        logits = net.forward({"tokens": tokens})["logits"][0, len(ids) - 1].astype(np.float64)
+        logits[0] = -np.inf
+        logits[gen.tok.vocab_size:] = -np.inf
+        ids.append(int(logits.argmax()))
+    assert got.samples[0].ids == ids[2:]
+
+
+def test_imdb_text_chunks_come_from_the_archives_own_split(tmp_path, monkeypatch):
+    from nnlang.data import imdb, load_dataset
+    from nnlang.data.registry import IMDB_SAMPLE
+    from nnlang.data.text import clean
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    ds = load_dataset("imdb_text_sample(maxlen = 32, train_chunks = 20, test_chunks = 5)")
+    tok = ds.meta["text_tokenizer"]
+    assert ds.train["tokens"].shape == (20, 32) and ds.val is ds.test
+    np.testing.assert_array_equal(ds.train["tokens"][:, 1:], ds.train["next"][:, :-1])
+    docs = imdb.read_reviews(IMDB_SAMPLE)
+    text = {s: "\n".join(clean(t) for split, _, _, t in docs if split == s)
+            for s in ("train", "test")}
+    for split in ("train", "test"):
+        for row in getattr(ds, split)["tokens"]:
+            # a chunk may span two reviews: check its longest piece within one review
+            piece = max(tok.decode(row).split("\n"), key=len)
+            assert piece in text[split] and piece not in text["test" if split == "train"
+                                                               else "train"]
+
+
+def test_prefill_and_step_lower_to_cuda_source():
+    """The CuPy backend gets the same graphs: they render to CUDA kernels (no GPU needed)."""
+    from nnlang.runtime.executable import compile_graph
+    net = lm_net()
+    graphs = derive(net.user, net.program.generate)
+    for kind in ("prefill", "step"):
+        g = forward_graph(getattr(graphs, kind), 4, "float32", ("outputs",))
+        exe = compile_graph(g, backend="cupy", render_only=True)
+        assert "__global__" in "".join(exe.kernel_sources())
