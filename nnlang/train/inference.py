@@ -272,17 +272,13 @@ def _no_files_for_text(inputs) -> None:
                           hint="pass the review text itself, or a .txt file that holds it")
 
 
-_NUMBERS = re.compile(r"^\s*\[?\s*[-+.\deE]+(\s*[,\s]\s*[-+.\deE]+)*\s*\]?\s*$")
-
-
 def _read_values(raw) -> np.ndarray:
     """A .npy path, or numbers written out: "0.5", "1,2,3", "[1, 2, 3]"."""
     text = str(raw)
-    if _NUMBERS.match(text):
-        try:
-            return np.array([float(x) for x in re.split(r"[,\s]+", text.strip(" []")) if x])
-        except ValueError:
-            pass
+    try:
+        return np.array([float(x) for x in re.split(r"[,\s]+", text.strip(" []")) if x])
+    except ValueError:
+        pass  # NOTE: not numbers, so a path
     path = Path(text)
     if path.suffix.lower() != ".npy":
         raise NNError(f"'{raw}' is not a .npy file", hint="this model was trained on arrays; "
@@ -305,8 +301,9 @@ _SAME = ("squeeze", "reshape", "flatten", "expand_dims", "identity")
 def output_kind(graph, nid: int, value: np.ndarray) -> tuple[str, bool]:
     """(kind, logits): what an output is, from the losses it was trained with (never from its
     numbers): "class" (cross_entropy's logits, or their softmax: one class per example),
-    "sequence" (the same over [batch, time, classes]: one class per position), "binary" (bce_with_logits' logit or its sigmoid, bce's probability), else "value"
-    (regression) or, past VALUE_NUMBERS numbers per example, "tensor". `logits`: the output
+    "sequence" (the same over [batch, time, classes]: one class per position), "binary"
+    (bce_with_logits' logit or its sigmoid, bce's probability), else "value" (regression)
+    or, past VALUE_NUMBERS numbers per example, "tensor". `logits`: the output
     is the loss's raw input (softmax / sigmoid still to apply)."""
     def through(n):
         while graph.node(n).op in _SAME:
