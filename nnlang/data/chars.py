@@ -62,3 +62,23 @@ def decode(ids, tok: dict) -> str:
         if i >= len(SPECIALS) and i < len(vocab):
             out.append(vocab[i])
     return "".join(out)
+
+
+class Tokenizer:
+    """The settings above as the object `nnlang generate` reads from meta["text_tokenizer"]
+    (docs/generation.md): encode / decode / vocab_size / pad_id / bos_id / eos_id / id_of."""
+
+    def __init__(self, tok: dict):
+        self.tok = tok
+        self.vocab_size = len(tok["vocab"])
+        self.pad_id, self.bos_id, self.eos_id = tok["pad_id"], tok["start_id"], tok["end_id"]
+
+    def encode(self, text: str) -> list[int]:
+        """Raises DataError naming a character outside the alphabet."""
+        return encode([text], self.tok, len(_TOKEN.findall(text)), "prompt")[0].tolist()
+
+    def decode(self, ids) -> str:
+        return decode(ids, self.tok)
+
+    def id_of(self, token: str) -> int | None:
+        return self.tok["vocab"].index(token) if token in self.tok["vocab"] else None

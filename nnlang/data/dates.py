@@ -77,7 +77,8 @@ def load_dates(data_dir=None, n_train: int = 20000, n_test: int = 2000, seed: in
         tgt[:, TARGET_LEN - 1] = tok["end_id"]
         splits[name] = Split({"source": chars.encode(src, tok, SOURCE_LEN, "source"),
                               "decoder_in": chars.decoder_input(tgt, tok), "target": tgt})
-    meta = {"kind": "chars", "tokenizer": tok, "vocab_size": len(tok["vocab"]),
+    meta = {"kind": "chars", "tokenizer": tok, "text_tokenizer": chars.Tokenizer(tok),
+            "vocab_size": len(tok["vocab"]),
             "source": f"generated (seed {seed})",
             "counts": {"train": n_train, "test": n_test}}
     return Dataset("dates", splits["train"], splits["test"], ["source", "decoder_in"],

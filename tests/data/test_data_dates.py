@@ -117,3 +117,17 @@ def test_bad_options(spec, words):
         load_dataset(spec)
     for w in words:
         assert w in str(err.value) + str(getattr(err.value, "hint", ""))
+
+
+def test_generation_tokenizer_agrees_with_the_arrays(ds):
+    """meta["text_tokenizer"], the object `nnlang generate` reads (docs/generation.md)."""
+    t = ds.meta["text_tokenizer"]
+    assert (t.vocab_size, t.pad_id, t.bos_id, t.eos_id) == (62, 0, 1, 2)
+    assert t.id_of("<start>") == 1 and t.id_of("a") == ds.meta["tokenizer"]["vocab"].index("a")
+    assert t.id_of("ä") is None
+    src = ds.test["source"][0]
+    text = t.decode(src)
+    assert t.encode(text) == src[: len(text)].tolist() and t.encode("") == []
+    assert t.encode("<start>19") == [1, 9, 17]
+    with pytest.raises(DataError, match="'ä' at position 2"):
+        t.encode("Mä")
