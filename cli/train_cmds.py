@@ -158,12 +158,13 @@ def _result_table(results: list[dict]) -> Table:
                      overflow="ellipsis", max_width=50 if c == "input" else None, no_wrap=True)
     for r in results:
         if classes:
-            t.add_row(_short(r["input"]), r["output"], r["label"], f"{r['probability']:.4f}")
+            t.add_row(Text(_short(r["input"])), r["output"], r["label"],
+                      f"{r['probability']:.4f}")
         elif kind == "sequence":
             text = r["text"] if r["text"] is not None else " ".join(map(str, r["ids"]))
             t.add_row(Text(_short(r["input"])), r["output"], Text(text))
         else:
-            t.add_row(_short(r["input"]), r["output"], _numbers(r))
+            t.add_row(Text(_short(r["input"])), r["output"], _numbers(r))
     return t
 
 
