@@ -122,3 +122,20 @@ def test_numbers_written_out_equal_a_npy_file(work, tmp_path):
     row = a[0].tolist()
     for text in (",".join(map(repr, row)), " ".join(map(repr, row)), repr(row)):
         np.testing.assert_array_equal(encode_input("a", node, [text], {}, "the input"), one)
+
+
+def test_sequence_kind_and_decoding_without_training():
+    import nnlang
+    from nnlang.train.inference import interpret_output, output_kind
+    from tests.faults.conftest import ROOT
+    g = nnlang.load(str(ROOT / "models/seq2seq.nn")).graph
+    assert output_kind(g, g.outputs["logits"], np.zeros((2, 11, 62))) == ("sequence", True)
+    scores = np.zeros((1, 4, 5))
+    scores[0, [0, 1, 2, 3], [3, 4, 0, 2]] = 5.0       # words 3, 4, then padding, then 2
+    words = {"kind": "text", "vocab": ["<pad>", "<oov>", "good", "very", "film"],
+             "tokenizer": {"pad_id": 0}}
+    r, = interpret_output(scores, "sequence", True, None, words)
+    assert r["ids"] == [3, 4, 0, 2] and r["text"] == "very film good"
+    assert r["probability"][0] == pytest.approx(np.exp(5) / (np.exp(5) + 4))
+    r, = interpret_output(scores, "sequence", True, None, {**words, "vocab": words["vocab"][:4]})
+    assert r["text"] is None                           # 5 classes, a 4-word vocabulary: no text
