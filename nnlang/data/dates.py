@@ -78,8 +78,7 @@ def load_dates(data_dir=None, n_train: int = 20000, n_test: int = 2000, seed: in
         splits[name] = Split({"source": chars.encode(src, tok, SOURCE_LEN, "source"),
                               "decoder_in": chars.decoder_input(tgt, tok), "target": tgt})
     meta = {"kind": "chars", "tokenizer": tok, "text_tokenizer": chars.Tokenizer(tok),
-            "vocab_size": len(tok["vocab"]),
-            "source": f"generated (seed {seed})",
+            "vocab_size": len(tok["vocab"]), "source": f"generated (seed {seed})",
             "counts": {"train": n_train, "test": n_test}}
     return Dataset("dates", splits["train"], splits["test"], ["source", "decoder_in"],
                    ["target"], meta)
@@ -89,4 +88,4 @@ def check_options(name: str, n_train: int = 20000, n_test: int = 2000, seed: int
     for key, value, low in (("n_train", n_train, 1), ("n_test", n_test, 0), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise DataError(f"dataset '{name}': {key} must be a whole number >= {low}, got "
-                            f"{value!r}", f"e.g. dates(n_train=20000, n_test=2000, seed=0)")
+                            f"{value!r}", "e.g. dates(n_train=20000, n_test=2000, seed=0)")
