@@ -12,6 +12,7 @@ import numpy as np
 import typer
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from nnlang_cli.app import app, console, finite_float, parse_overrides, reporting
 
@@ -107,22 +108,35 @@ def eval_(
     out.print(t)
 
 
+PREDICT_INPUTS_HELP = ("Values for a model with one input: review text or .txt paths (text "
+                       "models), .png/.npy paths (image models), .npy paths or numbers like "
+                       "1,2.5,3 (array models); one example each.")
+NAMED_HELP = ("NAME=VALUE: the value of input NAME for one example (text, numbers like 1,2.5,3, "
+              "or a .npy path); repeat each name once per example. For models with several "
+              "inputs.")
+NPZ_HELP = ("A .npz with one array per model input, named like the inputs, one row per example "
+            "(arrays named like a training target are skipped).")
+
+
 @app.command()
 def predict(
     file: Path = typer.Argument(..., help="The .nn file the checkpoint was trained from."),
-    inputs: list[str] = typer.Argument(..., help="Review text or .txt paths (text models), "
-                                                 ".png/.npy paths (image models), .npy paths."),
+    inputs: Optional[list[str]] = typer.Argument(None, help=PREDICT_INPUTS_HELP),
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP),
+    named: Optional[list[str]] = typer.Option(None, "--input", "-i", help=NAMED_HELP),
+    npz: Optional[Path] = typer.Option(None, "--npz", help=NPZ_HELP),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print every result as one JSON line "
                                                        "(all values, for scripts)."),
 ):
     """The model's outputs for raw inputs: the class and its probability for a classifier,
-    the numbers for a regression, the shape and a summary for a tensor (all with --json)."""
+    the numbers for a regression, the text (or ids) of a sequence output, the shape and a
+    summary for a tensor (all with --json)."""
     from nnlang.train.inference import predict as run_predict
     out = console()
     with interruptible(out), reporting():
-        results = run_predict(str(file), checkpoint, inputs, backend, None if as_json else out)
+        results = run_predict(str(file), checkpoint, inputs, backend, None if as_json else out,
+                              named=named, npz=npz)
     if as_json:
         for r in results:
             typer.echo(json.dumps(r))
@@ -132,20 +146,25 @@ def predict(
 
 
 def _result_table(results: list[dict]) -> Table:
-    """One output's results: label and probability for classes, else the numbers (or the
-    shape and a summary of a large tensor)."""
+    """One output's results: label and probability for classes, the decoded text (or ids) of a
+    sequence, else the numbers (or the shape and a summary of a large tensor)."""
     t = Table(box=box.SIMPLE_HEAD)
-    classes = results[0]["kind"] in ("class", "binary")
+    kind = results[0]["kind"]
+    classes = kind in ("class", "binary")
     columns = ("input", "output", "label", "probability") if classes else \
-        ("input", "output", "value")
+        ("input", "output", "text" if kind == "sequence" else "value")
     for c in columns:
         t.add_column(c, justify="right" if c == "probability" else "left",
                      overflow="ellipsis", max_width=50 if c == "input" else None, no_wrap=True)
     for r in results:
         if classes:
-            t.add_row(_short(r["input"]), r["output"], r["label"], f"{r['probability']:.4f}")
+            t.add_row(Text(_short(r["input"])), r["output"], r["label"],
+                      f"{r['probability']:.4f}")
+        elif kind == "sequence":
+            text = r["text"] if r["text"] is not None else " ".join(map(str, r["ids"]))
+            t.add_row(Text(_short(r["input"])), r["output"], Text(text))
         else:
-            t.add_row(_short(r["input"]), r["output"], _numbers(r))
+            t.add_row(Text(_short(r["input"])), r["output"], _numbers(r))
     return t
 
 

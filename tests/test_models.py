@@ -26,6 +26,9 @@ ENCODER = ((4 * 128 * 128 + 4 * 128)                    # torch MultiheadAttenti
            + 2 * 128                                    # LayerNorm(128)
            + (128 * 512 + 512) + (512 * 128 + 128)      # Linear(128, 512), Linear(512, 128)
            + 2 * 128)                                   # LayerNorm(128)
+SMALL_FFN = (64 * 256 + 256) + (256 * 64 + 64)          # Linear(64, 256), Linear(256, 64)
+SMALL_ENCODER = (4 * 64 * 64 + 4 * 64) + SMALL_FFN + 2 * 2 * 64     # attention, ffn, 2 norms
+SMALL_DECODER = 2 * (4 * 64 * 64 + 4 * 64) + SMALL_FFN + 3 * 2 * 64  # self + cross, 3 norms
 REFERENCE = {
     # Keras Dense(512) on 784 inputs, Dense(256) on 512, Dense(10) on 256
     "mlp": (784 * 512 + 512) + (512 * 256 + 256) + (256 * 10 + 10),
@@ -43,10 +46,14 @@ REFERENCE = {
     # character GPT: Embedding(108, 128), learned positions (128, 128), 2 pre-norm decoder
     # layers (the same pieces as ENCODER), a final LayerNorm(128), Linear(128, 108)
     "gpt": 108 * 128 + 128 * 128 + 2 * ENCODER + 2 * 128 + (128 * 108 + 108),
+    # torch nn.Transformer(64, 4, 2 + 2 layers, dim_feedforward=256) without its final norms:
+    # two Embedding(62, 64), learned positions (32 + 11) x 64, Linear(64, 62)
+    "seq2seq": 2 * 62 * 64 + (32 + 11) * 64 + 2 * SMALL_ENCODER + 2 * SMALL_DECODER
+    + (64 * 62 + 62),
 }
 # The numbers the task quotes, as a check on the formulas above.
 QUOTED = {"mlp": 535_818, "cnn": 421_642, "lstm": 2_691_713, "gru": 2_659_201,
-          "conv1d": 2_642_177, "transformer": 2_973_057, "gpt": 440_940}
+          "conv1d": 2_642_177, "transformer": 2_973_057, "gpt": 440_940, "seq2seq": 248_190}
 
 
 def test_reference_formulas_match_quoted_counts():

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from nnlang.data import imdb, mnist, npz, text
+from nnlang.data import dates, imdb, mnist, npz, text
 from nnlang.data.cache import DataError, remember, sha256_of
 from nnlang.data.dataset import Dataset
 
@@ -89,6 +89,9 @@ DATASETS = {
     "mnist": Entry(mnist.load_mnist, "MNIST handwritten digits, 60,000/10,000, 28x28"),
     "mnist-sample": Entry(load_mnist_sample, "5,000/1,000 real MNIST digits bundled with nnlang"),
     "fashion-mnist": Entry(mnist.load_fashion_mnist, "Fashion-MNIST clothing, 60,000/10,000"),
+    "dates": Entry(dates.load_dates, "generated dates in 14 written formats -> ISO 2021-03-05 "
+                   "(sequence to sequence), 20,000/2,000; options n_train, n_test, seed",
+                   dates.check_options),
 }
 FILE_LOADERS = {".npz": npz.load_npz, ".csv": npz.load_csv}
 # `csv("table.csv", target = "y")`: the call form of a file, for options in the train section.

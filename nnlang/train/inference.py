@@ -3,6 +3,8 @@ split, and predict from raw inputs (review text, images) with the vocabulary it 
 """
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,32 +75,190 @@ def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,
     return split, evaluate(net, arrays, net.batch, console)
 
 
-def predict(program_or_path, ckpt_path, inputs: list, backend: str = "numba",
-            console: Console | None = None) -> list[dict]:
-    """One dict per raw input and model output: {input, output, kind, ...}. Text models take
-    review text (or a .txt path), encoded with the checkpoint's vocabulary; image models a
-    .png/.npy path; array models a .npy path. The kind comes from the graph (`output_kind`):
-    "class" and "binary" add label, probability and class; "value" and "tensor" add value
-    (the numbers, as lists) and shape."""
-    if not inputs:
-        raise NNError("predict needs at least one input")
+def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str = "numba",
+            console: Console | None = None, named: list[str] | None = None,
+            npz: str | Path | None = None) -> list[dict]:
+    """One dict per example and model output: {input, output, kind, ...}. The examples come
+    from one of: `inputs`, raw values for a model with one input (review text or a .txt path
+    for text models, a .png/.npy path for image models, a .npy path or numbers otherwise);
+    `named`, "NAME=VALUE" strings, a name repeated once per example; `npz`, a file with one
+    array per input. Text is encoded with the checkpoint's tokenizer. The kind comes from the
+    graph (`output_kind`): "class" and "binary" add label, probability and class; "sequence"
+    adds ids and text (decoded when the data set has a tokenizer); "value" and "tensor" add
+    value (the numbers, as lists) and shape."""
     net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, None, console)
     if not net.user.outputs:
         raise NNError(f"model '{net.program.model}' declares no output to predict",
                       hint="add e.g. `output probs = softmax(logits)`")
     meta = ckpt.data_meta
-    if meta.get("kind") == "text":
-        _no_files_for_text(inputs)
-    batch = feeds.encode_raw(list(inputs), meta, net.user)
+    batch, described = model_inputs(net.user, meta, inputs, named, npz)
     outs = net.forward(batch)
     names = meta.get("class_names")
     results = []
     for oname, value in outs.items():
         value = np.asarray(value)
         kind, logits = output_kind(net.user, net.user.outputs[oname], value)
-        for raw, r in zip(inputs, interpret_output(value, kind, logits, names)):
-            results.append({"input": str(raw), "output": oname, "kind": kind, **r})
+        for raw, r in zip(described, interpret_output(value, kind, logits, names, meta)):
+            results.append({"input": raw, "output": oname, "kind": kind, **r})
     return results
+
+
+# *** raw inputs -> the model's input arrays ***
+
+def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None
+                 ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """({input name: batch array}, a description of each example) from exactly one of the
+    three ways `predict` takes inputs; every input the outputs read must get a value."""
+    features, targets = feeds.input_roles(graph)
+    given = [w for w, v in (("inputs", inputs), ("--input", named), ("--npz", npz)) if v]
+    if len(given) != 1:
+        raise NNError("predict needs inputs" if not given else
+                      f"pass the inputs one way, not {' and '.join(given)}",
+                      hint=_how_to_pass(graph, features))
+    if npz:
+        raws, described = _from_npz(Path(npz), graph, features, targets)
+    elif named:
+        raws = _from_flags(named, graph, features, targets)
+        count = len(next(iter(raws.values())))
+        described = ["; ".join(f"{k}={raws[k][i]}" for k in raws) for i in range(count)]
+    else:
+        if len(features) != 1:
+            raise NNError(f"this model's outputs read {len(features)} inputs, so their "
+                          "values need names", hint=_how_to_pass(graph, features))
+        raws, described = {next(iter(features)): list(inputs)}, [str(r) for r in inputs]
+    what = (lambda k: f"--npz {npz}, array '{k}'") if npz else \
+        (lambda k: f"--input {k}") if named else (lambda k: "the input")
+    arrays = {k: encode_input(k, graph.node(features[k]), v, meta, what(k))
+              for k, v in raws.items()}
+    return arrays, described
+
+
+def _how_to_pass(graph, features: dict) -> str:
+    ins = ", ".join(f"{k}: {graph.node(v).type}" for k, v in features.items())
+    if len(features) == 1:
+        return f"pass values for its input ({ins}) as arguments"
+    return (f"the outputs read {ins}: pass each with --input NAME=VALUE (repeat a name for "
+            "more examples), or all from --npz FILE holding one array per input")
+
+
+def _from_flags(named: list[str], graph, features: dict, targets: dict) -> dict[str, list]:
+    raws: dict[str, list] = {}
+    for flag in named:
+        name, eq, value = flag.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise NNError(f"--input {flag!r} is not NAME=VALUE",
+                          hint=_how_to_pass(graph, features))
+        _known_input(name, f"--input {name}", graph, features, targets)
+        raws.setdefault(name, []).append(value)
+    _all_given(raws, "--input", graph, features)
+    counts = {k: len(v) for k, v in raws.items()}
+    if len(set(counts.values())) > 1:
+        raise NNError("each input needs one value per example, but --input gave "
+                      + ", ".join(f"{k} {n} time(s)" for k, n in counts.items()),
+                      hint="repeat every name the same number of times")
+    return {k: raws[k] for k in features}
+
+
+def _from_npz(path: Path, graph, features: dict, targets: dict):
+    if not path.is_file():
+        raise NNError(f"--npz file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise NNError(f"cannot read --npz {path} ({err})",
+                      hint="write it with numpy.savez(path, NAME=array, ...)") from None
+    for k in arrays:
+        if k not in targets:  # NOTE: a target array (a test set's labels) is not needed: skipped
+            _known_input(k, f"--npz {path}: array '{k}'", graph, features, targets)
+    _all_given(arrays, f"--npz {path}", graph, features)
+    rows = {k: arrays[k].shape[0] if arrays[k].ndim else 0 for k in features}
+    if len(set(rows.values())) > 1 or 0 in rows.values():
+        raise NNError(f"--npz {path}: each array needs one row per example (axis 0), got "
+                      + ", ".join(f"{k} {list(arrays[k].shape)}" for k in features),
+                      hint="stack the examples along the first axis")
+    n = rows[next(iter(features))]
+    return {k: list(arrays[k]) for k in features}, [f"{path.name}[{i}]" for i in range(n)]
+
+
+def _known_input(name: str, where: str, graph, features: dict, targets: dict) -> None:
+    if name in features:
+        return
+    if name in targets:
+        raise NNError(f"{where}: '{name}' is a training target; predict does not read it",
+                      hint=f"the outputs read {', '.join(features)}")
+    close = difflib.get_close_matches(name, list(features), n=1)
+    raise NNError(f"{where}: the model has no input '{name}'",
+                  hint=(f"did you mean '{close[0]}'? " if close else "")
+                  + f"its outputs read {', '.join(features)}")
+
+
+def _all_given(raws: dict, where: str, graph, features: dict) -> None:
+    missing = [k for k in features if k not in raws]
+    if missing:
+        raise NNError(f"{where}: no value for model input(s) {', '.join(missing)}",
+                      hint=_how_to_pass(graph, features))
+
+
+def encode_input(name: str, node, raws: list, meta: dict, what: str) -> np.ndarray:
+    """One input's values -> a batch array, using only the checkpoint's data set meta: text
+    through its tokenizer, images through the loaders' scaling, arrays (from an .npz, a .npy
+    path or written numbers like 1,2.5) as they are."""
+    kind = meta.get("kind")
+    arrays = [r for r in raws if isinstance(r, np.ndarray)]
+    if arrays:
+        arr = np.stack(arrays)
+    elif kind == "text":
+        _no_files_for_text(raws)
+        from nnlang.data import tokenize
+        ids = {w: i for i, w in enumerate(meta["vocab"])}
+        arr = tokenize.encode([_read_text(r) for r in raws], ids, meta["tokenizer"]["maxlen"])
+    elif kind == "chars":
+        from nnlang.data import chars
+        arr = chars.encode([str(r) for r in raws], meta["tokenizer"], node.shape[1], what)
+    elif kind == "image":
+        from nnlang.data.image import encode_image
+        arr = np.concatenate([encode_image(r, meta["image_shape"]) for r in raws])
+    else:
+        arr = np.stack([_read_values(r) for r in raws])
+    return feeds.conform(name, arr, node, what)
+
+
+def _sequences(value: np.ndarray, logits: bool, meta: dict) -> list[dict]:
+    if logits:
+        value = np.exp(value - value.max(-1, keepdims=True))
+        value /= value.sum(-1, keepdims=True)
+    decode = detokenizer(meta, value.shape[-1])
+    out = []
+    for probs in value:
+        ids = probs.argmax(-1)
+        out.append({"ids": ids.tolist(), "text": decode(ids) if decode else None,
+                    "probability": probs.max(-1).tolist()})
+    return out
+
+
+def detokenizer(meta: dict, classes: int):
+    """ids -> text through the data set's tokenizer, when its vocabulary is the output's
+    classes (a character or word vocabulary); None when there is no such tokenizer."""
+    tok = meta.get("tokenizer") or {}
+    if meta.get("kind") == "chars" and len(tok.get("vocab", ())) == classes:
+        from nnlang.data import chars
+        return lambda ids: chars.decode(ids, tok)
+    vocab = meta.get("vocab")
+    if meta.get("kind") == "text" and vocab and len(vocab) == classes:
+        pad = tok.get("pad_id", 0)
+        return lambda ids: " ".join(vocab[i] for i in ids if i != pad)
+    return None
+
+
+def _read_text(raw) -> str:
+    path = Path(str(raw))
+    if path.suffix.lower() == ".txt" and "\n" not in str(raw):
+        if not path.is_file():
+            raise NNError(f"text file not found: {path}")
+        return path.read_text(encoding="utf-8", errors="replace")
+    return str(raw)
 
 
 # files a text model would otherwise read as the words of their name
@@ -112,6 +272,26 @@ def _no_files_for_text(inputs) -> None:
                           hint="pass the review text itself, or a .txt file that holds it")
 
 
+def _read_values(raw) -> np.ndarray:
+    """A .npy path, or numbers written out: "0.5", "1,2,3", "[1, 2, 3]"."""
+    text = str(raw)
+    try:
+        return np.array([float(x) for x in re.split(r"[,\s]+", text.strip(" []")) if x])
+    except ValueError:
+        pass  # NOTE: not numbers, so a path
+    path = Path(text)
+    if path.suffix.lower() != ".npy":
+        raise NNError(f"'{raw}' is not a .npy file", hint="this model was trained on arrays; "
+                      "write the numbers (1,2.5,3) or save one example with "
+                      "numpy.save('x.npy', x)")
+    if not path.is_file():
+        raise NNError(f"input file not found: {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise NNError(f"cannot read {path} ({err})") from None
+
+
 # an output whose value per example has at most this many numbers is printed whole
 VALUE_NUMBERS = 16
 # ops that change a tensor's shape, not its meaning: looked through when matching a loss's input
@@ -121,8 +301,9 @@ _SAME = ("squeeze", "reshape", "flatten", "expand_dims", "identity")
 def output_kind(graph, nid: int, value: np.ndarray) -> tuple[str, bool]:
     """(kind, logits): what an output is, from the losses it was trained with (never from its
     numbers): "class" (cross_entropy's logits, or their softmax: one class per example),
-    "binary" (bce_with_logits' logit or its sigmoid, bce's probability), else "value"
-    (regression) or, past VALUE_NUMBERS numbers per example, "tensor". `logits`: the output
+    "sequence" (the same over [batch, time, classes]: one class per position), "binary"
+    (bce_with_logits' logit or its sigmoid, bce's probability), else "value" (regression)
+    or, past VALUE_NUMBERS numbers per example, "tensor". `logits`: the output
     is the loss's raw input (softmax / sigmoid still to apply)."""
     def through(n):
         while graph.node(n).op in _SAME:
@@ -143,16 +324,21 @@ def output_kind(graph, nid: int, value: np.ndarray) -> tuple[str, bool]:
     logits = op in ("cross_entropy", "bce_with_logits")
     if op in ("cross_entropy", "softmax") and value.ndim == 2:
         return "class", logits
+    if op in ("cross_entropy", "softmax") and value.ndim == 3:
+        return "sequence", logits
     if op in ("bce_with_logits", "bce", "sigmoid") and per == 1:
         return "binary", logits
     return ("value" if per <= VALUE_NUMBERS else "tensor"), False
 
 
 def interpret_output(value: np.ndarray, kind: str, logits: bool = False,
-                     class_names=None) -> list[dict]:
+                     class_names=None, meta: dict | None = None) -> list[dict]:
     """Per example: for "class" and "binary" the label, its probability and class id
-    (softmax / sigmoid applied to logits: the graph says which the output is); otherwise the
-    numbers and their shape."""
+    (softmax / sigmoid applied to logits: the graph says which the output is); for "sequence"
+    the most likely id at each position, its probability and the ids decoded as text by the
+    data set's tokenizer (`meta`) when it has one; otherwise the numbers and their shape."""
+    if kind == "sequence":
+        return _sequences(value.astype(np.float64), logits, meta or {})
     if kind not in ("class", "binary"):
         return [{"value": np.asarray(v).tolist(), "shape": list(np.shape(v))} for v in value]
     per = value.reshape(len(value), -1).astype(np.float64)

@@ -93,7 +93,7 @@ def test_search_order(tmp_path, monkeypatch):
 
 
 def test_registry_names_and_errors():
-    assert list_datasets() == ["fashion-mnist", "imdb", "imdb-sample", "imdb-text",
+    assert list_datasets() == ["dates", "fashion-mnist", "imdb", "imdb-sample", "imdb-text",
                                "imdb-text-sample", "mnist", "mnist-sample"]
     with pytest.raises(DataError, match="unknown dataset 'minst'") as e:
         load_dataset("minst")

@@ -1,0 +1,141 @@
+"""`nnlang predict` for every kind of model: several inputs (--input NAME=VALUE, --npz) checked
+against numpy on the checkpoint's weights, numbers written out, and sequence outputs decoded
+through the data set's character tokenizer (weights set by hand, so the answer is known)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nnlang.train import checkpoint
+from tests.faults.conftest import cli
+
+# two feature inputs and a regression output
+TWO = """
+model Two {
+  input a: float32[batch, 3]
+  input b: float32[batch, 2]
+  input y: float32[batch]
+  out = dense(a, 1, use_bias = false) + dense(b, 1) |> squeeze(axis = 1)
+  output out
+  loss mse(out, y)
+}
+train Two { data = "two.npz" batch = 4 }
+"""
+# a sequence model on `dates` whose logits are an embedding of decoder_in (plus the source's
+# mean embedding): with that table set to the identity and the source's to zero, position t
+# predicts decoder_in[t] itself
+ECHO = """
+model Echo(vocab = 62) {
+  input source: int32[batch, 32]
+  input decoder_in: int32[batch, 11]
+  input target: int32[batch, 11]
+  context = mean(embedding(source, vocab, vocab), axis = 1, keepdims = true)
+  logits = embedding(decoder_in, vocab, vocab) + context
+  output logits
+  loss cross_entropy(logits, target)
+}
+train Echo { data = dates(n_train = 16, n_test = 4) batch = 8 }
+"""
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("predict")
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(20, 3)), rng.normal(size=(20, 2))
+    y = a.sum(1) - b[:, 0]
+    np.savez(d / "two.npz", **{f"{s}_{k}": v[sl].astype(np.float32)
+                               for s, sl in (("train", slice(0, 16)), ("test", slice(16, 20)))
+                               for k, v in (("a", a), ("b", b), ("y", y))})
+    (d / "two.nn").write_text(TWO)
+    (d / "echo.nn").write_text(ECHO)
+    for name in ("two", "echo"):
+        cli("train", f"{name}.nn", "--backend", "reference", "--out", f"run-{name}",
+            "--max-steps", "1", code=0, cwd=d)
+    ck = checkpoint.load(d / "run-echo")
+    state = {k: np.zeros_like(v) for k, v in ck.state.items()}
+    state["logits.weight"] = 10 * np.eye(62, dtype=np.float32)
+    checkpoint.save(d / "echo.npz", state, ck.meta)
+    np.savez(d / "ab.npz", a=a[:3].astype(np.float32), b=b[:3].astype(np.float32),
+             y=y[:3].astype(np.float32))
+    return d, a[:3], b[:3]
+
+
+def two_expected(d, a, b):
+    state = checkpoint.load(d / "run-two").state
+    return (a @ state["out.weight"] + b @ state["out_1.weight"] + state["out_1.bias"])[:, 0]
+
+
+def json_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_several_inputs_by_name(work):
+    d, a, b = work
+    flags = []
+    for i in range(3):
+        flags += ["-i", "a=" + ",".join(map(repr, a[i].tolist())),
+                  "--input", f"b=[{b[i, 0].item()!r}, {b[i, 1].item()!r}]"]
+    out = cli("predict", "two.nn", "-c", "run-two", *flags, "--backend", "reference",
+              "--json", code=0, cwd=d)
+    got = json_lines(out)
+    assert [r["kind"] for r in got] == ["value"] * 3 and got[0]["shape"] == []
+    assert got[0]["input"].startswith("a=") and "; b=" in got[0]["input"]
+    np.testing.assert_allclose([r["value"] for r in got], two_expected(d, a, b), rtol=1e-5)
+
+
+def test_several_inputs_from_an_npz(work):
+    d, a, b = work
+    out = cli("predict", "two.nn", "-c", "run-two", "--npz", "ab.npz", "--backend",
+              "reference", "--json", code=0, cwd=d)
+    got = json_lines(out)
+    assert [r["input"] for r in got] == ["ab.npz[0]", "ab.npz[1]", "ab.npz[2]"]
+    np.testing.assert_allclose([r["value"] for r in got], two_expected(d, a, b), rtol=1e-5)
+    table = cli("predict", "two.nn", "-c", "run-two", "--npz", "ab.npz", "--backend",
+                "reference", code=0, cwd=d)
+    assert "value" in table and f"{got[1]['value']:.6g}" in table and "label" not in table
+
+
+def test_sequence_output_is_decoded_through_the_tokenizer(work):
+    d, _, _ = work
+    args = ("predict", "echo.nn", "-c", "echo.npz", "-i", "source=Fri, 5 Mar 2021",
+            "-i", "decoder_in=<start>2021-03-05", "-i", "source=1/2/03",
+            "-i", "decoder_in=<start>1999<end>", "--backend", "reference")
+    got = json_lines(cli(*args, "--json", code=0, cwd=d))
+    assert [r["kind"] for r in got] == ["sequence", "sequence"]
+    assert [r["text"] for r in got] == ["2021-03-05", "1999"]
+    assert got[0]["ids"][:3] == [1, 10, 8]   # <start> '2' '0': ids 0-2 are pad/start/end
+    assert len(got[0]["probability"]) == 11 and min(got[0]["probability"]) > 0.9
+    table = cli(*args, code=0, cwd=d)
+    assert "text" in table and "2021-03-05" in table and "1999" in table
+
+
+def test_numbers_written_out_equal_a_npy_file(work, tmp_path):
+    d, a, b = work
+    from nnlang.train.inference import encode_input
+    node = type("Node", (), {"shape": ("batch", 3), "dtype": "float32",
+                             "type": "float32[batch, 3]"})()
+    np.save(tmp_path / "a.npy", a[0])
+    one = encode_input("a", node, [str(tmp_path / "a.npy")], {}, "the input")
+    row = a[0].tolist()
+    for text in (",".join(map(repr, row)), " ".join(map(repr, row)), repr(row)):
+        np.testing.assert_array_equal(encode_input("a", node, [text], {}, "the input"), one)
+
+
+def test_sequence_kind_and_decoding_without_training():
+    import nnlang
+    from nnlang.train.inference import interpret_output, output_kind
+    from tests.faults.conftest import ROOT
+    g = nnlang.load(str(ROOT / "models/seq2seq.nn")).graph
+    assert output_kind(g, g.outputs["logits"], np.zeros((2, 11, 62))) == ("sequence", True)
+    scores = np.zeros((1, 4, 5))
+    scores[0, [0, 1, 2, 3], [3, 4, 0, 2]] = 5.0       # words 3, 4, then padding, then 2
+    words = {"kind": "text", "vocab": ["<pad>", "<oov>", "good", "very", "film"],
+             "tokenizer": {"pad_id": 0}}
+    r, = interpret_output(scores, "sequence", True, None, words)
+    assert r["ids"] == [3, 4, 0, 2] and r["text"] == "very film good"
+    assert r["probability"][0] == pytest.approx(np.exp(5) / (np.exp(5) + 4))
+    r, = interpret_output(scores, "sequence", True, None, {**words, "vocab": words["vocab"][:4]})
+    assert r["text"] is None                           # 5 classes, a 4-word vocabulary: no text
