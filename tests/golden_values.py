@@ -30,6 +30,7 @@ OVERRIDES = {
     "gru": {"vocab": 50, "maxlen": 12, "embed": 8, "units": 8},
     "conv1d": {"vocab": 50, "maxlen": 12, "embed": 8, "filters": 8, "width": 3},
     "transformer": {"vocab": 50, "maxlen": 10, "embed": 16, "heads": 2, "ffn": 32},
+    "gpt": {"vocab": 50, "maxlen": 10, "dim": 16, "heads": 2, "ffn": 32},
     "seq2seq": {"vocab": 8, "src_len": 6, "tgt_len": 4, "dim": 16, "heads": 2, "ffn": 32},
 }
 
