@@ -1,0 +1,53 @@
+"""Exporting a model for other runtimes: `export_onnx` writes the inference graph, after
+nnlang's own decomposition, as an ONNX model (needs the `onnx` extra)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnlang.errors import NNError
+
+
+def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None,
+                model_name: str | None = None):
+    """The ONNX `ModelProto` of `model` (a .nn path, source text, a `Program`, or a compiled
+    `Net` with its current weights), written to `path` when given. `checkpoint` (a run
+    directory or .npz, resolved as `nnlang eval` does) gives the weights; without one a `Net`'s
+    own, or a fresh initialization."""
+    try:
+        from nnlang.export.onnx_model import build_model
+    except ModuleNotFoundError as err:
+        if err.name not in ("onnx", "google", "google.protobuf"):
+            raise
+        raise NNError("ONNX export needs the onnx package",
+                      hint="pip install 'nnlang[onnx]'") from None
+    net = _weights_of(model, checkpoint, overrides, model_name)
+    proto = build_model(net.user, net.parameters())
+    if path is not None:
+        _write(proto, Path(path))
+    return proto
+
+
+def _weights_of(model, checkpoint, overrides, model_name):
+    from nnlang.runtime.net import Net
+    if isinstance(model, Net):
+        if checkpoint is not None:
+            raise NNError("pass a checkpoint or a compiled net, not both")
+        return model
+    if checkpoint is not None:
+        from nnlang.train.inference import restore
+        return restore(model, checkpoint, backend="reference")[0]
+    from nnlang import load
+    program = model if hasattr(model, "graph") else load(model, overrides, model_name)
+    return Net(program, backend="reference", batch=1)
+
+
+def _write(proto, path: Path) -> None:
+    from nnlang.files import write_atomic
+    try:
+        write_atomic(path, proto.SerializeToString())
+    except OSError as err:
+        raise NNError(f"cannot write {path}: {err.strerror or err}",
+                      hint="check the folder exists and is writable") from None
+
+
+__all__ = ["export_onnx"]
