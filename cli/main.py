@@ -10,6 +10,7 @@ from nnlang_cli.app import app
 
 try:
     import nnlang_cli.train_cmds  # noqa: F401  (registers train, eval, predict)
+    import nnlang_cli.export_cmds  # noqa: F401  (registers export)
 except ModuleNotFoundError as err:
     if err.name != "nnlang_cli.train_cmds":
         raise

@@ -27,6 +27,22 @@ def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None
     return proto
 
 
+def describe(proto) -> str:
+    """One line about an exported model: its inputs, outputs, opset and size in nodes."""
+    def io(values):
+        return ", ".join(f"{v.name} {_type_text(v.type.tensor_type)}" for v in values)
+    g = proto.graph
+    opset = max(o.version for o in proto.opset_import)
+    return (f"inputs {io(g.input)}; outputs {io(g.output)}; opset {opset}, {len(g.node)} nodes, "
+            f"{len(g.initializer)} initializers")
+
+
+def _type_text(t) -> str:
+    from onnx import helper
+    dims = [d.dim_param or str(d.dim_value) for d in t.shape.dim]
+    return f"{helper.tensor_dtype_to_np_dtype(t.elem_type)}[{', '.join(dims)}]"
+
+
 def _weights_of(model, checkpoint, overrides, model_name):
     from nnlang.runtime.net import Net
     if isinstance(model, Net):
@@ -50,4 +66,4 @@ def _write(proto, path: Path) -> None:
                       hint="check the folder exists and is writable") from None
 
 
-__all__ = ["export_onnx"]
+__all__ = ["describe", "export_onnx"]

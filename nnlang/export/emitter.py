@@ -130,8 +130,8 @@ def value_info(name: str, t: TensorType):
 def unexportable(n: Node, why: str) -> NNError:
     where = f" (in {n.path})" if n.path else ""
     return NNError(f"cannot export op '{n.op}'{where} to ONNX: {why}", n.span,
-                   hint="ONNX models hold the inference graph only; compute this outside the "
-                        "model, or leave it out of the exported outputs")
+                   hint="export a model without it (the ops of `nnlang ops` marked onnx export), "
+                        "or compute it outside the exported model")
 
 
 __all__ = ["Emitter", "unexportable", "value_info"]

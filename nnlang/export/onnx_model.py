@@ -6,9 +6,10 @@ import onnx
 from onnx import helper
 
 from nnlang.errors import NNError
-from nnlang.export.emitter import Emitter, Unexportable, unexportable, value_info
+from nnlang.export.emitter import Emitter, unexportable, value_info
 from nnlang.ir.graph import Graph, slots
 from nnlang.ops import registry
+from nnlang.ops.registry import Unexportable
 from nnlang.passes.decompose import decompose
 from nnlang.passes.pipeline import drop_unused_inputs
 
@@ -41,7 +42,7 @@ def build_model(user: Graph, weights: dict) -> onnx.ModelProto:
         n = g.node(nid)
         emit = registry.get(n.op).onnx
         if emit is None:
-            raise unexportable(n, "ONNX has no equivalent of it")
+            raise unexportable(n, "nnlang has no ONNX form for it")
         try:
             names[nid] = emit(e, n, *(None if i is None else names[i] for i in slots(g, n)))
         except Unexportable as err:

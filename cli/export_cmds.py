@@ -1,0 +1,29 @@
+"""`nnlang export`: a trained model's inference graph as an ONNX file (`nnlang.export`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.text import Text
+
+from nnlang_cli.app import app, check_output, console, reporting
+from nnlang_cli.train_cmds import CKPT_HELP, interruptible
+
+
+@app.command()
+def export(
+    file: Path = typer.Argument(..., help="The .nn file the checkpoint was trained from."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="The .onnx file (default: <file>.onnx here)."),
+):
+    """Write the model's inference graph with the checkpoint's weights as ONNX (opset 17):
+    symbolic batch, the model's inputs and `output`s by name; labels and losses left out."""
+    from nnlang.export import export_onnx, describe
+    out = console()
+    output = output or Path(file.stem + ".onnx")
+    with interruptible(out), reporting():
+        check_output(output)
+        proto = export_onnx(str(file), checkpoint, output)
+    out.print(Text(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB): {describe(proto)}"))
