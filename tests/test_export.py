@@ -15,15 +15,15 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-import nnlang  # noqa: E402
-from nnlang.export.onnx_model import build_model  # noqa: E402
-from nnlang.frontend.parser import parse  # noqa: E402
-from nnlang.ir.dims import Sym  # noqa: E402
-from nnlang.passes.shapes import bind  # noqa: E402
-from nnlang.runtime.indices import index_inputs  # noqa: E402
-from nnlang.train import feeds  # noqa: E402
-from tests.test_docs import DATA_BLOCKS, GOOD  # noqa: E402
-from tests.tiny_run import tiny_data, tiny_source  # noqa: E402
+import nnlang
+from nnlang.export.onnx_model import build_model
+from nnlang.frontend.parser import parse
+from nnlang.ir.dims import Sym
+from nnlang.passes.shapes import bind
+from nnlang.runtime.indices import index_inputs
+from nnlang.train import feeds
+from tests.test_docs import DATA_BLOCKS, GOOD
+from tests.tiny_run import tiny_data, tiny_source
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5

@@ -121,7 +121,8 @@ def _onnx_slice(e, n, x):
 
 
 register("slice", "x: tensor, axis: int, start: int = 0, stop: int = none, step: int = 1",
-         _slice_shape, onnx=_onnx_slice, impl=_slice_impl, grad=_slice_grad, family="movement", traits={MOVEMENT},
+         _slice_shape, impl=_slice_impl, grad=_slice_grad, family="movement", traits={MOVEMENT},
+         onnx=_onnx_slice,
          doc="x[start:stop:step] along one axis",
          samples=(Sample(((5, 4),), {"axis": 0, "start": 1, "stop": 4}),
                   Sample(((3, 6),), {"axis": -1, "start": 0, "stop": None, "step": 2})))
