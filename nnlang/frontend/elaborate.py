@@ -266,6 +266,8 @@ class Elaborator(CallElaboration):
             return [self.expr(x, scope, None) for x in e.items]
         if isinstance(e, ast.Name):
             return self.name(e, scope)
+        if isinstance(e, ast.WeightRef):
+            return self.weight_ref(e, scope)
         if isinstance(e, ast.Neg):
             v = self.expr(e.operand, scope, target)
             if v is POISON:
@@ -311,6 +313,20 @@ class Elaborator(CallElaboration):
         self.fail(f"unknown name '{e.id}'", e.span,
                   did_you_mean(e.id, scope.vars) or
                   ("names must be defined before they are used" if scope.vars else None))
+
+    def weight_ref(self, e: ast.WeightRef, scope: Scope) -> T:
+        """A layer's weight as a value (penalties, tying), by the path `nnlang check` prints;
+        inside a block, relative to the block's own path first."""
+        for path in dict.fromkeys((join_path(scope.prefix, e.path), e.path)):
+            if path in self.g.params:
+                return T(self.g.params[path])
+        head = e.path.split(".")[0]
+        later = f"; '{head}' is defined later (line {scope.later[head].line})" \
+            if head in scope.later and head not in scope.vars else ""
+        self.fail(f"no weight '{e.path}' here{later}", e.span,
+                  did_you_mean(e.path, list(self.g.params)) or
+                  ("weights so far: " + ", ".join(self.g.params) if self.g.params else
+                   "no layer with weights is defined before this line"))
 
     def binop(self, e: ast.BinOp, scope: Scope, target):
         a = self.expr(e.left, scope, target)
