@@ -122,3 +122,58 @@ def test_unknown_weight_path_is_located(ref, words):
 
 def test_format_keeps_weight_paths():
     assert "sum(abs(h.weight))" in format_source(PENALIZED)
+
+
+# *** l1_on / l2_on: penalties on the weights they name ***
+
+SECTION = """
+model Part {
+  input x: float32[batch, 4]
+  input label: int32[batch]
+  h = dense(x, 6, trainable = false) |> relu
+  g = dense(h, 5) |> relu
+  logits = dense(g, 3)
+  output logits
+  loss cross_entropy(logits, label)
+}
+train Part {
+  l1 = 0.01
+  SETTINGS
+}
+"""
+
+
+def test_l1_on_penalizes_only_the_named_weights():
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.normal(size=(5, 4)), "label": rng.integers(0, 3, 5).astype(np.int32)}
+
+    def grads(settings):
+        net = nnlang.compile(SECTION.replace("SETTINGS", settings), backend="reference",
+                             dtype="float64", batch=5, seed=3)
+        return net.parameters(), net.gradients(feeds)
+    w, named = grads("l1_on = [g.weight, logits.bias]")
+    _, other = grads("l1_on = [logits.weight]")
+    _, plain = grads("")   # l1 on every trainable matrix: g.weight and logits.weight
+    # the penalty's share of each gradient: l1 * sign(w) on the named weights, nothing else
+    for k, on in (("g.weight", True), ("logits.bias", True), ("logits.weight", False),
+                  ("g.bias", False)):
+        diff = named[k] - other[k] + (0.01 * np.sign(w[k]) if k == "logits.weight" else 0)
+        np.testing.assert_allclose(diff, 0.01 * np.sign(w[k]) * on, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(plain["logits.weight"], other["logits.weight"], atol=1e-12)
+    assert "h.weight" not in named   # frozen: no gradient at all
+
+
+@pytest.mark.parametrize("settings, words", [
+    ("l1_on = [h.weight, g.weight]", ["<string>:13:12:", "l1_on names 'h.weight', a frozen "
+                                      "weight", "drop it from the list"]),
+    ("l1_on = [g.wieght]", ["<string>:13:12:", "no weight 'g.wieght'",
+                            "did you mean 'g.weight'?"]),
+    ("l2_on = [g.weight]", ["<string>:13:11:", "l2 is 0", "e.g. l2 = 1e-4"]),
+    ("l1_on = 3", ["l1_on lists weights by path"]),
+])
+def test_bad_penalty_lists(settings, words):
+    with pytest.raises(nnlang.NNError) as info:
+        nnlang.load(SECTION.replace("SETTINGS", settings))
+    text = info.value.render()
+    for w in words:
+        assert w in text, text

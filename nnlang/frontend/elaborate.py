@@ -328,6 +328,20 @@ class Elaborator(CallElaboration):
                   ("weights so far: " + ", ".join(self.g.params) if self.g.params else
                    "no layer with weights is defined before this line"))
 
+    def penalized_weight(self, e, setting: str) -> str:
+        """The path of a weight that `l1_on`/`l2_on` name; a frozen one is an error, as no
+        penalty can move it."""
+        if isinstance(e, ast.Name):   # a top-level `param w` has the one-word path `w`
+            e = ast.WeightRef(e.span, e.id)
+        if not isinstance(e, ast.WeightRef):
+            self.fail(f"{setting} lists weights by path, like [h.weight, c1.weight]", e.span)
+        node = self.g.node(self.weight_ref(e, Scope("")).id)
+        if not node.attrs.get("trainable", True):
+            self.fail(f"{setting} names '{e.path}', a frozen weight (trainable = false): "
+                      "a penalty cannot change it", e.span,
+                      "drop it from the list, or make its layer trainable")
+        return node.attrs["name"]
+
     def binop(self, e: ast.BinOp, scope: Scope, target):
         a = self.expr(e.left, scope, target)
         c = self.expr(e.right, scope, target)
@@ -419,7 +433,8 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
     tdef = defs.get(f"train:{chosen.name}")
     if tdef is not None:
         scope = Scope("", vars=dict(hparams))
-        train = elaborate_train(tdef, lambda e: el.const_expr(e, scope), errors, Abort)
+        train = elaborate_train(tdef, lambda e: el.const_expr(e, scope), errors, Abort,
+                                el.penalized_weight)
     errors.raise_if_any()
     return Program(el.g, chosen.name, hparams, train, module.file, defs, lint(el.g))
 
