@@ -19,6 +19,8 @@ import nnlang
 from nnlang.export.onnx_model import build_model
 from nnlang.frontend.parser import parse
 from nnlang.ir.dims import Sym
+from nnlang.ops import registry
+from nnlang.ops.registry import ShapeError
 from nnlang.passes.shapes import bind
 from nnlang.runtime.indices import index_inputs
 from nnlang.train import feeds
@@ -177,3 +179,44 @@ def test_library_export_writes_file(tmp_path):
     proto = nnlang.export_onnx(ROOT / "models" / "mlp.nn", path=path)
     assert onnx.load(path) == proto
     onnx.checker.check_model(str(path), full_check=True)
+
+
+# *** every op: its registry samples, batch symbolic, through ONNX Runtime ***
+
+NO_ONNX = {"fold", "window_max_grad", "random_uniform"}   # docs/export.md says why
+
+
+def _op_cases():
+    from tests.op_graphs import sample_cases
+    for case, name, sample in sample_cases():
+        op = registry.get(name)
+        # NOTE: a composite exports as its primitives, each checked here; the composites'
+        # own samples (~100 more cases) run with -m slow
+        marks = (pytest.mark.slow,) if op.is_composite else ()
+        if op.family != "source":
+            yield pytest.param(name, sample, id=case, marks=marks)
+
+
+@pytest.mark.parametrize("name,sample", list(_op_cases()))
+def test_every_op_sample_through_onnx_runtime(name, sample):
+    """Each op's samples, exported with a symbolic batch (dim 0), against nnlang's reference
+    interpreter on the same decomposed graph: every emitter, its attributes and dtypes."""
+    from nnlang.passes.decompose import decompose
+    from nnlang.runtime.interpret import interpret
+    from tests.op_graphs import op_graph
+    try:
+        g, feeds, params, _ = op_graph(name, sample, "float32", batch=Sym.of("batch"))
+    except ShapeError:   # a sample whose dim 0 cannot be a batch (reshape to [2, 6], ...)
+        g, feeds, params, _ = op_graph(name, sample, "float32")
+    if registry.get(name).has("random") or name in NO_ONNX:
+        with pytest.raises(nnlang.NNError, match=f"cannot export op '{name}'"):
+            build_model(g, params)
+        return
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    proto = build_model(g, params)
+    n = next(len(v) for v in feeds.values())
+    d = bind(decompose(g, training=False), batch=n)
+    ref = np.asarray(interpret(d, feeds, params)[d.outputs["out"]])
+    got = run_onnx(proto, feeds)["out"]
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=TOL)

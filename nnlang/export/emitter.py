@@ -130,8 +130,8 @@ def value_info(name: str, t: TensorType):
 def unexportable(n: Node, why: str) -> NNError:
     where = f" (in {n.path})" if n.path else ""
     return NNError(f"cannot export op '{n.op}'{where} to ONNX: {why}", n.span,
-                   hint="export a model without it (the ops of `nnlang ops` marked onnx export), "
-                        "or compute it outside the exported model")
+                   hint="docs/export.md lists the ops that export; leave this one out of the "
+                        "model's outputs, or compute it outside the exported model")
 
 
 __all__ = ["Emitter", "unexportable", "value_info"]
