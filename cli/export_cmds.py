@@ -20,10 +20,12 @@ def export(
 ):
     """Write the model's inference graph with the checkpoint's weights as ONNX (opset 17):
     symbolic batch, the model's inputs and `output`s by name; labels and losses left out."""
-    from nnlang.export import export_onnx, describe
+    from nnlang.export import describe, export_onnx
     out = console()
     output = output or Path(file.stem + ".onnx")
     with interruptible(out), reporting():
         check_output(output)
         proto = export_onnx(str(file), checkpoint, output)
-    out.print(Text(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB): {describe(proto)}"))
+    size = output.stat().st_size
+    shown = f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+    out.print(Text(f"wrote {output} ({shown}): {describe(proto)}"))
