@@ -48,18 +48,18 @@ _SAMPLES = (Sample(((3, 4),), {"axes": [1]}), Sample(((2, 3, 4),), {"axes": [0, 
 
 def _onnx_reduce_sum(e, n, x):
     axes = n.attrs["axes"]
-    return e.op("ReduceSum", x, None if axes is None else e.ints(norm_axes(axes, n_rank(e, n))),
+    return e.op("ReduceSum", x, None if axes is None else e.ints(norm_axes(axes, _in_rank(e, n))),
                 keepdims=int(n.attrs["keepdims"]))
 
 
 def _onnx_reduce_max(e, n, x):
     # NOTE: opset 17's ReduceMax takes its axes as an attribute (ReduceSum's are an input)
     axes = n.attrs["axes"]
-    extra = {} if axes is None else {"axes": list(norm_axes(axes, n_rank(e, n)))}
+    extra = {} if axes is None else {"axes": list(norm_axes(axes, _in_rank(e, n)))}
     return e.op("ReduceMax", x, keepdims=int(n.attrs["keepdims"]), **extra)
 
 
-def n_rank(e, n) -> int:
+def _in_rank(e, n) -> int:
     return e.in_types(n)[0].rank
 
 
