@@ -48,8 +48,8 @@ _SAMPLES = (Sample(((3, 4),), {"axes": [1]}), Sample(((2, 3, 4),), {"axes": [0, 
 
 def _onnx_reduce_sum(e, n, x):
     axes = n.attrs["axes"]
-    return e.op("ReduceSum", x, None if axes is None else e.ints(norm_axes(axes, _in_rank(e, n))),
-                keepdims=int(n.attrs["keepdims"]))
+    listed = None if axes is None else e.ints(norm_axes(axes, _in_rank(e, n)))
+    return e.op("ReduceSum", x, listed, keepdims=int(n.attrs["keepdims"]))
 
 
 def _onnx_reduce_max(e, n, x):
