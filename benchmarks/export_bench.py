@@ -8,8 +8,9 @@ Inputs are the first examples of each model's own test set (drawn in range when 
 is not set). Weights are a fresh initialization (the timings and the size do not depend on
 them). The two runtimes alternate call by call for `--rounds` rounds after a warm-up, so a
 shared machine's drift hits both; each cell is the median, and the ratio the median of the
-paired ratios. ONNX Runtime gets `--threads` intra-op threads (default: every core, as numba's
-thread pool and BLAS have by default).
+paired ratios. `--threads N` gives both N threads (ONNX Runtime's intra-op pool and numba's,
+through NUMBA_NUM_THREADS); by default each uses every core, as it does out of the box. On a
+busy machine, `--threads 1` keeps either runtime's spinning thread pool from stalling.
 """
 from __future__ import annotations
 
@@ -109,10 +110,13 @@ def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="mlp,cnn,conv1d,lstm,gru,transformer")
     p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
-    rows = [bench_model(m, a.rounds, a.threads) for m in a.models.split(",")]
+    if a.threads is not None:   # NOTE: numba reads it once, when nnlang first imports it
+        os.environ["NUMBA_NUM_THREADS"] = str(a.threads)
+    rows = [bench_model(m, a.rounds, a.threads or os.cpu_count() or 1)
+            for m in a.models.split(",")]
     print(describe(machine_info()))
     print(table(rows))
     if a.out:

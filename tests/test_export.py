@@ -220,3 +220,12 @@ def test_every_op_sample_through_onnx_runtime(name, sample):
     got = run_onnx(proto, feeds)["out"]
     assert got.dtype == ref.dtype and got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=TOL)
+
+
+def test_export_bench_smoke(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.delenv("NNLANG_DATA_DIR", raising=False)   # drawn inputs: no data needed
+    import export_bench
+    rows = export_bench.main(["--models", "mlp", "--rounds", "1"])
+    assert rows[0]["max_abs_diff"] <= TOL and rows[0]["onnx_bytes"] > 4 * 784 * 512
+    assert "| mlp |" in capsys.readouterr().out
