@@ -10,7 +10,9 @@ them). The two runtimes alternate call by call for `--rounds` rounds after a war
 shared machine's drift hits both; each cell is the median, and the ratio the median of the
 paired ratios. `--threads N` gives both N threads (ONNX Runtime's intra-op pool and numba's,
 through NUMBA_NUM_THREADS); by default each uses every core, as it does out of the box. On a
-busy machine, `--threads 1` keeps either runtime's spinning thread pool from stalling.
+busy machine pin the run to one core (`taskset -c 1 ... --threads 1`): spinning thread pools
+(OpenBLAS's, ONNX Runtime's) competing with other processes for two cores made single calls
+100x slower at random, in both runtimes.
 """
 from __future__ import annotations
 
