@@ -10,6 +10,7 @@ from nnlang_cli.app import app
 
 try:
     import nnlang_cli.train_cmds  # noqa: F401  (registers train, eval, predict)
+    import nnlang_cli.export_cmds  # noqa: F401  (registers export)
     import nnlang_cli.generate_cmds  # noqa: F401  (registers generate)
 except ModuleNotFoundError as err:
     if err.name not in ("nnlang_cli.train_cmds", "nnlang_cli.generate_cmds"):

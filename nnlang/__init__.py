@@ -12,7 +12,8 @@ from __future__ import annotations
 from nnlang.errors import NNError
 
 __version__ = "0.1.0"
-__all__ = ["NNError", "load", "compile", "emit", "dot", "pass_switches", "__version__"]
+__all__ = ["NNError", "load", "compile", "emit", "dot", "pass_switches", "export_onnx",
+           "__version__"]
 
 
 def load(source_or_path, overrides: dict | None = None, model: str | None = None):
@@ -54,6 +55,17 @@ def dot(net, backward: bool = False, fused: bool = False, depth: int | None = No
     backward pass beside the forward one; with `fused` each kernel drawn as a cluster."""
     from nnlang.runtime.emit import dot as _dot
     return _dot(net, backward, fused, depth, show_params, title)
+
+
+def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None,
+                model_name: str | None = None):
+    """The model's inference graph as an ONNX `ModelProto` (opset 17, symbolic batch, the
+    weights inside), written to `path` when given. `model`: a .nn path, source text, a
+    `Program` or a compiled `Net` (its current weights); `checkpoint`: a run directory or .npz
+    whose weights to use (default: the Net's own, or a fresh initialization). Needs the `onnx`
+    extra (pip install 'nnlang[onnx]')."""
+    from nnlang.export import export_onnx as _export
+    return _export(model, checkpoint, path, overrides, model_name)
 
 
 def pass_switches() -> dict[str, str]:

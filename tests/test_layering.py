@@ -17,7 +17,7 @@ FLOORS = [
     ("nnlang.passes",),
     ("nnlang.backends",),
     ("nnlang.runtime",),
-    ("nnlang.train",),
+    ("nnlang.train", "nnlang.export"),
     ("nnlang", "nnlang_cli"),       # the public API module and the CLI on top
 ]
 

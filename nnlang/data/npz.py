@@ -3,7 +3,8 @@
 .npz: array names are the model's input/target names, optionally prefixed `train_`/`val_`/`test_`
 (val_* arrays are the validation set, used instead of carving val_split); without prefixes the whole file is train and test is empty (the trainer carves validation).
 .csv: a header row, numbers only; the `target` column becomes `label` and all other columns,
-in file order, become `x` float32 [N, F] (names kept in meta["feature_names"]).
+in file order, become `x` float32 [N, F] (names kept in meta["feature_names"]); the `val` and
+`test` options name tables of the same columns for those splits.
 """
 from __future__ import annotations
 
@@ -23,11 +24,15 @@ NPZ_HINT = ("write it with numpy.savez('data.npz', train_x=x, train_label=y) (ar
             "one row per example)")
 
 
-def check_options(name: str, target=None, targets=None) -> None:
-    """The options of the .csv (`target`) and .npz (`targets`) loaders."""
+def check_options(name: str, target=None, targets=None, val=None, test=None) -> None:
+    """The options of the .csv (`target`, `val`, `test`) and .npz (`targets`) loaders."""
     if target is not None and not (isinstance(target, str) and target):
         raise DataError(f"{name}: option target={target!r} must be a column name",
                         'e.g. csv("table.csv", target = "y")')
+    for option, file in (("val", val), ("test", test)):
+        if file is not None and not (isinstance(file, str) and file.lower().endswith(".csv")):
+            raise DataError(f"{name}: option {option}={file!r} must name a .csv file",
+                            f'e.g. csv("train.csv", {option} = "{option}.csv")')
     if targets is not None and not (isinstance(targets, list)
                                     and all(isinstance(t, str) for t in targets)):
         raise DataError(f"{name}: option targets={targets!r} must be a list of array names",
@@ -98,22 +103,50 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     return {k: _narrow(v) for k, v in arrays.items()}
 
 
-def load_csv(path: Path, target: str = "label") -> Dataset:
-    """`target` column -> `label` (int32 if all whole numbers, else float32); the rest -> `x`."""
+def load_csv(path: Path, target: str = "label", val: str | None = None,
+             test: str | None = None) -> Dataset:
+    """`target` column -> `label` (int32 if all whole numbers, else float32); the rest -> `x`.
+    `val` and `test` name tables of the same columns (beside `path` when relative): the
+    validation set (used instead of carving val_split) and the test split."""
     header, data = read_csv(path)
     if target not in header:
         raise DataError(f"{path}: no column '{target}' in header {header}",
                         'choose the label column with csv("file.csv", target = "name") in the '
                         'train section, or --data "file.csv(target=name)"')
     t = header.index(target)
-    y = data[:, t]
-    label = y.astype(np.int32) if np.all(y == np.round(y)) else y.astype(np.float32)
-    x = np.delete(data, t, axis=1).astype(np.float32)
-    train = Split({"x": x, "label": label})
-    test = Split({"x": x[:0], "label": label[:0]})
+    train = _csv_split(data, t)
+    splits = {}
+    for option, file in (("val", val), ("test", test)):
+        if file is None:
+            continue
+        other = path.parent / file
+        if not other.is_file():
+            raise DataError(f"{path}: the {option} table {other} does not exist",
+                            f"{option} = \"...\" is a path beside {path.name}")
+        columns, rows = read_csv(other)
+        if columns != header:
+            raise DataError(f"{other}: columns {columns} differ from {path.name}'s {header}",
+                            f"give the {option} table the same header as the training one")
+        splits[option] = _csv_split(rows, t, train["label"].dtype)
+        if splits[option]["label"].dtype == np.int32 and \
+                not np.all(rows[:, t] == np.round(rows[:, t])):
+            raise DataError(f"{other}: column '{target}' has fractions, but in {path.name} "
+                            "it holds whole numbers (classes)",
+                            "the tables must agree on what the target is")
+    x, label = train["x"], train["label"]
     meta = {"kind": "arrays", "source": str(path),
             "feature_names": [h for i, h in enumerate(header) if i != t], "target_column": target}
-    return Dataset(path.stem, train, test, ["x"], ["label"], meta)
+    return Dataset(path.stem, train, splits.get("test", Split({"x": x[:0], "label": label[:0]})),
+                   ["x"], ["label"], meta, splits.get("val"))
+
+
+def _csv_split(data: np.ndarray, t: int, label_dtype=None) -> Split:
+    """A table's rows as `x` (every column but `t`) and `label` (column `t`)."""
+    y = data[:, t]
+    if label_dtype is None:
+        label_dtype = np.int32 if np.all(y == np.round(y)) else np.float32
+    return Split({"x": np.delete(data, t, axis=1).astype(np.float32),
+                  "label": y.astype(label_dtype)})
 
 
 def read_csv(path: Path) -> tuple[list[str], np.ndarray]:

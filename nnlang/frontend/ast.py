@@ -48,6 +48,11 @@ class Name(Node):
 
 
 @dataclass(frozen=True)
+class WeightRef(Node):
+    path: str    # a parameter's block path, e.g. "h.weight"
+
+
+@dataclass(frozen=True)
 class ListLit(Node):
     items: tuple
 
@@ -264,6 +269,9 @@ class ToAst(Transformer_NonRecursive):
 
     def name(self, meta, c):
         return Name(self._span(meta), str(c[0]))
+
+    def weight_ref(self, meta, c):
+        return WeightRef(self._span(meta), str(c[0]))
 
     def true(self, meta, c):
         return Bool(self._span(meta), True)

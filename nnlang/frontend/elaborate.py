@@ -268,6 +268,8 @@ class Elaborator(CallElaboration):
             return [self.expr(x, scope, None) for x in e.items]
         if isinstance(e, ast.Name):
             return self.name(e, scope)
+        if isinstance(e, ast.WeightRef):
+            return self.weight_ref(e, scope)
         if isinstance(e, ast.Neg):
             v = self.expr(e.operand, scope, target)
             if v is POISON:
@@ -313,6 +315,34 @@ class Elaborator(CallElaboration):
         self.fail(f"unknown name '{e.id}'", e.span,
                   did_you_mean(e.id, scope.vars) or
                   ("names must be defined before they are used" if scope.vars else None))
+
+    def weight_ref(self, e: ast.WeightRef, scope: Scope) -> T:
+        """A layer's weight as a value (penalties, tying), by the path `nnlang check` prints;
+        inside a block, relative to the block's own path first."""
+        for path in dict.fromkeys((join_path(scope.prefix, e.path), e.path)):
+            if path in self.g.params:
+                return T(self.g.params[path])
+        head = e.path.split(".")[0]
+        later = f"; '{head}' is defined later (line {scope.later[head].line})" \
+            if head in scope.later and head not in scope.vars else ""
+        self.fail(f"no weight '{e.path}' here{later}", e.span,
+                  did_you_mean(e.path, list(self.g.params)) or
+                  ("weights so far: " + ", ".join(self.g.params) if self.g.params else
+                   "no layer with weights is defined before this line"))
+
+    def penalized_weight(self, e, setting: str) -> str:
+        """The path of a weight that `l1_on`/`l2_on` name; a frozen one is an error, as no
+        penalty can move it."""
+        if isinstance(e, ast.Name):   # a top-level `param w` has the one-word path `w`
+            e = ast.WeightRef(e.span, e.id)
+        if not isinstance(e, ast.WeightRef):
+            self.fail(f"{setting} lists weights by path, like [h.weight, c1.weight]", e.span)
+        node = self.g.node(self.weight_ref(e, Scope("")).id)
+        if not node.attrs.get("trainable", True):
+            self.fail(f"{setting} names '{e.path}', a frozen weight (trainable = false): "
+                      "a penalty cannot change it", e.span,
+                      "drop it from the list, or make its layer trainable")
+        return node.attrs["name"]
 
     def binop(self, e: ast.BinOp, scope: Scope, target):
         a = self.expr(e.left, scope, target)
@@ -406,7 +436,8 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
     tdef = defs.get(f"train:{chosen.name}")
     if tdef is not None:
         scope = Scope("", vars=dict(hparams))
-        train = elaborate_train(tdef, lambda e: el.const_expr(e, scope), errors, Abort)
+        train = elaborate_train(tdef, lambda e: el.const_expr(e, scope), errors, Abort,
+                                el.penalized_weight)
     gen = None
     gdef = defs.get(f"generate:{chosen.name}")
     if gdef is not None and not errors.diagnostics:  # NOTE: checks need a sound graph

@@ -73,6 +73,8 @@ def _expr(e) -> str:
         return "none"
     if isinstance(e, ast.Name):
         return e.id
+    if isinstance(e, ast.WeightRef):
+        return e.path
     if isinstance(e, ast.ListLit):
         return "[" + ", ".join([expr(x) for x in e.items]) + "]"
     if isinstance(e, ast.Neg):

@@ -40,6 +40,9 @@ class TrainConfig:
     monitor: str | None = None        # "val_<loss or metric>"; default val_loss
     mode: str | None = None           # "min" | "max"; default from the monitor's name
     init_from: str | None = None      # a run directory or checkpoint to start the weights from
+    # the weights `l1` / `l2` apply to (block paths); None: every trainable matrix and kernel
+    l1_on: tuple | None = None
+    l2_on: tuple | None = None
 
     @property
     def watched(self) -> tuple[str, str]:
@@ -69,7 +72,8 @@ class TrainConfig:
 _SCALARS = {"batch": "int", "epochs": "int", "val_split": "float", "seed": "int",
             "clip_norm": "float", "l2": "float", "l1": "float", "early_stop": "int",
             "monitor": "str", "mode": "str"}
-SETTINGS = ("data", "optimizer", "schedule", *_SCALARS, "init_from")
+PENALTY_LISTS = ("l1_on", "l2_on")
+SETTINGS = ("data", "optimizer", "schedule", *_SCALARS, "init_from", *PENALTY_LISTS)
 FLAGS = {"lr": "--lr", "epochs": "--epochs", "batch": "--batch", "seed": "--seed",
          "val_split": "--val-split"}
 
@@ -183,9 +187,12 @@ def _data_choice(name: str, args: list, options: dict, span, errors: ErrorSink, 
     return Choice(name, options) if ok else None
 
 
-def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort) -> TrainConfig:
-    """Evaluates each setting with `evaluate` (the model's hyper-parameters are in scope)."""
+def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
+                    weight=None) -> TrainConfig:
+    """Evaluates each setting with `evaluate` (the model's hyper-parameters are in scope);
+    `weight(expr, setting)` resolves an item of `l1_on`/`l2_on` to a trainable weight's path."""
     values: dict = {}
+    spans: dict = {}
     for s in t.settings:
         if s.name not in SETTINGS:
             errors.add(f"unknown train setting '{s.name}'", s.span,
@@ -195,6 +202,11 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort) -> Trai
             errors.add(f"train setting '{s.name}' is given twice", s.span)
             continue
         args, spans = [], {}
+        if s.name in PENALTY_LISTS:
+            value = _penalty_list(s, weight, errors, abort)
+            if value is not None:
+                values[s.name], spans[s.name] = value, s.value.span
+            continue
         if s.name in ("data", "optimizer", "schedule") and isinstance(s.value, ast.Call):
             try:
                 opts = {k.name: evaluate(k.value) for k in s.value.kwargs}
@@ -240,4 +252,21 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort) -> Trai
             value = float(raw) if _SCALARS[s.name] == "float" else raw
         if value is not None:
             values[s.name] = value
+    for name in PENALTY_LISTS:
+        rate = name[:2]
+        if name in values and not values.get(rate):
+            errors.add(f"{name} names the weights of the {rate} penalty, but {rate} is 0",
+                       spans[name], f"set its strength too, e.g. {rate} = 1e-4")
     return TrainConfig(**values)
+
+
+def _penalty_list(s, weight, errors: ErrorSink, abort) -> tuple | None:
+    """`l1_on = [h.weight, c1.weight]`: the block paths of the weights a penalty applies to."""
+    items = s.value.items if isinstance(s.value, ast.ListLit) else (s.value,)
+    paths = []
+    for item in items:
+        try:
+            paths.append(weight(item, s.name))
+        except abort:
+            pass
+    return tuple(paths) if len(paths) == len(items) else None

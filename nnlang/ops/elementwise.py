@@ -9,7 +9,8 @@ import math
 import numpy as np
 
 from nnlang.ops.registry import (BINARY, ELEMENTWISE, NONDIFF, TERNARY, UNARY, Sample, ShapeError,
-                                 TensorType, broadcast_shapes, is_float, promote, register)
+                                 TensorType, broadcast_shapes, is_float, onnx_op, promote,
+                                 register)
 
 _REAL = (Sample(((3, 4),)), Sample(((2, 3, 5),)))
 _POS = (Sample(((3, 4),), domain="positive"),)
@@ -35,15 +36,17 @@ def _compare_shape(a: TensorType, b: TensorType, **_) -> TensorType:
     return TensorType(broadcast_shapes(a.shape, b.shape), "bool")
 
 
-def _unary(name, expr, impl, grad, samples=_REAL, float_only=True, doc=""):
+# NOTE: `onnx` names the ONNX operator of the same meaning (each one node; see `onnx_op`)
+def _unary(name, expr, impl, grad, samples=_REAL, float_only=True, doc="", onnx=""):
     register(name, "x: tensor", _float_unary_shape if float_only else _unary_shape,
              expr=expr, impl=impl, grad=grad, samples=samples, doc=doc, family="elementwise",
-             traits={ELEMENTWISE, UNARY})
+             traits={ELEMENTWISE, UNARY}, onnx=onnx_op(onnx))
 
 
-def _binary(name, expr, impl, grad, samples=_PAIRS, doc=""):
+def _binary(name, expr, impl, grad, samples=_PAIRS, doc="", onnx=""):
     register(name, "a: tensor, b: tensor", _binary_shape, expr=expr, impl=impl, grad=grad,
-             samples=samples, doc=doc, family="elementwise", traits={ELEMENTWISE, BINARY})
+             samples=samples, doc=doc, family="elementwise", traits={ELEMENTWISE, BINARY},
+             onnx=onnx_op(onnx))
 
 
 # NOTE: in every rule below `n.inputs` are the forward inputs, `n.id` the forward output, and
@@ -53,47 +56,50 @@ def _ins(n):
 
 
 _unary("neg", "-{0}", np.negative, lambda b, n, g: (b.neg(g),), float_only=False,
-       doc="-x")
-_unary("exp", "exp({0})", np.exp, lambda b, n, g: (b.mul(g, n.id),), doc="e**x")
+       doc="-x", onnx="Neg")
+_unary("exp", "exp({0})", np.exp, lambda b, n, g: (b.mul(g, n.id),), doc="e**x", onnx="Exp")
 _unary("log", "log({0})", np.log, lambda b, n, g: (b.div(g, _ins(n)),), samples=_POS,
-       doc="natural logarithm")
+       doc="natural logarithm", onnx="Log")
 _unary("sqrt", "sqrt({0})", np.sqrt,
        lambda b, n, g: (b.div(g, b.mul(n.id, b.const(2.0, n.dtype))),), samples=_POS,
-       doc="square root")
+       doc="square root", onnx="Sqrt")
 _unary("abs", "abs({0})", np.abs, lambda b, n, g: (b.mul(g, b.sign(_ins(n))),),
-       float_only=False, doc="|x|")
+       float_only=False, doc="|x|", onnx="Abs")
 _unary("sign", "sign({0})", np.sign, lambda b, n, g: (None,), float_only=False,
-       doc="-1, 0 or 1 (no gradient)")
+       doc="-1, 0 or 1 (no gradient)", onnx="Sign")
 _unary("tanh", "tanh({0})", np.tanh,
        lambda b, n, g: (b.mul(g, b.sub(b.const(1.0, n.dtype), b.mul(n.id, n.id))),),
-       doc="hyperbolic tangent")
+       doc="hyperbolic tangent", onnx="Tanh")
 _unary("sigmoid", "sigmoid({0})", lambda x: 0.5 * (np.tanh(0.5 * x) + 1),
        lambda b, n, g: (b.mul(g, b.mul(n.id, b.sub(b.const(1.0, n.dtype), n.id))),),
-       doc="1 / (1 + e**-x), computed without overflow")
+       doc="1 / (1 + e**-x), computed without overflow", onnx="Sigmoid")
 register("stop_gradient", "x: tensor", _unary_shape, expr="{0}", impl=np.positive,
          flops=lambda ins, out, **_: 0, samples=(Sample(((3, 4),), grad=False),), family="elementwise",
+         onnx=onnx_op("Identity"),
          traits={ELEMENTWISE, UNARY, NONDIFF},
          doc="x itself, a constant to autodiff: no gradient flows back through it (the "
              "max a stable softmax subtracts)")
 _unary("erf", "erf({0})", np.vectorize(math.erf, otypes=[np.float64]),
        lambda b, n, g: (b.mul(g, b.mul(b.const(2 / math.sqrt(math.pi), n.dtype),
                                        b.exp(b.neg(b.mul(_ins(n), _ins(n)))))),),
-       doc="Gauss error function")
+       doc="Gauss error function", onnx="Erf")
 
-_binary("add", "{0} + {1}", np.add, lambda b, n, g: (g, g), doc="a + b")
-_binary("sub", "{0} - {1}", np.subtract, lambda b, n, g: (g, b.neg(g)), doc="a - b")
+_binary("add", "{0} + {1}", np.add, lambda b, n, g: (g, g), doc="a + b", onnx="Add")
+_binary("sub", "{0} - {1}", np.subtract, lambda b, n, g: (g, b.neg(g)), doc="a - b",
+        onnx="Sub")
 _binary("mul", "{0} * {1}", np.multiply,
-        lambda b, n, g: (b.mul(g, n.inputs[1]), b.mul(g, n.inputs[0])), doc="a * b")
+        lambda b, n, g: (b.mul(g, n.inputs[1]), b.mul(g, n.inputs[0])), doc="a * b",
+        onnx="Mul")
 _binary("div", "{0} / {1}", np.divide,
         lambda b, n, g: (b.div(g, n.inputs[1]), b.neg(b.div(b.mul(g, n.id), n.inputs[1]))),
         samples=(Sample(((3, 4), (3, 4)), domain="positive"),
-                 Sample(((2, 3), (3,)), domain="positive")), doc="a / b")
+                 Sample(((2, 3), (3,)), domain="positive")), doc="a / b", onnx="Div")
 _binary("pow", "pow({0}, {1})", np.power,
         lambda b, n, g: (
             b.mul(g, b.mul(n.inputs[1], b.pow(n.inputs[0], b.sub(n.inputs[1],
                                                                   b.const(1.0, n.dtype))))),
             b.mul(g, b.mul(n.id, b.log(n.inputs[0])))),
-        samples=(Sample(((3, 4), (3, 4)), domain="positive"),), doc="a ** b")
+        samples=(Sample(((3, 4), (3, 4)), domain="positive"),), doc="a ** b", onnx="Pow")
 
 
 def _select_grad(pick_a):
@@ -108,15 +114,23 @@ def _select_grad(pick_a):
 # NOTE: ties send the whole gradient to `a`, as torch.maximum's subgradient choice differs;
 # finite differences are undefined at ties, so samples avoid them.
 _binary("maximum", "max({0}, {1})", np.maximum, _select_grad(lambda b, a, c: b.ge(a, c)),
-        doc="elementwise max")
+        doc="elementwise max", onnx="Max")
 _binary("minimum", "min({0}, {1})", np.minimum, _select_grad(lambda b, a, c: b.le(a, c)),
-        doc="elementwise min")
+        doc="elementwise min", onnx="Min")
 
-for _name, _sym, _np in (("lt", "<", np.less), ("le", "<=", np.less_equal),
-                         ("gt", ">", np.greater), ("ge", ">=", np.greater_equal),
-                         ("eq", "==", np.equal), ("ne", "!=", np.not_equal)):
+
+def _onnx_ne(e, n, a, b):
+    return e.op("Not", e.elementwise("Equal", n, a, b))
+
+
+for _name, _sym, _np, _onnx in (("lt", "<", np.less, onnx_op("Less")),
+                                ("le", "<=", np.less_equal, onnx_op("LessOrEqual")),
+                                ("gt", ">", np.greater, onnx_op("Greater")),
+                                ("ge", ">=", np.greater_equal, onnx_op("GreaterOrEqual")),
+                                ("eq", "==", np.equal, onnx_op("Equal")),
+                                ("ne", "!=", np.not_equal, _onnx_ne)):
     register(_name, "a: tensor, b: tensor", _compare_shape, expr=f"{{0}} {_sym} {{1}}",
-             impl=_np, doc=f"a {_sym} b, as bool", family="elementwise",
+             impl=_np, doc=f"a {_sym} b, as bool", family="elementwise", onnx=_onnx,
              traits={ELEMENTWISE, BINARY, NONDIFF}, samples=(Sample(((3, 4), (3, 4)),
                                                                     grad=False),))
 
@@ -136,7 +150,7 @@ def _where_grad(b, n, g):
 
 register("where", "cond: tensor, a: tensor, b: tensor", _where_shape,
          expr="({1} if {0} else {2})", impl=np.where, grad=_where_grad,
-         doc="a where cond is true, else b", family="elementwise",
+         doc="a where cond is true, else b", family="elementwise", onnx=onnx_op("Where"),
          traits={ELEMENTWISE, TERNARY},
          samples=(Sample(((3, 4), (3, 4), (3, 4)), dtypes=("bool", None, None)),))
 
@@ -149,5 +163,6 @@ register("cast", "x: tensor, dtype: dtype", _cast_shape, expr="cast({0})",
          impl=lambda x, *, dtype: x.astype(dtype),
          grad=lambda b, n, g: (b.cast(g, dtype=b.type(n.inputs[0]).dtype)
                                if is_float(b.type(n.inputs[0]).dtype) else None,),
+         onnx=lambda e, n, x: e.cast(x, e.in_types(n)[0].dtype, n.attrs["dtype"]),
          doc="convert to another dtype (no gradient into integer inputs)", family="elementwise",
          traits={ELEMENTWISE, UNARY}, samples=(Sample(((3, 4),), {"dtype": "float64"}),))

@@ -163,7 +163,26 @@ def _argmax_cuda(be, a, xs, out):
     return _argmax_into, (xp, xs[0], a["axis"], tmp, out)
 
 
+def _onnx_scatter_add(e, n, src, idx):
+    zeros = e.op("Expand", e.const(0, n.dtype), e.shape(n.shape))
+    where = e.op("Unsqueeze", e.cast(idx, e.in_types(n)[1].dtype, "int64"), e.ints([-1]))
+    return e.op("ScatterND", zeros, where, src, reduction="add")
+
+
+def _onnx_one_hot(e, n, idx):
+    wide = e.cast(idx, e.in_types(n)[0].dtype, "int64")
+    hits = e.op("Equal", e.op("Unsqueeze", wide, e.ints([-1])),
+                e.ints(list(range(n.attrs["depth"]))))
+    return e.cast(hits, "bool", n.dtype)
+
+
+def _onnx_argmax(e, n, x):
+    first = e.op("ArgMax", x, axis=n.attrs["axis"], keepdims=0)  # ties: the first, as numpy
+    return e.cast(first, "int64", n.dtype)
+
+
 register("gather", "table: tensor, idx: tensor", _gather_shape,
+         onnx=lambda e, n, table, idx: e.op("Gather", table, idx, axis=0),
          impl=lambda table, idx: table[idx],
          grad=lambda b, n, g: (b.scatter_add(g, n.inputs[1],
                                              rows=b.type(n.inputs[0]).shape[0]), None),
@@ -172,6 +191,7 @@ register("gather", "table: tensor, idx: tensor", _gather_shape,
          samples=(Sample(((7, 3), (2, 5)), domain="int:7", dtypes=(None, "int32")),))
 
 register("scatter_add", "src: tensor, idx: tensor, rows: int", _scatter_shape,
+         onnx=_onnx_scatter_add,
          impl=_scatter_impl,
          grad=lambda b, n, g: (b.gather(g, n.inputs[1]), None),
          lower={"numba": _scatter_add_numba, "cuda": _scatter_add_cuda},
@@ -188,6 +208,7 @@ def _one_hot_shape(idx: TensorType, *, depth, dtype) -> TensorType:
 
 
 register("one_hot", "idx: tensor, depth: int, dtype: dtype = 'float32'", _one_hot_shape,
+         onnx=_onnx_one_hot,
          impl=lambda idx, *, depth, dtype: (idx[..., None] == np.arange(depth)).astype(dtype),
          lower={"numba": _one_hot_numba, "cuda": _one_hot_cuda},
          family="index", traits={INDEX, NONDIFF}, doc="1.0 at each index along a new last axis",
@@ -201,7 +222,7 @@ def _argmax_shape(x: TensorType, *, axis) -> TensorType:
     return TensorType(x.shape[:ax] + x.shape[ax + 1:], "int32")
 
 
-register("argmax", "x: tensor, axis: int = -1", _argmax_shape,
+register("argmax", "x: tensor, axis: int = -1", _argmax_shape, onnx=_onnx_argmax,
          impl=lambda x, *, axis: np.argmax(x, axis=axis).astype(np.int32),
          lower={"numba": _argmax_numba, "cuda": _argmax_cuda},
          family="index", traits={INDEX, NONDIFF}, doc="index of the largest value along an axis",

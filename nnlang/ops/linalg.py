@@ -6,7 +6,7 @@ import numpy as np
 from nnlang.ir.dims import fmt_shape, numel
 from nnlang.ops.lowering import both
 from nnlang.ops.registry import (LINALG, Sample, ShapeError, TensorType, broadcast_shapes,
-                                 is_float, promote, register)
+                                 is_float, onnx_op, promote, register)
 
 
 def _matmul_shape(a: TensorType, b: TensorType) -> TensorType:
@@ -39,6 +39,7 @@ def _matmul_flops(ins, out):
 
 
 register("matmul", "a: tensor, b: tensor", _matmul_shape, impl=np.matmul, grad=_matmul_grad,
+         onnx=onnx_op("MatMul"),
          lower=both(lambda be, a, xs, out: be.gemm(xs[0], xs[1], out)), flops=_matmul_flops, family="linalg", traits={LINALG}, doc="a @ b",
          samples=(Sample(((3, 4), (4, 5))), Sample(((2, 3, 4), (4, 5))),
                   Sample(((2, 3, 4), (2, 4, 2)))))

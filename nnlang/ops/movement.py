@@ -3,6 +3,7 @@ sliding-window pair unfold/fold that convolution and pooling are built from.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from nnlang.ir.dims import DimError, Sym, dim_div, fmt_shape, numel
 from nnlang.ops.lowering import GRID_LOOP, both
 from nnlang.ops.registry import (MOVEMENT, NONDIFF, Sample, ShapeError, TensorType,
-                                 broadcast_shapes, norm_axis, register)
+                                 Unexportable, broadcast_shapes, norm_axis, register)
 from nnlang.ops.windows import LOWER as _WINDOW_LOWER
 from nnlang.ops.windows import window_taps
 
@@ -36,6 +37,7 @@ def _reshape_shape(x: TensorType, *, shape) -> TensorType:
 
 
 register("reshape", "x: tensor, shape: shape", _reshape_shape,
+         onnx=lambda e, n, x: e.op("Reshape", x, e.shape(n.shape)),
          impl=lambda x, *, shape: np.reshape(x, tuple(int(d) for d in shape)),
          grad=lambda b, n, g: (b.reshape(g, shape=list(b.type(n.inputs[0]).shape)),),
          family="movement", traits={MOVEMENT}, doc="same elements, new shape (one dim may be -1)",
@@ -50,6 +52,7 @@ def _transpose_shape(x: TensorType, *, perm) -> TensorType:
 
 
 register("transpose", "x: tensor, perm: ints", _transpose_shape,
+         onnx=lambda e, n, x: e.op("Transpose", x, perm=list(n.attrs["perm"])),
          impl=lambda x, *, perm: np.transpose(x, perm),
          grad=lambda b, n, g: (b.transpose(g, perm=list(np.argsort(n.attrs["perm"]).tolist())),),
          family="movement", traits={MOVEMENT}, doc="permute axes",
@@ -64,6 +67,7 @@ def _broadcast_shape(x: TensorType, *, shape) -> TensorType:
 
 
 register("broadcast_to", "x: tensor, shape: shape", _broadcast_shape,
+         onnx=lambda e, n, x: e.op("Expand", x, e.shape(n.shape)),
          impl=lambda x, *, shape: np.broadcast_to(x, [int(d) for d in shape]),
          grad=lambda b, n, g: (g,),  # NOTE: autodiff's sum_to undoes the broadcast
          family="movement", traits={MOVEMENT}, doc="repeat size-1 and missing leading dims",
@@ -105,8 +109,20 @@ def _slice_grad(b, n, g):
                       size=size),)
 
 
+def _onnx_slice(e, n, x):
+    a = n.attrs
+    size = e.in_types(n)[0].shape[a["axis"]]
+    if isinstance(size, Sym):   # the shape rule allows only the whole of a symbolic dim
+        return e.op("Identity", x)
+    lo, hi, step = slice(a["start"], a["stop"], a["step"]).indices(size)
+    # NOTE: ONNX reads a negative end as counted from the back; "before index 0" is -inf
+    hi = -(2 ** 63) if hi < 0 else hi
+    return e.op("Slice", x, e.ints([lo]), e.ints([hi]), e.ints([a["axis"]]), e.ints([step]))
+
+
 register("slice", "x: tensor, axis: int, start: int = 0, stop: int = none, step: int = 1",
          _slice_shape, impl=_slice_impl, grad=_slice_grad, family="movement", traits={MOVEMENT},
+         onnx=_onnx_slice,
          doc="x[start:stop:step] along one axis",
          samples=(Sample(((5, 4),), {"axis": 0, "start": 1, "stop": 4}),
                   Sample(((3, 6),), {"axis": -1, "start": 0, "stop": None, "step": 2})))
@@ -142,8 +158,19 @@ def _unslice_lower(be, a, xs, out):
     return _unslice_into, (xs[0], out, tuple(idx))
 
 
+def _onnx_unslice(e, n, x):
+    a, t = n.attrs, e.in_types(n)[0]
+    lo, hi, step = slice(a["start"], a["stop"], a["step"]).indices(a["size"])
+    if step != 1:
+        raise Unexportable(f"a strided unslice (step {step})")
+    ax = norm_axis(a["axis"], t.rank)
+    pads = [0] * (2 * t.rank)
+    pads[ax], pads[t.rank + ax] = lo, a["size"] - hi
+    return e.op("Pad", x, e.ints(pads))
+
+
 register("unslice", "x: tensor, axis: int, start: int, stop: int, step: int, size: int",
-         _unslice_shape, impl=_unslice_impl, lower=both(_unslice_lower),
+         _unslice_shape, onnx=_onnx_unslice, impl=_unslice_impl, lower=both(_unslice_lower),
          grad=lambda b, n, g: (b.slice(g, **{k: n.attrs[k] for k in
                                              ("axis", "start", "stop", "step")}),),
          family="movement", traits={MOVEMENT},
@@ -239,6 +266,7 @@ def _concat_cuda(be, a, xs, out):
 
 
 register("concat", "*xs: tensor, axis: int = -1", _concat_shape,
+         onnx=lambda e, n, *xs: e.op("Concat", *xs, axis=n.attrs["axis"]),
          impl=lambda *xs, axis: np.concatenate(xs, axis=axis), grad=_concat_grad,
          lower={"numba": _concat_numba, "cuda": _concat_cuda},
          family="movement", traits={MOVEMENT}, doc="join tensors along an axis",
@@ -323,10 +351,52 @@ def _fold_shape(cols: TensorType, *, size, kernel, stride, pads, dilation) -> Te
     return TensorType((cols.shape[0], *size, cols.shape[-1]), cols.dtype)
 
 
+def _onnx_windows(e, x, t: TensorType, kernel, stride, pads, dilation, pad_value) -> str:
+    """[B, *out, taps, C]: each kernel tap of x [B, *spatial, C] is one strided Slice of the
+    padded x (as `window_taps` reads them), stacked in the same order."""
+    nd = len(kernel)
+    if any(pads):
+        x = e.op("Pad", x, e.ints([0, *pads[0::2], 0, 0, *pads[1::2], 0]),
+                 e.const(pad_value, t.dtype))
+    outs = [window_out(t.shape[1 + i], kernel[i], stride[i], pads[2 * i], pads[2 * i + 1],
+                       dilation[i]) for i in range(nd)]
+    taps = []
+    for ks in itertools.product(*(range(k) for k in kernel)):
+        starts = [k * d for k, d in zip(ks, dilation)]
+        ends = [s + st * (o - 1) + 1 for s, st, o in zip(starts, stride, outs)]
+        tap = e.op("Slice", x, e.ints(starts), e.ints(ends), e.ints(range(1, nd + 1)),
+                   e.ints(stride))
+        taps.append(e.op("Unsqueeze", tap, e.ints([1 + nd])))
+    return e.op("Concat", *taps, axis=1 + nd)
+
+
+def _onnx_unfold(e, n, x):
+    a = n.attrs
+    rows = _onnx_windows(e, x, e.in_types(n)[0], a["kernel"], a["stride"], a["pads"],
+                         a["dilation"], a["pad_value"])
+    return e.op("Reshape", rows, e.shape(n.shape))
+
+
+def _onnx_window_max(e, n, x):
+    """ONNX MaxPool (channels first, so transposed around it) where its padding rule allows;
+    otherwise the max over the windows of an -inf padded x."""
+    a, t = n.attrs, e.in_types(n)[0]
+    kernel, stride, pads = a["kernel"], a["stride"], a["pads"]
+    nd = len(kernel)
+    if all(max(pads[2 * i], pads[2 * i + 1]) < kernel[i] for i in range(nd)) and \
+            t.dtype in ("float32", "float64"):
+        first = e.op("Transpose", x, perm=[0, nd + 1, *range(1, nd + 1)])
+        pooled = e.op("MaxPool", first, kernel_shape=list(kernel), strides=list(stride),
+                      pads=[*pads[0::2], *pads[1::2]])
+        return e.op("Transpose", pooled, perm=[0, *range(2, nd + 2), 1])
+    rows = _onnx_windows(e, x, t, kernel, stride, pads, [1] * nd, -np.inf)
+    return e.op("ReduceMax", rows, axes=[1 + nd], keepdims=0)
+
+
 _WINDOW = "kernel: ints, stride: ints, pads: ints, dilation: ints"
 
 register("unfold", f"x: tensor, {_WINDOW}, pad_value: float = 0.0", _unfold_shape,
-         impl=_unfold_impl, lower=_WINDOW_LOWER["unfold"],
+         impl=_unfold_impl, lower=_WINDOW_LOWER["unfold"], onnx=_onnx_unfold,
          grad=lambda b, n, g: (b.fold(g, size=list(b.type(n.inputs[0]).shape[1:-1]),
                                       **{k: n.attrs[k] for k in
                                          ("kernel", "stride", "pads", "dilation")}),),
@@ -385,7 +455,7 @@ _WINDOW_MAX_SAMPLES = (
 
 register("window_max", f"x: tensor, {_POOL_WINDOW}", _window_max_shape,
          impl=lambda x, *, kernel, stride, pads: _window_rows(x, kernel, stride, pads).max(-2),
-         lower=_WINDOW_LOWER["window_max"],
+         lower=_WINDOW_LOWER["window_max"], onnx=_onnx_window_max,
          grad=lambda b, n, g: (b.window_max_grad(n.inputs[0], g, **{
              k: n.attrs[k] for k in ("kernel", "stride", "pads")}),),
          flops=lambda ins, out, *, kernel, **_: numel(out.shape) * math.prod(kernel),

@@ -46,6 +46,23 @@ _SAMPLES = (Sample(((3, 4),), {"axes": [1]}), Sample(((2, 3, 4),), {"axes": [0, 
             Sample(((2, 3, 4),), {"axes": [-1], "keepdims": True}))
 
 
+def _onnx_reduce_sum(e, n, x):
+    axes = n.attrs["axes"]
+    listed = None if axes is None else e.ints(norm_axes(axes, _in_rank(e, n)))
+    return e.op("ReduceSum", x, listed, keepdims=int(n.attrs["keepdims"]))
+
+
+def _onnx_reduce_max(e, n, x):
+    # NOTE: opset 17's ReduceMax takes its axes as an attribute (ReduceSum's are an input)
+    axes = n.attrs["axes"]
+    extra = {} if axes is None else {"axes": list(norm_axes(axes, _in_rank(e, n)))}
+    return e.op("ReduceMax", x, keepdims=int(n.attrs["keepdims"]), **extra)
+
+
+def _in_rank(e, n) -> int:
+    return e.in_types(n)[0].rank
+
+
 def _np_reduce(fn):
     return lambda x, *, axes, keepdims: fn(
         x, axis=None if axes is None else tuple([axes] if isinstance(axes, int) else axes),
@@ -54,9 +71,11 @@ def _np_reduce(fn):
 
 register("reduce_sum", "x: tensor, axes: ints = none, keepdims: bool = false", _reduce_shape,
          impl=_np_reduce(np.sum), grad=_sum_grad, samples=_SAMPLES, family="reduce",
+         onnx=_onnx_reduce_sum,
          traits={REDUCE}, doc="sum over axes (all axes when none)")
 register("reduce_max", "x: tensor, axes: ints = none, keepdims: bool = false", _reduce_shape,
          impl=_np_reduce(np.max), grad=_max_grad, samples=_SAMPLES, family="reduce",
+         onnx=_onnx_reduce_max,
          traits={REDUCE}, doc="max over axes (all axes when none); a tied maximum shares the "
              "gradient evenly, as torch.amax does")
 
@@ -129,6 +148,8 @@ register("cumsum", "x: tensor, axis: int = -1, reverse: bool = false", _cumsum_s
          grad=lambda b, n, g: (b.cumsum(g, axis=n.attrs["axis"],
                                         reverse=not n.attrs["reverse"]),),
          lower={"numba": _cumsum_numba, "cuda": _cumsum_cuda}, family="reduce",
+         onnx=lambda e, n, x: e.op("CumSum", x, e.const(n.attrs["axis"], "int64"),
+                                   reverse=int(n.attrs["reverse"])),
          doc="running sum along an axis (from the end when reverse); its gradient is the "
              "reverse running sum",
          samples=(Sample(((3, 5),), {"axis": 1}), Sample(((2, 4, 3),), {"axis": 1,

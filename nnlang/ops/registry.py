@@ -82,6 +82,9 @@ class OpDef:
     traits: frozenset = frozenset()
     samples: tuple = ()
     flops: Callable | None = None             # (in_types, out_type, **attrs) -> int
+    # (e, node, *inputs) -> value name: the op in ONNX, through the emitter `e` of
+    # nnlang/export/emitter.py (so ops/ never imports onnx); None for an op ONNX cannot express
+    onnx: Callable | None = None
 
     @property
     def is_composite(self) -> bool:
@@ -103,6 +106,16 @@ def register(name: str, sig: str, shape: Callable, **kw) -> OpDef:
     op = OpDef(name, Signature.parse(sig), shape, traits=frozenset(traits), **kw)
     OPS[name] = op
     return op
+
+
+class Unexportable(Exception):
+    """Raised by an op's `onnx` emitter for attribute values its ONNX form cannot express."""
+
+
+def onnx_op(op_type: str, **attrs) -> Callable:
+    """The ONNX emitter of an op that is one ONNX node of the same inputs (cast to the op's
+    dtype first, as ONNX does not promote)."""
+    return lambda e, n, *xs: e.elementwise(op_type, n, *xs, **attrs)
 
 
 def get(name: str) -> OpDef | None:

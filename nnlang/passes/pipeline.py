@@ -63,21 +63,24 @@ def drop_unused_inputs(g: Graph) -> Graph:
     return g
 
 
-def total_loss(b: Builder, g: Graph, l2: float = 0.0, l1: float = 0.0) -> int:
+def total_loss(b: Builder, g: Graph, l2: float = 0.0, l1: float = 0.0,
+               l2_on=None, l1_on=None) -> int:
+    """The sum of the losses and the penalties: on the weights `l2_on`/`l1_on` name, else
+    Keras-style on every trainable weight matrix and kernel (rank >= 2), not biases."""
     total = None
     for nid in g.losses.values():
         total = nid if total is None else b.add(total, nid)
-    # NOTE: Keras-style penalties on weight matrices and kernels only (rank >= 2), not biases
     dtype = g.node(total).dtype
-    for nid in trainable(g).values():
-        if len(g.node(nid).shape) < 2:
-            continue
-        if l2:
+    for name, nid in trainable(g).items():
+        default = len(g.node(nid).shape) >= 2
+        l2_here = l2 if (name in l2_on if l2_on is not None else default) else 0.0
+        l1_here = l1 if (name in l1_on if l1_on is not None else default) else 0.0
+        if l2_here:
             sq = b.reduce_sum(b.mul(nid, nid), axes=None)
-            total = b.add(total, b.mul(b.const(l2, dtype), sq))
-        if l1:
+            total = b.add(total, b.mul(b.const(l2_here, dtype), sq))
+        if l1_here:
             ab = b.reduce_sum(b.abs(nid), axes=None)
-            total = b.add(total, b.mul(b.const(l1, dtype), ab))
+            total = b.add(total, b.mul(b.const(l1_here, dtype), ab))
     return total
 
 
@@ -94,7 +97,7 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
         raise NNError(f"model '{g.model}' declares no loss, so it cannot be trained",
                       hint="add a line like `loss cross_entropy(logits, label)`")
     b = Builder(g, role="bwd")
-    total = total_loss(b, g, cfg.l2, cfg.l1)
+    total = total_loss(b, g, cfg.l2, cfg.l1, cfg.l2_on, cfg.l1_on)
     params = trainable(g)
     wrt = list(params.values()) + [g.inputs[n] for n in wrt_inputs]
     grads = backward(g, total, wrt)

@@ -46,9 +46,15 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
     net = Net(program, backend=backend, batch=batch or cfg.batch, seed=cfg.seed)
     net.config = cfg
     missing = [k for k in net.state if k not in ckpt.state]
-    if missing:
-        raise NNError(f"{ckpt.path} has no value for parameter(s) {', '.join(missing)}",
-                      hint="was it saved from another model?")
+    # NOTE: every mismatch at once, so a checkpoint of another model is plain from one error
+    wrong = [f"{k} {list(ckpt.state[k].shape)} (the model's: {list(v.shape)})"
+             for k, v in net.state.items() if k in ckpt.state and ckpt.state[k].shape != v.shape]
+    if missing or wrong:
+        why = ([f"no value for parameter(s) {', '.join(missing)}"] if missing else []) + \
+              ([f"other shapes for {', '.join(wrong)}"] if wrong else [])
+        raise NNError(f"{ckpt.path} does not fit model '{net.program.model}': "
+                      + "; ".join(why), hint="was it saved from another model or with other "
+                                              "--set values?")
     net.load_state_dict({k: v for k, v in ckpt.state.items() if k in net.state})
     return net, ckpt, cfg
 

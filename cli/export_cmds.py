@@ -1,0 +1,31 @@
+"""`nnlang export`: a trained model's inference graph as an ONNX file (`nnlang.export`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.text import Text
+
+from nnlang_cli.app import app, check_output, console, reporting
+from nnlang_cli.train_cmds import CKPT_HELP, interruptible
+
+
+@app.command()
+def export(
+    file: Path = typer.Argument(..., help="The .nn file the checkpoint was trained from."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="The .onnx file (default: <file>.onnx here)."),
+):
+    """Write the model's inference graph with the checkpoint's weights as ONNX (opset 17):
+    symbolic batch, the model's inputs and `output`s by name; labels and losses left out."""
+    from nnlang.export import describe, export_onnx
+    out = console()
+    output = output or Path(file.stem + ".onnx")
+    with interruptible(out), reporting():
+        check_output(output)
+        proto = export_onnx(str(file), checkpoint, output)
+    size = output.stat().st_size
+    shown = f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+    out.print(Text(f"wrote {output} ({shown}): {describe(proto)}"))

@@ -1,0 +1,69 @@
+"""Exporting a model for other runtimes: `export_onnx` writes the inference graph, after
+nnlang's own decomposition, as an ONNX model (needs the `onnx` extra)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnlang.errors import NNError
+
+
+def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None,
+                model_name: str | None = None):
+    """The ONNX `ModelProto` of `model` (a .nn path, source text, a `Program`, or a compiled
+    `Net` with its current weights), written to `path` when given. `checkpoint` (a run
+    directory or .npz, resolved as `nnlang eval` does) gives the weights; without one a `Net`'s
+    own, or a fresh initialization."""
+    try:
+        from nnlang.export.onnx_model import build_model
+    except ModuleNotFoundError as err:
+        if err.name not in ("onnx", "google", "google.protobuf"):
+            raise
+        raise NNError("ONNX export needs the onnx package",
+                      hint="pip install 'nnlang[onnx]'") from None
+    net = _weights_of(model, checkpoint, overrides, model_name)
+    proto = build_model(net.user, net.parameters())
+    if path is not None:
+        _write(proto, Path(path))
+    return proto
+
+
+def describe(proto) -> str:
+    """One line about an exported model: its inputs, outputs, opset and size in nodes."""
+    def io(values):
+        return ", ".join(f"{v.name} {_type_text(v.type.tensor_type)}" for v in values)
+    g = proto.graph
+    opset = max(o.version for o in proto.opset_import)
+    return (f"inputs {io(g.input)}; outputs {io(g.output)}; opset {opset}, {len(g.node)} nodes, "
+            f"{len(g.initializer)} initializers")
+
+
+def _type_text(t) -> str:
+    from onnx import helper
+    dims = [d.dim_param or str(d.dim_value) for d in t.shape.dim]
+    return f"{helper.tensor_dtype_to_np_dtype(t.elem_type)}[{', '.join(dims)}]"
+
+
+def _weights_of(model, checkpoint, overrides, model_name):
+    from nnlang.runtime.net import Net
+    if isinstance(model, Net):
+        if checkpoint is not None:
+            raise NNError("pass a checkpoint or a compiled net, not both")
+        return model
+    if checkpoint is not None:
+        from nnlang.train.inference import restore
+        return restore(model, checkpoint, backend="reference")[0]
+    from nnlang import load
+    program = model if hasattr(model, "graph") else load(model, overrides, model_name)
+    return Net(program, backend="reference", batch=1)
+
+
+def _write(proto, path: Path) -> None:
+    from nnlang.files import write_atomic
+    try:
+        write_atomic(path, proto.SerializeToString())
+    except OSError as err:
+        raise NNError(f"cannot write {path}: {err.strerror or err}",
+                      hint="check the folder exists and is writable") from None
+
+
+__all__ = ["describe", "export_onnx"]

@@ -1,0 +1,60 @@
+"""The inference graph of a model in ONNX: nnlang's own decomposition into primitives, each
+written by its registry entry's `onnx=` emitter, with the weights as initializers."""
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from nnlang.errors import NNError
+from nnlang.export.emitter import Emitter, unexportable, value_info
+from nnlang.ir.graph import Graph, slots
+from nnlang.ops import registry
+from nnlang.ops.registry import Unexportable
+from nnlang.passes.decompose import decompose
+from nnlang.passes.pipeline import drop_unused_inputs
+
+OPSET = 17
+# NOTE: the IR version that came with opset 17, so runtimes of that age still load the file
+IR_VERSION = 8
+
+
+def inference_graph(user: Graph) -> Graph:
+    """The primitive graph of the model's outputs, batch still symbolic, dropout off; inputs
+    that only feed losses and metrics (labels) are gone."""
+    g = decompose(user, training=False)
+    g.losses, g.metrics = {}, {}
+    return drop_unused_inputs(g)
+
+
+def build_model(user: Graph, weights: dict) -> onnx.ModelProto:
+    """The ONNX model of `user`'s outputs with `weights` (parameter name -> array) inside;
+    checked with onnx.checker."""
+    if not user.outputs:
+        raise NNError(f"model '{user.model}' declares no output to export",
+                      hint="add e.g. `output probs = softmax(logits)`")
+    g = inference_graph(user)
+    e = Emitter(g, weights)
+    needed = g.ancestors(list(g.outputs.values()))
+    names: dict[int, str] = {}
+    for nid in g.topo():
+        if nid not in needed:
+            continue
+        n = g.node(nid)
+        emit = registry.get(n.op).onnx
+        if emit is None:
+            raise unexportable(n, "nnlang has no ONNX form for it")
+        try:
+            names[nid] = emit(e, n, *(None if i is None else names[i] for i in slots(g, n)))
+        except Unexportable as err:
+            raise unexportable(n, str(err)) from None
+        e.types[names[nid]] = n.type
+    outputs = []
+    for name, nid in g.outputs.items():
+        e.nodes.append(helper.make_node("Identity", [names[nid]], [name]))
+        outputs.append(value_info(name, g.node(nid).type))
+    graph = helper.make_graph(e.nodes, user.model or "model", e.inputs, outputs,
+                              e.initializers)
+    model = helper.make_model(graph, producer_name="nnlang", ir_version=IR_VERSION,
+                              opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -1,0 +1,85 @@
+"""The bad-input corpus of `nnlang export`: a checkpoint of another model, a missing or broken
+checkpoint, an output that cannot be written, an op that has no ONNX form, a model with
+nothing to export, and no onnx package: each a clear error, exit 1, and no file left behind."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.faults.conftest import cli
+from tests.tiny_run import tiny_data, tiny_source
+
+pytest.importorskip("onnx")
+
+TINY = tiny_source(val_split=None)
+# the same parameter names as Tiny, other shapes and one more layer
+OTHER = TINY.replace("h = dense(x, hidden) |> relu",
+                     "h = dense(x, 5) |> relu\n  h2 = dense(h, 6)") \
+            .replace("logits = dense(h, classes)", "logits = dense(h2, classes)")
+# Tiny's weights, with one more output through an op that has no ONNX form (`fold`)
+FOLDED = TINY.replace("output probs = softmax(logits)", """output probs = softmax(logits)
+  cols = unsqueeze(unsqueeze(logits, axis = -1), axis = -1)
+  output folded = fold(cols, size = [3], kernel = [1], stride = [1], pads = [0, 0],
+                       dilation = [1])""")
+STRIDED = TINY.replace("output probs = softmax(logits)", """output probs = softmax(logits)
+  output spread = unslice(logits, axis = 1, start = 0, stop = 6, step = 2, size = 6)""")
+MLP = TINY.replace("model Tiny", "model Mlp").replace("train Tiny", "train Mlp")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained run of the tiny model (one epoch), shared by the cases below."""
+    folder = tmp_path_factory.mktemp("export-run")
+    tiny_data(folder)
+    for name, src in (("tiny.nn", TINY), ("other.nn", OTHER), ("folded.nn", FOLDED),
+                      ("strided.nn", STRIDED), ("mlp.nn", MLP)):
+        (folder / name).write_text(src)
+    (folder / "broken.npz").write_bytes(b"PK\x03\x04 not really")
+    cli("train", "tiny.nn", "--epochs", "1", "--out", "run", code=0, cwd=folder)
+    return folder
+
+
+CASES = [
+    (("other.nn", "-c", "run"), ["does not fit model 'Tiny'", "h2.weight", "h.weight [4, 8]",
+                                 "[4, 5]"]),
+    (("mlp.nn", "-c", "run"), ["holds model 'Tiny'", "mlp.nn"]),
+    (("tiny.nn", "-c", "nowhere"), ["checkpoint not found", "nowhere"]),
+    (("tiny.nn", "-c", "broken.npz"), ["broken.npz", "not a readable nnlang checkpoint"]),
+    (("tiny.nn", "-c", "run", "-o", "missing/dir/t.onnx"), ["-o missing/dir/t.onnx",
+                                                           "does not exist"]),
+    (("tiny.nn", "-c", "run", "-o", "run"), ["-o run", "is a folder"]),
+    (("folded.nn", "-c", "run"), ["folded.nn:", "cannot export op 'fold'", "no ONNX form"]),
+    (("strided.nn", "-c", "run"), ["strided.nn:", "cannot export op 'unslice'",
+                                   "strided unslice (step 2)"]),
+]
+
+
+@pytest.mark.parametrize("args,words", CASES, ids=[c[0][0] + "-" + c[0][2] + str(len(c[0]))
+                                                    for c in CASES])
+def test_export_error(run, args, words):
+    out = cli("export", *args, code=1, cwd=run)
+    for w in words:
+        assert w in out, f"{w!r} not in\n{out}"
+    assert not list(run.glob("*.onnx")), "a failed export left a file"
+
+
+def test_unexportable_op_points_at_its_line(run):
+    out = cli("export", "folded.nn", "-c", "run", "-o", "f.onnx", code=1, cwd=run)
+    line = next(k for k, text in enumerate(FOLDED.splitlines(), 1) if "fold(cols" in text)
+    assert f"folded.nn:{line}:" in out and "^^^" in out
+
+
+def test_model_without_output():
+    import nnlang
+    with pytest.raises(nnlang.NNError, match="declares no output to export"):
+        nnlang.export_onnx(TINY.replace("output probs = softmax(logits)", ""))
+
+
+def test_without_the_onnx_package(run, monkeypatch):
+    for name in [m for m in sys.modules if m == "onnx" or m.startswith(("onnx.",
+                                                                        "nnlang.export."))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    out = cli("export", "tiny.nn", "-c", "run", "-o", "t.onnx", code=1, cwd=run)
+    assert "needs the onnx package" in out and "nnlang[onnx]" in out

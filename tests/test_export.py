@@ -1,0 +1,231 @@
+"""ONNX export (`nnlang export`, `nnlang.export_onnx`): every model in models/ and every model the
+docs define exports, passes onnx.checker, and ONNX Runtime's outputs match nnlang's `forward`
+within 1e-5: the models on a batch of the data set they train on, the doc examples on inputs
+drawn in range; and the graph keeps a symbolic batch, named inputs/outputs and the weights."""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import nnlang
+from nnlang.export.onnx_model import build_model
+from nnlang.frontend.parser import parse
+from nnlang.ir.dims import Sym
+from nnlang.ops import registry
+from nnlang.ops.registry import ShapeError
+from nnlang.passes.shapes import bind
+from nnlang.runtime.indices import index_inputs
+from nnlang.train import feeds
+from tests.test_docs import DATA_BLOCKS, GOOD
+from tests.tiny_run import tiny_data, tiny_source
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-5
+# NOTE: the recurrent models unroll 200 steps (4k ONNX nodes, ~10 s each to compile and load):
+# the full length runs with -m slow, a short one by default
+SLOW = {"gru", "lstm"}
+
+
+def run_onnx(proto, inputs: dict) -> dict:
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, {i.name: inputs[i.name] for i in sess.get_inputs()})))
+
+
+def assert_matches(net, inputs: dict):
+    proto = nnlang.export_onnx(net)
+    want = net.forward(inputs)
+    got = run_onnx(proto, inputs)
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k].shape == want[k].shape and got[k].dtype == want[k].dtype, k
+        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=TOL, err_msg=k)
+    return proto
+
+
+def real_batch(program, n: int) -> dict:
+    """The first `n` test examples of the data set the model's train section names."""
+    if not os.environ.get("NNLANG_DATA_DIR"):
+        pytest.skip("NNLANG_DATA_DIR is not set: real data sets unavailable")
+    ds = feeds.load_data(program.train.data)
+    mapping = feeds.match_inputs(program.graph, ds.inputs, ds.targets, need_targets=False)
+    split = ds.test if len(ds.test) else ds.train
+    arrays = {a: split.arrays[a][:n] for a in mapping.values()}
+    return feeds.model_arrays(program.graph, arrays, mapping)
+
+
+def drawn_batch(net, n: int, seed: int = 0) -> dict:
+    """Inputs of the model's declared types: ids within the table they index, else normal."""
+    rng = np.random.default_rng(seed)
+    g = net.graph("predict")
+    rows = {c.name: c.rows for c in index_inputs(g)}
+    out = {}
+    for name, nid in g.inputs.items():
+        if name.startswith("_"):
+            continue
+        node = g.node(nid)
+        shape = (n, *(int(d) for d in node.shape[1:]))
+        if node.dtype.startswith("int"):
+            out[name] = rng.integers(0, rows.get(name, 10), shape).astype(node.dtype)
+        elif node.dtype == "bool":
+            out[name] = rng.random(shape) < 0.7
+        else:
+            out[name] = rng.normal(size=shape).astype(node.dtype)
+    return out
+
+
+MODELS = sorted(p.stem for p in (ROOT / "models").glob("*.nn"))
+
+
+@pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW else m
+                                  for m in MODELS])
+def test_model_exports_and_matches_on_real_data(name):
+    program = nnlang.load(ROOT / "models" / f"{name}.nn")
+    net = nnlang.compile(program, batch=8)
+    assert_matches(net, real_batch(program, 8))
+
+
+@pytest.mark.parametrize("name", sorted(SLOW))
+def test_recurrent_model_short_sequences(name):
+    program = nnlang.load(ROOT / "models" / f"{name}.nn", {"maxlen": 12})
+    net = nnlang.compile(program, batch=8)
+    assert_matches(net, real_batch(program, 8))
+
+
+def _doc_models():
+    """(id, source, model name) for every model a docs example defines."""
+    sources = [(f"language{k}", src) for k, src in enumerate(GOOD)]
+    sources += [(f"data-{name or k}", body) for k, (kind, key, name, body)
+                in enumerate(DATA_BLOCKS) if kind == "nn"]
+    for tag, src in sources:
+        for item in parse(src, "example.nn").items:
+            if type(item).__name__ == "ModelDef":
+                yield pytest.param(src, item.name, id=f"{tag}-{item.name}")
+
+
+@pytest.mark.parametrize("src,model", list(_doc_models()))
+def test_doc_example_exports_and_matches(src, model):
+    program = nnlang.load(src, model=model)
+    if not program.graph.outputs:   # a training-only example: nothing to serve
+        with pytest.raises(nnlang.NNError, match="declares no output to export"):
+            nnlang.export_onnx(program)
+        return
+    # NOTE: nnlang runs a model only with every dim but batch bound; the ONNX file keeps
+    # them symbolic (read from the inputs at run time), so it is exported unbound
+    extra = {n for nid in program.graph.inputs.values()
+             for d in program.graph.node(nid).shape if isinstance(d, Sym) for n in d.names}
+    bound = copy.copy(program)
+    bound.graph = bind(program.graph, **{n: 3 for n in extra - {"batch"}})
+    net = nnlang.compile(bound, backend="reference", batch=5)
+    proto = build_model(program.graph, net.parameters())
+    inputs = drawn_batch(net, 5)
+    want, got = net.forward(inputs), run_onnx(proto, inputs)
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=TOL, err_msg=k)
+
+
+def test_graph_interface_and_symbolic_batch():
+    net = nnlang.compile(ROOT / "models" / "cnn.nn", backend="reference", batch=2)
+    proto = nnlang.export_onnx(net)
+    g = proto.graph
+    assert [i.name for i in g.input] == ["image"]   # the label only fed the loss
+    assert [o.name for o in g.output] == ["logits"]
+    dims = [d.dim_param or d.dim_value for d in g.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 1, 28, 28]
+    assert max(o.version for o in proto.opset_import if o.domain == "") >= 17
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+    for name, value in net.parameters().items():
+        np.testing.assert_array_equal(weights[name], value)
+    # one file runs at any batch size
+    for n in (1, 7):
+        x = np.random.default_rng(n).normal(size=(n, 1, 28, 28)).astype(np.float32)
+        got = run_onnx(proto, {"image": x})["logits"]
+        ref = nnlang.compile(ROOT / "models" / "cnn.nn", backend="reference", batch=n)
+        ref.load_state_dict(net.parameters())
+        np.testing.assert_allclose(got, ref.forward({"image": x})["logits"], atol=TOL)
+
+
+def test_cli_export_of_a_trained_checkpoint(tmp_path, monkeypatch):
+    """A real run's weights: the file holds them and ORT gives the restored net's outputs."""
+    from nnlang.train import checkpoint
+    from nnlang.train.inference import restore
+    from tests.faults.conftest import cli
+    x = tiny_data(tmp_path)
+    (tmp_path / "tiny.nn").write_text(tiny_source())
+    monkeypatch.chdir(tmp_path)
+    cli("train", "tiny.nn", "--out", "run", code=0)
+    out = cli("export", "tiny.nn", "-c", "run", "-o", "tiny.onnx", code=0)
+    assert "wrote tiny.onnx" in out and re.search(r"inputs x float32\[batch, 4\]", out)
+    proto = onnx.load(tmp_path / "tiny.onnx")
+    net = restore("tiny.nn", "run", backend="numba")[0]
+    got = run_onnx(proto, {"x": x[:9]})["probs"]
+    np.testing.assert_allclose(got, net.forward({"x": x[:9]})["probs"], atol=TOL)
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    trained = checkpoint.load(tmp_path / "run", prefer_best=True).state
+    assert all(np.array_equal(weights[k], trained[k]) for k in net.parameters())
+
+
+def test_library_export_writes_file(tmp_path):
+    path = tmp_path / "mlp.onnx"
+    proto = nnlang.export_onnx(ROOT / "models" / "mlp.nn", path=path)
+    assert onnx.load(path) == proto
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+# *** every op: its registry samples, batch symbolic, through ONNX Runtime ***
+
+NO_ONNX = {"fold", "window_max_grad", "random_uniform"}   # docs/export.md says why
+
+
+def _op_cases():
+    from tests.op_graphs import sample_cases
+    for case, name, sample in sample_cases():
+        op = registry.get(name)
+        # NOTE: a composite exports as its primitives, each checked here; the composites'
+        # own samples (~100 more cases) run with -m slow
+        marks = (pytest.mark.slow,) if op.is_composite else ()
+        if op.family != "source":
+            yield pytest.param(name, sample, id=case, marks=marks)
+
+
+@pytest.mark.parametrize("name,sample", list(_op_cases()))
+def test_every_op_sample_through_onnx_runtime(name, sample):
+    """Each op's samples, exported with a symbolic batch (dim 0), against nnlang's reference
+    interpreter on the same decomposed graph: every emitter, its attributes and dtypes."""
+    from nnlang.passes.decompose import decompose
+    from nnlang.runtime.interpret import interpret
+    from tests.op_graphs import op_graph
+    try:
+        g, feeds, params, _ = op_graph(name, sample, "float32", batch=Sym.of("batch"))
+    except ShapeError:   # a sample whose dim 0 cannot be a batch (reshape to [2, 6], ...)
+        g, feeds, params, _ = op_graph(name, sample, "float32")
+    if registry.get(name).has("random") or name in NO_ONNX:
+        with pytest.raises(nnlang.NNError, match=f"cannot export op '{name}'"):
+            build_model(g, params)
+        return
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    proto = build_model(g, params)
+    n = next(len(v) for v in feeds.values())
+    d = bind(decompose(g, training=False), batch=n)
+    ref = np.asarray(interpret(d, feeds, params)[d.outputs["out"]])
+    got = run_onnx(proto, feeds)["out"]
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=TOL)
+
+
+def test_export_bench_smoke(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.delenv("NNLANG_DATA_DIR", raising=False)   # drawn inputs: no data needed
+    import export_bench
+    rows = export_bench.main(["--models", "mlp", "--rounds", "1"])
+    assert rows[0]["max_abs_diff"] <= TOL and rows[0]["onnx_bytes"] > 4 * 784 * 512
+    assert "| mlp |" in capsys.readouterr().out
