@@ -4,7 +4,6 @@ within 1e-5: the models on a batch of the data set they train on, the doc exampl
 drawn in range; and the graph keeps a symbolic batch, named inputs/outputs and the weights."""
 from __future__ import annotations
 
-import copy
 import os
 import re
 from pathlib import Path
@@ -19,6 +18,7 @@ import nnlang
 from nnlang.export.onnx_model import build_model
 from nnlang.frontend.parser import parse
 from nnlang.ir.dims import Sym
+from nnlang.ir.dims import bind as bind_dim
 from nnlang.ops import registry
 from nnlang.ops.registry import ShapeError
 from nnlang.passes.shapes import bind
@@ -62,17 +62,18 @@ def real_batch(program, n: int) -> dict:
     return feeds.model_arrays(program.graph, arrays, mapping)
 
 
-def drawn_batch(net, n: int, seed: int = 0) -> dict:
-    """Inputs of the model's declared types: ids within the table they index, else normal."""
+def drawn_batch(net, n: int, seed: int = 0, lengths: dict | None = None) -> dict:
+    """Inputs of the model's declared types, its symbols other than batch at `lengths`: ids
+    within the table they index, else normal."""
     rng = np.random.default_rng(seed)
-    g = net.graph("predict")
-    rows = {c.name: c.rows for c in index_inputs(g)}
+    rows = {c.name: c.rows for c in index_inputs(net.graph("predict"))}
+    env = {**(lengths or {}), "batch": n}
     out = {}
-    for name, nid in g.inputs.items():
+    for name, nid in net.user.inputs.items():
         if name.startswith("_"):
             continue
-        node = g.node(nid)
-        shape = (n, *(int(d) for d in node.shape[1:]))
+        node = net.user.node(nid)
+        shape = tuple(int(bind_dim(d, env)) for d in node.shape)
         if node.dtype.startswith("int"):
             out[name] = rng.integers(0, rows.get(name, 10), shape).astype(node.dtype)
         elif node.dtype == "bool":
@@ -118,19 +119,20 @@ def test_doc_example_exports_and_matches(src, model):
         with pytest.raises(nnlang.NNError, match="declares no output to export"):
             nnlang.export_onnx(program)
         return
-    # NOTE: nnlang runs a model only with every dim but batch bound; the ONNX file keeps
-    # them symbolic (read from the inputs at run time), so it is exported unbound
-    extra = {n for nid in program.graph.inputs.values()
-             for d in program.graph.node(nid).shape if isinstance(d, Sym) for n in d.names}
-    bound = copy.copy(program)
-    bound.graph = bind(program.graph, **{n: 3 for n in extra - {"batch"}})
-    net = nnlang.compile(bound, backend="reference", batch=5)
-    proto = build_model(program.graph, net.parameters())
-    inputs = drawn_batch(net, 5)
-    want, got = net.forward(inputs), run_onnx(proto, inputs)
-    assert set(got) == set(want)
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=TOL, err_msg=k)
+    net = nnlang.compile(program, backend="reference", batch=5)
+    proto = nnlang.export_onnx(net)
+    # NOTE: the file keeps every symbol (`symbol seq`) a named dim, so one file runs each
+    # length; nnlang binds them from the feeds, a plan per length
+    symbols = sorted(set(net.lengths))
+    declared = {d.dim_param for i in proto.graph.input for d in i.type.tensor_type.shape.dim}
+    assert set(symbols) <= declared
+    for k, size in enumerate((3, 6) if symbols else (None,)):
+        inputs = drawn_batch(net, 5, seed=k, lengths={s: size for s in symbols})
+        want, got = net.forward(inputs), run_onnx(proto, inputs)
+        assert set(got) == set(want)
+        for name in want:
+            assert got[name].shape == want[name].shape, name
+            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=TOL, err_msg=name)
 
 
 def test_graph_interface_and_symbolic_batch():

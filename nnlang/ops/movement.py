@@ -76,21 +76,29 @@ register("broadcast_to", "x: tensor, shape: shape", _broadcast_shape,
 
 # *** slicing ***
 
-def _slice_len(n, start, stop, step):
-    return len(range(start, stop, step)) if isinstance(n, int) else None
+def _slice_size(n, start, stop, step, arg=0):
+    """The length of start:stop:step of a dim of size n. A symbolic bound or dim is taken where
+    the result is a dim: the whole dim, or its first `stop` entries for a symbolic stop (the
+    first `seq` rows of a positions table), which a bound stop then cuts as any int does."""
+    if step == 0:
+        raise ShapeError("slice: step cannot be 0", attr="step")
+    if not any(isinstance(v, Sym) for v in (n, start, stop)):
+        lo, hi, st = slice(start, stop, step).indices(n)
+        return len(range(lo, hi, st))
+    if (start, step) == (0, 1) and (stop is None or stop == n):
+        return n
+    if (start, step) == (0, 1) and isinstance(stop, Sym) and isinstance(n, int):
+        return stop
+    raise ShapeError(f"cannot slice {start}:{'' if stop is None else stop}:{step} of a dim of "
+                     f"size {n}: with a symbolic length the slice must be the first k entries "
+                     "(start 0, step 1, k a symbol or the whole dim)", arg=arg,
+                     hint="slice an axis of concrete size, or take the first `seq` entries")
 
 
 def _slice_shape(x: TensorType, *, axis, start, stop, step) -> TensorType:
-    if step == 0:
-        raise ShapeError("slice: step cannot be 0", attr="step")
     ax = norm_axis(axis, x.rank)
     n = x.shape[ax]
-    if isinstance(n, Sym):
-        if (start, stop, step) != (0, None, 1):
-            raise ShapeError(f"cannot slice symbolic dim {n}", arg=0)
-        return x
-    lo, hi, st = slice(start, stop, step).indices(n)
-    size = len(range(lo, hi, st))
+    size = _slice_size(n, start, stop, step)
     if size == 0:
         raise ShapeError(f"slice {start}:{stop} of a dim of size {n} is empty", arg=0)
     return TensorType(x.shape[:ax] + (size,) + x.shape[ax + 1:], x.dtype)
@@ -112,8 +120,10 @@ def _slice_grad(b, n, g):
 def _onnx_slice(e, n, x):
     a = n.attrs
     size = e.in_types(n)[0].shape[a["axis"]]
-    if isinstance(size, Sym):   # the shape rule allows only the whole of a symbolic dim
+    if isinstance(size, Sym) and n.shape == e.in_types(n)[0].shape:   # the whole dim
         return e.op("Identity", x)
+    if isinstance(a["stop"], Sym):   # the first `stop` entries, read at run time
+        return e.op("Slice", x, e.ints([0]), e.dim(a["stop"]), e.ints([a["axis"]]))
     lo, hi, step = slice(a["start"], a["stop"], a["step"]).indices(size)
     # NOTE: ONNX reads a negative end as counted from the back; "before index 0" is -inf
     hi = -(2 ** 63) if hi < 0 else hi
@@ -130,8 +140,7 @@ register("slice", "x: tensor, axis: int, start: int = 0, stop: int = none, step:
 
 def _unslice_shape(x: TensorType, *, axis, start, stop, step, size) -> TensorType:
     ax = norm_axis(axis, x.rank)
-    lo, hi, st = slice(start, stop, step).indices(size)
-    if len(range(lo, hi, st)) != x.shape[ax]:
+    if _slice_size(size, start, stop, step) != x.shape[ax]:
         raise ShapeError(f"unslice: {x.shape[ax]} values do not fill {start}:{stop}:{step} "
                          f"of {size}", arg=0)
     return TensorType(x.shape[:ax] + (size,) + x.shape[ax + 1:], x.dtype)
@@ -160,6 +169,8 @@ def _unslice_lower(be, a, xs, out):
 
 def _onnx_unslice(e, n, x):
     a, t = n.attrs, e.in_types(n)[0]
+    if isinstance(a["stop"], Sym):
+        raise Unexportable(f"an unslice to the symbolic stop {a['stop']}")
     lo, hi, step = slice(a["start"], a["stop"], a["step"]).indices(a["size"])
     if step != 1:
         raise Unexportable(f"a strided unslice (step {step})")
