@@ -20,7 +20,7 @@ from nnlang.frontend.parser import parse
 from nnlang.ir.dims import Sym
 from nnlang.ir.dims import bind as bind_dim
 from nnlang.ops import registry
-from nnlang.ops.registry import ShapeError
+from nnlang.ops.registry import ShapeError, TensorType
 from nnlang.passes.shapes import bind
 from nnlang.runtime.indices import index_inputs
 from nnlang.train import feeds
@@ -133,6 +133,34 @@ def test_doc_example_exports_and_matches(src, model):
         for name in want:
             assert got[name].shape == want[name].shape, name
             np.testing.assert_allclose(got[name], want[name], rtol=0, atol=TOL, err_msg=name)
+
+
+SEQ = Sym.of("seq")
+
+
+@pytest.mark.parametrize("n,start,stop,step,want", [
+    (10, 0, SEQ, 1, SEQ),      # the first seq rows of a table (learned positions)
+    (SEQ, 0, None, 1, SEQ),    # the whole symbolic dim
+    (SEQ, 0, SEQ, 1, SEQ),
+    (10, 2, 7, 2, 3),          # ints as ever
+])
+def test_slice_by_a_symbol_shape(n, start, stop, step, want):
+    """A slice whose result is a dim is legal before its symbols are bound, so a symbolic
+    model decomposes (and exports) unbound; bound, it is the int slice."""
+    t = registry.get("slice").shape(TensorType((n, 4)), axis=0, start=start, stop=stop,
+                                   step=step)
+    assert t.shape == (want, 4)
+    back = registry.get("unslice").shape(t, axis=0, start=start, stop=stop, step=step, size=n)
+    assert back.shape == (n, 4)
+
+
+@pytest.mark.parametrize("n,start,stop,step", [
+    (10, 1, SEQ, 1), (10, 0, SEQ, 2), (SEQ, 1, None, 1), (SEQ, 0, 3, 1),
+    (Sym.of("other"), 0, SEQ, 1)])
+def test_slice_by_a_symbol_refused_where_the_size_is_no_dim(n, start, stop, step):
+    with pytest.raises(ShapeError, match="symbolic length"):
+        registry.get("slice").shape(TensorType((n, 4)), axis=0, start=start, stop=stop,
+                                    step=step)
 
 
 def test_graph_interface_and_symbolic_batch():
