@@ -126,7 +126,7 @@ class Net:
 
     def _build_exe(self, kind: str, batch: int):
         if kind in ("train", "grad"):
-            g = train_graph(self.user, self.config, batch, self.dtype)
+            g = train_graph(self.user, self.config, batch, self.dtype, ranks=_ranks())
             if kind == "grad":
                 g = _gradient_graph(g)
             for name, nid in g.params.items():  # optimizer slots start at zero
@@ -253,6 +253,13 @@ def _gradient_graph(g):
     g.grads, g.updates = {}, {}
     g.metrics = {}
     return drop_unused_inputs(g)
+
+
+def _ranks() -> int:
+    """The processes of the data-parallel run this one belongs to (`nnlang.distributed`)."""
+    from nnlang.backends.collective import current
+    world = current()
+    return world.size if world else 1
 
 
 def _batch_of(feeds: dict) -> int:
