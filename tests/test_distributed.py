@@ -188,8 +188,10 @@ def test_parameters_do_not_depend_on_the_rank_count(tmp_path, model):
                      timeout=600)
         assert got.returncode == 0, got.stdout + got.stderr
     ref = np.load(files[1])
+    # NOTE: atol is 1% of one Adam step (lr 1e-3): a sum in another order can move a weight
+    # whose gradient is ~0 (where Adam's step is sign-like) by a fraction of a step
     for n in (2, 4):
         other = np.load(files[n])
         for k in ref.files:
-            np.testing.assert_allclose(other[k], ref[k], rtol=2e-5, atol=2e-6,
+            np.testing.assert_allclose(other[k], ref[k], rtol=2e-5, atol=1e-5,
                                        err_msg=f"{model} N={n} {k}")
