@@ -78,3 +78,27 @@ def test_ctrl_c_on_one_rank_stops_both_at_the_same_step(tiny):
     assert "interrupted at epoch 1, step 10" in text, text
     assert "resume with: nnlang train" in text
     assert (tiny / "run" / "checkpoint.npz").is_file()
+
+
+HUNG_RANK = """
+import threading
+from nnlang.backends.collective import World
+
+class Hung:  # an MPI communicator whose peer never answers
+    def Get_rank(self): return 0
+    def Get_size(self): return 2
+    def Allreduce(self, *a, **k): threading.Event().wait()
+
+World(Hung(), timeout=1.0).sum([1.0], "reading the steps' losses")
+"""
+
+
+def test_a_rank_that_never_answers_ends_the_wait(tmp_path):
+    """The watchdog: a collective that waits past the timeout says why and exits (mpirun then
+    ends the other ranks) instead of hanging the job."""
+    import subprocess
+    got = subprocess.run([sys.executable, "-c", HUNG_RANK], capture_output=True, text=True,
+                         timeout=60)
+    assert got.returncode == 1
+    assert "rank 0 of 2 waited 1 s in reading the steps' losses without an answer" in got.stderr
+    assert "another rank died or hangs" in got.stderr and "--resume" in got.stderr
