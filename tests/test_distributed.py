@@ -195,3 +195,15 @@ def test_parameters_do_not_depend_on_the_rank_count(tmp_path, model):
         for k in ref.files:
             np.testing.assert_allclose(other[k], ref[k], rtol=2e-5, atol=1e-5,
                                        err_msg=f"{model} N={n} {k}")
+
+
+@pytest.mark.slow
+def test_the_docs_library_example_runs_on_two_ranks(tmp_path):
+    import re
+    text = (ROOT / "docs" / "distributed.md").read_text()
+    code = re.search(r"```python file=train_dp.py\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "train_dp.py").write_text(code)
+    got = mpirun(2, sys.executable, str(tmp_path / "train_dp.py"), cwd=ROOT)
+    assert got.returncode == 0, got.stdout + got.stderr
+    lines = [ln for ln in got.stdout.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in lines] == [str(k) for k in range(10)]  # rank 0 alone

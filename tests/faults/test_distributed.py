@@ -22,7 +22,20 @@ def tiny(tmp_path):
     return tmp_path
 
 
-def test_batch_that_does_not_split_over_the_ranks(tiny):
+@pytest.mark.parametrize("batch, hint", [("3", "--batch 2"), ("5", "--batch 4")])
+def test_batch_that_does_not_split_over_the_ranks(tiny, monkeypatch, batch, hint):
+    """In process, as rank 0 of 2 (the next test runs the real mpirun)."""
+    world = collective.World()
+    world.size = 2
+    monkeypatch.setattr(collective, "_current", world)
+    monkeypatch.setattr(collective, "launched_size", lambda: 2)
+    out = cli("train", str(tiny / "tiny.nn"), "--batch", batch, "--out", str(tiny / "run"))
+    assert f"the batch of {batch} does not split over 2 processes" in out and hint in out
+    assert not (tiny / "run" / "checkpoint.npz").exists()
+
+
+@pytest.mark.slow
+def test_batch_that_does_not_split_ends_every_rank(tiny):
     got = mpirun(2, _nnlang(), "train", "tiny.nn", "--batch", "3", cwd=tiny, timeout=120)
     assert got.returncode != 0
     text = got.stdout + got.stderr
