@@ -207,3 +207,13 @@ def test_the_docs_library_example_runs_on_two_ranks(tmp_path):
     assert got.returncode == 0, got.stdout + got.stderr
     lines = [ln for ln in got.stdout.splitlines() if ln.startswith("step ")]
     assert [ln.split()[1] for ln in lines] == [str(k) for k in range(10)]  # rank 0 alone
+
+
+def test_benchmark_projection_is_the_ring_model():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import distributed_scaling as bench
+    p = bench.project(step_s=0.010, nbytes=4_000_000)["8x10"]
+    comm = 2 * 7 / 8 * 4e6 / 1.25e9 + 14 * bench.ALPHA_S   # 5.6 ms of bytes + 14 hops
+    assert p["allreduce_s"] == pytest.approx(comm)
+    assert p["efficiency"] == pytest.approx(0.010 / (0.010 + comm))
+    assert p["batch_x_for_90"] == pytest.approx(9 * comm / 0.010)  # 90%: comm = step / 9
