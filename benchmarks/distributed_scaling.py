@@ -1,7 +1,7 @@
 """Data-parallel scaling on this machine and projected for a cluster (docs/distributed.md).
 
     python benchmarks/distributed_scaling.py [--models mlp,cnn,...] [--pairs 3] [--steps 30]
-                                             [--out results.json]
+                                             [--out results.json] [--table results.json]
 
 For each reference model, at its train section's (global) batch, paired runs alternate
   A: 1 process on all cores (2 threads here), and
@@ -148,14 +148,16 @@ def project(step_s: float, nbytes: int) -> dict:
 
 def table(results: list[dict]) -> str:
     lines = ["| model | grad MB | 1 core step ms | 2 ranks x 1 / 1 x 2 threads (samples/s) "
-             "| allreduce ms (2 ranks) | allreduce / step |",
-             "|---|---|---|---|---|---|"]
+             "| 2 ranks / 1 core (ideal 2) | allreduce ms (2 ranks) | allreduce / step |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         step = r["one_core"]["step_s"]
         b = r["pairs"][0]["ranks"]
         ratios = ", ".join(f"{p['ratio']:.2f}" for p in r["pairs"])
+        speedup = statistics.median(p["ranks"]["samples_per_s"] for p in r["pairs"]) \
+            / r["one_core"]["samples_per_s"]
         lines.append(f"| {r['model']} | {r['grad_bytes'] / 1e6:.2f} | {1e3 * step:.1f} | "
-                     f"{r['median_ratio']:.2f} ({ratios}) | "
+                     f"{r['median_ratio']:.2f} ({ratios}) | {speedup:.2f} | "
                      f"{1e3 * r['allreduce_s']:.3f} | {r['allreduce_s'] / b['step_s']:.1%} |")
     lines += ["", "| model | " + " | ".join(f"{n} ranks, {g} Gbit/s" for n in RANKS
                                              for g in LINKS_GBIT) + " |",
@@ -175,7 +177,11 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker", nargs=3, metavar=("MODEL", "STEPS", "OUT"))
     ap.add_argument("--one-cpu", action="store_true")
+    ap.add_argument("--table", default=None, help="print the tables of a saved --out file")
     args, rest = ap.parse_known_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), args.worker[2], args.one_cpu)
         return
