@@ -16,7 +16,7 @@ import numpy as np
 from nnlang.backends import collective
 
 __all__ = ["init", "rank", "size", "is_distributed", "shard", "allreduce_mean",
-           "broadcast_parameters", "lead"]
+           "broadcast_parameters", "lead", "use_gpu"]
 
 
 def init(timeout: float | None = None):
@@ -25,6 +25,13 @@ def init(timeout: float | None = None):
     collective may wait before this process gives up on a dead or hung rank (default 60, or
     NNLANG_DIST_TIMEOUT)."""
     return collective.init(timeout)
+
+
+def use_gpu() -> int:
+    """One GPU per process (`backend="cupy"`): selects this rank's device among those of its
+    machine and returns its index. Call after `init`, before compiling."""
+    from nnlang.backends.cupy_backend import require_cupy
+    return _world().use_gpu(require_cupy())
 
 
 def _world():
