@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -169,21 +170,21 @@ class World:
         return slice(start, start + base + (self.rank < extra))
 
     # *** the watchdog ***
+    @contextmanager
     def _waiting(self, what: str, timed: bool = True):
-        world = self
-
-        class _Wait:
-            def __enter__(self):
-                world._what = what
-                world._waiting_since = time.monotonic() if timed else None
-
-            def __exit__(self, kind, exc, tb):
-                world._waiting_since = None
-                if exc is not None and type(exc).__module__.startswith("mpi4py"):
-                    raise NNError(f"rank {world.rank} of {world.size}: {what} failed: {exc}",
-                                  hint="another rank died or raised; its message says why"
-                                  ) from None
-        return _Wait()
+        """Marks a collective for the watchdog; an MPI failure inside becomes an NNError."""
+        self._what = what
+        self._waiting_since = time.monotonic() if timed else None
+        try:
+            yield
+        except Exception as exc:
+            if type(exc).__module__.startswith("mpi4py"):
+                raise NNError(f"rank {self.rank} of {self.size}: {what} failed: {exc}",
+                              hint="another rank died or raised; its message says why"
+                              ) from None
+            raise
+        finally:
+            self._waiting_since = None
 
     def _watch(self) -> None:
         while True:
