@@ -50,6 +50,19 @@ def init(timeout: float | None = None) -> "World":
     return _current
 
 
+def _env_timeout() -> float:
+    raw = os.environ.get(TIMEOUT_VAR)
+    if raw is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        if float(raw) > 0:
+            return float(raw)
+    except ValueError:
+        pass
+    raise NNError(f"{TIMEOUT_VAR}={raw!r} is not a positive number of seconds",
+                  hint=f"e.g. {TIMEOUT_VAR}=120 (how long a rank waits for the others)")
+
+
 def _mpi_comm():
     try:
         from mpi4py import MPI
@@ -70,8 +83,8 @@ class World:
         self.comm = comm
         self.rank = comm.Get_rank() if comm is not None else 0
         self.size = comm.Get_size() if comm is not None else 1
-        self.timeout = float(os.environ.get(TIMEOUT_VAR, DEFAULT_TIMEOUT_S)) \
-            if timeout is None else timeout
+        self.timeout = timeout if timeout is not None else \
+            _env_timeout() if comm is not None else DEFAULT_TIMEOUT_S
         self._waiting_since: float | None = None
         self._what = ""
         self.nccl = None              # the GPU communicator, made on first use by the CuPy backend

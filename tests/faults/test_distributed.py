@@ -53,6 +53,24 @@ def test_mpi_launch_without_mpi4py(tiny, monkeypatch):
     assert "pip install 'nnlang[mpi]'" in out
 
 
+@pytest.mark.parametrize("value", ["soon", "0", "-5"])
+def test_bad_timeout_setting(monkeypatch, value):
+    import nnlang
+    monkeypatch.setenv(collective.TIMEOUT_VAR, value)
+    with pytest.raises(nnlang.NNError, match=f"NNLANG_DIST_TIMEOUT='{value}' is not a positive"):
+        collective.World(HungComm())
+
+
+class HungComm:
+    """An MPI communicator whose peer never answers."""
+
+    def Get_rank(self):  # noqa: N802  (mpi4py's names)
+        return 0
+
+    def Get_size(self):  # noqa: N802
+        return 2
+
+
 def _params(path) -> dict:
     return checkpoint.load(path).state
 
