@@ -133,3 +133,19 @@ def test_a_rank_that_never_answers_ends_the_wait(tmp_path):
     assert got.returncode == 1
     assert "rank 0 of 2 waited 1 s in reading the steps' losses without an answer" in got.stderr
     assert "another rank died or hangs" in got.stderr and "--resume" in got.stderr
+
+
+@pytest.mark.slow
+def test_a_rank_that_raises_ends_the_others(tiny):
+    """Rank 1 fails at its start (its model file is missing) while rank 0 goes on to compile
+    and wait for it: the job ends with rank 1's error, not a hang."""
+    from tests.test_distributed import _mpirun, mpi_env
+    import subprocess
+    cmd = [_mpirun(), "--oversubscribe", "-n", "1", _nnlang(), "train", "tiny.nn", "--out", "run",
+           ":", "-n", "1", _nnlang(), "train", "missing.nn", "--out", "run"]
+    got = subprocess.run(cmd, cwd=tiny, env=mpi_env(), capture_output=True, text=True,
+                         timeout=150)
+    text = got.stdout + got.stderr
+    assert got.returncode != 0, text
+    assert "missing.nn" in text and "Traceback" not in text
+    assert "run directory:" not in text
