@@ -117,7 +117,7 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
         zero[name] = grads.get(nid)
         if zero[name] is None:  # NOTE: a weight the loss does not reach still gets a 0 gradient
             zero[name] = b.mul(nid, b.const(0.0, dtype))
-    if ranks > 1:
+    if ranks > 1 and zero:  # NOTE: a model with all weights frozen has nothing to sync
         zero = sync_gradients(b, zero, ranks)
     updates = append_update(b, params, zero, cfg.optimizer, cfg.clip_norm, lr, add_state)
     g.updates = {**g.updates, **updates}
