@@ -52,7 +52,7 @@ def test_a_good_prompt_works(run):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--prompt", "caf\u00e9 \u2603"], ["'\u2603'", "position 5", "not in the tokenizer"]),
+    (["--prompt", "caf\u00e9 \u2603"], ["'\u2603'", "position 6", "not in the tokenizer"]),
     (["--prompt", ""], ["the prompt is empty"]),
     ([], ["no prompt given", "--prompt"]),
     (["--prompt", "x" * 30], ["30 tokens", "longer than", "(23)"]),
