@@ -357,7 +357,9 @@ def _sample(g: Generator, logits, lengths, stop, opts):
                 ids[r].append(int(new[r]))
                 if stop is not None and new[r] == stop:
                     why[r] = "stop"
-                elif pos[r] + 1 >= g.spec.max_len and step + 1 < opts["max_new"]:
+                elif pos[r] >= g.spec.max_len and step + 1 < opts["max_new"]:
+                    # NOTE: the last position's prediction is still a token (a seq2seq
+                    # target's <end>); it only cannot be fed back
                     why[r] = "max_len"
         if all(w is not None for w in why) or step + 1 == opts["max_new"]:
             break
@@ -430,7 +432,7 @@ def _beam(g: Generator, logits, lengths, stop, opts):
         scores = nscore
         last = step + 1 == opts["max_new"]
         for p in range(prompts):
-            full = pos[p * width] + 1 >= g.spec.max_len   # its beams all have one length
+            full = pos[p * width] >= g.spec.max_len   # its beams all have one length
             if closed[p] or not (full or last):
                 continue
             for r in range(p * width, (p + 1) * width):
