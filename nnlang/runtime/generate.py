@@ -204,9 +204,9 @@ class Generator:
             if not isinstance(text, str):
                 raise NNError(f"{where} is {type(text).__name__}, not text")
             try:
-                ids = self.tok.encode(text)
+                ids = self.tok.encode(text, where)
             except DataError as err:
-                raise NNError(f"{where}: {err.message}", hint=err.hint) from None
+                raise NNError(err.message, hint=err.hint) from None
             if self.spec.source:
                 src.append(self._fit(ids, self._source_len(), where, "source"))
                 dec.append([start])
