@@ -82,9 +82,11 @@ def generate(
     if result.mode != "incremental":
         out.print(f"note: recomputing the prefix for every token ({result.reason})",
                   markup=False)
+    # an encoder-decoder's prompt is its source, not the start of its output
+    joint = " -> " if net.program.generate.source else ""
     for s in result.samples:
         out.print(f"--- {_strategy(result.options)} ({s.stopped})", markup=False)
-        out.print(s.prompt + s.text, markup=False)
+        out.print(s.prompt + joint + s.text, markup=False)
 
 
 def _check_mode(evaluate, prompt, prompt_file, data, limit) -> None:

@@ -129,6 +129,8 @@ def s2s(run, *args, code=1):
 
 
 def test_held_out_exact_match_is_reported(seq2seq):
+    out = s2s(seq2seq, "--prompt", "1/2/03", "--greedy", code=0)
+    assert "--- greedy" in out and "1/2/03 -> " in out
     out = s2s(seq2seq, "--eval", "--limit", "5", code=0)
     assert "greedy exact match on dates test:" in out and "/5)" in out
     out = s2s(seq2seq, "--eval", "--beam", "2", "--json", code=0)
