@@ -125,17 +125,22 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
         dec = [[start] if start is not None else [] for _ in fill]
         samples += gen.run(prompts, dec, [r.tolist() for r in fill], opts).samples[:len(rows)]
     seconds = time.perf_counter() - clock
-    want = [_through(t, stop) for t in np.asarray(targets)]
+    want = [_through(t, stop, gen.tok.pad_id) for t in np.asarray(targets)]
     hits = [s.ids == w for s, w in zip(samples, want)]
     return {"exact": float(np.mean(hits)) if hits else 0.0, "hits": int(sum(hits)), "n": n,
             "seconds": seconds, "mode": gen.mode, "reason": gen.reason, "options": opts,
             "samples": samples, "targets": [gen.tok.decode(w) for w in want], "hit": hits}
 
 
-def _through(ids, stop) -> list:
-    """A target row's ids up to and including its first stop token (padding dropped)."""
+def _through(ids, stop, pad: int) -> list:
+    """A target row's ids up to and including its first stop token, else without the padding
+    at its end."""
     ids = [int(i) for i in ids]
-    return ids[:ids.index(stop) + 1] if stop is not None and stop in ids else ids
+    if stop is not None and stop in ids:
+        return ids[:ids.index(stop) + 1]
+    while ids and ids[-1] == pad:
+        ids.pop()
+    return ids
 
 
 def _spec(net):
