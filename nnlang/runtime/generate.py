@@ -111,7 +111,7 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
         raise NNError(f"model '{net.program.model}' is not an encoder-decoder (its generate "
                       "section has no `source`), so it has no held-out inputs to decode",
                       spec.spans.get("tokens"), "evaluate a language model with `nnlang "
-                      "evaluate` (cross-entropy per token) instead")
+                      "eval` (cross-entropy per token) instead")
     gen = _generator(net, spec, tokenizer, data_dir)
     opts = options_from(spec, options)
     stop = None if opts.get("stop") is None else gen.token(opts["stop"], "stop")

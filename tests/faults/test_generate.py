@@ -156,4 +156,4 @@ def test_bad_seq2seq_input(seq2seq, args, words):
 
 def test_eval_needs_an_encoder_decoder(run):
     out = generate(run, "--eval")
-    assert "not an encoder-decoder" in out and "nnlang evaluate" in out
+    assert "not an encoder-decoder" in out and "`nnlang eval`" in out
