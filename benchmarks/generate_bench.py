@@ -29,7 +29,7 @@ MAXLEN = 288
 
 
 def build(ckpt, backend):
-    from nnlang.data.text import CharTokenizer
+    from nnlang.data.chars import CharTokenizer
     from nnlang.frontend.elaborate import load
     from nnlang.runtime.net import Net
     program = load(str(ROOT / "models" / "gpt.nn"), overrides={"maxlen": MAXLEN})

@@ -41,19 +41,38 @@ def generate(
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per prompt."),
+    evaluate: bool = typer.Option(False, "--eval", help="Encoder-decoder: decode the data "
+                                  "set's held-out sources (its test split) instead of prompts "
+                                  "and report exact match against their targets."),
+    data: Optional[str] = typer.Option(None, "--data", help="With --eval: this data set "
+                                       "instead of the train section's."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="With --eval: only "
+                                        "the first N held-out examples."),
 ):
     """Continue text prompts with a trained model: greedy (default without sampling settings),
-    temperature / top-k / top-p sampling, or beam search. See docs/generation.md."""
+    temperature / top-k / top-p sampling, or beam search; --eval scores an encoder-decoder on
+    held-out data. See docs/generation.md."""
+    from nnlang.data.chars import tokenizer_from_meta
     from nnlang.train.inference import restore
     out = console()
+    options = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
+                   beam=beam, length_penalty=length_penalty, seed=seed,
+                   greedy=greedy or None, data_dir=data_dir)
     with interruptible(out), reporting():
-        prompts = _prompts(prompt, prompt_file)
+        _check_mode(evaluate, prompt, prompt_file, data, limit)
+        prompts = None if evaluate else _prompts(prompt, prompt_file)
         if stop is not None and stop.isdigit():
             stop = int(stop)
-        net, _, _ = restore(str(file), checkpoint, backend, None, None if as_json else out)
-        result = net.generate(prompts, max_new=max_new, temperature=temperature, top_k=top_k,
-                              top_p=top_p, beam=beam, length_penalty=length_penalty, seed=seed,
-                              stop=stop, greedy=greedy or None, data_dir=data_dir)
+        net, ckpt, cfg = restore(str(file), checkpoint, backend, None,
+                                 None if as_json else out)
+        # NOTE: the checkpoint's own tokenizer: the data set need not be loaded to encode
+        tok = tokenizer_from_meta(ckpt.data_meta)
+        if evaluate:
+            report = _held_out(net, cfg, file, data, data_dir, limit, tok, stop, options)
+        else:
+            result = net.generate(prompts, stop=stop, tokenizer=tok, **options)
+    if evaluate:
+        return _print_held_out(out, report, as_json)
     if as_json:
         for s in result.samples:
             typer.echo(json.dumps({"prompt": s.prompt, "text": s.text, "ids": s.ids,
@@ -63,9 +82,75 @@ def generate(
     if result.mode != "incremental":
         out.print(f"note: recomputing the prefix for every token ({result.reason})",
                   markup=False)
+    # an encoder-decoder's prompt is its source, not the start of its output
+    joint = " -> " if net.program.generate.source else ""
     for s in result.samples:
         out.print(f"--- {_strategy(result.options)} ({s.stopped})", markup=False)
-        out.print(s.prompt + s.text, markup=False)
+        out.print(s.prompt + joint + s.text, markup=False)
+
+
+def _check_mode(evaluate, prompt, prompt_file, data, limit) -> None:
+    from nnlang.errors import NNError
+    if evaluate and (prompt or prompt_file):
+        raise NNError("--eval decodes the data set's held-out sources, so it takes no prompts",
+                      hint="drop --prompt/--prompt-file, or drop --eval to continue them")
+    for flag, value in (("--data", data), ("--limit", limit)):
+        if value is not None and not evaluate:
+            raise NNError(f"{flag} only applies with --eval (decoding held-out data)",
+                          hint=f"add --eval, or drop {flag}")
+
+
+def _held_out(net, cfg, file, data, data_dir, limit, tok, stop, options) -> dict:
+    """Exact match of decoding the test split's sources (the validation carve if the data set
+    has no test split) against the model's target with the token stream's length."""
+    from nnlang.errors import NNError
+    from nnlang.runtime.generate import held_out
+    from nnlang.train import feeds
+    spec = net.program.generate
+    if spec is None or spec.source is None:
+        return held_out(net, None, None, tok, **options)  # NOTE: raises the located error
+    choice = feeds.replace_data(cfg.data, data) if data is not None else cfg.data
+    ds = feeds.load_data(choice, data_dir, file.parent)
+    mapping = feeds.match_inputs(net.user, ds.inputs, ds.targets, f"dataset '{ds.name}'")
+    if len(ds.test):
+        arrays, split = feeds.model_arrays(net.user, ds.test.arrays, mapping), "test"
+    else:
+        arrays = feeds.train_and_val(net.user, ds, mapping, cfg.val_split, cfg.seed)[1]
+        split = "validation"
+        if not arrays:
+            raise NNError(f"dataset '{ds.name}' has no test split and the run used no "
+                          "validation split", hint="pass --data with a test split")
+    length = net.user.node(net.user.inputs[spec.tokens]).shape[1]
+    targets = [k for k in feeds.input_roles(net.user)[1]
+               if tuple(net.user.node(net.user.inputs[k]).shape[1:]) == (length,)]
+    if not targets:
+        raise NNError(f"model '{net.program.model}' has no target input of the token stream's "
+                      f"length ({length}) to compare decoded sequences with",
+                      spec.spans.get("tokens"), "declare the target the loss reads, e.g. "
+                      f"`input target: int32[batch, {length}]`")
+    n = len(arrays[spec.source]) if limit is None else min(limit, len(arrays[spec.source]))
+    report = held_out(net, arrays[spec.source][:n], arrays[targets[0]][:n], tok, stop=stop,
+                      **options)
+    return {**report, "data": ds.name, "split": split}
+
+
+def _print_held_out(out, r: dict, as_json: bool) -> None:
+    strategy = _strategy(r["options"])
+    if as_json:
+        typer.echo(json.dumps({"data": r["data"], "split": r["split"], "strategy": strategy,
+                               "exact_match": r["exact"], "hits": r["hits"], "n": r["n"],
+                               "seconds": round(r["seconds"], 3), "mode": r["mode"]}))
+        return
+    if r["mode"] != "incremental":
+        out.print(f"note: recomputing the prefix for every token ({r['reason']})", markup=False)
+    out.print(f"{strategy} exact match on {r['data']} {r['split']}: {r['exact']:.4f} "
+              f"({r['hits']:,}/{r['n']:,}) in {r['seconds']:.1f}s", markup=False)
+    wrong = [i for i, hit in enumerate(r["hit"]) if not hit]
+    for i in wrong[:5]:
+        s = r["samples"][i]
+        out.print(f"  {s.prompt!r} -> {s.text!r}, want {r['targets'][i]!r}", markup=False)
+    if len(wrong) > 5:
+        out.print(f"  ... and {len(wrong) - 5:,} more", markup=False)
 
 
 def _prompts(given, path) -> list[str]:

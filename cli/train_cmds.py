@@ -29,6 +29,20 @@ def interruptible(out):
         out.print("interrupted", markup=False, highlight=False)
         raise typer.Exit(INTERRUPTED) from None
 
+
+@contextmanager
+def every_rank_stops():
+    """Under mpirun, a rank that fails (after saying why) ends the whole job at once, instead
+    of leaving the others waiting in the next allreduce."""
+    try:
+        yield
+    except typer.Exit as e:
+        from nnlang.backends.collective import current
+        if e.exit_code not in (0, INTERRUPTED) and current() is not None:
+            current().abort(e.exit_code)
+        raise
+
+
 BACKEND_HELP = "numba (CPU, default), cupy (NVIDIA GPU) or reference (numpy interpreter, slow)."
 DATA_HELP = ("A dataset name (imdb, mnist, imdb-sample...) or a .npz/.csv path; replaces the "
              "train section's `data`, keeping the options the new dataset accepts.")
@@ -75,7 +89,7 @@ def train(
     summary.json and plots. Ctrl-C saves a checkpoint; --resume continues from it.
     """
     from nnlang.train.trainer import fit
-    with interruptible(console()), reporting():
+    with every_rank_stops(), interruptible(console()), reporting():
         history = fit(str(file), {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
                                   "val_split": val_split}, data, backend=backend,
                       overrides=parse_overrides(sets), model=model, data_dir=data_dir, out=out,

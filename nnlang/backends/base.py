@@ -103,6 +103,9 @@ class Backend(Protocol):
     def gemm(self, a, b, out) -> Call:
         """out = a @ b through the backend's BLAS."""
 
+    def allreduce(self, src, out) -> Call:
+        """out = src summed over the processes of a data-parallel run (MPI, NCCL)."""
+
     def specialize(self, fn, args: tuple) -> Call:
         """A call of a compiled kernel (a generated one, or a lowering's) with fixed arguments,
         cheapest to launch repeatedly."""

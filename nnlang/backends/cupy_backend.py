@@ -231,6 +231,12 @@ class CupyBackend:
     def gemm(self, a, b, out) -> Call:
         return _matmul, (self.cp, a, b, out)
 
+    def allreduce(self, src, out) -> Call:
+        """out = src summed over the ranks' GPUs: NCCL on the step's stream, so a captured step
+        keeps it (`backends/collective.py`)."""
+        from nnlang.backends.collective import current, init
+        return (current() or init()).gpu_allreduce_call(self.cp, src, out)
+
     @staticmethod
     def ctype(dtype: str) -> str:
         return CTYPES[dtype]

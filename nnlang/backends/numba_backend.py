@@ -365,6 +365,12 @@ class NumbaBackend:
     def gemm(self, a, b, out) -> Call:
         return matmul_call(a, b, out)
 
+    @staticmethod
+    def allreduce(src, out) -> Call:
+        """out = src summed over the ranks of the data-parallel run (`backends/collective.py`)."""
+        from nnlang.backends.collective import current, init
+        return (current() or init()).allreduce_sum, (src, out)
+
     def jit(self, pyfunc, parallel: bool = False):
         """A lowering's kernel body (a plain Python function, so `ops/` never imports numba)
         compiled with numba, cached on disk like the generated kernels. The body's `prange`

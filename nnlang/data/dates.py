@@ -10,7 +10,7 @@ import datetime as dt
 
 import numpy as np
 
-from nnlang.data import chars
+from nnlang.data.chars import END, PAD, START, CharTokenizer
 from nnlang.data.cache import DataError
 from nnlang.data.dataset import Dataset, Split
 
@@ -59,11 +59,16 @@ def written(date: dt.date, fmt: int, case: int) -> str:
     return CASES[case](text)
 
 
+def tokenizer() -> CharTokenizer:
+    """Ids 0-2 are <pad>/<start>/<end>, then the alphabet's characters in sorted order."""
+    return CharTokenizer("".join(sorted(set(ALPHABET))), (PAD, START, END))
+
+
 def load_dates(data_dir=None, n_train: int = 20000, n_test: int = 2000, seed: int = 0) -> Dataset:
     """`source` (the written date), `decoder_in` ([start] + the ISO date) and `target` (the ISO
     date + [end]), all int32 character ids; `n_train`/`n_test` examples from disjoint dates."""
     check_options("dates", n_train=n_train, n_test=n_test, seed=seed)
-    tok = chars.make_tokenizer(ALPHABET, SOURCE_LEN, TARGET_LEN)
+    tok = tokenizer()
     rng = np.random.default_rng(np.random.SeedSequence([seed, 16]))
     days = rng.permutation((LAST - FIRST).days + 1)
     cut = int(len(days) * TEST_FRACTION)
@@ -73,12 +78,13 @@ def load_dates(data_dir=None, n_train: int = 20000, n_test: int = 2000, seed: in
         fmts, cases = rng.integers(len(FORMATS), size=n), rng.integers(len(CASES), size=n)
         dates = [FIRST + dt.timedelta(days=int(k)) for k in picked]
         src = [written(d, int(f), int(c)) for d, f, c in zip(dates, fmts, cases)]
-        tgt = chars.encode([d.isoformat() for d in dates], tok, TARGET_LEN, "target")
-        tgt[:, TARGET_LEN - 1] = tok["end_id"]
-        splits[name] = Split({"source": chars.encode(src, tok, SOURCE_LEN, "source"),
-                              "decoder_in": chars.decoder_input(tgt, tok), "target": tgt})
-    meta = {"kind": "chars", "tokenizer": tok, "text_tokenizer": chars.Tokenizer(tok),
-            "vocab_size": len(tok["vocab"]), "source": f"generated (seed {seed})",
+        tgt = tok.encode_batch([d.isoformat() for d in dates], TARGET_LEN, "target")
+        tgt[:, TARGET_LEN - 1] = tok.end_id
+        splits[name] = Split({"source": tok.encode_batch(src, SOURCE_LEN, "source"),
+                              "decoder_in": tok.decoder_input(tgt), "target": tgt})
+    meta = {"kind": "chars", "tokenizer": tok.settings(source_len=SOURCE_LEN,
+                                                       target_len=TARGET_LEN),
+            "vocab_size": tok.vocab_size, "source": f"generated (seed {seed})",
             "counts": {"train": n_train, "test": n_test}}
     return Dataset("dates", splits["train"], splits["test"], ["source", "decoder_in"],
                    ["target"], meta)

@@ -1,5 +1,5 @@
-"""Text for language models: a reversible character tokenizer and `imdb_text`, the IMDB review
-text cut into fixed-length chunks (`tokens`, and `next` = the same text one character later).
+"""Text for language models: `imdb_text`, the IMDB review text cut into fixed-length chunks of
+character ids (`tokens`, and `next` = the same text one character later; see chars.py).
 
 Characters, not words or subwords: the vocabulary is ~100 symbols, so the embedding and the
 output layer stay tiny and a model this machine can train in minutes still spells real words;
@@ -13,67 +13,20 @@ from collections import Counter
 import numpy as np
 
 from nnlang.data import imdb
+from nnlang.data.chars import PAD, UNK, CharTokenizer
 from nnlang.data.tokenize import _BR
 from nnlang.data.cache import DataError, load_processed, processed_path, save_processed, sha256_of
 from nnlang.data.dataset import Dataset, Split
 
 TEXT_VERSION = 1          # bump when the text processing changes: it keys the array cache
-PAD_ID, UNK_ID = 0, 1     # 0 pads, 1 stands for a character outside the vocabulary
 MIN_COUNT = 50            # characters rarer than this in the train text are left out
 SEPARATOR = "\n"          # ends every review, so a model learns where reviews end
-UNK_TEXT = "\ufffd"       # how an out-of-vocabulary id decodes
 
 
-class Tokenizer:
-    """What generation needs from a data set's tokenizer (see docs/generation.md)."""
-
-    vocab_size: int
-    pad_id: int = PAD_ID
-    bos_id: int | None = None
-    eos_id: int | None = None
-
-    def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
-
-    def decode(self, ids) -> str:
-        raise NotImplementedError
-
-    def id_of(self, token: str) -> int | None:
-        raise NotImplementedError
-
-
-class CharTokenizer(Tokenizer):
-    """One id per character: 0 padding, 1 unknown, then `chars` in order."""
-
-    def __init__(self, chars: str):
-        self.chars = chars
-        self.ids = {c: i + 2 for i, c in enumerate(chars)}
-        self.vocab_size = len(chars) + 2
-        self.eos_id = self.ids.get(SEPARATOR)
-
-    def encode(self, text: str) -> list[int]:
-        """Raises DataError naming the first character outside the vocabulary."""
-        out = []
-        for i, c in enumerate(text):
-            got = self.ids.get(c)
-            if got is None:
-                raise DataError(f"character {c!r} (U+{ord(c):04X}) at position {i} of the "
-                                f"prompt is not in the tokenizer's vocabulary",
-                                f"the model knows {len(self.chars)} characters: "
-                                f"{self.chars.strip()[:60]!r}...; replace or remove it")
-            out.append(got)
-        return out
-
-    def encode_lossy(self, text: str) -> list[int]:
-        """Training text: unknown characters become UNK_ID."""
-        return [self.ids.get(c, UNK_ID) for c in text]
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[i - 2] if 2 <= i < self.vocab_size else
-                       (UNK_TEXT if i == UNK_ID else "") for i in map(int, ids))
-
-    def id_of(self, token: str) -> int | None:
-        return self.ids.get(token)
+def tokenizer(chars: str) -> CharTokenizer:
+    """0 pads, 1 stands for a character rarer than MIN_COUNT, then the characters; a review
+    ends with SEPARATOR, so it is the token that ends a generated one."""
+    return CharTokenizer(chars, (PAD, UNK), eos=SEPARATOR)
 
 
 def clean(text: str) -> str:
@@ -108,10 +61,10 @@ def text_chunks(name, source, maxlen, train_chunks, test_chunks, data_dir=None, 
         docs = imdb.read_reviews(source, data_dir, remote)
         cached = _process(docs, maxlen, train_chunks, test_chunks)
         save_processed(key, cached)  # NOTE: a read-only cache dir just means no cache
-    tok = CharTokenizer(str(cached["chars"]))
+    tok = tokenizer(str(cached["chars"]))
     splits = {s: Split({"tokens": cached[f"{s}_x"][:, :-1], "next": cached[f"{s}_x"][:, 1:]})
               for s in ("train", "test")}
-    meta = {"kind": "sequence", "text_tokenizer": tok, "vocab_size": tok.vocab_size,
+    meta = {"kind": "sequence", "tokenizer": tok.settings(), "vocab_size": tok.vocab_size,
             "source": str(source), "cache": str(processed_path(key)),
             "counts": {s: len(splits[s]) for s in splits}}
     # NOTE: the archive's test reviews are the validation data, checked every epoch
@@ -126,7 +79,7 @@ def _process(docs, maxlen: int, train_chunks: int, test_chunks: int) -> dict:
     for t in texts["train"]:
         counts.update(t)
     chars = "".join(sorted(c for c, n in counts.items() if n >= MIN_COUNT))
-    tok = CharTokenizer(chars)
+    tok = tokenizer(chars)
     out = {"chars": np.array(chars)}
     rng = np.random.default_rng(0)
     for split, want in (("train", train_chunks), ("test", test_chunks)):

@@ -45,8 +45,11 @@ def flat_group(g: Graph, step: Step, views: dict[int, int]) -> Group | None:
 
 
 def _contiguous(g: Graph, nid: int, views: dict[int, int]) -> bool:
-    while nid in views:  # NOTE: only reshapes keep a planned (contiguous) value contiguous
-        if g.node(nid).op != "reshape":
+    while nid in views:  # NOTE: reshapes, and a step-1 slice of the outermost axis (a
+        n = g.node(nid)    # gradient's part of the synced buffer), keep a value contiguous
+        outer = n.op == "slice" and n.attrs["axis"] % len(g.node(views[nid]).shape) == 0 \
+            and n.attrs.get("step", 1) == 1
+        if n.op != "reshape" and not outer:
             return False
         nid = views[nid]
     return True

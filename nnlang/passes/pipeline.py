@@ -13,6 +13,7 @@ from nnlang.ops.registry import TensorType
 from nnlang.passes.autodiff import backward
 from nnlang.passes.decompose import decompose
 from nnlang.passes.shapes import bind, infer
+from nnlang.ops.collective import sync_gradients
 from nnlang.ops.optim import append_update
 
 LR_INPUT = "_lr"
@@ -89,8 +90,10 @@ def trainable(g: Graph) -> dict[str, int]:
 
 
 def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
-                wrt_inputs: tuple = (), lengths=None) -> Graph:
-    """Forward + loss + generated backward + optimizer update, as one primitive graph."""
+                wrt_inputs: tuple = (), lengths=None, ranks: int = 1) -> Graph:
+    """Forward + loss + generated backward + optimizer update, as one primitive graph.
+    ranks > 1: the step of one of that many data-parallel processes, whose update sees the
+    gradients averaged over all of them (`ops/collective.py`)."""
     g = decompose(specialize(user, batch, dtype, lengths), training=True)
     if not g.losses:
         from nnlang.errors import NNError
@@ -119,6 +122,8 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
         zero[name] = grads.get(nid)
         if zero[name] is None:  # NOTE: a weight the loss does not reach still gets a 0 gradient
             zero[name] = b.mul(nid, b.const(0.0, dtype))
+    if ranks > 1 and zero:  # NOTE: a model with all weights frozen has nothing to sync
+        zero = sync_gradients(b, zero, ranks)
     updates = append_update(b, params, zero, cfg.optimizer, cfg.clip_norm, lr, add_state)
     g.updates = {**g.updates, **updates}
     g.grads = {name: zero[name] for name in params}

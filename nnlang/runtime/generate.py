@@ -8,6 +8,7 @@ every token instead (`Generation.mode` says which, `reason` why). See docs/gener
 from __future__ import annotations
 
 import codecs
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,24 +72,17 @@ def options_from(spec, given: dict) -> dict:
 
 def generate(net, prompts, tokenizer=None, data_dir=None, **options) -> Generation:
     """`Net.generate`: see there."""
-    spec = net.program.generate
-    if spec is None:
-        raise NNError(f"model '{net.program.model}' has no generate section, so nnlang does "
-                      "not know which input is the token stream", hint=f"add `generate "
-                      f"{net.program.model} {{ tokens = INPUT  logits = OUTPUT }}` to "
-                      f"{net.program.file} (see docs/generation.md)")
+    spec = _spec(net)
     if isinstance(prompts, str):
         prompts = [prompts]
-    gen = getattr(net, "_generator", None)
-    if gen is None or (tokenizer is not None and tokenizer is not gen.tok):
-        gen = Generator(net, spec, tokenizer or tokenizer_of(net.program, data_dir))
-        net._generator = gen
-    return gen.generate(list(prompts), options_from(spec, options))
+    return _generator(net, spec, tokenizer, data_dir).generate(list(prompts),
+                                                                options_from(spec, options))
 
 
 def tokenizer_of(program, data_dir=None):
     """The tokenizer of the data set the model trains on (its train section's `data`)."""
     from nnlang.data import DataError, load_dataset
+    from nnlang.data.chars import tokenizer_from_meta
     data = program.train.data if program.train else None
     if data is None:
         raise NNError(f"model '{program.model}' has no train data set to take a tokenizer "
@@ -99,11 +93,72 @@ def tokenizer_of(program, data_dir=None):
     except DataError as err:
         raise NNError(f"loading the tokenizer's data set '{data.name}': {err.message}",
                       hint=err.hint) from None
-    tok = ds.meta.get("text_tokenizer")
+    tok = tokenizer_from_meta(ds.meta)
     if tok is None:
         raise NNError(f"data set '{data.name}' has no text tokenizer, so prompts cannot be "
                       "encoded", hint="train the model on a text data set such as imdb_text")
     return tok
+
+
+def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data_dir=None,
+             chunk: int = 250, **options) -> dict:
+    """Decodes every row of `sources` (the encoder's input ids) with the generate section and
+    `options` and scores it against `targets` (ids, through the first stop token): exact
+    match, plus the decoded rows. Runs in batches of `chunk` rows, the last one padded so
+    that one compiled batch size serves them all."""
+    spec = _spec(net)
+    if spec.source is None:
+        raise NNError(f"model '{net.program.model}' is not an encoder-decoder (its generate "
+                      "section has no `source`), so it has no held-out inputs to decode",
+                      spec.spans.get("tokens"), "evaluate a language model with `nnlang "
+                      "eval` (cross-entropy per token) instead")
+    gen = _generator(net, spec, tokenizer, data_dir)
+    opts = options_from(spec, options)
+    stop = None if opts.get("stop") is None else gen.token(opts["stop"], "stop")
+    start = gen.token(spec.start, "start") if spec.start is not None else None
+    n, chunk = len(sources), max(1, min(chunk, len(sources)))
+    samples, clock = [], time.perf_counter()
+    for lo in range(0, n, chunk):
+        rows = sources[lo:lo + chunk]
+        fill = np.concatenate([rows, np.repeat(rows[:1], chunk - len(rows), 0)])
+        prompts = [gen.tok.decode(r) for r in fill]
+        dec = [[start] if start is not None else [] for _ in fill]
+        samples += gen.run(prompts, dec, [r.tolist() for r in fill], opts).samples[:len(rows)]
+    seconds = time.perf_counter() - clock
+    want = [_through(t, stop, gen.tok.pad_id) for t in np.asarray(targets)]
+    hits = [s.ids == w for s, w in zip(samples, want)]
+    return {"exact": float(np.mean(hits)) if hits else 0.0, "hits": int(sum(hits)), "n": n,
+            "seconds": seconds, "mode": gen.mode, "reason": gen.reason, "options": opts,
+            "samples": samples, "targets": [gen.tok.decode(w) for w in want], "hit": hits}
+
+
+def _through(ids, stop, pad: int) -> list:
+    """A target row's ids up to and including its first stop token, else without the padding
+    at its end."""
+    ids = [int(i) for i in ids]
+    if stop is not None and stop in ids:
+        return ids[:ids.index(stop) + 1]
+    while ids and ids[-1] == pad:
+        ids.pop()
+    return ids
+
+
+def _spec(net):
+    spec = net.program.generate
+    if spec is None:
+        raise NNError(f"model '{net.program.model}' has no generate section, so nnlang does "
+                      "not know which input is the token stream", hint=f"add `generate "
+                      f"{net.program.model} {{ tokens = INPUT  logits = OUTPUT }}` to "
+                      f"{net.program.file} (see docs/generation.md)")
+    return spec
+
+
+def _generator(net, spec, tokenizer, data_dir):
+    gen = getattr(net, "_generator", None)
+    if gen is None or (tokenizer is not None and tokenizer is not gen.tok):
+        gen = Generator(net, spec, tokenizer or tokenizer_of(net.program, data_dir))
+        net._generator = gen
+    return gen
 
 
 class Generator:
@@ -154,9 +209,9 @@ class Generator:
             if not isinstance(text, str):
                 raise NNError(f"{where} is {type(text).__name__}, not text")
             try:
-                ids = self.tok.encode(text)
+                ids = self.tok.encode(text, where)
             except DataError as err:
-                raise NNError(f"{where}: {err.message}", hint=err.hint) from None
+                raise NNError(err.message, hint=err.hint) from None
             if self.spec.source:
                 src.append(self._fit(ids, self._source_len(), where, "source"))
                 dec.append([start])
@@ -254,6 +309,10 @@ class Generator:
     # *** decoding ***
     def generate(self, prompts: list[str], opts: dict) -> Generation:
         dec, src = self.encode(prompts)
+        return self.run(prompts, dec, src, opts)
+
+    def run(self, prompts: list[str], dec: list, src: list | None, opts: dict) -> Generation:
+        """Decodes from token ids: `dec` the decoder's prompt per row, `src` the source's."""
         stop = None if opts.get("stop") is None else self.token(opts["stop"], "stop")
         width = opts["beam"]
         reps = np.repeat(np.arange(len(dec)), width)
@@ -303,7 +362,9 @@ def _sample(g: Generator, logits, lengths, stop, opts):
                 ids[r].append(int(new[r]))
                 if stop is not None and new[r] == stop:
                     why[r] = "stop"
-                elif pos[r] + 1 >= g.spec.max_len and step + 1 < opts["max_new"]:
+                elif pos[r] >= g.spec.max_len and step + 1 < opts["max_new"]:
+                    # NOTE: the last position's prediction is still a token (a seq2seq
+                    # target's <end>); it only cannot be fed back
                     why[r] = "max_len"
         if all(w is not None for w in why) or step + 1 == opts["max_new"]:
             break
@@ -376,7 +437,7 @@ def _beam(g: Generator, logits, lengths, stop, opts):
         scores = nscore
         last = step + 1 == opts["max_new"]
         for p in range(prompts):
-            full = pos[p * width] + 1 >= g.spec.max_len   # its beams all have one length
+            full = pos[p * width] >= g.spec.max_len   # its beams all have one length
             if closed[p] or not (full or last):
                 continue
             for r in range(p * width, (p + 1) * width):

@@ -157,7 +157,8 @@ class Net:
 
     def _build_exe(self, kind: str, batch: int, lengths: dict):
         if kind in ("train", "grad"):
-            g = train_graph(self.user, self.config, batch, self.dtype, lengths=lengths)
+            g = train_graph(self.user, self.config, batch, self.dtype, lengths=lengths,
+                            ranks=_ranks())
             if kind == "grad":
                 g = _gradient_graph(g)
             for name, nid in g.params.items():  # optimizer slots start at zero
@@ -336,6 +337,13 @@ def _sizes_of(user, feeds: dict, default: dict) -> tuple[int, dict]:
                                    "in one call: pad them to the same length")
     batch = bound.pop("batch", (None,))[0] or _batch_of(feeds)
     return batch, {s: bound[s][0] if s in bound else n for s, n in default.items()}
+
+
+def _ranks() -> int:
+    """The processes of the data-parallel run this one belongs to (`nnlang.distributed`)."""
+    from nnlang.backends.collective import current
+    world = current()
+    return world.size if world else 1
 
 
 def _batch_of(feeds: dict) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from nnlang.data.chars import tokenizer_from_meta
 from nnlang.errors import NNError
 from nnlang.runtime.net import check_backend
 from nnlang.train import checkpoint, feeds
@@ -220,9 +221,9 @@ def encode_input(name: str, node, raws: list, meta: dict, what: str) -> np.ndarr
         from nnlang.data import tokenize
         ids = {w: i for i, w in enumerate(meta["vocab"])}
         arr = tokenize.encode([_read_text(r) for r in raws], ids, meta["tokenizer"]["maxlen"])
-    elif kind == "chars":
-        from nnlang.data import chars
-        arr = chars.encode([str(r) for r in raws], meta["tokenizer"], node.shape[1], what)
+    elif tokenizer_from_meta(meta) is not None:
+        texts = [str(r) for r in raws]
+        arr = tokenizer_from_meta(meta).encode_batch(texts, node.shape[1], what)
     elif kind == "image":
         from nnlang.data.image import encode_image
         arr = np.concatenate([encode_image(r, meta["image_shape"]) for r in raws])
@@ -247,10 +248,10 @@ def _sequences(value: np.ndarray, logits: bool, meta: dict) -> list[dict]:
 def detokenizer(meta: dict, classes: int):
     """ids -> text through the data set's tokenizer, when its vocabulary is the output's
     classes (a character or word vocabulary); None when there is no such tokenizer."""
+    chars = tokenizer_from_meta(meta)
+    if chars is not None and chars.vocab_size == classes:
+        return chars.decode
     tok = meta.get("tokenizer") or {}
-    if meta.get("kind") == "chars" and len(tok.get("vocab", ())) == classes:
-        from nnlang.data import chars
-        return lambda ids: chars.decode(ids, tok)
     vocab = meta.get("vocab")
     if meta.get("kind") == "text" and vocab and len(vocab) == classes:
         pad = tok.get("pad_id", 0)

@@ -21,6 +21,7 @@ from rich.table import Table
 from nnlang.errors import NNError
 from nnlang.ops.optim import plateau_scale
 from nnlang.train import checkpoint, feeds
+from nnlang.train.data_parallel import Ranks
 from nnlang.train.guard import DivergenceGuard
 from nnlang.train.interrupts import Interrupts, test_signal
 from nnlang.train.overrides import resolve
@@ -50,10 +51,12 @@ class History:
         return self.run_dir / checkpoint.FILENAME if self.run_dir else None
 
 
-def evaluate(net, arrays: dict, batch: int, console: Console | None = None) -> dict | None:
+def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
+             ranks: Ranks | None = None) -> dict | None:
     """Loss (the sum of the model's losses) and metrics over ALL of `arrays`: the last partial
     batch runs at its own size (Net compiles one more batch size) and counts by its size.
-    With a `console`, a progress bar (a terminal) or a line every LINE_EVERY_S (otherwise)."""
+    With a `console`, a progress bar (a terminal) or a line every LINE_EVERY_S (otherwise).
+    `ranks`: each rank evaluates its shard of every batch, and the sums are added up."""
     n = feeds.length(arrays)
     if n == 0:
         return None
@@ -62,7 +65,10 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None) -> d
     batches = feeds.batches(arrays, batch, feeds.eval_order(arrays), drop_last=False)
     for b in progress(batches, -(-n // batch),
                       "evaluating", console):
+        b = ranks.shard(b) if ranks else b
         k = feeds.length(b)
+        if k == 0:
+            continue
         out = net.evaluate(b)
         res = {"loss": sum(out[name] for name in loss_names)}
         if len(loss_names) > 1:
@@ -70,6 +76,9 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None) -> d
         res.update({m: v for m, v in out.items() if m not in loss_names})
         for key, v in res.items():
             totals[key] = totals.get(key, 0.0) + v * k
+    if ranks:
+        keys = ["loss", *(loss_names if len(loss_names) > 1 else ()), *net.user.metrics]
+        totals = ranks.total(totals, keys)
     return {k: v / n for k, v in totals.items()}
 
 
@@ -201,6 +210,8 @@ class _Training:
               init_skip_mismatch=False) -> "_Training":
         from nnlang.runtime.net import Net, check_backend
         check_backend(backend)
+        ranks = Ranks.join(backend)  # NOTE: rank 0 alone prints and writes the run directory
+        console, save = ranks.console(console), save and ranks.lead
         if isinstance(config, dict):
             data = config.get("data") if data is None else data
             config = {k: v for k, v in config.items() if k != "data"}
@@ -224,6 +235,7 @@ class _Training:
         check_watch(program, cfg, splits[1])
         self = cls()
         self.console, self.backend, self.max_steps = console, backend, max_steps
+        self.ranks = ranks
         self.program, self.cfg, self.source, self.file, self.hp = program, cfg, source, file, hp
         self.ds, self.mapping = ds, mapping
         self.train, self.val, self.test = splits
@@ -234,14 +246,15 @@ class _Training:
         if save:
             self.run_dir = RunDir(ckpt.path.parent) if ckpt else \
                 RunDir.create(program.model, out, runs_root)
-        self.net = Net(program, backend=backend, batch=cfg.batch, seed=cfg.seed, config=cfg,
-                       total_steps=cfg.epochs * self.per_epoch)
+        self.net = Net(program, backend=backend, batch=ranks.batch(cfg.batch), seed=cfg.seed,
+                       config=cfg, total_steps=cfg.epochs * self.per_epoch)
         self.show = progress and console.is_terminal
         self.lines = progress and not self.show
         self.progress = progress
         self._restore(ckpt)
         self.cfg, self.init_report = start_run(self.net, cfg, init_from, init_skip_mismatch,
                                                ckpt is not None, file, console)
+        ranks.same_start(self.net)
         self._write_config(ckpt)
         return self
 
@@ -332,7 +345,8 @@ class _Training:
             try:
                 if self.start_epoch < cfg.epochs:
                     with interrupts.immediate():
-                        _compile(self.net, cfg.batch, self.console, self.progress)
+                        _compile(self.net, self.net.batch, self.console, self.progress)
+                    self.ranks.compiled()
                 for epoch in range(self.start_epoch, cfg.epochs):
                     seen, wall = self.train_epoch(epoch, interrupts)
                     self.end_epoch(seen, wall, interrupts)
@@ -352,7 +366,8 @@ class _Training:
             self.pos = _Position(epoch, 0, _Sums(), self.rng.bit_generator.state)
         pos = self.pos
         order = feeds.epoch_order(self.train, cfg.batch, self.rng)
-        signal_at = test_signal()
+        signal_at = test_signal() if self.ranks.signals_here() else None
+        many = self.ranks.many
         t0, seen, start_done = time.perf_counter(), 0, pos.done
         columns = (TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(),
                    MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
@@ -363,17 +378,18 @@ class _Training:
             for b in feeds.batches(self.train, cfg.batch, order, start=pos.done):
                 # NOTE: overflow warnings are noise here; a non-finite loss is the report
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                    net.train_step(b, fetch=False)
+                    net.train_step(self.ranks.shard(b), fetch=False)
                 unread += 1
                 if signal_at and net.step == signal_at[0]:
                     os.kill(os.getpid(), signal_at[1])
                 stop = self.max_steps is not None and net.step >= self.max_steps
                 # NOTE: reading a step's loss waits for it; on a GPU the steps in between
-                # queue up without waiting (a few per progress refresh, all at the end)
-                if stop or pos.done + unread == self.per_epoch or unread == READ_EVERY_STEPS \
-                        or time.perf_counter() - read_at >= READ_EVERY_S \
-                        or interrupts.requested:
-                    self._take(check=True)
+                # queue up without waiting (a few per progress refresh, all at the end).
+                # Ranks read together (an allreduce), so only at steps all of them count
+                read = stop or pos.done + unread == self.per_epoch or unread == READ_EVERY_STEPS
+                if read or not many and (time.perf_counter() - read_at >= READ_EVERY_S
+                                         or interrupts.requested):
+                    self._take(check=True, interrupts=interrupts)
                     unread, read_at = 0, time.perf_counter()
                     seen = (pos.done - start_done) * cfg.batch
                     stats = f"{fmt(pos.sums.means())}  " \
@@ -383,7 +399,8 @@ class _Training:
                         say(self.console, f"epoch {epoch + 1}/{cfg.epochs}  step {pos.done}/"
                                           f"{self.per_epoch}  {stats}")
                         line_at = read_at
-                interrupts.check()
+                if read or not many:  # NOTE: ranks stop at the same step, after agreeing
+                    interrupts.check()
                 if stop:
                     self.history.stopped = "max_steps"
                     break
@@ -393,8 +410,8 @@ class _Training:
         """Validation, the epoch's row (printed and logged) and its checkpoint."""
         cfg, net, pos, history = self.cfg, self.net, self.pos, self.history
         with interrupts.immediate():
-            val_res = evaluate(net, self.val, cfg.batch, self.console if self.show else None) \
-                if self.val else None
+            val_res = evaluate(net, self.val, cfg.batch, self.console if self.show else None,
+                               self.ranks) if self.val else None
         row = {"epoch": pos.epoch + 1, "step": net.step,
                **{f"train_{k}": v for k, v in pos.sums.means().items()},
                **{f"val_{k}": v for k, v in (val_res or {}).items()},
@@ -445,11 +462,16 @@ class _Training:
                               f"{watch.bad} epoch(s); best {watch.best:.4f} at epoch "
                               f"{watch.best_epoch}{where}")
 
-    def _take(self, check: bool) -> None:
+    def _take(self, check: bool, interrupts: Interrupts | None = None) -> None:
         """Reads the losses and metrics of the steps run since the last read into the epoch's
-        sums and step count; with `check`, a diverged loss stops training."""
+        sums and step count (averaged over the ranks); with `check`, a diverged loss stops
+        training."""
         pos, net = self.pos, self.net
         taken = net.fetch()
+        if check:
+            taken, stop = self.ranks.agree(taken, bool(interrupts and interrupts.requested))
+            if stop:
+                interrupts.requested = True
         first = net.step - len(taken)
         for i, (loss, metrics) in enumerate(taken):
             if check:
@@ -465,6 +487,7 @@ class _Training:
         pos = self.pos
         path = self.save(pos.epoch, pos.done, pos.rng_state, pos.sums)
         self.history.stopped = "interrupted"
+        self.ranks.world.barrier("saving the checkpoint")  # NOTE: no rank exits before it
         where = f"; checkpoint saved to {path}" if path else ""
         say(self.console, f"interrupted at epoch {pos.epoch + 1}, step {pos.done} (global step "
                           f"{self.net.step}){where}")
@@ -478,7 +501,8 @@ class _Training:
         """The test set's results, summary.json, plots and the summary table."""
         history, run = self.history, self.run_dir
         try:
-            history.test = evaluate(self.net, self.test, self.cfg.batch) if self.test else None
+            history.test = evaluate(self.net, self.test, self.cfg.batch, ranks=self.ranks) \
+                if self.test else None
         except KeyboardInterrupt:
             # NOTE: training is complete and saved; only the test numbers are missing
             history.stopped = "interrupted"

@@ -9,6 +9,7 @@ import pytest
 
 from nnlang.data import DataError, load_dataset
 from nnlang.data import chars, dates
+from nnlang.data.chars import tokenizer_from_meta
 
 # strptime patterns for the 14 formats, written independently of dates.FORMATS
 PATTERNS = ["%B %d, %Y", "%d %B %Y", "%b %d, %Y", "%d %b %Y", "%A, %B %d, %Y", "%a, %d %b %Y",
@@ -39,16 +40,16 @@ def ds():
 
 
 def test_every_source_reads_as_its_target(ds):
-    tok = ds.meta["tokenizer"]
+    tok = tokenizer_from_meta(ds.meta)
     for split in (ds.train, ds.test):
         for src, tgt in zip(split["source"], split["target"]):
-            text, want = chars.decode(src, tok), dt.date.fromisoformat(chars.decode(tgt, tok))
+            text, want = tok.decode(src), dt.date.fromisoformat(tok.decode(tgt))
             assert want in parse(text), (text, want)
 
 
 def test_all_formats_and_cases_occur(ds):
-    tok = ds.meta["tokenizer"]
-    texts = [chars.decode(s, tok) for s in ds.train["source"]]
+    tok = tokenizer_from_meta(ds.meta)
+    texts = [tok.decode(s) for s in ds.train["source"]]
     shapes = {re.sub(r"[a-z]+", "a", re.sub(r"[A-Z]+", "A", re.sub(r"\d", "9", t)))
               for t in texts}
     assert len(shapes) > 30
@@ -86,12 +87,12 @@ def test_deterministic_from_the_seed():
 @pytest.mark.parametrize("text", ["Fri, 5 Mar 2021", "the 31st of DECEMBER, 1999", "1/2/03",
                                   "<start>2021-03-05<end>"])
 def test_tokenizer_round_trip(text):
-    tok = chars.make_tokenizer(dates.ALPHABET, 32, 11)
-    ids = chars.encode([text], tok, 32)
+    tok = dates.tokenizer()
+    ids = tok.encode_batch([text], 32)
     plain = text.replace("<start>", "").split("<end>")[0]
-    assert chars.decode(ids[0], tok) == plain
+    assert tok.decode(ids[0]) == plain
     if text.startswith("<start>"):
-        assert ids[0, 0] == chars.START_ID and ids[0, 11] == chars.END_ID
+        assert ids[0, 0] == tok.id_of(chars.START) == 1 and ids[0, 11] == tok.id_of(chars.END) == 2
 
 
 @pytest.mark.parametrize("text, words", [
@@ -99,9 +100,8 @@ def test_tokenizer_round_trip(text):
     ("x" * 33, ["33 tokens", "at most 32"]),
 ])
 def test_tokenizer_refuses(text, words):
-    tok = chars.make_tokenizer(dates.ALPHABET, 32, 11)
     with pytest.raises(DataError) as err:
-        chars.encode([text], tok, 32)
+        dates.tokenizer().encode_batch([text], 32)
     for w in words:
         assert w in str(err.value)
 
@@ -120,8 +120,8 @@ def test_bad_options(spec, words):
 
 
 def test_generation_tokenizer_agrees_with_the_arrays(ds):
-    """meta["text_tokenizer"], the object `nnlang generate` reads (docs/generation.md)."""
-    t = ds.meta["text_tokenizer"]
+    """The tokenizer `nnlang generate` rebuilds from meta["tokenizer"] (docs/generation.md)."""
+    t = tokenizer_from_meta(ds.meta)
     assert (t.vocab_size, t.pad_id, t.bos_id, t.eos_id) == (62, 0, 1, 2)
     assert t.id_of("<start>") == 1 and t.id_of("a") == ds.meta["tokenizer"]["vocab"].index("a")
     assert t.id_of("ä") is None
@@ -131,3 +131,19 @@ def test_generation_tokenizer_agrees_with_the_arrays(ds):
     assert t.encode("<start>19") == [1, 9, 17]
     with pytest.raises(DataError, match="'ä' at position 2"):
         t.encode("Mä")
+
+
+def test_settings_survive_json_and_older_checkpoints():
+    """meta["tokenizer"] is what checkpoints keep; those written before it held "specials"
+    (dates: exactly <pad>/<start>/<end>) rebuild the same ids."""
+    import json
+    from nnlang.data.chars import CharTokenizer
+    tok = dates.tokenizer()
+    settings = json.loads(json.dumps(tok.settings()))
+    older = {k: v for k, v in settings.items() if k != "specials"}
+    for s in (settings, older):
+        again = CharTokenizer.from_settings(s)
+        assert again.vocab == tok.vocab and (again.bos_id, again.eos_id) == (1, 2)
+    lm = CharTokenizer.from_settings(CharTokenizer("ab\n", eos="\n").settings())
+    assert (lm.unk_id, lm.eos_id, lm.bos_id) == (1, 4, None)
+    assert lm.decode([2, 4, 3, 1, 0]) == "a\nb\ufffd"   # an eos character is text, not an end

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.conftest import cli
+from tests.faults.conftest import ROOT, cli
 
 LM = """
 model TinyLm(vocab = 108, maxlen = 24, dim = 16) {
@@ -52,7 +52,7 @@ def test_a_good_prompt_works(run):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--prompt", "caf\u00e9 \u2603"], ["'\u2603'", "position 5", "not in the tokenizer"]),
+    (["--prompt", "caf\u00e9 \u2603"], ["'\u2603'", "position 6", "not in the tokenizer"]),
     (["--prompt", ""], ["the prompt is empty"]),
     ([], ["no prompt given", "--prompt"]),
     (["--prompt", "x" * 30], ["30 tokens", "longer than", "(23)"]),
@@ -110,3 +110,50 @@ def test_a_section_stop_token_the_tokenizer_lacks_points_at_the_section(run):
     out = generate(run, "--prompt", "a", file="stop.nn")
     assert "stop.nn:" in out and "stop token '\u2603' is not in the tokenizer" in out
     assert "--stop" not in out.split("hint")[0]
+
+
+@pytest.fixture(scope="module")
+def seq2seq(tmp_path_factory):
+    """models/seq2seq.nn shrunk and trained for a few steps (reference backend: no compile)."""
+    folder = tmp_path_factory.mktemp("s2s")
+    cli("train", ROOT / "models/seq2seq.nn", "--backend", "reference", "--out", folder / "run",
+        "--data", "dates(n_train=32, n_test=8)", "--epochs", "1", "--batch", "16",
+        *[a for kv in ("dim=16", "heads=2", "ffn=32", "layers=1") for a in ("--set", kv)],
+        code=0)
+    return folder / "run"
+
+
+def s2s(run, *args, code=1):
+    return cli("generate", ROOT / "models/seq2seq.nn", "-c", run, "--backend", "reference",
+               *args, code=code)
+
+
+def test_held_out_exact_match_is_reported(seq2seq):
+    out = s2s(seq2seq, "--prompt", "1/2/03", "--greedy", code=0)
+    assert "--- greedy" in out and "1/2/03 -> " in out
+    out = s2s(seq2seq, "--eval", "--limit", "5", code=0)
+    assert "greedy exact match on dates test:" in out and "/5)" in out
+    out = s2s(seq2seq, "--eval", "--beam", "2", "--json", code=0)
+    assert '"strategy": "beam 2' in out and '"n": 8' in out
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--prompt", "5 M\u00e4rz 2021"], ["'\u00e4' at position 4", "not in the tokenizer's "
+                                         "alphabet", "known characters"]),
+    (["--prompt", "1" * 33], ["33 tokens", "longer than the model's source allows (32)"]),
+    (["--prompt", "1/2/03", "--prompt", "1/2/2003" * 5], ["prompt 2", "40 tokens"]),
+    (["--prompt", "1/2/03", "--prompt", "1/2/ä"], ["prompt 2 '1/2/ä'", "position 5"]),
+    (["--eval", "--prompt", "1/2/03"], ["--eval", "takes no prompts"]),
+    (["--prompt", "1/2/03", "--limit", "3"], ["--limit only applies with --eval"]),
+    (["--prompt", "1/2/03", "--data", "dates"], ["--data only applies with --eval"]),
+    (["--eval", "--data", "nosuchdata"], ["nosuchdata"]),
+])
+def test_bad_seq2seq_input(seq2seq, args, words):
+    out = s2s(seq2seq, *args)
+    for w in words:
+        assert w in out, out
+
+
+def test_eval_needs_an_encoder_decoder(run):
+    out = generate(run, "--eval")
+    assert "not an encoder-decoder" in out and "`nnlang eval`" in out

@@ -1,0 +1,86 @@
+"""What `fit` does differently as one of N data-parallel processes (`mpirun -n N nnlang train`):
+each rank trains on its shard of every global batch, rank 0 alone prints and writes, and every
+decision the loop takes (when to read losses, stop, save) is taken on numbers all ranks share.
+"""
+from __future__ import annotations
+
+import os
+
+from rich.console import Console
+
+from nnlang.backends import collective
+from nnlang.errors import NNError
+
+SIGNAL_RANK_VAR = "NNLANG_TEST_SIGNAL_RANK"  # tests: only this rank runs the test signal hook
+
+
+class Ranks:
+    """The training loop's view of the process group (a group of one outside mpirun)."""
+
+    def __init__(self, world: collective.World):
+        self.world = world
+        self.size, self.rank = world.size, world.rank
+        self.many = world.size > 1
+
+    @classmethod
+    def join(cls, backend: str) -> "Ranks":
+        ranks = cls(collective.init() if collective.launched_size() > 1
+                    else collective.World())
+        if ranks.many and backend == "cupy":
+            from nnlang.backends.cupy_backend import require_cupy
+            ranks.world.use_gpu(require_cupy())
+        return ranks
+
+    @property
+    def lead(self) -> bool:
+        return self.rank == 0
+
+    def console(self, console: Console) -> Console:
+        """Rank 0's console; the other ranks print nothing (their errors still reach stderr)."""
+        return console if self.lead else Console(quiet=True)
+
+    def batch(self, batch: int, span=None) -> int:
+        """This rank's part of the global batch."""
+        if batch % self.size:
+            raise NNError(f"the batch of {batch} does not split over {self.size} processes",
+                          span, hint=f"use a batch that {self.size} divides (e.g. --batch "
+                                     f"{max(batch // self.size, 1) * self.size}), or another -n")
+        return batch // self.size
+
+    def shard(self, arrays: dict) -> dict:
+        """This rank's rows of a batch (a global one, or the last partial one of evaluation)."""
+        if not self.many:
+            return arrays
+        rows = self.world.shard(len(next(iter(arrays.values()))))
+        return {k: v[rows] for k, v in arrays.items()}
+
+    def same_start(self, net) -> None:
+        """Rank 0's parameters and optimizer state everywhere (they are equal already when
+        nothing differs between the ranks' files; this makes sure)."""
+        self.world.broadcast(net.state)
+
+    def agree(self, taken: list, stop: bool) -> tuple[list, bool]:
+        """The steps' (loss, metrics) averaged over the ranks, and whether any rank wants to
+        stop (Ctrl-C): one small allreduce per read."""
+        if not self.many:
+            return taken, stop
+        keys = sorted(taken[0][1]) if taken else []
+        flat = [float(stop)] + [v for loss, m in taken for v in (loss, *(m[k] for k in keys))]
+        total = self.world.sum(flat, "reading the steps' losses")
+        per = total[1:].reshape(len(taken), 1 + len(keys)) / self.size
+        return [(float(r[0]), dict(zip(keys, map(float, r[1:])))) for r in per], total[0] > 0
+
+    def total(self, sums: dict, keys: list) -> dict:
+        """Evaluation sums (weighted by rows) added over the ranks."""
+        if not self.many:
+            return sums
+        got = self.world.sum([sums.get(k, 0.0) for k in keys], "summing the evaluation")
+        return dict(zip(keys, map(float, got)))
+
+    def signals_here(self) -> bool:
+        wanted = os.environ.get(SIGNAL_RANK_VAR)
+        return wanted is None or not self.many or int(wanted) == self.rank
+
+    def compiled(self) -> None:
+        """Waits for the slowest rank's compile (its length is unbounded, so untimed)."""
+        self.world.barrier("waiting for every rank's compile", timed=False)

