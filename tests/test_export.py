@@ -163,6 +163,25 @@ def test_slice_by_a_symbol_refused_where_the_size_is_no_dim(n, start, stop, step
                                     step=step)
 
 
+@pytest.mark.parametrize("kind", ["sinusoidal", "learned"])
+def test_positions_on_a_symbolic_length(kind):
+    """One file, any length: the table's first `seq` rows are cut at run time, as nnlang cuts
+    them for each bound length."""
+    src = f"""model Pos {{
+  symbol seq
+  input x: float32[batch, seq, 6]
+  output y = positional_encoding(x, kind = "{kind}", max_len = 9) |> dense(3)
+}}"""
+    net = nnlang.compile(nnlang.load(src), backend="reference", batch=2)
+    proto = nnlang.export_onnx(net)
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "seq", 6]
+    for seq in (1, 4, 9):
+        x = np.random.default_rng(seq).normal(size=(2, seq, 6)).astype(np.float32)
+        np.testing.assert_allclose(run_onnx(proto, {"x": x})["y"], net.forward({"x": x})["y"],
+                                   rtol=0, atol=TOL)
+
+
 def test_graph_interface_and_symbolic_batch():
     net = nnlang.compile(ROOT / "models" / "cnn.nn", backend="reference", batch=2)
     proto = nnlang.export_onnx(net)

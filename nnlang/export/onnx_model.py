@@ -21,7 +21,10 @@ IR_VERSION = 8
 def inference_graph(user: Graph) -> Graph:
     """The primitive graph of the model's outputs, batch still symbolic, dropout off; inputs
     that only feed losses and metrics (labels) are gone."""
-    g = decompose(user, training=False)
+    try:
+        g = decompose(user, training=False)
+    except Unexportable as err:
+        raise NNError(f"cannot export to ONNX: {err}", err.span, err.hint) from None
     g.losses, g.metrics = {}, {}
     return drop_unused_inputs(g)
 

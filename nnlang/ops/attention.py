@@ -9,7 +9,8 @@ import numpy as np
 
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.nn import const_like, linear, need_float, param_dtype
-from nnlang.ops.registry import ParamSpec, Sample, ShapeError, need_positive, need_range, register
+from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, Unexportable, need_positive,
+                                 need_range, register)
 
 NEG_INF = -1e9  # added to masked scores: exp underflows to exactly 0 without inf - inf = nan
 
@@ -161,7 +162,15 @@ def _pe_shape(x, weight=None, *, kind, max_len):
 def _pe(b, x, weight=None, *, kind, max_len):
     _, length, dim = b.type(x).shape
     if kind == "sinusoidal":
-        return b.add(x, b.const(sinusoid_table(length, dim), b.type(x).dtype))
+        if not isinstance(length, Sym):
+            return b.add(x, b.const(sinusoid_table(length, dim), b.type(x).dtype))
+        # NOTE: only export decomposes a length still symbolic: the file holds max_len rows
+        # and takes the first `length` at run time
+        if max_len is None:
+            raise Unexportable(f"positional_encoding: sinusoidal positions on the symbolic "
+                               f"length {length} export only with max_len (the rows the file "
+                               "holds)", b.span, hint="add max_len = <the longest sequence>")
+        weight = b.const(sinusoid_table(max_len, dim), b.type(x).dtype)
     if b.type(weight).shape[0] != length:
         weight = b.slice(weight, axis=0, start=0, stop=length, step=1)
     return b.add(x, weight)

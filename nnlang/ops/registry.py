@@ -109,7 +109,12 @@ def register(name: str, sig: str, shape: Callable, **kw) -> OpDef:
 
 
 class Unexportable(Exception):
-    """Raised by an op's `onnx` emitter for attribute values its ONNX form cannot express."""
+    """Raised by an op's `onnx` emitter for attribute values its ONNX form cannot express, or
+    by a decomposition that only export runs unbound (with its builder's span, to locate it)."""
+
+    def __init__(self, message: str, span=None, hint: str | None = None):
+        super().__init__(message)
+        self.span, self.hint = span, hint
 
 
 def onnx_op(op_type: str, **attrs) -> Callable:

@@ -1,6 +1,6 @@
 """The bad-input corpus of `nnlang export`: a checkpoint of another model, a missing or broken
 checkpoint, an output that cannot be written, an op that has no ONNX form, a model with
-nothing to export, and no onnx package: each a clear error, exit 1, and no file left behind."""
+nothing to export, a symbolic length with no bound for its table, and no onnx package: each a clear error, exit 1, and no file left behind."""
 from __future__ import annotations
 
 import sys
@@ -74,6 +74,19 @@ def test_model_without_output():
     import nnlang
     with pytest.raises(nnlang.NNError, match="declares no output to export"):
         nnlang.export_onnx(TINY.replace("output probs = softmax(logits)", ""))
+
+
+def test_sinusoidal_positions_on_a_symbolic_length_need_max_len():
+    """nnlang computes the table once the length is bound; a file that runs any length holds
+    the table's rows, so it needs to know how many."""
+    import nnlang
+    src = ("model Seq {\n  symbol seq\n  input x: float32[batch, seq, 4]\n"
+           "  output y = positional_encoding(x)\n}\n")
+    with pytest.raises(nnlang.NNError) as err:
+        nnlang.export_onnx(src)
+    for w in (":4:", "^^^", "symbolic length seq", "export only with max_len",
+              "add max_len"):
+        assert w in str(err.value), f"{w!r} not in\n{err.value}"
 
 
 def test_without_the_onnx_package(run, monkeypatch):
