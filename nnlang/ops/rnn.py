@@ -1,16 +1,17 @@
 """Recurrent layers (rnn, lstm, gru) on [batch, time, features], with Keras' parameter layout.
 
-Decomposition: ONE GEMM projects the whole sequence ([batch*time, features] @ kernel), then the
-recurrence is unrolled over the (concrete) time steps: per step a slice of the projection, one
-[batch, units] @ recurrent GEMM and the gate math in elementwise primitives.
-TODO: a `scan` primitive (JAX scan_p) would keep the graph size independent of time.
+Decomposition: ONE GEMM projects the whole sequence ([batch*time, features] @ kernel), then a
+`scan` node (ops/scan.py) runs the cell once per step: one [batch, units] @ recurrent GEMM and
+the gate math in elementwise primitives, so the graph's size does not depend on the length.
 """
 from __future__ import annotations
 
 from nnlang.ir.dims import Sym, fmt_shape
+from nnlang.ir.scan import Body
 from nnlang.ops.init import init_spec
 from nnlang.ops.nn import activate, check_activation, const_like, linear, need_float, param_dtype
 from nnlang.ops.registry import ParamSpec, Sample, ShapeError, TensorType, need_positive, register
+from nnlang.ops.scan import body_builder, scan
 
 
 def _slice(b, x, axis, k, width):
@@ -31,7 +32,7 @@ def _lstm_cell(b, xt, h, c, rec, bias, *, units, activation):
 
 def _gru_cell(b, xt, h, c, rec, rec_bias, *, units, activation):
     # Keras reset_after=True (the cuDNN form): the reset gate scales (h @ U_h + b_rh), not h.
-    inner = b.add(b.matmul(h, rec), rec_bias)
+    inner = b.add(b.matmul(h, rec), rec_bias)   # rec_bias: [batch, 3*units], one step of it
     xz, xr, xh = (_slice(b, xt, 1, k, units) for k in range(3))
     rz, rr, rh = (_slice(b, inner, 1, k, units) for k in range(3))
     z = b.sigmoid(b.add(xz, rz))
@@ -89,28 +90,33 @@ def _make(op):
 
     def run(b, x, kernel, rec, bias, reverse, units, activation, return_sequences):
         batch, steps, _ = b.type(x).shape
-        if op == "gru":
-            in_bias = b.reshape(_slice(b, bias, 0, 0, 1), shape=[gates * units])
-            rec_bias = b.reshape(_slice(b, bias, 0, 1, 1), shape=[gates * units])
-        else:
-            in_bias, rec_bias = bias, None
+        width = units * (2 if op == "lstm" else 1)   # the carry: h (and c for lstm)
         # NOTE: x goes time-major before the projection (a copy of F features per token rather
         # than gates*units), so every step's slice of proj is one contiguous block
-        proj = linear(b, b.transpose(x, perm=[1, 0, 2]), kernel, in_bias)  # one GEMM
-        zeros = b.broadcast_to(b.const([[0.0]], b.type(x).dtype), shape=[batch, units])
-        h = c = zeros
-        outs = []
-        for t in (reversed(range(steps)) if reverse else range(steps)):
-            xt = b.reshape(b.slice(proj, axis=0, start=t, stop=t + 1, step=1),
-                           shape=[batch, gates * units])
-            h, c = cell(b, xt, h, c, rec, rec_bias, units=units, activation=activation)
-            outs.append(h)
-        if not return_sequences:
-            return h
-        if reverse:
-            outs.reverse()  # Keras Bidirectional: backward outputs realigned to time order
-        seq = [b.reshape(o, shape=[batch, 1, units]) for o in outs]
-        return seq[0] if len(seq) == 1 else b.concat(*seq, axis=1)
+        if op == "gru":
+            in_bias = b.reshape(_slice(b, bias, 0, 0, 1), shape=[gates * units])
+            proj = linear(b, b.transpose(x, perm=[1, 0, 2]), kernel, in_bias)  # one GEMM
+            # the recurrent bias is read every step beside h @ U: a broadcast "sequence", so its
+            # gradient is the sum over steps that autodiff of broadcast_to already makes
+            rec_bias = b.broadcast_to(_slice(b, bias, 0, 1, 1), shape=[steps, batch, gates * units])
+            seqs = [proj, rec_bias]
+        else:
+            seqs = [linear(b, b.transpose(x, perm=[1, 0, 2]), kernel, bias)]  # one GEMM
+        init = b.broadcast_to(b.const([[0.0]], b.type(x).dtype), shape=[batch, width])
+        bg, bb = body_builder(b, init, seqs, [rec])
+        carry = bg.inputs["carry"]
+        h = carry if op != "lstm" else _slice(bb, carry, 1, 0, units)
+        c = _slice(bb, carry, 1, 1, units) if op == "lstm" else None
+        h, c = cell(bb, bg.inputs["x0"], h, c, bg.inputs["w0"], bg.inputs.get("x1"),
+                    units=units, activation=activation)
+        bg.outputs["y"] = h if c is None else bb.concat(h, c, axis=1)
+        out = scan(b, init, seqs, [rec], Body(bg, width, len(seqs), 1), reverse)  # [T, B, width]
+        hs = out if op != "lstm" else _slice(b, out, 2, 0, units)
+        if not return_sequences:  # the last step run: index 0 when running backward
+            last = 0 if reverse else steps - 1
+            return b.reshape(b.slice(hs, axis=0, start=last, stop=last + 1, step=1),
+                             shape=[batch, units])
+        return b.transpose(hs, perm=[1, 0, 2])
 
     def decompose(b, x, *weights, units, activation, return_sequences, bidirectional, **_):
         ys = [run(b, x, *weights[:3], False, units, activation, return_sequences)]

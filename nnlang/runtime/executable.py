@@ -19,6 +19,7 @@ from nnlang.passes.fuse import format_groups
 from nnlang.passes.memory import MemoryPlan
 from nnlang.passes.plan import plan
 from nnlang.passes.schedule import Step, copy_call
+from nnlang.runtime.scan import scan_call
 
 __all__ = ["Executable", "State", "compile_graph"]
 
@@ -93,6 +94,10 @@ class Executable:
         self._sources: list[tuple[str, str]] = []   # (header, body) per kernel step
         self._pinned: list = []
         self.threaded_blas = backend.threaded_blas(_products(g, steps))
+        # NOTE: scan bodies are executables of their own, compiled before this one's kernels
+        # (`together` batches one executable's compiles and does not nest)
+        self._scans = {s.nodes[0]: self._scan_call(s.nodes[0]) for s in steps
+                       if s.kind == "call" and g.node(s.nodes[0]).op == "scan"}
         with backend.together():
             calls = [self._build(s) for s in steps]
         self._calls = [backend.resolved(c) for c in calls]
@@ -102,6 +107,14 @@ class Executable:
         self._updates = [(self.state._arrays[k], self.arrays[v]) for k, v in g.updates.items()
                          if self.arrays[v] is not self.state._arrays[k]]
         self._step = backend.launcher(self._calls, self._updates, self.threaded_blas)
+
+    def _scan_call(self, nid: int):
+        n = self.graph.node(nid)
+        call, body = scan_call(self.backend, n, [self.arrays[i] for i in n.inputs],
+                               self.arrays[nid])
+        self._sources += [(f"# scan %{nid}, one step of its body:\n" + head, src)
+                          for head, src in body._sources]
+        return call
 
     def _piece_array(self, nid: int):
         """A concat piece's array: its slice of the concat's (`passes/concat_in_place.py`)."""
@@ -166,6 +179,8 @@ class Executable:
         inputs = [self.arrays[i] for i in n.inputs]
         if step.kind == "copy":
             return copy_call(xp, n, inputs[0], self.arrays[nid])
+        if n.op == "scan":
+            return self._scans[nid]
         pieces = self.memory.pieces
         if n.op == "concat" and any(i in pieces and pieces[i].concat == nid for i in n.inputs):
             return self._concat_rest(n, xp)
