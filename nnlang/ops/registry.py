@@ -82,6 +82,9 @@ class OpDef:
     traits: frozenset = frozenset()
     samples: tuple = ()
     flops: Callable | None = None             # (in_types, out_type, **attrs) -> int
+    # (b, out, **attrs) -> tuple of values, or None: an op giving several results (lstm's
+    # return_state) packs them in one value and the frontend cuts it here
+    results: Callable | None = None
 
     @property
     def is_composite(self) -> bool:
