@@ -46,8 +46,21 @@ def scan_call(backend, node, inputs: list, out):
     pairs = [(feeds[f"x{i}"], s) for i, s in enumerate(seqs) if f"x{i}" in feeds]
     y = dict(exe._results)["y"]
     calls, width = exe._calls, body.carry
-    order = range(out.shape[0] - 1, -1, -1) if node.attrs["reverse"] else range(out.shape[0])
     copyto = np.copyto
+    loop = getattr(backend, "scan_loop", None)
+    driver = loop and loop(node.attrs["reverse"], width, init, carry, out, y, pairs, calls)
+    if driver:
+        rendered, (fn, args) = driver
+        exe._sources.append(rendered)
+
+        def run_driver(*_):
+            for dst, src in staged:
+                copyto(dst, src)
+            fn(*args)
+        return (run_driver, ()), exe
+    # NOTE: the loop in Python, for a backend without a generated one (or a body it cannot
+    # generate): the same copies and calls
+    order = range(out.shape[0] - 1, -1, -1) if node.attrs["reverse"] else range(out.shape[0])
 
     def run(*_):
         for dst, src in staged:
