@@ -23,9 +23,12 @@ class Body:
     def __init__(self, g: Graph, carry: int, n_seqs: int, n_weights: int):
         self.g, self.carry, self.n_seqs, self.n_weights = g, carry, n_seqs, n_weights
         self.key = _structure(g)
-        # NOTE: a body is built with composites (dense, relu...); decompose lowers it in place
-        # of the node's attr through `map`, as it lowers the outer graph
-        self.primitive = not any(registry.get(n.op).is_composite for n in g)
+
+    @property
+    def primitive(self) -> bool:
+        """A body is built with composites (dense, relu...); decompose lowers it in place of
+        the node's attr through `map`, as it lowers the outer graph."""
+        return not any(registry.get(n.op).is_composite for n in self.g)
 
     def map(self, fn) -> "Body":
         """A body with `fn` applied to its graph (decompose)."""

@@ -242,11 +242,17 @@ def _make(op):
              doc=_DOCS[op], samples=_SAMPLES[op], results=results)
 
 
-_COMMON = ("x [batch, time, features] (time must be a number: the loop is unrolled), zero "
-           "initial state. Returns the last h [batch, units], or every h [batch, time, units] "
-           "with return_sequences = true. bidirectional = true adds a reversed pass with "
-           "params backward_*, its outputs concatenated on the last axis (time-aligned). "
-           "Params (Keras layout): kernel [features, G*units], recurrent [units, G*units], ")
+_COMMON = ("x [batch, time, features]; the cell runs as one loop node (a scan) whatever the "
+           "length. Returns the last h [batch, units], or every h [batch, time, units] with "
+           "return_sequences = true; return_state = true returns a tuple (outputs, h) (lstm: "
+           "(outputs, h, c)). initial_h (and lstm's initial_c) [batch, units] start the "
+           "state (default zeros): a decoder starts from an encoder's state. mask [batch, time] "
+           "(bool or 0/1): a step whose flag is false keeps the state and repeats the last "
+           "output (Keras masking). dropout / recurrent_dropout: Keras' per-sequence masks on "
+           "the inputs and on h before the recurrent GEMM, training only. bidirectional = true "
+           "adds a reversed pass with params backward_*, its outputs concatenated on the last "
+           "axis (time-aligned). Params (Keras layout): kernel [features, G*units], recurrent "
+           "[units, G*units], ")
 _DOCS = {
     "rnn": "Simple (Elman) RNN: h = activation(x_t @ kernel + h @ recurrent + bias). " + _COMMON
            + "bias [units]. Init (Keras): kernel glorot_uniform, recurrent orthogonal, bias "

@@ -15,7 +15,7 @@ from nnlang.ir.dims import fmt_shape
 from nnlang.ir.graph import Builder, op_attrs, slots
 from nnlang.ir.scan import Body, new_body_graph
 from nnlang.ops import registry
-from nnlang.ops.registry import ShapeError, TensorType, register
+from nnlang.ops.registry import Sample, ShapeError, TensorType, register
 
 
 def _parts(xs, body: Body):
@@ -23,6 +23,9 @@ def _parts(xs, body: Body):
 
 
 def _shape(*xs, body: Body, reverse: bool = False) -> TensorType:
+    if not isinstance(body, Body):
+        raise ShapeError("scan is the compiler's loop node: its body is a graph that rnn, lstm "
+                         "and gru build", attr="body", hint="use rnn, lstm or gru")
     init, seqs, weights = _parts(xs, body)
     if not seqs or len(weights) != body.n_weights:
         raise ShapeError(f"scan: expected init, {body.n_seqs} sequences and {body.n_weights} "
@@ -77,11 +80,6 @@ def _flops(ins, out, *, body: Body, **_):
     return steps * per_step
 
 
-register("scan", "*xs: tensor, body: any, reverse: bool = false", _shape, impl=_impl,
-         flops=_flops, family="rnn", doc="internal: a loop over time steps (see ops/scan.py); "
-         "rnn, lstm and gru decompose into it")
-
-
 def scan(b: Builder, init: int, seqs: list[int], weights: list[int], body: Body,
          reverse: bool = False) -> int:
     return b.emit("scan", init, *seqs, *weights, body=body, reverse=reverse)
@@ -95,3 +93,23 @@ def body_builder(b: Builder, init: int, seqs: list[int], weights: list[int]):
                        [b.type(w).shape for w in weights])
     return g, Builder(g, span=b.span, path=b.path, role=b.role)
 
+
+# NOTE: registered last: building the sample body loads every op module, and rnn.py imports
+# the helpers above
+def _sample_body() -> Body:
+    """An Elman step, h' = tanh(x_t + h @ w) with its h and a copy of x_t as output, for the
+    op matrix (float64, as the gradient checks run)."""
+    g = new_body_graph("float64", 2, 3, [3], [(3, 3)])
+    b = Builder(g)
+    h = b.tanh(b.add(g.inputs["x0"], b.matmul(g.inputs["carry"], g.inputs["w0"])))
+    g.outputs["y"] = b.concat(h, g.inputs["x0"], axis=1)
+    return Body(g, 3, 1, 1)
+
+
+register("scan", "*xs: tensor, body: any, reverse: bool = false", _shape, impl=_impl,
+         flops=_flops, family="rnn", doc="The compiler's loop (rnn, lstm and gru decompose "
+         "into it; not written by hand): a body graph run per time step over sequences "
+         "[time, batch, k], carrying a state; returns every step's output [time, batch, W].",
+         samples=(Sample(((2, 3), (4, 2, 3), (3, 3)), {"body": _sample_body()}),
+                  Sample(((2, 3), (4, 2, 3), (3, 3)), {"body": _sample_body(),
+                                                       "reverse": True})))
