@@ -59,8 +59,10 @@ class Executable:
     results there, so a training loop syncs only when it reads them (`read_all`)."""
 
     def __init__(self, g: Graph, steps: list[Step], views: dict[int, int], memory: MemoryPlan,
-                 backend: Backend, state: dict | None = None):
+                 backend: Backend, state: dict | None = None, disable=()):
         self.graph, self.steps, self.memory, self.backend = g, steps, memory, backend
+        self.disable = tuple(disable)   # the pass switches, which scan bodies follow too
+        self.bodies: list[Executable] = []
         self.views = views
         self.buffers = [backend.alloc(n) for n in memory.sizes]
         self.arrays: dict = {}
@@ -111,7 +113,8 @@ class Executable:
     def _scan_call(self, nid: int):
         n = self.graph.node(nid)
         call, body = scan_call(self.backend, n, [self.arrays[i] for i in n.inputs],
-                               self.arrays[nid])
+                               self.arrays[nid], self.disable)
+        self.bodies.append(body)
         self._sources += [(f"# scan %{nid}, one step of its body:\n" + head, src)
                           for head, src in body._sources]
         return call
@@ -227,15 +230,21 @@ class Executable:
         return format_groups(self.graph, [grp for s in self.steps for grp in s.kernel_groups])
 
     def summary(self) -> dict:
+        """Counts of what runs; a scan body's kernels and in-place concat pieces count once
+        (they run every step), and `nodes` counts the body graphs too."""
         kinds = [s.kind for s in self.steps]
+        bodies = [b.summary() for b in self.bodies]
         return {"threaded_blas": self.threaded_blas,
-                "kernels": sum(len(s.kernel_groups) for s in self.steps),
+                "kernels": sum(len(s.kernel_groups) for s in self.steps)
+                + sum(b["kernels"] for b in bodies),
+                "scan_loops": len(bodies),
                 "multi_tensor_launches": kinds.count("multi"), "calls": kinds.count("call"),
                 "copies": kinds.count("copy"), "distinct_kernels": len({b for _, b in
                                                                         self._sources}),
-                "concat_pieces_in_place": len(self.memory.pieces),
+                "concat_pieces_in_place": len(self.memory.pieces)
+                + sum(b["concat_pieces_in_place"] for b in bodies),
                 "buffers": len(self.memory.sizes), "buffer_bytes": self.memory.total_bytes,
-                "nodes": len(self.graph)}
+                "nodes": len(self.graph) + sum(b["nodes"] for b in bodies)}
 
 
 def compile_graph(g: Graph, backend: str | Backend = "numba", disable=(), state=None,
@@ -245,4 +254,4 @@ def compile_graph(g: Graph, backend: str | Backend = "numba", disable=(), state=
     need no device (what `--emit kernels` shows for CUDA; such an executable cannot run)."""
     g, steps, views, memory = plan(g, disable)
     be = get_backend(backend, render_only) if isinstance(backend, str) else backend
-    return Executable(g, steps, views, memory, be, state)
+    return Executable(g, steps, views, memory, be, state, disable)

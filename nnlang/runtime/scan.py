@@ -3,11 +3,11 @@ like any graph (fused kernels, GEMMs, its own buffers), then run once per time s
 
 Per step, step t of each sequence is copied into the body's input buffer, the body's calls run,
 and its output is copied into row t of the stacked result (and its first C columns into the
-carry). The body's weights are the outer arrays themselves, bound once.
+carry). The body's weights are the outer arrays themselves, bound once. A backend that can
+generate the whole loop (numba: `NumbaBackend.scan_loop`) runs it as one call; others (CuPy)
+loop here, one launch sequence per step.
 """
 from __future__ import annotations
-
-import numpy as np
 
 from nnlang.ir.graph import Graph
 
@@ -26,27 +26,28 @@ def _body_graph(node) -> Graph:
     return g
 
 
-def scan_call(backend, node, inputs: list, out):
+def scan_call(backend, node, inputs: list, out, disable=()):
     """(call, the body executable) for a scan node given its input arrays and output array."""
     from nnlang.runtime.executable import compile_graph
     body = node.attrs["body"]
     nseq = body.n_seqs
     init, seqs, weights = inputs[0], inputs[1:1 + nseq], inputs[1 + nseq:]
+    xp = backend.xp   # numpy, or cupy: the Python loop below launches per step on a GPU
     state, staged = {}, []
     for j, w in enumerate(weights):
         if not (w.flags.c_contiguous and w.flags.aligned):
             # NOTE: a strided weight (a view) gets a contiguous copy refreshed every call
-            state[f"w{j}"] = np.empty(w.shape, w.dtype)
+            state[f"w{j}"] = xp.empty(w.shape, w.dtype)
             staged.append((state[f"w{j}"], w))
         else:
             state[f"w{j}"] = w
-    exe = compile_graph(_body_graph(node), backend, state=state)
+    exe = compile_graph(_body_graph(node), backend, disable=disable, state=state)
     feeds = dict(exe._feeds)   # NOTE: an input the body never reads has no buffer
-    carry = feeds.get("carry", np.empty(init.shape, init.dtype))
+    carry = feeds.get("carry", xp.empty(init.shape, init.dtype))
     pairs = [(feeds[f"x{i}"], s) for i, s in enumerate(seqs) if f"x{i}" in feeds]
     y = dict(exe._results)["y"]
     calls, width = exe._calls, body.carry
-    copyto = np.copyto
+    copyto = xp.copyto
     loop = getattr(backend, "scan_loop", None)
     driver = loop and loop(node.attrs["reverse"], width, init, carry, out, y, pairs, calls)
     if driver:
