@@ -73,3 +73,21 @@ model M() {
     assert [tuple(g.node(v).shape[1:]) for v in g.outputs.values()] == [(4, 5), (5,)]
     with pytest.raises(NNError, match="3 names but the right side gives 2"):
         nnlang.load(src.replace("seq, h =", "seq, h, c ="))
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru"])
+def test_compiled_scan_at_real_widths_matches_the_interpreter(model):
+    """Batch 64 and 128 units, where a fold in the backward body once compiled to NaN
+    gradients that the small shapes of the op matrix did not show."""
+    import nnlang
+    program = nnlang.load(f"models/{model}.nn", {"maxlen": 6, "units": 128, "vocab": 50,
+                                                  "embed": 8})
+    rng = np.random.default_rng(0)
+    feeds = {"tokens": rng.integers(0, 50, size=(64, 6)).astype(np.int32),
+             "label": rng.integers(0, 2, 64).astype(np.float32)}
+    losses = {}
+    for backend in ("reference", "numba"):
+        net = nnlang.compile(program, backend=backend, batch=64, seed=0)
+        losses[backend] = [net.train_step(feeds) for _ in range(3)]
+    assert np.isfinite(losses["numba"]).all()
+    np.testing.assert_allclose(losses["numba"], losses["reference"], rtol=1e-4)
