@@ -347,7 +347,7 @@ class NumbaBackend:
             return None
         fn = self.compile(source, "scan_loop")
         header = f"# the time loop of a scan: {out.shape[0]} steps{' (reverse)' if reverse else ''}\n"
-        return (header, source), self.specialize(fn, (blas, *args))
+        return (header, source), self.specialize(fn, (blas, out.shape[0], *args))
 
     @contextmanager
     def together(self):

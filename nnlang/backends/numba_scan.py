@@ -139,8 +139,9 @@ class DriverSource:
 
 def render_driver(name: str, steps: int, reverse: bool, width: int, init, carry, out, y,
                   pairs, calls, kernel_of) -> tuple[str, list, str | None]:
-    """(module source, the driver's arguments after `blas`, the GEMM dtype or None); raises
-    Unsupported when some call cannot be generated."""
+    """(module source, the driver's arguments after `blas` and `steps`, the GEMM dtype or
+    None); raises Unsupported when some call cannot be generated. The length is an argument,
+    so one compiled driver serves every sequence length."""
     src = DriverSource(kernel_of)
     head = [f"{src.array(carry)}[...] = {src.array(init)}"]
     copies = [f"    {src.array(buf)}[...] = {src.array(seq)}[t]" for buf, seq in pairs]
@@ -148,16 +149,16 @@ def render_driver(name: str, steps: int, reverse: bool, width: int, init, carry,
         src.call(fn, args)
     o, yy, c = src.array(out), src.array(y), src.array(carry)
     params = ", ".join(f"p{k}" for k in range(len(src.args)))
-    t = f"{steps - 1} - i" if reverse else "i"
+    t = "steps - 1 - i" if reverse else "i"
     imports = [f"{k} = sys.modules[{d.py_func.__module__!r}].{d.__name__}"
                for d, k in src.kernels.items()]
     body = "\n".join(["import sys", "", "import numba", "",
                       "from nnlang.backends.numba_scan import gemm", "", *imports, "", "",
                       "@numba.njit(cache=True, nogil=True)",
-                      f"def {name}(blas, {params}):",
+                      f"def {name}(blas, steps, {params}):",
                       "    # the time loop of one scan: step t in, the body's calls, y out",
                       *[f"    {h}" for h in head],
-                      f"    for i in range({steps}):",
+                      "    for i in range(steps):",
                       f"        t = {t}",
                       *[f"    {line}" for line in copies],
                       *[f"        {line}" for line in src.lines],
