@@ -210,63 +210,72 @@ def _act(name):
     return ACTIVATIONS[name]
 
 
-def _scan(x, step, reverse, return_sequences):
+def _scan(x, step, state, reverse, return_sequences, mask):
+    """Runs `step(x_t, state) -> state` (state[0] is h); a masked-out step keeps the state."""
     steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
     outs = {}
-    h = None
     for t in steps:
-        h = step(x[:, t])
-        outs[t] = h
-    return np.stack([outs[t] for t in range(x.shape[1])], axis=1) if return_sequences else h
+        new = step(x[:, t], state)
+        if mask is not None:
+            keep = mask[:, t, None].astype(bool)
+            new = tuple(np.where(keep, n, o) for n, o in zip(new, state))
+        state = new
+        outs[t] = state[0]
+    seq = np.stack([outs[t] for t in range(x.shape[1])], axis=1)
+    return (seq if return_sequences else state[0]), state
 
 
-def _directions(cell):
-    def ref(x, *weights, units, activation, return_sequences, bidirectional, **_):
-        ys = [cell(x, *weights[:3], units, _act(activation), False, return_sequences)]
-        if bidirectional:
-            ys.append(cell(x, *weights[3:6], units, _act(activation), True, return_sequences))
-        return np.concatenate(ys, axis=-1)
-    return ref
+def _simple(x, W, U, b, units, act, state):
+    return lambda xt, s: (act(xt @ W + s[0] @ U + b),)
 
 
-def _simple(x, W, U, b, units, act, reverse, seq):
-    h = np.zeros((x.shape[0], units))
-
-    def step(xt):
-        nonlocal h
-        h = act(xt @ W + h @ U + b)
-        return h
-    return _scan(x, step, reverse, seq)
-
-
-def _lstm(x, W, U, b, units, act, reverse, seq):
-    h = c = np.zeros((x.shape[0], units))
-
-    def step(xt):
-        nonlocal h, c
+def _lstm(x, W, U, b, units, act, state):
+    def step(xt, s):
+        h, c = s
         z = xt @ W + h @ U + b
         i, f, g, o = (z[:, k * units:(k + 1) * units] for k in range(4))
         c = sigmoid(f) * c + sigmoid(i) * act(g)
-        h = sigmoid(o) * act(c)
-        return h
-    return _scan(x, step, reverse, seq)
+        return sigmoid(o) * act(c), c
+    return step
 
 
-def _gru(x, W, U, b, units, act, reverse, seq):
+def _gru(x, W, U, b, units, act, state):
     """Keras GRU(reset_after=True): bias[0] on the input side, bias[1] on the recurrent side."""
-    h = np.zeros((x.shape[0], units))
-
-    def step(xt):
-        nonlocal h
+    def step(xt, s):
+        h = s[0]
         xz, xr, xh = np.split(xt @ W + b[0], 3, axis=1)
         hz, hr, hh = np.split(h @ U + b[1], 3, axis=1)
         z, r = sigmoid(xz + hz), sigmoid(xr + hr)
-        h = z * h + (1 - z) * act(xh + r * hh)
-        return h
-    return _scan(x, step, reverse, seq)
+        return (z * h + (1 - z) * act(xh + r * hh),)
+    return step
 
 
-RNN = {"rnn": _directions(_simple), "lstm": _directions(_lstm), "gru": _directions(_gru)}
+def _directions(cell, n_states):
+    """A reference over (x, mask, initial states..., weights...): Keras' layer with masking,
+    initial_state and return_state (the results packed along the time axis, as the op's
+    shape rule says)."""
+    def ref(x, mask, *rest, units, activation, return_sequences, bidirectional,
+            return_state=False, **_):
+        given, weights = rest[:n_states], rest[n_states:]
+        zero = np.zeros((x.shape[0], units))
+        state = tuple(zero if s is None else s for s in given)
+        ys, finals = [], None
+        for k, reverse in enumerate([False, True] if bidirectional else [False]):
+            W, U, b = weights[3 * k:3 * k + 3]
+            y, final = _scan(x, cell(x, W, U, b, units, _act(activation), state), state,
+                             reverse, return_sequences, mask)
+            ys.append(y)
+            finals = final if finals is None else finals
+        y = np.concatenate(ys, axis=-1)
+        if not return_state:
+            return y
+        lead = y if return_sequences else y[:, None]
+        return np.concatenate([lead] + [f[:, None] for f in finals], axis=1)
+    return ref
+
+
+RNN = {"rnn": _directions(_simple, 1), "lstm": _directions(_lstm, 2),
+       "gru": _directions(_gru, 1)}
 
 
 # *** attention ***

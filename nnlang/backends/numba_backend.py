@@ -28,6 +28,7 @@ from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.base import Call, State, library_call, run_in_order
 from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded_blas_pays,
                                   workers)
+from nnlang.backends.numba_scan import Unsupported, blas_gemms, render_driver
 from nnlang.codegen.render_numba import PARALLEL_MIN, render, render_multi, split_rows
 from nnlang.errors import NNError
 from nnlang.files import write_atomic
@@ -328,6 +329,25 @@ class NumbaBackend:
         return entry
 
     resolved = staticmethod(resolved)
+
+    def scan_loop(self, reverse: bool, width: int, init, carry, out, y, pairs, calls):
+        """A scan's whole time loop as one generated driver (`numba_scan.py`): (rendered,
+        call), or None when some body call cannot be generated there."""
+        gemms = blas_gemms()
+        kernel_of = {entry: fn for (fn, _), entry in self._entries.items()}
+        try:
+            source, args, dtype = render_driver("scan_loop", out.shape[0], reverse, width, init,
+                                                carry, out, y, pairs, calls, kernel_of)
+        except Unsupported:
+            return None
+        if dtype is not None and dtype not in gemms:
+            return None
+        blas = gemms.get(dtype or "float32")
+        if blas is None:
+            return None
+        fn = self.compile(source, "scan_loop")
+        header = f"# the time loop of a scan: {out.shape[0]} steps{' (reverse)' if reverse else ''}\n"
+        return (header, source), self.specialize(fn, (blas, out.shape[0], *args))
 
     @contextmanager
     def together(self):

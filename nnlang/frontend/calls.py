@@ -180,6 +180,11 @@ class CallElaboration:
         self.check_size(self.g.node(nid).shape or (), attrs, attr_spans, span)
         if path is not None:
             self.layer_of[nid] = path
+        if opdef.results is not None:  # several results packed in one value: a tuple
+            with self.b.at(span, layer):
+                parts = opdef.results(self.b, nid, **full)
+            if parts is not None:
+                return tuple(T(p) for p in parts)
         return T(nid)
 
     def check_size(self, shape, attrs: dict, attr_spans: dict | None, span: Span):

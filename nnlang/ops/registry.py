@@ -85,6 +85,9 @@ class OpDef:
     # (e, node, *inputs) -> value name: the op in ONNX, through the emitter `e` of
     # nnlang/export/emitter.py (so ops/ never imports onnx); None for an op ONNX cannot express
     onnx: Callable | None = None
+    # (b, out, **attrs) -> tuple of values, or None: an op giving several results (lstm's
+    # return_state) packs them in one value and the frontend cuts it here
+    results: Callable | None = None
 
     @property
     def is_composite(self) -> bool:

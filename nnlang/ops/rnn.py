@@ -1,27 +1,31 @@
 """Recurrent layers (rnn, lstm, gru) on [batch, time, features], with Keras' parameter layout.
 
-Decomposition: ONE GEMM projects the whole sequence ([batch*time, features] @ kernel), then the
-recurrence is unrolled over the (concrete) time steps: per step a slice of the projection, one
-[batch, units] @ recurrent GEMM and the gate math in elementwise primitives.
-TODO: a `scan` primitive (JAX scan_p) would keep the graph size independent of time.
+Decomposition: ONE GEMM projects the whole sequence ([batch*time, features] @ kernel), then a
+`scan` node (ops/scan.py) runs the cell once per step: one [batch, units] @ recurrent GEMM and
+the gate math in elementwise primitives, so the graph's size does not depend on the length.
 """
 from __future__ import annotations
 
 from nnlang.ir.dims import Sym, fmt_shape
+from nnlang.ir.scan import Body
 from nnlang.ops.init import init_spec
 from nnlang.ops.nn import activate, check_activation, const_like, linear, need_float, param_dtype
-from nnlang.ops.registry import ParamSpec, Sample, ShapeError, TensorType, need_positive, register
+from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, need_positive,
+                                 need_range, register)
+from nnlang.ops.scan import body_builder, scan
 
 
 def _slice(b, x, axis, k, width):
     return b.slice(x, axis=axis, start=k * width, stop=(k + 1) * width, step=1)
 
 
-def _simple_cell(b, xt, h, c, rec, bias, *, units, activation):
+# `h` feeds the recurrent GEMM (dropped out under recurrent_dropout); GRU's update gate mixes
+# the undropped state `h_mix`, as Keras does
+def _simple_cell(b, xt, h, c, rec, bias, *, units, activation, h_mix):
     return activate(b, b.add(xt, b.matmul(h, rec)), activation), None
 
 
-def _lstm_cell(b, xt, h, c, rec, bias, *, units, activation):
+def _lstm_cell(b, xt, h, c, rec, bias, *, units, activation, h_mix):
     # Keras gate order i, f, c, o; the bias was already added to the input projection
     z = b.add(xt, b.matmul(h, rec))
     i, f, g, o = (_slice(b, z, 1, k, units) for k in range(4))
@@ -29,16 +33,16 @@ def _lstm_cell(b, xt, h, c, rec, bias, *, units, activation):
     return b.mul(b.sigmoid(o), activate(b, c, activation)), c
 
 
-def _gru_cell(b, xt, h, c, rec, rec_bias, *, units, activation):
+def _gru_cell(b, xt, h, c, rec, rec_bias, *, units, activation, h_mix):
     # Keras reset_after=True (the cuDNN form): the reset gate scales (h @ U_h + b_rh), not h.
-    inner = b.add(b.matmul(h, rec), rec_bias)
+    inner = b.add(b.matmul(h, rec), rec_bias)   # rec_bias: [batch, 3*units], one step of it
     xz, xr, xh = (_slice(b, xt, 1, k, units) for k in range(3))
     rz, rr, rh = (_slice(b, inner, 1, k, units) for k in range(3))
     z = b.sigmoid(b.add(xz, rz))
     r = b.sigmoid(b.add(xr, rr))
     hh = activate(b, b.add(xh, b.mul(r, rh)), activation)
     one = const_like(b, 1.0, h)
-    return b.add(b.mul(z, h), b.mul(b.sub(one, z), hh)), None
+    return b.add(b.mul(z, h_mix), b.mul(b.sub(one, z), hh)), None
 
 
 # name -> (gate count, one step of the cell)
@@ -51,16 +55,56 @@ def _check(op, x):
         raise ShapeError(f"{op} expects [batch, time, features] but got {fmt_shape(x.shape)}",
                          arg=0, hint="add a time axis with unsqueeze, or reshape first?")
     if isinstance(x.shape[1], Sym):
-        raise ShapeError(f"{op}: the time dim of {fmt_shape(x.shape)} must be a number (the "
-                         "recurrence is unrolled)", arg=0, hint="pad sequences to a fixed length")
+        raise ShapeError(f"{op}: the time dim of {fmt_shape(x.shape)} must be a number for now",
+                         arg=0, hint="pad sequences to a fixed length")
     if isinstance(x.shape[2], Sym):
         raise ShapeError(f"{op}: the feature dim of {fmt_shape(x.shape)} must be a number", arg=0)
 
 
+def _check_extras(op, x, mask, states, units, bidirectional, return_state, rates):
+    """The optional mask and initial states fit x; return_state has one direction."""
+    batch, steps = x.shape[0], x.shape[1]
+    if mask is not None and (mask.rank != 2 or tuple(mask.shape) != (batch, steps)):
+        raise ShapeError(f"{op}: mask {fmt_shape(mask.shape)} does not fit x "
+                         f"{fmt_shape(x.shape)}: one flag per example and step, [{batch}, "
+                         f"{steps}]", arg=1, hint="true (or 1) marks a real step, false a pad")
+    for k, (name, t) in enumerate(states):
+        if t is None:
+            continue
+        if tuple(t.shape) != (batch, units) or t.dtype != x.dtype:
+            raise ShapeError(f"{op}: {name} is {t} but the state is {x.dtype}"
+                             f"{fmt_shape((batch, units))}", arg=2 + k)
+        if bidirectional:
+            raise ShapeError(f"{op}: {name} with bidirectional = true is not supported",
+                             arg=2 + k, hint="run two layers, one with reverse input, instead")
+    if return_state and bidirectional:
+        raise ShapeError(f"{op}: return_state with bidirectional = true is not supported",
+                         attr="return_state")
+    for name, rate in rates.items():
+        need_range(op, name, rate, 0.0, 1.0, hi_open=True)
+
+
+def _rate_mask(b, shape, rate, dtype):
+    """Keras' dropout masks of a recurrent layer: one draw per sequence, the same every step
+    (scaled 1/(1-rate)); None when off (rate 0 or not training)."""
+    if rate == 0.0 or not b.training:
+        return None
+    return b.dropout(b.broadcast_to(b.const(1.0, dtype), shape=shape), rate=rate)
+
+
 def _make(op):
     gates, cell = _CELLS[op]
+    n_states = 2 if op == "lstm" else 1
+    state_names = ("initial_h", "initial_c")[:n_states]
 
-    def params(x, *, units, bidirectional, init, recurrent_init, bias_init, **attrs):
+    def split(ins):
+        """(x, mask, initial states, weights) from a node's tensor inputs (a shape rule may be
+        asked about x alone)."""
+        ins = tuple(ins) + (None,) * max(0, 2 + n_states - len(ins))
+        return ins[0], ins[1], list(ins[2:2 + n_states]), ins[2 + n_states:]
+
+    def params(*ins, units, bidirectional, init, recurrent_init, bias_init, **attrs):
+        x = ins[0]
         _check(op, x)
         dt, gu = param_dtype(x), gates * units
         if op == "lstm" and attrs.get("unit_forget_bias"):
@@ -75,66 +119,140 @@ def _make(op):
             return one
         return {**one, **{f"backward_{k}": v for k, v in one.items()}}
 
-    def shape_rule(x, *weights, units, activation, return_sequences, bidirectional, **_):
+    def shape_rule(*ins, units, activation, return_sequences, return_state, bidirectional,
+                   dropout, recurrent_dropout, **_):
+        x, mask, states, weights = split(ins)
         _check(op, x)
         check_activation(op, activation)
         need_positive(op, "units", units)
+        _check_extras(op, x, mask, list(zip(state_names, states)), units, bidirectional,
+                      return_state, {"dropout": dropout, "recurrent_dropout": recurrent_dropout})
         want = (x.shape[2], gates * units)
         if weights and weights[0] is not None and weights[0].shape != want:
             raise ShapeError(f"{op}: kernel {fmt_shape(weights[0].shape)} does not fit "
-                             f"{x.shape[2]} features and {units} units", arg=1)
+                             f"{x.shape[2]} features and {units} units", arg=2 + n_states)
         width = units * (2 if bidirectional else 1)
+        if return_state:  # packed: the outputs, then each state, along the time axis
+            lead = x.shape[1] if return_sequences else 1
+            return TensorType((x.shape[0], lead + n_states, width), x.dtype)
         out = (x.shape[0], x.shape[1], width) if return_sequences else (x.shape[0], width)
         return TensorType(out, x.dtype)
 
-    def run(b, x, kernel, rec, bias, reverse, units, activation, return_sequences):
-        batch, steps, _ = b.type(x).shape
-        if op == "gru":
-            in_bias = b.reshape(_slice(b, bias, 0, 0, 1), shape=[gates * units])
-            rec_bias = b.reshape(_slice(b, bias, 0, 1, 1), shape=[gates * units])
-        else:
-            in_bias, rec_bias = bias, None
+    def results(b, out, *, return_sequences, return_state, **_):
+        """return_state: (outputs, h[, c]) cut from the packed value (see `shape_rule`)."""
+        if not return_state:
+            return None
+        batch, total, width = b.type(out).shape
+        lead = total - n_states
+        pieces = [b.slice(out, axis=1, start=0, stop=lead, step=1)]
+        if not return_sequences:
+            pieces[0] = b.reshape(pieces[0], shape=[batch, width])
+        for k in range(n_states):
+            pieces.append(b.reshape(b.slice(out, axis=1, start=lead + k, stop=lead + k + 1,
+                                            step=1), shape=[batch, width]))
+        return tuple(pieces)
+
+    def run(b, x, mask, states, weights, reverse, units, activation, rates):
+        kernel, rec, bias = weights
+        batch, steps, feats = b.type(x).shape
+        dtype = b.type(x).dtype
+        width = units * n_states   # the carry: h (and c for lstm)
+        drop = _rate_mask(b, [batch, 1, feats], rates[0], dtype)
+        if drop is not None:
+            x = b.mul(x, drop)
         # NOTE: x goes time-major before the projection (a copy of F features per token rather
         # than gates*units), so every step's slice of proj is one contiguous block
-        proj = linear(b, b.transpose(x, perm=[1, 0, 2]), kernel, in_bias)  # one GEMM
-        zeros = b.broadcast_to(b.const([[0.0]], b.type(x).dtype), shape=[batch, units])
-        h = c = zeros
-        outs = []
-        for t in (reversed(range(steps)) if reverse else range(steps)):
-            xt = b.reshape(b.slice(proj, axis=0, start=t, stop=t + 1, step=1),
-                           shape=[batch, gates * units])
-            h, c = cell(b, xt, h, c, rec, rec_bias, units=units, activation=activation)
-            outs.append(h)
-        if not return_sequences:
-            return h
-        if reverse:
-            outs.reverse()  # Keras Bidirectional: backward outputs realigned to time order
-        seq = [b.reshape(o, shape=[batch, 1, units]) for o in outs]
-        return seq[0] if len(seq) == 1 else b.concat(*seq, axis=1)
+        xt = b.transpose(x, perm=[1, 0, 2])
+        if op == "gru":
+            in_bias = b.reshape(_slice(b, bias, 0, 0, 1), shape=[gates * units])
+            seqs = [linear(b, xt, kernel, in_bias)]  # one GEMM
+        else:
+            seqs = [linear(b, xt, kernel, bias)]
+        extra = {}
+        if op == "gru":
+            # the recurrent bias is read every step beside h @ U: a broadcast "sequence", so
+            # its gradient is the sum over steps that autodiff of broadcast_to already makes
+            extra["rec_bias"] = b.broadcast_to(_slice(b, bias, 0, 1, 1),
+                                               shape=[steps, batch, gates * units])
+        if mask is not None:
+            m = b.cast(mask, dtype=dtype) if b.type(mask).dtype != dtype else mask
+            extra["mask"] = b.reshape(b.transpose(m, perm=[1, 0]), shape=[steps, batch, 1])
+        rdrop = _rate_mask(b, [batch, units], rates[1], dtype)
+        if rdrop is not None:
+            extra["rdrop"] = b.broadcast_to(b.reshape(rdrop, shape=[1, batch, units]),
+                                            shape=[steps, batch, units])
+        seqs += list(extra.values())
+        given = [s if s is not None else b.broadcast_to(b.const([[0.0]], dtype),
+                                                        shape=[batch, units]) for s in states]
+        init = given[0] if n_states == 1 else b.concat(*given, axis=1)
+        bg, bb = body_builder(b, init, seqs, [rec])
+        seq_in = {k: bg.inputs[f"x{1 + i}"] for i, k in enumerate(extra)}
+        carry = bg.inputs["carry"]
+        h = carry if op != "lstm" else _slice(bb, carry, 1, 0, units)
+        c = _slice(bb, carry, 1, 1, units) if op == "lstm" else None
+        h_in = bb.mul(h, seq_in["rdrop"]) if "rdrop" in seq_in else h
+        new_h, new_c = cell(bb, bg.inputs["x0"], h_in, c, bg.inputs["w0"],
+                            seq_in.get("rec_bias"), units=units, activation=activation, h_mix=h)
+        new = [new_h] if new_c is None else [new_h, new_c]
+        if "mask" in seq_in:  # a padded step keeps the state (Keras masking)
+            keep = seq_in["mask"]
+            one = const_like(bb, 1.0, keep)
+            new = [bb.add(bb.mul(keep, v), bb.mul(bb.sub(one, keep), old))
+                   for v, old in zip(new, [h, c][:n_states])]
+        bg.outputs["y"] = new[0] if n_states == 1 else bb.concat(*new, axis=1)
+        out = scan(b, init, seqs, [rec], Body(bg, width, len(seqs), 1), reverse)  # [T, B, width]
+        hs = out if op != "lstm" else _slice(b, out, 2, 0, units)
+        last = 0 if reverse else steps - 1   # the last step run: index 0 when running backward
+        final = b.reshape(b.slice(out, axis=0, start=last, stop=last + 1, step=1),
+                          shape=[batch, width])
+        finals = [final] if n_states == 1 else [_slice(b, final, 1, k, units) for k in range(2)]
+        return hs, finals
 
-    def decompose(b, x, *weights, units, activation, return_sequences, bidirectional, **_):
-        ys = [run(b, x, *weights[:3], False, units, activation, return_sequences)]
+    def decompose(b, *ins, units, activation, return_sequences, return_state, bidirectional,
+                  dropout, recurrent_dropout, **_):
+        x, mask, states, weights = split(ins)
+        rates = (dropout, recurrent_dropout)
+        runs = [run(b, x, mask, states, weights[:3], False, units, activation, rates)]
         if bidirectional:
-            ys.append(run(b, x, *weights[3:6], True, units, activation, return_sequences))
-        return ys[0] if len(ys) == 1 else b.concat(*ys, axis=-1)
+            runs.append(run(b, x, mask, states, weights[3:6], True, units, activation, rates))
+        batch = b.type(x).shape[0]
+        outs = []
+        for hs, finals in runs:
+            outs.append(b.transpose(hs, perm=[1, 0, 2]) if return_sequences else finals[0])
+        y = outs[0] if len(outs) == 1 else b.concat(*outs, axis=-1)
+        if not return_state:
+            return y
+        width = units
+        lead = y if return_sequences else b.reshape(y, shape=[batch, 1, width])
+        states_out = [b.reshape(f, shape=[batch, 1, width]) for f in runs[0][1]]
+        return b.concat(lead, *states_out, axis=1)
 
     def flops(ins, out, *, units, bidirectional, **_):
         batch, steps, feats = ins[0].shape
         return 2 * batch * steps * (feats + units) * gates * units * (2 if bidirectional else 1)
 
-    extra = ", unit_forget_bias: bool = true" if op == "lstm" else ""
+    lstm_only = ", initial_c: tensor? = none, unit_forget_bias: bool = true" \
+        if op == "lstm" else ""
     register(op, "x: tensor, units: int, activation: str = \"tanh\", return_sequences: bool = "
-             "false, bidirectional: bool = false, init: init = \"glorot_uniform\", "
-             "recurrent_init: init = \"orthogonal\", bias_init: init = \"zeros\"" + extra,
+             "false, return_state: bool = false, bidirectional: bool = false, mask: tensor? = "
+             "none, initial_h: tensor? = none" + lstm_only + ", dropout: float = 0.0, "
+             "recurrent_dropout: float = 0.0, init: init = \"glorot_uniform\", "
+             "recurrent_init: init = \"orthogonal\", bias_init: init = \"zeros\"",
              shape_rule, decompose=decompose, params=params, flops=flops, family="rnn",
-             doc=_DOCS[op], samples=_SAMPLES[op])
+             doc=_DOCS[op], samples=_SAMPLES[op], results=results)
 
 
-_COMMON = ("x [batch, time, features] (time must be a number: the loop is unrolled), zero "
-           "initial state. Returns the last h [batch, units], or every h [batch, time, units] "
-           "with return_sequences = true. bidirectional = true adds a reversed pass with "
-           "params backward_*, its outputs concatenated on the last axis (time-aligned). "
-           "Params (Keras layout): kernel [features, G*units], recurrent [units, G*units], ")
+_COMMON = ("x [batch, time, features]; the cell runs as one loop node (a scan) whatever the "
+           "length. Returns the last h [batch, units], or every h [batch, time, units] with "
+           "return_sequences = true; return_state = true returns a tuple (outputs, h) (lstm: "
+           "(outputs, h, c)). initial_h (and lstm's initial_c) [batch, units] start the "
+           "state (default zeros): a decoder starts from an encoder's state. mask [batch, time] "
+           "(bool or 0/1): a step whose flag is false keeps the state and repeats the last "
+           "output (Keras masking). dropout / recurrent_dropout: Keras' per-sequence masks on "
+           "the inputs and on h before the recurrent GEMM, training only. bidirectional = true "
+           "adds a reversed pass with params backward_*, its outputs concatenated on the last "
+           "axis (time-aligned). Params (Keras layout): kernel [features, G*units], recurrent "
+           "[units, G*units], ")
 _DOCS = {
     "rnn": "Simple (Elman) RNN: h = activation(x_t @ kernel + h @ recurrent + bias). " + _COMMON
            + "bias [units]. Init (Keras): kernel glorot_uniform, recurrent orthogonal, bias "
@@ -150,10 +268,16 @@ _DOCS = {
 }
 _SAMPLES = {
     op: (Sample(((2, 3, 4),), {"units": 5}),
-         Sample(((2, 3, 4),), {"units": 3, "return_sequences": True, "bidirectional": True}))
+         Sample(((2, 3, 4),), {"units": 3, "return_sequences": True, "bidirectional": True}),
+         # a padded batch, both directions
+         Sample(((2, 4, 3), (2, 4)), {"units": 2, "bidirectional": True,
+                                      "return_sequences": True}, dtypes=(None, "bool")),
+         # an encoder's state in, the states out
+         Sample(((2, 3, 4), (2, 3)) + ((2, 3),) * (2 if op == "lstm" else 1),
+                {"units": 3, "return_sequences": True, "return_state": True},
+                dtypes=(None, "bool") + (None,) * (2 if op == "lstm" else 1)),
+         Sample(((2, 3, 4), None, (2, 3)), {"units": 3, "return_state": True}))
     for op in _CELLS
 }
-_SAMPLES["rnn"] += (Sample(((3, 2, 4),), {"units": 2, "activation": "relu",
-                                          "return_sequences": True}),)
 for _op in _CELLS:
     _make(_op)

@@ -7,9 +7,12 @@ contributions with `add` nodes. Integer and bool values never get gradients.
 """
 from __future__ import annotations
 
+from nnlang.errors import NNError
 from nnlang.ir.graph import Builder, Graph
+from nnlang.ir.scan import Body, new_body_graph
 from nnlang.ops import registry
-from nnlang.ops.registry import NONDIFF, is_float
+from nnlang.ops.registry import NONDIFF, TensorType, is_float
+from nnlang.ops.scan import scan
 
 
 def sum_to(b: Builder, g: int, shape: tuple) -> int:
@@ -106,9 +109,12 @@ def backward(g: Graph, loss: int, wrt) -> dict[int, int]:
             total = accumulate(b, parts)
             grads[nid] = total
             opdef = registry.get(node.op)
-            if opdef.grad is None or opdef.has(NONDIFF):
+            if node.op == "scan":  # its rule differentiates its body: it needs this pass
+                in_grads = scan_grad(b, node, total)
+            elif opdef.grad is None or opdef.has(NONDIFF):
                 continue
-            in_grads = opdef.grad(b, node, total)
+            else:
+                in_grads = opdef.grad(b, node, total)
             for src, gi in zip(node.inputs, in_grads):
                 if gi is None or src not in path:
                     continue
@@ -119,3 +125,173 @@ def backward(g: Graph, loss: int, wrt) -> dict[int, int]:
 def _topo_index(g: Graph):
     order = {n: i for i, n in enumerate(g.topo())}
     return order.__getitem__
+
+
+# *** scan ***
+# The gradient of a scan is a reverse scan whose body is the VJP of the forward body. What the
+# backward step needs from the forward step is STORED, not recomputed, but only the GEMM
+# results: each `a @ w` of a weight w (z = the LSTM's pre-activation gates) goes into extra
+# columns of the forward scan's stacked output, and the backward body recomputes the cheap
+# elementwise gate math from z inside its one fused kernel. Recomputing z would cost one more
+# GEMM per step (a third more work); storing every elementwise value would cost several times
+# z's memory for no time saved. The carry each step started from comes from the stacked
+# output itself (shifted by one step), so it is never stored twice.
+# Weight gradients are not accumulated in the loop: dW = A^T @ dZ is ONE GEMM over the stacked
+# [T*B, K] left operands and [T*B, N] output gradients after the backward scan.
+
+
+def _weight_matmuls(body: Body) -> list[tuple[int, int]]:
+    """(matmul node, weight index) for every `a @ w_j` in the body; any other use of a weight
+    has no gradient rule here."""
+    g, found = body.g, []
+    for j in range(body.n_weights):
+        w = g.inputs[f"w{j}"]
+        for u in g.users(w):
+            n = g.node(u)
+            if n.op != "matmul" or n.inputs[0] == w or n.inputs[1] != w:
+                raise NNError("a scan body may read its whole-tensor inputs only as the right "
+                              "operand of a matmul", span=n.span,
+                              hint="pass other per-step constants as a sequence")
+            found.append((u, j))
+    return found
+
+
+def _carry_columns(g: Graph, a: int):
+    """(start, stop) when the matmul's left operand is the carry or a column slice of it (h of
+    an LSTM's [h, c]): its stacked value is a slice of the carries, nothing to store."""
+    n, carry = g.node(a), g.inputs["carry"]
+    if a == carry:
+        return 0, int(n.shape[1])
+    at = n.attrs
+    if n.op == "slice" and n.inputs[0] == carry and at["axis"] % 2 == 1 and at["step"] == 1:
+        return slice(at["start"], at["stop"], 1).indices(int(g.node(carry).shape[1]))[:2]
+    return None
+
+
+def _copy_nodes(b: Builder, src: Graph, env: dict) -> dict:
+    """Copies every node of `src` not already mapped in `env` into b's graph."""
+    for nid in src.topo():
+        if nid in env:
+            continue
+        n = src.node(nid)
+        env[nid] = b.g.add_node(n.op, [env[i] for i in n.inputs], dict(n.attrs), n.type,
+                                span=n.span, path=n.path, role=b.role, name=None)
+    return env
+
+
+def cols(b: Builder, x: int, lo: int, hi: int) -> int:
+    return b.slice(x, axis=2, start=lo, stop=hi, step=1)
+
+
+def _widen(b: Builder, node, body: Body, type_: TensorType) -> None:
+    """The scan `node` now also stores residuals; its former readers (forward users, results)
+    read the original columns through a slice (a view)."""
+    g, users, width = b.g, b.g.users(node.id), int(node.shape[2])
+    node.attrs["body"], node.type = body, type_
+    with b.at(role=node.role):
+        narrow = cols(b, node.id, 0, width)
+    for u in users:
+        g.set_inputs(u, [narrow if i == node.id else i for i in g.node(u).inputs])
+    for table in (g.outputs, g.losses, g.metrics, g.updates):
+        for k, v in table.items():
+            if v == node.id:
+                table[k] = narrow
+
+
+def scan_grad(b: Builder, node, gout: int) -> list:
+    """Gradients of a scan's (init, sequences, weights); makes the forward scan store what the
+    backward needs (see the note above)."""
+    body, reverse = node.attrs["body"], node.attrs["reverse"]
+    fg, nseq = body.g, body.n_seqs
+    init, seqs, weights = node.inputs[0], node.inputs[1:1 + nseq], node.inputs[1 + nseq:]
+    steps, batch, width = node.shape
+    C, dtype = body.carry, node.dtype
+    mms = _weight_matmuls(body)
+
+    # the forward scan, widened with the residuals: z of each weight matmul, and its left
+    # operand unless that is a slice of the carry
+    rg = fg.copy()
+    rb = Builder(rg, span=node.span, path=node.path, role="fwd")
+    extra, col, where = [], width, {}
+    for m, _ in mms:
+        a = fg.node(m).inputs[0]
+        if _carry_columns(fg, a) is None:
+            extra.append(a)
+            where[("a", m)] = (col, col + int(fg.node(a).shape[1]))
+            col = where[("a", m)][1]
+        extra.append(m)
+        where[("z", m)] = (col, col + int(fg.node(m).shape[1]))
+        col = where[("z", m)][1]
+    if extra:
+        rg.outputs["y"] = rb.concat(rg.outputs["y"], *extra, axis=1)
+        _widen(b, node, Body(rg, C, nseq, body.n_weights), TensorType((steps, batch, col), dtype))
+    ys = node.id
+
+    # the carry each step started from, stacked [T, B, C]
+    first = b.reshape(init, shape=[1, batch, C])
+    if steps == 1:
+        carries = first
+    elif not reverse:
+        carries = b.concat(first, b.slice(cols(b, ys, 0, C), axis=0, start=0, stop=steps - 1,
+                                          step=1), axis=0)
+    else:
+        carries = b.concat(b.slice(cols(b, ys, 0, C), axis=0, start=1, stop=steps, step=1), first,
+                           axis=0)
+    zs = [cols(b, ys, *where[("z", m)]) for m, _ in mms]
+
+    # the backward body: recompute the step from (carry, x_t, z_t), then its VJP
+    widths = [width, C] + [int(b.type(s).shape[2]) for s in seqs] + \
+             [int(fg.node(m).shape[1]) for m, _ in mms]
+    bg = new_body_graph(dtype, batch, C, widths, [b.type(w).shape for w in weights])
+    bb = Builder(bg, span=node.span, path=node.path, role="bwd")
+    env = {fg.inputs["carry"]: bg.inputs["x1"]}
+    env.update({fg.inputs[f"x{i}"]: bg.inputs[f"x{2 + i}"] for i in range(nseq)})
+    env.update({fg.inputs[f"w{j}"]: bg.inputs[f"w{j}"] for j in range(body.n_weights)})
+    env = _copy_nodes(bb, fg, env)
+    dy, dcarry = bg.inputs["x0"], bg.inputs["carry"]
+    if width > C:
+        cot = bb.concat(bb.add(bb.slice(dy, axis=1, start=0, stop=C, step=1), dcarry),
+                        bb.slice(dy, axis=1, start=C, stop=width, step=1), axis=1)
+    else:
+        cot = bb.add(dy, dcarry)
+    loss = bb.reduce_sum(bb.mul(env[fg.outputs["y"]], cot), axes=None)
+    wrt = [bg.inputs["x1"]] + [bg.inputs[f"x{2 + i}"] for i in range(nseq)] + \
+          [env[m] for m, _ in mms]
+    grads = backward(bg, loss, wrt)
+
+    def grad_of(nid):
+        if nid in grads:
+            return grads[nid]
+        return bb.broadcast_to(bb.const(0.0, dtype), shape=list(bg.node(nid).shape))
+    outs = [grad_of(w) for w in wrt]
+    bg.outputs["y"] = outs[0] if len(outs) == 1 else bb.concat(*outs, axis=1)
+    for k, (m, _) in enumerate(mms):  # the backward reads the stored z, never recomputes it
+        bg.replace_uses(env[m], bg.inputs[f"x{2 + nseq + k}"])
+    live = bg.ancestors([bg.outputs["y"]])
+    for n in list(bg):
+        if n.id not in live and n.op != "input":
+            bg.remove(n.id)
+
+    zero = b.broadcast_to(b.const(0.0, dtype), shape=[batch, C])
+    back = scan(b, zero, [gout, carries, *seqs, *zs], list(weights),
+                Body(bg, C, nseq + 2 + len(mms), body.n_weights), not reverse)
+    last = steps - 1 if reverse else 0
+    d_init = b.reshape(b.slice(cols(b, back, 0, C), axis=0, start=last, stop=last + 1, step=1),
+                       shape=[batch, C])
+    pos, d_seqs = C, []
+    for s in seqs:
+        k = int(b.type(s).shape[2])
+        d_seqs.append(cols(b, back, pos, pos + k))
+        pos += k
+    d_weights: list = [None] * len(weights)
+    for k, (m, j) in enumerate(mms):
+        n_out = int(fg.node(m).shape[1])
+        dz = b.reshape(cols(b, back, pos, pos + n_out), shape=[-1, n_out])
+        pos += n_out
+        a = fg.node(m).inputs[0]
+        span = _carry_columns(fg, a)
+        stacked = cols(b, carries, *span) if span else cols(b, ys, *where[("a", m)])
+        a2 = b.reshape(stacked, shape=[-1, int(fg.node(a).shape[1])])
+        dw = b.matmul(b.transpose(a2, perm=[1, 0]), dz)   # one GEMM over every step
+        d_weights[j] = dw if d_weights[j] is None else b.add(d_weights[j], dw)
+    return [d_init, *d_seqs, *d_weights]

@@ -17,6 +17,9 @@ def decompose(g: Graph, training: bool = True) -> Graph:
         for nid in g.topo():
             node = g.node(nid)
             opdef = registry.get(node.op)
+            body = node.attrs.get("body")
+            if body is not None and not body.primitive:  # a scan's step (ops/scan.py)
+                node.attrs["body"] = body.map(lambda bg: decompose(bg, training))
             if opdef is None or not opdef.is_composite:
                 continue
             b = Builder(g, span=node.span, path=node.path, role=node.role)

@@ -19,6 +19,7 @@ from nnlang.passes.fuse import format_groups
 from nnlang.passes.memory import MemoryPlan
 from nnlang.passes.plan import plan
 from nnlang.passes.schedule import Step, copy_call
+from nnlang.runtime.scan import scan_call
 
 __all__ = ["Executable", "State", "compile_graph"]
 
@@ -58,8 +59,10 @@ class Executable:
     results there, so a training loop syncs only when it reads them (`read_all`)."""
 
     def __init__(self, g: Graph, steps: list[Step], views: dict[int, int], memory: MemoryPlan,
-                 backend: Backend, state: dict | None = None):
+                 backend: Backend, state: dict | None = None, disable=()):
         self.graph, self.steps, self.memory, self.backend = g, steps, memory, backend
+        self.disable = tuple(disable)   # the pass switches, which scan bodies follow too
+        self.bodies: list[Executable] = []
         self.views = views
         self.buffers = [backend.alloc(n) for n in memory.sizes]
         self.arrays: dict = {}
@@ -93,6 +96,10 @@ class Executable:
         self._sources: list[tuple[str, str]] = []   # (header, body) per kernel step
         self._pinned: list = []
         self.threaded_blas = backend.threaded_blas(_products(g, steps))
+        # NOTE: scan bodies are executables of their own, compiled before this one's kernels
+        # (`together` batches one executable's compiles and does not nest)
+        self._scans = {s.nodes[0]: self._scan_call(s.nodes[0]) for s in steps
+                       if s.kind == "call" and g.node(s.nodes[0]).op == "scan"}
         with backend.together():
             calls = [self._build(s) for s in steps]
         self._calls = [backend.resolved(c) for c in calls]
@@ -102,6 +109,15 @@ class Executable:
         self._updates = [(self.state._arrays[k], self.arrays[v]) for k, v in g.updates.items()
                          if self.arrays[v] is not self.state._arrays[k]]
         self._step = backend.launcher(self._calls, self._updates, self.threaded_blas)
+
+    def _scan_call(self, nid: int):
+        n = self.graph.node(nid)
+        call, body = scan_call(self.backend, n, [self.arrays[i] for i in n.inputs],
+                               self.arrays[nid], self.disable)
+        self.bodies.append(body)
+        self._sources += [(f"# scan %{nid}, one step of its body:\n" + head, src)
+                          for head, src in body._sources]
+        return call
 
     def _piece_array(self, nid: int):
         """A concat piece's array: its slice of the concat's (`passes/concat_in_place.py`)."""
@@ -166,6 +182,8 @@ class Executable:
         inputs = [self.arrays[i] for i in n.inputs]
         if step.kind == "copy":
             return copy_call(xp, n, inputs[0], self.arrays[nid])
+        if n.op == "scan":
+            return self._scans[nid]
         pieces = self.memory.pieces
         if n.op == "concat" and any(i in pieces and pieces[i].concat == nid for i in n.inputs):
             return self._concat_rest(n, xp)
@@ -212,15 +230,21 @@ class Executable:
         return format_groups(self.graph, [grp for s in self.steps for grp in s.kernel_groups])
 
     def summary(self) -> dict:
+        """Counts of what runs; a scan body's kernels and in-place concat pieces count once
+        (they run every step), and `nodes` counts the body graphs too."""
         kinds = [s.kind for s in self.steps]
+        bodies = [b.summary() for b in self.bodies]
         return {"threaded_blas": self.threaded_blas,
-                "kernels": sum(len(s.kernel_groups) for s in self.steps),
+                "kernels": sum(len(s.kernel_groups) for s in self.steps)
+                + sum(b["kernels"] for b in bodies),
+                "scan_loops": len(bodies),
                 "multi_tensor_launches": kinds.count("multi"), "calls": kinds.count("call"),
                 "copies": kinds.count("copy"), "distinct_kernels": len({b for _, b in
                                                                         self._sources}),
-                "concat_pieces_in_place": len(self.memory.pieces),
+                "concat_pieces_in_place": len(self.memory.pieces)
+                + sum(b["concat_pieces_in_place"] for b in bodies),
                 "buffers": len(self.memory.sizes), "buffer_bytes": self.memory.total_bytes,
-                "nodes": len(self.graph)}
+                "nodes": len(self.graph) + sum(b["nodes"] for b in bodies)}
 
 
 def compile_graph(g: Graph, backend: str | Backend = "numba", disable=(), state=None,
@@ -230,4 +254,4 @@ def compile_graph(g: Graph, backend: str | Backend = "numba", disable=(), state=
     need no device (what `--emit kernels` shows for CUDA; such an executable cannot run)."""
     g, steps, views, memory = plan(g, disable)
     be = get_backend(backend, render_only) if isinstance(backend, str) else backend
-    return Executable(g, steps, views, memory, be, state)
+    return Executable(g, steps, views, memory, be, state, disable)
