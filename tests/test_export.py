@@ -29,9 +29,6 @@ from tests.tiny_run import tiny_data, tiny_source
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
-# NOTE: the recurrent models unroll 200 steps (4k ONNX nodes, ~10 s each to compile and load):
-# the full length runs with -m slow, a short one by default
-SLOW = {"gru", "lstm"}
 
 
 def run_onnx(proto, inputs: dict) -> dict:
@@ -86,19 +83,25 @@ def drawn_batch(net, n: int, seed: int = 0, lengths: dict | None = None) -> dict
 MODELS = sorted(p.stem for p in (ROOT / "models").glob("*.nn"))
 
 
-@pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW else m
-                                  for m in MODELS])
+@pytest.mark.parametrize("name", MODELS)
 def test_model_exports_and_matches_on_real_data(name):
     program = nnlang.load(ROOT / "models" / f"{name}.nn")
     net = nnlang.compile(program, batch=8)
     assert_matches(net, real_batch(program, 8))
 
 
-@pytest.mark.parametrize("name", sorted(SLOW))
-def test_recurrent_model_short_sequences(name):
-    program = nnlang.load(ROOT / "models" / f"{name}.nn", {"maxlen": 12})
+@pytest.mark.parametrize("name,maxlen", [("lstm", 12), ("gru", 30)])
+def test_recurrence_is_one_scan_whatever_the_length(name, maxlen):
+    """The recurrent layer is one ONNX Scan whose body is one step (the carried state, the
+    sequence read per step), so the file's size does not grow with the sequence."""
+    program = nnlang.load(ROOT / "models" / f"{name}.nn", {"maxlen": maxlen})
     net = nnlang.compile(program, batch=8)
-    assert_matches(net, real_batch(program, 8))
+    proto = assert_matches(net, real_batch(program, 8))
+    scans = [n for n in proto.graph.node if n.op_type == "Scan"]
+    assert len(scans) == 1 and len(proto.graph.node) < 40
+    body = next(a.g for a in scans[0].attribute if a.name == "body")
+    names = [i.name.split("_")[0] for i in body.input]
+    assert names[0] == "carry" and names[1:] == [f"x{k}" for k in range(len(names) - 1)]
 
 
 def _doc_models():

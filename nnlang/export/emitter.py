@@ -4,12 +4,15 @@ modules build ONNX without importing the `onnx` package.
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from nnlang.errors import NNError
 from nnlang.ir.dims import Sym
-from nnlang.ir.graph import Graph, Node
+from nnlang.ir.graph import Graph, Node, slots
+from nnlang.ops import registry
 from nnlang.ops.registry import TensorType, Unexportable, promote
 
 ELEM = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE,
@@ -18,21 +21,23 @@ ELEM = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE,
 
 class Emitter:
     """Collects the nodes, initializers and graph inputs of one ONNX graph. Value names are the
-    strings every method returns; `type_of` knows the nnlang type behind each."""
+    strings every method returns; `type_of` knows the nnlang type behind each. A loop body
+    (`subgraph`) gets an emitter of its own that shares the names and initializers of the
+    graph it sits in, so its values never shadow an outer one and its constants are outer."""
 
-    def __init__(self, g: Graph, weights: dict):
+    def __init__(self, g: Graph, weights: dict, parent: Emitter | None = None):
         self.g, self.weights = g, weights
         self.nodes: list = []
-        self.initializers: list = []
+        self.initializers: list = parent.initializers if parent else []
         self.inputs: list = []
         self.types: dict[str, TensorType] = {}
-        self._count = 0
+        self._counter = parent._counter if parent else itertools.count(1)
         self._dims: dict = {}     # symbolic dim -> its int64[1] value name
+        self._input_names: dict[str, str] = {}   # nnlang input name -> its value name
 
     # *** names and types ***
     def fresh(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
+        return f"{hint}_{next(self._counter)}"
 
     def type_of(self, name: str) -> TensorType:
         return self.types[name]
@@ -99,12 +104,51 @@ class Emitter:
                 shape = self.g.node(nid).shape
                 if sym in shape:
                     axis = shape.index(sym)
-                    self._dims[sym] = self.op("Shape", inp, start=axis, end=axis + 1)
+                    self._dims[sym] = self.op("Shape", self._input_names.get(inp, inp),
+                                              start=axis, end=axis + 1)
                     break
             else:
                 raise Unexportable(f"no input declares the dim '{name}' on its own, so its "
                                    "size cannot be read at run time")
         return self._dims[sym]
+
+    # *** graphs ***
+    def emit(self, outputs: list[int], named: dict[int, str] | None = None) -> dict[int, str]:
+        """Writes every node of `g` that `outputs` need through its op's `onnx=` entry; the
+        value names by node id (`named`: nodes whose value already has a name)."""
+        names = dict(named or {})
+        needed = self.g.ancestors(outputs)
+        for nid in self.g.topo():
+            if nid not in needed or nid in names:
+                continue
+            n = self.g.node(nid)
+            emit = registry.get(n.op).onnx
+            if emit is None:
+                raise unexportable(n, "nnlang has no ONNX form for it")
+            try:
+                names[nid] = emit(self, n, *(None if i is None else names[i]
+                                             for i in slots(self.g, n)))
+            except Unexportable as err:
+                raise unexportable(n, str(err)) from None
+            self.types[names[nid]] = n.type
+        return names
+
+    def subgraph(self, g: Graph, inputs: list[str], outer: dict[str, str], results):
+        """The ONNX graph of a loop body `g`: its `inputs` (by nnlang name, in order) become the
+        body's inputs, the others read the `outer` values named for them (the loop's weights,
+        from the enclosing scope); `results(body, names)` gives the body's outputs as (value,
+        type) pairs, from the emitter of the body and its value names by node id."""
+        body = Emitter(g, self.weights, parent=self)
+        named = {g.inputs[k]: v for k, v in outer.items()}
+        for name in inputs:
+            nid = g.inputs[name]
+            named[nid] = body._input_names[name] = body.fresh(name)
+            body.inputs.append(value_info(named[nid], g.node(nid).type))
+        names = body.emit(list(g.outputs.values()), named)
+        outs = []
+        for value, t in results(body, names):
+            outs.append(value_info(body.op("Identity", value), t))
+        return helper.make_graph(body.nodes, self.fresh("body"), body.inputs, outs)
 
     # *** graph leaves ***
     def graph_input(self, n: Node) -> str:

@@ -6,9 +6,8 @@ import onnx
 from onnx import helper
 
 from nnlang.errors import NNError
-from nnlang.export.emitter import Emitter, unexportable, value_info
-from nnlang.ir.graph import Graph, slots
-from nnlang.ops import registry
+from nnlang.export.emitter import Emitter, value_info
+from nnlang.ir.graph import Graph
 from nnlang.ops.registry import Unexportable
 from nnlang.passes.decompose import decompose
 from nnlang.passes.pipeline import drop_unused_inputs
@@ -37,20 +36,7 @@ def build_model(user: Graph, weights: dict) -> onnx.ModelProto:
                       hint="add e.g. `output probs = softmax(logits)`")
     g = inference_graph(user)
     e = Emitter(g, weights)
-    needed = g.ancestors(list(g.outputs.values()))
-    names: dict[int, str] = {}
-    for nid in g.topo():
-        if nid not in needed:
-            continue
-        n = g.node(nid)
-        emit = registry.get(n.op).onnx
-        if emit is None:
-            raise unexportable(n, "nnlang has no ONNX form for it")
-        try:
-            names[nid] = emit(e, n, *(None if i is None else names[i] for i in slots(g, n)))
-        except Unexportable as err:
-            raise unexportable(n, str(err)) from None
-        e.types[names[nid]] = n.type
+    names = e.emit(list(g.outputs.values()))
     outputs = []
     for name, nid in g.outputs.items():
         e.nodes.append(helper.make_node("Identity", [names[nid]], [name]))

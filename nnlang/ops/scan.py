@@ -94,6 +94,27 @@ def body_builder(b: Builder, init: int, seqs: list[int], weights: list[int]):
     return g, Builder(g, span=b.span, path=b.path, role=b.role)
 
 
+def _onnx(e, n, *xs):
+    """ONNX Scan with the body as its subgraph (the weights read from the enclosing scope) and
+    the carry as its state; reversed, it reads the sequences and stacks its outputs from the
+    back, so step t still lands at index t."""
+    body = n.attrs["body"]
+    init, seqs, weights = _parts(xs, body)
+    g, reverse = body.g, int(n.attrs["reverse"])
+    y = g.node(g.outputs["y"]).type
+    carry = TensorType((y.shape[0], body.carry), y.dtype)
+
+    def results(be, names):
+        out = names[g.outputs["y"]]
+        state = be.op("Slice", out, be.ints([0]), be.ints([body.carry]), be.ints([1]))
+        return [(state, carry), (out, y)]
+    graph = e.subgraph(g, ["carry", *(f"x{i}" for i in range(len(seqs)))],
+                       {f"w{j}": w for j, w in enumerate(weights)}, results)
+    return e.op("Scan", init, *seqs, outputs=2, body=graph, num_scan_inputs=len(seqs),
+                scan_input_directions=[reverse] * len(seqs),
+                scan_output_directions=[reverse])[1]
+
+
 # NOTE: registered last: building the sample body loads every op module, and rnn.py imports
 # the helpers above
 def _sample_body() -> Body:
@@ -107,7 +128,7 @@ def _sample_body() -> Body:
 
 
 register("scan", "*xs: tensor, body: any, reverse: bool = false", _shape, impl=_impl,
-         flops=_flops, family="rnn", doc="The compiler's loop (rnn, lstm and gru decompose "
+         flops=_flops, onnx=_onnx, family="rnn", doc="The compiler's loop (rnn, lstm and gru decompose "
          "into it; not written by hand): a body graph run per time step over sequences "
          "[time, batch, k], carrying a state; returns every step's output [time, batch, W].",
          samples=(Sample(((2, 3), (4, 2, 3), (3, 3)), {"body": _sample_body()}),
