@@ -185,6 +185,29 @@ def test_positions_on_a_symbolic_length(kind):
                                    rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_over_a_symbolic_length(reverse):
+    """A scan whose sequence length is a symbol exports as one Scan that runs any length,
+    against nnlang's interpreter on the graph bound to each length."""
+    from nnlang.ir.graph import Builder, Graph
+    from nnlang.runtime.interpret import interpret
+    body = registry.get("scan").samples[0].attrs["body"]   # an Elman step, float64, batch 2
+    g = Graph()
+    for name, shape in (("h0", (2, 3)), ("xs", (Sym.of("steps"), 2, 3)), ("w", (3, 3))):
+        g.inputs[name] = g.add_node("input", [], {"name": name, "dtype": "float64",
+                                                  "shape": list(shape)},
+                                    TensorType(shape, "float64"), name=name)
+    g.outputs["out"] = Builder(g).scan(*g.inputs.values(), body=body, reverse=reverse)
+    proto = build_model(g, {})
+    rng = np.random.default_rng(0)
+    for steps in (1, 5):
+        feeds = {"h0": rng.normal(size=(2, 3)), "xs": rng.normal(size=(steps, 2, 3)),
+                 "w": rng.normal(size=(3, 3))}
+        bound = bind(g, steps=steps)
+        want = interpret(bound, feeds, {})[bound.outputs["out"]]
+        np.testing.assert_allclose(run_onnx(proto, feeds)["out"], want, rtol=0, atol=TOL)
+
+
 def test_graph_interface_and_symbolic_batch():
     net = nnlang.compile(ROOT / "models" / "cnn.nn", backend="reference", batch=2)
     proto = nnlang.export_onnx(net)
