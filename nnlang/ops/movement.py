@@ -76,7 +76,7 @@ register("broadcast_to", "x: tensor, shape: shape", _broadcast_shape,
 
 # *** slicing ***
 
-def _slice_size(n, start, stop, step, arg=0):
+def _slice_size(n, start, stop, step):
     """The length of start:stop:step of a dim of size n. A symbolic bound or dim is taken where
     the result is a dim: the whole dim, or its first `stop` entries for a symbolic stop (the
     first `seq` rows of a positions table), which a bound stop then cuts as any int does."""
@@ -91,7 +91,7 @@ def _slice_size(n, start, stop, step, arg=0):
         return stop
     raise ShapeError(f"cannot slice {start}:{'' if stop is None else stop}:{step} of a dim of "
                      f"size {n}: with a symbolic length the slice must be the first k entries "
-                     "(start 0, step 1, k a symbol or the whole dim)", arg=arg,
+                     "(start 0, step 1, k a symbol or the whole dim)", arg=0,
                      hint="slice an axis of concrete size, or take the first `seq` entries")
 
 

@@ -128,9 +128,10 @@ def _sample_body() -> Body:
 
 
 register("scan", "*xs: tensor, body: any, reverse: bool = false", _shape, impl=_impl,
-         flops=_flops, onnx=_onnx, family="rnn", doc="The compiler's loop (rnn, lstm and gru decompose "
-         "into it; not written by hand): a body graph run per time step over sequences "
-         "[time, batch, k], carrying a state; returns every step's output [time, batch, W].",
+         flops=_flops, onnx=_onnx, family="rnn",
+         doc="The compiler's loop (rnn, lstm and gru decompose into it; not written by hand): "
+         "a body graph run per time step over sequences [time, batch, k], carrying a state; "
+         "returns every step's output [time, batch, W].",
          samples=(Sample(((2, 3), (4, 2, 3), (3, 3)), {"body": _sample_body()}),
                   Sample(((2, 3), (4, 2, 3), (3, 3)), {"body": _sample_body(),
                                                        "reverse": True})))

@@ -1,6 +1,7 @@
 """The bad-input corpus of `nnlang export`: a checkpoint of another model, a missing or broken
 checkpoint, an output that cannot be written, an op that has no ONNX form, a model with
-nothing to export, a symbolic length with no bound for its table, and no onnx package: each a clear error, exit 1, and no file left behind."""
+nothing to export, a symbolic length with no bound for its table, and no onnx package: each a
+clear error, exit 1, and no file left behind."""
 from __future__ import annotations
 
 import sys
