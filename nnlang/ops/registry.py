@@ -132,13 +132,14 @@ def get(name: str) -> OpDef | None:
 
 
 def all_ops() -> dict[str, OpDef]:
-    """Every op, ordered by family (pipeline order) and then by registration, whatever order
-    the family modules happened to be imported in."""
+    """Every op, ordered by family (pipeline order), then by defining module (a family may span
+    several: rnn.py and scan.py), then by registration: whatever order the modules happened to
+    be imported in."""
     _load_all()
     order = {name: i for i, name in enumerate(OPS)}
     rank = {f: i for i, f in enumerate(_FAMILIES)}
     return dict(sorted(OPS.items(), key=lambda kv: (rank.get(kv[1].family, len(rank)),
-                                                    order[kv[0]])))
+                                                    kv[1].shape.__module__, order[kv[0]])))
 
 
 # the order `nnlang ops` and docs list families in; a family not named here comes last
