@@ -86,6 +86,9 @@ def _slice_shape(x: TensorType, *, axis, start, stop, step) -> TensorType:
     ax = norm_axis(axis, x.rank)
     n = x.shape[ax]
     if isinstance(n, Sym):
+        if isinstance(start, int) and start < 0 and (stop, step) == (None, 1):
+            # the last -start steps, whatever the length (a user scan's final state)
+            return TensorType(x.shape[:ax] + (-start,) + x.shape[ax + 1:], x.dtype)
         if (start, stop, step) != (0, None, 1):
             raise ShapeError(f"cannot slice symbolic dim {n}", arg=0)
         return x
