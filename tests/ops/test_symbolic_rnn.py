@@ -42,7 +42,7 @@ def feeds(n: int, seed: int) -> dict:
     return {"tokens": tokens, "label": rng.normal(size=3).astype(np.float32)}
 
 
-@pytest.mark.parametrize("backend", ["reference", "numba"])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("numba", marks=pytest.mark.slow)])
 def test_one_lstm_net_runs_every_length_as_fresh_nets(backend):
     net = nnlang.compile(SOURCE, seed=3, backend=backend)
     got = {}
