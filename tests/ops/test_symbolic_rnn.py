@@ -84,3 +84,19 @@ def test_return_state_with_the_sequence_on_a_symbolic_length_is_refused():
     with pytest.raises(NNError, match="return_state with return_sequences = true needs a "
                                       "numeric time dim"):
         nnlang.compile(src, backend="reference")
+
+
+@pytest.mark.slow  # ~15 s of CPU: the reference backend runs whole reviews step by step
+def test_lstm_full_trains_on_whole_reviews(tmp_path):
+    """models/lstm_full.nn (shrunk) trains on `imdb-sample` at `maxlen = none`: bucketed
+    batches of whole reviews, each its own length, through one net with a symbolic length."""
+    import json
+
+    from tests.faults.conftest import cli
+    from tests.regen import MODELS
+    cli("train", str(MODELS / "lstm_full.nn"), "--data", "imdb-sample", "--max-steps", "3",
+        "--set", "embed=4", "--set", "units=3", "--set", "vocab=200", "--batch", "4",
+        "--backend", "reference", "--out", str(tmp_path / "run"), code=0)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split("\n")
+            if x]
+    assert rows and rows[0]["step"] == 3 and np.isfinite(rows[0]["train_loss"])
