@@ -136,6 +136,12 @@ class Assign(Node):
 
 
 @dataclass(frozen=True)
+class Scan(Node):
+    call: Call           # the block and its initial states (and options)
+    over: tuple          # the sequences, [batch, time, k] each
+
+
+@dataclass(frozen=True)
 class Output(Node):
     name: str
     value: Node | None   # `output h` re-exports an existing value
@@ -333,6 +339,15 @@ class ToAst(Transformer_NonRecursive):
 
     def assign(self, meta, c):
         return Assign(self._span(meta), tuple(str(t) for t in c[:-1]), c[-1])
+
+    def scan_args(self, meta, c):
+        return tuple(x for x in c if x is not None)
+
+    def scan_over(self, meta, c):
+        return tuple(c)
+
+    def scan_expr(self, meta, c):
+        return Scan(self._span(meta), self.call(meta, [c[0], *c[1]]), c[2])
 
     def output_stmt(self, meta, c):
         return Output(self._span(meta), str(c[0]), c[1])

@@ -252,13 +252,16 @@ class CallElaboration:
                   did_you_mean(str(v), INITIALIZERS) or
                   f"initializers: {', '.join(sorted(INITIALIZERS))}")
 
-    def block_call(self, block: ast.BlockDef, e: ast.Call, scope: Scope, target):
+    def block_call(self, block: ast.BlockDef, e: ast.Call, scope: Scope, target,
+                   values: list | None = None):
+        """`values`: positional arguments already evaluated (a scan's per-step values) before
+        those of `e`."""
         if block.name in self.stack:
             chain = " -> ".join(self.stack[self.stack.index(block.name):] + [block.name])
             self.fail(f"block '{block.name}' calls itself ({chain})", e.span,
                       "blocks cannot be recursive; use `repeat N { ... }` to stack layers")
         names = [p.name for p in block.params]
-        args = [self.expr(a, scope, None) for a in e.args]
+        args = list(values or []) + [self.expr(a, scope, None) for a in e.args]
         kwargs = {k.name: self.expr(k.value, scope, None) for k in e.kwargs}
         if any(v is POISON for v in args + list(kwargs.values())):
             raise Abort

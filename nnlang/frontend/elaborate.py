@@ -17,6 +17,7 @@ from nnlang.frontend.generate_config import elaborate_generate
 from nnlang.frontend.imports import collect_defs
 from nnlang.frontend.lint import lint
 from nnlang.frontend.parser import parse
+from nnlang.frontend.scan import ScanElaboration
 from nnlang.frontend.source import load_source
 from nnlang.frontend.train_config import TrainConfig, elaborate_train
 from nnlang.frontend.values import (POISON, TENSOR_BINOPS, Abort, Initializer, Scope, T,
@@ -45,7 +46,7 @@ class Program:
     generate: object = None   # a GenerateSpec (generate_config.py) from a `generate` section
 
 
-class Elaborator(CallElaboration):
+class Elaborator(CallElaboration, ScanElaboration):
     def __init__(self, defs: dict, errors: ErrorSink):
         self.defs = defs                  # name -> ModelDef/BlockDef/TrainDef (with "train:")
         self.errors = errors
@@ -291,6 +292,8 @@ class Elaborator(CallElaboration):
             return self.call(call, scope, target)
         if isinstance(e, ast.Call):
             return self.call(e, scope, target)
+        if isinstance(e, ast.Scan):
+            return self.scan(e, scope, target)
         if isinstance(e, ast.Subscript):
             return self.subscript(e, scope)
         self.fail(f"unsupported expression {type(e).__name__}", e.span)

@@ -126,6 +126,9 @@ def statement_head(s) -> str:
     if isinstance(s, ast.Symbol):
         return "symbol " + ", ".join(s.names)
     if isinstance(s, ast.Assign):
+        if isinstance(s.value, ast.Scan):
+            over = ", ".join(expr(v) for v in s.value.over)
+            return f"{', '.join(s.targets)} = scan {expr(s.value.call)} over {over}"
         return f"{', '.join(s.targets)} = {expr(s.value)}"
     if isinstance(s, ast.Output):
         return f"output {s.name}" + (f" = {expr(s.value)}" if s.value is not None else "")

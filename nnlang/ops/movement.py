@@ -89,9 +89,12 @@ def _slice_size(n, start, stop, step):
         return n
     if (start, step) == (0, 1) and isinstance(stop, Sym) and isinstance(n, int):
         return stop
+    if isinstance(start, int) and -start > 0 and (stop, step) == (None, 1):
+        return -start  # the last -start steps, whatever the length (a user scan's final state)
     raise ShapeError(f"cannot slice {start}:{'' if stop is None else stop}:{step} of a dim of "
                      f"size {n}: with a symbolic length the slice must be the first k entries "
-                     "(start 0, step 1, k a symbol or the whole dim)", arg=0,
+                     "(start 0, step 1, k a symbol or the whole dim) or the last k (start -k)",
+                     arg=0,
                      hint="slice an axis of concrete size, or take the first `seq` entries")
 
 

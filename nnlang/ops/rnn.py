@@ -54,9 +54,6 @@ def _check(op, x):
     if x.rank != 3:
         raise ShapeError(f"{op} expects [batch, time, features] but got {fmt_shape(x.shape)}",
                          arg=0, hint="add a time axis with unsqueeze, or reshape first?")
-    if isinstance(x.shape[1], Sym):
-        raise ShapeError(f"{op}: the time dim of {fmt_shape(x.shape)} must be a number for now",
-                         arg=0, hint="pad sequences to a fixed length")
     if isinstance(x.shape[2], Sym):
         raise ShapeError(f"{op}: the feature dim of {fmt_shape(x.shape)} must be a number", arg=0)
 
@@ -133,6 +130,13 @@ def _make(op):
                              f"{x.shape[2]} features and {units} units", arg=2 + n_states)
         width = units * (2 if bidirectional else 1)
         if return_state:  # packed: the outputs, then each state, along the time axis
+            if return_sequences and isinstance(x.shape[1], Sym):
+                # NOTE: the packed value would be [batch, seq + states, units], which a
+                # monomial dim cannot hold
+                raise ShapeError(f"{op}: return_state with return_sequences = true needs a "
+                                 f"numeric time dim, not {x.shape[1]}", attr="return_state",
+                                 hint="return the last state only (return_sequences = false), "
+                                 "or run a second layer for the sequence")
             lead = x.shape[1] if return_sequences else 1
             return TensorType((x.shape[0], lead + n_states, width), x.dtype)
         out = (x.shape[0], x.shape[1], width) if return_sequences else (x.shape[0], width)

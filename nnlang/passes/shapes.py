@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from nnlang.ir.dims import Sym, bind as bind_dim
 from nnlang.ir.graph import Graph, op_attrs, slots
+from nnlang.ir.scan import Body
 from nnlang.ops import registry
 
 
 def _bind_value(v, env):
+    if isinstance(v, Body):  # a user scan's body is built at a symbolic batch
+        return v.map(lambda g: infer(g, env))
     if isinstance(v, Sym):
         return bind_dim(v, env)
     if isinstance(v, list):

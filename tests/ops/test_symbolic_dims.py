@@ -21,7 +21,7 @@ from tests.op_graphs import op_graph
 
 SYM = Sym.of("seq")
 # NOTE: the scan helper (issue 15) makes the recurrences symbolic; until then they refuse
-SKIP = {"rnn", "lstm", "gru"}
+SKIP: set[str] = set()
 
 
 def _sizes(sample) -> list[int]:

@@ -1,0 +1,226 @@
+"""`hs, h = scan Cell(h0) over x`: a block run once per step of a sequence, lowered to the `scan`
+node (ops/scan.py) that rnn/lstm/gru build. The block is elaborated once on per-step
+placeholders in the outer graph (so its layers get weights and paths as anywhere else), then the
+nodes that depend on the placeholders move into the scan's body graph.
+"""
+from __future__ import annotations
+
+from nnlang.frontend import ast
+from nnlang.frontend.values import POISON, Abort, Scope, T
+from nnlang.ir.dims import fmt_shape
+from nnlang.ir.graph import Builder
+from nnlang.ir.scan import Body, new_body_graph
+from nnlang.ops import registry
+
+_FORM = "hs, h = scan Cell(h0) over x"
+
+
+class ScanElaboration:
+    """Mixed into the Elaborator (elaborate.py) beside CallElaboration."""
+
+    def scan(self, e: ast.Scan, scope: Scope, target):
+        call = e.call
+        block = self.defs.get(call.func)
+        if not isinstance(block, ast.BlockDef):
+            self.fail(f"scan runs a block, and '{call.func}' is not one", call.func_span,
+                      f"define `block {call.func}(x, h, ...) {{ ... return h2, y }}`; {_FORM}")
+        seqs = [self.expr(x, scope, None) for x in e.over]
+        inits = [self.expr(a, scope, None) for a in call.args]
+        if any(v is POISON for v in seqs + inits):
+            raise Abort
+        dtype, batch, steps = self._scan_seqs(seqs, e)
+        self._scan_inits(inits, call, dtype, batch)
+        places = [self._placeholder(f"x{i}", (batch, self._type(s).shape[2]), dtype, e.span)
+                  for i, s in enumerate(seqs)]
+        places += [self._placeholder(f"carry{i}", self._type(h).shape, dtype, e.span)
+                   for i, h in enumerate(inits)]
+        bare = ast.Call(call.span, call.func, call.func_span, (), call.kwargs)
+        result = self.block_call(block, bare, scope, target, values=places)
+        result = list(result) if isinstance(result, tuple) else [result]
+        self._scan_results(result, inits, block, call, dtype)
+        widths = [self._type(v).shape[1] for v in result]
+        body, weights, broadcast = self._cut_body(places, result, len(seqs), dtype, batch,
+                                                  [self._type(h).shape[1] for h in inits],
+                                                  e.span)
+        return self._emit_scan(e, scope, seqs, inits, weights, broadcast, body, widths)
+
+    # *** checks ***
+    def _type(self, v: T):
+        return self.g.node(v.id).type
+
+    def _scan_seqs(self, seqs, e: ast.Scan):
+        """(dtype, batch, steps) the sequences share: float [batch, time, k] each."""
+        first = None
+        for v, x in zip(seqs, e.over):
+            t = self._type(v) if isinstance(v, T) else None
+            if t is None or t.rank != 3 or not registry.is_float(t.dtype):
+                self.fail(f"scan runs over float sequences [batch, time, features], got "
+                          f"{t if t is not None else repr(v)}", x.span,
+                          "add a features axis with unsqueeze(axis = -1)?")
+            if first is not None and (t.shape[:2] != first.shape[:2] or t.dtype != first.dtype):
+                self.fail(f"scan: the sequences differ: {first} and {t}", x.span,
+                          "every sequence needs the same dtype, batch and time dims")
+            first = first or t
+        return first.dtype, first.shape[0], first.shape[1]
+
+    def _scan_inits(self, inits, call: ast.Call, dtype, batch):
+        for v, a in zip(inits, call.args):
+            t = self._type(v) if isinstance(v, T) else None
+            if t is None or t.rank != 2 or t.dtype != dtype or t.shape[0] != batch:
+                self.fail(f"scan: an initial state is {dtype}[{batch}, units]; got "
+                          f"{t if t is not None else repr(v)}", a.span,
+                          "start from zeros: broadcast_to(0.0, shape = [batch, units])?")
+
+    def _scan_results(self, result, inits, block: ast.BlockDef, call: ast.Call, dtype):
+        """The block returns its next states (one per initial state, same types), then any
+        per-step outputs [batch, k]."""
+        where = [("the block returns here", _return_span(block) or block.span)]
+        if len(result) < len(inits):
+            self.fail(f"scan: {block.name} returns {len(result)} value(s) but carries "
+                      f"{len(inits)} state(s)", call.span,
+                      "return the next states first, then the per-step outputs", where)
+        for k, v in enumerate(result):
+            t = self._type(v) if isinstance(v, T) else None
+            if k < len(inits):
+                want = self._type(inits[k])
+                if t != want:
+                    self.fail(f"scan: {block.name}'s state {k + 1} changes type from {want} to "
+                              f"{t if t is not None else repr(v)} in one step", call.args[k].span,
+                              "a carried state keeps its shape every step", where)
+            elif t is None or t.rank != 2 or t.dtype != dtype:
+                self.fail(f"scan: {block.name}'s per-step output {k + 1} must be {dtype}"
+                          f"[batch, k], got {t if t is not None else repr(v)}", call.span,
+                          None, where)
+
+    # *** the body ***
+    def _placeholder(self, name, shape, dtype, span) -> T:
+        with self.b.at(span, ""):
+            return T(self.b.emit("input", name=f"scan.{name}", dtype=dtype, shape=list(shape)))
+
+    def _cut_body(self, places, result, n_seqs, dtype, batch, widths, span):
+        """Moves the nodes that depend on the placeholders into a body graph. What else they
+        read becomes a body input: a weight `w<j>` where it is a matmul's right operand (the
+        scan's gradient makes one GEMM of those), else a per-step value broadcast over time
+        (a bias: its gradient is the sum over steps)."""
+        g = self.g
+        inside = _descendants(g, [p.id for p in places])
+        reads = []
+        for nid in sorted(inside):
+            reads += [i for i in g.node(nid).inputs if i is not None and i not in inside
+                      and i not in reads]
+        copied = [i for i in reads if _constant(g, i)]
+        outer = [i for i in reads if i not in copied]
+        for i in outer:
+            if g.node(i).dtype != dtype:
+                self.fail(f"scan: the block reads {g.node(i).type} from outside the loop, but "
+                          f"a scan body reads {dtype} values only", span,
+                          f"cast it to {dtype} before the scan")
+        weights = [i for i in outer if any(_rhs(g, u, i) for u in g.users(i) if u in inside)]
+        broadcast = [i for i in outer if any(not _rhs(g, u, i) for u in g.users(i)
+                                             if u in inside)]
+        steps = [self._step_width(i, batch, span) for i in broadcast]
+        bg = new_body_graph(dtype, batch, sum(widths),
+                            [g.node(p.id).shape[1] for p in places[:n_seqs]] + steps,
+                            [g.node(i).shape for i in weights])
+        bb = Builder(bg, span=span)
+        ids = {p.id: bg.inputs[f"x{k}"] for k, p in enumerate(places[:n_seqs])}
+        ids.update({i: bg.inputs[f"x{n_seqs + k}"] for k, i in enumerate(broadcast)})
+        carry, lo = bg.inputs["carry"], 0
+        for p, w in zip(places[n_seqs:], widths):
+            ids[p.id] = carry if len(widths) == 1 else bb.slice(carry, axis=1, start=lo,
+                                                                stop=lo + w, step=1)
+            lo += w
+        rhs = {i: bg.inputs[f"w{j}"] for j, i in enumerate(weights)}
+        for nid in sorted(g.ancestors(copied)):
+            ids[nid] = _copy(bg, g.node(nid), ids, {})
+        keep = g.ancestors([v.id for v in result])
+        for nid in g.topo():
+            if nid in inside and nid not in ids and nid in keep:
+                ids[nid] = _copy(bg, g.node(nid), ids, rhs)
+        ys = [ids.get(v.id) for v in result]
+        if any(y is None for y in ys):
+            self.fail("scan: the block returns a value that does not change per step", span,
+                      "return the states and outputs the step computes")
+        bg.outputs["y"] = ys[0] if len(ys) == 1 else bb.concat(*ys, axis=1)
+        for nid in inside:
+            g.remove(nid)
+        body = Body(bg, sum(widths), n_seqs + len(broadcast), len(weights))
+        return body, [T(i) for i in weights], [(T(i), k) for i, k in zip(broadcast, steps)]
+
+    def _step_width(self, i, batch, span) -> int:
+        """k of a value read every step as [batch, k]: a scalar, [k], [1, k] or [batch, k]."""
+        t = self.g.node(i).type
+        if t.rank == 0 or t.rank == 1 and isinstance(t.shape[0], int) or \
+                t.rank == 2 and t.shape[0] in (1, batch) and isinstance(t.shape[1], int):
+            return 1 if t.rank == 0 else t.shape[-1]
+        self.fail(f"scan: the block reads {t} from outside the loop; a body reads outside "
+                  f"values as a matmul's right operand or as [batch, k] per step", span,
+                  "pass it as a sequence (over ...) instead")
+
+    def _emit_scan(self, e: ast.Scan, scope, seqs, inits, weights, broadcast, body: Body,
+                   widths):
+        """The scan node, then (stacked per-step outputs..., final states...)."""
+        span, emit = e.span, self.emit
+
+        def op(name, ins, **attrs):
+            return emit(name, ins, attrs, span, [span] * len(ins), scope, None)
+
+        init = inits[0] if len(inits) == 1 else op("concat", inits, axis=1)
+        tm = [op("transpose", [s], perm=[1, 0, 2]) for s in seqs]
+        steps, batch = self._type(seqs[0]).shape[1], self._type(seqs[0]).shape[0]
+        for v, k in broadcast:
+            lead = self._type(v).shape[0] if self._type(v).rank == 2 else 1
+            tm.append(op("broadcast_to", [op("reshape", [v], shape=[1, lead, k])],
+                         shape=[steps, batch, k]))
+        out = op("scan", [init, *tm, *weights], body=body, reverse=False)
+        cols, lo = [], 0
+        for w in widths:
+            cols.append((lo, lo + w))
+            lo += w
+        n = len(inits)
+
+        def columns(v, k):
+            a, b = cols[k]
+            return v if (a, b) == (0, lo) else op("slice", [v], axis=2, start=a, stop=b, step=1)
+
+        stacked = [op("transpose", [columns(out, k)], perm=[1, 0, 2])
+                   for k in range(n, len(widths))]
+        last = op("slice", [out], axis=0, start=-1, stop=None, step=1)
+        finals = [op("reshape", [columns(last, k)], shape=[batch, widths[k]]) for k in range(n)]
+        values = tuple(stacked + finals)
+        return values[0] if len(values) == 1 else values
+
+
+def _return_span(block: ast.BlockDef):
+    return next((s.span for s in reversed(block.body) if isinstance(s, ast.Return)), None)
+
+
+def _descendants(g, roots) -> set[int]:
+    seen, stack = set(roots), list(roots)
+    while stack:
+        for u in g.users(stack.pop()):
+            if u not in seen:
+                seen.add(u)
+                stack.append(u)
+    return seen
+
+
+def _constant(g, nid) -> bool:
+    """A value computed from literals alone (a `1.0 - z`'s one), copied into the body rather
+    than read from outside."""
+    return all(g.node(a).op == "const" or g.node(a).inputs for a in g.ancestors([nid])) and \
+        all(g.node(a).op not in ("input", "param") for a in g.ancestors([nid]))
+
+
+def _rhs(g, user, i) -> bool:
+    n = g.node(user)
+    return n.op == "matmul" and n.inputs[1] == i and n.inputs[0] != i
+
+
+def _copy(bg, node, ids, rhs) -> int:
+    """`node` in the body graph; a weight read as a matmul's right operand maps by `rhs`."""
+    ins = [rhs[i] if k == 1 and node.op == "matmul" and i in rhs else ids[i]
+           for k, i in enumerate(node.inputs)]
+    return bg.add_node(node.op, ins,
+                       node.attrs, node.type, span=node.span, path=node.path, role=node.role,
+                       name=node.name)
