@@ -206,8 +206,9 @@ def _make(op):
         bg.outputs["y"] = new[0] if n_states == 1 else bb.concat(*new, axis=1)
         out = scan(b, init, seqs, [rec], Body(bg, width, len(seqs), 1), reverse)  # [T, B, width]
         hs = out if op != "lstm" else _slice(b, out, 2, 0, units)
-        last = 0 if reverse else steps - 1   # the last step run: index 0 when running backward
-        final = b.reshape(b.slice(out, axis=0, start=last, stop=last + 1, step=1),
+        # the last step run: index 0 when running backward; -1 holds for any (symbolic) length
+        start, stop = (0, 1) if reverse else (-1, None)
+        final = b.reshape(b.slice(out, axis=0, start=start, stop=stop, step=1),
                           shape=[batch, width])
         finals = [final] if n_states == 1 else [_slice(b, final, 1, k, units) for k in range(2)]
         return hs, finals
