@@ -160,8 +160,12 @@ def _row_strided(x: np.ndarray, force: bool = False):
     (`render_numba.render_body`); None for other arrays (`force`: contiguous ones too)."""
     item = x.itemsize
     strides = [0 if n == 1 else s for n, s in zip(x.shape, x.strides)]  # any stride fits size 1
+    # NOTE: the flat index steps one element along the last axis (`render_numba._flat_index`),
+    # so a last axis broadcast by a zero stride (a slice of a broadcast constant) must keep its
+    # own strides: passed flat, its one-element span was read past its end (NaN gradients)
     if (x.flags.c_contiguous and not force) or x.ndim < 2 or x.size == 0 or \
-            any(s < 0 or s % item for s in strides) or strides[-1] not in (0, item):
+            any(s < 0 or s % item for s in strides) or strides[-1] != (item if x.shape[-1] > 1
+                                                                       else 0):
         return None
     span = 1 + sum((n - 1) * s // item for n, s in zip(x.shape, strides))
     flat = np.lib.stride_tricks.as_strided(x, (span,), (item,))

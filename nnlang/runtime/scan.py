@@ -41,11 +41,7 @@ def scan_call(backend, node, inputs: list, out, disable=()):
             staged.append((state[f"w{j}"], w))
         else:
             state[f"w{j}"] = w
-    # NOTE: without `fold` in the body: with it, the backward LSTM body (batch 64, 128 units)
-    # compiled to a kernel that disagreed with the interpreter on the same folded graph (NaN
-    # gradients; fine at 8 units). Root cause not found yet (a kernel reading column slices
-    # of two fed inputs that fold created); the body's constants are scalars anyway
-    exe = compile_graph(_body_graph(node), backend, disable=(*disable, "fold"), state=state)
+    exe = compile_graph(_body_graph(node), backend, disable=disable, state=state)
     feeds = dict(exe._feeds)   # NOTE: an input the body never reads has no buffer
     carry = feeds.get("carry", xp.empty(init.shape, init.dtype))
     pairs = [(feeds[f"x{i}"], s) for i, s in enumerate(seqs) if f"x{i}" in feeds]
