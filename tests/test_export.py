@@ -55,7 +55,8 @@ def real_batch(program, n: int) -> dict:
     ds = feeds.load_data(program.train.data)
     mapping = feeds.match_inputs(program.graph, ds.inputs, ds.targets, need_targets=False)
     split = ds.test if len(ds.test) else ds.train
-    arrays = {a: split.arrays[a][:n] for a in mapping.values()}
+    # NOTE: through `batches`, so whole reviews (ragged rows) come padded as the trainer pads
+    arrays = next(feeds.batches({a: split.arrays[a] for a in mapping.values()}, n, np.arange(n)))
     return feeds.model_arrays(program.graph, arrays, mapping)
 
 
