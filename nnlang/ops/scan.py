@@ -132,6 +132,8 @@ register("scan", "*xs: tensor, body: any, reverse: bool = false", _shape, impl=_
          doc="The compiler's loop (rnn, lstm and gru decompose into it; not written by hand): "
          "a body graph run per time step over sequences [time, batch, k], carrying a state; "
          "returns every step's output [time, batch, W].",
-         samples=(Sample(((2, 3), (4, 2, 3), (3, 3)), {"body": _sample_body()}),
-                  Sample(((2, 3), (4, 2, 3), (3, 3)), {"body": _sample_body(),
-                                                       "reverse": True})))
+         # NOTE: the inputs are float64 at any requested dtype, as the sample body is
+         samples=(Sample(((2, 3), (4, 2, 3), (3, 3)), {"body": _sample_body()},
+                         dtypes=("float64",) * 3),
+                  Sample(((2, 3), (4, 2, 3), (3, 3)), {"body": _sample_body(), "reverse": True},
+                         dtypes=("float64",) * 3)))
