@@ -8,8 +8,9 @@ Cold: a fresh NNLANG_CACHE_DIR and NUMBA_CACHE_DIR (nothing compiled yet, not ev
 primitives numba caches beside the package). Warm: a second process on the same cache dirs.
 Wall time is from process start to exit; CPU time is user + sys of the process and of its
 children (the compile worker), which is what counts on a shared machine where wall time mostly
-measures the other jobs. Each run also reports the summary's node and kernel counts and how many
-kernel signatures numba compiled in the process (a warm run must compile none).
+measures the other jobs. Python's bytecode is written (as an installed package has it)
+whatever PYTHONDONTWRITEBYTECODE says. Each run also reports the summary's node and kernel
+counts and how many kernel signatures numba compiled in the process (a warm one must be 0).
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def _children_cpu() -> float:
 def run_once(model: str, length: int, cache: Path) -> dict:
     """One `nnlang compile` process on `cache`: wall, CPU and the summary's counts."""
     env = {**os.environ, "NNLANG_CACHE_DIR": str(cache), "NUMBA_CACHE_DIR": str(cache / "numba")}
+    # NOTE: an installed package has its bytecode; without it every process compiles ~90
+    # modules from source (~0.5 s CPU)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     cmd = [sys.executable, "-c", _CHILD, "compile", model, "--set", f"maxlen={length}",
            "--emit", "summary"]
     cpu0, wall0 = _children_cpu(), time.perf_counter()
