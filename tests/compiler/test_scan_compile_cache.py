@@ -1,14 +1,17 @@
 """Compile cost of a scan (runtime/scan.py, backends/numba_scan.py): the generated time-loop
 driver calls the body's kernels with the signatures they were compiled for, and a second
-compile of the same graph (a new process, here a new backend) compiles nothing."""
+compile of the same graph (a new process, here a new backend) compiles nothing and runs no
+pass: the outer plan and both body plans come from the plan cache."""
 from __future__ import annotations
 
 import numba
 import numpy as np
+import pytest
 
 import nnlang
 from nnlang.backends.numba_backend import NumbaBackend
 from nnlang.backends.numba_scan import copy_loop
+from nnlang.passes import plan
 from nnlang.passes.pipeline import train_graph
 from nnlang.runtime.executable import compile_graph
 
@@ -27,6 +30,7 @@ def _signatures(backend):
 def test_driver_reuses_the_body_kernels_and_a_warm_compile_compiles_nothing(tmp_path,
                                                                             monkeypatch):
     monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("NNLANG_PLAN_CACHE", raising=False)
     g = _lstm_train_graph()
     cold = compile_graph(g, NumbaBackend())
     assert cold.summary()["scan_loops"] == 2     # forward and reverse (gradient) loops
@@ -34,6 +38,7 @@ def test_driver_reuses_the_body_kernels_and_a_warm_compile_compiles_nothing(tmp_
                if isinstance(t, numba.types.Literal)]
     # NOTE: a literal int in the driver made numba compile each body kernel a second time
     assert literal == []
+    monkeypatch.setattr(plan, "optimize", lambda *a, **k: pytest.fail("a pass ran when warm"))
     warm = compile_graph(g, NumbaBackend())
     assert warm.backend.compiled == 0
     assert warm.backend.cache_hits == cold.backend.compiled + cold.backend.cache_hits
