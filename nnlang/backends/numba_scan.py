@@ -83,6 +83,20 @@ class Unsupported(Exception):
     """A body call the driver cannot express: the runtime keeps the Python loop."""
 
 
+def copy_loop(dst: str, dst_at: str, src: str, src_at: str, shape) -> list[str]:
+    """Lines copying src[src_at, ...] into dst[dst_at, ...] element by element over `shape`.
+    NOTE: numba's array assignment (`dst[...] = src`) compiles a broadcasting implementation
+    per pair of types (~1 s each) and the string formatting of its error message: ~9 s of the
+    LSTM's two cold drivers; these loops compile in milliseconds and run as fast."""
+    if not shape:
+        raise Unsupported("a 0-d copy")
+    idx = [f"j{k}" for k in range(len(shape))]
+    lines = [f"{'    ' * k}for {j} in range({n}):" for k, (j, n) in enumerate(zip(idx, shape))]
+    at = ", ".join(idx)
+    lines.append(f"{'    ' * len(shape)}{dst}[{dst_at}{at}] = {src}[{src_at}{at}]")
+    return lines
+
+
 class DriverSource:
     """Collects the driver's arguments and lines from the body's prebound calls."""
 
@@ -104,7 +118,9 @@ class DriverSource:
         if isinstance(v, np.ndarray) and v.ndim:
             return self.array(v)
         if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-            return str(int(v))
+            # NOTE: a bare literal types as Literal[int] and numba would compile the kernel
+            # again for it (~1 s each on the LSTM body); int64 is the signature it has already
+            return f"np.int64({int(v)})"
         raise Unsupported(f"argument {type(v).__name__}")
 
     def call(self, fn, args) -> None:
@@ -117,7 +133,7 @@ class DriverSource:
             dst, src = args
             if dst.shape != src.shape:
                 raise Unsupported("a broadcasting copy")
-            self.lines.append(f"{self.array(dst)}[...] = {self.array(src)}")
+            self.lines += copy_loop(self.array(dst), "", self.array(src), "", dst.shape)
         elif fn in self.kernel_of:
             disp = self.kernel_of[fn]
             name = self.kernels.setdefault(disp, f"k{len(self.kernels)}")
@@ -133,8 +149,9 @@ class DriverSource:
         if self.dtype not in (None, a.dtype.name):
             raise Unsupported("GEMMs of two dtypes")
         self.dtype = a.dtype.name
-        self.lines.append(f"gemm(blas, {self.array(a)}, {la[0]}, {la[1]}, {self.array(b)}, "
-                          f"{lb[0]}, {lb[1]}, {self.array(out)}, {lo[1]})")
+        ints = [self.value(int(v)) for v in (la[0], la[1], lb[0], lb[1], lo[1])]
+        self.lines.append(f"gemm(blas, {self.array(a)}, {ints[0]}, {ints[1]}, "
+                          f"{self.array(b)}, {ints[2]}, {ints[3]}, {self.array(out)}, {ints[4]})")
 
 
 def render_driver(name: str, steps: int, reverse: bool, width: int, init, carry, out, y,
@@ -142,17 +159,21 @@ def render_driver(name: str, steps: int, reverse: bool, width: int, init, carry,
     """(module source, the driver's arguments after `blas` and `steps`, the GEMM dtype or
     None); raises Unsupported when some call cannot be generated. The length is an argument,
     so one compiled driver serves every sequence length."""
+    if carry.ndim != 2 or carry.shape[1] != width:
+        raise Unsupported("a carry that is not [batch, width]")
     src = DriverSource(kernel_of)
-    head = [f"{src.array(carry)}[...] = {src.array(init)}"]
-    copies = [f"    {src.array(buf)}[...] = {src.array(seq)}[t]" for buf, seq in pairs]
+    head = copy_loop(src.array(carry), "", src.array(init), "", carry.shape)
+    copies = [line for buf, seq in pairs
+              for line in copy_loop(src.array(buf), "", src.array(seq), "t, ", buf.shape)]
     for fn, args in calls:
         src.call(fn, args)
     o, yy, c = src.array(out), src.array(y), src.array(carry)
+    tail = [*copy_loop(o, "t, ", yy, "", y.shape), *copy_loop(c, "", yy, "", carry.shape)]
     params = ", ".join(f"p{k}" for k in range(len(src.args)))
     t = "steps - 1 - i" if reverse else "i"
     imports = [f"{k} = sys.modules[{d.py_func.__module__!r}].{d.__name__}"
                for d, k in src.kernels.items()]
-    body = "\n".join(["import sys", "", "import numba", "",
+    body = "\n".join(["import sys", "", "import numba", "import numpy as np", "",
                       "from nnlang.backends.numba_scan import gemm", "", *imports, "", "",
                       "@numba.njit(cache=True, nogil=True)",
                       f"def {name}(blas, steps, {params}):",
@@ -160,8 +181,5 @@ def render_driver(name: str, steps: int, reverse: bool, width: int, init, carry,
                       *[f"    {h}" for h in head],
                       "    for i in range(steps):",
                       f"        t = {t}",
-                      *[f"    {line}" for line in copies],
-                      *[f"        {line}" for line in src.lines],
-                      f"        {o}[t] = {yy}",
-                      f"        {c}[...] = {yy}[:, :{width}]", ""])
+                      *[f"        {line}" for line in (*copies, *src.lines, *tail)], ""])
     return body, src.args, src.dtype

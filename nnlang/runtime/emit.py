@@ -31,6 +31,8 @@ def emit(net, what: str, mode: str = "train") -> str:
         return net.user.dump()
     if what == "kernels":
         return kernel_text(net, _graph(net, mode), mode)
+    if what == "summary":  # NOTE: the executable's own (cached) plan: no second optimize
+        return _summary(net, mode)
     g = optimize(_graph(net, mode), net.disable)
     if what == "ir":
         return g.dump()
@@ -40,9 +42,11 @@ def emit(net, what: str, mode: str = "train") -> str:
         return ("# the generated backward pass (role bwd) and optimizer update (role optim);\n"
                 "# each line ends with the block path and the .nn line it came from\n"
                 + g.dump(roles=("bwd", "optim")))
-    if what == "fused":
-        from nnlang.passes.fuse import format_groups
-        return format_groups(g, g.groups or [])
+    from nnlang.passes.fuse import format_groups  # what == "fused"
+    return format_groups(g, g.groups or [])
+
+
+def _summary(net, mode: str) -> str:
     start = time.perf_counter()
     exe = net._exe(mode, net.batch)[0]
     took = time.perf_counter() - start

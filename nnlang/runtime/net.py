@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnlang.backends.aligned import aligned_copy, aligned_zeros
+from nnlang.backends.blas import blas_threads
 from nnlang.errors import NNError
 from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import Sym
@@ -101,12 +102,15 @@ class Net:
         check_memory(self.user, self.batch, self.dtype)  # NOTE: before a weight is allocated
         rng = np.random.default_rng(self.seed)
         state = {}
-        for name, nid in self.user.params.items():
-            a = self.user.node(nid).attrs
-            spec = ParamSpec(tuple(a["shape"]), a["init"] or ("zeros", {}), a["trainable"],
-                             self.dtype)
-            # NOTE: C order: compiled executables share these arrays only when contiguous
-            state[name] = aligned_copy(initialize(spec, rng), self.dtype)
+        # NOTE: one BLAS thread: the orthogonal init's QR (512 x 128) took 0.3-3 s on a loaded
+        # 2-core machine with OpenBLAS's threads spinning against each other, 20 ms on one
+        with blas_threads(1):
+            for name, nid in self.user.params.items():
+                a = self.user.node(nid).attrs
+                spec = ParamSpec(tuple(a["shape"]), a["init"] or ("zeros", {}), a["trainable"],
+                                 self.dtype)
+                # NOTE: C order: compiled executables share these arrays only when contiguous
+                state[name] = aligned_copy(initialize(spec, rng), self.dtype)
         return state
 
     def parameters(self) -> dict:
