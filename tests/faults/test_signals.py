@@ -121,10 +121,10 @@ def test_twenty_four_random_signals_resume_bit_identical(tmp_path):
 def test_ctrl_c_in_the_test_evaluation_keeps_the_finished_run(tiny, monkeypatch):
     real = trainer.evaluate
 
-    def interrupted_on_test(net, arrays, batch, console=None):
+    def interrupted_on_test(net, arrays, batch, *args, **kwargs):
         if len(next(iter(arrays.values()))) == 9:  # the test split (the val split has 10)
             raise KeyboardInterrupt
-        return real(net, arrays, batch, console)
+        return real(net, arrays, batch, *args, **kwargs)
     monkeypatch.setattr(trainer, "evaluate", interrupted_on_test)
     out = cli("train", "tiny.nn", "--backend", "reference", "--out", "r", code=130)
     assert "interrupted during the test evaluation; training finished" in out
