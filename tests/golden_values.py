@@ -32,6 +32,7 @@ OVERRIDES = {
     "transformer": {"vocab": 50, "maxlen": 10, "embed": 16, "heads": 2, "ffn": 32},
     "gpt": {"vocab": 50, "maxlen": 10, "dim": 16, "heads": 2, "ffn": 32},
     "seq2seq": {"vocab": 8, "src_len": 6, "tgt_len": 4, "dim": 16, "heads": 2, "ffn": 32},
+    "seq2seq_lstm": {"vocab": 8, "src_len": 6, "tgt_len": 4, "embed": 8, "units": 8},
 }
 
 

@@ -1,6 +1,7 @@
 """Incremental decoding: from a model's user-level graph and its generate section, the prefill
-graph (the whole prompt; outputs the logits, each causal self-attention's keys and values, and
-the token-independent values) and the one-token step graph (key/value caches as state).
+graph (the whole prompt; outputs the logits, each causal self-attention's keys and values, each
+recurrent layer's final state, and the token-independent values) and the one-token step graph
+(key/value caches and recurrent states as state).
 
 Both are ordinary user-level graphs: `forward_graph` specializes, decomposes and the normal
 compile path compiles them for any backend. A model this cannot follow position by position
@@ -20,6 +21,8 @@ from nnlang.ops.registry import TensorType
 from nnlang.passes.pipeline import drop_unused_inputs
 
 POS_INPUT = "_pos"
+# prefill: 1 where a row's prompt has a token, so each recurrent layer stops at its prompt's end
+PROMPT_MASK = "_prompt_mask"
 # ops that compute each position from that position alone (on the last axis, or elementwise)
 POSITIONWISE = {"dense", "embedding", "dropout", "linear", "relu", "gelu", "silu", "elu",
                 "leaky_relu", "softplus", "clip", "square", "reciprocal"}
@@ -32,9 +35,9 @@ class NotIncremental(Exception):
 
 @dataclass
 class DecodeGraphs:
-    prefill: Graph      # tokens [batch, len] -> logits, _cache:*, _static:*
+    prefill: Graph      # tokens [batch, len] (, _prompt_mask) -> logits, _cache:*, _static:*
     step: Graph         # tokens [batch, 1], _pos [batch], _static:* -> logits [batch, 1, vocab]
-    caches: dict        # state name -> its shape after the batch dim
+    caches: dict        # state carried between steps (KV caches, RNN states) -> shape after batch
     statics: list       # names of the values the prefill hands to every step
 
 
@@ -44,7 +47,7 @@ def derive(user: Graph, spec) -> DecodeGraphs:
     g = drop_unused_inputs(g)
     tok = g.inputs[spec.tokens]
     dep = nx.descendants(g.nx, tok) | {tok}
-    attn = []
+    attn, rnns = [], []
     for nid in g.topo():
         node = g.node(nid)
         if nid == tok or nid not in dep:
@@ -54,7 +57,10 @@ def derive(user: Graph, spec) -> DecodeGraphs:
             raise NotIncremental(f"{node.op}{where} {problem}")
         if node.op == "multi_head_attention" and slots(g, node)[1] is None:
             attn.append(nid)
-    statics = sorted({i for nid in dep for i in g.node(nid).inputs
+        if _is_rnn(node):
+            rnns.append(nid)
+    # an RNN's initial state is read by the prefill only: the step starts from the carried state
+    statics = sorted({i for nid in dep for i in _step_inputs(g, g.node(nid))
                       if i not in dep and g.node(i).op not in ("param", "const")})
     names = {nid: f"_static:{k}" for k, nid in enumerate(statics)}
     caches = {}
@@ -64,8 +70,37 @@ def derive(user: Graph, spec) -> DecodeGraphs:
         for layout in ("k", "v"):
             caches[f"_cache:{k}.{layout}"] = kv_cache_shape(None, spec.max_len, inner, heads,
                                                             layout)[1:]
-    return DecodeGraphs(_prefill(g, attn, names), _step(g, tok, dep, attn, names, spec),
-                        caches, list(names.values()))
+    for k, nid in enumerate(rnns):
+        units = g.node(nid).attrs["units"]
+        caches.update({name: (units,) for name in _rnn_states(g.node(nid), k)})
+    return DecodeGraphs(_prefill(g, tok, attn, rnns, names),
+                        _step(g, tok, dep, attn, rnns, names, spec), caches,
+                        list(names.values()))
+
+
+def _is_rnn(node) -> bool:
+    return registry.get(node.op).family == "rnn"
+
+
+def _rnn_states(node, k: int) -> list[str]:
+    return [f"_state:{k}.{s}" for s in ("h", "c")[:_n_states(node)]]
+
+
+def _n_states(node) -> int:
+    return 2 if node.op == "lstm" else 1
+
+
+def _rnn_slots(g: Graph, node):
+    """(x, mask, initial states, weights) of a recurrent node (its signature's order)."""
+    ins, n = slots(g, node), _n_states(node)
+    return ins[0], ins[1], ins[2:2 + n], ins[2 + n:]
+
+
+def _step_inputs(g: Graph, node) -> list:
+    if not _is_rnn(node):
+        return list(node.inputs)
+    x, mask, _, weights = _rnn_slots(g, node)
+    return [i for i in (x, mask, *weights) if i is not None]
 
 
 def _problem(g: Graph, node, dep) -> str | None:
@@ -82,6 +117,8 @@ def _problem(g: Graph, node, dep) -> str | None:
         return "is a causal cross-attention" if node.attrs["causal"] else None
     if op == "positional_encoding" or op in POSITIONWISE:
         return None
+    if _is_rnn(node):
+        return _rnn_problem(g, node, dep)
     if op in LAST_AXIS:
         rank = len(node.shape)
         axes = node.attrs[LAST_AXIS[op]]
@@ -96,15 +133,43 @@ def _problem(g: Graph, node, dep) -> str | None:
            "attention to a fixed memory can run one token at a time)"
 
 
+def _rnn_problem(g: Graph, node, dep) -> str | None:
+    """A recurrent layer steps with the tokens when it runs forward over them and hands on
+    every step's output (its state is then carried from one token to the next)."""
+    x, mask, states, _ = _rnn_slots(g, node)
+    a = node.attrs
+    if x not in dep:
+        return "runs over a sequence that is not computed from the token stream"
+    if a["bidirectional"]:
+        return "runs backward over the tokens too (bidirectional = true)"
+    if not a["return_sequences"]:
+        return "returns only its last step (return_sequences = false), not one output per token"
+    if a["return_state"]:
+        return "returns its final state from the token stream (return_state = true)"
+    if mask is not None and mask not in dep:
+        return "has a mask that is not computed from the token stream (its own time axis)"
+    if any(s is not None and s in dep for s in states):
+        return "starts from a state computed from the token stream"
+    return None
+
+
 def _has_time_axis(shape, out) -> bool:
     """Whether `shape`, broadcast against `out` [batch, len, ...], varies along axis 1."""
     k = 1 - (len(out) - len(shape))
     return 0 <= k < len(shape) and shape[k] != 1
 
 
-def _prefill(g: Graph, attn: list, statics: dict) -> Graph:
+def _prefill(g: Graph, tok: int, attn: list, rnns: list, statics: dict) -> Graph:
     p = g.copy()
     b = Builder(p)
+    if rnns:
+        batch, length = p.node(tok).shape
+        dtype = p.node(_rnn_slots(p, p.node(rnns[0]))[0]).dtype
+        p.inputs[PROMPT_MASK] = p.add_node(
+            "input", [], {"name": PROMPT_MASK, "dtype": dtype, "shape": [batch, length]},
+            TensorType((batch, length), dtype), name=PROMPT_MASK)
+    for k, nid in enumerate(rnns):
+        _prefill_rnn(p, b, p.node(nid), k)
     for k, nid in enumerate(attn):
         node = p.node(nid)
         q, _, _, wq, bq, wk, bk, wv, bv, *_ = slots(p, node)
@@ -117,7 +182,64 @@ def _prefill(g: Graph, attn: list, statics: dict) -> Graph:
     return p
 
 
-def _step(g: Graph, tok: int, dep: set, attn: list, statics: dict, spec) -> Graph:
+def _run_rnn(b: Builder, node, x, mask, states, weights) -> int:
+    """`node`'s layer on x from `states`: every step's output and the final states, packed
+    [batch, steps + states, units] (the layout of return_state)."""
+    attrs = {**op_attrs(node), "return_sequences": True, "return_state": True}
+    with b.at(span=node.span, path=node.path):
+        return b.emit(node.op, x, mask, *states, *weights, **attrs)
+
+
+def _unpack(b: Builder, packed: int, steps: int, k: int) -> int:
+    batch, _, units = b.type(packed).shape
+    return b.reshape(b.slice(packed, axis=1, start=steps + k, stop=steps + k + 1, step=1),
+                     shape=[batch, units])
+
+
+def _prefill_rnn(p: Graph, b: Builder, node, k: int) -> None:
+    """The layer as the model runs it, masked past each prompt's end (a masked step keeps the
+    state), so its final states are those after each row's last prompt token."""
+    x, mask, states, weights = _rnn_slots(p, node)
+    prompt = p.inputs[PROMPT_MASK]
+    with b.at(span=node.span, path=node.path):
+        if mask is not None:
+            dtype = p.node(prompt).dtype
+            mask = b.mul(mask if p.node(mask).dtype == dtype else b.cast(mask, dtype=dtype),
+                         prompt)
+        packed = _run_rnn(b, node, x, mask if mask is not None else prompt, states, weights)
+        steps = p.node(x).shape[1]
+        outs = b.slice(packed, axis=1, start=0, stop=steps, step=1)
+        for j, name in enumerate(_rnn_states(node, k)):
+            p.outputs[name] = _unpack(b, packed, steps, j)
+    p.replace_uses(node.id, outs)
+    p.remove(node.id)
+
+
+def _step_rnn(s: Graph, b: Builder, node, k: int) -> int:
+    """One cell step from the carried state; the new state is written back (`updates`)."""
+    x, mask, _, weights = _rnn_slots(s, node)
+    batch, dtype, units = s.node(x).shape[0], s.node(x).dtype, node.attrs["units"]
+    names = _rnn_states(node, k)
+    carried = [_state_param(s, name, (batch, units), dtype) for name in names]
+    packed = _run_rnn(b, node, x, mask, carried, weights)
+    with b.at(span=node.span, path=node.path):
+        for j, name in enumerate(names):
+            new = _unpack(b, packed, 1, j)
+            s.node(new).attrs["root"] = True   # no output reads it: the next step does
+            s.updates[name] = new
+        return b.slice(packed, axis=1, start=0, stop=1, step=1)
+
+
+def _state_param(s: Graph, name: str, shape, dtype) -> int:
+    """A non-trainable state buffer the step reads and updates (zeros until the prefill)."""
+    nid = s.add_node("param", [], {"name": name, "dtype": dtype, "shape": list(shape),
+                                   "init": ("zeros", {}), "trainable": False},
+                     TensorType(tuple(shape), dtype), name=name)
+    s.params[name] = nid
+    return nid
+
+
+def _step(g: Graph, tok: int, dep: set, attn: list, rnns: list, statics: dict, spec) -> Graph:
     s = g.copy()
     batch = s.node(tok).shape[0]
     s.node(tok).attrs["shape"] = [batch, 1]
@@ -133,11 +255,14 @@ def _step(g: Graph, tok: int, dep: set, attn: list, statics: dict, spec) -> Grap
             s.set_inputs(user, [new if i == nid else i for i in s.node(user).inputs])
     b = Builder(s)
     order = {nid: k for k, nid in enumerate(attn)}
+    recurrent = {nid: k for k, nid in enumerate(rnns)}
     for nid in [n for n in s.topo() if n in dep]:
         node = s.node(nid)
         ins = slots(s, node)
         if nid in order:
             out = _cached(s, b, node, ins, pos, order[nid], spec.max_len)
+        elif nid in recurrent:
+            out = _step_rnn(s, b, node, recurrent[nid])
         elif node.op == "positional_encoding":
             with b.at(span=node.span, path=node.path):
                 out = positional_encoding_at(b, ins[0], pos, ins[1] if len(ins) > 1 else None,
@@ -159,12 +284,8 @@ def _cached(s: Graph, b: Builder, node, ins, pos: int, k: int, max_len: int) -> 
     with b.at(span=node.span, path=node.path):
         for layout, w, bias in (("k", wk, bk), ("v", wv, bv)):
             name = f"_cache:{k}.{layout}"
-            shape = list(kv_cache_shape(batch, max_len, inner, heads, layout))
-            cache = s.add_node("param", [], {"name": name, "dtype": s.node(q).dtype,
-                                             "shape": shape, "init": ("zeros", {}),
-                                             "trainable": False},
-                               TensorType(tuple(shape), s.node(q).dtype), name=name)
-            s.params[name] = cache
+            shape = kv_cache_shape(batch, max_len, inner, heads, layout)
+            cache = _state_param(s, name, shape, s.node(q).dtype)
             new[layout] = kv_cache_write(b, cache, q, w, bias, pos, heads, layout)
             s.updates[name] = new[layout]
         return cached_attention(b, q, new["k"], new["v"], pos, wq, bq, wo, bo, heads)

@@ -2,8 +2,9 @@
 -> decoding (greedy, temperature / top-k / top-p sampling, beam search) -> text.
 
 Tokens come one at a time from the step graph of `decode_graphs.py` (a key/value cache per
-attention layer, prefilled once); a model it cannot follow is rerun on the whole prefix for
-every token instead (`Generation.mode` says which, `reason` why). See docs/generation.md.
+attention layer, a carried state per recurrent layer, prefilled once); a model it cannot follow
+is rerun on the whole prefix for every token instead (`Generation.mode` says which, `reason`
+why). See docs/generation.md.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from nnlang.errors import NNError
 from nnlang.frontend.generate_config import SAMPLING, sampling_problem
 from nnlang.gc_pause import paused_gc
 from nnlang.passes.pipeline import forward_graph
-from nnlang.runtime.decode_graphs import POS_INPUT, NotIncremental, derive
+from nnlang.runtime.decode_graphs import POS_INPUT, PROMPT_MASK, NotIncremental, derive
 
 FLAGS = {"max_new": "--max-new", "temperature": "--temperature", "top_k": "--top-k",
          "top_p": "--top-p", "beam": "--beam", "length_penalty": "--length-penalty",
@@ -37,7 +38,7 @@ class Sample:
 @dataclass
 class Generation:
     samples: list
-    mode: str                   # "incremental" (KV cache) or "recompute"
+    mode: str                   # "incremental" (KV cache, RNN state) or "recompute"
     reason: str | None = None   # why recompute
     options: dict = field(default_factory=dict)
 
@@ -271,7 +272,11 @@ class Generator:
             out = self._exe("predict", len(tokens)).run(self._feeds(tokens, source))
             return np.array(out["logits" if "logits" in out else self.spec.logits]
                             )[rows, lengths - 1]
-        out = self._exe("prefill", len(tokens)).run(self._feeds(tokens, source))
+        feeds = self._feeds(tokens, source)
+        if PROMPT_MASK in self.graphs.prefill.inputs:
+            feeds[PROMPT_MASK] = (np.arange(tokens.shape[1]) < lengths[:, None]).astype(
+                self.net.dtype)
+        out = self._exe("prefill", len(tokens)).run(feeds)
         self._exe("step", len(tokens))  # NOTE: picks this batch's caches as self.state
         for name in self.graphs.caches:
             self._put(name, out[name])
