@@ -19,7 +19,7 @@ import nnlang
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "values"
-BATCH, STEPS = 2, 3
+BATCH, STEPS, LENGTH = 2, 3, 6
 
 # NOTE: shrunk hyper-parameters keep the unrolled recurrences and the interpreter fast; the
 # architecture (and every op on its path) is the same as the full model's.
@@ -28,6 +28,7 @@ OVERRIDES = {
     "cnn": {},
     "lstm": {"vocab": 50, "maxlen": 12, "embed": 8, "units": 8},
     "gru": {"vocab": 50, "maxlen": 12, "embed": 8, "units": 8},
+    "lstm_full": {"vocab": 50, "embed": 8, "units": 8},
     "conv1d": {"vocab": 50, "maxlen": 12, "embed": 8, "filters": 8, "width": 3},
     "transformer": {"vocab": 50, "maxlen": 10, "embed": 16, "heads": 2, "ffn": 32},
     "gpt": {"vocab": 50, "maxlen": 10, "dim": 16, "heads": 2, "ffn": 32},
@@ -47,7 +48,10 @@ def feeds_for(program, seed: int = 0) -> dict:
     out = {}
     for name, nid in g.inputs.items():
         node = g.node(nid)
-        shape = [BATCH if not isinstance(d, int) else d for d in node.shape]
+        # NOTE: a symbolic length other than batch gets LENGTH, so the padded rows still hold
+        # real tokens
+        shape = [d if isinstance(d, int) else BATCH if str(d) == "batch" else LENGTH
+                 for d in node.shape]
         if node.dtype.startswith("int"):
             out[name] = rng.integers(0, 2, size=shape).astype(node.dtype)
             if name == "tokens":  # real ids, with padding at the front as the loader makes

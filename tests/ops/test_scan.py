@@ -91,3 +91,23 @@ def test_compiled_scan_at_real_widths_matches_the_interpreter(model):
         losses[backend] = [net.train_step(feeds) for _ in range(3)]
     assert np.isfinite(losses["numba"]).all()
     np.testing.assert_allclose(losses["numba"], losses["reference"], rtol=1e-4)
+
+
+@pytest.mark.xfail(strict=True, reason="known bug (open): a row whose every step is masked gets "
+                   "a wrong loss gradient (sigmoid(logit) - label is not what flows back)")
+def test_a_row_of_only_padding_gets_the_true_loss_gradient():
+    import nnlang
+    src = """
+model M {
+  symbol seq
+  input tokens: int32[batch, seq]
+  input label: float32[batch]
+  h = lstm(embedding(tokens, 50, 8), 8, mask = tokens != 0)
+  logit = dense(h, 1) |> squeeze(axis = -1)
+  loss bce_with_logits(logit, label)
+}
+"""
+    net = nnlang.compile(src, backend="reference", batch=2, dtype="float64", seed=0)
+    feeds = {"tokens": np.zeros((2, 3), np.int32), "label": np.array([0.0, 1.0], np.float32)}
+    # the bias gradient of a mean bce is mean(sigmoid(logit) - label); h = 0 on padding only
+    assert net.gradients(feeds)["logit.bias"][0] == pytest.approx(np.mean(0.5 - feeds["label"]))
