@@ -116,3 +116,22 @@ def test_integer_paths_get_no_gradient():
     loss = b.reduce_sum(out, axes=None)
     grads = backward(g, loss, [g.inputs["x0"], g.inputs["x1"]])
     assert g.inputs["x1"] not in grads and g.inputs["x0"] in grads
+
+
+@pytest.mark.parametrize("name", ["softplus", "bce_with_logits"])
+def test_the_stable_softplus_has_the_true_gradient_at_a_zero_logit(name):
+    # max(z, 0) + log(1 + e**-|z|) is smooth, but its pieces have kinks at z = 0 whose
+    # gradients must add up to sigmoid(0) = 1/2; a zero logit is common (a zero-initialized
+    # bias on an all-padding row) and finite differences of random samples never land on it
+    from nnlang.ops.registry import Sample
+    logits = name == "bce_with_logits"
+    g, feeds, params, _ = op_graph(name, Sample(((4,), (4,)) if logits else ((4,),)))
+    z = np.array([0.0, 0.0, 1.5, -2.0])
+    y = np.array([0.0, 1.0, 0.0, 1.0])
+    feeds.update({"x0": z, "x1": y} if logits else {"x0": z})
+    g = decompose(g)
+    loss = Builder(g).reduce_sum(g.outputs["out"], axes=None)
+    grads = backward(g, loss, [g.inputs["x0"]])
+    got = interpret(g, feeds, params)[grads[g.inputs["x0"]]]
+    sigmoid = 1 / (1 + np.exp(-z))
+    np.testing.assert_allclose(got, (sigmoid - y) / len(z) if logits else sigmoid, rtol=1e-12)

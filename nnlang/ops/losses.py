@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from nnlang.ir.dims import fmt_shape
-from nnlang.ops.nn import const_like, mean_over, need_float
+from nnlang.ops.nn import const_like, mean_over, need_float, stable_softplus
 from nnlang.ops.registry import (INT_DTYPES, Sample, ShapeError, TensorType, is_float, need_range,
                                  register)
 
@@ -96,10 +96,8 @@ def _bce_logits_shape(logits, target):
 
 def _bce_logits(b, logits, target):
     z, y = _match(b, logits, target)
-    zero, one = const_like(b, 0.0, z), const_like(b, 1.0, z)
-    # max(z, 0) - z*y + log(1 + e**-|z|): equal to bce(sigmoid(z), y) but never overflows
-    soft = b.log(b.add(one, b.exp(b.neg(b.abs(z)))))
-    return mean_over(b, b.add(b.sub(b.maximum(z, zero), b.mul(z, y)), soft))
+    # softplus(z) - z*y: equal to bce(sigmoid(z), y) but never overflows
+    return mean_over(b, b.sub(stable_softplus(b, z), b.mul(z, y)))
 
 
 register("bce_with_logits", "logits: tensor, target: tensor", _bce_logits_shape,

@@ -202,9 +202,19 @@ register("gelu", "x: tensor, approximate: str = \"none\"", _gelu_shape, decompos
              "gives 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))).")
 
 _act("silu", "x: tensor", lambda b, x: b.mul(x, b.sigmoid(x)), "x * sigmoid(x) (swish)")
-_act("softplus", "x: tensor",
-     lambda b, x: b.add(b.maximum(x, const_like(b, 0.0, x)),
-                        b.log(b.add(const_like(b, 1.0, x), b.exp(b.neg(b.abs(x)))))),
+
+
+def stable_softplus(b, x):
+    """log(1 + e**x) as max(x, 0) + log(1 + e**-|x|), which never overflows."""
+    # NOTE: max(x, 0) is built as (x + |x|) / 2, not `maximum`: at x = 0 exactly (a zero logit,
+    # e.g. an all-padding row) maximum's gradient is 1 and |x|'s is 0, summing to 1 instead of
+    # softplus'(0) = 1/2; through abs both pieces take the same side and the sum is exact.
+    size = b.abs(x)
+    relu = b.mul(b.add(x, size), const_like(b, 0.5, x))
+    return b.add(relu, b.log(b.add(const_like(b, 1.0, x), b.exp(b.neg(size)))))
+
+
+_act("softplus", "x: tensor", stable_softplus,
      "log(1 + e**x), computed as max(x, 0) + log(1 + e**-|x|) so it never overflows")
 _act("elu", "x: tensor, alpha: float = 1.0",
      lambda b, x, *, alpha: b.where(

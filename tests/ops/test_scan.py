@@ -93,8 +93,6 @@ def test_compiled_scan_at_real_widths_matches_the_interpreter(model):
     np.testing.assert_allclose(losses["numba"], losses["reference"], rtol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (open): a row whose every step is masked gets "
-                   "a wrong loss gradient (sigmoid(logit) - label is not what flows back)")
 def test_a_row_of_only_padding_gets_the_true_loss_gradient():
     import nnlang
     src = """
