@@ -35,7 +35,8 @@ def scan_call(backend, node, inputs: list, out, disable=()):
     xp = backend.xp   # numpy, or cupy: the Python loop below launches per step on a GPU
     state, staged = {}, []
     for j, w in enumerate(weights):
-        if not (w.flags.c_contiguous and w.flags.aligned):
+        # NOTE: cupy's flags have no `aligned`: device allocations always are
+        if not (w.flags.c_contiguous and getattr(w.flags, "aligned", True)):
             # NOTE: a strided weight (a view) gets a contiguous copy refreshed every call
             state[f"w{j}"] = xp.empty(w.shape, w.dtype)
             staged.append((state[f"w{j}"], w))

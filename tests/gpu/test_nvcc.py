@@ -17,7 +17,7 @@ from nnlang.codegen.render_cuda import CudaSource, module_source
 from nnlang.passes.pipeline import train_graph
 from nnlang.runtime.executable import compile_graph
 from nnlang.runtime.net import _default_config
-from tests.golden_values import OVERRIDES, ROOT, models
+from tests.golden_values import LENGTH, OVERRIDES, ROOT, models
 from tests.op_graphs import op_graph_with_grads, sample_cases
 
 NVCC_FLAGS = ["-cubin", "-arch=sm_80", "-std=c++17", "-Werror", "all-warnings"]
@@ -33,8 +33,9 @@ def rendered(g) -> CupyBackend:
 def model_sources(model: str, batch: int = 2) -> list[CudaSource]:
     """The CUDA kernels of a model's train graph (shrunk as the golden values are)."""
     program = nnlang.load(ROOT / "models" / f"{model}.nn", OVERRIDES.get(model, {}))
+    lengths = {s: LENGTH for s in program.graph.symbols if s != "batch"}
     return rendered(train_graph(program.graph, program.train or _default_config(),
-                                batch)).rendered
+                                batch, lengths=lengths)).rendered
 
 
 _OPS: dict | None = None

@@ -216,7 +216,7 @@ def test_conv2d_on_flat_input_says_reshape():
 
 @pytest.mark.parametrize("name,types,attrs,text", [
     ("lstm", [TensorType((4, 8))], {"units": 3}, "expects [batch, time, features]"),
-    ("lstm", [TensorType((4, Sym.of("seq"), 8))], {"units": 3}, "must be a number"),
+    ("lstm", [TensorType((4, 5, Sym.of("feats")))], {"units": 3}, "must be a number"),
     ("dense", [TensorType((4, 8), "int32")], {"units": 3}, "needs a float tensor"),
     ("dense", [TensorType((4, 8))], {"units": 3, "activation": "rellu"}, "unknown activation"),
     ("cross_entropy", [TensorType((4, 5)), TensorType((5,), "int32")], {}, "need labels [4]"),
