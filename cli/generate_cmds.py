@@ -106,20 +106,12 @@ def _held_out(net, cfg, file, data, data_dir, limit, tok, stop, options) -> dict
     from nnlang.errors import NNError
     from nnlang.runtime.generate import held_out
     from nnlang.train import feeds
+    from nnlang.train.inference import held_out_arrays
     spec = net.program.generate
     if spec is None or spec.source is None:
         return held_out(net, None, None, tok, **options)  # NOTE: raises the located error
-    choice = feeds.replace_data(cfg.data, data) if data is not None else cfg.data
-    ds = feeds.load_data(choice, data_dir, file.parent)
-    mapping = feeds.match_inputs(net.user, ds.inputs, ds.targets, f"dataset '{ds.name}'")
-    if len(ds.test):
-        arrays, split = feeds.model_arrays(net.user, ds.test.arrays, mapping), "test"
-    else:
-        arrays = feeds.train_and_val(net.user, ds, mapping, cfg.val_split, cfg.seed)[1]
-        split = "validation"
-        if not arrays:
-            raise NNError(f"dataset '{ds.name}' has no test split and the run used no "
-                          "validation split", hint="pass --data with a test split")
+    ds, split, arrays = held_out_arrays(net, cfg, data, data_dir, file.parent)
+    split = {"val": "validation"}.get(split, split)
     length = net.user.node(net.user.inputs[spec.tokens]).shape[1]
     targets = [k for k in feeds.input_roles(net.user)[1]
                if tuple(net.user.node(net.user.inputs[k]).shape[1:]) == (length,)]

@@ -66,20 +66,26 @@ def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,
     """(split evaluated, {loss, metrics...}) on the test split of the checkpoint's dataset (or
     `data`); a dataset without a test split falls back to the seeded validation carve."""
     net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, batch, console)
-    choice = feeds.replace_data(cfg.data, str(data)) if data is not None else cfg.data
     file = source_of(program_or_path)[1]
-    ds = feeds.load_data(choice, data_dir, Path(file).parent if file != "<string>" else None)
+    _, split, arrays = held_out_arrays(net, cfg, data, data_dir,
+                                       Path(file).parent if file != "<string>" else None)
+    return split, evaluate(net, arrays, net.batch, console)
+
+
+def held_out_arrays(net, cfg, data, data_dir, folder) -> tuple:
+    """(dataset, "test" | "val", the model's arrays) held out from training: the test split of
+    the run's dataset (or `data`), else the run's seeded validation carve."""
+    choice = feeds.replace_data(cfg.data, str(data)) if data is not None else cfg.data
+    ds = feeds.load_data(choice, data_dir, folder)
     mapping = feeds.match_inputs(net.user, ds.inputs, ds.targets, f"dataset '{ds.name}'")
     if len(ds.test):
-        arrays, split = feeds.model_arrays(net.user, ds.test.arrays, mapping), "test"
-    else:
-        arrays = feeds.train_and_val(net.user, ds, mapping, cfg.val_split, cfg.seed)[1]
-        split = "val"
-        if not arrays:
-            raise NNError(f"dataset '{ds.name}' has no test split and the run used no "
-                          "validation split", hint="pass --data with a test split (for .npz: "
-                          "train_*/test_* arrays)")
-    return split, evaluate(net, arrays, net.batch, console)
+        return ds, "test", feeds.model_arrays(net.user, ds.test.arrays, mapping)
+    arrays = feeds.train_and_val(net.user, ds, mapping, cfg.val_split, cfg.seed)[1]
+    if not arrays:
+        raise NNError(f"dataset '{ds.name}' has no test split and the run used no "
+                      "validation split", hint="pass --data with a test split (for .npz: "
+                      "train_*/test_* arrays)")
+    return ds, "val", arrays
 
 
 def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str = "numba",
