@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from nnlang.backends import cpu_affinity
+from nnlang.backends import cpu_affinity, denormals
 
 _WORKERS = max(1, min(len(cpu_affinity.allowed_cpus()), 8))
 _SPLIT_FLOPS = 1 << 27   # below this one thread is faster than handing work to a pool
@@ -79,13 +79,18 @@ def workers() -> int:
     return _WORKERS
 
 
+def _start_worker() -> None:
+    cpu_affinity.register_worker()
+    denormals.flush_this_thread()
+
+
 def pool() -> ThreadPoolExecutor:
     """The shared pool for split GEMMs and split generated kernels (numba `nogil`): one thread
     fewer than the parts of a split, whose first part runs on the calling thread."""
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max(1, _WORKERS - 1), thread_name_prefix="nnlang-gemm",
-                                   initializer=cpu_affinity.register_worker)
+                                   initializer=_start_worker)
     return _pool
 
 

@@ -12,6 +12,8 @@ import importlib.util
 import pickle
 import sys
 
+from nnlang.backends import numba_config  # noqa: F401  (the parent's settings)
+
 
 def compile_all(jobs) -> None:
     for path, module_name, name, sigs in jobs:

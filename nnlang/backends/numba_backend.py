@@ -23,7 +23,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from nnlang.backends import cpu_affinity
+from nnlang.backends import cpu_affinity, denormals, numba_config  # noqa: F401
 from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.base import Call, State, library_call, run_in_order
 from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded_blas_pays,
@@ -36,16 +36,12 @@ from nnlang.ir.graph import Node
 from nnlang.passes.schedule import apply_view
 from nnlang.user_cache import cache_subdir, cache_unwritable, private_dir
 
-VERSION = "nnlang-0.1"
+VERSION = "nnlang-0.3"  # NOTE: bumped when numba_config changes what a kernel compiles to
 _KERNELS = "nnlang_kernels."   # the module prefix of generated kernels
 _WORKER_MIN = 6                 # missing kernels (~0.2 s each) worth starting a worker (~0.6 s)
 _WORKER_TIMEOUT = 600
 _GUARD = 256 << 10
 
-# NOTE: numba's default OpenMP layer spin-waits and fights OpenBLAS's threads between a matmul
-# and the next parallel kernel (5x slower steps on 2 cores); the workqueue layer does not.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 
 
 def cache_dir() -> Path:
@@ -419,7 +415,8 @@ class NumbaBackend:
         threads, split, session = workers() if threaded else 1, self.splits(calls), self.session
 
         def step():
-            with session(threads, split):
+            # NOTE: flushing before the session: numba's workers, started there, inherit it
+            with denormals.flushed(), session(threads, split):
                 for fn, args in calls:
                     fn(*args)
             for dst, src in updates:

@@ -25,9 +25,42 @@ def _const_value(g: Graph, nid: int):
     return node.attrs["value"] if node.op == "const" else None
 
 
-def _is_fill(g: Graph, nid: int, fill: float) -> bool:
+_VIEWS = ("broadcast_to", "reshape", "slice", "transpose")
+
+
+def _uniform(g: Graph, nid: int):
+    """The one value every element of `nid` holds, when it is a constant of equal elements
+    seen through views (a broadcast constant sliced or reshaped), else None."""
+    while g.node(nid).op in _VIEWS:
+        nid = g.node(nid).inputs[0]
     v = _const_value(g, nid)
-    return v is not None and v.size > 0 and bool(np.all(v == fill))
+    if v is None or v.size == 0 or not bool(np.all(v == v.flat[0])):
+        return None
+    return v.flat[0]
+
+
+def _is_fill(g: Graph, nid: int, fill: float) -> bool:
+    v = _uniform(g, nid)
+    return v is not None and bool(v == fill)
+
+
+def _uniform_view(g: Graph, n: Node):
+    """A view of a uniform constant too big to fold is a broadcast of that one value.
+
+    NOTE why: a slice of a broadcast constant (autodiff's ones in a scan body's backward) was
+    a zero-stride [64, 128] array argument, typed layout 'A' by numba, and the whole LSTM
+    backward cell kernel ran scalar (570 us a step against 100); a broadcast scalar becomes a
+    literal in the kernel instead (`codegen/kernel.py`)."""
+    src = g.node(n.inputs[0])
+    if n.op == "broadcast_to" and src.op == "const" and src.attrs["value"].ndim == 0:
+        return None  # already the canonical form
+    value = _uniform(g, n.id)
+    if value is None:
+        return None
+    scalar = g.add_node("const", [], {"value": np.array(value, dtype=n.dtype)},
+                        TensorType((), n.dtype), span=n.span, path=n.path, role=n.role)
+    return g.add_node("broadcast_to", [scalar], {"shape": list(n.shape)}, n.type, span=n.span,
+                      path=n.path, role=n.role, name=n.name)
 
 
 def _identity_operand(fill: float, sides=(0, 1)):
@@ -152,14 +185,14 @@ SIMPLIFY_RULES = {
     "add": [_identity_operand(0.0)],                 # x+0, 0+x (NOTE: -0.0+0.0 is +0.0, equal)
     "sub": [_identity_operand(0.0, sides=(1,))],     # x-0
     "div": [_identity_operand(1.0, sides=(1,))],     # x/1
-    "reshape": [_same_type_input],
-    "broadcast_to": [_same_type_input],
+    "reshape": [_same_type_input, _uniform_view],
+    "broadcast_to": [_same_type_input, _uniform_view],
+    "slice": [_uniform_view, _sliced_elementwise],
     "cast": [_same_type_input],
     "stop_gradient": [_same_type_input],    # autodiff has run; now it is the identity
-    "transpose": [_identity_perm, _double_transpose, _transposed_back],
+    "transpose": [_identity_perm, _double_transpose, _transposed_back, _uniform_view],
     "neg": [_double_neg],
     "concat": [_stacked_rows],
-    "slice": [_sliced_elementwise],
 }
 
 
