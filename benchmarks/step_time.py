@@ -64,7 +64,7 @@ def _timed_block(step, gap: float, block: int) -> float:
 
 def time_model(name: str, backend: str, rounds: int, warmup: int, batch: int | None,
                threads: int, torch_only: bool = False, gap: float = 0.2,
-               block: int = 1) -> dict:
+               block: int = 1, nnlang_only: bool = False) -> dict:
     """Alternating rounds of both frameworks; the torch side alone when nnlang fails to compile
     or run the model (the error is recorded).
 
@@ -77,6 +77,8 @@ def time_model(name: str, backend: str, rounds: int, warmup: int, batch: int | N
 
     import nnlang
     torch.set_num_threads(threads)
+    if os.environ.get("TORCH_FLUSH_DENORMAL") == "1":  # NOTE: PyTorch's default keeps them
+        torch.set_flush_denormal(True)
     program = nnlang.load(str(model_path(name)))
     batch = batch or program.train.batch
     out = {"model": name, "batch": batch, "backend": backend,
@@ -105,16 +107,23 @@ def time_model(name: str, backend: str, rounds: int, warmup: int, batch: int | N
     for _ in range(warmup):
         if net:
             net.train_step(feeds)
-        _torch_step(module, opt, lossf, x, y)
+        if not nnlang_only:
+            _torch_step(module, opt, lossf, x, y)
     t_nn, t_torch = [], []
     for _ in range(rounds):
         if net:
             t_nn.append(_timed_block(lambda: net.train_step(feeds), gap, block))
-        t_torch.append(_timed_block(lambda: _torch_step(module, opt, lossf, x, y), gap, block))
-    out["torch_ms"] = 1e3 * statistics.median(t_torch)
-    out["torch_ms_all"] = [1e3 * t for t in t_torch]
-    out["torch_gflops"] = out["gemm_gflop_per_step"] / (out["torch_ms"] / 1e3)
-    if net:
+        if not nnlang_only:
+            t_torch.append(_timed_block(lambda: _torch_step(module, opt, lossf, x, y), gap,
+                                        block))
+    if t_torch:
+        out["torch_ms"] = 1e3 * statistics.median(t_torch)
+        out["torch_ms_all"] = [1e3 * t for t in t_torch]
+        out["torch_gflops"] = out["gemm_gflop_per_step"] / (out["torch_ms"] / 1e3)
+    if net and nnlang_only:
+        out["nnlang_ms"] = 1e3 * statistics.median(t_nn)
+        out["nnlang_ms_all"] = [1e3 * t for t in t_nn]
+    elif net:
         out["nnlang_ms"] = 1e3 * statistics.median(t_nn)
         out["nnlang_ms_all"] = [1e3 * t for t in t_nn]
         out["ratio"] = statistics.median(a / b for a, b in zip(t_nn, t_torch))
@@ -208,8 +217,9 @@ def main(argv=None) -> int:
     ap.add_argument("--block", type=int, default=1,
                     help="steps in a row per framework and round (the first untimed), as in "
                          "training; 1: single steps, each after the gap")
-    ap.add_argument("--only", choices=("torch",), default=None,
-                    help="time the PyTorch side alone")
+    ap.add_argument("--only", choices=("torch", "nnlang"), default=None,
+                    help="time one side alone (benchmarks/process_spread.py runs each side in "
+                         "its own fresh processes)")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
     os.environ.setdefault("NNLANG_DATA_DIR",
@@ -220,11 +230,12 @@ def main(argv=None) -> int:
     results = []
     for name in args.models.split(","):
         r = time_model(name, args.backend, args.rounds, args.warmup, args.batch, args.threads,
-                       args.only == "torch", args.gap, args.block)
+                       args.only == "torch", args.gap, args.block, args.only == "nnlang")
         if not args.no_compile_times and "nnlang_error" not in r:
             r["compile"] = compile_times(name, args.backend, args.batch)
         results.append(r)
-        print(f"{name}: nnlang {_f(r.get('nnlang_ms'), '.1f')} ms, torch {r['torch_ms']:.1f} ms"
+        print(f"{name}: nnlang {_f(r.get('nnlang_ms'), '.1f')} ms, "
+              f"torch {_f(r.get('torch_ms'), '.1f')} ms"
               + (f"  [nnlang: {r['nnlang_error']}]" if "nnlang_error" in r else ""),
               file=sys.stderr, flush=True)
     peak_after = sgemm_peak()

@@ -330,14 +330,16 @@ class NumbaBackend:
 
     resolved = staticmethod(resolved)
 
-    def scan_loop(self, reverse: bool, width: int, init, carry, out, y, pairs, calls):
+    def scan_loop(self, reverse: bool, width: int, init, carry, out, y, pairs, calls,
+                  own=frozenset()):
         """A scan's whole time loop as one generated driver (`numba_scan.py`): (rendered,
-        call), or None when some body call cannot be generated there."""
+        call), or None when some body call cannot be generated there. `own`: see
+        `render_driver`."""
         gemms = blas_gemms()
         kernel_of = {entry: fn for (fn, _), entry in self._entries.items()}
         try:
             source, args, dtype = render_driver("scan_loop", out.shape[0], reverse, width, init,
-                                                carry, out, y, pairs, calls, kernel_of)
+                                                carry, out, y, pairs, calls, kernel_of, own)
         except Unsupported:
             return None
         if dtype is not None and dtype not in gemms:

@@ -263,8 +263,18 @@ def scan_grad(b: Builder, node, gout: int) -> list:
         if nid in grads:
             return grads[nid]
         return bb.broadcast_to(bb.const(0.0, dtype), shape=list(bg.node(nid).shape))
-    outs = [grad_of(w) for w in wrt]
-    bg.outputs["y"] = outs[0] if len(outs) == 1 else bb.concat(*outs, axis=1)
+    # NOTE: a gradient equal to an earlier one is stored once (an LSTM's dz = dgates is also
+    # the gradient of its input projection: stored twice, it was 512 more columns copied and
+    # stacked every step)
+    outs, at, unique, pos = [grad_of(w) for w in wrt], [], [], 0
+    for o in outs:
+        if o not in unique:
+            unique.append(o)
+            at.append((pos, pos + int(bg.node(o).shape[1])))
+            pos = at[-1][1]
+        else:
+            at.append(at[outs.index(o)])
+    bg.outputs["y"] = unique[0] if len(unique) == 1 else bb.concat(*unique, axis=1)
     for k, (m, _) in enumerate(mms):  # the backward reads the stored z, never recomputes it
         bg.replace_uses(env[m], bg.inputs[f"x{2 + nseq + k}"])
     live = bg.ancestors([bg.outputs["y"]])
@@ -276,18 +286,13 @@ def scan_grad(b: Builder, node, gout: int) -> list:
     back = scan(b, zero, [gout, carries, *seqs, *zs], list(weights),
                 Body(bg, C, nseq + 2 + len(mms), body.n_weights), not reverse)
     last = steps - 1 if reverse else 0
-    d_init = b.reshape(b.slice(cols(b, back, 0, C), axis=0, start=last, stop=last + 1, step=1),
+    d_init = b.reshape(b.slice(cols(b, back, *at[0]), axis=0, start=last, stop=last + 1, step=1),
                        shape=[batch, C])
-    pos, d_seqs = C, []
-    for s in seqs:
-        k = int(b.type(s).shape[2])
-        d_seqs.append(cols(b, back, pos, pos + k))
-        pos += k
+    d_seqs = [cols(b, back, *at[1 + i]) for i in range(nseq)]
     d_weights: list = [None] * len(weights)
     for k, (m, j) in enumerate(mms):
         n_out = int(fg.node(m).shape[1])
-        dz = b.reshape(cols(b, back, pos, pos + n_out), shape=[-1, n_out])
-        pos += n_out
+        dz = b.reshape(cols(b, back, *at[1 + nseq + k]), shape=[-1, n_out])
         a = fg.node(m).inputs[0]
         span = _carry_columns(fg, a)
         stacked = cols(b, carries, *span) if span else cols(b, ys, *where[("a", m)])

@@ -80,6 +80,11 @@ def lifetimes(g: Graph, steps: list[Step], views: dict[int, int],
         b = base_of(views, nid)
         if b in end:
             end[b] = len(steps)
+    for nid in g.inputs.values():
+        # NOTE: a scan body's per-step input that the loop may read in place of a copy
+        # (backends/numba_scan.py): no other value may reuse its bytes
+        if nid in end and g.node(nid).attrs.get("held"):
+            end[nid] = len(steps)
     out = []
     for nid, s in start.items():
         if nid in skip:

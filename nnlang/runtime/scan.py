@@ -23,7 +23,21 @@ def _body_graph(node) -> Graph:
             n.attrs = {"name": name, "dtype": n.dtype, "shape": list(n.shape),
                        "init": ("zeros", {}), "trainable": False}
             g.params[name] = g.inputs.pop(name)
+        elif name.startswith("x"):
+            g.node(nid).attrs["held"] = True
     return g
+
+
+def _exclusive(exe, names) -> set[int]:
+    """ids of the arrays of `names` (inputs or results) that own their planned buffer: no other
+    value of the body is ever stored in their bytes, so the loop may put them elsewhere."""
+    g, assign = exe.graph, exe.memory.assign
+    sharing: dict[int, int] = {}
+    for b in assign.values():
+        sharing[b] = sharing.get(b, 0) + 1
+    nodes = {**g.inputs, **g.outputs}
+    return {id(exe.arrays[nodes[k]]) for k in names
+            if k in nodes and nodes[k] in assign and sharing[assign[nodes[k]]] == 1}
 
 
 def scan_call(backend, node, inputs: list, out, disable=()):
@@ -50,7 +64,8 @@ def scan_call(backend, node, inputs: list, out, disable=()):
     calls, width = exe._calls, body.carry
     copyto = xp.copyto
     loop = getattr(backend, "scan_loop", None)
-    driver = loop and loop(node.attrs["reverse"], width, init, carry, out, y, pairs, calls)
+    own = _exclusive(exe, [*(f"x{i}" for i in range(len(seqs))), "y"])
+    driver = loop and loop(node.attrs["reverse"], width, init, carry, out, y, pairs, calls, own)
     if driver:
         rendered, (fn, args) = driver
         exe._sources.append(rendered)
