@@ -10,9 +10,13 @@ Values that small move no weight (Adam's eps alone is 1e-7), and GPUs and PyTorc
 
 The modes are per thread (the MXCSR register): each step sets them on the thread that runs
 it and restores the caller's on return, so the user's own numpy code keeps IEEE denormals.
-nnlang's pool threads and numba's workers keep them for good; OpenBLAS's own worker threads
-(used by steps that thread BLAS, see backends/blas.py) were started at numpy's import and
-cannot be reached. Other CPUs than x86 run unchanged. `NNLANG_DENORMALS=keep` turns it off.
+nnlang's pool threads and numba's workers keep them for good. OpenBLAS's own worker threads
+(used by steps that thread BLAS, see backends/blas.py) were started at numpy's import without
+them; restarting its pool (`blas_thread_shutdown_`, `blas_thread_init`) from a flushing thread
+would pass them on, but was measured not to pay for what it would be for, a scan's per-step
+GEMMs on two threads: LSTM step 162 ms against 146 on one (GRU 144 against 125), and it would
+change numpy's BLAS for the whole process. Other CPUs than x86 run unchanged.
+`NNLANG_DENORMALS=keep` turns it off.
 """
 from __future__ import annotations
 

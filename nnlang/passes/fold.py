@@ -36,6 +36,8 @@ def _uniform(g: Graph, nid: int):
     v = _const_value(g, nid)
     if v is None or v.size == 0 or not bool(np.all(v == v.flat[0])):
         return None
+    if v.dtype.kind == "f" and not bool(np.all(np.signbit(v) == np.signbit(v.flat[0]))):
+        return None  # NOTE: 0.0 and -0.0 mixed: one value would change some signs
     return v.flat[0]
 
 

@@ -213,3 +213,37 @@ def test_multi_tensor_keeps_a_kernel_that_reads_another_apart():
     out = exe.run({"x": x, "y": y})
     np.testing.assert_array_equal(out["x4"], x * 4)
     np.testing.assert_array_equal(out["y2"], y * 2)
+
+
+def _input(g, name, shape):
+    g.inputs[name] = g.add_node("input", [], {"name": name, "dtype": "float32",
+                                              "shape": list(shape)},
+                                TensorType(shape, "float32"), name=name)
+    return g.inputs[name]
+
+
+def test_a_view_of_a_uniform_constant_is_a_broadcast_scalar():
+    """A slice of a broadcast constant too big to fold (a scan body's ones) becomes the one
+    value broadcast, which a kernel takes as a literal, not a zero-stride array; times 1 it is
+    gone. Mixed signed zeros are not one value and stay as they are."""
+    g = Graph()
+    b = Builder(g)
+    x = _input(g, "x", (64, 128))
+    ones = b.broadcast_to(b.reshape(b.const(1.0), shape=[1, 1]), shape=[64, 256])
+    threes = b.broadcast_to(b.reshape(b.const(3.0), shape=[1, 1]), shape=[64, 256])
+    g.outputs["a"] = b.mul(b.slice(ones, axis=1, start=0, stop=128, step=1), x)
+    g.outputs["b"] = b.mul(b.slice(threes, axis=1, start=128, stop=256, step=1), x)
+    zeros = np.zeros((64, 128), np.float32)
+    zeros[0, 0] = -0.0
+    g.outputs["c"] = b.add(x, b.transpose(b.transpose(b.const(zeros), perm=[1, 0]),
+                                          perm=[1, 0]))
+    out = eliminate_dead(fold_constants(g))
+    assert out.outputs["a"] == out.inputs["x"], out.dump()            # x * 1 through views
+    three = out.node(out.outputs["b"])
+    scalar = [out.node(i) for i in three.inputs if out.node(i).op == "broadcast_to"]
+    assert scalar and out.node(scalar[0].inputs[0]).attrs["value"].shape == (), out.dump()
+    feeds = {"x": np.random.default_rng(4).standard_normal((64, 128)).astype(np.float32)}
+    got = compile_graph(g).run(feeds)
+    np.testing.assert_array_equal(got["a"], feeds["x"])
+    np.testing.assert_allclose(got["b"], 3 * feeds["x"], rtol=1e-6)
+    np.testing.assert_array_equal(got["c"], feeds["x"] + zeros)

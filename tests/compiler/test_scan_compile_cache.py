@@ -53,3 +53,23 @@ def test_copy_loop_copies_every_element_at_an_offset():
     exec(code, scope)
     numba.njit(scope["f"])(dst, src, 1)
     np.testing.assert_array_equal(dst, src[1])
+
+
+def test_the_driver_reads_and_writes_the_sequences_in_place(tmp_path, monkeypatch):
+    """The LSTM's forward loop copies nothing in per step but the stored GEMM result: its body
+    reads step t of the input projection and writes step t of the stacked output where they
+    are (numba_scan.render_driver's moves), and the backward loop stacks dgates once."""
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    exe = compile_graph(_lstm_train_graph(), NumbaBackend())
+    drivers = [src for _, src in (s for s in exe._sources if isinstance(s, tuple))
+               if "def scan_loop" in src]
+    assert len(drivers) == 2
+    forward = next(d for d in drivers if "t = i\n" in d)
+    # NOTE: p0 is the carry (copied before the loop, then from step t's output row)
+    copies_in = [ln for ln in forward.splitlines() if "[t, j0, j1]" in ln.split("=")[-1]
+                 and not ln.strip().startswith("p0[")]
+    assert copies_in == [], forward
+    assert "[t * " in forward          # the body's flat views of step t, in place
+    widths = sorted(int(exe.graph.node(s.nodes[0]).shape[2]) for s in exe.steps
+                    if s.kind != "kernel" and exe.graph.node(s.nodes[0]).op == "scan")
+    assert widths == [2 * 4 + 4 * 4] * 2   # [h, c, z] forward; [dh, dc, dgates] backward
