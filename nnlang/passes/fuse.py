@@ -99,6 +99,7 @@ def _merge_siblings(g: Graph, groups: list[Group]) -> list[Group]:
     one kernel when that makes no cycle: the four gate gradients of each LSTM step were four
     launches, each loading the same incoming gradients."""
     pos = {nid: i for i, nid in enumerate(g.topo())}
+    results = result_ids(g)
     owner = {o: grp for grp in groups for o in grp.outputs}
     gone: set[int] = set()
     for n in g:
@@ -118,7 +119,13 @@ def _merge_siblings(g: Graph, groups: list[Group]) -> list[Group]:
             for other in same[1:]:
                 if _mergeable(g, base, other, pos):
                     base.members = sorted(base.members + other.members, key=pos.__getitem__)
-                    base.outputs = sorted(base.outputs + other.outputs, key=pos.__getitem__)
+                    inside = set(base.members)
+                    # NOTE: a value only the other group read is now read inside the kernel:
+                    # stored anyway, it was 5 dead [64, 128] stores a step in the LSTM's
+                    # backward cell kernel
+                    base.outputs = [o for o in sorted(base.outputs + other.outputs,
+                                                      key=pos.__getitem__)
+                                    if o in results or any(u not in inside for u in g.users(o))]
                     for o in other.outputs:
                         owner[o] = base
                     gone.add(id(other))
