@@ -41,6 +41,10 @@ _KERNELS = "nnlang_kernels."   # the module prefix of generated kernels
 _WORKER_MIN = 6                 # missing kernels (~0.2 s each) worth starting a worker (~0.6 s)
 _WORKER_TIMEOUT = 600
 _GUARD = 256 << 10
+# NOTE: a scan's batch runs in parts on the pool's threads from this many rows a part: the
+# LSTM's loops at batch 64 took 25-43 ms (forward) and 45-56 (backward) as one part, 20-22 and
+# 33-41 as two parts of 32 at once (2-core Xeon, BLAS on one thread)
+_ROWS_MIN = 16
 
 
 
@@ -331,15 +335,18 @@ class NumbaBackend:
     resolved = staticmethod(resolved)
 
     def scan_loop(self, reverse: bool, width: int, init, carry, out, y, pairs, calls,
-                  own=frozenset()):
+                  own=frozenset(), rows=None):
         """A scan's whole time loop as one generated driver (`numba_scan.py`): (rendered,
-        call), or None when some body call cannot be generated there. `own`: see
-        `render_driver`."""
+        call), or None when some body call cannot be generated there. `own` and `rows`: see
+        `render_driver`; with rows, the batch runs as parts on the pool's threads at once."""
         gemms = blas_gemms()
         kernel_of = {entry: fn for (fn, _), entry in self._entries.items()}
+        batch = int(init.shape[0])
+        parts = min(workers(), batch // _ROWS_MIN) if rows is not None else 1
         try:
-            source, args, dtype = render_driver("scan_loop", out.shape[0], reverse, width, init,
-                                                carry, out, y, pairs, calls, kernel_of, own)
+            source, args, dtype, by_rows = render_driver(
+                "scan_loop", out.shape[0], reverse, width, init, carry, out, y, pairs, calls,
+                kernel_of, own, rows if parts > 1 else None)
         except Unsupported:
             return None
         if dtype is not None and dtype not in gemms:
@@ -348,8 +355,21 @@ class NumbaBackend:
         if blas is None:
             return None
         fn = self.compile(source, "scan_loop")
-        header = f"# the time loop of a scan: {out.shape[0]} steps{' (reverse)' if reverse else ''}\n"
-        return (header, source), self.specialize(fn, (blas, out.shape[0], *args))
+        header = f"# the time loop of a scan: {out.shape[0]} steps{' (reverse)' if reverse else ''}"
+        steps = out.shape[0]
+        if not by_rows:
+            return (header + "\n", source), self.specialize(fn, (blas, steps, 0, batch, *args))
+        cuts = [batch * k // parts for k in range(parts + 1)]
+        calls = [self.specialize(fn, (blas, steps, lo, hi - lo, *args))
+                 for lo, hi in zip(cuts, cuts[1:])]
+
+        def run_parts_at_once(*_):
+            # NOTE: each part on one BLAS thread: two parts calling a threaded OpenBLAS at once
+            # wait on its lock
+            with blas_threads(1):
+                run_parts([resolved(c) for c in calls])
+        header += f", rows in {parts} parts at once\n"
+        return (header, source), (run_parts_at_once, ())
 
     @contextmanager
     def together(self):

@@ -9,6 +9,8 @@ keep numba from caching the driver on disk (one passed as an argument caches fin
 from __future__ import annotations
 
 import ctypes
+import inspect
+import itertools
 
 import numba
 import numpy as np
@@ -83,17 +85,22 @@ class Unsupported(Exception):
     """A body call the driver cannot express: the runtime keeps the Python loop."""
 
 
-def copy_loop(dst: str, dst_at: str, src: str, src_at: str, shape) -> list[str]:
+def copy_loop(dst: str, dst_at: str, src: str, src_at: str, shape, names=None) -> list[str]:
     """Lines copying src[src_at, ...] into dst[dst_at, ...] element by element over `shape`.
     NOTE: numba's array assignment (`dst[...] = src`) compiles a broadcasting implementation
     per pair of types (~1 s each) and the string formatting of its error message: ~9 s of the
     LSTM's two cold drivers; these loops compile in milliseconds and run as fast."""
     if not shape:
         raise Unsupported("a 0-d copy")
-    lines = []
-    if "[" in dst:   # NOTE: a view of step t is taken once, not once per element
-        lines.append(f"dst = {dst}")
-        dst = "dst"
+    lines, names = [], names or itertools.count()
+    # NOTE: a view (step t, rows r0..) is taken once, not once per element; each under its own
+    # name (`names`: one count per driver), as numba gives a variable one type
+    if "[" in dst:
+        lines.append(f"v{next(names)} = {dst}")
+        dst = lines[-1].split(" = ")[0]
+    if "[" in src:
+        lines.append(f"v{next(names)} = {src}")
+        src = lines[-1].split(" = ")[0]
     idx = [f"j{k}" for k in range(len(shape))]
     lines += [f"{'    ' * k}for {j} in range({n}):" for k, (j, n) in enumerate(zip(idx, shape))]
     at = ", ".join(idx)
@@ -127,8 +134,12 @@ class DriverSource:
     becomes the same view of step t of its sequence, written in the driver as an index
     expression (`moved`)."""
 
-    def __init__(self, kernel_of, moved=()):
+    def __init__(self, kernel_of, moved=(), rows=None):
         self.kernel_of = kernel_of        # compiled entry -> its numba dispatcher
+        # (batch, [(lo, hi) byte ranges of per-row memory]): each call then works on rows
+        # r0 .. r0 + nb of every per-row array, so the batch can run in parts (`row_split`)
+        self.rows = rows
+        self.names = itertools.count()    # the copy loops' view names
         self.args: list = []              # the driver's array arguments, p0, p1, ...
         self._ids: dict[int, str] = {}      # id(array) -> its expression in the driver
         self._params: dict[int, str] = {}   # id(array) -> its argument name
@@ -138,10 +149,37 @@ class DriverSource:
         self.lines: list[str] = []
         self.dtype = None
 
-    def array(self, x: np.ndarray) -> str:
+    def array(self, x: np.ndarray, stride: int | None = None) -> str:
+        """x's expression; `stride`: the row stride of a flat (row-strided 1-D) kernel
+        argument, which a row range needs."""
         if id(x) not in self._ids:
-            self._ids[id(x)] = self._in_step(x) or self._param(x)
+            self._ids[id(x)] = self._rows_of(x, self._in_step(x) or self._param(x), stride)
         return self._ids[id(x)]
+
+    def per_row(self, x: np.ndarray) -> bool:
+        if self.rows is None:
+            return False
+        lo, hi = _extent(x)
+        return any(a <= lo and hi <= b for a, b in self.rows[1])
+
+    def _rows_of(self, x: np.ndarray, expr: str, stride: int | None) -> str:
+        """`expr` narrowed to the rows r0 .. r0 + nb when x is per-row memory."""
+        if not self.per_row(x):
+            return expr
+        batch = self.rows[0]
+        if x.ndim == 2 and x.shape[0] == batch:
+            if expr.endswith("[t]"):
+                return f"{expr[:-3]}[t, r0:r0 + nb]"
+            if expr.endswith("]") and "[t, :, " in expr:
+                return expr.replace("[t, :, ", "[t, r0:r0 + nb, ")
+            return f"{expr}[r0:r0 + nb]"
+        if x.ndim == 1 and stride is not None and x.shape[0] >= (batch - 1) * stride:
+            if expr.endswith("]"):            # a flat slice of step t: [a:b]
+                head, rng = expr[:-1].rsplit("[", 1)
+                a, b = rng.split(":")
+                return f"{head}[{a} + r0 * {stride}:{b}]"
+            return f"{expr}[r0 * {stride}:]"
+        raise Unsupported("per-row memory the driver cannot split by rows")
 
     def _param(self, x: np.ndarray) -> str:
         if id(x) not in self._params:
@@ -195,13 +233,36 @@ class DriverSource:
             dst, src = args
             if dst.shape != src.shape:
                 raise Unsupported("a broadcasting copy")
-            self.lines += copy_loop(self.array(dst), "", self.array(src), "", dst.shape)
+            shape = dst.shape
+            if self.rows is not None:
+                if not (self.per_row(dst) and self.per_row(src) and shape[0] == self.rows[0]):
+                    raise Unsupported("a copy that is not by rows")
+                shape = ("nb", *shape[1:])
+            self.lines += copy_loop(self.array(dst), "", self.array(src), "", shape, self.names)
         elif fn in self.kernel_of:
             disp = self.kernel_of[fn]
             name = self.kernels.setdefault(disp, f"k{len(self.kernels)}")
-            self.lines.append(f"{name}({', '.join(self.value(a) for a in args)})")
+            self.lines.append(f"{name}({', '.join(self._kernel_args(disp, args))})")
         else:
             raise Unsupported(getattr(fn, "__name__", repr(fn)))
+
+    def _kernel_args(self, disp, args) -> list[str]:
+        """A generated kernel's arguments (n0, n1.., arrays.., outer strides `<array>_s0`..);
+        with rows, n0 is the part's row count and each flat array starts at row r0."""
+        names = list(inspect.signature(disp.py_func).parameters)
+        value = dict(zip(names, args))
+        out = []
+        for name, v in zip(names, args):
+            if isinstance(v, np.ndarray) and v.ndim:
+                s0 = value.get(f"{name}_s0")
+                out.append(self.array(v, None if s0 is None else int(s0)))
+            elif name == "n0" and self.rows is not None:
+                if int(v) != self.rows[0]:
+                    raise Unsupported("a kernel whose outer loop is not the batch")
+                out.append("nb")
+            else:
+                out.append(self.value(v))
+        return out
 
     def gemm(self, a, b, out) -> None:
         la, lb, lo = gemm_layout(a), gemm_layout(b), gemm_layout(out)
@@ -217,10 +278,16 @@ class DriverSource:
 
 
 def render_driver(name: str, steps: int, reverse: bool, width: int, init, carry, out, y,
-                  pairs, calls, kernel_of, own=frozenset()) -> tuple[str, list, str | None]:
-    """(module source, the driver's arguments after `blas` and `steps`, the GEMM dtype or
-    None); raises Unsupported when some call cannot be generated. The length is an argument,
-    so one compiled driver serves every sequence length.
+                  pairs, calls, kernel_of, own=frozenset(), rows=None
+                  ) -> tuple[str, list, str | None, bool]:
+    """(module source, the driver's arguments after `blas, steps, r0, nb`, the GEMM dtype or
+    None, whether it runs by rows); raises Unsupported when some call cannot be generated.
+    The length is an argument, so one compiled driver serves every sequence length.
+
+    `rows`: (batch, byte ranges of the per-row memory) when the body's rows never meet
+    (runtime/scan.py, `row_parts`): every call then works on rows r0 .. r0 + nb only, so
+    parts of the batch can run the loop at once on different threads. Without, r0 = 0 and
+    nb = batch.
 
     `own`: ids of the body's input and output buffers that no other body value shares; each
     of them whose sequence has its layout at every step is moved there (read or written in
@@ -230,26 +297,39 @@ def render_driver(name: str, steps: int, reverse: bool, width: int, init, carry,
         raise Unsupported("a carry that is not [batch, width]")
     moves = [(buf, seq) for buf, seq in [*pairs, (y, out)]
              if id(buf) in own and movable(buf, seq)]
-    try:
-        return _render(name, reverse, init, carry, out, y, pairs, calls, kernel_of, moves)
-    except Unmovable:
-        return _render(name, reverse, init, carry, out, y, pairs, calls, kernel_of, [])
+    attempts = ([(rows, moves)] if rows is not None else []) + [(None, moves), (None, [])]
+    for part_rows, part_moves in attempts:
+        try:
+            return (*_render(name, reverse, init, carry, out, y, pairs, calls, kernel_of,
+                             part_moves, part_rows), part_rows is not None)
+        except Unmovable:
+            continue
+        except Unsupported:
+            if part_rows is None:
+                raise
+    raise Unsupported("a view the driver cannot index")
 
 
-def _render(name, reverse, init, carry, out, y, pairs, calls, kernel_of, moves):
-    src = DriverSource(kernel_of, moves)
+def _render(name, reverse, init, carry, out, y, pairs, calls, kernel_of, moves, rows):
+    src = DriverSource(kernel_of, moves, rows)
     moved = {id(buf) for buf, _ in moves}
-    head = copy_loop(src.array(carry), "", src.array(init), "", carry.shape)
+    at = "t, r0 + " if rows else "t, "     # a row of step t of a sequence
+
+    def by_rows(shape):
+        return ("nb", *shape[1:]) if rows else shape
+    head = copy_loop(src.array(carry), "", src.array(init), "", by_rows(carry.shape), src.names)
     copies = [line for buf, seq in pairs if id(buf) not in moved
-              for line in copy_loop(src.array(buf), "", src.array(seq), "t, ", buf.shape)]
+              for line in copy_loop(src.array(buf), "", src._param(seq), at, by_rows(buf.shape),
+                                    src.names)]
     for fn, args in calls:
         src.call(fn, args)
     c = src.array(carry)
     if id(y) in moved:   # the next carry is read back from the step's row of the output
-        tail = copy_loop(c, "", src._param(out), "t, ", carry.shape)
+        tail = copy_loop(c, "", src._param(out), at, by_rows(carry.shape), src.names)
     else:
-        o, yy = src.array(out), src.array(y)
-        tail = [*copy_loop(o, "t, ", yy, "", y.shape), *copy_loop(c, "", yy, "", carry.shape)]
+        o, yy = src._param(out), src.array(y)
+        tail = [*copy_loop(o, at, yy, "", by_rows(y.shape), src.names),
+                *copy_loop(c, "", yy, "", by_rows(carry.shape), src.names)]
     params = ", ".join(f"p{k}" for k in range(len(src.args)))
     t = "steps - 1 - i" if reverse else "i"
     imports = [f"{k} = sys.modules[{d.py_func.__module__!r}].{d.__name__}"
@@ -257,7 +337,7 @@ def _render(name, reverse, init, carry, out, y, pairs, calls, kernel_of, moves):
     body = "\n".join(["import sys", "", "import numba", "import numpy as np", "",
                       "from nnlang.backends.numba_scan import gemm", "", *imports, "", "",
                       "@numba.njit(cache=True, nogil=True)",
-                      f"def {name}(blas, steps, {params}):",
+                      f"def {name}(blas, steps, r0, nb, {params}):",
                       "    # the time loop of one scan: step t in, the body's calls, y out",
                       *[f"    {h}" for h in head],
                       "    for i in range(steps):",

@@ -10,6 +10,8 @@ loop here, one launch sequence per step.
 from __future__ import annotations
 
 from nnlang.ir.graph import Graph
+from nnlang.ops import registry
+from nnlang.ops.registry import ELEMENTWISE
 
 
 def _body_graph(node) -> Graph:
@@ -40,6 +42,53 @@ def _exclusive(exe, names) -> set[int]:
             if k in nodes and nodes[k] in assign and sharing[assign[nodes[k]]] == 1}
 
 
+def _rows_never_meet(g: Graph, batch: int) -> bool:
+    """Is step t of row b computed from row b alone? Every value of the body that is not made
+    of weights and constants alone is [batch, ...] and no op mixes its rows: elementwise ops,
+    products by a weight, and movement or reductions off the batch axis."""
+    fixed: set[int] = set()    # values of weights and constants alone
+    for nid in g.topo():
+        n = g.node(nid)
+        if n.op in ("param", "const") or (n.inputs and all(i in fixed for i in n.inputs)):
+            fixed.add(nid)
+            continue
+        if not n.shape or n.shape[0] != batch:
+            return False
+        a = n.attrs
+        if n.op == "input" or n.op == "broadcast_to" or registry.get(n.op).has(ELEMENTWISE):
+            continue
+        if n.op == "matmul" and n.inputs[1] in fixed and n.inputs[0] not in fixed:
+            continue
+        if n.op in ("slice", "concat") and a["axis"] % len(n.shape) != 0:
+            continue
+        if n.op == "transpose" and list(a["perm"])[0] == 0:
+            continue
+        if n.op == "reshape" and g.node(n.inputs[0]).shape[:1] == n.shape[:1]:
+            continue
+        if n.op in ("reduce_sum", "reduce_max") and a["axes"] is not None and \
+                0 not in [x % len(g.node(n.inputs[0]).shape) for x in a["axes"]]:
+            continue
+        return False
+    return True
+
+
+def row_parts(exe, batch: int, outer: list):
+    """(batch, byte ranges of every per-row array) for a backend that may run parts of the
+    batch at once (`NumbaBackend.scan_loop`), or None when the body's rows meet."""
+    if not _rows_never_meet(exe.graph, batch):
+        return None
+    arrays = [*exe.buffers, *(a for _, a in exe._feeds), *(a for _, a in exe._results), *outer]
+    return batch, [_span(a) for a in arrays if a.size]
+
+
+def _span(a) -> tuple[int, int]:
+    """The byte addresses [lo, hi) that an array touches."""
+    lo = hi = a.__array_interface__["data"][0]
+    for n, st in zip(a.shape, a.strides):
+        lo, hi = lo + min(0, st * (n - 1)), hi + max(0, st * (n - 1))
+    return lo, hi + a.itemsize
+
+
 def scan_call(backend, node, inputs: list, out, disable=()):
     """(call, the body executable) for a scan node given its input arrays and output array."""
     from nnlang.runtime.executable import compile_graph
@@ -65,7 +114,9 @@ def scan_call(backend, node, inputs: list, out, disable=()):
     copyto = xp.copyto
     loop = getattr(backend, "scan_loop", None)
     own = _exclusive(exe, [*(f"x{i}" for i in range(len(seqs))), "y"])
-    driver = loop and loop(node.attrs["reverse"], width, init, carry, out, y, pairs, calls, own)
+    rows = row_parts(exe, int(init.shape[0]), [init, out, *seqs]) if loop else None
+    driver = loop and loop(node.attrs["reverse"], width, init, carry, out, y, pairs, calls, own,
+                           rows)
     if driver:
         rendered, (fn, args) = driver
         exe._sources.append(rendered)
