@@ -175,7 +175,8 @@ def _row_strided(x: np.ndarray, force: bool = False):
 def _uses_pool(call) -> bool:
     """Does this (function, args) call hand work to the thread pool (`blas.run_parts`)?"""
     fn, args = call
-    return fn is run_parts or (fn is run_in_order and any(_uses_pool(c) for c in args[0]))
+    return fn is run_parts or getattr(fn, "uses_pool", False) or \
+        (fn is run_in_order and any(_uses_pool(c) for c in args[0]))
 
 
 def _kernel_file(key: str, source: str) -> Path:
@@ -355,19 +356,20 @@ class NumbaBackend:
         if blas is None:
             return None
         fn = self.compile(source, "scan_loop")
-        header = f"# the time loop of a scan: {out.shape[0]} steps{' (reverse)' if reverse else ''}"
         steps = out.shape[0]
+        header = f"# the time loop of a scan: {steps} steps{' (reverse)' if reverse else ''}"
         if not by_rows:
             return (header + "\n", source), self.specialize(fn, (blas, steps, 0, batch, *args))
         cuts = [batch * k // parts for k in range(parts + 1)]
-        calls = [self.specialize(fn, (blas, steps, lo, hi - lo, *args))
-                 for lo, hi in zip(cuts, cuts[1:])]
+        row_calls = [self.specialize(fn, (blas, steps, lo, hi - lo, *args))
+                     for lo, hi in zip(cuts, cuts[1:])]
 
         def run_parts_at_once(*_):
             # NOTE: each part on one BLAS thread: two parts calling a threaded OpenBLAS at once
             # wait on its lock
             with blas_threads(1):
-                run_parts([resolved(c) for c in calls])
+                run_parts([resolved(c) for c in row_calls])
+        run_parts_at_once.uses_pool = True
         header += f", rows in {parts} parts at once\n"
         return (header, source), (run_parts_at_once, ())
 
