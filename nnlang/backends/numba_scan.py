@@ -137,7 +137,7 @@ class DriverSource:
     def __init__(self, kernel_of, moved=(), rows=None):
         self.kernel_of = kernel_of        # compiled entry -> its numba dispatcher
         # (batch, [(lo, hi) byte ranges of per-row memory]): each call then works on rows
-        # r0 .. r0 + nb of every per-row array, so the batch can run in parts (`row_split`)
+        # r0 .. r0 + nb of every per-row array, so the batch can run in parts (`row_parts`)
         self.rows = rows
         self.names = itertools.count()    # the copy loops' view names
         self.args: list = []              # the driver's array arguments, p0, p1, ...

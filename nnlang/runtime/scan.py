@@ -42,6 +42,9 @@ def _exclusive(exe, names) -> set[int]:
             if k in nodes and nodes[k] in assign and sharing[assign[nodes[k]]] == 1}
 
 
+_VIEWS = ("reshape", "transpose", "slice", "broadcast_to")
+
+
 def _rows_never_meet(g: Graph, batch: int) -> bool:
     """Is step t of row b computed from row b alone? Every value of the body that is not made
     of weights and constants alone is [batch, ...] and no op mixes its rows: elementwise ops,
@@ -50,6 +53,10 @@ def _rows_never_meet(g: Graph, batch: int) -> bool:
     for nid in g.topo():
         n = g.node(nid)
         if n.op in ("param", "const") or (n.inputs and all(i in fixed for i in n.inputs)):
+            if n.op not in ("param", "const", *_VIEWS):
+                # NOTE: computed into a body buffer, it would be cut by rows like the values
+                # of the batch when its first dim happens to equal the batch
+                return False
             fixed.add(nid)
             continue
         if not n.shape or n.shape[0] != batch:

@@ -144,3 +144,31 @@ model M {{
     (exe, _), = [v for k, v in got._exes.items() if k[0] == "grad"]
     headers = [s[0] for b in [exe, *exe.bodies] for s in b._sources if isinstance(s, tuple)]
     assert sum("rows in 2 parts at once" in h for h in headers) >= 4, headers
+
+
+def test_a_body_whose_rows_meet_is_not_cut_into_row_parts():
+    """Row parts need every row of a step computed from that row alone: a reduction over the
+    batch, a product by a per-row value, or a weight computed in the body (whose first dim
+    may equal the batch) keep the loop whole."""
+    from nnlang.ir.graph import Builder, Graph, TensorType
+    from nnlang.runtime.scan import _rows_never_meet
+
+    def body(make):
+        g = Graph()
+        b = Builder(g)
+        x = g.add_node("input", [], {"name": "x0", "dtype": "float32", "shape": [4, 3]},
+                       TensorType((4, 3), "float32"), name="x0")
+        g.inputs["x0"] = x
+        w = g.add_node("param", [], {"name": "w0", "dtype": "float32", "shape": [3, 3],
+                                     "init": ("zeros", {}), "trainable": False},
+                       TensorType((3, 3), "float32"), name="w0")
+        g.params["w0"] = w
+        g.outputs["y"] = make(b, x, w)
+        return g
+    assert _rows_never_meet(body(lambda b, x, w: b.tanh(b.matmul(x, b.transpose(
+        w, perm=[1, 0])))), 4)
+    assert not _rows_never_meet(body(lambda b, x, w: b.add(x, b.reduce_sum(
+        x, axes=[0], keepdims=True))), 4)
+    assert not _rows_never_meet(body(lambda b, x, w: b.matmul(b.transpose(x, perm=[1, 0]),
+                                                               x)), 4)
+    assert not _rows_never_meet(body(lambda b, x, w: b.matmul(x, b.mul(w, w))), 3)
