@@ -50,6 +50,7 @@ def _rows_never_meet(g: Graph, batch: int) -> bool:
     of weights and constants alone is [batch, ...] and no op mixes its rows: elementwise ops,
     products by a weight, and movement or reductions off the batch axis."""
     fixed: set[int] = set()    # values of weights and constants alone
+    weights: set[int] = set()  # weights and views of them (read whole, as matmul operands)
     for nid in g.topo():
         n = g.node(nid)
         if n.op in ("param", "const") or (n.inputs and all(i in fixed for i in n.inputs)):
@@ -57,6 +58,10 @@ def _rows_never_meet(g: Graph, batch: int) -> bool:
                 # NOTE: computed into a body buffer, it would be cut by rows like the values
                 # of the batch when its first dim happens to equal the batch
                 return False
+            if n.op == "param" or (n.inputs and all(i in weights for i in n.inputs)):
+                weights.add(nid)
+            elif n.shape and n.shape[0] == batch and batch > 1 and not _same_rows(g, n):
+                return False   # a constant whose rows differ, read row by row
             fixed.add(nid)
             continue
         if not n.shape or n.shape[0] != batch:
@@ -77,6 +82,17 @@ def _rows_never_meet(g: Graph, batch: int) -> bool:
             continue
         return False
     return True
+
+
+def _same_rows(g: Graph, n) -> bool:
+    """Are all rows of a constant (or a view of one) equal, so any part may read any row?"""
+    if n.op == "broadcast_to":
+        src = g.node(n.inputs[0])
+        return len(src.shape) < len(n.shape) or src.shape[0] == 1 or _same_rows(g, src)
+    if n.op == "const":
+        v = n.attrs["value"]
+        return v.ndim == 0 or bool((v == v[:1]).all())
+    return False
 
 
 def row_parts(exe, batch: int, outer: list):

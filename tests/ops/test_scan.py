@@ -175,3 +175,7 @@ def test_a_body_whose_rows_meet_is_not_cut_into_row_parts():
     assert not _rows_never_meet(body(lambda b, x, w: b.matmul(b.transpose(x, perm=[1, 0]),
                                                                x)), 4)
     assert not _rows_never_meet(body(lambda b, x, w: b.matmul(x, b.mul(w, w))), 3)
+    rows = np.arange(12, dtype=np.float32).reshape(4, 3)     # a constant read row by row
+    assert not _rows_never_meet(body(lambda b, x, w: b.add(x, b.const(rows))), 4)
+    same = np.tile(np.arange(3, dtype=np.float32), (4, 1))   # equal rows: any part may read
+    assert _rows_never_meet(body(lambda b, x, w: b.add(x, b.const(same))), 4)
