@@ -11,6 +11,7 @@ import pytest
 import nnlang
 from nnlang.backends.base import get_backend
 from nnlang.errors import NNError
+from tests.symbolic_lengths import assert_fresh_nets_agree
 
 # attention-style pooling over the symbolic axis (a softmax and a sum across it), a padding mask,
 # a dense layer on the last axis: the reductions and broadcasts a length touches
@@ -64,18 +65,7 @@ def test_one_net_runs_every_length_with_the_same_kernels():
     assert kernel_count(backend) == after_first, "a new length compiled new kernels"
     assert {key[2] for key in net._exes if key[0] == "train"} == {(("seq", n),) for n in LENGTHS}
 
-    twin = nnlang.compile(concrete(LENGTHS[0]), seed=3)
-    for k, n in enumerate(LENGTHS):
-        fresh = nnlang.compile(concrete(n), seed=3)
-        fresh.load_state_dict(twin.state_dict())  # the weights the symbolic net had here
-        fresh.step = twin.step
-        loss, out, params = got[n]
-        assert fresh.train_step(feeds(n, k)) == pytest.approx(loss, rel=1e-5)
-        np.testing.assert_allclose(fresh.forward(feeds(n, 10 + k))["out"], out, rtol=1e-5,
-                                   atol=1e-6)
-        for name, value in fresh.parameters().items():
-            np.testing.assert_allclose(value, params[name], rtol=1e-5, atol=1e-6)
-        twin = fresh
+    assert_fresh_nets_agree(concrete, LENGTHS, feeds, got, seed=3)
 
 
 def test_inputs_sharing_a_symbol_must_agree():

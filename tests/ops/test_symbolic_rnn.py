@@ -9,6 +9,7 @@ import pytest
 
 import nnlang
 from nnlang.errors import NNError
+from tests.symbolic_lengths import assert_fresh_nets_agree
 
 SOURCE = """
 model Rec(vocab = 30) {
@@ -49,19 +50,8 @@ def test_one_lstm_net_runs_every_length_as_fresh_nets(backend):
     for k, n in enumerate(LENGTHS):
         loss = net.train_step(feeds(n, k))
         got[n] = (loss, net.forward(feeds(n, 10 + k))["out"], net.parameters())
-    twin = nnlang.compile(concrete(LENGTHS[0]), seed=3, backend=backend)
-    for k, n in enumerate(LENGTHS):
-        fresh = nnlang.compile(concrete(n), seed=3, backend=backend)
-        fresh.load_state_dict(twin.state_dict())  # the weights the symbolic net had here
-        fresh.step = twin.step
-        loss, out, params = got[n]
-        # plain SGD: equal parameters after the step mean equal gradients
-        assert fresh.train_step(feeds(n, k)) == pytest.approx(loss, rel=1e-5)
-        np.testing.assert_allclose(fresh.forward(feeds(n, 10 + k))["out"], out, rtol=1e-5,
-                                   atol=1e-6)
-        for name, value in fresh.parameters().items():
-            np.testing.assert_allclose(value, params[name], rtol=1e-5, atol=1e-6, err_msg=name)
-        twin = fresh
+    # plain SGD: equal parameters after the step mean equal gradients
+    assert_fresh_nets_agree(concrete, LENGTHS, feeds, got, seed=3, backend=backend)
 
 
 def test_front_padding_does_not_move_the_state():
