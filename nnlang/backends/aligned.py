@@ -37,3 +37,11 @@ def aligned_copy(value, dtype) -> np.ndarray:
     a = aligned_empty(value.shape, dtype)
     a[...] = value
     return a
+
+
+def byte_range(a: np.ndarray) -> tuple[int, int]:
+    """The byte addresses [lo, hi) that an array (any view) touches."""
+    lo = hi = a.__array_interface__["data"][0]
+    for n, st in zip(a.shape, a.strides):
+        lo, hi = lo + min(0, st * (n - 1)), hi + max(0, st * (n - 1))
+    return lo, hi + a.itemsize

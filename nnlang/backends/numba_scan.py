@@ -15,6 +15,7 @@ import itertools
 import numba
 import numpy as np
 
+from nnlang.backends.aligned import byte_range
 from nnlang.backends.base import run_in_order
 from nnlang.backends.blas import run_parts
 
@@ -112,14 +113,6 @@ class Unmovable(Unsupported):
     """A view of a moved buffer that the driver cannot index in the sequence: copy instead."""
 
 
-def _extent(x: np.ndarray) -> tuple[int, int]:
-    """The byte addresses [lo, hi) that a view touches."""
-    lo = hi = x.ctypes.data
-    for n, st in zip(x.shape, x.strides):
-        lo, hi = lo + min(0, st * (n - 1)), hi + max(0, st * (n - 1))
-    return lo, hi + x.itemsize
-
-
 def movable(buf: np.ndarray, seq: np.ndarray) -> bool:
     """Is every step seq[t] laid out as `buf`, so the body can read and write seq[t] itself?"""
     return (buf.flags.c_contiguous and seq.ndim == buf.ndim + 1 and seq.dtype == buf.dtype
@@ -144,7 +137,7 @@ class DriverSource:
         self._ids: dict[int, str] = {}      # id(array) -> its expression in the driver
         self._params: dict[int, str] = {}   # id(array) -> its argument name
         self._spans: dict[int, str] = {}  # id(sequence) -> its flat 1-D view's argument
-        self.moved = [(*_extent(buf), buf, seq) for buf, seq in moved]
+        self.moved = [(*byte_range(buf), buf, seq) for buf, seq in moved]
         self.kernels: dict = {}           # dispatcher -> global name in the driver module
         self.lines: list[str] = []
         self.dtype = None
@@ -159,7 +152,7 @@ class DriverSource:
     def per_row(self, x: np.ndarray) -> bool:
         if self.rows is None:
             return False
-        lo, hi = _extent(x)
+        lo, hi = byte_range(x)
         return any(a <= lo and hi <= b for a, b in self.rows[1])
 
     def _rows_of(self, x: np.ndarray, expr: str, stride: int | None) -> str:
@@ -189,14 +182,14 @@ class DriverSource:
 
     def _flat(self, seq: np.ndarray) -> str:
         if id(seq) not in self._spans:
-            n = (_extent(seq)[1] - seq.ctypes.data) // seq.itemsize
+            n = (byte_range(seq)[1] - seq.ctypes.data) // seq.itemsize
             self._spans[id(seq)] = self._param(
                 np.lib.stride_tricks.as_strided(seq, shape=(n,), strides=(seq.itemsize,)))
         return self._spans[id(seq)]
 
     def _in_step(self, x: np.ndarray) -> str | None:
         """x's expression in the sequence when x views a moved buffer, else None."""
-        lo, hi = _extent(x)
+        lo, hi = byte_range(x)
         for start, stop, buf, seq in self.moved:
             if lo >= stop or hi <= start:
                 continue

@@ -15,6 +15,7 @@ from nnlang.ir.graph import Graph, Node, op_attrs
 from nnlang.ops import registry
 from nnlang.ops.registry import ELEMENTWISE, RANDOM, SOURCE, TensorType
 from nnlang.passes.rewrite import graph_pass, replace_value
+from nnlang.passes.schedule import VIEW_OPS
 
 FOLD_LIMIT = 4096  # NOTE: never fold into a constant much larger than its inputs (broadcasts)
 MAX_ROUNDS = 16    # of rules over the nodes earlier rounds made (each round is one level deeper)
@@ -25,13 +26,10 @@ def _const_value(g: Graph, nid: int):
     return node.attrs["value"] if node.op == "const" else None
 
 
-_VIEWS = ("broadcast_to", "reshape", "slice", "transpose")
-
-
 def _uniform(g: Graph, nid: int):
     """The one value every element of `nid` holds, when it is a constant of equal elements
     seen through views (a broadcast constant sliced or reshaped), else None."""
-    while g.node(nid).op in _VIEWS:
+    while g.node(nid).op in VIEW_OPS:
         nid = g.node(nid).inputs[0]
     v = _const_value(g, nid)
     if v is None or v.size == 0 or not bool(np.all(v == v.flat[0])):

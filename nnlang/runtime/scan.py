@@ -9,9 +9,11 @@ loop here, one launch sequence per step.
 """
 from __future__ import annotations
 
+from nnlang.backends.aligned import byte_range
 from nnlang.ir.graph import Graph
 from nnlang.ops import registry
 from nnlang.ops.registry import ELEMENTWISE
+from nnlang.passes.schedule import VIEW_OPS
 
 
 def _body_graph(node) -> Graph:
@@ -42,9 +44,6 @@ def _exclusive(exe, names) -> set[int]:
             if k in nodes and nodes[k] in assign and sharing[assign[nodes[k]]] == 1}
 
 
-_VIEWS = ("reshape", "transpose", "slice", "broadcast_to")
-
-
 def _rows_never_meet(g: Graph, batch: int) -> bool:
     """Is step t of row b computed from row b alone? Every value of the body that is not made
     of weights and constants alone is [batch, ...] and no op mixes its rows: elementwise ops,
@@ -54,7 +53,7 @@ def _rows_never_meet(g: Graph, batch: int) -> bool:
     for nid in g.topo():
         n = g.node(nid)
         if n.op in ("param", "const") or (n.inputs and all(i in fixed for i in n.inputs)):
-            if n.op not in ("param", "const", *_VIEWS):
+            if n.op not in ("param", "const", *VIEW_OPS):
                 # NOTE: computed into a body buffer, it would be cut by rows like the values
                 # of the batch when its first dim happens to equal the batch
                 return False
@@ -101,15 +100,7 @@ def row_parts(exe, batch: int, outer: list):
     if not _rows_never_meet(exe.graph, batch):
         return None
     arrays = [*exe.buffers, *(a for _, a in exe._feeds), *(a for _, a in exe._results), *outer]
-    return batch, [_span(a) for a in arrays if a.size]
-
-
-def _span(a) -> tuple[int, int]:
-    """The byte addresses [lo, hi) that an array touches."""
-    lo = hi = a.__array_interface__["data"][0]
-    for n, st in zip(a.shape, a.strides):
-        lo, hi = lo + min(0, st * (n - 1)), hi + max(0, st * (n - 1))
-    return lo, hi + a.itemsize
+    return batch, [byte_range(a) for a in arrays if a.size]
 
 
 def scan_call(backend, node, inputs: list, out, disable=()):
