@@ -1,30 +1,58 @@
 """A second process that compiles generated kernels into numba's disk cache, so a cold compile
 uses both cores (numba compiles one function at a time per process, ~0.2 s each).
 
-Run by `NumbaBackend` as `python -m nnlang.backends.compile_worker`, with a pickled list of
-(kernel file, module name, function name, [numba signature, ...]) on stdin. It only fills the
-cache; the parent loads every kernel from it afterwards, and compiles itself whatever the
-worker did not manage (a failed worker costs time, never correctness).
+Started by `NumbaBackend` as `python -m nnlang.backends.compile_worker` at the first kernel
+missing from the cache, it warms numba up while the parent goes on building, then reads a
+pickled list of (kernel file, module name, function name, [numba signature, ...]) on stdin
+(an empty list: nothing to do). It only fills the cache; the parent loads every kernel from
+it afterwards, and compiles itself whatever the worker did not manage (a failed worker costs
+time, never correctness).
 """
 from __future__ import annotations
 
 import importlib.util
+import math
 import pickle
 import sys
+
+import numba
+import numpy as np
 
 from nnlang.backends import numba_config  # noqa: F401  (the parent's settings)
 
 
+def _typed(t):
+    """A signature's type; ("blas", dtype) stands for the BLAS gemm a scan driver takes."""
+    if isinstance(t, tuple):
+        from nnlang.backends.numba_scan import blas_gemms
+        return numba.typeof(blas_gemms()[t[1]])
+    return t
+
+
 def compile_all(jobs) -> None:
+    """Imports each job's module (a scan driver's after the kernels it calls: jobs with no
+    signatures), then compiles the signatures."""
     for path, module_name, name, sigs in jobs:
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-        fn = getattr(module, name)
+        if module_name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        fn = getattr(sys.modules[module_name], name)
         for sig in sigs:
-            fn.compile(sig)
+            fn.compile(tuple(_typed(t) for t in sig))
+
+
+def warm_up() -> None:
+    """numba's first compile in a process costs ~0.4 s more than the next (its typing and
+    lowering tables); paid here while the parent is still building, not on a kernel."""
+    @numba.njit(error_model="numpy")
+    def scale(x, y, a):
+        for i in range(x.shape[0]):
+            y[i] = np.float32(math.tanh(x[i])) * a
+    scale(np.zeros(1, np.float32), np.zeros(1, np.float32), np.float32(1))
 
 
 if __name__ == "__main__":
+    warm_up()
     compile_all(pickle.load(sys.stdin.buffer))

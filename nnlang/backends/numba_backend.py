@@ -3,10 +3,11 @@ the library primitives' numba lowerings (in their registry entries, `ops/`) jitt
 
 Kernel source is written to the cache's `kernels/` folder (`user_cache.py`) under a hash of
 the source and versions, then imported, so numba's own `cache=True` on-disk cache (beside it)
-applies and a second process compiles nothing. An executable's kernels are compiled together
-(`together`): when many are missing from the cache, a worker process (`compile_worker.py`)
-compiles half of them meanwhile. A cache that cannot be written costs time only: the kernels
-go to a private temp folder instead, with a warning.
+applies and a second process compiles nothing. An executable's kernels, its scan bodies' and
+their drivers' are compiled together (`together`): a worker process (`compile_worker.py`),
+started at the first kernel missing from the cache, compiles about half of them meanwhile.
+A cache that cannot be written costs time only: the kernels go to a private temp folder
+instead, with a warning.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from numba.core.dispatcher import Dispatcher
 
 from nnlang.backends import cpu_affinity, denormals, numba_config  # noqa: F401
 from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
@@ -39,6 +41,9 @@ from nnlang.user_cache import cache_subdir, cache_unwritable, private_dir
 VERSION = "nnlang-0.3"  # NOTE: bumped when numba_config changes what a kernel compiles to
 _KERNELS = "nnlang_kernels."   # the module prefix of generated kernels
 _WORKER_MIN = 6                 # missing kernels (~0.2 s each) worth starting a worker (~0.6 s)
+# NOTE: the parent's own first compile costs ~0.3 s more than the next (numba's tables; the
+# worker warms up while the parent builds): ~500 `_cost` units
+_PARENT_FIRST = 500
 _WORKER_TIMEOUT = 600
 _GUARD = 256 << 10
 # NOTE: a scan's batch runs in parts on the pool's threads from this many rows a part: the
@@ -54,15 +59,23 @@ def cache_dir() -> Path:
 
 
 class Pending:
-    """The compiled entry of a kernel requested inside `NumbaBackend.together()`, once known."""
+    """The compiled entry of a kernel requested inside `NumbaBackend.together()`, once known.
+    Callable, so a call kept unresolved (a scan body's, run by its driver or its loop) runs."""
     entry = None
+
+    def __init__(self, fn):
+        self.fn = fn   # the dispatcher: a scan driver generated meanwhile calls it
+
+    def __call__(self, *args):
+        return self.entry(*args)
 
 
 def resolved(call: Call) -> Call:
-    """A call (or a run_parts call of several) with its Pending entries replaced."""
+    """A call (or a run_parts call of several) with its Pending entries replaced (those that
+    are filled: a nested executable's wait for the outermost `together`)."""
     fn, args = call
     if isinstance(fn, Pending):
-        return fn.entry, args
+        return (fn, args) if fn.entry is None else (fn.entry, args)
     if fn in (run_parts, run_in_order):
         return fn, ([resolved(c) for c in args[0]],)
     return call
@@ -85,34 +98,84 @@ def _mark(fn, sig) -> None:
         pass
 
 
+def _callees(fn) -> list:
+    """The generated kernels a generated function calls (a scan driver's body kernels)."""
+    return [v for v in fn.py_func.__globals__.values() if isinstance(v, Dispatcher) and
+            v.py_func.__module__.startswith(_KERNELS)]
+
+
+def _cost(fn) -> int:
+    """A rough compile cost in bytes of bytecode: on the LSTM's kernels each took ~0.6 ms
+    per byte plus ~0.08 s, and a scan driver as much again for the kernels it calls (LLVM
+    optimizes them once more inside it)."""
+    return 130 + len(fn.py_func.__code__.co_code) + \
+        sum(len(c.py_func.__code__.co_code) for c in _callees(fn))
+
+
 def _halves(todo):
-    """todo split in two of about equal size, every signature of one kernel on the same side
-    (numba keeps one cache index per kernel, and two writers would race on it)."""
-    by_fn: dict = {}
+    """todo split in two of about equal compile cost: the parent's side, then the worker's.
+    Every signature of one kernel stays on one side (numba keeps one cache index per kernel,
+    and two writers would race on it), and so does a scan driver with the kernels it calls
+    (compiling the driver compiles them; on the other side they would be compiled twice)."""
+    root: dict = {}
+
+    def find(fn):
+        while root.get(fn, fn) is not fn:
+            fn = root[fn]
+        return fn
+    for fn, _ in todo:
+        for callee in _callees(fn):   # NOTE: two drivers calling one kernel join one unit
+            root[find(callee)] = find(fn)
+    units: dict = {}
     for fn, sig in todo:
-        by_fn.setdefault(fn, []).append(sig)
-    halves = ([], [])
-    for fn, sigs in sorted(by_fn.items(), key=lambda kv: -len(kv[1])):
-        side = halves[0] if len(halves[0]) <= len(halves[1]) else halves[1]
-        side.extend((fn, sig) for sig in sigs)
+        units.setdefault(find(fn), []).append((fn, sig))
+    halves, load = ([], []), [_PARENT_FIRST, 0]
+    for members in sorted(units.values(), key=lambda m: -sum(_cost(fn) for fn, _ in m)):
+        side = 0 if load[0] <= load[1] else 1
+        halves[side].extend(members)
+        load[side] += sum(_cost(fn) for fn, _ in members)
     return halves
 
 
-def _start_worker(todo):
-    """A second process compiling `todo` [(dispatcher, signature)] into the disk cache."""
-    jobs: dict = {}
-    for fn, sig in todo:
-        module = sys.modules[fn.py_func.__module__]
-        jobs.setdefault((module.__file__, module.__name__, fn.__name__), []).append(sig)
+def _spawn_worker():
+    """A second process that warms numba up, then compiles what `_send_jobs` sends it into
+    the disk cache; None where no process can be started (the parent compiles everything)."""
     try:
-        worker = subprocess.Popen([sys.executable, "-m", "nnlang.backends.compile_worker"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        return subprocess.Popen([sys.executable, "-m", "nnlang.backends.compile_worker"],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def _send_jobs(worker, todo) -> bool:
+    """Hands `todo` [(dispatcher, signature)] to the worker (none: it just exits)."""
+    jobs: dict = {}
+    # NOTE: a scan driver takes the BLAS gemm, a ctypes function whose type cannot be pickled:
+    # the worker types its own (`compile_worker.py`)
+    blas_names = {numba.typeof(g): ("blas", dtype) for dtype, g in blas_gemms().items()}
+
+    def job(fn) -> list:
+        module = sys.modules[fn.py_func.__module__]
+        return jobs.setdefault((module.__file__, module.__name__, fn.__name__), [])
+    for fn, sig in todo:
+        for callee in _callees(fn):   # NOTE: imported first: the driver's module reads it
+            job(callee)
+        job(fn).append(tuple(blas_names.get(t, t) for t in sig))
+    try:
         worker.stdin.write(pickle.dumps([(*k, v) for k, v in jobs.items()]))
         worker.stdin.close()
-        return worker
-    except OSError:  # NOTE: no second process here: the parent compiles everything
-        return None
+        return True
+    except OSError:  # NOTE: the worker died: the parent compiles everything
+        return False
+
+
+def _wait(worker) -> None:
+    try:
+        worker.wait(timeout=_WORKER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
 
 
 def _element_ranges(members, parts: int) -> list[list]:
@@ -204,6 +267,7 @@ class NumbaBackend:
         self._modules: dict[str, object] = {}
         self._entries: dict[tuple, object] = {}   # (dispatcher, signature) -> compiled entry
         self._waiting: dict | None = None            # inside together(): requests -> Pending
+        self._worker = None                          # inside together(): a compile worker
         self.compiled = 0      # kernel signatures compiled in this process
         self.cache_hits = 0    # ... loaded from numba's disk cache instead
 
@@ -304,8 +368,19 @@ class NumbaBackend:
     def specialize(self, fn, args: tuple) -> Call:
         sig = tuple(numba.typeof(a) for a in args)
         if self._waiting is not None and fn.py_func.__module__.startswith(_KERNELS):
-            return self._waiting.setdefault((fn, sig), Pending()), args
+            if (fn, sig) not in self._waiting:
+                self._waiting[(fn, sig)] = Pending(fn)
+                # NOTE: started at the first kernel missing from the cache, so the worker's
+                # start and numba's warm-up overlap the rest of the build
+                if self._worker is None and workers() >= 2 and self._missing(fn, sig):
+                    self._worker = _spawn_worker()
+            return self._waiting[(fn, sig)], args
         return self._entry(fn, sig), args
+
+    @staticmethod
+    def _missing(fn, sig) -> bool:
+        """Is this kernel signature neither loaded nor (by its marker) in the disk cache?"""
+        return sig not in fn.overloads and not _marker(fn, sig).exists()
 
     def _entry(self, fn, sig):
         # NOTE: the unrolled LSTM binds one kernel ~200 times; asking numba again costs ~0.5 ms
@@ -342,6 +417,7 @@ class NumbaBackend:
         `render_driver`; with rows, the batch runs as parts on the pool's threads at once."""
         gemms = blas_gemms()
         kernel_of = {entry: fn for (fn, _), entry in self._entries.items()}
+        kernel_of.update((p, p.fn) for p in (self._waiting or {}).values())
         batch = int(init.shape[0])
         parts = min(workers(), batch // _ROWS_MIN) if rows is not None else 1
         try:
@@ -377,28 +453,33 @@ class NumbaBackend:
     def together(self):
         """Within it, specialize() of a generated kernel returns a `Pending` entry; on leaving,
         every kernel is compiled or loaded and the Pending entries are filled. With enough
-        kernels missing from the cache, a second process compiles part of them meanwhile."""
+        kernels missing from the cache, a second process compiles part of them meanwhile.
+        Nested (a scan body's executable, built inside its parent's), it leaves its kernels
+        to the outermost, so the bodies, their drivers and the rest compile on both sides."""
+        if self._waiting is not None:
+            yield
+            return
         self._waiting = {}
         try:
             yield
             waiting = self._waiting
+        except BaseException:
+            if self._worker is not None:
+                self._worker.kill()
+                self._worker.wait()
+            raise
         finally:
-            self._waiting = None
-        todo = [(fn, sig) for fn, sig in waiting
-                if sig not in fn.overloads and not _marker(fn, sig).exists()]
-        mine, theirs = _halves(todo)
-        worker = _start_worker(theirs) if len(todo) >= _WORKER_MIN and workers() >= 2 \
-            else None
+            self._waiting, worker, self._worker = None, self._worker, None
+        todo = [(fn, sig) for fn, sig in waiting if self._missing(fn, sig)]
+        mine, theirs = _halves(todo) if worker and len(todo) >= _WORKER_MIN else (todo, [])
+        if worker is not None and not _send_jobs(worker, theirs):
+            mine = todo
         try:
-            for fn, sig in mine if worker else ():
+            for fn, sig in mine:
                 self._entry(fn, sig)
         finally:
             if worker is not None:
-                try:
-                    worker.wait(timeout=_WORKER_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-                    worker.wait()
+                _wait(worker)
         for (fn, sig), pending in waiting.items():
             pending.entry = self._entry(fn, sig)
 

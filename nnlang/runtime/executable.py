@@ -96,11 +96,9 @@ class Executable:
         self._sources: list[tuple[str, str]] = []   # (header, body) per kernel step
         self._pinned: list = []
         self.threaded_blas = backend.threaded_blas(_products(g, steps))
-        # NOTE: scan bodies are executables of their own, compiled before this one's kernels
-        # (`together` batches one executable's compiles and does not nest)
-        self._scans = {s.nodes[0]: self._scan_call(s.nodes[0]) for s in steps
-                       if s.kind == "call" and g.node(s.nodes[0]).op == "scan"}
-        with backend.together():
+        with backend.together():   # NOTE: scan bodies and their drivers compile in it too
+            self._scans = {s.nodes[0]: self._scan_call(s.nodes[0]) for s in steps
+                           if s.kind == "call" and g.node(s.nodes[0]).op == "scan"}
             calls = [self._build(s) for s in steps]
         self._calls = [backend.resolved(c) for c in calls]
         self.splits = backend.splits(self._calls)

@@ -73,3 +73,64 @@ def test_the_driver_reads_and_writes_the_sequences_in_place(tmp_path, monkeypatc
     widths = sorted(int(exe.graph.node(s.nodes[0]).shape[2]) for s in exe.steps
                     if s.kind != "kernel" and exe.graph.node(s.nodes[0]).op == "scan")
     assert widths == [2 * 4 + 4 * 4] * 2   # [h, c, z] forward; [dh, dc, dgates] backward
+
+
+def test_a_cold_scan_driver_compiles_in_the_worker_with_the_kernels_it_calls(tmp_path,
+                                                                             monkeypatch):
+    """Cold, the scan bodies' kernels and drivers wait with the rest of the executable's
+    (`together` nests), so the compile worker can take them: here it is given everything. A
+    driver goes with the kernels it calls, its BLAS argument crosses as a placeholder, and this
+    process then loads every kernel and driver from the worker's cache and runs them."""
+    from nnlang.backends import numba_backend
+    from nnlang.runtime.interpret import interpret
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(numba_backend, "workers", lambda: 2)
+    monkeypatch.setattr(numba_backend, "_WORKER_MIN", 1)
+    sent = []
+
+    def all_to_the_worker(todo):
+        sent.extend(todo)
+        return [], todo
+    monkeypatch.setattr(numba_backend, "_halves", all_to_the_worker)
+    g = _lstm_train_graph()
+    exe = compile_graph(g, NumbaBackend())
+    drivers = [fn for fn, _ in sent if fn.__name__ == "scan_loop"]
+    assert len(drivers) == 2
+    assert {c for d in drivers for c in numba_backend._callees(d)} <= {fn for fn, _ in sent}
+    assert exe.backend.compiled == 0          # the worker compiled them all
+    rng = np.random.default_rng(0)
+    feeds = {n.attrs["name"]: rng.integers(0, 11, n.shape).astype(n.dtype)
+             if np.dtype(n.dtype).kind == "i" else rng.random(n.shape).astype(n.dtype)
+             for n in g if n.op == "input" and n.attrs["name"] != "_rng"}
+    params = {k: np.array(v) for k, v in exe.state.items()}
+    want = {k: v for k, v in g.losses.items()}
+    got = exe.run(feeds)
+    ref = interpret(g, feeds, params, want=want)
+    for k in want:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_driver_and_the_kernels_it_calls_stay_on_one_side():
+    from nnlang.backends import numba_backend
+
+    def kernel(name, size):
+        fn = type("K", (), {})()
+        fn.__name__ = name
+        fn.py_func = type("F", (), {"__code__": type("C", (), {"co_code": b"x" * size})(),
+                                    "__globals__": {}})()
+        return fn
+    cell, small = kernel("cell", 900), [kernel(f"k{i}", 300) for i in range(6)]
+    driver = kernel("scan_loop", 700)
+    original = numba_backend._callees
+    try:
+        numba_backend._callees = lambda fn: [cell] if fn is driver else []
+        todo = [(cell, "s"), *[(k, "s") for k in small], (driver, "a"), (driver, "b")]
+        mine, theirs = numba_backend._halves(todo)
+    finally:
+        numba_backend._callees = original
+    side = mine if (driver, "a") in mine else theirs
+    assert {(cell, "s"), (driver, "a"), (driver, "b")} <= set(side)
+    def key(job):
+        return id(job[0]), job[1]
+    assert sorted(map(key, mine + theirs)) == sorted(map(key, todo))   # each once
+    assert mine and theirs
