@@ -30,8 +30,6 @@ def _typed(t):
 
 
 def compile_all(jobs) -> None:
-    """Imports each job's module (a scan driver's after the kernels it calls: jobs with no
-    signatures), then compiles the signatures."""
     for path, module_name, name, sigs in jobs:
         if module_name not in sys.modules:
             spec = importlib.util.spec_from_file_location(module_name, path)

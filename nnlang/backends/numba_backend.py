@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from numba.core.dispatcher import Dispatcher
 
 from nnlang.backends import cpu_affinity, denormals, numba_config  # noqa: F401
 from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
@@ -59,11 +58,8 @@ def cache_dir() -> Path:
 
 class Pending:
     """The compiled entry of a kernel requested inside `NumbaBackend.together()`, once known.
-    Callable, so a call kept unresolved (a scan body's, run by its driver or its loop) runs."""
+    Callable, so a call kept unresolved (a scan body's Python loop) runs."""
     entry = None
-
-    def __init__(self, fn):
-        self.fn = fn   # the dispatcher: a scan driver generated meanwhile calls it
 
     def __call__(self, *args):
         return self.entry(*args)
@@ -97,42 +93,24 @@ def _mark(fn, sig) -> None:
         pass
 
 
-def _callees(fn) -> list:
-    """The generated kernels a generated function calls (a scan driver's body kernels)."""
-    return [v for v in fn.py_func.__globals__.values() if isinstance(v, Dispatcher) and
-            v.py_func.__module__.startswith(_KERNELS)]
-
-
 def _cost(fn) -> int:
-    """A rough compile cost in bytes of bytecode: on the LSTM's kernels each took ~0.6 ms
-    per byte plus ~0.08 s, and a scan driver as much again for the kernels it calls (LLVM
-    optimizes them once more inside it)."""
-    return 130 + len(fn.py_func.__code__.co_code) + \
-        sum(len(c.py_func.__code__.co_code) for c in _callees(fn))
+    """A rough compile cost in bytes of bytecode: the LSTM's kernels and drivers each took
+    ~0.6 ms a byte plus ~0.08 s."""
+    return 130 + len(fn.py_func.__code__.co_code)
 
 
 def _halves(todo):
     """todo split in two of about equal compile cost: the parent's side, then the worker's.
     Every signature of one kernel stays on one side (numba keeps one cache index per kernel,
-    and two writers would race on it), and so does a scan driver with the kernels it calls
-    (compiling the driver compiles them; on the other side they would be compiled twice)."""
-    root: dict = {}
-
-    def find(fn):
-        while root.get(fn, fn) is not fn:
-            fn = root[fn]
-        return fn
-    for fn, _ in todo:
-        for callee in _callees(fn):   # NOTE: two drivers calling one kernel join one unit
-            root[find(callee)] = find(fn)
-    units: dict = {}
+    and two writers would race on it)."""
+    by_fn: dict = {}
     for fn, sig in todo:
-        units.setdefault(find(fn), []).append((fn, sig))
+        by_fn.setdefault(fn, []).append(sig)
     halves, load = ([], []), [_PARENT_FIRST, 0]
-    for members in sorted(units.values(), key=lambda m: -sum(_cost(fn) for fn, _ in m)):
+    for fn, sigs in sorted(by_fn.items(), key=lambda kv: -_cost(kv[0]) * len(kv[1])):
         side = 0 if load[0] <= load[1] else 1
-        halves[side].extend(members)
-        load[side] += sum(_cost(fn) for fn, _ in members)
+        halves[side].extend((fn, sig) for sig in sigs)
+        load[side] += _cost(fn) * len(sigs)
     return halves
 
 
@@ -153,14 +131,10 @@ def _send_jobs(worker, todo) -> bool:
     # NOTE: a scan driver takes the BLAS gemm, a ctypes function whose type cannot be pickled:
     # the worker types its own (`compile_worker.py`)
     blas_names = {numba.typeof(g): ("blas", dtype) for dtype, g in blas_gemms().items()}
-
-    def job(fn) -> list:
-        module = sys.modules[fn.py_func.__module__]
-        return jobs.setdefault((module.__file__, module.__name__, fn.__name__), [])
     for fn, sig in todo:
-        for callee in _callees(fn):   # NOTE: imported first: the driver's module reads it
-            job(callee)
-        job(fn).append(tuple(blas_names.get(t, t) for t in sig))
+        module = sys.modules[fn.py_func.__module__]
+        jobs.setdefault((module.__file__, module.__name__, fn.__name__), []).append(
+            tuple(blas_names.get(t, t) for t in sig))
     try:
         worker.stdin.write(pickle.dumps([(*k, v) for k, v in jobs.items()]))
         worker.stdin.close()
@@ -368,7 +342,7 @@ class NumbaBackend:
         sig = tuple(numba.typeof(a) for a in args)
         if self._waiting is not None and fn.py_func.__module__.startswith(_KERNELS):
             if (fn, sig) not in self._waiting:
-                self._waiting[(fn, sig)] = Pending(fn)
+                self._waiting[(fn, sig)] = Pending()
                 # NOTE: started at the first kernel missing from the cache, so the worker's
                 # start and numba's warm-up overlap the rest of the build
                 if self._worker is None and workers() >= 2 and self._missing(fn, sig):
@@ -415,8 +389,8 @@ class NumbaBackend:
         call), or None when some body call cannot be generated there. `own` and `rows`: see
         `render_driver`; with rows, the batch runs as parts on the pool's threads at once."""
         gemms = blas_gemms()
-        kernel_of = {entry: fn for (fn, _), entry in self._entries.items()}
-        kernel_of.update((p, p.fn) for p in (self._waiting or {}).values())
+        kernel_of = {entry: key for key, entry in self._entries.items()}
+        kernel_of.update((p, key) for key, p in (self._waiting or {}).items())
         batch = int(init.shape[0])
         parts = min(workers(), batch // _ROWS_MIN) if rows is not None else 1
         try:

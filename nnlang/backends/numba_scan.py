@@ -13,7 +13,9 @@ import inspect
 import itertools
 
 import numba
+import numba.experimental.function_type  # noqa: F401  (numba types KernelAddress by it)
 import numpy as np
+from numba.core import types
 
 from nnlang.backends.aligned import byte_range
 from nnlang.backends.base import run_in_order
@@ -82,6 +84,28 @@ def gemm(blas, a, ta, lda, b, tb, ldb, out, ldc):
          a.ctypes.data, lda, b.ctypes.data, ldb, 0.0, out.ctypes.data, ldc)
 
 
+class KernelAddress(types.WrapperAddressProtocol):
+    """A compiled kernel passed to a driver as a first-class function (numba calls it through
+    the address of its C wrapper). A global dispatcher instead is linked into the driver, and
+    LLVM optimizes and generates the kernel's code once more there: 1.3 of the LSTM backward
+    driver's 2.4 s cold compile. The driver's type then names only the kernel's signature,
+    so it compiles without the kernel and one cached driver serves any kernel of that type."""
+
+    def __init__(self, fn, sig):
+        self.fn, self.sig = fn, sig
+        self._address = None   # NOTE: known once the kernel is compiled or loaded (`together`)
+
+    def __wrapper_address__(self) -> int:
+        if self._address is None:
+            done = self.fn.overloads[self.sig]
+            self._address = done.library.get_pointer_to_function(
+                done.fndesc.llvm_cfunc_wrapper_name)
+        return self._address
+
+    def signature(self):
+        return types.none(*self.sig)
+
+
 class Unsupported(Exception):
     """A body call the driver cannot express: the runtime keeps the Python loop."""
 
@@ -128,7 +152,7 @@ class DriverSource:
     expression (`moved`)."""
 
     def __init__(self, kernel_of, moved=(), rows=None):
-        self.kernel_of = kernel_of        # compiled entry -> its numba dispatcher
+        self.kernel_of = kernel_of        # compiled entry -> (its numba dispatcher, signature)
         # (batch, [(lo, hi) byte ranges of per-row memory]): each call then works on rows
         # r0 .. r0 + nb of every per-row array, so the batch can run in parts (`row_parts`)
         self.rows = rows
@@ -138,7 +162,7 @@ class DriverSource:
         self._params: dict[int, str] = {}   # id(array) -> its argument name
         self._spans: dict[int, str] = {}  # id(sequence) -> its flat 1-D view's argument
         self.moved = [(*byte_range(buf), buf, seq) for buf, seq in moved]
-        self.kernels: dict = {}           # dispatcher -> global name in the driver module
+        self.kernels: dict = {}           # (dispatcher, signature) -> its argument, k0, ..
         self.lines: list[str] = []
         self.dtype = None
 
@@ -233,9 +257,9 @@ class DriverSource:
                 shape = ("nb", *shape[1:])
             self.lines += copy_loop(self.array(dst), "", self.array(src), "", shape, self.names)
         elif fn in self.kernel_of:
-            disp = self.kernel_of[fn]
-            name = self.kernels.setdefault(disp, f"k{len(self.kernels)}")
-            self.lines.append(f"{name}({', '.join(self._kernel_args(disp, args))})")
+            kernel = self.kernel_of[fn]
+            name = self.kernels.setdefault(kernel, f"k{len(self.kernels)}")
+            self.lines.append(f"{name}({', '.join(self._kernel_args(kernel[0], args))})")
         else:
             raise Unsupported(getattr(fn, "__name__", repr(fn)))
 
@@ -273,8 +297,10 @@ class DriverSource:
 def render_driver(name: str, steps: int, reverse: bool, width: int, init, carry, out, y,
                   pairs, calls, kernel_of, own=frozenset(), rows=None
                   ) -> tuple[str, list, str | None, bool]:
-    """(module source, the driver's arguments after `blas, steps, r0, nb`, the GEMM dtype or
-    None, whether it runs by rows); raises Unsupported when some call cannot be generated.
+    """(module source, the driver's arguments after `blas, steps, r0, nb` (the kernels it
+    calls, `KernelAddress`es, then arrays), the GEMM dtype or None, whether it runs by rows);
+    raises Unsupported when some call cannot be generated. `kernel_of`: compiled entry (or
+    one still pending) -> (numba dispatcher, signature).
     The length is an argument, so one compiled driver serves every sequence length.
 
     `rows`: (batch, byte ranges of the per-row memory) when the body's rows never meet
@@ -323,12 +349,12 @@ def _render(name, reverse, init, carry, out, y, pairs, calls, kernel_of, moves, 
         o, yy = src._param(out), src.array(y)
         tail = [*copy_loop(o, at, yy, "", by_rows(y.shape), src.names),
                 *copy_loop(c, "", yy, "", by_rows(carry.shape), src.names)]
-    params = ", ".join(f"p{k}" for k in range(len(src.args)))
+    params = ", ".join([*src.kernels.values(), *(f"p{k}" for k in range(len(src.args)))])
     t = "steps - 1 - i" if reverse else "i"
-    imports = [f"{k} = sys.modules[{d.py_func.__module__!r}].{d.__name__}"
-               for d, k in src.kernels.items()]
-    body = "\n".join(["import sys", "", "import numba", "import numpy as np", "",
-                      "from nnlang.backends.numba_scan import gemm", "", *imports, "", "",
+    callees = [f"# {k}: {fn.__name__} ({fn.py_func.__module__})"
+               for (fn, _), k in src.kernels.items()]
+    body = "\n".join(["import numba", "import numpy as np", "",
+                      "from nnlang.backends.numba_scan import gemm", "", *callees, "", "",
                       "@numba.njit(cache=True, nogil=True)",
                       f"def {name}(blas, steps, r0, nb, {params}):",
                       "    # the time loop of one scan: step t in, the body's calls, y out",
@@ -336,4 +362,5 @@ def _render(name, reverse, init, carry, out, y, pairs, calls, kernel_of, moves, 
                       "    for i in range(steps):",
                       f"        t = {t}",
                       *[f"        {line}" for line in (*copies, *src.lines, *tail)], ""])
-    return body, src.args, src.dtype
+    kernels = [KernelAddress(fn, sig) for fn, sig in src.kernels]
+    return body, [*kernels, *src.args], src.dtype

@@ -75,12 +75,12 @@ def test_the_driver_reads_and_writes_the_sequences_in_place(tmp_path, monkeypatc
     assert widths == [2 * 4 + 4 * 4] * 2   # [h, c, z] forward; [dh, dc, dgates] backward
 
 
-def test_a_cold_scan_driver_compiles_in_the_worker_with_the_kernels_it_calls(tmp_path,
-                                                                             monkeypatch):
+def test_a_cold_scan_driver_compiles_in_the_worker(tmp_path, monkeypatch):
     """Cold, the scan bodies' kernels and drivers wait with the rest of the executable's
     (`together` nests), so the compile worker can take them: here it is given everything. A
-    driver goes with the kernels it calls, its BLAS argument crosses as a placeholder, and this
-    process then loads every kernel and driver from the worker's cache and runs them."""
+    driver's BLAS argument crosses as a placeholder and its kernels as their signatures
+    (`KernelAddress`); this process then loads every kernel and driver from the worker's
+    cache and runs them."""
     from nnlang.backends import numba_backend
     from nnlang.runtime.interpret import interpret
     monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
@@ -96,7 +96,6 @@ def test_a_cold_scan_driver_compiles_in_the_worker_with_the_kernels_it_calls(tmp
     exe = compile_graph(g, NumbaBackend())
     drivers = [fn for fn, _ in sent if fn.__name__ == "scan_loop"]
     assert len(drivers) == 2
-    assert {c for d in drivers for c in numba_backend._callees(d)} <= {fn for fn, _ in sent}
     assert exe.backend.compiled == 0          # the worker compiled them all
     rng = np.random.default_rng(0)
     feeds = {n.attrs["name"]: rng.integers(0, 11, n.shape).astype(n.dtype)
@@ -110,27 +109,23 @@ def test_a_cold_scan_driver_compiles_in_the_worker_with_the_kernels_it_calls(tmp
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5)
 
 
-def test_a_driver_and_the_kernels_it_calls_stay_on_one_side():
+def test_cold_kernels_split_by_compile_cost_with_each_kernel_on_one_side():
+    """The two halves of a cold compile: every signature of one kernel on the same side (one
+    cache index per kernel), each kernel once, and the big ones apart."""
     from nnlang.backends import numba_backend
 
-    def kernel(name, size):
+    def kernel(size):
         fn = type("K", (), {})()
-        fn.__name__ = name
-        fn.py_func = type("F", (), {"__code__": type("C", (), {"co_code": b"x" * size})(),
-                                    "__globals__": {}})()
+        fn.py_func = type("F", (), {"__code__": type("C", (), {"co_code": b"x" * size})()})()
         return fn
-    cell, small = kernel("cell", 900), [kernel(f"k{i}", 300) for i in range(6)]
-    driver = kernel("scan_loop", 700)
-    original = numba_backend._callees
-    try:
-        numba_backend._callees = lambda fn: [cell] if fn is driver else []
-        todo = [(cell, "s"), *[(k, "s") for k in small], (driver, "a"), (driver, "b")]
-        mine, theirs = numba_backend._halves(todo)
-    finally:
-        numba_backend._callees = original
-    side = mine if (driver, "a") in mine else theirs
-    assert {(cell, "s"), (driver, "a"), (driver, "b")} <= set(side)
+    big, other, small = kernel(3000), kernel(2500), [kernel(200) for _ in range(8)]
+    todo = [(big, "a"), (big, "b"), (other, "a"), *[(k, "a") for k in small]]
+    mine, theirs = numba_backend._halves(todo)
+
     def key(job):
         return id(job[0]), job[1]
     assert sorted(map(key, mine + theirs)) == sorted(map(key, todo))   # each once
-    assert mine and theirs
+    assert {(big, "a"), (big, "b")} <= set(mine) or {(big, "a"), (big, "b")} <= set(theirs)
+    assert ((big, "a") in mine) != ((other, "a") in mine)
+    cost = [sum(numba_backend._cost(fn) for fn, _ in side) for side in (mine, theirs)]
+    assert abs(cost[0] - cost[1]) <= numba_backend._cost(big) + numba_backend._PARENT_FIRST
