@@ -2,16 +2,19 @@
 uses both cores (numba compiles one function at a time per process, ~0.2 s each).
 
 Started by `NumbaBackend` as `python -m nnlang.backends.compile_worker` at the first kernel
-missing from the cache, it warms numba up while the parent goes on building, then reads a
-pickled list of (kernel file, module name, function name, [numba signature, ...]) on stdin
-(an empty list: nothing to do). It only fills the cache; the parent loads every kernel from
-it afterwards, and compiles itself whatever the worker did not manage (a failed worker costs
+missing from the cache, it warms numba up while the parent goes on building, then reads
+(claims folder, [(kernel file, module name, function name, [numba signature, ...]), ...])
+pickled on stdin (no folder: nothing to do). Both processes go down the list, costliest
+first, each compiling the jobs it claims first, so neither waits while the other has a
+long queue. The worker only fills the cache; the parent loads every kernel from it
+afterwards, and compiles itself whatever the worker did not manage (a failed worker costs
 time, never correctness).
 """
 from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import pickle
 import sys
 
@@ -29,8 +32,20 @@ def _typed(t):
     return t
 
 
-def compile_all(jobs) -> None:
-    for path, module_name, name, sigs in jobs:
+def claim(claims: str, k: int) -> bool:
+    """Takes job k for this process, unless the other one has (an exclusive file create)."""
+    try:
+        os.close(os.open(os.path.join(claims, str(k)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def compile_all(claims, jobs) -> None:
+    """Compiles each job this process claims (`claim`: the parent takes the others)."""
+    for k, (path, module_name, name, sigs) in enumerate(jobs):
+        if not claim(claims, k):
+            continue
         if module_name not in sys.modules:
             spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(spec)
@@ -53,4 +68,6 @@ def warm_up() -> None:
 
 if __name__ == "__main__":
     warm_up()
-    compile_all(pickle.load(sys.stdin.buffer))
+    claims, jobs = pickle.load(sys.stdin.buffer)
+    if claims:
+        compile_all(claims, jobs)

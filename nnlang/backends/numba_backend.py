@@ -16,6 +16,7 @@ import importlib.util
 import pickle
 import subprocess
 import sys
+import tempfile
 import types
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.base import Call, State, library_call, run_in_order
 from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded_blas_pays,
                                   workers)
+from nnlang.backends.compile_worker import claim
 from nnlang.backends.numba_scan import Unsupported, blas_gemms, render_driver
 from nnlang.codegen.render_numba import PARALLEL_MIN, render, render_multi, split_rows
 from nnlang.errors import NNError
@@ -39,9 +41,6 @@ from nnlang.user_cache import cache_subdir, cache_unwritable, private_dir
 VERSION = "nnlang-0.3"  # NOTE: bumped when numba_config changes what a kernel compiles to
 _KERNELS = "nnlang_kernels."   # the module prefix of generated kernels
 _WORKER_MIN = 6                 # missing kernels (~0.2 s each) worth starting a worker (~0.6 s)
-# NOTE: the parent's own first compile costs ~0.3 s more than the next (numba's tables; the
-# worker warms up while the parent builds): ~500 `_cost` units
-_PARENT_FIRST = 500
 _WORKER_TIMEOUT = 600
 _GUARD = 256 << 10
 # NOTE: a scan's batch runs in parts on the pool's threads from this many rows a part: the
@@ -94,29 +93,24 @@ def _mark(fn, sig) -> None:
 
 
 def _cost(fn) -> int:
-    """A rough compile cost in bytes of bytecode: the LSTM's kernels and drivers each took
-    ~0.6 ms a byte plus ~0.08 s."""
-    return 130 + len(fn.py_func.__code__.co_code)
+    """A rough compile cost: the size of the function's bytecode."""
+    return len(fn.py_func.__code__.co_code)
 
 
-def _halves(todo):
-    """todo split in two of about equal compile cost: the parent's side, then the worker's.
-    Every signature of one kernel stays on one side (numba keeps one cache index per kernel,
-    and two writers would race on it)."""
+def _jobs(todo) -> list:
+    """todo as [(kernel, [signature, ...])], the costliest first, so whichever process is free
+    takes the next big one (longest first: the two finish close together). Every signature
+    of one kernel is one job (numba keeps one cache index per kernel, and two writers would
+    race on it)."""
     by_fn: dict = {}
     for fn, sig in todo:
         by_fn.setdefault(fn, []).append(sig)
-    halves, load = ([], []), [_PARENT_FIRST, 0]
-    for fn, sigs in sorted(by_fn.items(), key=lambda kv: -_cost(kv[0]) * len(kv[1])):
-        side = 0 if load[0] <= load[1] else 1
-        halves[side].extend((fn, sig) for sig in sigs)
-        load[side] += _cost(fn) * len(sigs)
-    return halves
+    return sorted(by_fn.items(), key=lambda kv: -_cost(kv[0]) * len(kv[1]))
 
 
 def _spawn_worker():
-    """A second process that warms numba up, then compiles what `_send_jobs` sends it into
-    the disk cache; None where no process can be started (the parent compiles everything)."""
+    """A second process that warms numba up, then compiles jobs `_send_jobs` lists into the
+    disk cache; None where no process can be started (the parent compiles everything)."""
     try:
         return subprocess.Popen([sys.executable, "-m", "nnlang.backends.compile_worker"],
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -125,18 +119,19 @@ def _spawn_worker():
         return None
 
 
-def _send_jobs(worker, todo) -> bool:
-    """Hands `todo` [(dispatcher, signature)] to the worker (none: it just exits)."""
-    jobs: dict = {}
+def _send_jobs(worker, jobs: list, claims: str | None) -> bool:
+    """Hands the worker the job list and the claims folder (None: nothing to do, it exits);
+    it compiles each job it claims (`claim`) as this process does."""
     # NOTE: a scan driver takes the BLAS gemm, a ctypes function whose type cannot be pickled:
     # the worker types its own (`compile_worker.py`)
     blas_names = {numba.typeof(g): ("blas", dtype) for dtype, g in blas_gemms().items()}
-    for fn, sig in todo:
+    listed = []
+    for fn, sigs in jobs if claims else ():
         module = sys.modules[fn.py_func.__module__]
-        jobs.setdefault((module.__file__, module.__name__, fn.__name__), []).append(
-            tuple(blas_names.get(t, t) for t in sig))
+        listed.append((module.__file__, module.__name__, fn.__name__,
+                       [tuple(blas_names.get(t, t) for t in sig) for sig in sigs]))
     try:
-        worker.stdin.write(pickle.dumps([(*k, v) for k, v in jobs.items()]))
+        worker.stdin.write(pickle.dumps((claims, listed)))
         worker.stdin.close()
         return True
     except OSError:  # NOTE: the worker died: the parent compiles everything
@@ -444,15 +439,20 @@ class NumbaBackend:
         finally:
             self._waiting, worker, self._worker = None, self._worker, None
         todo = [(fn, sig) for fn, sig in waiting if self._missing(fn, sig)]
-        mine, theirs = _halves(todo) if worker and len(todo) >= _WORKER_MIN else (todo, [])
-        if worker is not None and not _send_jobs(worker, theirs):
-            mine = todo
-        try:
-            for fn, sig in mine:
-                self._entry(fn, sig)
-        finally:
-            if worker is not None:
-                _wait(worker)
+        jobs = _jobs(todo)
+        with tempfile.TemporaryDirectory(prefix="nnlang-claims-") as claims:
+            shared = worker is not None and len(todo) >= _WORKER_MIN and \
+                _send_jobs(worker, jobs, claims)
+            if worker is not None and not shared:
+                _send_jobs(worker, [], None)
+            try:
+                for k, (fn, sigs) in enumerate(jobs):
+                    if not shared or claim(claims, k):
+                        for sig in sigs:
+                            self._entry(fn, sig)
+            finally:
+                if worker is not None:
+                    _wait(worker)
         for (fn, sig), pending in waiting.items():
             pending.entry = self._entry(fn, sig)
 

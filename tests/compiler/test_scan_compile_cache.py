@@ -87,14 +87,16 @@ def test_a_cold_scan_driver_compiles_in_the_worker(tmp_path, monkeypatch):
     monkeypatch.setattr(numba_backend, "workers", lambda: 2)
     monkeypatch.setattr(numba_backend, "_WORKER_MIN", 1)
     sent = []
+    real_send = numba_backend._send_jobs
 
-    def all_to_the_worker(todo):
-        sent.extend(todo)
-        return [], todo
-    monkeypatch.setattr(numba_backend, "_halves", all_to_the_worker)
+    def send(worker, jobs, claims):
+        sent.extend(fn for fn, _ in jobs)
+        return real_send(worker, jobs, claims)
+    monkeypatch.setattr(numba_backend, "_send_jobs", send)
+    monkeypatch.setattr(numba_backend, "claim", lambda claims, k: False)   # all theirs
     g = _lstm_train_graph()
     exe = compile_graph(g, NumbaBackend())
-    drivers = [fn for fn, _ in sent if fn.__name__ == "scan_loop"]
+    drivers = [fn for fn in sent if fn.__name__ == "scan_loop"]
     assert len(drivers) == 2
     assert exe.backend.compiled == 0          # the worker compiled them all
     rng = np.random.default_rng(0)
@@ -109,23 +111,20 @@ def test_a_cold_scan_driver_compiles_in_the_worker(tmp_path, monkeypatch):
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5)
 
 
-def test_cold_kernels_split_by_compile_cost_with_each_kernel_on_one_side():
-    """The two halves of a cold compile: every signature of one kernel on the same side (one
-    cache index per kernel), each kernel once, and the big ones apart."""
+def test_cold_jobs_go_costliest_first_with_each_kernel_once_and_claimed_once(tmp_path):
+    """A cold compile's job list, which both processes go down claiming jobs: every signature
+    of one kernel in one job (one cache index per kernel), the costliest first; a job claimed
+    by one process is not the other's."""
     from nnlang.backends import numba_backend
+    from nnlang.backends.compile_worker import claim
 
     def kernel(size):
         fn = type("K", (), {})()
         fn.py_func = type("F", (), {"__code__": type("C", (), {"co_code": b"x" * size})()})()
         return fn
-    big, other, small = kernel(3000), kernel(2500), [kernel(200) for _ in range(8)]
-    todo = [(big, "a"), (big, "b"), (other, "a"), *[(k, "a") for k in small]]
-    mine, theirs = numba_backend._halves(todo)
-
-    def key(job):
-        return id(job[0]), job[1]
-    assert sorted(map(key, mine + theirs)) == sorted(map(key, todo))   # each once
-    assert {(big, "a"), (big, "b")} <= set(mine) or {(big, "a"), (big, "b")} <= set(theirs)
-    assert ((big, "a") in mine) != ((other, "a") in mine)
-    cost = [sum(numba_backend._cost(fn) for fn, _ in side) for side in (mine, theirs)]
-    assert abs(cost[0] - cost[1]) <= numba_backend._cost(big) + numba_backend._PARENT_FIRST
+    big, other, small = kernel(3000), kernel(2500), [kernel(200) for _ in range(3)]
+    todo = [(small[0], "a"), (big, "a"), (other, "a"), (big, "b"), *[(k, "a") for k in small[1:]]]
+    jobs = numba_backend._jobs(todo)
+    assert [fn for fn, _ in jobs][:2] == [big, other]
+    assert dict(jobs)[big] == ["a", "b"] and len(jobs) == 5
+    assert [claim(str(tmp_path), k) for k in (0, 1, 0, 2, 1)] == [True, True, False, True, False]
