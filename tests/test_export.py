@@ -84,8 +84,8 @@ def drawn_batch(net, n: int, seed: int = 0, lengths: dict | None = None) -> dict
 MODELS = sorted(p.stem for p in (ROOT / "models").glob("*.nn"))
 
 
-# NOTE: 13-14 s each; their ops are exported and checked by the other models and the op samples
-_EXPORT_SLOW = ("gpt", "lstm_full")
+# NOTE: 12-14 s each; their ops are exported and checked by the other models and the op samples
+_EXPORT_SLOW = ("gpt", "lstm_full", "conv1d")
 
 
 @pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.slow)

@@ -33,9 +33,12 @@ def cupy(request, monkeypatch, tmp_path):
 
 # NOTE: on the stand-in every launch runs as host C++ (5-11 s a model); these models use no op
 # or kernel kind the others lack (cross-attention is attention, a masked LSTM is the LSTM's
-# scan with more elementwise ops, gpt's causal attention is in the host harness), so the
-# default suite leaves them to `-m slow`, as it does with the GPU itself
-_STAND_IN_SLOW = ("gpt", "lstm_full", "seq2seq", "seq2seq_lstm")
+# scan with more elementwise ops, gpt's causal attention is in the host harness, the GRU's
+# scan is the LSTM's kind, conv1d's unfold and pooling are the CNN's in one dimension fewer,
+# the transformer's attention runs in its CUDA-graph case below), so the default suite leaves
+# them to `-m slow`, as it does with the GPU itself
+_STAND_IN_SLOW = ("gpt", "lstm_full", "seq2seq", "seq2seq_lstm", "gru", "conv1d",
+                  "transformer")
 STAND_IN_MODELS = [pytest.param(m, marks=pytest.mark.slow) if m in _STAND_IN_SLOW else m
                    for m in models()]
 
