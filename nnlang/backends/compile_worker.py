@@ -4,11 +4,11 @@ uses both cores (numba compiles one function at a time per process, ~0.2 s each)
 Started by `NumbaBackend` as `python -m nnlang.backends.compile_worker` at the first kernel
 missing from the cache, it warms numba up while the parent goes on building, then reads
 (claims folder, [(kernel file, module name, function name, [numba signature, ...]), ...])
-pickled on stdin (no folder: nothing to do). Both processes go down the list, costliest
-first, each compiling the jobs it claims first, so neither waits while the other has a
-long queue. The worker only fills the cache; the parent loads every kernel from it
-afterwards, and compiles itself whatever the worker did not manage (a failed worker costs
-time, never correctness).
+pickled on stdin (with too little to share, the parent kills it instead). Both processes go
+down the list, costliest first, each compiling the jobs it claims first, so neither waits
+while the other has a long queue. The worker only fills the cache; the parent loads every
+kernel from it afterwards, and compiles itself whatever the worker did not manage (a failed
+worker costs time, never correctness).
 """
 from __future__ import annotations
 
@@ -68,6 +68,4 @@ def warm_up() -> None:
 
 if __name__ == "__main__":
     warm_up()
-    claims, jobs = pickle.load(sys.stdin.buffer)
-    if claims:
-        compile_all(claims, jobs)
+    compile_all(*pickle.load(sys.stdin.buffer))

@@ -40,7 +40,7 @@ from nnlang.user_cache import cache_subdir, cache_unwritable, private_dir
 
 VERSION = "nnlang-0.3"  # NOTE: bumped when numba_config changes what a kernel compiles to
 _KERNELS = "nnlang_kernels."   # the module prefix of generated kernels
-_WORKER_MIN = 6                 # missing kernels (~0.2 s each) worth starting a worker (~0.6 s)
+_WORKER_MIN = 2                 # jobs worth handing to a started worker (~0.2 s each to compile)
 _WORKER_TIMEOUT = 600
 _GUARD = 256 << 10
 # NOTE: a scan's batch runs in parts on the pool's threads from this many rows a part: the
@@ -119,14 +119,14 @@ def _spawn_worker():
         return None
 
 
-def _send_jobs(worker, jobs: list, claims: str | None) -> bool:
-    """Hands the worker the job list and the claims folder (None: nothing to do, it exits);
-    it compiles each job it claims (`claim`) as this process does."""
+def _send_jobs(worker, jobs: list, claims: str) -> bool:
+    """Hands the worker the job list and the claims folder; it compiles each job it claims
+    (`claim`) as this process does."""
     # NOTE: a scan driver takes the BLAS gemm, a ctypes function whose type cannot be pickled:
     # the worker types its own (`compile_worker.py`)
     blas_names = {numba.typeof(g): ("blas", dtype) for dtype, g in blas_gemms().items()}
     listed = []
-    for fn, sigs in jobs if claims else ():
+    for fn, sigs in jobs:
         module = sys.modules[fn.py_func.__module__]
         listed.append((module.__file__, module.__name__, fn.__name__,
                        [tuple(blas_names.get(t, t) for t in sig) for sig in sigs]))
@@ -441,10 +441,12 @@ class NumbaBackend:
         todo = [(fn, sig) for fn, sig in waiting if self._missing(fn, sig)]
         jobs = _jobs(todo)
         with tempfile.TemporaryDirectory(prefix="nnlang-claims-") as claims:
-            shared = worker is not None and len(todo) >= _WORKER_MIN and \
+            shared = worker is not None and len(jobs) >= _WORKER_MIN and \
                 _send_jobs(worker, jobs, claims)
-            if worker is not None and not shared:
-                _send_jobs(worker, [], None)
+            if worker is not None and not shared:   # NOTE: still warming up: no waiting for it
+                worker.kill()
+                worker.wait()
+                worker = None
             try:
                 for k, (fn, sigs) in enumerate(jobs):
                     if not shared or claim(claims, k):

@@ -85,7 +85,6 @@ def test_a_cold_scan_driver_compiles_in_the_worker(tmp_path, monkeypatch):
     from nnlang.runtime.interpret import interpret
     monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(numba_backend, "workers", lambda: 2)
-    monkeypatch.setattr(numba_backend, "_WORKER_MIN", 1)
     sent = []
     real_send = numba_backend._send_jobs
 
