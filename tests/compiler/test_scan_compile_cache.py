@@ -127,3 +127,28 @@ def test_cold_jobs_go_costliest_first_with_each_kernel_once_and_claimed_once(tmp
     assert [fn for fn, _ in jobs][:2] == [big, other]
     assert dict(jobs)[big] == ["a", "b"] and len(jobs) == 5
     assert [claim(str(tmp_path), k) for k in (0, 1, 0, 2, 1)] == [True, True, False, True, False]
+
+
+def test_a_worker_that_dies_costs_time_not_correctness(tmp_path, monkeypatch):
+    """A compile worker that exits at once (here: a process that never reads its jobs) leaves
+    the parent to compile everything, the jobs the dead worker could have claimed included."""
+    import subprocess
+    import sys
+
+    from nnlang.backends import numba_backend
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(numba_backend, "workers", lambda: 2)
+    started = []
+
+    def short_lived():
+        started.append(1)
+        return subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    monkeypatch.setattr(numba_backend, "_spawn_worker", short_lived)
+    g = _lstm_train_graph()
+    exe = compile_graph(g, NumbaBackend())
+    assert started == [1]
+    assert exe.backend.compiled == exe.summary()["distinct_kernels"]   # all in this process
+    assert exe.summary()["scan_loops"] == 2
+    warm = compile_graph(g, NumbaBackend())
+    assert warm.backend.compiled == 0
