@@ -31,7 +31,8 @@ from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded
                                   workers)
 from nnlang.backends.compile_worker import claim
 from nnlang.backends.numba_scan import Unsupported, blas_gemms, render_driver
-from nnlang.codegen.render_numba import PARALLEL_MIN, render, render_multi, split_rows
+from nnlang.codegen.render_numba import (COLUMNS_MIN, PARALLEL_MIN, render, render_multi,
+                                         split_columns, split_rows)
 from nnlang.errors import NNError
 from nnlang.files import write_atomic
 from nnlang.ir.graph import Node
@@ -280,10 +281,20 @@ class NumbaBackend:
     # *** generated kernels ***
     def kernel_call(self, kernel, loop_shape: tuple, arrays: list):
         """Loads through row-strided views are indexed by hand (`_row_strided`); a large loop
-        whose rows are independent is split over the pool's threads."""
+        whose rows are independent is split over the pool's threads, and so is a large column
+        reduction, by columns."""
         names = kernel.args[len(loop_shape):]
         red = kernel.reduce.arg if kernel.reduce else None
-        strided = {a for a, x in zip(names, arrays) if a != red and _row_strided(x) is not None}
+        n0, n1 = loop_shape[0], loop_shape[-1]
+        columns = workers() > 1 and split_columns(kernel, loop_shape)
+        if columns:
+            parts = min(workers(), n1 // COLUMNS_MIN)
+            # NOTE: whole cache lines per block (16 float32)
+            cuts = [n1 * k // parts // 16 * 16 for k in range(parts)] + [n1]
+            blocks = [[x[..., lo:hi] if x.shape[-1] == n1 else x for x in arrays]
+                      for lo, hi in zip(cuts, cuts[1:])]
+        sample = blocks[0] if columns else arrays
+        strided = {a for a, x in zip(names, sample) if a != red and _row_strided(x) is not None}
         header, body = render(kernel, loop_shape, strided=strided)
         fn = self.compile(body, kernel.name)
 
@@ -291,7 +302,10 @@ class NumbaBackend:
             flat = [_row_strided(x, force=True) if a in strided else (x, [])
                     for a, x in zip(names, xs)]
             return (*shape, *(f for f, _ in flat), *(s for _, ss in flat for s in ss))
-        n0 = loop_shape[0]
+        if columns:
+            calls = [self.specialize(fn, args_for((*loop_shape[:-1], hi - lo), xs))
+                     for (lo, hi), xs in zip(zip(cuts, cuts[1:]), blocks)]
+            return (header, body), (run_parts, (calls,))
         parts = min(workers(), n0)
         if parts < 2 or not split_rows(kernel, loop_shape):
             return (header, body), self.specialize(fn, args_for(loop_shape, arrays))

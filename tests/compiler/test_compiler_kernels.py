@@ -212,3 +212,28 @@ def test_blas_threads_steps_with_mid_size_products_and_no_big_batched_one():
                                    ((64, 128), (128, 1))])
     assert not threaded_blas_pays([((32, 4, 128, 32), (32, 4, 32, 128)),
                                    ((4096, 128), (128, 64))])
+
+
+@pytest.mark.parametrize("shape,keep", [((3000, 520), True), ((40, 75, 384), True),
+                                        ((3000, 100), False), ((300, 520), False)])
+def test_a_column_sum_splits_by_columns_and_sums_every_row(shape, keep, monkeypatch):
+    """A bias gradient (a sum over every axis but the last) runs as column blocks on the pool
+    when it has the columns for it: each block sums its columns over every row, through a
+    strided view of the input, next to an elementwise output of the same kernel."""
+    from nnlang.backends import numba_backend
+    from nnlang.runtime.interpret import interpret
+    monkeypatch.setattr(numba_backend, "workers", lambda: 2)
+    g = Graph()
+    b = Builder(g)
+    wide = leaf(g, "input", "x", (*shape[:-1], shape[-1] + 8))
+    x = b.slice(wide, axis=len(shape) - 1, start=3, stop=3 + shape[-1], step=1)   # strided
+    y = b.mul(x, b.const(np.float32(0.5)))
+    g.outputs["y"] = y
+    g.outputs["s"] = b.reduce_sum(y, axes=list(range(len(shape) - 1)))
+    exe = compile_graph(g)
+    kernel_calls = [c for c in exe._calls if c[0] is run_parts]
+    assert bool(kernel_calls) == keep
+    feeds = {"x": rand((*shape[:-1], shape[-1] + 8))}
+    got, want = exe.run(feeds), interpret(g, feeds, want=dict(g.outputs))
+    np.testing.assert_allclose(got["y"], want["y"], rtol=1e-6)
+    np.testing.assert_allclose(got["s"], want["s"], rtol=1e-5, atol=1e-4)
