@@ -58,7 +58,8 @@ def cache_dir() -> Path:
 
 class Pending:
     """The compiled entry of a kernel requested inside `NumbaBackend.together()`, once known.
-    Callable, so a call kept unresolved (a scan body's Python loop) runs."""
+    Callable, so a call built inside a nested `together` (a scan body's kernel call, its
+    driver's) runs once the outermost has filled it."""
     entry = None
 
     def __call__(self, *args):
@@ -426,7 +427,7 @@ class NumbaBackend:
             # NOTE: each part on one BLAS thread: two parts calling a threaded OpenBLAS at once
             # wait on its lock
             with blas_threads(1):
-                run_parts([resolved(c) for c in row_calls])
+                run_parts(row_calls)
         run_parts_at_once.uses_pool = True
         header += f", rows in {parts} parts at once\n"
         return (header, source), (run_parts_at_once, ())

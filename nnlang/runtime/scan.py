@@ -144,18 +144,14 @@ def scan_call(backend, node, inputs: list, out, disable=()):
     # generate): the same copies and calls
     order = range(out.shape[0] - 1, -1, -1) if node.attrs["reverse"] else range(out.shape[0])
 
-    ready: list = []   # NOTE: the body's calls, resolved once its kernels are (`together`)
-
     def run(*_):
-        if not ready:
-            ready.extend(backend.resolved(c) for c in calls)
         for dst, src in staged:
             copyto(dst, src)
         copyto(carry, init)
         for t in order:
             for dst, seq in pairs:
                 copyto(dst, seq[t])
-            for fn, args in ready:
+            for fn, args in calls:
                 fn(*args)
             copyto(out[t], y)
             copyto(carry, y[:, :width])

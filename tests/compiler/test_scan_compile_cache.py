@@ -152,3 +152,28 @@ def test_a_worker_that_dies_costs_time_not_correctness(tmp_path, monkeypatch):
     assert exe.summary()["scan_loops"] == 2
     warm = compile_graph(g, NumbaBackend())
     assert warm.backend.compiled == 0
+
+
+def test_a_body_without_a_driver_runs_its_pending_kernels_in_the_python_loop(tmp_path,
+                                                                            monkeypatch):
+    """A body the driver cannot express keeps the Python loop; its kernel calls were built
+    inside the outer `together`, still pending then, and run once it has filled them."""
+    from nnlang.backends import numba_backend
+    from nnlang.backends.numba_scan import Unsupported
+    from nnlang.runtime.interpret import interpret
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+
+    def cannot(*a, **k):
+        raise Unsupported("not here")
+    monkeypatch.setattr(numba_backend, "render_driver", cannot)
+    g = _lstm_train_graph()
+    exe = compile_graph(g, NumbaBackend())
+    assert not any("def scan_loop" in src for _, src in exe._sources)
+    rng = np.random.default_rng(1)
+    feeds = {n.attrs["name"]: rng.integers(0, 11, n.shape).astype(n.dtype)
+             if np.dtype(n.dtype).kind == "i" else rng.random(n.shape).astype(n.dtype)
+             for n in g if n.op == "input" and n.attrs["name"] != "_rng"}
+    params = {k: np.array(v) for k, v in exe.state.items()}
+    got, ref = exe.run(feeds), interpret(g, feeds, params, want=dict(g.losses))
+    for k in g.losses:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5)
