@@ -75,6 +75,11 @@ def _matmul(cp, a, b, out):
     cp.matmul(a, b, out=out)
 
 
+def _matmul_via(cp, a, b, scratch, out):
+    cp.matmul(a, b, out=scratch)
+    cp.copyto(out, scratch)
+
+
 def _cannot_run():
     raise NNError("internal: a render-only executable cannot run")
 
@@ -229,6 +234,10 @@ class CupyBackend:
         return library_call(self, node, inputs, out)
 
     def gemm(self, a, b, out) -> Call:
+        if not out.flags.c_contiguous:
+            # NOTE: cupy.matmul gives a strided out (a concat piece in place) a temporary it
+            # allocates per call, which a capturing stream refuses; this one is made once
+            return _matmul_via, (self.cp, a, b, self.cp.empty(out.shape, out.dtype), out)
         return _matmul, (self.cp, a, b, out)
 
     def allreduce(self, src, out) -> Call:

@@ -99,10 +99,14 @@ def concat_pieces(g: Graph, steps: list[Step], views: dict[int, int],
 
 def _writes_slices(g: Graph, step: Step, nid: int) -> bool:
     """Can `step` store `nid` into a strided slice? Kernels' element outputs can (their stores
-    take strides); so can a concat (it copies into slices)."""
+    take strides); so can a concat (it copies into slices), and a 2-D GEMM (BLAS takes the
+    output's row stride: an LSTM step's z = h @ U lands in its columns of the stacked output,
+    where the backward reads it)."""
     if step.kind == "kernel":
         return nid != step.group.reduce
-    return step.kind == "call" and g.node(step.nodes[0]).op == "concat"
+    op = g.node(step.nodes[0]).op
+    return step.kind == "call" and (op == "concat" or (op == "matmul" and
+                                                       len(g.node(nid).shape) == 2))
 
 
 def root_of(pieces: dict[int, Piece], nid: int) -> int:

@@ -125,6 +125,22 @@ def _transposed_back(g: Graph, n: Node):
     return _untransposed(g, n.inputs[0], perm)
 
 
+def _transposed_gather(g: Graph, n: Node):
+    """transpose(gather(table, idx), p) is gather(table, transpose(idx, p')) when p keeps the
+    row axis last: the embedding lookup then lands time-major for a recurrence, and the
+    [batch, time, dim] -> [time, batch, dim] copy before its input projection is gone."""
+    inner, perm = g.node(n.inputs[0]), [int(p) for p in n.attrs["perm"]]
+    if inner.op != "gather" or perm[-1] != len(perm) - 1 or len(g.node(inner.inputs[0]).shape) != 2:
+        return None
+    idx = g.node(inner.inputs[1])
+    at = perm[:-1]
+    t_idx = g.add_node("transpose", [idx.id], {"perm": at},
+                       TensorType(tuple(idx.shape[a] for a in at), idx.dtype), span=n.span,
+                       path=n.path, role=n.role)
+    return g.add_node("gather", [inner.inputs[0], t_idx], dict(inner.attrs), n.type,
+                      span=inner.span, path=inner.path, role=inner.role, name=n.name)
+
+
 def _double_neg(g: Graph, n: Node):
     inner = g.node(n.inputs[0])
     return inner.inputs[0] if inner.op == "neg" else None
@@ -190,7 +206,8 @@ SIMPLIFY_RULES = {
     "slice": [_uniform_view, _sliced_elementwise],
     "cast": [_same_type_input],
     "stop_gradient": [_same_type_input],    # autodiff has run; now it is the identity
-    "transpose": [_identity_perm, _double_transpose, _transposed_back, _uniform_view],
+    "transpose": [_identity_perm, _double_transpose, _transposed_back, _transposed_gather,
+                  _uniform_view],
     "neg": [_double_neg],
     "concat": [_stacked_rows],
 }

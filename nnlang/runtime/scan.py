@@ -120,7 +120,9 @@ def scan_call(backend, node, inputs: list, out, disable=()):
         else:
             state[f"w{j}"] = w
     exe = compile_graph(_body_graph(node), backend, disable=disable, state=state)
-    feeds = dict(exe._feeds)   # NOTE: an input the body never reads has no buffer
+    # NOTE: an input the body never reads (a backward scan's zero dy) is never copied in
+    g = exe.graph
+    feeds = {k: a for k, a in exe._feeds if g.users(g.inputs[k])}
     carry = feeds.get("carry", xp.empty(init.shape, init.dtype))
     pairs = [(feeds[f"x{i}"], s) for i, s in enumerate(seqs) if f"x{i}" in feeds]
     y = dict(exe._results)["y"]

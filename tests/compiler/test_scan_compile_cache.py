@@ -72,7 +72,8 @@ def test_the_driver_reads_and_writes_the_sequences_in_place(tmp_path, monkeypatc
     assert "[t * " in forward          # the body's flat views of step t, in place
     widths = sorted(int(exe.graph.node(s.nodes[0]).shape[2]) for s in exe.steps
                     if s.kind != "kernel" and exe.graph.node(s.nodes[0]).op == "scan")
-    assert widths == [2 * 4 + 4 * 4] * 2   # [h, c, z] forward; [dh, dc, dgates] backward
+    # [dh, dc, dgates] backward; [h, c, z, the step's incoming h and c] forward
+    assert widths == [2 * 4 + 4 * 4, 2 * 4 + 4 * 4 + 2 * 4]
 
 
 def test_a_cold_scan_driver_compiles_in_the_worker(tmp_path, monkeypatch):
