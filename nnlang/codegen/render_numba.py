@@ -127,6 +127,8 @@ def _inner_reduced_loops(k: Kernel, parallel: bool, lang: ScalarLang, at, full, 
     lanes = [f"acc{j}" for j in range(LANES)]
     pad = "    "
     lines = [] if parallel else [f"{pad}row = np.empty(n{last}, np.{acc_dtype})"]
+    if not parallel and len(order) - n_kept >= 2:
+        return lines + _columns_then_lanes(k, lang, at, full, order, n_kept, lanes)
     for depth, axis in enumerate(order):
         if depth == n_kept:
             lines.append(f"{pad}{' = '.join(lanes)} = {lang.reduce_init(red.op, acc_dtype)}")
@@ -145,13 +147,47 @@ def _inner_reduced_loops(k: Kernel, parallel: bool, lang: ScalarLang, at, full, 
               for j, a in enumerate(lanes)]
     lines.append(f"{pad}for j in range(n{last} - n{last} % {LANES}, n{last}):")
     lines.append(f"{pad}    {lang.reduce_step(red.op, lanes[0], 'row[j]')}")
-    pad = "    " * (1 + n_kept)
+    return lines + _lanes_out(k, lang, order, n_kept, lanes)
+
+
+def _lanes_out(k: Kernel, lang: ScalarLang, order, n_kept: int, lanes) -> list[str]:
+    """The lanes combined pairwise (so the order is fixed) and stored."""
+    red = k.reduce
     total = lanes
-    while len(total) > 1:  # pairwise, so the combined order is fixed
+    while len(total) > 1:
         pairs = [(total[j], total[j + 1]) for j in range(0, len(total), 2)]
         total = [f"({a} + {b})" if red.op == "sum" else f"max({a}, {b})" for a, b in pairs]
     out_idx = ", ".join(f"i{a}" for a in order[:n_kept]) or "0"
-    return lines + [f"{pad}{red.arg}[{out_idx}] = {lang.cast(total[0], red.dtype)}"]
+    return [f"{'    ' * (1 + n_kept)}{red.arg}[{out_idx}] = {lang.cast(total[0], red.dtype)}"]
+
+
+def _columns_then_lanes(k: Kernel, lang: ScalarLang, at, full, order, n_kept: int,
+                        lanes) -> list[str]:
+    """A reduction over the innermost axis and outer ones too (a whole-tensor sum, a gradient
+    norm): `row` accumulates each column over the outer reduced axes, then its columns fold
+    into the lanes.
+
+    NOTE: a row at a time into the lanes chains every addition through 4 accumulators; the
+    columns are independent, so that loop vectorizes (sum of squares over [20000, 128], one
+    thread: 2.6-3.1 ms in lanes, 0.76 by columns)."""
+    red, last = k.reduce, k.loop_rank - 1
+    lines, pad = [], "    "
+    for depth, axis in enumerate(order[:-1]):
+        if depth == n_kept:
+            lines.append(f"{pad}row.fill({lang.reduce_init(red.op, _acc_dtype(k))})")
+        lines.append(f"{pad}for i{axis} in range(n{axis}):")
+        pad += "    "
+    lines.append(f"{pad}for i{last} in range(n{last}):")
+    lines += _body(k, pad + "    ", lang, at, full)
+    lines.append(f"{pad}    {lang.reduce_step(red.op, f'row[i{last}]', red.value)}")
+    pad = "    " * (1 + n_kept)
+    lines.append(f"{pad}{' = '.join(lanes)} = {lang.reduce_init(red.op, _acc_dtype(k))}")
+    lines.append(f"{pad}for j in range(0, n{last} - {LANES - 1}, {LANES}):")
+    lines += [f"{pad}    {lang.reduce_step(red.op, a, f'row[j + {j}]')}"
+              for j, a in enumerate(lanes)]
+    lines.append(f"{pad}for j in range(n{last} - n{last} % {LANES}, n{last}):")
+    lines.append(f"{pad}    {lang.reduce_step(red.op, lanes[0], 'row[j]')}")
+    return lines + _lanes_out(k, lang, order, n_kept, lanes)
 
 
 def _body(k: Kernel, pad: str, lang: ScalarLang, at, full) -> list[str]:
