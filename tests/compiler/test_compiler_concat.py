@@ -53,6 +53,26 @@ def test_kernel_outputs_are_stored_into_their_slices(disable):
         assert nid not in exe.memory.assign   # no buffer of its own
 
 
+def test_a_gemm_result_is_stored_into_its_columns():
+    """A 2-D GEMM writes its piece through BLAS's row stride (an LSTM step's z in the stacked
+    output); split over threads (large enough) and whole, against numpy."""
+    for rows in (4, 16384):
+        g = Graph()
+        b = Builder(g)
+        x, w, y = leaf(g, "input", "x", (rows, 64)), leaf(g, "input", "w", (64, 96)), \
+            leaf(g, "input", "y", (rows, 5))
+        z = b.matmul(x, w)
+        cat = b.concat(b.tanh(y), z, axis=1)                    # z at columns 5..101
+        g.outputs["out"] = b.mul(cat, b.const(2.0))
+        feeds = {"x": rand((rows, 64)), "w": rand((64, 96)), "y": rand((rows, 5))}
+        q = {k: v.astype(np.float64) for k, v in feeds.items()}
+        want = 2 * np.concatenate([np.tanh(q["y"]), q["x"] @ q["w"]], axis=1)
+        exe = compile_graph(g)
+        for _ in range(2):
+            np.testing.assert_allclose(exe.run(feeds)["out"], want, rtol=1e-4, atol=1e-4)
+        assert exe.memory.pieces[z].start == 5 and z not in exe.memory.assign
+
+
 def test_nested_concats_share_the_outer_buffer():
     """Per-step gate gradients concatenated, then all steps concatenated (the LSTM backward)."""
     g = Graph()

@@ -14,7 +14,8 @@ from tests.compiler.test_compiler_exec import leaf, rand
 @pytest.mark.parametrize("op", ["sum", "max"])
 @pytest.mark.parametrize("shape,axes", [((300, 257), (0,)), ((6, 7, 5, 4), (1, 2)),
                                         ((5, 6, 7), (2,)), ((3, 4, 5), (0, 2)),
-                                        ((400, 300), (1,))])
+                                        ((400, 300), (1,)), ((300, 37), (0, 1)),
+                                        ((3, 50, 21), (1, 2))])
 def test_reduction_in_any_axis_position(shape, axes, op, dtype):
     g = Graph()
     b = Builder(g)

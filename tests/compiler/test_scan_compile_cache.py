@@ -4,6 +4,8 @@ compile of the same graph (a new process, here a new backend) compiles nothing a
 pass: the outer plan and both body plans come from the plan cache."""
 from __future__ import annotations
 
+import re
+
 import numba
 import numpy as np
 import pytest
@@ -74,6 +76,30 @@ def test_the_driver_reads_and_writes_the_sequences_in_place(tmp_path, monkeypatc
                     if s.kind != "kernel" and exe.graph.node(s.nodes[0]).op == "scan")
     # [dh, dc, dgates] backward; [h, c, z, the step's incoming h and c] forward
     assert widths == [2 * 4 + 4 * 4, 2 * 4 + 4 * 4 + 2 * 4]
+
+
+def test_the_lstm_backward_reads_what_the_forward_stored():
+    """The last h's gradient starts the backward loop's carry (no [T, B, C] of zeros around
+    one step), the carries come from the forward's own columns (no concat after the loop),
+    and the recurrent weight enters the backward body transposed, a contiguous copy (the
+    values are checked against finite differences in tests/ops/test_scan.py)."""
+    exe = compile_graph(_lstm_train_graph(), NumbaBackend())
+    g = exe.graph
+    back = next(n for n in g if n.op == "scan" and n.attrs["reverse"])
+    fwd = next(n for n in g if n.op == "scan" and not n.attrs["reverse"])
+    assert not [n for n in g if n.op == "unslice" and len(n.shape) == 3]
+    assert not [n for n in g if n.op == "concat" and len(n.shape) == 3]
+    assert g.node(back.inputs[0]).op == "reshape"              # the last step's dh, dc
+    carries = g.node(back.inputs[2])
+    assert carries.op == "slice" and carries.inputs[0] == fwd.id and \
+        carries.attrs["start"] == 2 * 4 + 4 * 4                # after [h, c, z]
+    w = g.node(back.inputs[-1])
+    assert w.op == "transpose" and tuple(w.shape) == (4 * 4, 4)
+    drivers = [src for _, src in exe._sources if "def scan_loop" in src]
+    backward = next(d for d in drivers if "t = steps - 1 - i" in d)
+    (call,) = [ln for ln in backward.splitlines() if "gemm(" in ln]
+    tb = re.search(r"\], np\.int64\(\d\), np\.int64\(\d+\), p\d+, np\.int64\((\d)\)", call)
+    assert tb and tb.group(1) == "0", call    # the weight operand is read untransposed
 
 
 def test_a_cold_scan_driver_compiles_in_the_worker(tmp_path, monkeypatch):
