@@ -22,12 +22,12 @@ def _slice(b, x, axis, k, width):
 # `h` feeds the recurrent GEMM (dropped out under recurrent_dropout); GRU's update gate mixes
 # the undropped state `h_mix`, as Keras does
 def _simple_cell(b, xt, h, c, rec, bias, *, units, activation, h_mix):
-    return activate(b, b.add(xt, b.matmul(h, rec)), activation), None
+    return activate(b, b.add(b.add(xt, bias), b.matmul(h, rec)), activation), None
 
 
 def _lstm_cell(b, xt, h, c, rec, bias, *, units, activation, h_mix):
-    # Keras gate order i, f, c, o; the bias was already added to the input projection
-    z = b.add(xt, b.matmul(h, rec))
+    # Keras gate order i, f, c, o; (x_t @ W + b) + h @ U, as Keras sums it
+    z = b.add(b.add(xt, bias), b.matmul(h, rec))
     i, f, g, o = (_slice(b, z, 1, k, units) for k in range(4))
     c = b.add(b.mul(b.sigmoid(f), c), b.mul(b.sigmoid(i), activate(b, g, activation)))
     return b.mul(b.sigmoid(o), activate(b, c, activation)), c
@@ -171,13 +171,13 @@ def _make(op):
             in_bias = b.reshape(_slice(b, bias, 0, 0, 1), shape=[gates * units])
             seqs = [linear(b, xt, kernel, in_bias)]  # one GEMM
         else:
-            seqs = [linear(b, xt, kernel, bias)]
-        extra = {}
-        if op == "gru":
-            # the recurrent bias is read every step beside h @ U: a broadcast "sequence", so
-            # its gradient is the sum over steps that autodiff of broadcast_to already makes
-            extra["rec_bias"] = b.broadcast_to(_slice(b, bias, 0, 1, 1),
-                                               shape=[steps, batch, gates * units])
+            seqs = [linear(b, xt, kernel)]
+        # NOTE: the bias (GRU's recurrent bias) is read every step beside h @ U: a broadcast
+        # "sequence", whose gradient is the sum over steps that autodiff of broadcast_to
+        # makes; the fold pass then hands it to the body as a weight (no copy per step, and
+        # no bias add over the whole projection before the loop)
+        step_bias = _slice(b, bias, 0, 1, 1) if op == "gru" else bias
+        extra = {"bias": b.broadcast_to(step_bias, shape=[steps, batch, gates * units])}
         if mask is not None:
             m = b.cast(mask, dtype=dtype) if b.type(mask).dtype != dtype else mask
             extra["mask"] = b.reshape(b.transpose(m, perm=[1, 0]), shape=[steps, batch, 1])
@@ -196,7 +196,7 @@ def _make(op):
         c = _slice(bb, carry, 1, 1, units) if op == "lstm" else None
         h_in = bb.mul(h, seq_in["rdrop"]) if "rdrop" in seq_in else h
         new_h, new_c = cell(bb, bg.inputs["x0"], h_in, c, bg.inputs["w0"],
-                            seq_in.get("rec_bias"), units=units, activation=activation, h_mix=h)
+                            seq_in["bias"], units=units, activation=activation, h_mix=h)
         new = [new_h] if new_c is None else [new_h, new_c]
         if "mask" in seq_in:  # a padded step keeps the state (Keras masking)
             keep = seq_in["mask"]

@@ -93,8 +93,10 @@ def test_the_lstm_backward_reads_what_the_forward_stored():
     carries = g.node(back.inputs[2])
     assert carries.op == "slice" and carries.inputs[0] == fwd.id and \
         carries.attrs["start"] == 2 * 4 + 4 * 4                # after [h, c, z]
-    w = g.node(back.inputs[-1])
-    assert w.op == "transpose" and tuple(w.shape) == (4 * 4, 4)
+    body = back.attrs["body"]
+    weights = [g.node(i) for i in back.inputs[1 + body.n_seqs:]]
+    assert [(w.op, tuple(w.shape)) for w in weights] == [("transpose", (4 * 4, 4)),
+                                                         ("param", (4 * 4,))]   # U^T, the bias
     drivers = [src for _, src in exe._sources if "def scan_loop" in src]
     backward = next(d for d in drivers if "t = steps - 1 - i" in d)
     (call,) = [ln for ln in backward.splitlines() if "gemm(" in ln]
