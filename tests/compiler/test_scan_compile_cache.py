@@ -104,6 +104,26 @@ def test_the_lstm_backward_reads_what_the_forward_stored():
     assert tb and tb.group(1) == "0", call    # the weight operand is read untransposed
 
 
+@pytest.mark.parametrize("model", ["lstm", "gru"])
+def test_a_bias_broadcast_over_time_is_a_weight_of_the_body(model):
+    """fold hands the scan's bias "sequence" (one vector broadcast over time and batch) to the
+    body as a weight: no per-step copy, no bias add before the loop; with fold off it stays a
+    sequence, and three training steps give the same losses either way."""
+    over = {"maxlen": 7, "units": 4, "vocab": 11, "embed": 3}
+    program = nnlang.load(f"models/{model}.nn", over)
+    feeds = {"tokens": np.random.default_rng(0).integers(0, 11, (5, 7)).astype(np.int32),
+             "label": np.array([0, 1, 1, 0, 1], np.float32)}
+    losses, seqs = {}, {}
+    for disable in ((), ("fold",)):
+        net = nnlang.compile(program, batch=5, seed=0, disable=disable)
+        losses[disable] = [net.train_step(feeds) for _ in range(3)]
+        g = net._exe("train", 5)[0].graph
+        seqs[disable] = sorted(n.attrs["body"].n_seqs for n in g if n.op == "scan")
+    # forward: the projection; backward: dh, the carries, the projection, z
+    assert seqs[()] == [1, 4] and seqs[("fold",)] == [2, 5]
+    np.testing.assert_allclose(losses[()], losses[("fold",)], rtol=1e-6)
+
+
 def test_a_cold_scan_driver_compiles_in_the_worker(tmp_path, monkeypatch):
     """Cold, the scan bodies' kernels and drivers wait with the rest of the executable's
     (`together` nests), so the compile worker can take them: here it is given everything. A
