@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from nnlang.frontend import ast
 from nnlang.frontend.values import POISON, Abort, Scope, T
-from nnlang.ir.dims import fmt_shape
 from nnlang.ir.graph import Builder
 from nnlang.ir.scan import Body, new_body_graph
 from nnlang.ops import registry

@@ -131,7 +131,8 @@ def _transposed_gather(g: Graph, n: Node):
     row axis last: the embedding lookup then lands time-major for a recurrence, and the
     [batch, time, dim] -> [time, batch, dim] copy before its input projection is gone."""
     inner, perm = g.node(n.inputs[0]), [int(p) for p in n.attrs["perm"]]
-    if inner.op != "gather" or perm[-1] != len(perm) - 1 or len(g.node(inner.inputs[0]).shape) != 2:
+    if inner.op != "gather" or perm[-1] != len(perm) - 1 or \
+            len(g.node(inner.inputs[0]).shape) != 2:
         return None
     idx = g.node(inner.inputs[1])
     at = perm[:-1]
@@ -147,17 +148,16 @@ def _invariant_sequence(g: Graph, n: Node):
     becomes a weight of its body, broadcast there: as a sequence the loop copied it into the
     body's input at every step, and the bias add had a pass over [T, B, N] of its own before
     the loop (2.3 ms of the LSTM's step); the step's fused kernel now adds it."""
-    body = n.attrs["body"]
-    nseq = body.n_seqs
-    seqs = list(n.inputs[1:1 + nseq])
-    for i, s in enumerate(seqs):
-        b = g.node(s)
-        if b.op != "broadcast_to" or nseq < 2 or b.type is None:
+    nseq = n.attrs["body"].n_seqs
+    if nseq < 2:   # NOTE: the first sequence left gives the loop its length
+        return None
+    for i, s in enumerate(n.inputs[1:1 + nseq]):
+        wide = g.node(s)
+        if wide.op != "broadcast_to" or wide.type is None:
             continue
-        src = g.node(b.inputs[0])
-        if not src.shape or src.shape[-1] != b.shape[-1] or any(d != 1 for d in src.shape[:-1]):
-            continue
-        return _sequence_to_weight(g, n, i, src)
+        src = g.node(wide.inputs[0])
+        if src.shape and src.shape[-1] == wide.shape[-1] and all(d == 1 for d in src.shape[:-1]):
+            return _sequence_to_weight(g, n, i, src)
     return None
 
 
