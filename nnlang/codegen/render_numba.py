@@ -142,23 +142,25 @@ def _inner_reduced_loops(k: Kernel, parallel: bool, lang: ScalarLang, at, full, 
     lines.append(f"{pad}for i{last} in range(n{last}):")
     lines += _body(k, pad + "    ", lang, at, full)
     lines.append(f"{pad}    row[i{last}] = {red.value}")
-    lines.append(f"{pad}for j in range(0, n{last} - {LANES - 1}, {LANES}):")
-    lines += [f"{pad}    {lang.reduce_step(red.op, a, f'row[j + {j}]')}"
-              for j, a in enumerate(lanes)]
-    lines.append(f"{pad}for j in range(n{last} - n{last} % {LANES}, n{last}):")
-    lines.append(f"{pad}    {lang.reduce_step(red.op, lanes[0], 'row[j]')}")
-    return lines + _lanes_out(k, lang, order, n_kept, lanes)
+    return lines + _lanes_out(k, lang, order, n_kept, lanes, pad)
 
 
-def _lanes_out(k: Kernel, lang: ScalarLang, order, n_kept: int, lanes) -> list[str]:
-    """The lanes combined pairwise (so the order is fixed) and stored."""
-    red = k.reduce
+def _lanes_out(k: Kernel, lang: ScalarLang, order, n_kept: int, lanes, pad) -> list[str]:
+    """`row` folded into the lanes (at `pad`), the lanes combined pairwise (so the order is
+    fixed) and stored."""
+    red, last = k.reduce, k.loop_rank - 1
+    lines = [f"{pad}for j in range(0, n{last} - {LANES - 1}, {LANES}):",
+             *[f"{pad}    {lang.reduce_step(red.op, a, f'row[j + {j}]')}"
+               for j, a in enumerate(lanes)],
+             f"{pad}for j in range(n{last} - n{last} % {LANES}, n{last}):",
+             f"{pad}    {lang.reduce_step(red.op, lanes[0], 'row[j]')}"]
     total = lanes
     while len(total) > 1:
         pairs = [(total[j], total[j + 1]) for j in range(0, len(total), 2)]
         total = [f"({a} + {b})" if red.op == "sum" else f"max({a}, {b})" for a, b in pairs]
     out_idx = ", ".join(f"i{a}" for a in order[:n_kept]) or "0"
-    return [f"{'    ' * (1 + n_kept)}{red.arg}[{out_idx}] = {lang.cast(total[0], red.dtype)}"]
+    return lines + [f"{'    ' * (1 + n_kept)}{red.arg}[{out_idx}] = "
+                    f"{lang.cast(total[0], red.dtype)}"]
 
 
 def _columns_then_lanes(k: Kernel, lang: ScalarLang, at, full, order, n_kept: int,
@@ -182,12 +184,7 @@ def _columns_then_lanes(k: Kernel, lang: ScalarLang, at, full, order, n_kept: in
     lines.append(f"{pad}    {lang.reduce_step(red.op, f'row[i{last}]', red.value)}")
     pad = "    " * (1 + n_kept)
     lines.append(f"{pad}{' = '.join(lanes)} = {lang.reduce_init(red.op, _acc_dtype(k))}")
-    lines.append(f"{pad}for j in range(0, n{last} - {LANES - 1}, {LANES}):")
-    lines += [f"{pad}    {lang.reduce_step(red.op, a, f'row[j + {j}]')}"
-              for j, a in enumerate(lanes)]
-    lines.append(f"{pad}for j in range(n{last} - n{last} % {LANES}, n{last}):")
-    lines.append(f"{pad}    {lang.reduce_step(red.op, lanes[0], 'row[j]')}")
-    return lines + _lanes_out(k, lang, order, n_kept, lanes)
+    return lines + _lanes_out(k, lang, order, n_kept, lanes, pad)
 
 
 def _body(k: Kernel, pad: str, lang: ScalarLang, at, full) -> list[str]:
