@@ -17,6 +17,7 @@ from nnlang.backends import cpu_affinity, denormals
 _WORKERS = max(1, min(len(cpu_affinity.allowed_cpus()), 8))
 _SPLIT_FLOPS = 1 << 27   # below this one thread is faster than handing work to a pool
 _MID_FLOPS = 1 << 20     # products from here to _SPLIT_FLOPS make threaded BLAS pay
+_K_SPLIT = 8             # K this many times the larger output dim splits by K
 _pool: ThreadPoolExecutor | None = None
 _controller = None
 
@@ -108,13 +109,32 @@ def _bounds(n: int, parts: int):
     return list(zip(cuts[:-1], cuts[1:]))
 
 
+def _summed(calls, partials):
+    run_parts(calls)
+    for p in partials[1:]:
+        np.add(partials[0], p, out=partials[0])
+
+
+_summed.uses_pool = True
+
+
 def matmul_call(a: np.ndarray, b: np.ndarray, out: np.ndarray):
     """A (function, args) pair computing out = a @ b, split over threads when it pays: a 2-D
-    product along its longer output axis, a batched one (attention) by its leading batch
-    axis."""
+    product along its longer output axis, or along K when K is much the longest (each part a
+    whole [M, N] over its share of K, summed after), a batched one (attention) by its leading
+    batch axis."""
     flops = 2 * out.size * a.shape[-1]
     if _WORKERS < 2 or flops < _SPLIT_FLOPS:
         return np.matmul, (a, b, out)
+    k = a.shape[-1]
+    if a.ndim == 2 and b.ndim == 2 and k >= _K_SPLIT * max(out.shape):
+        # NOTE: weight gradients over every token, alternating in one process: the LSTM's
+        # [128, 12800] @ [12800, 512] 3-7% faster than by columns in 13 of 16 pairs; the
+        # transformer's, CNNs' and GRU's long-K shapes 0.92-1.01x (medians of 5)
+        parts = _bounds(k, min(_WORKERS, k))
+        partials = [out] + [np.empty(out.shape, out.dtype) for _ in parts[1:]]
+        calls = [(np.matmul, (a[:, lo:hi], b[lo:hi], p)) for (lo, hi), p in zip(parts, partials)]
+        return _summed, (calls, partials)
     if a.ndim == 2 and b.ndim == 2 and out.shape[1] > out.shape[0]:
         # NOTE: a wide product splits by columns: the LSTM's [128, 12800] @ [12800, 512]
         # weight gradient took 5.7 ms by rows, 5.1 by columns (the MLP's 0.34 / 0.31)

@@ -137,16 +137,21 @@ def test_float32_exp_is_within_one_ulp():
 
 
 @pytest.mark.parametrize("sa,sb", [((600, 300), (300, 500)), ((128, 3000), (3000, 700)),
-                                   ((8, 4, 128, 160), (8, 4, 160, 128)), ((3, 64, 32), (32, 16))])
+                                   ((8, 4, 128, 160), (8, 4, 160, 128)), ((3, 64, 32), (32, 16)),
+                                   ((64, 12801), (12801, 96))])
 def test_matmul_calls_split_over_threads_match_numpy(sa, sb):
-    """By rows, by columns (a wide product), by batch, and a small one left whole."""
-    from nnlang.backends.blas import matmul_call, run_parts, workers
+    """By rows, by columns (a wide product), by K (a long one, into a strided out, twice: the
+    parts' sum must not keep the first call's), by batch, and a small one left whole."""
+    from nnlang.backends.blas import _summed, matmul_call, run_parts, workers
     a, b = rand(sa), rand(sb)
-    out = np.empty(np.broadcast_shapes(sa[:-2], sb[:-2]) + (sa[-2], sb[-1]), np.float32)
+    shape = np.broadcast_shapes(sa[:-2], sb[:-2]) + (sa[-2], sb[-1])
+    out = np.empty(shape[:-1] + (shape[-1] + 7,), np.float32)[..., 3:3 + shape[-1]]
     fn, args = matmul_call(a, b, out)
-    assert (fn is run_parts) == (workers() > 1 and sa[0] != 3)
-    fn(*args)
-    np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-4)
+    want = run_parts if sa[-1] < 12800 else _summed
+    assert (fn is want) == (workers() > 1 and sa[0] != 3)
+    for _ in range(2):
+        fn(*args)
+        np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-3)
 
 
 def test_sums_of_column_sums_and_matmuls_share_one_concat():
