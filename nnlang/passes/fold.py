@@ -161,14 +161,39 @@ def _invariant_sequence(g: Graph, n: Node):
     return None
 
 
-def _sequence_to_weight(g: Graph, n: Node, i: int, src: Node) -> int:
-    body, nseq = n.attrs["body"], n.attrs["body"].n_seqs
+def _unread_sequence(g: Graph, n: Node):
+    """A scan's sequence its body never reads (a backward scan's zero output gradient, or the
+    input projection once the forward stores the pre-activations) is no input: the loop then
+    does not keep it alive until the backward."""
+    body = n.attrs["body"]
+    for i in range(body.n_seqs if body.n_seqs >= 2 else 0):
+        if not body.g.users(body.g.inputs[f"x{i}"]):
+            bg, _ = _without_sequence(body, i)
+            seqs = [s for k, s in enumerate(n.inputs[1:1 + body.n_seqs]) if k != i]
+            return g.add_node("scan", [n.inputs[0], *seqs, *n.inputs[1 + body.n_seqs:]],
+                              {**n.attrs, "body": Body(bg, body.carry, body.n_seqs - 1,
+                                                       body.n_weights)},
+                              n.type, span=n.span, path=n.path, role=n.role, name=n.name)
+    return None
+
+
+def _without_sequence(body: Body, i: int):
+    """(a copy of the body's graph without its sequence input i, that input's node id, still
+    in the graph for its users to be pointed elsewhere)."""
     bg = body.g.copy()
     old = bg.inputs.pop(f"x{i}")
-    for k in range(i + 1, nseq):   # NOTE: sequences are named by position
+    for k in range(i + 1, body.n_seqs):   # NOTE: sequences are named by position
         nid = bg.inputs.pop(f"x{k}")
         bg.inputs[f"x{k - 1}"] = nid
         bg.node(nid).attrs["name"] = bg.node(nid).name = f"x{k - 1}"
+    if not bg.users(old):
+        bg.remove(old)
+    return bg, old
+
+
+def _sequence_to_weight(g: Graph, n: Node, i: int, src: Node) -> int:
+    body, nseq = n.attrs["body"], n.attrs["body"].n_seqs
+    bg, old = _without_sequence(body, i)
     name, width = f"w{body.n_weights}", int(src.shape[-1])
     w = TensorType((width,), src.dtype)
     bg.inputs[name] = bg.add_node("input", [], {"name": name, "dtype": src.dtype,
@@ -219,10 +244,13 @@ def _sliced_elementwise(g: Graph, n: Node):
     if op is None or not op.has(ELEMENTWISE) or op.has(RANDOM) or not inner.inputs or \
             inner.type is None or n.attrs["step"] != 1:
         return None
-    # NOTE: a slice already rewritten has no users left (dead code until `dce`)
+    # NOTE: a slice already rewritten has no users left (dead code until `dce`); a slice
+    # that is also stored (a concat piece: an RNN step's gate pre-activations kept for the
+    # backward) is then stored by the kernel that computes it
     for s in g.users(inner.id):
         if g.node(s).op != "slice" or any(
-                not registry.get(g.node(u).op).has(ELEMENTWISE) for u in g.users(s)):
+                not registry.get(g.node(u).op).has(ELEMENTWISE) and g.node(u).op != "concat"
+                for u in g.users(s)):
             return None
     rank, axis = len(inner.shape), n.attrs["axis"] % len(inner.shape)
     ins = []
@@ -254,7 +282,7 @@ SIMPLIFY_RULES = {
                   _uniform_view],
     "neg": [_double_neg],
     "concat": [_stacked_rows],
-    "scan": [_invariant_sequence],
+    "scan": [_unread_sequence, _invariant_sequence],
 }
 
 
