@@ -130,11 +130,12 @@ def _topo_index(g: Graph):
 # *** scan ***
 # The gradient of a scan is a reverse scan whose body is the VJP of the forward body. What the
 # backward step needs from the forward step is STORED, not recomputed, but only the GEMM
-# results: each `a @ w` of a weight w (z = the LSTM's pre-activation gates) goes into extra
-# columns of the forward scan's stacked output, and the backward body recomputes the cheap
-# elementwise gate math from z inside its one fused kernel. Recomputing z would cost one more
-# GEMM per step (a third more work); storing every elementwise value would cost several times
-# z's memory for no time saved. The carry each step started from is stored by the step too:
+# results: each `a @ w` of a weight w goes into extra columns of the forward scan's stacked
+# output, summed with what it is added to (`_stored_for`: the LSTM's gate pre-activations
+# x_t + b + h @ U, so the backward reads neither x_t nor b), and the backward body recomputes
+# the cheap elementwise gate math from them inside its one fused kernel. Recomputing z would
+# cost one more GEMM per step (a third more work); storing every elementwise value would cost
+# several times z's memory for no time saved. The carry each step started from is stored too:
 # read back from the stacked output shifted by one step, it cost a concat of [T, B, C] after
 # the loop (5.5 ms of the LSTM's step), where the step writes it from cache.
 # Weight gradients are not accumulated in the loop: dW = A^T @ dZ is ONE GEMM over the stacked
