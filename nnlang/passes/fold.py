@@ -166,33 +166,41 @@ def _unread_sequence(g: Graph, n: Node):
     input projection once the forward stores the pre-activations) is no input: the loop then
     does not keep it alive until the backward."""
     body = n.attrs["body"]
-    for i in range(body.n_seqs if body.n_seqs >= 2 else 0):
+    if body.n_seqs < 2:   # NOTE: the first sequence left gives the loop its length
+        return None
+    for i in range(body.n_seqs):
         if not body.g.users(body.g.inputs[f"x{i}"]):
-            bg, _ = _without_sequence(body, i)
-            seqs = [s for k, s in enumerate(n.inputs[1:1 + body.n_seqs]) if k != i]
-            return g.add_node("scan", [n.inputs[0], *seqs, *n.inputs[1 + body.n_seqs:]],
-                              {**n.attrs, "body": Body(bg, body.carry, body.n_seqs - 1,
-                                                       body.n_weights)},
-                              n.type, span=n.span, path=n.path, role=n.role, name=n.name)
+            bg, old = _without_sequence(body, i)
+            bg.remove(old)
+            return _scan_without(g, n, i, bg)
     return None
 
 
 def _without_sequence(body: Body, i: int):
     """(a copy of the body's graph without its sequence input i, that input's node id, still
-    in the graph for its users to be pointed elsewhere)."""
+    in the graph until its users are pointed elsewhere)."""
     bg = body.g.copy()
     old = bg.inputs.pop(f"x{i}")
     for k in range(i + 1, body.n_seqs):   # NOTE: sequences are named by position
         nid = bg.inputs.pop(f"x{k}")
         bg.inputs[f"x{k - 1}"] = nid
         bg.node(nid).attrs["name"] = bg.node(nid).name = f"x{k - 1}"
-    if not bg.users(old):
-        bg.remove(old)
     return bg, old
 
 
+def _scan_without(g: Graph, n: Node, i: int, bg: Graph, weights=()) -> int:
+    """The scan `n` without its sequence i, running body graph `bg`, `weights` appended."""
+    body = n.attrs["body"]
+    nseq = body.n_seqs
+    seqs = [s for k, s in enumerate(n.inputs[1:1 + nseq]) if k != i]
+    return g.add_node("scan", [n.inputs[0], *seqs, *n.inputs[1 + nseq:], *weights],
+                      {**n.attrs, "body": Body(bg, body.carry, nseq - 1,
+                                               body.n_weights + len(weights))},
+                      n.type, span=n.span, path=n.path, role=n.role, name=n.name)
+
+
 def _sequence_to_weight(g: Graph, n: Node, i: int, src: Node) -> int:
-    body, nseq = n.attrs["body"], n.attrs["body"].n_seqs
+    body = n.attrs["body"]
     bg, old = _without_sequence(body, i)
     name, width = f"w{body.n_weights}", int(src.shape[-1])
     w = TensorType((width,), src.dtype)
@@ -204,10 +212,7 @@ def _sequence_to_weight(g: Graph, n: Node, i: int, src: Node) -> int:
     bg.remove(old)
     vec = src.id if len(src.shape) == 1 else g.add_node(
         "reshape", [src.id], {"shape": [width]}, w, span=n.span, path=n.path, role=n.role)
-    seqs = [s for k, s in enumerate(n.inputs[1:1 + nseq]) if k != i]
-    return g.add_node("scan", [n.inputs[0], *seqs, *n.inputs[1 + nseq:], vec],
-                      {**n.attrs, "body": Body(bg, body.carry, nseq - 1, body.n_weights + 1)},
-                      n.type, span=n.span, path=n.path, role=n.role, name=n.name)
+    return _scan_without(g, n, i, bg, [vec])
 
 
 def _double_neg(g: Graph, n: Node):
