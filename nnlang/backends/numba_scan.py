@@ -134,14 +134,27 @@ def copy_loop(dst: str, dst_at: str, src: str, src_at: str, shape, names=None) -
 
 
 class Unmovable(Unsupported):
-    """A view of a moved buffer that the driver cannot index in the sequence: copy instead."""
+    """A view of a moved buffer that the driver cannot index in the sequence: that buffer is
+    copied instead (`buf`: its id)."""
+
+    def __init__(self, buf: int, why: str):
+        super().__init__(why)
+        self.buf = buf
 
 
 def movable(buf: np.ndarray, seq: np.ndarray) -> bool:
-    """Is every step seq[t] laid out as `buf`, so the body can read and write seq[t] itself?"""
+    """Can the body read and write seq[t] itself for `buf`? Either every step is laid out as
+    `buf`, or (`restrided`) a [batch, width] buffer's rows sit further apart in the sequence,
+    a column slice of a wider one (the forward's stored values, which the backward reads)."""
     return (buf.flags.c_contiguous and seq.ndim == buf.ndim + 1 and seq.dtype == buf.dtype
-            and seq.strides[1:] == buf.strides and seq.strides[0] > 0
-            and seq.strides[0] % seq.itemsize == 0)
+            and (seq.strides[1:] == buf.strides or restrided(buf, seq))
+            and seq.strides[0] > 0 and seq.strides[0] % seq.itemsize == 0)
+
+
+def restrided(buf: np.ndarray, seq: np.ndarray) -> bool:
+    item = buf.itemsize
+    return (buf.ndim == 2 and seq.ndim == 3 and seq.strides[2] == item
+            and seq.strides[1] > buf.strides[0] and seq.strides[1] % item == 0)
 
 
 class DriverSource:
@@ -162,15 +175,19 @@ class DriverSource:
         self._params: dict[int, str] = {}   # id(array) -> its argument name
         self._spans: dict[int, str] = {}  # id(sequence) -> its flat 1-D view's argument
         self.moved = [(*byte_range(buf), buf, seq) for buf, seq in moved]
+        # id(x) -> the row stride (elements) of x's expression where it differs from x's own:
+        # x views a restrided moved buffer
+        self.restride: dict[int, int] = {}
         self.kernels: dict = {}           # (dispatcher, signature) -> its argument, k0, ..
         self.lines: list[str] = []
         self.dtype = None
 
-    def array(self, x: np.ndarray, stride: int | None = None) -> str:
+    def array(self, x: np.ndarray, stride: int | None = None, n1: int | None = None) -> str:
         """x's expression; `stride`: the row stride of a flat (row-strided 1-D) kernel
-        argument, which a row range needs."""
+        argument, which a row range needs, and `n1` its row's length."""
         if id(x) not in self._ids:
-            self._ids[id(x)] = self._rows_of(x, self._in_step(x) or self._param(x), stride)
+            expr = self._in_step(x, stride, n1)
+            self._ids[id(x)] = self._rows_of(x, expr or self._param(x), stride)
         return self._ids[id(x)]
 
     def per_row(self, x: np.ndarray) -> bool:
@@ -191,11 +208,12 @@ class DriverSource:
                 return expr.replace("[t, :, ", "[t, r0:r0 + nb, ")
             return f"{expr}[r0:r0 + nb]"
         if x.ndim == 1 and stride is not None and x.shape[0] >= (batch - 1) * stride:
+            row = self.restride.get(id(x), stride)
             if expr.endswith("]"):            # a flat slice of step t: [a:b]
                 head, rng = expr[:-1].rsplit("[", 1)
                 a, b = rng.split(":")
-                return f"{head}[{a} + r0 * {stride}:{b}]"
-            return f"{expr}[r0 * {stride}:]"
+                return f"{head}[{a} + r0 * {row}:{b}]"
+            return f"{expr}[r0 * {row}:]"
         raise Unsupported("per-row memory the driver cannot split by rows")
 
     def _param(self, x: np.ndarray) -> str:
@@ -211,15 +229,17 @@ class DriverSource:
                 np.lib.stride_tricks.as_strided(seq, shape=(n,), strides=(seq.itemsize,)))
         return self._spans[id(seq)]
 
-    def _in_step(self, x: np.ndarray) -> str | None:
+    def _in_step(self, x: np.ndarray, stride: int | None, n1: int | None) -> str | None:
         """x's expression in the sequence when x views a moved buffer, else None."""
         lo, hi = byte_range(x)
         for start, stop, buf, seq in self.moved:
             if lo >= stop or hi <= start:
                 continue
             if lo < start or hi > stop:
-                raise Unmovable("a view across a moved buffer's bounds")
+                raise Unmovable(id(buf), "a view across a moved buffer's bounds")
             off, step = (x.ctypes.data - start) // x.itemsize, seq.strides[0] // x.itemsize
+            if restrided(buf, seq):
+                return self._restrided(x, buf, seq, off, step, stride, n1)
             if x.shape == buf.shape and x.strides == buf.strides and off == 0:
                 return f"{self._param(seq)}[t]"
             if x.ndim == 1 and (x.strides[0] == x.itemsize or x.shape[0] <= 1):
@@ -228,8 +248,26 @@ class DriverSource:
             if x.ndim == 2 == buf.ndim and x.strides == buf.strides and \
                     x.shape[0] == buf.shape[0] and off + x.shape[1] <= buf.shape[1]:
                 return f"{self._param(seq)}[t, :, {off}:{off + x.shape[1]}]"
-            raise Unmovable("a view of a moved buffer the driver cannot index")
+            raise Unmovable(id(buf), "a view of a moved buffer the driver cannot index")
         return None
+
+    def _restrided(self, x, buf, seq, off, step, stride, n1) -> str:
+        """x's expression in a sequence whose rows are `row` elements apart where buf's are
+        `width`: a GEMM operand or a copy's side (2-D, the BLAS reads the row stride), or a
+        kernel's flat argument over whole rows of one column range (its stride becomes
+        `row`); a kernel's 2-D argument is typed contiguous, so it cannot move."""
+        width, row = buf.shape[1], seq.strides[1] // x.itemsize
+        r, c = divmod(off, width)
+        if x.ndim == 2 and x.strides == buf.strides and r == 0 and \
+                x.shape[0] == buf.shape[0] and c + x.shape[1] <= width:
+            self.restride[id(x)] = row
+            return f"{self._param(seq)}[t, :, {c}:{c + x.shape[1]}]"
+        if x.ndim == 1 and stride == width and n1 is not None and c + n1 <= width and \
+                x.strides[0] == x.itemsize and (x.shape[0] - n1) % width == 0:
+            self.restride[id(x)] = row
+            at = f"t * {step} + {r * row + c}"
+            return f"{self._flat(seq)}[{at}:{at} + {(x.shape[0] - n1) // width * row + n1}]"
+        raise Unmovable(id(buf), "a view the driver cannot index at another row stride")
 
     def value(self, v) -> str:
         if isinstance(v, np.ndarray) and v.ndim:
@@ -268,18 +306,28 @@ class DriverSource:
         with rows, n0 is the part's row count and each flat array starts at row r0."""
         names = list(inspect.signature(disp.py_func).parameters)
         value = dict(zip(names, args))
-        out = []
+        # NOTE: only a 2-D kernel's flat argument spans rows of n1 elements each
+        n1 = int(value["n1"]) if "n1" in value and "n2" not in value else None
+        out, strides = [], {}
         for name, v in zip(names, args):
             if isinstance(v, np.ndarray) and v.ndim:
                 s0 = value.get(f"{name}_s0")
-                out.append(self.array(v, None if s0 is None else int(s0)))
+                out.append(self.array(v, None if s0 is None else int(s0), n1))
+                if id(v) in self.restride:
+                    if s0 is None:
+                        raise Unmovable(self._moved_buf(v), "a kernel's 2-D argument")
+                    strides[f"{name}_s0"] = self.restride[id(v)]
             elif name == "n0" and self.rows is not None:
                 if int(v) != self.rows[0]:
                     raise Unsupported("a kernel whose outer loop is not the batch")
                 out.append("nb")
             else:
-                out.append(self.value(v))
+                out.append(self.value(strides.get(name, v)))
         return out
+
+    def _moved_buf(self, x: np.ndarray) -> int:
+        lo, hi = byte_range(x)
+        return next(id(buf) for start, stop, buf, _ in self.moved if start <= lo and hi <= stop)
 
     def gemm(self, a, b, out) -> None:
         la, lb, lo = gemm_layout(a), gemm_layout(b), gemm_layout(out)
@@ -289,9 +337,20 @@ class DriverSource:
         if self.dtype not in (None, a.dtype.name):
             raise Unsupported("GEMMs of two dtypes")
         self.dtype = a.dtype.name
-        ints = [self.value(int(v)) for v in (la[0], la[1], lb[0], lb[1], lo[1])]
-        self.lines.append(f"gemm(blas, {self.array(a)}, {ints[0]}, {ints[1]}, "
-                          f"{self.array(b)}, {ints[2]}, {ints[3]}, {self.array(out)}, {ints[4]})")
+        ea, eb, eo = self.array(a), self.array(b), self.array(out)
+        lds = [self._ld(x, layout) for x, layout in ((a, la), (b, lb), (out, lo))]
+        ints = [self.value(int(v)) for v in (la[0], lds[0], lb[0], lds[1], lds[2])]
+        self.lines.append(f"gemm(blas, {ea}, {ints[0]}, {ints[1]}, "
+                          f"{eb}, {ints[2]}, {ints[3]}, {eo}, {ints[4]})")
+
+    def _ld(self, x: np.ndarray, layout) -> int:
+        """The leading dimension BLAS reads x's expression at: x's own, or the row stride of
+        the sequence x was moved to (rows only: a transposed operand's columns cannot move)."""
+        if id(x) not in self.restride:
+            return layout[1]
+        if layout[0]:
+            raise Unmovable(self._moved_buf(x), "a transposed GEMM operand")
+        return self.restride[id(x)]
 
 
 def render_driver(name: str, steps: int, reverse: bool, width: int, init, carry, out, y,
@@ -316,17 +375,28 @@ def render_driver(name: str, steps: int, reverse: bool, width: int, init, carry,
         raise Unsupported("a carry that is not [batch, width]")
     moves = [(buf, seq) for buf, seq in [*pairs, (y, out)]
              if id(buf) in own and movable(buf, seq)]
-    attempts = ([(rows, moves)] if rows is not None else []) + [(None, moves), (None, [])]
-    for part_rows, part_moves in attempts:
+    if rows is not None:
         try:
-            return (*_render(name, reverse, init, carry, out, y, pairs, calls, kernel_of,
-                             part_moves, part_rows), part_rows is not None)
-        except Unmovable:
-            continue
+            return (*_render_moving(name, reverse, init, carry, out, y, pairs, calls,
+                                    kernel_of, moves, rows), True)
         except Unsupported:
-            if part_rows is None:
-                raise
-    raise Unsupported("a view the driver cannot index")
+            pass
+    return (*_render_moving(name, reverse, init, carry, out, y, pairs, calls, kernel_of,
+                            moves, None), False)
+
+
+def _render_moving(name, reverse, init, carry, out, y, pairs, calls, kernel_of, moves, rows):
+    """`_render` with as many of `moves` as the body's views allow: each buffer some view of
+    which the driver cannot index in its sequence is copied instead."""
+    while True:
+        try:
+            return _render(name, reverse, init, carry, out, y, pairs, calls, kernel_of, moves,
+                           rows)
+        except Unmovable as err:
+            kept = [m for m in moves if id(m[0]) != err.buf]
+            if len(kept) == len(moves):
+                raise Unsupported(str(err)) from None
+            moves = kept
 
 
 def _render(name, reverse, init, carry, out, y, pairs, calls, kernel_of, moves, rows):

@@ -12,16 +12,16 @@ import pytest
 
 import nnlang
 from nnlang.backends.numba_backend import NumbaBackend
-from nnlang.backends.numba_scan import copy_loop
+from nnlang.backends.numba_scan import blas_gemms, copy_loop, render_driver
 from nnlang.passes import plan
 from nnlang.passes.pipeline import train_graph
 from nnlang.runtime.executable import compile_graph
 
 
-def _lstm_train_graph():
+def _lstm_train_graph(batch=5):
     program = nnlang.load("models/lstm.nn", {"maxlen": 7, "units": 4, "vocab": 11,
                                              "embed": 3})
-    return train_graph(program.graph, program.train, 5, "float32")
+    return train_graph(program.graph, program.train, batch, "float32")
 
 
 def _signatures(backend):
@@ -57,21 +57,82 @@ def test_copy_loop_copies_every_element_at_an_offset():
     np.testing.assert_array_equal(dst, src[1])
 
 
-def test_the_driver_reads_and_writes_the_sequences_in_place(tmp_path, monkeypatch):
-    """The LSTM's forward loop copies nothing in per step but the stored GEMM result: its body
-    reads step t of the input projection and writes step t of the stacked output where they
-    are (numba_scan.render_driver's moves), and the backward loop stacks dgates once."""
+@numba.njit(cache=False)
+def _double(n0, n1, in0, out0):
+    """A kernel typed for a contiguous 2-D input: a restrided step of a sequence cannot be
+    passed to it in place."""
+    for i0 in range(n0):
+        for i1 in range(n1):
+            out0[i0, i1] = in0[i0, i1] * 2
+
+
+def _run_driver(steps, init, carry, out, y, pairs, calls, kernel_of):
+    source, args, _, _ = render_driver("scan_loop", steps, False, carry.shape[1], init, carry,
+                                       out, y, pairs, calls, kernel_of,
+                                       own={id(b) for b, _ in pairs} | {id(y)})
+    scope: dict = {}
+    exec(source.replace("cache=True", "cache=False"), scope)   # NOTE: no file to cache beside
+    scope["scan_loop"](blas_gemms()["float32"], steps, 0, carry.shape[0], *args)
+    return source
+
+
+@pytest.mark.parametrize("kernel", [False, True])
+def test_a_body_reads_a_column_slice_of_a_wider_sequence(kernel):
+    """A body input whose sequence is a column slice of a wider one (rows 2W apart, where the
+    body's buffer has them W apart) is read in place by a GEMM, at the sequence's leading
+    dimension. A kernel typed for a contiguous 2-D input cannot take it so: that input alone
+    is copied in per step, and the output still moves. Values against numpy either way."""
+    rng = np.random.default_rng(0)
+    steps, batch, width = 4, 3, 5
+    wide = rng.standard_normal((steps, batch, 2 * width)).astype(np.float32)
+    seq = wide[:, :, width:]
+    buf, mid = np.zeros((batch, width), np.float32), np.zeros((batch, width), np.float32)
+    w = rng.standard_normal((width, width)).astype(np.float32)
+    init, carry, y = (np.zeros((batch, width), np.float32) for _ in range(3))
+    out = np.zeros((steps, batch, width), np.float32)
+    if kernel:
+        _double(batch, width, buf, mid)
+        sig = _double.signatures[0]
+        calls = [(_double, (batch, width, buf, mid)), (np.matmul, (mid, w, y))]
+        kernel_of = {_double: (_double, sig)}
+    else:
+        calls, kernel_of = [(np.matmul, (buf, w, y))], {}
+    source = _run_driver(steps, init, carry, out, y, [(buf, seq)], calls, kernel_of)
+    loop = source.split("for i in range(steps):")[1]
+    copies_in = [ln for ln in loop.splitlines() if "[t, j0, j1]" in ln
+                 and not ln.strip().startswith("p0[")]     # NOTE: p0, the carry
+    assert bool(copies_in) == kernel, source      # a step copied in, or read in place
+    assert ("np.int64(10)" in loop) != kernel, source     # the sequence's leading dimension
+    want = np.einsum("tbk,kn->tbn", seq * (2 if kernel else 1), w)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [5, 64])
+def test_the_driver_reads_and_writes_the_sequences_in_place(tmp_path, monkeypatch, batch):
+    """Neither LSTM loop copies a step of a sequence in: each body reads step t of its
+    sequences and writes step t of the stacked output where they are (numba_scan's moves).
+    The backward reads the forward's stored carries and pre-activations, column slices of
+    its wider output, at that output's row stride. At batch 64 the loops run in row parts,
+    each with the part's rows of every sequence."""
     monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
-    exe = compile_graph(_lstm_train_graph(), NumbaBackend())
+    exe = compile_graph(_lstm_train_graph(batch), NumbaBackend())
     drivers = [src for _, src in (s for s in exe._sources if isinstance(s, tuple))
                if "def scan_loop" in src]
     assert len(drivers) == 2
-    forward = next(d for d in drivers if "t = i\n" in d)
-    # NOTE: p0 is the carry (copied before the loop, then from step t's output row)
-    copies_in = [ln for ln in forward.splitlines() if "[t, j0, j1]" in ln.split("=")[-1]
-                 and not ln.strip().startswith("p0[")]
-    assert copies_in == [], forward
-    assert "[t * " in forward          # the body's flat views of step t, in place
+    for driver in drivers:
+        # NOTE: p0 is the carry (copied before the loop, then from step t's output row); a
+        # part's rows of it are a view vN
+        carry = {"p0", *re.findall(r"(v\d+) = p0\[r0:r0 \+ nb\]", driver)}
+        copies_in = [ln for ln in driver.splitlines()
+                     if re.search(r"\[t, (r0 \+ )?j0, j1\]", ln.split("=")[-1])
+                     and ln.strip().split("[")[0] not in carry]
+        assert copies_in == [], driver
+        assert "[t * " in driver          # the body's flat views of step t, in place
+        assert ("r0 * " in driver) == (batch == 64), driver
+    backward = next(d for d in drivers if "t = steps - 1 - i" in d)
+    width = exe.graph.node(next(n for n in exe.graph if n.op == "scan"
+                                and not n.attrs["reverse"]).id).shape[2]
+    assert f"np.int64({width})" in backward      # the forward output's row stride
     widths = sorted(int(exe.graph.node(s.nodes[0]).shape[2]) for s in exe.steps
                     if s.kind != "kernel" and exe.graph.node(s.nodes[0]).op == "scan")
     # [dh, dc, dgates] backward; [h, c, z, the step's incoming h and c] forward
