@@ -65,6 +65,14 @@ class ScalarLang:
                             "    q = q * x2 + np.float32(2.26843463243900e-03)\n"
                             "    q = q * x2 + np.float32(4.89352518554385e-03)\n"
                             "    return x * p / q\n",
+        # a reduction's row summed into `acc` (render_numba._row_out). NOTE: not inlined in
+        # numba's IR, so the loop keeps its own flags: 'reassoc' lets LLVM sum in vector
+        # lanes; the kernel around it keeps strict float math
+        "row_sum": "@numba.njit(cache=True, error_model='numpy', fastmath={'reassoc'})\n"
+                   "def row_sum(row, n, acc):\n"
+                   "    for j in range(n):\n"
+                   "        acc += row[j]\n"
+                   "    return acc\n",
         # NOTE: the tanh form cannot overflow, unlike 1 / (1 + exp(-x))
         "sigmoid": _njit + "def sigmoid(x):\n"
                            "    return 0.5 * (math.tanh(0.5 * x) + 1.0)\n",

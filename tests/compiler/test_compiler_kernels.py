@@ -34,6 +34,20 @@ def test_reduction_in_any_axis_position(shape, axes, op, dtype):
     assert exe.summary()["kernels"] == 1
 
 
+@pytest.mark.parametrize("axes", [(1,), (0, 1)])
+def test_a_float32_sum_accumulates_in_float64_in_any_order(axes):
+    """Each row is 1e8, 999 ones, then -1e8, doubled in the kernel: the ones survive only in a
+    float64 accumulator, whatever order the (vectorized) sum adds them in. Exact."""
+    x = np.ones((6, 1001), np.float32)
+    x[:, 0], x[:, -1] = 1e8, -1e8
+    g = Graph()
+    b = Builder(g)
+    xs = leaf(g, "input", "x", x.shape)
+    g.outputs["r"] = b.reduce_sum(b.add(xs, xs), axes=list(axes))
+    out = compile_graph(g).run({"x": x})["r"]
+    np.testing.assert_array_equal(out, np.full((6,), 1998.0) if axes == (1,) else 6 * 1998.0)
+
+
 def test_gate_slices_are_indexed_flat_and_vectorizable():
     g = Graph()
     b = Builder(g)
