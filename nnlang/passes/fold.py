@@ -272,13 +272,81 @@ def _sliced_elementwise(g: Graph, n: Node):
                       path=inner.path, role=inner.role, name=n.name)
 
 
+def _reshaped_elementwise(g: Graph, n: Node):
+    """reshape(f(x, b)) is f(reshape(x), b) for elementwise f when x alone has f's shape and
+    every other operand broadcasts over trailing dims the reshape keeps (a dense layer's bias
+    over the units). The reshape of x is a view, and f then has its users' shape and fuses
+    with them (each dense layer's bias add was a kernel of its own, between its GEMM and the
+    [batch, time, units] ops that read it)."""
+    inner = g.node(n.inputs[0])
+    if not _plain_elementwise(inner) or n.type is None or g.users(inner.id) != [n.id] or \
+            inner.id in _named(g) or not any(_plain_elementwise(g.node(u))
+                                             for u in g.users(n.id)):
+        return None
+    x = _reshapable_operand(g, inner, tuple(n.shape))
+    if x is None:
+        return None
+    view = g.add_node("reshape", [x.id], dict(n.attrs), TensorType(tuple(n.shape), x.dtype),
+                      span=n.span, path=n.path, role=n.role)
+    ins = [view if i == x.id else i for i in inner.inputs]
+    return g.add_node(inner.op, ins, dict(inner.attrs), n.type, span=inner.span,
+                      path=inner.path, role=inner.role, name=n.name)
+
+
+def _elementwise_of_reshape(g: Graph, n: Node):
+    """f(reshape(x), b) is reshape(f(x, b)), the converse of `_reshaped_elementwise`, when
+    f's users are not elementwise (so they gain nothing from f's shape) and x is computed by
+    an elementwise op: f then fuses with it (a dense layer's ReLU, on the [batch * time,
+    units] rows its GEMM reads, after the bias add on [batch, time, units] that stores the
+    pre-activation for the backward: one kernel, not two)."""
+    if not _plain_elementwise(n) or n.id in _named(g) or any(
+            _plain_elementwise(g.node(u)) for u in g.users(n.id)):
+        return None
+    views = [i for i in n.inputs if g.node(i).op == "reshape"]
+    if len(views) != 1 or not _plain_elementwise(g.node(g.node(views[0]).inputs[0])):
+        return None
+    x = g.node(g.node(views[0]).inputs[0])
+    full = _reshapable_operand(g, n, tuple(x.shape))
+    if full is None or full.id != views[0]:
+        return None
+    ins = [x.id if i == views[0] else i for i in n.inputs]
+    inner = g.add_node(n.op, ins, dict(n.attrs), TensorType(tuple(x.shape), n.dtype),
+                       span=n.span, path=n.path, role=n.role)
+    return g.add_node("reshape", [inner], {"shape": list(n.shape)}, n.type, span=n.span,
+                      path=n.path, role=n.role, name=n.name)
+
+
+def _plain_elementwise(n: Node) -> bool:
+    op = registry.get(n.op)
+    return op is not None and op.has(ELEMENTWISE) and not op.has(RANDOM) and bool(n.inputs) \
+        and n.type is not None
+
+
+def _reshapable_operand(g: Graph, n: Node, shape: tuple):
+    """The one operand of elementwise `n` with n's own shape, when every other one broadcasts
+    over trailing dims that n's shape and `shape` share (so it broadcasts the same in both);
+    else None."""
+    src = tuple(n.shape)
+    kept = 0
+    while kept < min(len(src), len(shape)) and src[-1 - kept] == shape[-1 - kept]:
+        kept += 1
+    full = [i for i in n.inputs if tuple(g.node(i).shape) == src]
+    if len(full) != 1 or any(len(g.node(i).shape) > kept for i in n.inputs if i not in full):
+        return None
+    return g.node(full[0])
+
+
+def _named(g: Graph) -> set[int]:
+    return {*g.outputs.values(), *g.losses.values(), *g.metrics.values(), *g.updates.values()}
+
+
 # op -> rules tried in order; each returns the replacement node id or None
 SIMPLIFY_RULES = {
     "mul": [_identity_operand(1.0)],                 # x*1, 1*x
     "add": [_identity_operand(0.0)],                 # x+0, 0+x (NOTE: -0.0+0.0 is +0.0, equal)
     "sub": [_identity_operand(0.0, sides=(1,))],     # x-0
     "div": [_identity_operand(1.0, sides=(1,))],     # x/1
-    "reshape": [_same_type_input, _uniform_view],
+    "reshape": [_same_type_input, _uniform_view, _reshaped_elementwise],
     "broadcast_to": [_same_type_input, _uniform_view],
     "slice": [_uniform_view, _sliced_elementwise],
     "cast": [_same_type_input],
@@ -289,6 +357,11 @@ SIMPLIFY_RULES = {
     "concat": [_stacked_rows],
     "scan": [_unread_sequence, _invariant_sequence],
 }
+
+
+def _rules(n: Node) -> list:
+    rules = SIMPLIFY_RULES.get(n.op, [])
+    return rules + [_elementwise_of_reshape] if _plain_elementwise(n) else rules
 
 
 def _foldable(g: Graph, n: Node) -> bool:
@@ -320,7 +393,7 @@ def fold_constants(g: Graph) -> Graph:
         for nid in order:
             n = g.node(nid)
             new = _fold(g, n) if _foldable(g, n) else None
-            for rule in SIMPLIFY_RULES.get(n.op, ()) if new is None else ():
+            for rule in _rules(n) if new is None else ():
                 new = rule(g, n)
                 if new is not None:
                     break
@@ -336,7 +409,7 @@ def fold_constants(g: Graph) -> Graph:
 def _drop_unused(g: Graph, nid: int) -> None:
     """Removes a replaced node and what only it read, so rules that look at a value's users
     (`_sliced_elementwise`) do not count them; other dead code is `dce`'s."""
-    named = {*g.outputs.values(), *g.losses.values(), *g.metrics.values(), *g.updates.values()}
+    named = _named(g)
     stack = [nid]
     while stack:
         x = stack.pop()

@@ -247,3 +247,63 @@ def test_a_view_of_a_uniform_constant_is_a_broadcast_scalar():
     np.testing.assert_array_equal(got["a"], feeds["x"])
     np.testing.assert_allclose(got["b"], 3 * feeds["x"], rtol=1e-6)
     np.testing.assert_array_equal(got["c"], feeds["x"] + zeros)
+
+
+
+
+def _dense_relu_graph(bias_shape, out_shape, pre_is_output):
+    """Two dense layers on [2, 3, 4] tokens with a ReLU between, as the frontend builds them:
+    rows = reshape(x) @ w, the bias added to the rows, the ReLU on them reshaped to
+    `out_shape`, its rows read by the second GEMM. `pre_is_output`: the bias is added to the
+    rows reshaped to [2, 3, 4] and that pre-activation is also an output (as the backward keeps
+    it), the ReLU on its rows."""
+    g = Graph()
+    b = Builder(g)
+    x = g.add_node("input", [], {"name": "x", "dtype": "float32", "shape": [2, 3, 4]},
+                   TensorType((2, 3, 4), "float32"), name="x")
+    w = g.add_node("param", [], {"name": "w", "dtype": "float32", "shape": [4, 4]},
+                   TensorType((4, 4), "float32"), name="w")
+    bias = g.add_node("param", [], {"name": "b", "dtype": "float32", "shape": list(bias_shape)},
+                      TensorType(tuple(bias_shape), "float32"), name="b")
+    g.inputs["x"] = x
+    g.params.update(w=w, b=b)
+    rows = b.matmul(b.reshape(x, shape=[6, 4]), w)
+    zero = b.const(0.0)
+    if pre_is_output:
+        pre = b.add(b.reshape(rows, shape=list(out_shape)), bias)
+        g.outputs["pre"] = pre
+        relu = b.maximum(b.reshape(pre, shape=[6, 4]), zero)
+    else:
+        relu = b.reshape(b.maximum(b.reshape(b.add(rows, bias), shape=list(out_shape)), zero),
+                         shape=[6, 4])
+    g.outputs["next"] = b.matmul(relu, w)
+    rng = np.random.default_rng(4)
+    feeds = {"x": rng.standard_normal((2, 3, 4)).astype(np.float32)}
+    state = {"w": rng.standard_normal((4, 4)).astype(np.float32),
+             "b": rng.standard_normal(bias_shape).astype(np.float32)}
+    pre = ((feeds["x"].reshape(6, 4) @ state["w"]) + state["b"]).reshape(out_shape)
+    want = {"next": np.maximum(pre.reshape(6, 4), 0) @ state["w"]}
+    if pre_is_output:
+        want["pre"] = pre
+    return g, feeds, state, want
+
+
+@pytest.mark.parametrize("bias_shape,out_shape,pre_is_output,loop_shape", [
+    ((4,), (2, 3, 4), False, (2, 3, 4)), ((4,), (2, 3, 4), True, (2, 3, 4)),
+    ((6, 4), (2, 3, 4), False, (6, 4)), ((4,), (2, 12), False, (6, 4))])
+def test_a_bias_add_and_its_relu_meet_across_a_reshape(bias_shape, out_shape, pre_is_output,
+                                                       loop_shape):
+    """A reshape between the bias add and the ReLU kept them two kernels. The add moves past
+    the reshape to the ReLU that reads it (fold._reshaped_elementwise), unless its bias is
+    over the rows or the reshape changes the last axis; then, or when the add's value is
+    needed elsewhere, the ReLU, whose rows only a GEMM reads, moves back to the add's shape
+    (fold._elementwise_of_reshape). One kernel, in `loop_shape`. Values against numpy, with
+    fold on and off."""
+    g, feeds, state, want = _dense_relu_graph(bias_shape, out_shape, pre_is_output)
+    for switches in ((), ("fold",)):
+        exe = compile_graph(g, state=state, disable=switches)
+        out = exe.run(feeds)
+        for name in want:
+            np.testing.assert_allclose(out[name], want[name], rtol=1e-5, atol=1e-5)
+        kernels = [tuple(s.group.loop_shape) for s in exe.steps if s.kind == "kernel"]
+        assert kernels == [loop_shape] if not switches else len(kernels) == 2, kernels
