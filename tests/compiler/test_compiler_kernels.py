@@ -136,6 +136,8 @@ def test_sum_of_matmuls_is_one_matmul_of_concats(transposed):
 
 
 def test_float32_exp_is_within_one_ulp():
+    """On a grid, and (<= 1.02 ulp, its multiply-adds fused) over random arguments in the loop
+    a kernel calls it from."""
     import numba
     ns = {"numba": numba, "np": np}
     exec(PYTHON.helpers["exp_f32"].replace("cache=True, ", ""), ns)
@@ -145,6 +147,16 @@ def test_float32_exp_is_within_one_ulp():
     got = np.array([exp(v) for v in x], np.float32)
     want = np.exp(x.astype(np.float64))
     assert (np.abs(got - want) / np.spacing(want.astype(np.float32))).max() <= 1.0
+
+    @numba.njit(error_model="numpy")
+    def loop(xs, out):
+        for i in range(xs.size):
+            out[i] = exp(xs[i])
+    x = np.random.default_rng(5).uniform(-86.9, 88.7, 2_000_000).astype(np.float32)
+    got = np.empty_like(x)
+    loop(x, got)
+    want = np.exp(x.astype(np.float64))
+    assert (np.abs(got - want) / np.spacing(want.astype(np.float32))).max() <= 1.02
     for v, w in [(np.inf, np.inf), (-np.inf, 0.0), (88.8, np.inf), (-87.5, 0.0), (-1e9, 0.0)]:
         assert exp(np.float32(v)) == w
     assert np.isnan(exp(np.float32(np.nan)))
