@@ -69,7 +69,7 @@ def plan_groups(g: Graph, fuse: bool = True) -> list[Group]:
     """Groups of fusable nodes; with `fuse=False` every fusable node is its own kernel."""
     groups = _plan(g, fuse, side_outputs=True)
     if fuse:
-        groups = _merge_siblings(g, groups)
+        groups = _merge_readers(g, _merge_siblings(g, groups))
     # NOTE: the local check in _plan can miss a cycle that runs through a third group; without
     # extra outputs a group has one exit and cannot be part of a cycle, so fall back to that.
     groups = groups if _acyclic(g, groups) else _plan(g, fuse, side_outputs=False)
@@ -118,18 +118,45 @@ def _merge_siblings(g: Graph, groups: list[Group]) -> list[Group]:
             base = same[0]
             for other in same[1:]:
                 if _mergeable(g, base, other, pos):
-                    base.members = sorted(base.members + other.members, key=pos.__getitem__)
-                    inside = set(base.members)
-                    # NOTE: a value only the other group read is now read inside the kernel:
-                    # stored anyway, it was 5 dead [64, 128] stores a step in the LSTM's
-                    # backward cell kernel
-                    base.outputs = [o for o in sorted(base.outputs + other.outputs,
-                                                      key=pos.__getitem__)
-                                    if o in results or any(u not in inside for u in g.users(o))]
-                    for o in other.outputs:
-                        owner[o] = base
+                    _absorb(g, base, other, owner, results, pos)
                     gone.add(id(other))
     return [grp for grp in groups if id(grp) not in gone]
+
+
+def _merge_readers(g: Graph, groups: list[Group]) -> list[Group]:
+    """A group that reads what another one stores, both with one loop shape and no reduction,
+    becomes one kernel with it when that makes no cycle. The walk above puts a value read by
+    two groups in one of them only, and the other loads it back: an LSTM backward step's
+    forget gate and cell gradient, stored by the cell kernel for a second kernel that only
+    multiplies them."""
+    pos = {nid: i for i, nid in enumerate(g.topo())}
+    results = result_ids(g)
+    owner = {o: grp for grp in groups for o in grp.outputs}
+    gone: set[int] = set()
+    for grp in groups:
+        if id(grp) in gone or grp.reduce is not None:
+            continue
+        for m in list(grp.members):
+            for i in g.node(m).inputs:
+                src = owner.get(i)
+                if src is not None and src is not grp and id(src) not in gone and \
+                        src.reduce is None and src.loop_shape == grp.loop_shape and \
+                        _mergeable(g, src, grp, pos):
+                    _absorb(g, grp, src, owner, results, pos)
+                    gone.add(id(src))
+    return [grp for grp in groups if id(grp) not in gone]
+
+
+def _absorb(g: Graph, base: Group, other: Group, owner: dict, results, pos: dict) -> None:
+    """`other`'s members join `base`, which stores only what the graph still reads outside."""
+    base.members = sorted(base.members + other.members, key=pos.__getitem__)
+    inside = set(base.members)
+    # NOTE: a value only the other group read is now read inside the kernel: stored anyway,
+    # it was 5 dead [64, 128] stores a step in the LSTM's backward cell kernel
+    base.outputs = [o for o in sorted(base.outputs + other.outputs, key=pos.__getitem__)
+                    if o in results or any(u not in inside for u in g.users(o))]
+    for o in other.outputs:
+        owner[o] = base
 
 
 def _mergeable(g: Graph, a: Group, b: Group, pos: dict) -> bool:

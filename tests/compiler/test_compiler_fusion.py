@@ -103,6 +103,27 @@ def test_siblings_that_depend_on_each_other_stay_apart():
     assert_kernel_count(g, 2, {"x": x0})
 
 
+def test_a_value_two_groups_read_is_computed_once_in_one_kernel():
+    """e feeds two outputs: the walk from the consumers puts it in one group, and the other
+    group loaded it back from memory. With one loop shape and no reduction they are one
+    kernel, which stores only the two outputs. If the second reads e through a matmul too,
+    one kernel would be a cycle: they stay apart."""
+    g, b, x = graph_with_input((6, 5))
+    e = b.exp(x)
+    g.outputs["a"] = b.add(e, b.const(1.0))
+    g.outputs["c"] = b.mul(e, b.tanh(x))
+    x0 = np.linspace(-2, 2, 30, dtype=np.float32).reshape(6, 5)
+    exe = assert_kernel_count(g, 1, {"x": x0})
+    (grp,) = [grp for s in exe.steps for grp in s.kernel_groups]
+    assert len(grp.outputs) == 2 and e not in grp.outputs
+
+    g, b, x = graph_with_input((5, 5))
+    e = b.exp(x)
+    g.outputs["a"] = b.add(e, b.const(1.0))
+    g.outputs["c"] = b.mul(e, b.matmul(e, x))
+    assert_kernel_count(g, 2, {"x": np.linspace(-1, 1, 25, dtype=np.float32).reshape(5, 5)})
+
+
 def test_a_long_chain_is_cut_into_runs_that_compute_the_same():
     """A chain longer than MAX_GROUP ops (and its gradient, which reads every step's value)
     becomes runs of at most MAX_GROUP: numba's compile time grows faster than the kernel."""

@@ -162,6 +162,9 @@ def test_the_lstm_backward_reads_what_the_forward_stored():
     assert [(w.op, tuple(w.shape)) for w in weights] == [("transpose", (4 * 4, 4))]
     drivers = [src for _, src in exe._sources if "def scan_loop" in src]
     backward = next(d for d in drivers if "t = steps - 1 - i" in d)
+    # one fused cell kernel a step: dc * f, which the carry gradient stores, is in it too
+    assert [ln.strip()[:3] for ln in backward.splitlines() if re.match(r"\s+k\d\(", ln)] == \
+        ["k0("], backward
     (call,) = [ln for ln in backward.splitlines() if "gemm(" in ln]
     tb = re.search(r"\], np\.int64\(\d\), np\.int64\(\d+\), p\d+, np\.int64\((\d)\)", call)
     assert tb and tb.group(1) == "0", call    # the weight operand is read untransposed
