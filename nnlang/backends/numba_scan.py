@@ -175,9 +175,9 @@ class DriverSource:
         self._params: dict[int, str] = {}   # id(array) -> its argument name
         self._spans: dict[int, str] = {}  # id(sequence) -> its flat 1-D view's argument
         self.moved = [(*byte_range(buf), buf, seq) for buf, seq in moved]
-        # id(x) -> the row stride (elements) of x's expression where it differs from x's own:
-        # x views a restrided moved buffer
-        self.restride: dict[int, int] = {}
+        # id(x) -> (the row stride (elements) of x's expression where it differs from x's
+        # own, id of the restrided moved buffer x views)
+        self.restride: dict[int, tuple[int, int]] = {}
         self.kernels: dict = {}           # (dispatcher, signature) -> its argument, k0, ..
         self.lines: list[str] = []
         self.dtype = None
@@ -208,7 +208,7 @@ class DriverSource:
                 return expr.replace("[t, :, ", "[t, r0:r0 + nb, ")
             return f"{expr}[r0:r0 + nb]"
         if x.ndim == 1 and stride is not None and x.shape[0] >= (batch - 1) * stride:
-            row = self.restride.get(id(x), stride)
+            row = self.restride.get(id(x), (stride,))[0]
             if expr.endswith("]"):            # a flat slice of step t: [a:b]
                 head, rng = expr[:-1].rsplit("[", 1)
                 a, b = rng.split(":")
@@ -260,11 +260,11 @@ class DriverSource:
         r, c = divmod(off, width)
         if x.ndim == 2 and x.strides == buf.strides and r == 0 and \
                 x.shape[0] == buf.shape[0] and c + x.shape[1] <= width:
-            self.restride[id(x)] = row
+            self.restride[id(x)] = row, id(buf)
             return f"{self._param(seq)}[t, :, {c}:{c + x.shape[1]}]"
         if x.ndim == 1 and stride == width and n1 is not None and c + n1 <= width and \
                 x.strides[0] == x.itemsize and (x.shape[0] - n1) % width == 0:
-            self.restride[id(x)] = row
+            self.restride[id(x)] = row, id(buf)
             at = f"t * {step} + {r * row + c}"
             return f"{self._flat(seq)}[{at}:{at} + {(x.shape[0] - n1) // width * row + n1}]"
         raise Unmovable(id(buf), "a view the driver cannot index at another row stride")
@@ -314,9 +314,10 @@ class DriverSource:
                 s0 = value.get(f"{name}_s0")
                 out.append(self.array(v, None if s0 is None else int(s0), n1))
                 if id(v) in self.restride:
+                    row, buf = self.restride[id(v)]
                     if s0 is None:
-                        raise Unmovable(self._moved_buf(v), "a kernel's 2-D argument")
-                    strides[f"{name}_s0"] = self.restride[id(v)]
+                        raise Unmovable(buf, "a kernel's 2-D argument")
+                    strides[f"{name}_s0"] = row
             elif name == "n0" and self.rows is not None:
                 if int(v) != self.rows[0]:
                     raise Unsupported("a kernel whose outer loop is not the batch")
@@ -324,10 +325,6 @@ class DriverSource:
             else:
                 out.append(self.value(strides.get(name, v)))
         return out
-
-    def _moved_buf(self, x: np.ndarray) -> int:
-        lo, hi = byte_range(x)
-        return next(id(buf) for start, stop, buf, _ in self.moved if start <= lo and hi <= stop)
 
     def gemm(self, a, b, out) -> None:
         la, lb, lo = gemm_layout(a), gemm_layout(b), gemm_layout(out)
@@ -348,9 +345,10 @@ class DriverSource:
         the sequence x was moved to (rows only: a transposed operand's columns cannot move)."""
         if id(x) not in self.restride:
             return layout[1]
+        row, buf = self.restride[id(x)]
         if layout[0]:
-            raise Unmovable(self._moved_buf(x), "a transposed GEMM operand")
-        return self.restride[id(x)]
+            raise Unmovable(buf, "a transposed GEMM operand")
+        return row
 
 
 def render_driver(name: str, steps: int, reverse: bool, width: int, init, carry, out, y,

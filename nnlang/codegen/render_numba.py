@@ -16,7 +16,7 @@ COLUMNS_MIN = 64        # columns a block of a split column reduction keeps (vec
 # took 5.0 ms whole and 2.7 ms as two blocks; the MLP's small ones made its step slower
 # (2.1-2.6 -> 2.6-3.1 ms), their blocks on the pool meeting its threaded BLAS
 COLUMNS_SPLIT_MIN = 1 << 20
-LANES = 4  # independent accumulators of an innermost-axis reduction
+LANES = 4  # independent accumulators of an innermost-axis max (`_row_out`)
 
 PRELUDE = "import math\n\nimport numba\nimport numpy as np\n"
 

@@ -245,9 +245,7 @@ def _sliced_elementwise(g: Graph, n: Node):
     whole value is never stored (an LSTM's gates: the [64, 512] z = x_t + h @ U was a kernel
     of its own at each of 200 steps, then read back as four slices)."""
     inner = g.node(n.inputs[0])
-    op = registry.get(inner.op)
-    if op is None or not op.has(ELEMENTWISE) or op.has(RANDOM) or not inner.inputs or \
-            inner.type is None or n.attrs["step"] != 1:
+    if not _plain_elementwise(inner) or n.attrs["step"] != 1:
         return None
     # NOTE: a slice already rewritten has no users left (dead code until `dce`); a slice
     # that is also stored (a concat piece: an RNN step's gate pre-activations kept for the
@@ -299,11 +297,9 @@ def _elementwise_of_reshape(g: Graph, n: Node):
     an elementwise op: f then fuses with it (a dense layer's ReLU, on the [batch * time,
     units] rows its GEMM reads, after the bias add on [batch, time, units] that stores the
     pre-activation for the backward: one kernel, not two)."""
-    if not _plain_elementwise(n) or n.id in _named(g) or any(
-            _plain_elementwise(g.node(u)) for u in g.users(n.id)):
-        return None
     views = [i for i in n.inputs if g.node(i).op == "reshape"]
-    if len(views) != 1 or not _plain_elementwise(g.node(g.node(views[0]).inputs[0])):
+    if len(views) != 1 or not _plain_elementwise(g.node(g.node(views[0]).inputs[0])) or any(
+            _plain_elementwise(g.node(u)) for u in g.users(n.id)) or n.id in _named(g):
         return None
     x = g.node(g.node(views[0]).inputs[0])
     full = _reshapable_operand(g, n, tuple(x.shape))
