@@ -13,13 +13,11 @@ worker costs time, never correctness).
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import pickle
 import sys
 
 import numba
-import numpy as np
 
 from nnlang.backends import numba_config  # noqa: F401  (the parent's settings)
 
@@ -58,12 +56,13 @@ def compile_all(claims, jobs) -> None:
 
 def warm_up() -> None:
     """numba's first compile in a process costs ~0.4 s more than the next (its typing and
-    lowering tables); paid here while the parent is still building, not on a kernel."""
-    @numba.njit(error_model="numpy")
-    def scale(x, y, a):
-        for i in range(x.shape[0]):
-            y[i] = np.float32(math.tanh(x[i])) * a
-    scale(np.zeros(1, np.float32), np.zeros(1, np.float32), np.float32(1))
+    lowering tables): paid here while the parent is still building, on the float32 helpers
+    most kernels call, which then wait in the disk cache for both processes."""
+    from nnlang.backends import numba_kernels as h
+    f32 = numba.float32
+    for fn, sig in ((h.tanh_f32, (f32,)), (h.sigmoid_f32, (f32,)), (h.exp_f32, (f32,)),
+                    (h.row_sum, (f32[::1], numba.int64, numba.float64))):
+        fn.compile(sig)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from nnlang.backends import cpu_affinity, denormals, numba_config  # noqa: F401
+from nnlang.backends import (cpu_affinity, denormals, numba_config, numba_kernels,  # noqa: F401
+                             numba_scan)
 from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.base import Call, State, library_call, run_in_order
 from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded_blas_pays,
@@ -40,6 +41,10 @@ from nnlang.passes.schedule import apply_view
 from nnlang.user_cache import cache_subdir, cache_unwritable, private_dir
 
 VERSION = "nnlang-0.3"  # NOTE: bumped when numba_config changes what a kernel compiles to
+# NOTE: a cached kernel holds the code of the numba functions it calls, so the source of the
+# modules generated kernels import is part of every kernel's key
+_IMPORTED = hashlib.sha256("".join(Path(m.__file__).read_text()
+                                   for m in (numba_kernels, numba_scan)).encode()).hexdigest()
 _KERNELS = "nnlang_kernels."   # the module prefix of generated kernels
 _WORKER_MIN = 2                 # jobs worth handing to a started worker (~0.2 s each to compile)
 _WORKER_TIMEOUT = 600
@@ -337,8 +342,8 @@ class NumbaBackend:
         return (header, source), call, pinned
 
     def compile(self, source: str, name: str):
-        key = hashlib.sha256(f"{VERSION}\n{numba.__version__}\n{source}".encode()).hexdigest()
-        key = key[:24]
+        text = f"{VERSION}\n{numba.__version__}\n{_IMPORTED}\n{source}"
+        key = hashlib.sha256(text.encode()).hexdigest()[:24]
         if key not in self._modules:
             path = _kernel_file(key, source)
             spec = importlib.util.spec_from_file_location(f"{_KERNELS}k_{key}", path)

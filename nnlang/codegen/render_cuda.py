@@ -40,6 +40,7 @@ class CudaLang(ScalarLang):
     dtype_names = CTYPES
     # NOTE: each helper's first two lines are a comment and the signature, as `used_helpers`
     # scans the text after them for calls of other helpers
+    helper_module = None
     helpers = {
         # NOTE: the tanh form cannot overflow, unlike 1 / (1 + exp(-x)), and is what the
         # reference interpreter computes

@@ -228,7 +228,7 @@ def _inner_kept_loops(k: Kernel, lang: ScalarLang, at, full) -> list[str]:
 
 def _module(lines: list[str], lang: ScalarLang) -> str:
     helpers = lang.used_helpers("\n".join(lines))
-    return PRELUDE + "".join("\n\n" + h for h in helpers) + "\n\n" + "\n".join(lines) + "\n"
+    return PRELUDE + "".join("\n" + h for h in helpers) + "\n\n" + "\n".join(lines) + "\n"
 
 
 def render_header(k: Kernel) -> str:

@@ -28,64 +28,11 @@ class ScalarLang:
     templates: dict[str, str] = {}
     dtype_names = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32",
                    "int64": "np.int64", "bool": "np.bool_"}
-    # helper functions a kernel module defines when it uses them
-    # NOTE: not inlined in numba's IR but by LLVM, so the helper keeps its own flags:
-    # 'contract' lets LLVM fuse its multiply-adds into FMAs, while the kernels that call it
-    # keep strict float math (the exp over 2M floats: 1.27 ms without FMAs, 0.75 with; an
-    # LSTM step's cell kernel on 32 rows: 16.4-17.7 us forward and 17.2 backward, 11.4-13.1
-    # and 12.0 with)
-    _njit = "@numba.njit(cache=True, error_model='numpy', fastmath={'contract'})\n"
-    helpers = {
-        # x = n ln2 + r with n rounded by the 1.5 * 2^23 trick (math.floor is a libm call), then
-        # 2^(n-1) from the exponent bits. NOTE: branch-free so LLVM vectorizes it: the clamps
-        # are selects (they keep NaN), x > 88.73 overflows to inf by itself, and x < -86.99
-        # gives exponent bits 0, so 0 (results below 2^-125 flush to zero)
-        "exp_f32": _njit + "def exp_f32(x):\n"
-                           "    t = np.float32(-87.6) if x < np.float32(-87.6) else x\n"
-                           "    t = np.float32(89.0) if t > np.float32(89.0) else t\n"
-                           "    n = (t * np.float32(1.44269504088896341) + "
-                           "np.float32(12582912.0)) - np.float32(12582912.0)\n"
-                           "    r = t - n * np.float32(0.693359375) + "
-                           "n * np.float32(2.12194440e-4)\n"
-                           "    p = np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)\n"
-                           "    p = p * r + np.float32(8.3334519073e-3)\n"
-                           "    p = p * r + np.float32(4.1665795894e-2)\n"
-                           "    p = p * r + np.float32(1.6666665459e-1)\n"
-                           "    p = p * r + np.float32(5.0000001201e-1)\n"
-                           "    y = p * r * r + r + np.float32(1.0)\n"
-                           "    return (y + y) * np.int32((np.int32(n) + np.int32(126)) << 23)"
-                           ".view(np.float32)\n",
-        "tanh_f32": _njit + "def tanh_f32(x):\n"
-                            "    x = min(max(x, np.float32(-7.99881172180175781)), "
-                            "np.float32(7.99881172180175781))\n"
-                            "    x2 = x * x\n"
-                            "    p = x2 * np.float32(-2.76076847742355e-16) + "
-                            "np.float32(2.00018790482477e-13)\n"
-                            "    p = p * x2 + np.float32(-8.60467152213735e-11)\n"
-                            "    p = p * x2 + np.float32(5.12229709037114e-08)\n"
-                            "    p = p * x2 + np.float32(1.48572235717979e-05)\n"
-                            "    p = p * x2 + np.float32(6.37261928875436e-04)\n"
-                            "    p = p * x2 + np.float32(4.89352455891786e-03)\n"
-                            "    q = x2 * np.float32(1.19825839466702e-06) + "
-                            "np.float32(1.18534705686654e-04)\n"
-                            "    q = q * x2 + np.float32(2.26843463243900e-03)\n"
-                            "    q = q * x2 + np.float32(4.89352518554385e-03)\n"
-                            "    return x * p / q\n",
-        # a reduction's row summed into `acc` (render_numba._row_out). NOTE: not inlined in
-        # numba's IR, so the loop keeps its own flags: 'reassoc' lets LLVM sum in vector
-        # lanes; the kernel around it keeps strict float math
-        "row_sum": "@numba.njit(cache=True, error_model='numpy', fastmath={'reassoc'})\n"
-                   "def row_sum(row, n, acc):\n"
-                   "    for j in range(n):\n"
-                   "        acc += row[j]\n"
-                   "    return acc\n",
-        # NOTE: the tanh form cannot overflow, unlike 1 / (1 + exp(-x))
-        "sigmoid": _njit + "def sigmoid(x):\n"
-                           "    return 0.5 * (math.tanh(0.5 * x) + 1.0)\n",
-        "sigmoid_f32": _njit + "def sigmoid_f32(x):\n"
-                               "    return np.float32(0.5) * tanh_f32(np.float32(0.5) * x) + "
-                               "np.float32(0.5)\n",
-    }
+    # helpers the kernels call, imported from `helper_module`, where they are real code (see
+    # its docstring); a language without one (CUDA) defines them in each source: name -> text
+    helper_module: str | None = "nnlang.backends.numba_kernels"
+    helpers: dict[str, str | None] = dict.fromkeys(
+        ["exp_f32", "tanh_f32", "sigmoid", "sigmoid_f32", "row_sum"])
     # ops whose result already has its float operands' dtype, so no cast is needed after them
     float_preserving = {"neg", "add", "sub", "mul", "div", "exp", "log", "sqrt", "tanh", "abs",
                         "maximum", "minimum", "where"}
@@ -127,7 +74,11 @@ class ScalarLang:
         return self.cast(text, dtype)
 
     def used_helpers(self, code: str) -> list[str]:
-        """Helper definitions `code` calls, dependencies first (helpers may call helpers)."""
+        """What a source must hold before `code` for the helpers it calls: their import, or
+        their definitions, dependencies first (helpers may call helpers)."""
+        if self.helper_module:
+            names = sorted(set(_CALL.findall(code)) & self.helpers.keys())
+            return [f"from {self.helper_module} import {', '.join(names)}\n"] if names else []
         out: list[str] = []
 
         def visit(text):

@@ -173,6 +173,33 @@ def test_kernel_dedup_and_disk_cache(tmp_path):
     assert fresh.backend.compiled == 0 and fresh.backend.cache_hits >= 1
 
 
+def test_kernels_import_their_scalar_helpers_and_are_keyed_on_them(tmp_path, monkeypatch):
+    """Two kernels calling tanh import one compiled helper (numba compiles it once per
+    process, not once per kernel module); the source of what kernels import is part of their
+    key, since a cached kernel holds the code of the helpers it was linked with."""
+    from nnlang.backends import numba_backend, numba_kernels
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    g = Graph()
+    b = Builder(g)
+    x = leaf(g, "input", "x", (4, 3))
+    eye = b.const(np.eye(3, dtype=np.float32))
+    h = b.matmul(b.tanh(b.mul(x, b.const(0.5))), eye)   # the matmul keeps the two apart
+    g.outputs["h"] = b.add(b.tanh(h), b.const(1.0))
+    feeds = {"x": rand((4, 3))}
+    exe = compile_graph(g, numba_backend.NumbaBackend())
+    users = [src for src in exe.kernel_sources() if "tanh_f32(" in src]
+    assert len(users) == 2
+    for src in users:
+        assert "from nnlang.backends.numba_kernels import tanh_f32" in src
+        assert "def tanh_f32" not in src
+    assert len(numba_kernels.tanh_f32.overloads) == 1
+    want = np.tanh(np.tanh(feeds["x"].astype(np.float64) * 0.5)) + 1
+    np.testing.assert_allclose(exe.run(feeds)["h"], want, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(numba_backend, "_IMPORTED", "the helpers changed")
+    other = compile_graph(g, numba_backend.NumbaBackend())
+    assert not set(other.backend._modules) & set(exe.backend._modules)
+
+
 def test_cold_kernels_compile_in_a_second_process(tmp_path, monkeypatch):
     """With many kernels missing from the cache, a worker process compiles part of them into
     numba's disk cache while this one compiles the rest; the results are the same."""

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from nnlang.backends.blas import run_parts
-from nnlang.codegen.scalar_ops import PYTHON
 from nnlang.ir.graph import Builder, Graph
 from nnlang.runtime.executable import compile_graph
 from tests.compiler.test_compiler_exec import leaf, rand
@@ -82,11 +81,7 @@ def test_large_kernels_run_as_row_blocks():
 
 
 def test_float32_tanh_and_sigmoid_are_accurate():
-    import numba
-    ns = {"numba": numba, "np": np, "math": __import__("math")}
-    for name in ("tanh_f32", "sigmoid_f32"):
-        exec(PYTHON.helpers[name].replace("cache=True, ", ""), ns)  # no file to cache for
-    tanh, sigmoid = ns["tanh_f32"], ns["sigmoid_f32"]
+    from nnlang.backends.numba_kernels import sigmoid_f32 as sigmoid, tanh_f32 as tanh
     x = np.concatenate([np.linspace(-12, 12, 20001), [0.0, -0.0, 1e-30, np.inf, -np.inf]])
     x = x.astype(np.float32)
     t = np.array([tanh(v) for v in x], np.float32)
@@ -139,9 +134,8 @@ def test_float32_exp_is_within_one_ulp():
     """On a grid, and (<= 1.02 ulp, its multiply-adds fused) over random arguments in the loop
     a kernel calls it from."""
     import numba
-    ns = {"numba": numba, "np": np}
-    exec(PYTHON.helpers["exp_f32"].replace("cache=True, ", ""), ns)
-    exp = ns["exp_f32"]
+
+    from nnlang.backends.numba_kernels import exp_f32 as exp
     x = np.concatenate([np.linspace(-86.9, 88.7, 40001), [0.0, -0.0, 1e-30, -1e-30]])
     x = x.astype(np.float32)
     got = np.array([exp(v) for v in x], np.float32)
