@@ -210,6 +210,21 @@ def _row_strided(x: np.ndarray, force: bool = False):
     return flat, [np.intp(s // item) for s in strides[:-1]]
 
 
+def _typeof(a):
+    """numba's type of a kernel argument, 'A' for a view that numpy calls contiguous only
+    because its unit axes may have any stride (a [1, k] column slice at batch 1): a scan
+    driver slicing the same view types it 'A', and a kernel it calls must take the driver's
+    types."""
+    t = numba.typeof(a)
+    if isinstance(a, np.ndarray) and a.ndim > 1 and t.layout in "CF":
+        shape = a.shape if t.layout == "C" else a.shape[::-1]
+        strides = a.strides if t.layout == "C" else a.strides[::-1]
+        tight = np.cumprod((a.itemsize,) + shape[:0:-1])[::-1]
+        if tuple(strides) != tuple(int(s) for s in tight):
+            return t.copy(layout="A")
+    return t
+
+
 def _uses_pool(call) -> bool:
     """Does this (function, args) call hand work to the thread pool (`blas.run_parts`)?"""
     fn, args = call
@@ -354,7 +369,7 @@ class NumbaBackend:
         return getattr(self._modules[key], name)
 
     def specialize(self, fn, args: tuple) -> Call:
-        sig = tuple(numba.typeof(a) for a in args)
+        sig = tuple(_typeof(a) for a in args)
         if self._waiting is not None and fn.py_func.__module__.startswith(_KERNELS):
             if (fn, sig) not in self._waiting:
                 self._waiting[(fn, sig)] = Pending()

@@ -149,6 +149,39 @@ model M {{
     assert sum("rows in 2 parts at once" in h for h in headers) >= 4, headers
 
 
+@pytest.mark.parametrize("cell", ["lstm", pytest.param("gru", marks=pytest.mark.slow),
+                                  pytest.param("rnn", marks=pytest.mark.slow)])
+def test_one_example_at_a_time(cell):
+    """Batch 1 (one review to predict, one prompt to generate from): numpy calls a [1, k]
+    column slice contiguous, while the scan driver types it as any strided view; the kernels
+    it calls must take the driver's types. Values are the batch's first row, gradients the
+    float64 interpreter's."""
+    import nnlang
+    state = ", c" if cell == "lstm" else ""
+    src = f"""
+model M {{
+  input x: float32[batch, 5, 3]
+  input label: float32[batch]
+  both = {cell}(x, 6, bidirectional = true, return_sequences = true)
+  hs, h{state} = {cell}(both, 4, mask = x[:, :, 0] > -1.0, return_state = true)
+  logit = dense(h, 1) |> squeeze(axis = -1)
+  output out = logit
+  loss bce_with_logits(logit, label)
+}}
+"""
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.normal(size=(2, 5, 3)).astype(np.float32),
+             "label": np.array([1.0, 0.0], np.float32)}
+    one = {k: v[:1] for k, v in feeds.items()}
+    net = nnlang.compile(src, backend="numba", seed=0)
+    np.testing.assert_allclose(net.forward(one)["out"], net.forward(feeds)["out"][:1],
+                               rtol=1e-5, atol=1e-6)
+    want = nnlang.compile(src, backend="reference", dtype="float64", seed=0).gradients(one)
+    got = net.gradients(one)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=2e-3, atol=2e-6, err_msg=name)
+
+
 def test_a_body_whose_rows_meet_is_not_cut_into_row_parts():
     """Row parts need every row of a step computed from that row alone: a reduction over the
     batch, a product by a per-row value, or a weight computed in the body (whose first dim
