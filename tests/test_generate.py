@@ -133,6 +133,20 @@ def test_beam_search_with_the_cache_matches_recomputation():
     assert [s.ids for s in a.samples] == [s.ids for s in b.samples]
 
 
+def test_beam_search_goes_on_after_one_prompt_fills_the_model():
+    """A long prompt fills the model (max_len 16; the last position's logits give one token
+    more) while a short one is still decoding: the full one's beams stop there, the other's
+    go on to max_new, each as it would alone."""
+    net = lm_net()
+    opts = options_from(net.program.generate, {"max_new": 8, "beam": 2})
+    prompts = ["the cat sat on", "a"]               # 14 and 1 characters
+    both = generator(net).generate(prompts, opts)
+    assert [s.stopped for s in both.samples] == ["max_len", "max_new"]
+    assert [len(s.ids) for s in both.samples] == [16 + 1 - 14, 8]
+    alone = [generator(net).generate([p], opts).samples[0].ids for p in prompts]
+    assert [s.ids for s in both.samples] == alone
+
+
 def test_stop_token_ends_a_sequence():
     net = lm_net()
     gen = generator(net)
@@ -157,6 +171,29 @@ def test_sampling_settings():
     once = gen.generate(["the", "the"], options_from(spec, hot)).texts
     assert once == gen.generate(["the", "the"], options_from(spec, hot)).texts  # seeded
     assert once[0] != once[1] or once[0] != greedy[0]   # rows draw independently
+
+
+def test_bad_generation_requests_are_clear_errors():
+    """Sampling flags with --greedy, a stop token that is a broken escape, prompts that are not
+    text, and an empty source for an encoder-decoder: each an error that says what is wrong."""
+    from nnlang.runtime.generate import generate
+    net = lm_net()
+    spec = net.program.generate
+    with pytest.raises(NNError, match="greedy decoding is deterministic: --temperature"):
+        options_from(spec, {"greedy": True, "temperature": 0.5})
+    gen = generator(net)
+    for stop in ("\\", "\\x"):
+        with pytest.raises(NNError, match="not a valid escape") as err:
+            gen.generate(["the"], options_from(spec, {"max_new": 2, "stop": stop}))
+        assert "\\\\" in err.value.render()    # the hint: how to write a backslash
+    with pytest.raises(NNError, match="give a token id or its text"):
+        gen.generate(["the"], options_from(spec, {"max_new": 2, "stop": 2.5}))
+    with pytest.raises(NNError, match="prompts are int"):
+        generate(net, 123, tokenizer=CharTokenizer(CHARS))
+    s2s = Net(load(SEQ2SEQ), backend="reference", batch=2, seed=3)
+    gen = Generator(s2s, s2s.program.generate, CharTokenizer("0123456789-"))
+    with pytest.raises(NNError, match="the prompt is empty"):
+        gen.generate([""], options_from(s2s.program.generate, {"max_new": 3}))
 
 
 def test_a_model_that_mixes_positions_falls_back_to_recomputation():

@@ -56,10 +56,13 @@ def options_from(spec, given: dict) -> dict:
     explicit = {k: v for k, v in given.items() if v is not None}
     if explicit.get("greedy") or explicit.get("beam", 1) > 1:
         sampled = [k for k in ("temperature", "top_k", "top_p") if k in explicit]
-        if sampled and explicit.get("beam", 1) > 1:
-            raise NNError(f"beam search is deterministic: {FLAGS[sampled[0]]} has no effect "
-                          f"with --beam {explicit['beam']}",
-                          hint="drop the sampling flags, or use --beam 1 to sample")
+        beam = explicit.get("beam", 1)
+        if sampled:
+            how, flag = (("beam search", f"--beam {beam}") if beam > 1 else
+                         ("greedy decoding", "--greedy"))
+            raise NNError(f"{how} is deterministic: {FLAGS[sampled[0]]} has no effect with "
+                          f"{flag}", hint="drop the sampling flags, or " +
+                          ("use --beam 1 to sample" if beam > 1 else "drop --greedy to sample"))
         defaults = {k: v for k, v in spec.defaults.items()
                     if k not in ("temperature", "top_k", "top_p")}
     else:
@@ -76,6 +79,9 @@ def generate(net, prompts, tokenizer=None, data_dir=None, **options) -> Generati
     spec = _spec(net)
     if isinstance(prompts, str):
         prompts = [prompts]
+    elif not isinstance(prompts, (list, tuple)):
+        raise NNError(f"prompts are {type(prompts).__name__}: give a string or a list of "
+                      "strings")
     return _generator(net, spec, tokenizer, data_dir).generate(list(prompts),
                                                                 options_from(spec, options))
 
@@ -184,12 +190,20 @@ class Generator:
         section when the value came from there, else they name the flag)."""
         span = self.spec.spans.get(what) if value == getattr(self.spec, what) else None
         what = what if span else f"--{what}: {what}"
+        if isinstance(value, np.integer):
+            value = int(value)
         if isinstance(value, int):
             if not 0 <= value < self.spec.vocab:
                 raise NNError(f"{what} token id {value} is outside the vocabulary "
                               f"(0..{self.spec.vocab - 1})", span)
             return value
-        text = codecs.decode(value, "unicode_escape") if "\\" in value else value
+        if not isinstance(value, str):
+            raise NNError(f"{what} is {type(value).__name__}: give a token id or its text", span)
+        try:
+            text = codecs.decode(value, "unicode_escape") if "\\" in value else value
+        except UnicodeDecodeError as err:
+            raise NNError(f"{what} {value!r} is not a valid escape ({err.reason})", span,
+                          "write a backslash itself as \\\\, or give the token id") from None
         got = self.tok.id_of(text)
         if got is None:
             raise NNError(f"{what} token {value!r} is not in the tokenizer's vocabulary",
@@ -214,6 +228,9 @@ class Generator:
             except DataError as err:
                 raise NNError(err.message, hint=err.hint) from None
             if self.spec.source:
+                if not ids:
+                    raise NNError(f"{where} is empty", hint="give the source text to decode "
+                                  "from")
                 src.append(self._fit(ids, self._source_len(), where, "source"))
                 dec.append([start])
                 continue
@@ -450,6 +467,7 @@ def _beam(g: Generator, logits, lengths, stop, opts):
                     done[p].append((scores[r] / (step + 1) ** lp, seqs[r],
                                     "max_new" if last else "max_len"))
             closed[p] = True
+            scores[p * width:(p + 1) * width] = -np.inf   # NOTE: no longer live: no position
         if all(closed):
             break
         g.reorder(src)
