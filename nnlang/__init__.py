@@ -25,15 +25,17 @@ def load(source_or_path, overrides: dict | None = None, model: str | None = None
 
 def compile(model, backend: str = "numba", batch: int | None = None, dtype: str = "float32",
             seed: int | None = None, overrides: dict | None = None, disable=(),
-            init_from=None, init_skip_mismatch: bool = False):
+            init_from=None, init_skip_mismatch: bool = False, total_steps: int = 0):
     """Compiles a model (a path, source text or a `Program` from `load`) into a `Net` with
     `train_step(feeds)`, `forward(feeds)`, `evaluate(feeds)` and `parameters()`.
     `disable` switches graph passes off by name (e.g. ("fuse",)) to compare. `init_from` (a run
     directory or checkpoint) loads the parameters that match by name and shape; what was
-    loaded, skipped and left fresh is in `net.init_report`."""
+    loaded, skipped and left fresh is in `net.init_report`. `total_steps`: the length of the
+    training run, over which a cosine schedule decays."""
     from nnlang.runtime.net import Net
     program = model if hasattr(model, "graph") else load(model, overrides)
-    net = Net(program, backend=backend, batch=batch, dtype=dtype, seed=seed, disable=disable)
+    net = Net(program, backend=backend, batch=batch, dtype=dtype, seed=seed, disable=disable,
+              total_steps=total_steps)
     net.init_report = None
     if init_from is not None:
         from nnlang.train.init_from import init_from as load_weights

@@ -5,6 +5,8 @@ one executable per graph kind: a training step, an evaluation pass, and a predic
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from nnlang.backends.aligned import aligned_copy, aligned_zeros
@@ -223,6 +225,12 @@ class Net:
         fetch=False returns None and leaves the loss and metrics where the step computed them,
         so on a GPU the step ends without waiting for the device; `fetch()` then reads those
         of every such step at once."""
+        if self.step == 0 and not self.total_steps and self.config.schedule is not None \
+                and self.config.schedule.name == "cosine":
+            warnings.warn("the cosine schedule decays over the whole run, and this net does "
+                          "not know its length: after the warm-up the rate stays at the base "
+                          "rate. Pass total_steps = epochs * steps per epoch to "
+                          "nnlang.compile (nnlang train does)", stacklevel=2)
         lr = self.learning_rate()
         out = self._run("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)}, fetch)
         self.step += 1

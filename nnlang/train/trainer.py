@@ -337,17 +337,25 @@ class _Training:
 
     # *** the loop ***
     def run(self) -> History:
-        cfg = self.cfg
+        cfg, watch = self.cfg, self.watch
+        end = cfg.epochs
         if self.start_epoch >= cfg.epochs:
             say(self.console, f"nothing to train: the checkpoint has {self.start_epoch} of "
                               f"{cfg.epochs} epochs (pass --epochs to train more)")
+        elif cfg.early_stop and watch.bad >= cfg.early_stop:   # NOTE: a resumed run that had
+            end, self.history.stopped = self.start_epoch, "early_stop"   # stopped early
+            say(self.console, f"nothing to train: the run stopped early after epoch "
+                              f"{self.start_epoch} ({watch.monitor} had not improved for "
+                              f"{watch.bad} epoch(s); best {watch.best:.4f} at epoch "
+                              f"{watch.best_epoch}); pass --set early_stop=N with N > "
+                              f"{watch.bad} to train on")
         with Interrupts() as interrupts:
             try:
-                if self.start_epoch < cfg.epochs:
+                if self.start_epoch < end:
                     with interrupts.immediate():
                         _compile(self.net, self.net.batch, self.console, self.progress)
                     self.ranks.compiled()
-                for epoch in range(self.start_epoch, cfg.epochs):
+                for epoch in range(self.start_epoch, end):
                     seen, wall = self.train_epoch(epoch, interrupts)
                     self.end_epoch(seen, wall, interrupts)
                     interrupts.check()
@@ -500,6 +508,7 @@ class _Training:
     def finish(self) -> History:
         """The test set's results, summary.json, plots and the summary table."""
         history, run = self.history, self.run_dir
+        history.val = history.val or _last(history.rows, "val")
         try:
             history.test = evaluate(self.net, self.test, self.cfg.batch, ranks=self.ranks) \
                 if self.test else None
@@ -513,7 +522,7 @@ class _Training:
             run.write_json("summary.json", {"epochs": len(history.rows), "step": self.net.step,
                                             "stopped": history.stopped,
                                             "best": history.best,
-                                            "train": _last_train(history.rows),
+                                            "train": _last(history.rows, "train"),
                                             "val": history.val, "test": history.test})
             if run.plot() is None:
                 say(self.console, PLOT_HINT)
@@ -550,10 +559,12 @@ def _compile(net, batch: int, console: Console, progress: bool) -> None:
         say(console, f"compiled in {time.perf_counter() - t0:.1f}s")
 
 
-def _last_train(rows: list) -> dict | None:
-    if not rows:
-        return None
-    return {k[len("train_"):]: v for k, v in rows[-1].items() if k.startswith("train_")}
+def _last(rows: list, split: str) -> dict | None:
+    """The last epoch's row of one split's values (a resumed run that trains no epoch has
+    only the rows of its log)."""
+    got = {k[len(split) + 1:]: v for k, v in (rows[-1] if rows else {}).items()
+           if k.startswith(split + "_")}
+    return got or None
 
 
 def small_meta(meta: dict) -> dict:
@@ -566,7 +577,7 @@ def small_meta(meta: dict) -> dict:
 
 def summary_table(history: History) -> Table:
     """train (last epoch) / val / test rows of loss and metrics."""
-    results = {"train": _last_train(history.rows), "val": history.val, "test": history.test}
+    results = {"train": _last(history.rows, "train"), "val": history.val, "test": history.test}
     results = {k: v for k, v in results.items() if v}
     cols = list(dict.fromkeys(k for v in results.values() for k in v))
     t = Table(box=box.SIMPLE_HEAD, title="summary")

@@ -67,6 +67,22 @@ def test_early_stop_keeps_the_best_epoch(folder):
     assert summary["stopped"] == "early_stop" and summary["best"]["epoch"] == best + 1
 
 
+def test_resuming_a_run_that_stopped_early_trains_nothing(folder):
+    """Its last checkpoint stays as it was (resume is for interrupted runs); a larger
+    early_stop (`--set`) trains on."""
+    h = train(folder, "early_stop = 3")
+    before = (folder / "run" / "checkpoint.npz").read_bytes()
+    again = fit(str(folder / "tiny.nn"), out=folder / "run", resume=True, backend="reference",
+                progress=False)
+    assert again.stopped == "early_stop" and len(again.rows) == len(h.rows)
+    assert (folder / "run" / "checkpoint.npz").read_bytes() == before
+    summary = json.loads((folder / "run" / "summary.json").read_text())
+    assert summary["val"]["loss"] == pytest.approx(h.rows[-1]["val_loss"])
+    more = fit(str(folder / "tiny.nn"), out=folder / "run", resume=True, backend="reference",
+               progress=False, overrides={"early_stop": 30})
+    assert len(more.rows) > len(h.rows)
+
+
 def test_monitor_max_on_a_metric(folder):
     h = train(folder, 'early_stop = 2\n  monitor = "val_acc"', epochs=12)
     acc = [r["val_acc"] for r in h.rows]
@@ -131,6 +147,28 @@ def test_library_loop_advances_an_epoch_schedule(folder):
     assert net.step == 1 and net.learning_rate() == pytest.approx(0.05)
     assert net.end_epoch() == 1
     assert net.learning_rate() == pytest.approx(0.025)
+
+
+def test_library_loop_decays_a_cosine_schedule_over_the_steps_it_is_given(folder):
+    """The published rule: lr = min + (base - min) (1 + cos(pi t / T)) / 2 after the warm-up;
+    a net that does not know T warns that the rate stays at the base."""
+    import math
+    import warnings
+    source = overfit_source("schedule = cosine(warmup = 2, min_lr = 0.01)")
+    feeds = {"x": np.ones((4, 4), np.float32), "label": np.array([0, 1, 2, 0], np.int32)}
+    net = nnlang.compile(source, backend="reference", total_steps=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rates = []
+        for _ in range(10):
+            rates.append(net.learning_rate())
+            net.train_step(feeds)
+    want = [0.05 * (t + 1) / 2 if t < 2 else
+            0.01 + 0.04 * (1 + math.cos(math.pi * (t - 2) / 8)) / 2 for t in range(10)]
+    assert rates == pytest.approx(want)
+    blind = nnlang.compile(source, backend="reference")
+    with pytest.warns(UserWarning, match="total_steps"):
+        blind.train_step(feeds)
 
 
 @pytest.mark.parametrize("extra, val, words", [
