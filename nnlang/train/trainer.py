@@ -232,6 +232,10 @@ class _Training:
         if max_steps is not None and max_steps < 1:
             raise NNError(f"--max-steps must be at least 1, not {max_steps}")
         cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file)
+        if cfg.val_split > 0 and ds.val is not None and len(ds.val):
+            say(console, f"note: data set '{ds.name}' has its own validation split "
+                         f"({len(ds.val)} examples), which is used instead of val_split = "
+                         f"{cfg.val_split:g}")
         check_watch(program, cfg, splits[1])
         self = cls()
         self.console, self.backend, self.max_steps = console, backend, max_steps

@@ -90,8 +90,9 @@ def test_monitor_max_on_a_metric(folder):
     assert h.best["epoch"] == acc.index(max(acc)) + 1
 
 
-def test_val_arrays_are_the_validation_set(folder):
+def test_val_arrays_are_the_validation_set(folder, capsys):
     h = train(folder, "val_split = 0.5", epochs=1)  # NOTE: val_* wins over val_split
+    assert "its own validation split (24 examples)" in " ".join(capsys.readouterr().out.split())
     config = json.loads((folder / "run" / "config.json").read_text())
     assert config["dataset"]["val"] == 24 and config["dataset"]["train"] == 8
     assert h.val is not None
