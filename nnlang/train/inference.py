@@ -252,16 +252,17 @@ def _sequences(value: np.ndarray, logits: bool, meta: dict) -> list[dict]:
 
 
 def detokenizer(meta: dict, classes: int):
-    """ids -> text through the data set's tokenizer, when its vocabulary is the output's
-    classes (a character or word vocabulary); None when there is no such tokenizer."""
+    """ids -> text through the data set's tokenizer, when the output's classes are its
+    vocabulary (a model may score a few ids more than the tokenizer has, as `generate`
+    allows: those write nothing); None when there is no such tokenizer."""
     chars = tokenizer_from_meta(meta)
-    if chars is not None and chars.vocab_size == classes:
+    if chars is not None and chars.vocab_size <= classes:
         return chars.decode
     tok = meta.get("tokenizer") or {}
     vocab = meta.get("vocab")
-    if meta.get("kind") == "text" and vocab and len(vocab) == classes:
+    if meta.get("kind") == "text" and vocab and len(vocab) <= classes:
         pad = tok.get("pad_id", 0)
-        return lambda ids: " ".join(vocab[i] for i in ids if i != pad)
+        return lambda ids: " ".join(vocab[i] for i in ids if i != pad and i < len(vocab))
     return None
 
 
