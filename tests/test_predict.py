@@ -137,5 +137,10 @@ def test_sequence_kind_and_decoding_without_training():
     r, = interpret_output(scores, "sequence", True, None, words)
     assert r["ids"] == [3, 4, 0, 2] and r["text"] == "very film good"
     assert r["probability"][0] == pytest.approx(np.exp(5) / (np.exp(5) + 4))
+    # 5 classes over a 4-word vocabulary (a model may score ids its tokenizer lacks, as
+    # generate allows): those write nothing; 5 classes over 6 words are not its words
     r, = interpret_output(scores, "sequence", True, None, {**words, "vocab": words["vocab"][:4]})
-    assert r["text"] is None                           # 5 classes, a 4-word vocabulary: no text
+    assert r["text"] == "very good"
+    r, = interpret_output(scores, "sequence", True, None,
+                          {**words, "vocab": words["vocab"] + ["bad"]})
+    assert r["text"] is None
