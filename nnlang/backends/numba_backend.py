@@ -31,7 +31,7 @@ from nnlang.backends.base import Call, State, library_call, run_in_order
 from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded_blas_pays,
                                   workers)
 from nnlang.backends.compile_worker import claim
-from nnlang.backends.numba_scan import Unsupported, blas_gemms, render_driver
+from nnlang.backends.numba_scan import KernelAddress, Unsupported, blas_gemms, render_driver
 from nnlang.codegen.render_numba import (COLUMNS_MIN, PARALLEL_MIN, render, render_multi,
                                          split_columns, split_rows)
 from nnlang.errors import NNError
@@ -210,21 +210,6 @@ def _row_strided(x: np.ndarray, force: bool = False):
     return flat, [np.intp(s // item) for s in strides[:-1]]
 
 
-def _typeof(a):
-    """numba's type of a kernel argument, 'A' for a view that numpy calls contiguous only
-    because its unit axes may have any stride (a [1, k] column slice at batch 1): a scan
-    driver slicing the same view types it 'A', and a kernel it calls must take the driver's
-    types."""
-    t = numba.typeof(a)
-    if isinstance(a, np.ndarray) and a.ndim > 1 and t.layout in "CF":
-        shape = a.shape if t.layout == "C" else a.shape[::-1]
-        strides = a.strides if t.layout == "C" else a.strides[::-1]
-        tight = np.cumprod((a.itemsize,) + shape[:0:-1])[::-1]
-        if tuple(strides) != tuple(int(s) for s in tight):
-            return t.copy(layout="A")
-    return t
-
-
 def _uses_pool(call) -> bool:
     """Does this (function, args) call hand work to the thread pool (`blas.run_parts`)?"""
     fn, args = call
@@ -369,7 +354,7 @@ class NumbaBackend:
         return getattr(self._modules[key], name)
 
     def specialize(self, fn, args: tuple) -> Call:
-        sig = tuple(_typeof(a) for a in args)
+        sig = tuple(numba.typeof(a) for a in args)
         if self._waiting is not None and fn.py_func.__module__.startswith(_KERNELS):
             if (fn, sig) not in self._waiting:
                 self._waiting[(fn, sig)] = Pending()
@@ -379,6 +364,13 @@ class NumbaBackend:
                     self._worker = _spawn_worker()
             return self._waiting[(fn, sig)], args
         return self._entry(fn, sig), args
+
+    def _request(self, fn, sig) -> None:
+        """`fn` compiled (or, inside `together`, to be compiled) for `sig`."""
+        if self._waiting is not None:
+            self._waiting.setdefault((fn, sig), Pending())
+        else:
+            self._entry(fn, sig)
 
     @staticmethod
     def _missing(fn, sig) -> bool:
@@ -431,6 +423,9 @@ class NumbaBackend:
             return None
         if dtype is not None and dtype not in gemms:
             return None
+        for k in args:   # NOTE: a kernel the driver types otherwise needs that signature too
+            if isinstance(k, KernelAddress):
+                self._request(k.fn, k.sig)
         blas = gemms.get(dtype or "float32")
         if blas is None:
             return None

@@ -295,11 +295,31 @@ class DriverSource:
                 shape = ("nb", *shape[1:])
             self.lines += copy_loop(self.array(dst), "", self.array(src), "", shape, self.names)
         elif fn in self.kernel_of:
-            kernel = self.kernel_of[fn]
+            disp, sig = self.kernel_of[fn]
+            exprs = self._kernel_args(disp, args)
+            kernel = (disp, self._driver_types(sig, args, exprs))
             name = self.kernels.setdefault(kernel, f"k{len(self.kernels)}")
-            self.lines.append(f"{name}({', '.join(self._kernel_args(kernel[0], args))})")
+            self.lines.append(f"{name}({', '.join(exprs)})")
         else:
             raise Unsupported(getattr(fn, "__name__", repr(fn)))
+
+    def _driver_types(self, sig, args, exprs) -> tuple:
+        """The kernel's signature with its arrays typed as the driver's expressions are: numba
+        types a column slice of a step (`p[t, :, a:b]`) as strided, where the array the kernel
+        was typed from may be contiguous (a [1, k] slice at batch 1), and a step of a sequence
+        (`p[t]`) as the sequence's layout. A kernel called through its address must take
+        exactly these types, so the driver may need a signature of its own."""
+        out = list(sig)
+        for k, (v, e) in enumerate(zip(args, exprs)):
+            head, _, index = e.partition("[")
+            if isinstance(v, np.ndarray) and v.ndim > 1 and head[:1] == "p" and \
+                    head[1:].isdigit():
+                layout = numba.typeof(self.args[int(head[1:])]).layout
+                if index and (layout != "C" or index.count(", ") >= 2):
+                    layout = "A"
+                if layout != out[k].layout:
+                    out[k] = out[k].copy(layout=layout)
+        return tuple(out)
 
     def _kernel_args(self, disp, args) -> list[str]:
         """A generated kernel's arguments (n0, n1.., arrays.., outer strides `<array>_s0`..);

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnlang.ir.graph import Builder, Graph
+from nnlang.ir.scan import Body
 from nnlang.ops.registry import TensorType
 from nnlang.passes.autodiff import backward
 from nnlang.passes.decompose import decompose
@@ -20,13 +21,15 @@ LR_INPUT = "_lr"
 
 
 def retype(g: Graph, dtype: str) -> Graph:
-    """Every float32 value becomes `dtype` (float64 for gradient checks); a number literal
-    starts from its exact value, not its float32 rounding. Afterwards no const remembers its
-    literal, so CSE merges equal constants whatever made them."""
-    if dtype == "float32" and not any("_literal" in node.attrs for node in g):
+    """Every float32 value becomes `dtype` (float64 for gradient checks), in scan bodies too;
+    a number literal starts from its exact value, not its float32 rounding. Afterwards no
+    const remembers its literal, so CSE merges equal constants whatever made them."""
+    if dtype == "float32" and not _literals(g):
         return g
     g = g.copy()
     for node in g:
+        if isinstance(node.attrs.get("body"), Body):
+            node.attrs["body"] = node.attrs["body"].map(lambda bg: retype(bg, dtype))
         exact = node.attrs.pop("_literal", None)
         if dtype == "float32":
             continue
@@ -36,6 +39,11 @@ def retype(g: Graph, dtype: str) -> Graph:
             node.attrs["value"] = np.asarray(node.attrs["value"] if exact is None else exact,
                                              dtype)
     return g if dtype == "float32" else infer(g)
+
+
+def _literals(g: Graph) -> bool:
+    return any("_literal" in node.attrs or isinstance(node.attrs.get("body"), Body) and
+               _literals(node.attrs["body"].g) for node in g)
 
 
 def specialize(user: Graph, batch: int, dtype: str = "float32",

@@ -150,36 +150,49 @@ model M {{
 
 
 @pytest.mark.parametrize("cell", ["lstm", pytest.param("gru", marks=pytest.mark.slow),
-                                  pytest.param("rnn", marks=pytest.mark.slow)])
-def test_one_example_at_a_time(cell):
-    """Batch 1 (one review to predict, one prompt to generate from): numpy calls a [1, k]
-    column slice contiguous, while the scan driver types it as any strided view; the kernels
-    it calls must take the driver's types. Values are the batch's first row, gradients the
-    float64 interpreter's."""
+                                  pytest.param("rnn", marks=pytest.mark.slow), "scan"])
+def test_one_example_or_one_step(cell):
+    """Batch 1 (one review to predict, one prompt to generate from) and sequences of one step:
+    numpy calls a [1, k] column slice contiguous, while the scan driver types it as a strided
+    view (and a step of a one-step sequence as the sequence is typed); a kernel the driver
+    calls must take the driver's types. Values are those of the rows in a bigger batch,
+    gradients the float64 interpreter's."""
     import nnlang
     state = ", c" if cell == "lstm" else ""
-    src = f"""
-model M {{
-  input x: float32[batch, 5, 3]
-  input label: float32[batch]
+    layers = f"""
   both = {cell}(x, 6, bidirectional = true, return_sequences = true)
-  hs, h{state} = {cell}(both, 4, mask = x[:, :, 0] > -1.0, return_state = true)
+  hs, h{state} = {cell}(both, 4, mask = x[:, :, 0] > -1.0, return_state = true)"""
+    if cell == "scan":   # a user block whose step reads the carry through an elementwise op
+        layers = """
+  hs, h = scan Cell(broadcast_to(0.5, shape = [batch, 3]), u = u) over x"""
+    src = f"""
+block Cell(x, h, u) {{
+  h2 = tanh((h * x) @ u + h)
+  return h2, h2
+}}
+model M {{
+  symbol seq
+  input x: float32[batch, seq, 3]
+  input label: float32[batch]
+  param u: float32[3, 3]{layers}
   logit = dense(h, 1) |> squeeze(axis = -1)
   output out = logit
   loss bce_with_logits(logit, label)
 }}
 """
     rng = np.random.default_rng(2)
-    feeds = {"x": rng.normal(size=(2, 5, 3)).astype(np.float32),
-             "label": np.array([1.0, 0.0], np.float32)}
-    one = {k: v[:1] for k, v in feeds.items()}
     net = nnlang.compile(src, backend="numba", seed=0)
-    np.testing.assert_allclose(net.forward(one)["out"], net.forward(feeds)["out"][:1],
-                               rtol=1e-5, atol=1e-6)
-    want = nnlang.compile(src, backend="reference", dtype="float64", seed=0).gradients(one)
-    got = net.gradients(one)
-    for name in want:
-        np.testing.assert_allclose(got[name], want[name], rtol=2e-3, atol=2e-6, err_msg=name)
+    want = nnlang.compile(src, backend="reference", dtype="float64", seed=0)
+    for rows, steps in ((1, 5), (2, 1)):
+        feeds = {"x": rng.normal(size=(3, steps, 3)).astype(np.float32),
+                 "label": np.array([1.0, 0.0, 1.0], np.float32)}
+        part = {k: v[:rows] for k, v in feeds.items()}
+        np.testing.assert_allclose(net.forward(part)["out"], net.forward(feeds)["out"][:rows],
+                                   rtol=1e-5, atol=1e-6)
+        got, ref = net.gradients(part), want.gradients(part)
+        for name in ref:
+            np.testing.assert_allclose(got[name], ref[name], rtol=2e-3, atol=2e-6,
+                                       err_msg=f"{name} at batch {rows}, {steps} step(s)")
 
 
 def test_a_body_whose_rows_meet_is_not_cut_into_row_parts():
