@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from nnlang.frontend import ast
 from nnlang.frontend.values import POISON, Abort, Scope, T
-from nnlang.ir.graph import Builder
+from nnlang.ir.graph import Builder, op_attrs, slots
 from nnlang.ir.scan import Body, new_body_graph
 from nnlang.ops import registry
 
@@ -27,6 +27,9 @@ class ScanElaboration:
         inits = [self.expr(a, scope, None) for a in call.args]
         if any(v is POISON for v in seqs + inits):
             raise Abort
+        if not inits:
+            self.fail(f"scan: {call.func} carries no state", call.span,
+                      f"pass the initial states first: {_FORM}")
         dtype, batch, steps = self._scan_seqs(seqs, e)
         self._scan_inits(inits, call, dtype, batch)
         places = [self._placeholder(f"x{i}", (batch, self._type(s).shape[2]), dtype, e.span)
@@ -66,9 +69,13 @@ class ScanElaboration:
         for v, a in zip(inits, call.args):
             t = self._type(v) if isinstance(v, T) else None
             if t is None or t.rank != 2 or t.dtype != dtype or t.shape[0] != batch:
+                units = t.shape[1] if t is not None and t.rank == 2 else "units"
+                zeros = f"broadcast_to(0.0, shape = [batch, {units}])"
+                if dtype != "float32":   # NOTE: a literal is float32
+                    zeros = f'cast({zeros}, dtype = "{dtype}")'
                 self.fail(f"scan: an initial state is {dtype}[{batch}, units]; got "
                           f"{t if t is not None else repr(v)}", a.span,
-                          "start from zeros: broadcast_to(0.0, shape = [batch, units])?")
+                          f"start from zeros: {zeros}?")
 
     def _scan_results(self, result, inits, block: ast.BlockDef, call: ast.Call, dtype):
         """The block returns its next states (one per initial state, same types), then any
@@ -102,6 +109,10 @@ class ScanElaboration:
         scan's gradient makes one GEMM of those), else a per-step value broadcast over time
         (a bias: its gradient is the sum over steps)."""
         g = self.g
+        inside = _descendants(g, [p.id for p in places])
+        for nid in sorted(inside):
+            self._refuse_in_body(g.node(nid))
+        result = self._lower_layers(inside, result)
         inside = _descendants(g, [p.id for p in places])
         reads = []
         for nid in sorted(inside):
@@ -146,15 +157,55 @@ class ScanElaboration:
         body = Body(bg, sum(widths), n_seqs + len(broadcast), len(weights))
         return body, [T(i) for i in weights], [(T(i), k) for i, k in zip(broadcast, steps)]
 
+    def _refuse_in_body(self, node) -> None:
+        """What a step cannot do: draw random numbers (a body has no per-step key) or keep
+        running statistics."""
+        rate = node.attrs.get("rate" if node.op == "dropout" else "dropout")
+        if node.op == "batch_norm" or (rate or 0) > 0 or \
+                registry.get(node.op).has(registry.RANDOM):
+            what = "dropout" if rate else node.op
+            self.fail(f"scan: {what} inside a scan body is not supported (a step draws no "
+                      "random numbers and keeps no running statistics)", node.span,
+                      "apply it to the sequence before the scan (`over dropout(x, rate = "
+                      "0.2)`) or to its outputs after it; lstm/gru/rnn take dropout and "
+                      "recurrent_dropout")
+
+    def _lower_layers(self, inside, result):
+        """Layers in the block that read weights from outside (dense, layer_norm, ...) as
+        their primitives, so the cut sees how each weight is read: a dense's weight as a
+        matmul's right operand, its bias and a norm's scale per step. The block's results
+        follow the nodes that replace them."""
+        g, ids = self.g, {}
+        for nid in g.topo():
+            node = g.node(nid)
+            opdef = registry.get(node.op)
+            if nid not in inside or not opdef.is_composite or \
+                    all(i is None or i in inside for i in node.inputs):
+                continue
+            b = Builder(g, span=node.span, path=node.path, role=node.role)
+            b.training = True   # NOTE: what differs in training was refused above
+            out = opdef.decompose(b, *slots(g, node), **op_attrs(node))
+            if node.name and g.node(out).name is None:
+                g.node(out).name = node.name
+            g.replace_uses(nid, out)
+            g.remove(nid)
+            ids[nid] = out
+        return [T(ids.get(v.id, v.id)) for v in result]
+
     def _step_width(self, i, batch, span) -> int:
         """k of a value read every step as [batch, k]: a scalar, [k], [1, k] or [batch, k]."""
         t = self.g.node(i).type
         if t.rank == 0 or t.rank == 1 and isinstance(t.shape[0], int) or \
                 t.rank == 2 and t.shape[0] in (1, batch) and isinstance(t.shape[1], int):
             return 1 if t.rank == 0 else t.shape[-1]
+        hint = "pass it as a sequence (over ...) instead"
+        if t.rank == 3 and t.shape[0] == batch:
+            hint = ("a step cannot read a [batch, n, k] memory (attention over an encoder's "
+                    "outputs) yet; reduce it to [batch, k] before the scan, or run the "
+                    "attention on the scan's outputs")
         self.fail(f"scan: the block reads {t} from outside the loop; a body reads outside "
-                  f"values as a matmul's right operand or as [batch, k] per step", span,
-                  "pass it as a sequence (over ...) instead")
+                  f"values as a weight [k, n] on a matmul's right or as [batch, k] per step",
+                  span, hint)
 
     def _emit_scan(self, e: ast.Scan, scope, seqs, inits, weights, broadcast, body: Body,
                    widths):
@@ -212,8 +263,11 @@ def _constant(g, nid) -> bool:
 
 
 def _rhs(g, user, i) -> bool:
+    """Is outside value i a weight [k, n] that `user` multiplies from the right? (The scan's
+    gradient stacks the left operands of every step into one GEMM for it.)"""
     n = g.node(user)
-    return n.op == "matmul" and n.inputs[1] == i and n.inputs[0] != i
+    return n.op == "matmul" and n.inputs[1] == i and n.inputs[0] != i and \
+        g.node(i).type.rank == 2 and g.node(n.inputs[0]).type.rank == 2
 
 
 def _copy(bg, node, ids, rhs) -> int:

@@ -99,3 +99,108 @@ def test_scan_errors_are_located(source, words, where):
         nnlang.load(source)
     text = str(err.value)
     assert words in text and f":{where}:" in text and "Traceback" not in text, text
+
+
+LAYERS = """
+block Cell(x, h) {
+  h2 = layer_norm(tanh(dense(x, 4) + h))
+  return h2, h2
+}
+model WithLayers {
+  symbol seq
+  input x: float32[batch, seq, 3]
+  input h0: float32[batch, 4]
+  hs, h = scan Cell(h0) over x
+  loss mean(hs * hs * hs) + mean(h)
+}
+"""
+BY_HAND = """
+block Cell(x, h, w, b, gamma, beta) {
+  v = tanh(x @ w + b + h)
+  d = v - mean(v, axis = -1, keepdims = true)
+  h2 = d / sqrt(mean(d * d, axis = -1, keepdims = true) + 1e-5) * gamma + beta
+  return h2, h2
+}
+model ByHand {
+  symbol seq
+  input x: float32[batch, seq, 3]
+  input h0: float32[batch, 4]
+  param w: float32[3, 4]
+  param b: float32[4]
+  param gamma: float32[4]
+  param beta: float32[4]
+  hs, h = scan Cell(h0, w = w, b = b, gamma = gamma, beta = beta) over x
+  loss mean(hs * hs * hs) + mean(h)
+}
+"""
+
+
+def test_layers_with_weights_run_inside_a_block():
+    """dense and layer_norm in a scan block get their weights as anywhere else, and give the
+    values and gradients of the same cell written with explicit params."""
+    rng = np.random.default_rng(3)
+    feeds = {"x": rng.normal(size=(2, 6, 3)).astype(np.float32),
+             "h0": rng.normal(size=(2, 4)).astype(np.float32)}
+    layers = nnlang.compile(LAYERS, seed=0)
+    hand = nnlang.compile(BY_HAND, seed=0)
+    p = layers.parameters()
+    names = {"w": "hs.dense.weight", "b": "hs.dense.bias", "gamma": "hs.h2.gamma",
+             "beta": "hs.h2.beta"}
+    assert sorted(p) == sorted(names.values()), sorted(p)
+    values = {"w": p[names["w"]], "b": rng.normal(size=4).astype(np.float32),
+              "gamma": rng.normal(size=4).astype(np.float32),
+              "beta": rng.normal(size=4).astype(np.float32)}
+    layers.load_state_dict({names[k]: v for k, v in values.items()})
+    hand.load_state_dict(values)
+    got, want = layers.gradients(feeds), hand.gradients(feeds)
+    for k, name in names.items():
+        np.testing.assert_allclose(got[name], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert layers.evaluate(feeds)["loss"] == pytest.approx(hand.evaluate(feeds)["loss"],
+                                                           rel=1e-5)
+
+
+@pytest.mark.parametrize("body, words", [
+    ("h2 = tanh(dropout(x, rate = 0.5) @ w + h)", ["dropout inside a scan body", "before the"]),
+    ("h2 = tanh(squeeze(unsqueeze(h, axis = 1) @ m, axis = 1) + x @ w)",
+     ["reads float32[batch, 3, 3]", "[batch, n, k] memory"]),
+])
+def test_what_a_step_cannot_do_is_refused_where_it_is_written(body, words):
+    src = f"""
+block Cell(x, h, m, w) {{
+  {body}
+  return h2, h2
+}}
+model M {{
+  input x: float32[batch, 5, 3]
+  input m: float32[batch, 3, 3]
+  input h0: float32[batch, 3]
+  param w: float32[3, 3]
+  hs, h = scan Cell(h0, m = m, w = w) over x
+  loss sum(hs * hs)
+}}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    for w in words:
+        assert w in text, text
+
+
+def test_a_scan_without_state_and_a_float64_start_get_hints_that_work():
+    with pytest.raises(NNError, match="carries no state"):
+        nnlang.load("block C(x) {\n  return x\n}\nmodel M {\n  input x: float32[batch, 4, 3]\n"
+                    "  hs = scan C() over x\n}\n")
+    src = """
+block Cell(x, h) {
+  return tanh(x + h), h
+}
+model M {
+  input x: float64[batch, 4, 3]
+  hs, h = scan Cell(START) over x
+  loss sum(hs * hs)
+}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src.replace("START", "broadcast_to(0.0, shape = [batch, 3])"))
+    hint = re.search(r"start from zeros: (.*)\?", err.value.render()).group(1)
+    nnlang.load(src.replace("START", hint))    # the hint, as written, checks
