@@ -73,10 +73,13 @@ def _check_extras(op, x, mask, states, units, bidirectional, return_state, rates
                              f"{fmt_shape((batch, units))}", arg=2 + k)
         if bidirectional:
             raise ShapeError(f"{op}: {name} with bidirectional = true is not supported",
-                             arg=2 + k, hint="run two layers, one with reverse input, instead")
+                             arg=2 + k, hint="start it from zeros (no initial state), or "
+                             "use a layer in one direction")
     if return_state and bidirectional:
         raise ShapeError(f"{op}: return_state with bidirectional = true is not supported",
-                         attr="return_state")
+                         attr="return_state",
+                         hint="with return_sequences = true, the forward half of the last "
+                         "step and the backward half of the first step are the final h")
     for name, rate in rates.items():
         need_range(op, name, rate, 0.0, 1.0, hi_open=True)
 
