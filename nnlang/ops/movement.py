@@ -91,9 +91,14 @@ def _slice_size(n, start, stop, step):
         return stop
     if isinstance(start, int) and -start > 0 and (stop, step) == (None, 1):
         return -start  # the last -start steps, whatever the length (a user scan's final state)
+    if isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop and step == 1:
+        # NOTE: entries start..stop-1 (x[:, 0], a first token); a bound length below stop
+        # cuts it shorter, as numpy's slice does
+        return stop - start
     raise ShapeError(f"cannot slice {start}:{'' if stop is None else stop}:{step} of a dim of "
-                     f"size {n}: with a symbolic length the slice must be the first k entries "
-                     "(start 0, step 1, k a symbol or the whole dim) or the last k (start -k)",
+                     f"size {n}: with a symbolic length the slice must be entries i:j (step 1, "
+                     "0 <= i < j), the first k (k a symbol or the whole dim) or the last k "
+                     "(start -k)",
                      arg=0,
                      hint="slice an axis of concrete size, or take the first `seq` entries")
 

@@ -108,3 +108,36 @@ def test_lengths_beyond_the_byte_budget_are_dropped(monkeypatch):
     for n in (3, 4, 5):
         net.forward({"x": np.ones((3, n, 4), np.float32)})
     assert [key[2] for key in net._exes] == [(("seq", 5),)]
+
+
+FIRST = """
+model First {
+  symbol seq
+  input x: float32[batch, seq, 4]
+  input label: float32[batch]
+  h = dense(x, 5) |> tanh
+  cls = h[:, 0]
+  pair = sum(h[:, 1:3], axis = 1)
+  y = dense(concat(cls, pair, axis = -1), 1) |> squeeze(axis = -1)
+  output out = y
+  loss mse(y, label)
+}
+train First {
+  optimizer = sgd(lr = 0.1)
+  batch = 3
+}
+"""
+
+
+def test_fixed_entries_of_a_symbolic_axis():
+    """x[:, 0] (a first token) and x[:, 1:3] on a symbolic length: the values and updates of
+    fresh nets declared with each length."""
+    lengths = (5, 3, 8)
+    net = nnlang.compile(FIRST, seed=2)
+    got = {}
+    for k, n in enumerate(lengths):
+        loss = net.train_step(feeds(n, k))
+        got[n] = (loss, net.forward(feeds(n, 10 + k))["out"], net.parameters())
+    assert_fresh_nets_agree(
+        lambda n: FIRST.replace("  symbol seq\n", "").replace("seq", str(n)), lengths, feeds,
+        got, seed=2)
