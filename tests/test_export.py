@@ -153,6 +153,8 @@ SEQ = Sym.of("seq")
     (SEQ, 0, None, 1, SEQ),    # the whole symbolic dim
     (SEQ, 0, SEQ, 1, SEQ),
     (10, 2, 7, 2, 3),          # ints as ever
+    (SEQ, 0, 3, 1, 3),         # fixed entries of a symbolic axis (a first token)
+    (SEQ, 1, 2, 1, 1),
 ])
 def test_slice_by_a_symbol_shape(n, start, stop, step, want):
     """A slice whose result is a dim is legal before its symbols are bound, so a symbolic
@@ -165,7 +167,7 @@ def test_slice_by_a_symbol_shape(n, start, stop, step, want):
 
 
 @pytest.mark.parametrize("n,start,stop,step", [
-    (10, 1, SEQ, 1), (10, 0, SEQ, 2), (SEQ, 1, None, 1), (SEQ, 0, 3, 1),
+    (10, 1, SEQ, 1), (10, 0, SEQ, 2), (SEQ, 1, None, 1), (SEQ, 0, 3, 2), (SEQ, 3, 1, 1),
     (Sym.of("other"), 0, SEQ, 1)])
 def test_slice_by_a_symbol_refused_where_the_size_is_no_dim(n, start, stop, step):
     with pytest.raises(ShapeError, match="symbolic length"):

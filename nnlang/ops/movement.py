@@ -132,8 +132,11 @@ def _onnx_slice(e, n, x):
         return e.op("Identity", x)
     if isinstance(a["stop"], Sym):   # the first `stop` entries, read at run time
         return e.op("Slice", x, e.ints([0]), e.dim(a["stop"]), e.ints([a["axis"]]))
-    if isinstance(size, Sym):   # the last -start entries: ONNX counts a negative start from the back
-        return e.op("Slice", x, e.ints([a["start"]]), e.ints([2 ** 63 - 1]), e.ints([a["axis"]]))
+    if isinstance(size, Sym):
+        # NOTE: the last -start entries (ONNX counts a negative start from the back), or fixed
+        # entries start..stop-1 (`_slice_size`)
+        stop = 2 ** 63 - 1 if a["stop"] is None else a["stop"]
+        return e.op("Slice", x, e.ints([a["start"]]), e.ints([stop]), e.ints([a["axis"]]))
     lo, hi, step = slice(a["start"], a["stop"], a["step"]).indices(size)
     # NOTE: ONNX reads a negative end as counted from the back; "before index 0" is -inf
     hi = -(2 ** 63) if hi < 0 else hi
