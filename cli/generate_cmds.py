@@ -35,8 +35,8 @@ def generate(
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty",
                                                    callback=finite_float, help="Beam scores "
                                                    "are divided by length ** this."),
-    stop: Optional[str] = typer.Option(None, "--stop", help="A token that ends a sequence "
-                                       "(escapes like \\n work) or a token id."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="A token that ends a "
+                                             "sequence (escapes like \\n work) or a token id."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampling."),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
@@ -53,6 +53,7 @@ def generate(
     temperature / top-k / top-p sampling, or beam search; --eval scores an encoder-decoder on
     held-out data. See docs/generation.md."""
     from nnlang.data.chars import tokenizer_from_meta
+    from nnlang.errors import NNError
     from nnlang.train.inference import restore
     out = console()
     options = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -61,6 +62,10 @@ def generate(
     with interruptible(out), reporting():
         _check_mode(evaluate, prompt, prompt_file, data, limit)
         prompts = None if evaluate else _prompts(prompt, prompt_file)
+        if stop and len(stop) > 1:   # NOTE: a list, so a second --stop is not dropped silently
+            raise NNError(f"--stop is given {len(stop)} times; a sequence ends at one stop "
+                          "token", hint="give --stop once")
+        stop = stop[0] if stop else None
         if stop is not None and stop.isdigit():
             stop = int(stop)
         net, ckpt, cfg = restore(str(file), checkpoint, backend, None,

@@ -65,6 +65,10 @@ def test_a_good_prompt_works(run):
     (["--prompt", "a", "--beam", "2", "--temperature", "0.5"], ["deterministic", "--beam 2"]),
     (["--prompt", "a", "--stop", "xyz"], ["stop token 'xyz'", "not in the tokenizer"]),
     (["--prompt", "a", "--stop", "500"], ["stop token id 500", "outside the vocabulary"]),
+    (["--prompt", "a", "--stop", "\\"], ["not a valid escape", "\\\\"]),
+    (["--prompt", "a", "--stop", "a", "--stop", "b"], ["--stop is given 2 times"]),
+    (["--prompt", "a", "--greedy", "--top-k", "3"], ["greedy decoding is deterministic",
+                                                     "--top-k"]),
     (["--prompt-file", "missing.txt"], ["--prompt-file missing.txt", "cannot read"]),
 ])
 def test_bad_prompts_and_flags(run, args, words):
