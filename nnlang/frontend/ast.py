@@ -312,6 +312,12 @@ class ToAst(Transformer_NonRecursive):
         func, rest = c[0], [x for x in c[1:] if x is not None]
         args = tuple(x for x in rest if not isinstance(x, Kwarg))
         kwargs = tuple(x for x in rest if isinstance(x, Kwarg))
+        for k, kw in enumerate(kwargs):
+            first = next((x for x in kwargs[:k] if x.name == kw.name), None)
+            if first is not None:
+                self.errors.append(Diagnostic(f"{func}() got '{kw.name}' twice", kw.span,
+                                              "give each argument once",
+                                              [("first given here", first.span)]))
         return Call(self._span(meta), str(func), self._span(func), args, kwargs)
 
     def pipe(self, meta, c):

@@ -8,7 +8,7 @@ from nnlang.frontend.values import (POISON, Abort, Initializer, KEYWORD_ONLY_OPS
                                     join_path)
 from nnlang.ir.dims import fmt_shape, is_concrete, size_problem
 from nnlang.ops import registry
-from nnlang.ops.init import INITIALIZERS
+from nnlang.ops.init import INITIALIZERS, init_problem
 from nnlang.ops.registry import ParamSpec, ShapeError, sym_dims
 from nnlang.ops.signature import BindError, check_kind
 
@@ -152,6 +152,11 @@ class CallElaboration:
         ins = [self.as_tensor(v, s, op, dtype) if v is not None else None
                for v, s in zip(ins, in_spans)]
         opdef = registry.get(op)
+        slots_ = [p for p in opdef.sig.params if p.kind in ("tensor", "tensor?")]
+        for p, v, s in zip(slots_, ins, in_spans):
+            if v is None and p.kind == "tensor":
+                self.fail(f"{op}: {p.name} is none, not a tensor", s,
+                          "give a tensor or a number here")
         in_types = [None if t is None else self.g.node(t.id).type for t in ins]
         if any(t is None for t, x in zip(in_types, ins) if x is not None):
             raise Abort
@@ -238,9 +243,13 @@ class CallElaboration:
         args = [self.const_expr(a, scope) for a in e.args]
         kwargs = {k.name: self.const_expr(k.value, scope) for k in e.kwargs}
         try:
-            return Initializer(e.func, sig.bind(args, kwargs))
+            opts = sig.bind(args, kwargs)
         except BindError as err:
             self.fail(f"{e.func}() {err.message}", e.span, err.hint)
+        problem = init_problem(opts)
+        if problem:
+            self.fail(f"{e.func}() {problem}", e.span)
+        return Initializer(e.func, opts)
 
     def init_value(self, e, scope) -> tuple[str, dict]:
         v = self.expr(e, scope, None)

@@ -144,6 +144,10 @@ class Elaborator(CallElaboration, ScanElaboration):
             self.g.inputs[s.name] = nid
         elif isinstance(s, ast.ParamDecl):
             t = self.tensor_type(s.type, scope)
+            if any(not isinstance(d, int) for d in t.shape):
+                self.fail(f"param '{s.name}': a weight's size cannot depend on a symbol, got "
+                          f"{t}", s.type.span if hasattr(s.type, "span") else s.span,
+                          "give every dim as a number or a hyper-parameter")
             init = self.init_value(s.init, scope) if s.init else None
             if init is None:
                 init = ("glorot_uniform", {}) if len(t.shape) >= 2 else ("zeros", {})
@@ -229,6 +233,14 @@ class Elaborator(CallElaboration, ScanElaboration):
         table = {"output": self.g.outputs, "loss": self.g.losses, "metric": self.g.metrics}[what]
         if name in table:
             self.fail(f"{what} '{name}' is declared twice", s.span,
+                      f"name it: `{what} other_name = ...`")
+        # NOTE: losses and metrics are reported side by side, and `loss` is the total's column
+        other = {"loss": self.g.metrics, "metric": self.g.losses}.get(what, {})
+        if name in other or (what == "metric" and name == "loss"):
+            why = "is the training loss's name" if name == "loss" and what == "metric" else \
+                f"is a {'metric' if what == 'loss' else 'loss'} already"
+            self.fail(f"{what} '{name}': '{name}' {why}, and losses and metrics are reported "
+                      "under their names side by side", s.span,
                       f"name it: `{what} other_name = ...`")
         if what in ("loss", "metric") and node.type is not None:
             if node.shape != ():

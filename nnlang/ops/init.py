@@ -172,6 +172,17 @@ def _unit_forget_bias(rng, shape, dtype, fan_in, fan_out, units):
     return out
 
 
+def init_problem(opts: dict) -> str | None:
+    """What is wrong with an initializer's options, if anything: each is a finite number, and
+    a spread (std, scale) is not negative."""
+    for key, v in opts.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"needs a finite number for {key}, got {v!r}"
+        if key in ("std", "scale") and v < 0:
+            return f"needs {key} >= 0, got {v}"
+    return None
+
+
 def init_spec(value, what: str = "init") -> tuple[str, dict]:
     """Checks an `init` argument (name or (name, options)) and returns (name, options)."""
     if isinstance(value, str):
@@ -189,6 +200,9 @@ def init_spec(value, what: str = "init") -> tuple[str, dict]:
         INITIALIZERS[name][0].bind([], dict(opts))
     except BindError as err:
         raise ShapeError(f"{what}: initializer {name} {err.message}", hint=err.hint) from None
+    problem = init_problem(opts)
+    if problem:
+        raise ShapeError(f"{what}: initializer {name} {problem}")
     return name, dict(opts)
 
 

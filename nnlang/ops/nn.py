@@ -284,6 +284,9 @@ def axes_attr(axis):
 
 
 def _reduce_shape(x, *, axis, keepdims):
+    if axis is not None and not isinstance(axis, int) and len(axis) == 0:
+        raise ShapeError("axis = [] names no axis to reduce over", attr="axis",
+                         hint="leave axis out to reduce over every axis")
     ax = norm_axes(axes_attr(axis), x.rank)
     if keepdims:
         return TensorType(tuple(1 if i in ax else d for i, d in enumerate(x.shape)), x.dtype)

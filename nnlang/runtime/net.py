@@ -186,6 +186,14 @@ class Net:
 
     def _exe_for(self, kind: str, feeds: dict):
         """The executable for the batch and lengths of `feeds`, and its key."""
+        if not isinstance(feeds, dict):
+            raise NNError(f"feeds are {type(feeds).__name__}: give a dict of input name -> "
+                          "array", hint=f"the model's inputs: {_names(self.user)}")
+        for name, value in feeds.items():
+            if name in self.user.inputs and np.ndim(value) == 0:
+                raise NNError(f"input '{name}' is a single value; the model declares "
+                              f"{self.user.node(self.user.inputs[name]).type}",
+                              hint="give a batch: an array whose first dim is the batch")
         batch, lengths = _sizes_of(self.user, feeds, self.lengths)
         return self._exe(kind, batch, lengths), _key(kind, batch, lengths)
 
@@ -206,9 +214,14 @@ class Net:
                 continue
             if name not in feeds:
                 raise NNError(f"missing input '{name}'",
-                              hint=f"the model's inputs: {', '.join(g.inputs)}")
+                              hint=f"the model's inputs: {_names(g)}")
             node = g.node(nid)
             arr = np.asarray(feeds[name])
+            if node.dtype.startswith("int") and arr.dtype.kind == "f" and \
+                    not np.array_equal(arr, np.trunc(arr)):
+                raise NNError(f"input '{name}' holds values that are not whole numbers "
+                              f"(float {arr.dtype}); the model declares {node.type}",
+                              hint="pass integer ids (an int array)")
             want = tuple(node.shape[1:])
             if arr.shape[1:] != want:
                 if int(np.prod(arr.shape[1:])) == int(np.prod(want)):
@@ -322,6 +335,10 @@ def _buffer_bytes(exe) -> int:
 
 def _key(kind: str, batch: int, lengths: dict) -> tuple:
     return (kind, batch, tuple(sorted(lengths.items()))) if lengths else (kind, batch)
+
+
+def _names(g) -> str:
+    return ", ".join(n for n in g.inputs if not n.startswith("_"))
 
 
 def _sizes_of(user, feeds: dict, default: dict) -> tuple[int, dict]:

@@ -70,12 +70,15 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
         raise NNError(f"checkpoint not found: {path}",
                       hint="pass a checkpoint.npz, or the run directory that holds one")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not hasattr(z, "files"):   # NOTE: a .npy holds one bare array, not an archive
+            raise KeyError(_META)
+        with z:
             meta = json.loads(str(z[_META][()]))
             state = {k[len(_STATE):]: z[k] for k in z.files if k.startswith(_STATE)}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
             json.JSONDecodeError) as err:
-        why = f"no {err} entry" if isinstance(err, KeyError) else type(err).__name__
+        why = f"no '{_META}' entry" if isinstance(err, KeyError) else type(err).__name__
         raise NNError(f"{path} is not a readable nnlang checkpoint ({why})",
                       hint="it may be truncated or written by another program; use another "
                            "checkpoint or train again") from None

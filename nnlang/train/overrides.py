@@ -61,9 +61,9 @@ def apply_overrides(cfg: TrainConfig, kw: dict) -> TrainConfig:
         if k in _SCALARS:
             scalars[k] = _coerce(k, v)
         elif k in opt.options:
-            opt = Choice(opt.name, {**opt.options, k: _like(opt.options[k], v)})
+            opt = Choice(opt.name, {**opt.options, k: _like(k, opt.options[k], v)})
         elif sched is not None and k in sched.options:
-            sched = Choice(sched.name, {**sched.options, k: _like(sched.options[k], v)})
+            sched = Choice(sched.name, {**sched.options, k: _like(k, sched.options[k], v)})
         else:
             known = [*_SCALARS, *opt.options, *(sched.options if sched else ())]
             raise NNError(f"unknown train setting '{k}'",
@@ -83,20 +83,43 @@ def _choice(name: str, registry: dict, what: str, keep: dict) -> Choice:
     return Choice(name, bound)
 
 
-def _like(old, v):
-    """`--lr 1` is the float 1.0 where the option holds a float."""
-    return float(v) if isinstance(old, float) and type(v) is int else v
+def _like(k: str, old, v):
+    """A `--set` value for an optimizer or schedule option of the type the option holds
+    (`--lr 1` is the float 1.0); another type is an error, not a silent change."""
+    if isinstance(old, bool):
+        if not isinstance(v, bool):
+            raise NNError(f"train setting '{k}' is true or false, got {v!r}")
+        return v
+    if isinstance(old, (int, float)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise NNError(f"train setting '{k}' must be a number, got {v!r}")
+        if isinstance(old, int) and v != int(v):
+            raise NNError(f"train setting '{k}' must be a whole number, got {v!r}")
+        return float(v) if isinstance(old, float) else int(v)
+    return v
 
 
 def _coerce(k: str, v):
-    kind = _SCALARS[k]
-    if kind == "str":  # monitor, mode: checked where the config is built
-        return None if v is None else str(v)
-    try:
-        v = None if v is None and "None" in str(kind) else (
-            int(v) if "int" in str(kind) else float(v))
-    except (TypeError, ValueError):
-        raise NNError(f"train setting '{k}' must be a number, got {v!r}") from None
+    kind = str(_SCALARS[k])
+    if v is None and "None" in kind:
+        return None
+    if "tuple" in kind:   # l1_on, l2_on: block paths
+        items = (v,) if isinstance(v, str) else tuple(v) if isinstance(v, (list, tuple)) else ()
+        if not items or not all(isinstance(x, str) for x in items):
+            raise NNError(f"train setting '{k}' is a list of block paths, got {v!r}")
+        return items
+    if "str" in kind:  # monitor, mode, init_from: checked where the config is built
+        if not isinstance(v, str):
+            raise NNError(f"train setting '{k}' is a name, got {v!r}")
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise NNError(f"train setting '{k}' must be a number, got {v!r}")
+    if "int" in str(kind):
+        if v != int(v):
+            raise NNError(f"train setting '{k}' must be a whole number, got {v!r}")
+        v = int(v)
+    else:
+        v = float(v)
     bad = (k in ("batch", "epochs") and v < 1) or (k == "val_split" and not 0 <= v < 1)
     if bad:
         raise NNError(f"train setting '{k}': {v!r} is out of range",
