@@ -270,6 +270,8 @@ class CallElaboration:
             self.fail(f"block '{block.name}' calls itself ({chain})", e.span,
                       "blocks cannot be recursive; use `repeat N { ... }` to stack layers")
         names = [p.name for p in block.params]
+        if len(set(names)) != len(names):
+            raise Abort   # NOTE: reported where the block is defined (imports.collect_defs)
         args = list(values or []) + [self.expr(a, scope, None) for a in e.args]
         kwargs = {k.name: self.expr(k.value, scope, None) for k in e.kwargs}
         if any(v is POISON for v in args + list(kwargs.values())):

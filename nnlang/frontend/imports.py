@@ -40,10 +40,9 @@ def collect_defs(module: ast.Module, errors: ErrorSink, seen: set | None = None,
         names = [prm.name for prm in getattr(item, "params", ()) if hasattr(prm, "name")]
         twice = next((prm for k, prm in enumerate(getattr(item, "params", ()))
                       if hasattr(prm, "name") and prm.name in names[:k]), None)
-        if twice is not None:
+        if twice is not None:   # NOTE: still defined, so its calls are not unknown names
             errors.add(f"'{item.name}' has two parameters named '{twice.name}'", twice.span,
                        "rename one of them")
-            continue
         if key == item.name and registry.get(item.name) is not None:
             errors.add(f"block '{item.name}' has the name of a built-in op", item.span,
                        "choose another name")

@@ -87,3 +87,20 @@ def test_bad_feeds_are_named(shape, words):
     with pytest.raises(NNError) as info:
         net.evaluate({"s": np.zeros(shape, np.float32)})
     assert words in str(info.value)
+
+
+def test_feeds_that_are_not_a_batch_of_the_declared_kind():
+    """Not a dict, a single value, fractional values for int ids (which a cast would cut
+    silently), and the missing-input hint lists the model's own inputs only."""
+    net = nnlang.compile("model M {\n  input ids: int32[batch, 3]\n"
+                         "  output y = embedding(ids, 10, 4)\n}\n", backend="reference")
+    for feeds, words in [(None, "feeds are NoneType"), ({"ids": np.int32(3)}, "single value"),
+                         ({"ids": np.full((2, 3), 1.9, np.float32)}, "not whole numbers")]:
+        with pytest.raises(NNError, match=words):
+            net.forward(feeds)
+    assert net.forward({"ids": np.full((2, 3), 2.0, np.float32)})["y"].shape == (2, 3, 4)
+    two = nnlang.compile("model M {\n  input a: float32[batch, 2]\n  input b: float32[batch, 2]"
+                         "\n  loss mean(a * b)\n}\n", backend="reference")
+    with pytest.raises(NNError) as info:
+        two.train_step({"a": np.zeros((2, 2), np.float32)})
+    assert "the model's inputs: a, b" in str(info.value) and "_lr" not in str(info.value)

@@ -154,6 +154,7 @@ def test_without_a_terminal_training_says_what_it_does(work, tmp_path, monkeypat
     ("foreign.npz", ["foreign.npz is not a readable nnlang checkpoint"]),
     ("future.npz", ["checkpoint format 99", "format 1"]),
     ("notes.txt", ["notes.txt is not a readable nnlang checkpoint"]),
+    ("one.npy", ["one.npy is not a readable nnlang checkpoint", "no '__meta__' entry"]),
 ])
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_bad_checkpoints(work, command, ckpt, words):

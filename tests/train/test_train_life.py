@@ -189,3 +189,19 @@ def test_bad_settings_are_located(folder, extra, val, words):
     assert "tiny.nn:" in text, text
     for w in words:
         assert w in text, text
+
+
+@pytest.mark.parametrize("sets, words", [
+    ({"batch": 7.5}, "'batch' must be a whole number"),
+    ({"epochs": 1.9}, "'epochs' must be a whole number"),
+    ({"monitor": 3}, "'monitor' is a name"),
+    ({"beta1": "high"}, "'beta1' must be a number"),
+])
+def test_set_values_keep_the_settings_types(folder, sets, words):
+    """--set of a train setting is checked as the train section checks it, not truncated or
+    taken as another type."""
+    overfit_data(folder)
+    (folder / "tiny.nn").write_text(overfit_source("", 1))
+    with pytest.raises(NNError, match=words):
+        fit(str(folder / "tiny.nn"), out=folder / "run", backend="reference", progress=False,
+            overrides=sets)
