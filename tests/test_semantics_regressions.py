@@ -24,6 +24,30 @@ def test_a_literal_takes_the_dtype_it_meets_without_float32_rounding(backend, de
     np.testing.assert_array_equal(y, x * 0.1 + 1e-9)   # float32(0.1) would be off by 1.5e-9
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_whole_literal_in_integer_arithmetic_stays_integer(backend):
+    """`ids + 1`, `label - 1`, `n * 3` on int tensors are ints, as numpy's; a division or a
+    fractional literal gives floats."""
+    src = """
+model M {
+  input t: int32[batch, 3]
+  input u: int64[batch, 3]
+  output a = t + 1
+  output b = maximum(t * 3, 4)
+  output c = u - 1
+  output d = t / 2
+  output e = t + 0.5
+  output f = embedding(t - 1, 10, 2)
+}"""
+    t = np.array([[1, 2, 3], [4, 5, 9]], np.int32)
+    out = nnlang.compile(src, backend=backend).forward({"t": t, "u": t.astype(np.int64)})
+    for name, want in [("a", t + 1), ("b", np.maximum(t * 3, 4)), ("c", t.astype(np.int64) - 1),
+                       ("d", (t / 2).astype(np.float32)), ("e", (t + 0.5).astype(np.float32))]:
+        assert out[name].dtype == want.dtype, name
+        np.testing.assert_array_equal(out[name], want, err_msg=name)
+    assert out["f"].shape == (2, 3, 2)
+
+
 def test_a_literal_in_a_float32_model_stays_float32():
     src = "model M { input x: float32[batch, 3]  output y = x * 0.1 }"
     y = nnlang.compile(src, backend="numba", batch=1).forward({"x": np.ones((1, 3))})["y"]

@@ -148,8 +148,10 @@ class CallElaboration:
         """Adds one op node; `path` names a layer that owns weights, `where` the node's path,
         `attr_spans` where each attribute was written (a size error points there), `frozen`
         whether its weights are kept out of training."""
-        dtype = literal_dtype(self.g.node(v.id).dtype for v in ins if isinstance(v, T))
-        ins = [self.as_tensor(v, s, op, dtype) if v is not None else None
+        dtypes = [self.g.node(v.id).dtype for v in ins if isinstance(v, T)]
+        dtype, whole = literal_dtype(dtypes), int_literal_dtype(op, dtypes)
+        ins = [None if v is None else
+               self.as_tensor(v, s, op, whole if whole and type(v) is int else dtype)
                for v, s in zip(ins, in_spans)]
         opdef = registry.get(op)
         slots_ = [p for p in opdef.sig.params if p.kind in ("tensor", "tensor?")]
@@ -322,6 +324,15 @@ class CallElaboration:
             if isinstance(v, T):
                 self.layer_of.setdefault(v.id, inner.prefix)
         return result
+
+
+def int_literal_dtype(op: str, dtypes: list) -> str | None:
+    """The dtype a whole-number literal takes in integer arithmetic (`label - 1`, `ids + 1`:
+    int, as in numpy), or None where it takes `literal_dtype` (a division, a float tensor)."""
+    if op in ("add", "sub", "mul", "maximum", "minimum") and dtypes and \
+            all(d in ("int32", "int64") for d in dtypes):
+        return "int64" if "int64" in dtypes else "int32"
+    return None
 
 
 def literal_dtype(dtypes) -> str:
