@@ -17,7 +17,8 @@ def compile_cmd(
     emit: str = typer.Option("summary", "--emit",
                              help="user | ir | backward | fused | kernels | summary"),
     backend: str = typer.Option("numba", "--backend", help="numba | cupy | reference"),
-    mode: str = typer.Option("train", "--mode", help="train | eval | predict"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="train | eval | predict "
+                                       "(default: train, or predict for a model with no loss)"),
     batch: Optional[int] = typer.Option(None, "--batch", min=1,
                                         help="Batch size (default: the train section's)."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a hyper-parameter."),
@@ -32,7 +33,7 @@ def compile_cmd(
             check_output(output)
         program = nnlang.load(file, parse_overrides(sets), model)
         net = nnlang.compile(program, backend=backend, batch=batch, disable=disable)
-        text = nnlang.emit(net, emit, mode)
+        text = nnlang.emit(net, emit, mode or ("train" if program.graph.losses else "predict"))
         if output is not None:
             with writing(output):
                 output.write_text(text, encoding="utf-8")

@@ -216,3 +216,13 @@ def test_internal_errors_print_no_traceback(monkeypatch):
     result = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--emit", "ir"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "internal error: RuntimeError: boom" in result.output
+
+
+def test_compile_shows_a_model_without_a_loss(tmp_path):
+    """A forward-only model compiles for prediction unless --mode train is asked for."""
+    from tests.faults.conftest import cli
+    path = tmp_path / "f.nn"
+    path.write_text("model F {\n  input x: float32[batch, 4]\n  output y = dense(x, 3)\n}\n")
+    assert "mode predict" in cli("compile", path, "--backend", "reference", code=0)
+    assert "declares no loss" in cli("compile", path, "--mode", "train", "--backend",
+                                     "reference")

@@ -48,8 +48,8 @@ def describe_resume(console: Console, ckpt, cfg, hp: dict, picked: bool) -> None
                                              (ckpt.meta.get("overrides") or {}).items())
                      + " (pass --out RUN_DIR to pick another)")
     changed = [f"{k} {a} -> {b}" for k, a, b in _setting_changes(old, cfg)]
-    changed += [f"{k} {v0} -> {v}" for k, v in hp.items()
-                if (v0 := (ckpt.meta.get("overrides") or {}).get(k)) != v]
+    ran = {**(ckpt.meta.get("hparams") or {}), **(ckpt.meta.get("overrides") or {})}
+    changed += [f"{k} {ran.get(k)} -> {v}" for k, v in hp.items() if ran.get(k) != v]
     if changed:
         say(console, "note: this resume changes the run's " + ", ".join(changed))
 
