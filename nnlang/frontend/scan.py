@@ -160,10 +160,11 @@ class ScanElaboration:
     def _refuse_in_body(self, node) -> None:
         """What a step cannot do: draw random numbers (a body has no per-step key) or keep
         running statistics."""
-        rate = node.attrs.get("rate" if node.op == "dropout" else "dropout")
-        if node.op == "batch_norm" or (rate or 0) > 0 or \
+        rates = [node.attrs.get(k) or 0 for k in
+                 (("rate",) if node.op == "dropout" else ("dropout", "recurrent_dropout"))]
+        if node.op == "batch_norm" or max(rates) > 0 or \
                 registry.get(node.op).has(registry.RANDOM):
-            what = "dropout" if rate else node.op
+            what = "dropout" if max(rates) > 0 else node.op
             self.fail(f"scan: {what} inside a scan body is not supported (a step draws no "
                       "random numbers and keeps no running statistics)", node.span,
                       "apply it to the sequence before the scan (`over dropout(x, rate = "
