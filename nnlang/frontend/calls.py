@@ -154,8 +154,8 @@ class CallElaboration:
                self.as_tensor(v, s, op, whole if whole and type(v) is int else dtype)
                for v, s in zip(ins, in_spans)]
         opdef = registry.get(op)
-        slots_ = [p for p in opdef.sig.params if p.kind in ("tensor", "tensor?")]
-        for p, v, s in zip(slots_, ins, in_spans):
+        tensor_params = [p for p in opdef.sig.params if p.kind in ("tensor", "tensor?")]
+        for p, v, s in zip(tensor_params, ins, in_spans):
             if v is None and p.kind == "tensor":
                 self.fail(f"{op}: {p.name} is none, not a tensor", s,
                           "give a tensor or a number here")

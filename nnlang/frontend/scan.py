@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from nnlang.frontend import ast
 from nnlang.frontend.values import POISON, Abort, Scope, T
-from nnlang.ir.graph import Builder, op_attrs, slots
+from nnlang.ir.graph import Builder, decompose_node
 from nnlang.ir.scan import Body, new_body_graph
 from nnlang.ops import registry
 
@@ -183,14 +183,8 @@ class ScanElaboration:
             if nid not in inside or not opdef.is_composite or \
                     all(i is None or i in inside for i in node.inputs):
                 continue
-            b = Builder(g, span=node.span, path=node.path, role=node.role)
-            b.training = True   # NOTE: what differs in training was refused above
-            out = opdef.decompose(b, *slots(g, node), **op_attrs(node))
-            if node.name and g.node(out).name is None:
-                g.node(out).name = node.name
-            g.replace_uses(nid, out)
-            g.remove(nid)
-            ids[nid] = out
+            # NOTE: what a step would do otherwise in training was refused above
+            ids[nid] = decompose_node(g, nid, training=True)
         return [T(ids.get(v.id, v.id)) for v in result]
 
     def _step_width(self, i, batch, span) -> int:

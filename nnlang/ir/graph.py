@@ -299,4 +299,21 @@ def op_attrs(node: Node) -> dict:
     return {k: v for k, v in node.attrs.items() if not k.startswith("_") and k != "root"}
 
 
-__all__ = ["Graph", "Node", "Builder", "ShapeError", "TensorType", "slots", "op_attrs"]
+def decompose_node(g: Graph, nid: int, training: bool) -> int:
+    """Replaces composite node `nid` by what its op's `decompose` rule writes, in place; returns
+    the node that stands for it. Every node the rule emits keeps the composite's span, block
+    path and role, so errors, the backward graph and kernel headers still point at the .nn
+    line that asked for them."""
+    node = g.node(nid)
+    b = Builder(g, span=node.span, path=node.path, role=node.role)
+    b.training = training
+    out = registry.get(node.op).decompose(b, *slots(g, node), **op_attrs(node))
+    if node.name and g.node(out).name is None:
+        g.node(out).name = node.name
+    g.replace_uses(nid, out)
+    g.remove(nid)
+    return out
+
+
+__all__ = ["Graph", "Node", "Builder", "ShapeError", "TensorType", "slots", "op_attrs",
+           "decompose_node"]

@@ -1,11 +1,8 @@
-"""Composite ops (dense, lstm, softmax, ...) to primitives, by each op's own `decompose` rule.
-
-Every node a rule emits keeps the composite's span, block path and role, so errors, the
-backward graph and kernel headers still point at the .nn line that asked for them.
-"""
+"""Composite ops (dense, lstm, softmax, ...) to primitives, by each op's own `decompose` rule
+(`ir.graph.decompose_node`)."""
 from __future__ import annotations
 
-from nnlang.ir.graph import Builder, Graph, op_attrs, slots
+from nnlang.ir.graph import Graph, decompose_node
 from nnlang.ops import registry
 
 
@@ -22,12 +19,6 @@ def decompose(g: Graph, training: bool = True) -> Graph:
                 node.attrs["body"] = body.map(lambda bg: decompose(bg, training))
             if opdef is None or not opdef.is_composite:
                 continue
-            b = Builder(g, span=node.span, path=node.path, role=node.role)
-            b.training = training
-            out = opdef.decompose(b, *slots(g, node), **op_attrs(node))
-            if node.name and g.node(out).name is None:
-                g.node(out).name = node.name
-            g.replace_uses(nid, out)
-            g.remove(nid)
+            decompose_node(g, nid, training)
             changed = True
     return g
