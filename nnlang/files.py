@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import IO
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
                  fsync: bool = False) -> Path:
     """Writes `data` (bytes, text, or a function writing to the open binary file) to a temporary
@@ -18,6 +24,7 @@ def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())   # NOTE: mkstemp's 0600, not what open() would give
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)

@@ -4,8 +4,11 @@ decision the loop takes (when to read losses, stop, save) is taken on numbers al
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
+import numpy as np
 from rich.console import Console
 
 from nnlang.backends import collective
@@ -24,6 +27,11 @@ class Ranks:
 
     @classmethod
     def join(cls, backend: str) -> "Ranks":
+        if collective.launched_size() > 1 and backend == "reference":
+            # NOTE: the interpreter has no collectives: each rank would train its own model
+            raise NNError("the reference backend runs in one process; it cannot train over "
+                          f"{collective.launched_size()} processes",
+                          hint="use --backend numba (or cupy) under mpirun")
         ranks = cls(collective.init() if collective.launched_size() > 1
                     else collective.World())
         if ranks.many and backend == "cupy":
@@ -53,6 +61,25 @@ class Ranks:
             return arrays
         rows = self.world.shard(len(next(iter(arrays.values()))))
         return {k: v[rows] for k, v in arrays.items()}
+
+    def same_settings(self, parts: dict) -> None:
+        """Every rank was started as rank 0 was: each part (name -> a JSON-able value) is
+        hashed and compared with rank 0's, and one that differs on any rank is an error on
+        every rank, before their collectives meet with different sizes (a different batch or
+        epoch count trained silently wrong, or crashed in MPI)."""
+        if not self.many:
+            return
+        names = sorted(parts)
+        mine = np.stack([np.frombuffer(hashlib.sha256(json.dumps(
+            parts[n], sort_keys=True, default=str).encode()).digest(), np.uint8) for n in names])
+        lead = mine.copy()
+        self.world.broadcast({"settings": lead})
+        differ = self.world.sum((mine != lead).any(axis=1), "comparing the ranks' settings")
+        bad = [n for n, d in zip(names, differ) if d > 0]
+        if bad:
+            raise NNError(f"the {self.size} processes were not started alike: their "
+                          f"{', '.join(bad)} differ from rank 0's",
+                          hint="start every rank with the same .nn file, flags and data")
 
     def same_start(self, net) -> None:
         """Rank 0's parameters and optimizer state everywhere (they are equal already when

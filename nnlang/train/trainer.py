@@ -237,6 +237,14 @@ class _Training:
                          f"({len(ds.val)} examples), which is used instead of val_split = "
                          f"{cfg.val_split:g}")
         check_watch(program, cfg, splits[1])
+        ranks.same_settings({
+            "model": [program.model, source if source is not None else file],
+            "hyper-parameters": hp,
+            "train settings": checkpoint.config_to_dict(cfg), "backend": backend,
+            "max_steps": max_steps, "resumed checkpoint": ckpt and [ckpt.epoch, ckpt.step],
+            "data": {k: [[list(a.shape), str(a.dtype)] for _, a in sorted(v.items())]
+                     for k, v in zip(("train", "val", "test"), splits)}})
+        local_batch = ranks.batch(cfg.batch)   # NOTE: before the run directory is made
         self = cls()
         self.console, self.backend, self.max_steps = console, backend, max_steps
         self.ranks = ranks
@@ -250,9 +258,11 @@ class _Training:
         if save:
             self.run_dir = RunDir(ckpt.path.parent) if ckpt else \
                 RunDir.create(program.model, out, runs_root)
-        self.net = Net(program, backend=backend, batch=ranks.batch(cfg.batch), seed=cfg.seed,
+        self.net = Net(program, backend=backend, batch=local_batch, seed=cfg.seed,
                        config=cfg, total_steps=cfg.epochs * self.per_epoch)
-        self.show = progress and console.is_terminal
+        # NOTE: Open MPI gives each rank a terminal even when mpirun's output goes to a file,
+        # so a data-parallel run prints lines, not live bars
+        self.show = progress and console.is_terminal and not ranks.many
         self.lines = progress and not self.show
         self.progress = progress
         self._restore(ckpt)

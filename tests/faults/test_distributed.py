@@ -44,6 +44,30 @@ def test_batch_that_does_not_split_ends_every_rank(tiny):
     assert not list(tiny.glob("runs/*/checkpoint.npz"))
 
 
+def test_ranks_started_with_different_settings_stop_at_once(tiny):
+    """Two ranks whose --max-steps differ (two machines whose files differ): one clear error
+    on both before training, not collectives of different sizes (those crashed in MPI)."""
+    import subprocess
+
+    from tests.test_distributed import _mpirun, mpi_env
+    one = [_nnlang(), "train", "tiny.nn", "--out", "run"]
+    got = subprocess.run([_mpirun(), "--oversubscribe", "-n", "1", *one, "--max-steps", "3",
+                          ":", "-n", "1", *one, "--max-steps", "4"], cwd=tiny, env=mpi_env(),
+                         capture_output=True, text=True, timeout=120)
+    text = got.stdout + got.stderr
+    assert got.returncode != 0
+    assert "the 2 processes were not started alike: their max_steps differ" in text, text
+    assert "Traceback" not in text and not (tiny / "run" / "checkpoint.npz").exists()
+
+
+def test_the_reference_backend_refuses_several_ranks(tiny, monkeypatch):
+    """The interpreter has no collectives: each rank would silently train its own model."""
+    monkeypatch.setattr(collective, "launched_size", lambda: 2)
+    out = cli("train", str(tiny / "tiny.nn"), "--backend", "reference", "--out",
+              str(tiny / "run"))
+    assert "the reference backend runs in one process" in out and "--backend numba" in out
+
+
 def test_mpi_launch_without_mpi4py(tiny, monkeypatch):
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
     monkeypatch.setattr(collective, "_current", None)

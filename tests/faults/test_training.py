@@ -295,3 +295,18 @@ def test_unusable_cache_dir_in_a_real_run(work):
                     cwd=work, env={"NNLANG_CACHE_DIR": str(work / "one.npy" / "cache")})
     assert "warning: cannot write the cache" in p.stderr
     assert checkpoint.load(work / "run-nocache").step == 10
+
+
+def test_run_files_get_the_modes_of_the_umask(work, tmp_path):
+    """Checkpoints and the run's JSON are written through a temporary file (atomic replace);
+    they must still get the permissions any file the user creates gets, not mkstemp's 0600
+    (other users of a shared --out could not read them)."""
+    import os
+    old = os.umask(0o022)
+    try:
+        cli("train", "tiny.nn", "--backend", "reference", "--epochs", "1", "--out",
+            tmp_path / "r", code=0, cwd=work)
+    finally:
+        os.umask(old)
+    for name in ("checkpoint.npz", "config.json", "summary.json"):
+        assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o644, name
