@@ -125,6 +125,11 @@ class CallElaboration:
               frozen: bool = False) -> int:
         """The param node of weight `name`; a frozen one is not trainable whatever its spec."""
         trainable = spec.trainable and not frozen
+        init = spec.init if isinstance(spec.init, str) else spec.init[0]
+        if init == "orthogonal" and len(spec.shape) < 2:
+            self.fail(f"weight '{name}' {fmt_shape(spec.shape)}: the orthogonal initializer "
+                      "needs a matrix (2 or more dims)", span,
+                      "use it for kernels, and zeros or a normal init for vectors")
         if name in self.g.params:
             existing = self.g.node(self.g.params[name])
             if share and existing.shape == tuple(spec.shape):
