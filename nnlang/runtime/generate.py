@@ -52,7 +52,8 @@ def options_from(spec, given: dict) -> dict:
     each range-checked (an error names the flag). Greedy unless some sampling is asked for."""
     for name, v in given.items():
         if v is not None and name in SAMPLING and (problem := sampling_problem(name, v)):
-            raise NNError(f"{FLAGS[name]}: {problem}")
+            # NOTE: the flag and the keyword, since `Net.generate` serves the CLI and Python
+            raise NNError(f"{FLAGS[name]} ({name}=): {problem}")
     explicit = {k: v for k, v in given.items() if v is not None}
     if explicit.get("greedy") or explicit.get("beam", 1) > 1:
         sampled = [k for k in ("temperature", "top_k", "top_p") if k in explicit]
