@@ -3,6 +3,7 @@ hyper-parameters or train settings, told apart by the model's own parameter name
 """
 from __future__ import annotations
 
+import os
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def _coerce(k: str, v):
             raise NNError(f"train setting '{k}' is a list of block paths, got {v!r}")
         return items
     if "str" in kind:  # monitor, mode, init_from: checked where the config is built
+        v = str(v) if isinstance(v, os.PathLike) else v
         if not isinstance(v, str):
             raise NNError(f"train setting '{k}' is a name, got {v!r}")
         return v
