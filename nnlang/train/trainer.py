@@ -242,7 +242,8 @@ class _Training:
             "hyper-parameters": hp,
             "train settings": checkpoint.config_to_dict(cfg), "backend": backend,
             "max_steps": max_steps, "resumed checkpoint": ckpt and [ckpt.epoch, ckpt.step],
-            "data": {k: [[list(a.shape), str(a.dtype)] for _, a in sorted(v.items())]
+            "data": {k: [[len(a), str(getattr(a, "shape", type(a).__name__)),
+                          str(getattr(a, "dtype", ""))] for _, a in sorted(v.items())]
                      for k, v in zip(("train", "val", "test"), splits)}})
         local_batch = ranks.batch(cfg.batch)   # NOTE: before the run directory is made
         self = cls()
