@@ -97,6 +97,12 @@ class Ranks:
         per = total[1:].reshape(len(taken), 1 + len(keys)) / self.size
         return [(float(r[0]), dict(zip(keys, map(float, r[1:])))) for r in per], total[0] > 0
 
+    def any(self, flag: bool, what: str = "agreeing to stop") -> bool:
+        """Whether `flag` is set on any rank (a Ctrl-C that reached one of them)."""
+        if not self.many:
+            return flag
+        return bool(self.world.sum([float(flag)], what)[0] > 0)
+
     def total(self, sums: dict, keys: list) -> dict:
         """Evaluation sums (weighted by rows) added over the ranks."""
         if not self.many:

@@ -17,9 +17,12 @@ class Interrupts:
     long compile stays interruptible. A second Ctrl-C while the checkpoint is written is
     recorded, not acted on: the save finishes."""
 
-    def __init__(self):
+    def __init__(self, deferred: bool = False):
+        """`deferred`: `immediate()` only records too (data-parallel ranks, which must stop
+        together: one that raised alone in a validation would leave the others waiting)."""
         self.requested = False
         self._immediate = False
+        self._deferred = deferred
         self._old = None
 
     def __enter__(self):
@@ -43,6 +46,9 @@ class Interrupts:
 
     @contextmanager
     def immediate(self):
+        if self._deferred:
+            yield
+            return
         self.check()
         self._immediate = True
         try:
@@ -62,4 +68,6 @@ def test_signal() -> tuple[int, int] | None:
     if not spec:
         return None
     step, _, kind = spec.partition(":")
-    return int(step), (signal.SIGKILL if kind.upper() == "KILL" else signal.SIGINT)
+    # NOTE: "val" signals at the start of the first validation instead
+    return (step if step == "val" else int(step)), \
+        (signal.SIGKILL if kind.upper() == "KILL" else signal.SIGINT)

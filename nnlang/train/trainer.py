@@ -5,6 +5,7 @@ trained model (`evaluate_checkpoint`, `predict`) is in `inference.py`. The CLI w
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -364,7 +365,7 @@ class _Training:
                               f"{watch.bad} epoch(s); best {watch.best:.4f} at epoch "
                               f"{watch.best_epoch}); pass --set early_stop=N with N > "
                               f"{watch.bad} to train on")
-        with Interrupts() as interrupts:
+        with Interrupts(deferred=self.ranks.many) as interrupts:
             try:
                 if self.start_epoch < end:
                     with interrupts.immediate():
@@ -373,6 +374,8 @@ class _Training:
                 for epoch in range(self.start_epoch, end):
                     seen, wall = self.train_epoch(epoch, interrupts)
                     self.end_epoch(seen, wall, interrupts)
+                    # NOTE: every rank stops here, or none (a Ctrl-C during the validation)
+                    interrupts.requested = self.ranks.any(interrupts.requested)
                     interrupts.check()
                     if self.history.stopped:
                         break
@@ -432,6 +435,9 @@ class _Training:
     def end_epoch(self, seen: int, wall: float, interrupts: Interrupts) -> None:
         """Validation, the epoch's row (printed and logged) and its checkpoint."""
         cfg, net, pos, history = self.cfg, self.net, self.pos, self.history
+        signal_at = test_signal() if self.ranks.signals_here() else None
+        if signal_at and signal_at[0] == "val" and pos.epoch == 0:
+            os.kill(os.getpid(), signal_at[1])
         with interrupts.immediate():
             val_res = evaluate(net, self.val, cfg.batch, self.console if self.show else None,
                                self.ranks) if self.val else None
@@ -525,8 +531,10 @@ class _Training:
         history, run = self.history, self.run_dir
         history.val = history.val or _last(history.rows, "val")
         try:
-            history.test = evaluate(self.net, self.test, self.cfg.batch, ranks=self.ranks) \
-                if self.test else None
+            # NOTE: ranks evaluate to the end together: a Ctrl-C then is only recorded
+            with Interrupts(deferred=True) if self.ranks.many else contextlib.nullcontext():
+                history.test = evaluate(self.net, self.test, self.cfg.batch,
+                                        ranks=self.ranks) if self.test else None
         except KeyboardInterrupt:
             # NOTE: training is complete and saved; only the test numbers are missing
             history.stopped = "interrupted"

@@ -135,6 +135,21 @@ def test_ctrl_c_on_one_rank_stops_both_at_the_same_step(tiny):
     assert (tiny / "run" / "checkpoint.npz").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_ctrl_c_during_validation_on_one_rank_stops_both_after_it(tiny, rank):
+    """The ranks finish the validation together (a rank that stopped alone left the other
+    waiting 60 s in its allreduce), then stop at the same place and resume from it."""
+    env = {"NNLANG_TEST_SIGNAL_AT_STEP": "val", "NNLANG_TEST_SIGNAL_RANK": rank,
+           collective.TIMEOUT_VAR: "20"}
+    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--out", "run", cwd=tiny, env=env,
+                 timeout=150)
+    text = got.stdout + got.stderr
+    assert got.returncode == 130, text
+    assert "interrupted at epoch 1, step 10" in text and "waited" not in text, text
+    assert checkpoint.load(tiny / "run" / "checkpoint.npz").epoch in (0, 1)
+
+
 HUNG_RANK = """
 import threading
 from nnlang.backends.collective import World
