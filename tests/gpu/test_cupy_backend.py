@@ -127,9 +127,11 @@ def test_state_round_trips_through_the_host(cupy):
     b.train_step(feeds)           # NOTE: builds b's slots, then overwrites everything
     b.load_state_dict(saved)
     b.step = a.step
-    assert a.train_step(feeds) == b.train_step(feeds)
+    # NOTE: within an ulp, not bit for bit: the embedding's gradient is a scatter-add of
+    # atomicAdds, whose order the threads decide (on a GPU as in the host harness)
+    assert a.train_step(feeds) == pytest.approx(b.train_step(feeds), rel=1e-6)
     for k, v in a.parameters().items():
-        np.testing.assert_array_equal(b.parameters()[k], v, err_msg=k)
+        np.testing.assert_allclose(b.parameters()[k], v, rtol=1e-6, atol=1e-8, err_msg=k)
 
 
 DROPOUT = """
