@@ -111,7 +111,8 @@ def test_unfetched_steps_are_read_in_one_transfer(cupy):
     assert net.fetch() == []
     assert len(got) == 4 and got[-1][1] == net.last_metrics and want[0][1]
     for (loss, metrics), (want_loss, want_metrics) in zip(got, want[1:]):
-        assert loss == want_loss and metrics == want_metrics
+        # NOTE: within an ulp: the embedding's gradient adds by atomics, in the threads' order
+        assert loss == pytest.approx(want_loss, rel=1e-6) and metrics == want_metrics
 
 
 def test_state_round_trips_through_the_host(cupy):
