@@ -37,9 +37,9 @@ def collect_defs(module: ast.Module, errors: ErrorSink, seen: set | None = None,
             errors.add(f"'{item.name}' is defined twice", item.span,
                        "rename one of them", [("first defined here", prev.span)])
             continue
-        names = [prm.name for prm in getattr(item, "params", ()) if hasattr(prm, "name")]
-        twice = next((prm for k, prm in enumerate(getattr(item, "params", ()))
-                      if hasattr(prm, "name") and prm.name in names[:k]), None)
+        params = getattr(item, "params", ())   # a model's hyper-parameters, a block's arguments
+        twice = next((prm for k, prm in enumerate(params)
+                      if prm.name in {q.name for q in params[:k]}), None)
         if twice is not None:   # NOTE: still defined, so its calls are not unknown names
             errors.add(f"'{item.name}' has two parameters named '{twice.name}'", twice.span,
                        "rename one of them")

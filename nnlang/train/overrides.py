@@ -3,6 +3,7 @@ hyper-parameters or train settings, told apart by the model's own parameter name
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import fields, replace
 from pathlib import Path
@@ -92,12 +93,19 @@ def _like(k: str, old, v):
             raise NNError(f"train setting '{k}' is true or false, got {v!r}")
         return v
     if isinstance(old, (int, float)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise NNError(f"train setting '{k}' must be a number, got {v!r}")
-        if isinstance(old, int) and v != int(v):
-            raise NNError(f"train setting '{k}' must be a whole number, got {v!r}")
-        return float(v) if isinstance(old, float) else int(v)
+        return _number(k, v, whole=isinstance(old, int))
     return v
+
+
+def _number(k: str, v, whole: bool):
+    """`v` as the int or float a train setting holds; anything else is an error."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise NNError(f"train setting '{k}' must be a number, got {v!r}")
+    if not math.isfinite(v):
+        raise NNError(f"train setting '{k}' must be finite, got {v!r}")
+    if whole and v != int(v):
+        raise NNError(f"train setting '{k}' must be a whole number, got {v!r}")
+    return int(v) if whole else float(v)
 
 
 def _coerce(k: str, v):
@@ -114,14 +122,7 @@ def _coerce(k: str, v):
         if not isinstance(v, str):
             raise NNError(f"train setting '{k}' is a name, got {v!r}")
         return v
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise NNError(f"train setting '{k}' must be a number, got {v!r}")
-    if "int" in str(kind):
-        if v != int(v):
-            raise NNError(f"train setting '{k}' must be a whole number, got {v!r}")
-        v = int(v)
-    else:
-        v = float(v)
+    v = _number(k, v, whole="int" in kind)
     bad = (k in ("batch", "epochs") and v < 1) or (k == "val_split" and not 0 <= v < 1)
     if bad:
         raise NNError(f"train setting '{k}': {v!r} is out of range",
