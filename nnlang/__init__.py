@@ -25,15 +25,26 @@ def load(source_or_path, overrides: dict | None = None, model: str | None = None
 
 def compile(model, backend: str = "numba", batch: int | None = None, dtype: str = "float32",
             seed: int | None = None, overrides: dict | None = None, disable=(),
-            init_from=None, init_skip_mismatch: bool = False, total_steps: int = 0):
+            init_from=None, init_skip_mismatch: bool = False, total_steps: int = 0,
+            model_name: str | None = None):
     """Compiles a model (a path, source text or a `Program` from `load`) into a `Net` with
     `train_step(feeds)`, `forward(feeds)`, `evaluate(feeds)` and `parameters()`.
     `disable` switches graph passes off by name (e.g. ("fuse",)) to compare. `init_from` (a run
     directory or checkpoint) loads the parameters that match by name and shape; what was
     loaded, skipped and left fresh is in `net.init_report`. `total_steps`: the length of the
-    training run, over which a cosine schedule decays."""
+    training run, over which a cosine schedule decays. `model_name` picks one model of a file
+    that defines several; `overrides` set its hyper-parameters (for a `Program`, pass them to
+    `load`, which builds it)."""
     from nnlang.runtime.net import Net
-    program = model if hasattr(model, "graph") else load(model, overrides)
+    if hasattr(model, "graph"):
+        if overrides or model_name:
+            raise NNError("overrides and model_name apply when a model is built from its source"
+                          "; this Program is built already",
+                          hint="pass them to nnlang.load(source, overrides, model), or pass "
+                               "the path or source text to nnlang.compile")
+        program = model
+    else:
+        program = load(model, overrides, model_name)
     net = Net(program, backend=backend, batch=batch, dtype=dtype, seed=seed, disable=disable,
               total_steps=total_steps)
     net.init_report = None

@@ -438,7 +438,8 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
     else:
         errors.add(f"this file defines {len(local)} models "
                    f"({', '.join(m.name for m in local)}); choose one",
-                   local[1].span, "pass --model NAME")
+                   local[1].span, "pass --model NAME (in Python: nnlang.compile(..., "
+                   "model_name=NAME) or nnlang.load(..., model=NAME))")
         errors.raise_if_any()
     for key, d in defs.items():
         if isinstance(d, (ast.TrainDef, ast.GenerateDef)) and d.name not in defs:

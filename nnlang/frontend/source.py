@@ -28,6 +28,11 @@ def is_source_text(source_or_path) -> bool:
 
 def load_source(source_or_path) -> tuple[str, str]:
     """(text, file name) of a path or of source text (named "<string>")."""
+    if not isinstance(source_or_path, (str, os.PathLike)):
+        raise NNError(f"a model is a .nn path or source text, not "
+                      f"{type(source_or_path).__name__}",
+                      hint="pass a path such as models/mlp.nn, a string of .nn source, or a "
+                           "Program from nnlang.load")
     if is_source_text(source_or_path):
         return str(source_or_path), STRING_FILE
     return read_source(source_or_path), str(source_or_path)

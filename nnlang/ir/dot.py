@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
+from nnlang.errors import NNError
 from nnlang.ir.dims import fmt_shape
 from nnlang.ir.graph import Graph, Node
 
@@ -50,7 +51,8 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
     cluster_of: node -> group name (or a dict node id -> name); groups replace path clusters.
     """
     if depth is not None and depth < 1:
-        raise ValueError("depth must be at least 1")
+        raise NNError(f"depth {depth}: it must be at least 1", hint="depth 1 draws only the "
+                      "top-level blocks and layers as boxes")
     group = cluster_of.get if isinstance(cluster_of, dict) else cluster_of
     nodes = [g.node(n) for n in g.topo()]
     nodes = [n for n in nodes if (roles is None or n.role in roles)

@@ -17,6 +17,22 @@ from typing import Callable
 from nnlang.ir.graph import Builder
 from nnlang.ops.signature import Signature
 
+# NOTE: the optimizer's state entries, beside the parameters in a net's state and checkpoints:
+# the step count, and one `optimizer.<slot>.<parameter>` per slot the rule keeps
+OPTIMIZER_PREFIX = "optimizer."
+STEP_SLOT = OPTIMIZER_PREFIX + "step"
+
+
+def slot_name(slot: str, param: str) -> str:
+    return f"{OPTIMIZER_PREFIX}{slot}.{param}"
+
+
+def slot_param(name: str) -> str | None:
+    """The parameter an optimizer slot entry belongs to (None: the step, or not a slot)."""
+    if not name.startswith(OPTIMIZER_PREFIX) or name == STEP_SLOT:
+        return None
+    return name[len(OPTIMIZER_PREFIX):].partition(".")[2] or None
+
 
 @dataclass(frozen=True)
 class OptimDef:
@@ -174,13 +190,13 @@ def append_update(b: Builder, params: dict, grads: dict, choice, clip_norm: floa
         scale = b.minimum(b.const(1.0, dt),
                           b.div(b.const(clip_norm, dt), b.add(norm, b.const(1e-6, dt))))
         grads = {k: b.mul(g, scale) for k, g in grads.items()}
-    step = add_state("optimizer.step", None)
+    step = add_state(STEP_SLOT, None)
     t = b.add(step, b.const(1.0, dt))
-    updates = {"optimizer.step": t}
+    updates = {STEP_SLOT: t}
     for name, p in params.items():
-        slots = _LazySlots(lambda s, name=name, p=p: add_state(f"optimizer.{s}.{name}", p))
+        slots = _LazySlots(lambda s, name=name, p=p: add_state(slot_name(s, name), p))
         new_p, new_slots = opt.update(b, p, grads[name], slots, t, lr, **hp)
         updates[name] = new_p
         for s, v in new_slots.items():
-            updates[f"optimizer.{s}.{name}"] = v
+            updates[slot_name(s, name)] = v
     return updates

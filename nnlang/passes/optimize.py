@@ -4,6 +4,7 @@ Each entry can be switched off by name (`--no-fuse` etc.) to compare results or 
 """
 from __future__ import annotations
 
+from nnlang.errors import NNError
 from nnlang.ir.graph import Graph
 from nnlang.passes.cse import eliminate_common
 from nnlang.passes.dce import eliminate_dead
@@ -38,7 +39,8 @@ assert set(SWITCH_HELP) == set(SWITCHES), "every switch needs its help text"
 def optimize(g: Graph, disable=()) -> Graph:
     unknown = set(disable) - set(SWITCHES)
     if unknown:
-        raise ValueError(f"unknown passes {sorted(unknown)}; known: {', '.join(SWITCHES)}")
+        raise NNError(f"unknown pass(es) {', '.join(sorted(unknown))}",
+                      hint=f"passes that can be switched off: {', '.join(SWITCHES)}")
     g = g.copy()
     for name, fn in PASSES:
         if name not in disable:

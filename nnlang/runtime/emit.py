@@ -77,10 +77,11 @@ def kernel_text(net, g: Graph, mode: str) -> str:
 def dot(net, backward: bool = False, fused: bool = False, depth: int | None = None,
         show_params: bool = False, title: str | None = None) -> str:
     """DOT text of the train graph: forward and generated backward side by side (`backward`),
-    or the optimized graph with each fused kernel drawn as a cluster (`fused`)."""
+    or the optimized graph with each fused kernel drawn as a cluster (`fused`). A model with
+    no loss has no train graph: without `backward`, its prediction graph is drawn."""
     from nnlang.ir.dot import to_dot
     from nnlang.passes.optimize import optimize
-    g = _graph(net, "train")
+    g = _graph(net, "train" if net.user.losses or backward else "predict")
     if not fused:
         return to_dot(g, depth=depth, roles=("fwd", "bwd") if backward else ("fwd",),
                       show_params=show_params, title=title)

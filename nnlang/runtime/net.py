@@ -5,19 +5,22 @@ one executable per graph kind: a training step, an evaluation pass, and a predic
 """
 from __future__ import annotations
 
+import threading
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
 from nnlang.backends.aligned import aligned_copy, aligned_zeros
 from nnlang.backends.blas import blas_threads
-from nnlang.errors import NNError
+from nnlang.errors import NNError, did_you_mean
 from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import Sym
 from nnlang.ir.summary import check_memory
 from nnlang.ops.init import initialize
-from nnlang.ops.optim import learning_rate
+from nnlang.ops.optim import STEP_SLOT, learning_rate, slot_param
 from nnlang.ops.registry import ParamSpec
+from nnlang.passes.optimize import SWITCHES
 from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
 from nnlang.runtime.indices import check_indices, index_inputs
 from nnlang.runtime.interpret import interpret
@@ -54,7 +57,8 @@ class _Interpreted:
     def run(self, feeds: dict, fetch: bool = True) -> dict:
         env = interpret(self.g, feeds, self.state)
         results = {**self.g.outputs, **self.g.losses, **self.g.metrics}
-        out = {k: env[v] for k, v in results.items()}
+        # NOTE: copies, as the compiled backends return: env holds the feeds and the state
+        out = {k: np.array(env[v]) for k, v in results.items()}
         for name, nid in self.g.updates.items():
             np.copyto(self.state[name], env[nid])
         return out
@@ -83,8 +87,8 @@ class Net:
         """config: a TrainConfig replacing the program's train section; total_steps: the
         run's length, which schedules that decay over the whole run (cosine) need."""
         check_backend(backend, device=False)
+        self.disable = _check_options(batch, dtype, seed, disable)
         self.program, self.backend, self.dtype = program, backend, dtype
-        self.disable = tuple(disable)
         self.config = config or program.train or _default_config()
         self.batch = batch or self.config.batch
         self.seed = self.config.seed if seed is None else seed
@@ -97,6 +101,8 @@ class Net:
         self.lr_scale = 1.0       # a plateau schedule's reductions so far (the trainer sets it)
         self._unread: list = []   # (executable, device results) of unfetched train steps
         self.total_steps = total_steps
+        # NOTE: one call at a time: every call of an executable writes its planned buffers
+        self._lock = threading.RLock()
         self.state = self._init_state()
 
     # *** state ***
@@ -122,18 +128,51 @@ class Net:
     def state_dict(self) -> dict:
         return {k: _host(v) for k, v in self.state.items()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, strict: bool = True) -> "Loaded":
+        """Copies `state` (name -> array, as `state_dict()` gives it) into the net, all or
+        nothing: a name the net does not know, a parameter `state` lacks (both allowed when
+        `strict` is False) or another shape is an error before anything is copied. Optimizer
+        state (`optimizer.*`) belongs to a parameter of this model; its step count becomes the
+        net's `step`, so schedules go on where they were. Returns the names `missing` and
+        `unexpected` (non-empty only when not strict)."""
+        if not hasattr(state, "items"):
+            raise NNError(f"a state dict maps names to arrays; got {type(state).__name__}",
+                          hint="pass what net.state_dict() or net.parameters() returns")
+        unexpected = [k for k in state if self._state_shape(k) is None]
+        missing = [k for k in self.user.params if k not in state]
+        if strict and (unexpected or missing):
+            raise NNError("; ".join(_state_problems(unexpected, missing, self.user.params)),
+                          hint="pass strict=False to load only the names the net knows")
+        arrays = {}
         for k, v in state.items():
-            if k in self.state and self.state[k].shape != v.shape:
-                raise NNError(f"checkpoint value '{k}' has shape {v.shape}, the model expects "
-                              f"{self.state[k].shape}", hint="was it saved from another model "
-                              "or with other --set values?")
-            if k in self.state and _on_device(self.state[k]):
-                self.state[k].set(np.array(v, self.dtype, order="C"))
-            elif k in self.state:  # NOTE: in place: compiled executables hold these arrays
-                np.copyto(self.state[k], np.asarray(v, self.dtype))
-            else:
-                self.state[k] = aligned_copy(v, self.dtype)
+            if k in unexpected:
+                continue
+            arr = _numbers(v, f"state value '{k}'")
+            if arr.shape != self._state_shape(k):
+                raise NNError(f"state value '{k}' has shape {arr.shape}, the model expects "
+                              f"{self._state_shape(k)}", hint="was it saved from another "
+                              "model or with other --set values?")
+            arrays[k] = arr
+        with self._lock:
+            for k, arr in arrays.items():
+                if k in self.state and _on_device(self.state[k]):
+                    self.state[k].set(np.array(arr, self.dtype, order="C"))
+                elif k in self.state:  # NOTE: in place: compiled executables hold these arrays
+                    np.copyto(self.state[k], arr.astype(self.dtype, copy=False))
+                else:
+                    self.state[k] = aligned_copy(arr, self.dtype)
+            if STEP_SLOT in arrays:
+                self.step = int(arrays[STEP_SLOT])
+        return Loaded(missing, unexpected)
+
+    def _state_shape(self, name: str) -> tuple | None:
+        """The shape state entry `name` has in this net, None for a name it cannot have."""
+        if name in self.state:
+            return tuple(self.state[name].shape)
+        if name == STEP_SLOT:
+            return ()
+        nid = self.user.params.get(slot_param(name) or name)
+        return None if nid is None else tuple(int(d) for d in self.user.node(nid).attrs["shape"])
 
     # *** executables ***
     def _exe(self, kind: str, batch: int, lengths: dict | None = None):
@@ -143,15 +182,17 @@ class Net:
         if key not in self._exes:
             with paused_gc():
                 self._exes[key] = self._build_exe(kind, batch, dict(key[2]) if key[2:] else {})
-            self._forget_lengths(key)
-        elif key[2:]:
+            self._forget_others(key)
+        else:
             self._exes[key] = self._exes.pop(key)  # NOTE: most recently used last
         return self._exes[key]
 
-    def _forget_lengths(self, latest) -> None:
-        """Drops the least recently used executables of other lengths beyond KEEP_LENGTHS or
-        KEEP_BYTES of buffers."""
-        others = [k for k in self._exes if k[2:] and k[0] == latest[0] and k != latest]
+    def _forget_others(self, latest) -> None:
+        """Drops the least recently used executables of other lengths or batch sizes beyond
+        KEEP_LENGTHS or KEEP_BYTES of buffers (the net's own batch at the default lengths
+        stays)."""
+        home = _key(latest[0], self.batch, self.lengths)
+        others = [k for k in self._exes if k[0] == latest[0] and k not in (latest, home)]
         held = sum(_buffer_bytes(self._exes[k][0]) for k in others)
         for old in list(others):
             if len(others) <= KEEP_LENGTHS and held <= KEEP_BYTES:
@@ -178,26 +219,39 @@ class Net:
 
     def prepare(self, kind: str = "train", batch: int | None = None) -> None:
         """Compiles the `kind` executable for `batch` now rather than on its first call."""
-        self._exe(kind, batch or self.batch)
+        with self._lock:
+            self._exe(kind, batch or self.batch)
 
     def graph(self, kind: str = "train"):
         """The optimized-input primitive graph of `kind` (train | eval | predict)."""
-        return self._exe(kind, self.batch)[1]
+        with self._lock:
+            return self._exe(kind, self.batch)[1]
 
     def _exe_for(self, kind: str, feeds: dict):
-        """The executable for the batch and lengths of `feeds`, and its key."""
+        """The executable for the batch and lengths of `feeds` (arrays, see `_arrays`), and
+        its key."""
+        batch, lengths = _sizes_of(self.user, feeds, self.lengths, self.batch)
+        return self._exe(kind, batch, lengths), _key(kind, batch, lengths)
+
+    def _arrays(self, feeds) -> dict:
+        """`feeds` with each of the model's inputs as a numpy array of numbers, as given (the
+        dtype and shape are the executable's to check)."""
         if not isinstance(feeds, dict):
             raise NNError(f"feeds are {type(feeds).__name__}: give a dict of input name -> "
                           "array", hint=f"the model's inputs: {_names(self.user)}")
-        for name, value in feeds.items():
-            if name in self.user.inputs and np.ndim(value) == 0:
-                raise NNError(f"input '{name}' is a single value; the model declares "
-                              f"{self.user.node(self.user.inputs[name]).type}",
-                              hint="give a batch: an array whose first dim is the batch")
-        batch, lengths = _sizes_of(self.user, feeds, self.lengths)
-        return self._exe(kind, batch, lengths), _key(kind, batch, lengths)
+        out = dict(feeds)
+        for name, nid in self.user.inputs.items():
+            if name in feeds:
+                declared = self.user.node(nid).type
+                out[name] = _numbers(feeds[name], f"input '{name}'", declared)
+                if out[name].ndim == 0 and self.user.node(nid).shape:
+                    raise NNError(f"input '{name}' is a single value; the model declares "
+                                  f"{declared}",
+                                  hint="give a batch: an array whose first dim is the batch")
+        return out
 
     def _run(self, kind: str, feeds: dict, extra: dict, fetch: bool = True) -> dict:
+        feeds = self._arrays(feeds)
         (exe, g), key = self._exe_for(kind, feeds)
         feeds = {**self._cast(feeds, g), **extra}
         if key not in self._checks:
@@ -215,20 +269,14 @@ class Net:
             if name not in feeds:
                 raise NNError(f"missing input '{name}'",
                               hint=f"the model's inputs: {_names(g)}")
-            node = g.node(nid)
-            arr = np.asarray(feeds[name])
-            if node.dtype.startswith("int") and arr.dtype.kind == "f" and \
-                    not np.array_equal(arr, np.trunc(arr)):
-                raise NNError(f"input '{name}' holds values that are not whole numbers "
-                              f"(float {arr.dtype}); the model declares {node.type}",
-                              hint="pass integer ids (an int array)")
-            want = tuple(node.shape[1:])
-            if arr.shape[1:] != want:
-                if int(np.prod(arr.shape[1:])) == int(np.prod(want)):
-                    arr = arr.reshape((arr.shape[0],) + want)
-                else:
-                    raise NNError(f"input '{name}' has shape {list(arr.shape)}, the model "
-                                  f"declares {node.type}")
+            node, arr = g.node(nid), feeds[name]
+            user = self.user.node(self.user.inputs[name])
+            if node.dtype.startswith("int"):
+                _check_ids(arr, name, node.dtype, user.type)
+            want = tuple(int(d) for d in node.shape)
+            if arr.shape != want:
+                batched = bool(user.shape) and isinstance(user.shape[0], Sym)
+                arr = _reshaped(arr, want, name, user.type, batched)
             out[name] = np.array(arr, dtype=node.dtype, order="C", copy=None)
         return out
 
@@ -244,14 +292,15 @@ class Net:
                           "not know its length: after the warm-up the rate stays at the base "
                           "rate. Pass total_steps = epochs * steps per epoch to "
                           "nnlang.compile (nnlang train does)", stacklevel=2)
-        lr = self.learning_rate()
-        out = self._run("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)}, fetch)
-        self.step += 1
-        if not fetch:
-            self._unread.append((self._exe_for("train", feeds)[0][0], out))
-            return None
-        loss, self.last_metrics = _loss_and_metrics(out)
-        return loss
+        with self._lock:
+            lr = self.learning_rate()
+            out = self._run("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)}, fetch)
+            self.step += 1
+            if not fetch:
+                self._unread.append((self._exe_for("train", self._arrays(feeds))[0][0], out))
+                return None
+            loss, self.last_metrics = _loss_and_metrics(out)
+            return loss
 
     def learning_rate(self, step: int | None = None) -> float:
         """The schedule's learning rate at (0-based) `step`, default the next step to run, in
@@ -269,28 +318,32 @@ class Net:
     def fetch(self) -> list[tuple[float, dict]]:
         """(loss, metrics) of each `train_step(..., fetch=False)` since the last call, in
         order; one device transfer for all of them."""
-        unread, self._unread = self._unread, []
-        if not unread:
-            return []
-        results = unread[-1][0].read_all([out for _, out in unread])
+        with self._lock:
+            unread, self._unread = self._unread, []
+            if not unread:
+                return []
+            results = unread[-1][0].read_all([out for _, out in unread])
         taken = [_loss_and_metrics(out) for out in results]
         self.last_metrics = taken[-1][1]
         return taken
 
     def evaluate(self, feeds: dict) -> dict:
         """Losses and metrics on one batch, without updating anything."""
-        out = self._run("eval", feeds, {})
-        g = self._exe_for("eval", feeds)[0][1]
-        return {k: float(out[k]) for k in (*g.losses, *g.metrics)}
+        with self._lock:
+            out = self._run("eval", feeds, {})
+            g = self._exe_for("eval", self._arrays(feeds))[0][1]
+            return {k: float(out[k]) for k in (*g.losses, *g.metrics)}
 
     def gradients(self, feeds: dict) -> dict:
         """d(loss)/d(parameter) by name, for one batch, without updating anything."""
-        out = self._run("grad", feeds, {LR_INPUT: np.asarray(0.0, self.dtype)})
+        with self._lock:
+            out = self._run("grad", feeds, {LR_INPUT: np.asarray(0.0, self.dtype)})
         return {k[len("grad:"):]: v for k, v in out.items() if k.startswith("grad:")}
 
     def forward(self, feeds: dict) -> dict:
         """The model's outputs (dropout off)."""
-        return self._run("predict", feeds, {})
+        with self._lock:
+            return self._run("predict", feeds, {})
 
     def generate(self, prompts, *, max_new=None, temperature=None, top_k=None, top_p=None,
                  beam=None, length_penalty=None, seed=None, stop=None, greedy=None,
@@ -300,9 +353,11 @@ class Net:
         sampling, or beam search with beam > 1. Returns a `Generation` (.texts, .samples,
         .mode). The tokenizer defaults to the train data set's."""
         from nnlang.runtime.generate import generate
-        return generate(self, prompts, tokenizer, data_dir, max_new=max_new,
-                        temperature=temperature, top_k=top_k, top_p=top_p, beam=beam,
-                        length_penalty=length_penalty, seed=seed, stop=stop, greedy=greedy)
+        with self._lock:
+            return generate(self, prompts, tokenizer, data_dir, max_new=max_new,
+                            temperature=temperature, top_k=top_k, top_p=top_p, beam=beam,
+                            length_penalty=length_penalty, seed=seed, stop=stop,
+                            greedy=greedy)
 
 
 def _loss_and_metrics(out: dict) -> tuple[float, dict]:
@@ -341,7 +396,7 @@ def _names(g) -> str:
     return ", ".join(n for n in g.inputs if not n.startswith("_"))
 
 
-def _sizes_of(user, feeds: dict, default: dict) -> tuple[int, dict]:
+def _sizes_of(user, feeds: dict, default: dict, batch: int) -> tuple[int, dict]:
     """(batch, {symbol: size}) read off the feeds' shapes where the inputs declare a plain
     symbol (`[batch, seq]`); a symbol no fed input carries keeps its `default` size."""
     bound: dict = {}
@@ -364,7 +419,7 @@ def _sizes_of(user, feeds: dict, default: dict) -> tuple[int, dict]:
                               f"{list(got)}), but input '{first[1]}' has {sym} = {first[0]}",
                               hint=f"inputs that share the symbol {sym} must agree on its size "
                                    "in one call: pad them to the same length")
-    batch = bound.pop("batch", (None,))[0] or _batch_of(feeds)
+    batch = bound.pop("batch", (None,))[0] or _batch_of(feeds, batch)
     return batch, {s: bound[s][0] if s in bound else n for s, n in default.items()}
 
 
@@ -375,11 +430,112 @@ def _ranks() -> int:
     return world.size if world else 1
 
 
-def _batch_of(feeds: dict) -> int:
+def _batch_of(feeds: dict, default: int) -> int:
+    """The first dim of the first fed array that has one (all scalars: the net's batch)."""
     for k, v in feeds.items():
-        if not k.startswith("_"):
+        if not k.startswith("_") and np.ndim(v):
             return int(np.shape(v)[0])
-    raise NNError("no inputs given")
+    if not feeds:
+        raise NNError("no inputs given")
+    return default
+
+
+class Loaded(NamedTuple):
+    """What `load_state_dict` left out: parameters it had no value for, names it skipped."""
+    missing: list
+    unexpected: list
+
+
+def _state_problems(unexpected: list, missing: list, known) -> list[str]:
+    out = []
+    for name in unexpected[:3]:
+        hint = did_you_mean(name, known)
+        out.append(f"'{name}' is not in this model's state" + (f" ({hint})" if hint else ""))
+    if len(unexpected) > 3:
+        out.append(f"{len(unexpected) - 3} more unknown names")
+    if missing:
+        out.append(f"no value for parameter(s) {', '.join(missing[:6])}"
+                   + (", ..." if len(missing) > 6 else ""))
+    return out
+
+
+def _check_options(batch, dtype, seed, disable) -> tuple:
+    """The compile options a Net is built from, checked before anything is allocated; returns
+    the passes to switch off as a tuple of names."""
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
+                              or batch < 1):
+        raise NNError(f"batch={batch!r}: a batch size is a whole number of at least 1",
+                      hint="leave it out to use the train section's batch")
+    if dtype not in ("float32", "float64"):
+        raise NNError(f"dtype={dtype!r}: nets compute in float32 or float64",
+                      hint="int inputs keep the dtype the model declares for them")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or seed < 0):
+        raise NNError(f"seed={seed!r}: a seed is a whole number of at least 0")
+    names = (disable,) if isinstance(disable, str) else tuple(disable)
+    unknown = [n for n in names if n not in SWITCHES]
+    if unknown:
+        raise NNError(f"disable: unknown pass(es) {', '.join(map(repr, unknown))}",
+                      hint=f"passes that can be switched off: {', '.join(SWITCHES)}")
+    return names
+
+
+def _numbers(value, what: str, declared: str = "") -> np.ndarray:
+    """`value` as a numpy array of bools, integers or floats; what else it holds (text,
+    complex numbers, None, rows of different lengths) is an error naming `what`."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError):
+        raise NNError(f"{what} is not an array: its rows have different lengths",
+                      hint="pad the rows to one length") from None
+    if arr.dtype.kind not in "biuf":
+        got = f"a {type(value).__name__}" if arr.ndim == 0 and arr.dtype == object else \
+            {"U": "text", "S": "bytes", "c": "complex numbers", "M": "dates",
+             "m": "time spans"}.get(arr.dtype.kind, "values that are not numbers")
+        raise NNError(f"{what} holds {got}" + (f"; the model declares {declared}"
+                                               if declared else ""),
+                      hint="give a numpy array (or nested lists) of numbers")
+    return arr
+
+
+def _check_ids(arr: np.ndarray, name: str, dtype: str, declared: str) -> None:
+    """An int input takes whole numbers its dtype can hold, so none is silently cut or
+    wrapped around."""
+    if arr.dtype.kind == "f" and not np.array_equal(arr, np.trunc(arr)):
+        raise NNError(f"input '{name}' holds values that are not whole numbers "
+                      f"(float {arr.dtype}); the model declares {declared}",
+                      hint="pass integer ids (an int array)")
+    info = np.iinfo(dtype)
+    if arr.size and arr.dtype != np.dtype(dtype) and arr.dtype.kind != "b":
+        lo, hi = arr.min(), arr.max()
+        if lo < info.min or hi > info.max:
+            bad = (lo if lo < info.min else hi).item()
+            raise NNError(f"input '{name}' holds the value {bad}, which {dtype} cannot hold; "
+                          f"the model declares {declared}", hint="ids are at least 0 and "
+                          "below the vocabulary or class count")
+
+
+def _reshaped(arr: np.ndarray, want: tuple, name: str, declared: str,
+              batched: bool) -> np.ndarray:
+    """`arr` in the executable's shape `want`: a scalar input takes any one value, and a
+    batch of flattened or unflattened rows (an image as [N, 1, 28, 28] for [batch, 784])
+    takes the same batch of rows."""
+    if not want:
+        if arr.size == 1:
+            return arr.reshape(())
+        raise NNError(f"input '{name}' has shape {list(arr.shape)}; the model declares "
+                      f"{declared}, one value", hint="give a scalar")
+    rows = int(np.prod(want[1:]))
+    if arr.ndim and int(np.prod(arr.shape[1:])) == rows:
+        if arr.shape[0] == want[0]:
+            return arr.reshape(want)
+        if batched:
+            raise NNError(f"input '{name}' has {arr.shape[0]} rows (shape {list(arr.shape)}), "
+                          f"where this call's other inputs give {want[0]}; the model declares "
+                          f"{declared}", hint="every input of one call holds the same "
+                                              "examples")
+    raise NNError(f"input '{name}' has shape {list(arr.shape)}, the model declares "
+                  f"{declared}")
 
 
 def _default_config():

@@ -11,10 +11,8 @@ from rich.table import Table
 
 from nnlang.errors import NNError
 from nnlang.ir.dims import fmt_shape
+from nnlang.ops.optim import OPTIMIZER_PREFIX
 from nnlang.train import checkpoint
-
-# NOTE: the optimizer's own state (moments, step count) never carries over to a new run
-OPTIMIZER_PREFIX = "optimizer."
 
 
 @dataclass
@@ -64,6 +62,7 @@ def init_from(net, source, skip_mismatch: bool = False, what: str = "--init-from
     except NNError as err:
         raise NNError(f"{what}: {err.message}", hint=err.hint) from None
     ours = net.parameters()
+    # NOTE: the optimizer's own state (moments, step count) never carries over to a new run
     theirs = {k: v for k, v in ckpt.state.items() if not k.startswith(OPTIMIZER_PREFIX)}
     report = InitReport(path)
     matched = {}
@@ -90,7 +89,7 @@ def init_from(net, source, skip_mismatch: bool = False, what: str = "--init-from
                       f"{', '.join(list(ours)[:4])}{', ...' if len(ours) > 4 else ''})",
                       hint="was it trained from another model? layers match by their block "
                            "path, as `nnlang check` prints it")
-    net.load_state_dict(matched)
+    net.load_state_dict(matched, strict=False)
     return report
 
 

@@ -1,0 +1,187 @@
+"""The library's contract with a Python program that embeds it (found by an audit that used the
+API from outside): state moves in whole or not at all, feeds are checked before any cast could
+change them, one Net serves one call at a time, and every misuse is an NNError that says what
+is wrong.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import nnlang
+from nnlang.errors import NNError
+
+DENSE = "model M {\n  input x: float32[batch, 4]\n  output y = dense(x, 2)\n}\n"
+CLASSIFIER = ("model M {\n  input image: float32[batch, 12]\n  input label: int32[batch]\n"
+              "  logits = dense(image, 3)\n  loss ce = cross_entropy(logits, label)\n}\n"
+              "train M {\n  optimizer = adam(lr = 1.0)\n  schedule = constant(warmup = 10)\n}\n")
+
+
+def _softmax_ce(x, w, b, labels):
+    z = x @ w + b
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+def test_load_state_dict_is_all_or_nothing_and_names_unknown_keys():
+    net = nnlang.compile(DENSE, seed=0)
+    before = net.state_dict()
+    w = np.full((4, 2), 7, np.float32)
+    with pytest.raises(NNError, match=r"'y.weigth' is not in this model's state \(did you mean "
+                                      r"'y.weight'\?\)"):
+        net.load_state_dict({"y.weigth": w, "y.bias": np.zeros(2, np.float32)})
+    with pytest.raises(NNError, match="no value for parameter"):
+        net.load_state_dict({})
+    with pytest.raises(NNError, match=r"'y.bias' has shape \(3,\)"):
+        net.load_state_dict({"y.weight": w, "y.bias": np.zeros(3, np.float32)})
+    with pytest.raises(NNError, match="maps names to arrays"):
+        net.load_state_dict(None)
+    for k, v in before.items():  # NOTE: none of the failed loads changed anything
+        np.testing.assert_array_equal(net.state_dict()[k], v)
+    report = net.load_state_dict({"y.weight": w.tolist(), "extra": 1.0}, strict=False)
+    assert report.missing == ["y.bias"] and report.unexpected == ["extra"]
+    np.testing.assert_array_equal(net.parameters()["y.weight"], w)
+    assert "extra" not in net.state_dict()
+
+
+def test_state_dict_carries_the_step_so_schedules_go_on():
+    """Adam's bias correction reads optimizer.step; the warm-up reads net.step: a copy of the
+    state must continue both, as the original net does."""
+    rng = np.random.default_rng(0)
+    feeds = {"image": rng.standard_normal((4, 12)).astype(np.float32),
+             "label": np.array([0, 1, 2, 0], np.int32)}
+    a = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    for _ in range(5):
+        a.train_step(feeds)
+    b = nnlang.compile(CLASSIFIER, batch=4, seed=1)
+    b.load_state_dict(a.state_dict())
+    assert b.step == 5 and b.learning_rate() == pytest.approx(0.6)
+    a.train_step(feeds)
+    b.train_step(feeds)
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(b.state_dict()[k], v, err_msg=k)
+
+
+def test_rows_of_a_flattened_feed_must_match_the_batch():
+    """[N, 1, 3, 4] images for a [batch, 12] input reshape per row; one image beside four labels
+    was broadcast into the batch and scored as four copies of itself."""
+    net = nnlang.compile(CLASSIFIER, seed=0)
+    rng = np.random.default_rng(1)
+    img = rng.standard_normal((4, 1, 3, 4)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0])
+    w, b = net.parameters()["logits.weight"], net.parameters()["logits.bias"]
+    got = net.evaluate({"image": img, "label": labels})["ce"]
+    assert got == pytest.approx(_softmax_ce(img.reshape(4, 12), w, b, labels), rel=1e-5)
+    for rows in (1, 2):
+        with pytest.raises(NNError, match=f"input 'image' has {rows} rows .* other inputs give "
+                                          r"4; the model declares float32\[batch, 12\]"):
+            net.evaluate({"image": img[:rows], "label": labels})
+    fixed = nnlang.compile("model F {\n  input x: float32[4, 6]\n  output y = x * 2.0\n}\n")
+    with pytest.raises(NNError, match=r"shape \[1, 6\], the model declares float32\[4, 6\]"):
+        fixed.forward({"x": np.ones((1, 6), np.float32)})
+
+
+def test_ids_too_large_for_the_inputs_dtype_are_refused_not_wrapped():
+    net = nnlang.compile(CLASSIFIER, seed=0, batch=2)
+    image = np.ones((2, 12), np.float32)
+    for bad in (2**32 + 1, 2**31):
+        with pytest.raises(NNError, match=f"holds the value {bad}, which int32 cannot hold"):
+            net.evaluate({"image": image, "label": np.array([0, bad], np.int64)})
+    ok = net.evaluate({"image": image, "label": np.array([0, 1], np.int64)})["ce"]
+    assert np.isfinite(ok)
+
+
+def test_a_scalar_input_takes_a_scalar():
+    net = nnlang.compile("model S {\n  input x: float32[batch, 3]\n  input temp: float32[]\n"
+                         "  output y = x / temp\n}\n")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for temp in (2.0, np.float32(2.0), np.array(2.0), [2.0]):
+        np.testing.assert_allclose(net.forward({"x": x, "temp": temp})["y"], x / 2)
+    with pytest.raises(NNError, match=r"shape \[2\]; the model declares float32\[\], one value"):
+        net.forward({"x": x, "temp": [2.0, 4.0]})
+
+
+def test_one_net_called_from_threads_gives_each_call_its_own_answer():
+    net = nnlang.compile("model T {\n  input x: float32[batch, 64]\n"
+                         "  output y = dense(relu(dense(x, 64)), 10)\n}\n", batch=32, seed=0)
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal((32, 64)).astype(np.float32) for _ in range(4)]
+    want = [net.forward({"x": x})["y"] for x in xs]
+    wrong = []
+
+    def work(i: int) -> None:
+        for _ in range(150):
+            k = (i + _) % len(xs)
+            if not np.array_equal(net.forward({"x": xs[k]})["y"], want[k]):
+                wrong.append(k)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+
+
+def test_executables_for_other_batch_sizes_are_bounded():
+    from nnlang.runtime.net import KEEP_LENGTHS
+    net = nnlang.compile(DENSE, batch=8, seed=0)
+    x = np.ones((64, 4), np.float32)
+    for n in range(1, KEEP_LENGTHS + 12):
+        assert net.forward({"x": x[:n]})["y"].shape == (n, 2)
+    kept = [k for k in net._exes if k[0] == "predict"]
+    assert len(kept) <= KEEP_LENGTHS + 2 and ("predict", 8) in kept
+
+
+def test_the_reference_backend_returns_copies():
+    net = nnlang.compile("model R {\n  input x: float32[batch, 3]\n  param w: float32[3] = ones"
+                         "\n  output y = x\n  output ww = w\n}\n", backend="reference")
+    x = np.ones((2, 3), np.float32)
+    out = net.forward({"x": x})
+    out["y"][:] = 5
+    out["ww"][:] = 100
+    np.testing.assert_array_equal(x, 1)
+    np.testing.assert_array_equal(net.parameters()["w"], 1)
+
+
+def test_compile_options_and_overrides():
+    src = "model M(h = 3) {\n  input x: float32[batch, 4]\n  output y = dense(x, h)\n}\n"
+    assert nnlang.compile(src, overrides={"h": 5}).parameters()["y.bias"].shape == (5,)
+    with pytest.raises(NNError, match="this Program is built already"):
+        nnlang.compile(nnlang.load(src), overrides={"h": 5})
+    two = src + "model N {\n  input x: float32[batch, 2]\n  output y = x\n}\n"
+    with pytest.raises(NNError, match="model_name=NAME"):
+        nnlang.compile(two)
+    assert list(nnlang.compile(two, model_name="N").forward(
+        {"x": np.ones((1, 2), np.float32)})) == ["y"]
+    bad = [(dict(dtype="float16"), "float32 or float64"), (dict(dtype="bogus"), "float32 or"),
+           (dict(batch=0), "at least 1"), (dict(batch=-3), "at least 1"),
+           (dict(batch=2.5), "whole number"), (dict(seed=-1), "at least 0"),
+           (dict(disable=("nope",)), "unknown pass"), (dict(disable="fsue"), "'fsue'")]
+    for kwargs, words in bad:
+        with pytest.raises(NNError, match=words):
+            nnlang.compile(src, **kwargs)
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(nnlang.compile(src, disable="fuse", seed=0).forward({"x": x})["y"],
+                               nnlang.compile(src, seed=0).forward({"x": x})["y"], rtol=1e-6)
+    with pytest.raises(NNError, match="not NoneType"):
+        nnlang.compile(None)
+    with pytest.raises(NNError, match="depth 0"):
+        nnlang.dot(nnlang.compile(src), depth=0)
+
+
+@pytest.mark.parametrize("value, words", [
+    (np.full((2, 4), "a"), "holds text"),
+    ([[1.0, 2.0, 3.0, 4.0], [1.0]], "rows have different lengths"),
+    (np.ones((2, 4)) + 1j, "complex numbers"),
+    (np.full((2, 4), None), "not numbers"),
+    ((r for r in np.ones((2, 4))), "holds a generator"),
+    (np.ones(4), r"shape \[4\], the model declares float32\[batch, 4\]"),
+])
+def test_feeds_that_are_not_numbers_are_named(value, words):
+    net = nnlang.compile(DENSE)
+    with pytest.raises(NNError, match=words):
+        net.forward({"x": value})
