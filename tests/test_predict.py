@@ -86,6 +86,25 @@ def test_several_inputs_by_name(work):
     np.testing.assert_allclose([r["value"] for r in got], two_expected(d, a, b), rtol=1e-5)
 
 
+def test_many_examples_run_a_batch_at_a_time(work, monkeypatch):
+    """Every example is predicted, in order, in forward calls of at most the run's batch (4):
+    whole reviews pad to the longest of their batch, and all at once could need gigabytes."""
+    from nnlang.runtime.net import Net
+    d = work[0]
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(10, 3)), rng.normal(size=(10, 2))
+    np.savez(d / "ten.npz", a=a.astype(np.float32), b=b.astype(np.float32))
+    sizes = []
+    forward = Net.forward
+    monkeypatch.setattr(Net, "forward", lambda net, feeds: sizes.append(len(feeds["a"])) or
+                        forward(net, feeds))
+    got = json_lines(cli("predict", "two.nn", "-c", "run-two", "--npz", "ten.npz", "--backend",
+                         "reference", "--json", code=0, cwd=d))
+    assert sizes == [4, 4, 2]
+    assert [r["input"] for r in got] == [f"ten.npz[{i}]" for i in range(10)]
+    np.testing.assert_allclose([r["value"] for r in got], two_expected(d, a, b), rtol=1e-5)
+
+
 def test_several_inputs_from_an_npz(work):
     d, a, b = work
     out = cli("predict", "two.nn", "-c", "run-two", "--npz", "ab.npz", "--backend",

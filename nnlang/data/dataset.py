@@ -53,8 +53,10 @@ class Dataset:
     def __post_init__(self):
         source = self.meta.get("source")
         origin = source if isinstance(source, str) else f"dataset '{self.name}'"
-        for name in ("train", "test"):
+        for name in ("train", "val", "test"):
             split = getattr(self, name)
+            if split is None:
+                continue
             split.arrays = Arrays(split.arrays)
             split.arrays.where = f"{origin} ({name} split)"
 

@@ -178,10 +178,14 @@ def _parse_spec(spec, options: dict) -> tuple[str, dict]:
     return name, {**parsed, **options}
 
 
+_NN_WORDS = {"none": None, "true": True, "false": False}
+
+
 def _literal(node):
-    """A Python literal, or a bare name as its string (`target=y` means `target="y"`)."""
+    """A Python literal, .nn's `none`, `true` and `false`, or another bare name as its string
+    (`target=y` means `target="y"`; a column named none is written "none")."""
     if isinstance(node, ast.Name):
-        return node.id
+        return _NN_WORDS.get(node.id, node.id)
     try:
         return ast.literal_eval(node)
     except ValueError:

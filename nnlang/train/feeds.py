@@ -144,6 +144,37 @@ def model_arrays(graph, arrays: dict, mapping: dict[str, str]) -> dict[str, np.n
             for m, a in mapping.items()}
 
 
+def check_ids(graph, ds, mapping: dict[str, str]) -> None:
+    """An id past the model's tables or classes, in any split, is an error naming the file,
+    split, array and row before training: a test split's bad label would otherwise stop the run
+    only after its last epoch, at the first evaluation of that split."""
+    from nnlang.passes.pipeline import forward_graph
+    from nnlang.runtime.indices import index_inputs
+    lengths = {s: 1 for s in graph.symbols if s != "batch"}
+    checks = [c for c in index_inputs(forward_graph(graph, 1, lengths=lengths))
+              if c.name in mapping]
+    for split in (ds.train, ds.val, ds.test):
+        if split is None or not len(split):
+            continue
+        for c in checks:
+            name = mapping[c.name]
+            arr = split.arrays[name]
+            flat = arr.flat if isinstance(arr, Ragged) else np.asarray(arr).reshape(len(arr), -1)
+            bad = (flat < 0) | (flat >= c.rows)
+            if not bad.any():
+                continue
+            at = int(np.argmax(bad.reshape(-1)))
+            row = int(np.searchsorted(arr.offsets, at, side="right") - 1) \
+                if isinstance(arr, Ragged) else at // max(flat.shape[1], 1)
+            where = getattr(split.arrays, "where", "") or f"dataset '{ds.name}'"
+            raise NNError(f"{where}, array '{name}', row {row}: the id "
+                          f"{flat.reshape(-1)[at]!s} is outside the {c.rows} values model input "
+                          f"'{c.name}' takes here (0 to {c.rows - 1})", span=c.node.span,
+                          hint="the data's vocabulary or class count is larger than the "
+                               "model's; raise it in the model (e.g. --set vocab=...) or fix "
+                               "the data")
+
+
 # *** validation carve and batches ***
 
 def train_and_val(graph, ds, mapping: dict, val_split: float, seed: int) -> tuple[dict, dict]:
@@ -182,18 +213,19 @@ def epoch_order(arrays: dict, batch: int, rng: np.random.Generator) -> np.ndarra
     """One epoch's example order, drawn from `rng` alone (so a resumed run redraws it exactly).
     Fixed-length data: a permutation. Variable-length rows: bucketed, so a batch holds rows of
     similar length and pads little: a permutation cut into chunks of BUCKET_BATCHES batches,
-    each sorted by length and cut into batches; the full batches then run in shuffled order
-    (the leftover partial batch stays last, where `batches` drops it)."""
+    each sorted by length and cut into batches; the full batches then run in shuffled order.
+    The leftover partial batch, which `batches` drops, is the permutation's last examples,
+    taken before the sort: a sorted chunk's leftover would always be its longest rows."""
     order = rng.permutation(length(arrays))
     ragged = [v for v in arrays.values() if isinstance(v, Ragged)]
     if not ragged:
         return order
     lengths = ragged[0].lengths
     chunk = batch * BUCKET_BATCHES
-    for lo in range(0, len(order), chunk):
-        part = order[lo:lo + chunk]
-        order[lo:lo + chunk] = part[np.argsort(lengths[part], kind="stable")]
     full = len(order) // batch
+    for lo in range(0, full * batch, chunk):
+        part = order[lo:min(lo + chunk, full * batch)]
+        order[lo:lo + len(part)] = part[np.argsort(lengths[part], kind="stable")]
     shuffled = order[:full * batch].reshape(full, batch)[rng.permutation(full)]
     return np.concatenate([shuffled.reshape(-1), order[full * batch:]])
 

@@ -104,24 +104,25 @@ def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str
         raise NNError(f"model '{net.program.model}' declares no output to predict",
                       hint="add e.g. `output probs = softmax(logits)`")
     meta = ckpt.data_meta
-    batch, described = model_inputs(net.user, meta, inputs, named, npz)
-    outs = net.forward(batch)
     names = meta.get("class_names")
-    results = []
-    for oname, value in outs.items():
-        value = np.asarray(value)
-        kind, logits = output_kind(net.user, net.user.outputs[oname], value)
-        for raw, r in zip(described, interpret_output(value, kind, logits, names, meta)):
-            results.append({"input": raw, "output": oname, "kind": kind, **r})
-    return results
+    per_output: dict[str, list] = {k: [] for k in net.user.outputs}
+    # NOTE: a batch at a time: whole reviews pad to the longest of their batch, and an
+    # attention model's scores grow with its square
+    for batch, described in model_inputs(net.user, meta, inputs, named, npz, net.batch):
+        for oname, value in net.forward(batch).items():
+            value = np.asarray(value)
+            kind, logits = output_kind(net.user, net.user.outputs[oname], value)
+            for raw, r in zip(described, interpret_output(value, kind, logits, names, meta)):
+                per_output[oname].append({"input": raw, "output": oname, "kind": kind, **r})
+    return [r for rows in per_output.values() for r in rows]
 
 
 # *** raw inputs -> the model's input arrays ***
 
-def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None
-                 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """({input name: batch array}, a description of each example) from exactly one of the
-    three ways `predict` takes inputs; every input the outputs read must get a value."""
+def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None, size: int = 0):
+    """Yields ({input name: batch array}, a description of each example) for each run of
+    `size` examples (0: all at once) from exactly one of the three ways `predict` takes
+    inputs; every input the outputs read must get a value."""
     features, targets = feeds.input_roles(graph)
     given = [w for w, v in (("inputs", inputs), ("--input", named), ("--npz", npz)) if v]
     if len(given) != 1:
@@ -141,9 +142,10 @@ def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None
         raws, described = {next(iter(features)): list(inputs)}, [str(r) for r in inputs]
     what = (lambda k: f"--npz {npz}, array '{k}'") if npz else \
         (lambda k: f"--input {k}") if named else (lambda k: "the input")
-    arrays = {k: encode_input(k, graph.node(features[k]), v, meta, what(k))
-              for k, v in raws.items()}
-    return arrays, described
+    size = size or len(described)
+    for lo in range(0, len(described), size):
+        yield ({k: encode_input(k, graph.node(features[k]), v[lo:lo + size], meta, what(k))
+                for k, v in raws.items()}, described[lo:lo + size])
 
 
 def _how_to_pass(graph, features: dict) -> str:
@@ -221,7 +223,7 @@ def encode_input(name: str, node, raws: list, meta: dict, what: str) -> np.ndarr
     kind = meta.get("kind")
     arrays = [r for r in raws if isinstance(r, np.ndarray)]
     if arrays:
-        arr = np.stack(arrays)
+        arr = _stack(arrays, what)
     elif kind == "text":
         _no_files_for_text(raws)
         from nnlang.data import tokenize
@@ -234,8 +236,17 @@ def encode_input(name: str, node, raws: list, meta: dict, what: str) -> np.ndarr
         from nnlang.data.image import encode_image
         arr = np.concatenate([encode_image(r, meta["image_shape"]) for r in raws])
     else:
-        arr = np.stack([_read_values(r) for r in raws])
+        arr = _stack([_read_values(r) for r in raws], what)
     return feeds.conform(name, arr, node, what)
+
+
+def _stack(examples: list, what: str) -> np.ndarray:
+    shapes = sorted({tuple(np.shape(e)) for e in examples})
+    if len(shapes) > 1:
+        raise NNError(f"{what}: the examples have different shapes "
+                      f"({', '.join(str(list(s)) for s in shapes[:4])})",
+                      hint="give every example the same number of values")
+    return np.stack(examples)
 
 
 def _sequences(value: np.ndarray, logits: bool, meta: dict) -> list[dict]:

@@ -567,6 +567,7 @@ def _data(program, cfg, data, data_dir, file):
     mapping = feeds.match_inputs(program.graph, ds.inputs, ds.targets, f"dataset '{ds.name}'")
     train, val = feeds.train_and_val(program.graph, ds, mapping, cfg.val_split, cfg.seed)
     test = feeds.model_arrays(program.graph, ds.test.arrays, mapping) if len(ds.test) else {}
+    feeds.check_ids(program.graph, ds, mapping)  # NOTE: after the casts' own checks
     return cfg, ds, mapping, (train, val, test)
 
 

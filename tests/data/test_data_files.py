@@ -65,6 +65,16 @@ def test_csv_target_spellings(tmp_path, monkeypatch, spec):
     assert ds.meta["target_column"] == "y" and ds.train["label"].tolist() == [0.5, 1.5]
 
 
+def test_nn_words_in_a_data_spec_are_the_nn_values():
+    """`--data "imdb(maxlen=none)"` is whole reviews, as `maxlen = none` is in a .nn file."""
+    from nnlang.train.feeds import replace_data
+    assert replace_data(None, "imdb-sample(maxlen=none)").options == {"maxlen": None}
+    assert replace_data(None, "x.csv(target=none_col)").options == {"target": "none_col"}
+    assert replace_data(None, 'x.csv(target="none")').options == {"target": "none"}
+    ds = load_dataset("imdb-sample(maxlen=none)")
+    assert ds.train["tokens"].lengths.max() > 500
+
+
 def test_csv_byte_order_mark_is_not_part_of_the_header(tmp_path):
     (tmp_path / "b.csv").write_bytes("\ufeffa,label\n1,0\n2,1\n".encode())
     assert load_dataset(tmp_path / "b.csv").meta["feature_names"] == ["a"]

@@ -236,6 +236,14 @@ NPZ_CASES = {
     "overflow": (dict(x=X, label=np.array([0, 1, 2, 3, 2**40, 5, 6, 7])),
                  ["overflow.npz (train split), array 'label', row 4: 1099511627776 does not fit "
                   "in int32"]),
+    "test_label": (dict(train_x=X, train_label=np.arange(8), test_x=X,
+                        test_label=np.array([0, 1, 2, 3, 4, 5, 6, 10])),
+                   ["test_label.npz (test split), array 'label', row 7: the id 10 is outside "
+                    "the 10 values model input 'label' takes here (0 to 9)",
+                    "loss cross_entropy(logits, label)"]),
+    "val_label": (dict(train_x=X, train_label=np.arange(8), val_x=X[:4],
+                       val_label=np.array([0, -1, 2, 3])),
+                  ["val_label.npz (val split), array 'label', row 1: the id -1"]),
     "huge": (dict(x=np.where(X == 6, 1e300, X), label=np.arange(8)),
              ["array 'x', row 3: 1e+300 does not fit in float32"]),
     "rank": (dict(x=X.reshape(8, 2, 1, 1)[:, :1], label=np.arange(8)),

@@ -39,6 +39,8 @@ def npz_files(work):  # noqa: F811
     (["-i", A, "--npz", "only_a.npz"], ["not --input and --npz"]),
     (["-i", "a=1,2", "-i", B], ["--input a has shape [1, 2]", "'a' is declared float32[batch, 3]"]),
     (["-i", "a=hello", "-i", B], ["'hello' is not a .npy file", "write the numbers"]),
+    (["-i", A, "-i", "a=1,2", "-i", B, "-i", B],
+     ["--input a: the examples have different shapes ([2], [3])", "same number of values"]),
     (["-i", "a=1,nan,3", "-i", B], ["--input a, row 0: nan is not a finite number"]),
     (["--npz", "missing.npz"], ["--npz file not found: missing.npz"]),
     (["--npz", "notes.txt"], ["cannot read --npz notes.txt", "numpy.savez"]),
