@@ -298,16 +298,25 @@ def multi_head_attention(q, kv, mask, wq, bq, wk, bk, wv, bv, wo, bo, *, heads, 
     return ctx @ wo + bo
 
 
-def positional_encoding(x, w=None, *, kind, **_):
-    _, length, dim = x.shape
+def positional_encoding(x, mask=None, w=None, *, kind, **_):
+    batch, length, dim = x.shape
     if kind == "learned":
-        return x + w[:length]
-    pe = np.zeros((length, dim))
-    for pos in range(length):
-        for i in range(dim):
-            angle = pos / 10000 ** (2 * (i // 2) / dim)
-            pe[pos, i] = math.sin(angle) if i % 2 == 0 else math.cos(angle)
-    return x + pe
+        table = w[:length]
+    else:
+        table = np.zeros((length, dim))
+        for pos in range(length):
+            for i in range(dim):
+                angle = pos / 10000 ** (2 * (i // 2) / dim)
+                table[pos, i] = math.sin(angle) if i % 2 == 0 else math.cos(angle)
+    if mask is None:
+        return x + table
+    out = x.copy()
+    for r in range(batch):  # a row's positions count its real tokens; padding is position 0
+        seen = 0
+        for t in range(length):
+            out[r, t] += table[max(seen + (mask[r, t] != 0) - 1, 0)]
+            seen += mask[r, t] != 0
+    return out
 
 
 ATTENTION = {"multi_head_attention": multi_head_attention,

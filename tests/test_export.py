@@ -194,6 +194,36 @@ def test_positions_on_a_symbolic_length(kind):
                                    rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("kind", ["sinusoidal", "learned"])
+def test_masked_positions_do_not_move_with_front_padding(kind):
+    """With the mask, a front-padded row's positions count from its first real token: the same
+    review in a wider batch gets the same values, in nnlang and in the exported file."""
+    src = f"""model Pos {{
+  symbol seq
+  input tokens: int32[batch, seq]
+  x = embedding(tokens, 20, 6)
+  output y = positional_encoding(x, kind = "{kind}", max_len = 12, mask = tokens != 0)
+}}"""
+    net = nnlang.compile(nnlang.load(src), backend="numba", batch=2, seed=0)
+    proto = nnlang.export_onnx(net)
+    review = np.array([4, 9, 2, 7], np.int32)
+    rows = []
+    for width in (4, 7, 12):
+        tokens = np.zeros((2, width), np.int32)
+        tokens[0, width - 4:] = review
+        tokens[1, -1] = 5
+        got = net.forward({"tokens": tokens})["y"]
+        np.testing.assert_allclose(run_onnx(proto, {"tokens": tokens})["y"], got, rtol=0,
+                                   atol=TOL)
+        rows.append(got[0, width - 4:])
+    np.testing.assert_allclose(rows[1], rows[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(rows[2], rows[0], rtol=0, atol=1e-6)
+    unmasked = nnlang.compile(nnlang.load(src.replace(", mask = tokens != 0", "")),
+                              backend="numba", batch=2, seed=0)
+    np.testing.assert_allclose(unmasked.forward({"tokens": review[None].repeat(2, 0)})["y"][0],
+                               rows[0], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_scan_over_a_symbolic_length(reverse):
     """A scan whose sequence length is a symbol exports as one Scan that runs any length,

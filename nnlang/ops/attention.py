@@ -126,11 +126,15 @@ def sinusoid_table(length: int, dim: int) -> np.ndarray:
     return table
 
 
-def _pe_check(x, kind, max_len):
+def _pe_check(x, kind, max_len, mask=None):
     need_float("positional_encoding", x)
     if x.rank != 3 or isinstance(x.shape[2], Sym):
         raise ShapeError(f"positional_encoding expects [batch, len, dim] with concrete dim but "
                          f"got {fmt_shape(x.shape)}", arg=0)
+    if mask is not None and mask.shape != x.shape[:2]:
+        raise ShapeError(f"positional_encoding: mask {fmt_shape(mask.shape)} must be [batch, "
+                         f"len] = {fmt_shape(x.shape[:2])}", arg=1,
+                         hint="nonzero at real tokens, 0 at padding")
     if kind not in ("sinusoidal", "learned"):
         raise ShapeError(f"positional_encoding: kind must be \"sinusoidal\" or \"learned\", got "
                          f"{kind!r}")
@@ -146,24 +150,37 @@ def _pe_check(x, kind, max_len):
                          f"{max_len}", arg=0)
 
 
-def _pe_params(x, *, kind, max_len):
-    _pe_check(x, kind, max_len)
+def _pe_params(x, mask=None, *, kind, max_len):
+    _pe_check(x, kind, max_len, mask)
     if kind != "learned":
         return {}
     return {"weight": ParamSpec((max_len or x.shape[1], x.shape[2]), ("normal", {"std": 0.02}),
                                 dtype=param_dtype(x))}
 
 
-def _pe_shape(x, weight=None, *, kind, max_len):
-    _pe_check(x, kind, max_len)
+def _pe_shape(x, mask=None, weight=None, *, kind, max_len):
+    _pe_check(x, kind, max_len, mask)
     return x
 
 
-def _pe(b, x, weight=None, *, kind, max_len):
+def _pe(b, x, mask=None, weight=None, *, kind, max_len):
+    table = _pe_table(b, x, weight, kind, max_len)
+    if mask is None:
+        return b.add(x, table)
+    # NOTE: with a mask, a row's positions count from its first real token (as Hugging Face
+    # derives position ids from the attention mask), so a front-padded row reads the same
+    # whatever its batch's width; front padding takes position 0
+    keep = b.cast(b.ne(mask, b.const(0, b.type(mask).dtype)), dtype="int32")
+    pos = b.maximum(b.sub(b.cumsum(keep, axis=1), b.const(1, "int32")), b.const(0, "int32"))
+    return b.add(x, b.gather(table, pos))
+
+
+def _pe_table(b, x, weight, kind, max_len):
+    """The rows added at positions 0 .. len - 1: [len, dim]."""
     _, length, dim = b.type(x).shape
     if kind == "sinusoidal":
         if not isinstance(length, Sym):
-            return b.add(x, b.const(sinusoid_table(length, dim), b.type(x).dtype))
+            return b.const(sinusoid_table(length, dim), b.type(x).dtype)
         # NOTE: only export decomposes a length still symbolic: the file holds max_len rows
         # and takes the first `length` at run time
         if max_len is None:
@@ -173,15 +190,20 @@ def _pe(b, x, weight=None, *, kind, max_len):
         weight = b.const(sinusoid_table(max_len, dim), b.type(x).dtype)
     if b.type(weight).shape[0] != length:
         weight = b.slice(weight, axis=0, start=0, stop=length, step=1)
-    return b.add(x, weight)
+    return weight
 
 
-register("positional_encoding", "x: tensor, kind: str = \"sinusoidal\", max_len: int = none",
+register("positional_encoding",
+         "x: tensor, kind: str = \"sinusoidal\", max_len: int = none, mask: tensor? = none",
          _pe_shape, decompose=_pe, params=_pe_params, family="attention",
          doc="adds position information to x [batch, len, dim]. sinusoidal: the fixed "
              "Transformer table (no params). learned: a weight [max_len (default len), dim], "
-             "init normal(std = 0.02) as in BERT/GPT-2; the first len rows are added.",
-         samples=(Sample(((2, 5, 6),)), Sample(((2, 4, 6),), {"kind": "learned", "max_len": 7})))
+             "init normal(std = 0.02) as in BERT/GPT-2; the first len rows are added. "
+             "mask [batch, len] (nonzero at real tokens): each row's positions count from its "
+             "first real token, so front padding does not shift them.",
+         samples=(Sample(((2, 5, 6),)), Sample(((2, 4, 6),), {"kind": "learned", "max_len": 7}),
+                  Sample(((2, 5, 6), (2, 5)), {"kind": "learned"}, domain="int:2",
+                         dtypes=(None, "int32"))))
 
 
 # *** incremental decoding: builder helpers that nnlang/runtime/decode_graphs.py emits in place

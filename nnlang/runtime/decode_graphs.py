@@ -265,7 +265,8 @@ def _step(g: Graph, tok: int, dep: set, attn: list, rnns: list, statics: dict, s
             out = _step_rnn(s, b, node, recurrent[nid])
         elif node.op == "positional_encoding":
             with b.at(span=node.span, path=node.path):
-                out = positional_encoding_at(b, ins[0], pos, ins[1] if len(ins) > 1 else None,
+                # NOTE: slots (x, mask, weight): a step's row is at its own position already
+                out = positional_encoding_at(b, ins[0], pos, ins[2] if len(ins) > 2 else None,
                                              node.attrs["kind"], spec.max_len)
         else:
             types = [None if i is None else s.node(i).type for i in ins]
