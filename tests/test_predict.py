@@ -105,6 +105,22 @@ def test_many_examples_run_a_batch_at_a_time(work, monkeypatch):
     np.testing.assert_allclose([r["value"] for r in got], two_expected(d, a, b), rtol=1e-5)
 
 
+def test_outputs_without_a_batch_dim_are_left_out_with_a_note(work):
+    """A mean over the batch is no answer about one example; it was an internal error."""
+    d = work[0]
+    (d / "avg.nn").write_text(TWO.replace("  output out\n", "  output out\n  output avg = mean(out)\n"))
+    (d / "only_avg.nn").write_text(TWO.replace("  output out\n", "  output avg = mean(out)\n"))
+    out = cli("predict", "avg.nn", "-c", "run-two", "--npz", "ab.npz", "--backend", "reference",
+              code=0, cwd=d)
+    assert "note: output(s) avg have no batch dim" in out
+    got = json_lines(cli("predict", "avg.nn", "-c", "run-two", "--npz", "ab.npz", "--backend",
+                         "reference", "--json", code=0, cwd=d))
+    assert [r["output"] for r in got] == ["out"] * 3
+    out = cli("predict", "only_avg.nn", "-c", "run-two", "--npz", "ab.npz", "--backend",
+              "reference", cwd=d)
+    assert "has no output with one row per example (avg: float32[])" in out
+
+
 def test_several_inputs_from_an_npz(work):
     d, a, b = work
     out = cli("predict", "two.nn", "-c", "run-two", "--npz", "ab.npz", "--backend",

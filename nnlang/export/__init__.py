@@ -51,10 +51,26 @@ def _weights_of(model, checkpoint, overrides, model_name):
         return model
     if checkpoint is not None:
         from nnlang.train.inference import restore
-        return restore(model, checkpoint, backend="reference")[0]
+        net = restore(model, checkpoint, backend="reference")[0]
+        _same_as_trained(net, overrides, model_name)
+        return net
     from nnlang import load
     program = model if hasattr(model, "graph") else load(model, overrides, model_name)
     return Net(program, backend="reference", batch=1)
+
+
+def _same_as_trained(net, overrides, model_name) -> None:
+    """A checkpoint fixes the model and its hyper-parameters: asking for others is an error,
+    not a file of the trained model under another name."""
+    if model_name is not None and model_name != net.program.model:
+        raise NNError(f"the checkpoint holds model '{net.program.model}', not '{model_name}'",
+                      hint="leave model_name out, or pass a checkpoint of that model")
+    hp = net.program.hparams
+    other = [k for k, v in (overrides or {}).items() if hp.get(k, v) != v or k not in hp]
+    if other:
+        trained = ", ".join(f"{k} = {hp[k]!r}" if k in hp else f"no {k}" for k in other)
+        raise NNError(f"overrides cannot change a trained model: its checkpoint has {trained}",
+                      hint="leave overrides out: the checkpoint's own values are used")
 
 
 def _write(proto, path: Path) -> None:

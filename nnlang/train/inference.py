@@ -12,6 +12,8 @@ from rich.console import Console
 
 from nnlang.data.chars import tokenizer_from_meta
 from nnlang.errors import NNError
+from nnlang.ir.dims import Sym
+from nnlang.ops.optim import OPTIMIZER_PREFIX
 from nnlang.runtime.net import check_backend
 from nnlang.train import checkpoint, feeds
 from nnlang.train.overrides import resolve, source_of
@@ -50,9 +52,14 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
     # NOTE: every mismatch at once, so a checkpoint of another model is plain from one error
     wrong = [f"{k} {list(ckpt.state[k].shape)} (the model's: {list(v.shape)})"
              for k, v in net.state.items() if k in ckpt.state and ckpt.state[k].shape != v.shape]
-    if missing or wrong:
+    # NOTE: trained weights the model has no place for (a layer deleted from the .nn) would
+    # leave a different network behind, silently
+    unused = [k for k in ckpt.state if k not in net.state and not k.startswith(OPTIMIZER_PREFIX)]
+    if missing or wrong or unused:
         why = ([f"no value for parameter(s) {', '.join(missing)}"] if missing else []) + \
-              ([f"other shapes for {', '.join(wrong)}"] if wrong else [])
+              ([f"other shapes for {', '.join(wrong)}"] if wrong else []) + \
+              ([f"trained parameter(s) {', '.join(unused)} that the model does not have"]
+               if unused else [])
         raise NNError(f"{ckpt.path} does not fit model '{net.program.model}': "
                       + "; ".join(why), hint="was it saved from another model or with other "
                                               "--set values?")
@@ -105,16 +112,33 @@ def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str
                       hint="add e.g. `output probs = softmax(logits)`")
     meta = ckpt.data_meta
     names = meta.get("class_names")
-    per_output: dict[str, list] = {k: [] for k in net.user.outputs}
+    per_output: dict[str, list] = {k: [] for k, nid in net.user.outputs.items()
+                                   if _per_example(net.user.node(nid))}
+    skipped = [k for k in net.user.outputs if k not in per_output]
+    if not per_output:
+        shown = ", ".join(f"{k}: {net.user.node(v).type}" for k, v in net.user.outputs.items())
+        raise NNError(f"model '{net.program.model}' has no output with one row per example "
+                      f"({shown})",
+                      hint="predict shows outputs whose first dim is the batch; export the "
+                           "model (nnlang export) or use the Python API for the others")
+    if skipped and console:
+        say(console, f"note: output(s) {', '.join(skipped)} have no batch dim, so predict does "
+                     "not show them per example")
     # NOTE: a batch at a time: whole reviews pad to the longest of their batch, and an
     # attention model's scores grow with its square
     for batch, described in model_inputs(net.user, meta, inputs, named, npz, net.batch):
         for oname, value in net.forward(batch).items():
+            if oname not in per_output:
+                continue
             value = np.asarray(value)
             kind, logits = output_kind(net.user, net.user.outputs[oname], value)
             for raw, r in zip(described, interpret_output(value, kind, logits, names, meta)):
                 per_output[oname].append({"input": raw, "output": oname, "kind": kind, **r})
     return [r for rows in per_output.values() for r in rows]
+
+
+def _per_example(node) -> bool:
+    return bool(node.shape) and node.shape[0] == Sym.of("batch")
 
 
 # *** raw inputs -> the model's input arrays ***

@@ -26,6 +26,8 @@ FOLDED = TINY.replace("output probs = softmax(logits)", """output probs = softma
 STRIDED = TINY.replace("output probs = softmax(logits)", """output probs = softmax(logits)
   output spread = unslice(logits, axis = 1, start = 0, stop = 6, step = 2, size = 6)""")
 MLP = TINY.replace("model Tiny", "model Mlp").replace("train Tiny", "train Mlp")
+# Tiny with its hidden layer deleted: the checkpoint's h.* would be silently left out
+SHORTER = TINY.replace("h = dense(x, hidden) |> relu", "h = x")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export-run")
     tiny_data(folder)
     for name, src in (("tiny.nn", TINY), ("other.nn", OTHER), ("folded.nn", FOLDED),
-                      ("strided.nn", STRIDED), ("mlp.nn", MLP)):
+                      ("strided.nn", STRIDED), ("mlp.nn", MLP), ("shorter.nn", SHORTER)):
         (folder / name).write_text(src)
     (folder / "broken.npz").write_bytes(b"PK\x03\x04 not really")
     cli("train", "tiny.nn", "--epochs", "1", "--out", "run", code=0, cwd=folder)
@@ -45,6 +47,8 @@ CASES = [
     (("other.nn", "-c", "run"), ["does not fit model 'Tiny'", "h2.weight", "h.weight [4, 8]",
                                  "[4, 5]"]),
     (("mlp.nn", "-c", "run"), ["holds model 'Tiny'", "mlp.nn"]),
+    (("shorter.nn", "-c", "run"), ["does not fit model 'Tiny'", "trained parameter(s) "
+                                   "h.weight, h.bias that the model does not have"]),
     (("tiny.nn", "-c", "nowhere"), ["checkpoint not found", "nowhere"]),
     (("tiny.nn", "-c", "broken.npz"), ["broken.npz", "not a readable nnlang checkpoint"]),
     (("tiny.nn", "-c", "run", "-o", "missing/dir/t.onnx"), ["-o missing/dir/t.onnx",
@@ -97,3 +101,19 @@ def test_without_the_onnx_package(run, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     out = cli("export", "tiny.nn", "-c", "run", "-o", "t.onnx", code=1, cwd=run)
     assert "needs the onnx package" in out and "nnlang[onnx]" in out
+
+
+def test_a_checkpoint_fixes_the_model_and_its_hyper_parameters(run):
+    """export_onnx(path, checkpoint, model_name=, overrides=) asking for another model or other
+    sizes than the checkpoint's was answered with the trained model's file."""
+    import nnlang
+    from nnlang.errors import NNError
+    two = TINY + TINY.replace("model Tiny", "model Other").replace("train Tiny", "train Other")
+    (run / "two.nn").write_text(two)
+    with pytest.raises(NNError, match="holds model 'Tiny', not 'Other'"):
+        nnlang.export_onnx(str(run / "tiny.nn"), run / "run", model_name="Other")
+    with pytest.raises(NNError, match="its checkpoint has hidden = 8"):
+        nnlang.export_onnx(str(run / "tiny.nn"), run / "run", overrides={"hidden": 64})
+    same = nnlang.export_onnx(str(run / "tiny.nn"), run / "run", overrides={"hidden": 8},
+                              model_name="Tiny")
+    assert [o.name for o in same.graph.output] == ["probs"]
