@@ -23,8 +23,17 @@ class Span:
     def source_line(self) -> str | None:
         if self.source is None:
             return None
-        lines = self.source.splitlines()
-        return lines[self.line - 1] if 0 < self.line <= len(lines) else None
+        # NOTE: "\n" only, as the parser counts lines: splitlines() also breaks at U+2028,
+        # form feeds and the like, and every later line would be shown one off
+        lines = self.source.split("\n")
+        return lines[self.line - 1].rstrip("\r") if 0 < self.line <= len(lines) else None
+
+    def text(self) -> str | None:
+        """The source text the span covers, when it lies on one line."""
+        line = self.source_line()
+        if line is None or self.end_line != self.line or self.end_col <= self.col:
+            return None
+        return line[self.col - 1:self.end_col - 1]
 
 
 @dataclass

@@ -158,7 +158,8 @@ def test_compile_options_and_overrides():
     assert list(nnlang.compile(two, model_name="N").forward(
         {"x": np.ones((1, 2), np.float32)})) == ["y"]
     bad = [(dict(dtype="float16"), "float32 or float64"), (dict(dtype="bogus"), "float32 or"),
-           (dict(batch=0), "at least 1"), (dict(batch=-3), "at least 1"),
+           (dict(batch=0), "from 1 to"), (dict(batch=-3), "from 1 to"),
+           (dict(batch=2**40), r"2\*\*31"),
            (dict(batch=2.5), "whole number"), (dict(seed=-1), "at least 0"),
            (dict(disable=("nope",)), "unknown pass"), (dict(disable="fsue"), "'fsue'")]
     for kwargs, words in bad:

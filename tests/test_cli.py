@@ -226,3 +226,21 @@ def test_compile_shows_a_model_without_a_loss(tmp_path):
     assert "mode predict" in cli("compile", path, "--backend", "reference", code=0)
     assert "declares no loss" in cli("compile", path, "--mode", "train", "--backend",
                                      "reference")
+    assert "no backward pass" in cli("compile", path, "--emit", "backward", "--backend",
+                                     "reference")
+    # NOTE: check and compile size a model without a train section at the same batch
+    assert "sizes at batch = 32 (default)" in cli("check", path, code=0)
+    assert "batch 32" in cli("compile", path, "--backend", "reference", code=0)
+
+
+def test_compile_without_fusion_lists_the_ops_as_kernels():
+    r = run("compile", "models/mlp.nn", "--no-fuse", "--emit", "fused")
+    assert r.exit_code == 0 and "fusion is off (--no-fuse)" in r.stdout
+    assert "matmul" in r.stdout
+
+
+@pytest.mark.parametrize("batch, words", [("1000000000", "cannot allocate"),
+                                          ("9223372036854775807", "from 1 to 2**31 - 1")])
+def test_compile_a_batch_too_large_for_memory(batch, words):
+    from tests.faults.conftest import cli
+    assert words in cli("compile", "models/mlp.nn", "--batch", batch, "--emit", "summary")

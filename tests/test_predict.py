@@ -108,7 +108,8 @@ def test_many_examples_run_a_batch_at_a_time(work, monkeypatch):
 def test_outputs_without_a_batch_dim_are_left_out_with_a_note(work):
     """A mean over the batch is no answer about one example; it was an internal error."""
     d = work[0]
-    (d / "avg.nn").write_text(TWO.replace("  output out\n", "  output out\n  output avg = mean(out)\n"))
+    (d / "avg.nn").write_text(TWO.replace("  output out\n",
+                                          "  output out\n  output avg = mean(out)\n"))
     (d / "only_avg.nn").write_text(TWO.replace("  output out\n", "  output avg = mean(out)\n"))
     out = cli("predict", "avg.nn", "-c", "run-two", "--npz", "ab.npz", "--backend", "reference",
               code=0, cwd=d)

@@ -10,7 +10,11 @@ text CNN 0.992. BLAS products did not care (they pack their operands).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from nnlang.errors import NNError
 
 ALIGN = 64
 
@@ -19,8 +23,14 @@ def aligned_empty(shape, dtype, spare: int = 0) -> np.ndarray:
     """An uninitialized C-contiguous array whose data starts on an ALIGN-byte boundary, with
     `spare` bytes of address space after it that nothing uses."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + spare + ALIGN, np.uint8)
+    nbytes = math.prod(int(n) for n in np.atleast_1d(shape)) * dtype.itemsize \
+        if np.ndim(shape) else int(shape) * dtype.itemsize
+    try:
+        raw = np.empty(nbytes + spare + ALIGN, np.uint8)
+    except (MemoryError, ValueError):
+        raise NNError(f"cannot allocate {nbytes / 2**30:,.1f} GiB of memory",
+                      hint="use a smaller batch or shorter sequences; `nnlang check` "
+                           "estimates what a model needs") from None
     start = -raw.ctypes.data % ALIGN
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 

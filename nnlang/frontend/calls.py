@@ -230,7 +230,8 @@ class CallElaboration:
             if t is None:
                 continue
             node = self.g.node(t.id)
-            name, where = self.origin.get(t.id, (node.name or f"%{t.id}", node.span))
+            written = node.span.text() if node.span is not None else None
+            name, where = self.origin.get(t.id, (node.name or written or f"%{t.id}", node.span))
             notes.append((f"'{name}' is {node.type}, from {self.describe(t.id)}", where))
         msg = err.message if err.message.startswith(op) else f"{op}: {err.message}"
         self.fail(msg, at, err.hint, notes)

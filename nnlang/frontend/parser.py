@@ -49,6 +49,14 @@ _MISTAKES = {
     "'(' is never closed": ["model M { y = f(a }", "model M { y = f(a, b }"],
     "use '==' to compare; '=' only binds names": ["model M { y = a = b }"],
     "a train section holds settings like `batch = 64`": ["train M { batch 64 }"],
+    "comparisons do not chain: compare two values at a time": [
+        "model M { y = a == b == c }", "model M { y = a < b < c }",
+        "model M { output y = a == b == c }", "model M { output y = a < b < c }",
+        "model M { y = f(a == b == c) }"],
+    "a subscript takes start:stop; for a step, call slice(x, axis = 1, start = 0, step = 2)": [
+        "model M { y = x[:, ::2] }", "model M { y = x[::2] }", "model M { y = x[0:4:2] }",
+        "model M { output y = x[:, ::2] }", "model M { output y = x[0:4:2] }",
+        "model M { y = f(x[:, ::2]) }", "model M { y = f(x[:, 0:4:2]) }"],
 }
 
 
@@ -93,6 +101,9 @@ def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
         shown = f"'{char}'" if char.isprintable() else f"U+{ord(char):04X}"
         msg = f"unexpected character {shown}"
         span = Span(file, line, col, line, col + 1, source)
+        hint = _character_hint(char)
+        if hint:
+            return Diagnostic(msg, span, hint)
     else:
         tok = getattr(err, "token", None)
         if at_end:
@@ -116,6 +127,16 @@ def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
     if not hint and not isinstance(err, UnexpectedCharacters) and expected:
         msg += f"; expected {_describe_expected(p, expected)}"
     return Diagnostic(msg, span, hint)
+
+
+def _character_hint(char: str) -> str | None:
+    if char in "\"'":
+        return f"a string that is never closed: end it with {char} on the same line"
+    if char == ";":
+        return "statements end at the end of a line; ';' is not needed"
+    if not char.isascii() and (char.isalpha() or char.isdigit()):
+        return "names are ASCII letters, digits and '_' (text in quotes may be any UTF-8)"
+    return None
 
 
 class BadLiteral(NNError):
@@ -147,8 +168,11 @@ def _unclosed_brace(source: str) -> int | None:
 
 
 def parse(source: str, file: str = "<string>") -> ast.Module:
-    """Parses .nn source into an `ast.Module`; syntax errors raise one `NNError` listing them."""
+    """Parses .nn source into an `ast.Module`; syntax errors raise one `NNError` listing them.
+    Lines end at "\n", "\r\n" or a lone "\r" (old Mac files), as the error printer counts
+    them."""
     errors: list[Diagnostic] = []
+    source = source.replace("\r\n", "\n").replace("\r", "\n")
     text = source
     for _ in range(_MAX_SYNTAX_ERRORS):
         try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from nnlang.errors import ErrorSink, NNError, did_you_mean
 from nnlang.frontend import ast
+from nnlang.ir.dims import DEFAULT_BATCH
 from nnlang.ops.signature import BindError, check_kind
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES
 
@@ -29,7 +30,7 @@ class TrainConfig:
     optimizer: Choice = Choice("adam", {"lr": 0.001, "beta1": 0.9, "beta2": 0.999,
                                         "eps": 1e-8, "weight_decay": 0.0})
     schedule: Choice | None = None
-    batch: int = 32
+    batch: int = DEFAULT_BATCH
     epochs: int = 1
     val_split: float = 0.0
     seed: int = 0
@@ -156,6 +157,19 @@ def _choice(value, registry: dict, what: str, span, errors: ErrorSink, spans: di
     return Choice(name, bound) if ok else None
 
 
+def _hyphenated(e) -> str | None:
+    """`fashion-mnist` written bare parses as fashion minus mnist: the name it meant, else
+    None."""
+    if isinstance(e, ast.Name):
+        return e.id
+    if isinstance(e, ast.Call) and isinstance(e.func, str):  # imdb-sample(maxlen = 10)
+        return e.func
+    if isinstance(e, ast.BinOp) and e.op == "-":
+        left, right = _hyphenated(e.left), _hyphenated(e.right)
+        return f"{left}-{right}" if left and right else None
+    return None
+
+
 def _data_choice(name: str, args: list, options: dict, span, errors: ErrorSink, spans: dict):
     """`imdb`, `imdb(vocab = 10000)`, `"reg.csv"` or `csv("reg.csv", target = "y")`."""
     from nnlang.data import DataError
@@ -221,6 +235,12 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
             raw = (s.value.func, opts)
         elif s.name in ("data", "optimizer", "schedule") and isinstance(s.value, ast.Name):
             raw = s.value.id
+        elif s.name == "data" and isinstance(s.value, ast.BinOp) and _hyphenated(s.value):
+            name = _hyphenated(s.value)
+            errors.add(f"'{name}' is read as a subtraction here", s.value.span,
+                       f'write data = "{name}", or {name.replace("-", "_")} (with options: '
+                       f'{name.replace("-", "_")}(...))')
+            continue
         else:
             try:
                 raw = evaluate(s.value)

@@ -5,6 +5,9 @@ bound to ints when a graph is compiled for a concrete batch.
 """
 from __future__ import annotations
 
+# the batch a model is compiled, trained and summarized at when nothing sets one
+DEFAULT_BATCH = 32
+
 from dataclasses import dataclass
 from math import prod
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from nnlang.ir.dims import Sym, bind, fmt_shape
+from nnlang.ir.dims import DEFAULT_BATCH, Sym, bind, fmt_shape
 from nnlang.ir.graph import Builder, Graph, Node, op_attrs, slots
 from nnlang.ops import registry
 from nnlang.ops.registry import ELEMENTWISE, REDUCE, TensorType
@@ -62,7 +62,7 @@ def summarize(program, batch: int | None = None) -> Summary:
     elif program.train is not None:
         size, src = program.train.batch, "train section"
     else:
-        size, src = 1, "default"
+        size, src = DEFAULT_BATCH, "default"
     env = {"batch": size}
     s = Summary(program.model, program.file, size, src,
                 [(k, str(g.node(v).type)) for k, v in g.inputs.items() if not k.startswith("_")])

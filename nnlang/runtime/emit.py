@@ -37,12 +37,20 @@ def emit(net, what: str, mode: str = "train") -> str:
     if what == "ir":
         return g.dump()
     if what == "backward":
+        if not net.user.losses:
+            raise NNError(f"model '{net.program.model}' declares no loss, so it has no "
+                          "backward pass", hint="add a line like `loss cross_entropy(logits, "
+                                                "label)`")
         if mode != "train":
-            raise NNError("--emit backward needs the train graph", hint="drop --mode")
+            raise NNError(f"--emit backward needs the train graph, not --mode {mode}",
+                          hint="drop --mode")
         return ("# the generated backward pass (role bwd) and optimizer update (role optim);\n"
                 "# each line ends with the block path and the .nn line it came from\n"
                 + g.dump(roles=("bwd", "optim")))
     from nnlang.passes.fuse import format_groups  # what == "fused"
+    if "fuse" in net.disable:
+        return ("# fusion is off (--no-fuse): each op below that computes runs as its own kernel\n"
+                + g.dump())
     return format_groups(g, g.groups or [])
 
 

@@ -463,8 +463,8 @@ def _check_options(batch, dtype, seed, disable) -> tuple:
     """The compile options a Net is built from, checked before anything is allocated; returns
     the passes to switch off as a tuple of names."""
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
-                              or batch < 1):
-        raise NNError(f"batch={batch!r}: a batch size is a whole number of at least 1",
+                              or not 1 <= batch < 2**31):
+        raise NNError(f"batch={batch!r}: a batch size is a whole number from 1 to 2**31 - 1",
                       hint="leave it out to use the train section's batch")
     if dtype not in ("float32", "float64"):
         raise NNError(f"dtype={dtype!r}: nets compute in float32 or float64",

@@ -110,6 +110,35 @@ def test_bom_crlf_and_tabs_are_fine(tmp_path, transform):
     assert cli("fmt", path, code=0) == cli("fmt", MLP, code=0)
 
 
+@pytest.mark.parametrize("comment, ending", [("\u2028", "\n"), ("\x0c", "\n"), ("\x85", "\n"),
+                                             ("", "\r")])
+def test_the_line_shown_is_the_line_counted(tmp_path, comment, ending):
+    """Lines end at "\n" (or a lone "\r" of an old Mac file); a line separator, form feed or
+    NEL in a comment is no line break, so the error line below it is shown, not the one above."""
+    text = model(f"# copied{comment}text", "y = v + nope").replace("\n", ending)
+    out = cli("check", nn_file(tmp_path, text))
+    expect(out, ":8:11: error: unknown name 'nope'", "   8 |   y = v + nope")
+
+
+@pytest.mark.parametrize("line, words", [
+    ("y = 'unterminated", "a string that is never closed: end it with '"),
+    ("y = v[:, ::2]", "for a step, call slice(x, axis = 1"),
+    ("y = relu(v[:, 0:4:2])", "for a step, call slice(x, axis = 1"),
+    ("y = v == v == v", "comparisons do not chain"),
+    ("y = v < v < v", "comparisons do not chain"),
+    ("yé = v", "names are ASCII letters"),
+    ("y = v;", "';' is not needed"),
+])
+def test_common_slips_get_a_hint(tmp_path, line, words):
+    expect(cli("check", nn_file(tmp_path, model(line))), ":7:", "hint:", words)
+
+
+def test_an_unnamed_operand_is_shown_as_written(tmp_path):
+    out = cli("check", nn_file(tmp_path, model("y = dense(v, 3) + v")))
+    expect(out, "note: 'dense(v, 3)' is float32[batch, 3]")
+    assert "'%" not in out
+
+
 @pytest.mark.parametrize("text", ["", "# only a comment\n\n# and another\n", "\n\n   \n"])
 def test_empty_files_say_what_is_missing(tmp_path, text):
     path = nn_file(tmp_path, text)
