@@ -89,8 +89,9 @@ def held_out_arrays(net, cfg, data, data_dir, folder) -> tuple:
         return ds, "test", feeds.model_arrays(net.user, ds.test.arrays, mapping)
     arrays = feeds.train_and_val(net.user, ds, mapping, cfg.val_split, cfg.seed)[1]
     if not arrays:
-        raise NNError(f"dataset '{ds.name}' has no test split and the run used no "
-                      "validation split", hint="pass --data with a test split (for .npz: "
+        raise NNError(f"dataset '{ds.name}' has no test split and no validation split of "
+                      f"its own, and the run's val_split is {cfg.val_split:g}, so nothing of it "
+                      "was held out", hint="pass --data with a test split (for .npz: "
                       "train_*/test_* arrays)")
     return ds, "val", arrays
 

@@ -39,13 +39,15 @@ class InitReport:
 
 
 def resolve_source(source, what: str, base_dir: Path | None = None) -> Path:
-    """The checkpoint file `source` names (a run directory or a .npz); a relative path from
+    """The checkpoint file `source` names (a .npz, or a run directory: its best.npz when it
+    kept one, as eval, predict and export take, else its checkpoint.npz); a relative path from
     the train section is looked up beside the .nn file first."""
     path = Path(source)
     if base_dir is not None and not path.is_absolute() and (base_dir / path).exists():
         path = base_dir / path
     if path.is_dir():
-        path = path / checkpoint.FILENAME
+        best = path / checkpoint.BEST
+        path = best if best.is_file() else path / checkpoint.FILENAME
     if not path.is_file():
         raise NNError(f"{what}: no checkpoint at {path}",
                       hint="pass a run directory (runs/<model>-<time>/) or a checkpoint .npz")

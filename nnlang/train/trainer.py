@@ -604,7 +604,11 @@ def summary_table(history: History) -> Table:
     results = {"train": _last(history.rows, "train"), "val": history.val, "test": history.test}
     results = {k: v for k, v in results.items() if v}
     cols = list(dict.fromkeys(k for v in results.values() for k in v))
-    t = Table(box=box.SIMPLE_HEAD, title="summary")
+    best = (history.best or {}).get("epoch")
+    title = "summary" if best in (None, len(history.rows)) else \
+        (f"summary of the last epoch's weights (best.npz holds epoch {best}'s, which eval, "
+         "predict and export use)")
+    t = Table(box=box.SIMPLE_HEAD, title=title)
     t.add_column("split", style="bold")
     for c in cols:
         t.add_column(c, justify="right")

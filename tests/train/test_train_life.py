@@ -65,6 +65,13 @@ def test_early_stop_keeps_the_best_epoch(folder):
     assert "best.npz" in out and f"epoch {best + 1}" in out, out
     summary = json.loads((folder / "run" / "summary.json").read_text())
     assert summary["stopped"] == "early_stop" and summary["best"]["epoch"] == best + 1
+    from nnlang.train.trainer import summary_table
+    assert f"best.npz holds epoch {best + 1}'s" in summary_table(h).title
+    # NOTE: a new run from this one starts from the same weights eval scored: the best epoch's
+    net = nnlang.compile(str(folder / "tiny.nn"), backend="reference", init_from=folder / "run")
+    assert net.init_report.source.name == "best.npz"
+    for name, value in net.parameters().items():
+        np.testing.assert_array_equal(value, ck.state[name])
 
 
 def test_resuming_a_run_that_stopped_early_trains_nothing(folder):
