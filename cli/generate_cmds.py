@@ -155,7 +155,7 @@ def _prompts(given, path) -> list[str]:
     prompts = list(given or [])
     if path is not None:
         try:
-            lines = path.read_text("utf-8").splitlines()
+            lines = path.read_text("utf-8-sig").splitlines()  # NOTE: a byte-order mark is no text
         except (OSError, UnicodeDecodeError) as err:
             raise NNError(f"--prompt-file {path}: cannot read it ({err})") from None
         prompts += [line for line in lines if line.strip()]

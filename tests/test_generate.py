@@ -116,7 +116,8 @@ def test_beam_search_is_exhaustive_when_as_wide_as_the_vocabulary():
     big.load_state_dict(net.state_dict())
     logits = big.forward({"tokens": tokens, "next": tokens})["logits"].astype(np.float64)
     masked = logits.copy()
-    masked[..., 0] = -np.inf   # generation never produces padding, nor ids it cannot write
+    # NOTE: generation never produces padding or <unk>, nor ids it cannot write
+    masked[..., [gen.tok.pad_id, gen.tok.unk_id]] = -np.inf
     masked[..., vocab:] = -np.inf
     logp = masked - np.logaddexp.reduce(masked, axis=-1, keepdims=True)
     rows = np.arange(len(pairs))
@@ -274,7 +275,7 @@ generate RnnLm {
         tokens = np.zeros((2, 10), np.int32)
         tokens[:, :len(ids)] = ids
         logits = net.forward({"tokens": tokens})["logits"][0, len(ids) - 1].astype(np.float64)
-        logits[0] = -np.inf
+        logits[[gen.tok.pad_id, gen.tok.unk_id]] = -np.inf
         logits[gen.tok.vocab_size:] = -np.inf
         ids.append(int(logits.argmax()))
     assert got.samples[0].ids == ids[2:]
@@ -311,3 +312,75 @@ def test_prefill_and_step_lower_to_cuda_source():
         g = forward_graph(getattr(graphs, kind), 4, "float32", ("outputs",))
         exe = compile_graph(g, backend="cupy", render_only=True)
         assert "__global__" in "".join(exe.kernel_sources())
+
+
+TWO_HEADS = """
+model TwoHeads(vocab = 40, maxlen = 16, dim = 16) {
+  input tokens: int32[batch, maxlen]
+  x = embedding(tokens, vocab, dim)
+  h = conv1d(x, 16, 3, padding = "same") |> relu
+  output lm = dense(h, vocab)
+  output logits = dense(h, 4)
+}
+generate TwoHeads { tokens = tokens  logits = lm }
+"""
+
+
+def greedy_by_hand(net, tok, prompt: str, steps: int, logits: str) -> list[int]:
+    """Reruns the whole model on the growing row and takes the argmax at its last token, over
+    the ids generation may produce (not <pad>, <unk> or past the tokenizer)."""
+    ids, out = tok.encode(prompt), []
+    for _ in range(steps):
+        row = np.zeros((1, 16), np.int32)
+        row[0, :len(ids)] = ids
+        z = np.array(net.forward({"tokens": row})[logits][0, len(ids) - 1], np.float64)
+        z[[tok.pad_id, tok.unk_id]] = -np.inf
+        z[tok.vocab_size:] = -np.inf
+        ids.append(int(np.argmax(z)))
+        out.append(ids[-1])
+        if len(ids) > 16:
+            break
+    return out
+
+
+def test_recomputation_reads_the_sections_logits_from_the_first_token():
+    """The first token came from an output named `logits`, not the one the section names."""
+    net = Net(load(TWO_HEADS), backend="reference", batch=1, seed=2)
+    tok = CharTokenizer(CHARS)
+    gen = Generator(net, net.program.generate, tok)
+    assert gen.mode == "recompute"
+    for prompt in ("the movie", "a"):
+        got = gen.generate([prompt], options_from(net.program.generate, {"max_new": 5}))
+        assert got.samples[0].ids == greedy_by_hand(net, tok, prompt, 5, "lm")
+
+
+def test_a_prompt_that_fills_the_model_gets_its_one_token():
+    """prompt + generated <= len + 1: a prompt of len tokens is continued by the prediction at
+    its last position (it was refused as too long)."""
+    net = lm_net("reference")
+    tok = CharTokenizer(CHARS)
+    prompt = "the movie was ok"                      # 16 = maxlen
+    for recompute in (False, True):
+        got = generator(net, recompute).generate([prompt], options_from(
+            net.program.generate, {"max_new": 5}))
+        assert got.samples[0].ids == greedy_by_hand(net, tok, prompt, 1, "logits")
+        assert got.samples[0].stopped == "max_len"
+    with pytest.raises(NNError, match="17 tokens, longer than the model's token stream allows "
+                                      r"\(16\)"):
+        generator(net).generate([prompt + "!"], options_from(net.program.generate, {}))
+
+
+def test_unknown_is_never_produced():
+    """<unk> decodes to U+FFFD, which no prompt may hold: a model that favours it still writes
+    text the tokenizer can read back."""
+    net = lm_net("reference")
+    tok = CharTokenizer(CHARS)
+    bias = next(k for k, v in net.parameters().items() if v.shape == (40,))
+    state = net.parameters()
+    state[bias][tok.unk_id] += 1e3
+    net.load_state_dict(state)
+    got = generator(net).generate(["the"], options_from(net.program.generate, {"max_new": 6}))
+    assert tok.unk_id not in got.samples[0].ids and len(got.samples[0].ids) == 6
+    tok.encode(got.samples[0].text)    # NOTE: raises for a character it cannot write
+    with pytest.raises(NNError, match="tokenizer is a str"):
+        net.generate(["the"], tokenizer="chars")

@@ -25,14 +25,15 @@ def model():
 
 def recompute_greedy(net, source, tok, length):
     """[N, length] ids, rerunning the full forward pass per position: position t is the
-    argmax (padding excluded, as generate does) of the logits at t given the ids before it."""
+    argmax (padding and <start> excluded, as generate does) of the logits at t given the ids
+    before it."""
     dec = np.full((len(source), length), tok.pad_id, np.int32)
     dec[:, 0] = tok.bos_id
     out = np.zeros_like(dec)
     for t in range(length):
         logits = np.asarray(net.forward({"source": source, "decoder_in": dec})["logits"])
         z = logits[:, t].astype(np.float64)
-        z[:, tok.pad_id] = -np.inf
+        z[:, [tok.pad_id, tok.bos_id]] = -np.inf
         out[:, t] = z.argmax(-1)
         if t + 1 < length:
             dec[:, t + 1] = out[:, t]

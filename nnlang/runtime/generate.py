@@ -121,6 +121,13 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
                       spec.spans.get("tokens"), "evaluate a language model with `nnlang "
                       "eval` (cross-entropy per token) instead")
     gen = _generator(net, spec, tokenizer, data_dir)
+    sources, targets = _id_rows(sources, "sources", gen), _id_rows(targets, "targets", gen)
+    if len(sources) != len(targets):
+        raise NNError(f"{len(sources)} sources but {len(targets)} targets",
+                      hint="give one target row per source row")
+    if sources.shape[1] > gen._source_len():
+        raise NNError(f"sources are {sources.shape[1]} ids wide; the model's source input "
+                      f"'{spec.source}' takes at most {gen._source_len()}")
     opts = options_from(spec, options)
     stop = None if opts.get("stop") is None else gen.token(opts["stop"], "stop")
     start = gen.token(spec.start, "start") if spec.start is not None else None
@@ -138,6 +145,22 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
     return {"exact": float(np.mean(hits)) if hits else 0.0, "hits": int(sum(hits)), "n": n,
             "seconds": seconds, "mode": gen.mode, "reason": gen.reason, "options": opts,
             "samples": samples, "targets": [gen.tok.decode(w) for w in want], "hit": hits}
+
+
+def _id_rows(rows, what: str, gen) -> np.ndarray:
+    """`rows` as a 2-D array of whole-number ids the tokenizer has."""
+    arr = np.asarray(rows)
+    if arr.ndim != 2 or arr.dtype.kind not in "iuf" or not len(arr):
+        raise NNError(f"{what} must be rows of token ids, [examples, length]; got "
+                      f"{arr.dtype} {list(arr.shape)}", hint="encode text with the tokenizer")
+    if arr.dtype.kind == "f" and not np.array_equal(arr, np.trunc(arr)):
+        raise NNError(f"{what} hold values that are not whole numbers")
+    bad = (arr < 0) | (arr >= gen.tok.vocab_size)
+    if bad.any():
+        row, col = (int(i[0]) for i in np.nonzero(bad))
+        raise NNError(f"{what}, row {row}: the id {arr[row, col].item()} is outside the "
+                      f"tokenizer's {gen.tok.vocab_size} ids (0 to {gen.tok.vocab_size - 1})")
+    return arr.astype(np.int64)
 
 
 def _through(ids, stop, pad: int) -> list:
@@ -174,6 +197,10 @@ class Generator:
 
     def __init__(self, net, spec, tokenizer):
         self.net, self.spec, self.tok = net, spec, tokenizer
+        if not hasattr(tokenizer, "vocab_size") or not hasattr(tokenizer, "encode"):
+            raise NNError(f"tokenizer is a {type(tokenizer).__name__}, not a tokenizer",
+                          hint="leave it out (the train data set's is used) or pass a "
+                               "nnlang.data.chars.CharTokenizer")
         if tokenizer.vocab_size > spec.vocab:
             raise NNError(f"the tokenizer has {tokenizer.vocab_size} tokens but logits "
                           f"'{spec.logits}' score {spec.vocab}", spec.spans.get("logits"),
@@ -239,7 +266,7 @@ class Generator:
             if not ids:
                 raise NNError(f"{where} is empty", hint="give at least one character to "
                               "continue (or a `start` token in the generate section)")
-            dec.append(self._fit(ids, self.spec.max_len - 1, where, "token stream"))
+            dec.append(self._fit(ids, self.spec.max_len, where, "token stream"))
         return dec, (src if self.spec.source else None)
 
     def _source_len(self) -> int:
@@ -288,8 +315,7 @@ class Generator:
         rows = np.arange(len(tokens))
         if not self.graphs:
             out = self._exe("predict", len(tokens)).run(self._feeds(tokens, source))
-            return np.array(out["logits" if "logits" in out else self.spec.logits]
-                            )[rows, lengths - 1]
+            return np.array(out[self.spec.logits])[rows, lengths - 1]
         feeds = self._feeds(tokens, source)
         if PROMPT_MASK in self.graphs.prefill.inputs:
             feeds[PROMPT_MASK] = (np.arange(tokens.shape[1]) < lengths[:, None]).astype(
@@ -364,9 +390,13 @@ def _host(a):
 
 
 def _masked(g: Generator, logits: np.ndarray) -> np.ndarray:
-    """Padding, and ids the tokenizer cannot write, are never tokens to produce."""
+    """Padding, <unk> and <start>, and ids the tokenizer cannot write, are never tokens to
+    produce: <unk> would write U+FFFD, which no prompt may hold, and <start> nothing."""
     z = np.array(logits, np.float64)
-    z[:, g.tok.pad_id] = -np.inf
+    for special in (g.tok.pad_id, getattr(g.tok, "unk_id", None),
+                    getattr(g.tok, "bos_id", None)):
+        if special is not None:
+            z[:, special] = -np.inf
     z[:, g.tok.vocab_size:] = -np.inf
     return z
 

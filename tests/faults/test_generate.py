@@ -55,8 +55,8 @@ def test_a_good_prompt_works(run):
     (["--prompt", "caf\u00e9 \u2603"], ["'\u2603'", "position 6", "not in the tokenizer"]),
     (["--prompt", ""], ["the prompt is empty"]),
     ([], ["no prompt given", "--prompt"]),
-    (["--prompt", "x" * 30], ["30 tokens", "longer than", "(23)"]),
-    (["--prompt", "ok", "--prompt", "x" * 24], ["prompt 2", "longer than"]),
+    (["--prompt", "x" * 30], ["30 tokens", "longer than", "(24)"]),
+    (["--prompt", "ok", "--prompt", "x" * 25], ["prompt 2", "longer than"]),
     (["--prompt", "a", "--temperature", "0"], ["--temperature", "must be > 0"]),
     (["--prompt", "a", "--top-p", "1.5"], ["--top-p", "in (0, 1]"]),
     (["--prompt", "a", "--top-k", "0"], ["--top-k", ">= 1"]),
@@ -161,3 +161,33 @@ def test_bad_seq2seq_input(seq2seq, args, words):
 def test_eval_needs_an_encoder_decoder(run):
     out = generate(run, "--eval")
     assert "not an encoder-decoder" in out and "`nnlang eval`" in out
+
+
+def test_held_out_checks_its_rows(seq2seq):
+    """held_out (what --eval runs) scored ids outside the vocabulary, zipped 8 sources with 4
+    targets into a score of 2/8 = 0.5, and raised raw numpy errors for other shapes."""
+    import numpy as np
+
+    import nnlang
+    from nnlang.data import load_dataset
+    from nnlang.runtime.generate import held_out
+    from nnlang.train.inference import restore
+    net = restore(str(ROOT / "models/seq2seq.nn"), seq2seq, "reference")[0]
+    ds = load_dataset("dates", n_train=8, n_test=8)
+    src, tgt = ds.test["source"], ds.test["target"]
+    bad = src.copy()
+    bad[3, 0] = 500
+    for args, words in [((bad, tgt), "sources, row 3: the id 500 is outside the tokenizer's"),
+                        ((src, tgt[:4]), "8 sources but 4 targets"),
+                        ((np.pad(src, ((0, 0), (0, 4))), tgt), "36 ids wide"),
+                        ((src + 0.5, tgt), "not whole numbers"),
+                        ((src[0], tgt), "rows of token ids")]:
+        with pytest.raises(nnlang.NNError, match=words):
+            held_out(net, *args, max_new=3)
+    assert held_out(net, src, tgt, max_new=3)["n"] == 8
+
+
+def test_a_prompt_file_may_start_with_a_byte_order_mark(run):
+    (run / "bom.txt").write_bytes("\ufeffthe movie\n".encode())
+    out = generate(run, "--prompt-file", run / "bom.txt", "--max-new", "2", code=0)
+    assert "the movie" in out and "\ufeff" not in out
