@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from nnlang.errors import NNError
+
 from nnlang.ir.graph import Builder, Graph, TensorType
 from nnlang.passes.cse import eliminate_common
 from nnlang.passes.dce import eliminate_dead
@@ -83,7 +85,7 @@ def test_pass_on_and_off_same_result(name):
 
 def test_optimize_rejects_unknown_pass():
     g, _ = sample_graph()
-    with pytest.raises(ValueError):
+    with pytest.raises(NNError, match="unknown pass.*nope"):
         optimize(g, disable=("nope",))
 
 
