@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from nnlang.errors import NNError
-
 from nnlang.ir.graph import Builder, Graph, TensorType
 from nnlang.passes.cse import eliminate_common
 from nnlang.passes.dce import eliminate_dead
