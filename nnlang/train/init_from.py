@@ -103,6 +103,10 @@ def start_run(net, cfg, flag, skip_mismatch: bool, resumed: bool, file, console)
         raise NNError("--init-from starts a new run from another run's weights, --resume "
                       "continues a run: pass one of them")
     source = flag if flag is not None else (None if resumed else cfg.init_from)
+    if skip_mismatch and source is None:
+        raise NNError("--init-skip-mismatch applies to the weights of --init-from (or the train "
+                      "section's init_from), and this run loads none",
+                      hint="pass --init-from RUN too, or leave --init-skip-mismatch out")
     if source is None:
         return cfg, None
     what = "--init-from" if flag is not None else "init_from (train section)"

@@ -49,13 +49,19 @@ def split_overrides(sets: dict, source: str | None, file: str) -> tuple[dict, di
 def apply_overrides(cfg: TrainConfig, kw: dict) -> TrainConfig:
     """Flag values onto a config: lr and other optimizer/schedule options go into those choices;
     `data` (a name/spec) keeps the options the new dataset accepts."""
-    kw = {k: v for k, v in kw.items() if v is not None}
+    kw = dict(kw)   # NOTE: a None here is --set X=none: it switches X off
     opt, sched = cfg.optimizer, cfg.schedule
+    for k in ("optimizer", "data"):
+        if k in kw and kw[k] is None:
+            raise NNError(f"train setting '{k}' cannot be none")
     if "optimizer" in kw:
-        opt = _choice(str(kw.pop("optimizer")), OPTIMIZERS, "optimizer",
-                      {"lr": opt.options.get("lr")})
+        name = str(kw.pop("optimizer"))
+        opt = _choice(name, OPTIMIZERS, "optimizer",
+                      {"lr": opt.options.get("lr"), **_options_of(name, OPTIMIZERS, kw)})
     if "schedule" in kw:
-        sched = _choice(str(kw.pop("schedule")), SCHEDULES, "schedule", {})
+        name = kw.pop("schedule")
+        sched = None if name is None else _choice(str(name), SCHEDULES, "schedule",
+                                                  _options_of(str(name), SCHEDULES, kw))
     scalars = {}
     for k, v in kw.items():
         if k == "data":
@@ -76,12 +82,24 @@ def apply_overrides(cfg: TrainConfig, kw: dict) -> TrainConfig:
     return replace(cfg, data=data, optimizer=opt, schedule=sched, **scalars)
 
 
+def _options_of(name: str, registry: dict, kw: dict) -> dict:
+    """The --set values that are options of the optimizer or schedule `name`, taken out of kw:
+    `--set schedule=step --set step_size=1` gives the new schedule its step_size."""
+    names = {p.name for p in registry[name].sig.params} if name in registry else set()
+    return {k: kw.pop(k) for k in list(kw) if k in names}
+
+
 def _choice(name: str, registry: dict, what: str, keep: dict) -> Choice:
+    from nnlang.ops.signature import BindError
     if name not in registry:
         raise NNError(f"unknown {what} '{name}'", hint=f"{what}s: {', '.join(sorted(registry))}")
     sig = registry[name].sig
     names = {p.name for p in sig.params}
-    bound = sig.bind([], {k: v for k, v in keep.items() if k in names and v is not None})
+    try:
+        bound = sig.bind([], {k: v for k, v in keep.items() if k in names and v is not None})
+    except BindError as err:
+        raise NNError(f"{what} {name}: {err}", hint=f"give its options with --set, e.g. "
+                      f"--set {what}={name} --set NAME=VALUE ({sig})") from None
     return Choice(name, bound)
 
 
@@ -144,7 +162,15 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
             raise NNError(f"cannot apply hyper-parameters {', '.join(hp)} to an elaborated "
                           "Program", hint="pass the .nn path or source text instead")
     else:
-        program = nnlang.load(file if file != "<string>" else source, hp, model)
+        text = file if file != "<string>" else source
+        program = _load_for(text, hp, model, base_overrides, base)
+        if base is not None and program.train is not None and hp != (base_overrides or {}):
+            # NOTE: a resumed run keeps its checkpoint's settings, but a hyper-parameter the
+            # train section reads (`optimizer = sgd(lr = lr)`) changes the setting it feeds
+            before = nnlang.load(text, base_overrides or {}, model).train
+            base = replace(base, **{f.name: getattr(program.train, f.name)
+                                    for f in fields(TrainConfig)
+                                    if getattr(program.train, f.name) != getattr(before, f.name)})
     if isinstance(config, TrainConfig):
         cfg = config
     else:
@@ -152,7 +178,35 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
         # NOTE: an unset flag (None) must not hide the same setting given with --set
         flags = {k: v for k, v in (config or {}).items() if v is not None}
         cfg = apply_overrides(cfg, {**train_sets, **flags})
+    _check_penalty_lists(cfg, program)
     return program, cfg, source, file, hp
+
+
+def _load_for(text, hp: dict, model, base_overrides, base):
+    """The program; when resuming (`base`), a model the file no longer defines is named as the
+    checkpoint's."""
+    import nnlang
+    try:
+        return nnlang.load(text, hp, model)
+    except NNError as err:
+        if base is None or model is None or "no model named" not in err.message:
+            raise
+        raise NNError(f"the run being resumed trained model '{model}', which this file does "
+                      f"not define ({err.message})", hint=err.hint or "pass the .nn file the "
+                      "run was trained from") from None
+
+
+def _check_penalty_lists(cfg: TrainConfig, program) -> None:
+    """l1_on / l2_on from --set name weights of the model (the train section's own are
+    checked where they are written)."""
+    from nnlang.errors import did_you_mean
+    params = program.graph.params
+    for key in ("l1_on", "l2_on"):
+        for name in getattr(cfg, key) or ():
+            if name not in params:
+                raise NNError(f"train setting '{key}': the model has no weight '{name}'",
+                              hint=did_you_mean(name, list(params)) or
+                              f"its weights: {', '.join(list(params)[:8])}")
 
 
 # *** evaluation ***

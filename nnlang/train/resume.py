@@ -63,5 +63,13 @@ def _setting_changes(old, new) -> list[tuple]:
 
 def _flat_settings(cfg) -> dict:
     flat = {k: v for k, v in asdict(cfg).items() if k != "optimizer"}
+    for k in ("data", "schedule"):   # NOTE: as written: imdb(maxlen=200), not a dict
+        flat[k] = _written(getattr(cfg, k))
     flat.update({f"{cfg.optimizer.name}.{k}": v for k, v in cfg.optimizer.options.items()})
     return flat
+
+
+def _written(choice) -> str | None:
+    if choice is None:
+        return None
+    return str(choice) if choice.options else choice.name

@@ -139,7 +139,8 @@ def check_watch(program, cfg, val: dict) -> None:
     computes: clear errors at the setting that asks for them."""
     from nnlang.frontend.train_config import setting_span
     users = [n for n, on in (("early_stop", cfg.early_stop),
-                             ("schedule", cfg.schedule and cfg.schedule.name == "plateau"))
+                             ("schedule", cfg.schedule and cfg.schedule.name == "plateau"),
+                             ("monitor", cfg.monitor))
              if on]
     if not users:
         return
@@ -151,7 +152,7 @@ def check_watch(program, cfg, val: dict) -> None:
         raise NNError(f"monitor = {monitor!r} names no validation value of model "
                       f"'{program.model}'", setting_span(program, "monitor"),
                       hint=f"monitor one of: {', '.join(names)}")
-    if not val:
+    if not val and users[0] != "monitor":   # NOTE: monitor alone then watches nothing, harmlessly
         what = "early_stop" if users[0] == "early_stop" else "the plateau schedule"
         raise NNError(f"{what} watches {monitor}, but this run has no validation data",
                       setting_span(program, users[0]),
@@ -223,6 +224,10 @@ class _Training:
             model or (ckpt.meta["model"] if ckpt else None),
             base=ckpt.config if ckpt else None,
             base_overrides=ckpt.meta.get("overrides") if ckpt else None)
+        if data is not None and isinstance(data, (str, Path)):
+            # NOTE: before the resume is described, so a changed data set is said like the rest
+            cfg = replace(cfg, data=feeds.replace_data(cfg.data, str(data)))
+            data = None
         for warning in program.warnings:
             say(console, warning.render())
         if ckpt is not None:
@@ -257,19 +262,27 @@ class _Training:
         self.per_epoch = self._steps_per_epoch()
         # NOTE: before the compile: a run that cannot be saved fails now, not after a minute
         self.run_dir = None
+        made = save and not ckpt and not (out is not None and Path(out).exists())
         if save:
             self.run_dir = RunDir(ckpt.path.parent) if ckpt else \
                 RunDir.create(program.model, out, runs_root)
-        self.net = Net(program, backend=backend, batch=local_batch, seed=cfg.seed,
-                       config=cfg, total_steps=cfg.epochs * self.per_epoch)
-        # NOTE: Open MPI gives each rank a terminal even when mpirun's output goes to a file,
-        # so a data-parallel run prints lines, not live bars
-        self.show = progress and console.is_terminal and not ranks.many
-        self.lines = progress and not self.show
-        self.progress = progress
-        self._restore(ckpt)
-        self.cfg, self.init_report = start_run(self.net, cfg, init_from, init_skip_mismatch,
-                                               ckpt is not None, file, console)
+        try:
+            self.net = Net(program, backend=backend, batch=local_batch, seed=cfg.seed,
+                           config=cfg, total_steps=cfg.epochs * self.per_epoch)
+            # NOTE: Open MPI gives each rank a terminal even when mpirun's output goes to a
+            # file, so a data-parallel run prints lines, not live bars
+            self.show = progress and console.is_terminal and not ranks.many
+            self.lines = progress and not self.show
+            self.progress = progress
+            self._restore(ckpt)
+            self.cfg, self.init_report = start_run(self.net, cfg, init_from,
+                                                   init_skip_mismatch, ckpt is not None, file,
+                                                   console)
+        except BaseException:
+            # NOTE: a run that could not start (a bad --init-from) leaves no empty folder
+            if made and not any(self.run_dir.path.iterdir()):
+                self.run_dir.path.rmdir()
+            raise
         ranks.same_start(self.net)
         self._write_config(ckpt)
         return self
@@ -305,6 +318,7 @@ class _Training:
                 raise NNError(f"this checkpoint stopped inside an epoch at batch "
                               f"{ckpt.config.batch}; resume it with the same batch size, not "
                               f"{self.cfg.batch}")
+            _same_held_out(ckpt.config, self.cfg, self.ds, bool(self.skip))
         self.pos = _Position(self.start_epoch, self.skip, _Sums(partial),
                              self.rng.bit_generator.state)
         rows = self.run_dir.rows() if self.run_dir else []
@@ -365,6 +379,10 @@ class _Training:
                               f"{watch.bad} epoch(s); best {watch.best:.4f} at epoch "
                               f"{watch.best_epoch}); pass --set early_stop=N with N > "
                               f"{watch.bad} to train on")
+        elif self.max_steps is not None and self.net.step >= self.max_steps:
+            end, self.history.stopped = self.start_epoch, "max_steps"
+            say(self.console, f"nothing to train: the checkpoint is at step {self.net.step}, "
+                              f"--max-steps {self.max_steps} (pass a larger one to train more)")
         with Interrupts(deferred=self.ranks.many) as interrupts:
             try:
                 if self.start_epoch < end:
@@ -553,6 +571,25 @@ class _Training:
         if run is not None:
             say(self.console, f"run directory: {run.path}")
         return history
+
+
+def _same_held_out(old, new, ds, inside_epoch: bool) -> None:
+    """A resumed run trains on the data it started with: another data set inside an epoch, or
+    another validation carve (val_split, or the seed that draws it) at any point, would train
+    on examples it validated or validate on examples it trained on."""
+    if inside_epoch and old.data != new.data:
+        raise NNError(f"this checkpoint stopped inside an epoch on data {old.data.name}; resume "
+                      f"it on the same data, not {new.data.name if new.data else None}",
+                      hint="resume without --data, or finish "
+                      "the epoch first and then change it")
+    if ds.val is not None and len(ds.val):
+        return  # NOTE: the data set's own validation split does not depend on either
+    if old.val_split != new.val_split or (new.val_split > 0 and old.seed != new.seed):
+        raise NNError(f"this run held out val_split = {old.val_split:g} of its data, drawn by "
+                      f"seed {old.seed}; resuming with val_split = {new.val_split:g}, seed "
+                      f"{new.seed} would validate on examples it trained on",
+                      hint="resume with the run's own --seed and --val-split, or start a new "
+                           "run from its weights with --init-from")
 
 
 def _data(program, cfg, data, data_dir, file):

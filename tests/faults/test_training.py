@@ -100,6 +100,14 @@ def work(tmp_path_factory):
     (["--lr", "1e6"], 1, ["training diverged", "over 10000 times its start", "--lr"]),
     (["--lr", "1e6", "--set", "optimizer=sgd"], 1, ["training diverged", "step"]),
     (["--data", "one.npy"], 1, ["one.npy"]),
+    (["--set", "l1=0.5", "--set", "l1_on=h.wieght"], 1,
+     ["train setting 'l1_on': the model has no weight 'h.wieght'", "did you mean 'h.weight'"]),
+    (["--set", "schedule=step"], 1, ["schedule step: missing required argument 'step_size'",
+                                     "--set schedule=step --set NAME=VALUE"]),
+    (["--set", "optimizer=none"], 1, ["'optimizer' cannot be none"]),
+    (["--init-skip-mismatch"], 1, ["--init-skip-mismatch applies to the weights of --init-from"]),
+    (["--val-split", "0.25", "--set", "monitor=val_accuracy"], 1,
+     ["monitor = 'val_accuracy' names no validation value", "val_loss, val_acc"]),
 ])
 def test_train_refuses(work, args, code, words):
     out = cli("train", "tiny.nn", "--backend", "reference", *args, code=code, cwd=work)
@@ -131,6 +139,88 @@ def test_bare_resume_says_which_run_and_what_changes(work, tmp_path):
     assert "the newest run of Tiny: data tiny.npz, adam lr 0.05, batch 4, epochs 1, seed 3" \
         in out
     assert "this resume changes the run's epochs 1 -> 2, adam.lr 0.05 -> 0.01" in out
+
+
+LR_HP = TINY.replace("model Tiny(", "model Tiny(lr = 0.05, ").replace(
+    "optimizer = adam(lr = 0.05)", "optimizer = sgd(lr = lr)")
+
+
+def metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_applies_a_hyper_parameter_the_train_section_reads(work, tmp_path):
+    """`optimizer = sgd(lr = lr)`, resumed with --set lr=0.5: the note said it changed, the run
+    went on at 0.05."""
+    (tmp_path / "lr.nn").write_text(LR_HP)
+    (tmp_path / "tiny.npz").write_bytes((work / "tiny.npz").read_bytes())
+    run = tmp_path / "run"
+    cli("train", "lr.nn", "--backend", "reference", "--out", run, "--epochs", "1", code=0,
+        cwd=tmp_path)
+    out = cli("train", "lr.nn", "--backend", "reference", "--out", run, "--resume", "--epochs",
+              "2", "--set", "lr=0.5", code=0, cwd=tmp_path)
+    assert "sgd.lr 0.05 -> 0.5" in out
+    assert [row["lr"] for row in metrics(run)] == [0.05, 0.5]
+    assert json.loads((run / "config.json").read_text())["train"]["optimizer"]["options"][
+        "lr"] == 0.5
+
+
+def test_set_none_switches_a_setting_off(work, tmp_path):
+    (tmp_path / "clip.nn").write_text(TINY.replace("batch = 4", "batch = 4\n  clip_norm = 0.05"
+                                                   "\n  schedule = cosine()"))
+    (tmp_path / "tiny.npz").write_bytes((work / "tiny.npz").read_bytes())
+    runs = {}
+    for name, sets in (("off", ["--set", "clip_norm=none", "--set", "schedule=none"]),
+                       ("zero", ["--set", "clip_norm=0", "--set", "schedule=constant"]),
+                       ("on", [])):
+        cli("train", "clip.nn", "--backend", "reference", "--out", name, "--epochs", "1", *sets,
+            code=0, cwd=tmp_path)
+        runs[name] = metrics(tmp_path / name)[0]["train_loss"]
+    train = json.loads((tmp_path / "off" / "config.json").read_text())["train"]
+    assert train["clip_norm"] is None and train["schedule"] is None
+    assert runs["off"] == pytest.approx(runs["zero"], rel=1e-6) and runs["off"] != runs["on"]
+
+
+def test_resume_on_other_data_is_said_and_refused_inside_an_epoch(work, tmp_path):
+    (tmp_path / "tiny.nn").write_text(TINY)
+    for name in ("tiny.npz", "other.npz"):
+        (tmp_path / name).write_bytes((work / "tiny.npz").read_bytes())
+    run = tmp_path / "run"
+    cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--max-steps", "2", code=0,
+        cwd=tmp_path)
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--resume", "--data",
+              "other.npz", cwd=tmp_path)
+    assert "changes the run's data tiny.npz -> other.npz" in out
+    assert "stopped inside an epoch on data tiny.npz; resume it on the same data" in out
+    # NOTE: at --max-steps already, a resume trains nothing (it took one more step each time)
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--resume",
+              "--max-steps", "2", code=0, cwd=tmp_path)
+    assert "nothing to train: the checkpoint is at step 2" in out
+    assert checkpoint.load(run).step == 2
+
+
+def test_resume_keeps_the_validation_carve(work, tmp_path):
+    (tmp_path / "tiny.nn").write_text(tiny_source(val_split=0.2))
+    (tmp_path / "tiny.npz").write_bytes((work / "tiny.npz").read_bytes())
+    run = tmp_path / "run"
+    cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--epochs", "1", code=0,
+        cwd=tmp_path)
+    for flag in (["--seed", "3"], ["--val-split", "0.3"]):
+        out = cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--resume",
+                  "--epochs", "2", *flag, cwd=tmp_path)
+        assert "would validate on examples it trained on" in out
+
+
+def test_resume_of_another_models_run_says_so(work, tmp_path):
+    out = cli("train", "other.nn", "--backend", "reference", "--out", work / "run-tiny",
+              "--resume", cwd=work)
+    assert "the run being resumed trained model 'Tiny', which this file does not define" in out
+
+
+def test_a_run_that_cannot_start_leaves_no_folder(work):
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", "never", "--init-from",
+              "run-tiny", "--set", "hidden=5", cwd=work)
+    assert "parameter 'h.weight' is [4, 8]" in out and not (work / "never").exists()
 
 
 def test_without_a_terminal_training_says_what_it_does(work, tmp_path, monkeypatch):

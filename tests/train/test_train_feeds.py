@@ -102,10 +102,13 @@ def test_replace_data_keeps_the_options_the_new_dataset_accepts():
 
 def test_flag_overrides():
     cfg = TrainConfig(optimizer=Choice("sgd", {"lr": 0.1, "momentum": 0.0}))
-    new = apply_overrides(cfg, {"lr": 1, "momentum": 0.9, "epochs": 3.0, "batch": None,
-                                "clip_norm": 1})
+    new = apply_overrides(cfg, {"lr": 1, "momentum": 0.9, "epochs": 3.0, "clip_norm": 1})
     assert new.optimizer.options == {"lr": 1.0, "momentum": 0.9}
     assert (new.epochs, new.batch, new.clip_norm) == (3, cfg.batch, 1.0)
+    # NOTE: a None is --set X=none: it switches an optional setting off, and is no batch size
+    assert apply_overrides(new, {"clip_norm": None}).clip_norm is None
+    with pytest.raises(NNError, match="'batch' must be a number, got None"):
+        apply_overrides(cfg, {"batch": None})
     with pytest.raises(NNError, match="unknown train setting 'beta1'"):
         apply_overrides(cfg, {"beta1": 0.5})
     with pytest.raises(NNError, match="out of range"):
