@@ -180,3 +180,19 @@ def test_sequence_kind_and_decoding_without_training():
     r, = interpret_output(scores, "sequence", True, None,
                           {**words, "vocab": words["vocab"] + ["bad"]})
     assert r["text"] is None
+
+
+def test_text_for_an_input_of_symbolic_length(work, tmp_path):
+    """A character-tokenized input declared [batch, n] is padded to the longest text given;
+    it was an internal error (the tokenizer took the symbol for a length)."""
+    d = work[0]
+    (d / "echo_sym.nn").write_text(ECHO.replace("model Echo(vocab = 62) {",
+                                                "model Echo(vocab = 62) {\n  symbol n")
+                                   .replace("int32[batch, 32]", "int32[batch, n]"))
+    cli("train", "echo_sym.nn", "--backend", "reference", "--out", "run-echo-sym",
+        "--max-steps", "1", code=0, cwd=d)
+    got = json_lines(cli("predict", "echo_sym.nn", "-c", "run-echo-sym", "--backend",
+                         "reference", "-i", "source=5 Mar 2021", "-i", "decoder_in=<start>20",
+                         "-i", "source=Friday, the 5th of March", "-i", "decoder_in=<start>",
+                         "--json", code=0, cwd=d))
+    assert [r["kind"] for r in got] == ["sequence", "sequence"]

@@ -79,9 +79,12 @@ class CharTokenizer:
         """Training text: characters outside the vocabulary become <unk>."""
         return [self.ids.get(c, self.unk_id) for c in text]
 
-    def encode_batch(self, texts, length: int, what: str = "input") -> np.ndarray:
-        """Strings -> int32 [N, length], padded at the END with <pad>. A text longer than
-        `length` tokens, or with an unknown character, is a DataError naming it."""
+    def encode_batch(self, texts, length: int | None, what: str = "input") -> np.ndarray:
+        """Strings -> int32 [N, length] (None: the longest text's tokens, at least 1), padded
+        at the END with <pad>. A text longer than `length` tokens, or with an unknown
+        character, is a DataError naming it."""
+        if length is None:
+            length = max([len(self.tokens(t)) for t in texts] + [1])
         out = np.full((len(texts), length), self.pad_id, np.int32)
         for row, text in enumerate(texts):
             n = len(self.tokens(text))

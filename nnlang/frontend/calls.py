@@ -169,6 +169,11 @@ class CallElaboration:
             raise Abort
         full = {p.name: attrs.get(p.name, p.default) for p in opdef.sig.params
                 if p.kind not in ("tensor", "tensor?")}
+        if opdef.bind_attrs is not None:
+            try:
+                full = opdef.bind_attrs(*in_types, **full)
+            except ShapeError as err:
+                self.shape_fail(op, err, span, in_spans, ins, attr_spans)
         params = []
         if opdef.params is not None:
             try:

@@ -360,8 +360,15 @@ def _reshape_to(shape_rule):
     return lambda b, x, **a: b.reshape(x, shape=list(shape_rule(b.type(x), **a).shape))
 
 
+def _squeeze_axes(x, *, axis):
+    """No axis: the axes of size 1 as checked; a symbol (batch, seq) bound to 1 stays."""
+    if axis is not None:
+        return {"axis": axis}
+    return {"axis": [i for i, d in enumerate(x.shape) if d == 1]}
+
+
 register("squeeze", "x: tensor, axis: ints = none", _squeeze_shape, family="nn",
-         decompose=_reshape_to(_squeeze_shape),
+         decompose=_reshape_to(_squeeze_shape), bind_attrs=_squeeze_axes,
          doc="drops size-1 axes (the given ones, or all when none)",
          samples=(Sample(((3, 1, 4),), {"axis": 1}), Sample(((1, 3, 1),))))
 register("unsqueeze", "x: tensor, axis: int", _unsqueeze_shape, family="nn",

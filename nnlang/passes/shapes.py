@@ -32,13 +32,32 @@ def infer(g: Graph, env: dict | None = None) -> Graph:
             node.attrs = {k: _bind_value(v, env) for k, v in node.attrs.items()}
         opdef = registry.get(node.op)
         ins = [None if i is None else g.node(i).type for i in slots(g, node)]
+        checked = node.type
         try:
             node.type = opdef.shape(*ins, **op_attrs(node))
         except registry.ShapeError as err:
             if not env:
                 raise
             raise _bound_error(node, err, env) from None
+        if env and checked is not None:
+            _same_as_checked(node, checked, env)
     return g
+
+
+def _same_as_checked(node, checked, env: dict) -> None:
+    """Binding symbols must give the shape the model was checked with, bound: a fixed slice
+    x[:, 0:2] of a length bound to 1 would give fewer entries than every later op was
+    checked for (and an exported file would silently fold them into another axis)."""
+    want = tuple(bind_dim(d, env) for d in checked.shape)
+    if want == tuple(node.type.shape) or not all(isinstance(d, int) for d in want):
+        return
+    from nnlang.errors import NNError
+    from nnlang.ir.dims import fmt_shape
+    sizes = ", ".join(f"{k} = {v}" for k, v in sorted(env.items()))
+    raise NNError(f"{node.op}: with {sizes} this gives {fmt_shape(node.type.shape)}, but the "
+                  f"model was checked as {fmt_shape(checked.shape)}", node.span,
+                  "a fixed slice of a symbolic length (x[:, 0:2], x[:, -2:]) needs at least "
+                  "that many entries: feed longer sequences")
 
 
 def _bound_error(node, err, env: dict):

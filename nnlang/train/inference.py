@@ -256,7 +256,8 @@ def encode_input(name: str, node, raws: list, meta: dict, what: str) -> np.ndarr
         arr = tokenize.encode([_read_text(r) for r in raws], ids, meta["tokenizer"]["maxlen"])
     elif tokenizer_from_meta(meta) is not None:
         texts = [str(r) for r in raws]
-        arr = tokenizer_from_meta(meta).encode_batch(texts, node.shape[1], what)
+        length = node.shape[1] if isinstance(node.shape[1], int) else None  # NOTE: a symbol
+        arr = tokenizer_from_meta(meta).encode_batch(texts, length, what)
     elif kind == "image":
         from nnlang.data.image import encode_image
         arr = np.concatenate([encode_image(r, meta["image_shape"]) for r in raws])

@@ -39,14 +39,30 @@ def _cases():
 
 def _symbolic(g, size: int):
     """A copy of the one-op graph `g` whose inputs declare every dim equal to `size` as the
-    symbol, re-checked (a ShapeError when the op refuses it)."""
+    symbol, re-checked (a ShapeError when the op refuses it). Attributes the checked types
+    decide (`bind_attrs`: squeeze's axes) are filled in from the symbolic types, as the
+    frontend does."""
     g = g.copy()
     for nid in g.inputs.values():
         node = g.node(nid)
         shape = tuple(SYM if d == size else d for d in node.shape)
         node.attrs["shape"] = list(shape)
         node.type = TensorType(shape, node.dtype)
+    for node in g:
+        opdef = registry.get(node.op)
+        if opdef.bind_attrs is not None:
+            types = [None if i is None else g.node(i).type for i in slots(g, node)]
+            node.attrs.update(opdef.bind_attrs(*types, **op_attrs(node)))
     return infer(g)
+
+
+def _resolved_like(concrete, g):
+    """The concrete graph with the attributes the symbolic check filled in: what the model
+    declared with `symbol seq` computes at every length."""
+    concrete = concrete.copy()
+    for node in concrete:
+        node.attrs.update({k: v for k, v in g.node(node.id).attrs.items() if k != "shape"})
+    return infer(concrete)
 
 
 def _weights_concrete(name, g, out) -> bool:
@@ -77,6 +93,7 @@ def test_symbolic_size(name, index, size):
             return  # refused by the frontend: a weight's shape may not depend on a symbol
     except ShapeError:
         return  # refused by the shape rule: `nnlang check` reports it at the call
+    concrete = _resolved_like(concrete, g)
     # binding the length gives back the concrete sample's type (the runtime binds, then
     # decomposes and compiles)
     assert bind(g, seq=size).node(out).type == concrete.node(out).type

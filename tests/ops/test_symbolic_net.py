@@ -139,3 +139,25 @@ def test_fixed_entries_of_a_symbolic_axis():
         loss = net.train_step(feeds(n, k))
         got[n] = (loss, net.forward(feeds(n, 10 + k))["out"], net.parameters())
     assert_fresh_nets_agree(lambda n: concrete(n, FIRST), lengths, feeds, got, seed=2)
+
+
+def test_a_sequence_shorter_than_a_fixed_slice_is_refused():
+    """x[:, 1:3] at seq = 2 gave one entry where every later op was checked for two (an
+    exported file folded the batch into the slice's axis)."""
+    net = nnlang.compile(FIRST, seed=2)
+    with pytest.raises(NNError, match=r"slice: with batch = 3, seq = 2 this gives \[3, 1, 5\], "
+                                      r"but the model was checked as \[batch, 2, 5\]") as err:
+        net.forward(feeds(2, 0))
+    assert err.value.span.line == 8
+    assert net.forward(feeds(3, 0))["out"].shape == (3,)
+
+
+def test_squeeze_without_an_axis_keeps_symbols_bound_to_one():
+    """squeeze() drops the axes that are 1 as checked; a batch of one or a one-token sequence
+    kept its rank at check time and lost it at run time."""
+    net = nnlang.compile("model S {\n  symbol seq\n  input x: float32[batch, seq, 1, 4]\n"
+                         "  output y = mean(squeeze(x), axis = 1)\n}\n")
+    x = np.arange(24, dtype=np.float32).reshape(3, 2, 1, 4)
+    for rows, steps in ((3, 2), (1, 2), (3, 1), (1, 1)):
+        part = x[:rows, :steps]
+        np.testing.assert_allclose(net.forward({"x": part})["y"], part[:, :, 0].mean(axis=1))
