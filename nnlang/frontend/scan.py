@@ -158,8 +158,13 @@ class ScanElaboration:
         return body, [T(i) for i in weights], [(T(i), k) for i, k in zip(broadcast, steps)]
 
     def _refuse_in_body(self, node) -> None:
-        """What a step cannot do: draw random numbers (a body has no per-step key) or keep
-        running statistics."""
+        """What a step cannot do: draw random numbers (a body has no per-step key), keep
+        running statistics, or run a recurrent layer's own loop over its weights."""
+        if node.op in ("lstm", "gru", "rnn"):
+            self.fail(f"scan: {node.op} inside a scan body is not supported (its loop over "
+                      "time cannot run inside another loop's step)", node.span,
+                      f"run the {node.op} over the whole sequence before or after the scan, "
+                      "or write its cell in the block (dense layers work in a step)")
         rates = [node.attrs.get(k) or 0 for k in
                  (("rate",) if node.op == "dropout" else ("dropout", "recurrent_dropout"))]
         if node.op == "batch_norm" or max(rates) > 0 or \

@@ -163,6 +163,8 @@ def test_layers_with_weights_run_inside_a_block():
     ("h2 = tanh(dropout(x, rate = 0.5) @ w + h)", ["dropout inside a scan body", "before the"]),
     ("h2 = tanh(squeeze(unsqueeze(h, axis = 1) @ m, axis = 1) + x @ w)",
      ["reads float32[batch, 3, 3]", "[batch, n, k] memory"]),
+    ("h2 = tanh(lstm(unsqueeze(x, axis = 1), 3) + h)",
+     ["lstm inside a scan body is not supported", "before or after the scan"]),
 ])
 def test_what_a_step_cannot_do_is_refused_where_it_is_written(body, words):
     src = f"""
