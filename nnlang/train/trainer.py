@@ -578,10 +578,10 @@ def _same_held_out(old, new, ds, inside_epoch: bool) -> None:
     another validation carve (val_split, or the seed that draws it) at any point, would train
     on examples it validated or validate on examples it trained on."""
     if inside_epoch and old.data != new.data:
-        raise NNError(f"this checkpoint stopped inside an epoch on data {old.data.name}; resume "
-                      f"it on the same data, not {new.data.name if new.data else None}",
-                      hint="resume without --data, or finish "
-                      "the epoch first and then change it")
+        names = [getattr(c.data, "name", "a Python data set") for c in (old, new)]
+        raise NNError(f"this checkpoint stopped inside an epoch on data {names[0]}; resume it "
+                      f"on the same data, not {names[1]}", hint="resume without --data, or "
+                      "finish the epoch first and then change it")
     if ds.val is not None and len(ds.val):
         return  # NOTE: the data set's own validation split does not depend on either
     if old.val_split != new.val_split or (new.val_split > 0 and old.seed != new.seed):
