@@ -106,6 +106,8 @@ def parse_value(text: str, where: Span | None = None):
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", stripped) and stripped not in (
             "true", "false", "none"):
         return stripped
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*\(.*\)", stripped, re.S):
+        return stripped  # NOTE: a choice with options, `schedule=step(step_size=1)`: as --data
     try:
         module = parse(f"model M(v = {text}) {{}}", "<--set>")
     except BadLiteral as err:

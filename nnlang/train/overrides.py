@@ -55,13 +55,18 @@ def apply_overrides(cfg: TrainConfig, kw: dict) -> TrainConfig:
         if k in kw and kw[k] is None:
             raise NNError(f"train setting '{k}' cannot be none")
     if "optimizer" in kw:
-        name = str(kw.pop("optimizer"))
-        opt = _choice(name, OPTIMIZERS, "optimizer",
-                      {"lr": opt.options.get("lr"), **_options_of(name, OPTIMIZERS, kw)})
+        name, given = _spelled(kw.pop("optimizer"))
+        opt = _choice(name, OPTIMIZERS, "optimizer", {"lr": opt.options.get("lr"),
+                                                      **_options_of(name, OPTIMIZERS, kw),
+                                                      **given})
     if "schedule" in kw:
         name = kw.pop("schedule")
-        sched = None if name is None else _choice(str(name), SCHEDULES, "schedule",
-                                                  _options_of(str(name), SCHEDULES, kw))
+        if name is not None:
+            name, given = _spelled(name)
+            sched = _choice(name, SCHEDULES, "schedule",
+                            {**_options_of(name, SCHEDULES, kw), **given})
+        else:
+            sched = None
     scalars = {}
     for k, v in kw.items():
         if k == "data":
@@ -80,6 +85,13 @@ def apply_overrides(cfg: TrainConfig, kw: dict) -> TrainConfig:
     if kw.get("data") is not None:
         data = feeds.replace_data(cfg.data, str(kw["data"]))
     return replace(cfg, data=data, optimizer=opt, schedule=sched, **scalars)
+
+
+def _spelled(value) -> tuple[str, dict]:
+    """An optimizer or schedule as --set gives it: a name, or a call `step(step_size=1)`
+    (read as --data reads one)."""
+    from nnlang.data.registry import _parse_spec
+    return _parse_spec(str(value), {})
 
 
 def _options_of(name: str, registry: dict, kw: dict) -> dict:

@@ -181,6 +181,23 @@ def test_set_none_switches_a_setting_off(work, tmp_path):
     assert runs["off"] == pytest.approx(runs["zero"], rel=1e-6) and runs["off"] != runs["on"]
 
 
+def test_set_takes_an_optimizer_or_schedule_with_its_options(work, tmp_path):
+    runs = {}
+    for name, sets in (("call", ["--set", "schedule=step(step_size=1, gamma=0.5)", "--set",
+                                 "optimizer=sgd(lr=0.2, momentum=0.9)"]),
+                       ("apart", ["--set", "schedule=step", "--set", "step_size=1", "--set",
+                                  "gamma=0.5", "--set", "optimizer=sgd", "--set", "lr=0.2",
+                                  "--set", "momentum=0.9"])):
+        cli("train", "tiny.nn", "--backend", "reference", "--out", tmp_path / name, *sets,
+            code=0, cwd=work)
+        runs[name] = json.loads((tmp_path / name / "config.json").read_text())["train"]
+    assert runs["call"]["schedule"] == {"name": "step", "options": {
+        "step_size": 1, "gamma": 0.5, "warmup": 0}}
+    assert runs["call"]["optimizer"]["options"]["momentum"] == 0.9
+    assert runs["call"] == runs["apart"]
+    assert [r["lr"] for r in metrics(tmp_path / "call")] == [0.2, 0.1]
+
+
 def test_resume_on_other_data_is_said_and_refused_inside_an_epoch(work, tmp_path):
     (tmp_path / "tiny.nn").write_text(TINY)
     for name in ("tiny.npz", "other.npz"):
