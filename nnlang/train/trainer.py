@@ -446,7 +446,9 @@ class _Training:
                 if read or not many:  # NOTE: ranks stop at the same step, after agreeing
                     interrupts.check()
                 if stop:
-                    self.history.stopped = "max_steps"
+                    # NOTE: at the run's own last step, --max-steps cut nothing short
+                    last = epoch + 1 == cfg.epochs and pos.done == self.per_epoch
+                    self.history.stopped = None if last else "max_steps"
                     break
         return seen, time.perf_counter() - t0
 

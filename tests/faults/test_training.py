@@ -228,6 +228,15 @@ def test_resume_keeps_the_validation_carve(work, tmp_path):
         assert "would validate on examples it trained on" in out
 
 
+def test_max_steps_at_the_runs_own_end_stops_nothing_short(work, tmp_path):
+    """tiny: 40 examples at batch 4, 2 epochs = 20 steps."""
+    for steps, stopped in ((20, None), (15, "max_steps")):
+        run = tmp_path / f"run{steps}"
+        cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--max-steps",
+            str(steps), code=0, cwd=work)
+        assert json.loads((run / "summary.json").read_text())["stopped"] == stopped
+
+
 def test_resume_of_another_models_run_says_so(work, tmp_path):
     out = cli("train", "other.nn", "--backend", "reference", "--out", work / "run-tiny",
               "--resume", cwd=work)
