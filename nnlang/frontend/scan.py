@@ -128,6 +128,14 @@ class ScanElaboration:
         weights = [i for i in outer if any(_rhs(g, u, i) for u in g.users(i) if u in inside)]
         broadcast = [i for i in outer if any(not _rhs(g, u, i) for u in g.users(i)
                                              if u in inside)]
+        for i in broadcast:
+            inner = next((u for u in g.users(i) if u in inside and g.node(u).op == "scan"), None)
+            if inner is not None:
+                self.fail(f"scan: a scan inside this scan's body reads {g.node(i).type} from "
+                          "outside both loops, which nested scans do not support yet",
+                          g.node(inner).span, "compute what the inner scan needs from it in "
+                          "the outer block, or run the inner scan over the whole sequence "
+                          "before or after the outer one")
         steps = [self._step_width(i, batch, span) for i in broadcast]
         bg = new_body_graph(dtype, batch, sum(widths),
                             [g.node(p.id).shape[1] for p in places[:n_seqs]] + steps,

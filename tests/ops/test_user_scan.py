@@ -206,3 +206,27 @@ model M {
         nnlang.load(src.replace("START", "broadcast_to(0.0, shape = [batch, 3])"))
     hint = re.search(r"start from zeros: (.*)\?", err.value.render()).group(1)
     nnlang.load(src.replace("START", hint))    # the hint, as written, checks
+
+
+def test_a_nested_scan_reading_an_outer_weight_says_so():
+    src = """
+block Inner(x, h, w) {
+  h2 = tanh(x @ w + h)
+  return h2, h2
+}
+block Outer(x, h, w) {
+  ys, hi = scan Inner(h, w = w) over unsqueeze(x, axis = 1)
+  return hi, hi
+}
+model M {
+  input x: float32[batch, 5, 4]
+  input h0: float32[batch, 4]
+  param w: float32[4, 4]
+  hs, h = scan Outer(h0, w = w) over x
+  loss sum(hs * hs)
+}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    assert "<string>:7:12" in text and "nested scans do not support yet" in text
