@@ -56,6 +56,7 @@ def reporting():
     try:
         yield
     except NNError as err:
+        _after_rank_zero()
         print_error(err)
         raise typer.Exit(1) from None
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
@@ -68,6 +69,23 @@ def reporting():
             "not in your model; run again with NNLANG_DEBUG=1 to see the traceback, and "
             "report it"), soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+# NOTE: under mpirun, how long a rank other than 0 waits before it prints an error
+RANK_ERROR_DELAY_S = 2.0
+
+
+def _after_rank_zero() -> None:
+    """Under mpirun every rank usually meets the same error (a bad .nn file, a batch that does
+    not split). Rank 0 says it and ends the job at once; the others wait a moment first, so
+    they are ended before they print it again, and still say an error that is theirs alone."""
+    if "nnlang.backends.collective" not in sys.modules:
+        return
+    from nnlang.backends.collective import current
+    world = current()
+    if world is not None and world.rank > 0:
+        import time
+        time.sleep(RANK_ERROR_DELAY_S)
 
 
 def check_output(path: Path, flag: str = "-o") -> Path:

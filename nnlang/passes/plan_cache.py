@@ -113,6 +113,16 @@ def store(key: str, plan) -> None:
 def _prune(folder: Path) -> None:
     """Keeps the KEEP newest entries: every model, batch size, length and edit of the compiler
     adds one (1.3 MB for the unrolled LSTM, 0.2 MB for the Transformer)."""
-    entries = sorted(folder.glob("*.pkl"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in entries[KEEP:]:
+    entries = sorted(((t, p) for p in folder.glob("*.pkl") if (t := _mtime(p)) is not None),
+                     reverse=True)
+    for _, old in entries[KEEP:]:
         old.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float | None:
+    """None for an entry another process (a rank sharing the cache) deleted meanwhile: it is no
+    sign of an unwritable cache."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None

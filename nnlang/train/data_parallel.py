@@ -44,8 +44,13 @@ class Ranks:
         return self.rank == 0
 
     def console(self, console: Console) -> Console:
-        """Rank 0's console; the other ranks print nothing (their errors still reach stderr)."""
-        return console if self.lead else Console(quiet=True)
+        """Rank 0's console, without colour under mpirun (Open MPI gives each rank a terminal
+        even when the job's output goes to a file); the other ranks print nothing (their
+        errors still reach stderr)."""
+        if not self.lead:
+            return Console(quiet=True)
+        return Console(file=console.file, color_system=None, highlight=False,
+                       width=console.width) if self.many else console
 
     def batch(self, batch: int, span=None) -> int:
         """This rank's part of the global batch."""
@@ -69,6 +74,8 @@ class Ranks:
         epoch count trained silently wrong, or crashed in MPI)."""
         if not self.many:
             return
+        # NOTE: a callable part is computed here, so a single process pays nothing for it
+        parts = {k: v() if callable(v) else v for k, v in parts.items()}
         names = sorted(parts)
         mine = np.stack([np.frombuffer(hashlib.sha256(json.dumps(
             parts[n], sort_keys=True, default=str).encode()).digest(), np.uint8) for n in names])
@@ -80,6 +87,22 @@ class Ranks:
             raise NNError(f"the {self.size} processes were not started alike: their "
                           f"{', '.join(bad)} differ from rank 0's",
                           hint="start every rank with the same .nn file, flags and data")
+
+    @staticmethod
+    def digest(splits) -> list[str]:
+        """A hash of each split's arrays, bytes and all: ranks given data sets of the same
+        shape but other values (a stale copy on one machine) are told apart."""
+        out = []
+        for split in splits:
+            h = hashlib.blake2b(digest_size=16)
+            for name in sorted(split):
+                a = split[name]
+                for part in ((a.flat, a.offsets) if hasattr(a, "offsets") else (a,)):
+                    part = np.ascontiguousarray(part)
+                    h.update(f"{name}{part.dtype}{part.shape}".encode())
+                    h.update(part.data)
+            out.append(h.hexdigest())
+        return out
 
     def same_start(self, net) -> None:
         """Rank 0's parameters and optimizer state everywhere (they are equal already when

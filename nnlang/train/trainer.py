@@ -63,6 +63,11 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
         return None
     loss_names = list(net.user.losses)
     totals: dict = {}
+    if ranks is not None and ranks.many:
+        # NOTE: a rank with a cold cache compiles the evaluation's kernels here; the others
+        # wait for it untimed, as for the training step, not in the timed sum below
+        net.prepare("eval", max(batch // ranks.size, 1))
+        ranks.compiled()
     batches = feeds.batches(arrays, batch, feeds.eval_order(arrays), drop_last=False)
     for b in progress(batches, -(-n // batch),
                       "evaluating", console):
@@ -248,9 +253,7 @@ class _Training:
             "hyper-parameters": hp,
             "train settings": checkpoint.config_to_dict(cfg), "backend": backend,
             "max_steps": max_steps, "resumed checkpoint": ckpt and [ckpt.epoch, ckpt.step],
-            "data": {k: [[len(a), str(getattr(a, "shape", type(a).__name__)),
-                          str(getattr(a, "dtype", ""))] for _, a in sorted(v.items())]
-                     for k, v in zip(("train", "val", "test"), splits)}})
+            "data": lambda: ranks.digest(splits)})
         local_batch = ranks.batch(cfg.batch)   # NOTE: before the run directory is made
         self = cls()
         self.console, self.backend, self.max_steps = console, backend, max_steps

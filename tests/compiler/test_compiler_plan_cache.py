@@ -109,6 +109,20 @@ def test_old_entries_are_pruned(cache, monkeypatch):
     assert plan_cache.load(plan_cache.graph_key(small_graph(0.3))) is not None
 
 
+def test_an_entry_another_process_deleted_while_pruning_is_no_error(cache, monkeypatch):
+    """Ranks sharing a cache prune it at once: a file gone between the listing and its stat
+    was reported as an unwritable cache."""
+    monkeypatch.setattr(plan_cache, "KEEP", 1)
+    cache.mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        (cache / f"{name}.pkl").write_bytes(b"x")
+    listed = list(cache.glob("*.pkl"))
+    (cache / "b.pkl").unlink()
+    monkeypatch.setattr(type(cache), "glob", lambda self, pattern: iter(listed))
+    plan_cache._prune(cache)
+    assert len([p for p in listed if p.exists()]) == 1
+
+
 def test_the_collector_is_paused_while_compiling_and_restored_after(cache, monkeypatch):
     """The build runs with gc off (nnlang/gc_pause.py) and leaves it as it found it, after an
     error too."""

@@ -60,6 +60,29 @@ def test_ranks_started_with_different_settings_stop_at_once(tiny):
     assert "Traceback" not in text and not (tiny / "run" / "checkpoint.npz").exists()
 
 
+def test_ranks_with_other_data_of_the_same_shape_stop_and_say_it_once(tiny):
+    """A stale copy of the data on one machine (same rows, other values) trained silently on
+    the mix of both; the error that every rank meets is printed by rank 0 alone."""
+    import shutil
+    import subprocess
+
+    from tests.test_distributed import _mpirun, mpi_env
+    other = tiny / "other"
+    other.mkdir()
+    shutil.copy(tiny / "tiny.nn", other / "tiny.nn")
+    data = dict(np.load(tiny / "tiny.npz"))
+    data = {k: (v * 2 + 1 if v.dtype.kind == "f" else v) for k, v in data.items()}
+    np.savez(other / "tiny.npz", **data)
+    one = [_nnlang(), "train", "tiny.nn", "--out", str(tiny / "run")]
+    got = subprocess.run([_mpirun(), "--oversubscribe", "-n", "1", "--wdir", str(tiny), *one,
+                          ":", "-n", "1", "--wdir", str(other), *one], env=mpi_env(),
+                         capture_output=True, text=True, timeout=120)
+    text = got.stdout + got.stderr
+    assert got.returncode != 0
+    assert text.count("the 2 processes were not started alike: their data differ") == 1, text
+    assert not (tiny / "run" / "checkpoint.npz").exists()
+
+
 def test_the_reference_backend_refuses_several_ranks(tiny, monkeypatch):
     """The interpreter has no collectives: each rank would silently train its own model."""
     monkeypatch.setattr(collective, "launched_size", lambda: 2)
