@@ -130,3 +130,38 @@ def test_check_prints_the_warning_and_still_succeeds(tmp_path):
     r = CliRunner().invoke(app, ["check", str(path)])
     assert r.exit_code == 0, r.output
     assert f"{path}:4:8: warning: cross_entropy takes logits" in r.stderr
+
+
+SHARED_BLOCK = """
+block Cell(x, h) {
+  h2 = tanh(dense(x, 4) + dense(h, 4, use_bias = false))
+  return h2, h2
+}
+model M {
+  input x: float32[batch, 5, 3]
+  input z: float32[batch, 5, 3]
+  input h0: float32[batch, 4]
+  CALLS
+  loss sum(a * a) + sum(b * b)
+}
+"""
+
+
+@pytest.mark.parametrize("calls", [
+    "a, ha = Cell(x[:, 0], h0)\n  b, hb = Cell(z[:, 0], h0, share = a)",
+    "a, ha = scan Cell(h0) over x\n  b, hb = scan Cell(h0, share = a) over z",
+])
+def test_a_shared_block_call_reuses_every_weight_of_the_first(calls):
+    """A block with two anonymous layers, called again with share =: its layers were renamed
+    (h2_2, h2_3) and got weights of their own, silently; a scan's result could not be shared."""
+    net = nnlang.compile(SHARED_BLOCK.replace("CALLS", calls), batch=2, seed=0)
+    assert sorted(net.parameters()) == ["a.h2.bias", "a.h2.weight", "a.h2_1.weight"]
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    feeds = {"x": x, "z": x, "h0": rng.normal(size=(2, 4)).astype(np.float32)}
+    single = nnlang.compile(SHARED_BLOCK.replace("CALLS", calls.split("\n")[0]).replace(
+        " + sum(b * b)", ""), batch=2, seed=0)
+    single.load_state_dict(net.parameters())
+    got, one = net.gradients(feeds), single.gradients(feeds)
+    for name, g in one.items():   # NOTE: both calls see the same input: twice the gradient
+        np.testing.assert_allclose(got[name], 2 * g, rtol=1e-5, atol=1e-6, err_msg=name)

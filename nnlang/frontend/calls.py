@@ -322,10 +322,17 @@ class CallElaboration:
             inner.spans[p.name] = p.span
         self.stack.append(block.name)
         errors_before = len(self.errors.diagnostics)
+        used = self.used_paths
+        if share is not None:
+            # NOTE: the shared call names its layers as the first call did (h2, h2_1, ...), so
+            # each finds the weights it shares instead of new ones under the same prefix
+            under = inner.prefix + "."
+            self.used_paths = {p for p in used if not p.startswith(under)}
         try:
             result = self.run_body(block.body, inner)
         finally:
             self.stack.pop()
+            self.used_paths = used | self.used_paths
         if len(self.errors.diagnostics) > errors_before:
             raise Abort
         if result is None:

@@ -40,11 +40,16 @@ class ScanElaboration:
         result = self.block_call(block, bare, scope, target, values=places)
         result = list(result) if isinstance(result, tuple) else [result]
         self._scan_results(result, inits, block, call, dtype)
+        prefix = self.layer_of.get(result[0].id)   # NOTE: the block call's weights' path
         widths = [self._type(v).shape[1] for v in result]
         body, weights, broadcast = self._cut_body(places, result, len(seqs), dtype, batch,
                                                   [self._type(h).shape[1] for h in inits],
                                                   e.span)
-        return self._emit_scan(e, scope, seqs, inits, weights, broadcast, body, widths)
+        out = self._emit_scan(e, scope, seqs, inits, weights, broadcast, body, widths)
+        if prefix is not None:  # NOTE: so a later `share = <a scan's result>` finds its weights
+            for v in out if isinstance(out, tuple) else (out,):
+                self.layer_of.setdefault(v.id, prefix)
+        return out
 
     # *** checks ***
     def _type(self, v: T):
