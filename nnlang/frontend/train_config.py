@@ -206,6 +206,7 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
     """Evaluates each setting with `evaluate` (the model's hyper-parameters are in scope);
     `weight(expr, setting)` resolves an item of `l1_on`/`l2_on` to a trainable weight's path."""
     values: dict = {}
+    list_spans: dict = {}   # NOTE: where l1_on / l2_on are written, for the check after the loop
     spans: dict = {}
     for s in t.settings:
         if s.name not in SETTINGS:
@@ -219,7 +220,7 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
         if s.name in PENALTY_LISTS:
             value = _penalty_list(s, weight, errors, abort)
             if value is not None:
-                values[s.name], spans[s.name] = value, s.value.span
+                values[s.name], list_spans[s.name] = value, s.value.span
             continue
         if s.name in ("data", "optimizer", "schedule") and isinstance(s.value, ast.Call):
             try:
@@ -276,7 +277,7 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
         rate = name[:2]
         if name in values and not values.get(rate):
             errors.add(f"{name} names the weights of the {rate} penalty, but {rate} is 0",
-                       spans[name], f"set its strength too, e.g. {rate} = 1e-4")
+                       list_spans[name], f"set its strength too, e.g. {rate} = 1e-4")
     return TrainConfig(**values)
 
 

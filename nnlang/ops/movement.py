@@ -45,7 +45,7 @@ register("reshape", "x: tensor, shape: shape", _reshape_shape,
 
 
 def _transpose_shape(x: TensorType, *, perm) -> TensorType:
-    if sorted(perm) != list(range(x.rank)):
+    if not isinstance(perm, (list, tuple)) or sorted(perm) != list(range(x.rank)):
         raise ShapeError(f"perm {perm} is not a permutation of the {x.rank} axes of "
                          f"{fmt_shape(x.shape)}", arg=0)
     return TensorType(tuple(x.shape[p] for p in perm), x.dtype)
@@ -60,6 +60,11 @@ register("transpose", "x: tensor, perm: ints", _transpose_shape,
 
 
 def _broadcast_shape(x: TensorType, *, shape) -> TensorType:
+    if not isinstance(shape, (list, tuple)) or not all(
+            isinstance(d, Sym) or isinstance(d, int) and not isinstance(d, bool) and d >= 1
+            for d in shape):
+        raise ShapeError(f"broadcast_to: shape must be a list of sizes, got {shape!r}",
+                         attr="shape")
     out = broadcast_shapes(x.shape, tuple(shape))
     if out != tuple(shape):
         raise ShapeError(f"cannot broadcast {fmt_shape(x.shape)} to {fmt_shape(shape)}", arg=0)
@@ -368,7 +373,8 @@ def _fold_shape(cols: TensorType, *, size, kernel, stride, pads, dilation) -> Te
         raise ShapeError(f"fold: size must be {nd} positive ints, got {size!r}", attr="size")
     outs = [window_out(size[i], kernel[i], stride[i], pads[2 * i], pads[2 * i + 1],
                        dilation[i]) for i in range(nd)]
-    want = (cols.shape[0], *outs, *kernel, cols.shape[-1])
+    want = (cols.shape[0] if cols.rank else "batch", *outs, *kernel,
+            cols.shape[-1] if cols.rank else "channels")
     if cols.shape != want:
         raise ShapeError(f"fold: cols {fmt_shape(cols.shape)} are not the windows of size "
                          f"{size} (expected {fmt_shape(want)})", arg=0)

@@ -87,6 +87,9 @@ def _flops_dense(ins, out, **_):
 # *** dense / embedding ***
 
 def _dense_params(x, *, units, use_bias, init, bias_init, **_):
+    if x.rank == 0:
+        raise ShapeError(f"dense expects [..., features] but got the scalar {x}", arg=0,
+                         hint="unsqueeze(x, axis = 0) makes it a vector")
     dt = param_dtype(x)
     specs = {"weight": ParamSpec((x.shape[-1], units), init_spec(init, "init"), dtype=dt)}
     if use_bias:
@@ -377,6 +380,9 @@ register("unsqueeze", "x: tensor, axis: int", _unsqueeze_shape, family="nn",
 
 
 def _permute_shape(x, *, perm):
+    if not isinstance(perm, (list, tuple)):
+        raise ShapeError(f"permute: perm must be a list of the {x.rank} axes, got {perm!r}",
+                         attr="perm")
     perm = [norm_axis(p, x.rank) for p in perm]
     if sorted(perm) != list(range(x.rank)):
         raise ShapeError(f"permute: {perm} is not a permutation of the {x.rank} axes of "

@@ -81,6 +81,8 @@ register("layer_norm", "x: tensor, axis: ints = -1, eps: float = 1e-5", _layer_n
 
 
 def _batch_norm_params(x, *, momentum, eps):
+    if x.rank < 2:
+        raise ShapeError(f"batch_norm expects [batch, channels, ...] but got {x}", arg=0)
     c, dt = x.shape[1], param_dtype(x)
     return {"gamma": ParamSpec((c,), ("ones", {}), dtype=dt),
             "beta": ParamSpec((c,), ("zeros", {}), dtype=dt),

@@ -172,9 +172,14 @@ def _load_all() -> None:
 # *** helpers shared by shape rules ***
 
 def norm_axis(axis: int, rank: int, arg: int = 0) -> int:
-    if not -rank <= axis < max(rank, 1):
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise ShapeError(f"axis must be an integer, got {axis!r}", arg=arg)
+    if rank == 0:  # NOTE: as numpy: a scalar has no axis 0 to slice, squeeze or join along
+        raise ShapeError(f"axis {axis}: a scalar has no axes", arg=arg,
+                         hint="give a tensor of rank 1 or more (unsqueeze(x, axis = 0))")
+    if not -rank <= axis < rank:
         raise ShapeError(f"axis {axis} is out of range for a tensor of rank {rank}", arg=arg)
-    return axis % rank if rank else 0
+    return axis % rank
 
 
 def norm_axes(axes, rank: int, arg: int = 0) -> tuple[int, ...]:

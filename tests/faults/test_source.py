@@ -133,6 +133,27 @@ def test_common_slips_get_a_hint(tmp_path, line, words):
     expect(cli("check", nn_file(tmp_path, model(line))), ":7:", "hint:", words)
 
 
+@pytest.mark.parametrize("line, words", [
+    ("y = concat(mean(v), mean(v), axis = 0)", "concat: axis 0: a scalar has no axes"),
+    ("y = squeeze(mean(v), axis = 0)", "squeeze: axis 0: a scalar has no axes"),
+    ("y = slice(mean(v), axis = 0, start = 0, stop = 1)", "slice: axis 0: a scalar has no axes"),
+    ("y = dense(mean(v), 3)", "dense expects [..., features] but got the scalar"),
+    ("y = transpose(x, 1)", "perm 1 is not a permutation"),
+    ("y = permute(x, perm = 1)", "perm must be a list"),
+    ("y = broadcast_to(v, shape = [batch, [2]])", "shape must be a list of sizes"),
+    ("y = batch_norm(mean(v))", "batch_norm expects [batch, channels, ...]"),
+])
+def test_shapes_an_op_cannot_take_are_located_errors(tmp_path, line, words):
+    """Found by a fuzzer: these were internal errors (IndexError, TypeError) at check time."""
+    expect(cli("check", nn_file(tmp_path, model(line))), ":7:", words)
+
+
+def test_a_penalty_list_without_its_rate_before_other_settings(tmp_path):
+    text = model("y = dense(v, 2)") + "train M {\n  l2_on = [y.weight]\n  batch = 4\n}\n"
+    expect(cli("check", nn_file(tmp_path, text)), "l2_on names the weights of the l2 penalty, "
+           "but l2 is 0")
+
+
 def test_an_unnamed_operand_is_shown_as_written(tmp_path):
     out = cli("check", nn_file(tmp_path, model("y = dense(v, 3) + v")))
     expect(out, "note: 'dense(v, 3)' is float32[batch, 3]")
