@@ -158,6 +158,8 @@ register("slice", "x: tensor, axis: int, start: int = 0, stop: int = none, step:
 
 def _unslice_shape(x: TensorType, *, axis, start, stop, step, size) -> TensorType:
     ax = norm_axis(axis, x.rank)
+    if not isinstance(size, Sym) and (not isinstance(size, int) or size < 1):
+        raise ShapeError(f"unslice: size must be a positive size, got {size!r}", attr="size")
     if _slice_size(size, start, stop, step) != x.shape[ax]:
         raise ShapeError(f"unslice: {x.shape[ax]} values do not fill {start}:{stop}:{step} "
                          f"of {size}", arg=0)

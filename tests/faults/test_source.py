@@ -142,6 +142,8 @@ def test_common_slips_get_a_hint(tmp_path, line, words):
     ("y = permute(x, perm = 1)", "perm must be a list"),
     ("y = broadcast_to(v, shape = [batch, [2]])", "shape must be a list of sizes"),
     ("y = batch_norm(mean(v))", "batch_norm expects [batch, channels, ...]"),
+    ("y = unslice(v, axis = 1, start = 1, stop = 1, step = 2, size = -1)",
+     "unslice: size must be a positive size, got -1"),
 ])
 def test_shapes_an_op_cannot_take_are_located_errors(tmp_path, line, words):
     """Found by a fuzzer: these were internal errors (IndexError, TypeError) at check time."""
