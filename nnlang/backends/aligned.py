@@ -23,8 +23,7 @@ def aligned_empty(shape, dtype, spare: int = 0) -> np.ndarray:
     """An uninitialized C-contiguous array whose data starts on an ALIGN-byte boundary, with
     `spare` bytes of address space after it that nothing uses."""
     dtype = np.dtype(dtype)
-    nbytes = math.prod(int(n) for n in np.atleast_1d(shape)) * dtype.itemsize \
-        if np.ndim(shape) else int(shape) * dtype.itemsize
+    nbytes = math.prod(int(n) for n in np.atleast_1d(shape)) * dtype.itemsize
     try:
         raw = np.empty(nbytes + spare + ALIGN, np.uint8)
     except (MemoryError, ValueError):

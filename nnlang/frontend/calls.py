@@ -332,7 +332,8 @@ class CallElaboration:
             result = self.run_body(block.body, inner)
         finally:
             self.stack.pop()
-            self.used_paths = used | self.used_paths
+            if share is not None:
+                self.used_paths = used | self.used_paths
         if len(self.errors.diagnostics) > errors_before:
             raise Abort
         if result is None:

@@ -236,8 +236,8 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
             raw = (s.value.func, opts)
         elif s.name in ("data", "optimizer", "schedule") and isinstance(s.value, ast.Name):
             raw = s.value.id
-        elif s.name == "data" and isinstance(s.value, ast.BinOp) and _hyphenated(s.value):
-            name = _hyphenated(s.value)
+        elif s.name == "data" and isinstance(s.value, ast.BinOp) and \
+                (name := _hyphenated(s.value)):
             errors.add(f"'{name}' is read as a subtraction here", s.value.span,
                        f'write data = "{name}", or {name.replace("-", "_")} (with options: '
                        f'{name.replace("-", "_")}(...))')

@@ -36,11 +36,18 @@ SWITCH_HELP = {
 assert set(SWITCH_HELP) == set(SWITCHES), "every switch needs its help text"
 
 
-def optimize(g: Graph, disable=()) -> Graph:
-    unknown = set(disable) - set(SWITCHES)
+def switched_off(disable) -> tuple:
+    """The passes `disable` names (one name, or several), each checked against SWITCHES."""
+    names = (disable,) if isinstance(disable, str) else tuple(disable)
+    unknown = sorted(set(names) - set(SWITCHES))
     if unknown:
-        raise NNError(f"unknown pass(es) {', '.join(sorted(unknown))}",
+        raise NNError(f"disable: unknown pass(es) {', '.join(map(repr, unknown))}",
                       hint=f"passes that can be switched off: {', '.join(SWITCHES)}")
+    return names
+
+
+def optimize(g: Graph, disable=()) -> Graph:
+    disable = switched_off(disable)
     g = g.copy()
     for name, fn in PASSES:
         if name not in disable:

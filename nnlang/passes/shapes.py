@@ -53,8 +53,7 @@ def _same_as_checked(node, checked, env: dict) -> None:
         return
     from nnlang.errors import NNError
     from nnlang.ir.dims import fmt_shape
-    sizes = ", ".join(f"{k} = {v}" for k, v in sorted(env.items()))
-    raise NNError(f"{node.op}: with {sizes} this gives {fmt_shape(node.type.shape)}, but the "
+    raise NNError(f"{node.op}: with {_sizes(env)} this gives {fmt_shape(node.type.shape)}, but the "
                   f"model was checked as {fmt_shape(checked.shape)}", node.span,
                   "a fixed slice of a symbolic length (x[:, 0:2], x[:, -2:]) needs at least "
                   "that many entries: feed longer sequences")
@@ -64,8 +63,11 @@ def _bound_error(node, err, env: dict):
     """A shape rule refusing the sizes bound for symbols (a length over a max_len) is bad
     input: an error at the op's line, naming the sizes."""
     from nnlang.errors import NNError
-    sizes = ", ".join(f"{k} = {v}" for k, v in sorted(env.items()))
-    return NNError(f"{err.message} (with {sizes})", node.span, err.hint)
+    return NNError(f"{err.message} (with {_sizes(env)})", node.span, err.hint)
+
+
+def _sizes(env: dict) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in sorted(env.items()))
 
 
 def bind(g: Graph, **dims: int) -> Graph:

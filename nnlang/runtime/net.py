@@ -20,7 +20,7 @@ from nnlang.ir.summary import check_memory
 from nnlang.ops.init import initialize
 from nnlang.ops.optim import STEP_SLOT, learning_rate, slot_param
 from nnlang.ops.registry import ParamSpec
-from nnlang.passes.optimize import SWITCHES
+from nnlang.passes.optimize import switched_off
 from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
 from nnlang.runtime.indices import check_indices, index_inputs
 from nnlang.runtime.interpret import interpret
@@ -227,12 +227,6 @@ class Net:
         with self._lock:
             return self._exe(kind, self.batch)[1]
 
-    def _exe_for(self, kind: str, feeds: dict):
-        """The executable for the batch and lengths of `feeds` (arrays, see `_arrays`), and
-        its key."""
-        batch, lengths = _sizes_of(self.user, feeds, self.lengths, self.batch)
-        return self._exe(kind, batch, lengths), _key(kind, batch, lengths)
-
     def _arrays(self, feeds) -> dict:
         """`feeds` with each of the model's inputs as a numpy array of numbers, as given (the
         dtype and shape are the executable's to check)."""
@@ -250,16 +244,21 @@ class Net:
                                   hint="give a batch: an array whose first dim is the batch")
         return out
 
-    def _run(self, kind: str, feeds: dict, extra: dict, fetch: bool = True) -> dict:
-        feeds = self._arrays(feeds)
-        (exe, g), key = self._exe_for(kind, feeds)
-        feeds = {**self._cast(feeds, g), **extra}
-        if key not in self._checks:
-            self._checks[key] = index_inputs(g)
-        check_indices(self._checks[key], feeds)
-        if "_rng" in g.inputs:
-            feeds["_rng"] = np.int64(self.seed * 1_000_003 + self.step)
-        return exe.run(feeds, fetch)
+    def _run(self, kind: str, feeds: dict, extra: dict, fetch: bool = True) -> tuple:
+        """(results, executable, graph) of one call of the `kind` executable for the batch
+        and lengths of `feeds`."""
+        with self._lock:
+            feeds = self._arrays(feeds)
+            batch, lengths = _sizes_of(self.user, feeds, self.lengths, self.batch)
+            key = _key(kind, batch, lengths)
+            exe, g = self._exe(kind, batch, lengths)
+            feeds = {**self._cast(feeds, g), **extra}
+            if key not in self._checks:
+                self._checks[key] = index_inputs(g)
+            check_indices(self._checks[key], feeds)
+            if "_rng" in g.inputs:
+                feeds["_rng"] = np.int64(self.seed * 1_000_003 + self.step)
+            return exe.run(feeds, fetch), exe, g
 
     def _cast(self, feeds: dict, g) -> dict:
         out = {}
@@ -294,10 +293,11 @@ class Net:
                           "nnlang.compile (nnlang train does)", stacklevel=2)
         with self._lock:
             lr = self.learning_rate()
-            out = self._run("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)}, fetch)
+            out, exe, _ = self._run("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)},
+                                    fetch)
             self.step += 1
             if not fetch:
-                self._unread.append((self._exe_for("train", self._arrays(feeds))[0][0], out))
+                self._unread.append((exe, out))
                 return None
             loss, self.last_metrics = _loss_and_metrics(out)
             return loss
@@ -329,21 +329,17 @@ class Net:
 
     def evaluate(self, feeds: dict) -> dict:
         """Losses and metrics on one batch, without updating anything."""
-        with self._lock:
-            out = self._run("eval", feeds, {})
-            g = self._exe_for("eval", self._arrays(feeds))[0][1]
-            return {k: float(out[k]) for k in (*g.losses, *g.metrics)}
+        out, _, g = self._run("eval", feeds, {})
+        return {k: float(out[k]) for k in (*g.losses, *g.metrics)}
 
     def gradients(self, feeds: dict) -> dict:
         """d(loss)/d(parameter) by name, for one batch, without updating anything."""
-        with self._lock:
-            out = self._run("grad", feeds, {LR_INPUT: np.asarray(0.0, self.dtype)})
+        out = self._run("grad", feeds, {LR_INPUT: np.asarray(0.0, self.dtype)})[0]
         return {k[len("grad:"):]: v for k, v in out.items() if k.startswith("grad:")}
 
     def forward(self, feeds: dict) -> dict:
         """The model's outputs (dropout off)."""
-        with self._lock:
-            return self._run("predict", feeds, {})
+        return self._run("predict", feeds, {})[0]
 
     def generate(self, prompts, *, max_new=None, temperature=None, top_k=None, top_p=None,
                  beam=None, length_penalty=None, seed=None, stop=None, greedy=None,
@@ -472,12 +468,7 @@ def _check_options(batch, dtype, seed, disable) -> tuple:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                              or seed < 0):
         raise NNError(f"seed={seed!r}: a seed is a whole number of at least 0")
-    names = (disable,) if isinstance(disable, str) else tuple(disable)
-    unknown = [n for n in names if n not in SWITCHES]
-    if unknown:
-        raise NNError(f"disable: unknown pass(es) {', '.join(map(repr, unknown))}",
-                      hint=f"passes that can be switched off: {', '.join(SWITCHES)}")
-    return names
+    return switched_off(disable)
 
 
 def _numbers(value, what: str, declared: str = "") -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 from rich.console import Console
 
 from nnlang.backends import collective
+from nnlang.data.ragged import Ragged
 from nnlang.errors import NNError
 
 SIGNAL_RANK_VAR = "NNLANG_TEST_SIGNAL_RANK"  # tests: only this rank runs the test signal hook
@@ -97,7 +98,7 @@ class Ranks:
             h = hashlib.blake2b(digest_size=16)
             for name in sorted(split):
                 a = split[name]
-                for part in ((a.flat, a.offsets) if hasattr(a, "offsets") else (a,)):
+                for part in ((a.flat, a.offsets) if isinstance(a, Ragged) else (a,)):
                     part = np.ascontiguousarray(part)
                     h.update(f"{name}{part.dtype}{part.shape}".encode())
                     h.update(part.data)

@@ -175,7 +175,7 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
                           "Program", hint="pass the .nn path or source text instead")
     else:
         text = file if file != "<string>" else source
-        program = _load_for(text, hp, model, base_overrides, base)
+        program = _load_for(text, hp, model, resuming=base is not None)
         if base is not None and program.train is not None and hp != (base_overrides or {}):
             # NOTE: a resumed run keeps its checkpoint's settings, but a hyper-parameter the
             # train section reads (`optimizer = sgd(lr = lr)`) changes the setting it feeds
@@ -194,14 +194,14 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
     return program, cfg, source, file, hp
 
 
-def _load_for(text, hp: dict, model, base_overrides, base):
-    """The program; when resuming (`base`), a model the file no longer defines is named as the
+def _load_for(text, hp: dict, model, resuming: bool):
+    """The program; when resuming, a model the file no longer defines is named as the
     checkpoint's."""
     import nnlang
     try:
         return nnlang.load(text, hp, model)
     except NNError as err:
-        if base is None or model is None or "no model named" not in err.message:
+        if not resuming or model is None or "no model named" not in err.message:
             raise
         raise NNError(f"the run being resumed trained model '{model}', which this file does "
                       f"not define ({err.message})", hint=err.hint or "pass the .nn file the "
