@@ -41,11 +41,10 @@ class ScanElaboration:
         result = list(result) if isinstance(result, tuple) else [result]
         self._scan_results(result, inits, block, call, dtype)
         prefix = self.layer_of.get(result[0].id)   # NOTE: the block call's weights' path
-        widths = [self._type(v).shape[1] for v in result]
-        body, weights, broadcast = self._cut_body(places, result, len(seqs), dtype, batch,
-                                                  [self._type(h).shape[1] for h in inits],
-                                                  e.span)
-        out = self._emit_scan(e, scope, seqs, inits, weights, broadcast, body, widths)
+        body, weights, broadcast, cols = self._cut_body(
+            places, result, len(seqs), dtype, batch, [self._type(h).shape[1] for h in inits],
+            e.span)
+        out = self._emit_scan(e, scope, seqs, inits, weights, broadcast, body, cols)
         if prefix is not None:  # NOTE: so a later `share = <a scan's result>` finds its weights
             for v in out if isinstance(out, tuple) else (out,):
                 self.layer_of.setdefault(v.id, prefix)
@@ -164,11 +163,23 @@ class ScanElaboration:
         if any(y is None for y in ys):
             self.fail("scan: the block returns a value that does not change per step", span,
                       "return the states and outputs the step computes")
-        bg.outputs["y"] = ys[0] if len(ys) == 1 else bb.concat(*ys, axis=1)
+        pieces, cols, lo = [], [], 0
+        for k, y in enumerate(ys):
+            # NOTE: an output that is also a state (`return h2, c2, h2`) is read from the
+            # state's columns, not stored a second time every step
+            if k >= len(widths) and y in pieces:
+                cols.append(cols[ys.index(y)])
+                continue
+            w = int(bg.node(y).shape[1])
+            pieces.append(y)
+            cols.append((lo, lo + w))
+            lo += w
+        bg.outputs["y"] = pieces[0] if len(pieces) == 1 else bb.concat(*pieces, axis=1)
         for nid in inside:
             g.remove(nid)
         body = Body(bg, sum(widths), n_seqs + len(broadcast), len(weights))
-        return body, [T(i) for i in weights], [(T(i), k) for i, k in zip(broadcast, steps)]
+        return (body, [T(i) for i in weights], [(T(i), k) for i, k in zip(broadcast, steps)],
+                cols)
 
     def _refuse_in_body(self, node) -> None:
         """What a step cannot do: draw random numbers (a body has no per-step key), keep
@@ -221,7 +232,7 @@ class ScanElaboration:
                   span, hint)
 
     def _emit_scan(self, e: ast.Scan, scope, seqs, inits, weights, broadcast, body: Body,
-                   widths):
+                   cols):
         """The scan node, then (stacked per-step outputs..., final states...)."""
         span, emit = e.span, self.emit
 
@@ -236,20 +247,18 @@ class ScanElaboration:
             tm.append(op("broadcast_to", [op("reshape", [v], shape=[1, lead, k])],
                          shape=[steps, batch, k]))
         out = op("scan", [init, *tm, *weights], body=body, reverse=False)
-        cols, lo = [], 0
-        for w in widths:
-            cols.append((lo, lo + w))
-            lo += w
-        n = len(inits)
+        n, width = len(inits), body.width
 
         def columns(v, k):
             a, b = cols[k]
-            return v if (a, b) == (0, lo) else op("slice", [v], axis=2, start=a, stop=b, step=1)
+            return v if (a, b) == (0, width) else op("slice", [v], axis=2, start=a, stop=b,
+                                                     step=1)
 
         stacked = [op("transpose", [columns(out, k)], perm=[1, 0, 2])
-                   for k in range(n, len(widths))]
+                   for k in range(n, len(cols))]
         last = op("slice", [out], axis=0, start=-1, stop=None, step=1)
-        finals = [op("reshape", [columns(last, k)], shape=[batch, widths[k]]) for k in range(n)]
+        finals = [op("reshape", [columns(last, k)], shape=[batch, cols[k][1] - cols[k][0]])
+                  for k in range(n)]
         values = tuple(stacked + finals)
         return values[0] if len(values) == 1 else values
 

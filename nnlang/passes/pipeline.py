@@ -13,6 +13,7 @@ from nnlang.ir.scan import Body
 from nnlang.ops.registry import TensorType
 from nnlang.passes.autodiff import backward
 from nnlang.passes.decompose import decompose
+from nnlang.passes.scan_hoist import hoist_projections
 from nnlang.passes.shapes import bind, infer
 from nnlang.ops.collective import sync_gradients
 from nnlang.ops.optim import append_update
@@ -55,7 +56,7 @@ def specialize(user: Graph, batch: int, dtype: str = "float32",
 def forward_graph(user: Graph, batch: int, dtype: str = "float32",
                   results=("outputs", "losses", "metrics"), lengths=None) -> Graph:
     """The inference graph (dropout off) keeping only the requested kinds of result."""
-    g = decompose(specialize(user, batch, dtype, lengths), training=False)
+    g = hoist_projections(decompose(specialize(user, batch, dtype, lengths), training=False))
     for kind in ("outputs", "losses", "metrics"):
         if kind not in results:
             setattr(g, kind, {})
@@ -102,7 +103,7 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     """Forward + loss + generated backward + optimizer update, as one primitive graph.
     ranks > 1: the step of one of that many data-parallel processes, whose update sees the
     gradients averaged over all of them (`ops/collective.py`)."""
-    g = decompose(specialize(user, batch, dtype, lengths), training=True)
+    g = hoist_projections(decompose(specialize(user, batch, dtype, lengths), training=True))
     if not g.losses:
         from nnlang.errors import NNError
         raise NNError(f"model '{g.model}' declares no loss, so it cannot be trained",
