@@ -11,7 +11,8 @@ import numpy as np
 from nnlang.ir.dims import DimError, Sym, dim_div, fmt_shape, numel
 from nnlang.ops.lowering import GRID_LOOP, both
 from nnlang.ops.registry import (MOVEMENT, NONDIFF, Sample, ShapeError, TensorType,
-                                 Unexportable, broadcast_shapes, norm_axis, register)
+                                 Unexportable, broadcast_shapes, need_sizes, norm_axis,
+                                 register)
 from nnlang.ops.windows import LOWER as _WINDOW_LOWER
 from nnlang.ops.windows import window_taps
 
@@ -19,6 +20,7 @@ from nnlang.ops.windows import window_taps
 # *** reshape / transpose / broadcast ***
 
 def _reshape_shape(x: TensorType, *, shape) -> TensorType:
+    need_sizes("reshape", shape, infer=True)
     shape = list(shape)
     if shape.count(-1) > 1:
         raise ShapeError("reshape allows at most one -1", arg=0)
@@ -60,11 +62,7 @@ register("transpose", "x: tensor, perm: ints", _transpose_shape,
 
 
 def _broadcast_shape(x: TensorType, *, shape) -> TensorType:
-    if not isinstance(shape, (list, tuple)) or not all(
-            isinstance(d, Sym) or isinstance(d, int) and not isinstance(d, bool) and d >= 1
-            for d in shape):
-        raise ShapeError(f"broadcast_to: shape must be a list of sizes, got {shape!r}",
-                         attr="shape")
+    need_sizes("broadcast_to", shape)
     out = broadcast_shapes(x.shape, tuple(shape))
     if out != tuple(shape):
         raise ShapeError(f"cannot broadcast {fmt_shape(x.shape)} to {fmt_shape(shape)}", arg=0)
