@@ -28,6 +28,7 @@ from nnlang.ir.graph import Builder, Graph
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS
 from nnlang.ops.registry import DTYPES, ParamSpec, TensorType
+from nnlang.ops.signature import show_value
 
 
 MAX_REPEAT = 10_000  # NOTE: each copy is elaborated; 10**9 would run for days, silently
@@ -289,6 +290,9 @@ class Elaborator(CallElaboration, ScanElaboration):
                 raise Abort
             if isinstance(v, T):
                 return self.emit("neg", [v], {}, e.span, [e.operand.span], scope, None)
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                self.fail(f"cannot negate {show_value(v)}: unary minus takes a number or a "
+                          "tensor", e.span)
             return -v
         if isinstance(e, ast.BinOp):
             return self.binop(e, scope, target)
