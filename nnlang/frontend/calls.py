@@ -10,7 +10,7 @@ from nnlang.ir.dims import fmt_shape, is_concrete, size_problem
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS, init_problem
 from nnlang.ops.registry import ParamSpec, ShapeError, sym_dims
-from nnlang.ops.signature import BindError, check_kind
+from nnlang.ops.signature import BindError, check_kind, show_value
 
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -59,7 +59,12 @@ class CallElaboration:
             pos = names.index(p.name)
             span = spans.get(p.name, spans.get(pos, e.span))
             if p.variadic:
-                for i, v in enumerate(value):
+                for i, v in enumerate(value, start=pos):
+                    problem = check_kind(p.kind, v, isinstance(v, T))
+                    if problem:
+                        got = "a list" if isinstance(v, list) else show_value(v)
+                        self.fail(f"{e.func}() argument {i + 1}: {problem}, got {got}",
+                                  spans.get(i, e.span), f"signature: {e.func}({opdef.sig})")
                     tensors.append(v)
                     tspans.append(spans.get(i, e.span))
                 continue
