@@ -535,6 +535,11 @@ OP_LIMITS = [
     ("unfold(x, [0, 0], [1, 1], [0, 0, 0, 0], [1, 1])", "kernel must be 2 ints >= 1"),
     ("window_max(x, [0, 0], [1, 1], [0, 0, 0, 0])", "kernel must be 2 ints >= 1"),
     ("fold(x, [8, 8], [3, 3], [1, 1], [0, 0, 0, 0], [1, 1])", "are not the windows of size"),
+    ("window_max_grad(x, x, [2, 2], [2, 2], [0, 0, 0, 0])",
+     "7:26: error: window_max_grad: g is float32[batch, 3, 8, 8], but the window max of x"),
+    ("window_max_grad(x, v, 2, [2, 2], [0, 0, 0, 0])", "stride must be 1 int >= 1"),
+    ("window_max(cast(x, \"int32\"), [2, 2], 2, [0, 0, 0, 0])",
+     "window_max needs a float tensor, got int32[batch, 3, 8, 8]"),
 ]
 
 
@@ -543,6 +548,26 @@ def test_op_arguments_at_their_limits(tmp_path, expr, words):
     path = nn_file(tmp_path, model(f"y = {expr}"))
     out = cli("check", path)
     expect(out, f"{path}:7:", words)
+
+
+@pytest.mark.parametrize("expr, listed", [
+    ("window_max(x, [2, 2], 1, [0, 0, 0, 0])", "window_max(x, [2, 2], [1, 1], [0, 0, 0, 0])"),
+    ("unfold(x, [3, 3], 2, [0, 0, 0, 0], 1)", "unfold(x, [3, 3], [2, 2], [0, 0, 0, 0], [1, 1])"),
+    ("fold(unfold(x, [3, 3], 1, [1, 1, 1, 1], 1), [3, 8], [3, 3], 1, [1, 1, 1, 1], 1)",
+     "fold(unfold(x, [3, 3], 1, [1, 1, 1, 1], 1), [3, 8], [3, 3], [1, 1], [1, 1, 1, 1], [1, 1])"),
+    ("window_max_grad(x, window_max(x, [2, 2], 2, [0, 0, 0, 0]), [2, 2], 2, [0, 0, 0, 0])",
+     "window_max_grad(x, window_max(x, [2, 2], 2, [0, 0, 0, 0]), [2, 2], [2, 2], [0, 0, 0, 0])"),
+])
+def test_an_int_stride_or_dilation_holds_for_every_window_dim(tmp_path, expr, listed):
+    """Found by a fuzzer: the rule took the int and the shape rule indexed it (a TypeError)."""
+    expect(cli("check", nn_file(tmp_path, model(f"y = {expr}")), code=0), "ok:")
+    import nnlang
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype("float32")
+    for backend in ("reference", "numba"):
+        got = [nnlang.compile(model(f"y = {e}").replace("loss mean(y)", "output y"),
+                              backend=backend, batch=2).forward({"x": x})["y"]
+               for e in (expr, listed)]
+        np.testing.assert_array_equal(*got)
 
 
 def test_attribute_errors_point_at_the_argument(tmp_path):
