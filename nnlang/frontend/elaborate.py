@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from nnlang.errors import ErrorSink, Span, did_you_mean
 from nnlang.frontend import ast
-from nnlang.frontend.calls import CallElaboration
+from nnlang.frontend.calls import CallElaboration, number_text
 from nnlang.frontend.deep import deep_stack
 from nnlang.frontend.generate_config import elaborate_generate
 from nnlang.frontend.imports import collect_defs
@@ -374,7 +374,9 @@ class Elaborator(CallElaboration, ScanElaboration):
             try:
                 return eval_binop(e.op, a, c)
             except Exception as err:  # NOTE: constant arithmetic on user values
-                self.fail(f"cannot compute {a!r} {e.op} {c!r}: {err}", e.span)
+                shown = [number_text(v) if isinstance(v, (int, float))
+                         and not isinstance(v, bool) else show_value(v) for v in (a, c)]
+                self.fail(f"cannot compute {shown[0]} {e.op} {shown[1]}: {err}", e.span)
         if e.op == "/" and c == 0 and not isinstance(c, (T, bool)):
             self.fail("division by zero", e.right.span, "every element would be inf or nan")
         return self.emit(TENSOR_BINOPS[e.op], [a, c], {}, e.span,

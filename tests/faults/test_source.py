@@ -319,6 +319,17 @@ def test_initial_weights_drawn_in_chunks_are_the_one_shot_values(monkeypatch, in
     ("k = 1e300 * 1e300", "7:7", ["cannot compute", "too large for a float"]),
     ("k = 2.0 ** 5000", "7:7", ["too large for a float"]),
     ("k = 10 ** 100000000", "7:7", ["too large"]),
+    pytest.param("y = v * " + "9" * 400, "7:11", ["the number 999999999999...999999 is too "
+                                                  "large for any dtype (400 digits"],
+                 id="400 digits"),
+    pytest.param("y = v * " + "1" * 5000, "7:11", ["too large for any dtype (5000 digits"],
+                 id="5000 digits"),
+    ("y = v * 10 ** 400", "7:11", ["a 401-digit number is too large for a float32 tensor"]),
+    ("y = t + 3000000000", "7:11", ["3000000000 is out of range for an int32 tensor",
+                                    "int32 holds -2147483648 to 2147483647"]),
+    ("k = 10 ** 1200 * 10 ** 1200", "7:7", ["cannot compute a 1201-digit number * a "
+                                            "1201-digit number: the result is too large"]),
+    ("y = dense(v, 10 ** 400)", "7:16", ["dim about 10**400 is too large"]),
     ("y = sum(v) / 0", "7:16", ["division by zero"]),
 ])
 def test_overflowing_numbers(tmp_path, line, where, words):
@@ -335,6 +346,9 @@ def test_overflowing_number_in_the_train_section(tmp_path):
     (["check", MLP, "--set", "hidden1=1e999"], 1,
      ["<command line>:1:15: error: --set hidden1: the number 1e999 is too large"]),
     (["check", MLP, "--set", "hidden1=[1e-999]"], 1, ["is too small"]),
+    pytest.param(["check", MLP, "--set", "hidden1=" + "9" * 5000], 1,
+                 ["<command line>:1:15: error: --set hidden1: the number "
+                  "999999999999...999999 is too large for any dtype"], id="5000 digits"),
     (["train", MLP, "--lr", "1e999"], 2, ["--lr", "inf is not a finite number"]),
     (["train", MLP, "--lr", "nan"], 2, ["--lr", "nan is not a finite number"]),
 ])
