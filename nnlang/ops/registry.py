@@ -193,6 +193,14 @@ def norm_axes(axes, rank: int, arg: int = 0) -> tuple[int, ...]:
     return out
 
 
+def need_some_axes(name: str, axes, doing: str = "reduce over",
+                   hint: str | None = None) -> None:
+    """An axes attribute given as a list names at least one axis (none means every axis)."""
+    if isinstance(axes, (list, tuple)) and not axes:
+        raise ShapeError(f"{name} = [] names no axis to {doing}", attr=name,
+                         hint=hint or f"leave {name} out to {doing} every axis")
+
+
 def need_positive(op: str, name: str, value) -> None:
     """A count or size attribute (units, filters, heads, depth...) must be at least 1."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
