@@ -12,7 +12,7 @@ from nnlang.ir.dims import DimError, Sym, dim_div, fmt_shape, numel
 from nnlang.ops.lowering import GRID_LOOP, both
 from nnlang.ops.registry import (MOVEMENT, NONDIFF, Sample, ShapeError, TensorType,
                                  Unexportable, broadcast_shapes, is_float, need_sizes,
-                                 norm_axis, register)
+                                 norm_axis, promote, register)
 from nnlang.ops.windows import LOWER as _WINDOW_LOWER
 from nnlang.ops.windows import window_taps
 
@@ -215,6 +215,13 @@ def _concat_shape(*xs: TensorType, axis) -> TensorType:
     ax = norm_axis(axis, first.rank)
     total = 0
     for i, x in enumerate(xs):
+        if x.dtype != first.dtype:
+            # NOTE: the result took the first piece's dtype, so concat(mask, ids) cut ids to
+            # bools, and numba refused what numpy cast
+            raise ShapeError(f"concat: piece {i + 1} is {x}, piece 1 is {first}; the pieces "
+                             "need one dtype", arg=i,
+                             hint="cast them to one first, e.g. cast(x, dtype = "
+                                  f"\"{promote(x.dtype, first.dtype)}\")")
         if x.rank != first.rank or any(a != c for k, (a, c) in
                                        enumerate(zip(x.shape, first.shape)) if k != ax):
             raise ShapeError(f"concat along axis {axis}: {fmt_shape(x.shape)} does not match "

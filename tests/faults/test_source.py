@@ -535,6 +535,9 @@ OP_LIMITS = [
     ("slice(v, 1, 20, 30)", "is empty"),
     ("concat()", "concat needs at least one tensor"),
     ("concat(v, v, axis = 5)", "axis 5 is out of range"),
+    ("concat(t > 0, t)", "7:21: error: concat: piece 2 is int32[batch], piece 1 is "
+                         "bool[batch]; the pieces need one dtype"),
+    ("concat(v, v, cast(v, \"float64\"), axis = 0)", "piece 3 is float64[batch, 8]"),
     ("concat(v, none)", "7:17: error: concat() argument 2: expected a tensor, got none"),
     ("concat(v, \"a\", axis = 0)", "concat() argument 2: expected a tensor, got \"a\""),
     ("concat(v, [v, v])", "concat() argument 2: expected a tensor, got a list"),
