@@ -460,6 +460,12 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
         scope = Scope("", vars=dict(hparams))
         train = elaborate_train(tdef, lambda e: el.const_expr(e, scope), errors, Abort,
                                 el.penalized_weight)
+        trained = [n for n in el.g.params.values() if el.g.node(n).attrs.get("trainable", True)]
+        if train.clip_norm and not trained and not errors.diagnostics:
+            errors.add(f"clip_norm = {train.clip_norm:g}: model '{chosen.name}' has no trainable "
+                       "weights, so there is no gradient to clip",
+                       next(s.value.span for s in tdef.settings if s.name == "clip_norm"),
+                       "remove clip_norm, or give the model a layer with weights")
     gen = None
     gdef = defs.get(f"generate:{chosen.name}")
     if gdef is not None and not errors.diagnostics:  # NOTE: checks need a sound graph

@@ -596,6 +596,27 @@ def test_an_int_stride_or_dilation_holds_for_every_window_dim(tmp_path, expr, li
         np.testing.assert_array_equal(*got)
 
 
+@pytest.mark.parametrize("line", ["y = v", "y = dense(v, 4, trainable = false)"])
+def test_clip_norm_needs_trainable_weights(tmp_path, line):
+    """Found by a fuzzer: clip_norm summed the squares of no gradient (None) at compile time."""
+    train = "train M {\n  optimizer = sgd(lr = 0.1)\n  clip_norm = 1.0\n}\n"
+    path = nn_file(tmp_path, model(line) + train)
+    expect(cli("check", path), f"{path}:12:15: error: clip_norm = 1: model 'M' has no "
+           "trainable weights, so there is no gradient to clip", "hint: remove clip_norm")
+    import nnlang
+    from nnlang.frontend.train_config import TrainConfig
+    from nnlang.runtime.net import Net
+    # NOTE: clip_norm from --set or the Python API has no span: clipping nothing is a no-op
+    net = Net(nnlang.load(model(line)), backend="reference", batch=2,
+              config=TrainConfig(clip_norm=1.0))
+    before = net.parameters()
+    feeds = {"v": np.ones((2, 8), np.float32), "x": np.zeros((2, 3, 8, 8), np.float32),
+             "s": np.zeros((2, 6, 4), np.float32), "t": np.zeros(2, np.int32),
+             "tok": np.zeros((2, 5), np.int32)}
+    assert np.isfinite(net.train_step(feeds))
+    assert all(np.array_equal(before[k], w) for k, w in net.parameters().items())
+
+
 def test_attribute_errors_point_at_the_argument(tmp_path):
     path = nn_file(tmp_path, model("y = dropout(v, rate = 1.5)"))
     out = cli("check", path)
