@@ -274,6 +274,24 @@ def test_weights_beyond_this_machine(tmp_path):
            "the largest weight is y.weight [8, 1000000000000]")
 
 
+def test_weights_that_fit_but_not_their_training(monkeypatch):
+    """Found by a fuzzer: the net checked its weights alone, so a model that fit for inference
+    ran out of memory building its training step instead of saying so."""
+    import nnlang
+    from nnlang.errors import NNError
+    from nnlang.ir import summary
+    mib = 1 << 20
+    monkeypatch.setattr(summary, "machine_memory", lambda: (16 * mib, 5 * mib))
+    net = nnlang.compile(MLP, backend="reference", batch=4, total_steps=1)  # weights: 2.04 MiB
+    image, label = np.zeros((4, 784), np.float32), np.zeros(4, np.int32)
+    assert net.forward({"image": image})["logits"].shape == (4, 10)
+    with pytest.raises(NNError) as err:
+        net.train_step({"image": image, "label": label})
+    expect(str(err.value), f"{MLP}:8:8: error: this model needs about 8.18 MiB (weights "
+           "2.04 MiB, gradients 2.04 MiB, optimizer state 4.09 MiB), but this machine has "
+           "7.04 MiB of memory available", "an optimizer with less state")
+
+
 @pytest.mark.parametrize("init", ["glorot_uniform", "he_normal", "normal", "truncated_normal",
                                   "uniform", "lecun_normal"])
 def test_initial_weights_drawn_in_chunks_are_the_one_shot_values(monkeypatch, init):
