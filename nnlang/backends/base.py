@@ -135,12 +135,22 @@ class Backend(Protocol):
 def library_call(backend: Backend, node: Node, inputs: list, out) -> Call:
     """The lowering of `node`'s op for `backend` from the op's registry entry."""
     from nnlang.ops import registry
+    from nnlang.ops.index import index_error
     lower = registry.get(node.op).lower.get(backend.target)
     if lower is None:
         raise NNError(f"op '{node.op}' has no lowering for the {backend.name} backend",
                       span=node.span, hint="add one to the op's registry entry (`lower`; see "
                       "docs/contributing.md), or use another --backend")
-    return lower(backend, op_attrs(node), inputs, out)
+    fn, args = lower(backend, op_attrs(node), inputs, out)
+    if not registry.get(node.op).has(registry.INDEX):
+        return fn, args
+
+    def located(*a):
+        try:
+            fn(*a)
+        except IndexError as err:  # NOTE: ids computed in the model, past the table
+            raise index_error(node, err) from None
+    return located, args
 
 
 _BACKENDS = {}

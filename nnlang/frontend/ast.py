@@ -6,6 +6,7 @@ sees the syntax tree.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 from lark import Token, v_args
@@ -226,12 +227,22 @@ def _unquote(tok: str) -> str:
     return tok[1:-1]
 
 
+_MAX_WHOLE_DIGITS = len(str(int(sys.float_info.max)))  # 309
+
+
 def _number(text: str) -> int | float:
+    if text.isdigit() and len(text.lstrip("0")) > _MAX_WHOLE_DIGITS:
+        # NOTE: beyond any dtype, and int() refuses more than 4300 digits (Python's limit)
+        return math.inf
     return int(text) if text.isdigit() else float(text)
 
 
 def _float_problem(text: str, value) -> str | None:
-    """Why a float literal does not mean what it says: too large (inf) or too small (0.0)."""
+    """Why a literal does not mean what it says: too large for any dtype (inf, or a whole
+    number past float64's range) or too small (0.0)."""
+    if text.isdigit() and value > sys.float_info.max:
+        return f"is too large for any dtype ({len(text.lstrip('0'))} digits; float64 " \
+               "holds up to about 1.8e308)"
     if not isinstance(value, float):
         return None
     if math.isinf(value):
@@ -266,7 +277,8 @@ class ToAst(Transformer_NonRecursive):
         value = _number(text)
         problem = _float_problem(text, value)
         if problem:
-            self.errors.append(Diagnostic(f"the number {text} {problem}", span,
+            shown = text if len(text) <= 24 else f"{text[:12]}...{text[-6:]}"
+            self.errors.append(Diagnostic(f"the number {shown} {problem}", span,
                                           "floats are 64-bit: about 1e-308 to 1.8e308"))
         return Number(span, value, text)
 

@@ -2,6 +2,9 @@
 name both shapes and where they came from), user blocks, and initializer calls."""
 from __future__ import annotations
 
+import math
+import sys
+
 from nnlang.errors import Span, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.values import (POISON, Abort, Initializer, KEYWORD_ONLY_OPS, Scope, T,
@@ -10,9 +13,13 @@ from nnlang.ir.dims import fmt_shape, is_concrete, size_problem
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS, init_problem
 from nnlang.ops.registry import ParamSpec, ShapeError, sym_dims
-from nnlang.ops.signature import BindError, check_kind
+from nnlang.ops.signature import BindError, check_kind, show_value
 
 FLOAT32_MAX = 3.4028234663852886e38
+_RANGE = {"float32": (-FLOAT32_MAX, FLOAT32_MAX, "about 3.4e38"),
+          "float64": (-sys.float_info.max, sys.float_info.max, "about 1.8e308"),
+          "int32": (-2**31, 2**31 - 1, "-2147483648 to 2147483647"),
+          "int64": (-2**63, 2**63 - 1, "-9223372036854775808 to 9223372036854775807")}
 
 
 class CallElaboration:
@@ -59,7 +66,12 @@ class CallElaboration:
             pos = names.index(p.name)
             span = spans.get(p.name, spans.get(pos, e.span))
             if p.variadic:
-                for i, v in enumerate(value):
+                for i, v in enumerate(value, start=pos):
+                    problem = check_kind(p.kind, v, isinstance(v, T))
+                    if problem:
+                        got = "a list" if isinstance(v, list) else show_value(v)
+                        self.fail(f"{e.func}() argument {i + 1}: {problem}, got {got}",
+                                  spans.get(i, e.span), f"signature: {e.func}({opdef.sig})")
                     tensors.append(v)
                     tspans.append(spans.get(i, e.span))
                 continue
@@ -97,9 +109,9 @@ class CallElaboration:
         if isinstance(v, T):
             return v
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if dtype == "float32" and abs(v) > FLOAT32_MAX:
-                self.fail(f"{v:g} is too large for a float32 tensor (it would be infinity)",
-                          span, "float32 holds up to about 3.4e38")
+            problem = literal_problem(v, dtype)
+            if problem:
+                self.fail(problem[0], span, problem[1])
             with self.b.at(span):
                 return T(self.b.literal(v, dtype))
         self.fail(f"{func}(): expected a tensor, got {v!r}", span)
@@ -359,3 +371,23 @@ def literal_dtype(dtypes) -> str:
     when any is float64), else float32."""
     floats = [d for d in dtypes if d in ("float32", "float64")]
     return "float64" if "float64" in floats else "float32"
+
+
+def literal_problem(v: int | float, dtype: str) -> tuple[str, str] | None:
+    """(message, hint) when the number `v` does not fit a `dtype` tensor, else None."""
+    if dtype not in _RANGE or _RANGE[dtype][0] <= v <= _RANGE[dtype][1]:
+        return None
+    held = _RANGE[dtype][2]
+    if dtype.startswith("float"):
+        return (f"{number_text(v)} is too large for a {dtype} tensor (it would be infinity)",
+                f"{dtype} holds up to {held}")
+    return (f"{number_text(v)} is out of range for an {dtype} tensor",
+            f"{dtype} holds {held}; cast the tensor to int64 or a float first")
+
+
+def number_text(v: int | float) -> str:
+    """A number short enough for a message: 1e+39, not the 400 digits of 10 ** 400."""
+    if isinstance(v, int) and abs(v) > 10 ** 15:
+        return f"a {int(math.log10(abs(v))) + 1}-digit number" if abs(v) > sys.float_info.max \
+            else f"{float(v):g}"
+    return f"{v:g}" if isinstance(v, float) else str(v)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from nnlang.errors import ErrorSink, Span, did_you_mean
 from nnlang.frontend import ast
-from nnlang.frontend.calls import CallElaboration
+from nnlang.frontend.calls import CallElaboration, number_text
 from nnlang.frontend.deep import deep_stack
 from nnlang.frontend.generate_config import elaborate_generate
 from nnlang.frontend.imports import collect_defs
@@ -28,6 +28,7 @@ from nnlang.ir.graph import Builder, Graph
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS
 from nnlang.ops.registry import DTYPES, ParamSpec, TensorType
+from nnlang.ops.signature import show_value
 
 
 MAX_REPEAT = 10_000  # NOTE: each copy is elaborated; 10**9 would run for days, silently
@@ -289,6 +290,9 @@ class Elaborator(CallElaboration, ScanElaboration):
                 raise Abort
             if isinstance(v, T):
                 return self.emit("neg", [v], {}, e.span, [e.operand.span], scope, None)
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                self.fail(f"cannot negate {show_value(v)}: unary minus takes a number or a "
+                          "tensor", e.span)
             return -v
         if isinstance(e, ast.BinOp):
             return self.binop(e, scope, target)
@@ -370,7 +374,9 @@ class Elaborator(CallElaboration, ScanElaboration):
             try:
                 return eval_binop(e.op, a, c)
             except Exception as err:  # NOTE: constant arithmetic on user values
-                self.fail(f"cannot compute {a!r} {e.op} {c!r}: {err}", e.span)
+                shown = [number_text(v) if isinstance(v, (int, float))
+                         and not isinstance(v, bool) else show_value(v) for v in (a, c)]
+                self.fail(f"cannot compute {shown[0]} {e.op} {shown[1]}: {err}", e.span)
         if e.op == "/" and c == 0 and not isinstance(c, (T, bool)):
             self.fail("division by zero", e.right.span, "every element would be inf or nan")
         return self.emit(TENSOR_BINOPS[e.op], [a, c], {}, e.span,
@@ -454,6 +460,12 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
         scope = Scope("", vars=dict(hparams))
         train = elaborate_train(tdef, lambda e: el.const_expr(e, scope), errors, Abort,
                                 el.penalized_weight)
+        trained = [n for n in el.g.params.values() if el.g.node(n).attrs.get("trainable", True)]
+        if train.clip_norm and not trained and not errors.diagnostics:
+            errors.add(f"clip_norm = {train.clip_norm:g}: model '{chosen.name}' has no trainable "
+                       "weights, so there is no gradient to clip",
+                       next(s.value.span for s in tdef.settings if s.name == "clip_norm"),
+                       "remove clip_norm, or give the model a layer with weights")
     gen = None
     gdef = defs.get(f"generate:{chosen.name}")
     if gdef is not None and not errors.diagnostics:  # NOTE: checks need a sound graph

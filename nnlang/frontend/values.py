@@ -58,6 +58,8 @@ def eval_binop(op, a, b):
         result = _eval_binop(op, a, b)
     except OverflowError:  # NOTE: float ** says "(34, 'Numerical result out of range')"
         raise OverflowError("the result is too large for a float") from None
+    if isinstance(result, int) and result.bit_length() > _MAX_INT_BITS:
+        raise OverflowError("the result is too large")   # NOTE: k * k * k... gets there too
     if (isinstance(result, float) and not math.isfinite(result)
             and all(math.isfinite(v) for v in (a, b) if isinstance(v, (int, float)))):
         raise OverflowError("the result is too large for a float")

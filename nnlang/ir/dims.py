@@ -9,7 +9,7 @@ from __future__ import annotations
 DEFAULT_BATCH = 32
 
 from dataclasses import dataclass
-from math import prod
+from math import log10, prod
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,11 @@ def numel(shape) -> Dim:
 MAX_ELEMENTS = 2**60
 
 
+def _count(n: int) -> str:
+    """n with thousands separators, or its order of magnitude once it has more than 40 digits."""
+    return f"{n:,}" if n < 10 ** 40 else f"about 10**{int(log10(n))}"
+
+
 def size_problem(shape) -> tuple[int | None, str] | None:
     """(index of the dim at fault, or None for the whole shape; why) when no machine could hold
     a tensor of this shape (symbolic dims count by their coefficient)."""
@@ -117,9 +122,9 @@ def size_problem(shape) -> tuple[int | None, str] | None:
         if not isinstance(n, int):
             continue
         if n > MAX_ELEMENTS:
-            return i, f"dim {n:,} is too large (a tensor holds at most 2**60 elements)"
+            return i, f"dim {_count(n)} is too large (a tensor holds at most 2**60 elements)"
         total *= n
     if total > MAX_ELEMENTS:
-        return None, (f"{fmt_shape(shape)} has {total:,} elements; a tensor holds at most "
-                      "2**60")
+        return None, (f"{fmt_shape(shape)} has {_count(total)} elements; a tensor holds at "
+                      "most 2**60")
     return None

@@ -305,19 +305,22 @@ def memory_need(graph: Graph, batch: int, dtype: str | None = None, optimizer_sl
     """What `graph` needs: float weights in `dtype` (default: as declared); in training also
     their gradients, `optimizer_slots` state tensors each, and activations kept for backward."""
     env = {"batch": batch}
-    params, largest, biggest = 0, None, -1
+    params, trained, largest, biggest = 0, 0, None, -1
     for name, pid in graph.params.items():
         p = graph.node(pid)
         size = numel_int(p.shape, env)
         own = p.dtype if dtype is None or not registry.is_float(p.dtype) else dtype
         params += size * DTYPE_BYTES.get(own, 4)
+        if p.attrs.get("trainable", True) and registry.is_float(p.dtype):
+            trained += size * DTYPE_BYTES.get(own, 4)   # NOTE: a frozen weight has no gradient
         if size > biggest:
             biggest, largest = size, (name, tuple(p.shape), p.span)
     activations = sum(activation_bytes(n.type, env) for n in graph
                       if n.op not in SOURCE_OPS and n.type is not None)
     if not training:
         return MemoryNeed(params, 0, 0, activations, batch, largest)
-    return MemoryNeed(params, params, params * optimizer_slots, 2 * activations, batch, largest)
+    return MemoryNeed(params, trained, trained * optimizer_slots, 2 * activations, batch,
+                      largest)
 
 
 def machine_memory() -> tuple[int, int] | None:
@@ -337,14 +340,14 @@ def machine_memory() -> tuple[int, int] | None:
         return None
 
 
-def memory_problem(need: MemoryNeed) -> str | None:
+def memory_problem(need: MemoryNeed, held: int = 0) -> str | None:
     """Why `need` cannot fit in this machine's available memory (None when it can, or when the
-    machine's memory is unknown)."""
+    machine's memory is unknown); `held`: bytes of it already allocated, no longer available."""
     have = machine_memory()
-    if have is None or need.total <= have[1]:
+    if have is None or need.total - held <= have[1]:
         return None
     return (f"this model needs {need.describe()}, but this machine has "
-            f"{human(have[1], 'B')} of memory available ({human(have[0], 'B')} in all)")
+            f"{human(have[1] + held, 'B')} of memory available ({human(have[0], 'B')} in all)")
 
 
 def training_memory_problem(program, batch: int) -> str | None:
@@ -358,19 +361,22 @@ def training_memory_problem(program, batch: int) -> str | None:
 
 
 def check_memory(graph: Graph, batch: int, dtype: str = "float32",
-                 optimizer_slots: int | None = None) -> None:
+                 optimizer_slots: int | None = None, weights_held: bool = False) -> None:
     """Raises NNError, before anything is allocated, when the weights of `graph` (with
     `optimizer_slots`: also their gradients and optimizer state) do not fit in this machine's
-    available memory; the error names the largest weight. Activations are left out: how many
-    the executables keep depends on fusion."""
+    available memory; the error names the largest weight. `weights_held`: the weights are
+    allocated already (a net about to build its training step). Activations are left out: how
+    many the executables keep depends on fusion."""
     from nnlang.errors import NNError
 
     need = memory_need(graph, batch, dtype, optimizer_slots or 0,
                        training=optimizer_slots is not None)
     need.activations = 0
-    problem = memory_problem(need)
+    problem = memory_problem(need, need.params if weights_held else 0)
     if problem is None:
         return
     name, shape, span = need.largest
     raise NNError(problem, span, f"the largest weight is {name} {fmt_shape(shape)}; use "
-                  "smaller layers, or a machine with more memory")
+                  "smaller layers" + (", an optimizer with less state (sgd without momentum "
+                                      "keeps none)" if optimizer_slots else "") +
+                  ", or a machine with more memory")

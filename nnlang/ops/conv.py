@@ -191,8 +191,7 @@ def _pool(nd, kind):
             # NOTE: PyTorch's rule: a wider pad makes windows of padding alone (-inf for max)
             raise ShapeError(f"{name}: padding {pads} is more than half the window {k}",
                              hint="pad at most size // 2 on each side", attr="padding")
-        if kind == "avg":
-            need_float(name, x)
+        need_float(name, x)   # NOTE: max pads with -inf, which no integer holds
         return _out_type(shape, shape[1], out, x.dtype, channels_last)
 
     def decompose(b, x, *, size, stride, padding, channels_last):
@@ -237,8 +236,7 @@ def _global(kind):
         if x.rank < 3:
             raise ShapeError(f"{name} expects [batch, channels, *spatial] but got "
                              f"{fmt_shape(x.shape)}: it is already pooled?", arg=0)
-        if kind == "avg":
-            need_float(name, x)
+        need_float(name, x)
         return TensorType((x.shape[0], x.shape[-1] if channels_last else x.shape[1]), x.dtype)
 
     def decompose(b, x, *, channels_last):

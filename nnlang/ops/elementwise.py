@@ -17,14 +17,17 @@ _POS = (Sample(((3, 4),), domain="positive"),)
 _PAIRS = (Sample(((3, 4), (3, 4))), Sample(((2, 3, 4), (4,))), Sample(((3, 1), (1, 5))))
 
 
-def _unary_shape(x: TensorType, **_) -> TensorType:
-    return x
-
-
 def _float_unary_shape(x: TensorType, **_) -> TensorType:
     if not is_float(x.dtype):
         raise ShapeError(f"needs a float tensor, got {x}", arg=0,
                          hint="cast it first, e.g. cast(x, dtype = \"float32\")")
+    return x
+
+
+def _number_unary_shape(x: TensorType, **_) -> TensorType:
+    if x.dtype == "bool":  # NOTE: numpy has no -x, sign(x) or +x of a bool
+        raise ShapeError(f"needs numbers, got {x}", arg=0,
+                         hint="cast it first, e.g. cast(x, dtype = \"int32\")")
     return x
 
 
@@ -38,13 +41,25 @@ def _compare_shape(a: TensorType, b: TensorType, **_) -> TensorType:
 
 # NOTE: `onnx` names the ONNX operator of the same meaning (each one node; see `onnx_op`)
 def _unary(name, expr, impl, grad, samples=_REAL, float_only=True, doc="", onnx=""):
-    register(name, "x: tensor", _float_unary_shape if float_only else _unary_shape,
+    register(name, "x: tensor", _float_unary_shape if float_only else _number_unary_shape,
              expr=expr, impl=impl, grad=grad, samples=samples, doc=doc, family="elementwise",
              traits={ELEMENTWISE, UNARY}, onnx=onnx_op(onnx))
 
 
-def _binary(name, expr, impl, grad, samples=_PAIRS, doc="", onnx=""):
-    register(name, "a: tensor, b: tensor", _binary_shape, expr=expr, impl=impl, grad=grad,
+def _pow_shape(a: TensorType, b: TensorType, **_) -> TensorType:
+    out = _binary_shape(a, b)
+    if not is_float(out.dtype):
+        # NOTE: numpy refuses a negative integer exponent where a kernel would give 0 or 1,
+        # and the sign of an exponent is known only at run time
+        raise ShapeError(f"pow: {a} ** {b} needs a float on one side (an integer power "
+                         "has no integer result for a negative exponent)", arg=0,
+                         hint="cast the base to a float first, e.g. cast(a, dtype = "
+                              "\"float32\") ** b")
+    return out
+
+
+def _binary(name, expr, impl, grad, samples=_PAIRS, doc="", onnx="", shape=_binary_shape):
+    register(name, "a: tensor, b: tensor", shape, expr=expr, impl=impl, grad=grad,
              samples=samples, doc=doc, family="elementwise", traits={ELEMENTWISE, BINARY},
              onnx=onnx_op(onnx))
 
@@ -73,7 +88,7 @@ _unary("tanh", "tanh({0})", np.tanh,
 _unary("sigmoid", "sigmoid({0})", lambda x: 0.5 * (np.tanh(0.5 * x) + 1),
        lambda b, n, g: (b.mul(g, b.mul(n.id, b.sub(b.const(1.0, n.dtype), n.id))),),
        doc="1 / (1 + e**-x), computed without overflow", onnx="Sigmoid")
-register("stop_gradient", "x: tensor", _unary_shape, expr="{0}", impl=np.positive,
+register("stop_gradient", "x: tensor", _number_unary_shape, expr="{0}", impl=np.positive,
          flops=lambda ins, out, **_: 0, samples=(Sample(((3, 4),), grad=False),), family="elementwise",
          onnx=onnx_op("Identity"),
          traits={ELEMENTWISE, UNARY, NONDIFF},
@@ -99,7 +114,8 @@ _binary("pow", "pow({0}, {1})", np.power,
             b.mul(g, b.mul(n.inputs[1], b.pow(n.inputs[0], b.sub(n.inputs[1],
                                                                   b.const(1.0, n.dtype))))),
             b.mul(g, b.mul(n.id, b.log(n.inputs[0])))),
-        samples=(Sample(((3, 4), (3, 4)), domain="positive"),), doc="a ** b", onnx="Pow")
+        samples=(Sample(((3, 4), (3, 4)), domain="positive"),), doc="a ** b", onnx="Pow",
+        shape=_pow_shape)
 
 
 def _select_grad(pick_a):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnlang.errors import NNError
 from nnlang.ir.dims import fmt_shape
 from nnlang.ops.lowering import GRID_LOOP
 from nnlang.ops.registry import (INDEX, INT_DTYPES, NONDIFF, Sample, ShapeError, TensorType,
@@ -47,13 +48,29 @@ def _by_row(be, name: str, t: str, i: str, rows_of: str, body: str) -> tuple[str
         f"    {be.ctype(t)}* __restrict__ out) {{\n" + GRID_LOOP + body + "  }\n}\n")
 
 
+def index_error(node, err: IndexError) -> NNError:
+    """The located error of an INDEX op whose lowering or numpy semantics met an index outside
+    its table at run time: ids the model computes (inputs are checked before the call)."""
+    text = str(err)
+    return NNError(text if text.startswith(node.op) else f"{node.op}: {text}", node.span,
+                   "the ids are computed in the model; keep them within the table's rows "
+                   "(0 to rows - 1), e.g. with minimum/maximum or a smaller offset")
+
+
 def _take(table, idx, out):
+    rows = table.shape[0]
+    if idx.size:   # NOTE: two passes over the ids, a small cost next to the rows they copy
+        lo, hi = idx.min(), idx.max()
+        if lo < -rows or hi >= rows:
+            raise IndexError(f"index {lo if lo < -rows else hi} is out of bounds for axis 0 "
+                             f"with size {rows}")
     np.take(table, idx, axis=0, out=out, mode="wrap")
 
 
 def _gather_numba(be, a, xs, out):
     # NOTE: mode="wrap" maps -1 to the last row like numpy indexing and, unlike "raise",
-    # writes straight into `out` without a temporary
+    # writes straight into `out` without a temporary; `_take` refuses what numpy's table[idx]
+    # refuses, which "wrap" would have read silently from another row
     return _take, (xs[0], xs[1], out)
 
 

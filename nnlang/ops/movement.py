@@ -11,7 +11,8 @@ import numpy as np
 from nnlang.ir.dims import DimError, Sym, dim_div, fmt_shape, numel
 from nnlang.ops.lowering import GRID_LOOP, both
 from nnlang.ops.registry import (MOVEMENT, NONDIFF, Sample, ShapeError, TensorType,
-                                 Unexportable, broadcast_shapes, norm_axis, register)
+                                 Unexportable, broadcast_shapes, is_float, need_sizes,
+                                 norm_axis, promote, register)
 from nnlang.ops.windows import LOWER as _WINDOW_LOWER
 from nnlang.ops.windows import window_taps
 
@@ -19,6 +20,7 @@ from nnlang.ops.windows import window_taps
 # *** reshape / transpose / broadcast ***
 
 def _reshape_shape(x: TensorType, *, shape) -> TensorType:
+    need_sizes("reshape", shape, infer=True)
     shape = list(shape)
     if shape.count(-1) > 1:
         raise ShapeError("reshape allows at most one -1", arg=0)
@@ -60,11 +62,7 @@ register("transpose", "x: tensor, perm: ints", _transpose_shape,
 
 
 def _broadcast_shape(x: TensorType, *, shape) -> TensorType:
-    if not isinstance(shape, (list, tuple)) or not all(
-            isinstance(d, Sym) or isinstance(d, int) and not isinstance(d, bool) and d >= 1
-            for d in shape):
-        raise ShapeError(f"broadcast_to: shape must be a list of sizes, got {shape!r}",
-                         attr="shape")
+    need_sizes("broadcast_to", shape)
     out = broadcast_shapes(x.shape, tuple(shape))
     if out != tuple(shape):
         raise ShapeError(f"cannot broadcast {fmt_shape(x.shape)} to {fmt_shape(shape)}", arg=0)
@@ -217,6 +215,13 @@ def _concat_shape(*xs: TensorType, axis) -> TensorType:
     ax = norm_axis(axis, first.rank)
     total = 0
     for i, x in enumerate(xs):
+        if x.dtype != first.dtype:
+            # NOTE: the result took the first piece's dtype, so concat(mask, ids) cut ids to
+            # bools, and numba refused what numpy cast
+            raise ShapeError(f"concat: piece {i + 1} is {x}, piece 1 is {first}; the pieces "
+                             "need one dtype", arg=i,
+                             hint="cast them to one first, e.g. cast(x, dtype = "
+                                  f"\"{promote(x.dtype, first.dtype)}\")")
         if x.rank != first.rank or any(a != c for k, (a, c) in
                                        enumerate(zip(x.shape, first.shape)) if k != ax):
             raise ShapeError(f"concat along axis {axis}: {fmt_shape(x.shape)} does not match "
@@ -310,11 +315,13 @@ def window_out(size: int, k: int, stride: int, lo: int, hi: int, dilation: int) 
     return (size + lo + hi - dilation * (k - 1) - 1) // stride + 1
 
 
-def _window_args(op, kernel, stride, pads, dilation=None) -> int:
-    """The number of spatial dims; ShapeError unless kernel, stride (and dilation) hold that
-    many positive ints and pads twice as many ints >= 0."""
+def _window_args(op, kernel, stride, pads, dilation=None) -> dict:
+    """kernel, stride, pads (and dilation) as lists, one entry per spatial dim (pads two): an
+    int kernel is one dim, an int stride or dilation holds for every dim. ShapeError unless
+    each holds that many ints, pads >= 0 and the others >= 1."""
     kernel = [kernel] if isinstance(kernel, int) else kernel
-    nd = len(kernel)
+    nd = len(kernel) if isinstance(kernel, list) else 0
+    out = {}
     for name, v, n, least in (("kernel", kernel, nd, 1), ("stride", stride, nd, 1),
                               ("pads", pads, 2 * nd, 0), ("dilation", dilation, nd, 1)):
         if name == "dilation" and v is None:
@@ -325,11 +332,23 @@ def _window_args(op, kernel, stride, pads, dilation=None) -> int:
             raise ShapeError(f"{op}: {name} must be {n} int{'s' if n > 1 else ''} >= {least} "
                              f"(one per spatial dim{', lo and hi' if name == 'pads' else ''}), "
                              f"got {v!r}", attr=name)
-    return nd
+        out[name] = list(v)
+    return out
+
+
+def _bind_window(op):
+    """`bind_attrs` of a window op: its window attributes stored as the lists its shape rule,
+    numpy semantics and kernels index (an int stride as one per dim)."""
+    def bind(*_, **attrs):
+        keys = ("kernel", "stride", "pads", "dilation")
+        return {**attrs, **_window_args(op, *(attrs.get(k) for k in keys))}
+    return bind
 
 
 def _unfold_shape(x: TensorType, *, kernel, stride, pads, dilation, pad_value) -> TensorType:
-    nd = _window_args("unfold", kernel, stride, pads, dilation)
+    w = _window_args("unfold", kernel, stride, pads, dilation)
+    kernel, stride, pads, dilation = w["kernel"], w["stride"], w["pads"], w["dilation"]
+    nd = len(kernel)
     if x.rank != nd + 2:
         raise ShapeError(f"expected [batch, {nd} spatial dims, channels], got "
                          f"{fmt_shape(x.shape)}", arg=0)
@@ -369,7 +388,9 @@ def _fold_impl(cols, *, size, kernel, stride, pads, dilation):
 
 
 def _fold_shape(cols: TensorType, *, size, kernel, stride, pads, dilation) -> TensorType:
-    nd = _window_args("fold", kernel, stride, pads, dilation)
+    w = _window_args("fold", kernel, stride, pads, dilation)
+    kernel, stride, pads, dilation = w["kernel"], w["stride"], w["pads"], w["dilation"]
+    nd = len(kernel)
     if not isinstance(size, list) or len(size) != nd or not all(
             isinstance(n, int) and n >= 1 for n in size):
         raise ShapeError(f"fold: size must be {nd} positive ints, got {size!r}", attr="size")
@@ -429,6 +450,7 @@ _WINDOW = "kernel: ints, stride: ints, pads: ints, dilation: ints"
 
 register("unfold", f"x: tensor, {_WINDOW}, pad_value: float = 0.0", _unfold_shape,
          impl=_unfold_impl, lower=_WINDOW_LOWER["unfold"], onnx=_onnx_unfold,
+         bind_attrs=_bind_window("unfold"),
          grad=lambda b, n, g: (b.fold(g, size=list(b.type(n.inputs[0]).shape[1:-1]),
                                       **{k: n.attrs[k] for k in
                                          ("kernel", "stride", "pads", "dilation")}),),
@@ -441,7 +463,7 @@ register("unfold", f"x: tensor, {_WINDOW}, pad_value: float = 0.0", _unfold_shap
                                            "pads": [1, 1, 0, 0], "dilation": [1, 1]})))
 
 register("fold", f"cols: tensor, size: ints, {_WINDOW}", _fold_shape, impl=_fold_impl,
-         lower=_WINDOW_LOWER["fold"],
+         lower=_WINDOW_LOWER["fold"], bind_attrs=_bind_window("fold"),
          grad=lambda b, n, g: (b.unfold(g, pad_value=0.0, **{k: n.attrs[k] for k in
                                                             ("kernel", "stride", "pads",
                                                              "dilation")}),),
@@ -454,11 +476,25 @@ register("fold", f"cols: tensor, size: ints, {_WINDOW}", _fold_shape, impl=_fold
 # *** window max (max pooling): a primitive, because unfold + reduce_max wrote and read back a
 # copy of every window, and its gradient took five more kernels and a fold ***
 
-def _window_max_shape(x: TensorType, *, kernel, stride, pads) -> TensorType:
-    _window_args("window_max", kernel, stride, pads)
-    cols = _unfold_shape(x, kernel=kernel, stride=stride, pads=pads, dilation=[1] * len(kernel),
-                         pad_value=0.0)
-    return TensorType(cols.shape[:1 + len(kernel)] + (x.shape[-1],), x.dtype)
+def _window_max_shape(x: TensorType, *, kernel, stride, pads, op="window_max") -> TensorType:
+    w = _window_args(op, kernel, stride, pads)
+    if not is_float(x.dtype):
+        # NOTE: padding reads as -inf, which no integer holds
+        raise ShapeError(f"{op} needs a float tensor, got {x}", arg=0,
+                         hint="cast it first, e.g. cast(x, dtype = \"float32\")")
+    nd = len(w["kernel"])
+    cols = _unfold_shape(x, **w, dilation=[1] * nd, pad_value=0.0)
+    return TensorType(cols.shape[:1 + nd] + (x.shape[-1],), x.dtype)
+
+
+def _window_max_grad_shape(x: TensorType, g: TensorType, *, kernel, stride,
+                           pads) -> TensorType:
+    y = _window_max_shape(x, kernel=kernel, stride=stride, pads=pads, op="window_max_grad")
+    if g != y:
+        raise ShapeError(f"window_max_grad: g is {g}, but the window max of x {x} is {y}",
+                         arg=1, hint="g is the gradient of window_max(x, ...) with the same "
+                                     "windows")
+    return TensorType(x.shape, g.dtype)
 
 
 def _window_rows(x, kernel, stride, pads):
@@ -488,6 +524,7 @@ _WINDOW_MAX_SAMPLES = (
 register("window_max", f"x: tensor, {_POOL_WINDOW}", _window_max_shape,
          impl=lambda x, *, kernel, stride, pads: _window_rows(x, kernel, stride, pads).max(-2),
          lower=_WINDOW_LOWER["window_max"], onnx=_onnx_window_max,
+         bind_attrs=_bind_window("window_max"),
          grad=lambda b, n, g: (b.window_max_grad(n.inputs[0], g, **{
              k: n.attrs[k] for k in ("kernel", "stride", "pads")}),),
          flops=lambda ins, out, *, kernel, **_: numel(out.shape) * math.prod(kernel),
@@ -497,8 +534,8 @@ register("window_max", f"x: tensor, {_POOL_WINDOW}", _window_max_shape,
          samples=_WINDOW_MAX_SAMPLES)
 
 register("window_max_grad", f"x: tensor, g: tensor, {_POOL_WINDOW}",
-         lambda x, g, **_: TensorType(x.shape, g.dtype), impl=_window_max_grad_impl,
-         lower=_WINDOW_LOWER["window_max_grad"],
+         _window_max_grad_shape, impl=_window_max_grad_impl,
+         lower=_WINDOW_LOWER["window_max_grad"], bind_attrs=_bind_window("window_max_grad"),
          family="movement", traits={NONDIFF},
          doc="window_max's gradient: each window's g added at the window's first largest cell "
              "of x",

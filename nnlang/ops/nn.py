@@ -12,7 +12,8 @@ from nnlang.errors import did_you_mean
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.init import init_spec
 from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, is_float,
-                                 need_positive, norm_axes, norm_axis, promote, register)
+                                 need_positive, need_some_axes, norm_axes, norm_axis, promote,
+                                 register)
 
 # *** helpers shared by the composite families ***
 
@@ -287,9 +288,7 @@ def axes_attr(axis):
 
 
 def _reduce_shape(x, *, axis, keepdims):
-    if axis is not None and not isinstance(axis, int) and len(axis) == 0:
-        raise ShapeError("axis = [] names no axis to reduce over", attr="axis",
-                         hint="leave axis out to reduce over every axis")
+    need_some_axes("axis", axis)
     ax = norm_axes(axes_attr(axis), x.rank)
     if keepdims:
         return TensorType(tuple(1 if i in ax else d for i, d in enumerate(x.shape)), x.dtype)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.nn import axes_attr, const_like, mean_over, need_float, param_dtype
-from nnlang.ops.registry import ParamSpec, Sample, ShapeError, need_range, norm_axes, register
+from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, need_range, need_some_axes,
+                                 norm_axes, register)
 
 
 # *** dropout ***
@@ -35,6 +36,7 @@ register("dropout", "x: tensor, rate: float = 0.5", _dropout_shape, decompose=_d
 # *** normalization ***
 
 def _norm_axes_of(x, axis):
+    need_some_axes("axis", axis, "normalize over", "leave axis out for the last axis")
     ax = norm_axes(axes_attr(axis), x.rank)
     if any(isinstance(x.shape[a], Sym) for a in ax):
         raise ShapeError(f"layer_norm: normalized axes of {fmt_shape(x.shape)} must be "

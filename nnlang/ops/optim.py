@@ -180,7 +180,7 @@ def append_update(b: Builder, params: dict, grads: dict, choice, clip_norm: floa
     hp = dict(choice.options)
     hp.pop("lr", None)
     dt = b.type(lr).dtype
-    if clip_norm:
+    if clip_norm and grads:   # NOTE: no gradient has norm 0, which clipping leaves alone
         # NOTE: like torch.nn.utils.clip_grad_norm_: scale = min(1, max_norm / (norm + 1e-6))
         sq = None
         for g in grads.values():

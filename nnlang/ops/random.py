@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnlang.ops.lowering import GRID_LOOP, prange
-from nnlang.ops.registry import NONDIFF, RANDOM, ShapeError, TensorType, register
+from nnlang.ops.registry import NONDIFF, RANDOM, ShapeError, TensorType, need_sizes, register
 
 MASK64 = (1 << 64) - 1
 
@@ -32,6 +32,7 @@ def _uniform_impl(key, *, shape, salt):
 def _uniform_shape(key: TensorType, *, shape, salt) -> TensorType:
     if key.shape != () or key.dtype != "int64":
         raise ShapeError(f"the key must be an int64 scalar, got {key}", arg=0)
+    need_sizes("random_uniform", shape)
     return TensorType(tuple(shape), "float32")
 
 

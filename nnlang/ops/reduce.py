@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from nnlang.ops.lowering import GRID_LOOP, prange
-from nnlang.ops.registry import (REDUCE, Sample, ShapeError, TensorType, norm_axes, norm_axis,
-                                 register)
+from nnlang.ops.registry import (REDUCE, Sample, ShapeError, TensorType, need_some_axes,
+                                 norm_axes, norm_axis, register)
 
 
 def _reduced(x: TensorType, axes, keepdims: bool) -> tuple:
@@ -16,6 +16,7 @@ def _reduced(x: TensorType, axes, keepdims: bool) -> tuple:
 
 
 def _reduce_shape(x: TensorType, *, axes, keepdims) -> TensorType:
+    need_some_axes("axes", axes)
     return TensorType(_reduced(x, axes, keepdims), x.dtype)
 
 

@@ -8,10 +8,11 @@ never about single op names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Callable
 
 from nnlang.ir.dims import Dim, Sym, fmt_shape
-from nnlang.ops.signature import Signature
+from nnlang.ops.signature import Signature, show_value
 
 FLOAT_DTYPES = ("float32", "float64")
 INT_DTYPES = ("int32", "int64")
@@ -192,10 +193,29 @@ def norm_axes(axes, rank: int, arg: int = 0) -> tuple[int, ...]:
     return out
 
 
+def need_some_axes(name: str, axes, doing: str = "reduce over",
+                   hint: str | None = None) -> None:
+    """An axes attribute given as a list names at least one axis (none means every axis)."""
+    if isinstance(axes, (list, tuple)) and not axes:
+        raise ShapeError(f"{name} = [] names no axis to {doing}", attr=name,
+                         hint=hint or f"leave {name} out to {doing} every axis")
+
+
 def need_positive(op: str, name: str, value) -> None:
     """A count or size attribute (units, filters, heads, depth...) must be at least 1."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ShapeError(f"{op}: {name} must be a positive integer, got {value!r}", attr=name)
+
+
+def need_sizes(op: str, shape, attr: str = "shape", infer: bool = False) -> None:
+    """A shape attribute: a list of positive sizes or symbols (with `infer`, a -1 may stand
+    for the one size the others leave)."""
+    if not isinstance(shape, (list, tuple)) or not all(
+            isinstance(d, Sym) or isinstance(d, Integral) and not isinstance(d, bool)
+            and (d >= 1 or infer and d == -1) for d in shape):
+        raise ShapeError(f"{op}: {attr} must be a list of positive sizes"
+                         f"{' (one may be -1)' if infer else ''}, got {show_value(shape)}",
+                         attr=attr)
 
 
 def need_range(op: str, name: str, value, lo: float, hi: float, hi_open: bool = False) -> None:

@@ -25,11 +25,14 @@ class SigParam:
     def __str__(self) -> str:
         text = f"{'*' if self.variadic else ''}{self.name}: {self.kind}"
         if not self.required:
-            text += f" = {_show(self.default)}"
+            text += f" = {show_value(self.default)}"
         return text
 
 
-def _show(v) -> str:
+def show_value(v) -> str:
+    """A value as the .nn source spells it (none, true, "text", [1, none])."""
+    if isinstance(v, list):
+        return "[" + ", ".join(map(show_value, v)) + "]"
     if v is None:
         return "none"
     if isinstance(v, bool):
@@ -140,7 +143,7 @@ def check_kind(kind: str, value, is_tensor: bool) -> str | None:
     if kind == "dtype":
         from nnlang.ops.registry import DTYPES  # NOTE: registry imports this module
         if value not in DTYPES:
-            return f"expected a dtype ({', '.join(DTYPES)}), got {_show(value)}"
+            return f"expected a dtype ({', '.join(DTYPES)}), got {show_value(value)}"
         return None
     ok = {
         "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -152,7 +155,9 @@ def check_kind(kind: str, value, is_tensor: bool) -> str | None:
         "floats": lambda v: isinstance(v, list),
         "init": lambda v: True,
     }[kind]
-    return None if ok(value) else f"expected {_KIND_TEXT.get(kind, kind)}, got {_show(value)}"
+    if ok(value):
+        return None
+    return f"expected {_KIND_TEXT.get(kind, kind)}, got {show_value(value)}"
 
 
 def _is_int(v) -> bool:

@@ -10,6 +10,7 @@ import numpy as np
 from nnlang.errors import NNError
 from nnlang.ir.graph import Graph, op_attrs, slots
 from nnlang.ops import registry
+from nnlang.ops.index import index_error
 
 
 def interpret(g: Graph, feeds: dict, params: dict | None = None, want=None) -> dict:
@@ -29,6 +30,11 @@ def interpret(g: Graph, feeds: dict, params: dict | None = None, want=None) -> d
             if opdef.impl is None:
                 raise NotImplementedError(f"op {node.op} has no numpy semantics; decompose first")
             args = [None if i is None else env[i] for i in slots(g, node)]
-            out = opdef.impl(*args, **op_attrs(node))
+            try:
+                out = opdef.impl(*args, **op_attrs(node))
+            except IndexError as err:
+                if not opdef.has(registry.INDEX):
+                    raise
+                raise index_error(node, err) from None
             env[nid] = np.asarray(out, dtype=node.dtype)
     return env if want is None else {k: env[v] for k, v in want.items()}

@@ -18,7 +18,7 @@ from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import Sym
 from nnlang.ir.summary import check_memory
 from nnlang.ops.init import initialize
-from nnlang.ops.optim import STEP_SLOT, learning_rate, slot_param
+from nnlang.ops.optim import OPTIMIZERS, STEP_SLOT, learning_rate, slot_param
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.optimize import switched_off
 from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
@@ -204,6 +204,11 @@ class Net:
 
     def _build_exe(self, kind: str, batch: int, lengths: dict):
         if kind in ("train", "grad"):
+            # NOTE: the weights fit (checked at init); training adds their gradients and, the
+            # first time, the optimizer's slots
+            slots = 0 if STEP_SLOT in self.state else \
+                len(OPTIMIZERS[self.config.optimizer.name].slots)
+            check_memory(self.user, batch, self.dtype, slots, weights_held=True)
             g = train_graph(self.user, self.config, batch, self.dtype, lengths=lengths,
                             ranks=_ranks())
             if kind == "grad":

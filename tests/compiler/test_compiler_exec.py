@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+from nnlang.errors import NNError
 from nnlang.ir.graph import Builder, Graph, TensorType
 from nnlang.ops.random import _uniform_impl
 from nnlang.runtime.executable import compile_graph
@@ -322,5 +323,5 @@ def test_scatter_add_kernel_refuses_rows_outside_its_output():
     exe = compile_graph(g)
     ok = exe.run({"src": rand((4, 3)), "idx": np.array([0, 4, -5, 2], np.int32)})["out"]
     assert ok.shape == (5, 3)
-    with pytest.raises(IndexError):
+    with pytest.raises(NNError, match="scatter_add: index out of range"):
         exe.run({"src": rand((4, 3)), "idx": np.array([0, 5, 1, 2], np.int32)})

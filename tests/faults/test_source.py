@@ -140,7 +140,7 @@ def test_common_slips_get_a_hint(tmp_path, line, words):
     ("y = dense(mean(v), 3)", "dense expects [..., features] but got the scalar"),
     ("y = transpose(x, 1)", "perm 1 is not a permutation"),
     ("y = permute(x, perm = 1)", "perm must be a list"),
-    ("y = broadcast_to(v, shape = [batch, [2]])", "shape must be a list of sizes"),
+    ("y = broadcast_to(v, shape = [batch, [2]])", "shape must be a list of positive sizes"),
     ("y = batch_norm(mean(v))", "batch_norm expects [batch, channels, ...]"),
     ("y = unslice(v, axis = 1, start = 1, stop = 1, step = 2, size = -1)",
      "unslice: size must be a positive size, got -1"),
@@ -274,6 +274,24 @@ def test_weights_beyond_this_machine(tmp_path):
            "the largest weight is y.weight [8, 1000000000000]")
 
 
+def test_weights_that_fit_but_not_their_training(monkeypatch):
+    """Found by a fuzzer: the net checked its weights alone, so a model that fit for inference
+    ran out of memory building its training step instead of saying so."""
+    import nnlang
+    from nnlang.errors import NNError
+    from nnlang.ir import summary
+    mib = 1 << 20
+    monkeypatch.setattr(summary, "machine_memory", lambda: (16 * mib, 5 * mib))
+    net = nnlang.compile(MLP, backend="reference", batch=4, total_steps=1)  # weights: 2.04 MiB
+    image, label = np.zeros((4, 784), np.float32), np.zeros(4, np.int32)
+    assert net.forward({"image": image})["logits"].shape == (4, 10)
+    with pytest.raises(NNError) as err:
+        net.train_step({"image": image, "label": label})
+    expect(str(err.value), f"{MLP}:8:8: error: this model needs about 8.18 MiB (weights "
+           "2.04 MiB, gradients 2.04 MiB, optimizer state 4.09 MiB), but this machine has "
+           "7.04 MiB of memory available", "an optimizer with less state")
+
+
 @pytest.mark.parametrize("init", ["glorot_uniform", "he_normal", "normal", "truncated_normal",
                                   "uniform", "lecun_normal"])
 def test_initial_weights_drawn_in_chunks_are_the_one_shot_values(monkeypatch, init):
@@ -319,6 +337,17 @@ def test_initial_weights_drawn_in_chunks_are_the_one_shot_values(monkeypatch, in
     ("k = 1e300 * 1e300", "7:7", ["cannot compute", "too large for a float"]),
     ("k = 2.0 ** 5000", "7:7", ["too large for a float"]),
     ("k = 10 ** 100000000", "7:7", ["too large"]),
+    pytest.param("y = v * " + "9" * 400, "7:11", ["the number 999999999999...999999 is too "
+                                                  "large for any dtype (400 digits"],
+                 id="400 digits"),
+    pytest.param("y = v * " + "1" * 5000, "7:11", ["too large for any dtype (5000 digits"],
+                 id="5000 digits"),
+    ("y = v * 10 ** 400", "7:11", ["a 401-digit number is too large for a float32 tensor"]),
+    ("y = t + 3000000000", "7:11", ["3000000000 is out of range for an int32 tensor",
+                                    "int32 holds -2147483648 to 2147483647"]),
+    ("k = 10 ** 1200 * 10 ** 1200", "7:7", ["cannot compute a 1201-digit number * a "
+                                            "1201-digit number: the result is too large"]),
+    ("y = dense(v, 10 ** 400)", "7:16", ["dim about 10**400 is too large"]),
     ("y = sum(v) / 0", "7:16", ["division by zero"]),
 ])
 def test_overflowing_numbers(tmp_path, line, where, words):
@@ -335,6 +364,9 @@ def test_overflowing_number_in_the_train_section(tmp_path):
     (["check", MLP, "--set", "hidden1=1e999"], 1,
      ["<command line>:1:15: error: --set hidden1: the number 1e999 is too large"]),
     (["check", MLP, "--set", "hidden1=[1e-999]"], 1, ["is too small"]),
+    pytest.param(["check", MLP, "--set", "hidden1=" + "9" * 5000], 1,
+                 ["<command line>:1:15: error: --set hidden1: the number "
+                  "999999999999...999999 is too large for any dtype"], id="5000 digits"),
     (["train", MLP, "--lr", "1e999"], 2, ["--lr", "inf is not a finite number"]),
     (["train", MLP, "--lr", "nan"], 2, ["--lr", "nan is not a finite number"]),
 ])
@@ -501,6 +533,9 @@ OP_LIMITS = [
     ("clip(v, lo = 2, hi = 1)", "lo = 2 is above hi = 1"),
     ("softmax(v, axis = 5)", "axis 5 is out of range"),
     ("mean(v, axis = [1, 1])", "name an axis twice"),
+    ("reduce_sum(v, axes = [])", "7:28: error: reduce_sum: axes = [] names no axis to reduce"),
+    ("reduce_max(v, [], true)", "reduce_max: axes = [] names no axis to reduce over"),
+    ("layer_norm(v, axis = [])", "layer_norm: axis = [] names no axis to normalize over"),
     ("flatten(x, start = 3, end = 1)", "start 3 comes after end 1"),
     ("squeeze(v, axis = 1)", "has size 8, not 1"),
     ("permute(x, [0, 1, 1, 2])", "is not a permutation"),
@@ -509,10 +544,21 @@ OP_LIMITS = [
     ("batch_norm(v, eps = -1.0)", "eps must be in [0, 1]"),
     ("reshape(v, [3, 5])", "cannot reshape"),
     ("reshape(v, [-1, -1])", "at most one -1"),
+    ("reshape(v, shape = [4, none])", "shape must be a list of positive sizes (one may be -1), "
+                                      "got [4, none]"),
+    ("reshape(v, [batch, true, 8])", "got [batch, true, 8]"),
+    ("reshape(v, [-2, -4])", "positive sizes"),
+    ("broadcast_to(v, [batch, none])", "got [batch, none]"),
     ("slice(v, 1, 0, 4, 0)", "step cannot be 0"),
     ("slice(v, 1, 20, 30)", "is empty"),
     ("concat()", "concat needs at least one tensor"),
     ("concat(v, v, axis = 5)", "axis 5 is out of range"),
+    ("concat(t > 0, t)", "7:21: error: concat: piece 2 is int32[batch], piece 1 is "
+                         "bool[batch]; the pieces need one dtype"),
+    ("concat(v, v, cast(v, \"float64\"), axis = 0)", "piece 3 is float64[batch, 8]"),
+    ("concat(v, none)", "7:17: error: concat() argument 2: expected a tensor, got none"),
+    ("concat(v, \"a\", axis = 0)", "concat() argument 2: expected a tensor, got \"a\""),
+    ("concat(v, [v, v])", "concat() argument 2: expected a tensor, got a list"),
     ("one_hot(t, 0)", "depth must be a positive integer, got 0"),
     ("one_hot(t, 10, dtype = \"bogus\")", "expected a dtype"),
     ("cast(v, \"bogus\")", "expected a dtype"),
@@ -520,10 +566,24 @@ OP_LIMITS = [
     ("bce(sigmoid(v), v, eps = -1.0)", "eps must be in [0, 0.5)"),
     ("cross_entropy(x, t)", "need labels"),
     ("v[:, 5:2]", "is empty"),
+    ("-(t > 0)", "7:9: error: neg: needs numbers, got bool[batch]"),
+    ("stop_gradient(t > 0)", "stop_gradient: needs numbers, got bool[batch]"),
+    ("sign(t > 0)", "sign: needs numbers, got bool[batch]"),
+    ("t ** (t - 5)", "7:7: error: pow: int32[batch] ** int32[batch] needs a float on one side"),
+    ("max_pool2d(cast(x, \"int32\"), 2)", "max_pool2d needs a float tensor, got int32"),
+    ("global_max_pool(cast(x, \"int32\"))", "global_max_pool needs a float tensor, got int32"),
+    ("-none", "7:7: error: cannot negate none: unary minus takes a number or a tensor"),
+    ("v * -true", "cannot negate true"),
+    ("reshape(v, [-batch, 8])", "cannot negate batch"),
     ("v[:, :, :]", "3 indices for a tensor of rank 2"),
     ("unfold(x, [0, 0], [1, 1], [0, 0, 0, 0], [1, 1])", "kernel must be 2 ints >= 1"),
     ("window_max(x, [0, 0], [1, 1], [0, 0, 0, 0])", "kernel must be 2 ints >= 1"),
     ("fold(x, [8, 8], [3, 3], [1, 1], [0, 0, 0, 0], [1, 1])", "are not the windows of size"),
+    ("window_max_grad(x, x, [2, 2], [2, 2], [0, 0, 0, 0])",
+     "7:26: error: window_max_grad: g is float32[batch, 3, 8, 8], but the window max of x"),
+    ("window_max_grad(x, v, 2, [2, 2], [0, 0, 0, 0])", "stride must be 1 int >= 1"),
+    ("window_max(cast(x, \"int32\"), [2, 2], 2, [0, 0, 0, 0])",
+     "window_max needs a float tensor, got int32[batch, 3, 8, 8]"),
 ]
 
 
@@ -532,6 +592,47 @@ def test_op_arguments_at_their_limits(tmp_path, expr, words):
     path = nn_file(tmp_path, model(f"y = {expr}"))
     out = cli("check", path)
     expect(out, f"{path}:7:", words)
+
+
+@pytest.mark.parametrize("expr, listed", [
+    ("window_max(x, [2, 2], 1, [0, 0, 0, 0])", "window_max(x, [2, 2], [1, 1], [0, 0, 0, 0])"),
+    ("unfold(x, [3, 3], 2, [0, 0, 0, 0], 1)", "unfold(x, [3, 3], [2, 2], [0, 0, 0, 0], [1, 1])"),
+    ("fold(unfold(x, [3, 3], 1, [1, 1, 1, 1], 1), [3, 8], [3, 3], 1, [1, 1, 1, 1], 1)",
+     "fold(unfold(x, [3, 3], 1, [1, 1, 1, 1], 1), [3, 8], [3, 3], [1, 1], [1, 1, 1, 1], [1, 1])"),
+    ("window_max_grad(x, window_max(x, [2, 2], 2, [0, 0, 0, 0]), [2, 2], 2, [0, 0, 0, 0])",
+     "window_max_grad(x, window_max(x, [2, 2], 2, [0, 0, 0, 0]), [2, 2], [2, 2], [0, 0, 0, 0])"),
+])
+def test_an_int_stride_or_dilation_holds_for_every_window_dim(tmp_path, expr, listed):
+    """Found by a fuzzer: the rule took the int and the shape rule indexed it (a TypeError)."""
+    expect(cli("check", nn_file(tmp_path, model(f"y = {expr}")), code=0), "ok:")
+    import nnlang
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype("float32")
+    for backend in ("reference", "numba"):
+        got = [nnlang.compile(model(f"y = {e}").replace("loss mean(y)", "output y"),
+                              backend=backend, batch=2).forward({"x": x})["y"]
+               for e in (expr, listed)]
+        np.testing.assert_array_equal(*got)
+
+
+@pytest.mark.parametrize("line", ["y = v", "y = dense(v, 4, trainable = false)"])
+def test_clip_norm_needs_trainable_weights(tmp_path, line):
+    """Found by a fuzzer: clip_norm summed the squares of no gradient (None) at compile time."""
+    train = "train M {\n  optimizer = sgd(lr = 0.1)\n  clip_norm = 1.0\n}\n"
+    path = nn_file(tmp_path, model(line) + train)
+    expect(cli("check", path), f"{path}:12:15: error: clip_norm = 1: model 'M' has no "
+           "trainable weights, so there is no gradient to clip", "hint: remove clip_norm")
+    import nnlang
+    from nnlang.frontend.train_config import TrainConfig
+    from nnlang.runtime.net import Net
+    # NOTE: clip_norm from --set or the Python API has no span: clipping nothing is a no-op
+    net = Net(nnlang.load(model(line)), backend="reference", batch=2,
+              config=TrainConfig(clip_norm=1.0))
+    before = net.parameters()
+    feeds = {"v": np.ones((2, 8), np.float32), "x": np.zeros((2, 3, 8, 8), np.float32),
+             "s": np.zeros((2, 6, 4), np.float32), "t": np.zeros(2, np.int32),
+             "tok": np.zeros((2, 5), np.int32)}
+    assert np.isfinite(net.train_step(feeds))
+    assert all(np.array_equal(before[k], w) for k, w in net.parameters().items())
 
 
 def test_attribute_errors_point_at_the_argument(tmp_path):

@@ -155,6 +155,36 @@ model Emb {
         net.forward({"tokens": tokens})
 
 
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_ids_computed_in_the_model_outside_the_table_are_a_located_error(backend):
+    """Found by a fuzzer: ids the model computes are no input the call checks first; numba's
+    gather wrapped them around to another row silently, the reference raised an IndexError."""
+    text = """
+model Emb(shift = 0) {
+  input tokens: int32[batch, 5]
+  input label: int32[batch]
+  e = embedding(tokens + shift, 11, 4)
+  logits = dense(flatten(e), 3)
+  output logits
+  loss cross_entropy(logits, label)
+}
+"""
+    tokens = np.arange(10, dtype=np.int32).reshape(2, 5)
+    net = nnlang.compile(text, backend=backend, batch=2, overrides={"shift": 1})
+    net.train_step({"tokens": tokens, "label": np.array([0, 2])})   # ids 1..10: fine
+    for shift, bad in ((2, 11), (-12, -12)):
+        net = nnlang.compile(text, backend=backend, batch=2, overrides={"shift": shift})
+        before = {k: v.copy() for k, v in net.parameters().items()}
+        for call in (net.forward, net.train_step):
+            with pytest.raises(NNError) as err:
+                call({"tokens": tokens, "label": np.array([0, 2])})
+            assert f"gather: index {bad} is out of bounds for axis 0 with size 11" in \
+                err.value.message
+            assert err.value.span is not None and err.value.span.line == 5
+        for k, v in net.parameters().items():   # nothing was updated
+            np.testing.assert_array_equal(v, before[k])
+
+
 def test_labels_past_the_classes_are_an_error_not_a_zero_loss():
     """cross_entropy one-hot encodes int labels; label 10 of 10 classes would be a row of
     zeros, a sample that adds nothing to the loss."""
