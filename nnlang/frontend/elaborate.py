@@ -453,7 +453,7 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
     if tdef is not None:
         scope = Scope("", vars=dict(hparams))
         train = elaborate_train(tdef, lambda e: el.const_expr(e, scope), errors, Abort,
-                                el.penalized_weight)
+                                el.penalized_weight, el.g)
     gen = None
     gdef = defs.get(f"generate:{chosen.name}")
     if gdef is not None and not errors.diagnostics:  # NOTE: checks need a sound graph
