@@ -295,6 +295,30 @@ def test_library_export_writes_file(tmp_path):
     onnx.checker.check_model(str(path), full_check=True)
 
 
+def test_outputs_named_like_inputs_weights_or_made_up_values():
+    """`output x` of an input and `output w` of a param are those values under their own names
+    (ONNX refused the file: x assigned twice), and an output named like one of the emitter's
+    made-up names (mul_2) does not take that name from it."""
+    net = nnlang.compile("""
+model Edge {
+  input x: float32[batch, 4]
+  param w: float32[4] = glorot_uniform
+  h = dense(x, 4)
+  output x
+  output w
+  output h
+  output mul_2 = x * 2.0
+  output add_4 = mul_2 + 1.0
+}
+""", backend="reference", seed=1)
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    proto = assert_matches(net, {"x": x})
+    got = run_onnx(proto, {"x": x})
+    np.testing.assert_array_equal(got["x"], x)
+    np.testing.assert_array_equal(got["w"], net.parameters()["w"])
+    assert [o.name for o in proto.graph.output] == ["x", "w", "h", "mul_2", "add_4"]
+
+
 # *** every op: its registry samples, batch symbolic, through ONNX Runtime ***
 
 NO_ONNX = {"fold", "window_max_grad", "random_uniform",

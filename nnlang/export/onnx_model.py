@@ -39,7 +39,10 @@ def build_model(user: Graph, weights: dict) -> onnx.ModelProto:
     names = e.emit(list(g.outputs.values()))
     outputs = []
     for name, nid in g.outputs.items():
-        e.nodes.append(helper.make_node("Identity", [names[nid]], [name]))
+        # NOTE: `output x` of an input or a weight is that value, already named x: the graph
+        # output reads it (an Identity writing x again would assign x twice, which ONNX refuses)
+        if names[nid] != name:
+            e.nodes.append(helper.make_node("Identity", [names[nid]], [name]))
         outputs.append(value_info(name, g.node(nid).type))
     graph = helper.make_graph(e.nodes, user.model or "model", e.inputs, outputs,
                               e.initializers)
