@@ -301,7 +301,9 @@ class Generator:
         feeds = {self.spec.tokens: tokens}
         if source is not None:
             feeds[self.spec.source] = source
-        if not self.graphs:  # the full model may have other inputs (labels): zeros
+        # NOTE: the full model's other inputs (labels) do not reach the logits (the generate
+        # section is refused when they do), so zeros change nothing the generation reads
+        if not self.graphs:
             user = self.net.user
             for name, nid in user.inputs.items():
                 if name not in feeds and not name.startswith("_"):

@@ -100,6 +100,21 @@ def test_bad_generate_sections(run, section, words):
         assert w in out, out
 
 
+def test_an_input_generation_cannot_feed(tmp_path):
+    """`style` reaches the logits but generation feeds only the token stream: recompute
+    decoding fed it zeros silently and incremental decoding failed with no location."""
+    conditioned = LM.replace("input next:", "input style: float32[batch, 4]\n  input next:")
+    conditioned = conditioned.replace(
+        "h = positional_encoding(x,", "h = positional_encoding(x + unsqueeze(dense(style, dim), 1),")
+    for causal in ("true", "false"):   # incremental and recompute decoding
+        bad = tmp_path / "style.nn"
+        bad.write_text(conditioned.replace("causal = true", f"causal = {causal}") + GENERATE)
+        out = cli("check", bad)
+        assert "style.nn:21:12: error: logits 'logits' read input 'style', which generation " \
+               "cannot feed: it feeds only the token stream 'tokens'" in out, out
+        assert "compute 'style' (declared at" in out and "style.nn:4)" in out, out
+
+
 def test_no_token_input(tmp_path):
     bad = tmp_path / "reg.nn"
     bad.write_text("model Reg {\n  input x: float32[batch, 8]\n  output y = dense(x, 4)\n}\n"
