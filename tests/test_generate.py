@@ -134,6 +134,20 @@ def test_beam_search_with_the_cache_matches_recomputation():
     assert [s.ids for s in a.samples] == [s.ids for s in b.samples]
 
 
+def test_beam_search_keeps_a_static_without_a_batch_axis_whole():
+    """A value the prefill computes once from the weights (gain * 2.0) is the same for every
+    row: beam search took rows of it as if it had a batch axis, and the step failed."""
+    source = LM.replace("  x = embedding", "  param gain: float32[dim] = ones\n  x = embedding")
+    source = source.replace("dense(layer_norm(h2), vocab)",
+                            "dense(layer_norm(h2) * (gain * 2.0), vocab)")
+    net = lm_net(source=source)
+    assert derive(net.user, net.program.generate).shared
+    opts = options_from(net.program.generate, {"max_new": 6, "beam": 3})
+    a = generator(net).generate(["the", "ok"], opts)
+    b = generator(net, recompute=True).generate(["the", "ok"], opts)
+    assert a.mode == "incremental" and [s.ids for s in a.samples] == [s.ids for s in b.samples]
+
+
 def test_beam_search_goes_on_after_one_prompt_fills_the_model():
     """A long prompt fills the model (max_len 16; the last position's logits give one token
     more) while a short one is still decoding: the full one's beams stop there, the other's

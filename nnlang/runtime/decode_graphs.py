@@ -39,6 +39,7 @@ class DecodeGraphs:
     step: Graph         # tokens [batch, 1], _pos [batch], _static:* -> logits [batch, 1, vocab]
     caches: dict        # state carried between steps (KV caches, RNN states) -> shape after batch
     statics: list       # names of the values the prefill hands to every step
+    shared: set         # the statics without a batch axis (a weight's transpose): one for all rows
 
 
 def derive(user: Graph, spec) -> DecodeGraphs:
@@ -63,6 +64,8 @@ def derive(user: Graph, spec) -> DecodeGraphs:
     statics = sorted({i for nid in dep for i in _step_inputs(g, g.node(nid))
                       if i not in dep and g.node(i).op not in ("param", "const")})
     names = {nid: f"_static:{k}" for k, nid in enumerate(statics)}
+    batch = g.node(tok).shape[0]
+    shared = {names[nid] for nid in statics if g.node(nid).shape[:1] != (batch,)}
     caches = {}
     for k, nid in enumerate(attn):
         node = g.node(nid)
@@ -75,7 +78,7 @@ def derive(user: Graph, spec) -> DecodeGraphs:
         caches.update({name: (units,) for name in _rnn_states(g.node(nid), k)})
     return DecodeGraphs(_prefill(g, tok, attn, rnns, names),
                         _step(g, tok, dep, attn, rnns, names, spec), caches,
-                        list(names.values()))
+                        list(names.values()), shared)
 
 
 def _is_rnn(node) -> bool:

@@ -348,7 +348,8 @@ class Generator:
         if self.graphs:
             for name in self.graphs.caches:
                 self._put(name, _host(self.state[name])[src])
-            self.statics = {k: v[src] for k, v in self.statics.items()}
+            self.statics = {k: v if k in self.graphs.shared else v[src]
+                            for k, v in self.statics.items()}
 
     def _put(self, name: str, value) -> None:
         target = self.state[name]
