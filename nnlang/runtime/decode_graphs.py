@@ -127,6 +127,8 @@ def _problem(g: Graph, node, dep) -> str | None:
         axes = node.attrs[LAST_AXIS[op]]
         axes = axes if isinstance(axes, (list, tuple)) else [axes]
         return None if all(a in (-1, rank - 1) for a in axes) else "works across positions"
+    if op == "matmul" and _by_weight(g, node, dep):
+        return None
     if registry.get(op).family == "elementwise":
         for i in ins:
             if i is not None and i not in dep and _has_time_axis(g.node(i).shape, node.shape):
@@ -134,6 +136,15 @@ def _problem(g: Graph, node, dep) -> str | None:
         return None
     return "mixes positions (only position-wise ops, causal self-attention and cross-" \
            "attention to a fixed memory can run one token at a time)"
+
+
+def _by_weight(g: Graph, node, dep) -> bool:
+    """A matmul of the token stream [batch, len, ..., d] by a value the tokens do not reach (a
+    weight, or a transpose of one: a tied output projection) acts on each position's last axis
+    alone, as `dense` does."""
+    a, w = slots(g, node)
+    return a in dep and w not in dep and len(g.node(a).shape) >= 3 and \
+        not _has_time_axis(g.node(w).shape[:-2], node.shape[:-2])
 
 
 def _rnn_problem(g: Graph, node, dep) -> str | None:
