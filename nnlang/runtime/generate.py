@@ -217,9 +217,10 @@ class Generator:
         """A `start`/`stop` token given as an id or as text (errors point at the generate
         section when the value came from there, else they name the flag)."""
         span = self.spec.spans.get(what) if value == getattr(self.spec, what) else None
-        what = what if span else f"--{what}: {what}"
         if isinstance(value, np.integer):
             value = int(value)
+        flag = f"--{what}-id" if isinstance(value, int) else f"--{what}"
+        what = what if span else f"{flag}: {what}"
         if isinstance(value, int):
             if not 0 <= value < self.spec.vocab:
                 raise NNError(f"{what} token id {value} is outside the vocabulary "
@@ -235,8 +236,8 @@ class Generator:
         got = self.tok.id_of(text)
         if got is None:
             raise NNError(f"{what} token {value!r} is not in the tokenizer's vocabulary",
-                          span, "give one token (a single character "
-                          "for a character tokenizer) or a token id")
+                          span, "give one token (a single character for a character "
+                          f"tokenizer) or a token id{'' if span else f' ({flag}-id N)'}")
         return got
 
     def encode(self, prompts: list[str]):
