@@ -452,8 +452,9 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
     tdef = defs.get(f"train:{chosen.name}")
     if tdef is not None:
         scope = Scope("", vars=dict(hparams))
+        # NOTE: monitor is checked against the losses only when they all elaborated
         train = elaborate_train(tdef, lambda e: el.const_expr(e, scope), errors, Abort,
-                                el.penalized_weight, el.g)
+                                el.penalized_weight, None if errors.diagnostics else el.g)
     gen = None
     gdef = defs.get(f"generate:{chosen.name}")
     if gdef is not None and not errors.diagnostics:  # NOTE: checks need a sound graph
