@@ -130,8 +130,9 @@ def test_an_input_generation_cannot_feed(tmp_path):
     """`style` reaches the logits but generation feeds only the token stream: recompute
     decoding fed it zeros silently and incremental decoding failed with no location."""
     conditioned = LM.replace("input next:", "input style: float32[batch, 4]\n  input next:")
-    conditioned = conditioned.replace(
-        "h = positional_encoding(x,", "h = positional_encoding(x + unsqueeze(dense(style, dim), 1),")
+    conditioned = conditioned.replace("h = positional_encoding(x,",
+                                      "h = positional_encoding(x + unsqueeze(dense(style, dim), "
+                                      "1),")
     for causal in ("true", "false"):   # incremental and recompute decoding
         bad = tmp_path / "style.nn"
         bad.write_text(conditioned.replace("causal = true", f"causal = {causal}") + GENERATE)
