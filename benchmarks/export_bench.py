@@ -31,6 +31,7 @@ from machine import describe, machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (1, 64)
+MODELS = sorted(p.stem for p in (ROOT / "models").glob("*.nn"))
 
 
 def inputs_for(program, net, n: int) -> dict:
@@ -41,8 +42,11 @@ def inputs_for(program, net, n: int) -> dict:
         ds = feeds.load_data(program.train.data)
         mapping = feeds.match_inputs(program.graph, ds.inputs, ds.targets, need_targets=False)
         split = ds.test if len(ds.test) else ds.train
-        return feeds.model_arrays(program.graph, {a: split.arrays[a][:n]
-                                                  for a in mapping.values()}, mapping)
+        # NOTE: through `batches`, so whole reviews (ragged rows, lstm_full) come padded as the
+        # trainer pads them
+        arrays = next(feeds.batches({a: split.arrays[a] for a in mapping.values()}, n,
+                                    np.arange(n)))
+        return feeds.model_arrays(program.graph, arrays, mapping)
     rng = np.random.default_rng(0)
     g = net.graph("predict")
     rows = {c.name: c.rows for c in index_inputs(g)}
@@ -110,7 +114,8 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="mlp,cnn,conv1d,lstm,gru,transformer")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help="comma-separated names in models/ (default: every one)")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path)

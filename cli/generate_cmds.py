@@ -35,8 +35,12 @@ def generate(
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty",
                                                    callback=finite_float, help="Beam scores "
                                                    "are divided by length ** this."),
-    stop: Optional[list[str]] = typer.Option(None, "--stop", help="A token that ends a "
-                                             "sequence (escapes like \\n work) or a token id."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="The text of the token that "
+                                             "ends a sequence; escapes like \\n work, and "
+                                             "digits are text (9 is the character '9')."),
+    stop_id: Optional[list[int]] = typer.Option(None, "--stop-id", min=0, help="The id of the "
+                                                "token that ends a sequence (instead of "
+                                                "--stop)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampling."),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
@@ -62,12 +66,15 @@ def generate(
     with interruptible(out), reporting():
         _check_mode(evaluate, prompt, prompt_file, data, limit)
         prompts = None if evaluate else _prompts(prompt, prompt_file)
-        if stop and len(stop) > 1:   # NOTE: a list, so a second --stop is not dropped silently
-            raise NNError(f"--stop is given {len(stop)} times; a sequence ends at one stop "
-                          "token", hint="give --stop once")
-        stop = stop[0] if stop else None
-        if stop is not None and stop.isdigit():
-            stop = int(stop)
+        # NOTE: text and ids have a flag each: `--stop 9` read as id 9 ended a sequence at
+        # another token than the character '9' it ends at in net.generate(stop="9")
+        stops = [*(stop or ()), *(stop_id or ())]
+        if len(stops) > 1:   # NOTE: lists, so a second stop token is not dropped silently
+            flags = " and ".join(f for f, v in (("--stop", stop), ("--stop-id", stop_id)) if v)
+            raise NNError(f"{flags} {'are' if stop and stop_id else 'is'} given {len(stops)} "
+                          "times; a sequence ends at one stop token",
+                          hint="give --stop TEXT or --stop-id N once")
+        stop = stops[0] if stops else None
         net, ckpt, cfg = restore(str(file), checkpoint, backend, None,
                                  None if as_json else out)
         # NOTE: the checkpoint's own tokenizer: the data set need not be loaded to encode

@@ -134,6 +134,20 @@ def test_beam_search_with_the_cache_matches_recomputation():
     assert [s.ids for s in a.samples] == [s.ids for s in b.samples]
 
 
+def test_beam_search_keeps_a_static_without_a_batch_axis_whole():
+    """A value the prefill computes once from the weights (gain * 2.0) is the same for every
+    row: beam search took rows of it as if it had a batch axis, and the step failed."""
+    source = LM.replace("  x = embedding", "  param gain: float32[dim] = ones\n  x = embedding")
+    source = source.replace("dense(layer_norm(h2), vocab)",
+                            "dense(layer_norm(h2) * (gain * 2.0), vocab)")
+    net = lm_net(source=source)
+    assert derive(net.user, net.program.generate).shared
+    opts = options_from(net.program.generate, {"max_new": 6, "beam": 3})
+    a = generator(net).generate(["the", "ok"], opts)
+    b = generator(net, recompute=True).generate(["the", "ok"], opts)
+    assert a.mode == "incremental" and [s.ids for s in a.samples] == [s.ids for s in b.samples]
+
+
 def test_beam_search_goes_on_after_one_prompt_fills_the_model():
     """A long prompt fills the model (max_len 16; the last position's logits give one token
     more) while a short one is still decoding: the full one's beams stop there, the other's
@@ -205,6 +219,39 @@ def test_a_model_that_mixes_positions_falls_back_to_recomputation():
     got = generator(net).generate(["abc"], options_from(net.program.generate, {"max_new": 3}))
     assert got.mode == "recompute" and "non-causal" in got.reason
     assert len(got.samples[0].ids) == 3
+
+
+TIED = LM.replace("logits = dense(layer_norm(h2), vocab)",
+                  "logits = matmul(layer_norm(h2), transpose(x.weight, [1, 0]))")
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_a_tied_output_projection_decodes_incrementally(backend):
+    """matmul by the embedding's transposed weight acts on each position alone, as dense does:
+    it made the model recompute its prefix for every token."""
+    net = lm_net(backend, source=TIED)
+    tokens = random_tokens((2, 16))
+    full = net.forward({"tokens": tokens, "next": tokens})["logits"]
+    np.testing.assert_allclose(step_logits(net, tokens, prompt_len=3), full, atol=1e-5, rtol=0)
+    prompts = ["the movie was", "a"]
+    for opts in ({"max_new": 12}, {"max_new": 6, "beam": 3}):
+        opts = options_from(net.program.generate, opts)
+        cached = generator(net).generate(prompts, opts)
+        again = generator(net, recompute=True).generate(prompts, opts)
+        assert cached.mode == "incremental" and cached.reason is None
+        assert [s.ids for s in cached.samples] == [s.ids for s in again.samples]
+
+
+@pytest.mark.parametrize("mixed", [
+    "matmul(dense(h2, 16), dense(h2, 32))",      # both sides from the tokens
+    # a sum over the positions: [batch, len] @ [len, dim]
+    "h2 + unsqueeze(matmul(cast(tokens, \"float32\"), ones_matrix), 1)",
+])
+def test_a_matmul_that_mixes_positions_still_recomputes(mixed):
+    source = LM.replace("logits = dense(layer_norm(h2), vocab)",
+                        f"mixed = {mixed}\n  logits = dense(mixed, vocab)").replace(
+        "  x = embedding", "  param ones_matrix: float32[maxlen, dim] = ones\n  x = embedding")
+    assert generator(lm_net(source=source)).reason.startswith("matmul")
 
 
 def test_char_tokenizer_round_trips():

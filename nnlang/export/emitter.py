@@ -32,12 +32,17 @@ class Emitter:
         self.inputs: list = []
         self.types: dict[str, TensorType] = {}
         self._counter = parent._counter if parent else itertools.count(1)
+        # NOTE: the names the file shows (inputs, weights, outputs) are the model's own, so a
+        # made-up name must never be one of them (`output mul_2 = x * 2.0` took the Mul's)
+        self._taken = parent._taken if parent else {*g.inputs, *g.params, *g.outputs}
         self._dims: dict = {}     # symbolic dim -> its int64[1] value name
         self._input_names: dict[str, str] = {}   # nnlang input name -> its value name
 
     # *** names and types ***
     def fresh(self, hint: str) -> str:
-        return f"{hint}_{next(self._counter)}"
+        while (name := f"{hint}_{next(self._counter)}") in self._taken:
+            pass
+        return name
 
     def type_of(self, name: str) -> TensorType:
         return self.types[name]

@@ -32,14 +32,16 @@ def build_model(user: Graph, weights: dict) -> onnx.ModelProto:
     """The ONNX model of `user`'s outputs with `weights` (parameter name -> array) inside;
     checked with onnx.checker."""
     if not user.outputs:
-        raise NNError(f"model '{user.model}' declares no output to export",
-                      hint="add e.g. `output probs = softmax(logits)`")
+        raise _no_output(user)
     g = inference_graph(user)
     e = Emitter(g, weights)
     names = e.emit(list(g.outputs.values()))
     outputs = []
     for name, nid in g.outputs.items():
-        e.nodes.append(helper.make_node("Identity", [names[nid]], [name]))
+        # NOTE: `output x` of an input or a weight is that value, already named x: the graph
+        # output reads it (an Identity writing x again would assign x twice, which ONNX refuses)
+        if names[nid] != name:
+            e.nodes.append(helper.make_node("Identity", [names[nid]], [name]))
         outputs.append(value_info(name, g.node(nid).type))
     graph = helper.make_graph(e.nodes, user.model or "model", e.inputs, outputs,
                               e.initializers)
@@ -47,3 +49,18 @@ def build_model(user: Graph, weights: dict) -> onnx.ModelProto:
                               opset_imports=[helper.make_opsetid("", OPSET)])
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _no_output(user: Graph) -> NNError:
+    """A model with only losses exports nothing (they are not in the inference graph): the
+    error points at the first loss and names the value it scores, the natural output."""
+    loss = next(iter(user.losses.values()), None)
+    if loss is None:
+        return NNError(f"model '{user.model}' declares no output to export",
+                       hint="add the value to serve, e.g. `output probs = softmax(logits)`")
+    node = user.node(loss)
+    scored = user.node(node.inputs[0]).name if node.inputs else None
+    hint = (f"add `output {scored}`, the value this loss scores" if scored else
+            "name the value this loss scores (`logits = ...`) and add `output logits`")
+    return NNError(f"model '{user.model}' declares no output to export (its losses and "
+                   "metrics are not part of an exported model)", node.span, hint)

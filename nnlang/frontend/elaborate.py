@@ -458,8 +458,9 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
     tdef = defs.get(f"train:{chosen.name}")
     if tdef is not None:
         scope = Scope("", vars=dict(hparams))
+        # NOTE: monitor is checked against the losses only when they all elaborated
         train = elaborate_train(tdef, lambda e: el.const_expr(e, scope), errors, Abort,
-                                el.penalized_weight)
+                                el.penalized_weight, None if errors.diagnostics else el.g)
         trained = [n for n in el.g.params.values() if el.g.node(n).attrs.get("trainable", True)]
         if train.clip_norm and not trained and not errors.diagnostics:
             errors.add(f"clip_norm = {train.clip_norm:g}: model '{chosen.name}' has no trainable "

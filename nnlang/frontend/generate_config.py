@@ -123,14 +123,34 @@ def _check_roles(g, values: dict, spans: dict, errors: ErrorSink):
                    f"{logits.type}", span("logits"),
                    "a [batch, vocab] output scores one position only; keep the time axis")
         return None
-    if g.inputs[values["tokens"]] not in g.ancestors([out]):
+    needed = g.ancestors([out])
+    if g.inputs[values["tokens"]] not in needed:
         errors.add(f"logits '{values['logits']}' do not depend on the token stream "
                    f"'{values['tokens']}'", span("logits"))
+        return None
+    if _unfed_inputs(g, values, needed, span("logits"), errors):
         return None
     rest = {k: v for k, v in values.items() if k in SAMPLING}
     return GenerateSpec(values["tokens"], values["logits"], int(max_len), int(ls[2]),
                         values.get("source"), values.get("start"), values.get("stop"),
                         rest, dict(spans))
+
+
+def _unfed_inputs(g, values: dict, needed: set, span: Span | None, errors: ErrorSink) -> bool:
+    """Errors for each input the logits read besides the token stream and the source: generation
+    has nothing to feed it (zeros would be a silent wrong answer). True when there was one."""
+    fed = {values["tokens"], values.get("source")}
+    unfed = [(name, nid) for name, nid in g.inputs.items() if nid in needed and name not in fed]
+    feeds = f"the token stream '{values['tokens']}'" + (
+        f" and the source '{values['source']}'" if values.get("source") else "")
+    for name, nid in unfed:
+        decl = g.node(nid).span
+        at = f" (declared at {decl.file}:{decl.line})" if decl else ""
+        errors.add(f"logits '{values['logits']}' read input '{name}', which generation cannot "
+                   f"feed: it feeds only {feeds}", span,
+                   f"compute '{name}'{at} inside the model from the tokens, or make it a "
+                   "`param`")
+    return bool(unfed)
 
 
 def _input(g, name: str, span: Span | None, errors: ErrorSink):

@@ -39,17 +39,17 @@ class TrainConfig:
     l1: float = 0.0
     early_stop: int | None = None     # patience in epochs without improvement of `monitor`
     monitor: str | None = None        # "val_<loss or metric>"; default val_loss
-    mode: str | None = None           # "min" | "max"; default from the monitor's name
+    mode: str | None = None           # "min" | "max"; default from what the monitor names
     init_from: str | None = None      # a run directory or checkpoint to start the weights from
     # the weights `l1` / `l2` apply to (block paths); None: every trainable matrix and kernel
     l1_on: tuple | None = None
     l2_on: tuple | None = None
 
-    @property
-    def watched(self) -> tuple[str, str]:
-        """(monitored value, mode) that early stopping and the plateau schedule follow."""
+    def watched(self, graph) -> tuple[str, str]:
+        """(monitored value, mode) that early stopping and the plateau schedule follow in the
+        model `graph`."""
         monitor = self.monitor or "val_loss"
-        return monitor, self.mode or ("min" if monitor.endswith("loss") else "max")
+        return monitor, self.mode or watchable(graph).get(monitor, "max")
 
     def __post_init__(self):
         # The train section's values were checked where they are written (with a span), so a
@@ -123,6 +123,23 @@ def range_problem(name: str, value) -> str | None:
         return f"{value!r} is not a finite number"
     test, text = RANGES[name]
     return None if test(value) else f"{value!r} is out of range: {name} must be {text}"
+
+
+def watchable(graph) -> dict[str, str]:
+    """The validation values `monitor` may name in the model `graph`, each with its default
+    mode: min for the total loss and each named loss, max for a metric."""
+    # NOTE: by what the name is, not how it is spelled: a loss named `pen` is still minimised
+    losses = {f"val_{n}": "min" for n in graph.losses} if len(graph.losses) > 1 else {}
+    return {"val_loss": "min", **losses, **{f"val_{m}": "max" for m in graph.metrics}}
+
+
+def monitor_problem(monitor: str, graph) -> tuple[str, str] | None:
+    """(message, hint) when `monitor` names no validation value of the model `graph`."""
+    names = watchable(graph)
+    if monitor in names:
+        return None
+    return (f"monitor = {monitor!r} names no validation value of model '{graph.model}'",
+            f"monitor one of: {', '.join(names)}")
 
 
 def setting_span(program, name: str):
@@ -202,9 +219,10 @@ def _data_choice(name: str, args: list, options: dict, span, errors: ErrorSink, 
 
 
 def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
-                    weight=None) -> TrainConfig:
+                    weight=None, graph=None) -> TrainConfig:
     """Evaluates each setting with `evaluate` (the model's hyper-parameters are in scope);
-    `weight(expr, setting)` resolves an item of `l1_on`/`l2_on` to a trainable weight's path."""
+    `weight(expr, setting)` resolves an item of `l1_on`/`l2_on` to a trainable weight's path;
+    `monitor` is checked against the model `graph`'s losses and metrics."""
     values: dict = {}
     list_spans: dict = {}   # NOTE: where l1_on / l2_on are written, for the check after the loop
     spans: dict = {}
@@ -271,6 +289,10 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
                 errors.add(f"train setting '{s.name}': {problem}", span)
                 continue
             value = float(raw) if _SCALARS[s.name] == "float" else raw
+            if s.name == "monitor" and graph is not None and \
+                    (unknown := monitor_problem(value, graph)):
+                errors.add(unknown[0], span, unknown[1])
+                continue
         if value is not None:
             values[s.name] = value
     for name in PENALTY_LISTS:

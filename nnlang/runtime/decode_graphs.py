@@ -39,6 +39,7 @@ class DecodeGraphs:
     step: Graph         # tokens [batch, 1], _pos [batch], _static:* -> logits [batch, 1, vocab]
     caches: dict        # state carried between steps (KV caches, RNN states) -> shape after batch
     statics: list       # names of the values the prefill hands to every step
+    shared: set         # the statics without a batch axis (a weight's transpose): one for all rows
 
 
 def derive(user: Graph, spec) -> DecodeGraphs:
@@ -63,6 +64,8 @@ def derive(user: Graph, spec) -> DecodeGraphs:
     statics = sorted({i for nid in dep for i in _step_inputs(g, g.node(nid))
                       if i not in dep and g.node(i).op not in ("param", "const")})
     names = {nid: f"_static:{k}" for k, nid in enumerate(statics)}
+    batch = g.node(tok).shape[0]
+    shared = {names[nid] for nid in statics if g.node(nid).shape[:1] != (batch,)}
     caches = {}
     for k, nid in enumerate(attn):
         node = g.node(nid)
@@ -75,7 +78,7 @@ def derive(user: Graph, spec) -> DecodeGraphs:
         caches.update({name: (units,) for name in _rnn_states(g.node(nid), k)})
     return DecodeGraphs(_prefill(g, tok, attn, rnns, names),
                         _step(g, tok, dep, attn, rnns, names, spec), caches,
-                        list(names.values()))
+                        list(names.values()), shared)
 
 
 def _is_rnn(node) -> bool:
@@ -124,6 +127,8 @@ def _problem(g: Graph, node, dep) -> str | None:
         axes = node.attrs[LAST_AXIS[op]]
         axes = axes if isinstance(axes, (list, tuple)) else [axes]
         return None if all(a in (-1, rank - 1) for a in axes) else "works across positions"
+    if op == "matmul" and _by_weight(g, node, dep):
+        return None
     if registry.get(op).family == "elementwise":
         for i in ins:
             if i is not None and i not in dep and _has_time_axis(g.node(i).shape, node.shape):
@@ -131,6 +136,15 @@ def _problem(g: Graph, node, dep) -> str | None:
         return None
     return "mixes positions (only position-wise ops, causal self-attention and cross-" \
            "attention to a fixed memory can run one token at a time)"
+
+
+def _by_weight(g: Graph, node, dep) -> bool:
+    """A matmul of the token stream [batch, len, ..., d] by a value the tokens do not reach (a
+    weight, or a transpose of one: a tied output projection) acts on each position's last axis
+    alone, as `dense` does."""
+    a, w = slots(g, node)
+    return a in dep and w not in dep and len(g.node(a).shape) >= 3 and \
+        not _has_time_axis(g.node(w).shape[:-2], node.shape[:-2])
 
 
 def _rnn_problem(g: Graph, node, dep) -> str | None:

@@ -217,9 +217,10 @@ class Generator:
         """A `start`/`stop` token given as an id or as text (errors point at the generate
         section when the value came from there, else they name the flag)."""
         span = self.spec.spans.get(what) if value == getattr(self.spec, what) else None
-        what = what if span else f"--{what}: {what}"
         if isinstance(value, np.integer):
             value = int(value)
+        flag = f"--{what}-id" if isinstance(value, int) else f"--{what}"
+        what = what if span else f"{flag}: {what}"
         if isinstance(value, int):
             if not 0 <= value < self.spec.vocab:
                 raise NNError(f"{what} token id {value} is outside the vocabulary "
@@ -235,8 +236,8 @@ class Generator:
         got = self.tok.id_of(text)
         if got is None:
             raise NNError(f"{what} token {value!r} is not in the tokenizer's vocabulary",
-                          span, "give one token (a single character "
-                          "for a character tokenizer) or a token id")
+                          span, "give one token (a single character for a character "
+                          f"tokenizer) or a token id{'' if span else f' ({flag}-id N)'}")
         return got
 
     def encode(self, prompts: list[str]):
@@ -301,7 +302,9 @@ class Generator:
         feeds = {self.spec.tokens: tokens}
         if source is not None:
             feeds[self.spec.source] = source
-        if not self.graphs:  # the full model may have other inputs (labels): zeros
+        # NOTE: the full model's other inputs (labels) do not reach the logits (the generate
+        # section is refused when they do), so zeros change nothing the generation reads
+        if not self.graphs:
             user = self.net.user
             for name, nid in user.inputs.items():
                 if name not in feeds and not name.startswith("_"):
@@ -346,7 +349,8 @@ class Generator:
         if self.graphs:
             for name in self.graphs.caches:
                 self._put(name, _host(self.state[name])[src])
-            self.statics = {k: v[src] for k, v in self.statics.items()}
+            self.statics = {k: v if k in self.graphs.shared else v[src]
+                            for k, v in self.statics.items()}
 
     def _put(self, name: str, value) -> None:
         target = self.state[name]

@@ -26,13 +26,18 @@ class InitReport:
 
     def table(self) -> Table:
         t = Table(title=f"weights from {self.source}: {len(self.loaded)} loaded, "
-                        f"{len(self.skipped)} skipped, {len(self.fresh)} fresh",
-                  box=box.SIMPLE_HEAD, title_justify="left")
+                        f"{len(self.skipped)} skipped, {len(self.fresh)} fresh (kept their "
+                        "initializer)", box=box.SIMPLE_HEAD, title_justify="left")
         for col in ("parameter", "shape", "status"):
             t.add_column(col)
+        # NOTE: a parameter of another shape is both: the checkpoint's skipped, ours fresh
+        theirs = {n: s for n, s, _ in self.skipped}
+        ours = {n for n, _ in self.fresh}
         rows = [(n, s, "loaded") for n, s in self.loaded]
-        rows += [(n, s, f"skipped: {why}") for n, s, why in self.skipped]
-        rows += [(n, s, "fresh (not in the checkpoint)") for n, s in self.fresh]
+        rows += [(n, s, f"skipped: {why}") for n, s, why in self.skipped if n not in ours]
+        rows += [(n, s, f"fresh; the checkpoint's {fmt_shape(theirs[n])} skipped (another "
+                        "shape)" if n in theirs else "fresh (not in the checkpoint)")
+                 for n, s in self.fresh]
         for name, shape, status in rows:
             t.add_row(name, fmt_shape(shape), status)
         return t
@@ -83,7 +88,7 @@ def init_from(net, source, skip_mismatch: bool = False, what: str = "--init-from
         else:
             matched[name] = value
             report.loaded.append((name, value.shape))
-    report.fresh = [(n, v.shape) for n, v in ours.items() if n not in theirs]
+    report.fresh = [(n, v.shape) for n, v in ours.items() if n not in matched]
     if not matched:
         raise NNError(f"{what}: no parameter of {path} matches this model by name and shape "
                       f"(the checkpoint has {', '.join(list(theirs)[:4]) or 'none'}"

@@ -114,8 +114,8 @@ class _Watch:
     """The monitored validation value (train section's monitor/mode) as early stopping, the
     plateau schedule and best.npz see it: the best so far and the epochs since it improved."""
 
-    def __init__(self, cfg, state: dict | None = None):
-        self.monitor, self.mode = cfg.watched
+    def __init__(self, cfg, graph, state: dict | None = None):
+        self.monitor, self.mode = cfg.watched(graph)
         state = state or {}
         self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
         self.bad, self.plateau_bad = state.get("bad", 0), state.get("plateau_bad", 0)
@@ -142,21 +142,16 @@ class _Watch:
 def check_watch(program, cfg, val: dict) -> None:
     """early_stop and the plateau schedule need validation data and a monitor the model
     computes: clear errors at the setting that asks for them."""
-    from nnlang.frontend.train_config import setting_span
+    from nnlang.frontend.train_config import monitor_problem, setting_span
     users = [n for n, on in (("early_stop", cfg.early_stop),
                              ("schedule", cfg.schedule and cfg.schedule.name == "plateau"),
                              ("monitor", cfg.monitor))
              if on]
     if not users:
         return
-    g = program.graph
-    names = ["val_loss", *(f"val_{n}" for n in g.losses if len(g.losses) > 1),
-             *(f"val_{m}" for m in g.metrics)]
-    monitor = cfg.watched[0]
-    if monitor not in names:
-        raise NNError(f"monitor = {monitor!r} names no validation value of model "
-                      f"'{program.model}'", setting_span(program, "monitor"),
-                      hint=f"monitor one of: {', '.join(names)}")
+    monitor = cfg.watched(program.graph)[0]
+    if unknown := monitor_problem(monitor, program.graph):   # NOTE: --set monitor=... comes here
+        raise NNError(unknown[0], setting_span(program, "monitor"), hint=unknown[1])
     if not val and users[0] != "monitor":   # NOTE: monitor alone then watches nothing, harmlessly
         what = "early_stop" if users[0] == "early_stop" else "the plateau schedule"
         raise NNError(f"{what} watches {monitor}, but this run has no validation data",
@@ -307,12 +302,12 @@ class _Training:
         self.rng = feeds.order_rng(self.cfg.seed)
         self.start_epoch, self.skip, partial = 0, 0, None
         self.guard = DivergenceGuard()
-        self.watch = _Watch(self.cfg)
+        self.watch = _Watch(self.cfg, self.program.graph)
         if ckpt is not None:
             self.net.load_state_dict(ckpt.state)
             self.net.step, self.net.epoch = ckpt.step, ckpt.epoch
             self.net.lr_scale = ckpt.meta.get("lr_scale", 1.0)
-            self.watch = _Watch(self.cfg, ckpt.meta.get("watch"))
+            self.watch = _Watch(self.cfg, self.program.graph, ckpt.meta.get("watch"))
             self.rng.bit_generator.state = ckpt.meta["rng_state"]
             self.start_epoch, self.skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)
             partial = ckpt.meta.get("partial")

@@ -76,9 +76,16 @@ def test_unexportable_op_points_at_its_line(run):
 
 
 def test_model_without_output():
+    """Its losses are not exported: the error is at the loss and names the value it scores."""
     import nnlang
-    with pytest.raises(nnlang.NNError, match="declares no output to export"):
+    with pytest.raises(nnlang.NNError) as err:
         nnlang.export_onnx(TINY.replace("output probs = softmax(logits)", ""))
+    text = err.value.render()
+    assert "declares no output to export" in text and "loss cross_entropy(logits" in text
+    assert "^^^" in text and "hint: add `output logits`, the value this loss scores" in text
+    with pytest.raises(nnlang.NNError, match="name the value this loss scores"):
+        nnlang.export_onnx(TINY.replace("output probs = softmax(logits)", "").replace(
+            "cross_entropy(logits,", "cross_entropy(logits * 2.0,"))
 
 
 def test_sinusoidal_positions_on_a_symbolic_length_need_max_len():

@@ -2,6 +2,8 @@
 do not say how to generate, and bad sampling flags: each a clear error, exit 1, no traceback."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.faults.conftest import ROOT, cli
@@ -64,9 +66,14 @@ def test_a_good_prompt_works(run):
     (["--prompt", "a", "--max-new", "0"], ["--max-new", ">= 1"]),
     (["--prompt", "a", "--beam", "2", "--temperature", "0.5"], ["deterministic", "--beam 2"]),
     (["--prompt", "a", "--stop", "xyz"], ["stop token 'xyz'", "not in the tokenizer"]),
-    (["--prompt", "a", "--stop", "500"], ["stop token id 500", "outside the vocabulary"]),
+    (["--prompt", "a", "--stop-id", "500"], ["--stop-id: stop token id 500",
+                                             "outside the vocabulary"]),
+    (["--prompt", "a", "--stop", "500"], ["--stop: stop token '500' is not in the tokenizer",
+                                          "--stop-id N"]),
     (["--prompt", "a", "--stop", "\\"], ["not a valid escape", "\\\\"]),
     (["--prompt", "a", "--stop", "a", "--stop", "b"], ["--stop is given 2 times"]),
+    (["--prompt", "a", "--stop", "a", "--stop-id", "3"], ["--stop and --stop-id are given 2 "
+                                                          "times"]),
     (["--prompt", "a", "--greedy", "--top-k", "3"], ["greedy decoding is deterministic",
                                                      "--top-k"]),
     (["--prompt-file", "missing.txt"], ["--prompt-file missing.txt", "cannot read"]),
@@ -75,6 +82,25 @@ def test_bad_prompts_and_flags(run, args, words):
     out = generate(run, *args)
     for w in words:
         assert w in out, out
+
+
+def test_stop_is_text_and_stop_id_an_id(run, monkeypatch):
+    """`--stop 9` is the character '9', as stop="9" is in net.generate and the generate
+    section; it was read as token id 9. An id has its own flag, --stop-id."""
+    from nnlang.runtime.net import Net
+    seen, original = [], Net.generate
+    monkeypatch.setattr(Net, "generate", lambda self, prompts, **kw: (
+        seen.append(kw["stop"]), original(self, prompts, **kw))[1])
+    greedy = json.loads(generate(run, "--prompt", "The film", "--max-new", "1", "--json",
+                                 code=0))
+    first, char = greedy["ids"][0], greedy["text"]
+    for args in (["--stop-id", str(first)], ["--stop", char]):
+        out = json.loads(generate(run, "--prompt", "The film", "--max-new", "5", "--json",
+                                  *args, code=0))
+        assert out["ids"] == [first] and out["stopped"] == "stop", (args, out)
+    generate(run, "--prompt", "a", "--max-new", "1", "--stop", "9", code=0)
+    generate(run, "--prompt", "a", "--max-new", "1", "--stop", "\\n", code=0)
+    assert seen == [None, first, char, "9", "\\n"]
 
 
 def test_a_model_without_a_generate_section(run):
@@ -98,6 +124,22 @@ def test_bad_generate_sections(run, section, words):
     out = cli("check", bad)
     for w in words:
         assert w in out, out
+
+
+def test_an_input_generation_cannot_feed(tmp_path):
+    """`style` reaches the logits but generation feeds only the token stream: recompute
+    decoding fed it zeros silently and incremental decoding failed with no location."""
+    conditioned = LM.replace("input next:", "input style: float32[batch, 4]\n  input next:")
+    conditioned = conditioned.replace("h = positional_encoding(x,",
+                                      "h = positional_encoding(x + unsqueeze(dense(style, dim), "
+                                      "1),")
+    for causal in ("true", "false"):   # incremental and recompute decoding
+        bad = tmp_path / "style.nn"
+        bad.write_text(conditioned.replace("causal = true", f"causal = {causal}") + GENERATE)
+        out = cli("check", bad)
+        assert "style.nn:21:12: error: logits 'logits' read input 'style', which generation " \
+               "cannot feed: it feeds only the token stream 'tokens'" in out, out
+        assert "compute 'style' (declared at" in out and "style.nn:4)" in out, out
 
 
 def test_no_token_input(tmp_path):

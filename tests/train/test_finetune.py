@@ -76,7 +76,8 @@ def test_init_from_loads_matching_and_reports(tiny_run):
     assert [n for n, _ in r.loaded] == ["h.weight", "h.bias", "logits.bias"]
     assert [(n, why) for n, _, why in r.skipped] == [
         ("logits.weight", "shape differs from this model's [5, 3]")]
-    assert [n for n, _ in r.fresh] == ["h2.weight", "h2.bias"]
+    # NOTE: logits.weight kept this model's initializer too, so it is fresh as well
+    assert [n for n, _ in r.fresh] == ["h2.weight", "h2.bias", "logits.weight"]
     np.testing.assert_array_equal(net.parameters()["h.weight"], saved["h.weight"])
     for name in ("h2.weight", "logits.weight"):
         np.testing.assert_array_equal(net.parameters()[name], fresh.parameters()[name])
@@ -94,7 +95,8 @@ def test_cli_init_from_table_and_errors(tiny_run, tmp_path):
     assert "--init-from" in out and "logits.weight" in out and "--init-skip-mismatch" in out
     out = cli("train", "deep.nn", "--init-from", str(tiny_run), "--init-skip-mismatch",
               "--backend", "reference", "--max-steps", "1", "--out", "c", code=0)
-    assert "3 loaded, 1 skipped, 2 fresh" in out and "h2.weight" in out
+    assert "3 loaded, 1 skipped, 3 fresh (kept their initializer)" in out, out
+    assert "h2.weight" in out and "fresh; the checkpoint's [8, 3] skipped (another shape)" in out
     out = cli("train", "deep.nn", "--init-from", "missing-run", "--backend", "reference",
               code=1)
     assert "--init-from" in out and "missing-run" in out

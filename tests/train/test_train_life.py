@@ -97,6 +97,28 @@ def test_monitor_max_on_a_metric(folder):
     assert h.best["epoch"] == acc.index(max(acc)) + 1
 
 
+def test_monitor_min_on_a_named_loss(folder):
+    """A loss is minimised whatever its name: monitor = "val_cross_entropy" beside a penalty
+    loss was taken as a metric (mode max), so best.npz kept the worst epoch."""
+    overfit_data(folder)
+    source = overfit_source('early_stop = 3\n  monitor = "val_cross_entropy"').replace(
+        "  metric acc", "  loss pen = 0.001 * sum(abs(h.weight))\n  metric acc")
+    (folder / "tiny.nn").write_text(source)
+    h = fit(str(folder / "tiny.nn"), out=folder / "run", backend="reference", progress=False)
+    ce = [r["val_cross_entropy"] for r in h.rows]
+    assert h.best["mode"] == "min" and h.best["value"] == min(ce)
+    assert checkpoint.load(folder / "run" / "best.npz").epoch == ce.index(min(ce)) + 1
+
+
+def test_check_refuses_an_unknown_monitor(folder):
+    """The model's losses and metrics are known when the file is checked, so `nnlang check`
+    refuses a monitor that `nnlang train` would."""
+    (folder / "tiny.nn").write_text(overfit_source('monitor = "val_accuracy"'))
+    out = cli("check", "tiny.nn", code=1)
+    assert "tiny.nn:16:13: error: monitor = 'val_accuracy' names no validation value" in out
+    assert "hint: monitor one of: val_loss, val_acc" in out, out
+
+
 def test_val_arrays_are_the_validation_set(folder, capsys):
     h = train(folder, "val_split = 0.5", epochs=1)  # NOTE: val_* wins over val_split
     assert "its own validation split (24 examples)" in " ".join(capsys.readouterr().out.split())
