@@ -572,6 +572,12 @@ OP_LIMITS = [
     ("t ** (t - 5)", "7:7: error: pow: int32[batch] ** int32[batch] needs a float on one side"),
     ("max_pool2d(cast(x, \"int32\"), 2)", "max_pool2d needs a float tensor, got int32"),
     ("global_max_pool(cast(x, \"int32\"))", "global_max_pool needs a float tensor, got int32"),
+    # NOTE: ops sharing a shape rule each name themselves, not the pair ("mean and var needs")
+    ("var(tok)", "7:11: error: var needs a float tensor, got int32[batch, 5]"),
+    ("mean(tok)", "7:12: error: mean needs a float tensor, got int32[batch, 5]"),
+    ("log_softmax(tok)", "7:19: error: log_softmax needs a float tensor, got int32[batch, 5]"),
+    ("linear(tok, 4)", "7:14: error: linear needs a float tensor, got int32[batch, 5]"),
+    ("linear(v, 0)", "7:17: error: linear: units must be a positive integer, got 0"),
     ("-none", "7:7: error: cannot negate none: unary minus takes a number or a tensor"),
     ("v * -true", "cannot negate true"),
     ("reshape(v, [-batch, 8])", "cannot negate batch"),
