@@ -497,12 +497,13 @@ def test_an_error_inside_a_repeat_is_reported_once(tmp_path):
 OP_LIMITS = [
     ("conv2d(x, 4, 0)", "kernel must be a positive int"),
     ("conv2d(x, 4, 9)", "does not fit spatial size 8"),
-    ("conv2d(x, 4, 3, stride = 0)", "stride must be a positive int"),
+    ("conv2d(x, 4, 3, stride = 0)", "stride must be a positive int or 2 of them, got 0"),
     ("conv2d(x, 4, -3)", "kernel must be a positive int"),
     ("conv2d(x, 0, 3)", "filters must be a positive integer, got 0"),
     ("conv2d(x, 4, 3, dilation = 0)", "dilation must be a positive int"),
     ("conv2d(x, 4, 3, padding = -1)", "padding must be"),
-    ("conv2d(x, 4, 3, padding = \"bogus\")", "padding must be"),
+    ("conv2d(x, 4, 3, padding = \"bogus\")", "padding must be \"same\", \"valid\", an int, 2 ints "
+                                          "or 4 lo/hi ints, got \"bogus\""),
     ("conv2d(x, 4, [3, 3, 3])", "kernel must be a positive int or 2 of them"),
     ("conv2d(x, 4, 5, dilation = 3)", "does not fit"),
     ("conv2d(v, 4, 3)", "conv2d expects [batch, channels, height, width]"),
@@ -584,6 +585,20 @@ OP_LIMITS = [
     ("v[:, :, :]", "3 indices for a tensor of rank 2"),
     ("unfold(x, [0, 0], [1, 1], [0, 0, 0, 0], [1, 1])", "kernel must be 2 ints >= 1"),
     ("window_max(x, [0, 0], [1, 1], [0, 0, 0, 0])", "kernel must be 2 ints >= 1"),
+    # NOTE: values as the source spells them, and as written: stride 0, not the [0, 0] it means
+    ("unfold(x, [3, 3], 0, [0, 0, 0, 0], 1)", "7:25: error: unfold: stride must be 2 ints >= 1 "
+                                              "(one per spatial dim), got 0"),
+    ("window_max(x, [], 1, [0, 0, 0, 0])",
+     "7:21: error: window_max: kernel must be one int >= 1 per spatial dim, got []"),
+    ("window_max(x, [2, 2], [1, 1], [1, 1])", "pads must be 4 ints >= 0 (one per spatial dim, "
+                                              "lo and hi), got [1, 1]"),
+    ("fold(x, [8], [], [1], [0, 0], [1])", "fold: kernel must be one int >= 1 per spatial dim"),
+    ("max_pool2d(x, 2, padding = none)", "7:34: error: max_pool2d: padding must be \"same\", "
+                                         "\"valid\", an int, 2 ints or 4 lo/hi ints, got none"),
+    # NOTE: true is no pad width; Python's bool is an int, so it padded 1
+    ("conv2d(x, 4, 3, padding = true)", "7:33: error: conv2d: padding must be \"same\", "
+                                        "\"valid\", an int, 2 ints or 4 lo/hi ints, got true"),
+    ("max_pool2d(x, 2, padding = [true, 0])", "got [true, 0]"),
     ("fold(x, [8, 8], [3, 3], [1, 1], [0, 0, 0, 0], [1, 1])", "are not the windows of size"),
     ("window_max_grad(x, x, [2, 2], [2, 2], [0, 0, 0, 0])",
      "7:26: error: window_max_grad: g is float32[batch, 3, 8, 8], but the window max of x"),
