@@ -23,7 +23,7 @@ from nnlang.frontend.train_config import TrainConfig, elaborate_train
 from nnlang.frontend.values import (POISON, TENSOR_BINOPS, Abort, Initializer, Scope, T,
                                     eval_binop, join_path)
 from nnlang.gc_pause import paused_gc
-from nnlang.ir.dims import Sym, fmt_shape, size_problem
+from nnlang.ir.dims import DimError, Sym, fmt_shape, size_problem
 from nnlang.ir.graph import Builder, Graph
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS
@@ -371,16 +371,46 @@ class Elaborator(CallElaboration, ScanElaboration):
         if not isinstance(a, T) and not isinstance(c, T):
             if e.op == "@":
                 self.fail("@ needs tensors", e.span)
+            if isinstance(a, Sym) or isinstance(c, Sym):
+                return self.size_arith(e, a, c)
             try:
                 return eval_binop(e.op, a, c)
-            except Exception as err:  # NOTE: constant arithmetic on user values
-                shown = [number_text(v) if isinstance(v, (int, float))
-                         and not isinstance(v, bool) else show_value(v) for v in (a, c)]
-                self.fail(f"cannot compute {shown[0]} {e.op} {shown[1]}: {err}", e.span)
+            except ArithmeticError as err:  # NOTE: constant arithmetic on user values
+                self.fail(f"cannot compute {self.shown(e, a, c)}: {err}", e.span)
+            except Exception:   # NOTE: Python's text names its own types ('NoneType')
+                self.fail(f"cannot compute {self.shown(e, a, c)}: {e.op} takes numbers or "
+                          "tensors", e.span)
         if e.op == "/" and c == 0 and not isinstance(c, (T, bool)):
             self.fail("division by zero", e.right.span, "every element would be inf or nan")
         return self.emit(TENSOR_BINOPS[e.op], [a, c], {}, e.span,
                          [e.left.span, e.right.span], scope, None)
+
+    @staticmethod
+    def shown(e: ast.BinOp, a, c) -> str:
+        return f" {e.op} ".join(number_text(v) if isinstance(v, (int, float)) and not
+                                isinstance(v, bool) else show_value(v) for v in (a, c))
+
+    def size_arith(self, e: ast.BinOp, a, c):
+        """Constant arithmetic on a symbolic size: products with whole numbers and symbols
+        (`2 * steps`, `batch * steps`) and sums of like terms (`steps + steps`) are sizes again;
+        anything else (`steps - 1`, `steps / 2`) would need the size itself."""
+        if e.op in ("*", "+", "==", "!=") and all(
+                isinstance(v, (int, Sym)) and not isinstance(v, bool) for v in (a, c)):
+            try:
+                return eval_binop(e.op, a, c)
+            except DimError:
+                pass
+        sym = a if isinstance(a, Sym) else c
+        name = sym.names[0]
+        k = c if e.op == "-" and isinstance(a, Sym) and isinstance(c, int) and \
+            not isinstance(c, bool) and c > 0 else None
+        self.fail(f"cannot compute {self.shown(e, a, c)}: {sym} is a symbolic size, known only "
+                  "when data arrives, so it can only be multiplied by whole numbers or symbols "
+                  f"(2 * {name}, batch * {name}) or added to like terms ({name} + {name})",
+                  e.span, "index from the end instead: " + (
+                      f"x[:, -{k}:][:, 0] is x[:, {sym} - {k}]" if k and k > 1 else
+                      f"x[:, -1] is x[:, {sym} - 1]" if k else "x[:, -1] is the last entry") +
+                  "; in reshape, write -1 for the one size to infer")
 
     def subscript(self, e: ast.Subscript, scope: Scope):
         v = self.expr(e.value, scope, None)

@@ -582,6 +582,9 @@ OP_LIMITS = [
     ("-none", "7:7: error: cannot negate none: unary minus takes a number or a tensor"),
     ("v * -true", "cannot negate true"),
     ("reshape(v, [-batch, 8])", "cannot negate batch"),
+    # NOTE: Python's TypeError named its own types: 'NoneType' and 'int'
+    ("dense(v, none + 1)", "7:16: error: cannot compute none + 1: + takes numbers or tensors"),
+    ("dense(v, 2 < \"a\")", "7:16: error: cannot compute 2 < \"a\": < takes numbers or tensors"),
     ("v[:, :, :]", "3 indices for a tensor of rank 2"),
     ("unfold(x, [0, 0], [1, 1], [0, 0, 0, 0], [1, 1])", "kernel must be 2 ints >= 1"),
     ("window_max(x, [0, 0], [1, 1], [0, 0, 0, 0])", "kernel must be 2 ints >= 1"),
