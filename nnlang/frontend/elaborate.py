@@ -97,7 +97,7 @@ class Elaborator(CallElaboration, ScanElaboration):
         return {k: v for k, v in scope.vars.items()}
 
     def const_expr(self, e, scope: Scope):
-        v = self.expr(e, scope, None)
+        v = self.single(e, scope)
         if isinstance(v, T):
             self.fail("expected a constant here, got a tensor", e.span)
         return v
@@ -171,13 +171,14 @@ class Elaborator(CallElaboration, ScanElaboration):
                 if not isinstance(value, tuple) or len(value) != len(s.targets):
                     got = len(value) if isinstance(value, tuple) else 1
                     self.fail(f"{len(s.targets)} names but the right side gives {got} value"
-                              f"{'s' if got != 1 else ''}", s.span)
+                              f"{'s' if got != 1 else ''}", s.span, None if got == 1 else
+                              self.name_each(s.value, got))
                 for name, v in zip(s.targets, value):
                     self.define(scope, name, v, s.span)
             else:
                 if isinstance(value, tuple):
-                    self.fail(f"the right side gives {len(value)} values; name each: "
-                              f"`a, b = ...`", s.span)
+                    self.fail(f"the right side gives {len(value)} values; "
+                              f"{self.name_each(s.value, len(value))}", s.span)
                 self.define(scope, s.targets[0], value, s.span)
         elif isinstance(s, (ast.Output, ast.Loss, ast.Metric)):
             self.result_stmt(s, scope)
@@ -185,7 +186,9 @@ class Elaborator(CallElaboration, ScanElaboration):
             if scope.kind != "block":
                 self.fail("`return` is only allowed in a block", s.span,
                           "a model names its results with `output`, `loss` and `metric`")
-            vals = tuple([self.expr(v, scope, None) for v in s.values])
+            # NOTE: `return f(x)` hands on all that f gives; in a list each is one value
+            vals = (self.expr(s.values[0], scope, None),) if len(s.values) == 1 else \
+                tuple(self.single(v, scope) for v in s.values)
             return vals[0] if len(vals) == 1 else vals
         elif isinstance(s, ast.Repeat):
             count = self.const_expr(s.count, scope)
@@ -224,7 +227,7 @@ class Elaborator(CallElaboration, ScanElaboration):
                           did_you_mean(s.name, scope.vars))
             value = scope.vars[s.name]
         else:
-            value = self.expr(s.value, scope, s.name)
+            value = self.single(s.value, scope, s.name)
         if value is POISON:
             raise Abort
         if not isinstance(value, T):
@@ -279,13 +282,13 @@ class Elaborator(CallElaboration, ScanElaboration):
         if isinstance(e, ast.NoneLit):
             return None
         if isinstance(e, ast.ListLit):
-            return [self.expr(x, scope, None) for x in e.items]
+            return [self.single(x, scope) for x in e.items]
         if isinstance(e, ast.Name):
             return self.name(e, scope)
         if isinstance(e, ast.WeightRef):
             return self.weight_ref(e, scope)
         if isinstance(e, ast.Neg):
-            v = self.expr(e.operand, scope, target)
+            v = self.single(e.operand, scope, target)
             if v is POISON:
                 raise Abort
             if isinstance(v, T):
@@ -364,8 +367,8 @@ class Elaborator(CallElaboration, ScanElaboration):
         return node.attrs["name"]
 
     def binop(self, e: ast.BinOp, scope: Scope, target):
-        a = self.expr(e.left, scope, target)
-        c = self.expr(e.right, scope, target)
+        a = self.single(e.left, scope, target)
+        c = self.single(e.right, scope, target)
         if a is POISON or c is POISON:
             raise Abort
         if not isinstance(a, T) and not isinstance(c, T):
@@ -414,6 +417,13 @@ class Elaborator(CallElaboration, ScanElaboration):
 
     def subscript(self, e: ast.Subscript, scope: Scope):
         v = self.expr(e.value, scope, None)
+        if isinstance(v, tuple):
+            first, sign = e.indices[0], 1
+            if isinstance(first, ast.Neg):
+                first, sign = first.operand, -1
+            use = sign * first.value if len(e.indices) == 1 and isinstance(first, ast.Number) \
+                and isinstance(first.value, int) else None
+            self.several(e.value, len(v), use, indexed=True)
         if isinstance(v, list):
             idx = self.const_expr(e.indices[0], scope)
             if len(e.indices) != 1 or not isinstance(idx, int):

@@ -23,8 +23,8 @@ class ScanElaboration:
         if not isinstance(block, ast.BlockDef):
             self.fail(f"scan runs a block, and '{call.func}' is not one", call.func_span,
                       f"define `block {call.func}(x, h, ...) {{ ... return h2, y }}`; {_FORM}")
-        seqs = [self.expr(x, scope, None) for x in e.over]
-        inits = [self.expr(a, scope, None) for a in call.args]
+        seqs = [self.single(x, scope) for x in e.over]
+        inits = [self.single(a, scope) for a in call.args]
         if any(v is POISON for v in seqs + inits):
             raise Abort
         if not inits:

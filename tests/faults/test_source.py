@@ -156,6 +156,49 @@ def test_a_penalty_list_without_its_rate_before_other_settings(tmp_path):
            "but l2 is 0")
 
 
+BLOCKS = """block Pair(a) {
+  left = a * 2
+  right = a + 1
+  return left, right
+}
+block Cell(h, x_t) {
+  h2 = tanh(dense(concat(h, x_t), 4))
+  return h2, h2
+}
+"""   # NOTE: 9 lines, so the model's statements start on line 16
+
+
+@pytest.mark.parametrize("line, words", [
+    ("y = lstm(s, 4, return_state = true)[0]",
+     ["16:7: error: cannot index lstm(...): it returns 3 values (outputs, h, c), not one tensor",
+      "hint: unpack them first: `outputs, h, c = lstm(...)`, then use `outputs`"]),
+    ("y = gru(s, 4, return_state = true)[-1]", ["then use `h`"]),
+    ("y = relu(rnn(s, 4, return_state = true))",
+     ["16:12: error: rnn(...) returns 2 values (outputs, h), where one value is needed"]),
+    ("y = lstm(s, 4, return_state = true) + 1", ["16:7: error: lstm(...) returns 3 values"]),
+    ("y = -lstm(s, 4, return_state = true)", ["16:8: error: lstm(...) returns 3 values"]),
+    ("y = Pair(v)[1]", ["16:7: error: cannot index Pair(...): it returns 2 values (left, right)",
+                        "`left, right = Pair(...)`, then use `right`"]),
+    ("y = Pair(v) |> relu", ["16:7: error: Pair(...) returns 2 values (left, right), where one"]),
+    ("y = 2 * Pair(v)", ["16:11: error: Pair(...) returns 2 values"]),  # it repeated the pair
+    ("y = reshape(v, Pair(v))", ["16:18: error: Pair(...) returns 2 values"]),
+    ("y = mean(Pair(v)[0])", ["cannot index Pair(...)"]),
+    ("y = [Pair(v)][0][0]", ["16:8: error: Pair(...) returns 2 values"]),
+    ("y = lstm(s, 4, return_state = true)", ["16:3: error: the right side gives 3 values; name "
+                                             "each: `outputs, h, c = lstm(...)`"]),
+    ("a, y = lstm(s, 4, return_state = true)", ["2 names but the right side gives 3 values",
+                                                "hint: name each: `outputs, h, c = lstm(...)`"]),
+    ("y = scan Cell(v[:, 0:4]) over s", ["the right side gives 2 values; name each: "
+                                         "`ys, h = scan Cell(...)`"]),
+])
+def test_several_results_are_unpacked_by_name(tmp_path, line, words):
+    """An op or block giving several values (lstm's return_state) used as one value showed
+    them as `(T(id=7), T(id=9), T(id=11))`, or Python's tuple `+` and `*` ran on them."""
+    out = cli("check", nn_file(tmp_path, BLOCKS + model(line)))
+    expect(out, *words)
+    assert "T(id=" not in out
+
+
 def test_an_unnamed_operand_is_shown_as_written(tmp_path):
     out = cli("check", nn_file(tmp_path, model("y = dense(v, 3) + v")))
     expect(out, "note: 'dense(v, 3)' is float32[batch, 3]")
