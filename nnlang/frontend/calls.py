@@ -144,7 +144,7 @@ class CallElaboration:
     def trainable_flag(self, value, span: Span) -> bool:
         """The value of a `trainable = ...` option, which must be a boolean."""
         if not isinstance(value, bool):
-            self.fail(f"trainable must be true or false, got {value!r}", span,
+            self.fail(f"trainable must be true or false, got {show_value(value)}", span,
                       "write `trainable = false` to freeze the weights")
         return value
 
@@ -160,7 +160,7 @@ class CallElaboration:
                 self.fail(problem[0], span, problem[1])
             with self.b.at(span):
                 return T(self.b.literal(v, dtype))
-        self.fail(f"{func}(): expected a tensor, got {v!r}", span)
+        self.fail(f"{func}(): expected a tensor, got {show_value(v)}", span)
 
     def layer_path(self, scope, target, func, share, share_span) -> str:
         if share is not None:
@@ -328,7 +328,7 @@ class CallElaboration:
             return v.spec()
         if isinstance(v, str) and v in INITIALIZERS:
             return v, {}
-        self.fail(f"expected an initializer, got {v!r}", e.span,
+        self.fail(f"expected an initializer, got {show_value(v)}", e.span,
                   did_you_mean(str(v), INITIALIZERS) or
                   f"initializers: {', '.join(sorted(INITIALIZERS))}")
 

@@ -193,7 +193,8 @@ class Elaborator(CallElaboration, ScanElaboration):
         elif isinstance(s, ast.Repeat):
             count = self.const_expr(s.count, scope)
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-                self.fail(f"repeat needs a positive integer count, got {count!r}", s.count.span)
+                self.fail(f"repeat needs a positive integer count, got {show_value(count)}",
+                          s.count.span)
             if count * self.copies > MAX_REPEAT:
                 total = "" if self.copies == 1 else f" ({count * self.copies:,} with the " \
                                                      "repeats around it)"
@@ -231,7 +232,7 @@ class Elaborator(CallElaboration, ScanElaboration):
         if value is POISON:
             raise Abort
         if not isinstance(value, T):
-            self.fail(f"{what} must be a tensor, got {value!r}", s.span)
+            self.fail(f"{what} must be a tensor, got {show_value(value)}", s.span)
         node = self.g.node(value.id)
         name = s.name or (s.value.func if isinstance(s.value, ast.Call) else "loss")
         table = {"output": self.g.outputs, "loss": self.g.losses, "metric": self.g.metrics}[what]
@@ -266,7 +267,8 @@ class Elaborator(CallElaboration, ScanElaboration):
             v = self.const_expr(d, scope)
             if not (isinstance(v, Sym) or isinstance(v, int) and not isinstance(v, bool)
                     and v > 0):
-                self.fail(f"a dim must be a positive integer or a symbol, got {v!r}", d.span)
+                self.fail(f"a dim must be a positive integer or a symbol, got {show_value(v)}",
+                          d.span)
             dims.append(v)
             problem = size_problem(dims)
             if problem:
@@ -426,13 +428,13 @@ class Elaborator(CallElaboration, ScanElaboration):
             self.several(e.value, len(v), use, indexed=True)
         if isinstance(v, list):
             idx = self.const_expr(e.indices[0], scope)
-            if len(e.indices) != 1 or not isinstance(idx, int):
+            if len(e.indices) != 1 or not isinstance(idx, int) or isinstance(idx, bool):
                 self.fail("lists take one integer index", e.span)
             if not -len(v) <= idx < len(v):
                 self.fail(f"index {idx} is out of range for a list of {len(v)}", e.span)
             return v[idx]
         if not isinstance(v, T):
-            self.fail(f"cannot index {v!r}", e.span)
+            self.fail(f"cannot index {show_value(v)}: only tensors and lists take [...]", e.span)
         rank = len(self.g.node(v.id).shape)
         if len(e.indices) > rank:
             self.fail(f"{len(e.indices)} indices for a tensor of rank {rank}", e.span)
@@ -441,13 +443,20 @@ class Elaborator(CallElaboration, ScanElaboration):
             if isinstance(ix, ast.Slice):
                 start = 0 if ix.start is None else self.const_expr(ix.start, scope)
                 stop = None if ix.stop is None else self.const_expr(ix.stop, scope)
+                for end, bound in ((ix.start, start), (ix.stop, stop)):
+                    # NOTE: Python takes true for 1; a float or a string reached numpy
+                    if bound is not None and (isinstance(bound, bool) or
+                                              not isinstance(bound, (int, Sym))):
+                        self.fail(f"slice bounds must be integers, got {show_value(bound)}",
+                                  end.span)
                 if (start, stop) != (0, None):
                     v = self.emit("slice", [v], dict(axis=axis, start=start, stop=stop, step=1),
                                   ix.span, [e.value.span], scope, None)
             else:
                 i = self.const_expr(ix, scope)
-                if not isinstance(i, int):
-                    self.fail(f"tensor indices must be integers or slices, got {i!r}", ix.span)
+                if not isinstance(i, int) or isinstance(i, bool):
+                    self.fail(f"tensor indices must be integers or slices, got {show_value(i)}",
+                              ix.span)
                 stop = None if i == -1 else i + 1
                 v = self.emit("slice", [v], dict(axis=axis, start=i, stop=stop, step=1),
                               ix.span, [e.value.span], scope, None)

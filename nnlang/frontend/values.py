@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nnlang.ops.signature import show_value
+
 
 @dataclass(frozen=True)
 class T:
     """A tensor value: a node in the graph being built."""
     id: int
+
+    def __str__(self) -> str:   # NOTE: as errors show a value (`got [a tensor, 8]`)
+        return "a tensor"
 
 
 class _Poison:
@@ -30,6 +35,10 @@ class Initializer:
 
     def spec(self) -> tuple[str, dict]:
         return self.name, dict(self.options)
+
+    def __str__(self) -> str:
+        opts = ", ".join(f"{k} = {show_value(v)}" for k, v in self.options.items())
+        return f"{self.name}({opts})" if opts else self.name
 
 
 @dataclass

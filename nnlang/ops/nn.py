@@ -14,6 +14,7 @@ from nnlang.ops.init import init_spec
 from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, is_float,
                                  need_positive, need_some_axes, norm_axes, norm_axis, promote,
                                  register)
+from nnlang.ops.signature import show_value
 
 # *** helpers shared by the composite families ***
 
@@ -202,7 +203,8 @@ def _gelu(b, x, *, approximate):
 
 def _gelu_shape(x, *, approximate):
     if approximate not in ("none", "tanh"):
-        raise ShapeError(f"gelu: approximate must be \"none\" or \"tanh\", got {approximate!r}")
+        raise ShapeError(f"gelu: approximate must be \"none\" or \"tanh\", got "
+                         f"{show_value(approximate)}", attr="approximate")
     return _float_shape("gelu")(x)
 
 
