@@ -427,8 +427,10 @@ class Elaborator(CallElaboration, ScanElaboration):
                 and isinstance(first.value, int) else None
             self.several(e.value, len(v), use, indexed=True)
         if isinstance(v, list):
+            if len(e.indices) != 1 or isinstance(e.indices[0], ast.Slice):
+                self.fail("lists take one integer index", e.span)
             idx = self.const_expr(e.indices[0], scope)
-            if len(e.indices) != 1 or not isinstance(idx, int) or isinstance(idx, bool):
+            if not isinstance(idx, int) or isinstance(idx, bool):
                 self.fail("lists take one integer index", e.span)
             if not -len(v) <= idx < len(v):
                 self.fail(f"index {idx} is out of range for a list of {len(v)}", e.span)

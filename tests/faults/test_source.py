@@ -230,6 +230,8 @@ def test_several_results_are_unpacked_by_name(tmp_path, line, words):
     (["y = v[:, true:3]"], ["7:12: error: slice bounds must be integers, got true"]),
     (["y = v[:, 1.5:3]"], ["7:12: error: slice bounds must be integers, got 1.5"]),
     (["y = v[:, 0:\"a\"]"], ["7:14: error: slice bounds must be integers, got \"a\""]),
+    (["y = v[[1, 2][0:1]]"], ["7:9: error: lists take one integer index"]),  # "expression Slice"
+    (["y = v[[1, 2][true]]"], ["7:9: error: lists take one integer index"]),
 ])
 def test_values_are_shown_as_the_source_spells_them(tmp_path, lines, words):
     """A value in an error reads as it is written (none, true, "a", [a tensor, 8]), not as
