@@ -380,7 +380,7 @@ class Elaborator(CallElaboration, ScanElaboration):
                 return self.size_arith(e, a, c)
             try:
                 return eval_binop(e.op, a, c)
-            except ArithmeticError as err:  # NOTE: constant arithmetic on user values
+            except (ArithmeticError, ValueError) as err:  # NOTE: arithmetic on user values
                 self.fail(f"cannot compute {self.shown(e, a, c)}: {err}", e.span)
             except Exception:   # NOTE: Python's text names its own types ('NoneType')
                 self.fail(f"cannot compute {self.shown(e, a, c)}: {e.op} takes numbers or "
@@ -392,8 +392,11 @@ class Elaborator(CallElaboration, ScanElaboration):
 
     @staticmethod
     def shown(e: ast.BinOp, a, c) -> str:
-        return f" {e.op} ".join(number_text(v) if isinstance(v, (int, float)) and not
-                                isinstance(v, bool) else show_value(v) for v in (a, c))
+        text = [number_text(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                else show_value(v) for v in (a, c)]
+        if e.op == "**" and text[0].startswith("-"):   # NOTE: -8 ** 0.5 reads as -(8 ** 0.5)
+            text[0] = f"({text[0]})"
+        return f" {e.op} ".join(text)
 
     def size_arith(self, e: ast.BinOp, a, c):
         """Constant arithmetic on a symbolic size: products with whole numbers and symbols

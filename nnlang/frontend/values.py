@@ -67,6 +67,8 @@ def eval_binop(op, a, b):
         result = _eval_binop(op, a, b)
     except OverflowError:  # NOTE: float ** says "(34, 'Numerical result out of range')"
         raise OverflowError("the result is too large for a float") from None
+    if isinstance(result, complex):   # NOTE: Python's (-8) ** 0.5 is 1.7e-16+2.8j
+        raise ValueError("a negative number to a fractional power is not a real number")
     if isinstance(result, int) and result.bit_length() > _MAX_INT_BITS:
         raise OverflowError("the result is too large")   # NOTE: k * k * k... gets there too
     if (isinstance(result, float) and not math.isfinite(result)

@@ -451,6 +451,8 @@ def test_initial_weights_drawn_in_chunks_are_the_one_shot_values(monkeypatch, in
                                             "1201-digit number: the result is too large"]),
     ("y = dense(v, 10 ** 400)", "7:16", ["dim about 10**400 is too large"]),
     ("y = sum(v) / 0", "7:16", ["division by zero"]),
+    ("y = dropout(v, (0 - 8) ** 0.5)", "7:18", ["cannot compute (-8) ** 0.5: a negative number to "
+                                              "a fractional power is not a real number"]),
 ])
 def test_overflowing_numbers(tmp_path, line, where, words):
     path = nn_file(tmp_path, model(line, *(["y = v"] if line.startswith("k") else [])))
