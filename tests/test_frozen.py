@@ -83,7 +83,7 @@ def test_param_option_formats_back():
 
 
 @pytest.mark.parametrize("enc,dense,words", [
-    (', trainable = "no"', "", ["trainable must be true or false", "'no'", ":10:"]),
+    (', trainable = "no"', "", ["trainable must be true or false", 'got "no"', ":10:"]),
     ("", ", trainable = 0", ["trainable must be true or false", ":12:"]),
 ])
 def test_bad_trainable_value(enc, dense, words):

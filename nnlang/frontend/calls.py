@@ -44,8 +44,8 @@ class CallElaboration:
         # NOTE: an op without weights (relu in `h = dense(x, 8) |> relu`) passes the target
         # name to its first argument, so the layer it wraps is named `h`, not `dense`
         inner = target if opdef.params is None else None
-        args = [self.expr(a, scope, inner if i == 0 else None) for i, a in enumerate(e.args)]
-        kwargs = {k.name: self.expr(k.value, scope, None) for k in e.kwargs}
+        args = [self.single(a, scope, inner if i == 0 else None) for i, a in enumerate(e.args)]
+        kwargs = {k.name: self.single(k.value, scope) for k in e.kwargs}
         if any(v is POISON for v in args + list(kwargs.values())):
             raise Abort
         share = kwargs.pop("share", None)
@@ -95,10 +95,56 @@ class CallElaboration:
         return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path, where, attr_spans,
                          frozen)
 
+    # *** calls that give several values ***
+    def single(self, e, scope: Scope, target: str | None = None):
+        """An operand: one value, never the several a call may give (lstm's return_state, a
+        block's `return a, b`), which only an assignment unpacks."""
+        v = self.expr(e, scope, target)
+        if isinstance(v, tuple):
+            self.several(e, len(v))
+        return v
+
+    def several(self, e, n: int, index: int | None = None, indexed: bool = False):
+        """The error for the n values of `e` where one is needed, with the assignment that
+        unpacks them (naming the one `index` asked for, when an index did)."""
+        what, names = self.unpacking(e, n)
+        values = f"{n} values ({', '.join(names)})"
+        then = f", then use `{names[index]}`" if index is not None and -n <= index < n else ""
+        self.fail(f"cannot index {what}: it returns {values}, not one tensor" if indexed else
+                  f"{what} returns {values}, where one value is needed", e.span,
+                  f"unpack them first: `{', '.join(names)} = {what}`{then}")
+
+    def name_each(self, e, n: int) -> str:
+        what, names = self.unpacking(e, n)
+        return f"name each: `{', '.join(names)} = {what}`"
+
+    def unpacking(self, e, n: int) -> tuple[str, list[str]]:
+        """How the source spells the call giving n values, and names to unpack them into: the
+        op's own (lstm: outputs, h, c), or those a block returns."""
+        call = e.target if isinstance(e, ast.Pipe) else e.call if isinstance(e, ast.Scan) else e
+        func = call.func if isinstance(call, ast.Call) else getattr(call, "id", None)
+        if func is None:
+            return "this", [f"v{i + 1}" for i in range(n)]
+        if isinstance(e, ast.Scan):   # the stacked per-step outputs, then the final states
+            states = len(call.args)
+            outs = ["ys"] if n - states == 1 else [f"ys{i + 1}" for i in range(n - states)]
+            return f"scan {func}(...)", outs + (["h"] if states == 1 else
+                                                [f"h{i + 1}" for i in range(states)])
+        names = []
+        opdef, block = registry.get(func), self.defs.get(func)
+        if opdef is not None:
+            names = list(opdef.result_names)
+        elif isinstance(block, ast.BlockDef):
+            ret = next((st for st in block.body if isinstance(st, ast.Return)), None)
+            names = [v.id for v in ret.values if isinstance(v, ast.Name)] if ret else []
+        if len(names) != n or len(set(names)) != n:
+            names = [f"v{i + 1}" for i in range(n)]
+        return f"{func}(...)", names
+
     def trainable_flag(self, value, span: Span) -> bool:
         """The value of a `trainable = ...` option, which must be a boolean."""
         if not isinstance(value, bool):
-            self.fail(f"trainable must be true or false, got {value!r}", span,
+            self.fail(f"trainable must be true or false, got {show_value(value)}", span,
                       "write `trainable = false` to freeze the weights")
         return value
 
@@ -114,7 +160,7 @@ class CallElaboration:
                 self.fail(problem[0], span, problem[1])
             with self.b.at(span):
                 return T(self.b.literal(v, dtype))
-        self.fail(f"{func}(): expected a tensor, got {v!r}", span)
+        self.fail(f"{func}(): expected a tensor, got {show_value(v)}", span)
 
     def layer_path(self, scope, target, func, share, share_span) -> str:
         if share is not None:
@@ -277,12 +323,12 @@ class CallElaboration:
         return Initializer(e.func, opts)
 
     def init_value(self, e, scope) -> tuple[str, dict]:
-        v = self.expr(e, scope, None)
+        v = self.single(e, scope)
         if isinstance(v, Initializer):
             return v.spec()
         if isinstance(v, str) and v in INITIALIZERS:
             return v, {}
-        self.fail(f"expected an initializer, got {v!r}", e.span,
+        self.fail(f"expected an initializer, got {show_value(v)}", e.span,
                   did_you_mean(str(v), INITIALIZERS) or
                   f"initializers: {', '.join(sorted(INITIALIZERS))}")
 
@@ -297,8 +343,8 @@ class CallElaboration:
         names = [p.name for p in block.params]
         if len(set(names)) != len(names):
             raise Abort   # NOTE: reported where the block is defined (imports.collect_defs)
-        args = list(values or []) + [self.expr(a, scope, None) for a in e.args]
-        kwargs = {k.name: self.expr(k.value, scope, None) for k in e.kwargs}
+        args = list(values or []) + [self.single(a, scope) for a in e.args]
+        kwargs = {k.name: self.single(k.value, scope) for k in e.kwargs}
         if any(v is POISON for v in args + list(kwargs.values())):
             raise Abort
         share = kwargs.pop("share", None)
@@ -327,7 +373,7 @@ class CallElaboration:
             if p.name in given:
                 inner.vars[p.name] = given[p.name]
             elif p.default is not None:
-                inner.vars[p.name] = self.expr(p.default, inner, None)
+                inner.vars[p.name] = self.single(p.default, inner)
             else:
                 self.fail(f"{block.name}() missing required argument '{p.name}'", e.span,
                           f"signature: {block.name}({', '.join(names)})")

@@ -23,7 +23,7 @@ from nnlang.frontend.train_config import TrainConfig, elaborate_train
 from nnlang.frontend.values import (POISON, TENSOR_BINOPS, Abort, Initializer, Scope, T,
                                     eval_binop, join_path)
 from nnlang.gc_pause import paused_gc
-from nnlang.ir.dims import Sym, fmt_shape, size_problem
+from nnlang.ir.dims import DimError, Sym, fmt_shape, size_problem
 from nnlang.ir.graph import Builder, Graph
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS
@@ -97,7 +97,7 @@ class Elaborator(CallElaboration, ScanElaboration):
         return {k: v for k, v in scope.vars.items()}
 
     def const_expr(self, e, scope: Scope):
-        v = self.expr(e, scope, None)
+        v = self.single(e, scope)
         if isinstance(v, T):
             self.fail("expected a constant here, got a tensor", e.span)
         return v
@@ -171,13 +171,14 @@ class Elaborator(CallElaboration, ScanElaboration):
                 if not isinstance(value, tuple) or len(value) != len(s.targets):
                     got = len(value) if isinstance(value, tuple) else 1
                     self.fail(f"{len(s.targets)} names but the right side gives {got} value"
-                              f"{'s' if got != 1 else ''}", s.span)
+                              f"{'s' if got != 1 else ''}", s.span, None if got == 1 else
+                              self.name_each(s.value, got))
                 for name, v in zip(s.targets, value):
                     self.define(scope, name, v, s.span)
             else:
                 if isinstance(value, tuple):
-                    self.fail(f"the right side gives {len(value)} values; name each: "
-                              f"`a, b = ...`", s.span)
+                    self.fail(f"the right side gives {len(value)} values; "
+                              f"{self.name_each(s.value, len(value))}", s.span)
                 self.define(scope, s.targets[0], value, s.span)
         elif isinstance(s, (ast.Output, ast.Loss, ast.Metric)):
             self.result_stmt(s, scope)
@@ -185,12 +186,15 @@ class Elaborator(CallElaboration, ScanElaboration):
             if scope.kind != "block":
                 self.fail("`return` is only allowed in a block", s.span,
                           "a model names its results with `output`, `loss` and `metric`")
-            vals = tuple([self.expr(v, scope, None) for v in s.values])
+            # NOTE: `return f(x)` hands on all that f gives; in a list each is one value
+            vals = (self.expr(s.values[0], scope, None),) if len(s.values) == 1 else \
+                tuple(self.single(v, scope) for v in s.values)
             return vals[0] if len(vals) == 1 else vals
         elif isinstance(s, ast.Repeat):
             count = self.const_expr(s.count, scope)
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-                self.fail(f"repeat needs a positive integer count, got {count!r}", s.count.span)
+                self.fail(f"repeat needs a positive integer count, got {show_value(count)}",
+                          s.count.span)
             if count * self.copies > MAX_REPEAT:
                 total = "" if self.copies == 1 else f" ({count * self.copies:,} with the " \
                                                      "repeats around it)"
@@ -224,11 +228,11 @@ class Elaborator(CallElaboration, ScanElaboration):
                           did_you_mean(s.name, scope.vars))
             value = scope.vars[s.name]
         else:
-            value = self.expr(s.value, scope, s.name)
+            value = self.single(s.value, scope, s.name)
         if value is POISON:
             raise Abort
         if not isinstance(value, T):
-            self.fail(f"{what} must be a tensor, got {value!r}", s.span)
+            self.fail(f"{what} must be a tensor, got {show_value(value)}", s.span)
         node = self.g.node(value.id)
         name = s.name or (s.value.func if isinstance(s.value, ast.Call) else "loss")
         table = {"output": self.g.outputs, "loss": self.g.losses, "metric": self.g.metrics}[what]
@@ -263,7 +267,8 @@ class Elaborator(CallElaboration, ScanElaboration):
             v = self.const_expr(d, scope)
             if not (isinstance(v, Sym) or isinstance(v, int) and not isinstance(v, bool)
                     and v > 0):
-                self.fail(f"a dim must be a positive integer or a symbol, got {v!r}", d.span)
+                self.fail(f"a dim must be a positive integer or a symbol, got {show_value(v)}",
+                          d.span)
             dims.append(v)
             problem = size_problem(dims)
             if problem:
@@ -279,13 +284,13 @@ class Elaborator(CallElaboration, ScanElaboration):
         if isinstance(e, ast.NoneLit):
             return None
         if isinstance(e, ast.ListLit):
-            return [self.expr(x, scope, None) for x in e.items]
+            return [self.single(x, scope) for x in e.items]
         if isinstance(e, ast.Name):
             return self.name(e, scope)
         if isinstance(e, ast.WeightRef):
             return self.weight_ref(e, scope)
         if isinstance(e, ast.Neg):
-            v = self.expr(e.operand, scope, target)
+            v = self.single(e.operand, scope, target)
             if v is POISON:
                 raise Abort
             if isinstance(v, T):
@@ -364,35 +369,77 @@ class Elaborator(CallElaboration, ScanElaboration):
         return node.attrs["name"]
 
     def binop(self, e: ast.BinOp, scope: Scope, target):
-        a = self.expr(e.left, scope, target)
-        c = self.expr(e.right, scope, target)
+        a = self.single(e.left, scope, target)
+        c = self.single(e.right, scope, target)
         if a is POISON or c is POISON:
             raise Abort
         if not isinstance(a, T) and not isinstance(c, T):
             if e.op == "@":
                 self.fail("@ needs tensors", e.span)
+            if isinstance(a, Sym) or isinstance(c, Sym):
+                return self.size_arith(e, a, c)
             try:
                 return eval_binop(e.op, a, c)
-            except Exception as err:  # NOTE: constant arithmetic on user values
-                shown = [number_text(v) if isinstance(v, (int, float))
-                         and not isinstance(v, bool) else show_value(v) for v in (a, c)]
-                self.fail(f"cannot compute {shown[0]} {e.op} {shown[1]}: {err}", e.span)
+            except (ArithmeticError, ValueError) as err:  # NOTE: arithmetic on user values
+                self.fail(f"cannot compute {self.shown(e, a, c)}: {err}", e.span)
+            except Exception:   # NOTE: Python's text names its own types ('NoneType')
+                self.fail(f"cannot compute {self.shown(e, a, c)}: {e.op} takes numbers or "
+                          "tensors", e.span)
         if e.op == "/" and c == 0 and not isinstance(c, (T, bool)):
             self.fail("division by zero", e.right.span, "every element would be inf or nan")
         return self.emit(TENSOR_BINOPS[e.op], [a, c], {}, e.span,
                          [e.left.span, e.right.span], scope, None)
 
+    @staticmethod
+    def shown(e: ast.BinOp, a, c) -> str:
+        text = [number_text(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                else show_value(v) for v in (a, c)]
+        if e.op == "**" and text[0].startswith("-"):   # NOTE: -8 ** 0.5 reads as -(8 ** 0.5)
+            text[0] = f"({text[0]})"
+        return f" {e.op} ".join(text)
+
+    def size_arith(self, e: ast.BinOp, a, c):
+        """Constant arithmetic on a symbolic size: products with whole numbers and symbols
+        (`2 * steps`, `batch * steps`) and sums of like terms (`steps + steps`) are sizes again;
+        anything else (`steps - 1`, `steps / 2`) would need the size itself."""
+        if e.op in ("*", "+", "==", "!=") and all(
+                isinstance(v, (int, Sym)) and not isinstance(v, bool) for v in (a, c)):
+            try:
+                return eval_binop(e.op, a, c)
+            except DimError:
+                pass
+        sym = a if isinstance(a, Sym) else c
+        name = sym.names[0]
+        k = c if e.op == "-" and isinstance(a, Sym) and isinstance(c, int) and \
+            not isinstance(c, bool) and c > 0 else None
+        self.fail(f"cannot compute {self.shown(e, a, c)}: {sym} is a symbolic size, known only "
+                  "when data arrives, so it can only be multiplied by whole numbers or symbols "
+                  f"(2 * {name}, batch * {name}) or added to like terms ({name} + {name})",
+                  e.span, "index from the end instead: " + (
+                      f"x[:, -{k}:][:, 0] is x[:, {sym} - {k}]" if k and k > 1 else
+                      f"x[:, -1] is x[:, {sym} - 1]" if k else "x[:, -1] is the last entry") +
+                  "; in reshape, write -1 for the one size to infer")
+
     def subscript(self, e: ast.Subscript, scope: Scope):
         v = self.expr(e.value, scope, None)
+        if isinstance(v, tuple):
+            first, sign = e.indices[0], 1
+            if isinstance(first, ast.Neg):
+                first, sign = first.operand, -1
+            use = sign * first.value if len(e.indices) == 1 and isinstance(first, ast.Number) \
+                and isinstance(first.value, int) else None
+            self.several(e.value, len(v), use, indexed=True)
         if isinstance(v, list):
+            if len(e.indices) != 1 or isinstance(e.indices[0], ast.Slice):
+                self.fail("lists take one integer index", e.span)
             idx = self.const_expr(e.indices[0], scope)
-            if len(e.indices) != 1 or not isinstance(idx, int):
+            if not isinstance(idx, int) or isinstance(idx, bool):
                 self.fail("lists take one integer index", e.span)
             if not -len(v) <= idx < len(v):
                 self.fail(f"index {idx} is out of range for a list of {len(v)}", e.span)
             return v[idx]
         if not isinstance(v, T):
-            self.fail(f"cannot index {v!r}", e.span)
+            self.fail(f"cannot index {show_value(v)}: only tensors and lists take [...]", e.span)
         rank = len(self.g.node(v.id).shape)
         if len(e.indices) > rank:
             self.fail(f"{len(e.indices)} indices for a tensor of rank {rank}", e.span)
@@ -401,13 +448,20 @@ class Elaborator(CallElaboration, ScanElaboration):
             if isinstance(ix, ast.Slice):
                 start = 0 if ix.start is None else self.const_expr(ix.start, scope)
                 stop = None if ix.stop is None else self.const_expr(ix.stop, scope)
+                for end, bound in ((ix.start, start), (ix.stop, stop)):
+                    # NOTE: Python takes true for 1; a float or a string reached numpy
+                    if bound is not None and (isinstance(bound, bool) or
+                                              not isinstance(bound, (int, Sym))):
+                        self.fail(f"slice bounds must be integers, got {show_value(bound)}",
+                                  end.span)
                 if (start, stop) != (0, None):
                     v = self.emit("slice", [v], dict(axis=axis, start=start, stop=stop, step=1),
                                   ix.span, [e.value.span], scope, None)
             else:
                 i = self.const_expr(ix, scope)
-                if not isinstance(i, int):
-                    self.fail(f"tensor indices must be integers or slices, got {i!r}", ix.span)
+                if not isinstance(i, int) or isinstance(i, bool):
+                    self.fail(f"tensor indices must be integers or slices, got {show_value(i)}",
+                              ix.span)
                 stop = None if i == -1 else i + 1
                 v = self.emit("slice", [v], dict(axis=axis, start=i, stop=stop, step=1),
                               ix.span, [e.value.span], scope, None)

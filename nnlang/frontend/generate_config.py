@@ -11,6 +11,7 @@ from nnlang.errors import ErrorSink, Span, did_you_mean
 from nnlang.frontend import ast
 from nnlang.ir.dims import Sym
 from nnlang.ops.registry import INT_DTYPES
+from nnlang.ops.signature import show_value
 
 ROLES = ("tokens", "logits", "source")   # settings naming an input or an output
 TOKENS = ("start", "stop")               # settings naming a token (string or id)
@@ -45,7 +46,7 @@ def sampling_problem(name: str, value) -> str | None:
     kind, test, text = SAMPLING[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
             (kind is int and not isinstance(value, int)):
-        return f"{value!r} is not {'an int' if kind is int else 'a number'}"
+        return f"{show_value(value)} is not {'an int' if kind is int else 'a number'}"
     if not math.isfinite(value):
         return f"{value!r} is not a finite number"
     return None if test(value) else f"{value!r} is out of range: {name} must be {text}"
@@ -80,7 +81,7 @@ def elaborate_generate(d: ast.GenerateDef, g, evaluate, errors: ErrorSink, abort
                 (isinstance(v, str) and v != "")
             if not ok:
                 errors.add(f"generate setting '{s.name}' must be a token (a string) or a token "
-                           f"id (an int >= 0), got {v!r}", s.value.span)
+                           f"id (an int >= 0), got {show_value(v)}", s.value.span)
                 continue
         elif problem := sampling_problem(s.name, v):
             errors.add(f"generate setting '{s.name}': {problem}", s.value.span)

@@ -10,6 +10,7 @@ from nnlang.frontend.values import POISON, Abort, Scope, T
 from nnlang.ir.graph import Builder, decompose_node
 from nnlang.ir.scan import Body, new_body_graph
 from nnlang.ops import registry
+from nnlang.ops.signature import show_value
 
 _FORM = "hs, h = scan Cell(h0) over x"
 
@@ -23,8 +24,8 @@ class ScanElaboration:
         if not isinstance(block, ast.BlockDef):
             self.fail(f"scan runs a block, and '{call.func}' is not one", call.func_span,
                       f"define `block {call.func}(x, h, ...) {{ ... return h2, y }}`; {_FORM}")
-        seqs = [self.expr(x, scope, None) for x in e.over]
-        inits = [self.expr(a, scope, None) for a in call.args]
+        seqs = [self.single(x, scope) for x in e.over]
+        inits = [self.single(a, scope) for a in call.args]
         if any(v is POISON for v in seqs + inits):
             raise Abort
         if not inits:
@@ -61,7 +62,7 @@ class ScanElaboration:
             t = self._type(v) if isinstance(v, T) else None
             if t is None or t.rank != 3 or not registry.is_float(t.dtype):
                 self.fail(f"scan runs over float sequences [batch, time, features], got "
-                          f"{t if t is not None else repr(v)}", x.span,
+                          f"{t if t is not None else show_value(v)}", x.span,
                           "add a features axis with unsqueeze(axis = -1)?")
             if first is not None and (t.shape[:2] != first.shape[:2] or t.dtype != first.dtype):
                 self.fail(f"scan: the sequences differ: {first} and {t}", x.span,
@@ -78,7 +79,7 @@ class ScanElaboration:
                 if dtype != "float32":   # NOTE: a literal is float32
                     zeros = f'cast({zeros}, dtype = "{dtype}")'
                 self.fail(f"scan: an initial state is {dtype}[{batch}, units]; got "
-                          f"{t if t is not None else repr(v)}", a.span,
+                          f"{t if t is not None else show_value(v)}", a.span,
                           f"start from zeros: {zeros}?")
 
     def _scan_results(self, result, inits, block: ast.BlockDef, call: ast.Call, dtype):
@@ -95,12 +96,13 @@ class ScanElaboration:
                 want = self._type(inits[k])
                 if t != want:
                     self.fail(f"scan: {block.name}'s state {k + 1} changes type from {want} to "
-                              f"{t if t is not None else repr(v)} in one step", call.args[k].span,
-                              "a carried state keeps its shape every step", where)
+                              f"{t if t is not None else show_value(v)} in one step",
+                              call.args[k].span, "a carried state keeps its shape every step",
+                              where)
             elif t is None or t.rank != 2 or t.dtype != dtype:
                 self.fail(f"scan: {block.name}'s per-step output {k + 1} must be {dtype}"
-                          f"[batch, k], got {t if t is not None else repr(v)}", call.span,
-                          None, where)
+                          f"[batch, k], got {t if t is not None else show_value(v)}",
+                          call.span, None, where)
 
     # *** the body ***
     def _placeholder(self, name, shape, dtype, span) -> T:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from nnlang.errors import ErrorSink, NNError, did_you_mean
 from nnlang.frontend import ast
 from nnlang.ir.dims import DEFAULT_BATCH
-from nnlang.ops.signature import BindError, check_kind
+from nnlang.ops.signature import BindError, check_kind, show_value
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES
 
 
@@ -198,7 +198,8 @@ def _data_choice(name: str, args: list, options: dict, span, errors: ErrorSink, 
                        f"e.g. imdb(vocab = 20000); a file is read with {forms}")
             return None
         if not isinstance(args[0], str) or not args[0].lower().endswith(FILE_FORMS[name]):
-            errors.add(f"{name}() reads a {FILE_FORMS[name]} file, got {args[0]!r}", span,
+            errors.add(f"{name}() reads a {FILE_FORMS[name]} file, got {show_value(args[0])}",
+                       span,
                        f"a file is read with {forms}")
             return None
         name = args[0]
@@ -276,13 +277,14 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
                 value = _data_choice(name, args, opts, span, errors, spans)
             else:
                 value = None
-                errors.add(f"data must be a dataset like imdb(...) or a file path, got {raw!r}",
-                           span)
+                errors.add("data must be a dataset like imdb(...) or a file path, got "
+                           f"{show_value(raw)}", span)
         elif s.name == "init_from":
             value = raw if isinstance(raw, str) and raw else None
             if value is None:
                 errors.add(f"init_from must be a run directory or checkpoint path in quotes, "
-                           f"got {raw!r}", span, 'e.g. init_from = "runs/cnn-20260101-120000"')
+                           f"got {show_value(raw)}", span,
+                           'e.g. init_from = "runs/cnn-20260101-120000"')
         else:
             problem = check_kind(_SCALARS[s.name], raw, False) or range_problem(s.name, raw)
             if problem:

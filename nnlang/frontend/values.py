@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nnlang.ops.signature import show_value
+
 
 @dataclass(frozen=True)
 class T:
     """A tensor value: a node in the graph being built."""
     id: int
+
+    def __str__(self) -> str:   # NOTE: as errors show a value (`got [a tensor, 8]`)
+        return "a tensor"
 
 
 class _Poison:
@@ -30,6 +35,10 @@ class Initializer:
 
     def spec(self) -> tuple[str, dict]:
         return self.name, dict(self.options)
+
+    def __str__(self) -> str:
+        opts = ", ".join(f"{k} = {show_value(v)}" for k, v in self.options.items())
+        return f"{self.name}({opts})" if opts else self.name
 
 
 @dataclass
@@ -58,6 +67,8 @@ def eval_binop(op, a, b):
         result = _eval_binop(op, a, b)
     except OverflowError:  # NOTE: float ** says "(34, 'Numerical result out of range')"
         raise OverflowError("the result is too large for a float") from None
+    if isinstance(result, complex):   # NOTE: Python's (-8) ** 0.5 is 1.7e-16+2.8j
+        raise ValueError("a negative number to a fractional power is not a real number")
     if isinstance(result, int) and result.bit_length() > _MAX_INT_BITS:
         raise OverflowError("the result is too large")   # NOTE: k * k * k... gets there too
     if (isinstance(result, float) and not math.isfinite(result)

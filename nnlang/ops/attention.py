@@ -11,6 +11,7 @@ from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.nn import const_like, linear, need_float, param_dtype
 from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, Unexportable, need_positive,
                                  need_range, register)
+from nnlang.ops.signature import show_value
 
 NEG_INF = -1e9  # added to masked scores: exp underflows to exactly 0 without inf - inf = nan
 
@@ -137,7 +138,7 @@ def _pe_check(x, kind, max_len, mask=None):
                          hint="nonzero at real tokens, 0 at padding")
     if kind not in ("sinusoidal", "learned"):
         raise ShapeError(f"positional_encoding: kind must be \"sinusoidal\" or \"learned\", got "
-                         f"{kind!r}")
+                         f"{show_value(kind)}", attr="kind")
     if isinstance(x.shape[1], Sym):
         # NOTE: the table (or the weight's first rows) is taken once the length is bound
         if kind == "learned" and max_len is None:

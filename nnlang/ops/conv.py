@@ -15,15 +15,17 @@ from nnlang.ops.movement import window_out
 from nnlang.ops.nn import const_like, mean_over, need_float, param_dtype
 from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, need_positive,
                                  promote, register)
+from nnlang.ops.signature import show_value
 
 _LAYOUT = {1: "[batch, channels, length]", 2: "[batch, channels, height, width]"}
 
 
-def _tuple(op, name, v, nd):
-    v = [v] * nd if isinstance(v, int) else list(v)
-    if len(v) != nd or not all(isinstance(i, int) and i >= 1 for i in v):
-        raise ShapeError(f"{op}: {name} must be a positive int or {nd} of them, got {v}",
-                         attr=name)
+def _tuple(op, name, given, nd):
+    v = [given] * nd if isinstance(given, int) else list(given)
+    if len(v) != nd or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1
+                               for i in v):
+        raise ShapeError(f"{op}: {name} must be a positive int or {nd} of them, got "
+                         f"{show_value(given)}", attr=name)
     return v
 
 
@@ -39,15 +41,16 @@ def _pads(op, padding, size, kernel, stride, dilation):
             total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
             pads += [total // 2, total - total // 2]
         return pads
-    if isinstance(padding, int):
-        padding = [padding] * nd
-    if isinstance(padding, (list, tuple)) and all(isinstance(p, int) and p >= 0 for p in padding):
-        if len(padding) == nd:
-            return [p for p in padding for _ in range(2)]
-        if len(padding) == 2 * nd:
-            return list(padding)
+    pads = [padding] * nd if isinstance(padding, int) else padding
+    # NOTE: true is no pad width, though Python counts it as the int 1
+    if isinstance(pads, (list, tuple)) and all(
+            isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pads):
+        if len(pads) == nd:
+            return [p for p in pads for _ in range(2)]
+        if len(pads) == 2 * nd:
+            return list(pads)
     raise ShapeError(f"{op}: padding must be \"same\", \"valid\", an int, {nd} ints or {2 * nd} "
-                     f"lo/hi ints, got {padding!r}", attr="padding")
+                     f"lo/hi ints, got {show_value(padding)}", attr="padding")
 
 
 def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_last=False,

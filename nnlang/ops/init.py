@@ -12,7 +12,7 @@ import numpy as np
 
 from nnlang.errors import did_you_mean
 from nnlang.ops.registry import ParamSpec, ShapeError
-from nnlang.ops.signature import BindError, Signature
+from nnlang.ops.signature import BindError, Signature, show_value
 
 # name -> (options signature, fn(rng, shape, dtype, fan_in, fan_out, **opts) -> ndarray)
 INITIALIZERS: dict[str, tuple[Signature, callable]] = {}
@@ -190,10 +190,10 @@ def init_spec(value, what: str = "init") -> tuple[str, dict]:
     elif isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[1], dict):
         name, opts = value
     else:
-        raise ShapeError(f"{what}: expected an initializer name or (name, options), got "
-                         f"{value!r}", hint="e.g. \"he_normal\" or (\"normal\", {\"std\": 0.1})")
+        raise ShapeError(f"{what}: expected an initializer, got {show_value(value)}", attr=what,
+                         hint=f"e.g. {what} = \"he_normal\" or {what} = normal(std = 0.1)")
     if name not in INITIALIZERS:
-        raise ShapeError(f"{what}: unknown initializer {name!r}",
+        raise ShapeError(f"{what}: unknown initializer {name!r}", attr=what,
                          hint=did_you_mean(name, list(INITIALIZERS))
                          or "known: " + ", ".join(sorted(INITIALIZERS)))
     try:

@@ -13,6 +13,7 @@ from nnlang.ops.lowering import GRID_LOOP, both
 from nnlang.ops.registry import (MOVEMENT, NONDIFF, Sample, ShapeError, TensorType,
                                  Unexportable, broadcast_shapes, is_float, need_sizes,
                                  norm_axis, promote, register)
+from nnlang.ops.signature import show_value
 from nnlang.ops.windows import LOWER as _WINDOW_LOWER
 from nnlang.ops.windows import window_taps
 
@@ -157,7 +158,8 @@ register("slice", "x: tensor, axis: int, start: int = 0, stop: int = none, step:
 def _unslice_shape(x: TensorType, *, axis, start, stop, step, size) -> TensorType:
     ax = norm_axis(axis, x.rank)
     if not isinstance(size, Sym) and (not isinstance(size, int) or size < 1):
-        raise ShapeError(f"unslice: size must be a positive size, got {size!r}", attr="size")
+        raise ShapeError(f"unslice: size must be a positive size, got {show_value(size)}",
+                         attr="size")
     if _slice_size(size, start, stop, step) != x.shape[ax]:
         raise ShapeError(f"unslice: {x.shape[ax]} values do not fill {start}:{stop}:{step} "
                          f"of {size}", arg=0)
@@ -319,19 +321,23 @@ def _window_args(op, kernel, stride, pads, dilation=None) -> dict:
     """kernel, stride, pads (and dilation) as lists, one entry per spatial dim (pads two): an
     int kernel is one dim, an int stride or dilation holds for every dim. ShapeError unless
     each holds that many ints, pads >= 0 and the others >= 1."""
+    if isinstance(kernel, list) and not kernel:
+        raise ShapeError(f"{op}: kernel must be one int >= 1 per spatial dim, got []",
+                         attr="kernel")
     kernel = [kernel] if isinstance(kernel, int) else kernel
     nd = len(kernel) if isinstance(kernel, list) else 0
     out = {}
-    for name, v, n, least in (("kernel", kernel, nd, 1), ("stride", stride, nd, 1),
-                              ("pads", pads, 2 * nd, 0), ("dilation", dilation, nd, 1)):
-        if name == "dilation" and v is None:
+    for name, given, n, least in (("kernel", kernel, nd, 1), ("stride", stride, nd, 1),
+                                  ("pads", pads, 2 * nd, 0), ("dilation", dilation, nd, 1)):
+        if name == "dilation" and given is None:
             continue
-        v = [v] * n if isinstance(v, int) and name != "pads" else v
-        if (not nd or not isinstance(v, list) or len(v) != n
-                or not all(isinstance(i, int) and i >= least for i in v)):
+        v = [given] * n if isinstance(given, int) and name != "pads" else given
+        if (not nd or not isinstance(v, list) or len(v) != n or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= least for i in v)):
+            # NOTE: the value as written (stride 0, not the [0, 0] it stands for)
             raise ShapeError(f"{op}: {name} must be {n} int{'s' if n > 1 else ''} >= {least} "
                              f"(one per spatial dim{', lo and hi' if name == 'pads' else ''}), "
-                             f"got {v!r}", attr=name)
+                             f"got {show_value(given)}", attr=name)
         out[name] = list(v)
     return out
 
@@ -393,7 +399,8 @@ def _fold_shape(cols: TensorType, *, size, kernel, stride, pads, dilation) -> Te
     nd = len(kernel)
     if not isinstance(size, list) or len(size) != nd or not all(
             isinstance(n, int) and n >= 1 for n in size):
-        raise ShapeError(f"fold: size must be {nd} positive ints, got {size!r}", attr="size")
+        raise ShapeError(f"fold: size must be {nd} positive ints, got {show_value(size)}",
+                         attr="size")
     outs = [window_out(size[i], kernel[i], stride[i], pads[2 * i], pads[2 * i + 1],
                        dilation[i]) for i in range(nd)]
     want = (cols.shape[0] if cols.rank else "batch", *outs, *kernel,

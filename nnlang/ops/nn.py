@@ -14,6 +14,7 @@ from nnlang.ops.init import init_spec
 from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, is_float,
                                  need_positive, need_some_axes, norm_axes, norm_axis, promote,
                                  register)
+from nnlang.ops.signature import show_value
 
 # *** helpers shared by the composite families ***
 
@@ -87,32 +88,37 @@ def _flops_dense(ins, out, **_):
 
 # *** dense / embedding ***
 
-def _dense_params(x, *, units, use_bias, init, bias_init, **_):
-    if x.rank == 0:
-        raise ShapeError(f"dense expects [..., features] but got the scalar {x}", arg=0,
-                         hint="unsqueeze(x, axis = 0) makes it a vector")
-    dt = param_dtype(x)
-    specs = {"weight": ParamSpec((x.shape[-1], units), init_spec(init, "init"), dtype=dt)}
-    if use_bias:
-        specs["bias"] = ParamSpec((units,), init_spec(bias_init, "bias_init"), dtype=dt)
-    return specs
+def _dense_params(op: str):
+    def params(x, *, units, use_bias, init, bias_init, **_):
+        if x.rank == 0:
+            raise ShapeError(f"{op} expects [..., features] but got the scalar {x}", arg=0,
+                             hint="unsqueeze(x, axis = 0) makes it a vector")
+        dt = param_dtype(x)
+        specs = {"weight": ParamSpec((x.shape[-1], units), init_spec(init, "init"), dtype=dt)}
+        if use_bias:
+            specs["bias"] = ParamSpec((units,), init_spec(bias_init, "bias_init"), dtype=dt)
+        return specs
+    return params
 
 
-def _dense_shape(x, weight=None, bias=None, *, units, activation, use_bias, init, bias_init):
-    need_float("dense", x)
-    if x.rank < 1:
-        raise ShapeError(f"dense needs at least a vector, got a scalar {x}", arg=0)
-    if isinstance(x.shape[-1], Sym):
-        raise ShapeError(f"dense: the last dim of {fmt_shape(x.shape)} is symbolic; its size "
-                         "fixes the weight shape", arg=0, hint="reshape to a concrete size")
-    need_positive("dense", "units", units)
-    check_activation("dense", activation)
-    if weight is not None and weight.shape != (x.shape[-1], units):
-        raise ShapeError(f"dense: weight {fmt_shape(weight.shape)} does not fit input "
-                         f"{fmt_shape(x.shape)} and units={units} (expected "
-                         f"[{x.shape[-1]}, {units}])", arg=1)
-    dt = x.dtype if weight is None else promote(x.dtype, weight.dtype)
-    return TensorType(tuple(x.shape[:-1]) + (units,), dt)
+def _dense_shape(op: str):
+    """The shape rule of dense and of its alias linear, each naming itself in its errors."""
+    def shape_rule(x, weight=None, bias=None, *, units, activation, use_bias, init, bias_init):
+        need_float(op, x)
+        if x.rank < 1:
+            raise ShapeError(f"{op} needs at least a vector, got a scalar {x}", arg=0)
+        if isinstance(x.shape[-1], Sym):
+            raise ShapeError(f"{op}: the last dim of {fmt_shape(x.shape)} is symbolic; its size "
+                             "fixes the weight shape", arg=0, hint="reshape to a concrete size")
+        need_positive(op, "units", units)
+        check_activation(op, activation)
+        if weight is not None and weight.shape != (x.shape[-1], units):
+            raise ShapeError(f"{op}: weight {fmt_shape(weight.shape)} does not fit input "
+                             f"{fmt_shape(x.shape)} and units={units} (expected "
+                             f"[{x.shape[-1]}, {units}])", arg=1)
+        dt = x.dtype if weight is None else promote(x.dtype, weight.dtype)
+        return TensorType(tuple(x.shape[:-1]) + (units,), dt)
+    return shape_rule
 
 
 def _dense_decompose(b, x, weight, bias=None, *, activation, **_):
@@ -125,7 +131,8 @@ _DENSE_DOC = ("Fully connected layer on the last axis: y = activation(x @ weight
               "weight [in, units]. Leading dims are flattened into one GEMM. Init (Keras): "
               "weight glorot_uniform, bias zeros.")
 for _name, _doc in (("dense", _DENSE_DOC), ("linear", "Alias of dense. " + _DENSE_DOC)):
-    register(_name, _DENSE_SIG, _dense_shape, decompose=_dense_decompose, params=_dense_params,
+    register(_name, _DENSE_SIG, _dense_shape(_name), decompose=_dense_decompose,
+             params=_dense_params(_name),
              flops=_flops_dense, family="nn", doc=_doc,
              samples=(Sample(((4, 6),), {"units": 3}),
                       Sample(((2, 3, 5),), {"units": 4, "activation": "relu"}),
@@ -196,7 +203,8 @@ def _gelu(b, x, *, approximate):
 
 def _gelu_shape(x, *, approximate):
     if approximate not in ("none", "tanh"):
-        raise ShapeError(f"gelu: approximate must be \"none\" or \"tanh\", got {approximate!r}")
+        raise ShapeError(f"gelu: approximate must be \"none\" or \"tanh\", got "
+                         f"{show_value(approximate)}", attr="approximate")
     return _float_shape("gelu")(x)
 
 
@@ -250,10 +258,12 @@ register("clip", "x: tensor, lo: float = none, hi: float = none", _clip_shape, d
 
 # *** softmax family ***
 
-def _softmax_shape(x, *, axis):
-    need_float("softmax", x)
-    norm_axis(axis, x.rank)
-    return x
+def _softmax_shape(op: str):
+    def shape_rule(x, *, axis):
+        need_float(op, x)
+        norm_axis(axis, x.rank)
+        return x
+    return shape_rule
 
 
 def _shifted(b, x, axis):
@@ -273,11 +283,11 @@ def _log_softmax(b, x, *, axis):
 
 
 _SOFTMAX_SAMPLES = (Sample(((3, 5),)), Sample(((2, 3, 4),), {"axis": 1}))
-register("softmax", "x: tensor, axis: int = -1", _softmax_shape, decompose=_softmax,
-         family="nn", samples=_SOFTMAX_SAMPLES,
+register("softmax", "x: tensor, axis: int = -1", _softmax_shape("softmax"),
+         decompose=_softmax, family="nn", samples=_SOFTMAX_SAMPLES,
          doc="exp(x) / sum(exp(x)) along axis, with the max subtracted first for stability")
-register("log_softmax", "x: tensor, axis: int = -1", _softmax_shape, decompose=_log_softmax,
-         family="nn", samples=_SOFTMAX_SAMPLES,
+register("log_softmax", "x: tensor, axis: int = -1", _softmax_shape("log_softmax"),
+         decompose=_log_softmax, family="nn", samples=_SOFTMAX_SAMPLES,
          doc="x - log(sum(exp(x))) along axis, computed stably (max subtracted)")
 
 
@@ -295,9 +305,11 @@ def _reduce_shape(x, *, axis, keepdims):
     return TensorType(tuple(d for i, d in enumerate(x.shape) if i not in ax), x.dtype)
 
 
-def _float_reduce_shape(x, *, axis, keepdims):
-    need_float("mean and var", x)
-    return _reduce_shape(x, axis=axis, keepdims=keepdims)
+def _float_reduce_shape(op: str):
+    def shape_rule(x, *, axis, keepdims):
+        need_float(op, x)
+        return _reduce_shape(x, axis=axis, keepdims=keepdims)
+    return shape_rule
 
 
 def _var(b, x, *, axis, keepdims):
@@ -317,10 +329,10 @@ register("max", _RED_SIG, _reduce_shape, family="nn", samples=_RED_SAMPLES,
          decompose=lambda b, x, *, axis, keepdims: b.reduce_max(x, axes=axes_attr(axis),
                                                                 keepdims=keepdims),
          doc="max over axis (an int or a list; all axes when none)")
-register("mean", _RED_SIG, _float_reduce_shape, family="nn", samples=_RED_SAMPLES,
+register("mean", _RED_SIG, _float_reduce_shape("mean"), family="nn", samples=_RED_SAMPLES,
          decompose=lambda b, x, *, axis, keepdims: mean_over(b, x, axes_attr(axis), keepdims),
          doc="mean over axis (an int or a list; all axes when none): a sum divided by the count")
-register("var", _RED_SIG, _float_reduce_shape, family="nn", samples=_RED_SAMPLES,
+register("var", _RED_SIG, _float_reduce_shape("var"), family="nn", samples=_RED_SAMPLES,
          decompose=_var,
          doc="population variance (divides by n, like numpy's default) over axis")
 

@@ -89,6 +89,7 @@ class OpDef:
     # (b, out, **attrs) -> tuple of values, or None: an op giving several results (lstm's
     # return_state) packs them in one value and the frontend cuts it here
     results: Callable | None = None
+    result_names: tuple = ()   # what `results` gives, so an error can show how to unpack them
     # (in_types, **attrs) -> attrs: fills in attributes the checked (symbolic) types decide,
     # so that binding a symbol later, to 1 say, cannot change them (squeeze's axes)
     bind_attrs: Callable | None = None

@@ -247,7 +247,8 @@ def _make(op):
              "recurrent_dropout: float = 0.0, init: init = \"glorot_uniform\", "
              "recurrent_init: init = \"orthogonal\", bias_init: init = \"zeros\"",
              shape_rule, decompose=decompose, params=params, flops=flops, family="rnn",
-             doc=_DOCS[op], samples=_SAMPLES[op], results=results)
+             doc=_DOCS[op], samples=_SAMPLES[op], results=results,
+             result_names=("outputs", "h", "c")[:1 + n_states])
 
 
 _COMMON = ("x [batch, time, features]; the cell runs as one loop node (a scan) whatever the "

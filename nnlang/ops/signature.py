@@ -39,7 +39,9 @@ def show_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, str):
         return f'"{v}"'
-    return repr(v)
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return str(v)   # NOTE: the frontend's values (a tensor, a symbol) say what they are
 
 
 class BindError(Exception):

@@ -13,6 +13,7 @@ from nnlang.frontend.source import load_source, read_source
 from nnlang.frontend.train_config import Choice, TrainConfig
 from nnlang.train import feeds
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES
+from nnlang.ops.signature import show_value
 
 _SCALARS = {f.name: f.type for f in fields(TrainConfig)
             if f.name not in ("data", "optimizer", "schedule")}
@@ -120,7 +121,7 @@ def _like(k: str, old, v):
     (`--lr 1` is the float 1.0); another type is an error, not a silent change."""
     if isinstance(old, bool):
         if not isinstance(v, bool):
-            raise NNError(f"train setting '{k}' is true or false, got {v!r}")
+            raise NNError(f"train setting '{k}' is true or false, got {show_value(v)}")
         return v
     if isinstance(old, (int, float)):
         return _number(k, v, whole=isinstance(old, int))
@@ -130,7 +131,7 @@ def _like(k: str, old, v):
 def _number(k: str, v, whole: bool):
     """`v` as the int or float a train setting holds; anything else is an error."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise NNError(f"train setting '{k}' must be a number, got {v!r}")
+        raise NNError(f"train setting '{k}' must be a number, got {show_value(v)}")
     if not math.isfinite(v):
         raise NNError(f"train setting '{k}' must be finite, got {v!r}")
     if whole and v != int(v):
@@ -145,12 +146,12 @@ def _coerce(k: str, v):
     if "tuple" in kind:   # l1_on, l2_on: block paths
         items = (v,) if isinstance(v, str) else tuple(v) if isinstance(v, (list, tuple)) else ()
         if not items or not all(isinstance(x, str) for x in items):
-            raise NNError(f"train setting '{k}' is a list of block paths, got {v!r}")
+            raise NNError(f"train setting '{k}' is a list of block paths, got {show_value(v)}")
         return items
     if "str" in kind:  # monitor, mode, init_from: checked where the config is built
         v = str(v) if isinstance(v, os.PathLike) else v
         if not isinstance(v, str):
-            raise NNError(f"train setting '{k}' is a name, got {v!r}")
+            raise NNError(f"train setting '{k}' is a name, got {show_value(v)}")
         return v
     v = _number(k, v, whole="int" in kind)
     bad = (k in ("batch", "epochs") and v < 1) or (k == "val_split" and not 0 <= v < 1)

@@ -361,7 +361,7 @@ def test_bad_data_choice(args, words, work):
     ("imdb(vocab = 2, maxlen = 0)", ["reg.nn:10:23: error: imdb: option vocab=2",
                                      "reg.nn:10:35: error: imdb: option maxlen=0"]),
     ("mnits", ["reg.nn:10:10: error: unknown dataset 'mnits'", "did you mean 'mnist'?"]),
-    ('csv("reg.txt")', ["reg.nn:10:10: error: csv() reads a .csv file, got 'reg.txt'"]),
+    ('csv("reg.txt")', ["reg.nn:10:10: error: csv() reads a .csv file, got \"reg.txt\""]),
     ('imdb("reg.csv")', ["imdb() takes keyword arguments only"]),
     ('csv("reg.csv", targte = "y")', ["dataset 'reg.csv' has no option(s) targte"]),
 ])

@@ -156,6 +156,108 @@ def test_a_penalty_list_without_its_rate_before_other_settings(tmp_path):
            "but l2 is 0")
 
 
+BLOCKS = """block Pair(a) {
+  left = a * 2
+  right = a + 1
+  return left, right
+}
+block Cell(h, x_t) {
+  h2 = tanh(dense(concat(h, x_t), 4))
+  return h2, h2
+}
+"""   # NOTE: 9 lines, so the model's statements start on line 16
+
+
+@pytest.mark.parametrize("line, words", [
+    ("y = lstm(s, 4, return_state = true)[0]",
+     ["16:7: error: cannot index lstm(...): it returns 3 values (outputs, h, c), not one tensor",
+      "hint: unpack them first: `outputs, h, c = lstm(...)`, then use `outputs`"]),
+    ("y = gru(s, 4, return_state = true)[-1]", ["then use `h`"]),
+    ("y = relu(rnn(s, 4, return_state = true))",
+     ["16:12: error: rnn(...) returns 2 values (outputs, h), where one value is needed"]),
+    ("y = lstm(s, 4, return_state = true) + 1", ["16:7: error: lstm(...) returns 3 values"]),
+    ("y = -lstm(s, 4, return_state = true)", ["16:8: error: lstm(...) returns 3 values"]),
+    ("y = Pair(v)[1]", ["16:7: error: cannot index Pair(...): it returns 2 values (left, right)",
+                        "`left, right = Pair(...)`, then use `right`"]),
+    ("y = Pair(v) |> relu", ["16:7: error: Pair(...) returns 2 values (left, right), where one"]),
+    ("y = 2 * Pair(v)", ["16:11: error: Pair(...) returns 2 values"]),  # it repeated the pair
+    ("y = reshape(v, Pair(v))", ["16:18: error: Pair(...) returns 2 values"]),
+    ("y = mean(Pair(v)[0])", ["cannot index Pair(...)"]),
+    ("y = [Pair(v)][0][0]", ["16:8: error: Pair(...) returns 2 values"]),
+    ("y = lstm(s, 4, return_state = true)", ["16:3: error: the right side gives 3 values; name "
+                                             "each: `outputs, h, c = lstm(...)`"]),
+    ("a, y = lstm(s, 4, return_state = true)", ["2 names but the right side gives 3 values",
+                                                "hint: name each: `outputs, h, c = lstm(...)`"]),
+    ("y = scan Cell(v[:, 0:4]) over s", ["the right side gives 2 values; name each: "
+                                         "`ys, h = scan Cell(...)`"]),
+])
+def test_several_results_are_unpacked_by_name(tmp_path, line, words):
+    """An op or block giving several values (lstm's return_state) used as one value showed
+    them as `(T(id=7), T(id=9), T(id=11))`, or Python's tuple `+` and `*` ran on them."""
+    out = cli("check", nn_file(tmp_path, BLOCKS + model(line)))
+    expect(out, *words)
+    assert "T(id=" not in out
+
+
+@pytest.mark.parametrize("lines, words", [
+    (["y = dense(v, 3, trainable = none)"],
+     ["7:31: error: trainable must be true or false, got none"]),
+    (["y = dense(v, 3, trainable = v)"], ["trainable must be true or false, got a tensor"]),
+    (["y = v * true"], ["7:11: error: mul(): expected a tensor, got true"]),
+    (["y = v + \"a\""], ["add(): expected a tensor, got \"a\""]),
+    (["y = dense(v, 3, init = none)"], ["7:26: error: dense: init: expected an initializer, "
+                                        "got none", "hint: e.g. init = \"he_normal\" or "
+                                        "init = normal(std = 0.1)"]),
+    (["y = dense(v, 3, bias_init = [v])"], ["7:31: error: dense: bias_init: expected an "
+                                            "initializer, got [a tensor]"]),
+    (["y = gelu(v, approximate = none)"],
+     ["7:29: error: gelu: approximate must be \"none\" or \"tanh\", got none"]),
+    (["y = positional_encoding(s, kind = none)"], ["7:37: error: positional_encoding: kind must "
+                                                   "be \"sinusoidal\" or \"learned\", got none"]),
+    (["y = reshape(v, [v, 8])"], ["shape must be a list of positive sizes (one may be -1), "
+                                  "got [a tensor, 8]"]),
+    (["y = v[none]"], ["7:9: error: tensor indices must be integers or slices, got none"]),
+    (["y = v[:, \"a\"]"], ["tensor indices must be integers or slices, got \"a\""]),
+    (["y = none[0]"], ["7:7: error: cannot index none: only tensors and lists take [...]"]),
+    (["repeat true {", "  y = v", "}"],
+     ["7:10: error: repeat needs a positive integer count, got true"]),
+    (["y = v", "output z = [v]"], ["8:3: error: output must be a tensor, got [a tensor]"]),
+    (["param w: float32[none]", "y = v"],
+     ["7:20: error: a dim must be a positive integer or a symbol, got none"]),
+    # NOTE: these ran on: true as the index 1, and a float or string bound reached numpy
+    # ("internal error: TypeError: slice indices must be integers")
+    (["y = v[:, true]"], ["7:12: error: tensor indices must be integers or slices, got true"]),
+    (["y = v[:, true:3]"], ["7:12: error: slice bounds must be integers, got true"]),
+    (["y = v[:, 1.5:3]"], ["7:12: error: slice bounds must be integers, got 1.5"]),
+    (["y = v[:, 0:\"a\"]"], ["7:14: error: slice bounds must be integers, got \"a\""]),
+    (["y = v[[1, 2][0:1]]"], ["7:9: error: lists take one integer index"]),  # "expression Slice"
+    (["y = v[[1, 2][true]]"], ["7:9: error: lists take one integer index"]),
+])
+def test_values_are_shown_as_the_source_spells_them(tmp_path, lines, words):
+    """A value in an error reads as it is written (none, true, "a", [a tensor, 8]), not as
+    Python shows it (None, True, 'a', [T(id=2), 8])."""
+    out = cli("check", nn_file(tmp_path, model(*lines)))
+    expect(out, *words)
+    assert not any(w in out for w in ("None", "True", "T(id="))
+
+
+@pytest.mark.parametrize("section, words", [
+    ("train M {\n  data = none\n}\n",
+     ["12:10: error: data must be a dataset like imdb(...) or a file path, got none"]),
+    ("train M {\n  init_from = none\n}\n", ["init_from must be a run directory or checkpoint "
+                                             "path in quotes, got none"]),
+    ("generate M {\n  tokens = tok\n  logits = logits\n  temperature = none\n}\n",
+     ["14:17: error: generate setting 'temperature': none is not a number"]),
+    ("generate M {\n  tokens = tok\n  logits = logits\n  stop = true\n}\n",
+     ["generate setting 'stop' must be a token (a string) or a token id (an int >= 0), got true"]),
+])
+def test_section_values_are_shown_as_the_source_spells_them(tmp_path, section, words):
+    text = model("output logits = dense(embedding(tok, 10, 4), 10)", "y = logits") + section
+    out = cli("check", nn_file(tmp_path, text))
+    expect(out, *words)
+    assert not any(w in out for w in ("None", "True"))
+
+
 def test_an_unnamed_operand_is_shown_as_written(tmp_path):
     out = cli("check", nn_file(tmp_path, model("y = dense(v, 3) + v")))
     expect(out, "note: 'dense(v, 3)' is float32[batch, 3]")
@@ -349,6 +451,8 @@ def test_initial_weights_drawn_in_chunks_are_the_one_shot_values(monkeypatch, in
                                             "1201-digit number: the result is too large"]),
     ("y = dense(v, 10 ** 400)", "7:16", ["dim about 10**400 is too large"]),
     ("y = sum(v) / 0", "7:16", ["division by zero"]),
+    ("y = dropout(v, (0 - 8) ** 0.5)", "7:18", ["cannot compute (-8) ** 0.5: a negative number to "
+                                              "a fractional power is not a real number"]),
 ])
 def test_overflowing_numbers(tmp_path, line, where, words):
     path = nn_file(tmp_path, model(line, *(["y = v"] if line.startswith("k") else [])))
@@ -497,12 +601,13 @@ def test_an_error_inside_a_repeat_is_reported_once(tmp_path):
 OP_LIMITS = [
     ("conv2d(x, 4, 0)", "kernel must be a positive int"),
     ("conv2d(x, 4, 9)", "does not fit spatial size 8"),
-    ("conv2d(x, 4, 3, stride = 0)", "stride must be a positive int"),
+    ("conv2d(x, 4, 3, stride = 0)", "stride must be a positive int or 2 of them, got 0"),
     ("conv2d(x, 4, -3)", "kernel must be a positive int"),
     ("conv2d(x, 0, 3)", "filters must be a positive integer, got 0"),
     ("conv2d(x, 4, 3, dilation = 0)", "dilation must be a positive int"),
     ("conv2d(x, 4, 3, padding = -1)", "padding must be"),
-    ("conv2d(x, 4, 3, padding = \"bogus\")", "padding must be"),
+    ("conv2d(x, 4, 3, padding = \"bogus\")", "padding must be \"same\", \"valid\", an int, 2 ints "
+                                          "or 4 lo/hi ints, got \"bogus\""),
     ("conv2d(x, 4, [3, 3, 3])", "kernel must be a positive int or 2 of them"),
     ("conv2d(x, 4, 5, dilation = 3)", "does not fit"),
     ("conv2d(v, 4, 3)", "conv2d expects [batch, channels, height, width]"),
@@ -572,12 +677,35 @@ OP_LIMITS = [
     ("t ** (t - 5)", "7:7: error: pow: int32[batch] ** int32[batch] needs a float on one side"),
     ("max_pool2d(cast(x, \"int32\"), 2)", "max_pool2d needs a float tensor, got int32"),
     ("global_max_pool(cast(x, \"int32\"))", "global_max_pool needs a float tensor, got int32"),
+    # NOTE: ops sharing a shape rule each name themselves, not the pair ("mean and var needs")
+    ("var(tok)", "7:11: error: var needs a float tensor, got int32[batch, 5]"),
+    ("mean(tok)", "7:12: error: mean needs a float tensor, got int32[batch, 5]"),
+    ("log_softmax(tok)", "7:19: error: log_softmax needs a float tensor, got int32[batch, 5]"),
+    ("linear(tok, 4)", "7:14: error: linear needs a float tensor, got int32[batch, 5]"),
+    ("linear(v, 0)", "7:17: error: linear: units must be a positive integer, got 0"),
     ("-none", "7:7: error: cannot negate none: unary minus takes a number or a tensor"),
     ("v * -true", "cannot negate true"),
     ("reshape(v, [-batch, 8])", "cannot negate batch"),
+    # NOTE: Python's TypeError named its own types: 'NoneType' and 'int'
+    ("dense(v, none + 1)", "7:16: error: cannot compute none + 1: + takes numbers or tensors"),
+    ("dense(v, 2 < \"a\")", "7:16: error: cannot compute 2 < \"a\": < takes numbers or tensors"),
     ("v[:, :, :]", "3 indices for a tensor of rank 2"),
     ("unfold(x, [0, 0], [1, 1], [0, 0, 0, 0], [1, 1])", "kernel must be 2 ints >= 1"),
     ("window_max(x, [0, 0], [1, 1], [0, 0, 0, 0])", "kernel must be 2 ints >= 1"),
+    # NOTE: values as the source spells them, and as written: stride 0, not the [0, 0] it means
+    ("unfold(x, [3, 3], 0, [0, 0, 0, 0], 1)", "7:25: error: unfold: stride must be 2 ints >= 1 "
+                                              "(one per spatial dim), got 0"),
+    ("window_max(x, [], 1, [0, 0, 0, 0])",
+     "7:21: error: window_max: kernel must be one int >= 1 per spatial dim, got []"),
+    ("window_max(x, [2, 2], [1, 1], [1, 1])", "pads must be 4 ints >= 0 (one per spatial dim, "
+                                              "lo and hi), got [1, 1]"),
+    ("fold(x, [8], [], [1], [0, 0], [1])", "fold: kernel must be one int >= 1 per spatial dim"),
+    ("max_pool2d(x, 2, padding = none)", "7:34: error: max_pool2d: padding must be \"same\", "
+                                         "\"valid\", an int, 2 ints or 4 lo/hi ints, got none"),
+    # NOTE: true is no pad width; Python's bool is an int, so it padded 1
+    ("conv2d(x, 4, 3, padding = true)", "7:33: error: conv2d: padding must be \"same\", "
+                                        "\"valid\", an int, 2 ints or 4 lo/hi ints, got true"),
+    ("max_pool2d(x, 2, padding = [true, 0])", "got [true, 0]"),
     ("fold(x, [8, 8], [3, 3], [1, 1], [0, 0, 0, 0], [1, 1])", "are not the windows of size"),
     ("window_max_grad(x, x, [2, 2], [2, 2], [0, 0, 0, 0])",
      "7:26: error: window_max_grad: g is float32[batch, 3, 8, 8], but the window max of x"),

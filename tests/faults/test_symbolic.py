@@ -41,8 +41,36 @@ def test_refused_at_check_with_the_line(tmp_path, lines, where, words):
     assert where in out and words in out, out
 
 
+# NOTE: a symbol's size comes with the data, so arithmetic other than products and sums of like
+# terms cannot be a size at check time; it said "unsupported operand type(s) for -: 'Sym' and
+# 'int'", and `seq * 0.5` passed check to fail at run time with a size of 3.0
+SIZE_ARITHMETIC = [
+    ("y = s[:, seq - 1]", "m.nn:5:12: error: cannot compute seq - 1: seq is a symbolic size, "
+     "known only when data arrives", "hint: index from the end instead: x[:, -1] is x[:, seq - 1]"),
+    ("y = s[:, seq - 3]", "cannot compute seq - 3", "x[:, -3:][:, 0] is x[:, seq - 3]"),
+    ("y = reshape(s, [batch, seq / 2, 16])", "m.nn:5:26: error: cannot compute seq / 2: seq is a "
+     "symbolic size", "in reshape, write -1 for the one size to infer"),
+    ("y = reshape(s, [batch, seq * 0.5, 16])", "cannot compute seq * 0.5: seq is a symbolic size",
+     "can only be multiplied by whole numbers or symbols (2 * seq, batch * seq)"),
+    ("y = reshape(s, [batch, seq + 1, 8])", "cannot compute seq + 1: seq is a symbolic size",
+     "or added to like terms (seq + seq)"),
+    ("y = s[:, 1 - seq]", "cannot compute 1 - seq: seq is a symbolic size", "x[:, -1]"),
+]
+
+
+@pytest.mark.parametrize("line,where,hint", SIZE_ARITHMETIC, ids=[r[0] for r in SIZE_ARITHMETIC])
+def test_arithmetic_on_a_symbol_says_what_a_size_allows(tmp_path, line, where, hint):
+    path = tmp_path / "m.nn"
+    path.write_text(model(line))
+    out = cli("check", path)
+    assert where in out and hint in out and "Sym" not in out, out
+
+
 ACCEPTED = [
     "y = dense(s, 4)",
+    # the size arithmetic that is supported, and what the hints above suggest
+    "y = reshape(s, [batch, 2 * seq, 4]) + reshape(s, [batch, seq + seq, 4])",
+    "y = s[:, -1] + s[:, -3:][:, 0] + reshape(s, [batch, -1, 4])[:, 0, 0:1]",
     "y = multi_head_attention(s, key_padding_mask = tok != 0, heads = 2)",
     "y = positional_encoding(s) + positional_encoding(s, kind = \"learned\", max_len = 64)",
     "y = softmax(s, axis = 1) * layer_norm(s)",

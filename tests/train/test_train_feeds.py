@@ -107,7 +107,7 @@ def test_flag_overrides():
     assert (new.epochs, new.batch, new.clip_norm) == (3, cfg.batch, 1.0)
     # NOTE: a None is --set X=none: it switches an optional setting off, and is no batch size
     assert apply_overrides(new, {"clip_norm": None}).clip_norm is None
-    with pytest.raises(NNError, match="'batch' must be a number, got None"):
+    with pytest.raises(NNError, match="'batch' must be a number, got none"):
         apply_overrides(cfg, {"batch": None})
     with pytest.raises(NNError, match="unknown train setting 'beta1'"):
         apply_overrides(cfg, {"beta1": 0.5})
