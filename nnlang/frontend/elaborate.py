@@ -416,8 +416,7 @@ class Elaborator(CallElaboration, ScanElaboration):
                   "when data arrives, so it can only be multiplied by whole numbers or symbols "
                   f"(2 * {name}, batch * {name}) or added to like terms ({name} + {name})",
                   e.span, "index from the end instead: " + (
-                      f"x[:, -{k}:][:, 0] is x[:, {sym} - {k}]" if k and k > 1 else
-                      f"x[:, -1] is x[:, {sym} - 1]" if k else "x[:, -1] is the last entry") +
+                      f"x[:, -{k}] is x[:, {sym} - {k}]" if k else "x[:, -1] is the last entry") +
                   "; in reshape, write -1 for the one size to infer")
 
     def subscript(self, e: ast.Subscript, scope: Scope):

@@ -95,14 +95,16 @@ def _slice_size(n, start, stop, step):
         return stop
     if isinstance(start, int) and -start > 0 and (stop, step) == (None, 1):
         return -start  # the last -start steps, whatever the length (a user scan's final state)
-    if isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop and step == 1:
-        # NOTE: entries start..stop-1 (x[:, 0], a first token); a bound length below stop
-        # cuts it shorter, as numpy's slice does
+    if isinstance(start, int) and isinstance(stop, int) and step == 1 and \
+            (0 <= start < stop or start < stop < 0):
+        # NOTE: entries start..stop-1 from the front (x[:, 0], a first token) or the back
+        # (x[:, -2]); a bound length too short for them cuts it shorter, as numpy's slice
+        # does, and binding refuses that (passes/shapes.py `_same_as_checked`)
         return stop - start
     raise ShapeError(f"cannot slice {start}:{'' if stop is None else stop}:{step} of a dim of "
                      f"size {n}: with a symbolic length the slice must be entries i:j (step 1, "
-                     "0 <= i < j), the first k (k a symbol or the whole dim) or the last k "
-                     "(start -k)",
+                     "0 <= i < j or i < j < 0), the first k (k a symbol or the whole dim) or the "
+                     "last k (start -k)",
                      arg=0,
                      hint="slice an axis of concrete size, or take the first `seq` entries")
 

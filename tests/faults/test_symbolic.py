@@ -47,7 +47,7 @@ def test_refused_at_check_with_the_line(tmp_path, lines, where, words):
 SIZE_ARITHMETIC = [
     ("y = s[:, seq - 1]", "m.nn:5:12: error: cannot compute seq - 1: seq is a symbolic size, "
      "known only when data arrives", "hint: index from the end instead: x[:, -1] is x[:, seq - 1]"),
-    ("y = s[:, seq - 3]", "cannot compute seq - 3", "x[:, -3:][:, 0] is x[:, seq - 3]"),
+    ("y = s[:, seq - 3]", "cannot compute seq - 3", "x[:, -3] is x[:, seq - 3]"),
     ("y = reshape(s, [batch, seq / 2, 16])", "m.nn:5:26: error: cannot compute seq / 2: seq is a "
      "symbolic size", "in reshape, write -1 for the one size to infer"),
     ("y = reshape(s, [batch, seq * 0.5, 16])", "cannot compute seq * 0.5: seq is a symbolic size",
@@ -70,7 +70,7 @@ ACCEPTED = [
     "y = dense(s, 4)",
     # the size arithmetic that is supported, and what the hints above suggest
     "y = reshape(s, [batch, 2 * seq, 4]) + reshape(s, [batch, seq + seq, 4])",
-    "y = s[:, -1] + s[:, -3:][:, 0] + reshape(s, [batch, -1, 4])[:, 0, 0:1]",
+    "y = s[:, -1] + s[:, -3] + s[:, -3:][:, 0] + reshape(s, [batch, -1, 4])[:, 0, 0:1]",
     "y = multi_head_attention(s, key_padding_mask = tok != 0, heads = 2)",
     "y = positional_encoding(s) + positional_encoding(s, kind = \"learned\", max_len = 64)",
     "y = softmax(s, axis = 1) * layer_norm(s)",
@@ -95,6 +95,21 @@ def test_docs_symbols_example_compiles(tmp_path):
                     "  output y = dense(x, 8)\n}\n")
     assert "steps 16" in cli("compile", path, "--mode", "predict", "--backend", "reference",
                              code=0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_entries_from_the_back_of_a_symbolic_axis(backend):
+    """x[:, -2] and x[:, -3:-1] on a symbolic length give numpy's entries at every length that
+    has them, and a length too short is an error at the index."""
+    net = nnlang.compile(model("y = s[:, -2] + s[:, -3:-1][:, 1] + s[:, -1]", "output y"),
+                         backend=backend)
+    rng = np.random.default_rng(0)
+    for n in (3, 4, 11):
+        s = rng.normal(size=(2, n, 8)).astype(np.float32)
+        np.testing.assert_allclose(net.forward({"s": s})["y"],
+                                   2 * s[:, -2] + s[:, -1], rtol=1e-6, atol=1e-6)
+    with pytest.raises(NNError, match=r"<string>:5:.*is empty \(with batch = 2, seq = 1\)"):
+        net.forward({"s": np.zeros((2, 1, 8), np.float32)})
 
 
 def test_a_bound_length_over_max_len_is_an_error_at_the_line():
