@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nnlang.ir.dims import Sym
 from nnlang.ops.signature import show_value
 
 
@@ -77,8 +78,15 @@ def eval_binop(op, a, b):
     return result
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float, Sym)) and not isinstance(v, bool)
+
+
 def _eval_binop(op, a, b):
     import operator
+    if op not in ("==", "!=") and not (_number(a) and _number(b)):
+        # NOTE: Python's own meanings would run silently: "re" + "lu", true + 1, [batch, 2] * 2
+        raise TypeError(op)
     table = {"+": operator.add, "-": operator.sub, "*": operator.mul, "**": operator.pow,
              "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
              ">": operator.gt, ">=": operator.ge}

@@ -73,7 +73,7 @@ ACTIVATIONS = ("relu", "leaky_relu", "gelu", "sigmoid", "tanh", "softmax", "log_
 
 def check_activation(op: str, name) -> None:
     if name is not None and name not in ACTIVATIONS:
-        raise ShapeError(f"{op}: unknown activation {name!r}",
+        raise ShapeError(f"{op}: unknown activation {name!r}", attr="activation",
                          hint=did_you_mean(name, list(ACTIVATIONS))
                          or "one of: " + ", ".join(ACTIVATIONS))
 

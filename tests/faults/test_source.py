@@ -689,6 +689,12 @@ OP_LIMITS = [
     # NOTE: Python's TypeError named its own types: 'NoneType' and 'int'
     ("dense(v, none + 1)", "7:16: error: cannot compute none + 1: + takes numbers or tensors"),
     ("dense(v, 2 < \"a\")", "7:16: error: cannot compute 2 < \"a\": < takes numbers or tensors"),
+    # NOTE: Python's own meanings ran silently: text joined, a list repeated, true taken as 1
+    ("dense(v, 3, activation = \"re\" + \"lu\")", "7:32: error: cannot compute \"re\" + \"lu\": "
+                                                 "+ takes numbers or tensors"),
+    ("reshape(v, [batch, 2] * 2)", "7:18: error: cannot compute [batch, 2] * 2"),
+    ("dense(v, true + 1)", "7:16: error: cannot compute true + 1"),
+    ("dense(v, 3, activation = \"bogus\")", "7:32: error: dense: unknown activation 'bogus'"),
     ("v[:, :, :]", "3 indices for a tensor of rank 2"),
     ("unfold(x, [0, 0], [1, 1], [0, 0, 0, 0], [1, 1])", "kernel must be 2 ints >= 1"),
     ("window_max(x, [0, 0], [1, 1], [0, 0, 0, 0])", "kernel must be 2 ints >= 1"),
