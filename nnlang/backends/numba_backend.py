@@ -414,11 +414,12 @@ class NumbaBackend:
         kernel_of = {entry: key for key, entry in self._entries.items()}
         kernel_of.update((p, key) for key, p in (self._waiting or {}).items())
         batch = int(init.shape[0])
-        parts = min(workers(), batch // _ROWS_MIN) if rows is not None else 1
+        # NOTE: one part still runs by rows when it can: that driver's code holds no batch size
+        parts = max(1, min(workers(), batch // _ROWS_MIN)) if rows is not None else 1
         try:
             source, args, dtype, by_rows = render_driver(
                 "scan_loop", out.shape[0], reverse, width, init, carry, out, y, pairs, calls,
-                kernel_of, own, rows if parts > 1 else None)
+                kernel_of, own, rows)
         except Unsupported:
             return None
         if dtype is not None and dtype not in gemms:
@@ -433,10 +434,13 @@ class NumbaBackend:
         steps = out.shape[0]
         header = f"# the time loop of a scan: {steps} steps{' (reverse)' if reverse else ''}"
         if not by_rows:
-            return (header + "\n", source), self.specialize(fn, (blas, steps, 0, batch, *args))
+            return (header + "\n", source), self.specialize(fn, (blas, steps, 0, batch, batch,
+                                                                   *args))
         cuts = [batch * k // parts for k in range(parts + 1)]
-        row_calls = [self.specialize(fn, (blas, steps, lo, hi - lo, *args))
+        row_calls = [self.specialize(fn, (blas, steps, lo, hi - lo, batch, *args))
                      for lo, hi in zip(cuts, cuts[1:])]
+        if parts == 1:
+            return (header + "\n", source), row_calls[0]
 
         def run_parts_at_once(*_):
             # NOTE: each part on one BLAS thread: two parts calling a threaded OpenBLAS at once

@@ -207,6 +207,9 @@ class DriverSource:
             if expr.endswith("]") and "[t, :, " in expr:
                 return expr.replace("[t, :, ", "[t, r0:r0 + nb, ")
             return f"{expr}[r0:r0 + nb]"
+        if x.ndim == 1 and stride is None and x.shape[0] == batch and \
+                x.strides[0] == x.itemsize:
+            stride = 1   # NOTE: one value a row (a row's sum in the masked LSTM's backward)
         if x.ndim == 1 and stride is not None and x.shape[0] >= (batch - 1) * stride:
             row = self.restride.get(id(x), (stride,))[0]
             if expr.endswith("]"):            # a flat slice of step t: [a:b]
@@ -215,6 +218,19 @@ class DriverSource:
                 return f"{head}[{a} + r0 * {row}:{b}]"
             return f"{expr}[r0 * {row}:]"
         raise Unsupported("per-row memory the driver cannot split by rows")
+
+    def count(self, n: int, per_row: int, extra: int = 0) -> str:
+        """n = (batch - 1) * per_row + extra, or batch * per_row when extra is 0, written with
+        the driver's `batch` argument when it runs by rows, so one driver serves every batch
+        size (its offsets held the batch: each new size compiled its loops again). Callers
+        pass only counts of a step's [batch, ...] values, whose rows are the batch."""
+        if self.rows is None:
+            return str(n)
+        if extra == 0 and n == self.rows[0] * per_row:
+            return f"batch * {per_row}"
+        if n == (self.rows[0] - 1) * per_row + extra:
+            return f"(batch - 1) * {per_row} + {extra}"
+        return str(n)
 
     def _param(self, x: np.ndarray) -> str:
         if id(x) not in self._params:
@@ -243,8 +259,12 @@ class DriverSource:
             if x.shape == buf.shape and x.strides == buf.strides and off == 0:
                 return f"{self._param(seq)}[t]"
             if x.ndim == 1 and (x.strides[0] == x.itemsize or x.shape[0] <= 1):
-                at = f"t * {step} + {off}"
-                return f"{self._flat(seq)}[{at}:{at} + {x.shape[0]}]"
+                at = f"t * {self._step(seq, step)} + {off}"
+                # NOTE: a batch size only where the view spans every row of the step's buffer
+                size = self.count(x.shape[0], stride, n1) if stride and n1 else \
+                    self.count(x.shape[0], buf.size // buf.shape[0]) if x.size == buf.size \
+                    and buf.ndim and buf.shape[0] else str(x.shape[0])
+                return f"{self._flat(seq)}[{at}:{at} + {size}]"
             if x.ndim == 2 == buf.ndim and x.strides == buf.strides and \
                     x.shape[0] == buf.shape[0] and off + x.shape[1] <= buf.shape[1]:
                 return f"{self._param(seq)}[t, :, {off}:{off + x.shape[1]}]"
@@ -265,9 +285,16 @@ class DriverSource:
         if x.ndim == 1 and stride == width and n1 is not None and c + n1 <= width and \
                 x.strides[0] == x.itemsize and (x.shape[0] - n1) % width == 0:
             self.restride[id(x)] = row, id(buf)
-            at = f"t * {step} + {r * row + c}"
-            return f"{self._flat(seq)}[{at}:{at} + {(x.shape[0] - n1) // width * row + n1}]"
+            at = f"t * {self._step(seq, step)} + {r * row + c}"
+            size = self.count((x.shape[0] - n1) // width * row + n1, row, n1)
+            return f"{self._flat(seq)}[{at}:{at} + {size}]"
         raise Unmovable(id(buf), "a view the driver cannot index at another row stride")
+
+    def _step(self, seq: np.ndarray, step: int) -> str:
+        """The elements from one step of a [steps, batch, ...] sequence to the next."""
+        if self.rows is None or seq.ndim < 2 or seq.shape[1] != self.rows[0]:
+            return str(step)
+        return self.count(step, seq.strides[1] // seq.itemsize)   # NOTE: rows of a wider one
 
     def value(self, v) -> str:
         if isinstance(v, np.ndarray) and v.ndim:
@@ -374,7 +401,7 @@ class DriverSource:
 def render_driver(name: str, steps: int, reverse: bool, width: int, init, carry, out, y,
                   pairs, calls, kernel_of, own=frozenset(), rows=None
                   ) -> tuple[str, list, str | None, bool]:
-    """(module source, the driver's arguments after `blas, steps, r0, nb` (the kernels it
+    """(module source, the driver's arguments after `blas, steps, r0, nb, batch` (the kernels it
     calls, `KernelAddress`es, then arrays), the GEMM dtype or None, whether it runs by rows);
     raises Unsupported when some call cannot be generated. `kernel_of`: compiled entry (or
     one still pending) -> (numba dispatcher, signature).
@@ -444,7 +471,7 @@ def _render(name, reverse, init, carry, out, y, pairs, calls, kernel_of, moves, 
     body = "\n".join(["import numba", "import numpy as np", "",
                       "from nnlang.backends.numba_scan import gemm", "", *callees, "", "",
                       "@numba.njit(cache=True, nogil=True)",
-                      f"def {name}(blas, steps, r0, nb, {params}):",
+                      f"def {name}(blas, steps, r0, nb, batch, {params}):",
                       "    # the time loop of one scan: step t in, the body's calls, y out",
                       *[f"    {h}" for h in head],
                       "    for i in range(steps):",

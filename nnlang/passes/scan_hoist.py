@@ -46,7 +46,7 @@ def _hoisted(g: Graph, n: Node, m: Node, i: int, j: int) -> int:
     """The scan `n` reading x_i @ w_j, computed before the loop, as a new last sequence; the
     sequence and the weight leave the body once nothing else there reads them."""
     body = n.attrs["body"]
-    nseq, nw = body.n_seqs, body.n_weights
+    nseq = body.n_seqs
     seqs, weights = list(n.inputs[1:1 + nseq]), list(n.inputs[1 + nseq:])
     b = Builder(g, span=m.span or n.span, path=n.path, role=n.role)
     seqs.append(linear(b, seqs[i], weights[j]))
