@@ -44,16 +44,19 @@ def find_source(data_dir=None) -> Path:
     return fetch("imdb", [REMOTE], data_dir)[REMOTE.filename]
 
 
-def load_imdb(data_dir=None, vocab: int = 20000, maxlen: int | None = 200) -> Dataset:
+def load_imdb(data_dir=None, vocab: int = 20000, maxlen: int | None = 200,
+              words: list[str] | None = None) -> Dataset:
     """25,000 train + 25,000 test movie reviews; `label` is 1.0 for pos and 0.0 for neg.
-    maxlen = None keeps whole reviews: `tokens` is then a `Ragged` of variable-length rows."""
+    maxlen = None keeps whole reviews: `tokens` is then a `Ragged` of variable-length rows.
+    `words`: a trained model's vocabulary to encode with, instead of one built from the train
+    split (a checkpoint's embedding rows are those words)."""
     return load_reviews("imdb", find_source(data_dir), vocab, maxlen, expect=FULL_COUNTS,
-                        data_dir=data_dir, remote=REMOTE)
+                        data_dir=data_dir, remote=REMOTE, words=words)
 
 
 def load_reviews(name: str, source: Path, vocab: int, maxlen: int | None, meta=None,
                  expect: dict[str, int] | None = None, data_dir=None,
-                 remote: Remote | None = None) -> Dataset:
+                 remote: Remote | None = None, words: list[str] | None = None) -> Dataset:
     """Tokenize (or load from cache) the reviews under `source`, a tarball or `aclImdb/` dir.
 
     `expect` ({"train/pos": 12500, ...}) is checked after the archive was read to its end, and
@@ -61,15 +64,12 @@ def load_reviews(name: str, source: Path, vocab: int, maxlen: int | None, meta=N
     """
     check_options(name, vocab, maxlen)
     sha = sha256_of(source) if source.is_file() else None
-    key = f"{name}-{_source_key(source, sha, vocab, maxlen)}"
-    cached = load_processed(key)
-    if cached is None:
-        docs = read_reviews(source, data_dir, remote)
-        _check_counts(source, docs, expect, data_dir, remote, sha)
-        cached = _process(docs, vocab, maxlen)
-        if sha is not None:
-            remember(source, sha)
-        save_processed(key, cached)  # NOTE: a read-only cache dir just means no cache
+    key, cached = _processed(source, sha, vocab, maxlen, None, name, expect, data_dir, remote)
+    if words is not None and cached["vocab"].tolist() != list(words):
+        # NOTE: a model trained on other reviews: its words, not this data's own (a resumed
+        # run's are this data's, so the cached encoding serves it)
+        key, cached = _processed(source, sha, vocab, maxlen, words, name, expect, data_dir,
+                                 remote)
     vocab_list = cached["vocab"].tolist()
     splits = {s: Split({"tokens": _tokens(cached, s), "label": cached[f"{s}_label"]})
               for s in ("train", "test")}
@@ -83,6 +83,21 @@ def load_reviews(name: str, source: Path, vocab: int, maxlen: int | None, meta=N
     return Dataset(name, splits["train"], splits["test"], ["tokens"], ["label"], meta)
 
 
+def _processed(source, sha, vocab, maxlen, words, name, expect, data_dir, remote):
+    """(cache key, the reviews tokenized and encoded with `words`, else with the train split's
+    vocabulary), from the cache or made and cached."""
+    key = f"{name}-{_source_key(source, sha, vocab, maxlen, words)}"
+    cached = load_processed(key)
+    if cached is None:
+        docs = read_reviews(source, data_dir, remote)
+        _check_counts(source, docs, expect, data_dir, remote, sha)
+        cached = _process(docs, vocab, maxlen, words)
+        if sha is not None:
+            remember(source, sha)
+        save_processed(key, cached)  # NOTE: a read-only cache dir just means no cache
+    return key, cached
+
+
 def check_options(name: str, vocab: int = 20000, maxlen: int | None = 200) -> None:
     """vocab counts the padding and out-of-vocabulary ids, so it needs one more for a word;
     maxlen = none keeps whole reviews."""
@@ -93,7 +108,8 @@ def check_options(name: str, vocab: int = 20000, maxlen: int | None = 200) -> No
                             "whole reviews")
 
 
-def _source_key(source: Path, sha: str | None, vocab: int, maxlen: int) -> str:
+def _source_key(source: Path, sha: str | None, vocab: int, maxlen: int,
+                words: list[str] | None = None) -> str:
     """Changes whenever the source's content, the options or the tokenizer change."""
     if sha is not None:
         parts = [sha]
@@ -101,6 +117,8 @@ def _source_key(source: Path, sha: str | None, vocab: int, maxlen: int) -> str:
         stats = [(source / s / lab).stat() for s in ("train", "test") for lab in LABELS]
         parts = [str(source.resolve()), *(f"{st.st_size}:{st.st_mtime_ns}" for st in stats)]
     parts += [str(vocab), str(maxlen), str(tokenize.TOKENIZER_VERSION)]
+    if words is not None:
+        parts.append(hashlib.sha256("\n".join(words).encode()).hexdigest())
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -153,10 +171,11 @@ def _key(m: re.Match) -> tuple[str, int, int]:
     return m[1], LABELS[m[2]], int(m[3])
 
 
-def _process(docs, vocab: int, maxlen: int) -> dict[str, np.ndarray]:
+def _process(docs, vocab: int, maxlen: int, words=None) -> dict[str, np.ndarray]:
     toks = [tokenize.tokenize(text) for _, _, _, text in docs]
     is_train = [d[0] == "train" for d in docs]
-    words = tokenize.build_vocab((t for t, tr in zip(toks, is_train) if tr), vocab)
+    if words is None:
+        words = tokenize.build_vocab((t for t, tr in zip(toks, is_train) if tr), vocab)
     ids = {w: i for i, w in enumerate(words)}
     out = {"vocab": np.array(words)}
     for split in ("train", "test"):

@@ -33,10 +33,11 @@ SAMPLE_SHA256 = {
 IMDB_SAMPLE_COUNTS = {"train/neg": 1250, "train/pos": 1250, "test/neg": 500, "test/pos": 500}
 
 
-def load_imdb_sample(data_dir=None, vocab: int = 20000, maxlen: int | None = 200) -> Dataset:
+def load_imdb_sample(data_dir=None, vocab: int = 20000, maxlen: int | None = 200,
+                     words: list[str] | None = None) -> Dataset:
     """A balanced subset of real IMDB reviews shipped with nnlang (see samples/make_samples.py)."""
     ds = imdb.load_reviews("imdb-sample", _sample_file(IMDB_SAMPLE), vocab, maxlen,
-                           expect=IMDB_SAMPLE_COUNTS)
+                           expect=IMDB_SAMPLE_COUNTS, words=words)
     ds.meta.update(sample=True, counts={"train": len(ds.train), "test": len(ds.test)})
     return ds
 
@@ -110,10 +111,13 @@ def list_datasets() -> list[str]:
 
 
 def load_dataset(spec: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
-                 **options) -> Dataset:
+                 words: list[str] | None = None, **options) -> Dataset:
     """Load a dataset by name ("imdb", "imdb(vocab=10000, maxlen=100)", "mnist", ...) or from a
     user file ("data.npz", "data.csv", 'csv("data.csv", target=y)'). `data_dir` is searched
     before the default places.
+
+    `words`: a trained model's vocabulary, which a text data set then encodes with (others
+    have none to take).
 
     Raises DataError (never a traceback) for unknown names, bad options and missing files.
     """
@@ -121,7 +125,10 @@ def load_dataset(spec: str | os.PathLike, *, data_dir: str | os.PathLike | None 
     key = canonical_name(name)
     check_options(name, options)
     if key is not None:
-        return DATASETS[key].loader(data_dir=data_dir, **options)
+        loader = DATASETS[key].loader
+        if words is not None and "words" in inspect.signature(loader).parameters:
+            options["words"] = list(words)
+        return loader(data_dir=data_dir, **options)
     path = Path(name)
     if not path.is_file() and data_dir is not None and (Path(data_dir) / path).is_file():
         path = Path(data_dir) / path
@@ -137,7 +144,7 @@ def check_options(name: str, options: dict) -> None:
     key = canonical_name(name)
     if key is not None:
         entry = DATASETS[key]
-        _check_names(key, entry.loader, options, skip={"data_dir"})
+        _check_names(key, entry.loader, options, skip={"data_dir", "words"})
         if entry.check is not None:
             entry.check(key, **options)
         return

@@ -279,9 +279,10 @@ def replace_data(current: Choice | None, spec: str) -> Choice:
     return Choice(name, {**kept, **options})
 
 
-def load_data(choice: Choice | None, data_dir=None, base_dir=None):
+def load_data(choice: Choice | None, data_dir=None, base_dir=None, words=None):
     """The dataset a train section (or --data) names; relative file paths are also looked up
-    next to the .nn file (`base_dir`)."""
+    next to the .nn file (`base_dir`). `words`: the vocabulary a checkpoint was trained with,
+    which a text data set encodes with (its embedding rows are those words, in that order)."""
     from nnlang.data import load_dataset
     if choice is None:
         raise NNError("no dataset: the train section has no `data = ...` setting",
@@ -295,7 +296,7 @@ def load_data(choice: Choice | None, data_dir=None, base_dir=None):
     if (base_dir is not None and path.suffix and not path.is_absolute() and not path.exists()
             and (Path(base_dir) / path).is_file()):
         name = str(Path(base_dir) / path)
-    return load_dataset(name, data_dir=data_dir, **choice.options)
+    return load_dataset(name, data_dir=data_dir, words=words, **choice.options)
 
 
 def predict_meta(meta: dict) -> dict:

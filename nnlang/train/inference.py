@@ -75,15 +75,17 @@ def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,
     net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, batch, console)
     file = source_of(program_or_path)[1]
     _, split, arrays = held_out_arrays(net, cfg, data, data_dir,
-                                       Path(file).parent if file != "<string>" else None)
+                                       Path(file).parent if file != "<string>" else None,
+                                       ckpt.data_meta.get("vocab"))
     return split, evaluate(net, arrays, net.batch, console)
 
 
-def held_out_arrays(net, cfg, data, data_dir, folder) -> tuple:
+def held_out_arrays(net, cfg, data, data_dir, folder, words=None) -> tuple:
     """(dataset, "test" | "val", the model's arrays) held out from training: the test split of
-    the run's dataset (or `data`), else the run's seeded validation carve."""
+    the run's dataset (or `data`), else the run's seeded validation carve; text encoded with
+    the checkpoint's vocabulary `words` (another data set would build its own)."""
     choice = feeds.replace_data(cfg.data, str(data)) if data is not None else cfg.data
-    ds = feeds.load_data(choice, data_dir, folder)
+    ds = feeds.load_data(choice, data_dir, folder, words)
     mapping = feeds.match_inputs(net.user, ds.inputs, ds.targets, f"dataset '{ds.name}'")
     if len(ds.test):
         return ds, "test", feeds.model_arrays(net.user, ds.test.arrays, mapping)

@@ -59,15 +59,19 @@ def resolve_source(source, what: str, base_dir: Path | None = None) -> Path:
     return path
 
 
+def _load(source, what: str, base_dir: Path | None):
+    path = resolve_source(source, what, base_dir)
+    try:
+        return path, checkpoint.load(path)
+    except NNError as err:
+        raise NNError(f"{what}: {err.message}", hint=err.hint) from None
+
+
 def init_from(net, source, skip_mismatch: bool = False, what: str = "--init-from",
               base_dir: Path | None = None) -> InitReport:
     """Copies the parameters of checkpoint `source` that `net` has by name and shape into it.
     A shape mismatch is an error unless `skip_mismatch`; no parameter in common always is."""
-    path = resolve_source(source, what, base_dir)
-    try:
-        ckpt = checkpoint.load(path)
-    except NNError as err:
-        raise NNError(f"{what}: {err.message}", hint=err.hint) from None
+    path, ckpt = _load(source, what, base_dir)
     ours = net.parameters()
     # NOTE: the optimizer's own state (moments, step count) never carries over to a new run
     theirs = {k: v for k, v in ckpt.state.items() if not k.startswith(OPTIMIZER_PREFIX)}
@@ -100,6 +104,25 @@ def init_from(net, source, skip_mismatch: bool = False, what: str = "--init-from
     return report
 
 
+def _source(cfg, flag, resumed: bool, file):
+    """(checkpoint to start from or None, how the user named it, the folder a relative
+    train-section path is read from)."""
+    source = flag if flag is not None else (None if resumed else cfg.init_from)
+    what = "--init-from" if flag is not None else "init_from (train section)"
+    base = Path(file).parent if flag is None and file not in (None, "<string>") else None
+    return source, what, base
+
+
+def words_to_start_from(cfg, flag, resumed: bool, file):
+    """The vocabulary of the checkpoint a new run starts from (None when it starts from none,
+    or that run's data had none): text data must be encoded with the words its embedding
+    rows stand for, not with a vocabulary built from the new data."""
+    source, what, base = _source(cfg, flag, resumed, file)
+    if source is None or (flag is not None and resumed):
+        return None
+    return _load(source, what, base)[1].data_meta.get("vocab")
+
+
 def start_run(net, cfg, flag, skip_mismatch: bool, resumed: bool, file, console):
     """The trainer's hook on a freshly built `Net`: loads `--init-from` (`flag`) or the train
     section's `init_from` and shows the table; returns the config recording the checkpoint
@@ -107,15 +130,13 @@ def start_run(net, cfg, flag, skip_mismatch: bool, resumed: bool, file, console)
     if flag is not None and resumed:
         raise NNError("--init-from starts a new run from another run's weights, --resume "
                       "continues a run: pass one of them")
-    source = flag if flag is not None else (None if resumed else cfg.init_from)
+    source, what, base = _source(cfg, flag, resumed, file)
     if skip_mismatch and source is None:
         raise NNError("--init-skip-mismatch applies to the weights of --init-from (or the train "
                       "section's init_from), and this run loads none",
                       hint="pass --init-from RUN too, or leave --init-skip-mismatch out")
     if source is None:
         return cfg, None
-    what = "--init-from" if flag is not None else "init_from (train section)"
-    base = Path(file).parent if flag is None and file not in (None, "<string>") else None
     report = init_from(net, source, skip_mismatch, what, base)
     console.print(report.table())
     return replace(cfg, init_from=str(report.source)), report

@@ -27,7 +27,7 @@ from nnlang.train.guard import DivergenceGuard
 from nnlang.train.interrupts import Interrupts, test_signal
 from nnlang.train.overrides import resolve
 from nnlang.train.progress import LINE_EVERY_S, fmt, progress, say
-from nnlang.train.init_from import start_run
+from nnlang.train.init_from import start_run, words_to_start_from
 from nnlang.train.resume import describe_resume, find_checkpoint
 from nnlang.train.runs import PLOT_HINT, RunDir
 
@@ -237,7 +237,9 @@ class _Training:
                          "with")
         if max_steps is not None and max_steps < 1:
             raise NNError(f"--max-steps must be at least 1, not {max_steps}")
-        cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file)
+        words = ckpt.data_meta.get("vocab") if ckpt else \
+            words_to_start_from(cfg, init_from, False, file)
+        cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file, words)
         if cfg.val_split > 0 and ds.val is not None and len(ds.val):
             say(console, f"note: data set '{ds.name}' has its own validation split "
                          f"({len(ds.val)} examples), which is used instead of val_split = "
@@ -592,15 +594,16 @@ def _same_held_out(old, new, ds, inside_epoch: bool) -> None:
                            "run from its weights with --init-from")
 
 
-def _data(program, cfg, data, data_dir, file):
-    """(config, dataset, input mapping, (train, val, test) arrays ready for the model)."""
+def _data(program, cfg, data, data_dir, file, words=None):
+    """(config, dataset, input mapping, (train, val, test) arrays ready for the model); text
+    encoded with `words` when the run continues or starts from a checkpoint that has them."""
     if data is not None and not isinstance(data, (str, Path)):
         ds = data
     else:
         if data is not None:
             cfg = replace(cfg, data=feeds.replace_data(cfg.data, str(data)))
         base_dir = Path(file).parent if file != "<string>" else None
-        ds = feeds.load_data(cfg.data, data_dir, base_dir)
+        ds = feeds.load_data(cfg.data, data_dir, base_dir, words)
     mapping = feeds.match_inputs(program.graph, ds.inputs, ds.targets, f"dataset '{ds.name}'")
     train, val = feeds.train_and_val(program.graph, ds, mapping, cfg.val_split, cfg.seed)
     test = feeds.model_arrays(program.graph, ds.test.arrays, mapping) if len(ds.test) else {}
