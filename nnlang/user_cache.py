@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 _warned: set = set()
+_damaged: set = set()
 _private: dict = {}
 
 
@@ -51,3 +52,19 @@ def cache_unwritable(path, err: OSError) -> None:
     print(f"warning: cannot write the cache at {path} ({why}); going on without it (the next "
           "run compiles again)\n  hint: point NNLANG_CACHE_DIR to a writable folder with free "
           "space", file=sys.stderr)
+
+
+def cache_damaged(path, why: str) -> None:
+    """One line on stderr per damaged entry: the entry is dropped and made again, so the run goes
+    on, but a disk that keeps damaging files is worth knowing about."""
+    if str(path) in _damaged:
+        return
+    _damaged.add(str(path))
+    print(f"warning: the cache entry {path} is damaged ({why}); rebuilding it", file=sys.stderr)
+
+
+def remove_quietly(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass  # NOTE: a read-only cache keeps the bad entry; it is checked (and skipped) each run

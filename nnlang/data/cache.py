@@ -20,7 +20,7 @@ from pathlib import Path
 
 from nnlang.errors import NNError
 from nnlang.files import write_atomic
-from nnlang.user_cache import user_cache_dir
+from nnlang.user_cache import cache_damaged, remove_quietly, user_cache_dir
 
 # Debian's dataset-* packages (e.g. dataset-fashion-mnist) install here. A list so tests can
 # empty it and not depend on what the machine has installed.
@@ -298,15 +298,42 @@ def save_processed(key: str, arrays: dict) -> Path | None:
     import numpy as np
     path = processed_path(key)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    # the digest travels inside the entry: a zip's CRCs miss damage to its directory (a renamed
+    # or lost member) and a half-written file must not pass for a smaller data set
+    np.savez(buf, **arrays, **{_DIGEST: np.array(_digest(arrays))})
     return path if _write_atomic(path, buf.getvalue()) else None
 
 
+_DIGEST = "__sha256__"
+
+
+def _digest(arrays: dict) -> str:
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = arrays[k]
+        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def load_processed(key: str) -> dict | None:
+    """The cached arrays, or None when the entry is missing or damaged (then removed, with a
+    warning): the caller rebuilds it from the verified source."""
     import numpy as np
     path = processed_path(key)
+    if not path.is_file():
+        return None
     try:
+        # every array is read here, inside the try: a zip only finds a bad CRC or member when
+        # it is read, and the caller must not meet that later as a crash
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError):
-        return None  # missing or damaged cache: rebuild
+            arrays = {k: z[k] for k in z.files}
+        if _DIGEST not in arrays:
+            return None  # written by an older nnlang: a plain miss, rebuilt with a digest
+        if str(arrays.pop(_DIGEST)) != _digest(arrays):
+            raise ValueError("checksum mismatch")
+        return arrays
+    except Exception as e:  # noqa: BLE001 -- a damaged zip raises almost anything
+        cache_damaged(path, f"{type(e).__name__}: {e}"[:120])
+        remove_quietly(path)
+        return None

@@ -454,3 +454,23 @@ def test_set_train_settings_are_applied(work):
         "--max-steps", "1", code=0, cwd=work)
     config = (work / "r" / "config.json").read_text()
     assert '"lr": 0.25' in config and '"seed": 7' in config
+
+
+# *** the processed-data cache, damaged: a warning and a rebuild, never a crash ***
+
+@pytest.mark.parametrize("damage", [
+    lambda b: b[:len(b) // 2], lambda b: b[:-10], lambda b: flip(b, 40, 1),
+    lambda b: flip(b, len(b) // 2, 1), lambda b: flip(b, len(b) - 30, 1), lambda b: b"",
+])
+def test_damaged_processed_cache_is_rebuilt(damage, cache, capsys):
+    from nnlang.data.cache import load_processed, save_processed
+    arrays = {"train_x": np.arange(300, dtype=np.int32).reshape(30, 10),
+              "vocab": np.array(["a", "b"]), "train_label": np.ones(30, np.int8)}
+    path = save_processed("imdb-sample-t", arrays)
+    assert {k: v.tolist() for k, v in load_processed("imdb-sample-t").items()} == \
+        {k: v.tolist() for k, v in arrays.items()}
+    path.write_bytes(damage(path.read_bytes()))
+    assert load_processed("imdb-sample-t") is None
+    assert not path.exists(), "the damaged entry was kept"
+    err = capsys.readouterr().err
+    assert "is damaged" in err and err.count("\n") == 1, err
