@@ -5,7 +5,8 @@ unpickling the plan ~0.15 s.
 The key is a fingerprint of the graph that goes in (every node's op, inputs, attributes, type,
 span, path and role; the graph's tables), the disabled passes, and the source of the
 whole `nnlang` package, so any change to the model, the settings or the compiler itself is a
-miss, never a stale plan. Entries are written atomically; an unreadable entry is a miss.
+miss, never a stale plan. Entries are written atomically with a sha256 of the pickle, checked before it is unpickled;
+a damaged entry is a warning and a miss (removed, then rebuilt).
 `NNLANG_PLAN_CACHE=0` switches the cache off.
 """
 from __future__ import annotations
@@ -21,9 +22,9 @@ import numpy as np
 import nnlang
 from nnlang.files import write_atomic
 from nnlang.ir.graph import Graph
-from nnlang.user_cache import cache_unwritable, user_cache_dir
+from nnlang.user_cache import cache_damaged, cache_unwritable, remove_quietly, user_cache_dir
 
-_FORMAT = 1  # bump when what is pickled changes shape
+_FORMAT = 2  # bump when what is pickled changes shape
 # entries kept; older ones are removed when a new one is written. NOTE: a model with a symbolic
 # length has one plan per padded length (~22 for whole IMDB reviews, per kind of step)
 KEEP = 160
@@ -83,15 +84,29 @@ def graph_key(g: Graph, disable=()) -> str:
     return h.hexdigest()
 
 
+_MAGIC = b"nnlang-plan"
+
+
 def load(key: str):
-    """The cached plan under `key`, or None (absent, unreadable or from another format)."""
+    """The cached plan under `key`, or None (absent or damaged: then removed, with a warning)."""
     path = plan_dir() / f"{key}.pkl"
     try:
-        with open(path, "rb") as f:
-            fmt, plan = pickle.load(f)
-        return plan if fmt == _FORMAT else None
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError,
-            ValueError, TypeError):
+        data = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        # NOTE: a pickle has no checksum of its own: a flipped bit unpickles into a plan with
+        # other offsets or dtypes, which trains silently wrong or fails deep in the run
+        head, _, body = data.partition(b"\n")
+        magic, fmt, digest = head.split(b" ")
+        if magic != _MAGIC or int(fmt) != _FORMAT:
+            raise ValueError("written by another version of nnlang")
+        if hashlib.sha256(body).hexdigest().encode() != digest:
+            raise ValueError("checksum mismatch")
+        return pickle.loads(body)
+    except Exception as e:  # noqa: BLE001 -- whatever a damaged entry raises, it is a miss
+        cache_damaged(path, f"{type(e).__name__}: {e}"[:120])
+        remove_quietly(path)
         return None
 
 
@@ -100,14 +115,16 @@ def store(key: str, plan) -> None:
     a warning)."""
     folder = plan_dir()
     try:
+        body = pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return  # NOTE: a plan that does not pickle is only not cached
+    head = b"%s %d %s\n" % (_MAGIC, _FORMAT, hashlib.sha256(body).hexdigest().encode())
+    try:
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / f"{key}.pkl", lambda f: pickle.dump(
-            (_FORMAT, plan), f, protocol=pickle.HIGHEST_PROTOCOL))
+        write_atomic(folder / f"{key}.pkl", head + body)
         _prune(folder)
     except OSError as err:
         cache_unwritable(folder, err)
-    except (pickle.PicklingError, TypeError, AttributeError):
-        pass  # NOTE: a plan that does not pickle is only not cached
 
 
 def _prune(folder: Path) -> None:

@@ -80,6 +80,26 @@ def test_a_corrupt_entry_is_a_miss_and_is_rewritten(cache):
     assert plan_cache.load(entry.stem) is not None
 
 
+@pytest.mark.parametrize("where", ["constant", "header", "start", "middle", "end"])
+def test_a_damaged_entry_is_a_warning_and_computes_as_a_fresh_compile(where, cache, capsys):
+    """A pickle has no checksum: a flipped bit in a constant once trained with another value,
+    silently, on every later run."""
+    x, w = rand((8, 5)), rand((5, 3))
+    compile_graph(small_graph(scale=0.3), state={"w": w})
+    (entry,) = cache.glob("*.pkl")
+    data = bytearray(entry.read_bytes())
+    at = {"constant": data.find(np.float32(0.3).tobytes()), "header": 20, "start": 120,
+          "middle": len(data) // 2, "end": len(data) - 3}[where]
+    assert at > 0
+    data[at] ^= 0x04
+    entry.write_bytes(bytes(data))
+    capsys.readouterr()
+    exe = compile_graph(small_graph(scale=0.3), state={"w": w})
+    np.testing.assert_allclose(exe.run({"x": x})["h"], numpy_ref(x, w, 0.3), rtol=1e-5, atol=1e-6)
+    assert "is damaged" in capsys.readouterr().err
+    assert plan_cache.load(entry.stem) is not None  # rebuilt
+
+
 def test_switched_off_writes_nothing(cache, monkeypatch):
     monkeypatch.setenv("NNLANG_PLAN_CACHE", "0")
     compile_graph(small_graph(), state={"w": rand((5, 3))})
