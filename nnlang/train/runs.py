@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ class RunDir:
         """Creates the folder and checks that files can be written in it (a run learns that
         before it compiles and trains, not when it saves)."""
         self.path = Path(path)
+        self._noted_cut = False
         with writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.path):
@@ -83,7 +85,30 @@ class RunDir:
         path = self.path / "metrics.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        with writing(path):
+            text = path.read_text(errors="replace")
+        lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+        rows = []
+        for k, (i, line) in enumerate(lines):
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                    raise ValueError("not a row of epoch metrics")
+            except ValueError as err:
+                if k == len(lines) - 1:
+                    # NOTE: the last write was cut off (power loss, a full disk); the
+                    # checkpoint, not this log, says what ran, so the row is only dropped
+                    if not self._noted_cut:
+                        self._noted_cut = True
+                        print(f"note: {path}:{i} is cut off; dropping that line (the "
+                              "checkpoint says where the run stopped)", file=sys.stderr)
+                    break
+                raise NNError(f"{path}:{i} is damaged ({err})",
+                              hint="fix or delete that line (the checkpoint, not this log, "
+                                   "says where the run stopped), or train with a new --out"
+                              ) from None
+            rows.append(row)
+        return rows
 
     def keep_rows(self, upto_epoch: int) -> None:
         """Drops rows past `upto_epoch` (a resumed run rewrites a partly trained epoch)."""

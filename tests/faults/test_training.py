@@ -228,6 +228,26 @@ def test_resume_keeps_the_validation_carve(work, tmp_path):
         assert "would validate on examples it trained on" in out
 
 
+def test_resume_after_a_cut_metrics_line(work, tmp_path):
+    """Power loss or a full disk cut the log's last line: the resume drops it (the checkpoint is
+    the truth for what ran); a damaged line before the last is an error naming it."""
+    run = tmp_path / "run"
+    cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--epochs", "2", code=0,
+        cwd=work)
+    log = run / "metrics.jsonl"
+    whole = log.read_text()
+    log.write_text(whole[:150])
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--resume",
+              "--epochs", "3", code=0, cwd=work)
+    assert f"{log}:1 is cut off" in out, out
+    assert [r["epoch"] for r in map(json.loads, log.read_text().splitlines())] == [3]
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0][:40], *lines, ""]))
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--resume",
+              "--epochs", "4", cwd=work)
+    assert f"{log}:1 is damaged" in out and "--out" in out, out
+
+
 def test_max_steps_at_the_runs_own_end_stops_nothing_short(work, tmp_path):
     """tiny: 40 examples at batch 4, 2 epochs = 20 steps."""
     for steps, stopped in ((20, None), (15, "max_steps")):
