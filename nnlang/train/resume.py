@@ -11,7 +11,7 @@ from nnlang.errors import NNError
 from nnlang.train import checkpoint
 from nnlang.train.overrides import resolve
 from nnlang.train.progress import say
-from nnlang.train.runs import RunDir
+from nnlang.train.runs import RunDir, foreign_files
 
 
 def find_checkpoint(program_or_path, config, overrides, model, out, resume, runs_root):
@@ -21,6 +21,12 @@ def find_checkpoint(program_or_path, config, overrides, model, out, resume, runs
         if out is not None and (Path(out) / checkpoint.FILENAME).is_file():
             raise NNError(f"{out} already holds a training run", hint="pass --resume to "
                           "continue it, or another --out for a new run")
+        if out is not None and (foreign := foreign_files(out)):
+            shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4
+                                              else "")
+            raise NNError(f"--out {out} already holds files that are not an nnlang run's "
+                          f"({shown}); a run there would overwrite them",
+                          hint="pass --out with a new or empty folder, e.g. --out runs/NAME")
         return None
     if resume is not True:
         return checkpoint.load(resume)

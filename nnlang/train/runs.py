@@ -29,6 +29,30 @@ def writing(path):
                       hint="pass --out with a writable folder that has free space") from None
 
 
+RUN_FILES = {"config.json", "metrics.jsonl", "metrics.csv", "summary.json", checkpoint.FILENAME,
+             checkpoint.BEST}
+
+
+def foreign_files(path) -> list[str]:
+    """The entries of an existing folder that a training run there would put at risk: all of
+    them unless its config.json is an nnlang run's, else those that are not a run's files.
+    A run rewrites config.json and the metrics whole, so a user's files of those names are lost
+    the moment the run starts."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    names = sorted(p.name for p in path.iterdir())
+    try:
+        config = json.loads((path / "config.json").read_text())
+        ours = isinstance(config, dict) and {"model", "train"} <= config.keys()
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        return names
+    return [n for n in names if n not in RUN_FILES and not n.endswith(".png")
+            and not (n.startswith(".") and n.endswith(".tmp"))]
+
+
 class RunDir:
     def __init__(self, path):
         """Creates the folder and checks that files can be written in it (a run learns that

@@ -248,6 +248,25 @@ def test_resume_after_a_cut_metrics_line(work, tmp_path):
     assert f"{log}:1 is damaged" in out and "--out" in out, out
 
 
+def test_out_with_the_users_files_is_refused_and_they_are_kept(work, tmp_path):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "config.json").write_text("x\n")
+    (proj / "metrics.csv").write_text("y\n")
+    for out_dir, cwd in ((proj, work), (".", proj)):
+        out = cli("train", work / "tiny.nn", "--backend", "reference", "--data",
+                  work / "tiny.npz", "--out", out_dir, "--epochs", "1", cwd=cwd)
+        assert "already holds files that are not an nnlang run's" in out and "config.json" in out
+        assert "new or empty folder" in out
+    assert sorted(p.name for p in proj.iterdir()) == ["config.json", "metrics.csv"]
+    assert (proj / "config.json").read_text() == "x\n" and (proj / "metrics.csv").read_text() == "y\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cli("train", "tiny.nn", "--backend", "reference", "--out", empty, "--epochs", "1", code=0,
+        cwd=work)
+    assert (empty / "checkpoint.npz").is_file()
+
+
 def test_max_steps_at_the_runs_own_end_stops_nothing_short(work, tmp_path):
     """tiny: 40 examples at batch 4, 2 epochs = 20 steps."""
     for steps, stopped in ((20, None), (15, "max_steps")):
