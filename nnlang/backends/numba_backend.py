@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import pickle
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from nnlang.errors import NNError
 from nnlang.files import write_atomic
 from nnlang.ir.graph import Node
 from nnlang.passes.schedule import apply_view
-from nnlang.user_cache import cache_subdir, cache_unwritable, private_dir
+from nnlang.user_cache import cache_damaged, cache_subdir, cache_unwritable, private_dir, remove_quietly
 
 VERSION = "nnlang-0.3"  # NOTE: bumped when numba_config changes what a kernel compiles to
 # NOTE: a cached kernel holds the code of the numba functions it calls, so the source of the
@@ -97,6 +98,30 @@ def _mark(fn, sig) -> None:
         path.touch()
     except OSError:  # NOTE: only a hint for the next run: without it that run starts a worker
         pass
+
+
+def _loading_cache(err: BaseException) -> bool:
+    """Did `err` come from numba reading its disk cache (a truncated or flipped .nbi/.nbc:
+    UnpicklingError, EOFError, "LLVM bitcode parsing error"), not from compiling?"""
+    tb = err.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename.endswith(os.path.join("numba", "core", "caching.py")) and \
+                "load" in code.co_name:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _drop_cache(fn, err: BaseException) -> None:
+    """Removes a kernel's numba cache (its index and every data file: the index names them, so
+    neither is any use alone) after a warning; the next compile writes it anew."""
+    files = fn._cache._cache_file
+    index = Path(files._index_path)
+    cache_damaged(index, f"{type(err).__name__}: {err}".splitlines()[0][:120])
+    for path in [index, *index.parent.glob(files._data_name_pattern.format(number=0)
+                                           .replace(".0.nbc", ".*.nbc"))]:
+        remove_quietly(path)
 
 
 def _cost(fn) -> int:
@@ -392,6 +417,11 @@ class NumbaBackend:
             # NOTE: numba compiled it, then could not save it to its disk cache (full or
             # read-only): the kernel is loaded already, so asking again returns it
             cache_unwritable(Path(fn.py_func.__code__.co_filename).parent, err)
+            entry = fn.compile(sig)
+        except Exception as err:  # noqa: BLE001 -- a damaged cache file raises almost anything
+            if not _loading_cache(err):
+                raise
+            _drop_cache(fn, err)
             entry = fn.compile(sig)
         self._entries[(fn, sig)] = entry
         if not known:

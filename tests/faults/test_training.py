@@ -444,6 +444,47 @@ def test_full_or_read_only_cache_warns_and_leaves_no_temp_file(tmp_path, monkeyp
         assert not (tmp_path / "kernels/compiled").exists()
 
 
+@pytest.mark.parametrize("suffix, damage", [
+    (".nbi", lambda b: b[:len(b) // 2]), (".nbc", lambda b: b[:len(b) // 2]),
+    (".nbc", lambda b: b"garbage"), (".nbi", lambda b: b""),
+])
+def test_a_damaged_kernel_cache_warns_and_compiles_again(tmp_path, monkeypatch, capsys, suffix,
+                                                         damage):
+    """A truncated .nbi/.nbc once failed every later run with an internal error."""
+    from nnlang.backends import numba_backend
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    source = SOURCE + f"# damaged {suffix} {damage(bytes(range(200)))[:50]!r}\n"
+    entry, _ = numba_backend.NumbaBackend().specialize(
+        numba_backend.NumbaBackend().compile(source, "twice"), (21,))
+    assert entry(21) == 42
+    (bad,) = (tmp_path / "kernels").rglob(f"*{suffix}")
+    bad.write_bytes(damage(bad.read_bytes()))
+    capsys.readouterr()
+    backend = numba_backend.NumbaBackend()   # a fresh module: numba reads its disk cache
+    entry, _ = backend.specialize(backend.compile(source, "twice"), (21,))
+    assert entry(21) == 42
+    warning = capsys.readouterr().err
+    assert "is damaged" in warning and warning.count("\n") == 1, warning
+    assert backend.compiled == 1    # compiled again, and saved for the next run
+    assert len(list((tmp_path / "kernels").rglob("*.nbi"))) == 1
+
+
+def test_a_run_on_a_damaged_warm_kernel_cache_trains_the_same(work, tmp_path):
+    env = {"NNLANG_CACHE_DIR": str(tmp_path / "cache"), "NNLANG_PLAN_CACHE": "0"}
+    cli_process("train", "tiny.nn", "--out", tmp_path / "r1", "--epochs", "1", code=0, cwd=work,
+                env=env)
+    index, data = (sorted((tmp_path / "cache/kernels").rglob(f"*{s}"), key=lambda p: p.name)
+                   for s in (".nbi", ".nbc"))
+    index[0].write_bytes(index[0].read_bytes()[:30])
+    bad = next(p for p in data if not p.name.startswith(index[0].name[:-4]))
+    bad.write_bytes(bad.read_bytes()[:-100])
+    p = cli_process("train", "tiny.nn", "--out", tmp_path / "r2", "--epochs", "1", code=0,
+                    cwd=work, env=env)
+    assert p.stderr.count("is damaged") == 2, p.stderr
+    a, b = checkpoint.load(tmp_path / "r1"), checkpoint.load(tmp_path / "r2")
+    assert all(np.array_equal(a.state[k], b.state[k]) for k in a.state)
+
+
 def test_unusable_cache_dir_in_a_real_run(work):
     """A cache folder that cannot even be made (its parent is a file): the run trains."""
     p = cli_process("train", "tiny.nn", "--out", "run-nocache", "--epochs", "1", code=0,
