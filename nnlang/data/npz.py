@@ -149,6 +149,9 @@ def _csv_split(data: np.ndarray, t: int, label_dtype=None) -> Split:
                   "label": y.astype(label_dtype)})
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
     """(header, float64 [rows, columns]); every cell a finite number, errors at file:line."""
     try:
@@ -189,6 +192,10 @@ def _csv_row(path: Path, line: int, header: list[str], row: list[str]) -> list[f
             what = "is empty" if not cell.strip() else f"'{cell.strip()}' is not a finite number"
             raise DataError(f"{path}:{line}: column '{name}' {what}",
                             "the CSV loader takes numbers only: fill in or drop the row")
+        if abs(v) > FLOAT32_MAX:
+            # NOTE: every column becomes float32 (or int32), where this value is infinity
+            raise DataError(f"{path}:{line}: column '{name}' {cell.strip()} does not fit in "
+                            f"float32 (at most {FLOAT32_MAX:.4g})", "scale the column down")
         out.append(v)
     return out
 

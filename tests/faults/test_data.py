@@ -298,9 +298,11 @@ CSV_CASES = [
     ("a,b,label\n1,2,inf\n", ["inf.csv:2: column 'label' 'inf' is not a finite number"]),
     ("a,b,y\n1,2,3\n", ["nolabel.csv: no column 'label'", 'csv("file.csv", target = "name")']),
     (b"a,b,label\n1,2,\xff\n", ["latin.csv", "utf-8"]),
+    ("a,b,label\n1,2,3\n4,1e39,6\n", ["big.csv:3: column 'b' 1e39 does not fit in float32"]),
+    ("a,b,label\n1,2,3\n4,5,-1e39\n", ["neg.csv:3: column 'label' -1e39 does not fit in float32"]),
 ]
 CSV_NAMES = ["short", "long", "header", "empty", "text", "blank", "nan", "inf", "nolabel",
-             "latin"]
+             "latin", "big", "neg"]
 
 
 @pytest.mark.parametrize("text, words", CSV_CASES, ids=CSV_NAMES)
@@ -311,6 +313,7 @@ def test_bad_csv(text, words, work, request):
     out = train("reg.nn", "--data", path.name, "--out", "r", cwd=work)
     for w in words:
         assert w in out, out
+    assert "Warning" not in out, out
 
 
 def test_csv_with_a_byte_order_mark_trains(work):
