@@ -65,6 +65,28 @@ def test_state_dict_carries_the_step_so_schedules_go_on():
         np.testing.assert_array_equal(b.state_dict()[k], v, err_msg=k)
 
 
+def test_a_state_dict_taken_before_the_first_step_resets_the_optimizer():
+    """Before a step the optimizer had no slots, so such a dict held weights only and loading
+    it after some steps kept Adam's m, v and the step count of those steps."""
+    rng = np.random.default_rng(0)
+    feeds = {"image": rng.standard_normal((4, 12)).astype(np.float32),
+             "label": np.array([0, 1, 2, 0], np.int32)}
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    s0 = net.state_dict()
+    assert {"optimizer.step", "optimizer.m.logits.weight", "optimizer.v.logits.bias"} <= set(s0)
+    net.train_step(feeds)
+    net.train_step(feeds)
+    net.load_state_dict(s0)
+    assert net.step == 0
+    net.train_step(feeds)
+    fresh = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    fresh.train_step(feeds)
+    for k, v in fresh.state_dict().items():
+        np.testing.assert_array_equal(net.state_dict()[k], v, err_msg=k)
+    sgd = nnlang.compile(CLASSIFIER.replace("adam(lr = 1.0)", "sgd(lr = 0.1)"), batch=4)
+    assert [k for k in sgd.state_dict() if k.startswith("optimizer.")] == ["optimizer.step"]
+
+
 def test_rows_of_a_flattened_feed_must_match_the_batch():
     """[N, 1, 3, 4] images for a [batch, 12] input reshape per row; one image beside four labels
     was broadcast into the batch and scored as four copies of itself."""

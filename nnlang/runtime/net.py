@@ -18,7 +18,7 @@ from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import Sym
 from nnlang.ir.summary import check_memory
 from nnlang.ops.init import initialize
-from nnlang.ops.optim import OPTIMIZERS, STEP_SLOT, learning_rate, slot_param
+from nnlang.ops.optim import OPTIMIZERS, STEP_SLOT, initial_state, learning_rate, slot_param
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.optimize import switched_off
 from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
@@ -126,7 +126,17 @@ class Net:
         return {k: _host(self.state[k]) for k in self.user.params}
 
     def state_dict(self) -> dict:
-        return {k: _host(v) for k, v in self.state.items()}
+        """The weights and the optimizer's state, by name."""
+        out = {k: _host(v) for k, v in self.state.items()}
+        if STEP_SLOT not in self.state and self.user.losses:
+            # NOTE: before the first step the slots do not exist yet; without their zeros a
+            # dict taken now would, loaded later, leave the optimizer's state as it is then
+            trained = {k: tuple(int(d) for d in self.user.node(v).attrs["shape"])
+                       for k, v in self.user.params.items()
+                       if self.user.node(v).attrs.get("trainable", True)}
+            out.update({k: np.zeros(shape, self.dtype)
+                        for k, shape in initial_state(self.config.optimizer, trained).items()})
+        return out
 
     def load_state_dict(self, state: dict, strict: bool = True) -> "Loaded":
         """Copies `state` (name -> array, as `state_dict()` gives it) into the net, all or
