@@ -213,15 +213,16 @@ class Net:
             self._checks.pop(old, None)
 
     def _build_exe(self, kind: str, batch: int, lengths: dict):
-        if kind in ("train", "grad"):
+        if kind == "train" or kind.startswith("grad"):
             # NOTE: the weights fit (checked at init); training adds their gradients and, the
             # first time, the optimizer's slots
             slots = 0 if STEP_SLOT in self.state else \
                 len(OPTIMIZERS[self.config.optimizer.name].slots)
             check_memory(self.user, batch, self.dtype, slots, weights_held=True)
-            g = train_graph(self.user, self.config, batch, self.dtype, lengths=lengths,
-                            ranks=_ranks())
-            if kind == "grad":
+            wrt = tuple(kind.partition(":")[2].split(",")) if ":" in kind else ()
+            g = train_graph(self.user, self.config, batch, self.dtype, wrt_inputs=wrt,
+                            lengths=lengths, ranks=_ranks())
+            if kind != "train":
                 g = _gradient_graph(g)
             for name, nid in g.params.items():  # optimizer slots start at zero
                 if name not in self.state:
@@ -347,9 +348,22 @@ class Net:
         out, _, g = self._run("eval", feeds, {})
         return {k: float(out[k]) for k in (*g.losses, *g.metrics)}
 
-    def gradients(self, feeds: dict) -> dict:
-        """d(loss)/d(parameter) by name, for one batch, without updating anything."""
-        out = self._run("grad", feeds, {LR_INPUT: np.asarray(0.0, self.dtype)})[0]
+    def gradients(self, feeds: dict, inputs=()) -> dict:
+        """d(loss)/d(parameter) by name, for one batch, without updating anything; `inputs`
+        (names of float inputs) adds d(loss)/d(input) under each input's name."""
+        inputs = (inputs,) if isinstance(inputs, str) else tuple(dict.fromkeys(inputs))
+        for name in inputs:
+            nid = self.user.inputs.get(name) if isinstance(name, str) else None
+            if nid is None or name.startswith("_"):
+                raise NNError(f"gradients(inputs=...): {name!r} is not an input of this model",
+                              hint=f"the model's inputs: {_names(self.user)}")
+            dtype = self.user.node(nid).dtype
+            if not dtype.startswith("float"):
+                raise NNError(f"gradients(inputs=...): input '{name}' is {dtype}; only a float "
+                              "input has a gradient", hint="integer inputs (labels, token ids) "
+                              "are not differentiable; leave them out")
+        kind = f"grad:{','.join(inputs)}" if inputs else "grad"
+        out = self._run(kind, feeds, {LR_INPUT: np.asarray(0.0, self.dtype)})[0]
         return {k[len("grad:"):]: v for k, v in out.items() if k.startswith("grad:")}
 
     def forward(self, feeds: dict) -> dict:
