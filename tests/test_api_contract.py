@@ -65,6 +65,60 @@ def test_state_dict_carries_the_step_so_schedules_go_on():
         np.testing.assert_array_equal(b.state_dict()[k], v, err_msg=k)
 
 
+def test_a_state_dict_taken_before_the_first_step_resets_the_optimizer():
+    """Before a step the optimizer had no slots, so such a dict held weights only and loading
+    it after some steps kept Adam's m, v and the step count of those steps."""
+    rng = np.random.default_rng(0)
+    feeds = {"image": rng.standard_normal((4, 12)).astype(np.float32),
+             "label": np.array([0, 1, 2, 0], np.int32)}
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    s0 = net.state_dict()
+    assert {"optimizer.step", "optimizer.m.logits.weight", "optimizer.v.logits.bias"} <= set(s0)
+    net.train_step(feeds)
+    net.train_step(feeds)
+    net.load_state_dict(s0)
+    assert net.step == 0
+    net.train_step(feeds)
+    fresh = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    fresh.train_step(feeds)
+    for k, v in fresh.state_dict().items():
+        np.testing.assert_array_equal(net.state_dict()[k], v, err_msg=k)
+    sgd = nnlang.compile(CLASSIFIER.replace("adam(lr = 1.0)", "sgd(lr = 0.1)"), batch=4)
+    assert [k for k in sgd.state_dict() if k.startswith("optimizer.")] == ["optimizer.step"]
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_gradients_of_inputs_on_request(backend):
+    """The compiler computed input gradients (train_graph's wrt_inputs) but no API asked for
+    them; checked against central differences of a numpy forward in float64."""
+    src = CLASSIFIER.replace("logits = dense(image, 3)", "h = dense(image, 4) |> tanh\n"
+                             "  logits = dense(h, 3)")
+    rng = np.random.default_rng(0)
+    feeds = {"image": rng.standard_normal((4, 12)), "label": np.array([0, 1, 2, 0], np.int32)}
+    net = nnlang.compile(src, backend=backend, batch=4, seed=0, dtype="float64")
+    p = net.parameters()
+
+    def loss(x):
+        h = np.tanh(x @ p["h.weight"] + p["h.bias"])
+        return _softmax_ce(h, p["logits.weight"], p["logits.bias"], feeds["label"])
+
+    got = net.gradients(feeds, inputs=("image",))
+    x, want = feeds["image"], np.zeros((4, 12))
+    for i in np.ndindex(x.shape):
+        d = np.zeros_like(x)
+        d[i] = 1e-6
+        want[i] = (loss(x + d) - loss(x - d)) / 2e-6
+    np.testing.assert_allclose(got["image"], want, atol=1e-8)
+    plain = net.gradients(feeds)
+    assert set(got) == {*plain, "image"}
+    for k, v in plain.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-12, err_msg=k)
+    with pytest.raises(NNError, match="input 'label' is int32; only a float input"):
+        net.gradients(feeds, inputs=("label",))
+    with pytest.raises(NNError, match="'imgae' is not an input.*\n.*image, label"):
+        net.gradients(feeds, inputs=("imgae",))
+
+
 def test_rows_of_a_flattened_feed_must_match_the_batch():
     """[N, 1, 3, 4] images for a [batch, 12] input reshape per row; one image beside four labels
     was broadcast into the batch and scored as four copies of itself."""

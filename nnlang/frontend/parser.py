@@ -6,6 +6,7 @@ chosen by matching the failure against small examples of common mistakes (lark's
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -167,6 +168,36 @@ def _unclosed_brace(source: str) -> int | None:
     return opened[-1] if opened else None
 
 
+_STATEMENT = re.compile(r"\s*(?:(?:output|loss|input|metric|return)\b|\w+\s*=(?!=)|})")
+
+
+def _open_bracket(text: str, err: UnexpectedInput) -> tuple[int, int, str] | None:
+    """(line, column, char) of a '(' or '[' opened on a line before `err` and still open there,
+    when the failing line reads as a new statement: the bracket then swallowed the lines after
+    it, and each of them would be reported instead of the one line missing its ')'."""
+    tok = getattr(err, "token", None)
+    if isinstance(err, UnexpectedCharacters) or not isinstance(tok, Token) or _at_end(err):
+        return None
+    lines = text.split("\n")
+    if not 0 < tok.line <= len(lines) or not _STATEMENT.match(lines[tok.line - 1]):
+        return None
+    opened: list[tuple[int, int, str]] = []
+    for number, line in enumerate(lines[:tok.line - 1], 1):
+        quote = None
+        for col, ch in enumerate(line, 1):
+            if quote:
+                quote = None if ch == quote else quote
+            elif ch in "\"'":
+                quote = ch
+            elif ch == "#":
+                break
+            elif ch in "([":
+                opened.append((number, col, ch))
+            elif ch in ")]" and opened:
+                opened.pop()
+    return opened[-1] if opened else None
+
+
 def parse(source: str, file: str = "<string>") -> ast.Module:
     """Parses .nn source into an `ast.Module`; syntax errors raise one `NNError` listing them.
     Lines end at "\n", "\r\n" or a lone "\r" (old Mac files), as the error printer counts
@@ -179,14 +210,27 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
             tree = parser().parse(text)
             break
         except UnexpectedInput as err:
-            errors.append(_diagnostic(err, file, source))
-            # NOTE: to find independent mistakes, blank the failing line and parse again; a
-            # line that opens or closes a brace would leave only echoes behind, so stop there.
             lines = text.split("\n")
-            bad = lines[err.line - 1] if 0 < err.line <= len(lines) else "{"
-            if _at_end(err) or "{" in bad or "}" in bad:
+            bracket = _open_bracket(text, err)
+            if bracket:
+                line, col, char = bracket
+                close = ")" if char == "(" else "]"
+                errors.append(Diagnostic(
+                    f"'{char}' is never closed", Span(file, line, col, line, col + 1, source),
+                    f"add '{close}' at the end of line {line}; a call or list that goes on to "
+                    f"the next line separates its items with ','"))
+                bad_line = line
+            else:
+                errors.append(_diagnostic(err, file, source))
+                bad_line = err.line
+            # NOTE: to find independent mistakes, blank the failing line and parse again; a
+            # line that opens or closes a brace, or closes a bracket an earlier line opened,
+            # would leave only echoes behind, so stop there.
+            bad = lines[bad_line - 1] if 0 < bad_line <= len(lines) else "{"
+            closes = bad.count(")") > bad.count("(") or bad.count("]") > bad.count("[")
+            if _at_end(err) or "{" in bad or "}" in bad or closes:
                 break
-            lines[err.line - 1] = " " * len(bad)
+            lines[bad_line - 1] = " " * len(bad)
             text = "\n".join(lines)
     if errors:
         raise NNError(errors)

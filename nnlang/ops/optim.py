@@ -157,6 +157,30 @@ def plateau_scale(schedule, base: float, scale: float) -> float:
     return max(scale * o["factor"], floor)
 
 
+class _Probe:
+    """Stands in for a Builder: every op gives the probe back, so an update rule can run
+    without a graph just to show which slots it reads."""
+
+    def __getattr__(self, name):
+        return lambda *a, **k: self
+
+
+def initial_state(choice, params: dict) -> dict:
+    """{state name: shape} of the optimizer state a first step starts from (all zeros): the
+    step count and each slot the rule reads for the parameters `params` (name -> shape).
+    NOTE: asks the rule itself, as append_update does, so e.g. SGD without momentum lists no
+    buffer here either."""
+    opt, hp = OPTIMIZERS[choice.name], dict(choice.options)
+    hp.pop("lr", None)
+    probe = _Probe()
+    out = {STEP_SLOT: ()}
+    for name, shape in params.items():
+        read = _LazySlots(lambda s: probe)
+        opt.update(probe, probe, probe, read, probe, probe, **hp)
+        out.update({slot_name(s, name): tuple(shape) for s in read})
+    return out
+
+
 class _LazySlots(dict):
     """Creates an optimizer slot on first use, so e.g. SGD without momentum keeps no buffer."""
 

@@ -136,6 +136,10 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     updates = append_update(b, params, zero, cfg.optimizer, cfg.clip_norm, lr, add_state)
     g.updates = {**g.updates, **updates}
     g.grads = {name: zero[name] for name in params}
+    for name in wrt_inputs:  # NOTE: under the input's name: weights are block paths, and a
+        nid = g.inputs[name]  # model-level weight shares the inputs' namespace, so none clash
+        reached = grads.get(nid)
+        g.grads[name] = b.mul(nid, b.const(0.0, dtype)) if reached is None else reached
     g.losses = {"loss": total}
     g.outputs = {}
     return g

@@ -18,7 +18,7 @@ from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import Sym
 from nnlang.ir.summary import check_memory
 from nnlang.ops.init import initialize
-from nnlang.ops.optim import OPTIMIZERS, STEP_SLOT, learning_rate, slot_param
+from nnlang.ops.optim import OPTIMIZERS, STEP_SLOT, initial_state, learning_rate, slot_param
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.optimize import switched_off
 from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
@@ -126,7 +126,17 @@ class Net:
         return {k: _host(self.state[k]) for k in self.user.params}
 
     def state_dict(self) -> dict:
-        return {k: _host(v) for k, v in self.state.items()}
+        """The weights and the optimizer's state, by name."""
+        out = {k: _host(v) for k, v in self.state.items()}
+        if STEP_SLOT not in self.state and self.user.losses:
+            # NOTE: before the first step the slots do not exist yet; without their zeros a
+            # dict taken now would, loaded later, leave the optimizer's state as it is then
+            trained = {k: tuple(int(d) for d in self.user.node(v).attrs["shape"])
+                       for k, v in self.user.params.items()
+                       if self.user.node(v).attrs.get("trainable", True)}
+            out.update({k: np.zeros(shape, self.dtype)
+                        for k, shape in initial_state(self.config.optimizer, trained).items()})
+        return out
 
     def load_state_dict(self, state: dict, strict: bool = True) -> "Loaded":
         """Copies `state` (name -> array, as `state_dict()` gives it) into the net, all or
@@ -203,15 +213,16 @@ class Net:
             self._checks.pop(old, None)
 
     def _build_exe(self, kind: str, batch: int, lengths: dict):
-        if kind in ("train", "grad"):
+        if kind == "train" or kind.startswith("grad"):
             # NOTE: the weights fit (checked at init); training adds their gradients and, the
             # first time, the optimizer's slots
             slots = 0 if STEP_SLOT in self.state else \
                 len(OPTIMIZERS[self.config.optimizer.name].slots)
             check_memory(self.user, batch, self.dtype, slots, weights_held=True)
-            g = train_graph(self.user, self.config, batch, self.dtype, lengths=lengths,
-                            ranks=_ranks())
-            if kind == "grad":
+            wrt = tuple(kind.partition(":")[2].split(",")) if ":" in kind else ()
+            g = train_graph(self.user, self.config, batch, self.dtype, wrt_inputs=wrt,
+                            lengths=lengths, ranks=_ranks())
+            if kind != "train":
                 g = _gradient_graph(g)
             for name, nid in g.params.items():  # optimizer slots start at zero
                 if name not in self.state:
@@ -337,9 +348,22 @@ class Net:
         out, _, g = self._run("eval", feeds, {})
         return {k: float(out[k]) for k in (*g.losses, *g.metrics)}
 
-    def gradients(self, feeds: dict) -> dict:
-        """d(loss)/d(parameter) by name, for one batch, without updating anything."""
-        out = self._run("grad", feeds, {LR_INPUT: np.asarray(0.0, self.dtype)})[0]
+    def gradients(self, feeds: dict, inputs=()) -> dict:
+        """d(loss)/d(parameter) by name, for one batch, without updating anything; `inputs`
+        (names of float inputs) adds d(loss)/d(input) under each input's name."""
+        inputs = (inputs,) if isinstance(inputs, str) else tuple(dict.fromkeys(inputs))
+        for name in inputs:
+            nid = self.user.inputs.get(name) if isinstance(name, str) else None
+            if nid is None or name.startswith("_"):
+                raise NNError(f"gradients(inputs=...): {name!r} is not an input of this model",
+                              hint=f"the model's inputs: {_names(self.user)}")
+            dtype = self.user.node(nid).dtype
+            if not dtype.startswith("float"):
+                raise NNError(f"gradients(inputs=...): input '{name}' is {dtype}; only a float "
+                              "input has a gradient", hint="integer inputs (labels, token ids) "
+                              "are not differentiable; leave them out")
+        kind = f"grad:{','.join(inputs)}" if inputs else "grad"
+        out = self._run(kind, feeds, {LR_INPUT: np.asarray(0.0, self.dtype)})[0]
         return {k[len("grad:"):]: v for k, v in out.items() if k.startswith("grad:")}
 
     def forward(self, feeds: dict) -> dict:

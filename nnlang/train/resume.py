@@ -43,7 +43,10 @@ def find_checkpoint(program_or_path, config, overrides, model, out, resume, runs
 def describe_resume(console: Console, ckpt, cfg, hp: dict, picked: bool) -> None:
     """Says which run is resumed (`picked`: found as the newest run of the model) and its
     settings, and every setting or --set value that this call changes."""
-    say(console, f"resuming {ckpt.path} (epoch {ckpt.epoch}, step {ckpt.step})")
+    # NOTE: epochs 1-based and the step within the epoch, as the interrupt message says them
+    within = ckpt.meta.get("step_in_epoch", 0)
+    at = f"at epoch {ckpt.epoch + 1}, step {within}" if within else f"after epoch {ckpt.epoch}"
+    say(console, f"resuming {ckpt.path} {at} (global step {ckpt.step})")
     old = ckpt.config
     if picked:
         opts = old.optimizer.options

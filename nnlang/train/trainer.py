@@ -173,6 +173,7 @@ class _Position:
     done: int
     sums: _Sums
     rng_state: dict
+    ended: bool = False   # the epoch's validation, watch and end-of-epoch checkpoint are done
 
 
 def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
@@ -480,6 +481,7 @@ class _Training:
         self.watch_epoch(val_res)
         net.end_epoch()
         self.save(pos.epoch + 1, 0, self.rng.bit_generator.state, None)
+        pos.ended = True
 
     def watch_epoch(self, val_res: dict | None) -> None:
         """After a whole epoch: best.npz when the monitored value improved, the plateau
@@ -534,12 +536,19 @@ class _Training:
         state, finite or not); the checkpoint describes exactly them."""
         self._take(check=False)
         pos = self.pos
-        path = self.save(pos.epoch, pos.done, pos.rng_state, pos.sums)
+        if pos.ended:
+            # NOTE: a Ctrl-C during the epoch's end acts after it: the watch (early stopping,
+            # plateau, best) has counted this epoch's validation, so only the end-of-epoch
+            # checkpoint matches it; saved as mid-epoch, the resume counted that validation twice
+            path = self.save(pos.epoch + 1, 0, self.rng.bit_generator.state, None)
+            at = f"after epoch {pos.epoch + 1}"
+        else:
+            path = self.save(pos.epoch, pos.done, pos.rng_state, pos.sums)
+            at = f"at epoch {pos.epoch + 1}, step {pos.done}"
         self.history.stopped = "interrupted"
         self.ranks.world.barrier("saving the checkpoint")  # NOTE: no rank exits before it
         where = f"; checkpoint saved to {path}" if path else ""
-        say(self.console, f"interrupted at epoch {pos.epoch + 1}, step {pos.done} (global step "
-                          f"{self.net.step}){where}")
+        say(self.console, f"interrupted {at} (global step {self.net.step}){where}")
         if path:
             flag = f" --backend {self.backend}" if self.backend != "numba" else ""
             say(self.console, f"resume with: nnlang train {self.file} --out {self.run_dir.path}"

@@ -57,7 +57,8 @@ def test_signal_then_resume_is_bit_identical(tiny, spec, code, saved_step):
     assert checkpoint.load(tiny / "cut").step == saved_step
     (tiny / "cut" / ".checkpoint.npz.k9x.tmp").write_bytes(b"PK half")  # a save kill -9 cut
     out = cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", "--resume", code=0)
-    assert f"resuming cut/checkpoint.npz (epoch {saved_step // 10}, step {saved_step})" in out
+    at = f"at epoch 1, step {saved_step}" if saved_step < 10 else "after epoch 1"
+    assert f"resuming cut/checkpoint.npz {at} (global step {saved_step})" in out
     assert_bit_identical(ref, tiny / "cut")
     assert not list((tiny / "cut").glob("*.tmp"))
 
@@ -99,6 +100,33 @@ def test_a_second_ctrl_c_does_not_break_the_checkpoint(tiny, monkeypatch):
     assert h.stopped == "interrupted" and calls == [3]
     assert checkpoint.load(tiny / "cut").step == 3
     assert not [p for p in (tiny / "cut").iterdir() if p.suffix == ".tmp"]
+
+
+def test_ctrl_c_while_the_end_of_epoch_checkpoint_is_written(tiny, monkeypatch):
+    """The Ctrl-C acts after the epoch's end, whose validation early stopping had counted; the
+    checkpoint said step 10 of epoch 1, so the resume validated epoch 1 again and counted it
+    twice (early_stop = 1 then stopped at once)."""
+    settings = {"early_stop": 1, "epochs": 3}
+    h = fit("tiny.nn", settings, backend="reference", out="straight", progress=False)
+    real, sent = checkpoint.save, []
+
+    def save_interrupted(path, state, meta):
+        if not sent and meta["epoch"] == 1 and Path(path).name == "checkpoint.npz":
+            sent.append(meta["step"])
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(path, state, meta)
+    monkeypatch.setattr(trainer.checkpoint, "save", save_interrupted)
+    cut = fit("tiny.nn", settings, backend="reference", out="cut", progress=False)
+    assert cut.stopped == "interrupted" and sent == [10]
+    ck = checkpoint.load(tiny / "cut")
+    assert (ck.epoch, ck.meta["step_in_epoch"], ck.meta["watch"]["bad"]) == (1, 0, 0)
+    monkeypatch.setattr(trainer.checkpoint, "save", real)
+    resumed = fit("tiny.nn", settings, backend="reference", out="cut", resume=True,
+                  progress=False)
+    assert resumed.stopped == h.stopped
+    assert_bit_identical(tiny / "straight", tiny / "cut")
+    watch = [checkpoint.load(tiny / run).meta["watch"] for run in ("cut", "straight")]
+    assert watch[0] == watch[1]
 
 
 def test_handler_restored_after_an_error(tiny):

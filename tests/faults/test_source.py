@@ -505,6 +505,29 @@ def test_truncated_body_names_the_open_brace(tmp_path):
     expect(cli("check", path), "the '{' on line 4 is never closed")
 
 
+@pytest.mark.parametrize("lines, line, col", [
+    (["a = dense(x, 3", "b = relu(a)", "c = tanh(b)", "output y = c"], 3, 12),
+    (["output y = dense(x, 3)", "loss mean(y"], 4, 12),
+    (["a = concat([x, x], axis = 1", "output y = a"], 3, 13),
+])
+def test_an_unclosed_bracket_is_one_error_at_the_bracket(tmp_path, lines, line, col):
+    """A call left open swallowed the lines after it: each correct later line was reported
+    ("unexpected 'b'; expected ',' or ')'") and the line missing its ')' never was."""
+    text = "model M {\n  input x: float32[batch, 4]\n" + "".join(f"  {s}\n" for s in lines)
+    path = nn_file(tmp_path, text + "}\n")
+    out = cli("check", path)
+    assert out.count("error:") == 1, out
+    expect(out, f"{path}:{line}:{col}: error: '(' is never closed",
+           f"add ')' at the end of line {line}")
+
+
+def test_a_bad_argument_on_a_continued_line_is_reported_alone(tmp_path):
+    path = nn_file(tmp_path, model("y = dense(x,", "    units: 1)"))
+    out = cli("check", path)
+    assert out.count("error:") == 1, out
+    expect(out, "keyword arguments use '=', not ':'")
+
+
 # *** flags ***
 
 @pytest.mark.parametrize("args, code, words", [
