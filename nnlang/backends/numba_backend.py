@@ -39,7 +39,8 @@ from nnlang.errors import NNError
 from nnlang.files import write_atomic
 from nnlang.ir.graph import Node
 from nnlang.passes.schedule import apply_view
-from nnlang.user_cache import cache_damaged, cache_subdir, cache_unwritable, private_dir, remove_quietly
+from nnlang.user_cache import (cache_damaged, cache_subdir, cache_unwritable, private_dir,
+                                remove_quietly)
 
 VERSION = "nnlang-0.3"  # NOTE: bumped when numba_config changes what a kernel compiles to
 # NOTE: a cached kernel holds the code of the numba functions it calls, so the source of the

@@ -5,8 +5,8 @@ unpickling the plan ~0.15 s.
 The key is a fingerprint of the graph that goes in (every node's op, inputs, attributes, type,
 span, path and role; the graph's tables), the disabled passes, and the source of the
 whole `nnlang` package, so any change to the model, the settings or the compiler itself is a
-miss, never a stale plan. Entries are written atomically with a sha256 of the pickle, checked before it is unpickled;
-a damaged entry is a warning and a miss (removed, then rebuilt).
+miss, never a stale plan. Entries are written atomically with a sha256 of the pickle, checked
+before it is unpickled; a damaged entry is a warning and a miss (removed, then rebuilt).
 `NNLANG_PLAN_CACHE=0` switches the cache off.
 """
 from __future__ import annotations

@@ -259,7 +259,8 @@ def test_out_with_the_users_files_is_refused_and_they_are_kept(work, tmp_path):
         assert "already holds files that are not an nnlang run's" in out and "config.json" in out
         assert "new or empty folder" in out
     assert sorted(p.name for p in proj.iterdir()) == ["config.json", "metrics.csv"]
-    assert (proj / "config.json").read_text() == "x\n" and (proj / "metrics.csv").read_text() == "y\n"
+    assert (proj / "config.json").read_text() == "x\n"
+    assert (proj / "metrics.csv").read_text() == "y\n"
     empty = tmp_path / "empty"
     empty.mkdir()
     cli("train", "tiny.nn", "--backend", "reference", "--out", empty, "--epochs", "1", code=0,
