@@ -149,23 +149,30 @@ def _at_end(err: UnexpectedInput) -> bool:
     return isinstance(err, UnexpectedEOF) or (isinstance(tok, Token) and tok.type == "$END")
 
 
-def _unclosed_brace(source: str) -> int | None:
-    """The line of the last '{' that no '}' closes (strings and comments skipped)."""
-    opened: list[int] = []
-    for number, line in enumerate(source.split("\n"), 1):
+def _still_open(lines: list[str], opens: str, closes: str) -> list[tuple[int, int, str]]:
+    """(line, column, char) of each of `opens` that none of `closes` closes in `lines`, in order
+    (strings and comments skipped)."""
+    opened: list[tuple[int, int, str]] = []
+    for number, line in enumerate(lines, 1):
         quote = None
-        for ch in line:
+        for col, ch in enumerate(line, 1):
             if quote:
                 quote = None if ch == quote else quote
             elif ch in "\"'":
                 quote = ch
             elif ch == "#":
                 break
-            elif ch == "{":
-                opened.append(number)
-            elif ch == "}" and opened:
+            elif ch in opens:
+                opened.append((number, col, ch))
+            elif ch in closes and opened:
                 opened.pop()
-    return opened[-1] if opened else None
+    return opened
+
+
+def _unclosed_brace(source: str) -> int | None:
+    """The line of the last '{' that no '}' closes."""
+    opened = _still_open(source.split("\n"), "{", "}")
+    return opened[-1][0] if opened else None
 
 
 _STATEMENT = re.compile(r"\s*(?:(?:output|loss|input|metric|return)\b|\w+\s*=(?!=)|})")
@@ -181,20 +188,7 @@ def _open_bracket(text: str, err: UnexpectedInput) -> tuple[int, int, str] | Non
     lines = text.split("\n")
     if not 0 < tok.line <= len(lines) or not _STATEMENT.match(lines[tok.line - 1]):
         return None
-    opened: list[tuple[int, int, str]] = []
-    for number, line in enumerate(lines[:tok.line - 1], 1):
-        quote = None
-        for col, ch in enumerate(line, 1):
-            if quote:
-                quote = None if ch == quote else quote
-            elif ch in "\"'":
-                quote = ch
-            elif ch == "#":
-                break
-            elif ch in "([":
-                opened.append((number, col, ch))
-            elif ch in ")]" and opened:
-                opened.pop()
+    opened = _still_open(lines[:tok.line - 1], "([", ")]")
     return opened[-1] if opened else None
 
 
