@@ -77,3 +77,14 @@ def new_body_graph(dtype: str, batch, carry: int, seq_widths, weight_shapes) -> 
     for j, shape in enumerate(weight_shapes):
         add(f"w{j}", shape)
     return g
+
+
+def keep_inputs(bg: Graph, prefix: str, count: int, keep) -> None:
+    """Keeps of the body inputs prefix0 .. prefix<count - 1> those numbered in `keep`, in that
+    order, renamed prefix0, prefix1, ... (inputs are named by position); the others leave
+    `bg.inputs`, their nodes still in the graph for the caller."""
+    nids = [bg.inputs.pop(f"{prefix}{k}") for k in range(count)]
+    for new, k in enumerate(keep):
+        nid = nids[k]
+        bg.inputs[f"{prefix}{new}"] = nid
+        bg.node(nid).attrs["name"] = bg.node(nid).name = f"{prefix}{new}"

@@ -12,7 +12,7 @@ import numpy as np
 
 from nnlang.ir.dims import dim_prod, numel
 from nnlang.ir.graph import Graph, Node, op_attrs
-from nnlang.ir.scan import Body
+from nnlang.ir.scan import Body, keep_inputs
 from nnlang.ops import registry
 from nnlang.ops.registry import ELEMENTWISE, RANDOM, SOURCE, TensorType
 from nnlang.passes.rewrite import graph_pass, replace_value
@@ -180,11 +180,8 @@ def _without_sequence(body: Body, i: int):
     """(a copy of the body's graph without its sequence input i, that input's node id, still
     in the graph until its users are pointed elsewhere)."""
     bg = body.g.copy()
-    old = bg.inputs.pop(f"x{i}")
-    for k in range(i + 1, body.n_seqs):   # NOTE: sequences are named by position
-        nid = bg.inputs.pop(f"x{k}")
-        bg.inputs[f"x{k - 1}"] = nid
-        bg.node(nid).attrs["name"] = bg.node(nid).name = f"x{k - 1}"
+    old = bg.inputs[f"x{i}"]
+    keep_inputs(bg, "x", body.n_seqs, [k for k in range(body.n_seqs) if k != i])
     return bg, old
 
 

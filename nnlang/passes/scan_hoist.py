@@ -11,7 +11,7 @@ stored 1792 values per row and step instead of 1024 and took ~1.2x the builtin's
 from __future__ import annotations
 
 from nnlang.ir.graph import Builder, Graph, Node
-from nnlang.ir.scan import Body
+from nnlang.ir.scan import Body, keep_inputs
 from nnlang.ops.nn import linear
 from nnlang.ops.registry import TensorType
 
@@ -58,29 +58,22 @@ def _hoisted(g: Graph, n: Node, m: Node, i: int, j: int) -> int:
                                                 "shape": list(t.shape)}, t, name=name)
     bg.replace_uses(m.id, bg.inputs[name])
     bg.remove(m.id)
-    seqs, n_seqs = _drop_unread(bg, "x", seqs)
-    weights, n_weights = _drop_unread(bg, "w", weights)
-    order = ["carry", *(f"x{k}" for k in range(n_seqs)), *(f"w{k}" for k in range(n_weights))]
-    bg.inputs = {**{k: bg.inputs[k] for k in order}, **bg.inputs}
+    seqs, weights = _drop_unread(bg, "x", seqs), _drop_unread(bg, "w", weights)
     new = g.add_node("scan", [n.inputs[0], *seqs, *weights],
-                     {**n.attrs, "body": Body(bg, body.carry, n_seqs, n_weights)}, n.type,
+                     {**n.attrs, "body": Body(bg, body.carry, len(seqs), len(weights))}, n.type,
                      span=n.span, path=n.path, role=n.role, name=n.name)
     g.replace_uses(n.id, new)
     g.remove(n.id)
     return new
 
 
-def _drop_unread(bg: Graph, prefix: str, outer: list[int]) -> tuple[list[int], int]:
-    """The body inputs named prefix0, prefix1, ... that its graph still reads, renumbered in
-    order, and the outer values that feed them."""
-    kept = []
-    for k, src in enumerate(outer):
-        nid = bg.inputs.pop(f"{prefix}{k}")
-        if bg.users(nid) or nid in bg.outputs.values():
-            kept.append((nid, src))
-        else:
+def _drop_unread(bg: Graph, prefix: str, outer: list[int]) -> list[int]:
+    """The outer values feeding the body inputs prefix0, prefix1, ... that its graph still
+    reads; the unread inputs leave the body."""
+    nids = [bg.inputs[f"{prefix}{k}"] for k in range(len(outer))]
+    keep = [k for k, nid in enumerate(nids) if bg.users(nid) or nid in bg.outputs.values()]
+    keep_inputs(bg, prefix, len(outer), keep)
+    for k, nid in enumerate(nids):
+        if k not in keep:
             bg.remove(nid)
-    for k, (nid, _) in enumerate(kept):
-        bg.inputs[f"{prefix}{k}"] = nid
-        bg.node(nid).attrs["name"] = bg.node(nid).name = f"{prefix}{k}"
-    return [src for _, src in kept], len(kept)
+    return [outer[k] for k in keep]
