@@ -54,13 +54,20 @@ def cache_unwritable(path, err: OSError) -> None:
           "space", file=sys.stderr)
 
 
-def cache_damaged(path, why: str) -> None:
+def cache_damaged(path, err: BaseException) -> None:
     """One line on stderr per damaged entry: the entry is dropped and made again, so the run goes
     on, but a disk that keeps damaging files is worth knowing about."""
     if str(path) in _damaged:
         return
     _damaged.add(str(path))
+    why = f"{type(err).__name__}: {err}".splitlines()[0][:120]
     print(f"warning: the cache entry {path} is damaged ({why}); rebuilding it", file=sys.stderr)
+
+
+def discard_damaged(path, err: BaseException) -> None:
+    """A damaged entry said once and removed, so the caller rebuilds it."""
+    cache_damaged(path, err)
+    remove_quietly(path)
 
 
 def remove_quietly(path) -> None:

@@ -119,7 +119,7 @@ def _drop_cache(fn, err: BaseException) -> None:
     neither is any use alone) after a warning; the next compile writes it anew."""
     files = fn._cache._cache_file
     index = Path(files._index_path)
-    cache_damaged(index, f"{type(err).__name__}: {err}".splitlines()[0][:120])
+    cache_damaged(index, err)
     for path in [index, *index.parent.glob(files._data_name_pattern.format(number=0)
                                            .replace(".0.nbc", ".*.nbc"))]:
         remove_quietly(path)

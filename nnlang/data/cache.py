@@ -20,7 +20,7 @@ from pathlib import Path
 
 from nnlang.errors import NNError
 from nnlang.files import write_atomic
-from nnlang.user_cache import cache_damaged, remove_quietly, user_cache_dir
+from nnlang.user_cache import discard_damaged, user_cache_dir
 
 # Debian's dataset-* packages (e.g. dataset-fashion-mnist) install here. A list so tests can
 # empty it and not depend on what the machine has installed.
@@ -334,6 +334,5 @@ def load_processed(key: str) -> dict | None:
             raise ValueError("checksum mismatch")
         return arrays
     except Exception as e:  # noqa: BLE001 -- a damaged zip raises almost anything
-        cache_damaged(path, f"{type(e).__name__}: {e}"[:120])
-        remove_quietly(path)
+        discard_damaged(path, e)
         return None

@@ -22,7 +22,7 @@ import numpy as np
 import nnlang
 from nnlang.files import write_atomic
 from nnlang.ir.graph import Graph
-from nnlang.user_cache import cache_damaged, cache_unwritable, remove_quietly, user_cache_dir
+from nnlang.user_cache import cache_unwritable, discard_damaged, user_cache_dir
 
 _FORMAT = 2  # bump when what is pickled changes shape
 # entries kept; older ones are removed when a new one is written. NOTE: a model with a symbolic
@@ -105,8 +105,7 @@ def load(key: str):
             raise ValueError("checksum mismatch")
         return pickle.loads(body)
     except Exception as e:  # noqa: BLE001 -- whatever a damaged entry raises, it is a miss
-        cache_damaged(path, f"{type(e).__name__}: {e}"[:120])
-        remove_quietly(path)
+        discard_damaged(path, e)
         return None
 
 
