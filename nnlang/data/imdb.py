@@ -64,11 +64,16 @@ def load_reviews(name: str, source: Path, vocab: int, maxlen: int | None, meta=N
     """
     check_options(name, vocab, maxlen)
     sha = sha256_of(source) if source.is_file() else None
-    key, cached = _processed(source, sha, vocab, maxlen, None, name, expect, data_dir, remote)
-    if words is not None and cached["vocab"].tolist() != list(words):
-        # NOTE: a model trained on other reviews: its words, not this data's own (a resumed
-        # run's are this data's, so the cached encoding serves it)
+    key = _entry_key(name, source, sha, vocab, maxlen, None)
+    cached = load_processed(key)
+    # NOTE: a model's words serve from the data's own encoding when they are its vocabulary
+    # (a resumed run); else (a model trained on other reviews) the reviews are encoded with
+    # them, read and tokenized once
+    if words is not None and (cached is None or cached["vocab"].tolist() != list(words)):
         key, cached = _processed(source, sha, vocab, maxlen, words, name, expect, data_dir,
+                                 remote)
+    elif cached is None:
+        key, cached = _processed(source, sha, vocab, maxlen, None, name, expect, data_dir,
                                  remote)
     vocab_list = cached["vocab"].tolist()
     splits = {s: Split({"tokens": _tokens(cached, s), "label": cached[f"{s}_label"]})
@@ -86,7 +91,7 @@ def load_reviews(name: str, source: Path, vocab: int, maxlen: int | None, meta=N
 def _processed(source, sha, vocab, maxlen, words, name, expect, data_dir, remote):
     """(cache key, the reviews tokenized and encoded with `words`, else with the train split's
     vocabulary), from the cache or made and cached."""
-    key = f"{name}-{_source_key(source, sha, vocab, maxlen, words)}"
+    key = _entry_key(name, source, sha, vocab, maxlen, words)
     cached = load_processed(key)
     if cached is None:
         docs = read_reviews(source, data_dir, remote)
@@ -106,6 +111,11 @@ def check_options(name: str, vocab: int = 20000, maxlen: int | None = 200) -> No
             raise DataError(f"{name}: option {opt}={v!r} must be an integer >= {low}",
                             "e.g. imdb(vocab = 20000, maxlen = 200), or maxlen = none for "
                             "whole reviews")
+
+
+def _entry_key(name: str, source: Path, sha: str | None, vocab: int, maxlen: int,
+               words: list[str] | None) -> str:
+    return f"{name}-{_source_key(source, sha, vocab, maxlen, words)}"
 
 
 def _source_key(source: Path, sha: str | None, vocab: int, maxlen: int,
