@@ -207,6 +207,9 @@ class DriverSource:
             if expr.endswith("]") and "[t, :, " in expr:
                 return expr.replace("[t, :, ", "[t, r0:r0 + nb, ")
             return f"{expr}[r0:r0 + nb]"
+        if x.ndim == 1 and stride is None and x.shape[0] == batch and \
+                x.strides[0] == x.itemsize:
+            stride = 1   # NOTE: one value a row (a row's sum in the masked LSTM's backward)
         if x.ndim == 1 and stride is not None and x.shape[0] >= (batch - 1) * stride:
             row = self.restride.get(id(x), (stride,))[0]
             if expr.endswith("]"):            # a flat slice of step t: [a:b]

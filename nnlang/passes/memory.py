@@ -26,14 +26,28 @@ class Lifetime:
     nbytes: int
     start: int      # step that writes it (-1: before the first step, e.g. a fed input)
     end: int        # last step that reads it (len(steps): read after the last step)
+    # bytes per batch row in a scan body whose loop may run parts of the batch at once
+    # (runtime/scan.py), else 0: a buffer only ever holds values of one row width there, so
+    # row r's bytes are the same in every value it holds and parts never touch each other's
+    row: int = 0
 
 
 def plan_buffers(lifetimes: list[Lifetime]) -> tuple[dict[int, int], list[int]]:
-    """Greedy best-fit: value -> buffer index, and each buffer's size in bytes.
+    """Greedy best-fit: value -> buffer index, and each buffer's size in bytes; values of
+    different row widths (`Lifetime.row`) never share a buffer.
 
     A buffer is free again once the step of its value's last read has finished, so a step
     never writes a buffer it also reads.
     """
+    assign, sizes = {}, []
+    for row in sorted({lt.row for lt in lifetimes}):
+        part, part_sizes = _best_fit([lt for lt in lifetimes if lt.row == row])
+        assign.update({k: b + len(sizes) for k, b in part.items()})
+        sizes += part_sizes
+    return assign, sizes
+
+
+def _best_fit(lifetimes: list[Lifetime]) -> tuple[dict[int, int], list[int]]:
     assign, sizes = {}, []
     busy: list[tuple[int, int]] = []   # heap of (end, buffer)
     free: list[tuple[int, int]] = []   # sorted (size, buffer): best fit is a bisection
@@ -85,13 +99,16 @@ def lifetimes(g: Graph, steps: list[Step], views: dict[int, int],
         # (backends/numba_scan.py): no other value may reuse its bytes
         if nid in end and g.node(nid).attrs.get("held"):
             end[nid] = len(steps)
+    by_rows = any(g.node(nid).attrs.get("rows") for nid in g.inputs.values())
     out = []
     for nid, s in start.items():
         if nid in skip:
             continue
         n = g.node(nid)
-        size = int(np.prod([int(d) for d in n.shape], dtype=np.int64))
-        out.append(Lifetime(nid, size * np.dtype(n.dtype).itemsize, s, end[nid]))
+        nbytes = int(np.prod([int(d) for d in n.shape], dtype=np.int64)) * \
+            np.dtype(n.dtype).itemsize
+        row = nbytes // int(n.shape[0]) if by_rows and n.shape and int(n.shape[0]) else 0
+        out.append(Lifetime(nid, nbytes, s, end[nid], row))
     return out
 
 
@@ -165,7 +182,8 @@ def _with_pieces(lts: list[Lifetime], pieces: dict[int, Piece]) -> list[Lifetime
             root = root_of(pieces, nid)
             rs, re_ = span[root]
             span[root] = (min(rs, s), max(re_, e))
-    return [Lifetime(lt.key, lt.nbytes, *span[lt.key]) for lt in lts if lt.key not in pieces]
+    return [Lifetime(lt.key, lt.nbytes, *span[lt.key], lt.row) for lt in lts
+            if lt.key not in pieces]
 
 
 def plan_memory(g: Graph, steps: list[Step], views: dict[int, int],

@@ -9,6 +9,8 @@ loop here, one launch sequence per step.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from nnlang.backends.aligned import byte_range
 from nnlang.ir.graph import Graph
 from nnlang.ops import registry
@@ -27,8 +29,12 @@ def _body_graph(node) -> Graph:
             n.attrs = {"name": name, "dtype": n.dtype, "shape": list(n.shape),
                        "init": ("zeros", {}), "trainable": False}
             g.params[name] = g.inputs.pop(name)
-        elif name.startswith("x"):
-            g.node(nid).attrs["held"] = True
+        else:
+            # NOTE: the loop may run parts of the batch at once (`row_parts`), so the memory
+            # plan keeps values of different row widths in different buffers
+            g.node(nid).attrs["rows"] = True
+            if name.startswith("x"):
+                g.node(nid).attrs["held"] = True
     return g
 
 
@@ -94,10 +100,24 @@ def _same_rows(g: Graph, n) -> bool:
     return False
 
 
+def _one_width_a_buffer(exe) -> bool:
+    """Does every buffer hold values of one row width (`_body_graph`'s "rows")? Row r of each
+    then lies in the same bytes, so parts of the batch never write what another part reads."""
+    g, widths = exe.graph, {}
+    for nid, buf in exe.memory.assign.items():
+        n = g.node(nid)
+        rows = int(n.shape[0]) if n.shape else 0
+        width = int(np.prod([int(d) for d in n.shape[1:]], dtype=np.int64)) * \
+            np.dtype(n.dtype).itemsize if rows else -1
+        if widths.setdefault(buf, width) != width:
+            return False
+    return True
+
+
 def row_parts(exe, batch: int, outer: list):
     """(batch, byte ranges of every per-row array) for a backend that may run parts of the
     batch at once (`NumbaBackend.scan_loop`), or None when the body's rows meet."""
-    if not _rows_never_meet(exe.graph, batch):
+    if not _rows_never_meet(exe.graph, batch) or not _one_width_a_buffer(exe):
         return None
     arrays = [*exe.buffers, *(a for _, a in exe._feeds), *(a for _, a in exe._results), *outer]
     return batch, [byte_range(a) for a in arrays if a.size]

@@ -32,6 +32,18 @@ def test_planner_best_fit_and_grow():
     assert len(sizes) == 2 and max(sizes) == 8192  # the large one grows instead of a third
 
 
+def test_planner_keeps_row_widths_apart():
+    """In a scan body whose loop runs parts of the batch at once, a buffer holding a [B, 8]
+    value and later a [B, 49] one would put row r of one in another row's bytes of the other,
+    so parts raced (a masked LSTM's backward gave wrong gradients one call in a few)."""
+    lts = [Lifetime(0, 32 * 8 * 4, 0, 0, row=8 * 4), Lifetime(1, 32 * 49 * 4, 1, 1, row=49 * 4),
+           Lifetime(2, 32 * 8 * 4, 2, 2, row=8 * 4), Lifetime(3, 32 * 4, 3, 3, row=4)]
+    assign, sizes = plan_buffers(lts)
+    assert assign[0] == assign[2]                       # the same width still shares
+    assert len({assign[0], assign[1], assign[3]}) == 3  # other widths never do
+    assert sizes[assign[1]] >= 32 * 49 * 4
+
+
 def mlp_graph(depth=6):
     g = Graph()
     b = Builder(g)
