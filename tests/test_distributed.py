@@ -176,6 +176,76 @@ def test_two_ranks_train_the_cli_run_of_one(tmp_path):
             assert summary[split][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (split, k)
 
 
+# a metric that is not a mean over rows: exp of a batch's mean loss
+PPL_SOURCE = tiny_source().replace(
+    "metric acc = accuracy(logits, label)",
+    "metric acc = accuracy(logits, label)\n  metric ppl = exp(cross_entropy(logits, label))")
+
+EVAL_ON_RANKS = """
+import json, sys
+import numpy as np
+import nnlang
+from nnlang.train.data_parallel import Ranks
+from nnlang.train.trainer import evaluate
+ranks = Ranks.join("numba")
+net = nnlang.compile(open("ppl.nn").read(), batch=8 // ranks.size, seed=3)
+d = np.load("tiny.npz")
+got = evaluate(net, {"x": d["test_x"], "label": d["test_label"]}, 8, ranks=ranks)
+if ranks.lead:
+    print(json.dumps({"metrics": got, "params": {k: v.tolist() for k, v in
+                                                 net.parameters().items()}}))
+"""
+
+
+def _tiny_metrics_numpy(params: dict, x, y, batch: int) -> dict:
+    """The 1-process definition, written apart from nnlang: each batch's mean loss, accuracy
+    and exp(mean loss), weighted by the batch's rows."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    sums = {"loss": 0.0, "acc": 0.0, "ppl": 0.0}
+    for i in range(0, len(x), batch):
+        xb, yb = x[i:i + batch].astype(np.float64), y[i:i + batch]
+        h = np.maximum(xb @ p["h.weight"] + p["h.bias"], 0)
+        z = h @ p["logits.weight"] + p["logits.bias"]
+        z = z - z.max(axis=1, keepdims=True)
+        ce = float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(yb)), yb]))
+        acc = float(np.mean(z.argmax(axis=1) == yb))
+        for k, v in {"loss": ce, "acc": acc, "ppl": np.exp(ce)}.items():
+            sums[k] += v * len(yb)
+    return {k: v / len(x) for k, v in sums.items()}
+
+
+def test_sharded_evaluation_equals_one_process_for_any_metric(tmp_path):
+    """Evaluation under N ranks gives the 1-process numbers for every metric, one that is not
+    a mean over rows (exp of a mean) too, with a last partial batch (21 = 8 + 8 + 5 rows, 5
+    not split evenly over 2 ranks)."""
+    _mpirun()
+    (tmp_path / "ppl.nn").write_text(PPL_SOURCE)
+    tiny_data(tmp_path, total=73, train=52)
+    (tmp_path / "eval.py").write_text(EVAL_ON_RANKS)
+    one = subprocess.run([sys.executable, "eval.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    two = mpirun(2, sys.executable, "eval.py", cwd=tmp_path, timeout=120)
+    assert two.returncode == 0, two.stdout + two.stderr
+    one, two = json.loads(one.stdout), json.loads(two.stdout)
+    d = np.load(tmp_path / "tiny.npz")
+    ref = _tiny_metrics_numpy(two["params"], d["test_x"], d["test_label"], 8)
+    for got in (one["metrics"], two["metrics"]):
+        assert set(got) == set(ref)
+        for k in ref:
+            assert got[k] == pytest.approx(ref[k], rel=1e-5), k
+
+
+def test_library_shard_refuses_a_batch_the_ranks_cannot_split(ranks):
+    """dist.shard of 10 rows over 4 ranks would give shards of 3, 3, 2, 2 rows whose gradients
+    the step averages with equal weights: not the 10 rows' mean. It is an error instead."""
+    import nnlang.distributed as dist
+    ranks(4)
+    with pytest.raises(nnlang.NNError, match="the batch of 10 does not split over 4 processes"):
+        dist.shard({"x": np.zeros((10, 2))})
+    assert dist.shard({"x": np.arange(8)})["x"].tolist() == [0, 1]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])
 def test_parameters_do_not_depend_on_the_rank_count(tmp_path, model):

@@ -55,14 +55,12 @@ class Ranks:
 
     def batch(self, batch: int, span=None) -> int:
         """This rank's part of the global batch."""
-        if batch % self.size:
-            raise NNError(f"the batch of {batch} does not split over {self.size} processes",
-                          span, hint=f"use a batch that {self.size} divides (e.g. --batch "
-                                     f"{max(batch // self.size, 1) * self.size}), or another -n")
-        return batch // self.size
+        return self.world.per_rank(batch, span, hint=f"use a batch that {self.size} divides "
+                                   f"(e.g. --batch {max(batch // self.size, 1) * self.size}), "
+                                   "or another -n")
 
     def shard(self, arrays: dict) -> dict:
-        """This rank's rows of a batch (a global one, or the last partial one of evaluation)."""
+        """This rank's rows of a global training batch (which `batch` checked splits evenly)."""
         if not self.many:
             return arrays
         rows = self.world.shard(len(next(iter(arrays.values()))))
