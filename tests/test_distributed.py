@@ -246,6 +246,38 @@ def test_library_shard_refuses_a_batch_the_ranks_cannot_split(ranks):
     assert dist.shard({"x": np.arange(8)})["x"].tolist() == [0, 1]
 
 
+def _two_ranks_check(source: str) -> list[str]:
+    """Ranks.means_over_rows as rank 0 of 2 on one global batch of the tiny data; the notes."""
+    from nnlang.train.data_parallel import Ranks
+    world = collective.World()
+    world.size = 2
+    net = nnlang.compile(source, batch=4, seed=1)
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.normal(size=(8, 4)).astype(np.float32),
+             "label": rng.integers(0, 3, 8).astype(np.int32)}
+    said: list[str] = []
+    Ranks(world).means_over_rows(net, batch, said.append)
+    return said
+
+
+def test_a_loss_summed_over_the_batch_is_refused_under_several_ranks():
+    """A loss summed over the rows: N ranks' averaged gradients are 1/N of one process's, so the
+    parameters would depend on N (they did, silently). It is a located error instead."""
+    source = tiny_source().replace("loss cross_entropy(logits, label)",
+                                   "loss cross_entropy(logits, label) + sum(square(logits))")
+    with pytest.raises(nnlang.NNError, match="the loss is not a mean over the batch's rows") as e:
+        _two_ranks_check(source)
+    assert e.value.span is not None and e.value.span.line == 8
+
+
+def test_a_metric_that_is_not_a_mean_over_rows_is_said_once():
+    """exp of the mean loss: the training column is the ranks' mean of it, which the run says
+    (validation and test are exact, test_sharded_evaluation_...); means pass silently."""
+    said = _two_ranks_check(PPL_SOURCE)
+    assert len(said) == 1 and "metric ppl is not a mean over the batch's rows" in said[0]
+    assert _two_ranks_check(tiny_source()) == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])
 def test_parameters_do_not_depend_on_the_rank_count(tmp_path, model):

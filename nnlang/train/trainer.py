@@ -287,6 +287,12 @@ class _Training:
             self.cfg, self.init_report = start_run(self.net, cfg, init_from,
                                                    init_skip_mismatch, ckpt is not None, file,
                                                    console)
+            if ranks.many:
+                # NOTE: a loss the ranks cannot average ends the run before it writes anything;
+                # compiling the check's evaluations is untimed, as the step's
+                ranks.means_over_rows(self.net, next(feeds.batches(self.train, cfg.batch)),
+                                      lambda text: say(console, text))
+                ranks.compiled()
         except BaseException:
             # NOTE: a run that could not start (a bad --init-from) leaves no empty folder
             if made and not any(self.run_dir.path.iterdir()):

@@ -44,6 +44,19 @@ def test_batch_that_does_not_split_ends_every_rank(tiny):
     assert not list(tiny.glob("runs/*/checkpoint.npz"))
 
 
+def test_a_loss_the_ranks_cannot_average_ends_the_run_before_it_writes(tiny):
+    """`mpirun -n 2 nnlang train` of a model whose loss sums over the batch: one located error,
+    no run directory (it trained, silently to other parameters than one process)."""
+    src = (tiny / "tiny.nn").read_text().replace(
+        "loss cross_entropy(logits, label)", "loss sum(square(logits)) * 0.01")
+    (tiny / "tiny.nn").write_text(src)
+    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--out", "run", cwd=tiny, timeout=120)
+    text = got.stdout + got.stderr
+    assert got.returncode != 0, text
+    assert "tiny.nn:8:8: error: the loss is not a mean over the batch's rows" in text
+    assert "Traceback" not in text and not (tiny / "run").exists()
+
+
 def test_ranks_started_with_different_settings_stop_at_once(tiny):
     """Two ranks whose --max-steps differ (two machines whose files differ): one clear error
     on both before training, not collectives of different sizes (those crashed in MPI)."""
