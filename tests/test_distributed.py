@@ -307,6 +307,7 @@ def test_the_docs_library_example_runs_on_two_ranks(tmp_path):
     (tmp_path / "train_dp.py").write_text(code)
     got = mpirun(2, sys.executable, str(tmp_path / "train_dp.py"), cwd=ROOT)
     assert got.returncode == 0, got.stdout + got.stderr
+    assert "Warning" not in got.stderr, got.stderr  # as written, no rank warns
     lines = [ln for ln in got.stdout.splitlines() if ln.startswith("step ")]
     assert [ln.split()[1] for ln in lines] == [str(k) for k in range(10)]  # rank 0 alone
 
