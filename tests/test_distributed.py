@@ -77,6 +77,19 @@ def test_synced_step_matches_one_process(ranks, optimizer):
     assert _ops(net).count("allreduce_sum") == 1
 
 
+def test_a_net_that_trained_before_init_syncs_after_it(ranks):
+    """`dist.init()` after a net's first step (a lone warm-up step, a net compiled at import):
+    its later steps must still average over the ranks, not train each rank's own model."""
+    net = nnlang.compile(tiny_source(), batch=4, seed=1)
+    x = np.ones((4, 4), np.float32)
+    y = np.zeros(4, np.int32)
+    net.train_step({"x": x, "label": y})
+    world = ranks(2)
+    net.train_step({"x": x, "label": y})
+    net.train_step({"x": x, "label": y})
+    assert len(world.calls) == 2 and _ops(net).count("allreduce_sum") == 1
+
+
 def test_update_reads_only_reduced_gradients(ranks):
     """Walking back from every state update, the backward pass is reached only through the
     allreduce: no update (clipping's global norm included) sees a local gradient."""
