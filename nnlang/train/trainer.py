@@ -20,6 +20,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Table
 
 from nnlang.errors import NNError
+from nnlang.frontend.train_config import setting_span
 from nnlang.ops.optim import plateau_scale
 from nnlang.train import checkpoint, feeds
 from nnlang.train.data_parallel import Ranks
@@ -150,7 +151,7 @@ class _Watch:
 def check_watch(program, cfg, val: dict) -> None:
     """early_stop and the plateau schedule need validation data and a monitor the model
     computes: clear errors at the setting that asks for them."""
-    from nnlang.frontend.train_config import monitor_problem, setting_span
+    from nnlang.frontend.train_config import monitor_problem
     users = [n for n, on in (("early_stop", cfg.early_stop),
                              ("schedule", cfg.schedule and cfg.schedule.name == "plateau"),
                              ("monitor", cfg.monitor))
@@ -260,7 +261,9 @@ class _Training:
             "train settings": checkpoint.config_to_dict(cfg), "backend": backend,
             "max_steps": max_steps, "resumed checkpoint": ckpt and [ckpt.epoch, ckpt.step],
             "data": lambda: ranks.digest(splits)})
-        local_batch = ranks.batch(cfg.batch)   # NOTE: before the run directory is made
+        # NOTE: before the run directory is made; located when the batch is the file's
+        local_batch = ranks.batch(cfg.batch, setting_span(program, "batch") if
+                                  program.train and program.train.batch == cfg.batch else None)
         self = cls()
         self.console, self.backend, self.max_steps = console, backend, max_steps
         self.ranks = ranks

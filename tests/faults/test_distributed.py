@@ -34,6 +34,19 @@ def test_batch_that_does_not_split_over_the_ranks(tiny, monkeypatch, batch, hint
     assert not (tiny / "run" / "checkpoint.npz").exists()
 
 
+def test_batch_that_does_not_split_points_at_the_train_section(tiny, monkeypatch):
+    """The batch written in the file: the error shows where (the --batch flag: it says so)."""
+    world = collective.World()
+    world.size = 2
+    monkeypatch.setattr(collective, "_current", world)
+    monkeypatch.setattr(collective, "launched_size", lambda: 2)
+    src = (tiny / "tiny.nn").read_text().replace("batch = 4", "batch = 5")
+    (tiny / "tiny.nn").write_text(src)
+    out = cli("train", str(tiny / "tiny.nn"), "--out", str(tiny / "run"))
+    line = src.splitlines().index("  batch = 5") + 1
+    assert f"tiny.nn:{line}:11: error: the batch of 5 does not split over 2 processes" in out
+
+
 @pytest.mark.slow
 def test_batch_that_does_not_split_ends_every_rank(tiny):
     got = mpirun(2, _nnlang(), "train", "tiny.nn", "--batch", "3", cwd=tiny, timeout=120)
