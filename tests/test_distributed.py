@@ -201,8 +201,10 @@ import nnlang
 from nnlang.train.data_parallel import Ranks
 from nnlang.train.trainer import evaluate
 ranks = Ranks.join("numba")
-net = nnlang.compile(open("ppl.nn").read(), batch=8 // ranks.size, seed=3)
+net = nnlang.compile(open(sys.argv[1]).read(), batch=8 // ranks.size, seed=3)
 d = np.load("tiny.npz")
+if sys.argv[2] == "checked":  # as the trainer does: rows split when every number is a mean
+    ranks.means_over_rows(net, {"x": d["train_x"][:8], "label": d["train_label"][:8]}, print)
 got = evaluate(net, {"x": d["test_x"], "label": d["test_label"]}, 8, ranks=ranks)
 if ranks.lead:
     print(json.dumps({"metrics": got, "params": {k: v.tolist() for k, v in
@@ -227,22 +229,27 @@ def _tiny_metrics_numpy(params: dict, x, y, batch: int) -> dict:
     return {k: v / len(x) for k, v in sums.items()}
 
 
-def test_sharded_evaluation_equals_one_process_for_any_metric(tmp_path):
+@pytest.mark.parametrize("metrics, checked", [("ppl", "unchecked"), ("ppl", "checked"),
+                                              ("means", "checked")])
+def test_sharded_evaluation_equals_one_process_for_any_metric(tmp_path, metrics, checked):
     """Evaluation under N ranks gives the 1-process numbers for every metric, one that is not
     a mean over rows (exp of a mean) too, with a last partial batch (21 = 8 + 8 + 5 rows, 5
-    not split evenly over 2 ranks)."""
+    not split evenly over 2 ranks): whole batches per rank, or each batch's rows split when
+    the start's check found only means."""
     _mpirun()
-    (tmp_path / "ppl.nn").write_text(PPL_SOURCE)
+    (tmp_path / "m.nn").write_text(PPL_SOURCE if metrics == "ppl" else tiny_source())
     tiny_data(tmp_path, total=73, train=52)
     (tmp_path / "eval.py").write_text(EVAL_ON_RANKS)
-    one = subprocess.run([sys.executable, "eval.py"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120)
+    one = subprocess.run([sys.executable, "eval.py", "m.nn", checked], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
     assert one.returncode == 0, one.stderr
-    two = mpirun(2, sys.executable, "eval.py", cwd=tmp_path, timeout=120)
+    two = mpirun(2, sys.executable, "eval.py", "m.nn", checked, cwd=tmp_path, timeout=120)
     assert two.returncode == 0, two.stdout + two.stderr
-    one, two = json.loads(one.stdout), json.loads(two.stdout)
+    one, two = (json.loads(r.stdout.splitlines()[-1]) for r in (one, two))
     d = np.load(tmp_path / "tiny.npz")
     ref = _tiny_metrics_numpy(two["params"], d["test_x"], d["test_label"], 8)
+    if metrics == "means":
+        del ref["ppl"]
     for got in (one["metrics"], two["metrics"]):
         assert set(got) == set(ref)
         for k in ref:

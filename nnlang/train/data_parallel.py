@@ -26,6 +26,9 @@ class Ranks:
         self.world = world
         self.size, self.rank = world.size, world.rank
         self.many = world.size > 1
+        # NOTE: set by means_over_rows; until it is known, evaluation takes whole batches,
+        # exact for any metric
+        self.all_row_means = False
 
     @classmethod
     def join(cls, backend: str) -> "Ranks":
@@ -61,7 +64,7 @@ class Ranks:
                                    "or another -n")
 
     def shard(self, arrays: dict) -> dict:
-        """This rank's rows of a global training batch (which `batch` checked splits evenly)."""
+        """This rank's rows of a batch (a global one, or the last partial one of evaluation)."""
         if not self.many:
             return arrays
         rows = self.world.shard(len(next(iter(arrays.values()))))
@@ -138,6 +141,7 @@ class Ranks:
                     user.node(user.losses[name]).span,
                     hint="write the loss as a mean over the batch (mean(...) rather than "
                          "sum(...)), or train on one process")
+        self.all_row_means = not other
         if other and self.lead:
             say(f"note: metric{'s' if len(other) > 1 else ''} {', '.join(other)} "
                 f"{'are' if len(other) > 1 else 'is'} not a mean over the batch's rows: the "

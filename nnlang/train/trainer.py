@@ -58,29 +58,36 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
     """Loss (the sum of the model's losses) and metrics over ALL of `arrays`: the last partial
     batch runs at its own size (Net compiles one more batch size) and counts by its size.
     With a `console`, a progress bar (a terminal) or a line every LINE_EVERY_S (otherwise).
-    `ranks`: rank r evaluates batches r, r + N, r + 2N ... whole, and the sums are added up.
-    NOTE: whole batches, not each batch's rows split over the ranks: a metric is any
-    expression of the batch (exp of its mean loss, a masked mean), so only the batch the
-    1-process run evaluates gives its number; a shard's mean differs."""
+    `ranks`: each rank evaluates its rows of every batch when every loss and metric is a mean
+    over rows (Ranks.means_over_rows), else batches r, r + N, r + 2N ... whole, and the sums
+    are added up.
+    NOTE: a metric that is not a mean over rows (exp of the mean loss, a masked mean) has the
+    1-process number only on the 1-process run's batches: a shard's value differs. Whole
+    batches hold the global batch on every rank, so rows are split when that is exact."""
     n = feeds.length(arrays)
     if n == 0:
         return None
     loss_names = list(net.user.losses)
     totals: dict = {}
     count, first, every = -(-n // batch), 0, 1
+    split = ranks is not None and ranks.many and ranks.all_row_means
     if ranks is not None and ranks.many:
-        first, every = ranks.rank, ranks.size
-        # NOTE: a rank with a cold cache compiles the evaluation's kernels here (the last
-        # partial batch's size too, on the rank it falls to); the others wait for it untimed,
-        # as for the training step, not in the timed sum below
-        net.prepare("eval", min(batch, n))
-        if n % batch and n > batch and (count - 1) % every == first:
-            net.prepare("eval", n % batch)
+        # NOTE: a rank with a cold cache compiles the evaluation's kernels here (whole
+        # batches: the last partial one's size too, on the rank it falls to); the others
+        # wait for it untimed, as for the training step, not in the timed sum below
+        if split:
+            net.prepare("eval", max(batch // ranks.size, 1))
+        else:
+            first, every = ranks.rank, ranks.size
+            net.prepare("eval", min(batch, n))
+            if n % batch and n > batch and (count - 1) % every == first:
+                net.prepare("eval", n % batch)
         ranks.compiled()
     batches = feeds.batches(arrays, batch, feeds.eval_order(arrays), start=first,
                             drop_last=False, every=every)
     for b in progress(batches, len(range(first, count, every)),
                       "evaluating", console):
+        b = ranks.shard(b) if split else b
         k = feeds.length(b)
         if k == 0:
             continue
