@@ -57,9 +57,14 @@ def lead() -> bool:
 
 
 def shard(arrays: dict) -> dict:
-    """This rank's rows of a batch {name: array}: contiguous, as even as possible."""
+    """This rank's rows of a global batch {name: array}: contiguous, batch / size of them (a
+    batch the ranks do not divide is an error: the step averages the ranks' gradients with
+    equal weights, the batch's mean only when the shards are equal)."""
     world = _world()
-    rows = world.shard(len(next(iter(arrays.values()))))
+    n = len(next(iter(arrays.values())))
+    world.per_rank(n, hint=f"give every rank as many rows: a batch that {world.size} divides, "
+                           "or drop the last partial batch")
+    rows = world.shard(n)
     return {k: v[rows] for k, v in arrays.items()}
 
 

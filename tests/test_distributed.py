@@ -77,6 +77,19 @@ def test_synced_step_matches_one_process(ranks, optimizer):
     assert _ops(net).count("allreduce_sum") == 1
 
 
+def test_a_net_that_trained_before_init_syncs_after_it(ranks):
+    """`dist.init()` after a net's first step (a lone warm-up step, a net compiled at import):
+    its later steps must still average over the ranks, not train each rank's own model."""
+    net = nnlang.compile(tiny_source(), batch=4, seed=1)
+    x = np.ones((4, 4), np.float32)
+    y = np.zeros(4, np.int32)
+    net.train_step({"x": x, "label": y})
+    world = ranks(2)
+    net.train_step({"x": x, "label": y})
+    net.train_step({"x": x, "label": y})
+    assert len(world.calls) == 2 and _ops(net).count("allreduce_sum") == 1
+
+
 def test_update_reads_only_reduced_gradients(ranks):
     """Walking back from every state update, the backward pass is reached only through the
     allreduce: no update (clipping's global norm included) sees a local gradient."""
@@ -176,6 +189,115 @@ def test_two_ranks_train_the_cli_run_of_one(tmp_path):
             assert summary[split][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (split, k)
 
 
+# a metric that is not a mean over rows: exp of a batch's mean loss
+PPL_SOURCE = tiny_source().replace(
+    "metric acc = accuracy(logits, label)",
+    "metric acc = accuracy(logits, label)\n  metric ppl = exp(cross_entropy(logits, label))")
+
+EVAL_ON_RANKS = """
+import json, sys
+import numpy as np
+import nnlang
+from nnlang.train.data_parallel import Ranks
+from nnlang.train.trainer import evaluate
+ranks = Ranks.join("numba")
+net = nnlang.compile(open(sys.argv[1]).read(), batch=8 // ranks.size, seed=3)
+d = np.load("tiny.npz")
+if sys.argv[2] == "checked":  # as the trainer does: rows split when every number is a mean
+    ranks.means_over_rows(net, {"x": d["train_x"][:8], "label": d["train_label"][:8]}, print)
+got = evaluate(net, {"x": d["test_x"], "label": d["test_label"]}, 8, ranks=ranks)
+if ranks.lead:
+    print(json.dumps({"metrics": got, "params": {k: v.tolist() for k, v in
+                                                 net.parameters().items()}}))
+"""
+
+
+def _tiny_metrics_numpy(params: dict, x, y, batch: int) -> dict:
+    """The 1-process definition, written apart from nnlang: each batch's mean loss, accuracy
+    and exp(mean loss), weighted by the batch's rows."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    sums = {"loss": 0.0, "acc": 0.0, "ppl": 0.0}
+    for i in range(0, len(x), batch):
+        xb, yb = x[i:i + batch].astype(np.float64), y[i:i + batch]
+        h = np.maximum(xb @ p["h.weight"] + p["h.bias"], 0)
+        z = h @ p["logits.weight"] + p["logits.bias"]
+        z = z - z.max(axis=1, keepdims=True)
+        ce = float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(yb)), yb]))
+        acc = float(np.mean(z.argmax(axis=1) == yb))
+        for k, v in {"loss": ce, "acc": acc, "ppl": np.exp(ce)}.items():
+            sums[k] += v * len(yb)
+    return {k: v / len(x) for k, v in sums.items()}
+
+
+@pytest.mark.parametrize("metrics, checked", [("ppl", "unchecked"), ("ppl", "checked"),
+                                              ("means", "checked")])
+def test_sharded_evaluation_equals_one_process_for_any_metric(tmp_path, metrics, checked):
+    """Evaluation under N ranks gives the 1-process numbers for every metric, one that is not
+    a mean over rows (exp of a mean) too, with a last partial batch (21 = 8 + 8 + 5 rows, 5
+    not split evenly over 2 ranks): whole batches per rank, or each batch's rows split when
+    the start's check found only means."""
+    _mpirun()
+    (tmp_path / "m.nn").write_text(PPL_SOURCE if metrics == "ppl" else tiny_source())
+    tiny_data(tmp_path, total=73, train=52)
+    (tmp_path / "eval.py").write_text(EVAL_ON_RANKS)
+    one = subprocess.run([sys.executable, "eval.py", "m.nn", checked], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    two = mpirun(2, sys.executable, "eval.py", "m.nn", checked, cwd=tmp_path, timeout=120)
+    assert two.returncode == 0, two.stdout + two.stderr
+    one, two = (json.loads(r.stdout.splitlines()[-1]) for r in (one, two))
+    d = np.load(tmp_path / "tiny.npz")
+    ref = _tiny_metrics_numpy(two["params"], d["test_x"], d["test_label"], 8)
+    if metrics == "means":
+        del ref["ppl"]
+    for got in (one["metrics"], two["metrics"]):
+        assert set(got) == set(ref)
+        for k in ref:
+            assert got[k] == pytest.approx(ref[k], rel=1e-5), k
+
+
+def test_library_shard_refuses_a_batch_the_ranks_cannot_split(ranks):
+    """dist.shard of 10 rows over 4 ranks would give shards of 3, 3, 2, 2 rows whose gradients
+    the step averages with equal weights: not the 10 rows' mean. It is an error instead."""
+    import nnlang.distributed as dist
+    ranks(4)
+    with pytest.raises(nnlang.NNError, match="the batch of 10 does not split over 4 processes"):
+        dist.shard({"x": np.zeros((10, 2))})
+    assert dist.shard({"x": np.arange(8)})["x"].tolist() == [0, 1]
+
+
+def _two_ranks_check(source: str) -> list[str]:
+    """Ranks.means_over_rows as rank 0 of 2 on one global batch of the tiny data; the notes."""
+    from nnlang.train.data_parallel import Ranks
+    world = collective.World()
+    world.size = 2
+    net = nnlang.compile(source, batch=4, seed=1)
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.normal(size=(8, 4)).astype(np.float32),
+             "label": rng.integers(0, 3, 8).astype(np.int32)}
+    said: list[str] = []
+    Ranks(world).means_over_rows(net, batch, said.append)
+    return said
+
+
+def test_a_loss_summed_over_the_batch_is_refused_under_several_ranks():
+    """A loss summed over the rows: N ranks' averaged gradients are 1/N of one process's, so the
+    parameters would depend on N (they did, silently). It is a located error instead."""
+    source = tiny_source().replace("loss cross_entropy(logits, label)",
+                                   "loss cross_entropy(logits, label) + sum(square(logits))")
+    with pytest.raises(nnlang.NNError, match="the loss is not a mean over the batch's rows") as e:
+        _two_ranks_check(source)
+    assert e.value.span is not None and e.value.span.line == 8
+
+
+def test_a_metric_that_is_not_a_mean_over_rows_is_said_once():
+    """exp of the mean loss: the training column is the ranks' mean of it, which the run says
+    (validation and test are exact, test_sharded_evaluation_...); means pass silently."""
+    said = _two_ranks_check(PPL_SOURCE)
+    assert len(said) == 1 and "metric ppl is not a mean over the batch's rows" in said[0]
+    assert _two_ranks_check(tiny_source()) == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])
 def test_parameters_do_not_depend_on_the_rank_count(tmp_path, model):
@@ -205,6 +327,7 @@ def test_the_docs_library_example_runs_on_two_ranks(tmp_path):
     (tmp_path / "train_dp.py").write_text(code)
     got = mpirun(2, sys.executable, str(tmp_path / "train_dp.py"), cwd=ROOT)
     assert got.returncode == 0, got.stdout + got.stderr
+    assert "Warning" not in got.stderr, got.stderr  # as written, no rank warns
     lines = [ln for ln in got.stdout.splitlines() if ln.startswith("step ")]
     assert [ln.split()[1] for ln in lines] == [str(k) for k in range(10)]  # rank 0 alone
 

@@ -176,6 +176,16 @@ class World:
         if self.comm is not None:
             self.comm.Abort(code or 1)
 
+    def per_rank(self, batch: int, span=None, hint: str = "") -> int:
+        """This rank's rows of a global training batch. The step averages the ranks' gradients
+        with equal weights, which is the batch's mean only when every rank has as many rows:
+        a batch the ranks do not divide is an error, not a silently other gradient."""
+        if batch % self.size:
+            raise NNError(f"the batch of {batch} does not split over {self.size} processes",
+                          span, hint=hint or f"use a batch that {self.size} divides (e.g. "
+                                             f"{max(batch // self.size, 1) * self.size} rows)")
+        return batch // self.size
+
     def shard(self, n: int) -> slice:
         """This rank's rows of `n` (as even as `np.array_split`, rank order)."""
         base, extra = divmod(n, self.size)

@@ -96,6 +96,7 @@ class Net:
         self.lengths = {s: DEFAULT_LENGTH for s in self.user.symbols if s != "batch"}
         self._exes: dict = {}
         self._checks: dict = {}   # executable key -> the inputs holding ids, checked per call
+        self._train_ranks = 1     # the process count the training executables average over
         self.step = 0
         self.epoch = 0
         self.lr_scale = 1.0       # a plateau schedule's reductions so far (the trainer sets it)
@@ -189,6 +190,13 @@ class Net:
         """The executable of `kind` for `batch` and `lengths` (default self.lengths); keyed
         (kind, batch) when the model has no other symbol, else (kind, batch, lengths)."""
         key = _key(kind, batch, lengths or self.lengths)
+        if _trains(kind) and _ranks() != self._train_ranks:
+            # NOTE: nnlang.distributed.init() came after this net's first step: the steps built
+            # before it have no allreduce, and would train each rank's own model silently
+            for old in [k for k in self._exes if _trains(k[0])]:
+                del self._exes[old]
+                self._checks.pop(old, None)
+            self._train_ranks = _ranks()
         if key not in self._exes:
             with paused_gc():
                 self._exes[key] = self._build_exe(kind, batch, dict(key[2]) if key[2:] else {})
@@ -213,7 +221,7 @@ class Net:
             self._checks.pop(old, None)
 
     def _build_exe(self, kind: str, batch: int, lengths: dict):
-        if kind == "train" or kind.startswith("grad"):
+        if _trains(kind):
             # NOTE: the weights fit (checked at init); training adds their gradients and, the
             # first time, the optimizer's slots
             slots = 0 if STEP_SLOT in self.state else \
@@ -446,6 +454,11 @@ def _sizes_of(user, feeds: dict, default: dict, batch: int) -> tuple[int, dict]:
                                    "in one call: pad them to the same length")
     batch = bound.pop("batch", (None,))[0] or _batch_of(feeds, batch)
     return batch, {s: bound[s][0] if s in bound else n for s, n in default.items()}
+
+
+def _trains(kind: str) -> bool:
+    """An executable with gradients (train, grad:...): the ones that average over the ranks."""
+    return kind == "train" or kind.startswith("grad")
 
 
 def _ranks() -> int:

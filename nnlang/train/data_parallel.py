@@ -14,6 +14,7 @@ from rich.console import Console
 from nnlang.backends import collective
 from nnlang.data.ragged import Ragged
 from nnlang.errors import NNError
+from nnlang.train import feeds
 
 SIGNAL_RANK_VAR = "NNLANG_TEST_SIGNAL_RANK"  # tests: only this rank runs the test signal hook
 
@@ -25,6 +26,9 @@ class Ranks:
         self.world = world
         self.size, self.rank = world.size, world.rank
         self.many = world.size > 1
+        # NOTE: set by means_over_rows; until it is known, evaluation takes whole batches,
+        # exact for any metric
+        self.all_row_means = False
 
     @classmethod
     def join(cls, backend: str) -> "Ranks":
@@ -55,11 +59,9 @@ class Ranks:
 
     def batch(self, batch: int, span=None) -> int:
         """This rank's part of the global batch."""
-        if batch % self.size:
-            raise NNError(f"the batch of {batch} does not split over {self.size} processes",
-                          span, hint=f"use a batch that {self.size} divides (e.g. --batch "
-                                     f"{max(batch // self.size, 1) * self.size}), or another -n")
-        return batch // self.size
+        return self.world.per_rank(batch, span, hint=f"use a batch that {self.size} divides "
+                                   f"(e.g. --batch {max(batch // self.size, 1) * self.size}), "
+                                   "or another -n")
 
     def shard(self, arrays: dict) -> dict:
         """This rank's rows of a batch (a global one, or the last partial one of evaluation)."""
@@ -109,6 +111,42 @@ class Ranks:
         """Rank 0's parameters and optimizer state everywhere (they are equal already when
         nothing differs between the ranks' files; this makes sure)."""
         self.world.broadcast(net.state)
+
+    def means_over_rows(self, net, batch: dict, say) -> None:
+        """Checks on one global batch that each loss and metric is a mean over the batch's rows
+        (the mean of the N shards' values is the whole batch's value). The step averages the
+        ranks' gradients and the loop the ranks' metrics: right for a mean, silently other for
+        a sum over the batch (N times too small a gradient) or exp of a mean. A loss that is not
+        is an error; a metric only a note (validation and test evaluate whole batches, so only
+        its training column is the ranks' mean)."""
+        if not self.many:
+            return
+        n = feeds.length(batch)
+        m = n // self.size
+        whole = net.evaluate(batch)
+        parts = [net.evaluate({k: v[r * m:(r + 1) * m] for k, v in batch.items()})
+                 for r in range(self.size)]
+        user = net.user
+        other = [name for name in (*user.losses, *user.metrics)
+                 if not np.isclose(float(np.mean([p[name] for p in parts])), float(whole[name]),
+                                   rtol=1e-3, atol=1e-6)]
+        for name in other:
+            if name in user.losses:
+                what = f"loss '{name}'" if len(user.losses) > 1 else "the loss"
+                raise NNError(
+                    f"{what} is not a mean over the batch's rows, so {self.size} "
+                    f"processes would train another model than one: the step averages their "
+                    f"gradients (on one global batch, the {self.size} shards' mean "
+                    f"{np.mean([p[name] for p in parts]):.6g} against {float(whole[name]):.6g})",
+                    user.node(user.losses[name]).span,
+                    hint="write the loss as a mean over the batch (mean(...) rather than "
+                         "sum(...)), or train on one process")
+        self.all_row_means = not other
+        if other and self.lead:
+            say(f"note: metric{'s' if len(other) > 1 else ''} {', '.join(other)} "
+                f"{'are' if len(other) > 1 else 'is'} not a mean over the batch's rows: the "
+                f"training column is the mean of the {self.size} processes' values, not the "
+                "1-process number (validation and test are exact)")
 
     def agree(self, taken: list, stop: bool) -> tuple[list, bool]:
         """The steps' (loss, metrics) averaged over the ranks, and whether any rank wants to

@@ -238,12 +238,13 @@ def eval_order(arrays: dict) -> np.ndarray | None:
 
 
 def batches(arrays: dict, batch: int, order: np.ndarray | None = None, start: int = 0,
-            drop_last: bool = True):
-    """Yields {name: array[batch...]} in `order`, from batch number `start`; the last partial
-    batch only when `drop_last` is off (evaluation runs it at its own size)."""
+            drop_last: bool = True, every: int = 1):
+    """Yields {name: array[batch...]} in `order`, from batch number `start`, then every
+    `every`-th one (a rank's share of an evaluation); the last partial batch only when
+    `drop_last` is off (evaluation runs it at its own size)."""
     n = length(arrays)
     stop = n // batch if drop_last else -(-n // batch)
-    for i in range(start, stop):
+    for i in range(start, stop, every):
         sel = slice(i * batch, (i + 1) * batch)
         idx = order[sel] if order is not None else sel
         yield {k: v[idx].padded() if isinstance(v, Ragged) else v[idx]

@@ -20,6 +20,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Table
 
 from nnlang.errors import NNError
+from nnlang.frontend.train_config import setting_span
 from nnlang.ops.optim import plateau_scale
 from nnlang.train import checkpoint, feeds
 from nnlang.train.data_parallel import Ranks
@@ -57,21 +58,36 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
     """Loss (the sum of the model's losses) and metrics over ALL of `arrays`: the last partial
     batch runs at its own size (Net compiles one more batch size) and counts by its size.
     With a `console`, a progress bar (a terminal) or a line every LINE_EVERY_S (otherwise).
-    `ranks`: each rank evaluates its shard of every batch, and the sums are added up."""
+    `ranks`: each rank evaluates its rows of every batch when every loss and metric is a mean
+    over rows (Ranks.means_over_rows), else batches r, r + N, r + 2N ... whole, and the sums
+    are added up.
+    NOTE: a metric that is not a mean over rows (exp of the mean loss, a masked mean) has the
+    1-process number only on the 1-process run's batches: a shard's value differs. Whole
+    batches hold the global batch on every rank, so rows are split when that is exact."""
     n = feeds.length(arrays)
     if n == 0:
         return None
     loss_names = list(net.user.losses)
     totals: dict = {}
+    count, first, every = -(-n // batch), 0, 1
+    split = ranks is not None and ranks.many and ranks.all_row_means
     if ranks is not None and ranks.many:
-        # NOTE: a rank with a cold cache compiles the evaluation's kernels here; the others
+        # NOTE: a rank with a cold cache compiles the evaluation's kernels here (whole
+        # batches: the last partial one's size too, on the rank it falls to); the others
         # wait for it untimed, as for the training step, not in the timed sum below
-        net.prepare("eval", max(batch // ranks.size, 1))
+        if split:
+            net.prepare("eval", max(batch // ranks.size, 1))
+        else:
+            first, every = ranks.rank, ranks.size
+            net.prepare("eval", min(batch, n))
+            if n % batch and n > batch and (count - 1) % every == first:
+                net.prepare("eval", n % batch)
         ranks.compiled()
-    batches = feeds.batches(arrays, batch, feeds.eval_order(arrays), drop_last=False)
-    for b in progress(batches, -(-n // batch),
+    batches = feeds.batches(arrays, batch, feeds.eval_order(arrays), start=first,
+                            drop_last=False, every=every)
+    for b in progress(batches, len(range(first, count, every)),
                       "evaluating", console):
-        b = ranks.shard(b) if ranks else b
+        b = ranks.shard(b) if split else b
         k = feeds.length(b)
         if k == 0:
             continue
@@ -142,7 +158,7 @@ class _Watch:
 def check_watch(program, cfg, val: dict) -> None:
     """early_stop and the plateau schedule need validation data and a monitor the model
     computes: clear errors at the setting that asks for them."""
-    from nnlang.frontend.train_config import monitor_problem, setting_span
+    from nnlang.frontend.train_config import monitor_problem
     users = [n for n, on in (("early_stop", cfg.early_stop),
                              ("schedule", cfg.schedule and cfg.schedule.name == "plateau"),
                              ("monitor", cfg.monitor))
@@ -252,7 +268,9 @@ class _Training:
             "train settings": checkpoint.config_to_dict(cfg), "backend": backend,
             "max_steps": max_steps, "resumed checkpoint": ckpt and [ckpt.epoch, ckpt.step],
             "data": lambda: ranks.digest(splits)})
-        local_batch = ranks.batch(cfg.batch)   # NOTE: before the run directory is made
+        # NOTE: before the run directory is made; located when the batch is the file's
+        local_batch = ranks.batch(cfg.batch, setting_span(program, "batch") if
+                                  program.train and program.train.batch == cfg.batch else None)
         self = cls()
         self.console, self.backend, self.max_steps = console, backend, max_steps
         self.ranks = ranks
@@ -279,6 +297,12 @@ class _Training:
             self.cfg, self.init_report = start_run(self.net, cfg, init_from,
                                                    init_skip_mismatch, ckpt is not None, file,
                                                    console)
+            if ranks.many:
+                # NOTE: a loss the ranks cannot average ends the run before it writes anything;
+                # compiling the check's evaluations is untimed, as the step's
+                ranks.means_over_rows(self.net, next(feeds.batches(self.train, cfg.batch)),
+                                      lambda text: say(console, text))
+                ranks.compiled()
         except BaseException:
             # NOTE: a run that could not start (a bad --init-from) leaves no empty folder
             if made and not any(self.run_dir.path.iterdir()):

@@ -34,6 +34,19 @@ def test_batch_that_does_not_split_over_the_ranks(tiny, monkeypatch, batch, hint
     assert not (tiny / "run" / "checkpoint.npz").exists()
 
 
+def test_batch_that_does_not_split_points_at_the_train_section(tiny, monkeypatch):
+    """The batch written in the file: the error shows where (the --batch flag: it says so)."""
+    world = collective.World()
+    world.size = 2
+    monkeypatch.setattr(collective, "_current", world)
+    monkeypatch.setattr(collective, "launched_size", lambda: 2)
+    src = (tiny / "tiny.nn").read_text().replace("batch = 4", "batch = 5")
+    (tiny / "tiny.nn").write_text(src)
+    out = cli("train", str(tiny / "tiny.nn"), "--out", str(tiny / "run"))
+    line = src.splitlines().index("  batch = 5") + 1
+    assert f"tiny.nn:{line}:11: error: the batch of 5 does not split over 2 processes" in out
+
+
 @pytest.mark.slow
 def test_batch_that_does_not_split_ends_every_rank(tiny):
     got = mpirun(2, _nnlang(), "train", "tiny.nn", "--batch", "3", cwd=tiny, timeout=120)
@@ -42,6 +55,19 @@ def test_batch_that_does_not_split_ends_every_rank(tiny):
     assert "the batch of 3 does not split over 2 processes" in text
     assert "--batch 2" in text and "Traceback" not in text
     assert not list(tiny.glob("runs/*/checkpoint.npz"))
+
+
+def test_a_loss_the_ranks_cannot_average_ends_the_run_before_it_writes(tiny):
+    """`mpirun -n 2 nnlang train` of a model whose loss sums over the batch: one located error,
+    no run directory (it trained, silently to other parameters than one process)."""
+    src = (tiny / "tiny.nn").read_text().replace(
+        "loss cross_entropy(logits, label)", "loss sum(square(logits)) * 0.01")
+    (tiny / "tiny.nn").write_text(src)
+    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--out", "run", cwd=tiny, timeout=120)
+    text = got.stdout + got.stderr
+    assert got.returncode != 0, text
+    assert "tiny.nn:8:8: error: the loss is not a mean over the batch's rows" in text
+    assert "Traceback" not in text and not (tiny / "run").exists()
 
 
 def test_ranks_started_with_different_settings_stop_at_once(tiny):
