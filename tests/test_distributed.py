@@ -284,10 +284,22 @@ def test_a_loss_summed_over_the_batch_is_refused_under_several_ranks():
     """A loss summed over the rows: N ranks' averaged gradients are 1/N of one process's, so the
     parameters would depend on N (they did, silently). It is a located error instead."""
     source = tiny_source().replace("loss cross_entropy(logits, label)",
-                                   "loss cross_entropy(logits, label) + sum(square(logits))")
-    with pytest.raises(nnlang.NNError, match="the loss is not a mean over the batch's rows") as e:
+                                   "loss 0.1 * cross_entropy(logits, label) + sum(square(logits))")
+    with pytest.raises(nnlang.NNError, match="the loss is a sum over the batch's rows") as e:
         _two_ranks_check(source)
     assert e.value.span is not None and e.value.span.line == 8
+
+
+def test_a_loss_that_is_a_masked_mean_trains_with_a_note():
+    """A mean over a mask's real entries is not a mean over rows: the ranks' averaged gradient
+    weighs each rank's entries as DistributedDataParallel does, a little off one process's.
+    It trains, and the run says so once."""
+    source = tiny_source().replace(
+        "loss cross_entropy(logits, label)",
+        "keep = cast(x[:, 0] > -0.5, dtype = \"float32\")\n"
+        "  loss sum(square(logits[:, 0]) * keep) / maximum(sum(keep), 1.0)")
+    said = _two_ranks_check(source)
+    assert len(said) == 1 and said[0].startswith("note: loss") and "not a mean" in said[0]
 
 
 def test_a_metric_that_is_not_a_mean_over_rows_is_said_once():

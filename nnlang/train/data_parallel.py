@@ -116,9 +116,10 @@ class Ranks:
         """Checks on one global batch that each loss and metric is a mean over the batch's rows
         (the mean of the N shards' values is the whole batch's value). The step averages the
         ranks' gradients and the loop the ranks' metrics: right for a mean, silently other for
-        a sum over the batch (N times too small a gradient) or exp of a mean. A loss that is not
-        is an error; a metric only a note (validation and test evaluate whole batches, so only
-        its training column is the ranks' mean)."""
+        a sum over the batch (N times too small a gradient) or exp of a mean. A loss nearer a
+        sum over the rows than a mean is an error; any other that is not a mean (a mean over a
+        mask's real tokens) and a metric get a note (validation and test evaluate whole batches, so only
+        a metric's training column is the ranks' mean)."""
         if not self.many:
             return
         n = feeds.length(batch)
@@ -127,24 +128,33 @@ class Ranks:
         parts = [net.evaluate({k: v[r * m:(r + 1) * m] for k, v in batch.items()})
                  for r in range(self.size)]
         user = net.user
+
+        def off(name, scale=1):
+            return abs(float(np.mean([p[name] for p in parts])) * scale - float(whole[name]))
         other = [name for name in (*user.losses, *user.metrics)
-                 if not np.isclose(float(np.mean([p[name] for p in parts])), float(whole[name]),
-                                   rtol=1e-3, atol=1e-6)]
+                 if off(name) > 1e-6 + 1e-3 * abs(float(whole[name]))]
         for name in other:
-            if name in user.losses:
+            if name in user.losses and off(name, self.size) < off(name):   # NOTE: sum-like
                 what = f"loss '{name}'" if len(user.losses) > 1 else "the loss"
                 raise NNError(
-                    f"{what} is not a mean over the batch's rows, so {self.size} "
-                    f"processes would train another model than one: the step averages their "
-                    f"gradients (on one global batch, the {self.size} shards' mean "
+                    f"{what} is a sum over the batch's rows, so {self.size} processes would "
+                    f"train another model than one: the step averages their gradients, each "
+                    f"1/{self.size} of the batch's (on one global batch, the shards' mean "
                     f"{np.mean([p[name] for p in parts]):.6g} against {float(whole[name]):.6g})",
                     user.node(user.losses[name]).span,
                     hint="write the loss as a mean over the batch (mean(...) rather than "
                          "sum(...)), or train on one process")
         self.all_row_means = not other
-        if other and self.lead:
-            say(f"note: metric{'s' if len(other) > 1 else ''} {', '.join(other)} "
-                f"{'are' if len(other) > 1 else 'is'} not a mean over the batch's rows: the "
+        losses = [name for name in other if name in user.losses]
+        metrics = [name for name in other if name in user.metrics]
+        if losses and self.lead:
+            say(f"note: loss {', '.join(losses)} is not a mean over the batch's rows: each step "
+                f"averages the {self.size} processes' gradients (as PyTorch's "
+                "DistributedDataParallel does), so the result differs a little from 1 "
+                "process's")
+        if metrics and self.lead:
+            say(f"note: metric{'s' if len(metrics) > 1 else ''} {', '.join(metrics)} "
+                f"{'are' if len(metrics) > 1 else 'is'} not a mean over the batch's rows: the "
                 f"training column is the mean of the {self.size} processes' values, not the "
                 "1-process number (validation and test are exact)")
 

@@ -66,7 +66,7 @@ def test_a_loss_the_ranks_cannot_average_ends_the_run_before_it_writes(tiny):
     got = mpirun(2, _nnlang(), "train", "tiny.nn", "--out", "run", cwd=tiny, timeout=120)
     text = got.stdout + got.stderr
     assert got.returncode != 0, text
-    assert "tiny.nn:8:8: error: the loss is not a mean over the batch's rows" in text
+    assert "tiny.nn:8:8: error: the loss is a sum over the batch's rows" in text
     assert "Traceback" not in text and not (tiny / "run").exists()
 
 
