@@ -259,8 +259,8 @@ _COMMON = ("x [batch, time, features]; the cell runs as one loop node (a scan) w
            "(outputs, h, c)). initial_h (and lstm's initial_c) [batch, units] start the "
            "state (default zeros): a decoder starts from an encoder's state. mask [batch, time] "
            "(bool, or numbers where nonzero is a real step, as token ids): a step whose flag is "
-           "false (0) keeps the state and repeats the last output (Keras masking). dropout / recurrent_dropout: Keras' per-sequence masks on "
-           "the inputs and on h before the recurrent GEMM, training only. bidirectional = true "
+           "false (0) keeps the state and repeats the last output (Keras masking). dropout / "
+           "recurrent_dropout: Keras' per-sequence masks on the inputs and on h before the recurrent GEMM, training only. bidirectional = true "
            "adds a reversed pass with params backward_*, its outputs concatenated on the last "
            "axis (time-aligned). Params (Keras layout): kernel [features, G*units], recurrent "
            "[units, G*units], ")
