@@ -282,3 +282,27 @@ model M {{
     text = err.value.render()
     for w in words:
         assert w in text, text
+
+
+@pytest.mark.parametrize("line, col", [
+    ("y = scan(x, body = 1)", 11),   # the op table's `scan`, called as a function
+    ("y = scan(x)", 11),
+    ("y = scan Cell over x", 17),    # the block's call without its states
+])
+def test_scan_written_as_a_call_gets_the_scan_form(line, col):
+    """Right after '=', `scan` starts a loop over a block; `scan(x)` was "unexpected '(';
+    expected a name", with nothing to say what `scan` wants."""
+    src = f"""
+block Cell(x, h) {{
+  return h + x, h
+}}
+model M {{
+  input x: float32[batch, 5, 3]
+  input h0: float32[batch, 3]
+  {line}
+}}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    assert f"<string>:8:{col}" in text and "hs, h = scan Cell(h0) over x" in text, text
