@@ -58,6 +58,12 @@ _MISTAKES = {
         "model M { y = x[:, ::2] }", "model M { y = x[::2] }", "model M { y = x[0:4:2] }",
         "model M { output y = x[:, ::2] }", "model M { output y = x[0:4:2] }",
         "model M { y = f(x[:, ::2]) }", "model M { y = f(x[:, 0:4:2]) }"],
+    # NOTE: right after '=', `scan` is the loop keyword (grammars/nnlang.lark), not a call
+    "after '=', scan runs a block once per step: `hs, h = scan Cell(h0) over x` (the op "
+    "table's scan is what rnn, lstm and gru build; it is not called by hand)": [
+        "model M { y = scan(x) }", "model M { y = scan(x, body = 1) }",
+        "model M { y = scan Cell over x }", "model M { y, h = scan(x) }",
+        "model M { y, h = scan Cell over x }"],
 }
 
 

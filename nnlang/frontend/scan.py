@@ -32,7 +32,8 @@ class ScanElaboration:
             self.fail(f"scan: {call.func} carries no state", call.span,
                       f"pass the initial states first: {_FORM}")
         dtype, batch, steps = self._scan_seqs(seqs, e)
-        self._scan_inits(inits, call, dtype, batch)
+        self._scan_by_name(block, call, len(seqs))
+        self._scan_inits(inits, block, call, dtype, batch, len(seqs))
         places = [self._placeholder(f"x{i}", (batch, self._type(s).shape[2]), dtype, e.span)
                   for i, s in enumerate(seqs)]
         places += [self._placeholder(f"carry{i}", self._type(h).shape, dtype, e.span)
@@ -70,9 +71,38 @@ class ScanElaboration:
             first = first or t
         return first.dtype, first.shape[0], first.shape[1]
 
-    def _scan_inits(self, inits, call: ast.Call, dtype, batch):
-        for v, a in zip(inits, call.args):
+    def _scan_by_name(self, block: ast.BlockDef, call: ast.Call, n_seqs: int):
+        """The steps and states fit the block's parameters, and no option names one of them."""
+        n_states = len(call.args)
+        if n_seqs + n_states > len(block.params):
+            self.fail(f"scan: {block.name} takes {len(block.params)} parameter"
+                      f"{'s' if len(block.params) != 1 else ''}, fewer than the {n_seqs} "
+                      f"sequence step{'s' if n_seqs != 1 else ''} and {n_states} state"
+                      f"{'s' if n_states != 1 else ''} the scan passes it", call.span,
+                      f"{block.name}({', '.join(p.name for p in block.params)}) takes one "
+                      "step of each sequence, then each state, by position, then its options")
+        taken = [p.name for p in block.params[:n_seqs + n_states]]
+        for kw in call.kwargs:
+            if kw.name in taken:
+                what = "a sequence's step" if taken.index(kw.name) < n_seqs else "a state"
+                self.fail(f"scan: parameter '{kw.name}' of {block.name} takes {what} by "
+                          "position, and is named again here", kw.span,
+                          _binding(block, n_seqs, len(call.args)))
+
+    def _scan_inits(self, inits, block: ast.BlockDef, call: ast.Call, dtype, batch,
+                    n_seqs: int):
+        for k, (v, a) in enumerate(zip(inits, call.args)):
             t = self._type(v) if isinstance(v, T) else None
+            param = block.params[n_seqs + k].name if n_seqs + k < len(block.params) else None
+            if param is not None and (t is None or t.rank != 2 or
+                                      self.g.node(v.id).op == "param"):
+                # NOTE: not a state at all (a weight, a scalar): an option given by position
+                given = a.id if isinstance(a, ast.Name) else "<its value>"
+                self.fail(f"scan: parameter '{param}' of {block.name} takes a state by "
+                          f"position: {dtype}[{batch}, units], got "
+                          f"{t if t is not None else show_value(v)}", a.span,
+                          f"{_binding(block, n_seqs, len(inits))}; give it by name: "
+                          f"{param} = {given}")
             if t is None or t.rank != 2 or t.dtype != dtype or t.shape[0] != batch:
                 units = t.shape[1] if t is not None and t.rank == 2 else "units"
                 zeros = f"broadcast_to(0.0, shape = [batch, {units}])"
@@ -263,6 +293,16 @@ class ScanElaboration:
                   for k in range(n)]
         values = tuple(stacked + finals)
         return values[0] if len(values) == 1 else values
+
+
+def _binding(block: ast.BlockDef, n_seqs: int, n_states: int) -> str:
+    """How a scan passes values to its block: the steps, then the states, by position."""
+    names = [p.name for p in block.params]
+    seqs, states = names[:n_seqs], names[n_seqs:n_seqs + n_states]
+    return (f"a scan passes {block.name} the steps of {n_seqs} sequence"
+            f"{'s' if n_seqs != 1 else ''} ({', '.join(seqs)}), then {n_states} state"
+            f"{'s' if n_states != 1 else ''} ({', '.join(states)}) by position, then its "
+            "options by name")
 
 
 def _return_span(block: ast.BlockDef):

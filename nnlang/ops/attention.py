@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from nnlang.ir.dims import Sym, fmt_shape, numel
-from nnlang.ops.nn import const_like, linear, need_float, param_dtype
+from nnlang.ops.nn import const_like, linear, need_float, param_dtype, real_steps
 from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, Unexportable, need_positive,
                                  need_range, register)
 from nnlang.ops.signature import show_value
@@ -76,7 +76,7 @@ def _mha(b, q, kv, mask, wq, bq, wk, bk, wv, bv, wo, bo, *, heads, dim, causal, 
     vh = _split_heads(b, linear(b, kv, wv, bv), heads, [0, 2, 1, 3])   # [B, H, Lk, dh]
     scores = b.mul(b.matmul(qh, kh), const_like(b, 1.0 / math.sqrt(inner // heads), q))
     if mask is not None:
-        keep = b.ne(mask, b.const(0, b.type(mask).dtype))   # any dtype: nonzero keeps
+        keep = real_steps(b, mask)
         bias = b.where(keep, const_like(b, 0.0, q), const_like(b, NEG_INF, q))
         scores = b.add(scores, b.reshape(bias, shape=[batch, 1, 1, lk]))
     if causal:
@@ -171,7 +171,7 @@ def _pe(b, x, mask=None, weight=None, *, kind, max_len):
     # NOTE: with a mask, a row's positions count from its first real token (as Hugging Face
     # derives position ids from the attention mask), so a front-padded row reads the same
     # whatever its batch's width; front padding takes position 0
-    keep = b.cast(b.ne(mask, b.const(0, b.type(mask).dtype)), dtype="int32")
+    keep = b.cast(real_steps(b, mask), dtype="int32")
     pos = b.maximum(b.sub(b.cumsum(keep, axis=1), b.const(1, "int32")), b.const(0, "int32"))
     return b.add(x, b.gather(table, pos))
 

@@ -25,6 +25,14 @@ def const_like(b, value, x: int):
     return b.const(value, dtype if is_float(dtype) else "float32")
 
 
+def real_steps(b, mask: int):
+    """The one reading of a padding mask (attention's key_padding_mask, positional_encoding's
+    and rnn/lstm/gru's mask): true, or any nonzero number, marks a real token, so a mask of
+    token ids works as `tokens != 0` does. Returns a bool tensor."""
+    dtype = b.type(mask).dtype
+    return mask if dtype == "bool" else b.ne(mask, b.const(0, dtype))
+
+
 def param_dtype(x: TensorType) -> str:
     """Weights follow a float input's dtype; integer inputs (token ids) get float32 weights."""
     return x.dtype if x is not None and is_float(x.dtype) else "float32"

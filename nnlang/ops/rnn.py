@@ -9,7 +9,8 @@ from __future__ import annotations
 from nnlang.ir.dims import Sym, fmt_shape
 from nnlang.ir.scan import Body
 from nnlang.ops.init import init_spec
-from nnlang.ops.nn import activate, check_activation, const_like, linear, need_float, param_dtype
+from nnlang.ops.nn import (activate, check_activation, const_like, linear, need_float, param_dtype,
+                           real_steps)
 from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, need_positive,
                                  need_range, register)
 from nnlang.ops.scan import body_builder, scan
@@ -182,7 +183,8 @@ def _make(op):
         step_bias = _slice(b, bias, 0, 1, 1) if op == "gru" else bias
         extra = {"bias": b.broadcast_to(step_bias, shape=[steps, batch, gates * units])}
         if mask is not None:
-            m = b.cast(mask, dtype=dtype) if b.type(mask).dtype != dtype else mask
+            # NOTE: the step mixes new and old state by the flag, so it must be 0 or 1
+            m = b.cast(real_steps(b, mask), dtype=dtype)
             extra["mask"] = b.reshape(b.transpose(m, perm=[1, 0]), shape=[steps, batch, 1])
         rdrop = _rate_mask(b, [batch, units], rates[1], dtype)
         if rdrop is not None:
@@ -256,9 +258,9 @@ _COMMON = ("x [batch, time, features]; the cell runs as one loop node (a scan) w
            "return_sequences = true; return_state = true returns a tuple (outputs, h) (lstm: "
            "(outputs, h, c)). initial_h (and lstm's initial_c) [batch, units] start the "
            "state (default zeros): a decoder starts from an encoder's state. mask [batch, time] "
-           "(bool or 0/1): a step whose flag is false keeps the state and repeats the last "
-           "output (Keras masking). dropout / recurrent_dropout: Keras' per-sequence masks on "
-           "the inputs and on h before the recurrent GEMM, training only. bidirectional = true "
+           "(bool, or numbers where nonzero is a real step, as token ids): a step whose flag is "
+           "false (0) keeps the state and repeats the last output (Keras masking). dropout / "
+           "recurrent_dropout: Keras' per-sequence masks on the inputs and on h before the recurrent GEMM, training only. bidirectional = true "
            "adds a reversed pass with params backward_*, its outputs concatenated on the last "
            "axis (time-aligned). Params (Keras layout): kernel [features, G*units], recurrent "
            "[units, G*units], ")

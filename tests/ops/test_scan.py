@@ -225,3 +225,47 @@ def test_a_body_whose_rows_meet_is_not_cut_into_row_parts():
     assert not _rows_never_meet(body(lambda b, x, w: b.add(x, b.const(rows))), 4)
     same = np.tile(np.arange(3, dtype=np.float32), (4, 1))   # equal rows: any part may read
     assert _rows_never_meet(body(lambda b, x, w: b.add(x, b.const(same))), 4)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_a_mask_of_numbers_keeps_every_nonzero_step(cell):
+    """A mask of token ids (`mask = tokens`) marks the nonzero steps real, as attention's
+    key_padding_mask reads it: the state is PyTorch's run over each row's real tokens alone.
+    A version multiplied the state by the mask's value, so id 5 scaled the update by 5."""
+    import torch
+    src = f"""
+model M {{
+  symbol seq
+  input tokens: int32[batch, seq]
+  input x: float64[batch, seq, 3]
+  output h = {cell}(x, 4, mask = tokens)
+}}
+"""
+    net = nnlang_compile(src)
+    p = net.parameters()
+    torch_cell = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    twin = torch_cell(3, 4, batch_first=True, dtype=torch.float64)
+    order = np.r_[4:8, 0:4, 8:12] if cell == "gru" else slice(None)  # Keras z, r, h; torch r, z, n
+    bias = p["h.bias"] if cell != "gru" else p["h.bias"][0]
+    with torch.no_grad():
+        twin.weight_ih_l0.copy_(torch.tensor(p["h.kernel"][:, order].T))
+        twin.weight_hh_l0.copy_(torch.tensor(p["h.recurrent"][:, order].T))
+        twin.bias_ih_l0.copy_(torch.tensor(bias[order]))
+        twin.bias_hh_l0.copy_(torch.tensor(p["h.bias"][1][order] if cell == "gru" else 0 * bias))
+    rng = np.random.default_rng(0)
+    tokens = np.array([[0, 0, 5, 7, 2], [3, 1, 9, 0, 0]], np.int32)
+    x = rng.normal(size=(2, 5, 3))
+    got = net.forward({"tokens": tokens, "x": x})["h"]
+    for row, real in enumerate(tokens != 0):
+        out = twin(torch.tensor(x[row:row + 1, real]))[1]
+        want = (out[0] if cell == "lstm" else out)[0, 0].detach().numpy()
+        np.testing.assert_allclose(got[row], want, rtol=1e-10, atol=1e-12, err_msg=row)
+
+
+def nnlang_compile(src):
+    import nnlang
+    net = nnlang.compile(src, backend="reference", dtype="float64", seed=0)
+    rng = np.random.default_rng(1)   # nonzero biases, so a bias slot mixed up shows
+    net.load_state_dict({k: v + 0.3 * rng.normal(size=v.shape) for k, v in
+                         net.parameters().items()})
+    return net

@@ -247,3 +247,62 @@ model M {
         nnlang.load(src)
     text = err.value.render()
     assert "<string>:7:12" in text and "nested scans do not support yet" in text
+
+
+@pytest.mark.parametrize("call, words", [
+    # an option passed by position binds to the block's next parameter as a state
+    ("scan Cell(h0, w) over x", ["<string>:10:25", "'w' of Cell takes a state by position",
+                                 "give it by name: w = w"]),
+    # one sequence too many: the second binds to `h`, so h0 lands on `w`, named again after
+    ("scan Cell(h0, w = w) over x, x", ["<string>:10:25", "'w' of Cell takes a state by "
+                                        "position", "the steps of 2 sequences (x, h)"]),
+    # a state too many: "Cell() takes 3 arguments but 4 were given", of the 3 written
+    ("scan Cell(h0, h0, h0) over x", ["<string>:10:11", "Cell takes 3 parameters, fewer "
+                                      "than the 1 sequence step and 3 states"]),
+])
+def test_a_scan_that_binds_an_option_by_position_says_which(call, words):
+    """A scan passes each sequence's step, then the states, to the block by position; a
+    weight given by position was reported as a bad initial state with a hint to start from
+    zeros, and a sequence too many as "Cell() got 'w' twice"."""
+    src = f"""
+block Cell(x, h, w) {{
+  h2 = tanh(x @ w + h)
+  return h2, h2
+}}
+model M {{
+  input x: float32[batch, 5, 3]
+  input h0: float32[batch, 3]
+  param w: float32[3, 3]
+  hs, h = {call}
+  loss sum(hs * hs)
+}}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    for w in words:
+        assert w in text, text
+
+
+@pytest.mark.parametrize("line, col", [
+    ("y = scan(x, body = 1)", 11),   # the op table's `scan`, called as a function
+    ("y = scan(x)", 11),
+    ("y = scan Cell over x", 17),    # the block's call without its states
+])
+def test_scan_written_as_a_call_gets_the_scan_form(line, col):
+    """Right after '=', `scan` starts a loop over a block; `scan(x)` was "unexpected '(';
+    expected a name", with nothing to say what `scan` wants."""
+    src = f"""
+block Cell(x, h) {{
+  return h + x, h
+}}
+model M {{
+  input x: float32[batch, 5, 3]
+  input h0: float32[batch, 3]
+  {line}
+}}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    assert f"<string>:8:{col}" in text and "hs, h = scan Cell(h0) over x" in text, text
