@@ -56,9 +56,9 @@ INTERRUPTED = 130  # NOTE: the shell convention for "stopped by Ctrl-C"
 @contextmanager
 def reporting():
     """Turns an NNError into its rendering on stderr and exit code 1, and Ctrl-C (loading,
-    compiling, eval, predict...) into a word and exit code 130, not a traceback or click's
-    "Aborted!" (exit 1); nothing there is half-written (files are replaced atomically).
-    `fit` handles a Ctrl-C while training itself: it saves a checkpoint and says so."""
+    compiling, eval, predict...) into a word and exit code 130 (typer alone exits 130 without
+    a word); nothing there is half-written (files are replaced atomically). `fit` handles a
+    Ctrl-C while training itself: it saves a checkpoint and says so."""
     try:
         yield
     except NNError as err:

@@ -199,3 +199,17 @@ def test_ctrl_c_inside_an_llvm_callback_of_a_cold_compile(tiny, monkeypatch, com
     assert "interrupted" in out and "damaged" not in out, out
     if command[0] == "train":
         assert "global step 0" in out and checkpoint.load(tiny / "run").step == 0
+
+
+@pytest.mark.parametrize("command, where", [
+    (("compile", "tiny.nn"), "nnlang.compile"),
+    (("check", "tiny.nn"), "nnlang_cli.inspect_cmds.load_program"),
+])
+def test_ctrl_c_in_any_command_says_interrupted_and_exits_130(tiny, monkeypatch, command, where):
+    """The rule train, eval and predict followed, for every command (`reporting`): before,
+    `compile` and `check` exited 130 without a word (typer's own KeyboardInterrupt handling)."""
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(where, pressed)
+    out = cli(*command, code=130)
+    assert out.strip() == "interrupted"
