@@ -1,5 +1,5 @@
 """The typer app every command module registers on, and the helpers they share: printing an
-`NNError` (exit 1, no traceback) and parsing `--set name=value` overrides.
+`NNError` (exit 1, no traceback), Ctrl-C (exit 130) and parsing `--set name=value` overrides.
 """
 from __future__ import annotations
 
@@ -50,16 +50,25 @@ def print_warnings(program) -> None:
         print_error(NNError(program.warnings))
 
 
+INTERRUPTED = 130  # NOTE: the shell convention for "stopped by Ctrl-C"
+
+
 @contextmanager
 def reporting():
-    """Turns an NNError into its rendering on stderr and exit code 1."""
+    """Turns an NNError into its rendering on stderr and exit code 1, and Ctrl-C (loading,
+    compiling, eval, predict...) into a word and exit code 130 (typer alone exits 130 without
+    a word); nothing there is half-written (files are replaced atomically). `fit` handles a
+    Ctrl-C while training itself: it saves a checkpoint and says so."""
     try:
         yield
     except NNError as err:
         _after_rank_zero()
         print_error(err)
         raise typer.Exit(1) from None
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
+        console().print("interrupted", markup=False, highlight=False)
+        raise typer.Exit(INTERRUPTED) from None
+    except (typer.Exit, typer.Abort):
         raise
     except Exception as err:  # NOTE: a bug in nnlang, not bad input; still no traceback
         if os.environ.get("NNLANG_DEBUG"):

@@ -8,7 +8,7 @@ import typer
 from rich.text import Text
 
 from nnlang_cli.app import app, check_output, console, reporting
-from nnlang_cli.train_cmds import CKPT_HELP, interruptible
+from nnlang_cli.train_cmds import CKPT_HELP
 
 
 @app.command()
@@ -23,7 +23,7 @@ def export(
     from nnlang.export import describe, export_onnx
     out = console()
     output = output or Path(file.stem + ".onnx")
-    with interruptible(out), reporting():
+    with reporting():
         check_output(output)
         proto = export_onnx(str(file), checkpoint, output)
     size = output.stat().st_size

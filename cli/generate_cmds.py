@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from nnlang_cli.app import app, console, finite_float, reporting
-from nnlang_cli.train_cmds import BACKEND_HELP, CKPT_HELP, DATA_DIR_HELP, interruptible
+from nnlang_cli.train_cmds import BACKEND_HELP, CKPT_HELP, DATA_DIR_HELP
 
 
 @app.command()
@@ -63,7 +63,7 @@ def generate(
     options = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
                    beam=beam, length_penalty=length_penalty, seed=seed,
                    greedy=greedy or None, data_dir=data_dir)
-    with interruptible(out), reporting():
+    with reporting():
         _check_mode(evaluate, prompt, prompt_file, data, limit)
         prompts = None if evaluate else _prompts(prompt, prompt_file)
         # NOTE: text and ids have a flag each: `--stop 9` read as id 9 ended a sequence at

@@ -14,20 +14,8 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from nnlang_cli.app import app, console, finite_float, parse_overrides, reporting
-
-INTERRUPTED = 130  # NOTE: the shell convention for "stopped by Ctrl-C"
-
-
-@contextmanager
-def interruptible(out):
-    """Ctrl-C outside the training loop (loading, compiling, eval, predict): a word and exit
-    130, not a traceback; nothing there is half-written (the files are replaced atomically)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        out.print("interrupted", markup=False, highlight=False)
-        raise typer.Exit(INTERRUPTED) from None
+from nnlang_cli.app import (INTERRUPTED, app, console, finite_float, parse_overrides,
+                            reporting)
 
 
 @contextmanager
@@ -89,7 +77,7 @@ def train(
     summary.json and plots. Ctrl-C saves a checkpoint; --resume continues from it.
     """
     from nnlang.train.trainer import fit
-    with every_rank_stops(), interruptible(console()), reporting():
+    with every_rank_stops(), reporting():
         history = fit(str(file), {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
                                   "val_split": val_split}, data, backend=backend,
                       overrides=parse_overrides(sets), model=model, data_dir=data_dir, out=out,
@@ -111,7 +99,7 @@ def eval_(
     """Loss and metrics of a trained model on the test split of its dataset (or --data)."""
     from nnlang.train.inference import evaluate_checkpoint
     out = console()
-    with interruptible(out), reporting():
+    with reporting():
         split, result = evaluate_checkpoint(str(file), checkpoint, data, data_dir, backend,
                                             batch, out)
     t = Table(box=box.SIMPLE_HEAD, title=f"{split} set")
@@ -148,7 +136,7 @@ def predict(
     summary for a tensor (all with --json)."""
     from nnlang.train.inference import predict as run_predict
     out = console()
-    with interruptible(out), reporting():
+    with reporting():
         results = run_predict(str(file), checkpoint, inputs, backend, None if as_json else out,
                               named=named, npz=npz)
     if as_json:

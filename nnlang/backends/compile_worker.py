@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
+import signal
 import sys
 
 import numba
@@ -66,5 +67,9 @@ def warm_up() -> None:
 
 
 if __name__ == "__main__":
+    # NOTE: a Ctrl-C reaches the terminal's whole process group; the parent stops this worker
+    # (`numba_backend._stop`), so a KeyboardInterrupt here could only leave half-written
+    # numba temp files in the cache
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     warm_up()
     compile_all(*pickle.load(sys.stdin.buffer))

@@ -15,9 +15,11 @@ import hashlib
 import importlib.util
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import types
 from contextlib import contextmanager
 from pathlib import Path
@@ -175,8 +177,37 @@ def _wait(worker) -> None:
     try:
         worker.wait(timeout=_WORKER_TIMEOUT)
     except subprocess.TimeoutExpired:
+        _stop(worker)
+
+
+def _stop(worker) -> None:
+    """Ends the worker now (what it compiled stays in the cache: numba writes each file whole)."""
+    if worker is not None:
         worker.kill()
         worker.wait()
+
+
+@contextmanager
+def ctrl_c_held():
+    """Ctrl-C (SIGINT) during the block is recorded, then given to the handler that was in
+    place once the block ends (Python's KeyboardInterrupt, or `fit`'s `Interrupts`).
+    NOTE: numba runs Python inside LLVM's object-cache callbacks (llvmlite, through ctypes);
+    a KeyboardInterrupt raised there is printed as "Exception ignored on calling ctypes callback
+    function" and dropped, and the compile goes on with a library that lacks its object code
+    (a false "damaged cache" warning, or an error). Held one kernel at a time (~0.2 s each to
+    compile), a cold compile still stops soon after the key is pressed."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is None:   # NOTE: a handler set outside Python
+        yield
+        return
+    pressed = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if pressed:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _element_ranges(members, parts: int) -> list[list]:
@@ -411,19 +442,21 @@ class NumbaBackend:
         hits = sum(fn._cache_hits.values())
         known = sig in fn.overloads
         saved = True
-        try:
-            entry = fn.compile(sig)
-        except OSError as err:
-            saved = False
-            # NOTE: numba compiled it, then could not save it to its disk cache (full or
-            # read-only): the kernel is loaded already, so asking again returns it
-            cache_unwritable(Path(fn.py_func.__code__.co_filename).parent, err)
-            entry = fn.compile(sig)
-        except Exception as err:  # noqa: BLE001 -- a damaged cache file raises almost anything
-            if not _loading_cache(err):
-                raise
-            _drop_cache(fn, err)
-            entry = fn.compile(sig)
+        with ctrl_c_held():
+            try:
+                entry = fn.compile(sig)
+            except OSError as err:
+                saved = False
+                # NOTE: numba compiled it, then could not save it to its disk cache (full or
+                # read-only): the kernel is loaded already, so asking again returns it
+                cache_unwritable(Path(fn.py_func.__code__.co_filename).parent, err)
+                entry = fn.compile(sig)
+            # NOTE: a damaged cache file raises almost anything
+            except Exception as err:  # noqa: BLE001
+                if not _loading_cache(err):
+                    raise
+                _drop_cache(fn, err)
+                entry = fn.compile(sig)
         self._entries[(fn, sig)] = entry
         if not known:
             if sum(fn._cache_hits.values()) > hits:
@@ -497,9 +530,7 @@ class NumbaBackend:
             yield
             waiting = self._waiting
         except BaseException:
-            if self._worker is not None:
-                self._worker.kill()
-                self._worker.wait()
+            _stop(self._worker)
             raise
         finally:
             self._waiting, worker, self._worker = None, self._worker, None
@@ -508,18 +539,19 @@ class NumbaBackend:
         with tempfile.TemporaryDirectory(prefix="nnlang-claims-") as claims:
             shared = worker is not None and len(jobs) >= _WORKER_MIN and \
                 _send_jobs(worker, jobs, claims)
-            if worker is not None and not shared:   # NOTE: still warming up: no waiting for it
-                worker.kill()
-                worker.wait()
+            if not shared:   # NOTE: still warming up: no waiting for it
+                _stop(worker)
                 worker = None
             try:
                 for k, (fn, sigs) in enumerate(jobs):
                     if not shared or claim(claims, k):
                         for sig in sigs:
                             self._entry(fn, sig)
-            finally:
-                if worker is not None:
-                    _wait(worker)
+            except BaseException:   # NOTE: Ctrl-C or an error: no waiting for the worker's jobs
+                _stop(worker)
+                raise
+            if worker is not None:
+                _wait(worker)
         for (fn, sig), pending in waiting.items():
             pending.entry = self._entry(fn, sig)
 

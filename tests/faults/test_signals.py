@@ -157,3 +157,59 @@ def test_ctrl_c_in_the_test_evaluation_keeps_the_finished_run(tiny, monkeypatch)
     out = cli("train", "tiny.nn", "--backend", "reference", "--out", "r", code=130)
     assert "interrupted during the test evaluation; training finished" in out
     assert checkpoint.load(tiny / "r").step == 20
+
+
+def _ctrl_c_inside_llvm(monkeypatch, hook: str) -> list:
+    """The issue's cold-compile Ctrl-C: SIGINT arrives while numba runs Python inside one of
+    LLVM's object-cache callbacks (`hook`, called through ctypes). Python raises the
+    KeyboardInterrupt there, where ctypes prints it as "Exception ignored on calling ctypes
+    callback function" and drops it, and numba goes on with a library missing its object code.
+    Returns the list the first signal's hook name is appended to."""
+    from numba.core.registry import cpu_target
+    engine = cpu_target.target_context.codegen()._engine._ee
+    real, sent = getattr(engine, hook), []
+
+    def signalled(*args):
+        if not sent:
+            sent.append(hook)
+            os.kill(os.getpid(), signal.SIGINT)  # NOTE: Python's handler runs right here
+        return real(*args)
+    monkeypatch.setattr(engine, hook, signalled)
+    return sent
+
+
+@pytest.mark.parametrize("command, hook", [
+    (("compile", "model.nn"), "_object_cache_notify"),
+    (("compile", "model.nn"), "_object_cache_getbuffer"),
+    (("train", "model.nn", "--max-steps", "1", "--out", "run"), "_object_cache_notify"),
+])
+def test_ctrl_c_inside_an_llvm_callback_of_a_cold_compile(tiny, monkeypatch, command, hook):
+    """It stops the command at once with the usual word and exit 130: no traceback, no false
+    "damaged cache entry" warning, no compile that finishes as if nothing was pressed (before,
+    `compile` printed the traceback and exited 0; `train` compiled on and trained a step)."""
+    (tiny / "model.nn").write_text(TINY.replace("hidden = 8", "hidden = 7"))  # NOTE: kernels
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tiny / "cold-cache"))  # no other test compiled
+    from nnlang.backends import numba_backend
+    monkeypatch.setattr(numba_backend, "_spawn_worker", lambda: None)  # NOTE: all compiled here
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    sent = _ctrl_c_inside_llvm(monkeypatch, hook)
+    out = cli(*command, code=130)
+    assert sent and not unraisable, [u.exc_value for u in unraisable]
+    assert "interrupted" in out and "damaged" not in out, out
+    if command[0] == "train":
+        assert "global step 0" in out and checkpoint.load(tiny / "run").step == 0
+
+
+@pytest.mark.parametrize("command, where", [
+    (("compile", "tiny.nn"), "nnlang.compile"),
+    (("check", "tiny.nn"), "nnlang_cli.inspect_cmds.load_program"),
+])
+def test_ctrl_c_in_any_command_says_interrupted_and_exits_130(tiny, monkeypatch, command, where):
+    """The rule train, eval and predict followed, for every command (`reporting`): before,
+    `compile` and `check` exited 130 without a word (typer's own KeyboardInterrupt handling)."""
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(where, pressed)
+    out = cli(*command, code=130)
+    assert out.strip() == "interrupted"
