@@ -267,6 +267,8 @@ def _directions(cell, n_states):
             ys.append(y)
             finals = final if finals is None else finals
         y = np.concatenate(ys, axis=-1)
+        if bidirectional and mask is not None and return_sequences:
+            y = y * (mask != 0)[..., None]   # Keras' Bidirectional: zeros at the pads
         if not return_state:
             return y
         lead = y if return_sequences else y[:, None]

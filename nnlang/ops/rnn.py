@@ -230,6 +230,11 @@ def _make(op):
         for hs, finals in runs:
             outs.append(b.transpose(hs, perm=[1, 0, 2]) if return_sequences else finals[0])
         y = outs[0] if len(outs) == 1 else b.concat(*outs, axis=-1)
+        if bidirectional and mask is not None and return_sequences:
+            # NOTE: zeros at the pads, as Keras' Bidirectional and PyTorch's packed sequences
+            # give: each direction would show a state from the other side of the row there
+            keep = b.cast(real_steps(b, mask), dtype=b.type(x).dtype)
+            y = b.mul(y, b.reshape(keep, shape=[*b.type(keep).shape, 1]))
         if not return_state:
             return y
         width = units
@@ -260,9 +265,11 @@ _COMMON = ("x [batch, time, features]; the cell runs as one loop node (a scan) w
            "state (default zeros): a decoder starts from an encoder's state. mask [batch, time] "
            "(bool, or numbers where nonzero is a real step, as token ids): a step whose flag is "
            "false (0) keeps the state and repeats the last output (Keras masking). dropout / "
-           "recurrent_dropout: Keras' per-sequence masks on the inputs and on h before the recurrent GEMM, training only. bidirectional = true "
-           "adds a reversed pass with params backward_*, its outputs concatenated on the last "
-           "axis (time-aligned). Params (Keras layout): kernel [features, G*units], recurrent "
+           "recurrent_dropout: Keras' per-sequence masks on the inputs and on h before the "
+           "recurrent GEMM, training only. bidirectional = true adds a reversed pass with "
+           "params backward_*, its outputs concatenated on the last axis (time-aligned; with a "
+           "mask, zeros at the pads, as Keras' Bidirectional and PyTorch's packed sequences "
+           "give). Params (Keras layout): kernel [features, G*units], recurrent "
            "[units, G*units], ")
 _DOCS = {
     "rnn": "Simple (Elman) RNN: h = activation(x_t @ kernel + h @ recurrent + bias). " + _COMMON

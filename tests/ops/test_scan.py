@@ -262,6 +262,39 @@ model M {{
         np.testing.assert_allclose(got[row], want, rtol=1e-10, atol=1e-12, err_msg=row)
 
 
+def test_a_masked_bidirectional_layer_gives_zeros_at_the_pads_as_pytorch():
+    """return_sequences of a masked bidirectional LSTM: at real steps PyTorch's bidirectional
+    run over the row's real tokens alone, at pads zeros (PyTorch's packed sequences, Keras'
+    Bidirectional). The backward half showed its final state at front pads, so a sum over
+    time depended on a row's padding."""
+    import torch
+    src = """
+model M {
+  symbol seq
+  input tokens: int32[batch, seq]
+  input x: float64[batch, seq, 3]
+  output hs = lstm(x, 4, mask = tokens != 0, bidirectional = true, return_sequences = true)
+}
+"""
+    net = nnlang_compile(src)
+    p = net.parameters()
+    twin = torch.nn.LSTM(3, 4, batch_first=True, bidirectional=True, dtype=torch.float64)
+    with torch.no_grad():
+        for side, pre in (("", "hs."), ("_reverse", "hs.backward_")):
+            getattr(twin, f"weight_ih_l0{side}").copy_(torch.tensor(p[pre + "kernel"].T))
+            getattr(twin, f"weight_hh_l0{side}").copy_(torch.tensor(p[pre + "recurrent"].T))
+            getattr(twin, f"bias_ih_l0{side}").copy_(torch.tensor(p[pre + "bias"]))
+            getattr(twin, f"bias_hh_l0{side}").zero_()
+    rng = np.random.default_rng(0)
+    tokens = np.array([[0, 0, 5, 7, 2], [3, 1, 9, 0, 0], [4, 4, 4, 4, 4]], np.int32)
+    x = rng.normal(size=(3, 5, 3))
+    got = net.forward({"tokens": tokens, "x": x})["hs"]
+    for row, real in enumerate(tokens != 0):
+        want = np.zeros((5, 8))
+        want[real] = twin(torch.tensor(x[row:row + 1, real]))[0][0].detach().numpy()
+        np.testing.assert_allclose(got[row], want, rtol=1e-10, atol=1e-12, err_msg=row)
+
+
 def nnlang_compile(src):
     import nnlang
     net = nnlang.compile(src, backend="reference", dtype="float64", seed=0)
