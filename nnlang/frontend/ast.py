@@ -140,6 +140,7 @@ class Assign(Node):
 class Scan(Node):
     call: Call           # the block and its initial states (and options)
     over: tuple          # the sequences, [batch, time, k] each
+    options: tuple = ()  # the loop's own options after them (Kwarg: `reverse = true`)
 
 
 @dataclass(frozen=True)
@@ -365,7 +366,9 @@ class ToAst(Transformer_NonRecursive):
         return tuple(c)
 
     def scan_expr(self, meta, c):
-        return Scan(self._span(meta), self.call(meta, [c[0], *c[1]]), c[2])
+        over = tuple(x for x in c[2] if not isinstance(x, Kwarg))
+        options = tuple(x for x in c[2] if isinstance(x, Kwarg))
+        return Scan(self._span(meta), self.call(meta, [c[0], *c[1]]), over, options)
 
     def output_stmt(self, meta, c):
         return Output(self._span(meta), str(c[0]), c[1])

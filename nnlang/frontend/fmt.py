@@ -127,7 +127,7 @@ def statement_head(s) -> str:
         return "symbol " + ", ".join(s.names)
     if isinstance(s, ast.Assign):
         if isinstance(s.value, ast.Scan):
-            over = ", ".join(expr(v) for v in s.value.over)
+            over = ", ".join(expr(v) for v in (*s.value.over, *s.value.options))
             return f"{', '.join(s.targets)} = scan {expr(s.value.call)} over {over}"
         return f"{', '.join(s.targets)} = {expr(s.value)}"
     if isinstance(s, ast.Output):

@@ -24,6 +24,7 @@ class ScanElaboration:
         if not isinstance(block, ast.BlockDef):
             self.fail(f"scan runs a block, and '{call.func}' is not one", call.func_span,
                       f"define `block {call.func}(x, h, ...) {{ ... return h2, y }}`; {_FORM}")
+        reverse = self._scan_options(e, scope)
         seqs = [self.single(x, scope) for x in e.over]
         inits = [self.single(a, scope) for a in call.args]
         if any(v is POISON for v in seqs + inits):
@@ -46,13 +47,34 @@ class ScanElaboration:
         body, weights, broadcast, cols = self._cut_body(
             places, result, len(seqs), dtype, batch, [self._type(h).shape[1] for h in inits],
             e.span)
-        out = self._emit_scan(e, scope, seqs, inits, weights, broadcast, body, cols)
+        out = self._emit_scan(e, scope, seqs, inits, weights, broadcast, body, cols, reverse)
         if prefix is not None:  # NOTE: so a later `share = <a scan's result>` finds its weights
             for v in out if isinstance(out, tuple) else (out,):
                 self.layer_of.setdefault(v.id, prefix)
         return out
 
     # *** checks ***
+    def _scan_options(self, e: ast.Scan, scope) -> bool:
+        """The loop's own options after its sequences: `reverse = true` runs the steps from
+        the last to the first (JAX's lax.scan(reverse=True)); returns reverse."""
+        reverse = False
+        if not e.over:
+            self.fail("scan: no sequence to run over", e.span,
+                      f"name the sequences before the options: {_FORM}, reverse = true")
+        for kw in e.options:
+            if kw.name != "reverse":
+                self.fail(f"scan has no option '{kw.name}'", kw.span,
+                          "after the sequences, a scan takes `reverse = true` (steps from the "
+                          "last to the first); the block's own options go in its call: "
+                          f"scan {e.call.func}(..., {kw.name} = ...) over ...")
+            value = self.const_expr(kw.value, scope)
+            if not isinstance(value, bool):
+                self.fail(f"scan: reverse is true or false, got {show_value(value)}",
+                          kw.value.span, "reverse = true runs the steps from the last to the "
+                          "first")
+            reverse = value
+        return reverse
+
     def _type(self, v: T):
         return self.g.node(v.id).type
 
@@ -264,8 +286,10 @@ class ScanElaboration:
                   span, hint)
 
     def _emit_scan(self, e: ast.Scan, scope, seqs, inits, weights, broadcast, body: Body,
-                   cols):
-        """The scan node, then (stacked per-step outputs..., final states...)."""
+                   cols, reverse: bool):
+        """The scan node, then (stacked per-step outputs..., final states...): the outputs
+        at their steps' places, the final states those after the last step run (the first
+        step's when reversed)."""
         span, emit = e.span, self.emit
 
         def op(name, ins, **attrs):
@@ -278,7 +302,7 @@ class ScanElaboration:
             lead = self._type(v).shape[0] if self._type(v).rank == 2 else 1
             tm.append(op("broadcast_to", [op("reshape", [v], shape=[1, lead, k])],
                          shape=[steps, batch, k]))
-        out = op("scan", [init, *tm, *weights], body=body, reverse=False)
+        out = op("scan", [init, *tm, *weights], body=body, reverse=reverse)
         n, width = len(inits), body.width
 
         def columns(v, k):
@@ -288,7 +312,9 @@ class ScanElaboration:
 
         stacked = [op("transpose", [columns(out, k)], perm=[1, 0, 2])
                    for k in range(n, len(cols))]
-        last = op("slice", [out], axis=0, start=-1, stop=None, step=1)
+        # NOTE: -1 holds for any (symbolic) length
+        last = op("slice", [out], axis=0, start=0 if reverse else -1,
+                  stop=1 if reverse else None, step=1)
         finals = [op("reshape", [columns(last, k)], shape=[batch, cols[k][1] - cols[k][0]])
                   for k in range(n)]
         values = tuple(stacked + finals)

@@ -306,3 +306,68 @@ model M {{
         nnlang.load(src)
     text = err.value.render()
     assert f"<string>:8:{col}" in text and "hs, h = scan Cell(h0) over x" in text, text
+
+
+BOTH_WAYS = CELL + """
+model HandBoth {
+  symbol seq
+  input x: float64[batch, seq, 3]
+  input h0: float64[batch, 4]
+  param kernel: float64[3, 16]
+  param recurrent: float64[4, 16]
+  param bias: float64[16] = normal(std = 0.5)
+  param backward_kernel: float64[3, 16]
+  param backward_recurrent: float64[4, 16]
+  param backward_bias: float64[16] = normal(std = 0.5)
+  fwd, h, c = scan LstmCell(h0, h0, kernel = kernel, recurrent = recurrent, bias = bias) over x
+  bwd, hb, cb = scan LstmCell(h0, h0, kernel = backward_kernel, recurrent = backward_recurrent,
+                              bias = backward_bias) over x, reverse = true
+  output out = concat(fwd, bwd, axis = -1)
+  output last = hb
+  loss sum(out * out * out)
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_a_reversed_scan_is_the_builtin_layers_backward_direction(backend):
+    """`over x, reverse = true` runs the steps from the last to the first, its outputs at their
+    steps' places: with the builtin's weights, a forward and a reversed scan of the docs' cell
+    give `lstm(..., bidirectional = true)`'s outputs and gradients, at any length of a symbolic
+    time dim, and the reversed scan's final state is its output at step 0."""
+    net = nnlang.compile(BOTH_WAYS, seed=1, backend=backend)
+    rng = np.random.default_rng(0)
+    for n in (5, 1, 3):
+        twin = nnlang.compile(f"""
+model Builtin {{
+  input x: float64[batch, {n}, 3]
+  output out = lstm(x, 4, return_sequences = true, bidirectional = true,
+                    unit_forget_bias = false)
+  loss sum(out * out * out)
+}}
+""", seed=2, backend=backend)
+        mine = net.parameters()
+        twin.load_state_dict({k: mine[k.split(".")[-1]] for k in twin.parameters()})
+        feeds = {"x": rng.normal(size=(2, n, 3)), "h0": np.zeros((2, 4))}
+        got = net.forward(feeds)
+        np.testing.assert_allclose(got["out"], twin.forward(feeds)["out"], rtol=1e-12,
+                                   atol=1e-13)
+        np.testing.assert_allclose(got["last"], got["out"][:, 0, 4:], rtol=0, atol=0)
+        grads, want = net.gradients(feeds), twin.gradients(feeds)
+        assert len(want) == 6
+        for k, g in want.items():
+            assert np.abs(g).max() > 1e-3 or (n == 1 and "recurrent" in k)  # NOTE: h0 = 0
+            np.testing.assert_allclose(grads[k.split(".")[-1]], g, rtol=1e-10, atol=1e-12,
+                                       err_msg=k)
+
+
+@pytest.mark.parametrize("options,words", [
+    ("backwards = true", "scan has no option 'backwards'"),
+    ("reverse = 1", "scan: reverse is true or false, got 1"),
+])
+def test_a_scan_option_that_is_not_reverse_true_or_false_is_located(options, words):
+    source = BOTH_WAYS.replace("over x, reverse = true", f"over x, {options}")
+    with pytest.raises(NNError) as err:
+        nnlang.load(source)
+    text = str(err.value)
+    assert words in text and ":24:" in text and "Traceback" not in text, text
