@@ -451,7 +451,8 @@ def _sizes_of(user, feeds: dict, default: dict, batch: int) -> tuple[int, dict]:
                 raise NNError(f"input '{name}' has {sym} = {n} (dim {axis} of shape "
                               f"{list(got)}), but input '{first[1]}' has {sym} = {first[0]}",
                               hint=f"inputs that share the symbol {sym} must agree on its size "
-                                   "in one call: pad them to the same length")
+                                   "in one call: " + ("give each as many rows" if sym == "batch"
+                                                      else "pad them to the same length"))
     batch = bound.pop("batch", (None,))[0] or _batch_of(feeds, batch)
     return batch, {s: bound[s][0] if s in bound else n for s, n in default.items()}
 

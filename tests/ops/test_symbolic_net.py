@@ -72,9 +72,15 @@ def test_inputs_sharing_a_symbol_must_agree():
     src = SOURCE.replace("input label: float32[batch]", "input label: float32[batch, seq]") \
         .replace("loss mse(y, label)", "loss mse(y, sum(label, axis = 1))")
     net = nnlang.compile(src)
-    with pytest.raises(NNError, match="input 'label' has seq = 4 .* input 'x' has seq = 5"):
+    with pytest.raises(NNError, match="input 'label' has seq = 4 .* input 'x' has seq = 5") as e:
         net.forward({"x": np.ones((3, 5, 4), np.float32),
                      "label": np.ones((3, 4), np.float32)})
+    assert "pad them to the same length" in e.value.hint
+    with pytest.raises(NNError, match="input 'label' has batch = 2 .* input 'x' has batch = 3") \
+            as e:
+        net.forward({"x": np.ones((3, 5, 4), np.float32),
+                     "label": np.ones((2, 5), np.float32)})
+    assert "give each as many rows" in e.value.hint   # NOTE: not "pad", which fits a length
 
 
 def test_the_language_docs_example_runs_any_length():
