@@ -92,3 +92,64 @@ def test_data_doc_lists_every_dataset():
     from nnlang.data import list_datasets
     for name in list_datasets():
         assert f"| `{name}` |" in DATA_TEXT, name
+
+
+# *** README.md: its model is models/mlp.nn, and its library example runs as printed ***
+
+ROOT = DOC.parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_model_is_the_file_it_names():
+    from nnlang.frontend.fmt import format_source
+    block = re.search(r"```\n# (models/\S+\.nn)[^\n]*\n(.*?)```", README, re.S)
+    path, body = block.groups()
+    strip = lambda s: "\n".join(ln for ln in format_source(s).splitlines()  # noqa: E731
+                                if ln.strip() and not ln.lstrip().startswith("#"))
+    assert strip(body) == strip((ROOT / path).read_text()), f"README's block is not {path}"
+
+
+def _mlp_reference(params, x, y):
+    """models/mlp.nn in PyTorch, from the net's own weights: logits, loss, and the gradients."""
+    import torch
+    p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    h = torch.relu(xt @ p["h1.weight"] + p["h1.bias"])
+    h = torch.relu(h @ p["h2.weight"] + p["h2.bias"])
+    logits = h @ p["logits.weight"] + p["logits.bias"]
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(y, dtype=torch.long))
+    loss.backward()
+    grads = {k: v.grad.numpy() for k, v in p.items()} | {"image": xt.grad.numpy()}
+    return logits.detach().numpy(), float(loss.detach()), grads
+
+
+def test_readme_library_example_runs(tmp_path, monkeypatch):
+    """The ```python block of README.md, run as printed (x and y: one batch of 128), against a
+    PyTorch twin of models/mlp.nn built from the net's weights."""
+    import warnings
+
+    import numpy as np
+    code = re.search(r"```python\n(.*?)```", README, re.S).group(1)
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.random((128, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 128).astype(np.int32)
+    # NOTE: the first train_step changes the weights: the reference runs on a fresh twin
+    import nnlang
+    ref = nnlang.compile("models/mlp.nn", batch=128)
+    _, want_loss, _ = _mlp_reference(ref.parameters(), x, y)
+    scope = {"x": x, "y": y}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the cosine schedule's note about total_steps
+        exec(compile(code, "README.md", "exec"), scope)
+    net = scope["net"]
+    assert scope["loss"] == pytest.approx(want_loss, rel=1e-5)
+    # the block's `out` and `grads` come after two steps: compare them at the net's weights now
+    logits, _, grads = _mlp_reference(net.parameters(), x, y)
+    assert set(scope["out"]) == {"logits"}
+    np.testing.assert_allclose(scope["out"]["logits"], logits, rtol=1e-4, atol=1e-4)
+    assert set(scope["grads"]) == set(grads)
+    for k, g in grads.items():
+        np.testing.assert_allclose(scope["grads"][k], g, rtol=1e-3, atol=1e-6, err_msg=k)
+    assert (tmp_path / "mlp.onnx").stat().st_size > 2_000_000
