@@ -153,3 +153,55 @@ def test_readme_library_example_runs(tmp_path, monkeypatch):
     for k, g in grads.items():
         np.testing.assert_allclose(scope["grads"][k], g, rtol=1e-3, atol=1e-6, err_msg=k)
     assert (tmp_path / "mlp.onnx").stat().st_size > 2_000_000
+
+
+# *** the CLI the docs describe is the CLI there is ***
+
+ALL_DOCS = {p.relative_to(ROOT).as_posix(): p.read_text()
+            for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+FLAG = r"(?<![\w-])--?[a-z][a-z0-9-]*"
+
+
+def _options() -> dict[str, list[set[str]]]:
+    """Each subcommand of `nnlang` and, per option, its spellings (`--output`, `-o`)."""
+    import typer
+
+    from nnlang_cli.main import app
+    return {name: [{*p.opts, *p.secondary_opts} for p in cmd.params
+                   if p.param_type_name == "option"]
+            for name, cmd in typer.main.get_command(app).commands.items()}
+
+
+def _command_lines(text: str) -> list[tuple[str, str]]:
+    """(command, the rest) of each `nnlang CMD ...` in inline code, code blocks and indented
+    command lines; prose (`nnlang is a compiler`) is left alone."""
+    code = re.findall(r"`([^`\n]+)`", text)
+    code += re.findall(r"```[^\n]*\n(.*?)```", text, re.S)
+    code += re.findall(r"^ {4,}((?:\w+=\S+ )*(?:mpirun|srun|nnlang) .*)$", text, re.M)
+    return [m for c in code for m in re.findall(r"(?<![\w./-])nnlang ([a-z]+)\b([^`|;\n]*)", c)]
+
+
+def test_docs_name_only_real_commands_and_their_flags():
+    """`nnlang CMD ... --flag` in the docs: CMD is a subcommand and --flag one of its options
+    (contributing.md named a `nnlang summary` there is not)."""
+    commands, wrong = {c: set().union(*o) for c, o in _options().items()}, []
+    for doc, text in ALL_DOCS.items():
+        for cmd, rest in _command_lines(text):
+            if cmd not in commands:
+                wrong.append(f"{doc}: nnlang {cmd}")
+                continue
+            for flag in re.findall(FLAG, rest):
+                if flag not in commands[cmd] and not flag.endswith("-"):
+                    wrong.append(f"{doc}: nnlang {cmd} ... {flag}")
+    assert wrong == []
+
+
+def test_every_cli_option_is_documented():
+    """Every option of every subcommand is named in README.md or docs/ by one of its
+    spellings (`--no-<pass>` stands for the compile switches)."""
+    import nnlang
+    named = {f for text in ALL_DOCS.values() for f in re.findall(FLAG, text)}
+    named |= {f"--no-{p.replace('_', '-')}" for p in nnlang.pass_switches()}
+    missing = [f"nnlang {cmd} {max(o, key=len)}" for cmd, opts in _options().items()
+               for o in opts if "--help" not in o and not o & named]
+    assert missing == []
