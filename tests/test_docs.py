@@ -205,3 +205,35 @@ def test_every_cli_option_is_documented():
     missing = [f"nnlang {cmd} {max(o, key=len)}" for cmd, opts in _options().items()
                for o in opts if "--help" not in o and not o & named]
     assert missing == []
+
+
+def _data_table_rows() -> dict[str, str]:
+    """docs/data.md's "Naming a data set" table: name -> its options cell."""
+    rows = re.findall(r"^\| `\"?([\w.-]+?)\"?` \| .*? \| ([^|]*) \|$", DATA_TEXT, re.M)
+    return dict(rows)
+
+
+def test_data_doc_option_defaults_are_the_loaders():
+    """Each data set's options in docs/data.md are its loader's parameters, with the loader's
+    defaults (the `.npz` row gave `targets = ["y"]`, whose default is the arrays named label,
+    labels, y or target, and the `.csv` row left out `val` and `test`)."""
+    import ast
+    import inspect
+
+    from nnlang.data.registry import DATASETS, FILE_LOADERS
+    rows = _data_table_rows()
+    loaders = {n: e.loader for n, e in DATASETS.items()}
+    loaders |= {"file" + ext: f for ext, f in FILE_LOADERS.items()}
+    for name, loader in loaders.items():
+        cell = rows[name]
+        if cell.startswith("as `"):
+            cell = rows[cell[4:cell.index("`", 4)]]
+        params = {p: v.default for p, v in inspect.signature(loader).parameters.items()
+                  if p not in ("data_dir", "path", "words")}   # words: from a checkpoint
+        documented = {k: v for k, v in re.findall(r"`(\w+)(?: = ([^`]+?))?`", cell)
+                      if k != "none"}
+        assert set(documented) == set(params), name
+        for p, text in documented.items():
+            if text:
+                value = None if text == "none" else ast.literal_eval(text)
+                assert value == params[p], (name, p)
