@@ -65,7 +65,11 @@ def train(
                             "optimizer option (clip_norm, l2, momentum...); repeatable."),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     seed: Optional[int] = typer.Option(None, "--seed"),
-    val_split: Optional[float] = typer.Option(None, "--val-split", min=0.0, max=0.99),
+    # NOTE: no min/max here: the range is the setting's own, checked in one place
+    # (frontend/train_config.py), which names this flag in its error
+    val_split: Optional[float] = typer.Option(
+        None, "--val-split", callback=finite_float,
+        help="The share of the training set held out for validation, in [0, 1)."),
     out: Optional[Path] = typer.Option(None, "--out",
                                        help="Run directory (default runs/<model>-<time>/)."),
     resume: bool = typer.Option(False, "--resume",
