@@ -237,3 +237,15 @@ def test_data_doc_option_defaults_are_the_loaders():
             if text:
                 value = None if text == "none" else ast.literal_eval(text)
                 assert value == params[p], (name, p)
+
+
+def test_every_cli_option_has_help():
+    """`nnlang CMD --help` says what each option is for (train's --epochs, --batch, --seed and
+    eval's --batch showed only their type)."""
+    import typer
+
+    from nnlang_cli.main import app
+    bare = [f"nnlang {name} {p.opts[0]}"
+            for name, cmd in typer.main.get_command(app).commands.items()
+            for p in cmd.params if not getattr(p, "help", None)]
+    assert bare == []
