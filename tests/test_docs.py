@@ -272,3 +272,11 @@ def test_docs_name_code_that_exists():
                if not re.search(rf"^\s*(?:def|class) {n}\b|^\s*{n}\b[^=\n]*=|\bself\.{n}\b",
                                 defined[m], re.M)]
     assert missing == []
+
+
+def test_readme_names_the_whole_public_api():
+    """Every name `nnlang` exports is in README.md's library section (emit, dot and
+    pass_switches were not)."""
+    import nnlang
+    missing = [n for n in nnlang.__all__ if n != "__version__" and f"nnlang.{n}" not in README]
+    assert missing == []
