@@ -280,3 +280,31 @@ def test_readme_names_the_whole_public_api():
     import nnlang
     missing = [n for n in nnlang.__all__ if n != "__version__" and f"nnlang.{n}" not in README]
     assert missing == []
+
+
+# *** docs/contributing.md: its example op, added as the text says, works ***
+
+def test_contributing_elementwise_example_registers_a_working_op(monkeypatch):
+    """The softsign line of contributing.md, run in nnlang/ops/elementwise.py's namespace, gives
+    an op whose compiled forward and gradient equal PyTorch's softsign (its gradient called
+    `square`, a composite, which no backend lowers: the step failed to compile)."""
+    import numpy as np
+    import torch
+
+    import nnlang
+    import nnlang.ops.elementwise as elementwise
+    from nnlang.ops import registry
+    registry.all_ops()
+    monkeypatch.setattr(registry, "OPS", dict(registry.OPS))   # the op is gone after the test
+    code = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "contributing.md").read_text(),
+                      re.S)[0]
+    exec(compile(code, "contributing.md", "exec"), dict(vars(elementwise)))
+    net = nnlang.compile("model S {\n  input x: float32[batch, 5]\n  output y = softsign(x)\n"
+                         "  loss mean(y * y)\n}", batch=3)
+    x = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.softsign(xt)
+    (yt * yt).mean().backward()
+    np.testing.assert_allclose(net.forward({"x": x})["y"], yt.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(net.gradients({"x": x}, inputs="x")["x"], xt.grad.numpy(),
+                               rtol=1e-5, atol=1e-7)
