@@ -308,3 +308,23 @@ def test_contributing_elementwise_example_registers_a_working_op(monkeypatch):
     np.testing.assert_allclose(net.forward({"x": x})["y"], yt.detach().numpy(), rtol=1e-6)
     np.testing.assert_allclose(net.gradients({"x": x}, inputs="x")["x"], xt.grad.numpy(),
                                rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_generation_doc_python_example_runs(tmp_path, monkeypatch, capsys):
+    """docs/generation.md's Python example, on a one-step run of models/gpt.nn (~30 s)."""
+    from nnlang.train.trainer import fit
+    text = (ROOT / "docs" / "generation.md").read_text()
+    code = next(b for b in re.findall(r"```text\n(.*?)```", text, re.S) if "restore(" in b)
+    run = tmp_path / "run"
+    fit(str(ROOT / "models" / "gpt.nn"), {"epochs": 1}, "imdb-text-sample", out=run,
+        max_steps=1, progress=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    scope = {}
+    exec(compile(code.replace("runs/Gpt-...", str(run)), "generation.md", "exec"), scope)
+    result = scope["result"]
+    assert len(result.texts) == 2 and result.mode == "incremental"
+    assert [s.prompt for s in result.samples] == ["This movie was", "I"]
+    assert all(0 < len(s.ids) <= 80 for s in result.samples)
+    assert capsys.readouterr().out.strip().endswith("incremental")
