@@ -156,10 +156,12 @@ def test_readme_library_example_runs(tmp_path, monkeypatch):
         exec(compile(code, "README.md", "exec"), scope)
     net = scope["net"]
     assert scope["loss"] == pytest.approx(want_loss, rel=1e-5)
-    # the block's `out` and `grads` come after two steps: compare them at the net's weights now
-    logits, _, grads = _mlp_reference(net.parameters(), x, y)
+    # the block's `out`, `scores` and `grads` come after two steps: compare them at the net's weights now
+    logits, loss, grads = _mlp_reference(net.parameters(), x, y)
     assert set(scope["out"]) == {"logits"}
     np.testing.assert_allclose(scope["out"]["logits"], logits, rtol=1e-4, atol=1e-4)
+    assert scope["scores"] == {"cross_entropy": pytest.approx(loss, rel=1e-5),
+                               "acc": pytest.approx(np.mean(logits.argmax(1) == y))}
     assert set(scope["grads"]) == set(grads)
     for k, g in grads.items():
         np.testing.assert_allclose(scope["grads"][k], g, rtol=1e-3, atol=1e-6, err_msg=k)
