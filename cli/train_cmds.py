@@ -44,16 +44,23 @@ def train(
     file: Path = typer.Argument(..., help="The .nn file."),
     data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
-    batch: Optional[int] = typer.Option(None, "--batch", min=1),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1,
+                                         help="Passes over the training set."),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1,
+                                        help="Examples per step (the global batch under mpirun)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="The optimizer's learning rate.",
                                        callback=finite_float),
     sets: Optional[list[str]] = typer.Option(
         None, "--set", help="name=value: a model hyper-parameter, or a train setting / "
                             "optimizer option (clip_norm, l2, momentum...); repeatable."),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    val_split: Optional[float] = typer.Option(None, "--val-split", min=0.0, max=0.99),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the run: the initial "
+                                       "weights, the data order and the validation carve."),
+    # NOTE: no min/max here: the range is the setting's own, checked in one place
+    # (frontend/train_config.py), which names this flag in its error
+    val_split: Optional[float] = typer.Option(
+        None, "--val-split", callback=finite_float,
+        help="The share of the training set held out for validation, in [0, 1)."),
     out: Optional[Path] = typer.Option(None, "--out",
                                        help="Run directory (default runs/<model>-<time>/)."),
     resume: bool = typer.Option(False, "--resume",
@@ -94,7 +101,8 @@ def eval_(
     data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
-    batch: Optional[int] = typer.Option(None, "--batch", min=1),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Examples per forward "
+                                        "pass (default: the train section's batch)."),
 ):
     """Loss and metrics of a trained model on the test split of its dataset (or --data)."""
     from nnlang.train.inference import evaluate_checkpoint

@@ -3,7 +3,7 @@
     import nnlang
     net = nnlang.compile("models/mlp.nn", backend="numba", batch=128)
     loss = net.train_step({"image": x, "label": y})
-    probs = net.forward({"image": x})["probs"]
+    logits = net.forward({"image": x})["logits"]
 
 The CLI and users import only what is listed in `__all__`.
 """

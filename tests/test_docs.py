@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from nnlang.errors import NNError
@@ -92,3 +93,248 @@ def test_data_doc_lists_every_dataset():
     from nnlang.data import list_datasets
     for name in list_datasets():
         assert f"| `{name}` |" in DATA_TEXT, name
+
+
+# *** README.md: its model is models/mlp.nn, and its library example runs as printed ***
+
+ROOT = DOC.parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_model_is_the_file_it_names():
+    from nnlang.frontend.fmt import format_source
+    block = re.search(r"```\n# (models/\S+\.nn)[^\n]*\n(.*?)```", README, re.S)
+    path, body = block.groups()
+    strip = lambda s: "\n".join(ln for ln in format_source(s).splitlines()  # noqa: E731
+                                if ln.strip() and not ln.lstrip().startswith("#"))
+    assert strip(body) == strip((ROOT / path).read_text()), f"README's block is not {path}"
+
+
+def _mlp_reference(params, x, y):
+    """models/mlp.nn written out in float64 numpy from the net's own weights: logits, the mean
+    cross-entropy, and its gradients by hand (backprop through dense, relu, softmax)."""
+    p = {k: v.astype(np.float64) for k, v in params.items()}
+    x = x.astype(np.float64)
+    z1 = x @ p["h1.weight"] + p["h1.bias"]
+    h1 = np.maximum(z1, 0)
+    z2 = h1 @ p["h2.weight"] + p["h2.bias"]
+    h2 = np.maximum(z2, 0)
+    logits = h2 @ p["logits.weight"] + p["logits.bias"]
+    shifted = logits - logits.max(1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    n = len(y)
+    loss = -logp[np.arange(n), y].mean()
+    d = np.exp(logp)
+    d[np.arange(n), y] -= 1
+    d /= n
+    grads = {"logits.weight": h2.T @ d, "logits.bias": d.sum(0)}
+    d = (d @ p["logits.weight"].T) * (z2 > 0)
+    grads |= {"h2.weight": h1.T @ d, "h2.bias": d.sum(0)}
+    d = (d @ p["h2.weight"].T) * (z1 > 0)
+    grads |= {"h1.weight": x.T @ d, "h1.bias": d.sum(0), "image": d @ p["h1.weight"].T}
+    return logits, float(loss), grads
+
+
+def test_readme_library_example_runs(tmp_path, monkeypatch):
+    """The ```python block of README.md, run as printed (x and y: one batch of 128), against a
+    numpy twin of models/mlp.nn built from the net's weights."""
+    import warnings
+    pytest.importorskip("onnx")   # the block's last line exports (the `onnx` extra)
+    code = re.search(r"```python\n(.*?)```", README, re.S).group(1)
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.random((128, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 128).astype(np.int32)
+    # NOTE: the first train_step changes the weights: the reference runs on a fresh twin
+    import nnlang
+    ref = nnlang.compile("models/mlp.nn", batch=128)
+    _, want_loss, _ = _mlp_reference(ref.parameters(), x, y)
+    scope = {"x": x, "y": y}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the cosine schedule's note about total_steps
+        exec(compile(code, "README.md", "exec"), scope)
+    net = scope["net"]
+    assert scope["loss"] == pytest.approx(want_loss, rel=1e-5)
+    # the block's `out`, `scores` and `grads` come after two steps: compare them at the net's weights now
+    logits, loss, grads = _mlp_reference(net.parameters(), x, y)
+    assert set(scope["out"]) == {"logits"}
+    np.testing.assert_allclose(scope["out"]["logits"], logits, rtol=1e-4, atol=1e-4)
+    assert scope["scores"] == {"cross_entropy": pytest.approx(loss, rel=1e-5),
+                               "acc": pytest.approx(np.mean(logits.argmax(1) == y))}
+    assert set(scope["grads"]) == set(grads)
+    for k, g in grads.items():
+        np.testing.assert_allclose(scope["grads"][k], g, rtol=1e-3, atol=1e-6, err_msg=k)
+    assert (tmp_path / "mlp.onnx").stat().st_size > 2_000_000
+
+
+# *** the CLI the docs describe is the CLI there is ***
+
+ALL_DOCS = {p.relative_to(ROOT).as_posix(): p.read_text()
+            for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+FLAG = r"(?<![\w-])--?[a-z][a-z0-9-]*"
+
+
+def _options() -> dict[str, list[set[str]]]:
+    """Each subcommand of `nnlang` and, per option, its spellings (`--output`, `-o`)."""
+    import typer
+
+    from nnlang_cli.main import app
+    return {name: [{*p.opts, *p.secondary_opts} for p in cmd.params
+                   if p.param_type_name == "option"]
+            for name, cmd in typer.main.get_command(app).commands.items()}
+
+
+def _command_lines(text: str) -> list[tuple[str, str]]:
+    """(command, the rest) of each `nnlang CMD ...` in inline code, code blocks and indented
+    command lines; prose (`nnlang is a compiler`) is left alone."""
+    code = re.findall(r"`([^`\n]+)`", text)
+    code += re.findall(r"```[^\n]*\n(.*?)```", text, re.S)
+    code += re.findall(r"^ {4,}((?:\w+=\S+ )*(?:mpirun|srun|nnlang) .*)$", text, re.M)
+    return [m for c in code for m in re.findall(r"(?<![\w./-])nnlang ([a-z]+)\b([^`|;\n]*)", c)]
+
+
+def test_docs_name_only_real_commands_and_their_flags():
+    """`nnlang CMD ... --flag` in the docs: CMD is a subcommand and --flag one of its options
+    (contributing.md named a `nnlang summary` there is not)."""
+    commands, wrong = {c: set().union(*o) for c, o in _options().items()}, []
+    for doc, text in ALL_DOCS.items():
+        for cmd, rest in _command_lines(text):
+            if cmd not in commands:
+                wrong.append(f"{doc}: nnlang {cmd}")
+                continue
+            for flag in re.findall(FLAG, rest):
+                if flag not in commands[cmd] and not flag.endswith("-"):
+                    wrong.append(f"{doc}: nnlang {cmd} ... {flag}")
+    assert wrong == []
+
+
+def test_every_cli_option_is_documented():
+    """Every option of every subcommand is named in README.md or docs/ by one of its
+    spellings (`--no-<pass>` stands for the compile switches)."""
+    import nnlang
+    named = {f for text in ALL_DOCS.values() for f in re.findall(FLAG, text)}
+    named |= {f"--no-{p.replace('_', '-')}" for p in nnlang.pass_switches()}
+    missing = [f"nnlang {cmd} {max(o, key=len)}" for cmd, opts in _options().items()
+               for o in opts if "--help" not in o and not o & named]
+    assert missing == []
+
+
+def _data_table_rows() -> dict[str, str]:
+    """docs/data.md's "Naming a data set" table: name -> its options cell."""
+    rows = re.findall(r"^\| `\"?([\w.-]+?)\"?` \| .*? \| ([^|]*) \|$", DATA_TEXT, re.M)
+    return dict(rows)
+
+
+def test_data_doc_option_defaults_are_the_loaders():
+    """Each data set's options in docs/data.md are its loader's parameters, with the loader's
+    defaults (the `.npz` row gave `targets = ["y"]`, whose default is the arrays named label,
+    labels, y or target, and the `.csv` row left out `val` and `test`)."""
+    import ast
+    import inspect
+
+    from nnlang.data.registry import DATASETS, FILE_LOADERS
+    rows = _data_table_rows()
+    loaders = {n: e.loader for n, e in DATASETS.items()}
+    loaders |= {"file" + ext: f for ext, f in FILE_LOADERS.items()}
+    for name, loader in loaders.items():
+        cell = rows[name]
+        if cell.startswith("as `"):
+            cell = rows[cell[4:cell.index("`", 4)]]
+        params = {p: v.default for p, v in inspect.signature(loader).parameters.items()
+                  if p not in ("data_dir", "path", "words")}   # words: from a checkpoint
+        documented = {k: v for k, v in re.findall(r"`(\w+)(?: = ([^`]+?))?`", cell)
+                      if k != "none"}
+        assert set(documented) == set(params), name
+        for p, text in documented.items():
+            if text:
+                value = None if text == "none" else ast.literal_eval(text)
+                assert value == params[p], (name, p)
+
+
+def test_every_cli_option_has_help():
+    """`nnlang CMD --help` says what each option is for (train's --epochs, --batch, --seed and
+    eval's --batch showed only their type)."""
+    import typer
+
+    from nnlang_cli.main import app
+    bare = [f"nnlang {name} {p.opts[0]}"
+            for name, cmd in typer.main.get_command(app).commands.items()
+            for p in cmd.params if not getattr(p, "help", None)]
+    assert bare == []
+
+
+def _doc_attribute_refs(text: str) -> list[tuple[str, str]]:
+    """(module stem, name) of each `module.name` in inline code whose module is one of
+    nnlang's (`fold._sliced_elementwise`, `blas.matmul_call`); file names are left alone."""
+    # NOTE: `net.x` in the docs is a Net object (README's example runs it), not runtime/net.py
+    stems = {p.stem for p in (ROOT / "nnlang").rglob("*.py")} - {"net"}
+    return [(m, n) for m, n in re.findall(r"`(\w+)\.([A-Za-z_]\w*)", text)
+            if m in stems and n not in ("py", "npz", "csv", "json", "nn", "md")]
+
+
+def test_docs_name_code_that_exists():
+    """Every `module.name` the docs point a reader to is defined in that module
+    (performance.md pointed at numba_kernels.unfold2d, which moved to ops/windows.py)."""
+    defined = {}
+    for p in (ROOT / "nnlang").rglob("*.py"):
+        defined.setdefault(p.stem, "")
+        defined[p.stem] += p.read_text()
+    missing = [f"{doc}: {m}.{n}" for doc, text in ALL_DOCS.items()
+               for m, n in _doc_attribute_refs(text)
+               if not re.search(rf"^\s*(?:def|class) {n}\b|^\s*{n}\b[^=\n]*=|\bself\.{n}\b",
+                                defined[m], re.M)]
+    assert missing == []
+
+
+def test_readme_names_the_whole_public_api():
+    """Every name `nnlang` exports is in README.md's library section (emit, dot and
+    pass_switches were not)."""
+    import nnlang
+    missing = [n for n in nnlang.__all__ if n != "__version__" and f"nnlang.{n}" not in README]
+    assert missing == []
+
+
+# *** docs/contributing.md: its example op, added as the text says, works ***
+
+def test_contributing_elementwise_example_registers_a_working_op(monkeypatch):
+    """The softsign line of contributing.md, run in nnlang/ops/elementwise.py's namespace, gives
+    an op whose compiled forward and gradient equal softsign's, written out in numpy (its
+    gradient called `square`, a composite, which no backend lowers: the step failed)."""
+    import nnlang
+    import nnlang.ops.elementwise as elementwise
+    from nnlang.ops import registry
+    registry.all_ops()
+    monkeypatch.setattr(registry, "OPS", dict(registry.OPS))   # the op is gone after the test
+    code = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "contributing.md").read_text(),
+                      re.S)[0]
+    exec(compile(code, "contributing.md", "exec"), dict(vars(elementwise)))
+    net = nnlang.compile("model S {\n  input x: float32[batch, 5]\n  output y = softsign(x)\n"
+                         "  loss mean(y * y)\n}", batch=3)
+    x = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    y = x64 / (1 + np.abs(x64))
+    dy_dx = 1 / (1 + np.abs(x64)) ** 2   # d/dx x / (1 + |x|)
+    np.testing.assert_allclose(net.forward({"x": x})["y"], y, rtol=1e-6)
+    np.testing.assert_allclose(net.gradients({"x": x}, inputs="x")["x"], 2 * y * dy_dx / y.size,
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_generation_doc_python_example_runs(tmp_path, monkeypatch, capsys):
+    """docs/generation.md's Python example, on a one-step run of models/gpt.nn (~30 s)."""
+    from nnlang.train.trainer import fit
+    text = (ROOT / "docs" / "generation.md").read_text()
+    code = next(b for b in re.findall(r"```text\n(.*?)```", text, re.S) if "restore(" in b)
+    run = tmp_path / "run"
+    fit(str(ROOT / "models" / "gpt.nn"), {"epochs": 1}, "imdb-text-sample", out=run,
+        max_steps=1, progress=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    scope = {}
+    exec(compile(code.replace("runs/Gpt-...", str(run)), "generation.md", "exec"), scope)
+    result = scope["result"]
+    assert len(result.texts) == 2 and result.mode == "incremental"
+    assert [s.prompt for s in result.samples] == ["This movie was", "I"]
+    assert all(0 < len(s.ids) <= 80 for s in result.samples)
+    assert capsys.readouterr().out.strip().endswith("incremental")

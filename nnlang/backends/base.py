@@ -136,7 +136,16 @@ def library_call(backend: Backend, node: Node, inputs: list, out) -> Call:
     """The lowering of `node`'s op for `backend` from the op's registry entry."""
     from nnlang.ops import registry
     from nnlang.ops.index import index_error
-    lower = registry.get(node.op).lower.get(backend.target)
+    opdef = registry.get(node.op)
+    if opdef.is_composite:
+        # NOTE: composites are decomposed before autodiff, so only a rule that runs later (an
+        # op's gradient, an optimizer update) can leave one here; a lowering is not the fix
+        raise NNError(f"op '{node.op}' is a composite, and one reached the {backend.name} "
+                      "backend undecomposed", span=node.span,
+                      hint="a gradient or update rule emits primitives only: write "
+                           f"'{node.op}' with the ops it decomposes to (`nnlang ops "
+                           f"{node.op}`), e.g. b.mul(d, d) for b.square(d)")
+    lower = opdef.lower.get(backend.target)
     if lower is None:
         raise NNError(f"op '{node.op}' has no lowering for the {backend.name} backend",
                       span=node.span, hint="add one to the op's registry entry (`lower`; see "

@@ -153,12 +153,9 @@ def _coerce(k: str, v):
         if not isinstance(v, str):
             raise NNError(f"train setting '{k}' is a name, got {show_value(v)}")
         return v
-    v = _number(k, v, whole="int" in kind)
-    bad = (k in ("batch", "epochs") and v < 1) or (k == "val_split" and not 0 <= v < 1)
-    if bad:
-        raise NNError(f"train setting '{k}': {v!r} is out of range",
-                      hint="batch and epochs are >= 1; val_split is in [0, 1)")
-    return v
+    # NOTE: the range is checked by TrainConfig itself (train_config.RANGES), which names the
+    # flag or --set that gave the value
+    return _number(k, v, whole="int" in kind)
 
 
 def resolve(program_or_path, config=None, sets: dict | None = None, model: str | None = None,

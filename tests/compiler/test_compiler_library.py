@@ -61,3 +61,18 @@ def test_a_missing_lowering_names_the_op_its_line_and_the_backend(monkeypatch):
         nnlang.compile(src, backend="numba", batch=2).forward({"x": np.ones((2, 4), "float32")})
     text = info.value.render()
     assert "'matmul'" in text and "numba backend" in text and ":3:" in text, text
+
+
+def test_a_composite_left_by_a_gradient_rule_is_named_as_such(monkeypatch):
+    """A gradient that emits a composite (`b.square`) reaches the backend undecomposed: the
+    error says so and how to write it, instead of asking for a lowering of `square`."""
+    def grad(b, n, g):
+        return (b.mul(g, b.square(n.inputs[0])),)
+    monkeypatch.setattr(registry.get("exp"), "grad", grad)
+    monkeypatch.setenv("NNLANG_PLAN_CACHE", "0")   # NOTE: a cached plan predates the patch
+    src = ("model M {\n  input x: float32[batch, 4]\n  param w: float32[4] = ones\n"
+           "  y = exp(x * w)\n  loss sum(y)\n}\n")
+    with pytest.raises(NNError) as info:
+        nnlang.compile(src, backend="numba", batch=2).train_step({"x": np.ones((2, 4), "f4")})
+    text = info.value.render()
+    assert "'square' is a composite" in text and ":4:" in text and "b.mul(d, d)" in text, text

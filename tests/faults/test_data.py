@@ -435,6 +435,9 @@ def test_bad_setting_in_the_file(line, words, work):
     (["--set", "clip_norm=-2"], "clip_norm must be >= 0"),
     (["--set", "l2=-1"], "l2 must be >= 0"),
     (["--set", "val_split=1.5"], "val_split"),
+    # NOTE: the flag's own range was [0, 0.99], another than the setting's (docs/data.md)
+    (["--val-split", "1"], "(given by --val-split or --set val_split=...): 1.0 is out of range: "
+                           "val_split must be in [0, 1)"),
     (["--set", "optimizer=sgd", "--set", "momentum=1"], "momentum must be in [0, 1)"),
 ])
 def test_bad_setting_flag(args, words, work):
@@ -448,6 +451,14 @@ def test_a_non_finite_lr_flag_is_a_usage_error(work):
     (work / "reg.csv").write_text("a,b,label\n1,2,3\n")
     out = cli("train", "reg.nn", "--lr", "nan", "--out", "r", code=2, cwd=work)
     assert "nan is not a finite number" in out
+
+
+def test_val_split_flag_takes_the_settings_range(work):
+    """--val-split takes what `val_split` and --set val_split take, [0, 1) (it stopped at 0.99)."""
+    (work / "reg.csv").write_text("a,b,label\n" + "1,2,3\n" * 400)
+    cli("train", "reg.nn", "--val-split", "0.995", "--out", "r", "--max-steps", "1", code=0,
+        cwd=work)
+    assert '"val_split": 0.995' in (work / "r" / "config.json").read_text()
 
 
 def test_set_train_settings_are_applied(work):

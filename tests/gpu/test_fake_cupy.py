@@ -3,6 +3,8 @@ CuPy backend passing on it means something: wrong argument types and counts, hos
 device memory is needed, misaligned pointers, too much shared memory, implicit host reads."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -129,3 +131,6 @@ def test_launch_count_script(host_cxx, capsys, monkeypatch):
     assert gpu_launch_count.main(["--models", "mlp"]) == 0
     row = capsys.readouterr().out.splitlines()[-1].split()
     assert row[0] == "mlp" and int(row[1]) > 0 and row[3:] == ["3", "0"], row
+    # docs/performance.md's table gives the count (it said 31 after the step made 30)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "performance.md").read_text()
+    assert re.search(r"\| device operations \| (\d+) \|", doc).group(1) == row[1]
