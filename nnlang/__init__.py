@@ -12,8 +12,8 @@ from __future__ import annotations
 from nnlang.errors import NNError
 
 __version__ = "0.1.0"
-__all__ = ["NNError", "load", "compile", "emit", "dot", "pass_switches", "export_onnx",
-           "__version__"]
+__all__ = ["NNError", "load", "compile", "restore", "emit", "dot", "pass_switches",
+           "export_onnx", "__version__"]
 
 
 def load(source_or_path, overrides: dict | None = None, model: str | None = None):
@@ -52,6 +52,15 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
         from nnlang.train.init_from import init_from as load_weights
         net.init_report = load_weights(net, init_from, init_skip_mismatch, "init_from")
     return net
+
+
+def restore(model, checkpoint, backend: str = "numba", batch: int | None = None):
+    """The `Net` of a trained run: `model` (the .nn path or source it was trained from) built
+    with the run's overrides and train settings, and `checkpoint`'s parameters and optimizer
+    state loaded. A run directory gives its best.npz when it has one, else its checkpoint.npz
+    (as `nnlang eval`, `predict` and `generate` do)."""
+    from nnlang.train.inference import restore as _restore
+    return _restore(model, checkpoint, backend, batch)[0]
 
 
 def emit(net, what: str, mode: str = "train") -> str:

@@ -240,3 +240,21 @@ def test_feeds_that_are_not_numbers_are_named(value, words):
     net = nnlang.compile(DENSE)
     with pytest.raises(NNError, match=words):
         net.forward({"x": value})
+
+
+def test_restore_gives_the_trained_runs_net(tmp_path):
+    """nnlang.restore(file, run): the run's overrides (hidden = 5, which the file's default of 8
+    would not fit) and its checkpoint's parameters, the net `nnlang eval` uses."""
+    from nnlang.train import checkpoint
+    from nnlang.train.trainer import fit
+    from tests.tiny_run import tiny_data, tiny_source
+    tiny_data(tmp_path)
+    (tmp_path / "tiny.nn").write_text(tiny_source())
+    run = tmp_path / "run"
+    fit(str(tmp_path / "tiny.nn"), {"epochs": 1}, str(tmp_path / "tiny.npz"), out=run,
+        overrides={"hidden": 5}, max_steps=3, progress=False)
+    net = nnlang.restore(str(tmp_path / "tiny.nn"), str(run))
+    saved = checkpoint.load(str(run), prefer_best=True).state
+    assert net.parameters()["h.weight"].shape == (4, 5)
+    for name, value in net.parameters().items():
+        np.testing.assert_array_equal(value, saved[name], err_msg=name)
