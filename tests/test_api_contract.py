@@ -258,3 +258,32 @@ def test_restore_gives_the_trained_runs_net(tmp_path):
     assert net.parameters()["h.weight"].shape == (4, 5)
     for name, value in net.parameters().items():
         np.testing.assert_array_equal(value, saved[name], err_msg=name)
+
+
+def test_a_comment_edit_is_no_change_to_the_trained_source(tmp_path):
+    """The note that a file differs from the source its checkpoint was trained with fires for a
+    change to the model, not for an edited comment or spacing (it did for any byte)."""
+    import io
+
+    from rich.console import Console
+
+    from nnlang.train.inference import restore
+    from nnlang.train.trainer import fit
+    from tests.tiny_run import tiny_data, tiny_source
+    tiny_data(tmp_path)
+    source = tiny_source()
+    (tmp_path / "tiny.nn").write_text(source)
+    run = tmp_path / "run"
+    fit(str(tmp_path / "tiny.nn"), {"epochs": 1}, str(tmp_path / "tiny.npz"), out=run,
+        max_steps=2, progress=False)
+
+    def notes(text: str) -> str:
+        (tmp_path / "tiny.nn").write_text(text)
+        out = io.StringIO()
+        restore(str(tmp_path / "tiny.nn"), str(run), console=Console(file=out, width=200))
+        return out.getvalue()
+    edited = source.replace("h = dense(x, hidden) |> relu",
+                            "# the hidden layer\n  h = dense(x,  hidden) |> relu  # one")
+    assert "differs from the source" not in notes(edited)
+    changed = source.replace("|> relu", "|> tanh")
+    assert "differs from the source" in notes(changed)

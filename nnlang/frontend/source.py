@@ -7,12 +7,27 @@ from __future__ import annotations
 import codecs
 import difflib
 import os
+import re
 from pathlib import Path
 
 from nnlang.errors import NNError, Span
 
 STRING_FILE = "<string>"
 MAX_SOURCE_BYTES = 64 << 20  # NOTE: bounds what /dev/zero or a mistaken data file can cost
+
+
+# NOTE: a string literal (as grammars/nnlang.lark's STRING: kept whole, a `#` in one is text)
+# or a comment (dropped)
+_STRING_OR_COMMENT = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'|#[^\n]*")
+
+
+def same_program(a: str, b: str) -> bool:
+    """Do two .nn texts differ only in comments and spacing? (A checkpoint's note that its
+    file changed should not fire for an edited comment.)"""
+    def words(text: str) -> list[str]:
+        return _STRING_OR_COMMENT.sub(lambda m: " " if m.group()[0] == "#" else m.group(),
+                                      text).split()
+    return a == b or words(a) == words(b)
 
 
 def is_source_text(source_or_path) -> bool:

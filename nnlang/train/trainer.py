@@ -20,6 +20,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Table
 
 from nnlang.errors import NNError
+from nnlang.frontend.source import same_program
 from nnlang.frontend.train_config import setting_span
 from nnlang.ops.optim import plateau_scale
 from nnlang.train import checkpoint, feeds
@@ -249,7 +250,8 @@ class _Training:
             say(console, warning.render())
         if ckpt is not None:
             describe_resume(console, ckpt, cfg, hp, picked=resume is True and out is None)
-        if ckpt and source is not None and ckpt.meta.get("source") not in (None, source):
+        if ckpt and source is not None and ckpt.meta.get("source") is not None and \
+            not same_program(ckpt.meta["source"], source):
             say(console, f"note: {file} differs from the source this checkpoint was trained "
                          "with")
         if max_steps is not None and max_steps < 1:
