@@ -4,6 +4,7 @@ settings, the generate section and the character tokenizer."""
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from pathlib import Path
 
@@ -431,3 +432,45 @@ def test_unknown_is_never_produced():
     tok.encode(got.samples[0].text)    # NOTE: raises for a character it cannot write
     with pytest.raises(NNError, match="tokenizer is a str"):
         net.generate(["the"], tokenizer="chars")
+
+
+RUN_LM = """
+model RunLm(vocab = 108, maxlen = 16, dim = 16) {
+  input tokens: int32[batch, maxlen]
+  input next: int32[batch, maxlen]
+  x = embedding(tokens, vocab, dim)
+  h = positional_encoding(x, kind = "learned", max_len = maxlen)
+  logits = dense(h + multi_head_attention(layer_norm(h), heads = 2, causal = true), vocab)
+  output logits
+  loss cross_entropy(logits, next)
+}
+train RunLm {
+  data = dates()
+  batch = 16
+  epochs = 1
+}
+generate RunLm { tokens = tokens  logits = logits }
+"""
+
+
+def test_a_restored_run_generates_with_the_tokenizer_it_was_trained_with(tmp_path):
+    """A run trained with `--data imdb-text-sample` over a .nn file whose train section names
+    `dates`: net.generate after restore() encoded prompts with the dates tokenizer (other
+    ids for every character), so it wrote other text than `nnlang generate` from the same
+    checkpoint. Both must use the checkpoint's tokenizer."""
+    from nnlang.data.chars import tokenizer_from_meta
+    from nnlang.train.inference import restore
+    from tests.faults.conftest import cli
+    (tmp_path / "lm.nn").write_text(RUN_LM)
+    cli("train", tmp_path / "lm.nn", "--data", "imdb-text-sample(maxlen = 16, train_chunks = "
+        "32, test_chunks = 8)", "--backend", "reference", "--max-steps", "2", "--out",
+        tmp_path / "run", code=0)
+    net, ckpt, _ = restore(str(tmp_path / "lm.nn"), str(tmp_path / "run"), "reference", 1)
+    tok = tokenizer_from_meta(ckpt.data_meta)
+    want = greedy_by_hand(net, tok, "The film", 6, "logits")
+    got = net.generate(["The film"], max_new=6, greedy=True)
+    assert got.samples[0].ids == want
+    out = cli("generate", tmp_path / "lm.nn", "-c", tmp_path / "run", "--backend",
+              "reference", "--prompt", "The film", "--max-new", "6", "--greedy", "--json",
+              code=0)
+    assert json.loads(out.strip().splitlines()[-1])["ids"] == want

@@ -87,11 +87,18 @@ def generate(net, prompts, tokenizer=None, data_dir=None, **options) -> Generati
                                                                 options_from(spec, options))
 
 
-def tokenizer_of(program, data_dir=None):
-    """The tokenizer of the data set the model trains on (its train section's `data`)."""
+def tokenizer_of(net, data_dir=None):
+    """The tokenizer a Net was trained with: a restored checkpoint's own (`restore` keeps it
+    as `net.tokenizer`), else that of the data set its train config names (the train
+    section's `data`, or a run's `--data`)."""
     from nnlang.data import DataError, load_dataset
     from nnlang.data.chars import tokenizer_from_meta
-    data = program.train.data if program.train else None
+    # NOTE: a run trained with --data on another data set than the section's encodes text
+    # with that data set's ids; the section's tokenizer wrote other text from its checkpoint
+    if getattr(net, "tokenizer", None) is not None:
+        return net.tokenizer
+    program, config = net.program, getattr(net, "config", None) or net.program.train
+    data = config.data if config else None
     if data is None:
         raise NNError(f"model '{program.model}' has no train data set to take a tokenizer "
                       "from", hint="add `data = ...` (a text data set such as imdb_text) to its train "
@@ -187,7 +194,7 @@ def _spec(net):
 def _generator(net, spec, tokenizer, data_dir):
     gen = getattr(net, "_generator", None)
     if gen is None or (tokenizer is not None and tokenizer is not gen.tok):
-        gen = Generator(net, spec, tokenizer or tokenizer_of(net.program, data_dir))
+        gen = Generator(net, spec, tokenizer or tokenizer_of(net, data_dir))
         net._generator = gen
     return gen
 
