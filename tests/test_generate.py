@@ -474,3 +474,24 @@ def test_a_restored_run_generates_with_the_tokenizer_it_was_trained_with(tmp_pat
               "reference", "--prompt", "The film", "--max-new", "6", "--greedy", "--json",
               code=0)
     assert json.loads(out.strip().splitlines()[-1])["ids"] == want
+
+
+@pytest.mark.parametrize("kind", ["learned", "sinusoidal"])
+def test_a_float64_net_steps_in_float64(kind):
+    """The step graph's own constants (the attention's 1/sqrt(dh), the sinusoid table) were
+    made in float32 and kept that rounding in a float64 net, so cached logits differed from
+    the full forward pass by ~1e-8 instead of float64 rounding."""
+    source = LM.replace('kind = "learned"', f'kind = "{kind}"')
+    net = Net(load(source), backend="reference", batch=2, seed=1, dtype="float64")
+    tokens = random_tokens((2, 16))
+    full = net.forward({"tokens": tokens, "next": tokens})["logits"]
+    gen = generator(net)
+    lengths = np.array([3, 7])
+    prompt = np.where(np.arange(16) < lengths[:, None], tokens, 0).astype(np.int32)
+    got = [gen.start(prompt, lengths, None)]
+    want = [full[[0, 1], lengths - 1]]
+    for pos in range(7, 16):
+        at = lengths - 7 + pos               # row 0 from position 3, row 1 from 7
+        got.append(gen.advance(tokens[[0, 1], at], at))
+        want.append(full[[0, 1], at])
+    np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-12, rtol=0)
