@@ -495,3 +495,48 @@ def test_a_float64_net_steps_in_float64(kind):
         got.append(gen.advance(tokens[[0, 1], at], at))
         want.append(full[[0, 1], at])
     np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-12, rtol=0)
+
+
+def hf_beam(logp_next, prompt: list, width: int, max_new: int, stop: int, lp: float):
+    """Beam search as HF's BeamSearchScorer runs it (early_stopping=False), written over a
+    function that gives the next token's log-probabilities of a whole sequence: a stop
+    among the `width` best candidates finishes a hypothesis scored sum / length ** lp; the
+    search ends when `width` have finished and no live beam would beat the worst of them."""
+    beams, done = [(0.0, [])], []
+    for step in range(max_new):
+        cands = sorted(((s + lq, seq + [v]) for s, seq in beams
+                        for v, lq in enumerate(logp_next(prompt + seq)) if np.isfinite(lq)),
+                       key=lambda c: -c[0])
+        beams = []
+        for rank, (s, seq) in enumerate(cands[:2 * width]):
+            if seq[-1] == stop:
+                if rank < width:
+                    done.append((s / (step + 1) ** lp, seq))
+            elif len(beams) < width:
+                beams.append((s, seq))
+        if len(done) >= width and sorted(done)[-width][0] >= beams[0][0] / (step + 1) ** lp:
+            return max(done)
+    return max(done + [(s / max_new ** lp, seq) for s, seq in beams])
+
+
+@pytest.mark.parametrize("seed,prompt,width", [(10, "ab", 3), (7, "c", 2)])
+def test_beam_search_follows_hf_when_stops_fill_the_beam(seed, prompt, width):
+    """Stop candidates ranked below the beam width counted as finished hypotheses, and the
+    search ended as soon as `width` had finished: a prompt closed with a worse hypothesis
+    (sum/length -2.11 where a better beam, -0.14, was still live)."""
+    tok = CharTokenizer("abc")
+    program = load(Path(__file__).resolve().parents[1] / "models" / "gpt.nn",
+                   {"vocab": 5, "maxlen": 10, "dim": 16, "heads": 2, "ffn": 32, "layers": 1})
+    net = Net(program, backend="reference", batch=1, seed=seed, dtype="float64")
+    net.load_state_dict({k: v * 1.5 for k, v in net.parameters().items()})
+
+    def logp_next(ids):
+        row = np.zeros((1, 10), np.int32)
+        row[0, :len(ids)] = ids
+        z = np.array(net.forward({"tokens": row})["logits"][0, len(ids) - 1], np.float64)
+        z[[tok.pad_id, tok.unk_id]] = -np.inf
+        return z - np.logaddexp.reduce(z)
+    want = hf_beam(logp_next, tok.encode(prompt), width, 5, 4, 1.0)
+    got = net.generate([prompt], max_new=5, beam=width, stop=4, length_penalty=1.0,
+                       tokenizer=tok).samples[0]
+    assert got.ids == want[1] and got.score == pytest.approx(want[0], abs=1e-9)

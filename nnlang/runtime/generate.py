@@ -481,19 +481,23 @@ def _beam(g: Generator, logits, lengths, stop, opts):
             if closed[p]:
                 continue
             kept = 0
-            for c in np.argsort(-cand[p], kind="stable")[: 2 * width]:
+            for rank, c in enumerate(np.argsort(-cand[p], kind="stable")[: 2 * width]):
                 if not np.isfinite(cand[p, c]):
                     break
                 r, v = p * width + c // vocab, int(c % vocab)
                 if stop is not None and v == stop:
-                    done[p].append((cand[p, c] / (step + 1) ** lp, seqs[r] + [v], "stop"))
+                    # NOTE: only a stop among the `width` best candidates ends a hypothesis
+                    # (as in HF's BeamSearchScorer): lower ones filled `done` and closed the
+                    # search before a better live beam could finish
+                    if rank < width:
+                        done[p].append((cand[p, c] / (step + 1) ** lp, seqs[r] + [v], "stop"))
                     continue
                 src[p * width + kept], new[p * width + kept] = r, v
                 nscore[p * width + kept] = cand[p, c]
                 kept += 1
                 if kept == width:
                     break
-            closed[p] = len(done[p]) >= width
+            closed[p] = _finished(done[p], nscore[p * width:(p + 1) * width], step, width, lp)
             if closed[p]:
                 nscore[p * width:(p + 1) * width] = -np.inf
         seqs = [seqs[s] + [int(v)] if np.isfinite(sc) else seqs[s]
@@ -521,3 +525,14 @@ def _beam(g: Generator, logits, lengths, stop, opts):
         score, ids, why = max(done[p], key=lambda d: d[0])
         out.append((ids, why, float(score)))
     return out
+
+
+def _finished(done: list, live: np.ndarray, step: int, width: int, lp: float) -> bool:
+    """HF's rule (early_stopping=False): a prompt's search ends once `width` hypotheses have
+    finished and the best live beam, scored at the current length, would not beat the worst of
+    the `width` best of them."""
+    if len(done) < width:
+        return False
+    worst = sorted(d[0] for d in done)[-width]
+    best = live.max() if len(live) else -np.inf
+    return not np.isfinite(best) or worst >= best / (step + 1) ** lp
