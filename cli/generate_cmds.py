@@ -56,7 +56,6 @@ def generate(
     """Continue text prompts with a trained model: greedy (default without sampling settings),
     temperature / top-k / top-p sampling, or beam search; --eval scores an encoder-decoder on
     held-out data. See docs/generation.md."""
-    from nnlang.data.chars import tokenizer_from_meta
     from nnlang.errors import NNError
     from nnlang.train.inference import restore
     out = console()
@@ -77,8 +76,9 @@ def generate(
         stop = stops[0] if stops else None
         net, ckpt, cfg = restore(str(file), checkpoint, backend, None,
                                  None if as_json else out)
-        # NOTE: the checkpoint's own tokenizer: the data set need not be loaded to encode
-        tok = tokenizer_from_meta(ckpt.data_meta)
+        # NOTE: the checkpoint's own tokenizer (restore keeps it): the data set need not be
+        # loaded to encode
+        tok = net.tokenizer
         if evaluate:
             report = _held_out(net, cfg, file, data, data_dir, limit, tok, stop, options)
         else:

@@ -4,6 +4,7 @@ settings, the generate section and the character tokenizer."""
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from pathlib import Path
 
@@ -431,3 +432,111 @@ def test_unknown_is_never_produced():
     tok.encode(got.samples[0].text)    # NOTE: raises for a character it cannot write
     with pytest.raises(NNError, match="tokenizer is a str"):
         net.generate(["the"], tokenizer="chars")
+
+
+RUN_LM = """
+model RunLm(vocab = 108, maxlen = 16, dim = 16) {
+  input tokens: int32[batch, maxlen]
+  input next: int32[batch, maxlen]
+  x = embedding(tokens, vocab, dim)
+  h = positional_encoding(x, kind = "learned", max_len = maxlen)
+  logits = dense(h + multi_head_attention(layer_norm(h), heads = 2, causal = true), vocab)
+  output logits
+  loss cross_entropy(logits, next)
+}
+train RunLm {
+  data = dates()
+  batch = 16
+  epochs = 1
+}
+generate RunLm { tokens = tokens  logits = logits }
+"""
+
+
+def test_a_restored_run_generates_with_the_tokenizer_it_was_trained_with(tmp_path):
+    """A run trained with `--data imdb-text-sample` over a .nn file whose train section names
+    `dates`: net.generate after restore() encoded prompts with the dates tokenizer (other
+    ids for every character), so it wrote other text than `nnlang generate` from the same
+    checkpoint. Both must use the checkpoint's tokenizer."""
+    from nnlang.data.chars import tokenizer_from_meta
+    from nnlang.train.inference import restore
+    from tests.faults.conftest import cli
+    (tmp_path / "lm.nn").write_text(RUN_LM)
+    cli("train", tmp_path / "lm.nn", "--data", "imdb-text-sample(maxlen = 16, train_chunks = "
+        "32, test_chunks = 8)", "--backend", "reference", "--max-steps", "2", "--out",
+        tmp_path / "run", code=0)
+    net, ckpt, _ = restore(str(tmp_path / "lm.nn"), str(tmp_path / "run"), "reference", 1)
+    tok = tokenizer_from_meta(ckpt.data_meta)
+    want = greedy_by_hand(net, tok, "The film", 6, "logits")
+    got = net.generate(["The film"], max_new=6, greedy=True)
+    assert got.samples[0].ids == want
+    out = cli("generate", tmp_path / "lm.nn", "-c", tmp_path / "run", "--backend",
+              "reference", "--prompt", "The film", "--max-new", "6", "--greedy", "--json",
+              code=0)
+    assert json.loads(out.strip().splitlines()[-1])["ids"] == want
+
+
+@pytest.mark.parametrize("kind", ["learned", "sinusoidal"])
+def test_a_float64_net_steps_in_float64(kind):
+    """The step graph's own constants (the attention's 1/sqrt(dh), the sinusoid table) were
+    made in float32 and kept that rounding in a float64 net, so cached logits differed from
+    the full forward pass by ~1e-8 instead of float64 rounding."""
+    source = LM.replace('kind = "learned"', f'kind = "{kind}"')
+    net = Net(load(source), backend="reference", batch=2, seed=1, dtype="float64")
+    tokens = random_tokens((2, 16))
+    full = net.forward({"tokens": tokens, "next": tokens})["logits"]
+    gen = generator(net)
+    lengths = np.array([3, 7])
+    prompt = np.where(np.arange(16) < lengths[:, None], tokens, 0).astype(np.int32)
+    got = [gen.start(prompt, lengths, None)]
+    want = [full[[0, 1], lengths - 1]]
+    for pos in range(7, 16):
+        at = lengths - 7 + pos               # row 0 from position 3, row 1 from 7
+        got.append(gen.advance(tokens[[0, 1], at], at))
+        want.append(full[[0, 1], at])
+    np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-12, rtol=0)
+
+
+def hf_beam(logp_next, prompt: list, width: int, max_new: int, stop: int, lp: float):
+    """Beam search as HF's BeamSearchScorer runs it (early_stopping=False), written over a
+    function that gives the next token's log-probabilities of a whole sequence: a stop
+    among the `width` best candidates finishes a hypothesis scored sum / length ** lp; the
+    search ends when `width` have finished and no live beam would beat the worst of them."""
+    beams, done = [(0.0, [])], []
+    for step in range(max_new):
+        cands = sorted(((s + lq, seq + [v]) for s, seq in beams
+                        for v, lq in enumerate(logp_next(prompt + seq)) if np.isfinite(lq)),
+                       key=lambda c: -c[0])
+        beams = []
+        for rank, (s, seq) in enumerate(cands[:2 * width]):
+            if seq[-1] == stop:
+                if rank < width:
+                    done.append((s / (step + 1) ** lp, seq))
+            elif len(beams) < width:
+                beams.append((s, seq))
+        if len(done) >= width and sorted(done)[-width][0] >= beams[0][0] / (step + 1) ** lp:
+            return max(done)
+    return max(done + [(s / max_new ** lp, seq) for s, seq in beams])
+
+
+@pytest.mark.parametrize("seed,prompt,width", [(10, "ab", 3), (7, "c", 2)])
+def test_beam_search_follows_hf_when_stops_fill_the_beam(seed, prompt, width):
+    """Stop candidates ranked below the beam width counted as finished hypotheses, and the
+    search ended as soon as `width` had finished: a prompt closed with a worse hypothesis
+    (sum/length -2.11 where a better beam, -0.14, was still live)."""
+    tok = CharTokenizer("abc")
+    program = load(Path(__file__).resolve().parents[1] / "models" / "gpt.nn",
+                   {"vocab": 5, "maxlen": 10, "dim": 16, "heads": 2, "ffn": 32, "layers": 1})
+    net = Net(program, backend="reference", batch=1, seed=seed, dtype="float64")
+    net.load_state_dict({k: v * 1.5 for k, v in net.parameters().items()})
+
+    def logp_next(ids):
+        row = np.zeros((1, 10), np.int32)
+        row[0, :len(ids)] = ids
+        z = np.array(net.forward({"tokens": row})["logits"][0, len(ids) - 1], np.float64)
+        z[[tok.pad_id, tok.unk_id]] = -np.inf
+        return z - np.logaddexp.reduce(z)
+    want = hf_beam(logp_next, tok.encode(prompt), width, 5, 4, 1.0)
+    got = net.generate([prompt], max_new=5, beam=width, stop=4, length_penalty=1.0,
+                       tokenizer=tok).samples[0]
+    assert got.ids == want[1] and got.score == pytest.approx(want[0], abs=1e-9)

@@ -247,7 +247,10 @@ def cached_attention(b, x, k, v, pos, wq, bq, wo, bo, heads):
     batch = b.type(x).shape[0]
     inner = b.type(wq).shape[1]
     qh = _split_heads(b, linear(b, x, wq, bq), heads, [0, 2, 1, 3])    # [B, H, 1, dh]
-    scores = b.mul(b.matmul(qh, k), const_like(b, 1.0 / math.sqrt(inner // heads), x))
+    # NOTE: a literal, not const_like: this graph is built in float32 before a float64 net
+    # retypes it, and _mha's scale (made after the retype) is exact in float64
+    scale = b.literal(1.0 / math.sqrt(inner // heads), b.type(x).dtype)
+    scores = b.mul(b.matmul(qh, k), scale)
     grid, at = _at_position(b, pos, b.type(k).shape[3], 3)
     # the full model's -1e9, so a masked key weighs exactly 0 in both
     bias = b.where(b.le(grid, at), const_like(b, 0.0, x), const_like(b, NEG_INF, x))
@@ -260,7 +263,7 @@ def positional_encoding_at(b, x, pos, weight, kind, max_len):
     """positional_encoding for x [batch, 1, dim]: adds row pos[r] of the table (the learned
     weight, or the sinusoid table of max_len rows)."""
     batch, _, dim = b.type(x).shape
-    if kind == "sinusoidal":
-        weight = b.const(sinusoid_table(max_len, dim), b.type(x).dtype)
+    if kind == "sinusoidal":   # NOTE: a literal, as in cached_attention
+        weight = b.literal(sinusoid_table(max_len, dim), b.type(x).dtype)
     rows = b.gather(weight, pos)                                          # [B, dim]
     return b.add(x, b.reshape(rows, shape=[batch, 1, dim]))

@@ -87,11 +87,18 @@ def generate(net, prompts, tokenizer=None, data_dir=None, **options) -> Generati
                                                                 options_from(spec, options))
 
 
-def tokenizer_of(program, data_dir=None):
-    """The tokenizer of the data set the model trains on (its train section's `data`)."""
+def tokenizer_of(net, data_dir=None):
+    """The tokenizer a Net was trained with: a restored checkpoint's own (`restore` keeps it
+    as `net.tokenizer`), else that of the data set its train config names (the train
+    section's `data`, or a run's `--data`)."""
     from nnlang.data import DataError, load_dataset
     from nnlang.data.chars import tokenizer_from_meta
-    data = program.train.data if program.train else None
+    # NOTE: a run trained with --data on another data set than the section's encodes text
+    # with that data set's ids; the section's tokenizer wrote other text from its checkpoint
+    if getattr(net, "tokenizer", None) is not None:
+        return net.tokenizer
+    program, config = net.program, getattr(net, "config", None) or net.program.train
+    data = config.data if config else None
     if data is None:
         raise NNError(f"model '{program.model}' has no train data set to take a tokenizer "
                       "from", hint="add `data = ...` (a text data set such as imdb_text) to its train "
@@ -187,7 +194,7 @@ def _spec(net):
 def _generator(net, spec, tokenizer, data_dir):
     gen = getattr(net, "_generator", None)
     if gen is None or (tokenizer is not None and tokenizer is not gen.tok):
-        gen = Generator(net, spec, tokenizer or tokenizer_of(net.program, data_dir))
+        gen = Generator(net, spec, tokenizer or tokenizer_of(net, data_dir))
         net._generator = gen
     return gen
 
@@ -474,19 +481,23 @@ def _beam(g: Generator, logits, lengths, stop, opts):
             if closed[p]:
                 continue
             kept = 0
-            for c in np.argsort(-cand[p], kind="stable")[: 2 * width]:
+            for rank, c in enumerate(np.argsort(-cand[p], kind="stable")[: 2 * width]):
                 if not np.isfinite(cand[p, c]):
                     break
                 r, v = p * width + c // vocab, int(c % vocab)
                 if stop is not None and v == stop:
-                    done[p].append((cand[p, c] / (step + 1) ** lp, seqs[r] + [v], "stop"))
+                    # NOTE: only a stop among the `width` best candidates ends a hypothesis
+                    # (as in HF's BeamSearchScorer): lower ones filled `done` and closed the
+                    # search before a better live beam could finish
+                    if rank < width:
+                        done[p].append((cand[p, c] / (step + 1) ** lp, seqs[r] + [v], "stop"))
                     continue
                 src[p * width + kept], new[p * width + kept] = r, v
                 nscore[p * width + kept] = cand[p, c]
                 kept += 1
                 if kept == width:
                     break
-            closed[p] = len(done[p]) >= width
+            closed[p] = _finished(done[p], nscore[p * width:(p + 1) * width], step, width, lp)
             if closed[p]:
                 nscore[p * width:(p + 1) * width] = -np.inf
         seqs = [seqs[s] + [int(v)] if np.isfinite(sc) else seqs[s]
@@ -514,3 +525,14 @@ def _beam(g: Generator, logits, lengths, stop, opts):
         score, ids, why = max(done[p], key=lambda d: d[0])
         out.append((ids, why, float(score)))
     return out
+
+
+def _finished(done: list, live: np.ndarray, step: int, width: int, lp: float) -> bool:
+    """HF's rule (early_stopping=False): a prompt's search ends once `width` hypotheses have
+    finished and the best live beam, scored at the current length, would not beat the worst of
+    the `width` best of them."""
+    if len(done) < width:
+        return False
+    worst = sorted(d[0] for d in done)[-width]
+    best = live.max() if len(live) else -np.inf
+    return not np.isfinite(best) or worst >= best / (step + 1) ** lp

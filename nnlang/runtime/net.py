@@ -90,6 +90,7 @@ class Net:
         self.disable = _check_options(batch, dtype, seed, disable)
         self.program, self.backend, self.dtype = program, backend, dtype
         self.config = config or program.train or _default_config()
+        self.tokenizer = None   # text <-> ids for generate; restore() sets the checkpoint's
         self.batch = batch or self.config.batch
         self.seed = self.config.seed if seed is None else seed
         self.user = program.graph
@@ -384,7 +385,8 @@ class Net:
         """Continues text prompts (one string or a list, decoded in one batch) with the model's
         generate section (docs/generation.md): greedy unless temperature/top_k/top_p ask for
         sampling, or beam search with beam > 1. Returns a `Generation` (.texts, .samples,
-        .mode). The tokenizer defaults to the train data set's."""
+        .mode). The tokenizer defaults to the checkpoint's (a Net from `restore`), else the
+        train data set's."""
         from nnlang.runtime.generate import generate
         with self._lock:
             return generate(self, prompts, tokenizer, data_dir, max_new=max_new,

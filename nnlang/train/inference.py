@@ -66,6 +66,7 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
                       + "; ".join(why), hint="was it saved from another model or with other "
                                               "--set values?")
     net.load_state_dict({k: v for k, v in ckpt.state.items() if k in net.state})
+    net.tokenizer = tokenizer_from_meta(ckpt.data_meta)   # what net.generate encodes with
     return net, ckpt, cfg
 
 
