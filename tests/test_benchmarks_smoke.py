@@ -82,8 +82,10 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
     for doc in DOCS:
         for text in _inline_and_blocks((ROOT / doc).read_text()):
             for m in re.finditer(r"python (benchmarks/(\w+)\.py)([^`#;|]*)", text):
-                # NOTE: optional flags are quoted in brackets, e.g. [--threads 1]
-                args = shlex.split(m.group(3).replace("[", " ").replace("]", " "))
+                # NOTE: optional flags are quoted in brackets, e.g. [--threads 1], and
+                # "..." stands for the flags of a command quoted before
+                args = [a for a in shlex.split(m.group(3).replace("[", " ").replace("]", " "))
+                        if a != "..."]
                 out.append((doc, m.group(2), args))
     return out
 
