@@ -128,6 +128,19 @@ def test_compile_time_reports_a_failed_compile(tmp_path):
     assert "no hyper-parameter 'maxlen'" in str(err.value.code)
 
 
+def test_profile_step_tiny(capsys):
+    # the per-call breakdown wraps the executable's launcher: it must still find every call
+    _bench("profile_step").main(["mlp", "--steps", "1", "--breakdown", "--top", "3"])
+    out = capsys.readouterr().out
+    assert "steady median" in out and "sum of calls" in out and "call matmul" in out, out
+
+
+def test_machine_report(capsys):
+    assert _bench("machine").main([]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["cores"] >= 1 and report["sgemm"]["median_gflops"] > 0
+
+
 # *** the PyTorch comparisons ***
 
 @pytest.mark.parametrize("name", ["mlp", "gru", "transformer"])
