@@ -366,7 +366,8 @@ def test_benchmark_reprints_the_docs_cluster_projection(capsys):
     assert cmd, "docs/distributed.md no longer quotes the projection's command"
     bench.main(cmd.group(1).split())
     printed = capsys.readouterr().out.splitlines()
-    rows = [ln for ln in doc.splitlines() if re.match(r"\| \w+ \| [\d.]+ \| [\d.]+ \| \d+% \(x", ln)]
+    projected = r"\| \w+ \| [\d.]+ \| [\d.]+ \| \d+% \(x"
+    rows = [ln for ln in doc.splitlines() if re.match(projected, ln)]
     assert len(rows) == 5 and all(row in printed for row in rows), (rows, printed)
 
 
