@@ -71,6 +71,10 @@ def run_once(model: str, length: int, cache: Path) -> dict:
         elif key in ("nodes", "kernels", "distinct_kernels", "scan_loops", "numba_compiled",
                    "numba_cache_hits"):
             info[key] = int(value)
+    missing = {"compile_s", "nodes", "kernels", "numba_compiled"} - set(info)
+    if missing:  # NOTE: else the table shows "?" where the summary's format moved
+        raise SystemExit(f"maxlen={length}: the compile printed no {', '.join(sorted(missing))} "
+                         f"(did `nnlang compile --emit summary` change?):\n{done.stdout}")
     return info
 
 

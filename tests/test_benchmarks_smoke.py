@@ -128,6 +128,15 @@ def test_compile_time_reports_a_failed_compile(tmp_path):
     assert "no hyper-parameter 'maxlen'" in str(err.value.code)
 
 
+@pytest.mark.slow
+def test_compile_time_tiny(capsys):
+    # a cold and a warm compile of a small model: the table's counts come from the summary
+    compile_time = _bench("compile_time")
+    compile_time.main(["--model", "models/conv1d.nn", "--lengths", "20", "--runs", "1"])
+    row = capsys.readouterr().out.splitlines()[-1].split(" | ")
+    assert row[0] == "| 20" and "?" not in row and row[6] == "0", row  # warm: nothing compiled
+
+
 def test_profile_step_tiny(capsys):
     # the per-call breakdown wraps the executable's launcher: it must still find every call
     _bench("profile_step").main(["mlp", "--steps", "1", "--breakdown", "--top", "3"])
