@@ -26,18 +26,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# NOTE: runs the CLI in the child process itself, then reads the backend's compile counters
+# NOTE: runs the CLI in the child process itself, then reads the backend's compile counters.
+# With standalone_mode=False click returns the command's exit code instead of exiting with it:
+# the child must exit with it, or a failed compile (say `--set maxlen` on a model without that
+# hyper-parameter) would be timed as a fast one.
 _CHILD = """
 import sys
 from nnlang_cli.main import app
 try:
-    app(sys.argv[1:], standalone_mode=False)
+    code = app(sys.argv[1:], standalone_mode=False)
 finally:
     from nnlang.backends.base import _BACKENDS
     b = _BACKENDS.get("numba")
     if b is not None:
         print(f"numba_compiled: {b.compiled}")
         print(f"numba_cache_hits: {b.cache_hits}")
+sys.exit(code if isinstance(code, int) else 0)
 """
 
 
@@ -67,6 +71,10 @@ def run_once(model: str, length: int, cache: Path) -> dict:
         elif key in ("nodes", "kernels", "distinct_kernels", "scan_loops", "numba_compiled",
                    "numba_cache_hits"):
             info[key] = int(value)
+    missing = {"compile_s", "nodes", "kernels", "numba_compiled"} - set(info)
+    if missing:  # NOTE: else the table shows "?" where the summary's format moved
+        raise SystemExit(f"maxlen={length}: the compile printed no {', '.join(sorted(missing))} "
+                         f"(did `nnlang compile --emit summary` change?):\n{done.stdout}")
     return info
 
 
@@ -96,13 +104,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="models/lstm.nn")
     ap.add_argument("--lengths", default="50,200,1000,5000")
     ap.add_argument("--runs", type=int, default=1, help="cold/warm pairs per length")
     ap.add_argument("--out", help="also write the rows as JSON here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     rows = measure(args.model, [int(x) for x in args.lengths.split(",")], args.runs)
     print(table(rows))
     if args.out:

@@ -2,6 +2,7 @@
 
     python benchmarks/distributed_scaling.py [--models mlp,cnn,...] [--pairs 3] [--steps 30]
                                              [--out results.json] [--table results.json]
+                                             [--step-ms mlp=1.5,lstm=49.3,...]
 
 For each reference model, at its train section's (global) batch, paired runs alternate
   A: 1 process on all cores (2 threads here), and
@@ -14,6 +15,8 @@ A third run, 1 process on 1 core, gives the step time the cluster projection sta
 Projection (weak scaling: every rank keeps the train section's batch): a ring allreduce moves
 2 (N - 1) / N x the buffer per rank, plus 2 (N - 1) latencies (ALPHA_S each), so
 efficiency = step / (step + allreduce) without overlap; the batch multiple that gets 90%.
+The step it starts from is the measured 1-core step, or the one `--step-ms` gives for a model
+(docs/distributed.md projects from nnlang's 2-thread steps on a quiet machine).
 """
 from __future__ import annotations
 
@@ -148,7 +151,7 @@ def project(step_s: float, nbytes: int) -> dict:
     return out
 
 
-def table(results: list[dict]) -> str:
+def table(results: list[dict], step_ms: dict[str, float] | None = None) -> str:
     lines = ["| model | grad MB | 1 core step ms | 2 ranks x 1 / 1 x 2 threads (samples/s) "
              "| 2 ranks / 1 core (ideal 2) | allreduce ms (2 ranks) | allreduce / step |",
              "|---|---|---|---|---|---|---|"]
@@ -161,18 +164,34 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['grad_bytes'] / 1e6:.2f} | {1e3 * step:.1f} | "
                      f"{r['median_ratio']:.2f} ({ratios}) | {speedup:.2f} | "
                      f"{1e3 * r['allreduce_s']:.3f} | {r['allreduce_s'] / b['step_s']:.1%} |")
-    lines += ["", "| model | " + " | ".join(f"{n} ranks, {g} Gbit/s" for n in RANKS
-                                             for g in LINKS_GBIT) + " |",
-              "|---|" + "---|" * (len(RANKS) * len(LINKS_GBIT))]
+    lines += ["", "| model | grad MB | step ms | " + " | ".join(
+        f"{n} ranks, {g} Gbit/s" for n in RANKS for g in LINKS_GBIT) + " |",
+              "|---|---|---|" + "---|" * (len(RANKS) * len(LINKS_GBIT))]
     for r in results:
-        p = project(r["one_core"]["step_s"], r["grad_bytes"])
-        lines.append(f"| {r['model']} | " + " | ".join(
-            f"{v['efficiency']:.0%} (x{v['batch_x_for_90']:.1f})" for v in p.values()) + " |")
+        step = (step_ms or {}).get(r["model"], 1e3 * r["one_core"]["step_s"]) / 1e3
+        p = project(step, r["grad_bytes"])
+        lines.append(f"| {r['model']} | {r['grad_bytes'] / 1e6:.2f} | {1e3 * step:.1f} | "
+                     + " | ".join(f"{v['efficiency']:.0%} (x{v['batch_x_for_90']:.1f}, "
+                                  f"{1e3 * v['allreduce_s']:.1f} ms)" for v in p.values()) + " |")
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def _step_ms(spec: str | None) -> dict[str, float]:
+    """`mlp=1.5,lstm=49.3` -> {"mlp": 1.5, "lstm": 49.3}."""
+    out = {}
+    for item in filter(None, (spec or "").split(",")):
+        name, sep, ms = item.partition("=")
+        try:
+            out[name.strip()] = float(ms)
+        except ValueError:
+            raise SystemExit(f"--step-ms: {item!r} is not MODEL=MS (e.g. mlp=1.5)") from None
+        if not sep:
+            raise SystemExit(f"--step-ms: {item!r} is not MODEL=MS (e.g. mlp=1.5)")
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
@@ -180,9 +199,14 @@ def main() -> None:
     ap.add_argument("--worker", nargs=3, metavar=("MODEL", "STEPS", "OUT"))
     ap.add_argument("--one-cpu", action="store_true")
     ap.add_argument("--table", default=None, help="print the tables of a saved --out file")
-    args, rest = ap.parse_known_args()
+    ap.add_argument("--step-ms", default=None, metavar="MODEL=MS,...",
+                    help="project the cluster from these step times (ms) instead of the "
+                         "measured 1-core step")
+    # NOTE: parse_args, not parse_known_args: a mistyped flag must fail, not start the full run
+    args = ap.parse_args(argv)
+    step_ms = _step_ms(args.step_ms)
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())))
+        print(table(json.loads(Path(args.table).read_text()), step_ms))
         return
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), args.worker[2], args.one_cpu)
@@ -191,7 +215,7 @@ def main() -> None:
     for model in args.models.split(","):
         results.append(measure(model, args.pairs, args.steps))
         print(f"{model}: ratio {results[-1]['median_ratio']:.2f}", flush=True)
-    print(table(results))
+    print(table(results, step_ms))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 

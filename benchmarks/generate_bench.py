@@ -132,7 +132,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     lengths = [int(n) for n in args.lengths.split(",")]
-    import torch
+    try:
+        import torch
+    except ImportError as err:
+        raise SystemExit(f"error: benchmarks/generate_bench.py compares with a PyTorch twin and "
+                         f"needs PyTorch ({err})\n  hint: pip install torch") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     net, tok = build(args.checkpoint, args.backend)

@@ -86,6 +86,13 @@ def describe(m: dict) -> str:
             f"numba {m['numba']}, torch {m['torch']}; BLAS env: {env}")
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    import argparse
     import json
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     print(json.dumps({**machine_info(), "sgemm": sgemm_peak()}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

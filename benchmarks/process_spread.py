@@ -27,11 +27,20 @@ HERE = Path(__file__).resolve().parent
 
 def one(model: str, side: str, rounds: int, env: dict) -> float:
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        subprocess.run([sys.executable, str(HERE / "step_time.py"), "--models", model,
-                        "--rounds", str(rounds), "--no-compile-times", "--only", side,
-                        "--out", f.name], env=env, check=True, capture_output=True)
+        p = subprocess.run([sys.executable, str(HERE / "step_time.py"), "--models", model,
+                            "--rounds", str(rounds), "--no-compile-times", "--only", side,
+                            "--out", f.name], env=env, capture_output=True, text=True)
+        # NOTE: the child's own message (no torch, an unknown model, ...), not a
+        # CalledProcessError that hides it
+        if p.returncode:
+            raise SystemExit(f"benchmarks/step_time.py --only {side} --models {model} failed:\n"
+                             + (p.stderr.strip() or p.stdout.strip() or "no output"))
         r = json.loads(Path(f.name).read_text())["results"][0]
-    return r["nnlang_ms" if side == "nnlang" else "torch_ms"]
+    key = "nnlang_ms" if side == "nnlang" else "torch_ms"
+    if key not in r:
+        raise SystemExit(f"benchmarks/step_time.py --only {side} --models {model}: no time "
+                         f"measured ({r.get('nnlang_error', 'no error recorded')})")
+    return r[key]
 
 
 def main(argv=None) -> int:

@@ -79,13 +79,13 @@ def breakdown(net, feeds, top: int, reps: int = 3) -> None:
         print(f"  {t * 1e3:8.2f} ms {n:5d}x {t / n * 1e6:9.1f} us  {what} {shape}")
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
     ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--breakdown", action="store_true")
     ap.add_argument("--top", type=int, default=12)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     t0 = time.perf_counter()
     net = nnlang.compile(str(ROOT / "models" / f"{args.model}.nn"), backend="numba")
     feeds = random_feeds(net)

@@ -23,17 +23,19 @@ MODEL = Path(__file__).resolve().parents[1] / "models" / "transformer.nn"
 
 def symbolic_transformer() -> str:
     """models/transformer.nn with `symbol seq` as the token dim (max_len stays `maxlen`)."""
-    src = MODEL.read_text()
-    return src.replace("input tokens: int32[batch, maxlen]",
-                       "symbol seq\n  input tokens: int32[batch, seq]")
+    src, fixed = MODEL.read_text(), "input tokens: int32[batch, maxlen]"
+    if fixed not in src:  # NOTE: else it would time the fixed-length model without saying so
+        raise SystemExit(f"benchmarks/symbolic_lengths.py: {MODEL} no longer declares "
+                         f"`{fixed}`; update symbolic_transformer() to its new input line")
+    return src.replace(fixed, "symbol seq\n  input tokens: int32[batch, seq]")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lengths", default="32,48,64,128,80,256")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--mode", default="train", choices=("train", "predict"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     net = nnlang.compile(symbolic_transformer(), batch=args.batch,
                          overrides={"maxlen": 512, "vocab": 2000})
     backend = get_backend("numba")

@@ -18,8 +18,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ImportError as _err:  # NOTE: every PyTorch comparison script imports this module first
+    raise SystemExit(f"error: benchmarks/torch_models.py: the PyTorch comparisons need PyTorch "
+                     f"({_err})\n  hint: pip install torch (the CPU build is enough); the "
+                     "nnlang package itself never needs it") from None
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # NOTE: run from a checkout without installing nnlang

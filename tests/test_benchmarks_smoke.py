@@ -1,35 +1,172 @@
-"""Smoke runs of the comparison scripts in benchmarks/ (skipped without PyTorch): the torch twins
-agree with nnlang, and step_time/parity run end to end with one tiny step on the reference
-backend."""
+"""Smoke runs of the scripts in benchmarks/: every script imports and parses its flags, every
+`python benchmarks/...` command quoted in the docs parses with the script's own flags, the
+torch twins agree with nnlang, and step_time/parity run end to end with one tiny step on the
+reference backend. The PyTorch comparisons are skipped without PyTorch; without it they must
+say that PyTorch is needed, not print a traceback."""
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
+import os
+import re
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-import parity  # noqa: E402
-import step_time  # noqa: E402
-import torch_models  # noqa: E402
+SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py"))
+# the scripts that compare with PyTorch (they import torch_models, or torch in main)
+NEEDS_TORCH = {"torch_models", "step_time", "parity", "gpu_step_time", "generate_bench"}
+DOCS = ["README.md", "docs/performance.md", "docs/results.md", "docs/export.md",
+        "docs/distributed.md", "docs/language.md"]
 
+
+def _bench(name: str):
+    if name in NEEDS_TORCH:
+        pytest.importorskip("torch")
+    return importlib.import_module(name)
+
+
+# *** flags: every script, and every command the docs quote ***
+
+class _Parsed(Exception):
+    pass
+
+
+def _parse_only(monkeypatch, module, argv: list[str]) -> argparse.Namespace:
+    """Runs `module.main(argv)` up to its argparse call and stops there: the flags are checked
+    exactly as the script checks them (names, types, choices), and nothing is measured."""
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(real(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    with pytest.raises(_Parsed) as got:
+        module.main(argv)
+    return got.value.args[0]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_imports_and_has_help(name, capsys):
+    module = _bench(name)
+    with pytest.raises(SystemExit) as done:
+        module.main(["--help"])
+    assert done.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def _inline_and_blocks(text: str):
+    """Command texts of a markdown file: fenced and indented code lines (with backslash
+    continuations joined) and inline code spans (which may wrap over lines)."""
+    fences = re.split(r"^```.*$", text, flags=re.M)
+    for i, part in enumerate(fences):
+        if i % 2:  # inside a fence
+            yield from part.replace("\\\n", " ").splitlines()
+            continue
+        for line in part.splitlines():
+            if line.startswith("    "):
+                yield line
+        yield from (m.group(1).replace("\n", " ") for m in re.finditer(r"`([^`]+)`", part))
+
+
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    out = []
+    for doc in DOCS:
+        for text in _inline_and_blocks((ROOT / doc).read_text()):
+            for m in re.finditer(r"python (benchmarks/(\w+)\.py)([^`#;|]*)", text):
+                # NOTE: optional flags are quoted in brackets, e.g. [--threads 1], and
+                # "..." stands for the flags of a command quoted before
+                args = [a for a in shlex.split(m.group(3).replace("[", " ").replace("]", " "))
+                        if a != "..."]
+                out.append((doc, m.group(2), args))
+    return out
+
+
+COMMANDS = documented_commands()
+
+
+def test_docs_quote_the_benchmarks():
+    # the extraction itself: a change of quoting style must not leave the next test empty
+    quoted = {name for _, name, _ in COMMANDS}
+    assert {"step_time", "parity", "torch_models", "compile_time", "sequence_length",
+            "process_spread", "distributed_scaling", "export_bench", "generate_bench",
+            "gpu_launch_count", "profile_step", "symbolic_lengths", "signal_resume"} <= quoted
+
+
+@pytest.mark.parametrize("doc,name,args", COMMANDS,
+                         ids=[f"{d}:{n} {' '.join(a)}"[:90] for d, n, a in COMMANDS])
+def test_documented_command_parses(doc, name, args, monkeypatch):
+    assert (BENCH / f"{name}.py").exists(), f"{doc} quotes benchmarks/{name}.py, which is gone"
+    _parse_only(monkeypatch, _bench(name), args)
+
+
+def test_without_torch_the_comparisons_say_torch_is_needed(tmp_path):
+    (tmp_path / "torch.py").write_text("raise ImportError('No module named torch')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, str(BENCH / "step_time.py"), "--models", "mlp"],
+                       env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr, p.stderr
+    assert "need PyTorch" in p.stderr and "pip install torch" in p.stderr, p.stderr
+
+
+def test_compile_time_reports_a_failed_compile(tmp_path):
+    # models/mlp.nn has no maxlen: the CLI refuses `--set maxlen=50` with a located error,
+    # which must stop the benchmark instead of being timed as a fast compile
+    compile_time = _bench("compile_time")
+    with pytest.raises(SystemExit) as err:
+        compile_time.run_once("models/mlp.nn", 50, tmp_path)
+    assert "no hyper-parameter 'maxlen'" in str(err.value.code)
+
+
+@pytest.mark.slow
+def test_compile_time_tiny(capsys):
+    # a cold and a warm compile of a small model: the table's counts come from the summary
+    compile_time = _bench("compile_time")
+    compile_time.main(["--model", "models/conv1d.nn", "--lengths", "20", "--runs", "1"])
+    row = capsys.readouterr().out.splitlines()[-1].split(" | ")
+    assert row[0] == "| 20" and "?" not in row and row[6] == "0", row  # warm: nothing compiled
+
+
+def test_profile_step_tiny(capsys):
+    # the per-call breakdown wraps the executable's launcher: it must still find every call
+    _bench("profile_step").main(["mlp", "--steps", "1", "--breakdown", "--top", "3"])
+    out = capsys.readouterr().out
+    assert "steady median" in out and "sum of calls" in out and "call matmul" in out, out
+
+
+def test_machine_report(capsys):
+    assert _bench("machine").main([]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["cores"] >= 1 and report["sgemm"]["median_gflops"] > 0
+
+
+# *** the PyTorch comparisons ***
 
 @pytest.mark.parametrize("name", ["mlp", "gru", "transformer"])
 def test_twin_matches_nnlang(name):
+    torch_models = _bench("torch_models")
     # float64: any layout slip (a transposed kernel, a swapped GRU gate) shows up far above 1e-9
     r = torch_models.check(name, dtype="float64", batch=2, backend="reference")
     assert r["loss_rel_err"] < 1e-9 and r["grad_rel_err"] < 1e-9, r
 
 
 def test_flops_formula_counts_the_mlp_gemms():
+    torch_models = _bench("torch_models")
     assert torch_models.forward_gemm_flops("mlp", 1, {}) == 2 * (784 * 512 + 512 * 256 + 256 * 10)
 
 
 def test_step_time_smoke(tmp_path, capsys):
+    step_time = _bench("step_time")
     out = tmp_path / "st.json"
     step_time.main(["--models", "mlp", "--rounds", "1", "--warmup", "0", "--batch", "4",
                     "--backend", "reference", "--no-compile-times", "--out", str(out)])
@@ -39,6 +176,7 @@ def test_step_time_smoke(tmp_path, capsys):
 
 
 def test_parity_smoke(tmp_path):
+    parity = _bench("parity")
     # mnist-sample ships inside the package, so this needs no NNLANG_DATA_DIR
     out = tmp_path / "p.json"
     parity.main(["--model", "mlp", "--epochs", "1", "--limit-train", "256", "--limit-test", "200",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -352,3 +353,31 @@ def test_benchmark_projection_is_the_ring_model():
     assert p["allreduce_s"] == pytest.approx(comm)
     assert p["efficiency"] == pytest.approx(0.010 / (0.010 + comm))
     assert p["batch_x_for_90"] == pytest.approx(9 * comm / 0.010)  # 90%: comm = step / 9
+
+
+def test_benchmark_reprints_the_docs_cluster_projection(capsys):
+    # docs/distributed.md's projected table quotes the command that prints it: run that command
+    # and compare every row with the doc's
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import distributed_scaling as bench
+    doc = (ROOT / "docs" / "distributed.md").read_text()
+    cmd = re.search(r"`python\s+benchmarks/distributed_scaling\.py\s+(--table[^`]*--step-ms[^`]*)`",
+                    doc)
+    assert cmd, "docs/distributed.md no longer quotes the projection's command"
+    bench.main(cmd.group(1).split())
+    printed = capsys.readouterr().out.splitlines()
+    projected = r"\| \w+ \| [\d.]+ \| [\d.]+ \| \d+% \(x"
+    rows = [ln for ln in doc.splitlines() if re.match(projected, ln)]
+    assert len(rows) == 5 and all(row in printed for row in rows), (rows, printed)
+
+
+def test_benchmark_refuses_an_unknown_flag(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import distributed_scaling as bench
+
+    def must_not_run(*a, **k):
+        raise AssertionError("an unknown flag started the benchmark")
+    monkeypatch.setattr(bench, "measure", must_not_run)
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--models", "mlp", "--rounds", "1"])   # --rounds is step_time's flag
+    assert err.value.code == 2

@@ -133,4 +133,5 @@ def test_launch_count_script(host_cxx, capsys, monkeypatch):
     assert row[0] == "mlp" and int(row[1]) > 0 and row[3:] == ["3", "0"], row
     # docs/performance.md's table gives the count (it said 31 after the step made 30)
     doc = (Path(__file__).resolve().parents[2] / "docs" / "performance.md").read_text()
-    assert re.search(r"\| device operations \| (\d+) \|", doc).group(1) == row[1]
+    # (its last row, the build as it is)
+    assert re.findall(r"\| device operations[^|]*\| (\d+) \|", doc)[-1] == row[1]
