@@ -38,8 +38,11 @@ def parser(strict: bool = False) -> Lark:
 
 # Common mistakes, each a label and inputs that fail in the same parser state.
 _MISTAKES = {
+    # NOTE: a number after a name reaches the state of `f(k: 1)` (the scan's `over` takes
+    # keyword arguments too); the ':' example still wins there by its exact token
     "missing ',' between arguments": ["model M { y = f(a b) }", "model M { y = f(a, b c) }",
-                                      "model M { y = f(a, k = 1 b) }"],
+                                      "model M { y = f(a, k = 1 b) }", "model M { y = f(a 1) }",
+                                      "model M { y = f(a, b 2) }"],
     "keyword arguments use '=', not ':'": ["model M { y = f(a, k: 1) }", "model M { y = f(k: 1) }"],
     "a statement is `name = expression`; is the '=' missing?": [
         "model M { y f(a) }", "model M { y 1 }"],

@@ -477,7 +477,11 @@ def test_a_run_on_a_damaged_warm_kernel_cache_trains_the_same(work, tmp_path):
     index, data = (sorted((tmp_path / "cache/kernels").rglob(f"*{s}"), key=lambda p: p.name)
                    for s in (".nbi", ".nbc"))
     index[0].write_bytes(index[0].read_bytes()[:30])
-    bad = next(p for p in data if not p.name.startswith(index[0].name[:-4]))
+    # NOTE: a module of one kernel (the update's module holds a multi-tensor variant beside the
+    # plain one, which a warm run need not load), not the one whose index is cut
+    module = [p.name.split(".")[0] for p in data]
+    bad = next(p for p, m in zip(data, module)
+               if not p.name.startswith(index[0].name[:-4]) and module.count(m) == 1)
     bad.write_bytes(bad.read_bytes()[:-100])
     p = cli_process("train", "tiny.nn", "--out", tmp_path / "r2", "--epochs", "1", code=0,
                     cwd=work, env=env)
