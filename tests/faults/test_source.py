@@ -246,6 +246,14 @@ def test_values_are_shown_as_the_source_spells_them(tmp_path, lines, words):
      ["12:10: error: data must be a dataset like imdb(...) or a file path, got none"]),
     ("train M {\n  init_from = none\n}\n", ["init_from must be a run directory or checkpoint "
                                              "path in quotes, got none"]),
+    # an optimizer or schedule that is neither a name nor a call was unpacked as one (a
+    # TypeError shown as an internal error)
+    ("train M {\n  optimizer = 0\n}\n",
+     ["12:15: error: optimizer must be a name or a call with options, got 0", "sgd"]),
+    ("train M {\n  schedule = none\n}\n",
+     ["12:14: error: schedule must be a name or a call with options, got none", "cosine"]),
+    ("train M {\n  optimizer = [1, 2]\n}\n",
+     ["12:15: error: optimizer must be a name or a call with options, got [1, 2]"]),
     ("generate M {\n  tokens = tok\n  logits = logits\n  temperature = none\n}\n",
      ["14:17: error: generate setting 'temperature': none is not a number"]),
     ("generate M {\n  tokens = tok\n  logits = logits\n  stop = true\n}\n",
