@@ -804,3 +804,24 @@ def test_attribute_errors_point_at_the_argument(tmp_path):
     path = nn_file(tmp_path, model("y = dropout(v, rate = 1.5)"))
     out = cli("check", path)
     expect(out, f"{path}:7:25: error: dropout: rate must be in [0, 1), got 1.5")
+
+
+def test_means_and_losses_of_a_scalar(tmp_path):
+    """mean, var and the mean-reducing losses of a rank-0 value passed `check` and then failed
+    to compile (an internal error: their decomposition summed over an empty axis list). They
+    are the scalar's own mean, variance and loss, here against numpy."""
+    text = model("z = sum(v)", "output m = mean(z)", "output va = var(z)",
+                 "output e = mse(z, 2.0 * z)", "output bl = bce_with_logits(z, 1.0)",
+                 "y = z * dense(v, 1)")
+    out = cli("compile", nn_file(tmp_path, text), "--backend", "reference", code=0)
+    assert "compile time" in out
+    import nnlang
+    v = np.linspace(-1, 1, 16, dtype=np.float32).reshape(2, 8)
+    x, s, tok, t = (np.zeros((2, 3, 8, 8), np.float32), np.zeros((2, 6, 4), np.float32),
+                    np.zeros((2, 5), np.int32), np.zeros(2, np.int32))
+    got = nnlang.compile(text, backend="reference", batch=2).forward(
+        {"x": x, "s": s, "v": v, "t": t, "tok": tok})
+    total = np.float64(v.sum(dtype=np.float64))
+    np.testing.assert_allclose([got["m"], got["va"], got["e"], got["bl"]],
+                               [total, 0.0, total ** 2, np.log1p(np.exp(-total))],
+                               rtol=1e-5, atol=1e-6)
