@@ -238,7 +238,7 @@ class _Training:
                                runs_root)
         program, cfg, source, file, hp = resolve(
             program_or_path, config, overrides,
-            model or (ckpt.meta["model"] if ckpt else None),
+            model if model is not None else (ckpt.meta["model"] if ckpt else None),
             base=ckpt.config if ckpt else None,
             base_overrides=ckpt.meta.get("overrides") if ckpt else None)
         if data is not None and isinstance(data, (str, Path)):

@@ -544,6 +544,8 @@ def test_a_bad_argument_on_a_continued_line_is_reported_alone(tmp_path):
     (["compile", MLP, "--backend", "nonsense"], 1, ["unknown backend 'nonsense'"]),
     (["compile", MLP, "--mode", "nonsense", "--backend", "reference"], 1,
      ["unknown mode 'nonsense'"]),
+    # an empty --mode was taken for no --mode at all (train), as an empty --emit is not
+    (["compile", MLP, "--mode", "", "--backend", "reference"], 1, ["unknown mode ''"]),
     (["compile", MLP, "--batch", "0"], 2, ["--batch"]),
     (["check", MLP, "--batch", "-5"], 2, ["--batch"]),
     (["graph", MLP, "-o", "x.dot", "--depth", "0"], 2, ["--depth"]),
