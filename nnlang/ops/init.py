@@ -203,7 +203,9 @@ def init_spec(value, what: str = "init") -> tuple[str, dict]:
     problem = init_problem(opts)
     if problem:
         raise ShapeError(f"{what}: initializer {name} {problem}")
-    return name, dict(opts)
+    # NOTE: a spread of -0.0 passes `>= 0` but numpy refuses it (normal: "scale < 0", uniform:
+    # "high - low < 0"); it is a zero spread, and abs() changes nothing else (negatives are out)
+    return name, {k: abs(v) if k in ("std", "scale") else v for k, v in opts.items()}
 
 
 def initialize(spec: ParamSpec, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:

@@ -827,3 +827,15 @@ def test_means_and_losses_of_a_scalar(tmp_path):
     np.testing.assert_allclose([got["m"], got["va"], got["e"], got["bl"]],
                                [total, 0.0, total ** 2, np.log1p(np.exp(-total))],
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("init, value", [("normal(std = -0.0, mean = 0.5)", 0.5),
+                                         ("uniform(scale = -0.0)", 0.0)])
+def test_a_spread_of_minus_zero_is_no_spread(tmp_path, init, value):
+    """-0.0 passed the `std >= 0` check, then numpy refused it at compile time ("scale < 0",
+    an internal error); a zero spread gives every weight the mean."""
+    text = model(f"param w: float32[8, 2] = {init}", "y = v @ w")
+    cli("compile", nn_file(tmp_path, text), "--backend", "reference", code=0)
+    import nnlang
+    w = nnlang.compile(text, backend="reference", batch=2).parameters()["w"]
+    np.testing.assert_array_equal(w, np.full((8, 2), value, np.float32))
