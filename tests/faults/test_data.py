@@ -347,6 +347,14 @@ def test_a_whole_target_beyond_int32_keeps_its_value(work):
     assert first["train_loss"] == pytest.approx(3e9 ** 2, rel=1e-6)
 
 
+def test_a_missing_data_file_named_in_the_file_is_located(work):
+    """DataError has no span and leaves locating it to its caller, which did not: a train
+    section's `data = "reg.csv"` with no reg.csv said no line."""
+    out = cli("train", "reg.nn", "--backend", "reference", "--out", "r", cwd=work)
+    assert 'reg.nn:10:10: error: data file not found: reg.csv\n  10 |   data = "reg.csv"' \
+        in out, out
+
+
 def test_a_test_table_beyond_int32_is_not_class_ids(work):
     (work / "reg.csv").write_text("a,b,label\n1,2,3\n4,5,6\n")
     (work / "t.csv").write_text("a,b,label\n1,2,3000000000\n")
