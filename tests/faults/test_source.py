@@ -384,6 +384,26 @@ def test_weights_beyond_this_machine(tmp_path):
            "the largest weight is y.weight [8, 1000000000000]")
 
 
+@pytest.mark.parametrize("init", ["ones", "normal(std = 0.1)", "glorot_uniform"])
+def test_a_weight_is_made_where_it_lives(init):
+    """Found by a fuzzer: each weight was made by its initializer, then copied into an aligned
+    array, so the largest one was held twice while `check_memory` counts it once: a weight that
+    fit in memory got the process killed. tracemalloc sees numpy's allocations."""
+    import tracemalloc
+
+    import nnlang
+    program = nnlang.load(model(f"param w: float32[8, 1048576] = {init}", "y = v @ w"))
+    size = 8 * 1048576 * 4
+    tracemalloc.start()
+    try:
+        net = nnlang.compile(program, backend="reference", batch=2)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held >= size and peak - held < size / 2, (held / size, peak / size)
+    assert net.parameters()["w"].shape == (8, 1048576)
+
+
 def test_weights_that_fit_but_not_their_training(monkeypatch):
     """Found by a fuzzer: the net checked its weights alone, so a model that fit for inference
     ran out of memory building its training step instead of saying so."""
