@@ -33,7 +33,9 @@ def compile_cmd(
             check_output(output)
         program = nnlang.load(file, parse_overrides(sets), model)
         net = nnlang.compile(program, backend=backend, batch=batch, disable=disable)
-        text = nnlang.emit(net, emit, mode or ("train" if program.graph.losses else "predict"))
+        if mode is None:  # NOTE: not `mode or`: an empty --mode is an unknown mode, not the default
+            mode = "train" if program.graph.losses else "predict"
+        text = nnlang.emit(net, emit, mode)
         if output is not None:
             with writing(output):
                 output.write_text(text, encoding="utf-8")

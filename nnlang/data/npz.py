@@ -127,12 +127,11 @@ def load_csv(path: Path, target: str = "label", val: str | None = None,
         if columns != header:
             raise DataError(f"{other}: columns {columns} differ from {path.name}'s {header}",
                             f"give the {option} table the same header as the training one")
-        splits[option] = _csv_split(rows, t, train["label"].dtype)
-        if splits[option]["label"].dtype == np.int32 and \
-                not np.all(rows[:, t] == np.round(rows[:, t])):
-            raise DataError(f"{other}: column '{target}' has fractions, but in {path.name} "
-                            "it holds whole numbers (classes)",
+        if train["label"].dtype == np.int32 and not _ids(rows[:, t]):
+            raise DataError(f"{other}: column '{target}' has fractions or numbers beyond "
+                            f"int32, but in {path.name} it holds whole numbers (classes)",
                             "the tables must agree on what the target is")
+        splits[option] = _csv_split(rows, t, train["label"].dtype)
     x, label = train["x"], train["label"]
     meta = {"kind": "arrays", "source": str(path),
             "feature_names": [h for i, h in enumerate(header) if i != t], "target_column": target}
@@ -140,11 +139,18 @@ def load_csv(path: Path, target: str = "label", val: str | None = None,
                    ["x"], ["label"], meta, splits.get("val"))
 
 
+def _ids(y: np.ndarray) -> bool:
+    """Whether a target column can be int32 class ids: whole numbers that int32 holds. A whole
+    number beyond it (a regression target of 3e9) stays a float: the cast made it -2**31."""
+    info = np.iinfo(np.int32)
+    return bool(np.all(y == np.round(y)) and np.all((y >= info.min) & (y <= info.max)))
+
+
 def _csv_split(data: np.ndarray, t: int, label_dtype=None) -> Split:
     """A table's rows as `x` (every column but `t`) and `label` (column `t`)."""
     y = data[:, t]
     if label_dtype is None:
-        label_dtype = np.int32 if np.all(y == np.round(y)) else np.float32
+        label_dtype = np.int32 if _ids(y) else np.float32
     return Split({"x": np.delete(data, t, axis=1).astype(np.float32),
                   "label": y.astype(label_dtype)})
 

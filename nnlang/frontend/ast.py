@@ -325,13 +325,17 @@ class ToAst(Transformer_NonRecursive):
         func, rest = c[0], [x for x in c[1:] if x is not None]
         args = tuple(x for x in rest if not isinstance(x, Kwarg))
         kwargs = tuple(x for x in rest if isinstance(x, Kwarg))
+        self._once(f"{func}()", kwargs)
+        return Call(self._span(meta), str(func), self._span(func), args, kwargs)
+
+    def _once(self, what: str, kwargs) -> None:
+        """Each keyword given once: a second one would silently replace the first."""
         for k, kw in enumerate(kwargs):
             first = next((x for x in kwargs[:k] if x.name == kw.name), None)
             if first is not None:
-                self.errors.append(Diagnostic(f"{func}() got '{kw.name}' twice", kw.span,
+                self.errors.append(Diagnostic(f"{what} got '{kw.name}' twice", kw.span,
                                               "give each argument once",
                                               [("first given here", first.span)]))
-        return Call(self._span(meta), str(func), self._span(func), args, kwargs)
 
     def pipe(self, meta, c):
         return Pipe(self._span(meta), c[0], c[1])
@@ -368,6 +372,7 @@ class ToAst(Transformer_NonRecursive):
     def scan_expr(self, meta, c):
         over = tuple(x for x in c[2] if not isinstance(x, Kwarg))
         options = tuple(x for x in c[2] if isinstance(x, Kwarg))
+        self._once("scan", options)
         return Scan(self._span(meta), self.call(meta, [c[0], *c[1]]), over, options)
 
     def output_stmt(self, meta, c):

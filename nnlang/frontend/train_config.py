@@ -152,6 +152,12 @@ def setting_span(program, name: str):
 
 
 def _choice(value, registry: dict, what: str, span, errors: ErrorSink, spans: dict):
+    # NOTE: a name gives a str, a call `adam(lr = 1e-3)` a (name, options) tuple; anything else
+    # (a number, none, a list, a quoted string from `--set`) is no choice at all
+    if not isinstance(value, (str, tuple)):
+        errors.add(f"{what} must be a name or a call with options, got {show_value(value)}", span,
+                   f"{what}s: {', '.join(sorted(registry))}")
+        return None
     name, options = (value, {}) if isinstance(value, str) else value
     if name not in registry:
         errors.add(f"unknown {what} '{name}'", span,

@@ -14,7 +14,7 @@ from nnlang.errors import did_you_mean
 from nnlang.ops.registry import ParamSpec, ShapeError
 from nnlang.ops.signature import BindError, Signature, show_value
 
-# name -> (options signature, fn(rng, shape, dtype, fan_in, fan_out, **opts) -> ndarray)
+# name -> (options signature, fn(rng, out, fan_in, fan_out, **opts)): fills `out` in place
 INITIALIZERS: dict[str, tuple[Signature, callable]] = {}
 
 
@@ -59,83 +59,80 @@ _TRUNC_STD = 0.87962566103423978
 _CHUNK = 1 << 20
 
 
-def _drawn(shape, dtype, sample) -> np.ndarray:
-    """An array of `dtype` filled in order with `sample(n)` (n float64 values per call)."""
-    out = np.empty(shape, dtype)
+def _drawn(out, sample) -> None:
+    """`out` filled in order with `sample(n)` (n float64 values per call)."""
     flat = out.reshape(-1)
     for start in range(0, flat.size, _CHUNK):
         flat[start:start + _CHUNK] = sample(min(_CHUNK, flat.size - start))
-    return out
 
 
-def _uniform(rng, shape, dtype, bound):
-    return _drawn(shape, dtype, lambda n: rng.uniform(-bound, bound, size=n))
+def _uniform(rng, out, bound):
+    _drawn(out, lambda n: rng.uniform(-bound, bound, size=n))
 
 
 @_initializer("glorot_uniform", "xavier_uniform")
-def _glorot_uniform(rng, shape, dtype, fan_in, fan_out):
-    return _uniform(rng, shape, dtype, math.sqrt(6.0 / (fan_in + fan_out)))
+def _glorot_uniform(rng, out, fan_in, fan_out):
+    _uniform(rng, out, math.sqrt(6.0 / (fan_in + fan_out)))
 
 
 @_initializer("glorot_normal", "xavier_normal")
-def _glorot_normal(rng, shape, dtype, fan_in, fan_out):
-    return _truncated(rng, shape, dtype, math.sqrt(2.0 / (fan_in + fan_out)) / _TRUNC_STD, 0.0)
+def _glorot_normal(rng, out, fan_in, fan_out):
+    _truncated(rng, out, math.sqrt(2.0 / (fan_in + fan_out)) / _TRUNC_STD, 0.0)
 
 
 @_initializer("he_uniform", "kaiming_uniform")
-def _he_uniform(rng, shape, dtype, fan_in, fan_out):
-    return _uniform(rng, shape, dtype, math.sqrt(6.0 / fan_in))
+def _he_uniform(rng, out, fan_in, fan_out):
+    _uniform(rng, out, math.sqrt(6.0 / fan_in))
 
 
 @_initializer("he_normal", "kaiming_normal")
-def _he_normal(rng, shape, dtype, fan_in, fan_out):
-    return _truncated(rng, shape, dtype, math.sqrt(2.0 / fan_in) / _TRUNC_STD, 0.0)
+def _he_normal(rng, out, fan_in, fan_out):
+    _truncated(rng, out, math.sqrt(2.0 / fan_in) / _TRUNC_STD, 0.0)
 
 
 @_initializer("lecun_uniform")
-def _lecun_uniform(rng, shape, dtype, fan_in, fan_out):
-    return _uniform(rng, shape, dtype, math.sqrt(3.0 / fan_in))
+def _lecun_uniform(rng, out, fan_in, fan_out):
+    _uniform(rng, out, math.sqrt(3.0 / fan_in))
 
 
 @_initializer("lecun_normal")
-def _lecun_normal(rng, shape, dtype, fan_in, fan_out):
-    return _truncated(rng, shape, dtype, math.sqrt(1.0 / fan_in) / _TRUNC_STD, 0.0)
+def _lecun_normal(rng, out, fan_in, fan_out):
+    _truncated(rng, out, math.sqrt(1.0 / fan_in) / _TRUNC_STD, 0.0)
 
 
 @_initializer("zeros")
-def _zeros(rng, shape, dtype, fan_in, fan_out):
-    return np.zeros(shape, dtype)
+def _zeros(rng, out, fan_in, fan_out):
+    out[...] = 0
 
 
 @_initializer("ones")
-def _ones(rng, shape, dtype, fan_in, fan_out):
-    return np.ones(shape, dtype)
+def _ones(rng, out, fan_in, fan_out):
+    out[...] = 1
 
 
 @_initializer("constant", sig="value: float = 0.0")
-def _constant(rng, shape, dtype, fan_in, fan_out, value):
-    return np.full(shape, value, dtype)
+def _constant(rng, out, fan_in, fan_out, value):
+    out[...] = value
 
 
 @_initializer("normal", sig="std: float = 0.05, mean: float = 0.0")
-def _normal(rng, shape, dtype, fan_in, fan_out, std, mean):
-    return _drawn(shape, dtype, lambda n: rng.normal(mean, std, size=n))
+def _normal(rng, out, fan_in, fan_out, std, mean):
+    _drawn(out, lambda n: rng.normal(mean, std, size=n))
 
 
 @_initializer("uniform", sig="scale: float = 0.05")
-def _uniform_init(rng, shape, dtype, fan_in, fan_out, scale):
-    return _uniform(rng, shape, dtype, scale)
+def _uniform_init(rng, out, fan_in, fan_out, scale):
+    _uniform(rng, out, scale)
 
 
 @_initializer("truncated_normal", sig="std: float = 0.05, mean: float = 0.0")
-def _truncated_normal(rng, shape, dtype, fan_in, fan_out, std, mean):
-    return _truncated(rng, shape, dtype, std, mean)
+def _truncated_normal(rng, out, fan_in, fan_out, std, mean):
+    _truncated(rng, out, std, mean)
 
 
-def _truncated(rng, shape, dtype, std, mean):
+def _truncated(rng, out, std, mean) -> None:
     """Normal with values beyond two std devs redrawn: each round redraws the positions still
     out of range, in order (a chunk at a time, as `_drawn`)."""
-    out = np.empty(shape, dtype)
     flat = out.reshape(-1)
     todo = np.arange(flat.size)
     while todo.size:
@@ -147,29 +144,27 @@ def _truncated(rng, shape, dtype, std, mean):
             flat[where[~bad]] = mean + std * x[~bad]
             redo.append(where[bad])
         todo = np.concatenate(redo)
-    return out
 
 
 @_initializer("orthogonal", sig="gain: float = 1.0")
-def _orthogonal(rng, shape, dtype, fan_in, fan_out, gain):
+def _orthogonal(rng, out, fan_in, fan_out, gain):
     # As Keras/PyTorch: QR of a gaussian [rows, cols] matrix (rows = first dim, cols = the
     # rest), sign-corrected so the result is uniformly distributed; rows or cols orthonormal.
-    rows, cols = shape[0], math.prod(shape[1:])
+    rows, cols = out.shape[0], math.prod(out.shape[1:])
     a = rng.standard_normal((max(rows, cols), min(rows, cols)))
     q, r = np.linalg.qr(a)
     q *= np.sign(np.diag(r))
     if rows < cols:
         q = q.T
-    return (gain * q).reshape(shape).astype(dtype)
+    out[...] = (gain * q).reshape(out.shape)
 
 
 @_initializer("unit_forget_bias", sig="units: int")
-def _unit_forget_bias(rng, shape, dtype, fan_in, fan_out, units):
+def _unit_forget_bias(rng, out, fan_in, fan_out, units):
     # Keras LSTM(unit_forget_bias=True): zeros, with the forget gate's slice (gate order
     # i, f, c, o) set to 1 so early training does not forget the cell state.
-    out = np.zeros(shape, dtype)
+    out[...] = 0
     out[..., units:2 * units] = 1.0
-    return out
 
 
 def init_problem(opts: dict) -> str | None:
@@ -203,13 +198,21 @@ def init_spec(value, what: str = "init") -> tuple[str, dict]:
     problem = init_problem(opts)
     if problem:
         raise ShapeError(f"{what}: initializer {name} {problem}")
-    return name, dict(opts)
+    # NOTE: a spread of -0.0 passes `>= 0` but numpy refuses it (normal: "scale < 0", uniform:
+    # "high - low < 0"); it is a zero spread, and abs() changes nothing else (negatives are out)
+    return name, {k: abs(v) if k in ("std", "scale") else v for k, v in opts.items()}
 
 
-def initialize(spec: ParamSpec, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
-    """The starting value of one parameter (shape dims must be concrete by now)."""
+def initialize(spec: ParamSpec, rng: np.random.Generator, kind: str | None = None,
+               empty=np.empty) -> np.ndarray:
+    """The starting value of one parameter (shape dims must be concrete by now), in an array
+    from `empty(shape, dtype)`: the runtime passes its aligned allocator, so the weight is
+    made where it lives (a copy into it held the largest weight twice, past what
+    `check_memory` allows for)."""
     name, opts = init_spec(spec.init)
     sig, fn = INITIALIZERS[name]
     shape = tuple(int(d) for d in spec.shape)
     fan_in, fan_out = fans(shape, kind)
-    return fn(rng, shape, spec.dtype, fan_in, fan_out, **sig.bind([], opts))
+    out = empty(shape, spec.dtype)
+    fn(rng, out, fan_in, fan_out, **sig.bind([], opts))
+    return out

@@ -60,7 +60,9 @@ def count(b, dims, dtype: str):
 def mean_over(b, x: int, axes=None, keepdims: bool = False):
     t = b.type(x)
     ax = norm_axes(axes, t.rank)
-    total = b.reduce_sum(x, axes=list(ax), keepdims=keepdims)
+    # NOTE: a scalar's "all axes" are none: axes=None sums it as itself (an empty list is refused
+    # as a user's `axis = []`, and mean(s) or mse(s, t) of scalars failed to compile)
+    total = b.reduce_sum(x, axes=list(ax) if ax else None, keepdims=keepdims)
     return b.div(total, count(b, [t.shape[a] for a in ax], t.dtype))
 
 

@@ -371,10 +371,26 @@ class Generator:
         dec, src = self.encode(prompts)
         return self.run(prompts, dec, src, opts)
 
+    def _check_rows(self, rows: int, width: int) -> None:
+        """Refuses, before anything is allocated, a decode batch (prompts x beam) whose
+        activations do not fit in this machine's memory: a huge --beam was an int overflow or a
+        MemoryError inside numpy, or the process was killed for memory."""
+        from nnlang.ir.summary import memory_need, memory_problem
+        need = memory_need(self.net.user, rows, self.net.dtype, training=False)
+        # NOTE: the prefill and step executables each hold their buffers (measured: about twice
+        # the forward graph's activations per row), and the host keeps float64 logits per row
+        need.activations = 2 * need.activations + rows * self.spec.max_len * self.spec.vocab * 8
+        problem = memory_problem(need, held=need.params)
+        if problem is not None:
+            raise NNError(f"decoding {rows} rows at once: {problem}",
+                          hint=(f"use a smaller --beam (beam= here {width})" if width > 1 else
+                                "give fewer prompts at once"))
+
     def run(self, prompts: list[str], dec: list, src: list | None, opts: dict) -> Generation:
         """Decodes from token ids: `dec` the decoder's prompt per row, `src` the source's."""
         stop = None if opts.get("stop") is None else self.token(opts["stop"], "stop")
         width = opts["beam"]
+        self._check_rows(len(dec) * width, width)
         reps = np.repeat(np.arange(len(dec)), width)
         L = self.spec.max_len
         tokens = np.full((len(reps), L), self.tok.pad_id, np.int32)

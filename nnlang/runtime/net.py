@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nnlang.backends.aligned import aligned_copy, aligned_zeros
+from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.blas import blas_threads
 from nnlang.errors import NNError, did_you_mean
 from nnlang.gc_pause import paused_gc
@@ -120,7 +120,7 @@ class Net:
                 spec = ParamSpec(tuple(a["shape"]), a["init"] or ("zeros", {}), a["trainable"],
                                  self.dtype)
                 # NOTE: C order: compiled executables share these arrays only when contiguous
-                state[name] = aligned_copy(initialize(spec, rng), self.dtype)
+                state[name] = initialize(spec, rng, empty=aligned_empty)
         return state
 
     def parameters(self) -> dict:

@@ -19,6 +19,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeRemainingColumn)
 from rich.table import Table
 
+from nnlang.data import DataError
 from nnlang.errors import NNError
 from nnlang.frontend.source import same_program
 from nnlang.frontend.train_config import setting_span
@@ -239,7 +240,7 @@ class _Training:
                                runs_root)
         program, cfg, source, file, hp = resolve(
             program_or_path, config, overrides,
-            model or (ckpt.meta["model"] if ckpt else None),
+            model if model is not None else (ckpt.meta["model"] if ckpt else None),
             base=ckpt.config if ckpt else None,
             base_overrides=ckpt.meta.get("overrides") if ckpt else None)
         if data is not None and isinstance(data, (str, Path)):
@@ -638,7 +639,16 @@ def _data(program, cfg, data, data_dir, file, words=None):
         if data is not None:
             cfg = replace(cfg, data=feeds.replace_data(cfg.data, str(data)))
         base_dir = Path(file).parent if file != "<string>" else None
-        ds = feeds.load_data(cfg.data, data_dir, base_dir, words)
+        try:
+            ds = feeds.load_data(cfg.data, data_dir, base_dir, words)
+        except DataError as err:
+            # NOTE: located when the data set is the file's (as the batch is), which DataError
+            # leaves to its caller: `data = "x.csv"` with no x.csv said no line
+            span = setting_span(program, "data") if program.train and \
+                program.train.data == cfg.data else None
+            if span is None or err.span is not None:
+                raise
+            raise NNError(err.message, span, err.hint) from None
     mapping = feeds.match_inputs(program.graph, ds.inputs, ds.targets, f"dataset '{ds.name}'")
     train, val = feeds.train_and_val(program.graph, ds, mapping, cfg.val_split, cfg.seed)
     test = feeds.model_arrays(program.graph, ds.test.arrays, mapping) if len(ds.test) else {}

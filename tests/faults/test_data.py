@@ -5,6 +5,7 @@ with exit 1 and an error that names the file (and row/column) or the setting/fla
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 from pathlib import Path
@@ -333,6 +334,34 @@ def test_csv_target_in_the_train_section(work):
     (work / "reg.csv").write_text("a,b,y\n1,2,3\n4,5,6\n")
     (work / "reg.nn").write_text(REG.replace('"reg.csv"', 'csv("reg.csv", target = "y")'))
     cli("train", "reg.nn", "--out", "r", "--max-steps", "1", code=0, cwd=work)
+
+
+def test_a_whole_target_beyond_int32_keeps_its_value(work):
+    """A target column of whole numbers became int32 class ids even where int32 cannot hold
+    them: 3e9 was cast to -2**31 and the regression trained on that without a word. With the
+    features 0 the prediction is the zero bias, so the first loss is the mean of label**2."""
+    (work / "reg.csv").write_text("a,b,label\n0,0,3000000000\n0,0,3000000000\n")
+    cli("train", "reg.nn", "--backend", "reference", "--out", "r", "--max-steps", "1", code=0,
+        cwd=work)
+    first = json.loads((work / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["train_loss"] == pytest.approx(3e9 ** 2, rel=1e-6)
+
+
+def test_a_missing_data_file_named_in_the_file_is_located(work):
+    """DataError has no span and leaves locating it to its caller, which did not: a train
+    section's `data = "reg.csv"` with no reg.csv said no line."""
+    out = cli("train", "reg.nn", "--backend", "reference", "--out", "r", cwd=work)
+    assert 'reg.nn:10:10: error: data file not found: reg.csv\n  10 |   data = "reg.csv"' \
+        in out, out
+
+
+def test_a_test_table_beyond_int32_is_not_class_ids(work):
+    (work / "reg.csv").write_text("a,b,label\n1,2,3\n4,5,6\n")
+    (work / "t.csv").write_text("a,b,label\n1,2,3000000000\n")
+    (work / "reg.nn").write_text(REG.replace('"reg.csv"', 'csv("reg.csv", test = "t.csv")'))
+    out = cli("train", "reg.nn", "--backend", "reference", "--out", "r", "--max-steps", "1",
+              cwd=work)
+    assert "t.csv: column 'label' has fractions or numbers beyond int32" in out, out
 
 
 # *** data names, options and places ***

@@ -64,6 +64,12 @@ def test_a_good_prompt_works(run):
     (["--prompt", "a", "--top-k", "0"], ["--top-k", ">= 1"]),
     (["--prompt", "a", "--beam", "0"], ["--beam", ">= 1"]),
     (["--prompt", "a", "--max-new", "0"], ["--max-new", ">= 1"]),
+    # a beam no memory holds was an OverflowError or MemoryError inside numpy (a beam of 1e6
+    # ran until the process was killed for memory)
+    (["--prompt", "a", "--beam", "99999999999999999999"], ["decoding 99999999999999999999 rows",
+                                                          "memory available", "smaller --beam"]),
+    (["--prompt", "a", "--prompt", "b", "--beam", "4294967296"], ["decoding 8589934592 rows",
+                                                                  "memory available"]),
     (["--prompt", "a", "--beam", "2", "--temperature", "0.5"], ["deterministic", "--beam 2"]),
     (["--prompt", "a", "--stop", "xyz"], ["stop token 'xyz'", "not in the tokenizer"]),
     (["--prompt", "a", "--stop-id", "500"], ["--stop-id: stop token id 500",

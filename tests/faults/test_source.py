@@ -246,6 +246,14 @@ def test_values_are_shown_as_the_source_spells_them(tmp_path, lines, words):
      ["12:10: error: data must be a dataset like imdb(...) or a file path, got none"]),
     ("train M {\n  init_from = none\n}\n", ["init_from must be a run directory or checkpoint "
                                              "path in quotes, got none"]),
+    # an optimizer or schedule that is neither a name nor a call was unpacked as one (a
+    # TypeError shown as an internal error)
+    ("train M {\n  optimizer = 0\n}\n",
+     ["12:15: error: optimizer must be a name or a call with options, got 0", "sgd"]),
+    ("train M {\n  schedule = none\n}\n",
+     ["12:14: error: schedule must be a name or a call with options, got none", "cosine"]),
+    ("train M {\n  optimizer = [1, 2]\n}\n",
+     ["12:15: error: optimizer must be a name or a call with options, got [1, 2]"]),
     ("generate M {\n  tokens = tok\n  logits = logits\n  temperature = none\n}\n",
      ["14:17: error: generate setting 'temperature': none is not a number"]),
     ("generate M {\n  tokens = tok\n  logits = logits\n  stop = true\n}\n",
@@ -374,6 +382,26 @@ def test_weights_beyond_this_machine(tmp_path):
     out = cli("compile", path, "--backend", "reference")
     expect(out, f"{path}:7:7: error: this model needs about 32.74 TiB (weights 32.74 TiB)",
            "the largest weight is y.weight [8, 1000000000000]")
+
+
+@pytest.mark.parametrize("init", ["ones", "normal(std = 0.1)", "glorot_uniform"])
+def test_a_weight_is_made_where_it_lives(init):
+    """Found by a fuzzer: each weight was made by its initializer, then copied into an aligned
+    array, so the largest one was held twice while `check_memory` counts it once: a weight that
+    fit in memory got the process killed. tracemalloc sees numpy's allocations."""
+    import tracemalloc
+
+    import nnlang
+    program = nnlang.load(model(f"param w: float32[8, 1048576] = {init}", "y = v @ w"))
+    size = 8 * 1048576 * 4
+    tracemalloc.start()
+    try:
+        net = nnlang.compile(program, backend="reference", batch=2)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held >= size and peak - held < size / 2, (held / size, peak / size)
+    assert net.parameters()["w"].shape == (8, 1048576)
 
 
 def test_weights_that_fit_but_not_their_training(monkeypatch):
@@ -536,6 +564,8 @@ def test_a_bad_argument_on_a_continued_line_is_reported_alone(tmp_path):
     (["compile", MLP, "--backend", "nonsense"], 1, ["unknown backend 'nonsense'"]),
     (["compile", MLP, "--mode", "nonsense", "--backend", "reference"], 1,
      ["unknown mode 'nonsense'"]),
+    # an empty --mode was taken for no --mode at all (train), as an empty --emit is not
+    (["compile", MLP, "--mode", "", "--backend", "reference"], 1, ["unknown mode ''"]),
     (["compile", MLP, "--batch", "0"], 2, ["--batch"]),
     (["check", MLP, "--batch", "-5"], 2, ["--batch"]),
     (["graph", MLP, "-o", "x.dot", "--depth", "0"], 2, ["--depth"]),
@@ -796,3 +826,36 @@ def test_attribute_errors_point_at_the_argument(tmp_path):
     path = nn_file(tmp_path, model("y = dropout(v, rate = 1.5)"))
     out = cli("check", path)
     expect(out, f"{path}:7:25: error: dropout: rate must be in [0, 1), got 1.5")
+
+
+def test_means_and_losses_of_a_scalar(tmp_path):
+    """mean, var and the mean-reducing losses of a rank-0 value passed `check` and then failed
+    to compile (an internal error: their decomposition summed over an empty axis list). They
+    are the scalar's own mean, variance and loss, here against numpy."""
+    text = model("z = sum(v)", "output m = mean(z)", "output va = var(z)",
+                 "output e = mse(z, 2.0 * z)", "output bl = bce_with_logits(z, 1.0)",
+                 "y = z * dense(v, 1)")
+    out = cli("compile", nn_file(tmp_path, text), "--backend", "reference", code=0)
+    assert "compile time" in out
+    import nnlang
+    v = np.linspace(-1, 1, 16, dtype=np.float32).reshape(2, 8)
+    x, s, tok, t = (np.zeros((2, 3, 8, 8), np.float32), np.zeros((2, 6, 4), np.float32),
+                    np.zeros((2, 5), np.int32), np.zeros(2, np.int32))
+    got = nnlang.compile(text, backend="reference", batch=2).forward(
+        {"x": x, "s": s, "v": v, "t": t, "tok": tok})
+    total = np.float64(v.sum(dtype=np.float64))
+    np.testing.assert_allclose([got["m"], got["va"], got["e"], got["bl"]],
+                               [total, 0.0, total ** 2, np.log1p(np.exp(-total))],
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("init, value", [("normal(std = -0.0, mean = 0.5)", 0.5),
+                                         ("uniform(scale = -0.0)", 0.0)])
+def test_a_spread_of_minus_zero_is_no_spread(tmp_path, init, value):
+    """-0.0 passed the `std >= 0` check, then numpy refused it at compile time ("scale < 0",
+    an internal error); a zero spread gives every weight the mean."""
+    text = model(f"param w: float32[8, 2] = {init}", "y = v @ w")
+    cli("compile", nn_file(tmp_path, text), "--backend", "reference", code=0)
+    import nnlang
+    w = nnlang.compile(text, backend="reference", batch=2).parameters()["w"]
+    np.testing.assert_array_equal(w, np.full((8, 2), value, np.float32))

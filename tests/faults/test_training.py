@@ -106,6 +106,8 @@ def work(tmp_path_factory):
                                      "--set schedule=step --set NAME=VALUE"]),
     (["--set", "optimizer=none"], 1, ["'optimizer' cannot be none"]),
     (["--init-skip-mismatch"], 1, ["--init-skip-mismatch applies to the weights of --init-from"]),
+    # an empty --model was taken for no --model at all, and the file's one model was trained
+    (["--model", "", "--out", "empty-model"], 1, ["no model named ''", "models: Tiny"]),
     (["--val-split", "0.25", "--set", "monitor=val_accuracy"], 1,
      ["monitor = 'val_accuracy' names no validation value", "val_loss, val_acc"]),
 ])

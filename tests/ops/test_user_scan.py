@@ -364,6 +364,8 @@ model Builtin {{
 @pytest.mark.parametrize("options,words", [
     ("backwards = true", "scan has no option 'backwards'"),
     ("reverse = 1", "scan: reverse is true or false, got 1"),
+    # the second one silently won (a forward scan where the first said reverse)
+    ("reverse = true, reverse = false", "scan got 'reverse' twice"),
 ])
 def test_a_scan_option_that_is_not_reverse_true_or_false_is_located(options, words):
     source = BOTH_WAYS.replace("over x, reverse = true", f"over x, {options}")
