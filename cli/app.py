@@ -183,6 +183,10 @@ def parse_overrides(items: list[str] | None) -> dict:
             continue
         col = 7 + len(item) - len(value)
         span = Span("<command line>", 1, col, 1, col + max(len(value), 1), source)
+        if name in out:   # NOTE: which one was meant is not ours to guess (as --stop twice)
+            errors.append(NNError(f"--set {name} is given twice", span,
+                                  f"give each name once: --set {name}=..."))
+            continue
         try:
             out[name] = parse_value(value, span)
         except NNError as err:

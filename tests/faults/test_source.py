@@ -576,6 +576,9 @@ def test_a_bad_argument_on_a_continued_line_is_reported_alone(tmp_path):
     (["check", MLP, "--set", "=3"], 1, ["--set expects name=value"]),
     (["check", MLP, "--set", "hidden1=[1,"], 1, ["'[1,' is not a literal"]),
     (["check", MLP, "--set", "nope=3"], 1, ["has no hyper-parameter 'nope'"]),
+    # the last one silently won
+    (["check", MLP, "--set", "hidden1=8", "--set", "hidden1=16"], 1,
+     ["--set hidden1 is given twice"]),
     (["check", MLP, "--set", "hidden1=0"], 1,
      ["models/mlp.nn:8:21: error: dense: units must be a positive integer, got 0"]),
     (["ops", "nonsense"], 1, ["unknown op 'nonsense'"]),
@@ -859,3 +862,11 @@ def test_a_spread_of_minus_zero_is_no_spread(tmp_path, init, value):
     import nnlang
     w = nnlang.compile(text, backend="reference", batch=2).parameters()["w"]
     np.testing.assert_array_equal(w, np.full((8, 2), value, np.float32))
+
+
+def test_a_digit_of_another_script_is_no_number(tmp_path):
+    """`u = \u0663` (Arabic-Indic three) read as 3 and `float32[batch, \u0661\u0660]` as 10: the
+    grammar's numbers are the ASCII forms the docs list."""
+    path = nn_file(tmp_path, "model M(u = \u0663) {\n  input x: float32[batch, 2]\n"
+                             "  output y = x * u\n}\n")
+    expect(cli("check", path, code=1), f"{path}:1:13: error: unexpected character")
