@@ -232,7 +232,7 @@ def test_a_mask_of_numbers_keeps_every_nonzero_step(cell):
     """A mask of token ids (`mask = tokens`) marks the nonzero steps real, as attention's
     key_padding_mask reads it: the state is PyTorch's run over each row's real tokens alone.
     A version multiplied the state by the mask's value, so id 5 scaled the update by 5."""
-    import torch
+    torch = pytest.importorskip("torch")
     src = f"""
 model M {{
   symbol seq
@@ -267,7 +267,7 @@ def test_a_masked_bidirectional_layer_gives_zeros_at_the_pads_as_pytorch():
     run over the row's real tokens alone, at pads zeros (PyTorch's packed sequences, Keras'
     Bidirectional). The backward half showed its final state at front pads, so a sum over
     time depended on a row's padding."""
-    import torch
+    torch = pytest.importorskip("torch")
     src = """
 model M {
   symbol seq
@@ -292,6 +292,42 @@ model M {
     for row, real in enumerate(tokens != 0):
         want = np.zeros((5, 8))
         want[real] = twin(torch.tensor(x[row:row + 1, real]))[0][0].detach().numpy()
+        np.testing.assert_allclose(got[row], want, rtol=1e-10, atol=1e-12, err_msg=row)
+
+
+@pytest.mark.parametrize("cell, bidirectional", [("rnn", False), ("lstm", False),
+                                                   ("gru", False), ("lstm", True)])
+def test_masked_rows_read_as_alone_against_numpy(cell, bidirectional):
+    """The two PyTorch comparisons above against the numpy reference (tests/reference.py, run
+    unmasked on each row's real tokens), so a run without PyTorch checks them too: a mask of
+    token ids keeps every nonzero step, and a bidirectional layer's outputs are zero at pads."""
+    from tests.reference import RNN
+    both = ", bidirectional = true, return_sequences = true" if bidirectional else ""
+    src = f"""
+model M {{
+  symbol seq
+  input tokens: int32[batch, seq]
+  input x: float64[batch, seq, 3]
+  output h = {cell}(x, 4, mask = tokens{both})
+}}
+"""
+    net = nnlang_compile(src)
+    p = net.parameters()
+    sides = ["h."] + (["h.backward_"] if bidirectional else [])
+    weights = [p[pre + w] for pre in sides for w in ("kernel", "recurrent", "bias")]
+    states = [None] * (2 if cell == "lstm" else 1)
+    rng = np.random.default_rng(0)
+    tokens = np.array([[0, 0, 5, 7, 2], [3, 1, 9, 0, 0], [4, 4, 4, 4, 4]], np.int32)
+    x = rng.normal(size=(3, 5, 3))
+    got = net.forward({"tokens": tokens, "x": x})["h"]
+    for row, real in enumerate(tokens != 0):
+        alone = RNN[cell](x[row:row + 1, real], None, *states, *weights, units=4,
+                          activation="tanh", return_sequences=bidirectional,
+                          bidirectional=bidirectional)[0]
+        want = alone
+        if bidirectional:
+            want = np.zeros((5, 8))
+            want[real] = alone
         np.testing.assert_allclose(got[row], want, rtol=1e-10, atol=1e-12, err_msg=row)
 
 
