@@ -214,13 +214,17 @@ def _scan(x, step, state, reverse, return_sequences, mask):
     """Runs `step(x_t, state) -> state` (state[0] is h); a masked-out step keeps the state."""
     steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
     outs = {}
+    out = np.zeros_like(state[0])   # Keras: the last output starts at zeros, not at the state
     for t in steps:
         new = step(x[:, t], state)
         if mask is not None:
             keep = mask[:, t, None].astype(bool)
             new = tuple(np.where(keep, n, o) for n, o in zip(new, state))
+            out = np.where(keep, new[0], out)
+        else:
+            out = new[0]
         state = new
-        outs[t] = state[0]
+        outs[t] = out
     seq = np.stack([outs[t] for t in range(x.shape[1])], axis=1)
     return (seq if return_sequences else state[0]), state
 

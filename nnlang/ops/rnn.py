@@ -235,6 +235,14 @@ def _make(op):
             # give: each direction would show a state from the other side of the row there
             keep = b.cast(real_steps(b, mask), dtype=b.type(x).dtype)
             y = b.mul(y, b.reshape(keep, shape=[*b.type(keep).shape, 1]))
+        elif mask is not None and return_sequences and any(s is not None for s in states):
+            # NOTE: before a row's first real step there is no output yet: zeros, as Keras (its
+            # last output starts at zeros, not at initial_h) and PyTorch's packed sequences
+            # give; without initial_h the state there is zeros anyway
+            real = b.cast(real_steps(b, mask), dtype="int32")
+            seen = b.gt(b.cumsum(real, axis=1), b.const(0, "int32"))
+            y = b.mul(y, b.reshape(b.cast(seen, dtype=b.type(x).dtype),
+                                   shape=[*b.type(seen).shape, 1]))
         if not return_state:
             return y
         width = units
@@ -264,7 +272,8 @@ _COMMON = ("x [batch, time, features]; the cell runs as one loop node (a scan) w
            "(outputs, h, c)). initial_h (and lstm's initial_c) [batch, units] start the "
            "state (default zeros): a decoder starts from an encoder's state. mask [batch, time] "
            "(bool, or numbers where nonzero is a real step, as token ids): a step whose flag is "
-           "false (0) keeps the state and repeats the last output (Keras masking). dropout / "
+           "false (0) keeps the state and repeats the last output, zeros before a row's first "
+           "real step (Keras masking). dropout / "
            "recurrent_dropout: Keras' per-sequence masks on the inputs and on h before the "
            "recurrent GEMM, training only. bidirectional = true adds a reversed pass with "
            "params backward_*, its outputs concatenated on the last axis (time-aligned; with a "

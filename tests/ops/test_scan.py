@@ -331,6 +331,46 @@ model M {{
         np.testing.assert_allclose(got[row], want, rtol=1e-10, atol=1e-12, err_msg=row)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_outputs_before_a_rows_first_real_step_are_zero_with_an_initial_state(cell):
+    """Keras masking with initial_state (and PyTorch's packed sequences): no output before a
+    row's first real step, so zeros there, not initial_h; then the run over the row's real
+    tokens from initial_h (numpy reference, unmasked), and at end pads the last output again.
+    Before, the front pads showed initial_h."""
+    from tests.reference import RNN
+    lstm = cell == "lstm"
+    src = f"""
+model M {{
+  symbol seq
+  input tokens: int32[batch, seq]
+  input x: float64[batch, seq, 3]
+  input h0: float64[batch, 4]
+  {"input c0: float64[batch, 4]" if lstm else ""}
+  output hs = {cell}(x, 4, mask = tokens != 0, return_sequences = true, initial_h = h0
+                     {", initial_c = c0" if lstm else ""})
+}}
+"""
+    net = nnlang_compile(src)
+    p = net.parameters()
+    rng = np.random.default_rng(0)
+    tokens = np.array([[0, 0, 5, 7, 0], [3, 1, 9, 0, 0]], np.int32)
+    feeds = {"tokens": tokens, "x": rng.normal(size=(2, 5, 3)), "h0": rng.normal(size=(2, 4))}
+    if lstm:
+        feeds["c0"] = rng.normal(size=(2, 4))
+    got = net.forward(feeds)["hs"]
+    for row, real in enumerate(tokens != 0):
+        given = [feeds["h0"][row:row + 1]] + ([feeds["c0"][row:row + 1]] if lstm else [])
+        alone = RNN[cell](feeds["x"][row:row + 1, real], None, *given, p["hs.kernel"],
+                          p["hs.recurrent"], p["hs.bias"], units=4, activation="tanh",
+                          return_sequences=True, bidirectional=False)[0]
+        first, last = np.flatnonzero(real)[[0, -1]]
+        want = np.zeros((5, 4))
+        want[real] = alone
+        want[last + 1:] = alone[-1]
+        np.testing.assert_allclose(got[row], want, rtol=1e-10, atol=1e-12, err_msg=row)
+        assert first == 0 or not got[row, :first].any()
+
+
 def nnlang_compile(src):
     import nnlang
     net = nnlang.compile(src, backend="reference", dtype="float64", seed=0)
