@@ -11,7 +11,7 @@ import numpy as np
 
 from nnlang.data.ragged import Ragged
 from nnlang.errors import NNError
-from nnlang.frontend.train_config import Choice
+from nnlang.frontend.train_config import Choice, setting_span
 from nnlang.ir.dims import Sym
 
 TARGET_NAMES = ("label", "labels", "y", "target", "targets")
@@ -280,10 +280,25 @@ def replace_data(current: Choice | None, spec: str) -> Choice:
     return Choice(name, {**kept, **options})
 
 
-def load_data(choice: Choice | None, data_dir=None, base_dir=None, words=None):
+def load_data(choice: Choice | None, data_dir=None, base_dir=None, words=None, program=None):
     """The dataset a train section (or --data) names; relative file paths are also looked up
     next to the .nn file (`base_dir`). `words`: the vocabulary a checkpoint was trained with,
-    which a text data set encodes with (its embedding rows are those words, in that order)."""
+    which a text data set encodes with (its embedding rows are those words, in that order).
+    With the `program`, an error of the data set its train section names (a missing file, a
+    bad row) is located at that `data` setting."""
+    from nnlang.data import DataError
+    try:
+        return _load_data(choice, data_dir, base_dir, words)
+    except DataError as err:
+        # NOTE: DataError leaves where to its caller: `data = "x.csv"` with no x.csv said no line
+        span = setting_span(program, "data") if program is not None and program.train and \
+            program.train.data == choice else None
+        if span is None or err.span is not None:
+            raise
+        raise NNError(err.message, span, err.hint) from None
+
+
+def _load_data(choice: Choice | None, data_dir, base_dir, words):
     from nnlang.data import load_dataset
     if choice is None:
         raise NNError("no dataset: the train section has no `data = ...` setting",

@@ -88,7 +88,7 @@ def held_out_arrays(net, cfg, data, data_dir, folder, words=None) -> tuple:
     the run's dataset (or `data`), else the run's seeded validation carve; text encoded with
     the checkpoint's vocabulary `words` (another data set would build its own)."""
     choice = feeds.replace_data(cfg.data, str(data)) if data is not None else cfg.data
-    ds = feeds.load_data(choice, data_dir, folder, words)
+    ds = feeds.load_data(choice, data_dir, folder, words, net.program)
     mapping = feeds.match_inputs(net.user, ds.inputs, ds.targets, f"dataset '{ds.name}'")
     if len(ds.test):
         return ds, "test", feeds.model_arrays(net.user, ds.test.arrays, mapping)

@@ -19,7 +19,6 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeRemainingColumn)
 from rich.table import Table
 
-from nnlang.data import DataError
 from nnlang.errors import NNError
 from nnlang.frontend.source import same_program
 from nnlang.frontend.train_config import setting_span
@@ -639,16 +638,7 @@ def _data(program, cfg, data, data_dir, file, words=None):
         if data is not None:
             cfg = replace(cfg, data=feeds.replace_data(cfg.data, str(data)))
         base_dir = Path(file).parent if file != "<string>" else None
-        try:
-            ds = feeds.load_data(cfg.data, data_dir, base_dir, words)
-        except DataError as err:
-            # NOTE: located when the data set is the file's (as the batch is), which DataError
-            # leaves to its caller: `data = "x.csv"` with no x.csv said no line
-            span = setting_span(program, "data") if program.train and \
-                program.train.data == cfg.data else None
-            if span is None or err.span is not None:
-                raise
-            raise NNError(err.message, span, err.hint) from None
+        ds = feeds.load_data(cfg.data, data_dir, base_dir, words, program)
     mapping = feeds.match_inputs(program.graph, ds.inputs, ds.targets, f"dataset '{ds.name}'")
     train, val = feeds.train_and_val(program.graph, ds, mapping, cfg.val_split, cfg.seed)
     test = feeds.model_arrays(program.graph, ds.test.arrays, mapping) if len(ds.test) else {}

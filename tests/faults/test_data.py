@@ -355,6 +355,18 @@ def test_a_missing_data_file_named_in_the_file_is_located(work):
         in out, out
 
 
+def test_eval_locates_a_missing_data_file_named_in_the_file(work):
+    """The same for `nnlang eval` of a run whose data set is the train section's: the file was
+    moved after training, and the error said no line."""
+    (work / "reg.csv").write_text("a,b,label\n1,2,3\n4,5,6\n7,8,9\n1,1,1\n")
+    cli("train", "reg.nn", "--backend", "reference", "--out", "r", "--max-steps", "1",
+        cwd=work, code=0)
+    (work / "reg.csv").unlink()
+    out = cli("eval", "reg.nn", "-c", "r", "--backend", "reference", cwd=work)
+    assert 'reg.nn:10:10: error: data file not found: reg.csv\n  10 |   data = "reg.csv"' \
+        in out, out
+
+
 def test_a_test_table_beyond_int32_is_not_class_ids(work):
     (work / "reg.csv").write_text("a,b,label\n1,2,3\n4,5,6\n")
     (work / "t.csv").write_text("a,b,label\n1,2,3000000000\n")
