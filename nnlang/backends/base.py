@@ -151,7 +151,7 @@ def library_call(backend: Backend, node: Node, inputs: list, out) -> Call:
                       span=node.span, hint="add one to the op's registry entry (`lower`; see "
                       "docs/contributing.md), or use another --backend")
     fn, args = lower(backend, op_attrs(node), inputs, out)
-    if not registry.get(node.op).has(registry.INDEX):
+    if not opdef.has(registry.INDEX):
         return fn, args
 
     def located(*a):

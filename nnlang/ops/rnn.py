@@ -230,19 +230,19 @@ def _make(op):
         for hs, finals in runs:
             outs.append(b.transpose(hs, perm=[1, 0, 2]) if return_sequences else finals[0])
         y = outs[0] if len(outs) == 1 else b.concat(*outs, axis=-1)
-        if bidirectional and mask is not None and return_sequences:
-            # NOTE: zeros at the pads, as Keras' Bidirectional and PyTorch's packed sequences
-            # give: each direction would show a state from the other side of the row there
-            keep = b.cast(real_steps(b, mask), dtype=b.type(x).dtype)
-            y = b.mul(y, b.reshape(keep, shape=[*b.type(keep).shape, 1]))
-        elif mask is not None and return_sequences and any(s is not None for s in states):
-            # NOTE: before a row's first real step there is no output yet: zeros, as Keras (its
-            # last output starts at zeros, not at initial_h) and PyTorch's packed sequences
-            # give; without initial_h the state there is zeros anyway
-            real = b.cast(real_steps(b, mask), dtype="int32")
-            seen = b.gt(b.cumsum(real, axis=1), b.const(0, "int32"))
-            y = b.mul(y, b.reshape(b.cast(seen, dtype=b.type(x).dtype),
-                                   shape=[*b.type(seen).shape, 1]))
+        if mask is not None and return_sequences and \
+                (bidirectional or any(s is not None for s in states)):
+            # NOTE: zeros where Keras (Bidirectional; its last output starts at zeros, not at
+            # initial_h) and PyTorch's packed sequences show no output: at every pad of a
+            # bidirectional layer, whose directions would show a state from the other side of
+            # the row there, and before a row's first real step of one started from initial_h
+            # (without it the state there is zeros anyway)
+            shown = real_steps(b, mask)
+            if not bidirectional:
+                seen = b.cumsum(b.cast(shown, dtype="int32"), axis=1)
+                shown = b.gt(seen, b.const(0, "int32"))
+            y = b.mul(y, b.reshape(b.cast(shown, dtype=b.type(x).dtype),
+                                   shape=[*b.type(shown).shape, 1]))
         if not return_state:
             return y
         width = units
