@@ -142,12 +142,12 @@ def _print_held_out(out, r: dict, as_json: bool) -> None:
     strategy = _strategy(r["options"])
     if as_json:
         typer.echo(json.dumps({"data": r["data"], "split": r["split"], "strategy": strategy,
-                               "exact_match": r["exact"], "hits": r["hits"], "n": r["n"],
+                               "exact_match": r["exact_match"], "hits": r["hits"], "n": r["n"],
                                "seconds": round(r["seconds"], 3), "mode": r["mode"]}))
         return
     if r["mode"] != "incremental":
         out.print(f"note: recomputing the prefix for every token ({r['reason']})", markup=False)
-    out.print(f"{strategy} exact match on {r['data']} {r['split']}: {r['exact']:.4f} "
+    out.print(f"{strategy} exact match on {r['data']} {r['split']}: {r['exact_match']:.4f} "
               f"({r['hits']:,}/{r['n']:,}) in {r['seconds']:.1f}s", markup=False)
     wrong = [i for i, hit in enumerate(r["hit"]) if not hit]
     for i in wrong[:5]:

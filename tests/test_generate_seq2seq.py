@@ -62,7 +62,7 @@ def test_held_out_exact_match_counts_whole_sequences(model):
     target = recompute_greedy(net, source, tok, 11)
     target[5:, 0] = np.where(target[5:, 0] == 3, 4, 3)
     r = held_out(net, source, target, tok, chunk=3, greedy=True)   # chunks 3+3+2 (padded)
-    assert (r["hits"], r["n"], r["exact"]) == (5, 8, 5 / 8)
+    assert (r["hits"], r["n"], r["exact_match"]) == (5, 8, 5 / 8)
     assert r["hit"] == [True] * 5 + [False] * 3 and r["mode"] == "incremental"
     beam = held_out(net, source, target, tok, beam=2)
     assert beam["n"] == 8 and all(len(s.ids) <= 11 for s in beam["samples"])

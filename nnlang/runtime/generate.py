@@ -149,7 +149,7 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
     seconds = time.perf_counter() - clock
     want = [_through(t, stop, gen.tok.pad_id) for t in np.asarray(targets)]
     hits = [s.ids == w for s, w in zip(samples, want)]
-    return {"exact": float(np.mean(hits)) if hits else 0.0, "hits": int(sum(hits)), "n": n,
+    return {"exact_match": float(np.mean(hits)) if hits else 0.0, "hits": int(sum(hits)), "n": n,
             "seconds": seconds, "mode": gen.mode, "reason": gen.reason, "options": opts,
             "samples": samples, "targets": [gen.tok.decode(w) for w in want], "hit": hits}
 
