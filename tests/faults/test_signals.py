@@ -220,3 +220,21 @@ def test_ctrl_c_in_any_command_says_interrupted_and_exits_130(tiny, monkeypatch,
     monkeypatch.setattr(where, pressed)
     out = cli(*command, code=130)
     assert out.strip() == "interrupted"
+
+
+def test_ctrl_c_while_the_installed_script_loads_its_modules():
+    """The `nnlang` script spends a few tenths of a second importing numpy, numba and typer
+    before any command runs; a Ctrl-C there printed Python's KeyboardInterrupt traceback. The
+    interrupt is raised here from the import itself, so the test does not race the clock."""
+    import subprocess
+    probe = ("import builtins, nnlang_cli\n"
+             "real = builtins.__import__\n"
+             "def interrupted(name, *a, **k):\n"
+             "    if name == 'typer':\n"
+             "        raise KeyboardInterrupt\n"
+             "    return real(name, *a, **k)\n"
+             "builtins.__import__ = interrupted\n"
+             "nnlang_cli.run()\n")
+    proc = subprocess.run([sys.executable, "-c", probe, "check", "models/mlp.nn"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (130, "interrupted\n", "")
