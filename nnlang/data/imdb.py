@@ -70,11 +70,11 @@ def load_reviews(name: str, source: Path, vocab: int, maxlen: int | None, meta=N
     # (a resumed run); else (a model trained on other reviews) the reviews are encoded with
     # them, read and tokenized once
     if words is not None and (cached is None or cached["vocab"].tolist() != list(words)):
-        key, cached = _processed(source, sha, vocab, maxlen, words, name, expect, data_dir,
-                                 remote)
-    elif cached is None:
-        key, cached = _processed(source, sha, vocab, maxlen, None, name, expect, data_dir,
-                                 remote)
+        key = _entry_key(name, source, sha, vocab, maxlen, words)
+        cached = load_processed(key)
+    if cached is None:
+        cached = _process_and_cache(key, source, sha, vocab, maxlen, words, expect, data_dir,
+                                    remote)
     vocab_list = cached["vocab"].tolist()
     splits = {s: Split({"tokens": _tokens(cached, s), "label": cached[f"{s}_label"]})
               for s in ("train", "test")}
@@ -88,19 +88,16 @@ def load_reviews(name: str, source: Path, vocab: int, maxlen: int | None, meta=N
     return Dataset(name, splits["train"], splits["test"], ["tokens"], ["label"], meta)
 
 
-def _processed(source, sha, vocab, maxlen, words, name, expect, data_dir, remote):
-    """(cache key, the reviews tokenized and encoded with `words`, else with the train split's
-    vocabulary), from the cache or made and cached."""
-    key = _entry_key(name, source, sha, vocab, maxlen, words)
-    cached = load_processed(key)
-    if cached is None:
-        docs = read_reviews(source, data_dir, remote)
-        _check_counts(source, docs, expect, data_dir, remote, sha)
-        cached = _process(docs, vocab, maxlen, words)
-        if sha is not None:
-            remember(source, sha)
-        save_processed(key, cached)  # NOTE: a read-only cache dir just means no cache
-    return key, cached
+def _process_and_cache(key, source, sha, vocab, maxlen, words, expect, data_dir, remote):
+    """The reviews read, checked, tokenized and encoded with `words` (else with the train
+    split's vocabulary), cached under `key` only when the archive passed its checks."""
+    docs = read_reviews(source, data_dir, remote)
+    _check_counts(source, docs, expect, data_dir, remote, sha)
+    cached = _process(docs, vocab, maxlen, words)
+    if sha is not None:
+        remember(source, sha)
+    save_processed(key, cached)  # NOTE: a read-only cache dir just means no cache
+    return cached
 
 
 def check_options(name: str, vocab: int = 20000, maxlen: int | None = 200) -> None:
