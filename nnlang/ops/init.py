@@ -132,18 +132,26 @@ def _truncated_normal(rng, out, fan_in, fan_out, std, mean):
 
 def _truncated(rng, out, std, mean) -> None:
     """Normal with values beyond two std devs redrawn: each round redraws the positions still
-    out of range, in order (a chunk at a time, as `_drawn`)."""
+    out of range, in order (a chunk at a time, as `_drawn`). The first round goes by ranges
+    and every round draws into one chunk: an index of all positions (int64) would take twice
+    a float32 weight's memory, and the model's memory check counts the weight once."""
     flat = out.reshape(-1)
-    todo = np.arange(flat.size)
-    while todo.size:
-        redo = []
-        for start in range(0, todo.size, _CHUNK):
-            where = todo[start:start + _CHUNK]
-            x = rng.standard_normal(size=where.size)
-            bad = np.abs(x) > 2
-            flat[where[~bad]] = mean + std * x[~bad]
-            redo.append(where[bad])
-        todo = np.concatenate(redo)
+    chunk = np.empty(min(_CHUNK, flat.size))
+    todo = None   # NOTE: None stands for every position, in order
+    while todo is None or todo.size:
+        redo, n = [], flat.size if todo is None else todo.size
+        for start in range(0, n, _CHUNK):
+            x = rng.standard_normal(out=chunk[:min(_CHUNK, n - start)])
+            bad = np.flatnonzero((x > 2) | (x < -2))
+            redo.append(start + bad if todo is None else todo[start + bad])
+            x *= std   # NOTE: in place, the values of mean + std * x
+            x += mean
+            # the out-of-range ones are written too, and redrawn in the next round
+            if todo is None:
+                flat[start:start + x.size] = x
+            else:
+                flat[todo[start:start + x.size]] = x
+        todo = np.concatenate(redo) if redo else np.empty(0, np.int64)
 
 
 @_initializer("orthogonal", sig="gain: float = 1.0")
