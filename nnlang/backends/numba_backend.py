@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import pickle
 import signal
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import threading
 import types
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,6 +59,7 @@ _GUARD = 256 << 10
 # LSTM's loops at batch 64 took 25-43 ms (forward) and 45-56 (backward) as one part, 20-22 and
 # 33-41 as two parts of 32 at once (2-core Xeon, BLAS on one thread)
 _ROWS_MIN = 16
+_CHECKED: set = set()   # kernels whose disk cache this process has checked (`_damaged_data`)
 
 
 
@@ -90,8 +93,11 @@ def _marker(fn, sig) -> Path:
     """A file saying this (kernel, signature) is in numba's disk cache: a warm run starts no
     worker. It sits next to the cache itself, so the two go together."""
     tag = hashlib.sha256(str(sig).encode()).hexdigest()[:16]
-    folder = Path(sys.modules[fn.py_func.__module__].__file__).parent / "compiled"
-    return folder / f"{fn.py_func.__module__}.{fn.__name__}.{tag}"
+    return _compiled_dir(fn) / f"{fn.py_func.__module__}.{fn.__name__}.{tag}"
+
+
+def _compiled_dir(fn) -> Path:
+    return Path(sys.modules[fn.py_func.__module__].__file__).parent / "compiled"
 
 
 def _mark(fn, sig) -> None:
@@ -116,15 +122,63 @@ def _loading_cache(err: BaseException) -> bool:
     return False
 
 
+def _data_files(fn) -> tuple[Path, list[Path]]:
+    """(index, data files) of a kernel's numba disk cache: one index per kernel, one data file
+    per signature."""
+    files = fn._cache._cache_file
+    index = Path(files._index_path)
+    pattern = files._data_name_pattern.format(number=0).replace(".0.nbc", ".*.nbc")
+    return index, sorted(index.parent.glob(pattern))
+
+
 def _drop_cache(fn, err: BaseException) -> None:
     """Removes a kernel's numba cache (its index and every data file: the index names them, so
     neither is any use alone) after a warning; the next compile writes it anew."""
-    files = fn._cache._cache_file
-    index = Path(files._index_path)
+    index, data = _data_files(fn)
     cache_damaged(index, err)
-    for path in [index, *index.parent.glob(files._data_name_pattern.format(number=0)
-                                           .replace(".0.nbc", ".*.nbc"))]:
+    for path in [index, *data]:
         remove_quietly(path)
+
+
+def _sums_path(fn) -> Path:
+    return _compiled_dir(fn) / f"{fn.py_func.__module__}.{fn.__name__}.crc32"
+
+
+def _read_sums(fn) -> dict:
+    try:
+        sums = json.loads(_sums_path(fn).read_text())
+    except (OSError, ValueError):
+        return {}
+    return sums if isinstance(sums, dict) else {}
+
+
+def _record_sums(fn, fresh: bool) -> None:
+    """Writes a checksum of each of the kernel's data files (its machine code), checked before
+    the next process loads them: numba checks that a file parses, not that it holds the code
+    it wrote, and a flipped bit there runs (a crash, or a wrong answer). `fresh`: this process
+    compiled it (every file summed anew); else only files not listed yet are summed (another
+    process, the compile worker, wrote them)."""
+    try:
+        old = {} if fresh else _read_sums(fn)
+        sums = {p.name: old[p.name] if p.name in old else zlib.crc32(p.read_bytes())
+                for p in _data_files(fn)[1]}
+        if fresh or sums != old:
+            write_atomic(_sums_path(fn), json.dumps(sums))
+    except OSError:  # NOTE: a read-only cache: its files go unchecked
+        pass
+
+
+def _damaged_data(fn) -> Path | None:
+    """A data file of the kernel's disk cache that differs from the checksum recorded when it
+    was written, if any."""
+    folder = _data_files(fn)[0].parent
+    for name, want in _read_sums(fn).items():
+        try:
+            if zlib.crc32((folder / name).read_bytes()) != want:
+                return folder / name
+        except OSError:   # NOTE: gone: numba compiles that signature again
+            continue
+    return None
 
 
 def _cost(fn) -> int:
@@ -441,6 +495,13 @@ class NumbaBackend:
             return entry
         hits = sum(fn._cache_hits.values())
         known = sig in fn.overloads
+        generated = fn.py_func.__module__.startswith(_KERNELS)
+        if generated and fn not in _CHECKED:
+            _CHECKED.add(fn)
+            bad = _damaged_data(fn)
+            if bad is not None:
+                _drop_cache(fn, ValueError(f"{bad.name} differs from the checksum written "
+                                           "with it"))
         saved = True
         with ctrl_c_held():
             try:
@@ -459,12 +520,14 @@ class NumbaBackend:
                 entry = fn.compile(sig)
         self._entries[(fn, sig)] = entry
         if not known:
-            if sum(fn._cache_hits.values()) > hits:
+            hit = sum(fn._cache_hits.values()) > hits
+            if hit:
                 self.cache_hits += 1
             else:
                 self.compiled += 1
-            if saved and fn.py_func.__module__.startswith(_KERNELS):
+            if saved and generated:
                 _mark(fn, sig)
+                _record_sums(fn, fresh=not hit)
         return entry
 
     resolved = staticmethod(resolved)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -470,6 +472,35 @@ def test_a_damaged_kernel_cache_warns_and_compiles_again(tmp_path, monkeypatch, 
     assert "is damaged" in warning and warning.count("\n") == 1, warning
     assert backend.compiled == 1    # compiled again, and saved for the next run
     assert len(list((tmp_path / "kernels").rglob("*.nbi"))) == 1
+
+
+def test_a_flipped_bit_in_cached_machine_code_is_caught(tmp_path):
+    """numba checks that a cache file parses, not that it holds the code it wrote: one flipped
+    bit in a .nbc loaded unnoticed at about half the positions tried, and at most others
+    crashed every later run (SIGSEGV, abort). Each data file's checksum is written beside it
+    and checked before the file is loaded; the probe runs in its own process, where a crash
+    is an exit code."""
+    probe = ("import os, sys\n"
+             "from nnlang.backends import numba_backend\n"
+             "b = numba_backend.NumbaBackend()\n"
+             f"entry, _ = b.specialize(b.compile({SOURCE!r}, 'twice'), (21,))\n"
+             "print(entry(21), b.compiled)\n")
+    env = {**os.environ, "NNLANG_CACHE_DIR": str(tmp_path)}
+
+    def run():
+        return subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, timeout=120,
+                              capture_output=True, text=True)
+    assert run().stdout.split() == ["42", "1"]
+    (data,) = (tmp_path / "kernels").rglob("*.nbc")
+    for where in (0.1, 0.5, 0.9):
+        code = bytearray(data.read_bytes())
+        code[int(len(code) * where)] ^= 0x10
+        data.write_bytes(code)
+        p = run()
+        assert (p.returncode, p.stdout.split()) == (0, ["42", "1"]), (where, p.stderr)
+        assert "differs from the checksum" in p.stderr and p.stderr.count("\n") == 1
+        p = run()   # compiled again and summed anew: the next run loads it quietly
+        assert (p.stdout.split(), p.stderr) == (["42", "0"], "")
 
 
 def test_a_run_on_a_damaged_warm_kernel_cache_trains_the_same(work, tmp_path):
