@@ -81,13 +81,17 @@ def breakdown(net, feeds, top: int, reps: int = 3) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model")
+    ap.add_argument("model", help="a name in models/ (lstm) or a .nn file's path")
     ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--breakdown", action="store_true")
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    net = nnlang.compile(str(ROOT / "models" / f"{args.model}.nn"), backend="numba")
+    path = Path(args.model) if args.model.endswith(".nn") else \
+        ROOT / "models" / f"{args.model}.nn"
+    if not path.is_file():
+        ap.error(f"no model file {path}: give a name in models/ (lstm) or a .nn file's path")
+    net = nnlang.compile(str(path), backend="numba")
     feeds = random_feeds(net)
     t1 = time.perf_counter()
     net.train_step(feeds)
