@@ -333,9 +333,7 @@ class _Training:
         self.guard = DivergenceGuard()
         self.watch = _Watch(self.cfg, self.program.graph)
         if ckpt is not None:
-            self.net.load_state_dict(ckpt.state)
-            self.net.step, self.net.epoch = ckpt.step, ckpt.epoch
-            self.net.lr_scale = ckpt.meta.get("lr_scale", 1.0)
+            ckpt.load_into(self.net)
             self.watch = _Watch(self.cfg, self.program.graph, ckpt.meta.get("watch"))
             self.rng.bit_generator.state = ckpt.meta["rng_state"]
             self.start_epoch, self.skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)
