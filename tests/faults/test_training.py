@@ -102,6 +102,10 @@ def work(tmp_path_factory):
     (["--data", "one.npy"], 1, ["one.npy"]),
     (["--set", "l1=0.5", "--set", "l1_on=h.wieght"], 1,
      ["train setting 'l1_on': the model has no weight 'h.wieght'", "did you mean 'h.weight'"]),
+    # a list of paths written as in the train section (`l1_on = [h.weight]`), not quoted: it
+    # was refused as "not a literal"
+    (["--set", "l1=0.5", "--set", "l1_on=[logits.weight, h.wieght]"], 1,
+     ["train setting 'l1_on': the model has no weight 'h.wieght'", "did you mean 'h.weight'"]),
     (["--set", "schedule=step"], 1, ["schedule step: missing required argument 'step_size'",
                                      "--set schedule=step --set NAME=VALUE"]),
     (["--set", "optimizer=none"], 1, ["'optimizer' cannot be none"]),
