@@ -76,16 +76,19 @@ def init_from(net, source, skip_mismatch: bool = False, what: str = "--init-from
     # NOTE: the optimizer's own state (moments, step count) never carries over to a new run
     theirs = {k: v for k, v in ckpt.state.items() if not k.startswith(OPTIMIZER_PREFIX)}
     report = InitReport(path)
+    # NOTE: every parameter of another shape in one error, so a user meets them all at once
+    other = [f"parameter '{n}' is {fmt_shape(v.shape)} there but {fmt_shape(ours[n].shape)} "
+             "in this model" for n, v in theirs.items() if n in ours and v.shape != ours[n].shape]
+    if other and not skip_mismatch:
+        raise NNError(f"{what}: in {path}, " + "; ".join(other),
+                      hint="pass --init-skip-mismatch to keep this model's own initial values "
+                           f"for {'it' if len(other) == 1 else 'them'} (init_skip_mismatch=True "
+                           "in Python)")
     matched = {}
     for name, value in theirs.items():
         if name not in ours:
             report.skipped.append((name, value.shape, "not in this model"))
         elif value.shape != ours[name].shape:
-            if not skip_mismatch:
-                raise NNError(f"{what}: parameter '{name}' is {fmt_shape(value.shape)} in "
-                              f"{path} but {fmt_shape(ours[name].shape)} in this model",
-                              hint="pass --init-skip-mismatch to keep this model's own "
-                                   "initial values for it (init_skip_mismatch=True in Python)")
             report.skipped.append((name, value.shape,
                                    f"shape differs from this model's "
                                    f"{fmt_shape(ours[name].shape)}"))

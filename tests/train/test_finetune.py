@@ -88,6 +88,19 @@ def test_shape_mismatch_is_an_error_naming_the_parameter(tiny_run):
         nnlang.compile(deeper(), backend="reference", init_from=tiny_run)
 
 
+def test_every_shape_mismatch_is_named_at_once(tiny_run):
+    """hidden = 6 against the run's 8: h.weight, h.bias and logits.weight all differ, and one
+    error names the three (it named the first, so a user met them one run at a time)."""
+    with pytest.raises(NNError) as err:
+        nnlang.compile(tiny_source(), backend="reference", overrides={"hidden": 6},
+                       init_from=tiny_run)
+    text = err.value.render()
+    for name, theirs, ours in (("h.weight", "[4, 8]", "[4, 6]"), ("h.bias", "[8]", "[6]"),
+                               ("logits.weight", "[8, 3]", "[6, 3]")):
+        assert f"'{name}' is {theirs}" in text and f"{ours} in this model" in text, text
+    assert "logits.bias" not in text and "--init-skip-mismatch" in text
+
+
 def test_cli_init_from_table_and_errors(tiny_run, tmp_path):
     (tmp_path / "deep.nn").write_text(deeper())
     out = cli("train", "deep.nn", "--init-from", str(tiny_run), "--backend", "reference",
