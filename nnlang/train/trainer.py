@@ -134,6 +134,11 @@ class _Watch:
     def __init__(self, cfg, graph, state: dict | None = None):
         self.monitor, self.mode = cfg.watched(graph)
         state = state or {}
+        if state.get("monitor", self.monitor) != self.monitor or \
+                state.get("mode", self.mode) != self.mode:
+            # NOTE: a resume that watches another value (or the other way) starts over: the
+            # old best is not a value of this monitor, and nothing ever improved on it
+            state = {}
         self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
         self.bad, self.plateau_bad = state.get("bad", 0), state.get("plateau_bad", 0)
 
@@ -148,8 +153,8 @@ class _Watch:
         return better
 
     def state(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad": self.bad,
-                "plateau_bad": self.plateau_bad}
+        return {"monitor": self.monitor, "mode": self.mode, "best": self.best,
+                "best_epoch": self.best_epoch, "bad": self.bad, "plateau_bad": self.plateau_bad}
 
     def summary(self) -> dict | None:
         return None if self.best is None else {"monitor": self.monitor, "mode": self.mode,

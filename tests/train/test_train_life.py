@@ -97,6 +97,22 @@ def test_monitor_max_on_a_metric(folder):
     assert h.best["epoch"] == acc.index(max(acc)) + 1
 
 
+def test_a_resume_that_changes_the_monitor_starts_its_watch_over(folder):
+    """A run that watched val_loss, resumed with monitor = "val_acc": its best was the old
+    loss value (about 1.1), against which no accuracy (mode max) ever counted, so early
+    stopping stopped at the patience and best.npz kept the val_loss epoch. The new monitor's
+    best is that of the epochs it watched."""
+    h = train(folder, "early_stop = 20", epochs=2)
+    assert h.best["monitor"] == "val_loss"
+    more = fit(str(folder / "tiny.nn"), out=folder / "run", resume=True, backend="reference",
+               progress=False, overrides={"monitor": "val_acc", "epochs": 6})
+    assert len(more.rows) == 6 and more.stopped is None
+    acc = [r["val_acc"] for r in more.rows[2:]]     # the epochs the new monitor watched
+    assert more.best == {"monitor": "val_acc", "mode": "max", "value": max(acc),
+                         "epoch": 3 + acc.index(max(acc))}
+    assert checkpoint.load(folder / "run" / "best.npz").epoch == more.best["epoch"]
+
+
 def test_monitor_min_on_a_named_loss(folder):
     """A loss is minimised whatever its name: monitor = "val_cross_entropy" beside a penalty
     loss was taken as a metric (mode max), so best.npz kept the worst epoch."""
