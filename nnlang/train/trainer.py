@@ -164,7 +164,7 @@ class _Watch:
 def check_watch(program, cfg, val: dict) -> None:
     """early_stop and the plateau schedule need validation data and a monitor the model
     computes: clear errors at the setting that asks for them."""
-    from nnlang.frontend.train_config import monitor_problem
+    from nnlang.frontend.train_config import mode_problem, monitor_problem
     users = [n for n, on in (("early_stop", cfg.early_stop),
                              ("schedule", cfg.schedule and cfg.schedule.name == "plateau"),
                              ("monitor", cfg.monitor))
@@ -174,6 +174,9 @@ def check_watch(program, cfg, val: dict) -> None:
     monitor = cfg.watched(program.graph)[0]
     if unknown := monitor_problem(monitor, program.graph):   # NOTE: --set monitor=... comes here
         raise NNError(unknown[0], setting_span(program, "monitor"), hint=unknown[1])
+    # NOTE: here, not where the file is read: `--set mode=min` answers it as well
+    if unclear := mode_problem(monitor, cfg.mode, program.graph):
+        raise NNError(unclear[0], setting_span(program, "monitor"), hint=unclear[1])
     if not val and users[0] != "monitor":   # NOTE: monitor alone then watches nothing, harmlessly
         what = "early_stop" if users[0] == "early_stop" else "the plateau schedule"
         raise NNError(f"{what} watches {monitor}, but this run has no validation data",
