@@ -3,6 +3,7 @@ train section, `nnlang.compile(..., init_from=)`): every parameter whose name an
 is copied into a freshly built `Net`; its optimizer state stays fresh."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from rich import box
 from rich.table import Table
 
 from nnlang.errors import NNError
+from nnlang.frontend.train_config import setting_span
 from nnlang.ir.dims import fmt_shape
 from nnlang.ops.optim import OPTIMIZER_PREFIX
 from nnlang.train import checkpoint
@@ -116,14 +118,31 @@ def _source(cfg, flag, resumed: bool, file):
     return source, what, base
 
 
-def words_to_start_from(cfg, flag, resumed: bool, file):
+@contextmanager
+def _at_setting(program, cfg, flag):
+    """An error about the checkpoint the train section's own `init_from` names points at that
+    setting's line, as the section's other settings' errors do (not one from --init-from or
+    --set init_from=..., which the source does not hold)."""
+    try:
+        yield
+    except NNError as err:
+        train = getattr(program, "train", None)
+        span = setting_span(program, "init_from") if flag is None and train is not None \
+            and train.init_from == cfg.init_from else None
+        if span is None or err.span is not None or len(err.diagnostics) > 1:
+            raise
+        raise NNError(err.message, span, hint=err.hint) from None
+
+
+def words_to_start_from(program, cfg, flag, resumed: bool, file):
     """The vocabulary of the checkpoint a new run starts from (None when it starts from none,
     or that run's data had none): text data must be encoded with the words its embedding
     rows stand for, not with a vocabulary built from the new data."""
     source, what, base = _source(cfg, flag, resumed, file)
     if source is None or (flag is not None and resumed):
         return None
-    return _load(source, what, base)[1].data_meta.get("vocab")
+    with _at_setting(program, cfg, flag):
+        return _load(source, what, base)[1].data_meta.get("vocab")
 
 
 def start_run(net, cfg, flag, skip_mismatch: bool, resumed: bool, file, console):
@@ -140,6 +159,7 @@ def start_run(net, cfg, flag, skip_mismatch: bool, resumed: bool, file, console)
                       hint="pass --init-from RUN too, or leave --init-skip-mismatch out")
     if source is None:
         return cfg, None
-    report = init_from(net, source, skip_mismatch, what, base)
+    with _at_setting(net.program, cfg, flag):
+        report = init_from(net, source, skip_mismatch, what, base)
     console.print(report.table())
     return replace(cfg, init_from=str(report.source)), report

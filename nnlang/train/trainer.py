@@ -265,7 +265,7 @@ class _Training:
         if max_steps is not None and max_steps < 1:
             raise NNError(f"--max-steps must be at least 1, not {max_steps}")
         words = ckpt.data_meta.get("vocab") if ckpt else \
-            words_to_start_from(cfg, init_from, False, file)
+            words_to_start_from(program, cfg, init_from, False, file)
         cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file, words)
         if cfg.val_split > 0 and ds.val is not None and len(ds.val):
             say(console, f"note: data set '{ds.name}' has its own validation split "

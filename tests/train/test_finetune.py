@@ -128,6 +128,25 @@ def test_train_section_init_from_must_be_a_path(tmp_path):
         nnlang.load(tiny_source().replace("batch = 4", "batch = 4  init_from = 3"))
 
 
+@pytest.mark.parametrize("where, words", [
+    ("a", ["'h.weight' is [4, 8] there but [4, 6] in this model", "--init-skip-mismatch"]),
+    ("nowhere", ["no checkpoint at nowhere"]),
+])
+def test_train_section_init_from_errors_point_at_the_setting(tiny_run, where, words):
+    """A checkpoint the train section's init_from names that does not fit (or is not there)
+    is an error at that setting's line, as the section's other settings are (it said
+    'init_from (train section)' and no line)."""
+    source = tiny_source().replace("batch = 4", f'batch = 4\n  init_from = "{where}"')
+    (tiny_run.parent / "six.nn").write_text(source)
+    with pytest.raises(NNError) as err:
+        train(tiny_run.parent / "six.nn", tiny_run.parent / "b", overrides={"hidden": 6})
+    text = err.value.render()
+    assert "six.nn:15:15:" in text and f'init_from = "{where}"' in text, text
+    for w in words:
+        assert w in text, text
+    assert not (tiny_run.parent / "b").exists()
+
+
 def test_finetune_frozen_convolution(tmp_path, monkeypatch):
     """Pretrain, then fine-tune on other data from the section's `init_from` with the
     convolution frozen: it stays what was loaded, bit for bit; the head learns."""
