@@ -189,13 +189,18 @@ def _choice(value, registry: dict, what: str, span, errors: ErrorSink, spans: di
         return None
     ok = True
     for p in sig.params:
-        none_ok = bound[p.name] is None and not p.required and p.default is None
-        problem = None if none_ok else (check_kind(p.kind, bound[p.name], False)
-                                        or range_problem(p.name, bound[p.name]))
-        if problem:
+        if problem := option_problem(p, bound[p.name]):
             errors.add(f"{name}() argument '{p.name}': {problem}", spans.get(p.name, span))
             ok = False
     return Choice(name, bound) if ok else None
+
+
+def option_problem(p, value) -> str | None:
+    """Why `value` does not fit option `p` of an optimizer or schedule (its kind, then its
+    range), or None: the one check for the train section and for --set."""
+    if value is None and not p.required and p.default is None:
+        return None
+    return check_kind(p.kind, value, False) or range_problem(p.name, value)
 
 
 def _hyphenated(e) -> str | None:

@@ -109,6 +109,12 @@ def work(tmp_path_factory):
     (["--set", "schedule=step"], 1, ["schedule step: missing required argument 'step_size'",
                                      "--set schedule=step --set NAME=VALUE"]),
     (["--set", "optimizer=none"], 1, ["'optimizer' cannot be none"]),
+    # a fraction where a whole number belongs, refused as the train section refuses it: a
+    # warm-up of 2.5 steps ran at 0.4, 0.8 and then 1.2 times the base rate
+    (["--set", "schedule=cosine(warmup=2.5)"], 1,
+     ["schedule cosine: argument 'warmup': expected an integer, got 2.5"]),
+    (["--set", "schedule=plateau", "--set", "patience=1.5"], 1,
+     ["schedule plateau: argument 'patience': expected an integer, got 1.5"]),
     (["--init-skip-mismatch"], 1, ["--init-skip-mismatch applies to the weights of --init-from"]),
     # an empty --model was taken for no --model at all, and the file's one model was trained
     (["--model", "", "--out", "empty-model"], 1, ["no model named ''", "models: Tiny"]),
