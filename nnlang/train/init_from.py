@@ -14,6 +14,7 @@ from nnlang.errors import NNError
 from nnlang.frontend.train_config import setting_span
 from nnlang.ir.dims import fmt_shape
 from nnlang.ops.optim import OPTIMIZER_PREFIX
+from nnlang.train.progress import say
 from nnlang.train import checkpoint
 
 
@@ -25,6 +26,9 @@ class InitReport:
     loaded: list = field(default_factory=list)    # (name, shape)
     skipped: list = field(default_factory=list)   # (name, shape, why)
     fresh: list = field(default_factory=list)     # (name, shape)
+    # NOTE: of `fresh`, those frozen (trainable = false): they keep their random initial values
+    # for the whole run, most likely a layer renamed since the checkpoint was trained
+    frozen_fresh: list = field(default_factory=list)
 
     def table(self) -> Table:
         t = Table(title=f"weights from {self.source}: {len(self.loaded)} loaded, "
@@ -37,8 +41,9 @@ class InitReport:
         ours = {n for n, _ in self.fresh}
         rows = [(n, s, "loaded") for n, s in self.loaded]
         rows += [(n, s, f"skipped: {why}") for n, s, why in self.skipped if n not in ours]
-        rows += [(n, s, f"fresh; the checkpoint's {fmt_shape(theirs[n])} skipped (another "
-                        "shape)" if n in theirs else "fresh (not in the checkpoint)")
+        rows += [(n, s, (f"fresh; the checkpoint's {fmt_shape(theirs[n])} skipped (another "
+                         "shape)" if n in theirs else "fresh (not in the checkpoint)")
+                  + (", frozen: never trained" if n in self.frozen_fresh else ""))
                  for n, s in self.fresh]
         for name, shape, status in rows:
             t.add_row(name, fmt_shape(shape), status)
@@ -98,6 +103,8 @@ def init_from(net, source, skip_mismatch: bool = False, what: str = "--init-from
             matched[name] = value
             report.loaded.append((name, value.shape))
     report.fresh = [(n, v.shape) for n, v in ours.items() if n not in matched]
+    report.frozen_fresh = [n for n, _ in report.fresh
+                           if not net.user.node(net.user.params[n]).attrs.get("trainable", True)]
     if not matched:
         raise NNError(f"{what}: no parameter of {path} matches this model by name and shape "
                       f"(the checkpoint has {', '.join(list(theirs)[:4]) or 'none'}"
@@ -162,4 +169,9 @@ def start_run(net, cfg, flag, skip_mismatch: bool, resumed: bool, file, console)
     with _at_setting(net.program, cfg, flag):
         report = init_from(net, source, skip_mismatch, what, base)
     console.print(report.table())
+    if report.frozen_fresh:
+        say(console, f"warning: {', '.join(report.frozen_fresh)} "
+                     f"{'is' if len(report.frozen_fresh) == 1 else 'are'} frozen (trainable = "
+                     "false) and not loaded, so training keeps their random initial values; "
+                     "was the layer renamed since the checkpoint was trained?")
     return replace(cfg, init_from=str(report.source)), report

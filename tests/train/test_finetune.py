@@ -88,6 +88,18 @@ def test_shape_mismatch_is_an_error_naming_the_parameter(tiny_run):
         nnlang.compile(deeper(), backend="reference", init_from=tiny_run)
 
 
+def test_a_frozen_weight_left_fresh_is_pointed_out(tiny_run, tmp_path):
+    """A frozen layer the checkpoint has no weights for (renamed, or new) keeps its random
+    initial values for the whole run: the table showed it as plain "fresh"."""
+    frozen = deeper().replace("dense(h, 5)", "dense(h, 5, trainable = false)")
+    (tmp_path / "deep.nn").write_text(frozen)
+    out = cli("train", "deep.nn", "--init-from", str(tiny_run), "--init-skip-mismatch",
+              "--backend", "reference", "--max-steps", "1", "--out", "c", code=0)
+    out = " ".join(out.split())
+    assert "h2.weight [8, 5] fresh (not in the checkpoint), frozen" in out, out
+    assert "warning: h2.weight, h2.bias are frozen (trainable = false) and not loaded" in out
+
+
 def test_every_shape_mismatch_is_named_at_once(tiny_run):
     """hidden = 6 against the run's 8: h.weight, h.bias and logits.weight all differ, and one
     error names the three (it named the first, so a user met them one run at a time)."""
