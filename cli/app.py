@@ -124,8 +124,8 @@ def writing(path: Path, flag: str = "-o"):
 
 
 def parse_value(text: str, where: Span | None = None):
-    """An nnlang literal: 128, 1e-3, -2, true, false, none, "str", [1, 2]. A bare word that is
-    not a literal (`--set act=gelu`) is taken as a string."""
+    """An nnlang literal: 128, 1e-3, -2, true, false, none, "str", [1, 2]. A bare word or path
+    that is not a literal (`--set act=gelu`, `l1_on=[h.weight]`) is taken as a string."""
     from nnlang.frontend import ast
     from nnlang.frontend.parser import BadLiteral, parse
 
@@ -152,6 +152,12 @@ def parse_value(text: str, where: Span | None = None):
             return -e.operand.value
         if isinstance(e, ast.ListLit):
             return [lit(x) for x in e.items]
+        # NOTE: a bare word or weight path inside a list is a string as it is alone, so
+        # `--set l1_on=[h.weight, c1.weight]` is written as the train section writes it
+        if isinstance(e, ast.WeightRef):
+            return e.path
+        if isinstance(e, ast.Name) and e.id not in ("true", "false", "none"):
+            return e.id
         raise ValueError
     try:
         return lit(default)

@@ -25,7 +25,7 @@ def export(
     output = output or Path(file.stem + ".onnx")
     with reporting():
         check_output(output)
-        proto = export_onnx(str(file), checkpoint, output)
+        proto = export_onnx(str(file), checkpoint, output, console=out)
     size = output.stat().st_size
     shown = f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
     out.print(Text(f"wrote {output} ({shown}): {describe(proto)}"))

@@ -260,6 +260,31 @@ def test_restore_gives_the_trained_runs_net(tmp_path):
         np.testing.assert_array_equal(value, saved[name], err_msg=name)
 
 
+def test_restore_keeps_the_optimizer_and_the_schedule_where_the_run_left_them(tmp_path):
+    """nnlang.restore gives the trained run's Net with its optimizer state (Adam's moments, the
+    step count) and its place in the schedule: a loop that trains on goes on from there, as
+    `nnlang train --resume` does. It loaded the parameters only, so the step, the epoch and the
+    moments started over and a step schedule was back at its base rate."""
+    from nnlang.train import checkpoint
+    from nnlang.train.trainer import fit
+    from tests.tiny_run import tiny_data, tiny_source
+    tiny_data(tmp_path)
+    step = "batch = 4\n  schedule = step(step_size = 1, gamma = 0.5)"
+    (tmp_path / "tiny.nn").write_text(tiny_source(val_split=None).replace("batch = 4", step))
+    run = tmp_path / "run"
+    fit(str(tmp_path / "tiny.nn"), {"epochs": 2}, str(tmp_path / "tiny.npz"), out=run,
+        progress=False)
+    saved = checkpoint.load(str(run))
+    net = nnlang.restore(str(tmp_path / "tiny.nn"), str(run))
+    assert (net.step, net.epoch) == (2 * 13, 2)          # 52 examples / batch 4 per epoch
+    assert net.total_steps == 2 * 13
+    assert net.learning_rate() == pytest.approx(0.05 * 0.5 ** 2)
+    state = net.state_dict()
+    assert sorted(state) == sorted(saved.state)
+    for name, value in saved.state.items():
+        np.testing.assert_array_equal(state[name], value, err_msg=name)
+
+
 def test_a_comment_edit_is_no_change_to_the_trained_source(tmp_path):
     """The note that a file differs from the source its checkpoint was trained with fires for a
     change to the model, not for an edited comment or spacing (it did for any byte)."""

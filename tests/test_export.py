@@ -277,6 +277,8 @@ def test_cli_export_of_a_trained_checkpoint(tmp_path, monkeypatch):
     cli("train", "tiny.nn", "--out", "run", code=0)
     out = cli("export", "tiny.nn", "-c", "run", "-o", "tiny.onnx", code=0)
     assert "wrote tiny.onnx" in out and re.search(r"inputs x float32\[batch, 4\]", out)
+    # NOTE: a run directory gives its best epoch's weights, and says so, as eval and predict do
+    assert re.search(r"using run/best\.npz \(best val_loss [0-9.]+, epoch \d\)", out), out
     proto = onnx.load(tmp_path / "tiny.onnx")
     net = restore("tiny.nn", "run", backend="numba")[0]
     got = run_onnx(proto, {"x": x[:9]})["probs"]

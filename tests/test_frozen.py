@@ -104,3 +104,13 @@ def test_shared_layer_must_agree_on_trainable():
                                   "\n  logits = (a + b) @ s")
     with pytest.raises(NNError, match="shared"):
         nnlang.load(text)
+
+
+def test_clip_norm_on_a_model_whose_weights_are_all_frozen():
+    """The hint said to give the model a layer with weights, which it has: they are frozen."""
+    text = source(dense=", trainable = false", l2="  clip_norm = 1.0")
+    with pytest.raises(NNError) as err:
+        nnlang.load(text)
+    msg = err.value.render()
+    assert "no trainable weights" in msg and "every weight is frozen" in msg, msg
+    assert "give the model a layer with weights" not in msg, msg

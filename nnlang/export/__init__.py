@@ -8,11 +8,12 @@ from nnlang.errors import NNError
 
 
 def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None,
-                model_name: str | None = None):
+                model_name: str | None = None, console=None):
     """The ONNX `ModelProto` of `model` (a .nn path, source text, a `Program`, or a compiled
     `Net` with its current weights), written to `path` when given. `checkpoint` (a run
     directory or .npz, resolved as `nnlang eval` does) gives the weights; without one a `Net`'s
-    own, or a fresh initialization."""
+    own, or a fresh initialization. With a rich `console`, a run directory's choice of
+    checkpoint is said there, as `nnlang eval` says it."""
     try:
         from nnlang.export.onnx_model import build_model
     except ModuleNotFoundError as err:
@@ -20,7 +21,7 @@ def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None
             raise
         raise NNError("ONNX export needs the onnx package",
                       hint="pip install 'nnlang[onnx]'") from None
-    net = _weights_of(model, checkpoint, overrides, model_name)
+    net = _weights_of(model, checkpoint, overrides, model_name, console)
     proto = build_model(net.user, net.parameters())
     if path is not None:
         _write(proto, Path(path))
@@ -43,7 +44,7 @@ def _type_text(t) -> str:
     return f"{helper.tensor_dtype_to_np_dtype(t.elem_type)}[{', '.join(dims)}]"
 
 
-def _weights_of(model, checkpoint, overrides, model_name):
+def _weights_of(model, checkpoint, overrides, model_name, console=None):
     from nnlang.runtime.net import Net
     if isinstance(model, Net):
         if checkpoint is not None:
@@ -51,7 +52,7 @@ def _weights_of(model, checkpoint, overrides, model_name):
         return model
     if checkpoint is not None:
         from nnlang.train.inference import restore
-        net = restore(model, checkpoint, backend="reference")[0]
+        net = restore(model, checkpoint, backend="reference", console=console)[0]
         _same_as_trained(net, overrides, model_name)
         return net
     from nnlang import load

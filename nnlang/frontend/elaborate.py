@@ -519,6 +519,8 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
             errors.add(f"clip_norm = {train.clip_norm:g}: model '{chosen.name}' has no trainable "
                        "weights, so there is no gradient to clip",
                        next(s.value.span for s in tdef.settings if s.name == "clip_norm"),
+                       "remove clip_norm, or unfreeze a layer: every weight is frozen "
+                       "(trainable = false)" if el.g.params else
                        "remove clip_norm, or give the model a layer with weights")
     gen = None
     gdef = defs.get(f"generate:{chosen.name}")

@@ -49,7 +49,8 @@ class TrainConfig:
         """(monitored value, mode) that early stopping and the plateau schedule follow in the
         model `graph`."""
         monitor = self.monitor or "val_loss"
-        return monitor, self.mode or watchable(graph).get(monitor, "max")
+        # NOTE: a monitor whose way is unknown was refused (mode_problem) before a run watches it
+        return monitor, self.mode or watchable(graph).get(monitor) or "max"
 
     def __post_init__(self):
         # The train section's values were checked where they are written (with a span), so a
@@ -125,12 +126,19 @@ def range_problem(name: str, value) -> str | None:
     return None if test(value) else f"{value!r} is out of range: {name} must be {text}"
 
 
-def watchable(graph) -> dict[str, str]:
+def watchable(graph) -> dict[str, str | None]:
     """The validation values `monitor` may name in the model `graph`, each with its default
-    mode: min for the total loss and each named loss, max for a metric."""
-    # NOTE: by what the name is, not how it is spelled: a loss named `pen` is still minimised
+    mode: min for the total loss, each named loss and a metric that is a loss op (`mae`,
+    `cross_entropy`...), max for a metric op (`accuracy`: a score); None for a metric of the
+    model's own making (`mean(abs(p - y))`), whose way the train section says (`mode`)."""
+    from nnlang.ops.registry import OPS
+    # NOTE: by what the value is, not how it is spelled: a loss named `pen` is still minimised,
+    # and a metric was always maximised, so best.npz kept an mae metric's worst epoch
+    ways = {"metrics": "max", "losses": "min"}
+    metrics = {f"val_{m}": ways.get(getattr(OPS.get(graph.node(nid).op), "family", ""))
+               for m, nid in graph.metrics.items()}
     losses = {f"val_{n}": "min" for n in graph.losses} if len(graph.losses) > 1 else {}
-    return {"val_loss": "min", **losses, **{f"val_{m}": "max" for m in graph.metrics}}
+    return {"val_loss": "min", **losses, **metrics}
 
 
 def monitor_problem(monitor: str, graph) -> tuple[str, str] | None:
@@ -140,6 +148,16 @@ def monitor_problem(monitor: str, graph) -> tuple[str, str] | None:
         return None
     return (f"monitor = {monitor!r} names no validation value of model '{graph.model}'",
             f"monitor one of: {', '.join(names)}")
+
+
+def mode_problem(monitor: str, mode: str | None, graph) -> tuple[str, str] | None:
+    """(message, hint) when `monitor` is a metric of the model's own making and no `mode`
+    says whether a higher or a lower value is better."""
+    if mode is not None or monitor not in (names := watchable(graph)) or names[monitor]:
+        return None
+    return (f"monitor = {monitor!r} is a metric of this model's own making: is a higher or a "
+            "lower value better?", 'say which: mode = "min" (an error, lower is better) or '
+            'mode = "max" (a score)')
 
 
 def setting_span(program, name: str):
@@ -171,13 +189,18 @@ def _choice(value, registry: dict, what: str, span, errors: ErrorSink, spans: di
         return None
     ok = True
     for p in sig.params:
-        none_ok = bound[p.name] is None and not p.required and p.default is None
-        problem = None if none_ok else (check_kind(p.kind, bound[p.name], False)
-                                        or range_problem(p.name, bound[p.name]))
-        if problem:
+        if problem := option_problem(p, bound[p.name]):
             errors.add(f"{name}() argument '{p.name}': {problem}", spans.get(p.name, span))
             ok = False
     return Choice(name, bound) if ok else None
+
+
+def option_problem(p, value) -> str | None:
+    """Why `value` does not fit option `p` of an optimizer or schedule (its kind, then its
+    range), or None: the one check for the train section and for --set."""
+    if value is None and not p.required and p.default is None:
+        return None
+    return check_kind(p.kind, value, False) or range_problem(p.name, value)
 
 
 def _hyphenated(e) -> str | None:

@@ -47,6 +47,14 @@ class Checkpoint:
     def data_meta(self) -> dict:
         return self.meta.get("data", {}).get("meta", {})
 
+    def load_into(self, net) -> None:
+        """The run's whole state into `net`: the weights, the optimizer's slots and its place
+        in the schedule (step, epoch, plateau reductions), so training goes on where it
+        stopped: the one place both a resumed run and `nnlang.restore` take it from."""
+        net.load_state_dict(self.state)
+        net.step, net.epoch = self.step, self.epoch
+        net.lr_scale = self.meta.get("lr_scale", 1.0)
+
 
 def save(path, state: dict, meta: dict) -> Path:
     """Writes `state` and `meta` to `path` atomically: a temp file in the same folder, fsync,

@@ -65,7 +65,11 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
         raise NNError(f"{ckpt.path} does not fit model '{net.program.model}': "
                       + "; ".join(why), hint="was it saved from another model or with other "
                                               "--set values?")
-    net.load_state_dict({k: v for k, v in ckpt.state.items() if k in net.state})
+    # NOTE: the optimizer's state and the run's place in its schedule too: a loop that trains
+    # the restored net on goes on where the run stopped (only the weights were loaded, so Adam's
+    # moments, the step and the epoch started over)
+    ckpt.load_into(net)
+    net.total_steps = ckpt.meta.get("total_steps", 0)
     net.tokenizer = tokenizer_from_meta(ckpt.data_meta)   # what net.generate encodes with
     return net, ckpt, cfg
 

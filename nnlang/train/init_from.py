@@ -3,6 +3,7 @@ train section, `nnlang.compile(..., init_from=)`): every parameter whose name an
 is copied into a freshly built `Net`; its optimizer state stays fresh."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -10,8 +11,10 @@ from rich import box
 from rich.table import Table
 
 from nnlang.errors import NNError
+from nnlang.frontend.train_config import setting_span
 from nnlang.ir.dims import fmt_shape
 from nnlang.ops.optim import OPTIMIZER_PREFIX
+from nnlang.train.progress import say
 from nnlang.train import checkpoint
 
 
@@ -23,6 +26,9 @@ class InitReport:
     loaded: list = field(default_factory=list)    # (name, shape)
     skipped: list = field(default_factory=list)   # (name, shape, why)
     fresh: list = field(default_factory=list)     # (name, shape)
+    # NOTE: of `fresh`, those frozen (trainable = false): they keep their random initial values
+    # for the whole run, most likely a layer renamed since the checkpoint was trained
+    frozen_fresh: list = field(default_factory=list)
 
     def table(self) -> Table:
         t = Table(title=f"weights from {self.source}: {len(self.loaded)} loaded, "
@@ -35,8 +41,9 @@ class InitReport:
         ours = {n for n, _ in self.fresh}
         rows = [(n, s, "loaded") for n, s in self.loaded]
         rows += [(n, s, f"skipped: {why}") for n, s, why in self.skipped if n not in ours]
-        rows += [(n, s, f"fresh; the checkpoint's {fmt_shape(theirs[n])} skipped (another "
-                        "shape)" if n in theirs else "fresh (not in the checkpoint)")
+        rows += [(n, s, (f"fresh; the checkpoint's {fmt_shape(theirs[n])} skipped (another "
+                         "shape)" if n in theirs else "fresh (not in the checkpoint)")
+                  + (", frozen: never trained" if n in self.frozen_fresh else ""))
                  for n, s in self.fresh]
         for name, shape, status in rows:
             t.add_row(name, fmt_shape(shape), status)
@@ -76,16 +83,19 @@ def init_from(net, source, skip_mismatch: bool = False, what: str = "--init-from
     # NOTE: the optimizer's own state (moments, step count) never carries over to a new run
     theirs = {k: v for k, v in ckpt.state.items() if not k.startswith(OPTIMIZER_PREFIX)}
     report = InitReport(path)
+    # NOTE: every parameter of another shape in one error, so a user meets them all at once
+    other = [f"parameter '{n}' is {fmt_shape(v.shape)} there but {fmt_shape(ours[n].shape)} "
+             "in this model" for n, v in theirs.items() if n in ours and v.shape != ours[n].shape]
+    if other and not skip_mismatch:
+        raise NNError(f"{what}: in {path}, " + "; ".join(other),
+                      hint="pass --init-skip-mismatch to keep this model's own initial values "
+                           f"for {'it' if len(other) == 1 else 'them'} (init_skip_mismatch=True "
+                           "in Python)")
     matched = {}
     for name, value in theirs.items():
         if name not in ours:
             report.skipped.append((name, value.shape, "not in this model"))
         elif value.shape != ours[name].shape:
-            if not skip_mismatch:
-                raise NNError(f"{what}: parameter '{name}' is {fmt_shape(value.shape)} in "
-                              f"{path} but {fmt_shape(ours[name].shape)} in this model",
-                              hint="pass --init-skip-mismatch to keep this model's own "
-                                   "initial values for it (init_skip_mismatch=True in Python)")
             report.skipped.append((name, value.shape,
                                    f"shape differs from this model's "
                                    f"{fmt_shape(ours[name].shape)}"))
@@ -93,6 +103,8 @@ def init_from(net, source, skip_mismatch: bool = False, what: str = "--init-from
             matched[name] = value
             report.loaded.append((name, value.shape))
     report.fresh = [(n, v.shape) for n, v in ours.items() if n not in matched]
+    report.frozen_fresh = [n for n, _ in report.fresh
+                           if not net.user.node(net.user.params[n]).attrs.get("trainable", True)]
     if not matched:
         raise NNError(f"{what}: no parameter of {path} matches this model by name and shape "
                       f"(the checkpoint has {', '.join(list(theirs)[:4]) or 'none'}"
@@ -113,14 +125,31 @@ def _source(cfg, flag, resumed: bool, file):
     return source, what, base
 
 
-def words_to_start_from(cfg, flag, resumed: bool, file):
+@contextmanager
+def _at_setting(program, cfg, flag):
+    """An error about the checkpoint the train section's own `init_from` names points at that
+    setting's line, as the section's other settings' errors do (not one from --init-from or
+    --set init_from=..., which the source does not hold)."""
+    try:
+        yield
+    except NNError as err:
+        train = getattr(program, "train", None)
+        span = setting_span(program, "init_from") if flag is None and train is not None \
+            and train.init_from == cfg.init_from else None
+        if span is None or err.span is not None or len(err.diagnostics) > 1:
+            raise
+        raise NNError(err.message, span, hint=err.hint) from None
+
+
+def words_to_start_from(program, cfg, flag, resumed: bool, file):
     """The vocabulary of the checkpoint a new run starts from (None when it starts from none,
     or that run's data had none): text data must be encoded with the words its embedding
     rows stand for, not with a vocabulary built from the new data."""
     source, what, base = _source(cfg, flag, resumed, file)
     if source is None or (flag is not None and resumed):
         return None
-    return _load(source, what, base)[1].data_meta.get("vocab")
+    with _at_setting(program, cfg, flag):
+        return _load(source, what, base)[1].data_meta.get("vocab")
 
 
 def start_run(net, cfg, flag, skip_mismatch: bool, resumed: bool, file, console):
@@ -137,6 +166,12 @@ def start_run(net, cfg, flag, skip_mismatch: bool, resumed: bool, file, console)
                       hint="pass --init-from RUN too, or leave --init-skip-mismatch out")
     if source is None:
         return cfg, None
-    report = init_from(net, source, skip_mismatch, what, base)
+    with _at_setting(net.program, cfg, flag):
+        report = init_from(net, source, skip_mismatch, what, base)
     console.print(report.table())
+    if report.frozen_fresh:
+        say(console, f"warning: {', '.join(report.frozen_fresh)} "
+                     f"{'is' if len(report.frozen_fresh) == 1 else 'are'} frozen (trainable = "
+                     "false) and not loaded, so training keeps their random initial values; "
+                     "was the layer renamed since the checkpoint was trained?")
     return replace(cfg, init_from=str(report.source)), report

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nnlang.errors import NNError
 from nnlang.frontend.source import load_source, read_source
-from nnlang.frontend.train_config import Choice, TrainConfig
+from nnlang.frontend.train_config import Choice, TrainConfig, option_problem
 from nnlang.train import feeds
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES
 from nnlang.ops.signature import show_value
@@ -113,6 +113,11 @@ def _choice(name: str, registry: dict, what: str, keep: dict) -> Choice:
     except BindError as err:
         raise NNError(f"{what} {name}: {err}", hint=f"give its options with --set, e.g. "
                       f"--set {what}={name} --set NAME=VALUE ({sig})") from None
+    # NOTE: as the train section checks them: bind alone let `cosine(warmup=2.5)` through
+    for p in sig.params:
+        if problem := option_problem(p, bound[p.name]):
+            raise NNError(f"{what} {name}: argument '{p.name}': {problem}",
+                          hint=f"its options: {sig}")
     return Choice(name, bound)
 
 

@@ -134,6 +134,11 @@ class _Watch:
     def __init__(self, cfg, graph, state: dict | None = None):
         self.monitor, self.mode = cfg.watched(graph)
         state = state or {}
+        if state.get("monitor", self.monitor) != self.monitor or \
+                state.get("mode", self.mode) != self.mode:
+            # NOTE: a resume that watches another value (or the other way) starts over: the
+            # old best is not a value of this monitor, and nothing ever improved on it
+            state = {}
         self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
         self.bad, self.plateau_bad = state.get("bad", 0), state.get("plateau_bad", 0)
 
@@ -148,8 +153,8 @@ class _Watch:
         return better
 
     def state(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad": self.bad,
-                "plateau_bad": self.plateau_bad}
+        return {"monitor": self.monitor, "mode": self.mode, "best": self.best,
+                "best_epoch": self.best_epoch, "bad": self.bad, "plateau_bad": self.plateau_bad}
 
     def summary(self) -> dict | None:
         return None if self.best is None else {"monitor": self.monitor, "mode": self.mode,
@@ -159,7 +164,7 @@ class _Watch:
 def check_watch(program, cfg, val: dict) -> None:
     """early_stop and the plateau schedule need validation data and a monitor the model
     computes: clear errors at the setting that asks for them."""
-    from nnlang.frontend.train_config import monitor_problem
+    from nnlang.frontend.train_config import mode_problem, monitor_problem
     users = [n for n, on in (("early_stop", cfg.early_stop),
                              ("schedule", cfg.schedule and cfg.schedule.name == "plateau"),
                              ("monitor", cfg.monitor))
@@ -169,6 +174,9 @@ def check_watch(program, cfg, val: dict) -> None:
     monitor = cfg.watched(program.graph)[0]
     if unknown := monitor_problem(monitor, program.graph):   # NOTE: --set monitor=... comes here
         raise NNError(unknown[0], setting_span(program, "monitor"), hint=unknown[1])
+    # NOTE: here, not where the file is read: `--set mode=min` answers it as well
+    if unclear := mode_problem(monitor, cfg.mode, program.graph):
+        raise NNError(unclear[0], setting_span(program, "monitor"), hint=unclear[1])
     if not val and users[0] != "monitor":   # NOTE: monitor alone then watches nothing, harmlessly
         what = "early_stop" if users[0] == "early_stop" else "the plateau schedule"
         raise NNError(f"{what} watches {monitor}, but this run has no validation data",
@@ -257,7 +265,7 @@ class _Training:
         if max_steps is not None and max_steps < 1:
             raise NNError(f"--max-steps must be at least 1, not {max_steps}")
         words = ckpt.data_meta.get("vocab") if ckpt else \
-            words_to_start_from(cfg, init_from, False, file)
+            words_to_start_from(program, cfg, init_from, False, file)
         cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file, words)
         if cfg.val_split > 0 and ds.val is not None and len(ds.val):
             say(console, f"note: data set '{ds.name}' has its own validation split "
@@ -333,9 +341,7 @@ class _Training:
         self.guard = DivergenceGuard()
         self.watch = _Watch(self.cfg, self.program.graph)
         if ckpt is not None:
-            self.net.load_state_dict(ckpt.state)
-            self.net.step, self.net.epoch = ckpt.step, ckpt.epoch
-            self.net.lr_scale = ckpt.meta.get("lr_scale", 1.0)
+            ckpt.load_into(self.net)
             self.watch = _Watch(self.cfg, self.program.graph, ckpt.meta.get("watch"))
             self.rng.bit_generator.state = ckpt.meta["rng_state"]
             self.start_epoch, self.skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)

@@ -104,9 +104,19 @@ def work(tmp_path_factory):
     (["--data", "one.npy"], 1, ["one.npy"]),
     (["--set", "l1=0.5", "--set", "l1_on=h.wieght"], 1,
      ["train setting 'l1_on': the model has no weight 'h.wieght'", "did you mean 'h.weight'"]),
+    # a list of paths written as in the train section (`l1_on = [h.weight]`), not quoted: it
+    # was refused as "not a literal"
+    (["--set", "l1=0.5", "--set", "l1_on=[logits.weight, h.wieght]"], 1,
+     ["train setting 'l1_on': the model has no weight 'h.wieght'", "did you mean 'h.weight'"]),
     (["--set", "schedule=step"], 1, ["schedule step: missing required argument 'step_size'",
                                      "--set schedule=step --set NAME=VALUE"]),
     (["--set", "optimizer=none"], 1, ["'optimizer' cannot be none"]),
+    # a fraction where a whole number belongs, refused as the train section refuses it: a
+    # warm-up of 2.5 steps ran at 0.4, 0.8 and then 1.2 times the base rate
+    (["--set", "schedule=cosine(warmup=2.5)"], 1,
+     ["schedule cosine: argument 'warmup': expected an integer, got 2.5"]),
+    (["--set", "schedule=plateau", "--set", "patience=1.5"], 1,
+     ["schedule plateau: argument 'patience': expected an integer, got 1.5"]),
     (["--init-skip-mismatch"], 1, ["--init-skip-mismatch applies to the weights of --init-from"]),
     # an empty --model was taken for no --model at all, and the file's one model was trained
     (["--model", "", "--out", "empty-model"], 1, ["no model named ''", "models: Tiny"]),

@@ -88,6 +88,31 @@ def test_shape_mismatch_is_an_error_naming_the_parameter(tiny_run):
         nnlang.compile(deeper(), backend="reference", init_from=tiny_run)
 
 
+def test_a_frozen_weight_left_fresh_is_pointed_out(tiny_run, tmp_path):
+    """A frozen layer the checkpoint has no weights for (renamed, or new) keeps its random
+    initial values for the whole run: the table showed it as plain "fresh"."""
+    frozen = deeper().replace("dense(h, 5)", "dense(h, 5, trainable = false)")
+    (tmp_path / "deep.nn").write_text(frozen)
+    out = cli("train", "deep.nn", "--init-from", str(tiny_run), "--init-skip-mismatch",
+              "--backend", "reference", "--max-steps", "1", "--out", "c", code=0)
+    out = " ".join(out.split())
+    assert "h2.weight [8, 5] fresh (not in the checkpoint), frozen" in out, out
+    assert "warning: h2.weight, h2.bias are frozen (trainable = false) and not loaded" in out
+
+
+def test_every_shape_mismatch_is_named_at_once(tiny_run):
+    """hidden = 6 against the run's 8: h.weight, h.bias and logits.weight all differ, and one
+    error names the three (it named the first, so a user met them one run at a time)."""
+    with pytest.raises(NNError) as err:
+        nnlang.compile(tiny_source(), backend="reference", overrides={"hidden": 6},
+                       init_from=tiny_run)
+    text = err.value.render()
+    for name, theirs, ours in (("h.weight", "[4, 8]", "[4, 6]"), ("h.bias", "[8]", "[6]"),
+                               ("logits.weight", "[8, 3]", "[6, 3]")):
+        assert f"'{name}' is {theirs}" in text and f"{ours} in this model" in text, text
+    assert "logits.bias" not in text and "--init-skip-mismatch" in text
+
+
 def test_cli_init_from_table_and_errors(tiny_run, tmp_path):
     (tmp_path / "deep.nn").write_text(deeper())
     out = cli("train", "deep.nn", "--init-from", str(tiny_run), "--backend", "reference",
@@ -113,6 +138,25 @@ def test_cli_init_from_table_and_errors(tiny_run, tmp_path):
 def test_train_section_init_from_must_be_a_path(tmp_path):
     with pytest.raises(NNError, match="init_from must be a run directory"):
         nnlang.load(tiny_source().replace("batch = 4", "batch = 4  init_from = 3"))
+
+
+@pytest.mark.parametrize("where, words", [
+    ("a", ["'h.weight' is [4, 8] there but [4, 6] in this model", "--init-skip-mismatch"]),
+    ("nowhere", ["no checkpoint at nowhere"]),
+])
+def test_train_section_init_from_errors_point_at_the_setting(tiny_run, where, words):
+    """A checkpoint the train section's init_from names that does not fit (or is not there)
+    is an error at that setting's line, as the section's other settings are (it said
+    'init_from (train section)' and no line)."""
+    source = tiny_source().replace("batch = 4", f'batch = 4\n  init_from = "{where}"')
+    (tiny_run.parent / "six.nn").write_text(source)
+    with pytest.raises(NNError) as err:
+        train(tiny_run.parent / "six.nn", tiny_run.parent / "b", overrides={"hidden": 6})
+    text = err.value.render()
+    assert "six.nn:15:15:" in text and f'init_from = "{where}"' in text, text
+    for w in words:
+        assert w in text, text
+    assert not (tiny_run.parent / "b").exists()
 
 
 def test_finetune_frozen_convolution(tmp_path, monkeypatch):

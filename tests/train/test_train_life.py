@@ -97,6 +97,22 @@ def test_monitor_max_on_a_metric(folder):
     assert h.best["epoch"] == acc.index(max(acc)) + 1
 
 
+def test_a_resume_that_changes_the_monitor_starts_its_watch_over(folder):
+    """A run that watched val_loss, resumed with monitor = "val_acc": its best was the old
+    loss value (about 1.1), against which no accuracy (mode max) ever counted, so early
+    stopping stopped at the patience and best.npz kept the val_loss epoch. The new monitor's
+    best is that of the epochs it watched."""
+    h = train(folder, "early_stop = 20", epochs=2)
+    assert h.best["monitor"] == "val_loss"
+    more = fit(str(folder / "tiny.nn"), out=folder / "run", resume=True, backend="reference",
+               progress=False, overrides={"monitor": "val_acc", "epochs": 6})
+    assert len(more.rows) == 6 and more.stopped is None
+    acc = [r["val_acc"] for r in more.rows[2:]]     # the epochs the new monitor watched
+    assert more.best == {"monitor": "val_acc", "mode": "max", "value": max(acc),
+                         "epoch": 3 + acc.index(max(acc))}
+    assert checkpoint.load(folder / "run" / "best.npz").epoch == more.best["epoch"]
+
+
 def test_monitor_min_on_a_named_loss(folder):
     """A loss is minimised whatever its name: monitor = "val_cross_entropy" beside a penalty
     loss was taken as a metric (mode max), so best.npz kept the worst epoch."""
@@ -108,6 +124,36 @@ def test_monitor_min_on_a_named_loss(folder):
     ce = [r["val_cross_entropy"] for r in h.rows]
     assert h.best["mode"] == "min" and h.best["value"] == min(ce)
     assert checkpoint.load(folder / "run" / "best.npz").epoch == ce.index(min(ce)) + 1
+
+
+def test_a_metric_is_watched_the_way_it_is_better(folder):
+    """A metric was always maximised, so a metric that is a loss (`cross_entropy`, `mae`...)
+    kept its worst epoch in best.npz and early stopping waited for it to rise. A loss op is
+    minimised and an accuracy maximised; of a metric of the model's own making the way is
+    asked (`mode`), not guessed."""
+    overfit_data(folder)
+    (folder / "tiny.nn").write_text(overfit_source('early_stop = 3\n  monitor = "val_ce"')
+                                    .replace("  metric acc", "  metric ce = cross_entropy("
+                                             "logits, label)\n  metric acc"))
+    h = fit(str(folder / "tiny.nn"), out=folder / "run", backend="reference", progress=False)
+    ce = [r["val_ce"] for r in h.rows]
+    assert h.best["mode"] == "min" and h.best["value"] == min(ce)
+    assert checkpoint.load(folder / "run" / "best.npz").epoch == ce.index(min(ce)) + 1
+    own = overfit_source('monitor = "val_gap"').replace(
+        "  metric acc", "  metric gap = mean(abs(logits))\n  metric acc")
+    (folder / "own.nn").write_text(own)
+
+    def run(**overrides):
+        return fit(str(folder / "own.nn"), out=folder / "own", backend="reference",
+                   progress=False, overrides={"epochs": 2, **overrides})
+    with pytest.raises(NNError) as err:
+        run()
+    text = err.value.render()
+    assert "own.nn:17:13:" in text and "val_gap" in text and 'mode = "min"' in text, text
+    assert not (folder / "own").exists()
+    gap = [r["val_gap"] for r in run(mode="min").rows]    # --set mode answers it
+    assert gap[0] != gap[1]
+    assert checkpoint.load(folder / "own" / "best.npz").epoch == gap.index(min(gap)) + 1
 
 
 def test_check_refuses_an_unknown_monitor(folder):
