@@ -75,7 +75,7 @@ def generate(
                           hint="give --stop TEXT or --stop-id N once")
         stop = stops[0] if stops else None
         net, ckpt, cfg = restore(str(file), checkpoint, backend, None,
-                                 None if as_json else out)
+                                 None if as_json else out, optimizer=False)
         # NOTE: the checkpoint's own tokenizer (restore keeps it): the data set need not be
         # loaded to encode
         tok = net.tokenizer

@@ -283,6 +283,16 @@ def test_restore_keeps_the_optimizer_and_the_schedule_where_the_run_left_them(tm
     assert sorted(state) == sorted(saved.state)
     for name, value in saved.state.items():
         np.testing.assert_array_equal(state[name], value, err_msg=name)
+    # eval, predict, generate and export need the weights only: Adam's slots (twice the
+    # weights) stay on disk
+    from nnlang.ops.optim import OPTIMIZER_PREFIX
+    from nnlang.train.inference import restore
+    lean = restore(str(tmp_path / "tiny.nn"), str(run), optimizer=False)[0]
+    assert sorted(lean.state) == sorted(k for k in saved.state
+                                               if not k.startswith(OPTIMIZER_PREFIX))
+    assert any(k.startswith(OPTIMIZER_PREFIX) for k in saved.state)
+    x = {"x": np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)}
+    np.testing.assert_array_equal(lean.forward(x)["probs"], net.forward(x)["probs"])
 
 
 def test_a_comment_edit_is_no_change_to_the_trained_source(tmp_path):

@@ -52,7 +52,8 @@ def _weights_of(model, checkpoint, overrides, model_name, console=None):
         return model
     if checkpoint is not None:
         from nnlang.train.inference import restore
-        net = restore(model, checkpoint, backend="reference", console=console)[0]
+        net = restore(model, checkpoint, backend="reference", console=console,
+                      optimizer=False)[0]
         _same_as_trained(net, overrides, model_name)
         return net
     from nnlang import load

@@ -14,6 +14,7 @@ import numpy as np
 from nnlang.errors import NNError
 from nnlang.files import write_atomic
 from nnlang.frontend.train_config import Choice, TrainConfig
+from nnlang.ops.optim import OPTIMIZER_PREFIX
 
 FORMAT = 1
 FILENAME = "checkpoint.npz"
@@ -47,11 +48,14 @@ class Checkpoint:
     def data_meta(self) -> dict:
         return self.meta.get("data", {}).get("meta", {})
 
-    def load_into(self, net) -> None:
-        """The run's whole state into `net`: the weights, the optimizer's slots and its place
-        in the schedule (step, epoch, plateau reductions), so training goes on where it
-        stopped: the one place both a resumed run and `nnlang.restore` take it from."""
-        net.load_state_dict(self.state)
+    def load_into(self, net, optimizer: bool = True) -> None:
+        """The run's whole state into `net`: the weights, the optimizer's slots (unless not
+        `optimizer`) and its place in the schedule (step, epoch, plateau reductions), so
+        training goes on where it stopped: the one place both a resumed run and
+        `nnlang.restore` take it from."""
+        net.load_state_dict(self.state if optimizer else
+                            {k: v for k, v in self.state.items()
+                             if not k.startswith(OPTIMIZER_PREFIX)})
         net.step, net.epoch = self.step, self.epoch
         net.lr_scale = self.meta.get("lr_scale", 1.0)
 

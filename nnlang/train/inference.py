@@ -23,9 +23,11 @@ from nnlang.train.trainer import evaluate
 
 
 def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | None = None,
-            console: Console | None = None):
+            console: Console | None = None, optimizer: bool = True):
     """(net, checkpoint, config) with the checkpoint's parameters and hyper-parameters. A run
-    directory gives its best.npz when it has one (the best epoch), else its checkpoint.npz."""
+    directory gives its best.npz when it has one (the best epoch), else its checkpoint.npz.
+    `optimizer`: the optimizer's slots too (to train on); eval, predict, generate and export
+    leave them out, which for Adam is twice the weights' memory."""
     from nnlang.runtime.net import Net
     check_backend(backend)
     ckpt = checkpoint.load(ckpt_path, prefer_best=True)
@@ -68,7 +70,7 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
     # NOTE: the optimizer's state and the run's place in its schedule too: a loop that trains
     # the restored net on goes on where the run stopped (only the weights were loaded, so Adam's
     # moments, the step and the epoch started over)
-    ckpt.load_into(net)
+    ckpt.load_into(net, optimizer)
     net.total_steps = ckpt.meta.get("total_steps", 0)
     net.tokenizer = tokenizer_from_meta(ckpt.data_meta)   # what net.generate encodes with
     return net, ckpt, cfg
@@ -79,7 +81,8 @@ def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,
                         console: Console | None = None) -> tuple[str, dict]:
     """(split evaluated, {loss, metrics...}) on the test split of the checkpoint's dataset (or
     `data`); a dataset without a test split falls back to the seeded validation carve."""
-    net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, batch, console)
+    net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, batch, console,
+                             optimizer=False)
     file = source_of(program_or_path)[1]
     _, split, arrays = held_out_arrays(net, cfg, data, data_dir,
                                        Path(file).parent if file != "<string>" else None,
@@ -116,7 +119,8 @@ def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str
     graph (`output_kind`): "class" and "binary" add label, probability and class; "sequence"
     adds ids and text (decoded when the data set has a tokenizer); "value" and "tensor" add
     value (the numbers, as lists) and shape."""
-    net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, None, console)
+    net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, None, console,
+                             optimizer=False)
     if not net.user.outputs:
         raise NNError(f"model '{net.program.model}' declares no output to predict",
                       hint="add e.g. `output probs = softmax(logits)`")
