@@ -26,13 +26,15 @@ def load(source_or_path, overrides: dict | None = None, model: str | None = None
 def compile(model, backend: str = "numba", batch: int | None = None, dtype: str = "float32",
             seed: int | None = None, overrides: dict | None = None, disable=(),
             init_from=None, init_skip_mismatch: bool = False, total_steps: int = 0,
-            model_name: str | None = None):
+            model_name: str | None = None, steps_per_epoch: int | None = None):
     """Compiles a model (a path, source text or a `Program` from `load`) into a `Net` with
     `train_step(feeds)`, `forward(feeds)`, `evaluate(feeds)` and `parameters()`.
     `disable` switches graph passes off by name (e.g. ("fuse",)) to compare. `init_from` (a run
     directory or checkpoint) loads the parameters that match by name and shape; what was
     loaded, skipped and left fresh is in `net.init_report`. `total_steps`: the length of the
-    training run, over which a cosine schedule decays. `model_name` picks one model of a file
+    training run, over which a cosine schedule decays. `steps_per_epoch` (the data's size over
+    the batch): `train_step` advances `net.epoch` itself, for the schedules that move per epoch,
+    and `total_steps` defaults to the train section's epochs times it. `model_name` picks one model of a file
     that defines several; `overrides` set its hyper-parameters (for a `Program`, pass them to
     `load`, which builds it)."""
     from nnlang.runtime.net import Net
@@ -46,7 +48,7 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
     else:
         program = load(model, overrides, model_name)
     net = Net(program, backend=backend, batch=batch, dtype=dtype, seed=seed, disable=disable,
-              total_steps=total_steps)
+              total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     net.init_report = None
     if init_from is not None:
         from nnlang.train.init_from import init_from as load_weights

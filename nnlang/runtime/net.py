@@ -83,11 +83,18 @@ class Net:
 
     def __init__(self, program, backend: str = "numba", batch: int | None = None,
                  dtype: str = "float32", seed: int | None = None, disable=(), config=None,
-                 total_steps: int = 0):
+                 total_steps: int = 0, steps_per_epoch: int | None = None):
         """config: a TrainConfig replacing the program's train section; total_steps: the
-        run's length, which schedules that decay over the whole run (cosine) need."""
+        run's length, which schedules that decay over the whole run (cosine) need;
+        steps_per_epoch: the data's size in steps, from which `train_step` advances `epoch`
+        itself (and total_steps defaults to the train section's epochs times it)."""
         check_backend(backend, device=False)
         self.disable = _check_options(batch, dtype, seed, disable)
+        for what, v, low in (("total_steps", total_steps, 0),
+                             ("steps_per_epoch", 1 if steps_per_epoch is None else
+                              steps_per_epoch, 1)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise NNError(f"{what}={v!r}: a whole number of at least {low}")
         self.program, self.backend, self.dtype = program, backend, dtype
         self.config = config or program.train or _default_config()
         self.tokenizer = None   # text <-> ids for generate; restore() sets the checkpoint's
@@ -102,7 +109,8 @@ class Net:
         self.epoch = 0
         self.lr_scale = 1.0       # a plateau schedule's reductions so far (the trainer sets it)
         self._unread: list = []   # (executable, device results) of unfetched train steps
-        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = total_steps or (steps_per_epoch or 0) * self.config.epochs
         # NOTE: one call at a time: every call of an executable writes its planned buffers
         self._lock = threading.RLock()
         self.state = self._init_state()
@@ -321,6 +329,8 @@ class Net:
             out, exe, _ = self._run("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)},
                                     fetch)
             self.step += 1
+            if self.steps_per_epoch:
+                self.epoch = self.step // self.steps_per_epoch
             if not fetch:
                 self._unread.append((exe, out))
                 return None
@@ -336,7 +346,12 @@ class Net:
 
     def end_epoch(self) -> int:
         """Marks a pass over the data done: epoch-based schedules (step, exponential) move on.
-        `train_step` counts steps itself; a library loop calls this after each epoch."""
+        `train_step` counts steps itself; a library loop calls this after each epoch (or
+        compiles the net with `steps_per_epoch`, and `train_step` counts epochs too)."""
+        if self.steps_per_epoch:
+            raise NNError(f"this net counts its epochs itself, every {self.steps_per_epoch} "
+                          "steps (steps_per_epoch): end_epoch() would count one twice",
+                          hint="drop the end_epoch() call, or compile without steps_per_epoch")
         self.epoch += 1
         return self.epoch
 

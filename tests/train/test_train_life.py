@@ -247,6 +247,39 @@ def test_library_loop_decays_a_cosine_schedule_over_the_steps_it_is_given(folder
         blind.train_step(feeds)
 
 
+def test_library_loop_counts_epochs_from_the_data_size(folder):
+    """Issue: "net.epoch advances with an explicit net.end_epoch() or from the data size".
+    With steps_per_epoch the loop calls train_step only: a step schedule halves every 3 steps,
+    and a cosine schedule decays over the train section's epochs (4) times 3 steps, by the
+    published rules; calling end_epoch() as well would count an epoch twice, so it is refused."""
+    import math
+
+    from nnlang.errors import NNError
+    feeds = {"x": np.ones((4, 4), np.float32), "label": np.array([0, 1, 2, 0], np.int32)}
+    net = nnlang.compile(overfit_source("schedule = step(step_size = 1, gamma = 0.5)", 4),
+                         backend="reference", steps_per_epoch=3)
+    rates = []
+    for _ in range(8):
+        rates.append(net.learning_rate())
+        net.train_step(feeds)
+    assert rates == pytest.approx([0.05 * 0.5 ** (t // 3) for t in range(8)])
+    assert (net.step, net.epoch) == (8, 2)
+    with pytest.raises(NNError, match="twice"):
+        net.end_epoch()
+    cos = nnlang.compile(overfit_source("schedule = cosine()", 4), backend="reference",
+                         steps_per_epoch=3)
+    assert cos.total_steps == 12
+    rates = []
+    for _ in range(12):
+        rates.append(cos.learning_rate())
+        cos.train_step(feeds)
+    assert rates == pytest.approx([0.05 * (1 + math.cos(math.pi * t / 12)) / 2
+                                   for t in range(12)])
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(NNError, match="steps_per_epoch"):
+            nnlang.compile(overfit_source(""), backend="reference", steps_per_epoch=bad)
+
+
 @pytest.mark.parametrize("extra, val, words", [
     ("early_stop = 0", True, ["early_stop", ">= 1"]),
     ("early_stop = -2", True, ["early_stop", ">= 1"]),
