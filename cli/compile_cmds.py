@@ -32,7 +32,8 @@ def compile_cmd(
         if output is not None:
             check_output(output)
         program = nnlang.load(file, parse_overrides(sets), model)
-        net = nnlang.compile(program, backend=backend, batch=batch, disable=disable)
+        net = nnlang.compile(program, backend=backend, batch=batch, disable=disable,
+                             init_from=False)   # NOTE: the graph and kernels need no weights
         if mode is None:  # NOTE: not `mode or`: an empty --mode is an unknown mode, not the default
             mode = "train" if program.graph.losses else "predict"
         text = nnlang.emit(net, emit, mode)

@@ -121,7 +121,7 @@ def graph(
     if backward or fused:
         import nnlang
         with reporting():
-            net = nnlang.compile(prog, backend="reference")
+            net = nnlang.compile(prog, backend="reference", init_from=False)
             text = nnlang.dot(net, backward=backward, fused=fused, depth=depth,
                               show_params=params, title=title)
     else:

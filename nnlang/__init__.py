@@ -30,8 +30,9 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
     """Compiles a model (a path, source text or a `Program` from `load`) into a `Net` with
     `train_step(feeds)`, `forward(feeds)`, `evaluate(feeds)` and `parameters()`.
     `disable` switches graph passes off by name (e.g. ("fuse",)) to compare. `init_from` (a run
-    directory or checkpoint) loads the parameters that match by name and shape; what was
-    loaded, skipped and left fresh is in `net.init_report`. `total_steps`: the length of the
+    directory or checkpoint; default the train section's `init_from`, False for none) loads
+    the parameters that match by name and shape; what was loaded, skipped and left fresh is in
+    `net.init_report`. `total_steps`: the length of the
     training run, over which a cosine schedule decays. `steps_per_epoch` (the data's size over
     the batch): `train_step` advances `net.epoch` itself, for the schedules that move per epoch,
     and `total_steps` defaults to the train section's epochs times it. `model_name` picks one model of a file
@@ -50,9 +51,9 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
     net = Net(program, backend=backend, batch=batch, dtype=dtype, seed=seed, disable=disable,
               total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     net.init_report = None
-    if init_from is not None:
-        from nnlang.train.init_from import init_from as load_weights
-        net.init_report = load_weights(net, init_from, init_skip_mismatch, "init_from")
+    if init_from is not False:
+        from nnlang.train.init_from import from_program
+        net.init_report = from_program(net, init_from, init_skip_mismatch)
     return net
 
 

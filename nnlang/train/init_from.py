@@ -141,6 +141,18 @@ def _at_setting(program, cfg, flag):
         raise NNError(err.message, span, hint=err.hint) from None
 
 
+def from_program(net, source, skip_mismatch: bool = False) -> InitReport | None:
+    """`nnlang.compile`'s: the weights of `source` (its `init_from=`), else of the train
+    section's own `init_from` (a path beside the .nn file; its errors located at the
+    setting), loaded into `net`; None when neither names one."""
+    base_source, what, base = _source(net.config, source, False, net.program.file)
+    if base_source is None:
+        return None
+    with _at_setting(net.program, net.config, source):
+        return init_from(net, base_source, skip_mismatch,
+                         "init_from" if source is not None else what, base)
+
+
 def words_to_start_from(program, cfg, flag, resumed: bool, file):
     """The vocabulary of the checkpoint a new run starts from (None when it starts from none,
     or that run's data had none): text data must be encoded with the words its embedding

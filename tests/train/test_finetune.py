@@ -159,6 +159,32 @@ def test_train_section_init_from_errors_point_at_the_setting(tiny_run, where, wo
     assert not (tiny_run.parent / "b").exists()
 
 
+def test_compile_applies_the_train_sections_init_from(tiny_run):
+    """nnlang.compile builds a Net with the train section's settings, `init_from` among them
+    (a path beside the .nn file, read from another working directory too); `init_from=False`
+    leaves the initializers' values, and `nnlang compile` (graphs and kernels) needs no
+    checkpoint at all."""
+    import os
+    folder = tiny_run.parent / "models"
+    folder.mkdir()
+    source = tiny_source().replace("batch = 4", 'batch = 4\n  init_from = "../a"')
+    (folder / "warm.nn").write_text(source)
+    saved = checkpoint.load(tiny_run).state
+    os.chdir(tiny_run.parent.parent)
+    net = nnlang.compile(str(folder / "warm.nn"), backend="reference")
+    assert net.init_report is not None and net.init_report.loaded
+    for name, value in net.parameters().items():
+        np.testing.assert_array_equal(value, saved[name], err_msg=name)
+    fresh = nnlang.compile(str(folder / "warm.nn"), backend="reference", init_from=False)
+    assert fresh.init_report is None
+    assert not np.array_equal(fresh.parameters()["h.weight"], saved["h.weight"])
+    (folder / "cold.nn").write_text(source.replace("../a", "../nowhere"))
+    with pytest.raises(NNError) as err:
+        nnlang.compile(str(folder / "cold.nn"), backend="reference")
+    assert "cold.nn:15:15:" in err.value.render()
+    cli("compile", folder / "cold.nn", "--emit", "summary", code=0)
+
+
 def test_finetune_frozen_convolution(tmp_path, monkeypatch):
     """Pretrain, then fine-tune on other data from the section's `init_from` with the
     convolution frozen: it stays what was loaded, bit for bit; the head learns."""
