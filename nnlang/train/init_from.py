@@ -168,9 +168,6 @@ def start_run(net, cfg, flag, skip_mismatch: bool, resumed: bool, file, console)
     """The trainer's hook on a freshly built `Net`: loads `--init-from` (`flag`) or the train
     section's `init_from` and shows the table; returns the config recording the checkpoint
     used, and the report (None when there was nothing to load)."""
-    if flag is not None and resumed:
-        raise NNError("--init-from starts a new run from another run's weights, --resume "
-                      "continues a run: pass one of them")
     source, what, base = _source(cfg, flag, resumed, file)
     if skip_mismatch and source is None:
         raise NNError("--init-skip-mismatch applies to the weights of --init-from (or the train "

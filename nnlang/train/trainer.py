@@ -243,6 +243,10 @@ class _Training:
         if isinstance(config, dict):
             data = config.get("data") if data is None else data
             config = {k: v for k, v in config.items() if k != "data"}
+        if init_from is not None and resume:
+            # NOTE: before the resumed run is looked for, whose absence would hide the conflict
+            raise NNError("--init-from starts a new run from another run's weights, --resume "
+                          "continues a run: pass one of them")
         ckpt = find_checkpoint(program_or_path, config, overrides, model, out, resume,
                                runs_root)
         program, cfg, source, file, hp = resolve(

@@ -159,6 +159,15 @@ def test_train_section_init_from_errors_point_at_the_setting(tiny_run, where, wo
     assert not (tiny_run.parent / "b").exists()
 
 
+def test_init_from_with_resume_is_the_conflict_even_with_no_run_to_resume(tiny_run):
+    """--init-from and --resume together are one error naming both, also when there is no
+    run to resume (it said "checkpoint not found", hiding the conflict)."""
+    out = cli("train", "tiny.nn", "--backend", "reference", "--init-from", tiny_run,
+              "--resume", "--out", tiny_run.parent / "never")
+    assert "--init-from starts a new run" in out and "pass one of them" in out, out
+    assert "not found" not in out
+
+
 def test_compile_applies_the_train_sections_init_from(tiny_run):
     """nnlang.compile builds a Net with the train section's settings, `init_from` among them
     (a path beside the .nn file, read from another working directory too); `init_from=False`
