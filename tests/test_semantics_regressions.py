@@ -116,6 +116,38 @@ def test_softmax_into_cross_entropy_is_a_located_warning(probs):
     assert "hint: pass the logits" in text
 
 
+SEQUENCE = """model M {
+  input x: float32[batch, 5, 4]
+  input label: int32[batch, 5]
+  probs = softmax(dense(x, 3))
+  loss cross_entropy(PROBS, LABEL)
+}"""
+
+
+@pytest.mark.parametrize("probs,label", [
+    ("reshape(probs, [batch * 5, 3])", "reshape(label, [batch * 5])"),
+    ("flatten(probs, 0, 1)", "flatten(label, 0, 1)"),
+    ("probs[:, 1:3]", "label[:, 1:3]"),
+    ("dropout(probs[:, -1], 0.1)", "label[:, -1]"),
+])
+def test_softmax_reshaped_or_sliced_into_cross_entropy_is_still_a_warning(probs, label):
+    """A sequence model flattens its per-token scores before the loss (a language model's
+    `reshape(probs, [batch * seq, vocab])`): moving the rows around keeps them probabilities."""
+    src = SEQUENCE.replace("PROBS", probs).replace("LABEL", label)
+    (warning,) = load(src).warnings
+    assert warning.render().startswith("<string>:5:8: warning: cross_entropy takes logits")
+
+
+def test_a_reshape_that_splits_the_class_axis_is_no_warning():
+    # rows of 2 cut from softmax rows of 4 are no longer distributions: no claim either way
+    src = """model M {
+  input x: float32[batch, 4]
+  input label: int32[batch, 2]
+  loss cross_entropy(reshape(softmax(x), [batch * 2, 2]), reshape(label, [batch * 2]))
+}"""
+    assert load(src).warnings == []
+
+
 def test_logits_into_cross_entropy_give_no_warning():
     for path in ("models/mlp.nn", "models/cnn.nn", "models/transformer.nn"):
         assert load(path).warnings == []
