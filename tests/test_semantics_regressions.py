@@ -90,6 +90,36 @@ def test_global_max_pool_gives_a_tied_maximum_to_its_first_cell_like_max_pool(ba
     np.testing.assert_array_equal(grad, [[[0, 1, 0, 0], [5, 0, 0, 0]]])
 
 
+RELU_AT_ZERO = """model M {
+  input x: float64[batch, 4]
+  param p: float64[1, 4] = zeros
+  loss sum(relu(p) * x) + sum(dense(x, 2, activation = "relu", init = zeros))
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_relu_has_gradient_zero_at_zero_like_pytorch(backend):
+    """relu'(0) = 0 in PyTorch (threshold_backward passes the gradient where x > 0 only). A zero
+    pre-activation is common: a zero-initialized layer, or a convolution over an all-zero
+    patch with its zero bias; there a gradient of 1 moved the bias where PyTorch does not."""
+    net = nnlang.compile(RELU_AT_ZERO, backend=backend, batch=1, dtype="float64")
+    net.load_state_dict({"p": np.array([[-1.0, 0.0, 0.0, 2.0]])}, strict=False)
+    grads = net.gradients({"x": np.array([[1.0, 2.0, 3.0, 4.0]])})
+    np.testing.assert_array_equal(grads["p"], [[0, 0, 0, 4]])
+    np.testing.assert_array_equal(grads["dense.bias"], [0, 0])
+
+
+def test_relu_gradient_at_zero_matches_torch():
+    torch = pytest.importorskip("torch")
+    t = torch.tensor([-1.0, 0.0, 0.0, 2.0], dtype=torch.float64, requires_grad=True)
+    torch.relu(t).sum().backward()
+    net = nnlang.compile(RELU_AT_ZERO, backend="numba", batch=1, dtype="float64")
+    net.load_state_dict({"p": t.detach().numpy()[None]}, strict=False)
+    grads = net.gradients({"x": np.ones((1, 4))})
+    np.testing.assert_array_equal(grads["p"][0], t.grad.numpy())
+
+
 def test_batch_names_the_batch_dim_in_shape_arguments():
     src = """model M {
   input x: float32[batch, 4]

@@ -127,12 +127,15 @@ def _select_grad(pick_a):
     return grad
 
 
-# NOTE: ties send the whole gradient to `a`, as torch.maximum's subgradient choice differs;
-# finite differences are undefined at ties, so samples avoid them.
+# NOTE: ties send the whole gradient to `a` (torch.maximum splits it evenly, which costs an
+# equality test and a halving in every backward); relu relies on it (maximum(0, x)). Finite
+# differences are undefined at ties, so samples avoid them.
 _binary("maximum", "max({0}, {1})", np.maximum, _select_grad(lambda b, a, c: b.ge(a, c)),
-        doc="elementwise max", onnx="Max")
+        doc="elementwise max; where a == b the whole gradient goes to a (torch.maximum "
+            "splits it evenly)", onnx="Max")
 _binary("minimum", "min({0}, {1})", np.minimum, _select_grad(lambda b, a, c: b.le(a, c)),
-        doc="elementwise min", onnx="Min")
+        doc="elementwise min; where a == b the whole gradient goes to a (torch.minimum "
+            "splits it evenly)", onnx="Min")
 
 
 def _onnx_ne(e, n, a, b):

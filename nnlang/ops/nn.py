@@ -191,8 +191,10 @@ def _act(name, sig, decompose, doc, samples=_ACT_SAMPLES):
              samples=samples)
 
 
-_act("relu", "x: tensor", lambda b, x: b.maximum(x, const_like(b, 0.0, x)),
-     "max(x, 0). NOTE: the gradient at exactly 0 is 1 (maximum sends ties to x).")
+# NOTE: maximum(0, x), not maximum(x, 0): maximum sends a tie's gradient to its first
+# argument, so at x = 0 exactly it goes to the constant and x gets 0, as in PyTorch
+_act("relu", "x: tensor", lambda b, x: b.maximum(const_like(b, 0.0, x), x),
+     "max(x, 0); its gradient at exactly 0 is 0, as in PyTorch")
 _act("leaky_relu", "x: tensor, alpha: float = 0.01",
      lambda b, x, *, alpha: b.where(b.gt(x, const_like(b, 0.0, x)), x,
                                     b.mul(x, const_like(b, alpha, x))),
