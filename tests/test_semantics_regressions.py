@@ -131,6 +131,17 @@ def test_batch_names_the_batch_dim_in_shape_arguments():
                                   np.broadcast_to(x[:, None, :], (2, 3, 4)))
 
 
+@pytest.mark.parametrize("call", ["slice(x, axis = 0, stop = batch)",
+                                  "slice(x, 0, 0, batch)", "x[0:batch]"])
+def test_batch_is_a_bound_of_slice_as_of_a_subscript(call):
+    """`x[0:batch]` worked while the op it stands for, `slice(x, axis = 0, stop = batch)`,
+    said "expected an integer, got batch"."""
+    src = f"model M {{\n  input x: float32[batch, 4]\n  output y = {call} * 2.0\n}}"
+    net = nnlang.compile(src, backend="numba", batch=3)
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(net.forward({"x": x})["y"], x[0:3] * 2)
+
+
 @pytest.mark.parametrize("probs", ["dense(x, 3) |> softmax", "softmax(dense(x, 3))",
                                    'dense(x, 3, activation = "softmax")'])
 def test_softmax_into_cross_entropy_is_a_located_warning(probs):
