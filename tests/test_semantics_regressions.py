@@ -110,6 +110,17 @@ def test_relu_has_gradient_zero_at_zero_like_pytorch(backend):
     np.testing.assert_array_equal(grads["dense.bias"], [0, 0])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_relu_keeps_a_nan(backend):
+    """relu(nan) is nan (torch.relu, np.maximum): a diverged value stays visible. A numba
+    kernel's max(0.0, x) gave 0.0 for a NaN x (Python's max keeps its first argument when the
+    comparison is false)."""
+    src = "model M { input x: float32[batch, 4]  output y = relu(x) }"
+    x = np.array([[np.nan, -1.0, 0.0, 2.0]], np.float32)
+    y = nnlang.compile(src, backend=backend, batch=1).forward({"x": x})["y"]
+    np.testing.assert_array_equal(y, [[np.nan, 0.0, 0.0, 2.0]])
+
+
 def test_relu_gradient_at_zero_matches_torch():
     torch = pytest.importorskip("torch")
     t = torch.tensor([-1.0, 0.0, 0.0, 2.0], dtype=torch.float64, requires_grad=True)
