@@ -121,6 +121,20 @@ def test_relu_keeps_a_nan(backend):
     np.testing.assert_array_equal(y, [[np.nan, 0.0, 0.0, 2.0]])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_maximum_and_minimum_keep_a_nan_in_either_place(backend):
+    """np.maximum / torch.maximum give nan when either side is nan; numba's kernels spelled
+    maximum as Python's max(a, b), which returns a when b is nan (the comparison is false)."""
+    src = """model M { input x: float32[batch, 3]
+      output a = maximum(0.5, x)  output b = maximum(x, 0.5)
+      output c = minimum(1.0, x)  output d = minimum(x, 1.0) }"""
+    x = np.array([[np.nan, -1.0, 2.0]], np.float32)
+    out = nnlang.compile(src, backend=backend, batch=1).forward({"x": x})
+    for name, want in (("a", [np.nan, 0.5, 2.0]), ("b", [np.nan, 0.5, 2.0]),
+                       ("c", [np.nan, -1.0, 1.0]), ("d", [np.nan, -1.0, 1.0])):
+        np.testing.assert_array_equal(out[name], [want], err_msg=name)
+
+
 def test_relu_gradient_at_zero_matches_torch():
     torch = pytest.importorskip("torch")
     t = torch.tensor([-1.0, 0.0, 0.0, 2.0], dtype=torch.float64, requires_grad=True)

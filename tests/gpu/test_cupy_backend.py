@@ -263,6 +263,18 @@ def test_every_library_primitive_sample_matches_the_interpreter(cupy):
                                        atol=1e-12, err_msg=f"{case} {key}")
 
 
+def test_maximum_and_minimum_keep_a_nan(cupy):
+    """As np.maximum and torch: nan on either side gives nan (fmax/fmin, their CUDA spelling
+    before, drop a nan on either side); relu keeps it too."""
+    src = """model M { input x: float32[batch, 3]
+      output a = maximum(0.5, x)  output b = minimum(x, 1.0)  output r = relu(x) }"""
+    x = np.array([[np.nan, -1.0, 2.0]], np.float32)
+    out = _host(cupy, nnlang.compile(src, backend="cupy", batch=1).forward({"x": x}))
+    np.testing.assert_array_equal(out["a"], [[np.nan, 0.5, 2.0]])
+    np.testing.assert_array_equal(out["b"], [[np.nan, -1.0, 1.0]])
+    np.testing.assert_array_equal(out["r"], [[np.nan, 0.0, 2.0]])
+
+
 def test_compile_graph_dispatches_to_cupy(cupy):
     from nnlang.backends.cupy_backend import CupyBackend, DeviceState
     from nnlang.passes.pipeline import forward_graph
