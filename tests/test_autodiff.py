@@ -3,6 +3,7 @@
 For each registry sample: y = op(inputs); L = sum(y * c) for a fixed random cotangent c; the
 gradient graph built by `passes/autodiff.py` must match (L(x + h e) - L(x - h e)) / 2h, checked
 as inner products with random directions (JAX's check_vjp), which is cheap for big tensors.
+On numba the compiled forward is also checked against the interpreter.
 """
 from __future__ import annotations
 
@@ -47,14 +48,16 @@ def _eval(g, loss, feeds, params):
     return float(interpret(g, feeds, params, want={"l": loss})["l"])
 
 
-def _compiled_gradients(g, grads, feeds, params):
-    """The gradient values computed by kernels the Numba backend generated for this graph."""
+def _compiled(g, grads, feeds, params):
+    """(forward output, {wrt: gradient}) computed by kernels the Numba backend generated for
+    this graph."""
     from nnlang.runtime.executable import compile_graph
+    forward = g.outputs["out"]
     g = g.copy()
-    g.outputs = {f"g{nid}": gid for nid, gid in grads.items()}
+    g.outputs = {"out": forward, **{f"g{nid}": gid for nid, gid in grads.items()}}
     exe = compile_graph(g, backend="numba", state=params)
     out = exe.run({k: v for k, v in feeds.items() if k in g.inputs})
-    return {nid: out[f"g{nid}"] for nid in grads}
+    return out["out"], {nid: out[f"g{nid}"] for nid in grads}
 
 
 @pytest.mark.parametrize("backend", ["reference", "numba"])
@@ -65,8 +68,14 @@ def test_gradient_matches_finite_differences(name, sample, backend):
     verify(g)
     env = interpret(g, feeds, params)
     if backend == "numba":
-        env = {**env, **{grads[n]: v for n, v in
-                         _compiled_gradients(g, grads, feeds, params).items()}}
+        # NOTE: the forward too: an elementwise op's `expr` (what the kernels compute) must
+        # agree with its `impl` (what the interpreter and finite differences use); its
+        # gradient rule is built from other ops, so a wrong expr passes every gradient check
+        forward, compiled = _compiled(g, grads, feeds, params)
+        np.testing.assert_allclose(forward, env[g.outputs["out"]], rtol=1e-10, atol=1e-12,
+                                   err_msg=f"{name}: the numba kernels' forward disagrees "
+                                           "with the interpreter (impl)")
+        env = {**env, **{grads[n]: v for n, v in compiled.items()}}
     rng = np.random.default_rng(2)
     h = 1e-6
     for key, nid in wrt.items():

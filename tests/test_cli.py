@@ -207,6 +207,20 @@ def test_compile_emits_cuda_without_a_gpu():
     assert "_multi(" in result.output  # NOTE: the Adam update of every parameter, one launch
 
 
+def test_compile_summary_for_cuda_without_a_gpu():
+    """`nnlang compile --backend cupy` (its default --emit summary) said the backend needs CuPy,
+    while --emit kernels of the same model rendered without it: the summary counts the same
+    render-only executable, whose plan is the numba one's (the same passes and schedule)."""
+    args = ["compile", "models/mlp.nn", "--set", "hidden1=16", "--batch", "4"]
+    cuda = CliRunner().invoke(app, args + ["--backend", "cupy"])
+    assert cuda.exit_code == 0, cuda.output
+    numba = CliRunner().invoke(app, args + ["--backend", "numba"])
+    rows = [r for r in numba.output.splitlines() if r.startswith(("kernels:", "calls:",
+                                                                  "buffer_bytes:"))]
+    assert len(rows) == 3 and all(r in cuda.output.splitlines() for r in rows), cuda.output
+    assert "backend cupy" in cuda.output
+
+
 def test_internal_errors_print_no_traceback(monkeypatch):
     import nnlang.runtime.emit as emit
 

@@ -318,6 +318,13 @@ def test_contributing_elementwise_example_registers_a_working_op(monkeypatch):
     np.testing.assert_allclose(net.forward({"x": x})["y"], y, rtol=1e-6)
     np.testing.assert_allclose(net.gradients({"x": x}, inputs="x")["x"], 2 * y * dy_dx / y.size,
                                rtol=1e-5, atol=1e-7)
+    # NOTE: its ONNX form too: tests/test_export.py runs every op, the new one included
+    import onnxruntime
+    proto = nnlang.export_onnx("model S {\n  input x: float32[batch, 5]\n  output y = "
+                               "softsign(x)\n}")
+    run = onnxruntime.InferenceSession(proto.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(run.run(["y"], {"x": x})[0], y, rtol=1e-6)
 
 
 @pytest.mark.slow

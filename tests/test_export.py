@@ -376,6 +376,19 @@ def test_every_op_sample_through_onnx_runtime(name, sample):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=TOL)
 
 
+def test_an_elementwise_op_without_an_onnx_name_cannot_be_exported(monkeypatch):
+    """`_unary`/`_binary` without `onnx=` (as docs/contributing.md's first example): the export
+    names the op, instead of an ONNX node with an empty op type that the checker rejects."""
+    from nnlang.ops.elementwise import _unary
+    from nnlang.ops.registry import Sample
+    from tests.op_graphs import op_graph
+    monkeypatch.setattr(registry, "OPS", dict(registry.OPS))   # NOTE: gone after the test
+    _unary("scratch_softsign", "{0} / (1 + abs({0}))", lambda x: x / (1 + np.abs(x)), None)
+    g, _, params, _ = op_graph("scratch_softsign", Sample(((3, 4),)), "float32")
+    with pytest.raises(nnlang.NNError, match="cannot export op 'scratch_softsign'"):
+        build_model(g, params)
+
+
 def test_export_bench_smoke(capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     monkeypatch.delenv("NNLANG_DATA_DIR", raising=False)   # drawn inputs: no data needed

@@ -90,6 +90,61 @@ def test_global_max_pool_gives_a_tied_maximum_to_its_first_cell_like_max_pool(ba
     np.testing.assert_array_equal(grad, [[[0, 1, 0, 0], [5, 0, 0, 0]]])
 
 
+RELU_AT_ZERO = """model M {
+  input x: float64[batch, 4]
+  param p: float64[1, 4] = zeros
+  loss sum(relu(p) * x) + sum(dense(x, 2, activation = "relu", init = zeros))
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_relu_has_gradient_zero_at_zero_like_pytorch(backend):
+    """relu'(0) = 0 in PyTorch (threshold_backward passes the gradient where x > 0 only). A zero
+    pre-activation is common: a zero-initialized layer, or a convolution over an all-zero
+    patch with its zero bias; there a gradient of 1 moved the bias where PyTorch does not."""
+    net = nnlang.compile(RELU_AT_ZERO, backend=backend, batch=1, dtype="float64")
+    net.load_state_dict({"p": np.array([[-1.0, 0.0, 0.0, 2.0]])}, strict=False)
+    grads = net.gradients({"x": np.array([[1.0, 2.0, 3.0, 4.0]])})
+    np.testing.assert_array_equal(grads["p"], [[0, 0, 0, 4]])
+    np.testing.assert_array_equal(grads["dense.bias"], [0, 0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_relu_keeps_a_nan(backend):
+    """relu(nan) is nan (torch.relu, np.maximum): a diverged value stays visible. A numba
+    kernel's max(0.0, x) gave 0.0 for a NaN x (Python's max keeps its first argument when the
+    comparison is false)."""
+    src = "model M { input x: float32[batch, 4]  output y = relu(x) }"
+    x = np.array([[np.nan, -1.0, 0.0, 2.0]], np.float32)
+    y = nnlang.compile(src, backend=backend, batch=1).forward({"x": x})["y"]
+    np.testing.assert_array_equal(y, [[np.nan, 0.0, 0.0, 2.0]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_maximum_and_minimum_keep_a_nan_in_either_place(backend):
+    """np.maximum / torch.maximum give nan when either side is nan; numba's kernels spelled
+    maximum as Python's max(a, b), which returns a when b is nan (the comparison is false)."""
+    src = """model M { input x: float32[batch, 3]
+      output a = maximum(0.5, x)  output b = maximum(x, 0.5)
+      output c = minimum(1.0, x)  output d = minimum(x, 1.0) }"""
+    x = np.array([[np.nan, -1.0, 2.0]], np.float32)
+    out = nnlang.compile(src, backend=backend, batch=1).forward({"x": x})
+    for name, want in (("a", [np.nan, 0.5, 2.0]), ("b", [np.nan, 0.5, 2.0]),
+                       ("c", [np.nan, -1.0, 1.0]), ("d", [np.nan, -1.0, 1.0])):
+        np.testing.assert_array_equal(out[name], [want], err_msg=name)
+
+
+def test_relu_gradient_at_zero_matches_torch():
+    torch = pytest.importorskip("torch")
+    t = torch.tensor([-1.0, 0.0, 0.0, 2.0], dtype=torch.float64, requires_grad=True)
+    torch.relu(t).sum().backward()
+    net = nnlang.compile(RELU_AT_ZERO, backend="numba", batch=1, dtype="float64")
+    net.load_state_dict({"p": t.detach().numpy()[None]}, strict=False)
+    grads = net.gradients({"x": np.ones((1, 4))})
+    np.testing.assert_array_equal(grads["p"][0], t.grad.numpy())
+
+
 def test_batch_names_the_batch_dim_in_shape_arguments():
     src = """model M {
   input x: float32[batch, 4]
@@ -99,6 +154,17 @@ def test_batch_names_the_batch_dim_in_shape_arguments():
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     np.testing.assert_array_equal(net.forward({"x": x})["y"],
                                   np.broadcast_to(x[:, None, :], (2, 3, 4)))
+
+
+@pytest.mark.parametrize("call", ["slice(x, axis = 0, stop = batch)",
+                                  "slice(x, 0, 0, batch)", "x[0:batch]"])
+def test_batch_is_a_bound_of_slice_as_of_a_subscript(call):
+    """`x[0:batch]` worked while the op it stands for, `slice(x, axis = 0, stop = batch)`,
+    said "expected an integer, got batch"."""
+    src = f"model M {{\n  input x: float32[batch, 4]\n  output y = {call} * 2.0\n}}"
+    net = nnlang.compile(src, backend="numba", batch=3)
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(net.forward({"x": x})["y"], x[0:3] * 2)
 
 
 @pytest.mark.parametrize("probs", ["dense(x, 3) |> softmax", "softmax(dense(x, 3))",
@@ -114,6 +180,38 @@ def test_softmax_into_cross_entropy_is_a_located_warning(probs):
     text = warning.render()
     assert text.startswith("<string>:5:8: warning: cross_entropy takes logits")
     assert "hint: pass the logits" in text
+
+
+SEQUENCE = """model M {
+  input x: float32[batch, 5, 4]
+  input label: int32[batch, 5]
+  probs = softmax(dense(x, 3))
+  loss cross_entropy(PROBS, LABEL)
+}"""
+
+
+@pytest.mark.parametrize("probs,label", [
+    ("reshape(probs, [batch * 5, 3])", "reshape(label, [batch * 5])"),
+    ("flatten(probs, 0, 1)", "flatten(label, 0, 1)"),
+    ("probs[:, 1:3]", "label[:, 1:3]"),
+    ("dropout(probs[:, -1], 0.1)", "label[:, -1]"),
+])
+def test_softmax_reshaped_or_sliced_into_cross_entropy_is_still_a_warning(probs, label):
+    """A sequence model flattens its per-token scores before the loss (a language model's
+    `reshape(probs, [batch * seq, vocab])`): moving the rows around keeps them probabilities."""
+    src = SEQUENCE.replace("PROBS", probs).replace("LABEL", label)
+    (warning,) = load(src).warnings
+    assert warning.render().startswith("<string>:5:8: warning: cross_entropy takes logits")
+
+
+def test_a_reshape_that_splits_the_class_axis_is_no_warning():
+    # rows of 2 cut from softmax rows of 4 are no longer distributions: no claim either way
+    src = """model M {
+  input x: float32[batch, 4]
+  input label: int32[batch, 2]
+  loss cross_entropy(reshape(softmax(x), [batch * 2, 2]), reshape(label, [batch * 2]))
+}"""
+    assert load(src).warnings == []
 
 
 def test_logits_into_cross_entropy_give_no_warning():

@@ -68,3 +68,31 @@ def test_model_without_loss_cannot_train():
                          backend="reference", batch=2)
     with pytest.raises(NNError, match="declares no loss"):
         net.train_step({"x": np.zeros((2, 2), np.float32)})
+
+
+# *** every loss in the registry (docs/contributing.md: a new loss is checked here) ***
+
+def _loss_cases():
+    from nnlang.ops import registry
+    from tests.op_graphs import sample_cases
+    return [pytest.param(name, s, id=case) for case, name, s in sample_cases()
+            if registry.get(name).family == "losses"]
+
+
+@pytest.mark.parametrize("name,sample", _loss_cases())
+def test_every_loss_is_a_scalar_and_rejects_targets_of_another_batch(name, sample):
+    """A loss reduces to a scalar in its predictions' dtype (a per-example vector would be
+    refused as a model's `loss` only where a user writes it), and a target whose batch
+    differs is a ShapeError naming the target (arg 1), which the frontend puts a caret on."""
+    from nnlang.ops import registry
+    from nnlang.ops.registry import ShapeError, TensorType
+    from tests.op_graphs import op_graph, sample_attrs
+    op = registry.get(name)
+    g, _, _, out = op_graph(name, sample, "float64")
+    assert g.node(out).shape == () and g.node(out).dtype == "float64", name
+    types = [g.node(g.inputs[f"x{i}"]).type for i in range(len(sample.shapes))]
+    target = types[1]
+    types[1] = TensorType((target.shape[0] + 1,) + tuple(target.shape[1:]), target.dtype)
+    with pytest.raises(ShapeError) as info:
+        op.shape(*types, **sample_attrs(name, sample))
+    assert info.value.arg == 1, (name, info.value.message)

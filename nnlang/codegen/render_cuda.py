@@ -36,7 +36,9 @@ class CudaLang(ScalarLang):
                  "abs": "fabsf", "sigmoid": "nn_sigmoidf", "max": "fmaxf", "min": "fminf",
                  "pow": "powf"}
     funcs_int = {"abs": "nn_abs", "sign": "nn_sign", "max": "nn_max", "min": "nn_min"}
-    templates = {"where": "({0} ? {1} : {2})"}
+    templates = {"where": "({0} ? {1} : {2})",   # maximum/minimum: see ScalarLang.templates
+                 "maximum": "(({0} >= {1} || {0} != {0}) ? {0} : {1})",
+                 "minimum": "(({0} <= {1} || {0} != {0}) ? {0} : {1})"}
     dtype_names = CTYPES
     # NOTE: each helper's first two lines are a comment and the signature, as `used_helpers`
     # scans the text after them for calls of other helpers

@@ -25,7 +25,12 @@ class ScalarLang:
     # slower in an LSTM cell kernel)
     funcs_f32 = {"exp": "exp_f32", "tanh": "tanh_f32", "sigmoid": "sigmoid_f32"}
     # whole-template overrides by op name (C-like languages spell `where` as `c ? a : b`)
-    templates: dict[str, str] = {}
+    # NOTE: maximum/minimum keep a NaN on either side, as np.maximum (their impl) and torch do;
+    # Python's max(a, b) returns a when b is NaN, and C's fmax drops a NaN on either side.
+    # A tie gives a, the side their gradient rule picks.
+    templates: dict[str, str] = {
+        "maximum": "({0} if ({0} >= {1} or {0} != {0}) else {1})",
+        "minimum": "({0} if ({0} <= {1} or {0} != {0}) else {1})"}
     dtype_names = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32",
                    "int64": "np.int64", "bool": "np.bool_"}
     # helpers the kernels call, imported from `helper_module`, where they are real code (see

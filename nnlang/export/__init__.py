@@ -56,7 +56,7 @@ def _weights_of(model, checkpoint, overrides, model_name, console=None):
                       optimizer=False)[0]
         _same_as_trained(net, overrides, model_name)
         return net
-    from nnlang import load
+    from nnlang.frontend.elaborate import load
     program = model if hasattr(model, "graph") else load(model, overrides, model_name)
     return Net(program, backend="reference", batch=1)
 

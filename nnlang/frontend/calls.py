@@ -44,6 +44,7 @@ class CallElaboration:
         # NOTE: an op without weights (relu in `h = dense(x, 8) |> relu`) passes the target
         # name to its first argument, so the layer it wraps is named `h`, not `dense`
         inner = target if opdef.params is None else None
+        self.unquoted_names(e, opdef, scope)
         args = [self.single(a, scope, inner if i == 0 else None) for i, a in enumerate(e.args)]
         kwargs = {k.name: self.single(k.value, scope) for k in e.kwargs}
         if any(v is POISON for v in args + list(kwargs.values())):
@@ -140,6 +141,22 @@ class CallElaboration:
         if len(names) != n or len(set(names)) != n:
             names = [f"v{i + 1}" for i in range(n)]
         return f"{func}(...)", names
+
+    def unquoted_names(self, e: ast.Call, opdef, scope: Scope) -> None:
+        """`dense(x, 3, activation = softmax)`, as Keras and PyTorch users write it: a string
+        parameter given an op's bare name is meant as that name, quoted (else the name would
+        read as an op to call, and the error would say to call it)."""
+        params = [p for p in opdef.sig.params if not p.variadic]
+        given = [(p, a) for p, a in zip(params, e.args)]
+        given += [(next((p for p in params if p.name == k.name), None), k.value)
+                  for k in e.kwargs]
+        for p, a in given:
+            if p is not None and p.kind == "str" and isinstance(a, ast.Name) and \
+                    a.id not in scope.vars and registry.get(a.id) is not None:
+                self.fail(f"{e.func}() argument '{p.name}' takes the activation's name as a "
+                          f"string, not the op {a.id}" if p.name == "activation" else
+                          f"{e.func}() argument '{p.name}' takes a string, not the op {a.id}",
+                          a.span, f'quote it: {p.name} = "{a.id}"')
 
     def trainable_flag(self, value, span: Span) -> bool:
         """The value of a `trainable = ...` option, which must be a boolean."""

@@ -20,6 +20,22 @@ PRODUCER_RULES = (
 )
 
 
+# Ops that only move, select or (dropout) scale rows: a softmax's rows stay its rows through
+# them as long as the last axis (the one the loss reads as classes) keeps its size, as in a
+# sequence model's `reshape(probs, [batch * seq, classes])` before its loss.
+ROW_PRESERVING = ("reshape", "flatten", "slice", "squeeze", "unsqueeze", "dropout")
+
+
+def _producer(g: Graph, nid: int):
+    """The node that made the rows `nid` holds: through row-preserving ops."""
+    node = g.node(nid)
+    while (node.op in ROW_PRESERVING and node.inputs and node.type.shape and
+           g.node(node.inputs[0]).type.shape and
+           node.type.shape[-1] == g.node(node.inputs[0]).type.shape[-1]):
+        node = g.node(node.inputs[0])
+    return node
+
+
 def lint(g: Graph) -> list[Diagnostic]:
     """The warnings for the user-level graph `g`, each at the loss's span."""
     found = []
@@ -27,7 +43,7 @@ def lint(g: Graph) -> list[Diagnostic]:
         for loss, arg, producer, why, hint in PRODUCER_RULES:
             if node.op != loss or len(node.inputs) <= arg:
                 continue
-            source = g.node(node.inputs[arg])
+            source = _producer(g, node.inputs[arg])
             if producer in (source.op, source.attrs.get("activation")):
                 found.append(Diagnostic(why, node.span, hint, severity="warning"))
     return found

@@ -39,11 +39,16 @@ def _compare_shape(a: TensorType, b: TensorType, **_) -> TensorType:
     return TensorType(broadcast_shapes(a.shape, b.shape), "bool")
 
 
-# NOTE: `onnx` names the ONNX operator of the same meaning (each one node; see `onnx_op`)
+# NOTE: `onnx` names the ONNX operator of the same meaning (each one node; see `onnx_op`);
+# left out, the op has no ONNX form and `nnlang export` says so, naming it
+def _onnx_of(op_type: str):
+    return onnx_op(op_type) if op_type else None
+
+
 def _unary(name, expr, impl, grad, samples=_REAL, float_only=True, doc="", onnx=""):
     register(name, "x: tensor", _float_unary_shape if float_only else _number_unary_shape,
              expr=expr, impl=impl, grad=grad, samples=samples, doc=doc, family="elementwise",
-             traits={ELEMENTWISE, UNARY}, onnx=onnx_op(onnx))
+             traits={ELEMENTWISE, UNARY}, onnx=_onnx_of(onnx))
 
 
 def _pow_shape(a: TensorType, b: TensorType, **_) -> TensorType:
@@ -61,7 +66,7 @@ def _pow_shape(a: TensorType, b: TensorType, **_) -> TensorType:
 def _binary(name, expr, impl, grad, samples=_PAIRS, doc="", onnx="", shape=_binary_shape):
     register(name, "a: tensor, b: tensor", shape, expr=expr, impl=impl, grad=grad,
              samples=samples, doc=doc, family="elementwise", traits={ELEMENTWISE, BINARY},
-             onnx=onnx_op(onnx))
+             onnx=_onnx_of(onnx))
 
 
 # NOTE: in every rule below `n.inputs` are the forward inputs, `n.id` the forward output, and
@@ -127,12 +132,15 @@ def _select_grad(pick_a):
     return grad
 
 
-# NOTE: ties send the whole gradient to `a`, as torch.maximum's subgradient choice differs;
-# finite differences are undefined at ties, so samples avoid them.
+# NOTE: ties send the whole gradient to `a` (torch.maximum splits it evenly, which costs an
+# equality test and a halving in every backward); relu relies on it (maximum(0, x)). Finite
+# differences are undefined at ties, so samples avoid them.
 _binary("maximum", "max({0}, {1})", np.maximum, _select_grad(lambda b, a, c: b.ge(a, c)),
-        doc="elementwise max", onnx="Max")
+        doc="elementwise max; where a == b the whole gradient goes to a (torch.maximum "
+            "splits it evenly)", onnx="Max")
 _binary("minimum", "min({0}, {1})", np.minimum, _select_grad(lambda b, a, c: b.le(a, c)),
-        doc="elementwise min", onnx="Min")
+        doc="elementwise min; where a == b the whole gradient goes to a (torch.minimum "
+            "splits it evenly)", onnx="Min")
 
 
 def _onnx_ne(e, n, a, b):

@@ -149,7 +149,7 @@ def _onnx_slice(e, n, x):
     return e.op("Slice", x, e.ints([lo]), e.ints([hi]), e.ints([a["axis"]]), e.ints([step]))
 
 
-register("slice", "x: tensor, axis: int, start: int = 0, stop: int = none, step: int = 1",
+register("slice", "x: tensor, axis: int, start: int = 0, stop: dim = none, step: int = 1",
          _slice_shape, impl=_slice_impl, grad=_slice_grad, family="movement", traits={MOVEMENT},
          onnx=_onnx_slice,
          doc="x[start:stop:step] along one axis",

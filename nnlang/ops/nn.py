@@ -186,13 +186,18 @@ def _float_shape(name):
 _ACT_SAMPLES = (Sample(((3, 4),)), Sample(((2, 3, 5),)))
 
 
-def _act(name, sig, decompose, doc, samples=_ACT_SAMPLES):
+def _act(name, sig, decompose, doc, samples=_ACT_SAMPLES, flops=None):
     register(name, sig, _float_shape(name), decompose=decompose, family="nn", doc=doc,
-             samples=samples)
+             samples=samples, flops=flops)
 
 
-_act("relu", "x: tensor", lambda b, x: b.maximum(x, const_like(b, 0.0, x)),
-     "max(x, 0). NOTE: the gradient at exactly 0 is 1 (maximum sends ties to x).")
+# NOTE: where(x <= 0, 0, x), not maximum: maximum(x, 0) sends a tie's gradient to x (1 at
+# x = 0, PyTorch gives 0), and maximum(0, x) renders as max(0.0, x), which a numba kernel
+# evaluates to 0.0 for a NaN x; this form has PyTorch's gradient and keeps a NaN everywhere
+_act("relu", "x: tensor",
+     lambda b, x: b.where(b.le(x, const_like(b, 0.0, x)), const_like(b, 0.0, x), x),
+     "max(x, 0); its gradient at exactly 0 is 0 and relu(nan) is nan, as in PyTorch",
+     flops=lambda ins, out: numel(out.shape))   # one max per element, as counted before
 _act("leaky_relu", "x: tensor, alpha: float = 0.01",
      lambda b, x, *, alpha: b.where(b.gt(x, const_like(b, 0.0, x)), x,
                                     b.mul(x, const_like(b, alpha, x))),

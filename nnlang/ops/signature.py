@@ -9,9 +9,10 @@ import ast as pyast
 from dataclasses import dataclass, field
 
 from nnlang.errors import did_you_mean
+from nnlang.ir.dims import Sym
 
 KINDS = {"tensor", "tensor?", "int", "float", "bool", "str", "ints", "floats", "init", "any",
-         "dtype", "shape"}
+         "dtype", "shape", "dim"}
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,8 @@ def check_kind(kind: str, value, is_tensor: bool) -> str | None:
         "str": lambda v: isinstance(v, str) or v is None,
         "ints": lambda v: _is_int(v) or isinstance(v, list) and all(map(_is_int, v)),
         "shape": lambda v: isinstance(v, list),
+        # NOTE: a size as in a shape list: an integer or a symbol (`batch`, a `symbol seq`)
+        "dim": lambda v: _is_int(v) or isinstance(v, Sym),
         "floats": lambda v: isinstance(v, list),
         "init": lambda v: True,
     }[kind]
@@ -168,4 +171,5 @@ def _is_int(v) -> bool:
 
 _KIND_TEXT = {"int": "an integer", "float": "a number", "bool": "true or false",
               "str": "a string", "ints": "an integer or a list of integers",
-              "floats": "a list of numbers", "shape": "a list of dims", "dtype": "a dtype name"}
+              "floats": "a list of numbers", "shape": "a list of dims", "dtype": "a dtype name",
+              "dim": "an integer or a size symbol such as batch"}

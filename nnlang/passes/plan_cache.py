@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-import nnlang
 from nnlang.files import write_atomic
 from nnlang.ir.graph import Graph
 from nnlang.user_cache import cache_unwritable, discard_damaged, user_cache_dir
@@ -44,7 +43,7 @@ def compiler_fingerprint() -> str:
     shape a plan: a developer's edit to a pass invalidates every cached plan."""
     import networkx
     h = hashlib.sha256(f"{_FORMAT}|{np.__version__}|{networkx.__version__}".encode())
-    root = Path(nnlang.__file__).parent
+    root = Path(__file__).resolve().parents[1]   # the nnlang package
     for path in sorted(root.rglob("*.py")):
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())

@@ -56,20 +56,28 @@ def emit(net, what: str, mode: str = "train") -> str:
 
 def _summary(net, mode: str) -> str:
     start = time.perf_counter()
-    exe = net._exe(mode, net.batch)[0]
+    exe = _cuda_render(net, mode) if net.backend == "cupy" else net._exe(mode, net.batch)[0]
     took = time.perf_counter() - start
     info = exe.summary() if hasattr(exe, "summary") else {}
     rows = [f"model {net.program.model}, mode {mode}, backend {net.backend}, batch {net.batch}"
             + "".join(f", {k} {v}" for k, v in net.lengths.items()),
-            f"compile time {took:.2f} s"] + [f"{k}: {v}" for k, v in info.items()]
+            f"compile time {took:.2f} s" if net.backend != "cupy" else
+            f"render time {took:.2f} s (CUDA sources rendered; NVRTC compiles them on the GPU)"] + [f"{k}: {v}" for k, v in info.items()]
     return "\n".join(rows) + "\n"
+
+
+def _cuda_render(net, mode: str, g: Graph | None = None):
+    """The CuPy executable of `mode`, built render-only: the same passes, schedule, memory plan
+    and kernel sources as the one that runs, and it needs neither CuPy nor a GPU."""
+    from nnlang.runtime.executable import compile_graph
+    return compile_graph(_graph(net, mode) if g is None else g, "cupy", net.disable,
+                         render_only=True)
 
 
 def kernel_text(net, g: Graph, mode: str) -> str:
     """Generated kernel source, each kernel headed by the nodes and .nn lines it computes."""
-    if net.backend == "cupy":  # NOTE: rendering CUDA needs neither CuPy nor a GPU
-        from nnlang.runtime.executable import compile_graph
-        sources = compile_graph(g, "cupy", net.disable, render_only=True).kernel_sources()
+    if net.backend == "cupy":
+        sources = _cuda_render(net, mode, g).kernel_sources()
     elif net.backend == "numba":
         sources = net._exe(mode, net.batch)[0].kernel_sources()
     else:

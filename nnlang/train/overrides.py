@@ -9,6 +9,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from nnlang.errors import NNError
+from nnlang.frontend.elaborate import load
 from nnlang.frontend.source import load_source, read_source
 from nnlang.frontend.train_config import Choice, TrainConfig, option_problem
 from nnlang.train import feeds
@@ -167,7 +168,6 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
             base: TrainConfig | None = None, base_overrides: dict | None = None):
     """(program, config, source, file, model overrides) from a path/source/Program, `--set`
     values and flag overrides (`config` is a TrainConfig, or a dict of overrides)."""
-    import nnlang
     source, file = source_of(program_or_path)
     hp, train_sets = split_overrides(dict(sets or {}), source, file)
     hp = {**(base_overrides or {}), **hp}
@@ -182,7 +182,7 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
         if base is not None and program.train is not None and hp != (base_overrides or {}):
             # NOTE: a resumed run keeps its checkpoint's settings, but a hyper-parameter the
             # train section reads (`optimizer = sgd(lr = lr)`) changes the setting it feeds
-            before = nnlang.load(text, base_overrides or {}, model).train
+            before = load(text, base_overrides or {}, model).train
             base = replace(base, **{f.name: getattr(program.train, f.name)
                                     for f in fields(TrainConfig)
                                     if getattr(program.train, f.name) != getattr(before, f.name)})
@@ -200,9 +200,8 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
 def _load_for(text, hp: dict, model, resuming: bool):
     """The program; when resuming, a model the file no longer defines is named as the
     checkpoint's."""
-    import nnlang
     try:
-        return nnlang.load(text, hp, model)
+        return load(text, hp, model)
     except NNError as err:
         if not resuming or model is None or "no model named" not in err.message:
             raise

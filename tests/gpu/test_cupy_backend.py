@@ -240,6 +240,41 @@ def test_library_ops_match_numpy(cupy):
     np.testing.assert_allclose(cupy.asnumpy(out), want, rtol=1e-6)
 
 
+@pytest.mark.slow   # NOTE: ~10-17 s on the stand-in, each library kernel a host C++ build
+def test_every_library_primitive_sample_matches_the_interpreter(cupy):
+    """Every sample of every op lowered by its registry entry (matmul, gather, cumsum, ...)
+    in float64, compiled for CuPy against the interpreter (the ops' `impl`): the CUDA
+    lowering of a new primitive runs here by existing (test_nvcc only compiles it; a wrong
+    index in its source passed every CPU test). Forward only: the gradients of library
+    primitives are library primitives with samples of their own (scatter_add, fold, ...)."""
+    from nnlang.ops import registry
+    from nnlang.runtime.executable import compile_graph
+    from nnlang.runtime.interpret import interpret
+    from tests.op_graphs import op_graph, sample_cases
+    cases = [(c, n, s) for c, n, s in sample_cases() if registry.get(n).lower]
+    assert any(n == "cumsum" for _, n, _ in cases)
+    for case, name, sample in cases:
+        g, feeds, params, _ = op_graph(name, sample, "float64")
+        exe = compile_graph(g, backend="cupy", state={k: v.copy() for k, v in params.items()})
+        got = exe.run(feeds)
+        want = interpret(g, feeds, params, want=g.outputs)
+        for key in g.outputs:
+            np.testing.assert_allclose(cupy.asnumpy(got[key]), want[key], rtol=1e-10,
+                                       atol=1e-12, err_msg=f"{case} {key}")
+
+
+def test_maximum_and_minimum_keep_a_nan(cupy):
+    """As np.maximum and torch: nan on either side gives nan (fmax/fmin, their CUDA spelling
+    before, drop a nan on either side); relu keeps it too."""
+    src = """model M { input x: float32[batch, 3]
+      output a = maximum(0.5, x)  output b = minimum(x, 1.0)  output r = relu(x) }"""
+    x = np.array([[np.nan, -1.0, 2.0]], np.float32)
+    out = _host(cupy, nnlang.compile(src, backend="cupy", batch=1).forward({"x": x}))
+    np.testing.assert_array_equal(out["a"], [[np.nan, 0.5, 2.0]])
+    np.testing.assert_array_equal(out["b"], [[np.nan, -1.0, 1.0]])
+    np.testing.assert_array_equal(out["r"], [[np.nan, 0.0, 2.0]])
+
+
 def test_compile_graph_dispatches_to_cupy(cupy):
     from nnlang.backends.cupy_backend import CupyBackend, DeviceState
     from nnlang.passes.pipeline import forward_graph
