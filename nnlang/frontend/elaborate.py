@@ -55,6 +55,7 @@ class Elaborator(CallElaboration, ScanElaboration):
         self.b = Builder(self.g)
         self.layer_of: dict[int, str] = {}  # tensor id -> layer path that produced it
         self.origin: dict[int, tuple[str, Span]] = {}  # tensor id -> (value name, span)
+        self.part_of: dict[int, tuple[int, int]] = {}  # result k of a packed call: id -> (call, k)
         self.stack: list[str] = []          # block call chain, for recursion errors
         self.used_paths: set[str] = set()
         self.copies = 1                     # product of the enclosing repeat counts
