@@ -22,6 +22,9 @@ REFUSED = [
     (["y = dense(transpose(s, perm = [0, 2, 1]), 4)"], "m.nn:5:13",
      "its weight 'weight' would be [seq, 4], which depends on the symbol seq"),
     (["y = concat(s, s[:, 0:2, :], axis = 1)"], "m.nn:5:", "slice"),
+    # NOTE: it said "cannot add the symbolic length 2 to seq": 2 is the concrete one
+    (["y = concat(s[:, 0:2, :], s, axis = 1)"], "m.nn:5:",
+     "cannot join a piece of length seq to pieces of length 2"),
     (["y = concat(s, ones_like(s)[:, :, 0:2] |> transpose(perm = [0, 2, 1]), axis = 1)"],
      "m.nn:5:", "slice"),
     (["y = positional_encoding(s, kind = \"learned\")"], "m.nn:5:",
