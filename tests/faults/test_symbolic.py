@@ -31,6 +31,10 @@ REFUSED = [
      "learned positions on the symbolic length seq need max_len"),
     (["y = layer_norm(transpose(s, perm = [0, 2, 1]))"], "m.nn:5:", "must be concrete"),
     (["y = conv1d(transpose(s, perm = [0, 2, 1]), 4, 3)"], "m.nn:5:", "must be concrete"),
+    # NOTE: it said the weight [4, seq, 3] depends on the symbol: an embedding's [batch, seq,
+    # dim] read as channels first, for which channels_last = true is the fix
+    (["y = conv1d(s, 4, 3)"], "m.nn:5:", "for [batch, len, channels] (an embedding's output) "
+     "pass channels_last = true"),
     (["y = multi_head_attention(s, heads = 2, causal = true)"], "m.nn:5:",
      "causal masking needs concrete lengths"),
 ]
