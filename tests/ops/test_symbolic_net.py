@@ -110,6 +110,12 @@ def test_means_over_a_symbolic_axis_compile_no_kernel_per_length():
         got[n] = (loss, net.forward(means_feeds(n, 10 + k))["out"], net.parameters())
     assert kernel_count(backend) == after_first, "a new length compiled new kernels"
     assert_fresh_nets_agree(lambda n: concrete(n, MEANS), lengths, means_feeds, got, seed=4)
+    # a new batch size (an evaluation's last partial batch) divides by other counts too
+    three = means_feeds(9, 7)
+    net.evaluate(three)
+    after_eval = kernel_count(backend)
+    net.evaluate({k: np.concatenate([v, v[:2]]) for k, v in three.items()})
+    assert kernel_count(backend) == after_eval, "a new batch size compiled new kernels"
 
 
 def test_inputs_sharing_a_symbol_must_agree():
