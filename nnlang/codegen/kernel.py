@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nnlang.ir.graph import Graph
+from nnlang.ir.graph import COUNT, Graph
 from nnlang.ops import registry
 from nnlang.ops.registry import norm_axes
 
@@ -81,7 +81,9 @@ def strip_broadcast(g: Graph, nid: int) -> int:
 
 def _scalar_const(g: Graph, nid: int):
     node = g.node(nid)
-    if node.op == "const" and node.attrs["value"].size == 1:
+    # NOTE: a count is loaded, not written into the source: its value changes with the length
+    # and the batch, and a literal made every new length compile the kernels of its means
+    if node.op == "const" and node.attrs["value"].size == 1 and not node.attrs.get(COUNT):
         return node.attrs["value"].reshape(()).item()
     return None
 

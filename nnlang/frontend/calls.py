@@ -276,6 +276,7 @@ class CallElaboration:
             with self.b.at(span, layer):
                 parts = opdef.results(self.b, nid, **full)
             if parts is not None:
+                self.part_of.update({p: (nid, k) for k, p in enumerate(parts)})
                 return tuple(T(p) for p in parts)
         return T(nid)
 
@@ -320,8 +321,15 @@ class CallElaboration:
         """The chain of ops that produced a value, e.g. `flatten <- max_pool2d <- conv2d`."""
         chain, cur = [], nid
         while cur is not None and len(chain) < depth:
-            node = self.g.node(cur)
-            chain.append(f"{node.op}{fmt_shape(node.shape)}")
+            if cur in self.part_of:
+                # NOTE: a call giving several values packs them in one (lstm's return_state
+                # is [batch, steps + 2, units]); the user sees its k-th value, not the packing
+                call, k = self.part_of[cur]
+                node = self.g.node(call)
+                chain.append(f"{node.op} (value {k + 1}){fmt_shape(self.g.node(cur).shape)}")
+            else:
+                node = self.g.node(cur)
+                chain.append(f"{node.op}{fmt_shape(node.shape)}")
             tensor_ins = [i for i in node.inputs if self.g.node(i).op not in ("param", "const")]
             cur = tensor_ins[0] if tensor_ins else None
         return " <- ".join(chain)

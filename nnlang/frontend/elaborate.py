@@ -55,6 +55,7 @@ class Elaborator(CallElaboration, ScanElaboration):
         self.b = Builder(self.g)
         self.layer_of: dict[int, str] = {}  # tensor id -> layer path that produced it
         self.origin: dict[int, tuple[str, Span]] = {}  # tensor id -> (value name, span)
+        self.part_of: dict[int, tuple[int, int]] = {}  # result k of a packed call: id -> (call, k)
         self.stack: list[str] = []          # block call chain, for recursion errors
         self.used_paths: set[str] = set()
         self.copies = 1                     # product of the enclosing repeat counts
@@ -76,8 +77,15 @@ class Elaborator(CallElaboration, ScanElaboration):
 
     def bind_hparams(self, m: ast.ModelDef, overrides: dict, scope: Scope) -> dict:
         names = [p.name for p in m.params]
+        symbols = {n: st.span for st in m.body if isinstance(st, ast.Symbol) for n in st.names}
         for key in overrides:
-            if key not in names:
+            if key in symbols and key not in names:
+                # NOTE: a user fixing a length the way `maxlen` is fixed: say why it cannot be
+                self.errors.add(f"--set {key}: '{key}' is a symbol of model '{m.name}', not a "
+                                "hyper-parameter: its size comes with each batch's data",
+                                symbols[key], "one compiled model runs every length: feed "
+                                "sequences of the length you want")
+            elif key not in names:
                 self.errors.add(f"--set {key}: model '{m.name}' has no hyper-parameter '{key}'",
                                 m.span, did_you_mean(key, names) or
                                 f"hyper-parameters: {', '.join(names) or 'none'}")
@@ -336,6 +344,11 @@ class Elaborator(CallElaboration, ScanElaboration):
                       [("defined here", where)])
         if e.id in self.defs or registry.get(e.id) is not None:
             self.fail(f"'{e.id}' is an op or block; call it: {e.id}(...)", e.span)
+        if e.id in self.g.symbols:  # NOTE: out of the model's body (a train setting, a block)
+            self.fail(f"'{e.id}' is a symbol of model '{self.g.model}': its size comes with each "
+                      "batch's data, so it has no value here", e.span,
+                      "a symbol is known only in its model's body: give a number or a "
+                      "hyper-parameter (whole reviews: imdb(maxlen = none))")
         self.fail(f"unknown name '{e.id}'", e.span,
                   did_you_mean(e.id, scope.vars) or
                   ("names must be defined before they are used" if scope.vars else None))

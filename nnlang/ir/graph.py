@@ -21,6 +21,7 @@ from nnlang.ops import registry
 from nnlang.ops.registry import ShapeError, TensorType
 
 SLOT_ABSENT = "_absent"  # attr: indices of optional tensor arguments that were not given
+COUNT = "_count"  # hidden attr: a const that counts elements of sized dims (`Builder.count`)
 
 
 @dataclass
@@ -253,6 +254,15 @@ class Builder:
         arr = np.asarray(value, dtype=dtype)
         return self.g.add_node("const", [], {"value": arr}, TensorType(arr.shape, dtype),
                                span=self.span, path=self.path, role=self.role)
+
+    def count(self, value: float, dtype: str = "float32") -> int:
+        """A const that counts elements (a mean's divisor): a kernel reads it as an argument
+        (`codegen/kernel.py`), not as a literal, so a new sequence length or batch size, whose
+        counts differ, reuses the compiled kernels; folding keeps the mark on what it makes
+        from it."""
+        nid = self.const(value, dtype)
+        self.g.node(nid).attrs[COUNT] = True
+        return nid
 
     def literal(self, value: float, dtype: str = "float32") -> int:
         """A number written in the source: a const that keeps the exact value (hidden attr

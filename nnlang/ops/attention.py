@@ -144,11 +144,14 @@ def _pe_check(x, kind, max_len, mask=None):
         if kind == "learned" and max_len is None:
             raise ShapeError(f"positional_encoding: learned positions on the symbolic length "
                              f"{x.shape[1]} need max_len (the weight's rows)", attr="max_len",
-                             hint="add max_len = <the longest sequence>")
+                             hint="add max_len = <the longest padded batch length>")
         return
     if max_len is not None and max_len < x.shape[1]:
         raise ShapeError(f"positional_encoding: sequence length {x.shape[1]} exceeds max_len = "
-                         f"{max_len}", arg=0)
+                         f"{max_len}", arg=0,
+                         hint="the length is the batch's, padding included: batches of whole "
+                              "reviews pad to a rounded length (2,739 tokens to 3,072; "
+                              "docs/data.md), so leave max_len room above the longest")
 
 
 def _pe_params(x, mask=None, *, kind, max_len):

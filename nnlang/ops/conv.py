@@ -66,7 +66,9 @@ def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_l
     shape = (x.shape[0], x.shape[-1], *x.shape[1:-1]) if channels_last else x.shape
     spatial = shape[2:]
     if any(isinstance(d, Sym) for d in spatial):
-        raise ShapeError(f"{op}: spatial dims of {fmt_shape(x.shape)} must be concrete", arg=0)
+        raise ShapeError(f"{op}: spatial dims of {fmt_shape(x.shape)} must be concrete", arg=0,
+                         hint="a window slides over a concrete length: declare it as a number "
+                              "(a maxlen the data pads to)")
     kernel = _tuple(op, kernel_name, kernel, nd)
     stride = _tuple(op, "stride", kernel if stride is None else stride, nd)
     dilation = _tuple(op, "dilation", dilation, nd)
@@ -103,6 +105,19 @@ def _out_type(shape, c, out, dtype, channels_last):
 
 # *** convolution ***
 
+def _need_channels(op, x, shape, channels_last):
+    """Concrete channels (the weight's rows). NOTE: checked before the weight is declared, so
+    a symbolic length read as channels (an embedding's [batch, len, dim] without channels_last)
+    says so rather than that a weight depends on the symbol."""
+    if isinstance(shape[1], Sym):
+        hint = None if channels_last or isinstance(x.shape[-1], Sym) else \
+            (f"{op} reads channels first ([batch, channels, ...]); for [batch, len, channels] "
+             "(an embedding's output) pass channels_last = true, and give the length as a "
+             "number: a convolution slides over a concrete length")
+        raise ShapeError(f"{op}: channels of {fmt_shape(x.shape)} must be concrete", arg=0,
+                         hint=hint)
+
+
 def _conv(nd):
     name = f"conv{nd}d"
 
@@ -110,6 +125,7 @@ def _conv(nd):
                channels_last=False):
         need_positive(name, "filters", filters)
         shape, k, *_ = _window(name, x, nd, kernel, stride, padding, dilation, channels_last)
+        _need_channels(name, x, shape, channels_last)
         dt = param_dtype(x)
         specs = {"weight": ParamSpec((filters, shape[1], *k), init_spec(init, "init"), dtype=dt)}
         if use_bias:
@@ -122,8 +138,7 @@ def _conv(nd):
         need_positive(name, "filters", filters)
         shape, k, s, pads, d, out = _window(name, x, nd, kernel, stride, padding, dilation,
                                             channels_last)
-        if isinstance(shape[1], Sym):
-            raise ShapeError(f"{name}: channels of {fmt_shape(x.shape)} must be concrete", arg=0)
+        _need_channels(name, x, shape, channels_last)
         if weight is not None and weight.shape != (filters, shape[1], *k):
             raise ShapeError(f"{name}: weight {fmt_shape(weight.shape)} does not fit "
                              f"{shape[1]} input channels, {filters} filters and kernel {k}",

@@ -233,8 +233,9 @@ def _concat_shape(*xs: TensorType, axis) -> TensorType:
         try:
             total = x.shape[ax] + total
         except DimError:
-            raise ShapeError(f"concat along axis {axis}: cannot add the symbolic length "
-                             f"{x.shape[ax]} to {total}", arg=i,
+            raise ShapeError(f"concat along axis {axis}: cannot join a piece of length "
+                             f"{x.shape[ax]} to pieces of length {total}: a symbolic length "
+                             "adds only to itself", arg=i,
                              hint="concatenate along a concrete axis, or give every piece "
                                   "the same symbolic length") from None
     return TensorType(first.shape[:ax] + (total,) + first.shape[ax + 1:], first.dtype)

@@ -49,7 +49,7 @@ def count(b, dims, dtype: str):
     (batch) are counted at run time by summing ones of just those dims, which the fold pass
     turns into a const once the batch size is bound."""
     dims = list(dims)
-    n = b.const(float(math.prod(d for d in dims if isinstance(d, int))), dtype)
+    n = b.count(float(math.prod(d for d in dims if isinstance(d, int))), dtype)
     syms = [d for d in dims if isinstance(d, Sym)]
     if syms:
         ones = b.broadcast_to(b.const(np.ones([1] * len(syms)), dtype), shape=syms)

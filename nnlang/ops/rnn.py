@@ -70,8 +70,13 @@ def _check_extras(op, x, mask, states, units, bidirectional, return_state, rates
         if t is None:
             continue
         if tuple(t.shape) != (batch, units) or t.dtype != x.dtype:
+            width = t.shape[-1] if len(t.shape) == 2 and t.shape[0] == batch else None
+            hint = (f"the state is [batch, units]: give this layer {width} units, or project "
+                    f"the state to {units} with a dense layer first"
+                    if width is not None and width != units else
+                    f"a state is {x.dtype}[batch, units], one row per example")
             raise ShapeError(f"{op}: {name} is {t} but the state is {x.dtype}"
-                             f"{fmt_shape((batch, units))}", arg=2 + k)
+                             f"{fmt_shape((batch, units))}", arg=2 + k, hint=hint)
         if bidirectional:
             raise ShapeError(f"{op}: {name} with bidirectional = true is not supported",
                              arg=2 + k, hint="start it from zeros (no initial state), or "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnlang.ir.dims import dim_prod, numel
-from nnlang.ir.graph import Graph, Node, op_attrs
+from nnlang.ir.graph import COUNT, Graph, Node, op_attrs
 from nnlang.ir.scan import Body, keep_inputs
 from nnlang.ops import registry
 from nnlang.ops.registry import ELEMENTWISE, RANDOM, SOURCE, TensorType
@@ -40,6 +40,17 @@ def _uniform(g: Graph, nid: int):
     return v.flat[0]
 
 
+def _counts(g: Graph, ids) -> dict:
+    """The count mark (`Builder.count`) for a const made from the consts `ids` (through
+    views): a value computed from a count changes with the length as the count does."""
+    for nid in ids:
+        while g.node(nid).op in VIEW_OPS:
+            nid = g.node(nid).inputs[0]
+        if g.node(nid).attrs.get(COUNT):
+            return {COUNT: True}
+    return {}
+
+
 def _is_fill(g: Graph, nid: int, fill: float) -> bool:
     v = _uniform(g, nid)
     return v is not None and bool(v == fill)
@@ -58,7 +69,8 @@ def _uniform_view(g: Graph, n: Node):
     value = _uniform(g, n.id)
     if value is None:
         return None
-    scalar = g.add_node("const", [], {"value": np.array(value, dtype=n.dtype)},
+    scalar = g.add_node("const", [], {"value": np.array(value, dtype=n.dtype),
+                                      **_counts(g, [n.id])},
                         TensorType((), n.dtype), span=n.span, path=n.path, role=n.role)
     return g.add_node("broadcast_to", [scalar], {"shape": list(n.shape)}, n.type, span=n.span,
                       path=n.path, role=n.role, name=n.name)
@@ -372,8 +384,9 @@ def _fold(g: Graph, n: Node) -> int:
     args = [g.node(i).attrs["value"] for i in n.inputs]
     value = np.asarray(registry.get(n.op).impl(*args, **op_attrs(n)), dtype=n.dtype)
     value = np.array(value, order="C")  # NOTE: ascontiguousarray would make 0-d arrays 1-d
-    return g.add_node("const", [], {"value": value}, TensorType(value.shape, n.dtype),
-                      span=n.span, path=n.path, role=n.role, name=n.name)
+    return g.add_node("const", [], {"value": value, **_counts(g, n.inputs)},
+                      TensorType(value.shape, n.dtype), span=n.span, path=n.path, role=n.role,
+                      name=n.name)
 
 
 @graph_pass

@@ -74,7 +74,7 @@ def conform(name: str, arr: np.ndarray, node, what: str = "the value") -> np.nda
         arr = arr.reshape((arr.shape[0],) + want)
     elif len(got) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want, got)):
         raise NNError(f"{what} has shape {list(arr.shape)} ({_per_example(got)}), but model "
-                      f"input '{name}' is declared {node.type}",
+                      f"input '{name}' is declared {node.type}", node.span,
                       hint="change the input's declared shape, or the dataset options "
                            "(e.g. maxlen), or --set the model's hyper-parameters to match")
     check_values(name, arr, np.dtype(node.dtype), what)
@@ -86,7 +86,7 @@ def _conform_ragged(name: str, rows: Ragged, node, what: str) -> Ragged:
     if len(node.shape) != 2 or not isinstance(node.shape[1], Sym):
         raise NNError(f"{what} has rows of different lengths (up to "
                       f"{int(rows.lengths.max(initial=0)):,}), but model input '{name}' is "
-                      f"declared {node.type}",
+                      f"declared {node.type}", node.span,
                       hint="declare its length as a symbol (`symbol seq` and "
                            f"`input {name}: {node.dtype}[batch, seq]`), or give the dataset a "
                            "fixed length (e.g. maxlen = 200)")

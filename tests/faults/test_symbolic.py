@@ -22,12 +22,19 @@ REFUSED = [
     (["y = dense(transpose(s, perm = [0, 2, 1]), 4)"], "m.nn:5:13",
      "its weight 'weight' would be [seq, 4], which depends on the symbol seq"),
     (["y = concat(s, s[:, 0:2, :], axis = 1)"], "m.nn:5:", "slice"),
+    # NOTE: it said "cannot add the symbolic length 2 to seq": 2 is the concrete one
+    (["y = concat(s[:, 0:2, :], s, axis = 1)"], "m.nn:5:",
+     "cannot join a piece of length seq to pieces of length 2"),
     (["y = concat(s, ones_like(s)[:, :, 0:2] |> transpose(perm = [0, 2, 1]), axis = 1)"],
      "m.nn:5:", "slice"),
     (["y = positional_encoding(s, kind = \"learned\")"], "m.nn:5:",
      "learned positions on the symbolic length seq need max_len"),
     (["y = layer_norm(transpose(s, perm = [0, 2, 1]))"], "m.nn:5:", "must be concrete"),
     (["y = conv1d(transpose(s, perm = [0, 2, 1]), 4, 3)"], "m.nn:5:", "must be concrete"),
+    # NOTE: it said the weight [4, seq, 3] depends on the symbol: an embedding's [batch, seq,
+    # dim] read as channels first, for which channels_last = true is the fix
+    (["y = conv1d(s, 4, 3)"], "m.nn:5:", "for [batch, len, channels] (an embedding's output) "
+     "pass channels_last = true"),
     (["y = multi_head_attention(s, heads = 2, causal = true)"], "m.nn:5:",
      "causal masking needs concrete lengths"),
 ]
@@ -117,8 +124,11 @@ def test_a_bound_length_over_max_len_is_an_error_at_the_line():
                          backend="reference")
     net.forward({"s": np.zeros((2, 6, 8), np.float32)})
     with pytest.raises(NNError, match=r"<string>:5:.*sequence length 7 exceeds max_len = 6 "
-                                      r"\(with batch = 2, seq = 7\)"):
+                                      r"\(with batch = 2, seq = 7\)") as err:
         net.forward({"s": np.zeros((2, 7, 8), np.float32)})
+    # NOTE: the length is the batch's, padding included: bucketed batches of whole reviews
+    # pad past the longest review (2,739 tokens to 3,072), which max_len = longest did not allow
+    assert "padding included" in str(err.value) and "docs/data.md" in str(err.value)
 
 
 @pytest.mark.parametrize("shape,words", [
