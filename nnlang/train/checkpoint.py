@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
+from dataclasses import fields
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -76,16 +78,58 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
         with z:
             meta = json.loads(str(z[_META][()]))
             state = {k[len(_STATE):]: z[k] for k in z.files if k.startswith(_STATE)}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
             json.JSONDecodeError) as err:
-        why = f"no '{_META}' entry" if isinstance(err, KeyError) else type(err).__name__
-        raise NNError(f"{path} is not a readable nnlang checkpoint ({why})",
-                      hint="it may be truncated or written by another program; use another "
-                           "checkpoint or train again") from None
+        # NOTE: zlib.error: a damaged np.savez_compressed archive (numpy reads those too)
+        raise unreadable(path, f"no '{_META}' entry" if isinstance(err, KeyError)
+                         else type(err).__name__) from None
+    if not isinstance(meta, dict):
+        raise unreadable(path, f"its meta is a {type(meta).__name__}, not a JSON object")
     if meta.get("format") != FORMAT:
         raise NNError(f"{path} has checkpoint format {meta.get('format')!r}; this nnlang "
                       f"reads format {FORMAT}")
+    _check_meta(path, meta)
     return Checkpoint(state, meta, path)
+
+
+def unreadable(path, why: str) -> NNError:
+    return NNError(f"{path} is not a readable nnlang checkpoint ({why})",
+                   hint="it may be truncated or written by another program; use another "
+                        "checkpoint or train again")
+
+
+# the meta every checkpoint of this format holds, by its JSON type; eval, predict, export,
+# --resume and --init-from each read some of it, so it is checked here, once, where the file is
+# named, not as a KeyError in whichever command reached the missing part first
+_NEEDED = {"model": str, "epoch": int, "step": int, "config": dict, "rng_state": dict}
+_OPTIONAL = {"step_in_epoch": int, "total_steps": int, "hparams": dict, "overrides": dict,
+             "source": str, "file": str, "data": dict}
+
+
+def _check_meta(path, meta: dict) -> None:
+    for key, kind in [*_NEEDED.items(), *_OPTIONAL.items()]:
+        if key not in meta:
+            if key in _NEEDED:
+                raise unreadable(path, f"its meta has no '{key}'")
+            continue
+        value = meta[key]
+        if not isinstance(value, kind) or isinstance(value, bool) or \
+                (kind is int and value < 0):
+            want = {int: "a whole number", str: "text", dict: "a JSON object"}[kind]
+            raise unreadable(path, f"'{key}' is {value!r}, not {want}")
+    unknown = sorted(set(meta["config"]) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise unreadable(path, f"unknown train setting '{unknown[0]}' in its config")
+    try:
+        config_from_dict(meta["config"])
+    except NNError as err:
+        raise unreadable(path, f"its config: {err.message}") from None
+    except (TypeError, KeyError, AttributeError, ValueError) as err:
+        raise unreadable(path, f"its config: {type(err).__name__} {err}") from None
+    try:
+        np.random.PCG64().state = meta["rng_state"]
+    except (TypeError, KeyError, ValueError):
+        raise unreadable(path, "'rng_state' is not a PCG64 state") from None
 
 
 # *** config <-> JSON ***

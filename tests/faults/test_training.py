@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -320,6 +321,69 @@ def test_bad_checkpoints(work, command, ckpt, words):
     out = cli(command, "tiny.nn", *extra, "-c", ckpt, "--backend", "reference", cwd=work)
     for w in words:
         assert w in out, out
+
+
+def _rewritten(work, name, arrays=None, meta=None, compressed=False):
+    """work/NAME: run-tiny's checkpoint with `arrays` replaced and its meta edited by `meta`."""
+    z = dict(np.load(work / "run-tiny" / checkpoint.FILENAME))
+    z.update(arrays or {})
+    if meta is not None:
+        z["__meta__"] = np.array(json.dumps(meta(json.loads(str(z["__meta__"])))))
+    (np.savez_compressed if compressed else np.savez)(work / name, **z)
+    return work / name
+
+
+def _without(*keys):
+    return lambda m: {k: v for k, v in m.items() if k not in keys}
+
+
+# a checkpoint written by another program (or edited) is refused where it is read, by every
+# command, not with a KeyError or TypeError deep inside the one that uses the missing part
+BAD_META = {
+    "no_config": (_without("config"), "no 'config'"),
+    "no_epoch": (_without("epoch"), "no 'epoch'"),
+    "no_model": (_without("model"), "no 'model'"),
+    "list": (lambda m: [1, 2], "its meta is a list, not a JSON object"),
+    "odd_key": (lambda m: {**m, "config": {**m["config"], "zzz": 1}},
+                "unknown train setting 'zzz'"),
+    "step_text": (lambda m: {**m, "step": "ten"}, "'step' is 'ten', not a whole number"),
+    "rng": (lambda m: {**m, "rng_state": {"x": 1}}, "'rng_state' is not a PCG64 state"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_META))
+@pytest.mark.parametrize("command", ["eval", "predict", "export", "resume", "init-from"])
+def test_checkpoint_with_bad_meta(work, tmp_path, command, case):
+    edit, words = BAD_META[case]
+    bad = _rewritten(work, f"meta-{case}.npz", meta=edit)
+    if command == "resume":
+        shutil.copytree(work / "run-tiny", tmp_path / "r")
+        shutil.copy(bad, tmp_path / "r" / checkpoint.FILENAME)
+        bad = tmp_path / "r" / checkpoint.FILENAME
+        args = ["train", "tiny.nn", "--resume", "--out", tmp_path / "r", "--epochs", "2"]
+    elif command == "init-from":
+        args = ["train", "tiny.nn", "--init-from", bad, "--out", tmp_path / "r"]
+    else:
+        args = [command, "tiny.nn", *(["one.npy"] if command == "predict" else []), "-c", bad,
+                *(["-o", tmp_path / "m.onnx"] if command == "export" else [])]
+    out = cli(*args, *([] if command == "export" else ["--backend", "reference"]), cwd=work)
+    assert f"{bad} is not a readable nnlang checkpoint" in out and words in out, out
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+def test_damaged_compressed_checkpoint(work, tmp_path, command):
+    """np.savez_compressed writes a checkpoint nnlang reads; a flipped byte inside it is a zlib
+    error, which was an internal error."""
+    import struct
+    path = _rewritten(work, "packed.npz", compressed=True)
+    data = bytearray(path.read_bytes())
+    # the first member's deflate stream starts with a block of the reserved type 3
+    name_len, extra_len = struct.unpack("<HH", data[26:30])
+    data[30 + name_len + extra_len] = 0xFF
+    path.write_bytes(bytes(data))
+    extra = {"predict": ["one.npy"], "export": ["-o", tmp_path / "m.onnx"]}.get(command, [])
+    out = cli(command, "tiny.nn", *extra, "-c", path, cwd=work)
+    assert "packed.npz is not a readable nnlang checkpoint" in out, out
 
 
 @pytest.mark.parametrize("command", ["eval", "predict"])
