@@ -305,13 +305,15 @@ class _Training:
                 ranks.means_over_rows(self.net, next(feeds.batches(self.train, cfg.batch)),
                                       lambda text: say(console, text))
                 ranks.compiled()
+            ranks.same_start(self.net)
+            self._write_config(ckpt)
         except BaseException:
             # NOTE: a run that could not start (a bad --init-from) leaves no empty folder
+            if self.run_dir is not None:
+                self.run_dir.release()
             if made and not any(self.run_dir.path.iterdir()):
                 self.run_dir.path.rmdir()
             raise
-        ranks.same_start(self.net)
-        self._write_config(ckpt)
         return self
 
     def _steps_per_epoch(self) -> int:
@@ -394,6 +396,13 @@ class _Training:
 
     # *** the loop ***
     def run(self) -> History:
+        try:
+            return self._run()
+        finally:
+            if self.run_dir is not None:
+                self.run_dir.release()
+
+    def _run(self) -> History:
         cfg, watch = self.cfg, self.watch
         end = cfg.epochs
         if self.start_epoch >= cfg.epochs:

@@ -8,6 +8,8 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -269,6 +271,31 @@ def test_out_with_the_users_files_is_refused_and_they_are_kept(work, tmp_path):
     cli("train", "tiny.nn", "--backend", "reference", "--out", empty, "--epochs", "1", code=0,
         cwd=work)
     assert (empty / "checkpoint.npz").is_file()
+
+
+def _two_at_once(work, *args) -> list[subprocess.CompletedProcess]:
+    """Starts two `nnlang train tiny.nn ARGS` at the same moment; returns both when done."""
+    cmd = [sys.executable, "-m", "nnlang_cli.main", "train", "tiny.nn", "--backend",
+           "reference", "--epochs", "40", *map(str, args)]
+    procs = [subprocess.Popen(cmd + ["--seed", str(seed)], cwd=work, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for seed in (1, 2)]
+    out = [p.communicate(timeout=120)[0] for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, o) for p, o in zip(procs, out)]
+
+
+def test_two_runs_into_one_out_folder(work, tmp_path):
+    """Two trainings started at once with the same --out both passed the 'already holds a
+    training run' check, both exited 0, and the folder held one run's checkpoint and both runs'
+    metrics interleaved. One of them must refuse."""
+    done = _two_at_once(work, "--out", tmp_path / "r")
+    assert sorted(p.returncode for p in done) == [0, 1], [p.stdout for p in done]
+    loser = next(p.stdout for p in done if p.returncode)
+    assert "Traceback" not in loser and "internal error" not in loser, loser
+    assert "in use by another training run" in loser or "already holds a training run" in loser
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in rows] == list(range(1, 41))
+    winner = 1 + [p.returncode for p in done].index(0)
+    assert checkpoint.load(tmp_path / "r").config.seed == winner
 
 
 def test_max_steps_at_the_runs_own_end_stops_nothing_short(work, tmp_path):
