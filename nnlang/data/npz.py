@@ -114,6 +114,11 @@ def load_csv(path: Path, target: str = "label", val: str | None = None,
                         'choose the label column with csv("file.csv", target = "name") in the '
                         'train section, or --data "file.csv(target=name)"')
     t = header.index(target)
+    if header.count(target) > 1:
+        where = " and ".join(str(i + 1) for i, h in enumerate(header) if h == target)
+        raise DataError(f"{path}:{header_line(path)}: the header names the target column "
+                        f"'{target}' twice (columns {where})",
+                        "rename one of them: the other columns are the features")
     train = _csv_split(data, t)
     splits = {}
     for option, file in (("val", val), ("test", test)):
@@ -180,6 +185,16 @@ def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
     if not rows:
         raise DataError(f"{path} has a header but no data rows")
     return header, np.array(rows, np.float64)
+
+
+def header_line(path: Path) -> int:
+    """The line of a CSV's header: its first line that is not blank (as `read_csv` skips)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        for row in reader:
+            if any(c.strip() for c in row):
+                return reader.line_num
+    return 1
 
 
 def _csv_row(path: Path, line: int, header: list[str], row: list[str]) -> list[float]:
