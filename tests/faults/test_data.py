@@ -392,6 +392,11 @@ def test_a_test_table_beyond_int32_is_not_class_ids(work):
     (["--data", "imdb(vocab=)"], ["cannot parse dataset options"]),
     (["--data", "csv('x.txt')"], ["csv() reads a .csv file"]),
     (["--data", "reg.csv(target=3)"], ["option target=3 must be a column name"]),
+    # the last of two values silently won
+    (["--data", "reg.csv(target=label, target=b)"], ["cannot parse dataset options",
+                                                     "option 'target' is given twice"]),
+    (["--data", 'csv("reg.csv", target="a", target="b")'], ["option 'target' is given twice"]),
+    (["--data", "reg.csv(**{})"], ["cannot parse dataset options", "'**{}' is not an option"]),
     (["--data", "missing.npz"], ["data file not found: missing.npz"]),
     (["--data-dir", "no/such/dir"], ["--data-dir no/such/dir does not exist"]),
     (["--data-dir", "reg.nn"], ["--data-dir reg.nn is not a directory"]),
@@ -401,6 +406,15 @@ def test_bad_data_choice(args, words, work):
     out = train("reg.nn", *args, "--out", "r", cwd=work)
     for w in words:
         assert w in out, out
+
+
+def test_a_bare_table_name_is_a_path(work):
+    """`target=y` is the string "y", but `test=t.csv` was "'t.csv' is not a value"."""
+    (work / "reg.csv").write_text("a,b,label\n1,2,3\n4,5,6\n")
+    (work / "t.csv").write_text("a,b,label\n7,8,9\n")
+    out = cli("train", "reg.nn", "--data", "reg.csv(test=t.csv)", "--out", "r", "--max-steps",
+              "1", code=0, cwd=work)
+    assert "test " in out
 
 
 @pytest.mark.parametrize("data, words", [
