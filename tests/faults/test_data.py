@@ -497,6 +497,12 @@ def test_bad_setting_in_the_file(line, words, work):
     (["--val-split", "1"], "(given by --val-split or --set val_split=...): 1.0 is out of range: "
                            "val_split must be in [0, 1)"),
     (["--set", "optimizer=sgd", "--set", "momentum=1"], "momentum must be in [0, 1)"),
+    # in range as written, out of it in float32, where the update runs: lr 0 trained nothing
+    # with exit 0, beta 1 and eps 0 gave NaN reported as "lower the learning rate"
+    (["--lr", "1e-320"], "1e-320 is 0.0 in float32, the precision training runs in: lr must "
+                         "be > 0 there"),
+    (["--set", "beta2=0.9999999999"], "0.9999999999 is 1.0 in float32"),
+    (["--set", "eps=1e-50"], "1e-50 is 0.0 in float32"),
 ])
 def test_bad_setting_flag(args, words, work):
     (work / "reg.csv").write_text("a,b,label\n1,2,3\n")
