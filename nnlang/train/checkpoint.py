@@ -89,7 +89,20 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
         raise NNError(f"{path} has checkpoint format {meta.get('format')!r}; this nnlang "
                       f"reads format {FORMAT}")
     _check_meta(path, meta)
+    _check_finite(path, state)
     return Checkpoint(state, meta, path)
+
+
+def _check_finite(path, state: dict) -> None:
+    """A run never saves an exploded state (the divergence guard stops first), so NaN or inf in
+    a weight or optimizer slot means a damaged or foreign file: predict and export gave NaN
+    with exit 0 and a resume 'diverged' at its first step."""
+    for name, a in state.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            at = np.unravel_index(int(np.argmin(np.isfinite(a))), a.shape)
+            raise NNError(f"{path}: parameter '{name}' holds {a[at]} (at {list(map(int, at))})",
+                          hint="the file is damaged or comes from a run that diverged; use an "
+                               "earlier checkpoint or train again")
 
 
 def unreadable(path, why: str) -> NNError:

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -378,11 +379,12 @@ BAD_META = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_META))
-@pytest.mark.parametrize("command", ["eval", "predict", "export", "resume", "init-from"])
-def test_checkpoint_with_bad_meta(work, tmp_path, command, case):
-    edit, words = BAD_META[case]
-    bad = _rewritten(work, f"meta-{case}.npz", meta=edit)
+CONSUMERS = ["eval", "predict", "export", "resume", "init-from"]
+
+
+def _consume(command, bad, work, tmp_path) -> tuple[str, Path]:
+    """Runs COMMAND on the checkpoint `bad` (resume: as the checkpoint of a copy of run-tiny);
+    expects exit 1; returns the output and the path the command was given."""
     if command == "resume":
         shutil.copytree(work / "run-tiny", tmp_path / "r")
         shutil.copy(bad, tmp_path / "r" / checkpoint.FILENAME)
@@ -394,7 +396,30 @@ def test_checkpoint_with_bad_meta(work, tmp_path, command, case):
         args = [command, "tiny.nn", *(["one.npy"] if command == "predict" else []), "-c", bad,
                 *(["-o", tmp_path / "m.onnx"] if command == "export" else [])]
     out = cli(*args, *([] if command == "export" else ["--backend", "reference"]), cwd=work)
+    return out, bad
+
+
+@pytest.mark.parametrize("case", list(BAD_META))
+@pytest.mark.parametrize("command", CONSUMERS)
+def test_checkpoint_with_bad_meta(work, tmp_path, command, case):
+    edit, words = BAD_META[case]
+    out, bad = _consume(command, _rewritten(work, f"meta-{case}.npz", meta=edit), work, tmp_path)
     assert f"{bad} is not a readable nnlang checkpoint" in out and words in out, out
+
+
+@pytest.mark.parametrize("value", [np.nan, -np.inf])
+@pytest.mark.parametrize("command", CONSUMERS)
+def test_checkpoint_with_non_finite_weights(work, tmp_path, command, value):
+    """A run never saves an exploded state, so a NaN weight means a damaged or foreign file.
+    predict printed 'label 0, probability nan' and export wrote the NaN into the .onnx (exit 0);
+    resume and --init-from 'diverged at step 1: lower the learning rate', resume naming the
+    damaged file as 'the last good checkpoint'."""
+    w = np.ones((8, 3), np.float32)
+    w[5, 1] = value
+    out, bad = _consume(command, _rewritten(work, "nonfinite.npz", {"state/logits.weight": w}),
+                        work, tmp_path)
+    assert f"{bad}: parameter 'logits.weight' holds {value} (at [5, 1])" in out, out
+    assert "training diverged" not in out and "lower the learning rate" not in out
 
 
 @pytest.mark.parametrize("command", ["eval", "predict", "export"])
