@@ -89,18 +89,25 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
         raise NNError(f"{path} has checkpoint format {meta.get('format')!r}; this nnlang "
                       f"reads format {FORMAT}")
     _check_meta(path, meta)
-    _check_finite(path, state)
+    _check_finite(path, state, meta.get("dtype", "float32"))
     return Checkpoint(state, meta, path)
 
 
-def _check_finite(path, state: dict) -> None:
+def _check_finite(path, state: dict, dtype: str) -> None:
     """A run never saves an exploded state (the divergence guard stops first), so NaN or inf in
-    a weight or optimizer slot means a damaged or foreign file: predict and export gave NaN
-    with exit 0 and a resume 'diverged' at its first step."""
+    a weight or optimizer slot, or a value its `dtype` cannot hold (inf once cast), means a
+    damaged or foreign file: predict and export gave NaN with exit 0 and a resume 'diverged'
+    at its first step."""
+    top = float(np.finfo(dtype if dtype in ("float32", "float64") else "float32").max)
     for name, a in state.items():
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            at = np.unravel_index(int(np.argmin(np.isfinite(a))), a.shape)
-            raise NNError(f"{path}: parameter '{name}' holds {a[at]} (at {list(map(int, at))})",
+        if a.dtype.kind != "f":
+            continue
+        ok = np.isfinite(a) & (np.abs(a) <= top)
+        if not ok.all():
+            at = np.unravel_index(int(np.argmin(ok)), a.shape)
+            beyond = f", beyond {dtype}" if np.isfinite(a[at]) else ""
+            raise NNError(f"{path}: parameter '{name}' holds {a[at]} (at "
+                          f"{list(map(int, at))}){beyond}",
                           hint="the file is damaged or comes from a run that diverged; use an "
                                "earlier checkpoint or train again")
 

@@ -407,18 +407,21 @@ def test_checkpoint_with_bad_meta(work, tmp_path, command, case):
     assert f"{bad} is not a readable nnlang checkpoint" in out and words in out, out
 
 
-@pytest.mark.parametrize("value", [np.nan, -np.inf])
+@pytest.mark.parametrize("value, words", [
+    (np.float32(np.nan), "holds nan (at [5, 1])"), (np.float32(-np.inf), "holds -inf (at [5, 1])"),
+    # a float32 run's weights, written as float64: the cast to float32 made it inf
+    (np.float64(1e300), "holds 1e+300 (at [5, 1]), beyond float32")])
 @pytest.mark.parametrize("command", CONSUMERS)
-def test_checkpoint_with_non_finite_weights(work, tmp_path, command, value):
+def test_checkpoint_with_non_finite_weights(work, tmp_path, command, value, words):
     """A run never saves an exploded state, so a NaN weight means a damaged or foreign file.
     predict printed 'label 0, probability nan' and export wrote the NaN into the .onnx (exit 0);
     resume and --init-from 'diverged at step 1: lower the learning rate', resume naming the
     damaged file as 'the last good checkpoint'."""
-    w = np.ones((8, 3), np.float32)
+    w = np.ones((8, 3), value.dtype)
     w[5, 1] = value
     out, bad = _consume(command, _rewritten(work, "nonfinite.npz", {"state/logits.weight": w}),
                         work, tmp_path)
-    assert f"{bad}: parameter 'logits.weight' holds {value} (at [5, 1])" in out, out
+    assert f"{bad}: parameter 'logits.weight' {words}" in out, out
     assert "training diverged" not in out and "lower the learning rate" not in out
 
 
