@@ -89,17 +89,21 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
         raise NNError(f"{path} has checkpoint format {meta.get('format')!r}; this nnlang "
                       f"reads format {FORMAT}")
     _check_meta(path, meta)
-    _check_finite(path, state, meta.get("dtype", "float32"))
+    _check_values(path, state, meta.get("dtype", "float32"))
     return Checkpoint(state, meta, path)
 
 
-def _check_finite(path, state: dict, dtype: str) -> None:
+def _check_values(path, state: dict, dtype: str) -> None:
     """A run never saves an exploded state (the divergence guard stops first), so NaN or inf in
     a weight or optimizer slot, or a value its `dtype` cannot hold (inf once cast), means a
     damaged or foreign file: predict and export gave NaN with exit 0 and a resume 'diverged'
     at its first step."""
     top = float(np.finfo(dtype if dtype in ("float32", "float64") else "float32").max)
     for name, a in state.items():
+        if a.dtype.kind not in "biuf":
+            raise NNError(f"{path}: parameter '{name}' holds {a.dtype} values, not numbers",
+                          hint="the file is damaged or was written by another program; use "
+                               "another checkpoint or train again")
         if a.dtype.kind != "f":
             continue
         ok = np.isfinite(a) & (np.abs(a) <= top)

@@ -425,6 +425,17 @@ def test_checkpoint_with_non_finite_weights(work, tmp_path, command, value, word
     assert "training diverged" not in out and "lower the learning rate" not in out
 
 
+@pytest.mark.parametrize("array, words", [
+    (np.array(["a"] * 8), "holds <U1 values, not numbers"),
+    (np.ones(8) * (1 + 1j), "holds complex128 values, not numbers")])
+@pytest.mark.parametrize("command", ["eval", "resume"])
+def test_checkpoint_with_a_weight_that_is_no_numbers(work, tmp_path, command, array, words):
+    """'state value 'h.bias' holds text': right, but not which file."""
+    out, bad = _consume(command, _rewritten(work, "text.npz", {"state/h.bias": array}), work,
+                        tmp_path)
+    assert f"{bad}: parameter 'h.bias' {words}" in out, out
+
+
 @pytest.mark.parametrize("command", ["eval", "predict", "export"])
 def test_damaged_compressed_checkpoint(work, tmp_path, command):
     """np.savez_compressed writes a checkpoint nnlang reads; a flipped byte inside it is a zlib
