@@ -169,8 +169,16 @@ def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
         # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column name
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
-            header, rows = None, []
+            header, rows, end = None, [], 0
             for row in reader:
+                start, end = end + 1, reader.line_num
+                if any("\n" in c or "\r" in c for c in row):
+                    # NOTE: a lone quote opens a value that csv reads on to the next quote
+                    # (often the end of the file): the row's count of values, said at its
+                    # last line, would point far from the cause
+                    raise DataError(f"{path}:{start}: a quoted value runs from line {start} "
+                                    f"to line {end}", "a value's opening quote on line "
+                                    f"{start} has no closing quote on that line")
                 if not any(c.strip() for c in row):
                     continue
                 if header is None:

@@ -301,12 +301,15 @@ CSV_CASES = [
     (b"a,b,label\n1,2,\xff\n", ["latin.csv", "utf-8"]),
     ("a,b,label\n1,2,3\n4,1e39,6\n", ["big.csv:3: column 'b' 1e39 does not fit in float32"]),
     ("a,b,label\n1,2,3\n4,5,-1e39\n", ["neg.csv:3: column 'label' -1e39 does not fit in float32"]),
+    # "uq.csv:5: the row has 1 values": the quote opened on line 3 swallowed lines 3 to 5
+    ('a,b,label\n1,2,3\n"4,5,6\n7,8,9\n1,2,3\n', ["uq.csv:3: a quoted value runs from line 3 "
+                                                     "to line 5", "closing quote"]),
     # which of the two is the target? the other one was taken as a feature, silently
     ("a,label,label\n1,2,3\n4,5,6\n", ["twice.csv:1: the header names the target column "
                                         "'label' twice (columns 2 and 3)"]),
 ]
 CSV_NAMES = ["short", "long", "header", "empty", "text", "blank", "nan", "inf", "nolabel",
-             "latin", "big", "neg", "twice"]
+             "latin", "big", "neg", "uq", "twice"]
 
 
 @pytest.mark.parametrize("text, words", CSV_CASES, ids=CSV_NAMES)
