@@ -506,6 +506,10 @@ def test_bad_setting_in_the_file(line, words, work):
                          "be > 0 there"),
     (["--set", "beta2=0.9999999999"], "0.9999999999 is 1.0 in float32"),
     (["--set", "eps=1e-50"], "1e-50 is 0.0 in float32"),
+    # the flag won silently, as --set X twice is an error
+    (["--set", "lr=0.1", "--lr", "0.2"], "'lr' is given twice: --lr 0.2 and --set lr=0.1"),
+    (["--seed", "2", "--set", "seed=1"], "'seed' is given twice: --seed 2 and --set seed=1"),
+    (["--set", "val_split=0.1", "--val-split", "0.3"], "--val-split 0.3 and --set val_split=0.1"),
 ])
 def test_bad_setting_flag(args, words, work):
     (work / "reg.csv").write_text("a,b,label\n1,2,3\n")
