@@ -335,7 +335,11 @@ class _Training:
         self.guard = DivergenceGuard()
         self.watch = _Watch(self.cfg, self.program.graph)
         if ckpt is not None:
-            self.net.load_state_dict(ckpt.state)
+            try:
+                self.net.load_state_dict(ckpt.state)
+            except NNError as err:   # NOTE: as eval and predict say it: which file
+                raise NNError(f"{ckpt.path} does not fit model '{self.program.model}': "
+                              f"{err.message}", hint=err.hint) from None
             self.net.step, self.net.epoch = ckpt.step, ckpt.epoch
             self.net.lr_scale = ckpt.meta.get("lr_scale", 1.0)
             self.watch = _Watch(self.cfg, self.program.graph, ckpt.meta.get("watch"))

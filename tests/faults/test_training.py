@@ -308,6 +308,16 @@ def test_max_steps_at_the_runs_own_end_stops_nothing_short(work, tmp_path):
         assert json.loads((run / "summary.json").read_text())["stopped"] == stopped
 
 
+def test_resume_with_other_shapes_names_the_checkpoint(work, tmp_path):
+    """eval said '<checkpoint> does not fit model ...'; resume only 'state value 'h.weight' has
+    shape (4, 8), the model expects (4, 6)', naming no file."""
+    shutil.copytree(work / "run-tiny", tmp_path / "r")
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", tmp_path / "r", "--resume",
+              "--epochs", "2", "--set", "hidden=6", cwd=work)
+    assert f"{tmp_path / 'r' / 'checkpoint.npz'} does not fit model 'Tiny'" in out, out
+    assert "'h.weight'" in out and "(4, 6)" in out
+
+
 def test_resume_of_another_models_run_says_so(work, tmp_path):
     out = cli("train", "other.nn", "--backend", "reference", "--out", work / "run-tiny",
               "--resume", cwd=work)
