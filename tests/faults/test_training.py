@@ -471,6 +471,18 @@ def test_checkpoint_of_another_model(work, command):
     assert "the .nn file the checkpoint was trained from" in out
 
 
+@pytest.mark.parametrize("label, words", [(5, "the id 5 is outside"), (-1, "the id -1 is outside")])
+def test_eval_names_the_row_of_a_bad_label(work, label, words):
+    """train said 'bad.npz (test split), array 'label', row 3: the id 5 is outside ...'; eval of
+    the same file only "input 'label' holds the id 5", naming no file or row."""
+    x = np.zeros((6, 4), np.float32)
+    np.savez(work / "bad.npz", train_x=x, train_label=np.zeros(6, int), test_x=x,
+             test_label=np.array([0, 1, 2, label, 0, 1]))
+    out = cli("eval", "tiny.nn", "-c", "run-tiny", "--data", "bad.npz", "--backend",
+              "reference", cwd=work)
+    assert f"bad.npz (test split), array 'label', row 3: {words}" in out, out
+
+
 @pytest.mark.parametrize("inputs, words", [
     (["missing.npy"], ["input file not found: missing.npy"]),
     (["wide.npy"], ["shape [1, 7]", "'x'"]),
