@@ -352,6 +352,14 @@ class _Training:
                               f"{ckpt.config.batch}; resume it with the same batch size, not "
                               f"{self.cfg.batch}")
             _same_held_out(ckpt.config, self.cfg, self.ds, bool(self.skip))
+            if self.skip and ckpt.meta.get("train_digest") not in \
+                    (None, Ranks.digest([self.train])[0]):
+                raise NNError(f"this checkpoint stopped inside an epoch (step {self.skip}) of "
+                              f"training data that has changed since ({ckpt.meta.get('train_rows')}"
+                              f" training examples then, {self.n} now); the rest of the epoch "
+                              "would go over other rows",
+                              hint="restore the data the run was trained on, or start a new run "
+                                   "from these weights with --init-from")
         self.pos = _Position(self.start_epoch, self.skip, _Sums(partial),
                              self.rng.bit_generator.state)
         rows = self.run_dir.rows() if self.run_dir else []
@@ -396,6 +404,10 @@ class _Training:
                 "partial": sums.state() if sums else None, "data": self.data_info,
                 "loss_start": self.guard.start, "lr_scale": net.lr_scale,
                 "watch": self.watch.state(), "best": self.watch.summary()}
+        if step_in_epoch:
+            # NOTE: only a checkpoint inside an epoch needs it (a resume goes on with that
+            # epoch's permutation of these rows), so a run that saves at epoch ends hashes nothing
+            meta["train_digest"], meta["train_rows"] = Ranks.digest([self.train])[0], self.n
         return checkpoint.save(path or self.run_dir.checkpoint, net.state_dict(), meta)
 
     # *** the loop ***

@@ -222,6 +222,29 @@ def test_resume_on_other_data_is_said_and_refused_inside_an_epoch(work, tmp_path
     assert checkpoint.load(run).step == 2
 
 
+@pytest.mark.parametrize("change", ["fewer rows", "other values"])
+def test_resume_inside_an_epoch_on_changed_data_is_refused(tmp_path, change):
+    """The data file edited between Ctrl-C and --resume: the epoch went on over another
+    permutation (or with 52 rows shrunk to 20, "0 samples/s" and on), silently not the run
+    that was interrupted."""
+    (tmp_path / "tiny.nn").write_text(TINY)
+    tiny_data(tmp_path)
+    cli("train", "tiny.nn", "--backend", "reference", "--out", "r", "--max-steps", "5", code=0,
+        cwd=tmp_path)
+    z = dict(np.load(tmp_path / "tiny.npz"))
+    if change == "fewer rows":
+        z["train_x"], z["train_label"] = z["train_x"][:20], z["train_label"][:20]
+    else:
+        z["train_x"] = z["train_x"] + 1
+    np.savez(tmp_path / "tiny.npz", **z)
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", "r", "--resume",
+              cwd=tmp_path)
+    rows = 20 if change == "fewer rows" else 52
+    assert "this checkpoint stopped inside an epoch (step 5) of training data that has changed " \
+           f"since (52 training examples then, {rows} now)" in out, out
+    assert "--init-from" in out
+
+
 def test_resume_keeps_the_validation_carve(work, tmp_path):
     (tmp_path / "tiny.nn").write_text(tiny_source(val_split=0.2))
     (tmp_path / "tiny.npz").write_bytes((work / "tiny.npz").read_bytes())
