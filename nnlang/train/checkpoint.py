@@ -16,6 +16,7 @@ import numpy as np
 from nnlang.errors import NNError
 from nnlang.files import write_atomic
 from nnlang.frontend.train_config import Choice, TrainConfig
+from nnlang.ops.optim import OPTIMIZERS, SCHEDULES
 
 FORMAT = 1
 FILENAME = "checkpoint.npz"
@@ -93,6 +94,29 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
     return Checkpoint(state, meta, path)
 
 
+def _check_choice(path, choice: Choice, registry: dict, what: str) -> None:
+    """The optimizer or schedule a resume rebuilds: a known name with every option, each of its
+    type, as a run writes it (else a KeyError or TypeError inside the resumed run)."""
+    from nnlang.ops.signature import BindError
+    if choice.name not in registry:
+        raise unreadable(path, f"unknown {what} '{choice.name}' in its config")
+    sig = registry[choice.name].sig
+    try:
+        bound = sig.bind([], dict(choice.options))
+    except (BindError, TypeError) as err:
+        raise unreadable(path, f"its config's {what} {choice.name}: {err}") from None
+    if missing := sorted(set(bound) - set(choice.options)):
+        raise unreadable(path, f"its config's {what} {choice.name} has no "
+                               f"{', '.join(missing)}")
+    for p in sig.params:   # NOTE: bind fills defaults but takes any value
+        v = choice.options[p.name]
+        ok = isinstance(v, bool) if p.kind == "bool" else \
+            isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not ok:
+            raise unreadable(path, f"its config's {what} {choice.name}: {p.name} = {v!r} is "
+                                   f"not a {p.kind}")
+
+
 def _check_values(path, state: dict, dtype: str) -> None:
     """A run never saves an exploded state (the divergence guard stops first), so NaN or inf in
     a weight or optimizer slot, or a value its `dtype` cannot hold (inf once cast), means a
@@ -145,11 +169,14 @@ def _check_meta(path, meta: dict) -> None:
     if unknown:
         raise unreadable(path, f"unknown train setting '{unknown[0]}' in its config")
     try:
-        config_from_dict(meta["config"])
+        cfg = config_from_dict(meta["config"])
     except NNError as err:
         raise unreadable(path, f"its config: {err.message}") from None
     except (TypeError, KeyError, AttributeError, ValueError) as err:
         raise unreadable(path, f"its config: {type(err).__name__} {err}") from None
+    _check_choice(path, cfg.optimizer, OPTIMIZERS, "optimizer")
+    if cfg.schedule is not None:
+        _check_choice(path, cfg.schedule, SCHEDULES, "schedule")
     try:
         np.random.PCG64().state = meta["rng_state"]
     except (TypeError, KeyError, ValueError):

@@ -409,6 +409,15 @@ BAD_META = {
                 "unknown train setting 'zzz'"),
     "step_text": (lambda m: {**m, "step": "ten"}, "'step' is 'ten', not a whole number"),
     "rng": (lambda m: {**m, "rng_state": {"x": 1}}, "'rng_state' is not a PCG64 state"),
+    # eval went on, resume was an internal KeyError / TypeError
+    "optimizer": (lambda m: {**m, "config": {**m["config"], "optimizer": {"name": "bogus"}}},
+                  "unknown optimizer 'bogus' in its config"),
+    "lr_text": (lambda m: {**m, "config": {**m["config"], "optimizer": {
+        "name": "adam", "options": {**m["config"]["optimizer"]["options"], "lr": "x"}}}},
+        "its config's optimizer adam:"),
+    "options": (lambda m: {**m, "config": {**m["config"], "optimizer": {
+        "name": "adam", "options": {"lr": 0.1}}}},
+        "its config's optimizer adam has no beta1, beta2, eps, weight_decay"),
 }
 
 

@@ -141,7 +141,9 @@ def test_divergence_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
 
 def _meta(epoch: int, step: int) -> dict:
     """The meta every checkpoint holds (checkpoint.load refuses one without it)."""
-    return {"model": "M", "epoch": epoch, "step": step, "config": {"optimizer": {"name": "sgd"}},
+    from nnlang.frontend.train_config import TrainConfig
+    return {"model": "M", "epoch": epoch, "step": step,
+            "config": checkpoint.config_to_dict(TrainConfig()),
             "rng_state": np.random.default_rng(0).bit_generator.state}
 
 
