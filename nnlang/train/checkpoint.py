@@ -165,6 +165,8 @@ def _check_meta(path, meta: dict) -> None:
                 (kind is int and value < 0):
             want = {int: "a whole number", str: "text", dict: "a JSON object"}[kind]
             raise unreadable(path, f"'{key}' is {value!r}, not {want}")
+    if not isinstance(meta.get("data", {}).get("meta", {}), dict):
+        raise unreadable(path, f"'data.meta' is {meta['data']['meta']!r}, not a JSON object")
     unknown = sorted(set(meta["config"]) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise unreadable(path, f"unknown train setting '{unknown[0]}' in its config")

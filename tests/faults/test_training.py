@@ -409,6 +409,8 @@ BAD_META = {
                 "unknown train setting 'zzz'"),
     "step_text": (lambda m: {**m, "step": "ten"}, "'step' is 'ten', not a whole number"),
     "rng": (lambda m: {**m, "rng_state": {"x": 1}}, "'rng_state' is not a PCG64 state"),
+    "data_meta": (lambda m: {**m, "data": {**m["data"], "meta": [1]}},
+                  "'data.meta' is [1], not a JSON object"),
     # eval went on, resume was an internal KeyError / TypeError
     "optimizer": (lambda m: {**m, "config": {**m["config"], "optimizer": {"name": "bogus"}}},
                   "unknown optimizer 'bogus' in its config"),
