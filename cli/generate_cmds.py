@@ -157,12 +157,22 @@ def _print_held_out(out, r: dict, as_json: bool) -> None:
         out.print(f"  ... and {len(wrong) - 5:,} more", markup=False)
 
 
+MAX_PROMPT_FILE_BYTES = 64 << 20
+
+
 def _prompts(given, path) -> list[str]:
     from nnlang.errors import NNError
     prompts = list(given or [])
     if path is not None:
         try:
-            lines = path.read_text("utf-8-sig").splitlines()  # NOTE: a byte-order mark is no text
+            with path.open("rb") as f:
+                data = f.read(MAX_PROMPT_FILE_BYTES + 1)
+            if len(data) > MAX_PROMPT_FILE_BYTES:
+                # NOTE: /dev/zero or a data file given by mistake read on until memory ran out
+                raise NNError(f"--prompt-file {path} is larger than "
+                              f"{MAX_PROMPT_FILE_BYTES / 2**20:g} MiB; it holds prompts, one a "
+                              "line", hint="is this the right file?")
+            lines = data.decode("utf-8-sig").splitlines()  # NOTE: a byte-order mark is no text
         except (OSError, UnicodeDecodeError) as err:
             raise NNError(f"--prompt-file {path}: cannot read it ({err})") from None
         prompts += [line for line in lines if line.strip()]

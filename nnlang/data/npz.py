@@ -114,6 +114,11 @@ def load_csv(path: Path, target: str = "label", val: str | None = None,
                         'choose the label column with csv("file.csv", target = "name") in the '
                         'train section, or --data "file.csv(target=name)"')
     t = header.index(target)
+    if header.count(target) > 1:
+        where = " and ".join(str(i + 1) for i, h in enumerate(header) if h == target)
+        raise DataError(f"{path}:{header_line(path)}: the header names the target column "
+                        f"'{target}' twice (columns {where})",
+                        "rename one of them: the other columns are the features")
     train = _csv_split(data, t)
     splits = {}
     for option, file in (("val", val), ("test", test)):
@@ -164,8 +169,16 @@ def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
         # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column name
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
-            header, rows = None, []
+            header, rows, end = None, [], 0
             for row in reader:
+                start, end = end + 1, reader.line_num
+                if any("\n" in c or "\r" in c for c in row):
+                    # NOTE: a lone quote opens a value that csv reads on to the next quote
+                    # (often the end of the file): the row's count of values, said at its
+                    # last line, would point far from the cause
+                    raise DataError(f"{path}:{start}: a quoted value runs from line {start} "
+                                    f"to line {end}", "a value's opening quote on line "
+                                    f"{start} has no closing quote on that line")
                 if not any(c.strip() for c in row):
                     continue
                 if header is None:
@@ -180,6 +193,16 @@ def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
     if not rows:
         raise DataError(f"{path} has a header but no data rows")
     return header, np.array(rows, np.float64)
+
+
+def header_line(path: Path) -> int:
+    """The line of a CSV's header: its first line that is not blank (as `read_csv` skips)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        for row in reader:
+            if any(c.strip() for c in row):
+                return reader.line_num
+    return 1
 
 
 def _csv_row(path: Path, line: int, header: list[str], row: list[str]) -> list[float]:

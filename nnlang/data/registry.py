@@ -177,7 +177,13 @@ def _parse_spec(spec, options: dict) -> tuple[str, dict]:
             if not isinstance(path, str) or not path.lower().endswith(FILE_FORMS[name]):
                 raise ValueError(f"{name}() reads a {FILE_FORMS[name]} file, got {path!r}")
             name = path
-        parsed = {kw.arg: _literal(kw.value) for kw in call.keywords}
+        parsed = {}
+        for kw in call.keywords:
+            if kw.arg is None:
+                raise ValueError(f"'**{ast.unparse(kw.value)}' is not an option")
+            if kw.arg in parsed:   # NOTE: ast.parse keeps both; a dict kept the last
+                raise ValueError(f"option '{kw.arg}' is given twice")
+            parsed[kw.arg] = _literal(kw.value)
     except (SyntaxError, ValueError) as e:
         raise DataError(f"cannot parse dataset options in '{spec}' ({e})",
                         'write e.g. imdb(vocab=20000, maxlen=200) or csv("t.csv", target=y)'
@@ -188,11 +194,17 @@ def _parse_spec(spec, options: dict) -> tuple[str, dict]:
 _NN_WORDS = {"none": None, "true": True, "false": False}
 
 
+def _dotted(node) -> bool:
+    return isinstance(node, ast.Name) or isinstance(node, ast.Attribute) and _dotted(node.value)
+
+
 def _literal(node):
     """A Python literal, .nn's `none`, `true` and `false`, or another bare name as its string
     (`target=y` means `target="y"`; a column named none is written "none")."""
     if isinstance(node, ast.Name):
         return _NN_WORDS.get(node.id, node.id)
+    if _dotted(node):   # NOTE: a bare file name, test=t.csv: Python reads t.csv as an attribute
+        return ast.unparse(node)
     try:
         return ast.literal_eval(node)
     except ValueError:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from nnlang.errors import ErrorSink, NNError, did_you_mean
 from nnlang.frontend import ast
 from nnlang.ir.dims import DEFAULT_BATCH
@@ -109,6 +111,8 @@ RANGES = {
     "patience": (lambda v: v >= 1, ">= 1 (epochs)"),
     "factor": (lambda v: 0 < v < 1, "in (0, 1)"),
 }
+# the ranges whose ends float32 rounding can reach (a tiny positive value, or one just below 1)
+FLOAT32_CHECKED = {"lr", "beta1", "beta2", "alpha", "momentum", "eps", "gamma", "factor"}
 # string settings with a fixed set of values
 CHOICES = {"mode": ("min", "max")}
 
@@ -123,7 +127,15 @@ def range_problem(name: str, value) -> str | None:
     if not math.isfinite(value):
         return f"{value!r} is not a finite number"
     test, text = RANGES[name]
-    return None if test(value) else f"{value!r} is out of range: {name} must be {text}"
+    if not test(value):
+        return f"{value!r} is out of range: {name} must be {text}"
+    if name in FLOAT32_CHECKED and not test(float(np.float32(value))):
+        # NOTE: the update runs in float32 (training's precision): lr = 1e-320 is 0 there and
+        # trained nothing with exit 0; beta2 = 0.9999999999 is 1 and eps = 1e-50 is 0, and
+        # both gave NaN, reported as divergence with the hint to lower the learning rate
+        return (f"{value!r} is {float(np.float32(value))!r} in float32, the precision training "
+                f"runs in: {name} must be {text} there")
+    return None
 
 
 def watchable(graph) -> dict[str, str | None]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
+from dataclasses import fields
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 from nnlang.errors import NNError
 from nnlang.files import write_atomic
 from nnlang.frontend.train_config import Choice, TrainConfig
-from nnlang.ops.optim import OPTIMIZER_PREFIX
+from nnlang.ops.optim import OPTIMIZER_PREFIX, OPTIMIZERS, SCHEDULES
 
 FORMAT = 1
 FILENAME = "checkpoint.npz"
@@ -88,16 +90,110 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
         with z:
             meta = json.loads(str(z[_META][()]))
             state = {k[len(_STATE):]: z[k] for k in z.files if k.startswith(_STATE)}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
             json.JSONDecodeError) as err:
-        why = f"no '{_META}' entry" if isinstance(err, KeyError) else type(err).__name__
-        raise NNError(f"{path} is not a readable nnlang checkpoint ({why})",
-                      hint="it may be truncated or written by another program; use another "
-                           "checkpoint or train again") from None
+        # NOTE: zlib.error: a damaged np.savez_compressed archive (numpy reads those too)
+        raise unreadable(path, f"no '{_META}' entry" if isinstance(err, KeyError)
+                         else type(err).__name__) from None
+    if not isinstance(meta, dict):
+        raise unreadable(path, f"its meta is a {type(meta).__name__}, not a JSON object")
     if meta.get("format") != FORMAT:
         raise NNError(f"{path} has checkpoint format {meta.get('format')!r}; this nnlang "
                       f"reads format {FORMAT}")
+    _check_meta(path, meta)
+    _check_values(path, state, meta.get("dtype", "float32"))
     return Checkpoint(state, meta, path)
+
+
+def _check_choice(path, choice: Choice, registry: dict, what: str) -> None:
+    """The optimizer or schedule a resume rebuilds: a known name with every option, each of its
+    type, as a run writes it (else a KeyError or TypeError inside the resumed run)."""
+    from nnlang.ops.signature import BindError
+    if choice.name not in registry:
+        raise unreadable(path, f"unknown {what} '{choice.name}' in its config")
+    sig = registry[choice.name].sig
+    try:
+        bound = sig.bind([], dict(choice.options))
+    except (BindError, TypeError) as err:
+        raise unreadable(path, f"its config's {what} {choice.name}: {err}") from None
+    if missing := sorted(set(bound) - set(choice.options)):
+        raise unreadable(path, f"its config's {what} {choice.name} has no "
+                               f"{', '.join(missing)}")
+    for p in sig.params:   # NOTE: bind fills defaults but takes any value
+        v = choice.options[p.name]
+        ok = isinstance(v, bool) if p.kind == "bool" else \
+            isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not ok:
+            raise unreadable(path, f"its config's {what} {choice.name}: {p.name} = {v!r} is "
+                                   f"not a {p.kind}")
+
+
+def _check_values(path, state: dict, dtype: str) -> None:
+    """A run never saves an exploded state (the divergence guard stops first), so NaN or inf in
+    a weight or optimizer slot, or a value its `dtype` cannot hold (inf once cast), means a
+    damaged or foreign file: predict and export gave NaN with exit 0 and a resume 'diverged'
+    at its first step."""
+    top = float(np.finfo(dtype if dtype in ("float32", "float64") else "float32").max)
+    for name, a in state.items():
+        if a.dtype.kind not in "biuf":
+            raise NNError(f"{path}: parameter '{name}' holds {a.dtype} values, not numbers",
+                          hint="the file is damaged or was written by another program; use "
+                               "another checkpoint or train again")
+        if a.dtype.kind != "f":
+            continue
+        ok = np.isfinite(a) & (np.abs(a) <= top)
+        if not ok.all():
+            at = np.unravel_index(int(np.argmin(ok)), a.shape)
+            beyond = f", beyond {dtype}" if np.isfinite(a[at]) else ""
+            raise NNError(f"{path}: parameter '{name}' holds {a[at]} (at "
+                          f"{list(map(int, at))}){beyond}",
+                          hint="the file is damaged or comes from a run that diverged; use an "
+                               "earlier checkpoint or train again")
+
+
+def unreadable(path, why: str) -> NNError:
+    return NNError(f"{path} is not a readable nnlang checkpoint ({why})",
+                   hint="it may be truncated or written by another program; use another "
+                        "checkpoint or train again")
+
+
+# the meta every checkpoint of this format holds, by its JSON type; eval, predict, export,
+# --resume and --init-from each read some of it, so it is checked here, once, where the file is
+# named, not as a KeyError in whichever command reached the missing part first
+_NEEDED = {"model": str, "epoch": int, "step": int, "config": dict, "rng_state": dict}
+_OPTIONAL = {"step_in_epoch": int, "total_steps": int, "hparams": dict, "overrides": dict,
+             "source": str, "file": str, "data": dict}
+
+
+def _check_meta(path, meta: dict) -> None:
+    for key, kind in [*_NEEDED.items(), *_OPTIONAL.items()]:
+        if key not in meta:
+            if key in _NEEDED:
+                raise unreadable(path, f"its meta has no '{key}'")
+            continue
+        value = meta[key]
+        if not isinstance(value, kind) or isinstance(value, bool) or \
+                (kind is int and value < 0):
+            want = {int: "a whole number", str: "text", dict: "a JSON object"}[kind]
+            raise unreadable(path, f"'{key}' is {value!r}, not {want}")
+    if not isinstance(meta.get("data", {}).get("meta", {}), dict):
+        raise unreadable(path, f"'data.meta' is {meta['data']['meta']!r}, not a JSON object")
+    unknown = sorted(set(meta["config"]) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise unreadable(path, f"unknown train setting '{unknown[0]}' in its config")
+    try:
+        cfg = config_from_dict(meta["config"])
+    except NNError as err:
+        raise unreadable(path, f"its config: {err.message}") from None
+    except (TypeError, KeyError, AttributeError, ValueError) as err:
+        raise unreadable(path, f"its config: {type(err).__name__} {err}") from None
+    _check_choice(path, cfg.optimizer, OPTIMIZERS, "optimizer")
+    if cfg.schedule is not None:
+        _check_choice(path, cfg.schedule, SCHEDULES, "schedule")
+    try:
+        np.random.PCG64().state = meta["rng_state"]
+    except (TypeError, KeyError, ValueError):
+        raise unreadable(path, "'rng_state' is not a PCG64 state") from None
 
 
 # *** config <-> JSON ***

@@ -144,16 +144,17 @@ def model_arrays(graph, arrays: dict, mapping: dict[str, str]) -> dict[str, np.n
             for m, a in mapping.items()}
 
 
-def check_ids(graph, ds, mapping: dict[str, str]) -> None:
-    """An id past the model's tables or classes, in any split, is an error naming the file,
-    split, array and row before training: a test split's bad label would otherwise stop the run
-    only after its last epoch, at the first evaluation of that split."""
+def check_ids(graph, ds, mapping: dict[str, str], splits=None) -> None:
+    """An id past the model's tables or classes, in any split (or those of `splits`), is an
+    error naming the file, split, array and row before training: a test split's bad label
+    would otherwise stop the run only after its last epoch, at the first evaluation of that
+    split."""
     from nnlang.passes.pipeline import forward_graph
     from nnlang.runtime.indices import index_inputs
     lengths = {s: 1 for s in graph.symbols if s != "batch"}
     checks = [c for c in index_inputs(forward_graph(graph, 1, lengths=lengths))
               if c.name in mapping]
-    for split in (ds.train, ds.val, ds.test):
+    for split in (ds.train, ds.val, ds.test) if splits is None else splits:
         if split is None or not len(split):
             continue
         for c in checks:

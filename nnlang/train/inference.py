@@ -98,8 +98,14 @@ def held_out_arrays(net, cfg, data, data_dir, folder, words=None) -> tuple:
     ds = feeds.load_data(choice, data_dir, folder, words, net.program)
     mapping = feeds.match_inputs(net.user, ds.inputs, ds.targets, f"dataset '{ds.name}'")
     if len(ds.test):
-        return ds, "test", feeds.model_arrays(net.user, ds.test.arrays, mapping)
+        arrays = feeds.model_arrays(net.user, ds.test.arrays, mapping)
+        # NOTE: after the casts' own checks, as training does: an id out of range is said with
+        # its file, split and row, not only as the kernel's bounds check saw it
+        feeds.check_ids(net.user, ds, mapping, [ds.test])
+        return ds, "test", arrays
     arrays = feeds.train_and_val(net.user, ds, mapping, cfg.val_split, cfg.seed)[1]
+    if arrays:
+        feeds.check_ids(net.user, ds, mapping, [ds.train, ds.val])
     if not arrays:
         raise NNError(f"dataset '{ds.name}' has no test split and no validation split of "
                       f"its own, and the run's val_split is {cfg.val_split:g}, so nothing of it "

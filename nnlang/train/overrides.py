@@ -11,7 +11,7 @@ from pathlib import Path
 from nnlang.errors import NNError
 from nnlang.frontend.elaborate import load
 from nnlang.frontend.source import load_source, read_source
-from nnlang.frontend.train_config import Choice, TrainConfig, option_problem
+from nnlang.frontend.train_config import FLAGS, Choice, TrainConfig, option_problem
 from nnlang.train import feeds
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES
 from nnlang.ops.signature import show_value
@@ -192,6 +192,12 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
         cfg = base or program.train or TrainConfig()
         # NOTE: an unset flag (None) must not hide the same setting given with --set
         flags = {k: v for k, v in (config or {}).items() if v is not None}
+        for k in flags.keys() & train_sets.keys():
+            # NOTE: as --set X twice: which one was meant is not ours to guess (the flag won)
+            flag = FLAGS.get(k, k)
+            raise NNError(f"train setting '{k}' is given twice: {flag} {show_value(flags[k])} "
+                          f"and --set {k}={show_value(train_sets[k])}",
+                          hint=f"give it once: {flag} VALUE, or --set {k}=VALUE")
         cfg = apply_overrides(cfg, {**train_sets, **flags})
     _check_penalty_lists(cfg, program)
     return program, cfg, source, file, hp

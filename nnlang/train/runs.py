@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 import sys
 import tempfile
 import time
@@ -53,27 +55,68 @@ def foreign_files(path) -> list[str]:
             and not (n.startswith(".") and n.endswith(".tmp"))]
 
 
+def _hold(path: Path) -> int | None:
+    """An exclusive flock on the folder itself (no lock file to leave behind; the kernel drops
+    it when the process ends, a kill -9 included). None where the file system has no locks:
+    the run goes on unguarded, as before."""
+    try:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise NNError(f"{path} is in use by another training run",
+                          hint="wait for it to end (then --resume continues it), or pass "
+                               "another --out") from None
+        return None
+    return fd
+
+
 class RunDir:
-    def __init__(self, path):
-        """Creates the folder and checks that files can be written in it (a run learns that
-        before it compiles and trains, not when it saves)."""
+    def __init__(self, path, fresh: bool = False):
+        """Creates the folder, checks that files can be written in it (a run learns that
+        before it compiles and trains, not when it saves) and holds it for this process until
+        `release`: a second run into the same folder is refused. `fresh`: a new run, so a
+        checkpoint that appeared since the caller looked (a run that just ended) is refused."""
         self.path = Path(path)
         self._noted_cut = False
         with writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.path):
                 pass
+        self._lock = _hold(self.path)
+        if fresh and self.checkpoint.is_file():
+            self.release()
+            raise NNError(f"{self.path} already holds a training run", hint="pass --resume to "
+                          "continue it, or another --out for a new run")
+
+    def release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     @classmethod
     def create(cls, model: str, out=None, root="runs") -> "RunDir":
         """`out`, or a fresh `runs/<model>-<YYYYmmdd-HHMMSS>/` (suffixed if that exists)."""
         if out is not None:
-            return cls(out)
+            return cls(out, fresh=True)
         base = Path(root) / f"{model.lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
         path, n = base, 2
-        while path.exists():
-            path, n = base.with_name(f"{base.name}-{n}"), n + 1
-        return cls(path)
+        with writing(base.parent):
+            base.parent.mkdir(parents=True, exist_ok=True)
+            # NOTE: mkdir, not exists(), claims the name: two runs started in the same second
+            # must not both find it free
+            while True:
+                try:
+                    path.mkdir()
+                    break
+                except FileExistsError:
+                    path, n = base.with_name(f"{base.name}-{n}"), n + 1
+        return cls(path, fresh=True)
 
     @staticmethod
     def latest(model: str, root="runs") -> Path | None:
@@ -139,7 +182,8 @@ class RunDir:
         rows = [r for r in self.rows() if r["epoch"] <= upto_epoch]
         if not rows:
             for name in ("metrics.jsonl", "metrics.csv"):
-                (self.path / name).unlink(missing_ok=True)
+                with writing(self.path / name):
+                    (self.path / name).unlink(missing_ok=True)
             return
         with writing(self.path / "metrics.jsonl"):
             (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -317,13 +317,15 @@ class _Training:
                 ranks.means_over_rows(self.net, next(feeds.batches(self.train, cfg.batch)),
                                       lambda text: say(console, text))
                 ranks.compiled()
+            ranks.same_start(self.net)
+            self._write_config(ckpt)
         except BaseException:
             # NOTE: a run that could not start (a bad --init-from) leaves no empty folder
+            if self.run_dir is not None:
+                self.run_dir.release()
             if made and not any(self.run_dir.path.iterdir()):
                 self.run_dir.path.rmdir()
             raise
-        ranks.same_start(self.net)
-        self._write_config(ckpt)
         return self
 
     def _steps_per_epoch(self) -> int:
@@ -345,7 +347,11 @@ class _Training:
         self.guard = DivergenceGuard()
         self.watch = _Watch(self.cfg, self.program.graph)
         if ckpt is not None:
-            ckpt.load_into(self.net)
+            try:
+                ckpt.load_into(self.net)
+            except NNError as err:   # NOTE: as eval and predict say it: which file
+                raise NNError(f"{ckpt.path} does not fit model '{self.program.model}': "
+                              f"{err.message}", hint=err.hint) from None
             self.watch = _Watch(self.cfg, self.program.graph, ckpt.meta.get("watch"))
             self.rng.bit_generator.state = ckpt.meta["rng_state"]
             self.start_epoch, self.skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)
@@ -356,6 +362,14 @@ class _Training:
                               f"{ckpt.config.batch}; resume it with the same batch size, not "
                               f"{self.cfg.batch}")
             _same_held_out(ckpt.config, self.cfg, self.ds, bool(self.skip))
+            if self.skip and ckpt.meta.get("train_digest") not in \
+                    (None, Ranks.digest([self.train])[0]):
+                raise NNError(f"this checkpoint stopped inside an epoch (step {self.skip}) of "
+                              f"training data that has changed since ({ckpt.meta.get('train_rows')}"
+                              f" training examples then, {self.n} now); the rest of the epoch "
+                              "would go over other rows",
+                              hint="restore the data the run was trained on, or start a new run "
+                                   "from these weights with --init-from")
         self.pos = _Position(self.start_epoch, self.skip, _Sums(partial),
                              self.rng.bit_generator.state)
         rows = self.run_dir.rows() if self.run_dir else []
@@ -400,10 +414,21 @@ class _Training:
                 "partial": sums.state() if sums else None, "data": self.data_info,
                 "loss_start": self.guard.start, "lr_scale": net.lr_scale,
                 "watch": self.watch.state(), "best": self.watch.summary()}
+        if step_in_epoch:
+            # NOTE: only a checkpoint inside an epoch needs it (a resume goes on with that
+            # epoch's permutation of these rows), so a run that saves at epoch ends hashes nothing
+            meta["train_digest"], meta["train_rows"] = Ranks.digest([self.train])[0], self.n
         return checkpoint.save(path or self.run_dir.checkpoint, net.state_dict(), meta)
 
     # *** the loop ***
     def run(self) -> History:
+        try:
+            return self._run()
+        finally:
+            if self.run_dir is not None:
+                self.run_dir.release()
+
+    def _run(self) -> History:
         cfg, watch = self.cfg, self.watch
         end = cfg.epochs
         if self.start_epoch >= cfg.epochs:

@@ -301,9 +301,15 @@ CSV_CASES = [
     (b"a,b,label\n1,2,\xff\n", ["latin.csv", "utf-8"]),
     ("a,b,label\n1,2,3\n4,1e39,6\n", ["big.csv:3: column 'b' 1e39 does not fit in float32"]),
     ("a,b,label\n1,2,3\n4,5,-1e39\n", ["neg.csv:3: column 'label' -1e39 does not fit in float32"]),
+    # "uq.csv:5: the row has 1 values": the quote opened on line 3 swallowed lines 3 to 5
+    ('a,b,label\n1,2,3\n"4,5,6\n7,8,9\n1,2,3\n', ["uq.csv:3: a quoted value runs from line 3 "
+                                                     "to line 5", "closing quote"]),
+    # which of the two is the target? the other one was taken as a feature, silently
+    ("a,label,label\n1,2,3\n4,5,6\n", ["twice.csv:1: the header names the target column "
+                                        "'label' twice (columns 2 and 3)"]),
 ]
 CSV_NAMES = ["short", "long", "header", "empty", "text", "blank", "nan", "inf", "nolabel",
-             "latin", "big", "neg"]
+             "latin", "big", "neg", "uq", "twice"]
 
 
 @pytest.mark.parametrize("text, words", CSV_CASES, ids=CSV_NAMES)
@@ -389,6 +395,11 @@ def test_a_test_table_beyond_int32_is_not_class_ids(work):
     (["--data", "imdb(vocab=)"], ["cannot parse dataset options"]),
     (["--data", "csv('x.txt')"], ["csv() reads a .csv file"]),
     (["--data", "reg.csv(target=3)"], ["option target=3 must be a column name"]),
+    # the last of two values silently won
+    (["--data", "reg.csv(target=label, target=b)"], ["cannot parse dataset options",
+                                                     "option 'target' is given twice"]),
+    (["--data", 'csv("reg.csv", target="a", target="b")'], ["option 'target' is given twice"]),
+    (["--data", "reg.csv(**{})"], ["cannot parse dataset options", "'**{}' is not an option"]),
     (["--data", "missing.npz"], ["data file not found: missing.npz"]),
     (["--data-dir", "no/such/dir"], ["--data-dir no/such/dir does not exist"]),
     (["--data-dir", "reg.nn"], ["--data-dir reg.nn is not a directory"]),
@@ -398,6 +409,15 @@ def test_bad_data_choice(args, words, work):
     out = train("reg.nn", *args, "--out", "r", cwd=work)
     for w in words:
         assert w in out, out
+
+
+def test_a_bare_table_name_is_a_path(work):
+    """`target=y` is the string "y", but `test=t.csv` was "'t.csv' is not a value"."""
+    (work / "reg.csv").write_text("a,b,label\n1,2,3\n4,5,6\n")
+    (work / "t.csv").write_text("a,b,label\n7,8,9\n")
+    out = cli("train", "reg.nn", "--data", "reg.csv(test=t.csv)", "--out", "r", "--max-steps",
+              "1", code=0, cwd=work)
+    assert "test " in out
 
 
 @pytest.mark.parametrize("data, words", [
@@ -480,6 +500,16 @@ def test_bad_setting_in_the_file(line, words, work):
     (["--val-split", "1"], "(given by --val-split or --set val_split=...): 1.0 is out of range: "
                            "val_split must be in [0, 1)"),
     (["--set", "optimizer=sgd", "--set", "momentum=1"], "momentum must be in [0, 1)"),
+    # in range as written, out of it in float32, where the update runs: lr 0 trained nothing
+    # with exit 0, beta 1 and eps 0 gave NaN reported as "lower the learning rate"
+    (["--lr", "1e-320"], "1e-320 is 0.0 in float32, the precision training runs in: lr must "
+                         "be > 0 there"),
+    (["--set", "beta2=0.9999999999"], "0.9999999999 is 1.0 in float32"),
+    (["--set", "eps=1e-50"], "1e-50 is 0.0 in float32"),
+    # the flag won silently, as --set X twice is an error
+    (["--set", "lr=0.1", "--lr", "0.2"], "'lr' is given twice: --lr 0.2 and --set lr=0.1"),
+    (["--seed", "2", "--set", "seed=1"], "'seed' is given twice: --seed 2 and --set seed=1"),
+    (["--set", "val_split=0.1", "--val-split", "0.3"], "--val-split 0.3 and --set val_split=0.1"),
 ])
 def test_bad_setting_flag(args, words, work):
     (work / "reg.csv").write_text("a,b,label\n1,2,3\n")

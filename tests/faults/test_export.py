@@ -5,6 +5,7 @@ clear error, exit 1, and no file left behind."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,22 @@ def test_a_checkpoint_fixes_the_model_and_its_hyper_parameters(run):
     same = nnlang.export_onnx(str(run / "tiny.nn"), run / "run", overrides={"hidden": 8},
                               model_name="Tiny")
     assert [o.name for o in same.graph.output] == ["probs"]
+
+
+@pytest.mark.parametrize("target, what", [
+    ("run/checkpoint.npz", "the checkpoint"), ("run/../run/checkpoint.npz", "the checkpoint"),
+    ("run/best.npz", "the checkpoint"), ("tiny.nn", "the model file")])
+def test_output_over_its_own_inputs_is_refused(run, tmp_path, target, what):
+    """`-o run/checkpoint.npz` replaced the trained weights with the ONNX file (`-o
+    run/best.npz` the run's best ones), and `-o tiny.nn` the model's source, all with exit 0."""
+    import shutil
+    shutil.copytree(run / "run", tmp_path / "run")
+    # the run's other checkpoint (Tiny has no validation, so no best epoch of its own)
+    shutil.copy(tmp_path / "run" / "checkpoint.npz", tmp_path / "run" / "best.npz")
+    shutil.copy(run / "tiny.nn", tmp_path)
+    shutil.copy(run / "tiny.npz", tmp_path)
+    before = (tmp_path / target).read_bytes()
+    out = cli("export", "tiny.nn", "-c", "run/checkpoint.npz", "-o", target, cwd=tmp_path)
+    assert f"-o {Path(target)}: this is {what} the command reads" in out, out
+    assert (tmp_path / target).read_bytes() == before
+

@@ -239,3 +239,17 @@ def test_a_prompt_file_may_start_with_a_byte_order_mark(run):
     (run / "bom.txt").write_bytes("\ufeffthe movie\n".encode())
     out = generate(run, "--prompt-file", run / "bom.txt", "--max-new", "2", code=0)
     assert "the movie" in out and "\ufeff" not in out
+
+
+@pytest.mark.parametrize("name", ["big.txt", "/dev/zero"])
+def test_an_endless_prompt_file_is_cut_short(run, monkeypatch, tmp_path, name):
+    """--prompt-file /dev/zero read until memory ran out (an internal MemoryError under a
+    memory limit)."""
+    from nnlang_cli import generate_cmds
+    monkeypatch.setattr(generate_cmds, "MAX_PROMPT_FILE_BYTES", 1 << 16)
+    path = tmp_path / name if name == "big.txt" else name
+    if name == "big.txt":
+        path.write_text("a" * (1 << 17))
+    out = generate(run, "--prompt-file", path)
+    assert f"--prompt-file {path} is larger than 0.0625 MiB" in out, out
+

@@ -603,6 +603,15 @@ def test_output_paths_that_cannot_be_written(tmp_path, command, target, words):
     expect(cli(command[0], MLP, "-o", out, *command[1:]), "error: -o", *words)
 
 
+def test_compile_output_over_the_model_file_is_refused(tmp_path):
+    """`nnlang compile model.nn -o model.nn` wrote the summary over the model's source."""
+    model = tmp_path / "m.nn"
+    model.write_text(MLP.read_text())
+    out = cli("compile", model, "--backend", "reference", "-o", model)
+    expect(out, f"-o {model}: this is the model file the command reads")
+    assert model.read_text() == MLP.read_text()
+
+
 def test_output_into_a_read_only_folder(tmp_path, monkeypatch):
     import os
     real = os.access

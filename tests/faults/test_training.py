@@ -7,8 +7,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,6 +232,29 @@ def test_resume_on_other_data_is_said_and_refused_inside_an_epoch(work, tmp_path
     assert checkpoint.load(run).step == 2
 
 
+@pytest.mark.parametrize("change", ["fewer rows", "other values"])
+def test_resume_inside_an_epoch_on_changed_data_is_refused(tmp_path, change):
+    """The data file edited between Ctrl-C and --resume: the epoch went on over another
+    permutation (or with 52 rows shrunk to 20, "0 samples/s" and on), silently not the run
+    that was interrupted."""
+    (tmp_path / "tiny.nn").write_text(TINY)
+    tiny_data(tmp_path)
+    cli("train", "tiny.nn", "--backend", "reference", "--out", "r", "--max-steps", "5", code=0,
+        cwd=tmp_path)
+    z = dict(np.load(tmp_path / "tiny.npz"))
+    if change == "fewer rows":
+        z["train_x"], z["train_label"] = z["train_x"][:20], z["train_label"][:20]
+    else:
+        z["train_x"] = z["train_x"] + 1
+    np.savez(tmp_path / "tiny.npz", **z)
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", "r", "--resume",
+              cwd=tmp_path)
+    rows = 20 if change == "fewer rows" else 52
+    assert "this checkpoint stopped inside an epoch (step 5) of training data that has changed " \
+           f"since (52 training examples then, {rows} now)" in out, out
+    assert "--init-from" in out
+
+
 def test_resume_keeps_the_validation_carve(work, tmp_path):
     (tmp_path / "tiny.nn").write_text(tiny_source(val_split=0.2))
     (tmp_path / "tiny.npz").write_bytes((work / "tiny.npz").read_bytes())
@@ -282,6 +307,31 @@ def test_out_with_the_users_files_is_refused_and_they_are_kept(work, tmp_path):
     assert (empty / "checkpoint.npz").is_file()
 
 
+def _two_at_once(work, *args) -> list[subprocess.CompletedProcess]:
+    """Starts two `nnlang train tiny.nn ARGS` at the same moment; returns both when done."""
+    cmd = [sys.executable, "-m", "nnlang_cli.main", "train", "tiny.nn", "--backend",
+           "reference", "--epochs", "40", *map(str, args)]
+    procs = [subprocess.Popen(cmd + ["--seed", str(seed)], cwd=work, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for seed in (1, 2)]
+    out = [p.communicate(timeout=120)[0] for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, o) for p, o in zip(procs, out)]
+
+
+def test_two_runs_into_one_out_folder(work, tmp_path):
+    """Two trainings started at once with the same --out both passed the 'already holds a
+    training run' check, both exited 0, and the folder held one run's checkpoint and both runs'
+    metrics interleaved. One of them must refuse."""
+    done = _two_at_once(work, "--out", tmp_path / "r")
+    assert sorted(p.returncode for p in done) == [0, 1], [p.stdout for p in done]
+    loser = next(p.stdout for p in done if p.returncode)
+    assert "Traceback" not in loser and "internal error" not in loser, loser
+    assert "in use by another training run" in loser or "already holds a training run" in loser
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in rows] == list(range(1, 41))
+    winner = 1 + [p.returncode for p in done].index(0)
+    assert checkpoint.load(tmp_path / "r").config.seed == winner
+
+
 def test_max_steps_at_the_runs_own_end_stops_nothing_short(work, tmp_path):
     """tiny: 40 examples at batch 4, 2 epochs = 20 steps."""
     for steps, stopped in ((20, None), (15, "max_steps")):
@@ -289,6 +339,16 @@ def test_max_steps_at_the_runs_own_end_stops_nothing_short(work, tmp_path):
         cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--max-steps",
             str(steps), code=0, cwd=work)
         assert json.loads((run / "summary.json").read_text())["stopped"] == stopped
+
+
+def test_resume_with_other_shapes_names_the_checkpoint(work, tmp_path):
+    """eval said '<checkpoint> does not fit model ...'; resume only 'state value 'h.weight' has
+    shape (4, 8), the model expects (4, 6)', naming no file."""
+    shutil.copytree(work / "run-tiny", tmp_path / "r")
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", tmp_path / "r", "--resume",
+              "--epochs", "2", "--set", "hidden=6", cwd=work)
+    assert f"{tmp_path / 'r' / 'checkpoint.npz'} does not fit model 'Tiny'" in out, out
+    assert "'h.weight'" in out and "(4, 6)" in out
 
 
 def test_resume_of_another_models_run_says_so(work, tmp_path):
@@ -334,6 +394,118 @@ def test_bad_checkpoints(work, command, ckpt, words):
         assert w in out, out
 
 
+def _rewritten(work, name, arrays=None, meta=None, compressed=False):
+    """work/NAME: run-tiny's checkpoint with `arrays` replaced and its meta edited by `meta`."""
+    z = dict(np.load(work / "run-tiny" / checkpoint.FILENAME))
+    z.update(arrays or {})
+    if meta is not None:
+        z["__meta__"] = np.array(json.dumps(meta(json.loads(str(z["__meta__"])))))
+    (np.savez_compressed if compressed else np.savez)(work / name, **z)
+    return work / name
+
+
+def _without(*keys):
+    return lambda m: {k: v for k, v in m.items() if k not in keys}
+
+
+# a checkpoint written by another program (or edited) is refused where it is read, by every
+# command, not with a KeyError or TypeError deep inside the one that uses the missing part
+BAD_META = {
+    "no_config": (_without("config"), "no 'config'"),
+    "no_epoch": (_without("epoch"), "no 'epoch'"),
+    "no_model": (_without("model"), "no 'model'"),
+    "list": (lambda m: [1, 2], "its meta is a list, not a JSON object"),
+    "odd_key": (lambda m: {**m, "config": {**m["config"], "zzz": 1}},
+                "unknown train setting 'zzz'"),
+    "step_text": (lambda m: {**m, "step": "ten"}, "'step' is 'ten', not a whole number"),
+    "rng": (lambda m: {**m, "rng_state": {"x": 1}}, "'rng_state' is not a PCG64 state"),
+    "data_meta": (lambda m: {**m, "data": {**m["data"], "meta": [1]}},
+                  "'data.meta' is [1], not a JSON object"),
+    # eval went on, resume was an internal KeyError / TypeError
+    "optimizer": (lambda m: {**m, "config": {**m["config"], "optimizer": {"name": "bogus"}}},
+                  "unknown optimizer 'bogus' in its config"),
+    "lr_text": (lambda m: {**m, "config": {**m["config"], "optimizer": {
+        "name": "adam", "options": {**m["config"]["optimizer"]["options"], "lr": "x"}}}},
+        "its config's optimizer adam:"),
+    "options": (lambda m: {**m, "config": {**m["config"], "optimizer": {
+        "name": "adam", "options": {"lr": 0.1}}}},
+        "its config's optimizer adam has no beta1, beta2, eps, weight_decay"),
+}
+
+
+CONSUMERS = ["eval", "predict", "export", "resume", "init-from"]
+
+
+def _consume(command, bad, work, tmp_path) -> tuple[str, Path]:
+    """Runs COMMAND on the checkpoint `bad` (resume: as the checkpoint of a copy of run-tiny);
+    expects exit 1; returns the output and the path the command was given."""
+    if command == "resume":
+        shutil.copytree(work / "run-tiny", tmp_path / "r")
+        shutil.copy(bad, tmp_path / "r" / checkpoint.FILENAME)
+        bad = tmp_path / "r" / checkpoint.FILENAME
+        args = ["train", "tiny.nn", "--resume", "--out", tmp_path / "r", "--epochs", "2"]
+    elif command == "init-from":
+        args = ["train", "tiny.nn", "--init-from", bad, "--out", tmp_path / "r"]
+    else:
+        args = [command, "tiny.nn", *(["one.npy"] if command == "predict" else []), "-c", bad,
+                *(["-o", tmp_path / "m.onnx"] if command == "export" else [])]
+    out = cli(*args, *([] if command == "export" else ["--backend", "reference"]), cwd=work)
+    return out, bad
+
+
+@pytest.mark.parametrize("case", list(BAD_META))
+@pytest.mark.parametrize("command", CONSUMERS)
+def test_checkpoint_with_bad_meta(work, tmp_path, command, case):
+    edit, words = BAD_META[case]
+    out, bad = _consume(command, _rewritten(work, f"meta-{case}.npz", meta=edit), work, tmp_path)
+    assert f"{bad} is not a readable nnlang checkpoint" in out and words in out, out
+
+
+@pytest.mark.parametrize("value, words", [
+    (np.float32(np.nan), "holds nan (at [5, 1])"), (np.float32(-np.inf), "holds -inf (at [5, 1])"),
+    # a float32 run's weights, written as float64: the cast to float32 made it inf
+    (np.float64(1e300), "holds 1e+300 (at [5, 1]), beyond float32")])
+@pytest.mark.parametrize("command", CONSUMERS)
+def test_checkpoint_with_non_finite_weights(work, tmp_path, command, value, words):
+    """A run never saves an exploded state, so a NaN weight means a damaged or foreign file.
+    predict printed 'label 0, probability nan' and export wrote the NaN into the .onnx (exit 0);
+    resume and --init-from 'diverged at step 1: lower the learning rate', resume naming the
+    damaged file as 'the last good checkpoint'."""
+    w = np.ones((8, 3), value.dtype)
+    w[5, 1] = value
+    out, bad = _consume(command, _rewritten(work, "nonfinite.npz", {"state/logits.weight": w}),
+                        work, tmp_path)
+    assert f"{bad}: parameter 'logits.weight' {words}" in out, out
+    assert "training diverged" not in out and "lower the learning rate" not in out
+
+
+@pytest.mark.parametrize("array, words", [
+    (np.array(["a"] * 8), "holds <U1 values, not numbers"),
+    (np.ones(8) * (1 + 1j), "holds complex128 values, not numbers")])
+@pytest.mark.parametrize("command", ["eval", "resume"])
+def test_checkpoint_with_a_weight_that_is_no_numbers(work, tmp_path, command, array, words):
+    """'state value 'h.bias' holds text': right, but not which file."""
+    out, bad = _consume(command, _rewritten(work, "text.npz", {"state/h.bias": array}), work,
+                        tmp_path)
+    assert f"{bad}: parameter 'h.bias' {words}" in out, out
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+def test_damaged_compressed_checkpoint(work, tmp_path, command):
+    """np.savez_compressed writes a checkpoint nnlang reads; a flipped byte inside it is a zlib
+    error, which was an internal error."""
+    import struct
+    path = _rewritten(work, "packed.npz", compressed=True)
+    data = bytearray(path.read_bytes())
+    # the first member's deflate stream starts with a block of the reserved type 3
+    name_len, extra_len = struct.unpack("<HH", data[26:30])
+    data[30 + name_len + extra_len] = 0xFF
+    path.write_bytes(bytes(data))
+    extra = {"predict": ["one.npy"], "export": ["-o", tmp_path / "m.onnx"]}.get(command, [])
+    out = cli(command, "tiny.nn", *extra, "-c", path, cwd=work)
+    assert "packed.npz is not a readable nnlang checkpoint" in out, out
+
+
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_checkpoint_of_another_model(work, command):
     extra = ["one.npy"] if command == "predict" else []
@@ -341,6 +513,18 @@ def test_checkpoint_of_another_model(work, command):
               cwd=work)
     assert "holds model 'Tiny'" in out and "no model named 'Tiny'" in out, out
     assert "the .nn file the checkpoint was trained from" in out
+
+
+@pytest.mark.parametrize("label, words", [(5, "the id 5 is outside"), (-1, "the id -1 is outside")])
+def test_eval_names_the_row_of_a_bad_label(work, label, words):
+    """train said 'bad.npz (test split), array 'label', row 3: the id 5 is outside ...'; eval of
+    the same file only "input 'label' holds the id 5", naming no file or row."""
+    x = np.zeros((6, 4), np.float32)
+    np.savez(work / "bad.npz", train_x=x, train_label=np.zeros(6, int), test_x=x,
+             test_label=np.array([0, 1, 2, label, 0, 1]))
+    out = cli("eval", "tiny.nn", "-c", "run-tiny", "--data", "bad.npz", "--backend",
+              "reference", cwd=work)
+    assert f"bad.npz (test split), array 'label', row 3: {words}" in out, out
 
 
 @pytest.mark.parametrize("inputs, words", [

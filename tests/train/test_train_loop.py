@@ -139,17 +139,25 @@ def test_divergence_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
     assert checkpoint.load(tmp_path / "r").epoch == 1
 
 
+def _meta(epoch: int, step: int) -> dict:
+    """The meta every checkpoint holds (checkpoint.load refuses one without it)."""
+    from nnlang.frontend.train_config import TrainConfig
+    return {"model": "M", "epoch": epoch, "step": step,
+            "config": checkpoint.config_to_dict(TrainConfig()),
+            "rng_state": np.random.default_rng(0).bit_generator.state}
+
+
 def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.npz"
     old = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
-    checkpoint.save(path, old, {"epoch": 1, "step": 5})
+    checkpoint.save(path, old, _meta(1, 5))
 
     def failing_savez(f, **arrays):
         f.write(b"PK\x03\x04 half a zip")  # the temp file is open and partly written
         raise OSError("disk full")
     monkeypatch.setattr(np, "savez", failing_savez)
     with pytest.raises(NNError, match="cannot write checkpoint.*disk full"):
-        checkpoint.save(path, {"w": np.zeros((2, 3), np.float32)}, {"epoch": 2, "step": 9})
+        checkpoint.save(path, {"w": np.zeros((2, 3), np.float32)}, _meta(2, 9))
     ck = checkpoint.load(path)
     np.testing.assert_array_equal(ck.state["w"], old["w"])
     assert ck.epoch == 1 and ck.step == 5
@@ -159,7 +167,7 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
 def test_checkpoint_load_errors(tmp_path):
     with pytest.raises(NNError, match="checkpoint not found"):
         checkpoint.load(tmp_path / "missing.npz")
-    checkpoint.save(tmp_path / "good.npz", {"w": np.ones(3, np.float32)}, {"epoch": 0, "step": 0})
+    checkpoint.save(tmp_path / "good.npz", {"w": np.ones(3, np.float32)}, _meta(0, 0))
     data = (tmp_path / "good.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(NNError, match="not a readable nnlang checkpoint"):
