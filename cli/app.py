@@ -51,6 +51,7 @@ def print_warnings(program) -> None:
 
 
 INTERRUPTED = 130  # NOTE: the shell convention for "stopped by Ctrl-C"
+TERMINATED = 143   # ... and for "stopped by SIGTERM" (128 + 15)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from nnlang_cli.app import (INTERRUPTED, app, console, finite_float, parse_overrides,
+from nnlang_cli.app import (INTERRUPTED, TERMINATED, app, console, finite_float, parse_overrides,
                             reporting)
 
 
@@ -26,7 +26,7 @@ def every_rank_stops():
         yield
     except typer.Exit as e:
         from nnlang.backends.collective import current
-        if e.exit_code not in (0, INTERRUPTED) and current() is not None:
+        if e.exit_code not in (0, INTERRUPTED, TERMINATED) and current() is not None:
             current().abort(e.exit_code)
         raise
 
@@ -90,8 +90,8 @@ def train(
                       overrides=parse_overrides(sets), model=model, data_dir=data_dir, out=out,
                       resume=resume, max_steps=max_steps, console=console(),
                       init_from=init_from, init_skip_mismatch=init_skip_mismatch)
-    if history.stopped == "interrupted":
-        raise typer.Exit(INTERRUPTED)
+    if history.stopped in ("interrupted", "terminated"):
+        raise typer.Exit(INTERRUPTED if history.stopped == "interrupted" else TERMINATED)
 
 
 @app.command("eval")

@@ -243,25 +243,30 @@ def _stop(worker) -> None:
 
 @contextmanager
 def ctrl_c_held():
-    """Ctrl-C (SIGINT) during the block is recorded, then given to the handler that was in
-    place once the block ends (Python's KeyboardInterrupt, or `fit`'s `Interrupts`).
+    """Ctrl-C (SIGINT), and SIGTERM where Python handles it (`fit`'s `Interrupts`), during the
+    block is recorded, then given to the handler that was in place once the block ends
+    (Python's KeyboardInterrupt, or `fit`'s `Interrupts`).
     NOTE: numba runs Python inside LLVM's object-cache callbacks (llvmlite, through ctypes);
     a KeyboardInterrupt raised there is printed as "Exception ignored on calling ctypes callback
     function" and dropped, and the compile goes on with a library that lacks its object code
     (a false "damaged cache" warning, or an error). Held one kernel at a time (~0.2 s each to
     compile), a cold compile still stops soon after the key is pressed."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is None:   # NOTE: a handler set outside Python
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    pressed = []
-    old = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    pressed, old = [], {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # NOTE: only a Python handler runs Python: SIG_DFL and SIG_IGN are not callable, and
+        # None is a handler set outside Python
+        if callable(signal.getsignal(sig)):
+            old[sig] = signal.signal(sig, lambda signum, frame: pressed.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
-        if pressed:
-            signal.raise_signal(signal.SIGINT)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(pressed):
+            signal.raise_signal(sig)
 
 
 def _element_ranges(members, parts: int) -> list[list]:

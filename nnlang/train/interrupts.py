@@ -1,5 +1,6 @@
-"""Ctrl-C during training: a request acted on between whole steps, so a checkpoint always
-describes a state that some number of whole steps gives (used by `trainer.fit`)."""
+"""Ctrl-C (and SIGTERM, which batch schedulers such as Slurm send before they kill a job)
+during training: a request acted on between whole steps, so a checkpoint always describes a
+state that some number of whole steps gives (used by `trainer.fit`)."""
 from __future__ import annotations
 
 import os
@@ -15,27 +16,33 @@ class Interrupts:
     the loop acts on it where its state is whole (`check`, between steps). Inside `immediate()`
     (compiling, validation: nothing there changes the training state) it raises at once, so a
     long compile stays interruptible. A second Ctrl-C while the checkpoint is written is
-    recorded, not acted on: the save finishes."""
+    recorded, not acted on: the save finishes. SIGTERM is the same request (`signal` says
+    which came first)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, deferred: bool = False):
         """`deferred`: `immediate()` only records too (data-parallel ranks, which must stop
         together: one that raised alone in a validation would leave the others waiting)."""
         self.requested = False
+        self.signal = signal.SIGINT   # the first signal received (a bare Ctrl-C elsewhere: SIGINT)
         self._immediate = False
         self._deferred = deferred
-        self._old = None
+        self._old = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
+            self._old = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
 
     def _handler(self, signum, frame):
+        if not self.requested:
+            self.signal = signal.Signals(signum)
         self.requested = True
         if self._immediate:
             raise KeyboardInterrupt
@@ -62,12 +69,12 @@ class Interrupts:
 
 
 def test_signal() -> tuple[int, int] | None:
-    """NNLANG_TEST_SIGNAL_AT_STEP=K[:KILL]: the process signals itself (SIGINT, or SIGKILL)
-    right after global step K is queued, so tests land an interrupt at a chosen step."""
+    """NNLANG_TEST_SIGNAL_AT_STEP=K[:KILL|:TERM]: the process signals itself (SIGINT, SIGKILL or
+    SIGTERM) right after global step K is queued, so tests land an interrupt at a chosen step."""
     spec = os.environ.get("NNLANG_TEST_SIGNAL_AT_STEP")
     if not spec:
         return None
     step, _, kind = spec.partition(":")
     # NOTE: "val" signals at the start of the first validation instead
     return (step if step == "val" else int(step)), \
-        (signal.SIGKILL if kind.upper() == "KILL" else signal.SIGINT)
+        {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}.get(kind.upper(), signal.SIGINT)

@@ -5,9 +5,9 @@ trained model (`evaluate_checkpoint`, `predict`) is in `inference.py`. The CLI w
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,12 +34,17 @@ from nnlang.train.resume import describe_resume, find_checkpoint
 from nnlang.train.runs import PLOT_HINT, RunDir
 
 
+# NOTE: SIGTERM is what batch schedulers (Slurm) send before they kill a job: saved like a Ctrl-C
+_STOPPED_BY = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+_SAID = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)"}
+
+
 @dataclass
 class History:
     """What `fit` returns: one row per epoch (as in metrics.jsonl), the loss of every step this
     call took, the final validation and test results, and why training stopped early (None,
-    "max_steps", "interrupted", "early_stop"). NOTE: train_loss includes the l1/l2 penalties,
-    val/test loss not. `best`: the monitored value's best epoch (weights in best.npz)."""
+    "max_steps", "interrupted", "terminated" (SIGTERM), "early_stop"). NOTE: train_loss
+    includes the l1/l2 penalties, val/test loss not. `best`: the monitored value's best epoch (weights in best.npz)."""
     rows: list = field(default_factory=list)
     losses: list = field(default_factory=list)
     val: dict | None = None
@@ -461,7 +466,7 @@ class _Training:
                         break
             except KeyboardInterrupt:
                 interrupts.hold()
-                return self.interrupted()
+                return self.interrupted(interrupts.signal)
         return self.finish()
 
     def train_epoch(self, epoch: int, interrupts: Interrupts) -> tuple[int, float]:
@@ -592,9 +597,9 @@ class _Training:
             self.history.losses.append(loss)
             pos.done += 1
 
-    def interrupted(self) -> History:
-        """Ctrl-C between whole steps: the steps run so far count (their updates are in the
-        state, finite or not); the checkpoint describes exactly them."""
+    def interrupted(self, sig=signal.SIGINT) -> History:
+        """Ctrl-C (or SIGTERM) between whole steps: the steps run so far count (their updates
+        are in the state, finite or not); the checkpoint describes exactly them."""
         self._take(check=False)
         pos = self.pos
         if pos.ended:
@@ -606,10 +611,10 @@ class _Training:
         else:
             path = self.save(pos.epoch, pos.done, pos.rng_state, pos.sums)
             at = f"at epoch {pos.epoch + 1}, step {pos.done}"
-        self.history.stopped = "interrupted"
+        self.history.stopped = _STOPPED_BY[sig]
         self.ranks.world.barrier("saving the checkpoint")  # NOTE: no rank exits before it
         where = f"; checkpoint saved to {path}" if path else ""
-        say(self.console, f"interrupted {at} (global step {self.net.step}){where}")
+        say(self.console, f"{_SAID[sig]} {at} (global step {self.net.step}){where}")
         if path:
             flag = f" --backend {self.backend}" if self.backend != "numba" else ""
             say(self.console, f"resume with: nnlang train {self.file} --out {self.run_dir.path}"
@@ -620,17 +625,19 @@ class _Training:
         """The test set's results, summary.json, plots and the summary table."""
         history, run = self.history, self.run_dir
         history.val = history.val or _last(history.rows, "val")
-        try:
-            # NOTE: ranks evaluate to the end together: a Ctrl-C then is only recorded
-            with Interrupts(deferred=True) if self.ranks.many else contextlib.nullcontext():
-                history.test = evaluate(self.net, self.test, self.cfg.batch,
-                                        ranks=self.ranks) if self.test else None
-        except KeyboardInterrupt:
-            # NOTE: training is complete and saved; only the test numbers are missing
-            history.stopped = "interrupted"
-            say(self.console, "interrupted during the test evaluation; training finished"
-                              + (f" and is saved in {run.checkpoint}" if run else ""))
-            return history
+        # NOTE: ranks evaluate to the end together: a Ctrl-C then is only recorded
+        with Interrupts(deferred=self.ranks.many) as interrupts:
+            try:
+                with interrupts.immediate():
+                    history.test = evaluate(self.net, self.test, self.cfg.batch,
+                                            ranks=self.ranks) if self.test else None
+            except KeyboardInterrupt:
+                # NOTE: training is complete and saved; only the test numbers are missing
+                history.stopped = _STOPPED_BY[interrupts.signal]
+                say(self.console, f"{_SAID[interrupts.signal]} during the test evaluation; "
+                                  "training finished"
+                                  + (f" and is saved in {run.checkpoint}" if run else ""))
+                return history
         if run is not None:
             run.write_json("summary.json", {"epochs": len(history.rows), "step": self.net.step,
                                             "stopped": history.stopped,

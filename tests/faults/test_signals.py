@@ -45,6 +45,7 @@ def straight(tiny) -> Path:
 @pytest.mark.parametrize("spec, code, saved_step", [
     ("7", 130, 7),          # Ctrl-C in epoch 1: saved exactly where it stopped
     ("14:KILL", -9, 10),    # kill -9 in epoch 2: the end-of-epoch-1 checkpoint is left
+    ("12:TERM", 143, 12),   # SIGTERM (Slurm's notice before it kills a job): as Ctrl-C
 ])
 def test_signal_then_resume_is_bit_identical(tiny, spec, code, saved_step):
     ref = straight(tiny)
@@ -54,10 +55,14 @@ def test_signal_then_resume_is_bit_identical(tiny, spec, code, saved_step):
     if code == 130:
         assert "interrupted at epoch 1, step 7 (global step 7)" in p.stdout
         assert "resume with: nnlang train tiny.nn --out cut --resume" in p.stdout
+    if code == 143:   # it ended the process with no word and lost the epoch's steps
+        assert "terminated (SIGTERM) at epoch 2, step 2 (global step 12)" in p.stdout
+        assert "resume with: nnlang train tiny.nn --out cut --resume" in p.stdout
     assert checkpoint.load(tiny / "cut").step == saved_step
     (tiny / "cut" / ".checkpoint.npz.k9x.tmp").write_bytes(b"PK half")  # a save kill -9 cut
     out = cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", "--resume", code=0)
-    at = f"at epoch 1, step {saved_step}" if saved_step < 10 else "after epoch 1"
+    at = f"at epoch 1, step {saved_step}" if saved_step < 10 else \
+        "after epoch 1" if saved_step == 10 else f"at epoch 2, step {saved_step - 10}"
     assert f"resuming cut/checkpoint.npz {at} (global step {saved_step})" in out
     assert_bit_identical(ref, tiny / "cut")
     assert not list((tiny / "cut").glob("*.tmp"))
@@ -159,7 +164,7 @@ def test_ctrl_c_in_the_test_evaluation_keeps_the_finished_run(tiny, monkeypatch)
     assert checkpoint.load(tiny / "r").step == 20
 
 
-def _ctrl_c_inside_llvm(monkeypatch, hook: str) -> list:
+def _ctrl_c_inside_llvm(monkeypatch, hook: str, sig=signal.SIGINT) -> list:
     """The issue's cold-compile Ctrl-C: SIGINT arrives while numba runs Python inside one of
     LLVM's object-cache callbacks (`hook`, called through ctypes). Python raises the
     KeyboardInterrupt there, where ctypes prints it as "Exception ignored on calling ctypes
@@ -172,18 +177,21 @@ def _ctrl_c_inside_llvm(monkeypatch, hook: str) -> list:
     def signalled(*args):
         if not sent:
             sent.append(hook)
-            os.kill(os.getpid(), signal.SIGINT)  # NOTE: Python's handler runs right here
+            os.kill(os.getpid(), sig)  # NOTE: Python's handler runs right here
         return real(*args)
     monkeypatch.setattr(engine, hook, signalled)
     return sent
 
 
-@pytest.mark.parametrize("command, hook", [
-    (("compile", "model.nn"), "_object_cache_notify"),
-    (("compile", "model.nn"), "_object_cache_getbuffer"),
-    (("train", "model.nn", "--max-steps", "1", "--out", "run"), "_object_cache_notify"),
+@pytest.mark.parametrize("command, hook, sig", [
+    (("compile", "model.nn"), "_object_cache_notify", signal.SIGINT),
+    (("compile", "model.nn"), "_object_cache_getbuffer", signal.SIGINT),
+    (("train", "model.nn", "--max-steps", "1", "--out", "run"), "_object_cache_notify",
+     signal.SIGINT),
+    (("train", "model.nn", "--max-steps", "1", "--out", "run"), "_object_cache_notify",
+     signal.SIGTERM),   # training takes SIGTERM as it takes Ctrl-C
 ])
-def test_ctrl_c_inside_an_llvm_callback_of_a_cold_compile(tiny, monkeypatch, command, hook):
+def test_ctrl_c_inside_an_llvm_callback_of_a_cold_compile(tiny, monkeypatch, command, hook, sig):
     """It stops the command at once with the usual word and exit 130: no traceback, no false
     "damaged cache entry" warning, no compile that finishes as if nothing was pressed (before,
     `compile` printed the traceback and exited 0; `train` compiled on and trained a step)."""
@@ -191,7 +199,7 @@ def test_ctrl_c_inside_an_llvm_callback_of_a_cold_compile(tiny, monkeypatch, com
     # arguments and the backend keeps the modules it loaded for the whole process, so only a
     # constant of their own makes them new
     scale = 1 + (1 + ["_object_cache_notify", "_object_cache_getbuffer"].index(hook) +
-                 2 * (command[0] == "train")) / 1024
+                 2 * (command[0] == "train") + 4 * (sig == signal.SIGTERM)) / 1024
     assert "logits = dense(h, classes)\n" in TINY
     (tiny / "model.nn").write_text(TINY.replace("logits = dense(h, classes)\n",
                                                 f"logits = dense(h, classes) * {scale}\n"))
@@ -200,10 +208,11 @@ def test_ctrl_c_inside_an_llvm_callback_of_a_cold_compile(tiny, monkeypatch, com
     monkeypatch.setattr(numba_backend, "_spawn_worker", lambda: None)  # NOTE: all compiled here
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-    sent = _ctrl_c_inside_llvm(monkeypatch, hook)
-    out = cli(*command, code=130)
+    sent = _ctrl_c_inside_llvm(monkeypatch, hook, sig)
+    out = cli(*command, code=130 if sig == signal.SIGINT else 143)
     assert sent and not unraisable, [u.exc_value for u in unraisable]
-    assert "interrupted" in out and "damaged" not in out, out
+    word = "interrupted" if sig == signal.SIGINT else "terminated (SIGTERM)"
+    assert word in out and "damaged" not in out, out
     if command[0] == "train":
         assert "global step 0" in out and checkpoint.load(tiny / "run").step == 0
 
