@@ -214,7 +214,8 @@ def _csv_row(path: Path, line: int, header: list[str], row: list[str]) -> list[f
     out = []
     for name, cell in zip(header, row):
         try:
-            v = float(cell)
+            # NOTE: float() takes Python's digit separators (1_000); a CSV number has none
+            v = None if "_" in cell else float(cell)
         except ValueError:
             v = None
         if v is None or not math.isfinite(v):

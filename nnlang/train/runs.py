@@ -84,6 +84,9 @@ class RunDir:
         checkpoint that appeared since the caller looked (a run that just ended) is refused."""
         self.path = Path(path)
         self._noted_cut = False
+        if self.path.exists() and not self.path.is_dir():
+            raise NNError(f"--out {self.path}: this is a file, and a run writes a folder",
+                          hint="pass --out with a folder's path (new or a run's)")
         with writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.path):

@@ -307,9 +307,12 @@ CSV_CASES = [
     # which of the two is the target? the other one was taken as a feature, silently
     ("a,label,label\n1,2,3\n4,5,6\n", ["twice.csv:1: the header names the target column "
                                         "'label' twice (columns 2 and 3)"]),
+    # Python's float() reads 1_000 as 1000; spreadsheets and pandas take it as text
+    ("a,b,label\n1,2,3\n4,1_000,6\n", ["under.csv:3: column 'b' '1_000' is not a "
+                                        "finite number"]),
 ]
 CSV_NAMES = ["short", "long", "header", "empty", "text", "blank", "nan", "inf", "nolabel",
-             "latin", "big", "neg", "uq", "twice"]
+             "latin", "big", "neg", "uq", "twice", "under"]
 
 
 @pytest.mark.parametrize("text, words", CSV_CASES, ids=CSV_NAMES)

@@ -100,6 +100,8 @@ def work(tmp_path_factory):
     (["--resume"], 1, ["no run of 'Tiny'", "--out RUN_DIR"]),
     (["--resume", "--out", "nowhere"], 1, ["checkpoint not found: nowhere"]),
     (["--out", "tiny.npz/run"], 1, ["cannot write tiny.npz/run", "--out"]),
+    # it said "cannot write tiny.npz (File exists)"
+    (["--out", "tiny.npz"], 1, ["--out tiny.npz: this is a file", "a folder's path"]),
     (["--out", "run-tiny"], 1, ["already holds a training run", "--resume"]),
     (["--lr", "1e6"], 1, ["training diverged", "over 10000 times its start", "--lr"]),
     (["--lr", "1e6", "--set", "optimizer=sgd"], 1, ["training diverged", "step"]),
