@@ -9,6 +9,7 @@ import typer
 from rich.text import Text
 
 import nnlang
+from nnlang.files import write_atomic
 from nnlang_cli.app import app, check_output, console, parse_overrides, reporting, writing
 
 
@@ -39,7 +40,7 @@ def compile_cmd(
         text = nnlang.emit(net, emit, mode)
         if output is not None:
             with writing(output):
-                output.write_text(text, encoding="utf-8")
+                write_atomic(output, text)
     if output is not None:
         console().print(Text(f"wrote {output}"))
     else:

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nnlang.errors import NNError, did_you_mean
+from nnlang.files import write_atomic
 from nnlang_cli.app import (app, check_output, console, err_console, parse_overrides,
                             print_error, print_warnings, reporting, writing)
 
@@ -177,7 +178,8 @@ def fmt(
             elif write:
                 if text != source:
                     with writing(path, "--write"):
-                        path.write_text(text, encoding="utf-8")
+                        # NOTE: whole or not at all: a full disk must not cut the user's source
+                        write_atomic(path, text)
                     err_console().print(Text(f"reformatted {path}"))
             else:
                 sys.stdout.write(text)

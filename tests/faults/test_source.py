@@ -631,12 +631,33 @@ def test_an_imported_binary_file_is_named(tmp_path):
 
 def test_fmt_write_into_a_read_only_file_is_named(tmp_path, monkeypatch):
     path = nn_file(tmp_path, "model   M {}\n")
-    import pathlib
+    from nnlang import files
 
-    def refuse(self, *a, **k):
-        raise PermissionError(13, "Permission denied", str(self))
-    monkeypatch.setattr(pathlib.Path, "write_text", refuse)
+    def refuse(*a, dir=None, **k):
+        raise PermissionError(13, "Permission denied", str(dir))
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
     expect(cli("fmt", "--write", path), f"error: --write {path}: cannot write: Permission denied")
+
+
+def test_fmt_write_that_fails_midway_keeps_the_source(tmp_path):
+    """A full disk (here: a file-size limit of 64 bytes) while `fmt --write` rewrites a model:
+    the source stays as it was. It was truncated, then cut at the limit."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+    source = "model   M {\n" + "".join(f"  # line {i}\n" for i in range(40)) + "}\n"
+    path = nn_file(tmp_path, source)
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # NOTE: EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+    p = subprocess.run([sys.executable, "-m", "nnlang_cli.main", "fmt", "--write", str(path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       preexec_fn=limited)
+    assert p.returncode == 1 and "cannot write" in p.stdout + p.stderr, (p.stdout, p.stderr)
+    assert path.read_text() == source
+    assert [f.name for f in tmp_path.iterdir()] == [path.name]
 
 
 # *** repeat counts and dims in declarations ***
