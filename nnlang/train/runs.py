@@ -8,6 +8,7 @@ import csv
 import errno
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -124,9 +125,14 @@ class RunDir:
     @staticmethod
     def latest(model: str, root="runs") -> Path | None:
         """The newest run directory of `model` under `root` that holds a checkpoint."""
-        found = sorted(p for p in Path(root).glob(f"{model.lower()}-*")
-                       if (p / checkpoint.FILENAME).is_file())
-        return found[-1] if found else None
+        def started(p: Path) -> tuple:
+            # NOTE: by the time in the name, then its same-second suffix as a number (-10 after
+            # -9, which sorting names put before -2); a folder named otherwise counts as oldest
+            m = re.fullmatch(r"(\d{8}-\d{6})(?:-(\d+))?", p.name[len(model) + 1:])
+            return (m[1], int(m[2] or 1), p.name) if m else ("", 0, p.name)
+        found = [p for p in Path(root).glob(f"{model.lower()}-*")
+                 if (p / checkpoint.FILENAME).is_file()]
+        return max(found, key=started) if found else None
 
     @property
     def checkpoint(self) -> Path:

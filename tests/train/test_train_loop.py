@@ -241,3 +241,19 @@ def test_the_explosion_rule():
         g.check(EXPLODED * 2, 0, 2, 3, None)
     with pytest.raises(NNError, match="the loss is nan"):
         DivergenceGuard(start=1.0).check(float("nan"), 0, 0, 1, None)
+
+
+def test_the_newest_run_is_found_by_its_time_then_its_suffix(tmp_path):
+    """A bare --resume takes the newest run of the model: runs started in one second are
+    suffixed -2, -3, ... -10, and sorting their names put -10 before -2 (and a folder of
+    another name after them all)."""
+    from nnlang.train.runs import RunDir
+    names = ["tiny-20261206-140511-99", "tiny-20261206-140512", "tiny-20261206-140512-2",
+             "tiny-20261206-140512-10", "tiny-mine", "tiny-20261205-235959"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "checkpoint.npz").write_bytes(b"")
+    assert RunDir.latest("Tiny", tmp_path).name == "tiny-20261206-140512-10"
+    (tmp_path / "tiny-20261206-140512-10" / "checkpoint.npz").unlink()   # none to resume
+    assert RunDir.latest("Tiny", tmp_path).name == "tiny-20261206-140512-2"
+    assert RunDir.latest("Other", tmp_path) is None
