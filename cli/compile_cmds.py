@@ -10,6 +10,7 @@ from rich.text import Text
 
 import nnlang
 from nnlang.files import write_atomic
+from nnlang.ir.dims import MAX_BATCH
 from nnlang_cli.app import app, check_output, console, parse_overrides, reporting, writing
 
 
@@ -20,7 +21,7 @@ def compile_cmd(
     backend: str = typer.Option("numba", "--backend", help="numba | cupy | reference"),
     mode: Optional[str] = typer.Option(None, "--mode", help="train | eval | predict "
                                        "(default: train, or predict for a model with no loss)"),
-    batch: Optional[int] = typer.Option(None, "--batch", min=1,
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
                                         help="Batch size (default: the train section's)."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a hyper-parameter."),
     model: Optional[str] = typer.Option(None, "--model", help="Which model of the file."),

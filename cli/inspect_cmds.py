@@ -15,6 +15,7 @@ from rich.text import Text
 
 from nnlang.errors import NNError, did_you_mean
 from nnlang.files import write_atomic
+from nnlang.ir.dims import MAX_BATCH
 from nnlang_cli.app import (app, check_output, console, err_console, parse_overrides,
                             print_error, print_warnings, reporting, writing)
 
@@ -49,7 +50,7 @@ def check(
     files: list[Path] = typer.Argument(..., help="One or more .nn files."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
-    batch: Optional[int] = typer.Option(None, "--batch", min=1,
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
                                         help="Batch size for FLOPs and memory "
                                              "(default: the train section's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only report errors."),

@@ -14,6 +14,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from nnlang.ir.dims import MAX_BATCH
 from nnlang_cli.app import (INTERRUPTED, TERMINATED, app, console, finite_float, parse_overrides,
                             reporting)
 
@@ -46,7 +47,7 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1,
                                          help="Passes over the training set."),
-    batch: Optional[int] = typer.Option(None, "--batch", min=1,
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
                                         help="Examples per step (the global batch under mpirun)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="The optimizer's learning rate.",
                                        callback=finite_float),
@@ -101,8 +102,9 @@ def eval_(
     data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
-    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Examples per forward "
-                                        "pass (default: the train section's batch)."),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
+                                        help="Examples per forward pass (default: the train "
+                                             "section's batch)."),
 ):
     """Loss and metrics of a trained model on the test split of its dataset (or --data)."""
     from nnlang.train.inference import evaluate_checkpoint

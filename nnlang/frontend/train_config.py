@@ -10,7 +10,7 @@ import numpy as np
 
 from nnlang.errors import ErrorSink, NNError, did_you_mean
 from nnlang.frontend import ast
-from nnlang.ir.dims import DEFAULT_BATCH
+from nnlang.ir.dims import DEFAULT_BATCH, MAX_BATCH
 from nnlang.ops.signature import BindError, check_kind, show_value
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES
 
@@ -100,7 +100,7 @@ RANGES = {
     "step_size": (lambda v: v >= 1, ">= 1"),
     "warmup": (lambda v: v >= 0, ">= 0 (steps)"),
     "min_lr": (lambda v: v >= 0, ">= 0"),
-    "batch": (lambda v: v >= 1, ">= 1"),
+    "batch": (lambda v: 1 <= v <= MAX_BATCH, "from 1 to 2**31 - 1"),
     "epochs": (lambda v: v >= 1, ">= 1"),
     "val_split": (_unit, "in [0, 1)"),
     "seed": (lambda v: v >= 0, ">= 0"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 # the batch a model is compiled, trained and summarized at when nothing sets one
 DEFAULT_BATCH = 32
+MAX_BATCH = 2**31 - 1   # NOTE: rows are counted in int32 (index math, the data loaders)
 
 from dataclasses import dataclass
 from math import log10, prod

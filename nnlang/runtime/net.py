@@ -15,7 +15,7 @@ from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.blas import blas_threads
 from nnlang.errors import NNError, did_you_mean
 from nnlang.gc_pause import paused_gc
-from nnlang.ir.dims import Sym
+from nnlang.ir.dims import MAX_BATCH, Sym
 from nnlang.ir.summary import check_memory
 from nnlang.ops.init import initialize
 from nnlang.ops.optim import OPTIMIZERS, STEP_SLOT, initial_state, learning_rate, slot_param
@@ -519,7 +519,7 @@ def _check_options(batch, dtype, seed, disable) -> tuple:
     """The compile options a Net is built from, checked before anything is allocated; returns
     the passes to switch off as a tuple of names."""
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
-                              or not 1 <= batch < 2**31):
+                              or not 1 <= batch <= MAX_BATCH):
         raise NNError(f"batch={batch!r}: a batch size is a whole number from 1 to 2**31 - 1",
                       hint="leave it out to use the train section's batch")
     if dtype not in ("float32", "float64"):

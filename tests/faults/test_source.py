@@ -570,6 +570,9 @@ def test_a_bad_argument_on_a_continued_line_is_reported_alone(tmp_path):
     (["compile", MLP, "--mode", "", "--backend", "reference"], 1, ["unknown mode ''"]),
     (["compile", MLP, "--batch", "0"], 2, ["--batch"]),
     (["check", MLP, "--batch", "-5"], 2, ["--batch"]),
+    # check took it (a memory warning) where compile, eval and train refuse it
+    (["check", MLP, "--batch", "2147483648"], 2, ["--batch", "2147483647"]),
+    (["train", MLP, "--batch", "2147483648"], 2, ["--batch", "2147483647"]),
     (["graph", MLP, "-o", "x.dot", "--depth", "0"], 2, ["--depth"]),
     (["graph", MLP, "-o", "x.txt"], 2, ["unknown format '.txt'"]),
     (["check", MLP, "--model", "Nope"], 1, ["no model named 'Nope'", "models: Mlp"]),
