@@ -117,7 +117,7 @@ def check_values(name: str, arr: np.ndarray, dtype: np.dtype, what: str) -> None
     if kind in "fc":
         if not np.all(finite := np.isfinite(arr)):
             bad(~finite, "is not a finite number", "remove or fill in the rows with NaN or "
-                "infinity before training")
+                "infinity")
         if dtype.kind in "iu" and not np.all(whole := arr == np.round(arr)):
             bad(~whole, "is not a whole number", f"input '{name}' takes integers (e.g. class "
                 "ids): round the data first, or declare the input as float32")
