@@ -133,8 +133,8 @@ def _select_grad(pick_a):
 
 
 # NOTE: ties send the whole gradient to `a` (torch.maximum splits it evenly, which costs an
-# equality test and a halving in every backward); relu relies on it (maximum(0, x)). Finite
-# differences are undefined at ties, so samples avoid them.
+# equality test and a halving in every backward). Finite differences are undefined at ties,
+# so samples avoid them.
 _binary("maximum", "max({0}, {1})", np.maximum, _select_grad(lambda b, a, c: b.ge(a, c)),
         doc="elementwise max; where a == b the whole gradient goes to a (torch.maximum "
             "splits it evenly)", onnx="Max")
