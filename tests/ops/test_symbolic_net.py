@@ -53,16 +53,23 @@ def kernel_count(backend) -> tuple[int, int]:
     return len(backend._modules), backend.compiled + backend.cache_hits
 
 
-def test_one_net_runs_every_length_with_the_same_kernels():
-    net = nnlang.compile(SOURCE, seed=3)
+def run_lengths(net, lengths, make_feeds) -> dict:
+    """{length: (loss, forward output, parameters)} of one train step and one forward at each
+    length in turn; every length after the first compiles no kernel."""
     backend = get_backend("numba")
     got = {}
-    for k, n in enumerate(LENGTHS):
+    for k, n in enumerate(lengths):
         if k == 1:
             after_first = kernel_count(backend)
-        loss = net.train_step(feeds(n, k))
-        got[n] = (loss, net.forward(feeds(n, 10 + k))["out"], net.parameters())
+        loss = net.train_step(make_feeds(n, k))
+        got[n] = (loss, net.forward(make_feeds(n, 10 + k))["out"], net.parameters())
     assert kernel_count(backend) == after_first, "a new length compiled new kernels"
+    return got
+
+
+def test_one_net_runs_every_length_with_the_same_kernels():
+    net = nnlang.compile(SOURCE, seed=3)
+    got = run_lengths(net, LENGTHS, feeds)
     assert {key[2] for key in net._exes if key[0] == "train"} == {(("seq", n),) for n in LENGTHS}
 
     assert_fresh_nets_agree(concrete, LENGTHS, feeds, got, seed=3)
@@ -101,21 +108,14 @@ def test_means_over_a_symbolic_axis_compile_no_kernel_per_length():
 
     lengths = (5, 9, 2)
     net = nnlang.compile(MEANS, seed=4)
-    backend = get_backend("numba")
-    got = {}
-    for k, n in enumerate(lengths):
-        if k == 1:
-            after_first = kernel_count(backend)
-        loss = net.train_step(means_feeds(n, k))
-        got[n] = (loss, net.forward(means_feeds(n, 10 + k))["out"], net.parameters())
-    assert kernel_count(backend) == after_first, "a new length compiled new kernels"
+    got = run_lengths(net, lengths, means_feeds)
     assert_fresh_nets_agree(lambda n: concrete(n, MEANS), lengths, means_feeds, got, seed=4)
     # a new batch size (an evaluation's last partial batch) divides by other counts too
     three = means_feeds(9, 7)
     net.evaluate(three)
-    after_eval = kernel_count(backend)
+    after_eval = kernel_count(get_backend("numba"))
     net.evaluate({k: np.concatenate([v, v[:2]]) for k, v in three.items()})
-    assert kernel_count(backend) == after_eval, "a new batch size compiled new kernels"
+    assert kernel_count(get_backend("numba")) == after_eval, "a new batch size compiled new kernels"
 
 
 def test_inputs_sharing_a_symbol_must_agree():
