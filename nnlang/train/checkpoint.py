@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 import zipfile
 import zlib
-from dataclasses import fields
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
