@@ -189,6 +189,19 @@ def test_sampling_settings():
     assert once[0] != once[1] or once[0] != greedy[0]   # rows draw independently
 
 
+@pytest.mark.parametrize("temperature", [1e-308, 5e-324])
+def test_a_vanishing_temperature_samples_the_likeliest_token(temperature):
+    """softmax(z / T) tends to the argmax as T -> 0, so a tiny temperature decodes greedily
+    (the issue: temperature sampling). z / 1e-308 overflowed to inf, inf - inf was NaN and
+    every draw fell on id 0: padding, which is never to be produced."""
+    net = lm_net(seed=3)
+    spec = net.program.generate
+    greedy = generator(net).generate(["the", "a"], options_from(spec, {"max_new": 6}))
+    cold = generator(net).generate(["the", "a"], options_from(spec, {
+        "max_new": 6, "temperature": temperature, "seed": 1}))
+    assert [s.ids for s in cold.samples] == [s.ids for s in greedy.samples]
+
+
 def test_bad_generation_requests_are_clear_errors():
     """Sampling flags with --greedy, a stop token that is a broken escape, prompts that are not
     text, and an empty source for an encoder-decoder: each an error that says what is wrong."""

@@ -457,7 +457,11 @@ def _sample(g: Generator, logits, lengths, stop, opts):
 
 def _choose(z: np.ndarray, opts: dict, rng) -> np.ndarray:
     """Temperature, then top-k, then top-p (nucleus), then one draw per row."""
-    z = z / opts.get("temperature", 1.0)
+    # NOTE: shifted to a max of 0 before the division: z / T for a tiny T (1e-308) overflowed to
+    # inf, inf - inf was NaN and every draw fell on id 0 (padding); shifted, the likeliest
+    # token stays at 0 and the rest only head for -inf (exp: 0), the limit being the argmax
+    with np.errstate(over="ignore"):
+        z = (z - z.max(axis=1, keepdims=True)) / opts.get("temperature", 1.0)
     if opts.get("top_k"):
         k = min(opts["top_k"], z.shape[1])
         kth = np.partition(z, -k, axis=1)[:, -k][:, None]
