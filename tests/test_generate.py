@@ -202,6 +202,44 @@ def test_a_vanishing_temperature_samples_the_likeliest_token(temperature):
     assert [s.ids for s in cold.samples] == [s.ids for s in greedy.samples]
 
 
+def test_greedy_overrides_a_sections_beam():
+    """--greedy is the likeliest token every step, "ignoring the generate section's sampling
+    settings" (docs/generation.md): a section's `beam = 3` still ran beam search under it."""
+    net = lm_net(source=LM.replace("logits = logits    #", "beam = 3  logits = logits    #"))
+    spec = net.program.generate
+    assert spec.defaults["beam"] == 3
+    gen = generator(net)
+    by_hand = []
+    for prompt in ("the", "a"):         # the argmax of each step's logits, one step at a time
+        ids = []
+        for _ in range(6):
+            text = prompt + "".join(CHARS[i - 2] for i in ids)
+            row = np.zeros((1, 16), np.int32)
+            enc = gen.tok.encode(text, "prompt")
+            row[0, :len(enc)] = enc
+            logits = np.array(net.forward({"tokens": row, "next": row})["logits"][0, len(enc) - 1])
+            logits[[gen.tok.pad_id, gen.tok.unk_id]] = -np.inf
+            logits[gen.tok.vocab_size:] = -np.inf
+            ids.append(int(np.argmax(logits)))
+        by_hand.append(ids)
+    got = gen.generate(["the", "a"], options_from(spec, {"max_new": 6, "greedy": True}))
+    assert got.options["beam"] == 1 and got.samples[0].score is None
+    assert [s.ids for s in got.samples] == by_hand
+
+
+def test_contradicting_decoding_flags_are_errors():
+    """--greedy with --beam 3 ran beam search, and --length-penalty without a beam was
+    dropped: each silently did something else than one of the flags asked for."""
+    spec = lm_net().program.generate
+    with pytest.raises(NNError, match=r"--greedy and --beam 3"):
+        options_from(spec, {"greedy": True, "beam": 3})
+    with pytest.raises(NNError, match=r"--length-penalty \(length_penalty=\) has no effect "
+                                      "without beam search"):
+        options_from(spec, {"length_penalty": 0.5, "temperature": 0.7})
+    assert options_from(spec, {"greedy": True, "beam": 1})["beam"] == 1
+    assert options_from(spec, {"beam": 2, "length_penalty": 0.5})["length_penalty"] == 0.5
+
+
 def test_bad_generation_requests_are_clear_errors():
     """Sampling flags with --greedy, a stop token that is a broken escape, prompts that are not
     text, and an empty source for an encoder-decoder: each an error that says what is wrong."""

@@ -55,6 +55,10 @@ def options_from(spec, given: dict) -> dict:
             # NOTE: the flag and the keyword, since `Net.generate` serves the CLI and Python
             raise NNError(f"{FLAGS[name]} ({name}=): {problem}")
     explicit = {k: v for k, v in given.items() if v is not None}
+    if explicit.get("greedy") and explicit.get("beam", 1) > 1:
+        raise NNError(f"--greedy and --beam {explicit['beam']} ask for two decodings: greedy "
+                      "decoding keeps one hypothesis", hint="drop --greedy for beam search, or "
+                      "--beam for greedy decoding")
     if explicit.get("greedy") or explicit.get("beam", 1) > 1:
         sampled = [k for k in ("temperature", "top_k", "top_p") if k in explicit]
         beam = explicit.get("beam", 1)
@@ -64,11 +68,18 @@ def options_from(spec, given: dict) -> dict:
             raise NNError(f"{how} is deterministic: {FLAGS[sampled[0]]} has no effect with "
                           f"{flag}", hint="drop the sampling flags, or " +
                           ("use --beam 1 to sample" if beam > 1 else "drop --greedy to sample"))
-        defaults = {k: v for k, v in spec.defaults.items()
-                    if k not in ("temperature", "top_k", "top_p")}
+        # NOTE: greedy is one beam: a section's `beam = 4` ran beam search under --greedy
+        ignored = ("temperature", "top_k", "top_p") + (
+            ("beam", "length_penalty") if explicit.get("greedy") else ())
+        defaults = {k: v for k, v in spec.defaults.items() if k not in ignored}
     else:
         defaults = dict(spec.defaults)
     opts = {**BASE, **defaults, **explicit}
+    if "length_penalty" in explicit and opts["beam"] == 1:
+        # NOTE: it only scores finished beam hypotheses; dropped silently, a sampled or greedy
+        # run looked as if it had been length-normalized
+        raise NNError(f"{FLAGS['length_penalty']} (length_penalty=) has no effect without beam "
+                      "search", hint="add --beam W (W > 1), or drop --length-penalty")
     opts["sample"] = not opts.pop("greedy", False) and opts["beam"] == 1 and any(
         k in opts for k in ("temperature", "top_k", "top_p"))
     opts.setdefault("stop", spec.stop)

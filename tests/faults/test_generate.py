@@ -82,6 +82,8 @@ def test_a_good_prompt_works(run):
                                                           "times"]),
     (["--prompt", "a", "--greedy", "--top-k", "3"], ["greedy decoding is deterministic",
                                                      "--top-k"]),
+    (["--prompt", "a", "--greedy", "--beam", "3"], ["--greedy and --beam 3", "drop --greedy"]),
+    (["--prompt", "a", "--length-penalty", "0.5"], ["--length-penalty", "without beam search"]),
     (["--prompt-file", "missing.txt"], ["--prompt-file missing.txt", "cannot read"]),
 ])
 def test_bad_prompts_and_flags(run, args, words):
