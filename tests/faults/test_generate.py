@@ -53,6 +53,12 @@ def test_a_good_prompt_works(run):
     assert out.count("--- greedy") == 2 and "The film" in out
 
 
+def test_the_header_writes_the_sampling_settings_as_given(run):
+    out = generate(run, "--prompt", "A", "--max-new", "2", "--top-k", "1000000",
+                   "--temperature", "0.5", code=0)
+    assert "--- sampled (temperature 0.5, top_k 1000000, seed 0)" in out, out
+
+
 @pytest.mark.parametrize("args,words", [
     (["--prompt", "caf\u00e9 \u2603"], ["'\u2603'", "position 6", "not in the tokenizer"]),
     (["--prompt", ""], ["the prompt is empty"]),
