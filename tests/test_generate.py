@@ -209,19 +209,7 @@ def test_greedy_overrides_a_sections_beam():
     spec = net.program.generate
     assert spec.defaults["beam"] == 3
     gen = generator(net)
-    by_hand = []
-    for prompt in ("the", "a"):         # the argmax of each step's logits, one step at a time
-        ids = []
-        for _ in range(6):
-            text = prompt + "".join(CHARS[i - 2] for i in ids)
-            row = np.zeros((1, 16), np.int32)
-            enc = gen.tok.encode(text, "prompt")
-            row[0, :len(enc)] = enc
-            logits = np.array(net.forward({"tokens": row, "next": row})["logits"][0, len(enc) - 1])
-            logits[[gen.tok.pad_id, gen.tok.unk_id]] = -np.inf
-            logits[gen.tok.vocab_size:] = -np.inf
-            ids.append(int(np.argmax(logits)))
-        by_hand.append(ids)
+    by_hand = [greedy_by_hand(net, gen.tok, p, 6, "logits") for p in ("the", "a")]
     got = gen.generate(["the", "a"], options_from(spec, {"max_new": 6, "greedy": True}))
     assert got.options["beam"] == 1 and got.samples[0].score is None
     assert [s.ids for s in got.samples] == by_hand
@@ -525,6 +513,19 @@ def test_a_restored_run_generates_with_the_tokenizer_it_was_trained_with(tmp_pat
               "reference", "--prompt", "The film", "--max-new", "6", "--greedy", "--json",
               code=0)
     assert json.loads(out.strip().splitlines()[-1])["ids"] == want
+
+
+def test_a_tokenizer_given_once_is_not_kept_for_later_calls():
+    """`tokenizer=` replaces the Net's own for that call: a later call without it went on
+    encoding and writing with the one given before."""
+    net = lm_net()
+    net.tokenizer = CharTokenizer(CHARS)
+    other = CharTokenizer(CHARS[::-1])
+    want = greedy_by_hand(net, net.tokenizer, "the", 5, "logits")
+    assert net.generate(["the"], max_new=5, tokenizer=other).samples[0].ids == \
+        greedy_by_hand(net, other, "the", 5, "logits")
+    got = net.generate(["the"], max_new=5).samples[0]
+    assert got.ids == want and got.text == net.tokenizer.decode(want)
 
 
 @pytest.mark.parametrize("kind", ["learned", "sinusoidal"])

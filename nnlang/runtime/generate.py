@@ -203,10 +203,13 @@ def _spec(net):
 
 
 def _generator(net, spec, tokenizer, data_dir):
-    gen = getattr(net, "_generator", None)
+    """The Net's Generator (its compiled graphs) for the Net's own tokenizer, or for the one
+    given. NOTE: one slot each: a tokenizer given once was kept by later calls without one."""
+    slot = "_generator" if tokenizer is None else "_generator_given"
+    gen = getattr(net, slot, None)
     if gen is None or (tokenizer is not None and tokenizer is not gen.tok):
         gen = Generator(net, spec, tokenizer or tokenizer_of(net, data_dir))
-        net._generator = gen
+        setattr(net, slot, gen)
     return gen
 
 
