@@ -215,6 +215,21 @@ def test_greedy_overrides_a_sections_beam():
     assert [s.ids for s in got.samples] == by_hand
 
 
+def test_a_sampling_flag_overrides_a_sections_beam():
+    """--temperature under a section with `beam = 3` ran beam search and dropped the
+    temperature without a word: a sampling flag asks for sampling, as --greedy asks for one
+    greedy beam."""
+    plain = lm_net()
+    net = lm_net(source=LM.replace("logits = logits    #", "beam = 3  logits = logits    #"))
+    for k, v in plain.parameters().items():
+        np.testing.assert_array_equal(net.parameters()[k], v)
+    hot = {"max_new": 6, "temperature": 3.0, "seed": 2}
+    got = generator(net).generate(["the", "a"], options_from(net.program.generate, hot))
+    want = generator(plain).generate(["the", "a"], options_from(plain.program.generate, hot))
+    assert got.options["beam"] == 1 and got.options["sample"]
+    assert [s.ids for s in got.samples] == [s.ids for s in want.samples]
+
+
 def test_contradicting_decoding_flags_are_errors():
     """--greedy with --beam 3 ran beam search, and --length-penalty without a beam was
     dropped: each silently did something else than one of the flags asked for."""

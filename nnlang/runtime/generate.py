@@ -72,6 +72,11 @@ def options_from(spec, given: dict) -> dict:
         ignored = ("temperature", "top_k", "top_p") + (
             ("beam", "length_penalty") if explicit.get("greedy") else ())
         defaults = {k: v for k, v in spec.defaults.items() if k not in ignored}
+    elif any(k in explicit for k in ("temperature", "top_k", "top_p")):
+        # NOTE: a sampling flag asks for sampling: under a section's `beam = 4` it ran beam
+        # search and the flag was dropped without a word
+        defaults = {k: v for k, v in spec.defaults.items()
+                    if k not in ("beam", "length_penalty")}
     else:
         defaults = dict(spec.defaults)
     opts = {**BASE, **defaults, **explicit}
