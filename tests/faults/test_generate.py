@@ -117,6 +117,16 @@ def test_stop_is_text_and_stop_id_an_id(run, monkeypatch):
     assert seen == [None, first, char, "9", "\\n"]
 
 
+def test_predict_on_a_model_that_generates_points_at_generate(run):
+    """`nnlang predict lm.nn -c RUN "The film"` prints the argmax at each input position (one
+    teacher-forced pass), which reads like a broken continuation: it says where generation is."""
+    out = cli("predict", run / "lm.nn", "-c", run / "run", "--backend", "reference",
+              "The film", code=0)
+    assert "nnlang generate" in out and "--prompt" in out, out
+    assert "nnlang generate" not in cli("predict", run / "plain.nn", "-c", run / "run",
+                                        "--backend", "reference", "The film", code=0)
+
+
 def test_a_model_without_a_generate_section(run):
     out = generate(run, "--prompt", "a", file="plain.nn")
     assert "has no generate section" in out and "plain.nn" in out and "tokens =" in out
