@@ -258,6 +258,8 @@ def test_bad_generation_requests_are_clear_errors():
         assert "\\\\" in err.value.render()    # the hint: how to write a backslash
     with pytest.raises(NNError, match="give a token id or its text"):
         gen.generate(["the"], options_from(spec, {"max_new": 2, "stop": 2.5}))
+    with pytest.raises(NNError, match="stop is True: give a token id"):   # not id 1
+        gen.generate(["the"], options_from(spec, {"max_new": 2, "stop": True}))
     with pytest.raises(NNError, match=r"--max-new \(max_new=\)"):   # a Python user's name too
         options_from(spec, {"max_new": 2.5})
     with pytest.raises(NNError, match="prompts are int"):

@@ -245,6 +245,9 @@ class Generator:
         span = self.spec.spans.get(what) if value == getattr(self.spec, what) else None
         if isinstance(value, np.integer):
             value = int(value)
+        if isinstance(value, (bool, np.bool_)):
+            # NOTE: a bool is an int in Python: stop=True ended sequences at id 1
+            raise NNError(f"{what} is {value!r}: give a token id or its text")
         flag = f"--{what}-id" if isinstance(value, int) else f"--{what}"
         what = what if span else f"{flag}: {what}"
         if isinstance(value, int):
