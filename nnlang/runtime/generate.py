@@ -296,16 +296,19 @@ class Generator:
             if not ids:
                 raise NNError(f"{where} is empty", hint="give at least one character to "
                               "continue (or a `start` token in the generate section)")
-            dec.append(self._fit(ids, self.spec.max_len, where, "token stream"))
+            # NOTE: the count names the `start` token it holds: a prompt of 16 characters was
+            # "17 tokens, longer than ... (16)" with nothing saying where the 17th came from
+            dec.append(self._fit(ids, self.spec.max_len, where, "token stream",
+                                 "" if start is None else " with the section's `start` token"))
         return dec, (src if self.spec.source else None)
 
     def _source_len(self) -> int:
         return int(self.net.user.node(self.net.user.inputs[self.spec.source]).shape[1])
 
     @staticmethod
-    def _fit(ids, limit: int, where: str, what: str):
+    def _fit(ids, limit: int, where: str, what: str, extra: str = ""):
         if len(ids) > limit:
-            raise NNError(f"{where} is {len(ids)} tokens, longer than the model's {what} "
+            raise NNError(f"{where} is {len(ids)} tokens{extra}, longer than the model's {what} "
                           f"allows ({limit})", hint="shorten the prompt (the model's max "
                           "length is its token input's length)")
         return ids
