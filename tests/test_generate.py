@@ -330,6 +330,13 @@ def test_char_tokenizer_round_trips():
     ("tokens = tokens  logits = logits  top_p = 1.5", "top_p must be in (0, 1]"),
     ("tokens = tokens  logits = logits  beams = 2", "did you mean 'beam'"),
     ("logits = logits", "which input is the token stream"),
+    # the vocabulary is known here: an id past it waited for the first prompt to be refused
+    ("tokens = tokens  logits = logits  stop = 40", "stop token id 40 is outside the "
+                                                      "vocabulary (0..39)"),
+    ("tokens = tokens  logits = logits  start = 99", "start token id 99 is outside"),
+    # the same input both ways blamed the logits for reading an input generation cannot feed
+    ("source = tokens  tokens = tokens  logits = logits  start = 1",
+     "'source' and 'tokens' both name input 'tokens'"),
 ])
 def test_generate_section_errors(setting, words):
     source = LM.replace("  tokens = tokens    # which input is the token stream\n"
