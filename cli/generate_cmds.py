@@ -187,5 +187,7 @@ def _strategy(o: dict) -> str:
         return f"beam {o['beam']}, length penalty {o['length_penalty']:g}"
     if not o["sample"]:
         return "greedy"
-    parts = [f"{k} {o[k]:g}" for k in ("temperature", "top_k", "top_p") if k in o]
+    # NOTE: top_k is an int: `:g` wrote --top-k 1000000 as "top_k 1e+06"
+    parts = [f"{k} {o[k] if isinstance(o[k], int) else format(o[k], 'g')}"
+             for k in ("temperature", "top_k", "top_p") if k in o]
     return f"sampled ({', '.join(parts)}, seed {o['seed']})"

@@ -189,6 +189,60 @@ def test_sampling_settings():
     assert once[0] != once[1] or once[0] != greedy[0]   # rows draw independently
 
 
+@pytest.mark.parametrize("temperature", [1e-308, 5e-324])
+def test_a_vanishing_temperature_samples_the_likeliest_token(temperature):
+    """softmax(z / T) tends to the argmax as T -> 0, so a tiny temperature decodes greedily
+    (the issue: temperature sampling). z / 1e-308 overflowed to inf, inf - inf was NaN and
+    every draw fell on id 0: padding, which is never to be produced."""
+    net = lm_net(seed=3)
+    spec = net.program.generate
+    greedy = generator(net).generate(["the", "a"], options_from(spec, {"max_new": 6}))
+    cold = generator(net).generate(["the", "a"], options_from(spec, {
+        "max_new": 6, "temperature": temperature, "seed": 1}))
+    assert [s.ids for s in cold.samples] == [s.ids for s in greedy.samples]
+
+
+def test_greedy_overrides_a_sections_beam():
+    """--greedy is the likeliest token every step, "ignoring the generate section's sampling
+    settings" (docs/generation.md): a section's `beam = 3` still ran beam search under it."""
+    net = lm_net(source=LM.replace("logits = logits    #", "beam = 3  logits = logits    #"))
+    spec = net.program.generate
+    assert spec.defaults["beam"] == 3
+    gen = generator(net)
+    by_hand = [greedy_by_hand(net, gen.tok, p, 6, "logits") for p in ("the", "a")]
+    got = gen.generate(["the", "a"], options_from(spec, {"max_new": 6, "greedy": True}))
+    assert got.options["beam"] == 1 and got.samples[0].score is None
+    assert [s.ids for s in got.samples] == by_hand
+
+
+def test_a_sampling_flag_overrides_a_sections_beam():
+    """--temperature under a section with `beam = 3` ran beam search and dropped the
+    temperature without a word: a sampling flag asks for sampling, as --greedy asks for one
+    greedy beam."""
+    plain = lm_net()
+    net = lm_net(source=LM.replace("logits = logits    #", "beam = 3  logits = logits    #"))
+    for k, v in plain.parameters().items():
+        np.testing.assert_array_equal(net.parameters()[k], v)
+    hot = {"max_new": 6, "temperature": 3.0, "seed": 2}
+    got = generator(net).generate(["the", "a"], options_from(net.program.generate, hot))
+    want = generator(plain).generate(["the", "a"], options_from(plain.program.generate, hot))
+    assert got.options["beam"] == 1 and got.options["sample"]
+    assert [s.ids for s in got.samples] == [s.ids for s in want.samples]
+
+
+def test_contradicting_decoding_flags_are_errors():
+    """--greedy with --beam 3 ran beam search, and --length-penalty without a beam was
+    dropped: each silently did something else than one of the flags asked for."""
+    spec = lm_net().program.generate
+    with pytest.raises(NNError, match=r"--greedy and --beam 3"):
+        options_from(spec, {"greedy": True, "beam": 3})
+    with pytest.raises(NNError, match=r"--length-penalty \(length_penalty=\) has no effect "
+                                      "without beam search"):
+        options_from(spec, {"length_penalty": 0.5, "temperature": 0.7})
+    assert options_from(spec, {"greedy": True, "beam": 1})["beam"] == 1
+    assert options_from(spec, {"beam": 2, "length_penalty": 0.5})["length_penalty"] == 0.5
+
+
 def test_bad_generation_requests_are_clear_errors():
     """Sampling flags with --greedy, a stop token that is a broken escape, prompts that are not
     text, and an empty source for an encoder-decoder: each an error that says what is wrong."""
@@ -204,6 +258,12 @@ def test_bad_generation_requests_are_clear_errors():
         assert "\\\\" in err.value.render()    # the hint: how to write a backslash
     with pytest.raises(NNError, match="give a token id or its text"):
         gen.generate(["the"], options_from(spec, {"max_new": 2, "stop": 2.5}))
+    with pytest.raises(NNError, match="stop is True: give a token id"):   # not id 1
+        gen.generate(["the"], options_from(spec, {"max_new": 2, "stop": True}))
+    started = lm_net(source=LM.replace("logits = logits    #", 'start = "."  logits = logits  #'))
+    with pytest.raises(NNError, match=r"17 tokens with the section's `start` token, longer "
+                                      r"than the model's token stream allows \(16\)"):
+        generator(started).generate(["x" * 16], options_from(started.program.generate, {}))
     with pytest.raises(NNError, match=r"--max-new \(max_new=\)"):   # a Python user's name too
         options_from(spec, {"max_new": 2.5})
     with pytest.raises(NNError, match="prompts are int"):
@@ -270,6 +330,13 @@ def test_char_tokenizer_round_trips():
     ("tokens = tokens  logits = logits  top_p = 1.5", "top_p must be in (0, 1]"),
     ("tokens = tokens  logits = logits  beams = 2", "did you mean 'beam'"),
     ("logits = logits", "which input is the token stream"),
+    # the vocabulary is known here: an id past it waited for the first prompt to be refused
+    ("tokens = tokens  logits = logits  stop = 40", "stop token id 40 is outside the "
+                                                      "vocabulary (0..39)"),
+    ("tokens = tokens  logits = logits  start = 99", "start token id 99 is outside"),
+    # the same input both ways blamed the logits for reading an input generation cannot feed
+    ("source = tokens  tokens = tokens  logits = logits  start = 1",
+     "'source' and 'tokens' both name input 'tokens'"),
 ])
 def test_generate_section_errors(setting, words):
     source = LM.replace("  tokens = tokens    # which input is the token stream\n"
@@ -474,6 +541,19 @@ def test_a_restored_run_generates_with_the_tokenizer_it_was_trained_with(tmp_pat
               "reference", "--prompt", "The film", "--max-new", "6", "--greedy", "--json",
               code=0)
     assert json.loads(out.strip().splitlines()[-1])["ids"] == want
+
+
+def test_a_tokenizer_given_once_is_not_kept_for_later_calls():
+    """`tokenizer=` replaces the Net's own for that call: a later call without it went on
+    encoding and writing with the one given before."""
+    net = lm_net()
+    net.tokenizer = CharTokenizer(CHARS)
+    other = CharTokenizer(CHARS[::-1])
+    want = greedy_by_hand(net, net.tokenizer, "the", 5, "logits")
+    assert net.generate(["the"], max_new=5, tokenizer=other).samples[0].ids == \
+        greedy_by_hand(net, other, "the", 5, "logits")
+    got = net.generate(["the"], max_new=5).samples[0]
+    assert got.ids == want and got.text == net.tokenizer.decode(want)
 
 
 @pytest.mark.parametrize("kind", ["learned", "sinusoidal"])

@@ -106,6 +106,13 @@ def _check_roles(g, values: dict, spans: dict, errors: ErrorSink):
     span = spans.get
     tok = _input(g, values["tokens"], span("tokens"), errors)
     src = _input(g, values["source"], span("source"), errors) if "source" in values else None
+    if src is not None and values["source"] == values["tokens"]:
+        # NOTE: else the logits were blamed for reading an input generation cannot feed
+        errors.add(f"'source' and 'tokens' both name input '{values['tokens']}': an "
+                   "encoder-decoder's source and its decoder's token stream are two inputs",
+                   span("source"), "name the encoder's input in `source`, the decoder's in "
+                   "`tokens`")
+        return None
     out = g.outputs.get(values["logits"])
     if out is None:
         errors.add(f"'{values['logits']}' is not an output of model '{g.model}'",
@@ -130,6 +137,13 @@ def _check_roles(g, values: dict, spans: dict, errors: ErrorSink):
                    f"'{values['tokens']}'", span("logits"))
         return None
     if _unfed_inputs(g, values, needed, span("logits"), errors):
+        return None
+    # NOTE: the vocabulary is known here; an id past it waited for the first prompt
+    past = [n for n in TOKENS if isinstance(values.get(n), int) and values[n] >= ls[2]]
+    for name in past:
+        errors.add(f"{name} token id {values[name]} is outside the vocabulary "
+                   f"(0..{ls[2] - 1}) of logits '{values['logits']}'", span(name))
+    if past:
         return None
     rest = {k: v for k, v in values.items() if k in SAMPLING}
     return GenerateSpec(values["tokens"], values["logits"], int(max_len), int(ls[2]),

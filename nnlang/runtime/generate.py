@@ -55,6 +55,10 @@ def options_from(spec, given: dict) -> dict:
             # NOTE: the flag and the keyword, since `Net.generate` serves the CLI and Python
             raise NNError(f"{FLAGS[name]} ({name}=): {problem}")
     explicit = {k: v for k, v in given.items() if v is not None}
+    if explicit.get("greedy") and explicit.get("beam", 1) > 1:
+        raise NNError(f"--greedy and --beam {explicit['beam']} ask for two decodings: greedy "
+                      "decoding keeps one hypothesis", hint="drop --greedy for beam search, or "
+                      "--beam for greedy decoding")
     if explicit.get("greedy") or explicit.get("beam", 1) > 1:
         sampled = [k for k in ("temperature", "top_k", "top_p") if k in explicit]
         beam = explicit.get("beam", 1)
@@ -64,11 +68,23 @@ def options_from(spec, given: dict) -> dict:
             raise NNError(f"{how} is deterministic: {FLAGS[sampled[0]]} has no effect with "
                           f"{flag}", hint="drop the sampling flags, or " +
                           ("use --beam 1 to sample" if beam > 1 else "drop --greedy to sample"))
+        # NOTE: greedy is one beam: a section's `beam = 4` ran beam search under --greedy
+        ignored = ("temperature", "top_k", "top_p") + (
+            ("beam", "length_penalty") if explicit.get("greedy") else ())
+        defaults = {k: v for k, v in spec.defaults.items() if k not in ignored}
+    elif any(k in explicit for k in ("temperature", "top_k", "top_p")):
+        # NOTE: a sampling flag asks for sampling: under a section's `beam = 4` it ran beam
+        # search and the flag was dropped without a word
         defaults = {k: v for k, v in spec.defaults.items()
-                    if k not in ("temperature", "top_k", "top_p")}
+                    if k not in ("beam", "length_penalty")}
     else:
         defaults = dict(spec.defaults)
     opts = {**BASE, **defaults, **explicit}
+    if "length_penalty" in explicit and opts["beam"] == 1:
+        # NOTE: it only scores finished beam hypotheses; dropped silently, a sampled or greedy
+        # run looked as if it had been length-normalized
+        raise NNError(f"{FLAGS['length_penalty']} (length_penalty=) has no effect without beam "
+                      "search", hint="add --beam W (W > 1), or drop --length-penalty")
     opts["sample"] = not opts.pop("greedy", False) and opts["beam"] == 1 and any(
         k in opts for k in ("temperature", "top_k", "top_p"))
     opts.setdefault("stop", spec.stop)
@@ -192,10 +208,13 @@ def _spec(net):
 
 
 def _generator(net, spec, tokenizer, data_dir):
-    gen = getattr(net, "_generator", None)
+    """The Net's Generator (its compiled graphs) for the Net's own tokenizer, or for the one
+    given. NOTE: one slot each: a tokenizer given once was kept by later calls without one."""
+    slot = "_generator" if tokenizer is None else "_generator_given"
+    gen = getattr(net, slot, None)
     if gen is None or (tokenizer is not None and tokenizer is not gen.tok):
         gen = Generator(net, spec, tokenizer or tokenizer_of(net, data_dir))
-        net._generator = gen
+        setattr(net, slot, gen)
     return gen
 
 
@@ -226,6 +245,9 @@ class Generator:
         span = self.spec.spans.get(what) if value == getattr(self.spec, what) else None
         if isinstance(value, np.integer):
             value = int(value)
+        if isinstance(value, (bool, np.bool_)):
+            # NOTE: a bool is an int in Python: stop=True ended sequences at id 1
+            raise NNError(f"{what} is {value!r}: give a token id or its text")
         flag = f"--{what}-id" if isinstance(value, int) else f"--{what}"
         what = what if span else f"{flag}: {what}"
         if isinstance(value, int):
@@ -274,16 +296,19 @@ class Generator:
             if not ids:
                 raise NNError(f"{where} is empty", hint="give at least one character to "
                               "continue (or a `start` token in the generate section)")
-            dec.append(self._fit(ids, self.spec.max_len, where, "token stream"))
+            # NOTE: the count names the `start` token it holds: a prompt of 16 characters was
+            # "17 tokens, longer than ... (16)" with nothing saying where the 17th came from
+            dec.append(self._fit(ids, self.spec.max_len, where, "token stream",
+                                 "" if start is None else " with the section's `start` token"))
         return dec, (src if self.spec.source else None)
 
     def _source_len(self) -> int:
         return int(self.net.user.node(self.net.user.inputs[self.spec.source]).shape[1])
 
     @staticmethod
-    def _fit(ids, limit: int, where: str, what: str):
+    def _fit(ids, limit: int, where: str, what: str, extra: str = ""):
         if len(ids) > limit:
-            raise NNError(f"{where} is {len(ids)} tokens, longer than the model's {what} "
+            raise NNError(f"{where} is {len(ids)} tokens{extra}, longer than the model's {what} "
                           f"allows ({limit})", hint="shorten the prompt (the model's max "
                           "length is its token input's length)")
         return ids
@@ -457,7 +482,11 @@ def _sample(g: Generator, logits, lengths, stop, opts):
 
 def _choose(z: np.ndarray, opts: dict, rng) -> np.ndarray:
     """Temperature, then top-k, then top-p (nucleus), then one draw per row."""
-    z = z / opts.get("temperature", 1.0)
+    # NOTE: shifted to a max of 0 before the division: z / T for a tiny T (1e-308) overflowed to
+    # inf, inf - inf was NaN and every draw fell on id 0 (padding); shifted, the likeliest
+    # token stays at 0 and the rest only head for -inf (exp: 0), the limit being the argmax
+    with np.errstate(over="ignore"):
+        z = (z - z.max(axis=1, keepdims=True)) / opts.get("temperature", 1.0)
     if opts.get("top_k"):
         k = min(opts["top_k"], z.shape[1])
         kth = np.partition(z, -k, axis=1)[:, -k][:, None]

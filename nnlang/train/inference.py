@@ -144,6 +144,13 @@ def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str
     if skipped and console:
         say(console, f"note: output(s) {', '.join(skipped)} have no batch dim, so predict does "
                      "not show them per example")
+    if net.program.generate is not None and console:
+        # NOTE: a sequence model's outputs score every position of the input at once (teacher
+        # forcing): `predict gpt.nn "This movie"` showed one character per input position,
+        # which read like a broken continuation
+        goal = "decode a source" if net.program.generate.source else "continue a prompt"
+        say(console, f"note: predict shows one forward pass over the given inputs; to {goal}, "
+                     f"run `nnlang generate {net.program.file} -c RUN --prompt TEXT`")
     # NOTE: a batch at a time: whole reviews pad to the longest of their batch, and an
     # attention model's scores grow with its square
     for batch, described in model_inputs(net.user, meta, inputs, named, npz, net.batch):

@@ -53,6 +53,12 @@ def test_a_good_prompt_works(run):
     assert out.count("--- greedy") == 2 and "The film" in out
 
 
+def test_the_header_writes_the_sampling_settings_as_given(run):
+    out = generate(run, "--prompt", "A", "--max-new", "2", "--top-k", "1000000",
+                   "--temperature", "0.5", code=0)
+    assert "--- sampled (temperature 0.5, top_k 1000000, seed 0)" in out, out
+
+
 @pytest.mark.parametrize("args,words", [
     (["--prompt", "caf\u00e9 \u2603"], ["'\u2603'", "position 6", "not in the tokenizer"]),
     (["--prompt", ""], ["the prompt is empty"]),
@@ -82,6 +88,8 @@ def test_a_good_prompt_works(run):
                                                           "times"]),
     (["--prompt", "a", "--greedy", "--top-k", "3"], ["greedy decoding is deterministic",
                                                      "--top-k"]),
+    (["--prompt", "a", "--greedy", "--beam", "3"], ["--greedy and --beam 3", "drop --greedy"]),
+    (["--prompt", "a", "--length-penalty", "0.5"], ["--length-penalty", "without beam search"]),
     (["--prompt-file", "missing.txt"], ["--prompt-file missing.txt", "cannot read"]),
 ])
 def test_bad_prompts_and_flags(run, args, words):
@@ -107,6 +115,16 @@ def test_stop_is_text_and_stop_id_an_id(run, monkeypatch):
     generate(run, "--prompt", "a", "--max-new", "1", "--stop", "9", code=0)
     generate(run, "--prompt", "a", "--max-new", "1", "--stop", "\\n", code=0)
     assert seen == [None, first, char, "9", "\\n"]
+
+
+def test_predict_on_a_model_that_generates_points_at_generate(run):
+    """`nnlang predict lm.nn -c RUN "The film"` prints the argmax at each input position (one
+    teacher-forced pass), which reads like a broken continuation: it says where generation is."""
+    out = cli("predict", run / "lm.nn", "-c", run / "run", "--backend", "reference",
+              "The film", code=0)
+    assert "nnlang generate" in out and "--prompt" in out, out
+    assert "nnlang generate" not in cli("predict", run / "plain.nn", "-c", run / "run",
+                                        "--backend", "reference", "The film", code=0)
 
 
 def test_a_model_without_a_generate_section(run):
