@@ -184,10 +184,34 @@ def test_two_ranks_train_the_cli_run_of_one(tmp_path):
     for k in a.files:
         if a[k].dtype.kind == "f":
             np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # NOTE: Open MPI gives each rank an 80-column terminal even when mpirun's output goes to a
+    # pipe: an epoch's line is still one line, as one process prints it
+    epochs = [ln for ln in got.stdout.splitlines() if ln.startswith("epoch ")]
+    assert len(epochs) == 2 and all(ln.endswith("s") and "samples/s" in ln for ln in epochs), \
+        got.stdout
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     for split in ("val", "test"):
         for k, v in getattr(one, split).items():
             assert summary[split][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (split, k)
+
+
+def test_rank_zero_prints_long_lines_whole_as_one_process_does():
+    """Under mpirun a rank's stdout is an 80-column pty whatever mpirun's own output is: rank
+    0's console cut the epoch line before "samples/s" and the early-stop message mid-path,
+    which one process (the CLI's soft-wrapping console) prints on one line each."""
+    import io
+
+    from rich.console import Console
+
+    from nnlang.train.data_parallel import Ranks
+    from nnlang.train.progress import say
+    world = collective.World()
+    world.size = 2
+    out = io.StringIO()
+    line = "epoch 1/12  loss 1.6454  acc 0.3393  | val loss 1.5249  acc 0.4286  | " \
+           "1,318 samples/s  6.1s"
+    say(Ranks(world).console(Console(file=out, soft_wrap=True, width=80)), line)
+    assert out.getvalue() == line + "\n"
 
 
 # a metric that is not a mean over rows: exp of a batch's mean loss

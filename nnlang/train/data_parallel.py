@@ -51,11 +51,13 @@ class Ranks:
     def console(self, console: Console) -> Console:
         """Rank 0's console, without colour under mpirun (Open MPI gives each rank a terminal
         even when the job's output goes to a file); the other ranks print nothing (their
-        errors still reach stderr)."""
+        errors still reach stderr). Soft-wrapped as the CLI's: that terminal is an
+        80-column pty whatever mpirun's own output is, where an epoch's line was cut in two."""
         if not self.lead:
             return Console(quiet=True)
         return Console(file=console.file, color_system=None, highlight=False,
-                       width=console.width) if self.many else console
+                       width=console.width, soft_wrap=console.soft_wrap) \
+            if self.many else console
 
     def batch(self, batch: int, span=None) -> int:
         """This rank's part of the global batch."""
