@@ -114,6 +114,17 @@ class Ranks:
         nothing differs between the ranks' files; this makes sure)."""
         self.world.broadcast(net.state)
 
+    def same_statistics(self, net) -> None:
+        """Rank 0's values of the weights no gradient trains (batch norm's running statistics)
+        on every rank, before an evaluation: each rank's follow its own rows, and rank 0's are
+        the ones saved, so a validation (and the early stopping and best.npz that go by it)
+        mixing every rank's was not the saved model's. PyTorch DDP's broadcast_buffers."""
+        if not self.many:
+            return
+        user = net.user
+        self.world.broadcast({k: net.state[k] for k, nid in user.params.items()
+                              if not user.node(nid).attrs.get("trainable", True)})
+
     def means_over_rows(self, net, batch: dict, say) -> None:
         """Checks on one global batch that each loss and metric is a mean over the batch's rows
         (the mean of the N shards' values is the whole batch's value). The step averages the
