@@ -91,6 +91,39 @@ def test_a_net_that_trained_before_init_syncs_after_it(ranks):
     assert len(world.calls) == 2 and _ops(net).count("allreduce_sum") == 1
 
 
+def _tiny_loss_numpy(p: dict, x, y) -> float:
+    """The tiny model's mean cross-entropy, written apart from nnlang."""
+    h = np.maximum(x @ p["h.weight"] + p["h.bias"], 0)
+    z = h @ p["logits.weight"] + p["logits.bias"]
+    z = z - z.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+
+
+def test_input_gradients_are_the_global_batchs_under_ranks(ranks):
+    """net.gradients(shard, inputs="x") on 2 ranks: the weights' gradients are the global
+    batch's (averaged), and so must be the inputs' (d global loss / d this rank's rows, so the
+    ranks' pieces make the 1-process gradient). They were each rank's own mean's: 2x too
+    large. Checked by finite differences of the global batch's loss, two copies of the shard
+    (what the stand-in group's ranks hold)."""
+    net = nnlang.compile(tiny_source(), batch=4, seed=1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 4).astype(np.int32)
+    ranks(2)
+    got = net.gradients({"x": x, "label": y}, inputs="x")["x"]
+    p = {k: v.astype(np.float64) for k, v in net.parameters().items()}
+    ref, eps = np.zeros((4, 4)), 1e-5
+    for i in range(4):
+        for j in range(4):
+            hi, lo = x.astype(np.float64), x.astype(np.float64)
+            hi[i, j] += eps
+            lo[i, j] -= eps
+            both = [np.concatenate([v, x]) for v in (hi, lo)]   # the global batch: 2 shards
+            ref[i, j] = (_tiny_loss_numpy(p, both[0], np.tile(y, 2))
+                         - _tiny_loss_numpy(p, both[1], np.tile(y, 2))) / (2 * eps)
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-6)
+
+
 def test_update_reads_only_reduced_gradients(ranks):
     """Walking back from every state update, the backward pass is reached only through the
     allreduce: no update (clipping's global norm included) sees a local gradient."""

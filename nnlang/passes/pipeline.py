@@ -139,6 +139,11 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     for name in wrt_inputs:  # NOTE: under the input's name: weights are block paths, and a
         nid = g.inputs[name]  # model-level weight shares the inputs' namespace, so none clash
         reached = grads.get(nid)
+        if reached is not None and ranks > 1:
+            # NOTE: the weights' gradients are the global batch's (the ranks' mean), so the
+            # inputs' are too: d(mean of N ranks' losses) / d(this rank's rows) is 1/N of
+            # this rank's own loss's
+            reached = b.mul(reached, b.const(1.0 / ranks, dtype))
         g.grads[name] = b.mul(nid, b.const(0.0, dtype)) if reached is None else reached
     g.losses = {"loss": total}
     g.outputs = {}

@@ -374,7 +374,9 @@ class Net:
 
     def gradients(self, feeds: dict, inputs=()) -> dict:
         """d(loss)/d(parameter) by name, for one batch, without updating anything; `inputs`
-        (names of float inputs) adds d(loss)/d(input) under each input's name."""
+        (names of float inputs) adds d(loss)/d(input) under each input's name. Under
+        `nnlang.distributed` (each rank given its shard) both are of the global batch's loss:
+        the weights' averaged over the ranks, the inputs' those of this rank's rows."""
         inputs = (inputs,) if isinstance(inputs, str) else tuple(dict.fromkeys(inputs))
         for name in inputs:
             nid = self.user.inputs.get(name) if isinstance(name, str) else None
