@@ -247,6 +247,42 @@ def test_rank_zero_prints_long_lines_whole_as_one_process_does():
     assert out.getvalue() == line + "\n"
 
 
+DROPOUT_STEPS = """
+import sys
+import numpy as np
+import nnlang, nnlang.distributed as dist
+dist.init()
+net = nnlang.compile(open("drop.nn").read(), batch=8 // dist.size(), seed=1)
+rng = np.random.default_rng(0)
+for _ in range(5):
+    b = {"x": rng.normal(size=(8, 4)).astype(np.float32),
+         "label": rng.integers(0, 3, 8).astype(np.int32)}
+    net.train_step(dist.shard(b))
+if dist.lead():
+    np.savez(sys.argv[1], **net.parameters())
+"""
+
+
+def test_dropout_masks_are_the_one_process_runs(tmp_path):
+    """Dropout's mask is a hash of (step key, site, element index). Every rank hashed its own
+    rows from index 0, so rank r's rows got rank 0's masks: the ranks' masks were copies of
+    each other (with one row per rank, one mask for the whole global batch), not independent
+    draws. Offset by the rank's first element, each row gets the mask it gets in 1 process,
+    and the parameters equal the 1-process run's."""
+    _mpirun()
+    (tmp_path / "drop.nn").write_text(tiny_source().replace(
+        "h = dense(x, hidden) |> relu", "h = dense(x, hidden) |> relu |> dropout(0.5)"))
+    (tmp_path / "steps.py").write_text(DROPOUT_STEPS)
+    one = subprocess.run([sys.executable, "steps.py", "one.npz"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    two = mpirun(2, sys.executable, "steps.py", "two.npz", cwd=tmp_path, timeout=120)
+    assert two.returncode == 0, two.stdout + two.stderr
+    a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    for k in a.files:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
 BN_SOURCE = tiny_source().replace("h = dense(x, hidden) |> relu",
                                   "h = dense(x, hidden) |> batch_norm |> relu")
 
