@@ -91,6 +91,39 @@ def test_a_net_that_trained_before_init_syncs_after_it(ranks):
     assert len(world.calls) == 2 and _ops(net).count("allreduce_sum") == 1
 
 
+def _tiny_loss_numpy(p: dict, x, y) -> float:
+    """The tiny model's mean cross-entropy, written apart from nnlang."""
+    h = np.maximum(x @ p["h.weight"] + p["h.bias"], 0)
+    z = h @ p["logits.weight"] + p["logits.bias"]
+    z = z - z.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+
+
+def test_input_gradients_are_the_global_batchs_under_ranks(ranks):
+    """net.gradients(shard, inputs="x") on 2 ranks: the weights' gradients are the global
+    batch's (averaged), and so must be the inputs' (d global loss / d this rank's rows, so the
+    ranks' pieces make the 1-process gradient). They were each rank's own mean's: 2x too
+    large. Checked by finite differences of the global batch's loss, two copies of the shard
+    (what the stand-in group's ranks hold)."""
+    net = nnlang.compile(tiny_source(), batch=4, seed=1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 4).astype(np.int32)
+    ranks(2)
+    got = net.gradients({"x": x, "label": y}, inputs="x")["x"]
+    p = {k: v.astype(np.float64) for k, v in net.parameters().items()}
+    ref, eps = np.zeros((4, 4)), 1e-5
+    for i in range(4):
+        for j in range(4):
+            hi, lo = x.astype(np.float64), x.astype(np.float64)
+            hi[i, j] += eps
+            lo[i, j] -= eps
+            both = [np.concatenate([v, x]) for v in (hi, lo)]   # the global batch: 2 shards
+            ref[i, j] = (_tiny_loss_numpy(p, both[0], np.tile(y, 2))
+                         - _tiny_loss_numpy(p, both[1], np.tile(y, 2))) / (2 * eps)
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-6)
+
+
 def test_update_reads_only_reduced_gradients(ranks):
     """Walking back from every state update, the backward pass is reached only through the
     allreduce: no update (clipping's global norm included) sees a local gradient."""
@@ -184,10 +217,108 @@ def test_two_ranks_train_the_cli_run_of_one(tmp_path):
     for k in a.files:
         if a[k].dtype.kind == "f":
             np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # NOTE: Open MPI gives each rank an 80-column terminal even when mpirun's output goes to a
+    # pipe: an epoch's line is still one line, as one process prints it
+    epochs = [ln for ln in got.stdout.splitlines() if ln.startswith("epoch ")]
+    assert len(epochs) == 2 and all(ln.endswith("s") and "samples/s" in ln for ln in epochs), \
+        got.stdout
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     for split in ("val", "test"):
         for k, v in getattr(one, split).items():
             assert summary[split][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (split, k)
+
+
+def test_rank_zero_prints_long_lines_whole_as_one_process_does():
+    """Under mpirun a rank's stdout is an 80-column pty whatever mpirun's own output is: rank
+    0's console cut the epoch line before "samples/s" and the early-stop message mid-path,
+    which one process (the CLI's soft-wrapping console) prints on one line each."""
+    import io
+
+    from rich.console import Console
+
+    from nnlang.train.data_parallel import Ranks
+    from nnlang.train.progress import say
+    world = collective.World()
+    world.size = 2
+    out = io.StringIO()
+    line = "epoch 1/12  loss 1.6454  acc 0.3393  | val loss 1.5249  acc 0.4286  | " \
+           "1,318 samples/s  6.1s"
+    say(Ranks(world).console(Console(file=out, soft_wrap=True, width=80)), line)
+    assert out.getvalue() == line + "\n"
+
+
+DROPOUT_STEPS = """
+import sys
+import numpy as np
+import nnlang, nnlang.distributed as dist
+dist.init()
+net = nnlang.compile(open("drop.nn").read(), batch=8 // dist.size(), seed=1)
+rng = np.random.default_rng(0)
+for _ in range(5):
+    b = {"x": rng.normal(size=(8, 4)).astype(np.float32),
+         "label": rng.integers(0, 3, 8).astype(np.int32)}
+    net.train_step(dist.shard(b))
+if dist.lead():
+    np.savez(sys.argv[1], **net.parameters())
+"""
+
+
+def test_dropout_masks_are_the_one_process_runs(tmp_path):
+    """Dropout's mask is a hash of (step key, site, element index). Every rank hashed its own
+    rows from index 0, so rank r's rows got rank 0's masks: the ranks' masks were copies of
+    each other (with one row per rank, one mask for the whole global batch), not independent
+    draws. Offset by the rank's first element, each row gets the mask it gets in 1 process,
+    and the parameters equal the 1-process run's."""
+    _mpirun()
+    (tmp_path / "drop.nn").write_text(tiny_source().replace(
+        "h = dense(x, hidden) |> relu", "h = dense(x, hidden) |> relu |> dropout(0.5)"))
+    (tmp_path / "steps.py").write_text(DROPOUT_STEPS)
+    one = subprocess.run([sys.executable, "steps.py", "one.npz"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    two = mpirun(2, sys.executable, "steps.py", "two.npz", cwd=tmp_path, timeout=120)
+    assert two.returncode == 0, two.stdout + two.stderr
+    a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    for k in a.files:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+BN_SOURCE = tiny_source().replace("h = dense(x, hidden) |> relu",
+                                  "h = dense(x, hidden) |> batch_norm |> relu")
+
+
+def _bn_test_metrics_numpy(ckpt, x, y) -> dict:
+    """The tiny model with batch norm in evaluation (running statistics), written apart from
+    nnlang, on one checkpoint's state."""
+    p = {k[len("state/"):]: np.asarray(ckpt[k], np.float64) for k in ckpt.files
+         if k.startswith("state/")}
+    z = x.astype(np.float64) @ p["dense.weight"] + p["dense.bias"]
+    z = (z - p["h.running_mean"]) / np.sqrt(p["h.running_var"] + 1e-5) * p["h.gamma"] \
+        + p["h.beta"]
+    z = np.maximum(z, 0) @ p["logits.weight"] + p["logits.bias"]
+    z = z - z.max(axis=1, keepdims=True)
+    ce = np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]
+    return {"loss": float(ce.mean()), "acc": float(np.mean(z.argmax(axis=1) == y))}
+
+
+def test_batch_norm_run_reports_the_metrics_of_the_model_it_saves(tmp_path):
+    """Batch norm under 2 ranks: each rank's running statistics follow its own rows, and rank
+    0's are saved. The validation and test numbers the run printed (and early stopping and
+    best.npz went by) were those of a mix, each rank's rows under its own statistics: not
+    the saved model's (test loss 0.9103 printed, 0.8962 for the checkpoint). Like PyTorch
+    DDP's broadcast_buffers, the ranks now evaluate with rank 0's statistics."""
+    _mpirun()
+    (tmp_path / "bn.nn").write_text(BN_SOURCE)
+    tiny_data(tmp_path, total=90, train=70)
+    got = mpirun(2, sys.executable, "-m", "nnlang_cli.main", "train", "bn.nn", "--out", "run",
+                 cwd=tmp_path, timeout=200)
+    assert got.returncode == 0, got.stdout + got.stderr
+    d = np.load(tmp_path / "tiny.npz")
+    ref = _bn_test_metrics_numpy(np.load(tmp_path / "run" / "checkpoint.npz"), d["test_x"],
+                                 d["test_label"])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for k, v in ref.items():
+        assert summary["test"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
 
 
 # a metric that is not a mean over rows: exp of a batch's mean loss

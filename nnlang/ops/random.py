@@ -1,5 +1,7 @@
 """Counter-based randomness: `random_uniform(key)` hashes (key, salt, element index), so kernels
 draw in parallel and a run is reproducible from its seed; the runtime advances `key` each step.
+`offset` shifts the element index: a data-parallel rank's part of a tensor starts where it does
+in the 1-process tensor, so its rows draw the numbers they draw in 1 process.
 """
 from __future__ import annotations
 
@@ -20,16 +22,20 @@ def splitmix64(z: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _uniform_impl(key, *, shape, salt):
+def _base(key, salt: int, offset: int) -> np.uint64:
+    return np.uint64((int(key) * 0x100000001B3 + salt * 0x9E3779B1 + offset) & MASK64)
+
+
+def _uniform_impl(key, *, shape, salt, offset=0):
     n = int(np.prod([int(d) for d in shape]))
-    base = np.uint64((int(key) * 0x100000001B3 + salt * 0x9E3779B1) & MASK64)
+    base = _base(key, salt, offset)
     with np.errstate(over="ignore"):
         bits = splitmix64(np.arange(n, dtype=np.uint64) + base)
     return ((bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)).reshape(
         [int(d) for d in shape])
 
 
-def _uniform_shape(key: TensorType, *, shape, salt) -> TensorType:
+def _uniform_shape(key: TensorType, *, shape, salt, offset=0) -> TensorType:
     if key.shape != () or key.dtype != "int64":
         raise ShapeError(f"the key must be an int64 scalar, got {key}", arg=0)
     need_sizes("random_uniform", shape)
@@ -49,15 +55,14 @@ def uniform_kernel(base, out):
         out[i] = np.float32(z >> np.uint64(40)) * scale
 
 
-def _uniform_from_key(fn, key, salt, out):
-    base = np.uint64((int(key) * 0x100000001B3 + salt * 0x9E3779B1) & MASK64)
-    fn(base, out)
+def _uniform_from_key(fn, key, salt, offset, out):
+    fn(_base(key, salt, offset), out)
 
 
 def _uniform_numba(be, a, xs, out):
     fn, args = be.specialize(be.jit(uniform_kernel, parallel=True),
                              (np.uint64(0), np.reshape(out, -1)))
-    return _uniform_from_key, (fn, xs[0], a["salt"], args[1])
+    return _uniform_from_key, (fn, xs[0], a["salt"], a.get("offset", 0), args[1])
 
 
 def uniform_cuda_source(be) -> tuple[str, str]:
@@ -77,12 +82,13 @@ def uniform_cuda_source(be) -> tuple[str, str]:
 
 def _uniform_cuda(be, a, xs, out):
     k = be.library_kernel(*uniform_cuda_source(be))
-    salt = np.uint64((a["salt"] * 0x9E3779B1) & MASK64)
+    salt = np.uint64((a["salt"] * 0x9E3779B1 + a.get("offset", 0)) & MASK64)
     # NOTE: the key is read on the device (an int64 scalar, checked by the shape rule)
     return be.launch(k, out.size, (np.int64(out.size), xs[0], salt, out))
 
 
-register("random_uniform", "key: tensor, shape: shape, salt: int = 0", _uniform_shape,
+register("random_uniform", "key: tensor, shape: shape, salt: int = 0, offset: int = 0",
+         _uniform_shape,
          impl=_uniform_impl, lower={"numba": _uniform_numba, "cuda": _uniform_cuda},
          family="random", traits={RANDOM, NONDIFF},
-         doc="uniform floats in [0, 1) from a counter-based hash of (key, salt, index)")
+         doc="uniform floats in [0, 1) from a counter-based hash of (key, salt, offset + index)")

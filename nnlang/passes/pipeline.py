@@ -98,12 +98,25 @@ def trainable(g: Graph) -> dict[str, int]:
     return {k: v for k, v in g.params.items() if g.node(v).attrs.get("trainable", True)}
 
 
+def _rank_draws(g: Graph, rank: int) -> None:
+    """Dropout's masks hash (step key, site, element index): each rank of a data-parallel run
+    numbering its shard's elements from 0 gave every rank the same masks, copies instead of
+    independent draws (one mask for the whole global batch with one row per rank). Numbered
+    from the rank's first element (rank x its shard's size), each rank draws its own numbers,
+    and a tensor whose first axis is the batch gets the masks a 1-process run gives its rows."""
+    for n in g:
+        if n.op == "random_uniform":
+            n.attrs["offset"] = rank * int(np.prod([int(d) for d in n.attrs["shape"]]))
+
+
 def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
-                wrt_inputs: tuple = (), lengths=None, ranks: int = 1) -> Graph:
+                wrt_inputs: tuple = (), lengths=None, ranks: int = 1, rank: int = 0) -> Graph:
     """Forward + loss + generated backward + optimizer update, as one primitive graph.
-    ranks > 1: the step of one of that many data-parallel processes, whose update sees the
-    gradients averaged over all of them (`ops/collective.py`)."""
+    ranks > 1: the step of process `rank` of that many data-parallel ones, whose update sees
+    the gradients averaged over all of them (`ops/collective.py`)."""
     g = hoist_projections(decompose(specialize(user, batch, dtype, lengths), training=True))
+    if ranks > 1:
+        _rank_draws(g, rank)
     if not g.losses:
         from nnlang.errors import NNError
         raise NNError(f"model '{g.model}' declares no loss, so it cannot be trained",
@@ -139,6 +152,11 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     for name in wrt_inputs:  # NOTE: under the input's name: weights are block paths, and a
         nid = g.inputs[name]  # model-level weight shares the inputs' namespace, so none clash
         reached = grads.get(nid)
+        if reached is not None and ranks > 1:
+            # NOTE: the weights' gradients are the global batch's (the ranks' mean), so the
+            # inputs' are too: d(mean of N ranks' losses) / d(this rank's rows) is 1/N of
+            # this rank's own loss's
+            reached = b.mul(reached, b.const(1.0 / ranks, dtype))
         g.grads[name] = b.mul(nid, b.const(0.0, dtype)) if reached is None else reached
     g.losses = {"loss": total}
     g.outputs = {}

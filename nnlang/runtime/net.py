@@ -238,7 +238,7 @@ class Net:
             check_memory(self.user, batch, self.dtype, slots, weights_held=True)
             wrt = tuple(kind.partition(":")[2].split(",")) if ":" in kind else ()
             g = train_graph(self.user, self.config, batch, self.dtype, wrt_inputs=wrt,
-                            lengths=lengths, ranks=_ranks())
+                            lengths=lengths, ranks=_ranks(), rank=_rank())
             if kind != "train":
                 g = _gradient_graph(g)
             for name, nid in g.params.items():  # optimizer slots start at zero
@@ -374,7 +374,9 @@ class Net:
 
     def gradients(self, feeds: dict, inputs=()) -> dict:
         """d(loss)/d(parameter) by name, for one batch, without updating anything; `inputs`
-        (names of float inputs) adds d(loss)/d(input) under each input's name."""
+        (names of float inputs) adds d(loss)/d(input) under each input's name. Under
+        `nnlang.distributed` (each rank given its shard) both are of the global batch's loss:
+        the weights' averaged over the ranks, the inputs' those of this rank's rows."""
         inputs = (inputs,) if isinstance(inputs, str) else tuple(dict.fromkeys(inputs))
         for name in inputs:
             nid = self.user.inputs.get(name) if isinstance(name, str) else None
@@ -484,6 +486,13 @@ def _ranks() -> int:
     from nnlang.backends.collective import current
     world = current()
     return world.size if world else 1
+
+
+def _rank() -> int:
+    """This process's index among them."""
+    from nnlang.backends.collective import current
+    world = current()
+    return world.rank if world else 0
 
 
 def _batch_of(feeds: dict, default: int) -> int:

@@ -51,11 +51,13 @@ class Ranks:
     def console(self, console: Console) -> Console:
         """Rank 0's console, without colour under mpirun (Open MPI gives each rank a terminal
         even when the job's output goes to a file); the other ranks print nothing (their
-        errors still reach stderr)."""
+        errors still reach stderr). Soft-wrapped as the CLI's: that terminal is an
+        80-column pty whatever mpirun's own output is, where an epoch's line was cut in two."""
         if not self.lead:
             return Console(quiet=True)
         return Console(file=console.file, color_system=None, highlight=False,
-                       width=console.width) if self.many else console
+                       width=console.width, soft_wrap=console.soft_wrap) \
+            if self.many else console
 
     def batch(self, batch: int, span=None) -> int:
         """This rank's part of the global batch."""
@@ -111,6 +113,17 @@ class Ranks:
         """Rank 0's parameters and optimizer state everywhere (they are equal already when
         nothing differs between the ranks' files; this makes sure)."""
         self.world.broadcast(net.state)
+
+    def same_statistics(self, net) -> None:
+        """Rank 0's values of the weights no gradient trains (batch norm's running statistics)
+        on every rank, before an evaluation: each rank's follow its own rows, and rank 0's are
+        the ones saved, so a validation (and the early stopping and best.npz that go by it)
+        mixing every rank's was not the saved model's. PyTorch DDP's broadcast_buffers."""
+        if not self.many:
+            return
+        user = net.user
+        self.world.broadcast({k: net.state[k] for k, nid in user.params.items()
+                              if not user.node(nid).attrs.get("trainable", True)})
 
     def means_over_rows(self, net, batch: dict, say) -> None:
         """Checks on one global batch that each loss and metric is a mean over the batch's rows

@@ -89,6 +89,7 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
             if n % batch and n > batch and (count - 1) % every == first:
                 net.prepare("eval", n % batch)
         ranks.compiled()
+        ranks.same_statistics(net)
     batches = feeds.batches(arrays, batch, feeds.eval_order(arrays), start=first,
                             drop_last=False, every=every)
     for b in progress(batches, len(range(first, count, every)),
