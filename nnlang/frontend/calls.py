@@ -179,12 +179,22 @@ class CallElaboration:
                 return T(self.b.literal(v, dtype))
         self.fail(f"{func}(): expected a tensor, got {show_value(v)}", span)
 
-    def layer_path(self, scope, target, func, share, share_span) -> str:
+    def layer_path(self, scope, target, func, share, share_span, block: bool = False) -> str:
         if share is not None:
             if not isinstance(share, T) or share.id not in self.layer_of:
                 self.fail("share= names a value produced by a layer with weights", share_span,
                           "e.g. `b = dense(x2, 64, share = a)` reuses the weights of `a`")
-            return self.layer_of[share.id]
+            path = self.layer_of[share.id]
+            # NOTE: a layer shares a layer's weights and a block call a call of the same block:
+            # anything else would look its weights up under paths that hold none and make new
+            made_by = self.block_of.get(path)
+            if made_by != (func if block else None):
+                what = f"a call of block {made_by}" if made_by else "a layer"
+                self.fail(f"share = names a value made by {what} ('{path}'), whose weights "
+                          f"{func} cannot take", share_span,
+                          f"share a {'call of ' + made_by if made_by else 'layer'} with another "
+                          f"{'call of ' + made_by if made_by else 'call of the same op'}")
+            return path
         base = target or func
         rep = scope.repeat
         path = join_path(scope.prefix, base + "".join(f".{k}" for k in rep))
@@ -255,7 +265,7 @@ class CallElaboration:
                 specs = opdef.params(*in_types, **full)
             except ShapeError as err:
                 self.shape_fail(op, err, span, in_spans, ins, attr_spans)
-            shared = path in self.layer_of.values()
+            shared = path in self.layer_paths
             for k, spec in specs.items():
                 self.check_size(spec.shape, attrs, attr_spans, span)
                 if not is_concrete(spec.shape):
@@ -272,6 +282,7 @@ class CallElaboration:
         self.check_size(self.g.node(nid).shape or (), attrs, attr_spans, span)
         if path is not None:
             self.layer_of[nid] = path
+            self.layer_paths.add(path)
         if opdef.results is not None:  # several results packed in one value: a tuple
             with self.b.at(span, layer):
                 parts = opdef.results(self.b, nid, **full)
@@ -383,7 +394,8 @@ class CallElaboration:
         inner = Scope("", kind="block", frozen=frozen)
         inner.prefix = self.layer_path(scope, target, block.name, share,
                                        next((k.span for k in e.kwargs if k.name == "share"),
-                                            e.span))
+                                            e.span), block=True)
+        self.block_of.setdefault(inner.prefix, block.name)
         given = dict(zip(names, args))
         for k in e.kwargs:
             if k.name == "share" or k.name == "trainable" and k.name not in names:
@@ -422,9 +434,14 @@ class CallElaboration:
         if result is None:
             self.fail(f"block '{block.name}' returns nothing", block.span,
                       "end the block with `return value`")
+        # NOTE: a result made inside the call (even by its last layer, `|> dense(2)`) belongs to
+        # the call, so `share = result` reuses the whole block; one made outside (an argument
+        # returned as it is) keeps the layer that made it
         for v in result if isinstance(result, tuple) else (result,):
             if isinstance(v, T):
-                self.layer_of.setdefault(v.id, inner.prefix)
+                owner = self.layer_of.get(v.id)
+                if owner is None or owner.startswith(inner.prefix + "."):
+                    self.layer_of[v.id] = inner.prefix
         return result
 
 
