@@ -81,8 +81,11 @@ class CallElaboration:
             if not problem and p.kind == "float" and value is not None and abs(value) > FLOAT32_MAX:
                 problem = f"{value!r} is too large for float32 (it would be infinity)"
             if problem:
-                self.fail(f"{e.func}() argument '{p.name}': {problem}", span,
-                          f"signature: {e.func}({opdef.sig})")
+                hint = f"signature: {e.func}({opdef.sig})"
+                if e.func == "max" and isinstance(value, T):  # NOTE: numpy/torch's max(a, b)
+                    hint = "max reduces one tensor over axis; the elementwise larger of two " \
+                           "tensors is maximum(a, b)"
+                self.fail(f"{e.func}() argument '{p.name}': {problem}", span, hint)
             if p.kind in ("tensor", "tensor?"):
                 tensors.append(value)
                 tspans.append(span)
