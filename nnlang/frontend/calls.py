@@ -191,12 +191,17 @@ class CallElaboration:
             # NOTE: a layer shares a layer's weights and a block call a call of the same block:
             # anything else would look its weights up under paths that hold none and make new
             made_by = self.block_of.get(path)
-            if made_by != (func if block else None):
-                what = f"a call of block {made_by}" if made_by else "a layer"
+            op = self.layer_op.get(path)
+            if made_by != (func if block else None) or op is not None and not block and \
+                    LAYER_ALIASES.get(op, op) != LAYER_ALIASES.get(func, func):
+                what = f"a call of block {made_by}" if made_by else f"the {op} layer"
+                hint = (f"share a call of {made_by} with another call of {made_by}" if made_by
+                        else f"share a {op} layer with another {op}")
+                if op == "embedding" and not block:
+                    hint = f"to tie an embedding to an output layer, multiply by its weight " \
+                           f"transposed: `h @ transpose({path}.weight, perm = [1, 0])`"
                 self.fail(f"share = names a value made by {what} ('{path}'), whose weights "
-                          f"{func} cannot take", share_span,
-                          f"share a {'call of ' + made_by if made_by else 'layer'} with another "
-                          f"{'call of ' + made_by if made_by else 'call of the same op'}")
+                          f"{func} cannot take", share_span, hint)
             return path
         base = target or func
         rep = scope.repeat
@@ -268,7 +273,7 @@ class CallElaboration:
                 specs = opdef.params(*in_types, **full)
             except ShapeError as err:
                 self.shape_fail(op, err, span, in_spans, ins, attr_spans)
-            shared = path in self.layer_paths
+            shared = path in self.layer_op
             for k, spec in specs.items():
                 self.check_size(spec.shape, attrs, attr_spans, span)
                 if not is_concrete(spec.shape):
@@ -285,7 +290,7 @@ class CallElaboration:
         self.check_size(self.g.node(nid).shape or (), attrs, attr_spans, span)
         if path is not None:
             self.layer_of[nid] = path
-            self.layer_paths.add(path)
+            self.layer_op.setdefault(path, op)
         if opdef.results is not None:  # several results packed in one value: a tuple
             with self.b.at(span, layer):
                 parts = opdef.results(self.b, nid, **full)
@@ -446,6 +451,11 @@ class CallElaboration:
                 if owner is None or owner.startswith(inner.prefix + "."):
                     self.layer_of[v.id] = inner.prefix
         return result
+
+
+# NOTE: layer ops that are one layer under two names (nnlang/ops/nn.py registers linear with
+# dense's weights), so `linear(x, 3, share = a)` after `a = dense(x, 3)` shares
+LAYER_ALIASES = {"linear": "dense"}
 
 
 def int_literal_dtype(op: str, dtypes: list) -> str | None:

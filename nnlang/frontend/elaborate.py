@@ -54,7 +54,7 @@ class Elaborator(CallElaboration, ScanElaboration):
         self.g = Graph()
         self.b = Builder(self.g)
         self.layer_of: dict[int, str] = {}  # tensor id -> layer path that produced it
-        self.layer_paths: set[str] = set()  # layers that made a value: a call there shares
+        self.layer_op: dict[str, str] = {}  # layer path -> its op, once it made a value
         self.block_of: dict[str, str] = {}  # a block call's path -> the block's name
         self.origin: dict[int, tuple[str, Span]] = {}  # tensor id -> (value name, span)
         self.part_of: dict[int, tuple[int, int]] = {}  # result k of a packed call: id -> (call, k)
