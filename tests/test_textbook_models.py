@@ -122,3 +122,34 @@ def test_siamese_tower_against_pytorch(optimizer):
         for k, v in net.parameters().items():
             np.testing.assert_allclose(v, t[k].detach().numpy(), rtol=1e-9, atol=1e-12,
                                        err_msg=k)
+
+
+# *** ALBERT / the Universal Transformer: one post-norm layer applied again and again ***
+
+ALBERT = """
+block Layer(x, dim) {
+  a = layer_norm(x + multi_head_attention(x, heads = 2))
+  return layer_norm(a + (dense(a, 2 * dim) |> relu |> dense(dim)))
+}
+
+model Albert(dim = 8) {
+  input x: float32[batch, 5, dim]
+  h = Layer(x, dim)
+  repeat 3 {
+    h = Layer(h, dim, share = h)
+  }
+  output y = h
+}
+"""
+
+
+def test_a_layer_shared_across_depth_has_one_set_of_weights():
+    """The layer ends in layer_norm, so its result was filed under that layer_norm: each
+    `share = h` ran the block under h.layer_norm(.layer_norm...) with fresh weights, 2,400
+    parameters for 600 (PyTorch: one TransformerEncoderLayer-like module called 4 times)."""
+    graph = nnlang.load(ALBERT).graph
+    params = graph.params
+    per_layer = (4 * 8 * 8 + 4 * 8) + 2 * 2 * 8 + (8 * 16 + 16) + (16 * 8 + 8)
+    sizes = [int(np.prod(graph.node(nid).shape)) for nid in params.values()]
+    assert sum(sizes) == per_layer == 600
+    assert all(name.startswith("h.") and name.count(".") == 2 for name in params), sorted(params)
