@@ -315,6 +315,30 @@ def test_a_matmul_that_mixes_positions_still_recomputes(mixed):
     assert generator(lm_net(source=source)).reason.startswith("matmul")
 
 
+GLU = LM.replace("logits = dense(layer_norm(h2), vocab)",
+                 "u = dense(layer_norm(h2), 2 * dim)\n"
+                 "  glu = u[:, :, 0:dim] * sigmoid(u[:, :, dim:2 * dim])\n"
+                 "  logits = dense(h2 + glu, vocab)")
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_a_slice_of_the_features_decodes_incrementally(backend):
+    """A GLU feed-forward (each position's features cut in two halves) fell back to recomputing
+    the prefix for every token: 'slice mixes positions'. A slice of the time axis still does."""
+    net = lm_net(backend, source=GLU)
+    tokens = random_tokens((2, 16))
+    full = net.forward({"tokens": tokens, "next": tokens})["logits"]
+    np.testing.assert_allclose(step_logits(net, tokens, prompt_len=3), full, atol=1e-5, rtol=0)
+    opts = options_from(net.program.generate, {"max_new": 12})
+    cached = generator(net).generate(["the movie was", "a"], opts)
+    again = generator(net, recompute=True).generate(["the movie was", "a"], opts)
+    assert cached.mode == "incremental" and cached.reason is None
+    assert [s.ids for s in cached.samples] == [s.ids for s in again.samples]
+    shifted = LM.replace("logits = dense(layer_norm(h2), vocab)",
+                         "logits = dense(concat(h2[:, 0:1], h2[:, 0:maxlen - 1], axis = 1), vocab)")
+    assert generator(lm_net(source=shifted)).reason.startswith("slice")
+
+
 def test_char_tokenizer_round_trips():
     tok = CharTokenizer(CHARS)
     text = "hello, world! it's (fine)"

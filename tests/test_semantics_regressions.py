@@ -263,3 +263,34 @@ def test_a_shared_block_call_reuses_every_weight_of_the_first(calls):
     got, one = net.gradients(feeds), single.gradients(feeds)
     for name, g in one.items():   # NOTE: both calls see the same input: twice the gradient
         np.testing.assert_allclose(got[name], 2 * g, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+TOWER = """
+block Tower(x) {
+  return dense(x, 3) |> tanh |> dense(2)
+}
+model M {
+  input left: float32[batch, 4]
+  input right: float32[batch, 4]
+  a = Tower(left)
+  b = Tower(right, share = a)
+  loss sum(a * b)
+}
+"""
+
+
+def test_share_of_a_block_whose_result_is_a_layers_output_reuses_the_block():
+    """A Siamese tower that ends in a dense layer (`return ... |> dense(2)`), called again with
+    `share = a`: the result was filed under the block's last dense (a.dense_1), so the second
+    call ran the whole block under that path and got weights of its own (a.dense_1.dense...),
+    silently: twice the parameters and no sharing. Checked against numpy."""
+    net = nnlang.compile(TOWER, batch=2, seed=0, dtype="float64")
+    p = net.parameters()
+    assert sorted(p) == ["a.dense.bias", "a.dense.weight", "a.dense_1.bias", "a.dense_1.weight"]
+    rng = np.random.default_rng(1)
+    left, right = rng.normal(size=(2, 2, 4))
+    tower = lambda x: np.tanh(x @ p["a.dense.weight"] + p["a.dense.bias"]) \
+        @ p["a.dense_1.weight"] + p["a.dense_1.bias"]
+    got = net.evaluate({"left": left, "right": right})
+    np.testing.assert_allclose(list(got.values())[0], np.sum(tower(left) * tower(right)),
+                               rtol=1e-12)

@@ -81,8 +81,11 @@ class CallElaboration:
             if not problem and p.kind == "float" and value is not None and abs(value) > FLOAT32_MAX:
                 problem = f"{value!r} is too large for float32 (it would be infinity)"
             if problem:
-                self.fail(f"{e.func}() argument '{p.name}': {problem}", span,
-                          f"signature: {e.func}({opdef.sig})")
+                hint = f"signature: {e.func}({opdef.sig})"
+                if e.func == "max" and isinstance(value, T):  # NOTE: numpy/torch's max(a, b)
+                    hint = "max reduces one tensor over axis; the elementwise larger of two " \
+                           "tensors is maximum(a, b)"
+                self.fail(f"{e.func}() argument '{p.name}': {problem}", span, hint)
             if p.kind in ("tensor", "tensor?"):
                 tensors.append(value)
                 tspans.append(span)
@@ -179,12 +182,27 @@ class CallElaboration:
                 return T(self.b.literal(v, dtype))
         self.fail(f"{func}(): expected a tensor, got {show_value(v)}", span)
 
-    def layer_path(self, scope, target, func, share, share_span) -> str:
+    def layer_path(self, scope, target, func, share, share_span, block: bool = False) -> str:
         if share is not None:
             if not isinstance(share, T) or share.id not in self.layer_of:
                 self.fail("share= names a value produced by a layer with weights", share_span,
                           "e.g. `b = dense(x2, 64, share = a)` reuses the weights of `a`")
-            return self.layer_of[share.id]
+            path = self.layer_of[share.id]
+            # NOTE: a layer shares a layer's weights and a block call a call of the same block:
+            # anything else would look its weights up under paths that hold none and make new
+            made_by = self.block_of.get(path)
+            op = self.layer_op.get(path)
+            if made_by != (func if block else None) or op is not None and not block and \
+                    LAYER_ALIASES.get(op, op) != LAYER_ALIASES.get(func, func):
+                what = f"a call of block {made_by}" if made_by else f"the {op} layer"
+                hint = (f"share a call of {made_by} with another call of {made_by}" if made_by
+                        else f"share a {op} layer with another {op}")
+                if op == "embedding" and not block:
+                    hint = f"to tie an embedding to an output layer, multiply by its weight " \
+                           f"transposed: `h @ transpose({path}.weight, perm = [1, 0])`"
+                self.fail(f"share = names a value made by {what} ('{path}'), whose weights "
+                          f"{func} cannot take", share_span, hint)
+            return path
         base = target or func
         rep = scope.repeat
         path = join_path(scope.prefix, base + "".join(f".{k}" for k in rep))
@@ -255,7 +273,7 @@ class CallElaboration:
                 specs = opdef.params(*in_types, **full)
             except ShapeError as err:
                 self.shape_fail(op, err, span, in_spans, ins, attr_spans)
-            shared = path in self.layer_of.values()
+            shared = path in self.layer_op
             for k, spec in specs.items():
                 self.check_size(spec.shape, attrs, attr_spans, span)
                 if not is_concrete(spec.shape):
@@ -272,6 +290,7 @@ class CallElaboration:
         self.check_size(self.g.node(nid).shape or (), attrs, attr_spans, span)
         if path is not None:
             self.layer_of[nid] = path
+            self.layer_op.setdefault(path, op)
         if opdef.results is not None:  # several results packed in one value: a tuple
             with self.b.at(span, layer):
                 parts = opdef.results(self.b, nid, **full)
@@ -383,7 +402,8 @@ class CallElaboration:
         inner = Scope("", kind="block", frozen=frozen)
         inner.prefix = self.layer_path(scope, target, block.name, share,
                                        next((k.span for k in e.kwargs if k.name == "share"),
-                                            e.span))
+                                            e.span), block=True)
+        self.block_of.setdefault(inner.prefix, block.name)
         given = dict(zip(names, args))
         for k in e.kwargs:
             if k.name == "share" or k.name == "trainable" and k.name not in names:
@@ -422,10 +442,20 @@ class CallElaboration:
         if result is None:
             self.fail(f"block '{block.name}' returns nothing", block.span,
                       "end the block with `return value`")
+        # NOTE: a result made inside the call (even by its last layer, `|> dense(2)`) belongs to
+        # the call, so `share = result` reuses the whole block; one made outside (an argument
+        # returned as it is) keeps the layer that made it
         for v in result if isinstance(result, tuple) else (result,):
             if isinstance(v, T):
-                self.layer_of.setdefault(v.id, inner.prefix)
+                owner = self.layer_of.get(v.id)
+                if owner is None or owner.startswith(inner.prefix + "."):
+                    self.layer_of[v.id] = inner.prefix
         return result
+
+
+# NOTE: layer ops that are one layer under two names (nnlang/ops/nn.py registers linear with
+# dense's weights), so `linear(x, 3, share = a)` after `a = dense(x, 3)` shares
+LAYER_ALIASES = {"linear": "dense"}
 
 
 def int_literal_dtype(op: str, dtypes: list) -> str | None:

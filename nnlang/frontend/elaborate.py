@@ -33,6 +33,11 @@ from nnlang.ops.signature import show_value
 
 MAX_REPEAT = 10_000  # NOTE: each copy is elaborated; 10**9 would run for days, silently
 
+# NOTE: Python's spellings of constants, which a name lookup cannot place
+PYTHON_NAMES = {"None": "write none", "True": "write true", "False": "write false",
+                "inf": "there is no infinity: mask scores with a large negative number, -1e9",
+                "nan": "there is no nan literal"}
+
 
 @dataclass
 class Program:
@@ -54,6 +59,8 @@ class Elaborator(CallElaboration, ScanElaboration):
         self.g = Graph()
         self.b = Builder(self.g)
         self.layer_of: dict[int, str] = {}  # tensor id -> layer path that produced it
+        self.layer_op: dict[str, str] = {}  # layer path -> its op, once it made a value
+        self.block_of: dict[str, str] = {}  # a block call's path -> the block's name
         self.origin: dict[int, tuple[str, Span]] = {}  # tensor id -> (value name, span)
         self.part_of: dict[int, tuple[int, int]] = {}  # result k of a packed call: id -> (call, k)
         self.stack: list[str] = []          # block call chain, for recursion errors
@@ -350,7 +357,7 @@ class Elaborator(CallElaboration, ScanElaboration):
                       "a symbol is known only in its model's body: give a number or a "
                       "hyper-parameter (whole reviews: imdb(maxlen = none))")
         self.fail(f"unknown name '{e.id}'", e.span,
-                  did_you_mean(e.id, scope.vars) or
+                  PYTHON_NAMES.get(e.id) or did_you_mean(e.id, scope.vars) or
                   ("names must be defined before they are used" if scope.vars else None))
 
     def weight_ref(self, e: ast.WeightRef, scope: Scope) -> T:
@@ -362,6 +369,11 @@ class Elaborator(CallElaboration, ScanElaboration):
         head = e.path.split(".")[0]
         later = f"; '{head}' is defined later (line {scope.later[head].line})" \
             if head in scope.later and head not in scope.vars else ""
+        attr = e.path.rpartition(".")[2]
+        if attr in ("T", "shape", "mT") and e.path.rpartition(".")[0] in scope.vars:
+            self.fail(f"no weight '{e.path}' here: values have no attributes", e.span,
+                      "sizes are written in the types (reshape takes -1 for one of them)"
+                      if attr == "shape" else "transpose(x, perm = [1, 0]) swaps two axes")
         self.fail(f"no weight '{e.path}' here{later}", e.span,
                   did_you_mean(e.path, list(self.g.params)) or
                   ("weights so far: " + ", ".join(self.g.params) if self.g.params else

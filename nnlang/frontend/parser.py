@@ -61,6 +61,13 @@ _MISTAKES = {
         "model M { y = x[:, ::2] }", "model M { y = x[::2] }", "model M { y = x[0:4:2] }",
         "model M { output y = x[:, ::2] }", "model M { output y = x[0:4:2] }",
         "model M { y = f(x[:, ::2]) }", "model M { y = f(x[:, 0:4:2]) }"],
+    # NOTE: PyTorch habits: dim = (2, 3) and x.mean(1)
+    "parentheses group one expression; write a list of axes in brackets: axis = [0, 1]": [
+        "model M { y = f(x, axis = (0, 1)) }", "model M { y = f(x, (0, 1)) }",
+        "model M { output y = f(x, axis = (0, 1)) }"],
+    "values have no methods: call the op with the value first, e.g. mean(x, axis = 1)": [
+        "model M { y = x.mean(1) }", "model M { y = f(x.sum(axis = 1)) }",
+        "model M { output y = x.mean(1) }"],
     # NOTE: right after '=', `scan` is the loop keyword (grammars/nnlang.lark), not a call
     "after '=', scan runs a block once per step: `hs, h = scan Cell(h0) over x` (the op "
     "table's scan is what rnn, lstm and gru build; it is not called by hand)": [

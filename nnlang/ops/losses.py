@@ -111,11 +111,22 @@ def _ce_shape(logits, labels):
     need_float("cross_entropy", logits)
     if labels.dtype in INT_DTYPES:
         if logits.shape[:-1] != labels.shape:
+            # NOTE: one label per example but logits with more axes: most often a dense on an
+            # unflattened feature map, which acts on the last axis only
+            flat = labels.rank == 1 and logits.rank > 2
             raise ShapeError(f"cross_entropy: logits {fmt_shape(logits.shape)} need labels "
                              f"{fmt_shape(logits.shape[:-1])} (one class id per row), got "
                              f"{fmt_shape(labels.shape)}", arg=1,
-                             hint="logits are [batch, classes] or [batch, time, classes]")
+                             hint="dense acts on the last axis only: flatten the features "
+                                  "before the last layer, dense(flatten(h), classes)" if flat
+                             else "logits are [batch, classes] or [batch, time, classes]")
     elif is_float(labels.dtype):
+        if labels.shape == logits.shape[:-1]:
+            raise ShapeError(f"cross_entropy: float labels {fmt_shape(labels.shape)} are read as "
+                             f"probabilities shaped like the logits {fmt_shape(logits.shape)}; "
+                             "class ids must be ints", arg=1,
+                             hint="declare the labels int32 (`input label: int32[batch]`) or "
+                                  "cast them: cast(label, dtype = \"int32\")")
         _same_shape("cross_entropy", logits, labels)
     else:
         raise ShapeError(f"cross_entropy: labels must be int class ids or float probabilities, "

@@ -100,11 +100,15 @@ class Signature:
                 out[p.name] = positional.pop(0)
         if positional:
             raise BindError(f"takes at most {len(out)} positional arguments but "
-                            f"{len(args)} were given", arg=len(args) - len(positional))
+                            f"{len(args)} were given", f"signature: ({self})",
+                            arg=len(args) - len(positional))
         for name, value in kwargs.items():
             if name not in self.names():
-                raise BindError(f"has no parameter '{name}'",
-                                did_you_mean(name, self.names()) or f"parameters: {self}", name)
+                ours = TORCH_NAMES.get(name)
+                hint = (f"did you mean '{ours}'? (PyTorch's '{name}' is '{ours}' here)"
+                        if ours in self.names() else did_you_mean(name, self.names()))
+                raise BindError(f"has no parameter '{name}'", hint or f"parameters: {self}",
+                                name)
             if name in out:
                 raise BindError(f"got '{name}' twice (positionally and by keyword)", arg=name)
             out[name] = value
@@ -115,6 +119,12 @@ class Signature:
                                     f"signature: ({self})")
                 out[p.name] = [] if p.variadic else p.default
         return out
+
+
+# NOTE: keywords a PyTorch user writes by habit, and ours for them: too far apart for
+# did_you_mean's spelling match (dim vs axis)
+TORCH_NAMES = {"dim": "axis", "keepdim": "keepdims", "num_heads": "heads", "p": "rate",
+               "out_features": "units", "kernel_size": "kernel"}
 
 
 def _split_top(text: str) -> list[str]:

@@ -26,7 +26,9 @@ PROMPT_MASK = "_prompt_mask"
 # ops that compute each position from that position alone (on the last axis, or elementwise)
 POSITIONWISE = {"dense", "embedding", "dropout", "linear", "relu", "gelu", "silu", "elu",
                 "leaky_relu", "softplus", "clip", "square", "reciprocal"}
-LAST_AXIS = {"layer_norm": "axis", "softmax": "axis", "log_softmax": "axis"}
+# NOTE: a slice of the last axis is each position's own features (a GLU's two halves, a fused
+# q/k/v projection split three ways)
+LAST_AXIS = {"layer_norm": "axis", "softmax": "axis", "log_softmax": "axis", "slice": "axis"}
 
 
 class NotIncremental(Exception):
