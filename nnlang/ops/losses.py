@@ -3,7 +3,7 @@
 """
 from __future__ import annotations
 
-from nnlang.ir.dims import fmt_shape
+from nnlang.ir.dims import Sym, fmt_shape
 from nnlang.ops.nn import const_like, mean_over, need_float, stable_softplus
 from nnlang.ops.registry import (INT_DTYPES, Sample, ShapeError, TensorType, is_float, need_range,
                                  register)
@@ -109,20 +109,55 @@ register("bce_with_logits", "logits: tensor, target: tensor", _bce_logits_shape,
 
 def _ce_shape(logits, labels):
     need_float("cross_entropy", logits)
+    _need_class_axis("cross_entropy", logits)
+    rows = fmt_shape(logits.shape[:-1])
     if labels.dtype in INT_DTYPES:
         if logits.shape[:-1] != labels.shape:
             raise ShapeError(f"cross_entropy: logits {fmt_shape(logits.shape)} need labels "
-                             f"{fmt_shape(logits.shape[:-1])} (one class id per row), got "
-                             f"{fmt_shape(labels.shape)}", arg=1,
-                             hint="logits are [batch, classes] or [batch, time, classes]")
+                             f"{rows} (one class id per row), got {fmt_shape(labels.shape)}",
+                             arg=1, hint=(LABELS_ONE_HOT_HINT if labels.shape == logits.shape
+                                          else "logits are [batch, classes] or [batch, time, "
+                                               "classes]"))
     elif is_float(labels.dtype):
+        if labels.shape != logits.shape and _class_ids_shape(logits, labels):
+            # NOTE: a float label [batch] is a class id declared float (Keras reads it as one);
+            # reshaping it, as the generic hint says, would not fix it.
+            raise ShapeError(f"cross_entropy: float labels are probabilities shaped like the "
+                             f"logits {fmt_shape(logits.shape)}; class ids {rows} must be int, "
+                             f"got {labels}", arg=1,
+                             hint=f"declare the labels as int32{rows}")
         _same_shape("cross_entropy", logits, labels)
     else:
         raise ShapeError(f"cross_entropy: labels must be int class ids or float probabilities, "
                          f"got {labels}", arg=1)
-    if logits.rank < 1:
-        raise ShapeError("cross_entropy: logits need a class axis", arg=0)
     return _scalar(logits)
+
+
+LABELS_ONE_HOT_HINT = ("these labels look one-hot: give one int class id per row (the argmax), "
+                       "or declare them float32 as probabilities")
+
+
+def _class_ids_shape(logits: TensorType, labels: TensorType) -> bool:
+    """Labels of one id per row ([batch], or [batch, 1] as Keras' sparse labels often are)."""
+    rows = logits.shape[:-1]
+    return labels.shape in (rows, rows + (1,))
+
+
+def _need_class_axis(op: str, logits: TensorType) -> None:
+    """A softmax over classes needs a class axis of 2 or more that is not the batch: over one
+    class it is always 1 (a loss of 0 that never trains), over the batch it mixes examples.
+    Both are what a binary model with one score per row gives, the sigmoid habit of Keras."""
+    if logits.rank < 1:
+        raise ShapeError(f"{op}: logits need a class axis", arg=0)
+    last = logits.shape[-1]
+    if last == 1 or last == Sym.of("batch"):
+        what = ("its class axis has 1 class, so the softmax is always 1 and the loss 0"
+                if last == 1 else "its last axis is the batch, so the softmax would run across "
+                                  "the examples")
+        raise ShapeError(f"{op}: logits {fmt_shape(logits.shape)}: {what}", arg=0,
+                         hint="for one score per example (a binary task) use "
+                              "bce_with_logits(logit, label) and binary_accuracy; for classes, "
+                              "end with dense(h, classes)")
 
 
 def _cross_entropy(b, logits, labels):

@@ -4,16 +4,27 @@ comparisons (NONDIFF), so autodiff never walks through them.
 from __future__ import annotations
 
 from nnlang.ir.dims import fmt_shape
+from nnlang.ops.losses import LABELS_ONE_HOT_HINT
 from nnlang.ops.nn import mean_over, need_float
 from nnlang.ops.registry import INT_DTYPES, NONDIFF, Sample, ShapeError, TensorType, register
 
 
 def _accuracy_shape(logits, labels):
     need_float("accuracy", logits)
-    if labels.dtype not in INT_DTYPES or logits.shape[:-1] != labels.shape:
+    rows = logits.shape[:-1]
+    if labels.dtype not in INT_DTYPES or rows != labels.shape:
+        # NOTE: the hint follows the likely cause; one score per row is the only case where
+        # binary_accuracy is the fix.
+        if logits.rank >= 1 and logits.shape[-1] == 1:
+            hint = "for one sigmoid output use binary_accuracy"
+        elif labels.shape == logits.shape:
+            hint = LABELS_ONE_HOT_HINT.split(", or")[0]
+        elif labels.shape in (rows, rows + (1,)):
+            hint = f"declare the labels as int32{fmt_shape(rows)}"
+        else:
+            hint = "scores are [batch, classes] or [batch, time, classes]"
         raise ShapeError(f"accuracy: scores {fmt_shape(logits.shape)} need int class ids "
-                         f"{fmt_shape(logits.shape[:-1])}, got {labels}", arg=1,
-                         hint="for one sigmoid output use binary_accuracy")
+                         f"{fmt_shape(rows)}, got {labels}", arg=1, hint=hint)
     return TensorType((), logits.dtype)
 
 
