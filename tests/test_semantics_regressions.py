@@ -214,6 +214,37 @@ def test_a_reshape_that_splits_the_class_axis_is_no_warning():
     assert load(src).warnings == []
 
 
+@pytest.mark.parametrize("layer,image", [
+    ("conv2d(x, 8, 3)", "float32[batch, 32, 32, 3]"),
+    ("max_pool2d(x, 2)", "float32[batch, 64, 64, 3]"),
+    ("conv1d(x, 8, 3)", "float32[batch, 100, 3]"),
+])
+def test_a_channels_last_image_into_a_convolution_is_a_located_warning(layer, image):
+    """Keras' [batch, height, width, channels] checks as many channels of a thin image and
+    trains on nonsense: a warning at the layer, with the channels-first declaration."""
+    src = f"""model M {{
+  input x: {image}
+  output y = {layer}
+}}"""
+    (warning,) = load(src).warnings
+    text = warning.render()
+    assert text.startswith("<string>:3:14: warning: ")
+    assert "looks channels-last" in text and "channels_last = true" in text
+
+
+@pytest.mark.parametrize("layer,image", [
+    ("conv2d(x, 8, 3, channels_last = true)", "float32[batch, 32, 32, 3]"),
+    ("conv2d(x, 8, 3)", "float32[batch, 3, 32, 32]"),
+    ("conv1d(x, 8, 3)", "float32[batch, 128, 200]"),
+])
+def test_a_channels_first_or_declared_channels_last_image_is_no_warning(layer, image):
+    src = f"""model M {{
+  input x: {image}
+  output y = {layer}
+}}"""
+    assert load(src).warnings == []
+
+
 def test_logits_into_cross_entropy_give_no_warning():
     for path in ("models/mlp.nn", "models/cnn.nn", "models/transformer.nn"):
         assert load(path).warnings == []

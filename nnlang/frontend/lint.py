@@ -4,7 +4,9 @@ should not produce that argument (as an op, or as a layer's `activation =`)."""
 from __future__ import annotations
 
 from nnlang.errors import Diagnostic
+from nnlang.ir.dims import fmt_shape
 from nnlang.ir.graph import Graph
+from nnlang.ops.conv import channels_last_hint, looks_channels_last
 
 # (loss op, argument index, producing activation, why, hint)
 PRODUCER_RULES = (
@@ -36,10 +38,31 @@ def _producer(g: Graph, nid: int):
     return node
 
 
+# Ops that slide a window over the axes after the channels: an image declared the Keras way
+# ([batch, 32, 32, 3]) still checks, as 32 channels of 32x3 pixels, and trains on nonsense.
+WINDOWED = {"conv1d": 1, "conv2d": 2, "max_pool1d": 1, "avg_pool1d": 1, "max_pool2d": 2,
+            "avg_pool2d": 2}
+
+
+def _channels_last(g: Graph, node):
+    nd = WINDOWED.get(node.op)
+    if nd is None or node.attrs.get("channels_last") or not node.inputs:
+        return None
+    shape = g.node(node.inputs[0]).type.shape
+    if not looks_channels_last(shape, nd):
+        return None
+    return Diagnostic(f"{node.op} reads axis 1 of {fmt_shape(shape)} as {shape[1]} channels and "
+                      f"slides over {fmt_shape(shape[2:])}", node.span,
+                      channels_last_hint(shape, nd), severity="warning")
+
+
 def lint(g: Graph) -> list[Diagnostic]:
-    """The warnings for the user-level graph `g`, each at the loss's span."""
+    """The warnings for the user-level graph `g`, each at the span of the op at fault."""
     found = []
     for node in g:
+        layout = _channels_last(g, node)
+        if layout is not None:
+            found.append(layout)
         for loss, arg, producer, why, hint in PRODUCER_RULES:
             if node.op != loss or len(node.inputs) <= arg:
                 continue

@@ -20,6 +20,23 @@ from nnlang.ops.signature import show_value
 _LAYOUT = {1: "[batch, channels, length]", 2: "[batch, channels, height, width]"}
 
 
+def looks_channels_last(shape, nd: int) -> bool:
+    """A channels-first input whose last axis is few (1 gray, 3 RGB, 4 RGBA) and whose channel
+    axis is many times more: Keras' [batch, height, width, channels] layout, most likely."""
+    if len(shape) != nd + 2 or not all(isinstance(d, int) for d in shape[1:]):
+        return False
+    return shape[-1] <= 4 and shape[1] >= 4 * shape[-1] and shape[1] >= 8
+
+
+def channels_last_hint(shape, nd: int, exact: bool = True) -> str:
+    """How to fix a channels-last `shape`; `exact` when it is the declared image itself (a
+    window that no longer fits deeper in the net shows a shape the input does not have)."""
+    fix = (f"declare the input as {fmt_shape((shape[0], shape[-1], *shape[1:-1]))}" if exact
+           else "declare the input channels-first")
+    return (f"{fmt_shape(shape)} looks channels-last (Keras' layout); nnlang's convolutions and "
+            f"pools take {_LAYOUT[nd]}: {fix}, or pass channels_last = true")
+
+
 def _tuple(op, name, given, nd):
     v = [given] * nd if isinstance(given, int) else list(given)
     if len(v) != nd or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1
@@ -81,7 +98,9 @@ def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_l
             raise ShapeError(f"{op}: window {kernel[i]} (dilation {dilation[i]}) does not fit "
                              f"spatial size {spatial[i]} of {fmt_shape(x.shape)} with padding "
                              f"{pads[2 * i]}+{pads[2 * i + 1]}", arg=0,
-                             hint="use padding = \"same\" or a smaller kernel")
+                             hint=(channels_last_hint(x.shape, nd, exact=False) if not channels_last and
+                                   looks_channels_last(x.shape, nd) else
+                                   "use padding = \"same\" or a smaller kernel"))
         out.append(o)
     return shape, kernel, stride, pads, dilation, out
 
