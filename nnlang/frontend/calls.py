@@ -13,6 +13,7 @@ from nnlang.ir.dims import fmt_shape, is_concrete, size_problem
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS, init_problem
 from nnlang.ops.registry import ParamSpec, ShapeError, sym_dims
+from nnlang.ops.rnn import last_step_hint
 from nnlang.ops.signature import BindError, check_kind, show_value
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -315,7 +316,22 @@ class CallElaboration:
             name, where = self.origin.get(t.id, (node.name or written or f"%{t.id}", node.span))
             notes.append((f"'{name}' is {node.type}, from {self.describe(t.id)}", where))
         msg = err.message if err.message.startswith(op) else f"{op}: {err.message}"
-        self.fail(msg, at, err.hint, notes)
+        hint = err.hint
+        if err.arg is not None and err.arg < len(ins) and ins[err.arg] is not None:
+            hint = last_step_hint(op, self.maker(ins[err.arg].id)) or hint
+        self.fail(msg, at, hint, notes)
+
+    def maker(self, nid: int):
+        """The node that made a value, through ops that keep its shape (dropout, activations):
+        in `lstm(x, 64) |> dropout(0.2) |> lstm(32)` the second lstm reads the first's."""
+        node = self.g.node(nid)
+        while nid not in self.part_of:
+            tensor_ins = [i for i in node.inputs if self.g.node(i).op not in ("param", "const")]
+            if len(tensor_ins) != 1 or self.g.node(tensor_ins[0]).shape != node.shape:
+                break
+            nid = tensor_ins[0]
+            node = self.g.node(nid)
+        return node
 
     def describe(self, nid: int, depth: int = 3) -> str:
         """The chain of ops that produced a value, e.g. `flatten <- max_pool2d <- conv2d`."""
