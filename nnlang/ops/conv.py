@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from nnlang.errors import did_you_mean
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.init import init_spec
 from nnlang.ops.movement import window_out
@@ -67,7 +68,9 @@ def _pads(op, padding, size, kernel, stride, dilation):
         if len(pads) == 2 * nd:
             return list(pads)
     raise ShapeError(f"{op}: padding must be \"same\", \"valid\", an int, {nd} ints or {2 * nd} "
-                     f"lo/hi ints, got {show_value(padding)}", attr="padding")
+                     f"lo/hi ints, got {show_value(padding)}", attr="padding",
+                     hint=did_you_mean(padding, ("same", "valid")) if isinstance(padding, str)
+                     else None)
 
 
 def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_last=False,
