@@ -157,7 +157,7 @@ FOREIGN_NAMES = {
 }
 
 
-def did_you_mean(name: str, candidates) -> str | None:
+def closest(name: str, candidates, cutoff: float = 0.6) -> str | None:
     """The candidate a misspelt `name` most likely meant: a known Keras/PyTorch spelling, the
     same name in other case (`"Relu"`, `"SAME"`), or the closest by letters."""
     import difflib
@@ -165,9 +165,14 @@ def did_you_mean(name: str, candidates) -> str | None:
     names = sorted(set(candidates))
     foreign = FOREIGN_NAMES.get(name)
     if foreign in names and foreign != name:
-        return f"did you mean '{foreign}'?"
+        return foreign
     folded = [c for c in names if c.lower() == name.lower() and c != name]
     if folded:
-        return f"did you mean '{folded[0]}'?"
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
+        return folded[0]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, candidates) -> str | None:
+    guess = closest(name, candidates)
+    return f"did you mean '{guess}'?" if guess else None

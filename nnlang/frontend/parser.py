@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lark import Lark, Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
-from nnlang.errors import Diagnostic, NNError, Span
+from nnlang.errors import Diagnostic, NNError, Span, closest, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.deep import check_nesting
 from nnlang.frontend.source import read_source
@@ -52,6 +52,12 @@ _MISTAKES = {
         "model M { y = f(a)", "block B(x) { return x", "train M { batch = 1"],
     "'(' is never closed": ["model M { y = f(a }", "model M { y = f(a, b }"],
     "use '==' to compare; '=' only binds names": ["model M { y = a = b }"],
+    "tuples are written as lists: `[3, 3]`, not `(3, 3)`": [
+        "model M { y = f(a, (3, 3)) }", "model M { y = f((3, 3)) }",
+        "model M { y = f(a, k = (3, 3)) }", "model M { y = f(a, (1, 2, 3)) }"],
+    "a loss is `loss expression` or, named, `loss name = expression`": [
+        "model M { loss = f(a) }"],
+    "a metric is `metric name = expression`": ["model M { metric = f(a) }"],
     "a train section holds settings like `batch = 64`": ["train M { batch 64 }"],
     "comparisons do not chain: compare two values at a time": [
         "model M { y = a == b == c }", "model M { y = a < b < c }",
@@ -112,6 +118,9 @@ def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
         msg = f"unexpected character {shown}"
         span = Span(file, line, col, line, col + 1, source)
         hint = _character_hint(char)
+        if char == "." and re.search(r"\bmodel\s*$", source[:err.pos_in_stream]):
+            hint = ("nnlang has no model.add(): write each layer as a statement, "
+                    "`h = dense(x, 64)`, inside `model Name { ... }`")
         if hint:
             return Diagnostic(msg, span, hint)
     else:
@@ -125,10 +134,10 @@ def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
             msg = f"unexpected '{tok}'"
             span = Span(file, tok.line, tok.column, tok.end_line, tok.end_column, source)
         expected = getattr(err, "expected", None) or getattr(err, "accepts", None)
-    hint = None
+    hint = None if isinstance(err, UnexpectedCharacters) else _habit_hint(err, source)
     try:
         # NOTE: use_accepts=True trips a formatting bug in lark 1.3's debug logging
-        hint = err.match_examples(p.parse, _MISTAKES, use_accepts=False)
+        hint = hint or err.match_examples(p.parse, _MISTAKES, use_accepts=False)
     except Exception:  # NOTE: matching is best effort; a failed match must not hide the error
         hint = None
     unclosed = _unclosed_brace(source) if at_end else None
@@ -137,6 +146,52 @@ def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
     if not hint and not isinstance(err, UnexpectedCharacters) and expected:
         msg += f"; expected {_describe_expected(p, expected)}"
     return Diagnostic(msg, span, hint)
+
+
+KEYWORDS = ("model", "block", "train", "generate", "import", "input", "param", "symbol",
+            "output", "loss", "metric", "return", "repeat")
+# what a PyTorch or Keras call's module prefix is; `F.relu(x)` is `relu(x)`
+_MODULES = {"nn", "F", "torch", "tf", "keras", "layers", "functional", "K", "np"}
+_DOTTED_CALL = re.compile(r"([A-Za-z_]\w*)((?:\.[A-Za-z_]\w*)+)\s*$")
+
+
+def _habit_hint(err: UnexpectedInput, source: str) -> str | None:
+    """Hints for what Keras and PyTorch code brings along, read from the failing line: a
+    misspelt keyword, a method or module call (`x.view(...)`, `F.relu(x)`) and a layer object
+    called on its input (`Dense(64)(x)`)."""
+    tok = getattr(err, "token", None)
+    lines = source.split("\n")
+    if not isinstance(tok, Token) or _at_end(err) or not 0 < tok.line <= len(lines):
+        return None
+    line = lines[tok.line - 1]
+    before = line[:tok.column - 1]
+    if "//" in line[max(tok.column - 2, 0):tok.column + 1]:
+        return "comments start with '#'"
+    first = re.fullmatch(r"\s*([A-Za-z_]\w*)\s+", before)
+    # a statement starts with a keyword or `name =`, an item with a keyword: a word then a
+    # name, or an unknown word opening an item, is a misspelt keyword (`inptu x`, `Model M`)
+    word = first.group(1) if first else tok if not before.strip() and tok.type == "NAME" else None
+    if word and word not in KEYWORDS:
+        guess = did_you_mean(word, KEYWORDS)
+        if guess:
+            return f"did you mean the keyword {guess.removeprefix('did you mean ')}"
+    if tok != "(":
+        return None
+    if before.rstrip().endswith(")"):
+        return ("a call gives a tensor, not a layer to call again: pass the input first, "
+                "`dense(x, 64, activation = \"relu\")`")
+    dotted = _DOTTED_CALL.search(before)
+    if dotted:
+        from nnlang.ops import registry
+
+        head, name = dotted.group(1), dotted.group(2).rsplit(".", 1)[-1]
+        ops = [n for n in registry.all_ops() if n != "scan"]
+        # NOTE: a stricter cutoff than a typo's: a method name is often no op at all
+        op = name if name in ops else closest(name, ops, cutoff=0.8) or "op"
+        call = f"`{op}(...)`" if head in _MODULES else f"`{op}({head}, ...)`"
+        return (f"nnlang has no methods or modules: call an op by name, its tensor first: "
+                f"{call}" + (" (`nnlang ops` lists them)" if op == "op" else ""))
+    return None
 
 
 def _character_hint(char: str) -> str | None:

@@ -101,9 +101,9 @@ def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_l
             raise ShapeError(f"{op}: window {kernel[i]} (dilation {dilation[i]}) does not fit "
                              f"spatial size {spatial[i]} of {fmt_shape(x.shape)} with padding "
                              f"{pads[2 * i]}+{pads[2 * i + 1]}", arg=0,
-                             hint=(channels_last_hint(x.shape, nd, exact=False) if not channels_last and
-                                   looks_channels_last(x.shape, nd) else
-                                   "use padding = \"same\" or a smaller kernel"))
+                             hint=(channels_last_hint(x.shape, nd, exact=False)
+                                   if not channels_last and looks_channels_last(x.shape, nd)
+                                   else "use padding = \"same\" or a smaller kernel"))
         out.append(o)
     return shape, kernel, stride, pads, dilation, out
 
