@@ -34,6 +34,10 @@ from nnlang.ops.signature import show_value
 MAX_REPEAT = 10_000  # NOTE: each copy is elaborated; 10**9 would run for days, silently
 
 
+ANY_SIZE_HINT = ("write `batch` for the batch dim (it needs no declaration), or declare "
+                 "`symbol seq` for another size that comes with the data")
+
+
 @dataclass
 class Program:
     """What elaboration produces: the user-level graph and the resolved train section."""
@@ -272,11 +276,14 @@ class Elaborator(CallElaboration, ScanElaboration):
                       did_you_mean(t.dtype, DTYPES) or f"dtypes: {', '.join(DTYPES)}")
         dims = []
         for d in t.dims:
+            if isinstance(d, ast.Name) and d.id == "None":
+                # NOTE: Keras' shape=(None, 784): the size that comes with the data
+                self.fail("a dim of any size is a symbol, not None", d.span, ANY_SIZE_HINT)
             v = self.const_expr(d, scope)
             if not (isinstance(v, Sym) or isinstance(v, int) and not isinstance(v, bool)
                     and v > 0):
                 self.fail(f"a dim must be a positive integer or a symbol, got {show_value(v)}",
-                          d.span)
+                          d.span, ANY_SIZE_HINT if v is None or v == -1 else None)
             dims.append(v)
             problem = size_problem(dims)
             if problem:
@@ -349,6 +356,9 @@ class Elaborator(CallElaboration, ScanElaboration):
                       "batch's data, so it has no value here", e.span,
                       "a symbol is known only in its model's body: give a number or a "
                       "hyper-parameter (whole reviews: imdb(maxlen = none))")
+        if e.id in ("None", "True", "False"):
+            self.fail(f"unknown name '{e.id}'", e.span,
+                      f"nnlang writes it in lower case: {e.id.lower()}")
         self.fail(f"unknown name '{e.id}'", e.span,
                   did_you_mean(e.id, scope.vars) or
                   ("names must be defined before they are used" if scope.vars else None))
@@ -516,8 +526,10 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
     for key, d in defs.items():
         if isinstance(d, (ast.TrainDef, ast.GenerateDef)) and d.name not in defs:
             kind = "train" if isinstance(d, ast.TrainDef) else "generate"
+            names = [m.name for m in models]
             errors.add(f"{kind} section for unknown model '{d.name}'", d.span,
-                       did_you_mean(d.name, [m.name for m in models]))
+                       did_you_mean(d.name, names) or
+                       f"name a model of this file: {', '.join(names)}" if names else None)
     el = Elaborator(defs, errors)
     hparams = el.model(chosen, overrides or {})
     train = None

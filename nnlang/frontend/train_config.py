@@ -260,6 +260,22 @@ def _data_choice(name: str, args: list, options: dict, span, errors: ErrorSink, 
     return Choice(name, options) if ok else None
 
 
+def _option_hint(s: ast.Setting, t: ast.TrainDef) -> str | None:
+    """An optimizer's or schedule's option written as a setting of its own (`lr = 0.1`, as
+    Keras' compile(learning_rate=...) reads): where it goes instead. `--set lr=0.1` takes it
+    bare, the file does not."""
+    for setting, table in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        owners = [name for name, d in table.items()
+                  if any(p.name == s.name for p in d.sig.params)]
+        if owners:
+            given = next((getattr(o.value, "func", getattr(o.value, "id", None))
+                          for o in t.settings if o.name == setting), None)
+            example = given if given in owners else "adam" if "adam" in owners else owners[0]
+            return (f"'{s.name}' is an option of the {setting}: "
+                    f"`{setting} = {example}({s.name} = ...)`")
+    return None
+
+
 def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
                     weight=None, graph=None) -> TrainConfig:
     """Evaluates each setting with `evaluate` (the model's hyper-parameters are in scope);
@@ -271,7 +287,8 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
     for s in t.settings:
         if s.name not in SETTINGS:
             errors.add(f"unknown train setting '{s.name}'", s.span,
-                       did_you_mean(s.name, SETTINGS) or f"settings: {', '.join(SETTINGS)}")
+                       _option_hint(s, t) or did_you_mean(s.name, SETTINGS)
+                       or f"settings: {', '.join(SETTINGS)}")
             continue
         if s.name in values:
             errors.add(f"train setting '{s.name}' is given twice", s.span)
