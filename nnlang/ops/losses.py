@@ -115,9 +115,7 @@ def _ce_shape(logits, labels):
         if logits.shape[:-1] != labels.shape:
             raise ShapeError(f"cross_entropy: logits {fmt_shape(logits.shape)} need labels "
                              f"{rows} (one class id per row), got {fmt_shape(labels.shape)}",
-                             arg=1, hint=(LABELS_ONE_HOT_HINT if labels.shape == logits.shape
-                                          else "logits are [batch, classes] or [batch, time, "
-                                               "classes]"))
+                             arg=1, hint=_ids_hint(logits, labels))
     elif is_float(labels.dtype):
         if labels.shape != logits.shape and _class_ids_shape(logits, labels):
             # NOTE: a float label [batch] is a class id declared float (Keras reads it as one);
@@ -131,6 +129,16 @@ def _ce_shape(logits, labels):
         raise ShapeError(f"cross_entropy: labels must be int class ids or float probabilities, "
                          f"got {labels}", arg=1)
     return _scalar(logits)
+
+
+def _ids_hint(logits: TensorType, labels: TensorType) -> str:
+    if labels.shape == logits.shape:
+        return LABELS_ONE_HOT_HINT
+    if logits.rank > 2 and labels.shape == logits.shape[:1]:
+        # NOTE: dense on [batch, 28, 28] maps the last axis only, as Keras' Dense does
+        return ("the logits kept the input's middle axes (dense works on the last axis): "
+                "flatten first, `flatten(x) |> dense(classes)`")
+    return "logits are [batch, classes] or [batch, time, classes]"
 
 
 LABELS_ONE_HOT_HINT = ("these labels look one-hot: give one int class id per row (the argmax), "
