@@ -72,8 +72,12 @@ class CallElaboration:
                     problem = check_kind(p.kind, v, isinstance(v, T))
                     if problem:
                         got = "a list" if isinstance(v, list) else show_value(v)
+                        # NOTE: torch.cat([a, b]) and Keras' Concatenate()([a, b]) take a list
+                        hint = (f"pass the tensors themselves, not a list: "
+                                f"`{e.func}(a, b, ...)`" if isinstance(v, list)
+                                else f"signature: {e.func}({opdef.sig})")
                         self.fail(f"{e.func}() argument {i + 1}: {problem}, got {got}",
-                                  spans.get(i, e.span), f"signature: {e.func}({opdef.sig})")
+                                  spans.get(i, e.span), hint)
                     tensors.append(v)
                     tspans.append(spans.get(i, e.span))
                 continue

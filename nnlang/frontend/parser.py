@@ -118,6 +118,8 @@ def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
         msg = f"unexpected character {shown}"
         span = Span(file, line, col, line, col + 1, source)
         hint = _character_hint(char)
+        if source.startswith("...", err.pos_in_stream):
+            hint = "no '...' (ellipsis) in a subscript: write every leading axis, `x[:, 0]`"
         if char == "." and re.search(r"\bmodel\s*$", source[:err.pos_in_stream]):
             hint = ("nnlang has no model.add(): write each layer as a statement, "
                     "`h = dense(x, 64)`, inside `model Name { ... }`")
@@ -152,6 +154,15 @@ KEYWORDS = ("model", "block", "train", "generate", "import", "input", "param", "
             "output", "loss", "metric", "return", "repeat")
 # what a PyTorch or Keras call's module prefix is; `F.relu(x)` is `relu(x)`
 _MODULES = {"nn", "F", "torch", "tf", "keras", "layers", "functional", "K", "np"}
+_PYTHON_STATEMENTS = {
+    "for": "no loops: `repeat N { ... }` stacks a body N times (`h = dense(h, 64)` inside "
+           "carries h from one copy to the next)",
+    "while": "no loops: `repeat N { ... }` stacks a body N times",
+    "if": "no conditionals: a graph is fixed when checked; compute both and select with "
+          "`where(cond, a, b)`",
+    "def": "a function is a block: `block Name(x, units) { ... return y }`",
+    "class": "a model is `model Name(hyper = 1) { input ... }`; a reusable part is a `block`",
+}
 _DOTTED_CALL = re.compile(r"([A-Za-z_]\w*)((?:\.[A-Za-z_]\w*)+)\s*$")
 
 
@@ -171,6 +182,8 @@ def _habit_hint(err: UnexpectedInput, source: str) -> str | None:
     # a statement starts with a keyword or `name =`, an item with a keyword: a word then a
     # name, or an unknown word opening an item, is a misspelt keyword (`inptu x`, `Model M`)
     word = first.group(1) if first else tok if not before.strip() and tok.type == "NAME" else None
+    if word in _PYTHON_STATEMENTS:
+        return _PYTHON_STATEMENTS[word]
     if word and word not in KEYWORDS:
         guess = did_you_mean(word, KEYWORDS)
         if guess:

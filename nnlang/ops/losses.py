@@ -13,8 +13,13 @@ def _same_shape(op, a: TensorType, b: TensorType) -> None:
     # NOTE: no broadcasting here on purpose: pred [batch, 1] against target [batch] would
     # silently build a [batch, batch] loss.
     if a.shape != b.shape:
+        classes = (b.dtype in INT_DTYPES and a.rank >= 2 and a.shape[-1] != 1
+                   and a.shape[:-1] == b.shape)
         raise ShapeError(f"{op}: prediction {fmt_shape(a.shape)} and target {fmt_shape(b.shape)} "
-                         "differ", arg=1, hint="reshape or squeeze one side so they match")
+                         "differ", arg=1,
+                         hint=("int class ids against a score per class: for classes use "
+                               "cross_entropy(logits, labels)" if classes else
+                               "reshape or squeeze one side so they match"))
 
 
 def _binary_pair(op, p: TensorType, y: TensorType) -> None:
@@ -107,7 +112,19 @@ register("bce_with_logits", "logits: tensor, target: tensor", _bce_logits_shape,
              "max(z, 0) - z*y + log(1 + e**-|z|), averaged. Prefer it to sigmoid + bce.")
 
 
+def need_scores_first(op: str, scores: TensorType, labels: TensorType) -> None:
+    """int ids first and float scores second: the arguments are swapped (Keras' losses take
+    (y_true, y_pred), nnlang's and PyTorch's (prediction, target))."""
+    if labels.dtype in INT_DTYPES or not is_float(labels.dtype) or is_float(scores.dtype):
+        return
+    if labels.rank > 0 and labels.shape[:-1] == scores.shape:
+        raise ShapeError(f"{op}: the scores come first, then the labels; got {scores} first "
+                         f"and {labels} second", arg=0,
+                         hint=f"swap them: {op}(logits, labels)")
+
+
 def _ce_shape(logits, labels):
+    need_scores_first("cross_entropy", logits, labels)
     need_float("cross_entropy", logits)
     _need_class_axis("cross_entropy", logits)
     rows = fmt_shape(logits.shape[:-1])

@@ -4,12 +4,13 @@ comparisons (NONDIFF), so autodiff never walks through them.
 from __future__ import annotations
 
 from nnlang.ir.dims import fmt_shape
-from nnlang.ops.losses import LABELS_ONE_HOT_HINT
+from nnlang.ops.losses import LABELS_ONE_HOT_HINT, need_scores_first
 from nnlang.ops.nn import mean_over, need_float
 from nnlang.ops.registry import INT_DTYPES, NONDIFF, Sample, ShapeError, TensorType, register
 
 
 def _accuracy_shape(logits, labels):
+    need_scores_first("accuracy", logits, labels)
     need_float("accuracy", logits)
     rows = logits.shape[:-1]
     if labels.dtype not in INT_DTYPES or rows != labels.shape:
