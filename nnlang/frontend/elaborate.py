@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nnlang.errors import ErrorSink, Span, did_you_mean
+from nnlang.errors import ErrorSink, Span, closest, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration, number_text
 from nnlang.frontend.deep import deep_stack
@@ -19,7 +19,7 @@ from nnlang.frontend.lint import lint
 from nnlang.frontend.parser import parse
 from nnlang.frontend.scan import ScanElaboration
 from nnlang.frontend.source import load_source
-from nnlang.frontend.train_config import TrainConfig, elaborate_train
+from nnlang.frontend.train_config import TRAIN_SET_KEYS, TrainConfig, elaborate_train
 from nnlang.frontend.values import (POISON, TENSOR_BINOPS, Abort, Initializer, Scope, T,
                                     eval_binop, join_path)
 from nnlang.gc_pause import paused_gc
@@ -79,6 +79,19 @@ class Elaborator(CallElaboration, ScanElaboration):
             pass  # NOTE: a model without a loss can still be checked and run for inference
         return hparams
 
+    @staticmethod
+    def set_hint(key: str, names: list) -> str:
+        """A --set name that is no hyper-parameter: a train setting (which `nnlang train`
+        takes, `nnlang check` not) or one misspelt (`epoch`, Keras' `learning_rate`)."""
+        if key in TRAIN_SET_KEYS:
+            return f"'{key}' is a train setting: `nnlang train` takes it with --set"
+        guess = closest(key, names) or closest(key, TRAIN_SET_KEYS)
+        if guess in TRAIN_SET_KEYS and guess not in names:
+            return f"did you mean the train setting '{guess}'?"
+        if guess:
+            return f"did you mean '{guess}'?"
+        return f"hyper-parameters: {', '.join(names) or 'none'}"
+
     def bind_hparams(self, m: ast.ModelDef, overrides: dict, scope: Scope) -> dict:
         names = [p.name for p in m.params]
         symbols = {n: st.span for st in m.body if isinstance(st, ast.Symbol) for n in st.names}
@@ -91,8 +104,7 @@ class Elaborator(CallElaboration, ScanElaboration):
                                 "sequences of the length you want")
             elif key not in names:
                 self.errors.add(f"--set {key}: model '{m.name}' has no hyper-parameter '{key}'",
-                                m.span, did_you_mean(key, names) or
-                                f"hyper-parameters: {', '.join(names) or 'none'}")
+                                m.span, self.set_hint(key, names))
         for p in m.params:
             if p.name in overrides:
                 value = overrides[p.name]

@@ -78,6 +78,9 @@ _SCALARS = {"batch": "int", "epochs": "int", "val_split": "float", "seed": "int"
             "monitor": "str", "mode": "str"}
 PENALTY_LISTS = ("l1_on", "l2_on")
 SETTINGS = ("data", "optimizer", "schedule", *_SCALARS, "init_from", *PENALTY_LISTS)
+# what `nnlang train --set NAME=...` takes besides hyper-parameters
+TRAIN_SET_KEYS = ("lr", *SETTINGS, *dict.fromkeys(
+    p.name for o in (*OPTIMIZERS.values(), *SCHEDULES.values()) for p in o.sig.params))
 FLAGS = {"lr": "--lr", "epochs": "--epochs", "batch": "--batch", "seed": "--seed",
          "val_split": "--val-split"}
 
