@@ -245,6 +245,29 @@ def test_a_channels_first_or_declared_channels_last_image_is_no_warning(layer, i
     assert load(src).warnings == []
 
 
+@pytest.mark.parametrize("op", ["softmax(h, axis = 0)", "log_softmax(h, 0)",
+                                "softmax(h, axis = -2)"])
+def test_a_softmax_across_the_batch_is_a_located_warning(op):
+    src = f"""model M {{
+  input x: float32[batch, 4]
+  h = dense(x, 3)
+  output p = {op}
+}}"""
+    (warning,) = load(src).warnings
+    text = warning.render()
+    assert text.startswith("<string>:4:14: warning: ") and "across the examples" in text
+    assert "axis = -1" in text
+
+
+def test_a_softmax_over_classes_or_time_is_no_warning():
+    src = """model M {
+  input x: float32[batch, 5, 4]
+  output a = softmax(x)
+  output b = softmax(x, axis = 1)
+}"""
+    assert load(src).warnings == []
+
+
 def test_logits_into_cross_entropy_give_no_warning():
     for path in ("models/mlp.nn", "models/cnn.nn", "models/transformer.nn"):
         assert load(path).warnings == []

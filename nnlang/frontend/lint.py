@@ -1,10 +1,11 @@
 """Warnings on a checked program: code that runs but is very likely not what was meant (the last
-step of elaboration). Each rule names a loss, the argument it reads and the activation that
-should not produce that argument (as an op, or as a layer's `activation =`)."""
+step of elaboration): a loss fed the activation it applies itself (as an op, or as a layer's
+`activation =`), an image in Keras' channels-last layout under a convolution, and a softmax
+across the batch."""
 from __future__ import annotations
 
 from nnlang.errors import Diagnostic
-from nnlang.ir.dims import fmt_shape
+from nnlang.ir.dims import Sym, fmt_shape
 from nnlang.ir.graph import Graph
 from nnlang.ops.conv import channels_last_hint, looks_channels_last
 
@@ -56,13 +57,31 @@ def _channels_last(g: Graph, node):
                       channels_last_hint(shape, nd), severity="warning")
 
 
+def _over_batch(g: Graph, node):
+    """softmax(x, axis = 0) on [batch, classes]: PyTorch's `dim=0` habit normalizes each class
+    over the examples of a batch, so a prediction depends on the rest of its batch."""
+    if node.op not in ("softmax", "log_softmax") or not node.inputs:
+        return None
+    shape = g.node(node.inputs[0]).type.shape
+    axis = node.attrs.get("axis", -1)
+    if not isinstance(axis, int) or not -len(shape) <= axis < len(shape):
+        return None
+    if shape[axis] != Sym.of("batch"):
+        return None
+    return Diagnostic(f"{node.op} over axis {axis} of {fmt_shape(shape)} runs across the "
+                      "examples of a batch: each one's result depends on the others", node.span,
+                      "normalize over the classes, the last axis: `axis = -1` (the default)",
+                      severity="warning")
+
+
 def lint(g: Graph) -> list[Diagnostic]:
     """The warnings for the user-level graph `g`, each at the span of the op at fault."""
     found = []
     for node in g:
-        layout = _channels_last(g, node)
-        if layout is not None:
-            found.append(layout)
+        for rule in (_channels_last, _over_batch):
+            problem = rule(g, node)
+            if problem is not None:
+                found.append(problem)
         for loss, arg, producer, why, hint in PRODUCER_RULES:
             if node.op != loss or len(node.inputs) <= arg:
                 continue
