@@ -200,4 +200,5 @@ register("cross_entropy", "logits: tensor, labels: tensor", _ce_shape, decompose
                   Sample(((3, 4), (3, 4)), domain="unit")),
          doc="softmax cross-entropy from raw logits [..., classes]: labels are int class ids "
              "[...] (or float probabilities shaped like logits); mean over all rows (batch, "
-             "and time for [batch, time, classes]).")
+             "and time for [batch, time, classes]). Two classes at least: for one score per "
+             "example use bce_with_logits.")
