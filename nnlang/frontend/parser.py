@@ -59,6 +59,9 @@ _MISTAKES = {
         "model M { loss = f(a) }"],
     "a metric is `metric name = expression`": ["model M { metric = f(a) }"],
     "a train section holds settings like `batch = 64`": ["train M { batch 64 }"],
+    "settings are separated by spaces or new lines, not ','": [
+        "train M { batch = 64, seed = 1 }", "train M { data = mnist, seed = 1 }",
+        "train M { optimizer = adam(lr = 1), seed = 1 }", "train M { batch = 64, }"],
     "comparisons do not chain: compare two values at a time": [
         "model M { y = a == b == c }", "model M { y = a < b < c }",
         "model M { output y = a == b == c }", "model M { output y = a < b < c }",

@@ -263,10 +263,34 @@ def _data_choice(name: str, args: list, options: dict, span, errors: ErrorSink, 
     return Choice(name, options) if ok else None
 
 
+def _keyword_example(d, args: list) -> str | None:
+    """`exponential(0.9)` -> `exponential(gamma = 0.9)`: the positional values under the names
+    of the options they most likely meant (required ones first, as the signature lists them)."""
+    if d is None:
+        return None
+    names = [p.name for p in d.sig.params if p.required] + \
+            [p.name for p in d.sig.params if not p.required]
+    shown = ", ".join(f"{n} = {show_value(v)}" for n, v in zip(names, args))
+    return f"name each option: {d.name}({shown})"
+
+
+# settings of Keras' compile()/fit() and PyTorch loops that nnlang says elsewhere
+_SAID_ELSEWHERE = {
+    "loss": "the loss is part of the model: `loss cross_entropy(logits, label)` in its body",
+    "metrics": "metrics are part of the model: `metric acc = accuracy(logits, label)` in its body",
+    "metric": "metrics are part of the model: `metric acc = accuracy(logits, label)` in its body",
+    "device": "the device is a flag: `nnlang train --backend cupy` for an NVIDIA GPU (numba, "
+              "the default, runs on the CPU)",
+    "validation_split": "did you mean 'val_split'?",
+}
+
+
 def _option_hint(s: ast.Setting, t: ast.TrainDef) -> str | None:
     """An optimizer's or schedule's option written as a setting of its own (`lr = 0.1`, as
     Keras' compile(learning_rate=...) reads): where it goes instead. `--set lr=0.1` takes it
     bare, the file does not."""
+    if s.name in _SAID_ELSEWHERE:
+        return _SAID_ELSEWHERE[s.name]
     for setting, table in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
         owners = [name for name, d in table.items()
                   if any(p.name == s.name for p in d.sig.params)]
@@ -310,8 +334,9 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
                 continue
             spans = {k.name: k.value.span for k in s.value.kwargs}
             if args and s.name != "data":
+                table = OPTIMIZERS if s.name == "optimizer" else SCHEDULES
                 errors.add(f"{s.value.func}() takes keyword arguments only", s.value.span,
-                           f"e.g. {s.value.func}(lr = 1e-3)")
+                           _keyword_example(table.get(s.value.func), args))
                 continue
             raw = (s.value.func, opts)
         elif s.name in ("data", "optimizer", "schedule") and isinstance(s.value, ast.Name):
