@@ -9,7 +9,7 @@ from nnlang.errors import Span, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.values import (POISON, Abort, Initializer, KEYWORD_ONLY_OPS, Scope, T,
                                     join_path)
-from nnlang.ir.dims import fmt_shape, is_concrete, size_problem
+from nnlang.ir.dims import Sym, fmt_shape, is_concrete, size_problem
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS, init_problem
 from nnlang.ops.registry import ParamSpec, ShapeError, sym_dims
@@ -301,11 +301,16 @@ class CallElaboration:
         syms = sym_dims(shape)
         arg = next((i for i, t in enumerate(in_types) if t is not None
                     and sym_dims(t.shape) & syms), None)
+        hint = ("a weight has one size for every length: make that dim a number or a "
+                "hyper-parameter")
+        if arg is not None and in_types[arg].shape[-1:] == (Sym.of("batch"),):
+            # NOTE: a [batch] value (a label, x[:, 0]) into dense: its last axis, the one the
+            # layer maps, is the batch
+            hint = (f"{op} maps the last axis, and the last axis of {in_types[arg]} is the "
+                    "batch: give it features, e.g. unsqueeze(x, axis = -1) for one per example")
         self.shape_fail(op, ShapeError(
             f"{op}: its weight '{name}' would be {fmt_shape(shape)}, which depends on the "
-            f"symbol {', '.join(sorted(syms))}", arg=arg,
-            hint="a weight has one size for every length: make that dim a number or a "
-                 "hyper-parameter"), span, in_spans, ins)
+            f"symbol {', '.join(sorted(syms))}", arg=arg, hint=hint), span, in_spans, ins)
 
     def shape_fail(self, op, err: ShapeError, span, in_spans, ins, attr_spans=None):
         at = in_spans[err.arg] if err.arg is not None and err.arg < len(in_spans) else span

@@ -58,6 +58,8 @@ _MISTAKES = {
     "a loss is `loss expression` or, named, `loss name = expression`": [
         "model M { loss = f(a) }"],
     "a metric is `metric name = expression`": ["model M { metric = f(a) }"],
+    "one output per statement: `output a` and `output b` on their own lines": [
+        "model M { output a, b }", "model M { output a, b = f(x) }"],
     "a train section holds settings like `batch = 64`": ["train M { batch 64 }"],
     "settings are separated by spaces or new lines, not ','": [
         "train M { batch = 64, seed = 1 }", "train M { data = mnist, seed = 1 }",
@@ -213,6 +215,8 @@ def _habit_hint(err: UnexpectedInput, source: str) -> str | None:
 def _character_hint(char: str) -> str | None:
     if char in "\"'":
         return f"a string that is never closed: end it with {char} on the same line"
+    if char == "\\":
+        return "a statement may go on to the next line as it is; '\\' is not needed"
     if char == ";":
         return "statements end at the end of a line; ';' is not needed"
     if not char.isascii() and (char.isalpha() or char.isdigit()):
