@@ -106,6 +106,15 @@ class Elaborator(CallElaboration, ScanElaboration):
                 self.errors.add(f"--set {key}: model '{m.name}' has no hyper-parameter '{key}'",
                                 m.span, self.set_hint(key, names))
         for p in m.params:
+            if p.name == "batch":
+                # NOTE: it would fix every [batch, ...] to one number, while the train section,
+                # --batch and eval's last partial batch feed other sizes
+                self.errors.add("a hyper-parameter cannot be named 'batch': that is the batch "
+                                "dim of every input", p.span,
+                                "set the batch size in the train section (`batch = 32`) or "
+                                "with --batch; rename this one (e.g. batch_size) if it means "
+                                "something else")
+                continue
             if p.name in overrides:
                 value = overrides[p.name]
             elif p.default is None:

@@ -159,6 +159,17 @@ KEYWORDS = ("model", "block", "train", "generate", "import", "input", "param", "
             "output", "loss", "metric", "return", "repeat")
 # what a PyTorch or Keras call's module prefix is; `F.relu(x)` is `relu(x)`
 _MODULES = {"nn", "F", "torch", "tf", "keras", "layers", "functional", "K", "np"}
+# a keyword used as a value's name (`input = ...`, `output = dense(x, 4)`): how it is written
+_KEYWORD_FORMS = {
+    "input": "`input` declares an input, `input x: float32[batch, 8]`; name a value otherwise",
+    "output": "an output is `output y = expression` (or `output y` for a value defined before)",
+    "param": "`param` declares a weight, `param w: float32[8, 4]`; name a value otherwise",
+    "symbol": "`symbol seq` declares a size that comes with the data; name a value otherwise",
+    "return": "a block ends with `return value`",
+    "repeat": "`repeat N { ... }` stacks a body N times; name a value otherwise",
+    "model": "`model Name { ... }` starts a model; name a value otherwise",
+    "block": "`block Name(x) { ... }` starts a block; name a value otherwise",
+}
 _PYTHON_STATEMENTS = {
     "for": "no loops: `repeat N { ... }` stacks a body N times (`h = dense(h, 64)` inside "
            "carries h from one copy to the next)",
@@ -193,6 +204,8 @@ def _habit_hint(err: UnexpectedInput, source: str) -> str | None:
         guess = did_you_mean(word, KEYWORDS)
         if guess:
             return f"did you mean the keyword {guess.removeprefix('did you mean ')}"
+    if tok == "=" and before.strip() in _KEYWORD_FORMS:
+        return _KEYWORD_FORMS[before.strip()]
     if tok != "(":
         return None
     if before.rstrip().endswith(")"):
