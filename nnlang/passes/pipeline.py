@@ -98,6 +98,18 @@ def trainable(g: Graph) -> dict[str, int]:
     return {k: v for k, v in g.params.items() if g.node(v).attrs.get("trainable", True)}
 
 
+def no_loss(user: Graph, consequence: str):
+    """The error for a model without a `loss` line, at the value of its first output (what a
+    loss would read), or without a place when it has none."""
+    from nnlang.errors import NNError
+    out = next(iter(user.outputs.items()), None)
+    span = user.node(out[1]).span if out else None
+    logits = out[0] if out else "logits"
+    return NNError(f"model '{user.model}' declares no loss, {consequence}", span,
+                   f"add a line like `loss cross_entropy({logits}, label)` (or `loss "
+                   f"mse({logits}, target)` for numbers)")
+
+
 def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
                 wrt_inputs: tuple = (), lengths=None, ranks: int = 1) -> Graph:
     """Forward + loss + generated backward + optimizer update, as one primitive graph.
@@ -105,9 +117,7 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     gradients averaged over all of them (`ops/collective.py`)."""
     g = hoist_projections(decompose(specialize(user, batch, dtype, lengths), training=True))
     if not g.losses:
-        from nnlang.errors import NNError
-        raise NNError(f"model '{g.model}' declares no loss, so it cannot be trained",
-                      hint="add a line like `loss cross_entropy(logits, label)`")
+        raise no_loss(user, "so it cannot be trained")
     b = Builder(g, role="bwd")
     total = total_loss(b, g, cfg.l2, cfg.l1, cfg.l2_on, cfg.l1_on)
     params = trainable(g)
