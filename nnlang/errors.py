@@ -153,7 +153,7 @@ FOREIGN_NAMES = {
     "MultiHeadAttention": "multi_head_attention", "StepLR": "step",
     "ExponentialLR": "exponential", "CosineAnnealingLR": "cosine",
     "ReduceLROnPlateau": "plateau", "SGD": "sgd", "Adam": "adam", "AdamW": "adamw",
-    "RMSprop": "rmsprop", "batch_size": "batch",
+    "RMSprop": "rmsprop", "batch_size": "batch", "num_words": "vocab",
 }
 
 

@@ -13,7 +13,7 @@ from nnlang.ir.dims import Sym, fmt_shape, is_concrete, size_problem
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS, init_problem
 from nnlang.ops.registry import ParamSpec, ShapeError, sym_dims
-from nnlang.ops.rnn import last_step_hint
+from nnlang.ops.rnn import every_step_hint, last_step_hint
 from nnlang.ops.signature import BindError, check_kind, show_value
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -328,7 +328,25 @@ class CallElaboration:
         hint = err.hint
         if err.arg is not None and err.arg < len(ins) and ins[err.arg] is not None:
             hint = last_step_hint(op, self.maker(ins[err.arg].id)) or hint
+        if registry.get(op) is not None and registry.get(op).family in ("losses", "metrics") \
+                and len(ins) >= 2 and None not in ins[:2]:
+            pred, target = (self.g.node(t.id) for t in ins[:2])
+            if pred.type.rank > target.type.rank and pred.shape[:1] == target.shape[:1]:
+                hint = every_step_hint(self.sequence_source(ins[0].id)) or hint
         self.fail(msg, at, hint, notes)
+
+    def sequence_source(self, nid: int, depth: int = 6):
+        """The recurrent layer a value comes from, through the first tensor input of up to
+        `depth` ops (dense, squeeze, activations), or None."""
+        for _ in range(depth):
+            node = self.g.node(nid)
+            if node.op in ("lstm", "gru", "rnn"):
+                return node
+            tensor_ins = [i for i in node.inputs if self.g.node(i).op not in ("param", "const")]
+            if not tensor_ins:
+                return None
+            nid = tensor_ins[0]
+        return None
 
     def maker(self, nid: int):
         """The node that made a value, through ops that keep its shape (dropout, activations):

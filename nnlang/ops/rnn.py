@@ -61,6 +61,16 @@ def last_step_hint(op: str, producer) -> str | None:
     return None
 
 
+def every_step_hint(producer) -> str | None:
+    """The fix when a loss or metric gets one value per time step against one target per
+    example: the recurrent layer `producer` (upstream of the prediction) returns every step."""
+    if producer is not None and producer.op in _CELLS and producer.attrs.get("return_sequences"):
+        line = f" on line {producer.span.line}" if producer.span is not None else ""
+        return (f"the {producer.op}{line} returns every step (return_sequences = true): drop "
+                f"it to keep the last step, or pool over time, e.g. mean(h, axis = 1)")
+    return None
+
+
 def _check(op, x):
     need_float(op, x)
     if x.rank != 3:
