@@ -380,9 +380,12 @@ class Elaborator(CallElaboration, ScanElaboration):
         if e.id in ("None", "True", "False"):
             self.fail(f"unknown name '{e.id}'", e.span,
                       f"nnlang writes it in lower case: {e.id.lower()}")
+        outside = (f"a block sees only its parameters and its own names: if '{e.id}' is the "
+                   "model's, add it to the block's parameters and pass it in the call")
         self.fail(f"unknown name '{e.id}'", e.span,
                   did_you_mean(e.id, scope.vars) or
-                  ("names must be defined before they are used" if scope.vars else None))
+                  (outside if scope.kind == "block" else
+                   "names must be defined before they are used" if scope.vars else None))
 
     def weight_ref(self, e: ast.WeightRef, scope: Scope) -> T:
         """A layer's weight as a value (penalties, tying), by the path `nnlang check` prints;
