@@ -154,6 +154,9 @@ FOREIGN_NAMES = {
     "ExponentialLR": "exponential", "CosineAnnealingLR": "cosine",
     "ReduceLROnPlateau": "plateau", "SGD": "sgd", "Adam": "adam", "AdamW": "adamw",
     "RMSprop": "rmsprop", "batch_size": "batch", "num_words": "vocab",
+    # torch.float is float32, as Keras' "float32" default: not the closest spelling, float64
+    "float": "float32", "int": "int32", "long": "int64", "double": "float64",
+    "swish": "silu", "lrelu": "leaky_relu", "LeakyReLU": "leaky_relu", "ReLU": "relu",
 }
 
 
