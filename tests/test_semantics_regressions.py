@@ -268,6 +268,31 @@ def test_a_softmax_over_classes_or_time_is_no_warning():
     assert load(src).warnings == []
 
 
+@pytest.mark.parametrize("metric,warned", [
+    ("binary_accuracy(logit, label)", True),
+    ("binary_accuracy(dense(x, 1) |> squeeze(axis = -1), label)", True),
+    ("binary_accuracy(logit, label, threshold = 0)", False),
+    ("binary_accuracy(sigmoid(logit), label)", False),
+    ("binary_accuracy(dense(x, 1, activation = \"sigmoid\"), label)", False),
+])
+def test_binary_accuracy_at_half_on_logits_is_a_located_warning(metric, warned):
+    """The loss reads logits (threshold 0); the metric at 0.5 counts a logit of 0.3, a
+    probability of 0.57, as class 0."""
+    src = f"""model M {{
+  input x: float32[batch, 4]
+  input label: float32[batch]
+  logit = dense(x, 1) |> squeeze(axis = -1)
+  loss bce_with_logits(logit, label)
+  metric acc = {metric}
+}}"""
+    warnings = load(src).warnings
+    assert len(warnings) == int(warned)
+    if warned:
+        text = warnings[0].render()
+        assert text.startswith("<string>:6:16: warning: binary_accuracy thresholds")
+        assert "threshold = 0" in text
+
+
 def test_logits_into_cross_entropy_give_no_warning():
     for path in ("models/mlp.nn", "models/cnn.nn", "models/transformer.nn"):
         assert load(path).warnings == []

@@ -1,7 +1,7 @@
 """Warnings on a checked program: code that runs but is very likely not what was meant (the last
 step of elaboration): a loss fed the activation it applies itself (as an op, or as a layer's
-`activation =`), an image in Keras' channels-last layout under a convolution, and a softmax
-across the batch."""
+`activation =`), an image in Keras' channels-last layout under a convolution, a softmax
+across the batch and a probability threshold on logits."""
 from __future__ import annotations
 
 from nnlang.errors import Diagnostic
@@ -74,11 +74,32 @@ def _over_batch(g: Graph, node):
                       severity="warning")
 
 
+# ops whose output is a raw score when they carry no activation
+RAW_SCORES = ("dense", "matmul")
+SHAPE_ONLY = ("reshape", "flatten", "squeeze", "unsqueeze", "dropout")
+
+
+def _threshold_on_logits(g: Graph, node):
+    """binary_accuracy at its default threshold 0.5 on a dense layer's raw score: a logit of
+    0.3 is a probability of 0.57, counted as class 0; the metric then disagrees with the loss."""
+    if node.op != "binary_accuracy" or not node.inputs or node.attrs.get("threshold") != 0.5:
+        return None
+    source = g.node(node.inputs[0])
+    while source.op in SHAPE_ONLY and source.inputs:
+        source = g.node(source.inputs[0])
+    if source.op not in RAW_SCORES or source.attrs.get("activation") not in (None, "linear"):
+        return None
+    return Diagnostic("binary_accuracy thresholds its input at 0.5, but the input is a raw "
+                      f"score (a logit, from {source.op}), whose threshold is 0", node.span,
+                      "pass `threshold = 0`, or the probability: binary_accuracy(sigmoid(logit), "
+                      "label)", severity="warning")
+
+
 def lint(g: Graph) -> list[Diagnostic]:
     """The warnings for the user-level graph `g`, each at the span of the op at fault."""
     found = []
     for node in g:
-        for rule in (_channels_last, _over_batch):
+        for rule in (_channels_last, _over_batch, _threshold_on_logits):
             problem = rule(g, node)
             if problem is not None:
                 found.append(problem)
