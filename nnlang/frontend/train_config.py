@@ -263,6 +263,17 @@ def _data_choice(name: str, args: list, options: dict, span, errors: ErrorSink, 
     return Choice(name, options) if ok else None
 
 
+def _int_hint(name: str, raw) -> str | None:
+    """`epochs = 10.0` or `batch = "64"`: the integer it spells."""
+    if _SCALARS.get(name) != "int" or isinstance(raw, bool):
+        return None
+    if isinstance(raw, float) and raw.is_integer():
+        return f"write it without a decimal point: {name} = {int(raw)}"
+    if isinstance(raw, str) and raw.strip().isdigit():
+        return f"write the number without quotes: {name} = {raw.strip()}"
+    return None
+
+
 def _keyword_example(d, args: list) -> str | None:
     """`exponential(0.9)` -> `exponential(gamma = 0.9)`: the positional values under the names
     of the options they most likely meant (required ones first, as the signature lists them)."""
@@ -374,7 +385,8 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
         else:
             problem = check_kind(_SCALARS[s.name], raw, False) or range_problem(s.name, raw)
             if problem:
-                errors.add(f"train setting '{s.name}': {problem}", span)
+                errors.add(f"train setting '{s.name}': {problem}", span,
+                           _int_hint(s.name, raw))
                 continue
             value = float(raw) if _SCALARS[s.name] == "float" else raw
             if s.name == "monitor" and graph is not None and \
