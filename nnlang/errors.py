@@ -130,8 +130,52 @@ class ErrorSink:
             raise NNError(self.diagnostics)
 
 
-def did_you_mean(name: str, candidates) -> str | None:
+# Names from Keras and PyTorch that nnlang spells otherwise, far from its spelling by letters:
+# a student's first guess. Suggested only where the nnlang name is a candidate.
+FOREIGN_NAMES = {
+    "learning_rate": "lr", "dim": "axis", "keepdim": "keepdims", "kernel_size": "kernel",
+    "pool_size": "size", "strides": "stride", "out_features": "units", "hidden_size": "units",
+    "num_embeddings": "vocab", "embedding_dim": "dim", "input_dim": "vocab",
+    "output_dim": "dim", "num_heads": "heads", "p": "rate",
+    "linear": "dense", "Linear": "dense", "Dense": "dense", "cat": "concat",
+    "concatenate": "concat", "view": "reshape", "swapaxes": "transpose",
+    "sparse_categorical_crossentropy": "cross_entropy",
+    "categorical_crossentropy": "cross_entropy", "nll_loss": "cross_entropy",
+    "binary_crossentropy": "bce", "binary_cross_entropy": "bce",
+    "binary_cross_entropy_with_logits": "bce_with_logits",
+    "mean_squared_error": "mse", "mse_loss": "mse", "mean_absolute_error": "mae",
+    "Embedding": "embedding", "LSTM": "lstm", "GRU": "gru", "Conv2D": "conv2d",
+    "Conv2d": "conv2d", "Conv1D": "conv1d", "Conv1d": "conv1d", "MaxPool2d": "max_pool2d",
+    "MaxPooling2D": "max_pool2d", "AveragePooling2D": "avg_pool2d", "AvgPool2d": "avg_pool2d",
+    "BatchNormalization": "batch_norm", "BatchNorm2d": "batch_norm", "BatchNorm1d": "batch_norm",
+    "LayerNormalization": "layer_norm", "LayerNorm": "layer_norm",
+    "GlobalAveragePooling2D": "global_avg_pool", "MultiheadAttention": "multi_head_attention",
+    "MultiHeadAttention": "multi_head_attention", "StepLR": "step",
+    "ExponentialLR": "exponential", "CosineAnnealingLR": "cosine",
+    "ReduceLROnPlateau": "plateau", "SGD": "sgd", "Adam": "adam", "AdamW": "adamw",
+    "RMSprop": "rmsprop", "batch_size": "batch", "num_words": "vocab",
+    # torch.float is float32, as Keras' "float32" default: not the closest spelling, float64
+    "float": "float32", "int": "int32", "long": "int64", "double": "float64",
+    "swish": "silu", "lrelu": "leaky_relu", "LeakyReLU": "leaky_relu", "ReLU": "relu",
+}
+
+
+def closest(name: str, candidates, cutoff: float = 0.6) -> str | None:
+    """The candidate a misspelt `name` most likely meant: a known Keras/PyTorch spelling, the
+    same name in other case (`"Relu"`, `"SAME"`), or the closest by letters."""
     import difflib
 
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
+    names = sorted(set(candidates))
+    foreign = FOREIGN_NAMES.get(name)
+    if foreign in names and foreign != name:
+        return foreign
+    folded = [c for c in names if c.lower() == name.lower() and c != name]
+    if folded:
+        return folded[0]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, candidates) -> str | None:
+    guess = closest(name, candidates)
+    return f"did you mean '{guess}'?" if guess else None

@@ -214,6 +214,85 @@ def test_a_reshape_that_splits_the_class_axis_is_no_warning():
     assert load(src).warnings == []
 
 
+@pytest.mark.parametrize("layer,image", [
+    ("conv2d(x, 8, 3)", "float32[batch, 32, 32, 3]"),
+    ("max_pool2d(x, 2)", "float32[batch, 64, 64, 3]"),
+    ("conv1d(x, 8, 3)", "float32[batch, 100, 3]"),
+])
+def test_a_channels_last_image_into_a_convolution_is_a_located_warning(layer, image):
+    """Keras' [batch, height, width, channels] checks as many channels of a thin image and
+    trains on nonsense: a warning at the layer, with the channels-first declaration."""
+    src = f"""model M {{
+  input x: {image}
+  output y = {layer}
+}}"""
+    (warning,) = load(src).warnings
+    text = warning.render()
+    assert text.startswith("<string>:3:14: warning: ")
+    assert "looks channels-last" in text and "channels_last = true" in text
+
+
+@pytest.mark.parametrize("layer,image", [
+    ("conv2d(x, 8, 3, channels_last = true)", "float32[batch, 32, 32, 3]"),
+    ("conv2d(x, 8, 3)", "float32[batch, 3, 32, 32]"),
+    ("conv1d(x, 8, 3)", "float32[batch, 128, 200]"),
+])
+def test_a_channels_first_or_declared_channels_last_image_is_no_warning(layer, image):
+    src = f"""model M {{
+  input x: {image}
+  output y = {layer}
+}}"""
+    assert load(src).warnings == []
+
+
+@pytest.mark.parametrize("op", ["softmax(h, axis = 0)", "log_softmax(h, 0)",
+                                "softmax(h, axis = -2)"])
+def test_a_softmax_across_the_batch_is_a_located_warning(op):
+    src = f"""model M {{
+  input x: float32[batch, 4]
+  h = dense(x, 3)
+  output p = {op}
+}}"""
+    (warning,) = load(src).warnings
+    text = warning.render()
+    assert text.startswith("<string>:4:14: warning: ") and "across the examples" in text
+    assert "axis = -1" in text
+
+
+def test_a_softmax_over_classes_or_time_is_no_warning():
+    src = """model M {
+  input x: float32[batch, 5, 4]
+  output a = softmax(x)
+  output b = softmax(x, axis = 1)
+}"""
+    assert load(src).warnings == []
+
+
+@pytest.mark.parametrize("metric,warned", [
+    ("binary_accuracy(logit, label)", True),
+    ("binary_accuracy(dense(x, 1) |> squeeze(axis = -1), label)", True),
+    ("binary_accuracy(logit, label, threshold = 0)", False),
+    ("binary_accuracy(sigmoid(logit), label)", False),
+    ("binary_accuracy(dense(x, 1, activation = \"sigmoid\"), label)", False),
+])
+def test_binary_accuracy_at_half_on_logits_is_a_located_warning(metric, warned):
+    """The loss reads logits (threshold 0); the metric at 0.5 counts a logit of 0.3, a
+    probability of 0.57, as class 0."""
+    src = f"""model M {{
+  input x: float32[batch, 4]
+  input label: float32[batch]
+  logit = dense(x, 1) |> squeeze(axis = -1)
+  loss bce_with_logits(logit, label)
+  metric acc = {metric}
+}}"""
+    warnings = load(src).warnings
+    assert len(warnings) == int(warned)
+    if warned:
+        text = warnings[0].render()
+        assert text.startswith("<string>:6:16: warning: binary_accuracy thresholds")
+        assert "threshold = 0" in text
+
+
 def test_logits_into_cross_entropy_give_no_warning():
     for path in ("models/mlp.nn", "models/cnn.nn", "models/transformer.nn"):
         assert load(path).warnings == []

@@ -66,8 +66,11 @@ def test_float64_graphs_stay_float64():
 def test_model_without_loss_cannot_train():
     net = nnlang.compile("model M { input x: float32[batch, 2]  output y = exp(x) }",
                          backend="reference", batch=2)
-    with pytest.raises(NNError, match="declares no loss"):
+    with pytest.raises(NNError, match="declares no loss") as err:
         net.train_step({"x": np.zeros((2, 2), np.float32)})
+    # where the loss would read from, with that output in the hint's example
+    assert str(err.value.span) == "<string>:1:50"  # exp(x)
+    assert "`loss cross_entropy(y, label)`" in err.value.hint
 
 
 # *** every loss in the registry (docs/contributing.md: a new loss is checked here) ***

@@ -19,6 +19,7 @@ import numpy as np
 from nnlang.data import dates, imdb, mnist, npz, text
 from nnlang.data.cache import DataError, remember, sha256_of
 from nnlang.data.dataset import Dataset
+from nnlang.errors import did_you_mean
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 IMDB_SAMPLE = SAMPLES_DIR / "imdb-sample.tar.gz"
@@ -215,5 +216,7 @@ def _check_names(name: str, loader, options: dict, skip: set[str]) -> None:
     allowed = [p for p in inspect.signature(loader).parameters if p not in skip]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
+        guess = did_you_mean(unknown[0], allowed)
         raise DataError(f"dataset '{name}' has no option(s) {', '.join(unknown)}",
-                        f"accepted options: {', '.join(allowed) or 'none'}")
+                        f"{guess + ' ' if guess else ''}accepted options: "
+                        f"{', '.join(allowed) or 'none'}")

@@ -9,10 +9,11 @@ from nnlang.errors import Span, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.values import (POISON, Abort, Initializer, KEYWORD_ONLY_OPS, Scope, T,
                                     join_path)
-from nnlang.ir.dims import fmt_shape, is_concrete, size_problem
+from nnlang.ir.dims import Sym, fmt_shape, is_concrete, size_problem
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS, init_problem
 from nnlang.ops.registry import ParamSpec, ShapeError, sym_dims
+from nnlang.ops.rnn import every_step_hint, last_step_hint
 from nnlang.ops.signature import BindError, check_kind, show_value
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -71,8 +72,12 @@ class CallElaboration:
                     problem = check_kind(p.kind, v, isinstance(v, T))
                     if problem:
                         got = "a list" if isinstance(v, list) else show_value(v)
+                        # NOTE: torch.cat([a, b]) and Keras' Concatenate()([a, b]) take a list
+                        hint = (f"pass the tensors themselves, not a list: "
+                                f"`{e.func}(a, b, ...)`" if isinstance(v, list)
+                                else f"signature: {e.func}({opdef.sig})")
                         self.fail(f"{e.func}() argument {i + 1}: {problem}, got {got}",
-                                  spans.get(i, e.span), f"signature: {e.func}({opdef.sig})")
+                                  spans.get(i, e.span), hint)
                     tensors.append(v)
                     tspans.append(spans.get(i, e.span))
                 continue
@@ -315,11 +320,16 @@ class CallElaboration:
         syms = sym_dims(shape)
         arg = next((i for i, t in enumerate(in_types) if t is not None
                     and sym_dims(t.shape) & syms), None)
+        hint = ("a weight has one size for every length: make that dim a number or a "
+                "hyper-parameter")
+        if arg is not None and in_types[arg].shape[-1:] == (Sym.of("batch"),):
+            # NOTE: a [batch] value (a label, x[:, 0]) into dense: its last axis, the one the
+            # layer maps, is the batch
+            hint = (f"{op} maps the last axis, and the last axis of {in_types[arg]} is the "
+                    "batch: give it features, e.g. unsqueeze(x, axis = -1) for one per example")
         self.shape_fail(op, ShapeError(
             f"{op}: its weight '{name}' would be {fmt_shape(shape)}, which depends on the "
-            f"symbol {', '.join(sorted(syms))}", arg=arg,
-            hint="a weight has one size for every length: make that dim a number or a "
-                 "hyper-parameter"), span, in_spans, ins)
+            f"symbol {', '.join(sorted(syms))}", arg=arg, hint=hint), span, in_spans, ins)
 
     def shape_fail(self, op, err: ShapeError, span, in_spans, ins, attr_spans=None):
         at = in_spans[err.arg] if err.arg is not None and err.arg < len(in_spans) else span
@@ -334,7 +344,40 @@ class CallElaboration:
             name, where = self.origin.get(t.id, (node.name or written or f"%{t.id}", node.span))
             notes.append((f"'{name}' is {node.type}, from {self.describe(t.id)}", where))
         msg = err.message if err.message.startswith(op) else f"{op}: {err.message}"
-        self.fail(msg, at, err.hint, notes)
+        hint = err.hint
+        if err.arg is not None and err.arg < len(ins) and ins[err.arg] is not None:
+            hint = last_step_hint(op, self.maker(ins[err.arg].id)) or hint
+        if registry.get(op) is not None and registry.get(op).family in ("losses", "metrics") \
+                and len(ins) >= 2 and None not in ins[:2]:
+            pred, target = (self.g.node(t.id) for t in ins[:2])
+            if pred.type.rank > target.type.rank and pred.shape[:1] == target.shape[:1]:
+                hint = every_step_hint(self.sequence_source(ins[0].id)) or hint
+        self.fail(msg, at, hint, notes)
+
+    def sequence_source(self, nid: int, depth: int = 6):
+        """The recurrent layer a value comes from, through the first tensor input of up to
+        `depth` ops (dense, squeeze, activations), or None."""
+        for _ in range(depth):
+            node = self.g.node(nid)
+            if node.op in ("lstm", "gru", "rnn"):
+                return node
+            tensor_ins = [i for i in node.inputs if self.g.node(i).op not in ("param", "const")]
+            if not tensor_ins:
+                return None
+            nid = tensor_ins[0]
+        return None
+
+    def maker(self, nid: int):
+        """The node that made a value, through ops that keep its shape (dropout, activations):
+        in `lstm(x, 64) |> dropout(0.2) |> lstm(32)` the second lstm reads the first's."""
+        node = self.g.node(nid)
+        while nid not in self.part_of:
+            tensor_ins = [i for i in node.inputs if self.g.node(i).op not in ("param", "const")]
+            if len(tensor_ins) != 1 or self.g.node(tensor_ins[0]).shape != node.shape:
+                break
+            nid = tensor_ins[0]
+            node = self.g.node(nid)
+        return node
 
     def describe(self, nid: int, depth: int = 3) -> str:
         """The chain of ops that produced a value, e.g. `flatten <- max_pool2d <- conv2d`."""

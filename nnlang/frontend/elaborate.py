@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nnlang.errors import ErrorSink, Span, did_you_mean
+from nnlang.errors import ErrorSink, Span, closest, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration, number_text
 from nnlang.frontend.deep import deep_stack
@@ -19,7 +19,7 @@ from nnlang.frontend.lint import lint
 from nnlang.frontend.parser import parse
 from nnlang.frontend.scan import ScanElaboration
 from nnlang.frontend.source import load_source
-from nnlang.frontend.train_config import TrainConfig, elaborate_train
+from nnlang.frontend.train_config import TRAIN_SET_KEYS, TrainConfig, elaborate_train
 from nnlang.frontend.values import (POISON, TENSOR_BINOPS, Abort, Initializer, Scope, T,
                                     eval_binop, join_path)
 from nnlang.gc_pause import paused_gc
@@ -34,9 +34,15 @@ from nnlang.ops.signature import show_value
 MAX_REPEAT = 10_000  # NOTE: each copy is elaborated; 10**9 would run for days, silently
 
 # NOTE: Python's spellings of constants, which a name lookup cannot place
-PYTHON_NAMES = {"None": "write none", "True": "write true", "False": "write false",
+PYTHON_NAMES = {"None": "nnlang writes it in lower case: none",
+                "True": "nnlang writes it in lower case: true",
+                "False": "nnlang writes it in lower case: false",
                 "inf": "there is no infinity: mask scores with a large negative number, -1e9",
                 "nan": "there is no nan literal"}
+
+
+ANY_SIZE_HINT = ("write `batch` for the batch dim (it needs no declaration), or declare "
+                 "`symbol seq` for another size that comes with the data")
 
 
 @dataclass
@@ -82,6 +88,19 @@ class Elaborator(CallElaboration, ScanElaboration):
             pass  # NOTE: a model without a loss can still be checked and run for inference
         return hparams
 
+    @staticmethod
+    def set_hint(key: str, names: list) -> str:
+        """A --set name that is no hyper-parameter: a train setting (which `nnlang train`
+        takes, `nnlang check` not) or one misspelt (`epoch`, Keras' `learning_rate`)."""
+        if key in TRAIN_SET_KEYS:
+            return f"'{key}' is a train setting: `nnlang train` takes it with --set"
+        guess = closest(key, names) or closest(key, TRAIN_SET_KEYS)
+        if guess in TRAIN_SET_KEYS and guess not in names:
+            return f"did you mean the train setting '{guess}'?"
+        if guess:
+            return f"did you mean '{guess}'?"
+        return f"hyper-parameters: {', '.join(names) or 'none'}"
+
     def bind_hparams(self, m: ast.ModelDef, overrides: dict, scope: Scope) -> dict:
         names = [p.name for p in m.params]
         symbols = {n: st.span for st in m.body if isinstance(st, ast.Symbol) for n in st.names}
@@ -94,9 +113,17 @@ class Elaborator(CallElaboration, ScanElaboration):
                                 "sequences of the length you want")
             elif key not in names:
                 self.errors.add(f"--set {key}: model '{m.name}' has no hyper-parameter '{key}'",
-                                m.span, did_you_mean(key, names) or
-                                f"hyper-parameters: {', '.join(names) or 'none'}")
+                                m.span, self.set_hint(key, names))
         for p in m.params:
+            if p.name == "batch":
+                # NOTE: it would fix every [batch, ...] to one number, while the train section,
+                # --batch and eval's last partial batch feed other sizes
+                self.errors.add("a hyper-parameter cannot be named 'batch': that is the batch "
+                                "dim of every input", p.span,
+                                "set the batch size in the train section (`batch = 32`) or "
+                                "with --batch; rename this one (e.g. batch_size) if it means "
+                                "something else")
+                continue
             if p.name in overrides:
                 value = overrides[p.name]
             elif p.default is None:
@@ -279,11 +306,14 @@ class Elaborator(CallElaboration, ScanElaboration):
                       did_you_mean(t.dtype, DTYPES) or f"dtypes: {', '.join(DTYPES)}")
         dims = []
         for d in t.dims:
+            if isinstance(d, ast.Name) and d.id == "None":
+                # NOTE: Keras' shape=(None, 784): the size that comes with the data
+                self.fail("a dim of any size is a symbol, not None", d.span, ANY_SIZE_HINT)
             v = self.const_expr(d, scope)
             if not (isinstance(v, Sym) or isinstance(v, int) and not isinstance(v, bool)
                     and v > 0):
                 self.fail(f"a dim must be a positive integer or a symbol, got {show_value(v)}",
-                          d.span)
+                          d.span, ANY_SIZE_HINT if v is None or v == -1 else None)
             dims.append(v)
             problem = size_problem(dims)
             if problem:
@@ -356,9 +386,12 @@ class Elaborator(CallElaboration, ScanElaboration):
                       "batch's data, so it has no value here", e.span,
                       "a symbol is known only in its model's body: give a number or a "
                       "hyper-parameter (whole reviews: imdb(maxlen = none))")
+        outside = (f"a block sees only its parameters and its own names: if '{e.id}' is the "
+                   "model's, add it to the block's parameters and pass it in the call")
         self.fail(f"unknown name '{e.id}'", e.span,
                   PYTHON_NAMES.get(e.id) or did_you_mean(e.id, scope.vars) or
-                  ("names must be defined before they are used" if scope.vars else None))
+                  (outside if scope.kind == "block" else
+                   "names must be defined before they are used" if scope.vars else None))
 
     def weight_ref(self, e: ast.WeightRef, scope: Scope) -> T:
         """A layer's weight as a value (penalties, tying), by the path `nnlang check` prints;
@@ -528,8 +561,10 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
     for key, d in defs.items():
         if isinstance(d, (ast.TrainDef, ast.GenerateDef)) and d.name not in defs:
             kind = "train" if isinstance(d, ast.TrainDef) else "generate"
+            names = [m.name for m in models]
             errors.add(f"{kind} section for unknown model '{d.name}'", d.span,
-                       did_you_mean(d.name, [m.name for m in models]))
+                       did_you_mean(d.name, names) or
+                       f"name a model of this file: {', '.join(names)}" if names else None)
     el = Elaborator(defs, errors)
     hparams = el.model(chosen, overrides or {})
     train = None

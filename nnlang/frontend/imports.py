@@ -34,8 +34,11 @@ def collect_defs(module: ast.Module, errors: ErrorSink, seen: set | None = None,
         key = section_key(item)
         if key in defs:
             prev = defs[key]
-            errors.add(f"'{item.name}' is defined twice", item.span,
-                       "rename one of them", [("first defined here", prev.span)])
+            section = key != item.name  # NOTE: a train or generate section, keyed by kind
+            errors.add(f"'{item.name}' is defined twice" if not section else
+                       f"model '{item.name}' has two {key.split(':')[0]} sections", item.span,
+                       "merge their settings into one" if section else "rename one of them",
+                       [("first defined here", prev.span)])
             continue
         params = getattr(item, "params", ())   # a model's hyper-parameters, a block's arguments
         twice = next((prm for k, prm in enumerate(params)

@@ -1,10 +1,13 @@
 """Warnings on a checked program: code that runs but is very likely not what was meant (the last
-step of elaboration). Each rule names a loss, the argument it reads and the activation that
-should not produce that argument (as an op, or as a layer's `activation =`)."""
+step of elaboration): a loss fed the activation it applies itself (as an op, or as a layer's
+`activation =`), an image in Keras' channels-last layout under a convolution, a softmax
+across the batch and a probability threshold on logits."""
 from __future__ import annotations
 
 from nnlang.errors import Diagnostic
+from nnlang.ir.dims import Sym, fmt_shape
 from nnlang.ir.graph import Graph
+from nnlang.ops.conv import channels_last_hint, looks_channels_last
 
 # (loss op, argument index, producing activation, why, hint)
 PRODUCER_RULES = (
@@ -36,10 +39,70 @@ def _producer(g: Graph, nid: int):
     return node
 
 
+# Ops that slide a window over the axes after the channels: an image declared the Keras way
+# ([batch, 32, 32, 3]) still checks, as 32 channels of 32x3 pixels, and trains on nonsense.
+WINDOWED = {"conv1d": 1, "conv2d": 2, "max_pool1d": 1, "avg_pool1d": 1, "max_pool2d": 2,
+            "avg_pool2d": 2}
+
+
+def _channels_last(g: Graph, node):
+    nd = WINDOWED.get(node.op)
+    if nd is None or node.attrs.get("channels_last") or not node.inputs:
+        return None
+    shape = g.node(node.inputs[0]).type.shape
+    if not looks_channels_last(shape, nd):
+        return None
+    return Diagnostic(f"{node.op} reads axis 1 of {fmt_shape(shape)} as {shape[1]} channels and "
+                      f"slides over {fmt_shape(shape[2:])}", node.span,
+                      channels_last_hint(shape, nd), severity="warning")
+
+
+def _over_batch(g: Graph, node):
+    """softmax(x, axis = 0) on [batch, classes]: PyTorch's `dim=0` habit normalizes each class
+    over the examples of a batch, so a prediction depends on the rest of its batch."""
+    if node.op not in ("softmax", "log_softmax") or not node.inputs:
+        return None
+    shape = g.node(node.inputs[0]).type.shape
+    axis = node.attrs.get("axis", -1)
+    if not isinstance(axis, int) or not -len(shape) <= axis < len(shape):
+        return None
+    if shape[axis] != Sym.of("batch"):
+        return None
+    return Diagnostic(f"{node.op} over axis {axis} of {fmt_shape(shape)} runs across the "
+                      "examples of a batch: each one's result depends on the others", node.span,
+                      "normalize over the classes, the last axis: `axis = -1` (the default)",
+                      severity="warning")
+
+
+# ops whose output is a raw score when they carry no activation
+RAW_SCORES = ("dense", "matmul")
+SHAPE_ONLY = ("reshape", "flatten", "squeeze", "unsqueeze", "dropout")
+
+
+def _threshold_on_logits(g: Graph, node):
+    """binary_accuracy at its default threshold 0.5 on a dense layer's raw score: a logit of
+    0.3 is a probability of 0.57, counted as class 0; the metric then disagrees with the loss."""
+    if node.op != "binary_accuracy" or not node.inputs or node.attrs.get("threshold") != 0.5:
+        return None
+    source = g.node(node.inputs[0])
+    while source.op in SHAPE_ONLY and source.inputs:
+        source = g.node(source.inputs[0])
+    if source.op not in RAW_SCORES or source.attrs.get("activation") not in (None, "linear"):
+        return None
+    return Diagnostic("binary_accuracy thresholds its input at 0.5, but the input is a raw "
+                      f"score (a logit, from {source.op}), whose threshold is 0", node.span,
+                      "pass `threshold = 0`, or the probability: binary_accuracy(sigmoid(logit), "
+                      "label)", severity="warning")
+
+
 def lint(g: Graph) -> list[Diagnostic]:
-    """The warnings for the user-level graph `g`, each at the loss's span."""
+    """The warnings for the user-level graph `g`, each at the span of the op at fault."""
     found = []
     for node in g:
+        for rule in (_channels_last, _over_batch, _threshold_on_logits):
+            problem = rule(g, node)
+            if problem is not None:
+                found.append(problem)
         for loss, arg, producer, why, hint in PRODUCER_RULES:
             if node.op != loss or len(node.inputs) <= arg:
                 continue

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lark import Lark, Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
-from nnlang.errors import Diagnostic, NNError, Span
+from nnlang.errors import Diagnostic, NNError, Span, closest, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.deep import check_nesting
 from nnlang.frontend.source import read_source
@@ -52,7 +52,22 @@ _MISTAKES = {
         "model M { y = f(a)", "block B(x) { return x", "train M { batch = 1"],
     "'(' is never closed": ["model M { y = f(a }", "model M { y = f(a, b }"],
     "use '==' to compare; '=' only binds names": ["model M { y = a = b }"],
+    # NOTE: Keras' and PyTorch's tuples: kernel_size = (3, 3), dim = (2, 3)
+    "parentheses group one expression; a tuple is a list in brackets: `axis = [0, 1]`, "
+    "`kernel = [3, 3]`": [
+        "model M { y = f(a, (3, 3)) }", "model M { y = f((3, 3)) }",
+        "model M { y = f(a, k = (3, 3)) }", "model M { y = f(a, (1, 2, 3)) }",
+        "model M { y = f(x, axis = (0, 1)) }", "model M { y = f(x, (0, 1)) }",
+        "model M { output y = f(x, axis = (0, 1)) }"],
+    "a loss is `loss expression` or, named, `loss name = expression`": [
+        "model M { loss = f(a) }"],
+    "a metric is `metric name = expression`": ["model M { metric = f(a) }"],
+    "one output per statement: `output a` and `output b` on their own lines": [
+        "model M { output a, b }", "model M { output a, b = f(x) }"],
     "a train section holds settings like `batch = 64`": ["train M { batch 64 }"],
+    "settings are separated by spaces or new lines, not ','": [
+        "train M { batch = 64, seed = 1 }", "train M { data = mnist, seed = 1 }",
+        "train M { optimizer = adam(lr = 1), seed = 1 }", "train M { batch = 64, }"],
     "comparisons do not chain: compare two values at a time": [
         "model M { y = a == b == c }", "model M { y = a < b < c }",
         "model M { output y = a == b == c }", "model M { output y = a < b < c }",
@@ -61,13 +76,6 @@ _MISTAKES = {
         "model M { y = x[:, ::2] }", "model M { y = x[::2] }", "model M { y = x[0:4:2] }",
         "model M { output y = x[:, ::2] }", "model M { output y = x[0:4:2] }",
         "model M { y = f(x[:, ::2]) }", "model M { y = f(x[:, 0:4:2]) }"],
-    # NOTE: PyTorch habits: dim = (2, 3) and x.mean(1)
-    "parentheses group one expression; write a list of axes in brackets: axis = [0, 1]": [
-        "model M { y = f(x, axis = (0, 1)) }", "model M { y = f(x, (0, 1)) }",
-        "model M { output y = f(x, axis = (0, 1)) }"],
-    "values have no methods: call the op with the value first, e.g. mean(x, axis = 1)": [
-        "model M { y = x.mean(1) }", "model M { y = f(x.sum(axis = 1)) }",
-        "model M { output y = x.mean(1) }"],
     # NOTE: right after '=', `scan` is the loop keyword (grammars/nnlang.lark), not a call
     "after '=', scan runs a block once per step: `hs, h = scan Cell(h0) over x` (the op "
     "table's scan is what rnn, lstm and gru build; it is not called by hand)": [
@@ -119,6 +127,11 @@ def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
         msg = f"unexpected character {shown}"
         span = Span(file, line, col, line, col + 1, source)
         hint = _character_hint(char)
+        if source.startswith("...", err.pos_in_stream):
+            hint = "no '...' (ellipsis) in a subscript: write every leading axis, `x[:, 0]`"
+        if char == "." and re.search(r"\bmodel\s*$", source[:err.pos_in_stream]):
+            hint = ("nnlang has no model.add(): write each layer as a statement, "
+                    "`h = dense(x, 64)`, inside `model Name { ... }`")
         if hint:
             return Diagnostic(msg, span, hint)
     else:
@@ -132,10 +145,10 @@ def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
             msg = f"unexpected '{tok}'"
             span = Span(file, tok.line, tok.column, tok.end_line, tok.end_column, source)
         expected = getattr(err, "expected", None) or getattr(err, "accepts", None)
-    hint = None
+    hint = None if isinstance(err, UnexpectedCharacters) else _habit_hint(err, source)
     try:
         # NOTE: use_accepts=True trips a formatting bug in lark 1.3's debug logging
-        hint = err.match_examples(p.parse, _MISTAKES, use_accepts=False)
+        hint = hint or err.match_examples(p.parse, _MISTAKES, use_accepts=False)
     except Exception:  # NOTE: matching is best effort; a failed match must not hide the error
         hint = None
     unclosed = _unclosed_brace(source) if at_end else None
@@ -146,9 +159,81 @@ def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
     return Diagnostic(msg, span, hint)
 
 
+KEYWORDS = ("model", "block", "train", "generate", "import", "input", "param", "symbol",
+            "output", "loss", "metric", "return", "repeat")
+# what a PyTorch or Keras call's module prefix is; `F.relu(x)` is `relu(x)`
+_MODULES = {"nn", "F", "torch", "tf", "keras", "layers", "functional", "K", "np"}
+# a keyword used as a value's name (`input = ...`, `output = dense(x, 4)`): how it is written
+_KEYWORD_FORMS = {
+    "input": "`input` declares an input, `input x: float32[batch, 8]`; name a value otherwise",
+    "output": "an output is `output y = expression` (or `output y` for a value defined before)",
+    "param": "`param` declares a weight, `param w: float32[8, 4]`; name a value otherwise",
+    "symbol": "`symbol seq` declares a size that comes with the data; name a value otherwise",
+    "return": "a block ends with `return value`",
+    "repeat": "`repeat N { ... }` stacks a body N times; name a value otherwise",
+    "model": "`model Name { ... }` starts a model; name a value otherwise",
+    "block": "`block Name(x) { ... }` starts a block; name a value otherwise",
+}
+_PYTHON_STATEMENTS = {
+    "for": "no loops: `repeat N { ... }` stacks a body N times (`h = dense(h, 64)` inside "
+           "carries h from one copy to the next)",
+    "while": "no loops: `repeat N { ... }` stacks a body N times",
+    "if": "no conditionals: a graph is fixed when checked; compute both and select with "
+          "`where(cond, a, b)`",
+    "def": "a function is a block: `block Name(x, units) { ... return y }`",
+    "class": "a model is `model Name(hyper = 1) { input ... }`; a reusable part is a `block`",
+}
+_DOTTED_CALL = re.compile(r"([A-Za-z_]\w*)((?:\.[A-Za-z_]\w*)+)\s*$")
+
+
+def _habit_hint(err: UnexpectedInput, source: str) -> str | None:
+    """Hints for what Keras and PyTorch code brings along, read from the failing line: a
+    misspelt keyword, a method or module call (`x.view(...)`, `F.relu(x)`) and a layer object
+    called on its input (`Dense(64)(x)`)."""
+    tok = getattr(err, "token", None)
+    lines = source.split("\n")
+    if not isinstance(tok, Token) or _at_end(err) or not 0 < tok.line <= len(lines):
+        return None
+    line = lines[tok.line - 1]
+    before = line[:tok.column - 1]
+    if "//" in line[max(tok.column - 2, 0):tok.column + 1]:
+        return "comments start with '#'"
+    first = re.fullmatch(r"\s*([A-Za-z_]\w*)\s+", before)
+    # a statement starts with a keyword or `name =`, an item with a keyword: a word then a
+    # name, or an unknown word opening an item, is a misspelt keyword (`inptu x`, `Model M`)
+    word = first.group(1) if first else tok if not before.strip() and tok.type == "NAME" else None
+    if word in _PYTHON_STATEMENTS:
+        return _PYTHON_STATEMENTS[word]
+    if word and word not in KEYWORDS:
+        guess = did_you_mean(word, KEYWORDS)
+        if guess:
+            return f"did you mean the keyword {guess.removeprefix('did you mean ')}"
+    if tok == "=" and before.strip() in _KEYWORD_FORMS:
+        return _KEYWORD_FORMS[before.strip()]
+    if tok != "(":
+        return None
+    if before.rstrip().endswith(")"):
+        return ("a call gives a tensor, not a layer to call again: pass the input first, "
+                "`dense(x, 64, activation = \"relu\")`")
+    dotted = _DOTTED_CALL.search(before)
+    if dotted:
+        from nnlang.ops import registry
+
+        head, name = dotted.group(1), dotted.group(2).rsplit(".", 1)[-1]
+        ops = [n for n in registry.all_ops() if n != "scan"]
+        # NOTE: a stricter cutoff than a typo's: a method name is often no op at all
+        op = name if name in ops else closest(name, ops, cutoff=0.8) or "op"
+        call = f"`{op}(...)`" if head in _MODULES else f"`{op}({head}, ...)`"
+        return (f"nnlang has no methods or modules: call an op by name, its tensor first: "
+                f"{call}" + (" (`nnlang ops` lists them)" if op == "op" else ""))
+    return None
+
+
 def _character_hint(char: str) -> str | None:
     if char in "\"'":
         return f"a string that is never closed: end it with {char} on the same line"
+    if char == "\\":
+        return "a statement may go on to the next line as it is; '\\' is not needed"
     if char == ";":
         return "statements end at the end of a line; ';' is not needed"
     if not char.isascii() and (char.isalpha() or char.isdigit()):

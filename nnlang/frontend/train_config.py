@@ -78,6 +78,9 @@ _SCALARS = {"batch": "int", "epochs": "int", "val_split": "float", "seed": "int"
             "monitor": "str", "mode": "str"}
 PENALTY_LISTS = ("l1_on", "l2_on")
 SETTINGS = ("data", "optimizer", "schedule", *_SCALARS, "init_from", *PENALTY_LISTS)
+# what `nnlang train --set NAME=...` takes besides hyper-parameters
+TRAIN_SET_KEYS = ("lr", *SETTINGS, *dict.fromkeys(
+    p.name for o in (*OPTIMIZERS.values(), *SCHEDULES.values()) for p in o.sig.params))
 FLAGS = {"lr": "--lr", "epochs": "--epochs", "batch": "--batch", "seed": "--seed",
          "val_split": "--val-split"}
 
@@ -260,6 +263,57 @@ def _data_choice(name: str, args: list, options: dict, span, errors: ErrorSink, 
     return Choice(name, options) if ok else None
 
 
+def _int_hint(name: str, raw) -> str | None:
+    """`epochs = 10.0` or `batch = "64"`: the integer it spells."""
+    if _SCALARS.get(name) != "int" or isinstance(raw, bool):
+        return None
+    if isinstance(raw, float) and raw.is_integer():
+        return f"write it without a decimal point: {name} = {int(raw)}"
+    if isinstance(raw, str) and raw.strip().isdigit():
+        return f"write the number without quotes: {name} = {raw.strip()}"
+    return None
+
+
+def _keyword_example(d, args: list) -> str | None:
+    """`exponential(0.9)` -> `exponential(gamma = 0.9)`: the positional values under the names
+    of the options they most likely meant (required ones first, as the signature lists them)."""
+    if d is None:
+        return None
+    names = [p.name for p in d.sig.params if p.required] + \
+            [p.name for p in d.sig.params if not p.required]
+    shown = ", ".join(f"{n} = {show_value(v)}" for n, v in zip(names, args))
+    return f"name each option: {d.name}({shown})"
+
+
+# settings of Keras' compile()/fit() and PyTorch loops that nnlang says elsewhere
+_SAID_ELSEWHERE = {
+    "loss": "the loss is part of the model: `loss cross_entropy(logits, label)` in its body",
+    "metrics": "metrics are part of the model: `metric acc = accuracy(logits, label)` in its body",
+    "metric": "metrics are part of the model: `metric acc = accuracy(logits, label)` in its body",
+    "device": "the device is a flag: `nnlang train --backend cupy` for an NVIDIA GPU (numba, "
+              "the default, runs on the CPU)",
+    "validation_split": "did you mean 'val_split'?",
+}
+
+
+def _option_hint(s: ast.Setting, t: ast.TrainDef) -> str | None:
+    """An optimizer's or schedule's option written as a setting of its own (`lr = 0.1`, as
+    Keras' compile(learning_rate=...) reads): where it goes instead. `--set lr=0.1` takes it
+    bare, the file does not."""
+    if s.name in _SAID_ELSEWHERE:
+        return _SAID_ELSEWHERE[s.name]
+    for setting, table in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        owners = [name for name, d in table.items()
+                  if any(p.name == s.name for p in d.sig.params)]
+        if owners:
+            given = next((getattr(o.value, "func", getattr(o.value, "id", None))
+                          for o in t.settings if o.name == setting), None)
+            example = given if given in owners else "adam" if "adam" in owners else owners[0]
+            return (f"'{s.name}' is an option of the {setting}: "
+                    f"`{setting} = {example}({s.name} = ...)`")
+    return None
+
+
 def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
                     weight=None, graph=None) -> TrainConfig:
     """Evaluates each setting with `evaluate` (the model's hyper-parameters are in scope);
@@ -271,7 +325,8 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
     for s in t.settings:
         if s.name not in SETTINGS:
             errors.add(f"unknown train setting '{s.name}'", s.span,
-                       did_you_mean(s.name, SETTINGS) or f"settings: {', '.join(SETTINGS)}")
+                       _option_hint(s, t) or did_you_mean(s.name, SETTINGS)
+                       or f"settings: {', '.join(SETTINGS)}")
             continue
         if s.name in values:
             errors.add(f"train setting '{s.name}' is given twice", s.span)
@@ -290,8 +345,9 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
                 continue
             spans = {k.name: k.value.span for k in s.value.kwargs}
             if args and s.name != "data":
+                table = OPTIMIZERS if s.name == "optimizer" else SCHEDULES
                 errors.add(f"{s.value.func}() takes keyword arguments only", s.value.span,
-                           f"e.g. {s.value.func}(lr = 1e-3)")
+                           _keyword_example(table.get(s.value.func), args))
                 continue
             raw = (s.value.func, opts)
         elif s.name in ("data", "optimizer", "schedule") and isinstance(s.value, ast.Name):
@@ -329,7 +385,8 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
         else:
             problem = check_kind(_SCALARS[s.name], raw, False) or range_problem(s.name, raw)
             if problem:
-                errors.add(f"train setting '{s.name}': {problem}", span)
+                errors.add(f"train setting '{s.name}': {problem}", span,
+                           _int_hint(s.name, raw))
                 continue
             value = float(raw) if _SCALARS[s.name] == "float" else raw
             if s.name == "monitor" and graph is not None and \

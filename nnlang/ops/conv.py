@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from nnlang.errors import did_you_mean
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.init import init_spec
 from nnlang.ops.movement import window_out
@@ -18,6 +19,23 @@ from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, need
 from nnlang.ops.signature import show_value
 
 _LAYOUT = {1: "[batch, channels, length]", 2: "[batch, channels, height, width]"}
+
+
+def looks_channels_last(shape, nd: int) -> bool:
+    """A channels-first input whose last axis is few (1 gray, 3 RGB, 4 RGBA) and whose channel
+    axis is many times more: Keras' [batch, height, width, channels] layout, most likely."""
+    if len(shape) != nd + 2 or not all(isinstance(d, int) for d in shape[1:]):
+        return False
+    return shape[-1] <= 4 and shape[1] >= 4 * shape[-1] and shape[1] >= 8
+
+
+def channels_last_hint(shape, nd: int, exact: bool = True) -> str:
+    """How to fix a channels-last `shape`; `exact` when it is the declared image itself (a
+    window that no longer fits deeper in the net shows a shape the input does not have)."""
+    fix = (f"declare the input as {fmt_shape((shape[0], shape[-1], *shape[1:-1]))}" if exact
+           else "declare the input channels-first")
+    return (f"{fmt_shape(shape)} looks channels-last (Keras' layout); nnlang's convolutions and "
+            f"pools take {_LAYOUT[nd]}: {fix}, or pass channels_last = true")
 
 
 def _tuple(op, name, given, nd):
@@ -50,7 +68,9 @@ def _pads(op, padding, size, kernel, stride, dilation):
         if len(pads) == 2 * nd:
             return list(pads)
     raise ShapeError(f"{op}: padding must be \"same\", \"valid\", an int, {nd} ints or {2 * nd} "
-                     f"lo/hi ints, got {show_value(padding)}", attr="padding")
+                     f"lo/hi ints, got {show_value(padding)}", attr="padding",
+                     hint=did_you_mean(padding, ("same", "valid")) if isinstance(padding, str)
+                     else None)
 
 
 def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_last=False,
@@ -81,7 +101,9 @@ def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_l
             raise ShapeError(f"{op}: window {kernel[i]} (dilation {dilation[i]}) does not fit "
                              f"spatial size {spatial[i]} of {fmt_shape(x.shape)} with padding "
                              f"{pads[2 * i]}+{pads[2 * i + 1]}", arg=0,
-                             hint="use padding = \"same\" or a smaller kernel")
+                             hint=(channels_last_hint(x.shape, nd, exact=False)
+                                   if not channels_last and looks_channels_last(x.shape, nd)
+                                   else "use padding = \"same\" or a smaller kernel"))
         out.append(o)
     return shape, kernel, stride, pads, dilation, out
 

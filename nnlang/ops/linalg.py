@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnlang.ir.dims import fmt_shape, numel
+from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.lowering import both
 from nnlang.ops.registry import (LINALG, Sample, ShapeError, TensorType, broadcast_shapes,
                                  is_float, onnx_op, promote, register)
@@ -14,10 +14,20 @@ def _matmul_shape(a: TensorType, b: TensorType) -> TensorType:
         raise ShapeError(f"matmul needs rank >= 2 operands, got {a} and {b}",
                          arg=0 if a.rank < 2 else 1, hint="unsqueeze the vector first")
     if a.shape[-1] != b.shape[-2]:
+        # NOTE: transposing is the fix only when it lines the sizes up; two layers of other
+        # widths (128 into a [64, 10] weight) need one size changed
+        if a.shape[-1] == b.shape[-1]:
+            fix = "transpose the right side (its last two axes)"
+        elif a.shape[-2] == b.shape[-2] and a.shape[-2] != Sym.of("batch"):
+            # NOTE: not over the batch: transpose(h) @ g would sum over the examples
+            fix = "transpose the left side (its last two axes)"
+        else:
+            fix = (f"make the sizes agree: a right side of [{a.shape[-1]}, {b.shape[-1]}] "
+                   "would fit")
         raise ShapeError(f"inner dims differ: {fmt_shape(a.shape)} @ {fmt_shape(b.shape)} "
                          f"({a.shape[-1]} vs {b.shape[-2]})", arg=1,
                          hint="the last dim of the left side must equal the second-to-last "
-                              "of the right; transpose one side?")
+                              f"of the right; {fix}")
     if not (is_float(a.dtype) and is_float(b.dtype)):
         raise ShapeError(f"matmul needs float tensors, got {a} and {b}", arg=0)
     batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])

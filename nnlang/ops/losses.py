@@ -3,7 +3,7 @@
 """
 from __future__ import annotations
 
-from nnlang.ir.dims import fmt_shape
+from nnlang.ir.dims import Sym, fmt_shape
 from nnlang.ops.nn import const_like, mean_over, need_float, stable_softplus
 from nnlang.ops.registry import (INT_DTYPES, Sample, ShapeError, TensorType, is_float, need_range,
                                  register)
@@ -13,8 +13,13 @@ def _same_shape(op, a: TensorType, b: TensorType) -> None:
     # NOTE: no broadcasting here on purpose: pred [batch, 1] against target [batch] would
     # silently build a [batch, batch] loss.
     if a.shape != b.shape:
+        classes = (b.dtype in INT_DTYPES and a.rank >= 2 and a.shape[-1] != 1
+                   and a.shape[:-1] == b.shape)
         raise ShapeError(f"{op}: prediction {fmt_shape(a.shape)} and target {fmt_shape(b.shape)} "
-                         "differ", arg=1, hint="reshape or squeeze one side so they match")
+                         "differ", arg=1,
+                         hint=("int class ids against a score per class: for classes use "
+                               "cross_entropy(logits, labels)" if classes else
+                               "reshape or squeeze one side so they match"))
 
 
 def _binary_pair(op, p: TensorType, y: TensorType) -> None:
@@ -107,33 +112,78 @@ register("bce_with_logits", "logits: tensor, target: tensor", _bce_logits_shape,
              "max(z, 0) - z*y + log(1 + e**-|z|), averaged. Prefer it to sigmoid + bce.")
 
 
+def need_scores_first(op: str, scores: TensorType, labels: TensorType) -> None:
+    """int ids first and float scores second: the arguments are swapped (Keras' losses take
+    (y_true, y_pred), nnlang's and PyTorch's (prediction, target))."""
+    if labels.dtype in INT_DTYPES or not is_float(labels.dtype) or is_float(scores.dtype):
+        return
+    if labels.rank > 0 and labels.shape[:-1] == scores.shape:
+        raise ShapeError(f"{op}: the scores come first, then the labels; got {scores} first "
+                         f"and {labels} second", arg=0,
+                         hint=f"swap them: {op}(logits, labels)")
+
+
 def _ce_shape(logits, labels):
+    need_scores_first("cross_entropy", logits, labels)
     need_float("cross_entropy", logits)
+    _need_class_axis("cross_entropy", logits)
+    rows = fmt_shape(logits.shape[:-1])
     if labels.dtype in INT_DTYPES:
         if logits.shape[:-1] != labels.shape:
-            # NOTE: one label per example but logits with more axes: most often a dense on an
-            # unflattened feature map, which acts on the last axis only
-            flat = labels.rank == 1 and logits.rank > 2
             raise ShapeError(f"cross_entropy: logits {fmt_shape(logits.shape)} need labels "
-                             f"{fmt_shape(logits.shape[:-1])} (one class id per row), got "
-                             f"{fmt_shape(labels.shape)}", arg=1,
-                             hint="dense acts on the last axis only: flatten the features "
-                                  "before the last layer, dense(flatten(h), classes)" if flat
-                             else "logits are [batch, classes] or [batch, time, classes]")
+                             f"{rows} (one class id per row), got {fmt_shape(labels.shape)}",
+                             arg=1, hint=_ids_hint(logits, labels))
     elif is_float(labels.dtype):
-        if labels.shape == logits.shape[:-1]:
-            raise ShapeError(f"cross_entropy: float labels {fmt_shape(labels.shape)} are read as "
-                             f"probabilities shaped like the logits {fmt_shape(logits.shape)}; "
-                             "class ids must be ints", arg=1,
-                             hint="declare the labels int32 (`input label: int32[batch]`) or "
+        if labels.shape != logits.shape and _class_ids_shape(logits, labels):
+            # NOTE: a float label [batch] is a class id declared float (Keras reads it as one);
+            # reshaping it, as the generic hint says, would not fix it.
+            raise ShapeError(f"cross_entropy: float labels {fmt_shape(labels.shape)} are read "
+                             f"as probabilities shaped like the logits "
+                             f"{fmt_shape(logits.shape)}; class ids {rows} must be ints", arg=1,
+                             hint=f"declare the labels int32 (`input label: int32{rows}`) or "
                                   "cast them: cast(label, dtype = \"int32\")")
         _same_shape("cross_entropy", logits, labels)
     else:
         raise ShapeError(f"cross_entropy: labels must be int class ids or float probabilities, "
                          f"got {labels}", arg=1)
-    if logits.rank < 1:
-        raise ShapeError("cross_entropy: logits need a class axis", arg=0)
     return _scalar(logits)
+
+
+def _ids_hint(logits: TensorType, labels: TensorType) -> str:
+    if labels.shape == logits.shape:
+        return LABELS_ONE_HOT_HINT
+    if logits.rank > 2 and labels.shape == logits.shape[:1]:
+        # NOTE: dense on [batch, 28, 28] maps the last axis only, as Keras' Dense does
+        return ("the logits kept the input's middle axes (dense works on the last axis): "
+                "flatten first, `flatten(x) |> dense(classes)`")
+    return "logits are [batch, classes] or [batch, time, classes]"
+
+
+LABELS_ONE_HOT_HINT = ("these labels look one-hot: give one int class id per row (the argmax), "
+                       "or declare them float32 as probabilities")
+
+
+def _class_ids_shape(logits: TensorType, labels: TensorType) -> bool:
+    """Labels of one id per row ([batch], or [batch, 1] as Keras' sparse labels often are)."""
+    rows = logits.shape[:-1]
+    return labels.shape in (rows, rows + (1,))
+
+
+def _need_class_axis(op: str, logits: TensorType) -> None:
+    """A softmax over classes needs a class axis of 2 or more that is not the batch: over one
+    class it is always 1 (a loss of 0 that never trains), over the batch it mixes examples.
+    Both are what a binary model with one score per row gives, the sigmoid habit of Keras."""
+    if logits.rank < 1:
+        raise ShapeError(f"{op}: logits need a class axis", arg=0)
+    last = logits.shape[-1]
+    if last == 1 or last == Sym.of("batch"):
+        what = ("its class axis has 1 class, so the softmax is always 1 and the loss 0"
+                if last == 1 else "its last axis is the batch, so the softmax would run across "
+                                  "the examples")
+        raise ShapeError(f"{op}: logits {fmt_shape(logits.shape)}: {what}", arg=0,
+                         hint="for one score per example (a binary task) use "
+                              "bce_with_logits(logit, label) and binary_accuracy; for classes, "
+                              "end with dense(h, classes)")
 
 
 def _cross_entropy(b, logits, labels):
@@ -151,4 +201,5 @@ register("cross_entropy", "logits: tensor, labels: tensor", _ce_shape, decompose
                   Sample(((3, 4), (3, 4)), domain="unit")),
          doc="softmax cross-entropy from raw logits [..., classes]: labels are int class ids "
              "[...] (or float probabilities shaped like logits); mean over all rows (batch, "
-             "and time for [batch, time, classes]).")
+             "and time for [batch, time, classes]). Two classes at least: for one score per "
+             "example use bce_with_logits.")

@@ -4,16 +4,33 @@ comparisons (NONDIFF), so autodiff never walks through them.
 from __future__ import annotations
 
 from nnlang.ir.dims import fmt_shape
+from nnlang.ops.losses import LABELS_ONE_HOT_HINT, need_scores_first
 from nnlang.ops.nn import mean_over, need_float
 from nnlang.ops.registry import INT_DTYPES, NONDIFF, Sample, ShapeError, TensorType, register
 
 
 def _accuracy_shape(logits, labels):
+    need_scores_first("accuracy", logits, labels)
     need_float("accuracy", logits)
-    if labels.dtype not in INT_DTYPES or logits.shape[:-1] != labels.shape:
+    if logits.rank >= 1 and logits.shape[-1] == 1:
+        # NOTE: the argmax of one column is always 0: the "accuracy" would be the share of
+        # label 0, whatever the model says
+        raise ShapeError(f"accuracy: scores {fmt_shape(logits.shape)} have 1 class, so their "
+                         "argmax is always 0", arg=0,
+                         hint="for one sigmoid output use binary_accuracy(prob, labels) "
+                              "(threshold = 0 on logits)")
+    rows = logits.shape[:-1]
+    if labels.dtype not in INT_DTYPES or rows != labels.shape:
+        # NOTE: the hint follows the likely cause; one score per row is the only case where
+        # binary_accuracy is the fix.
+        if labels.shape == logits.shape:
+            hint = LABELS_ONE_HOT_HINT.split(", or")[0]
+        elif labels.shape in (rows, rows + (1,)):
+            hint = f"declare the labels as int32{fmt_shape(rows)}"
+        else:
+            hint = "scores are [batch, classes] or [batch, time, classes]"
         raise ShapeError(f"accuracy: scores {fmt_shape(logits.shape)} need int class ids "
-                         f"{fmt_shape(logits.shape[:-1])}, got {labels}", arg=1,
-                         hint="for one sigmoid output use binary_accuracy")
+                         f"{fmt_shape(rows)}, got {labels}", arg=1, hint=hint)
     return TensorType((), logits.dtype)
 
 

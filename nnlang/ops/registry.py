@@ -226,6 +226,14 @@ def need_range(op: str, name: str, value, lo: float, hi: float, hi_open: bool = 
                          f"got {value!r}", attr=name)
 
 
+def _same_dims(shapes) -> bool:
+    """Whether the shapes hold the same sizes, in another order or with axes of 1 besides: a
+    transpose or reshape can then line them up."""
+    def sizes(s):
+        return sorted((d for d in s if d != 1), key=str)
+    return all(sizes(s) == sizes(shapes[0]) for s in shapes)
+
+
 def broadcast_shapes(*shapes) -> tuple:
     """numpy broadcasting over ints and symbolic dims; raises ShapeError naming both shapes."""
     rank = max(len(s) for s in shapes)
@@ -239,7 +247,9 @@ def broadcast_shapes(*shapes) -> tuple:
             raise ShapeError(
                 "shapes " + " and ".join(fmt_shape(s) for s in shapes) + " do not broadcast "
                 f"(dim {i - rank}: " + " vs ".join(str(d) for d in dims) + ")", arg=bad,
-                hint="dims must be equal or 1; reshape or transpose one side")
+                hint="dims must be equal or 1; " + (
+                    "reshape or transpose one side" if _same_dims(shapes)
+                    else "make the sizes agree (a layer's units, a declared shape)"))
         out.append(real.pop() if real else 1)
     return tuple(out)
 

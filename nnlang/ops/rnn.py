@@ -50,6 +50,27 @@ def _gru_cell(b, xt, h, c, rec, rec_bias, *, units, activation, h_mix):
 _CELLS = {"rnn": (1, _simple_cell), "lstm": (4, _lstm_cell), "gru": (3, _gru_cell)}
 
 
+def last_step_hint(op: str, producer) -> str | None:
+    """The fix when a recurrent layer reads another's output that has no time axis: the first
+    layer returns only its last step (the Keras habit of stacking LSTMs without
+    return_sequences). `producer` is the node that made the input."""
+    if op in _CELLS and producer.op in _CELLS and not producer.attrs.get("return_sequences"):
+        line = f" on line {producer.span.line}" if producer.span is not None else ""
+        return (f"the {producer.op}{line} returns only its last step; give it "
+                f"return_sequences = true to feed every step to this {op}")
+    return None
+
+
+def every_step_hint(producer) -> str | None:
+    """The fix when a loss or metric gets one value per time step against one target per
+    example: the recurrent layer `producer` (upstream of the prediction) returns every step."""
+    if producer is not None and producer.op in _CELLS and producer.attrs.get("return_sequences"):
+        line = f" on line {producer.span.line}" if producer.span is not None else ""
+        return (f"the {producer.op}{line} returns every step (return_sequences = true): drop "
+                f"it to keep the last step, or pool over time, e.g. mean(h, axis = 1)")
+    return None
+
+
 def _check(op, x):
     need_float(op, x)
     if x.rank != 3:

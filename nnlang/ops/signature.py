@@ -156,7 +156,10 @@ def check_kind(kind: str, value, is_tensor: bool) -> str | None:
     if kind == "dtype":
         from nnlang.ops.registry import DTYPES  # NOTE: registry imports this module
         if value not in DTYPES:
-            return f"expected a dtype ({', '.join(DTYPES)}), got {show_value(value)}"
+            from nnlang.errors import closest
+            guess = closest(str(value), DTYPES)
+            return (f"expected a dtype ({', '.join(DTYPES)}), got {show_value(value)}"
+                    + (f" (did you mean \"{guess}\"?)" if guess else ""))
         return None
     ok = {
         "int": lambda v: isinstance(v, int) and not isinstance(v, bool),

@@ -109,6 +109,18 @@ def _rank_draws(g: Graph, rank: int) -> None:
             n.attrs["offset"] = rank * int(np.prod([int(d) for d in n.attrs["shape"]]))
 
 
+def no_loss(user: Graph, consequence: str):
+    """The error for a model without a `loss` line, at the value of its first output (what a
+    loss would read), or without a place when it has none."""
+    from nnlang.errors import NNError
+    out = next(iter(user.outputs.items()), None)
+    span = user.node(out[1]).span if out else None
+    logits = out[0] if out else "logits"
+    return NNError(f"model '{user.model}' declares no loss, {consequence}", span,
+                   f"add a line like `loss cross_entropy({logits}, label)` (or `loss "
+                   f"mse({logits}, target)` for numbers)")
+
+
 def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
                 wrt_inputs: tuple = (), lengths=None, ranks: int = 1, rank: int = 0) -> Graph:
     """Forward + loss + generated backward + optimizer update, as one primitive graph.
@@ -118,9 +130,7 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     if ranks > 1:
         _rank_draws(g, rank)
     if not g.losses:
-        from nnlang.errors import NNError
-        raise NNError(f"model '{g.model}' declares no loss, so it cannot be trained",
-                      hint="add a line like `loss cross_entropy(logits, label)`")
+        raise no_loss(user, "so it cannot be trained")
     b = Builder(g, role="bwd")
     total = total_loss(b, g, cfg.l2, cfg.l1, cfg.l2_on, cfg.l1_on)
     params = trainable(g)

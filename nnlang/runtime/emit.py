@@ -38,9 +38,8 @@ def emit(net, what: str, mode: str = "train") -> str:
         return g.dump()
     if what == "backward":
         if not net.user.losses:
-            raise NNError(f"model '{net.program.model}' declares no loss, so it has no "
-                          "backward pass", hint="add a line like `loss cross_entropy(logits, "
-                                                "label)`")
+            from nnlang.passes.pipeline import no_loss
+            raise no_loss(net.user, "so it has no backward pass")
         if mode != "train":
             raise NNError(f"--emit backward needs the train graph, not --mode {mode}",
                           hint="drop --mode")

@@ -8,7 +8,7 @@ import os
 from dataclasses import fields, replace
 from pathlib import Path
 
-from nnlang.errors import NNError
+from nnlang.errors import NNError, did_you_mean
 from nnlang.frontend.elaborate import load
 from nnlang.frontend.source import load_source, read_source
 from nnlang.frontend.train_config import FLAGS, Choice, TrainConfig, option_problem
@@ -106,7 +106,9 @@ def _options_of(name: str, registry: dict, kw: dict) -> dict:
 def _choice(name: str, registry: dict, what: str, keep: dict) -> Choice:
     from nnlang.ops.signature import BindError
     if name not in registry:
-        raise NNError(f"unknown {what} '{name}'", hint=f"{what}s: {', '.join(sorted(registry))}")
+        raise NNError(f"unknown {what} '{name}'",
+                      hint=did_you_mean(name, registry)
+                      or f"{what}s: {', '.join(sorted(registry))}")
     sig = registry[name].sig
     names = {p.name for p in sig.params}
     try:

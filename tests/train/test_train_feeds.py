@@ -116,6 +116,14 @@ def test_flag_overrides():
     assert apply_overrides(cfg, {"optimizer": "adam"}).optimizer.options["lr"] == 0.1
 
 
+@pytest.mark.parametrize("spelled,guess", [("Adam", "adam"), ("SGD", "sgd"), ("adamm", "adam")])
+def test_a_misspelt_optimizer_in_set_suggests_the_name(spelled, guess):
+    """`--set optimizer=Adam(lr=0.1)` (Keras' class name) as the train section says it."""
+    with pytest.raises(NNError) as err:
+        apply_overrides(TrainConfig(), {"optimizer": f"{spelled}(lr=0.1)"})
+    assert err.value.hint == f"did you mean '{guess}'?"
+
+
 def test_set_values_split_between_model_and_training():
     src = "model M(hidden = 4, lr = 1) {\n input x: float32[batch, 2]\n}\n"
     hp, train = split_overrides({"hidden": 8, "lr": 2, "clip_norm": 1.0, "bogus": 1}, src, "m")
