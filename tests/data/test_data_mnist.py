@@ -135,3 +135,17 @@ def test_encode_image(tmp_path):
     np.testing.assert_allclose(ds.encode(tmp_path / "c.png")["image"], want, atol=1e-6)
     with pytest.raises(DataError, match="expected"):
         ds.encode(np.zeros((32, 32), np.uint8))
+    # channels first or last, with or without the channel, are the same single-channel image
+    for raw in (digit[None], digit[..., None]):
+        np.testing.assert_allclose(ds.encode(raw)["image"], want, atol=1e-6)
+
+
+def test_encode_image_refuses_another_size_with_as_many_pixels(tmp_path):
+    # 14 x 56 (or 56 x 14) has MNIST's 784 pixels: reshaped to 28 x 28 it fed the model a
+    # scrambled digit and printed a confident-looking class
+    ds = load_dataset("mnist-sample")
+    wide = (ds.test["image"][0, 0] * 255).round().astype(np.uint8).reshape(14, 56)
+    _png(tmp_path / "wide.png", wide, color=0)
+    for raw in (tmp_path / "wide.png", wide, wide.T, wide[None]):
+        with pytest.raises(DataError, match=r"28 x 28"):
+            ds.encode(raw)
