@@ -196,3 +196,46 @@ def test_text_for_an_input_of_symbolic_length(work, tmp_path):
                          "-i", "source=Friday, the 5th of March", "-i", "decoder_in=<start>",
                          "--json", code=0, cwd=d))
     assert [r["kind"] for r in got] == ["sequence", "sequence"]
+
+
+# a character model whose logits are a lookup of its input character: the loss is known from
+# the table and the ids alone
+CHAR_LOOKUP = """
+model Lookup(vocab = 108) {
+  input tokens: int32[batch, 16]
+  input next: int32[batch, 16]
+  logits = embedding(tokens, vocab, vocab)
+  output logits
+  loss cross_entropy(logits, next)
+}
+train Lookup { data = imdb_text_sample(maxlen = 16, train_chunks = 32, test_chunks = 8)
+               batch = 3 }
+"""
+
+
+def test_eval_encodes_text_with_the_characters_the_run_was_trained_with(tmp_path):
+    """A character model trained on one text evaluated on another (`--data imdb-text` for a
+    run trained on imdb-text-sample: 108 characters against the sample's 89) got the new
+    text's own character ids, silently other ids for most characters. Eval must encode with
+    the checkpoint's characters: here those of the sample in reverse order."""
+    from nnlang.data import load_dataset
+    from nnlang.data.chars import CharTokenizer, tokenizer_from_meta
+    (tmp_path / "lm.nn").write_text(CHAR_LOOKUP)
+    cli("train", "lm.nn", "--backend", "reference", "--max-steps", "1", "--out", "run",
+        code=0, cwd=tmp_path)
+    ck = checkpoint.load(tmp_path / "run")
+    own = tokenizer_from_meta(ck.data_meta)
+    trained = CharTokenizer(own.chars[::-1], own.specials, eos="\n")
+    ck.meta["data"]["meta"]["tokenizer"] = trained.settings()
+    table = np.random.default_rng(0).normal(size=(108, 108)).astype(np.float32)
+    checkpoint.save(tmp_path / "rev.npz", {"logits.weight": table}, ck.meta)
+    # the held-out text, written back from the data set's own ids, then encoded by hand
+    test = load_dataset("imdb-text-sample(maxlen=16, train_chunks=32, test_chunks=8)").test
+    ids = {t: i for i, t in enumerate(trained.vocab)}
+    x, y = (np.vectorize(lambda i: ids[own.vocab[i]])(test[k]) for k in ("tokens", "next"))
+    z = table[x].astype(np.float64)
+    z -= z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    want = -np.take_along_axis(logp, y[..., None], -1).mean()
+    out = cli("eval", "lm.nn", "-c", "rev.npz", "--backend", "reference", code=0, cwd=tmp_path)
+    assert f"{want:.4f}" in out, (want, out)

@@ -44,22 +44,32 @@ def check_options(name: str, maxlen: int = 128, train_chunks: int = 8000,
 
 
 def load_imdb_text(data_dir=None, maxlen: int = 128, train_chunks: int = 8000,
-                   test_chunks: int = 400) -> Dataset:
+                   test_chunks: int = 400, words: list[str] | None = None) -> Dataset:
     """IMDB review text as character chunks of `maxlen`: `train_chunks` from the archive's
-    train reviews and `test_chunks` from its test reviews (the validation data)."""
+    train reviews and `test_chunks` from its test reviews (the validation data). `words`: a
+    trained model's characters, encoded with instead of the ones this text counts."""
     return text_chunks("imdb-text", imdb.find_source(data_dir), maxlen, train_chunks,
-                       test_chunks, data_dir, imdb.REMOTE)
+                       test_chunks, data_dir, imdb.REMOTE, words)
 
 
-def text_chunks(name, source, maxlen, train_chunks, test_chunks, data_dir=None, remote=None):
+def text_chunks(name, source, maxlen, train_chunks, test_chunks, data_dir=None, remote=None,
+                words: list[str] | None = None):
     check_options(name, maxlen, train_chunks, test_chunks)
     sha = sha256_of(source) if source.is_file() else str(source.resolve())
     parts = [sha, str(maxlen), str(train_chunks), str(test_chunks), str(TEXT_VERSION)]
     key = f"{name}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}"
     cached = load_processed(key)
+    # NOTE: a model's characters serve from the text's own encoding when they are its
+    # characters (a resumed run); other ones key their own entry: the sample counts 89
+    # characters 50+ times, the full archive 108, so each gives most characters other ids
+    if words is not None and (cached is None or str(cached["chars"]) != "".join(words)):
+        parts.append("".join(words))
+        key = f"{name}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}"
+        cached = load_processed(key)
     if cached is None:
         docs = imdb.read_reviews(source, data_dir, remote)
-        cached = _process(docs, maxlen, train_chunks, test_chunks)
+        cached = _process(docs, maxlen, train_chunks, test_chunks,
+                          None if words is None else "".join(words))
         save_processed(key, cached)  # NOTE: a read-only cache dir just means no cache
     tok = tokenizer(str(cached["chars"]))
     splits = {s: Split({"tokens": cached[f"{s}_x"][:, :-1], "next": cached[f"{s}_x"][:, 1:]})
@@ -72,13 +82,15 @@ def text_chunks(name, source, maxlen, train_chunks, test_chunks, data_dir=None, 
                    val=splits["test"])
 
 
-def _process(docs, maxlen: int, train_chunks: int, test_chunks: int) -> dict:
+def _process(docs, maxlen: int, train_chunks: int, test_chunks: int,
+             chars: str | None = None) -> dict:
     texts = {s: [clean(t) + SEPARATOR for split, _, _, t in docs if split == s]
              for s in ("train", "test")}
-    counts = Counter()
-    for t in texts["train"]:
-        counts.update(t)
-    chars = "".join(sorted(c for c, n in counts.items() if n >= MIN_COUNT))
+    if chars is None:
+        counts = Counter()
+        for t in texts["train"]:
+            counts.update(t)
+        chars = "".join(sorted(c for c, n in counts.items() if n >= MIN_COUNT))
     tok = tokenizer(chars)
     out = {"chars": np.array(chars)}
     rng = np.random.default_rng(0)

@@ -11,6 +11,7 @@ import numpy as np
 from rich.console import Console
 
 from nnlang.data.chars import tokenizer_from_meta
+from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
 from nnlang.frontend.source import same_program
 from nnlang.ir.dims import Sym
@@ -86,7 +87,7 @@ def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,
     file = source_of(program_or_path)[1]
     _, split, arrays = held_out_arrays(net, cfg, data, data_dir,
                                        Path(file).parent if file != "<string>" else None,
-                                       ckpt.data_meta.get("vocab"))
+                                       trained_words(ckpt.data_meta))
     return split, evaluate(net, arrays, net.batch, console)
 
 
