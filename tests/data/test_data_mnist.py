@@ -34,6 +34,16 @@ def test_fashion_mnist_real(real_data):
     assert np.bincount(ds.test["label"]).tolist() == [1000] * 10
 
 
+@pytest.mark.parametrize("have, want", [("mnist", "fashion-mnist"), ("fashion-mnist", "mnist")])
+def test_one_data_set_is_not_taken_for_the_other(real_data, tmp_path, have, want):
+    """Both data sets' files have the same names, and a folder is also searched itself (not
+    only <folder>/<name>/): `--data fashion-mnist --data-dir DIR/mnist` loaded the digits as
+    clothes and eval printed their scores as Fashion-MNIST's."""
+    root = real_data(f"{have}/train-labels-idx1-ubyte.gz") / have
+    with pytest.raises(DataError, match=f"{have}'s .*not {want}'s"):
+        load_dataset(want, data_dir=root)
+
+
 def test_env_var_is_searched(real_data, monkeypatch):
     monkeypatch.setenv("NNLANG_DATA_DIR", str(real_data("mnist/t10k-labels-idx1-ubyte.gz")))
     assert load_dataset("mnist").meta["source"]["test_label"].endswith("t10k-labels-idx1-ubyte.gz")
