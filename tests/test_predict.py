@@ -239,3 +239,23 @@ def test_eval_encodes_text_with_the_characters_the_run_was_trained_with(tmp_path
     want = -np.take_along_axis(logp, y[..., None], -1).mean()
     out = cli("eval", "lm.nn", "-c", "rev.npz", "--backend", "reference", code=0, cwd=tmp_path)
     assert f"{want:.4f}" in out, (want, out)
+
+
+def test_json_stays_json_when_an_output_overflows(work):
+    """An input far from the training data can overflow the model: --json printed `Infinity`
+    and `NaN`, which JSON does not have (jq and JSON.parse refuse the line), and numpy's
+    RuntimeWarning named a line of the backend. Now null, with a warning naming the example."""
+    d = work[0]
+    ck = checkpoint.load(d / "run-two")
+    state = {k: np.full_like(v, 10.0) for k, v in ck.state.items() if not k.startswith("opt")}
+    checkpoint.save(d / "tens.npz", state, ck.meta)
+    out = cli("predict", "two.nn", "-c", "tens.npz", "-i", "a=3e38,0,0", "-i", "b=0,0",
+              "-i", "a=1,2,3", "-i", "b=1,1", "--json", code=0, cwd=d)
+
+    def strict(word):
+        raise ValueError(f"not JSON: {word}")
+    got = [json.loads(line, parse_constant=strict) for line in out.splitlines()
+           if line.startswith("{")]
+    assert [r["value"] for r in got] == [None, 10 * 6 + 10 * 2 + 10]
+    assert "warning: output 'out' of input 'a=3e38,0,0; b=0,0' is not finite" in out
+    assert "RuntimeWarning" not in out

@@ -155,7 +155,11 @@ def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str
     # NOTE: a batch at a time: whole reviews pad to the longest of their batch, and an
     # attention model's scores grow with its square
     for batch, described in model_inputs(net.user, meta, inputs, named, npz, net.batch):
-        for oname, value in net.forward(batch).items():
+        # NOTE: an overflow is the result's to report (the CLI warns per example), not numpy's
+        # RuntimeWarning naming a line of the backend
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            outputs = net.forward(batch)
+        for oname, value in outputs.items():
             if oname not in per_output:
                 continue
             value = np.asarray(value)
