@@ -259,3 +259,26 @@ def test_json_stays_json_when_an_output_overflows(work):
     assert [r["value"] for r in got] == [None, 10 * 6 + 10 * 2 + 10]
     assert "warning: output 'out' of input 'a=3e38,0,0; b=0,0' is not finite" in out
     assert "RuntimeWarning" not in out
+
+
+def test_a_probability_of_one_half_is_the_class_binary_accuracy_counts():
+    """binary_accuracy calls prob > 0.5 positive; predict called prob >= 0.5 positive, so an
+    example at exactly 0.5 (float32's sigmoid of any |logit| < 3e-8, an all-zero weight) was
+    'pos' in predict and counted as 'neg' by eval's accuracy."""
+    import nnlang
+    from nnlang.train.inference import interpret_output
+    net = nnlang.compile("""
+model B {
+  input x: float32[batch, 2]
+  input y: float32[batch]
+  logit = squeeze(dense(x, 1), axis = 1)
+  output prob = sigmoid(logit)
+  loss bce_with_logits(logit, y)
+  metric acc = binary_accuracy(prob, y)
+}""", backend="reference", batch=3)
+    net.load_state_dict({k: np.zeros_like(v) for k, v in net.parameters().items()},
+                        strict=False)
+    x, y = np.ones((3, 2), np.float32), np.zeros(3, np.float32)
+    assert net.evaluate({"x": x, "y": y})["acc"] == 1.0    # every example counted as class 0
+    got = interpret_output(np.asarray(net.forward({"x": x})["prob"]), "binary")
+    assert [r["class"] for r in got] == [0, 0, 0] and got[0]["probability"] == 0.5

@@ -427,7 +427,9 @@ def interpret_output(value: np.ndarray, kind: str, logits: bool = False,
     probs = per
     if kind == "binary":
         p = 1 / (1 + np.exp(-per[:, 0])) if logits else per[:, 0]
-        out = [(int(pi >= 0.5), float(pi if pi >= 0.5 else 1 - pi)) for pi in p]
+        # NOTE: > as binary_accuracy's default threshold counts: at exactly 0.5 (float32's
+        # sigmoid of any |logit| < 3e-8) eval counted class 0 where predict printed 1
+        out = [(int(pi > 0.5), float(pi if pi > 0.5 else 1 - pi)) for pi in p]
     else:
         if logits:
             e = np.exp(per - per.max(1, keepdims=True))
