@@ -113,13 +113,14 @@ def list_datasets() -> list[str]:
 
 def trained_words(meta: dict) -> list[str] | None:
     """The vocabulary a trained model's text was encoded with, from its checkpoint's data
-    meta, as `load_dataset(words=...)` takes it: IMDB's words, or the characters of a
-    character tokenizer (its special tokens left out); None for data without one."""
+    meta, as `load_dataset(words=...)` takes it (one token per id, special tokens first):
+    IMDB's words, or a character tokenizer's tokens; None for data without one. A loader
+    refuses a vocabulary of another kind than its own."""
     from nnlang.data.chars import tokenizer_from_meta
     if meta.get("vocab") is not None:
         return list(meta["vocab"])
     chars = tokenizer_from_meta(meta)
-    return None if chars is None else list(chars.chars)
+    return None if chars is None else list(chars.vocab)
 
 
 def load_dataset(spec: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
