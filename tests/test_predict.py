@@ -282,3 +282,35 @@ model B {
     assert net.evaluate({"x": x, "y": y})["acc"] == 1.0    # every example counted as class 0
     got = interpret_output(np.asarray(net.forward({"x": x})["prob"]), "binary")
     assert [r["class"] for r in got] == [0, 0, 0] and got[0]["probability"] == 0.5
+
+
+DIGITS = """
+model Digits {
+  input image: float32[batch, 784]
+  input label: int32[batch]
+  logits = dense(image, 10)
+  output logits
+  loss cross_entropy(logits, label)
+}
+train Digits { data = mnist_sample batch = 8 }
+"""
+
+
+def test_npz_pixels_are_scaled_as_a_png_of_them_is(tmp_path):
+    """An image model's --npz rows of uint8 pixels (as the IDX files and PIL give them) went in
+    as 0..255, while the same pixels as a .png or .npy path were scaled to 0..1 as in training:
+    another class, at probability 1.0."""
+    from nnlang.data import load_dataset
+    (tmp_path / "digits.nn").write_text(DIGITS)
+    cli("train", "digits.nn", "--backend", "reference", "--max-steps", "1", "--out", "run",
+        code=0, cwd=tmp_path)
+    state = checkpoint.load(tmp_path / "run").state
+    pixels = (load_dataset("mnist-sample").test["image"][:3, 0] * 255).round().astype(np.uint8)
+    np.savez(tmp_path / "digits.npz", image=pixels)
+    got = json_lines(cli("predict", "digits.nn", "-c", "run", "--npz", "digits.npz",
+                         "--backend", "reference", "--json", code=0, cwd=tmp_path))
+    logits = pixels.reshape(3, 784) / 255.0 @ state["logits.weight"] + state["logits.bias"]
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert [r["class"] for r in got] == p.argmax(1).tolist()
+    np.testing.assert_allclose([r["probability"] for r in got], p.max(1), rtol=1e-5)

@@ -274,11 +274,15 @@ def _all_given(raws: dict, where: str, graph, features: dict) -> None:
 
 def encode_input(name: str, node, raws: list, meta: dict, what: str) -> np.ndarray:
     """One input's values -> a batch array, using only the checkpoint's data set meta: text
-    through its tokenizer, images through the loaders' scaling, arrays (from an .npz, a .npy
-    path or written numbers like 1,2.5) as they are."""
+    through its tokenizer, images (paths or arrays) through the loaders' scaling, other
+    arrays (from an .npz, a .npy path or written numbers like 1,2.5) as they are."""
     kind = meta.get("kind")
     arrays = [r for r in raws if isinstance(r, np.ndarray)]
-    if arrays:
+    if kind == "image":
+        # NOTE: arrays too (--npz rows): uint8 pixels from an .npz went in as 0..255 while the
+        # same pixels as a .png or .npy were scaled to 0..1 as in training
+        arr = np.concatenate([_image(r, meta["image_shape"], what, i) for i, r in enumerate(raws)])
+    elif arrays:
         arr = _stack(arrays, what)
     elif kind == "text":
         _no_files_for_text(raws)
@@ -289,12 +293,19 @@ def encode_input(name: str, node, raws: list, meta: dict, what: str) -> np.ndarr
         texts = [str(r) for r in raws]
         length = node.shape[1] if isinstance(node.shape[1], int) else None  # NOTE: a symbol
         arr = tokenizer_from_meta(meta).encode_batch(texts, length, what)
-    elif kind == "image":
-        from nnlang.data.image import encode_image
-        arr = np.concatenate([encode_image(r, meta["image_shape"]) for r in raws])
     else:
         arr = _stack([_read_values(r) for r in raws], what)
     return feeds.conform(name, arr, node, what)
+
+
+def _image(raw, image_shape, what: str, row: int) -> np.ndarray:
+    from nnlang.data.image import encode_image
+    if not isinstance(raw, np.ndarray):
+        return encode_image(raw, image_shape)   # NOTE: a path: its errors name it
+    try:
+        return encode_image(raw, image_shape)
+    except NNError as err:
+        raise NNError(f"{what}, row {row}: {err.message}", hint=err.hint) from None
 
 
 def _stack(examples: list, what: str) -> np.ndarray:
