@@ -15,8 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from nnlang.ir.dims import MAX_BATCH
-from nnlang_cli.app import (INTERRUPTED, TERMINATED, app, console, finite_float, parse_overrides,
-                            reporting)
+from nnlang.train.progress import say
+from nnlang_cli.app import (INTERRUPTED, TERMINATED, app, console, err_console, finite_float,
+                            parse_overrides, reporting)
 
 
 @contextmanager
@@ -149,12 +150,36 @@ def predict(
     with reporting():
         results = run_predict(str(file), checkpoint, inputs, backend, None if as_json else out,
                               named=named, npz=npz)
+    _warn_not_finite(results, as_json)
     if as_json:
         for r in results:
-            typer.echo(json.dumps(r))
+            # NOTE: json.dumps writes inf and nan as Infinity / NaN, which is not JSON (jq and
+            # JSON.parse refuse the line): null instead, and the warning above says which
+            typer.echo(json.dumps(_finite_or_null(r), allow_nan=False))
         return
     for name in dict.fromkeys(r["output"] for r in results):
         out.print(_result_table([r for r in results if r["output"] == name]))
+
+
+def _finite_or_null(value):
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def _warn_not_finite(results: list[dict], as_json: bool) -> None:
+    """A model's output can overflow on an input far from its training data; the numbers (and
+    a class read from them) then mean nothing, which the table or JSON alone does not say."""
+    bad = [r for r in results if any(not np.isfinite(np.asarray(r[k], np.float64)).all()
+                                     for k in ("value", "probability") if k in r)]
+    for r in bad:
+        say(err_console(), f"warning: output '{r['output']}' of input {_short(r['input'])!r} "
+                           "is not finite (inf or nan: the input is far outside what the model "
+                           "was trained on?)" + ("; --json writes it as null" if as_json else ""))
 
 
 def _result_table(results: list[dict]) -> Table:

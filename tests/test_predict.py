@@ -196,3 +196,121 @@ def test_text_for_an_input_of_symbolic_length(work, tmp_path):
                          "-i", "source=Friday, the 5th of March", "-i", "decoder_in=<start>",
                          "--json", code=0, cwd=d))
     assert [r["kind"] for r in got] == ["sequence", "sequence"]
+
+
+# a character model whose logits are a lookup of its input character: the loss is known from
+# the table and the ids alone
+CHAR_LOOKUP = """
+model Lookup(vocab = 108) {
+  input tokens: int32[batch, 16]
+  input next: int32[batch, 16]
+  logits = embedding(tokens, vocab, vocab)
+  output logits
+  loss cross_entropy(logits, next)
+}
+train Lookup { data = imdb_text_sample(maxlen = 16, train_chunks = 32, test_chunks = 8)
+               batch = 3 }
+"""
+
+
+def test_eval_encodes_text_with_the_characters_the_run_was_trained_with(tmp_path):
+    """A character model trained on one text evaluated on another (`--data imdb-text` for a
+    run trained on imdb-text-sample: 108 characters against the sample's 89) got the new
+    text's own character ids, silently other ids for most characters. Eval must encode with
+    the checkpoint's characters: here those of the sample in reverse order."""
+    from nnlang.data import load_dataset
+    from nnlang.data.chars import CharTokenizer, tokenizer_from_meta
+    (tmp_path / "lm.nn").write_text(CHAR_LOOKUP)
+    cli("train", "lm.nn", "--backend", "reference", "--max-steps", "1", "--out", "run",
+        code=0, cwd=tmp_path)
+    ck = checkpoint.load(tmp_path / "run")
+    own = tokenizer_from_meta(ck.data_meta)
+    trained = CharTokenizer(own.chars[::-1], own.specials, eos="\n")
+    ck.meta["data"]["meta"]["tokenizer"] = trained.settings()
+    table = np.random.default_rng(0).normal(size=(108, 108)).astype(np.float32)
+    checkpoint.save(tmp_path / "rev.npz", {"logits.weight": table}, ck.meta)
+    # the held-out text, written back from the data set's own ids, then encoded by hand
+    test = load_dataset("imdb-text-sample(maxlen=16, train_chunks=32, test_chunks=8)").test
+    ids = {t: i for i, t in enumerate(trained.vocab)}
+    x, y = (np.vectorize(lambda i: ids[own.vocab[i]])(test[k]) for k in ("tokens", "next"))
+    z = table[x].astype(np.float64)
+    z -= z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    want = -np.take_along_axis(logp, y[..., None], -1).mean()
+    out = cli("eval", "lm.nn", "-c", "rev.npz", "--backend", "reference", code=0, cwd=tmp_path)
+    assert f"{want:.4f}" in out, (want, out)
+
+
+def test_json_stays_json_when_an_output_overflows(work):
+    """An input far from the training data can overflow the model: --json printed `Infinity`
+    and `NaN`, which JSON does not have (jq and JSON.parse refuse the line), and numpy's
+    RuntimeWarning named a line of the backend. Now null, with a warning naming the example."""
+    d = work[0]
+    ck = checkpoint.load(d / "run-two")
+    state = {k: np.full_like(v, 10.0) for k, v in ck.state.items() if not k.startswith("opt")}
+    checkpoint.save(d / "tens.npz", state, ck.meta)
+    out = cli("predict", "two.nn", "-c", "tens.npz", "-i", "a=3e38,0,0", "-i", "b=0,0",
+              "-i", "a=1,2,3", "-i", "b=1,1", "--json", code=0, cwd=d)
+
+    def strict(word):
+        raise ValueError(f"not JSON: {word}")
+    got = [json.loads(line, parse_constant=strict) for line in out.splitlines()
+           if line.startswith("{")]
+    assert [r["value"] for r in got] == [None, 10 * 6 + 10 * 2 + 10]
+    assert "warning: output 'out' of input 'a=3e38,0,0; b=0,0' is not finite" in out
+    assert "RuntimeWarning" not in out
+
+
+def test_a_probability_of_one_half_is_the_class_binary_accuracy_counts():
+    """binary_accuracy calls prob > 0.5 positive; predict called prob >= 0.5 positive, so an
+    example at exactly 0.5 (float32's sigmoid of any |logit| < 3e-8, an all-zero weight) was
+    'pos' in predict and counted as 'neg' by eval's accuracy."""
+    import nnlang
+    from nnlang.train.inference import interpret_output
+    net = nnlang.compile("""
+model B {
+  input x: float32[batch, 2]
+  input y: float32[batch]
+  logit = squeeze(dense(x, 1), axis = 1)
+  output prob = sigmoid(logit)
+  loss bce_with_logits(logit, y)
+  metric acc = binary_accuracy(prob, y)
+}""", backend="reference", batch=3)
+    net.load_state_dict({k: np.zeros_like(v) for k, v in net.parameters().items()},
+                        strict=False)
+    x, y = np.ones((3, 2), np.float32), np.zeros(3, np.float32)
+    assert net.evaluate({"x": x, "y": y})["acc"] == 1.0    # every example counted as class 0
+    got = interpret_output(np.asarray(net.forward({"x": x})["prob"]), "binary")
+    assert [r["class"] for r in got] == [0, 0, 0] and got[0]["probability"] == 0.5
+
+
+DIGITS = """
+model Digits {
+  input image: float32[batch, 784]
+  input label: int32[batch]
+  logits = dense(image, 10)
+  output logits
+  loss cross_entropy(logits, label)
+}
+train Digits { data = mnist_sample batch = 8 }
+"""
+
+
+def test_npz_pixels_are_scaled_as_a_png_of_them_is(tmp_path):
+    """An image model's --npz rows of uint8 pixels (as the IDX files and PIL give them) went in
+    as 0..255, while the same pixels as a .png or .npy path were scaled to 0..1 as in training:
+    another class, at probability 1.0."""
+    from nnlang.data import load_dataset
+    (tmp_path / "digits.nn").write_text(DIGITS)
+    cli("train", "digits.nn", "--backend", "reference", "--max-steps", "1", "--out", "run",
+        code=0, cwd=tmp_path)
+    state = checkpoint.load(tmp_path / "run").state
+    pixels = (load_dataset("mnist-sample").test["image"][:3, 0] * 255).round().astype(np.uint8)
+    np.savez(tmp_path / "digits.npz", image=pixels)
+    got = json_lines(cli("predict", "digits.nn", "-c", "run", "--npz", "digits.npz",
+                         "--backend", "reference", "--json", code=0, cwd=tmp_path))
+    logits = pixels.reshape(3, 784) / 255.0 @ state["logits.weight"] + state["logits.bias"]
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert [r["class"] for r in got] == p.argmax(1).tolist()
+    np.testing.assert_allclose([r["probability"] for r in got], p.max(1), rtol=1e-5)

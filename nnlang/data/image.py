@@ -17,13 +17,20 @@ from nnlang.data.cache import DataError
 
 def encode_image(raw, image_shape) -> np.ndarray:
     """Array, .npy or .png path -> float32 [1, *image_shape] in [0, 1]."""
+    where = f"{raw}: " if isinstance(raw, (str, Path)) else ""
     if isinstance(raw, (str, Path)):
         raw = load_image_file(Path(raw))
     img = np.asarray(raw)
-    if img.size != int(np.prod(image_shape)):
-        raise DataError(f"image has shape {img.shape}, expected {tuple(image_shape)} "
-                        f"({int(np.prod(image_shape))} pixels)", "resize it first; nnlang "
-                        "does not resample images")
+    # NOTE: the pixel count alone is not enough: a 14 x 56 image has 28 x 28's 784 pixels and
+    # reshaped into it fed the model a scrambled picture. Flat rows (784 values, as an MLP's
+    # input) are taken; any other layout must be the image's own, up to size-1 axes (a channel
+    # first or last).
+    want = [d for d in image_shape if d != 1]
+    if img.size != int(np.prod(image_shape)) or \
+            (img.ndim > 1 and [d for d in img.shape if d != 1] != want):
+        raise DataError(f"{where}image has shape {img.shape}, expected "
+                        f"{' x '.join(map(str, want))} ({int(np.prod(image_shape))} pixels)",
+                        "resize it first; nnlang does not resample images")
     if img.dtype == np.uint8 or (img.size and float(img.max()) > 1.0):
         img = img.astype(np.float32) / 255.0  # raw 0..255 pixels, as in the IDX files
     return img.astype(np.float32).reshape(1, *image_shape)

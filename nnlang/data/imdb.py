@@ -63,6 +63,14 @@ def load_reviews(name: str, source: Path, vocab: int, maxlen: int | None, meta=N
     only a source that passed is cached: a damaged archive raises and leaves no cache entry.
     """
     check_options(name, vocab, maxlen)
+    if words is not None and words[:2] != [tokenize.PAD, tokenize.OOV]:
+        # NOTE: a character model's tokens (<pad>, <unk>, a, b...) taken for words would
+        # encode nearly every word as out-of-vocabulary
+        shown = ", ".join(map(repr, words[:4]))
+        raise DataError(f"{name}: the trained model's tokens ({shown}, ...) are not a word "
+                        f"vocabulary ({tokenize.PAD}, {tokenize.OOV}, then words), so its ids "
+                        "cannot be kept", "evaluate the model on the kind of data "
+                        "it was trained on, or train a new one")
     sha = sha256_of(source) if source.is_file() else None
     key = _entry_key(name, source, sha, vocab, maxlen, None)
     cached = load_processed(key)

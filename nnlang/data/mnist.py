@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnlang.data.cache import DataError, Remote, checked_gzip, corrupt, fetch, file_hash
+from nnlang.data.cache import (DataError, Remote, checked_gzip, corrupt, fetch, file_hash,
+                               origin)
 from nnlang.data.dataset import Dataset, Split
 
 FILES = {"train_image": "train-images-idx3-ubyte", "train_label": "train-labels-idx1-ubyte",
@@ -83,6 +84,7 @@ def _load(name: str, data_dir, class_names: list[str]) -> Dataset:
     """Every file is read whole (gzip CRC and length checked) and its shape, count and label
     range checked, so a damaged file is an error naming it, never a partial data set."""
     paths = fetch(name, remotes(name), data_dir)
+    _not_the_other(name, paths, data_dir)
     arrays = {}
     for (key, stem), remote in zip(FILES.items(), remotes(name)):
         path = paths[f"{stem}.gz"]
@@ -99,6 +101,24 @@ def _load(name: str, data_dir, class_names: list[str]) -> Dataset:
         arrays[key] = arr
     meta = {"source": {k: str(paths[f"{s}.gz"]) for k, s in FILES.items()}}
     return from_uint8(name, arrays, class_names, meta)
+
+
+def _not_the_other(name: str, paths: dict[str, Path], data_dir) -> None:
+    """Both data sets use the same file names, and a search root is also searched itself:
+    `--data fashion-mnist --data-dir DIR/mnist` found the digits and loaded them as clothes.
+    The label files (small: cheap to hash on every load) tell the two apart by their
+    published checksums."""
+    other = "fashion-mnist" if name == "mnist" else "mnist"
+    for (key, stem), remote in zip(FILES.items(), remotes(other)):
+        if not key.endswith("label"):
+            continue
+        path = paths[f"{stem}.gz"]
+        algo, published = remote.checksum.split(":", 1)
+        if file_hash(path) in remote.sha256s() or file_hash(path, algo) == published:
+            raise DataError(f"{path} is {other}'s file (its checksum is {other}'s published "
+                            f"one), not {name}'s; found through {origin(path, data_dir)}",
+                            f"put {name}'s files in <dir>/{name}/ (its folder is searched "
+                            "before <dir> itself)")
 
 
 def from_uint8(name: str, arrays: dict, class_names: list[str], meta: dict) -> Dataset:

@@ -24,6 +24,10 @@ NPZ_HINT = ("write it with numpy.savez('data.npz', train_x=x, train_label=y) (ar
             "one row per example)")
 
 
+# options that name files beside the data file: they belong to that file, not to another
+FILE_OPTIONS = ("val", "test")
+
+
 def check_options(name: str, target=None, targets=None, val=None, test=None) -> None:
     """The options of the .csv (`target`, `val`, `test`) and .npz (`targets`) loaders."""
     if target is not None and not (isinstance(target, str) and target):

@@ -44,10 +44,10 @@ def load_imdb_sample(data_dir=None, vocab: int = 20000, maxlen: int | None = 200
 
 
 def load_imdb_text_sample(data_dir=None, maxlen: int = 128, train_chunks: int = 8000,
-                          test_chunks: int = 400) -> Dataset:
+                          test_chunks: int = 400, words: list[str] | None = None) -> Dataset:
     """imdb_text from the bundled review sample (no data dir needed)."""
     return text.text_chunks("imdb-text-sample", _sample_file(IMDB_SAMPLE), maxlen,
-                            train_chunks, test_chunks)
+                            train_chunks, test_chunks, words=words)
 
 
 def load_mnist_sample(data_dir=None) -> Dataset:
@@ -109,6 +109,18 @@ def canonical_name(name: str) -> str | None:
 def list_datasets() -> list[str]:
     """Names `load_dataset` accepts besides .npz/.csv paths; `DATASETS[name].summary` tells more."""
     return sorted(DATASETS)
+
+
+def trained_words(meta: dict) -> list[str] | None:
+    """The vocabulary a trained model's text was encoded with, from its checkpoint's data
+    meta, as `load_dataset(words=...)` takes it (one token per id, special tokens first):
+    IMDB's words, or a character tokenizer's tokens; None for data without one. A loader
+    refuses a vocabulary of another kind than its own."""
+    from nnlang.data.chars import tokenizer_from_meta
+    if meta.get("vocab") is not None:
+        return list(meta["vocab"])
+    chars = tokenizer_from_meta(meta)
+    return None if chars is None else list(chars.vocab)
 
 
 def load_dataset(spec: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,

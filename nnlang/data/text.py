@@ -44,22 +44,33 @@ def check_options(name: str, maxlen: int = 128, train_chunks: int = 8000,
 
 
 def load_imdb_text(data_dir=None, maxlen: int = 128, train_chunks: int = 8000,
-                   test_chunks: int = 400) -> Dataset:
+                   test_chunks: int = 400, words: list[str] | None = None) -> Dataset:
     """IMDB review text as character chunks of `maxlen`: `train_chunks` from the archive's
-    train reviews and `test_chunks` from its test reviews (the validation data)."""
+    train reviews and `test_chunks` from its test reviews (the validation data). `words`: a
+    trained model's tokens (<pad>, <unk>, then characters), encoded with instead of the
+    characters this text counts."""
     return text_chunks("imdb-text", imdb.find_source(data_dir), maxlen, train_chunks,
-                       test_chunks, data_dir, imdb.REMOTE)
+                       test_chunks, data_dir, imdb.REMOTE, words)
 
 
-def text_chunks(name, source, maxlen, train_chunks, test_chunks, data_dir=None, remote=None):
+def text_chunks(name, source, maxlen, train_chunks, test_chunks, data_dir=None, remote=None,
+                words: list[str] | None = None):
     check_options(name, maxlen, train_chunks, test_chunks)
+    chars = None if words is None else _trained_chars(name, words)
     sha = sha256_of(source) if source.is_file() else str(source.resolve())
     parts = [sha, str(maxlen), str(train_chunks), str(test_chunks), str(TEXT_VERSION)]
     key = f"{name}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}"
     cached = load_processed(key)
+    # NOTE: a model's characters serve from the text's own encoding when they are its
+    # characters (a resumed run); other ones key their own entry: the sample counts 89
+    # characters 50+ times, the full archive 108, so each gives most characters other ids
+    if chars is not None and (cached is None or str(cached["chars"]) != chars):
+        parts.append(chars)
+        key = f"{name}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}"
+        cached = load_processed(key)
     if cached is None:
         docs = imdb.read_reviews(source, data_dir, remote)
-        cached = _process(docs, maxlen, train_chunks, test_chunks)
+        cached = _process(docs, maxlen, train_chunks, test_chunks, chars)
         save_processed(key, cached)  # NOTE: a read-only cache dir just means no cache
     tok = tokenizer(str(cached["chars"]))
     splits = {s: Split({"tokens": cached[f"{s}_x"][:, :-1], "next": cached[f"{s}_x"][:, 1:]})
@@ -72,13 +83,30 @@ def text_chunks(name, source, maxlen, train_chunks, test_chunks, data_dir=None, 
                    val=splits["test"])
 
 
-def _process(docs, maxlen: int, train_chunks: int, test_chunks: int) -> dict:
+def _trained_chars(name: str, words: list[str]) -> str:
+    """The characters of a trained model's tokens, when they are a tokenizer of this kind:
+    any other layout (a word vocabulary, `dates`' <pad> <start> <end>) would give its
+    embedding rows other meanings."""
+    specials = [PAD, UNK]   # NOTE: tokenizer()'s
+    if words[:len(specials)] != specials or any(len(w) != 1 for w in words[len(specials):]):
+        shown = ", ".join(map(repr, words[:4]))
+        raise DataError(f"{name}: the trained model's tokens ({shown}, ...) are not this data "
+                        f"set's kind ({', '.join(specials)}, then one id per character), so "
+                        "its ids cannot be kept",
+                        "evaluate the model on the kind of data it was trained on, or train a "
+                        "new one")
+    return "".join(words[len(specials):])
+
+
+def _process(docs, maxlen: int, train_chunks: int, test_chunks: int,
+             chars: str | None = None) -> dict:
     texts = {s: [clean(t) + SEPARATOR for split, _, _, t in docs if split == s]
              for s in ("train", "test")}
-    counts = Counter()
-    for t in texts["train"]:
-        counts.update(t)
-    chars = "".join(sorted(c for c, n in counts.items() if n >= MIN_COUNT))
+    if chars is None:
+        counts = Counter()
+        for t in texts["train"]:
+            counts.update(t)
+        chars = "".join(sorted(c for c, n in counts.items() if n >= MIN_COUNT))
     tok = tokenizer(chars)
     out = {"chars": np.array(chars)}
     rng = np.random.default_rng(0)

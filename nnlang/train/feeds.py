@@ -273,10 +273,16 @@ def accepted_options(name: str) -> set[str] | None:
 
 def replace_data(current: Choice | None, spec: str) -> Choice:
     """`--data imdb-sample` keeps the train section's options the new dataset accepts;
-    `--data "imdb(maxlen=50)"` sets options too (and they win)."""
+    `--data "imdb(maxlen=50)"` sets options too (and they win). Another file does not keep the
+    tables named beside the old one (a .csv's `val`, `test`)."""
+    from nnlang.data.npz import FILE_OPTIONS
     from nnlang.data.registry import _parse_spec  # NOTE: the one parser for "name(k=v)" specs
     name, options = _parse_spec(spec, {})
     allowed = accepted_options(name) or set()
+    if current is None or Path(current.name) != Path(name):
+        # NOTE: `--data new.csv` kept `test = "regval.csv"`, so eval scored the old test table
+        # and printed it as new.csv's
+        allowed -= set(FILE_OPTIONS)
     kept = {k: v for k, v in (current.options if current else {}).items() if k in allowed}
     return Choice(name, {**kept, **options})
 

@@ -11,6 +11,7 @@ import numpy as np
 from rich.console import Console
 
 from nnlang.data.chars import tokenizer_from_meta
+from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
 from nnlang.frontend.source import same_program
 from nnlang.ir.dims import Sym
@@ -86,7 +87,7 @@ def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,
     file = source_of(program_or_path)[1]
     _, split, arrays = held_out_arrays(net, cfg, data, data_dir,
                                        Path(file).parent if file != "<string>" else None,
-                                       ckpt.data_meta.get("vocab"))
+                                       trained_words(ckpt.data_meta))
     return split, evaluate(net, arrays, net.batch, console)
 
 
@@ -154,7 +155,11 @@ def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str
     # NOTE: a batch at a time: whole reviews pad to the longest of their batch, and an
     # attention model's scores grow with its square
     for batch, described in model_inputs(net.user, meta, inputs, named, npz, net.batch):
-        for oname, value in net.forward(batch).items():
+        # NOTE: an overflow is the result's to report (the CLI warns per example), not numpy's
+        # RuntimeWarning naming a line of the backend
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            outputs = net.forward(batch)
+        for oname, value in outputs.items():
             if oname not in per_output:
                 continue
             value = np.asarray(value)
@@ -269,11 +274,15 @@ def _all_given(raws: dict, where: str, graph, features: dict) -> None:
 
 def encode_input(name: str, node, raws: list, meta: dict, what: str) -> np.ndarray:
     """One input's values -> a batch array, using only the checkpoint's data set meta: text
-    through its tokenizer, images through the loaders' scaling, arrays (from an .npz, a .npy
-    path or written numbers like 1,2.5) as they are."""
+    through its tokenizer, images (paths or arrays) through the loaders' scaling, other
+    arrays (from an .npz, a .npy path or written numbers like 1,2.5) as they are."""
     kind = meta.get("kind")
     arrays = [r for r in raws if isinstance(r, np.ndarray)]
-    if arrays:
+    if kind == "image":
+        # NOTE: arrays too (--npz rows): uint8 pixels from an .npz went in as 0..255 while the
+        # same pixels as a .png or .npy were scaled to 0..1 as in training
+        arr = np.concatenate([_image(r, meta["image_shape"], what, i) for i, r in enumerate(raws)])
+    elif arrays:
         arr = _stack(arrays, what)
     elif kind == "text":
         _no_files_for_text(raws)
@@ -284,12 +293,19 @@ def encode_input(name: str, node, raws: list, meta: dict, what: str) -> np.ndarr
         texts = [str(r) for r in raws]
         length = node.shape[1] if isinstance(node.shape[1], int) else None  # NOTE: a symbol
         arr = tokenizer_from_meta(meta).encode_batch(texts, length, what)
-    elif kind == "image":
-        from nnlang.data.image import encode_image
-        arr = np.concatenate([encode_image(r, meta["image_shape"]) for r in raws])
     else:
         arr = _stack([_read_values(r) for r in raws], what)
     return feeds.conform(name, arr, node, what)
+
+
+def _image(raw, image_shape, what: str, row: int) -> np.ndarray:
+    from nnlang.data.image import encode_image
+    if not isinstance(raw, np.ndarray):
+        return encode_image(raw, image_shape)   # NOTE: a path: its errors name it
+    try:
+        return encode_image(raw, image_shape)
+    except NNError as err:
+        raise NNError(f"{what}, row {row}: {err.message}", hint=err.hint) from None
 
 
 def _stack(examples: list, what: str) -> np.ndarray:
@@ -422,7 +438,9 @@ def interpret_output(value: np.ndarray, kind: str, logits: bool = False,
     probs = per
     if kind == "binary":
         p = 1 / (1 + np.exp(-per[:, 0])) if logits else per[:, 0]
-        out = [(int(pi >= 0.5), float(pi if pi >= 0.5 else 1 - pi)) for pi in p]
+        # NOTE: > as binary_accuracy's default threshold counts: at exactly 0.5 (float32's
+        # sigmoid of any |logit| < 3e-8) eval counted class 0 where predict printed 1
+        out = [(int(pi > 0.5), float(pi if pi > 0.5 else 1 - pi)) for pi in p]
     else:
         if logits:
             e = np.exp(per - per.max(1, keepdims=True))

@@ -10,6 +10,7 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
+from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
 from nnlang.frontend.train_config import setting_span
 from nnlang.ir.dims import fmt_shape
@@ -161,7 +162,7 @@ def words_to_start_from(program, cfg, flag, resumed: bool, file):
     if source is None or (flag is not None and resumed):
         return None
     with _at_setting(program, cfg, flag):
-        return _load(source, what, base)[1].data_meta.get("vocab")
+        return trained_words(_load(source, what, base)[1].data_meta)
 
 
 def start_run(net, cfg, flag, skip_mismatch: bool, resumed: bool, file, console):

@@ -19,6 +19,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeRemainingColumn)
 from rich.table import Table
 
+from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
 from nnlang.frontend.source import same_program
 from nnlang.frontend.train_config import setting_span
@@ -274,7 +275,7 @@ class _Training:
                          "with")
         if max_steps is not None and max_steps < 1:
             raise NNError(f"--max-steps must be at least 1, not {max_steps}")
-        words = ckpt.data_meta.get("vocab") if ckpt else \
+        words = trained_words(ckpt.data_meta) if ckpt else \
             words_to_start_from(program, cfg, init_from, False, file)
         cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file, words)
         if cfg.val_split > 0 and ds.val is not None and len(ds.val):

@@ -34,6 +34,16 @@ def test_fashion_mnist_real(real_data):
     assert np.bincount(ds.test["label"]).tolist() == [1000] * 10
 
 
+@pytest.mark.parametrize("have, want", [("mnist", "fashion-mnist"), ("fashion-mnist", "mnist")])
+def test_one_data_set_is_not_taken_for_the_other(real_data, tmp_path, have, want):
+    """Both data sets' files have the same names, and a folder is also searched itself (not
+    only <folder>/<name>/): `--data fashion-mnist --data-dir DIR/mnist` loaded the digits as
+    clothes and eval printed their scores as Fashion-MNIST's."""
+    root = real_data(f"{have}/train-labels-idx1-ubyte.gz") / have
+    with pytest.raises(DataError, match=f"{have}'s .*not {want}'s"):
+        load_dataset(want, data_dir=root)
+
+
 def test_env_var_is_searched(real_data, monkeypatch):
     monkeypatch.setenv("NNLANG_DATA_DIR", str(real_data("mnist/t10k-labels-idx1-ubyte.gz")))
     assert load_dataset("mnist").meta["source"]["test_label"].endswith("t10k-labels-idx1-ubyte.gz")
@@ -135,3 +145,17 @@ def test_encode_image(tmp_path):
     np.testing.assert_allclose(ds.encode(tmp_path / "c.png")["image"], want, atol=1e-6)
     with pytest.raises(DataError, match="expected"):
         ds.encode(np.zeros((32, 32), np.uint8))
+    # channels first or last, with or without the channel, are the same single-channel image
+    for raw in (digit[None], digit[..., None]):
+        np.testing.assert_allclose(ds.encode(raw)["image"], want, atol=1e-6)
+
+
+def test_encode_image_refuses_another_size_with_as_many_pixels(tmp_path):
+    # 14 x 56 (or 56 x 14) has MNIST's 784 pixels: reshaped to 28 x 28 it fed the model a
+    # scrambled digit and printed a confident-looking class
+    ds = load_dataset("mnist-sample")
+    wide = (ds.test["image"][0, 0] * 255).round().astype(np.uint8).reshape(14, 56)
+    _png(tmp_path / "wide.png", wide, color=0)
+    for raw in (tmp_path / "wide.png", wide, wide.T, wide[None]):
+        with pytest.raises(DataError, match=r"28 x 28"):
+            ds.encode(raw)

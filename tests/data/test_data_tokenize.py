@@ -72,3 +72,19 @@ def test_bad_options(tiny_imdb):
         load_dataset("imdb", data_dir=tiny_imdb, maxlen=0)
     with pytest.raises(DataError, match="accepted options: vocab, maxlen"):
         load_dataset("imdb", data_dir=tiny_imdb, max_len=10)
+
+
+@pytest.mark.parametrize("spec, words, words_of", [
+    ("imdb-sample(maxlen=8)", ["<pad>", "<unk>", "\n", " ", "a"], "not a word vocabulary"),
+    ("imdb-text-sample(maxlen=8, train_chunks=4, test_chunks=4)", ["<pad>", "<oov>", "the"],
+     "not this data set's kind"),
+    ("imdb-text-sample(maxlen=8, train_chunks=4, test_chunks=4)",
+     ["<pad>", "<start>", "<end>", "a"], "not this data set's kind"),
+])
+def test_a_trained_vocabulary_of_another_kind_is_refused(spec, words, words_of):
+    """A checkpoint's vocabulary encodes the data `eval` or `--init-from` loads; a character
+    model's tokens taken as words (nearly every word out-of-vocabulary), or a word model's
+    (or `dates`' <start>/<end> layout) given to the character text, gave ids that mean other
+    things to the model, silently."""
+    with pytest.raises(DataError, match=words_of):
+        load_dataset(spec, words=words)

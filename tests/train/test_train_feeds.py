@@ -100,6 +100,19 @@ def test_replace_data_keeps_the_options_the_new_dataset_accepts():
                                                                          "maxlen": 50})
 
 
+def test_replace_data_with_another_table_drops_the_tables_beside_the_old_one(tmp_path):
+    # `nnlang eval reg.nn -c RUN --data new.csv` evaluated the train section's test table
+    # (regval.csv, beside reg.csv), not new.csv, and printed its numbers as new.csv's; from
+    # another folder it failed on a regval.csv the user never named
+    reg = Choice("reg.csv", {"target": "price", "val": "v.csv", "test": "t.csv"})
+    assert feeds.replace_data(reg, "new.csv") == Choice("new.csv", {"target": "price"})
+    assert feeds.replace_data(reg, "other/new.csv(test=nt.csv)") == \
+        Choice("other/new.csv", {"target": "price", "test": "nt.csv"})
+    # the same table: its tables stay (--data "reg.csv(target=y)" changes the target only)
+    assert feeds.replace_data(reg, "reg.csv(target=y)") == Choice("reg.csv", {**reg.options,
+                                                                            "target": "y"})
+
+
 def test_flag_overrides():
     cfg = TrainConfig(optimizer=Choice("sgd", {"lr": 0.1, "momentum": 0.0}))
     new = apply_overrides(cfg, {"lr": 1, "momentum": 0.9, "epochs": 3.0, "clip_norm": 1})
