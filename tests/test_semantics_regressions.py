@@ -373,3 +373,36 @@ def test_share_of_a_block_whose_result_is_a_layers_output_reuses_the_block():
     got = net.evaluate({"left": left, "right": right})
     np.testing.assert_allclose(list(got.values())[0], np.sum(tower(left) * tower(right)),
                                rtol=1e-12)
+
+
+SIGMOID_TAIL = """model M {
+  input x: float32[batch, 8]
+  output y = sigmoid(x)
+  loss sum(log(sigmoid(x)))
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+TAIL = np.array([[-10.0, -12.0, -16.0, -20.0, -30.0, -80.0, 3.0, 20.0]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sigmoid_keeps_its_relative_precision_in_the_negative_tail(backend, dtype):
+    """sigmoid(-20) is 2.06e-9 (torch.sigmoid, 1 / (1 + e**20)). The tanh form
+    0.5 * (tanh(x / 2) + 1) cancels there: float32 gave 0 from x = -16 (numba) or -20 (reference),
+    so log(sigmoid(x)) was -inf and its gradient 1 - sigmoid(x) was lost, and sigmoid(-12) was
+    0.9% off."""
+    net = nnlang.compile(SIGMOID_TAIL, backend=backend, batch=1, dtype=dtype)
+    want = 1.0 / (1.0 + np.exp(-TAIL))   # float64: exact to an ulp here
+    y = net.forward({"x": TAIL})["y"]
+    np.testing.assert_allclose(y, want, rtol=2e-6 if dtype == "float32" else 1e-14)
+    # d log(sigmoid(x)) / dx = 1 - sigmoid(x); at x = 20 that is below float32's rounding of 1
+    g = net.gradients({"x": TAIL}, inputs="x")["x"]
+    np.testing.assert_allclose(g[:, :7], 1.0 - want[:, :7],
+                               rtol=2e-6 if dtype == "float32" else 1e-14)
+
+
+def test_sigmoid_tail_matches_torch():
+    torch = pytest.importorskip("torch")
+    want = torch.sigmoid(torch.tensor(TAIL, dtype=torch.float32)).numpy()
+    y = nnlang.compile(SIGMOID_TAIL, backend="numba", batch=1).forward({"x": TAIL})["y"]
+    np.testing.assert_allclose(y, want, rtol=2e-6)

@@ -90,7 +90,14 @@ _unary("sign", "sign({0})", np.sign, lambda b, n, g: (None,), float_only=False,
 _unary("tanh", "tanh({0})", np.tanh,
        lambda b, n, g: (b.mul(g, b.sub(b.const(1.0, n.dtype), b.mul(n.id, n.id))),),
        doc="hyperbolic tangent", onnx="Tanh")
-_unary("sigmoid", "sigmoid({0})", lambda x: 0.5 * (np.tanh(0.5 * x) + 1),
+def _sigmoid(x):
+    with np.errstate(over="ignore"):  # e**-x = inf for x < -709 (-88 in float32) gives 0
+        return 1 / (1 + np.exp(-x))
+
+
+# NOTE: 1 / (1 + e**-x), as torch.sigmoid, keeps the relative precision of the negative tail:
+# the tanh form 0.5 * (tanh(x / 2) + 1) cancels there (float32 gave 0 from x = -16)
+_unary("sigmoid", "sigmoid({0})", _sigmoid,
        lambda b, n, g: (b.mul(g, b.mul(n.id, b.sub(b.const(1.0, n.dtype), n.id))),),
        doc="1 / (1 + e**-x), computed without overflow", onnx="Sigmoid")
 register("stop_gradient", "x: tensor", _number_unary_shape, expr="{0}", impl=np.positive,
