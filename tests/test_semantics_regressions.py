@@ -406,3 +406,33 @@ def test_sigmoid_tail_matches_torch():
     want = torch.sigmoid(torch.tensor(TAIL, dtype=torch.float32)).numpy()
     y = nnlang.compile(SIGMOID_TAIL, backend="numba", batch=1).forward({"x": TAIL})["y"]
     np.testing.assert_allclose(y, want, rtol=2e-6)
+
+
+POW = """model M {
+  input x: float64[batch, 4]
+  input e: float64[batch, 4]
+  loss sum(x ** e)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+POW_X, POW_E = np.array([[0.0, 0.0, 2.0, 0.0]]), np.array([[2.0, 0.0, 3.0, 0.5]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pow_gradient_at_a_zero_base_is_finite_as_in_pytorch(backend):
+    """d(a**b)/db = a**b log(a) is 0 * -inf = nan at a = 0, and d(a**b)/da = b a**(b-1) is
+    0 * inf = nan at a = b = 0; a**b is flat there (0 for b > 0, 1 for b = 0), and PyTorch's
+    pow_backward gives 0 for both (masked_fill where b == 0, and where a == 0 and b >= 0)."""
+    net = nnlang.compile(POW, backend=backend, batch=1)
+    g = net.gradients({"x": POW_X, "e": POW_E}, inputs=("x", "e"))
+    np.testing.assert_allclose(g["x"], [[0.0, 0.0, 12.0, np.inf]])   # 0.5 / sqrt(0) = inf
+    np.testing.assert_allclose(g["e"], [[0.0, 0.0, 8 * np.log(2.0), 0.0]])
+
+
+def test_pow_gradient_at_a_zero_base_matches_torch():
+    torch = pytest.importorskip("torch")
+    x, e = (torch.tensor(v, requires_grad=True) for v in (POW_X, POW_E))
+    (x ** e).sum().backward()
+    g = nnlang.compile(POW, backend="numba", batch=1).gradients(
+        {"x": POW_X, "e": POW_E}, inputs=("x", "e"))
+    np.testing.assert_array_equal(g["x"], x.grad.numpy())
+    np.testing.assert_allclose(g["e"], e.grad.numpy(), rtol=1e-15)
