@@ -436,3 +436,67 @@ def test_pow_gradient_at_a_zero_base_matches_torch():
         {"x": POW_X, "e": POW_E}, inputs=("x", "e"))
     np.testing.assert_array_equal(g["x"], x.grad.numpy())
     np.testing.assert_allclose(g["e"], e.grad.numpy(), rtol=1e-15)
+
+
+SOFTPLUS = """model M {
+  input x: float32[batch, 7]
+  output y = softplus(x)
+  loss sum(softplus(x))
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+SP_X = np.array([[-30.0, -20.0, -10.0, -1e-3, 0.0, 10.0, 30.0]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softplus_and_its_gradient_keep_the_negative_tail(backend, dtype):
+    """softplus(-20) = log(1 + e**-20) = 2.06e-9 and softplus'(-20) = sigmoid(-20) (torch's
+    softplus, numpy's logaddexp). log(1 + e) rounded 1 + e to 1 (0 from x = -17 in float32), and
+    the gradient, built through (x + |x|) / 2, was 0.5 - (0.5 - sigmoid(x)): 0 in float32 from
+    x = -17, 1.7e-4 off at x = -30 in float64."""
+    net = nnlang.compile(SOFTPLUS, backend=backend, batch=1, dtype=dtype)
+    rtol = 2e-6 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(net.forward({"x": SP_X})["y"], np.logaddexp(0.0, SP_X), rtol=rtol)
+    g = net.gradients({"x": SP_X}, inputs="x")["x"]
+    np.testing.assert_allclose(g, 1.0 / (1.0 + np.exp(-SP_X)), rtol=rtol)
+    assert g[0, 4] == 0.5            # softplus'(0), exactly
+
+
+def test_softplus_tail_matches_torch():
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(SP_X, dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.softplus(t).sum().backward()
+    net = nnlang.compile(SOFTPLUS, backend="numba", batch=1, dtype="float64")
+    np.testing.assert_allclose(net.forward({"x": SP_X})["y"],
+                               torch.nn.functional.softplus(t).detach().numpy(), rtol=1e-14)
+    # NOTE: above its threshold = 20 torch returns x itself, gradient 1 (1 - 9e-14 at x = 30)
+    np.testing.assert_allclose(net.gradients({"x": SP_X}, inputs="x")["x"][:, :6],
+                               t.grad.numpy()[:, :6], rtol=1e-14)
+
+
+MASKED_ROW = """model M {
+  input q: float32[batch, 3, 4]
+  input m: float32[batch, 3]
+  output y = multi_head_attention(q, key_padding_mask = m, heads = 1)
+  loss sum(y)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_attention_over_keys_that_are_all_masked_is_even_in_both_dtypes(backend, dtype):
+    """A query whose every key is masked (an all-padding row) attends evenly to them, as the
+    doc says, in float32 and float64 alike. Adding -1e9 to the scores kept their differences in
+    float64, so there the row attended as if unmasked, while float32 rounded them away."""
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(2, 3, 4)) * 3
+    m = np.array([[0, 0, 0], [1, 1, 0]], np.float32)
+    net = nnlang.compile(MASKED_ROW, backend=backend, batch=2, dtype=dtype)
+    state = net.state_dict()
+    state.update({k: np.eye(4) for k in state if k.endswith(("wv", "wo"))})
+    net.load_state_dict(state)
+    y = net.forward({"q": q, "m": m})["y"]
+    # values = q (identity wv, zero bias); even weights average them, for every query
+    np.testing.assert_allclose(y[0], np.broadcast_to(q[0].mean(0), (3, 4)),
+                               rtol=1e-5 if dtype == "float32" else 1e-12)
