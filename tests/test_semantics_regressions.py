@@ -500,3 +500,26 @@ def test_attention_over_keys_that_are_all_masked_is_even_in_both_dtypes(backend,
     # values = q (identity wv, zero bias); even weights average them, for every query
     np.testing.assert_allclose(y[0], np.broadcast_to(q[0].mean(0), (3, 4)),
                                rtol=1e-5 if dtype == "float32" else 1e-12)
+
+
+BN_ONE = """model M {
+  input x: float32[batch, 4]
+  input y: float32[batch, 4]
+  output h = batch_norm(x)
+  loss mse(h, y)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_norm_training_on_one_value_per_channel_is_a_located_error(backend):
+    """torch.nn.BatchNorm1d refuses it ('Expected more than 1 value per channel when
+    training'): the batch variance is 0, so the output is beta whatever x is and no gradient
+    reaches x. nnlang trained on silently, and left the running statistics at their start."""
+    net = nnlang.compile(BN_ONE, backend=backend, batch=1)
+    with pytest.raises(nnlang.NNError) as err:
+        net.train_step({"x": np.arange(4.0)[None], "y": np.ones((1, 4))})
+    assert ":4:" in str(err.value) and "one value per channel" in str(err.value)
+    ok = nnlang.compile(BN_ONE, backend=backend, batch=2)   # two rows: fine
+    ok.train_step({"x": np.arange(8.0).reshape(2, 4), "y": np.ones((2, 4))})
+    assert not np.array_equal(ok.state_dict()["h.running_var"], np.ones(4))
