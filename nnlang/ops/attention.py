@@ -112,7 +112,8 @@ register("multi_head_attention",
              "nonzero keeps a key, 0 masks it) sets masked scores to -1e9 and causal = true adds "
              "-1e9 to future ones before the softmax, so a query whose keys are all masked "
              "attends evenly to them (PyTorch gives nan); dropout applies to the attention "
-             "weights in training. Params wq/wk/wv [in, dim], wo [dim, q_dim] and biases (d = 128: 66,048, like PyTorch). "
+             "weights in training. Params wq/wk/wv [in, dim], wo [dim, q_dim] and biases "
+             "(d = 128: 66,048, like PyTorch). "
              "Init: weights glorot_uniform (PyTorch's xavier_uniform), biases zeros.",
          samples=(Sample(((2, 4, 8),), {"heads": 2, "dropout": 0.1}),
                   Sample(((2, 3, 8), (2, 5, 6)), {"heads": 4, "dim": 12}),
