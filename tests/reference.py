@@ -295,7 +295,7 @@ def multi_head_attention(q, kv, mask, wq, bq, wk, bk, wv, bv, wo, bo, *, heads, 
     Q, K, V = (t.reshape(B, -1, heads, dh) for t in (Q, K, V))
     s = np.einsum("bqhd,bkhd->bhqk", Q, K) / math.sqrt(dh)
     if mask is not None:
-        s = s + np.where(mask.astype(bool), 0.0, -1e9)[:, None, None, :]
+        s = np.where(mask.astype(bool)[:, None, None, :], s, -1e9)   # set, not shifted
     if causal:
         allowed = np.arange(Lk)[None, :] <= np.arange(Lq)[:, None] + (Lk - Lq)
         s = s + np.where(allowed, 0.0, -1e9)

@@ -373,3 +373,153 @@ def test_share_of_a_block_whose_result_is_a_layers_output_reuses_the_block():
     got = net.evaluate({"left": left, "right": right})
     np.testing.assert_allclose(list(got.values())[0], np.sum(tower(left) * tower(right)),
                                rtol=1e-12)
+
+
+SIGMOID_TAIL = """model M {
+  input x: float32[batch, 8]
+  output y = sigmoid(x)
+  loss sum(log(sigmoid(x)))
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+TAIL = np.array([[-10.0, -12.0, -16.0, -20.0, -30.0, -80.0, 3.0, 20.0]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sigmoid_keeps_its_relative_precision_in_the_negative_tail(backend, dtype):
+    """sigmoid(-20) is 2.06e-9 (torch.sigmoid, 1 / (1 + e**20)). The tanh form
+    0.5 * (tanh(x / 2) + 1) cancels there: float32 gave 0 from x = -16 (numba) or -20 (reference),
+    so log(sigmoid(x)) was -inf and its gradient 1 - sigmoid(x) was lost, and sigmoid(-12) was
+    0.9% off."""
+    net = nnlang.compile(SIGMOID_TAIL, backend=backend, batch=1, dtype=dtype)
+    want = 1.0 / (1.0 + np.exp(-TAIL))   # float64: exact to an ulp here
+    y = net.forward({"x": TAIL})["y"]
+    np.testing.assert_allclose(y, want, rtol=2e-6 if dtype == "float32" else 1e-14)
+    # d log(sigmoid(x)) / dx = 1 - sigmoid(x); at x = 20 that is below float32's rounding of 1
+    g = net.gradients({"x": TAIL}, inputs="x")["x"]
+    np.testing.assert_allclose(g[:, :7], 1.0 - want[:, :7],
+                               rtol=2e-6 if dtype == "float32" else 1e-14)
+
+
+def test_sigmoid_tail_matches_torch():
+    torch = pytest.importorskip("torch")
+    want = torch.sigmoid(torch.tensor(TAIL, dtype=torch.float32)).numpy()
+    y = nnlang.compile(SIGMOID_TAIL, backend="numba", batch=1).forward({"x": TAIL})["y"]
+    np.testing.assert_allclose(y, want, rtol=2e-6)
+
+
+POW = """model M {
+  input x: float64[batch, 4]
+  input e: float64[batch, 4]
+  loss sum(x ** e)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+POW_X, POW_E = np.array([[0.0, 0.0, 2.0, 0.0]]), np.array([[2.0, 0.0, 3.0, 0.5]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pow_gradient_at_a_zero_base_is_finite_as_in_pytorch(backend):
+    """d(a**b)/db = a**b log(a) is 0 * -inf = nan at a = 0, and d(a**b)/da = b a**(b-1) is
+    0 * inf = nan at a = b = 0; a**b is flat there (0 for b > 0, 1 for b = 0), and PyTorch's
+    pow_backward gives 0 for both (masked_fill where b == 0, and where a == 0 and b >= 0)."""
+    net = nnlang.compile(POW, backend=backend, batch=1)
+    g = net.gradients({"x": POW_X, "e": POW_E}, inputs=("x", "e"))
+    np.testing.assert_allclose(g["x"], [[0.0, 0.0, 12.0, np.inf]])   # 0.5 / sqrt(0) = inf
+    np.testing.assert_allclose(g["e"], [[0.0, 0.0, 8 * np.log(2.0), 0.0]])
+
+
+def test_pow_gradient_at_a_zero_base_matches_torch():
+    torch = pytest.importorskip("torch")
+    x, e = (torch.tensor(v, requires_grad=True) for v in (POW_X, POW_E))
+    (x ** e).sum().backward()
+    g = nnlang.compile(POW, backend="numba", batch=1).gradients(
+        {"x": POW_X, "e": POW_E}, inputs=("x", "e"))
+    np.testing.assert_array_equal(g["x"], x.grad.numpy())
+    np.testing.assert_allclose(g["e"], e.grad.numpy(), rtol=1e-15)
+
+
+SOFTPLUS = """model M {
+  input x: float32[batch, 7]
+  output y = softplus(x)
+  loss sum(softplus(x))
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+SP_X = np.array([[-30.0, -20.0, -10.0, -1e-3, 0.0, 10.0, 30.0]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softplus_and_its_gradient_keep_the_negative_tail(backend, dtype):
+    """softplus(-20) = log(1 + e**-20) = 2.06e-9 and softplus'(-20) = sigmoid(-20) (torch's
+    softplus, numpy's logaddexp). log(1 + e) rounded 1 + e to 1 (0 from x = -17 in float32), and
+    the gradient, built through (x + |x|) / 2, was 0.5 - (0.5 - sigmoid(x)): 0 in float32 from
+    x = -17, 1.7e-4 off at x = -30 in float64."""
+    net = nnlang.compile(SOFTPLUS, backend=backend, batch=1, dtype=dtype)
+    rtol = 2e-6 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(net.forward({"x": SP_X})["y"], np.logaddexp(0.0, SP_X), rtol=rtol)
+    g = net.gradients({"x": SP_X}, inputs="x")["x"]
+    np.testing.assert_allclose(g, 1.0 / (1.0 + np.exp(-SP_X)), rtol=rtol)
+    assert g[0, 4] == 0.5            # softplus'(0), exactly
+
+
+def test_softplus_tail_matches_torch():
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(SP_X, dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.softplus(t).sum().backward()
+    net = nnlang.compile(SOFTPLUS, backend="numba", batch=1, dtype="float64")
+    np.testing.assert_allclose(net.forward({"x": SP_X})["y"],
+                               torch.nn.functional.softplus(t).detach().numpy(), rtol=1e-14)
+    # NOTE: above its threshold = 20 torch returns x itself, gradient 1 (1 - 9e-14 at x = 30)
+    np.testing.assert_allclose(net.gradients({"x": SP_X}, inputs="x")["x"][:, :6],
+                               t.grad.numpy()[:, :6], rtol=1e-14)
+
+
+MASKED_ROW = """model M {
+  input q: float32[batch, 3, 4]
+  input m: float32[batch, 3]
+  output y = multi_head_attention(q, key_padding_mask = m, heads = 1)
+  loss sum(y)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_attention_over_keys_that_are_all_masked_is_even_in_both_dtypes(backend, dtype):
+    """A query whose every key is masked (an all-padding row) attends evenly to them, as the
+    doc says, in float32 and float64 alike. Adding -1e9 to the scores kept their differences in
+    float64, so there the row attended as if unmasked, while float32 rounded them away."""
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(2, 3, 4)) * 3
+    m = np.array([[0, 0, 0], [1, 1, 0]], np.float32)
+    net = nnlang.compile(MASKED_ROW, backend=backend, batch=2, dtype=dtype)
+    state = net.state_dict()
+    state.update({k: np.eye(4) for k in state if k.endswith(("wv", "wo"))})
+    net.load_state_dict(state)
+    y = net.forward({"q": q, "m": m})["y"]
+    # values = q (identity wv, zero bias); even weights average them, for every query
+    np.testing.assert_allclose(y[0], np.broadcast_to(q[0].mean(0), (3, 4)),
+                               rtol=1e-5 if dtype == "float32" else 1e-12)
+
+
+BN_ONE = """model M {
+  input x: float32[batch, 4]
+  input y: float32[batch, 4]
+  output h = batch_norm(x)
+  loss mse(h, y)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_norm_training_on_one_value_per_channel_is_a_located_error(backend):
+    """torch.nn.BatchNorm1d refuses it ('Expected more than 1 value per channel when
+    training'): the batch variance is 0, so the output is beta whatever x is and no gradient
+    reaches x. nnlang trained on silently, and left the running statistics at their start."""
+    net = nnlang.compile(BN_ONE, backend=backend, batch=1)
+    with pytest.raises(nnlang.NNError) as err:
+        net.train_step({"x": np.arange(4.0)[None], "y": np.ones((1, 4))})
+    assert ":4:" in str(err.value) and "one value per channel" in str(err.value)
+    ok = nnlang.compile(BN_ONE, backend=backend, batch=2)   # two rows: fine
+    ok.train_step({"x": np.arange(8.0).reshape(2, 4), "y": np.ones((2, 4))})
+    assert not np.array_equal(ok.state_dict()["h.running_var"], np.ones(4))

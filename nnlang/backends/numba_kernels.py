@@ -85,15 +85,17 @@ def tanh_f32(x):
     return x * p / q
 
 
-# NOTE: the tanh form cannot overflow, unlike 1 / (1 + exp(-x))
+# NOTE: 1 / (1 + e**-x) keeps the relative precision of the negative tail, where the tanh form
+# 0.5 * (tanh(x / 2) + 1) cancels (float32 gave 0 from x = -16, 0.9% off at -12); e**-x
+# overflows to inf below -709 (-88.7 in float32) and 1 / inf is the right 0
 @_scalar
 def sigmoid(x):
-    return 0.5 * (math.tanh(0.5 * x) + 1.0)
+    return 1.0 / (1.0 + math.exp(-x))
 
 
 @_scalar
 def sigmoid_f32(x):
-    return np.float32(0.5) * tanh_f32(np.float32(0.5) * x) + np.float32(0.5)
+    return np.float32(1.0) / (np.float32(1.0) + exp_f32(-x))
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath={"reassoc"})

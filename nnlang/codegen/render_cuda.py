@@ -44,12 +44,12 @@ class CudaLang(ScalarLang):
     # scans the text after them for calls of other helpers
     helper_module = None
     helpers = {
-        # NOTE: the tanh form cannot overflow, unlike 1 / (1 + exp(-x)), and is what the
-        # reference interpreter computes
+        # NOTE: 1 / (1 + exp(-x)) as the reference interpreter and torch.sigmoid: exact in the
+        # negative tail, where the tanh form cancels; exp's overflow to inf gives the right 0
         "nn_sigmoidf": "// sigmoid (float32)\n" + _device + "float nn_sigmoidf(float x) {\n"
-                       "  return 0.5f * (tanhf(0.5f * x) + 1.0f);\n}\n",
+                       "  return 1.0f / (1.0f + expf(-x));\n}\n",
         "nn_sigmoid": "// sigmoid\n" + _device + "double nn_sigmoid(double x) {\n"
-                      "  return 0.5 * (tanh(0.5 * x) + 1.0);\n}\n",
+                      "  return 1.0 / (1.0 + exp(-x));\n}\n",
         "nn_sign": "// sign (0 at 0)\ntemplate <class T> " + _device + "T nn_sign(T x) {\n"
                    "  return (T)((x > (T)0) - (x < (T)0));\n}\n",
         "nn_abs": "// integer abs\ntemplate <class T> " + _device + "T nn_abs(T x) {\n"

@@ -76,9 +76,11 @@ def _mha(b, q, kv, mask, wq, bq, wk, bk, wv, bv, wo, bo, *, heads, dim, causal, 
     vh = _split_heads(b, linear(b, kv, wv, bv), heads, [0, 2, 1, 3])   # [B, H, Lk, dh]
     scores = b.mul(b.matmul(qh, kh), const_like(b, 1.0 / math.sqrt(inner // heads), q))
     if mask is not None:
-        keep = real_steps(b, mask)
-        bias = b.where(keep, const_like(b, 0.0, q), const_like(b, NEG_INF, q))
-        scores = b.add(scores, b.reshape(bias, shape=[batch, 1, 1, lk]))
+        # NOTE: masked scores are set to -1e9, not shifted by it: shifted, a row whose keys are
+        # all masked kept its scores' differences in float64 (attending as if unmasked) and
+        # lost them in float32 (attending evenly); set, it attends evenly in both dtypes
+        keep = b.reshape(real_steps(b, mask), shape=[batch, 1, 1, lk])
+        scores = b.where(keep, scores, const_like(b, NEG_INF, q))
     if causal:
         # query i sees keys j <= i + (lk - lq), so a longer key prefix (a cache) stays visible
         future = np.triu(np.ones((lq, lk)), k=1 + lk - lq) * NEG_INF
@@ -107,9 +109,11 @@ register("multi_head_attention",
          doc="Multi-head scaled dot-product attention on [batch, len, dim]: self-attention when "
              "kv is none. dim is the attention width (default: q's last dim), split over heads; "
              "the output has q's shape. key_padding_mask [batch, kv_len] (float, int or bool; "
-             "nonzero keeps a key, 0 masks it) and causal = true add -1e9 to masked scores "
-             "before the softmax; dropout applies to the attention weights in training. Params "
-             "wq/wk/wv [in, dim], wo [dim, q_dim] and biases (d = 128: 66,048, like PyTorch). "
+             "nonzero keeps a key, 0 masks it) sets masked scores to -1e9 and causal = true adds "
+             "-1e9 to future ones before the softmax, so a query whose keys are all masked "
+             "attends evenly to them (PyTorch gives nan); dropout applies to the attention "
+             "weights in training. Params wq/wk/wv [in, dim], wo [dim, q_dim] and biases "
+             "(d = 128: 66,048, like PyTorch). "
              "Init: weights glorot_uniform (PyTorch's xavier_uniform), biases zeros.",
          samples=(Sample(((2, 4, 8),), {"heads": 2, "dropout": 0.1}),
                   Sample(((2, 3, 8), (2, 5, 6)), {"heads": 4, "dim": 12}),

@@ -90,7 +90,14 @@ _unary("sign", "sign({0})", np.sign, lambda b, n, g: (None,), float_only=False,
 _unary("tanh", "tanh({0})", np.tanh,
        lambda b, n, g: (b.mul(g, b.sub(b.const(1.0, n.dtype), b.mul(n.id, n.id))),),
        doc="hyperbolic tangent", onnx="Tanh")
-_unary("sigmoid", "sigmoid({0})", lambda x: 0.5 * (np.tanh(0.5 * x) + 1),
+def _sigmoid(x):
+    with np.errstate(over="ignore"):  # e**-x = inf for x < -709 (-88 in float32) gives 0
+        return 1 / (1 + np.exp(-x))
+
+
+# NOTE: 1 / (1 + e**-x), as torch.sigmoid, keeps the relative precision of the negative tail:
+# the tanh form 0.5 * (tanh(x / 2) + 1) cancels there (float32 gave 0 from x = -16)
+_unary("sigmoid", "sigmoid({0})", _sigmoid,
        lambda b, n, g: (b.mul(g, b.mul(n.id, b.sub(b.const(1.0, n.dtype), n.id))),),
        doc="1 / (1 + e**-x), computed without overflow", onnx="Sigmoid")
 register("stop_gradient", "x: tensor", _number_unary_shape, expr="{0}", impl=np.positive,
@@ -114,11 +121,19 @@ _binary("div", "{0} / {1}", np.divide,
         lambda b, n, g: (b.div(g, n.inputs[1]), b.neg(b.div(b.mul(g, n.id), n.inputs[1]))),
         samples=(Sample(((3, 4), (3, 4)), domain="positive"),
                  Sample(((2, 3), (3,)), domain="positive")), doc="a / b", onnx="Div")
-_binary("pow", "pow({0}, {1})", np.power,
-        lambda b, n, g: (
-            b.mul(g, b.mul(n.inputs[1], b.pow(n.inputs[0], b.sub(n.inputs[1],
-                                                                  b.const(1.0, n.dtype))))),
-            b.mul(g, b.mul(n.id, b.log(n.inputs[0])))),
+def _pow_grad(b, n, g):
+    # NOTE: as torch's pow_backward, 0 where a**b is flat: d/da at b = 0 (b * 0**-1 = 0 * inf)
+    # and d/db at a = 0, b >= 0 (0**b * log 0 = 0 * -inf), each nan by the plain formula
+    a, e = n.inputs
+    zero, one = b.const(0.0, n.dtype), b.const(1.0, n.dtype)
+    da = b.where(b.eq(e, zero), zero, b.mul(e, b.pow(a, b.sub(e, one))))
+    at_zero = b.eq(a, zero)
+    flat = b.where(at_zero, b.ge(e, zero), at_zero)   # a == 0 and b >= 0
+    db = b.where(flat, zero, b.mul(n.id, b.log(a)))
+    return b.mul(g, da), b.mul(g, db)
+
+
+_binary("pow", "pow({0}, {1})", np.power, _pow_grad,
         samples=(Sample(((3, 4), (3, 4)), domain="positive"),), doc="a ** b", onnx="Pow",
         shape=_pow_shape)
 

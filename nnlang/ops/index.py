@@ -228,7 +228,10 @@ register("one_hot", "idx: tensor, depth: int, dtype: dtype = 'float32'", _one_ho
          onnx=_onnx_one_hot,
          impl=lambda idx, *, depth, dtype: (idx[..., None] == np.arange(depth)).astype(dtype),
          lower={"numba": _one_hot_numba, "cuda": _one_hot_cuda},
-         family="index", traits={INDEX, NONDIFF}, doc="1.0 at each index along a new last axis",
+         family="index", traits={INDEX, NONDIFF},
+         doc="1.0 at each index along a new last axis; an id outside [0, depth) computed in "
+             "the model (negative ones included) gives a row of zeros, as tf.one_hot "
+             "(torch's one_hot raises; ids fed as an input are checked when fed)",
          samples=(Sample(((2, 3),), {"depth": 4}, domain="int:4", dtypes=("int32",),
                          grad=False),))
 

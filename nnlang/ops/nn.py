@@ -232,17 +232,26 @@ _act("silu", "x: tensor", lambda b, x: b.mul(x, b.sigmoid(x)), "x * sigmoid(x) (
 
 
 def stable_softplus(b, x):
-    """log(1 + e**x) as max(x, 0) + log(1 + e**-|x|), which never overflows."""
-    # NOTE: max(x, 0) is built as (x + |x|) / 2, not `maximum`: at x = 0 exactly (a zero logit,
-    # e.g. an all-padding row) maximum's gradient is 1 and |x|'s is 0, summing to 1 instead of
-    # softplus'(0) = 1/2; through abs both pieces take the same side and the sum is exact.
-    size = b.abs(x)
-    relu = b.mul(b.add(x, size), const_like(b, 0.5, x))
-    return b.add(relu, b.log(b.add(const_like(b, 1.0, x), b.exp(b.neg(size)))))
+    """log(1 + e**x) as max(x, 0) + log1p(e**-|x|), which never overflows."""
+    # NOTE: -|x| is minimum(x, -x), whose tie at x = 0 goes to x: there the log term's gradient
+    # is 1/2 and relu's 0, summing to softplus'(0) = 1/2. For x < 0 the gradient is then
+    # e / (1 + e) alone, exact; (x + |x|) / 2 summed it as 1/2 - (1/2 - sigmoid(x)), which
+    # cancelled to 0 from x = -17 in float32.
+    zero = const_like(b, 0.0, x)
+    e = b.exp(b.minimum(x, b.neg(x)))
+    return b.add(b.where(b.gt(x, zero), x, zero), log1p(b, e))
+
+
+def log1p(b, e):
+    """log(1 + e) for e >= 0, exact where 1 + e rounds: log(u) - ((u - 1) - e) / u with
+    u = 1 + e (the correction is -e when u rounds to 1), so softplus(-20) is 2.06e-9, not 0."""
+    u = b.add(const_like(b, 1.0, e), e)
+    return b.sub(b.log(u), b.div(b.sub(b.sub(u, const_like(b, 1.0, e)), e), u))
 
 
 _act("softplus", "x: tensor", stable_softplus,
-     "log(1 + e**x), computed as max(x, 0) + log(1 + e**-|x|) so it never overflows")
+     "log(1 + e**x), computed as max(x, 0) + log1p(e**-|x|) so it never overflows "
+     "and keeps its tail (softplus(-20) = 2.06e-9, as PyTorch)")
 _act("elu", "x: tensor, alpha: float = 1.0",
      lambda b, x, *, alpha: b.where(
          b.gt(x, const_like(b, 0.0, x)), x,

@@ -4,6 +4,7 @@ of primitives. batch_norm's running statistics are state the training step overw
 """
 from __future__ import annotations
 
+from nnlang.errors import NNError
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.nn import axes_attr, const_like, mean_over, need_float, param_dtype
 from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, need_range, need_some_axes,
@@ -109,8 +110,15 @@ def _batch_norm_shape(x, *params, momentum, eps):
 def _update_running(b, running_mean, running_var, mean, var, momentum, t, ax):
     """running = (1 - m) running + m batch, with the unbiased batch variance (as PyTorch)."""
     n = numel([t.shape[a] for a in ax])
-    if isinstance(n, Sym) or n < 2:
+    if isinstance(n, Sym):
         return  # NOTE: only graphs specialized to a batch size train; checks leave stats alone
+    if n < 2:
+        # NOTE: as torch's "Expected more than 1 value per channel when training": the batch
+        # variance is 0, so the output would be beta whatever x is, and no gradient reaches x
+        raise NNError(f"batch_norm in training needs more than one value per channel; "
+                      f"{fmt_shape(t.shape)} has one", span=b.span,
+                      hint="train with a batch of 2 or more (batch = 1 leaves nothing to "
+                           "normalize over), or use layer_norm, which normalizes each example")
     m, c = const_like(b, momentum, running_mean), [t.shape[1]]
     keep = const_like(b, 1.0 - momentum, running_mean)
     unbiased = b.mul(b.reshape(var, shape=c), const_like(b, n / (n - 1), running_var))
