@@ -72,6 +72,37 @@ def test_check_missing_file():
     assert r.exit_code == 1 and "file not found: models/nope.nn" in r.stderr
 
 
+def test_check_counts_a_user_scans_flops(tmp_path):
+    """A hand-written RNN cell under `scan` showed no FLOPs in `nnlang check` (its rule read
+    the body's symbolic batch); its GEMMs count once per step, as the builtin rnn's do."""
+    src = tmp_path / "scan.nn"
+    src.write_text("""block Cell(x, h, kernel, recurrent) {
+  h2 = tanh(x @ kernel + h @ recurrent)
+  return h2, h2
+}
+
+model UserScan {
+  input x: float32[batch, 7, 3]
+  input h0: float32[batch, 4]
+  param kernel: float32[3, 4]
+  param recurrent: float32[4, 4]
+  hs, h = scan Cell(h0, kernel = kernel, recurrent = recurrent) over x
+  output out = hs
+}
+
+model Builtin {
+  input x: float32[batch, 7, 3]
+  output out = rnn(x, 4, return_sequences = true)
+}
+""")
+    batch, steps, feats, units = 5, 7, 3, 4
+    want = steps * 2 * batch * (feats * units + units * units)  # x @ kernel, h @ recurrent
+    for model in ("UserScan", "Builtin"):
+        r = run("check", src, "--batch", batch, "--model", model)
+        assert r.exit_code == 0, r.stderr
+        assert f"Forward FLOPs: {want:,}" in r.stdout, r.stdout
+
+
 def test_graph_dot(tmp_path):
     out = tmp_path / "mlp.dot"
     r = run("graph", "models/transformer.nn", "-o", out)
