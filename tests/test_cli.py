@@ -115,6 +115,29 @@ def test_graph_dot(tmp_path):
     assert "multi_head_attention" not in out.read_text()
 
 
+def test_graph_fused_draws_the_backward_pass_only_when_asked(tmp_path):
+    """`--fused` drew the backward pass and optimizer update too, so `--backward` changed
+    nothing; `--depth` with it was silently ignored; `--backward` on a model with no loss said
+    it 'cannot be trained'."""
+    bwd_fill, optim_fill = 'fillcolor="#f8e0e0"', 'fillcolor="#f8f0d0"'
+    fwd, both = tmp_path / "fwd.dot", tmp_path / "both.dot"
+    assert run("graph", "models/mlp.nn", "-o", fwd, "--fused").exit_code == 0
+    assert run("graph", "models/mlp.nn", "-o", both, "--fused", "--backward").exit_code == 0
+    fwd, both = fwd.read_text(), both.read_text()
+    assert 'subgraph "cluster_kernel' in fwd and "dense" not in fwd  # dense: a matmul and add
+    assert bwd_fill not in fwd and optim_fill not in fwd
+    assert bwd_fill in both and optim_fill in both
+    # the forward kernels are the same clusters in both drawings
+    assert set(re.findall(r'"cluster_kernel \d+"', fwd)) < set(re.findall(r'"cluster_kernel \d+"', both))
+    r = run("graph", "models/mlp.nn", "-o", tmp_path / "d.dot", "--fused", "--depth", "1")
+    assert r.exit_code == 1 and "--depth" in r.stderr and "--fused" in r.stderr
+    assert not (tmp_path / "d.dot").exists()
+    src = tmp_path / "noloss.nn"
+    src.write_text("model NoLoss {\n  input x: float32[batch, 4]\n  output y = dense(x, 3)\n}\n")
+    r = run("graph", src, "-o", tmp_path / "n.dot", "--backward")
+    assert r.exit_code == 1 and "no backward pass" in r.stderr and "noloss.nn:3:" in r.stderr
+
+
 def test_graph_svg_needs_graphviz(tmp_path):
     r = run("graph", "models/mlp.nn", "-o", tmp_path / "mlp.svg")
     assert (tmp_path / "mlp.dot").exists()

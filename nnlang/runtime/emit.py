@@ -96,13 +96,23 @@ def dot(net, backward: bool = False, fused: bool = False, depth: int | None = No
     no loss has no train graph: without `backward`, its prediction graph is drawn."""
     from nnlang.ir.dot import to_dot
     from nnlang.passes.optimize import optimize
-    g = _graph(net, "train" if net.user.losses or backward else "predict")
+    if backward and not net.user.losses:
+        from nnlang.passes.pipeline import no_loss
+        raise no_loss(net.user, "so it has no backward pass")
+    if fused and depth is not None:
+        # NOTE: kernels replace the block clusters that --depth collapses, and a kernel may
+        # span blocks: refused rather than drawn uncollapsed without a word
+        raise NNError("--depth collapses blocks, but --fused draws kernels in their place",
+                      hint="drop --depth, or drop --fused to collapse the blocks")
+    g = _graph(net, "train" if net.user.losses else "predict")
     if not fused:
         return to_dot(g, depth=depth, roles=("fwd", "bwd") if backward else ("fwd",),
                       show_params=show_params, title=title)
     g = optimize(g, net.disable)
     cluster = {m: f"kernel {k}" for k, grp in enumerate(g.groups or [])
                for m in grp.members}
-    roles = ("fwd", "bwd", "optim") if backward else None
+    # NOTE: the train graph's kernels, but without --backward only their forward ops are
+    # drawn (a kernel numbers the same in both drawings)
+    roles = ("fwd", "bwd", "optim") if backward else ("fwd",)
     return to_dot(g, depth=depth, roles=roles, show_params=show_params, cluster_of=cluster,
                   title=title)
