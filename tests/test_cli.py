@@ -109,7 +109,7 @@ def test_graph_dot(tmp_path):
     assert r.exit_code == 0, r.stderr
     text = out.read_text()
     assert text.startswith("digraph") and 'label="[batch, 128, 128]"' in text
-    assert 'subgraph "cluster_h_0"' in text and "multi_head_attention" in text
+    assert 'subgraph "cluster_h.0"' in text and "multi_head_attention" in text
     r = run("graph", "models/transformer.nn", "-o", out, "--depth", "1")
     assert r.exit_code == 0 and "box3d" in out.read_text()
     assert "multi_head_attention" not in out.read_text()
@@ -136,6 +136,36 @@ def test_graph_fused_draws_the_backward_pass_only_when_asked(tmp_path):
     src.write_text("model NoLoss {\n  input x: float32[batch, 4]\n  output y = dense(x, 3)\n}\n")
     r = run("graph", src, "-o", tmp_path / "n.dot", "--backward")
     assert r.exit_code == 1 and "no backward pass" in r.stderr and "noloss.nn:3:" in r.stderr
+
+
+def test_graph_clusters_of_different_blocks_have_different_ids(tmp_path):
+    """Cluster ids joined the path with '_', so block call `a_t` and block `t` inside call `a`
+    were both "cluster_a_t": Graphviz reads one id as one subgraph and draws a.t's layers
+    inside a_t's box."""
+    src = tmp_path / "collide.nn"
+    src.write_text("""block Tower(x) {
+  h = dense(x, 4) |> relu
+  return dense(h, 4)
+}
+
+block Outer(x) {
+  t = Tower(x)
+  return t + x
+}
+
+model Collide {
+  input x: float32[batch, 4]
+  a_t = Tower(x)
+  a = Outer(a_t)
+  output y = a
+}
+""")
+    out = tmp_path / "c.dot"
+    assert run("graph", src, "-o", out).exit_code == 0
+    ids = re.findall(r'subgraph ("[^"]*")', out.read_text())
+    labels = re.findall(r'subgraph "[^"]*" \{\n\s*label=("[^"]*")', out.read_text())
+    assert len(labels) == len(ids) == 5  # a_t, a_t.h, a, a.t, a.t.h
+    assert len(set(ids)) == len(ids), ids
 
 
 def test_graph_svg_needs_graphviz(tmp_path):

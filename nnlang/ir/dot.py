@@ -153,7 +153,9 @@ def _emit_clusters(lines: list, tree: dict, prefix: tuple, items: dict, indent: 
         lines.append(pad + line)
     for part, sub in tree.items():
         path = prefix + (part,)
-        cid = "cluster_" + "_".join(str(p).replace("-", "_") for p in path)
+        # NOTE: joined by '.', which no name holds: with '_' the call `a_t` and the block `t`
+        # in the call `a` shared one id, and Graphviz draws one id as one subgraph
+        cid = "cluster_" + ".".join(map(str, path))
         lines.append(f"{pad}subgraph {_q(cid)} {{")
         lines.append(f"{pad}  label={_q('.'.join(map(str, path)))}; style=rounded; color=gray60;")
         _emit_clusters(lines, sub, path, items, indent + 1)
