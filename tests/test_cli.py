@@ -168,6 +168,21 @@ model Collide {
     assert len(set(ids)) == len(ids), ids
 
 
+def test_graph_draws_a_layer_with_its_activation_and_no_one_op_boxes(tmp_path):
+    """`h1 = dense(image, 512) |> relu` drew a box 'h1' around the relu alone, with the dense
+    outside it, and a box around each lone op (`acc`); a box now holds a layer's or block's
+    ops together, and a path with one op draws none."""
+    out = tmp_path / "mlp.dot"
+    assert run("graph", "models/mlp.nn", "-o", out).exit_code == 0
+    text = out.read_text()
+    boxes = dict(re.findall(r'subgraph "([^"]*)" \{\n\s*label="[^"]*";[^\n]*\n((?:\s+n\d+ [^\n]*\n)*)',
+                            text))
+    assert set(boxes) == {"cluster_h1", "cluster_h2"}, text
+    for name in ("h1", "h2"):
+        ops = re.findall(r'label="(\w+)', boxes[f"cluster_{name}"])
+        assert sorted(ops) == ["dense", "relu"], (name, ops)
+
+
 def test_graph_svg_needs_graphviz(tmp_path):
     r = run("graph", "models/mlp.nn", "-o", tmp_path / "mlp.svg")
     assert (tmp_path / "mlp.dot").exists()

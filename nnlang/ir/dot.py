@@ -76,25 +76,33 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
         else:
             rep[n.id] = f"n{n.id}"
 
-    # each drawn item's cluster: a group name, or its path (a layer's own node sits in its
-    # parent's cluster, so a one-op layer draws no cluster around itself)
+    # each drawn item's cluster: a group name, or its path, so a layer's ops (a dense and
+    # the relu piped after it) share one box
     def cluster(n: Node) -> tuple:
         if group is not None:
             name = group(n) if not isinstance(cluster_of, dict) else group(n.id)
             return (name,) if name else ()
         parts = _parts(n.path)
-        if rep[n.id] in box_count:
-            return parts[:depth - 1]
-        return parts[:-1] if _is_layer(g, n) else parts
+        return parts[:depth - 1] if rep[n.id] in box_count else parts
 
-    tree: dict = {}
-    items: dict[tuple, list[str]] = defaultdict(list)
+    placed: list[tuple[tuple, Node]] = []
     drawn: set[str] = set()
     for n in nodes:
-        if rep[n.id] in drawn:
-            continue
-        drawn.add(rep[n.id])
-        where = cluster(n)
+        if rep[n.id] not in drawn:
+            drawn.add(rep[n.id])
+            placed.append((cluster(n), n))
+    if group is None:
+        # NOTE: a path that holds one item (a lone op, a layer of one node, a collapsed box)
+        # draws no box around it: the item moves up to the nearest path holding more
+        held: dict[tuple, int] = defaultdict(int)
+        for where, _ in placed:
+            for k in range(1, len(where) + 1):
+                held[where[:k]] += 1
+        placed = [(next((where[:k] for k in range(len(where), 0, -1) if held[where[:k]] > 1),
+                        ()), n) for where, n in placed]
+    tree: dict = {}
+    items: dict[tuple, list[str]] = defaultdict(list)
+    for where, n in placed:
         t = tree
         for part in where:
             t = t.setdefault(part, {})
