@@ -183,6 +183,19 @@ def test_graph_draws_a_layer_with_its_activation_and_no_one_op_boxes(tmp_path):
         assert sorted(ops) == ["dense", "relu"], (name, ops)
 
 
+def test_graph_depth_box_counts_ops_not_weights(tmp_path):
+    """A collapsed block's box said 'h.0 8 ops', and '24 ops' with --params: its 16 weights
+    counted as ops."""
+    out = tmp_path / "t.dot"
+    labels = []
+    for extra in ([], ["--params"]):
+        assert run("graph", "models/transformer.nn", "-o", out, "--depth", "2", *extra
+                   ).exit_code == 0
+        labels.append(re.findall(r'label="(h\.0\\n[^"]*)"', out.read_text()))
+    assert labels[0] == ["h.0\\n8 ops"], labels
+    assert labels[1] == ["h.0\\n8 ops, 16 weights"], labels
+
+
 def test_graph_svg_needs_graphviz(tmp_path):
     r = run("graph", "models/mlp.nn", "-o", tmp_path / "mlp.svg")
     assert (tmp_path / "mlp.dot").exists()

@@ -67,12 +67,15 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
     if depth is not None and group is None:
         boxed = {_parts(n.path)[:depth] for n in nodes if len(_parts(n.path)) > depth}
     rep: dict[int, str] = {}
-    box_count: dict[str, tuple[tuple, int]] = {}  # box id -> (path prefix, ops inside)
+    box_count: dict[str, tuple[tuple, int, int]] = {}  # box id -> (prefix, ops, weights)
     for n in nodes:
         key = _parts(n.path)[:depth] if depth is not None else None
         if key is not None and key in boxed:
             rep[n.id] = f"box{sorted(boxed).index(key)}"
-            box_count[rep[n.id]] = (key, box_count.get(rep[n.id], (key, 0))[1] + 1)
+            _, ops, weights = box_count.get(rep[n.id], (key, 0, 0))
+            # NOTE: --params draws weights and constants into the box: they are not its ops
+            box_count[rep[n.id]] = (key, ops + (n.op not in HIDDEN_BY_DEFAULT),
+                                    weights + (n.op == "param"))
         else:
             rep[n.id] = f"n{n.id}"
 
@@ -135,8 +138,8 @@ def _is_layer(g: Graph, n: Node) -> bool:
 
 def _node_line(g: Graph, n: Node, rid: str, results: dict, box_count: dict) -> str:
     if rid in box_count:
-        key, count = box_count[rid]
-        label = f"{'.'.join(key)}\n{count} ops"
+        key, count, weights = box_count[rid]
+        label = f"{'.'.join(key)}\n{count} ops" + (f", {weights} weights" if weights else "")
         return f"{rid} [label={_q(label)}, {_STYLE['box']}];"
     if n.op == "input":
         label = f"input {n.name or n.attrs.get('name')}\n{n.type}"
