@@ -271,6 +271,40 @@ def test_compile_emits(emit, expect):
     assert expect in result.output
 
 
+def test_compile_backward_names_each_trainable_weights_gradient(tmp_path):
+    """--emit backward (and ir) printed the gradient and update nodes but not which weight
+    each belongs to: the graph's grads and updates were left out of the text, so a user could
+    not see that every trainable weight gets a gradient and a frozen one none."""
+    src = tmp_path / "m.nn"
+    src.write_text("""block Tower(x) {
+  h = dense(x, 8) |> relu
+  return dense(h, 8)
+}
+
+model M {
+  input left: float32[batch, 16]
+  input right: float32[batch, 16]
+  input label: int32[batch]
+  a = Tower(left)
+  b = Tower(right, share = a)
+  frz = Tower(b, trainable = false)
+  logits = dense(a + frz, 3)
+  output logits
+  loss cross_entropy(logits, label)
+  loss 0.1 * mean(logits * logits)
+}
+""")
+    trainable = {f"{p}.{k}" for p in ("a.h", "a.dense", "logits") for k in ("weight", "bias")}
+    r = run("compile", src, "--emit", "backward", "--batch", 4)
+    assert r.exit_code == 0, r.stderr
+    defined = set(re.findall(r"^%(\d+)", r.stdout, re.M))
+    grads = dict(re.findall(r"^grad ([\w.]+) = %(\d+)$", r.stdout, re.M))
+    assert set(grads) == trainable, r.stdout[-2000:]
+    assert set(grads.values()) <= defined
+    updates = set(re.findall(r"^update ([\w.]+) = %\d+$", r.stdout, re.M))
+    assert trainable <= updates and not any(u.startswith("frz") for u in updates)
+
+
 def test_compile_kernels_name_their_source_lines():
     result = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--emit", "kernels",
                                       "--set", "hidden1=16", "--set", "hidden2=8"])
