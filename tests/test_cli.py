@@ -305,6 +305,42 @@ model M {
     assert trainable <= updates and not any(u.startswith("frz") for u in updates)
 
 
+def test_compile_fused_lists_the_kernels_that_run_in_run_order(tmp_path):
+    """--emit fused numbered the groups in fusion order, not the order the step runs them
+    (`--emit kernels`' order), and left out a scan body's kernels, which the summary counts."""
+    src = tmp_path / "scan.nn"
+    src.write_text("""block Cell(x, h, kernel, recurrent) {
+  h2 = tanh(x @ kernel + h @ recurrent)
+  return h2, h2
+}
+
+model UserScan {
+  input x: float32[batch, 7, 3]
+  input h0: float32[batch, 4]
+  input label: int32[batch]
+  param kernel: float32[3, 4]
+  param recurrent: float32[4, 4]
+  hs, h = scan Cell(h0, kernel = kernel, recurrent = recurrent) over x
+  logits = dense(h, 3)
+  output logits
+  loss cross_entropy(logits, label)
+}
+""")
+    for model, mode in ((src, "train"), ("models/mlp.nn", "eval")):
+        fused = run("compile", model, "--emit", "fused", "--mode", mode, "--batch", 2).stdout
+        summary = run("compile", model, "--emit", "summary", "--mode", mode, "--batch", 2).stdout
+        count = int(re.search(r"kernels: (\d+)", summary).group(1))
+        assert len(re.findall(r"^kernel \d+:", fused, re.M)) == count, fused
+        # each kernel's first op, in order, is the first op each --emit kernels header names
+        kernels = run("compile", model, "--emit", "kernels", "--mode", mode, "--batch", 2).stdout
+        ran = re.findall(r"^# computes(?:, for each of \d+ tensors in one launch)?:\n#\s+(\w+)",
+                         kernels, re.M)
+        listed = re.findall(r"^kernel \d+: [^\n]*\n  %\d+ = (\w+)", fused, re.M)
+        if mode == "eval":  # NOTE: no multi-tensor launch, so one header per kernel
+            assert ran == listed, (ran, listed)
+    assert "one step of its body" in run("compile", src, "--emit", "fused", "--batch", 2).stdout
+
+
 def test_compile_kernels_name_their_source_lines():
     result = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--emit", "kernels",
                                       "--set", "hidden1=16", "--set", "hidden2=8"])

@@ -46,11 +46,31 @@ def emit(net, what: str, mode: str = "train") -> str:
         return ("# the generated backward pass (role bwd) and optimizer update (role optim);\n"
                 "# each line ends with the block path and the .nn line it came from\n"
                 + g.dump(roles=("bwd", "optim")))
-    from nnlang.passes.fuse import format_groups  # what == "fused"
-    if "fuse" in net.disable:
+    if "fuse" in net.disable:  # what == "fused"
         return ("# fusion is off (--no-fuse): each op below that computes runs as its own kernel\n"
                 + g.dump())
-    return format_groups(g, g.groups or [])
+    return fused_text(net, mode)
+
+
+def _planned_groups(g: Graph, disable) -> tuple[Graph, list]:
+    """The executable's own plan of `g` (cached): its graph and kernel groups in run order."""
+    from nnlang.passes.plan import plan
+    g, steps, _, _ = plan(g, disable)
+    return g, [grp for s in steps for grp in s.kernel_groups]
+
+
+def fused_text(net, mode: str) -> str:
+    """The kernel groups as the step runs them (the order of --emit kernels), then each scan
+    body's, which run once per time step: what the summary's `kernels` counts."""
+    from nnlang.passes.fuse import format_groups
+    from nnlang.runtime.scan import _body_graph
+    g, groups = _planned_groups(_graph(net, mode), net.disable)
+    out = [format_groups(g, groups)]
+    for n in g:
+        if n.op == "scan":
+            bg, body_groups = _planned_groups(_body_graph(n), net.disable)
+            out.append(f"# scan %{n.id}, one step of its body:\n" + format_groups(bg, body_groups))
+    return "".join(out)
 
 
 def _summary(net, mode: str) -> str:
@@ -95,7 +115,6 @@ def dot(net, backward: bool = False, fused: bool = False, depth: int | None = No
     or the optimized graph with each fused kernel drawn as a cluster (`fused`). A model with
     no loss has no train graph: without `backward`, its prediction graph is drawn."""
     from nnlang.ir.dot import to_dot
-    from nnlang.passes.optimize import optimize
     if backward and not net.user.losses:
         from nnlang.passes.pipeline import no_loss
         raise no_loss(net.user, "so it has no backward pass")
@@ -108,9 +127,9 @@ def dot(net, backward: bool = False, fused: bool = False, depth: int | None = No
     if not fused:
         return to_dot(g, depth=depth, roles=("fwd", "bwd") if backward else ("fwd",),
                       show_params=show_params, title=title)
-    g = optimize(g, net.disable)
-    cluster = {m: f"kernel {k}" for k, grp in enumerate(g.groups or [])
-               for m in grp.members}
+    # NOTE: numbered as --emit fused numbers them (run order)
+    g, groups = _planned_groups(g, net.disable)
+    cluster = {m: f"kernel {k}" for k, grp in enumerate(groups) for m in grp.members}
     # NOTE: the train graph's kernels, but without --backward only their forward ops are
     # drawn (a kernel numbers the same in both drawings)
     roles = ("fwd", "bwd", "optim") if backward else ("fwd",)
