@@ -103,6 +103,14 @@ model Builtin {
         assert f"Forward FLOPs: {want:,}" in r.stdout, r.stdout
 
 
+def test_check_writes_tera_flops_with_their_prefix():
+    """FLOPs past 10**12 printed as '11814.79G': the prefixes stopped at G."""
+    r = run("check", "models/transformer.nn", "--batch", 100000)
+    flops = int(re.search(r"Forward FLOPs: ([\d,]+)", r.stdout).group(1).replace(",", ""))
+    assert flops > 10**13
+    assert f"Forward FLOPs: {flops:,} ({flops / 1e12:.2f}T)" in r.stdout, r.stdout[-400:]
+
+
 def test_graph_dot(tmp_path):
     out = tmp_path / "mlp.dot"
     r = run("graph", "models/transformer.nn", "-o", out)
