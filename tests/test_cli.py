@@ -136,7 +136,8 @@ def test_graph_fused_draws_the_backward_pass_only_when_asked(tmp_path):
     assert bwd_fill not in fwd and optim_fill not in fwd
     assert bwd_fill in both and optim_fill in both
     # the forward kernels are the same clusters in both drawings
-    assert set(re.findall(r'"cluster_kernel \d+"', fwd)) < set(re.findall(r'"cluster_kernel \d+"', both))
+    kernels = [set(re.findall(r'"cluster_kernel \d+"', t)) for t in (fwd, both)]
+    assert kernels[0] < kernels[1]
     r = run("graph", "models/mlp.nn", "-o", tmp_path / "d.dot", "--fused", "--depth", "1")
     assert r.exit_code == 1 and "--depth" in r.stderr and "--fused" in r.stderr
     assert not (tmp_path / "d.dot").exists()
@@ -183,8 +184,8 @@ def test_graph_draws_a_layer_with_its_activation_and_no_one_op_boxes(tmp_path):
     out = tmp_path / "mlp.dot"
     assert run("graph", "models/mlp.nn", "-o", out).exit_code == 0
     text = out.read_text()
-    boxes = dict(re.findall(r'subgraph "([^"]*)" \{\n\s*label="[^"]*";[^\n]*\n((?:\s+n\d+ [^\n]*\n)*)',
-                            text))
+    boxes = dict(re.findall(
+        r'subgraph "([^"]*)" \{\n\s*label="[^"]*";[^\n]*\n((?:\s+n\d+ [^\n]*\n)*)', text))
     assert set(boxes) == {"cluster_h1", "cluster_h2"}, text
     for name in ("h1", "h2"):
         ops = re.findall(r'label="(\w+)', boxes[f"cluster_{name}"])
@@ -202,6 +203,23 @@ def test_graph_depth_box_counts_ops_not_weights(tmp_path):
         labels.append(re.findall(r'label="(h\.0\\n[^"]*)"', out.read_text()))
     assert labels[0] == ["h.0\\n8 ops"], labels
     assert labels[1] == ["h.0\\n8 ops, 16 weights"], labels
+
+
+@pytest.mark.parametrize("flags", [[], ["--depth", "1"], ["--params"], ["--backward"],
+                                   ["--fused"]])
+def test_library_dot_is_the_text_nnlang_graph_writes(tmp_path, flags):
+    """README: `nnlang.dot(net, ...)` is the DOT text `nnlang graph` draws. Without --backward
+    or --fused the library drew the decomposed train graph (matmul, add), the command the
+    model as written (dense)."""
+    import nnlang
+    out = tmp_path / "g.dot"
+    assert run("graph", "models/transformer.nn", "-o", out, *flags).exit_code == 0
+    net = nnlang.compile("models/transformer.nn", backend="reference", init_from=False)
+    kw = {"--depth": {"depth": 1}, "--params": {"show_params": True},
+          "--backward": {"backward": True}, "--fused": {"fused": True}}.get(
+        flags[0] if flags else None, {})
+    text = nnlang.dot(net, title="Transformer (models/transformer.nn)", **kw)
+    assert text == out.read_text()
 
 
 def test_graph_svg_needs_graphviz(tmp_path):

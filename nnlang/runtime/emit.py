@@ -111,9 +111,9 @@ def kernel_text(net, g: Graph, mode: str) -> str:
 
 def dot(net, backward: bool = False, fused: bool = False, depth: int | None = None,
         show_params: bool = False, title: str | None = None) -> str:
-    """DOT text of the train graph: forward and generated backward side by side (`backward`),
-    or the optimized graph with each fused kernel drawn as a cluster (`fused`). A model with
-    no loss has no train graph: without `backward`, its prediction graph is drawn."""
+    """DOT text `nnlang graph` writes: the model as written; with `backward` the train graph's
+    forward and generated backward side by side; with `fused` the optimized graph with each
+    fused kernel drawn as a cluster (a model with no loss: its prediction graph)."""
     from nnlang.ir.dot import to_dot
     if backward and not net.user.losses:
         from nnlang.passes.pipeline import no_loss
@@ -123,10 +123,12 @@ def dot(net, backward: bool = False, fused: bool = False, depth: int | None = No
         # span blocks: refused rather than drawn uncollapsed without a word
         raise NNError("--depth collapses blocks, but --fused draws kernels in their place",
                       hint="drop --depth, or drop --fused to collapse the blocks")
+    if not (backward or fused):  # NOTE: the model as written, as `nnlang graph` draws it
+        return to_dot(net.user, depth=depth, show_params=show_params, title=title)
     g = _graph(net, "train" if net.user.losses else "predict")
     if not fused:
-        return to_dot(g, depth=depth, roles=("fwd", "bwd") if backward else ("fwd",),
-                      show_params=show_params, title=title)
+        return to_dot(g, depth=depth, roles=("fwd", "bwd"), show_params=show_params,
+                      title=title)
     # NOTE: numbered as --emit fused numbers them (run order)
     g, groups = _planned_groups(g, net.disable)
     cluster = {m: f"kernel {k}" for k, grp in enumerate(groups) for m in grp.members}
