@@ -126,7 +126,7 @@ def graph(
             net = nnlang.compile(prog, backend="reference", init_from=False)
             text = nnlang.dot(net, backward=backward, fused=fused, depth=depth,
                               show_params=params, title=title)
-    else:
+    else:  # NOTE: what nnlang.dot draws without them, with no compile (nor its memory check)
         text = to_dot(prog.graph, depth=depth, show_params=params, title=title)
     try:
         with writing(output):

@@ -72,16 +72,154 @@ def test_check_missing_file():
     assert r.exit_code == 1 and "file not found: models/nope.nn" in r.stderr
 
 
+def test_check_counts_a_user_scans_flops(tmp_path):
+    """A hand-written RNN cell under `scan` showed no FLOPs in `nnlang check` (its rule read
+    the body's symbolic batch); its GEMMs count once per step, as the builtin rnn's do."""
+    src = tmp_path / "scan.nn"
+    src.write_text("""block Cell(x, h, kernel, recurrent) {
+  h2 = tanh(x @ kernel + h @ recurrent)
+  return h2, h2
+}
+
+model UserScan {
+  input x: float32[batch, 7, 3]
+  input h0: float32[batch, 4]
+  param kernel: float32[3, 4]
+  param recurrent: float32[4, 4]
+  hs, h = scan Cell(h0, kernel = kernel, recurrent = recurrent) over x
+  output out = hs
+}
+
+model Builtin {
+  input x: float32[batch, 7, 3]
+  output out = rnn(x, 4, return_sequences = true)
+}
+""")
+    batch, steps, feats, units = 5, 7, 3, 4
+    want = steps * 2 * batch * (feats * units + units * units)  # x @ kernel, h @ recurrent
+    for model in ("UserScan", "Builtin"):
+        r = run("check", src, "--batch", batch, "--model", model)
+        assert r.exit_code == 0, r.stderr
+        assert f"Forward FLOPs: {want:,}" in r.stdout, r.stdout
+
+
+def test_check_writes_tera_flops_with_their_prefix():
+    """FLOPs past 10**12 printed as '11814.79G': the prefixes stopped at G."""
+    r = run("check", "models/transformer.nn", "--batch", 100000)
+    flops = int(re.search(r"Forward FLOPs: ([\d,]+)", r.stdout).group(1).replace(",", ""))
+    assert flops > 10**13
+    assert f"Forward FLOPs: {flops:,} ({flops / 1e12:.2f}T)" in r.stdout, r.stdout[-400:]
+
+
 def test_graph_dot(tmp_path):
     out = tmp_path / "mlp.dot"
     r = run("graph", "models/transformer.nn", "-o", out)
     assert r.exit_code == 0, r.stderr
     text = out.read_text()
     assert text.startswith("digraph") and 'label="[batch, 128, 128]"' in text
-    assert 'subgraph "cluster_h_0"' in text and "multi_head_attention" in text
+    assert 'subgraph "cluster_h.0"' in text and "multi_head_attention" in text
     r = run("graph", "models/transformer.nn", "-o", out, "--depth", "1")
     assert r.exit_code == 0 and "box3d" in out.read_text()
     assert "multi_head_attention" not in out.read_text()
+
+
+def test_graph_fused_draws_the_backward_pass_only_when_asked(tmp_path):
+    """`--fused` drew the backward pass and optimizer update too, so `--backward` changed
+    nothing; `--depth` with it was silently ignored; `--backward` on a model with no loss said
+    it 'cannot be trained'."""
+    bwd_fill, optim_fill = 'fillcolor="#f8e0e0"', 'fillcolor="#f8f0d0"'
+    fwd, both = tmp_path / "fwd.dot", tmp_path / "both.dot"
+    assert run("graph", "models/mlp.nn", "-o", fwd, "--fused").exit_code == 0
+    assert run("graph", "models/mlp.nn", "-o", both, "--fused", "--backward").exit_code == 0
+    fwd, both = fwd.read_text(), both.read_text()
+    assert 'subgraph "cluster_kernel' in fwd and "dense" not in fwd  # dense: a matmul and add
+    assert bwd_fill not in fwd and optim_fill not in fwd
+    assert bwd_fill in both and optim_fill in both
+    # the forward kernels are the same clusters in both drawings
+    kernels = [set(re.findall(r'"cluster_kernel \d+"', t)) for t in (fwd, both)]
+    assert kernels[0] < kernels[1]
+    r = run("graph", "models/mlp.nn", "-o", tmp_path / "d.dot", "--fused", "--depth", "1")
+    assert r.exit_code == 1 and "--depth" in r.stderr and "--fused" in r.stderr
+    assert not (tmp_path / "d.dot").exists()
+    src = tmp_path / "noloss.nn"
+    src.write_text("model NoLoss {\n  input x: float32[batch, 4]\n  output y = dense(x, 3)\n}\n")
+    r = run("graph", src, "-o", tmp_path / "n.dot", "--backward")
+    assert r.exit_code == 1 and "no backward pass" in r.stderr and "noloss.nn:3:" in r.stderr
+
+
+def test_graph_clusters_of_different_blocks_have_different_ids(tmp_path):
+    """Cluster ids joined the path with '_', so block call `a_t` and block `t` inside call `a`
+    were both "cluster_a_t": Graphviz reads one id as one subgraph and draws a.t's layers
+    inside a_t's box."""
+    src = tmp_path / "collide.nn"
+    src.write_text("""block Tower(x) {
+  h = dense(x, 4) |> relu
+  return dense(h, 4)
+}
+
+block Outer(x) {
+  t = Tower(x)
+  return t + x
+}
+
+model Collide {
+  input x: float32[batch, 4]
+  a_t = Tower(x)
+  a = Outer(a_t)
+  output y = a
+}
+""")
+    out = tmp_path / "c.dot"
+    assert run("graph", src, "-o", out).exit_code == 0
+    ids = re.findall(r'subgraph ("[^"]*")', out.read_text())
+    labels = re.findall(r'subgraph "[^"]*" \{\n\s*label=("[^"]*")', out.read_text())
+    assert len(labels) == len(ids) == 5  # a_t, a_t.h, a, a.t, a.t.h
+    assert len(set(ids)) == len(ids), ids
+
+
+def test_graph_draws_a_layer_with_its_activation_and_no_one_op_boxes(tmp_path):
+    """`h1 = dense(image, 512) |> relu` drew a box 'h1' around the relu alone, with the dense
+    outside it, and a box around each lone op (`acc`); a box now holds a layer's or block's
+    ops together, and a path with one op draws none."""
+    out = tmp_path / "mlp.dot"
+    assert run("graph", "models/mlp.nn", "-o", out).exit_code == 0
+    text = out.read_text()
+    boxes = dict(re.findall(
+        r'subgraph "([^"]*)" \{\n\s*label="[^"]*";[^\n]*\n((?:\s+n\d+ [^\n]*\n)*)', text))
+    assert set(boxes) == {"cluster_h1", "cluster_h2"}, text
+    for name in ("h1", "h2"):
+        ops = re.findall(r'label="(\w+)', boxes[f"cluster_{name}"])
+        assert sorted(ops) == ["dense", "relu"], (name, ops)
+
+
+def test_graph_depth_box_counts_ops_not_weights(tmp_path):
+    """A collapsed block's box said 'h.0 8 ops', and '24 ops' with --params: its 16 weights
+    counted as ops."""
+    out = tmp_path / "t.dot"
+    labels = []
+    for extra in ([], ["--params"]):
+        assert run("graph", "models/transformer.nn", "-o", out, "--depth", "2", *extra
+                   ).exit_code == 0
+        labels.append(re.findall(r'label="(h\.0\\n[^"]*)"', out.read_text()))
+    assert labels[0] == ["h.0\\n8 ops"], labels
+    assert labels[1] == ["h.0\\n8 ops, 16 weights"], labels
+
+
+@pytest.mark.parametrize("flags", [[], ["--depth", "1"], ["--params"], ["--backward"],
+                                   ["--fused"]])
+def test_library_dot_is_the_text_nnlang_graph_writes(tmp_path, flags):
+    """README: `nnlang.dot(net, ...)` is the DOT text `nnlang graph` draws. Without --backward
+    or --fused the library drew the decomposed train graph (matmul, add), the command the
+    model as written (dense)."""
+    import nnlang
+    out = tmp_path / "g.dot"
+    assert run("graph", "models/transformer.nn", "-o", out, *flags).exit_code == 0
+    net = nnlang.compile("models/transformer.nn", backend="reference", init_from=False)
+    kw = {"--depth": {"depth": 1}, "--params": {"show_params": True},
+          "--backward": {"backward": True}, "--fused": {"fused": True}}.get(
+        flags[0] if flags else None, {})
+    text = nnlang.dot(net, title="Transformer (models/transformer.nn)", **kw)
+    assert text == out.read_text()
 
 
 def test_graph_svg_needs_graphviz(tmp_path):
@@ -157,6 +295,76 @@ def test_compile_emits(emit, expect):
                                       "--set", "hidden1=16", "--set", "hidden2=8"])
     assert result.exit_code == 0, result.output
     assert expect in result.output
+
+
+def test_compile_backward_names_each_trainable_weights_gradient(tmp_path):
+    """--emit backward (and ir) printed the gradient and update nodes but not which weight
+    each belongs to: the graph's grads and updates were left out of the text, so a user could
+    not see that every trainable weight gets a gradient and a frozen one none."""
+    src = tmp_path / "m.nn"
+    src.write_text("""block Tower(x) {
+  h = dense(x, 8) |> relu
+  return dense(h, 8)
+}
+
+model M {
+  input left: float32[batch, 16]
+  input right: float32[batch, 16]
+  input label: int32[batch]
+  a = Tower(left)
+  b = Tower(right, share = a)
+  frz = Tower(b, trainable = false)
+  logits = dense(a + frz, 3)
+  output logits
+  loss cross_entropy(logits, label)
+  loss 0.1 * mean(logits * logits)
+}
+""")
+    trainable = {f"{p}.{k}" for p in ("a.h", "a.dense", "logits") for k in ("weight", "bias")}
+    r = run("compile", src, "--emit", "backward", "--batch", 4)
+    assert r.exit_code == 0, r.stderr
+    defined = set(re.findall(r"^%(\d+)", r.stdout, re.M))
+    grads = dict(re.findall(r"^grad ([\w.]+) = %(\d+)$", r.stdout, re.M))
+    assert set(grads) == trainable, r.stdout[-2000:]
+    assert set(grads.values()) <= defined
+    updates = set(re.findall(r"^update ([\w.]+) = %\d+$", r.stdout, re.M))
+    assert trainable <= updates and not any(u.startswith("frz") for u in updates)
+
+
+def test_compile_fused_lists_the_kernels_that_run_in_run_order(tmp_path):
+    """--emit fused numbered the groups in fusion order, not the order the step runs them
+    (`--emit kernels`' order), and left out a scan body's kernels, which the summary counts."""
+    src = tmp_path / "scan.nn"
+    src.write_text("""block Cell(x, h, kernel, recurrent) {
+  h2 = tanh(x @ kernel + h @ recurrent)
+  return h2, h2
+}
+
+model UserScan {
+  input x: float32[batch, 7, 3]
+  input h0: float32[batch, 4]
+  input label: int32[batch]
+  param kernel: float32[3, 4]
+  param recurrent: float32[4, 4]
+  hs, h = scan Cell(h0, kernel = kernel, recurrent = recurrent) over x
+  logits = dense(h, 3)
+  output logits
+  loss cross_entropy(logits, label)
+}
+""")
+    for model, mode in ((src, "train"), ("models/mlp.nn", "eval")):
+        fused = run("compile", model, "--emit", "fused", "--mode", mode, "--batch", 2).stdout
+        summary = run("compile", model, "--emit", "summary", "--mode", mode, "--batch", 2).stdout
+        count = int(re.search(r"kernels: (\d+)", summary).group(1))
+        assert len(re.findall(r"^kernel \d+:", fused, re.M)) == count, fused
+        # each kernel's first op, in order, is the first op each --emit kernels header names
+        kernels = run("compile", model, "--emit", "kernels", "--mode", mode, "--batch", 2).stdout
+        ran = re.findall(r"^# computes(?:, for each of \d+ tensors in one launch)?:\n#\s+(\w+)",
+                         kernels, re.M)
+        listed = re.findall(r"^kernel \d+: [^\n]*\n  %\d+ = (\w+)", fused, re.M)
+        if mode == "eval":  # NOTE: no multi-tensor launch, so one header per kernel
+            assert ran == listed, (ran, listed)
+    assert "one step of its body" in run("compile", src, "--emit", "fused", "--batch", 2).stdout
 
 
 def test_compile_kernels_name_their_source_lines():

@@ -67,34 +67,45 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
     if depth is not None and group is None:
         boxed = {_parts(n.path)[:depth] for n in nodes if len(_parts(n.path)) > depth}
     rep: dict[int, str] = {}
-    box_count: dict[str, tuple[tuple, int]] = {}  # box id -> (path prefix, ops inside)
+    box_count: dict[str, tuple[tuple, int, int]] = {}  # box id -> (prefix, ops, weights)
     for n in nodes:
         key = _parts(n.path)[:depth] if depth is not None else None
         if key is not None and key in boxed:
             rep[n.id] = f"box{sorted(boxed).index(key)}"
-            box_count[rep[n.id]] = (key, box_count.get(rep[n.id], (key, 0))[1] + 1)
+            _, ops, weights = box_count.get(rep[n.id], (key, 0, 0))
+            # NOTE: --params draws weights and constants into the box: they are not its ops
+            box_count[rep[n.id]] = (key, ops + (n.op not in HIDDEN_BY_DEFAULT),
+                                    weights + (n.op == "param"))
         else:
             rep[n.id] = f"n{n.id}"
 
-    # each drawn item's cluster: a group name, or its path (a layer's own node sits in its
-    # parent's cluster, so a one-op layer draws no cluster around itself)
+    # each drawn item's cluster: a group name, or its path, so a layer's ops (a dense and
+    # the relu piped after it) share one box
     def cluster(n: Node) -> tuple:
         if group is not None:
             name = group(n) if not isinstance(cluster_of, dict) else group(n.id)
             return (name,) if name else ()
         parts = _parts(n.path)
-        if rep[n.id] in box_count:
-            return parts[:depth - 1]
-        return parts[:-1] if _is_layer(g, n) else parts
+        return parts[:depth - 1] if rep[n.id] in box_count else parts
 
-    tree: dict = {}
-    items: dict[tuple, list[str]] = defaultdict(list)
+    placed: list[tuple[tuple, Node]] = []
     drawn: set[str] = set()
     for n in nodes:
-        if rep[n.id] in drawn:
-            continue
-        drawn.add(rep[n.id])
-        where = cluster(n)
+        if rep[n.id] not in drawn:
+            drawn.add(rep[n.id])
+            placed.append((cluster(n), n))
+    if group is None:
+        # NOTE: a path that holds one item (a lone op, a layer of one node, a collapsed box)
+        # draws no box around it: the item moves up to the nearest path holding more
+        held: dict[tuple, int] = defaultdict(int)
+        for where, _ in placed:
+            for k in range(1, len(where) + 1):
+                held[where[:k]] += 1
+        placed = [(next((where[:k] for k in range(len(where), 0, -1) if held[where[:k]] > 1),
+                        ()), n) for where, n in placed]
+    tree: dict = {}
+    items: dict[tuple, list[str]] = defaultdict(list)
+    for where, n in placed:
         t = tree
         for part in where:
             t = t.setdefault(part, {})
@@ -127,8 +138,8 @@ def _is_layer(g: Graph, n: Node) -> bool:
 
 def _node_line(g: Graph, n: Node, rid: str, results: dict, box_count: dict) -> str:
     if rid in box_count:
-        key, count = box_count[rid]
-        label = f"{'.'.join(key)}\n{count} ops"
+        key, count, weights = box_count[rid]
+        label = f"{'.'.join(key)}\n{count} ops" + (f", {weights} weights" if weights else "")
         return f"{rid} [label={_q(label)}, {_STYLE['box']}];"
     if n.op == "input":
         label = f"input {n.name or n.attrs.get('name')}\n{n.type}"
@@ -153,7 +164,9 @@ def _emit_clusters(lines: list, tree: dict, prefix: tuple, items: dict, indent: 
         lines.append(pad + line)
     for part, sub in tree.items():
         path = prefix + (part,)
-        cid = "cluster_" + "_".join(str(p).replace("-", "_") for p in path)
+        # NOTE: joined by '.', which no name holds: with '_' the call `a_t` and the block `t`
+        # in the call `a` shared one id, and Graphviz draws one id as one subgraph
+        cid = "cluster_" + ".".join(map(str, path))
         lines.append(f"{pad}subgraph {_q(cid)} {{")
         lines.append(f"{pad}  label={_q('.'.join(map(str, path)))}; style=rounded; color=gray60;")
         _emit_clusters(lines, sub, path, items, indent + 1)

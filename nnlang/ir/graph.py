@@ -184,6 +184,12 @@ class Graph:
                              ("metric", self.metrics)):
             for k, v in table.items():
                 lines.append(f"{title} {k} = %{v}")
+        # NOTE: a train graph's gradients and state writes, by weight name: without them the
+        # text showed the backward pass without saying which weight each result is for
+        for title, table in (("grad", self.grads), ("update", self.updates)):
+            for k, v in table.items():
+                if v in self.nx:
+                    lines.append(f"{title} {k} = %{v}")
         return "\n".join(lines) + "\n"
 
 

@@ -222,7 +222,7 @@ def human(n: float, unit: str = "") -> str:
             if n >= k:
                 return f"{n / k:.2f} {suffix}"
         return f"{int(n)} B"
-    for suffix, k in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for suffix, k in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= k:
             return f"{n / k:.2f}{suffix}"
     return str(int(n))

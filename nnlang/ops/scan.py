@@ -71,12 +71,19 @@ def _impl(*xs, body: Body, reverse: bool = False):
 
 
 def _flops(ins, out, *, body: Body, **_):
-    steps = ins[1].shape[0]
+    """The body's GEMMs once per step, as the builtin rnn's rule counts them. The body's shapes
+    carry its own batch dim (symbolic): it stands for the carry's rows in `ins`, so the count
+    comes out at the caller's sizes (a Sym left in it reported no FLOPs at all)."""
+    steps, batch = ins[1].shape[0], ins[0].shape[0]
+    body_batch = body.g.node(body.g.inputs["carry"]).shape[0]
+
+    def size(d):
+        return batch if d == body_batch else d
     per_step = 0
     for n in body.g:
         if n.op == "matmul":
             a, w = (body.g.node(i).shape for i in n.inputs)
-            per_step += 2 * a[0] * a[1] * w[1]
+            per_step += 2 * size(a[0]) * size(a[1]) * size(w[1])
     return steps * per_step
 
 

@@ -46,11 +46,31 @@ def emit(net, what: str, mode: str = "train") -> str:
         return ("# the generated backward pass (role bwd) and optimizer update (role optim);\n"
                 "# each line ends with the block path and the .nn line it came from\n"
                 + g.dump(roles=("bwd", "optim")))
-    from nnlang.passes.fuse import format_groups  # what == "fused"
-    if "fuse" in net.disable:
+    if "fuse" in net.disable:  # what == "fused"
         return ("# fusion is off (--no-fuse): each op below that computes runs as its own kernel\n"
                 + g.dump())
-    return format_groups(g, g.groups or [])
+    return fused_text(net, mode)
+
+
+def _planned_groups(g: Graph, disable) -> tuple[Graph, list]:
+    """The executable's own plan of `g` (cached): its graph and kernel groups in run order."""
+    from nnlang.passes.plan import plan
+    g, steps, _, _ = plan(g, disable)
+    return g, [grp for s in steps for grp in s.kernel_groups]
+
+
+def fused_text(net, mode: str) -> str:
+    """The kernel groups as the step runs them (the order of --emit kernels), then each scan
+    body's, which run once per time step: what the summary's `kernels` counts."""
+    from nnlang.passes.fuse import format_groups
+    from nnlang.runtime.scan import _body_graph
+    g, groups = _planned_groups(_graph(net, mode), net.disable)
+    out = [format_groups(g, groups)]
+    for n in g:
+        if n.op == "scan":
+            bg, body_groups = _planned_groups(_body_graph(n), net.disable)
+            out.append(f"# scan %{n.id}, one step of its body:\n" + format_groups(bg, body_groups))
+    return "".join(out)
 
 
 def _summary(net, mode: str) -> str:
@@ -91,18 +111,29 @@ def kernel_text(net, g: Graph, mode: str) -> str:
 
 def dot(net, backward: bool = False, fused: bool = False, depth: int | None = None,
         show_params: bool = False, title: str | None = None) -> str:
-    """DOT text of the train graph: forward and generated backward side by side (`backward`),
-    or the optimized graph with each fused kernel drawn as a cluster (`fused`). A model with
-    no loss has no train graph: without `backward`, its prediction graph is drawn."""
+    """DOT text `nnlang graph` writes: the model as written; with `backward` the train graph's
+    forward and generated backward side by side; with `fused` the optimized graph with each
+    fused kernel drawn as a cluster (a model with no loss: its prediction graph)."""
     from nnlang.ir.dot import to_dot
-    from nnlang.passes.optimize import optimize
-    g = _graph(net, "train" if net.user.losses or backward else "predict")
+    if backward and not net.user.losses:
+        from nnlang.passes.pipeline import no_loss
+        raise no_loss(net.user, "so it has no backward pass")
+    if fused and depth is not None:
+        # NOTE: kernels replace the block clusters that --depth collapses, and a kernel may
+        # span blocks: refused rather than drawn uncollapsed without a word
+        raise NNError("--depth collapses blocks, but --fused draws kernels in their place",
+                      hint="drop --depth, or drop --fused to collapse the blocks")
+    if not (backward or fused):  # NOTE: the model as written, as `nnlang graph` draws it
+        return to_dot(net.user, depth=depth, show_params=show_params, title=title)
+    g = _graph(net, "train" if net.user.losses else "predict")
     if not fused:
-        return to_dot(g, depth=depth, roles=("fwd", "bwd") if backward else ("fwd",),
-                      show_params=show_params, title=title)
-    g = optimize(g, net.disable)
-    cluster = {m: f"kernel {k}" for k, grp in enumerate(g.groups or [])
-               for m in grp.members}
-    roles = ("fwd", "bwd", "optim") if backward else None
+        return to_dot(g, depth=depth, roles=("fwd", "bwd"), show_params=show_params,
+                      title=title)
+    # NOTE: numbered as --emit fused numbers them (run order)
+    g, groups = _planned_groups(g, net.disable)
+    cluster = {m: f"kernel {k}" for k, grp in enumerate(groups) for m in grp.members}
+    # NOTE: the train graph's kernels, but without --backward only their forward ops are
+    # drawn (a kernel numbers the same in both drawings)
+    roles = ("fwd", "bwd", "optim") if backward else ("fwd",)
     return to_dot(g, depth=depth, roles=roles, show_params=show_params, cluster_of=cluster,
                   title=title)
