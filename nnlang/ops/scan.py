@@ -136,9 +136,10 @@ def _sample_body() -> Body:
 
 register("scan", "*xs: tensor, body: any, reverse: bool = false", _shape, impl=_impl,
          flops=_flops, onnx=_onnx, family="rnn",
-         doc="The compiler's loop (rnn, lstm and gru decompose into it; not written by hand): "
-         "a body graph run per time step over sequences [time, batch, k], carrying a state; "
-         "returns every step's output [time, batch, W].",
+         doc="The compiler's loop (rnn, lstm and gru decompose into it): a body graph run "
+         "per time step over sequences [time, batch, k], carrying a state; returns every "
+         "step's output [time, batch, W]. Not called as scan(...): in a model, write "
+         "`hs, h = scan Cell(h0) over x` with a block as the cell (docs/language.md, loops).",
          # NOTE: the inputs are float64 at any requested dtype, as the sample body is
          samples=(Sample(((2, 3), (4, 2, 3), (3, 3)), {"body": _sample_body()},
                          dtypes=("float64",) * 3),
