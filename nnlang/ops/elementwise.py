@@ -90,6 +90,8 @@ _unary("sign", "sign({0})", np.sign, lambda b, n, g: (None,), float_only=False,
 _unary("tanh", "tanh({0})", np.tanh,
        lambda b, n, g: (b.mul(g, b.sub(b.const(1.0, n.dtype), b.mul(n.id, n.id))),),
        doc="hyperbolic tangent", onnx="Tanh")
+
+
 def _sigmoid(x):
     with np.errstate(over="ignore"):  # e**-x = inf for x < -709 (-88 in float32) gives 0
         return 1 / (1 + np.exp(-x))
