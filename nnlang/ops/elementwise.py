@@ -101,7 +101,8 @@ def _sigmoid(x):
 # the tanh form 0.5 * (tanh(x / 2) + 1) cancels there (float32 gave 0 from x = -16)
 _unary("sigmoid", "sigmoid({0})", _sigmoid,
        lambda b, n, g: (b.mul(g, b.mul(n.id, b.sub(b.const(1.0, n.dtype), n.id))),),
-       doc="1 / (1 + e**-x), computed without overflow", onnx="Sigmoid")
+       doc="1 / (1 + e**-x), as torch.sigmoid (exact in the negative tail; where e**-x "
+           "overflows to inf the result is 0)", onnx="Sigmoid")
 register("stop_gradient", "x: tensor", _number_unary_shape, expr="{0}", impl=np.positive,
          flops=lambda ins, out, **_: 0, samples=(Sample(((3, 4),), grad=False),), family="elementwise",
          onnx=onnx_op("Identity"),
