@@ -72,11 +72,9 @@ def test_check_missing_file():
     assert r.exit_code == 1 and "file not found: models/nope.nn" in r.stderr
 
 
-def test_check_counts_a_user_scans_flops(tmp_path):
-    """A hand-written RNN cell under `scan` showed no FLOPs in `nnlang check` (its rule read
-    the body's symbolic batch); its GEMMs count once per step, as the builtin rnn's do."""
-    src = tmp_path / "scan.nn"
-    src.write_text("""block Cell(x, h, kernel, recurrent) {
+def user_scan(tail: str) -> str:
+    """A hand-written RNN cell run by `scan` over [batch, 7, 3], `tail` ending the model."""
+    return """block Cell(x, h, kernel, recurrent) {
   h2 = tanh(x @ kernel + h @ recurrent)
   return h2, h2
 }
@@ -87,8 +85,14 @@ model UserScan {
   param kernel: float32[3, 4]
   param recurrent: float32[4, 4]
   hs, h = scan Cell(h0, kernel = kernel, recurrent = recurrent) over x
-  output out = hs
-}
+  """ + tail + "\n}\n"
+
+
+def test_check_counts_a_user_scans_flops(tmp_path):
+    """A hand-written RNN cell under `scan` showed no FLOPs in `nnlang check` (its rule read
+    the body's symbolic batch); its GEMMs count once per step, as the builtin rnn's do."""
+    src = tmp_path / "scan.nn"
+    src.write_text(user_scan("output out = hs") + """
 
 model Builtin {
   input x: float32[batch, 7, 3]
@@ -335,23 +339,8 @@ def test_compile_fused_lists_the_kernels_that_run_in_run_order(tmp_path):
     """--emit fused numbered the groups in fusion order, not the order the step runs them
     (`--emit kernels`' order), and left out a scan body's kernels, which the summary counts."""
     src = tmp_path / "scan.nn"
-    src.write_text("""block Cell(x, h, kernel, recurrent) {
-  h2 = tanh(x @ kernel + h @ recurrent)
-  return h2, h2
-}
-
-model UserScan {
-  input x: float32[batch, 7, 3]
-  input h0: float32[batch, 4]
-  input label: int32[batch]
-  param kernel: float32[3, 4]
-  param recurrent: float32[4, 4]
-  hs, h = scan Cell(h0, kernel = kernel, recurrent = recurrent) over x
-  logits = dense(h, 3)
-  output logits
-  loss cross_entropy(logits, label)
-}
-""")
+    src.write_text(user_scan("input label: int32[batch]\n  logits = dense(h, 3)\n  output logits\n"
+                             "  loss cross_entropy(logits, label)"))
     for model, mode in ((src, "train"), ("models/mlp.nn", "eval")):
         fused = run("compile", model, "--emit", "fused", "--mode", mode, "--batch", 2).stdout
         summary = run("compile", model, "--emit", "summary", "--mode", mode, "--batch", 2).stdout
