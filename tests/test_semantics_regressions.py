@@ -523,3 +523,20 @@ def test_batch_norm_training_on_one_value_per_channel_is_a_located_error(backend
     ok = nnlang.compile(BN_ONE, backend=backend, batch=2)   # two rows: fine
     ok.train_step({"x": np.arange(8.0).reshape(2, 4), "y": np.ones((2, 4))})
     assert not np.array_equal(ok.state_dict()["h.running_var"], np.ones(4))
+
+
+def test_a_train_section_for_a_model_without_a_loss_is_a_warning_at_check():
+    """`nnlang check` passed it silently; `nnlang train` said 'declares no loss' only after
+    loading the data and building the step. A model without a train section (inference,
+    export) is no warning."""
+    src = """model M {
+  input x: float32[batch, 4]
+  output y = dense(x, 2)
+}
+"""
+    assert load(src).warnings == []
+    (warning,) = load(src + "train M { batch = 8 }\n").warnings
+    text = warning.render()
+    assert text.startswith("<string>:5:1: warning: a train section for model 'M', which "
+                           "declares no loss"), text
+    assert "loss cross_entropy(y, label)" in text
