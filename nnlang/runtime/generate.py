@@ -532,8 +532,8 @@ def _beam(g: Generator, logits, lengths, stop, opts):
                 r, v = p * width + c // vocab, int(c % vocab)
                 if stop is not None and v == stop:
                     # NOTE: only a stop among the `width` best candidates ends a hypothesis
-                    # (as in HF's BeamSearchScorer): lower ones filled `done` and closed the
-                    # search before a better live beam could finish
+                    # (as in Hugging Face's beam search): lower ones filled `done` and closed
+                    # the search before a better live beam could finish
                     if rank < width:
                         done[p].append((cand[p, c] / (step + 1) ** lp, seqs[r] + [v], "stop"))
                     continue
