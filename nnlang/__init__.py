@@ -32,12 +32,12 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
     `disable` switches graph passes off by name (e.g. ("fuse",)) to compare. `init_from` (a run
     directory or checkpoint; default the train section's `init_from`, False for none) loads
     the parameters that match by name and shape; what was loaded, skipped and left fresh is in
-    `net.init_report`. `total_steps`: the length of the
-    training run, over which a cosine schedule decays. `steps_per_epoch` (the data's size over
-    the batch): `train_step` advances `net.epoch` itself, for the schedules that move per epoch,
-    and `total_steps` defaults to the train section's epochs times it. `model_name` picks one model of a file
-    that defines several; `overrides` set its hyper-parameters (for a `Program`, pass them to
-    `load`, which builds it)."""
+    `net.init_report`. `total_steps`: the length of the training run, over which a cosine
+    schedule decays. `steps_per_epoch` (the data's size over the batch): `train_step` advances
+    `net.epoch` itself, for the schedules that move per epoch, and `total_steps` defaults to
+    the train section's epochs times it. `model_name` picks one model of a file that defines
+    several; `overrides` set its hyper-parameters (for a `Program`, pass them to `load`, which
+    builds it)."""
     from nnlang.runtime.net import Net
     if hasattr(model, "graph"):
         if overrides or model_name:

@@ -156,7 +156,8 @@ def test_readme_library_example_runs(tmp_path, monkeypatch):
         exec(compile(code, "README.md", "exec"), scope)
     net = scope["net"]
     assert scope["loss"] == pytest.approx(want_loss, rel=1e-5)
-    # the block's `out`, `scores` and `grads` come after two steps: compare them at the net's weights now
+    # the block's `out`, `scores` and `grads` come after two steps: compare them at the net's
+    # weights now
     logits, loss, grads = _mlp_reference(net.parameters(), x, y)
     assert set(scope["out"]) == {"logits"}
     np.testing.assert_allclose(scope["out"]["logits"], logits, rtol=1e-4, atol=1e-4)

@@ -59,14 +59,16 @@ def text_chunks(name, source, maxlen, train_chunks, test_chunks, data_dir=None, 
     chars = None if words is None else _trained_chars(name, words)
     sha = sha256_of(source) if source.is_file() else str(source.resolve())
     parts = [sha, str(maxlen), str(train_chunks), str(test_chunks), str(TEXT_VERSION)]
-    key = f"{name}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}"
+
+    def key_of(parts: list[str]) -> str:
+        return f"{name}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}"
+    key = key_of(parts)
     cached = load_processed(key)
     # NOTE: a model's characters serve from the text's own encoding when they are its
     # characters (a resumed run); other ones key their own entry: the sample counts 89
     # characters 50+ times, the full archive 108, so each gives most characters other ids
     if chars is not None and (cached is None or str(cached["chars"]) != chars):
-        parts.append(chars)
-        key = f"{name}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}"
+        key = key_of([*parts, chars])
         cached = load_processed(key)
     if cached is None:
         docs = imdb.read_reviews(source, data_dir, remote)

@@ -354,6 +354,11 @@ class CallElaboration:
                 hint = every_step_hint(self.sequence_source(ins[0].id)) or hint
         self.fail(msg, at, hint, notes)
 
+    def value_inputs(self, node) -> list[int]:
+        """A node's inputs that are values flowing through the model, not its weights or
+        constants: what the walks back to a value's maker follow."""
+        return [i for i in node.inputs if self.g.node(i).op not in ("param", "const")]
+
     def sequence_source(self, nid: int, depth: int = 6):
         """The recurrent layer a value comes from, through the first tensor input of up to
         `depth` ops (dense, squeeze, activations), or None."""
@@ -361,7 +366,7 @@ class CallElaboration:
             node = self.g.node(nid)
             if node.op in ("lstm", "gru", "rnn"):
                 return node
-            tensor_ins = [i for i in node.inputs if self.g.node(i).op not in ("param", "const")]
+            tensor_ins = self.value_inputs(node)
             if not tensor_ins:
                 return None
             nid = tensor_ins[0]
@@ -372,7 +377,7 @@ class CallElaboration:
         in `lstm(x, 64) |> dropout(0.2) |> lstm(32)` the second lstm reads the first's."""
         node = self.g.node(nid)
         while nid not in self.part_of:
-            tensor_ins = [i for i in node.inputs if self.g.node(i).op not in ("param", "const")]
+            tensor_ins = self.value_inputs(node)
             if len(tensor_ins) != 1 or self.g.node(tensor_ins[0]).shape != node.shape:
                 break
             nid = tensor_ins[0]
@@ -392,7 +397,7 @@ class CallElaboration:
             else:
                 node = self.g.node(cur)
                 chain.append(f"{node.op}{fmt_shape(node.shape)}")
-            tensor_ins = [i for i in node.inputs if self.g.node(i).op not in ("param", "const")]
+            tensor_ins = self.value_inputs(node)
             cur = tensor_ins[0] if tensor_ins else None
         return " <- ".join(chain)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nnlang.errors import Diagnostic, ErrorSink, Span, closest, did_you_mean
+from nnlang.errors import ErrorSink, Span, closest, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration, number_text
 from nnlang.frontend.deep import deep_stack
@@ -588,14 +588,7 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
         scope = Scope("", vars=dict(hparams))
         gen = elaborate_generate(gdef, el.g, lambda e: el.const_expr(e, scope), errors, Abort)
     errors.raise_if_any()
-    warnings = lint(el.g)
-    if tdef is not None and not el.g.losses:
-        # NOTE: found at check, not when `nnlang train` has loaded the data and compiled
-        out = next(iter(el.g.outputs), "logits")
-        warnings.append(Diagnostic(
-            f"a train section for model '{chosen.name}', which declares no loss: `nnlang "
-            "train` cannot train it", tdef.span, f"add a line like `loss cross_entropy({out}, "
-            f"label)` (or `loss mse({out}, target)` for numbers)", severity="warning"))
+    warnings = lint(el.g, None if tdef is None else tdef.span)
     return Program(el.g, chosen.name, hparams, train, module.file, defs, warnings, gen)
 
 

@@ -95,9 +95,22 @@ def _threshold_on_logits(g: Graph, node):
                       "label)", severity="warning")
 
 
-def lint(g: Graph) -> list[Diagnostic]:
-    """The warnings for the user-level graph `g`, each at the span of the op at fault."""
+def loss_hint(g: Graph) -> str:
+    """How to give a model the loss it lacks, written with its first output's name."""
+    out = next(iter(g.outputs), "logits")
+    return (f"add a line like `loss cross_entropy({out}, label)` (or `loss mse({out}, target)` "
+            "for numbers)")
+
+
+def lint(g: Graph, train_span=None) -> list[Diagnostic]:
+    """The warnings for the user-level graph `g`, each at the span of the op at fault; with the
+    span of the model's train section, that it declares no loss to train."""
     found = []
+    if train_span is not None and not g.losses:
+        # NOTE: found at check, not when `nnlang train` has loaded the data and compiled
+        found.append(Diagnostic(f"a train section for model '{g.model}', which declares no "
+                                "loss: `nnlang train` cannot train it", train_span,
+                                loss_hint(g), severity="warning"))
     for node in g:
         for rule in (_channels_last, _over_batch, _threshold_on_logits):
             problem = rule(g, node)

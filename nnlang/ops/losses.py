@@ -134,7 +134,7 @@ def _ce_shape(logits, labels):
                              f"{rows} (one class id per row), got {fmt_shape(labels.shape)}",
                              arg=1, hint=_ids_hint(logits, labels))
     elif is_float(labels.dtype):
-        if labels.shape != logits.shape and _class_ids_shape(logits, labels):
+        if labels.shape != logits.shape and class_ids_shape(logits, labels):
             # NOTE: a float label [batch] is a class id declared float (Keras reads it as one);
             # reshaping it, as the generic hint says, would not fix it.
             raise ShapeError(f"cross_entropy: float labels {fmt_shape(labels.shape)} are read "
@@ -159,11 +159,11 @@ def _ids_hint(logits: TensorType, labels: TensorType) -> str:
     return "logits are [batch, classes] or [batch, time, classes]"
 
 
-LABELS_ONE_HOT_HINT = ("these labels look one-hot: give one int class id per row (the argmax), "
-                       "or declare them float32 as probabilities")
+ONE_HOT_IDS_HINT = "these labels look one-hot: give one int class id per row (the argmax)"
+LABELS_ONE_HOT_HINT = ONE_HOT_IDS_HINT + ", or declare them float32 as probabilities"
 
 
-def _class_ids_shape(logits: TensorType, labels: TensorType) -> bool:
+def class_ids_shape(logits: TensorType, labels: TensorType) -> bool:
     """Labels of one id per row ([batch], or [batch, 1] as Keras' sparse labels often are)."""
     rows = logits.shape[:-1]
     return labels.shape in (rows, rows + (1,))

@@ -4,7 +4,7 @@ comparisons (NONDIFF), so autodiff never walks through them.
 from __future__ import annotations
 
 from nnlang.ir.dims import fmt_shape
-from nnlang.ops.losses import LABELS_ONE_HOT_HINT, need_scores_first
+from nnlang.ops.losses import ONE_HOT_IDS_HINT, class_ids_shape, need_scores_first
 from nnlang.ops.nn import mean_over, need_float
 from nnlang.ops.registry import INT_DTYPES, NONDIFF, Sample, ShapeError, TensorType, register
 
@@ -24,8 +24,8 @@ def _accuracy_shape(logits, labels):
         # NOTE: the hint follows the likely cause; one score per row is the only case where
         # binary_accuracy is the fix.
         if labels.shape == logits.shape:
-            hint = LABELS_ONE_HOT_HINT.split(", or")[0]
-        elif labels.shape in (rows, rows + (1,)):
+            hint = ONE_HOT_IDS_HINT
+        elif class_ids_shape(logits, labels):
             hint = f"declare the labels as int32{fmt_shape(rows)}"
         else:
             hint = "scores are [batch, classes] or [batch, time, classes]"

@@ -113,12 +113,10 @@ def no_loss(user: Graph, consequence: str):
     """The error for a model without a `loss` line, at the value of its first output (what a
     loss would read), or without a place when it has none."""
     from nnlang.errors import NNError
-    out = next(iter(user.outputs.items()), None)
-    span = user.node(out[1]).span if out else None
-    logits = out[0] if out else "logits"
-    return NNError(f"model '{user.model}' declares no loss, {consequence}", span,
-                   f"add a line like `loss cross_entropy({logits}, label)` (or `loss "
-                   f"mse({logits}, target)` for numbers)")
+    from nnlang.frontend.lint import loss_hint
+    out = next(iter(user.outputs.values()), None)
+    return NNError(f"model '{user.model}' declares no loss, {consequence}",
+                   None if out is None else user.node(out).span, loss_hint(user))
 
 
 def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",

@@ -81,7 +81,8 @@ def _summary(net, mode: str) -> str:
     rows = [f"model {net.program.model}, mode {mode}, backend {net.backend}, batch {net.batch}"
             + "".join(f", {k} {v}" for k, v in net.lengths.items()),
             f"compile time {took:.2f} s" if net.backend != "cupy" else
-            f"render time {took:.2f} s (CUDA sources rendered; NVRTC compiles them on the GPU)"] + [f"{k}: {v}" for k, v in info.items()]
+            f"render time {took:.2f} s (CUDA sources rendered; NVRTC compiles them on the GPU)"]
+    rows += [f"{k}: {v}" for k, v in info.items()]
     return "\n".join(rows) + "\n"
 
 

@@ -89,12 +89,7 @@ class Net:
         steps_per_epoch: the data's size in steps, from which `train_step` advances `epoch`
         itself (and total_steps defaults to the train section's epochs times it)."""
         check_backend(backend, device=False)
-        self.disable = _check_options(batch, dtype, seed, disable)
-        for what, v, low in (("total_steps", total_steps, 0),
-                             ("steps_per_epoch", 1 if steps_per_epoch is None else
-                              steps_per_epoch, 1)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise NNError(f"{what}={v!r}: a whole number of at least {low}")
+        self.disable = _check_options(batch, dtype, seed, disable, total_steps, steps_per_epoch)
         self.program, self.backend, self.dtype = program, backend, dtype
         self.config = config or program.train or _default_config()
         self.tokenizer = None   # text <-> ids for generate; restore() sets the checkpoint's
@@ -524,9 +519,14 @@ def _state_problems(unexpected: list, missing: list, known) -> list[str]:
     return out
 
 
-def _check_options(batch, dtype, seed, disable) -> tuple:
+def _check_options(batch, dtype, seed, disable, total_steps=0, steps_per_epoch=None) -> tuple:
     """The compile options a Net is built from, checked before anything is allocated; returns
     the passes to switch off as a tuple of names."""
+    for what, v, low in (("total_steps", total_steps, 0),
+                         ("steps_per_epoch", 1 if steps_per_epoch is None else steps_per_epoch,
+                          1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise NNError(f"{what}={v!r}: a whole number of at least {low}")
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
                               or not 1 <= batch <= MAX_BATCH):
         raise NNError(f"batch={batch!r}: a batch size is a whole number from 1 to 2**31 - 1",

@@ -14,6 +14,7 @@ import numpy as np
 
 from nnlang.errors import NNError
 from nnlang.files import write_atomic
+from nnlang.frontend.source import same_program
 from nnlang.frontend.train_config import Choice, TrainConfig
 from nnlang.ops.optim import OPTIMIZER_PREFIX, OPTIMIZERS, SCHEDULES
 
@@ -48,6 +49,12 @@ class Checkpoint:
     @property
     def data_meta(self) -> dict:
         return self.meta.get("data", {}).get("meta", {})
+
+    def trained_on_other_source(self, source: str | None) -> bool:
+        """Does the .nn text `source` differ from the one this run was trained from, beyond
+        comments and spacing? (False when either is unknown.)"""
+        return source is not None and self.meta.get("source") is not None and \
+            not same_program(self.meta["source"], source)
 
     def load_into(self, net, optimizer: bool = True) -> None:
         """The run's whole state into `net`: the weights, the optimizer's slots (unless not

@@ -13,7 +13,6 @@ from rich.console import Console
 from nnlang.data.chars import tokenizer_from_meta
 from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
-from nnlang.frontend.source import same_program
 from nnlang.ir.dims import Sym
 from nnlang.ops.optim import OPTIMIZER_PREFIX
 from nnlang.runtime.net import check_backend
@@ -48,8 +47,7 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
                       f"{ckpt.meta.get('file')}), which {source_of(program_or_path)[1]} cannot "
                       f"give: {err.message}", hint="pass the .nn file the checkpoint was "
                       "trained from") from None
-    if console and source is not None and ckpt.meta.get("source") is not None and \
-            not same_program(ckpt.meta["source"], source):
+    if console and ckpt.trained_on_other_source(source):
         say(console, f"note: {file} differs from the source this checkpoint was trained with")
     net = Net(program, backend=backend, batch=batch or cfg.batch, seed=cfg.seed)
     net.config = cfg

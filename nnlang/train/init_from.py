@@ -15,8 +15,8 @@ from nnlang.errors import NNError
 from nnlang.frontend.train_config import setting_span
 from nnlang.ir.dims import fmt_shape
 from nnlang.ops.optim import OPTIMIZER_PREFIX
-from nnlang.train.progress import say
 from nnlang.train import checkpoint
+from nnlang.train.progress import say
 
 
 @dataclass

@@ -21,7 +21,6 @@ from rich.table import Table
 
 from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
-from nnlang.frontend.source import same_program
 from nnlang.frontend.train_config import setting_span
 from nnlang.ops.optim import plateau_scale
 from nnlang.train import checkpoint, feeds
@@ -45,7 +44,8 @@ class History:
     """What `fit` returns: one row per epoch (as in metrics.jsonl), the loss of every step this
     call took, the final validation and test results, and why training stopped early (None,
     "max_steps", "interrupted", "terminated" (SIGTERM), "early_stop"). NOTE: train_loss
-    includes the l1/l2 penalties, val/test loss not. `best`: the monitored value's best epoch (weights in best.npz)."""
+    includes the l1/l2 penalties, val/test loss not. `best`: the monitored value's best epoch
+    (weights in best.npz)."""
     rows: list = field(default_factory=list)
     losses: list = field(default_factory=list)
     val: dict | None = None
@@ -269,8 +269,7 @@ class _Training:
             say(console, warning.render())
         if ckpt is not None:
             describe_resume(console, ckpt, cfg, hp, picked=resume is True and out is None)
-        if ckpt and source is not None and ckpt.meta.get("source") is not None and \
-            not same_program(ckpt.meta["source"], source):
+        if ckpt and ckpt.trained_on_other_source(source):
             say(console, f"note: {file} differs from the source this checkpoint was trained "
                          "with")
         if max_steps is not None and max_steps < 1:
