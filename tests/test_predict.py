@@ -314,3 +314,44 @@ def test_npz_pixels_are_scaled_as_a_png_of_them_is(tmp_path):
     p /= p.sum(1, keepdims=True)
     assert [r["class"] for r in got] == p.argmax(1).tolist()
     np.testing.assert_allclose([r["probability"] for r in got], p.max(1), rtol=1e-5)
+
+
+CUT = """
+model Cut {
+  input x: float32[batch, 1]
+  input y: float32[batch]
+  logit = squeeze(dense(x, 1), axis = 1)
+  output OUT
+  loss bce_with_logits(logit, y)
+  metric acc = binary_accuracy(ON, y, threshold = T)
+}
+"""
+
+
+@pytest.mark.parametrize("out, on, t, cut", [
+    ("prob = sigmoid(logit)", "prob", 0.8, 0.8),              # the metric's own cut
+    ("prob = sigmoid(logit)", "logit", 1.0, 1 / (1 + np.exp(-1.0))),   # a logit's cut
+    ("logit", "logit", 0.0, 0.5),                             # threshold 0 on a logit output
+    ("logit", "sigmoid(logit)", 0.3, 0.3)])
+def test_binary_predictions_cut_where_the_models_binary_accuracy_does(tmp_path, out, on, t, cut):
+    """predict called every probability above 0.5 class 1, whatever the threshold the model's
+    binary_accuracy (and so eval's accuracy) counts with."""
+    rng = np.random.default_rng(3)
+    x = np.linspace(-3, 3, 13).astype(np.float32)[:, None]
+    np.savez(tmp_path / "d.npz", train_x=x, train_y=(x[:, 0] > 0).astype(np.float32),
+             test_x=x, test_y=(x[:, 0] > 0).astype(np.float32))
+    src = CUT.replace("OUT", out).replace("ON", on).replace("T", repr(t))
+    (tmp_path / "cut.nn").write_text(src + "train Cut { data = npz(\"d.npz\") batch = 4 }\n")
+    cli("train", "cut.nn", "--backend", "reference", "--out", "run", "--max-steps", "1",
+        code=0, cwd=tmp_path)
+    ck = checkpoint.load(tmp_path / "run")
+    w = rng.uniform(0.5, 2.0)
+    state = {**ck.state, "logit.weight": np.full((1, 1), w, np.float32),
+             "logit.bias": np.zeros(1, np.float32)}
+    checkpoint.save(tmp_path / "set.npz", state, ck.meta)
+    raw = ["--", *[repr(v) for v in x[:, 0].tolist()]]
+    got = json_lines(cli("predict", "cut.nn", "-c", "set.npz", "--backend", "reference",
+                         "--json", *raw, code=0, cwd=tmp_path))
+    p = 1 / (1 + np.exp(-w * x[:, 0].astype(np.float64)))
+    assert [r["class"] for r in got] == (p > cut).astype(int).tolist()
+    assert len(set(r["class"] for r in got)) == 2

@@ -161,8 +161,11 @@ def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str
             if oname not in per_output:
                 continue
             value = np.asarray(value)
-            kind, logits = output_kind(net.user, net.user.outputs[oname], value)
-            for raw, r in zip(described, interpret_output(value, kind, logits, names, meta)):
+            nid = net.user.outputs[oname]
+            kind, logits = output_kind(net.user, nid, value)
+            cut = binary_cut(net.user, nid, logits)
+            for raw, r in zip(described, interpret_output(value, kind, logits, names, meta,
+                                                          cut)):
                 per_output[oname].append({"input": raw, "output": oname, "kind": kind, **r})
     return [r for rows in per_output.values() for r in rows]
 
@@ -389,6 +392,12 @@ VALUE_NUMBERS = 16
 _SAME = ("squeeze", "reshape", "flatten", "expand_dims", "identity")
 
 
+def _through(graph, n: int) -> int:
+    while graph.node(n).op in _SAME:
+        n = graph.node(n).inputs[0]
+    return n
+
+
 def output_kind(graph, nid: int, value: np.ndarray) -> tuple[str, bool]:
     """(kind, logits): what an output is, from the losses it was trained with (never from its
     numbers): "class" (cross_entropy's logits, or their softmax: one class per example),
@@ -397,9 +406,7 @@ def output_kind(graph, nid: int, value: np.ndarray) -> tuple[str, bool]:
     or, past VALUE_NUMBERS numbers per example, "tensor". `logits`: the output
     is the loss's raw input (softmax / sigmoid still to apply)."""
     def through(n):
-        while graph.node(n).op in _SAME:
-            n = graph.node(n).inputs[0]
-        return n
+        return _through(graph, n)
     trained = {}
     for loss_nid in graph.losses.values():
         node = graph.node(loss_nid)
@@ -422,10 +429,39 @@ def output_kind(graph, nid: int, value: np.ndarray) -> tuple[str, bool]:
     return ("value" if per <= VALUE_NUMBERS else "tensor"), False
 
 
+def binary_cut(graph, nid: int, logits: bool) -> float:
+    """The probability above which a binary output says class 1: the threshold of the model's
+    `binary_accuracy` on this output (on its logit, a threshold t is the probability
+    sigmoid(t)), so predict and eval agree; 0.5 without one. `logits`: the output is a logit,
+    printed as its sigmoid."""
+    def prob(t):
+        return float(1 / (1 + np.exp(-t)))
+
+    def through(n):
+        return _through(graph, n)
+    out = through(nid)
+    logit = graph.node(out).inputs[0] if graph.node(out).op == "sigmoid" else None
+    for mid in graph.metrics.values():
+        metric = graph.node(mid)
+        if metric.op != "binary_accuracy":
+            continue
+        t = float(metric.attrs["threshold"])
+        on = through(metric.inputs[0])
+        if on == out:
+            return prob(t) if logits else t
+        if logit is not None and on == through(logit):
+            return prob(t)
+        if graph.node(on).op == "sigmoid" and through(graph.node(on).inputs[0]) == out:
+            return t   # the metric cuts sigmoid(output): the printed probability is that
+    return 0.5
+
+
 def interpret_output(value: np.ndarray, kind: str, logits: bool = False,
-                     class_names=None, meta: dict | None = None) -> list[dict]:
+                     class_names=None, meta: dict | None = None, cut: float = 0.5
+                     ) -> list[dict]:
     """Per example: for "class" and "binary" the label, its probability and class id
-    (softmax / sigmoid applied to logits: the graph says which the output is); for "sequence"
+    (softmax / sigmoid applied to logits: the graph says which the output is; a binary one
+    is class 1 above `cut`); for "sequence"
     the most likely id at each position, its probability and the ids decoded as text by the
     data set's tokenizer (`meta`) when it has one; otherwise the numbers and their shape."""
     if kind == "sequence":
@@ -436,9 +472,9 @@ def interpret_output(value: np.ndarray, kind: str, logits: bool = False,
     probs = per
     if kind == "binary":
         p = 1 / (1 + np.exp(-per[:, 0])) if logits else per[:, 0]
-        # NOTE: > as binary_accuracy's default threshold counts: at exactly 0.5 (float32's
-        # sigmoid of any |logit| < 3e-8) eval counted class 0 where predict printed 1
-        out = [(int(pi > 0.5), float(pi if pi > 0.5 else 1 - pi)) for pi in p]
+        # NOTE: > as binary_accuracy counts: at exactly 0.5 (float32's sigmoid of any
+        # |logit| < 3e-8) eval counted class 0 where predict printed 1
+        out = [(int(pi > cut), float(pi if pi > cut else 1 - pi)) for pi in p]
     else:
         if logits:
             e = np.exp(per - per.max(1, keepdims=True))
