@@ -259,6 +259,32 @@ def test_a_softmax_across_the_batch_is_a_located_warning(op):
     assert "axis = -1" in text
 
 
+@pytest.mark.parametrize("pick,rows", [("h[0]", "one example"), ("h[-1]", "one example"),
+                                       ("h[0:2]", "2 examples")])
+def test_a_subscript_of_the_batch_axis_is_a_located_warning(pick, rows):
+    """`h[0]` (NumPy's habit for a first feature) took the batch's first example and the loss
+    trained on that one row of each batch, with no word."""
+    src = f"""model M {{
+  input x: float32[batch, 4]
+  h = dense(x, 4)
+  output p = {pick}
+}}"""
+    (warning,) = load(src).warnings
+    text = warning.render()
+    assert text.startswith("<string>:4:") and f"picks {rows} of the batch" in text
+    assert "x[:, 0]" in text
+
+
+def test_subscripts_after_the_batch_axis_are_no_warning():
+    src = """model M {
+  input x: float32[batch, 4, 3]
+  output a = x[:, 0]
+  output b = x[0:batch]
+  output c = x[:, 1:3, -1]
+}"""
+    assert load(src).warnings == []
+
+
 def test_a_softmax_over_classes_or_time_is_no_warning():
     src = """model M {
   input x: float32[batch, 5, 4]

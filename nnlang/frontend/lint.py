@@ -1,7 +1,8 @@
 """Warnings on a checked program: code that runs but is very likely not what was meant (the last
 step of elaboration): a loss fed the activation it applies itself (as an op, or as a layer's
 `activation =`), an image in Keras' channels-last layout under a convolution, a softmax
-across the batch and a probability threshold on logits."""
+across the batch, a probability threshold on logits and a subscript that picks examples out of
+the batch."""
 from __future__ import annotations
 
 from nnlang.errors import Diagnostic
@@ -74,6 +75,22 @@ def _over_batch(g: Graph, node):
                       severity="warning")
 
 
+def _rows_of_batch(g: Graph, node):
+    """`x[0]` on [batch, ...]: NumPy's habit for "the first feature" picks the batch's first
+    example, so every example's result is that one's (a loss on it trains on one row a batch)."""
+    if node.op != "slice" or not node.inputs or node.attrs.get("axis") != 0:
+        return None
+    shape = g.node(node.inputs[0]).type.shape
+    if not shape or shape[0] != Sym.of("batch") or node.type.shape[0] == Sym.of("batch"):
+        return None
+    rows = node.type.shape[0]
+    picked = "one example" if rows == 1 else f"{rows} examples"
+    return Diagnostic(f"this subscript picks {picked} of the batch from {fmt_shape(shape)}: "
+                      "the result no longer has one row per example",
+                      node.span, "axis 0 is the batch; index the axes after it, e.g. `x[:, 0]` "
+                      "for the first feature of every example", severity="warning")
+
+
 # ops whose output is a raw score when they carry no activation
 RAW_SCORES = ("dense", "matmul")
 SHAPE_ONLY = ("reshape", "flatten", "squeeze", "unsqueeze", "dropout")
@@ -112,7 +129,7 @@ def lint(g: Graph, train_span=None) -> list[Diagnostic]:
                                 "loss: `nnlang train` cannot train it", train_span,
                                 loss_hint(g), severity="warning"))
     for node in g:
-        for rule in (_channels_last, _over_batch, _threshold_on_logits):
+        for rule in (_channels_last, _over_batch, _threshold_on_logits, _rows_of_batch):
             problem = rule(g, node)
             if problem is not None:
                 found.append(problem)
