@@ -2,6 +2,7 @@
 nnlang's own decomposition, as an ONNX model (needs the `onnx` extra)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from nnlang.errors import NNError
@@ -21,6 +22,8 @@ def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None
             raise
         raise NNError("ONNX export needs the onnx package",
                       hint="pip install 'nnlang[onnx]'") from None
+    if path is not None:   # NOTE: before the slow work, as the CLI's `-o` checks it
+        _refuse_overwrite(model, checkpoint, path)
     net = _weights_of(model, checkpoint, overrides, model_name, console)
     proto = build_model(net.user, net.parameters())
     if path is not None:
@@ -73,6 +76,15 @@ def _same_as_trained(net, overrides, model_name) -> None:
         trained = ", ".join(f"{k} = {hp[k]!r}" if k in hp else f"no {k}" for k in other)
         raise NNError(f"overrides cannot change a trained model: its checkpoint has {trained}",
                       hint="leave overrides out: the checkpoint's own values are used")
+
+
+def _refuse_overwrite(model, checkpoint, path) -> None:
+    from nnlang.files import refuse_overwrite
+    from nnlang.frontend.source import is_source_text
+    reads = {} if checkpoint is None else {"the checkpoint": checkpoint}
+    if isinstance(model, (str, os.PathLike)) and not is_source_text(model):
+        reads["the model file"] = model
+    refuse_overwrite(path, reads, flag="path", reader="export_onnx")
 
 
 def _write(proto, path: Path) -> None:

@@ -144,3 +144,26 @@ def test_output_over_its_own_inputs_is_refused(run, tmp_path, target, what):
     assert f"-o {Path(target)}: this is {what} the command reads" in out, out
     assert (tmp_path / target).read_bytes() == before
 
+
+
+@pytest.mark.parametrize("target, what", [
+    ("run/checkpoint.npz", "the checkpoint"), ("run/best.npz", "the checkpoint"),
+    ("tiny.nn", "the model file")])
+def test_library_path_over_its_own_inputs_is_refused(run, tmp_path, monkeypatch, target, what):
+    """`nnlang.export_onnx("tiny.nn", "run", "run/checkpoint.npz")` wrote the ONNX file over
+    the trained weights (the CLI's `-o` refused it; the library did not), and `path="tiny.nn"`
+    over the model's source."""
+    import shutil
+
+    import nnlang
+    shutil.copytree(run / "run", tmp_path / "run")
+    shutil.copy(tmp_path / "run" / "checkpoint.npz", tmp_path / "run" / "best.npz")
+    shutil.copy(run / "tiny.nn", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = (tmp_path / target).read_bytes()
+    with pytest.raises(nnlang.NNError, match=f"this is {what} export_onnx reads"):
+        nnlang.export_onnx("tiny.nn", "run", target)
+    with pytest.raises(nnlang.NNError, match=f"this is {what} export_onnx reads"):
+        nnlang.export_onnx(tmp_path / "tiny.nn", tmp_path / "run" / "checkpoint.npz",
+                           tmp_path / target)
+    assert (tmp_path / target).read_bytes() == before
