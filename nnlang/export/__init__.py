@@ -52,30 +52,35 @@ def _weights_of(model, checkpoint, overrides, model_name, console=None):
     if isinstance(model, Net):
         if checkpoint is not None:
             raise NNError("pass a checkpoint or a compiled net, not both")
+        _same_as_given(model.program, overrides, model_name, "the compiled net")
         return model
     if checkpoint is not None:
         from nnlang.train.inference import restore
         net = restore(model, checkpoint, backend="reference", console=console,
                       optimizer=False)[0]
-        _same_as_trained(net, overrides, model_name)
+        _same_as_given(net.program, overrides, model_name, "the checkpoint")
         return net
     from nnlang.frontend.elaborate import load
-    program = model if hasattr(model, "graph") else load(model, overrides, model_name)
-    return Net(program, backend="reference", batch=1)
+    if hasattr(model, "graph"):
+        _same_as_given(model, overrides, model_name, "the loaded program")
+        return Net(model, backend="reference", batch=1)
+    return Net(load(model, overrides, model_name), backend="reference", batch=1)
 
 
-def _same_as_trained(net, overrides, model_name) -> None:
-    """A checkpoint fixes the model and its hyper-parameters: asking for others is an error,
-    not a file of the trained model under another name."""
-    if model_name is not None and model_name != net.program.model:
-        raise NNError(f"the checkpoint holds model '{net.program.model}', not '{model_name}'",
-                      hint="leave model_name out, or pass a checkpoint of that model")
-    hp = net.program.hparams
+def _same_as_given(program, overrides, model_name, what: str) -> None:
+    """A checkpoint, a loaded program or a compiled net fixes the model and its
+    hyper-parameters: asking for others is an error, not a file of that model under another
+    name (a program's or a net's were silently ignored)."""
+    if model_name is not None and model_name != program.model:
+        raise NNError(f"{what} holds model '{program.model}', not '{model_name}'",
+                      hint="leave model_name out, or pass one of that model")
+    hp = program.hparams
     other = [k for k, v in (overrides or {}).items() if hp.get(k, v) != v or k not in hp]
     if other:
-        trained = ", ".join(f"{k} = {hp[k]!r}" if k in hp else f"no {k}" for k in other)
-        raise NNError(f"overrides cannot change a trained model: its checkpoint has {trained}",
-                      hint="leave overrides out: the checkpoint's own values are used")
+        fixed = ", ".join(f"{k} = {hp[k]!r}" if k in hp else f"no {k}" for k in other)
+        raise NNError(f"overrides cannot change {what}'s model: it has {fixed}",
+                      hint="leave overrides out (its own values are used), or pass them to "
+                           "nnlang.load or nnlang.compile")
 
 
 def _refuse_overwrite(model, checkpoint, path) -> None:

@@ -120,7 +120,7 @@ def test_a_checkpoint_fixes_the_model_and_its_hyper_parameters(run):
     (run / "two.nn").write_text(two)
     with pytest.raises(NNError, match="holds model 'Tiny', not 'Other'"):
         nnlang.export_onnx(str(run / "tiny.nn"), run / "run", model_name="Other")
-    with pytest.raises(NNError, match="its checkpoint has hidden = 8"):
+    with pytest.raises(NNError, match="the checkpoint.s model: it has hidden = 8"):
         nnlang.export_onnx(str(run / "tiny.nn"), run / "run", overrides={"hidden": 64})
     same = nnlang.export_onnx(str(run / "tiny.nn"), run / "run", overrides={"hidden": 8},
                               model_name="Tiny")
@@ -167,3 +167,18 @@ def test_library_path_over_its_own_inputs_is_refused(run, tmp_path, monkeypatch,
         nnlang.export_onnx(tmp_path / "tiny.nn", tmp_path / "run" / "checkpoint.npz",
                            tmp_path / target)
     assert (tmp_path / target).read_bytes() == before
+
+
+def test_a_loaded_or_compiled_model_fixes_its_hyper_parameters():
+    """export_onnx(program or net, overrides=, model_name=) silently ignored both: asked for
+    hidden = 3, the file held the loaded model's 8 units with no word about it."""
+    import nnlang
+    from nnlang.errors import NNError
+    program = nnlang.load(TINY)
+    for model in (program, nnlang.compile(program, backend="reference")):
+        with pytest.raises(NNError, match="overrides cannot change .* it has hidden = 8"):
+            nnlang.export_onnx(model, overrides={"hidden": 3})
+        with pytest.raises(NNError, match="holds model 'Tiny', not 'Other'"):
+            nnlang.export_onnx(model, model_name="Other")
+        same = nnlang.export_onnx(model, overrides={"hidden": 8}, model_name="Tiny")
+        assert [list(t.dims) for t in same.graph.initializer if t.name == "h.weight"] == [[4, 8]]
