@@ -288,6 +288,33 @@ def test_cli_export_of_a_trained_checkpoint(tmp_path, monkeypatch):
     assert all(np.array_equal(weights[k], trained[k]) for k in net.parameters())
 
 
+def test_a_float64_net_exports_in_float64():
+    """A net compiled with dtype="float64" exported a float32 file: its weights rounded to
+    float32 and ONNX Runtime's outputs float32 where nnlang's forward gives float64."""
+    src = """model Wide {
+  symbol seq
+  input x: float32[batch, seq, 3]
+  input ids: int32[batch, seq]
+  h = lstm(x + embedding(ids, 7, 3), 4, return_sequences = true, mask = ids)
+  output y = dense(h, 2) |> softmax
+  output z = sum(x * 0.1, axis = -1)
+}"""
+    net = nnlang.compile(src, backend="reference", dtype="float64", seed=0)
+    proto = nnlang.export_onnx(net)
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for name, value in net.parameters().items():
+        assert weights[name].dtype == np.float64
+        np.testing.assert_array_equal(weights[name], value)
+    rng = np.random.default_rng(0)
+    for seq in (1, 5):
+        feeds = {"x": rng.normal(size=(2, seq, 3)),
+                 "ids": rng.integers(0, 7, (2, seq)).astype(np.int32)}
+        want, got = net.forward(feeds), run_onnx(proto, feeds)
+        for k in want:
+            assert got[k].dtype == want[k].dtype == np.float64, k
+            np.testing.assert_allclose(got[k], want[k], rtol=0, atol=1e-12, err_msg=k)
+
+
 def test_library_export_writes_file(tmp_path):
     path = tmp_path / "mlp.onnx"
     proto = nnlang.export_onnx(ROOT / "models" / "mlp.nn", path=path)

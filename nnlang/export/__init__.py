@@ -25,7 +25,9 @@ def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None
     if path is not None:   # NOTE: before the slow work, as the CLI's `-o` checks it
         _refuse_overwrite(model, checkpoint, path)
     net = _weights_of(model, checkpoint, overrides, model_name, console)
-    proto = build_model(net.user, net.parameters())
+    from nnlang.passes.pipeline import retype
+    # NOTE: in the net's own dtype: a float64 net exported float32 weights and outputs
+    proto = build_model(retype(net.user, net.dtype), net.parameters())
     if path is not None:
         _write(proto, Path(path))
     return proto
