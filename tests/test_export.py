@@ -315,6 +315,27 @@ def test_a_float64_net_exports_in_float64():
             np.testing.assert_allclose(got[k], want[k], rtol=0, atol=1e-12, err_msg=k)
 
 
+def test_a_dim_computed_from_symbols_is_named_by_its_formula():
+    """A dim that is a product of symbols (`flatten` over a symbolic length: 2*seq) was an
+    unnamed dim in the file, and `nnlang export` described it as 0 (`f float32[batch, 0]`)."""
+    from nnlang.export import describe
+    net = nnlang.compile("""model Flat {
+  symbol seq
+  input x: float32[batch, seq, 4]
+  output f = flatten(dense(x, 2))
+  output r = reshape(x, [-1, 4])
+}""", backend="reference", seed=0)
+    proto = nnlang.export_onnx(net)
+    dims = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
+            for o in proto.graph.output}
+    assert dims == {"f": ["batch", "2*seq"], "r": ["batch*seq", 4]}
+    assert "outputs f float32[batch, 2*seq], r float32[batch*seq, 4]" in describe(proto)
+    x = np.random.default_rng(0).normal(size=(3, 5, 4)).astype(np.float32)
+    got = run_onnx(proto, {"x": x})
+    np.testing.assert_allclose(got["f"], net.forward({"x": x})["f"], rtol=0, atol=TOL)
+    assert got["f"].shape == (3, 10) and got["r"].shape == (15, 4)
+
+
 def test_library_export_writes_file(tmp_path):
     path = tmp_path / "mlp.onnx"
     proto = nnlang.export_onnx(ROOT / "models" / "mlp.nn", path=path)

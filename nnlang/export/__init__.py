@@ -45,7 +45,9 @@ def describe(proto) -> str:
 
 def _type_text(t) -> str:
     from onnx import helper
-    dims = [d.dim_param or str(d.dim_value) for d in t.shape.dim]
+    # NOTE: a dim with neither a name nor a size is unknown, not 0
+    dims = [d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?")
+            for d in t.shape.dim]
     return f"{helper.tensor_dtype_to_np_dtype(t.elem_type)}[{', '.join(dims)}]"
 
 
