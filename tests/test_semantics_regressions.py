@@ -428,6 +428,21 @@ def test_pow_gradient_at_a_zero_base_is_finite_as_in_pytorch(backend):
     np.testing.assert_allclose(g["e"], [[0.0, 0.0, 8 * np.log(2.0), 0.0]])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_float_to_an_int_power_is_numpys_at_a_zero_base_and_huge_exponents(backend):
+    """x ** j with an int32 exponent: a numba kernel raised Python's ZeroDivisionError for
+    0.0 ** -1 and OverflowError for 2.0 ** -2**31 (numba's float ** int is an integer power
+    loop), a traceback from forward; numpy (and torch) give inf and 0."""
+    src = """model M { input x: float32[batch, 6]  input j: int32[batch, 6]
+      output y = x ** j }"""
+    x = np.array([[0.0, 0.0, 2.0, -2.0, 2.0, 0.5]], np.float32)
+    j = np.array([[-1, -2, -2147483648, 3, 2147483647, -3]], np.int32)
+    y = nnlang.compile(src, backend=backend, batch=1).forward({"x": x, "j": j})["y"]
+    with np.errstate(divide="ignore", over="ignore"):
+        want = np.power(x.astype(np.float64), j.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(y, want)   # inf, inf, 0, -8, inf, 8
+
+
 def test_pow_gradient_at_a_zero_base_matches_torch():
     torch = pytest.importorskip("torch")
     x, e = (torch.tensor(v, requires_grad=True) for v in (POW_X, POW_E))

@@ -69,6 +69,12 @@ class ScalarLang:
         """One SSA right-hand side; casts to `dtype` when the language's promotion may differ."""
         if op == "cast":
             return self.cast(args[0], dtype)
+        if op == "pow":
+            # NOTE: numba's float ** int is Python's integer-power loop: 0.0 ** -1 raised
+            # ZeroDivisionError and 2.0 ** -2**31 OverflowError from the kernel, where numpy
+            # (impl: an int exponent promotes to float64) gives inf and 0
+            args = [a if d.startswith("float") else self.cast(a, "float64")
+                    for a, d in zip(args, in_dtypes)]
         template = self.templates.get(op, template)
         funcs = {**self.funcs, **self.funcs_f32} if dtype == "float32" else self.funcs
         text = _CALL.sub(lambda m: funcs.get(m.group(1), m.group(1)) + "(", template)
