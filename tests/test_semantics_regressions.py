@@ -135,6 +135,25 @@ def test_maximum_and_minimum_keep_a_nan_in_either_place(backend):
         np.testing.assert_array_equal(out[name], [want], err_msg=name)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_over_an_axis_keeps_a_nan(backend):
+    """np.max / torch.amax give nan for a row holding one; a numba reduction folded with
+    Python's max(acc, v), which drops a NaN v, so a row gave its largest number and an all-NaN
+    row -inf (the reference interpreter, max_pool and argmax kept it)."""
+    src = """model M { input x: float32[batch, 11]
+      output r = max(x, axis = -1)  output c = max(x, axis = 0)  output a = max(x) }"""
+    x = np.random.default_rng(0).normal(size=(5, 11)).astype(np.float32)
+    x[0, 0] = x[1, 6] = x[2, 10] = np.nan   # first, in the lanes, in the remainder
+    x[3] = np.nan
+    out = nnlang.compile(src, backend=backend, batch=5).forward({"x": x})
+    np.testing.assert_array_equal(out["r"], np.max(x, axis=-1))
+    np.testing.assert_array_equal(out["c"], np.max(x, axis=0))
+    np.testing.assert_array_equal(out["a"], np.max(x))
+    y = x[4:]   # no NaN: the largest value, as before
+    np.testing.assert_array_equal(
+        nnlang.compile(src, backend=backend, batch=1).forward({"x": y})["r"], np.max(y, -1))
+
+
 def test_relu_gradient_at_zero_matches_torch():
     torch = pytest.importorskip("torch")
     t = torch.tensor([-1.0, 0.0, 0.0, 2.0], dtype=torch.float64, requires_grad=True)

@@ -63,7 +63,12 @@ class ScalarLang:
         return self.literal(-math.inf, dtype)
 
     def reduce_step(self, op: str, acc: str, v: str) -> str:
-        return f"{acc} += {v}" if op == "sum" else f"{acc} = max({acc}, {v})"
+        return f"{acc} += {v}" if op == "sum" else f"{acc} = {self.keep_nan_max(acc, v)}"
+
+    def keep_nan_max(self, a: str, b: str) -> str:
+        """max(a, b) that keeps a NaN on either side, as np.max (the reduction's impl) and
+        torch.amax do: a max reduction folded with Python's max(acc, v) dropped a NaN v."""
+        return self.templates["maximum"].format(a, b)
 
     def expr(self, op: str, template: str, args: list[str], dtype: str, in_dtypes) -> str:
         """One SSA right-hand side; casts to `dtype` when the language's promotion may differ."""
