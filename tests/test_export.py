@@ -336,6 +336,24 @@ def test_a_dim_computed_from_symbols_is_named_by_its_formula():
     assert got["f"].shape == (3, 10) and got["r"].shape == (15, 4)
 
 
+def test_an_output_sized_by_an_input_it_does_not_read():
+    """`broadcast_to(w, [batch, 4])` takes only its size from the input x: nnlang binds the
+    batch from x's feed, but the export dropped x (no output reads its values) and then refused
+    the op ("no input declares the dim 'batch'"), with a hint that the op does not export."""
+    net = nnlang.compile("""model Sized {
+  input x: float32[batch, 4]
+  param w: float32[4] = glorot_uniform
+  output z = broadcast_to(w, [batch, 4])
+}""", backend="reference", seed=0)
+    proto = nnlang.export_onnx(net)
+    assert [i.name for i in proto.graph.input] == ["x"]
+    for n in (1, 5):
+        feeds = {"x": np.zeros((n, 4), np.float32)}
+        got, want = run_onnx(proto, feeds), net.forward(feeds)
+        np.testing.assert_array_equal(got["z"], np.broadcast_to(net.parameters()["w"], (n, 4)))
+        np.testing.assert_array_equal(got["z"], want["z"])
+
+
 def test_library_export_writes_file(tmp_path):
     path = tmp_path / "mlp.onnx"
     proto = nnlang.export_onnx(ROOT / "models" / "mlp.nn", path=path)
