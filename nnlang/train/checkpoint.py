@@ -89,16 +89,25 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
     if not path.is_file():
         raise NNError(f"checkpoint not found: {path}",
                       hint="pass a checkpoint.npz, or the run directory that holds one")
+    arrays = False
     try:
         z = np.load(path, allow_pickle=False)
         if not hasattr(z, "files"):   # NOTE: a .npy holds one bare array, not an archive
             raise KeyError(_META)
         with z:
+            arrays = bool(z.files)
             meta = json.loads(str(z[_META][()]))
             state = {k[len(_STATE):]: z[k] for k in z.files if k.startswith(_STATE)}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
             json.JSONDecodeError) as err:
         # NOTE: zlib.error: a damaged np.savez_compressed archive (numpy reads those too)
+        if isinstance(err, KeyError) and arrays:
+            # NOTE: most likely a library loop's np.savez(path, **net.parameters())
+            raise NNError(f"{path} is not a readable nnlang checkpoint (arrays without its "
+                          f"'{_META}' entry)",
+                          hint="weights saved with np.savez load into a compiled net: "
+                               f"net.load_state_dict(dict(np.load('{path.name}'))), then use "
+                               "that net (net.forward, nnlang.export_onnx(net))") from None
         raise unreadable(path, f"no '{_META}' entry" if isinstance(err, KeyError)
                          else type(err).__name__) from None
     if not isinstance(meta, dict):

@@ -182,3 +182,24 @@ def test_a_loaded_or_compiled_model_fixes_its_hyper_parameters():
             nnlang.export_onnx(model, model_name="Other")
         same = nnlang.export_onnx(model, overrides={"hidden": 8}, model_name="Tiny")
         assert [list(t.dims) for t in same.graph.initializer if t.name == "h.weight"] == [[4, 8]]
+
+
+def test_weights_saved_with_numpy_are_not_a_checkpoint_and_the_hint_says_what_to_do(tmp_path):
+    """A library loop's np.savez(**net.parameters()) passed as the checkpoint was called
+    'truncated or written by another program'; the hint now names the way that works."""
+    import numpy as np
+
+    import nnlang
+    net = nnlang.compile(TINY, backend="reference", seed=0)
+    np.savez(tmp_path / "w.npz", **net.parameters())
+    with pytest.raises(nnlang.NNError) as err:
+        nnlang.export_onnx(TINY, tmp_path / "w.npz")
+    text = err.value.render()
+    assert "w.npz is not a readable nnlang checkpoint" in text
+    assert "net.load_state_dict(dict(np.load(" in text and "export_onnx(net)" in text, text
+    loaded = nnlang.compile(TINY, backend="reference", seed=1)
+    loaded.load_state_dict(dict(np.load(tmp_path / "w.npz")))   # the way the hint names
+    proto = nnlang.export_onnx(loaded)
+    from onnx import numpy_helper
+    weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert all(np.array_equal(weights[k], v) for k, v in net.parameters().items())
