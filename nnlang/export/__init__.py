@@ -82,9 +82,10 @@ def _same_as_given(program, overrides, model_name, what: str) -> None:
     other = [k for k, v in (overrides or {}).items() if hp.get(k, v) != v or k not in hp]
     if other:
         fixed = ", ".join(f"{k} = {hp[k]!r}" if k in hp else f"no {k}" for k in other)
+        trained = what == "the checkpoint"
         raise NNError(f"overrides cannot change {what}'s model: it has {fixed}",
-                      hint="leave overrides out (its own values are used), or pass them to "
-                           "nnlang.load or nnlang.compile")
+                      hint="leave overrides out: its own values are used" + (
+                          "" if trained else "; or pass them to nnlang.load or nnlang.compile"))
 
 
 def _refuse_overwrite(model, checkpoint, path) -> None:
