@@ -13,8 +13,10 @@ def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None
     """The ONNX `ModelProto` of `model` (a .nn path, source text, a `Program`, or a compiled
     `Net` with its current weights), written to `path` when given. `checkpoint` (a run
     directory or .npz, resolved as `nnlang eval` does) gives the weights; without one a `Net`'s
-    own, or a fresh initialization. With a rich `console`, a run directory's choice of
-    checkpoint is said there, as `nnlang eval` says it."""
+    own, or a fresh initialization. `overrides` and `model_name` choose what a path or source
+    text loads; a checkpoint, a Program or a Net has its own, and others are an error. With a
+    rich `console`, a run directory's choice of checkpoint is said there, as `nnlang eval` says
+    it. `path` may not be the model file or the checkpoint it reads."""
     try:
         from nnlang.export.onnx_model import build_model
     except ModuleNotFoundError as err:
