@@ -14,7 +14,6 @@ from rich.console import Console
 from rich.text import Text
 
 from nnlang.errors import NNError, Span
-from nnlang.files import refuse_overwrite
 
 app = typer.Typer(name="nnlang", rich_markup_mode="rich", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False,
@@ -102,7 +101,8 @@ def _after_rank_zero() -> None:
 def check_output(path: Path, flag: str = "-o", reads: dict | None = None) -> Path:
     """Fails early, before any slow work, when `path` cannot be written: its folder is missing
     or read-only, or it is a folder itself; or when it is one of the files the command
-    `reads` ({what: path}; `nnlang.files.refuse_overwrite`), which the write would destroy."""
+    `reads` ({what: path}; `checkpoint.refuse_overwrite`), which the write would destroy."""
+    from nnlang.train.checkpoint import refuse_overwrite
     refuse_overwrite(path, reads or {}, flag)
     if path.is_dir():
         raise NNError(f"{flag} {path}: this is a folder, not a file",

@@ -91,8 +91,8 @@ def _same_as_given(program, overrides, model_name, what: str) -> None:
 
 
 def _refuse_overwrite(model, checkpoint, path) -> None:
-    from nnlang.files import refuse_overwrite
     from nnlang.frontend.source import is_source_text
+    from nnlang.train.checkpoint import refuse_overwrite
     reads = {} if checkpoint is None else {"the checkpoint": checkpoint}
     if isinstance(model, (str, os.PathLike)) and not is_source_text(model):
         reads["the model file"] = model

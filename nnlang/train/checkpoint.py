@@ -166,6 +166,24 @@ def _check_values(path, state: dict, dtype: str) -> None:
                                "earlier checkpoint or train again")
 
 
+def refuse_overwrite(path, reads: dict, flag: str = "-o", reader: str = "the command") -> None:
+    """An error when `path` is one of the files `reader` reads ({what: path}; a run directory
+    stands for its checkpoints): the write would destroy its own input (`export -o
+    run/checkpoint.npz` replaced the trained weights with the ONNX file)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    for what, source in reads.items():
+        source = Path(source)
+        # NOTE: a run's checkpoint.npz and best.npz go together: either one, or the folder
+        run = source if source.is_dir() else source.parent \
+            if source.name in (FILENAME, BEST) else None
+        files = [run / FILENAME, run / BEST] if run else [source]
+        if any(f.is_file() and f.samefile(path) for f in files):
+            raise NNError(f"{flag} {path}: this is {what} {reader} reads; writing there "
+                          "would destroy it", hint="name another output file")
+
+
 def unreadable(path, why: str) -> NNError:
     return NNError(f"{path} is not a readable nnlang checkpoint ({why})",
                    hint="it may be truncated or written by another program; use another "
