@@ -101,18 +101,9 @@ def _after_rank_zero() -> None:
 def check_output(path: Path, flag: str = "-o", reads: dict | None = None) -> Path:
     """Fails early, before any slow work, when `path` cannot be written: its folder is missing
     or read-only, or it is a folder itself; or when it is one of the files the command
-    `reads` ({what: path}; a run directory stands for its checkpoints), which the write would
-    destroy (`export -o run/checkpoint.npz` replaced the trained weights, exit 0)."""
-    from nnlang.train import checkpoint
-    for what, source in (reads or {}).items():
-        source = Path(source)
-        # NOTE: a run's checkpoint.npz and best.npz go together: either one, or the folder
-        run = source if source.is_dir() else source.parent \
-            if source.name in (checkpoint.FILENAME, checkpoint.BEST) else None
-        files = [run / checkpoint.FILENAME, run / checkpoint.BEST] if run else [source]
-        if path.is_file() and any(f.is_file() and f.samefile(path) for f in files):
-            raise NNError(f"{flag} {path}: this is {what} the command reads; writing there "
-                          "would destroy it", hint="name another output file")
+    `reads` ({what: path}; `checkpoint.refuse_overwrite`), which the write would destroy."""
+    from nnlang.train.checkpoint import refuse_overwrite
+    refuse_overwrite(path, reads or {}, flag)
     if path.is_dir():
         raise NNError(f"{flag} {path}: this is a folder, not a file",
                       hint=f"name a file inside it, e.g. {path / ('out' + path.suffix)}")

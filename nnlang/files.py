@@ -38,3 +38,4 @@ def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+

@@ -288,6 +288,72 @@ def test_cli_export_of_a_trained_checkpoint(tmp_path, monkeypatch):
     assert all(np.array_equal(weights[k], trained[k]) for k in net.parameters())
 
 
+def test_a_float64_net_exports_in_float64():
+    """A net compiled with dtype="float64" exported a float32 file: its weights rounded to
+    float32 and ONNX Runtime's outputs float32 where nnlang's forward gives float64."""
+    src = """model Wide {
+  symbol seq
+  input x: float32[batch, seq, 3]
+  input ids: int32[batch, seq]
+  h = lstm(x + embedding(ids, 7, 3), 4, return_sequences = true, mask = ids)
+  output y = dense(h, 2) |> softmax
+  output z = sum(x * 0.1, axis = -1)
+}"""
+    net = nnlang.compile(src, backend="reference", dtype="float64", seed=0)
+    proto = nnlang.export_onnx(net)
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for name, value in net.parameters().items():
+        assert weights[name].dtype == np.float64
+        np.testing.assert_array_equal(weights[name], value)
+    rng = np.random.default_rng(0)
+    for seq in (1, 5):
+        feeds = {"x": rng.normal(size=(2, seq, 3)),
+                 "ids": rng.integers(0, 7, (2, seq)).astype(np.int32)}
+        want, got = net.forward(feeds), run_onnx(proto, feeds)
+        for k in want:
+            assert got[k].dtype == want[k].dtype == np.float64, k
+            np.testing.assert_allclose(got[k], want[k], rtol=0, atol=1e-12, err_msg=k)
+
+
+def test_a_dim_computed_from_symbols_is_named_by_its_formula():
+    """A dim that is a product of symbols (`flatten` over a symbolic length: 2*seq) was an
+    unnamed dim in the file, and `nnlang export` described it as 0 (`f float32[batch, 0]`)."""
+    from nnlang.export import describe
+    net = nnlang.compile("""model Flat {
+  symbol seq
+  input x: float32[batch, seq, 4]
+  output f = flatten(dense(x, 2))
+  output r = reshape(x, [-1, 4])
+}""", backend="reference", seed=0)
+    proto = nnlang.export_onnx(net)
+    dims = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
+            for o in proto.graph.output}
+    assert dims == {"f": ["batch", "2*seq"], "r": ["batch*seq", 4]}
+    assert "outputs f float32[batch, 2*seq], r float32[batch*seq, 4]" in describe(proto)
+    x = np.random.default_rng(0).normal(size=(3, 5, 4)).astype(np.float32)
+    got = run_onnx(proto, {"x": x})
+    np.testing.assert_allclose(got["f"], net.forward({"x": x})["f"], rtol=0, atol=TOL)
+    assert got["f"].shape == (3, 10) and got["r"].shape == (15, 4)
+
+
+def test_an_output_sized_by_an_input_it_does_not_read():
+    """`broadcast_to(w, [batch, 4])` takes only its size from the input x: nnlang binds the
+    batch from x's feed, but the export dropped x (no output reads its values) and then refused
+    the op ("no input declares the dim 'batch'"), with a hint that the op does not export."""
+    net = nnlang.compile("""model Sized {
+  input x: float32[batch, 4]
+  param w: float32[4] = glorot_uniform
+  output z = broadcast_to(w, [batch, 4])
+}""", backend="reference", seed=0)
+    proto = nnlang.export_onnx(net)
+    assert [i.name for i in proto.graph.input] == ["x"]
+    for n in (1, 5):
+        feeds = {"x": np.zeros((n, 4), np.float32)}
+        got, want = run_onnx(proto, feeds), net.forward(feeds)
+        np.testing.assert_array_equal(got["z"], np.broadcast_to(net.parameters()["w"], (n, 4)))
+        np.testing.assert_array_equal(got["z"], want["z"])
+
+
 def test_library_export_writes_file(tmp_path):
     path = tmp_path / "mlp.onnx"
     proto = nnlang.export_onnx(ROOT / "models" / "mlp.nn", path=path)

@@ -135,6 +135,25 @@ def test_maximum_and_minimum_keep_a_nan_in_either_place(backend):
         np.testing.assert_array_equal(out[name], [want], err_msg=name)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_over_an_axis_keeps_a_nan(backend):
+    """np.max / torch.amax give nan for a row holding one; a numba reduction folded with
+    Python's max(acc, v), which drops a NaN v, so a row gave its largest number and an all-NaN
+    row -inf (the reference interpreter, max_pool and argmax kept it)."""
+    src = """model M { input x: float32[batch, 11]
+      output r = max(x, axis = -1)  output c = max(x, axis = 0)  output a = max(x) }"""
+    x = np.random.default_rng(0).normal(size=(5, 11)).astype(np.float32)
+    x[0, 0] = x[1, 6] = x[2, 10] = np.nan   # first, in the lanes, in the remainder
+    x[3] = np.nan
+    out = nnlang.compile(src, backend=backend, batch=5).forward({"x": x})
+    np.testing.assert_array_equal(out["r"], np.max(x, axis=-1))
+    np.testing.assert_array_equal(out["c"], np.max(x, axis=0))
+    np.testing.assert_array_equal(out["a"], np.max(x))
+    y = x[4:]   # no NaN: the largest value, as before
+    np.testing.assert_array_equal(
+        nnlang.compile(src, backend=backend, batch=1).forward({"x": y})["r"], np.max(y, -1))
+
+
 def test_relu_gradient_at_zero_matches_torch():
     torch = pytest.importorskip("torch")
     t = torch.tensor([-1.0, 0.0, 0.0, 2.0], dtype=torch.float64, requires_grad=True)
@@ -452,6 +471,21 @@ def test_pow_gradient_at_a_zero_base_is_finite_as_in_pytorch(backend):
     g = net.gradients({"x": POW_X, "e": POW_E}, inputs=("x", "e"))
     np.testing.assert_allclose(g["x"], [[0.0, 0.0, 12.0, np.inf]])   # 0.5 / sqrt(0) = inf
     np.testing.assert_allclose(g["e"], [[0.0, 0.0, 8 * np.log(2.0), 0.0]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_float_to_an_int_power_is_numpys_at_a_zero_base_and_huge_exponents(backend):
+    """x ** j with an int32 exponent: a numba kernel raised Python's ZeroDivisionError for
+    0.0 ** -1 and OverflowError for 2.0 ** -2**31 (numba's float ** int is an integer power
+    loop), a traceback from forward; numpy (and torch) give inf and 0."""
+    src = """model M { input x: float32[batch, 6]  input j: int32[batch, 6]
+      output y = x ** j }"""
+    x = np.array([[0.0, 0.0, 2.0, -2.0, 2.0, 0.5]], np.float32)
+    j = np.array([[-1, -2, -2147483648, 3, 2147483647, -3]], np.int32)
+    y = nnlang.compile(src, backend=backend, batch=1).forward({"x": x, "j": j})["y"]
+    with np.errstate(divide="ignore", over="ignore"):
+        want = np.power(x.astype(np.float64), j.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(y, want)   # inf, inf, 0, -8, inf, 8
 
 
 def test_pow_gradient_at_a_zero_base_matches_torch():

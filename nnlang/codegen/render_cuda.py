@@ -82,8 +82,10 @@ class CudaLang(ScalarLang):
     def reduce_step(self, op: str, acc: str, v: str, dtype: str = "float32") -> str:
         if op == "sum":
             return f"{acc} += {v};"
-        fn = {"float32": "fmaxf", "float64": "fmax"}.get(dtype, "nn_max")
-        return f"{acc} = {fn}({acc}, {v});"
+        if dtype in ("float32", "float64"):
+            # NOTE: fmaxf drops a NaN; np.max (the reduction's impl) and torch.amax keep it
+            return f"{acc} = {self.templates['maximum'].format(acc, v)};"
+        return f"{acc} = nn_max({acc}, {v});"
 
     def expr(self, op: str, template: str, args: list[str], dtype: str, in_dtypes) -> str:
         if op == "cast":

@@ -157,7 +157,7 @@ def _row_out(k: Kernel, lang: ScalarLang, order, n_kept: int, pad) -> list[str]:
              f"{pad}    {lang.reduce_step(red.op, lanes[0], 'row[j]')}"]
     total = lanes
     while len(total) > 1:
-        total = [f"max({total[j]}, {total[j + 1]})" for j in range(0, len(total), 2)]
+        total = [lang.keep_nan_max(total[j], total[j + 1]) for j in range(0, len(total), 2)]
     return lines + [store + lang.cast(total[0], red.dtype)]
 
 

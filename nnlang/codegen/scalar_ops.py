@@ -63,12 +63,23 @@ class ScalarLang:
         return self.literal(-math.inf, dtype)
 
     def reduce_step(self, op: str, acc: str, v: str) -> str:
-        return f"{acc} += {v}" if op == "sum" else f"{acc} = max({acc}, {v})"
+        return f"{acc} += {v}" if op == "sum" else f"{acc} = {self.keep_nan_max(acc, v)}"
+
+    def keep_nan_max(self, a: str, b: str) -> str:
+        """max(a, b) that keeps a NaN on either side, as np.max (the reduction's impl) and
+        torch.amax do: a max reduction folded with Python's max(acc, v) dropped a NaN v."""
+        return self.templates["maximum"].format(a, b)
 
     def expr(self, op: str, template: str, args: list[str], dtype: str, in_dtypes) -> str:
         """One SSA right-hand side; casts to `dtype` when the language's promotion may differ."""
         if op == "cast":
             return self.cast(args[0], dtype)
+        if op == "pow":
+            # NOTE: numba's float ** int is Python's integer-power loop: 0.0 ** -1 raised
+            # ZeroDivisionError and 2.0 ** -2**31 OverflowError from the kernel, where numpy
+            # (impl: an int exponent promotes to float64) gives inf and 0
+            args = [a if d.startswith("float") else self.cast(a, "float64")
+                    for a, d in zip(args, in_dtypes)]
         template = self.templates.get(op, template)
         funcs = {**self.funcs, **self.funcs_f32} if dtype == "float32" else self.funcs
         text = _CALL.sub(lambda m: funcs.get(m.group(1), m.group(1)) + "(", template)

@@ -2,6 +2,7 @@
 nnlang's own decomposition, as an ONNX model (needs the `onnx` extra)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from nnlang.errors import NNError
@@ -12,8 +13,10 @@ def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None
     """The ONNX `ModelProto` of `model` (a .nn path, source text, a `Program`, or a compiled
     `Net` with its current weights), written to `path` when given. `checkpoint` (a run
     directory or .npz, resolved as `nnlang eval` does) gives the weights; without one a `Net`'s
-    own, or a fresh initialization. With a rich `console`, a run directory's choice of
-    checkpoint is said there, as `nnlang eval` says it."""
+    own, or a fresh initialization. `overrides` and `model_name` choose what a path or source
+    text loads; a checkpoint, a Program or a Net has its own, and others are an error. With a
+    rich `console`, a run directory's choice of checkpoint is said there, as `nnlang eval` says
+    it. `path` may not be the model file or the checkpoint it reads."""
     try:
         from nnlang.export.onnx_model import build_model
     except ModuleNotFoundError as err:
@@ -21,8 +24,12 @@ def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None
             raise
         raise NNError("ONNX export needs the onnx package",
                       hint="pip install 'nnlang[onnx]'") from None
+    if path is not None:   # NOTE: before the slow work, as the CLI's `-o` checks it
+        _refuse_overwrite(model, checkpoint, path)
     net = _weights_of(model, checkpoint, overrides, model_name, console)
-    proto = build_model(net.user, net.parameters())
+    from nnlang.passes.pipeline import retype
+    # NOTE: in the net's own dtype: a float64 net exported float32 weights and outputs
+    proto = build_model(retype(net.user, net.dtype), net.parameters())
     if path is not None:
         _write(proto, Path(path))
     return proto
@@ -40,7 +47,9 @@ def describe(proto) -> str:
 
 def _type_text(t) -> str:
     from onnx import helper
-    dims = [d.dim_param or str(d.dim_value) for d in t.shape.dim]
+    # NOTE: a dim with neither a name nor a size is unknown, not 0
+    dims = [d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?")
+            for d in t.shape.dim]
     return f"{helper.tensor_dtype_to_np_dtype(t.elem_type)}[{', '.join(dims)}]"
 
 
@@ -49,30 +58,45 @@ def _weights_of(model, checkpoint, overrides, model_name, console=None):
     if isinstance(model, Net):
         if checkpoint is not None:
             raise NNError("pass a checkpoint or a compiled net, not both")
+        _same_as_given(model.program, overrides, model_name, "the compiled net")
         return model
     if checkpoint is not None:
         from nnlang.train.inference import restore
         net = restore(model, checkpoint, backend="reference", console=console,
                       optimizer=False)[0]
-        _same_as_trained(net, overrides, model_name)
+        _same_as_given(net.program, overrides, model_name, "the checkpoint")
         return net
     from nnlang.frontend.elaborate import load
-    program = model if hasattr(model, "graph") else load(model, overrides, model_name)
-    return Net(program, backend="reference", batch=1)
+    if hasattr(model, "graph"):
+        _same_as_given(model, overrides, model_name, "the loaded program")
+        return Net(model, backend="reference", batch=1)
+    return Net(load(model, overrides, model_name), backend="reference", batch=1)
 
 
-def _same_as_trained(net, overrides, model_name) -> None:
-    """A checkpoint fixes the model and its hyper-parameters: asking for others is an error,
-    not a file of the trained model under another name."""
-    if model_name is not None and model_name != net.program.model:
-        raise NNError(f"the checkpoint holds model '{net.program.model}', not '{model_name}'",
-                      hint="leave model_name out, or pass a checkpoint of that model")
-    hp = net.program.hparams
+def _same_as_given(program, overrides, model_name, what: str) -> None:
+    """A checkpoint, a loaded program or a compiled net fixes the model and its
+    hyper-parameters: asking for others is an error, not a file of that model under another
+    name (a program's or a net's were silently ignored)."""
+    if model_name is not None and model_name != program.model:
+        raise NNError(f"{what} holds model '{program.model}', not '{model_name}'",
+                      hint="leave model_name out, or pass one of that model")
+    hp = program.hparams
     other = [k for k, v in (overrides or {}).items() if hp.get(k, v) != v or k not in hp]
     if other:
-        trained = ", ".join(f"{k} = {hp[k]!r}" if k in hp else f"no {k}" for k in other)
-        raise NNError(f"overrides cannot change a trained model: its checkpoint has {trained}",
-                      hint="leave overrides out: the checkpoint's own values are used")
+        fixed = ", ".join(f"{k} = {hp[k]!r}" if k in hp else f"no {k}" for k in other)
+        trained = what == "the checkpoint"
+        raise NNError(f"overrides cannot change {what}'s model: it has {fixed}",
+                      hint="leave overrides out: its own values are used" + (
+                          "" if trained else "; or pass them to nnlang.load or nnlang.compile"))
+
+
+def _refuse_overwrite(model, checkpoint, path) -> None:
+    from nnlang.frontend.source import is_source_text
+    from nnlang.train.checkpoint import refuse_overwrite
+    reads = {} if checkpoint is None else {"the checkpoint": checkpoint}
+    if isinstance(model, (str, os.PathLike)) and not is_source_text(model):
+        reads["the model file"] = model
+    refuse_overwrite(path, reads, flag="path", reader="export_onnx")
 
 
 def _write(proto, path: Path) -> None:

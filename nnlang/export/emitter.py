@@ -170,9 +170,9 @@ class Emitter:
 
 
 def value_info(name: str, t: TensorType):
-    """A graph input's or output's declared type: a symbolic dim keeps its name (batch)."""
-    dims = [d if isinstance(d, int) else (d.names[0] if d.coeff == 1 and len(d.names) == 1
-                                          else None) for d in t.shape]
+    """A graph input's or output's declared type: a symbolic dim keeps its name (batch), and
+    one computed from symbols its formula as `nnlang check` prints it (2*seq, batch*seq)."""
+    dims = [d if isinstance(d, int) else str(d) for d in t.shape]
     return helper.make_tensor_value_info(name, ELEM[t.dtype], dims)
 
 

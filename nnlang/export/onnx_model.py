@@ -7,6 +7,7 @@ from onnx import helper
 
 from nnlang.errors import NNError
 from nnlang.export.emitter import Emitter, value_info
+from nnlang.ir.dims import Sym
 from nnlang.ir.graph import Graph
 from nnlang.ops.registry import Unexportable
 from nnlang.passes.decompose import decompose
@@ -25,7 +26,24 @@ def inference_graph(user: Graph) -> Graph:
     except Unexportable as err:
         raise NNError(f"cannot export to ONNX: {err}", err.span, err.hint) from None
     g.losses, g.metrics = {}, {}
-    return drop_unused_inputs(g)
+    return drop_unused_inputs(g, keep=_sizing_inputs(g))
+
+
+def _sizing_inputs(g: Graph) -> list[str]:
+    """Inputs whose values no output reads but whose symbolic dim an output's shape needs and
+    no read input declares (`broadcast_to(w, [batch, 4])`): the file reads the size from them
+    at run time, as nnlang binds it from their feeds (it was dropped, and the op refused)."""
+    needed = g.ancestors(list(g.outputs.values()))
+    used = {Sym.of(name) for nid in needed for d in g.node(nid).shape if isinstance(d, Sym)
+            for name in d.names}
+    have = {d for k, nid in g.inputs.items() if nid in needed for d in g.node(nid).shape}
+    keep = []
+    for k, nid in g.inputs.items():
+        sizes = (used - have) & set(g.node(nid).shape)
+        if nid not in needed and sizes:
+            keep.append(k)
+            have |= sizes
+    return keep
 
 
 def build_model(user: Graph, weights: dict) -> onnx.ModelProto:
@@ -35,7 +53,8 @@ def build_model(user: Graph, weights: dict) -> onnx.ModelProto:
         raise _no_output(user)
     g = inference_graph(user)
     e = Emitter(g, weights)
-    names = e.emit(list(g.outputs.values()))
+    # NOTE: with the inputs, so one kept only for its size (_sizing_inputs) is a graph input
+    names = e.emit([*g.outputs.values(), *g.inputs.values()])
     outputs = []
     for name, nid in g.outputs.items():
         # NOTE: `output x` of an input or a weight is that value, already named x: the graph

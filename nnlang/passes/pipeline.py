@@ -63,9 +63,10 @@ def forward_graph(user: Graph, batch: int, dtype: str = "float32",
     return drop_unused_inputs(g)
 
 
-def drop_unused_inputs(g: Graph) -> Graph:
-    """Drops what no result needs, inputs included (a prediction graph takes no labels)."""
-    needed = g.ancestors(g.roots())
+def drop_unused_inputs(g: Graph, keep=()) -> Graph:
+    """Drops what no result needs, inputs included (a prediction graph takes no labels), but
+    the inputs named in `keep`."""
+    needed = g.ancestors(g.roots()) | {g.inputs[k] for k in keep}
     for node in list(g):
         if node.id not in needed and node.op != "param":
             g.remove(node.id)

@@ -89,16 +89,25 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
     if not path.is_file():
         raise NNError(f"checkpoint not found: {path}",
                       hint="pass a checkpoint.npz, or the run directory that holds one")
+    arrays = False
     try:
         z = np.load(path, allow_pickle=False)
         if not hasattr(z, "files"):   # NOTE: a .npy holds one bare array, not an archive
             raise KeyError(_META)
         with z:
+            arrays = bool(z.files)
             meta = json.loads(str(z[_META][()]))
             state = {k[len(_STATE):]: z[k] for k in z.files if k.startswith(_STATE)}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
             json.JSONDecodeError) as err:
         # NOTE: zlib.error: a damaged np.savez_compressed archive (numpy reads those too)
+        if isinstance(err, KeyError) and arrays:
+            # NOTE: most likely a library loop's np.savez(path, **net.parameters())
+            raise NNError(f"{path} is not a readable nnlang checkpoint (arrays without its "
+                          f"'{_META}' entry)",
+                          hint="weights saved with np.savez load into a compiled net: "
+                               f"net.load_state_dict(dict(np.load('{path.name}'))), then use "
+                               "that net (net.forward, nnlang.export_onnx(net))") from None
         raise unreadable(path, f"no '{_META}' entry" if isinstance(err, KeyError)
                          else type(err).__name__) from None
     if not isinstance(meta, dict):
@@ -155,6 +164,24 @@ def _check_values(path, state: dict, dtype: str) -> None:
                           f"{list(map(int, at))}){beyond}",
                           hint="the file is damaged or comes from a run that diverged; use an "
                                "earlier checkpoint or train again")
+
+
+def refuse_overwrite(path, reads: dict, flag: str = "-o", reader: str = "the command") -> None:
+    """An error when `path` is one of the files `reader` reads ({what: path}; a run directory
+    stands for its checkpoints): the write would destroy its own input (`export -o
+    run/checkpoint.npz` replaced the trained weights with the ONNX file)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    for what, source in reads.items():
+        source = Path(source)
+        # NOTE: a run's checkpoint.npz and best.npz go together: either one, or the folder
+        run = source if source.is_dir() else source.parent \
+            if source.name in (FILENAME, BEST) else None
+        files = [run / FILENAME, run / BEST] if run else [source]
+        if any(f.is_file() and f.samefile(path) for f in files):
+            raise NNError(f"{flag} {path}: this is {what} {reader} reads; writing there "
+                          "would destroy it", hint="name another output file")
 
 
 def unreadable(path, why: str) -> NNError:

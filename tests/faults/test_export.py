@@ -120,7 +120,7 @@ def test_a_checkpoint_fixes_the_model_and_its_hyper_parameters(run):
     (run / "two.nn").write_text(two)
     with pytest.raises(NNError, match="holds model 'Tiny', not 'Other'"):
         nnlang.export_onnx(str(run / "tiny.nn"), run / "run", model_name="Other")
-    with pytest.raises(NNError, match="its checkpoint has hidden = 8"):
+    with pytest.raises(NNError, match="the checkpoint.s model: it has hidden = 8"):
         nnlang.export_onnx(str(run / "tiny.nn"), run / "run", overrides={"hidden": 64})
     same = nnlang.export_onnx(str(run / "tiny.nn"), run / "run", overrides={"hidden": 8},
                               model_name="Tiny")
@@ -144,3 +144,62 @@ def test_output_over_its_own_inputs_is_refused(run, tmp_path, target, what):
     assert f"-o {Path(target)}: this is {what} the command reads" in out, out
     assert (tmp_path / target).read_bytes() == before
 
+
+
+@pytest.mark.parametrize("target, what", [
+    ("run/checkpoint.npz", "the checkpoint"), ("run/best.npz", "the checkpoint"),
+    ("tiny.nn", "the model file")])
+def test_library_path_over_its_own_inputs_is_refused(run, tmp_path, monkeypatch, target, what):
+    """`nnlang.export_onnx("tiny.nn", "run", "run/checkpoint.npz")` wrote the ONNX file over
+    the trained weights (the CLI's `-o` refused it; the library did not), and `path="tiny.nn"`
+    over the model's source."""
+    import shutil
+
+    import nnlang
+    shutil.copytree(run / "run", tmp_path / "run")
+    shutil.copy(tmp_path / "run" / "checkpoint.npz", tmp_path / "run" / "best.npz")
+    shutil.copy(run / "tiny.nn", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = (tmp_path / target).read_bytes()
+    with pytest.raises(nnlang.NNError, match=f"this is {what} export_onnx reads"):
+        nnlang.export_onnx("tiny.nn", "run", target)
+    with pytest.raises(nnlang.NNError, match=f"this is {what} export_onnx reads"):
+        nnlang.export_onnx(tmp_path / "tiny.nn", tmp_path / "run" / "checkpoint.npz",
+                           tmp_path / target)
+    assert (tmp_path / target).read_bytes() == before
+
+
+def test_a_loaded_or_compiled_model_fixes_its_hyper_parameters():
+    """export_onnx(program or net, overrides=, model_name=) silently ignored both: asked for
+    hidden = 3, the file held the loaded model's 8 units with no word about it."""
+    import nnlang
+    from nnlang.errors import NNError
+    program = nnlang.load(TINY)
+    for model in (program, nnlang.compile(program, backend="reference")):
+        with pytest.raises(NNError, match="overrides cannot change .* it has hidden = 8"):
+            nnlang.export_onnx(model, overrides={"hidden": 3})
+        with pytest.raises(NNError, match="holds model 'Tiny', not 'Other'"):
+            nnlang.export_onnx(model, model_name="Other")
+        same = nnlang.export_onnx(model, overrides={"hidden": 8}, model_name="Tiny")
+        assert [list(t.dims) for t in same.graph.initializer if t.name == "h.weight"] == [[4, 8]]
+
+
+def test_weights_saved_with_numpy_are_not_a_checkpoint_and_the_hint_says_what_to_do(tmp_path):
+    """A library loop's np.savez(**net.parameters()) passed as the checkpoint was called
+    'truncated or written by another program'; the hint now names the way that works."""
+    import numpy as np
+
+    import nnlang
+    net = nnlang.compile(TINY, backend="reference", seed=0)
+    np.savez(tmp_path / "w.npz", **net.parameters())
+    with pytest.raises(nnlang.NNError) as err:
+        nnlang.export_onnx(TINY, tmp_path / "w.npz")
+    text = err.value.render()
+    assert "w.npz is not a readable nnlang checkpoint" in text
+    assert "net.load_state_dict(dict(np.load(" in text and "export_onnx(net)" in text, text
+    loaded = nnlang.compile(TINY, backend="reference", seed=1)
+    loaded.load_state_dict(dict(np.load(tmp_path / "w.npz")))   # the way the hint names
+    proto = nnlang.export_onnx(loaded)
+    from onnx import numpy_helper
+    weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert all(np.array_equal(weights[k], v) for k, v in net.parameters().items())

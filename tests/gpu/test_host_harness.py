@@ -353,6 +353,27 @@ def test_window_max_kernels_on_the_host(shape, kernel, stride, pads, host_cxx, t
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("axes, shape", [((1,), (6, 300)), ((0,), (300, 6))])
+def test_max_reduction_keeps_a_nan_on_the_host(axes, shape, host_cxx, tmp_path):
+    """np.max gives nan for a row holding one; the kernel folded with fmaxf, which drops a NaN,
+    so a row gave its largest number (and a row of NaNs -inf). Rows with a NaN first, in the
+    middle, last, all NaN, and none; each row is spread over the threads of a block."""
+    from nnlang.codegen.kernel import Kernel, Load, Reduce
+    k = Kernel("k_nanmax", 2, {"a0": Load("in0", "float32", (False, False))}, [], [], [],
+               Reduce("max", axes, "a0", "out0", "float32"))
+    source, names = module_source([k])
+    lib = build(host_cxx, tmp_path, "nanmax", source, {names[0]: [t for t, _ in params(k)]})
+    rows = np.random.default_rng(4).normal(size=(6, 300)).astype(np.float32)
+    rows[0, 0] = rows[1, 150] = rows[2, 299] = np.nan
+    rows[3] = np.nan
+    x = np.ascontiguousarray(rows if axes == (1,) else rows.T)
+    red = np.zeros(6, np.float32)
+    grid, block, smem = launch_config(launch_info(k), shape, MAX_BLOCKS)
+    launch(lib, names[0], grid, block, [np.int32(shape[0]), np.int32(shape[1]), x,
+                                        np.int32(shape[1]), np.int32(1), red])
+    np.testing.assert_array_equal(red, np.max(rows, axis=1))
+
+
 @pytest.mark.parametrize("op, axes, shape", [("sum", (0, 1), (150, 200)),   # one 1024-thread block
                                              ("max", (0,), (37, 5)),        # outer axis reduced
                                              ("sum", (1,), (9, 300))])      # rows > blocks
