@@ -28,7 +28,8 @@ def compile_cmd(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write to a file."),
     **switched_off: bool,
 ):
-    """Compile a model and show what runs: --emit ir, backward, fused or kernels."""
+    """Compile a model and show what runs: --emit summary (default), user, ir, backward, fused
+    or kernels."""
     disable = tuple(name[len("no_"):] for name, off in switched_off.items() if off)
     with reporting():
         if output is not None:

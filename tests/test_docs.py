@@ -296,6 +296,29 @@ def test_readme_names_the_whole_public_api():
     assert missing == []
 
 
+def test_docs_name_run_directories_as_train_writes_them(tmp_path):
+    """`runs/<name>-...` in the docs is the folder `nnlang train` makes for that model
+    (README.md, export.md and generation.md wrote runs/MLP-..., runs/Cnn-..., runs/Gpt-<time>:
+    the trainer writes runs/mlp-..., runs/cnn-..., runs/gpt-...)."""
+    import nnlang
+    from nnlang.train.runs import RunDir
+    made = set()
+    for f in sorted((ROOT / "models").glob("*.nn")):
+        run = RunDir.create(nnlang.load(str(f)).model, root=tmp_path)
+        made.add(run.path.name.rsplit("-", 2)[0])
+        run.release()
+    named = {f"{doc}: runs/{m}-" for doc, text in ALL_DOCS.items()
+             for m in re.findall(r"(?<![\w/])runs/(\w+)-", text)}
+    assert {n for n in named if n.rsplit("runs/", 1)[1][:-1] not in made} == set()
+
+
+def test_readme_names_every_compile_view():
+    """Each view `nnlang compile --emit` (and `nnlang.emit`) prints is named in README.md
+    (`user`, the checked graph, was not)."""
+    from nnlang.runtime.emit import EMITS
+    assert [e for e in EMITS if f'"{e}"' not in README] == []
+
+
 # *** docs/contributing.md: its example op, added as the text says, works ***
 
 def test_contributing_elementwise_example_registers_a_working_op(monkeypatch):
@@ -340,7 +363,7 @@ def test_generation_doc_python_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").symlink_to(ROOT / "models")
     scope = {}
-    exec(compile(code.replace("runs/Gpt-...", str(run)), "generation.md", "exec"), scope)
+    exec(compile(code.replace("runs/gpt-...", str(run)), "generation.md", "exec"), scope)
     result = scope["result"]
     assert len(result.texts) == 2 and result.mode == "incremental"
     assert [s.prompt for s in result.samples] == ["This movie was", "I"]
