@@ -36,6 +36,20 @@ def test_error_example(src, want):
     assert info.value.render() + "\n" == want
 
 
+def test_lint_warning_example_is_what_check_prints(tmp_path, monkeypatch):
+    """The cross_entropy-on-a-softmax warning shown in language.md is the text `nnlang check`
+    prints for a model whose line 5 is the line it quotes."""
+    want = re.search(r"```text\n(m\.nn:5:8: warning: .*?)```", TEXT, re.S).group(1)
+    import nnlang
+    from nnlang.errors import NNError as Err
+    (tmp_path / "m.nn").write_text(
+        "model M {\n  input x: float32[batch, 8]\n  input label: int32[batch]\n"
+        "  output probs = softmax(dense(x, 3))\n  loss cross_entropy(probs, label)\n}\n")
+    monkeypatch.chdir(tmp_path)
+    warnings = nnlang.load("m.nn").warnings
+    assert len(warnings) == 1 and Err(warnings).render() + "\n" == want
+
+
 def test_op_table_is_current():
     assert doc_text(DOC) == TEXT, "the op table is stale: run python -m tests.regen"
 
@@ -87,6 +101,22 @@ def test_data_doc_error(name, want, tmp_path, monkeypatch):
     with pytest.raises(DataError) as info:
         load_dataset(name)
     assert info.value.render() + "\n" == want
+
+
+def test_data_doc_data_flag_spellings_are_the_same():
+    """The two `--data` commands data.md calls the same give reg.nn's own `data`, and
+    `--data imdb-sample` keeps the train section's `maxlen`."""
+    import shlex
+
+    from nnlang.frontend.train_config import Choice
+    from nnlang.train import feeds
+    flags = [shlex.split(line)[4] for line in re.findall(r"^ {4}(nnlang train reg\.nn --data .*)$",
+                                                         DATA_TEXT, re.M)]
+    assert len(flags) == 2
+    want = Choice("reg.csv", {"target": "price"})   # reg.nn's csv("reg.csv", target = "price")
+    assert [feeds.replace_data(None, f) for f in flags] == [want, want]
+    imdb = Choice("imdb", {"vocab": 20000, "maxlen": 100})
+    assert feeds.replace_data(imdb, "imdb-sample") == Choice("imdb-sample", imdb.options)
 
 
 def test_data_doc_lists_every_dataset():
