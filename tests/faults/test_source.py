@@ -279,6 +279,20 @@ def test_empty_files_say_what_is_missing(tmp_path, text):
            "add `model Name(...) { ... }`")
 
 
+def test_a_file_that_only_imports_models_says_to_choose_one(tmp_path):
+    """docs/language.md: when a file with its imports defines several models, --model picks
+    one. A file with no model of its own said "add `model Name(...) { ... }`", though
+    --model picks an imported one."""
+    nn_file(tmp_path, model("y = v").replace("model M", "model A") +
+            model("y = v").replace("model M", "model B"), "lib.nn")
+    path = nn_file(tmp_path, 'import "lib.nn"\n')
+    out = cli("check", path)
+    expect(out, f"{path}:1:1: error: this file defines no model; its imports define A, B",
+           "hint: pass --model NAME")
+    assert "add `model" not in out
+    expect(cli("check", "-q", path, "--model", "B", code=0))
+
+
 def test_a_long_line_is_shown_as_a_window(tmp_path):
     path = nn_file(tmp_path, model("y = v" + " + v" * 20_000 + " + $"))
     out = cli("check", path)
