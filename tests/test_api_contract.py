@@ -47,6 +47,28 @@ def test_load_state_dict_is_all_or_nothing_and_names_unknown_keys():
     assert "extra" not in net.state_dict()
 
 
+def test_a_partial_optimizer_state_is_refused():
+    """README: load_state_dict loads all of the state or nothing, a missing name an error. A
+    dict with Adam's m and v but no optimizer.step (or no v) loaded silently and mixed the
+    net's own step count (or v) with the dict's; a dict of weights alone still loads."""
+    rng = np.random.default_rng(0)
+    feeds = {"image": rng.standard_normal((4, 12)).astype(np.float32),
+             "label": np.array([0, 1, 2, 0], np.int32)}
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    saved = net.state_dict()
+    net.train_step(feeds)
+    for drop in ("optimizer.step", "optimizer.v.logits.bias"):
+        before = net.state_dict()
+        partial = {k: v for k, v in saved.items() if k != drop}
+        with pytest.raises(NNError, match=rf"no value for optimizer state {drop}"):
+            net.load_state_dict(partial)
+        for k, v in before.items():   # NOTE: nothing was copied
+            np.testing.assert_array_equal(net.state_dict()[k], v, err_msg=k)
+        report = net.load_state_dict(partial, strict=False)
+        assert report.missing == [drop]
+    net.load_state_dict(net.parameters())   # weights alone: the optimizer's state stays
+
+
 def test_state_dict_carries_the_step_so_schedules_go_on():
     """Adam's bias correction reads optimizer.step; the warm-up reads net.step: a copy of the
     state must continue both, as the original net does."""
