@@ -69,6 +69,20 @@ def test_a_partial_optimizer_state_is_refused():
     net.load_state_dict(net.parameters())   # weights alone: the optimizer's state stays
 
 
+def test_another_optimizers_state_is_not_this_nets():
+    """An Adam net's state_dict loaded into an SGD net: Adam's m and v were taken as state of
+    the SGD net (any optimizer.<slot>.<weight> name passed), kept and handed on by its
+    state_dict. They are names the net does not know."""
+    sgd = nnlang.compile(CLASSIFIER.replace("adam(lr = 1.0)", "sgd(lr = 1.0)"), batch=4, seed=0)
+    adam = nnlang.compile(CLASSIFIER, batch=4, seed=0).state_dict()
+    with pytest.raises(NNError, match=r"'optimizer.m.logits.weight' is not in this model's"):
+        sgd.load_state_dict(adam)
+    report = sgd.load_state_dict(adam, strict=False)
+    assert sorted(report.unexpected) == sorted(k for k in adam if k.startswith("optimizer.")
+                                               and k != "optimizer.step")
+    assert not any(k.startswith(("optimizer.m.", "optimizer.v.")) for k in sgd.state_dict())
+
+
 def test_state_dict_carries_the_step_so_schedules_go_on():
     """Adam's bias correction reads optimizer.step; the warm-up reads net.step: a copy of the
     state must continue both, as the original net does."""

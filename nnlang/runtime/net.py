@@ -19,7 +19,7 @@ from nnlang.ir.dims import MAX_BATCH, Sym
 from nnlang.ir.summary import check_memory
 from nnlang.ops.init import initialize
 from nnlang.ops.optim import (OPTIMIZER_PREFIX, OPTIMIZERS, STEP_SLOT, initial_state,
-                              learning_rate, slot_param)
+                              learning_rate)
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.optimize import switched_off
 from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
@@ -164,7 +164,8 @@ class Net:
         if not hasattr(state, "items"):
             raise NNError(f"a state dict maps names to arrays; got {type(state).__name__}",
                           hint="pass what net.state_dict() or net.parameters() returns")
-        unexpected = [k for k in state if self._state_shape(k) is None]
+        shapes = self._state_shapes()
+        unexpected = [k for k in state if k not in shapes]
         missing = [k for k in self.user.params if k not in state]
         if any(k.startswith(OPTIMIZER_PREFIX) for k in state):
             # NOTE: weights alone leave the optimizer's state as it is; part of it would mix
@@ -178,9 +179,9 @@ class Net:
             if k in unexpected:
                 continue
             arr = _numbers(v, f"state value '{k}'")
-            if arr.shape != self._state_shape(k):
+            if arr.shape != shapes[k]:
                 raise NNError(f"state value '{k}' has shape {arr.shape}, the model expects "
-                              f"{self._state_shape(k)}", hint="was it saved from another "
+                              f"{shapes[k]}", hint="was it saved from another "
                               "model or with other --set values?")
             arrays[k] = arr
         with self._lock:
@@ -195,14 +196,15 @@ class Net:
                 self.step = int(arrays[STEP_SLOT])
         return Loaded(missing, unexpected)
 
-    def _state_shape(self, name: str) -> tuple | None:
-        """The shape state entry `name` has in this net, None for a name it cannot have."""
-        if name in self.state:
-            return tuple(self.state[name].shape)
-        if name == STEP_SLOT:
-            return ()
-        nid = self.user.params.get(slot_param(name) or name)
-        return None if nid is None else tuple(int(d) for d in self.user.node(nid).attrs["shape"])
+    def _state_shapes(self) -> dict:
+        """Every entry this net's state can hold: name -> shape. Optimizer entries are those of
+        its own optimizer only (another's slots, Adam's m in an SGD net, would be kept unused
+        and handed on by state_dict)."""
+        shapes = {k: tuple(int(d) for d in self.user.node(v).attrs["shape"])
+                  for k, v in self.user.params.items()}
+        shapes |= {k: tuple(v.shape) for k, v in self.state.items()
+                   if not k.startswith(OPTIMIZER_PREFIX)}
+        return shapes | self._optimizer_shapes()
 
     # *** executables ***
     def _exe(self, kind: str, batch: int, lengths: dict | None = None):
