@@ -16,8 +16,8 @@ from rich.text import Text
 
 from nnlang.ir.dims import MAX_BATCH
 from nnlang.train.progress import say
-from nnlang_cli.app import (INTERRUPTED, TERMINATED, app, console, err_console, finite_float,
-                            parse_overrides, reporting)
+from nnlang_cli.app import (INTERRUPTED, MODEL_HELP, TERMINATED, app, console, err_console,
+                            finite_float, parse_overrides, reporting)
 
 
 @contextmanager
@@ -68,8 +68,7 @@ def train(
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue the run in --out (default: the newest "
                                      "runs/<model>-* with a checkpoint)."),
-    model: Optional[str] = typer.Option(None, "--model",
-                                        help="The model to train when the file defines several."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1,
                                             help="Stop after this many steps (smoke tests)."),
     init_from: Optional[Path] = typer.Option(

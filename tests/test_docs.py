@@ -295,6 +295,34 @@ def test_every_cli_option_has_help():
     assert bare == []
 
 
+def test_generate_help_gives_the_defaults_generation_md_gives():
+    """generation.md: --max-new defaults to 100 (or the section's max_new), --seed to 0;
+    `nnlang generate --help` said neither (nor the length penalty's 1)."""
+    import typer
+
+    from nnlang.frontend.generate_config import BASE
+    from nnlang_cli.main import app
+    cmd = typer.main.get_command(app).commands["generate"]
+    helps = {p.opts[0]: p.help for p in cmd.params}
+    gen = (ROOT / "docs" / "generation.md").read_text()
+    assert "(default 100, or the section's `max_new`)" in gen and "(default 0)" in gen
+    for flag, key in (("--max-new", "max_new"), ("--seed", "seed"),
+                      ("--length-penalty", "length_penalty")):
+        assert f"the generate section's {key}, else {BASE[key]:g})" in helps[flag], flag
+
+
+def test_every_model_option_says_the_same():
+    """--model picks a model the file defines or imports: every command says so in one text
+    (compile said "Which model of the file.", train "when the file defines several")."""
+    import typer
+
+    from nnlang_cli.main import app
+    texts = {name: p.help for name, cmd in typer.main.get_command(app).commands.items()
+             for p in cmd.params if "--model" in p.opts}
+    assert len(texts) >= 4 and len(set(texts.values())) == 1, texts
+    assert "import" in next(iter(texts.values()))
+
+
 def _doc_attribute_refs(text: str) -> list[tuple[str, str]]:
     """(module stem, name) of each `module.name` in inline code whose module is one of
     nnlang's (`fold._sliced_elementwise`, `blas.matmul_call`); file names are left alone."""
