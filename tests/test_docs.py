@@ -410,6 +410,34 @@ def test_contributing_elementwise_example_registers_a_working_op(monkeypatch):
 
 
 @pytest.mark.slow
+def test_export_doc_python_example_runs(tmp_path, monkeypatch):
+    """docs/export.md's Python example, on a one-step run of models/cnn.nn (~10 s): both files
+    run in ONNX Runtime and give what nnlang gives for the checkpoint and the net."""
+    ort = pytest.importorskip("onnxruntime")
+    import nnlang
+    from nnlang.train.trainer import fit
+    text = (ROOT / "docs" / "export.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    run = tmp_path / "run"
+    fit(str(ROOT / "models" / "cnn.nn"), {"epochs": 1}, "mnist-sample", out=run, max_steps=1,
+        progress=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    scope = {}
+    exec(compile(code.replace("runs/cnn-20261205-120000", str(run)), "export.md", "exec"), scope)
+    rng = np.random.default_rng(0)
+    for onnx_file, net, shape in (
+            ("cnn.onnx", nnlang.restore("models/cnn.nn", run, batch=3), (3, 1, 28, 28)),
+            ("mlp.onnx", scope["net"], (3, 784))):
+        x = rng.random(shape, dtype=np.float32)
+        name = next(iter(net.program.graph.inputs))
+        want = net.forward({name: x})
+        got = ort.InferenceSession(str(tmp_path / onnx_file),
+                                   providers=["CPUExecutionProvider"]).run(None, {name: x})
+        np.testing.assert_allclose(got[0], next(iter(want.values())), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_generation_doc_python_example_runs(tmp_path, monkeypatch, capsys):
     """docs/generation.md's Python example, on a one-step run of models/gpt.nn (~30 s)."""
     from nnlang.train.trainer import fit
