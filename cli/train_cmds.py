@@ -120,12 +120,13 @@ def eval_(
     out.print(t)
 
 
-PREDICT_INPUTS_HELP = ("Values for a model with one input: review text or .txt paths (text "
-                       "models), .png/.npy paths (image models), .npy paths or numbers like "
-                       "1,2.5,3 (array models); one example each.")
+PREDICT_INPUTS_HELP = ("Values for a model whose outputs read one input (a label input aside): "
+                       "review text or .txt paths (text models), .png/.npy paths (image "
+                       "models), .npy paths or numbers like 1,2.5,3 (array models); one "
+                       "example each.")
 NAMED_HELP = ("NAME=VALUE: the value of input NAME for one example (text, numbers like 1,2.5,3, "
-              "or a .npy path); repeat each name once per example. For models with several "
-              "inputs.")
+              "or a .npy path); repeat each name once per example. For models whose outputs "
+              "read several inputs.")
 NPZ_HELP = ("A .npz with one array per model input, named like the inputs, one row per example "
             "(arrays named like a training target are skipped).")
 
