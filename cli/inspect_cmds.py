@@ -51,7 +51,8 @@ def check(
     batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
                                         help="Batch size for FLOPs and memory "
                                              "(default: the train section's)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only report errors and warnings (no summary)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Only report errors and warnings (no summary)."),
 ):
     """Parse, elaborate and shape-check models; print a summary table.
 
