@@ -50,6 +50,9 @@ def print_warnings(program) -> None:
         print_error(NNError(program.warnings))
 
 
+SET_HELP = "Override a hyper-parameter: --set name=value (an nnlang literal); repeatable."
+MODEL_HELP = "The model to use when the file defines several, or one the file imports."
+
 INTERRUPTED = 130  # NOTE: the shell convention for "stopped by Ctrl-C"
 TERMINATED = 143   # ... and for "stopped by SIGTERM" (128 + 15)
 

@@ -11,7 +11,8 @@ from rich.text import Text
 import nnlang
 from nnlang.files import write_atomic
 from nnlang.ir.dims import MAX_BATCH
-from nnlang_cli.app import app, check_output, console, parse_overrides, reporting, writing
+from nnlang_cli.app import (MODEL_HELP, SET_HELP, app, check_output, console, parse_overrides,
+                            reporting, writing)
 
 
 def compile_cmd(
@@ -23,12 +24,13 @@ def compile_cmd(
                                        "(default: train, or predict for a model with no loss)"),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
                                         help="Batch size (default: the train section's)."),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a hyper-parameter."),
-    model: Optional[str] = typer.Option(None, "--model", help="Which model of the file."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write to a file."),
     **switched_off: bool,
 ):
-    """Compile a model and show what runs: --emit ir, backward, fused or kernels."""
+    """Compile a model and show what runs: --emit summary (default), user, ir, backward, fused
+    or kernels."""
     disable = tuple(name[len("no_"):] for name, off in switched_off.items() if off)
     with reporting():
         if output is not None:

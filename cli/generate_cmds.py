@@ -9,8 +9,14 @@ from typing import Optional
 
 import typer
 
+from nnlang.frontend.generate_config import BASE
 from nnlang_cli.app import app, console, finite_float, reporting
 from nnlang_cli.train_cmds import BACKEND_HELP, CKPT_HELP, DATA_DIR_HELP
+
+
+def _default(key: str) -> str:
+    """A flag's default as generation takes it: the generate section's value, else BASE's."""
+    return f"(default: the generate section's {key}, else {BASE[key]:g})"
 
 
 @app.command()
@@ -22,7 +28,8 @@ def generate(
                                                "repeatable: all prompts run in one batch."),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="A UTF-8 file with "
                                                "one prompt per line."),
-    max_new: Optional[int] = typer.Option(None, "--max-new", help="Most tokens to add."),
+    max_new: Optional[int] = typer.Option(None, "--max-new", help="Most tokens to add "
+                                          f"{_default('max_new')}."),
     temperature: Optional[float] = typer.Option(None, "--temperature", callback=finite_float,
                                                 help="Sample with this temperature (> 0)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample among the k likeliest."),
@@ -34,14 +41,16 @@ def generate(
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam search with this width."),
     length_penalty: Optional[float] = typer.Option(None, "--length-penalty",
                                                    callback=finite_float, help="Beam scores "
-                                                   "are divided by length ** this."),
+                                                   "are divided by length ** this "
+                                                   f"{_default('length_penalty')}."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="The text of the token that "
                                              "ends a sequence; escapes like \\n work, and "
                                              "digits are text (9 is the character '9')."),
     stop_id: Optional[list[int]] = typer.Option(None, "--stop-id", min=0, help="The id of the "
                                                 "token that ends a sequence (instead of "
                                                 "--stop)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampling."),
+    seed: Optional[int] = typer.Option(None, "--seed",
+                                       help=f"Seed of the sampling {_default('seed')}."),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per prompt."),

@@ -16,11 +16,9 @@ from rich.text import Text
 from nnlang.errors import NNError, did_you_mean
 from nnlang.files import write_atomic
 from nnlang.ir.dims import MAX_BATCH
-from nnlang_cli.app import (app, check_output, console, err_console, parse_overrides,
-                            print_error, print_warnings, reporting, writing)
+from nnlang_cli.app import (MODEL_HELP, SET_HELP, app, check_output, console, err_console,
+                            parse_overrides, print_error, print_warnings, reporting, writing)
 
-SET_HELP = "Override a hyper-parameter: --set name=value (an nnlang literal); repeatable."
-MODEL_HELP = "The model to use when the file defines several."
 
 
 def load_program(path: Path, sets: list[str] | None, model: str | None):
@@ -53,7 +51,8 @@ def check(
     batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
                                         help="Batch size for FLOPs and memory "
                                              "(default: the train section's)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only report errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Only report errors and warnings (no summary)."),
 ):
     """Parse, elaborate and shape-check models; print a summary table.
 

@@ -16,8 +16,8 @@ from rich.text import Text
 
 from nnlang.ir.dims import MAX_BATCH
 from nnlang.train.progress import say
-from nnlang_cli.app import (INTERRUPTED, TERMINATED, app, console, err_console, finite_float,
-                            parse_overrides, reporting)
+from nnlang_cli.app import (INTERRUPTED, MODEL_HELP, TERMINATED, app, console, err_console,
+                            finite_float, parse_overrides, reporting)
 
 
 @contextmanager
@@ -68,8 +68,7 @@ def train(
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue the run in --out (default: the newest "
                                      "runs/<model>-* with a checkpoint)."),
-    model: Optional[str] = typer.Option(None, "--model",
-                                        help="The model to train when the file defines several."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1,
                                             help="Stop after this many steps (smoke tests)."),
     init_from: Optional[Path] = typer.Option(
@@ -121,12 +120,13 @@ def eval_(
     out.print(t)
 
 
-PREDICT_INPUTS_HELP = ("Values for a model with one input: review text or .txt paths (text "
-                       "models), .png/.npy paths (image models), .npy paths or numbers like "
-                       "1,2.5,3 (array models); one example each.")
+PREDICT_INPUTS_HELP = ("Values for a model whose outputs read one input (a label input aside): "
+                       "review text or .txt paths (text models), .png/.npy paths (image "
+                       "models), .npy paths or numbers like 1,2.5,3 (array models); one "
+                       "example each.")
 NAMED_HELP = ("NAME=VALUE: the value of input NAME for one example (text, numbers like 1,2.5,3, "
-              "or a .npy path); repeat each name once per example. For models with several "
-              "inputs.")
+              "or a .npy path); repeat each name once per example. For models whose outputs "
+              "read several inputs.")
 NPZ_HELP = ("A .npz with one array per model input, named like the inputs, one row per example "
             "(arrays named like a training target are skipped).")
 

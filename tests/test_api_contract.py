@@ -47,6 +47,42 @@ def test_load_state_dict_is_all_or_nothing_and_names_unknown_keys():
     assert "extra" not in net.state_dict()
 
 
+def test_a_partial_optimizer_state_is_refused():
+    """README: load_state_dict loads all of the state or nothing, a missing name an error. A
+    dict with Adam's m and v but no optimizer.step (or no v) loaded silently and mixed the
+    net's own step count (or v) with the dict's; a dict of weights alone still loads."""
+    rng = np.random.default_rng(0)
+    feeds = {"image": rng.standard_normal((4, 12)).astype(np.float32),
+             "label": np.array([0, 1, 2, 0], np.int32)}
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    saved = net.state_dict()
+    net.train_step(feeds)
+    for drop in ("optimizer.step", "optimizer.v.logits.bias"):
+        before = net.state_dict()
+        partial = {k: v for k, v in saved.items() if k != drop}
+        with pytest.raises(NNError, match=rf"no value for optimizer state {drop}"):
+            net.load_state_dict(partial)
+        for k, v in before.items():   # NOTE: nothing was copied
+            np.testing.assert_array_equal(net.state_dict()[k], v, err_msg=k)
+        report = net.load_state_dict(partial, strict=False)
+        assert report.missing == [drop]
+    net.load_state_dict(net.parameters())   # weights alone: the optimizer's state stays
+
+
+def test_another_optimizers_state_is_not_this_nets():
+    """An Adam net's state_dict loaded into an SGD net: Adam's m and v were taken as state of
+    the SGD net (any optimizer.<slot>.<weight> name passed), kept and handed on by its
+    state_dict. They are names the net does not know."""
+    sgd = nnlang.compile(CLASSIFIER.replace("adam(lr = 1.0)", "sgd(lr = 1.0)"), batch=4, seed=0)
+    adam = nnlang.compile(CLASSIFIER, batch=4, seed=0).state_dict()
+    with pytest.raises(NNError, match=r"'optimizer.m.logits.weight' is not in this model's"):
+        sgd.load_state_dict(adam)
+    report = sgd.load_state_dict(adam, strict=False)
+    assert sorted(report.unexpected) == sorted(k for k in adam if k.startswith("optimizer.")
+                                               and k != "optimizer.step")
+    assert not any(k.startswith(("optimizer.m.", "optimizer.v.")) for k in sgd.state_dict())
+
+
 def test_state_dict_carries_the_step_so_schedules_go_on():
     """Adam's bias correction reads optimizer.step; the warm-up reads net.step: a copy of the
     state must continue both, as the original net does."""

@@ -36,6 +36,20 @@ def test_error_example(src, want):
     assert info.value.render() + "\n" == want
 
 
+def test_lint_warning_example_is_what_check_prints(tmp_path, monkeypatch):
+    """The cross_entropy-on-a-softmax warning shown in language.md is the text `nnlang check`
+    prints for a model whose line 5 is the line it quotes."""
+    want = re.search(r"```text\n(m\.nn:5:8: warning: .*?)```", TEXT, re.S).group(1)
+    import nnlang
+    from nnlang.errors import NNError as Err
+    (tmp_path / "m.nn").write_text(
+        "model M {\n  input x: float32[batch, 8]\n  input label: int32[batch]\n"
+        "  output probs = softmax(dense(x, 3))\n  loss cross_entropy(probs, label)\n}\n")
+    monkeypatch.chdir(tmp_path)
+    warnings = nnlang.load("m.nn").warnings
+    assert len(warnings) == 1 and Err(warnings).render() + "\n" == want
+
+
 def test_op_table_is_current():
     assert doc_text(DOC) == TEXT, "the op table is stale: run python -m tests.regen"
 
@@ -87,6 +101,22 @@ def test_data_doc_error(name, want, tmp_path, monkeypatch):
     with pytest.raises(DataError) as info:
         load_dataset(name)
     assert info.value.render() + "\n" == want
+
+
+def test_data_doc_data_flag_spellings_are_the_same():
+    """The two `--data` commands data.md calls the same give reg.nn's own `data`, and
+    `--data imdb-sample` keeps the train section's `maxlen`."""
+    import shlex
+
+    from nnlang.frontend.train_config import Choice
+    from nnlang.train import feeds
+    flags = [shlex.split(line)[4] for line in re.findall(r"^ {4}(nnlang train reg\.nn --data .*)$",
+                                                         DATA_TEXT, re.M)]
+    assert len(flags) == 2
+    want = Choice("reg.csv", {"target": "price"})   # reg.nn's csv("reg.csv", target = "price")
+    assert [feeds.replace_data(None, f) for f in flags] == [want, want]
+    imdb = Choice("imdb", {"vocab": 20000, "maxlen": 100})
+    assert feeds.replace_data(imdb, "imdb-sample") == Choice("imdb-sample", imdb.options)
 
 
 def test_data_doc_lists_every_dataset():
@@ -265,6 +295,34 @@ def test_every_cli_option_has_help():
     assert bare == []
 
 
+def test_generate_help_gives_the_defaults_generation_md_gives():
+    """generation.md: --max-new defaults to 100 (or the section's max_new), --seed to 0;
+    `nnlang generate --help` said neither (nor the length penalty's 1)."""
+    import typer
+
+    from nnlang.frontend.generate_config import BASE
+    from nnlang_cli.main import app
+    cmd = typer.main.get_command(app).commands["generate"]
+    helps = {p.opts[0]: p.help for p in cmd.params}
+    gen = (ROOT / "docs" / "generation.md").read_text()
+    assert "(default 100, or the section's `max_new`)" in gen and "(default 0)" in gen
+    for flag, key in (("--max-new", "max_new"), ("--seed", "seed"),
+                      ("--length-penalty", "length_penalty")):
+        assert f"the generate section's {key}, else {BASE[key]:g})" in helps[flag], flag
+
+
+def test_every_model_option_says_the_same():
+    """--model picks a model the file defines or imports: every command says so in one text
+    (compile said "Which model of the file.", train "when the file defines several")."""
+    import typer
+
+    from nnlang_cli.main import app
+    texts = {name: p.help for name, cmd in typer.main.get_command(app).commands.items()
+             for p in cmd.params if "--model" in p.opts}
+    assert len(texts) >= 4 and len(set(texts.values())) == 1, texts
+    assert "import" in next(iter(texts.values()))
+
+
 def _doc_attribute_refs(text: str) -> list[tuple[str, str]]:
     """(module stem, name) of each `module.name` in inline code whose module is one of
     nnlang's (`fold._sliced_elementwise`, `blas.matmul_call`); file names are left alone."""
@@ -294,6 +352,29 @@ def test_readme_names_the_whole_public_api():
     import nnlang
     missing = [n for n in nnlang.__all__ if n != "__version__" and f"nnlang.{n}" not in README]
     assert missing == []
+
+
+def test_docs_name_run_directories_as_train_writes_them(tmp_path):
+    """`runs/<name>-...` in the docs is the folder `nnlang train` makes for that model
+    (README.md, export.md and generation.md wrote runs/MLP-..., runs/Cnn-..., runs/Gpt-<time>:
+    the trainer writes runs/mlp-..., runs/cnn-..., runs/gpt-...)."""
+    import nnlang
+    from nnlang.train.runs import RunDir
+    made = set()
+    for f in sorted((ROOT / "models").glob("*.nn")):
+        run = RunDir.create(nnlang.load(str(f)).model, root=tmp_path)
+        made.add(run.path.name.rsplit("-", 2)[0])
+        run.release()
+    named = {f"{doc}: runs/{m}-" for doc, text in ALL_DOCS.items()
+             for m in re.findall(r"(?<![\w/])runs/(\w+)-", text)}
+    assert {n for n in named if n.rsplit("runs/", 1)[1][:-1] not in made} == set()
+
+
+def test_readme_names_every_compile_view():
+    """Each view `nnlang compile --emit` (and `nnlang.emit`) prints is named in README.md
+    (`user`, the checked graph, was not)."""
+    from nnlang.runtime.emit import EMITS
+    assert [e for e in EMITS if f'"{e}"' not in README] == []
 
 
 # *** docs/contributing.md: its example op, added as the text says, works ***
@@ -329,6 +410,34 @@ def test_contributing_elementwise_example_registers_a_working_op(monkeypatch):
 
 
 @pytest.mark.slow
+def test_export_doc_python_example_runs(tmp_path, monkeypatch):
+    """docs/export.md's Python example, on a one-step run of models/cnn.nn (~10 s): both files
+    run in ONNX Runtime and give what nnlang gives for the checkpoint and the net."""
+    ort = pytest.importorskip("onnxruntime")
+    import nnlang
+    from nnlang.train.trainer import fit
+    text = (ROOT / "docs" / "export.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    run = tmp_path / "run"
+    fit(str(ROOT / "models" / "cnn.nn"), {"epochs": 1}, "mnist-sample", out=run, max_steps=1,
+        progress=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    scope = {}
+    exec(compile(code.replace("runs/cnn-20261205-120000", str(run)), "export.md", "exec"), scope)
+    rng = np.random.default_rng(0)
+    for onnx_file, net, shape in (
+            ("cnn.onnx", nnlang.restore("models/cnn.nn", run, batch=3), (3, 1, 28, 28)),
+            ("mlp.onnx", scope["net"], (3, 784))):
+        x = rng.random(shape, dtype=np.float32)
+        name = next(iter(net.program.graph.inputs))
+        want = net.forward({name: x})
+        got = ort.InferenceSession(str(tmp_path / onnx_file),
+                                   providers=["CPUExecutionProvider"]).run(None, {name: x})
+        np.testing.assert_allclose(got[0], next(iter(want.values())), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_generation_doc_python_example_runs(tmp_path, monkeypatch, capsys):
     """docs/generation.md's Python example, on a one-step run of models/gpt.nn (~30 s)."""
     from nnlang.train.trainer import fit
@@ -340,7 +449,7 @@ def test_generation_doc_python_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").symlink_to(ROOT / "models")
     scope = {}
-    exec(compile(code.replace("runs/Gpt-...", str(run)), "generation.md", "exec"), scope)
+    exec(compile(code.replace("runs/gpt-...", str(run)), "generation.md", "exec"), scope)
     result = scope["result"]
     assert len(result.texts) == 2 and result.mode == "incremental"
     assert [s.prompt for s in result.samples] == ["This movie was", "I"]

@@ -190,8 +190,11 @@ class CallElaboration:
     def layer_path(self, scope, target, func, share, share_span, block: bool = False) -> str:
         if share is not None:
             if not isinstance(share, T) or share.id not in self.layer_of:
-                self.fail("share= names a value produced by a layer with weights", share_span,
-                          "e.g. `b = dense(x2, 64, share = a)` reuses the weights of `a`")
+                shown = share_span.text() if share_span is not None else None
+                self.fail(f"share = names {repr(shown) if shown else 'a value'}, which no layer "
+                          "with weights or block call made", share_span,
+                          f"e.g. `b = {func}(..., share = a)` reuses the weights of "
+                          f"`a = {func}(...)`")
             path = self.layer_of[share.id]
             # NOTE: a layer shares a layer's weights and a block call a call of the same block:
             # anything else would look its weights up under paths that hold none and make new
@@ -449,8 +452,8 @@ class CallElaboration:
                       e.span, f"signature: {block.name}({', '.join(names)})")
         inner = Scope("", kind="block", frozen=frozen)
         inner.prefix = self.layer_path(scope, target, block.name, share,
-                                       next((k.span for k in e.kwargs if k.name == "share"),
-                                            e.span), block=True)
+                                       next((k.value.span for k in e.kwargs
+                                             if k.name == "share"), e.span), block=True)
         self.block_of.setdefault(inner.prefix, block.name)
         given = dict(zip(names, args))
         for k in e.kwargs:

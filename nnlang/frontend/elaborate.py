@@ -532,6 +532,10 @@ class Elaborator(CallElaboration, ScanElaboration):
     # *** calls ***
 
 
+_CHOOSE_MODEL_HINT = ("pass --model NAME (in Python: nnlang.compile(..., model_name=NAME) or "
+                "nnlang.load(..., model=NAME))")
+
+
 @deep_stack
 def elaborate(module: ast.Module, overrides: dict | None = None,
               model: str | None = None) -> Program:
@@ -549,14 +553,19 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
     elif len(local) == 1:
         chosen = local[0]
     elif not local:
-        errors.add("this file defines no model", Span(module.file, 1, 1, source=module.source),
-                   "add `model Name(...) { ... }`")
+        # NOTE: an imported model is not taken by default (a file may import another for
+        # its blocks alone), but --model picks one: name them rather than ask for a model
+        there = Span(module.file, 1, 1, source=module.source)
+        if models:
+            errors.add(f"this file defines no model; its imports define "
+                       f"{', '.join(m.name for m in models)}", there, _CHOOSE_MODEL_HINT)
+        else:
+            errors.add("this file defines no model", there, "add `model Name(...) { ... }`")
         errors.raise_if_any()
     else:
         errors.add(f"this file defines {len(local)} models "
                    f"({', '.join(m.name for m in local)}); choose one",
-                   local[1].span, "pass --model NAME (in Python: nnlang.compile(..., "
-                   "model_name=NAME) or nnlang.load(..., model=NAME))")
+                   local[1].span, _CHOOSE_MODEL_HINT)
         errors.raise_if_any()
     for key, d in defs.items():
         if isinstance(d, (ast.TrainDef, ast.GenerateDef)) and d.name not in defs:

@@ -26,6 +26,9 @@ SAMPLING = {
     "seed": (int, lambda v: v >= 0, ">= 0"),
 }
 SETTINGS = (*ROLES, *TOKENS, *SAMPLING)
+# what generation uses when neither a flag nor the section gives a value (no temperature, top_k
+# or top_p: greedy)
+BASE = {"max_new": 100, "beam": 1, "length_penalty": 1.0, "seed": 0}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nnlang.errors import NNError
-from nnlang.frontend.generate_config import SAMPLING, sampling_problem
+from nnlang.frontend.generate_config import BASE, SAMPLING, sampling_problem
 from nnlang.gc_pause import paused_gc
 from nnlang.passes.pipeline import forward_graph
 from nnlang.runtime.decode_graphs import POS_INPUT, PROMPT_MASK, NotIncremental, derive
@@ -23,7 +23,6 @@ from nnlang.runtime.decode_graphs import POS_INPUT, PROMPT_MASK, NotIncremental,
 FLAGS = {"max_new": "--max-new", "temperature": "--temperature", "top_k": "--top-k",
          "top_p": "--top-p", "beam": "--beam", "length_penalty": "--length-penalty",
          "seed": "--seed", "stop": "--stop"}
-BASE = {"max_new": 100, "beam": 1, "length_penalty": 1.0, "seed": 0}
 
 
 @dataclass

@@ -18,7 +18,8 @@ from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import MAX_BATCH, Sym
 from nnlang.ir.summary import check_memory
 from nnlang.ops.init import initialize
-from nnlang.ops.optim import OPTIMIZERS, STEP_SLOT, initial_state, learning_rate, slot_param
+from nnlang.ops.optim import (OPTIMIZER_PREFIX, OPTIMIZERS, STEP_SLOT, initial_state,
+                              learning_rate)
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.optimize import switched_off
 from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
@@ -133,28 +134,43 @@ class Net:
     def state_dict(self) -> dict:
         """The weights and the optimizer's state, by name."""
         out = {k: _host(v) for k, v in self.state.items()}
-        if STEP_SLOT not in self.state and self.user.losses:
+        if STEP_SLOT not in self.state:
             # NOTE: before the first step the slots do not exist yet; without their zeros a
             # dict taken now would, loaded later, leave the optimizer's state as it is then
-            trained = {k: tuple(int(d) for d in self.user.node(v).attrs["shape"])
-                       for k, v in self.user.params.items()
-                       if self.user.node(v).attrs.get("trainable", True)}
             out.update({k: np.zeros(shape, self.dtype)
-                        for k, shape in initial_state(self.config.optimizer, trained).items()})
+                        for k, shape in self._optimizer_shapes().items()})
         return out
+
+    def _optimizer_shapes(self) -> dict:
+        """The optimizer's state entries (step count and slots) of this net: name -> shape."""
+        if STEP_SLOT in self.state:
+            return {k: tuple(v.shape) for k, v in self.state.items()
+                    if k.startswith(OPTIMIZER_PREFIX)}
+        if not self.user.losses:
+            return {}
+        trained = {k: tuple(int(d) for d in self.user.node(v).attrs["shape"])
+                   for k, v in self.user.params.items()
+                   if self.user.node(v).attrs.get("trainable", True)}
+        return initial_state(self.config.optimizer, trained)
 
     def load_state_dict(self, state: dict, strict: bool = True) -> "Loaded":
         """Copies `state` (name -> array, as `state_dict()` gives it) into the net, all or
-        nothing: a name the net does not know, a parameter `state` lacks (both allowed when
-        `strict` is False) or another shape is an error before anything is copied. Optimizer
+        nothing: a name the net does not know, a parameter `state` lacks, an optimizer entry it
+        lacks when it holds any (all allowed when `strict` is False; weights alone keep the
+        optimizer's state) or another shape is an error before anything is copied. Optimizer
         state (`optimizer.*`) belongs to a parameter of this model; its step count becomes the
         net's `step`, so schedules go on where they were. Returns the names `missing` and
         `unexpected` (non-empty only when not strict)."""
         if not hasattr(state, "items"):
             raise NNError(f"a state dict maps names to arrays; got {type(state).__name__}",
                           hint="pass what net.state_dict() or net.parameters() returns")
-        unexpected = [k for k in state if self._state_shape(k) is None]
+        shapes = self._state_shapes()
+        unexpected = [k for k in state if k not in shapes]
         missing = [k for k in self.user.params if k not in state]
+        if any(k.startswith(OPTIMIZER_PREFIX) for k in state):
+            # NOTE: weights alone leave the optimizer's state as it is; part of it would mix
+            # the dict's moments with the net's own (or its step count)
+            missing += [k for k in self._optimizer_shapes() if k not in state]
         if strict and (unexpected or missing):
             raise NNError("; ".join(_state_problems(unexpected, missing, self.user.params)),
                           hint="pass strict=False to load only the names the net knows")
@@ -163,9 +179,9 @@ class Net:
             if k in unexpected:
                 continue
             arr = _numbers(v, f"state value '{k}'")
-            if arr.shape != self._state_shape(k):
+            if arr.shape != shapes[k]:
                 raise NNError(f"state value '{k}' has shape {arr.shape}, the model expects "
-                              f"{self._state_shape(k)}", hint="was it saved from another "
+                              f"{shapes[k]}", hint="was it saved from another "
                               "model or with other --set values?")
             arrays[k] = arr
         with self._lock:
@@ -180,14 +196,15 @@ class Net:
                 self.step = int(arrays[STEP_SLOT])
         return Loaded(missing, unexpected)
 
-    def _state_shape(self, name: str) -> tuple | None:
-        """The shape state entry `name` has in this net, None for a name it cannot have."""
-        if name in self.state:
-            return tuple(self.state[name].shape)
-        if name == STEP_SLOT:
-            return ()
-        nid = self.user.params.get(slot_param(name) or name)
-        return None if nid is None else tuple(int(d) for d in self.user.node(nid).attrs["shape"])
+    def _state_shapes(self) -> dict:
+        """Every entry this net's state can hold: name -> shape. Optimizer entries are those of
+        its own optimizer only (another's slots, Adam's m in an SGD net, would be kept unused
+        and handed on by state_dict)."""
+        shapes = {k: tuple(int(d) for d in self.user.node(v).attrs["shape"])
+                  for k, v in self.user.params.items()}
+        shapes |= {k: tuple(v.shape) for k, v in self.state.items()
+                   if not k.startswith(OPTIMIZER_PREFIX)}
+        return shapes | self._optimizer_shapes()
 
     # *** executables ***
     def _exe(self, kind: str, batch: int, lengths: dict | None = None):
@@ -513,9 +530,11 @@ def _state_problems(unexpected: list, missing: list, known) -> list[str]:
         out.append(f"'{name}' is not in this model's state" + (f" ({hint})" if hint else ""))
     if len(unexpected) > 3:
         out.append(f"{len(unexpected) - 3} more unknown names")
-    if missing:
-        out.append(f"no value for parameter(s) {', '.join(missing[:6])}"
-                   + (", ..." if len(missing) > 6 else ""))
+    for what, names in (("parameter(s)", [k for k in missing if k in known]),
+                        ("optimizer state", [k for k in missing if k not in known])):
+        if names:
+            out.append(f"no value for {what} {', '.join(names[:6])}"
+                       + (", ..." if len(names) > 6 else ""))
     return out
 
 

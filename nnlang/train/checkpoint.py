@@ -61,9 +61,14 @@ class Checkpoint:
         `optimizer`) and its place in the schedule (step, epoch, plateau reductions), so
         training goes on where it stopped: the one place both a resumed run and
         `nnlang.restore` take it from."""
-        net.load_state_dict(self.state if optimizer else
-                            {k: v for k, v in self.state.items()
-                             if not k.startswith(OPTIMIZER_PREFIX)})
+        state = {k: v for k, v in self.state.items() if not k.startswith(OPTIMIZER_PREFIX)}
+        if optimizer:
+            # NOTE: a resume may change the optimizer: its slots the run had are loaded, new
+            # ones (momentum added) start at zero as in a fresh run, and the old optimizer's
+            # (Adam's m and v after a switch to sgd) are left out, not carried on in the net
+            own = {k: v for k, v in net.state_dict().items() if k.startswith(OPTIMIZER_PREFIX)}
+            state |= {k: self.state.get(k, v) for k, v in own.items()}
+        net.load_state_dict(state)
         net.step, net.epoch = self.step, self.epoch
         net.lr_scale = self.meta.get("lr_scale", 1.0)
 

@@ -80,13 +80,24 @@ def apply_overrides(cfg: TrainConfig, kw: dict) -> TrainConfig:
         elif sched is not None and k in sched.options:
             sched = Choice(sched.name, {**sched.options, k: _like(k, sched.options[k], v)})
         else:
-            known = [*_SCALARS, *opt.options, *(sched.options if sched else ())]
-            raise NNError(f"unknown train setting '{k}'",
-                          hint=f"settings: {', '.join(known)} (optimizer {opt.name})")
+            raise NNError(f"unknown train setting '{k}'", hint=_unknown_hint(k, opt, sched))
     data = cfg.data
     if kw.get("data") is not None:
         data = feeds.replace_data(cfg.data, str(kw["data"]))
     return replace(cfg, data=data, optimizer=opt, schedule=sched, **scalars)
+
+
+def _unknown_hint(k: str, opt: Choice, sched: Choice | None) -> str:
+    """Where a --set name goes that is no setting of this run: an option of another optimizer
+    or schedule needs that one named too; else the settings there are."""
+    for what, table, now in (("optimizer", OPTIMIZERS, opt), ("schedule", SCHEDULES, sched)):
+        owners = [n for n, d in table.items() if any(p.name == k for p in d.sig.params)]
+        if owners:
+            which = f", not of {now.name}" if now else " (this run has none)"
+            return (f"'{k}' is an option of {what} {', '.join(owners)}{which}: "
+                    f"add --set {what}={owners[0]}")
+    known = [*_SCALARS, "optimizer", "schedule", *opt.options, *(sched.options if sched else ())]
+    return f"settings: {', '.join(known)} (optimizer {opt.name})"
 
 
 def _spelled(value) -> tuple[str, dict]:

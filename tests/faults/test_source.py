@@ -279,6 +279,35 @@ def test_empty_files_say_what_is_missing(tmp_path, text):
            "add `model Name(...) { ... }`")
 
 
+def test_a_file_that_only_imports_models_says_to_choose_one(tmp_path):
+    """docs/language.md: when a file with its imports defines several models, --model picks
+    one. A file with no model of its own said "add `model Name(...) { ... }`", though
+    --model picks an imported one."""
+    nn_file(tmp_path, model("y = v").replace("model M", "model A") +
+            model("y = v").replace("model M", "model B"), "lib.nn")
+    path = nn_file(tmp_path, 'import "lib.nn"\n')
+    out = cli("check", path)
+    expect(out, f"{path}:1:1: error: this file defines no model; its imports define A, B",
+           "hint: pass --model NAME")
+    assert "add `model" not in out
+    expect(cli("check", "-q", path, "--model", "B", code=0))
+
+
+@pytest.mark.parametrize("call, hint", [
+    ("y = dense(v, 3, share = v)", "`b = dense(..., share = a)` reuses the weights of "
+                                   "`a = dense(...)`"),
+    ("y = Two(v, share = v)", "`b = Two(..., share = a)` reuses the weights of `a = Two(...)`"),
+])
+def test_share_of_a_value_no_layer_made_says_so(tmp_path, call, hint):
+    """language.md: share = names a value a layer or a block call produced. Naming an input
+    said "share= names a value produced by a layer with weights", as if it did, and a block
+    call got a dense example."""
+    block = "block Two(x) {\n  return dense(x, 3)\n}\n"
+    out = cli("check", nn_file(tmp_path, block + model(call)))
+    expect(out, "error: share = names 'v', which no layer with weights or block call made",
+           hint)
+
+
 def test_a_long_line_is_shown_as_a_window(tmp_path):
     path = nn_file(tmp_path, model("y = v" + " + v" * 20_000 + " + $"))
     out = cli("check", path)

@@ -113,6 +113,24 @@ def test_replace_data_with_another_table_drops_the_tables_beside_the_old_one(tmp
                                                                             "target": "y"})
 
 
+def test_a_set_option_of_another_optimizer_or_schedule_says_where_it_goes():
+    """language.md: --set takes an optimizer's or a schedule's option by its name. On an adam
+    run without a schedule, --set momentum=0.9 and --set gamma=0.5 were "unknown train
+    setting", with a hint listing neither optimizer nor schedule."""
+    cfg = TrainConfig()
+    with pytest.raises(NNError, match="unknown train setting 'momentum'") as info:
+        apply_overrides(cfg, {"momentum": 0.9})
+    assert info.value.hint == ("'momentum' is an option of optimizer sgd, rmsprop, not of adam: "
+                               "add --set optimizer=sgd")
+    with pytest.raises(NNError) as info:
+        apply_overrides(cfg, {"gamma": 0.5})
+    assert info.value.hint == ("'gamma' is an option of schedule step, exponential (this run "
+                               "has none): add --set schedule=step")
+    with pytest.raises(NNError) as info:
+        apply_overrides(cfg, {"zzz": 1})
+    assert "optimizer, schedule" in info.value.hint
+
+
 def test_flag_overrides():
     cfg = TrainConfig(optimizer=Choice("sgd", {"lr": 0.1, "momentum": 0.0}))
     new = apply_overrides(cfg, {"lr": 1, "momentum": 0.9, "epochs": 3.0, "clip_norm": 1})

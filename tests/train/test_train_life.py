@@ -200,6 +200,23 @@ def test_plateau_resume_is_exact(folder):
         np.testing.assert_array_equal(resumed.net.state_dict()[k], v, err_msg=k)
 
 
+def test_a_resume_that_changes_the_optimizer_takes_its_slots(folder):
+    """A run on adam resumed with --set optimizer=sgd --set momentum=0.9: the new optimizer's
+    slots (momentum) start at zero, and Adam's m and v are not loaded into the sgd net (they
+    were, and went on into its checkpoints); a strict load_state_dict of a partial optimizer
+    state would refuse the checkpoint."""
+    from nnlang_cli.app import parse_overrides
+    train(folder, "", epochs=1)
+    more = fit(str(folder / "tiny.nn"), out=folder / "run", resume=True, backend="reference",
+               progress=False, overrides=parse_overrides(["optimizer=sgd", "momentum=0.9",
+                                                          "epochs=2"]))
+    params = set(more.net.parameters())
+    want = params | {"optimizer.step"} | {f"optimizer.momentum.{k}" for k in params}
+    assert len(more.rows) == 2 and more.net.step > 0
+    assert set(more.net.state_dict()) == want
+    assert set(checkpoint.load(folder / "run").state) == want
+
+
 def test_l1_adds_lambda_sum_abs_weights(folder):
     overfit_data(folder)
     program = nnlang.load(overfit_source(""))
