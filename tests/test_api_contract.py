@@ -322,3 +322,41 @@ def test_a_comment_edit_is_no_change_to_the_trained_source(tmp_path):
     assert "differs from the source" not in notes(edited)
     changed = source.replace("|> relu", "|> tanh")
     assert "differs from the source" in notes(changed)
+
+
+def test_keys_that_are_not_names_and_a_step_count_that_is_not_one_are_refused():
+    """feeds={0: x} and a state dict with an int key failed with AttributeError ('int' object
+    has no attribute 'startswith'); an optimizer.step of -3 or 3.7 was loaded as the net's
+    step (-3, or cut to 3) and NaN raised a bare ValueError."""
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    x = np.ones((4, 12), np.float32)
+    with pytest.raises(NNError, match=r"feeds: the key 0 \(int\) is not a name.*\n.*image, label"):
+        net.forward({0: x})
+    state = net.state_dict()
+    for strict in (True, False):
+        with pytest.raises(NNError, match=r"state dict: the key 5 \(int\) is not a name"):
+            net.load_state_dict({**state, 5: np.ones(3)}, strict=strict)
+    for bad in (-3, 3.7, np.nan, True):
+        with pytest.raises(NNError, match=r"'optimizer.step' is .*: the optimizer's step count "
+                                          "is a whole number of at least 0"):
+            net.load_state_dict({**state, "optimizer.step": bad})
+        assert net.step == 0
+    net.load_state_dict({**state, "optimizer.step": 7.0})
+    assert net.step == 7 and net.state_dict()["optimizer.step"] == 7
+
+
+def test_prepare_and_graph_name_their_kind_and_batch():
+    """prepare("bogus") compiled an evaluation executable under the key "bogus", prepare(batch=
+    "4") one keyed by the text "4", and prepare(batch=0) silently the net's own batch."""
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    with pytest.raises(NNError, match=r"prepare\(kind='evl'\): the kinds of executable are "
+                                      r"train, eval, predict.*\n.*did you mean 'eval'"):
+        net.prepare("evl")
+    with pytest.raises(NNError, match=r"graph\(kind='bogus'\)"):
+        net.graph("bogus")
+    for bad in (0, "4", 2.0, -1):
+        with pytest.raises(NNError, match=r"prepare\(batch=.*\): a batch size is a whole number"):
+            net.prepare("predict", batch=bad)
+    assert not net._exes
+    net.prepare("predict", batch=3)
+    assert list(net._exes) == [("predict", 3)]

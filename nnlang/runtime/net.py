@@ -153,6 +153,7 @@ class Net:
         if not hasattr(state, "items"):
             raise NNError(f"a state dict maps names to arrays; got {type(state).__name__}",
                           hint="pass what net.state_dict() or net.parameters() returns")
+        _check_names(state, "state dict", "state names", self.user.params)
         unexpected = [k for k in state if self._state_shape(k) is None]
         missing = [k for k in self.user.params if k not in state]
         if strict and (unexpected or missing):
@@ -168,6 +169,14 @@ class Net:
                               f"{self._state_shape(k)}", hint="was it saved from another "
                               "model or with other --set values?")
             arrays[k] = arr
+        if STEP_SLOT in arrays:
+            step = arrays[STEP_SLOT]  # NOTE: int() would cut 3.7 and fail on NaN
+            if step.dtype.kind == "b" or not (np.isfinite(step) and step >= 0
+                                               and step == np.trunc(step)):
+                raise NNError(f"state value '{STEP_SLOT}' is {step.item()!r}: the optimizer's "
+                              "step count is a whole number of at least 0",
+                              hint="pass the value state_dict() gave, or leave it out to keep "
+                                   "this net's")
         with self._lock:
             for k, arr in arrays.items():
                 if k in self.state and _on_device(self.state[k]):
@@ -246,12 +255,16 @@ class Net:
         return _compile(g, self.backend, self.state, self.disable), g
 
     def prepare(self, kind: str = "train", batch: int | None = None) -> None:
-        """Compiles the `kind` executable for `batch` now rather than on its first call."""
+        """Compiles the `kind` executable (train | eval | predict) for `batch` now rather than
+        on its first call."""
+        _check_kind(kind, "prepare")
+        _check_batch(batch, "prepare", "leave it out to prepare the net's own batch")
         with self._lock:
             self._exe(kind, batch or self.batch)
 
     def graph(self, kind: str = "train"):
         """The optimized-input primitive graph of `kind` (train | eval | predict)."""
+        _check_kind(kind, "graph")
         with self._lock:
             return self._exe(kind, self.batch)[1]
 
@@ -261,6 +274,8 @@ class Net:
         if not isinstance(feeds, dict):
             raise NNError(f"feeds are {type(feeds).__name__}: give a dict of input name -> "
                           "array", hint=f"the model's inputs: {_names(self.user)}")
+        _check_names(feeds, "feeds", "input names",
+                     [n for n in self.user.inputs if not n.startswith("_")])
         out = dict(feeds)
         for name, nid in self.user.inputs.items():
             if name in feeds:
@@ -527,10 +542,7 @@ def _check_options(batch, dtype, seed, disable, total_steps=0, steps_per_epoch=N
                           1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
             raise NNError(f"{what}={v!r}: a whole number of at least {low}")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
-                              or not 1 <= batch <= MAX_BATCH):
-        raise NNError(f"batch={batch!r}: a batch size is a whole number from 1 to 2**31 - 1",
-                      hint="leave it out to use the train section's batch")
+    _check_batch(batch, "", "leave it out to use the train section's batch")
     if dtype not in ("float32", "float64"):
         raise NNError(f"dtype={dtype!r}: nets compute in float32 or float64",
                       hint="int inputs keep the dtype the model declares for them")
@@ -538,6 +550,35 @@ def _check_options(batch, dtype, seed, disable, total_steps=0, steps_per_epoch=N
                              or seed < 0):
         raise NNError(f"seed={seed!r}: a seed is a whole number of at least 0")
     return switched_off(disable)
+
+
+def _check_names(mapping: dict, what: str, names: str, known) -> None:
+    """The keys of a dict of arrays are names (strings), or the lookups below would fail on
+    one; an int key is what a user indexing feeds by position writes."""
+    for key in mapping:
+        if not isinstance(key, str):
+            raise NNError(f"{what}: the key {key!r} ({type(key).__name__}) is not a name; the "
+                          f"keys are {names}", hint=f"the model's: {', '.join(list(known)[:8])}"
+                          + (", ..." if len(known) > 8 else ""))
+
+
+def _check_batch(batch, where: str, hint: str) -> None:
+    """`batch` (None: the default) is a whole number of rows an executable can count."""
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
+                              or not 1 <= batch <= MAX_BATCH):
+        raise NNError(f"{where + '(' if where else ''}batch={batch!r}{')' if where else ''}: a "
+                      "batch size is a whole number from 1 to 2**31 - 1", hint=hint)
+
+
+# NOTE: the executables a caller may ask for by name; `grad:...` ones are gradients()' own
+KINDS = ("train", "eval", "predict")
+
+
+def _check_kind(kind, where: str) -> None:
+    if kind not in KINDS:
+        raise NNError(f"{where}(kind={kind!r}): the kinds of executable are "
+                      f"{', '.join(KINDS)}", hint=did_you_mean(kind, KINDS)
+                      if isinstance(kind, str) else None)
 
 
 def _numbers(value, what: str, declared: str = "") -> np.ndarray:
