@@ -360,3 +360,29 @@ def test_prepare_and_graph_name_their_kind_and_batch():
     assert not net._exes
     net.prepare("predict", batch=3)
     assert list(net._exes) == [("predict", 3)]
+
+
+def test_overrides_take_python_and_numpy_values_and_name_the_bad_ones():
+    """np.int64(5) for a layer size was "dense() argument 'units': expected an integer, got 5";
+    a list of pairs, an int key or model=3 failed with AttributeError (.lower); a numpy array
+    or a dict went into the elaborator as is."""
+    src = ("model M(h = 3, p = 0.5, sizes = [2, 3]) {\n  input x: float32[batch, 4]\n"
+           "  output y = dropout(dense(x, h), p)\n  output z = dense(x, sizes[1])\n}\n")
+    got = nnlang.load(src, {"h": np.int64(5), "p": np.float64(0.25),
+                            "sizes": (4, np.int32(6))}).hparams
+    assert got == {"h": 5, "p": 0.25, "sizes": [4, 6]}
+    assert type(got["h"]) is int and type(got["p"]) is float
+    net = nnlang.compile(src, overrides={"h": np.array(7)})
+    assert net.parameters()["y.bias"].shape == (7,)
+    bad = [([("h", 3)], "overrides are a list: give a dict"),
+           ({3: 3}, r"overrides: the key 3 \(int\) is not a name"),
+           ({"h": np.ones(2)}, r"overrides\['h'\] is a ndarray; a hyper-parameter is a number"),
+           ({"sizes": [1, {}]}, r"overrides\['sizes'\] is a dict"),
+           ({"p": float("nan")}, r"overrides\['p'\] = nan: a hyper-parameter is a finite")]
+    for overrides, words in bad:
+        with pytest.raises(NNError, match=words):
+            nnlang.load(src, overrides)
+    with pytest.raises(NNError, match="model=3: a model is chosen by its name"):
+        nnlang.load(src, model=3)
+    with pytest.raises(NNError, match=r"model=\['M'\]: a model is chosen by its name"):
+        nnlang.compile(src, model_name=["M"])
