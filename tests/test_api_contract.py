@@ -386,3 +386,19 @@ def test_overrides_take_python_and_numpy_values_and_name_the_bad_ones():
         nnlang.load(src, model=3)
     with pytest.raises(NNError, match=r"model=\['M'\]: a model is chosen by its name"):
         nnlang.compile(src, model_name=["M"])
+
+
+def test_emit_and_dot_take_a_compiled_net_and_a_whole_depth():
+    """nnlang.emit(program, "user") and nnlang.emit("model.nn", ...) failed with
+    AttributeError ('Program' object has no attribute 'user'); dot(depth="2") with TypeError."""
+    net = nnlang.compile(DENSE)
+    for model in (nnlang.load(DENSE), DENSE):
+        with pytest.raises(NNError, match=f"nnlang.emit takes a compiled Net, not a "
+                                          f"{type(model).__name__}.*\n.*nnlang.compile"):
+            nnlang.emit(model, "user")
+        with pytest.raises(NNError, match="nnlang.dot takes a compiled Net"):
+            nnlang.dot(model)
+    for depth in ("2", 1.5, True):
+        with pytest.raises(NNError, match=f"depth {depth!r}: it must be a whole number"):
+            nnlang.dot(net, depth=depth)
+    assert nnlang.dot(net, depth=np.int64(1)) == nnlang.dot(net, depth=1)

@@ -49,30 +49,40 @@ def _weights_of(model, checkpoint, overrides, model_name, console=None):
     if isinstance(model, Net):
         if checkpoint is not None:
             raise NNError("pass a checkpoint or a compiled net, not both")
+        _same_as_trained(model, overrides, model_name, "this compiled net")
         return model
     if checkpoint is not None:
         from nnlang.train.inference import restore
         net = restore(model, checkpoint, backend="reference", console=console,
                       optimizer=False)[0]
-        _same_as_trained(net, overrides, model_name)
+        _same_as_trained(net, overrides, model_name, "its checkpoint")
         return net
     from nnlang.frontend.elaborate import load
-    program = model if hasattr(model, "graph") else load(model, overrides, model_name)
-    return Net(program, backend="reference", batch=1)
+    if hasattr(model, "graph"):
+        # NOTE: a Program is built already: overrides that would change it were dropped
+        net = Net(model, backend="reference", batch=1)
+        _same_as_trained(net, overrides, model_name, "this Program")
+        return net
+    return Net(load(model, overrides, model_name), backend="reference", batch=1)
 
 
-def _same_as_trained(net, overrides, model_name) -> None:
-    """A checkpoint fixes the model and its hyper-parameters: asking for others is an error,
-    not a file of the trained model under another name."""
+def _same_as_trained(net, overrides, model_name, holder: str) -> None:
+    """A checkpoint, a compiled net or a Program (`holder`) fixes the model and its
+    hyper-parameters: asking for others is an error, not a file of that model under another
+    name."""
+    from nnlang.frontend.elaborate import checked_overrides
     if model_name is not None and model_name != net.program.model:
-        raise NNError(f"the checkpoint holds model '{net.program.model}', not '{model_name}'",
-                      hint="leave model_name out, or pass a checkpoint of that model")
+        raise NNError(f"{holder} holds model '{net.program.model}', not '{model_name}'",
+                      hint="leave model_name out, or pass " + (
+                          "a checkpoint of that model" if "checkpoint" in holder else
+                          "the .nn path or source to build that model from"))
     hp = net.program.hparams
-    other = [k for k, v in (overrides or {}).items() if hp.get(k, v) != v or k not in hp]
+    other = [k for k, v in checked_overrides(overrides).items()
+             if hp.get(k, v) != v or k not in hp]
     if other:
         trained = ", ".join(f"{k} = {hp[k]!r}" if k in hp else f"no {k}" for k in other)
-        raise NNError(f"overrides cannot change a trained model: its checkpoint has {trained}",
-                      hint="leave overrides out: the checkpoint's own values are used")
+        raise NNError(f"overrides cannot change a model that is built already: {holder} has "
+                      f"{trained}", hint="leave overrides out: its own values are used")
 
 
 def _write(proto, path: Path) -> None:
