@@ -402,3 +402,33 @@ def test_emit_and_dot_take_a_compiled_net_and_a_whole_depth():
         with pytest.raises(NNError, match=f"depth {depth!r}: it must be a whole number"):
             nnlang.dot(net, depth=depth)
     assert nnlang.dot(net, depth=np.int64(1)) == nnlang.dot(net, depth=1)
+
+
+def test_arrays_numpy_cannot_read_are_named_not_taken_for_ragged_rows():
+    """A bfloat16 torch tensor was "input 'x' is not an array: its rows have different
+    lengths"; one that requires grad (and any object whose __array__ raises) escaped as a raw
+    RuntimeError, from forward and from load_state_dict alike."""
+    class Unreadable:
+        def __array__(self, dtype=None, copy=None):
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad")
+
+    net = nnlang.compile(DENSE, seed=0)
+    with pytest.raises(NNError, match=r"input 'x' \(a Unreadable\) cannot be read as a numpy "
+                                      r"array: Can't call numpy\(\).*\n.*detach"):
+        net.forward({"x": Unreadable()})
+    with pytest.raises(NNError, match=r"state value 'y.bias' \(a Unreadable\) cannot be read"):
+        net.load_state_dict({**net.state_dict(), "y.bias": Unreadable()})
+    with pytest.raises(NNError, match="rows have different lengths"):
+        net.forward({"x": [[1.0, 2.0, 3.0, 4.0], [1.0]]})
+
+
+def test_torch_tensors_feed_as_their_numpy_arrays():
+    torch = pytest.importorskip("torch")
+    net = nnlang.compile(DENSE, seed=0)
+    x = torch.randn(3, 4)
+    want = net.forward({"x": x.numpy()})["y"]
+    np.testing.assert_array_equal(net.forward({"x": x})["y"], want)
+    with pytest.raises(NNError, match=r"input 'x' \(a Tensor\) cannot be read as a numpy array"):
+        net.forward({"x": x.clone().requires_grad_()})
+    with pytest.raises(NNError, match=r"input 'x' \(a Tensor\) cannot be read as a numpy array"):
+        net.forward({"x": x.to(torch.bfloat16)})

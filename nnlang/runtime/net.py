@@ -586,9 +586,14 @@ def _numbers(value, what: str, declared: str = "") -> np.ndarray:
     complex numbers, None, rows of different lengths) is an error naming `what`."""
     try:
         arr = np.asarray(value)
-    except (ValueError, TypeError):
-        raise NNError(f"{what} is not an array: its rows have different lengths",
-                      hint="pad the rows to one length") from None
+    except Exception as err:  # NOTE: a foreign array's __array__ may raise anything
+        if isinstance(value, (list, tuple)) and isinstance(err, ValueError):
+            raise NNError(f"{what} is not an array: its rows have different lengths",
+                          hint="pad the rows to one length") from None
+        # NOTE: e.g. a torch tensor that requires grad, or in bfloat16, which numpy lacks
+        raise NNError(f"{what} (a {type(value).__name__}) cannot be read as a numpy array: "
+                      f"{err}", hint="pass a numpy array of numbers (for a torch tensor: "
+                      "t.detach().cpu().float().numpy())") from None
     if arr.dtype.kind not in "biuf":
         got = f"a {type(value).__name__}" if arr.ndim == 0 and arr.dtype == object else \
             {"U": "text", "S": "bytes", "c": "complex numbers", "M": "dates",
