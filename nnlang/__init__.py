@@ -38,8 +38,9 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
     the train section's epochs times it. `model_name` picks one model of a file that defines
     several; `overrides` set its hyper-parameters (for a `Program`, pass them to `load`, which
     builds it)."""
+    from nnlang.frontend.elaborate import Program
     from nnlang.runtime.net import Net
-    if hasattr(model, "graph"):
+    if isinstance(model, Program):  # NOTE: not hasattr "graph": a Net has a graph() too
         if overrides or model_name:
             raise NNError("overrides and model_name apply when a model is built from its source"
                           "; this Program is built already",

@@ -432,3 +432,32 @@ def test_torch_tensors_feed_as_their_numpy_arrays():
         net.forward({"x": x.clone().requires_grad_()})
     with pytest.raises(NNError, match=r"input 'x' \(a Tensor\) cannot be read as a numpy array"):
         net.forward({"x": x.to(torch.bfloat16)})
+
+
+def test_checkpoints_and_models_of_the_wrong_kind_are_named(tmp_path):
+    """restore(net, run) failed with AttributeError (a Net has a graph() method, so it passed
+    for a Program), compile(net) too; restore(file, None), compile(init_from=3) and
+    export_onnx(path=3) with pathlib's TypeError; restore(batch=0) silently used the run's
+    batch."""
+    from nnlang.train.trainer import fit
+    from tests.tiny_run import tiny_data, tiny_source
+    tiny_data(tmp_path)
+    nn = tmp_path / "tiny.nn"
+    nn.write_text(tiny_source())
+    run = tmp_path / "run"
+    fit(str(nn), {"epochs": 1}, str(tmp_path / "tiny.npz"), out=run, max_steps=2,
+        progress=False)
+    net = nnlang.compile(nn, batch=4)
+    for call in (lambda: nnlang.restore(net, run), lambda: nnlang.compile(net)):
+        with pytest.raises(NNError, match="a model is a .nn path or source text, not Net"):
+            call()
+    with pytest.raises(NNError, match="the checkpoint is a path .*, not None"):
+        nnlang.restore(nn, None)
+    for bad, words in ((3, "not 3"), ({"h.weight": np.ones((4, 8))}, "not a dict")):
+        with pytest.raises(NNError, match=f"init_from is a path .*, {words}"):
+            nnlang.compile(nn, init_from=bad)
+    with pytest.raises(NNError, match=r"export_onnx\(path=...\) is a path .*, not 3"):
+        nnlang.export_onnx(net, path=3)
+    with pytest.raises(NNError, match="batch=0: a batch size is a whole number"):
+        nnlang.restore(nn, run, batch=0)
+    assert nnlang.restore(nnlang.load(nn), run, batch=2).batch == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnlang.errors import NNError
+from nnlang.files import as_path
 
 
 def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None,
@@ -24,7 +25,7 @@ def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None
     net = _weights_of(model, checkpoint, overrides, model_name, console)
     proto = build_model(net.user, net.parameters())
     if path is not None:
-        _write(proto, Path(path))
+        _write(proto, as_path(path, "export_onnx(path=...)", "the .onnx file to write"))
     return proto
 
 
@@ -58,7 +59,8 @@ def _weights_of(model, checkpoint, overrides, model_name, console=None):
         _same_as_trained(net, overrides, model_name, "its checkpoint")
         return net
     from nnlang.frontend.elaborate import load
-    if hasattr(model, "graph"):
+    from nnlang.frontend.elaborate import Program
+    if isinstance(model, Program):
         # NOTE: a Program is built already: overrides that would change it were dropped
         net = Net(model, backend="reference", batch=1)
         _same_as_trained(net, overrides, model_name, "this Program")
