@@ -330,8 +330,9 @@ def test_keys_that_are_not_names_and_a_step_count_that_is_not_one_are_refused():
     step (-3, or cut to 3) and NaN raised a bare ValueError."""
     net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
     x = np.ones((4, 12), np.float32)
-    with pytest.raises(NNError, match=r"feeds: the key 0 \(int\) is not a name.*\n.*image, label"):
-        net.forward({0: x})
+    with pytest.raises(NNError, match=r"feeds: the key 0 \(int\) is not a name.*\n"
+                                      r".*image, label"):
+        net.evaluate({0: x})
     state = net.state_dict()
     for strict in (True, False):
         with pytest.raises(NNError, match=r"state dict: the key 5 \(int\) is not a name"):
@@ -461,3 +462,13 @@ def test_checkpoints_and_models_of_the_wrong_kind_are_named(tmp_path):
     with pytest.raises(NNError, match="batch=0: a batch size is a whole number"):
         nnlang.restore(nn, run, batch=0)
     assert nnlang.restore(nnlang.load(nn), run, batch=2).batch == 2
+
+
+
+def test_last_metrics_is_empty_before_the_first_step():
+    """It was set by the first train_step only: reading it before was AttributeError."""
+    net = nnlang.compile(CLASSIFIER.replace("loss ce", "metric acc = accuracy(logits, label)\n"
+                                            "  loss ce"), batch=4, seed=0)
+    assert net.last_metrics == {}
+    net.train_step({"image": np.ones((4, 12)), "label": [0, 1, 2, 0]})
+    assert set(net.last_metrics) == {"acc"}

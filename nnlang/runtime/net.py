@@ -103,6 +103,7 @@ class Net:
         self.step = 0
         self.epoch = 0
         self.lr_scale = 1.0       # a plateau schedule's reductions so far (the trainer sets it)
+        self.last_metrics: dict = {}   # the metrics of the last train_step read
         self._unread: list = []   # (executable, device results) of unfetched train steps
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = total_steps or (steps_per_epoch or 0) * self.config.epochs
