@@ -472,3 +472,29 @@ def test_last_metrics_is_empty_before_the_first_step():
     assert net.last_metrics == {}
     net.train_step({"image": np.ones((4, 12)), "label": [0, 1, 2, 0]})
     assert set(net.last_metrics) == {"acc"}
+
+
+def test_optimizer_state_of_another_optimizer_is_not_this_nets():
+    """Adam's moments loaded strictly into an SGD net were kept (never read) and written to
+    every state_dict and checkpoint after; strict=True promises an error for a name the net
+    does not know, and strict=False reports them as unexpected."""
+    adam = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    adam.train_step({"image": np.ones((4, 12)), "label": [0, 1, 2, 0]})
+    sgd = nnlang.compile(CLASSIFIER.replace("adam(lr = 1.0)", "sgd(lr = 0.1)"), batch=4)
+    momentum = nnlang.compile(CLASSIFIER.replace("adam(lr = 1.0)", "sgd(lr = 0.1, momentum = "
+                                                 "0.9)"), batch=4)
+    with pytest.raises(NNError, match="'optimizer.m.logits.weight' is optimizer state that this "
+                                      "net's sgd does not keep"):
+        sgd.load_state_dict(adam.state_dict())
+    report = sgd.load_state_dict(adam.state_dict(), strict=False)
+    assert sorted(report.unexpected) == ["optimizer.m.logits.bias", "optimizer.m.logits.weight",
+                                         "optimizer.v.logits.bias", "optimizer.v.logits.weight"]
+    assert sorted(sgd.state_dict()) == ["logits.bias", "logits.weight", "optimizer.step"]
+    np.testing.assert_array_equal(sgd.parameters()["logits.weight"],
+                                  adam.parameters()["logits.weight"])
+    assert sgd.step == 1
+    state = momentum.state_dict()      # its own slots load, before and after a step
+    assert "optimizer.momentum.logits.weight" in state
+    momentum.load_state_dict(state)
+    momentum.train_step({"image": np.ones((4, 12)), "label": [0, 1, 2, 0]})
+    momentum.load_state_dict(momentum.state_dict())

@@ -134,15 +134,21 @@ class Net:
     def state_dict(self) -> dict:
         """The weights and the optimizer's state, by name."""
         out = {k: _host(v) for k, v in self.state.items()}
-        if STEP_SLOT not in self.state and self.user.losses:
+        if STEP_SLOT not in self.state:
             # NOTE: before the first step the slots do not exist yet; without their zeros a
             # dict taken now would, loaded later, leave the optimizer's state as it is then
-            trained = {k: tuple(int(d) for d in self.user.node(v).attrs["shape"])
-                       for k, v in self.user.params.items()
-                       if self.user.node(v).attrs.get("trainable", True)}
             out.update({k: np.zeros(shape, self.dtype)
-                        for k, shape in initial_state(self.config.optimizer, trained).items()})
+                        for k, shape in self._optimizer_state().items()})
         return out
+
+    def _optimizer_state(self) -> dict:
+        """{name: shape} of the state this net's optimizer keeps (none without a loss)."""
+        if not self.user.losses:
+            return {}
+        trained = {k: tuple(int(d) for d in self.user.node(v).attrs["shape"])
+                   for k, v in self.user.params.items()
+                   if self.user.node(v).attrs.get("trainable", True)}
+        return initial_state(self.config.optimizer, trained)
 
     def load_state_dict(self, state: dict, strict: bool = True) -> "Loaded":
         """Copies `state` (name -> array, as `state_dict()` gives it) into the net, all or
@@ -158,7 +164,8 @@ class Net:
         unexpected = [k for k in state if self._state_shape(k) is None]
         missing = [k for k in self.user.params if k not in state]
         if strict and (unexpected or missing):
-            raise NNError("; ".join(_state_problems(unexpected, missing, self.user.params)),
+            raise NNError("; ".join(_state_problems(unexpected, missing, self.user.params,
+                                                   self.config.optimizer.name)),
                           hint="pass strict=False to load only the names the net knows")
         arrays = {}
         for k, v in state.items():
@@ -196,7 +203,11 @@ class Net:
             return tuple(self.state[name].shape)
         if name == STEP_SLOT:
             return ()
-        nid = self.user.params.get(slot_param(name) or name)
+        if slot_param(name) is not None:
+            # NOTE: only the slots this optimizer keeps: Adam's moments loaded into an SGD net
+            # were kept, unread, and written to its checkpoints from then on
+            return self._optimizer_state().get(name)
+        nid = self.user.params.get(name)
         return None if nid is None else tuple(int(d) for d in self.user.node(nid).attrs["shape"])
 
     # *** executables ***
@@ -522,9 +533,13 @@ class Loaded(NamedTuple):
     unexpected: list
 
 
-def _state_problems(unexpected: list, missing: list, known) -> list[str]:
+def _state_problems(unexpected: list, missing: list, known, optimizer: str) -> list[str]:
     out = []
     for name in unexpected[:3]:
+        if slot_param(name) in known:
+            out.append(f"'{name}' is optimizer state that this net's {optimizer} does not "
+                       "keep (saved with another optimizer?)")
+            continue
         hint = did_you_mean(name, known)
         out.append(f"'{name}' is not in this model's state" + (f" ({hint})" if hint else ""))
     if len(unexpected) > 3:
