@@ -498,3 +498,21 @@ def test_optimizer_state_of_another_optimizer_is_not_this_nets():
     momentum.load_state_dict(state)
     momentum.train_step({"image": np.ones((4, 12)), "label": [0, 1, 2, 0]})
     momentum.load_state_dict(momentum.state_dict())
+
+
+def test_a_weight_too_large_for_the_nets_dtype_is_refused_not_made_infinite():
+    net = nnlang.compile(DENSE, seed=0)
+    before = net.parameters()
+    w = np.full((4, 2), 0.5)
+    w[1, 1] = 1e300
+    with pytest.raises(NNError, match=r"state value 'y.weight' holds 1e\+300, which float32 "
+                                      "cannot hold"):
+        net.load_state_dict({"y.weight": w, "y.bias": np.zeros(2)})
+    np.testing.assert_array_equal(net.parameters()["y.weight"], before["y.weight"])
+    w[1, 1] = np.inf   # NOTE: infinity is infinity in any dtype: loaded as given
+    net.load_state_dict({"y.weight": w, "y.bias": np.zeros(2)})
+    assert net.parameters()["y.weight"][1, 1] == np.inf
+    wide = nnlang.compile(DENSE, seed=0, dtype="float64")
+    w[1, 1] = 1e300
+    wide.load_state_dict({"y.weight": w, "y.bias": np.zeros(2)})
+    assert wide.parameters()["y.weight"][1, 1] == 1e300

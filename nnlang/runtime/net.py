@@ -176,6 +176,7 @@ class Net:
                 raise NNError(f"state value '{k}' has shape {arr.shape}, the model expects "
                               f"{self._state_shape(k)}", hint="was it saved from another "
                               "model or with other --set values?")
+            _check_fits(arr, self.dtype, f"state value '{k}'")
             arrays[k] = arr
         if STEP_SLOT in arrays:
             step = arrays[STEP_SLOT]  # NOTE: int() would cut 3.7 and fail on NaN
@@ -618,6 +619,18 @@ def _numbers(value, what: str, declared: str = "") -> np.ndarray:
                                                if declared else ""),
                       hint="give a numpy array (or nested lists) of numbers")
     return arr
+
+
+def _check_fits(arr: np.ndarray, dtype: str, what: str) -> None:
+    """A finite float too large for `dtype` (1e300 into float32) would be cast to infinity
+    with only numpy's RuntimeWarning."""
+    if arr.dtype.kind != "f" or arr.dtype.itemsize <= np.dtype(dtype).itemsize or not arr.size:
+        return
+    finite = np.abs(arr[np.isfinite(arr)])
+    if finite.size and finite.max() > np.finfo(dtype).max:
+        raise NNError(f"{what} holds {finite.max().item():g}, which {dtype} cannot hold (its "
+                      f"largest is {np.finfo(dtype).max:g})", hint="was it saved from another "
+                      "program? scale it, or compile the net with dtype=\"float64\"")
 
 
 def _check_ids(arr: np.ndarray, name: str, dtype: str, declared: str) -> None:
