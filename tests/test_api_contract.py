@@ -516,3 +516,15 @@ def test_a_weight_too_large_for_the_nets_dtype_is_refused_not_made_infinite():
     w[1, 1] = 1e300
     wide.load_state_dict({"y.weight": w, "y.bias": np.zeros(2)})
     assert wide.parameters()["y.weight"][1, 1] == 1e300
+
+
+def test_a_feed_too_large_for_the_inputs_dtype_is_refused_not_made_infinite():
+    """float64 data past float32's range became inf inside the net (numpy warned, the outputs
+    were inf or NaN); the data loader refuses such values, and so does a call now."""
+    net = nnlang.compile(DENSE, seed=0)
+    x = np.ones((2, 4))
+    x[1, 2] = -3e39
+    with pytest.raises(NNError, match=r"input 'x' holds -3e\+39, which float32 cannot hold"):
+        net.forward({"x": x})
+    x[1, 2] = np.nan   # NOTE: NaN stays the caller's to feed, as in the data it came from
+    assert np.isnan(net.forward({"x": x})["y"][1]).all()

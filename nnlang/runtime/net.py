@@ -328,6 +328,8 @@ class Net:
             user = self.user.node(self.user.inputs[name])
             if node.dtype.startswith("int"):
                 _check_ids(arr, name, node.dtype, user.type)
+            else:   # NOTE: a pass over the data only when it is wider than the input's dtype
+                _check_fits(arr, node.dtype, f"input '{name}'")
             want = tuple(int(d) for d in node.shape)
             if arr.shape != want:
                 batched = bool(user.shape) and isinstance(user.shape[0], Sym)
@@ -626,10 +628,12 @@ def _check_fits(arr: np.ndarray, dtype: str, what: str) -> None:
     with only numpy's RuntimeWarning."""
     if arr.dtype.kind != "f" or arr.dtype.itemsize <= np.dtype(dtype).itemsize or not arr.size:
         return
-    finite = np.abs(arr[np.isfinite(arr)])
-    if finite.size and finite.max() > np.finfo(dtype).max:
-        raise NNError(f"{what} holds {finite.max().item():g}, which {dtype} cannot hold (its "
-                      f"largest is {np.finfo(dtype).max:g})", hint="was it saved from another "
+    finite = arr[np.isfinite(arr)]
+    bad = finite[np.argmax(np.abs(finite))].item() if finite.size else 0.0
+    largest = float(np.finfo(dtype).max)   # NOTE: a Python float: no cast to warn in
+    if abs(bad) > largest:
+        raise NNError(f"{what} holds {bad:g}, which {dtype} cannot hold (its "
+                      f"largest is {largest:g})", hint="was it saved from another "
                       "program? scale it, or compile the net with dtype=\"float64\"")
 
 
