@@ -528,3 +528,28 @@ def test_a_feed_too_large_for_the_inputs_dtype_is_refused_not_made_infinite():
         net.forward({"x": x})
     x[1, 2] = np.nan   # NOTE: NaN stays the caller's to feed, as in the data it came from
     assert np.isnan(net.forward({"x": x})["y"][1]).all()
+
+
+def test_numpy_dtypes_and_none_for_no_passes_or_inputs_are_taken():
+    """compile(dtype=np.float32) was "nets compute in float32 or float64" (and
+    np.dtype("float64") was kept as a dtype object, not the name every other part reads);
+    disable=None and gradients(inputs=None) failed with TypeError (None is not iterable);
+    learning_rate("5") with TypeError, and learning_rate(-1) answered 0.0."""
+    src = CLASSIFIER.replace("constant(warmup = 10)", "constant(warmup = 4)")
+    for given, name in ((np.float32, "float32"), (np.dtype("float64"), "float64"),
+                        (np.float64, "float64")):
+        assert nnlang.compile(src, dtype=given).dtype == name
+    for bad in (None, "f4", np.int32):
+        with pytest.raises(NNError, match="nets compute in float32 or float64"):
+            nnlang.compile(src, dtype=bad)
+    net = nnlang.compile(src, batch=4, seed=0, disable=None)
+    assert net.disable == ()
+    with pytest.raises(NNError, match=r"disable=3: the names of passes"):
+        nnlang.compile(src, disable=3)
+    feeds = {"image": np.ones((4, 12)), "label": [0, 1, 2, 0]}
+    assert net.gradients(feeds, inputs=None).keys() == net.gradients(feeds).keys()
+    assert net.learning_rate(1) == pytest.approx(0.5)      # warm-up: (1 + 1) / 4 of lr 1.0
+    assert net.learning_rate(np.int64(1)) == net.learning_rate(1)
+    for bad in ("5", -1, 2.5, True):
+        with pytest.raises(NNError, match=r"learning_rate\(step=.*\): a step is a whole number"):
+            net.learning_rate(bad)

@@ -89,6 +89,7 @@ class Net:
         steps_per_epoch: the data's size in steps, from which `train_step` advances `epoch`
         itself (and total_steps defaults to the train section's epochs times it)."""
         check_backend(backend, device=False)
+        dtype = _dtype_name(dtype)
         self.disable = _check_options(batch, dtype, seed, disable, total_steps, steps_per_epoch)
         self.program, self.backend, self.dtype = program, backend, dtype
         self.config = config or program.train or _default_config()
@@ -365,6 +366,10 @@ class Net:
     def learning_rate(self, step: int | None = None) -> float:
         """The schedule's learning rate at (0-based) `step`, default the next step to run, in
         the current epoch: the one place it is computed."""
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer))
+                                 or step < 0):
+            raise NNError(f"learning_rate(step={step!r}): a step is a whole number of at least 0",
+                          hint="leave it out for the next step's rate")
         return learning_rate(self.config.optimizer.options["lr"], self.config.schedule,
                              self.step if step is None else step, self.epoch, self.total_steps,
                              self.lr_scale)
@@ -402,7 +407,8 @@ class Net:
         (names of float inputs) adds d(loss)/d(input) under each input's name. Under
         `nnlang.distributed` (each rank given its shard) both are of the global batch's loss:
         the weights' averaged over the ranks, the inputs' those of this rank's rows."""
-        inputs = (inputs,) if isinstance(inputs, str) else tuple(dict.fromkeys(inputs))
+        inputs = (inputs,) if isinstance(inputs, str) else \
+            tuple(dict.fromkeys(inputs or ()))   # NOTE: None, as for no inputs
         for name in inputs:
             nid = self.user.inputs.get(name) if isinstance(name, str) else None
             if nid is None or name.startswith("_"):
@@ -551,6 +557,17 @@ def _state_problems(unexpected: list, missing: list, known, optimizer: str) -> l
         out.append(f"no value for parameter(s) {', '.join(missing[:6])}"
                    + (", ..." if len(missing) > 6 else ""))
     return out
+
+
+def _dtype_name(dtype):
+    """numpy's spelling of a dtype (np.float32, np.dtype("float64")) as its name, the one a
+    Net keeps; anything else is left for _check_options to refuse."""
+    if dtype is None or isinstance(dtype, str):   # NOTE: np.dtype(None) is float64
+        return dtype
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return dtype
 
 
 def _check_options(batch, dtype, seed, disable, total_steps=0, steps_per_epoch=None) -> tuple:
