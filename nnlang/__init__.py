@@ -19,8 +19,21 @@ __all__ = ["NNError", "load", "compile", "restore", "emit", "dot", "pass_switche
 def load(source_or_path, overrides: dict | None = None, model: str | None = None):
     """Parses, elaborates and shape-checks a .nn file or source text; returns a `Program`
     (`.graph` is the checked user-level graph, `.train` the resolved train section)."""
+    from nnlang.frontend.elaborate import Program
     from nnlang.frontend.elaborate import load as _load
+    if isinstance(source_or_path, Program):
+        # NOTE: as compile takes one; its error's hint said to pass a Program, which it was
+        _built_already(overrides, model)
+        return source_or_path
     return _load(source_or_path, overrides, model)
+
+
+def _built_already(overrides, model_name) -> None:
+    if overrides or model_name:
+        raise NNError("overrides and model_name apply when a model is built from its source"
+                      "; this Program is built already",
+                      hint="pass them to nnlang.load(source, overrides, model), or pass "
+                           "the path or source text to nnlang.compile")
 
 
 def compile(model, backend: str = "numba", batch: int | None = None, dtype: str = "float32",
@@ -41,11 +54,7 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
     from nnlang.frontend.elaborate import Program
     from nnlang.runtime.net import Net
     if isinstance(model, Program):  # NOTE: not hasattr "graph": a Net has a graph() too
-        if overrides or model_name:
-            raise NNError("overrides and model_name apply when a model is built from its source"
-                          "; this Program is built already",
-                          hint="pass them to nnlang.load(source, overrides, model), or pass "
-                               "the path or source text to nnlang.compile")
+        _built_already(overrides, model_name)
         program = model
     else:
         program = load(model, overrides, model_name)

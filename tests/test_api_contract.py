@@ -553,3 +553,14 @@ def test_numpy_dtypes_and_none_for_no_passes_or_inputs_are_taken():
     for bad in ("5", -1, 2.5, True):
         with pytest.raises(NNError, match=r"learning_rate\(step=.*\): a step is a whole number"):
             net.learning_rate(bad)
+
+
+def test_load_of_a_program_gives_it_back():
+    """nnlang.load(program) was "a model is a .nn path or source text, not Program", with the
+    hint to pass "a Program from nnlang.load": it is returned as compile takes it."""
+    program = nnlang.load(DENSE)
+    assert nnlang.load(program) is program
+    with pytest.raises(NNError, match="this Program is built already"):
+        nnlang.load(program, {"h": 3})
+    with pytest.raises(NNError, match="this Program is built already"):
+        nnlang.load(program, model="M")
