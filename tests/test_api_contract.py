@@ -564,3 +564,35 @@ def test_load_of_a_program_gives_it_back():
         nnlang.load(program, {"h": 3})
     with pytest.raises(NNError, match="this Program is built already"):
         nnlang.load(program, model="M")
+
+
+def test_ctrl_c_during_a_training_step_waits_for_the_whole_step(monkeypatch):
+    """A KeyboardInterrupt landing inside train_step (between its kernels, or between the step
+    and its counters) left net.step behind the optimizer's own step count (2 vs 12 after ten
+    interrupted loops) and a half-applied update. A library loop's Ctrl-C now takes effect
+    once the step is whole: the net equals one that took the same steps uninterrupted."""
+    import signal
+    feeds = {"image": np.linspace(-1, 1, 48, dtype=np.float32).reshape(4, 12),
+             "label": np.array([0, 1, 2, 0], np.int32)}
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    twin = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    net.train_step(feeds)
+    exe = net._exes[("train", 4)][0]
+    real = exe.run
+
+    def pressed_mid_step(f, fetch=True):
+        out = real(f, fetch)
+        signal.raise_signal(signal.SIGINT)   # NOTE: the key, after the update, before counting
+        return out
+    monkeypatch.setattr(exe, "run", pressed_mid_step)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            net.train_step(feeds)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    twin.train_step(feeds)
+    twin.train_step(feeds)
+    assert net.step == 2 and int(net.state_dict()["optimizer.step"]) == 2
+    for k, v in twin.state_dict().items():
+        np.testing.assert_array_equal(net.state_dict()[k], v, err_msg=k)

@@ -5,14 +5,17 @@ one executable per graph kind: a training step, an evaluation pass, and a predic
 """
 from __future__ import annotations
 
+import signal
 import threading
 import warnings
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import numpy as np
 
 from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.blas import blas_threads
+from nnlang.backends.ctrl_c import ctrl_c_held
 from nnlang.errors import NNError, did_you_mean
 from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import MAX_BATCH, Sym
@@ -305,17 +308,22 @@ class Net:
         """(results, executable, graph) of one call of the `kind` executable for the batch
         and lengths of `feeds`."""
         with self._lock:
-            feeds = self._arrays(feeds)
-            batch, lengths = _sizes_of(self.user, feeds, self.lengths, self.batch)
-            key = _key(kind, batch, lengths)
-            exe, g = self._exe(kind, batch, lengths)
-            feeds = {**self._cast(feeds, g), **extra}
-            if key not in self._checks:
-                self._checks[key] = index_inputs(g)
-            check_indices(self._checks[key], feeds)
-            if "_rng" in g.inputs:
-                feeds["_rng"] = np.int64(self.seed * 1_000_003 + self.step)
+            exe, g, feeds = self._prepared(kind, feeds, extra)
             return exe.run(feeds, fetch), exe, g
+
+    def _prepared(self, kind: str, feeds: dict, extra: dict) -> tuple:
+        """(executable, graph, checked feeds) of a call of `kind` (compiled now if new)."""
+        feeds = self._arrays(feeds)
+        batch, lengths = _sizes_of(self.user, feeds, self.lengths, self.batch)
+        key = _key(kind, batch, lengths)
+        exe, g = self._exe(kind, batch, lengths)
+        feeds = {**self._cast(feeds, g), **extra}
+        if key not in self._checks:
+            self._checks[key] = index_inputs(g)
+        check_indices(self._checks[key], feeds)
+        if "_rng" in g.inputs:
+            feeds["_rng"] = np.int64(self.seed * 1_000_003 + self.step)
+        return exe, g, feeds
 
     def _cast(self, feeds: dict, g) -> dict:
         out = {}
@@ -352,13 +360,22 @@ class Net:
                           "nnlang.compile (nnlang train does)", stacklevel=2)
         with self._lock:
             lr = self.learning_rate()
-            out, exe, _ = self._run("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)},
-                                    fetch)
-            self.step += 1
-            if self.steps_per_epoch:
-                self.epoch = self.step // self.steps_per_epoch
+            exe, _, feeds = self._prepared("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)})
+            # NOTE: a KeyboardInterrupt between the step's kernels, or between the step and its
+            # counters, left the weights half updated and net.step behind the optimizer's own
+            # count (which a state dict then carried): a library loop's Ctrl-C waits for the
+            # whole step, as `fit`'s Interrupts make it wait (there SIGINT is theirs already).
+            # The compile above stays interruptible.
+            held = ctrl_c_held() if signal.getsignal(signal.SIGINT) is \
+                signal.default_int_handler else nullcontext()
+            with held:
+                out = exe.run(feeds, fetch)
+                self.step += 1
+                if self.steps_per_epoch:
+                    self.epoch = self.step // self.steps_per_epoch
+                if not fetch:
+                    self._unread.append((exe, out))
             if not fetch:
-                self._unread.append((exe, out))
                 return None
             loss, self.last_metrics = _loss_and_metrics(out)
             return loss
