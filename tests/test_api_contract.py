@@ -596,3 +596,16 @@ def test_ctrl_c_during_a_training_step_waits_for_the_whole_step(monkeypatch):
     assert net.step == 2 and int(net.state_dict()["optimizer.step"]) == 2
     for k, v in twin.state_dict().items():
         np.testing.assert_array_equal(net.state_dict()[k], v, err_msg=k)
+
+
+def test_a_nan_label_is_named_as_nan_and_where():
+    """A NaN among float labels was "holds values that are not whole numbers", as for 2.5: a
+    missing label is not a fraction to round, and neither error said which one."""
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    x = np.ones((4, 12), np.float32)
+    with pytest.raises(NNError, match=r"input 'label' holds NaN \(float float64, the first at "
+                                      r"index \[2\]\).*\n.*drop or fill"):
+        net.evaluate({"image": x, "label": np.array([0, 1, np.nan, np.nan])})
+    with pytest.raises(NNError, match=r"holds values that are not whole numbers \(float "
+                                      r"float32, the first at index \[3\]\)"):
+        net.evaluate({"image": x, "label": np.array([0, 1, 2, 0.5], np.float32)})

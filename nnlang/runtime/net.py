@@ -675,9 +675,14 @@ def _check_ids(arr: np.ndarray, name: str, dtype: str, declared: str) -> None:
     """An int input takes whole numbers its dtype can hold, so none is silently cut or
     wrapped around."""
     if arr.dtype.kind == "f" and not np.array_equal(arr, np.trunc(arr)):
-        raise NNError(f"input '{name}' holds values that are not whole numbers "
-                      f"(float {arr.dtype}); the model declares {declared}",
-                      hint="pass integer ids (an int array)")
+        # NOTE: said apart: a NaN label (a missing value) is no fraction to round
+        nan = np.isnan(arr)
+        at = tuple(int(i) for i in np.argwhere(nan if nan.any() else arr != np.trunc(arr))[0])
+        raise NNError(f"input '{name}' holds " + ("NaN" if nan.any() else "values that are not "
+                      "whole numbers") + f" (float {arr.dtype}, the first at index "
+                      f"{list(at)}); the model declares {declared}",
+                      hint="drop or fill the rows without a label" if nan.any() else
+                      "pass integer ids (an int array)")
     info = np.iinfo(dtype)
     if arr.size and arr.dtype != np.dtype(dtype) and arr.dtype.kind != "b":
         lo, hi = arr.min(), arr.max()
