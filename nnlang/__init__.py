@@ -76,10 +76,11 @@ def restore(model, checkpoint, backend: str = "numba", batch: int | None = None)
     return _restore(model, checkpoint, backend, batch)[0]
 
 
-def emit(net, what: str, mode: str = "train") -> str:
+def emit(net, what: str, mode: str | None = None) -> str:
     """Text views of a compiled model: "user" (the checked graph), "ir" (the optimized graph),
     "backward" (the generated backward pass and update), "fused" (kernel groups), "kernels"
-    (generated source) or "summary" (compile time and kernel counts)."""
+    (generated source) or "summary" (compile time and kernel counts). `mode`: "train",
+    "eval" or "predict" (default: train, or predict for a model with no loss)."""
     from nnlang.runtime.emit import emit as _emit
     return _emit(net, what, mode)
 

@@ -609,3 +609,16 @@ def test_a_nan_label_is_named_as_nan_and_where():
     with pytest.raises(NNError, match=r"holds values that are not whole numbers \(float "
                                       r"float32, the first at index \[3\]\)"):
         net.evaluate({"image": x, "label": np.array([0, 1, 2, 0.5], np.float32)})
+
+
+def test_emit_of_a_model_without_a_loss_shows_its_prediction_graph():
+    """nnlang.emit(net, "ir") defaulted to the train graph, so a model without a loss failed
+    with "declares no loss, so it cannot be trained" where `nnlang compile --emit ir` shows
+    the prediction graph; both take the same default now."""
+    net = nnlang.compile(DENSE)
+    assert nnlang.emit(net, "ir") == nnlang.emit(net, "ir", mode="predict")
+    assert "matmul" in nnlang.emit(net, "ir")
+    trained = nnlang.compile(CLASSIFIER)
+    assert nnlang.emit(trained, "ir") == nnlang.emit(trained, "ir", mode="train")
+    with pytest.raises(NNError, match="unknown mode ''"):
+        nnlang.emit(net, "ir", mode="")

@@ -28,10 +28,13 @@ def _compiled(net, fn: str) -> None:
                       hint=f"compile it first: nnlang.{fn}(nnlang.compile(model), ...)")
 
 
-def emit(net, what: str, mode: str = "train") -> str:
-    """The text of one --emit view of a compiled `Net` (see EMITS)."""
+def emit(net, what: str, mode: str | None = None) -> str:
+    """The text of one --emit view of a compiled `Net` (see EMITS); `mode` None: train, or
+    predict for a model with no loss (which has no train graph)."""
     from nnlang.passes.optimize import optimize
     _compiled(net, "emit")
+    if mode is None:  # NOTE: not `mode or`: an empty --mode is an unknown mode, not the default
+        mode = "train" if net.user.losses else "predict"
     if what not in EMITS:
         raise NNError(f"unknown --emit '{what}'", hint=f"choose one of: {', '.join(EMITS)}")
     if mode not in MODES:
