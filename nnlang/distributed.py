@@ -95,6 +95,11 @@ def shard(arrays: dict) -> dict:
 
 def allreduce_mean(values) -> np.ndarray:
     """The mean over the ranks of a host array (losses, metrics, your own gradients)."""
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise NNError(f"allreduce_mean takes numbers (a float, a list or an array of them): "
+                      f"{err}", hint="e.g. dist.allreduce_mean([loss])") from None
     world = _world()
     return world.sum(values, "allreduce_mean") / world.size
 

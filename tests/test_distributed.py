@@ -402,7 +402,8 @@ def test_library_shard_passes_scalars_and_names_what_it_cannot_split(ranks, monk
     """A model's scalar input (a temperature) beside the batch failed with IndexError (or,
     given first, TypeError: no len()); an empty dict with StopIteration, a bare array with
     AttributeError, arrays of different row counts were cut unevenly; broadcast_parameters of
-    a dict failed with AttributeError; init(timeout="5") was kept as text for the watchdog."""
+    a dict failed with AttributeError, allreduce_mean(["a"]) with ValueError; init(timeout="5")
+    was kept as text for the watchdog."""
     import nnlang.distributed as dist
     ranks(2)
     x, y = np.arange(8.0).reshape(4, 2), [0, 1, 2, 0]
@@ -419,6 +420,8 @@ def test_library_shard_passes_scalars_and_names_what_it_cannot_split(ranks, monk
     with pytest.raises(nnlang.NNError, match="broadcast_parameters takes a compiled Net, not "
                                              "a dict"):
         dist.broadcast_parameters({"w": x})
+    with pytest.raises(nnlang.NNError, match="allreduce_mean takes numbers"):
+        dist.allreduce_mean(["a"])
     monkeypatch.setattr(collective, "_current", None)
     for bad in ("5", 0, -1.0, float("nan"), True):
         with pytest.raises(nnlang.NNError, match=r"init\(timeout=.*\): a positive number"):
