@@ -622,3 +622,28 @@ def test_emit_of_a_model_without_a_loss_shows_its_prediction_graph():
     assert nnlang.emit(trained, "ir") == nnlang.emit(trained, "ir", mode="train")
     with pytest.raises(NNError, match="unknown mode ''"):
         nnlang.emit(net, "ir", mode="")
+
+
+def test_any_seed_a_net_takes_trains_a_model_with_dropout(monkeypatch):
+    """seed=2**62 (or more) compiled, then the first step of a model with dropout failed with
+    OverflowError (the step's random-stream number is seed * 1,000,003 + step, cast to int64);
+    a numpy uint64 seed wrapped around with a RuntimeWarning. Small seeds keep their stream."""
+    import warnings
+    src = ("model M {\n  input x: float32[batch, 4]\n  input t: float32[batch, 2]\n"
+           "  h = dropout(dense(x, 8), 0.5)\n  output y = dense(h, 2)\n  loss mse(y, t)\n}\n")
+    feeds = {"x": np.ones((2, 4)), "t": np.zeros((2, 2))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for seed in (2**62, 2**70, np.uint64(2**64 - 1)):
+            assert np.isfinite(nnlang.compile(src, seed=seed, batch=2).train_step(feeds))
+    net = nnlang.compile(src, seed=7, batch=2)
+    net.train_step(feeds)
+    env, exe = {}, net._exes[("train", 2)][0]
+    real = exe.run
+
+    def spy(f, fetch=True):
+        env.update(f)
+        return real(f, fetch)
+    monkeypatch.setattr(exe, "run", spy)
+    net.train_step(feeds)
+    assert env["_rng"] == 7 * 1_000_003 + 1

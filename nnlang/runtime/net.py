@@ -322,7 +322,10 @@ class Net:
             self._checks[key] = index_inputs(g)
         check_indices(self._checks[key], feeds)
         if "_rng" in g.inputs:
-            feeds["_rng"] = np.int64(self.seed * 1_000_003 + self.step)
+            # NOTE: wrapped into int64 in Python: a seed of 2**62 or more overflowed the cast
+            # (OverflowError at the first step; a numpy uint64 seed wrapped with a warning).
+            # Seeds below 9.2e12 keep the stream they always had.
+            feeds["_rng"] = np.int64((int(self.seed) * 1_000_003 + self.step) % 2**63)
         return exe, g, feeds
 
     def _cast(self, feeds: dict, g) -> dict:
