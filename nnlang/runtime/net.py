@@ -165,7 +165,9 @@ class Net:
             raise NNError(f"a state dict maps names to arrays; got {type(state).__name__}",
                           hint="pass what net.state_dict() or net.parameters() returns")
         _check_names(state, "state dict", "state names", self.user.params)
-        unexpected = [k for k in state if self._state_shape(k) is None]
+        slots = self._optimizer_state()
+        shapes = {k: self._state_shape(k, slots) for k in state}
+        unexpected = [k for k in state if shapes[k] is None]
         missing = [k for k in self.user.params if k not in state]
         if strict and (unexpected or missing):
             raise NNError("; ".join(_state_problems(unexpected, missing, self.user.params,
@@ -176,9 +178,9 @@ class Net:
             if k in unexpected:
                 continue
             arr = _numbers(v, f"state value '{k}'")
-            if arr.shape != self._state_shape(k):
+            if arr.shape != shapes[k]:
                 raise NNError(f"state value '{k}' has shape {arr.shape}, the model expects "
-                              f"{self._state_shape(k)}", hint="was it saved from another "
+                              f"{shapes[k]}", hint="was it saved from another "
                               "model or with other --set values?")
             _check_fits(arr, self.dtype, f"state value '{k}'")
             arrays[k] = arr
@@ -202,8 +204,9 @@ class Net:
                 self.step = int(arrays[STEP_SLOT])
         return Loaded(missing, unexpected)
 
-    def _state_shape(self, name: str) -> tuple | None:
-        """The shape state entry `name` has in this net, None for a name it cannot have."""
+    def _state_shape(self, name: str, slots: dict) -> tuple | None:
+        """The shape state entry `name` has in this net, None for a name it cannot have;
+        `slots`: the net's _optimizer_state()."""
         if name in self.state:
             return tuple(self.state[name].shape)
         if name == STEP_SLOT:
@@ -211,7 +214,7 @@ class Net:
         if slot_param(name) is not None:
             # NOTE: only the slots this optimizer keeps: Adam's moments loaded into an SGD net
             # were kept, unread, and written to its checkpoints from then on
-            return self._optimizer_state().get(name)
+            return slots.get(name)
         nid = self.user.params.get(name)
         return None if nid is None else tuple(int(d) for d in self.user.node(nid).attrs["shape"])
 
