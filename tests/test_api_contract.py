@@ -647,3 +647,32 @@ def test_any_seed_a_net_takes_trains_a_model_with_dropout(monkeypatch):
     monkeypatch.setattr(exe, "run", spy)
     net.train_step(feeds)
     assert env["_rng"] == 7 * 1_000_003 + 1
+
+
+def test_deepcopy_gives_an_independent_net_in_the_same_place_and_pickle_says_why_not():
+    """copy.deepcopy(net), a PyTorch loop's way to keep its best model, failed with TypeError
+    (cannot pickle 'module' object), and so did pickle. The copy goes on exactly as the
+    original does, and training one leaves the other as it was."""
+    import copy
+    import pickle
+    feeds = {"image": np.linspace(-1, 1, 48).reshape(4, 12), "label": [0, 1, 2, 0]}
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0, total_steps=20)
+    for _ in range(3):
+        net.train_step(feeds)
+    twin = copy.deepcopy(net)
+    assert (twin.step, twin.total_steps, twin.learning_rate()) == \
+        (3, 20, net.learning_rate())
+    kept = net.state_dict()
+    assert twin.train_step(feeds) == net.train_step(feeds)
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(twin.state_dict()[k], v, err_msg=k)
+    twin.train_step(feeds)
+    assert net.step == 4 and twin.step == 5
+    untouched = copy.deepcopy(net)
+    net.load_state_dict(kept)
+    assert untouched.step == 4 and not np.array_equal(untouched.parameters()["logits.weight"],
+                                                      kept["logits.weight"])
+    with pytest.raises(NNError, match=r"a Net cannot be pickled.*\n.*state_dict"):
+        pickle.dumps(net)
+    with pytest.raises(NNError, match=r"copy.copy\(net\) would share .* use copy.deepcopy"):
+        copy.copy(net)

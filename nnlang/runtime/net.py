@@ -115,6 +115,34 @@ class Net:
         self._lock = threading.RLock()
         self.state = self._init_state()
 
+    def __deepcopy__(self, memo) -> "Net":
+        """An independent net in the same place of training (weights, optimizer state, step,
+        epoch, schedule): what `copy.deepcopy(model)` gives a PyTorch loop keeping its best
+        model. It compiles its own executables (from the caches: no kernel compile)."""
+        with self._lock:
+            twin = Net(self.program, backend=self.backend, batch=self.batch, dtype=self.dtype,
+                       seed=self.seed, disable=self.disable, config=self.config,
+                       total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
+            twin.load_state_dict(self.state_dict())
+            twin.step, twin.epoch, twin.lr_scale = self.step, self.epoch, self.lr_scale
+            twin.tokenizer, twin.lengths = self.tokenizer, dict(self.lengths)
+            twin.init_report = getattr(self, "init_report", None)
+            return twin
+
+    def __copy__(self):
+        # NOTE: a shallow copy would share the weights and executables but count its own
+        # steps: two nets training one set of weights on different schedules
+        raise NNError("copy.copy(net) would share the net's weights; use copy.deepcopy(net) "
+                      "for an independent net in the same place of training")
+
+    def __reduce_ex__(self, protocol):
+        # NOTE: its executables hold compiled kernels and its parse holds grammar objects:
+        # pickle failed deep inside with "cannot pickle 'module' object"
+        raise NNError("a Net cannot be pickled (it holds compiled kernels)",
+                      hint="save net.state_dict() (np.savez) and load it into a net from "
+                           "nnlang.compile with load_state_dict; copy.deepcopy(net) copies one "
+                           "in the same process")
+
     # *** state ***
     def _init_state(self) -> dict:
         check_memory(self.user, self.batch, self.dtype)  # NOTE: before a weight is allocated
