@@ -676,3 +676,12 @@ def test_deepcopy_gives_an_independent_net_in_the_same_place_and_pickle_says_why
         pickle.dumps(net)
     with pytest.raises(NNError, match=r"copy.copy\(net\) would share .* use copy.deepcopy"):
         copy.copy(net)
+
+
+def test_no_feeds_name_the_missing_input_and_a_model_without_inputs_runs():
+    """forward({}) said "no inputs given", naming none (and without a hint), and a model with
+    no inputs could not be run at all."""
+    with pytest.raises(NNError, match=r"missing input 'image'\n.*image, label"):
+        nnlang.compile(CLASSIFIER).evaluate({})
+    net = nnlang.compile("model P {\n  param w: float32[3] = ones\n  output y = w * 2.0\n}\n")
+    np.testing.assert_array_equal(net.forward({})["y"], [2.0, 2.0, 2.0])

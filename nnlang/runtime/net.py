@@ -578,12 +578,13 @@ def _rank() -> int:
 
 
 def _batch_of(feeds: dict, default: int) -> int:
-    """The first dim of the first fed array that has one (all scalars: the net's batch)."""
+    """The first dim of the first fed array that has one (all scalars, or none: the net's
+    batch)."""
     for k, v in feeds.items():
         if not k.startswith("_") and np.ndim(v):
             return int(np.shape(v)[0])
-    if not feeds:
-        raise NNError("no inputs given")
+    # NOTE: no feeds: the call names the first missing input (it said "no inputs given",
+    # without which), and a model without inputs runs at the net's batch
     return default
 
 
