@@ -38,9 +38,7 @@ def compile_cmd(
         program = nnlang.load(file, parse_overrides(sets), model)
         net = nnlang.compile(program, backend=backend, batch=batch, disable=disable,
                              init_from=False)   # NOTE: the graph and kernels need no weights
-        if mode is None:  # NOTE: not `mode or`: an empty --mode is an unknown mode, not the default
-            mode = "train" if program.graph.losses else "predict"
-        text = nnlang.emit(net, emit, mode)
+        text = nnlang.emit(net, emit, mode)   # NOTE: None: emit's default for the model
         if output is not None:
             with writing(output):
                 write_atomic(output, text)

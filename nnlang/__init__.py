@@ -19,8 +19,21 @@ __all__ = ["NNError", "load", "compile", "restore", "emit", "dot", "pass_switche
 def load(source_or_path, overrides: dict | None = None, model: str | None = None):
     """Parses, elaborates and shape-checks a .nn file or source text; returns a `Program`
     (`.graph` is the checked user-level graph, `.train` the resolved train section)."""
+    from nnlang.frontend.elaborate import Program
     from nnlang.frontend.elaborate import load as _load
+    if isinstance(source_or_path, Program):
+        # NOTE: as compile takes one; its error's hint said to pass a Program, which it was
+        _built_already(overrides, model)
+        return source_or_path
     return _load(source_or_path, overrides, model)
+
+
+def _built_already(overrides, model_name) -> None:
+    if overrides or model_name:
+        raise NNError("overrides and model_name apply when a model is built from its source"
+                      "; this Program is built already",
+                      hint="pass them to nnlang.load(source, overrides, model), or pass "
+                           "the path or source text to nnlang.compile")
 
 
 def compile(model, backend: str = "numba", batch: int | None = None, dtype: str = "float32",
@@ -38,13 +51,10 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
     the train section's epochs times it. `model_name` picks one model of a file that defines
     several; `overrides` set its hyper-parameters (for a `Program`, pass them to `load`, which
     builds it)."""
+    from nnlang.frontend.elaborate import Program
     from nnlang.runtime.net import Net
-    if hasattr(model, "graph"):
-        if overrides or model_name:
-            raise NNError("overrides and model_name apply when a model is built from its source"
-                          "; this Program is built already",
-                          hint="pass them to nnlang.load(source, overrides, model), or pass "
-                               "the path or source text to nnlang.compile")
+    if isinstance(model, Program):  # NOTE: not hasattr "graph": a Net has a graph() too
+        _built_already(overrides, model_name)
         program = model
     else:
         program = load(model, overrides, model_name)
@@ -66,10 +76,11 @@ def restore(model, checkpoint, backend: str = "numba", batch: int | None = None)
     return _restore(model, checkpoint, backend, batch)[0]
 
 
-def emit(net, what: str, mode: str = "train") -> str:
+def emit(net, what: str, mode: str | None = None) -> str:
     """Text views of a compiled model: "user" (the checked graph), "ir" (the optimized graph),
     "backward" (the generated backward pass and update), "fused" (kernel groups), "kernels"
-    (generated source) or "summary" (compile time and kernel counts)."""
+    (generated source) or "summary" (compile time and kernel counts). `mode`: "train",
+    "eval" or "predict" (default: train, or predict for a model with no loss)."""
     from nnlang.runtime.emit import emit as _emit
     return _emit(net, what, mode)
 

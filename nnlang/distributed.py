@@ -11,9 +11,13 @@ averages its gradients over the N processes (one allreduce inside the compiled s
 """
 from __future__ import annotations
 
+import math
+from numbers import Real
+
 import numpy as np
 
 from nnlang.backends import collective
+from nnlang.errors import NNError
 
 __all__ = ["init", "rank", "size", "is_distributed", "shard", "allreduce_mean",
            "broadcast_parameters", "lead", "use_gpu"]
@@ -24,7 +28,13 @@ def init(timeout: float | None = None):
     Nets compiled afterwards average their gradients over the group. `timeout`: seconds a
     collective may wait before this process gives up on a dead or hung rank (default 60, or
     NNLANG_DIST_TIMEOUT)."""
-    return collective.init(timeout)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, Real)
+                                or not 0 < timeout < math.inf):
+        # NOTE: the watchdog thread compares it with seconds waited; text there was a
+        # TypeError in a thread, and 0 or a negative number a timeout at the first collective
+        raise NNError(f"init(timeout={timeout!r}): a positive number of seconds",
+                      hint="e.g. init(timeout=120), how long a rank waits for the others")
+    return collective.init(None if timeout is None else float(timeout))
 
 
 def use_gpu() -> int:
@@ -60,16 +70,36 @@ def shard(arrays: dict) -> dict:
     """This rank's rows of a global batch {name: array}: contiguous, batch / size of them (a
     batch the ranks do not divide is an error: the step averages the ranks' gradients with
     equal weights, the batch's mean only when the shards are equal)."""
+    if not isinstance(arrays, dict):
+        raise NNError(f"shard takes a dict of input name -> array, not a "
+                      f"{type(arrays).__name__}", hint="dist.shard({\"image\": x, \"label\": y})")
+    # NOTE: a scalar input (a temperature) is the same on every rank: it is not split
+    arrays = {k: np.asarray(v) if isinstance(v, (list, tuple)) else v
+              for k, v in arrays.items()}
+    rows = {k: np.shape(v)[0] for k, v in arrays.items() if np.ndim(v)}
+    if not rows:
+        raise NNError("shard: no array with rows to split" + (
+            f" (only the scalars {', '.join(map(str, arrays))})" if arrays else ""),
+            hint="give the global batch: arrays whose first dim is the batch")
+    if len(set(rows.values())) > 1:
+        raise NNError("shard: the arrays have different numbers of rows (" + ", ".join(
+            f"{k}: {n}" for k, n in rows.items()) + ")", hint="every input of one batch holds "
+            "the same examples")
     world = _world()
-    n = len(next(iter(arrays.values())))
+    n = next(iter(rows.values()))
     world.per_rank(n, hint=f"give every rank as many rows: a batch that {world.size} divides, "
                            "or drop the last partial batch")
-    rows = world.shard(n)
-    return {k: v[rows] for k, v in arrays.items()}
+    mine = world.shard(n)
+    return {k: v[mine] if k in rows else v for k, v in arrays.items()}
 
 
 def allreduce_mean(values) -> np.ndarray:
     """The mean over the ranks of a host array (losses, metrics, your own gradients)."""
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise NNError(f"allreduce_mean takes numbers (a float, a list or an array of them): "
+                      f"{err}", hint="e.g. dist.allreduce_mean([loss])") from None
     world = _world()
     return world.sum(values, "allreduce_mean") / world.size
 
@@ -77,4 +107,8 @@ def allreduce_mean(values) -> np.ndarray:
 def broadcast_parameters(net) -> None:
     """Rank 0's parameters and optimizer state on every rank (after loading a checkpoint on
     rank 0 alone, or to be sure all ranks start equal)."""
+    from nnlang.runtime.net import Net
+    if not isinstance(net, Net):
+        raise NNError(f"broadcast_parameters takes a compiled Net, not a {type(net).__name__}",
+                      hint="dist.broadcast_parameters(nnlang.compile(...))")
     _world().broadcast(net.state)

@@ -8,6 +8,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from nnlang.errors import NNError
+
+
+def as_path(value, what: str, hint: str | None = None) -> Path:
+    """`value` as a Path; from Python anything else (None, an int, a dict of weights) is an
+    error naming `what`, where pathlib would raise a bare TypeError."""
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        got = repr(value) if value is None or isinstance(value, (bool, int, float)) else \
+            f"a {type(value).__name__}"
+        raise NNError(f"{what} is a path (a str or a pathlib.Path), not {got}", hint=hint)
+    return Path(value)
+
 
 def _umask() -> int:
     mask = os.umask(0o022)

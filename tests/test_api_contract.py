@@ -69,20 +69,6 @@ def test_a_partial_optimizer_state_is_refused():
     net.load_state_dict(net.parameters())   # weights alone: the optimizer's state stays
 
 
-def test_another_optimizers_state_is_not_this_nets():
-    """An Adam net's state_dict loaded into an SGD net: Adam's m and v were taken as state of
-    the SGD net (any optimizer.<slot>.<weight> name passed), kept and handed on by its
-    state_dict. They are names the net does not know."""
-    sgd = nnlang.compile(CLASSIFIER.replace("adam(lr = 1.0)", "sgd(lr = 1.0)"), batch=4, seed=0)
-    adam = nnlang.compile(CLASSIFIER, batch=4, seed=0).state_dict()
-    with pytest.raises(NNError, match=r"'optimizer.m.logits.weight' is not in this model's"):
-        sgd.load_state_dict(adam)
-    report = sgd.load_state_dict(adam, strict=False)
-    assert sorted(report.unexpected) == sorted(k for k in adam if k.startswith("optimizer.")
-                                               and k != "optimizer.step")
-    assert not any(k.startswith(("optimizer.m.", "optimizer.v.")) for k in sgd.state_dict())
-
-
 def test_state_dict_carries_the_step_so_schedules_go_on():
     """Adam's bias correction reads optimizer.step; the warm-up reads net.step: a copy of the
     state must continue both, as the original net does."""
@@ -358,3 +344,366 @@ def test_a_comment_edit_is_no_change_to_the_trained_source(tmp_path):
     assert "differs from the source" not in notes(edited)
     changed = source.replace("|> relu", "|> tanh")
     assert "differs from the source" in notes(changed)
+
+
+def test_keys_that_are_not_names_and_a_step_count_that_is_not_one_are_refused():
+    """feeds={0: x} and a state dict with an int key failed with AttributeError ('int' object
+    has no attribute 'startswith'); an optimizer.step of -3 or 3.7 was loaded as the net's
+    step (-3, or cut to 3) and NaN raised a bare ValueError."""
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    x = np.ones((4, 12), np.float32)
+    with pytest.raises(NNError, match=r"feeds: the key 0 \(int\) is not a name.*\n"
+                                      r".*image, label"):
+        net.evaluate({0: x})
+    state = net.state_dict()
+    for strict in (True, False):
+        with pytest.raises(NNError, match=r"state dict: the key 5 \(int\) is not a name"):
+            net.load_state_dict({**state, 5: np.ones(3)}, strict=strict)
+    for bad in (-3, 3.7, np.nan, True):
+        with pytest.raises(NNError, match=r"'optimizer.step' is .*: the optimizer's step count "
+                                          "is a whole number of at least 0"):
+            net.load_state_dict({**state, "optimizer.step": bad})
+        assert net.step == 0
+    net.load_state_dict({**state, "optimizer.step": 7.0})
+    assert net.step == 7 and net.state_dict()["optimizer.step"] == 7
+
+
+def test_prepare_and_graph_name_their_kind_and_batch():
+    """prepare("bogus") compiled an evaluation executable under the key "bogus", prepare(batch=
+    "4") one keyed by the text "4", and prepare(batch=0) silently the net's own batch."""
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    with pytest.raises(NNError, match=r"prepare\(kind='evl'\): the kinds of executable are "
+                                      r"train, eval, predict.*\n.*did you mean 'eval'"):
+        net.prepare("evl")
+    with pytest.raises(NNError, match=r"graph\(kind='bogus'\)"):
+        net.graph("bogus")
+    for bad in (0, "4", 2.0, -1):
+        with pytest.raises(NNError, match=r"prepare\(batch=.*\): a batch size is a whole number"):
+            net.prepare("predict", batch=bad)
+    assert not net._exes
+    net.prepare("predict", batch=3)
+    assert list(net._exes) == [("predict", 3)]
+
+
+def test_overrides_take_python_and_numpy_values_and_name_the_bad_ones():
+    """np.int64(5) for a layer size was "dense() argument 'units': expected an integer, got 5";
+    a list of pairs, an int key or model=3 failed with AttributeError (.lower); a numpy array
+    or a dict went into the elaborator as is."""
+    src = ("model M(h = 3, p = 0.5, sizes = [2, 3]) {\n  input x: float32[batch, 4]\n"
+           "  output y = dropout(dense(x, h), p)\n  output z = dense(x, sizes[1])\n}\n")
+    got = nnlang.load(src, {"h": np.int64(5), "p": np.float64(0.25),
+                            "sizes": (4, np.int32(6))}).hparams
+    assert got == {"h": 5, "p": 0.25, "sizes": [4, 6]}
+    assert type(got["h"]) is int and type(got["p"]) is float
+    net = nnlang.compile(src, overrides={"h": np.array(7)})
+    assert net.parameters()["y.bias"].shape == (7,)
+    bad = [([("h", 3)], "overrides are a list: give a dict"),
+           ({3: 3}, r"overrides: the key 3 \(int\) is not a name"),
+           ({"h": np.ones(2)}, r"overrides\['h'\] is a ndarray; a hyper-parameter is a number"),
+           ({"sizes": [1, {}]}, r"overrides\['sizes'\] is a dict"),
+           ({"p": float("nan")}, r"overrides\['p'\] = nan: a hyper-parameter is a finite")]
+    for overrides, words in bad:
+        with pytest.raises(NNError, match=words):
+            nnlang.load(src, overrides)
+    with pytest.raises(NNError, match="model=3: a model is chosen by its name"):
+        nnlang.load(src, model=3)
+    with pytest.raises(NNError, match=r"model=\['M'\]: a model is chosen by its name"):
+        nnlang.compile(src, model_name=["M"])
+
+
+def test_emit_and_dot_take_a_compiled_net_and_a_whole_depth():
+    """nnlang.emit(program, "user") and nnlang.emit("model.nn", ...) failed with
+    AttributeError ('Program' object has no attribute 'user'); dot(depth="2") with TypeError."""
+    net = nnlang.compile(DENSE)
+    for model in (nnlang.load(DENSE), DENSE):
+        with pytest.raises(NNError, match=f"nnlang.emit takes a compiled Net, not a "
+                                          f"{type(model).__name__}.*\n.*nnlang.compile"):
+            nnlang.emit(model, "user")
+        with pytest.raises(NNError, match="nnlang.dot takes a compiled Net"):
+            nnlang.dot(model)
+    for depth in ("2", 1.5, True):
+        with pytest.raises(NNError, match=f"depth {depth!r}: it must be a whole number"):
+            nnlang.dot(net, depth=depth)
+    assert nnlang.dot(net, depth=np.int64(1)) == nnlang.dot(net, depth=1)
+
+
+def test_arrays_numpy_cannot_read_are_named_not_taken_for_ragged_rows():
+    """A bfloat16 torch tensor was "input 'x' is not an array: its rows have different
+    lengths"; one that requires grad (and any object whose __array__ raises) escaped as a raw
+    RuntimeError, from forward and from load_state_dict alike."""
+    class Unreadable:
+        def __array__(self, dtype=None, copy=None):
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad")
+
+    net = nnlang.compile(DENSE, seed=0)
+    with pytest.raises(NNError, match=r"input 'x' \(a Unreadable\) cannot be read as a numpy "
+                                      r"array: Can't call numpy\(\).*\n.*detach"):
+        net.forward({"x": Unreadable()})
+    with pytest.raises(NNError, match=r"state value 'y.bias' \(a Unreadable\) cannot be read"):
+        net.load_state_dict({**net.state_dict(), "y.bias": Unreadable()})
+    with pytest.raises(NNError, match="rows have different lengths"):
+        net.forward({"x": [[1.0, 2.0, 3.0, 4.0], [1.0]]})
+
+
+def test_torch_tensors_feed_as_their_numpy_arrays():
+    torch = pytest.importorskip("torch")
+    net = nnlang.compile(DENSE, seed=0)
+    x = torch.randn(3, 4)
+    want = net.forward({"x": x.numpy()})["y"]
+    np.testing.assert_array_equal(net.forward({"x": x})["y"], want)
+    with pytest.raises(NNError, match=r"input 'x' \(a Tensor\) cannot be read as a numpy array"):
+        net.forward({"x": x.clone().requires_grad_()})
+    with pytest.raises(NNError, match=r"input 'x' \(a Tensor\) cannot be read as a numpy array"):
+        net.forward({"x": x.to(torch.bfloat16)})
+
+
+def test_checkpoints_and_models_of_the_wrong_kind_are_named(tmp_path):
+    """restore(net, run) failed with AttributeError (a Net has a graph() method, so it passed
+    for a Program), compile(net) too; restore(file, None), compile(init_from=3) and
+    export_onnx(path=3) with pathlib's TypeError; restore(batch=0) silently used the run's
+    batch."""
+    from nnlang.train.trainer import fit
+    from tests.tiny_run import tiny_data, tiny_source
+    tiny_data(tmp_path)
+    nn = tmp_path / "tiny.nn"
+    nn.write_text(tiny_source())
+    run = tmp_path / "run"
+    fit(str(nn), {"epochs": 1}, str(tmp_path / "tiny.npz"), out=run, max_steps=2,
+        progress=False)
+    net = nnlang.compile(nn, batch=4)
+    for call in (lambda: nnlang.restore(net, run), lambda: nnlang.compile(net)):
+        with pytest.raises(NNError, match="a model is a .nn path or source text, not Net"):
+            call()
+    with pytest.raises(NNError, match="the checkpoint is a path .*, not None"):
+        nnlang.restore(nn, None)
+    for bad, words in ((3, "not 3"), ({"h.weight": np.ones((4, 8))}, "not a dict")):
+        with pytest.raises(NNError, match=f"init_from is a path .*, {words}"):
+            nnlang.compile(nn, init_from=bad)
+    with pytest.raises(NNError, match=r"export_onnx\(path=...\) is a path .*, not 3"):
+        nnlang.export_onnx(net, path=3)
+    with pytest.raises(NNError, match="batch=0: a batch size is a whole number"):
+        nnlang.restore(nn, run, batch=0)
+    assert nnlang.restore(nnlang.load(nn), run, batch=2).batch == 2
+
+
+
+def test_last_metrics_is_empty_before_the_first_step():
+    """It was set by the first train_step only: reading it before was AttributeError."""
+    net = nnlang.compile(CLASSIFIER.replace("loss ce", "metric acc = accuracy(logits, label)\n"
+                                            "  loss ce"), batch=4, seed=0)
+    assert net.last_metrics == {}
+    net.train_step({"image": np.ones((4, 12)), "label": [0, 1, 2, 0]})
+    assert set(net.last_metrics) == {"acc"}
+
+
+def test_optimizer_state_of_another_optimizer_is_not_this_nets():
+    """Adam's moments loaded strictly into an SGD net were kept (never read) and written to
+    every state_dict and checkpoint after; strict=True promises an error for a name the net
+    does not know, and strict=False reports them as unexpected."""
+    adam = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    adam.train_step({"image": np.ones((4, 12)), "label": [0, 1, 2, 0]})
+    sgd = nnlang.compile(CLASSIFIER.replace("adam(lr = 1.0)", "sgd(lr = 0.1)"), batch=4)
+    momentum = nnlang.compile(CLASSIFIER.replace("adam(lr = 1.0)", "sgd(lr = 0.1, momentum = "
+                                                 "0.9)"), batch=4)
+    with pytest.raises(NNError, match="'optimizer.m.logits.weight' is optimizer state that this "
+                                      "net's sgd does not keep"):
+        sgd.load_state_dict(adam.state_dict())
+    report = sgd.load_state_dict(adam.state_dict(), strict=False)
+    assert sorted(report.unexpected) == ["optimizer.m.logits.bias", "optimizer.m.logits.weight",
+                                         "optimizer.v.logits.bias", "optimizer.v.logits.weight"]
+    assert sorted(sgd.state_dict()) == ["logits.bias", "logits.weight", "optimizer.step"]
+    np.testing.assert_array_equal(sgd.parameters()["logits.weight"],
+                                  adam.parameters()["logits.weight"])
+    assert sgd.step == 1
+    state = momentum.state_dict()      # its own slots load, before and after a step
+    assert "optimizer.momentum.logits.weight" in state
+    momentum.load_state_dict(state)
+    momentum.train_step({"image": np.ones((4, 12)), "label": [0, 1, 2, 0]})
+    momentum.load_state_dict(momentum.state_dict())
+
+
+def test_a_weight_too_large_for_the_nets_dtype_is_refused_not_made_infinite():
+    net = nnlang.compile(DENSE, seed=0)
+    before = net.parameters()
+    w = np.full((4, 2), 0.5)
+    w[1, 1] = 1e300
+    with pytest.raises(NNError, match=r"state value 'y.weight' holds 1e\+300, which float32 "
+                                      "cannot hold"):
+        net.load_state_dict({"y.weight": w, "y.bias": np.zeros(2)})
+    np.testing.assert_array_equal(net.parameters()["y.weight"], before["y.weight"])
+    w[1, 1] = np.inf   # NOTE: infinity is infinity in any dtype: loaded as given
+    net.load_state_dict({"y.weight": w, "y.bias": np.zeros(2)})
+    assert net.parameters()["y.weight"][1, 1] == np.inf
+    wide = nnlang.compile(DENSE, seed=0, dtype="float64")
+    w[1, 1] = 1e300
+    wide.load_state_dict({"y.weight": w, "y.bias": np.zeros(2)})
+    assert wide.parameters()["y.weight"][1, 1] == 1e300
+
+
+def test_a_feed_too_large_for_the_inputs_dtype_is_refused_not_made_infinite():
+    """float64 data past float32's range became inf inside the net (numpy warned, the outputs
+    were inf or NaN); the data loader refuses such values, and so does a call now."""
+    net = nnlang.compile(DENSE, seed=0)
+    x = np.ones((2, 4))
+    x[1, 2] = -3e39
+    with pytest.raises(NNError, match=r"input 'x' holds -3e\+39, which float32 cannot hold"):
+        net.forward({"x": x})
+    x[1, 2] = np.nan   # NOTE: NaN stays the caller's to feed, as in the data it came from
+    assert np.isnan(net.forward({"x": x})["y"][1]).all()
+
+
+def test_numpy_dtypes_and_none_for_no_passes_or_inputs_are_taken():
+    """compile(dtype=np.float32) was "nets compute in float32 or float64" (and
+    np.dtype("float64") was kept as a dtype object, not the name every other part reads);
+    disable=None and gradients(inputs=None) failed with TypeError (None is not iterable);
+    learning_rate("5") with TypeError, and learning_rate(-1) answered 0.0."""
+    src = CLASSIFIER.replace("constant(warmup = 10)", "constant(warmup = 4)")
+    for given, name in ((np.float32, "float32"), (np.dtype("float64"), "float64"),
+                        (np.float64, "float64")):
+        assert nnlang.compile(src, dtype=given).dtype == name
+    for bad in (None, "f4", np.int32):
+        with pytest.raises(NNError, match="nets compute in float32 or float64"):
+            nnlang.compile(src, dtype=bad)
+    net = nnlang.compile(src, batch=4, seed=0, disable=None)
+    assert net.disable == ()
+    with pytest.raises(NNError, match=r"disable=3: the names of passes"):
+        nnlang.compile(src, disable=3)
+    feeds = {"image": np.ones((4, 12)), "label": [0, 1, 2, 0]}
+    assert net.gradients(feeds, inputs=None).keys() == net.gradients(feeds).keys()
+    assert net.learning_rate(1) == pytest.approx(0.5)      # warm-up: (1 + 1) / 4 of lr 1.0
+    assert net.learning_rate(np.int64(1)) == net.learning_rate(1)
+    for bad in ("5", -1, 2.5, True):
+        with pytest.raises(NNError, match=r"learning_rate\(step=.*\): a step is a whole number"):
+            net.learning_rate(bad)
+
+
+def test_load_of_a_program_gives_it_back():
+    """nnlang.load(program) was "a model is a .nn path or source text, not Program", with the
+    hint to pass "a Program from nnlang.load": it is returned as compile takes it."""
+    program = nnlang.load(DENSE)
+    assert nnlang.load(program) is program
+    with pytest.raises(NNError, match="this Program is built already"):
+        nnlang.load(program, {"h": 3})
+    with pytest.raises(NNError, match="this Program is built already"):
+        nnlang.load(program, model="M")
+
+
+def test_ctrl_c_during_a_training_step_waits_for_the_whole_step(monkeypatch):
+    """A KeyboardInterrupt landing inside train_step (between its kernels, or between the step
+    and its counters) left net.step behind the optimizer's own step count (2 vs 12 after ten
+    interrupted loops) and a half-applied update. A library loop's Ctrl-C now takes effect
+    once the step is whole: the net equals one that took the same steps uninterrupted."""
+    import signal
+    feeds = {"image": np.linspace(-1, 1, 48, dtype=np.float32).reshape(4, 12),
+             "label": np.array([0, 1, 2, 0], np.int32)}
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    twin = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    net.train_step(feeds)
+    exe = net._exes[("train", 4)][0]
+    real = exe.run
+
+    def pressed_mid_step(f, fetch=True):
+        out = real(f, fetch)
+        signal.raise_signal(signal.SIGINT)   # NOTE: the key, after the update, before counting
+        return out
+    monkeypatch.setattr(exe, "run", pressed_mid_step)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            net.train_step(feeds)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    twin.train_step(feeds)
+    twin.train_step(feeds)
+    assert net.step == 2 and int(net.state_dict()["optimizer.step"]) == 2
+    for k, v in twin.state_dict().items():
+        np.testing.assert_array_equal(net.state_dict()[k], v, err_msg=k)
+
+
+def test_a_nan_label_is_named_as_nan_and_where():
+    """A NaN among float labels was "holds values that are not whole numbers", as for 2.5: a
+    missing label is not a fraction to round, and neither error said which one."""
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    x = np.ones((4, 12), np.float32)
+    with pytest.raises(NNError, match=r"input 'label' holds NaN \(float float64, the first at "
+                                      r"index \[2\]\).*\n.*drop or fill"):
+        net.evaluate({"image": x, "label": np.array([0, 1, np.nan, np.nan])})
+    with pytest.raises(NNError, match=r"holds values that are not whole numbers \(float "
+                                      r"float32, the first at index \[3\]\)"):
+        net.evaluate({"image": x, "label": np.array([0, 1, 2, 0.5], np.float32)})
+
+
+def test_emit_of_a_model_without_a_loss_shows_its_prediction_graph():
+    """nnlang.emit(net, "ir") defaulted to the train graph, so a model without a loss failed
+    with "declares no loss, so it cannot be trained" where `nnlang compile --emit ir` shows
+    the prediction graph; both take the same default now."""
+    net = nnlang.compile(DENSE)
+    assert nnlang.emit(net, "ir") == nnlang.emit(net, "ir", mode="predict")
+    assert "matmul" in nnlang.emit(net, "ir")
+    trained = nnlang.compile(CLASSIFIER)
+    assert nnlang.emit(trained, "ir") == nnlang.emit(trained, "ir", mode="train")
+    with pytest.raises(NNError, match="unknown mode ''"):
+        nnlang.emit(net, "ir", mode="")
+
+
+def test_any_seed_a_net_takes_trains_a_model_with_dropout(monkeypatch):
+    """seed=2**62 (or more) compiled, then the first step of a model with dropout failed with
+    OverflowError (the step's random-stream number is seed * 1,000,003 + step, cast to int64);
+    a numpy uint64 seed wrapped around with a RuntimeWarning. Small seeds keep their stream."""
+    import warnings
+    src = ("model M {\n  input x: float32[batch, 4]\n  input t: float32[batch, 2]\n"
+           "  h = dropout(dense(x, 8), 0.5)\n  output y = dense(h, 2)\n  loss mse(y, t)\n}\n")
+    feeds = {"x": np.ones((2, 4)), "t": np.zeros((2, 2))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for seed in (2**62, 2**70, np.uint64(2**64 - 1)):
+            assert np.isfinite(nnlang.compile(src, seed=seed, batch=2).train_step(feeds))
+    net = nnlang.compile(src, seed=7, batch=2)
+    net.train_step(feeds)
+    env, exe = {}, net._exes[("train", 2)][0]
+    real = exe.run
+
+    def spy(f, fetch=True):
+        env.update(f)
+        return real(f, fetch)
+    monkeypatch.setattr(exe, "run", spy)
+    net.train_step(feeds)
+    assert env["_rng"] == 7 * 1_000_003 + 1
+
+
+def test_deepcopy_gives_an_independent_net_in_the_same_place_and_pickle_says_why_not():
+    """copy.deepcopy(net), a PyTorch loop's way to keep its best model, failed with TypeError
+    (cannot pickle 'module' object), and so did pickle. The copy goes on exactly as the
+    original does, and training one leaves the other as it was."""
+    import copy
+    import pickle
+    feeds = {"image": np.linspace(-1, 1, 48).reshape(4, 12), "label": [0, 1, 2, 0]}
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0, total_steps=20)
+    for _ in range(3):
+        net.train_step(feeds)
+    twin = copy.deepcopy(net)
+    assert (twin.step, twin.total_steps, twin.learning_rate()) == \
+        (3, 20, net.learning_rate())
+    kept = net.state_dict()
+    assert twin.train_step(feeds) == net.train_step(feeds)
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(twin.state_dict()[k], v, err_msg=k)
+    twin.train_step(feeds)
+    assert net.step == 4 and twin.step == 5
+    untouched = copy.deepcopy(net)
+    net.load_state_dict(kept)
+    assert untouched.step == 4 and not np.array_equal(untouched.parameters()["logits.weight"],
+                                                      kept["logits.weight"])
+    with pytest.raises(NNError, match=r"a Net cannot be pickled.*\n.*state_dict"):
+        pickle.dumps(net)
+    with pytest.raises(NNError, match=r"copy.copy\(net\) would share .* use copy.deepcopy"):
+        copy.copy(net)
+
+
+def test_no_feeds_name_the_missing_input_and_a_model_without_inputs_runs():
+    """forward({}) said "no inputs given", naming none (and without a hint), and a model with
+    no inputs could not be run at all."""
+    with pytest.raises(NNError, match=r"missing input 'image'\n.*image, label"):
+        nnlang.compile(CLASSIFIER).evaluate({})
+    net = nnlang.compile("model P {\n  param w: float32[3] = ones\n  output y = w * 2.0\n}\n")
+    np.testing.assert_array_equal(net.forward({})["y"], [2.0, 2.0, 2.0])

@@ -398,6 +398,37 @@ def test_library_shard_refuses_a_batch_the_ranks_cannot_split(ranks):
     assert dist.shard({"x": np.arange(8)})["x"].tolist() == [0, 1]
 
 
+def test_library_shard_passes_scalars_and_names_what_it_cannot_split(ranks, monkeypatch):
+    """A model's scalar input (a temperature) beside the batch failed with IndexError (or,
+    given first, TypeError: no len()); an empty dict with StopIteration, a bare array with
+    AttributeError, arrays of different row counts were cut unevenly; broadcast_parameters of
+    a dict failed with AttributeError, allreduce_mean(["a"]) with ValueError; init(timeout="5")
+    was kept as text for the watchdog."""
+    import nnlang.distributed as dist
+    ranks(2)
+    x, y = np.arange(8.0).reshape(4, 2), [0, 1, 2, 0]
+    got = dist.shard({"temp": 2.0, "x": x, "label": y})   # rank 0 of 2: the first half
+    assert got["temp"] == 2.0 and got["x"].tolist() == x[:2].tolist()
+    assert got["label"].tolist() == [0, 1]
+    for arrays, words in (({}, "no array with rows to split"),
+                          ({"temp": 2.0}, r"only the scalars temp"),
+                          (x, "shard takes a dict of input name -> array, not a ndarray"),
+                          ({"x": x, "label": y[:2]}, r"different numbers of rows \(x: 4, "
+                                                     r"label: 2\)")):
+        with pytest.raises(nnlang.NNError, match=words):
+            dist.shard(arrays)
+    with pytest.raises(nnlang.NNError, match="broadcast_parameters takes a compiled Net, not "
+                                             "a dict"):
+        dist.broadcast_parameters({"w": x})
+    with pytest.raises(nnlang.NNError, match="allreduce_mean takes numbers"):
+        dist.allreduce_mean(["a"])
+    monkeypatch.setattr(collective, "_current", None)
+    for bad in ("5", 0, -1.0, float("nan"), True):
+        with pytest.raises(nnlang.NNError, match=r"init\(timeout=.*\): a positive number"):
+            dist.init(timeout=bad)
+    assert collective._current is None
+
+
 def _two_ranks_check(source: str) -> list[str]:
     """Ranks.means_over_rows as rank 0 of 2 on one global batch of the tiny data; the notes."""
     from nnlang.train.data_parallel import Ranks

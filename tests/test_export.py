@@ -482,3 +482,20 @@ def test_export_table_size_and_nodes_are_the_export(model):
     size, nodes = re.search(rf"\n\| {model} \| ([\d.]+) MB \| (\d+) \|", doc).groups()
     proto = nnlang.export_onnx(str(ROOT / "models" / f"{model}.nn"))
     assert (f"{proto.ByteSize() / 1e6:.2f}", len(proto.graph.node)) == (size, int(nodes))
+
+
+def test_overrides_for_a_model_that_is_built_already_are_refused_not_dropped():
+    """export_onnx(net, overrides={"h": 5}) wrote the net's h = 3 model without a word (and a
+    Program's): overrides there are an error unless they agree, as with a checkpoint."""
+    src = "model M(h = 3) {\n  input x: float32[batch, 4]\n  output y = dense(x, h)\n}\n"
+    net = nnlang.compile(src, seed=0)
+    for model, holder in ((net, "this compiled net"), (nnlang.load(src), "this Program")):
+        with pytest.raises(nnlang.NNError, match=f"overrides cannot change .*: {holder} has h = 3"):
+            nnlang.export_onnx(model, overrides={"h": 5})
+        with pytest.raises(nnlang.NNError, match=f"{holder} holds model 'M', not 'N'"):
+            nnlang.export_onnx(model, model_name="N")
+        proto = nnlang.export_onnx(model, overrides={"h": np.int64(3)}, model_name="M")
+        dims = [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
+        assert dims[1:] == [3]
+    assert [i.dims for i in nnlang.export_onnx(src, overrides={"h": 5}).graph.initializer
+            if len(i.dims) == 2] == [[4, 5]]

@@ -644,3 +644,22 @@ def test_beam_search_follows_hf_when_stops_fill_the_beam(seed, prompt, width):
     got = net.generate([prompt], max_new=5, beam=width, stop=4, length_penalty=1.0,
                        tokenizer=tok).samples[0]
     assert got.ids == want[1] and got.score == pytest.approx(want[0], abs=1e-9)
+
+
+def test_numpy_numbers_are_numbers_to_generate():
+    """A loop computing its settings with numpy passed max_new=np.int64(3) and got
+    "--max-new (max_new=): 3 is not an int" (temperature=np.float32(0.5): "0.5 is not a
+    number"); they decode as the Python numbers do."""
+    net = lm_net("reference")
+    tok = CharTokenizer(CHARS)
+    for python, numpy in (({"max_new": 3}, {"max_new": np.int64(3)}),
+                          ({"max_new": 3, "beam": 2},
+                           {"max_new": np.int32(3), "beam": np.int64(2)}),
+                          ({"max_new": 4, "temperature": 0.5, "top_k": 5, "seed": 1},
+                           {"max_new": np.uint8(4), "temperature": np.float32(0.5),
+                            "top_k": np.int16(5), "seed": np.int64(1)})):
+        want = net.generate(["the"], tokenizer=tok, **python)
+        got = net.generate(["the"], tokenizer=tok, **numpy)
+        assert got.texts == want.texts and got.mode == want.mode
+    with pytest.raises(NNError, match=r"--max-new \(max_new=\): 2.5 is not an int"):
+        net.generate(["the"], tokenizer=tok, max_new=np.float64(2.5))

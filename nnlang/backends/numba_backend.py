@@ -16,11 +16,9 @@ import importlib.util
 import json
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import types
 import zlib
 from contextlib import contextmanager
@@ -36,6 +34,7 @@ from nnlang.backends.base import Call, State, library_call, run_in_order
 from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded_blas_pays,
                                   workers)
 from nnlang.backends.compile_worker import claim
+from nnlang.backends.ctrl_c import ctrl_c_held
 from nnlang.backends.numba_scan import KernelAddress, Unsupported, blas_gemms, render_driver
 from nnlang.codegen.render_numba import (COLUMNS_MIN, PARALLEL_MIN, render, render_multi,
                                          split_columns, split_rows)
@@ -239,34 +238,6 @@ def _stop(worker) -> None:
     if worker is not None:
         worker.kill()
         worker.wait()
-
-
-@contextmanager
-def ctrl_c_held():
-    """Ctrl-C (SIGINT), and SIGTERM where Python handles it (`fit`'s `Interrupts`), during the
-    block is recorded, then given to the handler that was in place once the block ends
-    (Python's KeyboardInterrupt, or `fit`'s `Interrupts`).
-    NOTE: numba runs Python inside LLVM's object-cache callbacks (llvmlite, through ctypes);
-    a KeyboardInterrupt raised there is printed as "Exception ignored on calling ctypes callback
-    function" and dropped, and the compile goes on with a library that lacks its object code
-    (a false "damaged cache" warning, or an error). Held one kernel at a time (~0.2 s each to
-    compile), a cold compile still stops soon after the key is pressed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pressed, old = [], {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        # NOTE: only a Python handler runs Python: SIG_DFL and SIG_IGN are not callable, and
-        # None is a handler set outside Python
-        if callable(signal.getsignal(sig)):
-            old[sig] = signal.signal(sig, lambda signum, frame: pressed.append(signum))
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        for sig in dict.fromkeys(pressed):
-            signal.raise_signal(sig)
 
 
 def _element_ranges(members, parts: int) -> list[list]:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from nnlang.errors import NNError
+from nnlang.files import as_path
 
 
 def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None,
@@ -25,13 +26,14 @@ def export_onnx(model, checkpoint=None, path=None, overrides: dict | None = None
         raise NNError("ONNX export needs the onnx package",
                       hint="pip install 'nnlang[onnx]'") from None
     if path is not None:   # NOTE: before the slow work, as the CLI's `-o` checks it
+        path = as_path(path, "export_onnx(path=...)", "the .onnx file to write")
         _refuse_overwrite(model, checkpoint, path)
     net = _weights_of(model, checkpoint, overrides, model_name, console)
     from nnlang.passes.pipeline import retype
     # NOTE: in the net's own dtype: a float64 net exported float32 weights and outputs
     proto = build_model(retype(net.user, net.dtype), net.parameters())
     if path is not None:
-        _write(proto, Path(path))
+        _write(proto, path)
     return proto
 
 
@@ -58,36 +60,42 @@ def _weights_of(model, checkpoint, overrides, model_name, console=None):
     if isinstance(model, Net):
         if checkpoint is not None:
             raise NNError("pass a checkpoint or a compiled net, not both")
-        _same_as_given(model.program, overrides, model_name, "the compiled net")
+        _same_as_trained(model, overrides, model_name, "this compiled net")
         return model
     if checkpoint is not None:
         from nnlang.train.inference import restore
         net = restore(model, checkpoint, backend="reference", console=console,
                       optimizer=False)[0]
-        _same_as_given(net.program, overrides, model_name, "the checkpoint")
+        _same_as_trained(net, overrides, model_name, "its checkpoint")
         return net
-    from nnlang.frontend.elaborate import load
-    if hasattr(model, "graph"):
-        _same_as_given(model, overrides, model_name, "the loaded program")
-        return Net(model, backend="reference", batch=1)
+    from nnlang.frontend.elaborate import Program, load
+    if isinstance(model, Program):
+        # NOTE: a Program is built already: overrides that would change it were dropped
+        net = Net(model, backend="reference", batch=1)
+        _same_as_trained(net, overrides, model_name, "this Program")
+        return net
     return Net(load(model, overrides, model_name), backend="reference", batch=1)
 
 
-def _same_as_given(program, overrides, model_name, what: str) -> None:
-    """A checkpoint, a loaded program or a compiled net fixes the model and its
+def _same_as_trained(net, overrides, model_name, holder: str) -> None:
+    """A checkpoint, a compiled net or a Program (`holder`) fixes the model and its
     hyper-parameters: asking for others is an error, not a file of that model under another
-    name (a program's or a net's were silently ignored)."""
-    if model_name is not None and model_name != program.model:
-        raise NNError(f"{what} holds model '{program.model}', not '{model_name}'",
-                      hint="leave model_name out, or pass one of that model")
-    hp = program.hparams
-    other = [k for k, v in (overrides or {}).items() if hp.get(k, v) != v or k not in hp]
+    name."""
+    from nnlang.frontend.elaborate import checked_overrides
+    if model_name is not None and model_name != net.program.model:
+        raise NNError(f"{holder} holds model '{net.program.model}', not '{model_name}'",
+                      hint="leave model_name out, or pass " + (
+                          "a checkpoint of that model" if "checkpoint" in holder else
+                          "the .nn path or source to build that model from"))
+    hp = net.program.hparams
+    other = [k for k, v in checked_overrides(overrides).items()
+             if hp.get(k, v) != v or k not in hp]
     if other:
-        fixed = ", ".join(f"{k} = {hp[k]!r}" if k in hp else f"no {k}" for k in other)
-        trained = what == "the checkpoint"
-        raise NNError(f"overrides cannot change {what}'s model: it has {fixed}",
-                      hint="leave overrides out: its own values are used" + (
-                          "" if trained else "; or pass them to nnlang.load or nnlang.compile"))
+        trained = ", ".join(f"{k} = {hp[k]!r}" if k in hp else f"no {k}" for k in other)
+        raise NNError(f"overrides cannot change a model that is built already: {holder} has "
+                      f"{trained}", hint="leave overrides out: its own values are used" + (
+                          "" if "checkpoint" in holder else
+                          "; or pass them to nnlang.load or nnlang.compile"))
 
 
 def _refuse_overwrite(model, checkpoint, path) -> None:

@@ -7,9 +7,12 @@ elaborated in `calls.py`, imports gathered in `imports.py`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from nnlang.errors import ErrorSink, Span, closest, did_you_mean
+import numpy as np
+
+from nnlang.errors import ErrorSink, NNError, Span, closest, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration, number_text
 from nnlang.frontend.deep import deep_stack
@@ -533,12 +536,46 @@ class Elaborator(CallElaboration, ScanElaboration):
 
 
 _CHOOSE_MODEL_HINT = ("pass --model NAME (in Python: nnlang.compile(..., model_name=NAME) or "
-                "nnlang.load(..., model=NAME))")
+                      "nnlang.load(..., model=NAME))")
+
+
+def _python_value(key: str, v):
+    """A hyper-parameter value given from Python as the .nn literal it stands for: numpy's
+    scalars as Python's (np.int64(5) was "expected an integer, got 5"), a tuple as a list."""
+    if isinstance(v, (np.generic, np.ndarray)) and v.ndim == 0 and v.dtype.kind in "biuf":
+        v = v.item()
+    if isinstance(v, (list, tuple)):
+        return [_python_value(key, x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        raise NNError(f"overrides['{key}'] = {v!r}: a hyper-parameter is a finite number")
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    raise NNError(f"overrides['{key}'] is a {type(v).__name__}; a hyper-parameter is a number, "
+                  "a bool, a string, None or a list of those", hint="pass the value the .nn "
+                  "source would write (an int for a size, a float for a rate)")
+
+
+def checked_overrides(overrides) -> dict:
+    """`overrides` from a Python caller: a dict of hyper-parameter names to .nn values."""
+    if overrides is None:
+        return {}
+    if not hasattr(overrides, "items"):
+        raise NNError(f"overrides are a {type(overrides).__name__}: give a dict of "
+                      "hyper-parameter name -> value", hint="e.g. overrides={\"hidden\": 64}")
+    for key in overrides:
+        if not isinstance(key, str):
+            raise NNError(f"overrides: the key {key!r} ({type(key).__name__}) is not a name",
+                          hint="the keys are the model's hyper-parameter names")
+    return {k: _python_value(k, v) for k, v in overrides.items()}
 
 
 @deep_stack
 def elaborate(module: ast.Module, overrides: dict | None = None,
               model: str | None = None) -> Program:
+    overrides = checked_overrides(overrides)
+    if model is not None and not isinstance(model, str):
+        raise NNError(f"model={model!r}: a model is chosen by its name (a str), not by "
+                      f"{type(model).__name__}", hint="e.g. model=\"MLP\"")
     errors = ErrorSink()
     defs = collect_defs(module, errors)
     models = [d for d in defs.values() if isinstance(d, ast.ModelDef)]
@@ -575,7 +612,7 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
                        did_you_mean(d.name, names) or
                        f"name a model of this file: {', '.join(names)}" if names else None)
     el = Elaborator(defs, errors)
-    hparams = el.model(chosen, overrides or {})
+    hparams = el.model(chosen, overrides)
     train = None
     tdef = defs.get(f"train:{chosen.name}")
     if tdef is not None:

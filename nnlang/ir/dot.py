@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections import defaultdict
+from numbers import Integral
 from pathlib import Path
 from typing import Callable
 
@@ -50,9 +51,10 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
     roles: only nodes with these roles (None: all). show_params: draw param and const leaves.
     cluster_of: node -> group name (or a dict node id -> name); groups replace path clusters.
     """
-    if depth is not None and depth < 1:
-        raise NNError(f"depth {depth}: it must be at least 1", hint="depth 1 draws only the "
-                      "top-level blocks and layers as boxes")
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, Integral)
+                              or depth < 1):
+        raise NNError(f"depth {depth!r}: it must be a whole number of at least 1",
+                      hint="depth 1 draws only the top-level blocks and layers as boxes")
     group = cluster_of.get if isinstance(cluster_of, dict) else cluster_of
     nodes = [g.node(n) for n in g.topo()]
     nodes = [n for n in nodes if (roles is None or n.role in roles)

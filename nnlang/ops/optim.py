@@ -27,6 +27,13 @@ def slot_name(slot: str, param: str) -> str:
     return f"{OPTIMIZER_PREFIX}{slot}.{param}"
 
 
+def slot_param(name: str) -> str | None:
+    """The parameter an optimizer slot entry belongs to (None: the step, or not a slot)."""
+    if not name.startswith(OPTIMIZER_PREFIX) or name == STEP_SLOT:
+        return None
+    return name[len(OPTIMIZER_PREFIX):].partition(".")[2] or None
+
+
 @dataclass(frozen=True)
 class OptimDef:
     name: str

@@ -38,6 +38,11 @@ assert set(SWITCH_HELP) == set(SWITCHES), "every switch needs its help text"
 
 def switched_off(disable) -> tuple:
     """The passes `disable` names (one name, or several), each checked against SWITCHES."""
+    if disable is None:
+        return ()
+    if not isinstance(disable, str) and not hasattr(disable, "__iter__"):
+        raise NNError(f"disable={disable!r}: the names of passes to switch off",
+                      hint=f"e.g. disable=(\"fuse\",); passes: {', '.join(SWITCHES)}")
     names = (disable,) if isinstance(disable, str) else tuple(disable)
     unknown = sorted(set(names) - set(SWITCHES))
     if unknown:

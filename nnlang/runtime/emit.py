@@ -20,9 +20,21 @@ def _graph(net, mode: str) -> Graph:
     return forward_graph(net.user, net.batch, net.dtype, results, net.lengths)
 
 
-def emit(net, what: str, mode: str = "train") -> str:
-    """The text of one --emit view of a compiled `Net` (see EMITS)."""
+def _compiled(net, fn: str) -> None:
+    """emit and dot read a compiled Net's graphs; a Program or a path is one step short."""
+    from nnlang.runtime.net import Net
+    if not isinstance(net, Net):
+        raise NNError(f"nnlang.{fn} takes a compiled Net, not a {type(net).__name__}",
+                      hint=f"compile it first: nnlang.{fn}(nnlang.compile(model), ...)")
+
+
+def emit(net, what: str, mode: str | None = None) -> str:
+    """The text of one --emit view of a compiled `Net` (see EMITS); `mode` None: train, or
+    predict for a model with no loss (which has no train graph)."""
     from nnlang.passes.optimize import optimize
+    _compiled(net, "emit")
+    if mode is None:  # NOTE: not `mode or`: an empty --mode is an unknown mode, not the default
+        mode = "train" if net.user.losses else "predict"
     if what not in EMITS:
         raise NNError(f"unknown --emit '{what}'", hint=f"choose one of: {', '.join(EMITS)}")
     if mode not in MODES:
@@ -116,6 +128,7 @@ def dot(net, backward: bool = False, fused: bool = False, depth: int | None = No
     forward and generated backward side by side; with `fused` the optimized graph with each
     fused kernel drawn as a cluster (a model with no loss: its prediction graph)."""
     from nnlang.ir.dot import to_dot
+    _compiled(net, "dot")
     if backward and not net.user.losses:
         from nnlang.passes.pipeline import no_loss
         raise no_loss(net.user, "so it has no backward pass")

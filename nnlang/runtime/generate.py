@@ -49,6 +49,8 @@ class Generation:
 def options_from(spec, given: dict) -> dict:
     """The sampling settings: flags/arguments over the generate section over the defaults,
     each range-checked (an error names the flag). Greedy unless some sampling is asked for."""
+    # NOTE: numpy's scalars as Python's: np.int64(3) for max_new was "3 is not an int"
+    given = {k: v.item() if isinstance(v, np.generic) else v for k, v in given.items()}
     for name, v in given.items():
         if v is not None and name in SAMPLING and (problem := sampling_problem(name, v)):
             # NOTE: the flag and the keyword, since `Net.generate` serves the CLI and Python

@@ -5,21 +5,24 @@ one executable per graph kind: a training step, an evaluation pass, and a predic
 """
 from __future__ import annotations
 
+import signal
 import threading
 import warnings
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import numpy as np
 
 from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.blas import blas_threads
+from nnlang.backends.ctrl_c import ctrl_c_held
 from nnlang.errors import NNError, did_you_mean
 from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import MAX_BATCH, Sym
 from nnlang.ir.summary import check_memory
 from nnlang.ops.init import initialize
 from nnlang.ops.optim import (OPTIMIZER_PREFIX, OPTIMIZERS, STEP_SLOT, initial_state,
-                              learning_rate)
+                              learning_rate, slot_param)
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.optimize import switched_off
 from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
@@ -90,6 +93,7 @@ class Net:
         steps_per_epoch: the data's size in steps, from which `train_step` advances `epoch`
         itself (and total_steps defaults to the train section's epochs times it)."""
         check_backend(backend, device=False)
+        dtype = _dtype_name(dtype)
         self.disable = _check_options(batch, dtype, seed, disable, total_steps, steps_per_epoch)
         self.program, self.backend, self.dtype = program, backend, dtype
         self.config = config or program.train or _default_config()
@@ -104,12 +108,41 @@ class Net:
         self.step = 0
         self.epoch = 0
         self.lr_scale = 1.0       # a plateau schedule's reductions so far (the trainer sets it)
+        self.last_metrics: dict = {}   # the metrics of the last train_step read
         self._unread: list = []   # (executable, device results) of unfetched train steps
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = total_steps or (steps_per_epoch or 0) * self.config.epochs
         # NOTE: one call at a time: every call of an executable writes its planned buffers
         self._lock = threading.RLock()
         self.state = self._init_state()
+
+    def __deepcopy__(self, memo) -> "Net":
+        """An independent net in the same place of training (weights, optimizer state, step,
+        epoch, schedule): what `copy.deepcopy(model)` gives a PyTorch loop keeping its best
+        model. It compiles its own executables (from the caches: no kernel compile)."""
+        with self._lock:
+            twin = Net(self.program, backend=self.backend, batch=self.batch, dtype=self.dtype,
+                       seed=self.seed, disable=self.disable, config=self.config,
+                       total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
+            twin.load_state_dict(self.state_dict())
+            twin.step, twin.epoch, twin.lr_scale = self.step, self.epoch, self.lr_scale
+            twin.tokenizer, twin.lengths = self.tokenizer, dict(self.lengths)
+            twin.init_report = getattr(self, "init_report", None)
+            return twin
+
+    def __copy__(self):
+        # NOTE: a shallow copy would share the weights and executables but count its own
+        # steps: two nets training one set of weights on different schedules
+        raise NNError("copy.copy(net) would share the net's weights; use copy.deepcopy(net) "
+                      "for an independent net in the same place of training")
+
+    def __reduce_ex__(self, protocol):
+        # NOTE: its executables hold compiled kernels and its parse holds grammar objects:
+        # pickle failed deep inside with "cannot pickle 'module' object"
+        raise NNError("a Net cannot be pickled (it holds compiled kernels)",
+                      hint="save net.state_dict() (np.savez) and load it into a net from "
+                           "nnlang.compile with load_state_dict; copy.deepcopy(net) copies one "
+                           "in the same process")
 
     # *** state ***
     def _init_state(self) -> dict:
@@ -138,14 +171,11 @@ class Net:
             # NOTE: before the first step the slots do not exist yet; without their zeros a
             # dict taken now would, loaded later, leave the optimizer's state as it is then
             out.update({k: np.zeros(shape, self.dtype)
-                        for k, shape in self._optimizer_shapes().items()})
+                        for k, shape in self._optimizer_state().items()})
         return out
 
-    def _optimizer_shapes(self) -> dict:
-        """The optimizer's state entries (step count and slots) of this net: name -> shape."""
-        if STEP_SLOT in self.state:
-            return {k: tuple(v.shape) for k, v in self.state.items()
-                    if k.startswith(OPTIMIZER_PREFIX)}
+    def _optimizer_state(self) -> dict:
+        """{name: shape} of the state this net's optimizer keeps (none without a loss)."""
         if not self.user.losses:
             return {}
         trained = {k: tuple(int(d) for d in self.user.node(v).attrs["shape"])
@@ -164,15 +194,18 @@ class Net:
         if not hasattr(state, "items"):
             raise NNError(f"a state dict maps names to arrays; got {type(state).__name__}",
                           hint="pass what net.state_dict() or net.parameters() returns")
-        shapes = self._state_shapes()
-        unexpected = [k for k in state if k not in shapes]
+        _check_names(state, "state dict", "state names", self.user.params)
+        slots = self._optimizer_state()
+        shapes = {k: self._state_shape(k, slots) for k in state}
+        unexpected = [k for k in state if shapes[k] is None]
         missing = [k for k in self.user.params if k not in state]
         if any(k.startswith(OPTIMIZER_PREFIX) for k in state):
             # NOTE: weights alone leave the optimizer's state as it is; part of it would mix
             # the dict's moments with the net's own (or its step count)
-            missing += [k for k in self._optimizer_shapes() if k not in state]
+            missing += [k for k in slots if k not in state]
         if strict and (unexpected or missing):
-            raise NNError("; ".join(_state_problems(unexpected, missing, self.user.params)),
+            raise NNError("; ".join(_state_problems(unexpected, missing, self.user.params,
+                                                   self.config.optimizer.name)),
                           hint="pass strict=False to load only the names the net knows")
         arrays = {}
         for k, v in state.items():
@@ -183,7 +216,16 @@ class Net:
                 raise NNError(f"state value '{k}' has shape {arr.shape}, the model expects "
                               f"{shapes[k]}", hint="was it saved from another "
                               "model or with other --set values?")
+            _check_fits(arr, self.dtype, f"state value '{k}'")
             arrays[k] = arr
+        if STEP_SLOT in arrays:
+            step = arrays[STEP_SLOT]  # NOTE: int() would cut 3.7 and fail on NaN
+            if step.dtype.kind == "b" or not (np.isfinite(step) and step >= 0
+                                               and step == np.trunc(step)):
+                raise NNError(f"state value '{STEP_SLOT}' is {step.item()!r}: the optimizer's "
+                              "step count is a whole number of at least 0",
+                              hint="pass the value state_dict() gave, or leave it out to keep "
+                                   "this net's")
         with self._lock:
             for k, arr in arrays.items():
                 if k in self.state and _on_device(self.state[k]):
@@ -196,15 +238,19 @@ class Net:
                 self.step = int(arrays[STEP_SLOT])
         return Loaded(missing, unexpected)
 
-    def _state_shapes(self) -> dict:
-        """Every entry this net's state can hold: name -> shape. Optimizer entries are those of
-        its own optimizer only (another's slots, Adam's m in an SGD net, would be kept unused
-        and handed on by state_dict)."""
-        shapes = {k: tuple(int(d) for d in self.user.node(v).attrs["shape"])
-                  for k, v in self.user.params.items()}
-        shapes |= {k: tuple(v.shape) for k, v in self.state.items()
-                   if not k.startswith(OPTIMIZER_PREFIX)}
-        return shapes | self._optimizer_shapes()
+    def _state_shape(self, name: str, slots: dict) -> tuple | None:
+        """The shape state entry `name` has in this net, None for a name it cannot have;
+        `slots`: the net's _optimizer_state()."""
+        if name in self.state:
+            return tuple(self.state[name].shape)
+        if name == STEP_SLOT:
+            return ()
+        if slot_param(name) is not None:
+            # NOTE: only the slots this optimizer keeps: Adam's moments loaded into an SGD net
+            # were kept, unread, and written to its checkpoints from then on
+            return slots.get(name)
+        nid = self.user.params.get(name)
+        return None if nid is None else tuple(int(d) for d in self.user.node(nid).attrs["shape"])
 
     # *** executables ***
     def _exe(self, kind: str, batch: int, lengths: dict | None = None):
@@ -263,12 +309,16 @@ class Net:
         return _compile(g, self.backend, self.state, self.disable), g
 
     def prepare(self, kind: str = "train", batch: int | None = None) -> None:
-        """Compiles the `kind` executable for `batch` now rather than on its first call."""
+        """Compiles the `kind` executable (train | eval | predict) for `batch` now rather than
+        on its first call."""
+        _check_kind(kind, "prepare")
+        _check_batch(batch, "prepare", "leave it out to prepare the net's own batch")
         with self._lock:
             self._exe(kind, batch or self.batch)
 
     def graph(self, kind: str = "train"):
         """The optimized-input primitive graph of `kind` (train | eval | predict)."""
+        _check_kind(kind, "graph")
         with self._lock:
             return self._exe(kind, self.batch)[1]
 
@@ -278,6 +328,8 @@ class Net:
         if not isinstance(feeds, dict):
             raise NNError(f"feeds are {type(feeds).__name__}: give a dict of input name -> "
                           "array", hint=f"the model's inputs: {_names(self.user)}")
+        _check_names(feeds, "feeds", "input names",
+                     [n for n in self.user.inputs if not n.startswith("_")])
         out = dict(feeds)
         for name, nid in self.user.inputs.items():
             if name in feeds:
@@ -293,17 +345,25 @@ class Net:
         """(results, executable, graph) of one call of the `kind` executable for the batch
         and lengths of `feeds`."""
         with self._lock:
-            feeds = self._arrays(feeds)
-            batch, lengths = _sizes_of(self.user, feeds, self.lengths, self.batch)
-            key = _key(kind, batch, lengths)
-            exe, g = self._exe(kind, batch, lengths)
-            feeds = {**self._cast(feeds, g), **extra}
-            if key not in self._checks:
-                self._checks[key] = index_inputs(g)
-            check_indices(self._checks[key], feeds)
-            if "_rng" in g.inputs:
-                feeds["_rng"] = np.int64(self.seed * 1_000_003 + self.step)
+            exe, g, feeds = self._prepared(kind, feeds, extra)
             return exe.run(feeds, fetch), exe, g
+
+    def _prepared(self, kind: str, feeds: dict, extra: dict) -> tuple:
+        """(executable, graph, checked feeds) of a call of `kind` (compiled now if new)."""
+        feeds = self._arrays(feeds)
+        batch, lengths = _sizes_of(self.user, feeds, self.lengths, self.batch)
+        key = _key(kind, batch, lengths)
+        exe, g = self._exe(kind, batch, lengths)
+        feeds = {**self._cast(feeds, g), **extra}
+        if key not in self._checks:
+            self._checks[key] = index_inputs(g)
+        check_indices(self._checks[key], feeds)
+        if "_rng" in g.inputs:
+            # NOTE: wrapped into int64 in Python: a seed of 2**62 or more overflowed the cast
+            # (OverflowError at the first step; a numpy uint64 seed wrapped with a warning).
+            # Seeds below 9.2e12 keep the stream they always had.
+            feeds["_rng"] = np.int64((int(self.seed) * 1_000_003 + self.step) % 2**63)
+        return exe, g, feeds
 
     def _cast(self, feeds: dict, g) -> dict:
         out = {}
@@ -317,6 +377,8 @@ class Net:
             user = self.user.node(self.user.inputs[name])
             if node.dtype.startswith("int"):
                 _check_ids(arr, name, node.dtype, user.type)
+            else:   # NOTE: a pass over the data only when it is wider than the input's dtype
+                _check_fits(arr, node.dtype, f"input '{name}'")
             want = tuple(int(d) for d in node.shape)
             if arr.shape != want:
                 batched = bool(user.shape) and isinstance(user.shape[0], Sym)
@@ -338,13 +400,22 @@ class Net:
                           "nnlang.compile (nnlang train does)", stacklevel=2)
         with self._lock:
             lr = self.learning_rate()
-            out, exe, _ = self._run("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)},
-                                    fetch)
-            self.step += 1
-            if self.steps_per_epoch:
-                self.epoch = self.step // self.steps_per_epoch
+            exe, _, feeds = self._prepared("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)})
+            # NOTE: a KeyboardInterrupt between the step's kernels, or between the step and its
+            # counters, left the weights half updated and net.step behind the optimizer's own
+            # count (which a state dict then carried): a library loop's Ctrl-C waits for the
+            # whole step, as `fit`'s Interrupts make it wait (there SIGINT is theirs already).
+            # The compile above stays interruptible.
+            held = ctrl_c_held() if signal.getsignal(signal.SIGINT) is \
+                signal.default_int_handler else nullcontext()
+            with held:
+                out = exe.run(feeds, fetch)
+                self.step += 1
+                if self.steps_per_epoch:
+                    self.epoch = self.step // self.steps_per_epoch
+                if not fetch:
+                    self._unread.append((exe, out))
             if not fetch:
-                self._unread.append((exe, out))
                 return None
             loss, self.last_metrics = _loss_and_metrics(out)
             return loss
@@ -352,6 +423,10 @@ class Net:
     def learning_rate(self, step: int | None = None) -> float:
         """The schedule's learning rate at (0-based) `step`, default the next step to run, in
         the current epoch: the one place it is computed."""
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer))
+                                 or step < 0):
+            raise NNError(f"learning_rate(step={step!r}): a step is a whole number of at least 0",
+                          hint="leave it out for the next step's rate")
         return learning_rate(self.config.optimizer.options["lr"], self.config.schedule,
                              self.step if step is None else step, self.epoch, self.total_steps,
                              self.lr_scale)
@@ -389,7 +464,8 @@ class Net:
         (names of float inputs) adds d(loss)/d(input) under each input's name. Under
         `nnlang.distributed` (each rank given its shard) both are of the global batch's loss:
         the weights' averaged over the ranks, the inputs' those of this rank's rows."""
-        inputs = (inputs,) if isinstance(inputs, str) else tuple(dict.fromkeys(inputs))
+        inputs = (inputs,) if isinstance(inputs, str) else \
+            tuple(dict.fromkeys(inputs or ()))   # NOTE: None, as for no inputs
         for name in inputs:
             nid = self.user.inputs.get(name) if isinstance(name, str) else None
             if nid is None or name.startswith("_"):
@@ -508,12 +584,13 @@ def _rank() -> int:
 
 
 def _batch_of(feeds: dict, default: int) -> int:
-    """The first dim of the first fed array that has one (all scalars: the net's batch)."""
+    """The first dim of the first fed array that has one (all scalars, or none: the net's
+    batch)."""
     for k, v in feeds.items():
         if not k.startswith("_") and np.ndim(v):
             return int(np.shape(v)[0])
-    if not feeds:
-        raise NNError("no inputs given")
+    # NOTE: no feeds: the call names the first missing input (it said "no inputs given",
+    # without which), and a model without inputs runs at the net's batch
     return default
 
 
@@ -523,9 +600,13 @@ class Loaded(NamedTuple):
     unexpected: list
 
 
-def _state_problems(unexpected: list, missing: list, known) -> list[str]:
+def _state_problems(unexpected: list, missing: list, known, optimizer: str) -> list[str]:
     out = []
     for name in unexpected[:3]:
+        if slot_param(name) in known:
+            out.append(f"'{name}' is optimizer state that this net's {optimizer} does not "
+                       "keep (saved with another optimizer?)")
+            continue
         hint = did_you_mean(name, known)
         out.append(f"'{name}' is not in this model's state" + (f" ({hint})" if hint else ""))
     if len(unexpected) > 3:
@@ -538,6 +619,17 @@ def _state_problems(unexpected: list, missing: list, known) -> list[str]:
     return out
 
 
+def _dtype_name(dtype):
+    """numpy's spelling of a dtype (np.float32, np.dtype("float64")) as its name, the one a
+    Net keeps; anything else is left for _check_options to refuse."""
+    if dtype is None or isinstance(dtype, str):   # NOTE: np.dtype(None) is float64
+        return dtype
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return dtype
+
+
 def _check_options(batch, dtype, seed, disable, total_steps=0, steps_per_epoch=None) -> tuple:
     """The compile options a Net is built from, checked before anything is allocated; returns
     the passes to switch off as a tuple of names."""
@@ -546,10 +638,7 @@ def _check_options(batch, dtype, seed, disable, total_steps=0, steps_per_epoch=N
                           1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
             raise NNError(f"{what}={v!r}: a whole number of at least {low}")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
-                              or not 1 <= batch <= MAX_BATCH):
-        raise NNError(f"batch={batch!r}: a batch size is a whole number from 1 to 2**31 - 1",
-                      hint="leave it out to use the train section's batch")
+    _check_batch(batch, "", "leave it out to use the train section's batch")
     if dtype not in ("float32", "float64"):
         raise NNError(f"dtype={dtype!r}: nets compute in float32 or float64",
                       hint="int inputs keep the dtype the model declares for them")
@@ -559,14 +648,48 @@ def _check_options(batch, dtype, seed, disable, total_steps=0, steps_per_epoch=N
     return switched_off(disable)
 
 
+def _check_names(mapping: dict, what: str, names: str, known) -> None:
+    """The keys of a dict of arrays are names (strings), or the lookups below would fail on
+    one; an int key is what a user indexing feeds by position writes."""
+    for key in mapping:
+        if not isinstance(key, str):
+            raise NNError(f"{what}: the key {key!r} ({type(key).__name__}) is not a name; the "
+                          f"keys are {names}", hint=f"the model's: {', '.join(list(known)[:8])}"
+                          + (", ..." if len(known) > 8 else ""))
+
+
+def _check_batch(batch, where: str, hint: str) -> None:
+    """`batch` (None: the default) is a whole number of rows an executable can count."""
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
+                              or not 1 <= batch <= MAX_BATCH):
+        raise NNError(f"{where + '(' if where else ''}batch={batch!r}{')' if where else ''}: a "
+                      "batch size is a whole number from 1 to 2**31 - 1", hint=hint)
+
+
+# NOTE: the executables a caller may ask for by name; `grad:...` ones are gradients()' own
+KINDS = ("train", "eval", "predict")
+
+
+def _check_kind(kind, where: str) -> None:
+    if kind not in KINDS:
+        raise NNError(f"{where}(kind={kind!r}): the kinds of executable are "
+                      f"{', '.join(KINDS)}", hint=did_you_mean(kind, KINDS)
+                      if isinstance(kind, str) else None)
+
+
 def _numbers(value, what: str, declared: str = "") -> np.ndarray:
     """`value` as a numpy array of bools, integers or floats; what else it holds (text,
     complex numbers, None, rows of different lengths) is an error naming `what`."""
     try:
         arr = np.asarray(value)
-    except (ValueError, TypeError):
-        raise NNError(f"{what} is not an array: its rows have different lengths",
-                      hint="pad the rows to one length") from None
+    except Exception as err:  # NOTE: a foreign array's __array__ may raise anything
+        if isinstance(value, (list, tuple)) and isinstance(err, ValueError):
+            raise NNError(f"{what} is not an array: its rows have different lengths",
+                          hint="pad the rows to one length") from None
+        # NOTE: e.g. a torch tensor that requires grad, or in bfloat16, which numpy lacks
+        raise NNError(f"{what} (a {type(value).__name__}) cannot be read as a numpy array: "
+                      f"{err}", hint="pass a numpy array of numbers (for a torch tensor: "
+                      "t.detach().cpu().float().numpy())") from None
     if arr.dtype.kind not in "biuf":
         got = f"a {type(value).__name__}" if arr.ndim == 0 and arr.dtype == object else \
             {"U": "text", "S": "bytes", "c": "complex numbers", "M": "dates",
@@ -577,13 +700,32 @@ def _numbers(value, what: str, declared: str = "") -> np.ndarray:
     return arr
 
 
+def _check_fits(arr: np.ndarray, dtype: str, what: str) -> None:
+    """A finite float too large for `dtype` (1e300 into float32) would be cast to infinity
+    with only numpy's RuntimeWarning."""
+    if arr.dtype.kind != "f" or arr.dtype.itemsize <= np.dtype(dtype).itemsize or not arr.size:
+        return
+    finite = arr[np.isfinite(arr)]
+    bad = finite[np.argmax(np.abs(finite))].item() if finite.size else 0.0
+    largest = float(np.finfo(dtype).max)   # NOTE: a Python float: no cast to warn in
+    if abs(bad) > largest:
+        raise NNError(f"{what} holds {bad:g}, which {dtype} cannot hold (its "
+                      f"largest is {largest:g})", hint="was it saved from another "
+                      "program? scale it, or compile the net with dtype=\"float64\"")
+
+
 def _check_ids(arr: np.ndarray, name: str, dtype: str, declared: str) -> None:
     """An int input takes whole numbers its dtype can hold, so none is silently cut or
     wrapped around."""
     if arr.dtype.kind == "f" and not np.array_equal(arr, np.trunc(arr)):
-        raise NNError(f"input '{name}' holds values that are not whole numbers "
-                      f"(float {arr.dtype}); the model declares {declared}",
-                      hint="pass integer ids (an int array)")
+        # NOTE: said apart: a NaN label (a missing value) is no fraction to round
+        nan = np.isnan(arr)
+        at = tuple(int(i) for i in np.argwhere(nan if nan.any() else arr != np.trunc(arr))[0])
+        raise NNError(f"input '{name}' holds " + ("NaN" if nan.any() else "values that are not "
+                      "whole numbers") + f" (float {arr.dtype}, the first at index "
+                      f"{list(at)}); the model declares {declared}",
+                      hint="drop or fill the rows without a label" if nan.any() else
+                      "pass integer ids (an int array)")
     info = np.iinfo(dtype)
     if arr.size and arr.dtype != np.dtype(dtype) and arr.dtype.kind != "b":
         lo, hi = arr.min(), arr.max()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlang.errors import NNError
-from nnlang.files import write_atomic
+from nnlang.files import as_path, write_atomic
 from nnlang.frontend.source import same_program
 from nnlang.frontend.train_config import Choice, TrainConfig
 from nnlang.ops.optim import OPTIMIZER_PREFIX, OPTIMIZERS, SCHEDULES
@@ -88,7 +88,7 @@ def save(path, state: dict, meta: dict) -> Path:
 def load(path, prefer_best: bool = False) -> Checkpoint:
     """Reads a checkpoint file, or `checkpoint.npz` inside a run directory (`best.npz` when
     it holds one and `prefer_best`: what eval and predict use)."""
-    path = Path(path)
+    path = as_path(path, "the checkpoint", "a run directory or a checkpoint .npz")
     if path.is_dir():
         path = path / (BEST if prefer_best and (path / BEST).is_file() else FILENAME)
     if not path.is_file():

@@ -49,7 +49,8 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
                       "trained from") from None
     if console and ckpt.trained_on_other_source(source):
         say(console, f"note: {file} differs from the source this checkpoint was trained with")
-    net = Net(program, backend=backend, batch=batch or cfg.batch, seed=cfg.seed)
+    net = Net(program, backend=backend, batch=cfg.batch if batch is None else batch,
+              seed=cfg.seed)  # NOTE: batch=0 is an error, not the run's batch
     net.config = cfg
     missing = [k for k in net.state if k not in ckpt.state]
     # NOTE: every mismatch at once, so a checkpoint of another model is plain from one error

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
+from nnlang.files import as_path
 from nnlang.frontend.train_config import setting_span
 from nnlang.ir.dims import fmt_shape
 from nnlang.ops.optim import OPTIMIZER_PREFIX
@@ -55,7 +56,8 @@ def resolve_source(source, what: str, base_dir: Path | None = None) -> Path:
     """The checkpoint file `source` names (a .npz, or a run directory: its best.npz when it
     kept one, as eval, predict and export take, else its checkpoint.npz); a relative path from
     the train section is looked up beside the .nn file first."""
-    path = Path(source)
+    path = as_path(source, what,
+                   "a run directory (runs/<model>-<time>/) or a checkpoint .npz")
     if base_dir is not None and not path.is_absolute() and (base_dir / path).exists():
         path = base_dir / path
     if path.is_dir():

@@ -9,7 +9,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from nnlang.errors import NNError, did_you_mean
-from nnlang.frontend.elaborate import load
+from nnlang.frontend.elaborate import Program, load
 from nnlang.frontend.source import load_source, read_source
 from nnlang.frontend.train_config import FLAGS, Choice, TrainConfig, option_problem
 from nnlang.train import feeds
@@ -22,7 +22,7 @@ _SCALARS = {f.name: f.type for f in fields(TrainConfig)
 
 def source_of(program_or_path) -> tuple[str | None, str]:
     """(source text, file name) of a path, source text or `Program`."""
-    if hasattr(program_or_path, "graph"):
+    if isinstance(program_or_path, Program):  # NOTE: a Net has a graph() method too
         f = program_or_path.file
         return (read_source(f) if f and Path(f).is_file() else None), f
     return load_source(program_or_path)
@@ -184,7 +184,7 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
     source, file = source_of(program_or_path)
     hp, train_sets = split_overrides(dict(sets or {}), source, file)
     hp = {**(base_overrides or {}), **hp}
-    if hasattr(program_or_path, "graph"):
+    if isinstance(program_or_path, Program):
         program = program_or_path
         if any(program.hparams.get(k) != v for k, v in hp.items()):
             raise NNError(f"cannot apply hyper-parameters {', '.join(hp)} to an elaborated "

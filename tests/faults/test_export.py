@@ -120,7 +120,7 @@ def test_a_checkpoint_fixes_the_model_and_its_hyper_parameters(run):
     (run / "two.nn").write_text(two)
     with pytest.raises(NNError, match="holds model 'Tiny', not 'Other'"):
         nnlang.export_onnx(str(run / "tiny.nn"), run / "run", model_name="Other")
-    with pytest.raises(NNError, match="the checkpoint.s model: it has hidden = 8"):
+    with pytest.raises(NNError, match="built already: its checkpoint has hidden = 8"):
         nnlang.export_onnx(str(run / "tiny.nn"), run / "run", overrides={"hidden": 64})
     same = nnlang.export_onnx(str(run / "tiny.nn"), run / "run", overrides={"hidden": 8},
                               model_name="Tiny")
@@ -176,7 +176,7 @@ def test_a_loaded_or_compiled_model_fixes_its_hyper_parameters():
     from nnlang.errors import NNError
     program = nnlang.load(TINY)
     for model in (program, nnlang.compile(program, backend="reference")):
-        with pytest.raises(NNError, match="overrides cannot change .* it has hidden = 8"):
+        with pytest.raises(NNError, match="overrides cannot change .* has hidden = 8"):
             nnlang.export_onnx(model, overrides={"hidden": 3})
         with pytest.raises(NNError, match="holds model 'Tiny', not 'Other'"):
             nnlang.export_onnx(model, model_name="Other")

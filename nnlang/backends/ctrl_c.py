@@ -1,0 +1,35 @@
+"""Ctrl-C held over a stretch of work that must not be cut in the middle: a kernel's compile
+(numba_backend) and a training step with its counters (`Net.train_step`)."""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+
+
+@contextmanager
+def ctrl_c_held():
+    """Ctrl-C (SIGINT), and SIGTERM where Python handles it (`fit`'s `Interrupts`), during the
+    block is recorded, then given to the handler that was in place once the block ends
+    (Python's KeyboardInterrupt, or `fit`'s `Interrupts`).
+    NOTE: numba runs Python inside LLVM's object-cache callbacks (llvmlite, through ctypes);
+    a KeyboardInterrupt raised there is printed as "Exception ignored on calling ctypes callback
+    function" and dropped, and the compile goes on with a library that lacks its object code
+    (a false "damaged cache" warning, or an error). Held one kernel at a time (~0.2 s each to
+    compile), a cold compile still stops soon after the key is pressed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed, old = [], {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # NOTE: only a Python handler runs Python: SIG_DFL and SIG_IGN are not callable, and
+        # None is a handler set outside Python
+        if callable(signal.getsignal(sig)):
+            old[sig] = signal.signal(sig, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(pressed):
+            signal.raise_signal(sig)
