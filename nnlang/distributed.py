@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnlang.backends import collective
+from nnlang.errors import NNError
 
 __all__ = ["init", "rank", "size", "is_distributed", "shard", "allreduce_mean",
            "broadcast_parameters", "lead", "use_gpu"]
@@ -61,7 +62,14 @@ def shard(arrays: dict) -> dict:
     batch the ranks do not divide is an error: the step averages the ranks' gradients with
     equal weights, the batch's mean only when the shards are equal)."""
     world = _world()
-    n = len(next(iter(arrays.values())))
+    rows = {k: len(v) for k, v in arrays.items()}
+    if len(set(rows.values())) > 1:
+        # NOTE: the rows are cut by the first array's count: a label array of another length
+        # was cut at the same place, so a rank trained on inputs and labels that do not pair
+        raise NNError("dist.shard: the batch's arrays have different row counts (" +
+                      ", ".join(f"{k}: {n}" for k, n in rows.items()) + ")",
+                      hint="give every array the batch's rows on its first axis")
+    n = next(iter(rows.values()))
     world.per_rank(n, hint=f"give every rank as many rows: a batch that {world.size} divides, "
                            "or drop the last partial batch")
     rows = world.shard(n)
@@ -71,6 +79,12 @@ def shard(arrays: dict) -> dict:
 def allreduce_mean(values) -> np.ndarray:
     """The mean over the ranks of a host array (losses, metrics, your own gradients)."""
     world = _world()
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise NNError("dist.allreduce_mean: the values must make one array of numbers (a "
+                      f"list of scalars, or arrays of one shape), got {values!r:.80}",
+                      hint="reduce each array with its own call, or stack them first") from None
     return world.sum(values, "allreduce_mean") / world.size
 
 

@@ -398,6 +398,23 @@ def test_library_shard_refuses_a_batch_the_ranks_cannot_split(ranks):
     assert dist.shard({"x": np.arange(8)})["x"].tolist() == [0, 1]
 
 
+def test_library_shard_refuses_arrays_of_other_row_counts(ranks):
+    """dist.shard cut every array by the first one's rows: inputs of 8 rows and labels of 6
+    gave rank 1 rows 4-7 of the inputs and 4-5 of the labels, silently unpaired."""
+    import nnlang.distributed as dist
+    ranks(2)
+    with pytest.raises(nnlang.NNError, match=r"different row counts \(x: 8, label: 6\)"):
+        dist.shard({"x": np.zeros((8, 2)), "label": np.zeros(6)})
+
+
+def test_library_allreduce_mean_of_mixed_values_is_a_clear_error(ranks):
+    import nnlang.distributed as dist
+    ranks(2)
+    assert dist.allreduce_mean([1.0, np.float32(3.0)]).shape == (2,)  # scalars of 2 types
+    with pytest.raises(nnlang.NNError, match="one array of numbers"):
+        dist.allreduce_mean([1.0, np.array([1.0, 2.0])])
+
+
 def _two_ranks_check(source: str, batch: dict | None = None, **kw) -> list[str]:
     """Ranks.means_over_rows as rank 0 of 2 on one global batch of the tiny data; the notes.
     With `kw` (overrides...): (the notes, whether rows are split in evaluation)."""
