@@ -429,18 +429,28 @@ def test_library_shard_passes_scalars_and_names_what_it_cannot_split(ranks, monk
     assert collective._current is None
 
 
-def _two_ranks_check(source: str) -> list[str]:
-    """Ranks.means_over_rows as rank 0 of 2 on one global batch of the tiny data; the notes."""
+def test_library_allreduce_mean_of_mixed_values_is_a_clear_error(ranks):
+    import nnlang.distributed as dist
+    ranks(2)
+    assert dist.allreduce_mean([1.0, np.float32(3.0)]).shape == (2,)  # scalars of 2 types
+    with pytest.raises(nnlang.NNError, match="allreduce_mean takes numbers"):
+        dist.allreduce_mean([1.0, np.array([1.0, 2.0])])
+
+
+def _two_ranks_check(source: str, batch: dict | None = None, **kw) -> list[str]:
+    """Ranks.means_over_rows as rank 0 of 2 on one global batch of the tiny data; the notes.
+    With `kw` (overrides...): (the notes, whether rows are split in evaluation)."""
     from nnlang.train.data_parallel import Ranks
     world = collective.World()
     world.size = 2
-    net = nnlang.compile(source, batch=4, seed=1)
+    net = nnlang.compile(source, batch=4, **{"seed": 1, **kw})
     rng = np.random.default_rng(0)
-    batch = {"x": rng.normal(size=(8, 4)).astype(np.float32),
-             "label": rng.integers(0, 3, 8).astype(np.int32)}
+    batch = batch or {"x": rng.normal(size=(8, 4)).astype(np.float32),
+                      "label": rng.integers(0, 3, 8).astype(np.int32)}
     said: list[str] = []
-    Ranks(world).means_over_rows(net, batch, said.append)
-    return said
+    ranks = Ranks(world)
+    ranks.means_over_rows(net, batch, said.append)
+    return (said, ranks.all_row_means) if kw else said
 
 
 def test_a_loss_summed_over_the_batch_is_refused_under_several_ranks():
@@ -471,6 +481,32 @@ def test_a_metric_that_is_not_a_mean_over_rows_is_said_once():
     said = _two_ranks_check(PPL_SOURCE)
     assert len(said) == 1 and "metric ppl is not a mean over the batch's rows" in said[0]
     assert _two_ranks_check(tiny_source()) == []
+
+
+def test_gpt_perplexity_is_no_mean_at_its_first_batch():
+    """models/gpt.nn's `exp(cross_entropy(...))` at an untrained model's first batch: 130.436
+    whole, 130.554 the shards' mean. The check's 1e-3 tolerance took it for a mean over rows,
+    so under N ranks validation split each batch's rows and printed the mean of the shards'
+    perplexities, not the 1-process number docs/distributed.md promises, and no note."""
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, 108, (8, 17)).astype(np.int32)
+    said, split = _two_ranks_check(
+        str(ROOT / "models" / "gpt.nn"), {"tokens": t[:, :-1], "next": t[:, 1:]},
+        overrides={"dim": 16, "ffn": 32, "maxlen": 16, "layers": 1}, seed=0)
+    assert not split
+    assert len(said) == 1 and "metric perplexity is not a mean" in said[0], said
+
+
+def test_values_the_shards_cannot_tell_apart_are_evaluated_whole():
+    """A zero-initialized head gives every row the loss log 3, so exp(mean) and the mean of
+    exp agree at the first batch although they part as soon as it trains: the check cannot
+    tell, and evaluation must take whole batches (exact for any value), not split rows."""
+    source = PPL_SOURCE.replace("logits = dense(h, classes)",
+                                'logits = dense(h, classes, init = "zeros")')
+    said, split = _two_ranks_check(source, overrides={})
+    assert not split and said == [], said
+    # a mean the shards do tell apart still splits the rows
+    assert _two_ranks_check(tiny_source(), overrides={}) == ([], True)
 
 
 @pytest.mark.slow
@@ -505,6 +541,40 @@ def test_the_docs_library_example_runs_on_two_ranks(tmp_path):
     assert "Warning" not in got.stderr, got.stderr  # as written, no rank warns
     lines = [ln for ln in got.stdout.splitlines() if ln.startswith("step ")]
     assert [ln.split()[1] for ln in lines] == [str(k) for k in range(10)]  # rank 0 alone
+
+
+PLATEAU_SOURCE = tiny_source("sgd(lr = 0.3, momentum = 0.9)", None).replace(
+    "batch = 4\n  epochs = 2",
+    'batch = 6\n  epochs = 5\n  schedule = plateau(patience = 1, factor = 0.5)\n  l1 = 0.001\n'
+    '  early_stop = 3\n  monitor = "val_acc"\n  mode = "max"')
+
+
+def test_best_epoch_and_plateau_do_not_depend_on_the_rank_count(tmp_path):
+    """val_* arrays, plateau, l1, early stopping on val_acc: epochs 3 and 5 get the same 47 of
+    60 validation rows right, which 1 process summed to 0.78333332538 and 0.78333332836 and 2
+    ranks to 0.78333334327 and 0.78333334029. The tie counted as an improvement on one process
+    only: best.npz held epoch 5 there and epoch 3 on 2 ranks, and plateau cut the rate once
+    more on 2 ranks. The 1-process run is the reference: same best epoch, same weights."""
+    _mpirun()
+    (tmp_path / "pl.nn").write_text(PLATEAU_SOURCE.replace("tiny.npz", "tv.npz"))
+    x = tiny_data(tmp_path, total=200, train=160)
+    d = np.load(tmp_path / "tiny.npz")
+    y = np.concatenate([d["train_label"], d["test_label"]])
+    np.savez(tmp_path / "tv.npz", train_x=x[:100], train_label=y[:100], val_x=x[100:160],
+             val_label=y[100:160], test_x=x[160:], test_label=y[160:])
+    from nnlang.train.trainer import fit
+    one = fit(str(tmp_path / "pl.nn"), out=tmp_path / "one", progress=False)
+    got = mpirun(2, sys.executable, "-m", "nnlang_cli.main", "train", "pl.nn", "--out", "two",
+                 cwd=tmp_path, timeout=200)
+    assert got.returncode == 0, got.stdout + got.stderr
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert two["best"]["epoch"] == one.best["epoch"]
+    for name in ("best.npz", "checkpoint.npz"):
+        a, b = np.load(tmp_path / "one" / name), np.load(tmp_path / "two" / name)
+        for k in a.files:
+            if a[k].dtype.kind == "f":
+                np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5,
+                                           err_msg=f"{name} {k}")
 
 
 def test_benchmark_projection_is_the_ring_model():

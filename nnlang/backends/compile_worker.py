@@ -17,6 +17,7 @@ import os
 import pickle
 import signal
 import sys
+from contextlib import contextmanager
 
 import numba
 
@@ -40,6 +41,41 @@ def claim(claims: str, k: int) -> bool:
         return False
 
 
+_HELD: set = set()   # kernel files this process holds (`held`): a nested hold is a no-op
+
+
+@contextmanager
+def held(path: str):
+    """An exclusive flock on a generated kernel's module file while this process compiles the
+    kernel into numba's disk cache and checksums it. Processes of other runs on this machine
+    (the ranks of `mpirun -n N nnlang train`, with their workers) compile the same kernels into
+    the same cache: numba's machine code differs from one process to the next, so two writers
+    at once left one's checksum beside the other's file (a false "damaged" warning and a
+    rebuild, on every cold data-parallel start). Held, the second one waits and then loads the
+    first one's kernel. No lock where the file system has none: as before."""
+    if path in _HELD:
+        yield
+        return
+    try:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        _HELD.add(path)
+        try:
+            yield
+        finally:
+            _HELD.discard(path)
+    finally:
+        os.close(fd)   # NOTE: closing drops the lock
+
+
 def compile_all(claims, jobs) -> None:
     """Compiles each job this process claims (`claim`: the parent takes the others)."""
     for k, (path, module_name, name, sigs) in enumerate(jobs):
@@ -51,8 +87,9 @@ def compile_all(claims, jobs) -> None:
             sys.modules[module_name] = module
             spec.loader.exec_module(module)
         fn = getattr(sys.modules[module_name], name)
-        for sig in sigs:
-            fn.compile(tuple(_typed(t) for t in sig))
+        with held(path):
+            for sig in sigs:
+                fn.compile(tuple(_typed(t) for t in sig))
 
 
 def warm_up() -> None:

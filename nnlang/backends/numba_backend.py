@@ -33,7 +33,7 @@ from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.base import Call, State, library_call, run_in_order
 from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded_blas_pays,
                                   workers)
-from nnlang.backends.compile_worker import claim
+from nnlang.backends.compile_worker import claim, held
 from nnlang.backends.ctrl_c import ctrl_c_held
 from nnlang.backends.numba_scan import KernelAddress, Unsupported, blas_gemms, render_driver
 from nnlang.codegen.render_numba import (COLUMNS_MIN, PARALLEL_MIN, render, render_multi,
@@ -469,9 +469,17 @@ class NumbaBackend:
         entry = self._entries.get((fn, sig))
         if entry is not None:
             return entry
+        generated = fn.py_func.__module__.startswith(_KERNELS)
+        if not generated:
+            return self._compiled_entry(fn, sig, generated)
+        with held(sys.modules[fn.py_func.__module__].__file__):
+            return self._compiled_entry(fn, sig, generated)
+
+    def _compiled_entry(self, fn, sig, generated: bool):
+        """`_entry`'s compile (or load from the disk cache), checksum check and record; a
+        generated kernel's under `held`, so another process compiling it waits its turn."""
         hits = sum(fn._cache_hits.values())
         known = sig in fn.overloads
-        generated = fn.py_func.__module__.startswith(_KERNELS)
         if generated and fn not in _CHECKED:
             _CHECKED.add(fn)
             bad = _damaged_data(fn)

@@ -17,6 +17,8 @@ from nnlang.errors import NNError
 from nnlang.train import feeds
 
 SIGNAL_RANK_VAR = "NNLANG_TEST_SIGNAL_RANK"  # tests: only this rank runs the test signal hook
+MEAN_TOLERANCE = 1e-5  # relative: a mean's shards vs the whole batch, float32 rounding (~1e-7)
+SPREAD_TO_TELL = 1e-2  # relative: shards closer than this cannot show a non-mean (spread² ~ tol)
 
 
 class Ranks:
@@ -132,7 +134,8 @@ class Ranks:
         a sum over the batch (N times too small a gradient) or exp of a mean. A loss nearer a
         sum over the rows than a mean is an error; any other that is not a mean (a mean over a
         mask's real tokens) and a metric get a note (validation and test evaluate whole batches, so only
-        a metric's training column is the ranks' mean)."""
+        a metric's training column is the ranks' mean). Rows are split in evaluation only when
+        every value passed and the shards differed enough to show a non-mean."""
         if not self.many:
             return
         n = feeds.length(batch)
@@ -144,8 +147,21 @@ class Ranks:
 
         def off(name, scale=1):
             return abs(float(np.mean([p[name] for p in parts])) * scale - float(whole[name]))
+
+        def size(name):
+            return abs(float(whole[name]))
+        # NOTE: a mean's shards agree with the whole to float32 rounding. 1e-3 let gpt.nn's
+        # exp(cross_entropy) pass as a mean at its first batch (130.436 against 130.554), so
+        # its validation perplexity under N ranks was the mean of the shards' perplexities
         other = [name for name in (*user.losses, *user.metrics)
-                 if off(name) > 1e-6 + 1e-3 * abs(float(whole[name]))]
+                 if off(name) > 1e-7 + MEAN_TOLERANCE * size(name)]
+        # NOTE: and a non-mean f(mean) departs from the shards' mean by ~f''·spread², so when
+        # the shards' values are almost equal (an untrained model: every row's loss near log C;
+        # a zero-initialized head: all equal) the check cannot tell: such a value is evaluated
+        # as a non-mean (whole batches, exact for any value), without a note
+        unsure = [name for name in (*user.losses, *user.metrics) if name not in other and
+                  max(abs(float(p[name]) - float(whole[name])) for p in parts)
+                  < 1e-7 + SPREAD_TO_TELL * size(name)]
         for name in other:
             if name in user.losses and off(name, self.size) < off(name):   # NOTE: sum-like
                 what = f"loss '{name}'" if len(user.losses) > 1 else "the loss"
@@ -157,7 +173,7 @@ class Ranks:
                     user.node(user.losses[name]).span,
                     hint="write the loss as a mean over the batch (mean(...) rather than "
                          "sum(...)), or train on one process")
-        self.all_row_means = not other
+        self.all_row_means = not other and not unsure
         losses = [name for name in other if name in user.losses]
         metrics = [name for name in other if name in user.metrics]
         if losses and self.lead:

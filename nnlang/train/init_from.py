@@ -106,8 +106,10 @@ def init_from(net, source, skip_mismatch: bool = False, what: str = "--init-from
             matched[name] = value
             report.loaded.append((name, value.shape))
     report.fresh = [(n, v.shape) for n, v in ours.items() if n not in matched]
-    report.frozen_fresh = [n for n, _ in report.fresh
-                           if not net.user.node(net.user.params[n]).attrs.get("trainable", True)]
+    untrained = [n for n, _ in report.fresh
+                 if not net.user.node(net.user.params[n]).attrs.get("trainable", True)]
+    report.frozen_fresh = [n for n in untrained if n not in _overwritten(net)] \
+        if untrained else []
     if not matched:
         raise NNError(f"{what}: no parameter of {path} matches this model by name and shape "
                       f"(the checkpoint has {', '.join(list(theirs)[:4]) or 'none'}"
@@ -117,6 +119,17 @@ def init_from(net, source, skip_mismatch: bool = False, what: str = "--init-from
                            "path, as `nnlang check` prints it")
     net.load_state_dict(matched, strict=False)
     return report
+
+
+def _overwritten(net) -> set:
+    """The weights no gradient trains that the training step still overwrites (batch norm's
+    running statistics): not frozen, though `trainable` is false on them as on a frozen one.
+    NOTE: a new batch_norm layer in a fine-tuned model was reported "frozen: never trained",
+    with a warning that its statistics would keep their initial values all run."""
+    from nnlang.passes.decompose import decompose
+    from nnlang.passes.pipeline import specialize
+    return set(decompose(specialize(net.user, net.batch, net.dtype, net.lengths),
+                         training=True).updates)
 
 
 def _source(cfg, flag, resumed: bool, file):

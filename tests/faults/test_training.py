@@ -699,6 +699,31 @@ def test_a_flipped_bit_in_cached_machine_code_is_caught(tmp_path):
         assert (p.stdout.split(), p.stderr) == (["42", "0"], "")
 
 
+@pytest.mark.slow
+def test_runs_compiling_into_one_cold_cache_at_once_warn_of_nothing(work, tmp_path):
+    """The ranks of `mpirun -n 2 nnlang train` (or two runs on one machine) compile the same
+    kernels into one cache at the same time. numba's machine code differs from one process to
+    the next, so one process's checksum was left beside the other's file: every cold
+    data-parallel start printed false "is damaged" warnings (0-8 a run here) and compiled
+    those kernels again. Each kernel is now compiled and summed by one process at a time; the
+    others wait for it and load it."""
+    env = {**os.environ, "NNLANG_CACHE_DIR": str(tmp_path / "cache"), "NNLANG_PLAN_CACHE": "0"}
+
+    def train(out):
+        return subprocess.Popen([sys.executable, "-m", "nnlang_cli.main", "train", "tiny.nn",
+                                 "--out", str(tmp_path / out), "--epochs", "1"], cwd=work,
+                                env=env, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    runs = [train(out) for out in ("a", "b")]
+    outs = [p.communicate(timeout=300) for p in runs]
+    outs.append(train("c").communicate(timeout=300))
+    for out, err in outs:
+        assert "damaged" not in err, err
+    assert all(p.returncode == 0 for p in runs), outs
+    a, b = checkpoint.load(tmp_path / "a"), checkpoint.load(tmp_path / "b")
+    assert all(np.array_equal(a.state[k], b.state[k]) for k in a.state)
+
+
 def test_a_run_on_a_damaged_warm_kernel_cache_trains_the_same(work, tmp_path):
     env = {"NNLANG_CACHE_DIR": str(tmp_path / "cache"), "NNLANG_PLAN_CACHE": "0"}
     cli_process("train", "tiny.nn", "--out", tmp_path / "r1", "--epochs", "1", code=0, cwd=work,

@@ -100,6 +100,21 @@ def test_a_frozen_weight_left_fresh_is_pointed_out(tiny_run, tmp_path):
     assert "warning: h2.weight, h2.bias are frozen (trainable = false) and not loaded" in out
 
 
+def test_a_new_batch_norm_layer_is_not_called_frozen(tiny_run, tmp_path):
+    """A fine-tuned model that adds batch_norm (running statistics: trainable = false, but the
+    training step overwrites them) got "frozen: never trained" in the table and a warning
+    that its statistics keep their initial values all run; the run moves them. Only a layer
+    the user froze is pointed out."""
+    bn = deeper().replace("dense(h, 5) |> relu", "dense(h, 5) |> batch_norm |> relu")
+    (tmp_path / "bn.nn").write_text(bn)
+    out = cli("train", "bn.nn", "--init-from", str(tiny_run), "--init-skip-mismatch",
+              "--backend", "reference", "--max-steps", "1", "--out", "c", code=0)
+    out = " ".join(out.split())
+    assert "running_mean [5] fresh (not in the checkpoint)" in out, out
+    assert "frozen" not in out and "warning" not in out, out
+    assert np.any(checkpoint.load(tmp_path / "c").state["h2.running_mean"] != 0)
+
+
 def test_every_shape_mismatch_is_named_at_once(tiny_run):
     """hidden = 6 against the run's 8: h.weight, h.bias and logits.weight all differ, and one
     error names the three (it named the first, so a user met them one run at a time)."""

@@ -97,6 +97,26 @@ def test_monitor_max_on_a_metric(folder):
     assert h.best["epoch"] == acc.index(max(acc)) + 1
 
 
+@pytest.mark.parametrize("mode, tie, better", [
+    ("max", (0.7833333253860474, 0.7833333283662796), 0.8),
+    ("min", (0.4354, 0.4354 - 3e-9), 0.43)])
+def test_a_tie_in_float32_rounding_is_no_improvement(mode, tie, better):
+    """Two epochs with the same 47 of 60 validation rows right logged val_acc 0.78333332538
+    and 0.78333332836 (float32 per-batch means; other digits again on 2 ranks): the second
+    counted as an improvement, so best.npz, early stopping's count and plateau's cut followed
+    rounding noise, and 1 and 2 processes kept different best epochs. A tie is no
+    improvement (Keras' min_delta = 0: only a strictly better value counts); a real one is."""
+    from nnlang.train.trainer import _Watch
+    monitor = "val_acc" if mode == "max" else "val_loss"
+    program = nnlang.load(overfit_source(f'early_stop = 2\n  monitor = "{monitor}"'))
+    watch = _Watch(program.train, program.graph)
+    assert watch.mode == mode
+    assert watch.update(tie[0], 3)
+    assert not watch.update(tie[1], 5)
+    assert (watch.best_epoch, watch.bad, watch.plateau_bad) == (3, 1, 1)
+    assert watch.update(better, 6) and watch.best_epoch == 6
+
+
 def test_a_resume_that_changes_the_monitor_starts_its_watch_over(folder):
     """A run that watched val_loss, resumed with monitor = "val_acc": its best was the old
     loss value (about 1.1), against which no accuracy (mode max) ever counted, so early
