@@ -114,3 +114,47 @@ def test_clip_norm_on_a_model_whose_weights_are_all_frozen():
     msg = err.value.render()
     assert "no trainable weights" in msg and "every weight is frozen" in msg, msg
     assert "give the model a layer with weights" not in msg, msg
+
+
+BN = """
+block backbone(x) {{
+  h = conv2d(x, 3, 3) |> batch_norm |> relu
+  return h
+}}
+model B {{
+  input x: float32[batch, 1, 5, 5]
+  input y: int32[batch]
+  e = backbone(x{enc})
+  logits = dense(flatten(e), 3)
+  loss cross_entropy(logits, y)
+}}
+train B {{ optimizer = sgd(lr = 0.1)  batch = 4 }}
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_a_frozen_batch_norm_keeps_its_statistics_and_runs_as_in_evaluation(backend):
+    """Inside a frozen block, batch_norm's running statistics moved to the fine-tuning data, so
+    the frozen backbone computed something else after training though its weights were
+    bit-identical. Frozen, it runs with its running statistics, as Keras' does."""
+    stats = ("e.h.running_mean", "e.h.running_var")
+    net = nnlang.compile(BN.format(enc=", trainable = false"), backend=backend, seed=1)
+    rng = np.random.default_rng(2)
+    state = net.parameters()
+    for k in stats:     # statistics that are not the batch's, as a trained backbone's are
+        state[k] = rng.uniform(0.5, 2.0, state[k].shape).astype(np.float32)
+    net.load_state_dict(state)
+    before = net.parameters()
+    evaluated = net.evaluate(feeds())["cross_entropy"]
+    trained = net.train_step(feeds())   # the loss of the step, before its update
+    np.testing.assert_allclose(trained, evaluated, rtol=1e-6)
+    net.train_step(feeds())
+    after = net.parameters()
+    for k in (*stats, "e.conv2d.weight", "e.h.gamma", "e.h.beta"):
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    assert not np.array_equal(after["logits.weight"], before["logits.weight"])
+    free = nnlang.compile(BN.format(enc=""), backend=backend, seed=1)
+    free.train_step(feeds())       # not frozen: the batch's statistics, folded in
+    assert not np.array_equal(free.parameters()["e.h.running_mean"],
+                              nnlang.compile(BN.format(enc=""), backend=backend,
+                                             seed=1).parameters()["e.h.running_mean"])

@@ -127,10 +127,18 @@ def _update_running(b, running_mean, running_var, mean, var, momentum, t, ax):
     b.update_state(running_var, b.add(b.mul(keep, running_var), b.mul(m, unbiased)))
 
 
+def _frozen(b, param) -> bool:
+    node = b.g.node(param)
+    return node.op == "param" and not node.attrs.get("trainable", True)
+
+
 def _batch_norm(b, x, gamma, beta, running_mean, running_var, *, momentum, eps):
     t = b.type(x)
     shape = [1, t.shape[1]] + [1] * (t.rank - 2)
-    if b.training:
+    # NOTE: a frozen batch_norm (`trainable = false`, or inside a frozen block) runs as in
+    # evaluation and keeps its statistics, as Keras' does: a frozen backbone's statistics
+    # drifting to the fine-tuning data changed what it computes, though its weights stayed
+    if b.training and not _frozen(b, gamma):
         ax = [0] + list(range(2, t.rank))
         mean = mean_over(b, x, ax, keepdims=True)
         d = b.sub(x, mean)
@@ -148,5 +156,7 @@ register("batch_norm", "x: tensor, momentum: float = 0.1, eps: float = 1e-5", _b
          doc="normalizes each channel (axis 1) of [batch, channels, ...]: training uses the "
              "batch's mean and biased variance, evaluation the running_mean / running_var "
              "(non-trainable). Params gamma (ones), beta (zeros), running_mean (zeros), "
-             "running_var (ones); momentum is PyTorch's (new = (1-m) old + m batch).",
+             "running_var (ones); momentum is PyTorch's (new = (1-m) old + m batch). Frozen "
+             "(trainable = false, or in a frozen block) it normalizes with the running "
+             "statistics in training too and never updates them, as Keras does.",
          samples=(Sample(((4, 3),)), Sample(((2, 3, 4, 5),))))
