@@ -108,7 +108,9 @@ def _process(docs, maxlen: int, train_chunks: int, test_chunks: int,
         counts = Counter()
         for t in texts["train"]:
             counts.update(t)
-        chars = "".join(sorted(c for c, n in counts.items() if n >= MIN_COUNT))
+        # NOTE: the separator ends every review, and a review's end is the tokenizer's eos:
+        # a text of fewer than MIN_COUNT reviews (a user's own folder) must still have it
+        chars = "".join(sorted({c for c, n in counts.items() if n >= MIN_COUNT} | {SEPARATOR}))
     tok = tokenizer(chars)
     out = {"chars": np.array(chars)}
     rng = np.random.default_rng(0)
