@@ -57,8 +57,9 @@ def text_chunks(name, source, maxlen, train_chunks, test_chunks, data_dir=None, 
                 words: list[str] | None = None):
     check_options(name, maxlen, train_chunks, test_chunks)
     chars = None if words is None else _trained_chars(name, words)
-    sha = sha256_of(source) if source.is_file() else str(source.resolve())
-    parts = [sha, str(maxlen), str(train_chunks), str(test_chunks), str(TEXT_VERSION)]
+    # NOTE: a folder's path alone kept serving the old text after the folder was replaced
+    stamp = [sha256_of(source)] if source.is_file() else imdb.folder_stamp(source)
+    parts = [*stamp, str(maxlen), str(train_chunks), str(test_chunks), str(TEXT_VERSION)]
 
     def key_of(parts: list[str]) -> str:
         return f"{name}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}"
