@@ -187,9 +187,12 @@ def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
                     continue
                 if header is None:
                     header = [h.strip() for h in row]
+                    _check_separator(path, reader.line_num, header)
                     continue
                 rows.append(_csv_row(path, reader.line_num, header, row))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path) or DataError(f"cannot read {path} ({e})") from None
+    except (OSError, csv.Error) as e:
         raise DataError(f"cannot read {path} ({e})",
                         "save it as a UTF-8 CSV file with a header row") from None
     if header is None:
@@ -197,6 +200,38 @@ def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
     if not rows:
         raise DataError(f"{path} has a header but no data rows")
     return header, np.array(rows, np.float64)
+
+
+SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "bars"}
+
+
+def _check_separator(path: Path, line: int, header: list[str]) -> None:
+    """A header read as one column that another separator splits: the file is not
+    comma-separated (a spreadsheet set to a European locale writes semicolons)."""
+    if len(header) != 1:
+        return
+    for sep, name in SEPARATORS.items():
+        if sep in header[0]:
+            raise DataError(f"{path}:{line}: the header is one column '{header[0]}': the "
+                            f"file looks separated by {name}",
+                            "nnlang reads CSV separated by commas: save it with commas (and "
+                            "'.' as the decimal point)")
+
+
+def _not_utf8(path: Path) -> DataError | None:
+    """The error for a file that is not UTF-8, at the line of its first bad byte (the
+    decoder's own position counts from a read buffer, not from the file)."""
+    try:
+        data = path.read_bytes()
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        return DataError(f"{path}:{line}: byte "
+                         f"0x{data[e.start]:02x} is not UTF-8",
+                         "save it as a UTF-8 CSV file (it may be Latin-1 or Windows-1252)")
+    except OSError:
+        pass
+    return None
 
 
 def header_line(path: Path) -> int:
