@@ -53,12 +53,13 @@ class Dataset:
     def __post_init__(self):
         source = self.meta.get("source")
         origin = source if isinstance(source, str) else f"dataset '{self.name}'"
+        tables = self.meta.get("split_sources", {})   # a split read from a file of its own
         for name in ("train", "val", "test"):
             split = getattr(self, name)
             if split is None:
                 continue
             split.arrays = Arrays(split.arrays)
-            split.arrays.where = f"{origin} ({name} split)"
+            split.arrays.where = f"{tables.get(name, origin)} ({name} split)"
 
     def encode(self, raw) -> dict[str, np.ndarray]:
         """One raw example -> a batch of one, e.g. review text -> {"tokens": int32[1, maxlen]},

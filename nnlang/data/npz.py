@@ -123,8 +123,7 @@ def load_csv(path: Path, target: str = "label", val: str | None = None,
         raise DataError(f"{path}:{header_line(path)}: the header names the target column "
                         f"'{target}' twice (columns {where})",
                         "rename one of them: the other columns are the features")
-    train = _csv_split(data, t)
-    splits = {}
+    tables, sources = {}, {}
     for option, file in (("val", val), ("test", test)):
         if file is None:
             continue
@@ -132,18 +131,22 @@ def load_csv(path: Path, target: str = "label", val: str | None = None,
         if not other.is_file():
             raise DataError(f"{path}: the {option} table {other} does not exist",
                             f"{option} = \"...\" is a path beside {path.name}")
-        columns, rows = read_csv(other)
+        columns, tables[option] = read_csv(other)
+        sources[option] = str(other)
         if columns != header:
             raise DataError(f"{other}: columns {columns} differ from {path.name}'s {header}",
                             f"give the {option} table the same header as the training one")
-        if train["label"].dtype == np.int32 and not _ids(rows[:, t]):
-            raise DataError(f"{other}: column '{target}' has fractions or numbers beyond "
-                            f"int32, but in {path.name} it holds whole numbers (classes)",
-                            "the tables must agree on what the target is")
-        splits[option] = _csv_split(rows, t, train["label"].dtype)
+    # NOTE: one dtype for the target of all tables, int32 only when every table holds whole
+    # numbers: whole prices in one and 170.5 in another are a regression, and a model that
+    # takes class ids still refuses the fraction, at its table and row (feeds.check_values)
+    whole = all(_ids(rows[:, t]) for rows in (data, *tables.values()))
+    train = _csv_split(data, t, np.int32 if whole else np.float32)
+    splits = {option: _csv_split(rows, t, train["label"].dtype)
+              for option, rows in tables.items()}
     x, label = train["x"], train["label"]
     meta = {"kind": "arrays", "source": str(path),
-            "feature_names": [h for i, h in enumerate(header) if i != t], "target_column": target}
+            "feature_names": [h for i, h in enumerate(header) if i != t], "target_column": target,
+            "split_sources": sources}
     return Dataset(path.stem, train, splits.get("test", Split({"x": x[:0], "label": label[:0]})),
                    ["x"], ["label"], meta, splits.get("val"))
 
@@ -155,13 +158,10 @@ def _ids(y: np.ndarray) -> bool:
     return bool(np.all(y == np.round(y)) and np.all((y >= info.min) & (y <= info.max)))
 
 
-def _csv_split(data: np.ndarray, t: int, label_dtype=None) -> Split:
+def _csv_split(data: np.ndarray, t: int, label_dtype) -> Split:
     """A table's rows as `x` (every column but `t`) and `label` (column `t`)."""
-    y = data[:, t]
-    if label_dtype is None:
-        label_dtype = np.int32 if _ids(y) else np.float32
     return Split({"x": np.delete(data, t, axis=1).astype(np.float32),
-                  "label": y.astype(label_dtype)})
+                  "label": data[:, t].astype(label_dtype)})
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
