@@ -100,3 +100,16 @@ def test_csv_not_utf8_names_its_line(tmp_path):
     with pytest.raises(DataError, match=r"l.csv:2501: byte 0xe9 is not UTF-8") as e:
         load_dataset(tmp_path / "l.csv")
     assert "UTF-8" in e.value.hint
+
+
+@pytest.mark.parametrize("name", ["t.csv.gz", "t.txt"])
+def test_a_file_of_another_kind_is_not_an_unknown_dataset(tmp_path, monkeypatch, name):
+    """An existing file nnlang does not read (a gzipped table) was "unknown dataset", with
+    the names of the built-in data sets as the hint."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_bytes(b"a,label\n1,0\n")
+    with pytest.raises(DataError, match=rf"cannot read {name}: nnlang reads \.npz and \.csv "
+                                        "files") as e:
+        load_dataset(name)
+    if name.endswith(".gz"):
+        assert f"gunzip {name}" in e.value.hint
