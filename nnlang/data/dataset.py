@@ -13,6 +13,11 @@ class Arrays(dict):
     """A split's {name: array}, knowing where it came from, for error messages about its rows."""
 
     where: str = ""
+    lines = None   # a table's rows: the file line of each, for errors (None: no file lines)
+
+    def row(self, i: int) -> str:
+        """Row `i` as errors say it: with its line in the file when the rows have lines."""
+        return f"row {i}" if self.lines is None else f"row {i} (line {int(self.lines[i])})"
 
 
 @dataclass
@@ -20,6 +25,7 @@ class Split:
     """One split; all arrays are aligned on axis 0 (one row per example)."""
 
     arrays: dict[str, np.ndarray]
+    lines: np.ndarray | None = None   # a table's rows: the line of each in its file
 
     def __post_init__(self):
         lengths = {k: len(v) for k, v in self.arrays.items()}
@@ -60,6 +66,7 @@ class Dataset:
                 continue
             split.arrays = Arrays(split.arrays)
             split.arrays.where = f"{tables.get(name, origin)} ({name} split)"
+            split.arrays.lines = split.lines
 
     def encode(self, raw) -> dict[str, np.ndarray]:
         """One raw example -> a batch of one, e.g. review text -> {"tokens": int32[1, maxlen]},

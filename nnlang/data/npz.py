@@ -112,7 +112,7 @@ def load_csv(path: Path, target: str = "label", val: str | None = None,
     """`target` column -> `label` (int32 if all whole numbers, else float32); the rest -> `x`.
     `val` and `test` name tables of the same columns (beside `path` when relative): the
     validation set (used instead of carving val_split) and the test split."""
-    header, data = read_csv(path)
+    header, data, lines = read_csv(path)
     if target not in header:
         raise DataError(f"{path}: no column '{target}' in header {header}",
                         'choose the label column with csv("file.csv", target = "name") in the '
@@ -131,7 +131,7 @@ def load_csv(path: Path, target: str = "label", val: str | None = None,
         if not other.is_file():
             raise DataError(f"{path}: the {option} table {other} does not exist",
                             f"{option} = \"...\" is a path beside {path.name}")
-        columns, tables[option] = read_csv(other)
+        columns, *tables[option] = read_csv(other)
         sources[option] = str(other)
         if columns != header:
             raise DataError(f"{other}: columns {columns} differ from {path.name}'s {header}",
@@ -139,10 +139,10 @@ def load_csv(path: Path, target: str = "label", val: str | None = None,
     # NOTE: one dtype for the target of all tables, int32 only when every table holds whole
     # numbers: whole prices in one and 170.5 in another are a regression, and a model that
     # takes class ids still refuses the fraction, at its table and row (feeds.check_values)
-    whole = all(_ids(rows[:, t]) for rows in (data, *tables.values()))
-    train = _csv_split(data, t, np.int32 if whole else np.float32)
-    splits = {option: _csv_split(rows, t, train["label"].dtype)
-              for option, rows in tables.items()}
+    whole = all(_ids(rows[:, t]) for rows in (data, *(r for r, _ in tables.values())))
+    train = _csv_split(data, lines, t, np.int32 if whole else np.float32)
+    splits = {option: _csv_split(rows, at, t, train["label"].dtype)
+              for option, (rows, at) in tables.items()}
     x, label = train["x"], train["label"]
     meta = {"kind": "arrays", "source": str(path),
             "feature_names": [h for i, h in enumerate(header) if i != t], "target_column": target,
@@ -158,22 +158,23 @@ def _ids(y: np.ndarray) -> bool:
     return bool(np.all(y == np.round(y)) and np.all((y >= info.min) & (y <= info.max)))
 
 
-def _csv_split(data: np.ndarray, t: int, label_dtype) -> Split:
+def _csv_split(data: np.ndarray, lines: np.ndarray, t: int, label_dtype) -> Split:
     """A table's rows as `x` (every column but `t`) and `label` (column `t`)."""
     return Split({"x": np.delete(data, t, axis=1).astype(np.float32),
-                  "label": data[:, t].astype(label_dtype)})
+                  "label": data[:, t].astype(label_dtype)}, lines)
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
-    """(header, float64 [rows, columns]); every cell a finite number, errors at file:line."""
+def read_csv(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(header, float64 [rows, columns], each row's line in the file); every cell a finite
+    number, errors at file:line."""
     try:
         # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column name
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
-            header, rows, end = None, [], 0
+            header, rows, lines, end = None, [], [], 0
             for row in reader:
                 start, end = end + 1, reader.line_num
                 if any("\n" in c or "\r" in c for c in row):
@@ -190,6 +191,7 @@ def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
                     _check_separator(path, reader.line_num, header)
                     continue
                 rows.append(_csv_row(path, reader.line_num, header, row))
+                lines.append(reader.line_num)
     except UnicodeDecodeError as e:
         raise _not_utf8(path) or DataError(f"cannot read {path} ({e})") from None
     except (OSError, csv.Error) as e:
@@ -199,7 +201,7 @@ def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
         raise DataError(f"{path} is empty; expected a header row and rows of numbers")
     if not rows:
         raise DataError(f"{path} has a header but no data rows")
-    return header, np.array(rows, np.float64)
+    return header, np.array(rows, np.float64), np.array(lines, np.int64)
 
 
 SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "bars"}

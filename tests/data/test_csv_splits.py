@@ -72,7 +72,8 @@ def test_whole_training_targets_and_a_fraction_in_another_table(tables):
     assert ds.train["label"].dtype == ds.val["label"].dtype == np.float32
     np.testing.assert_array_equal(ds.val["label"], [170, 170.5])
     np.testing.assert_array_equal(ds.train["label"], [150, 210, 280])
-    for dtype, loss in (("float32", "mse(p, label)"), ("int32", "mse(p, cast(label, dtype = \"float32\"))")):
+    for dtype, loss in (("float32", "mse(p, label)"),
+                        ("int32", 'mse(p, cast(label, dtype = "float32"))')):
         program = nnlang.load(f"""
 model Price {{
   input x: float32[batch, 2]
@@ -86,6 +87,6 @@ model Price {{
             _, val = feeds.train_and_val(program.graph, ds, mapping, 0.0, 0)
             assert val["label"].tolist() == [170.0, 170.5]
         else:
-            with pytest.raises(NNError, match=r"frac.csv \(val split\), array 'label', row 1: "
-                                              r"170.5 is not a whole number"):
+            with pytest.raises(NNError, match=r"frac.csv \(val split\), array 'label', "
+                                              r"row 1 \(line 3\): 170.5 is not a whole number"):
                 feeds.train_and_val(program.graph, ds, mapping, 0.0, 0)
