@@ -376,6 +376,16 @@ def test_eval_locates_a_missing_data_file_named_in_the_file(work):
         in out, out
 
 
+def test_eval_of_a_table_without_test_rows_says_how_to_give_them(work):
+    """A .csv run trained without val_split has nothing held out: the hint named only the
+    .npz way (train_*/test_* arrays), not a table's `test = "test.csv"` option."""
+    (work / "reg.csv").write_text("a,b,label\n1,2,3\n4,5,6\n7,8,9\n1,1,1\n")
+    cli("train", "reg.nn", "--backend", "reference", "--out", "r", "--max-steps", "1",
+        cwd=work, code=0)
+    out = cli("eval", "reg.nn", "-c", "r", "--backend", "reference", cwd=work)
+    assert "nothing of it was held out" in out and 'test = "test.csv"' in out, out
+
+
 def test_a_test_table_beyond_int32_is_not_class_ids(work):
     """Whole targets in the training table and 3e9 in the test one: a regression (the model's
     label is float32), evaluated on 3e9 itself, not on the int32 cast's -2**31 (and not
