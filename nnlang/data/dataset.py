@@ -13,6 +13,11 @@ class Arrays(dict):
     """A split's {name: array}, knowing where it came from, for error messages about its rows."""
 
     where: str = ""
+    lines = None   # a table's rows: the file line of each, for errors (None: no file lines)
+
+    def row(self, i: int) -> str:
+        """Row `i` as errors say it: with its line in the file when the rows have lines."""
+        return f"row {i}" if self.lines is None else f"row {i} (line {int(self.lines[i])})"
 
 
 @dataclass
@@ -20,6 +25,7 @@ class Split:
     """One split; all arrays are aligned on axis 0 (one row per example)."""
 
     arrays: dict[str, np.ndarray]
+    lines: np.ndarray | None = None   # a table's rows: the line of each in its file
 
     def __post_init__(self):
         lengths = {k: len(v) for k, v in self.arrays.items()}
@@ -53,12 +59,14 @@ class Dataset:
     def __post_init__(self):
         source = self.meta.get("source")
         origin = source if isinstance(source, str) else f"dataset '{self.name}'"
+        tables = self.meta.get("split_sources", {})   # a split read from a file of its own
         for name in ("train", "val", "test"):
             split = getattr(self, name)
             if split is None:
                 continue
             split.arrays = Arrays(split.arrays)
-            split.arrays.where = f"{origin} ({name} split)"
+            split.arrays.where = f"{tables.get(name, origin)} ({name} split)"
+            split.arrays.lines = split.lines
 
     def encode(self, raw) -> dict[str, np.ndarray]:
         """One raw example -> a batch of one, e.g. review text -> {"tokens": int32[1, maxlen]},

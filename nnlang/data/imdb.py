@@ -126,15 +126,21 @@ def _entry_key(name: str, source: Path, sha: str | None, vocab: int, maxlen: int
 def _source_key(source: Path, sha: str | None, vocab: int, maxlen: int,
                 words: list[str] | None = None) -> str:
     """Changes whenever the source's content, the options or the tokenizer change."""
-    if sha is not None:
-        parts = [sha]
-    else:
-        stats = [(source / s / lab).stat() for s in ("train", "test") for lab in LABELS]
-        parts = [str(source.resolve()), *(f"{st.st_size}:{st.st_mtime_ns}" for st in stats)]
+    parts = [sha] if sha is not None else folder_stamp(source)
     parts += [str(vocab), str(maxlen), str(tokenize.TOKENIZER_VERSION)]
     if words is not None:
         parts.append(hashlib.sha256("\n".join(words).encode()).hexdigest())
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def folder_stamp(source: Path) -> list[str]:
+    """What keys the cache of an extracted aclImdb/ folder (hashing 50,000 files on every run
+    would cost more than reading them): its path and its review folders' sizes and times,
+    which change when reviews are added, removed or the folder is replaced."""
+    stats = [(source / s / lab).stat() if (source / s / lab).is_dir() else None
+             for s in ("train", "test") for lab in LABELS]
+    return [str(source.resolve()),
+            *(f"{st.st_size}:{st.st_mtime_ns}" if st else "-" for st in stats)]
 
 
 def read_reviews(source: Path, data_dir=None,

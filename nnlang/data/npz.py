@@ -112,7 +112,7 @@ def load_csv(path: Path, target: str = "label", val: str | None = None,
     """`target` column -> `label` (int32 if all whole numbers, else float32); the rest -> `x`.
     `val` and `test` name tables of the same columns (beside `path` when relative): the
     validation set (used instead of carving val_split) and the test split."""
-    header, data = read_csv(path)
+    header, data, lines = read_csv(path)
     if target not in header:
         raise DataError(f"{path}: no column '{target}' in header {header}",
                         'choose the label column with csv("file.csv", target = "name") in the '
@@ -123,8 +123,7 @@ def load_csv(path: Path, target: str = "label", val: str | None = None,
         raise DataError(f"{path}:{header_line(path)}: the header names the target column "
                         f"'{target}' twice (columns {where})",
                         "rename one of them: the other columns are the features")
-    train = _csv_split(data, t)
-    splits = {}
+    tables, sources = {}, {}
     for option, file in (("val", val), ("test", test)):
         if file is None:
             continue
@@ -132,18 +131,22 @@ def load_csv(path: Path, target: str = "label", val: str | None = None,
         if not other.is_file():
             raise DataError(f"{path}: the {option} table {other} does not exist",
                             f"{option} = \"...\" is a path beside {path.name}")
-        columns, rows = read_csv(other)
+        columns, *tables[option] = read_csv(other)
+        sources[option] = str(other)
         if columns != header:
             raise DataError(f"{other}: columns {columns} differ from {path.name}'s {header}",
                             f"give the {option} table the same header as the training one")
-        if train["label"].dtype == np.int32 and not _ids(rows[:, t]):
-            raise DataError(f"{other}: column '{target}' has fractions or numbers beyond "
-                            f"int32, but in {path.name} it holds whole numbers (classes)",
-                            "the tables must agree on what the target is")
-        splits[option] = _csv_split(rows, t, train["label"].dtype)
+    # NOTE: one dtype for the target of all tables, int32 only when every table holds whole
+    # numbers: whole prices in one and 170.5 in another are a regression, and a model that
+    # takes class ids still refuses the fraction, at its table and row (feeds.check_values)
+    whole = all(_ids(rows[:, t]) for rows in (data, *(r for r, _ in tables.values())))
+    train = _csv_split(data, lines, t, np.int32 if whole else np.float32)
+    splits = {option: _csv_split(rows, at, t, train["label"].dtype)
+              for option, (rows, at) in tables.items()}
     x, label = train["x"], train["label"]
     meta = {"kind": "arrays", "source": str(path),
-            "feature_names": [h for i, h in enumerate(header) if i != t], "target_column": target}
+            "feature_names": [h for i, h in enumerate(header) if i != t], "target_column": target,
+            "split_sources": sources}
     return Dataset(path.stem, train, splits.get("test", Split({"x": x[:0], "label": label[:0]})),
                    ["x"], ["label"], meta, splits.get("val"))
 
@@ -155,25 +158,23 @@ def _ids(y: np.ndarray) -> bool:
     return bool(np.all(y == np.round(y)) and np.all((y >= info.min) & (y <= info.max)))
 
 
-def _csv_split(data: np.ndarray, t: int, label_dtype=None) -> Split:
+def _csv_split(data: np.ndarray, lines: np.ndarray, t: int, label_dtype) -> Split:
     """A table's rows as `x` (every column but `t`) and `label` (column `t`)."""
-    y = data[:, t]
-    if label_dtype is None:
-        label_dtype = np.int32 if _ids(y) else np.float32
     return Split({"x": np.delete(data, t, axis=1).astype(np.float32),
-                  "label": y.astype(label_dtype)})
+                  "label": data[:, t].astype(label_dtype)}, lines)
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
-    """(header, float64 [rows, columns]); every cell a finite number, errors at file:line."""
+def read_csv(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(header, float64 [rows, columns], each row's line in the file); every cell a finite
+    number, errors at file:line."""
     try:
         # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column name
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
-            header, rows, end = None, [], 0
+            header, rows, lines, end = None, [], [], 0
             for row in reader:
                 start, end = end + 1, reader.line_num
                 if any("\n" in c or "\r" in c for c in row):
@@ -187,16 +188,52 @@ def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
                     continue
                 if header is None:
                     header = [h.strip() for h in row]
+                    _check_separator(path, reader.line_num, header)
                     continue
                 rows.append(_csv_row(path, reader.line_num, header, row))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+                lines.append(reader.line_num)
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path) or DataError(f"cannot read {path} ({e})") from None
+    except (OSError, csv.Error) as e:
         raise DataError(f"cannot read {path} ({e})",
                         "save it as a UTF-8 CSV file with a header row") from None
     if header is None:
         raise DataError(f"{path} is empty; expected a header row and rows of numbers")
     if not rows:
         raise DataError(f"{path} has a header but no data rows")
-    return header, np.array(rows, np.float64)
+    return header, np.array(rows, np.float64), np.array(lines, np.int64)
+
+
+SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "bars"}
+
+
+def _check_separator(path: Path, line: int, header: list[str]) -> None:
+    """A header read as one column that another separator splits: the file is not
+    comma-separated (a spreadsheet set to a European locale writes semicolons)."""
+    if len(header) != 1:
+        return
+    for sep, name in SEPARATORS.items():
+        if sep in header[0]:
+            raise DataError(f"{path}:{line}: the header is one column '{header[0]}': the "
+                            f"file looks separated by {name}",
+                            "nnlang reads CSV separated by commas: save it with commas (and "
+                            "'.' as the decimal point)")
+
+
+def _not_utf8(path: Path) -> DataError | None:
+    """The error for a file that is not UTF-8, at the line of its first bad byte (the
+    decoder's own position counts from a read buffer, not from the file)."""
+    try:
+        data = path.read_bytes()
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        return DataError(f"{path}:{line}: byte "
+                         f"0x{data[e.start]:02x} is not UTF-8",
+                         "save it as a UTF-8 CSV file (it may be Latin-1 or Windows-1252)")
+    except OSError:
+        pass
+    return None
 
 
 def header_line(path: Path) -> int:

@@ -162,6 +162,12 @@ def check_options(name: str, options: dict) -> None:
             entry.check(key, **options)
         return
     suffix = Path(name).suffix.lower()
+    if suffix not in FILE_LOADERS and (suffix == ".gz" or Path(name).is_file()):
+        # NOTE: a file, not a misspelt data set name: the data sets are no help here
+        inner = Path(name[:-3]).suffix.lower() if suffix == ".gz" else ""
+        hint = (f"decompress it first (gunzip {name})" if inner in FILE_LOADERS else
+                "save the data as a .csv table or numpy.savez arrays (docs/data.md)")
+        raise DataError(f"cannot read {name}: nnlang reads .npz and .csv files", hint)
     if suffix not in FILE_LOADERS:
         close = difflib.get_close_matches(name.lower(), list(DATASETS), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""

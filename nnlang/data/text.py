@@ -57,8 +57,9 @@ def text_chunks(name, source, maxlen, train_chunks, test_chunks, data_dir=None, 
                 words: list[str] | None = None):
     check_options(name, maxlen, train_chunks, test_chunks)
     chars = None if words is None else _trained_chars(name, words)
-    sha = sha256_of(source) if source.is_file() else str(source.resolve())
-    parts = [sha, str(maxlen), str(train_chunks), str(test_chunks), str(TEXT_VERSION)]
+    # NOTE: a folder's path alone kept serving the old text after the folder was replaced
+    stamp = [sha256_of(source)] if source.is_file() else imdb.folder_stamp(source)
+    parts = [*stamp, str(maxlen), str(train_chunks), str(test_chunks), str(TEXT_VERSION)]
 
     def key_of(parts: list[str]) -> str:
         return f"{name}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}"
@@ -108,7 +109,9 @@ def _process(docs, maxlen: int, train_chunks: int, test_chunks: int,
         counts = Counter()
         for t in texts["train"]:
             counts.update(t)
-        chars = "".join(sorted(c for c, n in counts.items() if n >= MIN_COUNT))
+        # NOTE: the separator ends every review, and a review's end is the tokenizer's eos:
+        # a text of fewer than MIN_COUNT reviews (a user's own folder) must still have it
+        chars = "".join(sorted({c for c, n in counts.items() if n >= MIN_COUNT} | {SEPARATOR}))
     tok = tokenizer(chars)
     out = {"chars": np.array(chars)}
     rng = np.random.default_rng(0)

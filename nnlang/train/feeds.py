@@ -62,9 +62,10 @@ def match_inputs(graph, ds_inputs: list[str], ds_targets: list[str], dataset: st
     return mapping
 
 
-def conform(name: str, arr: np.ndarray, node, what: str = "the value") -> np.ndarray:
+def conform(name: str, arr: np.ndarray, node, what: str = "the value",
+            row=None) -> np.ndarray:
     """Casts `arr` to the input's dtype and reshapes each example to its declared shape
-    ([N, 1, 28, 28] -> [N, 784] when the sizes agree)."""
+    ([N, 1, 28, 28] -> [N, 784] when the sizes agree); `row(i)` says row i in errors."""
     if isinstance(arr, Ragged):
         return _conform_ragged(name, arr, node, what)
     want = tuple(node.shape[1:])
@@ -77,7 +78,7 @@ def conform(name: str, arr: np.ndarray, node, what: str = "the value") -> np.nda
                       f"input '{name}' is declared {node.type}", node.span,
                       hint="change the input's declared shape, or the dataset options "
                            "(e.g. maxlen), or --set the model's hyper-parameters to match")
-    check_values(name, arr, np.dtype(node.dtype), what)
+    check_values(name, arr, np.dtype(node.dtype), what, row)
     return np.ascontiguousarray(arr, dtype=node.dtype)
 
 
@@ -94,16 +95,19 @@ def _conform_ragged(name: str, rows: Ragged, node, what: str) -> Ragged:
     return rows.astype(node.dtype)
 
 
-def check_values(name: str, arr: np.ndarray, dtype: np.dtype, what: str) -> None:
+def check_values(name: str, arr: np.ndarray, dtype: np.dtype, what: str,
+                 row_name=None) -> None:
     """Refuses data that would train on garbage or be changed by the cast to `dtype`: NaN or
     infinity, a fraction or an out-of-range value for an integer input, a complex number.
-    Runs once when a data set is loaded, so a bad row is named before any training step."""
+    Runs once when a data set is loaded, so a bad row is named before any training step;
+    `row_name(i)` says row i (a table's says its line)."""
     def bad(mask, why: str, hint: str):
         flat = mask.reshape(len(mask), -1).any(axis=1) if mask.ndim > 1 else mask
         row = int(np.argmax(flat))
         value = arr[row].flat[int(np.argmax(mask[row].reshape(-1)))] if arr.ndim > 1 \
             else arr[row]
-        raise NNError(f"{what}, row {row}: {value!s} {why} (model input '{name}' is "
+        said = row_name(row) if row_name else f"row {row}"
+        raise NNError(f"{what}, {said}: {value!s} {why} (model input '{name}' is "
                       f"{dtype.name})", hint=hint)
 
     kind = arr.dtype.kind
@@ -140,7 +144,8 @@ def model_arrays(graph, arrays: dict, mapping: dict[str, str]) -> dict[str, np.n
     """A split's arrays renamed, cast and reshaped for the model's inputs."""
     where = getattr(arrays, "where", "")
     what = f"{where}, array" if where else "dataset array"
-    return {m: conform(m, arrays[a], graph.node(graph.inputs[m]), f"{what} '{a}'")
+    row = arrays.row if hasattr(arrays, "row") else None
+    return {m: conform(m, arrays[a], graph.node(graph.inputs[m]), f"{what} '{a}'", row)
             for m, a in mapping.items()}
 
 
@@ -168,7 +173,8 @@ def check_ids(graph, ds, mapping: dict[str, str], splits=None) -> None:
             row = int(np.searchsorted(arr.offsets, at, side="right") - 1) \
                 if isinstance(arr, Ragged) else at // max(flat.shape[1], 1)
             where = getattr(split.arrays, "where", "") or f"dataset '{ds.name}'"
-            raise NNError(f"{where}, array '{name}', row {row}: the id "
+            said = split.arrays.row(row) if hasattr(split.arrays, "row") else f"row {row}"
+            raise NNError(f"{where}, array '{name}', {said}: the id "
                           f"{flat.reshape(-1)[at]!s} is outside the {c.rows} values model input "
                           f"'{c.name}' takes here (0 to {c.rows - 1})", span=c.node.span,
                           hint="the data's vocabulary or class count is larger than the "

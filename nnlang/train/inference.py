@@ -109,8 +109,9 @@ def held_out_arrays(net, cfg, data, data_dir, folder, words=None) -> tuple:
     if not arrays:
         raise NNError(f"dataset '{ds.name}' has no test split and no validation split of "
                       f"its own, and the run's val_split is {cfg.val_split:g}, so nothing of it "
-                      "was held out", hint="pass --data with a test split (for .npz: "
-                      "train_*/test_* arrays)")
+                      "was held out", hint="pass --data with a test split (.npz: "
+                      "train_*/test_* arrays; .csv: csv(\"train.csv\", test = \"test.csv\")), "
+                      "or train with val_split")
     return ds, "val", arrays
 
 

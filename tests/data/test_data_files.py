@@ -78,3 +78,38 @@ def test_nn_words_in_a_data_spec_are_the_nn_values():
 def test_csv_byte_order_mark_is_not_part_of_the_header(tmp_path):
     (tmp_path / "b.csv").write_bytes("\ufeffa,label\n1,0\n2,1\n".encode())
     assert load_dataset(tmp_path / "b.csv").meta["feature_names"] == ["a"]
+
+
+@pytest.mark.parametrize("sep, name", [(";", "semicolons"), ("\t", "tabs")])
+def test_csv_of_another_separator_says_so(tmp_path, sep, name):
+    """A semicolon-separated file (a European spreadsheet's CSV) read as one column: the error
+    was "column 'a;b;label' '1;2;0' is not a finite number", which does not say why."""
+    (tmp_path / "s.csv").write_text(sep.join(["a", "b", "label"]) + "\n" +
+                                    sep.join(["1", "2", "0"]) + "\n")
+    with pytest.raises(DataError, match=rf"s.csv:1: the header is one column .* separated by "
+                                        rf"{name}") as e:
+        load_dataset(tmp_path / "s.csv")
+    assert "commas" in e.value.hint
+
+
+def test_csv_not_utf8_names_its_line(tmp_path):
+    """A Latin-1 file: the error gave a byte position inside a read buffer, not the line."""
+    rows = ["a,label"] + [f"{i},0" for i in range(3000)]
+    rows[2500] = "1,0 caf\xe9"
+    (tmp_path / "l.csv").write_bytes("\n".join(rows).encode("latin-1"))
+    with pytest.raises(DataError, match=r"l.csv:2501: byte 0xe9 is not UTF-8") as e:
+        load_dataset(tmp_path / "l.csv")
+    assert "UTF-8" in e.value.hint
+
+
+@pytest.mark.parametrize("name", ["t.csv.gz", "t.txt"])
+def test_a_file_of_another_kind_is_not_an_unknown_dataset(tmp_path, monkeypatch, name):
+    """An existing file nnlang does not read (a gzipped table) was "unknown dataset", with
+    the names of the built-in data sets as the hint."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_bytes(b"a,label\n1,0\n")
+    with pytest.raises(DataError, match=rf"cannot read {name}: nnlang reads \.npz and \.csv "
+                                        "files") as e:
+        load_dataset(name)
+    if name.endswith(".gz"):
+        assert f"gunzip {name}" in e.value.hint

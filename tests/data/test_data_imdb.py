@@ -132,3 +132,59 @@ def test_cache_follows_the_content(tiny_imdb, isolated, load_tiny):
     b = load_tiny(tiny_imdb)
     assert len(a.train) == 4 and len(b.train) == 5 and "zanzibar" in b.meta["vocab"]
     assert a.meta["cache"] != b.meta["cache"]
+
+
+REVIEWS = {"train/pos/0_9.txt": "Great film!<br />Loved it.", "train/pos/1_8.txt": "Fine cast.",
+           "train/neg/0_1.txt": "Awful. I hated it", "test/pos/0_10.txt": "Great, zanzibar!",
+           "test/neg/0_3.txt": "Awful awful"}
+
+
+def write_folder(root: Path, reviews: dict[str, str]) -> Path:
+    """An extracted aclImdb/ folder under root/imdb/ holding `reviews`."""
+    for name, text in reviews.items():
+        path = root / "imdb" / "aclImdb" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_imdb_text_of_a_few_reviews_ends_each_with_its_separator(tmp_path):
+    """imdb-text on a user's own small folder: with fewer than 50 reviews the separator "\\n"
+    is rarer than the 50 uses a character needs, and the tokenizer, whose end of a review is
+    that character, crashed with KeyError '\\n'. The separator is always a token."""
+    import re
+    from collections import Counter
+    train = [re.sub(r"<br\s*/?>", " ", t) + "\n" for k, t in REVIEWS.items()
+             if k.startswith("train/")]
+    counts = Counter("".join(train))
+    assert max(counts.values()) < 50   # no character is frequent enough to be in the vocabulary
+    n_train = len("".join(train)) // 9   # every chunk of maxlen + 1 = 9 characters
+    ds = load_dataset(f"imdb-text(maxlen=8, train_chunks={n_train}, test_chunks=1)",
+                      data_dir=write_folder(tmp_path, REVIEWS))
+    assert ds.meta["tokenizer"]["vocab"] == ["<pad>", "<unk>", "\n"]
+    # all chunks, in stream order: one separator per review (the last may be cut off)
+    ids = np.concatenate([ds.train["tokens"], ds.train["next"][:, -1:]], axis=1).reshape(-1)
+    assert (ids == 2).sum() in (len(train), len(train) - 1)
+    assert np.all(ids[ids != 2] == 1)
+
+
+def test_imdb_text_cache_follows_a_replaced_folder(tmp_path, isolated):
+    """imdb-text from an extracted folder was cached under the folder's path alone: a folder
+    replaced by other reviews kept giving the old text."""
+    import shutil
+    spec = "imdb-text(maxlen=4, train_chunks=2, test_chunks=1)"
+    a = load_dataset(spec, data_dir=write_folder(tmp_path, REVIEWS))
+    shutil.rmtree(tmp_path / "imdb")
+    other = {k: "zzzzz " * 20 for k in REVIEWS}   # 'z' and ' ' 60+ times: in the vocabulary
+    b = load_dataset(spec, data_dir=write_folder(tmp_path, other))
+    assert a.meta["tokenizer"]["vocab"] == ["<pad>", "<unk>", "\n"]
+    assert b.meta["tokenizer"]["vocab"] == ["<pad>", "<unk>", "\n", " ", "z"]
+    assert a.meta["cache"] != b.meta["cache"]
+
+
+def test_folder_without_a_test_split_is_a_data_error(tmp_path, isolated):
+    """An extracted folder with train/ only: keying its cache read the test folders' stats and
+    crashed (FileNotFoundError) instead of saying which reviews are missing."""
+    root = write_folder(tmp_path, {k: v for k, v in REVIEWS.items() if k.startswith("train/")})
+    with pytest.raises(imdb.DataError, match="test/neg has 0 of 12,500 reviews"):
+        load_dataset("imdb", data_dir=root)

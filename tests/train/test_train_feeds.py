@@ -234,3 +234,28 @@ def test_labels_past_the_classes_are_an_error_not_a_zero_loss():
         net.evaluate({"image": image, "label": np.array([0, 10, 3, 1])})
     assert "input 'label' holds the id 10, outside the 10 values" in err.value.message
     assert err.value.span is not None
+
+
+def test_a_bad_table_row_is_named_by_its_line_in_the_file(tmp_path):
+    """A .csv table's bad value was said as "row 7": the array's row, counted from 0 after
+    the header and any blank lines, which is not where an editor shows it. The line is said."""
+    import csv
+    from nnlang.data import load_dataset
+    lines = ["", "a,b,label", "0.1,0.2,0", "", "0.3,0.4,1", '"0.5",0.6,2', "0.7,0.8,1"]
+    program = nnlang.load(ROLES.replace("float32[batch, 6]", "float32[batch, 2]"))
+    graph = program.graph
+    for bad, message in (("2", "the id 2 is outside"), ("0.5", "0.5 is not a whole number")):
+        text = lines[:5] + [f'"0.5",0.6,{bad}'] + lines[6:]
+        (tmp_path / "t.csv").write_text("\r\n".join(text) + "\r\n")
+        # the reference: the csv module's own line count at the row whose label is bad
+        with open(tmp_path / "t.csv", newline="") as f:
+            reader = csv.reader(f)
+            line = next(reader.line_num for row in reader if row and row[-1] == bad)
+        assert line == 6
+        ds = load_dataset(tmp_path / "t.csv")
+        mapping = feeds.match_inputs(graph, ds.inputs, ds.targets)
+        with pytest.raises(NNError) as err:
+            feeds.train_and_val(graph, ds, mapping, 0.0, 0)
+            feeds.check_ids(graph, ds, mapping)
+        assert f"t.csv (train split), array 'label', row 2 (line {line}): " in err.value.message
+        assert message in err.value.message
