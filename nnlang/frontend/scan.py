@@ -81,12 +81,15 @@ class ScanElaboration:
     def _scan_seqs(self, seqs, e: ast.Scan):
         """(dtype, batch, steps) the sequences share: float [batch, time, k] each."""
         first = None
-        for v, x in zip(seqs, e.over):
-            t = self._type(v) if isinstance(v, T) else None
+        types = [self._type(v) if isinstance(v, T) else None for v in seqs]
+        # the dtype a bad sequence should take: that of the float sequences beside it
+        want = next((t.dtype for t in types if t is not None and t.rank == 3 and
+                     registry.is_float(t.dtype)), "float32")
+        for t, v, x in zip(types, seqs, e.over):
             if t is None or t.rank != 3 or not registry.is_float(t.dtype):
                 self.fail(f"scan runs over float sequences [batch, time, features], got "
                           f"{t if t is not None else show_value(v)}", x.span,
-                          "add a features axis with unsqueeze(axis = -1)?")
+                          _sequence_hint(t, x, want))
             if first is not None and (t.shape[:2] != first.shape[:2] or t.dtype != first.dtype):
                 self.fail(f"scan: the sequences differ: {first} and {t}", x.span,
                           "every sequence needs the same dtype, batch and time dims")
@@ -319,6 +322,22 @@ class ScanElaboration:
                   for k in range(n)]
         values = tuple(stacked + finals)
         return values[0] if len(values) == 1 else values
+
+
+def _sequence_hint(t, x, dtype: str) -> str:
+    """The fix for a value that is not a float [batch, time, features] sequence, written out
+    so it checks as given: a mask or token ids [batch, time] (the way a block gets its
+    masking) needs the features axis and a float dtype both."""
+    if t is None or t.rank not in (2, 3):
+        return "a sequence is a float tensor [batch, time, features], one step per time index"
+    fix = x.span.text() or "it"
+    if not isinstance(x, ast.Name) and fix != "it":
+        fix = f"({fix})"
+    if t.rank == 2:
+        fix = f"unsqueeze({fix}, axis = -1)"
+    if not registry.is_float(t.dtype):
+        fix = f'cast({fix}, dtype = "{dtype}")'
+    return f"{fix}?"
 
 
 def _binding(block: ast.BlockDef, n_seqs: int, n_states: int) -> str:

@@ -373,3 +373,31 @@ def test_a_scan_option_that_is_not_reverse_true_or_false_is_located(options, wor
         nnlang.load(source)
     text = str(err.value)
     assert words in text and ":24:" in text and "Traceback" not in text, text
+
+
+@pytest.mark.parametrize("given, dtype", [("ids", "float64"), ("ids != 0", "float64"),
+                                          ("ids", "float32")])
+def test_a_sequence_of_ids_or_flags_gets_a_hint_that_works(given, dtype):
+    """Passing a mask (or ids) as a sequence, the way docs/language.md says masking is done in
+    a block: the hint said only "add a features axis with unsqueeze(axis = -1)?", which for an
+    int or bool [batch, time] value gives the same error again (a scan runs over floats)."""
+    src = """
+block Cell(x, m, h) {
+  h2 = m * tanh(x + h) + (1 - m) * h
+  return h2, h2
+}
+model M {
+  input x: float64[batch, 6, 3]
+  input x3: float32[batch, 6, 3]
+  input ids: int32[batch, 6]
+  input h0: DTYPE[batch, 3]
+  hs, h = scan Cell(h0) over FIRST, SEQ
+  loss sum(hs * hs)
+}
+""".replace("DTYPE", dtype).replace("FIRST", "x" if dtype == "float64" else "x3")
+    with pytest.raises(NNError) as err:
+        nnlang.load(src.replace("SEQ", given))
+    text = err.value.render()
+    assert "scan runs over float sequences" in text and "<string>:11:" in text, text
+    hint = re.search(r"hint: (.*)\?", text).group(1)
+    nnlang.load(src.replace("SEQ", hint))    # the hint, as written, checks
