@@ -401,3 +401,22 @@ model M {
     assert "scan runs over float sequences" in text and "<string>:11:" in text, text
     hint = re.search(r"hint: (.*)\?", text).group(1)
     nnlang.load(src.replace("SEQ", hint))    # the hint, as written, checks
+
+
+@pytest.mark.parametrize("written, words", [
+    ("over x reverse = true", ["<string>:24:", "starts a new statement",
+                               "over x, reverse = true"]),
+    ("over x units = 4", ["<string>:24:", "starts a new statement",
+                          "the block's own options go in its call"]),
+])
+def test_an_option_after_the_sequences_without_a_comma_is_located(written, words):
+    """Statements need no separator, so `over x reverse = true` parsed as the scan and then
+    an assignment `reverse = true` on the same line: the loop ran forward, silently."""
+    source = BOTH_WAYS.replace("over x, reverse = true", written)
+    with pytest.raises(NNError) as err:
+        nnlang.load(source)
+    text = err.value.render()
+    for w in words:
+        assert w in text, text
+    # on a line of its own, a value named `reverse` is an ordinary statement
+    nnlang.load(BOTH_WAYS.replace("over x, reverse = true", "over x\n  reverse = true"))
