@@ -420,3 +420,26 @@ def test_an_option_after_the_sequences_without_a_comma_is_located(written, words
         assert w in text, text
     # on a line of its own, a value named `reverse` is an ordinary statement
     nnlang.load(BOTH_WAYS.replace("over x, reverse = true", "over x\n  reverse = true"))
+
+
+@pytest.mark.parametrize("line", ["hs, h = scan Cell(h0)\n  loss sum(hs)",
+                                  "hs, h = scan Cell(h0, w = 1)\n  output o = hs",
+                                  "hs, h = scan Cell(h0)"])
+def test_a_scan_without_over_says_where_the_sequences_go(line):
+    """`scan Cell(h0)` with its `over x` forgotten was "unexpected 'loss'; expected 'over'"
+    (or "unexpected '}'") at the next statement, with no word of what `over` takes."""
+    src = f"""
+block Cell(x, h) {{
+  return h + x, h
+}}
+model M {{
+  input x: float32[batch, 5, 3]
+  input h0: float32[batch, 3]
+  {line}
+}}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    assert "<string>:9:" in text and "scan Cell(h0) over x" in text, text
+    assert "names the sequences it runs over" in text, text
