@@ -443,3 +443,35 @@ model M {{
     text = err.value.render()
     assert "<string>:9:" in text and "scan Cell(h0) over x" in text, text
     assert "names the sequences it runs over" in text, text
+
+
+@pytest.mark.parametrize("body, want", [
+    # the state passed through unchanged: every output is h0
+    ("return h, h", lambda x, h0: np.repeat(h0[:, None], x.shape[1], axis=1)),
+    # the state becomes the step's input
+    ("return x, x", lambda x, h0: x),
+])
+def test_a_body_that_returns_one_of_its_inputs_runs_on_numba(body, want):
+    """A body whose output is one of its own inputs (no op in between): the generated loop
+    took that output's buffer as its own and wrote the stacked outputs in place, but nothing
+    wrote them, so numba gave zeros (the interpreter gave h0)."""
+    src = f"""
+block Cell(x, h) {{
+  {body}
+}}
+model M {{
+  symbol seq
+  input x: float64[batch, seq, 4]
+  input h0: float64[batch, 4]
+  hs, h = scan Cell(h0) over x
+  output o = hs
+  output last = h
+}}
+"""
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=(2, 3, 4)), "h0": rng.normal(size=(2, 4))}
+    for backend in ("reference", "numba"):
+        out = nnlang.compile(src, backend=backend, seed=0).forward(feeds)
+        expected = want(feeds["x"], feeds["h0"])
+        np.testing.assert_array_equal(out["o"], expected, err_msg=backend)
+        np.testing.assert_array_equal(out["last"], expected[:, -1], err_msg=backend)
