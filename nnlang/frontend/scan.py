@@ -139,6 +139,14 @@ class ScanElaboration:
         for k, (v, a) in enumerate(zip(inits, call.args)):
             t = self._type(v) if isinstance(v, T) else None
             param = block.params[n_seqs + k].name if n_seqs + k < len(block.params) else None
+            if t is not None and t.rank > 2 and t.shape[0] == batch and \
+                    self.g.node(v.id).op != "param":
+                # NOTE: one row per example with an axis too many: a state of the wrong shape
+                # (given by name it would leave the scan with no state at all)
+                given = a.span.text() or "the state"
+                self.fail(f"scan: an initial state is {dtype}[{batch}, units]; got {t}",
+                          a.span, f"a state is one flat row per example: "
+                          f"flatten({given})?")
             if param is not None and (t is None or t.rank != 2 or
                                       self.g.node(v.id).op == "param"):
                 # NOTE: not a state at all (a weight, a scalar): an option given by position

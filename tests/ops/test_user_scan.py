@@ -475,3 +475,28 @@ model M {{
         expected = want(feeds["x"], feeds["h0"])
         np.testing.assert_array_equal(out["o"], expected, err_msg=backend)
         np.testing.assert_array_equal(out["last"], expected[:, -1], err_msg=backend)
+
+
+def test_a_state_with_an_extra_axis_is_a_bad_state_not_an_option():
+    """A [batch, 2, 4] start (one row per example, an axis too many) was taken for an option
+    given by position, with the hint to give it by name, `h = h3`, after which the scan
+    carries no state at all. It is a state of the wrong shape: the hint flattens it."""
+    src = """
+block Cell(x, h) {
+  h2 = tanh(concat(x, x, axis = -1) + h)
+  return h2, h2
+}
+model M {
+  input x: float32[batch, 5, 4]
+  input h3: float32[batch, 2, 4]
+  hs, h = scan Cell(START) over x
+  loss sum(hs * hs)
+}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src.replace("START", "h3"))
+    text = err.value.render()
+    assert "<string>:9:21" in text and "an initial state is float32[batch, units]" in text, text
+    assert "give it by name" not in text, text
+    hint = re.search(r"hint: .*: (.*)\?", text).group(1)
+    nnlang.load(src.replace("START", hint))    # the hint, as written, checks
