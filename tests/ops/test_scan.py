@@ -378,3 +378,28 @@ def nnlang_compile(src):
     net.load_state_dict({k: v + 0.3 * rng.normal(size=v.shape) for k, v in
                          net.parameters().items()})
     return net
+
+
+@pytest.mark.parametrize("cell, option, words", [
+    ("gru", "reset_after = false", ["reset_after = true", "under scan"]),
+    ("lstm", "recurrent_activation = \"hard_sigmoid\"", ["gates are sigmoid", "under scan"]),
+    ("gru", "go_backwards = true", ["reverse = true", "bidirectional = true"]),
+    ("rnn", "stateful = true", ["initial_h"]),
+    ("lstm", "unroll = true", ["one loop node"]),
+    ("gru", "batch_first = true", ["[batch, time, features]"]),
+    ("lstm", "num_layers = 2", ["return_sequences = true) |> lstm("]),
+])
+def test_keras_and_pytorch_recurrent_options_get_their_nnlang_form(cell, option, words):
+    """Options a Keras or PyTorch user writes on a recurrent layer that have no counterpart
+    here: the hint was the nearest spelling (reset_after -> "did you mean 'return_state'?",
+    recurrent_activation -> 'recurrent_init') or the whole signature."""
+    import nnlang
+    from nnlang.errors import NNError
+    src = f"model M {{\n  input x: float32[batch, 5, 3]\n  output y = {cell}(x, 4, {option})\n}}\n"
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    assert f"has no parameter '{option.split()[0]}'" in text and "<string>:3:" in text, text
+    assert "did you mean" not in text and "parameters: x: tensor" not in text, text
+    for w in words:
+        assert w in text, text
