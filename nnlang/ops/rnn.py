@@ -163,10 +163,14 @@ def _make(op):
             if return_sequences and isinstance(x.shape[1], Sym):
                 # NOTE: the packed value would be [batch, seq + states, units], which a
                 # monomial dim cannot hold
+                # NOTE: h is the outputs' last step, masked or not (a pad repeats the last
+                # output); lstm's c is no output at all
+                c = (" (c needs a numeric time dim, or return_sequences = false)"
+                     if op == "lstm" else "")
                 raise ShapeError(f"{op}: return_state with return_sequences = true needs a "
                                  f"numeric time dim, not {x.shape[1]}", attr="return_state",
-                                 hint="return the last state only (return_sequences = false), "
-                                 "or run a second layer for the sequence")
+                                 hint=f"the final h is the outputs' last step: `hs = {op}(..., "
+                                 f"return_sequences = true)` then `h = hs[:, -1]`{c}")
             lead = x.shape[1] if return_sequences else 1
             return TensorType((x.shape[0], lead + n_states, width), x.dtype)
         out = (x.shape[0], x.shape[1], width) if return_sequences else (x.shape[0], width)

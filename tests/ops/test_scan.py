@@ -403,3 +403,39 @@ def test_keras_and_pytorch_recurrent_options_get_their_nnlang_form(cell, option,
     assert "did you mean" not in text and "parameters: x: tensor" not in text, text
     for w in words:
         assert w in text, text
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_return_state_with_every_step_on_a_symbolic_length_gets_a_hint_that_gives_h(cell):
+    """return_state with return_sequences on a symbolic time dim is refused; the hint said
+    "or run a second layer for the sequence" (a second layer has its own weights, so not the
+    same h). The final h is the outputs' last step, masked or not: the hint's form, written
+    as it says, gives return_state's h at a numeric length."""
+    import re
+
+    import nnlang
+    from nnlang.errors import NNError
+    extra = ", c" if cell == "lstm" else ""
+    src = f"""model M {{
+  symbol seq
+  input x: float64[batch, seq, 3]
+  input tokens: int32[batch, seq]
+  hs, h{extra} = {cell}(x, 4, return_sequences = true, return_state = true, mask = tokens)
+  output o = h
+}}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    assert "<string>:5:" in text and "second layer" not in text, text
+    hint = text.split("hint:")[1]
+    outputs, last = re.search(r"`(hs = .*?)` then `(h = .*?)`", hint).groups()
+    fixed = src.replace(src.splitlines()[4], "  " + outputs.replace("...", "x, 4, mask = tokens")
+                        + "\n  " + last)
+    numeric = src.replace("  symbol seq\n", "").replace("batch, seq", "batch, 5")
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=(3, 5, 3)),
+             "tokens": np.array([[0, 0, 5, 7, 2], [3, 1, 9, 0, 0], [4, 4, 4, 4, 4]], np.int32)}
+    got = nnlang.compile(fixed, backend="reference", seed=0).forward(feeds)["o"]
+    want = nnlang.compile(numeric, backend="reference", seed=0).forward(feeds)["o"]
+    np.testing.assert_array_equal(got, want)
