@@ -180,3 +180,34 @@ def test_recurrent_layers_that_see_later_tokens_still_recompute(layer, words):
     got = generator(net, CharTokenizer(CHARS)).generate(
         ["ab"], options_from(net.program.generate, {"max_new": 2}))
     assert got.mode == "recompute" and words in got.reason and "lstm" in got.reason
+
+
+def test_a_scan_over_the_tokens_recomputes_and_says_it_is_the_scan():
+    """A hand-written cell under `scan` on the token stream recomputes its prefix (only the
+    builtin rnn/lstm/gru carry their state from token to token), and the reason names the
+    scan at its line: it named the `transpose` that the scan lowers to, an op the model does
+    not contain as written."""
+    source = """
+block Cell(x, h, w) {
+  h2 = tanh(x @ w + h)
+  return h2, h2
+}
+model RnnLm(vocab = 40, maxlen = 12) {
+  input tokens: int32[batch, maxlen]
+  param w: float32[8, 6]
+  x = embedding(tokens, vocab, 8)
+  h, last = scan Cell(broadcast_to(0.0, shape = [batch, 6]), w = w) over x
+  output logits = dense(h, vocab)
+}
+generate RnnLm {
+  tokens = tokens
+  logits = logits
+}
+"""
+    net = Net(load(source), backend="reference", batch=2, seed=0)
+    got = generator(net, CharTokenizer(CHARS)).generate(
+        ["ab", "c"], options_from(net.program.generate, {"max_new": 3}))
+    assert got.mode == "recompute"
+    assert got.reason.startswith("scan (<string>:10)"), got.reason
+    assert "transpose" not in got.reason and "rnn, lstm or gru" in got.reason, got.reason
+    assert [len(s.ids) for s in got.samples] == [3, 3]

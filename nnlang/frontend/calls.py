@@ -60,7 +60,9 @@ class CallElaboration:
             bound = opdef.sig.bind(args, kwargs)
         except BindError as err:
             span = spans.get(err.arg, e.span) if err.arg is not None else e.span
-            self.fail(f"{e.func}() {err.message}", span, err.hint)
+            hint = opdef.habits.get(err.arg) if err.message.startswith("has no parameter") \
+                else None
+            self.fail(f"{e.func}() {err.message}", span, hint or err.hint)
         tensors, attrs, tspans, attr_spans = [], {}, [], {}
         names = list(opdef.sig.names())
         for p in opdef.sig.params:

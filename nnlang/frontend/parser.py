@@ -82,6 +82,15 @@ _MISTAKES = {
         "model M { y = scan(x) }", "model M { y = scan(x, body = 1) }",
         "model M { y = scan Cell over x }", "model M { y, h = scan(x) }",
         "model M { y, h = scan Cell over x }"],
+    "after the block's call, a scan names the sequences it runs over: `hs, h = scan Cell(h0) "
+    "over x` (then `, reverse = true` for the steps from last to first)": [
+        "model M { y, h = scan Cell(h0) }", "model M { y, h = scan Cell(h0) loss f(y) }",
+        "model M { y, h = scan Cell(h0, w = 1) output y }", "model M { y = scan Cell() }",
+        # NOTE: the cell's block comes before the model: one item deeper on the parser stack
+        "block B(x) { return x } model M { y, h = scan B(h0) }",
+        "block B(x) { return x } model M { y, h = scan B(h0) loss f(y) }",
+        "block B(x) { return x } model M { y, h = scan B(h0, w = 1) }",
+        "block B(x) { return x } model M { y, h = scan B(h0, w = 1) output y }"],
 }
 
 

@@ -54,6 +54,26 @@ class ScanElaboration:
         return out
 
     # *** checks ***
+    def scan_option_on_its_line(self, prev, stmt):
+        """`over x reverse = true`: statements need no separator, so a name = value right
+        after a scan's sequences, without a comma, parses as a statement of its own; on the
+        scan's own line that is an option meant for the scan (the loop ran forward)."""
+        if not (isinstance(prev, ast.Assign) and isinstance(prev.value, ast.Scan) and
+                isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and
+                stmt.span.line == prev.value.span.end_line):
+            return
+        name, scan = stmt.targets[0], prev.value
+        written = scan.over[-1].span.text() or "x"
+        value = stmt.value.span.text() or "..."
+        if name == "reverse":
+            hint = f"the loop's options follow its sequences after a comma: over {written}, " \
+                   f"reverse = {value}"
+        else:
+            hint = (f"the block's own options go in its call: scan {scan.call.func}(..., "
+                    f"{name} = {value}) over ...; a value of its own goes on a line of its own")
+        self.fail(f"scan: `{name} = {value}` right after the scan starts a new statement "
+                  f"(a value named '{name}'), not an option of the scan", stmt.span, hint)
+
     def _scan_options(self, e: ast.Scan, scope) -> bool:
         """The loop's own options after its sequences: `reverse = true` runs the steps from
         the last to the first (JAX's lax.scan(reverse=True)); returns reverse."""
@@ -81,12 +101,15 @@ class ScanElaboration:
     def _scan_seqs(self, seqs, e: ast.Scan):
         """(dtype, batch, steps) the sequences share: float [batch, time, k] each."""
         first = None
-        for v, x in zip(seqs, e.over):
-            t = self._type(v) if isinstance(v, T) else None
+        types = [self._type(v) if isinstance(v, T) else None for v in seqs]
+        # the dtype a bad sequence should take: that of the float sequences beside it
+        want = next((t.dtype for t in types if t is not None and t.rank == 3 and
+                     registry.is_float(t.dtype)), "float32")
+        for t, v, x in zip(types, seqs, e.over):
             if t is None or t.rank != 3 or not registry.is_float(t.dtype):
                 self.fail(f"scan runs over float sequences [batch, time, features], got "
                           f"{t if t is not None else show_value(v)}", x.span,
-                          "add a features axis with unsqueeze(axis = -1)?")
+                          _sequence_hint(t, x, want))
             if first is not None and (t.shape[:2] != first.shape[:2] or t.dtype != first.dtype):
                 self.fail(f"scan: the sequences differ: {first} and {t}", x.span,
                           "every sequence needs the same dtype, batch and time dims")
@@ -116,6 +139,14 @@ class ScanElaboration:
         for k, (v, a) in enumerate(zip(inits, call.args)):
             t = self._type(v) if isinstance(v, T) else None
             param = block.params[n_seqs + k].name if n_seqs + k < len(block.params) else None
+            if t is not None and t.rank > 2 and t.shape[0] == batch and \
+                    self.g.node(v.id).op != "param":
+                # NOTE: one row per example with an axis too many: a state of the wrong shape
+                # (given by name it would leave the scan with no state at all)
+                given = a.span.text() or "the state"
+                self.fail(f"scan: an initial state is {dtype}[{batch}, units]; got {t}",
+                          a.span, f"a state is one flat row per example: "
+                          f"flatten({given})?")
             if param is not None and (t is None or t.rank != 2 or
                                       self.g.node(v.id).op == "param"):
                 # NOTE: not a state at all (a weight, a scalar): an option given by position
@@ -319,6 +350,22 @@ class ScanElaboration:
                   for k in range(n)]
         values = tuple(stacked + finals)
         return values[0] if len(values) == 1 else values
+
+
+def _sequence_hint(t, x, dtype: str) -> str:
+    """The fix for a value that is not a float [batch, time, features] sequence, written out
+    so it checks as given: a mask or token ids [batch, time] (the way a block gets its
+    masking) needs the features axis and a float dtype both."""
+    if t is None or t.rank not in (2, 3):
+        return "a sequence is a float tensor [batch, time, features], one step per time index"
+    fix = x.span.text() or "it"
+    if not isinstance(x, ast.Name) and fix != "it":
+        fix = f"({fix})"
+    if t.rank == 2:
+        fix = f"unsqueeze({fix}, axis = -1)"
+    if not registry.is_float(t.dtype):
+        fix = f'cast({fix}, dtype = "{dtype}")'
+    return f"{fix}?"
 
 
 def _binding(block: ast.BlockDef, n_seqs: int, n_states: int) -> str:

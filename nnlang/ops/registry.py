@@ -93,6 +93,9 @@ class OpDef:
     # (in_types, **attrs) -> attrs: fills in attributes the checked (symbolic) types decide,
     # so that binding a symbol later, to 1 say, cannot change them (squeeze's axes)
     bind_attrs: Callable | None = None
+    # {keyword another framework's layer takes: how it is written here}: the hint when a call
+    # names one the signature lacks, where the nearest spelling would mislead
+    habits: dict = field(default_factory=dict)
 
     @property
     def is_composite(self) -> bool:

@@ -163,10 +163,14 @@ def _make(op):
             if return_sequences and isinstance(x.shape[1], Sym):
                 # NOTE: the packed value would be [batch, seq + states, units], which a
                 # monomial dim cannot hold
+                # NOTE: h is the outputs' last step, masked or not (a pad repeats the last
+                # output); lstm's c is no output at all
+                c = (" (c needs a numeric time dim, or return_sequences = false)"
+                     if op == "lstm" else "")
                 raise ShapeError(f"{op}: return_state with return_sequences = true needs a "
                                  f"numeric time dim, not {x.shape[1]}", attr="return_state",
-                                 hint="return the last state only (return_sequences = false), "
-                                 "or run a second layer for the sequence")
+                                 hint=f"the final h is the outputs' last step: `hs = {op}(..., "
+                                 f"return_sequences = true)` then `h = hs[:, -1]`{c}")
             lead = x.shape[1] if return_sequences else 1
             return TensorType((x.shape[0], lead + n_states, width), x.dtype)
         out = (x.shape[0], x.shape[1], width) if return_sequences else (x.shape[0], width)
@@ -289,7 +293,28 @@ def _make(op):
              "recurrent_init: init = \"orthogonal\", bias_init: init = \"zeros\"",
              shape_rule, decompose=decompose, params=params, flops=flops, family="rnn",
              doc=_DOCS[op], samples=_SAMPLES[op], results=results,
-             result_names=("outputs", "h", "c")[:1 + n_states])
+             result_names=("outputs", "h", "c")[:1 + n_states], habits=_habits(op))
+
+
+def _habits(op: str) -> dict:
+    """Keras' and PyTorch's recurrent-layer options that have no counterpart here, and what
+    to write instead (their nearest spellings, return_state, recurrent_init, mislead)."""
+    cell = "write the cell as a block and run it under scan (docs/language.md, loops)"
+    return {
+        "reset_after": f"gru is Keras' GRU(reset_after = true), the cuDNN and PyTorch form, "
+                       f"its only form; for the other, {cell}",
+        "recurrent_activation": f"the gates are sigmoid (Keras' default); `activation` sets "
+                                f"the candidate's; for other gates, {cell}",
+        "go_backwards": f"the backward direction: {op}(..., bidirectional = true), or your "
+                        "own cell with `scan Cell(h0) over x, reverse = true`",
+        "stateful": "no state carries over from one batch to the next: start a layer from a "
+                    "given state with initial_h" + (" and initial_c" if op == "lstm" else ""),
+        "unroll": "the cell always runs as one loop node (a scan), whatever the length",
+        "time_major": "x is [batch, time, features]",
+        "batch_first": "x is [batch, time, features] (PyTorch's batch_first = true)",
+        "num_layers": f"stack layers with pipes: {op}(x, 64, return_sequences = true) |> "
+                      f"{op}(64)",
+    }
 
 
 _COMMON = ("x [batch, time, features]; the cell runs as one loop node (a scan) whatever the "

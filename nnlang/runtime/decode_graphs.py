@@ -57,6 +57,10 @@ def derive(user: Graph, spec) -> DecodeGraphs:
             continue
         if problem := _problem(g, node, dep):
             where = f" ({node.span.file}:{node.span.line})" if node.span else ""
+            if _in_user_scan(g, node, dep):
+                raise NotIncremental(
+                    f"scan{where} runs a block over the tokens: the step graph carries the "
+                    "state of an rnn, lstm or gru layer only")
             raise NotIncremental(f"{node.op}{where} {problem}")
         if node.op == "multi_head_attention" and slots(g, node)[1] is None:
             attn.append(nid)
@@ -81,6 +85,14 @@ def derive(user: Graph, spec) -> DecodeGraphs:
     return DecodeGraphs(_prefill(g, tok, attn, rnns, names),
                         _step(g, tok, dep, attn, rnns, names, spec), caches,
                         list(names.values()), shared)
+
+
+def _in_user_scan(g: Graph, node, dep) -> bool:
+    """Whether `node` is part of what a `scan Cell(...) over x` statement lowered to (the
+    transposes and slices around its scan node share the statement's span), so a reason names
+    the scan the model has as written, not an op it does not."""
+    return node.span is not None and any(
+        g.node(i).op == "scan" and g.node(i).span == node.span for i in dep)
 
 
 def _is_rnn(node) -> bool:

@@ -46,8 +46,12 @@ def _exclusive(exe, names) -> set[int]:
     for b in assign.values():
         sharing[b] = sharing.get(b, 0) + 1
     nodes = {**g.inputs, **g.outputs}
+    # NOTE: a body that returns one of its inputs as is has one node for both ends: the step
+    # output is then that input's array, which the loop fills, not a buffer it may move
+    ends = [*g.inputs.values(), *g.outputs.values()]
     return {id(exe.arrays[nodes[k]]) for k in names
-            if k in nodes and nodes[k] in assign and sharing[assign[nodes[k]]] == 1}
+            if k in nodes and nodes[k] in assign and sharing[assign[nodes[k]]] == 1 and
+            ends.count(nodes[k]) == 1}
 
 
 def _rows_never_meet(g: Graph, batch: int) -> bool:
@@ -142,10 +146,14 @@ def scan_call(backend, node, inputs: list, out, disable=()):
     exe = compile_graph(_body_graph(node), backend, disable=disable, state=state)
     # NOTE: an input the body never reads (a backward scan's zero dy) is never copied in
     g = exe.graph
-    feeds = {k: a for k, a in exe._feeds if g.users(g.inputs[k])}
+    feeds = {k: a for k, a in exe._feeds
+             if g.users(g.inputs[k]) or g.inputs[k] == g.outputs["y"]}
     carry = feeds.get("carry", xp.empty(init.shape, init.dtype))
     pairs = [(feeds[f"x{i}"], s) for i, s in enumerate(seqs) if f"x{i}" in feeds]
     y = dict(exe._results)["y"]
+    # NOTE: a body that returns an input as is (`return h, h`, `return x, x`) runs no call;
+    # its result array is filled only by a whole run of the body, so the step reads the input
+    y = next((feeds[k] for k, nid in g.inputs.items() if nid == g.outputs["y"]), y)
     calls, width = exe._calls, body.carry
     copyto = xp.copyto
     loop = getattr(backend, "scan_loop", None)

@@ -378,3 +378,64 @@ def nnlang_compile(src):
     net.load_state_dict({k: v + 0.3 * rng.normal(size=v.shape) for k, v in
                          net.parameters().items()})
     return net
+
+
+@pytest.mark.parametrize("cell, option, words", [
+    ("gru", "reset_after = false", ["reset_after = true", "under scan"]),
+    ("lstm", "recurrent_activation = \"hard_sigmoid\"", ["gates are sigmoid", "under scan"]),
+    ("gru", "go_backwards = true", ["reverse = true", "bidirectional = true"]),
+    ("rnn", "stateful = true", ["initial_h"]),
+    ("lstm", "unroll = true", ["one loop node"]),
+    ("gru", "batch_first = true", ["[batch, time, features]"]),
+    ("lstm", "num_layers = 2", ["return_sequences = true) |> lstm("]),
+])
+def test_keras_and_pytorch_recurrent_options_get_their_nnlang_form(cell, option, words):
+    """Options a Keras or PyTorch user writes on a recurrent layer that have no counterpart
+    here: the hint was the nearest spelling (reset_after -> "did you mean 'return_state'?",
+    recurrent_activation -> 'recurrent_init') or the whole signature."""
+    import nnlang
+    from nnlang.errors import NNError
+    src = f"model M {{\n  input x: float32[batch, 5, 3]\n  output y = {cell}(x, 4, {option})\n}}\n"
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    assert f"has no parameter '{option.split()[0]}'" in text and "<string>:3:" in text, text
+    assert "did you mean" not in text and "parameters: x: tensor" not in text, text
+    for w in words:
+        assert w in text, text
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_return_state_with_every_step_on_a_symbolic_length_gets_a_hint_that_gives_h(cell):
+    """return_state with return_sequences on a symbolic time dim is refused; the hint said
+    "or run a second layer for the sequence" (a second layer has its own weights, so not the
+    same h). The final h is the outputs' last step, masked or not: the hint's form, written
+    as it says, gives return_state's h at a numeric length."""
+    import re
+
+    import nnlang
+    from nnlang.errors import NNError
+    extra = ", c" if cell == "lstm" else ""
+    src = f"""model M {{
+  symbol seq
+  input x: float64[batch, seq, 3]
+  input tokens: int32[batch, seq]
+  hs, h{extra} = {cell}(x, 4, return_sequences = true, return_state = true, mask = tokens)
+  output o = h
+}}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    assert "<string>:5:" in text and "second layer" not in text, text
+    hint = text.split("hint:")[1]
+    outputs, last = re.search(r"`(hs = .*?)` then `(h = .*?)`", hint).groups()
+    fixed = src.replace(src.splitlines()[4], "  " + outputs.replace("...", "x, 4, mask = tokens")
+                        + "\n  " + last)
+    numeric = src.replace("  symbol seq\n", "").replace("batch, seq", "batch, 5")
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=(3, 5, 3)),
+             "tokens": np.array([[0, 0, 5, 7, 2], [3, 1, 9, 0, 0], [4, 4, 4, 4, 4]], np.int32)}
+    got = nnlang.compile(fixed, backend="reference", seed=0).forward(feeds)["o"]
+    want = nnlang.compile(numeric, backend="reference", seed=0).forward(feeds)["o"]
+    np.testing.assert_array_equal(got, want)

@@ -373,3 +373,130 @@ def test_a_scan_option_that_is_not_reverse_true_or_false_is_located(options, wor
         nnlang.load(source)
     text = str(err.value)
     assert words in text and ":24:" in text and "Traceback" not in text, text
+
+
+@pytest.mark.parametrize("given, dtype", [("ids", "float64"), ("ids != 0", "float64"),
+                                          ("ids", "float32")])
+def test_a_sequence_of_ids_or_flags_gets_a_hint_that_works(given, dtype):
+    """Passing a mask (or ids) as a sequence, the way docs/language.md says masking is done in
+    a block: the hint said only "add a features axis with unsqueeze(axis = -1)?", which for an
+    int or bool [batch, time] value gives the same error again (a scan runs over floats)."""
+    src = """
+block Cell(x, m, h) {
+  h2 = m * tanh(x + h) + (1 - m) * h
+  return h2, h2
+}
+model M {
+  input x: float64[batch, 6, 3]
+  input x3: float32[batch, 6, 3]
+  input ids: int32[batch, 6]
+  input h0: DTYPE[batch, 3]
+  hs, h = scan Cell(h0) over FIRST, SEQ
+  loss sum(hs * hs)
+}
+""".replace("DTYPE", dtype).replace("FIRST", "x" if dtype == "float64" else "x3")
+    with pytest.raises(NNError) as err:
+        nnlang.load(src.replace("SEQ", given))
+    text = err.value.render()
+    assert "scan runs over float sequences" in text and "<string>:11:" in text, text
+    hint = re.search(r"hint: (.*)\?", text).group(1)
+    nnlang.load(src.replace("SEQ", hint))    # the hint, as written, checks
+
+
+@pytest.mark.parametrize("written, words", [
+    ("over x reverse = true", ["<string>:24:", "starts a new statement",
+                               "over x, reverse = true"]),
+    ("over x units = 4", ["<string>:24:", "starts a new statement",
+                          "the block's own options go in its call"]),
+])
+def test_an_option_after_the_sequences_without_a_comma_is_located(written, words):
+    """Statements need no separator, so `over x reverse = true` parsed as the scan and then
+    an assignment `reverse = true` on the same line: the loop ran forward, silently."""
+    source = BOTH_WAYS.replace("over x, reverse = true", written)
+    with pytest.raises(NNError) as err:
+        nnlang.load(source)
+    text = err.value.render()
+    for w in words:
+        assert w in text, text
+    # on a line of its own, a value named `reverse` is an ordinary statement
+    nnlang.load(BOTH_WAYS.replace("over x, reverse = true", "over x\n  reverse = true"))
+
+
+@pytest.mark.parametrize("line", ["hs, h = scan Cell(h0)\n  loss sum(hs)",
+                                  "hs, h = scan Cell(h0, w = 1)\n  output o = hs",
+                                  "hs, h = scan Cell(h0)"])
+def test_a_scan_without_over_says_where_the_sequences_go(line):
+    """`scan Cell(h0)` with its `over x` forgotten was "unexpected 'loss'; expected 'over'"
+    (or "unexpected '}'") at the next statement, with no word of what `over` takes."""
+    src = f"""
+block Cell(x, h) {{
+  return h + x, h
+}}
+model M {{
+  input x: float32[batch, 5, 3]
+  input h0: float32[batch, 3]
+  {line}
+}}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    assert "<string>:9:" in text and "scan Cell(h0) over x" in text, text
+    assert "names the sequences it runs over" in text, text
+
+
+@pytest.mark.parametrize("body, want", [
+    # the state passed through unchanged: every output is h0
+    ("return h, h", lambda x, h0: np.repeat(h0[:, None], x.shape[1], axis=1)),
+    # the state becomes the step's input
+    ("return x, x", lambda x, h0: x),
+])
+def test_a_body_that_returns_one_of_its_inputs_runs_on_numba(body, want):
+    """A body whose output is one of its own inputs (no op in between): the generated loop
+    took that output's buffer as its own and wrote the stacked outputs in place, but nothing
+    wrote them, so numba gave zeros (the interpreter gave h0)."""
+    src = f"""
+block Cell(x, h) {{
+  {body}
+}}
+model M {{
+  symbol seq
+  input x: float64[batch, seq, 4]
+  input h0: float64[batch, 4]
+  hs, h = scan Cell(h0) over x
+  output o = hs
+  output last = h
+}}
+"""
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=(2, 3, 4)), "h0": rng.normal(size=(2, 4))}
+    for backend in ("reference", "numba"):
+        out = nnlang.compile(src, backend=backend, seed=0).forward(feeds)
+        expected = want(feeds["x"], feeds["h0"])
+        np.testing.assert_array_equal(out["o"], expected, err_msg=backend)
+        np.testing.assert_array_equal(out["last"], expected[:, -1], err_msg=backend)
+
+
+def test_a_state_with_an_extra_axis_is_a_bad_state_not_an_option():
+    """A [batch, 2, 4] start (one row per example, an axis too many) was taken for an option
+    given by position, with the hint to give it by name, `h = h3`, after which the scan
+    carries no state at all. It is a state of the wrong shape: the hint flattens it."""
+    src = """
+block Cell(x, h) {
+  h2 = tanh(concat(x, x, axis = -1) + h)
+  return h2, h2
+}
+model M {
+  input x: float32[batch, 5, 4]
+  input h3: float32[batch, 2, 4]
+  hs, h = scan Cell(START) over x
+  loss sum(hs * hs)
+}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src.replace("START", "h3"))
+    text = err.value.render()
+    assert "<string>:9:21" in text and "an initial state is float32[batch, units]" in text, text
+    assert "give it by name" not in text, text
+    hint = re.search(r"hint: .*: (.*)\?", text).group(1)
+    nnlang.load(src.replace("START", hint))    # the hint, as written, checks
