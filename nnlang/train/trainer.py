@@ -544,12 +544,15 @@ class _Training:
                **{f"train_{k}": v for k, v in pos.sums.means().items()},
                **{f"val_{k}": v for k, v in (val_res or {}).items()},
                "lr": net.learning_rate(max(net.step - 1, 0)),
-               "samples_per_s": seen / max(wall, 1e-9), "time": wall}
+               # NOTE: a run resumed at its epoch's last step trains none of it here: its
+               # throughput is unknown (null), not 0 samples/s as if training had stalled
+               "samples_per_s": seen / max(wall, 1e-9) if seen else None, "time": wall}
         history.rows.append(row)
         history.val = val_res
+        speed = f"{row['samples_per_s']:,.0f} samples/s  {wall:.1f}s" if seen else \
+            "no steps left (resumed at the epoch's end)"
         say(self.console, f"epoch {pos.epoch + 1}/{cfg.epochs}  {fmt(pos.sums.means())}"
-                          + (f"  | val {fmt(val_res)}" if val_res else "")
-                          + f"  | {row['samples_per_s']:,.0f} samples/s  {wall:.1f}s")
+                          + (f"  | val {fmt(val_res)}" if val_res else "") + f"  | {speed}")
         self.guard.settle(self.run_dir)  # NOTE: an exploded state is never saved
         if self.run_dir is not None:
             self.run_dir.log(row)
