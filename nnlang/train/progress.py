@@ -16,12 +16,19 @@ def say(console: Console, text: str) -> None:
     console.print(text, markup=False, highlight=False)
 
 
+def live(console: Console) -> bool:
+    """A bar that redraws in place, else lines. A dumb terminal (TERM=dumb: Emacs shells, some
+    CI runners) cannot move the cursor: rich draws its bar there only when it ends, so it gets
+    the lines of a pipe."""
+    return console.is_terminal and not console.is_dumb_terminal
+
+
 def progress(items, total: int, what: str, console: Console | None):
     """`items`, shown as they go: a bar on a terminal, a line every LINE_EVERY_S elsewhere."""
     if console is None:
         yield from items
         return
-    if not console.is_terminal:
+    if not live(console):
         say(console, f"{what}: {total} batches")
         t0 = last = time.perf_counter()
         for i, item in enumerate(items):

@@ -28,7 +28,7 @@ from nnlang.train.data_parallel import Ranks
 from nnlang.train.guard import DivergenceGuard
 from nnlang.train.interrupts import Interrupts, test_signal
 from nnlang.train.overrides import resolve
-from nnlang.train.progress import LINE_EVERY_S, fmt, progress, say
+from nnlang.train.progress import LINE_EVERY_S, fmt, live, progress, say
 from nnlang.train.init_from import start_run, words_to_start_from
 from nnlang.train.resume import describe_resume, find_checkpoint
 from nnlang.train.runs import PLOT_HINT, RunDir
@@ -321,7 +321,7 @@ class _Training:
                            config=cfg, total_steps=cfg.epochs * self.per_epoch)
             # NOTE: Open MPI gives each rank a terminal even when mpirun's output goes to a
             # file, so a data-parallel run prints lines, not live bars
-            self.show = progress and console.is_terminal and not ranks.many
+            self.show = progress and live(console) and not ranks.many
             self.lines = progress and not self.show
             self.progress = progress
             self._restore(ckpt)

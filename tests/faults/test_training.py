@@ -378,6 +378,26 @@ def test_without_a_terminal_training_says_what_it_does(work, tmp_path, monkeypat
     assert "evaluating: 3 batches" in out
 
 
+def test_a_dumb_terminal_gets_the_lines_not_a_bar(work, tmp_path, monkeypatch):
+    """TERM=dumb (Emacs shells, some CI runners) is a terminal that cannot move the cursor:
+    rich draws a bar there only once it ends, so an epoch showed no progress at all until its
+    end, and each finished bar left blank lines behind. It gets the lines of a pipe."""
+    from nnlang.train import progress, trainer
+    monkeypatch.setattr(trainer, "LINE_EVERY_S", 0.0)
+    monkeypatch.setattr(trainer, "READ_EVERY_S", 0.0)
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: stdout is a terminal
+    monkeypatch.setenv("TERM", "dumb")
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", tmp_path / "r", code=0,
+              cwd=work)
+    assert "epoch 1/2  step 1/10" in out and "epoch 2/2  step 10/10" in out
+    assert "\u2501" not in out  # no bar drawn
+    out = cli("eval", "tiny.nn", "-c", tmp_path / "r", "--backend", "reference", code=0,
+              cwd=work)
+    assert "evaluating: 3 batches" in out and "\u2501" not in out
+    assert "\n\n\n" not in out  # the finished bar left two blank lines
+
+
 # *** eval and predict: checkpoints and inputs ***
 
 @pytest.mark.parametrize("ckpt, words", [
