@@ -61,10 +61,12 @@ class History:
 
 
 def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
-             ranks: Ranks | None = None) -> dict | None:
+             ranks: Ranks | None = None, what: str = "evaluating",
+             header: bool = True) -> dict | None:
     """Loss (the sum of the model's losses) and metrics over ALL of `arrays`: the last partial
     batch runs at its own size (Net compiles one more batch size) and counts by its size.
-    With a `console`, a progress bar (a terminal) or a line every LINE_EVERY_S (otherwise).
+    With a `console`, a progress bar (a terminal) or a line every LINE_EVERY_S (otherwise),
+    labelled `what` (`header`: progress's).
     `ranks`: each rank evaluates its rows of every batch when every loss and metric is a mean
     over rows (Ranks.means_over_rows), else batches r, r + N, r + 2N ... whole, and the sums
     are added up.
@@ -93,8 +95,7 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
         ranks.same_statistics(net)
     batches = feeds.batches(arrays, batch, feeds.eval_order(arrays), start=first,
                             drop_last=False, every=every)
-    for b in progress(batches, len(range(first, count, every)),
-                      "evaluating", console):
+    for b in progress(batches, len(range(first, count, every)), what, console, header):
         b = ranks.shard(b) if split else b
         k = feeds.length(b)
         if k == 0:
@@ -538,8 +539,9 @@ class _Training:
         if signal_at and signal_at[0] == "val" and pos.epoch == 0:
             os.kill(os.getpid(), signal_at[1])
         with interrupts.immediate():
-            val_res = evaluate(net, self.val, cfg.batch, self.console if self.show else None,
-                               self.ranks) if self.val else None
+            val_res = evaluate(net, self.val, cfg.batch, self.console if self.progress
+                               else None, self.ranks, "validation", header=False) \
+                if self.val else None
         row = {"epoch": pos.epoch + 1, "step": net.step,
                **{f"train_{k}": v for k, v in pos.sums.means().items()},
                **{f"val_{k}": v for k, v in (val_res or {}).items()},
@@ -645,7 +647,9 @@ class _Training:
             try:
                 with interrupts.immediate():
                     history.test = evaluate(self.net, self.test, self.cfg.batch,
-                                            ranks=self.ranks) if self.test else None
+                                            self.console if self.progress else None,
+                                            self.ranks, "test set", header=False) \
+                        if self.test else None
             except KeyboardInterrupt:
                 # NOTE: training is complete and saved; only the test numbers are missing
                 history.stopped = _STOPPED_BY[interrupts.signal]

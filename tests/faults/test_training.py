@@ -378,6 +378,21 @@ def test_without_a_terminal_training_says_what_it_does(work, tmp_path, monkeypat
     assert "evaluating: 3 batches" in out
 
 
+def test_a_slow_validation_or_test_set_shows_progress(work, tmp_path, monkeypatch):
+    """Validation in a pipe and the final test evaluation everywhere ran with no progress at
+    all: minutes of silence after an epoch's last step on a large test set. They show lines
+    as training does, and only when slow (LINE_EVERY_S; 0 here, so every batch)."""
+    from nnlang.train import progress
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", tmp_path / "r",
+              "--val-split", "0.25", code=0, cwd=work)
+    assert "validation: 3/3 batches" in out and "test set: 3/3 batches" in out
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 30.0)
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", tmp_path / "q",
+              "--val-split", "0.25", code=0, cwd=work)
+    assert "| val loss" in out and "validation:" not in out and "test set:" not in out  # a fast one adds no lines
+
+
 def test_a_dumb_terminal_gets_the_lines_not_a_bar(work, tmp_path, monkeypatch):
     """TERM=dumb (Emacs shells, some CI runners) is a terminal that cannot move the cursor:
     rich draws a bar there only once it ends, so an epoch showed no progress at all until its
