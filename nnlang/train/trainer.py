@@ -480,6 +480,14 @@ class _Training:
             except KeyboardInterrupt:
                 interrupts.hold()
                 return self.interrupted(interrupts.signal)
+        if self.history.stopped == "max_steps" and self.start_epoch < end:
+            # NOTE: else the last epoch line reads as a whole epoch of a finished run
+            pos = self.pos
+            at = f"after epoch {pos.epoch + 1} of {self.cfg.epochs}" if pos.ended else \
+                f"at epoch {pos.epoch + 1}, step {pos.done} of {self.per_epoch}"
+            say(self.console, f"stopped by --max-steps {self.max_steps} {at} (global step "
+                              f"{self.net.step}); --resume with a larger --max-steps, or "
+                              "none, trains on")
         return self.finish()
 
     def train_epoch(self, epoch: int, interrupts: Interrupts) -> tuple[int, float]:

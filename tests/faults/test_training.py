@@ -335,12 +335,17 @@ def test_two_runs_into_one_out_folder(work, tmp_path):
 
 
 def test_max_steps_at_the_runs_own_end_stops_nothing_short(work, tmp_path):
-    """tiny: 40 examples at batch 4, 2 epochs = 20 steps."""
-    for steps, stopped in ((20, None), (15, "max_steps")):
+    """tiny: 40 examples at batch 4, 2 epochs = 20 steps. A run cut short says so: its last
+    line of epoch 2 read like a whole epoch, and nothing said the run had not finished."""
+    for steps, stopped, said in (
+            (20, None, None),
+            (15, "max_steps", "stopped by --max-steps 15 at epoch 2, step 5 of 10"),
+            (10, "max_steps", "stopped by --max-steps 10 after epoch 1 of 2")):
         run = tmp_path / f"run{steps}"
-        cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--max-steps",
-            str(steps), code=0, cwd=work)
+        out = cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--max-steps",
+                  str(steps), code=0, cwd=work)
         assert json.loads((run / "summary.json").read_text())["stopped"] == stopped
+        assert (said in out) if said else "--max-steps" not in out, out
 
 
 def test_resume_with_other_shapes_names_the_checkpoint(work, tmp_path):
