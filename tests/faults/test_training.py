@@ -364,6 +364,17 @@ def test_resume_of_another_models_run_says_so(work, tmp_path):
     assert "the run being resumed trained model 'Tiny', which this file does not define" in out
 
 
+def test_a_model_name_too_long_for_the_default_run_folder(work, tmp_path):
+    """runs/<model>-<time> passes the 255-byte limit on one name for a long model name: the
+    error named 'runs' and hinted at free space."""
+    name = "M" + "x" * 245
+    (tmp_path / "long.nn").write_text(TINY.replace("Tiny", name))
+    shutil.copy(work / "tiny.npz", tmp_path / "tiny.npz")
+    out = cli("train", "long.nn", "--backend", "reference", cwd=tmp_path)
+    assert f"cannot write runs/{name.lower()}-" in out and "File name too long" in out
+    assert "hint: pass --out with a shorter folder name" in out
+
+
 def test_a_run_that_cannot_start_leaves_no_folder(work):
     out = cli("train", "tiny.nn", "--backend", "reference", "--out", "never", "--init-from",
               "run-tiny", "--set", "hidden=5", cwd=work)
