@@ -243,7 +243,8 @@ def test_eval_and_predict_under_mpirun_print_once_without_escape_codes(tmp_path)
                  timeout=120)
     assert got.returncode == 0, got.stdout + got.stderr
     assert got.stdout.count("test set") == 1 and "\x1b[" not in got.stdout, got.stdout
-    row = next(ln.split() for ln in got.stdout.splitlines() if ln.split()[:1] == ["test"] and ln.strip() != "test set")
+    row = next(ln.split() for ln in got.stdout.splitlines()
+               if ln.split()[:1] == ["test"] and ln.strip() != "test set")
     assert row[1:] == [f"{test['loss']:.4f}", f"{test['acc']:.4f}"]
     got = mpirun(2, _nnlang(), "predict", "tiny.nn", "one.npy", "-c", "run", cwd=tmp_path,
                  timeout=120)

@@ -406,7 +406,8 @@ def test_a_slow_validation_or_test_set_shows_progress(work, tmp_path, monkeypatc
     monkeypatch.setattr(progress, "LINE_EVERY_S", 30.0)
     out = cli("train", "tiny.nn", "--backend", "reference", "--out", tmp_path / "q",
               "--val-split", "0.25", code=0, cwd=work)
-    assert "| val loss" in out and "validation:" not in out and "test set:" not in out  # a fast one adds no lines
+    # a fast pass adds no lines
+    assert "| val loss" in out and "validation:" not in out and "test set:" not in out
 
 
 def test_a_dumb_terminal_gets_the_lines_not_a_bar(work, tmp_path, monkeypatch):
