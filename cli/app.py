@@ -28,6 +28,23 @@ def console() -> Console:
     return Console(file=sys.stdout, soft_wrap=True, highlight=False, width=wide)
 
 
+def one_process(command: str) -> Console | None:
+    """The console of a command that does not split over ranks (eval, predict, export). Under
+    mpirun, rank 0 runs it once, in plain lines: Open MPI gives each rank a terminal even when
+    the job's output goes to a file, where a bar is escape codes. The other ranks have nothing
+    to do: None, and they end at once (each had printed the results again)."""
+    from nnlang.backends.collective import launched_rank, launched_size
+    if launched_size() == 1:
+        return console()
+    if launched_rank() > 0:
+        return None
+    from nnlang.train.progress import say
+    say(err_console(), f"note: nnlang {command} runs in one process; under mpirun rank 0 "
+                       f"alone runs it (the other {launched_size() - 1} have nothing to do)")
+    return Console(file=sys.stdout, soft_wrap=True, highlight=False, force_terminal=False,
+                   color_system=None, width=160)
+
+
 def err_console() -> Console:
     return Console(file=sys.stderr, soft_wrap=True, highlight=False)
 

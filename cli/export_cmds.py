@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from nnlang_cli.app import app, check_output, console, reporting
+from nnlang_cli.app import app, check_output, one_process, reporting
 from nnlang_cli.train_cmds import CKPT_HELP
 
 
@@ -21,7 +21,9 @@ def export(
     """Write the model's inference graph with the checkpoint's weights as ONNX (opset 17):
     symbolic batch, the model's inputs and `output`s by name; labels and losses left out."""
     from nnlang.export import describe, export_onnx
-    out = console()
+    out = one_process("export")
+    if out is None:
+        return
     output = output or Path(file.stem + ".onnx")
     with reporting():
         check_output(output, reads={"the model file": file, "the checkpoint": checkpoint})

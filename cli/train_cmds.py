@@ -17,7 +17,7 @@ from rich.text import Text
 from nnlang.ir.dims import MAX_BATCH
 from nnlang.train.progress import say
 from nnlang_cli.app import (INTERRUPTED, MODEL_HELP, TERMINATED, app, console, err_console,
-                            finite_float, parse_overrides, reporting)
+                            finite_float, one_process, parse_overrides, reporting)
 
 
 @contextmanager
@@ -108,7 +108,9 @@ def eval_(
 ):
     """Loss and metrics of a trained model on the test split of its dataset (or --data)."""
     from nnlang.train.inference import evaluate_checkpoint
-    out = console()
+    out = one_process("eval")
+    if out is None:
+        return
     with reporting():
         split, result = evaluate_checkpoint(str(file), checkpoint, data, data_dir, backend,
                                             batch, out)
@@ -146,7 +148,9 @@ def predict(
     the numbers for a regression, the text (or ids) of a sequence output, the shape and a
     summary for a tensor (all with --json)."""
     from nnlang.train.inference import predict as run_predict
-    out = console()
+    out = one_process("predict")
+    if out is None:
+        return
     with reporting():
         results = run_predict(str(file), checkpoint, inputs, backend, None if as_json else out,
                               named=named, npz=npz)

@@ -228,6 +228,30 @@ def test_two_ranks_train_the_cli_run_of_one(tmp_path):
             assert summary[split][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (split, k)
 
 
+def test_eval_and_predict_under_mpirun_print_once_without_escape_codes(tmp_path):
+    """`mpirun -n 2 nnlang eval` evaluated once per rank and printed the table twice, each with
+    a progress bar's escape codes (every rank has a pty): eval and predict do not split over
+    ranks, so rank 0 runs them once and prints plain lines."""
+    _mpirun()
+    (tmp_path / "tiny.nn").write_text(tiny_source())
+    x = tiny_data(tmp_path)
+    np.save(tmp_path / "one.npy", x[0])
+    from nnlang.train.trainer import fit
+    fit(str(tmp_path / "tiny.nn"), out=tmp_path / "run", progress=False)
+    test = json.loads((tmp_path / "run" / "summary.json").read_text())["test"]
+    got = mpirun(2, _nnlang(), "eval", "tiny.nn", "-c", "run/checkpoint.npz", cwd=tmp_path,
+                 timeout=120)
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert got.stdout.count("test set") == 1 and "\x1b[" not in got.stdout, got.stdout
+    row = next(ln.split() for ln in got.stdout.splitlines()
+               if ln.split()[:1] == ["test"] and ln.strip() != "test set")
+    assert row[1:] == [f"{test['loss']:.4f}", f"{test['acc']:.4f}"]
+    got = mpirun(2, _nnlang(), "predict", "tiny.nn", "one.npy", "-c", "run", cwd=tmp_path,
+                 timeout=120)
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert got.stdout.count("one.npy") == 1 and "\x1b[" not in got.stdout, got.stdout
+
+
 def test_rank_zero_prints_long_lines_whole_as_one_process_does():
     """Under mpirun a rank's stdout is an 80-column pty whatever mpirun's own output is: rank
     0's console cut the epoch line before "samples/s" and the early-stop message mid-path,

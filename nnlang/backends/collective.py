@@ -18,6 +18,7 @@ from nnlang.errors import NNError
 # what mpirun/mpiexec set in every process they start: Open MPI, MPICH/Hydra and Intel MPI,
 # MVAPICH, Slurm's PMI2/PMIx (srun --mpi=pmix)
 SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
+RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK")
 TIMEOUT_VAR = "NNLANG_DIST_TIMEOUT"
 # NOTE: a step's allreduce waits at most for the slowest rank's step; more than this means a
 # rank died or hangs (rank 0's checkpoint writes and plots are far shorter)
@@ -34,6 +35,16 @@ def launched_size() -> int:
         if value and value.isdigit():
             return int(value)
     return 1
+
+
+def launched_rank() -> int:
+    """This process's rank among those the MPI launcher started (0 when none did), read
+    without joining them: for commands that run in one process."""
+    for var in RANK_VARS:
+        value = os.environ.get(var)
+        if value and value.isdigit():
+            return int(value)
+    return 0
 
 
 def current() -> "World | None":

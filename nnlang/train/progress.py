@@ -16,13 +16,23 @@ def say(console: Console, text: str) -> None:
     console.print(text, markup=False, highlight=False)
 
 
-def progress(items, total: int, what: str, console: Console | None):
-    """`items`, shown as they go: a bar on a terminal, a line every LINE_EVERY_S elsewhere."""
+def live(console: Console) -> bool:
+    """A bar that redraws in place, else lines. A dumb terminal (TERM=dumb: Emacs shells, some
+    CI runners) cannot move the cursor: rich draws its bar there only when it ends, so it gets
+    the lines of a pipe."""
+    return console.is_terminal and not console.is_dumb_terminal
+
+
+def progress(items, total: int, what: str, console: Console | None, header: bool = True):
+    """`items`, shown as they go: a bar on a terminal, a line every LINE_EVERY_S elsewhere,
+    after a first line that says the total (with `header`; without, a fast pass adds no line:
+    a training run's validation and test set, between lines of its own)."""
     if console is None:
         yield from items
         return
-    if not console.is_terminal:
-        say(console, f"{what}: {total} batches")
+    if not live(console):
+        if header:
+            say(console, f"{what}: {total} batches")
         t0 = last = time.perf_counter()
         for i, item in enumerate(items):
             yield item

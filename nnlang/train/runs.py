@@ -28,8 +28,11 @@ def writing(path):
     try:
         yield
     except OSError as err:
-        raise NNError(f"cannot write {path} ({err.strerror or err})",
-                      hint="pass --out with a writable folder that has free space") from None
+        # NOTE: the default folder's name holds the model's, which can pass the file system's
+        # limit on one name (255 bytes) however much space is free
+        hint = "pass --out with a shorter folder name" if err.errno == errno.ENAMETOOLONG \
+            else "pass --out with a writable folder that has free space"
+        raise NNError(f"cannot write {path} ({err.strerror or err})", hint=hint) from None
 
 
 RUN_FILES = {"config.json", "metrics.jsonl", "metrics.csv", "summary.json", checkpoint.FILENAME,
@@ -110,7 +113,7 @@ class RunDir:
             return cls(out, fresh=True)
         base = Path(root) / f"{model.lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
         path, n = base, 2
-        with writing(base.parent):
+        with writing(base):
             base.parent.mkdir(parents=True, exist_ok=True)
             # NOTE: mkdir, not exists(), claims the name: two runs started in the same second
             # must not both find it free

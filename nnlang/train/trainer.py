@@ -28,7 +28,7 @@ from nnlang.train.data_parallel import Ranks
 from nnlang.train.guard import DivergenceGuard
 from nnlang.train.interrupts import Interrupts, test_signal
 from nnlang.train.overrides import resolve
-from nnlang.train.progress import LINE_EVERY_S, fmt, progress, say
+from nnlang.train.progress import LINE_EVERY_S, fmt, live, progress, say
 from nnlang.train.init_from import start_run, words_to_start_from
 from nnlang.train.resume import describe_resume, find_checkpoint
 from nnlang.train.runs import PLOT_HINT, RunDir
@@ -61,10 +61,12 @@ class History:
 
 
 def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
-             ranks: Ranks | None = None) -> dict | None:
+             ranks: Ranks | None = None, what: str = "evaluating",
+             header: bool = True) -> dict | None:
     """Loss (the sum of the model's losses) and metrics over ALL of `arrays`: the last partial
     batch runs at its own size (Net compiles one more batch size) and counts by its size.
-    With a `console`, a progress bar (a terminal) or a line every LINE_EVERY_S (otherwise).
+    With a `console`, a progress bar (a terminal) or a line every LINE_EVERY_S (otherwise),
+    labelled `what` (`header`: progress's).
     `ranks`: each rank evaluates its rows of every batch when every loss and metric is a mean
     over rows (Ranks.means_over_rows), else batches r, r + N, r + 2N ... whole, and the sums
     are added up.
@@ -93,8 +95,7 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
         ranks.same_statistics(net)
     batches = feeds.batches(arrays, batch, feeds.eval_order(arrays), start=first,
                             drop_last=False, every=every)
-    for b in progress(batches, len(range(first, count, every)),
-                      "evaluating", console):
+    for b in progress(batches, len(range(first, count, every)), what, console, header):
         b = ranks.shard(b) if split else b
         k = feeds.length(b)
         if k == 0:
@@ -321,7 +322,7 @@ class _Training:
                            config=cfg, total_steps=cfg.epochs * self.per_epoch)
             # NOTE: Open MPI gives each rank a terminal even when mpirun's output goes to a
             # file, so a data-parallel run prints lines, not live bars
-            self.show = progress and console.is_terminal and not ranks.many
+            self.show = progress and live(console) and not ranks.many
             self.lines = progress and not self.show
             self.progress = progress
             self._restore(ckpt)
@@ -479,6 +480,14 @@ class _Training:
             except KeyboardInterrupt:
                 interrupts.hold()
                 return self.interrupted(interrupts.signal)
+        if self.history.stopped == "max_steps" and self.start_epoch < end:
+            # NOTE: else the last epoch line reads as a whole epoch of a finished run
+            pos = self.pos
+            at = f"after epoch {pos.epoch + 1} of {self.cfg.epochs}" if pos.ended else \
+                f"at epoch {pos.epoch + 1}, step {pos.done} of {self.per_epoch}"
+            say(self.console, f"stopped by --max-steps {self.max_steps} {at} (global step "
+                              f"{self.net.step}); --resume with a larger --max-steps, or "
+                              "none, trains on")
         return self.finish()
 
     def train_epoch(self, epoch: int, interrupts: Interrupts) -> tuple[int, float]:
@@ -538,18 +547,22 @@ class _Training:
         if signal_at and signal_at[0] == "val" and pos.epoch == 0:
             os.kill(os.getpid(), signal_at[1])
         with interrupts.immediate():
-            val_res = evaluate(net, self.val, cfg.batch, self.console if self.show else None,
-                               self.ranks) if self.val else None
+            val_res = evaluate(net, self.val, cfg.batch, self.console if self.progress
+                               else None, self.ranks, "validation", header=False) \
+                if self.val else None
         row = {"epoch": pos.epoch + 1, "step": net.step,
                **{f"train_{k}": v for k, v in pos.sums.means().items()},
                **{f"val_{k}": v for k, v in (val_res or {}).items()},
                "lr": net.learning_rate(max(net.step - 1, 0)),
-               "samples_per_s": seen / max(wall, 1e-9), "time": wall}
+               # NOTE: a run resumed at its epoch's last step trains none of it here: its
+               # throughput is unknown (null), not 0 samples/s as if training had stalled
+               "samples_per_s": seen / max(wall, 1e-9) if seen else None, "time": wall}
         history.rows.append(row)
         history.val = val_res
+        speed = f"{row['samples_per_s']:,.0f} samples/s  {wall:.1f}s" if seen else \
+            "no steps left (resumed at the epoch's end)"
         say(self.console, f"epoch {pos.epoch + 1}/{cfg.epochs}  {fmt(pos.sums.means())}"
-                          + (f"  | val {fmt(val_res)}" if val_res else "")
-                          + f"  | {row['samples_per_s']:,.0f} samples/s  {wall:.1f}s")
+                          + (f"  | val {fmt(val_res)}" if val_res else "") + f"  | {speed}")
         self.guard.settle(self.run_dir)  # NOTE: an exploded state is never saved
         if self.run_dir is not None:
             self.run_dir.log(row)
@@ -642,7 +655,9 @@ class _Training:
             try:
                 with interrupts.immediate():
                     history.test = evaluate(self.net, self.test, self.cfg.batch,
-                                            ranks=self.ranks) if self.test else None
+                                            self.console if self.progress else None,
+                                            self.ranks, "test set", header=False) \
+                        if self.test else None
             except KeyboardInterrupt:
                 # NOTE: training is complete and saved; only the test numbers are missing
                 history.stopped = _STOPPED_BY[interrupts.signal]

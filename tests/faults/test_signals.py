@@ -3,6 +3,7 @@ every resume is bit-identical to an uninterrupted run. The fast cases use the re
 backend on a tiny model; the slow one runs benchmarks/signal_resume.py's trials (numba)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -133,6 +134,19 @@ def test_ctrl_c_while_the_end_of_epoch_checkpoint_is_written(tiny, monkeypatch):
     assert_bit_identical(tiny / "straight", tiny / "cut")
     watch = [checkpoint.load(tiny / run).meta["watch"] for run in ("cut", "straight")]
     assert watch[0] == watch[1]
+
+
+def test_a_resume_at_an_epochs_last_step_prints_no_zero_throughput(tiny, monkeypatch):
+    """Ctrl-C right after an epoch's last step: the resumed run trains no step of that epoch,
+    and printed (and logged) "0 samples/s 0.0s" for it, as if training had stalled."""
+    monkeypatch.setenv("NNLANG_TEST_SIGNAL_AT_STEP", "10")  # step 10 of 10 in epoch 1
+    cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", code=130)
+    monkeypatch.delenv("NNLANG_TEST_SIGNAL_AT_STEP")
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", "--resume", code=0)
+    line = next(ln for ln in out.splitlines() if ln.startswith("epoch 1/2"))
+    assert "samples/s" not in line and "no steps left (resumed at the epoch's end)" in line
+    rows = [json.loads(r) for r in (tiny / "cut/metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["samples_per_s"] is None and rows[1]["samples_per_s"] > 0
 
 
 def test_handler_restored_after_an_error(tiny):

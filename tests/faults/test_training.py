@@ -335,12 +335,17 @@ def test_two_runs_into_one_out_folder(work, tmp_path):
 
 
 def test_max_steps_at_the_runs_own_end_stops_nothing_short(work, tmp_path):
-    """tiny: 40 examples at batch 4, 2 epochs = 20 steps."""
-    for steps, stopped in ((20, None), (15, "max_steps")):
+    """tiny: 40 examples at batch 4, 2 epochs = 20 steps. A run cut short says so: its last
+    line of epoch 2 read like a whole epoch, and nothing said the run had not finished."""
+    for steps, stopped, said in (
+            (20, None, None),
+            (15, "max_steps", "stopped by --max-steps 15 at epoch 2, step 5 of 10"),
+            (10, "max_steps", "stopped by --max-steps 10 after epoch 1 of 2")):
         run = tmp_path / f"run{steps}"
-        cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--max-steps",
-            str(steps), code=0, cwd=work)
+        out = cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--max-steps",
+                  str(steps), code=0, cwd=work)
         assert json.loads((run / "summary.json").read_text())["stopped"] == stopped
+        assert (said in out) if said else "--max-steps" not in out, out
 
 
 def test_resume_with_other_shapes_names_the_checkpoint(work, tmp_path):
@@ -357,6 +362,17 @@ def test_resume_of_another_models_run_says_so(work, tmp_path):
     out = cli("train", "other.nn", "--backend", "reference", "--out", work / "run-tiny",
               "--resume", cwd=work)
     assert "the run being resumed trained model 'Tiny', which this file does not define" in out
+
+
+def test_a_model_name_too_long_for_the_default_run_folder(work, tmp_path):
+    """runs/<model>-<time> passes the 255-byte limit on one name for a long model name: the
+    error named 'runs' and hinted at free space."""
+    name = "M" + "x" * 245
+    (tmp_path / "long.nn").write_text(TINY.replace("Tiny", name))
+    shutil.copy(work / "tiny.npz", tmp_path / "tiny.npz")
+    out = cli("train", "long.nn", "--backend", "reference", cwd=tmp_path)
+    assert f"cannot write runs/{name.lower()}-" in out and "File name too long" in out
+    assert "hint: pass --out with a shorter folder name" in out
 
 
 def test_a_run_that_cannot_start_leaves_no_folder(work):
@@ -376,6 +392,42 @@ def test_without_a_terminal_training_says_what_it_does(work, tmp_path, monkeypat
     out = cli("eval", "tiny.nn", "-c", tmp_path / "r", "--backend", "reference", code=0,
               cwd=work)
     assert "evaluating: 3 batches" in out
+
+
+def test_a_slow_validation_or_test_set_shows_progress(work, tmp_path, monkeypatch):
+    """Validation in a pipe and the final test evaluation everywhere ran with no progress at
+    all: minutes of silence after an epoch's last step on a large test set. They show lines
+    as training does, and only when slow (LINE_EVERY_S; 0 here, so every batch)."""
+    from nnlang.train import progress
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", tmp_path / "r",
+              "--val-split", "0.25", code=0, cwd=work)
+    assert "validation: 3/3 batches" in out and "test set: 3/3 batches" in out
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 30.0)
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", tmp_path / "q",
+              "--val-split", "0.25", code=0, cwd=work)
+    # a fast pass adds no lines
+    assert "| val loss" in out and "validation:" not in out and "test set:" not in out
+
+
+def test_a_dumb_terminal_gets_the_lines_not_a_bar(work, tmp_path, monkeypatch):
+    """TERM=dumb (Emacs shells, some CI runners) is a terminal that cannot move the cursor:
+    rich draws a bar there only once it ends, so an epoch showed no progress at all until its
+    end, and each finished bar left blank lines behind. It gets the lines of a pipe."""
+    from nnlang.train import progress, trainer
+    monkeypatch.setattr(trainer, "LINE_EVERY_S", 0.0)
+    monkeypatch.setattr(trainer, "READ_EVERY_S", 0.0)
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: stdout is a terminal
+    monkeypatch.setenv("TERM", "dumb")
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", tmp_path / "r", code=0,
+              cwd=work)
+    assert "epoch 1/2  step 1/10" in out and "epoch 2/2  step 10/10" in out
+    assert "\u2501" not in out  # no bar drawn
+    out = cli("eval", "tiny.nn", "-c", tmp_path / "r", "--backend", "reference", code=0,
+              cwd=work)
+    assert "evaluating: 3 batches" in out and "\u2501" not in out
+    assert "\n\n\n" not in out  # the finished bar left two blank lines
 
 
 # *** eval and predict: checkpoints and inputs ***
