@@ -707,3 +707,28 @@ def test_no_feeds_name_the_missing_input_and_a_model_without_inputs_runs():
         nnlang.compile(CLASSIFIER).evaluate({})
     net = nnlang.compile("model P {\n  param w: float32[3] = ones\n  output y = w * 2.0\n}\n")
     np.testing.assert_array_equal(net.forward({})["y"], [2.0, 2.0, 2.0])
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_a_float64_weight_in_a_float32_net_is_the_one_trained_and_reported(backend):
+    """The state held a float32 copy of a weight declared float64 while each executable made
+    its own float64 copy: train steps moved the train step's copy only, so parameters(),
+    forward and the checkpoint still had the initial weight."""
+    src = """model M {
+  input x: float32[batch, 2]
+  input y: float32[batch]
+  param w: float64[2] = ones
+  output p = sum(x * cast(w, dtype = "float32"), axis = 1)
+  loss mse(p, y)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 4 }"""
+    net = nnlang.compile(src, backend=backend)
+    feeds = {"x": np.ones((4, 2), np.float32), "y": np.zeros(4, np.float32)}
+    net.train_step(feeds)
+    # numpy: p = 2 per row, d mse / d w_j = mean over rows of 2 * p * x = 4, w = 1 - 0.1 * 4
+    np.testing.assert_allclose(net.parameters()["w"], [0.6, 0.6], rtol=1e-6)
+    np.testing.assert_allclose(net.forward(feeds)["p"], 1.2, rtol=1e-6)
+    third = np.full(2, 1 / 3)
+    net.load_state_dict({"w": third})
+    assert net.parameters()["w"].dtype == np.float64
+    np.testing.assert_array_equal(net.parameters()["w"], third)

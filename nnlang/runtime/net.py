@@ -155,10 +155,18 @@ class Net:
             for name, nid in self.user.params.items():
                 a = self.user.node(nid).attrs
                 spec = ParamSpec(tuple(a["shape"]), a["init"] or ("zeros", {}), a["trainable"],
-                                 self.dtype)
+                                 self._dtype_of(name))
                 # NOTE: C order: compiled executables share these arrays only when contiguous
                 state[name] = initialize(spec, rng, empty=aligned_empty)
         return state
+
+    def _dtype_of(self, name: str) -> str:
+        """A state entry's dtype: the net's, but a weight declared float64 stays float64 (as
+        its graph keeps it: `retype`). NOTE: made in the net's dtype, the executables took
+        copies of it in the declared one and trained those, unseen by parameters()."""
+        nid = self.user.params.get(name)
+        declared = None if nid is None else self.user.node(nid).attrs.get("dtype")
+        return declared if declared not in (None, "float32") else self.dtype
 
     def parameters(self) -> dict:
         """Trained weights by block path (numpy copies, wherever the state lives)."""
@@ -216,7 +224,7 @@ class Net:
                 raise NNError(f"state value '{k}' has shape {arr.shape}, the model expects "
                               f"{shapes[k]}", hint="was it saved from another "
                               "model or with other --set values?")
-            _check_fits(arr, self.dtype, f"state value '{k}'")
+            _check_fits(arr, self._dtype_of(k), f"state value '{k}'")
             arrays[k] = arr
         if STEP_SLOT in arrays:
             step = arrays[STEP_SLOT]  # NOTE: int() would cut 3.7 and fail on NaN
@@ -228,12 +236,13 @@ class Net:
                                    "this net's")
         with self._lock:
             for k, arr in arrays.items():
+                dt = self._dtype_of(k)
                 if k in self.state and _on_device(self.state[k]):
-                    self.state[k].set(np.array(arr, self.dtype, order="C"))
+                    self.state[k].set(np.array(arr, dt, order="C"))
                 elif k in self.state:  # NOTE: in place: compiled executables hold these arrays
-                    np.copyto(self.state[k], arr.astype(self.dtype, copy=False))
+                    np.copyto(self.state[k], arr.astype(dt, copy=False))
                 else:
-                    self.state[k] = aligned_copy(arr, self.dtype)
+                    self.state[k] = aligned_copy(arr, dt)
             if STEP_SLOT in arrays:
                 self.step = int(arrays[STEP_SLOT])
         return Loaded(missing, unexpected)
