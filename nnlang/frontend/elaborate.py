@@ -154,9 +154,8 @@ class Elaborator(CallElaboration, ScanElaboration):
                 if isinstance(name, str):
                     scope.later.setdefault(name, stmt.span)
         result = None
-        for prev, stmt in zip((None, *body), body):
+        for stmt in body:
             try:
-                self.scan_option_on_its_line(prev, stmt)
                 r = self.stmt(stmt, scope)
                 if isinstance(stmt, ast.Return):
                     result = r

@@ -343,7 +343,43 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
     if to_ast.errors:
         raise BadLiteral(to_ast.errors)
     check_nesting(module)
+    _check_scan_options(module)
     return module
+
+
+def _check_scan_options(module: ast.Module) -> None:
+    """`over x reverse = true`: statements need no separator, so a name = value right after a
+    scan's sequences, without a comma, parses as a statement of its own; on the scan's own
+    line that is an option meant for the scan (the loop ran forward). Checked at the parse, so
+    `nnlang fmt` refuses it too: it moved the value to a line of its own, hiding the mistake."""
+    found = []
+
+    def walk(body):
+        for prev, stmt in zip((None, *body), body):
+            if isinstance(stmt, ast.Repeat):
+                walk(stmt.body)
+            if not (isinstance(prev, ast.Assign) and isinstance(prev.value, ast.Scan) and
+                    isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and
+                    stmt.span.line == prev.value.span.end_line):
+                continue
+            name, scan = stmt.targets[0], prev.value
+            written = scan.over[-1].span.text() or "x"
+            value = stmt.value.span.text() or "..."
+            if name == "reverse":
+                hint = (f"the loop's options follow its sequences after a comma: over "
+                        f"{written}, reverse = {value}")
+            else:
+                hint = (f"the block's own options go in its call: scan {scan.call.func}(..., "
+                        f"{name} = {value}) over ...; a value of its own goes on a line of "
+                        "its own")
+            found.append(Diagnostic(f"scan: `{name} = {value}` right after the scan starts a "
+                                    f"new statement (a value named '{name}'), not an option "
+                                    "of the scan", stmt.span, hint))
+    for item in module.items:
+        if isinstance(item, (ast.ModelDef, ast.BlockDef)):
+            walk(item.body)
+    if found:
+        raise NNError(found)
 
 
 def parse_file(path: str | Path) -> ast.Module:

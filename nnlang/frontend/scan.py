@@ -54,26 +54,6 @@ class ScanElaboration:
         return out
 
     # *** checks ***
-    def scan_option_on_its_line(self, prev, stmt):
-        """`over x reverse = true`: statements need no separator, so a name = value right
-        after a scan's sequences, without a comma, parses as a statement of its own; on the
-        scan's own line that is an option meant for the scan (the loop ran forward)."""
-        if not (isinstance(prev, ast.Assign) and isinstance(prev.value, ast.Scan) and
-                isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and
-                stmt.span.line == prev.value.span.end_line):
-            return
-        name, scan = stmt.targets[0], prev.value
-        written = scan.over[-1].span.text() or "x"
-        value = stmt.value.span.text() or "..."
-        if name == "reverse":
-            hint = f"the loop's options follow its sequences after a comma: over {written}, " \
-                   f"reverse = {value}"
-        else:
-            hint = (f"the block's own options go in its call: scan {scan.call.func}(..., "
-                    f"{name} = {value}) over ...; a value of its own goes on a line of its own")
-        self.fail(f"scan: `{name} = {value}` right after the scan starts a new statement "
-                  f"(a value named '{name}'), not an option of the scan", stmt.span, hint)
-
     def _scan_options(self, e: ast.Scan, scope) -> bool:
         """The loop's own options after its sequences: `reverse = true` runs the steps from
         the last to the first (JAX's lax.scan(reverse=True)); returns reverse."""

@@ -420,6 +420,10 @@ def test_an_option_after_the_sequences_without_a_comma_is_located(written, words
         assert w in text, text
     # on a line of its own, a value named `reverse` is an ordinary statement
     nnlang.load(BOTH_WAYS.replace("over x, reverse = true", "over x\n  reverse = true"))
+    # and `nnlang fmt` refuses it too: it put the value on a line of its own, where it loads
+    from nnlang.frontend.fmt import format_source
+    with pytest.raises(NNError, match="not an option of the scan"):
+        format_source(source)
 
 
 @pytest.mark.parametrize("line", ["hs, h = scan Cell(h0)\n  loss sum(hs)",
