@@ -32,7 +32,7 @@ def progress(items, total: int, what: str, console: Console | None, header: bool
         return
     if not live(console):
         if header:
-            say(console, f"{what}: {total} batches")
+            say(console, f"{what}: {total} batch{'es' if total != 1 else ''}")
         t0 = last = time.perf_counter()
         for i, item in enumerate(items):
             yield item
