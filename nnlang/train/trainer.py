@@ -348,6 +348,9 @@ class _Training:
 
     def _steps_per_epoch(self) -> int:
         per_epoch = self.n // self.cfg.batch
+        if self.n == 0:
+            raise NNError("the data set holds no training examples",
+                          hint="check the file's train rows (or train_* arrays)")
         if per_epoch == 0:
             raise NNError(f"{self.n} training examples do not fill one batch of "
                           f"{self.cfg.batch}", hint="lower --batch, or lower val_split")

@@ -576,3 +576,24 @@ def test_damaged_processed_cache_is_rebuilt(damage, cache, capsys):
     assert not path.exists(), "the damaged entry was kept"
     err = capsys.readouterr().err
     assert "is damaged" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("rows, words", [(0, ["holds no training examples"]),
+                                         (1, ["1 training examples do not fill one batch of 2",
+                                              "lower --batch"])])
+def test_a_table_without_enough_training_rows(tmp_path, rows, words):
+    """An npz with no training rows was told to 'lower val_split', which it does not use."""
+    np.savez(tmp_path / "e.npz", train_x=np.zeros((rows, 3), np.float32),
+             train_label=np.zeros(rows, np.int32), test_x=np.zeros((2, 3), np.float32),
+             test_label=np.zeros(2, np.int32))
+    (tmp_path / "e.nn").write_text("""model E {
+  input x: float32[batch, 3]
+  input label: int32[batch]
+  loss cross_entropy(dense(x, 2), label)
+}
+train E { data = npz("e.npz") batch = 2 }
+""")
+    out = cli("train", "e.nn", "--backend", "reference", "--out", "run", code=1, cwd=tmp_path)
+    for w in words:
+        assert w in out, out
+    assert "Traceback" not in out
