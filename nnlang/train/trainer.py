@@ -352,8 +352,10 @@ class _Training:
             raise NNError("the data set holds no training examples",
                           hint="check the file's train rows (or train_* arrays)")
         if per_epoch == 0:
-            raise NNError(f"{self.n} training examples do not fill one batch of "
-                          f"{self.cfg.batch}", hint="lower --batch, or lower val_split")
+            some = "1 training example does" if self.n == 1 else \
+                f"{self.n} training examples do"
+            raise NNError(f"{some} not fill one batch of {self.cfg.batch}",
+                          hint="lower --batch, or lower val_split")
         if self.n % self.cfg.batch:
             say(self.console, f"note: the training step is compiled for batch {self.cfg.batch}"
                               f", so each epoch drops the last {self.n % self.cfg.batch} of "

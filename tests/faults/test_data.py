@@ -579,7 +579,7 @@ def test_damaged_processed_cache_is_rebuilt(damage, cache, capsys):
 
 
 @pytest.mark.parametrize("rows, words", [(0, ["holds no training examples"]),
-                                         (1, ["1 training examples do not fill one batch of 2",
+                                         (1, ["1 training example does not fill one batch of 2",
                                               "lower --batch"])])
 def test_a_table_without_enough_training_rows(tmp_path, rows, words):
     """An npz with no training rows was told to 'lower val_split', which it does not use."""
