@@ -281,6 +281,20 @@ def test_fmt_write_keeps_the_file_as_the_user_set_it(tmp_path):
     assert frozen.read_text() == messy and frozen.stat().st_mode & 0o777 == 0o444
 
 
+def test_fmt_check_sees_a_byte_order_mark(tmp_path):
+    # the canonical text (what `fmt` prints) has no BOM: --check said a file that differed only
+    # by one was formatted, and --write dropped it only when something else changed too
+    path = tmp_path / "bom.nn"
+    canonical = "model M {\n  input x: float32[batch, 4]\n  output y = x\n}\n"
+    path.write_bytes(b"\xef\xbb\xbf" + canonical.encode())
+    assert run("fmt", path).stdout == canonical
+    r = run("fmt", "--check", path)
+    assert r.exit_code == 1 and f"would reformat {path}" in r.stderr
+    assert run("fmt", "--write", path).exit_code == 0
+    assert path.read_bytes() == canonical.encode()
+    assert run("fmt", "--check", path).exit_code == 0
+
+
 def test_ops():
     r = run("ops")
     assert r.exit_code == 0
