@@ -123,3 +123,18 @@ def test_lines_counted_at_newlines_only():
     for odd in ("\x0c", "\u2028", "\x1c"):
         src = f"model M {{\n  # note{odd}more\n  a = f(x)\n\n  b = g(a)  # tail\n}}\n"
         assert format_source(src) == src
+
+
+def test_comments_inside_a_header_spread_over_lines_move_above_it():
+    # as in any statement joined onto one line; a comment in a block's parameter list was put
+    # into the block's body, or at the end of the joined header line
+    src = ("block B(x,  # the input\n  # steps\n  n = 2) {\n  return x\n}\n"
+           "model M(a = 1,  # first\n  b = 2) {  # header\n  repeat a +\n    # why\n    b {\n"
+           "    y = f(y)\n  }\n}\n")
+    want = ("# the input\n# steps\nblock B(x, n = 2) {\n  return x\n}\n\n"
+            "# first\nmodel M(a = 1, b = 2) {  # header\n  # why\n  repeat a + b {\n"
+            "    y = f(y)\n  }\n}\n")
+    assert format_source(src) == want
+    assert format_source(want) == want
+    assert format_source("model M(a = 1,  # first\n  b = 2) {\n}") == \
+        "# first\nmodel M(a = 1, b = 2) {}\n"

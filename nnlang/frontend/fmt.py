@@ -234,6 +234,14 @@ class Formatter:
         if body is None:
             self.out.append(head + self.take_trailing(start, end, depth))
             return
+        # a header spread over lines (`block B(x,  # c` / `n) {`) is joined: comments inside it
+        # move above the block, as in any statement that spans lines
+        parts = s.params if isinstance(s, (ast.ModelDef, ast.BlockDef)) else \
+            (s.count,) if isinstance(s, ast.Repeat) else ()
+        last = max([start] + [p.span.end_line or p.span.line for p in parts])
+        for c in [c for c in self.pending if start <= c[0] < last]:
+            self.pending.remove(c)
+            self.out.append(INDENT * depth + c[2])
         # a comment after the closing brace is about the whole block, also when the last
         # statement shares the brace's line (`repeat 2 { x = f(x) }  # c`)
         after = [c for c in self.pending if c[0] == end and c[1] >= s.span.end_col]
@@ -245,8 +253,8 @@ class Formatter:
             self.out.append(head + "}" + brace)
             return
         # NOTE: a comment ending the header line stays there; comments below it open the body
-        shares_line = body and body[0].span.line == start  # `model M { input x: ... # c`
-        self.out.append(head + ("" if shares_line else self.take_trailing(start, start, depth)))
+        shares_line = body and body[0].span.line == last  # `model M { input x: ... # c`
+        self.out.append(head + ("" if shares_line else self.take_trailing(last, last, depth)))
         prev_end = None
         for stmt in body:
             if prev_end is not None and self._gap(prev_end, stmt.span.line):
