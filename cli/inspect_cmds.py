@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import codecs
 import re
 import sys
 from pathlib import Path
@@ -171,12 +172,15 @@ def fmt(
                 print_error(err)
                 failed = True
                 continue
+            # NOTE: read_source drops a byte-order mark; the canonical text (what fmt prints)
+            # has none, so a file that starts with one is not formatted
+            changed = text != source or ((check_only or write) and _starts_with_bom(path))
             if check_only:
-                if text != source:
+                if changed:
                     err_console().print(Text(f"would reformat {path}"))
                     bad = True
             elif write:
-                if text != source:
+                if changed:
                     with writing(path, "--write"):
                         # NOTE: whole or not at all: a full disk must not cut the user's source
                         write_atomic(path, text)
@@ -185,6 +189,13 @@ def fmt(
                 sys.stdout.write(text)
     if failed or bad:
         raise typer.Exit(1)
+
+
+def _starts_with_bom(path: Path) -> bool:
+    if not path.is_file():   # NOTE: /dev/stdin is read once, by read_source
+        return False
+    with path.open("rb") as f:
+        return f.read(3) == codecs.BOM_UTF8
 
 
 # *** ops ***

@@ -2,7 +2,9 @@
 checkpoints, run records, cached plans, kernels and data sets all go through `write_atomic`."""
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -32,11 +34,22 @@ def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
     """Writes `data` (bytes, text, or a function writing to the open binary file) to a temporary
     file `.<name>.*.tmp` beside `path`, then renames it over `path`. With `fsync` the bytes
     reach the disk before the rename (checkpoints). On any failure, a full disk or Ctrl-C
-    included, the temporary file is removed and the error raised."""
-    path = Path(path)
+    included, the temporary file is removed and the error raised.
+
+    A file that is there already is replaced as open(path, "w") would write it: a symlink's
+    target is written (the link stays), its permission bits stay, and a read-only file (no
+    write bit: even root's rename would go past it) raises PermissionError, untouched."""
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()   # NOTE: mkstemp's 0600, not what open() would give
+    else:
+        if not mode & 0o222:
+            raise PermissionError(errno.EACCES, "the file is read-only", str(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())   # NOTE: mkstemp's 0600, not what open() would give
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)

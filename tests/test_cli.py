@@ -255,6 +255,46 @@ def test_fmt(tmp_path):
     assert r.exit_code == 1 and "error: unexpected 'float32'" in r.stderr
 
 
+def test_fmt_write_keeps_the_file_as_the_user_set_it(tmp_path):
+    # --write changes the text only: the mode stays (a private 0600 file was made 0644), a
+    # symlink stays a link to the file it rewrites, and a read-only file is refused untouched
+    messy = "model M{input x:float32[batch,4]\n output y=x}\n"
+    private = tmp_path / "private.nn"
+    private.write_text(messy)
+    private.chmod(0o600)
+    assert run("fmt", "--write", private).exit_code == 0
+    assert private.stat().st_mode & 0o777 == 0o600 and private.read_text() != messy
+
+    target = tmp_path / "real.nn"
+    target.write_text(messy)
+    link = tmp_path / "link.nn"
+    link.symlink_to(target)
+    assert run("fmt", "--write", link).exit_code == 0
+    assert link.is_symlink() and target.read_text() != messy
+
+    frozen = tmp_path / "frozen.nn"
+    frozen.write_text(messy)
+    frozen.chmod(0o444)
+    r = run("fmt", "--write", frozen)
+    assert r.exit_code == 1 and f"--write {frozen}: cannot write" in r.stderr
+    assert "read-only" in r.stderr
+    assert frozen.read_text() == messy and frozen.stat().st_mode & 0o777 == 0o444
+
+
+def test_fmt_check_sees_a_byte_order_mark(tmp_path):
+    # the canonical text (what `fmt` prints) has no BOM: --check said a file that differed only
+    # by one was formatted, and --write dropped it only when something else changed too
+    path = tmp_path / "bom.nn"
+    canonical = "model M {\n  input x: float32[batch, 4]\n  output y = x\n}\n"
+    path.write_bytes(b"\xef\xbb\xbf" + canonical.encode())
+    assert run("fmt", path).stdout == canonical
+    r = run("fmt", "--check", path)
+    assert r.exit_code == 1 and f"would reformat {path}" in r.stderr
+    assert run("fmt", "--write", path).exit_code == 0
+    assert path.read_bytes() == canonical.encode()
+    assert run("fmt", "--check", path).exit_code == 0
+
+
 def test_ops():
     r = run("ops")
     assert r.exit_code == 0

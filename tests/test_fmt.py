@@ -87,3 +87,54 @@ def test_comments_and_blank_lines():
             "  b = g(a, k = 1)  # end\n  # last\n}\n# bottom\n")
     assert format_source(src) == want
     assert format_source(want) == want
+
+
+def test_comment_after_a_one_line_block_stays_after_its_brace():
+    # a comment after `}` of a block written on one line is about the block, not its last
+    # statement: it stays on the closing brace's line
+    src = "model M {\n  repeat 2 { x = f(x) }  # after repeat\n}\ntrain M { batch = 2 }  # after\n"
+    want = ("model M {\n  repeat 2 {\n    x = f(x)\n  }  # after repeat\n}\n\n"
+            "train M {\n  batch = 2\n}  # after\n")
+    assert format_source(src) == want
+    assert format_source(want) == want
+
+
+def test_empty_body_has_one_canonical_form():
+    # the same tree gives the same text, however the empty braces were spread over lines
+    for src in ("model M {}", "model M {\n}", "model M {\n\n}\n"):
+        assert format_source(src) == "model M {}\n"
+    assert format_source("train M {\n}") == "train M {}\n"
+    assert format_source("model M {\n}  # after") == "model M {}  # after\n"
+    # a comment inside keeps the braces apart
+    assert format_source("model M {\n  # soon\n}") == "model M {\n  # soon\n}\n"
+
+
+def test_import_path_with_a_double_quote():
+    # an import path is a string like any other: one with `"` in it is written in '...'
+    src = "import 'odd\"name.nn'\nmodel M {}\n"
+    once = format_source(src)
+    assert once == "import 'odd\"name.nn'\n\nmodel M {}\n"
+    assert strip_spans(parse(once)) == strip_spans(parse(src))
+
+
+def test_lines_counted_at_newlines_only():
+    # a form feed or U+2028 in a comment or string is not a line break for the parser, so the
+    # formatter must not count it as one either (a trailing comment moved, a blank line was lost)
+    for odd in ("\x0c", "\u2028", "\x1c"):
+        src = f"model M {{\n  # note{odd}more\n  a = f(x)\n\n  b = g(a)  # tail\n}}\n"
+        assert format_source(src) == src
+
+
+def test_comments_inside_a_header_spread_over_lines_move_above_it():
+    # as in any statement joined onto one line; a comment in a block's parameter list was put
+    # into the block's body, or at the end of the joined header line
+    src = ("block B(x,  # the input\n  # steps\n  n = 2) {\n  return x\n}\n"
+           "model M(a = 1,  # first\n  b = 2) {  # header\n  repeat a +\n    # why\n    b {\n"
+           "    y = f(y)\n  }\n}\n")
+    want = ("# the input\n# steps\nblock B(x, n = 2) {\n  return x\n}\n\n"
+            "# first\nmodel M(a = 1, b = 2) {  # header\n  # why\n  repeat a + b {\n"
+            "    y = f(y)\n  }\n}\n")
+    assert format_source(src) == want
+    assert format_source(want) == want
+    assert format_source("model M(a = 1,  # first\n  b = 2) {\n}") == \
+        "# first\nmodel M(a = 1, b = 2) {}\n"

@@ -4,7 +4,8 @@ spaces around binary operators and `=`, and the fewest parentheses that keep the
 Comments are kept. They are collected by lexing the source once more with a callback on the
 ignored COMMENT terminal (lark's `lexer_callbacks`), then placed by line: a comment alone on its
 line is printed before the statement that follows it, at that statement's indent; a comment after
-code on a statement's last line stays at the end of that line; comments inside a statement that
+code on a statement's last line stays at the end of that line (one after a block's `}` stays after
+the `}`, also when the block was on one line); comments inside a statement that
 spans several lines move above it (the statement is joined onto one line). Runs of blank lines
 between statements become one blank line. `format_source(format_source(x)) == format_source(x)`.
 """
@@ -66,7 +67,7 @@ def _expr(e) -> str:
     if isinstance(e, ast.Number):
         return e.text
     if isinstance(e, ast.String):
-        return f"'{e.value}'" if '"' in e.value else f'"{e.value}"'
+        return string(e.value)
     if isinstance(e, ast.Bool):
         return "true" if e.value else "false"
     if isinstance(e, ast.NoneLit):
@@ -98,6 +99,11 @@ def _expr(e) -> str:
     if isinstance(e, ast.Kwarg):
         return f"{e.name} = {expr(e.value)}"
     raise TypeError(f"cannot format {type(e).__name__}")
+
+
+def string(value: str) -> str:
+    """A string literal: in '...' when the text holds a `"` (there are no escapes)."""
+    return f"'{value}'" if '"' in value else f'"{value}"'
 
 
 def _index(i) -> str:
@@ -141,7 +147,7 @@ def statement_head(s) -> str:
     if isinstance(s, ast.Setting):
         return f"{s.name} = {expr(s.value)}"
     if isinstance(s, ast.Import):
-        return f'import "{s.path}"'
+        return f"import {string(s.path)}"
     if isinstance(s, ast.Repeat):
         return f"repeat {expr(s.count)} {{"
     if isinstance(s, ast.ModelDef):
@@ -180,7 +186,9 @@ def _comments(source: str) -> list[tuple[int, int, str]]:
 
 class Formatter:
     def __init__(self, comments: list, source: str):
-        lines = source.splitlines()
+        # NOTE: "\n" only, as the parser counts lines: splitlines() also breaks at a form feed or
+        # U+2028 inside a comment or string, and every later line would be looked up one off
+        lines = source.split("\n")
         self.pending = sorted(comments)
         # a comment is "trailing" when code precedes it on its line
         self.trailing = {c for c in comments if lines[c[0] - 1][:c[1] - 1].strip()}
@@ -226,12 +234,27 @@ class Formatter:
         if body is None:
             self.out.append(head + self.take_trailing(start, end, depth))
             return
-        if not body and start == end:
-            self.out.append(head + "}" + self.take_trailing(start, end, depth))
+        # a header spread over lines (`block B(x,  # c` / `n) {`) is joined: comments inside it
+        # move above the block, as in any statement that spans lines
+        parts = s.params if isinstance(s, (ast.ModelDef, ast.BlockDef)) else \
+            (s.count,) if isinstance(s, ast.Repeat) else ()
+        last = max([start] + [p.span.end_line or p.span.line for p in parts])
+        for c in [c for c in self.pending if start <= c[0] < last]:
+            self.pending.remove(c)
+            self.out.append(INDENT * depth + c[2])
+        # a comment after the closing brace is about the whole block, also when the last
+        # statement shares the brace's line (`repeat 2 { x = f(x) }  # c`)
+        after = [c for c in self.pending if c[0] == end and c[1] >= s.span.end_col]
+        for c in after:
+            self.pending.remove(c)
+        brace = "  " + after[0][2] if after else ""
+        # an empty body is `{}` unless comments sit between its braces (`model M {\n}` too)
+        if not body and not any(start <= c[0] <= end for c in self.pending):
+            self.out.append(head + "}" + brace)
             return
         # NOTE: a comment ending the header line stays there; comments below it open the body
-        shares_line = body and body[0].span.line == start  # `model M { input x: ... # c`
-        self.out.append(head + ("" if shares_line else self.take_trailing(start, start, depth)))
+        shares_line = body and body[0].span.line == last  # `model M { input x: ... # c`
+        self.out.append(head + ("" if shares_line else self.take_trailing(last, last, depth)))
         prev_end = None
         for stmt in body:
             if prev_end is not None and self._gap(prev_end, stmt.span.line):
@@ -239,7 +262,7 @@ class Formatter:
             self.item(stmt, depth + 1)
             prev_end = stmt.span.end_line or stmt.span.line
         self.flush_before(end, depth + 1)
-        self.out.append(INDENT * depth + "}" + self.take_trailing(end, end, depth))
+        self.out.append(INDENT * depth + "}" + (brace or self.take_trailing(end, end, depth)))
 
     def _gap(self, prev_end: int, start: int) -> bool:
         """Whether a blank line separates two statements (comments between them count as
