@@ -663,3 +663,26 @@ def test_numpy_numbers_are_numbers_to_generate():
         assert got.texts == want.texts and got.mode == want.mode
     with pytest.raises(NNError, match=r"--max-new \(max_new=\): 2.5 is not an int"):
         net.generate(["the"], tokenizer=tok, max_new=np.float64(2.5))
+
+
+def test_a_beam_wider_than_the_live_candidates_feeds_each_row_at_its_own_position():
+    """Four beams over four writable tokens, one of them the stop: the first step leaves three
+    live beams, and the fourth row, dead there, kept its old position; the live beam moved onto
+    it at the next step was fed one position back (its cache overwritten), and the search
+    returned a hypothesis scored -0.507 that no sequence has (the best, by HF's rule, -0.601)."""
+    tok = CharTokenizer("abcd")
+    program = load(Path(__file__).resolve().parents[1] / "models" / "gpt.nn",
+                   {"vocab": 6, "maxlen": 10, "dim": 16, "heads": 2, "ffn": 32, "layers": 1})
+    net = Net(program, backend="reference", batch=1, seed=3, dtype="float64")
+    net.load_state_dict({k: v * 1.5 for k, v in net.parameters().items()})
+
+    def logp_next(ids):
+        row = np.zeros((1, 10), np.int32)
+        row[0, :len(ids)] = ids
+        z = np.array(net.forward({"tokens": row})["logits"][0, len(ids) - 1], np.float64)
+        z[[tok.pad_id, tok.unk_id]] = -np.inf
+        return z - np.logaddexp.reduce(z)
+    want = hf_beam(logp_next, tok.encode("ab"), 4, 6, 5, 1.0)
+    got = net.generate(["ab"], max_new=6, beam=4, stop=5, length_penalty=1.0,
+                       tokenizer=tok).samples[0]
+    assert got.ids == want[1] and got.score == pytest.approx(want[0], abs=1e-9)

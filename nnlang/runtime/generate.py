@@ -563,6 +563,10 @@ def _beam(g: Generator, logits, lengths, stop, opts):
         if all(closed):
             break
         g.reorder(src)
+        # NOTE: a row continues its source row at that row's position: when fewer candidates
+        # than beams were left (a beam as wide as the vocabulary, a stop among them) a dead row
+        # kept its old position, and a live beam later moved onto it was fed one position back
+        pos = pos[src]
         live = np.isfinite(scores)
         logits = g.advance(new, np.where(live, pos, np.minimum(pos, g.spec.max_len - 1)))
         pos = np.where(live, pos + 1, pos)
