@@ -605,7 +605,8 @@ def hf_beam(logp_next, prompt: list, width: int, max_new: int, stop: int, lp: fl
     """Beam search as HF's BeamSearchScorer runs it (early_stopping=False), written over a
     function that gives the next token's log-probabilities of a whole sequence: a stop
     among the `width` best candidates finishes a hypothesis scored sum / length ** lp; the
-    search ends when `width` have finished and no live beam would beat the worst of them."""
+    search ends when `width` have finished and the step's best candidate would not beat the
+    worst of them."""
     beams, done = [(0.0, [])], []
     for step in range(max_new):
         cands = sorted(((s + lq, seq + [v]) for s, seq in beams
@@ -618,7 +619,8 @@ def hf_beam(logp_next, prompt: list, width: int, max_new: int, stop: int, lp: fl
                     done.append((s / (step + 1) ** lp, seq))
             elif len(beams) < width:
                 beams.append((s, seq))
-        if len(done) >= width and sorted(done)[-width][0] >= beams[0][0] / (step + 1) ** lp:
+        # HF's is_done reads next_scores.max(): the best candidate, a stop token's included
+        if len(done) >= width and sorted(done)[-width][0] >= cands[0][0] / (step + 1) ** lp:
             return max(done)
     return max(done + [(s / max_new ** lp, seq) for s, seq in beams])
 
@@ -684,5 +686,29 @@ def test_a_beam_wider_than_the_live_candidates_feeds_each_row_at_its_own_positio
         return z - np.logaddexp.reduce(z)
     want = hf_beam(logp_next, tok.encode("ab"), 4, 6, 5, 1.0)
     got = net.generate(["ab"], max_new=6, beam=4, stop=5, length_penalty=1.0,
+                       tokenizer=tok).samples[0]
+    assert got.ids == want[1] and got.score == pytest.approx(want[0], abs=1e-9)
+
+
+@pytest.mark.parametrize("width", [2, 3])
+def test_beam_search_goes_on_while_the_best_candidate_is_a_stop(width):
+    """HF's is_done compares the worst finished hypothesis with the step's best candidate
+    (next_scores.max(), a stop token's included); nnlang compared it with the best live beam,
+    so a step whose best candidate stopped closed the search, and with length_penalty 2 it
+    returned 'bcd' (-0.236) where HF goes on to a better hypothesis ('bcdd', -0.208)."""
+    tok = CharTokenizer("abcd")
+    program = load(Path(__file__).resolve().parents[1] / "models" / "gpt.nn",
+                   {"vocab": 6, "maxlen": 10, "dim": 16, "heads": 2, "ffn": 32, "layers": 1})
+    net = Net(program, backend="reference", batch=1, seed=3, dtype="float64")
+    net.load_state_dict({k: v * 1.5 for k, v in net.parameters().items()})
+
+    def logp_next(ids):
+        row = np.zeros((1, 10), np.int32)
+        row[0, :len(ids)] = ids
+        z = np.array(net.forward({"tokens": row})["logits"][0, len(ids) - 1], np.float64)
+        z[[tok.pad_id, tok.unk_id]] = -np.inf
+        return z - np.logaddexp.reduce(z)
+    want = hf_beam(logp_next, tok.encode("ab"), width, 6, 5, 2.0)
+    got = net.generate(["ab"], max_new=6, beam=width, stop=5, length_penalty=2.0,
                        tokenizer=tok).samples[0]
     assert got.ids == want[1] and got.score == pytest.approx(want[0], abs=1e-9)

@@ -543,7 +543,7 @@ def _beam(g: Generator, logits, lengths, stop, opts):
                 kept += 1
                 if kept == width:
                     break
-            closed[p] = _finished(done[p], nscore[p * width:(p + 1) * width], step, width, lp)
+            closed[p] = _finished(done[p], cand[p].max(), step, width, lp)
             if closed[p]:
                 nscore[p * width:(p + 1) * width] = -np.inf
         seqs = [seqs[s] + [int(v)] if np.isfinite(sc) else seqs[s]
@@ -577,12 +577,14 @@ def _beam(g: Generator, logits, lengths, stop, opts):
     return out
 
 
-def _finished(done: list, live: np.ndarray, step: int, width: int, lp: float) -> bool:
+def _finished(done: list, best: float, step: int, width: int, lp: float) -> bool:
     """HF's rule (early_stopping=False): a prompt's search ends once `width` hypotheses have
-    finished and the best live beam, scored at the current length, would not beat the worst of
-    the `width` best of them."""
+    finished and the step's best candidate (`best`: its sum of log-probabilities, a stop token's
+    included, as HF's `next_scores.max()`), scored at the current length, would not beat the
+    worst of the `width` best of them."""
+    # NOTE: the best of the live beams only closed a search whose best candidate had just
+    # stopped: HF goes on there, and with length_penalty > 0 a longer beam can still win
     if len(done) < width:
         return False
     worst = sorted(d[0] for d in done)[-width]
-    best = live.max() if len(live) else -np.inf
     return not np.isfinite(best) or worst >= best / (step + 1) ** lp
