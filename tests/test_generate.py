@@ -712,3 +712,15 @@ def test_beam_search_goes_on_while_the_best_candidate_is_a_stop(width):
     got = net.generate(["ab"], max_new=6, beam=width, stop=5, length_penalty=2.0,
                        tokenizer=tok).samples[0]
     assert got.ids == want[1] and got.score == pytest.approx(want[0], abs=1e-9)
+
+
+@pytest.mark.parametrize("stop,words", [(0, "id 0 is padding"), (1, "id 1 is <unk>"),
+                                        (39, "id 39 is past the tokenizer's 39 ids")])
+def test_a_stop_token_generation_never_produces_is_an_error(stop, words):
+    """Padding, <unk> and ids the tokenizer cannot write are never produced (docs/generation.md),
+    so a stop among them can never end a sequence: it was accepted and every sequence ran on
+    to max_new."""
+    net = lm_net()
+    with pytest.raises(NNError, match="never produces") as err:
+        net.generate(["the"], max_new=3, stop=stop, tokenizer=CharTokenizer(CHARS))
+    assert words in str(err.value)

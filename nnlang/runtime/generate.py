@@ -153,7 +153,7 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
         raise NNError(f"sources are {sources.shape[1]} ids wide; the model's source input "
                       f"'{spec.source}' takes at most {gen._source_len()}")
     opts = options_from(spec, options)
-    stop = None if opts.get("stop") is None else gen.token(opts["stop"], "stop")
+    stop = None if opts.get("stop") is None else gen.stop_token(opts["stop"])
     start = gen.token(spec.start, "start") if spec.start is not None else None
     n, chunk = len(sources), max(1, min(chunk, len(sources)))
     samples, clock = [], time.perf_counter()
@@ -240,6 +240,23 @@ class Generator:
         self._states: dict = {}   # batch -> the weights (the Net's own arrays) and the caches
 
     # *** prompts ***
+    def stop_token(self, value) -> int:
+        """The `stop` token's id, refused when generation never produces it (padding, <unk>,
+        <start>, an id past the tokenizer's): no sequence could end there."""
+        got = self.token(value, "stop")
+        never = _never(self.tok).get(got) or (
+            f"past the tokenizer's {self.tok.vocab_size} ids" if got >= self.tok.vocab_size
+            else None)
+        if never is not None:
+            # NOTE: accepted silently, such a stop let every sequence run to max_new
+            span = self.spec.spans.get("stop") if value == self.spec.stop else None
+            flag = "" if span else ("--stop-id: " if isinstance(value, int) else "--stop: ")
+            token = (f"id {got}" if isinstance(value, int) else f"{value!r} (id {got})")
+            raise NNError(f"{flag}stop token {token} is {never}, which generation never "
+                          "produces, so no sequence would end there", span,
+                          "give a token the model writes (a character), or leave the stop out")
+        return got
+
     def token(self, value, what: str) -> int:
         """A `start`/`stop` token given as an id or as text (errors point at the generate
         section when the value came from there, else they name the flag)."""
@@ -414,7 +431,7 @@ class Generator:
 
     def run(self, prompts: list[str], dec: list, src: list | None, opts: dict) -> Generation:
         """Decodes from token ids: `dec` the decoder's prompt per row, `src` the source's."""
-        stop = None if opts.get("stop") is None else self.token(opts["stop"], "stop")
+        stop = None if opts.get("stop") is None else self.stop_token(opts["stop"])
         width = opts["beam"]
         self._check_rows(len(dec) * width, width)
         reps = np.repeat(np.arange(len(dec)), width)
@@ -442,14 +459,21 @@ def _host(a):
     return a.get() if hasattr(a, "__cuda_array_interface__") else np.asarray(a)
 
 
+def _never(tok) -> dict:
+    """The special ids generation never produces, with their names: padding, <unk> (it would
+    write U+FFFD, which no prompt may hold) and <start> (it writes nothing); ids from the
+    tokenizer's vocab_size on are never produced either (it cannot write them)."""
+    return {i: name for i, name in ((tok.pad_id, "padding"),
+                                    (getattr(tok, "unk_id", None), "<unk>"),
+                                    (getattr(tok, "bos_id", None), "<start>"))
+            if i is not None}
+
+
 def _masked(g: Generator, logits: np.ndarray) -> np.ndarray:
-    """Padding, <unk> and <start>, and ids the tokenizer cannot write, are never tokens to
-    produce: <unk> would write U+FFFD, which no prompt may hold, and <start> nothing."""
+    """The logits with every id generation never produces (`_never`) at -inf."""
     z = np.array(logits, np.float64)
-    for special in (g.tok.pad_id, getattr(g.tok, "unk_id", None),
-                    getattr(g.tok, "bos_id", None)):
-        if special is not None:
-            z[:, special] = -np.inf
+    for special in _never(g.tok):
+        z[:, special] = -np.inf
     z[:, g.tok.vocab_size:] = -np.inf
     return z
 
