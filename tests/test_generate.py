@@ -724,3 +724,29 @@ def test_a_stop_token_generation_never_produces_is_an_error(stop, words):
     with pytest.raises(NNError, match="never produces") as err:
         net.generate(["the"], max_new=3, stop=stop, tokenizer=CharTokenizer(CHARS))
     assert words in str(err.value)
+
+
+def test_a_huge_length_penalty_scores_its_limit():
+    """length ** length_penalty overflows a float for --length-penalty 700 at length 3: Python's
+    3 ** 700.0 raised OverflowError, an internal error. In floats the power is inf and a longer
+    hypothesis scores -0.0 (the limit of sum / length ** lp), which beats any shorter one."""
+    net = lm_net("reference")
+    tok = CharTokenizer(CHARS)
+
+    def logp_next(ids):
+        row = np.zeros((1, 16), np.int32)
+        row[0, :len(ids)] = ids
+        big = Net(net.program, backend="reference", batch=1)
+        big.load_state_dict(net.state_dict())
+        z = np.array(big.forward({"tokens": row, "next": row})["logits"][0, len(ids) - 1],
+                     np.float64)
+        z[[tok.pad_id, tok.unk_id]] = -np.inf
+        z[tok.vocab_size:] = -np.inf
+        return z - np.logaddexp.reduce(z)
+    got = net.generate(["the"], max_new=4, beam=2, length_penalty=700.0,
+                       tokenizer=tok).samples[0]
+    prompt = tok.encode("the")
+    total = sum(logp_next(prompt + got.ids[:k])[v] for k, v in enumerate(got.ids))
+    with np.errstate(over="ignore"):
+        want = total / np.float64(len(got.ids)) ** 700.0
+    assert len(got.ids) == 4 and got.score == want == 0.0

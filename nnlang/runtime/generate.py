@@ -560,7 +560,8 @@ def _beam(g: Generator, logits, lengths, stop, opts):
                     # (as in Hugging Face's beam search): lower ones filled `done` and closed
                     # the search before a better live beam could finish
                     if rank < width:
-                        done[p].append((cand[p, c] / (step + 1) ** lp, seqs[r] + [v], "stop"))
+                        done[p].append((_normalized(cand[p, c], step + 1, lp), seqs[r] + [v],
+                                        "stop"))
                     continue
                 src[p * width + kept], new[p * width + kept] = r, v
                 nscore[p * width + kept] = cand[p, c]
@@ -580,7 +581,7 @@ def _beam(g: Generator, logits, lengths, stop, opts):
                 continue
             for r in range(p * width, (p + 1) * width):
                 if np.isfinite(scores[r]):
-                    done[p].append((scores[r] / (step + 1) ** lp, seqs[r],
+                    done[p].append((_normalized(scores[r], step + 1, lp), seqs[r],
                                     "max_new" if last else "max_len"))
             closed[p] = True
             scores[p * width:(p + 1) * width] = -np.inf   # NOTE: no longer live: no position
@@ -611,4 +612,12 @@ def _finished(done: list, best: float, step: int, width: int, lp: float) -> bool
     if len(done) < width:
         return False
     worst = sorted(d[0] for d in done)[-width]
-    return not np.isfinite(best) or worst >= best / (step + 1) ** lp
+    return not np.isfinite(best) or worst >= _normalized(best, step + 1, lp)
+
+
+def _normalized(total: float, length: int, lp: float) -> float:
+    """A hypothesis's score: its sum of log-probabilities / length ** length_penalty."""
+    # NOTE: in numpy's floats: Python's 12 ** 1000.0 raised OverflowError, an internal error
+    # for --length-penalty 1000; the power overflows to inf and the score is -0.0, its limit
+    with np.errstate(over="ignore"):
+        return float(total / np.float64(length) ** lp)
