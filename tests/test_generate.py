@@ -750,3 +750,17 @@ def test_a_huge_length_penalty_scores_its_limit():
     with np.errstate(over="ignore"):
         want = total / np.float64(len(got.ids)) ** 700.0
     assert len(got.ids) == 4 and got.score == want == 0.0
+
+
+def test_a_draw_at_the_top_of_the_unit_interval_is_a_token_that_may_be_produced():
+    """Sampling inverts the cumulative distribution at u in [0, 1): the probabilities sum to an
+    ulp under 1 here, and u = 1 - 2**-53 fell past the sum and was clipped to the last id, whose
+    logit is -inf (padding, or an id past the tokenizer's). The inverse CDF at u -> 1 is the last id with a
+    probability above 0."""
+    from nnlang.runtime.generate import _choose
+
+    class Top:   # the largest draw default_rng's random() can give
+        def random(self, n):
+            return np.full(n, np.nextafter(1.0, 0.0))
+    z = np.array([[-np.inf, 0.0, 0.6, 0.1, -np.inf]])
+    assert _choose(z, {"temperature": 1.0}, Top()).tolist() == [3]

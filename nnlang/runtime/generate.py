@@ -526,8 +526,12 @@ def _choose(z: np.ndarray, opts: dict, rng) -> np.ndarray:
         np.put_along_axis(drop, order, before >= opts["top_p"], axis=1)
         p = np.where(drop, 0.0, p)
         p /= p.sum(axis=1, keepdims=True)
-    u = rng.random(len(p))[:, None]
-    return np.minimum((np.cumsum(p, axis=1) < u).sum(axis=1), p.shape[1] - 1)
+    # NOTE: u is scaled to the rounded total: the sum of p can fall an ulp short of 1, and a draw
+    # above it was clipped to the last id, one never to be produced (-inf, probability 0); the
+    # first cumulative sum above u * total is always at a token with probability > 0
+    c = np.cumsum(p, axis=1)
+    u = rng.random(len(p))[:, None] * c[:, -1:]
+    return np.minimum((c <= u).sum(axis=1), p.shape[1] - 1)
 
 
 def _beam(g: Generator, logits, lengths, stop, opts):
