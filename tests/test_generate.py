@@ -605,7 +605,8 @@ def hf_beam(logp_next, prompt: list, width: int, max_new: int, stop: int, lp: fl
     """Beam search as HF's BeamSearchScorer runs it (early_stopping=False), written over a
     function that gives the next token's log-probabilities of a whole sequence: a stop
     among the `width` best candidates finishes a hypothesis scored sum / length ** lp; the
-    search ends when `width` have finished and no live beam would beat the worst of them."""
+    search ends when `width` have finished and the step's best candidate would not beat the
+    worst of them."""
     beams, done = [(0.0, [])], []
     for step in range(max_new):
         cands = sorted(((s + lq, seq + [v]) for s, seq in beams
@@ -618,7 +619,8 @@ def hf_beam(logp_next, prompt: list, width: int, max_new: int, stop: int, lp: fl
                     done.append((s / (step + 1) ** lp, seq))
             elif len(beams) < width:
                 beams.append((s, seq))
-        if len(done) >= width and sorted(done)[-width][0] >= beams[0][0] / (step + 1) ** lp:
+        # HF's is_done reads next_scores.max(): the best candidate, a stop token's included
+        if len(done) >= width and sorted(done)[-width][0] >= cands[0][0] / (step + 1) ** lp:
             return max(done)
     return max(done + [(s / max_new ** lp, seq) for s, seq in beams])
 
@@ -663,3 +665,102 @@ def test_numpy_numbers_are_numbers_to_generate():
         assert got.texts == want.texts and got.mode == want.mode
     with pytest.raises(NNError, match=r"--max-new \(max_new=\): 2.5 is not an int"):
         net.generate(["the"], tokenizer=tok, max_new=np.float64(2.5))
+
+
+def test_a_beam_wider_than_the_live_candidates_feeds_each_row_at_its_own_position():
+    """Four beams over four writable tokens, one of them the stop: the first step leaves three
+    live beams, and the fourth row, dead there, kept its old position; the live beam moved onto
+    it at the next step was fed one position back (its cache overwritten), and the search
+    returned a hypothesis scored -0.507 that no sequence has (the best, by HF's rule, -0.601)."""
+    tok = CharTokenizer("abcd")
+    program = load(Path(__file__).resolve().parents[1] / "models" / "gpt.nn",
+                   {"vocab": 6, "maxlen": 10, "dim": 16, "heads": 2, "ffn": 32, "layers": 1})
+    net = Net(program, backend="reference", batch=1, seed=3, dtype="float64")
+    net.load_state_dict({k: v * 1.5 for k, v in net.parameters().items()})
+
+    def logp_next(ids):
+        row = np.zeros((1, 10), np.int32)
+        row[0, :len(ids)] = ids
+        z = np.array(net.forward({"tokens": row})["logits"][0, len(ids) - 1], np.float64)
+        z[[tok.pad_id, tok.unk_id]] = -np.inf
+        return z - np.logaddexp.reduce(z)
+    want = hf_beam(logp_next, tok.encode("ab"), 4, 6, 5, 1.0)
+    got = net.generate(["ab"], max_new=6, beam=4, stop=5, length_penalty=1.0,
+                       tokenizer=tok).samples[0]
+    assert got.ids == want[1] and got.score == pytest.approx(want[0], abs=1e-9)
+
+
+@pytest.mark.parametrize("width", [2, 3])
+def test_beam_search_goes_on_while_the_best_candidate_is_a_stop(width):
+    """HF's is_done compares the worst finished hypothesis with the step's best candidate
+    (next_scores.max(), a stop token's included); nnlang compared it with the best live beam,
+    so a step whose best candidate stopped closed the search, and with length_penalty 2 it
+    returned 'bcd' (-0.236) where HF goes on to a better hypothesis ('bcdd', -0.208)."""
+    tok = CharTokenizer("abcd")
+    program = load(Path(__file__).resolve().parents[1] / "models" / "gpt.nn",
+                   {"vocab": 6, "maxlen": 10, "dim": 16, "heads": 2, "ffn": 32, "layers": 1})
+    net = Net(program, backend="reference", batch=1, seed=3, dtype="float64")
+    net.load_state_dict({k: v * 1.5 for k, v in net.parameters().items()})
+
+    def logp_next(ids):
+        row = np.zeros((1, 10), np.int32)
+        row[0, :len(ids)] = ids
+        z = np.array(net.forward({"tokens": row})["logits"][0, len(ids) - 1], np.float64)
+        z[[tok.pad_id, tok.unk_id]] = -np.inf
+        return z - np.logaddexp.reduce(z)
+    want = hf_beam(logp_next, tok.encode("ab"), width, 6, 5, 2.0)
+    got = net.generate(["ab"], max_new=6, beam=width, stop=5, length_penalty=2.0,
+                       tokenizer=tok).samples[0]
+    assert got.ids == want[1] and got.score == pytest.approx(want[0], abs=1e-9)
+
+
+@pytest.mark.parametrize("stop,words", [(0, "id 0 is padding"), (1, "id 1 is <unk>"),
+                                        (39, "id 39 is past the tokenizer's 39 ids")])
+def test_a_stop_token_generation_never_produces_is_an_error(stop, words):
+    """Padding, <unk> and ids the tokenizer cannot write are never produced (docs/generation.md),
+    so a stop among them can never end a sequence: it was accepted and every sequence ran on
+    to max_new."""
+    net = lm_net()
+    with pytest.raises(NNError, match="never produces") as err:
+        net.generate(["the"], max_new=3, stop=stop, tokenizer=CharTokenizer(CHARS))
+    assert words in str(err.value)
+
+
+def test_a_huge_length_penalty_scores_its_limit():
+    """length ** length_penalty overflows a float for --length-penalty 700 at length 3: Python's
+    3 ** 700.0 raised OverflowError, an internal error. In floats the power is inf and a longer
+    hypothesis scores -0.0 (the limit of sum / length ** lp), which beats any shorter one."""
+    net = lm_net("reference")
+    tok = CharTokenizer(CHARS)
+
+    def logp_next(ids):
+        row = np.zeros((1, 16), np.int32)
+        row[0, :len(ids)] = ids
+        big = Net(net.program, backend="reference", batch=1)
+        big.load_state_dict(net.state_dict())
+        z = np.array(big.forward({"tokens": row, "next": row})["logits"][0, len(ids) - 1],
+                     np.float64)
+        z[[tok.pad_id, tok.unk_id]] = -np.inf
+        z[tok.vocab_size:] = -np.inf
+        return z - np.logaddexp.reduce(z)
+    got = net.generate(["the"], max_new=4, beam=2, length_penalty=700.0,
+                       tokenizer=tok).samples[0]
+    prompt = tok.encode("the")
+    total = sum(logp_next(prompt + got.ids[:k])[v] for k, v in enumerate(got.ids))
+    with np.errstate(over="ignore"):
+        want = total / np.float64(len(got.ids)) ** 700.0
+    assert len(got.ids) == 4 and got.score == want == 0.0
+
+
+def test_a_draw_at_the_top_of_the_unit_interval_is_a_token_that_may_be_produced():
+    """Sampling inverts the cumulative distribution at u in [0, 1): the probabilities sum to an
+    ulp under 1 here, and u = 1 - 2**-53 fell past the sum and was clipped to the last id, whose
+    logit is -inf (padding, or an id past the tokenizer's). The inverse CDF at u -> 1 is the last id with a
+    probability above 0."""
+    from nnlang.runtime.generate import _choose
+
+    class Top:   # the largest draw default_rng's random() can give
+        def random(self, n):
+            return np.full(n, np.nextafter(1.0, 0.0))
+    z = np.array([[-np.inf, 0.0, 0.6, 0.1, -np.inf]])
+    assert _choose(z, {"temperature": 1.0}, Top()).tolist() == [3]

@@ -153,7 +153,7 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
         raise NNError(f"sources are {sources.shape[1]} ids wide; the model's source input "
                       f"'{spec.source}' takes at most {gen._source_len()}")
     opts = options_from(spec, options)
-    stop = None if opts.get("stop") is None else gen.token(opts["stop"], "stop")
+    stop = None if opts.get("stop") is None else gen.stop_token(opts["stop"])
     start = gen.token(spec.start, "start") if spec.start is not None else None
     n, chunk = len(sources), max(1, min(chunk, len(sources)))
     samples, clock = [], time.perf_counter()
@@ -240,6 +240,23 @@ class Generator:
         self._states: dict = {}   # batch -> the weights (the Net's own arrays) and the caches
 
     # *** prompts ***
+    def stop_token(self, value) -> int:
+        """The `stop` token's id, refused when generation never produces it (padding, <unk>,
+        <start>, an id past the tokenizer's): no sequence could end there."""
+        got = self.token(value, "stop")
+        never = _never(self.tok).get(got) or (
+            f"past the tokenizer's {self.tok.vocab_size} ids" if got >= self.tok.vocab_size
+            else None)
+        if never is not None:
+            # NOTE: accepted silently, such a stop let every sequence run to max_new
+            span = self.spec.spans.get("stop") if value == self.spec.stop else None
+            flag = "" if span else ("--stop-id: " if isinstance(value, int) else "--stop: ")
+            token = (f"id {got}" if isinstance(value, int) else f"{value!r} (id {got})")
+            raise NNError(f"{flag}stop token {token} is {never}, which generation never "
+                          "produces, so no sequence would end there", span,
+                          "give a token the model writes (a character), or leave the stop out")
+        return got
+
     def token(self, value, what: str) -> int:
         """A `start`/`stop` token given as an id or as text (errors point at the generate
         section when the value came from there, else they name the flag)."""
@@ -414,7 +431,7 @@ class Generator:
 
     def run(self, prompts: list[str], dec: list, src: list | None, opts: dict) -> Generation:
         """Decodes from token ids: `dec` the decoder's prompt per row, `src` the source's."""
-        stop = None if opts.get("stop") is None else self.token(opts["stop"], "stop")
+        stop = None if opts.get("stop") is None else self.stop_token(opts["stop"])
         width = opts["beam"]
         self._check_rows(len(dec) * width, width)
         reps = np.repeat(np.arange(len(dec)), width)
@@ -442,14 +459,21 @@ def _host(a):
     return a.get() if hasattr(a, "__cuda_array_interface__") else np.asarray(a)
 
 
+def _never(tok) -> dict:
+    """The special ids generation never produces, with their names: padding, <unk> (it would
+    write U+FFFD, which no prompt may hold) and <start> (it writes nothing); ids from the
+    tokenizer's vocab_size on are never produced either (it cannot write them)."""
+    return {i: name for i, name in ((tok.pad_id, "padding"),
+                                    (getattr(tok, "unk_id", None), "<unk>"),
+                                    (getattr(tok, "bos_id", None), "<start>"))
+            if i is not None}
+
+
 def _masked(g: Generator, logits: np.ndarray) -> np.ndarray:
-    """Padding, <unk> and <start>, and ids the tokenizer cannot write, are never tokens to
-    produce: <unk> would write U+FFFD, which no prompt may hold, and <start> nothing."""
+    """The logits with every id generation never produces (`_never`) at -inf."""
     z = np.array(logits, np.float64)
-    for special in (g.tok.pad_id, getattr(g.tok, "unk_id", None),
-                    getattr(g.tok, "bos_id", None)):
-        if special is not None:
-            z[:, special] = -np.inf
+    for special in _never(g.tok):
+        z[:, special] = -np.inf
     z[:, g.tok.vocab_size:] = -np.inf
     return z
 
@@ -502,8 +526,12 @@ def _choose(z: np.ndarray, opts: dict, rng) -> np.ndarray:
         np.put_along_axis(drop, order, before >= opts["top_p"], axis=1)
         p = np.where(drop, 0.0, p)
         p /= p.sum(axis=1, keepdims=True)
-    u = rng.random(len(p))[:, None]
-    return np.minimum((np.cumsum(p, axis=1) < u).sum(axis=1), p.shape[1] - 1)
+    # NOTE: u is scaled to the rounded total: the sum of p can fall an ulp short of 1, and a draw
+    # above it was clipped to the last id, one never to be produced (-inf, probability 0); the
+    # first cumulative sum above u * total is always at a token with probability > 0
+    c = np.cumsum(p, axis=1)
+    u = rng.random(len(p))[:, None] * c[:, -1:]
+    return np.minimum((c <= u).sum(axis=1), p.shape[1] - 1)
 
 
 def _beam(g: Generator, logits, lengths, stop, opts):
@@ -536,14 +564,15 @@ def _beam(g: Generator, logits, lengths, stop, opts):
                     # (as in Hugging Face's beam search): lower ones filled `done` and closed
                     # the search before a better live beam could finish
                     if rank < width:
-                        done[p].append((cand[p, c] / (step + 1) ** lp, seqs[r] + [v], "stop"))
+                        done[p].append((_normalized(cand[p, c], step + 1, lp), seqs[r] + [v],
+                                        "stop"))
                     continue
                 src[p * width + kept], new[p * width + kept] = r, v
                 nscore[p * width + kept] = cand[p, c]
                 kept += 1
                 if kept == width:
                     break
-            closed[p] = _finished(done[p], nscore[p * width:(p + 1) * width], step, width, lp)
+            closed[p] = _finished(done[p], cand[p].max(), step, width, lp)
             if closed[p]:
                 nscore[p * width:(p + 1) * width] = -np.inf
         seqs = [seqs[s] + [int(v)] if np.isfinite(sc) else seqs[s]
@@ -556,13 +585,17 @@ def _beam(g: Generator, logits, lengths, stop, opts):
                 continue
             for r in range(p * width, (p + 1) * width):
                 if np.isfinite(scores[r]):
-                    done[p].append((scores[r] / (step + 1) ** lp, seqs[r],
+                    done[p].append((_normalized(scores[r], step + 1, lp), seqs[r],
                                     "max_new" if last else "max_len"))
             closed[p] = True
             scores[p * width:(p + 1) * width] = -np.inf   # NOTE: no longer live: no position
         if all(closed):
             break
         g.reorder(src)
+        # NOTE: a row continues its source row at that row's position: when fewer candidates
+        # than beams were left (a beam as wide as the vocabulary, a stop among them) a dead row
+        # kept its old position, and a live beam later moved onto it was fed one position back
+        pos = pos[src]
         live = np.isfinite(scores)
         logits = g.advance(new, np.where(live, pos, np.minimum(pos, g.spec.max_len - 1)))
         pos = np.where(live, pos + 1, pos)
@@ -573,12 +606,22 @@ def _beam(g: Generator, logits, lengths, stop, opts):
     return out
 
 
-def _finished(done: list, live: np.ndarray, step: int, width: int, lp: float) -> bool:
+def _finished(done: list, best: float, step: int, width: int, lp: float) -> bool:
     """HF's rule (early_stopping=False): a prompt's search ends once `width` hypotheses have
-    finished and the best live beam, scored at the current length, would not beat the worst of
-    the `width` best of them."""
+    finished and the step's best candidate (`best`: its sum of log-probabilities, a stop token's
+    included, as HF's `next_scores.max()`), scored at the current length, would not beat the
+    worst of the `width` best of them."""
+    # NOTE: the best of the live beams only closed a search whose best candidate had just
+    # stopped: HF goes on there, and with length_penalty > 0 a longer beam can still win
     if len(done) < width:
         return False
     worst = sorted(d[0] for d in done)[-width]
-    best = live.max() if len(live) else -np.inf
-    return not np.isfinite(best) or worst >= best / (step + 1) ** lp
+    return not np.isfinite(best) or worst >= _normalized(best, step + 1, lp)
+
+
+def _normalized(total: float, length: int, lp: float) -> float:
+    """A hypothesis's score: its sum of log-probabilities / length ** length_penalty."""
+    # NOTE: in numpy's floats: Python's 12 ** 1000.0 raised OverflowError, an internal error
+    # for --length-penalty 1000; the power overflows to inf and the score is -0.0, its limit
+    with np.errstate(over="ignore"):
+        return float(total / np.float64(length) ** lp)
