@@ -101,11 +101,12 @@ def trainable(g: Graph) -> dict[str, int]:
 
 
 def _rank_draws(g: Graph, rank: int) -> None:
-    """Random draws (dropout's masks, random_normal_like's noise) hash (step key, site, element
-    index): each rank of a data-parallel run numbering its shard's elements from 0 gave every rank the same masks, copies instead of
-    independent draws (one mask for the whole global batch with one row per rank). Numbered
-    from the rank's first element (rank x its shard's size), each rank draws its own numbers,
-    and a tensor whose first axis is the batch gets the masks a 1-process run gives its rows."""
+    """Random draws (dropout's masks, random_normal_like's noise) hash (step key, site,
+    element index): each rank of a data-parallel run numbering its shard's elements from 0
+    gave every rank the same masks, copies instead of independent draws (one mask for the
+    whole global batch with one row per rank). Numbered from the rank's first element (rank x
+    its shard's size), each rank draws its own numbers, and a tensor whose first axis is the
+    batch gets the masks a 1-process run gives its rows."""
     for n in g:
         if registry.get(n.op) is not None and registry.get(n.op).has(RANDOM):
             n.attrs["offset"] = rank * int(np.prod([int(d) for d in n.attrs["shape"]]))
