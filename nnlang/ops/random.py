@@ -93,7 +93,8 @@ register("random_uniform", "key: tensor, shape: shape, salt: int = 0, offset: in
          _uniform_shape,
          impl=_uniform_impl, lower={"numba": _uniform_numba, "cuda": _uniform_cuda},
          family="random", traits={RANDOM, NONDIFF},
-         doc="uniform floats in [0, 1) from a counter-based hash of (key, salt, offset + index)")
+         doc="uniform floats in [0, 1) from a counter-based hash of (key, salt, offset + index); "
+             "internal (the key is the runtime's per step): a model writes random_uniform_like")
 
 
 # *** random_normal: standard normal draws, Box-Muller of two counters per element ***
@@ -182,7 +183,7 @@ register("random_normal", "key: tensor, shape: shape, salt: int = 0, offset: int
          impl=_normal_impl, lower={"numba": _normal_numba, "cuda": _normal_cuda},
          family="random", traits={RANDOM, NONDIFF},
          doc="standard normal floats (Box-Muller) from a counter-based hash of (key, salt, "
-             "offset + index); the runtime's per-step key, as random_uniform")
+             "offset + index); internal, as random_uniform: a model writes random_normal_like")
 
 
 # *** what a model writes: noise shaped like a tensor ***
