@@ -115,6 +115,9 @@ NN = {
     "unsqueeze": lambda x, *, axis: np.expand_dims(x, axis),
     "permute": lambda x, *, perm: np.transpose(x, perm),
     "dropout": lambda x, **_: x,  # evaluation mode; training is checked statistically
+    # evaluation mode: the expected value (training is checked statistically)
+    "random_normal_like": lambda x, *, mean, stddev: np.full_like(x, mean),
+    "random_uniform_like": lambda x, *, low, high: np.full_like(x, (low + high) / 2),
     "layer_norm": layer_norm, "batch_norm": batch_norm,
 }
 

@@ -144,3 +144,44 @@ def test_the_stable_softplus_has_the_true_gradient_at_a_zero_logit(name):
     got = interpret(g, feeds, params)[grads[g.inputs["x0"]]]
     sigmoid = 1 / (1 + np.exp(-z))
     np.testing.assert_allclose(got, (sigmoid - y) / len(z) if logits else sigmoid, rtol=1e-12)
+
+
+def test_reparameterization_gradient_flows_through_mu_and_logvar_only():
+    """A VAE's z = mu + exp(0.5 * logvar) * eps with eps = random_normal_like(mu): in float64
+    with a fixed step key, the gradients to mu and logvar match central differences (the same
+    eps in each evaluation), and no gradient reaches the noise's own argument."""
+    from nnlang.ir.graph import Graph
+    from nnlang.ops.registry import TensorType
+    g = Graph()
+    b = Builder(g)
+    ins = {}
+    for name in ("mu", "logvar", "other"):
+        ins[name] = g.add_node("input", [], {"name": name, "dtype": "float64", "shape": [5, 3]},
+                               TensorType((5, 3), "float64"))
+        g.inputs[name] = ins[name]
+    eps = b.random_normal_like(ins["mu"])
+    z = b.add(ins["mu"], b.mul(b.exp(b.mul(ins["logvar"], b.const(0.5, "float64"))), eps))
+    noise_only = b.random_normal_like(ins["other"], stddev=2.0)
+    rng = np.random.default_rng(3)
+    c1, c2 = (b.const(rng.normal(size=(5, 3)), "float64") for _ in range(2))
+    g.losses["l"] = b.add(b.reduce_sum(b.mul(b.mul(z, z), c1), axes=None),
+                          b.reduce_sum(b.mul(noise_only, c2), axes=None))
+    g = decompose(g, training=True)
+    loss = g.losses["l"]
+    grads = backward(g, loss, [g.inputs[n] for n in ("mu", "logvar", "other")])
+    feeds = {n: rng.normal(size=(5, 3)) for n in ("mu", "logvar", "other")}
+    feeds["_rng"] = np.int64(9)
+    env = interpret(g, feeds)
+    h = 1e-6
+    for name in ("mu", "logvar"):
+        got = env[grads[g.inputs[name]]]
+        want = np.zeros((5, 3))
+        for i in np.ndindex(5, 3):
+            up, down = ({**feeds, name: feeds[name].copy()} for _ in range(2))
+            up[name][i] += h
+            down[name][i] -= h
+            want[i] = (_eval(g, loss, up, {}) - _eval(g, loss, down, {})) / (2 * h)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=name)
+        assert np.abs(want).min() > 0
+    other = grads.get(g.inputs["other"])
+    assert other is None or not np.any(env[other])

@@ -287,15 +287,19 @@ if dist.lead():
 """
 
 
-def test_dropout_masks_are_the_one_process_runs(tmp_path):
+@pytest.mark.parametrize("noisy", ["h = dense(x, hidden) |> relu |> dropout(0.5)",
+                                   "a = dense(x, hidden) |> relu\n"
+                                   "  h = a + random_normal_like(a, stddev = 0.5)"])
+def test_dropout_masks_are_the_one_process_runs(tmp_path, noisy):
     """Dropout's mask is a hash of (step key, site, element index). Every rank hashed its own
     rows from index 0, so rank r's rows got rank 0's masks: the ranks' masks were copies of
     each other (with one row per rank, one mask for the whole global batch), not independent
     draws. Offset by the rank's first element, each row gets the mask it gets in 1 process,
-    and the parameters equal the 1-process run's."""
+    and the parameters equal the 1-process run's. A model's own noise (random_normal_like,
+    a VAE's eps) is offset the same way."""
     _mpirun()
     (tmp_path / "drop.nn").write_text(tiny_source().replace(
-        "h = dense(x, hidden) |> relu", "h = dense(x, hidden) |> relu |> dropout(0.5)"))
+        "h = dense(x, hidden) |> relu", noisy))
     (tmp_path / "steps.py").write_text(DROPOUT_STEPS)
     one = subprocess.run([sys.executable, "steps.py", "one.npz"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)

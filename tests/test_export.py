@@ -387,7 +387,7 @@ model Edge {
 
 # *** every op: its registry samples, batch symbolic, through ONNX Runtime ***
 
-NO_ONNX = {"fold", "window_max_grad", "random_uniform",
+NO_ONNX = {"fold", "window_max_grad", "random_uniform", "random_normal",
            "allreduce_sum"}   # docs/export.md says why
 
 

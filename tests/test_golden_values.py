@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import nnlang
-from tests.golden_values import BATCH, GOLDEN, OVERRIDES, ROOT, compute, feeds_for, models
+from tests.golden_values import (BATCH, GOLDEN, NOISY, OVERRIDES, ROOT, compute, feeds_for,
+                                 models)
 
 BACKENDS = ["reference", "numba"]
 
@@ -50,6 +51,8 @@ def test_compiled_training_steps_match_reference_in_float64(model):
 
 @pytest.mark.parametrize("model", models())
 def test_model_gradients_match_finite_differences(model):
+    if model in NOISY:
+        pytest.skip("its training loss draws noise the evaluation loss does not")
     program = nnlang.load(ROOT / "models" / f"{model}.nn", OVERRIDES.get(model, {}))
     feeds = feeds_for(program)
     net = nnlang.compile(program, backend="reference", batch=BATCH, dtype="float64", seed=0)

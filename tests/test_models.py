@@ -54,12 +54,16 @@ REFERENCE = {
     # Keras seq2seq: two Embedding(62, 32), encoder and decoder LSTM(128) on 32 features
     # (4 * (128 * (32 + 128) + 128) = 82,432 each), Dense(62) on 128
     "seq2seq_lstm": 2 * 62 * 32 + 2 * 4 * (128 * (32 + 128) + 128) + (128 * 62 + 62),
+    # the Keras VAE, dense: Dense(256) on 784, Dense(2) on 256 twice (mu, logvar), Dense(256)
+    # on 2, Dense(784) on 256
+    "vae": (784 * 256 + 256) + 2 * (256 * 2 + 2) + (2 * 256 + 256) + (256 * 784 + 784),
 }
 # The numbers the task quotes, as a check on the formulas above.
 QUOTED = {"mlp": 535_818, "cnn": 421_642, "lstm": 2_691_713, "lstm_full": 2_691_713,
           "gru": 2_659_201, "conv1d": 2_642_177, "transformer": 2_973_057, "gpt": 440_940,
           "seq2seq": 248_190,
-          "seq2seq_lstm": 176_830}  # by hand: 3,968 + 2 x 82,432 + 7,998
+          "seq2seq_lstm": 176_830,  # by hand: 3,968 + 2 x 82,432 + 7,998
+          "vae": 404_244}           # by hand: 200,960 + 2 x 514 + 768 + 201,488
 
 
 def test_reference_formulas_match_quoted_counts():

@@ -42,6 +42,14 @@ class CallElaboration:
             names += [n for n in registry.all_ops() if n not in KEYWORD_ONLY_OPS]
             self.fail(f"unknown op or block '{e.func}'", e.func_span,
                       did_you_mean(e.func, names) or "see `nnlang ops` for the list of ops")
+        if opdef.has(registry.RANDOM):
+            # NOTE: the step key these hash is the runtime's; a key a model passed would be
+            # the same every step (or a float tensor, refused with a word about keys)
+            like = f"{e.func}_like"
+            self.fail(f"'{e.func}' draws from the runtime's per-step key, which a model "
+                      "cannot pass", e.func_span,
+                      f"write `{like}(x)`: noise of x's shape, drawn fresh every training step"
+                      if registry.get(like) is not None else None)
         # NOTE: an op without weights (relu in `h = dense(x, 8) |> relu`) passes the target
         # name to its first argument, so the layer it wraps is named `h`, not `dense`
         inner = target if opdef.params is None else None

@@ -257,7 +257,8 @@ class ScanElaboration:
         rates = [node.attrs.get(k) or 0 for k in
                  (("rate",) if node.op == "dropout" else ("dropout", "recurrent_dropout"))]
         if node.op == "batch_norm" or max(rates) > 0 or \
-                registry.get(node.op).has(registry.RANDOM):
+                registry.get(node.op).has(registry.RANDOM) or \
+                registry.get(node.op).family == "random":
             what = "dropout" if max(rates) > 0 else node.op
             self.fail(f"scan: {what} inside a scan body is not supported (a step draws no "
                       "random numbers and keeps no running statistics)", node.span,

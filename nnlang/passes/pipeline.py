@@ -10,7 +10,8 @@ import numpy as np
 
 from nnlang.ir.graph import Builder, Graph
 from nnlang.ir.scan import Body
-from nnlang.ops.registry import TensorType
+from nnlang.ops import registry
+from nnlang.ops.registry import RANDOM, TensorType
 from nnlang.passes.autodiff import backward
 from nnlang.passes.decompose import decompose
 from nnlang.passes.scan_hoist import hoist_projections
@@ -100,13 +101,14 @@ def trainable(g: Graph) -> dict[str, int]:
 
 
 def _rank_draws(g: Graph, rank: int) -> None:
-    """Dropout's masks hash (step key, site, element index): each rank of a data-parallel run
-    numbering its shard's elements from 0 gave every rank the same masks, copies instead of
-    independent draws (one mask for the whole global batch with one row per rank). Numbered
-    from the rank's first element (rank x its shard's size), each rank draws its own numbers,
-    and a tensor whose first axis is the batch gets the masks a 1-process run gives its rows."""
+    """Random draws (dropout's masks, random_normal_like's noise) hash (step key, site,
+    element index): each rank of a data-parallel run numbering its shard's elements from 0
+    gave every rank the same masks, copies instead of independent draws (one mask for the
+    whole global batch with one row per rank). Numbered from the rank's first element (rank x
+    its shard's size), each rank draws its own numbers, and a tensor whose first axis is the
+    batch gets the masks a 1-process run gives its rows."""
     for n in g:
-        if n.op == "random_uniform":
+        if registry.get(n.op) is not None and registry.get(n.op).has(RANDOM):
             n.attrs["offset"] = rank * int(np.prod([int(d) for d in n.attrs["shape"]]))
 
 

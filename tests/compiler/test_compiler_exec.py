@@ -1,13 +1,14 @@
 """Compiled executables against the reference interpreter and independent numpy, fused and
 unfused; library ops; updates; the kernel cache."""
 import itertools
+import math
 
 import numpy as np
 import pytest
 
 from nnlang.errors import NNError
 from nnlang.ir.graph import Builder, Graph, TensorType
-from nnlang.ops.random import _uniform_impl
+from nnlang.ops.random import _normal_impl, _uniform_impl
 from nnlang.runtime.executable import compile_graph
 from nnlang.runtime.interpret import interpret
 
@@ -136,6 +137,43 @@ def test_random_uniform_bit_exact():
         out = exe.run({"_rng": np.int64(k)})
         assert np.array_equal(out["u"], _uniform_impl(np.int64(k), shape=[3, 50], salt=4))
     a, c = exe.run({})["u"], exe.run({})["u"]  # the runtime advances the key itself
+    assert not np.array_equal(a, c)
+
+
+def _splitmix(z: int) -> int:
+    m = (1 << 64) - 1
+    z = (z + 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def _normal_by_hand(key: int, salt: int, j: int) -> float:
+    """Element j of random_normal, in Python integers: Box-Muller of counters 2j and 2j + 1."""
+    base = (key * 0x100000001B3 + salt * 0x9E3779B1) & ((1 << 64) - 1)
+    u1 = ((_splitmix((base + 2 * j) & ((1 << 64) - 1)) >> 40) + 1) / 2 ** 24
+    u2 = (_splitmix((base + 2 * j + 1) & ((1 << 64) - 1)) >> 40) / 2 ** 24
+    return math.sqrt(-2 * math.log(u1)) * math.cos(2 * math.pi * u2)
+
+
+def test_random_normal_on_numba_is_the_impls_and_an_offset_shifts_the_stream():
+    """The numba kernel draws what `impl` (and a by-hand Box-Muller) draws; offset k starts at
+    element k, which is how a data-parallel rank draws the rows it draws in 1 process."""
+    g = Graph()
+    b = Builder(g)
+    key = b.rng_key()
+    g.outputs["z"] = b.random_normal(key, shape=[3, 50], salt=4)
+    g.outputs["row2"] = b.random_normal(key, shape=[50], salt=4, offset=100)
+    exe = compile_graph(g)
+    for k in (0, 123456789, -7):
+        out = exe.run({"_rng": np.int64(k)})
+        want = _normal_impl(np.int64(k), shape=[3, 50], salt=4)
+        np.testing.assert_allclose(out["z"], want, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(out["row2"], want[2], rtol=1e-6, atol=1e-6)
+        for j in (0, 1, 77, 149):
+            assert out["z"].flat[j] == pytest.approx(_normal_by_hand(k, 4, j), rel=1e-6,
+                                                     abs=1e-6)
+    a, c = exe.run({})["z"], exe.run({})["z"]  # the runtime advances the key itself
     assert not np.array_equal(a, c)
 
 

@@ -219,6 +219,21 @@ def test_random_uniform_is_bit_exact_on_the_device(cupy):
                                       _uniform_impl(np.int64(key), shape=(7, 1001), salt=salt))
 
 
+def test_random_normal_lowering_draws_the_impls_numbers(cupy):
+    """The CUDA lowering of random_normal (the key read on the device, the salt and a rank's
+    offset as arguments) against `impl`."""
+    from nnlang.backends.cupy_backend import get_backend
+    from nnlang.ops.random import _normal_impl
+    be = get_backend()
+    for key, salt, offset in ((0, 0, 0), (987654321, 5, 7007), (-3, 2, 3)):
+        out = cupy.zeros((7, 1001), cupy.float32)
+        fn, args = _cuda_lowering("random_normal")(be, {"salt": salt, "offset": offset},
+                                                   [cupy.asarray(np.int64(key))], out)
+        fn(*args)
+        want = _normal_impl(np.int64(key), shape=(7 * 1001 + offset,), salt=salt)[offset:]
+        np.testing.assert_allclose(cupy.asnumpy(out).ravel(), want, rtol=1e-6, atol=1e-6)
+
+
 def test_library_ops_match_numpy(cupy):
     from nnlang.backends.cupy_backend import get_backend
     be = get_backend()

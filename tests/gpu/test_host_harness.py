@@ -15,7 +15,8 @@ from nnlang.backends.cupy_backend import CupyBackend
 from nnlang.codegen.render_cuda import (MultiTensor, launch_config, launch_info,
                                         module_source, params)
 from nnlang.ops import index, movement, registry, windows
-from nnlang.ops.random import _uniform_impl, uniform_cuda_source
+from nnlang.ops.random import (_normal_impl, _uniform_impl, normal_cuda_source,
+                               uniform_cuda_source)
 from tests.golden_values import models
 from tests.gpu import host_cuda
 from tests.gpu.host_cuda import launch
@@ -229,12 +230,14 @@ def test_library_kernels_on_the_host(host_cxx, tmp_path):
     parts = {"gather": index.gather_cuda_source(RB, "float32", "int32"),
              "scatter": index.scatter_add_cuda_source(RB, "float32", "int64"),
              "one_hot": index.one_hot_cuda_source(RB, "float32", "int32"),
-             "random": uniform_cuda_source(RB)}
+             "random": uniform_cuda_source(RB), "normal": normal_cuda_source(RB)}
     ptypes = {
         parts["gather"][0]: ["long long"] * 3 + ["const float*", "const int*", "float*"],
         parts["scatter"][0]: ["long long"] * 3 + ["const float*", "const long long*", "float*"],
         parts["one_hot"][0]: ["long long"] * 2 + ["const int*", "float*"],
-        parts["random"][0]: ["long long", "const long long*", "unsigned long long", "float*"]}
+        parts["random"][0]: ["long long", "const long long*", "unsigned long long", "float*"],
+        parts["normal"][0]: ["long long", "const long long*", "unsigned long long",
+                             "unsigned long long", "float*"]}
     lib = build(host_cxx, tmp_path, "library", "".join(s for _, s in parts.values()), ptypes)
     rng = np.random.default_rng(2)
 
@@ -262,6 +265,14 @@ def test_library_kernels_on_the_host(host_cxx, tmp_path):
         salt_term = np.uint64((salt * 0x9E3779B1) & ((1 << 64) - 1))
         launch(lib, parts["random"][0], 3, 64, [np.int64(1000), np.int64(key), salt_term, got])
         np.testing.assert_array_equal(got, _uniform_impl(np.int64(key), shape=(1000,), salt=salt))
+        # random_normal: the same draws as impl (libm and numpy may differ in the last bit of
+        # a float64 log or cos), and an offset (a rank's first row) shifts the stream
+        for offset in (0, 500):
+            got = np.zeros(1000, np.float32)
+            launch(lib, parts["normal"][0], 3, 64, [np.int64(1000), np.int64(key), salt_term,
+                                                    np.uint64(offset), got])
+            want = _normal_impl(np.int64(key), shape=(1500,), salt=salt)[offset:offset + 1000]
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("axis, widths", [(1, [3, 0, 1, 5]),   # an empty piece in between

@@ -92,6 +92,61 @@ def test_dropout_training_statistics():
     assert abs(y.mean() - 1.0) < 0.05
 
 
+def _noise(op, dtype="float64", shape=(400, 250), **attrs):
+    """Two sites of `op` on x of `shape`, decomposed for training and interpreted: (y, z)."""
+    g = Graph()
+    b = Builder(g)
+    x = g.add_node("input", [], {"name": "x", "dtype": dtype, "shape": list(shape)},
+                   TensorType(shape, dtype))
+    g.inputs["x"] = x
+    g.outputs["y"] = getattr(b, op)(x, **attrs)
+    g.outputs["z"] = getattr(b, op)(x, **attrs)
+    low = decompose(g, training=True)
+    assert low.node(low.outputs["y"]).type == TensorType(shape, dtype)
+    env = interpret(low, {"x": np.full(shape, np.nan, dtype), "_rng": 5},
+                    want=dict(low.outputs))
+    return env["y"], env["z"]
+
+
+def _ks(sample, cdf) -> float:
+    """Kolmogorov-Smirnov distance of a sample from a distribution's CDF."""
+    s = np.sort(sample.ravel())
+    f = cdf(s)
+    n = len(s)
+    return max(np.max(np.arange(1, n + 1) / n - f), np.max(f - np.arange(n) / n))
+
+
+def test_random_normal_like_draws_normal_noise_in_training():
+    """100,000 draws: mean, standard deviation and the whole distribution (KS distance from
+    the normal CDF, written with math.erf) of N(mean, stddev); x's values (NaN here) are
+    not read; two sites draw different noise."""
+    y, z = _noise("random_normal_like", mean=1.5, stddev=0.5)
+    assert y.dtype == np.float64 and np.isfinite(y).all()
+    assert abs(y.mean() - 1.5) < 0.005 and abs(y.std() - 0.5) < 0.005
+    phi = np.vectorize(lambda v: 0.5 * (1 + math.erf((v - 1.5) / (0.5 * math.sqrt(2)))))
+    assert _ks(y, phi) < 0.008   # 1.36 / sqrt(n) = 0.0043 is the 5% critical value
+    assert abs(np.corrcoef(y.ravel(), z.ravel())[0, 1]) < 0.02, "two sites draw apart"
+    assert abs(np.corrcoef(y[:, :-1].ravel(), y[:, 1:].ravel())[0, 1]) < 0.02
+
+
+def test_random_uniform_like_draws_in_low_high_in_training():
+    y, z = _noise("random_uniform_like", low=-1.0, high=3.0)
+    assert y.min() >= -1.0 and y.max() < 3.0
+    assert _ks(y, lambda v: (v + 1.0) / 4.0) < 0.008
+    assert not np.array_equal(y, z)
+
+
+def test_noise_ops_refuse_a_negative_spread_and_an_int_tensor():
+    for op, attrs, what in (("random_normal_like", {"stddev": -1.0}, "stddev"),
+                            ("random_uniform_like", {"low": 2.0, "high": 1.0}, "high - low")):
+        with pytest.raises(ShapeError, match=what):
+            registry.get(op).shape(TensorType((2, 3), "float32"), **{
+                **{p.name: p.default for p in registry.get(op).sig.params[1:]}, **attrs})
+    with pytest.raises(ShapeError, match="needs a float tensor"):
+        registry.get("random_normal_like").shape(TensorType((2, 3), "int32"), mean=0.0,
+                                                 stddev=1.0)
+
+
 def test_concat_from_user_side():
     g = Graph()
     b = Builder(g)

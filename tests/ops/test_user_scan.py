@@ -178,6 +178,8 @@ def test_layers_with_weights_run_inside_a_block():
 
 @pytest.mark.parametrize("body, words", [
     ("h2 = tanh(dropout(x, rate = 0.5) @ w + h)", ["dropout inside a scan body", "before the"]),
+    ("h2 = tanh(x @ w + h + random_normal_like(h))",
+     ["random_normal_like inside a scan body", "before the"]),
     ("h2 = tanh(squeeze(unsqueeze(h, axis = 1) @ m, axis = 1) + x @ w)",
      ["reads float32[batch, 3, 3]", "[batch, n, k] memory"]),
     ("h2 = tanh(lstm(unsqueeze(x, axis = 1), 3) + h)",
