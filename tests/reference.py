@@ -109,6 +109,7 @@ NN = {
     "softmax": softmax, "log_softmax": log_softmax,
     "sum": lambda x, *, axis, keepdims: np.sum(x, axis=_axes(axis), keepdims=keepdims),
     "max": lambda x, *, axis, keepdims: np.max(x, axis=_axes(axis), keepdims=keepdims),
+    "min": lambda x, *, axis, keepdims: np.min(x, axis=_axes(axis), keepdims=keepdims),
     "mean": lambda x, *, axis, keepdims: np.mean(x, axis=_axes(axis), keepdims=keepdims),
     "var": var,
     "flatten": flatten, "squeeze": squeeze,

@@ -136,22 +136,57 @@ def test_maximum_and_minimum_keep_a_nan_in_either_place(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_max_over_an_axis_keeps_a_nan(backend):
-    """np.max / torch.amax give nan for a row holding one; a numba reduction folded with
-    Python's max(acc, v), which drops a NaN v, so a row gave its largest number and an all-NaN
-    row -inf (the reference interpreter, max_pool and argmax kept it)."""
-    src = """model M { input x: float32[batch, 11]
-      output r = max(x, axis = -1)  output c = max(x, axis = 0)  output a = max(x) }"""
+@pytest.mark.parametrize("op, ref", [("max", np.max), ("min", np.min)])
+def test_max_and_min_over_an_axis_keep_a_nan(backend, op, ref):
+    """np.max / torch.amax (np.min / torch.amin) give nan for a row holding one; a numba
+    reduction folded with Python's max(acc, v), which drops a NaN v, so a row gave its largest
+    number and an all-NaN row -inf (the reference interpreter, max_pool and argmax kept it)."""
+    src = f"""model M {{ input x: float32[batch, 11]
+      output r = {op}(x, axis = -1)  output c = {op}(x, axis = 0)  output a = {op}(x) }}"""
     x = np.random.default_rng(0).normal(size=(5, 11)).astype(np.float32)
     x[0, 0] = x[1, 6] = x[2, 10] = np.nan   # first, in the lanes, in the remainder
     x[3] = np.nan
     out = nnlang.compile(src, backend=backend, batch=5).forward({"x": x})
-    np.testing.assert_array_equal(out["r"], np.max(x, axis=-1))
-    np.testing.assert_array_equal(out["c"], np.max(x, axis=0))
-    np.testing.assert_array_equal(out["a"], np.max(x))
-    y = x[4:]   # no NaN: the largest value, as before
+    np.testing.assert_array_equal(out["r"], ref(x, axis=-1))
+    np.testing.assert_array_equal(out["c"], ref(x, axis=0))
+    np.testing.assert_array_equal(out["a"], ref(x))
+    y = x[4:]   # no NaN: the extreme value, as before
     np.testing.assert_array_equal(
-        nnlang.compile(src, backend=backend, batch=1).forward({"x": y})["r"], np.max(y, -1))
+        nnlang.compile(src, backend=backend, batch=1).forward({"x": y})["r"], ref(y, -1))
+
+
+MIN_WITH_TIES = """model M {
+  input x: float64[batch, 4]
+  param p: float64[3, 4] = zeros
+  param w: float64[3] = zeros
+  loss sum(min(p + sum(x, axis = 0), axis = -1) * w) +
+       sum(min(p * sum(x, axis = 0), axis = 0))
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_min_gradient_shares_ties_evenly(backend):
+    """min(x, axis) sends the gradient to each group's smallest value, a tie split evenly, as
+    torch.amin does (its backward is written out here in numpy; torch checks it when present)."""
+    p = np.array([[1.0, 0.0, 1.0, 0.0], [2.0, -1.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0]])
+    x = np.array([[0.0, 1.0, 0.0, 1.0]])
+    net = nnlang.compile(MIN_WITH_TIES, backend=backend, batch=1, dtype="float64")
+    net.load_state_dict({"p": p, "w": np.array([1.0, 2.0, 3.0])}, strict=False)
+    got = net.gradients({"x": x})["p"]
+    rows = p + x                                   # row 0: four ties of 1, row 2: four of 6
+    share = (rows == rows.min(-1, keepdims=True)) / (rows == rows.min(-1, keepdims=True)).sum(
+        -1, keepdims=True)
+    cols = p * x                                   # columns 0 and 2: all zero, three ties
+    col_share = (cols == cols.min(0)) / (cols == cols.min(0)).sum(0)
+    want = share * np.array([[1.0], [2.0], [3.0]]) + col_share * x
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(p, requires_grad=True)
+    xt = torch.tensor(x)
+    loss = ((t + xt).amin(-1) * torch.tensor([1.0, 2.0, 3.0])).sum() + (t * xt).amin(0).sum()
+    loss.backward()
+    np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-12)
 
 
 def test_relu_gradient_at_zero_matches_torch():

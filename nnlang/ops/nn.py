@@ -353,6 +353,10 @@ register("max", _RED_SIG, _reduce_shape, family="nn", samples=_RED_SAMPLES,
          decompose=lambda b, x, *, axis, keepdims: b.reduce_max(x, axes=axes_attr(axis),
                                                                 keepdims=keepdims),
          doc="max over axis (an int or a list; all axes when none)")
+register("min", _RED_SIG, _reduce_shape, family="nn", samples=_RED_SAMPLES,
+         decompose=lambda b, x, *, axis, keepdims: b.reduce_min(x, axes=axes_attr(axis),
+                                                                keepdims=keepdims),
+         doc="min over axis (an int or a list; all axes when none)")
 register("mean", _RED_SIG, _float_reduce_shape("mean"), family="nn", samples=_RED_SAMPLES,
          decompose=lambda b, x, *, axis, keepdims: mean_over(b, x, axes_attr(axis), keepdims),
          doc="mean over axis (an int or a list; all axes when none): a sum divided by the count")
