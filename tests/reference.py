@@ -385,4 +385,15 @@ def cumsum(x, *, axis=-1, reverse=False):
     return np.moveaxis(out, -1, axis)
 
 
-PRIMITIVES = {"cumsum": cumsum}
+def triangle(upper):
+    """Row i keeps columns j with j - i <= k (lower) or >= k (upper), written with loops."""
+    def ref(x, *, k=0):
+        out = np.zeros_like(x)
+        for i, j in itertools.product(range(x.shape[-2]), range(x.shape[-1])):
+            if (j - i >= k) if upper else (j - i <= k):
+                out[..., i, j] = x[..., i, j]
+        return out
+    return ref
+
+
+PRIMITIVES = {"cumsum": cumsum, "tril": triangle(False), "triu": triangle(True)}

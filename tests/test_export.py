@@ -192,6 +192,25 @@ def test_positions_on_a_symbolic_length(kind):
                                    rtol=0, atol=TOL)
 
 
+def test_triangles_on_a_symbolic_length():
+    """tril/triu export as one Trilu each, whose mask the runtime sizes from the input: one
+    file runs every length (a causal mask over scores [batch, seq, seq])."""
+    src = """model Tri {
+  symbol seq
+  input x: float32[batch, seq, seq]
+  output lo = tril(x)  output up = triu(x, k = 1)  output band = tril(triu(x, -1), 2)
+}"""
+    net = nnlang.compile(nnlang.load(src), backend="reference", batch=2)
+    proto = nnlang.export_onnx(net)
+    assert [n.op_type for n in proto.graph.node].count("Trilu") == 4
+    for seq in (1, 3, 6):
+        x = np.random.default_rng(seq).normal(size=(2, seq, seq)).astype(np.float32)
+        got = run_onnx(proto, {"x": x})
+        for name, want in (("lo", np.tril(x)), ("up", np.triu(x, 1)),
+                           ("band", np.tril(np.triu(x, -1), 2))):
+            np.testing.assert_array_equal(got[name], want, err_msg=f"{name} at seq {seq}")
+
+
 @pytest.mark.parametrize("kind", ["sinusoidal", "learned"])
 def test_masked_positions_do_not_move_with_front_padding(kind):
     """With the mask, a front-padded row's positions count from its first real token: the same

@@ -635,3 +635,48 @@ def test_a_train_section_for_a_model_without_a_loss_is_a_warning_at_check():
     assert text.startswith("<string>:5:1: warning: a train section for model 'M', which "
                            "declares no loss"), text
     assert "loss cross_entropy(y, label)" in text
+
+
+TRIANGLES = """model M {
+  symbol seq
+  input x: float64[batch, seq, seq]
+  input y: float64[batch, 4, 6]
+  param p: float64[4, 6] = zeros
+  output lo = tril(x, k = -1)
+  output up = triu(x, 2)
+  loss sum(tril(p, k = 1) * y) + sum(triu(p * p, k = -2) * y)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 2 }"""
+
+
+def _keep(shape, k, upper):
+    """Where np.triu/np.tril (torch.triu/tril) keep values: column - row >= k, or <= k."""
+    d = np.arange(shape[-1])[None, :] - np.arange(shape[-2])[:, None]
+    return d >= k if upper else d <= k
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tril_and_triu_match_numpy_and_torch(backend):
+    """tril/triu keep the lower/upper triangle of the last two axes from diagonal k, on a
+    symbolic square length and a concrete non-square weight, with the mask as gradient."""
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(4, 6))
+    y = rng.normal(size=(2, 4, 6))
+    net = nnlang.compile(TRIANGLES, backend=backend, batch=2, dtype="float64")
+    net.load_state_dict({"p": p}, strict=False)
+    for seq in (5, 1):
+        x = rng.normal(size=(2, seq, seq))
+        out = net.forward({"x": x, "y": y})
+        np.testing.assert_array_equal(out["lo"], np.where(_keep(x.shape, -1, False), x, 0))
+        np.testing.assert_array_equal(out["up"], np.where(_keep(x.shape, 2, True), x, 0))
+    got = net.gradients({"x": rng.normal(size=(2, 3, 3)), "y": y})["p"]
+    want = _keep(p.shape, 1, False) * y.sum(0) + _keep(p.shape, -2, True) * 2 * p * y.sum(0)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    t, yt = torch.tensor(p, requires_grad=True), torch.tensor(y)
+    (torch.tril(t, 1) * yt).sum().add((torch.triu(t * t, -2) * yt).sum()).backward()
+    np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-12)
+    xt = torch.tensor(rng.normal(size=(2, 4, 4)))
+    out = net.forward({"x": xt.numpy(), "y": y})
+    np.testing.assert_array_equal(out["lo"], torch.tril(xt, diagonal=-1).numpy())
+    np.testing.assert_array_equal(out["up"], torch.triu(xt, diagonal=2).numpy())
