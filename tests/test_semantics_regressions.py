@@ -155,6 +155,26 @@ def test_max_and_min_over_an_axis_keep_a_nan(backend, op, ref):
         nnlang.compile(src, backend=backend, batch=1).forward({"x": y})["r"], ref(y, -1))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_and_min_of_bools_are_any_and_all(backend):
+    """np.max of bools is any and np.min all; numba's max started from -inf, which is True as
+    a bool, so an all-False row gave True."""
+    src = """model M { input x: bool[batch, 5]
+      output r = max(x, axis = -1)  output c = max(x, axis = 0)  output a = max(x)
+      output rmin = min(x, axis = -1)  output amin = min(x) }"""
+    x = np.array([[False] * 5, [False, True, False, False, False], [True] * 5])
+    out = nnlang.compile(src, backend=backend, batch=3).forward({"x": x})
+    for name, want in (("r", x.any(-1)), ("c", x.any(0)), ("a", x.any()),
+                       ("rmin", x.all(-1)), ("amin", x.all())):
+        np.testing.assert_array_equal(out[name], want, err_msg=name)
+
+
+def test_cuda_max_and_min_of_bools_start_from_their_identity():
+    from nnlang.codegen.render_cuda import CUDA
+    assert (CUDA.reduce_init("max", "bool"), CUDA.reduce_init("min", "bool")) == \
+        ("false", "true")
+
+
 MIN_WITH_TIES = """model M {
   input x: float64[batch, 4]
   param p: float64[3, 4] = zeros

@@ -58,6 +58,8 @@ class ScalarLang:
     def reduce_init(self, op: str, dtype: str) -> str:
         if op == "sum":
             return self.literal(0, dtype)
+        if dtype == "bool":  # NOTE: -inf is True as a bool: an all-False max gave True
+            return self.literal(op == "min", dtype)
         info = np.iinfo(dtype) if dtype.startswith("int") else None
         if op == "min":
             return self.literal(info.max if info else math.inf, dtype)
