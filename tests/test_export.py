@@ -192,6 +192,16 @@ def test_positions_on_a_symbolic_length(kind):
                                    rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("op, want", [("max", np.any), ("min", np.all)])
+def test_max_and_min_over_bools(op, want):
+    """Opset 17's ReduceMax/ReduceMin take no bool: the file failed to load in ONNX Runtime."""
+    src = f"model M {{ input x: bool[batch, 3]  output y = {op}(x, axis = -1) }}"
+    net = nnlang.compile(nnlang.load(src), backend="reference", batch=3)
+    x = np.array([[True, False, True], [False] * 3, [True] * 3])
+    got = assert_matches(net, {"x": x})
+    np.testing.assert_array_equal(run_onnx(got, {"x": x})["y"], want(x, axis=-1))
+
+
 def test_triangles_on_a_symbolic_length():
     """tril/triu export as one Trilu each, whose mask the runtime sizes from the input: one
     file runs every length (a causal mask over scores [batch, seq, seq])."""

@@ -60,7 +60,10 @@ def _onnx_reduce_extreme(op_type: str):
         # are an input)
         axes = n.attrs["axes"]
         extra = {} if axes is None else {"axes": list(norm_axes(axes, _in_rank(e, n)))}
-        return e.op(op_type, x, keepdims=int(n.attrs["keepdims"]), **extra)
+        # NOTE: ... and no bool (opset 20 adds it): bools reduce as int32, 0 and 1
+        wide = "int32" if n.dtype == "bool" else n.dtype
+        y = e.op(op_type, e.cast(x, n.dtype, wide), keepdims=int(n.attrs["keepdims"]), **extra)
+        return e.cast(y, wide, n.dtype)
     return emit
 
 
