@@ -113,6 +113,7 @@ NN = {
     "mean": lambda x, *, axis, keepdims: np.mean(x, axis=_axes(axis), keepdims=keepdims),
     "var": var,
     "flatten": flatten, "squeeze": squeeze,
+    "positions": lambda x, *, axis, dtype: np.arange(np.shape(x)[axis]).astype(dtype),
     "unsqueeze": lambda x, *, axis: np.expand_dims(x, axis),
     "permute": lambda x, *, perm: np.transpose(x, perm),
     "dropout": lambda x, **_: x,  # evaluation mode; training is checked statistically

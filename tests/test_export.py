@@ -202,6 +202,22 @@ def test_max_and_min_over_bools(op, want):
     np.testing.assert_array_equal(run_onnx(got, {"x": x})["y"], want(x, axis=-1))
 
 
+def test_positions_of_a_symbolic_length():
+    """positions(x, axis) counts the places the input has at run time: one file, any length."""
+    src = """model P {
+  symbol seq
+  input tokens: int32[batch, seq]
+  output pos = positions(tokens, axis = 1)
+  output h = embedding(positions(tokens, axis = 1), 9, 3)
+}"""
+    net = nnlang.compile(nnlang.load(src), backend="reference", batch=2)
+    proto = nnlang.export_onnx(net)
+    for seq in (1, 4, 9):
+        tokens = np.zeros((2, seq), np.int32)
+        np.testing.assert_array_equal(run_onnx(proto, {"tokens": tokens})["pos"], np.arange(seq))
+        assert_matches(net, {"tokens": tokens})
+
+
 def test_triangles_on_a_symbolic_length():
     """tril/triu export as one Trilu each, whose mask the runtime sizes from the input: one
     file runs every length (a causal mask over scores [batch, seq, seq])."""

@@ -700,3 +700,34 @@ def test_tril_and_triu_match_numpy_and_torch(backend):
     out = net.forward({"x": xt.numpy(), "y": y})
     np.testing.assert_array_equal(out["lo"], torch.tril(xt, diagonal=-1).numpy())
     np.testing.assert_array_equal(out["up"], torch.triu(xt, diagonal=2).numpy())
+
+
+POSITIONS = """model P {
+  symbol seq
+  input tokens: int32[batch, seq]
+  input lengths: int32[batch, 1]
+  param table: float32[16, 3] = zeros
+  output pos = positions(tokens, axis = 1)
+  output keep = positions(tokens, axis = -1) < lengths
+  output h = gather(table, positions(tokens, axis = 1))
+  output half = positions(tokens, 1, "float32") * 0.5
+}"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_positions_count_the_places_of_a_symbolic_length(backend):
+    """positions(x, axis) is numpy's arange(x.shape[axis]) (torch.arange), at each bound
+    length: position ids for a learned table, a mask from lengths."""
+    net = nnlang.compile(POSITIONS, backend=backend, batch=2)
+    table = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    net.load_state_dict({"table": table}, strict=False)
+    lengths = np.array([[0], [3]], np.int32)
+    for seq in (1, 5):
+        tokens = np.zeros((2, seq), np.int32)
+        out = net.forward({"tokens": tokens, "lengths": lengths})
+        want = np.arange(seq)
+        np.testing.assert_array_equal(out["pos"], want)
+        assert out["pos"].dtype == np.int32 and out["half"].dtype == np.float32
+        np.testing.assert_array_equal(out["keep"], want[None, :] < lengths)
+        np.testing.assert_array_equal(out["h"], table[:seq])
+        np.testing.assert_array_equal(out["half"], want * 0.5)
