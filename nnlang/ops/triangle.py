@@ -81,7 +81,6 @@ def _register(op: str, upper: bool, which: str) -> None:
              onnx=lambda e, n, x: e.op("Trilu", x, e.const(n.attrs["k"], "int64"),
                                        upper=int(upper)),
              family="movement", traits={MOVEMENT},
-             habits={"diagonal": f"torch's diagonal is k here: {op}(x, k = 1)"},
              doc=f"the {which} triangle of the last two axes, zero elsewhere, as np.{op}(x, k) "
                  f"and torch.{op}(x, diagonal): k = 0 is the main diagonal, k > 0 above it, "
                  f"k < 0 below",
