@@ -109,9 +109,11 @@ NN = {
     "softmax": softmax, "log_softmax": log_softmax,
     "sum": lambda x, *, axis, keepdims: np.sum(x, axis=_axes(axis), keepdims=keepdims),
     "max": lambda x, *, axis, keepdims: np.max(x, axis=_axes(axis), keepdims=keepdims),
+    "min": lambda x, *, axis, keepdims: np.min(x, axis=_axes(axis), keepdims=keepdims),
     "mean": lambda x, *, axis, keepdims: np.mean(x, axis=_axes(axis), keepdims=keepdims),
     "var": var,
     "flatten": flatten, "squeeze": squeeze,
+    "positions": lambda x, *, axis, dtype: np.arange(np.shape(x)[axis]).astype(dtype),
     "unsqueeze": lambda x, *, axis: np.expand_dims(x, axis),
     "permute": lambda x, *, perm: np.transpose(x, perm),
     "dropout": lambda x, **_: x,  # evaluation mode; training is checked statistically
@@ -387,4 +389,15 @@ def cumsum(x, *, axis=-1, reverse=False):
     return np.moveaxis(out, -1, axis)
 
 
-PRIMITIVES = {"cumsum": cumsum}
+def triangle(upper):
+    """Row i keeps columns j with j - i <= k (lower) or >= k (upper), written with loops."""
+    def ref(x, *, k=0):
+        out = np.zeros_like(x)
+        for i, j in itertools.product(range(x.shape[-2]), range(x.shape[-1])):
+            if (j - i >= k) if upper else (j - i <= k):
+                out[..., i, j] = x[..., i, j]
+        return out
+    return ref
+
+
+PRIMITIVES = {"cumsum": cumsum, "tril": triangle(False), "triu": triangle(True)}

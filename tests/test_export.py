@@ -192,6 +192,51 @@ def test_positions_on_a_symbolic_length(kind):
                                    rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("op, want", [("max", np.any), ("min", np.all)])
+def test_max_and_min_over_bools(op, want):
+    """Opset 17's ReduceMax/ReduceMin take no bool: the file failed to load in ONNX Runtime."""
+    src = f"model M {{ input x: bool[batch, 3]  output y = {op}(x, axis = -1) }}"
+    net = nnlang.compile(nnlang.load(src), backend="reference", batch=3)
+    x = np.array([[True, False, True], [False] * 3, [True] * 3])
+    got = assert_matches(net, {"x": x})
+    np.testing.assert_array_equal(run_onnx(got, {"x": x})["y"], want(x, axis=-1))
+
+
+def test_positions_of_a_symbolic_length():
+    """positions(x, axis) counts the places the input has at run time: one file, any length."""
+    src = """model P {
+  symbol seq
+  input tokens: int32[batch, seq]
+  output pos = positions(tokens, axis = 1)
+  output h = embedding(positions(tokens, axis = 1), 9, 3)
+}"""
+    net = nnlang.compile(nnlang.load(src), backend="reference", batch=2)
+    proto = nnlang.export_onnx(net)
+    for seq in (1, 4, 9):
+        tokens = np.zeros((2, seq), np.int32)
+        np.testing.assert_array_equal(run_onnx(proto, {"tokens": tokens})["pos"], np.arange(seq))
+        assert_matches(net, {"tokens": tokens})
+
+
+def test_triangles_on_a_symbolic_length():
+    """tril/triu export as one Trilu each, whose mask the runtime sizes from the input: one
+    file runs every length (a causal mask over scores [batch, seq, seq])."""
+    src = """model Tri {
+  symbol seq
+  input x: float32[batch, seq, seq]
+  output lo = tril(x)  output up = triu(x, k = 1)  output band = tril(triu(x, -1), 2)
+}"""
+    net = nnlang.compile(nnlang.load(src), backend="reference", batch=2)
+    proto = nnlang.export_onnx(net)
+    assert [n.op_type for n in proto.graph.node].count("Trilu") == 4
+    for seq in (1, 3, 6):
+        x = np.random.default_rng(seq).normal(size=(2, seq, seq)).astype(np.float32)
+        got = run_onnx(proto, {"x": x})
+        for name, want in (("lo", np.tril(x)), ("up", np.triu(x, 1)),
+                           ("band", np.tril(np.triu(x, -1), 2))):
+            np.testing.assert_array_equal(got[name], want, err_msg=f"{name} at seq {seq}")
+
+
 @pytest.mark.parametrize("kind", ["sinusoidal", "learned"])
 def test_masked_positions_do_not_move_with_front_padding(kind):
     """With the mask, a front-padded row's positions count from its first real token: the same

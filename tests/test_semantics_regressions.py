@@ -136,22 +136,77 @@ def test_maximum_and_minimum_keep_a_nan_in_either_place(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_max_over_an_axis_keeps_a_nan(backend):
-    """np.max / torch.amax give nan for a row holding one; a numba reduction folded with
-    Python's max(acc, v), which drops a NaN v, so a row gave its largest number and an all-NaN
-    row -inf (the reference interpreter, max_pool and argmax kept it)."""
-    src = """model M { input x: float32[batch, 11]
-      output r = max(x, axis = -1)  output c = max(x, axis = 0)  output a = max(x) }"""
+@pytest.mark.parametrize("op, ref", [("max", np.max), ("min", np.min)])
+def test_max_and_min_over_an_axis_keep_a_nan(backend, op, ref):
+    """np.max / torch.amax (np.min / torch.amin) give nan for a row holding one; a numba
+    reduction folded with Python's max(acc, v), which drops a NaN v, so a row gave its largest
+    number and an all-NaN row -inf (the reference interpreter, max_pool and argmax kept it)."""
+    src = f"""model M {{ input x: float32[batch, 11]
+      output r = {op}(x, axis = -1)  output c = {op}(x, axis = 0)  output a = {op}(x) }}"""
     x = np.random.default_rng(0).normal(size=(5, 11)).astype(np.float32)
     x[0, 0] = x[1, 6] = x[2, 10] = np.nan   # first, in the lanes, in the remainder
     x[3] = np.nan
     out = nnlang.compile(src, backend=backend, batch=5).forward({"x": x})
-    np.testing.assert_array_equal(out["r"], np.max(x, axis=-1))
-    np.testing.assert_array_equal(out["c"], np.max(x, axis=0))
-    np.testing.assert_array_equal(out["a"], np.max(x))
-    y = x[4:]   # no NaN: the largest value, as before
+    np.testing.assert_array_equal(out["r"], ref(x, axis=-1))
+    np.testing.assert_array_equal(out["c"], ref(x, axis=0))
+    np.testing.assert_array_equal(out["a"], ref(x))
+    y = x[4:]   # no NaN: the extreme value, as before
     np.testing.assert_array_equal(
-        nnlang.compile(src, backend=backend, batch=1).forward({"x": y})["r"], np.max(y, -1))
+        nnlang.compile(src, backend=backend, batch=1).forward({"x": y})["r"], ref(y, -1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_and_min_of_bools_are_any_and_all(backend):
+    """np.max of bools is any and np.min all; numba's max started from -inf, which is True as
+    a bool, so an all-False row gave True."""
+    src = """model M { input x: bool[batch, 5]
+      output r = max(x, axis = -1)  output c = max(x, axis = 0)  output a = max(x)
+      output rmin = min(x, axis = -1)  output amin = min(x) }"""
+    x = np.array([[False] * 5, [False, True, False, False, False], [True] * 5])
+    out = nnlang.compile(src, backend=backend, batch=3).forward({"x": x})
+    for name, want in (("r", x.any(-1)), ("c", x.any(0)), ("a", x.any()),
+                       ("rmin", x.all(-1)), ("amin", x.all())):
+        np.testing.assert_array_equal(out[name], want, err_msg=name)
+
+
+def test_cuda_max_and_min_of_bools_start_from_their_identity():
+    from nnlang.codegen.render_cuda import CUDA
+    assert (CUDA.reduce_init("max", "bool"), CUDA.reduce_init("min", "bool")) == \
+        ("false", "true")
+
+
+MIN_WITH_TIES = """model M {
+  input x: float64[batch, 4]
+  param p: float64[3, 4] = zeros
+  param w: float64[3] = zeros
+  loss sum(min(p + sum(x, axis = 0), axis = -1) * w) +
+       sum(min(p * sum(x, axis = 0), axis = 0))
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_min_gradient_shares_ties_evenly(backend):
+    """min(x, axis) sends the gradient to each group's smallest value, a tie split evenly, as
+    torch.amin does (its backward is written out here in numpy; torch checks it when present)."""
+    p = np.array([[1.0, 0.0, 1.0, 0.0], [2.0, -1.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0]])
+    x = np.array([[0.0, 1.0, 0.0, 1.0]])
+    net = nnlang.compile(MIN_WITH_TIES, backend=backend, batch=1, dtype="float64")
+    net.load_state_dict({"p": p, "w": np.array([1.0, 2.0, 3.0])}, strict=False)
+    got = net.gradients({"x": x})["p"]
+    rows = p + x                                   # row 0: four ties of 1, row 2: four of 6
+    share = (rows == rows.min(-1, keepdims=True)) / (rows == rows.min(-1, keepdims=True)).sum(
+        -1, keepdims=True)
+    cols = p * x                                   # columns 0 and 2: all zero, three ties
+    col_share = (cols == cols.min(0)) / (cols == cols.min(0)).sum(0)
+    want = share * np.array([[1.0], [2.0], [3.0]]) + col_share * x
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(p, requires_grad=True)
+    xt = torch.tensor(x)
+    loss = ((t + xt).amin(-1) * torch.tensor([1.0, 2.0, 3.0])).sum() + (t * xt).amin(0).sum()
+    loss.backward()
+    np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-12)
 
 
 def test_relu_gradient_at_zero_matches_torch():
@@ -600,3 +655,79 @@ def test_a_train_section_for_a_model_without_a_loss_is_a_warning_at_check():
     assert text.startswith("<string>:5:1: warning: a train section for model 'M', which "
                            "declares no loss"), text
     assert "loss cross_entropy(y, label)" in text
+
+
+TRIANGLES = """model M {
+  symbol seq
+  input x: float64[batch, seq, seq]
+  input y: float64[batch, 4, 6]
+  param p: float64[4, 6] = zeros
+  output lo = tril(x, k = -1)
+  output up = triu(x, 2)
+  loss sum(tril(p, k = 1) * y) + sum(triu(p * p, k = -2) * y)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 2 }"""
+
+
+def _keep(shape, k, upper):
+    """Where np.triu/np.tril (torch.triu/tril) keep values: column - row >= k, or <= k."""
+    d = np.arange(shape[-1])[None, :] - np.arange(shape[-2])[:, None]
+    return d >= k if upper else d <= k
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tril_and_triu_match_numpy_and_torch(backend):
+    """tril/triu keep the lower/upper triangle of the last two axes from diagonal k, on a
+    symbolic square length and a concrete non-square weight, with the mask as gradient."""
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(4, 6))
+    y = rng.normal(size=(2, 4, 6))
+    net = nnlang.compile(TRIANGLES, backend=backend, batch=2, dtype="float64")
+    net.load_state_dict({"p": p}, strict=False)
+    for seq in (5, 1):
+        x = rng.normal(size=(2, seq, seq))
+        out = net.forward({"x": x, "y": y})
+        np.testing.assert_array_equal(out["lo"], np.where(_keep(x.shape, -1, False), x, 0))
+        np.testing.assert_array_equal(out["up"], np.where(_keep(x.shape, 2, True), x, 0))
+    got = net.gradients({"x": rng.normal(size=(2, 3, 3)), "y": y})["p"]
+    want = _keep(p.shape, 1, False) * y.sum(0) + _keep(p.shape, -2, True) * 2 * p * y.sum(0)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    t, yt = torch.tensor(p, requires_grad=True), torch.tensor(y)
+    (torch.tril(t, 1) * yt).sum().add((torch.triu(t * t, -2) * yt).sum()).backward()
+    np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-12)
+    xt = torch.tensor(rng.normal(size=(2, 4, 4)))
+    out = net.forward({"x": xt.numpy(), "y": y})
+    np.testing.assert_array_equal(out["lo"], torch.tril(xt, diagonal=-1).numpy())
+    np.testing.assert_array_equal(out["up"], torch.triu(xt, diagonal=2).numpy())
+
+
+POSITIONS = """model P {
+  symbol seq
+  input tokens: int32[batch, seq]
+  input lengths: int32[batch, 1]
+  param table: float32[16, 3] = zeros
+  output pos = positions(tokens, axis = 1)
+  output keep = positions(tokens, axis = -1) < lengths
+  output h = gather(table, positions(tokens, axis = 1))
+  output half = positions(tokens, 1, "float32") * 0.5
+}"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_positions_count_the_places_of_a_symbolic_length(backend):
+    """positions(x, axis) is numpy's arange(x.shape[axis]) (torch.arange), at each bound
+    length: position ids for a learned table, a mask from lengths."""
+    net = nnlang.compile(POSITIONS, backend=backend, batch=2)
+    table = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    net.load_state_dict({"table": table}, strict=False)
+    lengths = np.array([[0], [3]], np.int32)
+    for seq in (1, 5):
+        tokens = np.zeros((2, seq), np.int32)
+        out = net.forward({"tokens": tokens, "lengths": lengths})
+        want = np.arange(seq)
+        np.testing.assert_array_equal(out["pos"], want)
+        assert out["pos"].dtype == np.int32 and out["half"].dtype == np.float32
+        np.testing.assert_array_equal(out["keep"], want[None, :] < lengths)
+        np.testing.assert_array_equal(out["h"], table[:seq])
+        np.testing.assert_array_equal(out["half"], want * 0.5)

@@ -162,7 +162,7 @@ def build_kernel(g: Graph, members: list[int], outputs: list[int], reduce: int |
     if reduce is not None:
         r = g.node(reduce)
         axes = norm_axes(r.attrs["axes"], len(g.node(r.inputs[0]).shape))
-        op = {"reduce_sum": "sum", "reduce_max": "max"}[r.op]
+        op = {"reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min"}[r.op]
         red = Reduce(op, axes if g.node(r.inputs[0]).shape else (0,), operand(r.inputs[0]),
                      f"out{len(out_ids)}", r.dtype)
     ops = "_".join(dict.fromkeys(g.node(m).op.replace("reduce_", "") for m in members))

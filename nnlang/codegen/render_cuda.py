@@ -83,9 +83,10 @@ class CudaLang(ScalarLang):
         if op == "sum":
             return f"{acc} += {v};"
         if dtype in ("float32", "float64"):
-            # NOTE: fmaxf drops a NaN; np.max (the reduction's impl) and torch.amax keep it
-            return f"{acc} = {self.templates['maximum'].format(acc, v)};"
-        return f"{acc} = nn_max({acc}, {v});"
+            # NOTE: fmaxf/fminf drop a NaN; np.max/np.min (the reductions' impl) and
+            # torch.amax/amin keep it
+            return f"{acc} = {self.keep_nan(op, acc, v)};"
+        return f"{acc} = nn_{op}({acc}, {v});"
 
     def expr(self, op: str, template: str, args: list[str], dtype: str, in_dtypes) -> str:
         if op == "cast":

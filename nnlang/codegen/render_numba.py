@@ -140,7 +140,7 @@ def _inner_reduced_loops(k: Kernel, lang: ScalarLang, at, full, order,
 def _row_out(k: Kernel, lang: ScalarLang, order, n_kept: int, pad) -> list[str]:
     """`row` folded (at `pad`) and stored. A sum goes to `row_sum`, whose loop LLVM may
     reorder into vector lanes (the 4 lanes here before took 3.0 of the 4.7 ms above; with
-    row_sum 1.8). A max folds into LANES independent accumulators, combined pairwise (so the
+    row_sum 1.8). A max or min folds into LANES independent accumulators, combined pairwise (so the
     order is fixed): LLVM does not vectorize a max chain even when allowed to reorder."""
     red, last = k.reduce, k.loop_rank - 1
     out_idx = ", ".join(f"i{a}" for a in order[:n_kept]) or "0"
@@ -157,7 +157,7 @@ def _row_out(k: Kernel, lang: ScalarLang, order, n_kept: int, pad) -> list[str]:
              f"{pad}    {lang.reduce_step(red.op, lanes[0], 'row[j]')}"]
     total = lanes
     while len(total) > 1:
-        total = [lang.keep_nan_max(total[j], total[j + 1]) for j in range(0, len(total), 2)]
+        total = [lang.keep_nan(red.op, total[j], total[j + 1]) for j in range(0, len(total), 2)]
     return lines + [store + lang.cast(total[0], red.dtype)]
 
 

@@ -58,17 +58,21 @@ class ScalarLang:
     def reduce_init(self, op: str, dtype: str) -> str:
         if op == "sum":
             return self.literal(0, dtype)
-        if dtype.startswith("int"):
-            return self.literal(np.iinfo(dtype).min, dtype)
-        return self.literal(-math.inf, dtype)
+        if dtype == "bool":  # NOTE: -inf is True as a bool: an all-False max gave True
+            return self.literal(op == "min", dtype)
+        info = np.iinfo(dtype) if dtype.startswith("int") else None
+        if op == "min":
+            return self.literal(info.max if info else math.inf, dtype)
+        return self.literal(info.min if info else -math.inf, dtype)
 
     def reduce_step(self, op: str, acc: str, v: str) -> str:
-        return f"{acc} += {v}" if op == "sum" else f"{acc} = {self.keep_nan_max(acc, v)}"
+        return f"{acc} += {v}" if op == "sum" else f"{acc} = {self.keep_nan(op, acc, v)}"
 
-    def keep_nan_max(self, a: str, b: str) -> str:
-        """max(a, b) that keeps a NaN on either side, as np.max (the reduction's impl) and
-        torch.amax do: a max reduction folded with Python's max(acc, v) dropped a NaN v."""
-        return self.templates["maximum"].format(a, b)
+    def keep_nan(self, op: str, a: str, b: str) -> str:
+        """max or min (`op`) of a and b that keeps a NaN on either side, as np.max/np.min (the
+        reductions' impl) and torch.amax/amin do: a max reduction folded with Python's
+        max(acc, v) dropped a NaN v."""
+        return self.templates["maximum" if op == "max" else "minimum"].format(a, b)
 
     def expr(self, op: str, template: str, args: list[str], dtype: str, in_dtypes) -> str:
         """One SSA right-hand side; casts to `dtype` when the language's promotion may differ."""

@@ -97,9 +97,10 @@ class CallElaboration:
                 problem = f"{value!r} is too large for float32 (it would be infinity)"
             if problem:
                 hint = f"signature: {e.func}({opdef.sig})"
-                if e.func == "max" and isinstance(value, T):  # NOTE: numpy/torch's max(a, b)
-                    hint = "max reduces one tensor over axis; the elementwise larger of two " \
-                           "tensors is maximum(a, b)"
+                if e.func in ("max", "min") and isinstance(value, T):  # numpy/torch's max(a, b)
+                    which = "larger" if e.func == "max" else "smaller"
+                    hint = f"{e.func} reduces one tensor over axis; the elementwise {which} of " \
+                           f"two tensors is {e.func}imum(a, b)"
                 self.fail(f"{e.func}() argument '{p.name}': {problem}", span, hint)
             if p.kind in ("tensor", "tensor?"):
                 tensors.append(value)

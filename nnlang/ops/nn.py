@@ -11,7 +11,7 @@ import numpy as np
 from nnlang.errors import did_you_mean
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.init import init_spec
-from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, is_float,
+from nnlang.ops.registry import (NONDIFF, ParamSpec, Sample, ShapeError, TensorType, is_float,
                                  need_positive, need_some_axes, norm_axes, norm_axis, promote,
                                  register)
 from nnlang.ops.signature import show_value
@@ -353,6 +353,10 @@ register("max", _RED_SIG, _reduce_shape, family="nn", samples=_RED_SAMPLES,
          decompose=lambda b, x, *, axis, keepdims: b.reduce_max(x, axes=axes_attr(axis),
                                                                 keepdims=keepdims),
          doc="max over axis (an int or a list; all axes when none)")
+register("min", _RED_SIG, _reduce_shape, family="nn", samples=_RED_SAMPLES,
+         decompose=lambda b, x, *, axis, keepdims: b.reduce_min(x, axes=axes_attr(axis),
+                                                                keepdims=keepdims),
+         doc="min over axis (an int or a list; all axes when none)")
 register("mean", _RED_SIG, _float_reduce_shape("mean"), family="nn", samples=_RED_SAMPLES,
          decompose=lambda b, x, *, axis, keepdims: mean_over(b, x, axes_attr(axis), keepdims),
          doc="mean over axis (an int or a list; all axes when none): a sum divided by the count")
@@ -376,6 +380,33 @@ register("flatten", "x: tensor, start: int = 1, end: int = -1", _flatten_shape, 
                                                                            **a).shape)),
          doc="merges axes start..end (inclusive) into one: [batch, 28, 28] -> [batch, 784]",
          samples=(Sample(((2, 3, 4),)), Sample(((2, 3, 4, 5),), {"start": 1, "end": 2})))
+
+
+def _positions_shape(x, *, axis, dtype):
+    if dtype == "bool":
+        raise ShapeError("positions: dtype must be a number type, got bool", attr="dtype",
+                         hint="positions count 0, 1, 2, ...: int32 (the default) or a float")
+    return TensorType((x.shape[norm_axis(axis, x.rank)],), dtype)
+
+
+def _positions(b, x, *, axis, dtype):
+    # NOTE: a running count of ones rather than a constant 0..n-1, so a symbolic length
+    # (`symbol seq`) exports as it runs: the file sizes the ones from its input at run time
+    n = _positions_shape(b.type(x), axis=axis, dtype=dtype).shape[0]
+    ones = b.broadcast_to(b.const(1, dtype), shape=[n])
+    return b.sub(b.cumsum(ones, axis=0), b.const(1, dtype))
+
+
+register("positions", "x: tensor, axis: int, dtype: dtype = 'int32'", _positions_shape,
+         family="nn", decompose=_positions, traits={NONDIFF},
+         doc="0, 1, ..., n - 1 for the n places of x along axis (numpy's arange(x.shape[axis]); "
+             "x's values are not read), e.g. position ids of a symbolic length: "
+             "embedding(positions(tokens, axis = 1), maxlen, dim); positional_encoding adds "
+             "learned or sinusoidal positions in one call",
+         samples=(Sample(((2, 5, 3),), {"axis": 1}, grad=False),
+                  Sample(((4, 3),), {"axis": -1, "dtype": "float32"}, grad=False),
+                  Sample(((2, 6),), {"axis": 1}, domain="int:9", dtypes=("int32",),
+                         grad=False)))
 
 
 def _squeeze_shape(x, *, axis):

@@ -1,4 +1,4 @@
-"""Reductions over axes: sum and max. Mean, variance and softmax are compositions of these."""
+"""Reductions over axes: sum, max and min. Mean, variance and softmax are compositions of these."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,9 +31,10 @@ def _sum_grad(b, n, g):
     return (_expand(b, n, g),)
 
 
-def _max_grad(b, n, g):
-    # NOTE: ties share the gradient equally (like torch.amax), which keeps the rule linear in g
-    # and matches finite differences of the tie-broken function on average.
+def _extreme_grad(b, n, g):
+    """max and min: the gradient goes to the extreme value of each reduced group."""
+    # NOTE: ties share the gradient equally (like torch.amax/amin), which keeps the rule linear
+    # in g and matches finite differences of the tie-broken function on average.
     x = n.inputs[0]
     mask = b.eq(x, _expand(b, n, n.id))
     count = b.reduce_sum(b.cast(mask, dtype=n.dtype), axes=n.attrs["axes"], keepdims=True)
@@ -53,11 +54,17 @@ def _onnx_reduce_sum(e, n, x):
     return e.op("ReduceSum", x, listed, keepdims=int(n.attrs["keepdims"]))
 
 
-def _onnx_reduce_max(e, n, x):
-    # NOTE: opset 17's ReduceMax takes its axes as an attribute (ReduceSum's are an input)
-    axes = n.attrs["axes"]
-    extra = {} if axes is None else {"axes": list(norm_axes(axes, _in_rank(e, n)))}
-    return e.op("ReduceMax", x, keepdims=int(n.attrs["keepdims"]), **extra)
+def _onnx_reduce_extreme(op_type: str):
+    def emit(e, n, x):
+        # NOTE: opset 17's ReduceMax/ReduceMin take their axes as an attribute (ReduceSum's
+        # are an input)
+        axes = n.attrs["axes"]
+        extra = {} if axes is None else {"axes": list(norm_axes(axes, _in_rank(e, n)))}
+        # NOTE: ... and no bool (opset 20 adds it): bools reduce as int32, 0 and 1
+        wide = "int32" if n.dtype == "bool" else n.dtype
+        y = e.op(op_type, e.cast(x, n.dtype, wide), keepdims=int(n.attrs["keepdims"]), **extra)
+        return e.cast(y, wide, n.dtype)
+    return emit
 
 
 def _in_rank(e, n) -> int:
@@ -75,10 +82,15 @@ register("reduce_sum", "x: tensor, axes: ints = none, keepdims: bool = false", _
          onnx=_onnx_reduce_sum,
          traits={REDUCE}, doc="sum over axes (all axes when none)")
 register("reduce_max", "x: tensor, axes: ints = none, keepdims: bool = false", _reduce_shape,
-         impl=_np_reduce(np.max), grad=_max_grad, samples=_SAMPLES, family="reduce",
-         onnx=_onnx_reduce_max,
+         impl=_np_reduce(np.max), grad=_extreme_grad, samples=_SAMPLES, family="reduce",
+         onnx=_onnx_reduce_extreme("ReduceMax"),
          traits={REDUCE}, doc="max over axes (all axes when none); a tied maximum shares the "
              "gradient evenly, and a NaN in the reduced values gives NaN, as torch.amax does")
+register("reduce_min", "x: tensor, axes: ints = none, keepdims: bool = false", _reduce_shape,
+         impl=_np_reduce(np.min), grad=_extreme_grad, samples=_SAMPLES, family="reduce",
+         onnx=_onnx_reduce_extreme("ReduceMin"),
+         traits={REDUCE}, doc="min over axes (all axes when none); a tied minimum shares the "
+             "gradient evenly, and a NaN in the reduced values gives NaN, as torch.amin does")
 
 
 # *** cumulative sum: a library primitive (a scan), lowered per backend below ***

@@ -124,7 +124,7 @@ class Signature:
 # NOTE: keywords a PyTorch user writes by habit, and ours for them: too far apart for
 # did_you_mean's spelling match (dim vs axis)
 TORCH_NAMES = {"dim": "axis", "keepdim": "keepdims", "num_heads": "heads", "p": "rate",
-               "out_features": "units", "kernel_size": "kernel"}
+               "out_features": "units", "kernel_size": "kernel", "diagonal": "k"}
 
 
 def _split_top(text: str) -> list[str]:

@@ -14,7 +14,7 @@ import numpy as np
 from nnlang.backends.aligned import byte_range
 from nnlang.ir.graph import Graph
 from nnlang.ops import registry
-from nnlang.ops.registry import ELEMENTWISE
+from nnlang.ops.registry import ELEMENTWISE, REDUCE
 from nnlang.passes.schedule import VIEW_OPS
 
 
@@ -86,7 +86,7 @@ def _rows_never_meet(g: Graph, batch: int) -> bool:
             continue
         if n.op == "reshape" and g.node(n.inputs[0]).shape[:1] == n.shape[:1]:
             continue
-        if n.op in ("reduce_sum", "reduce_max") and a["axes"] is not None and \
+        if registry.get(n.op).has(REDUCE) and a["axes"] is not None and \
                 0 not in [x % len(g.node(n.inputs[0]).shape) for x in a["axes"]]:
             continue
         return False

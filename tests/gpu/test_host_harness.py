@@ -58,7 +58,7 @@ def evaluate(k, loop_shape, inputs: dict) -> dict:
     result = {arg: np.broadcast_to(env[v], loop_shape) for v, arg in k.stores}
     if k.reduce:
         v = np.broadcast_to(env[k.reduce.value], loop_shape).astype(np.float64)
-        fn = np.sum if k.reduce.op == "sum" else np.max
+        fn = {"sum": np.sum, "max": np.max, "min": np.min}[k.reduce.op]
         result[k.reduce.arg] = fn(v, axis=k.reduce.axes).astype(k.reduce.dtype)
     return result
 
@@ -364,14 +364,16 @@ def test_window_max_kernels_on_the_host(shape, kernel, stride, pads, host_cxx, t
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("op, ref", [("max", np.max), ("min", np.min)])
 @pytest.mark.parametrize("axes, shape", [((1,), (6, 300)), ((0,), (300, 6))])
-def test_max_reduction_keeps_a_nan_on_the_host(axes, shape, host_cxx, tmp_path):
-    """np.max gives nan for a row holding one; the kernel folded with fmaxf, which drops a NaN,
-    so a row gave its largest number (and a row of NaNs -inf). Rows with a NaN first, in the
-    middle, last, all NaN, and none; each row is spread over the threads of a block."""
+def test_max_and_min_reductions_keep_a_nan_on_the_host(op, ref, axes, shape, host_cxx,
+                                                       tmp_path):
+    """np.max (np.min) gives nan for a row holding one; the kernel folded with fmaxf, which
+    drops a NaN, so a row gave its largest number (and a row of NaNs -inf). Rows with a NaN
+    first, in the middle, last, all NaN, and none; each row is spread over a block's threads."""
     from nnlang.codegen.kernel import Kernel, Load, Reduce
     k = Kernel("k_nanmax", 2, {"a0": Load("in0", "float32", (False, False))}, [], [], [],
-               Reduce("max", axes, "a0", "out0", "float32"))
+               Reduce(op, axes, "a0", "out0", "float32"))
     source, names = module_source([k])
     lib = build(host_cxx, tmp_path, "nanmax", source, {names[0]: [t for t, _ in params(k)]})
     rows = np.random.default_rng(4).normal(size=(6, 300)).astype(np.float32)
@@ -382,7 +384,7 @@ def test_max_reduction_keeps_a_nan_on_the_host(axes, shape, host_cxx, tmp_path):
     grid, block, smem = launch_config(launch_info(k), shape, MAX_BLOCKS)
     launch(lib, names[0], grid, block, [np.int32(shape[0]), np.int32(shape[1]), x,
                                         np.int32(shape[1]), np.int32(1), red])
-    np.testing.assert_array_equal(red, np.max(rows, axis=1))
+    np.testing.assert_array_equal(red, ref(rows, axis=1))
 
 
 @pytest.mark.parametrize("op, axes, shape", [("sum", (0, 1), (150, 200)),   # one 1024-thread block

@@ -91,5 +91,5 @@ def test_every_library_primitive_has_a_cuda_lowering():
     (matmul is cuBLAS's, argmax and unslice CuPy's own, so those render no kernel)."""
     _, library = op_sources()
     for op in ("gather", "scatter_add", "one_hot", "concat", "unfold", "fold", "window_max",
-               "window_max_grad"):
+               "window_max_grad", "triangle"):
         assert any(name.startswith(f"nn_{op}_") for name in library), (op, sorted(library))
