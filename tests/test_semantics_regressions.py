@@ -731,3 +731,27 @@ def test_positions_count_the_places_of_a_symbolic_length(backend):
         np.testing.assert_array_equal(out["keep"], want[None, :] < lengths)
         np.testing.assert_array_equal(out["h"], table[:seq])
         np.testing.assert_array_equal(out["half"], want * 0.5)
+
+
+def test_the_reference_backend_runs_only_what_the_step_needs():
+    """`h ** 2` on a negative h: the reference backend evaluated pow's gradient with respect
+    to the constant exponent too (h**2 * log h, which nothing reads) and numpy warned
+    'invalid value encountered in log' at every training step."""
+    import warnings
+    src = """model M {
+  input x: float32[batch, 2]
+  input y: float32[batch]
+  h = dense(x, 2)
+  output p = sum(h ** 2, axis = 1)
+  loss mse(p, y)
+}
+train M { optimizer = sgd(lr = 0.01) batch = 4 }"""
+    feeds = {"x": np.array([[-1, 2], [3, -4], [-5, -6], [7, 8]], np.float32),
+             "y": np.zeros(4, np.float32)}
+    ref = nnlang.compile(src, backend="reference", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        losses = [ref.train_step(feeds) for _ in range(2)]
+    compiled = nnlang.compile(src, backend="numba", seed=0)
+    np.testing.assert_allclose(losses, [compiled.train_step(feeds) for _ in range(2)],
+                               rtol=1e-6)

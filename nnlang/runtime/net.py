@@ -59,12 +59,13 @@ class _Interpreted:
         self.g, self.state = g, state
 
     def run(self, feeds: dict, fetch: bool = True) -> dict:
-        env = interpret(self.g, feeds, self.state)
         results = {**self.g.outputs, **self.g.losses, **self.g.metrics}
-        # NOTE: copies, as the compiled backends return: env holds the feeds and the state
-        out = {k: np.array(env[v]) for k, v in results.items()}
-        for name, nid in self.g.updates.items():
-            np.copyto(self.state[name], env[nid])
+        updates = {("update", name): nid for name, nid in self.g.updates.items()}
+        got = interpret(self.g, feeds, self.state, want={**results, **updates})
+        # NOTE: copies, as the compiled backends return: the values may be the feeds or state
+        out = {k: np.array(got[k]) for k in results}
+        for (_, name) in updates:
+            np.copyto(self.state[name], got[("update", name)])
         return out
 
     @staticmethod
