@@ -667,11 +667,9 @@ def test_numpy_numbers_are_numbers_to_generate():
         net.generate(["the"], tokenizer=tok, max_new=np.float64(2.5))
 
 
-def test_a_beam_wider_than_the_live_candidates_feeds_each_row_at_its_own_position():
-    """Four beams over four writable tokens, one of them the stop: the first step leaves three
-    live beams, and the fourth row, dead there, kept its old position; the live beam moved onto
-    it at the next step was fed one position back (its cache overwritten), and the search
-    returned a hypothesis scored -0.507 that no sequence has (the best, by HF's rule, -0.601)."""
+def _tiny_gpt_for_beams():
+    """A float64 GPT over 4 characters whose next-token log-probabilities (`logp_next`, from a
+    full forward of the prefix) are far enough apart for beam search to choose."""
     tok = CharTokenizer("abcd")
     program = load(Path(__file__).resolve().parents[1] / "models" / "gpt.nn",
                    {"vocab": 6, "maxlen": 10, "dim": 16, "heads": 2, "ffn": 32, "layers": 1})
@@ -684,6 +682,15 @@ def test_a_beam_wider_than_the_live_candidates_feeds_each_row_at_its_own_positio
         z = np.array(net.forward({"tokens": row})["logits"][0, len(ids) - 1], np.float64)
         z[[tok.pad_id, tok.unk_id]] = -np.inf
         return z - np.logaddexp.reduce(z)
+    return tok, net, logp_next
+
+
+def test_a_beam_wider_than_the_live_candidates_feeds_each_row_at_its_own_position():
+    """Four beams over four writable tokens, one of them the stop: the first step leaves three
+    live beams, and the fourth row, dead there, kept its old position; the live beam moved onto
+    it at the next step was fed one position back (its cache overwritten), and the search
+    returned a hypothesis scored -0.507 that no sequence has (the best, by HF's rule, -0.601)."""
+    tok, net, logp_next = _tiny_gpt_for_beams()
     want = hf_beam(logp_next, tok.encode("ab"), 4, 6, 5, 1.0)
     got = net.generate(["ab"], max_new=6, beam=4, stop=5, length_penalty=1.0,
                        tokenizer=tok).samples[0]
@@ -696,18 +703,7 @@ def test_beam_search_goes_on_while_the_best_candidate_is_a_stop(width):
     (next_scores.max(), a stop token's included); nnlang compared it with the best live beam,
     so a step whose best candidate stopped closed the search, and with length_penalty 2 it
     returned 'bcd' (-0.236) where HF goes on to a better hypothesis ('bcdd', -0.208)."""
-    tok = CharTokenizer("abcd")
-    program = load(Path(__file__).resolve().parents[1] / "models" / "gpt.nn",
-                   {"vocab": 6, "maxlen": 10, "dim": 16, "heads": 2, "ffn": 32, "layers": 1})
-    net = Net(program, backend="reference", batch=1, seed=3, dtype="float64")
-    net.load_state_dict({k: v * 1.5 for k, v in net.parameters().items()})
-
-    def logp_next(ids):
-        row = np.zeros((1, 10), np.int32)
-        row[0, :len(ids)] = ids
-        z = np.array(net.forward({"tokens": row})["logits"][0, len(ids) - 1], np.float64)
-        z[[tok.pad_id, tok.unk_id]] = -np.inf
-        return z - np.logaddexp.reduce(z)
+    tok, net, logp_next = _tiny_gpt_for_beams()
     want = hf_beam(logp_next, tok.encode("ab"), width, 6, 5, 2.0)
     got = net.generate(["ab"], max_new=6, beam=width, stop=5, length_penalty=2.0,
                        tokenizer=tok).samples[0]

@@ -286,14 +286,8 @@ model M {{
         assert w in text, text
 
 
-@pytest.mark.parametrize("line, col", [
-    ("y = scan(x, body = 1)", 11),   # the op table's `scan`, called as a function
-    ("y = scan(x)", 11),
-    ("y = scan Cell over x", 17),    # the block's call without its states
-])
-def test_scan_written_as_a_call_gets_the_scan_form(line, col):
-    """Right after '=', `scan` starts a loop over a block; `scan(x)` was "unexpected '(';
-    expected a name", with nothing to say what `scan` wants."""
+def _error_of_line(line: str) -> str:
+    """The error of a model holding `line` as its 8th source line, beside a scan block."""
     src = f"""
 block Cell(x, h) {{
   return h + x, h
@@ -307,6 +301,18 @@ model M {{
     with pytest.raises(NNError) as err:
         nnlang.load(src)
     text = err.value.render()
+    return text
+
+
+@pytest.mark.parametrize("line, col", [
+    ("y = scan(x, body = 1)", 11),   # the op table's `scan`, called as a function
+    ("y = scan(x)", 11),
+    ("y = scan Cell over x", 17),    # the block's call without its states
+])
+def test_scan_written_as_a_call_gets_the_scan_form(line, col):
+    """Right after '=', `scan` starts a loop over a block; `scan(x)` was "unexpected '(';
+    expected a name", with nothing to say what `scan` wants."""
+    text = _error_of_line(line)
     assert f"<string>:8:{col}" in text and "hs, h = scan Cell(h0) over x" in text, text
 
 
@@ -434,19 +440,7 @@ def test_an_option_after_the_sequences_without_a_comma_is_located(written, words
 def test_a_scan_without_over_says_where_the_sequences_go(line):
     """`scan Cell(h0)` with its `over x` forgotten was "unexpected 'loss'; expected 'over'"
     (or "unexpected '}'") at the next statement, with no word of what `over` takes."""
-    src = f"""
-block Cell(x, h) {{
-  return h + x, h
-}}
-model M {{
-  input x: float32[batch, 5, 3]
-  input h0: float32[batch, 3]
-  {line}
-}}
-"""
-    with pytest.raises(NNError) as err:
-        nnlang.load(src)
-    text = err.value.render()
+    text = _error_of_line(line)
     assert "<string>:9:" in text and "scan Cell(h0) over x" in text, text
     assert "names the sequences it runs over" in text, text
 
