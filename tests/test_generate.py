@@ -75,6 +75,27 @@ def test_cached_logits_match_the_full_forward_at_every_position(backend):
     assert np.abs(blind[:, 3:] - full[:, 3:]).max() > 1e-3
 
 
+NOISY = LM.replace("h = positional_encoding(x,", "x2 = x * random_uniform_like(x, 0.5, 1.5)\n"
+                                                "  h = positional_encoding(x2 + random_normal_like(x),")
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_a_model_with_noise_decodes_with_the_cache(backend):
+    """Generation is inference, where random_normal_like / random_uniform_like are their mean
+    (a constant of x's shape, position by position). They were said to mix positions, and a
+    model with noise reran the whole prefix for every new token."""
+    net = lm_net(backend, source=NOISY)
+    tokens = random_tokens((2, 16))
+    net.train_step({"tokens": tokens, "next": tokens})
+    full = net.forward({"tokens": tokens, "next": tokens})["logits"]
+    np.testing.assert_allclose(step_logits(net, tokens, prompt_len=3), full, atol=1e-5, rtol=0)
+    opts = options_from(net.program.generate, {"max_new": 8})
+    cached = generator(net).generate(["the movie", "a"], opts)
+    full = generator(net, recompute=True).generate(["the movie", "a"], opts)
+    assert cached.mode == "incremental"
+    assert [s.ids for s in cached.samples] == [s.ids for s in full.samples]
+
+
 def test_encoder_decoder_step_matches_the_full_forward():
     net = Net(load(SEQ2SEQ), backend="reference", batch=2, seed=2)
     source = random_tokens((2, 12), 16, seed=1)
