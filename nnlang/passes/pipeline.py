@@ -113,16 +113,18 @@ def _rank_draws(g: Graph, user: Graph, rank: int) -> None:
     and 2 ranks trained another model than 1 process). The batch axes are read from the user
     graph decomposed with its batch symbolic (the bound graph's sizes cannot tell a batch of 8
     from 8 units); its sites have the bound graph's salts, both decomposed in one order."""
+    draws = [n for n in g if registry.get(n.op) is not None and registry.get(n.op).has(RANDOM)]
+    if not draws:
+        return
     batch_axes = {}
     for n in decompose(user, training=True):
         if registry.get(n.op) is not None and registry.get(n.op).has(RANDOM):
             batch_axes[n.attrs["salt"]] = [i for i, d in enumerate(n.attrs["shape"])
                                            if isinstance(d, Sym) and "batch" in d.names]
-    for n in g:
-        if registry.get(n.op) is not None and registry.get(n.op).has(RANDOM):
-            if batch_axes.get(n.attrs["salt"], [0]):
-                # NOTE: the batch past the first axis: independent draws, not 1 process's
-                n.attrs["offset"] = rank * int(np.prod([int(d) for d in n.attrs["shape"]]))
+    for n in draws:
+        if batch_axes.get(n.attrs["salt"], [0]):
+            # NOTE: the batch past the first axis: independent draws, not 1 process's
+            n.attrs["offset"] = rank * int(np.prod([int(d) for d in n.attrs["shape"]]))
 
 
 def no_loss(user: Graph, consequence: str):
