@@ -303,6 +303,30 @@ def test_a_model_that_mixes_positions_falls_back_to_recomputation():
     assert len(got.samples[0].ids) == 3
 
 
+def test_learned_positions_from_positions_recompute_with_a_reason_that_names_the_fix():
+    """embedding(positions(tokens, axis = 1), ...) gives the prefix's tokens the ids of full
+    recomputation (the fallback), and the reason says what decodes with the cache: it said
+    positions "mixes positions", which it does not."""
+    source = LM.replace('h = positional_encoding(x, kind = "learned", max_len = maxlen)',
+                        "h = x + embedding(positions(tokens, axis = 1), maxlen, dim)")
+    net = lm_net(source=source)
+    opts = options_from(net.program.generate, {"max_new": 6})
+    got = generator(net).generate(["the movie", "a"], opts)
+    assert got.mode == "recompute" and "positional_encoding" in got.reason
+    assert "mixes positions" not in got.reason
+    tokens = np.zeros((2, 16), np.int32)
+    for row, sample in enumerate(got.samples):   # each token is the argmax of the full pass
+        ids = generator(net).tok.encode(["the movie", "a"][row]) + sample.ids
+        tokens[row, :len(ids)] = ids
+    logits = net.forward({"tokens": tokens, "next": tokens})["logits"]
+    tok = generator(net).tok
+    logits[..., [tok.pad_id, tok.unk_id]] = -np.inf    # never produced, as in the beam test
+    logits[..., tok.vocab_size:] = -np.inf
+    for row, sample in enumerate(got.samples):
+        start = len(tokens[row]) - len(sample.ids) - np.sum(tokens[row] == 0)
+        assert sample.ids == list(logits[row, start - 1:start - 1 + len(sample.ids)].argmax(-1))
+
+
 TIED = LM.replace("logits = dense(layer_norm(h2), vocab)",
                   "logits = matmul(layer_norm(h2), transpose(x.weight, [1, 0]))")
 

@@ -138,6 +138,12 @@ def _problem(g: Graph, node, dep) -> str | None:
         return "is a causal cross-attention" if node.attrs["causal"] else None
     if op == "positional_encoding" or op in POSITIONWISE:
         return None
+    if op == "positions":
+        # NOTE: a step's rows sit at their own positions (prompts of other lengths), which a
+        # positions value ([len], one for all rows) cannot say; "mixes positions" misled
+        return "numbers the token positions, one count for all rows, which a one-token step " \
+               "cannot (positional_encoding(x, kind = \"learned\", max_len = ...) adds " \
+               "learned positions and decodes with the cache)"
     if _is_rnn(node):
         return _rnn_problem(g, node, dep)
     if op in LAST_AXIS:
