@@ -292,7 +292,8 @@ if dist.lead():
                                    "  h = a + random_normal_like(a, stddev = 0.5)",
                                    # weight noise: no batch axis, one draw for the global batch
                                    "param p: float32[4, hidden] = glorot_uniform\n"
-                                   "  h = relu(matmul(x, p + random_normal_like(p, stddev = 0.5)))"])
+                                   "  h = relu(matmul(x, p + random_normal_like(p, stddev = "
+                                   "0.5)))"])
 def test_dropout_masks_are_the_one_process_runs(tmp_path, noisy):
     """Dropout's mask is a hash of (step key, site, element index). Every rank hashed its own
     rows from index 0, so rank r's rows got rank 0's masks: the ranks' masks were copies of

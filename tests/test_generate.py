@@ -75,8 +75,9 @@ def test_cached_logits_match_the_full_forward_at_every_position(backend):
     assert np.abs(blind[:, 3:] - full[:, 3:]).max() > 1e-3
 
 
-NOISY = LM.replace("h = positional_encoding(x,", "x2 = x * random_uniform_like(x, 0.5, 1.5)\n"
-                                                "  h = positional_encoding(x2 + random_normal_like(x),")
+NOISY = LM.replace("h = positional_encoding(x,",
+                   "x2 = x * random_uniform_like(x, 0.5, 1.5)\n"
+                   "  h = positional_encoding(x2 + random_normal_like(x),")
 
 
 @pytest.mark.parametrize("backend", ["reference", "numba"])
