@@ -289,14 +289,20 @@ if dist.lead():
 
 @pytest.mark.parametrize("noisy", ["h = dense(x, hidden) |> relu |> dropout(0.5)",
                                    "a = dense(x, hidden) |> relu\n"
-                                   "  h = a + random_normal_like(a, stddev = 0.5)"])
+                                   "  h = a + random_normal_like(a, stddev = 0.5)",
+                                   # weight noise: no batch axis, one draw for the global batch
+                                   "param p: float32[4, hidden] = glorot_uniform\n"
+                                   "  h = relu(matmul(x, p + random_normal_like(p, stddev = "
+                                   "0.5)))"])
 def test_dropout_masks_are_the_one_process_runs(tmp_path, noisy):
     """Dropout's mask is a hash of (step key, site, element index). Every rank hashed its own
     rows from index 0, so rank r's rows got rank 0's masks: the ranks' masks were copies of
     each other (with one row per rank, one mask for the whole global batch), not independent
     draws. Offset by the rank's first element, each row gets the mask it gets in 1 process,
     and the parameters equal the 1-process run's. A model's own noise (random_normal_like,
-    a VAE's eps) is offset the same way."""
+    a VAE's eps) is offset the same way. A draw with no batch axis (noise on a weight) is one
+    draw in 1 process, so every rank draws that one: offset by rank, the parameters differed
+    from the 1-process run's by 0.2."""
     _mpirun()
     (tmp_path / "drop.nn").write_text(tiny_source().replace(
         "h = dense(x, hidden) |> relu", noisy))

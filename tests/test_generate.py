@@ -75,6 +75,28 @@ def test_cached_logits_match_the_full_forward_at_every_position(backend):
     assert np.abs(blind[:, 3:] - full[:, 3:]).max() > 1e-3
 
 
+NOISY = LM.replace("h = positional_encoding(x,",
+                   "x2 = x * random_uniform_like(x, 0.5, 1.5)\n"
+                   "  h = positional_encoding(x2 + random_normal_like(x),")
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_a_model_with_noise_decodes_with_the_cache(backend):
+    """Generation is inference, where random_normal_like / random_uniform_like are their mean
+    (a constant of x's shape, position by position). They were said to mix positions, and a
+    model with noise reran the whole prefix for every new token."""
+    net = lm_net(backend, source=NOISY)
+    tokens = random_tokens((2, 16))
+    net.train_step({"tokens": tokens, "next": tokens})
+    full = net.forward({"tokens": tokens, "next": tokens})["logits"]
+    np.testing.assert_allclose(step_logits(net, tokens, prompt_len=3), full, atol=1e-5, rtol=0)
+    opts = options_from(net.program.generate, {"max_new": 8})
+    cached = generator(net).generate(["the movie", "a"], opts)
+    full = generator(net, recompute=True).generate(["the movie", "a"], opts)
+    assert cached.mode == "incremental"
+    assert [s.ids for s in cached.samples] == [s.ids for s in full.samples]
+
+
 def test_encoder_decoder_step_matches_the_full_forward():
     net = Net(load(SEQ2SEQ), backend="reference", batch=2, seed=2)
     source = random_tokens((2, 12), 16, seed=1)
@@ -280,6 +302,30 @@ def test_a_model_that_mixes_positions_falls_back_to_recomputation():
     got = generator(net).generate(["abc"], options_from(net.program.generate, {"max_new": 3}))
     assert got.mode == "recompute" and "non-causal" in got.reason
     assert len(got.samples[0].ids) == 3
+
+
+def test_learned_positions_from_positions_recompute_with_a_reason_that_names_the_fix():
+    """embedding(positions(tokens, axis = 1), ...) gives the prefix's tokens the ids of full
+    recomputation (the fallback), and the reason says what decodes with the cache: it said
+    positions "mixes positions", which it does not."""
+    source = LM.replace('h = positional_encoding(x, kind = "learned", max_len = maxlen)',
+                        "h = x + embedding(positions(tokens, axis = 1), maxlen, dim)")
+    net = lm_net(source=source)
+    opts = options_from(net.program.generate, {"max_new": 6})
+    got = generator(net).generate(["the movie", "a"], opts)
+    assert got.mode == "recompute" and "positional_encoding" in got.reason
+    assert "mixes positions" not in got.reason
+    tokens = np.zeros((2, 16), np.int32)
+    for row, sample in enumerate(got.samples):   # each token is the argmax of the full pass
+        ids = generator(net).tok.encode(["the movie", "a"][row]) + sample.ids
+        tokens[row, :len(ids)] = ids
+    logits = net.forward({"tokens": tokens, "next": tokens})["logits"]
+    tok = generator(net).tok
+    logits[..., [tok.pad_id, tok.unk_id]] = -np.inf    # never produced, as in the beam test
+    logits[..., tok.vocab_size:] = -np.inf
+    for row, sample in enumerate(got.samples):
+        start = len(tokens[row]) - len(sample.ids) - np.sum(tokens[row] == 0)
+        assert sample.ids == list(logits[row, start - 1:start - 1 + len(sample.ids)].argmax(-1))
 
 
 TIED = LM.replace("logits = dense(layer_norm(h2), vocab)",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnlang.ir.dims import Sym
 from nnlang.ir.graph import Builder, Graph
 from nnlang.ir.scan import Body
 from nnlang.ops import registry
@@ -100,15 +101,29 @@ def trainable(g: Graph) -> dict[str, int]:
     return {k: v for k, v in g.params.items() if g.node(v).attrs.get("trainable", True)}
 
 
-def _rank_draws(g: Graph, rank: int) -> None:
+def _rank_draws(g: Graph, user: Graph, rank: int) -> None:
     """Random draws (dropout's masks, random_normal_like's noise) hash (step key, site,
     element index): each rank of a data-parallel run numbering its shard's elements from 0
     gave every rank the same masks, copies instead of independent draws (one mask for the
     whole global batch with one row per rank). Numbered from the rank's first element (rank x
     its shard's size), each rank draws its own numbers, and a tensor whose first axis is the
-    batch gets the masks a 1-process run gives its rows."""
-    for n in g:
+    batch gets the masks a 1-process run gives its rows. A draw with no batch axis (noise on a
+    weight, random_normal_like(w)) is one draw for the whole global batch in 1 process: every
+    rank keeps offset 0 and draws it too (offset by rank, each rank's weights saw other noise
+    and 2 ranks trained another model than 1 process). The batch axes are read from the user
+    graph decomposed with its batch symbolic (the bound graph's sizes cannot tell a batch of 8
+    from 8 units); its sites have the bound graph's salts, both decomposed in one order."""
+    draws = [n for n in g if registry.get(n.op) is not None and registry.get(n.op).has(RANDOM)]
+    if not draws:
+        return
+    batch_axes = {}
+    for n in decompose(user, training=True):
         if registry.get(n.op) is not None and registry.get(n.op).has(RANDOM):
+            batch_axes[n.attrs["salt"]] = [i for i, d in enumerate(n.attrs["shape"])
+                                           if isinstance(d, Sym) and "batch" in d.names]
+    for n in draws:
+        if batch_axes.get(n.attrs["salt"], [0]):
+            # NOTE: the batch past the first axis: independent draws, not 1 process's
             n.attrs["offset"] = rank * int(np.prod([int(d) for d in n.attrs["shape"]]))
 
 
@@ -129,7 +144,7 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     the gradients averaged over all of them (`ops/collective.py`)."""
     g = hoist_projections(decompose(specialize(user, batch, dtype, lengths), training=True))
     if ranks > 1:
-        _rank_draws(g, rank)
+        _rank_draws(g, user, rank)
     if not g.losses:
         raise no_loss(user, "so it cannot be trained")
     b = Builder(g, role="bwd")

@@ -24,8 +24,12 @@ POS_INPUT = "_pos"
 # prefill: 1 where a row's prompt has a token, so each recurrent layer stops at its prompt's end
 PROMPT_MASK = "_prompt_mask"
 # ops that compute each position from that position alone (on the last axis, or elementwise)
+# NOTE: generation is inference: dropout is the identity and the noise ops their mean, a
+# constant of x's shape (random_normal_like was said to mix positions, and a model with noise
+# decoded by rerunning the whole prefix for every token)
 POSITIONWISE = {"dense", "embedding", "dropout", "linear", "relu", "gelu", "silu", "elu",
-                "leaky_relu", "softplus", "clip", "square", "reciprocal"}
+                "leaky_relu", "softplus", "clip", "square", "reciprocal", "random_normal_like",
+                "random_uniform_like"}
 # NOTE: a slice of the last axis is each position's own features (a GLU's two halves, a fused
 # q/k/v projection split three ways)
 LAST_AXIS = {"layer_norm": "axis", "softmax": "axis", "log_softmax": "axis", "slice": "axis"}
@@ -134,6 +138,12 @@ def _problem(g: Graph, node, dep) -> str | None:
         return "is a causal cross-attention" if node.attrs["causal"] else None
     if op == "positional_encoding" or op in POSITIONWISE:
         return None
+    if op == "positions":
+        # NOTE: a step's rows sit at their own positions (prompts of other lengths), which a
+        # positions value ([len], one for all rows) cannot say; "mixes positions" misled
+        return "numbers the token positions, one count for all rows, which a one-token step " \
+               "cannot (positional_encoding(x, kind = \"learned\", max_len = ...) adds " \
+               "learned positions and decodes with the cache)"
     if _is_rnn(node):
         return _rnn_problem(g, node, dep)
     if op in LAST_AXIS:
