@@ -55,8 +55,12 @@ def _mha_shape(q, kv=None, mask=None, *weights, heads, dim, causal, dropout):
         raise ShapeError(f"multi_head_attention: key_padding_mask {fmt_shape(mask.shape)} must "
                          f"be [batch, kv_len] = {fmt_shape(kvt.shape[:2])}", arg=2,
                          hint="1 keeps a key, 0 masks it (padding)")
-    if causal and (isinstance(q.shape[1], Sym) or isinstance(kvt.shape[1], Sym)):
-        raise ShapeError("multi_head_attention: causal masking needs concrete lengths", arg=0)
+    if causal and (isinstance(q.shape[1], Sym) or isinstance(kvt.shape[1], Sym)) and \
+            q.shape[1] != kvt.shape[1]:
+        raise ShapeError(f"multi_head_attention: causal masking of {fmt_shape(q.shape[:2])} "
+                         f"queries over {fmt_shape(kvt.shape[:2])} keys: a symbolic length "
+                         "needs the keys' length to be the queries'", arg=0,
+                         hint="causal self-attention, or concrete lengths")
     need_range("multi_head_attention", "dropout", dropout, 0.0, 1.0, hi_open=True)
     return q
 
@@ -81,7 +85,12 @@ def _mha(b, q, kv, mask, wq, bq, wk, bk, wv, bv, wo, bo, *, heads, dim, causal, 
         # lost them in float32 (attending evenly); set, it attends evenly in both dtypes
         keep = b.reshape(real_steps(b, mask), shape=[batch, 1, 1, lk])
         scores = b.where(keep, scores, const_like(b, NEG_INF, q))
-    if causal:
+    if causal and (isinstance(lq, Sym) or isinstance(lk, Sym)):
+        # NOTE: a symbolic length (equal for queries and keys: the shape rule): the mask is
+        # made at the bound length, by the triu primitive over ones
+        ones = b.broadcast_to(const_like(b, 1.0, q), shape=[lq, lk])
+        scores = b.add(scores, b.mul(b.triu(ones, k=1), const_like(b, NEG_INF, q)))
+    elif causal:
         # query i sees keys j <= i + (lk - lq), so a longer key prefix (a cache) stays visible
         future = np.triu(np.ones((lq, lk)), k=1 + lk - lq) * NEG_INF
         scores = b.add(scores, b.const(future, b.type(q).dtype))
