@@ -153,3 +153,377 @@ def test_a_layer_shared_across_depth_has_one_set_of_weights():
     sizes = [int(np.prod(graph.node(nid).shape)) for nid in params.values()]
     assert sum(sizes) == per_layer == 600
     assert all(name.startswith("h.") and name.count(".") == 2 for name in params), sorted(params)
+
+
+# *** second round: models from Keras/PyTorch tutorials, each against a PyTorch twin ***
+# Each case is the .nn source, its batch size, three batches and the same model written in
+# torch on nnlang's initial weights (float64): 3 steps of SGD with momentum and of Adam agree
+# in loss, gradients, weights (batch_norm's running statistics included) and metrics.
+
+RESNET = """
+block Basic(x, filters) {
+  h = conv2d(x, filters, 3, padding = 1, use_bias = false) |> batch_norm |> relu
+  h2 = conv2d(h, filters, 3, padding = 1, use_bias = false) |> batch_norm
+  return relu(h2 + x)
+}
+block Down(x, filters) {
+  h = conv2d(x, filters, 3, stride = 2, padding = 1, use_bias = false) |> batch_norm |> relu
+  h2 = conv2d(h, filters, 3, padding = 1, use_bias = false) |> batch_norm
+  s = conv2d(x, filters, 1, stride = 2, use_bias = false) |> batch_norm
+  return relu(h2 + s)
+}
+model ResNet {
+  input image: float32[batch, 3, 16, 16]
+  input label: int32[batch]
+  stem = conv2d(image, 4, 3, padding = 1, use_bias = false) |> batch_norm |> relu
+  b1 = Basic(stem, 4)
+  b2 = Down(b1, 8)                       # the projection skip, stride 2
+  logits = global_avg_pool(b2) |> dense(5)
+  output logits
+  loss cross_entropy(logits, label)
+  metric acc = accuracy(logits, label)
+}
+"""
+
+TWO_HEADS = """
+model TwoHeads {
+  input image: float32[batch, 1, 8, 8]
+  input meta: float32[batch, 5]
+  input label: int32[batch]
+  input price: float32[batch]
+  f = conv2d(image, 3, 3) |> relu |> max_pool2d(2) |> flatten
+  m = dense(meta, 6) |> relu
+  h = concat(f, m, axis = -1) |> dense(10) |> relu
+  logits = dense(h, 4)
+  price_hat = dense(h, 1) |> squeeze(axis = -1)
+  output logits
+  output price_hat
+  loss cls = cross_entropy(logits, label)
+  loss reg = 0.25 * mse(price_hat, price)      # a loss weight is a factor: losses are summed
+  metric acc = accuracy(logits, label)
+  metric mae = mean(abs(price_hat - price))
+}
+"""
+
+RECOMMENDER = """
+model Recommender(users = 7, items = 9, dim = 3) {
+  input user: int32[batch]
+  input item: int32[batch]
+  input rating: float32[batch]
+  u = embedding(user, users, dim)
+  v = embedding(item, items, dim)
+  ub = embedding(user, users, 1) |> squeeze(axis = -1)
+  ib = embedding(item, items, 1) |> squeeze(axis = -1)
+  param mu: float32[] = zeros
+  pred = sum(u * v, axis = -1) + ub + ib + mu
+  output pred
+  loss mse(pred, rating)
+  metric rmse = sqrt(mse(pred, rating))
+}
+"""
+
+SKIP_GRAM = """
+model SkipGram(vocab = 11, dim = 4, negatives = 3) {
+  input center: int32[batch]
+  input context: int32[batch]
+  input noise: int32[batch, negatives]
+  c = embedding(center, vocab, dim)
+  o = embedding(context, vocab, dim)
+  n = embedding(noise, vocab, dim, share = o)      # the context table, [batch, negatives, dim]
+  pos = sum(c * o, axis = -1)
+  neg = sum(unsqueeze(c, axis = 1) * n, axis = -1)
+  loss positive = bce_with_logits(pos, 0.0 * pos + 1.0)
+  loss negative = mean(sum(softplus(neg), axis = -1))
+}
+"""
+
+TRIPLET = """
+block Tower(x) {
+  return dense(x, 8) |> tanh |> dense(4)
+}
+model Triplet(margin = 0.5) {
+  input anchor: float32[batch, 6]
+  input pos: float32[batch, 6]
+  input neg: float32[batch, 6]
+  a = Tower(anchor)
+  p = Tower(pos, share = a)
+  n = Tower(neg, share = a)
+  dp = sqrt(sum((a - p) ** 2, axis = -1) + 1e-9)
+  dn = sqrt(sum((a - n) ** 2, axis = -1) + 1e-9)
+  loss mean(maximum(dp - dn + margin, 0.0))
+}
+"""
+
+CHAR_CNN = """
+model CharCnn(chars = 12, classes = 3) {
+  input text: int32[batch, 10]
+  input label: int32[batch]
+  e = embedding(text, chars, 5)
+  c = conv1d(permute(e, [0, 2, 1]), 6, 3, padding = "same") |> relu
+  logits = global_max_pool(c) |> dense(classes)
+  output logits
+  loss cross_entropy(logits, label)
+}
+"""
+
+TAGGER = """
+model Tagger(vocab = 10, tags = 4, units = 3) {
+  symbol seq
+  input tokens: int32[batch, seq]
+  input tag: int32[batch, seq]
+  real = tokens != 0
+  h = gru(embedding(tokens, vocab, 5), units, return_sequences = true, bidirectional = true,
+          mask = real)
+  logits = dense(h, tags)
+  output logits
+  keep = cast(real, dtype = "float32")
+  nll = -sum(log_softmax(logits) * one_hot(tag, tags), axis = -1)
+  loss sum(nll * keep) / sum(keep)                 # the mean over real tokens only
+  metric acc = sum(cast(argmax(logits, axis = -1) == tag, dtype = "float32") * keep) / sum(keep)
+}
+"""
+
+ENCODER = """
+model Encoder(vocab = 10, dim = 8, classes = 3) {
+  symbol seq
+  input tokens: int32[batch, seq]
+  input label: int32[batch]
+  mask = tokens != 0
+  x = embedding(tokens, vocab, dim)
+  p = positional_encoding(x, mask = mask, kind = "learned", max_len = 8)
+  a = layer_norm(p + multi_head_attention(p, key_padding_mask = mask, heads = 2))
+  h = layer_norm(a + (dense(a, 16) |> relu |> dense(dim)))
+  keep = cast(mask, dtype = "float32") |> unsqueeze(axis = -1)
+  pooled = sum(h * keep, axis = 1) / maximum(sum(keep, axis = 1), 1.0)
+  logits = dense(pooled, classes)
+  output logits
+  loss cross_entropy(logits, label)
+  metric acc = accuracy(logits, label)
+}
+"""
+
+
+def _padded(rng, rows, lengths, vocab):
+    """Token batches of the given lengths, one row padded at the front and one at the back."""
+    out = []
+    for n in lengths:
+        tokens = rng.integers(1, vocab, (rows, n)).astype(np.int32)
+        tokens[1, :2] = 0
+        tokens[2, n - 1:] = 0
+        out.append(tokens)
+    return out
+
+
+def _batches(name):
+    rng = np.random.default_rng(0)
+
+    def ints(hi, shape):
+        return rng.integers(0, hi, shape).astype(np.int32)
+    if name == "resnet":
+        return [{"image": rng.normal(size=(4, 3, 16, 16)), "label": ints(5, 4)} for _ in range(3)]
+    if name == "two_heads":
+        return [{"image": rng.normal(size=(4, 1, 8, 8)), "meta": rng.normal(size=(4, 5)),
+                 "label": ints(4, 4), "price": rng.normal(size=4)} for _ in range(3)]
+    if name == "recommender":   # user 3 three times in a batch: its rows' gradients add up
+        return [{"user": np.array([0, 3, 3, 6, 1, 3], np.int32), "item": ints(9, 6),
+                 "rating": rng.normal(size=6)} for _ in range(3)]
+    if name == "skip_gram":
+        return [{"center": ints(11, 5), "context": ints(11, 5), "noise": ints(11, (5, 3))}
+                for _ in range(3)]
+    if name == "triplet":
+        return [{k: rng.normal(size=(4, 6)) for k in ("anchor", "pos", "neg")} for _ in range(3)]
+    if name == "char_cnn":
+        return [{"text": ints(12, (4, 10)), "label": ints(3, 4)} for _ in range(3)]
+    if name == "tagger":        # three lengths: one compiled model runs each
+        return [{"tokens": t, "tag": ints(4, t.shape)} for t in _padded(rng, 3, (6, 4, 7), 10)]
+    return [{"tokens": t, "label": ints(3, 3)} for t in _padded(rng, 3, (6, 4, 7), 10)]
+
+
+def _torch_twin(name, torch, t, f):
+    """(loss, {metric: value}) of the case's model in torch, on the weights `t` by nnlang name."""
+    F = torch.nn.functional
+
+    def bn(x, n):
+        return F.batch_norm(x, t[f"{n}.running_mean"], t[f"{n}.running_var"], t[f"{n}.gamma"],
+                            t[f"{n}.beta"], training=True, momentum=0.1, eps=1e-5)
+
+    def dense(x, n):
+        return x @ t[f"{n}.weight"] + t[f"{n}.bias"]
+
+    def acc(logits, label, keep=None):
+        hit = (logits.argmax(-1) == label).double()
+        return (hit.mean() if keep is None else (hit * keep).sum() / keep.sum()).item()
+    if name == "resnet":
+        stem = F.relu(bn(F.conv2d(f["image"], t["conv2d.weight"], padding=1), "stem"))
+        h = F.relu(bn(F.conv2d(stem, t["b1.conv2d.weight"], padding=1), "b1.h"))
+        b1 = F.relu(bn(F.conv2d(h, t["b1.conv2d_1.weight"], padding=1), "b1.h2") + stem)
+        h = F.relu(bn(F.conv2d(b1, t["b2.conv2d.weight"], stride=2, padding=1), "b2.h"))
+        s = bn(F.conv2d(b1, t["b2.conv2d_2.weight"], stride=2), "b2.s")
+        b2 = F.relu(bn(F.conv2d(h, t["b2.conv2d_1.weight"], padding=1), "b2.h2") + s)
+        logits = dense(b2.mean((2, 3)), "logits")
+        return F.cross_entropy(logits, f["label"]), {"acc": acc(logits, f["label"])}
+    if name == "two_heads":
+        x = F.max_pool2d(F.relu(F.conv2d(f["image"], t["f.weight"], t["f.bias"])), 2).flatten(1)
+        h = F.relu(dense(torch.cat([x, F.relu(dense(f["meta"], "m"))], -1), "h"))
+        logits, price = dense(h, "logits"), dense(h, "price_hat").squeeze(-1)
+        return (F.cross_entropy(logits, f["label"]) + 0.25 * F.mse_loss(price, f["price"]),
+                {"acc": acc(logits, f["label"]), "mae": (price - f["price"]).abs().mean().item()})
+    if name == "recommender":
+        user, item = f["user"], f["item"]
+        pred = (t["u.weight"][user] * t["v.weight"][item]).sum(-1) + t["ub.weight"][user, 0] \
+            + t["ib.weight"][item, 0] + t["mu"]
+        loss = F.mse_loss(pred, f["rating"])
+        return loss, {"rmse": loss.item() ** 0.5}
+    if name == "skip_gram":     # word2vec: -log s(pos) - sum_k log s(-neg_k)
+        c, o, n = t["c.weight"][f["center"]], t["o.weight"][f["context"]], t["o.weight"][f["noise"]]
+        neg = F.softplus((c[:, None] * n).sum(-1)).sum(-1)
+        return (F.softplus(-(c * o).sum(-1)) + neg).mean(), {}
+    if name == "triplet":
+        def tower(x):
+            return dense(torch.tanh(dense(x, "a.dense")), "a.dense_1")
+        a, p, n = (tower(f[k]) for k in ("anchor", "pos", "neg"))
+        dist = [torch.sqrt(((a - b) ** 2).sum(-1) + 1e-9) for b in (p, n)]
+        return torch.clamp(dist[0] - dist[1] + 0.5, min=0).mean(), {}
+    if name == "char_cnn":
+        e = t["e.weight"][f["text"]].permute(0, 2, 1)
+        c = F.relu(F.conv1d(e, t["c.weight"], t["c.bias"], padding=1))
+        logits = dense(c.amax(-1), "logits")
+        return F.cross_entropy(logits, f["label"]), {}
+    real = f["tokens"] != 0
+    keep = real.double()
+    if name == "tagger":        # Keras GRU (gates z, r, h; reset after the recurrent GEMM)
+        def gru(x, prefix, reverse):
+            kernel, recurrent, bias = (t[f"h.{prefix}{w}"] for w in ("kernel", "recurrent", "bias"))
+            u = recurrent.shape[0]
+            h, out = torch.zeros(x.shape[0], u, dtype=x.dtype), [None] * x.shape[1]
+            for s in (reversed(range(x.shape[1])) if reverse else range(x.shape[1])):
+                xz, hz = x[:, s] @ kernel + bias[0], h @ recurrent + bias[1]
+                z = torch.sigmoid(xz[:, :u] + hz[:, :u])
+                r = torch.sigmoid(xz[:, u:2 * u] + hz[:, u:2 * u])
+                new = z * h + (1 - z) * torch.tanh(xz[:, 2 * u:] + r * hz[:, 2 * u:])
+                h = torch.where(real[:, s:s + 1], new, h)     # a pad keeps the state
+                out[s] = h * keep[:, s:s + 1]
+            return torch.stack(out, 1)
+        x = t["embedding.weight"][f["tokens"]]
+        logits = dense(torch.cat([gru(x, "", False), gru(x, "backward_", True)], -1), "logits")
+        nll = F.cross_entropy(logits.transpose(1, 2), f["tag"], reduction="none")
+        return (nll * keep).sum() / keep.sum(), {"acc": acc(logits, f["tag"], keep)}
+    # encoder: post-norm layer, PyTorch's key_padding_mask as -1e9, positions from the first token
+    x = t["x.weight"][f["tokens"]] + t["p.weight"][(real.long().cumsum(1) - 1).clamp(min=0)]
+    b, n, d = x.shape
+    q, k, v = (x @ t[f"multi_head_attention.w{w}"] + t[f"multi_head_attention.b{w}"]
+               for w in "qkv")
+    q, k, v = (y.reshape(b, n, 2, d // 2).transpose(1, 2) for y in (q, k, v))
+    scores = (q @ k.transpose(-1, -2) / (d // 2) ** 0.5).masked_fill(~real[:, None, None], -1e9)
+    att = (torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(b, n, d)
+    a = F.layer_norm(x + att @ t["multi_head_attention.wo"] + t["multi_head_attention.bo"], (d,),
+                     t["a.gamma"], t["a.beta"])
+    h = F.layer_norm(a + dense(F.relu(dense(a, "dense")), "dense_1"), (d,), t["h.gamma"],
+                     t["h.beta"])
+    logits = dense((h * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1), "logits")
+    return F.cross_entropy(logits, f["label"]), {"acc": acc(logits, f["label"])}
+
+
+TWINS = {"resnet": (RESNET, 4), "two_heads": (TWO_HEADS, 4), "recommender": (RECOMMENDER, 6),
+         "skip_gram": (SKIP_GRAM, 5), "triplet": (TRIPLET, 4), "char_cnn": (CHAR_CNN, 4),
+         "tagger": (TAGGER, 3), "encoder": (ENCODER, 3)}
+
+
+def _twin_net(name, optimizer):
+    source, batch = TWINS[name]
+    train = f"\ntrain {source.split('model ')[1].split('(')[0].split(' ')[0]} " \
+            f"{{\n  optimizer = {optimizer}\n  batch = {batch}\n}}\n"
+    return nnlang.compile(source + train, dtype="float64", batch=batch, seed=1)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd(lr = 0.1, momentum = 0.9)", "adam(lr = 0.01)"])
+@pytest.mark.parametrize("name", sorted(TWINS))
+def test_tutorial_model_against_pytorch(name, optimizer):
+    torch = pytest.importorskip("torch")
+    net = _twin_net(name, optimizer)
+    p = net.parameters()
+    batches = _batches(name)
+    trained = sorted(net.gradients(batches[0]))
+    t = {k: torch.tensor(v, dtype=torch.float64, requires_grad=k in trained) for k, v in p.items()}
+    weights = [t[k] for k in trained]
+    opt = (torch.optim.SGD(weights, lr=0.1, momentum=0.9) if optimizer.startswith("sgd")
+           else torch.optim.Adam(weights, lr=0.01))
+    for f in batches:
+        tf = {k: torch.from_numpy(v).long() if v.dtype == np.int32 else torch.from_numpy(v)
+              for k, v in f.items()}
+        loss, metrics = _torch_twin(name, torch, t, tf)
+        opt.zero_grad()
+        loss.backward()
+        got = net.gradients(f)
+        assert sorted(got) == trained
+        for k in trained:
+            np.testing.assert_allclose(got[k], t[k].grad.numpy(), rtol=1e-9, atol=1e-11,
+                                       err_msg=k)
+        assert net.train_step(f) == pytest.approx(loss.item(), rel=1e-10)
+        assert net.last_metrics == pytest.approx(metrics, rel=1e-10)
+        opt.step()
+        # NOTE: atol for Adam: a gradient that is zero in exact arithmetic (a key bias, the
+        # last bias of a triplet tower) is rounding noise, which Adam scales up to ~lr
+        for k, v in net.parameters().items():
+            np.testing.assert_allclose(v, t[k].detach().numpy(), rtol=1e-9, atol=1e-9, err_msg=k)
+
+
+def test_tutorial_models_parameter_counts():
+    """Counted by hand, as Keras' summary would show them (batch_norm: gamma, beta and the two
+    running statistics; a shared embedding or tower counted once)."""
+    def bn(c):
+        return 4 * c
+    want = {
+        "resnet": 4 * 3 * 9 + bn(4) + 2 * (4 * 4 * 9 + bn(4))
+        + 8 * 4 * 9 + 8 * 8 * 9 + 8 * 4 + 3 * bn(8) + 8 * 5 + 5,
+        "two_heads": 3 * 9 + 3 + 5 * 6 + 6 + (27 + 6) * 10 + 10 + 10 * 4 + 4 + 10 + 1,
+        "recommender": 7 * 3 + 9 * 3 + 7 + 9 + 1,
+        "skip_gram": 2 * 11 * 4,
+        "triplet": 6 * 8 + 8 + 8 * 4 + 4,
+        "char_cnn": 12 * 5 + 6 * 5 * 3 + 6 + 6 * 3 + 3,
+        "tagger": 10 * 5 + 2 * (5 * 9 + 3 * 9 + 2 * 9) + 6 * 4 + 4,
+        "encoder": 10 * 8 + 8 * 8 + 4 * (8 * 8 + 8) + 2 * 2 * 8 + 8 * 16 + 16 + 16 * 8 + 8
+        + 8 * 3 + 3,
+    }
+    for name, (source, _) in TWINS.items():
+        graph = nnlang.load(source).graph
+        got = sum(int(np.prod(graph.node(nid).shape)) for nid in graph.params.values())
+        assert got == want[name], name
+
+
+def test_recommender_repeated_ids_numpy():
+    """Matrix factorization: a user three times in one batch gets the sum of its rows'
+    gradients, and the loss and metric are numpy's."""
+    net = _twin_net("recommender", "sgd(lr = 0.1)")
+    p, f = net.parameters(), _batches("recommender")[0]
+    u, v = p["u.weight"][f["user"]], p["v.weight"][f["item"]]
+    pred = (u * v).sum(-1) + p["ub.weight"][f["user"], 0] + p["ib.weight"][f["item"], 0] + p["mu"]
+    err = 2 * (pred - f["rating"]) / len(pred)
+    want = {k: np.zeros_like(p[k]) for k in ("u.weight", "v.weight", "ub.weight", "ib.weight")}
+    np.add.at(want["u.weight"], f["user"], err[:, None] * v)
+    np.add.at(want["v.weight"], f["item"], err[:, None] * u)
+    np.add.at(want["ub.weight"], f["user"], err[:, None])
+    np.add.at(want["ib.weight"], f["item"], err[:, None])
+    got = net.gradients(f)
+    for k, g in want.items():
+        np.testing.assert_allclose(got[k], g, rtol=1e-10, atol=1e-14, err_msg=k)
+    assert got["mu"] == pytest.approx(err.sum(), rel=1e-10)
+    loss = np.mean((pred - f["rating"]) ** 2)
+    assert net.evaluate(f) == pytest.approx({"mse": loss, "rmse": np.sqrt(loss)}, rel=1e-10)
+
+
+def test_tagger_loss_ignores_the_pads():
+    """The masked per-token mean: the tags at pads change neither the loss nor a gradient,
+    and the loss is the mean over the real tokens (numpy log-softmax of the logits)."""
+    net = _twin_net("tagger", "sgd(lr = 0.1)")
+    f = _batches("tagger")[0]
+    real = f["tokens"] != 0
+    other = dict(f, tag=np.where(real, f["tag"], (f["tag"] + 1) % 4).astype(np.int32))
+    base, moved = net.gradients(f), net.gradients(other)
+    for k in base:
+        np.testing.assert_array_equal(base[k], moved[k], err_msg=k)
+    logits = net.forward(f)["logits"]
+    z = logits - logits.max(-1, keepdims=True)
+    nll = np.log(np.exp(z).sum(-1)) - np.take_along_axis(z, f["tag"][..., None], -1)[..., 0]
+    assert net.evaluate(other)["loss"] == net.evaluate(f)["loss"] \
+        == pytest.approx(nll[real].mean(), rel=1e-10)
