@@ -101,12 +101,6 @@ def allreduce_mean(values) -> np.ndarray:
         raise NNError(f"allreduce_mean takes numbers (a float, a list or an array of them): "
                       f"{err}", hint="e.g. dist.allreduce_mean([loss])") from None
     world = _world()
-    try:
-        values = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise NNError("dist.allreduce_mean: the values must make one array of numbers (a "
-                      f"list of scalars, or arrays of one shape), got {values!r:.80}",
-                      hint="reduce each array with its own call, or stack them first") from None
     return world.sum(values, "allreduce_mean") / world.size
 
 

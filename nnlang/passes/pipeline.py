@@ -101,6 +101,10 @@ def trainable(g: Graph) -> dict[str, int]:
     return {k: v for k, v in g.params.items() if g.node(v).attrs.get("trainable", True)}
 
 
+def _random_draws(g: Graph) -> list:
+    return [n for n in g if registry.get(n.op) is not None and registry.get(n.op).has(RANDOM)]
+
+
 def _rank_draws(g: Graph, user: Graph, rank: int) -> None:
     """Random draws (dropout's masks, random_normal_like's noise) hash (step key, site,
     element index): each rank of a data-parallel run numbering its shard's elements from 0
@@ -113,14 +117,12 @@ def _rank_draws(g: Graph, user: Graph, rank: int) -> None:
     and 2 ranks trained another model than 1 process). The batch axes are read from the user
     graph decomposed with its batch symbolic (the bound graph's sizes cannot tell a batch of 8
     from 8 units); its sites have the bound graph's salts, both decomposed in one order."""
-    draws = [n for n in g if registry.get(n.op) is not None and registry.get(n.op).has(RANDOM)]
+    draws = _random_draws(g)
     if not draws:
         return
-    batch_axes = {}
-    for n in decompose(user, training=True):
-        if registry.get(n.op) is not None and registry.get(n.op).has(RANDOM):
-            batch_axes[n.attrs["salt"]] = [i for i, d in enumerate(n.attrs["shape"])
-                                           if isinstance(d, Sym) and "batch" in d.names]
+    batch_axes = {n.attrs["salt"]: [i for i, d in enumerate(n.attrs["shape"])
+                                    if isinstance(d, Sym) and "batch" in d.names]
+                  for n in _random_draws(decompose(user, training=True))}
     for n in draws:
         if batch_axes.get(n.attrs["salt"], [0]):
             # NOTE: the batch past the first axis: independent draws, not 1 process's

@@ -5,7 +5,6 @@ must agree with it.
 """
 from __future__ import annotations
 
-import networkx as nx
 import numpy as np
 
 from nnlang.errors import NNError
@@ -21,11 +20,7 @@ def interpret(g: Graph, feeds: dict, params: dict | None = None, want=None) -> d
     base) warned from numpy, and cost its time."""
     params = params or {}
     env: dict[int, np.ndarray] = {}
-    needed = None
-    if want is not None:
-        needed = set(want.values())
-        for v in want.values():
-            needed |= nx.ancestors(g.nx, v)
+    needed = None if want is None else g.ancestors(want.values())
     for nid in g.topo():
         if needed is not None and nid not in needed:
             continue
