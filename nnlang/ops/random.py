@@ -37,11 +37,14 @@ def _uniform_impl(key, *, shape, salt, offset=0):
         [int(d) for d in shape])
 
 
-def _uniform_shape(key: TensorType, *, shape, salt, offset=0) -> TensorType:
-    if key.shape != () or key.dtype != "int64":
-        raise ShapeError(f"the key must be an int64 scalar, got {key}", arg=0)
-    need_sizes("random_uniform", shape)
-    return TensorType(tuple(shape), "float32")
+def _keyed_shape(op: str):
+    """The shape rule of a draw from the runtime's key: float32 of the given shape."""
+    def rule(key: TensorType, *, shape, salt, offset=0) -> TensorType:
+        if key.shape != () or key.dtype != "int64":
+            raise ShapeError(f"the key must be an int64 scalar, got {key}", arg=0)
+        need_sizes(op, shape)
+        return TensorType(tuple(shape), "float32")
+    return rule
 
 
 # *** lowerings: the same bits as `_uniform_impl` on every backend ***
@@ -90,7 +93,7 @@ def _uniform_cuda(be, a, xs, out):
 
 
 register("random_uniform", "key: tensor, shape: shape, salt: int = 0, offset: int = 0",
-         _uniform_shape,
+         _keyed_shape("random_uniform"),
          impl=_uniform_impl, lower={"numba": _uniform_numba, "cuda": _uniform_cuda},
          family="random", traits={RANDOM, NONDIFF},
          doc="uniform floats in [0, 1) from a counter-based hash of (key, salt, offset + index); "
@@ -115,13 +118,6 @@ def _normal_impl(key, *, shape, salt, offset=0):
     u2 = (h2 >> np.uint64(40)).astype(np.float64) * 2.0 ** -24
     z = np.sqrt(-2.0 * np.log(u1)) * np.cos(_TWO_PI * u2)
     return z.astype(np.float32).reshape([int(d) for d in shape])
-
-
-def _normal_shape(key: TensorType, *, shape, salt, offset=0) -> TensorType:
-    if key.shape != () or key.dtype != "int64":
-        raise ShapeError(f"the key must be an int64 scalar, got {key}", arg=0)
-    need_sizes("random_normal", shape)
-    return TensorType(tuple(shape), "float32")
 
 
 def normal_kernel(base, start, out):
@@ -179,7 +175,7 @@ def _normal_cuda(be, a, xs, out):
 
 
 register("random_normal", "key: tensor, shape: shape, salt: int = 0, offset: int = 0",
-         _normal_shape,
+         _keyed_shape("random_normal"),
          impl=_normal_impl, lower={"numba": _normal_numba, "cuda": _normal_cuda},
          family="random", traits={RANDOM, NONDIFF},
          doc="standard normal floats (Box-Muller) from a counter-based hash of (key, salt, "
