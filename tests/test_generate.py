@@ -676,18 +676,7 @@ def test_beam_search_follows_hf_when_stops_fill_the_beam(seed, prompt, width):
     """Stop candidates ranked below the beam width counted as finished hypotheses, and the
     search ended as soon as `width` had finished: a prompt closed with a worse hypothesis
     (sum/length -2.11 where a better beam, -0.14, was still live)."""
-    tok = CharTokenizer("abc")
-    program = load(Path(__file__).resolve().parents[1] / "models" / "gpt.nn",
-                   {"vocab": 5, "maxlen": 10, "dim": 16, "heads": 2, "ffn": 32, "layers": 1})
-    net = Net(program, backend="reference", batch=1, seed=seed, dtype="float64")
-    net.load_state_dict({k: v * 1.5 for k, v in net.parameters().items()})
-
-    def logp_next(ids):
-        row = np.zeros((1, 10), np.int32)
-        row[0, :len(ids)] = ids
-        z = np.array(net.forward({"tokens": row})["logits"][0, len(ids) - 1], np.float64)
-        z[[tok.pad_id, tok.unk_id]] = -np.inf
-        return z - np.logaddexp.reduce(z)
+    tok, net, logp_next = _tiny_gpt_for_beams("abc", seed)
     want = hf_beam(logp_next, tok.encode(prompt), width, 5, 4, 1.0)
     got = net.generate([prompt], max_new=5, beam=width, stop=4, length_penalty=1.0,
                        tokenizer=tok).samples[0]
@@ -713,13 +702,15 @@ def test_numpy_numbers_are_numbers_to_generate():
         net.generate(["the"], tokenizer=tok, max_new=np.float64(2.5))
 
 
-def _tiny_gpt_for_beams():
-    """A float64 GPT over 4 characters whose next-token log-probabilities (`logp_next`, from a
-    full forward of the prefix) are far enough apart for beam search to choose."""
-    tok = CharTokenizer("abcd")
+def _tiny_gpt_for_beams(chars: str = "abcd", seed: int = 3):
+    """A float64 GPT over `chars` (and padding, <unk>) whose next-token log-probabilities
+    (`logp_next`, from a full forward of the prefix) are far enough apart for beam search to
+    choose."""
+    tok = CharTokenizer(chars)
     program = load(Path(__file__).resolve().parents[1] / "models" / "gpt.nn",
-                   {"vocab": 6, "maxlen": 10, "dim": 16, "heads": 2, "ffn": 32, "layers": 1})
-    net = Net(program, backend="reference", batch=1, seed=3, dtype="float64")
+                   {"vocab": len(chars) + 2, "maxlen": 10, "dim": 16, "heads": 2, "ffn": 32,
+                    "layers": 1})
+    net = Net(program, backend="reference", batch=1, seed=seed, dtype="float64")
     net.load_state_dict({k: v * 1.5 for k, v in net.parameters().items()})
 
     def logp_next(ids):
