@@ -149,37 +149,56 @@ def graph(
 
 # *** fmt ***
 
+# NOTE: the exit codes of `fmt --check`, as black and ruff: a file that cannot be read or parsed
+# is not "would reformat", so a pre-commit hook or CI step can tell the two apart
+FMT_CHANGED = 1
+FMT_UNREADABLE = 2
+
+
 @app.command()
 def fmt(
-    files: list[Path] = typer.Argument(..., help="One or more .nn files."),
+    files: list[Path] = typer.Argument(..., help="One or more .nn files; - reads standard input "
+                                                 "and writes the formatted text to standard "
+                                                 "output."),
     check_only: bool = typer.Option(False, "--check",
-                                    help="Exit 1 if a file is not formatted; change nothing."),
-    write: bool = typer.Option(False, "--write", "-w", help="Rewrite the files in place."),
+                                    help=f"Change nothing; exit {FMT_CHANGED} if a file would "
+                                         f"be reformatted, {FMT_UNREADABLE} if one cannot be "
+                                         "read or parsed, 0 if all are formatted."),
+    write: bool = typer.Option(False, "--write", "-w",
+                               help="Rewrite the files in place (- is still written to "
+                                    "standard output)."),
 ):
-    """Print .nn files in canonical form (2-space indent, one statement per line)."""
+    """Print .nn files in canonical form (2-space indent, one statement per line).
+
+    Exit codes: 0 done; 1 a file could not be read or parsed; with --check, 1 a file would be
+    reformatted and 2 a file could not be read or parsed.
+    """
     from nnlang.frontend.fmt import format_source
-    from nnlang.frontend.source import read_source
+    from nnlang.frontend.source import STDIN_FILE, read_source, read_stdin
 
     if check_only and write:
         raise typer.BadParameter("use --check or --write, not both")
     bad = failed = False
     with reporting():
         for path in files:
+            stdin = str(path) == "-"
+            name = STDIN_FILE if stdin else str(path)
             try:
-                source = read_source(path)
-                text = format_source(source, str(path))
+                source = read_stdin(sys.stdin.buffer) if stdin else read_source(path)
+                text = format_source(source, name)
             except NNError as err:
                 print_error(err)
                 failed = True
                 continue
             # NOTE: read_source drops a byte-order mark; the canonical text (what fmt prints)
             # has none, so a file that starts with one is not formatted
-            changed = text != source or ((check_only or write) and _starts_with_bom(path))
+            changed = text != source or ((check_only or write) and not stdin
+                                         and _starts_with_bom(path))
             if check_only:
                 if changed:
-                    err_console().print(Text(f"would reformat {path}"))
+                    err_console().print(Text(f"would reformat {name}"))
                     bad = True
-            elif write:
+            elif write and not stdin:
                 if changed:
                     with writing(path, "--write"):
                         # NOTE: whole or not at all: a full disk must not cut the user's source
@@ -187,8 +206,10 @@ def fmt(
                     err_console().print(Text(f"reformatted {path}"))
             else:
                 sys.stdout.write(text)
-    if failed or bad:
-        raise typer.Exit(1)
+    if failed:
+        raise typer.Exit(FMT_UNREADABLE if check_only else 1)
+    if bad:
+        raise typer.Exit(FMT_CHANGED)
 
 
 def _starts_with_bom(path: Path) -> bool:

@@ -255,6 +255,39 @@ def test_fmt(tmp_path):
     assert r.exit_code == 1 and "error: unexpected 'float32'" in r.stderr
 
 
+def test_fmt_reads_standard_input_with_a_dash():
+    # as black and ruff: `-` reads the source from stdin and writes the canonical text to stdout
+    # (it was taken as a file named '-': "file not found")
+    messy = "model M{input x:float32[batch,4]\n output y=x}\n"
+    canonical = "model M {\n  input x: float32[batch, 4]\n  output y = x\n}\n"
+    r = runner.invoke(app, ["fmt", "-"], input=messy)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == canonical
+    r = runner.invoke(app, ["fmt", "--write", "-"], input=messy)
+    assert r.exit_code == 0 and r.stdout == canonical
+    r = runner.invoke(app, ["fmt", "--check", "-"], input=messy)
+    assert r.exit_code == 1 and "would reformat <stdin>" in r.stderr and r.stdout == ""
+    assert runner.invoke(app, ["fmt", "--check", "-"], input=canonical).exit_code == 0
+    r = runner.invoke(app, ["fmt", "-"], input="model M { input x float32 }\n")
+    assert r.exit_code == 1 and "<stdin>:1:" in r.stderr and "Traceback" not in r.output
+
+
+def test_fmt_check_exit_codes_tell_unformatted_from_unreadable(tmp_path):
+    # --check: 0 formatted, 1 would reformat, 2 cannot be read or parsed (as black's 123 and
+    # ruff's 2): a hook must not take a syntax error or a missing file for "needs formatting"
+    good = tmp_path / "good.nn"
+    good.write_text("model M {\n  input x: float32[batch, 4]\n  output y = x\n}\n")
+    messy = tmp_path / "messy.nn"
+    messy.write_text("model M{input x:float32[batch,4]\n output y=x}\n")
+    assert run("fmt", "--check", good).exit_code == 0
+    assert run("fmt", "--check", messy).exit_code == 1
+    r = run("fmt", "--check", good, "tests/errors/syntax_error.nn")
+    assert r.exit_code == 2 and "error: unexpected 'float32'" in r.stderr
+    r = run("fmt", "--check", messy, tmp_path / "missing.nn")
+    assert r.exit_code == 2 and "would reformat" in r.stderr and "file not found" in r.stderr
+    assert "--check" in run("fmt", "--help").stdout and "2" in run("fmt", "--help").stdout
+
+
 def test_fmt_write_keeps_the_file_as_the_user_set_it(tmp_path):
     # --write changes the text only: the mode stays (a private 0600 file was made 0644), a
     # symlink stays a link to the file it rewrites, and a read-only file is refused untouched

@@ -13,6 +13,7 @@ from pathlib import Path
 from nnlang.errors import NNError, Span
 
 STRING_FILE = "<string>"
+STDIN_FILE = "<stdin>"
 MAX_SOURCE_BYTES = 64 << 20  # NOTE: bounds what /dev/zero or a mistaken data file can cost
 
 
@@ -61,16 +62,29 @@ def read_source(path) -> str:
         raise NNError(f"'{path}' is a directory, not a .nn file", hint=_dir_hint(path))
     try:
         with path.open("rb") as f:  # NOTE: not only regular files: /dev/stdin works too
-            data = f.read(MAX_SOURCE_BYTES + 1)
+            return _read_stream(f, str(path))
     except FileNotFoundError:
         raise NNError(f"file not found: {path}", hint=_missing_hint(path)) from None
     except OSError as err:
         raise NNError(f"cannot read '{path}': {err.strerror}",
                       hint="check the path and its permissions") from None
+
+
+def read_stdin(stream) -> str:
+    """The text of .nn source piped in (`nnlang fmt -`): the checks of `read_source`, named
+    STDIN_FILE in errors."""
+    try:
+        return _read_stream(stream, STDIN_FILE)
+    except OSError as err:
+        raise NNError(f"cannot read {STDIN_FILE}: {err.strerror or err}") from None
+
+
+def _read_stream(f, name: str) -> str:
+    data = f.read(MAX_SOURCE_BYTES + 1)
     if len(data) > MAX_SOURCE_BYTES:
-        raise NNError(f"'{path}' is larger than {MAX_SOURCE_BYTES / 2**20:g} MiB; a .nn file "
+        raise NNError(f"'{name}' is larger than {MAX_SOURCE_BYTES / 2**20:g} MiB; a .nn file "
                       "describes a model, it holds no data", hint="is this the right file?")
-    return decode(data, str(path))
+    return decode(data, name)
 
 
 def decode(data: bytes, file: str) -> str:
