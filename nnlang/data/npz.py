@@ -117,12 +117,7 @@ def load_csv(path: Path, target: str = "label", val: str | None = None,
         raise DataError(f"{path}: no column '{target}' in header {header}",
                         'choose the label column with csv("file.csv", target = "name") in the '
                         'train section, or --data "file.csv(target=name)"')
-    t = header.index(target)
-    if header.count(target) > 1:
-        where = " and ".join(str(i + 1) for i, h in enumerate(header) if h == target)
-        raise DataError(f"{path}:{header_line(path)}: the header names the target column "
-                        f"'{target}' twice (columns {where})",
-                        "rename one of them: the other columns are the features")
+    t = header.index(target)   # NOTE: one only: read_csv refuses a name given twice
     tables, sources = {}, {}
     for option, file in (("val", val), ("test", test)):
         if file is None:
@@ -189,6 +184,7 @@ def read_csv(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
                 if header is None:
                     header = [h.strip() for h in row]
                     _check_separator(path, reader.line_num, header)
+                    _check_names(path, reader.line_num, header)
                     continue
                 rows.append(_csv_row(path, reader.line_num, header, row))
                 lines.append(reader.line_num)
@@ -220,6 +216,23 @@ def _check_separator(path: Path, line: int, header: list[str]) -> None:
                             "'.' as the decimal point)")
 
 
+def _check_names(path: Path, line: int, header: list[str]) -> None:
+    """Every column has a name, and only one column has it: a feature is known by its name
+    (meta["feature_names"], the target option), and a second 'label' was silently a feature."""
+    for i, name in enumerate(header, 1):
+        if not name:
+            hint = ("a table saved by pandas with its index has an unnamed first column: save "
+                    "it with index=False, or name the column" if i == 1 else
+                    "a comma at the end of the header adds an empty column: remove it, or "
+                    "name the column" if i == len(header) else "name the column")
+            raise DataError(f"{path}:{line}: column {i} of the header has no name", hint)
+        if header.index(name) != i - 1:
+            where = " and ".join(str(j + 1) for j, h in enumerate(header) if h == name)
+            raise DataError(f"{path}:{line}: the header names column '{name}' twice (columns "
+                            f"{where})", "rename one of them: each column is known by its name "
+                            "(the target, or one feature)")
+
+
 def _not_utf8(path: Path) -> DataError | None:
     """The error for a file that is not UTF-8, at the line of its first bad byte (the
     decoder's own position counts from a read buffer, not from the file)."""
@@ -234,16 +247,6 @@ def _not_utf8(path: Path) -> DataError | None:
     except OSError:
         pass
     return None
-
-
-def header_line(path: Path) -> int:
-    """The line of a CSV's header: its first line that is not blank (as `read_csv` skips)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        for row in reader:
-            if any(c.strip() for c in row):
-                return reader.line_num
-    return 1
 
 
 def _csv_row(path: Path, line: int, header: list[str], row: list[str]) -> list[float]:

@@ -92,6 +92,32 @@ def test_csv_of_another_separator_says_so(tmp_path, sep, name):
     assert "commas" in e.value.hint
 
 
+@pytest.mark.parametrize("header, match, hint", [
+    # two features of one name: meta["feature_names"] held both, and nothing said which was which
+    ("a,b,a,label", r"d.csv:2: the header names column 'a' twice \(columns 1 and 3\)", "rename"),
+    ("a,label,label", r"d.csv:2: the header names column 'label' twice \(columns 2 and 3\)",
+     "rename"),
+    ("a, b ,b,label", r"d.csv:2: the header names column 'b' twice \(columns 2 and 3\)", "rename"),
+    # pandas' to_csv writes its index as a first column without a name
+    (",a,b,label", r"d.csv:2: column 1 of the header has no name", "index=False"),
+    ("a,,b,label", r"d.csv:2: column 2 of the header has no name", "name the column"),
+    ("a,b,label,", r"d.csv:2: column 4 of the header has no name", "comma at the end"),
+])
+def test_csv_header_names_each_column_once(tmp_path, header, match, hint):
+    n = len(header.split(","))
+    (tmp_path / "d.csv").write_text("\n" + header + "\n" + ",".join(["1"] * n) + "\n")
+    with pytest.raises(DataError, match=match) as e:
+        load_dataset(tmp_path / "d.csv")
+    assert hint in e.value.hint
+
+
+def test_csv_val_table_header_names_each_column_once(tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,label\n1,2,0\n")
+    (tmp_path / "v.csv").write_text("a,a,label\n1,2,0\n")
+    with pytest.raises(DataError, match=r"v.csv:1: the header names column 'a' twice"):
+        load_dataset(tmp_path / "d.csv", val="v.csv")
+
+
 def test_csv_not_utf8_names_its_line(tmp_path):
     """A Latin-1 file: the error gave a byte position inside a read buffer, not the line."""
     rows = ["a,label"] + [f"{i},0" for i in range(3000)]

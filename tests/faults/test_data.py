@@ -305,8 +305,8 @@ CSV_CASES = [
     ('a,b,label\n1,2,3\n"4,5,6\n7,8,9\n1,2,3\n', ["uq.csv:3: a quoted value runs from line 3 "
                                                      "to line 5", "closing quote"]),
     # which of the two is the target? the other one was taken as a feature, silently
-    ("a,label,label\n1,2,3\n4,5,6\n", ["twice.csv:1: the header names the target column "
-                                        "'label' twice (columns 2 and 3)"]),
+    ("a,label,label\n1,2,3\n4,5,6\n", ["twice.csv:1: the header names column 'label' "
+                                        "twice (columns 2 and 3)"]),
     # Python's float() reads 1_000 as 1000; spreadsheets and pandas take it as text
     ("a,b,label\n1,2,3\n4,1_000,6\n", ["under.csv:3: column 'b' '1_000' is not a "
                                         "finite number"]),
