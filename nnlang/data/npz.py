@@ -18,6 +18,7 @@ import numpy as np
 
 from nnlang.data.cache import DataError
 from nnlang.data.dataset import Dataset, Split
+from nnlang.errors import did_you_mean
 
 TARGET_NAMES = ("label", "labels", "y", "target")
 NPZ_HINT = ("write it with numpy.savez('data.npz', train_x=x, train_label=y) (arrays of numbers, "
@@ -70,7 +71,8 @@ def load_npz(path: Path, targets: list[str] | None = None) -> Dataset:
     names = list(train)
     tgt = list(targets) if targets is not None else [n for n in names if n in TARGET_NAMES]
     if unknown := [t for t in tgt if t not in train]:
-        raise DataError(f"{path}: target(s) {unknown} not among arrays {names}")
+        raise DataError(f"{path}: target(s) {unknown} not among arrays {names}",
+                        did_you_mean(unknown[0], names))
     meta = {"kind": "arrays", "source": str(path)}
     return Dataset(path.stem, _split(path, "train_" if prefixed else "", train),
                    _split(path, "test_", test), [n for n in names if n not in tgt], tgt, meta,
@@ -114,9 +116,11 @@ def load_csv(path: Path, target: str = "label", val: str | None = None,
     validation set (used instead of carving val_split) and the test split."""
     header, data, lines = read_csv(path)
     if target not in header:
+        choose = ('choose the label column with csv("file.csv", target = "name") in the train '
+                  'section, or --data "file.csv(target=name)"')
+        guess = did_you_mean(target, header)
         raise DataError(f"{path}: no column '{target}' in header {header}",
-                        'choose the label column with csv("file.csv", target = "name") in the '
-                        'train section, or --data "file.csv(target=name)"')
+                        f"{guess} {choose}" if guess else choose)
     t = header.index(target)   # NOTE: one only: read_csv refuses a name given twice
     tables, sources = {}, {}
     for option, file in (("val", val), ("test", test)):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlang.data.ragged import Ragged
-from nnlang.errors import NNError
+from nnlang.errors import NNError, closest
 from nnlang.frontend.train_config import Choice, setting_span
 from nnlang.ir.dims import Sym
 
@@ -52,9 +52,14 @@ def match_inputs(graph, ds_inputs: list[str], ds_targets: list[str], dataset: st
             if not names:
                 return "none"
             return ", ".join(f"{n}: {g.node(graph.inputs[n]).type}" if g else n for n in names)
+        # NOTE: names match exactly; a near miss (`Label` for `label`) is named, not left to
+        # the reader to find in the lists of the hint
+        unused = [a for a in available if a not in mapping.values()]
+        guesses = {m: closest(m, unused) for m in missing}
+        said = ", ".join(f"{m} (did you mean '{guesses[m]}'? names match exactly, case "
+                         "included)" if guesses[m] else m for m in missing)
         raise NNError(
-            f"cannot match the model's inputs to the arrays of {dataset}: no array for "
-            f"{', '.join(missing)}",
+            f"cannot match the model's inputs to the arrays of {dataset}: no array for {said}",
             hint=f"model inputs {fmt(list(features), graph)} (targets: {fmt(list(targets), graph)})"
                  f"; dataset inputs {fmt(ds_inputs)} (targets: {fmt(ds_targets)}). Rename the "
                  "model's inputs to the dataset's names, or give each side the same number of "

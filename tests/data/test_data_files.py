@@ -36,6 +36,17 @@ def test_npz_errors(tmp_path, arrays, match):
         load_dataset(tmp_path / "d.npz")
 
 
+def test_npz_and_csv_targets_in_another_case_name_the_close_match(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros(3), label=np.zeros(3))
+    with pytest.raises(DataError, match=r"target\(s\) \['Label'\] not among") as e:
+        load_dataset(tmp_path / "d.npz", targets=["Label"])
+    assert e.value.hint == "did you mean 'label'?"
+    (tmp_path / "d.csv").write_text("a,Label\n1,0\n")
+    with pytest.raises(DataError, match="no column 'label'") as e:
+        load_dataset(tmp_path / "d.csv")
+    assert e.value.hint.startswith("did you mean 'Label'?")
+
+
 def test_csv(tmp_path):
     (tmp_path / "d.csv").write_text("a,kind,b\n1,0,2.5\n3,1,4\n5,2,6\n")
     ds = load_dataset("d.csv", data_dir=tmp_path, target="kind")

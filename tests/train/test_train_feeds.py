@@ -63,6 +63,17 @@ def test_unmatched_inputs_name_both_sides():
     assert "x: float32[batch, 6]" in e.hint and "a, b" in e.hint and "label" in e.hint
 
 
+def test_an_array_named_in_another_case_is_named_as_the_close_match():
+    # an .npz with 'Label' for the model's 'label': the error listed both sides and left the
+    # reader to spot the capital
+    with pytest.raises(NNError) as err:
+        feeds.match_inputs(graph(MLP), ["image", "Label"], [], "dataset 'd'")
+    assert "no array for label (did you mean 'Label'?" in err.value.message
+    with pytest.raises(NNError) as err:
+        feeds.match_inputs(graph(ROLES), ["a", "b"], ["label"], "dataset 'pairs'")
+    assert "did you mean" not in err.value.message   # no guess where none is close
+
+
 def test_shape_mismatch_names_both_sides():
     g = graph(MLP)
     with pytest.raises(NNError) as err:
