@@ -78,6 +78,28 @@ def _ins(n):
 _unary("neg", "-{0}", np.negative, lambda b, n, g: (b.neg(g),), float_only=False,
        doc="-x", onnx="Neg")
 _unary("exp", "exp({0})", np.exp, lambda b, n, g: (b.mul(g, n.id),), doc="e**x", onnx="Exp")
+
+
+def _onnx_expm1(e, n, x):
+    # NOTE: ONNX has no Expm1, and Exp - 1 cancels near 0 (exp(-1e-7) - 1 is 40% off in
+    # float32): Kahan's (u - 1) * x / log(u), u = e**x, is exact to a few ulp there (its
+    # rounding errors in u - 1 and log(u) cancel); u == 1 gives x itself, and away from 0
+    # (|x| >= 0.5, where u may be 0 or inf) u - 1 has nothing to cancel
+    dtype = e.in_types(n)[0].dtype
+    one = e.const(1.0, dtype)
+    u = e.op("Exp", x)
+    um1 = e.op("Sub", u, one)
+    kahan = e.op("Div", e.op("Mul", um1, x), e.op("Log", u))
+    near = e.op("Where", e.op("Equal", u, one), x, kahan)
+    return e.op("Where", e.op("Less", e.op("Abs", x), e.const(0.5, dtype)), near, um1)
+
+
+# NOTE: a primitive, not exp(x) - 1: that cancels for small x (float32 exp(-1e-7) - 1 is 40%
+# off), and elu and any e**x - 1 need the tail (torch.expm1, np.expm1)
+register("expm1", "x: tensor", _float_unary_shape, expr="expm1({0})", impl=np.expm1,
+         grad=lambda b, n, g: (b.mul(g, b.exp(_ins(n))),), samples=_REAL,
+         doc="e**x - 1, exact near 0 (elu uses it)", family="elementwise",
+         traits={ELEMENTWISE, UNARY}, onnx=_onnx_expm1)
 _unary("log", "log({0})", np.log, lambda b, n, g: (b.div(g, _ins(n)),), samples=_POS,
        doc="natural logarithm", onnx="Log")
 _unary("sqrt", "sqrt({0})", np.sqrt,

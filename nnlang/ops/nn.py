@@ -255,9 +255,9 @@ _act("softplus", "x: tensor", stable_softplus,
 _act("elu", "x: tensor, alpha: float = 1.0",
      lambda b, x, *, alpha: b.where(
          b.gt(x, const_like(b, 0.0, x)), x,
-         b.mul(const_like(b, alpha, x),
-               b.sub(b.exp(b.minimum(x, const_like(b, 0.0, x))), const_like(b, 1.0, x)))),
-     "x where x > 0, else alpha * (e**x - 1)")
+         b.mul(const_like(b, alpha, x), b.expm1(b.minimum(x, const_like(b, 0.0, x))))),
+     "x where x > 0, else alpha * (e**x - 1), computed with expm1 so a small negative x keeps "
+     "its digits (as PyTorch)")
 _act("square", "x: tensor", lambda b, x: b.mul(x, x), "x * x, elementwise")
 _act("reciprocal", "x: tensor", lambda b, x: b.div(const_like(b, 1.0, x), x), "1 / x, elementwise",
      samples=(Sample(((3, 4),), domain="positive"),))
