@@ -155,6 +155,51 @@ def test_max_and_min_over_an_axis_keep_a_nan(backend, op, ref):
         nnlang.compile(src, backend=backend, batch=1).forward({"x": y})["r"], ref(y, -1))
 
 
+EXTREME_NAN = np.array([[1.0, np.nan, 3.0, 3.0], [1.0, np.nan, np.nan, 2.0],
+                        [2.0, 5.0, 5.0, 1.0], [4.0, 1.0, 1.0, 0.5]])
+EXTREME_G = np.array([1.0, 2.0, 3.0, 4.0])
+
+
+def _extreme_grad_reference(x, g, ref):
+    """torch.amax/amin's rule, written in numpy: g split evenly among the row's extremes; a row
+    holding NaN has a NaN extreme, and every entry's gradient is NaN (its backward is
+    g / count * mask, where no entry equals NaN: g / 0 * 0)."""
+    m = ref(x, axis=1, keepdims=True)
+    mask = x == m
+    share = g[:, None] / np.maximum(mask.sum(1, keepdims=True), 1)
+    return np.where(np.isnan(m), np.nan, np.where(mask, share, 0.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op, ref", [("max", np.max), ("min", np.min)])
+def test_max_and_min_gradient_of_a_row_with_nan_is_nan(backend, op, ref):
+    """A NaN row's max is NaN, so no entry equals it: the gradient was 0 for the whole row,
+    silently, while torch.amax gives NaN there (and the forward's NaN in the loss)."""
+    src = f"""model M {{ input x: float64[batch, 4]  input g: float64[batch]
+      output y = {op}(x, axis = 1)
+      loss sum({op}(x, axis = 1) * g) }}
+    train M {{ optimizer = sgd(lr = 0.1) batch = 4 }}"""
+    net = nnlang.compile(src, backend=backend, batch=4)
+    feeds = {"x": EXTREME_NAN, "g": EXTREME_G}
+    np.testing.assert_array_equal(net.forward(feeds)["y"], ref(EXTREME_NAN, axis=1))
+    got = net.gradients(feeds, inputs="x")["x"]
+    np.testing.assert_array_equal(got, _extreme_grad_reference(EXTREME_NAN, EXTREME_G, ref))
+
+
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_max_and_min_gradient_at_nan_matches_torch(op):
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(EXTREME_NAN, requires_grad=True)
+    y = (torch.amax if op == "max" else torch.amin)(t, dim=1)
+    y.backward(torch.tensor(EXTREME_G))
+    src = f"""model M {{ input x: float64[batch, 4]  input g: float64[batch]
+      loss sum({op}(x, axis = 1) * g) }}
+    train M {{ optimizer = sgd(lr = 0.1) batch = 4 }}"""
+    got = nnlang.compile(src, backend="numba", batch=4).gradients(
+        {"x": EXTREME_NAN, "g": EXTREME_G}, inputs="x")["x"]
+    np.testing.assert_array_equal(got, t.grad.numpy())
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_max_and_min_of_bools_are_any_and_all(backend):
     """np.max of bools is any and np.min all; numba's max started from -inf, which is True as

@@ -35,12 +35,18 @@ def _extreme_grad(b, n, g):
     """max and min: the gradient goes to the extreme value of each reduced group."""
     # NOTE: ties share the gradient equally (like torch.amax/amin), which keeps the rule linear
     # in g and matches finite differences of the tie-broken function on average.
+    # NOTE: a group holding NaN has NaN as its extreme, which no entry equals: the mask alone
+    # gave its entries 0, hiding the NaN, where torch.amax's g / count * mask is 0 / 0 = NaN
+    # for each of them; so is this. (max(count, 1): no 0 / 0 computed and then dropped.)
     x = n.inputs[0]
-    mask = b.eq(x, _expand(b, n, n.id))
+    extreme = _expand(b, n, n.id)
+    mask = b.eq(x, extreme)
     count = b.reduce_sum(b.cast(mask, dtype=n.dtype), axes=n.attrs["axes"], keepdims=True)
+    count = b.maximum(count, b.const(1.0, n.dtype))
     share = b.broadcast_to(b.div(b.reshape(g, shape=list(b.type(count).shape)), count),
                            shape=list(b.type(x).shape))
-    return (b.where(mask, share, b.const(0.0, n.dtype)),)
+    grad = b.where(mask, share, b.const(0.0, n.dtype))
+    return (b.where(b.ne(extreme, extreme), b.const(float("nan"), n.dtype), grad),)
 
 
 _SAMPLES = (Sample(((3, 4),), {"axes": [1]}), Sample(((2, 3, 4),), {"axes": [0, 2]}),
@@ -85,12 +91,14 @@ register("reduce_max", "x: tensor, axes: ints = none, keepdims: bool = false", _
          impl=_np_reduce(np.max), grad=_extreme_grad, samples=_SAMPLES, family="reduce",
          onnx=_onnx_reduce_extreme("ReduceMax"),
          traits={REDUCE}, doc="max over axes (all axes when none); a tied maximum shares the "
-             "gradient evenly, and a NaN in the reduced values gives NaN, as torch.amax does")
+             "gradient evenly, and a NaN in the reduced values gives NaN, and NaN gradients "
+             "to each of them, as torch.amax does")
 register("reduce_min", "x: tensor, axes: ints = none, keepdims: bool = false", _reduce_shape,
          impl=_np_reduce(np.min), grad=_extreme_grad, samples=_SAMPLES, family="reduce",
          onnx=_onnx_reduce_extreme("ReduceMin"),
          traits={REDUCE}, doc="min over axes (all axes when none); a tied minimum shares the "
-             "gradient evenly, and a NaN in the reduced values gives NaN, as torch.amin does")
+             "gradient evenly, and a NaN in the reduced values gives NaN, and NaN gradients "
+             "to each of them, as torch.amin does")
 
 
 # *** cumulative sum: a library primitive (a scan), lowered per backend below ***
