@@ -366,8 +366,10 @@ def _torch_twin(name, torch, t, f):
         x = F.max_pool2d(F.relu(F.conv2d(f["image"], t["f.weight"], t["f.bias"])), 2).flatten(1)
         h = F.relu(dense(torch.cat([x, F.relu(dense(f["meta"], "m"))], -1), "h"))
         logits, price = dense(h, "logits"), dense(h, "price_hat").squeeze(-1)
-        return (F.cross_entropy(logits, f["label"]) + 0.25 * F.mse_loss(price, f["price"]),
-                {"acc": acc(logits, f["label"]), "mae": (price - f["price"]).abs().mean().item()})
+        cls, reg = F.cross_entropy(logits, f["label"]), 0.25 * F.mse_loss(price, f["price"])
+        # NOTE: with several losses the step reports each by name besides their sum
+        return cls + reg, {"cls": cls.item(), "reg": reg.item(), "acc": acc(logits, f["label"]),
+                           "mae": (price - f["price"]).abs().mean().item()}
     if name == "recommender":
         user, item = f["user"], f["item"]
         pred = (t["u.weight"][user] * t["v.weight"][item]).sum(-1) + t["ub.weight"][user, 0] \

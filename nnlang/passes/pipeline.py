@@ -149,6 +149,10 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
         _rank_draws(g, user, rank)
     if not g.losses:
         raise no_loss(user, "so it cannot be trained")
+    # NOTE: with several losses, each is a result of the step besides their total (`loss`),
+    # so training reports them as evaluation does (Keras' progress line and history); a loss
+    # the user named `loss` is the total's name, which keeps it
+    named = {k: v for k, v in g.losses.items() if k != "loss"} if len(g.losses) > 1 else {}
     b = Builder(g, role="bwd")
     total = total_loss(b, g, cfg.l2, cfg.l1, cfg.l2_on, cfg.l1_on)
     params = trainable(g)
@@ -186,6 +190,6 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
             # this rank's own loss's
             reached = b.mul(reached, b.const(1.0 / ranks, dtype))
         g.grads[name] = b.mul(nid, b.const(0.0, dtype)) if reached is None else reached
-    g.losses = {"loss": total}
+    g.losses = {"loss": total, **named}
     g.outputs = {}
     return g

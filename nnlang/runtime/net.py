@@ -397,7 +397,8 @@ class Net:
         return out
 
     def train_step(self, feeds: dict, fetch: bool = True) -> float | None:
-        """One fused step (forward, backward, update); returns the loss. Metrics: last_metrics.
+        """One fused step (forward, backward, update); returns the loss. Metrics: last_metrics
+        (with each loss by its name too, when the model has several: the loss is their total).
 
         fetch=False returns None and leaves the loss and metrics where the step computed them,
         so on a GPU the step ends without waiting for the device; `fetch()` then reads those

@@ -207,6 +207,39 @@ def test_run_directory_contents(tiny, tmp_path):
         pass
 
 
+TWO_LOSSES = TINY.replace("  loss cross_entropy(logits, label)\n",
+                          "  loss ce = cross_entropy(logits, label)\n"
+                          "  loss small = 0.01 * mean(h * h)\n")
+
+
+def test_each_named_loss_is_in_the_epoch_line_history_and_metrics_files(tmp_path, monkeypatch):
+    # a model with several losses (models/vae.nn: reconstruction and kl) showed only their sum
+    # while training, though validation and test showed each (as Keras shows each in its
+    # progress line and history)
+    import io
+
+    from rich.console import Console
+    monkeypatch.chdir(tmp_path)
+    tiny_data(tmp_path)
+    (tmp_path / "two.nn").write_text(TWO_LOSSES)
+    out = io.StringIO()
+    h = run(tmp_path / "two.nn", tmp_path / "r", config={"epochs": 1},
+            console=Console(file=out, width=200))
+    row = h.rows[-1]
+    assert {"train_ce", "train_small", "val_ce", "val_small"} <= set(row)
+    # the train columns are the means over the epoch's steps of the losses each step computed:
+    # their sum is the epoch's loss (no l1/l2 penalty here)
+    assert row["train_ce"] + row["train_small"] == pytest.approx(row["train_loss"], rel=1e-6)
+    assert row["train_small"] > 0
+    said = [line for line in out.getvalue().splitlines() if line.startswith("epoch 1/1")][-1]
+    assert f"loss {row['train_loss']:.4f}  ce {row['train_ce']:.4f}  small " \
+           f"{row['train_small']:.4f}" in said and f"val loss {row['val_loss']:.4f}" in said
+    header = (tmp_path / "r" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[2:6] == ["train_loss", "train_ce", "train_small", "train_acc"]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert set(summary["train"]) == {"loss", "ce", "small", "acc"}
+
+
 def test_default_run_directory_and_resuming_the_newest_run(tiny, tmp_path):
     fit(str(tiny), {"epochs": 1}, backend="reference", progress=False)
     (run_dir,) = (tmp_path / "runs").iterdir()
