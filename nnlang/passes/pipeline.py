@@ -139,6 +139,13 @@ def no_loss(user: Graph, consequence: str):
                    None if out is None else user.node(out).span, loss_hint(user))
 
 
+def named_losses(losses) -> list[str]:
+    """The losses reported by name beside `loss`, their total: each of several, but one named
+    `loss` (an unnamed expression is), whose name is the total's: the one place that says so
+    for training and evaluation alike."""
+    return [k for k in losses if k != "loss"] if len(losses) > 1 else []
+
+
 def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
                 wrt_inputs: tuple = (), lengths=None, ranks: int = 1, rank: int = 0) -> Graph:
     """Forward + loss + generated backward + optimizer update, as one primitive graph.
@@ -149,10 +156,9 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
         _rank_draws(g, user, rank)
     if not g.losses:
         raise no_loss(user, "so it cannot be trained")
-    # NOTE: with several losses, each is a result of the step besides their total (`loss`),
-    # so training reports them as evaluation does (Keras' progress line and history); a loss
-    # the user named `loss` is the total's name, which keeps it
-    named = {k: v for k, v in g.losses.items() if k != "loss"} if len(g.losses) > 1 else {}
+    # NOTE: each loss is a result of the step besides their total, so training reports them
+    # as evaluation does (Keras' progress line and history)
+    named = {k: g.losses[k] for k in named_losses(g.losses)}
     b = Builder(g, role="bwd")
     total = total_loss(b, g, cfg.l2, cfg.l1, cfg.l2_on, cfg.l1_on)
     params = trainable(g)

@@ -23,6 +23,7 @@ from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
 from nnlang.frontend.train_config import setting_span
 from nnlang.ops.optim import plateau_scale
+from nnlang.passes.pipeline import named_losses
 from nnlang.train import checkpoint, feeds
 from nnlang.train.data_parallel import Ranks
 from nnlang.train.guard import DivergenceGuard
@@ -76,7 +77,7 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
     n = feeds.length(arrays)
     if n == 0:
         return None
-    loss_names = list(net.user.losses)
+    loss_names, named = list(net.user.losses), named_losses(net.user.losses)
     totals: dict = {}
     count, first, every = -(-n // batch), 0, 1
     split = ranks is not None and ranks.many and ranks.all_row_means
@@ -102,13 +103,12 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
             continue
         out = net.evaluate(b)
         res = {"loss": sum(out[name] for name in loss_names)}
-        if len(loss_names) > 1:
-            res.update({name: out[name] for name in loss_names})
+        res.update({name: out[name] for name in named})
         res.update({m: v for m, v in out.items() if m not in loss_names})
         for key, v in res.items():
             totals[key] = totals.get(key, 0.0) + v * k
     if ranks:
-        keys = ["loss", *(loss_names if len(loss_names) > 1 else ()), *net.user.metrics]
+        keys = ["loss", *named, *net.user.metrics]
         totals = ranks.total(totals, keys)
     return {k: v / n for k, v in totals.items()}
 

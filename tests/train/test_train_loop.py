@@ -240,6 +240,26 @@ def test_each_named_loss_is_in_the_epoch_line_history_and_metrics_files(tmp_path
     assert set(summary["train"]) == {"loss", "ce", "small", "acc"}
 
 
+def test_an_unnamed_loss_among_several_leaves_loss_the_total_in_training_and_validation():
+    # `loss 0.01 * mean(h * h)` is named 'loss', the total's name: evaluation reported that
+    # one loss as val_loss, while train_loss was the sum of both
+    import nnlang
+    from nnlang.train.trainer import evaluate
+    src = TINY.replace("  loss cross_entropy(logits, label)\n",
+                       "  loss cross_entropy(logits, label)\n  loss 0.01 * mean(h * h)\n")
+    net = nnlang.compile(src, backend="reference", batch=4)
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.normal(size=(8, 4)).astype(np.float32),
+              "label": rng.integers(0, 3, 8).astype(np.int32)}
+    each = net.evaluate(arrays)   # the model's own losses, by name
+    total = each["cross_entropy"] + each["loss"]
+    got = evaluate(net, arrays, 8)
+    assert got["loss"] == pytest.approx(total, rel=1e-6)
+    assert got["cross_entropy"] == pytest.approx(each["cross_entropy"], rel=1e-6)
+    assert net.train_step(arrays) == pytest.approx(total, rel=1e-6)   # before the update
+    assert set(net.last_metrics) == {"cross_entropy", "acc"}
+
+
 def test_default_run_directory_and_resuming_the_newest_run(tiny, tmp_path):
     fit(str(tiny), {"epochs": 1}, backend="reference", progress=False)
     (run_dir,) = (tmp_path / "runs").iterdir()
