@@ -176,6 +176,34 @@ def test_layers_with_weights_run_inside_a_block():
                                                            rel=1e-5)
 
 
+def test_a_layer_norm_in_a_step_keeps_its_exact_eps_in_float64():
+    """A layer in a scan body decomposes while the model is float32; its eps became the
+    float32 9.99999974738e-06, and a float64 compile (gradient checks, PyTorch twins) then
+    differed from the formula where the variance is small beside eps."""
+    net = nnlang.compile("""
+block Cell(x, h) {
+  h2 = layer_norm(x + h)
+  return h2, h2
+}
+model M {
+  input x: float32[batch, 3, 4]
+  input h0: float32[batch, 4]
+  hs, h = scan Cell(h0) over x
+  output out = hs
+}
+""", dtype="float64", seed=0, backend="reference")
+    rng = np.random.default_rng(0)
+    x, h = 1e-3 * rng.normal(size=(2, 3, 4)), np.zeros((2, 4))
+    want = []
+    for s in range(3):
+        v = x[:, s] + h
+        d = v - v.mean(-1, keepdims=True)
+        h = d / np.sqrt((d * d).mean(-1, keepdims=True) + 1e-5)
+        want.append(h)
+    got = net.forward({"x": x, "h0": np.zeros((2, 4))})["out"]
+    np.testing.assert_allclose(got, np.stack(want, 1), rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("body, words", [
     ("h2 = tanh(dropout(x, rate = 0.5) @ w + h)", ["dropout inside a scan body", "before the"]),
     ("h2 = tanh(x @ w + h + random_normal_like(h))",
@@ -500,3 +528,188 @@ model M {
     assert "give it by name" not in text, text
     hint = re.search(r"hint: .*: (.*)\?", text).group(1)
     nnlang.load(src.replace("START", hint))    # the hint, as written, checks
+
+
+# *** cells students write from Keras/PyTorch tutorials, against twins ***
+# Each model below is trained 3 Adam steps beside the same model written in torch on nnlang's
+# initial weights (float64): losses, gradients and weights agree. Without torch (CI), a float64
+# central difference along a random direction checks each gradient.
+
+def _cell_net(source: str, name: str, batch: int = 3):
+    return nnlang.compile(source + f"\ntrain {name} {{\n  optimizer = adam(lr = 0.01)\n"
+                          f"  batch = {batch}\n}}\n", dtype="float64", batch=batch, seed=1,
+                          backend="reference")
+
+
+def _finite_difference(net, feeds):
+    """<gradient, d> against (L(p + e d) - L(p - e d)) / 2e for a random direction d."""
+    p = net.parameters()
+    rng = np.random.default_rng(7)
+    d = {k: rng.normal(size=v.shape) for k, v in p.items()}
+    grads = net.gradients(feeds)
+    assert all(np.abs(g).max() > 1e-4 for g in grads.values()), grads
+    want, eps = sum(float((grads[k] * d[k]).sum()) for k in p), 1e-7
+
+    def loss(sign):
+        net.load_state_dict({k: p[k] + sign * eps * d[k] for k in p})
+        return sum(net.evaluate(feeds).values())
+    got = (loss(1) - loss(-1)) / (2 * eps)
+    net.load_state_dict(p)
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+
+
+def _against_torch(net, torch, batches, torch_loss):
+    t = {k: torch.tensor(v, requires_grad=True) for k, v in net.parameters().items()}
+    opt = torch.optim.Adam(list(t.values()), lr=0.01)
+    for f in batches:
+        loss = torch_loss(t, {k: torch.from_numpy(v) for k, v in f.items()})
+        opt.zero_grad()
+        loss.backward()
+        got = net.gradients(f)
+        for k in t:
+            np.testing.assert_allclose(got[k], t[k].grad.numpy(), rtol=1e-9, atol=1e-12,
+                                       err_msg=k)
+        assert net.train_step(f) == pytest.approx(loss.item(), rel=1e-10)
+        opt.step()
+        for k, v in net.parameters().items():
+            np.testing.assert_allclose(v, t[k].detach().numpy(), rtol=1e-9, atol=1e-12,
+                                       err_msg=k)
+
+
+def _torch_lstm(torch, z, c, units):
+    """Keras/PyTorch gate order i, f, g (candidate), o."""
+    i, f, g, o = (z[:, k * units:(k + 1) * units] for k in range(4))
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o), c
+
+
+LN_LSTM = """
+block LnLstmCell(x, h, c, units = 5) {
+  z = layer_norm(dense(x, 4 * units, use_bias = false)) + layer_norm(dense(h, 4 * units))
+  i = sigmoid(z[:, 0:units])
+  f = sigmoid(z[:, units:2 * units])
+  g = tanh(z[:, 2 * units:3 * units])
+  o = sigmoid(z[:, 3 * units:4 * units])
+  c2 = f * c + i * g
+  h2 = o * tanh(layer_norm(c2))
+  return h2, c2, h2
+}
+model LnLstm {
+  input x: float32[batch, 6, 3]
+  input y: float32[batch, 6, 1]
+  h0 = broadcast_to(0.0, shape = [batch, 5])
+  hs, h, c = scan LnLstmCell(h0, h0) over x
+  pred = dense(hs, 1)
+  output pred
+  loss mse(pred, y) + mean(c * c)
+}
+"""
+
+PEEPHOLE = """
+block PeepholeCell(x, h, c, wx, wh, b, pi, pf, po, units = 4) {
+  z = x @ wx + h @ wh + b
+  i = sigmoid(z[:, 0:units] + pi * c)
+  f = sigmoid(z[:, units:2 * units] + pf * c)
+  g = tanh(z[:, 2 * units:3 * units])
+  c2 = f * c + i * g
+  o = sigmoid(z[:, 3 * units:4 * units] + po * c2)
+  h2 = o * tanh(c2)
+  return h2, c2, h2
+}
+model Peephole {
+  input x: float32[batch, 5, 3]
+  input h0: float32[batch, 4]
+  input c0: float32[batch, 4]
+  param wx: float32[3, 16]
+  param wh: float32[4, 16]
+  param b: float32[16] = normal(std = 0.3)
+  param pi: float32[4] = normal(std = 0.5)
+  param pf: float32[4] = normal(std = 0.5)
+  param po: float32[4] = normal(std = 0.5)
+  hs, h, c = scan PeepholeCell(h0, c0, wx = wx, wh = wh, b = b, pi = pi, pf = pf, po = po) over x
+  loss mean(hs * hs * hs) + mean(h * c)
+}
+"""
+
+# Cho et al.'s GRU (Keras reset_after = false): the reset gate scales h before its GEMM
+CHO_GRU = """
+block ChoGru(x, h, units = 4) {
+  z = sigmoid(dense(concat(x, h, axis = -1), units))
+  r = sigmoid(dense(concat(x, h, axis = -1), units))
+  n = tanh(dense(concat(x, r * h, axis = -1), units))
+  h2 = (1.0 - z) * n + z * h
+  return h2, h2
+}
+model Cho {
+  input x: float32[batch, 5, 3]
+  input h0: float32[batch, 4]
+  hs, h = scan ChoGru(h0) over x
+  loss mean(hs * hs * hs) + mean(h)
+}
+"""
+
+
+def _ln_lstm_torch(torch, t, f):
+    def ln(v, name):
+        d = v - v.mean(-1, keepdim=True)
+        return d / torch.sqrt((d * d).mean(-1, keepdim=True) + 1e-5) * t[name + ".gamma"] + \
+            t[name + ".beta"]
+    h = c = torch.zeros(f["x"].shape[0], 5, dtype=torch.float64)
+    hs = []
+    for s in range(f["x"].shape[1]):
+        z = ln(f["x"][:, s] @ t["hs.dense.weight"], "hs.z") + \
+            ln(h @ t["hs.dense_1.weight"] + t["hs.dense_1.bias"], "hs.z_1")
+        o, c = _torch_lstm(torch, z, c, 5)
+        h = o * torch.tanh(ln(c, "hs.h2"))
+        hs.append(h)
+    pred = torch.stack(hs, 1) @ t["pred.weight"] + t["pred.bias"]
+    return ((pred - f["y"]) ** 2).mean() + (c * c).mean()
+
+
+def _peephole_torch(torch, t, f):
+    h, c, hs = f["h0"], f["c0"], []
+    for s in range(f["x"].shape[1]):
+        z = f["x"][:, s] @ t["wx"] + h @ t["wh"] + t["b"]
+        i = torch.sigmoid(z[:, :4] + t["pi"] * c)
+        c = torch.sigmoid(z[:, 4:8] + t["pf"] * c) * c + i * torch.tanh(z[:, 8:12])
+        h = torch.sigmoid(z[:, 12:] + t["po"] * c) * torch.tanh(c)
+        hs.append(h)
+    return (torch.stack(hs, 1) ** 3).mean() + (h * c).mean()
+
+
+def _cho_gru_torch(torch, t, f):
+    h, hs = f["h0"], []
+
+    def dense(v, k):
+        return v @ t[f"hs.{k}.weight"] + t[f"hs.{k}.bias"]
+    for s in range(f["x"].shape[1]):
+        x = f["x"][:, s]
+        z, r = (torch.sigmoid(dense(torch.cat([x, h], -1), k)) for k in "zr")
+        h = (1 - z) * torch.tanh(dense(torch.cat([x, r * h], -1), "n")) + z * h
+        hs.append(h)
+    return (torch.stack(hs, 1) ** 3).mean() + h.mean()
+
+
+def _cell_batches(name):
+    rng = np.random.default_rng(0)
+    shapes = {"LnLstm": {"x": (3, 6, 3), "y": (3, 6, 1)},
+              "Peephole": {"x": (3, 5, 3), "h0": (3, 4), "c0": (3, 4)},
+              "Cho": {"x": (3, 5, 3), "h0": (3, 4)}}[name]
+    return [{k: rng.normal(size=s) for k, s in shapes.items()} for _ in range(3)]
+
+
+CELLS = {"LnLstm": (LN_LSTM, _ln_lstm_torch), "Peephole": (PEEPHOLE, _peephole_torch),
+         "Cho": (CHO_GRU, _cho_gru_torch)}
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_a_hand_written_cell_has_the_gradient_of_its_finite_differences(name):
+    _finite_difference(_cell_net(CELLS[name][0], name), _cell_batches(name)[0])
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_a_hand_written_cell_trains_as_its_pytorch_twin(name):
+    torch = pytest.importorskip("torch")
+    source, twin = CELLS[name]
+    _against_torch(_cell_net(source, name), torch, _cell_batches(name),
+                   lambda t, f: twin(torch, t, f))
