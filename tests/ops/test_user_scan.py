@@ -803,3 +803,123 @@ def test_a_memory_of_symbolic_length_is_refused_with_what_to_do():
         nnlang.load(source)
     text = err.value.render()
     assert "reads float32[batch, 8, n]" in text and "of numeric n and k only" in text, text
+
+
+# *** two states of different widths, two sequences, a reversed scan sharing the first's dense
+# weights (share =), on one compiled model at three lengths of a symbolic time dim ***
+
+TWO = """
+block Two(a, b, h, m, wb, wh, units = 4) {
+  v = tanh(dense(a, units) + b @ wb + h @ wh)
+  m2 = m * 0.9 + concat(v, a, axis = -1) * 0.1
+  return v, m2, v * sum(m2, axis = -1, keepdims = true)
+}
+model TwoWays {
+  symbol seq
+  input a: float32[batch, seq, 3]
+  input b: float32[batch, seq, 2]
+  input h0: float32[batch, 4]
+  input m0: float32[batch, 7]
+  param wb: float32[2, 4]
+  param wh: float32[4, 4]
+  ys, h, m = scan Two(h0, m0, wb = wb, wh = wh) over a, b
+  zs, g, n = scan Two(h, m, wb = wb, wh = wh, share = ys) over a, b, reverse = true
+  loss mean(ys * zs) + mean(g * h) + mean(n * n)
+}
+"""
+
+
+def _two_feeds(n):
+    rng = np.random.default_rng(n)
+    return {"a": rng.normal(size=(3, n, 3)), "b": rng.normal(size=(3, n, 2)),
+            "h0": rng.normal(size=(3, 4)), "m0": rng.normal(size=(3, 7))}
+
+
+def test_two_states_two_sequences_and_a_shared_reversed_scan():
+    net = _cell_net(TWO, "TwoWays")
+    assert sorted(net.parameters()) == ["wb", "wh", "ys.v.bias", "ys.v.weight"]
+    for n in (1, 4, 7):
+        _finite_difference(net, _two_feeds(n))
+
+
+def test_two_states_two_sequences_and_a_shared_reversed_scan_against_pytorch():
+    torch = pytest.importorskip("torch")
+    net = _cell_net(TWO, "TwoWays")
+
+    def step(t, a, b, h, m):
+        v = torch.tanh(a @ t["ys.v.weight"] + t["ys.v.bias"] + b @ t["wb"] + h @ t["wh"])
+        m2 = m * 0.9 + torch.cat([v, a], -1) * 0.1
+        return v, m2, v * m2.sum(-1, keepdim=True)
+
+    def twin(t, f):
+        h, m, n = f["h0"], f["m0"], f["a"].shape[1]
+        ys, zs = [None] * n, [None] * n
+        for s in range(n):
+            h, m, ys[s] = step(t, f["a"][:, s], f["b"][:, s], h, m)
+        g, k = h, m
+        for s in reversed(range(n)):
+            g, k, zs[s] = step(t, f["a"][:, s], f["b"][:, s], g, k)
+        return (torch.stack(ys, 1) * torch.stack(zs, 1)).mean() + (g * h).mean() + \
+            (k * k).mean()
+    _against_torch(net, torch, [_two_feeds(n) for n in (1, 4, 7)], twin)
+
+
+# the Keras seq2seq tutorial with a stacked bidirectional encoder: the builtin refuses
+# return_state with bidirectional = true, so the encoder is the docs' cell run both ways
+KERAS_SEQ2SEQ = """
+block Cell(x, h, c, units = 4) {
+  z = dense(x, 4 * units) + dense(h, 4 * units, use_bias = false)
+  i = sigmoid(z[:, 0:units])
+  f = sigmoid(z[:, units:2 * units])
+  g = tanh(z[:, 2 * units:3 * units])
+  o = sigmoid(z[:, 3 * units:4 * units])
+  c2 = f * c + i * g
+  h2 = o * tanh(c2)
+  return h2, c2, h2
+}
+model KerasSeq2seq(vocab = 10, steps = 5, units = 4) {
+  input src: int32[batch, steps]
+  input dec_in: int32[batch, steps]
+  input target: int32[batch, steps]
+  x = embedding(src, vocab, 6)
+  h0 = broadcast_to(0.0, shape = [batch, units])
+  f1, hf1, cf1 = scan Cell(h0, h0, units = units) over x
+  b1, hb1, cb1 = scan Cell(h0, h0, units = units) over x, reverse = true
+  l1 = concat(f1, b1, axis = -1)
+  f2, hf, cf = scan Cell(h0, h0, units = units) over l1
+  b2, hb, cb = scan Cell(h0, h0, units = units) over l1, reverse = true
+  y = lstm(embedding(dec_in, vocab, 6), 2 * units, return_sequences = true,
+           initial_h = concat(hf, hb, axis = -1), initial_c = concat(cf, cb, axis = -1))
+  logits = dense(y, vocab)
+  output logits
+  loss cross_entropy(logits, target)
+}
+"""
+
+
+def test_a_stacked_bidirectional_encoder_starts_a_decoder_as_its_pytorch_twin():
+    torch = pytest.importorskip("torch")
+    net = _cell_net(KERAS_SEQ2SEQ, "KerasSeq2seq")
+
+    def loop(x, h, c, w, units, reverse=False):
+        out = [None] * x.shape[1]
+        for s in (reversed(range(x.shape[1])) if reverse else range(x.shape[1])):
+            o, c = _torch_lstm(torch, x[:, s] @ w[0] + w[1] + h @ w[2], c, units)
+            h = out[s] = o * torch.tanh(c)
+        return torch.stack(out, 1), h, c
+
+    def twin(t, f):
+        x, z = t["x.weight"][f["src"].long()], torch.zeros(3, 4, dtype=torch.float64)
+
+        def w(n):
+            return t[f"{n}.z.weight"], t[f"{n}.z.bias"], t[f"{n}.z_1.weight"]
+        l1 = torch.cat([loop(x, z, z, w("f1"), 4)[0], loop(x, z, z, w("b1"), 4, True)[0]], -1)
+        (_, hf, cf), (_, hb, cb) = loop(l1, z, z, w("f2"), 4), loop(l1, z, z, w("b2"), 4, True)
+        y = loop(t["embedding.weight"][f["dec_in"].long()], torch.cat([hf, hb], -1),
+                 torch.cat([cf, cb], -1), (t["y.kernel"], t["y.bias"], t["y.recurrent"]), 8)[0]
+        logits = y @ t["logits.weight"] + t["logits.bias"]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 10),
+                                                 f["target"].long().reshape(-1))
+    rng = np.random.default_rng(0)
+    _against_torch(net, torch, [{k: rng.integers(0, 10, (3, 5)).astype(np.int32)
+                                 for k in ("src", "dec_in", "target")} for _ in range(3)], twin)
