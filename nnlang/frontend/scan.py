@@ -35,10 +35,12 @@ class ScanElaboration:
         dtype, batch, steps = self._scan_seqs(seqs, e)
         self._scan_by_name(block, call, len(seqs))
         self._scan_inits(inits, block, call, dtype, batch, len(seqs))
-        places = [self._placeholder(f"x{i}", (batch, self._type(s).shape[2]), dtype, e.span)
-                  for i, s in enumerate(seqs)]
-        places += [self._placeholder(f"carry{i}", self._type(h).shape, dtype, e.span)
-                   for i, h in enumerate(inits)]
+        # NOTE: each step's value at its own argument, so a shape error in the body names the
+        # state or sequence it came from, not the whole scan
+        places = [self._placeholder(f"x{i}", (batch, self._type(s).shape[2]), dtype, x.span)
+                  for i, (s, x) in enumerate(zip(seqs, e.over))]
+        places += [self._placeholder(f"carry{i}", self._type(h).shape, dtype, a.span)
+                   for i, (h, a) in enumerate(zip(inits, call.args))]
         bare = ast.Call(call.span, call.func, call.func_span, (), call.kwargs)
         result = self.block_call(block, bare, scope, target, values=places)
         result = list(result) if isinstance(result, tuple) else [result]

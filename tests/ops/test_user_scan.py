@@ -923,3 +923,17 @@ def test_a_stacked_bidirectional_encoder_starts_a_decoder_as_its_pytorch_twin():
     rng = np.random.default_rng(0)
     _against_torch(net, torch, [{k: rng.integers(0, 10, (3, 5)).astype(np.int32)
                                  for k in ("src", "dec_in", "target")} for _ in range(3)], twin)
+
+
+def test_a_shape_error_in_the_step_names_the_state_it_came_from():
+    """A state the block cannot use (c of 5 columns in a cell of 4 units): the note named the
+    whole `scan ...` expression as the culprit, at the scan's column."""
+    source = KERAS_SEQ2SEQ.replace(
+        "f1, hf1, cf1 = scan Cell(h0, h0, units = units) over x",
+        "f1, hf1, cf1 = scan Cell(h0, broadcast_to(0.0, shape = [batch, 5]), units = units) over x")
+    with pytest.raises(NNError) as err:
+        nnlang.load(source)
+    text = err.value.render()
+    assert "mul: shapes [batch, 4] and [batch, 5] do not broadcast" in text, text
+    assert "'broadcast_to(0.0, shape = [batch, 5])' is float32[batch, 5]" in text, text
+    assert ":18:32)" in text, text
