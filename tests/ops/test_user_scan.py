@@ -937,3 +937,18 @@ def test_a_shape_error_in_the_step_names_the_state_it_came_from():
     assert "mul: shapes [batch, 4] and [batch, 5] do not broadcast" in text, text
     assert "'broadcast_to(0.0, shape = [batch, 5])' is float32[batch, 5]" in text, text
     assert ":18:32)" in text, text
+
+
+def test_the_builtins_bidirectional_return_state_refusal_says_how_to_get_c():
+    """Its hint gave the final h from the outputs only; the Keras tutorial needs c as well,
+    which the outputs do not hold: two scans of a hand-written cell give it (above)."""
+    with pytest.raises(NNError) as err:
+        nnlang.load("""
+model M {
+  input x: float32[batch, 5, 3]
+  enc, hf, cf, hb, cb = lstm(x, 4, bidirectional = true, return_state = true)
+}
+""")
+    text = err.value.render()
+    assert "return_state with bidirectional = true" in text and "for c too" in text and \
+        "reverse = true" in text, text
