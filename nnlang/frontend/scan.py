@@ -35,10 +35,12 @@ class ScanElaboration:
         dtype, batch, steps = self._scan_seqs(seqs, e)
         self._scan_by_name(block, call, len(seqs))
         self._scan_inits(inits, block, call, dtype, batch, len(seqs))
-        places = [self._placeholder(f"x{i}", (batch, self._type(s).shape[2]), dtype, e.span)
-                  for i, s in enumerate(seqs)]
-        places += [self._placeholder(f"carry{i}", self._type(h).shape, dtype, e.span)
-                   for i, h in enumerate(inits)]
+        # NOTE: each step's value at its own argument, so a shape error in the body names the
+        # state or sequence it came from, not the whole scan
+        places = [self._placeholder(f"x{i}", (batch, self._type(s).shape[2]), dtype, x.span)
+                  for i, (s, x) in enumerate(zip(seqs, e.over))]
+        places += [self._placeholder(f"carry{i}", self._type(h).shape, dtype, a.span)
+                   for i, (h, a) in enumerate(zip(inits, call.args))]
         bare = ast.Call(call.span, call.func, call.func_span, (), call.kwargs)
         result = self.block_call(block, bare, scope, target, values=places)
         result = list(result) if isinstance(result, tuple) else [result]
@@ -211,7 +213,12 @@ class ScanElaboration:
                             [g.node(i).shape for i in weights])
         bb = Builder(bg, span=span)
         ids = {p.id: bg.inputs[f"x{k}"] for k, p in enumerate(places[:n_seqs])}
-        ids.update({i: bg.inputs[f"x{n_seqs + k}"] for k, i in enumerate(broadcast)})
+        for k, i in enumerate(broadcast):
+            x = bg.inputs[f"x{n_seqs + k}"]
+            t = g.node(i).type
+            # NOTE: a [batch, n, k] memory (an encoder's outputs) travels flat, [batch, n * k]
+            # per step, and takes its shape back inside the step; the body runs per row
+            ids[i] = x if t.rank < 3 else bb.reshape(x, shape=[-1, *t.shape[1:]])
         carry, lo = bg.inputs["carry"], 0
         for p, w in zip(places[n_seqs:], widths):
             ids[p.id] = carry if len(widths) == 1 else bb.slice(carry, axis=1, start=lo,
@@ -288,14 +295,16 @@ class ScanElaboration:
         if t.rank == 0 or t.rank == 1 and isinstance(t.shape[0], int) or \
                 t.rank == 2 and t.shape[0] in (1, batch) and isinstance(t.shape[1], int):
             return 1 if t.rank == 0 else t.shape[-1]
+        if t.rank == 3 and t.shape[0] == batch and all(isinstance(d, int) for d in t.shape[1:]):
+            return t.shape[1] * t.shape[2]   # a memory [batch, n, k]: see _cut_body
         hint = "pass it as a sequence (over ...) instead"
         if t.rank == 3 and t.shape[0] == batch:
-            hint = ("a step cannot read a [batch, n, k] memory (attention over an encoder's "
-                    "outputs) yet; reduce it to [batch, k] before the scan, or run the "
-                    "attention on the scan's outputs")
+            hint = ("a step reads a [batch, n, k] memory (attention over an encoder's outputs) "
+                    f"of numeric n and k only, and this one is {t}; run the attention on the "
+                    "scan's outputs instead")
         self.fail(f"scan: the block reads {t} from outside the loop; a body reads outside "
-                  f"values as a weight [k, n] on a matmul's right or as [batch, k] per step",
-                  span, hint)
+                  f"values as a weight [k, n] on a matmul's right, as [batch, k] per step or as "
+                  f"a memory [batch, n, k]", span, hint)
 
     def _emit_scan(self, e: ast.Scan, scope, seqs, inits, weights, broadcast, body: Body,
                    cols, reverse: bool):
@@ -311,7 +320,7 @@ class ScanElaboration:
         tm = [op("transpose", [s], perm=[1, 0, 2]) for s in seqs]
         steps, batch = self._type(seqs[0]).shape[1], self._type(seqs[0]).shape[0]
         for v, k in broadcast:
-            lead = self._type(v).shape[0] if self._type(v).rank == 2 else 1
+            lead = self._type(v).shape[0] if self._type(v).rank >= 2 else 1
             tm.append(op("broadcast_to", [op("reshape", [v], shape=[1, lead, k])],
                          shape=[steps, batch, k]))
         out = op("scan", [init, *tm, *weights], body=body, reverse=reverse)

@@ -20,9 +20,13 @@ from nnlang.ops.signature import show_value
 
 
 def const_like(b, value, x: int):
-    """A scalar constant in x's float dtype, so float64 graphs stay float64."""
+    """A scalar constant in x's float dtype, so float64 graphs stay float64. A float32 one
+    keeps its exact value for a later retype to float64: a layer in a scan body decomposes
+    while the model is still float32 (layer_norm's eps there was 9.99999974738e-06)."""
     dtype = b.type(x).dtype
-    return b.const(value, dtype if is_float(dtype) else "float32")
+    if dtype == "float32" or not is_float(dtype):
+        return b.literal(value, "float32")
+    return b.const(value, dtype)
 
 
 def real_steps(b, mask: int):

@@ -106,7 +106,10 @@ def _check_extras(op, x, mask, states, units, bidirectional, return_state, rates
         raise ShapeError(f"{op}: return_state with bidirectional = true is not supported",
                          attr="return_state",
                          hint="with return_sequences = true, the forward half of the last "
-                         "step and the backward half of the first step are the final h")
+                         "step and the backward half of the first step are the final h" +
+                         ("; for c too, write the cell as a block and run `scan Cell(h0, c0) "
+                          "over x` and the same with `, reverse = true` (docs/language.md, "
+                          "\"Your own recurrence\")" if op == "lstm" else ""))
     for name, rate in rates.items():
         need_range(op, name, rate, 0.0, 1.0, hi_open=True)
 
