@@ -202,6 +202,49 @@ def test_one_net_called_from_threads_gives_each_call_its_own_answer():
     assert not wrong
 
 
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+@pytest.mark.parametrize("read", ["parameters", "state_dict"])
+def test_reading_the_weights_waits_for_a_step_running_in_another_thread(backend, read):
+    """README: a Net runs one call at a time, calls from several threads wait for each other.
+    parameters() and state_dict() did not wait: read during another thread's train_step they
+    gave a mix of the weights before and after it (seen with a reader thread polling a training
+    one). Here the step is held at its start until the reader has asked; the reader must get
+    the weights after the step, as plain SGD computes them in numpy."""
+    net = nnlang.compile(CLASSIFIER.replace("adam(lr = 1.0)", "sgd(lr = 0.5)")
+                         .replace("\n  schedule = constant(warmup = 10)", ""),
+                         backend=backend, batch=4, seed=0)
+    rng = np.random.default_rng(0)
+    feeds = {"image": rng.standard_normal((4, 12)).astype(np.float32),
+             "label": np.array([0, 1, 2, 0], np.int32)}
+    net.prepare("train", 4)
+    exe = next(e for k, (e, _) in net._exes.items() if k[0] == "train")
+    started, go, got = threading.Event(), threading.Event(), {}
+    run = exe.run
+
+    def held_run(*args, **kw):
+        started.set()
+        go.wait(10)
+        return run(*args, **kw)
+    exe.run = held_run
+    p = net.parameters()
+    x, w, b = feeds["image"].astype(np.float64), p["logits.weight"], p["logits.bias"]
+    z = x @ w + b
+    soft = np.exp(z - z.max(1, keepdims=True))
+    soft /= soft.sum(1, keepdims=True)
+    soft[np.arange(4), feeds["label"]] -= 1
+    want = w - 0.5 * x.T @ soft / 4
+    trainer = threading.Thread(target=net.train_step, args=(feeds,))
+    trainer.start()
+    assert started.wait(10)
+    reader = threading.Thread(target=lambda: got.update(getattr(net, read)()))
+    reader.start()
+    reader.join(0.3)   # NOTE: the reader waits for the held step (before: it returned here)
+    go.set()
+    trainer.join()
+    reader.join()
+    np.testing.assert_allclose(got["logits.weight"], want, rtol=1e-5, atol=1e-6)
+
+
 def test_executables_for_other_batch_sizes_are_bounded():
     from nnlang.runtime.net import KEEP_LENGTHS
     net = nnlang.compile(DENSE, batch=8, seed=0)

@@ -100,6 +100,11 @@ class Backend(Protocol):
     def library_call(self, node: Node, inputs: list, out) -> Call:
         """A call computing a non-fused op into `out`: its registry entry's lowering."""
 
+    def located(self, node: Node, call: Call) -> Call:
+        """The call of an INDEX op (`node`), whose ids computed in the model may fall past its
+        table: the error it then gives is `ops.index.index_error` at `node`, raised by the
+        call itself (numba) or when the results are read (CUDA: `fault_flag`)."""
+
     def gemm(self, a, b, out) -> Call:
         """out = a @ b through the backend's BLAS."""
 
@@ -135,7 +140,6 @@ class Backend(Protocol):
 def library_call(backend: Backend, node: Node, inputs: list, out) -> Call:
     """The lowering of `node`'s op for `backend` from the op's registry entry."""
     from nnlang.ops import registry
-    from nnlang.ops.index import index_error
     opdef = registry.get(node.op)
     if opdef.is_composite:
         # NOTE: composites are decomposed before autodiff, so only a rule that runs later (an
@@ -151,13 +155,19 @@ def library_call(backend: Backend, node: Node, inputs: list, out) -> Call:
                       span=node.span, hint="add one to the op's registry entry (`lower`; see "
                       "docs/contributing.md), or use another --backend")
     fn, args = lower(backend, op_attrs(node), inputs, out)
-    if not opdef.has(registry.INDEX):
-        return fn, args
+    return backend.located(node, (fn, args)) if opdef.has(registry.INDEX) else (fn, args)
+
+
+def raising_located(node: Node, call: Call) -> Call:
+    """`call` raising its IndexError (ids computed in the model, past the table) as the
+    located error of `node`: `Backend.located` of a backend whose calls raise on the host."""
+    from nnlang.ops.index import index_error
+    fn, args = call
 
     def located(*a):
         try:
             fn(*a)
-        except IndexError as err:  # NOTE: ids computed in the model, past the table
+        except IndexError as err:
             raise index_error(node, err) from None
     return located, args
 

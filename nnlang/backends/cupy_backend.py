@@ -31,6 +31,7 @@ VERSION = "nnlang-cuda-0.1"
 OPTIONS = ("-std=c++17",)
 _INT32_MAX = (1 << 31) - 1
 _LIBRARY_BLOCK = 256
+_FAULTS = 256   # fault flags per device block (`CupyBackend.fault_flag`)
 _RENDER_BLOCKS = 1024   # a render-only backend's stand-in for the device's SM count * 32
 
 
@@ -96,6 +97,11 @@ class CupyBackend:
         # every library kernel (name -> source)
         self.rendered: list[CudaSource] = []
         self.library: dict[str, str] = {}
+        # an INDEX op's id past its table: a kernel cannot raise, so it sets its fault flag
+        # (one int64 per lowered call, in blocks of _FAULTS) and `results`/`read_all` raise
+        self._fault_blocks: list = []
+        self._faults: list[tuple[int, object]] = []   # (rows, node) per flag, in order
+        self._unclaimed: list[int] = []   # flags of the call being lowered, before `located`
         if render_only:
             self.cp = self.xp = np
             self.max_blocks = _RENDER_BLOCKS
@@ -233,6 +239,38 @@ class CupyBackend:
     def library_call(self, node: Node, inputs: list, out) -> Call:
         return library_call(self, node, inputs, out)
 
+    def fault_flag(self, rows: int):
+        """A zeroed device int64 that a library kernel sets when an id falls outside its
+        table of `rows` rows; `located` names the op it belongs to."""
+        at = len(self._faults)
+        if at % _FAULTS == 0:
+            self._fault_blocks.append(self.xp.zeros(_FAULTS, np.int64))
+        self._faults.append((rows, None))
+        self._unclaimed.append(at)
+        return self._fault_blocks[-1][at % _FAULTS:at % _FAULTS + 1]
+
+    def located(self, node: Node, call: Call) -> Call:
+        for at in self._unclaimed:
+            self._faults[at] = (self._faults[at][0], node)
+        self._unclaimed.clear()
+        return call
+
+    def _raise_faults(self, got=None) -> None:
+        """The located error of the first call whose kernel met an id past its table (the
+        flags cleared, so the next call runs clean). `got`: the flags downloaded already."""
+        if not self._faults or self.render_only:
+            return
+        if got is None:
+            got = self.cp.asnumpy(self.cp.concatenate(self._fault_blocks))
+        if not got.any():
+            return
+        from nnlang.ops.index import index_error
+        at = int(np.flatnonzero(got)[0])
+        for block in self._fault_blocks:
+            block.fill(0)
+        rows, node = self._faults[at]
+        raise index_error(node, IndexError(f"an index is out of bounds for axis 0 with size {rows}"))
+
     def gemm(self, a, b, out) -> Call:
         if not out.flags.c_contiguous:
             # NOTE: cupy.matmul gives a strided out (a concat piece in place) a temporary it
@@ -284,18 +322,24 @@ class CupyBackend:
     def results(self, named: list, fetch: bool) -> dict:
         if not fetch:  # NOTE: device copies, since the next call overwrites the buffers
             return {k: v.copy() for k, v in named}
-        return {k: self.cp.asnumpy(v) for k, v in named}
+        out = {k: self.cp.asnumpy(v) for k, v in named}
+        self._raise_faults()
+        return out
 
     def read_all(self, results: list[dict]) -> list[dict]:
         """Device results of several calls downloaded in one transfer (one sync): their bytes
         concatenated on the device, split again on the host."""
         cp = self.cp
         flat = [v for r in results for v in r.values() if isinstance(v, cp.ndarray)]
-        if not flat:
+        # NOTE: the fault flags come down in the same transfer, first
+        faults = self._fault_blocks if self._faults else []
+        if not flat and not faults:
             return results
         raw = cp.asnumpy(cp.concatenate([cp.ascontiguousarray(v).reshape(-1).view(cp.uint8)
-                                         for v in flat]))
-        out, at = [], 0
+                                         for v in (*faults, *flat)]))
+        at = sum(f.nbytes for f in faults)
+        self._raise_faults(raw[:at].view(np.int64))
+        out = []
         for r in results:
             host = {}
             for k, v in r.items():

@@ -30,7 +30,7 @@ import numpy as np
 from nnlang.backends import (cpu_affinity, denormals, numba_config, numba_kernels,  # noqa: F401
                              numba_scan)
 from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
-from nnlang.backends.base import Call, State, library_call, run_in_order
+from nnlang.backends.base import Call, State, library_call, raising_located, run_in_order
 from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded_blas_pays,
                                   workers)
 from nnlang.backends.compile_worker import claim, held
@@ -605,6 +605,10 @@ class NumbaBackend:
     # *** library primitives: their lowerings live in the op's registry entry (`ops/`) ***
     def library_call(self, node: Node, inputs: list, out: np.ndarray) -> Call:
         return library_call(self, node, inputs, out)
+
+    @staticmethod
+    def located(node: Node, call: Call) -> Call:
+        return raising_located(node, call)
 
     def gemm(self, a, b, out) -> Call:
         return matmul_call(a, b, out)

@@ -19,6 +19,7 @@ import numpy as np
 from nnlang.codegen.kernel import Kernel
 from nnlang.codegen.scalar_ops import ScalarLang
 from nnlang.ops import registry
+from nnlang.ops.reduce import accumulator_dtype
 
 CTYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long",
           "int16": "short", "int8": "signed char", "uint8": "unsigned char", "bool": "bool"}
@@ -147,10 +148,7 @@ class LaunchInfo:
 
 
 def _acc_dtype(k: Kernel) -> str:
-    # NOTE: float32 sums accumulate in float64 like the numba backend, so both backends (and
-    # the float64 reference) agree closely whatever the reduction order
-    r = k.reduce
-    return "float64" if r.op == "sum" and r.dtype == "float32" else r.dtype
+    return accumulator_dtype(k.reduce.op, k.reduce.dtype)
 
 
 @dataclass(frozen=True)

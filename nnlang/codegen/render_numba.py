@@ -9,6 +9,7 @@ from __future__ import annotations
 from nnlang.codegen.kernel import Kernel
 from nnlang.codegen.scalar_ops import PYTHON, ScalarLang
 from nnlang.ops import registry
+from nnlang.ops.reduce import accumulator_dtype
 
 PARALLEL_MIN = 1 << 16  # elements; below this thread start-up costs more than it saves
 COLUMNS_MIN = 64        # columns a block of a split column reduction keeps (vector loops)
@@ -52,8 +53,7 @@ def inner_kept(k: Kernel) -> bool:
 
 
 def _acc_dtype(k: Kernel) -> str:
-    # NOTE: float32 sums accumulate in float64 for accuracy
-    return "float64" if k.reduce.op == "sum" and k.reduce.dtype == "float32" else k.reduce.dtype
+    return accumulator_dtype(k.reduce.op, k.reduce.dtype)
 
 
 def _index(bcast, order_names) -> str:

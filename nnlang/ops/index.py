@@ -41,11 +41,16 @@ def _scatter_impl(src, idx, *, rows):
 # *** lowerings: numba kernel bodies and CUDA source, one thread per element on the GPU ***
 
 def _by_row(be, name: str, t: str, i: str, rows_of: str, body: str) -> tuple[str, str]:
-    """A CUDA kernel over the rows of `rows_of` [n, width] picked by idx [n], writing `out`."""
+    """A CUDA kernel over the rows of `rows_of` [n, width] picked by idx [n], writing `out`.
+    An id outside [-rows, rows) (numpy's table[idx] refuses it) touches no row: it sets `bad`,
+    the backend's fault flag, which the backend reads with the results (`fault_flag`)."""
     return name, (
         f'extern "C" __global__ void {name}(long long total, long long width, long long rows,\n'
         f"    const {be.ctype(t)}* __restrict__ {rows_of}, const {be.ctype(i)}* __restrict__ idx,\n"
-        f"    {be.ctype(t)}* __restrict__ out) {{\n" + GRID_LOOP + body + "  }\n}\n")
+        f"    {be.ctype(t)}* __restrict__ out, long long* __restrict__ bad) {{\n" + GRID_LOOP
+        + "    long long r = (long long)idx[e / width];\n"
+          "    if (r < -rows || r >= rows) { *bad = 1; continue; }\n"
+          "    if (r < 0) r += rows;\n" + body + "  }\n}\n")
 
 
 def index_error(node, err: IndexError) -> NNError:
@@ -75,10 +80,10 @@ def _gather_numba(be, a, xs, out):
 
 
 def gather_cuda_source(be, t: str, i: str) -> tuple[str, str]:
-    """out[r, :] = table[idx[r] wrapped into [0, rows), :] (numpy `take(mode="wrap")`)."""
+    """out[r, :] = table[idx[r], :], a negative id counting from the end (numpy indexing)."""
+    # NOTE: it wrapped every id into the table (take(mode="wrap")): 5 into 3 rows read row 2
+    # silently, where numba and the reference raise the located error
     return _by_row(be, f"nn_gather_{t}_{i}", t, i, "table",
-                   "    long long r = (long long)idx[e / width] % rows;\n"
-                   "    if (r < 0) r += rows;\n"
                    "    out[e] = table[r * width + e % width];\n")
 
 
@@ -88,7 +93,7 @@ def _gather_cuda(be, a, xs, out):
     width = total // max(idx.size, 1)
     k = be.library_kernel(*gather_cuda_source(be, str(table.dtype), str(idx.dtype)))
     return be.launch(k, total, (np.int64(total), np.int64(width), np.int64(table.shape[0]),
-                                table, idx, out))
+                                table, idx, out, be.fault_flag(table.shape[0])))
 
 
 def scatter_add_kernel(src, idx, out):
@@ -113,9 +118,8 @@ def _scatter_add_numba(be, a, xs, out):
 
 def scatter_add_cuda_source(be, t: str, i: str) -> tuple[str, str]:
     """out[idx[r], :] += src[r, :] for every r, after `out` is zeroed (atomics: rows repeat)."""
+    # NOTE: it checked no id: one past the rows added into memory past `out`
     return _by_row(be, f"nn_scatter_add_{t}_{i}", t, i, "src",
-                   "    long long r = (long long)idx[e / width];\n"
-                   "    if (r < 0) r += rows;\n"
                    "    atomicAdd(out + r * width + e % width, src[e]);\n")
 
 
@@ -130,7 +134,7 @@ def _scatter_add_cuda(be, a, xs, out):
     width = total // max(idx.size, 1)
     k = be.library_kernel(*scatter_add_cuda_source(be, str(src.dtype), str(idx.dtype)))
     fn, args = be.launch(k, total, (np.int64(total), np.int64(width), np.int64(out.shape[0]),
-                                    src, idx, out))
+                                    src, idx, out, be.fault_flag(out.shape[0])))
     return _zero_then, (out, fn, args)
 
 

@@ -77,24 +77,36 @@ def _in_rank(e, n) -> int:
     return e.in_types(n)[0].rank
 
 
-def _np_reduce(fn):
-    return lambda x, *, axes, keepdims: fn(
-        x, axis=None if axes is None else tuple([axes] if isinstance(axes, int) else axes),
-        keepdims=keepdims)
+def accumulator_dtype(op: str, dtype: str) -> str:
+    """The dtype a reduction adds in: float32 sums accumulate in float64, on every backend (the
+    numba and CUDA kernels, and this op's numpy impl), so they agree whatever order each adds
+    in. NOTE: the impl's float32 pairwise sum gave 1e8, 1000 ones and -1e8 as 992, where the
+    kernels gave 1000."""
+    return "float64" if op == "sum" and dtype == "float32" else dtype
+
+
+def _np_reduce(fn, op: str):
+    def impl(x, *, axes, keepdims):
+        x = np.asarray(x)
+        wide = accumulator_dtype(op, x.dtype.name)
+        return fn(x if wide == x.dtype.name else x.astype(wide),
+                  axis=None if axes is None else tuple([axes] if isinstance(axes, int) else axes),
+                  keepdims=keepdims)
+    return impl
 
 
 register("reduce_sum", "x: tensor, axes: ints = none, keepdims: bool = false", _reduce_shape,
-         impl=_np_reduce(np.sum), grad=_sum_grad, samples=_SAMPLES, family="reduce",
+         impl=_np_reduce(np.sum, "sum"), grad=_sum_grad, samples=_SAMPLES, family="reduce",
          onnx=_onnx_reduce_sum,
          traits={REDUCE}, doc="sum over axes (all axes when none)")
 register("reduce_max", "x: tensor, axes: ints = none, keepdims: bool = false", _reduce_shape,
-         impl=_np_reduce(np.max), grad=_extreme_grad, samples=_SAMPLES, family="reduce",
+         impl=_np_reduce(np.max, "max"), grad=_extreme_grad, samples=_SAMPLES, family="reduce",
          onnx=_onnx_reduce_extreme("ReduceMax"),
          traits={REDUCE}, doc="max over axes (all axes when none); a tied maximum shares the "
              "gradient evenly, and a NaN in the reduced values gives NaN, and NaN gradients "
              "to each of them, as torch.amax does")
 register("reduce_min", "x: tensor, axes: ints = none, keepdims: bool = false", _reduce_shape,
-         impl=_np_reduce(np.min), grad=_extreme_grad, samples=_SAMPLES, family="reduce",
+         impl=_np_reduce(np.min, "min"), grad=_extreme_grad, samples=_SAMPLES, family="reduce",
          onnx=_onnx_reduce_extreme("ReduceMin"),
          traits={REDUCE}, doc="min over axes (all axes when none); a tied minimum shares the "
              "gradient evenly, and a NaN in the reduced values gives NaN, and NaN gradients "

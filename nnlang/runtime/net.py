@@ -171,11 +171,15 @@ class Net:
 
     def parameters(self) -> dict:
         """Trained weights by block path (numpy copies, wherever the state lives)."""
-        return {k: _host(self.state[k]) for k in self.user.params}
+        # NOTE: under the lock, as every call: read during another thread's train_step, the
+        # copies mixed the weights before and after it
+        with self._lock:
+            return {k: _host(self.state[k]) for k in self.user.params}
 
     def state_dict(self) -> dict:
         """The weights and the optimizer's state, by name."""
-        out = {k: _host(v) for k, v in self.state.items()}
+        with self._lock:   # NOTE: as parameters(): a whole step's state, not a mix
+            out = {k: _host(v) for k, v in self.state.items()}
         if STEP_SLOT not in self.state:
             # NOTE: before the first step the slots do not exist yet; without their zeros a
             # dict taken now would, loaded later, leave the optimizer's state as it is then

@@ -239,11 +239,13 @@ def test_library_ops_match_numpy(cupy):
     be = get_backend()
     rng = np.random.default_rng(0)
     table = rng.normal(size=(9, 3)).astype(np.float32)
-    idx = np.array([[1, -1], [8, 12]], np.int32)
+    # NOTE: negative ids count from the end; one past the table (12 here, once) is no longer
+    # wrapped into it but flagged (test_ids_computed_past_a_table_...)
+    idx = np.array([[1, -1], [8, -9]], np.int32)
     out = cupy.empty((2, 2, 3), cupy.float32)
     fn, args = _cuda_lowering("gather")(be, {}, [cupy.asarray(table), cupy.asarray(idx)], out)
     fn(*args)
-    np.testing.assert_array_equal(cupy.asnumpy(out), np.take(table, idx, axis=0, mode="wrap"))
+    np.testing.assert_array_equal(cupy.asnumpy(out), table[idx])
     src = rng.normal(size=(4, 3)).astype(np.float32)
     sidx = np.array([2, 2, 0, -1], np.int32)
     out = cupy.full((5, 3), 9, cupy.float32)
@@ -288,6 +290,25 @@ def test_maximum_and_minimum_keep_a_nan(cupy):
     np.testing.assert_array_equal(out["a"], [[np.nan, 0.5, 2.0]])
     np.testing.assert_array_equal(out["b"], [[np.nan, -1.0, 1.0]])
     np.testing.assert_array_equal(out["r"], [[np.nan, 0.0, 2.0]])
+
+
+def test_ids_computed_past_a_table_are_the_located_error_numba_gives(cupy):
+    """Issue 14: every backend gives the same answer. Ids the model computes past its table
+    (t + 3 into 3 rows) are a located error on numba and the reference backend; the CUDA
+    gather wrapped them into the table (rows 0, 1, 2 returned silently), and its gradient's
+    scatter_add wrote past the end of its output. A call with ids in range then runs."""
+    from nnlang.errors import NNError
+    src = ("model M {\n  input x: float32[batch, 4]\n  input t: int32[batch]\n"
+           "  output e = gather(x, t + 3)\n}\n")
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for backend in ("numba", "cupy"):
+        net = nnlang.compile(src, backend=backend, batch=3)
+        # NOTE: the CUDA kernel flags the fault without the id
+        with pytest.raises(NNError, match=r"<string>:4:14: error: gather: (index \d+|an index) "
+                                          r"is out of bounds for axis 0 with size 3"):
+            net.forward({"x": x, "t": np.array([0, 1, 2], np.int32)})
+        got = _host(cupy, net.forward({"x": x, "t": np.array([-3, -1, -2], np.int32)}))
+        np.testing.assert_array_equal(got["e"], x[[0, 2, 1]])
 
 
 def test_compile_graph_dispatches_to_cupy(cupy):

@@ -232,8 +232,10 @@ def test_library_kernels_on_the_host(host_cxx, tmp_path):
              "one_hot": index.one_hot_cuda_source(RB, "float32", "int32"),
              "random": uniform_cuda_source(RB), "normal": normal_cuda_source(RB)}
     ptypes = {
-        parts["gather"][0]: ["long long"] * 3 + ["const float*", "const int*", "float*"],
-        parts["scatter"][0]: ["long long"] * 3 + ["const float*", "const long long*", "float*"],
+        parts["gather"][0]: ["long long"] * 3 + ["const float*", "const int*", "float*",
+                                                 "long long*"],
+        parts["scatter"][0]: ["long long"] * 3 + ["const float*", "const long long*", "float*",
+                                                  "long long*"],
         parts["one_hot"][0]: ["long long"] * 2 + ["const int*", "float*"],
         parts["random"][0]: ["long long", "const long long*", "unsigned long long", "float*"],
         parts["normal"][0]: ["long long", "const long long*", "unsigned long long",
@@ -242,18 +244,39 @@ def test_library_kernels_on_the_host(host_cxx, tmp_path):
     rng = np.random.default_rng(2)
 
     table = rng.normal(size=(6, 4)).astype(np.float32)
-    idx = np.array([[0, 5, -1], [2, 7, 3]], np.int32)   # -1 and 7 wrap like take(mode="wrap")
+    idx = np.array([[0, 5, -1], [2, -6, 3]], np.int32)   # -1 and -6 count from the end
     out = np.zeros((2, 3, 4), np.float32)
-    launch(lib, parts["gather"][0], 2, 8, [np.int64(24), np.int64(4), np.int64(6), table, idx, out])
-    np.testing.assert_array_equal(out, np.take(table, idx, axis=0, mode="wrap"))
+    bad = np.zeros(1, np.int64)
+    launch(lib, parts["gather"][0], 2, 8, [np.int64(24), np.int64(4), np.int64(6), table, idx, out,
+                                           bad])
+    np.testing.assert_array_equal(out, table[idx])
+    assert bad[0] == 0
+    # NOTE: ids numpy refuses (7, -7 of 6 rows) set the fault flag and read no row (they
+    # wrapped into the table before); their rows of `out` keep what they held
+    idx = np.array([[0, 7, 1], [2, -7, 3]], np.int32)
+    out = np.full((2, 3, 4), 9, np.float32)
+    launch(lib, parts["gather"][0], 2, 8, [np.int64(24), np.int64(4), np.int64(6), table, idx, out,
+                                           bad])
+    assert bad[0] == 1
+    np.testing.assert_array_equal(out[:, 1], 9)
+    np.testing.assert_array_equal(out[[0, 1, 0, 1], [0, 0, 2, 2]], table[[0, 2, 1, 3]])
 
     src = rng.normal(size=(5, 3)).astype(np.float32)
     sidx = np.array([1, 1, 0, 3, -1], np.int64)
     got = np.zeros((4, 3), np.float32)
-    launch(lib, parts["scatter"][0], 2, 4, [np.int64(15), np.int64(3), np.int64(4), src, sidx, got])
+    bad = np.zeros(1, np.int64)
+    launch(lib, parts["scatter"][0], 2, 4, [np.int64(15), np.int64(3), np.int64(4), src, sidx, got,
+                                            bad])
     want = np.zeros((4, 3), np.float32)
     np.add.at(want, sidx, src)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert bad[0] == 0
+    # NOTE: an id past the rows added into memory after `out`; now it flags and adds nothing
+    wide = np.zeros((6, 3), np.float32)   # `got` is its first 4 rows; 2 rows past them
+    launch(lib, parts["scatter"][0], 2, 4, [np.int64(15), np.int64(3), np.int64(4), src,
+                                            np.array([1, 4, 0, 3, 5], np.int64), wide[:4], bad])
+    assert bad[0] == 1
+    np.testing.assert_array_equal(wide[4:], 0)
 
     hot_idx = np.array([0, 3, 9, -1], np.int32)
     hot = np.full((4, 4), 7, np.float32)
