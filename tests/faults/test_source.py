@@ -120,6 +120,16 @@ def test_the_line_shown_is_the_line_counted(tmp_path, comment, ending):
     expect(out, ":8:11: error: unknown name 'nope'", "   8 |   y = v + nope")
 
 
+@pytest.mark.parametrize("comment", ["\u2028", "\x0c", "\x0b", "\x1c"])
+def test_the_end_of_a_truncated_file_is_the_line_counted(tmp_path, comment):
+    """A file cut short is reported at its last line: a form feed or line separator in a
+    comment split that count into more lines than the file has (no line shown, no caret)."""
+    path = nn_file(tmp_path, f"model M {{  # copied{comment}text\n  input x: float32[batch, 4]\n")
+    out = cli("check", path)
+    expect(out, f"{path}:2:29: error: unexpected end of file",
+           "   2 |   input x: float32[batch, 4]", "the '{' on line 1 is never closed")
+
+
 @pytest.mark.parametrize("line, words", [
     ("y = 'unterminated", "a string that is never closed: end it with '"),
     ("y = v[:, ::2]", "for a step, call slice(x, axis = 1"),
