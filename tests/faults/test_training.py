@@ -115,6 +115,9 @@ def work(tmp_path_factory):
     (["--set", "schedule=step"], 1, ["schedule step: missing required argument 'step_size'",
                                      "--set schedule=step --set NAME=VALUE"]),
     (["--set", "optimizer=none"], 1, ["'optimizer' cannot be none"]),
+    # a value that is no name is named as --set wrote it, not as Python spells it ('True')
+    (["--set", "optimizer=true"], 1, ["unknown optimizer 'true'"]),
+    (["--set", "schedule=false"], 1, ["unknown schedule 'false'"]),
     # a fraction where a whole number belongs, refused as the train section refuses it: a
     # warm-up of 2.5 steps ran at 0.4, 0.8 and then 1.2 times the base rate
     (["--set", "schedule=cosine(warmup=2.5)"], 1,
