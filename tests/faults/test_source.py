@@ -801,6 +801,10 @@ OP_LIMITS = [
     ("bce(sigmoid(v), v, eps = -1.0)", "eps must be in [0, 0.5)"),
     ("cross_entropy(x, t)", "need labels"),
     ("v[:, 5:2]", "is empty"),
+    # NOTE: an index past the end was reported as the slice it is lowered to ("slice 8:9 of a
+    # dim of size 8 is empty"), which the source never wrote
+    ("v[:, 8]", "7:12: error: index 8 is out of range for axis 1 of v, of size 8"),
+    ("v[:, -9]", "7:12: error: index -9 is out of range for axis 1 of v, of size 8"),
     ("-(t > 0)", "7:9: error: neg: needs numbers, got bool[batch]"),
     ("stop_gradient(t > 0)", "stop_gradient: needs numbers, got bool[batch]"),
     ("sign(t > 0)", "sign: needs numbers, got bool[batch]"),
