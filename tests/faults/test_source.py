@@ -807,6 +807,10 @@ OP_LIMITS = [
     ("lstm(s, 4, bias_init = \"ones\")", "7:30: error: lstm: bias_init = \"ones\" is not used: "
                                         "unit_forget_bias = true sets the bias"),
     ("v[:, 5:2]", "is empty"),
+    # NOTE: the kernels take k as an int64: a larger one was an internal error (OverflowError)
+    ("tril(v, k = 99999999999999999999)", "7:19: error: tril: k = 99999999999999999999 is "
+                                          "outside the int64 range"),
+    ("triu(v, k = -9223372036854775809)", "7:19: error: triu: k = -9223372036854775809 is "),
     # NOTE: an index past the end was reported as the slice it is lowered to ("slice 8:9 of a
     # dim of size 8 is empty"), which the source never wrote
     ("v[:, 8]", "7:12: error: index 8 is out of range for axis 1 of v, of size 8"),
