@@ -136,6 +136,17 @@ def test_train_refuses(work, args, code, words):
         assert w in out, out
 
 
+def test_a_loss_not_finite_at_the_initial_weights_is_not_blamed_on_the_rate(work, tmp_path):
+    """A loss that is nan before any update comes from the model or the data: the hint said
+    to lower the learning rate, which cannot change it."""
+    (tmp_path / "nan.nn").write_text(REGRESSION.replace("mse(y, label)", "mean(log(y - 1e6))")
+                                     .replace('"tiny.npz"', f'"{work / "tiny.npz"}"'))
+    out = cli("train", tmp_path / "nan.nn", "--backend", "reference", "--out", tmp_path / "run",
+              "--max-steps", "2")
+    assert "training diverged: the loss is nan at epoch 1, step 1 (global step 1)" in out, out
+    assert "at the initial weights, before any update" in out and "--lr" not in out, out
+
+
 def test_divergence_keeps_the_last_good_checkpoint(work, tmp_path):
     run = tmp_path / "run"
     cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--epochs", "1", code=0,
