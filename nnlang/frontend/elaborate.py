@@ -522,6 +522,12 @@ class Elaborator(CallElaboration, ScanElaboration):
                 if not isinstance(i, int) or isinstance(i, bool):
                     self.fail(f"tensor indices must be integers or slices, got {show_value(i)}",
                               ix.span)
+                n = self.g.node(v.id).shape[axis]
+                if isinstance(n, int) and not -n <= i < n:
+                    # NOTE: said here, as written: the slice i:i+1 below said "slice 8:9 ... is
+                    # empty" (a symbolic size is checked when the data binds it)
+                    self.fail(f"index {i} is out of range for axis {axis} of "
+                              f"{e.value.span.text() or 'the tensor'}, of size {n}", ix.span)
                 stop = None if i == -1 else i + 1
                 v = self.emit("slice", [v], dict(axis=axis, start=i, stop=stop, step=1),
                               ix.span, [e.value.span], scope, None)

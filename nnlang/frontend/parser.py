@@ -147,7 +147,9 @@ def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
         tok = getattr(err, "token", None)
         if at_end:
             msg = "unexpected end of file"
-            lines = source.splitlines() or [""]
+            # NOTE: "\n" only, as Span counts lines (splitlines() also breaks at a form feed
+            # or U+2028 in a comment, and the line named was past the end of the file)
+            lines = source.removesuffix("\n").split("\n")
             line, col = len(lines), len(lines[-1]) + 1
             span = Span(file, line, col, line, col + 1, source)
         else:

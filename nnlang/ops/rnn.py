@@ -9,6 +9,7 @@ from __future__ import annotations
 from nnlang.ir.dims import Sym, fmt_shape
 from nnlang.ir.scan import Body
 from nnlang.ops.init import init_spec
+from nnlang.ops.signature import show_value
 from nnlang.ops.nn import (activate, check_activation, const_like, linear, need_float, param_dtype,
                            real_steps)
 from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, TensorType, need_positive,
@@ -137,10 +138,15 @@ def _make(op):
         x = ins[0]
         _check(op, x)
         dt, gu = param_dtype(x), gates * units
+        bias = init_spec(bias_init, "bias_init")
         if op == "lstm" and attrs.get("unit_forget_bias"):
+            # NOTE: it sets the whole bias, so another bias_init would be dropped without a word
+            if bias != ("zeros", {}):
+                raise ShapeError(f"bias_init = {show_value(bias_init)} is not used: "
+                                 "unit_forget_bias = true sets the bias (zeros, the forget "
+                                 "gate's slice at 1)", attr="bias_init",
+                                 hint="add unit_forget_bias = false to use bias_init")
             bias = ("unit_forget_bias", {"units": units})
-        else:
-            bias = init_spec(bias_init, "bias_init")
         one = {"kernel": ParamSpec((x.shape[2], gu), init_spec(init, "init"), dtype=dt),
                "recurrent": ParamSpec((units, gu), init_spec(recurrent_init, "recurrent_init"),
                                       dtype=dt),
@@ -341,7 +347,8 @@ _DOCS = {
     "lstm": "LSTM with Keras gates i, f, c, o (sigmoid gates, activation for the candidate and "
             "output). " + _COMMON + "bias [4*units]; LSTM(128) on 128 features has 131,584 "
             "weights. Init (Keras): kernel glorot_uniform, recurrent orthogonal, bias zeros with "
-            "the forget gate's slice at 1 (unit_forget_bias = true, which overrides bias_init).",
+            "the forget gate's slice at 1 (unit_forget_bias = true, which sets the whole bias: "
+            "another bias_init needs unit_forget_bias = false).",
     "gru": "GRU with Keras gates z, r, h and reset_after = true (reset applied after the "
            "recurrent GEMM, as cuDNN). " + _COMMON + "bias [2, 3*units] (row 0 input bias, row "
            "1 recurrent bias); GRU(128) on 128 features has 99,072 weights. Init (Keras): kernel "

@@ -17,6 +17,10 @@ def _triangle_shape(op: str):
             raise ShapeError(f"{op} needs a matrix or a batch of them (rank 2 or more), got "
                              f"{fmt_shape(x.shape)}", arg=0,
                              hint="it keeps a triangle of the last two axes")
+        if not -2**63 <= k < 2**63:   # NOTE: both kernels and ONNX's Trilu take an int64
+            raise ShapeError(f"{op}: k = {k} is outside the int64 range", attr="k",
+                             hint="a k at or past the last column keeps every entry, one at or "
+                                  "below minus the row count none")
         return x
     return shape_rule
 

@@ -28,7 +28,7 @@ class DivergenceGuard:
 
     def check(self, loss: float, epoch: int, done: int, step: int, run) -> None:
         if not math.isfinite(loss):
-            raise diverged(loss, epoch, done, step, run)
+            raise diverged(loss, epoch, done, step, run, initial=self.start is None)
         if self.start is None:
             self.start = loss
             return
@@ -46,12 +46,19 @@ class DivergenceGuard:
             raise diverged(loss, epoch, done, step, run, self.start)
 
 
-def diverged(loss, epoch, done, step, run, start: float | None = None) -> NNError:
+def diverged(loss, epoch, done, step, run, start: float | None = None,
+             initial: bool = False) -> NNError:
+    """`initial`: the loss of the run's first step, at the initial weights: no step size made
+    it, so the hint names what can (the rate could not, and it was what the hint named)."""
     last = None
     if run is not None and run.checkpoint.is_file():
         last = f"the last good checkpoint is {run.checkpoint}"
     hint = "lower the learning rate (--lr), or set clip_norm; " + (
         last or "no checkpoint was written before it diverged")
+    if initial:
+        hint = ("the loss is not finite at the initial weights, before any update: the model "
+                "or the data gives it (a log, division or sqrt of a value that can be 0 or "
+                "negative, or nan/inf in the data), not the learning rate")
     why = "" if start is None else (f", over {EXPLODED:g} times its start ({start:.4g}) for "
                                     f"{EXPLODED_STEPS} steps in a row")
     return NNError(f"training diverged: the loss is {loss:.4g} at epoch {epoch + 1}, step "

@@ -104,7 +104,8 @@ def _spelled(value) -> tuple[str, dict]:
     """An optimizer or schedule as --set gives it: a name, or a call `step(step_size=1)`
     (read as --data reads one)."""
     from nnlang.data.registry import _parse_spec
-    return _parse_spec(str(value), {})
+    # NOTE: a value that is no name (--set optimizer=true) is named as .nn spells it, not 'True'
+    return _parse_spec(value if isinstance(value, str) else show_value(value), {})
 
 
 def _options_of(name: str, registry: dict, kw: dict) -> dict:

@@ -120,6 +120,16 @@ def test_the_line_shown_is_the_line_counted(tmp_path, comment, ending):
     expect(out, ":8:11: error: unknown name 'nope'", "   8 |   y = v + nope")
 
 
+@pytest.mark.parametrize("comment", ["\u2028", "\x0c", "\x0b", "\x1c"])
+def test_the_end_of_a_truncated_file_is_the_line_counted(tmp_path, comment):
+    """A file cut short is reported at its last line: a form feed or line separator in a
+    comment split that count into more lines than the file has (no line shown, no caret)."""
+    path = nn_file(tmp_path, f"model M {{  # copied{comment}text\n  input x: float32[batch, 4]\n")
+    out = cli("check", path)
+    expect(out, f"{path}:2:29: error: unexpected end of file",
+           "   2 |   input x: float32[batch, 4]", "the '{' on line 1 is never closed")
+
+
 @pytest.mark.parametrize("line, words", [
     ("y = 'unterminated", "a string that is never closed: end it with '"),
     ("y = v[:, ::2]", "for a step, call slice(x, axis = 1"),
@@ -790,7 +800,21 @@ OP_LIMITS = [
     ("scatter_add(v, t, 0)", "rows must be a positive integer"),
     ("bce(sigmoid(v), v, eps = -1.0)", "eps must be in [0, 0.5)"),
     ("cross_entropy(x, t)", "need labels"),
+    # NOTE: lstm's unit_forget_bias (on by default) replaces bias_init: its value was not even
+    # checked, and one given was dropped without a word
+    ("lstm(s, 4, bias_init = \"bogus\")", "7:30: error: lstm: bias_init: unknown initializer"),
+    ("lstm(s, 4, bias_init = 1)", "7:30: error: lstm: bias_init: expected an initializer, got 1"),
+    ("lstm(s, 4, bias_init = \"ones\")", "7:30: error: lstm: bias_init = \"ones\" is not used: "
+                                        "unit_forget_bias = true sets the bias"),
     ("v[:, 5:2]", "is empty"),
+    # NOTE: the kernels take k as an int64: a larger one was an internal error (OverflowError)
+    ("tril(v, k = 99999999999999999999)", "7:19: error: tril: k = 99999999999999999999 is "
+                                          "outside the int64 range"),
+    ("triu(v, k = -9223372036854775809)", "7:19: error: triu: k = -9223372036854775809 is "),
+    # NOTE: an index past the end was reported as the slice it is lowered to ("slice 8:9 of a
+    # dim of size 8 is empty"), which the source never wrote
+    ("v[:, 8]", "7:12: error: index 8 is out of range for axis 1 of v, of size 8"),
+    ("v[:, -9]", "7:12: error: index -9 is out of range for axis 1 of v, of size 8"),
     ("-(t > 0)", "7:9: error: neg: needs numbers, got bool[batch]"),
     ("stop_gradient(t > 0)", "stop_gradient: needs numbers, got bool[batch]"),
     ("sign(t > 0)", "sign: needs numbers, got bool[batch]"),

@@ -115,6 +115,9 @@ def work(tmp_path_factory):
     (["--set", "schedule=step"], 1, ["schedule step: missing required argument 'step_size'",
                                      "--set schedule=step --set NAME=VALUE"]),
     (["--set", "optimizer=none"], 1, ["'optimizer' cannot be none"]),
+    # a value that is no name is named as --set wrote it, not as Python spells it ('True')
+    (["--set", "optimizer=true"], 1, ["unknown optimizer 'true'"]),
+    (["--set", "schedule=false"], 1, ["unknown schedule 'false'"]),
     # a fraction where a whole number belongs, refused as the train section refuses it: a
     # warm-up of 2.5 steps ran at 0.4, 0.8 and then 1.2 times the base rate
     (["--set", "schedule=cosine(warmup=2.5)"], 1,
@@ -131,6 +134,17 @@ def test_train_refuses(work, args, code, words):
     out = cli("train", "tiny.nn", "--backend", "reference", *args, code=code, cwd=work)
     for w in words:
         assert w in out, out
+
+
+def test_a_loss_not_finite_at_the_initial_weights_is_not_blamed_on_the_rate(work, tmp_path):
+    """A loss that is nan before any update comes from the model or the data: the hint said
+    to lower the learning rate, which cannot change it."""
+    (tmp_path / "nan.nn").write_text(REGRESSION.replace("mse(y, label)", "mean(log(y - 1e6))")
+                                     .replace('"tiny.npz"', f'"{work / "tiny.npz"}"'))
+    out = cli("train", tmp_path / "nan.nn", "--backend", "reference", "--out", tmp_path / "run",
+              "--max-steps", "2")
+    assert "training diverged: the loss is nan at epoch 1, step 1 (global step 1)" in out, out
+    assert "at the initial weights, before any update" in out and "--lr" not in out, out
 
 
 def test_divergence_keeps_the_last_good_checkpoint(work, tmp_path):
