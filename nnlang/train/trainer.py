@@ -204,11 +204,16 @@ def check_watch(program, cfg, val: dict) -> None:
     if not users:
         return
     monitor = cfg.watched(program.graph)[0]
-    if unknown := monitor_problem(monitor, program.graph):   # NOTE: --set monitor=... comes here
-        raise NNError(unknown[0], setting_span(program, "monitor"), hint=unknown[1])
+    # NOTE: the file's line only for the file's own value: `--set monitor=val_foo` over a file's
+    # valid `monitor = "val_kl"` was put under that line, as if val_kl named nothing
+    file_says = getattr(program.train, "monitor", None)
+    span = setting_span(program, "monitor") if cfg.monitor == file_says else None
+    given = "" if span is not None or cfg.monitor is None else " (given by --set monitor=...)"
+    if unknown := monitor_problem(monitor, program.graph, given):   # NOTE: --set monitor=...
+        raise NNError(unknown[0], span, hint=unknown[1])
     # NOTE: here, not where the file is read: `--set mode=min` answers it as well
-    if unclear := mode_problem(monitor, cfg.mode, program.graph):
-        raise NNError(unclear[0], setting_span(program, "monitor"), hint=unclear[1])
+    if unclear := mode_problem(monitor, cfg.mode, program.graph, given):
+        raise NNError(unclear[0], span, hint=unclear[1])
     if not val and users[0] != "monitor":   # NOTE: monitor alone then watches nothing, harmlessly
         what = "early_stop" if users[0] == "early_stop" else "the plateau schedule"
         raise NNError(f"{what} watches {monitor}, but this run has no validation data",
