@@ -413,11 +413,14 @@ class _Training:
                                    "from these weights with --init-from")
         self.pos = _Position(self.start_epoch, self.skip, _Sums(partial),
                              self.rng.bit_generator.state)
-        if lost := self.pos.sums.missing(named_losses(self.program.graph.losses)):
+        graph = self.program.graph
+        if lost := self.pos.sums.missing([*named_losses(graph.losses), *graph.metrics]):
+            # NOTE: an older nnlang's checkpoint (the step reported no named losses), or one
+            # of the model before it had these values
             say(self.console, f"note: {ckpt.path} stopped inside epoch {self.start_epoch + 1} "
                               f"without the running sums of {', '.join(lost)} (an older "
-                              f"nnlang's checkpoint): that epoch's row leaves out "
-                              f"{', '.join('train_' + k for k in lost)}")
+                              f"nnlang's checkpoint, or an older version of the model): that "
+                              f"epoch's row leaves out {', '.join('train_' + k for k in lost)}")
         rows = self.run_dir.rows() if self.run_dir else []
         self.history = History(rows=rows, run_dir=self.run_dir.path if self.run_dir else None,
                                net=self.net, best=self.watch.summary())
