@@ -207,6 +207,21 @@ def test_run_directory_contents(tiny, tmp_path):
         pass
 
 
+def test_plots_cover_the_values_of_every_row_not_only_the_first(tmp_path):
+    # rows of a run begun by an older nnlang (val_kl but no train_kl) and resumed by this one
+    # drew no kl.png: the plots took their names from the first row's train_ columns
+    pytest.importorskip("matplotlib")
+    from nnlang.train.runs import RunDir
+    run_dir = RunDir.create("Vae", tmp_path / "r", tmp_path)
+    try:
+        run_dir.log({"epoch": 1, "train_loss": 3.0, "val_loss": 2.9, "val_kl": 0.5})
+        run_dir.log({"epoch": 2, "train_loss": 2.0, "train_kl": 0.4, "val_loss": 2.1,
+                     "val_kl": 0.3, "train_m": 1.0})
+        assert sorted(p.name for p in run_dir.plot()) == ["kl.png", "loss.png", "m.png"]
+    finally:
+        run_dir.release()
+
+
 TWO_LOSSES = TINY.replace("  loss cross_entropy(logits, label)\n",
                           "  loss ce = cross_entropy(logits, label)\n"
                           "  loss small = 0.01 * mean(h * h)\n")
