@@ -271,6 +271,29 @@ def test_rank_zero_prints_long_lines_whole_as_one_process_does():
     assert out.getvalue() == line + "\n"
 
 
+def test_ranks_read_the_named_losses_in_the_models_order():
+    """Ranks.agree sorted the metrics' names: under mpirun the epoch line, metrics.csv and
+    summary.json of models/vae.nn said `kl` before `reconstruction`, one process the model's
+    order (its losses as written, then its metrics)."""
+    from nnlang.train.data_parallel import Ranks
+    src = tiny_source().replace("  loss cross_entropy(logits, label)\n",
+                                "  loss zeta = cross_entropy(logits, label)\n"
+                                "  loss alpha = 0.01 * mean(h * h)\n")
+    net = nnlang.compile(src, batch=4, seed=1)
+    rng = np.random.default_rng(0)
+    net.train_step({"x": rng.normal(size=(4, 4)).astype(np.float32),
+                    "label": rng.integers(0, 3, 4).astype(np.int32)}, fetch=False)
+    taken = net.fetch()
+    assert list(taken[0][1]) == ["zeta", "alpha", "acc"]   # one process: the model's order
+    world = Copies(2)
+    world.sum = lambda values, what="": 2 * np.asarray(values, np.float64)   # 2 equal ranks
+    got, stop = Ranks(world).agree(taken, False)
+    assert not stop and list(got[0][1]) == ["zeta", "alpha", "acc"]
+    assert got[0][0] == pytest.approx(taken[0][0], rel=1e-6)
+    for k, v in taken[0][1].items():
+        assert got[0][1][k] == pytest.approx(v, rel=1e-6), k
+
+
 DROPOUT_STEPS = """
 import sys
 import numpy as np

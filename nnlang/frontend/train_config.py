@@ -156,22 +156,24 @@ def watchable(graph) -> dict[str, str | None]:
     return {"val_loss": "min", **losses, **metrics}
 
 
-def monitor_problem(monitor: str, graph) -> tuple[str, str] | None:
-    """(message, hint) when `monitor` names no validation value of the model `graph`."""
+def monitor_problem(monitor: str, graph, given: str = "") -> tuple[str, str] | None:
+    """(message, hint) when `monitor` names no validation value of the model `graph`;
+    `given`: where the value came from when not the file (" (given by --set monitor=...)")."""
     names = watchable(graph)
     if monitor in names:
         return None
-    return (f"monitor = {monitor!r} names no validation value of model '{graph.model}'",
+    return (f"monitor = {monitor!r}{given} names no validation value of model '{graph.model}'",
             f"monitor one of: {', '.join(names)}")
 
 
-def mode_problem(monitor: str, mode: str | None, graph) -> tuple[str, str] | None:
+def mode_problem(monitor: str, mode: str | None, graph,
+                 given: str = "") -> tuple[str, str] | None:
     """(message, hint) when `monitor` is a metric of the model's own making and no `mode`
     says whether a higher or a lower value is better."""
     if mode is not None or monitor not in (names := watchable(graph)) or names[monitor]:
         return None
-    return (f"monitor = {monitor!r} is a metric of this model's own making: is a higher or a "
-            "lower value better?", 'say which: mode = "min" (an error, lower is better) or '
+    return (f"monitor = {monitor!r}{given} is a metric of this model's own making: is a higher "
+            "or a lower value better?", 'say which: mode = "min" (an error, lower is better) or '
             'mode = "max" (a score)')
 
 

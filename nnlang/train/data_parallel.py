@@ -193,7 +193,10 @@ class Ranks:
         stop (Ctrl-C): one small allreduce per read."""
         if not self.many:
             return taken, stop
-        keys = sorted(taken[0][1]) if taken else []
+        # NOTE: in the step's own order (the model's: its losses, then its metrics), which is
+        # the same on every rank; sorted, the epoch line and metrics.csv of N ranks put
+        # `kl` before `reconstruction` where one process follows the model
+        keys = list(taken[0][1]) if taken else []
         flat = [float(stop)] + [v for loss, m in taken for v in (loss, *(m[k] for k in keys))]
         total = self.world.sum(flat, "reading the steps' losses")
         per = total[1:].reshape(len(taken), 1 + len(keys)) / self.size

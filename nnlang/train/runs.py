@@ -228,7 +228,10 @@ class RunDir:
         rows = self.rows()
         if not rows:
             return []
-        names = [k[len("train_"):] for k in rows[0] if k.startswith("train_")]
+        # NOTE: every row's names, not the first's: a run resumed from an older nnlang's (its
+        # rows had val_kl but no train_kl) or a model that gained a metric drew no kl.png
+        names = list(dict.fromkeys(k.split("_", 1)[1] for r in rows for k in r
+                                   if k.startswith(("train_", "val_"))))
         paths = []
         for name in names:
             fig, ax = plt.subplots(figsize=(6, 4))

@@ -122,17 +122,30 @@ class _Sums:
         state = state or {}
         self.n = state.get("n", 0)
         self.sums = dict(state.get("sums", {}))
+        # NOTE: how many steps each sum holds. A checkpoint saved inside an epoch before the
+        # step reported each of several losses (train_kl, ...) has no counts and no sums of
+        # them: each of its sums holds all n steps
+        self.counts = {k: state.get("counts", {}).get(k, self.n) for k in self.sums}
 
     def add(self, loss: float, metrics: dict) -> None:
         self.n += 1
         for k, v in {"loss": loss, **metrics}.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
 
     def means(self) -> dict:
-        return {k: v / self.n for k, v in self.sums.items()} if self.n else {}
+        """Each value's mean over the epoch's steps; a value some of its steps lack (a resumed
+        old checkpoint's) is left out: divided by every step it was too small, and over its own
+        steps it is not the epoch's."""
+        return {k: v / self.n for k, v in self.sums.items() if self.counts[k] == self.n} \
+            if self.n else {}
+
+    def missing(self, names) -> list[str]:
+        """Those of `names` that the steps so far did not report."""
+        return [k for k in names if self.n and k not in self.sums]
 
     def state(self) -> dict:
-        return {"n": self.n, "sums": self.sums}
+        return {"n": self.n, "sums": self.sums, "counts": self.counts}
 
 
 TIE_TOLERANCE = 1e-6  # relative: well above float32 rounding (~1e-7) of a validation mean
@@ -191,11 +204,16 @@ def check_watch(program, cfg, val: dict) -> None:
     if not users:
         return
     monitor = cfg.watched(program.graph)[0]
-    if unknown := monitor_problem(monitor, program.graph):   # NOTE: --set monitor=... comes here
-        raise NNError(unknown[0], setting_span(program, "monitor"), hint=unknown[1])
+    # NOTE: the file's line only for the file's own value: `--set monitor=val_foo` over a file's
+    # valid `monitor = "val_kl"` was put under that line, as if val_kl named nothing
+    file_says = getattr(program.train, "monitor", None)
+    span = setting_span(program, "monitor") if cfg.monitor == file_says else None
+    given = "" if span is not None or cfg.monitor is None else " (given by --set monitor=...)"
+    if unknown := monitor_problem(monitor, program.graph, given):   # NOTE: --set monitor=...
+        raise NNError(unknown[0], span, hint=unknown[1])
     # NOTE: here, not where the file is read: `--set mode=min` answers it as well
-    if unclear := mode_problem(monitor, cfg.mode, program.graph):
-        raise NNError(unclear[0], setting_span(program, "monitor"), hint=unclear[1])
+    if unclear := mode_problem(monitor, cfg.mode, program.graph, given):
+        raise NNError(unclear[0], span, hint=unclear[1])
     if not val and users[0] != "monitor":   # NOTE: monitor alone then watches nothing, harmlessly
         what = "early_stop" if users[0] == "early_stop" else "the plateau schedule"
         raise NNError(f"{what} watches {monitor}, but this run has no validation data",
@@ -395,6 +413,14 @@ class _Training:
                                    "from these weights with --init-from")
         self.pos = _Position(self.start_epoch, self.skip, _Sums(partial),
                              self.rng.bit_generator.state)
+        graph = self.program.graph
+        if lost := self.pos.sums.missing([*named_losses(graph.losses), *graph.metrics]):
+            # NOTE: an older nnlang's checkpoint (the step reported no named losses), or one
+            # of the model before it had these values
+            say(self.console, f"note: {ckpt.path} stopped inside epoch {self.start_epoch + 1} "
+                              f"without the running sums of {', '.join(lost)} (an older "
+                              f"nnlang's checkpoint, or an older version of the model): that "
+                              f"epoch's row leaves out {', '.join('train_' + k for k in lost)}")
         rows = self.run_dir.rows() if self.run_dir else []
         self.history = History(rows=rows, run_dir=self.run_dir.path if self.run_dir else None,
                                net=self.net, best=self.watch.summary())

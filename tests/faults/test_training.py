@@ -128,7 +128,8 @@ def work(tmp_path_factory):
     # an empty --model was taken for no --model at all, and the file's one model was trained
     (["--model", "", "--out", "empty-model"], 1, ["no model named ''", "models: Tiny"]),
     (["--val-split", "0.25", "--set", "monitor=val_accuracy"], 1,
-     ["monitor = 'val_accuracy' names no validation value", "val_loss, val_acc"]),
+     ["monitor = 'val_accuracy' (given by --set monitor=...) names no validation value",
+      "val_loss, val_acc"]),
 ])
 def test_train_refuses(work, args, code, words):
     out = cli("train", "tiny.nn", "--backend", "reference", *args, code=code, cwd=work)

@@ -185,6 +185,24 @@ def test_check_refuses_an_unknown_monitor(folder):
     assert "hint: monitor one of: val_loss, val_acc" in out, out
 
 
+def test_a_set_monitor_that_names_nothing_is_not_put_under_the_files_monitor(folder):
+    """`--set monitor=val_foo` over the file's valid `monitor = "val_ce"` was reported at
+    that line, under "val_ce", as if the file's value named nothing; it is the --set value."""
+    overfit_data(folder)
+    (folder / "tiny.nn").write_text(overfit_source('early_stop = 2\n  monitor = "val_ce"')
+                                    .replace("  loss cross_entropy(logits, label)",
+                                             "  loss ce = cross_entropy(logits, label)\n"
+                                             "  loss pen = 0.01 * mean(h * h)"))
+    with pytest.raises(NNError) as err:
+        fit(str(folder / "tiny.nn"), out=folder / "run", backend="reference", progress=False,
+            overrides={"monitor": "train_ce"})
+    text = err.value.render()
+    assert err.value.span is None and "val_ce\"" not in text, text
+    assert "monitor = 'train_ce' (given by --set monitor=...) names no validation value" in text
+    assert "monitor one of: val_loss, val_ce, val_pen, val_acc" in text, text
+    assert not (folder / "run").exists()
+
+
 def test_val_arrays_are_the_validation_set(folder, capsys):
     h = train(folder, "val_split = 0.5", epochs=1)  # NOTE: val_* wins over val_split
     assert "its own validation split (24 examples)" in " ".join(capsys.readouterr().out.split())

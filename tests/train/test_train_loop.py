@@ -207,6 +207,21 @@ def test_run_directory_contents(tiny, tmp_path):
         pass
 
 
+def test_plots_cover_the_values_of_every_row_not_only_the_first(tmp_path):
+    # rows of a run begun by an older nnlang (val_kl but no train_kl) and resumed by this one
+    # drew no kl.png: the plots took their names from the first row's train_ columns
+    pytest.importorskip("matplotlib")
+    from nnlang.train.runs import RunDir
+    run_dir = RunDir.create("Vae", tmp_path / "r", tmp_path)
+    try:
+        run_dir.log({"epoch": 1, "train_loss": 3.0, "val_loss": 2.9, "val_kl": 0.5})
+        run_dir.log({"epoch": 2, "train_loss": 2.0, "train_kl": 0.4, "val_loss": 2.1,
+                     "val_kl": 0.3, "train_m": 1.0})
+        assert sorted(p.name for p in run_dir.plot()) == ["kl.png", "loss.png", "m.png"]
+    finally:
+        run_dir.release()
+
+
 TWO_LOSSES = TINY.replace("  loss cross_entropy(logits, label)\n",
                           "  loss ce = cross_entropy(logits, label)\n"
                           "  loss small = 0.01 * mean(h * h)\n")
@@ -238,6 +253,41 @@ def test_each_named_loss_is_in_the_epoch_line_history_and_metrics_files(tmp_path
     assert header[2:6] == ["train_loss", "train_ce", "train_small", "train_acc"]
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert set(summary["train"]) == {"loss", "ce", "small", "acc"}
+
+
+def test_resuming_an_old_checkpoint_without_the_named_losses_sums_reports_no_wrong_means(
+        tmp_path, monkeypatch):
+    # a checkpoint saved inside an epoch before the step reported each loss holds the running
+    # sum of `loss` alone: the resumed epoch added the rest of its steps' ce and small and
+    # divided by all its steps, so train_ce was about 7/10 of the real mean, silently
+    import io
+
+    from rich.console import Console
+    monkeypatch.chdir(tmp_path)
+    tiny_data(tmp_path)
+    (tmp_path / "two.nn").write_text(TWO_LOSSES)
+    straight = run(tmp_path / "two.nn", tmp_path / "straight")
+    run(tmp_path / "two.nn", tmp_path / "split", max_steps=13)   # 3 steps into epoch 2
+    path = tmp_path / "split" / "checkpoint.npz"
+    ck = checkpoint.load(path)
+    ck.meta["partial"]["sums"] = {"loss": ck.meta["partial"]["sums"]["loss"],
+                                  "acc": ck.meta["partial"]["sums"]["acc"]}
+    ck.meta["partial"].pop("counts", None)
+    del ck.meta["format"]
+    checkpoint.save(path, ck.state, ck.meta)   # as the older nnlang wrote it
+    out = io.StringIO()
+    resumed = run(tmp_path / "two.nn", tmp_path / "split", resume=True,
+                  console=Console(file=out, width=300))
+    want, got = straight.rows[-1], resumed.rows[-1]
+    assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6)
+    assert got["train_acc"] == pytest.approx(want["train_acc"], rel=1e-6)
+    assert "train_ce" not in got and "train_small" not in got
+    assert "leaves out train_ce, train_small" in out.getvalue()
+    # a checkpoint of this nnlang carries them: the resumed row is the straight run's
+    run(tmp_path / "two.nn", tmp_path / "new", max_steps=13)
+    again = run(tmp_path / "two.nn", tmp_path / "new", resume=True).rows[-1]
+    for k in ("train_loss", "train_ce", "train_small", "train_acc"):
+        assert again[k] == pytest.approx(want[k], rel=1e-6), k
 
 
 def test_an_unnamed_loss_among_several_leaves_loss_the_total_in_training_and_validation():
