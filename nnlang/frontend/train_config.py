@@ -40,7 +40,7 @@ class TrainConfig:
     l2: float = 0.0
     l1: float = 0.0
     early_stop: int | None = None     # patience in epochs without improvement of `monitor`
-    monitor: str | None = None        # "val_<loss or metric>"; default val_loss
+    monitor: str | None = None        # "val_<loss or metric>", "train_<...>", "loss"; default val_loss
     mode: str | None = None           # "min" | "max"; default from what the monitor names
     init_from: str | None = None      # a run directory or checkpoint to start the weights from
     # the weights `l1` / `l2` apply to (block paths); None: every trainable matrix and kernel
@@ -142,28 +142,41 @@ def range_problem(name: str, value) -> str | None:
 
 
 def watchable(graph) -> dict[str, str | None]:
-    """The validation values `monitor` may name in the model `graph`, each with its default
-    mode: min for the total loss, each named loss and a metric that is a loss op (`mae`,
+    """The values `monitor` may name in the model `graph`, each with its default mode: min
+    for the total loss, each named loss and a metric that is a loss op (`mae`,
     `cross_entropy`...), max for a metric op (`accuracy`: a score); None for a metric of the
-    model's own making (`mean(abs(p - y))`), whose way the train section says (`mode`)."""
+    model's own making (`mean(abs(p - y))`), whose way the train section says (`mode`).
+    Each is the epoch row's validation value (`val_<name>`) or training value (`train_<name>`;
+    `loss` is `train_loss`, as Keras' monitor="loss"), so a run without validation data can
+    stop early and keep best.npz too."""
     from nnlang.ops.registry import OPS
     # NOTE: by what the value is, not how it is spelled: a loss named `pen` is still minimised,
     # and a metric was always maximised, so best.npz kept an mae metric's worst epoch
     ways = {"metrics": "max", "losses": "min"}
-    metrics = {f"val_{m}": ways.get(getattr(OPS.get(graph.node(nid).op), "family", ""))
+    metrics = {m: ways.get(getattr(OPS.get(graph.node(nid).op), "family", ""))
                for m, nid in graph.metrics.items()}
-    losses = {f"val_{n}": "min" for n in graph.losses} if len(graph.losses) > 1 else {}
-    return {"val_loss": "min", **losses, **metrics}
+    losses = {n: "min" for n in graph.losses} if len(graph.losses) > 1 else {}
+    values = {"loss": "min", **losses, **metrics}
+    return {**{f"val_{k}": v for k, v in values.items()},
+            **{f"train_{k}": v for k, v in values.items()}, "loss": "min"}
+
+
+def watched_value(monitor: str, val: dict | None, train: dict) -> float | None:
+    """The epoch's value of `monitor` (a name `watchable` gives) from its validation results
+    `val` or its training means `train`; None when the epoch has none (no validation data)."""
+    if monitor.startswith("val_"):
+        return (val or {}).get(monitor[len("val_"):])
+    return train.get(monitor[len("train_"):] if monitor.startswith("train_") else monitor)
 
 
 def monitor_problem(monitor: str, graph, given: str = "") -> tuple[str, str] | None:
-    """(message, hint) when `monitor` names no validation value of the model `graph`;
+    """(message, hint) when `monitor` names no value an epoch of the model `graph` reports;
     `given`: where the value came from when not the file (" (given by --set monitor=...)")."""
     names = watchable(graph)
     if monitor in names:
         return None
-    return (f"monitor = {monitor!r}{given} names no validation value of model '{graph.model}'",
-            f"monitor one of: {', '.join(names)}")
+    return (f"monitor = {monitor!r}{given} names no validation or training value of model "
+            f"'{graph.model}'", f"monitor one of: {', '.join(names)}")
 
 
 def mode_problem(monitor: str, mode: str | None, graph,

@@ -1,5 +1,5 @@
 """A training run's directory: `config.json`, per-epoch `metrics.jsonl` + `metrics.csv`,
-`checkpoint.npz` (the last state), `best.npz` (the best epoch by the monitored validation value),
+`checkpoint.npz` (the last state), `best.npz` (the best epoch by the monitored value),
 `summary.json` and plots (`loss.png`, one `<metric>.png` per metric).
 """
 from __future__ import annotations

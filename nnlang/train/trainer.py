@@ -152,7 +152,7 @@ TIE_TOLERANCE = 1e-6  # relative: well above float32 rounding (~1e-7) of a valid
 
 
 class _Watch:
-    """The monitored validation value (train section's monitor/mode) as early stopping, the
+    """The monitored value (train section's monitor/mode) as early stopping, the
     plateau schedule and best.npz see it: the best so far and the epochs since it improved."""
 
     def __init__(self, cfg, graph, state: dict | None = None):
@@ -214,12 +214,13 @@ def check_watch(program, cfg, val: dict) -> None:
     # NOTE: here, not where the file is read: `--set mode=min` answers it as well
     if unclear := mode_problem(monitor, cfg.mode, program.graph, given):
         raise NNError(unclear[0], span, hint=unclear[1])
-    if not val and users[0] != "monitor":   # NOTE: monitor alone then watches nothing, harmlessly
+    # NOTE: monitor alone then watches nothing, harmlessly; a training value needs no val data
+    if not val and users[0] != "monitor" and monitor.startswith("val_"):
         what = "early_stop" if users[0] == "early_stop" else "the plateau schedule"
         raise NNError(f"{what} watches {monitor}, but this run has no validation data",
                       setting_span(program, users[0]),
                       hint="set val_split (e.g. val_split = 0.2), or give val_* arrays in the "
-                           ".npz")
+                           '.npz; or watch a training value (monitor = "loss")')
 
 
 # how often the training loop reads the steps' losses (for the progress bar and the guard)
@@ -600,19 +601,18 @@ class _Training:
         if pos.done < self.per_epoch:  # stopped by max_steps inside the epoch
             self.save(pos.epoch, pos.done, pos.rng_state, pos.sums)
             return
-        self.watch_epoch(val_res)
+        self.watch_epoch(val_res, pos.sums.means())
         net.end_epoch()
         self.save(pos.epoch + 1, 0, self.rng.bit_generator.state, None)
         pos.ended = True
 
-    def watch_epoch(self, val_res: dict | None) -> None:
-        """After a whole epoch: best.npz when the monitored value improved, the plateau
-        schedule's reduction, and early stopping."""
+    def watch_epoch(self, val_res: dict | None, train_res: dict) -> None:
+        """After a whole epoch (its validation results and training means): best.npz when the
+        monitored value improved, the plateau schedule's reduction, and early stopping."""
+        from nnlang.frontend.train_config import watched_value
         cfg, net, watch = self.cfg, self.net, self.watch
-        if not val_res:
-            return
         epoch = self.pos.epoch + 1
-        value = val_res.get(watch.monitor[len("val_"):])
+        value = watched_value(watch.monitor, val_res, train_res)
         if value is None:
             return  # NOTE: only a run with early_stop or plateau checked the monitor's name
         if watch.update(value, epoch):

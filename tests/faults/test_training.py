@@ -128,7 +128,7 @@ def work(tmp_path_factory):
     # an empty --model was taken for no --model at all, and the file's one model was trained
     (["--model", "", "--out", "empty-model"], 1, ["no model named ''", "models: Tiny"]),
     (["--val-split", "0.25", "--set", "monitor=val_accuracy"], 1,
-     ["monitor = 'val_accuracy' (given by --set monitor=...) names no validation value",
+     ["monitor = 'val_accuracy' (given by --set monitor=...) names no validation or training",
       "val_loss, val_acc"]),
 ])
 def test_train_refuses(work, args, code, words):

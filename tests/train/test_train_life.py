@@ -1,6 +1,7 @@
 """After the first run: early stopping and best.npz, the plateau schedule, explicit val_*
 arrays, the l1 setting, and a library loop whose schedule moves with `Net.end_epoch`."""
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -97,6 +98,31 @@ def test_monitor_max_on_a_metric(folder):
     assert h.best["epoch"] == acc.index(max(acc)) + 1
 
 
+def test_early_stop_on_a_train_value_needs_no_validation_data(folder):
+    """Keras' EarlyStopping(monitor="loss") without validation data: `monitor` names a
+    training value (`train_<metric>`, `loss`), which each epoch's row shows; best.npz keeps its
+    best epoch. The 8 random-label rows are memorised (train_acc 1.0), then nothing improves."""
+    h = train(folder, 'early_stop = 2\n  monitor = "train_acc"', epochs=30, val=False)
+    acc = [r["train_acc"] for r in h.rows]
+    best = acc.index(max(acc))
+    assert h.stopped == "early_stop" and len(h.rows) == best + 1 + 2 < 30
+    assert h.best == {"monitor": "train_acc", "mode": "max", "value": max(acc),
+                      "epoch": best + 1}
+    assert checkpoint.load(folder / "run" / "best.npz").epoch == best + 1
+    shutil.rmtree(folder / "run")
+    h = train(folder, 'early_stop = 3\n  monitor = "loss"', epochs=6, val=False)
+    loss = [r["train_loss"] for r in h.rows]
+    assert h.best["mode"] == "min" and h.best["value"] == min(loss)
+    assert h.best["epoch"] == loss.index(min(loss)) + 1
+
+
+def test_a_train_monitor_watches_the_training_value_beside_validation_data(folder):
+    h = train(folder, 'early_stop = 30\n  monitor = "train_loss"', epochs=5)
+    loss = [r["train_loss"] for r in h.rows]
+    assert "val_loss" in h.rows[0]
+    assert h.best["value"] == min(loss) and h.best["epoch"] == loss.index(min(loss)) + 1
+
+
 @pytest.mark.parametrize("mode, tie, better", [
     ("max", (0.7833333253860474, 0.7833333283662796), 0.8),
     ("min", (0.4354, 0.4354 - 3e-9), 0.43)])
@@ -181,8 +207,9 @@ def test_check_refuses_an_unknown_monitor(folder):
     refuses a monitor that `nnlang train` would."""
     (folder / "tiny.nn").write_text(overfit_source('monitor = "val_accuracy"'))
     out = cli("check", "tiny.nn", code=1)
-    assert "tiny.nn:16:13: error: monitor = 'val_accuracy' names no validation value" in out
-    assert "hint: monitor one of: val_loss, val_acc" in out, out
+    assert "tiny.nn:16:13: error: monitor = 'val_accuracy' names no validation or training " \
+        "value" in out
+    assert "hint: monitor one of: val_loss, val_acc, train_loss, train_acc, loss" in out, out
 
 
 def test_a_set_monitor_that_names_nothing_is_not_put_under_the_files_monitor(folder):
@@ -195,11 +222,13 @@ def test_a_set_monitor_that_names_nothing_is_not_put_under_the_files_monitor(fol
                                              "  loss pen = 0.01 * mean(h * h)"))
     with pytest.raises(NNError) as err:
         fit(str(folder / "tiny.nn"), out=folder / "run", backend="reference", progress=False,
-            overrides={"monitor": "train_ce"})
+            overrides={"monitor": "test_ce"})
     text = err.value.render()
     assert err.value.span is None and "val_ce\"" not in text, text
-    assert "monitor = 'train_ce' (given by --set monitor=...) names no validation value" in text
-    assert "monitor one of: val_loss, val_ce, val_pen, val_acc" in text, text
+    assert "monitor = 'test_ce' (given by --set monitor=...) names no validation or " \
+        "training value" in text
+    assert "monitor one of: val_loss, val_ce, val_pen, val_acc, train_loss, train_ce, " \
+        "train_pen, train_acc, loss" in text, text
     assert not (folder / "run").exists()
 
 
