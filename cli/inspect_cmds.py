@@ -32,16 +32,25 @@ def load_program(path: Path, sets: list[str] | None, model: str | None):
 
 # *** check ***
 
-def summary_table(s) -> Table:
-    from nnlang.ir.summary import HEADERS, table_cells
+CHECK_ROWS = 200  # the most rows `check` draws by default (--rows)
+
+
+def summary_table(s, most: int = 0) -> tuple[Table, int]:
+    """The summary table with at most `most` rows (0: all), and how many it left out."""
+    from nnlang.ir.summary import HEADERS, cut_rows, table_cells
 
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for i, h in enumerate(HEADERS):
         t.add_column(h, justify="right" if i >= 3 else "left", no_wrap=True,
                      style={0: "bold", 1: "cyan"}.get(i))
-    for cells in table_cells(s):
+    head, left_out, tail = cut_rows(table_cells(s), most)
+    for cells in head:
         t.add_row(*(Text(c) for c in cells))
-    return t
+    if left_out:
+        t.add_row(*(Text("⋮", style="dim") for _ in HEADERS))
+    for cells in tail:
+        t.add_row(*(Text(c) for c in cells))
+    return t, left_out
 
 
 @app.command()
@@ -54,11 +63,15 @@ def check(
                                              "(default: the train section's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q",
                                help="Only report errors and warnings (no summary)."),
+    rows: int = typer.Option(CHECK_ROWS, "--rows", min=0,
+                             help="Most table rows to draw: the first and the last ones, and "
+                                  "how many were left out between them; 0 draws every row."),
 ):
     """Parse, elaborate and shape-check models; print a summary table.
 
     One row per op: layer path, output shape, parameters, forward FLOPs and activation memory
-    (at the train section's batch size, or --batch), then totals.
+    (at the train section's batch size, or --batch), then totals. A table longer than --rows
+    (200) shows its first and last rows.
     """
     from nnlang.ir.summary import (header_lines, summarize, total_lines,
                                    training_memory_problem)
@@ -82,7 +95,11 @@ def check(
                 continue
             for line in header_lines(s):
                 out.print(Text(line))
-            out.print(summary_table(s))
+            table, left_out = summary_table(s, rows)
+            out.print(table)
+            if left_out:
+                out.print(Text(f"{left_out:,} rows left out (--rows 0 draws every row)",
+                               style="dim"))
             for line in total_lines(s):
                 out.print(Text(line))
             out.print(Text(f"ok: {path}", style="green"))

@@ -237,6 +237,17 @@ def table_cells(s: Summary) -> list[tuple[str, ...]]:
              human(r.memory, "B") if r.memory else "") for r in s.rows]
 
 
+def cut_rows(cells: list, most: int) -> tuple[list, int, list]:
+    """(first rows, how many are left out, last rows) of a table drawn with at most `most` rows
+    (0: all). NOTE: a 66,000-statement file spent 27 of its 39 s in `nnlang check` drawing its
+    table; no one reads that many rows, and the ends show where a model starts and finishes."""
+    if not most or len(cells) <= most:
+        return cells, 0, []
+    head = (most + 1) // 2
+    tail = most - head
+    return cells[:head], len(cells) - most, cells[len(cells) - tail:] if tail else []
+
+
 def header_lines(s: Summary) -> list[str]:
     ins = ", ".join(f"{n}: {t}" for n, t in s.inputs) or "none"
     return [f"model {s.model} ({s.file})", f"inputs: {ins}",
