@@ -132,13 +132,24 @@ def _overwritten(net) -> set:
                          training=True).updates)
 
 
-def _source(cfg, flag, resumed: bool, file):
+def _source(program, cfg, flag, resumed: bool, file):
     """(checkpoint to start from or None, how the user named it, the folder a relative
     train-section path is read from)."""
     source = flag if flag is not None else (None if resumed else cfg.init_from)
-    what = "--init-from" if flag is not None else "init_from (train section)"
+    if flag is not None:
+        what = "--init-from"
+    elif _from_file(program, cfg):
+        what = "init_from (train section)"
+    else:  # NOTE: as other train settings from flags are named (TrainConfig.__post_init__)
+        what = "init_from (given by --set init_from=...)"
     base = Path(file).parent if flag is None and file not in (None, "<string>") else None
     return source, what, base
+
+
+def _from_file(program, cfg) -> bool:
+    """Whether `cfg.init_from` is the train section's own value (not one from --set)."""
+    train = getattr(program, "train", None)
+    return train is not None and train.init_from == cfg.init_from
 
 
 @contextmanager
@@ -149,9 +160,8 @@ def _at_setting(program, cfg, flag):
     try:
         yield
     except NNError as err:
-        train = getattr(program, "train", None)
-        span = setting_span(program, "init_from") if flag is None and train is not None \
-            and train.init_from == cfg.init_from else None
+        span = setting_span(program, "init_from") if flag is None and _from_file(program, cfg) \
+            else None
         if span is None or err.span is not None or len(err.diagnostics) > 1:
             raise
         raise NNError(err.message, span, hint=err.hint) from None
@@ -161,7 +171,7 @@ def from_program(net, source, skip_mismatch: bool = False) -> InitReport | None:
     """`nnlang.compile`'s: the weights of `source` (its `init_from=`), else of the train
     section's own `init_from` (a path beside the .nn file; its errors located at the
     setting), loaded into `net`; None when neither names one."""
-    base_source, what, base = _source(net.config, source, False, net.program.file)
+    base_source, what, base = _source(net.program, net.config, source, False, net.program.file)
     if base_source is None:
         return None
     with _at_setting(net.program, net.config, source):
@@ -173,7 +183,7 @@ def words_to_start_from(program, cfg, flag, resumed: bool, file):
     """The vocabulary of the checkpoint a new run starts from (None when it starts from none,
     or that run's data had none): text data must be encoded with the words its embedding
     rows stand for, not with a vocabulary built from the new data."""
-    source, what, base = _source(cfg, flag, resumed, file)
+    source, what, base = _source(program, cfg, flag, resumed, file)
     if source is None or (flag is not None and resumed):
         return None
     with _at_setting(program, cfg, flag):
@@ -184,7 +194,7 @@ def start_run(net, cfg, flag, skip_mismatch: bool, resumed: bool, file, console)
     """The trainer's hook on a freshly built `Net`: loads `--init-from` (`flag`) or the train
     section's `init_from` and shows the table; returns the config recording the checkpoint
     used, and the report (None when there was nothing to load)."""
-    source, what, base = _source(cfg, flag, resumed, file)
+    source, what, base = _source(net.program, cfg, flag, resumed, file)
     if skip_mismatch and source is None:
         raise NNError("--init-skip-mismatch applies to the weights of --init-from (or the train "
                       "section's init_from), and this run loads none",

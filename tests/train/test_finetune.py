@@ -174,6 +174,19 @@ def test_train_section_init_from_errors_point_at_the_setting(tiny_run, where, wo
     assert not (tiny_run.parent / "b").exists()
 
 
+def test_a_set_init_from_is_named_by_its_flag(tiny_run):
+    """`--set init_from=...` was called 'init_from (train section)' though the file has no such
+    setting; the value is named by what gave it, as --set lr=0 is."""
+    out = cli("train", "tiny.nn", "--backend", "reference", "--set", "init_from=nowhere",
+              "--out", tiny_run.parent / "b")
+    assert "(given by --set init_from=...)" in out and "train section" not in out, out
+    assert "no checkpoint at nowhere" in out, out
+    with pytest.raises(NNError) as err:
+        train(tiny_run.parent / "tiny.nn", tiny_run.parent / "c",
+              overrides={"init_from": "nowhere"})
+    assert "(given by --set init_from=...)" in err.value.render(), err.value.render()
+
+
 def test_init_from_with_resume_is_the_conflict_even_with_no_run_to_resume(tiny_run):
     """--init-from and --resume together are one error naming both, also when there is no
     run to resume (it said "checkpoint not found", hiding the conflict)."""
