@@ -83,6 +83,9 @@ def workers() -> int:
 def _start_worker() -> None:
     cpu_affinity.register_worker()
     denormals.flush_this_thread()
+    # NOTE: as the step's own thread (numba_backend's launcher): a GEMM over a NaN or inf
+    # warns nothing the results do not show; these threads run only nnlang's step calls
+    np.seterr(all="ignore")
 
 
 def pool() -> ThreadPoolExecutor:

@@ -643,8 +643,10 @@ class NumbaBackend:
         threads, split, session = workers() if threaded else 1, self.splits(calls), self.session
 
         def step():
-            # NOTE: flushing before the session: numba's workers, started there, inherit it
-            with denormals.flushed(), session(threads, split):
+            # NOTE: flushing before the session: numba's workers, started there, inherit it.
+            # errstate: a NaN or inf fed in made numpy warn "invalid value encountered in
+            # matmul" from this line; the NaN is in the results, which nnlang checks itself
+            with denormals.flushed(), session(threads, split), np.errstate(all="ignore"):
                 for fn, args in calls:
                     fn(*args)
             for dst, src in updates:

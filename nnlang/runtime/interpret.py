@@ -37,7 +37,10 @@ def interpret(g: Graph, feeds: dict, params: dict | None = None, want=None) -> d
                 raise NotImplementedError(f"op {node.op} has no numpy semantics; decompose first")
             args = [None if i is None else env[i] for i in slots(g, node)]
             try:
-                out = opdef.impl(*args, **op_attrs(node))
+                # NOTE: a NaN or inf fed in made numpy warn ("invalid value encountered in
+                # matmul"); the value is the result, as the compiled backends give it
+                with np.errstate(all="ignore"):
+                    out = opdef.impl(*args, **op_attrs(node))
             except IndexError as err:
                 if not opdef.has(registry.INDEX):
                     raise
