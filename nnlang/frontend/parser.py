@@ -15,7 +15,7 @@ from lark import Lark, Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInp
 
 from nnlang.errors import Diagnostic, NNError, Span, closest, did_you_mean
 from nnlang.frontend import ast
-from nnlang.frontend.deep import check_nesting
+from nnlang.frontend.deep import NestingGuard, TooDeep, check_nesting, too_deep
 from nnlang.frontend.source import read_source
 
 
@@ -33,7 +33,8 @@ def grammar_path() -> Path:
 @lru_cache(maxsize=None)
 def parser(strict: bool = False) -> Lark:
     return Lark(grammar_path().read_text(), parser="lalr", propagate_positions=True,
-                maybe_placeholders=True, cache=not strict, strict=strict)
+                maybe_placeholders=True, cache=not strict, strict=strict,
+                postlex=NestingGuard())
 
 
 # Common mistakes, each a label and inputs that fail in the same parser state.
@@ -315,6 +316,9 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
         try:
             tree = parser().parse(text)
             break
+        except TooDeep as err:
+            raise too_deep(Span(file, err.start.line, err.start.column, err.at.end_line,
+                                err.at.end_column, source)) from None
         except UnexpectedInput as err:
             lines = text.split("\n")
             bracket = _open_bracket(text, err)

@@ -382,6 +382,29 @@ def test_nesting_beyond_the_limit_is_located(tmp_path, monkeypatch):
     expect(cli("fmt", path), "nests more than 100 levels")
 
 
+def test_nesting_beyond_the_limit_is_refused_while_parsing(monkeypatch):
+    """A 1.2 MB line `y = x + x + ...` was refused only after the whole parse and syntax-tree
+    build (22 s, 560 MB): the parser now stops at the term past the limit, before any tree is
+    built. Statements near the limit, one after another, still parse."""
+    from nnlang.frontend import ast, deep
+    from nnlang.frontend.parser import parse
+    from nnlang.errors import NNError
+    monkeypatch.setattr(deep, "MAX_NESTING", 100)
+    near = [" + ".join(["v"] * 90), "-v - " + " - ".join(["v"] * 90), "v" + " |> relu" * 90,
+            " * ".join(["v"] * 90), "relu(" * 90 + "v" + ")" * 90, "(" * 300 + "v" + ")" * 300,
+            "f(" + ", ".join(["v + v"] * 300) + ")", "[" * 60 + " + ".join(["v"] * 30) + "]" * 60]
+    lines = [f"y{i} = {e}" for i, e in enumerate(near)]
+    module = parse(model(*lines, "output y9 = " + near[0], "metric m = " + near[2]))
+    assert len(module.items[0].body) == 5 + len(near) + 3
+    monkeypatch.setattr(ast.ToAst, "transform", lambda *a: pytest.fail("a tree was built"))
+    for expr in (" + ".join(["v"] * 150), "relu(" * 150 + "v" + ")" * 150,
+                 "[" * 60 + " + ".join(["v"] * 60) + "]" * 60):
+        with pytest.raises(NNError) as err:
+            parse(model("u = v", "y = " + expr), "m.nn")
+        assert "m.nn:8:3: error: this statement nests more than 100 levels" in \
+            err.value.render(), err.value.render()
+
+
 @pytest.mark.slow
 def test_chains_near_the_nesting_limit(tmp_path):
     from nnlang.frontend.deep import MAX_NESTING
