@@ -148,14 +148,20 @@ def writing(path: Path, flag: str = "-o"):
 
 
 def parse_value(text: str, where: Span | None = None):
-    """An nnlang literal: 128, 1e-3, -2, true, false, none, "str", [1, 2]. A bare word or path
-    that is not a literal (`--set act=gelu`, `l1_on=[h.weight]`) is taken as a string."""
+    """An nnlang literal: 128, 1e-3, -2, true, false, none, "str", [1, 2]. A bare word, weight
+    path or file path that is not a literal (`--set act=gelu`, `l1_on=[h.weight]`,
+    `init_from=runs/tiny-1`) is taken as a string."""
     from nnlang.frontend import ast
     from nnlang.frontend.parser import BadLiteral, parse
 
     stripped = text.strip()
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", stripped) and stripped not in (
             "true", "false", "none"):
+        return stripped
+    # NOTE: a path, as for --init-from (`init_from=runs/tiny-1`, `./a`, `/abs/b.npz`): a word
+    # with a slash and a letter, dot or ~ in it (`1/2` stays an error: not a literal)
+    if "/" in stripped and re.fullmatch(r"[\w.~\-/]+", stripped) and re.search(r"[^\d/]",
+                                                                               stripped):
         return stripped
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*\(.*\)", stripped, re.S):
         return stripped  # NOTE: a choice with options, `schedule=step(step_size=1)`: as --data

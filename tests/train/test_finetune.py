@@ -187,6 +187,17 @@ def test_a_set_init_from_is_named_by_its_flag(tiny_run):
     assert "(given by --set init_from=...)" in err.value.render(), err.value.render()
 
 
+@pytest.mark.parametrize("path", ["a/checkpoint.npz", "./a", "ABS"])
+def test_set_takes_a_path_unquoted(tiny_run, path):
+    """`--set init_from=a/checkpoint.npz` was refused ("'a/checkpoint.npz' is not a literal",
+    hint: use a string) though --init-from takes it, and `--set data=...` a bare name; a word
+    with a slash is a path, as the shell wrote it."""
+    path = str(tiny_run) if path == "ABS" else path
+    out = cli("train", "tiny.nn", "--backend", "reference", "--set", f"init_from={path}",
+              "--max-steps", "1", "--out", tiny_run.parent / "b", code=0)
+    assert "4 loaded" in out, out
+
+
 def test_init_from_with_resume_is_the_conflict_even_with_no_run_to_resume(tiny_run):
     """--init-from and --resume together are one error naming both, also when there is no
     run to resume (it said "checkpoint not found", hiding the conflict)."""
