@@ -40,7 +40,7 @@ class TrainConfig:
     l2: float = 0.0
     l1: float = 0.0
     early_stop: int | None = None     # patience in epochs without improvement of `monitor`
-    monitor: str | None = None        # "val_<loss or metric>", "train_<...>", "loss"; default val_loss
+    monitor: str | None = None        # "val_<name>", "train_<name>" or "loss"; default val_loss
     mode: str | None = None           # "min" | "max"; default from what the monitor names
     init_from: str | None = None      # a run directory or checkpoint to start the weights from
     # the weights `l1` / `l2` apply to (block paths); None: every trainable matrix and kernel
