@@ -142,7 +142,10 @@ def _source(program, cfg, flag, resumed: bool, file):
         what = "init_from (train section)"
     else:  # NOTE: as other train settings from flags are named (TrainConfig.__post_init__)
         what = "init_from (given by --set init_from=...)"
-    base = Path(file).parent if flag is None and file not in (None, "<string>") else None
+    # NOTE: only the file's own value is read beside the file; --set's is typed in the shell,
+    # so it is read from the current folder as --init-from's is
+    base = Path(file).parent if what == "init_from (train section)" and \
+        file not in (None, "<string>") else None
     return source, what, base
 
 

@@ -198,6 +198,18 @@ def test_set_takes_a_path_unquoted(tiny_run, path):
     assert "4 loaded" in out, out
 
 
+def test_a_set_init_from_is_read_from_the_current_folder(tiny_run):
+    """A relative `--set init_from=a` was looked up beside the .nn file first (as the train
+    section's own value is), so a folder of that name there won over the one the shell meant."""
+    models = tiny_run.parent / "m"
+    (models / "a").mkdir(parents=True)
+    (models / "tiny.nn").write_text(tiny_source())
+    (models / "a" / "checkpoint.npz").write_bytes(b"not a checkpoint")
+    out = cli("train", "m/tiny.nn", "--backend", "reference", "--set", "init_from=a",
+              "--max-steps", "1", "--out", tiny_run.parent / "b", code=0)
+    assert "4 loaded" in out, out
+
+
 def test_init_from_with_resume_is_the_conflict_even_with_no_run_to_resume(tiny_run):
     """--init-from and --resume together are one error naming both, also when there is no
     run to resume (it said "checkpoint not found", hiding the conflict)."""
