@@ -11,7 +11,7 @@ from nnlang.errors import NNError
 from nnlang.train import checkpoint
 from nnlang.train.overrides import resolve
 from nnlang.train.progress import say
-from nnlang.train.runs import RunDir, foreign_files
+from nnlang.train.runs import RunDir, foreign_files, is_run
 
 
 def find_checkpoint(program_or_path, config, overrides, model, out, resume, runs_root):
@@ -31,6 +31,13 @@ def find_checkpoint(program_or_path, config, overrides, model, out, resume, runs
     if resume is not True:
         return checkpoint.load(resume)
     if out is not None:
+        if not (Path(out) / checkpoint.FILENAME).is_file() and is_run(out):
+            # NOTE: a run saves at each epoch's end and on Ctrl-C; a kill -9 (or a crash)
+            # before the first epoch ended leaves its folder with no checkpoint, and
+            # "checkpoint not found" read as a mistyped --out
+            raise NNError(f"{out} holds no checkpoint to resume: its run was stopped before the "
+                          "end of its first epoch (a kill -9 or a crash) and saved none",
+                          hint=f"train it again without --resume (--out {out} is reused)")
         return checkpoint.load(out)
     name = resolve(program_or_path, config, overrides, model)[0].model
     where = RunDir.latest(name, runs_root)

@@ -39,6 +39,15 @@ RUN_FILES = {"config.json", "metrics.jsonl", "metrics.csv", "summary.json", chec
              checkpoint.BEST}
 
 
+def is_run(path) -> bool:
+    """Is `path` a folder an nnlang training run wrote (its config.json is a run's)?"""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"model", "train"} <= config.keys()
+
+
 def foreign_files(path) -> list[str]:
     """The entries of an existing folder that a training run there would put at risk: all of
     them unless its config.json is an nnlang run's, else those that are not a run's files.
@@ -48,12 +57,7 @@ def foreign_files(path) -> list[str]:
     if not path.is_dir():
         return []
     names = sorted(p.name for p in path.iterdir())
-    try:
-        config = json.loads((path / "config.json").read_text())
-        ours = isinstance(config, dict) and {"model", "train"} <= config.keys()
-    except (OSError, ValueError):
-        ours = False
-    if not ours:
+    if not is_run(path):
         return names
     return [n for n in names if n not in RUN_FILES and not n.endswith(".png")
             and not (n.startswith(".") and n.endswith(".tmp"))]

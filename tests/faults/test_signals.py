@@ -262,3 +262,19 @@ def test_ctrl_c_while_the_installed_script_loads_its_modules():
     proc = subprocess.run([sys.executable, "-c", probe, "check", "models/mlp.nn"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout, proc.stderr) == (130, "interrupted\n", "")
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint(tiny):
+    """kill -9 in epoch 1 leaves a run folder (config.json) and no checkpoint: `--resume` said
+    "checkpoint not found: cut/checkpoint.npz" with the hint to pass a checkpoint, as if the
+    folder were mistyped; it says why there is none and that training it again (without
+    --resume) is the way on, and that run ends as an uninterrupted one."""
+    ref = straight(tiny)
+    cli_process("train", "tiny.nn", "--backend", "reference", "--out", "cut", code=-9,
+                cwd=tiny, env={"NNLANG_TEST_SIGNAL_AT_STEP": "5:KILL", "PYTHONPATH": str(ROOT)})
+    assert not (tiny / "cut" / "checkpoint.npz").exists()
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", "--resume")
+    assert "cut holds no checkpoint to resume" in out and "before the end of its first epoch" \
+        in out and "without --resume" in out, out
+    cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", code=0)
+    assert_bit_identical(ref, tiny / "cut")
