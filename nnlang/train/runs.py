@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import json
 import os
 import re
@@ -201,23 +202,27 @@ class RunDir:
                 with writing(self.path / name):
                     (self.path / name).unlink(missing_ok=True)
             return
+        # NOTE: replaced whole, not rewritten in place: a full disk or a kill -9 midway cut
+        # the log, and the rows of the epochs before the checkpoint were lost for good
         with writing(self.path / "metrics.jsonl"):
-            (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-            self._write_csv(rows)
+            write_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        self._write_csv(rows)
 
     def log(self, row: dict) -> None:
         with writing(self.path / "metrics.jsonl"):
             with open(self.path / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-            # NOTE: rewritten whole each epoch so the header always covers every column
-            self._write_csv(self.rows())
+        # NOTE: rewritten whole each epoch so the header always covers every column
+        self._write_csv(self.rows())
 
     def _write_csv(self, rows: list[dict]) -> None:
         columns = list(dict.fromkeys(k for r in rows for k in r))
-        with open(self.path / "metrics.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, columns)
-            w.writeheader()
-            w.writerows(rows)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, columns)
+        w.writeheader()
+        w.writerows(rows)
+        with writing(self.path / "metrics.csv"):
+            write_atomic(self.path / "metrics.csv", text.getvalue())
 
     # *** plots ***
     def plot(self) -> list[Path] | None:
