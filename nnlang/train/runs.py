@@ -151,9 +151,9 @@ class RunDir:
         return self.path / checkpoint.BEST
 
     def drop_stale_temps(self) -> None:
-        """Removes the temp files of checkpoint saves a kill -9 cut short (one per kill, as big
-        as a checkpoint); `checkpoint.save` never leaves one otherwise."""
-        for name in (checkpoint.FILENAME, checkpoint.BEST):
+        """Removes the temp files of saves a kill -9 cut short (a checkpoint's: one per kill, as
+        big as a checkpoint; the run records' too); `write_atomic` never leaves one otherwise."""
+        for name in RUN_FILES:
             for tmp in self.path.glob(f".{name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
 

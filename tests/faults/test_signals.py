@@ -60,6 +60,7 @@ def test_signal_then_resume_is_bit_identical(tiny, spec, code, saved_step):
         assert "resume with: nnlang train tiny.nn --out cut --resume" in p.stdout
     assert checkpoint.load(tiny / "cut").step == saved_step
     (tiny / "cut" / ".checkpoint.npz.k9x.tmp").write_bytes(b"PK half")  # a save kill -9 cut
+    (tiny / "cut" / ".metrics.jsonl.k9x.tmp").write_text('{"epoch": 1, "st')  # ... and a log's
     out = cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", "--resume", code=0)
     at = f"at epoch 1, step {saved_step}" if saved_step < 10 else \
         "after epoch 1" if saved_step == 10 else f"at epoch 2, step {saved_step - 10}"
