@@ -131,15 +131,16 @@ class RunDir:
         return cls(path, fresh=True)
 
     @staticmethod
-    def latest(model: str, root="runs") -> Path | None:
-        """The newest run directory of `model` under `root` that holds a checkpoint."""
+    def latest(model: str, root="runs", checkpointed: bool = True) -> Path | None:
+        """The newest run directory of `model` under `root` that holds a checkpoint (with not
+        `checkpointed`: any run folder of it, one stopped before its first save included)."""
         def started(p: Path) -> tuple:
             # NOTE: by the time in the name, then its same-second suffix as a number (-10 after
             # -9, which sorting names put before -2); a folder named otherwise counts as oldest
             m = re.fullmatch(r"(\d{8}-\d{6})(?:-(\d+))?", p.name[len(model) + 1:])
             return (m[1], int(m[2] or 1), p.name) if m else ("", 0, p.name)
         found = [p for p in Path(root).glob(f"{model.lower()}-*")
-                 if (p / checkpoint.FILENAME).is_file()]
+                 if (p / checkpoint.FILENAME).is_file() or not checkpointed and is_run(p)]
         return max(found, key=started) if found else None
 
     @property

@@ -279,3 +279,17 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint(tiny):
         in out and "without --resume" in out, out
     cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", code=0)
     assert_bit_identical(ref, tiny / "cut")
+
+
+def test_bare_resume_does_not_pass_over_a_newer_run_killed_before_its_checkpoint(tiny):
+    """`--resume` without --out takes the model's newest run. A kill -9 in the newest run's
+    first epoch left it no checkpoint, and the resume went on with an older run instead, saying
+    it was "the newest run of Tiny": the run the user meant is named, and why it cannot go on."""
+    cli("train", "tiny.nn", "--backend", "reference", "--epochs", "1", "--out",
+        "runs/tiny-20261206-100000", code=0)
+    cli_process("train", "tiny.nn", "--backend", "reference", "--out",
+                "runs/tiny-20261206-110000", code=-9, cwd=tiny,
+                env={"NNLANG_TEST_SIGNAL_AT_STEP": "5:KILL", "PYTHONPATH": str(ROOT)})
+    out = cli("train", "tiny.nn", "--backend", "reference", "--resume")
+    assert "runs/tiny-20261206-110000 holds no checkpoint to resume" in out, out
+    assert "--out runs/tiny-20261206-100000" in out and "resuming" not in out, out
