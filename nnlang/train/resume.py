@@ -11,7 +11,7 @@ from nnlang.errors import NNError
 from nnlang.train import checkpoint
 from nnlang.train.overrides import resolve
 from nnlang.train.progress import say
-from nnlang.train.runs import RunDir, foreign_files, is_run
+from nnlang.train.runs import RunDir, ensure_free, foreign_files, is_run
 
 
 def find_checkpoint(program_or_path, config, overrides, model, out, resume, runs_root):
@@ -50,7 +50,8 @@ def find_checkpoint(program_or_path, config, overrides, model, out, resume, runs
 def _never_saved(run, hint: str) -> NNError:
     """A run folder with no checkpoint: a run saves at each epoch's end and on Ctrl-C, so a
     kill -9 (or a crash) before its first epoch ended left none ("checkpoint not found" read as
-    a mistyped --out)."""
+    a mistyped --out); or its run is still in that epoch (then the error says it is in use)."""
+    ensure_free(run)
     return NNError(f"{run} holds no checkpoint to resume: its run was stopped before the end of "
                    "its first epoch (a kill -9 or a crash) and saved none", hint=hint)
 

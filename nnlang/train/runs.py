@@ -85,6 +85,13 @@ def _hold(path: Path) -> int | None:
     return fd
 
 
+def ensure_free(path) -> None:
+    """An error when a training run holds the folder `path` now (as `RunDir` would refuse it)."""
+    fd = _hold(Path(path))
+    if fd is not None:
+        os.close(fd)
+
+
 class RunDir:
     def __init__(self, path, fresh: bool = False):
         """Creates the folder, checks that files can be written in it (a run learns that

@@ -293,3 +293,17 @@ def test_bare_resume_does_not_pass_over_a_newer_run_killed_before_its_checkpoint
     out = cli("train", "tiny.nn", "--backend", "reference", "--resume")
     assert "runs/tiny-20261206-110000 holds no checkpoint to resume" in out, out
     assert "--out runs/tiny-20261206-100000" in out and "resuming" not in out, out
+
+
+def test_resume_of_a_run_still_in_its_first_epoch_says_it_is_in_use(tiny):
+    """A run still training its first epoch has no checkpoint yet and holds its folder: a
+    --resume there is told the folder is in use, not that its run was killed."""
+    from nnlang.train.runs import RunDir
+    cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", "--max-steps", "1", code=0)
+    (tiny / "cut" / "checkpoint.npz").unlink()   # as in its first epoch
+    running = RunDir(tiny / "cut")
+    try:
+        out = cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", "--resume")
+    finally:
+        running.release()
+    assert "cut is in use by another training run" in out and "kill" not in out, out
