@@ -52,8 +52,9 @@ def _never_saved(run, hint: str) -> NNError:
     kill -9 (or a crash) before its first epoch ended left none ("checkpoint not found" read as
     a mistyped --out); or its run is still in that epoch (then the error says it is in use)."""
     ensure_free(run)
-    return NNError(f"{run} holds no checkpoint to resume: its run was stopped before the end of "
-                   "its first epoch (a kill -9 or a crash) and saved none", hint=hint)
+    return NNError(f"{run} holds no checkpoint to resume: its run stopped before the end of its "
+                   "first epoch without one (a kill -9, a crash, or a checkpoint it could not "
+                   "write)", hint=hint)
 
 
 def describe_resume(console: Console, ckpt, cfg, hp: dict, picked: bool) -> None:
