@@ -307,3 +307,30 @@ def test_resume_of_a_run_still_in_its_first_epoch_says_it_is_in_use(tiny):
     finally:
         running.release()
     assert "cut is in use by another training run" in out and "kill" not in out, out
+
+
+def test_sigterm_while_the_summary_and_plots_are_written(tiny, monkeypatch, capsys):
+    """SIGTERM after the test evaluation, while summary.json and the plots are written (most of
+    a second with matplotlib): no handler was installed there, so the process ended without a
+    word (exit -15), where Ctrl-C or SIGTERM in the test evaluation just before says that
+    training finished and is saved. The handler below stands for that default action."""
+    from nnlang.train.runs import RunDir
+    real = RunDir.plot
+
+    def plot_terminated(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(self)
+
+    def died(signum, frame):
+        raise RuntimeError("the process would have ended here without a word")
+    monkeypatch.setattr(RunDir, "plot", plot_terminated)
+    old = signal.signal(signal.SIGTERM, died)
+    try:
+        h = fit("tiny.nn", backend="reference", out="cut")
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    out = " ".join(capsys.readouterr().out.split())   # NOTE: rich wraps at its width
+    assert h.stopped == "terminated", out
+    assert "terminated (SIGTERM) while writing the summary and plots; training finished and " \
+           "is saved in cut/checkpoint.npz" in out, out
+    assert checkpoint.load(tiny / "cut").step == 20
