@@ -82,7 +82,10 @@ def save(path, state: dict, meta: dict) -> Path:
     try:
         return write_atomic(path, lambda f: np.savez(f, **arrays), fsync=True)
     except OSError as err:
-        raise NNError(f"cannot write checkpoint {path} ({err})") from None
+        # NOTE: write_atomic removed its temp file, so the file there is the previous save
+        raise NNError(f"cannot write checkpoint {path} ({err.strerror or err})",
+                      hint="the checkpoint there (if any) is the last one saved, unchanged; free "
+                           "space or fix the folder, then --resume goes on from it") from None
 
 
 def load(path, prefer_best: bool = False) -> Checkpoint:

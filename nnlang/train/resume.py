@@ -11,7 +11,7 @@ from nnlang.errors import NNError
 from nnlang.train import checkpoint
 from nnlang.train.overrides import resolve
 from nnlang.train.progress import say
-from nnlang.train.runs import RunDir, foreign_files
+from nnlang.train.runs import RunDir, ensure_free, foreign_files, is_run
 
 
 def find_checkpoint(program_or_path, config, overrides, model, out, resume, runs_root):
@@ -31,13 +31,30 @@ def find_checkpoint(program_or_path, config, overrides, model, out, resume, runs
     if resume is not True:
         return checkpoint.load(resume)
     if out is not None:
+        if not (Path(out) / checkpoint.FILENAME).is_file() and is_run(out):
+            raise _never_saved(out, f"train it again without --resume (--out {out} is reused)")
         return checkpoint.load(out)
     name = resolve(program_or_path, config, overrides, model)[0].model
     where = RunDir.latest(name, runs_root)
+    newest = RunDir.latest(name, runs_root, checkpointed=False)
+    if newest is not None and newest != where:
+        # NOTE: else an older run went on, said to be "the newest run", not the one just cut
+        other = f", or pass --out {where} to resume the newest run that has one" if where else ""
+        raise _never_saved(newest, f"train it again without --resume (--out {newest}){other}")
     if where is None:
         raise NNError(f"no run of '{name}' with a checkpoint under {runs_root}/",
                       hint="pass --out RUN_DIR to say which run to resume")
     return checkpoint.load(where)
+
+
+def _never_saved(run, hint: str) -> NNError:
+    """A run folder with no checkpoint: a run saves at each epoch's end and on Ctrl-C, so a
+    kill -9 (or a crash) before its first epoch ended left none ("checkpoint not found" read as
+    a mistyped --out); or its run is still in that epoch (then the error says it is in use)."""
+    ensure_free(run)
+    return NNError(f"{run} holds no checkpoint to resume: its run stopped before the end of its "
+                   "first epoch without one (a kill -9, a crash, or a checkpoint it could not "
+                   "write)", hint=hint)
 
 
 def describe_resume(console: Console, ckpt, cfg, hp: dict, picked: bool) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import json
 import os
 import re
@@ -39,6 +40,15 @@ RUN_FILES = {"config.json", "metrics.jsonl", "metrics.csv", "summary.json", chec
              checkpoint.BEST}
 
 
+def is_run(path) -> bool:
+    """Is `path` a folder an nnlang training run wrote (its config.json is a run's)?"""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"model", "train"} <= config.keys()
+
+
 def foreign_files(path) -> list[str]:
     """The entries of an existing folder that a training run there would put at risk: all of
     them unless its config.json is an nnlang run's, else those that are not a run's files.
@@ -48,12 +58,7 @@ def foreign_files(path) -> list[str]:
     if not path.is_dir():
         return []
     names = sorted(p.name for p in path.iterdir())
-    try:
-        config = json.loads((path / "config.json").read_text())
-        ours = isinstance(config, dict) and {"model", "train"} <= config.keys()
-    except (OSError, ValueError):
-        ours = False
-    if not ours:
+    if not is_run(path):
         return names
     return [n for n in names if n not in RUN_FILES and not n.endswith(".png")
             and not (n.startswith(".") and n.endswith(".tmp"))]
@@ -78,6 +83,13 @@ def _hold(path: Path) -> int | None:
                                "another --out") from None
         return None
     return fd
+
+
+def ensure_free(path) -> None:
+    """An error when a training run holds the folder `path` now (as `RunDir` would refuse it)."""
+    fd = _hold(Path(path))
+    if fd is not None:
+        os.close(fd)
 
 
 class RunDir:
@@ -126,15 +138,16 @@ class RunDir:
         return cls(path, fresh=True)
 
     @staticmethod
-    def latest(model: str, root="runs") -> Path | None:
-        """The newest run directory of `model` under `root` that holds a checkpoint."""
+    def latest(model: str, root="runs", checkpointed: bool = True) -> Path | None:
+        """The newest run directory of `model` under `root` that holds a checkpoint (with not
+        `checkpointed`: any run folder of it, one stopped before its first save included)."""
         def started(p: Path) -> tuple:
             # NOTE: by the time in the name, then its same-second suffix as a number (-10 after
             # -9, which sorting names put before -2); a folder named otherwise counts as oldest
             m = re.fullmatch(r"(\d{8}-\d{6})(?:-(\d+))?", p.name[len(model) + 1:])
             return (m[1], int(m[2] or 1), p.name) if m else ("", 0, p.name)
         found = [p for p in Path(root).glob(f"{model.lower()}-*")
-                 if (p / checkpoint.FILENAME).is_file()]
+                 if (p / checkpoint.FILENAME).is_file() or not checkpointed and is_run(p)]
         return max(found, key=started) if found else None
 
     @property
@@ -146,9 +159,9 @@ class RunDir:
         return self.path / checkpoint.BEST
 
     def drop_stale_temps(self) -> None:
-        """Removes the temp files of checkpoint saves a kill -9 cut short (one per kill, as big
-        as a checkpoint); `checkpoint.save` never leaves one otherwise."""
-        for name in (checkpoint.FILENAME, checkpoint.BEST):
+        """Removes the temp files of saves a kill -9 cut short (a checkpoint's: one per kill, as
+        big as a checkpoint; the run records' too); `write_atomic` never leaves one otherwise."""
+        for name in RUN_FILES:
             for tmp in self.path.glob(f".{name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
 
@@ -197,23 +210,27 @@ class RunDir:
                 with writing(self.path / name):
                     (self.path / name).unlink(missing_ok=True)
             return
+        # NOTE: replaced whole, not rewritten in place: a full disk or a kill -9 midway cut
+        # the log, and the rows of the epochs before the checkpoint were lost for good
         with writing(self.path / "metrics.jsonl"):
-            (self.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-            self._write_csv(rows)
+            write_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        self._write_csv(rows)
 
     def log(self, row: dict) -> None:
         with writing(self.path / "metrics.jsonl"):
             with open(self.path / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-            # NOTE: rewritten whole each epoch so the header always covers every column
-            self._write_csv(self.rows())
+        # NOTE: rewritten whole each epoch so the header always covers every column
+        self._write_csv(self.rows())
 
     def _write_csv(self, rows: list[dict]) -> None:
         columns = list(dict.fromkeys(k for r in rows for k in r))
-        with open(self.path / "metrics.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, columns)
-            w.writeheader()
-            w.writerows(rows)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, columns)
+        w.writeheader()
+        w.writerows(rows)
+        with writing(self.path / "metrics.csv"):
+            write_atomic(self.path / "metrics.csv", text.getvalue())
 
     # *** plots ***
     def plot(self) -> list[Path] | None:

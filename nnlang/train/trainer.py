@@ -681,7 +681,9 @@ class _Training:
         """The test set's results, summary.json, plots and the summary table."""
         history, run = self.history, self.run_dir
         history.val = history.val or _last(history.rows, "val")
-        # NOTE: ranks evaluate to the end together: a Ctrl-C then is only recorded
+        # NOTE: ranks evaluate to the end together: a Ctrl-C then is only recorded. The summary
+        # and plots are inside too: SIGTERM there (no handler) ended the process without a word
+        plotted, doing = [], "during the test evaluation"
         with Interrupts(deferred=self.ranks.many) as interrupts:
             try:
                 with interrupts.immediate():
@@ -689,21 +691,23 @@ class _Training:
                                             self.console if self.progress else None,
                                             self.ranks, "test set", header=False) \
                         if self.test else None
+                    if run is not None:
+                        doing = "while writing the summary and plots"
+                        run.write_json("summary.json", {
+                            "epochs": len(history.rows), "step": self.net.step,
+                            "stopped": history.stopped, "best": history.best,
+                            "train": _last(history.rows, "train"), "val": history.val,
+                            "test": history.test})
+                        plotted = run.plot()
             except KeyboardInterrupt:
-                # NOTE: training is complete and saved; only the test numbers are missing
+                # NOTE: training is complete and saved; only the test numbers (or the summary
+                # and plots, which a --resume writes) are missing
                 history.stopped = _STOPPED_BY[interrupts.signal]
-                say(self.console, f"{_SAID[interrupts.signal]} during the test evaluation; "
-                                  "training finished"
+                say(self.console, f"{_SAID[interrupts.signal]} {doing}; training finished"
                                   + (f" and is saved in {run.checkpoint}" if run else ""))
                 return history
-        if run is not None:
-            run.write_json("summary.json", {"epochs": len(history.rows), "step": self.net.step,
-                                            "stopped": history.stopped,
-                                            "best": history.best,
-                                            "train": _last(history.rows, "train"),
-                                            "val": history.val, "test": history.test})
-            if run.plot() is None:
-                say(self.console, PLOT_HINT)
+        if plotted is None:
+            say(self.console, PLOT_HINT)
         self.console.print(summary_table(history))
         if run is not None:
             say(self.console, f"run directory: {run.path}")

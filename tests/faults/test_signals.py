@@ -60,6 +60,7 @@ def test_signal_then_resume_is_bit_identical(tiny, spec, code, saved_step):
         assert "resume with: nnlang train tiny.nn --out cut --resume" in p.stdout
     assert checkpoint.load(tiny / "cut").step == saved_step
     (tiny / "cut" / ".checkpoint.npz.k9x.tmp").write_bytes(b"PK half")  # a save kill -9 cut
+    (tiny / "cut" / ".metrics.jsonl.k9x.tmp").write_text('{"epoch": 1, "st')  # ... and a log's
     out = cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", "--resume", code=0)
     at = f"at epoch 1, step {saved_step}" if saved_step < 10 else \
         "after epoch 1" if saved_step == 10 else f"at epoch 2, step {saved_step - 10}"
@@ -262,3 +263,74 @@ def test_ctrl_c_while_the_installed_script_loads_its_modules():
     proc = subprocess.run([sys.executable, "-c", probe, "check", "models/mlp.nn"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout, proc.stderr) == (130, "interrupted\n", "")
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint(tiny):
+    """kill -9 in epoch 1 leaves a run folder (config.json) and no checkpoint: `--resume` said
+    "checkpoint not found: cut/checkpoint.npz" with the hint to pass a checkpoint, as if the
+    folder were mistyped; it says why there is none and that training it again (without
+    --resume) is the way on, and that run ends as an uninterrupted one."""
+    ref = straight(tiny)
+    cli_process("train", "tiny.nn", "--backend", "reference", "--out", "cut", code=-9,
+                cwd=tiny, env={"NNLANG_TEST_SIGNAL_AT_STEP": "5:KILL", "PYTHONPATH": str(ROOT)})
+    assert not (tiny / "cut" / "checkpoint.npz").exists()
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", "--resume")
+    assert "cut holds no checkpoint to resume" in out and "before the end of its first epoch" \
+        in out and "without --resume" in out, out
+    cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", code=0)
+    assert_bit_identical(ref, tiny / "cut")
+
+
+def test_bare_resume_does_not_pass_over_a_newer_run_killed_before_its_checkpoint(tiny):
+    """`--resume` without --out takes the model's newest run. A kill -9 in the newest run's
+    first epoch left it no checkpoint, and the resume went on with an older run instead, saying
+    it was "the newest run of Tiny": the run the user meant is named, and why it cannot go on."""
+    cli("train", "tiny.nn", "--backend", "reference", "--epochs", "1", "--out",
+        "runs/tiny-20261206-100000", code=0)
+    cli_process("train", "tiny.nn", "--backend", "reference", "--out",
+                "runs/tiny-20261206-110000", code=-9, cwd=tiny,
+                env={"NNLANG_TEST_SIGNAL_AT_STEP": "5:KILL", "PYTHONPATH": str(ROOT)})
+    out = cli("train", "tiny.nn", "--backend", "reference", "--resume")
+    assert "runs/tiny-20261206-110000 holds no checkpoint to resume" in out, out
+    assert "--out runs/tiny-20261206-100000" in out and "resuming" not in out, out
+
+
+def test_resume_of_a_run_still_in_its_first_epoch_says_it_is_in_use(tiny):
+    """A run still training its first epoch has no checkpoint yet and holds its folder: a
+    --resume there is told the folder is in use, not that its run was killed."""
+    from nnlang.train.runs import RunDir
+    cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", "--max-steps", "1", code=0)
+    (tiny / "cut" / "checkpoint.npz").unlink()   # as in its first epoch
+    running = RunDir(tiny / "cut")
+    try:
+        out = cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", "--resume")
+    finally:
+        running.release()
+    assert "cut is in use by another training run" in out and "kill" not in out, out
+
+
+def test_sigterm_while_the_summary_and_plots_are_written(tiny, monkeypatch, capsys):
+    """SIGTERM after the test evaluation, while summary.json and the plots are written (most of
+    a second with matplotlib): no handler was installed there, so the process ended without a
+    word (exit -15), where Ctrl-C or SIGTERM in the test evaluation just before says that
+    training finished and is saved. The handler below stands for that default action."""
+    from nnlang.train.runs import RunDir
+    real = RunDir.plot
+
+    def plot_terminated(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(self)
+
+    def died(signum, frame):
+        raise RuntimeError("the process would have ended here without a word")
+    monkeypatch.setattr(RunDir, "plot", plot_terminated)
+    old = signal.signal(signal.SIGTERM, died)
+    try:
+        h = fit("tiny.nn", backend="reference", out="cut")
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    out = " ".join(capsys.readouterr().out.split())   # NOTE: rich wraps at its width
+    assert h.stopped == "terminated", out
+    assert "terminated (SIGTERM) while writing the summary and plots; training finished and " \
+           "is saved in cut/checkpoint.npz" in out, out
+    assert checkpoint.load(tiny / "cut").step == 20

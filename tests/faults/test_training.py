@@ -304,6 +304,29 @@ def test_resume_after_a_cut_metrics_line(work, tmp_path):
     assert f"{log}:1 is damaged" in out and "--out" in out, out
 
 
+def test_a_resume_that_cannot_write_keeps_the_metrics_log(work, tmp_path):
+    """A full disk (here: a file-size limit below the log's size) when a resume starts: it
+    rewrote metrics.jsonl in place (truncated, then cut at the limit), so the rows of the epochs
+    trained before were lost, though the checkpoint and everything else stayed."""
+    import resource
+    import signal
+    run = tmp_path / "run"
+    cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--epochs", "2", code=0,
+        cwd=work)
+    before = {n: (run / n).read_bytes() for n in ("metrics.jsonl", "metrics.csv",
+                                                   "checkpoint.npz")}
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # NOTE: EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+    p = cli_process("train", "tiny.nn", "--backend", "reference", "--out", run, "--resume",
+                    "--epochs", "3", code=1, cwd=work, env={"PYTHONPATH": str(ROOT)},
+                    preexec_fn=limited)
+    assert "cannot write" in p.stdout + p.stderr, p.stdout + p.stderr
+    assert {n: (run / n).read_bytes() for n in before} == before
+    assert not list(run.glob(".*.tmp"))
+
+
 def test_out_with_the_users_files_is_refused_and_they_are_kept(work, tmp_path):
     proj = tmp_path / "proj"
     proj.mkdir()

@@ -156,8 +156,10 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
         f.write(b"PK\x03\x04 half a zip")  # the temp file is open and partly written
         raise OSError("disk full")
     monkeypatch.setattr(np, "savez", failing_savez)
-    with pytest.raises(NNError, match="cannot write checkpoint.*disk full"):
+    with pytest.raises(NNError, match="cannot write checkpoint.*disk full") as err:
         checkpoint.save(path, {"w": np.zeros((2, 3), np.float32)}, _meta(2, 9))
+    # NOTE: it gave no hint: whether the earlier checkpoint survived, and how to go on
+    assert "last one saved, unchanged" in err.value.hint and "--resume" in err.value.hint
     ck = checkpoint.load(path)
     np.testing.assert_array_equal(ck.state["w"], old["w"])
     assert ck.epoch == 1 and ck.step == 5
