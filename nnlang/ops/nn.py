@@ -356,11 +356,15 @@ register("sum", _RED_SIG, _reduce_shape, family="nn", samples=_RED_SAMPLES,
 register("max", _RED_SIG, _reduce_shape, family="nn", samples=_RED_SAMPLES,
          decompose=lambda b, x, *, axis, keepdims: b.reduce_max(x, axes=axes_attr(axis),
                                                                 keepdims=keepdims),
-         doc="max over axis (an int or a list; all axes when none)")
+         doc="max over axis (an int or a list; all axes when none); a tied maximum "
+             "shares the gradient evenly, and a NaN gives NaN and NaN gradients to "
+             "each value of its group, as torch.amax does")
 register("min", _RED_SIG, _reduce_shape, family="nn", samples=_RED_SAMPLES,
          decompose=lambda b, x, *, axis, keepdims: b.reduce_min(x, axes=axes_attr(axis),
                                                                 keepdims=keepdims),
-         doc="min over axis (an int or a list; all axes when none)")
+         doc="min over axis (an int or a list; all axes when none); a tied minimum "
+             "shares the gradient evenly, and a NaN gives NaN and NaN gradients to "
+             "each value of its group, as torch.amin does")
 register("mean", _RED_SIG, _float_reduce_shape("mean"), family="nn", samples=_RED_SAMPLES,
          decompose=lambda b, x, *, axis, keepdims: mean_over(b, x, axes_attr(axis), keepdims),
          doc="mean over axis (an int or a list; all axes when none): a sum divided by the count")
