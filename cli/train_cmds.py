@@ -54,7 +54,9 @@ def train(
                                        callback=finite_float),
     sets: Optional[list[str]] = typer.Option(
         None, "--set", help="name=value: a model hyper-parameter, or a train setting / "
-                            "optimizer option (clip_norm, l2, momentum...); repeatable."),
+                            "optimizer option (clip_norm, l2, momentum, monitor=train_loss...); "
+                            "a path needs no quotes and is read from the current folder "
+                            "(init_from=runs/mlp-20261205-120000); repeatable."),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the run: the initial "
                                        "weights, the data order and the validation carve."),
@@ -66,8 +68,9 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out",
                                        help="Run directory (default runs/<model>-<time>/)."),
     resume: bool = typer.Option(False, "--resume",
-                                help="Continue the run in --out (default: the newest "
-                                     "runs/<model>-* with a checkpoint)."),
+                                help="Continue the run in --out (default: the model's newest "
+                                     "run, runs/<model>-*; one a kill -9 left with no "
+                                     "checkpoint is an error naming it)."),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1,
                                             help="Stop after this many steps (smoke tests)."),
