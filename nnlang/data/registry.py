@@ -219,7 +219,10 @@ def _dotted(node) -> bool:
 
 def _literal(node):
     """A Python literal, .nn's `none`, `true` and `false`, or another bare name as its string
-    (`target=y` means `target="y"`; a column named none is written "none")."""
+    (`target=y` means `target="y"`; a column named none is written "none"), in a list too
+    (`targets=[aux]`)."""
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_literal(e) for e in node.elts]
     if isinstance(node, ast.Name):
         return _NN_WORDS.get(node.id, node.id)
     if _dotted(node):   # NOTE: a bare file name, test=t.csv: Python reads t.csv as an attribute

@@ -76,6 +76,16 @@ def test_csv_target_spellings(tmp_path, monkeypatch, spec):
     assert ds.meta["target_column"] == "y" and ds.train["label"].tolist() == [0.5, 1.5]
 
 
+@pytest.mark.parametrize("spec", ["d.npz(targets=[aux])", 'npz("d.npz", targets=["aux"])'])
+def test_bare_names_in_a_data_spec_list_are_strings(tmp_path, monkeypatch, spec):
+    """`targets=[aux]` is `targets=["aux"]`, as a bare `target=y` is "y" (docs/data.md: a bare
+    word as an option value is a string); it was "'[aux]' is not a value"."""
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "d.npz", x=np.ones((2, 3), "f4"), aux=np.arange(2, dtype="f4"))
+    ds = load_dataset(spec)
+    assert ds.targets == ["aux"] and ds.train["aux"].tolist() == [0.0, 1.0]
+
+
 def test_nn_words_in_a_data_spec_are_the_nn_values():
     """`--data "imdb(maxlen=none)"` is whole reviews, as `maxlen = none` is in a .nn file."""
     from nnlang.train.feeds import replace_data
