@@ -3,7 +3,6 @@
 """
 from __future__ import annotations
 
-import codecs
 import re
 import sys
 from pathlib import Path
@@ -191,7 +190,7 @@ def fmt(
     reformatted and 2 a file could not be read or parsed.
     """
     from nnlang.frontend.fmt import format_source
-    from nnlang.frontend.source import STDIN_FILE, read_source, read_stdin
+    from nnlang.frontend.source import BOM, STDIN_FILE, read_source, read_stdin
 
     if check_only and write:
         raise typer.BadParameter("use --check or --write, not both")
@@ -201,16 +200,16 @@ def fmt(
             stdin = str(path) == "-"
             name = STDIN_FILE if stdin else str(path)
             try:
-                source = read_stdin(sys.stdin.buffer) if stdin else read_source(path)
-                text = format_source(source, name)
+                # NOTE: read once, the byte-order mark kept: the canonical text (what fmt
+                # prints) has none, so a source that starts with one is not formatted
+                raw = (read_stdin(sys.stdin.buffer, keep_bom=True) if stdin
+                       else read_source(path, keep_bom=True))
+                text = format_source(raw.removeprefix(BOM), name)
             except NNError as err:
                 print_error(err)
                 failed = True
                 continue
-            # NOTE: read_source drops a byte-order mark; the canonical text (what fmt prints)
-            # has none, so a file that starts with one is not formatted
-            changed = text != source or ((check_only or write) and not stdin
-                                         and _starts_with_bom(path))
+            changed = text != raw
             if check_only:
                 if changed:
                     err_console().print(Text(f"would reformat {name}"))
@@ -227,13 +226,6 @@ def fmt(
         raise typer.Exit(FMT_UNREADABLE if check_only else 1)
     if bad:
         raise typer.Exit(FMT_CHANGED)
-
-
-def _starts_with_bom(path: Path) -> bool:
-    if not path.is_file():   # NOTE: /dev/stdin is read once, by read_source
-        return False
-    with path.open("rb") as f:
-        return f.read(3) == codecs.BOM_UTF8
 
 
 # *** ops ***

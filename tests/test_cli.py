@@ -347,6 +347,12 @@ def test_fmt_check_sees_a_byte_order_mark(tmp_path):
     assert run("fmt", "--write", path).exit_code == 0
     assert path.read_bytes() == canonical.encode()
     assert run("fmt", "--check", path).exit_code == 0
+    # and from standard input: `fmt -` prints the text without the BOM, so `--check -` of the
+    # same bytes would reformat too (it said 0, while `--check FILE` said 1)
+    with_bom = b"\xef\xbb\xbf" + canonical.encode()
+    assert runner.invoke(app, ["fmt", "-"], input=with_bom).stdout == canonical
+    r = runner.invoke(app, ["fmt", "--check", "-"], input=with_bom)
+    assert r.exit_code == 1 and "would reformat <stdin>" in r.stderr
 
 
 def test_ops():

@@ -14,6 +14,7 @@ from nnlang.errors import NNError, Span
 
 STRING_FILE = "<string>"
 STDIN_FILE = "<stdin>"
+BOM = "\ufeff"   # NOTE: a UTF-8 byte-order mark, decoded
 MAX_SOURCE_BYTES = 64 << 20  # NOTE: bounds what /dev/zero or a mistaken data file can cost
 
 
@@ -54,15 +55,15 @@ def load_source(source_or_path) -> tuple[str, str]:
     return read_source(source_or_path), str(source_or_path)
 
 
-def read_source(path) -> str:
+def read_source(path, keep_bom: bool = False) -> str:
     """The text of a .nn file; NNError for a missing or unreadable file, a directory, or
-    contents that are not UTF-8."""
+    contents that are not UTF-8. `keep_bom`: a leading byte-order mark stays, as "\ufeff"."""
     path = Path(path)
     if path.is_dir():
         raise NNError(f"'{path}' is a directory, not a .nn file", hint=_dir_hint(path))
     try:
         with path.open("rb") as f:  # NOTE: not only regular files: /dev/stdin works too
-            return _read_stream(f, str(path))
+            return _read_stream(f, str(path), keep_bom)
     except FileNotFoundError:
         raise NNError(f"file not found: {path}", hint=_missing_hint(path)) from None
     except OSError as err:
@@ -70,21 +71,22 @@ def read_source(path) -> str:
                       hint="check the path and its permissions") from None
 
 
-def read_stdin(stream) -> str:
+def read_stdin(stream, keep_bom: bool = False) -> str:
     """The text of .nn source piped in (`nnlang fmt -`): the checks of `read_source`, named
     STDIN_FILE in errors."""
     try:
-        return _read_stream(stream, STDIN_FILE)
+        return _read_stream(stream, STDIN_FILE, keep_bom)
     except OSError as err:
         raise NNError(f"cannot read {STDIN_FILE}: {err.strerror or err}") from None
 
 
-def _read_stream(f, name: str) -> str:
+def _read_stream(f, name: str, keep_bom: bool) -> str:
     data = f.read(MAX_SOURCE_BYTES + 1)
     if len(data) > MAX_SOURCE_BYTES:
         raise NNError(f"'{name}' is larger than {MAX_SOURCE_BYTES / 2**20:g} MiB; a .nn file "
                       "describes a model, it holds no data", hint="is this the right file?")
-    return decode(data, name)
+    text = decode(data, name)
+    return BOM + text if keep_bom and data.startswith(codecs.BOM_UTF8) else text
 
 
 def decode(data: bytes, file: str) -> str:
