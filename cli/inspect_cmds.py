@@ -194,6 +194,9 @@ def fmt(
 
     if check_only and write:
         raise typer.BadParameter("use --check or --write, not both")
+    if sum(str(p) == "-" for p in files) > 1:
+        # NOTE: the first `-` reads standard input to its end; a second would format nothing
+        raise typer.BadParameter("- (standard input) can be given once", param_hint="FILES")
     bad = failed = False
     with reporting():
         for path in files:

@@ -293,6 +293,14 @@ def test_fmt_reads_standard_input_with_a_dash():
     assert r.exit_code == 1 and "<stdin>:1:" in r.stderr and "Traceback" not in r.output
 
 
+def test_fmt_takes_standard_input_once():
+    # standard input can be read once: a second `-` printed nothing and passed --check
+    canonical = "model M {\n  input x: float32[batch, 4]\n  output y = x\n}\n"
+    for args in (["fmt", "-", "-"], ["fmt", "--check", "-", "-"]):
+        r = runner.invoke(app, args, input=canonical)
+        assert r.exit_code == 2 and "standard input" in r.output and r.stdout == ""
+
+
 def test_fmt_check_exit_codes_tell_unformatted_from_unreadable(tmp_path):
     # --check: 0 formatted, 1 would reformat, 2 cannot be read or parsed (as black's 123 and
     # ruff's 2): a hook must not take a syntax error or a missing file for "needs formatting"
