@@ -58,8 +58,11 @@ def match_inputs(graph, ds_inputs: list[str], ds_targets: list[str], dataset: st
         guesses = {m: closest(m, unused) for m in missing}
         said = ", ".join(f"{m} (did you mean '{guesses[m]}'? names match exactly, case "
                          "included)" if guesses[m] else m for m in missing)
+        # NOTE: located at the (first) input left without an array: the model's side of the
+        # mismatch, whichever of the train section or --data named the data set
         raise NNError(
             f"cannot match the model's inputs to the arrays of {dataset}: no array for {said}",
+            graph.node(graph.inputs[missing[0]]).span,
             hint=f"model inputs {fmt(list(features), graph)} (targets: {fmt(list(targets), graph)})"
                  f"; dataset inputs {fmt(ds_inputs)} (targets: {fmt(ds_targets)}). Rename the "
                  "model's inputs to the dataset's names, or give each side the same number of "

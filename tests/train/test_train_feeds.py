@@ -69,6 +69,8 @@ def test_an_array_named_in_another_case_is_named_as_the_close_match():
     with pytest.raises(NNError) as err:
         feeds.match_inputs(graph(MLP), ["image", "Label"], [], "dataset 'd'")
     assert "no array for label (did you mean 'Label'?" in err.value.message
+    # and it points at the input's declaration (line 4 of MLP), not at nothing
+    assert (err.value.span.line, err.value.span.col) == (4, 3)
     with pytest.raises(NNError) as err:
         feeds.match_inputs(graph(ROLES), ["a", "b"], ["label"], "dataset 'pairs'")
     assert "did you mean" not in err.value.message   # no guess where none is close
