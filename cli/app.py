@@ -163,8 +163,10 @@ def parse_value(text: str, where: Span | None = None):
     if "/" in stripped and re.fullmatch(r"[\w.~\-/]+", stripped) and re.search(r"[^\d/]",
                                                                                stripped):
         return stripped
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*\(.*\)", stripped, re.S):
-        return stripped  # NOTE: a choice with options, `schedule=step(step_size=1)`: as --data
+    if re.fullmatch(r"[\w.~\-/]*[A-Za-z_][\w.~\-/]*\(.*\)", stripped, re.S):
+        # NOTE: a choice with options, `schedule=step(step_size=1)`, or a file's, as --data
+        # spells it (`data=sub/r.npz(targets=[aux])`)
+        return stripped
     try:
         module = parse(f"model M(v = {text}) {{}}", "<--set>")
     except BadLiteral as err:

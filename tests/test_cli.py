@@ -584,3 +584,14 @@ def test_vae_trains_on_the_bundled_mnist_sample(tmp_path):
     assert test["loss"] < 0.6 * 784 * math.log(2)
     assert test["loss"] == pytest.approx(test["reconstruction"] + test["kl"], rel=1e-6)
     assert test["kl"] > 0   # the encoder's posterior moved away from the N(0, 1) prior
+
+
+@pytest.mark.parametrize("spec", ["r.npz(targets=[aux])", "sub/r.csv(target=price)",
+                                  "./r.csv(target=price, val=v.csv)", "imdb(maxlen=none)"])
+def test_set_data_takes_the_spellings_of_data(spec):
+    # `--set data=r.npz(targets=[aux])` was "'r.npz(targets=[aux])' is not a literal" while
+    # `--data r.npz(targets=[aux])` and `--set data=imdb(maxlen=none)` worked: a file name has
+    # a dot (and maybe a slash) where a data set or schedule name has none
+    from nnlang.train.feeds import replace_data
+    from nnlang_cli.app import parse_value
+    assert replace_data(None, parse_value(spec)) == replace_data(None, spec)
