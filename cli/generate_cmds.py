@@ -181,7 +181,11 @@ def _prompts(given, path) -> list[str]:
                 raise NNError(f"--prompt-file {path} is larger than "
                               f"{MAX_PROMPT_FILE_BYTES / 2**20:g} MiB; it holds prompts, one a "
                               "line", hint="is this the right file?")
-            lines = data.decode("utf-8-sig").splitlines()  # NOTE: a byte-order mark is no text
+            # NOTE: a byte-order mark is no text; lines end at "\n" (and "\r\n") only:
+            # splitlines() also cut at a form feed, U+0085 and U+2028, which made two prompts of
+            # one line where --prompt with the same text is an error naming the character
+            lines = [line.removesuffix("\r") for line in
+                     data.decode("utf-8-sig").split("\n")]
         except (OSError, UnicodeDecodeError) as err:
             raise NNError(f"--prompt-file {path}: cannot read it ({err})") from None
         prompts += [line for line in lines if line.strip()]

@@ -271,3 +271,22 @@ def test_an_endless_prompt_file_is_cut_short(run, monkeypatch, tmp_path, name):
     out = generate(run, "--prompt-file", path)
     assert f"--prompt-file {path} is larger than 0.0625 MiB" in out, out
 
+
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\x0c", "\x85", "\x1e"])
+def test_a_prompt_file_splits_at_newlines_only(run, sep):
+    """One prompt per line means per "\\n" (a "\\r\\n" line too): str.splitlines also cut at a
+    form feed, U+0085, U+001E and U+2028, so the line `The{sep}film` became the two prompts
+    'The' and 'film'. The file must give what --prompt with each line gives (an error naming
+    the character where the tokenizer lacks it, else the one prompt)."""
+    (run / "seps.txt").write_bytes(f"The{sep}film\r\nA\n".encode())
+    want_code = 0 if sep == "\x85" else 1   # IMDB text holds U+0085 (cp1252's ellipsis)
+    given = generate(run, "--prompt", f"The{sep}film", "--prompt", "A", "--max-new", "2",
+                     "--json", code=want_code)
+    from_file = generate(run, "--prompt-file", run / "seps.txt", "--max-new", "2", "--json",
+                         code=want_code)
+    assert from_file == given, (from_file, given)
+    (run / "crlf.txt").write_bytes(b"The film\r\nA\r\n\r\n")
+    out = generate(run, "--prompt-file", run / "crlf.txt", "--max-new", "2", "--json", code=0)
+    assert [json.loads(line)["prompt"] for line in out.splitlines()] == ["The film", "A"]
