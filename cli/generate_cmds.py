@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from nnlang.frontend.generate_config import BASE
-from nnlang_cli.app import app, console, finite_float, reporting
+from nnlang_cli.app import INTERRUPTED, app, console, err_console, finite_float, reporting
 from nnlang_cli.train_cmds import BACKEND_HELP, CKPT_HELP, DATA_DIR_HELP
 
 
@@ -66,8 +66,10 @@ def generate(
     temperature / top-k / top-p sampling, or beam search; --eval scores an encoder-decoder on
     held-out data. See docs/generation.md."""
     from nnlang.errors import NNError
+    from nnlang.runtime.generate import Interrupted
     from nnlang.train.inference import restore
     out = console()
+    cut = False
     options = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
                    beam=beam, length_penalty=length_penalty, seed=seed,
                    greedy=greedy or None, data_dir=data_dir)
@@ -91,9 +93,23 @@ def generate(
         if evaluate:
             report = _held_out(net, cfg, file, data, data_dir, limit, tok, stop, options)
         else:
-            result = net.generate(prompts, stop=stop, tokenizer=tok, **options)
+            try:
+                result = net.generate(prompts, stop=stop, tokenizer=tok, **options)
+            except Interrupted as stopped:
+                # NOTE: Ctrl-C while decoding: what each prompt had is printed (`stopped`
+                # "interrupted"), then exit 130; it was dropped with only "interrupted"
+                result, cut = stopped.generation, True
     if evaluate:
         return _print_held_out(out, report, as_json)
+    _print_samples(out, net, result, as_json)
+    if cut:
+        (err_console() if as_json else out).print(
+            "interrupted: the texts above end where decoding stopped", markup=False,
+            highlight=False)
+        raise typer.Exit(INTERRUPTED)
+
+
+def _print_samples(out, net, result, as_json: bool) -> None:
     if as_json:
         for s in result.samples:
             typer.echo(json.dumps({"prompt": s.prompt, "text": s.text, "ids": s.ids,

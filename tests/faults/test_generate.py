@@ -290,3 +290,30 @@ def test_a_prompt_file_splits_at_newlines_only(run, sep):
     (run / "crlf.txt").write_bytes(b"The film\r\nA\r\n\r\n")
     out = generate(run, "--prompt-file", run / "crlf.txt", "--max-new", "2", "--json", code=0)
     assert [json.loads(line)["prompt"] for line in out.splitlines()] == ["The film", "A"]
+
+
+@pytest.mark.parametrize("decoding", [[], ["--beam", "2"]])
+def test_ctrl_c_while_decoding_prints_what_it_has(run, monkeypatch, decoding):
+    """Ctrl-C during decoding printed only "interrupted" (exit 130): every token decoded so far
+    was lost. It prints each prompt with the tokens it had (`stopped` "interrupted"; greedy: the
+    first tokens of the uninterrupted output), the word on stderr under --json, and exits 130."""
+    from nnlang.runtime.generate import Generator
+    args = ["--prompt", "The film", "--prompt", "A", "--max-new", "6", "--json", *decoding]
+    whole = [json.loads(line) for line in generate(run, *args, code=0).splitlines()]
+    real, calls = Generator.advance, []
+
+    def advance(self, new, pos):
+        calls.append(pos)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, new, pos)
+    monkeypatch.setattr(Generator, "advance", advance)
+    out = generate(run, *args, code=130)
+    lines = out.splitlines()
+    assert lines[-1] == "interrupted: the texts above end where decoding stopped", out
+    got = [json.loads(line) for line in lines[:-1]]
+    assert [g["prompt"] for g in got] == ["The film", "A"]
+    assert [g["stopped"] for g in got] == ["interrupted"] * 2
+    assert all(len(g["ids"]) == 3 for g in got)
+    if not decoding:
+        assert [g["ids"] for g in got] == [w["ids"][:3] for w in whole]
