@@ -317,7 +317,8 @@ class Generator:
                 if not ids:
                     raise NNError(f"{where} is empty", hint="give the source text to decode "
                                   "from")
-                src.append(self._fit(ids, self._source_len(), where, "source"))
+                src.append(self._fit(ids, self._source_len(), where, "source",
+                                     self.spec.source))
                 dec.append([start])
                 continue
             ids = ([start] if start is not None else []) + ids
@@ -327,6 +328,7 @@ class Generator:
             # NOTE: the count names the `start` token it holds: a prompt of 16 characters was
             # "17 tokens, longer than ... (16)" with nothing saying where the 17th came from
             dec.append(self._fit(ids, self.spec.max_len, where, "token stream",
+                                 self.spec.tokens,
                                  "" if start is None else " with the section's `start` token"))
         return dec, (src if self.spec.source else None)
 
@@ -334,11 +336,13 @@ class Generator:
         return int(self.net.user.node(self.net.user.inputs[self.spec.source]).shape[1])
 
     @staticmethod
-    def _fit(ids, limit: int, where: str, what: str, extra: str = ""):
+    def _fit(ids, limit: int, where: str, what: str, name: str, extra: str = ""):
         if len(ids) > limit:
+            # NOTE: the input that sets the limit: an encoder-decoder's source was said to be
+            # limited by "its token input's length" (the decoder's, another length)
             raise NNError(f"{where} is {len(ids)} tokens{extra}, longer than the model's {what} "
-                          f"allows ({limit})", hint="shorten the prompt (the model's max "
-                          "length is its token input's length)")
+                          f"allows ({limit})", hint=f"shorten the prompt (at most {limit} "
+                          f"tokens: the length of the model's input '{name}')")
         return ids
 
     # *** engines ***

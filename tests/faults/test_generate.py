@@ -63,7 +63,8 @@ def test_the_header_writes_the_sampling_settings_as_given(run):
     (["--prompt", "caf\u00e9 \u2603"], ["'\u2603'", "position 6", "not in the tokenizer"]),
     (["--prompt", ""], ["the prompt is empty"]),
     ([], ["no prompt given", "--prompt"]),
-    (["--prompt", "x" * 30], ["30 tokens", "longer than", "(24)"]),
+    (["--prompt", "x" * 30], ["30 tokens", "longer than", "(24)",
+                                "the length of the model's input 'tokens'"]),
     (["--prompt", "ok", "--prompt", "x" * 25], ["prompt 2", "longer than"]),
     (["--prompt", "a", "--temperature", "0"], ["--temperature", "must be > 0"]),
     (["--prompt", "a", "--top-p", "1.5"], ["--top-p", "in (0, 1]"]),
@@ -210,7 +211,9 @@ def test_held_out_exact_match_is_reported(seq2seq):
 @pytest.mark.parametrize("args,words", [
     (["--prompt", "5 M\u00e4rz 2021"], ["'\u00e4' at position 4", "not in the tokenizer's "
                                          "alphabet", "known characters"]),
-    (["--prompt", "1" * 33], ["33 tokens", "longer than the model's source allows (32)"]),
+    # NOTE: the hint named the token input (decoder_in, 11 long) as the limit of a source
+    (["--prompt", "1" * 33], ["33 tokens", "longer than the model's source allows (32)",
+                              "the length of the model's input 'source'"]),
     (["--prompt", "1/2/03", "--prompt", "1/2/2003" * 5], ["prompt 2", "40 tokens"]),
     (["--prompt", "1/2/03", "--prompt", "1/2/ä"], ["prompt 2 '1/2/ä'", "position 5"]),
     (["--eval", "--prompt", "1/2/03"], ["--eval", "takes no prompts"]),
