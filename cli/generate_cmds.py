@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from nnlang.frontend.generate_config import BASE
-from nnlang_cli.app import app, console, finite_float, reporting
+from nnlang_cli.app import INTERRUPTED, app, console, err_console, finite_float, reporting
 from nnlang_cli.train_cmds import BACKEND_HELP, CKPT_HELP, DATA_DIR_HELP
 
 
@@ -66,8 +66,10 @@ def generate(
     temperature / top-k / top-p sampling, or beam search; --eval scores an encoder-decoder on
     held-out data. See docs/generation.md."""
     from nnlang.errors import NNError
+    from nnlang.runtime.generate import Interrupted
     from nnlang.train.inference import restore
     out = console()
+    cut = False
     options = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
                    beam=beam, length_penalty=length_penalty, seed=seed,
                    greedy=greedy or None, data_dir=data_dir)
@@ -91,9 +93,23 @@ def generate(
         if evaluate:
             report = _held_out(net, cfg, file, data, data_dir, limit, tok, stop, options)
         else:
-            result = net.generate(prompts, stop=stop, tokenizer=tok, **options)
+            try:
+                result = net.generate(prompts, stop=stop, tokenizer=tok, **options)
+            except Interrupted as stopped:
+                # NOTE: Ctrl-C while decoding: what each prompt had is printed (`stopped`
+                # "interrupted"), then exit 130; it was dropped with only "interrupted"
+                result, cut = stopped.generation, True
     if evaluate:
         return _print_held_out(out, report, as_json)
+    _print_samples(out, net, result, as_json)
+    if cut:
+        (err_console() if as_json else out).print(
+            "interrupted: the texts above end where decoding stopped", markup=False,
+            highlight=False)
+        raise typer.Exit(INTERRUPTED)
+
+
+def _print_samples(out, net, result, as_json: bool) -> None:
     if as_json:
         for s in result.samples:
             typer.echo(json.dumps({"prompt": s.prompt, "text": s.text, "ids": s.ids,
@@ -181,7 +197,11 @@ def _prompts(given, path) -> list[str]:
                 raise NNError(f"--prompt-file {path} is larger than "
                               f"{MAX_PROMPT_FILE_BYTES / 2**20:g} MiB; it holds prompts, one a "
                               "line", hint="is this the right file?")
-            lines = data.decode("utf-8-sig").splitlines()  # NOTE: a byte-order mark is no text
+            # NOTE: a byte-order mark is no text; lines end at "\n" (and "\r\n") only:
+            # splitlines() also cut at a form feed, U+0085 and U+2028, which made two prompts of
+            # one line where --prompt with the same text is an error naming the character
+            lines = [line.removesuffix("\r") for line in
+                     data.decode("utf-8-sig").split("\n")]
         except (OSError, UnicodeDecodeError) as err:
             raise NNError(f"--prompt-file {path}: cannot read it ({err})") from None
         prompts += [line for line in lines if line.strip()]

@@ -797,3 +797,56 @@ def test_a_draw_at_the_top_of_the_unit_interval_is_a_token_that_may_be_produced(
             return np.full(n, np.nextafter(1.0, 0.0))
     z = np.array([[-np.inf, 0.0, 0.6, 0.1, -np.inf]])
     assert _choose(z, {"temperature": 1.0}, Top()).tolist() == [3]
+
+
+def _interrupt_at(monkeypatch, calls: int):
+    """Ctrl-C arriving during the `calls`-th step of decoding (Generator.advance)."""
+    real, seen = Generator.advance, []
+
+    def advance(self, new, pos):
+        seen.append(pos)
+        if len(seen) == calls:
+            raise KeyboardInterrupt
+        return real(self, new, pos)
+    monkeypatch.setattr(Generator, "advance", advance)
+
+
+def test_ctrl_c_while_decoding_keeps_what_each_prompt_had(monkeypatch):
+    """Ctrl-C during greedy decoding raised a bare KeyboardInterrupt and every token decoded so
+    far was lost; it is now `Interrupted` (a KeyboardInterrupt) holding each prompt's tokens
+    up to the interrupted step: 3 tokens after the 3rd step's Ctrl-C, the first 3 of the full
+    greedy decoding of the whole prefix (recomputed)."""
+    from nnlang.runtime.generate import Interrupted
+    net = lm_net()
+    opts = options_from(net.program.generate, {"max_new": 10})
+    full = generator(net, recompute=True).generate(["the movie", "a"], opts)
+    _interrupt_at(monkeypatch, 3)
+    with pytest.raises(Interrupted) as cut:
+        generator(net).generate(["the movie", "a"], opts)
+    assert isinstance(cut.value, KeyboardInterrupt)
+    got = cut.value.generation.samples
+    assert [s.ids for s in got] == [s.ids[:3] for s in full.samples]
+    assert [s.stopped for s in got] == ["interrupted"] * 2
+    assert [s.text for s in got] == [s.text[:3] for s in full.samples]
+
+
+def test_ctrl_c_during_beam_search_gives_the_best_live_beam(monkeypatch):
+    """Interrupted beam search: each prompt's likeliest live beam after the steps that
+    finished, scored (sum of log-probabilities / length ** length_penalty) as a brute force
+    over its tokens with the full forward pass scores it."""
+    from nnlang.runtime.generate import Interrupted
+    net = lm_net()
+    gen = generator(net)
+    _interrupt_at(monkeypatch, 3)
+    with pytest.raises(Interrupted) as cut:
+        gen.generate(["ab"], options_from(net.program.generate, {"max_new": 8, "beam": 3}))
+    s = cut.value.generation.samples[0]
+    assert s.stopped == "interrupted" and len(s.ids) == 3
+    tokens = np.zeros((2, 16), np.int32)
+    tokens[0, :5] = gen.tok.encode("ab") + s.ids
+    logits = net.forward({"tokens": tokens, "next": tokens})["logits"][0].astype(np.float64)
+    logits[:, [gen.tok.pad_id, gen.tok.unk_id]] = -np.inf
+    logits[:, gen.tok.vocab_size:] = -np.inf
+    logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    total = sum(logp[1 + i, t] for i, t in enumerate(s.ids))
+    assert s.score == pytest.approx(total / 3, abs=1e-4)

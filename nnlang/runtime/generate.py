@@ -30,7 +30,7 @@ class Sample:
     prompt: str
     text: str                   # the generated continuation (without the stop token)
     ids: list                   # its token ids (with the stop token, if one ended it)
-    stopped: str                # "stop", "max_new" or "max_len"
+    stopped: str                # "stop", "max_new", "max_len" or "interrupted" (Ctrl-C)
     score: float | None = None  # beam search: length-normalized log-probability
 
 
@@ -44,6 +44,16 @@ class Generation:
     @property
     def texts(self) -> list[str]:
         return [s.text for s in self.samples]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while decoding: still a KeyboardInterrupt, carrying what each sequence had
+    (`generation`; a sequence still going has `stopped` "interrupted"), so that `nnlang
+    generate` prints it instead of dropping minutes of decoding without a word."""
+
+    def __init__(self, generation: Generation):
+        super().__init__("interrupted while decoding")
+        self.generation = generation
 
 
 def options_from(spec, given: dict) -> dict:
@@ -307,7 +317,8 @@ class Generator:
                 if not ids:
                     raise NNError(f"{where} is empty", hint="give the source text to decode "
                                   "from")
-                src.append(self._fit(ids, self._source_len(), where, "source"))
+                src.append(self._fit(ids, self._source_len(), where, "source",
+                                     self.spec.source))
                 dec.append([start])
                 continue
             ids = ([start] if start is not None else []) + ids
@@ -317,6 +328,7 @@ class Generator:
             # NOTE: the count names the `start` token it holds: a prompt of 16 characters was
             # "17 tokens, longer than ... (16)" with nothing saying where the 17th came from
             dec.append(self._fit(ids, self.spec.max_len, where, "token stream",
+                                 self.spec.tokens,
                                  "" if start is None else " with the section's `start` token"))
         return dec, (src if self.spec.source else None)
 
@@ -324,11 +336,13 @@ class Generator:
         return int(self.net.user.node(self.net.user.inputs[self.spec.source]).shape[1])
 
     @staticmethod
-    def _fit(ids, limit: int, where: str, what: str, extra: str = ""):
+    def _fit(ids, limit: int, where: str, what: str, name: str, extra: str = ""):
         if len(ids) > limit:
+            # NOTE: the input that sets the limit: an encoder-decoder's source was said to be
+            # limited by "its token input's length" (the decoder's, another length)
             raise NNError(f"{where} is {len(ids)} tokens{extra}, longer than the model's {what} "
-                          f"allows ({limit})", hint="shorten the prompt (the model's max "
-                          "length is its token input's length)")
+                          f"allows ({limit})", hint=f"shorten the prompt (at most {limit} "
+                          f"tokens: the length of the model's input '{name}')")
         return ids
 
     # *** engines ***
@@ -452,7 +466,10 @@ class Generator:
         for prompt, (ids, why, score) in zip(prompts, outs):
             text_ids = ids[:-1] if why == "stop" else ids
             samples.append(Sample(prompt, self.tok.decode(text_ids), ids, why, score))
-        return Generation(samples, self.mode, self.reason, opts)
+        result = Generation(samples, self.mode, self.reason, opts)
+        if any(s.stopped == "interrupted" for s in samples):
+            raise Interrupted(result)
+        return result
 
 
 def _host(a):
@@ -484,24 +501,29 @@ def _sample(g: Generator, logits, lengths, stop, opts):
     ids = [[] for _ in range(rows)]
     why = [None] * rows
     pos = lengths.copy()
-    for step in range(opts["max_new"]):
-        z = _masked(g, logits)
-        new = _choose(z, opts, rng) if opts["sample"] else z.argmax(axis=-1)
-        for r in range(rows):
-            if why[r] is None:
-                ids[r].append(int(new[r]))
-                if stop is not None and new[r] == stop:
-                    why[r] = "stop"
-                elif pos[r] >= g.spec.max_len and step + 1 < opts["max_new"]:
-                    # NOTE: the last position's prediction is still a token (a seq2seq
-                    # target's <end>); it only cannot be fed back
-                    why[r] = "max_len"
-        if all(w is not None for w in why) or step + 1 == opts["max_new"]:
-            break
-        live = np.array([w is None for w in why])
-        at = np.where(live, pos, np.minimum(pos, g.spec.max_len - 1))
-        logits = g.advance(np.where(live, new, g.tok.pad_id), at)
-        pos = np.where(live, pos + 1, pos)
+    try:
+        for step in range(opts["max_new"]):
+            z = _masked(g, logits)
+            new = _choose(z, opts, rng) if opts["sample"] else z.argmax(axis=-1)
+            for r in range(rows):
+                if why[r] is None:
+                    ids[r].append(int(new[r]))
+                    if stop is not None and new[r] == stop:
+                        why[r] = "stop"
+                    elif pos[r] >= g.spec.max_len and step + 1 < opts["max_new"]:
+                        # NOTE: the last position's prediction is still a token (a seq2seq
+                        # target's <end>); it only cannot be fed back
+                        why[r] = "max_len"
+            if all(w is not None for w in why) or step + 1 == opts["max_new"]:
+                break
+            live = np.array([w is None for w in why])
+            at = np.where(live, pos, np.minimum(pos, g.spec.max_len - 1))
+            logits = g.advance(np.where(live, new, g.tok.pad_id), at)
+            pos = np.where(live, pos + 1, pos)
+    except KeyboardInterrupt:
+        # NOTE: Ctrl-C: each row keeps the tokens it has (a row may be one token ahead of
+        # another when the signal came between two appends); `run` raises `Interrupted`
+        return [(ids[r], why[r] or "interrupted", None) for r in range(rows)]
     return [(ids[r], why[r] or "max_new", None) for r in range(rows)]
 
 
@@ -545,65 +567,84 @@ def _beam(g: Generator, logits, lengths, stop, opts):
     done = [[] for _ in range(prompts)]
     closed = [False] * prompts
     pos = lengths.copy()
-    for step in range(opts["max_new"]):
-        z = _masked(g, logits)
-        logp = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
-        cand = (scores[:, None] + logp).reshape(prompts, -1)
-        vocab = logp.shape[1]
-        src, new, nscore = np.arange(rows), np.full(rows, g.tok.pad_id), np.full(rows, -np.inf)
-        for p in range(prompts):
-            if closed[p]:
-                continue
-            kept = 0
-            for rank, c in enumerate(np.argsort(-cand[p], kind="stable")[: 2 * width]):
-                if not np.isfinite(cand[p, c]):
-                    break
-                r, v = p * width + c // vocab, int(c % vocab)
-                if stop is not None and v == stop:
-                    # NOTE: only a stop among the `width` best candidates ends a hypothesis
-                    # (as in Hugging Face's beam search): lower ones filled `done` and closed
-                    # the search before a better live beam could finish
-                    if rank < width:
-                        done[p].append((_normalized(cand[p, c], step + 1, lp), seqs[r] + [v],
-                                        "stop"))
+    snap = (0, seqs, scores.copy(), list(closed))   # the state after a whole step (Ctrl-C)
+    try:
+        for step in range(opts["max_new"]):
+            z = _masked(g, logits)
+            logp = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+            cand = (scores[:, None] + logp).reshape(prompts, -1)
+            vocab = logp.shape[1]
+            src, new, nscore = np.arange(rows), np.full(rows, g.tok.pad_id), np.full(rows, -np.inf)
+            for p in range(prompts):
+                if closed[p]:
                     continue
-                src[p * width + kept], new[p * width + kept] = r, v
-                nscore[p * width + kept] = cand[p, c]
-                kept += 1
-                if kept == width:
-                    break
-            closed[p] = _finished(done[p], cand[p].max(), step, width, lp)
-            if closed[p]:
-                nscore[p * width:(p + 1) * width] = -np.inf
-        seqs = [seqs[s] + [int(v)] if np.isfinite(sc) else seqs[s]
-                for s, v, sc in zip(src, new, nscore)]
-        scores = nscore
-        last = step + 1 == opts["max_new"]
-        for p in range(prompts):
-            full = pos[p * width] >= g.spec.max_len   # its beams all have one length
-            if closed[p] or not (full or last):
-                continue
-            for r in range(p * width, (p + 1) * width):
-                if np.isfinite(scores[r]):
-                    done[p].append((_normalized(scores[r], step + 1, lp), seqs[r],
-                                    "max_new" if last else "max_len"))
-            closed[p] = True
-            scores[p * width:(p + 1) * width] = -np.inf   # NOTE: no longer live: no position
-        if all(closed):
-            break
-        g.reorder(src)
-        # NOTE: a row continues its source row at that row's position: when fewer candidates
-        # than beams were left (a beam as wide as the vocabulary, a stop among them) a dead row
-        # kept its old position, and a live beam later moved onto it was fed one position back
-        pos = pos[src]
-        live = np.isfinite(scores)
-        logits = g.advance(new, np.where(live, pos, np.minimum(pos, g.spec.max_len - 1)))
-        pos = np.where(live, pos + 1, pos)
-    out = []
-    for p in range(prompts):
-        score, ids, why = max(done[p], key=lambda d: d[0])
-        out.append((ids, why, float(score)))
-    return out
+                kept = 0
+                for rank, c in enumerate(np.argsort(-cand[p], kind="stable")[: 2 * width]):
+                    if not np.isfinite(cand[p, c]):
+                        break
+                    r, v = p * width + c // vocab, int(c % vocab)
+                    if stop is not None and v == stop:
+                        # NOTE: only a stop among the `width` best candidates ends a hypothesis
+                        # (as in Hugging Face's beam search): lower ones filled `done` and closed
+                        # the search before a better live beam could finish
+                        if rank < width:
+                            done[p].append((_normalized(cand[p, c], step + 1, lp), seqs[r] + [v],
+                                            "stop"))
+                        continue
+                    src[p * width + kept], new[p * width + kept] = r, v
+                    nscore[p * width + kept] = cand[p, c]
+                    kept += 1
+                    if kept == width:
+                        break
+                closed[p] = _finished(done[p], cand[p].max(), step, width, lp)
+                if closed[p]:
+                    nscore[p * width:(p + 1) * width] = -np.inf
+            seqs = [seqs[s] + [int(v)] if np.isfinite(sc) else seqs[s]
+                    for s, v, sc in zip(src, new, nscore)]
+            scores = nscore
+            last = step + 1 == opts["max_new"]
+            for p in range(prompts):
+                full = pos[p * width] >= g.spec.max_len   # its beams all have one length
+                if closed[p] or not (full or last):
+                    continue
+                for r in range(p * width, (p + 1) * width):
+                    if np.isfinite(scores[r]):
+                        done[p].append((_normalized(scores[r], step + 1, lp), seqs[r],
+                                        "max_new" if last else "max_len"))
+                closed[p] = True
+                scores[p * width:(p + 1) * width] = -np.inf   # NOTE: no longer live: no position
+            if all(closed):
+                break
+            snap = (step + 1, seqs, scores.copy(), list(closed))
+            g.reorder(src)
+            # NOTE: a row continues its source row at that row's position: when fewer candidates
+            # than beams were left (a beam as wide as the vocabulary, a stop among them) a dead row
+            # kept its old position, and a live beam later moved onto it was fed one position back
+            pos = pos[src]
+            live = np.isfinite(scores)
+            logits = g.advance(new, np.where(live, pos, np.minimum(pos, g.spec.max_len - 1)))
+            pos = np.where(live, pos + 1, pos)
+    except KeyboardInterrupt:
+        # NOTE: Ctrl-C: a prompt still searching gives its best live hypothesis (as the last
+        # whole step left it), `stopped` "interrupted"; `run` raises `Interrupted`
+        step, seqs, scores, closed = snap
+        return [_best(done[p]) if closed[p] else
+                _live_best(seqs, scores, p, width, step, lp) for p in range(prompts)]
+    return [_best(done[p]) for p in range(prompts)]
+
+
+def _best(done: list) -> tuple:
+    """A closed prompt's best finished hypothesis as (ids, stopped, score)."""
+    score, ids, why = max(done, key=lambda d: d[0])
+    return ids, why, float(score)
+
+
+def _live_best(seqs, scores, p: int, width: int, step: int, lp: float) -> tuple:
+    """An interrupted prompt's best live beam as (ids, "interrupted", its normalized score)."""
+    rows = range(p * width, (p + 1) * width)
+    r = max(rows, key=lambda r: scores[r])
+    score = _normalized(scores[r], step, lp) if step and np.isfinite(scores[r]) else None
+    return list(seqs[r]), "interrupted", score
 
 
 def _finished(done: list, best: float, step: int, width: int, lp: float) -> bool:

@@ -63,7 +63,8 @@ def test_the_header_writes_the_sampling_settings_as_given(run):
     (["--prompt", "caf\u00e9 \u2603"], ["'\u2603'", "position 6", "not in the tokenizer"]),
     (["--prompt", ""], ["the prompt is empty"]),
     ([], ["no prompt given", "--prompt"]),
-    (["--prompt", "x" * 30], ["30 tokens", "longer than", "(24)"]),
+    (["--prompt", "x" * 30], ["30 tokens", "longer than", "(24)",
+                                "the length of the model's input 'tokens'"]),
     (["--prompt", "ok", "--prompt", "x" * 25], ["prompt 2", "longer than"]),
     (["--prompt", "a", "--temperature", "0"], ["--temperature", "must be > 0"]),
     (["--prompt", "a", "--top-p", "1.5"], ["--top-p", "in (0, 1]"]),
@@ -210,7 +211,9 @@ def test_held_out_exact_match_is_reported(seq2seq):
 @pytest.mark.parametrize("args,words", [
     (["--prompt", "5 M\u00e4rz 2021"], ["'\u00e4' at position 4", "not in the tokenizer's "
                                          "alphabet", "known characters"]),
-    (["--prompt", "1" * 33], ["33 tokens", "longer than the model's source allows (32)"]),
+    # NOTE: the hint named the token input (decoder_in, 11 long) as the limit of a source
+    (["--prompt", "1" * 33], ["33 tokens", "longer than the model's source allows (32)",
+                              "the length of the model's input 'source'"]),
     (["--prompt", "1/2/03", "--prompt", "1/2/2003" * 5], ["prompt 2", "40 tokens"]),
     (["--prompt", "1/2/03", "--prompt", "1/2/ä"], ["prompt 2 '1/2/ä'", "position 5"]),
     (["--eval", "--prompt", "1/2/03"], ["--eval", "takes no prompts"]),
@@ -271,3 +274,49 @@ def test_an_endless_prompt_file_is_cut_short(run, monkeypatch, tmp_path, name):
     out = generate(run, "--prompt-file", path)
     assert f"--prompt-file {path} is larger than 0.0625 MiB" in out, out
 
+
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\x0c", "\x85", "\x1e"])
+def test_a_prompt_file_splits_at_newlines_only(run, sep):
+    """One prompt per line means per "\\n" (a "\\r\\n" line too): str.splitlines also cut at a
+    form feed, U+0085, U+001E and U+2028, so the line `The{sep}film` became the two prompts
+    'The' and 'film'. The file must give what --prompt with each line gives (an error naming
+    the character where the tokenizer lacks it, else the one prompt)."""
+    (run / "seps.txt").write_bytes(f"The{sep}film\r\nA\n".encode())
+    want_code = 0 if sep == "\x85" else 1   # IMDB text holds U+0085 (cp1252's ellipsis)
+    given = generate(run, "--prompt", f"The{sep}film", "--prompt", "A", "--max-new", "2",
+                     "--json", code=want_code)
+    from_file = generate(run, "--prompt-file", run / "seps.txt", "--max-new", "2", "--json",
+                         code=want_code)
+    assert from_file == given, (from_file, given)
+    (run / "crlf.txt").write_bytes(b"The film\r\nA\r\n\r\n")
+    out = generate(run, "--prompt-file", run / "crlf.txt", "--max-new", "2", "--json", code=0)
+    assert [json.loads(line)["prompt"] for line in out.splitlines()] == ["The film", "A"]
+
+
+@pytest.mark.parametrize("decoding", [[], ["--beam", "2"]])
+def test_ctrl_c_while_decoding_prints_what_it_has(run, monkeypatch, decoding):
+    """Ctrl-C during decoding printed only "interrupted" (exit 130): every token decoded so far
+    was lost. It prints each prompt with the tokens it had (`stopped` "interrupted"; greedy: the
+    first tokens of the uninterrupted output), the word on stderr under --json, and exits 130."""
+    from nnlang.runtime.generate import Generator
+    args = ["--prompt", "The film", "--prompt", "A", "--max-new", "6", "--json", *decoding]
+    whole = [json.loads(line) for line in generate(run, *args, code=0).splitlines()]
+    real, calls = Generator.advance, []
+
+    def advance(self, new, pos):
+        calls.append(pos)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, new, pos)
+    monkeypatch.setattr(Generator, "advance", advance)
+    out = generate(run, *args, code=130)
+    lines = out.splitlines()
+    assert lines[-1] == "interrupted: the texts above end where decoding stopped", out
+    got = [json.loads(line) for line in lines[:-1]]
+    assert [g["prompt"] for g in got] == ["The film", "A"]
+    assert [g["stopped"] for g in got] == ["interrupted"] * 2
+    assert all(len(g["ids"]) == 3 for g in got)
+    if not decoding:
+        assert [g["ids"] for g in got] == [w["ids"][:3] for w in whole]
