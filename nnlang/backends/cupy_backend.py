@@ -269,7 +269,8 @@ class CupyBackend:
         for block in self._fault_blocks:
             block.fill(0)
         rows, node = self._faults[at]
-        raise index_error(node, IndexError(f"an index is out of bounds for axis 0 with size {rows}"))
+        raise index_error(node, IndexError(
+            f"an index is out of bounds for axis 0 with size {rows}"))
 
     def gemm(self, a, b, out) -> Call:
         if not out.flags.c_contiguous:

@@ -30,12 +30,12 @@ _device = "__device__ __forceinline__ "
 class CudaLang(ScalarLang):
     """CUDA spellings of the neutral scalar ops: float32 math uses the `f` functions."""
 
-    funcs = {"exp": "exp", "expm1": "expm1", "log": "log", "sqrt": "sqrt", "tanh": "tanh", "erf": "erf",
-             "abs": "fabs", "sign": "nn_sign", "sigmoid": "nn_sigmoid", "max": "fmax",
-             "min": "fmin", "pow": "pow"}
-    funcs_f32 = {"exp": "expf", "expm1": "expm1f", "log": "logf", "sqrt": "sqrtf", "tanh": "tanhf", "erf": "erff",
-                 "abs": "fabsf", "sigmoid": "nn_sigmoidf", "max": "fmaxf", "min": "fminf",
-                 "pow": "powf"}
+    funcs = {"exp": "exp", "expm1": "expm1", "log": "log", "sqrt": "sqrt", "tanh": "tanh",
+             "erf": "erf", "abs": "fabs", "sign": "nn_sign", "sigmoid": "nn_sigmoid",
+             "max": "fmax", "min": "fmin", "pow": "pow"}
+    funcs_f32 = {"exp": "expf", "expm1": "expm1f", "log": "logf", "sqrt": "sqrtf",
+                 "tanh": "tanhf", "erf": "erff", "abs": "fabsf", "sigmoid": "nn_sigmoidf",
+                 "max": "fmaxf", "min": "fminf", "pow": "powf"}
     funcs_int = {"abs": "nn_abs", "sign": "nn_sign", "max": "nn_max", "min": "nn_min"}
     templates = {"where": "({0} ? {1} : {2})",   # maximum/minimum: see ScalarLang.templates
                  "maximum": "(({0} >= {1} || {0} != {0}) ? {0} : {1})",

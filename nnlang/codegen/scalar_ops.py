@@ -15,9 +15,9 @@ _CALL = re.compile(r"\b([a-z_][a-z0-9_]*)\(")
 
 class ScalarLang:
     # neutral function name in an expr template -> this language's function
-    funcs = {"exp": "math.exp", "expm1": "math.expm1", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh",
-             "erf": "math.erf", "abs": "abs", "sign": "np.sign", "sigmoid": "sigmoid",
-             "max": "max", "min": "min", "pow": "pow"}
+    funcs = {"exp": "math.exp", "expm1": "math.expm1", "log": "math.log", "sqrt": "math.sqrt",
+             "tanh": "math.tanh", "erf": "math.erf", "abs": "abs", "sign": "np.sign",
+             "sigmoid": "sigmoid", "max": "max", "min": "min", "pow": "pow"}
     # NOTE: float32 exp/tanh/sigmoid are polynomial forms in float32 with no libm call, so LLVM
     # vectorizes the loop (numba has no vector math library here): exp is Cephes expf (<= 1.02
     # ulp with FMAs over 20M random arguments, 5x faster than libm in a softmax), tanh Eigen's
@@ -39,8 +39,8 @@ class ScalarLang:
     helpers: dict[str, str | None] = dict.fromkeys(
         ["exp_f32", "tanh_f32", "sigmoid", "sigmoid_f32", "row_sum"])
     # ops whose result already has its float operands' dtype, so no cast is needed after them
-    float_preserving = {"neg", "add", "sub", "mul", "div", "exp", "expm1", "log", "sqrt", "tanh", "abs",
-                        "maximum", "minimum", "where"}
+    float_preserving = {"neg", "add", "sub", "mul", "div", "exp", "expm1", "log", "sqrt", "tanh",
+                        "abs", "maximum", "minimum", "where"}
 
     def cast(self, x: str, dtype: str) -> str:
         return f"({x} != 0)" if dtype == "bool" else f"{self.dtype_names[dtype]}({x})"
