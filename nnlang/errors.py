@@ -157,6 +157,15 @@ FOREIGN_NAMES = {
     # torch.float is float32, as Keras' "float32" default: not the closest spelling, float64
     "float": "float32", "int": "int32", "long": "int64", "double": "float64",
     "swish": "silu", "lrelu": "leaky_relu", "LeakyReLU": "leaky_relu", "ReLU": "relu",
+    # TensorFlow's reductions and other ops whose names are not the closest by letters
+    # (`reduce_mean` came out as reduce_min)
+    "reduce_mean": "mean", "reduce_variance": "var", "clip_by_value": "clip", "clamp": "clip",
+    "expand_dims": "unsqueeze", "bmm": "matmul", "mm": "matmul", "l1_loss": "mae",
+    "softmax_cross_entropy_with_logits": "cross_entropy",
+    "sigmoid_cross_entropy_with_logits": "bce_with_logits", "SimpleRNN": "rnn",
+    "GlobalAveragePooling1D": "global_avg_pool", "GlobalMaxPooling1D": "global_max_pool",
+    "GlobalMaxPooling2D": "global_max_pool", "MaxPooling1D": "max_pool1d",
+    "MaxPool1d": "max_pool1d", "AveragePooling1D": "avg_pool1d", "AvgPool1d": "avg_pool1d",
 }
 
 

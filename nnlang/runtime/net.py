@@ -25,7 +25,7 @@ from nnlang.ops.optim import (OPTIMIZER_PREFIX, OPTIMIZERS, STEP_SLOT, initial_s
                               learning_rate, slot_param)
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.optimize import switched_off
-from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
+from nnlang.passes.pipeline import LR_INPUT, forward_graph, named_losses, train_graph
 from nnlang.runtime.indices import check_indices, index_inputs
 from nnlang.runtime.interpret import interpret
 
@@ -470,9 +470,14 @@ class Net:
         return taken
 
     def evaluate(self, feeds: dict) -> dict:
-        """Losses and metrics on one batch, without updating anything."""
+        """Losses and metrics on one batch, without updating anything: a loss by its name, and
+        with several, `loss` their total besides each by name (as train_step reports them)."""
         out, _, g = self._run("eval", feeds, {})
-        return {k: float(out[k]) for k in (*g.losses, *g.metrics)}
+        losses = {k: float(out[k]) for k in g.losses}
+        if len(losses) > 1:
+            losses = {"loss": sum(losses.values()),
+                      **{k: losses[k] for k in named_losses(losses)}}
+        return {**losses, **{k: float(out[k]) for k in g.metrics}}
 
     def gradients(self, feeds: dict, inputs=()) -> dict:
         """d(loss)/d(parameter) by name, for one batch, without updating anything; `inputs`

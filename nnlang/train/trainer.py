@@ -102,9 +102,9 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
         if k == 0:
             continue
         out = net.evaluate(b)
-        res = {"loss": sum(out[name] for name in loss_names)}
+        res = {"loss": out["loss"] if named else sum(out[name] for name in loss_names)}
         res.update({name: out[name] for name in named})
-        res.update({m: v for m, v in out.items() if m not in loss_names})
+        res.update({m: out[m] for m in net.user.metrics})
         for key, v in res.items():
             totals[key] = totals.get(key, 0.0) + v * k
     if ranks:
