@@ -804,3 +804,16 @@ model Two {
     assert got["fit"] == pytest.approx(fit, rel=1e-5)
     assert got["m"] == pytest.approx(np.mean(np.abs(p - feeds["y"])), rel=1e-5)
     assert net.train_step(feeds) == pytest.approx(got["loss"], rel=1e-5)
+
+
+def test_a_missing_input_beside_a_misspelt_feed_names_the_misspelling():
+    # the error named only the model's inputs, so the feed dict's 'labels' read as given
+    net = nnlang.compile(CLASSIFIER, backend="reference", batch=2)
+    x = np.zeros((2, 12), np.float32)
+    with pytest.raises(NNError) as e:
+        net.evaluate({"image": x, "labels": np.zeros(2, np.int32)})
+    assert "missing input 'label'" in str(e.value)
+    assert "the feeds have 'labels', which is not an input: did you mean 'label'?" in \
+        str(e.value)
+    with pytest.raises(NNError, match="the model's inputs: image, label"):
+        net.evaluate({"image": x, "target": np.zeros(2, np.int32)})

@@ -16,7 +16,7 @@ import numpy as np
 from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.blas import blas_threads
 from nnlang.backends.ctrl_c import ctrl_c_held
-from nnlang.errors import NNError, did_you_mean
+from nnlang.errors import NNError, closest, did_you_mean
 from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import MAX_BATCH, Sym
 from nnlang.ir.summary import check_memory
@@ -385,8 +385,12 @@ class Net:
             if name.startswith("_"):
                 continue
             if name not in feeds:
+                given = [k for k in feeds if k not in g.inputs and not k.startswith("_")]
+                guess = closest(name, given)
                 raise NNError(f"missing input '{name}'",
-                              hint=f"the model's inputs: {_names(g)}")
+                              hint=f"the feeds have '{guess}', which is not an input: did you "
+                              f"mean '{name}'?" if guess else
+                              f"the model's inputs: {_names(g)}")
             node, arr = g.node(nid), feeds[name]
             user = self.user.node(self.user.inputs[name])
             if node.dtype.startswith("int"):
