@@ -386,7 +386,7 @@ class _Training:
         partial epoch and divergence baseline."""
         self.rng = feeds.order_rng(self.cfg.seed)
         self.start_epoch, self.skip, partial = 0, 0, None
-        self.guard = DivergenceGuard()
+        self.guard = DivergenceGuard(clip_norm=self.cfg.clip_norm)
         self.watch = _Watch(self.cfg, self.program.graph)
         if ckpt is not None:
             try:
@@ -398,7 +398,7 @@ class _Training:
             self.rng.bit_generator.state = ckpt.meta["rng_state"]
             self.start_epoch, self.skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)
             partial = ckpt.meta.get("partial")
-            self.guard = DivergenceGuard(ckpt.meta.get("loss_start"))
+            self.guard = DivergenceGuard(ckpt.meta.get("loss_start"), self.cfg.clip_norm)
             if self.skip and ckpt.config.batch != self.cfg.batch:
                 raise NNError(f"this checkpoint stopped inside an epoch at batch "
                               f"{ckpt.config.batch}; resume it with the same batch size, not "

@@ -353,6 +353,21 @@ def test_the_explosion_rule():
         DivergenceGuard(start=1.0).check(float("nan"), 0, 0, 1, None)
 
 
+def test_a_nan_after_a_gradient_that_is_not_finite_under_clip_norm_is_not_told_to_clip(tiny):
+    """d sqrt(s) / ds is inf at s = 0 while the loss is finite: the clipped global norm is inf
+    and the step makes the weights nan (torch's clip_grad_norm_ does the same), so the next
+    step's loss is nan. The hint told a run that clips to set clip_norm; it now says why
+    clipping did not help."""
+    tiny.write_text(TINY.replace("loss cross_entropy(logits, label)",
+                                 "param s: float32[3] = zeros\n"
+                                 "  loss cross_entropy(logits, label) + mean(sqrt(s))")
+                    .replace("batch = 4", "batch = 4\n  clip_norm = 1.0"))
+    with pytest.raises(NNError, match=r"loss is nan at epoch 1, step 2 ") as err:
+        run(tiny)
+    hint = err.value.diagnostics[0].hint
+    assert "set clip_norm" not in hint and "clip_norm = 1 cannot bound a gradient" in hint
+
+
 def test_the_newest_run_is_found_by_its_time_then_its_suffix(tmp_path):
     """A bare --resume takes the newest run of the model: runs started in one second are
     suffixed -2, -3, ... -10, and sorting their names put -10 before -2 (and a folder of
