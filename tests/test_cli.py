@@ -381,6 +381,37 @@ def test_help():
         assert cmd in r.stdout
 
 
+def test_help_command_list_has_no_mid_sentence_breaks():
+    """Each command's row in `nnlang --help` is its docstring's first paragraph, rewrapped to
+    the panel: a line break in the docstring's source (`fused\n or kernels.`) is no break on
+    screen. Checked against the docstrings themselves, and each wrapped line is full (the
+    next word would not have fitted on it)."""
+    import inspect as _inspect
+
+    import typer.main
+    r = runner.invoke(app, ["--help"], env={"COLUMNS": "100"}, terminal_width=100)
+    assert r.exit_code == 0
+    rows: dict[str, list[str]] = {}   # command -> the text of each of its lines
+    name, width = None, 0
+    for line in r.stdout.splitlines():
+        m = re.match(r"│ (\S+)?(\s+)(.*?)\s*│$", line)
+        if not m:
+            continue
+        if m.group(1):
+            name = m.group(1)
+            rows[name] = []
+            width = len(line) - m.start(3) - 2   # NOTE: the text column, up to " │"
+        if name:
+            rows[name].append(m.group(3))
+    commands = typer.main.get_command(app).commands
+    assert set(commands) <= set(rows)
+    for cmd_name, cmd in commands.items():
+        first = _inspect.cleandoc(cmd.help).split("\n\n")[0]
+        assert " ".join(rows[cmd_name]) == " ".join(first.split()), cmd_name
+        for line, after in zip(rows[cmd_name], rows[cmd_name][1:]):
+            assert len(line) + 1 + len(after.split()[0]) > width, (cmd_name, line)
+
+
 def test_subprocess_check():
     """The real entry point: the installed `nnlang` script, else `python -m nnlang_cli.main`
     (with cli/ mapped to nnlang_cli when the package is not installed)."""
