@@ -474,6 +474,22 @@ model M {
     assert trainable <= updates and not any(u.startswith("frz") for u in updates)
 
 
+@pytest.mark.parametrize("model", sorted(p.name for p in (ROOT / "models").glob("*.nn")))
+def test_compile_backward_lists_a_gradient_for_every_trainable_weight_of_each_model(model):
+    """models/gru.nn's --emit backward had no `grad h.bias` line: constant folding replaced
+    the bias gradient's node but left the graph's grads table pointing at the old one, which
+    the text then skipped. The weights to expect are read from `nnlang.load`'s user graph."""
+    import nnlang
+    g = nnlang.load(ROOT / "models" / model).graph
+    trainable = {k for k, v in g.params.items() if g.node(v).attrs.get("trainable", True)}
+    r = run("compile", f"models/{model}", "--emit", "backward", "--backend", "reference",
+            "--batch", 2)
+    assert r.exit_code == 0, r.stderr
+    grads = dict(re.findall(r"^grad ([\w.]+) = %(\d+)$", r.stdout, re.M))
+    assert set(grads) == trainable
+    assert set(grads.values()) <= set(re.findall(r"^%(\d+)", r.stdout, re.M))
+
+
 def test_compile_fused_lists_the_kernels_that_run_in_run_order(tmp_path):
     """--emit fused numbered the groups in fusion order, not the order the step runs them
     (`--emit kernels`' order), and left out a scan body's kernels, which the summary counts."""
