@@ -107,6 +107,25 @@ model Builtin {
         assert f"Forward FLOPs: {want:,}" in r.stdout, r.stdout
 
 
+def test_check_says_a_sizeless_symbol_counts_as_one(tmp_path):
+    """`check` of a model with `symbol seq` printed "sizes at batch = 64" and then FLOPs and
+    memory for seq = 1 without a word (models/lstm_full.nn: 32 KiB for its [batch, seq, 128]
+    embedding of whole reviews). The header now says so; the numbers are as before."""
+    src = tmp_path / "sym.nn"
+    src.write_text("""model S {
+  symbol seq
+  input tokens: int32[batch, seq]
+  x = embedding(tokens, 100, 8)
+  output x
+}
+""")
+    r = run("check", src, "--batch", 5)
+    assert r.exit_code == 0, r.stderr
+    assert "sizes at batch = 5 (--batch), seq = 1 (a symbol without a size)" in r.stdout
+    assert f"{5 * 1 * 8 * 4} B" in r.stdout   # float32 [5, 1, 8]
+    assert "seq = 1" not in run("check", "models/mlp.nn").stdout
+
+
 def test_check_draws_a_long_table_cut_in_the_middle(tmp_path):
     """A file of 66,000 statements spent 27 of its 39 s drawing every row: the table keeps its
     first and last rows, says how many it left out and how to see them; --rows 0 draws all."""

@@ -39,6 +39,9 @@ class Summary:
     batch: int
     batch_from: str                  # "train section", "--batch" or "default"
     inputs: list[tuple[str, str]]    # (name, type)
+    # NOTE: symbols other than batch (`symbol seq`) have no size here and count as 1 in the
+    # FLOPs and memory (`concrete`); the header says so rather than show seq = 1's numbers bare
+    unsized: list[str] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     total_params: int = 0
     trainable_params: int = 0
@@ -66,6 +69,8 @@ def summarize(program, batch: int | None = None) -> Summary:
     env = {"batch": size}
     s = Summary(program.model, program.file, size, src,
                 [(k, str(g.node(v).type)) for k, v in g.inputs.items() if not k.startswith("_")])
+    s.unsized = sorted({name for v in g.inputs.values() for d in g.node(v).shape
+                        if isinstance(d, Sym) for name in d.names} - set(env))
     named = {v: k for table in (g.metrics, g.losses, g.outputs) for k, v in table.items()}
     owner: dict[int, int] = {}  # param id -> first user in topological order
     order = g.topo()
@@ -251,7 +256,8 @@ def cut_rows(cells: list, most: int) -> tuple[list, int, list]:
 def header_lines(s: Summary) -> list[str]:
     ins = ", ".join(f"{n}: {t}" for n, t in s.inputs) or "none"
     return [f"model {s.model} ({s.file})", f"inputs: {ins}",
-            f"sizes at batch = {s.batch} ({s.batch_from})"]
+            f"sizes at batch = {s.batch} ({s.batch_from})"
+            + "".join(f", {name} = 1 (a symbol without a size)" for name in s.unsized)]
 
 
 def total_lines(s: Summary) -> list[str]:
