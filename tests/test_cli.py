@@ -126,6 +126,17 @@ def test_check_says_a_sizeless_symbol_counts_as_one(tmp_path):
     assert "seq = 1" not in run("check", "models/mlp.nn").stdout
 
 
+def test_check_counts_cumsums_adds(tmp_path):
+    """cumsum showed no FLOPs in `nnlang check`: it is in the reduce family but no REDUCE
+    op, so no rule counted it. A running sum is one add per element, as a reduction's count."""
+    src = tmp_path / "cs.nn"
+    src.write_text("model C {\n  input x: float32[batch, 6, 7]\n"
+                   "  output y = cumsum(x, axis = 1)\n}\n")
+    r = run("check", src, "--batch", 3)
+    assert r.exit_code == 0, r.stderr
+    assert f"Forward FLOPs: {3 * 6 * 7:,}" in r.stdout, r.stdout
+
+
 def test_check_draws_a_long_table_cut_in_the_middle(tmp_path):
     """A file of 66,000 statements spent 27 of its 39 s drawing every row: the table keeps its
     first and last rows, says how many it left out and how to see them; --rows 0 draws all."""
