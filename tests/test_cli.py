@@ -520,6 +520,15 @@ def test_compile_backward_lists_a_gradient_for_every_trainable_weight_of_each_mo
     assert set(grads.values()) <= set(re.findall(r"^%(\d+)", r.stdout, re.M))
 
 
+@pytest.mark.parametrize("name", ["cuda", "CUDA", "gpu"])
+def test_compile_backend_cuda_names_the_gpu_backend(name):
+    """`--backend cuda` (PyTorch's device name) said only "unknown backend 'cuda'" and listed
+    the backends, without saying which of them is the CUDA one."""
+    r = run("compile", "models/mlp.nn", "--backend", name)
+    assert r.exit_code == 1
+    assert f"unknown backend '{name}'" in r.stderr and "--backend cupy" in r.stderr, r.stderr
+
+
 def test_compile_fused_lists_the_kernels_that_run_in_run_order(tmp_path):
     """--emit fused numbered the groups in fusion order, not the order the step runs them
     (`--emit kernels`' order), and left out a scan body's kernels, which the summary counts."""
