@@ -404,6 +404,24 @@ def test_ops():
     assert r.exit_code == 1 and "did you mean 'dense'?" in r.stderr
 
 
+@pytest.mark.parametrize("op,call", [("dense", "dense(x, 3"), ("conv1d", "conv1d(x, 2, 3"),
+                                     ("lstm", "lstm(x, 3"), ("layer_norm", "layer_norm(x")])
+def test_ops_of_a_layer_names_share_and_trainable(tmp_path, op, call):
+    """`nnlang ops dense` listed dense's own arguments only: nothing said that every layer
+    with weights also takes `share =` and `trainable = false` (docs/language.md), so a
+    student reading it could not find them. It says so now, and each call works."""
+    r = run("ops", op)
+    assert r.exit_code == 0
+    assert "share = <layer>" in r.stdout and "trainable = false" in r.stdout, r.stdout
+    src = tmp_path / "m.nn"
+    src.write_text(f"model M {{\n  input x: float32[batch, 4, 5]\n  a = {call})\n"
+                   f"  b = {call}, share = a)\n  c = {call}, trainable = false)\n"
+                   "  output a\n  output b\n  output c\n}\n")
+    r = run("check", src)
+    assert r.exit_code == 0, r.stderr
+    assert run("ops", "relu").stdout.count("share =") == 0
+
+
 def test_help():
     r = run("--help")
     assert r.exit_code == 0
