@@ -137,6 +137,34 @@ def test_check_counts_cumsums_adds(tmp_path):
     assert f"Forward FLOPs: {3 * 6 * 7:,}" in r.stdout, r.stdout
 
 
+def test_check_shows_each_result_of_a_return_state_call(tmp_path):
+    """`o, h, c = lstm(x, 3, return_state = true)` showed the packed value the compiler
+    passes around, [batch, 3, 3] (outputs, h and c along axis 1), then six slice and reshape
+    rows that cut it apart. Keras' summary shows such a layer's three [None, 3] outputs; the
+    row now does, and the cutting is not shown as layers."""
+    src = tmp_path / "rs.nn"
+    src.write_text("""model R {
+  input x: float32[batch, 5, 4]
+  o, h, c = lstm(x, 3, return_state = true)
+  s, hs = gru(x, 2, return_state = true, return_sequences = true)
+  output y = o + h + c
+  output s
+  output hs
+}
+""")
+    r = run("check", src, "--batch", 2)
+    assert r.exit_code == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()]
+    ops = [row[1] for row in rows if len(row) > 1 and row[0] in "o h c s hs y".split()]
+    assert ops == ["lstm", "gru", "add"], r.stdout
+    assert "[batch, 3], [batch, 3], [batch, 3]" in r.stdout, r.stdout
+    assert "[batch, 5, 2], [batch, 2]" in r.stdout, r.stdout
+    lstm = 4 * (3 * (4 + 3) + 3)   # Keras: 4 * (units * (in + units) + units)
+    assert f"Total params: {lstm + 3 * (2 * (4 + 2) + 2 * 2):,}" in r.stdout
+    # NOTE: the memory of each row's results, float32 at batch 2
+    assert "Activation memory: " + str(4 * 2 * (3 * 3 + 5 * 2 + 2 + 3 + 3)) + " B" in r.stdout
+
+
 def test_check_draws_a_long_table_cut_in_the_middle(tmp_path):
     """A file of 66,000 statements spent 27 of its 39 s drawing every row: the table keeps its
     first and last rows, says how many it left out and how to see them; --rows 0 draws all."""
