@@ -165,6 +165,30 @@ def test_check_shows_each_result_of_a_return_state_call(tmp_path):
     assert "Activation memory: " + str(4 * 2 * (3 * 3 + 5 * 2 + 2 + 3 + 3)) + " B" in r.stdout
 
 
+def test_graph_draws_a_return_state_call_as_one_node(tmp_path):
+    """`nnlang graph` drew `o, h, c = lstm(x, 3, return_state = true)` as the lstm with a
+    [batch, 3, 3] edge into three slices and three reshapes; each result now leaves the lstm
+    node itself, its edge labelled with that result's shape (the text is checked: Graphviz's
+    dot need not be installed)."""
+    src = tmp_path / "rs.nn"
+    src.write_text("""model R {
+  input x: float32[batch, 5, 4]
+  o, h, c = lstm(x, 3, return_state = true)
+  output y = dense(o, 2) + dense(h, 2) + dense(c, 2)
+}
+""")
+    out = tmp_path / "rs.dot"
+    r = run("graph", src, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    text = out.read_text()
+    labels = dict(re.findall(r"^\s*(n\d+) \[label=\"([^\"]*)\"", text, re.M))
+    assert not any(v.startswith(("slice", "reshape")) for v in labels.values()), labels
+    lstm = next(k for k, v in labels.items() if v.startswith("lstm"))
+    assert labels[lstm] == "lstm\\no, h, c"
+    edges = re.findall(rf"^\s*{lstm} -> (n\d+) \[label=\"([^\"]*)\"\]", text, re.M)
+    assert len(edges) == 3 and {shape for _, shape in edges} == {"[batch, 3]"}, edges
+
+
 def test_check_draws_a_long_table_cut_in_the_middle(tmp_path):
     """A file of 66,000 statements spent 27 of its 39 s drawing every row: the table keeps its
     first and last rows, says how many it left out and how to see them; --rows 0 draws all."""

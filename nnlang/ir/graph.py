@@ -303,6 +303,37 @@ class Builder:
         return lambda *inputs, **attrs: self.emit(op, *inputs, **attrs)
 
 
+def unpacked_results(g: Graph) -> tuple[dict[int, list[int]], set[int]]:
+    """A call with several results (`o, h, c = lstm(x, 3, return_state = true)`) is one node
+    whose value packs them ([batch, 3, 3]: outputs, h and c along axis 1), cut apart by the
+    slices and reshapes its OpDef's `results` added. Here: {call: its results in order} and
+    those cutting nodes, which `nnlang check` and `nnlang graph` fold into the call (shown as
+    Keras shows such a layer: one shape per result)."""
+    results: dict[int, list[int]] = {}
+    cuts: set[int] = set()
+    for n in g:
+        opdef = registry.get(n.op)
+        users = sorted(g.users(n.id))
+        # NOTE: the cuts carry the call's span; a slice the model writes of a plain result
+        # (return_state = false) has its own
+        if opdef is None or opdef.results is None or not users or any(
+                g.node(u).op != "slice" or g.node(u).span != n.span for u in users):
+            continue
+        parts = []
+        for u in users:
+            after = g.users(u)
+            # NOTE: a one-step result is reshaped to drop the step axis; a sequence is the slice
+            if len(after) == 1 and g.node(after[0]).op == "reshape" and \
+                    g.node(after[0]).span == n.span:
+                cuts.update((u, after[0]))
+                parts.append(after[0])
+            else:
+                cuts.add(u)
+                parts.append(u)
+        results[n.id] = parts
+    return results, cuts
+
+
 def slots(g: Graph, node: Node) -> list:
     """A node's inputs with None restored where optional tensor arguments were absent."""
     absent = node.attrs.get(SLOT_ABSENT, ())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from nnlang.ir.dims import DEFAULT_BATCH, Sym, bind, fmt_shape
-from nnlang.ir.graph import Builder, Graph, Node, op_attrs, slots
+from nnlang.ir.graph import Builder, Graph, Node, op_attrs, slots, unpacked_results
 from nnlang.ops import registry
 from nnlang.ops.registry import ELEMENTWISE, REDUCE, TensorType
 
@@ -105,37 +105,6 @@ def summarize(program, batch: int | None = None) -> Summary:
                           numel_int(p.shape, env), 0, 0, p.span.line if p.span else 0))
     s.outputs, s.losses, s.metrics = list(g.outputs), list(g.losses), list(g.metrics)
     return s
-
-
-def unpacked_results(g: Graph) -> tuple[dict[int, list[int]], set[int]]:
-    """A call with several results (`o, h, c = lstm(x, 3, return_state = true)`) is one node
-    whose value packs them ([batch, 3, 3]: outputs, h and c along axis 1), cut apart by the
-    slices and reshapes its OpDef's `results` added. Here: {call: its results in order} and
-    those cutting nodes, which the table folds into the call's row (shown as Keras shows such
-    a layer: one shape per result)."""
-    results: dict[int, list[int]] = {}
-    cuts: set[int] = set()
-    for n in g:
-        opdef = registry.get(n.op)
-        users = sorted(g.users(n.id))
-        # NOTE: the cuts carry the call's span; a slice the model writes of a plain result
-        # (return_state = false) has its own
-        if opdef is None or opdef.results is None or not users or any(
-                g.node(u).op != "slice" or g.node(u).span != n.span for u in users):
-            continue
-        parts = []
-        for u in users:
-            after = g.users(u)
-            # NOTE: a one-step result is reshaped to drop the step axis; a sequence is the slice
-            if len(after) == 1 and g.node(after[0]).op == "reshape" and \
-                    g.node(after[0]).span == n.span:
-                cuts.update((u, after[0]))
-                parts.append(after[0])
-            else:
-                cuts.add(u)
-                parts.append(u)
-        results[n.id] = parts
-    return results, cuts
 
 
 def _owns_weights(node: Node) -> bool:
