@@ -599,6 +599,32 @@ def test_compile_backend_cuda_names_the_gpu_backend(name):
     assert f"unknown backend '{name}'" in r.stderr and "--backend cupy" in r.stderr, r.stderr
 
 
+def test_compile_ir_and_backward_show_the_scan_bodies(tmp_path):
+    """An LSTM's --emit backward showed its backward cell as one line, `scan(...,
+    body=body(54 nodes, ...))`, and none of those nodes; and the summary's `nodes` (which
+    counts the bodies' planned graphs) matched no text. --emit ir now prints each scan's body
+    after the graph, as --emit fused prints its kernels, and backward the backward scans'."""
+    src = tmp_path / "l.nn"
+    src.write_text("""model L {
+  input x: float32[batch, 6, 2]
+  input y: float32[batch]
+  h = lstm(x, 3)
+  loss mse(dense(h, 1) |> squeeze(axis = -1), y)
+}
+""")
+    ir = run("compile", src, "--emit", "ir", "--batch", 2).stdout
+    summary = run("compile", src, "--batch", 2).stdout
+    nodes = int(re.search(r"^nodes: (\d+)$", summary, re.M).group(1))
+    assert len(re.findall(r"^%\d+", ir, re.M)) == nodes, ir
+    scans = re.findall(r"^%(\d+): [^=]+ = (\[bwd\] )?scan\(", ir, re.M)
+    assert len(scans) == 2 and ir.count("one step of its body:") == 2
+    bw = run("compile", src, "--emit", "backward", "--batch", 2).stdout
+    back = next(nid for nid, role in scans if role)
+    body = bw.split(f"# scan %{back}, one step of its body:\n")[1]
+    assert re.search(r"^%\d+.* = \[bwd\] (mul|add|sub)\(", body, re.M), bw
+    assert bw.count("one step of its body:") == 1
+
+
 def test_compile_fused_lists_the_kernels_that_run_in_run_order(tmp_path):
     """--emit fused numbered the groups in fusion order, not the order the step runs them
     (`--emit kernels`' order), and left out a scan body's kernels, which the summary counts."""
