@@ -17,7 +17,7 @@ from typing import Callable
 
 from nnlang.errors import NNError
 from nnlang.ir.dims import fmt_shape
-from nnlang.ir.graph import Graph, Node, unpacked_results
+from nnlang.ir.graph import Graph, Node, folded_calls
 
 HIDDEN_BY_DEFAULT = ("param", "const")
 
@@ -57,18 +57,17 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
                       hint="depth 1 draws only the top-level blocks and layers as boxes")
     group = cluster_of.get if isinstance(cluster_of, dict) else cluster_of
     nodes = [g.node(n) for n in g.topo()]
-    # NOTE: a call with several results is drawn as one node, each result's edge leaving it
-    # (not as the packed value the compiler cuts apart with slices and reshapes)
-    packed, cuts = unpacked_results(g)
-    part_of = {p: call for call, parts in packed.items() for p in parts}
-    nodes = [n for n in nodes if n.id not in cuts]
+    # NOTE: a call the graph holds as several nodes (`folded_calls`: several results, a user
+    # scan) is drawn as one: its inputs' edges enter it and each result's edge leaves it
+    packed, folded = folded_calls(g)
+    nodes = [n for n in nodes if n.id not in folded]
     nodes = [n for n in nodes if (roles is None or n.role in roles)
              and (show_params or n.op not in HIDDEN_BY_DEFAULT)]
     kept = {n.id for n in nodes}
     results: dict[int, str] = {}
     for kind, table in (("output", g.outputs), ("loss", g.losses), ("metric", g.metrics)):
         for k, v in table.items():
-            v = part_of.get(v, v)   # NOTE: a result of a folded call marks the call
+            v = folded.get(v, v)   # NOTE: a result of a folded call marks the call
             results[v] = f"{results[v]}, {kind} {k}" if v in results else f"{kind} {k}"
 
     # which drawn item stands for each node: itself, or the box of its collapsed prefix
@@ -128,15 +127,15 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
     _emit_clusters(lines, tree, (), items, 1)
 
     seen_edges: set[tuple] = set()
-    for n in nodes:
+    for n in (g.node(m) for m in g.topo() if m in kept or folded.get(m) in kept):
         for i in n.inputs:
             src = g.node(i)
-            i = part_of.get(i, i)
+            i = folded.get(i, i)
             if i not in kept:
                 continue
-            a, b = rep[i], rep[n.id]
+            a, b = rep[i], rep[folded.get(n.id, n.id)]
             # NOTE: two results of one call read by one op (`o + h`) are two edges
-            edge = (a, b, src.id if src.id in part_of else None)
+            edge = (a, b, src.id if src.id in folded else None)
             if a == b or edge in seen_edges:
                 continue
             seen_edges.add(edge)

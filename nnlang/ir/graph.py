@@ -303,17 +303,31 @@ class Builder:
         return lambda *inputs, **attrs: self.emit(op, *inputs, **attrs)
 
 
-def unpacked_results(g: Graph) -> tuple[dict[int, list[int]], set[int]]:
-    """A call with several results (`o, h, c = lstm(x, 3, return_state = true)`) is one node
-    whose value packs them ([batch, 3, 3]: outputs, h and c along axis 1), cut apart by the
-    slices and reshapes its OpDef's `results` added. Here: {call: its results in order} and
-    those cutting nodes, which `nnlang check` and `nnlang graph` fold into the call (shown as
-    Keras shows such a layer: one shape per result)."""
+def folded_calls(g: Graph) -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Calls that `nnlang check` and `nnlang graph` show as one row and one node, as Keras
+    shows a layer, though the graph holds them as several nodes:
+    - a call with several results (`o, h, c = lstm(x, 3, return_state = true)`): one node
+      whose value packs them ([batch, 3, 3]: outputs, h and c along axis 1), cut apart by the
+      slices and reshapes its OpDef's `results` added;
+    - a user `scan` (`hs, h, c = scan Cell(h0, c0, ...) over x`): the frontend also concats
+      the states, moves time first and back, broadcasts per-step weights and cuts the results.
+    Returns {call: its results in order} and {each node folded into a call: the call}."""
     results: dict[int, list[int]] = {}
-    cuts: set[int] = set()
+    folded: dict[int, int] = {}
     for n in g:
         opdef = registry.get(n.op)
         users = sorted(g.users(n.id))
+        if n.op == "scan":
+            # NOTE: the frontend's nodes carry the call's span; an argument's expression has
+            # its own (a sub-span), and so does anything the model does with the results
+            group = [m.id for m in g if m.span == n.span and m.id != n.id
+                     and m.op not in ("input", "param", "const")]
+            named = {*g.outputs.values(), *g.losses.values(), *g.metrics.values()}
+            parts = [m for m in group if g.node(m).name or m in named]
+            if parts:
+                results[n.id] = parts
+                folded.update((m, n.id) for m in group)
+            continue
         # NOTE: the cuts carry the call's span; a slice the model writes of a plain result
         # (return_state = false) has its own
         if opdef is None or opdef.results is None or not users or any(
@@ -322,16 +336,16 @@ def unpacked_results(g: Graph) -> tuple[dict[int, list[int]], set[int]]:
         parts = []
         for u in users:
             after = g.users(u)
+            folded[u] = n.id
             # NOTE: a one-step result is reshaped to drop the step axis; a sequence is the slice
             if len(after) == 1 and g.node(after[0]).op == "reshape" and \
                     g.node(after[0]).span == n.span:
-                cuts.update((u, after[0]))
+                folded[after[0]] = n.id
                 parts.append(after[0])
             else:
-                cuts.add(u)
                 parts.append(u)
         results[n.id] = parts
-    return results, cuts
+    return results, folded
 
 
 def slots(g: Graph, node: Node) -> list:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from nnlang.ir.dims import DEFAULT_BATCH, Sym, bind, fmt_shape
-from nnlang.ir.graph import Builder, Graph, Node, op_attrs, slots, unpacked_results
+from nnlang.ir.graph import Builder, Graph, Node, op_attrs, slots, folded_calls
 from nnlang.ops import registry
 from nnlang.ops.registry import ELEMENTWISE, REDUCE, TensorType
 
@@ -85,17 +85,25 @@ def summarize(program, batch: int | None = None) -> Summary:
         s.param_memory += n * DTYPE_BYTES.get(p.dtype, 4)
         if p.attrs.get("trainable", True):
             s.trainable_params += n
-    results, cuts = unpacked_results(g)
+    results, folded = folded_calls(g)
     for nid in order:
         node = g.node(nid)
-        if node.op in SOURCE_OPS or nid in cuts:
+        if node.op in SOURCE_OPS or nid in folded:
             continue
-        params = sum(numel_int(g.node(p).shape, env) for p, user in owner.items() if user == nid)
-        shape = (", ".join(fmt_shape(g.node(r).shape) for r in results[nid]) if nid in results
-                 else fmt_shape(node.shape))
-        row = Row(layer_label(node, bool(params) or _owns_weights(node), named.get(nid)), node.op,
-                  shape, node.dtype or "?", params, node_flops(g, node, env),
-                  activation_bytes(node.type, env), node.span.line if node.span else 0)
+        group = {nid, *(m for m, call in folded.items() if call == nid)}
+        params = sum(numel_int(g.node(p).shape, env) for p, user in owner.items()
+                     if user in group)
+        label = layer_label(node, bool(params) or _owns_weights(node), named.get(nid))
+        shape, memory = fmt_shape(node.shape), activation_bytes(node.type, env)
+        if nid in results:   # NOTE: one call with several results: each result's shape
+            parts = [g.node(r) for r in results[nid]]
+            shape = ", ".join(fmt_shape(p.shape) for p in parts)
+            memory = sum(activation_bytes(p.type, env) for p in parts)
+            if all(p.name for p in parts):
+                label = ", ".join([p.name for p in parts])
+        row = Row(label, node.op, shape, node.dtype or "?", params,
+                  sum(node_flops(g, g.node(m), env) for m in group), memory,
+                  node.span.line if node.span else 0)
         s.rows.append(row)
         s.flops += row.flops
         s.memory += row.memory
