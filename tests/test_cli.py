@@ -528,6 +528,16 @@ def test_ops_of_a_layer_names_share_and_trainable(tmp_path, op, call):
     assert run("ops", "relu").stdout.count("share =") == 0
 
 
+@pytest.mark.parametrize("keras,ours", [
+    ("GlobalAveragePooling1D", "global_avg_pool"), ("MaxPooling1D", "max_pool1d"),
+    ("AveragePooling1D", "avg_pool1d"), ("SimpleRNN", "rnn")])
+def test_ops_keras_layer_names_suggest_ours(keras, ours):
+    """`nnlang ops MaxPooling1D` (Keras' 1-D max pooling) found nothing to suggest, though
+    MaxPooling2D and GlobalAveragePooling2D did: only the 2-D names were in the table."""
+    r = run("ops", keras)
+    assert r.exit_code == 1 and f"did you mean '{ours}'?" in r.stderr, r.stderr
+
+
 def test_help():
     r = run("--help")
     assert r.exit_code == 0
