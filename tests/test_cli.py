@@ -243,6 +243,40 @@ def test_check_and_graph_show_a_user_scan_as_one_call(tmp_path):
     assert sorted(into) == ["[batch, 4]", "[batch, 4]", "[batch, 7, 3]"], into
 
 
+def test_check_folds_each_call_of_a_repeated_scan_on_its_own(tmp_path):
+    """A scan in a block that `repeat` runs twice: both calls' nodes have the statement's
+    span, and the second reads the first's result; each call is still its own row, named
+    in its block's path, with its own weights."""
+    src = tmp_path / "rep.nn"
+    src.write_text("""block RnnCell(x, h, kernel, recurrent) {
+  h2 = tanh(x @ kernel + h @ recurrent)
+  return h2, h2
+}
+block Layer(x, h0, units = 4) {
+  param k: float32[4, units]
+  param r: float32[units, units]
+  hs, hl = scan RnnCell(h0, kernel = k, recurrent = r) over x
+  return hs
+}
+model Rep {
+  input x: float32[batch, 5, 4]
+  input h0: float32[batch, 4]
+  y = x
+  repeat 2 {
+    y = Layer(y, h0)
+  }
+  output y
+}
+""")
+    r = run("check", src, "--batch", 2)
+    assert r.exit_code == 0, r.stderr
+    table = r.stdout.split("─\n")[1].split("Total params")[0].splitlines()
+    weights = 4 * 4 + 4 * 4
+    assert [re.split(r"\s{2,}", row)[:4] for row in table] == [
+        [f"y.{k}.hs, y.{k}.hl", "scan", "[batch, 5, 4], [batch, 4]", str(weights)]
+        for k in (0, 1)], table
+
+
 def test_check_draws_a_long_table_cut_in_the_middle(tmp_path):
     """A file of 66,000 statements spent 27 of its 39 s drawing every row: the table keeps its
     first and last rows, says how many it left out and how to see them; --rows 0 draws all."""

@@ -314,15 +314,19 @@ def folded_calls(g: Graph) -> tuple[dict[int, list[int]], dict[int, int]]:
     Returns {call: its results in order} and {each node folded into a call: the call}."""
     results: dict[int, list[int]] = {}
     folded: dict[int, int] = {}
+    scans = [n for n in g if n.op == "scan"]
+    by_span: dict = {}
+    for m in g if scans else ():
+        if m.op not in ("input", "param", "const", "scan") and m.span is not None:
+            by_span.setdefault(m.span, []).append(m.id)
+    named = {*g.outputs.values(), *g.losses.values(), *g.metrics.values()}
     for n in g:
         opdef = registry.get(n.op)
         users = sorted(g.users(n.id))
         if n.op == "scan":
             # NOTE: the frontend's nodes carry the call's span; an argument's expression has
             # its own (a sub-span), and so does anything the model does with the results
-            group = [m.id for m in g if m.span == n.span and m.id != n.id
-                     and m.op not in ("input", "param", "const")]
-            named = {*g.outputs.values(), *g.losses.values(), *g.metrics.values()}
+            group = sorted(_scan_plumbing(g, n, set(by_span.get(n.span, ()))))
             parts = [m for m in group if g.node(m).name or m in named]
             if parts:
                 results[n.id] = parts
@@ -346,6 +350,26 @@ def folded_calls(g: Graph) -> tuple[dict[int, list[int]], dict[int, int]]:
                 parts.append(u)
         results[n.id] = parts
     return results, folded
+
+
+def _scan_plumbing(g: Graph, scan: Node, same_span: set[int]) -> set[int]:
+    """The nodes the frontend built around one user scan: up from its inputs and down from
+    its value, among the nodes of the call's span, stopping at named values (a result; in a
+    block run by `repeat`, the previous call's result, which has the same span)."""
+    found: set[int] = set()
+    stack = [(i, "up") for i in scan.inputs] + [(u, "down") for u in g.users(scan.id)]
+    while stack:
+        nid, way = stack.pop()
+        if nid in found or nid not in same_span:
+            continue
+        named = bool(g.node(nid).name)
+        if way == "up" and named:
+            continue
+        found.add(nid)
+        if not named:
+            stack += ([(i, "up") for i in g.node(nid).inputs] if way == "up" else
+                      [(u, "down") for u in g.users(nid)])
+    return found
 
 
 def slots(g: Graph, node: Node) -> list:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from nnlang.ir.dims import DEFAULT_BATCH, Sym, bind, fmt_shape
-from nnlang.ir.graph import Builder, Graph, Node, op_attrs, slots, folded_calls
+from nnlang.ir.graph import Builder, Graph, Node, folded_calls, op_attrs, slots
 from nnlang.ops import registry
 from nnlang.ops.registry import ELEMENTWISE, REDUCE, TensorType
 
@@ -86,11 +86,14 @@ def summarize(program, batch: int | None = None) -> Summary:
         if p.attrs.get("trainable", True):
             s.trainable_params += n
     results, folded = folded_calls(g)
+    members: dict[int, set[int]] = {}
+    for m, call in folded.items():
+        members.setdefault(call, set()).add(m)
     for nid in order:
         node = g.node(nid)
         if node.op in SOURCE_OPS or nid in folded:
             continue
-        group = {nid, *(m for m, call in folded.items() if call == nid)}
+        group = {nid, *members.get(nid, ())}
         params = sum(numel_int(g.node(p).shape, env) for p, user in owner.items()
                      if user in group)
         label = layer_label(node, bool(params) or _owns_weights(node), named.get(nid))
@@ -99,8 +102,9 @@ def summarize(program, batch: int | None = None) -> Summary:
             parts = [g.node(r) for r in results[nid]]
             shape = ", ".join(fmt_shape(p.shape) for p in parts)
             memory = sum(activation_bytes(p.type, env) for p in parts)
-            if all(p.name for p in parts):
-                label = ", ".join([p.name for p in parts])
+            if all(p.name for p in parts):   # NOTE: named by its results, in its block's path
+                scope = node.path.rpartition(".")[0] if _owns_weights(node) else node.path
+                label = ", ".join(f"{scope}.{p.name}" if scope else p.name for p in parts)
         row = Row(label, node.op, shape, node.dtype or "?", params,
                   sum(node_flops(g, g.node(m), env) for m in group), memory,
                   node.span.line if node.span else 0)
