@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import signal
@@ -17,9 +18,27 @@ from rich.text import Text
 
 from nnlang.errors import NNError, Span
 
-app = typer.Typer(name="nnlang", rich_markup_mode="rich", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False,
-                  help="nnlang: a readable compiler for neural networks.")
+class _Typer(typer.Typer):
+    """A typer app whose command list shows each command's docstring's first paragraph as one
+    line, wrapped to the terminal. NOTE: in rich markup mode typer keeps the paragraph's source
+    line breaks there (`rich_utils._make_command_help`), so a docstring wrapped at 100 columns
+    came out as "... fused" / "or kernels." on separate lines; the command's own --help
+    already joins them (`_get_help_text`)."""
+
+    def command(self, name: str | None = None, **kwargs):
+        register = super().command
+
+        def decorator(fn):
+            short = kwargs.pop("short_help", None)
+            if short is None and fn.__doc__:
+                short = " ".join(inspect.cleandoc(fn.__doc__).split("\n\n")[0].split())
+            return register(name, short_help=short, **kwargs)(fn)
+        return decorator
+
+
+app = _Typer(name="nnlang", rich_markup_mode="rich", no_args_is_help=True,
+             add_completion=False, pretty_exceptions_enable=False,
+             help="nnlang: a readable compiler for neural networks.")
 
 
 def console() -> Console:

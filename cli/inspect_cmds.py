@@ -287,7 +287,11 @@ def ops(
         out.print(Text(f"{op.name}({op.sig})", style="bold"))
         out.print(Text(f"family: {op.family}" + (f"   traits: {', '.join(sorted(op.traits))}"
                                                   if op.traits else "")))
-        out.print(Text("owns weights" if op.params else "no weights"))
+        # NOTE: the elaborator takes these two of every call of a layer with weights
+        # (frontend/calls.py), so no signature lists them: said here, or no one finds them
+        out.print(Text("owns weights; every call also takes share = <layer> (use that "
+                       "layer's weights) and trainable = false (freeze them)"
+                       if op.params else "no weights"))
         out.print()
         for p in op.sig.params:
             out.print(Text(f"  {p}"))

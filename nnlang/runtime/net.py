@@ -46,7 +46,11 @@ def check_backend(backend: str, device: bool = True) -> None:
     """An unknown backend is an error; so is the GPU one without CuPy or a device, unless
     `device` is False (a Net that only renders its CUDA source needs neither)."""
     if backend not in BACKENDS:
-        raise NNError(f"unknown backend '{backend}'", hint=f"backends: {', '.join(BACKENDS)}")
+        # NOTE: PyTorch's device names: the GPU backend is named after CuPy, which runs it
+        gpu = backend.lower() in ("cuda", "gpu")
+        raise NNError(f"unknown backend '{backend}'",
+                      hint="the CUDA backend is --backend cupy" if gpu else
+                      f"backends: {', '.join(BACKENDS)}")
     if backend == "cupy" and device:
         from nnlang.backends.cupy_backend import require_cupy
         require_cupy()
