@@ -165,10 +165,7 @@ FOREIGN_NAMES = {
     "reduce_mean": "mean", "reduce_variance": "var", "clip_by_value": "clip", "clamp": "clip",
     "expand_dims": "unsqueeze", "bmm": "matmul", "mm": "matmul", "l1_loss": "mae",
     "softmax_cross_entropy_with_logits": "cross_entropy",
-    "sigmoid_cross_entropy_with_logits": "bce_with_logits", "SimpleRNN": "rnn",
-    "GlobalAveragePooling1D": "global_avg_pool", "GlobalMaxPooling1D": "global_max_pool",
-    "GlobalMaxPooling2D": "global_max_pool", "MaxPooling1D": "max_pool1d",
-    "MaxPool1d": "max_pool1d", "AveragePooling1D": "avg_pool1d", "AvgPool1d": "avg_pool1d",
+    "sigmoid_cross_entropy_with_logits": "bce_with_logits",
 }
 
 
