@@ -129,7 +129,7 @@ def graph(
     """Draw the model graph: blocks and layers as clusters, edges labelled with shapes."""
     from nnlang.ir.dot import GraphvizMissing, render, to_dot
 
-    if output.suffix not in GRAPH_FORMATS:
+    if output.suffix.lower() not in GRAPH_FORMATS:
         raise typer.BadParameter(f"unknown format '{output.suffix}'; use one of "
                                  + ", ".join(GRAPH_FORMATS), param_hint="-o")
     with reporting():
@@ -154,7 +154,7 @@ def graph(
         err_console().print(Text(
             f"Graphviz's `dot` program is not installed, so {output} was not drawn; the graph "
             f"is in {missing.args[0]}.\nInstall it with `apt-get install graphviz` (or `brew "
-            f"install graphviz`), then run: dot -T{output.suffix[1:]} {missing.args[0]} -o "
+            f"install graphviz`), then run: dot -T{output.suffix[1:].lower()} {missing.args[0]} -o "
             f"{output}"))
         raise typer.Exit(1)
     except RuntimeError as err:

@@ -318,6 +318,14 @@ def test_graph_dot(tmp_path):
     assert "multi_head_attention" not in out.read_text()
 
 
+def test_graph_output_suffix_in_capitals_is_its_format(tmp_path):
+    # `-o MLP.DOT` was refused as an unknown format '.DOT'
+    out = tmp_path / "MLP.DOT"
+    r = run("graph", "models/mlp.nn", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert out.read_text().startswith("digraph")
+
+
 def test_graph_fused_draws_the_backward_pass_only_when_asked(tmp_path):
     """`--fused` drew the backward pass and optimizer update too, so `--backward` changed
     nothing; `--depth` with it was silently ignored; `--backward` on a model with no loss said

@@ -195,14 +195,15 @@ def render(dot_text: str, out: Path) -> Path:
     """Writes `out`: .dot as is; .svg/.png/.pdf through Graphviz's `dot` program. The .dot text
     is always written next to it; raises GraphvizMissing when `dot` is not installed."""
     out = Path(out)
-    dot_path = out if out.suffix == ".dot" else out.with_suffix(".dot")
+    kind = out.suffix[1:].lower()   # NOTE: out.SVG is an svg, as a file manager reads it
+    dot_path = out if kind == "dot" else out.with_suffix(".dot")
     dot_path.write_text(dot_text)
-    if out.suffix == ".dot":
+    if kind == "dot":
         return out
     exe = shutil.which("dot")
     if exe is None:
         raise GraphvizMissing(dot_path)
-    proc = subprocess.run([exe, f"-T{out.suffix[1:]}", str(dot_path), "-o", str(out)],
+    proc = subprocess.run([exe, f"-T{kind}", str(dot_path), "-o", str(out)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"dot failed: {proc.stderr.strip()}")
