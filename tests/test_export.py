@@ -256,6 +256,27 @@ def test_global_max_pool_over_a_symbolic_length():
             np.testing.assert_array_equal(got[name], x.max(axis=1), err_msg=f"{name} at {seq}")
 
 
+def test_cross_entropy_over_a_symbolic_class_axis():
+    """Logits over the places of a sequence (a pointer: which token answers), labels one place
+    id per row: the export stopped in a bare ShapeError (a one-hot of depth `seq`). The file
+    gives numpy's mean of -log softmax at the label, at every length."""
+    src = """model Ptr {
+  symbol seq
+  input score: float32[batch, seq]
+  input label: int32[batch]
+  output ce = cross_entropy(score, label)
+}"""
+    net = nnlang.compile(nnlang.load(src), backend="reference", batch=3)
+    proto = nnlang.export_onnx(net)
+    for seq in (2, 5, 9):
+        rng = np.random.default_rng(seq)
+        score = rng.normal(size=(3, seq)).astype(np.float32)
+        label = rng.integers(0, seq, 3).astype(np.int32)
+        logp = score - np.log(np.exp(score).sum(axis=1, keepdims=True))
+        got = run_onnx(proto, {"score": score, "label": label})["ce"]
+        np.testing.assert_allclose(got, -logp[np.arange(3), label].mean(), rtol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["sinusoidal", "learned"])
 def test_masked_positions_do_not_move_with_front_padding(kind):
     """With the mask, a front-padded row's positions count from its first real token: the same
