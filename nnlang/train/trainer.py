@@ -339,6 +339,9 @@ class _Training:
         try:
             self.net = Net(program, backend=backend, batch=local_batch, seed=cfg.seed,
                            config=cfg, total_steps=cfg.epochs * self.per_epoch)
+            # NOTE: the step compiled before the first epoch runs at the data's length
+            self.net.lengths = feeds.data_lengths(program.graph, (ds.train, ds.val, ds.test),
+                                                  mapping, self.net.lengths)
             # NOTE: Open MPI gives each rank a terminal even when mpirun's output goes to a
             # file, so a data-parallel run prints lines, not live bars
             self.show = progress and live(console) and not ranks.many
