@@ -277,6 +277,50 @@ model Rep {
         for k in (0, 1)], table
 
 
+SHARED = """block Tower(x) {
+  h = dense(x, 8) |> relu
+  return dense(h, 8)
+}
+
+model S {
+  input x: float32[batch, 8]
+  d1 = dense(x, 8)
+  f = relu(d1)
+  d2 = dense(f, 8, share = d1)
+  a = Tower(d2)
+  b = Tower(x, share = a)
+  output y = a - b
+}
+"""
+
+
+def test_check_and_graph_show_a_shared_call_under_its_own_name(tmp_path):
+    """`d2 = dense(f, 8, share = d1)` was a second `d1` row in `nnlang check`, drawn inside
+    d1's cluster by `nnlang graph`, and a shared block call `b` read `a.h`, `a.dense`. Keras
+    lists each call under its own name with 0 params; the weights still count once, at d1."""
+    src = tmp_path / "s.nn"
+    src.write_text(SHARED)
+    r = run("check", src, "--batch", 2)
+    assert r.exit_code == 0, r.stderr
+    rows = [line.split()[:2] for line in r.stdout.splitlines()
+            if re.match(r"^\S+ +(dense|relu|sub) ", line)]
+    assert [layer for layer, _ in rows] == ["d1", "f", "d2", "a.h", "a.h", "a.dense", "b.h",
+                                            "b.h", "b.dense", "y"], r.stdout
+    for call, owner in (("d2", "d1"), ("b.h", "a.h"), ("b.dense", "a.dense")):
+        assert re.search(rf"^{re.escape(call)} +dense .* 0 \(shares {re.escape(owner)}\) ",
+                         r.stdout, re.M), r.stdout
+    assert f"Total params: {3 * (8 * 8 + 8):,}" in r.stdout   # d1, a.h, a.dense
+    out = tmp_path / "s.dot"
+    assert run("graph", src, "-o", out).exit_code == 0
+    dot = out.read_text()
+    assert 'subgraph "cluster_b.h"' in dot and 'subgraph "cluster_d1"' not in dot, dot
+    assert re.search(r'label="dense\\nd2\\n\(shares d1\)', dot), dot
+    assert re.search(r'label="dense\\nh\\n\(shares a.h\)', dot), dot
+    import nnlang   # NOTE: the weights' paths (checkpoints, share =, init_from) are as before
+    assert sorted(nnlang.load(src).graph.params) == sorted(
+        f"{p}.{k}" for p in ("d1", "a.h", "a.dense") for k in ("weight", "bias"))
+
+
 def test_check_draws_a_long_table_cut_in_the_middle(tmp_path):
     """A file of 66,000 statements spent 27 of its 39 s drawing every row: the table keeps its
     first and last rows, says how many it left out and how to see them; --rows 0 draws all."""
