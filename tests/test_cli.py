@@ -67,6 +67,24 @@ def test_check_bad_set(flag):
     assert r.exit_code == 1 and "error:" in r.stderr and "--set" in r.stderr
 
 
+def test_check_reads_standard_input_with_a_dash(tmp_path):
+    """`nnlang check -` was taken as a file named '-' ("file not found"); as `nnlang fmt -`
+    it reads the model from standard input, and its errors name <stdin>."""
+    source = (ROOT / "models/mlp.nn").read_text()
+    r = runner.invoke(app, ["check", "-"], input=source)
+    assert r.exit_code == 0, r.stderr
+    assert "Total params: 535,818" in r.stdout and "ok: <stdin>" in r.stdout
+    bad = (ROOT / "tests/errors/shape_mismatch.nn").read_text()
+    r = runner.invoke(app, ["check", "-"], input=bad)
+    want = (ROOT / "tests/errors/shape_mismatch.expected").read_text()
+    assert r.exit_code == 1 and r.stderr == want.replace("tests/errors/shape_mismatch.nn",
+                                                         "<stdin>"), r.stderr
+    r = runner.invoke(app, ["check", "-"], input="model M { input x float32 }\n")
+    assert r.exit_code == 1 and "<stdin>:1:" in r.stderr and "Traceback" not in r.output
+    r = runner.invoke(app, ["check", "-", "-"], input=source)
+    assert r.exit_code == 2 and "standard input" in r.output and "Total params" not in r.stdout
+
+
 def test_check_missing_file():
     r = run("check", "models/nope.nn")
     assert r.exit_code == 1 and "file not found: models/nope.nn" in r.stderr
