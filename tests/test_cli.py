@@ -155,6 +155,35 @@ def test_check_counts_cumsums_adds(tmp_path):
     assert f"Forward FLOPs: {3 * 6 * 7:,}" in r.stdout, r.stdout
 
 
+def test_check_counts_a_layers_bias_and_activation_as_separate_statements(tmp_path):
+    """A dense or conv's FLOPs left out the bias add and the activation given in the call,
+    while the same written as separate statements counted them: a layer now counts both."""
+    src = tmp_path / "f.nn"
+    src.write_text("""model InCall {
+  input x: float32[batch, 4]
+  input s: float32[batch, 2, 10]
+  output y = dense(x, 5, activation = "relu")
+  output c = conv1d(s, 6, 3)
+}
+
+model Separate {
+  input x: float32[batch, 4]
+  input s: float32[batch, 2, 10]
+  param b: float32[5]
+  param cb: float32[6, 1]
+  output y = relu(dense(x, 5, use_bias = false) + b)
+  output c = conv1d(s, 6, 3, use_bias = false) + cb
+}
+""")
+    batch = 3
+    dense = 2 * batch * 5 * 4 + batch * 5 + batch * 5   # GEMM, bias add, one relu per element
+    conv = 2 * (batch * 6 * 8) * 2 * 3 + batch * 6 * 8   # per output: 2 * channels * kernel
+    for model in ("InCall", "Separate"):
+        r = run("check", src, "--batch", batch, "--model", model)
+        assert r.exit_code == 0, r.stderr
+        assert f"Forward FLOPs: {dense + conv:,}" in r.stdout, (model, r.stdout)
+
+
 def test_check_shows_each_result_of_a_return_state_call(tmp_path):
     """`o, h, c = lstm(x, 3, return_state = true)` showed the packed value the compiler
     passes around, [batch, 3, 3] (outputs, h and c along axis 1), then six slice and reshape

@@ -171,6 +171,12 @@ def node_flops(g: Graph, node: Node, env: dict) -> int:
         return 0
 
 
+def op_flops(op: str, ins, out: TensorType, **attrs) -> int:
+    """Forward FLOPs of one call of `op` at concrete types: its `flops` rule, or what its
+    decomposition runs."""
+    return _flops(op, tuple(ins), out, _freeze(attrs))
+
+
 def _freeze(v):
     if isinstance(v, dict):
         return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
