@@ -409,6 +409,26 @@ def test_graph_dot(tmp_path):
     assert "multi_head_attention" not in out.read_text()
 
 
+def test_graph_edges_say_a_dtype_other_than_float32_as_check_does(tmp_path):
+    """A token input's edge read `[batch, 20]` where `nnlang check` shows int32[batch, 20]:
+    an edge of another dtype than float32 now says it, as check's shapes do."""
+    src = tmp_path / "t.nn"
+    src.write_text("""model T {
+  input tokens: int32[batch, 20]
+  e = embedding(tokens, 50, 8)
+  m = tokens > 0
+  output y = e * unsqueeze(cast(m, dtype = "float32"), axis = -1)
+}
+""")
+    out = tmp_path / "t.dot"
+    assert run("graph", src, "-o", out).exit_code == 0
+    labels = re.findall(r'-> n\d+ \[label="([^"]*)"\]', out.read_text())
+    assert labels.count("int32[batch, 20]") == 2 and "bool[batch, 20]" in labels, labels
+    assert "[batch, 20, 8]" in labels and "float32[batch, 20, 8]" not in labels, labels
+    check = run("check", src).stdout
+    assert re.search(r"^m +gt +bool\[batch, 20\]", check, re.M), check
+
+
 def test_graph_output_suffix_in_capitals_is_its_format(tmp_path):
     # `-o MLP.DOT` was refused as an unknown format '.DOT'
     out = tmp_path / "MLP.DOT"

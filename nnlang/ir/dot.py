@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from nnlang.errors import NNError
-from nnlang.ir.dims import fmt_shape
+from nnlang.ir.dims import fmt_shape, with_dtype
 from nnlang.ir.graph import Graph, Node, folded_calls, weight_users
 
 HIDDEN_BY_DEFAULT = ("param", "const")
@@ -141,7 +141,7 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
             if a == b or edge in seen_edges:
                 continue
             seen_edges.add(edge)
-            lines.append(f"  {a} -> {b} [label={_q(fmt_shape(src.shape))}];")
+            lines.append(f"  {a} -> {b} [label={_q(with_dtype(fmt_shape(src.shape), src.dtype))}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from nnlang.ir.dims import DEFAULT_BATCH, Sym, bind, fmt_shape
+from nnlang.ir.dims import DEFAULT_BATCH, Sym, bind, fmt_shape, with_dtype
 from nnlang.ir.graph import Builder, Graph, Node, folded_calls, op_attrs, slots, weight_users
 from nnlang.ops import registry
 from nnlang.ops.registry import ELEMENTWISE, REDUCE, TensorType
@@ -257,8 +257,9 @@ HEADERS = ("Layer", "Op", "Output shape", "Params", "FLOPs", "Memory")
 
 
 def table_cells(s: Summary) -> list[tuple[str, ...]]:
-    return [(r.layer or "·", r.op, r.shape if r.dtype == "float32" else f"{r.dtype}{r.shape}",
-             f"{r.params:,}" if r.params else f"0 (shares {r.shares})" if r.shares else "", human(r.flops) if r.flops else "",
+    return [(r.layer or "·", r.op, with_dtype(r.shape, r.dtype),
+             f"{r.params:,}" if r.params else f"0 (shares {r.shares})" if r.shares else "",
+             human(r.flops) if r.flops else "",
              human(r.memory, "B") if r.memory else "") for r in s.rows]
 
 
