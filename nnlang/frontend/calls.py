@@ -329,6 +329,8 @@ class CallElaboration:
                 parts = opdef.results(self.b, nid, **full)
             if parts is not None:
                 self.part_of.update({p: (nid, k) for k, p in enumerate(parts)})
+                if path is not None:   # NOTE: each result names the layer: `share = h` works
+                    self.layer_of.update((p, path) for p in parts)
                 return tuple(T(p) for p in parts)
         return T(nid)
 
