@@ -86,10 +86,9 @@ def check(
     (at the train section's batch size, or --batch), then totals. A table longer than --rows
     (200) shows its first and last rows.
     """
+    from nnlang.frontend.source import STDIN_FILE
     from nnlang.ir.summary import (header_lines, summarize, total_lines,
                                    training_memory_problem)
-
-    from nnlang.frontend.source import STDIN_FILE
 
     stdin_once(files)
     failed = False
