@@ -22,11 +22,24 @@ from nnlang_cli.app import (MODEL_HELP, SET_HELP, app, check_output, console, er
 
 
 def load_program(path: Path, sets: list[str] | None, model: str | None):
-    """Parse and elaborate one file (raises NNError)."""
+    """Parse and elaborate one file, or standard input for `-` (raises NNError)."""
     from nnlang.frontend.elaborate import elaborate
-    from nnlang.frontend.parser import parse_file
+    from nnlang.frontend.parser import parse, parse_file
+    from nnlang.frontend.source import STDIN_FILE, read_stdin
 
-    return elaborate(parse_file(path), parse_overrides(sets), model)
+    module = parse(read_stdin(sys.stdin.buffer), STDIN_FILE) if is_stdin(path) else \
+        parse_file(path)
+    return elaborate(module, parse_overrides(sets), model)
+
+
+def is_stdin(path: Path) -> bool:
+    return str(path) == "-"
+
+
+def stdin_once(files: list[Path]) -> None:
+    """`-` reads standard input to its end, so a second `-` would read nothing."""
+    if sum(is_stdin(p) for p in files) > 1:
+        raise typer.BadParameter("- (standard input) can be given once", param_hint="FILES")
 
 
 # *** check ***
@@ -54,7 +67,8 @@ def summary_table(s, most: int = 0) -> tuple[Table, int]:
 
 @app.command()
 def check(
-    files: list[Path] = typer.Argument(..., help="One or more .nn files."),
+    files: list[Path] = typer.Argument(..., help="One or more .nn files; - reads one from "
+                                                 "standard input."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
@@ -72,13 +86,16 @@ def check(
     (at the train section's batch size, or --batch), then totals. A table longer than --rows
     (200) shows its first and last rows.
     """
+    from nnlang.frontend.source import STDIN_FILE
     from nnlang.ir.summary import (header_lines, summarize, total_lines,
                                    training_memory_problem)
 
+    stdin_once(files)
     failed = False
     out = console()
     with reporting():
         for path in files:
+            name = STDIN_FILE if is_stdin(path) else path
             try:
                 prog = load_program(path, sets, model)
                 print_warnings(prog)
@@ -89,7 +106,7 @@ def check(
                 continue
             warning = training_memory_problem(prog, s.batch)
             if warning:
-                err_console().print(Text(f"warning: {path}: {warning}", style="yellow"))
+                err_console().print(Text(f"warning: {name}: {warning}", style="yellow"))
             if quiet:
                 continue
             for line in header_lines(s):
@@ -101,7 +118,7 @@ def check(
                                style="dim"))
             for line in total_lines(s):
                 out.print(Text(line))
-            out.print(Text(f"ok: {path}", style="green"))
+            out.print(Text(f"ok: {name}", style="green"))
             if len(files) > 1:
                 out.print()
     if failed:
@@ -194,13 +211,11 @@ def fmt(
 
     if check_only and write:
         raise typer.BadParameter("use --check or --write, not both")
-    if sum(str(p) == "-" for p in files) > 1:
-        # NOTE: the first `-` reads standard input to its end; a second would format nothing
-        raise typer.BadParameter("- (standard input) can be given once", param_hint="FILES")
+    stdin_once(files)
     bad = failed = False
     with reporting():
         for path in files:
-            stdin = str(path) == "-"
+            stdin = is_stdin(path)
             name = STDIN_FILE if stdin else str(path)
             try:
                 # NOTE: read once, the byte-order mark kept: the canonical text (what fmt

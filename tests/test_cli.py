@@ -67,6 +67,24 @@ def test_check_bad_set(flag):
     assert r.exit_code == 1 and "error:" in r.stderr and "--set" in r.stderr
 
 
+def test_check_reads_standard_input_with_a_dash(tmp_path):
+    """`nnlang check -` was taken as a file named '-' ("file not found"); as `nnlang fmt -`
+    it reads the model from standard input, and its errors name <stdin>."""
+    source = (ROOT / "models/mlp.nn").read_text()
+    r = runner.invoke(app, ["check", "-"], input=source)
+    assert r.exit_code == 0, r.stderr
+    assert "Total params: 535,818" in r.stdout and "ok: <stdin>" in r.stdout
+    bad = (ROOT / "tests/errors/shape_mismatch.nn").read_text()
+    r = runner.invoke(app, ["check", "-"], input=bad)
+    want = (ROOT / "tests/errors/shape_mismatch.expected").read_text()
+    assert r.exit_code == 1 and r.stderr == want.replace("tests/errors/shape_mismatch.nn",
+                                                         "<stdin>"), r.stderr
+    r = runner.invoke(app, ["check", "-"], input="model M { input x float32 }\n")
+    assert r.exit_code == 1 and "<stdin>:1:" in r.stderr and "Traceback" not in r.output
+    r = runner.invoke(app, ["check", "-", "-"], input=source)
+    assert r.exit_code == 2 and "standard input" in r.output and "Total params" not in r.stdout
+
+
 def test_check_missing_file():
     r = run("check", "models/nope.nn")
     assert r.exit_code == 1 and "file not found: models/nope.nn" in r.stderr
@@ -135,6 +153,35 @@ def test_check_counts_cumsums_adds(tmp_path):
     r = run("check", src, "--batch", 3)
     assert r.exit_code == 0, r.stderr
     assert f"Forward FLOPs: {3 * 6 * 7:,}" in r.stdout, r.stdout
+
+
+def test_check_counts_a_layers_bias_and_activation_as_separate_statements(tmp_path):
+    """A dense or conv's FLOPs left out the bias add and the activation given in the call,
+    while the same written as separate statements counted them: a layer now counts both."""
+    src = tmp_path / "f.nn"
+    src.write_text("""model InCall {
+  input x: float32[batch, 4]
+  input s: float32[batch, 2, 10]
+  output y = dense(x, 5, activation = "relu")
+  output c = conv1d(s, 6, 3)
+}
+
+model Separate {
+  input x: float32[batch, 4]
+  input s: float32[batch, 2, 10]
+  param b: float32[5]
+  param cb: float32[6, 1]
+  output y = relu(dense(x, 5, use_bias = false) + b)
+  output c = conv1d(s, 6, 3, use_bias = false) + cb
+}
+""")
+    batch = 3
+    dense = 2 * batch * 5 * 4 + batch * 5 + batch * 5   # GEMM, bias add, one relu per element
+    conv = 2 * (batch * 6 * 8) * 2 * 3 + batch * 6 * 8   # per output: 2 * channels * kernel
+    for model in ("InCall", "Separate"):
+        r = run("check", src, "--batch", batch, "--model", model)
+        assert r.exit_code == 0, r.stderr
+        assert f"Forward FLOPs: {dense + conv:,}" in r.stdout, (model, r.stdout)
 
 
 def test_check_shows_each_result_of_a_return_state_call(tmp_path):
@@ -277,6 +324,50 @@ model Rep {
         for k in (0, 1)], table
 
 
+SHARED = """block Tower(x) {
+  h = dense(x, 8) |> relu
+  return dense(h, 8)
+}
+
+model S {
+  input x: float32[batch, 8]
+  d1 = dense(x, 8)
+  f = relu(d1)
+  d2 = dense(f, 8, share = d1)
+  a = Tower(d2)
+  b = Tower(x, share = a)
+  output y = a - b
+}
+"""
+
+
+def test_check_and_graph_show_a_shared_call_under_its_own_name(tmp_path):
+    """`d2 = dense(f, 8, share = d1)` was a second `d1` row in `nnlang check`, drawn inside
+    d1's cluster by `nnlang graph`, and a shared block call `b` read `a.h`, `a.dense`. Keras
+    lists each call under its own name with 0 params; the weights still count once, at d1."""
+    src = tmp_path / "s.nn"
+    src.write_text(SHARED)
+    r = run("check", src, "--batch", 2)
+    assert r.exit_code == 0, r.stderr
+    rows = [line.split()[:2] for line in r.stdout.splitlines()
+            if re.match(r"^\S+ +(dense|relu|sub) ", line)]
+    assert [layer for layer, _ in rows] == ["d1", "f", "d2", "a.h", "a.h", "a.dense", "b.h",
+                                            "b.h", "b.dense", "y"], r.stdout
+    for call, owner in (("d2", "d1"), ("b.h", "a.h"), ("b.dense", "a.dense")):
+        assert re.search(rf"^{re.escape(call)} +dense .* 0 \(shares {re.escape(owner)}\) ",
+                         r.stdout, re.M), r.stdout
+    assert f"Total params: {3 * (8 * 8 + 8):,}" in r.stdout   # d1, a.h, a.dense
+    out = tmp_path / "s.dot"
+    assert run("graph", src, "-o", out).exit_code == 0
+    dot = out.read_text()
+    assert 'subgraph "cluster_b.h"' in dot and 'subgraph "cluster_d1"' not in dot, dot
+    assert re.search(r'label="dense\\nd2\\n\(shares d1\)', dot), dot
+    assert re.search(r'label="dense\\nh\\n\(shares a.h\)', dot), dot
+    import nnlang   # NOTE: the weights' paths (checkpoints, share =, init_from) are as before
+    assert sorted(nnlang.load(src).graph.params) == sorted(
+        f"{p}.{k}" for p in ("d1", "a.h", "a.dense") for k in ("weight", "bias"))
+
+
 def test_check_draws_a_long_table_cut_in_the_middle(tmp_path):
     """A file of 66,000 statements spent 27 of its 39 s drawing every row: the table keeps its
     first and last rows, says how many it left out and how to see them; --rows 0 draws all."""
@@ -316,6 +407,26 @@ def test_graph_dot(tmp_path):
     r = run("graph", "models/transformer.nn", "-o", out, "--depth", "1")
     assert r.exit_code == 0 and "box3d" in out.read_text()
     assert "multi_head_attention" not in out.read_text()
+
+
+def test_graph_edges_say_a_dtype_other_than_float32_as_check_does(tmp_path):
+    """A token input's edge read `[batch, 20]` where `nnlang check` shows int32[batch, 20]:
+    an edge of another dtype than float32 now says it, as check's shapes do."""
+    src = tmp_path / "t.nn"
+    src.write_text("""model T {
+  input tokens: int32[batch, 20]
+  e = embedding(tokens, 50, 8)
+  m = tokens > 0
+  output y = e * unsqueeze(cast(m, dtype = "float32"), axis = -1)
+}
+""")
+    out = tmp_path / "t.dot"
+    assert run("graph", src, "-o", out).exit_code == 0
+    labels = re.findall(r'-> n\d+ \[label="([^"]*)"\]', out.read_text())
+    assert labels.count("int32[batch, 20]") == 2 and "bool[batch, 20]" in labels, labels
+    assert "[batch, 20, 8]" in labels and "float32[batch, 20, 8]" not in labels, labels
+    check = run("check", src).stdout
+    assert re.search(r"^m +gt +bool\[batch, 20\]", check, re.M), check
 
 
 def test_graph_output_suffix_in_capitals_is_its_format(tmp_path):

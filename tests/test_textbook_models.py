@@ -529,3 +529,27 @@ def test_tagger_loss_ignores_the_pads():
     nll = np.log(np.exp(z).sum(-1)) - np.take_along_axis(z, f["tag"][..., None], -1)[..., 0]
     assert net.evaluate(other)["loss"] == net.evaluate(f)["loss"] \
         == pytest.approx(nll[real].mean(), rel=1e-10)
+
+
+@pytest.mark.parametrize("shared", ["s", "h"])
+def test_share_names_any_result_of_a_return_state_call(shared):
+    """`s2, h2 = gru(..., return_state = true, share = h)` was refused ("share = names 'h',
+    which no layer with weights or block call made"): each result of such a call was made by
+    the gru (docs/language.md), but only the packed value it cuts them from named the layer."""
+    net = nnlang.compile(f"""model M {{
+  input x: float32[batch, 4, 3]
+  input x2: float32[batch, 4, 3]
+  s, h = gru(x, 5, return_state = true, return_sequences = true)
+  s2, h2 = gru(x2, 5, return_state = true, return_sequences = true, share = {shared})
+  output s
+  output h
+  output s2
+  output h2
+}}""", backend="reference", dtype="float64", batch=2, seed=3)
+    assert sorted(net.parameters()) == ["s.bias", "s.kernel", "s.recurrent"]
+    x = np.random.default_rng(0).normal(size=(2, 4, 3))
+    out = net.forward({"x": x, "x2": x})
+    # NOTE: the same weights on the same input; weights of its own would give other values
+    np.testing.assert_allclose(out["s2"], out["s"], rtol=1e-12)
+    np.testing.assert_allclose(out["h2"], out["h"], rtol=1e-12)
+    assert not np.allclose(out["s"], 0)

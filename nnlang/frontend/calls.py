@@ -8,7 +8,7 @@ import sys
 from nnlang.errors import Span, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.values import (POISON, Abort, Initializer, KEYWORD_ONLY_OPS, Scope, T,
-                                    join_path)
+                                    join_path, shown_path)
 from nnlang.ir.dims import Sym, fmt_shape, is_concrete, size_problem
 from nnlang.ops import registry
 from nnlang.ops.init import INITIALIZERS, init_problem
@@ -111,7 +111,10 @@ class CallElaboration:
         path = None
         if opdef.params is not None:
             path = self.layer_path(scope, target, e.func, share, spans.get("share"))
-        where = path or join_path(scope.prefix, target or "")
+        # NOTE: a layer called with `share = d1` takes d1's weights (`path`) but is its own call,
+        # shown under its own name (d2), as Keras lists each call of a shared layer
+        where = self.own_path(scope, target, e.func) if path and share is not None else \
+            shown_path(scope, path or join_path(scope.prefix, target or ""))
         return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path, where, attr_spans,
                          frozen)
 
@@ -233,6 +236,17 @@ class CallElaboration:
         self.used_paths.add(path)
         return path
 
+    def own_path(self, scope, target, func) -> str:
+        """The path a call with `share =` is shown under: what its weights' path would be without
+        it (`b`, `h.0`, `dense_1`), kept apart from the weight paths so none of those moves."""
+        rep = "".join(f".{k}" for k in scope.repeat)
+        base = join_path(shown_path(scope, scope.prefix), (target or func) + rep)
+        path, k = base, 1
+        while path in self.used_paths or path in self.shown_paths:
+            path, k = f"{base}_{k}", k + 1
+        self.shown_paths.add(path)
+        return path
+
     def param(self, name: str, spec: ParamSpec, span: Span, share: bool,
               frozen: bool = False) -> int:
         """The param node of weight `name`; a frozen one is not trainable whatever its spec."""
@@ -299,7 +313,7 @@ class CallElaboration:
                     self.symbolic_weight(op, k, spec.shape, span, in_spans, ins, in_types)
             params = [T(self.param(f"{path}.{k}", spec, span, shared, frozen))
                       for k, spec in specs.items()]
-        layer = path or where or scope.prefix
+        layer = where or path or shown_path(scope, scope.prefix)
         try:
             with self.b.at(span, layer):
                 nid = self.b.emit(op, *[None if t is None else t.id for t in ins],
@@ -315,6 +329,8 @@ class CallElaboration:
                 parts = opdef.results(self.b, nid, **full)
             if parts is not None:
                 self.part_of.update({p: (nid, k) for k, p in enumerate(parts)})
+                if path is not None:   # NOTE: each result names the layer: `share = h` works
+                    self.layer_of.update((p, path) for p in parts)
                 return tuple(T(p) for p in parts)
         return T(nid)
 
@@ -466,6 +482,8 @@ class CallElaboration:
                                        next((k.value.span for k in e.kwargs
                                              if k.name == "share"), e.span), block=True)
         self.block_of.setdefault(inner.prefix, block.name)
+        inner.shown = self.own_path(scope, target, block.name) if share is not None else \
+            shown_path(scope, inner.prefix)
         given = dict(zip(names, args))
         for k in e.kwargs:
             if k.name == "share" or k.name == "trainable" and k.name not in names:

@@ -74,6 +74,7 @@ class Elaborator(CallElaboration, ScanElaboration):
         self.part_of: dict[int, tuple[int, int]] = {}  # result k of a packed call: id -> (call, k)
         self.stack: list[str] = []          # block call chain, for recursion errors
         self.used_paths: set[str] = set()
+        self.shown_paths: set[str] = set()  # own paths of calls that share weights (own_path)
         self.copies = 1                     # product of the enclosing repeat counts
 
     # *** errors ***

@@ -7,6 +7,7 @@ from pathlib import Path
 from nnlang.errors import ErrorSink, NNError
 from nnlang.frontend import ast
 from nnlang.frontend.parser import parse_file
+from nnlang.frontend.source import STDIN_FILE, STRING_FILE
 from nnlang.ops import registry
 
 
@@ -15,10 +16,12 @@ def collect_defs(module: ast.Module, errors: ErrorSink, seen: set | None = None,
     """All models, blocks and train sections of a file and the files it imports."""
     seen = seen if seen is not None else set()
     defs = defs if defs is not None else {}
-    seen.add(str(Path(module.file).resolve()) if module.file != "<string>" else module.file)
+    # NOTE: source with no file (a string, `nnlang check -`) imports from the working folder
+    unnamed = module.file in (STRING_FILE, STDIN_FILE)
+    seen.add(module.file if unnamed else str(Path(module.file).resolve()))
     for item in module.items:
         if isinstance(item, ast.Import):
-            base = Path(module.file).parent if module.file != "<string>" else Path.cwd()
+            base = Path.cwd() if unnamed else Path(module.file).parent
             path = (base / item.path).resolve()
             if str(path) in seen:
                 continue  # NOTE: a diamond or a cycle of imports loads each file once

@@ -52,6 +52,9 @@ class Scope:
     repeat: tuple = ()               # iteration indices of enclosing `repeat`s
     later: dict = field(default_factory=dict)      # names defined further down -> Span
     frozen: bool = False             # inside a block called with `trainable = false`
+    # NOTE: the call's own path where it is not `prefix`: a block call with `share = a` makes
+    # its weights under a's path (`prefix`), but its nodes are drawn and listed under its own
+    shown: str | None = None
 
 
 _MAX_INT_BITS = 4096  # constant arithmetic beyond this is a typo, not a model size
@@ -105,3 +108,15 @@ KEYWORD_ONLY_OPS = {"input", "param", "const"}
 
 def join_path(a: str, b: str) -> str:
     return f"{a}.{b}" if a and b else a or b
+
+
+def shown_path(scope: Scope, path: str) -> str:
+    """Where a node made at weight path `path` in `scope` is shown (`nnlang check`, `graph`):
+    under the call's own path in a block call that shares another's weights (b.h for a.h)."""
+    if scope.shown is None or scope.shown == scope.prefix:
+        return path
+    if path == scope.prefix:
+        return scope.shown
+    if path.startswith(scope.prefix + "."):
+        return scope.shown + path[len(scope.prefix):]
+    return path

@@ -86,6 +86,12 @@ def fmt_shape(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]" if shape is not None else "[?]"
 
 
+def with_dtype(shape_text: str, dtype: str | None) -> str:
+    """A formatted shape as `nnlang check` and `nnlang graph` show a value: with its dtype unless
+    it is float32, the dtype of nearly every value (int32[batch, 200] for tokens, [batch, 512])."""
+    return shape_text if dtype in ("float32", None) else f"{dtype}{shape_text}"
+
+
 def is_concrete(shape) -> bool:
     return all(isinstance(d, int) for d in shape)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from nnlang.errors import NNError
-from nnlang.ir.dims import fmt_shape
-from nnlang.ir.graph import Graph, Node, folded_calls
+from nnlang.ir.dims import fmt_shape, with_dtype
+from nnlang.ir.graph import Graph, Node, folded_calls, weight_users
 
 HIDDEN_BY_DEFAULT = ("param", "const")
 
@@ -64,6 +64,7 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
     nodes = [n for n in nodes if (roles is None or n.role in roles)
              and (show_params or n.op not in HIDDEN_BY_DEFAULT)]
     kept = {n.id for n in nodes}
+    shares = {n: g.node(o).path for n, o in weight_users(g)[1].items()}
     results: dict[int, str] = {}
     for kind, table in (("output", g.outputs), ("loss", g.losses), ("metric", g.metrics)):
         for k, v in table.items():
@@ -118,7 +119,8 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
         for part in where:
             t = t.setdefault(part, {})
         items[where].append(_node_line(g, n, rep[n.id], results, box_count,
-                                       [g.node(p).name or "" for p in packed.get(n.id, ())]))
+                                       [g.node(p).name or "" for p in packed.get(n.id, ())],
+                                       shares.get(n.id)))
 
     lines = ["digraph nnlang {", '  rankdir=TB;', '  node [fontname="Helvetica", fontsize=11];',
              '  edge [fontname="Helvetica", fontsize=9, color=gray30];']
@@ -139,7 +141,7 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
             if a == b or edge in seen_edges:
                 continue
             seen_edges.add(edge)
-            lines.append(f"  {a} -> {b} [label={_q(fmt_shape(src.shape))}];")
+            lines.append(f"  {a} -> {b} [label={_q(with_dtype(fmt_shape(src.shape), src.dtype))}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -149,7 +151,7 @@ def _is_layer(g: Graph, n: Node) -> bool:
 
 
 def _node_line(g: Graph, n: Node, rid: str, results: dict, box_count: dict,
-               names: list[str] = ()) -> str:
+               names: list[str] = (), shares: str | None = None) -> str:
     if rid in box_count:
         key, count, weights = box_count[rid]
         label = f"{'.'.join(key)}\n{count} ops" + (f", {weights} weights" if weights else "")
@@ -163,7 +165,7 @@ def _node_line(g: Graph, n: Node, rid: str, results: dict, box_count: dict,
     else:
         name = ", ".join(names) if any(names) else \
             n.name or (n.path.rpartition(".")[2] if _is_layer(g, n) else "")
-        label = n.op + (f"\n{name}" if name else "")
+        label = n.op + (f"\n{name}" if name else "") + (f"\n(shares {shares})" if shares else "")
         style = _STYLE.get(n.role) if n.role != "fwd" else None
         style = style or (_STYLE["layer"] if _is_layer(g, n) else _STYLE["op"])
     if n.id in results:

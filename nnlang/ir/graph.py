@@ -303,6 +303,25 @@ class Builder:
         return lambda *inputs, **attrs: self.emit(op, *inputs, **attrs)
 
 
+def weight_users(g: Graph) -> tuple[dict[int, int], dict[int, int]]:
+    """{each weight used: its first user in topological order, which owns it} and {each layer
+    call whose weights another owns (`d2 = dense(f, 16, share = d1)`): that owner}; `nnlang
+    check` counts a weight once, at its owner, and both it and `nnlang graph` say who a shared
+    call's weights are."""
+    owner: dict[int, int] = {}
+    for nid in g.topo():
+        for i in g.node(nid).inputs:
+            if g.node(i).op == "param":
+                owner.setdefault(i, nid)
+    shares: dict[int, int] = {}
+    for pid, first in owner.items():
+        for u in g.users(pid):
+            opdef = registry.get(g.node(u).op)
+            if u != first and opdef is not None and opdef.params is not None:
+                shares.setdefault(u, first)
+    return owner, shares
+
+
 def folded_calls(g: Graph) -> tuple[dict[int, list[int]], dict[int, int]]:
     """Calls that `nnlang check` and `nnlang graph` show as one row and one node, as Keras
     shows a layer, though the graph holds them as several nodes:

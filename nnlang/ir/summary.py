@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from nnlang.ir.dims import DEFAULT_BATCH, Sym, bind, fmt_shape
-from nnlang.ir.graph import Builder, Graph, Node, folded_calls, op_attrs, slots
+from nnlang.ir.dims import DEFAULT_BATCH, Sym, bind, fmt_shape, with_dtype
+from nnlang.ir.graph import Builder, Graph, Node, folded_calls, op_attrs, slots, weight_users
 from nnlang.ops import registry
 from nnlang.ops.registry import ELEMENTWISE, REDUCE, TensorType
 
@@ -30,6 +30,7 @@ class Row:
     flops: int          # forward FLOPs at the summary's batch size
     memory: int         # bytes of the output activation at the summary's batch size
     line: int = 0       # source line
+    shares: str = ""    # the layer whose weights this call uses (`share =`), if another's
 
 
 @dataclass
@@ -72,12 +73,8 @@ def summarize(program, batch: int | None = None) -> Summary:
     s.unsized = sorted({name for v in g.inputs.values() for d in g.node(v).shape
                         if isinstance(d, Sym) for name in d.names} - set(env))
     named = {v: k for table in (g.metrics, g.losses, g.outputs) for k, v in table.items()}
-    owner: dict[int, int] = {}  # param id -> first user in topological order
+    owner, shares = weight_users(g)  # param id -> first user; shared call -> that user
     order = g.topo()
-    for nid in order:
-        for i in g.node(nid).inputs:
-            if g.node(i).op == "param":
-                owner.setdefault(i, nid)
     for pid in g.params.values():
         p = g.node(pid)
         n = numel_int(p.shape, env)
@@ -108,6 +105,8 @@ def summarize(program, batch: int | None = None) -> Summary:
         row = Row(label, node.op, shape, node.dtype or "?", params,
                   sum(node_flops(g, g.node(m), env) for m in group), memory,
                   node.span.line if node.span else 0)
+        if nid in shares:
+            row.shares = layer_label(g.node(shares[nid]), True)
         s.rows.append(row)
         s.flops += row.flops
         s.memory += row.memory
@@ -170,6 +169,12 @@ def node_flops(g: Graph, node: Node, env: dict) -> int:
         return _flops(node.op, ins, _concrete_type(node.type, env), _freeze(attrs))
     except Exception:  # NOTE: a summary must not fail on an op's FLOP rule; report 0 instead
         return 0
+
+
+def op_flops(op: str, ins, out: TensorType, **attrs) -> int:
+    """Forward FLOPs of one call of `op` at concrete types: its `flops` rule, or what its
+    decomposition runs."""
+    return _flops(op, tuple(ins), out, _freeze(attrs))
 
 
 def _freeze(v):
@@ -252,8 +257,9 @@ HEADERS = ("Layer", "Op", "Output shape", "Params", "FLOPs", "Memory")
 
 
 def table_cells(s: Summary) -> list[tuple[str, ...]]:
-    return [(r.layer or "·", r.op, r.shape if r.dtype == "float32" else f"{r.dtype}{r.shape}",
-             f"{r.params:,}" if r.params else "", human(r.flops) if r.flops else "",
+    return [(r.layer or "·", r.op, with_dtype(r.shape, r.dtype),
+             f"{r.params:,}" if r.params else f"0 (shares {r.shares})" if r.shares else "",
+             human(r.flops) if r.flops else "",
              human(r.memory, "B") if r.memory else "") for r in s.rows]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from nnlang.errors import did_you_mean
-from nnlang.ir.dims import Sym, fmt_shape, is_concrete, numel
+from nnlang.ir.dims import Sym, fmt_shape, is_concrete
 from nnlang.ops.init import init_spec
 from nnlang.ops.movement import window_out
 from nnlang.ops.nn import const_like, mean_over, need_float, param_dtype
@@ -185,15 +185,13 @@ def _conv(nd):
             y = b.add(y, bias)
         return _from_last(b, b.reshape(y, shape=[shape[0], *out, filters]), channels_last)
 
-    def flops(ins, out, *, kernel, channels_last=False, **_):
-        channels = ins[0].shape[-1 if channels_last else 1]
-        return 2 * numel(out.shape) * channels * math.prod(_tuple(name, "kernel", kernel, nd))
-
     dims = "length" if nd == 1 else "height, width"
     register(name, "x: tensor, filters: int, kernel: ints, stride: ints = 1, padding: any = 0, "
              "dilation: ints = 1, use_bias: bool = true, init: init = \"glorot_uniform\", "
              "bias_init: init = \"zeros\", channels_last: bool = false",
-             shape_rule, decompose=decompose, params=params, flops=flops, family="conv",
+             # NOTE: no `flops` rule: `nnlang check` counts the decomposition, the GEMM (2 *
+             # channels * kernel per output) and the bias add, as a separate `+ bias` counts
+             shape_rule, decompose=decompose, params=params, family="conv",
              doc=f"{nd}-D convolution (cross-correlation, like PyTorch) of [batch, channels, "
                  f"{dims}] with weight [filters, channels, *kernel]. kernel/stride/dilation: an "
                  "int or one per dim; padding: an int, one per dim, lo/hi pairs, \"valid\" or "

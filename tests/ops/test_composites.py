@@ -285,12 +285,16 @@ def test_shape_errors(name, types, attrs, text):
 
 
 def test_dense_applies_to_last_dim_and_counts_flops():
+    from nnlang.ir.summary import op_flops
     op = registry.get("dense")
     x = TensorType((Sym.of("batch"), 7, 16))
     attrs = {p.name: p.default for p in op.sig.params[1:]} | {"units": 4}
     out = op.shape(x, **attrs)
     assert out.shape == (Sym.of("batch"), 7, 4)
-    assert op.flops([x], out) == 2 * Sym.of("batch") * 7 * 16 * 4
+    x, w, bias = TensorType((5, 7, 16)), TensorType((16, 4)), TensorType((4,))
+    # NOTE: the GEMM and the bias add (dense has no FLOP rule: its decomposition is counted)
+    assert op_flops("dense", [x, w, bias], op.shape(x, **attrs), **attrs) == \
+        2 * 5 * 7 * 16 * 4 + 5 * 7 * 4
 
 
 def test_conv_same_padding_matches_tensorflow():
@@ -303,11 +307,13 @@ def test_conv_same_padding_matches_tensorflow():
 
 @pytest.mark.parametrize("name,shape,attrs,want", [
     ("conv2d", (8, 3, 32, 32), {"filters": 16, "kernel": 3, "padding": "same"},
-     2 * 8 * 16 * 32 * 32 * 3 * 9),
+     2 * 8 * 16 * 32 * 32 * 3 * 9 + 8 * 16 * 32 * 32),   # the GEMM and the bias add
     ("lstm", (8, 10, 32), {"units": 16}, 2 * 8 * 10 * (32 + 16) * 4 * 16),
 ])
 def test_flops(name, shape, attrs, want):
+    from nnlang.ir.summary import op_flops
     op = registry.get(name)
     attrs = {p.name: p.default for p in op.sig.params[1:]} | attrs
     x = TensorType(shape)
-    assert op.flops([x], op.shape(x, **attrs), **attrs) == want
+    weights = [TensorType(spec.shape) for spec in op.params(x, **attrs).values()]
+    assert op_flops(name, [x, *weights], op.shape(x, **attrs), **attrs) == want
