@@ -75,6 +75,7 @@ class Elaborator(CallElaboration, ScanElaboration):
         self.stack: list[str] = []          # block call chain, for recursion errors
         self.used_paths: set[str] = set()
         self.copies = 1                     # product of the enclosing repeat counts
+        self.loss_named_loss: Span | None = None   # a `loss loss = ...`, while it is the only one
 
     # *** errors ***
     def fail(self, message: str, span: Span | None, hint: str | None = None, notes=None):
@@ -282,8 +283,23 @@ class Elaborator(CallElaboration, ScanElaboration):
         name = s.name or (s.value.func if isinstance(s.value, ast.Call) else "loss")
         table = {"output": self.g.outputs, "loss": self.g.losses, "metric": self.g.metrics}[what]
         if name in table:
-            self.fail(f"{what} '{name}' is declared twice", s.span,
+            # NOTE: the user may never have written the name: say where it came from
+            given = "" if s.name else f": an unnamed {what} takes its call's name" \
+                if isinstance(s.value, ast.Call) else \
+                ": an unnamed loss that is not a call is named 'loss'"
+            self.fail(f"{what} '{name}' is declared twice{given}", s.span,
                       f"name it: `{what} other_name = ...`")
+        if what == "loss":
+            # NOTE: with several losses `loss` is their total's name (the epoch line, metrics.csv,
+            # summary.json), so a loss the user named `loss` would be reported only in the sum
+            culprit = s.span if s.name == "loss" and self.g.losses else self.loss_named_loss
+            if culprit is not None:
+                self.loss_named_loss = None
+                self.fail("loss 'loss': with several losses 'loss' is the name of their total, "
+                          "so this loss would be reported only inside it", culprit,
+                          "name it: `loss other_name = ...`")
+            if s.name == "loss":
+                self.loss_named_loss = s.span
         # NOTE: losses and metrics are reported side by side, and `loss` is the total's column
         other = {"loss": self.g.metrics, "metric": self.g.losses}.get(what, {})
         if name in other or (what == "metric" and name == "loss"):
