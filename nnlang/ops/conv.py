@@ -67,10 +67,15 @@ def _pads(op, padding, size, kernel, stride, dilation):
             return [p for p in pads for _ in range(2)]
         if len(pads) == 2 * nd:
             return list(pads)
-    raise ShapeError(f"{op}: padding must be \"same\", \"valid\", an int, {nd} ints or {2 * nd} "
-                     f"lo/hi ints, got {show_value(padding)}", attr="padding",
-                     hint=did_you_mean(padding, ("same", "valid")) if isinstance(padding, str)
-                     else None)
+    # NOTE: one spatial dim takes "an int" or its list [n], so "1 ints" said nothing more
+    per_dim = "" if nd == 1 else f", {nd} ints"
+    hint = did_you_mean(padding, ("same", "valid")) if isinstance(padding, str) else None
+    # NOTE: Keras' Conv1D(padding="causal"): all the padding goes before the sequence
+    if padding == "causal" and op == "conv1d":
+        hint = (f"causal padding is (kernel - 1) * dilation zeros before the sequence and none "
+                f"after: padding = [{(kernel[0] - 1) * dilation[0]}, 0]")
+    raise ShapeError(f"{op}: padding must be \"same\", \"valid\", an int{per_dim} or {2 * nd} "
+                     f"lo/hi ints, got {show_value(padding)}", attr="padding", hint=hint)
 
 
 def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_last=False,
