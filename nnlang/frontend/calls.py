@@ -68,8 +68,10 @@ class CallElaboration:
             bound = opdef.sig.bind(args, kwargs)
         except BindError as err:
             span = spans.get(err.arg, e.span) if err.arg is not None else e.span
-            hint = opdef.habits.get(err.arg) if err.message.startswith("has no parameter") \
-                else None
+            unknown = err.message.startswith("has no parameter")
+            if unknown:   # NOTE: the name is the culprit, not its value (as for a block's call)
+                span = next((k.span for k in e.kwargs if k.name == err.arg), span)
+            hint = opdef.habits.get(err.arg) if unknown else None
             self.fail(f"{e.func}() {err.message}", span, hint or err.hint)
         tensors, attrs, tspans, attr_spans = [], {}, [], {}
         names = list(opdef.sig.names())

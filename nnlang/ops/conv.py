@@ -78,6 +78,13 @@ def _pads(op, padding, size, kernel, stride, dilation):
                      f"lo/hi ints, got {show_value(padding)}", attr="padding", hint=hint)
 
 
+def _conv_habits(op: str) -> dict:
+    """PyTorch's conv options that have no counterpart here, and what to write instead."""
+    return {"groups": f"no grouped convolution: a depthwise one (groups = channels) is one "
+                      f"single-channel conv per channel, joined: concat({op}(x[:, 0:1], 1, 3), "
+                      f"{op}(x[:, 1:2], 1, 3), ..., axis = 1)"}
+
+
 def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_last=False,
             kernel_name="kernel"):
     """Checks x's layout and returns (channels-first shape, kernel, stride, pads, dilation, out);
@@ -199,6 +206,7 @@ def _conv(nd):
              "dilation: ints = 1, use_bias: bool = true, init: init = \"glorot_uniform\", "
              "bias_init: init = \"zeros\", channels_last: bool = false",
              shape_rule, decompose=decompose, params=params, flops=flops, family="conv",
+             habits=_conv_habits(name),
              doc=f"{nd}-D convolution (cross-correlation, like PyTorch) of [batch, channels, "
                  f"{dims}] with weight [filters, channels, *kernel]. kernel/stride/dilation: an "
                  "int or one per dim; padding: an int, one per dim, lo/hi pairs, \"valid\" or "

@@ -196,6 +196,9 @@ def _cross_entropy(b, logits, labels):
 
 register("cross_entropy", "logits: tensor, labels: tensor", _ce_shape, decompose=_cross_entropy,
          family="losses",
+         habits={"label_smoothing": "give the smoothed targets as probabilities: "
+                                    "cross_entropy(logits, (1 - e) * one_hot(labels, classes) "
+                                    "+ e / classes) is PyTorch's label_smoothing = e"},
          samples=(Sample(((4, 5), (4,)), domain="int:5", dtypes=(None, "int32")),
                   Sample(((2, 3, 4), (2, 3)), domain="int:4", dtypes=(None, "int64")),
                   Sample(((3, 4), (3, 4)), domain="unit")),
