@@ -98,7 +98,9 @@ class CallElaboration:
             if not problem and p.kind == "float" and value is not None and abs(value) > FLOAT32_MAX:
                 problem = f"{value!r} is too large for float32 (it would be infinity)"
             if problem:
-                hint = f"signature: {e.func}({opdef.sig})"
+                # NOTE: a value of another framework's type (Keras' gelu(approximate=True))
+                hint = opdef.habits.get(f"{p.name} = {show_value(value)}",
+                                        f"signature: {e.func}({opdef.sig})")
                 if e.func in ("max", "min") and isinstance(value, T):  # numpy/torch's max(a, b)
                     which = "larger" if e.func == "max" else "smaller"
                     hint = f"{e.func} reduces one tensor over axis; the elementwise {which} of " \
