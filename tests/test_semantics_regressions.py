@@ -438,6 +438,25 @@ def test_binary_accuracy_at_half_on_logits_is_a_located_warning(metric, warned):
         assert "threshold = 0" in text
 
 
+@pytest.mark.parametrize("momentum,keras", [("0.99", "0.01"), ("0.9", "0.1"), ("0.1", None),
+                                            ("0.01", None), ("0.5", None)])
+def test_a_keras_batch_norm_momentum_is_a_located_warning(momentum, keras):
+    """batch_norm's momentum is PyTorch's share of the new batch (tests/test_textbook_models.py
+    checks the running statistics against torch); Keras' 0.99 is the share kept, and here made
+    the running statistics almost the last batch's, silently."""
+    src = f"""model M {{
+  input x: float32[batch, 3, 8, 8]
+  h = conv2d(x, 4, 3) |> relu
+  output y = batch_norm(h, momentum = {momentum})
+}}"""
+    warnings = load(src).warnings
+    assert len(warnings) == (keras is not None)
+    if keras:
+        text = warnings[0].render()
+        assert text.startswith("<string>:4:14: warning: batch_norm's momentum")
+        assert f"Keras' momentum = {momentum} is `momentum = {keras}` here" in text
+
+
 def test_logits_into_cross_entropy_give_no_warning():
     for path in ("models/mlp.nn", "models/cnn.nn", "models/transformer.nn"):
         assert load(path).warnings == []

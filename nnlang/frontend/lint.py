@@ -1,8 +1,8 @@
 """Warnings on a checked program: code that runs but is very likely not what was meant (the last
 step of elaboration): a loss fed the activation it applies itself (as an op, or as a layer's
 `activation =`), an image in Keras' channels-last layout under a convolution, a softmax
-across the batch, a probability threshold on logits and a subscript that picks examples out of
-the batch."""
+across the batch, a probability threshold on logits, a subscript that picks examples out of
+the batch and Keras' batch_norm momentum."""
 from __future__ import annotations
 
 from nnlang.errors import Diagnostic
@@ -112,6 +112,22 @@ def _threshold_on_logits(g: Graph, node):
                       "label)", severity="warning")
 
 
+def _keras_momentum(g: Graph, node):
+    """batch_norm's momentum is PyTorch's (new = (1 - m) old + m batch); Keras' is the share
+    kept (its default 0.99), so a Keras value makes the running statistics nearly the last
+    batch's and evaluation normalizes by one batch's noise."""
+    momentum = node.attrs.get("momentum") if node.op == "batch_norm" else None
+    if momentum is None or momentum <= 0.5:
+        return None
+    keep = round(1 - momentum, 10)
+    return Diagnostic(f"batch_norm's momentum {momentum:g} moves the running statistics "
+                      f"{momentum:.0%} of the way to each batch's: momentum is PyTorch's, the "
+                      "share of the new batch (new = (1 - m) old + m batch), not Keras' share "
+                      "kept", node.span,
+                      f"Keras' momentum = {momentum:g} is `momentum = {keep:g}` here (PyTorch's "
+                      "default is 0.1)", severity="warning")
+
+
 def loss_hint(g: Graph) -> str:
     """How to give a model the loss it lacks, written with its first output's name."""
     out = next(iter(g.outputs), "logits")
@@ -129,7 +145,8 @@ def lint(g: Graph, train_span=None) -> list[Diagnostic]:
                                 "loss: `nnlang train` cannot train it", train_span,
                                 loss_hint(g), severity="warning"))
     for node in g:
-        for rule in (_channels_last, _over_batch, _threshold_on_logits, _rows_of_batch):
+        for rule in (_channels_last, _over_batch, _threshold_on_logits, _rows_of_batch,
+                     _keras_momentum):
             problem = rule(g, node)
             if problem is not None:
                 found.append(problem)
