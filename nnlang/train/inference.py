@@ -202,9 +202,25 @@ def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None, size: int
     what = (lambda k: f"--npz {npz}, array '{k}'") if npz else \
         (lambda k: f"--input {k}") if named else (lambda k: "the input")
     size = size or len(described)
+    pictures = _image_inputs(features) if meta.get("kind") == "image" else set()
     for lo in range(0, len(described), size):
-        yield ({k: encode_input(k, graph.node(features[k]), v[lo:lo + size], meta, what(k))
+        yield ({k: encode_input(k, graph.node(features[k]), v[lo:lo + size],
+                                meta if k in pictures else _plain(meta), what(k))
                 for k, v in raws.items()}, described[lo:lo + size])
+
+
+def _image_inputs(features: dict) -> set:
+    """The inputs an image data set's pictures fed in training (its arrays `image` and `label`,
+    mnist.from_uint8, matched by name first, then the one left over, as feeds.match_inputs):
+    a conditional model's `label` input is a class id, not a picture."""
+    if "image" in features:
+        return {"image"}
+    return {k for k in features if k != "label"}
+
+
+def _plain(meta: dict) -> dict:
+    """An image data set's meta for an input that is no picture: its values as they are."""
+    return {k: v for k, v in meta.items() if k not in ("kind", "image_shape")}
 
 
 def _how_to_pass(graph, features: dict) -> str:
