@@ -78,11 +78,16 @@ def _pads(op, padding, size, kernel, stride, dilation):
                      f"lo/hi ints, got {show_value(padding)}", attr="padding", hint=hint)
 
 
+def depthwise_hint(op: str = "conv2d") -> str:
+    """How to write a depthwise convolution (PyTorch's groups = channels, Keras'
+    DepthwiseConv2D), which has no op of its own."""
+    return (f"a depthwise conv (groups = channels) is one single-channel conv per channel, "
+            f"joined: concat({op}(x[:, 0:1], 1, 3), {op}(x[:, 1:2], 1, 3), ..., axis = 1)")
+
+
 def _conv_habits(op: str) -> dict:
     """PyTorch's conv options that have no counterpart here, and what to write instead."""
-    return {"groups": f"no grouped convolution: a depthwise one (groups = channels) is one "
-                      f"single-channel conv per channel, joined: concat({op}(x[:, 0:1], 1, 3), "
-                      f"{op}(x[:, 1:2], 1, 3), ..., axis = 1)"}
+    return {"groups": f"no grouped convolution: {depthwise_hint(op)}"}
 
 
 def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_last=False,
