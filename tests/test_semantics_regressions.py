@@ -457,6 +457,45 @@ def test_a_keras_batch_norm_momentum_is_a_located_warning(momentum, keras):
         assert f"Keras' momentum = {momentum} is `momentum = {keras}` here" in text
 
 
+@pytest.mark.parametrize("line,warned", [
+    ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> batch_norm", True),
+    ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> relu |> batch_norm", True),
+    ("conv1d(permute(x, [0, 2, 1]), 4, 3, padding = [2, 0]) |> batch_norm", False),
+    # the hint's rewrite: the channels first, and back
+    ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> permute([0, 2, 1]) "
+     "|> batch_norm |> permute([0, 2, 1])", False),
+])
+def test_batch_norm_after_a_channels_last_conv_is_a_located_warning(line, warned):
+    """batch_norm reads axis 1 as channels: after conv1d(channels_last = true) on [batch, 12,
+    2] it normalized 12 time steps, with 48 weights, silently. The hint's rewrite normalizes
+    the conv's 4 channels (numpy: the conv, then each channel by its running statistics)."""
+    from tests import reference as ref
+    src = f"""model M {{
+  input x: float32[batch, 12, 2]
+  output h = {line}
+}}"""
+    warnings = load(src).warnings
+    assert len(warnings) == int(warned)
+    if warned:
+        text = warnings[0].render()
+        assert text.startswith("<string>:3:14: warning: batch_norm normalizes axis 1 of "
+                               "[batch, 12, 4] as 12 channels, but the conv1d before it")
+        assert "permute(h, [0, 2, 1]) |> batch_norm, then permute back" in text
+        net = nnlang.compile(src.replace(line, line.replace(
+            "|> batch_norm", "|> permute([0, 2, 1]) |> batch_norm |> permute([0, 2, 1])")),
+            dtype="float64", batch=3, seed=0)
+        p = net.parameters()
+        assert p["h.gamma"].shape == (4,)
+        x = np.random.default_rng(0).normal(size=(3, 12, 2))
+        y = ref.conv(x, p["conv1d.weight"], p["conv1d.bias"], kernel=[3], stride=1,
+                     padding=[2, 0], dilation=1, channels_last=True)        # [3, 12, 4]
+        if "relu" in line:
+            y = np.maximum(y, 0)
+        want = (y - p["h.running_mean"]) / np.sqrt(p["h.running_var"] + 1e-5) * p["h.gamma"] \
+            + p["h.beta"]
+        np.testing.assert_allclose(net.forward({"x": x})["h"], want, rtol=1e-12, atol=1e-14)
+
+
 def test_logits_into_cross_entropy_give_no_warning():
     for path in ("models/mlp.nn", "models/cnn.nn", "models/transformer.nn"):
         assert load(path).warnings == []

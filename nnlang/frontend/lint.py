@@ -2,7 +2,7 @@
 step of elaboration): a loss fed the activation it applies itself (as an op, or as a layer's
 `activation =`), an image in Keras' channels-last layout under a convolution, a softmax
 across the batch, a probability threshold on logits, a subscript that picks examples out of
-the batch and Keras' batch_norm momentum."""
+the batch, Keras' batch_norm momentum and a batch_norm after a channels-last convolution."""
 from __future__ import annotations
 
 from nnlang.errors import Diagnostic
@@ -128,6 +128,31 @@ def _keras_momentum(g: Graph, node):
                       "default is 0.1)", severity="warning")
 
 
+def _norm_after_channels_last(g: Graph, node):
+    """batch_norm reads axis 1 as the channels; after a convolution or pooling that was told
+    `channels_last = true` axis 1 is a spatial one (a TCN's time), so it normalized each time
+    step as a channel, with weights per step, silently."""
+    if node.op != "batch_norm" or not node.inputs:
+        return None
+    source = g.node(node.inputs[0])
+    shape = source.type.shape
+    # NOTE: through what keeps the layout (an activation, a residual add, dropout), not
+    # through a permute (of a square shape too), which is the way to put channels first
+    while source.op not in WINDOWED and source.op not in ("permute", "transpose") and \
+            source.inputs and g.node(source.inputs[0]).type.shape == shape:
+        source = g.node(source.inputs[0])
+    if source.op not in WINDOWED or not source.attrs.get("channels_last"):
+        return None
+    last = len(shape) - 1
+    return Diagnostic(f"batch_norm normalizes axis 1 of {fmt_shape(shape)} as {shape[1]} "
+                      f"channels, but the {source.op} before it puts its {shape[-1]} channels "
+                      "last (channels_last = true)", node.span,
+                      f"normalize the channels: permute(h, [0, {last}, "
+                      f"{', '.join(map(str, range(1, last)))}]) |> batch_norm, then permute "
+                      "back; or drop channels_last and declare the input channels first",
+                      severity="warning")
+
+
 def loss_hint(g: Graph) -> str:
     """How to give a model the loss it lacks, written with its first output's name."""
     out = next(iter(g.outputs), "logits")
@@ -146,7 +171,7 @@ def lint(g: Graph, train_span=None) -> list[Diagnostic]:
                                 loss_hint(g), severity="warning"))
     for node in g:
         for rule in (_channels_last, _over_batch, _threshold_on_logits, _rows_of_batch,
-                     _keras_momentum):
+                     _keras_momentum, _norm_after_channels_last):
             problem = rule(g, node)
             if problem is not None:
                 found.append(problem)
