@@ -461,13 +461,19 @@ def test_a_keras_batch_norm_momentum_is_a_located_warning(momentum, keras):
     ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> batch_norm", True),
     ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> relu |> batch_norm", True),
     ("conv1d(permute(x, [0, 2, 1]), 4, 3, padding = [2, 0]) |> batch_norm", False),
+    ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> conv1d(4, 3)", "conv1d"),
+    ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> global_avg_pool",
+     "global_avg_pool"),
+    ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> conv1d(4, 3, "
+     "channels_last = true) |> global_avg_pool(channels_last = true)", False),
     # the hint's rewrite: the channels first, and back
     ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> permute([0, 2, 1]) "
      "|> batch_norm |> permute([0, 2, 1])", False),
 ])
-def test_batch_norm_after_a_channels_last_conv_is_a_located_warning(line, warned):
+def test_a_channels_first_layer_after_a_channels_last_conv_is_a_located_warning(line, warned):
     """batch_norm reads axis 1 as channels: after conv1d(channels_last = true) on [batch, 12,
-    2] it normalized 12 time steps, with 48 weights, silently. The hint's rewrite normalizes
+    2] it normalized 12 time steps, with 48 weights, silently (and a conv or global pool
+    without channels_last read the 12 steps as channels). The hint's rewrite normalizes
     the conv's 4 channels (numpy: the conv, then each channel by its running statistics)."""
     from tests import reference as ref
     src = f"""model M {{
@@ -475,8 +481,13 @@ def test_batch_norm_after_a_channels_last_conv_is_a_located_warning(line, warned
   output h = {line}
 }}"""
     warnings = load(src).warnings
-    assert len(warnings) == int(warned)
-    if warned:
+    assert len(warnings) == int(bool(warned))
+    if isinstance(warned, str):     # a conv or pool after it: channels_last there too
+        assert warnings[0].render().startswith(
+            f"<string>:3:14: warning: {warned} reads axis 1 of [batch, 12, 4] as 12 channels, "
+            "but the conv1d before it puts its 4 channels last")
+        assert f"hint: pass channels_last = true to this {warned} too" in warnings[0].render()
+    elif warned:
         text = warnings[0].render()
         assert text.startswith("<string>:3:14: warning: batch_norm normalizes axis 1 of "
                                "[batch, 12, 4] as 12 channels, but the conv1d before it")

@@ -2,7 +2,7 @@
 step of elaboration): a loss fed the activation it applies itself (as an op, or as a layer's
 `activation =`), an image in Keras' channels-last layout under a convolution, a softmax
 across the batch, a probability threshold on logits, a subscript that picks examples out of
-the batch, Keras' batch_norm momentum and a batch_norm after a channels-last convolution."""
+the batch, Keras' batch_norm momentum and a channels-first layer after a channels-last one."""
 from __future__ import annotations
 
 from nnlang.errors import Diagnostic
@@ -44,6 +44,7 @@ def _producer(g: Graph, nid: int):
 # ([batch, 32, 32, 3]) still checks, as 32 channels of 32x3 pixels, and trains on nonsense.
 WINDOWED = {"conv1d": 1, "conv2d": 2, "max_pool1d": 1, "avg_pool1d": 1, "max_pool2d": 2,
             "avg_pool2d": 2}
+GLOBAL_POOLS = ("global_avg_pool", "global_max_pool")
 
 
 def _channels_last(g: Graph, node):
@@ -128,11 +129,13 @@ def _keras_momentum(g: Graph, node):
                       "default is 0.1)", severity="warning")
 
 
-def _norm_after_channels_last(g: Graph, node):
-    """batch_norm reads axis 1 as the channels; after a convolution or pooling that was told
-    `channels_last = true` axis 1 is a spatial one (a TCN's time), so it normalized each time
-    step as a channel, with weights per step, silently."""
-    if node.op != "batch_norm" or not node.inputs:
+def _channels_first_after_last(g: Graph, node):
+    """batch_norm, the convolutions and the pools read axis 1 as the channels unless told
+    `channels_last = true`; after one that was told so, axis 1 is a spatial one (a TCN's
+    time): a batch_norm normalized each time step with weights of its own, a second conv mixed
+    time steps as channels, a global pool averaged the channels away, silently."""
+    reads = node.op == "batch_norm" or node.op in WINDOWED or node.op in GLOBAL_POOLS
+    if not reads or node.attrs.get("channels_last") or not node.inputs:
         return None
     source = g.node(node.inputs[0])
     shape = source.type.shape
@@ -144,13 +147,14 @@ def _norm_after_channels_last(g: Graph, node):
     if source.op not in WINDOWED or not source.attrs.get("channels_last"):
         return None
     last = len(shape) - 1
-    return Diagnostic(f"batch_norm normalizes axis 1 of {fmt_shape(shape)} as {shape[1]} "
-                      f"channels, but the {source.op} before it puts its {shape[-1]} channels "
-                      "last (channels_last = true)", node.span,
-                      f"normalize the channels: permute(h, [0, {last}, "
-                      f"{', '.join(map(str, range(1, last)))}]) |> batch_norm, then permute "
-                      "back; or drop channels_last and declare the input channels first",
-                      severity="warning")
+    hint = (f"normalize the channels: permute(h, [0, {last}, "
+            f"{', '.join(map(str, range(1, last)))}]) |> batch_norm, then permute back; or drop "
+            "channels_last and declare the input channels first" if node.op == "batch_norm"
+            else f"pass channels_last = true to this {node.op} too")
+    verb = "normalizes" if node.op == "batch_norm" else "reads"
+    return Diagnostic(f"{node.op} {verb} axis 1 of {fmt_shape(shape)} as {shape[1]} channels, "
+                      f"but the {source.op} before it puts its {shape[-1]} channels last "
+                      "(channels_last = true)", node.span, hint, severity="warning")
 
 
 def loss_hint(g: Graph) -> str:
@@ -170,11 +174,14 @@ def lint(g: Graph, train_span=None) -> list[Diagnostic]:
                                 "loss: `nnlang train` cannot train it", train_span,
                                 loss_hint(g), severity="warning"))
     for node in g:
-        for rule in (_channels_last, _over_batch, _threshold_on_logits, _rows_of_batch,
-                     _keras_momentum, _norm_after_channels_last):
+        # NOTE: one warning per node: after a channels-last layer the layout rule below says
+        # more than the shape guess of _channels_last would
+        for rule in (_channels_first_after_last, _channels_last, _over_batch,
+                     _threshold_on_logits, _rows_of_batch, _keras_momentum):
             problem = rule(g, node)
             if problem is not None:
                 found.append(problem)
+                break
         for loss, arg, producer, why, hint in PRODUCER_RULES:
             if node.op != loss or len(node.inputs) <= arg:
                 continue
