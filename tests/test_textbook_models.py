@@ -1080,3 +1080,40 @@ def test_multi_task_train_against_pytorch(tmp_path):
         for k, v in t.items():
             np.testing.assert_allclose(saved[f"state/{k}"], v.detach().numpy(), rtol=1e-4,
                                        atol=1e-6, err_msg=k)
+
+
+def test_cross_entropy_ignore_index_hint_is_torchs_masked_mean():
+    """PyTorch's cross_entropy(..., ignore_index = pad) had only the signature as a hint; the
+    hint's masked mean of the per-row losses is torch's ignore_index loss (numpy here)."""
+    from nnlang.errors import NNError
+    from tests import reference as ref
+    head = """
+model Lm(vocab = 11) {
+  input tokens: int32[batch, 6]
+  input target: int32[batch, 6]
+  logits = embedding(tokens, vocab, 8) |> dense(vocab)
+  output logits
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(head + "  loss cross_entropy(logits, target, ignore_index = 0)\n}\n")
+    hint = err.value.diagnostics[0].hint
+    assert hint.startswith("mask the per-row losses yourself: nll = -sum(log_softmax(logits) * "
+                           "one_hot(labels, classes), axis = -1), keep = cast(labels != pad, "
+                           "dtype = \"float32\"), then loss sum(nll * keep) / sum(keep)")
+    net = nnlang.compile(head + """
+  nll = -sum(log_softmax(logits) * one_hot(target, vocab), axis = -1)
+  keep = cast(target != 0, dtype = "float32")
+  loss sum(nll * keep) / sum(keep)
+}
+""", dtype="float64", batch=3, seed=1)
+    f = _decoder_batches()[0]
+    f["target"][0, :3] = 0                                     # padding to ignore
+    logp = ref.log_softmax(net.forward(f)["logits"])
+    nll = -np.take_along_axis(logp, f["target"][..., None], -1)[..., 0]
+    real = f["target"] != 0
+    assert net.evaluate(f)["loss"] == pytest.approx(nll[real].mean(), rel=1e-12)
+    torch = pytest.importorskip("torch")
+    want = torch.nn.functional.cross_entropy(
+        torch.from_numpy(net.forward(f)["logits"]).reshape(-1, 11),
+        torch.from_numpy(f["target"]).long().reshape(-1), ignore_index=0)
+    assert net.evaluate(f)["loss"] == pytest.approx(want.item(), rel=1e-12)
