@@ -378,8 +378,10 @@ def _torch_twin(name, torch, t, f):
         return loss, {"rmse": loss.item() ** 0.5}
     if name == "skip_gram":     # word2vec: -log s(pos) - sum_k log s(-neg_k)
         c, o, n = t["c.weight"][f["center"]], t["o.weight"][f["context"]], t["o.weight"][f["noise"]]
-        neg = F.softplus((c[:, None] * n).sum(-1)).sum(-1)
-        return (F.softplus(-(c * o).sum(-1)) + neg).mean(), {}
+        pos, neg = F.softplus(-(c * o).sum(-1)).mean(), \
+            F.softplus((c[:, None] * n).sum(-1)).sum(-1).mean()
+        # NOTE: two losses: the step reports each by name besides their sum
+        return pos + neg, {"positive": pos.item(), "negative": neg.item()}
     if name == "triplet":
         def tower(x):
             return dense(torch.tanh(dense(x, "a.dense")), "a.dense_1")
