@@ -224,7 +224,8 @@ def _gelu_shape(x, *, approximate):
     if approximate not in ("none", "tanh"):
         raise ShapeError(f"gelu: approximate must be \"none\" or \"tanh\", got "
                          f"{show_value(approximate)}", attr="approximate",
-                         hint=did_you_mean(approximate, ("none", "tanh")))
+                         hint=did_you_mean(approximate, ("none", "tanh"))
+                         if isinstance(approximate, str) else None)
     return _float_shape("gelu")(x)
 
 
