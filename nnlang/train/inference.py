@@ -202,10 +202,11 @@ def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None, size: int
     what = (lambda k: f"--npz {npz}, array '{k}'") if npz else \
         (lambda k: f"--input {k}") if named else (lambda k: "the input")
     size = size or len(described)
-    pictures = _image_inputs(features) if meta.get("kind") == "image" else set()
+    # NOTE: an image data set's other inputs (a conditional model's label) are no pictures
+    plain = _image_inputs(features) ^ set(features) if meta.get("kind") == "image" else set()
     for lo in range(0, len(described), size):
         yield ({k: encode_input(k, graph.node(features[k]), v[lo:lo + size],
-                                meta if k in pictures else _plain(meta), what(k))
+                                _plain(meta) if k in plain else meta, what(k))
                 for k, v in raws.items()}, described[lo:lo + size])
 
 
