@@ -507,6 +507,34 @@ def test_a_channels_first_layer_after_a_channels_last_conv_is_a_located_warning(
         np.testing.assert_allclose(net.forward({"x": x})["h"], want, rtol=1e-12, atol=1e-14)
 
 
+def test_a_loss_in_a_repeat_says_to_carry_a_sum():
+    """Deep supervision's loss per layer inside `repeat` failed with "loss 'aux' is declared
+    twice", a line written once; the hint's carried sum is the sum of the layers' losses."""
+    body = """model Deep {
+  input x: float32[batch, 4]
+  input y: float32[batch]
+  h = x
+  LOOP
+}"""
+    with pytest.raises(nnlang.NNError) as err:
+        load(body.replace("LOOP", "repeat 2 {\n    h = dense(h, 4) |> relu\n"
+                                  "    loss aux = mean((sum(h, axis = -1) - y) ** 2)\n  }"))
+    text = err.value.diagnostics[0].render()
+    assert "error: loss 'aux' inside `repeat` is declared again by each copy" in text
+    assert "`total = 0.0` before, `total = total + ...` inside, `loss aux = total` after" in text
+    net = nnlang.compile(body.replace("LOOP", "total = 0.0\n  repeat 2 {\n    h = dense(h, 4) "
+                                      "|> relu\n    total = total + mean((sum(h, axis = -1) - y)"
+                                      " ** 2)\n  }\n  loss aux = total"),
+                         dtype="float64", batch=3, seed=0)
+    p, rng = net.parameters(), np.random.default_rng(0)
+    f = {"x": rng.normal(size=(3, 4)), "y": rng.normal(size=3)}
+    h, want = f["x"], 0.0
+    for k in ("h.0.weight", "h.1.weight"):
+        h = np.maximum(h @ p[k] + p[k.replace("weight", "bias")], 0)
+        want += np.mean((h.sum(-1) - f["y"]) ** 2)
+    assert net.evaluate(f)["aux"] == pytest.approx(want, rel=1e-12)
+
+
 def test_logits_into_cross_entropy_give_no_warning():
     for path in ("models/mlp.nn", "models/cnn.nn", "models/transformer.nn"):
         assert load(path).warnings == []

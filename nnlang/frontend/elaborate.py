@@ -282,6 +282,13 @@ class Elaborator(CallElaboration, ScanElaboration):
         node = self.g.node(value.id)
         name = s.name or (s.value.func if isinstance(s.value, ast.Call) else "loss")
         table = {"output": self.g.outputs, "loss": self.g.losses, "metric": self.g.metrics}[what]
+        if name in table and scope.in_loop:
+            # NOTE: written once, but each copy of the repeat declares it again (deep
+            # supervision's loss per layer): carry a sum through the loop instead
+            self.fail(f"{what} '{name}' inside `repeat` is declared again by each copy", s.span,
+                      f"carry a sum through the loop and declare it once after it: `total = "
+                      f"0.0` before, `total = total + ...` inside, `{what} {name} = total` "
+                      "after" if what != "output" else "declare the output after the loop")
         if name in table:
             # NOTE: the user may never have written the name: say where it came from
             given = "" if s.name else f": an unnamed {what} takes its call's name" \
