@@ -535,6 +535,36 @@ def test_a_loss_in_a_repeat_says_to_carry_a_sum():
     assert net.evaluate(f)["aux"] == pytest.approx(want, rel=1e-12)
 
 
+@pytest.mark.parametrize("weights,warned", [
+    ("dense(x, 1) |> softmax", "softmax over axis -1 of [batch, 12, 1]"),
+    ("dense(x, 1, activation = \"softmax\")", "softmax over axis -1 of [batch, 12, 1]"),
+    ("dense(x, 1) |> log_softmax |> exp", "log_softmax over axis -1 of [batch, 12, 1]"),
+    ("dense(x, 1) |> softmax(axis = 1)", None),              # the hint's fix: over time
+])
+def test_a_softmax_over_an_axis_of_one_is_a_located_warning(weights, warned):
+    """Attention pooling with Keras' Dense(1, activation="softmax"): each time step normalized
+    alone, a weight of 1 everywhere and no gradient into the scoring layer, silently."""
+    src = f"""model Pool {{
+  input x: float32[batch, 12, 4]
+  input y: float32[batch]
+  w = {weights}
+  loss mse(sum(sum(x * w, axis = 1), axis = -1), y)
+}}"""
+    warnings = load(src).warnings
+    assert len(warnings) == (warned is not None)
+    net = nnlang.compile(src, dtype="float64", batch=2, seed=0)
+    rng = np.random.default_rng(0)
+    grad = net.gradients({"x": rng.normal(size=(2, 12, 4)), "y": rng.normal(size=2)})["w.weight"]
+    if warned:
+        text = warnings[0].render()
+        assert text.startswith(f"<string>:4:7: warning: {warned}, an axis of size 1, is")
+        assert "hint: normalize over the axis that holds the choices, e.g. `softmax(..., axis = "\
+               "1)` over its 12 entries" in text
+        assert not grad.any()                 # what the warning says: no gradient
+    else:
+        assert np.abs(grad).max() > 1e-6
+
+
 def test_logits_into_cross_entropy_give_no_warning():
     for path in ("models/mlp.nn", "models/cnn.nn", "models/transformer.nn"):
         assert load(path).warnings == []

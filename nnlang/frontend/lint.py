@@ -2,7 +2,8 @@
 step of elaboration): a loss fed the activation it applies itself (as an op, or as a layer's
 `activation =`), an image in Keras' channels-last layout under a convolution, a softmax
 across the batch, a probability threshold on logits, a subscript that picks examples out of
-the batch, Keras' batch_norm momentum and a channels-first layer after a channels-last one."""
+the batch, Keras' batch_norm momentum, a channels-first layer after a channels-last one and
+a softmax over an axis of size 1."""
 from __future__ import annotations
 
 from nnlang.errors import Diagnostic
@@ -74,6 +75,30 @@ def _over_batch(g: Graph, node):
                       "examples of a batch: each one's result depends on the others", node.span,
                       "normalize over the classes, the last axis: `axis = -1` (the default)",
                       severity="warning")
+
+
+def _softmax_of_one(g: Graph, node):
+    """A softmax over an axis of size 1 is 1 everywhere (log_softmax 0) and passes no gradient:
+    Keras' attention pooling as Dense(1, activation="softmax") over [batch, time, 1]
+    normalizes each time step alone, so the pooling weights never train."""
+    if node.op in ("softmax", "log_softmax") and node.inputs:
+        shape, axis = g.node(node.inputs[0]).type.shape, node.attrs.get("axis", -1)
+    elif node.op in ("dense", "linear") and node.attrs.get("activation") == "softmax" \
+            and node.attrs.get("units") == 1:
+        shape, axis = node.type.shape, -1
+    else:
+        return None
+    if not isinstance(axis, int) or not -len(shape) <= axis < len(shape) or shape[axis] != 1:
+        return None
+    here = axis % len(shape)
+    wide = [k for k in range(1, len(shape)) if k != here and shape[k] != 1]
+    hint = (f"normalize over the axis that holds the choices, e.g. `softmax(..., axis = "
+            f"{wide[-1]})` over its {shape[wide[-1]]} entries" if wide else
+            "a single score per example: use sigmoid for a probability")
+    op, value = ("log_softmax", 0) if node.op == "log_softmax" else ("softmax", 1)
+    return Diagnostic(f"{op} over axis {axis} of {fmt_shape(shape)}, an axis of size 1, is "
+                      f"{value} everywhere: it passes no gradient, so what feeds it never trains",
+                      node.span, hint, severity="warning")
 
 
 def _rows_of_batch(g: Graph, node):
@@ -177,7 +202,7 @@ def lint(g: Graph, train_span=None) -> list[Diagnostic]:
         # NOTE: one warning per node: after a channels-last layer the layout rule below says
         # more than the shape guess of _channels_last would
         for rule in (_channels_first_after_last, _channels_last, _over_batch,
-                     _threshold_on_logits, _rows_of_batch, _keras_momentum):
+                     _threshold_on_logits, _rows_of_batch, _keras_momentum, _softmax_of_one):
             problem = rule(g, node)
             if problem is not None:
                 found.append(problem)
