@@ -3,9 +3,12 @@
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,9 +18,27 @@ from rich.text import Text
 
 from nnlang.errors import NNError, Span
 
-app = typer.Typer(name="nnlang", rich_markup_mode="rich", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False,
-                  help="nnlang: a readable compiler for neural networks.")
+class _Typer(typer.Typer):
+    """A typer app whose command list shows each command's docstring's first paragraph as one
+    line, wrapped to the terminal. NOTE: in rich markup mode typer keeps the paragraph's source
+    line breaks there (`rich_utils._make_command_help`), so a docstring wrapped at 100 columns
+    came out as "... fused" / "or kernels." on separate lines; the command's own --help
+    already joins them (`_get_help_text`)."""
+
+    def command(self, name: str | None = None, **kwargs):
+        register = super().command
+
+        def decorator(fn):
+            short = kwargs.pop("short_help", None)
+            if short is None and fn.__doc__:
+                short = " ".join(inspect.cleandoc(fn.__doc__).split("\n\n")[0].split())
+            return register(name, short_help=short, **kwargs)(fn)
+        return decorator
+
+
+app = _Typer(name="nnlang", rich_markup_mode="rich", no_args_is_help=True,
+             add_completion=False, pretty_exceptions_enable=False,
+             help="nnlang: a readable compiler for neural networks.")
 
 
 def console() -> Console:
@@ -74,18 +95,57 @@ INTERRUPTED = 130  # NOTE: the shell convention for "stopped by Ctrl-C"
 TERMINATED = 143   # ... and for "stopped by SIGTERM" (128 + 15)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a batch scheduler) outside training, which handles it itself (`fit`
+    saves first): raised where Python runs, as Ctrl-C's KeyboardInterrupt is, so a command
+    loading data or compiling ends with a word and exit 143, not silently."""
+
+
+_TERMINATED: list[int] = []
+
+
+def _terminate(signum, frame):
+    _TERMINATED.append(signum)
+    raise Terminated
+
+
+def terminated() -> bool:
+    """Was this process sent SIGTERM during a command (a KeyboardInterrupt caught on its way,
+    as generation's, then came from it)?"""
+    return bool(_TERMINATED)
+
+
+@contextmanager
+def _sigterm_raises():
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield   # NOTE: another handler (an outer `reporting`, the embedding program's) stays
+        return
+    _TERMINATED.clear()
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextmanager
 def reporting():
     """Turns an NNError into its rendering on stderr and exit code 1, and Ctrl-C (loading,
     compiling, eval, predict...) into a word and exit code 130 (typer alone exits 130 without
-    a word); nothing there is half-written (files are replaced atomically). `fit` handles a
-    Ctrl-C while training itself: it saves a checkpoint and says so."""
+    a word), SIGTERM into a word and 143; nothing there is half-written (files are replaced
+    atomically). `fit` handles a Ctrl-C or SIGTERM while training itself: it saves a
+    checkpoint and says so."""
     try:
-        yield
+        with _sigterm_raises():
+            yield
     except NNError as err:
         _after_rank_zero()
         print_error(err)
         raise typer.Exit(1) from None
+    except Terminated:
+        console().print("terminated (SIGTERM)", markup=False, highlight=False)
+        raise typer.Exit(TERMINATED) from None
     except KeyboardInterrupt:
         console().print("interrupted", markup=False, highlight=False)
         raise typer.Exit(INTERRUPTED) from None

@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from nnlang.frontend.generate_config import BASE
-from nnlang_cli.app import INTERRUPTED, app, console, err_console, finite_float, reporting
+from nnlang_cli.app import (INTERRUPTED, TERMINATED, app, console, err_console, finite_float,
+                            reporting, terminated)
 from nnlang_cli.train_cmds import BACKEND_HELP, CKPT_HELP, DATA_DIR_HELP
 
 
@@ -103,10 +104,11 @@ def generate(
         return _print_held_out(out, report, as_json)
     _print_samples(out, net, result, as_json)
     if cut:
+        word = "terminated (SIGTERM)" if terminated() else "interrupted"
         (err_console() if as_json else out).print(
-            "interrupted: the texts above end where decoding stopped", markup=False,
+            f"{word}: the texts above end where decoding stopped", markup=False,
             highlight=False)
-        raise typer.Exit(INTERRUPTED)
+        raise typer.Exit(TERMINATED if terminated() else INTERRUPTED)
 
 
 def _print_samples(out, net, result, as_json: bool) -> None:

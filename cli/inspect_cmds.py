@@ -129,7 +129,7 @@ def graph(
     """Draw the model graph: blocks and layers as clusters, edges labelled with shapes."""
     from nnlang.ir.dot import GraphvizMissing, render, to_dot
 
-    if output.suffix not in GRAPH_FORMATS:
+    if output.suffix.lower() not in GRAPH_FORMATS:
         raise typer.BadParameter(f"unknown format '{output.suffix}'; use one of "
                                  + ", ".join(GRAPH_FORMATS), param_hint="-o")
     with reporting():
@@ -154,7 +154,7 @@ def graph(
         err_console().print(Text(
             f"Graphviz's `dot` program is not installed, so {output} was not drawn; the graph "
             f"is in {missing.args[0]}.\nInstall it with `apt-get install graphviz` (or `brew "
-            f"install graphviz`), then run: dot -T{output.suffix[1:]} {missing.args[0]} -o "
+            f"install graphviz`), then run: dot -T{output.suffix[1:].lower()} {missing.args[0]} -o "
             f"{output}"))
         raise typer.Exit(1)
     except RuntimeError as err:
@@ -287,7 +287,11 @@ def ops(
         out.print(Text(f"{op.name}({op.sig})", style="bold"))
         out.print(Text(f"family: {op.family}" + (f"   traits: {', '.join(sorted(op.traits))}"
                                                   if op.traits else "")))
-        out.print(Text("owns weights" if op.params else "no weights"))
+        # NOTE: the elaborator takes these two of every call of a layer with weights
+        # (frontend/calls.py), so no signature lists them: said here, or no one finds them
+        out.print(Text("owns weights; every call also takes share = <layer> (use that "
+                       "layer's weights) and trainable = false (freeze them)"
+                       if op.params else "no weights"))
         out.print()
         for p in op.sig.params:
             out.print(Text(f"  {p}"))

@@ -149,7 +149,10 @@ FOREIGN_NAMES = {
     "MaxPooling2D": "max_pool2d", "AveragePooling2D": "avg_pool2d", "AvgPool2d": "avg_pool2d",
     "BatchNormalization": "batch_norm", "BatchNorm2d": "batch_norm", "BatchNorm1d": "batch_norm",
     "LayerNormalization": "layer_norm", "LayerNorm": "layer_norm",
-    "GlobalAveragePooling2D": "global_avg_pool", "MultiheadAttention": "multi_head_attention",
+    "GlobalAveragePooling2D": "global_avg_pool", "GlobalAveragePooling1D": "global_avg_pool",
+    "GlobalMaxPooling2D": "global_max_pool", "GlobalMaxPooling1D": "global_max_pool",
+    "MaxPooling1D": "max_pool1d", "MaxPool1d": "max_pool1d", "AveragePooling1D": "avg_pool1d",
+    "AvgPool1d": "avg_pool1d", "SimpleRNN": "rnn", "MultiheadAttention": "multi_head_attention",
     "MultiHeadAttention": "multi_head_attention", "StepLR": "step",
     "ExponentialLR": "exponential", "CosineAnnealingLR": "cosine",
     "ReduceLROnPlateau": "plateau", "SGD": "sgd", "Adam": "adam", "AdamW": "adamw",
@@ -157,6 +160,12 @@ FOREIGN_NAMES = {
     # torch.float is float32, as Keras' "float32" default: not the closest spelling, float64
     "float": "float32", "int": "int32", "long": "int64", "double": "float64",
     "swish": "silu", "lrelu": "leaky_relu", "LeakyReLU": "leaky_relu", "ReLU": "relu",
+    # TensorFlow's reductions and other ops whose names are not the closest by letters
+    # (`reduce_mean` came out as reduce_min)
+    "reduce_mean": "mean", "reduce_variance": "var", "clip_by_value": "clip", "clamp": "clip",
+    "expand_dims": "unsqueeze", "bmm": "matmul", "mm": "matmul", "l1_loss": "mae",
+    "softmax_cross_entropy_with_logits": "cross_entropy",
+    "sigmoid_cross_entropy_with_logits": "bce_with_logits",
 }
 
 

@@ -775,3 +775,45 @@ train M { optimizer = sgd(lr = 0.1) batch = 4 }"""
     net.load_state_dict({"w": third})
     assert net.parameters()["w"].dtype == np.float64
     np.testing.assert_array_equal(net.parameters()["w"], third)
+
+
+def test_evaluate_of_several_losses_gives_their_total_as_train_step_does():
+    """A model with several losses: `loss` is their total beside each by name, in evaluate as
+    in train_step (it was each by name only, so a library loop had no total to report), and
+    an unnamed loss expression among them gives its name to the total, as in training."""
+    src = """
+model Two {
+  input x: float32[batch, 3]
+  input y: float32[batch]
+  p = dense(x, 1) |> squeeze(axis = -1)
+  loss fit = mse(p, y)
+  loss mean(p * p) * 0.5
+  metric m = mae(p, y)
+}
+"""
+    net = nnlang.compile(src, batch=4)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=(4, 3)).astype(np.float32),
+             "y": rng.normal(size=4).astype(np.float32)}
+    w = net.parameters()
+    p = feeds["x"] @ w["p.weight"][:, 0] + w["p.bias"][0]
+    fit, extra = np.mean((p - feeds["y"]) ** 2), 0.5 * np.mean(p * p)
+    got = net.evaluate(feeds)
+    assert list(got) == ["loss", "fit", "m"]
+    assert got["loss"] == pytest.approx(fit + extra, rel=1e-5)
+    assert got["fit"] == pytest.approx(fit, rel=1e-5)
+    assert got["m"] == pytest.approx(np.mean(np.abs(p - feeds["y"])), rel=1e-5)
+    assert net.train_step(feeds) == pytest.approx(got["loss"], rel=1e-5)
+
+
+def test_a_missing_input_beside_a_misspelt_feed_names_the_misspelling():
+    # the error named only the model's inputs, so the feed dict's 'labels' read as given
+    net = nnlang.compile(CLASSIFIER, backend="reference", batch=2)
+    x = np.zeros((2, 12), np.float32)
+    with pytest.raises(NNError) as e:
+        net.evaluate({"image": x, "labels": np.zeros(2, np.int32)})
+    assert "missing input 'label'" in str(e.value)
+    assert "the feeds have 'labels', which is not an input: did you mean 'label'?" in \
+        str(e.value)
+    with pytest.raises(NNError, match="the model's inputs: image, label"):
+        net.evaluate({"image": x, "target": np.zeros(2, np.int32)})

@@ -107,6 +107,176 @@ model Builtin {
         assert f"Forward FLOPs: {want:,}" in r.stdout, r.stdout
 
 
+def test_check_says_a_sizeless_symbol_counts_as_one(tmp_path):
+    """`check` of a model with `symbol seq` printed "sizes at batch = 64" and then FLOPs and
+    memory for seq = 1 without a word (models/lstm_full.nn: 32 KiB for its [batch, seq, 128]
+    embedding of whole reviews). The header now says so; the numbers are as before."""
+    src = tmp_path / "sym.nn"
+    src.write_text("""model S {
+  symbol seq
+  input tokens: int32[batch, seq]
+  x = embedding(tokens, 100, 8)
+  output x
+}
+""")
+    r = run("check", src, "--batch", 5)
+    assert r.exit_code == 0, r.stderr
+    assert "sizes at batch = 5 (--batch), seq = 1 (a symbol without a size)" in r.stdout
+    assert f"{5 * 1 * 8 * 4} B" in r.stdout   # float32 [5, 1, 8]
+    assert "seq = 1" not in run("check", "models/mlp.nn").stdout
+
+
+def test_check_counts_cumsums_adds(tmp_path):
+    """cumsum showed no FLOPs in `nnlang check`: it is in the reduce family but no REDUCE
+    op, so no rule counted it. A running sum is one add per element, as a reduction's count."""
+    src = tmp_path / "cs.nn"
+    src.write_text("model C {\n  input x: float32[batch, 6, 7]\n"
+                   "  output y = cumsum(x, axis = 1)\n}\n")
+    r = run("check", src, "--batch", 3)
+    assert r.exit_code == 0, r.stderr
+    assert f"Forward FLOPs: {3 * 6 * 7:,}" in r.stdout, r.stdout
+
+
+def test_check_shows_each_result_of_a_return_state_call(tmp_path):
+    """`o, h, c = lstm(x, 3, return_state = true)` showed the packed value the compiler
+    passes around, [batch, 3, 3] (outputs, h and c along axis 1), then six slice and reshape
+    rows that cut it apart. Keras' summary shows such a layer's three [None, 3] outputs; the
+    row now does, and the cutting is not shown as layers."""
+    src = tmp_path / "rs.nn"
+    src.write_text("""model R {
+  input x: float32[batch, 5, 4]
+  o, h, c = lstm(x, 3, return_state = true)
+  s, hs = gru(x, 2, return_state = true, return_sequences = true)
+  output y = o + h + c
+  output s
+  output hs
+}
+""")
+    r = run("check", src, "--batch", 2)
+    assert r.exit_code == 0, r.stderr
+    assert not re.search(r"\b(slice|reshape)\b", r.stdout), r.stdout
+    assert re.search(r"^o, h, c +lstm +\[batch, 3\], \[batch, 3\], \[batch, 3\] +96 ",
+                     r.stdout, re.M), r.stdout
+    assert re.search(r"^s, hs +gru +\[batch, 5, 2\], \[batch, 2\] +48 ", r.stdout, re.M)
+    lstm = 4 * (3 * (4 + 3) + 3)   # Keras: 4 * (units * (in + units) + units)
+    assert f"Total params: {lstm + 3 * (2 * (4 + 2) + 2 * 2):,}" in r.stdout
+    # NOTE: the memory of each row's results, float32 at batch 2
+    assert "Activation memory: " + str(4 * 2 * (3 * 3 + 5 * 2 + 2 + 3 + 3)) + " B" in r.stdout
+
+
+def test_graph_draws_a_return_state_call_as_one_node(tmp_path):
+    """`nnlang graph` drew `o, h, c = lstm(x, 3, return_state = true)` as the lstm with a
+    [batch, 3, 3] edge into three slices and three reshapes; each result now leaves the lstm
+    node itself, its edge labelled with that result's shape (the text is checked: Graphviz's
+    dot need not be installed)."""
+    src = tmp_path / "rs.nn"
+    src.write_text("""model R {
+  input x: float32[batch, 5, 4]
+  o, h, c = lstm(x, 3, return_state = true)
+  output y = dense(o, 2) + dense(h, 2) + dense(c, 2)
+}
+""")
+    out = tmp_path / "rs.dot"
+    r = run("graph", src, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    text = out.read_text()
+    labels = dict(re.findall(r"^\s*(n\d+) \[label=\"([^\"]*)\"", text, re.M))
+    assert not any(v.startswith(("slice", "reshape")) for v in labels.values()), labels
+    lstm = next(k for k, v in labels.items() if v.startswith("lstm"))
+    assert labels[lstm] == "lstm\\no, h, c"
+    edges = re.findall(rf"^\s*{lstm} -> (n\d+) \[label=\"([^\"]*)\"\]", text, re.M)
+    assert len(edges) == 3 and {shape for _, shape in edges} == {"[batch, 3]"}, edges
+
+
+HAND_LSTM = """block LstmCell(x, h, c, kernel, recurrent, bias, units = 4) {
+  z = x @ kernel + h @ recurrent + bias
+  i = sigmoid(z[:, 0:units])
+  f = sigmoid(z[:, units:2 * units])
+  g = tanh(z[:, 2 * units:3 * units])
+  o = sigmoid(z[:, 3 * units:4 * units])
+  c2 = f * c + i * g
+  h2 = o * tanh(c2)
+  return h2, c2, h2
+}
+
+model HandLstm(units = 4) {
+  input x: float32[batch, 7, 3]
+  input h0: float32[batch, units]
+  input c0: float32[batch, units]
+  param kernel: float32[3, 4 * units]
+  param recurrent: float32[units, 4 * units]
+  param bias: float32[4 * units] = zeros
+  hs, h, c = scan LstmCell(h0, c0, kernel = kernel, recurrent = recurrent, bias = bias,
+                           units = units) over x
+  output out = hs
+  loss mean(hs * hs) + mean(h * c)
+}
+"""
+
+
+def test_check_and_graph_show_a_user_scan_as_one_call(tmp_path):
+    """docs/language.md's hand-written LSTM: `hs, h, c = scan LstmCell(...) over x` was 12
+    rows in `nnlang check` (a concat of the states, transposes to time-major and back, the
+    bias broadcast over time, slices and reshapes cutting the results apart; 16 of the 128
+    weights on a reshape) and as many nodes in `nnlang graph`. It is one call: one row with
+    its three results' shapes and all its weights, one node whose edges carry its inputs'
+    and results' shapes."""
+    src = tmp_path / "hand.nn"
+    src.write_text(HAND_LSTM)
+    r = run("check", src, "--batch", 2)
+    assert r.exit_code == 0, r.stderr
+    table = r.stdout.split("─\n")[1].split("Total params")[0]
+    ops = re.findall(r"^.*?\s(scan|mul|mean|add|\w+)\s+\[", table, re.M)
+    assert ops == ["scan", "mul", "mean", "mul", "mean", "add"], table
+    units, feats = 4, 3
+    weights = feats * 4 * units + units * 4 * units + 4 * units   # Keras' LSTM count
+    assert re.search(rf"^hs, h, c +scan +\[batch, 7, 4\], \[batch, 4\], \[batch, 4\] +"
+                     rf"{weights} ", table, re.M), table
+    out = tmp_path / "hand.dot"
+    assert run("graph", src, "-o", out).exit_code == 0
+    text = out.read_text()
+    ops = re.findall(r"^\s*n\d+ \[label=\"(\w+)", text, re.M)
+    assert sorted(ops) == ["add", "input", "input", "input", "mean", "mean", "mul", "mul",
+                           "scan"], ops
+    scan = re.search(r"^\s*(n\d+) \[label=\"scan\\nhs, h, c", text, re.M).group(1)
+    into = re.findall(rf"^\s*n\d+ -> {scan} \[label=\"([^\"]*)\"", text, re.M)
+    assert sorted(into) == ["[batch, 4]", "[batch, 4]", "[batch, 7, 3]"], into
+
+
+def test_check_folds_each_call_of_a_repeated_scan_on_its_own(tmp_path):
+    """A scan in a block that `repeat` runs twice: both calls' nodes have the statement's
+    span, and the second reads the first's result; each call is still its own row, named
+    in its block's path, with its own weights."""
+    src = tmp_path / "rep.nn"
+    src.write_text("""block RnnCell(x, h, kernel, recurrent) {
+  h2 = tanh(x @ kernel + h @ recurrent)
+  return h2, h2
+}
+block Layer(x, h0, units = 4) {
+  param k: float32[4, units]
+  param r: float32[units, units]
+  hs, hl = scan RnnCell(h0, kernel = k, recurrent = r) over x
+  return hs
+}
+model Rep {
+  input x: float32[batch, 5, 4]
+  input h0: float32[batch, 4]
+  y = x
+  repeat 2 {
+    y = Layer(y, h0)
+  }
+  output y
+}
+""")
+    r = run("check", src, "--batch", 2)
+    assert r.exit_code == 0, r.stderr
+    table = r.stdout.split("─\n")[1].split("Total params")[0].splitlines()
+    weights = 4 * 4 + 4 * 4
+    assert [re.split(r"\s{2,}", row)[:4] for row in table] == [
+        [f"y.{k}.hs, y.{k}.hl", "scan", "[batch, 5, 4], [batch, 4]", str(weights)]
+        for k in (0, 1)], table
+
+
 def test_check_draws_a_long_table_cut_in_the_middle(tmp_path):
     """A file of 66,000 statements spent 27 of its 39 s drawing every row: the table keeps its
     first and last rows, says how many it left out and how to see them; --rows 0 draws all."""
@@ -146,6 +316,14 @@ def test_graph_dot(tmp_path):
     r = run("graph", "models/transformer.nn", "-o", out, "--depth", "1")
     assert r.exit_code == 0 and "box3d" in out.read_text()
     assert "multi_head_attention" not in out.read_text()
+
+
+def test_graph_output_suffix_in_capitals_is_its_format(tmp_path):
+    # `-o MLP.DOT` was refused as an unknown format '.DOT'
+    out = tmp_path / "MLP.DOT"
+    r = run("graph", "models/mlp.nn", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert out.read_text().startswith("digraph")
 
 
 def test_graph_fused_draws_the_backward_pass_only_when_asked(tmp_path):
@@ -374,11 +552,70 @@ def test_ops():
     assert r.exit_code == 1 and "did you mean 'dense'?" in r.stderr
 
 
+@pytest.mark.parametrize("op,call", [("dense", "dense(x, 3"), ("conv1d", "conv1d(x, 2, 3"),
+                                     ("lstm", "lstm(x, 3"), ("layer_norm", "layer_norm(x")])
+def test_ops_of_a_layer_names_share_and_trainable(tmp_path, op, call):
+    """`nnlang ops dense` listed dense's own arguments only: nothing said that every layer
+    with weights also takes `share =` and `trainable = false` (docs/language.md), so a
+    student reading it could not find them. It says so now, and each call works."""
+    r = run("ops", op)
+    assert r.exit_code == 0
+    assert "share = <layer>" in r.stdout and "trainable = false" in r.stdout, r.stdout
+    src = tmp_path / "m.nn"
+    src.write_text(f"model M {{\n  input x: float32[batch, 4, 5]\n  a = {call})\n"
+                   f"  b = {call}, share = a)\n  c = {call}, trainable = false)\n"
+                   "  output a\n  output b\n  output c\n}\n")
+    r = run("check", src)
+    assert r.exit_code == 0, r.stderr
+    assert run("ops", "relu").stdout.count("share =") == 0
+
+
+@pytest.mark.parametrize("keras,ours", [
+    ("GlobalAveragePooling1D", "global_avg_pool"), ("MaxPooling1D", "max_pool1d"),
+    ("AveragePooling1D", "avg_pool1d"), ("SimpleRNN", "rnn")])
+def test_ops_keras_layer_names_suggest_ours(keras, ours):
+    """`nnlang ops MaxPooling1D` (Keras' 1-D max pooling) found nothing to suggest, though
+    MaxPooling2D and GlobalAveragePooling2D did: only the 2-D names were in the table."""
+    r = run("ops", keras)
+    assert r.exit_code == 1 and f"did you mean '{ours}'?" in r.stderr, r.stderr
+
+
 def test_help():
     r = run("--help")
     assert r.exit_code == 0
     for cmd in ("check", "graph", "fmt", "ops"):
         assert cmd in r.stdout
+
+
+def test_help_command_list_has_no_mid_sentence_breaks():
+    """Each command's row in `nnlang --help` is its docstring's first paragraph, rewrapped to
+    the panel: a line break in the docstring's source (`fused\n or kernels.`) is no break on
+    screen. Checked against the docstrings themselves, and each wrapped line is full (the
+    next word would not have fitted on it)."""
+    import inspect as _inspect
+
+    import typer.main
+    r = runner.invoke(app, ["--help"], env={"COLUMNS": "100"}, terminal_width=100)
+    assert r.exit_code == 0
+    rows: dict[str, list[str]] = {}   # command -> the text of each of its lines
+    name, width = None, 0
+    for line in r.stdout.splitlines():
+        m = re.match(r"│ (\S+)?(\s+)(.*?)\s*│$", line)
+        if not m:
+            continue
+        if m.group(1):
+            name = m.group(1)
+            rows[name] = []
+            width = len(line) - m.start(3) - 2   # NOTE: the text column, up to " │"
+        if name:
+            rows[name].append(m.group(3))
+    commands = typer.main.get_command(app).commands
+    assert set(commands) <= set(rows)
+    for cmd_name, cmd in commands.items():
+        first = _inspect.cleandoc(cmd.help).split("\n\n")[0]
+        assert " ".join(rows[cmd_name]) == " ".join(first.split()), cmd_name
+        for line, after in zip(rows[cmd_name], rows[cmd_name][1:]):
+            assert len(line) + 1 + len(after.split()[0]) > width, (cmd_name, line)
 
 
 def test_subprocess_check():
@@ -441,6 +678,57 @@ model M {
     assert set(grads.values()) <= defined
     updates = set(re.findall(r"^update ([\w.]+) = %\d+$", r.stdout, re.M))
     assert trainable <= updates and not any(u.startswith("frz") for u in updates)
+
+
+@pytest.mark.parametrize("model", sorted(p.name for p in (ROOT / "models").glob("*.nn")))
+def test_compile_backward_lists_a_gradient_for_every_trainable_weight_of_each_model(model):
+    """models/gru.nn's --emit backward had no `grad h.bias` line: constant folding replaced
+    the bias gradient's node but left the graph's grads table pointing at the old one, which
+    the text then skipped. The weights to expect are read from `nnlang.load`'s user graph."""
+    import nnlang
+    g = nnlang.load(ROOT / "models" / model).graph
+    trainable = {k for k, v in g.params.items() if g.node(v).attrs.get("trainable", True)}
+    r = run("compile", f"models/{model}", "--emit", "backward", "--backend", "reference",
+            "--batch", 2)
+    assert r.exit_code == 0, r.stderr
+    grads = dict(re.findall(r"^grad ([\w.]+) = %(\d+)$", r.stdout, re.M))
+    assert set(grads) == trainable
+    assert set(grads.values()) <= set(re.findall(r"^%(\d+)", r.stdout, re.M))
+
+
+@pytest.mark.parametrize("name", ["cuda", "CUDA", "gpu"])
+def test_compile_backend_cuda_names_the_gpu_backend(name):
+    """`--backend cuda` (PyTorch's device name) said only "unknown backend 'cuda'" and listed
+    the backends, without saying which of them is the CUDA one."""
+    r = run("compile", "models/mlp.nn", "--backend", name)
+    assert r.exit_code == 1
+    assert f"unknown backend '{name}'" in r.stderr and "--backend cupy" in r.stderr, r.stderr
+
+
+def test_compile_ir_and_backward_show_the_scan_bodies(tmp_path):
+    """An LSTM's --emit backward showed its backward cell as one line, `scan(...,
+    body=body(54 nodes, ...))`, and none of those nodes; and the summary's `nodes` (which
+    counts the bodies' planned graphs) matched no text. --emit ir now prints each scan's body
+    after the graph, as --emit fused prints its kernels, and backward the backward scans'."""
+    src = tmp_path / "l.nn"
+    src.write_text("""model L {
+  input x: float32[batch, 6, 2]
+  input y: float32[batch]
+  h = lstm(x, 3)
+  loss mse(dense(h, 1) |> squeeze(axis = -1), y)
+}
+""")
+    ir = run("compile", src, "--emit", "ir", "--batch", 2).stdout
+    summary = run("compile", src, "--batch", 2).stdout
+    nodes = int(re.search(r"^nodes: (\d+)$", summary, re.M).group(1))
+    assert len(re.findall(r"^%\d+", ir, re.M)) == nodes, ir
+    scans = re.findall(r"^%(\d+): [^=]+ = (\[bwd\] )?scan\(", ir, re.M)
+    assert len(scans) == 2 and ir.count("one step of its body:") == 2
+    bw = run("compile", src, "--emit", "backward", "--batch", 2).stdout
+    back = next(nid for nid, role in scans if role)
+    body = bw.split(f"# scan %{back}, one step of its body:\n")[1]
+    assert re.search(r"^%\d+.* = \[bwd\] (mul|add|sub)\(", body, re.M), bw
+    assert bw.count("one step of its body:") == 1
 
 
 def test_compile_fused_lists_the_kernels_that_run_in_run_order(tmp_path):

@@ -78,6 +78,41 @@ def test_synced_step_matches_one_process(ranks, optimizer):
     assert _ops(net).count("allreduce_sum") == 1
 
 
+SYMBOLIC_NOISY = """
+model Pool {
+  symbol seq
+  input x: float32[batch, seq, 3]
+  input label: int32[batch]
+  h = dense(x, 4) |> relu
+  h2 = h + random_normal_like(h, stddev = 0.0)
+  pooled = global_max_pool(h2, channels_last = true)
+  score = dense(h2 + unsqueeze(pooled, axis = 1), 1) |> squeeze(axis = -1)
+  output score
+  loss cross_entropy(score, label)
+}
+train Pool { optimizer = adam(lr = 0.05) }
+"""
+
+
+def test_synced_step_of_a_symbolic_length_with_noise(ranks):
+    """A model's own noise makes the data-parallel step decompose the model with its lengths
+    unbound (to find each draw's batch axes); a max over a `symbol seq` (global_max_pool)
+    stopped there in a TypeError (int(seq)), and a loss over its places (cross_entropy) in a
+    ShapeError. Noise of 0 and ranks holding one shard: one process's parameters."""
+    def train():
+        net = nnlang.compile(SYMBOLIC_NOISY, batch=2, seed=1)
+        rng = np.random.default_rng(0)
+        for n in (5, 3):
+            net.train_step({"x": rng.normal(size=(2, n, 3)).astype(np.float32),
+                            "label": rng.integers(0, n, 2).astype(np.int32)})
+        return net.parameters()
+    ref = train()
+    ranks(2)
+    got = train()
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
 def test_a_net_that_trained_before_init_syncs_after_it(ranks):
     """`dist.init()` after a net's first step (a lone warm-up step, a net compiled at import):
     its later steps must still average over the ranks, not train each rank's own model."""

@@ -237,6 +237,46 @@ def test_triangles_on_a_symbolic_length():
             np.testing.assert_array_equal(got[name], want, err_msg=f"{name} at seq {seq}")
 
 
+def test_global_max_pool_over_a_symbolic_length():
+    """global_max_pool over a `symbol seq` axis (max over time, a text CNN's pooling) checks and
+    runs, but its export stopped in a TypeError: its decomposition sized a window from the
+    unbound length. The file runs every length, each equal to numpy's max over the axis."""
+    src = """model GMax {
+  symbol seq
+  input x: float32[batch, seq, 3]
+  output y = global_max_pool(x, channels_last = true)
+  output z = global_max_pool(permute(x, [0, 2, 1]))
+}"""
+    net = nnlang.compile(nnlang.load(src), backend="reference", batch=2)
+    proto = nnlang.export_onnx(net)
+    for seq in (1, 4, 7):
+        x = np.random.default_rng(seq).normal(size=(2, seq, 3)).astype(np.float32)
+        got = run_onnx(proto, {"x": x})
+        for name in ("y", "z"):
+            np.testing.assert_array_equal(got[name], x.max(axis=1), err_msg=f"{name} at {seq}")
+
+
+def test_cross_entropy_over_a_symbolic_class_axis():
+    """Logits over the places of a sequence (a pointer: which token answers), labels one place
+    id per row: the export stopped in a bare ShapeError (a one-hot of depth `seq`). The file
+    gives numpy's mean of -log softmax at the label, at every length."""
+    src = """model Ptr {
+  symbol seq
+  input score: float32[batch, seq]
+  input label: int32[batch]
+  output ce = cross_entropy(score, label)
+}"""
+    net = nnlang.compile(nnlang.load(src), backend="reference", batch=3)
+    proto = nnlang.export_onnx(net)
+    for seq in (2, 5, 9):
+        rng = np.random.default_rng(seq)
+        score = rng.normal(size=(3, seq)).astype(np.float32)
+        label = rng.integers(0, seq, 3).astype(np.int32)
+        logp = score - np.log(np.exp(score).sum(axis=1, keepdims=True))
+        got = run_onnx(proto, {"score": score, "label": label})["ce"]
+        np.testing.assert_allclose(got, -logp[np.arange(3), label].mean(), rtol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["sinusoidal", "learned"])
 def test_masked_positions_do_not_move_with_front_padding(kind):
     """With the mask, a front-padded row's positions count from its first real token: the same

@@ -160,6 +160,41 @@ def test_numbers_written_out_equal_a_npy_file(work, tmp_path):
         np.testing.assert_array_equal(encode_input("a", node, [text], {}, "the input"), one)
 
 
+LENGTHS = """
+model Len {
+  symbol seq
+  input x: float32[batch, seq, 2]
+  input y: float32[batch]
+  out = sum(dense(x, 1, use_bias = false), axis = 1) |> squeeze(axis = 1)
+  output out
+  loss mse(out, y)
+}
+train Len { data = "len.npz" batch = 4 }
+"""
+
+
+def test_examples_of_different_lengths_for_a_symbolic_length(tmp_path):
+    """One net runs any length of `symbol seq`, but `predict len.nn a3.npy a5.npy` stopped:
+    "the examples have different shapes", hint "give every example the same number of
+    values". Each run of examples of one length is its own forward call, in order; the values
+    are numpy's on the checkpoint's weight."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "len.npz", x=rng.normal(size=(8, 4, 2)).astype(np.float32),
+             y=rng.normal(size=8).astype(np.float32))
+    (tmp_path / "len.nn").write_text(LENGTHS)
+    cli("train", "len.nn", "--backend", "reference", "--out", "run", "--max-steps", "1",
+        code=0, cwd=tmp_path)
+    w = checkpoint.load(tmp_path / "run").state["out.weight"]
+    xs = [rng.normal(size=(n, 2)).astype(np.float32) for n in (3, 5, 5, 3)]
+    for i, x in enumerate(xs):
+        np.save(tmp_path / f"x{i}.npy", x)
+    got = json_lines(cli("predict", "len.nn", "-c", "run", *[f"x{i}.npy" for i in range(4)],
+                         "--backend", "reference", "--json", code=0, cwd=tmp_path))
+    assert [r["input"] for r in got] == [f"x{i}.npy" for i in range(4)]
+    np.testing.assert_allclose([r["value"] for r in got], [(x @ w).sum() for x in xs],
+                               rtol=1e-5)
+
+
 def test_sequence_kind_and_decoding_without_training():
     import nnlang
     from nnlang.train.inference import interpret_output, output_kind

@@ -7,7 +7,7 @@ GEMMs ourselves keeps both cores busy without that contention.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 import numpy as np
@@ -99,10 +99,14 @@ def pool() -> ThreadPoolExecutor:
 
 
 def run_parts(calls):
-    """Each (fn, args) call: the first on this thread, the rest on the pool."""
+    """Each (fn, args) call: the first on this thread, the rest on the pool. A part that
+    raises (scatter_add's bad id) returns only when every other part has stopped writing."""
     futures = [pool().submit(fn, *args) for fn, args in calls[1:]]
     fn, args = calls[0]
-    fn(*args)
+    try:
+        fn(*args)
+    finally:
+        wait(futures)
     for f in futures:
         f.result()
 

@@ -79,6 +79,25 @@ def load_npz(path: Path, targets: list[str] | None = None) -> Dataset:
                    _split(path, "val_", split["val"]) if split["val"] else None)
 
 
+# NOTE: sequences saved as they are (numpy makes rows of several lengths an object array)
+RAGGED_HINT = ("pad each row to the longest with 0 at the front (as whole IMDB reviews pad) "
+               "into one [examples, length] array; a model whose length is a `symbol` runs at "
+               "that length, and `tokens != 0` is its padding mask")
+
+
+def _holds_objects(zf, member: str) -> bool:
+    """Does the .npy `member` of the archive hold Python objects (read from its header)?"""
+    fmt = np.lib.format
+    try:
+        with zf.open(member) as f:
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else \
+                fmt.read_array_header_2_0
+            return read(f)[2].hasobject
+    except ValueError:
+        return False
+
+
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """{name: array} of a .npz, every array numeric with one row per example."""
     arrays = {}
@@ -91,6 +110,10 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
                     try:
                         arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
                     except ValueError as e:
+                        if _holds_objects(zf, n):
+                            raise DataError(f"{path}: array '{key}' is an object array (rows "
+                                            "of different lengths?), not numbers",
+                                            RAGGED_HINT) from None
                         raise DataError(f"{path}: array '{key}' cannot be read ({e})",
                                         NPZ_HINT) from None
     except zipfile.BadZipFile as e:

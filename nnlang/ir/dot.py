@@ -17,7 +17,7 @@ from typing import Callable
 
 from nnlang.errors import NNError
 from nnlang.ir.dims import fmt_shape
-from nnlang.ir.graph import Graph, Node
+from nnlang.ir.graph import Graph, Node, folded_calls
 
 HIDDEN_BY_DEFAULT = ("param", "const")
 
@@ -57,12 +57,18 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
                       hint="depth 1 draws only the top-level blocks and layers as boxes")
     group = cluster_of.get if isinstance(cluster_of, dict) else cluster_of
     nodes = [g.node(n) for n in g.topo()]
+    # NOTE: a call the graph holds as several nodes (`folded_calls`: several results, a user
+    # scan) is drawn as one: its inputs' edges enter it and each result's edge leaves it
+    packed, folded = folded_calls(g)
+    nodes = [n for n in nodes if n.id not in folded]
     nodes = [n for n in nodes if (roles is None or n.role in roles)
              and (show_params or n.op not in HIDDEN_BY_DEFAULT)]
     kept = {n.id for n in nodes}
-    results = {v: f"{kind} {k}" for kind, table in (("output", g.outputs), ("loss", g.losses),
-                                                    ("metric", g.metrics))
-               for k, v in table.items()}
+    results: dict[int, str] = {}
+    for kind, table in (("output", g.outputs), ("loss", g.losses), ("metric", g.metrics)):
+        for k, v in table.items():
+            v = folded.get(v, v)   # NOTE: a result of a folded call marks the call
+            results[v] = f"{results[v]}, {kind} {k}" if v in results else f"{kind} {k}"
 
     # which drawn item stands for each node: itself, or the box of its collapsed prefix
     boxed: set[tuple] = set()
@@ -111,7 +117,8 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
         t = tree
         for part in where:
             t = t.setdefault(part, {})
-        items[where].append(_node_line(g, n, rep[n.id], results, box_count))
+        items[where].append(_node_line(g, n, rep[n.id], results, box_count,
+                                       [g.node(p).name or "" for p in packed.get(n.id, ())]))
 
     lines = ["digraph nnlang {", '  rankdir=TB;', '  node [fontname="Helvetica", fontsize=11];',
              '  edge [fontname="Helvetica", fontsize=9, color=gray30];']
@@ -120,15 +127,18 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
     _emit_clusters(lines, tree, (), items, 1)
 
     seen_edges: set[tuple] = set()
-    for n in nodes:
+    for n in (g.node(m) for m in g.topo() if m in kept or folded.get(m) in kept):
         for i in n.inputs:
+            src = g.node(i)
+            i = folded.get(i, i)
             if i not in kept:
                 continue
-            a, b = rep[i], rep[n.id]
-            if a == b or (a, b) in seen_edges:
+            a, b = rep[i], rep[folded.get(n.id, n.id)]
+            # NOTE: two results of one call read by one op (`o + h`) are two edges
+            edge = (a, b, src.id if src.id in folded else None)
+            if a == b or edge in seen_edges:
                 continue
-            seen_edges.add((a, b))
-            src = g.node(i)
+            seen_edges.add(edge)
             lines.append(f"  {a} -> {b} [label={_q(fmt_shape(src.shape))}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -138,7 +148,8 @@ def _is_layer(g: Graph, n: Node) -> bool:
     return any(g.node(i).op == "param" for i in n.inputs)
 
 
-def _node_line(g: Graph, n: Node, rid: str, results: dict, box_count: dict) -> str:
+def _node_line(g: Graph, n: Node, rid: str, results: dict, box_count: dict,
+               names: list[str] = ()) -> str:
     if rid in box_count:
         key, count, weights = box_count[rid]
         label = f"{'.'.join(key)}\n{count} ops" + (f", {weights} weights" if weights else "")
@@ -150,7 +161,8 @@ def _node_line(g: Graph, n: Node, rid: str, results: dict, box_count: dict) -> s
         label = n.attrs.get("name", n.op) if n.op == "param" else "const"
         style = _STYLE[n.op]
     else:
-        name = n.name or (n.path.rpartition(".")[2] if _is_layer(g, n) else "")
+        name = ", ".join(names) if any(names) else \
+            n.name or (n.path.rpartition(".")[2] if _is_layer(g, n) else "")
         label = n.op + (f"\n{name}" if name else "")
         style = _STYLE.get(n.role) if n.role != "fwd" else None
         style = style or (_STYLE["layer"] if _is_layer(g, n) else _STYLE["op"])
@@ -183,14 +195,15 @@ def render(dot_text: str, out: Path) -> Path:
     """Writes `out`: .dot as is; .svg/.png/.pdf through Graphviz's `dot` program. The .dot text
     is always written next to it; raises GraphvizMissing when `dot` is not installed."""
     out = Path(out)
-    dot_path = out if out.suffix == ".dot" else out.with_suffix(".dot")
+    kind = out.suffix[1:].lower()   # NOTE: out.SVG is an svg, as a file manager reads it
+    dot_path = out if kind == "dot" else out.with_suffix(".dot")
     dot_path.write_text(dot_text)
-    if out.suffix == ".dot":
+    if kind == "dot":
         return out
     exe = shutil.which("dot")
     if exe is None:
         raise GraphvizMissing(dot_path)
-    proc = subprocess.run([exe, f"-T{out.suffix[1:]}", str(dot_path), "-o", str(out)],
+    proc = subprocess.run([exe, f"-T{kind}", str(dot_path), "-o", str(out)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"dot failed: {proc.stderr.strip()}")

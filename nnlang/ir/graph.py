@@ -303,6 +303,75 @@ class Builder:
         return lambda *inputs, **attrs: self.emit(op, *inputs, **attrs)
 
 
+def folded_calls(g: Graph) -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Calls that `nnlang check` and `nnlang graph` show as one row and one node, as Keras
+    shows a layer, though the graph holds them as several nodes:
+    - a call with several results (`o, h, c = lstm(x, 3, return_state = true)`): one node
+      whose value packs them ([batch, 3, 3]: outputs, h and c along axis 1), cut apart by the
+      slices and reshapes its OpDef's `results` added;
+    - a user `scan` (`hs, h, c = scan Cell(h0, c0, ...) over x`): the frontend also concats
+      the states, moves time first and back, broadcasts per-step weights and cuts the results.
+    Returns {call: its results in order} and {each node folded into a call: the call}."""
+    results: dict[int, list[int]] = {}
+    folded: dict[int, int] = {}
+    scans = [n for n in g if n.op == "scan"]
+    by_span: dict = {}
+    for m in g if scans else ():
+        if m.op not in ("input", "param", "const", "scan") and m.span is not None:
+            by_span.setdefault(m.span, []).append(m.id)
+    named = {*g.outputs.values(), *g.losses.values(), *g.metrics.values()}
+    for n in g:
+        opdef = registry.get(n.op)
+        users = sorted(g.users(n.id))
+        if n.op == "scan":
+            # NOTE: the frontend's nodes carry the call's span; an argument's expression has
+            # its own (a sub-span), and so does anything the model does with the results
+            group = sorted(_scan_plumbing(g, n, set(by_span.get(n.span, ()))))
+            parts = [m for m in group if g.node(m).name or m in named]
+            if parts:
+                results[n.id] = parts
+                folded.update((m, n.id) for m in group)
+            continue
+        # NOTE: the cuts carry the call's span; a slice the model writes of a plain result
+        # (return_state = false) has its own
+        if opdef is None or opdef.results is None or not users or any(
+                g.node(u).op != "slice" or g.node(u).span != n.span for u in users):
+            continue
+        parts = []
+        for u in users:
+            after = g.users(u)
+            folded[u] = n.id
+            # NOTE: a one-step result is reshaped to drop the step axis; a sequence is the slice
+            if len(after) == 1 and g.node(after[0]).op == "reshape" and \
+                    g.node(after[0]).span == n.span:
+                folded[after[0]] = n.id
+                parts.append(after[0])
+            else:
+                parts.append(u)
+        results[n.id] = parts
+    return results, folded
+
+
+def _scan_plumbing(g: Graph, scan: Node, same_span: set[int]) -> set[int]:
+    """The nodes the frontend built around one user scan: up from its inputs and down from
+    its value, among the nodes of the call's span, stopping at named values (a result; in a
+    block run by `repeat`, the previous call's result, which has the same span)."""
+    found: set[int] = set()
+    stack = [(i, "up") for i in scan.inputs] + [(u, "down") for u in g.users(scan.id)]
+    while stack:
+        nid, way = stack.pop()
+        if nid in found or nid not in same_span:
+            continue
+        named = bool(g.node(nid).name)
+        if way == "up" and named:
+            continue
+        found.add(nid)
+        if not named:
+            stack += ([(i, "up") for i in g.node(nid).inputs] if way == "up" else
+                      [(u, "down") for u in g.users(nid)])
+    return found
+
+
 def slots(g: Graph, node: Node) -> list:
     """A node's inputs with None restored where optional tensor arguments were absent."""
     absent = node.attrs.get(SLOT_ABSENT, ())

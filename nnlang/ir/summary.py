@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from nnlang.ir.dims import DEFAULT_BATCH, Sym, bind, fmt_shape
-from nnlang.ir.graph import Builder, Graph, Node, op_attrs, slots
+from nnlang.ir.graph import Builder, Graph, Node, folded_calls, op_attrs, slots
 from nnlang.ops import registry
 from nnlang.ops.registry import ELEMENTWISE, REDUCE, TensorType
 
@@ -39,6 +39,9 @@ class Summary:
     batch: int
     batch_from: str                  # "train section", "--batch" or "default"
     inputs: list[tuple[str, str]]    # (name, type)
+    # NOTE: symbols other than batch (`symbol seq`) have no size here and count as 1 in the
+    # FLOPs and memory (`concrete`); the header says so rather than show seq = 1's numbers bare
+    unsized: list[str] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     total_params: int = 0
     trainable_params: int = 0
@@ -66,6 +69,8 @@ def summarize(program, batch: int | None = None) -> Summary:
     env = {"batch": size}
     s = Summary(program.model, program.file, size, src,
                 [(k, str(g.node(v).type)) for k, v in g.inputs.items() if not k.startswith("_")])
+    s.unsized = sorted({name for v in g.inputs.values() for d in g.node(v).shape
+                        if isinstance(d, Sym) for name in d.names} - set(env))
     named = {v: k for table in (g.metrics, g.losses, g.outputs) for k, v in table.items()}
     owner: dict[int, int] = {}  # param id -> first user in topological order
     order = g.topo()
@@ -80,14 +85,29 @@ def summarize(program, batch: int | None = None) -> Summary:
         s.param_memory += n * DTYPE_BYTES.get(p.dtype, 4)
         if p.attrs.get("trainable", True):
             s.trainable_params += n
+    results, folded = folded_calls(g)
+    members: dict[int, set[int]] = {}
+    for m, call in folded.items():
+        members.setdefault(call, set()).add(m)
     for nid in order:
         node = g.node(nid)
-        if node.op in SOURCE_OPS:
+        if node.op in SOURCE_OPS or nid in folded:
             continue
-        params = sum(numel_int(g.node(p).shape, env) for p, user in owner.items() if user == nid)
-        row = Row(layer_label(node, bool(params) or _owns_weights(node), named.get(nid)), node.op,
-                  fmt_shape(node.shape), node.dtype or "?", params, node_flops(g, node, env),
-                  activation_bytes(node.type, env), node.span.line if node.span else 0)
+        group = {nid, *members.get(nid, ())}
+        params = sum(numel_int(g.node(p).shape, env) for p, user in owner.items()
+                     if user in group)
+        label = layer_label(node, bool(params) or _owns_weights(node), named.get(nid))
+        shape, memory = fmt_shape(node.shape), activation_bytes(node.type, env)
+        if nid in results:   # NOTE: one call with several results: each result's shape
+            parts = [g.node(r) for r in results[nid]]
+            shape = ", ".join(fmt_shape(p.shape) for p in parts)
+            memory = sum(activation_bytes(p.type, env) for p in parts)
+            if all(p.name for p in parts):   # NOTE: named by its results, in its block's path
+                scope = node.path.rpartition(".")[0] if _owns_weights(node) else node.path
+                label = ", ".join(f"{scope}.{p.name}" if scope else p.name for p in parts)
+        row = Row(label, node.op, shape, node.dtype or "?", params,
+                  sum(node_flops(g, g.node(m), env) for m in group), memory,
+                  node.span.line if node.span else 0)
         s.rows.append(row)
         s.flops += row.flops
         s.memory += row.memory
@@ -251,7 +271,8 @@ def cut_rows(cells: list, most: int) -> tuple[list, int, list]:
 def header_lines(s: Summary) -> list[str]:
     ins = ", ".join(f"{n}: {t}" for n, t in s.inputs) or "none"
     return [f"model {s.model} ({s.file})", f"inputs: {ins}",
-            f"sizes at batch = {s.batch} ({s.batch_from})"]
+            f"sizes at batch = {s.batch} ({s.batch_from})"
+            + "".join(f", {name} = 1 (a symbol without a size)" for name in s.unsized)]
 
 
 def total_lines(s: Summary) -> list[str]:

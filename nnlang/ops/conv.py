@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from nnlang.errors import did_you_mean
-from nnlang.ir.dims import Sym, fmt_shape, numel
+from nnlang.ir.dims import Sym, fmt_shape, is_concrete, numel
 from nnlang.ops.init import init_spec
 from nnlang.ops.movement import window_out
 from nnlang.ops.nn import const_like, mean_over, need_float, param_dtype
@@ -302,6 +302,10 @@ def _global(kind):
         axes = list(range(1, t.rank - 1)) if channels_last else list(range(2, t.rank))
         if kind == "avg":
             return mean_over(b, x, axes)
+        if not is_concrete([t.shape[a] for a in axes]):
+            # NOTE: a symbolic length (an export, which decomposes before binding) sizes no
+            # window; the same maximum, and no gradient is taken of an unbound graph
+            return b.reduce_max(x, axes=axes)
         # NOTE: one window over the whole extent, so a tied maximum's gradient goes to the
         # first largest cell as in max_pool1d/2d and PyTorch (reduce_max splits it evenly)
         spatial = [int(t.shape[a]) for a in axes]

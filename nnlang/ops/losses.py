@@ -3,7 +3,7 @@
 """
 from __future__ import annotations
 
-from nnlang.ir.dims import Sym, fmt_shape
+from nnlang.ir.dims import Sym, fmt_shape, is_concrete
 from nnlang.ops.nn import const_like, mean_over, need_float, stable_softplus
 from nnlang.ops.registry import (INT_DTYPES, Sample, ShapeError, TensorType, is_float, need_range,
                                  register)
@@ -189,7 +189,14 @@ def _need_class_axis(op: str, logits: TensorType) -> None:
 def _cross_entropy(b, logits, labels):
     t = b.type(logits)
     logp = b.log_softmax(logits, axis=-1)
-    if b.type(labels).dtype in INT_DTYPES:
+    ids = b.type(labels).dtype
+    if ids in INT_DTYPES and not is_concrete(t.shape[-1:]):
+        # NOTE: classes counted by a symbol (a pointer over a sequence's places) reach here
+        # unbound only in an export: a one-hot needs its depth, a comparison with the places
+        # takes it from the logits at run time
+        places = b.positions(logits, axis=-1, dtype=ids)
+        labels = b.cast(b.eq(b.unsqueeze(labels, axis=-1), places), dtype=t.dtype)
+    elif ids in INT_DTYPES:
         labels = b.one_hot(labels, depth=t.shape[-1], dtype=t.dtype)
     return b.neg(mean_over(b, b.reduce_sum(b.mul(labels, logp), axes=[-1])))
 

@@ -86,6 +86,13 @@ def _rmsprop(b, p, g, s, t, lr, *, alpha, eps, momentum, weight_decay, **_):
     return b.sub(p, b.mul(lr, step)), new
 
 
+def same_slots(a: str, b: str) -> bool:
+    """Do optimizers `a` and `b` keep state of the same meaning, so a run switched from one
+    to the other goes on with it? Only with the same slots: adam and adamw (moments of the
+    gradient), not sgd and rmsprop, whose `momentum` slots hold other things."""
+    return OPTIMIZERS[a].slots == OPTIMIZERS[b].slots
+
+
 OPTIMIZERS = {o.name: o for o in (
     OptimDef("sgd", Signature.parse("lr: float = 0.01, momentum: float = 0.0, "
                                     "nesterov: bool = false, weight_decay: float = 0.0"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnlang.ir.dims import numel
 from nnlang.ops.lowering import GRID_LOOP, prange
 from nnlang.ops.registry import (REDUCE, Sample, ShapeError, TensorType, need_some_axes,
                                  norm_axes, norm_axis, register)
@@ -181,6 +182,8 @@ register("cumsum", "x: tensor, axis: int = -1, reverse: bool = false", _cumsum_s
          grad=lambda b, n, g: (b.cumsum(g, axis=n.attrs["axis"],
                                         reverse=not n.attrs["reverse"]),),
          lower={"numba": _cumsum_numba, "cuda": _cumsum_cuda}, family="reduce",
+         # NOTE: one add per element; it is no REDUCE op, so without this `check` counted 0
+         flops=lambda ins, out, **_: numel(out.shape),
          onnx=lambda e, n, x: e.op("CumSum", x, e.const(n.attrs["axis"], "int64"),
                                    reverse=int(n.attrs["reverse"])),
          doc="running sum along an axis (from the end when reverse); its gradient is the "

@@ -31,9 +31,10 @@ def node_key(node) -> tuple:
 def eliminate_common(g: Graph) -> Graph:
     seen: dict[tuple, int] = {}
     merged: dict[int, int] = {}
-    # NOTE: the state updates are renamed once at the end: replace_value scans all of them for
-    # each merge, quadratic in the parameter count (every parameter's optimizer constants merge)
-    ups, g.updates = g.updates, {}
+    # NOTE: the state updates and gradients are renamed once at the end: replace_value scans
+    # them for each merge, quadratic in the parameter count (every parameter's optimizer
+    # constants merge)
+    ups, grads, g.updates, g.grads = g.updates, g.grads, {}, {}
     for nid in g.topo():
         node = g.node(nid)
         try:
@@ -49,4 +50,5 @@ def eliminate_common(g: Graph) -> Graph:
             seen[key] = nid
     # NOTE: a kept node is never merged later, so one lookup is enough
     g.updates = {k: merged.get(v, v) for k, v in ups.items()}
+    g.grads = {k: merged.get(v, v) for k, v in grads.items()}
     return g

@@ -30,5 +30,8 @@ def replace_value(g: Graph, old: int, new: int) -> None:
     g.replace_uses(old, new)
     if g.node(old).attrs.get("root"):
         g.node(new).attrs["root"] = True
-    if any(v == old for v in g.updates.values()):
-        g.updates = {k: new if v == old else v for k, v in g.updates.items()}
+    # NOTE: the gradients too: they are no roots (the updates read them), so a stale entry
+    # only showed as a weight missing from --emit backward's `grad` lines
+    for table in ("updates", "grads"):
+        if any(v == old for v in getattr(g, table).values()):
+            setattr(g, table, {k: new if v == old else v for k, v in getattr(g, table).items()})

@@ -47,7 +47,7 @@ def emit(net, what: str, mode: str | None = None) -> str:
         return _summary(net, mode)
     g = optimize(_graph(net, mode), net.disable)
     if what == "ir":
-        return g.dump()
+        return g.dump() + scan_bodies_text(net, g)
     if what == "backward":
         if not net.user.losses:
             from nnlang.passes.pipeline import no_loss
@@ -57,7 +57,7 @@ def emit(net, what: str, mode: str | None = None) -> str:
                           hint="drop --mode")
         return ("# the generated backward pass (role bwd) and optimizer update (role optim);\n"
                 "# each line ends with the block path and the .nn line it came from\n"
-                + g.dump(roles=("bwd", "optim")))
+                + g.dump(roles=("bwd", "optim")) + scan_bodies_text(net, g, roles=("bwd",)))
     if "fuse" in net.disable:  # what == "fused"
         return ("# fusion is off (--no-fuse): each op below that computes runs as its own kernel\n"
                 + g.dump())
@@ -82,6 +82,19 @@ def fused_text(net, mode: str) -> str:
         if n.op == "scan":
             bg, body_groups = _planned_groups(_body_graph(n), net.disable)
             out.append(f"# scan %{n.id}, one step of its body:\n" + format_groups(bg, body_groups))
+    return "".join(out)
+
+
+def scan_bodies_text(net, g: Graph, roles=None) -> str:
+    """Each scan's body (of these roles) as the executable plans it: the loop's one step,
+    which the scan's own line only sums up (`body(54 nodes, ...)`); the summary's `nodes`
+    counts these. An LSTM's backward cell is here."""
+    from nnlang.runtime.scan import _body_graph
+    out = []
+    for n in g:
+        if n.op == "scan" and (roles is None or n.role in roles):
+            bg, _ = _planned_groups(_body_graph(n), net.disable)
+            out.append(f"# scan %{n.id}, one step of its body:\n" + bg.dump())
     return "".join(out)
 
 

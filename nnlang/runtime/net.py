@@ -16,7 +16,7 @@ import numpy as np
 from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.blas import blas_threads
 from nnlang.backends.ctrl_c import ctrl_c_held
-from nnlang.errors import NNError, did_you_mean
+from nnlang.errors import NNError, closest, did_you_mean
 from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import MAX_BATCH, Sym
 from nnlang.ir.summary import check_memory
@@ -25,7 +25,7 @@ from nnlang.ops.optim import (OPTIMIZER_PREFIX, OPTIMIZERS, STEP_SLOT, initial_s
                               learning_rate, slot_param)
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.optimize import switched_off
-from nnlang.passes.pipeline import LR_INPUT, forward_graph, train_graph
+from nnlang.passes.pipeline import LR_INPUT, forward_graph, named_losses, train_graph
 from nnlang.runtime.indices import check_indices, index_inputs
 from nnlang.runtime.interpret import interpret
 
@@ -46,7 +46,11 @@ def check_backend(backend: str, device: bool = True) -> None:
     """An unknown backend is an error; so is the GPU one without CuPy or a device, unless
     `device` is False (a Net that only renders its CUDA source needs neither)."""
     if backend not in BACKENDS:
-        raise NNError(f"unknown backend '{backend}'", hint=f"backends: {', '.join(BACKENDS)}")
+        # NOTE: PyTorch's device names: the GPU backend is named after CuPy, which runs it
+        gpu = backend.lower() in ("cuda", "gpu")
+        raise NNError(f"unknown backend '{backend}'",
+                      hint="the CUDA backend is --backend cupy" if gpu else
+                      f"backends: {', '.join(BACKENDS)}")
     if backend == "cupy" and device:
         from nnlang.backends.cupy_backend import require_cupy
         require_cupy()
@@ -385,8 +389,12 @@ class Net:
             if name.startswith("_"):
                 continue
             if name not in feeds:
+                given = [k for k in feeds if k not in g.inputs and not k.startswith("_")]
+                guess = closest(name, given)
                 raise NNError(f"missing input '{name}'",
-                              hint=f"the model's inputs: {_names(g)}")
+                              hint=f"the feeds have '{guess}', which is not an input: did you "
+                              f"mean '{name}'?" if guess else
+                              f"the model's inputs: {_names(g)}")
             node, arr = g.node(nid), feeds[name]
             user = self.user.node(self.user.inputs[name])
             if node.dtype.startswith("int"):
@@ -470,9 +478,14 @@ class Net:
         return taken
 
     def evaluate(self, feeds: dict) -> dict:
-        """Losses and metrics on one batch, without updating anything."""
+        """Losses and metrics on one batch, without updating anything: a loss by its name, and
+        with several, `loss` their total besides each by name (as train_step reports them)."""
         out, _, g = self._run("eval", feeds, {})
-        return {k: float(out[k]) for k in (*g.losses, *g.metrics)}
+        losses = {k: float(out[k]) for k in g.losses}
+        if len(losses) > 1:
+            losses = {"loss": sum(losses.values()),
+                      **{k: losses[k] for k in named_losses(losses)}}
+        return {**losses, **{k: float(out[k]) for k in g.metrics}}
 
     def gradients(self, feeds: dict, inputs=()) -> dict:
         """d(loss)/d(parameter) by name, for one batch, without updating anything; `inputs`

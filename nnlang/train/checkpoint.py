@@ -16,7 +16,7 @@ from nnlang.errors import NNError
 from nnlang.files import as_path, write_atomic
 from nnlang.frontend.source import same_program
 from nnlang.frontend.train_config import Choice, TrainConfig
-from nnlang.ops.optim import OPTIMIZER_PREFIX, OPTIMIZERS, SCHEDULES
+from nnlang.ops.optim import OPTIMIZER_PREFIX, OPTIMIZERS, SCHEDULES, same_slots
 
 FORMAT = 1
 FILENAME = "checkpoint.npz"
@@ -63,11 +63,19 @@ class Checkpoint:
         `nnlang.restore` take it from."""
         state = {k: v for k, v in self.state.items() if not k.startswith(OPTIMIZER_PREFIX)}
         if optimizer:
-            # NOTE: a resume may change the optimizer: its slots the run had are loaded, new
-            # ones (momentum added) start at zero as in a fresh run, and the old optimizer's
-            # (Adam's m and v after a switch to sgd) are left out, not carried on in the net
+            # NOTE: a resume may change the optimizer. One that keeps the same slots (another
+            # lr, momentum added to sgd, adam <-> adamw) goes on with the run's state: its
+            # slots the run had are loaded, new ones (momentum added) start at zero. Another
+            # starts fresh, as a new torch.optim optimizer does, step count included: an
+            # rmsprop's momentum buffer (steps g / sqrt(avg g^2)) loaded as sgd's (sums of
+            # gradients) moved the weights by 7 in a few steps, and Adam's bias correction
+            # at the run's step count scaled its first steps from zeroed moments ~3x past lr.
+            # The net's step (the schedule's place) is set from the meta below either way.
             own = {k: v for k, v in net.state_dict().items() if k.startswith(OPTIMIZER_PREFIX)}
-            state |= {k: self.state.get(k, v) for k, v in own.items()}
+            if same_slots(self.config.optimizer.name, net.config.optimizer.name):
+                state |= {k: self.state.get(k, v) for k, v in own.items()}
+            else:
+                state |= {k: np.zeros_like(v) for k, v in own.items()}
         net.load_state_dict(state)
         net.step, net.epoch = self.step, self.epoch
         net.lr_scale = self.meta.get("lr_scale", 1.0)

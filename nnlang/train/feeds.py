@@ -164,10 +164,11 @@ def check_ids(graph, ds, mapping: dict[str, str], splits=None) -> None:
     split."""
     from nnlang.passes.pipeline import forward_graph
     from nnlang.runtime.indices import index_inputs
-    lengths = {s: 1 for s in graph.symbols if s != "batch"}
+    splits = (ds.train, ds.val, ds.test) if splits is None else splits
+    lengths = data_lengths(graph, splits, mapping)
     checks = [c for c in index_inputs(forward_graph(graph, 1, lengths=lengths))
               if c.name in mapping]
-    for split in (ds.train, ds.val, ds.test) if splits is None else splits:
+    for split in splits:
         if split is None or not len(split):
             continue
         for c in checks:
@@ -188,6 +189,22 @@ def check_ids(graph, ds, mapping: dict[str, str], splits=None) -> None:
                           hint="the data's vocabulary or class count is larger than the "
                                "model's; raise it in the model (e.g. --set vocab=...) or fix "
                                "the data")
+
+
+def data_lengths(graph, splits, mapping: dict[str, str], default: dict | None = None) -> dict:
+    """The sizes of the model's symbols other than the batch (`symbol seq`) in the first row
+    of the first split that has rows, padded as its batch will be: the lengths the model runs
+    at. NOTE: bound at 1 (the ids' check) or 16 (the step compiled before the first epoch), a
+    fixed slice (x[:, 1:3], x[:, 20:22]) or a loss over a sequence's places was refused before
+    training on data that has them. A symbol no input carries keeps its `default` (1)."""
+    from nnlang.runtime.net import _sizes_of
+    lengths = default or {s: 1 for s in graph.symbols if s != "batch"}
+    split = next((s for s in splits if s is not None and len(s)), None)
+    if not lengths or split is None:
+        return lengths
+    first = {m: split.arrays[a][:1] for m, a in mapping.items() if a in split.arrays}
+    first = {m: v.padded() if isinstance(v, Ragged) else np.asarray(v) for m, v in first.items()}
+    return _sizes_of(graph, first, lengths, 1)[1]
 
 
 # *** validation carve and batches ***

@@ -201,13 +201,33 @@ def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None, size: int
         raws, described = {next(iter(features)): list(inputs)}, [str(r) for r in inputs]
     what = (lambda k: f"--npz {npz}, array '{k}'") if npz else \
         (lambda k: f"--input {k}") if named else (lambda k: "the input")
+    shapes = [None] * len(described)
+    if _arrays_of_symbolic_length(graph, features, meta):
+        # NOTE: one net runs any length of a `symbol seq`, one length a call: examples of
+        # several lengths (a3.npy a5.npy) run in consecutive groups of one shape, in order
+        raws = {k: [r if isinstance(r, np.ndarray) else _read_values(r) for r in v]
+                for k, v in raws.items()}
+        shapes = [tuple(np.shape(v[i]) for v in raws.values()) for i in range(len(described))]
     size = size or len(described)
     # NOTE: an image data set's other inputs (a conditional model's label) are no pictures
     plain = _image_inputs(features) ^ set(features) if meta.get("kind") == "image" else set()
-    for lo in range(0, len(described), size):
-        yield ({k: encode_input(k, graph.node(features[k]), v[lo:lo + size],
+    lo = 0
+    while lo < len(described):
+        hi = min(lo + size, len(described))
+        hi = next((j for j in range(lo + 1, hi) if shapes[j] != shapes[lo]), hi)
+        yield ({k: encode_input(k, graph.node(features[k]), v[lo:hi],
                                 _plain(meta) if k in plain else meta, what(k))
-                for k, v in raws.items()}, described[lo:lo + size])
+                for k, v in raws.items()}, described[lo:hi])
+        lo = hi
+
+
+def _arrays_of_symbolic_length(graph, features: dict, meta: dict) -> bool:
+    """Inputs read as arrays (not text, which pads to its batch, nor images), one of them
+    with a symbol besides the batch in its type."""
+    if meta.get("kind") in ("image", "text") or tokenizer_from_meta(meta) is not None:
+        return False
+    return any(isinstance(d, Sym) and d != Sym.of("batch")
+               for nid in features.values() for d in graph.node(nid).shape[1:])
 
 
 def _image_inputs(features: dict) -> set:

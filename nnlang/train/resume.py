@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from nnlang.errors import NNError
+from nnlang.ops.optim import same_slots
 from nnlang.train import checkpoint
 from nnlang.train.overrides import resolve
 from nnlang.train.progress import say
@@ -82,16 +83,22 @@ def describe_resume(console: Console, ckpt, cfg, hp: dict, picked: bool) -> None
 
 def _setting_changes(old, new) -> list[tuple]:
     """(setting, old value, new value) of each train setting (optimizer options as
-    `adam.lr`) that differs."""
-    a, b = _flat_settings(old), _flat_settings(new)
+    `adam.lr`) that differs; another optimizer is one entry as written (each option of both,
+    `sgd.lr 0.05 -> None`, was noise), saying when the run's optimizer state is not carried."""
+    a, b = _flat_settings(old, new.optimizer.name), _flat_settings(new, old.optimizer.name)
+    if not same_slots(old.optimizer.name, new.optimizer.name):
+        b["optimizer"] += " (its state starts fresh)"
     return [(k, a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
 
 
-def _flat_settings(cfg) -> dict:
+def _flat_settings(cfg, other_optimizer: str) -> dict:
     flat = {k: v for k, v in asdict(cfg).items() if k != "optimizer"}
     for k in ("data", "schedule"):   # NOTE: as written: imdb(maxlen=200), not a dict
         flat[k] = _written(getattr(cfg, k))
-    flat.update({f"{cfg.optimizer.name}.{k}": v for k, v in cfg.optimizer.options.items()})
+    if cfg.optimizer.name != other_optimizer:
+        flat["optimizer"] = str(cfg.optimizer)
+    else:
+        flat.update({f"{cfg.optimizer.name}.{k}": v for k, v in cfg.optimizer.options.items()})
     return flat
 
 

@@ -102,9 +102,9 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
         if k == 0:
             continue
         out = net.evaluate(b)
-        res = {"loss": sum(out[name] for name in loss_names)}
+        res = {"loss": out["loss"] if named else sum(out[name] for name in loss_names)}
         res.update({name: out[name] for name in named})
-        res.update({m: v for m, v in out.items() if m not in loss_names})
+        res.update({m: out[m] for m in net.user.metrics})
         for key, v in res.items():
             totals[key] = totals.get(key, 0.0) + v * k
     if ranks:
@@ -339,6 +339,9 @@ class _Training:
         try:
             self.net = Net(program, backend=backend, batch=local_batch, seed=cfg.seed,
                            config=cfg, total_steps=cfg.epochs * self.per_epoch)
+            # NOTE: the step compiled before the first epoch runs at the data's length
+            self.net.lengths = feeds.data_lengths(program.graph, (ds.train, ds.val, ds.test),
+                                                  mapping, self.net.lengths)
             # NOTE: Open MPI gives each rank a terminal even when mpirun's output goes to a
             # file, so a data-parallel run prints lines, not live bars
             self.show = progress and live(console) and not ranks.many
@@ -386,7 +389,7 @@ class _Training:
         partial epoch and divergence baseline."""
         self.rng = feeds.order_rng(self.cfg.seed)
         self.start_epoch, self.skip, partial = 0, 0, None
-        self.guard = DivergenceGuard()
+        self.guard = DivergenceGuard(clip_norm=self.cfg.clip_norm)
         self.watch = _Watch(self.cfg, self.program.graph)
         if ckpt is not None:
             try:
@@ -398,7 +401,7 @@ class _Training:
             self.rng.bit_generator.state = ckpt.meta["rng_state"]
             self.start_epoch, self.skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)
             partial = ckpt.meta.get("partial")
-            self.guard = DivergenceGuard(ckpt.meta.get("loss_start"))
+            self.guard = DivergenceGuard(ckpt.meta.get("loss_start"), self.cfg.clip_norm)
             if self.skip and ckpt.config.batch != self.cfg.batch:
                 raise NNError(f"this checkpoint stopped inside an epoch at batch "
                               f"{ckpt.config.batch}; resume it with the same batch size, not "

@@ -36,6 +36,18 @@ def test_npz_errors(tmp_path, arrays, match):
         load_dataset(tmp_path / "d.npz")
 
 
+def test_npz_of_rows_of_different_lengths_says_to_pad_them(tmp_path):
+    """Sequences of different lengths saved as they are (numpy makes an object array) for a
+    model of `symbol seq`: the hint said only "arrays of numbers, one row per example"; it
+    names the object array and how to pad the rows (docs/data.md)."""
+    rows = np.empty(3, object)
+    rows[:] = [np.arange(1, n + 1) for n in (2, 5, 3)]
+    np.savez(tmp_path / "d.npz", tokens=rows, label=np.zeros(3))
+    with pytest.raises(DataError, match="'tokens' is an object array") as err:
+        load_dataset(tmp_path / "d.npz")
+    assert "pad each row to the longest with 0 at the front" in err.value.hint
+
+
 def test_npz_and_csv_targets_in_another_case_name_the_close_match(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros(3), label=np.zeros(3))
     with pytest.raises(DataError, match=r"target\(s\) \['Label'\] not among") as e:

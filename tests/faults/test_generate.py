@@ -320,3 +320,26 @@ def test_ctrl_c_while_decoding_prints_what_it_has(run, monkeypatch, decoding):
     assert all(len(g["ids"]) == 3 for g in got)
     if not decoding:
         assert [g["ids"] for g in got] == [w["ids"][:3] for w in whole]
+
+
+def test_sigterm_while_decoding_prints_what_it_has_and_says_terminated(run, monkeypatch):
+    """SIGTERM during decoding: the texts so far as for Ctrl-C, then "terminated (SIGTERM)" and
+    exit 143 (it was "interrupted" and 130, or, before the CLI handled SIGTERM, silence)."""
+    import signal
+
+    from nnlang.runtime.generate import Generator
+    real, calls = Generator.advance, []
+
+    def advance(self, new, pos):
+        calls.append(pos)
+        if len(calls) == 3:
+            # NOTE: with no handler, SIGTERM would end the test run itself
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "SIGTERM unhandled"
+            signal.raise_signal(signal.SIGTERM)
+        return real(self, new, pos)
+    monkeypatch.setattr(Generator, "advance", advance)
+    out = generate(run, "--prompt", "The film", "--max-new", "6", "--json", code=143)
+    lines = out.splitlines()
+    assert lines[-1] == "terminated (SIGTERM): the texts above end where decoding stopped", out
+    assert json.loads(lines[0])["stopped"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -334,3 +334,24 @@ def test_sigterm_while_the_summary_and_plots_are_written(tiny, monkeypatch, caps
     assert "terminated (SIGTERM) while writing the summary and plots; training finished and " \
            "is saved in cut/checkpoint.npz" in out, out
     assert checkpoint.load(tiny / "cut").step == 20
+
+
+@pytest.mark.parametrize("command, module, name", [
+    (("check", "tiny.nn"), "nnlang_cli.inspect_cmds", "load_program"),
+    (("train", "tiny.nn", "--backend", "reference"), "nnlang.train.feeds", "load_data"),
+])
+def test_sigterm_outside_training_says_terminated_and_exits_143(tiny, command, module, name):
+    """SIGTERM while a command loads its data or model (before training's own handler, which
+    saves first) ended the process silently with -15; it now says so, exit 143, as `fit`
+    does while training. In a process of its own: SIGTERM's default action ends it."""
+    import subprocess
+    probe = (f"import signal, {module} as m\n"
+             "def killed(*args, **kwargs):\n"
+             "    signal.raise_signal(signal.SIGTERM)\n"
+             "    raise AssertionError('SIGTERM did not stop the command')\n"
+             f"m.{name} = killed\n"
+             "from nnlang_cli.main import app\n"
+             "app(prog_name='nnlang')\n")
+    proc = subprocess.run([sys.executable, "-c", probe, *command], cwd=tiny, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (proc.returncode, proc.stdout, proc.stderr) == (143, "terminated (SIGTERM)\n", "")

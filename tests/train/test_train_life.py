@@ -1,11 +1,14 @@
 """After the first run: early stopping and best.npz, the plateau schedule, explicit val_*
 arrays, the l1 setting, and a library loop whose schedule moves with `Net.end_epoch`."""
+import io
 import json
+import re
 import shutil
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 import nnlang
 from nnlang.errors import NNError
@@ -282,6 +285,56 @@ def test_a_resume_that_changes_the_optimizer_takes_its_slots(folder):
     assert len(more.rows) == 2 and more.net.step > 0
     assert set(more.net.state_dict()) == want
     assert set(checkpoint.load(folder / "run").state) == want
+
+
+def _first_batch_of_epoch(folder, epoch: int, batch: int = 4) -> dict:
+    """The first batch `fit` trains on in `epoch` (0-based) of overfit_data, seed 0."""
+    from nnlang.train import feeds
+    data = np.load(folder / "tiny.npz")
+    arrays = {"x": data["train_x"], "label": data["train_label"]}
+    rng = feeds.order_rng(0)
+    for _ in range(epoch + 1):
+        order = feeds.epoch_order(arrays, batch, rng)
+    return next(feeds.batches(arrays, batch, order))
+
+
+@pytest.mark.parametrize("first, then, step", [
+    # sgd's first step from a fresh buffer is lr * g; rmsprop's momentum buffer (steps
+    # g / sqrt(avg g^2), not gradients) loaded as sgd's moved the weights far more
+    ("rmsprop(lr = 0.01, momentum = 0.9)", "sgd(lr = 0.05, momentum = 0.9)",
+     lambda g: 0.05 * g),
+    # Adam's first step from fresh moments is lr * g / (|g| + eps) (torch.optim.Adam); at the
+    # run's step count its bias correction scaled zeroed moments to ~0.64 of that here
+    ("sgd(lr = 0.05, momentum = 0.9)", "adam(lr = 0.01)",
+     lambda g: 0.01 * g / (np.abs(g) + 1e-8)),
+])
+def test_a_resume_onto_an_optimizer_of_other_slots_starts_it_fresh(folder, first, then, step):
+    """A resume switched to an optimizer that keeps other state starts that optimizer as
+    a new torch.optim one would: zero buffers and step count, while the schedule's place goes
+    on. The first resumed step is checked against the published update from the checkpoint's
+    weights and that batch's gradient."""
+    from nnlang_cli.app import parse_overrides
+    overfit_data(folder, val=False)
+    (folder / "tiny.nn").write_text(tiny_source(first, None).replace("epochs = 2", "epochs = 1"))
+    fit(str(folder / "tiny.nn"), out=folder / "run", backend="reference", progress=False)
+    before = checkpoint.load(folder / "run")
+    said = io.StringIO()
+    more = fit(str(folder / "tiny.nn"), out=folder / "run", resume=True, backend="reference",
+               progress=False, max_steps=before.step + 1, console=Console(file=said, width=300),
+               overrides=parse_overrides([f"optimizer={then}", "epochs=2"]))
+    old, new = first.partition("(")[0], then.partition("(")[0]
+    assert re.search(rf"optimizer {old}\(lr=[^)]*\) -> {new}\(lr=[^)]*\) \(its state starts "
+                     r"fresh\)", said.getvalue().replace("\n", " "))
+    assert f"{old}.lr" not in said.getvalue()
+    probe = nnlang.compile(str(folder / "tiny.nn"), backend="reference")
+    probe.load_state_dict({k: v for k, v in before.state.items() if k in probe.parameters()})
+    grads = probe.gradients(_first_batch_of_epoch(folder, 1))
+    after = more.net.parameters()
+    for k, g in grads.items():
+        want = before.state[k].astype(np.float64) - step(g.astype(np.float64))
+        np.testing.assert_allclose(after[k], want, rtol=1e-5, atol=1e-6, err_msg=k)
+    assert more.net.step == before.step + 1          # the schedule's place goes on
+    assert more.net.state_dict()["optimizer.step"] == 1
 
 
 def test_l1_adds_lambda_sum_abs_weights(folder):

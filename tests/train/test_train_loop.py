@@ -303,11 +303,16 @@ def test_an_unnamed_loss_among_several_leaves_loss_the_total_in_training_and_val
     rng = np.random.default_rng(0)
     arrays = {"x": rng.normal(size=(8, 4)).astype(np.float32),
               "label": rng.integers(0, 3, 8).astype(np.int32)}
-    each = net.evaluate(arrays)   # the model's own losses, by name
-    total = each["cross_entropy"] + each["loss"]
+    # each loss alone, from a model holding only it (the same weights: the same seed and names)
+    small = src.replace("  loss cross_entropy(logits, label)\n", "")
+    ce = nnlang.compile(TINY, backend="reference", batch=4).evaluate(arrays)["cross_entropy"]
+    total = ce + nnlang.compile(small, backend="reference", batch=4).evaluate(arrays)["loss"]
+    each = net.evaluate(arrays)   # the total under `loss`, as training reports it
+    assert each["loss"] == pytest.approx(total, rel=1e-6)
+    assert each["cross_entropy"] == pytest.approx(ce, rel=1e-6)
     got = evaluate(net, arrays, 8)
     assert got["loss"] == pytest.approx(total, rel=1e-6)
-    assert got["cross_entropy"] == pytest.approx(each["cross_entropy"], rel=1e-6)
+    assert got["cross_entropy"] == pytest.approx(ce, rel=1e-6)
     assert net.train_step(arrays) == pytest.approx(total, rel=1e-6)   # before the update
     assert set(net.last_metrics) == {"cross_entropy", "acc"}
 
@@ -346,6 +351,21 @@ def test_the_explosion_rule():
         g.check(EXPLODED * 2, 0, 2, 3, None)
     with pytest.raises(NNError, match="the loss is nan"):
         DivergenceGuard(start=1.0).check(float("nan"), 0, 0, 1, None)
+
+
+def test_a_nan_after_a_gradient_that_is_not_finite_under_clip_norm_is_not_told_to_clip(tiny):
+    """d sqrt(s) / ds is inf at s = 0 while the loss is finite: the clipped global norm is inf
+    and the step makes the weights nan (torch's clip_grad_norm_ does the same), so the next
+    step's loss is nan. The hint told a run that clips to set clip_norm; it now says why
+    clipping did not help."""
+    tiny.write_text(TINY.replace("loss cross_entropy(logits, label)",
+                                 "param s: float32[3] = zeros\n"
+                                 "  loss cross_entropy(logits, label) + mean(sqrt(s))")
+                    .replace("batch = 4", "batch = 4\n  clip_norm = 1.0"))
+    with pytest.raises(NNError, match=r"loss is nan at epoch 1, step 2 ") as err:
+        run(tiny)
+    hint = err.value.diagnostics[0].hint
+    assert "set clip_norm" not in hint and "clip_norm = 1 cannot bound a gradient" in hint
 
 
 def test_the_newest_run_is_found_by_its_time_then_its_suffix(tmp_path):
