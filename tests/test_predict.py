@@ -351,6 +351,43 @@ def test_npz_pixels_are_scaled_as_a_png_of_them_is(tmp_path):
     np.testing.assert_allclose([r["probability"] for r in got], p.max(1), rtol=1e-5)
 
 
+CONDITIONAL = """
+model Conditional {
+  input IMAGE: float32[batch, 784]
+  input label: int32[batch]
+  logits = dense(concat(IMAGE, one_hot(label, 10), axis = -1), 3)
+  output logits
+  loss mean(logits * logits)
+}
+train Conditional { data = mnist_sample batch = 8 }
+"""
+
+
+@pytest.mark.parametrize("image", ["image", "x"])
+def test_a_conditional_image_models_label_input_is_a_class_id(tmp_path, image):
+    """A conditional model (a CVAE's label one-hot beside the picture) on an image data set:
+    predict read every input as a picture, and the label's 3 failed with "image has shape (),
+    expected 28 x 28". The picture input matches by name or, as in training, by role."""
+    from nnlang.data import load_dataset
+    (tmp_path / "c.nn").write_text(CONDITIONAL.replace("IMAGE", image))
+    cli("train", "c.nn", "--backend", "reference", "--max-steps", "1", "--out", "run",
+        code=0, cwd=tmp_path)
+    state = checkpoint.load(tmp_path / "run").state
+    pixels = (load_dataset("mnist-sample").test["image"][:2, 0] * 255).round().astype(np.uint8)
+    labels = np.array([3, 7], np.int32)
+    np.savez(tmp_path / "c.npz", **{image: pixels, "label": labels})
+    np.save(tmp_path / "one.npy", pixels[1])
+    want = np.concatenate([pixels.reshape(2, 784) / 255.0, np.eye(10)[labels]], 1) \
+        @ state["logits.weight"] + state["logits.bias"]
+    got = json_lines(cli("predict", "c.nn", "-c", "run", "--npz", "c.npz", "--backend",
+                         "reference", "--json", code=0, cwd=tmp_path))
+    np.testing.assert_allclose([r["value"] for r in got], want, rtol=1e-5, atol=1e-6)
+    got = json_lines(cli("predict", "c.nn", "-c", "run", "--input", f"{image}=one.npy",
+                         "--input", "label=7", "--backend", "reference", "--json", code=0,
+                         cwd=tmp_path))
+    np.testing.assert_allclose([r["value"] for r in got], want[1:], rtol=1e-5, atol=1e-6)
+
+
 CUT = """
 model Cut {
   input x: float32[batch, 1]

@@ -438,6 +438,133 @@ def test_binary_accuracy_at_half_on_logits_is_a_located_warning(metric, warned):
         assert "threshold = 0" in text
 
 
+@pytest.mark.parametrize("momentum,keras", [("0.99", "0.01"), ("0.9", "0.1"), ("0.1", None),
+                                            ("0.01", None), ("0.5", None)])
+def test_a_keras_batch_norm_momentum_is_a_located_warning(momentum, keras):
+    """batch_norm's momentum is PyTorch's share of the new batch (tests/test_textbook_models.py
+    checks the running statistics against torch); Keras' 0.99 is the share kept, and here made
+    the running statistics almost the last batch's, silently."""
+    src = f"""model M {{
+  input x: float32[batch, 3, 8, 8]
+  h = conv2d(x, 4, 3) |> relu
+  output y = batch_norm(h, momentum = {momentum})
+}}"""
+    warnings = load(src).warnings
+    assert len(warnings) == (keras is not None)
+    if keras:
+        text = warnings[0].render()
+        assert text.startswith("<string>:4:14: warning: batch_norm's momentum")
+        assert f"Keras' momentum = {momentum} is `momentum = {keras}` here" in text
+
+
+@pytest.mark.parametrize("line,warned", [
+    ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> batch_norm", True),
+    ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> relu |> batch_norm", True),
+    ("conv1d(permute(x, [0, 2, 1]), 4, 3, padding = [2, 0]) |> batch_norm", False),
+    ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> conv1d(4, 3)", "conv1d"),
+    ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> global_avg_pool",
+     "global_avg_pool"),
+    ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> conv1d(4, 3, "
+     "channels_last = true) |> global_avg_pool(channels_last = true)", False),
+    # the hint's rewrite: the channels first, and back
+    ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> permute([0, 2, 1]) "
+     "|> batch_norm |> permute([0, 2, 1])", False),
+])
+def test_a_channels_first_layer_after_a_channels_last_conv_is_a_located_warning(line, warned):
+    """batch_norm reads axis 1 as channels: after conv1d(channels_last = true) on [batch, 12,
+    2] it normalized 12 time steps, with 48 weights, silently (and a conv or global pool
+    without channels_last read the 12 steps as channels). The hint's rewrite normalizes
+    the conv's 4 channels (numpy: the conv, then each channel by its running statistics)."""
+    from tests import reference as ref
+    src = f"""model M {{
+  input x: float32[batch, 12, 2]
+  output h = {line}
+}}"""
+    warnings = load(src).warnings
+    assert len(warnings) == int(bool(warned))
+    if isinstance(warned, str):     # a conv or pool after it: channels_last there too
+        assert warnings[0].render().startswith(
+            f"<string>:3:14: warning: {warned} reads axis 1 of [batch, 12, 4] as 12 channels, "
+            "but the conv1d before it puts its 4 channels last")
+        assert f"hint: pass channels_last = true to this {warned} too" in warnings[0].render()
+    elif warned:
+        text = warnings[0].render()
+        assert text.startswith("<string>:3:14: warning: batch_norm normalizes axis 1 of "
+                               "[batch, 12, 4] as 12 channels, but the conv1d before it")
+        assert "permute(h, [0, 2, 1]) |> batch_norm, then permute back" in text
+        net = nnlang.compile(src.replace(line, line.replace(
+            "|> batch_norm", "|> permute([0, 2, 1]) |> batch_norm |> permute([0, 2, 1])")),
+            dtype="float64", batch=3, seed=0)
+        p = net.parameters()
+        assert p["h.gamma"].shape == (4,)
+        x = np.random.default_rng(0).normal(size=(3, 12, 2))
+        y = ref.conv(x, p["conv1d.weight"], p["conv1d.bias"], kernel=[3], stride=1,
+                     padding=[2, 0], dilation=1, channels_last=True)        # [3, 12, 4]
+        if "relu" in line:
+            y = np.maximum(y, 0)
+        want = (y - p["h.running_mean"]) / np.sqrt(p["h.running_var"] + 1e-5) * p["h.gamma"] \
+            + p["h.beta"]
+        np.testing.assert_allclose(net.forward({"x": x})["h"], want, rtol=1e-12, atol=1e-14)
+
+
+def test_a_loss_in_a_repeat_says_to_carry_a_sum():
+    """Deep supervision's loss per layer inside `repeat` failed with "loss 'aux' is declared
+    twice", a line written once; the hint's carried sum is the sum of the layers' losses."""
+    body = """model Deep {
+  input x: float32[batch, 4]
+  input y: float32[batch]
+  h = x
+  LOOP
+}"""
+    with pytest.raises(nnlang.NNError) as err:
+        load(body.replace("LOOP", "repeat 2 {\n    h = dense(h, 4) |> relu\n"
+                                  "    loss aux = mean((sum(h, axis = -1) - y) ** 2)\n  }"))
+    text = err.value.diagnostics[0].render()
+    assert "error: loss 'aux' inside `repeat` is declared again by each copy" in text
+    assert "`total = 0.0` before, `total = total + ...` inside, `loss aux = total` after" in text
+    net = nnlang.compile(body.replace("LOOP", "total = 0.0\n  repeat 2 {\n    h = dense(h, 4) "
+                                      "|> relu\n    total = total + mean((sum(h, axis = -1) - y)"
+                                      " ** 2)\n  }\n  loss aux = total"),
+                         dtype="float64", batch=3, seed=0)
+    p, rng = net.parameters(), np.random.default_rng(0)
+    f = {"x": rng.normal(size=(3, 4)), "y": rng.normal(size=3)}
+    h, want = f["x"], 0.0
+    for k in ("h.0.weight", "h.1.weight"):
+        h = np.maximum(h @ p[k] + p[k.replace("weight", "bias")], 0)
+        want += np.mean((h.sum(-1) - f["y"]) ** 2)
+    assert net.evaluate(f)["aux"] == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("weights,warned", [
+    ("dense(x, 1) |> softmax", "softmax over axis -1 of [batch, 12, 1]"),
+    ("dense(x, 1, activation = \"softmax\")", "softmax over axis -1 of [batch, 12, 1]"),
+    ("dense(x, 1) |> log_softmax |> exp", "log_softmax over axis -1 of [batch, 12, 1]"),
+    ("dense(x, 1) |> softmax(axis = 1)", None),              # the hint's fix: over time
+])
+def test_a_softmax_over_an_axis_of_one_is_a_located_warning(weights, warned):
+    """Attention pooling with Keras' Dense(1, activation="softmax"): each time step normalized
+    alone, a weight of 1 everywhere and no gradient into the scoring layer, silently."""
+    src = f"""model Pool {{
+  input x: float32[batch, 12, 4]
+  input y: float32[batch]
+  w = {weights}
+  loss mse(sum(sum(x * w, axis = 1), axis = -1), y)
+}}"""
+    warnings = load(src).warnings
+    assert len(warnings) == (warned is not None)
+    net = nnlang.compile(src, dtype="float64", batch=2, seed=0)
+    rng = np.random.default_rng(0)
+    grad = net.gradients({"x": rng.normal(size=(2, 12, 4)), "y": rng.normal(size=2)})["w.weight"]
+    if warned:
+        text = warnings[0].render()
+        assert text.startswith(f"<string>:4:7: warning: {warned}, an axis of size 1, is")
+        assert "hint: normalize over the axis that holds the choices, e.g. `softmax(..., axis = "\
+               "1)` over its 12 entries" in text
+        assert not grad.any()                 # what the warning says: no gradient
+    else:
+        assert np.abs(grad).max() > 1e-6
+
+
 def test_logits_into_cross_entropy_give_no_warning():
     for path in ("models/mlp.nn", "models/cnn.nn", "models/transformer.nn"):
         assert load(path).warnings == []

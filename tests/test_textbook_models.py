@@ -378,8 +378,10 @@ def _torch_twin(name, torch, t, f):
         return loss, {"rmse": loss.item() ** 0.5}
     if name == "skip_gram":     # word2vec: -log s(pos) - sum_k log s(-neg_k)
         c, o, n = t["c.weight"][f["center"]], t["o.weight"][f["context"]], t["o.weight"][f["noise"]]
-        neg = F.softplus((c[:, None] * n).sum(-1)).sum(-1)
-        return (F.softplus(-(c * o).sum(-1)) + neg).mean(), {}
+        pos, neg = F.softplus(-(c * o).sum(-1)).mean(), \
+            F.softplus((c[:, None] * n).sum(-1)).sum(-1).mean()
+        # NOTE: two losses: the step reports each by name besides their sum
+        return pos + neg, {"positive": pos.item(), "negative": neg.item()}
     if name == "triplet":
         def tower(x):
             return dense(torch.tanh(dense(x, "a.dense")), "a.dense_1")
@@ -553,3 +555,591 @@ def test_share_names_any_result_of_a_return_state_call(shared):
     np.testing.assert_allclose(out["s2"], out["s"], rtol=1e-12)
     np.testing.assert_allclose(out["h2"], out["h"], rtol=1e-12)
     assert not np.allclose(out["s"], 0)
+
+
+# *** third round: autoencoders, DenseNet, tied LM, pre-LN decoder, TCN, a multi-task run ***
+# Each model as a student writes it from docs/language.md, 3 optimizer steps against a torch
+# twin on nnlang's initial weights (float64), and a numpy check of the same model for CI.
+
+def _mnist_rows(n):
+    from nnlang.data.registry import MNIST_SAMPLE
+    with np.load(MNIST_SAMPLE) as arrays:
+        return (arrays["train_image"][:n].reshape(n, 784) / 255.0,
+                arrays["train_label"][:n].astype(np.int32))
+
+
+def _steps_against(net, torch, t, batches, loss_fn, opt, rtol=1e-9):
+    """3 steps: nnlang's gradients, loss and weights after each step equal the torch twin's."""
+    for f in batches:
+        loss = loss_fn(f)
+        opt.zero_grad()
+        loss.backward()
+        got = net.gradients(f)
+        for k in got:
+            np.testing.assert_allclose(got[k], t[k].grad.numpy(), rtol=rtol, atol=1e-11,
+                                       err_msg=k)
+        assert net.train_step(f) == pytest.approx(loss.item(), rel=1e-10)
+        opt.step()
+        for k, v in net.parameters().items():
+            np.testing.assert_allclose(v, t[k].detach().numpy(), rtol=rtol, atol=1e-9,
+                                       err_msg=k)
+
+
+def _torch_weights(torch, net, frozen=()):
+    return {k: torch.tensor(v, requires_grad=k not in frozen)
+            for k, v in net.parameters().items()}
+
+
+DAE = """
+model Dae(hidden = 16) {
+  input image: float32[batch, 784]
+  input clean: float32[batch, 784]
+  recon = dropout(image, 0.3) |> dense(hidden) |> relu |> dense(784) |> sigmoid
+  output recon
+  loss bce(recon, clean)                  # per pixel: the mean over batch and pixels
+}
+train Dae {
+  optimizer = adam(lr = 0.01)
+  batch = 8
+}
+"""
+
+
+def _dae_batches():
+    images, _ = _mnist_rows(24)
+    return [{"image": images[i:i + 8], "clean": images[i:i + 8]} for i in (0, 8, 16)]
+
+
+def test_denoising_autoencoder_against_pytorch():
+    """The dropout mask of each step is read off d(loss)/d(image) (zero where a pixel was
+    dropped, 1/0.7 times the noisy input's gradient elsewhere) and given to the twin."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = nnlang.compile(DAE, dtype="float64", batch=8, seed=1)
+    t = _torch_weights(torch, net)
+
+    def loss_fn(f):
+        keep = net.gradients(f, inputs="image")["image"] != 0
+        assert 0.6 < keep.mean() < 0.8
+        x = torch.from_numpy(f["image"])
+        h = F.relu((x * torch.from_numpy(keep) / 0.7) @ t["dense.weight"] + t["dense.bias"])
+        return F.binary_cross_entropy(torch.sigmoid(h @ t["recon.weight"] + t["recon.bias"]), x)
+    _steps_against(net, torch, t, _dae_batches(), loss_fn,
+                   torch.optim.Adam(list(t.values()), lr=0.01))
+
+
+def test_denoising_autoencoder_evaluates_without_dropout_numpy():
+    from tests import reference as ref
+    net = nnlang.compile(DAE, dtype="float64", batch=8, seed=1)
+    p, f = net.parameters(), _dae_batches()[0]
+    recon = ref.sigmoid(np.maximum(f["image"] @ p["dense.weight"] + p["dense.bias"], 0)
+                        @ p["recon.weight"] + p["recon.bias"])
+    np.testing.assert_allclose(net.forward(f)["recon"], recon, rtol=1e-12)
+    assert net.evaluate(f)["bce"] == pytest.approx(ref.bce(recon, f["clean"], eps=1e-7),
+                                                   rel=1e-12)
+
+
+CVAE = """
+model Cvae(hidden = 16, latent = 2) {
+  input image: float32[batch, 784]
+  input label: int32[batch]
+  y = one_hot(label, 10)
+  h = dense(concat(image, y, axis = -1), hidden) |> relu
+  mu = dense(h, latent)
+  logvar = dense(h, latent)
+  z = mu + exp(0.5 * logvar) * random_normal_like(mu)
+  recon = dense(concat(z, y, axis = -1), hidden) |> relu |> dense(784) |> sigmoid
+  output recon
+  loss reconstruction = 784 * bce(recon, image)
+  loss kl = mean(sum(-0.5 * (1 + logvar - mu * mu - exp(logvar)), axis = 1))
+}
+train Cvae {
+  optimizer = adam(lr = 0.01)
+  batch = 8
+}
+"""
+
+
+def _cvae_batches():
+    images, labels = _mnist_rows(24)
+    return [{"image": images[i:i + 8], "label": labels[i:i + 8]} for i in (0, 8, 16)]
+
+
+def test_conditional_vae_against_pytorch():
+    """The label's one-hot goes into the encoder and, beside z, into the decoder; the twin
+    draws the same noise (the step's key and the site's salt through nnlang's generator)."""
+    torch = pytest.importorskip("torch")
+    from nnlang.ops.random import _normal_impl
+    F = torch.nn.functional
+    net = nnlang.compile(CVAE, dtype="float64", batch=8, seed=1)
+    salt, = (n.attrs["salt"] for n in net.graph("train") if n.op == "random_normal")
+    t = _torch_weights(torch, net)
+
+    def dense(x, n):
+        return x @ t[f"{n}.weight"] + t[f"{n}.bias"]
+
+    def loss_fn(f):
+        key = np.int64(1 * 1_000_003 + net.step)    # the net's key for its next step
+        eps = torch.from_numpy(_normal_impl(key, shape=[8, 2], salt=salt).astype(np.float64))
+        x = torch.from_numpy(f["image"])
+        y = F.one_hot(torch.from_numpy(f["label"]).long(), 10).double()
+        h = F.relu(dense(torch.cat([x, y], -1), "h"))
+        mu, logvar = dense(h, "mu"), dense(h, "logvar")
+        z = mu + torch.exp(0.5 * logvar) * eps
+        recon = torch.sigmoid(dense(F.relu(dense(torch.cat([z, y], -1), "dense")), "recon"))
+        rec = 784 * F.binary_cross_entropy(recon, x)
+        kl = (-0.5 * (1 + logvar - mu * mu - logvar.exp())).sum(1).mean()
+        loss_fn.parts = {"reconstruction": rec.item(), "kl": kl.item()}
+        return rec + kl
+    _steps_against(net, torch, t, _cvae_batches(), loss_fn,
+                   torch.optim.Adam(list(t.values()), lr=0.01))
+    assert net.last_metrics == pytest.approx(loss_fn.parts, rel=1e-10)
+
+
+def test_conditional_vae_evaluates_at_the_mean_numpy():
+    """Evaluation decodes z = mu (no draw); the encoder takes 784 + 10 inputs and the decoder
+    latent + 10."""
+    from tests import reference as ref
+    net = nnlang.compile(CVAE, dtype="float64", batch=8, seed=1)
+    p, f = net.parameters(), _cvae_batches()[0]
+    assert p["h.weight"].shape == (794, 16) and p["dense.weight"].shape == (12, 16)
+    y = np.eye(10)[f["label"]]
+
+    def dense(x, n):
+        return x @ p[f"{n}.weight"] + p[f"{n}.bias"]
+    h = np.maximum(dense(np.concatenate([f["image"], y], -1), "h"), 0)
+    mu, logvar = dense(h, "mu"), dense(h, "logvar")
+    recon = ref.sigmoid(dense(np.maximum(dense(np.concatenate([mu, y], -1), "dense"), 0),
+                              "recon"))
+    kl = np.mean(np.sum(-0.5 * (1 + logvar - mu ** 2 - np.exp(logvar)), axis=1))
+    want = {"reconstruction": 784 * ref.bce(recon, f["image"], eps=1e-7), "kl": kl}
+    assert net.evaluate(f) == pytest.approx({"loss": sum(want.values()), **want}, rel=1e-12)
+
+
+DENSENET = """
+block DenseLayer(x, growth) {
+  return batch_norm(x) |> relu |> conv2d(growth, 3, padding = 1, use_bias = false)
+}
+block DenseBlock(x, growth) {
+  x1 = concat(x, DenseLayer(x, growth), axis = 1)
+  x2 = concat(x1, DenseLayer(x1, growth), axis = 1)
+  return concat(x2, DenseLayer(x2, growth), axis = 1)
+}
+model DenseNet {
+  input image: float32[batch, 2, 6, 6]
+  input label: int32[batch]
+  d = DenseBlock(image, 3)                                  # 2 + 3 * 3 = 11 channels
+  t = conv2d(d, 4, 1, use_bias = false)
+  # depthwise: conv2d has no groups, so one single-channel conv per channel
+  dw = concat(conv2d(t[:, 0:1], 1, 3, padding = 1), conv2d(t[:, 1:2], 1, 3, padding = 1),
+              conv2d(t[:, 2:3], 1, 3, padding = 1), conv2d(t[:, 3:4], 1, 3, padding = 1),
+              axis = 1)
+  pw = conv2d(dw, 6, 1) |> batch_norm(momentum = 0.3) |> relu
+  logits = global_avg_pool(pw) |> dense(3)
+  output logits
+  loss cross_entropy(logits, label)
+}
+train DenseNet {
+  optimizer = sgd(lr = 0.1, momentum = 0.9)
+  batch = 4
+}
+"""
+DEPTHWISE = ("dw", "conv2d", "conv2d_1", "conv2d_2")     # channels 0..3
+
+
+def _densenet_batches():
+    rng = np.random.default_rng(0)
+    return [{"image": rng.normal(size=(4, 2, 6, 6)),
+             "label": rng.integers(0, 3, 4).astype(np.int32)} for _ in range(3)]
+
+
+def test_densenet_block_and_depthwise_separable_conv_against_pytorch():
+    """Concatenated feature maps, the depthwise conv as torch's groups = channels, and
+    batch_norm: its running statistics after 3 steps (momentum 0.1 and 0.3, PyTorch's
+    convention) and the evaluation forward that normalizes with them."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = nnlang.compile(DENSENET, dtype="float64", batch=4, seed=1)
+    t = _torch_weights(torch, net, frozen=[k for k in net.parameters() if ".running_" in k])
+
+    def bn(x, n, training, momentum=0.1):
+        return F.batch_norm(x, t[f"{n}.running_mean"], t[f"{n}.running_var"], t[f"{n}.gamma"],
+                            t[f"{n}.beta"], training=training, momentum=momentum, eps=1e-5)
+
+    def model(x, training=True):
+        for n in ("d.DenseLayer", "d.DenseLayer_1", "d.DenseLayer_2"):
+            h = F.relu(bn(x, f"{n}.batch_norm", training))
+            x = torch.cat([x, F.conv2d(h, t[f"{n}.conv2d.weight"], padding=1)], 1)
+        y = F.conv2d(F.conv2d(x, t["t.weight"]), torch.cat([t[f"{n}.weight"] for n in DEPTHWISE]),
+                     torch.cat([t[f"{n}.bias"] for n in DEPTHWISE]), padding=1, groups=4)
+        y = F.relu(bn(F.conv2d(y, t["conv2d_3.weight"], t["conv2d_3.bias"]), "pw", training, 0.3))
+        return y.mean((2, 3)) @ t["logits.weight"] + t["logits.bias"]
+
+    def loss_fn(f):
+        return F.cross_entropy(model(torch.from_numpy(f["image"])),
+                               torch.from_numpy(f["label"]).long())
+    batches = _densenet_batches()
+    weights = [v for v in t.values() if v.requires_grad]
+    _steps_against(net, torch, t, batches, loss_fn,
+                   torch.optim.SGD(weights, lr=0.1, momentum=0.9))
+    with torch.no_grad():
+        want = model(torch.from_numpy(batches[0]["image"]), training=False).numpy()
+    np.testing.assert_allclose(net.forward(batches[0])["logits"], want, rtol=1e-9, atol=1e-12)
+
+
+def test_densenet_depthwise_separable_parameter_count_numpy():
+    """Keras' summary by hand: batch_norm 4 per channel, the 4 depthwise convs 9 + 1 each."""
+    graph = nnlang.load(DENSENET).graph
+    got = sum(int(np.prod(graph.node(nid).shape)) for nid in graph.params.values())
+    dense_block = sum(4 * c + 3 * c * 9 for c in (2, 5, 8))
+    assert got == dense_block + 11 * 4 + 4 * 10 + (4 * 6 + 6) + 4 * 6 + 6 * 3 + 3
+
+
+TIED_LM = """
+model TiedLm(vocab = 12, dim = 5) {
+  input tokens: int32[batch, 7]
+  input target: int32[batch, 7]
+  emb = embedding(tokens, vocab, dim)
+  h = lstm(emb, dim, return_sequences = true)
+  logits = h @ transpose(emb.weight, perm = [1, 0])       # the output layer is the embedding
+  output logits
+  loss cross_entropy(logits, target)
+}
+train TiedLm {
+  optimizer = adam(lr = 0.01)
+  batch = 3
+}
+"""
+
+
+def _lm_batches():
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(3):
+        s = rng.integers(0, 12, (3, 8)).astype(np.int32)
+        out.append({"tokens": s[:, :-1].copy(), "target": s[:, 1:].copy()})
+    return out
+
+
+def test_tied_lstm_language_model_against_pytorch():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = nnlang.compile(TIED_LM, dtype="float64", batch=3, seed=1)
+    t = _torch_weights(torch, net)
+    assert sorted(t) == ["emb.weight", "h.bias", "h.kernel", "h.recurrent"]
+
+    def loss_fn(f):   # a Keras LSTM (gates i, f, c, o) unrolled
+        e = t["emb.weight"]
+        x, u = e[torch.from_numpy(f["tokens"]).long()], 5
+        h = c = torch.zeros(3, u, dtype=torch.float64)
+        hs = []
+        for s in range(7):
+            z = x[:, s] @ t["h.kernel"] + h @ t["h.recurrent"] + t["h.bias"]
+            i, f_, g, o = (z[:, k * u:(k + 1) * u] for k in range(4))
+            c = torch.sigmoid(f_) * c + torch.sigmoid(i) * torch.tanh(g)
+            o = torch.sigmoid(o)
+            h = o * torch.tanh(c)
+            hs.append(h)
+        logits = torch.stack(hs, 1) @ e.T
+        target = torch.from_numpy(f["target"]).long()
+        return F.cross_entropy(logits.reshape(-1, 12), target.reshape(-1))
+    _steps_against(net, torch, t, _lm_batches(), loss_fn,
+                   torch.optim.Adam(list(t.values()), lr=0.01))
+
+
+def test_tied_embedding_gradient_is_the_sum_of_both_uses_numpy():
+    """The same model with an untied output matrix set to the embedding's transpose: the tied
+    matrix's gradient is the embedding's gradient plus the output matrix's, transposed."""
+    untied = TIED_LM.replace("h @ transpose(emb.weight, perm = [1, 0])", "h @ out") \
+        .replace("  h = lstm", "  param out: float32[dim, vocab]\n  h = lstm")
+    tied = nnlang.compile(TIED_LM, dtype="float64", batch=3, seed=1)
+    apart = nnlang.compile(untied, dtype="float64", batch=3, seed=1)
+    p = tied.parameters()
+    apart.load_state_dict({**p, "out": p["emb.weight"].T.copy()})
+    f = _lm_batches()[0]
+    g, h = tied.gradients(f), apart.gradients(f)
+    assert np.abs(h["out"]).max() > 1e-3 and np.abs(h["emb.weight"]).max() > 1e-6
+    np.testing.assert_allclose(g["emb.weight"], h["emb.weight"] + h["out"].T, rtol=1e-10,
+                               atol=1e-14)
+    for k in ("h.kernel", "h.recurrent", "h.bias"):
+        np.testing.assert_allclose(g[k], h[k], rtol=1e-10, atol=1e-14)
+
+
+DECODER = """
+model Decoder(vocab = 11, dim = 8, smoothing = 0.1) {
+  input tokens: int32[batch, 6]
+  input target: int32[batch, 6]
+  x = embedding(tokens, vocab, dim) |> positional_encoding(kind = "learned")
+  a = x + multi_head_attention(layer_norm(x), heads = 2, causal = true)      # pre-norm
+  h = a + (layer_norm(a) |> dense(4 * dim) |> gelu(approximate = "APPROX") |> dense(dim))
+  logits = layer_norm(h) |> dense(vocab)
+  output logits
+  # label smoothing (cross_entropy has no option): the smoothed one-hot as float targets
+  soft = (1 - smoothing) * one_hot(target, vocab) + smoothing / vocab
+  loss cross_entropy(logits, soft)
+  metric acc = accuracy(logits, target)
+}
+train Decoder {
+  optimizer = adamw(lr = 0.01)
+  batch = 3
+}
+"""
+
+
+def _decoder_batches():
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(3):
+        s = rng.integers(0, 11, (3, 7)).astype(np.int32)
+        out.append({"tokens": s[:, :-1].copy(), "target": s[:, 1:].copy()})
+    return out
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_pre_norm_causal_decoder_against_pytorch(approximate):
+    """torch's cross_entropy(label_smoothing = 0.1), F.gelu(approximate=...) and AdamW (decay
+    0.01 on every weight); the two gelus differ by ~1e-5 in the loss, far above the tolerance."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = nnlang.compile(DECODER.replace("APPROX", approximate), dtype="float64", batch=3, seed=1)
+    t = _torch_weights(torch, net)
+
+    def ln(x, n):
+        return F.layer_norm(x, (8,), t[f"{n}.gamma"], t[f"{n}.beta"], 1e-5)
+
+    def dense(x, n):
+        return x @ t[f"{n}.weight"] + t[f"{n}.bias"]
+
+    def loss_fn(f):
+        tokens, target = (torch.from_numpy(f[k]).long() for k in ("tokens", "target"))
+        x = t["embedding.weight"][tokens] + t["x.weight"]
+        y = ln(x, "layer_norm")
+        q, k, v = ((y @ t[f"a.w{w}"] + t[f"a.b{w}"]).reshape(3, 6, 2, 4).transpose(1, 2)
+                   for w in "qkv")
+        future = torch.triu(torch.full((6, 6), -1e9, dtype=torch.float64), 1)
+        att = torch.softmax(q @ k.transpose(-1, -2) / 2.0 + future, -1) @ v
+        a = x + att.transpose(1, 2).reshape(3, 6, 8) @ t["a.wo"] + t["a.bo"]
+        h = a + dense(F.gelu(dense(ln(a, "layer_norm_1"), "dense"), approximate=approximate), "h")
+        logits = dense(ln(h, "layer_norm_2"), "logits")
+        loss_fn.acc = (logits.argmax(-1) == target).double().mean().item()
+        return F.cross_entropy(logits.reshape(-1, 11), target.reshape(-1), label_smoothing=0.1)
+    _steps_against(net, torch, t, _decoder_batches(), loss_fn,
+                   torch.optim.AdamW(list(t.values()), lr=0.01, weight_decay=0.01), rtol=1e-8)
+    assert net.last_metrics == pytest.approx({"acc": loss_fn.acc})
+
+
+def test_decoder_smoothed_loss_and_causality_numpy():
+    """The smoothed targets give (1 - e) * nll + e * mean over classes of -log p (torch's
+    label_smoothing); a later token changes no earlier position's logits."""
+    from tests import reference as ref
+    net = nnlang.compile(DECODER.replace("APPROX", "tanh"), dtype="float64", batch=3, seed=1)
+    f = _decoder_batches()[0]
+    logits = net.forward(f)["logits"]
+    logp = ref.log_softmax(logits)
+    nll = -np.take_along_axis(logp, f["target"][..., None], -1).mean()
+    assert net.evaluate(f)["cross_entropy"] == pytest.approx(
+        0.9 * nll + 0.1 * -logp.mean(), rel=1e-12)
+    later = dict(f, tokens=f["tokens"].copy())
+    later["tokens"][:, 4:] = (later["tokens"][:, 4:] + 1) % 11
+    moved = net.forward(later)["logits"]
+    np.testing.assert_allclose(moved[:, :4], logits[:, :4], rtol=1e-12, atol=1e-14)
+    assert np.abs(moved[:, 4:] - logits[:, 4:]).max() > 1e-3
+
+
+TCN = """
+block Causal(x, filters, dilation) {
+  # causal: (kernel - 1) * dilation zeros before the sequence, none after
+  h = conv1d(x, filters, 3, dilation = dilation, padding = [2 * dilation, 0]) |> relu
+  return h + x
+}
+model Tcn(classes = 3) {
+  input x: float32[batch, 2, 12]
+  input label: int32[batch]
+  h0 = conv1d(x, 4, 1)
+  h1 = Causal(h0, 4, 1)
+  h2 = Causal(h1, 4, 2)
+  h3 = Causal(h2, 4, 4)
+  s = permute(h3, [0, 2, 1])                                # [batch, time, 4]
+  w = dense(s, 1) |> squeeze(axis = -1) |> softmax        # attention weights over time
+  pooled = sum(s * unsqueeze(w, axis = -1), axis = 1)
+  logits = dense(pooled, classes)
+  output logits
+  output h3
+  output w
+  loss cross_entropy(logits, label)
+}
+train Tcn {
+  optimizer = sgd(lr = 0.1, momentum = 0.9, nesterov = true)
+  batch = 4
+}
+"""
+
+
+def _tcn_batches():
+    rng = np.random.default_rng(0)
+    return [{"x": rng.normal(size=(4, 2, 12)), "label": rng.integers(0, 3, 4).astype(np.int32)}
+            for _ in range(3)]
+
+
+def test_dilated_causal_tcn_with_attention_pooling_against_pytorch():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = nnlang.compile(TCN, dtype="float64", batch=4, seed=1)
+    t = _torch_weights(torch, net)
+
+    def loss_fn(f):
+        h = F.conv1d(torch.from_numpy(f["x"]), t["h0.weight"], t["h0.bias"])
+        for n, d in (("h1", 1), ("h2", 2), ("h3", 4)):
+            h = F.relu(F.conv1d(F.pad(h, (2 * d, 0)), t[f"{n}.h.weight"], t[f"{n}.h.bias"],
+                                dilation=d)) + h
+        s = h.transpose(1, 2)
+        w = torch.softmax((s @ t["w.weight"] + t["w.bias"]).squeeze(-1), -1)
+        logits = (s * w[..., None]).sum(1) @ t["logits.weight"] + t["logits.bias"]
+        return F.cross_entropy(logits, torch.from_numpy(f["label"]).long())
+    _steps_against(net, torch, t, _tcn_batches(), loss_fn,
+                   torch.optim.SGD(list(t.values()), lr=0.1, momentum=0.9, nesterov=True))
+
+
+def test_tcn_is_causal_and_pools_by_its_weights_numpy():
+    """A change at step 9 leaves the features of steps 0..8 as they were; the pooling weights
+    sum to 1 over time and the head reads their weighted sum."""
+    net = nnlang.compile(TCN, dtype="float64", batch=4, seed=1)
+    p, f = net.parameters(), _tcn_batches()[0]
+    out = net.forward(f)
+    later = dict(f, x=f["x"].copy())
+    later["x"][:, :, 9] += 1.0
+    moved = net.forward(later)["h3"]
+    np.testing.assert_allclose(moved[:, :, :9], out["h3"][:, :, :9], rtol=1e-12, atol=1e-14)
+    assert np.abs(moved[:, :, 9:] - out["h3"][:, :, 9:]).max() > 1e-6
+    np.testing.assert_allclose(out["w"].sum(-1), 1.0, rtol=1e-12)
+    pooled = np.einsum("bct,bt->bc", out["h3"], out["w"])
+    np.testing.assert_allclose(out["logits"], pooled @ p["logits.weight"] + p["logits.bias"],
+                               rtol=1e-12)
+
+
+MULTI_TASK = """
+model MultiTask(hidden = 8, w_reg = 0.3) {
+  input x: float32[batch, 6]
+  input label: int32[batch]
+  input value: float32[batch]
+  h = dense(x, hidden) |> tanh
+  logits = dense(h, 3)
+  pred = dense(h, 1) |> squeeze(axis = -1)
+  output logits
+  output pred
+  loss cls = 0.7 * cross_entropy(logits, label)
+  loss reg = w_reg * mse(pred, value)
+  metric acc = accuracy(logits, label)
+  metric mae = mean(abs(pred - value))
+}
+train MultiTask {
+  data = "mt.npz"
+  optimizer = adam(lr = 0.05)
+  batch = 16
+  epochs = 3
+}
+"""
+
+
+def _multi_task_run(tmp_path):
+    """`nnlang train` on a 16-row .npz, one full batch a step (so the data order cannot
+    matter), the regression weight set from the command line; metrics.csv's rows."""
+    import csv
+
+    from tests.faults.conftest import cli
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6)).astype(np.float32)
+    data = {"x": x, "label": rng.integers(0, 3, 16).astype(np.int32),
+            "value": (2 * x[:, 0] + 0.1 * rng.normal(size=16)).astype(np.float32)}
+    np.savez(tmp_path / "mt.npz", **data)
+    (tmp_path / "mt.nn").write_text(MULTI_TASK)
+    cli("train", "mt.nn", "--out", "run", "--set", "w_reg=0.4", code=0, cwd=tmp_path)
+    with open(tmp_path / "run" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    start = nnlang.compile(MULTI_TASK.replace("w_reg = 0.3", "w_reg = 0.4"), seed=0)
+    return data, rows, start.parameters()
+
+
+def _multi_task_numpy(p, d):
+    from tests import reference as ref
+    h = np.tanh(d["x"] @ p["h.weight"] + p["h.bias"])
+    logits = h @ p["logits.weight"] + p["logits.bias"]
+    pred = (h @ p["pred.weight"] + p["pred.bias"])[:, 0]
+    cls, reg = 0.7 * ref.cross_entropy(logits, d["label"]), 0.4 * np.mean((pred - d["value"]) ** 2)
+    return {"train_loss": cls + reg, "train_cls": cls, "train_reg": reg,
+            "train_acc": np.mean(logits.argmax(-1) == d["label"]),
+            "train_mae": np.mean(np.abs(pred - d["value"]))}
+
+
+def test_multi_task_train_reports_each_weighted_loss_numpy(tmp_path):
+    """The first epoch's row is the initial weights' losses and metrics, each loss with its
+    weight (the one --set gave), and the total their sum, on every row."""
+    data, rows, p = _multi_task_run(tmp_path)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    want = _multi_task_numpy(p, data)
+    assert {k: float(rows[0][k]) for k in want} == pytest.approx(want, rel=1e-5)
+    for r in rows:
+        assert float(r["train_loss"]) == pytest.approx(
+            float(r["train_cls"]) + float(r["train_reg"]), rel=1e-6)
+
+
+def test_multi_task_train_against_pytorch(tmp_path):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    data, rows, p = _multi_task_run(tmp_path)
+    t = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
+    opt = torch.optim.Adam(list(t.values()), lr=0.05)
+    x, label, value = (torch.from_numpy(data[k]) for k in ("x", "label", "value"))
+    for row in rows:
+        h = torch.tanh(x @ t["h.weight"] + t["h.bias"])
+        logits = h @ t["logits.weight"] + t["logits.bias"]
+        pred = (h @ t["pred.weight"] + t["pred.bias"]).squeeze(-1)
+        cls, reg = 0.7 * F.cross_entropy(logits, label.long()), 0.4 * F.mse_loss(pred, value)
+        want = {"train_loss": (cls + reg).item(), "train_cls": cls.item(),
+                "train_reg": reg.item(), "train_mae": (pred - value).abs().mean().item(),
+                "train_acc": (logits.argmax(-1) == label).float().mean().item()}
+        assert {k: float(row[k]) for k in want} == pytest.approx(want, rel=2e-5)
+        opt.zero_grad()
+        (cls + reg).backward()
+        opt.step()
+    with np.load(tmp_path / "run" / "checkpoint.npz") as saved:
+        for k, v in t.items():
+            np.testing.assert_allclose(saved[f"state/{k}"], v.detach().numpy(), rtol=1e-4,
+                                       atol=1e-6, err_msg=k)
+
+
+def test_cross_entropy_ignore_index_hint_is_torchs_masked_mean():
+    """PyTorch's cross_entropy(..., ignore_index = pad) had only the signature as a hint; the
+    hint's masked mean of the per-row losses is torch's ignore_index loss (numpy here)."""
+    from nnlang.errors import NNError
+    from tests import reference as ref
+    head = """
+model Lm(vocab = 11) {
+  input tokens: int32[batch, 6]
+  input target: int32[batch, 6]
+  logits = embedding(tokens, vocab, 8) |> dense(vocab)
+  output logits
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(head + "  loss cross_entropy(logits, target, ignore_index = 0)\n}\n")
+    hint = err.value.diagnostics[0].hint
+    assert hint.startswith("mask the per-row losses yourself: nll = -sum(log_softmax(logits) * "
+                           "one_hot(labels, classes), axis = -1), keep = cast(labels != pad, "
+                           "dtype = \"float32\"), then loss sum(nll * keep) / sum(keep)")
+    net = nnlang.compile(head + """
+  nll = -sum(log_softmax(logits) * one_hot(target, vocab), axis = -1)
+  keep = cast(target != 0, dtype = "float32")
+  loss sum(nll * keep) / sum(keep)
+}
+""", dtype="float64", batch=3, seed=1)
+    f = _decoder_batches()[0]
+    f["target"][0, :3] = 0                                     # padding to ignore
+    logp = ref.log_softmax(net.forward(f)["logits"])
+    nll = -np.take_along_axis(logp, f["target"][..., None], -1)[..., 0]
+    real = f["target"] != 0
+    assert net.evaluate(f)["loss"] == pytest.approx(nll[real].mean(), rel=1e-12)
+    torch = pytest.importorskip("torch")
+    want = torch.nn.functional.cross_entropy(
+        torch.from_numpy(net.forward(f)["logits"]).reshape(-1, 11),
+        torch.from_numpy(f["target"]).long().reshape(-1), ignore_index=0)
+    assert net.evaluate(f)["loss"] == pytest.approx(want.item(), rel=1e-12)

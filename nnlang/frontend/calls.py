@@ -11,12 +11,23 @@ from nnlang.frontend.values import (POISON, Abort, Initializer, KEYWORD_ONLY_OPS
                                     join_path, shown_path)
 from nnlang.ir.dims import Sym, fmt_shape, is_concrete, size_problem
 from nnlang.ops import registry
+from nnlang.ops.conv import depthwise_hint
 from nnlang.ops.init import INITIALIZERS, init_problem
 from nnlang.ops.registry import ParamSpec, ShapeError, sym_dims
 from nnlang.ops.rnn import every_step_hint, last_step_hint
 from nnlang.ops.signature import BindError, check_kind, show_value
 
 FLOAT32_MAX = 3.4028234663852886e38
+_DEPTHWISE = f"no depthwise layer: {depthwise_hint()}"
+# Keras' and PyTorch's ops that nnlang has no op for, and what to write instead (where the
+# closest name by letters would mislead: `pad` is not `add`)
+WRITTEN_OTHERWISE = {
+    "pad": "zero padding is an option of the convolution or pooling that needs it: "
+           "padding = [lo, hi] per spatial axis (causal: [(kernel - 1) * dilation, 0])",
+    "depthwise_conv2d": _DEPTHWISE, "DepthwiseConv2D": _DEPTHWISE,
+    "separable_conv2d": _DEPTHWISE + ", then a 1x1 conv2d(h, filters, 1)",
+    "SeparableConv2D": _DEPTHWISE + ", then a 1x1 conv2d(h, filters, 1)",
+}
 _RANGE = {"float32": (-FLOAT32_MAX, FLOAT32_MAX, "about 3.4e38"),
           "float64": (-sys.float_info.max, sys.float_info.max, "about 1.8e308"),
           "int32": (-2**31, 2**31 - 1, "-2147483648 to 2147483647"),
@@ -41,7 +52,8 @@ class CallElaboration:
             names = [n for n, d in self.defs.items() if isinstance(d, ast.BlockDef)]
             names += [n for n in registry.all_ops() if n not in KEYWORD_ONLY_OPS]
             self.fail(f"unknown op or block '{e.func}'", e.func_span,
-                      did_you_mean(e.func, names) or "see `nnlang ops` for the list of ops")
+                      WRITTEN_OTHERWISE.get(e.func) or did_you_mean(e.func, names)
+                      or "see `nnlang ops` for the list of ops")
         if opdef.has(registry.RANDOM):
             # NOTE: the step key these hash is the runtime's; a key a model passed would be
             # the same every step (or a float tensor, refused with a word about keys)
@@ -68,8 +80,10 @@ class CallElaboration:
             bound = opdef.sig.bind(args, kwargs)
         except BindError as err:
             span = spans.get(err.arg, e.span) if err.arg is not None else e.span
-            hint = opdef.habits.get(err.arg) if err.message.startswith("has no parameter") \
-                else None
+            unknown = err.message.startswith("has no parameter")
+            if unknown:   # NOTE: the name is the culprit, not its value (as for a block's call)
+                span = next((k.span for k in e.kwargs if k.name == err.arg), span)
+            hint = opdef.habits.get(err.arg) if unknown else None
             self.fail(f"{e.func}() {err.message}", span, hint or err.hint)
         tensors, attrs, tspans, attr_spans = [], {}, [], {}
         names = list(opdef.sig.names())
@@ -96,7 +110,9 @@ class CallElaboration:
             if not problem and p.kind == "float" and value is not None and abs(value) > FLOAT32_MAX:
                 problem = f"{value!r} is too large for float32 (it would be infinity)"
             if problem:
-                hint = f"signature: {e.func}({opdef.sig})"
+                # NOTE: a value of another framework's type (Keras' gelu(approximate=True))
+                hint = opdef.habits.get(f"{p.name} = {show_value(value)}",
+                                        f"signature: {e.func}({opdef.sig})")
                 if e.func in ("max", "min") and isinstance(value, T):  # numpy/torch's max(a, b)
                     which = "larger" if e.func == "max" else "smaller"
                     hint = f"{e.func} reduces one tensor over axis; the elementwise {which} of " \

@@ -76,6 +76,7 @@ class Elaborator(CallElaboration, ScanElaboration):
         self.used_paths: set[str] = set()
         self.shown_paths: set[str] = set()  # own paths of calls that share weights (own_path)
         self.copies = 1                     # product of the enclosing repeat counts
+        self.loss_named_loss: Span | None = None   # a `loss loss = ...`, while it is the only one
 
     # *** errors ***
     def fail(self, message: str, span: Span | None, hint: str | None = None, notes=None):
@@ -282,9 +283,31 @@ class Elaborator(CallElaboration, ScanElaboration):
         node = self.g.node(value.id)
         name = s.name or (s.value.func if isinstance(s.value, ast.Call) else "loss")
         table = {"output": self.g.outputs, "loss": self.g.losses, "metric": self.g.metrics}[what]
+        if name in table and scope.in_loop:
+            # NOTE: written once, but each copy of the repeat declares it again (deep
+            # supervision's loss per layer): carry a sum through the loop instead
+            self.fail(f"{what} '{name}' inside `repeat` is declared again by each copy", s.span,
+                      f"carry a sum through the loop and declare it once after it: `total = "
+                      f"0.0` before, `total = total + ...` inside, `{what} {name} = total` "
+                      "after" if what != "output" else "declare the output after the loop")
         if name in table:
-            self.fail(f"{what} '{name}' is declared twice", s.span,
+            # NOTE: the user may never have written the name: say where it came from
+            given = "" if s.name else f": an unnamed {what} takes its call's name" \
+                if isinstance(s.value, ast.Call) else \
+                ": an unnamed loss that is not a call is named 'loss'"
+            self.fail(f"{what} '{name}' is declared twice{given}", s.span,
                       f"name it: `{what} other_name = ...`")
+        if what == "loss":
+            # NOTE: with several losses `loss` is their total's name (the epoch line, metrics.csv,
+            # summary.json), so a loss the user named `loss` would be reported only in the sum
+            culprit = s.span if s.name == "loss" and self.g.losses else self.loss_named_loss
+            if culprit is not None:
+                self.loss_named_loss = None
+                self.fail("loss 'loss': with several losses 'loss' is the name of their total, "
+                          "so this loss would be reported only inside it", culprit,
+                          "name it: `loss other_name = ...`")
+            if s.name == "loss":
+                self.loss_named_loss = s.span
         # NOTE: losses and metrics are reported side by side, and `loss` is the total's column
         other = {"loss": self.g.metrics, "metric": self.g.losses}.get(what, {})
         if name in other or (what == "metric" and name == "loss"):

@@ -1,8 +1,9 @@
 """Warnings on a checked program: code that runs but is very likely not what was meant (the last
 step of elaboration): a loss fed the activation it applies itself (as an op, or as a layer's
 `activation =`), an image in Keras' channels-last layout under a convolution, a softmax
-across the batch, a probability threshold on logits and a subscript that picks examples out of
-the batch."""
+across the batch, a probability threshold on logits, a subscript that picks examples out of
+the batch, Keras' batch_norm momentum, a channels-first layer after a channels-last one and
+a softmax over an axis of size 1."""
 from __future__ import annotations
 
 from nnlang.errors import Diagnostic
@@ -44,6 +45,7 @@ def _producer(g: Graph, nid: int):
 # ([batch, 32, 32, 3]) still checks, as 32 channels of 32x3 pixels, and trains on nonsense.
 WINDOWED = {"conv1d": 1, "conv2d": 2, "max_pool1d": 1, "avg_pool1d": 1, "max_pool2d": 2,
             "avg_pool2d": 2}
+GLOBAL_POOLS = ("global_avg_pool", "global_max_pool")
 
 
 def _channels_last(g: Graph, node):
@@ -73,6 +75,30 @@ def _over_batch(g: Graph, node):
                       "examples of a batch: each one's result depends on the others", node.span,
                       "normalize over the classes, the last axis: `axis = -1` (the default)",
                       severity="warning")
+
+
+def _softmax_of_one(g: Graph, node):
+    """A softmax over an axis of size 1 is 1 everywhere (log_softmax 0) and passes no gradient:
+    Keras' attention pooling as Dense(1, activation="softmax") over [batch, time, 1]
+    normalizes each time step alone, so the pooling weights never train."""
+    if node.op in ("softmax", "log_softmax") and node.inputs:
+        shape, axis = g.node(node.inputs[0]).type.shape, node.attrs.get("axis", -1)
+    elif node.op in ("dense", "linear") and node.attrs.get("activation") == "softmax" \
+            and node.attrs.get("units") == 1:
+        shape, axis = node.type.shape, -1
+    else:
+        return None
+    if not isinstance(axis, int) or not -len(shape) <= axis < len(shape) or shape[axis] != 1:
+        return None
+    here = axis % len(shape)
+    wide = [k for k in range(1, len(shape)) if k != here and shape[k] != 1]
+    hint = (f"normalize over the axis that holds the choices, e.g. `softmax(..., axis = "
+            f"{wide[-1]})` over its {shape[wide[-1]]} entries" if wide else
+            "a single score per example: use sigmoid for a probability")
+    op, value = ("log_softmax", 0) if node.op == "log_softmax" else ("softmax", 1)
+    return Diagnostic(f"{op} over axis {axis} of {fmt_shape(shape)}, an axis of size 1, is "
+                      f"{value} everywhere: it passes no gradient, so what feeds it never trains",
+                      node.span, hint, severity="warning")
 
 
 def _rows_of_batch(g: Graph, node):
@@ -112,6 +138,50 @@ def _threshold_on_logits(g: Graph, node):
                       "label)", severity="warning")
 
 
+def _keras_momentum(g: Graph, node):
+    """batch_norm's momentum is PyTorch's (new = (1 - m) old + m batch); Keras' is the share
+    kept (its default 0.99), so a Keras value makes the running statistics nearly the last
+    batch's and evaluation normalizes by one batch's noise."""
+    momentum = node.attrs.get("momentum") if node.op == "batch_norm" else None
+    if momentum is None or momentum <= 0.5:
+        return None
+    keep = round(1 - momentum, 10)
+    return Diagnostic(f"batch_norm's momentum {momentum:g} moves the running statistics "
+                      f"{momentum:.0%} of the way to each batch's: momentum is PyTorch's, the "
+                      "share of the new batch (new = (1 - m) old + m batch), not Keras' share "
+                      "kept", node.span,
+                      f"Keras' momentum = {momentum:g} is `momentum = {keep:g}` here (PyTorch's "
+                      "default is 0.1)", severity="warning")
+
+
+def _channels_first_after_last(g: Graph, node):
+    """batch_norm, the convolutions and the pools read axis 1 as the channels unless told
+    `channels_last = true`; after one that was told so, axis 1 is a spatial one (a TCN's
+    time): a batch_norm normalized each time step with weights of its own, a second conv mixed
+    time steps as channels, a global pool averaged the channels away, silently."""
+    reads = node.op == "batch_norm" or node.op in WINDOWED or node.op in GLOBAL_POOLS
+    if not reads or node.attrs.get("channels_last") or not node.inputs:
+        return None
+    source = g.node(node.inputs[0])
+    shape = source.type.shape
+    # NOTE: through what keeps the layout (an activation, a residual add, dropout), not
+    # through a permute (of a square shape too), which is the way to put channels first
+    while source.op not in WINDOWED and source.op not in ("permute", "transpose") and \
+            source.inputs and g.node(source.inputs[0]).type.shape == shape:
+        source = g.node(source.inputs[0])
+    if source.op not in WINDOWED or not source.attrs.get("channels_last"):
+        return None
+    last = len(shape) - 1
+    hint = (f"normalize the channels: permute(h, [0, {last}, "
+            f"{', '.join(map(str, range(1, last)))}]) |> batch_norm, then permute back; or drop "
+            "channels_last and declare the input channels first" if node.op == "batch_norm"
+            else f"pass channels_last = true to this {node.op} too")
+    verb = "normalizes" if node.op == "batch_norm" else "reads"
+    return Diagnostic(f"{node.op} {verb} axis 1 of {fmt_shape(shape)} as {shape[1]} channels, "
+                      f"but the {source.op} before it puts its {shape[-1]} channels last "
+                      "(channels_last = true)", node.span, hint, severity="warning")
+
+
 def loss_hint(g: Graph) -> str:
     """How to give a model the loss it lacks, written with its first output's name."""
     out = next(iter(g.outputs), "logits")
@@ -129,10 +199,14 @@ def lint(g: Graph, train_span=None) -> list[Diagnostic]:
                                 "loss: `nnlang train` cannot train it", train_span,
                                 loss_hint(g), severity="warning"))
     for node in g:
-        for rule in (_channels_last, _over_batch, _threshold_on_logits, _rows_of_batch):
+        # NOTE: one warning per node: after a channels-last layer the layout rule below says
+        # more than the shape guess of _channels_last would
+        for rule in (_channels_first_after_last, _channels_last, _over_batch,
+                     _threshold_on_logits, _rows_of_batch, _keras_momentum, _softmax_of_one):
             problem = rule(g, node)
             if problem is not None:
                 found.append(problem)
+                break
         for loss, arg, producer, why, hint in PRODUCER_RULES:
             if node.op != loss or len(node.inputs) <= arg:
                 continue

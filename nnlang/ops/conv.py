@@ -67,10 +67,27 @@ def _pads(op, padding, size, kernel, stride, dilation):
             return [p for p in pads for _ in range(2)]
         if len(pads) == 2 * nd:
             return list(pads)
-    raise ShapeError(f"{op}: padding must be \"same\", \"valid\", an int, {nd} ints or {2 * nd} "
-                     f"lo/hi ints, got {show_value(padding)}", attr="padding",
-                     hint=did_you_mean(padding, ("same", "valid")) if isinstance(padding, str)
-                     else None)
+    # NOTE: one spatial dim takes "an int" or its list [n], so "1 ints" said nothing more
+    per_dim = "" if nd == 1 else f", {nd} ints"
+    hint = did_you_mean(padding, ("same", "valid")) if isinstance(padding, str) else None
+    # NOTE: Keras' Conv1D(padding="causal"): all the padding goes before the sequence
+    if padding == "causal" and op == "conv1d":
+        hint = (f"causal padding is (kernel - 1) * dilation zeros before the sequence and none "
+                f"after: padding = [{(kernel[0] - 1) * dilation[0]}, 0]")
+    raise ShapeError(f"{op}: padding must be \"same\", \"valid\", an int{per_dim} or {2 * nd} "
+                     f"lo/hi ints, got {show_value(padding)}", attr="padding", hint=hint)
+
+
+def depthwise_hint(op: str = "conv2d") -> str:
+    """How to write a depthwise convolution (PyTorch's groups = channels, Keras'
+    DepthwiseConv2D), which has no op of its own."""
+    return (f"a depthwise conv (groups = channels) is one single-channel conv per channel, "
+            f"joined: concat({op}(x[:, 0:1], 1, 3), {op}(x[:, 1:2], 1, 3), ..., axis = 1)")
+
+
+def _conv_habits(op: str) -> dict:
+    """PyTorch's conv options that have no counterpart here, and what to write instead."""
+    return {"groups": f"no grouped convolution: {depthwise_hint(op)}"}
 
 
 def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_last=False,
@@ -192,6 +209,7 @@ def _conv(nd):
              # NOTE: no `flops` rule: `nnlang check` counts the decomposition, the GEMM (2 *
              # channels * kernel per output) and the bias add, as a separate `+ bias` counts
              shape_rule, decompose=decompose, params=params, family="conv",
+             habits=_conv_habits(name),
              doc=f"{nd}-D convolution (cross-correlation, like PyTorch) of [batch, channels, "
                  f"{dims}] with weight [filters, channels, *kernel]. kernel/stride/dilation: an "
                  "int or one per dim; padding: an int, one per dim, lo/hi pairs, \"valid\" or "

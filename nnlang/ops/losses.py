@@ -201,8 +201,21 @@ def _cross_entropy(b, logits, labels):
     return b.neg(mean_over(b, b.reduce_sum(b.mul(labels, logp), axes=[-1])))
 
 
+_PER_ROW = "nll = -sum(log_softmax(logits) * one_hot(labels, classes), axis = -1)"
+# PyTorch's cross_entropy options: what to write instead
+_CE_HABITS = {
+    "label_smoothing": "give the smoothed targets as probabilities: cross_entropy(logits, "
+                       "(1 - e) * one_hot(labels, classes) + e / classes) is PyTorch's "
+                       "label_smoothing = e",
+    "ignore_index": f"mask the per-row losses yourself: {_PER_ROW}, keep = cast(labels != "
+                    "pad, dtype = \"float32\"), then loss sum(nll * keep) / sum(keep)",
+    "reduction": f"cross_entropy is the mean over rows; the per-row losses are {_PER_ROW}",
+}
+
+
 register("cross_entropy", "logits: tensor, labels: tensor", _ce_shape, decompose=_cross_entropy,
          family="losses",
+         habits=_CE_HABITS,
          samples=(Sample(((4, 5), (4,)), domain="int:5", dtypes=(None, "int32")),
                   Sample(((2, 3, 4), (2, 3)), domain="int:4", dtypes=(None, "int64")),
                   Sample(((3, 4), (3, 4)), domain="unit")),

@@ -221,12 +221,22 @@ def _gelu(b, x, *, approximate):
 def _gelu_shape(x, *, approximate):
     if approximate not in ("none", "tanh"):
         raise ShapeError(f"gelu: approximate must be \"none\" or \"tanh\", got "
-                         f"{show_value(approximate)}", attr="approximate")
+                         f"{show_value(approximate)}", attr="approximate",
+                         hint=did_you_mean(approximate, ("none", "tanh"))
+                         if isinstance(approximate, str) else None)
     return _float_shape("gelu")(x)
 
 
+# NOTE: Keras' and TensorFlow's gelu take approximate as a bool
+_GELU_HABITS = {"approximate = true": "approximate = \"tanh\" is the tanh form (Keras' "
+                                      "approximate = True)",
+                "approximate = false": "the exact erf form is the default, approximate = "
+                                       "\"none\" (Keras' approximate = False)"}
+
+
 register("gelu", "x: tensor, approximate: str = \"none\"", _gelu_shape, decompose=_gelu,
-         family="nn", samples=_ACT_SAMPLES + (Sample(((3, 4),), {"approximate": "tanh"}),),
+         family="nn", habits=_GELU_HABITS,
+         samples=_ACT_SAMPLES + (Sample(((3, 4),), {"approximate": "tanh"}),),
          doc="x * Phi(x): the exact erf form by default (like PyTorch); approximate = \"tanh\" "
              "gives 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))).")
 

@@ -94,7 +94,8 @@ class OpDef:
     # so that binding a symbol later, to 1 say, cannot change them (squeeze's axes)
     bind_attrs: Callable | None = None
     # {keyword another framework's layer takes: how it is written here}: the hint when a call
-    # names one the signature lacks, where the nearest spelling would mislead
+    # names one the signature lacks, where the nearest spelling would mislead; a key
+    # "name = value" is the hint for a value of the wrong type (Keras' approximate = true)
     habits: dict = field(default_factory=dict)
 
     @property

@@ -209,11 +209,14 @@ def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None, size: int
                 for k, v in raws.items()}
         shapes = [tuple(np.shape(v[i]) for v in raws.values()) for i in range(len(described))]
     size = size or len(described)
+    # NOTE: an image data set's other inputs (a conditional model's label) are no pictures
+    plain = _image_inputs(features) ^ set(features) if meta.get("kind") == "image" else set()
     lo = 0
     while lo < len(described):
         hi = min(lo + size, len(described))
         hi = next((j for j in range(lo + 1, hi) if shapes[j] != shapes[lo]), hi)
-        yield ({k: encode_input(k, graph.node(features[k]), v[lo:hi], meta, what(k))
+        yield ({k: encode_input(k, graph.node(features[k]), v[lo:hi],
+                                _plain(meta) if k in plain else meta, what(k))
                 for k, v in raws.items()}, described[lo:hi])
         lo = hi
 
@@ -225,6 +228,20 @@ def _arrays_of_symbolic_length(graph, features: dict, meta: dict) -> bool:
         return False
     return any(isinstance(d, Sym) and d != Sym.of("batch")
                for nid in features.values() for d in graph.node(nid).shape[1:])
+
+
+def _image_inputs(features: dict) -> set:
+    """The inputs an image data set's pictures fed in training (its arrays `image` and `label`,
+    mnist.from_uint8, matched by name first, then the one left over, as feeds.match_inputs):
+    a conditional model's `label` input is a class id, not a picture."""
+    if "image" in features:
+        return {"image"}
+    return {k for k in features if k != "label"}
+
+
+def _plain(meta: dict) -> dict:
+    """An image data set's meta for an input that is no picture: its values as they are."""
+    return {k: v for k, v in meta.items() if k not in ("kind", "image_shape")}
 
 
 def _how_to_pass(graph, features: dict) -> str:

@@ -788,6 +788,7 @@ OP_LIMITS = [
     ("dropout(v, 1.0)", "rate must be in [0, 1), got 1.0"),
     ("dropout(v, -0.1)", "rate must be in [0, 1), got -0.1"),
     ("gelu(v, approximate = \"bogus\")", "approximate must be"),
+    ("gelu(v, approximate = \"Tanh\")", "hint: did you mean 'tanh'?"),
     ("clip(v, lo = 2, hi = 1)", "lo = 2 is above hi = 1"),
     ("softmax(v, axis = 5)", "axis 5 is out of range"),
     ("mean(v, axis = [1, 1])", "name an axis twice"),
