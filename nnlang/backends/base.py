@@ -115,8 +115,7 @@ class Backend(Protocol):
         """A call of a compiled kernel (a generated one, or a lowering's) with fixed arguments,
         cheapest to launch repeatedly."""
 
-    # numba target: `jit(pyfunc, parallel)` compiles a lowering's kernel body;
-    # `row_blocks(rows, size)` and `at_once(calls)` run it as blocks on the step's threads.
+    # numba target: `jit(pyfunc, parallel)` compiles a lowering's kernel body.
     # cuda target: `library_kernel(name, source)` compiles a lowering's CUDA source;
     # `launch(kernel, total, args, keep)` one thread per element; `ctype(dtype)`, `prelude`,
     # `to_device(host)` and `pointer_table(arrays)` help build them.

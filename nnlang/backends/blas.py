@@ -7,7 +7,7 @@ GEMMs ourselves keeps both cores busy without that contention.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -99,14 +99,10 @@ def pool() -> ThreadPoolExecutor:
 
 
 def run_parts(calls):
-    """Each (fn, args) call: the first on this thread, the rest on the pool. A part that
-    raises (scatter_add's bad id) returns only when every other part has stopped writing."""
+    """Each (fn, args) call: the first on this thread, the rest on the pool."""
     futures = [pool().submit(fn, *args) for fn, args in calls[1:]]
     fn, args = calls[0]
-    try:
-        fn(*args)
-    finally:
-        wait(futures)
+    fn(*args)
     for f in futures:
         f.result()
 

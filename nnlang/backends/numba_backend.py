@@ -608,9 +608,7 @@ class NumbaBackend:
 
     @staticmethod
     def located(node: Node, call: Call) -> Call:
-        fn, args = raising_located(node, call)
-        fn.uses_pool = _uses_pool(call)   # NOTE: a split scatter_add still splits the step
-        return fn, args
+        return raising_located(node, call)
 
     def gemm(self, a, b, out) -> Call:
         return matmul_call(a, b, out)
@@ -633,20 +631,6 @@ class NumbaBackend:
             fn.__qualname__, fn.__module__ = pyfunc.__qualname__, pyfunc.__module__
             self._jitted[key] = numba.njit(cache=True, parallel=parallel)(fn)
         return self._jitted[key]
-
-    @staticmethod
-    def row_blocks(rows: int, size: int) -> list[tuple[int, int]]:
-        """[lo, hi) blocks of `rows` rows, one per thread of the step's pool when the work
-        (`size` elements) pays for handing it over, else one block."""
-        parts = min(workers(), rows) if size >= PARALLEL_MIN else 1
-        cuts = np.linspace(0, rows, max(parts, 1) + 1).astype(int)
-        return list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
-
-    @staticmethod
-    def at_once(calls: list[Call]) -> Call:
-        """Calls writing disjoint parts of their outputs (`row_blocks`), run together: the
-        first on this thread, the others on the pool's."""
-        return calls[0] if len(calls) == 1 else (run_parts, (calls,))
 
     # *** running a step ***
     def threaded_blas(self, products: list) -> bool:

@@ -96,20 +96,16 @@ def _gather_cuda(be, a, xs, out):
                                 table, idx, out, be.fault_flag(table.shape[0])))
 
 
-def scatter_add_kernel(src, idx, out, lo, hi):
-    """Rows lo to hi of out: zeroed, then each src row whose id falls there added in order.
-    NOTE: blocks of out's rows on threads rather than prange over the ids, whose repeats would
-    race; every block reads all ids (cheap next to zeroing and adding rows), so each checks
-    them all and a bad id raises whichever block meets it first."""
-    out[lo:hi] = 0
+def scatter_add_kernel(src, idx, out):
+    # NOTE: serial on purpose: repeated indices would race under prange
+    out[:] = 0
     rows = out.shape[0]
     for i in range(idx.shape[0]):
         r = idx[i] + rows if idx[i] < 0 else idx[i]
         if r < 0 or r >= rows:  # NOTE: numba does not bounds-check; this write would corrupt
             raise IndexError("scatter_add: index out of range")
-        if lo <= r < hi:
-            for j in range(src.shape[1]):
-                out[r, j] += src[i, j]
+        for j in range(src.shape[1]):
+            out[r, j] += src[i, j]
 
 
 def _scatter_add_numba(be, a, xs, out):
@@ -117,11 +113,7 @@ def _scatter_add_numba(be, a, xs, out):
     n = idx.size
     src2 = np.reshape(src, (n, -1), copy=False) if n else src.reshape(0, -1)
     out2 = np.reshape(out, (out.shape[0], -1), copy=False)
-    fn, ids = be.jit(scatter_add_kernel), np.reshape(idx, -1)
-    # NOTE: zeroing the table is most of the work (an embedding's gradient: 20,000 rows for
-    # 12,800 ids), so the blocks split its rows
-    return be.at_once([be.specialize(fn, (src2, ids, out2, np.int64(lo), np.int64(hi)))
-                       for lo, hi in be.row_blocks(out2.shape[0], out2.size)])
+    return be.specialize(be.jit(scatter_add_kernel), (src2, np.reshape(idx, -1), out2))
 
 
 def scatter_add_cuda_source(be, t: str, i: str) -> tuple[str, str]:

@@ -364,28 +364,3 @@ def test_scatter_add_kernel_refuses_rows_outside_its_output():
     assert ok.shape == (5, 3)
     with pytest.raises(NNError, match="scatter_add: index out of range"):
         exe.run({"src": rand((4, 3)), "idx": np.array([0, 5, 1, 2], np.int32)})
-
-
-def test_scatter_add_of_a_table_split_over_threads_adds_every_row_once():
-    """A table big enough to be zeroed and filled in row blocks on the step's threads: repeated
-    ids (one on each side of the blocks' cut), negative ids, and an id past the table in the
-    last block still refused."""
-    rows, width, n = 3000, 32, 5000
-    g = Graph()
-    b = Builder(g)
-    src, idx = leaf(g, "input", "src", (n, width)), leaf(g, "input", "idx", (n,), "int32")
-    g.outputs["out"] = b.scatter_add(src, idx, rows=rows)
-    exe = compile_graph(g)
-    assert exe.splits, "the table was not split"
-    rng = np.random.default_rng(0)
-    ids = rng.integers(-rows, rows, n).astype(np.int32)
-    ids[:40] = 1499
-    ids[40:80] = 1500   # NOTE: the rows around the 2-block cut, many times each
-    x = rand((n, width))
-    want = np.zeros((rows, width), np.float64)
-    np.add.at(want, ids, x.astype(np.float64))
-    got = exe.run({"src": x, "idx": ids})["out"]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    ids[-1] = rows
-    with pytest.raises(NNError, match="scatter_add: index out of range"):
-        exe.run({"src": x, "idx": ids})
