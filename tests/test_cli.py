@@ -108,9 +108,24 @@ model UserScan {
 
 def test_check_counts_a_user_scans_flops(tmp_path):
     """A hand-written RNN cell under `scan` showed no FLOPs in `nnlang check` (its rule read
-    the body's symbolic batch); its GEMMs count once per step, as the builtin rnn's do."""
+    the body's symbolic batch). Its body counts once per step, GEMMs and elementwise ops alike,
+    so the same cell as the builtin rnn's costs what the builtin does (the scan's rule counted
+    only GEMMs, so neither counted the bias add or the tanh that a dense counts)."""
     src = tmp_path / "scan.nn"
-    src.write_text(user_scan("output out = hs") + """
+    src.write_text("""block Cell(x, h, kernel, recurrent, bias) {
+  h2 = tanh(x @ kernel + bias + h @ recurrent)
+  return h2, h2
+}
+
+model UserScan {
+  input x: float32[batch, 7, 3]
+  input h0: float32[batch, 4]
+  param kernel: float32[3, 4]
+  param recurrent: float32[4, 4]
+  param bias: float32[4]
+  hs, h = scan Cell(h0, kernel = kernel, recurrent = recurrent, bias = bias) over x
+  output out = hs
+}
 
 model Builtin {
   input x: float32[batch, 7, 3]
@@ -118,7 +133,8 @@ model Builtin {
 }
 """)
     batch, steps, feats, units = 5, 7, 3, 4
-    want = steps * 2 * batch * (feats * units + units * units)  # x @ kernel, h @ recurrent
+    # x @ kernel, h @ recurrent, then the bias add, the add and the tanh
+    want = steps * (2 * batch * (feats * units + units * units) + 3 * batch * units)
     for model in ("UserScan", "Builtin"):
         r = run("check", src, "--batch", batch, "--model", model)
         assert r.exit_code == 0, r.stderr

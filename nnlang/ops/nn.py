@@ -199,7 +199,10 @@ def _act(name, sig, decompose, doc, samples=_ACT_SAMPLES, flops=None):
 _act("relu", "x: tensor",
      lambda b, x: b.where(b.le(x, const_like(b, 0.0, x)), const_like(b, 0.0, x), x),
      "max(x, 0); its gradient at exactly 0 is 0 and relu(nan) is nan, as in PyTorch",
-     flops=lambda ins, out: numel(out.shape))   # one max per element, as counted before
+     # NOTE: one max per element, as maximum(x, 0) counts: the decomposition's compare and
+     # select are one max (the only rule below its decomposition: RULE_BELOW_DECOMPOSITION in
+     # tests/ops/test_composites.py)
+     flops=lambda ins, out: numel(out.shape))
 _act("leaky_relu", "x: tensor, alpha: float = 0.01",
      lambda b, x, *, alpha: b.where(b.gt(x, const_like(b, 0.0, x)), x,
                                     b.mul(x, const_like(b, alpha, x))),

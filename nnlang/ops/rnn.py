@@ -289,10 +289,6 @@ def _make(op):
         states_out = [b.reshape(f, shape=[batch, 1, width]) for f in runs[0][1]]
         return b.concat(lead, *states_out, axis=1)
 
-    def flops(ins, out, *, units, bidirectional, **_):
-        batch, steps, feats = ins[0].shape
-        return 2 * batch * steps * (feats + units) * gates * units * (2 if bidirectional else 1)
-
     lstm_only = ", initial_c: tensor? = none, unit_forget_bias: bool = true" \
         if op == "lstm" else ""
     register(op, "x: tensor, units: int, activation: str = \"tanh\", return_sequences: bool = "
@@ -300,7 +296,7 @@ def _make(op):
              "none, initial_h: tensor? = none" + lstm_only + ", dropout: float = 0.0, "
              "recurrent_dropout: float = 0.0, init: init = \"glorot_uniform\", "
              "recurrent_init: init = \"orthogonal\", bias_init: init = \"zeros\"",
-             shape_rule, decompose=decompose, params=params, flops=flops, family="rnn",
+             shape_rule, decompose=decompose, params=params, family="rnn",
              doc=_DOCS[op], samples=_SAMPLES[op], results=results,
              result_names=("outputs", "h", "c")[:1 + n_states], habits=_habits(op))
 

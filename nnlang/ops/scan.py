@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnlang.ir.dims import fmt_shape
+from nnlang.ir.dims import Sym, fmt_shape
 from nnlang.ir.graph import Builder, op_attrs, slots
 from nnlang.ir.scan import Body, new_body_graph
 from nnlang.ops import registry
@@ -71,20 +71,20 @@ def _impl(*xs, body: Body, reverse: bool = False):
 
 
 def _flops(ins, out, *, body: Body, **_):
-    """The body's GEMMs once per step, as the builtin rnn's rule counts them. The body's shapes
-    carry its own batch dim (symbolic): it stands for the carry's rows in `ins`, so the count
-    comes out at the caller's sizes (a Sym left in it reported no FLOPs at all)."""
+    """Every body op's FLOPs once per step, counted as `nnlang check` counts them outside a
+    loop (the GEMM, the bias add, the gate math), so a layer costs the same in a scan as
+    written out. The body's shapes carry its own batch dim (symbolic): it is bound to the
+    carry's rows in `ins`, so the count comes out at the caller's sizes (a Sym left in it
+    reported no FLOPs at all). NOTE: this rule counted only the body's GEMMs, so an rnn's
+    per-step bias add and activation, which run, counted nothing while dense's count."""
+    from nnlang.ir.summary import SOURCE_OPS, node_flops   # NOTE: summary imports the registry
+
     steps, batch = ins[1].shape[0], ins[0].shape[0]
     body_batch = body.g.node(body.g.inputs["carry"]).shape[0]
-
-    def size(d):
-        return batch if d == body_batch else d
-    per_step = 0
-    for n in body.g:
-        if n.op == "matmul":
-            a, w = (body.g.node(i).shape for i in n.inputs)
-            per_step += 2 * size(a[0]) * size(a[1]) * size(w[1])
-    return steps * per_step
+    env = {}
+    if isinstance(body_batch, Sym) and len(body_batch.names) == 1:
+        env = {body_batch.names[0]: batch // body_batch.coeff}
+    return steps * sum(node_flops(body.g, n, env) for n in body.g if n.op not in SOURCE_OPS)
 
 
 def scan(b: Builder, init: int, seqs: list[int], weights: list[int], body: Body,

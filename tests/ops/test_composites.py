@@ -305,15 +305,67 @@ def test_conv_same_padding_matches_tensorflow():
     assert out.shape == (1, 2, 4, 3)  # ceil(10/3), ceil(9/3)
 
 
+def _gemm(m, k, n):
+    return 2 * m * k * n   # the textbook count: a multiply-add per (row, col, k) is 2 FLOPs
+
+
+# NOTE: the wants are written out from the layers' formulas: the GEMMs, then one FLOP per
+# element of each bias add, gate nonlinearity and product, as `check` counts them outside a loop
 @pytest.mark.parametrize("name,shape,attrs,want", [
     ("conv2d", (8, 3, 32, 32), {"filters": 16, "kernel": 3, "padding": "same"},
      2 * 8 * 16 * 32 * 32 * 3 * 9 + 8 * 16 * 32 * 32),   # the GEMM and the bias add
-    ("lstm", (8, 10, 32), {"units": 16}, 2 * 8 * 10 * (32 + 16) * 4 * 16),
+    # B=8, T=10, F=32, U=16: x @ W once, h @ U per step; per step and row, 4U bias add, 4U
+    # add of h @ U, 3U sigmoids, 2U tanh, 3U products and U add (c), as Keras' cell
+    ("lstm", (8, 10, 32), {"units": 16},
+     _gemm(80, 32, 64) + 10 * _gemm(8, 16, 64) + 80 * 17 * 16),
+    # GRU (reset_after), B=2, T=5, F=3, U=4: input bias 3U, recurrent bias 3U, z and r (add,
+    # sigmoid) 4U, candidate (r * rh, add, tanh) 3U, mix (z * h, 1 - z, * hh, add) 4U
+    ("gru", (2, 5, 3), {"units": 4}, _gemm(10, 3, 12) + 5 * _gemm(2, 4, 12) + 10 * 17 * 4),
+    ("rnn", (2, 5, 3), {"units": 4}, _gemm(10, 3, 4) + 5 * _gemm(2, 4, 4) + 10 * 3 * 4),
+    # q [2, 5, 8], 2 heads: four projections and the two attention GEMMs, four bias adds, then
+    # per score (2 * 2 * 5 * 5) the scaling and the softmax's max, sub, exp, sum and div
+    ("multi_head_attention", (2, 5, 8), {"heads": 2},
+     4 * _gemm(10, 8, 8) + 2 * _gemm(2 * 2 * 5, 4, 5) + 4 * 10 * 8 + 6 * 2 * 2 * 5 * 5),
 ])
 def test_flops(name, shape, attrs, want):
     from nnlang.ir.summary import op_flops
     op = registry.get(name)
-    attrs = {p.name: p.default for p in op.sig.params[1:]} | attrs
+    attrs = {p.name: p.default for p in op.sig.params if p.kind not in ("tensor", "tensor?")} \
+        | attrs
     x = TensorType(shape)
+    slots = [None] * (sum(p.kind in ("tensor", "tensor?") for p in op.sig.params) - 1)
     weights = [TensorType(spec.shape) for spec in op.params(x, **attrs).values()]
-    assert op_flops(name, [x, *weights], op.shape(x, **attrs), **attrs) == want
+    assert op_flops(name, [x, *slots, *weights], op.shape(x, **attrs), **attrs) == want
+
+
+# op -> why its `flops` rule counts less than its decomposition (which would run as written)
+RULE_BELOW_DECOMPOSITION = {
+    "relu": "where(x <= 0, 0, x) is one max per element, as maximum(x, 0) counts",
+}
+
+
+def test_flops_rules_agree_with_decompositions():
+    """`check` counts a composite by its `flops` rule, or else by what its decomposition runs;
+    a rule must give the decomposition's count, so that a model's total does not depend on a
+    layer being one call or its parts (multi_head_attention's rule left out the bias adds,
+    the scaling and the softmax; gru's and lstm's, with the scan's, the gate math)."""
+    from nnlang.ir.graph import op_attrs, slots
+    from nnlang.ir.summary import _composite_flops, _freeze, _flops
+
+    differ, seen = set(), set()
+    for name, op in registry.all_ops().items():
+        if op.flops is None or op.decompose is None:
+            continue
+        for sample in op.samples:
+            g, _, _, out = op_graph(name, sample, dtype="float32")
+            node = g.node(out)
+            ins = tuple(None if i is None else g.node(i).type for i in slots(g, node))
+            rule = _flops(name, ins, node.type, _freeze(op_attrs(node)))
+            parts = _composite_flops(op, ins, op_attrs(node))
+            seen.add(name)
+            if rule != parts:
+                differ.add(name)
+                assert name in RULE_BELOW_DECOMPOSITION and rule < parts, \
+                    f"{name} {sample.shapes} {sample.attrs}: rule {rule}, decomposition {parts}"
+    assert differ == set(RULE_BELOW_DECOMPOSITION), "an exception is no longer needed"
+    assert seen >= {"relu"}
