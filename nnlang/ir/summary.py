@@ -5,6 +5,7 @@ it as a rich table and the golden tests compare its text form.
 FLOPs come from each op's `OpDef.flops`; a composite without one is decomposed into primitives
 on a scratch graph and their FLOPs are summed (elementwise ops count one per output element,
 reductions one per input element, movement and indexing none). A multiply-add counts as 2.
+A scan (rnn, lstm, gru, a user's `scan`) counts its whole body once per step (ops/scan.py).
 """
 from __future__ import annotations
 
