@@ -141,6 +141,44 @@ model Builtin {
         assert f"Forward FLOPs: {want:,}" in r.stdout, r.stdout
 
 
+def test_check_counts_docs_hand_lstm_as_the_builtin_lstm(tmp_path):
+    """docs/language.md's hand-written Keras LSTM cell under `scan` and `lstm` itself run the
+    same ops, so `check` gives both the GEMMs and the gate math (both counted the GEMMs only)."""
+    doc = (ROOT / "docs" / "language.md").read_text()
+    cell = doc[doc.index("block LstmCell("):]
+    cell = cell[:cell.index("}\n") + 2]
+    src = cell + """
+model Hand {
+  input x: float32[batch, 7, 3]
+  input h0: float32[batch, 4]
+  input c0: float32[batch, 4]
+  param kernel: float32[3, 16]
+  param recurrent: float32[4, 16]
+  param bias: float32[16] = zeros
+  hs, h, c = scan LstmCell(h0, c0, kernel = kernel, recurrent = recurrent, bias = bias,
+                           units = 4) over x
+  output out = hs
+}
+
+model Builtin {
+  input x: float32[batch, 7, 3]
+  input h0: float32[batch, 4]
+  input c0: float32[batch, 4]
+  output out = lstm(x, 4, return_sequences = true, initial_h = h0, initial_c = c0)
+}
+"""
+    batch, steps, feats, units = 5, 7, 3, 4
+    gemms = steps * 2 * batch * (feats + units) * 4 * units
+    # per step and row: 2 adds of 4 units (h @ U, bias), 3 sigmoids, 2 tanh, 3 products, 1 add
+    want = gemms + steps * batch * 17 * units
+    path = tmp_path / "hand.nn"
+    path.write_text(src)
+    for model in ("Hand", "Builtin"):
+        r = run("check", path, "--batch", batch, "--model", model)
+        assert r.exit_code == 0, r.stderr
+        assert f"Forward FLOPs: {want:,}" in r.stdout, r.stdout
+
+
 def test_check_says_a_sizeless_symbol_counts_as_one(tmp_path):
     """`check` of a model with `symbol seq` printed "sizes at batch = 64" and then FLOPs and
     memory for seq = 1 without a word (models/lstm_full.nn: 32 KiB for its [batch, seq, 128]
