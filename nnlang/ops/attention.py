@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from nnlang.ir.dims import Sym, fmt_shape, numel
+from nnlang.ir.dims import Sym, fmt_shape
 from nnlang.ops.nn import const_like, linear, need_float, param_dtype, real_steps
 from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, Unexportable, need_positive,
                                  need_range, register)
