@@ -3,6 +3,8 @@
 """
 from __future__ import annotations
 
+import numpy as np
+
 from nnlang.ir.dims import Sym, fmt_shape, is_concrete
 from nnlang.ops.nn import const_like, count, mean_over, need_float, stable_softplus
 from nnlang.ops.registry import (INT_DTYPES, Sample, ShapeError, TensorType, is_float, need_range,
@@ -191,6 +193,12 @@ def _ce_shape(logits, labels, *, label_smoothing=0.0, ignore_index=None):
         raise ShapeError(f"cross_entropy: ignore_index skips rows by their class id, but the "
                          f"labels {labels} are probabilities", attr="ignore_index",
                          hint="give int class ids, or weigh the per-row losses yourself")
+    if ignore_index is not None and not _fits(ignore_index, labels.dtype):
+        # NOTE: it becomes a constant of the labels' dtype, which must hold it
+        raise ShapeError(f"cross_entropy: ignore_index {ignore_index} does not fit the labels' "
+                         f"{labels.dtype}", attr="ignore_index",
+                         hint="PyTorch's default is -100; any id outside [0, classes) that "
+                              "the labels can hold marks a row to skip")
     rows = fmt_shape(logits.shape[:-1])
     if labels.dtype in INT_DTYPES:
         if logits.shape[:-1] != labels.shape:
@@ -211,6 +219,11 @@ def _ce_shape(logits, labels, *, label_smoothing=0.0, ignore_index=None):
         raise ShapeError(f"cross_entropy: labels must be int class ids or float probabilities, "
                          f"got {labels}", arg=1)
     return _scalar(logits)
+
+
+def _fits(value: int, dtype: str) -> bool:
+    info = np.iinfo(dtype)
+    return info.min <= value <= info.max
 
 
 def _ids_hint(logits: TensorType, labels: TensorType) -> str:
