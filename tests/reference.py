@@ -143,6 +143,8 @@ def _padding(padding, spatial, k, s, d):
         return [same_pads(n, kk, ss, dd) for n, kk, ss, dd in zip(spatial, k, s, d)]
     if padding == "valid":
         return [(0, 0)] * nd
+    if padding == "causal":   # Keras' Conv1D: everything before the sequence
+        return [(d[0] * (k[0] - 1), 0)]
     p = _norm(padding, nd)
     return [(p[i], p[i]) for i in range(nd)] if len(p) == nd else \
         [(p[2 * i], p[2 * i + 1]) for i in range(nd)]
@@ -352,11 +354,17 @@ def bce_with_logits(z, y):
     return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
-def cross_entropy(logits, labels):
-    logp = log_softmax(logits)
+def cross_entropy(logits, labels, *, label_smoothing=0.0, ignore_index=None):
+    """PyTorch's F.cross_entropy, mean reduction: int ids (rows labelled ignore_index left out
+    of sum and count; all of them left out gives 0, nnlang's choice) or probabilities."""
+    logp, e, classes = log_softmax(logits), label_smoothing, logits.shape[-1]
     if np.issubdtype(labels.dtype, np.integer):
-        return -np.mean(np.take_along_axis(logp, labels[..., None], axis=-1))
-    return -np.mean(np.sum(labels * logp, axis=-1))
+        keep = np.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+        picked = np.take_along_axis(logp, np.where(keep, labels, 0)[..., None], axis=-1)[..., 0]
+        rows = -(1 - e) * picked - e * logp.sum(axis=-1) / classes
+        return rows[keep].sum() / max(keep.sum(), 1)
+    target = labels * (1 - e) + e / classes
+    return -np.mean(np.sum(target * logp, axis=-1))
 
 
 def binary_accuracy(p, y, *, threshold):
@@ -364,10 +372,22 @@ def binary_accuracy(p, y, *, threshold):
     return np.mean((p > threshold) == (y > 0.5))
 
 
+def huber(p, t, *, delta):
+    d = np.abs(p - t)
+    return np.mean(np.where(d < delta, 0.5 * d ** 2, delta * (d - 0.5 * delta)))
+
+
+def kl_div(log_pred, target):
+    """PyTorch's kl_div(input, target, reduction="batchmean"): xlogy, then / batch."""
+    plogp = np.where(target > 0, target * np.log(np.where(target > 0, target, 1.0)), 0.0)
+    return np.sum(plogp - target * log_pred) / log_pred.shape[0]
+
+
 LOSSES = {
     "mse": lambda p, t: np.mean((p - t) ** 2),
     "l1": lambda p, t: np.mean(np.abs(p - t)), "mae": lambda p, t: np.mean(np.abs(p - t)),
     "bce": bce, "bce_with_logits": bce_with_logits, "cross_entropy": cross_entropy,
+    "huber": huber, "kl_div": kl_div,
     "accuracy": lambda s, y: np.mean(np.argmax(s, axis=-1) == y),
     "binary_accuracy": binary_accuracy,
 }

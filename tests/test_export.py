@@ -277,6 +277,53 @@ def test_cross_entropy_over_a_symbolic_class_axis():
         np.testing.assert_allclose(got, -logp[np.arange(3), label].mean(), rtol=1e-5)
 
 
+def test_tutorial_loss_and_conv_options_export():
+    """A causal conv1d, cross_entropy with label_smoothing and ignore_index (ids and
+    probabilities), huber and kl_div, each an output: ONNX Runtime gives the forward's values,
+    with ignored rows among the labels."""
+    src = """model Port {
+  input x: float32[batch, 3, 8]
+  input label: int32[batch]
+  input soft: float32[batch, 4]
+  input t: float32[batch, 4]
+  h = conv1d(x, 4, 3, dilation = 2, padding = "causal") |> relu
+  z = dense(flatten(h), 4)
+  output h
+  output ce = cross_entropy(z, label, label_smoothing = 0.1, ignore_index = 0)
+  output ces = cross_entropy(z, soft, label_smoothing = 0.2)
+  output hub = huber(z, t, delta = 0.5)
+  output kl = kl_div(log_softmax(z), soft)
+}"""
+    net = nnlang.compile(src, backend="reference", batch=5, seed=0)
+    rng = np.random.default_rng(0)
+    soft = rng.uniform(0.1, 1.0, (5, 4))
+    inputs = {"x": rng.normal(size=(5, 3, 8)).astype(np.float32),
+              "label": np.array([0, 1, 0, 3, 2], np.int32),
+              "soft": (soft / soft.sum(1, keepdims=True)).astype(np.float32),
+              "t": rng.normal(size=(5, 4)).astype(np.float32)}
+    assert_matches(net, inputs)
+
+
+def test_cross_entropy_options_over_a_symbolic_class_axis():
+    """label_smoothing's e / classes and ignore_index's kept count over a class axis the
+    export leaves symbolic: numpy's smoothed mean over the kept rows, at every length."""
+    src = """model Ptr {
+  symbol seq
+  input score: float32[batch, seq]
+  input label: int32[batch]
+  output ce = cross_entropy(score, label, label_smoothing = 0.2, ignore_index = 1)
+}"""
+    proto = nnlang.export_onnx(nnlang.compile(nnlang.load(src), backend="reference", batch=4))
+    for seq in (2, 5, 9):
+        rng = np.random.default_rng(seq)
+        score = rng.normal(size=(4, seq)).astype(np.float32)
+        label = np.array([1, 0, seq - 1, 1], np.int32)
+        logp = score - np.log(np.exp(score).sum(axis=1, keepdims=True))
+        rows = -0.8 * logp[np.arange(4), label] - 0.2 * logp.mean(axis=1)
+        got = run_onnx(proto, {"score": score, "label": label})["ce"]
+        np.testing.assert_allclose(got, rows[label != 1].mean(), rtol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["sinusoidal", "learned"])
 def test_masked_positions_do_not_move_with_front_padding(kind):
     """With the mask, a front-padded row's positions count from its first real token: the same

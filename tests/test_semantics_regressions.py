@@ -301,6 +301,20 @@ def test_softmax_into_cross_entropy_is_a_located_warning(probs):
     assert "hint: pass the logits" in text
 
 
+@pytest.mark.parametrize("first", ["softmax(dense(x, 3))", 'dense(x, 3, activation = "softmax")'])
+def test_softmax_into_kl_div_is_a_located_warning(first):
+    """kl_div takes log-probabilities first, as PyTorch's: a softmax there (Keras'
+    KLDivergence takes probabilities) runs and gives no divergence, so it is flagged."""
+    src = f"""model M {{
+  input x: float32[batch, 4]
+  input t: float32[batch, 3]
+  loss kl_div({first}, t)
+}}"""
+    (warning,) = load(src).warnings
+    assert warning.render().startswith("<string>:4:8: warning: kl_div takes log-probabilities")
+    assert load(src.replace(first, "log_softmax(dense(x, 3))")).warnings == []
+
+
 SEQUENCE = """model M {
   input x: float32[batch, 5, 4]
   input label: int32[batch, 5]

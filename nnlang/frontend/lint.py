@@ -18,6 +18,11 @@ PRODUCER_RULES = (
      "softmax again, which flattens the gradient and trains worse",
      "pass the logits: `loss cross_entropy(logits, label)`, and keep "
      "`output probs = softmax(logits)` for predictions"),
+    # NOTE: PyTorch's kl_div(input, target) wants input as log-probabilities too; a softmax
+    # there gives a loss that is no divergence (and can be negative)
+    ("kl_div", 0, "softmax",
+     "kl_div takes log-probabilities first (PyTorch's order), but its input is a softmax",
+     "pass `log_softmax(logits)` as the first argument, the target's probabilities second"),
     ("bce_with_logits", 0, "sigmoid",
      "bce_with_logits takes logits, but its input is already a sigmoid: the loss applies "
      "sigmoid again",

@@ -49,10 +49,15 @@ def _tuple(op, name, given, nd):
 
 def _pads(op, padding, size, kernel, stride, dilation):
     """[lo0, hi0, lo1, hi1, ...] from an int, a per-dim list, explicit lo/hi pairs, or
-    "valid" / "same" (TensorFlow's rule: out = ceil(in / stride), the odd pad goes high)."""
+    "valid" / "same" (TensorFlow's rule: out = ceil(in / stride), the odd pad goes high), or
+    conv1d's "causal"."""
     nd = len(kernel)
     if padding == "valid":
         return [0] * (2 * nd)
+    if padding == "causal" and op == "conv1d":
+        # NOTE: Keras' Conv1D(padding="causal"): all (kernel - 1) * dilation zeros go before the
+        # sequence, so output t sees inputs up to t only (a TCN's layers)
+        return [(kernel[0] - 1) * dilation[0], 0]
     if padding == "same":
         pads = []
         for n, k, s, d in zip(size, kernel, stride, dilation):
@@ -69,13 +74,13 @@ def _pads(op, padding, size, kernel, stride, dilation):
             return list(pads)
     # NOTE: one spatial dim takes "an int" or its list [n], so "1 ints" said nothing more
     per_dim = "" if nd == 1 else f", {nd} ints"
-    hint = did_you_mean(padding, ("same", "valid")) if isinstance(padding, str) else None
-    # NOTE: Keras' Conv1D(padding="causal"): all the padding goes before the sequence
-    if padding == "causal" and op == "conv1d":
-        hint = (f"causal padding is (kernel - 1) * dilation zeros before the sequence and none "
-                f"after: padding = [{(kernel[0] - 1) * dilation[0]}, 0]")
-    raise ShapeError(f"{op}: padding must be \"same\", \"valid\", an int{per_dim} or {2 * nd} "
-                     f"lo/hi ints, got {show_value(padding)}", attr="padding", hint=hint)
+    words = ("same", "valid", "causal") if op == "conv1d" else ("same", "valid")
+    hint = did_you_mean(padding, words) if isinstance(padding, str) else None
+    if padding == "causal":   # NOTE: as Keras, which has it on Conv1D only
+        hint = "\"causal\" is conv1d's only; here give the lo/hi pads of each dim"
+    named = ", ".join(f'"{w}"' for w in words)
+    raise ShapeError(f"{op}: padding must be {named}, an int{per_dim} or {2 * nd} lo/hi ints, "
+                     f"got {show_value(padding)}", attr="padding", hint=hint)
 
 
 def depthwise_hint(op: str = "conv2d") -> str:
@@ -213,7 +218,10 @@ def _conv(nd):
              doc=f"{nd}-D convolution (cross-correlation, like PyTorch) of [batch, channels, "
                  f"{dims}] with weight [filters, channels, *kernel]. kernel/stride/dilation: an "
                  "int or one per dim; padding: an int, one per dim, lo/hi pairs, \"valid\" or "
-                 "\"same\" (TensorFlow rule, extra pad on the high side). channels_last = true "
+                 "\"same\" (TensorFlow rule, extra pad on the high side)"
+                 + (" or \"causal\" (Keras' rule: (kernel - 1) * dilation zeros before the "
+                    "sequence, none after)" if nd == 1 else "")
+                 + ". channels_last = true "
                  "takes and returns channels on the last axis. Lowered as unfold + one GEMM. "
                  "Init (Keras): weight glorot_uniform (fans scaled by the kernel size), bias "
                  "zeros.",
@@ -224,7 +232,8 @@ _CONV_SAMPLES = {
     1: (Sample(((2, 3, 9),), {"filters": 4, "kernel": 3}),
         Sample(((2, 3, 10),), {"filters": 2, "kernel": 4, "stride": 2, "padding": "same"}),
         Sample(((2, 7, 3),), {"filters": 2, "kernel": 3, "padding": [1, 2], "dilation": 2,
-                              "channels_last": True, "use_bias": False})),
+                              "channels_last": True, "use_bias": False}),
+        Sample(((2, 3, 9),), {"filters": 2, "kernel": 3, "dilation": 2, "padding": "causal"})),
     2: (Sample(((2, 3, 6, 5),), {"filters": 4, "kernel": 3}),
         Sample(((1, 2, 7, 6),), {"filters": 3, "kernel": [3, 2], "stride": [2, 1],
                                  "padding": 1}),

@@ -3,8 +3,10 @@
 """
 from __future__ import annotations
 
+import numpy as np
+
 from nnlang.ir.dims import Sym, fmt_shape, is_concrete
-from nnlang.ops.nn import const_like, mean_over, need_float, stable_softplus
+from nnlang.ops.nn import const_like, count, mean_over, need_float, stable_softplus
 from nnlang.ops.registry import (INT_DTYPES, Sample, ShapeError, TensorType, is_float, need_range,
                                  register)
 
@@ -69,6 +71,64 @@ for _name in ("l1", "mae"):
                  + (" (alias of l1)" if _name == "mae" else ""))
 
 
+def _huber_shape(pred, target, *, delta):
+    need_float("huber", pred)
+    _same_shape("huber", pred, target)
+    if not delta > 0:   # NOTE: PyTorch refuses delta <= 0 too; delta = 0 would be 0 everywhere
+        raise ShapeError(f"huber: delta must be positive, got {delta!r}", attr="delta")
+    return _scalar(pred)
+
+
+def _huber(b, pred, target, *, delta):
+    d = b.sub(pred, target)
+    a = b.abs(d)
+    dl = const_like(b, delta, d)
+    # NOTE: a where, not min(a, delta) algebra: the quadratic side is 0.5 * d * d itself, so
+    # its gradient is d exactly (PyTorch's), and |d|'s kink at 0 is never differentiated
+    quad = b.mul(const_like(b, 0.5, d), b.mul(d, d))
+    lin = b.mul(dl, b.sub(a, b.mul(const_like(b, 0.5, d), dl)))
+    return mean_over(b, b.where(b.lt(a, dl), quad, lin))
+
+
+register("huber", "pred: tensor, target: tensor, delta: float = 1.0", _huber_shape,
+         decompose=_huber, family="losses",
+         samples=_REG_SAMPLES + (Sample(((4, 3), (4, 3)), {"delta": 0.5}),),
+         doc="Huber loss (PyTorch's F.huber_loss, mean reduction; Keras' Huber): with "
+             "d = pred - target, 0.5 * d**2 where |d| < delta, else delta * (|d| - 0.5 * "
+             "delta); the mean over all elements. delta = 1 is smooth_l1.")
+
+
+def _kl_div_shape(log_pred, target):
+    need_float("kl_div", log_pred)
+    _same_shape("kl_div", log_pred, target)
+    need_float("kl_div", target, arg=1)
+    if log_pred.rank < 1:
+        raise ShapeError("kl_div: batchmean divides by the batch, axis 0, which a scalar lacks",
+                         arg=0)
+    return _scalar(log_pred)
+
+
+def _kl_div(b, log_pred, target):
+    t = b.type(target)
+    zero = const_like(b, 0.0, target)
+    # NOTE: target * log(target) is 0 at target = 0 (PyTorch's xlogy); log of 1 there, not a
+    # where around log(0), keeps -inf (and a nan gradient) out of the graph
+    safe = b.where(b.gt(target, zero), target, const_like(b, 1.0, target))
+    terms = b.mul(target, b.sub(b.log(safe), log_pred))
+    return b.div(b.reduce_sum(terms, axes=None), count(b, t.shape[:1], t.dtype))
+
+
+register("kl_div", "log_pred: tensor, target: tensor", _kl_div_shape, decompose=_kl_div,
+         family="losses",
+         samples=(Sample(((4, 5), (4, 5)), domain="unit"),
+                  Sample(((2, 3, 4), (2, 3, 4)), domain="unit")),
+         doc="KL divergence KL(target || pred) as PyTorch's F.kl_div(log_pred, target, "
+             "reduction = \"batchmean\"): the FIRST argument is the model's LOG-probabilities "
+             "(log_softmax(logits)), the second the target's probabilities; sum(target * "
+             "(log(target) - log_pred)) over all elements, divided by the batch (axis 0) only. "
+             "Keras' KLDivergence(y_true, y_pred) takes both as probabilities, truth first.")
+
+
 def _bce_shape(prob, target, *, eps=None):
     _binary_pair("bce", prob, target)
     if eps is not None:
@@ -123,10 +183,22 @@ def need_scores_first(op: str, scores: TensorType, labels: TensorType) -> None:
                          hint=f"swap them: {op}(logits, labels)")
 
 
-def _ce_shape(logits, labels):
+def _ce_shape(logits, labels, *, label_smoothing=0.0, ignore_index=None):
+    need_range("cross_entropy", "label_smoothing", label_smoothing, 0.0, 1.0)
     need_scores_first("cross_entropy", logits, labels)
     need_float("cross_entropy", logits)
     _need_class_axis("cross_entropy", logits)
+    if ignore_index is not None and labels.dtype not in INT_DTYPES:
+        # NOTE: PyTorch refuses it too ("not supported for floating point target")
+        raise ShapeError(f"cross_entropy: ignore_index skips rows by their class id, but the "
+                         f"labels {labels} are probabilities", attr="ignore_index",
+                         hint="give int class ids, or weigh the per-row losses yourself")
+    if ignore_index is not None and not _fits(ignore_index, labels.dtype):
+        # NOTE: it becomes a constant of the labels' dtype, which must hold it
+        raise ShapeError(f"cross_entropy: ignore_index {ignore_index} does not fit the labels' "
+                         f"{labels.dtype}", attr="ignore_index",
+                         hint="PyTorch's default is -100; any id outside [0, classes) that "
+                              "the labels can hold marks a row to skip")
     rows = fmt_shape(logits.shape[:-1])
     if labels.dtype in INT_DTYPES:
         if logits.shape[:-1] != labels.shape:
@@ -147,6 +219,11 @@ def _ce_shape(logits, labels):
         raise ShapeError(f"cross_entropy: labels must be int class ids or float probabilities, "
                          f"got {labels}", arg=1)
     return _scalar(logits)
+
+
+def _fits(value: int, dtype: str) -> bool:
+    info = np.iinfo(dtype)
+    return info.min <= value <= info.max
 
 
 def _ids_hint(logits: TensorType, labels: TensorType) -> str:
@@ -186,10 +263,12 @@ def _need_class_axis(op: str, logits: TensorType) -> None:
                               "end with dense(h, classes)")
 
 
-def _cross_entropy(b, logits, labels):
+def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None):
     t = b.type(logits)
     logp = b.log_softmax(logits, axis=-1)
     ids = b.type(labels).dtype
+    if ignore_index is not None:
+        keep = b.cast(b.ne(labels, b.const(ignore_index, ids)), dtype=t.dtype)
     if ids in INT_DTYPES and not is_concrete(t.shape[-1:]):
         # NOTE: classes counted by a symbol (a pointer over a sequence's places) reach here
         # unbound only in an export: a one-hot needs its depth, a comparison with the places
@@ -198,28 +277,51 @@ def _cross_entropy(b, logits, labels):
         labels = b.cast(b.eq(b.unsqueeze(labels, axis=-1), places), dtype=t.dtype)
     elif ids in INT_DTYPES:
         labels = b.one_hot(labels, depth=t.shape[-1], dtype=t.dtype)
-    return b.neg(mean_over(b, b.reduce_sum(b.mul(labels, logp), axes=[-1])))
+    if not label_smoothing and ignore_index is None:
+        return b.neg(mean_over(b, b.reduce_sum(b.mul(labels, logp), axes=[-1])))
+    rows = b.neg(b.reduce_sum(b.mul(labels, logp), axes=[-1]))
+    if label_smoothing:
+        # NOTE: PyTorch's targets (1 - e) * labels + e / classes, split as (1 - e) * nll plus e
+        # times the mean over classes of -logp, which needs no count of classes (a symbol in
+        # an export) and holds for int ids and probabilities alike
+        e = label_smoothing
+        rows = b.sub(b.mul(const_like(b, 1.0 - e, rows), rows),
+                     b.mul(const_like(b, e, rows), mean_over(b, logp, axes=[-1])))
+    if ignore_index is None:
+        return mean_over(b, rows)
+    # NOTE: PyTorch's mean over the kept rows only. With every row ignored PyTorch gives
+    # 0 / 0 = nan; here the count is at least 1, so such a batch has loss 0 and no gradient
+    # rather than stopping a run at the NaN guard
+    kept = b.maximum(b.reduce_sum(keep, axes=None), const_like(b, 1.0, keep))
+    return b.div(b.reduce_sum(b.mul(rows, keep), axes=None), kept)
 
 
 _PER_ROW = "nll = -sum(log_softmax(logits) * one_hot(labels, classes), axis = -1)"
-# PyTorch's cross_entropy options: what to write instead
+# PyTorch's cross_entropy options that have no counterpart here: what to write instead
 _CE_HABITS = {
-    "label_smoothing": "give the smoothed targets as probabilities: cross_entropy(logits, "
-                       "(1 - e) * one_hot(labels, classes) + e / classes) is PyTorch's "
-                       "label_smoothing = e",
-    "ignore_index": f"mask the per-row losses yourself: {_PER_ROW}, keep = cast(labels != "
-                    "pad, dtype = \"float32\"), then loss sum(nll * keep) / sum(keep)",
     "reduction": f"cross_entropy is the mean over rows; the per-row losses are {_PER_ROW}",
 }
 
 
-register("cross_entropy", "logits: tensor, labels: tensor", _ce_shape, decompose=_cross_entropy,
+register("cross_entropy", "logits: tensor, labels: tensor, label_smoothing: float = 0.0, "
+         "ignore_index: int = none", _ce_shape, decompose=_cross_entropy,
          family="losses",
          habits=_CE_HABITS,
          samples=(Sample(((4, 5), (4,)), domain="int:5", dtypes=(None, "int32")),
                   Sample(((2, 3, 4), (2, 3)), domain="int:4", dtypes=(None, "int64")),
-                  Sample(((3, 4), (3, 4)), domain="unit")),
+                  Sample(((3, 4), (3, 4)), domain="unit"),
+                  Sample(((4, 5), (4,)), {"label_smoothing": 0.1}, domain="int:5",
+                         dtypes=(None, "int32")),
+                  Sample(((3, 4), (3, 4)), {"label_smoothing": 0.3}, domain="unit"),
+                  Sample(((3, 4, 5), (3, 4)), {"ignore_index": 1}, domain="int:5",
+                         dtypes=(None, "int32")),
+                  Sample(((6, 4), (6,)), {"ignore_index": 0, "label_smoothing": 0.2},
+                         domain="int:4", dtypes=(None, "int64"))),
          doc="softmax cross-entropy from raw logits [..., classes]: labels are int class ids "
              "[...] (or float probabilities shaped like logits); mean over all rows (batch, "
              "and time for [batch, time, classes]). Two classes at least: for one score per "
-             "example use bce_with_logits.")
+             "example use bce_with_logits. As PyTorch's F.cross_entropy: label_smoothing = e "
+             "takes the targets as (1 - e) * labels + e / classes (ids or probabilities); "
+             "ignore_index = k (int ids only) leaves out the rows labelled k, from the sum and "
+             "from the mean's count (with every row ignored the loss is 0, where PyTorch gives "
+             "nan).")

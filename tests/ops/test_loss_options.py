@@ -1,0 +1,304 @@
+"""The options ported tutorials write: cross_entropy's label_smoothing and ignore_index,
+conv1d's padding = "causal", huber and kl_div. Values and input gradients of a whole compiled
+model, on the reference and numba backends at float64 and float32, against numpy written here
+(analytic gradients; finite differences for the convolution) and against PyTorch's functions
+when torch is installed (CI has no torch: the numpy checks still run there)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnlang
+from tests import reference as ref
+
+BACKENDS = ["reference", "numba"]
+DTYPES = ["float64", "float32"]
+TOL = {"float64": 1e-10, "float32": 2e-5}
+_COMPILED = {}
+
+
+def _net(src, backend, dtype, batch):
+    key = (src, backend, dtype, batch)
+    if key not in _COMPILED:
+        _COMPILED[key] = nnlang.compile(src, backend=backend, dtype=dtype, batch=batch, seed=0)
+    return _COMPILED[key]
+
+
+def _loss_and_grad(src, feeds, backend, dtype, wrt):
+    net = _net(src, backend, dtype, len(next(iter(feeds.values()))))
+    feeds = {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in feeds.items()}
+    (loss,) = net.evaluate(feeds).values()
+    return loss, net.gradients(feeds, inputs=(wrt,))[wrt]
+
+
+def _close(got, want, dtype):
+    np.testing.assert_allclose(got, want, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+# *** cross_entropy(label_smoothing =, ignore_index =) ***
+
+def _ce_numpy(z, y, e, ignore):
+    """Loss and d loss / d logits written out: rows (1 - e) * onehot + e / C against softmax,
+    kept rows only, the mean over the kept ones (0 when none is kept)."""
+    c = z.shape[-1]
+    if np.issubdtype(y.dtype, np.integer):
+        keep = np.ones(y.shape, bool) if ignore is None else y != ignore
+        target = np.zeros(z.shape)
+        np.put_along_axis(target, np.where(keep, y, 0)[..., None], 1.0, axis=-1)
+    else:
+        keep, target = np.ones(y.shape[:-1], bool), y
+    target = (1 - e) * target + e / c
+    logp = z - z.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    n = max(keep.sum(), 1)
+    rows = -(target * logp).sum(-1)
+    return (rows * keep).sum() / n, (_softmax(z) - target) * keep[..., None] / n
+
+
+CE_CASES = [  # (logits shape, label_smoothing, ignore_index)
+    ((6, 5), 0.1, None), ((6, 5), 0.0, 2), ((6, 5), 0.2, 0), ((3, 4, 5), 0.1, 4),
+    ((3, 4, 5), 0.0, -100)]
+
+
+def _ce_src(shape, e, ignore, probs=False):
+    rows = ", ".join(["batch", *map(str, shape[1:-1])])
+    labels = f"float32[{rows}, {shape[-1]}]" if probs else f"int32[{rows}]"
+    opts = f", label_smoothing = {e}" + ("" if ignore is None else f", ignore_index = {ignore}")
+    return (f"model M {{\n  input z: float32[{rows}, {shape[-1]}]\n  input y: {labels}\n"
+            f"  output p = softmax(z)\n  loss cross_entropy(z, y{opts})\n}}\n")
+
+
+def _ce_feeds(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"z": 2 * rng.normal(size=shape),
+            "y": rng.integers(0, shape[-1], shape[:-1]).astype(np.int32)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,e,ignore", CE_CASES)
+def test_cross_entropy_options_match_numpy(shape, e, ignore, dtype, backend):
+    f = _ce_feeds(shape)
+    if ignore is not None and ignore >= 0:
+        f["y"].flat[::3] = ignore                    # some rows ignored, not all
+    loss, grad = _loss_and_grad(_ce_src(shape, e, ignore), f, backend, dtype, "z")
+    want, want_grad = _ce_numpy(f["z"], f["y"], e, ignore)
+    _close(loss, want, dtype)
+    _close(grad, want_grad, dtype)
+    assert loss == pytest.approx(ref.cross_entropy(f["z"], f["y"], label_smoothing=e,
+                                                   ignore_index=ignore), rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("e", [0.0, 0.3])
+def test_cross_entropy_smoothing_of_probability_targets_matches_numpy(e, backend):
+    rng = np.random.default_rng(3)
+    f = {"z": rng.normal(size=(4, 6)), "y": _softmax(rng.normal(size=(4, 6)))}
+    loss, grad = _loss_and_grad(_ce_src((4, 6), e, None, probs=True), f, backend, "float64", "z")
+    want, want_grad = _ce_numpy(f["z"], f["y"], e, None)
+    _close(loss, want, "float64")
+    _close(grad, want_grad, "float64")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cross_entropy_with_every_row_ignored_is_zero_not_nan(backend):
+    """PyTorch gives nan (0 / 0) for a batch whose rows are all ignored; nnlang's documented
+    choice is a loss of 0 and a zero gradient, so an all-padding batch cannot stop a run."""
+    f = _ce_feeds((3, 4, 5))
+    f["y"][:] = 0
+    loss, grad = _loss_and_grad(_ce_src((3, 4, 5), 0.1, 0), f, backend, "float64", "z")
+    assert loss == 0.0 and not grad.any()
+
+
+@pytest.mark.parametrize("shape,e,ignore", CE_CASES)
+def test_cross_entropy_options_match_pytorch(shape, e, ignore):
+    torch = pytest.importorskip("torch")
+    f = _ce_feeds(shape, seed=1)
+    if ignore is not None and ignore >= 0:
+        f["y"].flat[::2] = ignore
+    loss, grad = _loss_and_grad(_ce_src(shape, e, ignore), f, "numba", "float64", "z")
+    z = torch.tensor(f["z"], requires_grad=True)
+    # NOTE: torch wants classes on axis 1: [batch, classes, time]
+    want = torch.nn.functional.cross_entropy(
+        z if z.dim() == 2 else z.permute(0, 2, 1), torch.from_numpy(f["y"]).long(),
+        label_smoothing=e, ignore_index=-100 if ignore is None else ignore)
+    want.backward()
+    _close(loss, want.item(), "float64")
+    _close(grad, z.grad.numpy(), "float64")
+
+
+def test_cross_entropy_smoothing_of_probability_targets_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    f = {"z": rng.normal(size=(5, 3)), "y": _softmax(rng.normal(size=(5, 3)))}
+    loss, grad = _loss_and_grad(_ce_src((5, 3), 0.25, None, probs=True), f, "numba", "float64",
+                                "z")
+    z = torch.tensor(f["z"], requires_grad=True)
+    want = torch.nn.functional.cross_entropy(z, torch.from_numpy(f["y"]), label_smoothing=0.25)
+    want.backward()
+    _close(loss, want.item(), "float64")
+    _close(grad, z.grad.numpy(), "float64")
+
+
+# *** huber and kl_div ***
+
+def _huber_src(delta):
+    return ("model M {\n  input p: float32[batch, 7]\n  input t: float32[batch, 7]\n"
+            f"  output q = p\n  loss huber(p, t, delta = {delta})\n}}\n")
+
+
+def _kl_src():
+    return ("model M {\n  input z: float32[batch, 3, 6]\n  input t: float32[batch, 3, 6]\n"
+            "  output q = z\n  loss kl_div(log_softmax(z), t)\n}\n")
+
+
+def _huber_feeds(delta):
+    rng = np.random.default_rng(5)
+    p = 2 * rng.normal(size=(4, 7))
+    t = p + delta * rng.choice([-3.0, -0.5, 0.0, 0.4, 2.0], size=p.shape)  # both sides
+    return {"p": p, "t": t}
+
+
+def _kl_feeds():
+    rng = np.random.default_rng(6)
+    t = _softmax(rng.normal(size=(4, 3, 6)))
+    t[0, 0, :2] = 0.0                                # target 0: contributes 0 (xlogy)
+    return {"z": rng.normal(size=(4, 3, 6)), "t": t / t.sum(-1, keepdims=True)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("delta", [1.0, 0.3, 2.5])
+def test_huber_matches_numpy(delta, dtype, backend):
+    f = _huber_feeds(delta)
+    loss, grad = _loss_and_grad(_huber_src(delta), f, backend, dtype, "p")
+    d = f["p"] - f["t"]
+    want = np.where(np.abs(d) < delta, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta)).mean()
+    _close(loss, want, dtype)
+    _close(grad, np.clip(d, -delta, delta) / d.size, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kl_div_matches_numpy(dtype, backend):
+    """batchmean: the sum over every element divided by the batch (4) only, not 4 * 3 rows."""
+    f = _kl_feeds()
+    loss, grad = _loss_and_grad(_kl_src(), f, backend, dtype, "z")
+    t, logq = f["t"], ref.log_softmax(f["z"])
+    plogp = t * np.log(np.where(t > 0, t, 1.0))
+    _close(loss, (plogp - t * logq).sum() / 4, dtype)
+    # d/dz of -sum(t * log_softmax(z)) / B = (softmax(z) * sum(t) - t) / B
+    _close(grad, (_softmax(f["z"]) * t.sum(-1, keepdims=True) - t) / 4, dtype)
+
+
+@pytest.mark.parametrize("delta", [1.0, 0.3, 2.5])
+def test_huber_matches_pytorch(delta):
+    torch = pytest.importorskip("torch")
+    f = _huber_feeds(delta)
+    loss, grad = _loss_and_grad(_huber_src(delta), f, "numba", "float64", "p")
+    p = torch.tensor(f["p"], requires_grad=True)
+    want = torch.nn.functional.huber_loss(p, torch.from_numpy(f["t"]), delta=delta)
+    want.backward()
+    _close(loss, want.item(), "float64")
+    _close(grad, p.grad.numpy(), "float64")
+
+
+def test_kl_div_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    f = _kl_feeds()
+    loss, grad = _loss_and_grad(_kl_src(), f, "numba", "float64", "z")
+    z = torch.tensor(f["z"], requires_grad=True)
+    want = torch.nn.functional.kl_div(torch.log_softmax(z, -1), torch.from_numpy(f["t"]),
+                                      reduction="batchmean")
+    want.backward()
+    _close(loss, want.item(), "float64")
+    _close(grad, z.grad.numpy(), "float64")
+
+
+# *** conv1d(padding = "causal") ***
+
+CAUSAL = [(3, 1, False), (3, 2, False), (2, 3, True), (4, 2, True)]  # kernel, dilation, last
+
+
+def _causal_src(kernel, dilation, channels_last):
+    x = "float32[batch, 10, 3]" if channels_last else "float32[batch, 3, 10]"
+    return (f"model M {{\n  input x: {x}\n"
+            f"  output h = conv1d(x, 4, {kernel}, dilation = {dilation}, padding = \"causal\", "
+            f"channels_last = {str(channels_last).lower()})\n"
+            f"  loss mean(h * h)\n}}\n")
+
+
+def _causal_numpy(x, w, bias, kernel, dilation):
+    """[batch, channels, length]: output t sums x[t - (kernel - 1 - j) * dilation] over the
+    taps j, with x zero before the sequence's start."""
+    y = np.zeros((x.shape[0], w.shape[0], x.shape[2])) + bias[None, :, None]
+    for t in range(x.shape[2]):
+        for j in range(kernel):
+            s = t - (kernel - 1 - j) * dilation
+            if s >= 0:
+                y[:, :, t] += x[:, :, s] @ w[:, :, j].T
+    return y
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel,dilation,channels_last", CAUSAL)
+def test_causal_conv1d_matches_numpy_and_sees_no_future(kernel, dilation, channels_last, dtype,
+                                                        backend):
+    net = _net(_causal_src(kernel, dilation, channels_last), backend, dtype, 2)
+    rng = np.random.default_rng(kernel + dilation)
+    x = rng.normal(size=(2, 3, 10))
+    xin = np.moveaxis(x, 1, -1) if channels_last else x
+    params = {k: v.astype(np.float64) for k, v in net.parameters().items()}
+    (w,) = (v for k, v in params.items() if k.endswith("weight"))
+    (bias,) = (v for k, v in params.items() if k.endswith("bias"))
+    h = net.forward({"x": xin.astype(dtype)})["h"]
+    h = np.moveaxis(h, -1, 1) if channels_last else h
+    want = _causal_numpy(x, w, bias, kernel, dilation)
+    assert h.shape == (2, 4, 10)                  # the length is kept
+    _close(h, want, dtype)
+    # the mean(h*h) loss's gradient by x: finite differences on the numpy twin
+    grad = net.gradients({"x": xin.astype(dtype)}, inputs=("x",))["x"]
+    grad = np.moveaxis(grad, -1, 1) if channels_last else grad
+    fd, eps = np.zeros_like(x), 1e-6
+    for i in np.ndindex(x.shape):
+        d = np.zeros_like(x)
+        d[i] = eps
+        hi, lo = (_causal_numpy(x + s * d, w, bias, kernel, dilation) for s in (1, -1))
+        fd[i] = ((hi ** 2).mean() - (lo ** 2).mean()) / (2 * eps)
+    np.testing.assert_allclose(grad, fd, rtol=1e-5 if dtype == "float32" else 1e-7,
+                               atol=1e-6 if dtype == "float32" else 1e-9)
+    # changing the last step changes the last output only
+    later = x.copy()
+    later[:, :, -1] += 1.0
+    h2 = net.forward({"x": (np.moveaxis(later, 1, -1) if channels_last else later)
+                      .astype(dtype)})["h"]
+    h2 = np.moveaxis(h2, -1, 1) if channels_last else h2
+    np.testing.assert_array_equal(h2[:, :, :-1], h[:, :, :-1])
+
+
+@pytest.mark.parametrize("kernel,dilation,channels_last", CAUSAL)
+def test_causal_conv1d_matches_keras_padding_in_pytorch(kernel, dilation, channels_last):
+    torch = pytest.importorskip("torch")
+    net = _net(_causal_src(kernel, dilation, channels_last), "numba", "float64", 2)
+    params = net.parameters()
+    (w,) = (torch.from_numpy(v) for k, v in params.items() if k.endswith("weight"))
+    (bias,) = (torch.from_numpy(v) for k, v in params.items() if k.endswith("bias"))
+    x = np.random.default_rng(9).normal(size=(2, 3, 10))
+    xt = torch.tensor(x, requires_grad=True)
+    # Keras' Conv1D(padding="causal") is a left pad of (kernel - 1) * dilation, then "valid"
+    h = torch.nn.functional.conv1d(torch.nn.functional.pad(xt, ((kernel - 1) * dilation, 0)),
+                                   w, bias, dilation=dilation)
+    (h * h).mean().backward()
+    xin = np.moveaxis(x, 1, -1) if channels_last else x
+    got = net.forward({"x": xin})["h"]
+    grad = net.gradients({"x": xin}, inputs=("x",))["x"]
+    if channels_last:
+        got, grad = np.moveaxis(got, -1, 1), np.moveaxis(grad, -1, 1)
+    _close(got, h.detach().numpy(), "float64")
+    _close(grad, xt.grad.numpy(), "float64")
