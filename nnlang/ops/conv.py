@@ -87,7 +87,8 @@ def depthwise_hint(op: str = "conv2d") -> str:
 
 def _conv_habits(op: str) -> dict:
     """PyTorch's conv options that have no counterpart here, and what to write instead."""
-    return {"groups": f"no grouped convolution: {depthwise_hint(op)}"}
+    return {"groups": f"no grouped convolution: {depthwise_hint(op)}",
+            "padding_mode": "the padding is zeros (PyTorch's padding_mode = \"zeros\")"}
 
 
 def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_last=False,
@@ -268,10 +269,18 @@ def _pool(nd, kind):
     register(name, "x: tensor, size: ints, stride: ints = none, padding: any = 0, "
              "channels_last: bool = false", shape_rule, decompose=decompose, family="conv",
              doc=f"{nd}-D {kind} pooling: the {what} of each window. stride defaults to size; "
-                 "padding as for convolution.",
+                 "padding as for convolution.", habits=_POOL_HABITS,
              samples=_POOL_SAMPLES[nd])
 
 
+_POOL_HABITS = {
+    "count_include_pad": "the padding counts as zeros in avg pooling's divisor (PyTorch's "
+                         "count_include_pad = true)",
+    "ceil_mode": "the output length rounds down (ceil_mode = false); pad the end for one "
+                 "more window: padding = [0, 1]",
+    **dict.fromkeys(("dilation", "dilation_rate"), "pooling windows are dense (no dilation)"),
+    "return_indices": "it returns the pooled values alone",
+}
 _POOL_SAMPLES = {
     1: (Sample(((2, 3, 8),), {"size": 2}),
         Sample(((2, 3, 7),), {"size": 3, "stride": 2, "padding": 1}),
