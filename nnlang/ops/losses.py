@@ -227,23 +227,23 @@ register("cross_entropy", "logits: tensor, labels: tensor", _ce_shape, decompose
 
 # Keras' and PyTorch's losses and metrics that have no op here, written with ops of the
 # predictions `p` and targets `y`: each is checked against PyTorch or numpy in
-# tests/ops/test_habits.py (huber and kl_div are on their way as ops)
+# tests/test_habits.py (huber and kl_div are on their way as ops)
 WRITTEN_WITH_OPS = {
-    "hinge": "mean(relu(1 - y * p)) (y in {-1, 1})",
-    "squared_hinge": "mean(relu(1 - y * p) ** 2) (y in {-1, 1})",
-    "categorical_hinge": "mean(relu(1 + max((1 - y) * p, axis = -1) - sum(y * p, axis = -1))) "
-                         "(y one-hot)",
+    "hinge": "mean(relu(1 - y * p)); y in {-1, 1}",
+    "squared_hinge": "mean(relu(1 - y * p) ** 2); y in {-1, 1}",
+    "categorical_hinge": "mean(relu(1 + max((1 - y) * p, axis = -1) - sum(y * p, axis = -1))); "
+                         "y one-hot",
     "cosine_similarity": "-mean(sum(p * y, axis = -1) / sqrt(sum(p * p, axis = -1) * "
-                         "sum(y * y, axis = -1))) (Keras' loss; PyTorch's function is the "
-                         "per-row value without the minus)",
+                         "sum(y * y, axis = -1))); Keras' loss, PyTorch's function is the "
+                         "per-row value without the minus",
     "poisson": "mean(p - y * log(p + 1e-7))",
     "log_cosh": "mean((p - y) + softplus(-2 * (p - y)) - 0.6931471805599453)",
     "mean_squared_logarithmic_error": "mean((log(p + 1) - log(y + 1)) ** 2)",
     "mean_absolute_percentage_error": "100 * mean(abs((y - p) / clip(abs(y), lo = 1e-7)))",
-    "categorical_accuracy": "accuracy(p, argmax(y, axis = -1)) (y one-hot)",
+    "categorical_accuracy": "accuracy(p, argmax(y, axis = -1)); y one-hot",
     "top_k_accuracy": "mean(cast(sum(cast(p > sum(p * one_hot(y, classes), axis = -1, keepdims "
-                      "= true), dtype = \"float32\"), axis = -1) < k, dtype = \"float32\")) "
-                      "(y int labels)",
+                      "= true), dtype = \"float32\"), axis = -1) < k, dtype = \"float32\")); "
+                      "y int labels",
 }
 for _other, _ours in (("logcosh", "log_cosh"), ("msle", "mean_squared_logarithmic_error"),
                       ("mape", "mean_absolute_percentage_error"),

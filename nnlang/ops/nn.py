@@ -87,7 +87,7 @@ ACTIVATIONS = ("relu", "leaky_relu", "gelu", "sigmoid", "tanh", "softmax", "log_
 
 
 # Keras' and PyTorch's activations that have no op here, written with ops (of `x`): each is
-# checked against PyTorch in tests/ops/test_habits.py
+# checked against PyTorch in tests/test_habits.py
 WRITTEN_WITH_OPS = {
     "selu": "1.0507009873554805 * elu(x, alpha = 1.6732632423543772)",
     "hard_sigmoid": "clip(x / 6 + 0.5, lo = 0.0, hi = 1.0)",
@@ -117,8 +117,7 @@ def check_activation(op: str, name) -> None:
     if name is not None and name not in ACTIVATIONS:
         ops = WRITTEN_WITH_OPS.get(name)
         on_h = re.sub(r"\bx\b", "h", ops or "")
-        hint = (f"no {name} activation: apply it to the layer's output h = {op}(...), "
-                f"{on_h}" if ops else
+        hint = (f"no {name} activation: write h = {op}(...) without it, then {on_h}" if ops else
                 "leave activation out for none (or write \"linear\")" if name == "none" else
                 did_you_mean(name, list(ACTIVATIONS)) or "one of: " + ", ".join(ACTIVATIONS))
         raise ShapeError(f"{op}: unknown activation {name!r}", attr="activation", hint=hint)

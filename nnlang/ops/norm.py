@@ -36,7 +36,8 @@ _DROPOUT_HABITS = {
 
 
 register("dropout", "x: tensor, rate: float = 0.5", _dropout_shape, decompose=_dropout,
-         family="norm", habits=_DROPOUT_HABITS, samples=(Sample(((4, 6),), {"rate": 0.5}), Sample(((2, 3, 4),))),
+         family="norm", habits=_DROPOUT_HABITS,
+         samples=(Sample(((4, 6),), {"rate": 0.5}), Sample(((2, 3, 4),))),
          doc="training: zeroes each element with probability rate and scales the rest by "
              "1/(1-rate) (inverted dropout); evaluation: the identity")
 
