@@ -277,3 +277,20 @@ def test_the_shared_dropout_mask_drops_whole_channels_in_training_only():
             assert set(np.unique(ratio)) == {0.0, 2.0}
         else:
             np.testing.assert_array_equal(y, x)
+
+
+def test_avg_pool_padding_same_averages_the_real_cells_as_keras():
+    """padding = "same" is Keras' spelling (PyTorch's pools have none) and Keras averages over
+    the cells inside x: on ones every output is 1. The padded corners counted as zeros (4/9)."""
+    x = np.random.default_rng(2).uniform(1, 2, (2, 3, 5, 6))
+    got = _run("avg_pool2d(x, 3, stride = 1, padding = \"same\")", {"x": x})
+    ones = _run("avg_pool2d(x, 3, stride = 2, padding = \"same\")", {"x": np.ones((1, 1, 5, 6))})
+    np.testing.assert_allclose(ones, 1.0, rtol=1e-12)
+    want = np.zeros_like(x)   # numpy: each window's cells inside x, averaged
+    for i in range(5):
+        for j in range(6):
+            want[:, :, i, j] = x[:, :, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].mean((2, 3))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    twin = torch.nn.functional.avg_pool2d(torch.tensor(x), 3, 1, 1, count_include_pad=False)
+    np.testing.assert_allclose(got, twin.numpy(), rtol=1e-12)
