@@ -48,7 +48,7 @@ LAYER_OPTIONS = [
     ('output y = conv2d(img, 4, 3, activation = "relu")', ["|> relu"]),
     ('output y = conv2d(img, 4, 3, padding_mode = "reflect")', ["zeros"]),
     ('output y = max_pool2d(img, kernel_size = 2)', ["'size'"]),
-    ('output y = avg_pool2d(img, 3, count_include_pad = false)', ["count_include_pad = true"]),
+    ('output y = avg_pool2d(img, 3, count_include_pad = false)', ["count_include_pad = true", "real cells"]),
     ('output y = max_pool2d(img, 3, ceil_mode = true)', ["padding = [0, 1]"]),
     ('output y = dropout(x, 0.2, noise_shape = [1, 8])', ["x * dropout(", "* 0 + 1, rate)"]),
     ('output y = embedding(tok, 100, 8, mask_zero = true)', ["mask = tokens"]),

@@ -298,8 +298,9 @@ def _cells_in(spatial, kernel, stride, pads, out) -> np.ndarray:
 
 
 _POOL_HABITS = {
-    "count_include_pad": "the padding counts as zeros in avg pooling's divisor (PyTorch's "
-                         "count_include_pad = true)",
+    "count_include_pad": "explicit padding counts as zeros in avg pooling's divisor "
+                         "(PyTorch's count_include_pad = true); padding = \"same\" averages "
+                         "the real cells only (count_include_pad = false)",
     "ceil_mode": "the output length rounds down (ceil_mode = false); pad the end for one "
                  "more window: padding = [0, 1]",
     **dict.fromkeys(("dilation", "dilation_rate"), "pooling windows are dense (no dilation)"),
