@@ -133,8 +133,8 @@ class ErrorSink:
 # Names from Keras and PyTorch that nnlang spells otherwise, far from its spelling by letters:
 # a student's first guess. Suggested only where the nnlang name is a candidate.
 FOREIGN_NAMES = {
-    "learning_rate": "lr", "dim": "axis", "keepdim": "keepdims", "kernel_size": "kernel",
-    "pool_size": "size", "strides": "stride", "out_features": "units", "hidden_size": "units",
+    "learning_rate": "lr", "dim": "axis", "keepdim": "keepdims", "strides": "stride",
+    "out_features": "units", "hidden_size": "units",
     "num_embeddings": "vocab", "embedding_dim": "dim", "input_dim": "vocab",
     "output_dim": "dim", "num_heads": "heads", "p": "rate",
     "linear": "dense", "Linear": "dense", "Dense": "dense", "cat": "concat",
@@ -166,7 +166,41 @@ FOREIGN_NAMES = {
     "expand_dims": "unsqueeze", "bmm": "matmul", "mm": "matmul", "l1_loss": "mae",
     "softmax_cross_entropy_with_logits": "cross_entropy",
     "sigmoid_cross_entropy_with_logits": "bce_with_logits",
+    # layer options by their Keras/PyTorch names (a tuple: the first one the op has)
+    "kernel_initializer": "init", "embeddings_initializer": "init",
+    "depthwise_initializer": "init", "nonlinearity": "activation",
+    "out_channels": "filters", "dims": "perm", "axes": ("perm", "axis"),
+    "pool_size": "size", "kernel_size": ("kernel", "size"), "num_classes": "depth",
+    "min": "lo", "max": "hi", "clip_value_min": "lo", "clip_value_max": "hi",
+    "use_causal_mask": "causal", "is_causal": "causal", "embed_dim": "dim",
+    "epsilon": "eps", "query": "q", "value": "kv",
+    # optimizer and schedule options (Keras' RMSprop rho is PyTorch's alpha)
+    "rho": "alpha", "beta_1": "beta1", "beta_2": "beta2", "eta_min": "min_lr",
+    "decay_rate": "gamma", "warmup_steps": "warmup", "num_warmup_steps": "warmup",
+    "step_size_epochs": "step_size",
+    # train settings
+    "random_seed": "seed", "gradient_clip_val": "clip_norm", "grad_clip": "clip_norm",
+    "max_grad_norm": "clip_norm", "gradient_clipping": "clip_norm",
+    "validation_split": "val_split", "max_epochs": "epochs", "num_epochs": "epochs",
+    "nb_epoch": "epochs",
+    # losses, metrics, optimizers and schedules by their class names
+    "CrossEntropyLoss": "cross_entropy", "NLLLoss": "cross_entropy", "MSELoss": "mse",
+    "L1Loss": "mae", "BCELoss": "bce", "BCEWithLogitsLoss": "bce_with_logits",
+    "SparseCategoricalCrossentropy": "cross_entropy",
+    "CategoricalCrossentropy": "cross_entropy", "BinaryCrossentropy": "bce",
+    "MeanSquaredError": "mse", "MeanAbsoluteError": "mae",
+    "sparse_categorical_accuracy": "accuracy", "SparseCategoricalAccuracy": "accuracy",
+    "BinaryAccuracy": "binary_accuracy", "amax": "max", "amin": "min",
+    "CosineDecay": "cosine", "cosine_decay": "cosine", "CosineAnnealing": "cosine",
+    "ExponentialDecay": "exponential", "exponential_decay": "exponential",
 }
+
+
+def foreign_name(name: str, candidates) -> str | None:
+    """nnlang's spelling of the Keras/PyTorch `name` among `candidates`, or None."""
+    foreign = FOREIGN_NAMES.get(name, ())
+    return next((f for f in ((foreign,) if isinstance(foreign, str) else foreign)
+                 if f in candidates and f != name), None)
 
 
 def closest(name: str, candidates, cutoff: float = 0.6) -> str | None:
@@ -175,8 +209,8 @@ def closest(name: str, candidates, cutoff: float = 0.6) -> str | None:
     import difflib
 
     names = sorted(set(candidates))
-    foreign = FOREIGN_NAMES.get(name)
-    if foreign in names and foreign != name:
+    foreign = foreign_name(name, names)
+    if foreign:
         return foreign
     folded = [c for c in names if c.lower() == name.lower() and c != name]
     if folded:

@@ -187,13 +187,18 @@ def pool(kind):
         pads = _padding(padding, x.shape[2:], k, s, [1] * nd)
         fill = -np.inf if kind == "max" else 0.0
         xp = np.pad(x, [(0, 0), (0, 0)] + pads, constant_values=fill)
+        # Keras' padding = "same" averages the real cells only; explicit pads count (PyTorch)
+        real = np.pad(np.ones_like(x), [(0, 0), (0, 0)] + pads,
+                      constant_values=0.0 if padding == "same" else 1.0)
         out = [(xp.shape[2 + i] - k[i]) // s[i] + 1 for i in range(nd)]
         y = np.zeros(x.shape[:2] + tuple(out))
         for pos in itertools.product(*(range(o) for o in out)):
-            win = xp[(slice(None), slice(None)) +
-                     tuple(slice(p * s[i], p * s[i] + k[i]) for i, p in enumerate(pos))]
-            win = win.reshape(x.shape[:2] + (-1,))
-            y[(slice(None), slice(None)) + pos] = win.max(-1) if kind == "max" else win.mean(-1)
+            at = (slice(None), slice(None)) + tuple(slice(p * s[i], p * s[i] + k[i])
+                                                    for i, p in enumerate(pos))
+            win = xp[at].reshape(x.shape[:2] + (-1,))
+            cells = real[at].reshape(x.shape[:2] + (-1,)).sum(-1)
+            y[(slice(None), slice(None)) + pos] = win.max(-1) if kind == "max" else \
+                win.sum(-1) / cells
         return _channels_back(y, channels_last)
     return ref
 

@@ -12,6 +12,8 @@ from nnlang.frontend.values import (POISON, Abort, Initializer, KEYWORD_ONLY_OPS
 from nnlang.ir.dims import Sym, fmt_shape, is_concrete, size_problem
 from nnlang.ops import registry
 from nnlang.ops.conv import depthwise_hint
+from nnlang.ops.losses import WRITTEN_WITH_OPS as LOSSES_WITH_OPS
+from nnlang.ops.nn import WRITTEN_WITH_OPS as ACTIVATIONS_WITH_OPS
 from nnlang.ops.init import INITIALIZERS, init_problem
 from nnlang.ops.registry import ParamSpec, ShapeError, sym_dims
 from nnlang.ops.rnn import every_step_hint, last_step_hint
@@ -27,6 +29,41 @@ WRITTEN_OTHERWISE = {
     "depthwise_conv2d": _DEPTHWISE, "DepthwiseConv2D": _DEPTHWISE,
     "separable_conv2d": _DEPTHWISE + ", then a 1x1 conv2d(h, filters, 1)",
     "SeparableConv2D": _DEPTHWISE + ", then a 1x1 conv2d(h, filters, 1)",
+    **{name: f"no {name} op: {name}(x) is {ops}" for name, ops in ACTIVATIONS_WITH_OPS.items()},
+    **{name: f"no {name} op: with predictions p and targets y, write {ops}"
+       for name, ops in LOSSES_WITH_OPS.items()},
+    **dict.fromkeys(("Bidirectional", "bidirectional"),
+                    "an option of the recurrent layer: lstm(x, 64, bidirectional = true) (also "
+                    "gru and rnn)"),
+    "stack": "concat the tensors with a new axis each: concat(unsqueeze(a, axis = 1), "
+             "unsqueeze(b, axis = 1), axis = 1)",
+    **dict.fromkeys(("identity", "Identity"), "write the value itself: y = x"),
+    "zeros_like": "x * 0", "ones_like": "x * 0 + 1",
+    **dict.fromkeys(("adaptive_avg_pool2d", "AdaptiveAvgPool2d", "adaptive_avg_pool1d"),
+                    "to size 1 it is global_avg_pool(x) ([batch, channels]); to another size, "
+                    "avg_pool2d(x, size = in_size / out_size)"),
+    **dict.fromkeys(("adaptive_max_pool2d", "AdaptiveMaxPool2d"),
+                    "to size 1 it is global_max_pool(x) ([batch, channels]); to another size, "
+                    "max_pool2d(x, size = in_size / out_size)"),
+    **dict.fromkeys(("split", "chunk", "unbind"),
+                    "slice each part: a = x[:, 0:4], b = x[:, 4:8]"),
+    **dict.fromkeys(("spatial_dropout1d", "spatial_dropout2d", "SpatialDropout1D",
+                     "SpatialDropout2D", "dropout1d", "dropout2d", "Dropout1d", "Dropout2d"),
+                    "dropout of ones of [batch, channels, 1, 1], broadcast: x * dropout("
+                    "x[:, :, 0:1, 0:1] * 0 + 1, rate) (channels first)"),
+    **dict.fromkeys(("normalize", "l2_normalize"),
+                    "x / sqrt(sum(x * x, axis = -1, keepdims = true) + 1e-12)"),
+    "norm": "sqrt(sum(x * x, axis = -1)) (the L2 norm over the last axis)",
+    **dict.fromkeys(("instance_norm", "InstanceNorm2d", "InstanceNormalization"),
+                    "(x - mean(x, axis = [2, 3], keepdims = true)) / sqrt(var(x, axis = [2, 3], "
+                    "keepdims = true) + 1e-5) (PyTorch's InstanceNorm2d, affine = false)"),
+    **dict.fromkeys(("rms_norm", "RMSNorm"),
+                    "x / sqrt(mean(x * x, axis = -1, keepdims = true) + 1e-6) (without the "
+                    "learned scale)"),
+    **dict.fromkeys(("auc", "AUC", "precision", "Precision", "recall", "Recall", "f1_score",
+                     "F1Score"),
+                    "no such metric: a metric here is a mean over batches, which AUC, precision "
+                    "and recall are not; compute them from `nnlang predict`'s outputs"),
 }
 _RANGE = {"float32": (-FLOAT32_MAX, FLOAT32_MAX, "about 3.4e38"),
           "float64": (-sys.float_info.max, sys.float_info.max, "about 1.8e308"),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nnlang.errors import ErrorSink, NNError, Span, closest, did_you_mean
+from nnlang.errors import ErrorSink, NNError, Span, closest, did_you_mean, foreign_name
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration, number_text
 from nnlang.frontend.deep import deep_stack
@@ -22,7 +22,8 @@ from nnlang.frontend.lint import lint
 from nnlang.frontend.parser import parse
 from nnlang.frontend.scan import ScanElaboration
 from nnlang.frontend.source import load_source
-from nnlang.frontend.train_config import TRAIN_SET_KEYS, TrainConfig, elaborate_train
+from nnlang.frontend.train_config import (SAID_ELSEWHERE, TRAIN_SET_KEYS, TrainConfig,
+                                         elaborate_train)
 from nnlang.frontend.values import (POISON, TENSOR_BINOPS, Abort, Initializer, Scope, T,
                                     eval_binop, join_path)
 from nnlang.gc_pause import paused_gc
@@ -99,6 +100,8 @@ class Elaborator(CallElaboration, ScanElaboration):
         takes, `nnlang check` not) or one misspelt (`epoch`, Keras' `learning_rate`)."""
         if key in TRAIN_SET_KEYS:
             return f"'{key}' is a train setting: `nnlang train` takes it with --set"
+        if key in SAID_ELSEWHERE and not foreign_name(key, [*names, *TRAIN_SET_KEYS]):
+            return SAID_ELSEWHERE[key]   # NOTE: Keras' shuffle is no misspelt schedule
         guess = closest(key, names) or closest(key, TRAIN_SET_KEYS)
         if guess in TRAIN_SET_KEYS and guess not in names:
             return f"did you mean the train setting '{guess}'?"

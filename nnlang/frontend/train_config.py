@@ -8,11 +8,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from nnlang.errors import ErrorSink, NNError, did_you_mean
+from nnlang.errors import ErrorSink, NNError, did_you_mean, foreign_name
 from nnlang.frontend import ast
 from nnlang.ir.dims import DEFAULT_BATCH, MAX_BATCH
 from nnlang.ops.signature import BindError, check_kind, show_value
-from nnlang.ops.optim import OPTIMIZERS, SCHEDULES
+from nnlang.ops.optim import OPTIMIZERS, SCHEDULES, unknown_choice_hint
 
 
 @dataclass(frozen=True)
@@ -208,8 +208,7 @@ def _choice(value, registry: dict, what: str, span, errors: ErrorSink, spans: di
         return None
     name, options = (value, {}) if isinstance(value, str) else value
     if name not in registry:
-        errors.add(f"unknown {what} '{name}'", span,
-                   did_you_mean(name, registry) or f"{what}s: {', '.join(sorted(registry))}")
+        errors.add(f"unknown {what} '{name}'", span, unknown_choice_hint(name, what, registry))
         return None
     sig = registry[name].sig
     try:
@@ -300,14 +299,54 @@ def _keyword_example(d, args: list) -> str | None:
     return f"name each option: {d.name}({shown})"
 
 
-# settings of Keras' compile()/fit() and PyTorch loops that nnlang says elsewhere
-_SAID_ELSEWHERE = {
+_EARLY = ("early stopping is early_stop = 3 (Keras' EarlyStopping(patience = 3)), following "
+          "monitor (default \"val_loss\") and mode")
+_BEST = ("the best epoch's weights are kept as best.npz in the run directory (with validation "
+         "data), and nnlang eval, predict and export use them")
+_PER_ROW = ("give the weights as an input of the model (an array of the data) and write the "
+            "loss with them: loss mean(per_row_loss * w)")
+_ONE_PROCESS = "the data is read in the training process: leave it out"
+# settings of Keras' compile()/fit() and PyTorch loops that nnlang says elsewhere (a rename,
+# as batch_size, is in FOREIGN_NAMES)
+SAID_ELSEWHERE = {
     "loss": "the loss is part of the model: `loss cross_entropy(logits, label)` in its body",
     "metrics": "metrics are part of the model: `metric acc = accuracy(logits, label)` in its body",
     "metric": "metrics are part of the model: `metric acc = accuracy(logits, label)` in its body",
     "device": "the device is a flag: `nnlang train --backend cupy` for an NVIDIA GPU (numba, "
               "the default, runs on the CPU)",
-    "validation_split": "did you mean 'val_split'?",
+    "shuffle": "the training data is shuffled every epoch (seeded by seed): leave it out",
+    "callbacks": f"callbacks are settings: {_EARLY}; {_BEST} (ModelCheckpoint("
+                 "save_best_only = True)); schedule = plateau(...) is ReduceLROnPlateau",
+    "patience": f"{_EARLY}; the plateau schedule's is schedule = plateau(patience = ...)",
+    **dict.fromkeys(("early_stopping", "EarlyStopping"), _EARLY),
+    "min_delta": "any improvement of monitor beyond float32 rounding counts (Keras' min_delta "
+                 "= 0): leave it out",
+    "restore_best_weights": _BEST,
+    **dict.fromkeys(("save_best_only", "checkpoint", "ModelCheckpoint"),
+                    f"{_BEST}; checkpoint.npz holds the last epoch"),
+    **dict.fromkeys(("steps_per_epoch", "max_steps", "limit_train_batches"),
+                    "an epoch is one pass over the data; `nnlang train --max-steps N` stops "
+                    "after N steps"),
+    **dict.fromkeys(("validation_data", "validation_steps", "validation_freq",
+                     "validation_batch_size"),
+                    "validation runs after every epoch on val_split of the training data, or "
+                    "on the val_* arrays of a .npz (docs/data.md)"),
+    **dict.fromkeys(("verbose", "log_every_n_steps"),
+                    "each epoch prints one line with its losses and metrics: leave it out"),
+    "initial_epoch": "continue a run with `nnlang train --resume` (it keeps the epoch, "
+                     "optimizer and schedule state)",
+    "sample_weight": _PER_ROW,
+    "class_weight": "no class weights: " + _PER_ROW,
+    **dict.fromkeys(("workers", "num_workers", "use_multiprocessing", "max_queue_size",
+                     "pin_memory"), _ONE_PROCESS),
+    **dict.fromkeys(("accumulate_grad_batches", "gradient_accumulation_steps"),
+                    "no gradient accumulation: the same update is one larger batch (batch = "
+                    "...; without batch_norm)"),
+    **dict.fromkeys(("precision", "mixed_precision", "dtype", "amp"),
+                    "no mixed precision: training runs in float32"),
+    **dict.fromkeys(("kernel_regularizer", "weight_decay_l2", "regularization"),
+                    "the penalties are l2 = 1e-4 and l1 (with l2_on / l1_on for some weights), "
+                    "or the optimizer's weight_decay"),
 }
 
 
@@ -315,17 +354,18 @@ def _option_hint(s: ast.Setting, t: ast.TrainDef) -> str | None:
     """An optimizer's or schedule's option written as a setting of its own (`lr = 0.1`, as
     Keras' compile(learning_rate=...) reads): where it goes instead. `--set lr=0.1` takes it
     bare, the file does not."""
-    if s.name in _SAID_ELSEWHERE:
-        return _SAID_ELSEWHERE[s.name]
+    if s.name in SAID_ELSEWHERE:
+        return SAID_ELSEWHERE[s.name]
     for setting, table in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
-        owners = [name for name, d in table.items()
-                  if any(p.name == s.name for p in d.sig.params)]
+        options = {p.name for d in table.values() for p in d.sig.params}
+        name = s.name if s.name in options else foreign_name(s.name, options)
+        owners = [n for n, d in table.items() if any(p.name == name for p in d.sig.params)]
         if owners:
             given = next((getattr(o.value, "func", getattr(o.value, "id", None))
                           for o in t.settings if o.name == setting), None)
             example = given if given in owners else "adam" if "adam" in owners else owners[0]
-            return (f"'{s.name}' is an option of the {setting}: "
-                    f"`{setting} = {example}({s.name} = ...)`")
+            said = f"'{s.name}' is '{name}' here, " if name != s.name else f"'{s.name}' is "
+            return f"{said}an option of the {setting}: `{setting} = {example}({name} = ...)`"
     return None
 
 
@@ -359,8 +399,8 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
             except abort:
                 continue
             spans = {k.name: k.value.span for k in s.value.kwargs}
-            if args and s.name != "data":
-                table = OPTIMIZERS if s.name == "optimizer" else SCHEDULES
+            table = OPTIMIZERS if s.name == "optimizer" else SCHEDULES
+            if args and s.name != "data" and s.value.func in table:
                 errors.add(f"{s.value.func}() takes keyword arguments only", s.value.span,
                            _keyword_example(table.get(s.value.func), args))
                 continue

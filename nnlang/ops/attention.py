@@ -101,6 +101,23 @@ def _mha(b, q, kv, mask, wq, bq, wk, bk, wv, bv, wo, bo, *, heads, dim, causal, 
     return linear(b, b.reshape(ctx, shape=[batch, lq, inner]), wo, bo)
 
 
+_MASKS = ("the masks are key_padding_mask [batch, kv_len] (nonzero keeps a key: the opposite "
+          "of PyTorch's True) and causal = true; write other masks out with softmax and matmul")
+_MHA_HABITS = {
+    "key_dim": "dim is the whole width, split over heads: Keras' key_dim (per head) is "
+               "dim = heads * key_dim",
+    "value_dim": "the values have the keys' width: dim (split over heads)",
+    "batch_first": "q and kv are [batch, len, dim] (PyTorch's batch_first = true)",
+    "attn_mask": _MASKS, "attention_mask": _MASKS,
+    "need_weights": "it returns the output alone (PyTorch's need_weights = false)",
+    "return_attention_scores": "it returns the output alone: for the weights write "
+                               "softmax(q @ transpose(k, [0, 2, 1]) / sqrt(d)) yourself",
+    "key": "kv gives both the keys and the values: multi_head_attention(q, kv, heads = ...)",
+    **dict.fromkeys(("bias", "use_bias", "add_bias_kv"),
+                    "the projections always have biases (PyTorch's bias = True)"),
+}
+
+
 # NOTE: no `flops` rule: `nnlang check` counts what the decomposition runs, the six GEMMs (2 *
 # M * N * K each) and the bias adds, the scaling, the masks and the softmax, as it counts the
 # same ops written out; a rule of its own counted the GEMMs only (6,720 of 7,640 for q [2, 5, 8])
@@ -108,6 +125,7 @@ register("multi_head_attention",
          "q: tensor, kv: tensor? = none, key_padding_mask: tensor? = none, heads: int, "
          "dim: int = none, causal: bool = false, dropout: float = 0.0",
          _mha_shape, decompose=_mha, params=_mha_params, family="attention",
+         habits=_MHA_HABITS,
          doc="Multi-head scaled dot-product attention on [batch, len, dim]: self-attention when "
              "kv is none. dim is the attention width (default: q's last dim), split over heads; "
              "the output has q's shape. key_padding_mask [batch, kv_len] (float, int or bool; "

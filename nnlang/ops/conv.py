@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from nnlang.errors import did_you_mean
 from nnlang.ir.dims import Sym, fmt_shape, is_concrete
 from nnlang.ops.init import init_spec
@@ -92,7 +94,8 @@ def depthwise_hint(op: str = "conv2d") -> str:
 
 def _conv_habits(op: str) -> dict:
     """PyTorch's conv options that have no counterpart here, and what to write instead."""
-    return {"groups": f"no grouped convolution: {depthwise_hint(op)}"}
+    return {"groups": f"no grouped convolution: {depthwise_hint(op)}",
+            "padding_mode": "the padding is zeros (PyTorch's padding_mode = \"zeros\")"}
 
 
 def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_last=False,
@@ -268,26 +271,58 @@ def _pool(nd, kind):
             y = b.window_max(x, kernel=k, stride=s, pads=pads)
         else:
             cols = b.unfold(x, kernel=k, stride=s, pads=pads, dilation=d, pad_value=0.0)
-            y = b.div(b.reduce_sum(cols, axes=axes), const_like(b, float(math.prod(k)), x))
+            # NOTE: padding = "same" is Keras' spelling (PyTorch's pools have none), and Keras
+            # averages over the window's real cells: the padded corners of a 3x3 window on
+            # ones gave 4/9, not 1. Explicit pads count as zeros, as PyTorch's do.
+            divisor = (b.const(_cells_in(shape[2:], k, s, pads, out)[..., None],
+                               b.type(x).dtype) if _is_same(padding) and any(pads)
+                       else const_like(b, float(math.prod(k)), x))
+            y = b.div(b.reduce_sum(cols, axes=axes), divisor)
         return _from_last(b, y, channels_last)
 
     what = ("largest value (its gradient goes to the first largest cell, as in PyTorch)"
             if kind == "max" else
-            "mean (padding counts as zeros in the divisor: count_include_pad like PyTorch)")
+            "mean (padding counts as zeros in the divisor: count_include_pad like PyTorch; "
+            "with padding = \"same\" the mean is over the window's cells inside x, as Keras' "
+            "padding = \"same\" takes it)")
     register(name, "x: tensor, size: ints, stride: ints = none, padding: any = 0, "
              "channels_last: bool = false", shape_rule, decompose=decompose, family="conv",
              doc=f"{nd}-D {kind} pooling: the {what} of each window. stride defaults to size; "
-                 "padding as for convolution.",
+                 "padding as for convolution.", habits=_POOL_HABITS,
              samples=_POOL_SAMPLES[nd])
 
 
+def _is_same(padding) -> bool:
+    return isinstance(padding, str) and padding.lower() == "same"
+
+
+def _cells_in(spatial, kernel, stride, pads, out) -> np.ndarray:
+    """How many cells of each output window lie inside x (not in the padding): [*out]."""
+    count = np.ones(())
+    for i, (n, k, st, o) in enumerate(zip(spatial, kernel, stride, out)):
+        start = np.arange(o) * st - pads[2 * i]
+        inside = np.minimum(start + k, n) - np.maximum(start, 0)
+        count = np.multiply.outer(count, inside)
+    return count
+
+
+_POOL_HABITS = {
+    "count_include_pad": "explicit padding counts as zeros in avg pooling's divisor "
+                         "(PyTorch's count_include_pad = true); padding = \"same\" averages "
+                         "the real cells only (count_include_pad = false)",
+    "ceil_mode": "the output length rounds down (ceil_mode = false); pad the end for one "
+                 "more window: padding = [0, 1]",
+    **dict.fromkeys(("dilation", "dilation_rate"), "pooling windows are dense (no dilation)"),
+    "return_indices": "it returns the pooled values alone",
+}
 _POOL_SAMPLES = {
     1: (Sample(((2, 3, 8),), {"size": 2}),
         Sample(((2, 3, 7),), {"size": 3, "stride": 2, "padding": 1}),
         Sample(((2, 6, 3),), {"size": 2, "padding": "same", "stride": 1,
                               "channels_last": True})),
     2: (Sample(((2, 3, 6, 6),), {"size": 2}),
-        Sample(((1, 2, 5, 7),), {"size": [3, 2], "stride": [2, 2], "padding": [1, 0]})),
+        Sample(((1, 2, 5, 7),), {"size": [3, 2], "stride": [2, 2], "padding": [1, 0]}),
+        Sample(((1, 2, 5, 6),), {"size": 3, "stride": 2, "padding": "same"})),
 }
 for _nd in (1, 2):
     for _kind in ("max", "avg"):

@@ -325,3 +325,35 @@ register("cross_entropy", "logits: tensor, labels: tensor, label_smoothing: floa
              "ignore_index = k (int ids only) leaves out the rows labelled k, from the sum and "
              "from the mean's count (with every row ignored the loss is 0, where PyTorch gives "
              "nan).")
+
+
+# Keras' and PyTorch's losses and metrics that have no op here, written with ops of the
+# predictions `p` and targets `y`: each is checked against PyTorch or numpy in
+# tests/test_habits.py (huber and kl_div are ops)
+WRITTEN_WITH_OPS = {
+    "hinge": "mean(relu(1 - y * p)); y in {-1, 1}",
+    "squared_hinge": "mean(relu(1 - y * p) ** 2); y in {-1, 1}",
+    "categorical_hinge": "mean(relu(1 + max((1 - y) * p, axis = -1) - sum(y * p, axis = -1))); "
+                         "y one-hot",
+    "cosine_similarity": "-mean(sum(p * y, axis = -1) / sqrt(sum(p * p, axis = -1) * "
+                         "sum(y * y, axis = -1))); Keras' loss, PyTorch's function is the "
+                         "per-row value without the minus",
+    "poisson": "mean(p - y * log(p + 1e-7))",
+    "log_cosh": "mean((p - y) + softplus(-2 * (p - y)) - 0.6931471805599453)",
+    "mean_squared_logarithmic_error": "mean((log(p + 1) - log(y + 1)) ** 2)",
+    "mean_absolute_percentage_error": "100 * mean(abs((y - p) / clip(abs(y), lo = 1e-7)))",
+    "categorical_accuracy": "accuracy(p, argmax(y, axis = -1)); y one-hot",
+    "top_k_accuracy": "mean(cast(sum(cast(p > sum(p * one_hot(y, classes), axis = -1, keepdims "
+                      "= true), dtype = \"float32\"), axis = -1) < k, dtype = \"float32\")); "
+                      "y int labels",
+}
+for _other, _ours in (("logcosh", "log_cosh"), ("msle", "mean_squared_logarithmic_error"),
+                      ("mape", "mean_absolute_percentage_error"),
+                      ("CategoricalHinge", "categorical_hinge"), ("Hinge", "hinge"),
+                      ("CosineSimilarity", "cosine_similarity"), ("Poisson", "poisson"),
+                      ("LogCosh", "log_cosh"),
+                      ("top_k_categorical_accuracy", "top_k_accuracy"),
+                      ("sparse_top_k_categorical_accuracy", "top_k_accuracy"),
+                      ("SparseTopKCategoricalAccuracy", "top_k_accuracy"),
+                      ("CategoricalAccuracy", "categorical_accuracy")):
+    WRITTEN_WITH_OPS[_other] = WRITTEN_WITH_OPS[_ours]

@@ -5,6 +5,7 @@ them, and gradients and kernels come from the primitives they emit.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -85,11 +86,41 @@ ACTIVATIONS = ("relu", "leaky_relu", "gelu", "sigmoid", "tanh", "softmax", "log_
                "silu", "softplus", "elu", "linear")
 
 
+# Keras' and PyTorch's activations that have no op here, written with ops (of `x`): each is
+# checked against PyTorch in tests/test_habits.py
+WRITTEN_WITH_OPS = {
+    "selu": "1.0507009873554805 * elu(x, alpha = 1.6732632423543772)",
+    "hard_sigmoid": "clip(x / 6 + 0.5, lo = 0.0, hi = 1.0)",
+    "hard_swish": "x * clip(x / 6 + 0.5, lo = 0.0, hi = 1.0)",
+    "relu6": "clip(x, lo = 0.0, hi = 6.0)",
+    "hard_tanh": "clip(x, lo = -1.0, hi = 1.0)",
+    "softsign": "x / (1 + abs(x))",
+    "mish": "x * tanh(softplus(x))",
+    "log_sigmoid": "-softplus(-x)",
+    "exponential": "exp(x)",
+}
+for _torch, _ours in (("hardsigmoid", "hard_sigmoid"), ("hardswish", "hard_swish"),
+                      ("hardtanh", "hard_tanh"), ("logsigmoid", "log_sigmoid"),
+                      ("SELU", "selu"), ("ReLU6", "relu6"), ("Hardswish", "hard_swish"),
+                      ("Hardsigmoid", "hard_sigmoid"), ("Hardtanh", "hard_tanh"),
+                      ("Softsign", "softsign"), ("Mish", "mish"), ("LogSigmoid", "log_sigmoid")):
+    WRITTEN_WITH_OPS[_torch] = WRITTEN_WITH_OPS[_ours]
+
+
+def written_with_ops(name: str) -> str | None:
+    """How to write the activation `name` that nnlang has no op for, or None."""
+    ops = WRITTEN_WITH_OPS.get(name)
+    return f"no {name} op: {name}(x) is {ops}" if ops else None
+
+
 def check_activation(op: str, name) -> None:
     if name is not None and name not in ACTIVATIONS:
-        raise ShapeError(f"{op}: unknown activation {name!r}", attr="activation",
-                         hint=did_you_mean(name, list(ACTIVATIONS))
-                         or "one of: " + ", ".join(ACTIVATIONS))
+        ops = WRITTEN_WITH_OPS.get(name)
+        on_h = re.sub(r"\bx\b", "h", ops or "")
+        hint = (f"no {name} activation: write h = {op}(...) without it, then {on_h}" if ops else
+                "leave activation out for none (or write \"linear\")" if name == "none" else
+                did_you_mean(name, list(ACTIVATIONS)) or "one of: " + ", ".join(ACTIVATIONS))
+        raise ShapeError(f"{op}: unknown activation {name!r}", attr="activation", hint=hint)
 
 
 def activate(b, x: int, name):
@@ -168,9 +199,18 @@ def _embedding_shape(tokens, weight=None, *, vocab, dim, init):
     return TensorType(tuple(tokens.shape) + (dim,), dt)
 
 
+_EMBEDDING_HABITS = {
+    "mask_zero": "give the ids to the layer that skips the pads: lstm(e, 64, mask = tokens) "
+                 "(nonzero ids are real steps, Keras' mask_zero = True), "
+                 "multi_head_attention(e, heads = 4, key_padding_mask = tokens)",
+    "padding_idx": "zero the pad rows (and their gradient) yourself: embedding(tokens, vocab, "
+                   "dim) * unsqueeze(cast(tokens != 0, dtype = \"float32\"), axis = -1)",
+}
+
+
 register("embedding", "tokens: tensor, vocab: int, dim: int, init: init = \"uniform\"",
          _embedding_shape, decompose=lambda b, tokens, weight, **_: b.gather(weight, tokens),
-         params=_embedding_params, family="nn",
+         params=_embedding_params, family="nn", habits=_EMBEDDING_HABITS,
          doc="Looks up a learned [vocab, dim] vector per token id: [*tokens] -> [*tokens, dim]. "
              "Ids must lie in [0, vocab). Init (Keras): uniform(-0.05, 0.05).",
          samples=(Sample(((2, 5),), {"vocab": 7, "dim": 3}, domain="int:7", dtypes=("int32",)),))

@@ -28,8 +28,16 @@ def _dropout(b, x, *, rate):
     return b.where(keep, b.mul(x, const_like(b, 1.0 / (1.0 - rate), x)), const_like(b, 0.0, x))
 
 
+_DROPOUT_HABITS = {
+    "noise_shape": "one mask per element here; a mask shared over axes (Keras' noise_shape, "
+                   "SpatialDropout2D) is dropout of ones of the mask's shape, broadcast: "
+                   "x * dropout(x[:, :, 0:1, 0:1] * 0 + 1, rate)",
+}
+
+
 register("dropout", "x: tensor, rate: float = 0.5", _dropout_shape, decompose=_dropout,
-         family="norm", samples=(Sample(((4, 6),), {"rate": 0.5}), Sample(((2, 3, 4),))),
+         family="norm", habits=_DROPOUT_HABITS,
+         samples=(Sample(((4, 6),), {"rate": 0.5}), Sample(((2, 3, 4),))),
          doc="training: zeroes each element with probability rate and scales the rest by "
              "1/(1-rate) (inverted dropout); evaluation: the identity")
 
@@ -76,8 +84,14 @@ def _layer_norm(b, x, gamma, beta, *, axis, eps):
     return _affine(b, y, gamma, beta, [t.shape[i] if i in ax else 1 for i in range(t.rank)])
 
 
+_NO_AFFINE = ("gamma and beta are always learned; without them write it out: (x - mean(x, "
+              "axis = -1, keepdims = true)) / sqrt(var(x, axis = -1, keepdims = true) + 1e-5)")
+_LAYER_NORM_HABITS = dict.fromkeys(("elementwise_affine", "center", "scale", "bias"), _NO_AFFINE)
+
+
 register("layer_norm", "x: tensor, axis: ints = -1, eps: float = 1e-5", _layer_norm_shape,
          decompose=_layer_norm, params=_layer_norm_params, family="norm",
+         habits=_LAYER_NORM_HABITS,
          doc="(x - mean) / sqrt(var + eps) * gamma + beta, statistics over axis (the last by "
              "default) per example. Params gamma (ones) and beta (zeros) over those dims.",
          samples=(Sample(((3, 8),)), Sample(((2, 3, 4),), {"axis": [1, 2]})))
@@ -151,8 +165,21 @@ def _batch_norm(b, x, gamma, beta, running_mean, running_var, *, momentum, eps):
     return _affine(b, y, gamma, beta, shape)
 
 
+_BATCH_NORM_HABITS = {
+    "axis": "batch_norm normalizes axis 1 of [batch, channels, ...] (PyTorch's BatchNorm; on "
+            "[batch, features] that is Keras' axis = -1 too); for channels-last images "
+            "permute(x, [0, 3, 1, 2]) first",
+    **dict.fromkeys(("center", "scale", "affine"),
+                    "gamma and beta are always learned (PyTorch's affine = True)"),
+    "track_running_stats": "training normalizes with the batch's statistics, evaluation with "
+                           "the running ones; a frozen layer (trainable = false) uses the "
+                           "running ones in training too",
+}
+
+
 register("batch_norm", "x: tensor, momentum: float = 0.1, eps: float = 1e-5", _batch_norm_shape,
          decompose=_batch_norm, params=_batch_norm_params, family="norm",
+         habits=_BATCH_NORM_HABITS,
          doc="normalizes each channel (axis 1) of [batch, channels, ...]: training uses the "
              "batch's mean and biased variance, evaluation the running_mean / running_var "
              "(non-trainable). Params gamma (ones), beta (zeros), running_mean (zeros), "

@@ -129,6 +129,48 @@ SCHEDULES = {o.name: o for o in (
              "section's `monitor` (default val_loss), down to min_lr"),
 )}
 
+# Keras' and PyTorch's optimizers and schedules that have no counterpart here, and what to
+# write instead (where the closest name by letters would mislead: nadam is not adam)
+_ADAM_KIN = "not supported here: adam (or adamw for decoupled weight decay) is the nearest"
+_NOT_ADAPTIVE = "not supported here: adam, adamw, rmsprop or sgd"
+_WARMUP = "a linear warm-up is every schedule's option: schedule = cosine(warmup = 100) (steps)"
+WRITTEN_OTHERWISE = {
+    "optimizer": {
+        **dict.fromkeys(("nadam", "Nadam", "NAdam", "adamax", "Adamax", "radam", "RAdam", "lamb",
+                         "LAMB", "amsgrad"), _ADAM_KIN),
+        **dict.fromkeys(("adagrad", "Adagrad", "adadelta", "Adadelta", "lion", "Lion", "ftrl",
+                         "Ftrl", "lbfgs", "LBFGS", "sparse_adam", "SparseAdam", "asgd", "ASGD",
+                         "rprop", "Rprop"), _NOT_ADAPTIVE),
+    },
+    "schedule": {
+        **dict.fromkeys(("OneCycleLR", "one_cycle", "onecycle", "OneCycle"),
+                        "no one-cycle schedule: cosine(warmup = N) warms up linearly for N "
+                        "steps, then decays by a cosine over the rest of the run"),
+        **dict.fromkeys(("CosineAnnealingWarmRestarts", "cosine_restarts", "CosineDecayRestarts",
+                         "cosine_decay_restarts", "sgdr"),
+                        "no restarts: cosine() decays once over the whole run"),
+        **dict.fromkeys(("LinearLR", "linear", "warmup", "LinearWarmup", "warmup_linear",
+                         "warmup_cosine", "WarmupCosine"), _WARMUP),
+        **dict.fromkeys(("PolynomialDecay", "polynomial", "PolynomialLR", "linear_decay",
+                         "InverseTimeDecay", "inverse_time", "CyclicLR", "cyclic", "LambdaLR",
+                         "MultiplicativeLR", "lambda"),
+                        "not supported here: the schedules are constant, step, exponential, "
+                        "cosine and plateau (cosine(min_lr = ...) decays smoothly to a floor)"),
+        **dict.fromkeys(("MultiStepLR", "multistep", "multi_step", "PiecewiseConstantDecay",
+                         "piecewise"),
+                        "no milestones: step(step_size = N, gamma = 0.1) multiplies by gamma "
+                        "every N epochs"),
+        "ConstantLR": "constant() keeps lr (a factor for the first epochs is not supported)",
+    },
+}
+
+
+def unknown_choice_hint(name: str, what: str, table: dict) -> str:
+    """The hint for an unknown optimizer or schedule `name` (`what`) of `table`."""
+    from nnlang.errors import did_you_mean
+    return (WRITTEN_OTHERWISE[what].get(name) or did_you_mean(name, table)
+            or f"{what}s: {', '.join(sorted(table))}")
+
 
 def learning_rate(base: float, schedule, step: int, epoch: int, total_steps: int,
                   scale: float = 1.0) -> float:

@@ -319,6 +319,11 @@ def _habits(op: str) -> dict:
         "batch_first": "x is [batch, time, features] (PyTorch's batch_first = true)",
         "num_layers": f"stack layers with pipes: {op}(x, 64, return_sequences = true) |> "
                       f"{op}(64)",
+        **dict.fromkeys(("bias", "use_bias"), "the gates always have biases (bias_init sets "
+                                              "their start; they train)"),
+        "proj_size": f"no projection inside the cell: {cell}",
+        **({} if op == "lstm" else {"unit_forget_bias": "lstm's option: only lstm has a "
+                                                        "forget gate"}),
     }
 
 

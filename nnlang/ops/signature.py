@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast as pyast
 from dataclasses import dataclass, field
 
-from nnlang.errors import did_you_mean
+from nnlang.errors import did_you_mean, foreign_name
 from nnlang.ir.dims import Sym
 
 KINDS = {"tensor", "tensor?", "int", "float", "bool", "str", "ints", "floats", "init", "any",
@@ -106,7 +106,9 @@ class Signature:
             if name not in self.names():
                 ours = TORCH_NAMES.get(name)
                 hint = (f"did you mean '{ours}'? (PyTorch's '{name}' is '{ours}' here)"
-                        if ours in self.names() else did_you_mean(name, self.names()))
+                        if ours in self.names() else did_you_mean(name, self.names())
+                        if foreign_name(name, self.names()) else
+                        OPTION_HABITS.get(name) or did_you_mean(name, self.names()))
                 raise BindError(f"has no parameter '{name}'", hint or f"parameters: {self}",
                                 name)
             if name in out:
@@ -119,6 +121,63 @@ class Signature:
                                     f"signature: ({self})")
                 out[p.name] = [] if p.variadic else p.default
         return out
+
+
+_INFERRED = "the input's size is read from its shape: leave it out"
+_PENALTY = ("penalties are train settings: l2 = 1e-4 (or l1) in the train section, on every "
+            "weight matrix, or on this layer's alone with l2_on = [name.weight]")
+# Keras' and PyTorch's options that no op, optimizer or schedule here has under any name, and
+# what to write instead (an op's own `habits` come first; a rename is in FOREIGN_NAMES)
+OPTION_HABITS = {
+    **dict.fromkeys(("in_features", "in_channels", "input_size", "num_features",
+                     "normalized_shape", "input_dim", "input_shape", "input_length", "kdim",
+                     "vdim"), _INFERRED),
+    **dict.fromkeys(("kernel_regularizer", "bias_regularizer", "recurrent_regularizer"),
+                    _PENALTY),
+    "activity_regularizer": "add the penalty as a second loss, summed with the first: "
+                            "`loss 1e-4 * mean(h ** 2)`",
+    **dict.fromkeys(("kernel_constraint", "bias_constraint", "max_norm"),
+                    "no weight constraints (clip_norm, a train setting, clips the gradient)"),
+    "activation": "this op has no activation option: pipe one after it, `... |> relu`",
+    "data_format": "channels_last = true for [batch, ..., channels] (Keras' data_format = "
+                   "\"channels_last\"); the default is channels first, as PyTorch's",
+    "inplace": "ops never write in place: leave it out",
+    "training": "dropout and batch_norm switch to evaluation by themselves (nnlang eval and "
+                "predict): leave it out",
+    "keepdim": "this op drops the axis: unsqueeze(..., axis = a) puts it back",
+    "keepdims": "this op drops the axis: unsqueeze(..., axis = a) puts it back",
+    "from_logits": "cross_entropy and bce_with_logits take logits (Keras' from_logits = True); "
+                   "bce takes probabilities",
+    "reduction": "a loss here is the mean (reduction = \"mean\"); for \"sum\" multiply it by "
+                 "the count it averages over; for \"none\" write the per-element loss "
+                 "yourself, e.g. (p - y) ** 2",
+    # optimizers
+    "amsgrad": "no AMSGrad variant: adam or adamw",
+    "betas": "name each: beta1 = 0.9, beta2 = 0.999 (PyTorch's betas = (0.9, 0.999))",
+    "clipnorm": "gradient clipping is a train setting: clip_norm = 1.0 (the global norm, "
+                "Keras' global_clipnorm)",
+    "global_clipnorm": "gradient clipping is a train setting: clip_norm = 1.0",
+    "clipvalue": "no clipping by value: clip_norm = 1.0 (a train setting) clips the global "
+                 "norm",
+    "decay": "a decaying learning rate is a schedule: schedule = exponential(gamma = 0.9) "
+             "(per epoch) or cosine()",
+    "dampening": "no dampening: sgd(momentum = ...) is PyTorch's with dampening = 0",
+    "centered": "no centered RMSprop: rmsprop(alpha = ..., momentum = ...)",
+    **dict.fromkeys(("fused", "foreach", "capturable", "differentiable", "jit_compile"),
+                    "nnlang fuses the update itself: leave it out"),
+    "maximize": "the optimizer minimizes the loss: negate it, `loss -score`",
+    # schedules
+    "T_max": "cosine decays over the whole run (epochs x steps per epoch): leave it out",
+    "decay_steps": "cosine decays over the whole run (epochs x steps per epoch); step() "
+                   "decays every step_size epochs",
+    "last_epoch": "a resumed run (nnlang train --resume) restores the schedule itself",
+    "verbose": "the learning rate is shown in each epoch's line: leave it out",
+    "cooldown": "no cooldown: the plateau count restarts after each reduction",
+    "min_delta": "any improvement beyond float32 rounding counts (Keras' min_delta = 0)",
+    "threshold": "any improvement beyond float32 rounding counts (PyTorch's threshold = 0)",
+    "mode": "which way is better is the train setting mode = \"min\" or \"max\" (for "
+            "monitor), not a schedule option",
+}
 
 
 # NOTE: keywords a PyTorch user writes by habit, and ours for them: too far apart for

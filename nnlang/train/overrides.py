@@ -13,7 +13,7 @@ from nnlang.frontend.elaborate import Program, load
 from nnlang.frontend.source import load_source, read_source
 from nnlang.frontend.train_config import FLAGS, Choice, TrainConfig, option_problem
 from nnlang.train import feeds
-from nnlang.ops.optim import OPTIMIZERS, SCHEDULES
+from nnlang.ops.optim import OPTIMIZERS, SCHEDULES, unknown_choice_hint
 from nnlang.ops.signature import show_value
 
 _SCALARS = {f.name: f.type for f in fields(TrainConfig)
@@ -119,8 +119,7 @@ def _choice(name: str, registry: dict, what: str, keep: dict) -> Choice:
     from nnlang.ops.signature import BindError
     if name not in registry:
         raise NNError(f"unknown {what} '{name}'",
-                      hint=did_you_mean(name, registry)
-                      or f"{what}s: {', '.join(sorted(registry))}")
+                      hint=unknown_choice_hint(name, what, registry))
     sig = registry[name].sig
     names = {p.name for p in sig.params}
     try:
@@ -233,7 +232,6 @@ def _load_for(text, hp: dict, model, resuming: bool):
 def _check_penalty_lists(cfg: TrainConfig, program) -> None:
     """l1_on / l2_on from --set name weights of the model (the train section's own are
     checked where they are written)."""
-    from nnlang.errors import did_you_mean
     params = program.graph.params
     for key in ("l1_on", "l2_on"):
         for name in getattr(cfg, key) or ():

@@ -1,0 +1,297 @@
+"""Keras' and PyTorch's spellings, swept: each gets the nnlang spelling, or a hint that says
+what to write instead (not a bare 'unknown' with the signature, nor a wrong guess by letters:
+selu is not elu, nadam is not adam, shuffle is not schedule). The formulas those hints give
+for activations, losses and metrics nnlang has no op for are run here against PyTorch and an
+independent numpy.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import nnlang
+from nnlang.errors import NNError
+from nnlang.ops.losses import WRITTEN_WITH_OPS as LOSSES_WITH_OPS
+from nnlang.ops.nn import WRITTEN_WITH_OPS as ACTIVATIONS_WITH_OPS
+from nnlang.passes.decompose import decompose
+from nnlang.runtime.interpret import interpret
+
+_MODEL = """model M {
+  input x: float32[batch, 8]
+  input seq: float32[batch, 5, 8]
+  input img: float32[batch, 3, 8, 8]
+  input tok: int32[batch, 5]
+  input label: int32[batch]
+  input yb: float32[batch, 4]
+  %s
+}
+"""
+
+
+def _hint(body: str, train: str | None = None) -> str:
+    src = _MODEL % body + (f"train M {{\n  {train}\n}}\n" if train else "")
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    return err.value.hint or ""
+
+
+# (a line of the model, words its hint must hold): each hint was the whole signature, or a
+# misleading guess by letters, before
+LAYER_OPTIONS = [
+    ('output y = dense(x, 4, kernel_initializer = "he_normal")', ["'init'"]),
+    ('output y = dense(x, 4, kernel_regularizer = "l2")', ["l2 = 1e-4", "l2_on"]),
+    ('output y = dense(x, 4, in_features = 8)', ["read from its shape"]),
+    ('output y = conv2d(img, 4, 3, out_channels = 4)', ["'filters'"]),
+    ('output y = conv2d(img, 4, 3, data_format = "channels_last")', ["channels_last = true"]),
+    ('output y = conv2d(img, 4, 3, activation = "relu")', ["|> relu"]),
+    ('output y = conv2d(img, 4, 3, padding_mode = "reflect")', ["zeros"]),
+    ('output y = max_pool2d(img, kernel_size = 2)', ["'size'"]),
+    ('output y = avg_pool2d(img, 3, count_include_pad = false)',
+     ["count_include_pad = true", "real cells"]),
+    ('output y = max_pool2d(img, 3, ceil_mode = true)', ["padding = [0, 1]"]),
+    ('output y = dropout(x, 0.2, noise_shape = [1, 8])', ["x * dropout(", "* 0 + 1, rate)"]),
+    ('output y = embedding(tok, 100, 8, mask_zero = true)', ["mask = tokens"]),
+    ('output y = embedding(tok, 100, 8, padding_idx = 0)', ["tokens != 0"]),
+    ('output y = lstm(seq, 4, bias = false)', ["always have biases"]),
+    ('output y = gru(seq, 4, unit_forget_bias = true)', ["only lstm"]),
+    ('output y = batch_norm(x, axis = -1)', ["axis 1", "permute(x, [0, 3, 1, 2])"]),
+    ('output y = batch_norm(x, affine = false)', ["always learned"]),
+    ('output y = layer_norm(x, elementwise_affine = false)', ["sqrt(var(x"]),
+    ('output y = multi_head_attention(seq, heads = 2, key_dim = 4)', ["dim = heads * key_dim"]),
+    ('output y = multi_head_attention(seq, heads = 2, attn_mask = seq)',
+     ["key_padding_mask", "causal = true"]),
+    ('output y = multi_head_attention(seq, heads = 2, use_causal_mask = true)', ["'causal'"]),
+    ('output y = multi_head_attention(seq, heads = 2, need_weights = false)', ["output alone"]),
+    ('output y = multi_head_attention(seq, heads = 2, embed_dim = 8)', ["'dim'"]),
+    ('output y = permute(img, dims = [0, 2, 3, 1])', ["'perm'"]),
+    ('output y = transpose(seq, axes = [0, 2, 1])', ["'perm'"]),
+    ('output y = clip(x, min = 0.0, max = 1.0)', ["'lo'"]),
+    ('output y = one_hot(label, num_classes = 4)', ["'depth'"]),
+    ('output y = argmax(x, axis = 1, keepdim = true)', ["unsqueeze"]),
+    ('output y = mae(dense(x, 4), yb, reduction = "sum")', ["count it averages over"]),
+    ('output y = dense(x, 4, activation = "selu")', ["elu(h, alpha = 1.67"]),
+    ('output y = dense(x, 4, activation = "none")', ["leave activation out"]),
+]
+OPS = [
+    ("output y = selu(x)", ["1.0507009873554805 * elu(x"]),
+    ("output y = softsign(x)", ["x / (1 + abs(x))"]),
+    ("output y = hard_sigmoid(x)", ["clip(x / 6 + 0.5"]),
+    ("output y = relu6(x)", ["hi = 6.0"]),
+    ("output y = Bidirectional(x)", ["bidirectional = true"]),
+    ("output y = stack(x, x)", ["concat(unsqueeze(a, axis = 1)"]),
+    ("output y = spatial_dropout2d(img, 0.2)", ["x * dropout("]),
+    ("output y = BCEWithLogitsLoss(x, x)", ["'bce_with_logits'"]),
+    ("output y = hinge(x, x)", ["relu(1 - y * p)"]),
+    ("output y = poisson(x, x)", ["log(p + 1e-7)"]),
+    ("output y = AUC(x, label)", ["nnlang predict"]),
+    ("output y = sparse_categorical_accuracy(x, label)", ["'accuracy'"]),
+    ("output y = identity(x)", ["y = x"]),
+]
+TRAIN = [
+    ("optimizer = nadam", ["not supported", "adam"]),
+    ("optimizer = adagrad", ["not supported"]),
+    ("optimizer = adam(amsgrad = true)", ["no AMSGrad"]),
+    ("optimizer = adam(betas = [0.9, 0.999])", ["beta1 = 0.9, beta2 = 0.999"]),
+    ("optimizer = adam(clipnorm = 1.0)", ["clip_norm = 1.0"]),
+    ("optimizer = rmsprop(rho = 0.9)", ["'alpha'"]),
+    ("schedule = OneCycleLR", ["cosine(warmup = N)"]),
+    ("schedule = CosineAnnealingWarmRestarts", ["no restarts"]),
+    ("schedule = LinearLR", ["warmup = 100"]),
+    ("schedule = warmup(100)", ["cosine(warmup = 100)"]),
+    ("schedule = MultiStepLR", ["step(step_size = N"]),
+    ("schedule = cosine(T_max = 10)", ["whole run"]),
+    ("schedule = cosine(eta_min = 1e-5)", ["'min_lr'"]),
+    ("schedule = plateau(min_delta = 0.01)", ["min_delta = 0"]),
+    ("shuffle = true", ["shuffled every epoch"]),
+    ("callbacks = [1]", ["early_stop = 3", "best.npz"]),
+    ("patience = 3", ["early_stop = 3"]),
+    ("restore_best_weights = true", ["best.npz"]),
+    ("steps_per_epoch = 10", ["--max-steps"]),
+    ("learning_rate = 0.01", ["'lr' here", "adam(lr = ...)"]),
+    ("warmup_steps = 100", ["constant(warmup = ...)"]),
+    ("random_seed = 1", ["'seed'"]),
+    ("gradient_clip_val = 1.0", ["'clip_norm'"]),
+]
+
+
+@pytest.mark.parametrize("line, words", LAYER_OPTIONS + OPS, ids=lambda v: str(v)[:60])
+def test_a_keras_or_pytorch_spelling_in_a_model_says_what_to_write(line, words):
+    hint = _hint(line)
+    assert all(w in hint for w in words), hint
+    assert not hint.startswith(("parameters:", "see `nnlang ops`")), hint
+
+
+@pytest.mark.parametrize("setting, words", TRAIN, ids=lambda v: str(v)[:60])
+def test_a_keras_or_pytorch_spelling_in_the_train_section_says_what_to_write(setting, words):
+    hint = _hint("y = dense(x, 4)\n  output y\n  loss mse(y, yb)", setting)
+    assert all(w in hint for w in words), hint
+    assert not hint.startswith(("settings:", "parameters:", "optimizers:", "schedules:")), hint
+
+
+def test_set_of_an_unknown_optimizer_gets_the_same_hint_as_the_file():
+    from nnlang.frontend.train_config import TrainConfig
+    from nnlang.train.overrides import apply_overrides
+    with pytest.raises(NNError) as err:
+        apply_overrides(TrainConfig(), {"optimizer": "nadam"})
+    assert "not supported" in err.value.hint
+
+
+# *** the formulas the hints give, run ***
+
+def _run(expr: str, feeds: dict) -> np.ndarray:
+    """`expr` (of x, or of p and y) as a model's output, decomposed and interpreted in float64."""
+    inputs = "".join(f"  input {k}: float64[{', '.join(map(str, v.shape))}]\n"
+                     if v.dtype.kind == "f" else
+                     f"  input {k}: int32[{', '.join(map(str, v.shape))}]\n"
+                     for k, v in feeds.items())
+    prog = nnlang.load(f"model F(classes = 5, k = 2) {{\n{inputs}  output out = {expr}\n}}\n")
+    low = decompose(prog.graph, training=False)
+    return interpret(low, feeds, want={"out": low.outputs["out"]})["out"]
+
+
+def _formula(text: str) -> str:
+    return text.split("; ")[0]   # NOTE: the hint's words after the formula, as "y one-hot"
+
+
+X = np.linspace(-7.5, 7.5, 61).reshape(1, -1)   # both sides of every kink (0, +-3, 6)
+
+ACTIVATIONS_NUMPY = {
+    "selu": lambda x: 1.0507009873554805 * np.where(x > 0, x, 1.6732632423543772 * np.expm1(x)),
+    "hard_sigmoid": lambda x: np.minimum(np.maximum(x + 3, 0), 6) / 6,
+    "hard_swish": lambda x: x * np.minimum(np.maximum(x + 3, 0), 6) / 6,
+    "relu6": lambda x: np.minimum(np.maximum(x, 0), 6),
+    "hard_tanh": lambda x: np.minimum(np.maximum(x, -1), 1),
+    "softsign": lambda x: x / (1 + np.abs(x)),
+    "mish": lambda x: x * np.tanh(np.log1p(np.exp(x))),
+    "log_sigmoid": lambda x: -np.log1p(np.exp(-x)),
+    "exponential": np.exp,
+}
+ACTIVATIONS_TORCH = {
+    "selu": "selu", "hard_sigmoid": "hardsigmoid", "hard_swish": "hardswish", "relu6": "relu6",
+    "hard_tanh": "hardtanh", "softsign": "softsign", "mish": "mish",
+    "log_sigmoid": "logsigmoid",
+}
+
+
+@pytest.mark.parametrize("name", sorted(set(ACTIVATIONS_NUMPY) | set(ACTIVATIONS_WITH_OPS)))
+def test_an_activation_written_with_ops_is_that_activation(name):
+    """Every formula of nn.WRITTEN_WITH_OPS (an alias too) against numpy, and PyTorch."""
+    ours = {v: k for k, v in ACTIVATIONS_WITH_OPS.items() if k in ACTIVATIONS_NUMPY}
+    canonical = ours[ACTIVATIONS_WITH_OPS[name]]
+    got = _run(_formula(ACTIVATIONS_WITH_OPS[name]), {"x": X})
+    np.testing.assert_allclose(got, ACTIVATIONS_NUMPY[canonical](X), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS_TORCH))
+def test_an_activation_written_with_ops_matches_pytorch(name):
+    torch = pytest.importorskip("torch")
+    want = getattr(torch.nn.functional, ACTIVATIONS_TORCH[name])(torch.tensor(X)).numpy()
+    got = _run(_formula(ACTIVATIONS_WITH_OPS[name]), {"x": X})
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def _loss_feeds(name: str) -> dict:
+    rng = np.random.default_rng(3)
+    p = rng.normal(size=(6, 5))
+    if "hinge" in name and "categorical" not in name:
+        return {"p": p, "y": rng.choice([-1.0, 1.0], size=(6, 5))}
+    if "categorical" in name:
+        return {"p": p, "y": np.eye(5)[rng.integers(0, 5, 6)]}
+    if name == "top_k_accuracy":
+        return {"p": p, "y": rng.integers(0, 5, 6).astype(np.int32)}
+    return {"p": rng.uniform(0.5, 3.0, (6, 5)), "y": rng.uniform(0.5, 3.0, (6, 5))}
+
+
+def _keras_losses(name, p, y):
+    """Keras' definitions (keras/src/losses/losses.py, metrics), written out in numpy."""
+    if name == "hinge":
+        return np.mean(np.maximum(1 - y * p, 0))
+    if name == "squared_hinge":
+        return np.mean(np.maximum(1 - y * p, 0) ** 2)
+    if name == "categorical_hinge":
+        pos, neg = np.sum(y * p, -1), np.max((1 - y) * p, -1)
+        return np.mean(np.maximum(neg - pos + 1, 0))
+    if name == "cosine_similarity":
+        unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+        return -np.mean(np.sum(unit(y) * unit(p), -1))
+    if name == "poisson":
+        return np.mean(p - y * np.log(p + 1e-7))
+    if name == "log_cosh":
+        return np.mean(np.log(np.cosh(p - y)))
+    if name == "mean_squared_logarithmic_error":
+        return np.mean((np.log1p(p) - np.log1p(y)) ** 2)
+    if name == "mean_absolute_percentage_error":
+        return 100 * np.mean(np.abs((y - p) / y))
+    if name == "categorical_accuracy":
+        return np.mean(np.argmax(p, -1) == np.argmax(y, -1))
+    if name == "top_k_accuracy":
+        top = np.argsort(-p, axis=-1)[:, :2]
+        return np.mean([y[i] in top[i] for i in range(len(y))])
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES_WITH_OPS))
+def test_a_loss_or_metric_written_with_ops_is_keras_own(name):
+    canonical = {v: k for k, v in LOSSES_WITH_OPS.items() if k in _CANONICAL}
+    key = canonical[LOSSES_WITH_OPS[name]]
+    feeds = _loss_feeds(key)
+    got = float(_run(_formula(LOSSES_WITH_OPS[name]), feeds))
+    tol = 1e-6 if "accuracy" in key else 1e-9   # NOTE: counted in float32
+    assert math.isclose(got, _keras_losses(key, **feeds), rel_tol=tol, abs_tol=1e-12)
+
+
+_CANONICAL = ("hinge", "squared_hinge", "categorical_hinge", "cosine_similarity", "poisson",
+              "log_cosh", "mean_squared_logarithmic_error", "mean_absolute_percentage_error",
+              "categorical_accuracy", "top_k_accuracy")
+
+
+def test_cosine_similarity_and_poisson_written_with_ops_match_pytorch():
+    torch = pytest.importorskip("torch")
+    f = pytest.importorskip("torch.nn.functional")
+    feeds = _loss_feeds("poisson")
+    p, y = torch.tensor(feeds["p"]), torch.tensor(feeds["y"])
+    cos = float(_run(_formula(LOSSES_WITH_OPS["cosine_similarity"]), feeds))
+    assert math.isclose(cos, -float(f.cosine_similarity(p, y, dim=-1).mean()), rel_tol=1e-9)
+    poisson = float(_run(_formula(LOSSES_WITH_OPS["poisson"]), feeds))
+    want = float(f.poisson_nll_loss(p, y, log_input=False, eps=1e-7, full=False))
+    assert math.isclose(poisson, want, rel_tol=1e-6)
+    del torch
+
+
+def test_the_shared_dropout_mask_drops_whole_channels_in_training_only():
+    """dropout's noise_shape hint (and SpatialDropout2D's): one draw per (example, channel),
+    scaled by 1/(1 - rate) in training, the identity in evaluation."""
+    from nnlang.ops import registry
+    written = registry.get("dropout").habits["noise_shape"].split("broadcast: ")[1]
+    src = f"model M {{\n  input x: float32[4, 6, 3, 3]\n  output y = {written}\n}}\n"
+    src = src.replace("rate)", "0.5)")
+    g = nnlang.load(src).graph
+    x = np.random.default_rng(0).uniform(1, 2, (4, 6, 3, 3)).astype(np.float32)
+    for training in (True, False):
+        low = decompose(g, training=training)
+        y = interpret(low, {"x": x, "_rng": 3}, want={"y": low.outputs["y"]})["y"]
+        ratio = (y / x).reshape(4, 6, 9)
+        assert np.all(ratio == ratio[:, :, :1]), "a channel is not kept or dropped whole"
+        if training:
+            assert set(np.unique(ratio)) == {0.0, 2.0}
+        else:
+            np.testing.assert_array_equal(y, x)
+
+
+def test_avg_pool_padding_same_averages_the_real_cells_as_keras():
+    """padding = "same" is Keras' spelling (PyTorch's pools have none) and Keras averages over
+    the cells inside x: on ones every output is 1. The padded corners counted as zeros (4/9)."""
+    x = np.random.default_rng(2).uniform(1, 2, (2, 3, 5, 6))
+    got = _run("avg_pool2d(x, 3, stride = 1, padding = \"same\")", {"x": x})
+    ones = _run("avg_pool2d(x, 3, stride = 2, padding = \"same\")", {"x": np.ones((1, 1, 5, 6))})
+    np.testing.assert_allclose(ones, 1.0, rtol=1e-12)
+    want = np.zeros_like(x)   # numpy: each window's cells inside x, averaged
+    for i in range(5):
+        for j in range(6):
+            want[:, :, i, j] = x[:, :, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].mean((2, 3))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    twin = torch.nn.functional.avg_pool2d(torch.tensor(x), 3, 1, 1, count_include_pad=False)
+    np.testing.assert_allclose(got, twin.numpy(), rtol=1e-12)
