@@ -193,6 +193,9 @@ FOREIGN_NAMES = {
     "BinaryAccuracy": "binary_accuracy", "amax": "max", "amin": "min",
     "CosineDecay": "cosine", "cosine_decay": "cosine", "CosineAnnealing": "cosine",
     "ExponentialDecay": "exponential", "exponential_decay": "exponential",
+    "huber_loss": "huber", "HuberLoss": "huber", "Huber": "huber", "smooth_l1_loss": "huber",
+    "SmoothL1Loss": "huber", "kl_divergence": "kl_div", "kld": "kl_div",
+    "KLDivergence": "kl_div", "KLDivLoss": "kl_div",
 }
 
 
