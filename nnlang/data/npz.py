@@ -80,9 +80,10 @@ def load_npz(path: Path, targets: list[str] | None = None) -> Dataset:
 
 
 # NOTE: sequences saved as they are (numpy makes rows of several lengths an object array)
-RAGGED_HINT = ("pad each row to the longest with 0 at the front (as whole IMDB reviews pad) "
-               "into one [examples, length] array; a model whose length is a `symbol` runs at "
-               "that length, and `tokens != 0` is its padding mask")
+RAGGED_HINT = ("save arrays of numbers; rows of different lengths: pad each to the longest "
+               "with 0 at the front (as whole IMDB reviews pad) into one [examples, length] "
+               "array; a model whose length is a `symbol` runs at that length, and "
+               "`tokens != 0` is its padding mask")
 
 
 def _holds_objects(zf, member: str) -> bool:
@@ -111,8 +112,9 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
                         arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
                     except ValueError as e:
                         if _holds_objects(zf, n):
-                            raise DataError(f"{path}: array '{key}' is an object array (rows "
-                                            "of different lengths?), not numbers",
+                            raise DataError(f"{path}: array '{key}' is an object array "
+                                            "(Python objects, e.g. rows of different "
+                                            "lengths), not numbers",
                                             RAGGED_HINT) from None
                         raise DataError(f"{path}: array '{key}' cannot be read ({e})",
                                         NPZ_HINT) from None

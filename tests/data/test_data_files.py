@@ -45,7 +45,8 @@ def test_npz_of_rows_of_different_lengths_says_to_pad_them(tmp_path):
     np.savez(tmp_path / "d.npz", tokens=rows, label=np.zeros(3))
     with pytest.raises(DataError, match="'tokens' is an object array") as err:
         load_dataset(tmp_path / "d.npz")
-    assert "pad each row to the longest with 0 at the front" in err.value.hint
+    assert "rows of different lengths: pad each to the longest with 0 at the front" in \
+        err.value.hint
 
 
 def test_npz_and_csv_targets_in_another_case_name_the_close_match(tmp_path):
