@@ -25,8 +25,10 @@ REFUSED = [
     # NOTE: it said "cannot add the symbolic length 2 to seq": 2 is the concrete one
     (["y = concat(s[:, 0:2, :], s, axis = 1)"], "m.nn:5:",
      "cannot join a piece of length seq to pieces of length 2"),
-    (["y = concat(s, ones_like(s)[:, :, 0:2] |> transpose(perm = [0, 2, 1]), axis = 1)"],
-     "m.nn:5:", "slice"),
+    # NOTE: it read ones_like(s), no op, and passed on the did-you-mean 'unslice'
+    (["y = concat(s, (s * 0 + 1)[:, :, 0:2] |> transpose(perm = [0, 2, 1]), axis = 1)"],
+     "m.nn:5:17", "concat along axis 1: [batch, 2, seq] does not match [batch, seq, 8] outside "
+     "that axis"),
     (["y = positional_encoding(s, kind = \"learned\")"], "m.nn:5:",
      "learned positions on the symbolic length seq need max_len"),
     (["y = layer_norm(transpose(s, perm = [0, 2, 1]))"], "m.nn:5:", "must be concrete"),
