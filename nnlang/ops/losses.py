@@ -180,7 +180,13 @@ def need_weights(op, attr, weights, axis, what, alt) -> None:
         raise ShapeError(f"{op}: {attr} {weights} has a negative weight", attr=attr,
                          hint="weights scale each row's loss: 0 leaves a class out")
     n = axis[0] if axis else 1
-    if is_concrete(axis) and int(n) != len(weights):
+    if not is_concrete(axis):
+        # NOTE: a fixed list cannot follow a size that changes (a pointer's `seq` places); the
+        # mul with it failed only when decomposed, as a bare broadcast error
+        raise ShapeError(f"{op}: {attr} has a fixed {len(weights)} weights, but the last axis "
+                         f"is {fmt_shape(axis)}, a size that varies", attr=attr,
+                         hint=f"give the {what[1]} a fixed size, or {alt}")
+    if int(n) != len(weights):
         raise ShapeError(f"{op}: {attr} has {len(weights)} weights for a last axis of {n} "
                          f"({what[1]})", attr=attr,
                          hint=f"give one weight per entry of the last axis ({n}), or {alt}")

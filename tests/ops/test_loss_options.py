@@ -265,14 +265,17 @@ def test_bce_with_logits_pos_weight_matches_pytorch(pos_weight, shape):
     ("loss cross_entropy(z, y, weight = [1.0, -1.0, 1.0, 1.0])", ["negative"]),
     ("loss bce_with_logits(z, b, pos_weight = [1.0, 2.0])", ["2 weights", "last axis of 4"]),
     ("loss bce_with_logits(z, b, pos_weight = -1.0)", ["negative"]),
+    ("loss cross_entropy(p, y, weight = [1.0, 2.0, 3.0])", ["3 weights", "[seq]", "varies"]),
+    ("loss bce_with_logits(p, p, pos_weight = [1.0, 2.0])", ["2 weights", "[seq]", "varies"]),
 ])
 def test_class_weights_of_the_wrong_size_are_located_errors(line, words):
-    src = ("model M {\n  input z: float32[batch, 4]\n  input y: int32[batch]\n"
-           f"  input b: float32[batch, 4]\n  output q = z\n  {line}\n}}\n")
+    src = ("model M {\n  symbol seq\n  input z: float32[batch, 4]\n  input y: int32[batch]\n"
+           f"  input b: float32[batch, 4]\n  input p: float32[batch, seq]\n  output q = z\n"
+           f"  {line}\n}}\n")
     with pytest.raises(nnlang.NNError) as err:
         nnlang.load(src)
     text = str(err.value)
-    assert ":6:" in text and all(w in text for w in words), text
+    assert ":8:" in text and all(w in text for w in words), text
 
 
 # *** huber and kl_div ***
