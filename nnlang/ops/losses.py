@@ -160,7 +160,8 @@ def _bce_logits_shape(logits, target, *, pos_weight=None):
         # NOTE: PyTorch broadcasts it against the targets' last axis: one weight per output
         # column (a multi-label model's label), not per example
         need_weights("bce_with_logits", "pos_weight", pos_weight,
-                     target.shape[-1:] if target.rank >= 2 else (1,), ("output column", "output columns"),
+                     target.shape[-1:] if target.rank >= 2 else (1,),
+                     ("output column", "output columns"),
                      "one number for every column alike")
     elif pos_weight is not None and pos_weight < 0:
         raise ShapeError(f"bce_with_logits: pos_weight {pos_weight} is negative",

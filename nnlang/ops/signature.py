@@ -248,5 +248,6 @@ def _is_num(v) -> bool:
 
 _KIND_TEXT = {"int": "an integer", "float": "a number", "bool": "true or false",
               "str": "a string", "ints": "an integer or a list of integers",
-              "floats": "a number or a list of numbers", "shape": "a list of dims", "dtype": "a dtype name",
+              "floats": "a number or a list of numbers", "shape": "a list of dims",
+              "dtype": "a dtype name",
               "dim": "an integer or a size symbol such as batch"}
