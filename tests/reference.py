@@ -353,23 +353,29 @@ def bce(p, y, *, eps):
     return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
-def bce_with_logits(z, y):
+def bce_with_logits(z, y, *, pos_weight=None):
+    """PyTorch's BCEWithLogitsLoss: pos_weight scales the positive term, per last-axis column."""
     z, y = _binary(z, y)
     p = sigmoid(z)
-    return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    w = 1.0 if pos_weight is None else np.asarray(pos_weight, np.float64)
+    return -np.mean(w * y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
-def cross_entropy(logits, labels, *, label_smoothing=0.0, ignore_index=None):
+def cross_entropy(logits, labels, *, label_smoothing=0.0, ignore_index=None, weight=None):
     """PyTorch's F.cross_entropy, mean reduction: int ids (rows labelled ignore_index left out
-    of sum and count; all of them left out gives 0, nnlang's choice) or probabilities."""
+    of sum and count; all of them left out gives 0, nnlang's choice) or probabilities. Class
+    weights w: ids divide by sum(w[y]) over the kept rows, probabilities by the row count."""
     logp, e, classes = log_softmax(logits), label_smoothing, logits.shape[-1]
+    w = np.ones(classes) if weight is None else np.asarray(weight, np.float64)
     if np.issubdtype(labels.dtype, np.integer):
         keep = np.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
-        picked = np.take_along_axis(logp, np.where(keep, labels, 0)[..., None], axis=-1)[..., 0]
-        rows = -(1 - e) * picked - e * logp.sum(axis=-1) / classes
-        return rows[keep].sum() / max(keep.sum(), 1)
+        safe = np.where(keep, labels, 0)
+        picked = np.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+        rows = -(1 - e) * w[safe] * picked - e * (w * logp).sum(axis=-1) / classes
+        total = w[safe][keep].sum() if weight is not None else keep.sum()
+        return rows[keep].sum() / (total if total else 1.0)
     target = labels * (1 - e) + e / classes
-    return -np.mean(np.sum(target * logp, axis=-1))
+    return -np.mean(np.sum(w * target * logp, axis=-1))
 
 
 def binary_accuracy(p, y, *, threshold):

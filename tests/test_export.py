@@ -24,6 +24,7 @@ from nnlang.ops.registry import ShapeError, TensorType
 from nnlang.passes.shapes import bind
 from nnlang.runtime.indices import index_inputs
 from nnlang.train import feeds
+from tests import reference
 from tests.test_docs import DATA_BLOCKS, GOOD
 from tests.tiny_run import tiny_data, tiny_source
 
@@ -302,6 +303,41 @@ def test_tutorial_loss_and_conv_options_export():
               "soft": (soft / soft.sum(1, keepdims=True)).astype(np.float32),
               "t": rng.normal(size=(5, 4)).astype(np.float32)}
     assert_matches(net, inputs)
+
+
+def test_class_weights_export():
+    """cross_entropy's weight (with ignore_index and label_smoothing, and over probabilities)
+    and bce_with_logits' pos_weight (a number, and one per column): ONNX Runtime gives the
+    forward's values, and the forward numpy's."""
+    src = """model Weighted {
+  input x: float32[batch, 6]
+  input label: int32[batch]
+  input soft: float32[batch, 3]
+  input multi: float32[batch, 3]
+  z = dense(x, 3)
+  output ce = cross_entropy(z, label, weight = [0.5, 2.0, 1.0])
+  output cei = cross_entropy(z, label, weight = [0.5, 2.0, 1.0], ignore_index = 0,
+                             label_smoothing = 0.1)
+  output ces = cross_entropy(z, soft, weight = [0.5, 2.0, 1.0])
+  output bce = bce_with_logits(z, multi, pos_weight = 3.0)
+  output bcec = bce_with_logits(z, multi, pos_weight = [0.5, 1.0, 4.0])
+}"""
+    net = nnlang.compile(src, backend="reference", batch=5, seed=0)
+    rng = np.random.default_rng(0)
+    soft = rng.uniform(0.1, 1.0, (5, 3))
+    inputs = {"x": rng.normal(size=(5, 6)).astype(np.float32),
+              "label": np.array([0, 1, 0, 2, 1], np.int32),
+              "soft": (soft / soft.sum(1, keepdims=True)).astype(np.float32),
+              "multi": rng.integers(0, 2, (5, 3)).astype(np.float32)}
+    assert_matches(net, inputs)
+    w = [0.5, 2.0, 1.0]
+    hidden = inputs["x"].astype(np.float64) @ net.parameters()["z.weight"].astype(np.float64) \
+        + net.parameters()["z.bias"]
+    got = run_onnx(nnlang.export_onnx(net), inputs)
+    np.testing.assert_allclose(got["cei"], reference.cross_entropy(
+        hidden, inputs["label"], weight=w, ignore_index=0, label_smoothing=0.1), rtol=1e-5)
+    np.testing.assert_allclose(got["bcec"], reference.bce_with_logits(
+        hidden, inputs["multi"], pos_weight=[0.5, 1.0, 4.0]), rtol=1e-5)
 
 
 def test_cross_entropy_options_over_a_symbolic_class_axis():

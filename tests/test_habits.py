@@ -88,6 +88,13 @@ OPS = [
     ("output y = AUC(x, label)", ["nnlang predict"]),
     ("output y = sparse_categorical_accuracy(x, label)", ["'accuracy'"]),
     ("output y = identity(x)", ["y = x"]),
+    # PyTorch's loose positional dims: the call to write, for this tensor's rank
+    ("output y = swapaxes(seq, 1, 2)",
+     ["'swapaxes' is transpose", "transpose(seq, perm = [0, 2, 1])"]),
+    ("output y = transpose(x, 0, 1)", ["transpose(x, perm = [1, 0])"]),
+    ("output y = transpose(img, -1, 1)", ["transpose(img, perm = [0, 3, 2, 1])"]),
+    ("output y = reshape(seq, batch, 5 * 8)", ["reshape(seq, [batch, 5 * 8])"]),
+    ("output y = view(seq + 1, -1, 40)", ["reshape(seq + 1, [-1, 40])"]),
 ]
 TRAIN = [
     ("optimizer = nadam", ["not supported", "adam"]),

@@ -471,6 +471,47 @@ def test_a_keras_batch_norm_momentum_is_a_located_warning(momentum, keras):
         assert f"Keras' momentum = {momentum} is `momentum = {keras}` here" in text
 
 
+@pytest.mark.parametrize("mask,warned", [
+    ("key_padding_mask = tok == 0", "tok == 0"),
+    ("key_padding_mask = tok == pad", "tok == pad"),
+    ("key_padding_mask = eq(tok, 0)", "eq(tok, 0)"),
+    ('key_padding_mask = cast(tok == 0, dtype = "float32")', "tok == 0"),
+    ("key_padding_mask = tok == 1", "tok == 1"),          # token ids: an id is no mask of keeps
+    ("key_padding_mask = real == 0", "real == 0"),         # a 0/1 mask of real steps, inverted
+    ("key_padding_mask = tok != 0", None),
+    ("key_padding_mask = real == 1", None),           # Hugging Face's attention_mask: right
+    ("key_padding_mask = real", None),
+    ("causal = true", None),
+])
+def test_a_pytorch_padding_mask_is_a_located_warning(mask, warned):
+    """nnlang's key_padding_mask keeps the keys where it is nonzero; PyTorch's masks the keys
+    where it is True, so `tokens == 0` written by habit attended to the padding alone."""
+    src = f"""model M(pad = 0) {{
+  input tok: int32[batch, 5]
+  input real: int32[batch, 5]
+  output y = multi_head_attention(embedding(tok, 20, 8), heads = 2, {mask})
+}}"""
+    warnings = load(src).warnings
+    assert len(warnings) == (warned is not None)
+    if warned:   # located at the equality
+        text = warnings[0].render()
+        col = src.splitlines()[3].index(warned) + 1
+        assert text.startswith(f"<string>:4:{col}: warning: multi_head_attention's "
+                               "key_padding_mask is true where"), text
+        assert "`key_padding_mask = " in text and " != " in text and "PyTorch" in text
+
+
+def test_an_rnn_mask_written_as_the_pads_is_a_located_warning():
+    src = """model M {
+  input tok: int32[batch, 5]
+  output y = lstm(embedding(tok, 20, 8), 4, mask = tok == 0)
+}"""
+    (warning,) = load(src).warnings
+    text = warning.render()
+    assert text.startswith("<string>:3:52: warning: lstm's mask is true where the ids equal 0")
+    assert "`mask = tok != 0`" in text
+
+
 @pytest.mark.parametrize("line,warned", [
     ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> batch_norm", True),
     ("conv1d(x, 4, 3, padding = [2, 0], channels_last = true) |> relu |> batch_norm", True),

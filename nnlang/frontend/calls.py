@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import sys
 
-from nnlang.errors import Span, did_you_mean
+from nnlang.errors import FOREIGN_NAMES, Span, did_you_mean
 from nnlang.frontend import ast
+from nnlang.frontend.fmt import expr as fmt_expr
 from nnlang.frontend.values import (POISON, Abort, Initializer, KEYWORD_ONLY_OPS, Scope, T,
                                     join_path, shown_path)
 from nnlang.ir.dims import Sym, fmt_shape, is_concrete, size_problem
@@ -89,8 +90,8 @@ class CallElaboration:
             names = [n for n, d in self.defs.items() if isinstance(d, ast.BlockDef)]
             names += [n for n in registry.all_ops() if n not in KEYWORD_ONLY_OPS]
             self.fail(f"unknown op or block '{e.func}'", e.func_span,
-                      WRITTEN_OTHERWISE.get(e.func) or did_you_mean(e.func, names)
-                      or "see `nnlang ops` for the list of ops")
+                      WRITTEN_OTHERWISE.get(e.func) or self.foreign_positional(e, scope)
+                      or did_you_mean(e.func, names) or "see `nnlang ops` for the list of ops")
         if opdef.has(registry.RANDOM):
             # NOTE: the step key these hash is the runtime's; a key a model passed would be
             # the same every step (or a float tensor, refused with a word about keys)
@@ -121,6 +122,8 @@ class CallElaboration:
             if unknown:   # NOTE: the name is the culprit, not its value (as for a block's call)
                 span = next((k.span for k in e.kwargs if k.name == err.arg), span)
             hint = opdef.habits.get(err.arg) if unknown else None
+            if err.message.startswith("takes at most") and opdef.positional is not None:
+                hint = self.positional_hint(opdef, e, args)
             self.fail(f"{e.func}() {err.message}", span, hint or err.hint)
         tensors, attrs, tspans, attr_spans = [], {}, [], {}
         names = list(opdef.sig.names())
@@ -170,6 +173,25 @@ class CallElaboration:
             shown_path(scope, path or join_path(scope.prefix, target or ""))
         return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path, where, attr_spans,
                          frozen)
+
+    def positional_hint(self, opdef, e: ast.Call, args: list) -> str | None:
+        """The op's own call for PyTorch's loose positional dims (`transpose(x, 1, 2)`)."""
+        first = args[0] if args else None
+        rank = len(self.g.node(first.id).type.shape) if isinstance(first, T) else None
+        return opdef.positional([fmt_expr(a) for a in e.args], args, rank)
+
+    def foreign_positional(self, e: ast.Call, scope: Scope) -> str | None:
+        """PyTorch's `view(x, -1, 192)`, numpy's `swapaxes(x, 1, 2)`: our op's name and its
+        call for the loose dims, where our op has one and the call has more positional
+        arguments than it takes."""
+        ours = registry.get(FOREIGN_NAMES.get(e.func) or "")
+        if ours is None or ours.positional is None or len(e.args) <= len(ours.sig.params):
+            return None
+        args = [self.single(a, scope) for a in e.args]
+        if any(v is POISON for v in args):
+            raise Abort
+        hint = self.positional_hint(ours, e, args)
+        return hint and f"'{e.func}' is {ours.name} here; {hint}"
 
     # *** calls that give several values ***
     def single(self, e, scope: Scope, target: str | None = None):

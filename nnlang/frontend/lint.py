@@ -2,13 +2,14 @@
 step of elaboration): a loss fed the activation it applies itself (as an op, or as a layer's
 `activation =`), an image in Keras' channels-last layout under a convolution, a softmax
 across the batch, a probability threshold on logits, a subscript that picks examples out of
-the batch, Keras' batch_norm momentum, a channels-first layer after a channels-last one and
-a softmax over an axis of size 1."""
+the batch, Keras' batch_norm momentum, a channels-first layer after a channels-last one, a
+softmax over an axis of size 1 and a padding mask written PyTorch's way (true at the pads)."""
 from __future__ import annotations
 
 from nnlang.errors import Diagnostic
 from nnlang.ir.dims import Sym, fmt_shape
-from nnlang.ir.graph import Graph
+from nnlang.ir.graph import Graph, slots
+from nnlang.ops import registry
 from nnlang.ops.conv import channels_last_hint, looks_channels_last
 
 # (loss op, argument index, producing activation, why, hint)
@@ -159,6 +160,51 @@ def _keras_momentum(g: Graph, node):
                       "default is 0.1)", severity="warning")
 
 
+# the padding masks of attention, positional_encoding and rnn/lstm/gru: all read by
+# ops.nn.real_steps, where nonzero (true) KEEPS a step
+PADDING_MASKS = ("key_padding_mask", "mask")
+
+
+def _padding_mask_inverted(g: Graph, node):
+    """`key_padding_mask = tokens == 0`: PyTorch's key_padding_mask is true at the keys to
+    ignore, nnlang's at the keys to keep, so the habit silently attends to the padding only
+    (and an rnn's mask = tokens == 0 runs over the padding alone)."""
+    opdef = registry.get(node.op)
+    if opdef is None:
+        return None
+    tensors = [p.name for p in opdef.sig.params if p.kind in ("tensor", "tensor?")]
+    name = next((n for n in PADDING_MASKS if n in tensors), None)
+    ins = slots(g, node) if name else []
+    if not name or len(ins) <= tensors.index(name) or ins[tensors.index(name)] is None:
+        return None
+    source = g.node(ins[tensors.index(name)])
+    while source.op in SHAPE_ONLY + ("cast",) and source.inputs:
+        source = g.node(source.inputs[0])
+    if source.op != "eq" or len(source.inputs) != 2:
+        return None
+    consts = [i for i in source.inputs if g.node(i).op == "const"]
+    value = g.node(consts[0]).attrs["value"] if len(consts) == 1 else None
+    if value is None or value.size != 1:
+        return None
+    pad = value.item()
+    pad = int(pad) if float(pad).is_integer() else pad
+    ids_nid = next(i for i in source.inputs if i != consts[0])
+    # NOTE: `flags == 1` on a 0/1 mask of real steps (Hugging Face's attention_mask) is right;
+    # an equality picks the pads when it is with 0, or with any id of tokens an embedding reads
+    if pad != 0 and not any(g.node(u).op == "embedding" for u in g.users(ids_nid)):
+        return None
+    tokens = g.node(ids_nid)
+    ids = tokens.name or tokens.attrs.get("name") or "tokens"
+    return Diagnostic(f"{node.op}'s {name} is true where the ids equal {pad}: here a mask is "
+                      "true (nonzero) at the steps to KEEP, the opposite of PyTorch's "
+                      "key_padding_mask, so this attends to the padding alone" if
+                      node.op == "multi_head_attention" else
+                      f"{node.op}'s {name} is true where the ids equal {pad}: here a mask is "
+                      "true (nonzero) at the steps to KEEP, so this reads the padding alone",
+                      source.span, f"write `{name} = {ids} != {pad}` (true at the real tokens)",
+                      severity="warning")
+
+
 def _channels_first_after_last(g: Graph, node):
     """batch_norm, the convolutions and the pools read axis 1 as the channels unless told
     `channels_last = true`; after one that was told so, axis 1 is a spatial one (a TCN's
@@ -207,7 +253,8 @@ def lint(g: Graph, train_span=None) -> list[Diagnostic]:
         # NOTE: one warning per node: after a channels-last layer the layout rule below says
         # more than the shape guess of _channels_last would
         for rule in (_channels_first_after_last, _channels_last, _over_batch,
-                     _threshold_on_logits, _rows_of_batch, _keras_momentum, _softmax_of_one):
+                     _threshold_on_logits, _rows_of_batch, _keras_momentum, _softmax_of_one,
+                     _padding_mask_inverted):
             problem = rule(g, node)
             if problem is not None:
                 found.append(problem)

@@ -154,22 +154,70 @@ register("bce", "prob: tensor, target: tensor, eps: float = 1e-7", _bce_shape, d
              "to [eps, 1-eps]. A [batch, 1] prob matches [batch] targets; int targets are cast.")
 
 
-def _bce_logits_shape(logits, target):
+def _bce_logits_shape(logits, target, *, pos_weight=None):
     _binary_pair("bce_with_logits", logits, target)
+    if isinstance(pos_weight, list):
+        # NOTE: PyTorch broadcasts it against the targets' last axis: one weight per output
+        # column (a multi-label model's label), not per example
+        need_weights("bce_with_logits", "pos_weight", pos_weight,
+                     target.shape[-1:] if target.rank >= 2 else (1,),
+                     ("output column", "output columns"),
+                     "one number for every column alike")
+    elif pos_weight is not None and pos_weight < 0:
+        raise ShapeError(f"bce_with_logits: pos_weight {pos_weight} is negative",
+                         attr="pos_weight", hint="p > 1 weighs the positive examples up, "
+                                                 "p < 1 down (num_negative / num_positive)")
     return _scalar(logits)
 
 
-def _bce_logits(b, logits, target):
+def need_weights(op, attr, weights, axis, what, alt) -> None:
+    """A per-class (or per-column) weight list: numbers, none negative, one per entry of
+    `axis` (a 1-tuple of the class dim) when that is known; `what` is (singular, plural)."""
+    if not weights or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                              for w in weights):
+        raise ShapeError(f"{op}: {attr} must be a list of numbers, one per {what[0]}",
+                         attr=attr)
+    if any(w < 0 for w in weights):
+        raise ShapeError(f"{op}: {attr} {weights} has a negative weight", attr=attr,
+                         hint="weights scale each row's loss: 0 leaves a class out")
+    n = axis[0] if axis else 1
+    if not is_concrete(axis):
+        # NOTE: a fixed list cannot follow a size that changes (a pointer's `seq` places); the
+        # mul with it failed only when decomposed, as a bare broadcast error
+        raise ShapeError(f"{op}: {attr} has a fixed {len(weights)} weights, but the last axis "
+                         f"is {fmt_shape(axis)}, a size that varies", attr=attr,
+                         hint=f"give the {what[1]} a fixed size, or {alt}")
+    if int(n) != len(weights):
+        raise ShapeError(f"{op}: {attr} has {len(weights)} weights for a last axis of {n} "
+                         f"({what[1]})", attr=attr,
+                         hint=f"give one weight per entry of the last axis ({n}), or {alt}")
+
+
+def _bce_logits(b, logits, target, *, pos_weight=None):
     z, y = _match(b, logits, target)
-    # softplus(z) - z*y: equal to bce(sigmoid(z), y) but never overflows
-    return mean_over(b, b.sub(stable_softplus(b, z), b.mul(z, y)))
+    if pos_weight is None:
+        # softplus(z) - z*y: equal to bce(sigmoid(z), y) but never overflows
+        return mean_over(b, b.sub(stable_softplus(b, z), b.mul(z, y)))
+    # NOTE: PyTorch's -(p y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))), with -log sigmoid(z)
+    # = softplus(-z) and -log(1 - sigmoid(z)) = softplus(z) = z + softplus(-z):
+    # (1 - y) z + (1 + (p - 1) y) softplus(-z), stable for either sign of z
+    one = const_like(b, 1.0, z)
+    p = const_like(b, pos_weight, z)
+    scale = b.add(one, b.mul(b.sub(p, one), y))
+    return mean_over(b, b.add(b.mul(b.sub(one, y), z),
+                              b.mul(scale, stable_softplus(b, b.neg(z)))))
 
 
-register("bce_with_logits", "logits: tensor, target: tensor", _bce_logits_shape,
-         decompose=_bce_logits, family="losses",
-         samples=(Sample(((4,), (4,)), domain="unit"), Sample(((4, 1), (4,)), domain="unit")),
+register("bce_with_logits", "logits: tensor, target: tensor, pos_weight: floats = none",
+         _bce_logits_shape, decompose=_bce_logits, family="losses",
+         samples=(Sample(((4,), (4,)), domain="unit"), Sample(((4, 1), (4,)), domain="unit"),
+                  Sample(((4,), (4,)), {"pos_weight": 3.0}, domain="unit"),
+                  Sample(((3, 2), (3, 2)), {"pos_weight": [0.5, 4.0]}, domain="unit")),
          doc="binary cross-entropy on raw scores, in the stable form "
-             "max(z, 0) - z*y + log(1 + e**-|z|), averaged. Prefer it to sigmoid + bce.")
+             "max(z, 0) - z*y + log(1 + e**-|z|), averaged. Prefer it to sigmoid + bce. As "
+             "PyTorch's BCEWithLogitsLoss: pos_weight = p (a number, or a list of one per "
+             "column of the last axis) weighs the positive term, -(p y log sigmoid(z) + "
+             "(1 - y) log(1 - sigmoid(z))).")
 
 
 def need_scores_first(op: str, scores: TensorType, labels: TensorType) -> None:
@@ -183,8 +231,17 @@ def need_scores_first(op: str, scores: TensorType, labels: TensorType) -> None:
                          hint=f"swap them: {op}(logits, labels)")
 
 
-def _ce_shape(logits, labels, *, label_smoothing=0.0, ignore_index=None):
+def _ce_shape(logits, labels, *, label_smoothing=0.0, ignore_index=None, weight=None):
     need_range("cross_entropy", "label_smoothing", label_smoothing, 0.0, 1.0)
+    if weight is not None:
+        if not isinstance(weight, list):
+            raise ShapeError(f"cross_entropy: weight is one number per class, got {weight}",
+                             attr="weight", hint="weight = [w0, w1, ...], as PyTorch's tensor "
+                                                 "of class weights; a loss scaled as a whole is "
+                                                 f"`loss {weight} * cross_entropy(...)`")
+        if logits.rank >= 1:
+            need_weights("cross_entropy", "weight", weight, logits.shape[-1:], ("class", "classes"),
+                         "leave weight out for equal classes")
     need_scores_first("cross_entropy", logits, labels)
     need_float("cross_entropy", logits)
     _need_class_axis("cross_entropy", logits)
@@ -263,7 +320,7 @@ def _need_class_axis(op: str, logits: TensorType) -> None:
                               "end with dense(h, classes)")
 
 
-def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None):
+def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None, weight=None):
     t = b.type(logits)
     logp = b.log_softmax(logits, axis=-1)
     ids = b.type(labels).dtype
@@ -277,7 +334,11 @@ def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None)
         labels = b.cast(b.eq(b.unsqueeze(labels, axis=-1), places), dtype=t.dtype)
     elif ids in INT_DTYPES:
         labels = b.one_hot(labels, depth=t.shape[-1], dtype=t.dtype)
-    if not label_smoothing and ignore_index is None:
+    if weight is not None:
+        # NOTE: PyTorch's class weights scale every class's log-probability, in the label's
+        # term and in label smoothing's mean over classes alike: w_c logp_c
+        logp = b.mul(logp, const_like(b, weight, logp))
+    if not label_smoothing and ignore_index is None and weight is None:
         return b.neg(mean_over(b, b.reduce_sum(b.mul(labels, logp), axes=[-1])))
     rows = b.neg(b.reduce_sum(b.mul(labels, logp), axes=[-1]))
     if label_smoothing:
@@ -287,6 +348,18 @@ def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None)
         e = label_smoothing
         rows = b.sub(b.mul(const_like(b, 1.0 - e, rows), rows),
                      b.mul(const_like(b, e, rows), mean_over(b, logp, axes=[-1])))
+    if weight is not None and ids in INT_DTYPES:
+        # NOTE: PyTorch divides the weighted sum by the sum of the (kept) rows' label
+        # weights w[y_i], not by their count; probabilities keep the plain mean over rows
+        per_row = b.reduce_sum(b.mul(labels, const_like(b, weight, logp)), axes=[-1])
+        if ignore_index is not None:
+            rows, per_row = b.mul(rows, keep), b.mul(per_row, keep)
+        total = b.reduce_sum(per_row, axes=None)
+        # NOTE: a batch whose rows weigh 0 in all (every row ignored, or of zero-weight
+        # classes) is 0 / 0 = nan in PyTorch; here 0, as for ignore_index alone below
+        zero = const_like(b, 0.0, total)
+        total = b.add(total, b.cast(b.eq(total, zero), dtype=t.dtype))
+        return b.div(b.reduce_sum(rows, axes=None), total)
     if ignore_index is None:
         return mean_over(b, rows)
     # NOTE: PyTorch's mean over the kept rows only. With every row ignored PyTorch gives
@@ -304,7 +377,7 @@ _CE_HABITS = {
 
 
 register("cross_entropy", "logits: tensor, labels: tensor, label_smoothing: float = 0.0, "
-         "ignore_index: int = none", _ce_shape, decompose=_cross_entropy,
+         "ignore_index: int = none, weight: floats = none", _ce_shape, decompose=_cross_entropy,
          family="losses",
          habits=_CE_HABITS,
          samples=(Sample(((4, 5), (4,)), domain="int:5", dtypes=(None, "int32")),
@@ -316,7 +389,14 @@ register("cross_entropy", "logits: tensor, labels: tensor, label_smoothing: floa
                   Sample(((3, 4, 5), (3, 4)), {"ignore_index": 1}, domain="int:5",
                          dtypes=(None, "int32")),
                   Sample(((6, 4), (6,)), {"ignore_index": 0, "label_smoothing": 0.2},
-                         domain="int:4", dtypes=(None, "int64"))),
+                         domain="int:4", dtypes=(None, "int64")),
+                  Sample(((5, 3), (5,)), {"weight": [0.5, 2.0, 1.0]}, domain="int:3",
+                         dtypes=(None, "int32")),
+                  Sample(((2, 4, 3), (2, 4)), {"weight": [1.5, 0.0, 3.0], "ignore_index": 2,
+                                               "label_smoothing": 0.2},
+                         domain="int:3", dtypes=(None, "int32")),
+                  Sample(((3, 4), (3, 4)), {"weight": [1.0, 2.0, 0.5, 3.0],
+                                            "label_smoothing": 0.1}, domain="unit")),
          doc="softmax cross-entropy from raw logits [..., classes]: labels are int class ids "
              "[...] (or float probabilities shaped like logits); mean over all rows (batch, "
              "and time for [batch, time, classes]). Two classes at least: for one score per "
@@ -324,7 +404,9 @@ register("cross_entropy", "logits: tensor, labels: tensor, label_smoothing: floa
              "takes the targets as (1 - e) * labels + e / classes (ids or probabilities); "
              "ignore_index = k (int ids only) leaves out the rows labelled k, from the sum and "
              "from the mean's count (with every row ignored the loss is 0, where PyTorch gives "
-             "nan).")
+             "nan); weight = [w0, w1, ...] (one per class) scales class c's log-probability "
+             "by w_c, and the mean over int ids becomes sum(w[y_i] * loss_i) / sum(w[y_i]) "
+             "over the kept rows (probabilities keep the plain mean over rows).")
 
 
 # Keras' and PyTorch's losses and metrics that have no op here, written with ops of the

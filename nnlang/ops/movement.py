@@ -39,7 +39,41 @@ def _reshape_shape(x: TensorType, *, shape) -> TensorType:
     return TensorType(tuple(shape), x.dtype)
 
 
-register("reshape", "x: tensor, shape: shape", _reshape_shape,
+def _reshape_positional(texts, values, rank):
+    # NOTE: the dims as written (`batch`, `n * 4`, -1), so the hint is their own call
+    return (f"the shape is one list (PyTorch's reshape and view take loose dims): "
+            f"`reshape({texts[0]}, [{', '.join(texts[1:])}])`")
+
+
+def dims_as_perm(values, rank: int | None, swap: bool):
+    """The `perm` list for PyTorch's loose dims: two to swap (transpose, numpy's swapaxes) or
+    the whole order (permute); None when they are no integers or the rank is unknown."""
+    dims = list(values[1:])
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        return None
+    if not (swap and len(dims) == 2):
+        return dims
+    if rank is None:
+        return None
+    try:
+        a, c = (norm_axis(d, rank) for d in dims)
+    except ShapeError:
+        return None
+    perm = list(range(rank))
+    perm[a], perm[c] = perm[c], perm[a]
+    return perm
+
+
+def _transpose_positional(texts, values, rank):
+    perm = dims_as_perm(values, rank, swap=True)
+    if perm is None:
+        return None
+    what = ("the whole order of the axes, not two to swap as PyTorch's transpose"
+            if len(values) == 3 else "the order of the axes as one list")
+    return f"transpose takes {what}: `transpose({texts[0]}, perm = {show_value(perm)})`"
+
+
+register("reshape", "x: tensor, shape: shape", _reshape_shape, positional=_reshape_positional,
          onnx=lambda e, n, x: e.op("Reshape", x, e.shape(n.shape)),
          impl=lambda x, *, shape: np.reshape(x, tuple(int(d) for d in shape)),
          grad=lambda b, n, g: (b.reshape(g, shape=list(b.type(n.inputs[0]).shape)),),
@@ -55,6 +89,7 @@ def _transpose_shape(x: TensorType, *, perm) -> TensorType:
 
 
 register("transpose", "x: tensor, perm: ints", _transpose_shape,
+         positional=_transpose_positional,
          onnx=lambda e, n, x: e.op("Transpose", x, perm=list(n.attrs["perm"])),
          impl=lambda x, *, perm: np.transpose(x, perm),
          grad=lambda b, n, g: (b.transpose(g, perm=list(np.argsort(n.attrs["perm"]).tolist())),),

@@ -12,6 +12,7 @@ import numpy as np
 from nnlang.errors import did_you_mean
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.init import init_spec
+from nnlang.ops.movement import dims_as_perm
 from nnlang.ops.registry import (NONDIFF, ParamSpec, Sample, ShapeError, TensorType, is_float,
                                  need_positive, need_some_axes, norm_axes, norm_axis, promote,
                                  register)
@@ -515,7 +516,15 @@ def _permute_shape(x, *, perm):
     return TensorType(tuple(x.shape[p] for p in perm), x.dtype)
 
 
+def _permute_positional(texts, values, rank):
+    perm = dims_as_perm(values, rank, swap=False)
+    return None if perm is None else (
+        f"the axes go in one list (PyTorch's permute takes them loose): "
+        f"`permute({texts[0]}, perm = {show_value(perm)})`")
+
+
 register("permute", "x: tensor, perm: ints", _permute_shape, family="nn",
+         positional=_permute_positional,
          decompose=lambda b, x, *, perm: b.transpose(
              x, perm=[norm_axis(p, b.type(x).rank) for p in perm]),
          doc="reorders axes, e.g. permute(x, [0, 2, 1]) turns [batch, len, dim] into "

@@ -97,6 +97,10 @@ class OpDef:
     # names one the signature lacks, where the nearest spelling would mislead; a key
     # "name = value" is the hint for a value of the wrong type (Keras' approximate = true)
     habits: dict = field(default_factory=dict)
+    # (source texts of the call's positional arguments, their values, the first one's rank or
+    # None) -> hint or None: what to write for more positional arguments than the signature
+    # takes, PyTorch's dims as loose arguments (`transpose(x, 1, 2)`, `reshape(x, -1, 192)`)
+    positional: Callable | None = None
 
     @property
     def is_composite(self) -> bool:

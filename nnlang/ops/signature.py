@@ -229,7 +229,8 @@ def check_kind(kind: str, value, is_tensor: bool) -> str | None:
         "shape": lambda v: isinstance(v, list),
         # NOTE: a size as in a shape list: an integer or a symbol (`batch`, a `symbol seq`)
         "dim": lambda v: _is_int(v) or isinstance(v, Sym),
-        "floats": lambda v: isinstance(v, list),
+        # NOTE: as ints: one number, or a list of them (bce_with_logits' pos_weight is either)
+        "floats": lambda v: _is_num(v) or isinstance(v, list) and all(map(_is_num, v)),
         "init": lambda v: True,
     }[kind]
     if ok(value):
@@ -241,7 +242,12 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 _KIND_TEXT = {"int": "an integer", "float": "a number", "bool": "true or false",
               "str": "a string", "ints": "an integer or a list of integers",
-              "floats": "a list of numbers", "shape": "a list of dims", "dtype": "a dtype name",
+              "floats": "a number or a list of numbers", "shape": "a list of dims",
+              "dtype": "a dtype name",
               "dim": "an integer or a size symbol such as batch"}

@@ -65,10 +65,11 @@ CE_CASES = [  # (logits shape, label_smoothing, ignore_index)
     ((3, 4, 5), 0.0, -100)]
 
 
-def _ce_src(shape, e, ignore, probs=False):
+def _ce_src(shape, e, ignore, probs=False, weight=None):
     rows = ", ".join(["batch", *map(str, shape[1:-1])])
     labels = f"float32[{rows}, {shape[-1]}]" if probs else f"int32[{rows}]"
     opts = f", label_smoothing = {e}" + ("" if ignore is None else f", ignore_index = {ignore}")
+    opts += "" if weight is None else f", weight = {weight}"
     return (f"model M {{\n  input z: float32[{rows}, {shape[-1]}]\n  input y: {labels}\n"
             f"  output p = softmax(z)\n  loss cross_entropy(z, y{opts})\n}}\n")
 
@@ -143,6 +144,138 @@ def test_cross_entropy_smoothing_of_probability_targets_matches_pytorch():
     want.backward()
     _close(loss, want.item(), "float64")
     _close(grad, z.grad.numpy(), "float64")
+
+
+# *** cross_entropy(weight =) and bce_with_logits(pos_weight =), PyTorch's class weights ***
+
+def _fd(f, x, eps=1e-6):
+    """Central finite differences of the scalar numpy function f at x."""
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        d = np.zeros_like(x)
+        d[i] = eps
+        g[i] = (f(x + d) - f(x - d)) / (2 * eps)
+    return g
+
+
+WEIGHTED_CE = [  # (logits shape, weight, label_smoothing, ignore_index, probabilities)
+    ((6, 4), [0.5, 2.0, 1.0, 3.0], 0.0, None, False),
+    ((6, 4), [0.5, 2.0, 0.0, 3.0], 0.2, None, False),
+    ((3, 4, 3), [1.5, 0.25, 4.0], 0.1, 1, False),
+    ((6, 4), [1.0, 2.0, 0.5, 3.0], 0.0, 0, False),
+    ((5, 3), [0.5, 2.0, 1.5], 0.3, None, True)]
+
+
+def _weighted_ce_feeds(shape, probs, ignore, seed=0):
+    rng = np.random.default_rng(seed)
+    f = {"z": 2 * rng.normal(size=shape)}
+    if probs:
+        f["y"] = _softmax(rng.normal(size=shape))
+    else:
+        f["y"] = rng.integers(0, shape[-1], shape[:-1]).astype(np.int32)
+        if ignore is not None:
+            f["y"].flat[::3] = ignore
+    return f
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,weight,e,ignore,probs", WEIGHTED_CE)
+def test_cross_entropy_class_weights_match_numpy(shape, weight, e, ignore, probs, dtype,
+                                                 backend):
+    """sum(w[y_i] * loss_i) / sum(w[y_i]) over the kept rows (the plain mean over rows for
+    probabilities), smoothing's mean over classes weighted too: numpy, and finite
+    differences of it for the gradient."""
+    f = _weighted_ce_feeds(shape, probs, ignore)
+    src = _ce_src(shape, e, ignore, probs=probs, weight=weight)
+    loss, grad = _loss_and_grad(src, f, backend, dtype, "z")
+    want = lambda z: ref.cross_entropy(z, f["y"], label_smoothing=e, ignore_index=ignore,  # noqa
+                                       weight=weight)
+    _close(loss, want(f["z"]), dtype)
+    np.testing.assert_allclose(grad, _fd(want, f["z"]), rtol=1e-5 if dtype == "float32" else 1e-7,
+                               atol=1e-6 if dtype == "float32" else 1e-9)
+
+
+@pytest.mark.parametrize("shape,weight,e,ignore,probs", WEIGHTED_CE)
+def test_cross_entropy_class_weights_match_pytorch(shape, weight, e, ignore, probs):
+    torch = pytest.importorskip("torch")
+    f = _weighted_ce_feeds(shape, probs, ignore, seed=2)
+    src = _ce_src(shape, e, ignore, probs=probs, weight=weight)
+    loss, grad = _loss_and_grad(src, f, "numba", "float64", "z")
+    z = torch.tensor(f["z"], requires_grad=True)
+    y = torch.from_numpy(f["y"]) if probs else torch.from_numpy(f["y"]).long()
+    # NOTE: torch wants classes on axis 1: [batch, classes, time]
+    want = torch.nn.functional.cross_entropy(
+        z if z.dim() == 2 else z.permute(0, 2, 1), y if y.dim() < 3 else y.permute(0, 2, 1),
+        weight=torch.tensor(weight, dtype=torch.float64), label_smoothing=e,
+        ignore_index=-100 if ignore is None else ignore)
+    want.backward()
+    _close(loss, want.item(), "float64")
+    _close(grad, z.grad.numpy(), "float64")
+
+
+POS_WEIGHT = [(3.0, (6, 3)), ([0.5, 1.0, 4.0], (6, 3)), (2.5, (6,)), (0.25, (6, 1))]
+
+
+def _bce_src(pos_weight, shape):
+    target = "float32[batch]" if len(shape) == 1 or shape[-1] == 1 else \
+        f"float32[batch, {shape[-1]}]"
+    z = "float32[batch]" if len(shape) == 1 else f"float32[batch, {shape[-1]}]"
+    return (f"model M {{\n  input z: {z}\n  input y: {target}\n  output q = z\n"
+            f"  loss bce_with_logits(z, y, pos_weight = {pos_weight})\n}}\n")
+
+
+def _bce_feeds(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, shape[:1] if len(shape) == 1 or shape[-1] == 1 else shape)
+    return {"z": 3 * rng.normal(size=shape), "y": y.astype(np.float64)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pos_weight,shape", POS_WEIGHT)
+def test_bce_with_logits_pos_weight_matches_numpy(pos_weight, shape, dtype, backend):
+    """-mean(p y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))), p per column of a list."""
+    f = _bce_feeds(shape)
+    loss, grad = _loss_and_grad(_bce_src(pos_weight, shape), f, backend, dtype, "z")
+    want = lambda z: ref.bce_with_logits(z, f["y"], pos_weight=pos_weight)  # noqa: E731
+    _close(loss, want(f["z"]), dtype)
+    np.testing.assert_allclose(grad, _fd(want, f["z"]), rtol=1e-5 if dtype == "float32" else 1e-7,
+                               atol=1e-6 if dtype == "float32" else 1e-9)
+
+
+@pytest.mark.parametrize("pos_weight,shape", POS_WEIGHT)
+def test_bce_with_logits_pos_weight_matches_pytorch(pos_weight, shape):
+    torch = pytest.importorskip("torch")
+    f = _bce_feeds(shape, seed=3)
+    f["z"][0] = 40.0                                  # saturated: stays finite
+    loss, grad = _loss_and_grad(_bce_src(pos_weight, shape), f, "numba", "float64", "z")
+    z = torch.tensor(f["z"], requires_grad=True)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(
+        z.reshape(f["y"].shape), torch.from_numpy(f["y"]),
+        pos_weight=torch.tensor(pos_weight, dtype=torch.float64))
+    want.backward()
+    _close(loss, want.item(), "float64")
+    _close(grad, z.grad.numpy(), "float64")
+
+
+@pytest.mark.parametrize("line,words", [
+    ("loss cross_entropy(z, y, weight = [1.0, 2.0])", ["2 weights", "last axis of 4"]),
+    ("loss cross_entropy(z, y, weight = 2.0)", ["one number per class", "2.0 * cross_entropy"]),
+    ("loss cross_entropy(z, y, weight = [1.0, -1.0, 1.0, 1.0])", ["negative"]),
+    ("loss bce_with_logits(z, b, pos_weight = [1.0, 2.0])", ["2 weights", "last axis of 4"]),
+    ("loss bce_with_logits(z, b, pos_weight = -1.0)", ["negative"]),
+    ("loss cross_entropy(p, y, weight = [1.0, 2.0, 3.0])", ["3 weights", "[seq]", "varies"]),
+    ("loss bce_with_logits(p, p, pos_weight = [1.0, 2.0])", ["2 weights", "[seq]", "varies"]),
+])
+def test_class_weights_of_the_wrong_size_are_located_errors(line, words):
+    src = ("model M {\n  symbol seq\n  input z: float32[batch, 4]\n  input y: int32[batch]\n"
+           f"  input b: float32[batch, 4]\n  input p: float32[batch, seq]\n  output q = z\n"
+           f"  {line}\n}}\n")
+    with pytest.raises(nnlang.NNError) as err:
+        nnlang.load(src)
+    text = str(err.value)
+    assert ":8:" in text and all(w in text for w in words), text
 
 
 # *** huber and kl_div ***
