@@ -562,6 +562,20 @@ def test_a_channels_first_layer_after_a_channels_last_conv_is_a_located_warning(
         np.testing.assert_allclose(net.forward({"x": x})["h"], want, rtol=1e-12, atol=1e-14)
 
 
+def test_a_keras_momentum_after_a_channels_last_conv_warns_of_both():
+    """A Keras port writes Conv1D (channels last) then BatchNormalization(momentum = 0.99):
+    the layout warning hid the momentum one (one warning a node), though each is its own
+    mistake and docs/language.md lists both."""
+    src = """model M {
+  input x: float32[batch, 12, 2]
+  output h = conv1d(x, 4, 3, channels_last = true) |> batch_norm(momentum = 0.99)
+}"""
+    texts = [w.render() for w in load(src).warnings]
+    assert len(texts) == 2, texts
+    assert "batch_norm normalizes axis 1 of [batch, 10, 4] as 10 channels" in texts[0]
+    assert "Keras' momentum = 0.99 is `momentum = 0.01` here" in texts[1]
+
+
 def test_a_loss_in_a_repeat_says_to_carry_a_sum():
     """Deep supervision's loss per layer inside `repeat` failed with "loss 'aux' is declared
     twice", a line written once; the hint's carried sum is the sum of the layers' losses."""

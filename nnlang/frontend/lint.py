@@ -250,15 +250,16 @@ def lint(g: Graph, train_span=None) -> list[Diagnostic]:
                                 "loss: `nnlang train` cannot train it", train_span,
                                 loss_hint(g), severity="warning"))
     for node in g:
-        # NOTE: one warning per node: after a channels-last layer the layout rule below says
-        # more than the shape guess of _channels_last would
-        for rule in (_channels_first_after_last, _channels_last, _over_batch,
-                     _threshold_on_logits, _rows_of_batch, _keras_momentum, _softmax_of_one,
-                     _padding_mask_inverted):
-            problem = rule(g, node)
+        # NOTE: one layout warning per node: after a channels-last layer the first rule says
+        # more than the shape guess of _channels_last would. The other rules are mistakes of
+        # their own (a Keras port's batch_norm(momentum = 0.99) after a channels-last conv
+        # is two), so each still warns.
+        for rules in ((_channels_first_after_last, _channels_last), (_over_batch,),
+                      (_threshold_on_logits,), (_rows_of_batch,), (_keras_momentum,),
+                      (_softmax_of_one,), (_padding_mask_inverted,)):
+            problem = next((p for p in (rule(g, node) for rule in rules) if p), None)
             if problem is not None:
                 found.append(problem)
-                break
         for loss, arg, producer, why, hint in PRODUCER_RULES:
             if node.op != loss or len(node.inputs) <= arg:
                 continue
