@@ -108,12 +108,6 @@ for _torch, _ours in (("hardsigmoid", "hard_sigmoid"), ("hardswish", "hard_swish
     WRITTEN_WITH_OPS[_torch] = WRITTEN_WITH_OPS[_ours]
 
 
-def written_with_ops(name: str) -> str | None:
-    """How to write the activation `name` that nnlang has no op for, or None."""
-    ops = WRITTEN_WITH_OPS.get(name)
-    return f"no {name} op: {name}(x) is {ops}" if ops else None
-
-
 def check_activation(op: str, name) -> None:
     if name is not None and name not in ACTIVATIONS:
         ops = WRITTEN_WITH_OPS.get(name)
