@@ -812,13 +812,18 @@ train TiedLm {
 """
 
 
-def _lm_batches():
+def _next_token_batches(vocab: int, length: int):
+    """Three batches of 3 random sequences: tokens and the next token at each place."""
     rng = np.random.default_rng(0)
     out = []
     for _ in range(3):
-        s = rng.integers(0, 12, (3, 8)).astype(np.int32)
+        s = rng.integers(0, vocab, (3, length + 1)).astype(np.int32)
         out.append({"tokens": s[:, :-1].copy(), "target": s[:, 1:].copy()})
     return out
+
+
+def _lm_batches():
+    return _next_token_batches(12, 7)
 
 
 def test_tied_lstm_language_model_against_pytorch():
@@ -874,7 +879,8 @@ model Decoder(vocab = 11, dim = 8, smoothing = 0.1) {
   h = a + (layer_norm(a) |> dense(4 * dim) |> gelu(approximate = "APPROX") |> dense(dim))
   logits = layer_norm(h) |> dense(vocab)
   output logits
-  # label smoothing (cross_entropy has no option): the smoothed one-hot as float targets
+  # label smoothing written out: the smoothed one-hot as float targets (the same as
+  # cross_entropy's label_smoothing option, which tests/ops/test_loss_options.py checks)
   soft = (1 - smoothing) * one_hot(target, vocab) + smoothing / vocab
   loss cross_entropy(logits, soft)
   metric acc = accuracy(logits, target)
@@ -887,12 +893,7 @@ train Decoder {
 
 
 def _decoder_batches():
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(3):
-        s = rng.integers(0, 11, (3, 7)).astype(np.int32)
-        out.append({"tokens": s[:, :-1].copy(), "target": s[:, 1:].copy()})
-    return out
+    return _next_token_batches(11, 6)
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
