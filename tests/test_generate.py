@@ -211,6 +211,23 @@ def test_sampling_settings():
     assert once[0] != once[1] or once[0] != greedy[0]   # rows draw independently
 
 
+def test_a_seeded_prompt_samples_the_same_text_alone_or_among_others():
+    """With a seed, a prompt's sampled text is its own: the same alone, after other prompts or
+    in another order (all rows drew from one stream, so adding a prompt in front changed the
+    text of the others). The same prompt twice in one call still draws two samples, the first
+    of them the prompt's text alone."""
+    net = lm_net()
+    gen = generator(net)
+    hot = options_from(net.program.generate, {"max_new": 8, "temperature": 5.0, "seed": 4})
+    alone = {p: gen.generate([p], hot).samples[0].ids for p in ("the", "a", "x.")}
+    for batch in (["the", "a", "x."], ["x.", "a", "the"], ["a", "a", "the", "x."]):
+        got = gen.generate(batch, hot).samples
+        firsts = {p: got[batch.index(p)].ids for p in batch}
+        assert firsts == {p: alone[p] for p in batch}, batch
+    twice = gen.generate(["a", "a"], hot).samples
+    assert twice[0].ids == alone["a"] and twice[1].ids != twice[0].ids
+
+
 @pytest.mark.parametrize("temperature", [1e-308, 5e-324])
 def test_a_vanishing_temperature_samples_the_likeliest_token(temperature):
     """softmax(z / T) tends to the argmax as T -> 0, so a tiny temperature decodes greedily

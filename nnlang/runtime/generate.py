@@ -9,6 +9,7 @@ why). See docs/generation.md.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -460,8 +461,12 @@ class Generator:
             for r, i in enumerate(reps):
                 source[r, :len(src[i])] = src[i]
         logits = self.start(tokens, lengths, source)
-        decode = _beam if width > 1 else _sample
-        outs = decode(self, logits, lengths, stop, opts)
+        if width > 1:
+            outs = _beam(self, logits, lengths, stop, opts)
+        else:
+            keys = [(tuple(dec[i]), tuple(src[i]) if src is not None else ()) for i in reps]
+            outs = _sample(self, logits, lengths, stop, opts,
+                           _RowStreams(opts["seed"], keys) if opts["sample"] else None)
         samples = []
         for prompt, (ids, why, score) in zip(prompts, outs):
             text_ids = ids[:-1] if why == "stop" else ids
@@ -495,8 +500,29 @@ def _masked(g: Generator, logits: np.ndarray) -> np.ndarray:
     return z
 
 
-def _sample(g: Generator, logits, lengths, stop, opts):
-    rng = np.random.default_rng(opts["seed"])
+class _RowStreams:
+    """One random stream per row, seeded by the seed and the row's prompt (its token ids, and
+    how many earlier rows of the call hold the same prompt), so that a seeded prompt samples
+    the same text alone or among other prompts. NOTE: all rows drew from one stream, so adding
+    a prompt in front of another changed the other's text. `random(n)` is one draw per row."""
+
+    def __init__(self, seed: int, keys: list):
+        seen: dict = {}
+        self.rngs = []
+        for key in keys:
+            seen[key] = seen.get(key, -1) + 1
+            # NOTE: a hash of the whole key, not a list of ints given to SeedSequence: that
+            # pads with zeros, so (seed, ids) and (seed, ids + [0]) could share a stream
+            text = repr((int(seed), seen[key], key)).encode()
+            self.rngs.append(np.random.default_rng(
+                int.from_bytes(hashlib.sha256(text).digest(), "little")))
+
+    def random(self, n: int) -> np.ndarray:
+        assert n == len(self.rngs), "one draw per row"
+        return np.array([rng.random() for rng in self.rngs])
+
+
+def _sample(g: Generator, logits, lengths, stop, opts, rng):
     rows = len(lengths)
     ids = [[] for _ in range(rows)]
     why = [None] * rows
