@@ -816,6 +816,64 @@ def test_a_draw_at_the_top_of_the_unit_interval_is_a_token_that_may_be_produced(
     assert _choose(z, {"temperature": 1.0}, Top()).tolist() == [3]
 
 
+def _hf_warped(z, temperature=1.0, top_k=None, top_p=1.0):
+    """The next-token distribution of Hugging Face's warpers, in their order (temperature,
+    then TopK, then TopP), written from their source: TopK drops scores below the k-th
+    largest (ties kept); TopP sorts the scores ascending (stable: of two equal scores the
+    lower id first), drops those whose cumulative probability is <= 1 - top_p and always
+    keeps the likeliest."""
+    z = np.asarray(z, np.float64) / temperature
+    if top_k:
+        z = np.where(z < np.sort(z)[-min(top_k, len(z))], -np.inf, z)
+    if top_p < 1.0:
+        order = np.argsort(z, kind="stable")
+        e = np.exp(z[order] - z.max())
+        drop = np.cumsum(e / e.sum()) <= 1 - top_p
+        drop[-1] = False
+        z = z.copy()
+        z[order[drop]] = -np.inf
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+@pytest.mark.parametrize("z,opts", [
+    ([0.0, 0.0, 0.0, 0.0], {"top_p": 0.5}),                       # a tie across the nucleus' edge
+    ([2.0, 1.0, 1.0, 0.5, -1.0], {"top_p": 0.6}),
+    ([2.0, 1.0, 1.0, 0.5, -1.0], {"top_p": 0.9, "top_k": 4, "temperature": 0.5}),
+    ([2.0, 1.0, 1.0, 0.5, -1.0], {"top_k": 2, "temperature": 3.0}),   # a tie at the k-th
+    ([-np.inf, 3.0, 1.0, 1.0, 1.0], {"top_p": 0.95, "temperature": 2.0}),
+    ([1.0, 2.0, 0.5], {"top_p": 1e-9}),
+])
+def test_sampling_draws_from_hugging_faces_warped_distribution(z, opts):
+    """The share of draws of each token, with the draws u spread evenly over [0, 1) (the
+    inverse CDF then gives each token exactly its probability, to 1/n), against HF's
+    temperature/top-k/top-p. Where tokens tie at the nucleus' edge, HF keeps the higher ids;
+    nnlang kept the lower ones (for [0, 0, 0, 0] at top_p 0.5: ids 0 and 1, HF's 2 and 3)."""
+    from nnlang.runtime.generate import _choose
+    n = 100_000
+
+    class Even:
+        def random(self, rows):
+            return (np.arange(rows) + 0.5) / rows
+    got = np.bincount(_choose(np.tile(np.array(z), (n, 1)), opts, Even()), minlength=len(z)) / n
+    want = _hf_warped(z, opts.get("temperature", 1.0), opts.get("top_k"), opts.get("top_p", 1.0))
+    np.testing.assert_allclose(got, want, atol=2 / n)
+    torch = pytest.importorskip("torch")
+    # NOTE: the warpers' own lines (transformers' logits_process.py), on torch's sort and topk
+    scores = torch.tensor([z], dtype=torch.float64) / opts.get("temperature", 1.0)
+    if "top_k" in opts:
+        kth = torch.topk(scores, min(opts["top_k"], len(z)))[0][..., -1, None]
+        scores = scores.masked_fill(scores < kth, -float("inf"))
+    if "top_p" in opts:
+        sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+        cumulative_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        sorted_indices_to_remove = cumulative_probs <= (1 - opts["top_p"])
+        sorted_indices_to_remove[..., -1:] = 0
+        remove = sorted_indices_to_remove.scatter(1, sorted_indices, sorted_indices_to_remove)
+        scores = scores.masked_fill(remove, -float("inf"))
+    np.testing.assert_allclose(want, torch.softmax(scores, -1)[0].numpy(), atol=1e-12)
+
+
 def _interrupt_at(monkeypatch, calls: int):
     """Ctrl-C arriving during the `calls`-th step of decoding (Generator.advance)."""
     real, seen = Generator.advance, []

@@ -567,11 +567,15 @@ def _choose(z: np.ndarray, opts: dict, rng) -> np.ndarray:
     p = np.exp(z - z.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     if opts.get("top_p", 1.0) < 1.0:
-        order = np.argsort(-p, axis=1)
-        sorted_p = np.take_along_axis(p, order, axis=1)
-        before = np.cumsum(sorted_p, axis=1) - sorted_p   # mass of the likelier tokens
-        drop = np.zeros_like(p, bool)
-        np.put_along_axis(drop, order, before >= opts["top_p"], axis=1)
+        # NOTE: Hugging Face's TopPLogitsWarper line for line: the scores sorted ascending
+        # (stable, as torch's CPU sort: of two equal scores the lower id first), a token dropped
+        # when the mass of it and the less likely ones is <= 1 - top_p, the likeliest kept.
+        # nnlang sorted descending and kept the lower ids of a tie at the nucleus' edge, HF the
+        # higher ones: for four equal scores at top_p 0.5, ids 0 and 1 where HF keeps 2 and 3
+        order = np.argsort(z, axis=1, kind="stable")
+        drop = np.cumsum(np.take_along_axis(p, order, axis=1), axis=1) <= 1 - opts["top_p"]
+        drop[:, -1] = False
+        np.put_along_axis(drop, order, drop.copy(), axis=1)
         p = np.where(drop, 0.0, p)
         p /= p.sum(axis=1, keepdims=True)
     # NOTE: u is scaled to the rounded total: the sum of p can fall an ulp short of 1, and a draw
