@@ -301,8 +301,10 @@ def test_bad_generation_requests_are_clear_errors():
         gen.generate(["the"], options_from(spec, {"max_new": 2, "stop": True}))
     started = lm_net(source=LM.replace("logits = logits    #", 'start = "."  logits = logits  #'))
     with pytest.raises(NNError, match=r"17 tokens with the section's `start` token, longer "
-                                      r"than the model's token stream allows \(16\)"):
+                                      r"than the model's token stream allows \(16\)") as err:
         generator(started).generate(["x" * 16], options_from(started.program.generate, {}))
+    # NOTE: the hint said "at most 16 tokens", and a prompt of 16 is the one refused here
+    assert "at most 15 tokens" in err.value.hint, err.value.hint
     with pytest.raises(NNError, match=r"--max-new \(max_new=\)"):   # a Python user's name too
         options_from(spec, {"max_new": 2.5})
     with pytest.raises(NNError, match="prompts are int"):

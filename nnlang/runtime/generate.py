@@ -330,20 +330,25 @@ class Generator:
             # "17 tokens, longer than ... (16)" with nothing saying where the 17th came from
             dec.append(self._fit(ids, self.spec.max_len, where, "token stream",
                                  self.spec.tokens,
-                                 "" if start is None else " with the section's `start` token"))
+                                 "" if start is None else " with the section's `start` token",
+                                 0 if start is None else 1))
         return dec, (src if self.spec.source else None)
 
     def _source_len(self) -> int:
         return int(self.net.user.node(self.net.user.inputs[self.spec.source]).shape[1])
 
     @staticmethod
-    def _fit(ids, limit: int, where: str, what: str, name: str, extra: str = ""):
+    def _fit(ids, limit: int, where: str, what: str, name: str, extra: str = "",
+             taken: int = 0):
         if len(ids) > limit:
             # NOTE: the input that sets the limit: an encoder-decoder's source was said to be
-            # limited by "its token input's length" (the decoder's, another length)
+            # limited by "its token input's length" (the decoder's, another length). `taken`:
+            # the `start` token's place, which the hint's count leaves out of the prompt's
+            after = f", less the `start` token's {taken}" if taken else ""
             raise NNError(f"{where} is {len(ids)} tokens{extra}, longer than the model's {what} "
-                          f"allows ({limit})", hint=f"shorten the prompt (at most {limit} "
-                          f"tokens: the length of the model's input '{name}')")
+                          f"allows ({limit})", hint=f"shorten the prompt (at most "
+                          f"{limit - taken} tokens: the length of the model's input '{name}'"
+                          f"{after})")
         return ids
 
     # *** engines ***
