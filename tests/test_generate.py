@@ -876,6 +876,22 @@ def test_sampling_draws_from_hugging_faces_warped_distribution(z, opts):
     np.testing.assert_allclose(want, torch.softmax(scores, -1)[0].numpy(), atol=1e-12)
 
 
+@pytest.mark.parametrize("options", [{}, {"temperature": 1.0}, {"beam": 2}])
+def test_logits_that_are_not_numbers_are_an_error_naming_the_prompt(options):
+    """A net whose weights hold NaN (a diverged run) scores every token NaN: greedy decoding and
+    sampling wrote padding (id 0, "never produced") as if it were text, and beam search died on
+    a ValueError from max() with a traceback."""
+    tok, net, _ = _tiny_gpt_for_beams()
+    params = net.parameters()
+    emb = next(k for k, v in params.items() if v.shape == (len(tok.vocab), 16))
+    bad = params[emb].copy()
+    bad[tok.encode("c")[0]] = np.nan    # the character "c"'s embedding
+    net.load_state_dict({**params, emb: bad})
+    with pytest.raises(NNError, match=r"prompt 2 .*NaN") as err:
+        net.generate(["ab", "ac"], max_new=3, tokenizer=tok, **options)
+    assert "weights" in err.value.hint
+
+
 def _interrupt_at(monkeypatch, calls: int):
     """Ctrl-C arriving during the `calls`-th step of decoding (Generator.advance)."""
     real, seen = Generator.advance, []

@@ -455,6 +455,7 @@ class Generator:
         width = opts["beam"]
         self._check_rows(len(dec) * width, width)
         reps = np.repeat(np.arange(len(dec)), width)
+        self.row_prompt = reps   # for `_masked`'s error
         L = self.spec.max_len
         tokens = np.full((len(reps), L), self.tok.pad_id, np.int32)
         lengths = np.array([len(dec[i]) for i in reps])
@@ -496,12 +497,24 @@ def _never(tok) -> dict:
             if i is not None}
 
 
-def _masked(g: Generator, logits: np.ndarray) -> np.ndarray:
+def _masked(g: Generator, logits: np.ndarray, step: int, live) -> np.ndarray:
     """The logits with every id generation never produces (`_never`) at -inf."""
     z = np.array(logits, np.float64)
     for special in _never(g.tok):
         z[:, special] = -np.inf
     z[:, g.tok.vocab_size:] = -np.inf
+    # NOTE: a NaN (or +inf) score has no softmax: greedy decoding and sampling wrote padding
+    # (id 0) as text, and beam search died in max() with a traceback
+    # (rows that have ended are left alone: their scores are never read)
+    bad = (np.isnan(z) | (z == np.inf)).any(axis=1) & np.asarray(live, bool)
+    if bad.any():
+        row = int(np.nonzero(bad)[0][0])
+        what = "NaN" if np.isnan(z[row]).any() else "+inf"
+        raise NNError(f"the model's next-token scores ('{g.spec.logits}') for prompt "
+                      f"{int(g.row_prompt[row]) + 1} hold {what} after {step} generated "
+                      "token(s): no token can be chosen", hint="the weights hold NaN or inf, or the model "
+                      "overflows (a diverged run?): check the checkpoint with `nnlang eval`, or "
+                      "train again with a lower learning rate or clip_norm")
     return z
 
 
@@ -534,7 +547,7 @@ def _sample(g: Generator, logits, lengths, stop, opts, rng):
     pos = lengths.copy()
     try:
         for step in range(opts["max_new"]):
-            z = _masked(g, logits)
+            z = _masked(g, logits, step, [w is None for w in why])
             new = _choose(z, opts, rng) if opts["sample"] else z.argmax(axis=-1)
             for r in range(rows):
                 if why[r] is None:
@@ -605,7 +618,7 @@ def _beam(g: Generator, logits, lengths, stop, opts):
     snap = (0, seqs, scores.copy(), list(closed))   # the state after a whole step (Ctrl-C)
     try:
         for step in range(opts["max_new"]):
-            z = _masked(g, logits)
+            z = _masked(g, logits, step, np.isfinite(scores) & ~np.repeat(closed, width))
             logp = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
             cand = (scores[:, None] + logp).reshape(prompts, -1)
             vocab = logp.shape[1]
