@@ -512,9 +512,9 @@ def _masked(g: Generator, logits: np.ndarray, step: int, live) -> np.ndarray:
         what = "NaN" if np.isnan(z[row]).any() else "+inf"
         raise NNError(f"the model's next-token scores ('{g.spec.logits}') for prompt "
                       f"{int(g.row_prompt[row]) + 1} hold {what} after {step} generated "
-                      "token(s): no token can be chosen", hint="the weights hold NaN or inf, or the model "
-                      "overflows (a diverged run?): check the checkpoint with `nnlang eval`, or "
-                      "train again with a lower learning rate or clip_norm")
+                      "token(s): no token can be chosen", hint="the weights hold NaN or inf, or "
+                      "the model overflows (a diverged run?): check the checkpoint with `nnlang "
+                      "eval`, or train again with a lower learning rate or clip_norm")
     return z
 
 
