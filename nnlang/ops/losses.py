@@ -428,6 +428,17 @@ WRITTEN_WITH_OPS = {
     "top_k_accuracy": "mean(cast(sum(cast(p > sum(p * one_hot(y, classes), axis = -1, keepdims "
                       "= true), dtype = \"float32\"), axis = -1) < k, dtype = \"float32\")); "
                       "y int labels",
+    # PyTorch's default log_input = true: p is the log-rate (log_input = false is poisson)
+    "poisson_nll_loss": "mean(exp(p) - y * p); p the log-rate (PyTorch's log_input = true)",
+    # torchvision's sigmoid_focal_loss (alpha 0.25, gamma 2, reduction "mean"), p logits
+    "focal_loss": "mean((0.25 * y + 0.75 * (1 - y)) * (softplus(p) - y * p) * (1 - (sigmoid(p) "
+                  "* y + (1 - sigmoid(p)) * (1 - y))) ** 2); p logits, y in {0, 1}",
+    "dice": "1 - 2 * sum(p * y) / (sum(p) + sum(y) + 1e-7); p probabilities, over the whole "
+            "batch (Keras' Dice)",
+    "rmse": "sqrt(mse(p, y)); as a metric that is the mean of each batch's root, not the mean of "
+            "the whole set's root (Keras' RootMeanSquaredError): watch mse and take its root",
+    "r2": "1 - sum((y - p) ** 2) / sum((y - mean(y)) ** 2); of one batch only: a metric here is "
+          "a mean over batches, which R2 is not, so compute it from `nnlang predict`'s outputs",
 }
 for _other, _ours in (("logcosh", "log_cosh"), ("msle", "mean_squared_logarithmic_error"),
                       ("mape", "mean_absolute_percentage_error"),
@@ -437,5 +448,11 @@ for _other, _ours in (("logcosh", "log_cosh"), ("msle", "mean_squared_logarithmi
                       ("top_k_categorical_accuracy", "top_k_accuracy"),
                       ("sparse_top_k_categorical_accuracy", "top_k_accuracy"),
                       ("SparseTopKCategoricalAccuracy", "top_k_accuracy"),
-                      ("CategoricalAccuracy", "categorical_accuracy")):
+                      ("CategoricalAccuracy", "categorical_accuracy"),
+                      ("PoissonNLLLoss", "poisson_nll_loss"), ("sigmoid_focal_loss", "focal_loss"),
+                      ("binary_focal_crossentropy", "focal_loss"),
+                      ("BinaryFocalCrossentropy", "focal_loss"), ("dice_loss", "dice"),
+                      ("Dice", "dice"), ("RootMeanSquaredError", "rmse"),
+                      ("root_mean_squared_error", "rmse"), ("R2Score", "r2"),
+                      ("r2_score", "r2")):
     WRITTEN_WITH_OPS[_other] = WRITTEN_WITH_OPS[_ours]

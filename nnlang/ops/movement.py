@@ -74,6 +74,9 @@ def _transpose_positional(texts, values, rank):
 
 
 register("reshape", "x: tensor, shape: shape", _reshape_shape, positional=_reshape_positional,
+         # NOTE: Keras' Reshape(target_shape) leaves the batch axis out; nnlang's shape has it
+         habits={"target_shape": "'shape' here, with the batch axis first (Keras' target_shape "
+                                 "leaves it out): reshape(x, [batch, 40]) for Reshape((40,))"},
          onnx=lambda e, n, x: e.op("Reshape", x, e.shape(n.shape)),
          impl=lambda x, *, shape: np.reshape(x, tuple(int(d) for d in shape)),
          grad=lambda b, n, g: (b.reshape(g, shape=list(b.type(n.inputs[0]).shape)),),
@@ -81,10 +84,26 @@ register("reshape", "x: tensor, shape: shape", _reshape_shape, positional=_resha
          samples=(Sample(((3, 4),), {"shape": [2, 6]}), Sample(((2, 3, 4),), {"shape": [-1, 4]})))
 
 
+def _perm_hint(perm, rank: int) -> str | None:
+    """What is wrong with a perm that is no permutation of 0..rank-1, and what to write."""
+    if not isinstance(perm, (list, tuple)) or rank == 0:
+        return None
+    out = [p for p in perm if not -rank <= p < rank]
+    if out:
+        return (f"axis {out[0]} is out of range for rank {rank}: perm names each of the axes "
+                f"0 to {rank - 1} once")
+    counted = [p % rank for p in perm]
+    if sorted(counted) == list(range(rank)):   # NOTE: negative axes, as numpy allows
+        return f"transpose counts axes from 0: perm = {show_value(counted)}"
+    if len(perm) != rank:
+        return f"perm names each of the {rank} axes 0 to {rank - 1} once"
+    return f"perm names an axis twice: each of 0 to {rank - 1} once"
+
+
 def _transpose_shape(x: TensorType, *, perm) -> TensorType:
     if not isinstance(perm, (list, tuple)) or sorted(perm) != list(range(x.rank)):
         raise ShapeError(f"perm {perm} is not a permutation of the {x.rank} axes of "
-                         f"{fmt_shape(x.shape)}", arg=0)
+                         f"{fmt_shape(x.shape)}", attr="perm", hint=_perm_hint(perm, x.rank))
     return TensorType(tuple(x.shape[p] for p in perm), x.dtype)
 
 
