@@ -158,9 +158,19 @@ def _channels_back(y, channels_last):
     return np.moveaxis(y, 1, -1) if channels_last else y
 
 
-def conv(x, w, b=None, *, kernel, stride, padding, dilation, channels_last=False, **_):
-    """Direct convolution: for every output position, sum over channels and kernel offsets."""
+def conv(x, w, b=None, *, kernel, stride, padding, dilation, channels_last=False, groups=1,
+         **_):
+    """Direct convolution: for every output position, sum over channels and kernel offsets.
+    groups > 1 (PyTorch's): group g's filters convolve its own slice of the channels."""
     x = _channels_first(x, channels_last)
+    if groups > 1:
+        cg, fg = x.shape[1] // groups, w.shape[0] // groups
+        y = np.concatenate([conv(x[:, g * cg:(g + 1) * cg], w[g * fg:(g + 1) * fg],
+                                 kernel=kernel, stride=stride, padding=padding,
+                                 dilation=dilation) for g in range(groups)], axis=1)
+        if b is not None:
+            y += b.reshape([1, -1] + [1] * (x.ndim - 2))
+        return _channels_back(y, channels_last)
     nd = x.ndim - 2
     k, s, d = list(w.shape[2:]), _norm(stride, nd), _norm(dilation, nd)
     pads = _padding(padding, x.shape[2:], k, s, d)

@@ -305,6 +305,23 @@ def test_tutorial_loss_and_conv_options_export():
     assert_matches(net, inputs)
 
 
+def test_grouped_conv_export():
+    """conv1d and conv2d with groups (a depthwise one among them, channels last too): ONNX
+    Runtime gives the forward's values."""
+    src = """model Grouped {
+  input x: float32[batch, 4, 9]
+  input img: float32[batch, 3, 6, 5]
+  output h = conv1d(x, 6, 3, groups = 2, padding = "same")
+  output d = conv2d(img, 6, 3, groups = 3, stride = [1, 2])
+  output c = conv2d(permute(img, [0, 2, 3, 1]), 3, 2, groups = 3, channels_last = true)
+}"""
+    net = nnlang.compile(src, backend="reference", batch=2, seed=0)
+    rng = np.random.default_rng(1)
+    proto = assert_matches(net, {"x": rng.normal(size=(2, 4, 9)).astype(np.float32),
+                                 "img": rng.normal(size=(2, 3, 6, 5)).astype(np.float32)})
+    assert "MatMul" in [n.op_type for n in proto.graph.node]
+
+
 def test_class_weights_export():
     """cross_entropy's weight (with ignore_index and label_smoothing, and over probabilities)
     and bce_with_logits' pos_weight (a number, and one per column): ONNX Runtime gives the
