@@ -398,8 +398,11 @@ def huber(p, t, *, delta):
     return np.mean(np.where(d < delta, 0.5 * d ** 2, delta * (d - 0.5 * delta)))
 
 
-def kl_div(log_pred, target):
-    """PyTorch's kl_div(input, target, reduction="batchmean"): xlogy, then / batch."""
+def kl_div(log_pred, target, log_target=False):
+    """PyTorch's kl_div(input, target, reduction="batchmean"): xlogy, then / batch; with
+    log_target the target is log-probabilities: p = exp(target), log p = target."""
+    if log_target:
+        return np.sum(np.exp(target) * (target - log_pred)) / log_pred.shape[0]
     plogp = np.where(target > 0, target * np.log(np.where(target > 0, target, 1.0)), 0.0)
     return np.sum(plogp - target * log_pred) / log_pred.shape[0]
 

@@ -280,8 +280,8 @@ def test_cross_entropy_over_a_symbolic_class_axis():
 
 def test_tutorial_loss_and_conv_options_export():
     """A causal conv1d, cross_entropy with label_smoothing and ignore_index (ids and
-    probabilities), huber and kl_div, each an output: ONNX Runtime gives the forward's values,
-    with ignored rows among the labels."""
+    probabilities), huber and kl_div (log_target too), each an output: ONNX Runtime gives the
+    forward's values, with ignored rows among the labels."""
     src = """model Port {
   input x: float32[batch, 3, 8]
   input label: int32[batch]
@@ -294,6 +294,7 @@ def test_tutorial_loss_and_conv_options_export():
   output ces = cross_entropy(z, soft, label_smoothing = 0.2)
   output hub = huber(z, t, delta = 0.5)
   output kl = kl_div(log_softmax(z), soft)
+  output kll = kl_div(log_softmax(z), log_softmax(t), log_target = true)
 }"""
     net = nnlang.compile(src, backend="reference", batch=5, seed=0)
     rng = np.random.default_rng(0)

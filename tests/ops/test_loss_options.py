@@ -1,9 +1,9 @@
 """The options ported tutorials write: cross_entropy's label_smoothing and ignore_index,
-conv1d's padding = "causal", grouped convolution, huber and kl_div. Values and input gradients
-of a whole compiled model, on the reference and numba backends at float64 and float32, against
-numpy written here (analytic gradients; finite differences for the convolution) and against
-PyTorch's functions when torch is installed (CI has no torch: the numpy checks still run
-there)."""
+conv1d's padding = "causal", grouped convolution, huber and kl_div (log_target too). Values
+and input gradients of a whole compiled model, on the reference and numba backends at float64
+and float32, against numpy written here (analytic gradients; finite differences for the
+convolution) and against PyTorch's functions when torch is installed (CI has no torch: the
+numpy checks still run there)."""
 from __future__ import annotations
 
 import json
@@ -354,6 +354,49 @@ def test_kl_div_matches_pytorch():
     want.backward()
     _close(loss, want.item(), "float64")
     _close(grad, z.grad.numpy(), "float64")
+
+
+# *** kl_div(log_target = true) ***
+
+_KL_LOG_SRC = ("model M {\n  input z: float32[batch, 3, 6]\n  input s: float32[batch, 3, 6]\n"
+               "  output q = z\n  loss kl_div(log_softmax(z), log_softmax(s), log_target = true)"
+               "\n}\n")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kl_div_with_log_target_matches_numpy(dtype, backend):
+    """A distillation's teacher as log-probabilities: the loss is the probability form's on
+    softmax(s), and both inputs' gradients are KL's (by z: (q * sum(p) - p) / B; by s:
+    p * (log p - log q - KL_row) / B, written out)."""
+    f = _kl_feeds()
+    f = {"z": f["z"], "s": 2 * f["z"][::-1].copy()}
+    net = _net(_KL_LOG_SRC, backend, dtype, 4)
+    feeds = {k: v.astype(dtype) for k, v in f.items()}
+    (loss,) = net.evaluate(feeds).values()
+    grads = net.gradients(feeds, inputs=("z", "s"))
+    logp, logq = ref.log_softmax(f["s"]), ref.log_softmax(f["z"])
+    p = np.exp(logp)
+    _close(loss, (p * (logp - logq)).sum() / 4, dtype)
+    _close(grads["z"], (_softmax(f["z"]) * p.sum(-1, keepdims=True) - p) / 4, dtype)
+    row = (p * (logp - logq)).sum(-1, keepdims=True)
+    _close(grads["s"], p * (logp - logq - row) / 4, dtype)
+
+
+def test_kl_div_with_log_target_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    f = _kl_feeds()
+    f = {"z": f["z"], "s": 2 * f["z"][::-1].copy()}
+    net = _net(_KL_LOG_SRC, "numba", "float64", 4)
+    (loss,) = net.evaluate(f).values()
+    grads = net.gradients(f, inputs=("z", "s"))
+    z, s = (torch.tensor(f[k], requires_grad=True) for k in ("z", "s"))
+    want = torch.nn.functional.kl_div(torch.log_softmax(z, -1), torch.log_softmax(s, -1),
+                                      reduction="batchmean", log_target=True)
+    want.backward()
+    _close(loss, want.item(), "float64")
+    _close(grads["z"], z.grad.numpy(), "float64")
+    _close(grads["s"], s.grad.numpy(), "float64")
 
 
 # *** conv1d(padding = "causal") ***
