@@ -80,6 +80,8 @@ LAYER_OPTIONS = [
     ('output y = gather(seq, tok, dim = 1)', ["rows", "one_hot(idx, depth = n)"]),
     ('output y = transpose(seq, perm = [0, 5, 1])', ["axis 5", "0 to 2"]),
     ('output y = transpose(seq, perm = [0, -1, 1])', ["perm = [0, 2, 1]"]),
+    ('output y = transpose(seq, 0, 5)', ["axis 5 is out of range", "perm = [...]"]),
+    ('output y = permute(seq, [0, 5, 1])', ["axis 5", "0 to 2"]),
 ]
 OPS = [
     ("output y = selu(x)", ["1.0507009873554805 * elu(x"]),
