@@ -158,9 +158,19 @@ def _channels_back(y, channels_last):
     return np.moveaxis(y, 1, -1) if channels_last else y
 
 
-def conv(x, w, b=None, *, kernel, stride, padding, dilation, channels_last=False, **_):
-    """Direct convolution: for every output position, sum over channels and kernel offsets."""
+def conv(x, w, b=None, *, kernel, stride, padding, dilation, channels_last=False, groups=1,
+         **_):
+    """Direct convolution: for every output position, sum over channels and kernel offsets.
+    groups > 1 (PyTorch's): group g's filters convolve its own slice of the channels."""
     x = _channels_first(x, channels_last)
+    if groups > 1:
+        cg, fg = x.shape[1] // groups, w.shape[0] // groups
+        y = np.concatenate([conv(x[:, g * cg:(g + 1) * cg], w[g * fg:(g + 1) * fg],
+                                 kernel=kernel, stride=stride, padding=padding,
+                                 dilation=dilation) for g in range(groups)], axis=1)
+        if b is not None:
+            y += b.reshape([1, -1] + [1] * (x.ndim - 2))
+        return _channels_back(y, channels_last)
     nd = x.ndim - 2
     k, s, d = list(w.shape[2:]), _norm(stride, nd), _norm(dilation, nd)
     pads = _padding(padding, x.shape[2:], k, s, d)
@@ -388,8 +398,11 @@ def huber(p, t, *, delta):
     return np.mean(np.where(d < delta, 0.5 * d ** 2, delta * (d - 0.5 * delta)))
 
 
-def kl_div(log_pred, target):
-    """PyTorch's kl_div(input, target, reduction="batchmean"): xlogy, then / batch."""
+def kl_div(log_pred, target, log_target=False):
+    """PyTorch's kl_div(input, target, reduction="batchmean"): xlogy, then / batch; with
+    log_target the target is log-probabilities: p = exp(target), log p = target."""
+    if log_target:
+        return np.sum(np.exp(target) * (target - log_pred)) / log_pred.shape[0]
     plogp = np.where(target > 0, target * np.log(np.where(target > 0, target, 1.0)), 0.0)
     return np.sum(plogp - target * log_pred) / log_pred.shape[0]
 

@@ -280,8 +280,8 @@ def test_cross_entropy_over_a_symbolic_class_axis():
 
 def test_tutorial_loss_and_conv_options_export():
     """A causal conv1d, cross_entropy with label_smoothing and ignore_index (ids and
-    probabilities), huber and kl_div, each an output: ONNX Runtime gives the forward's values,
-    with ignored rows among the labels."""
+    probabilities), huber and kl_div (log_target too), each an output: ONNX Runtime gives the
+    forward's values, with ignored rows among the labels."""
     src = """model Port {
   input x: float32[batch, 3, 8]
   input label: int32[batch]
@@ -294,6 +294,7 @@ def test_tutorial_loss_and_conv_options_export():
   output ces = cross_entropy(z, soft, label_smoothing = 0.2)
   output hub = huber(z, t, delta = 0.5)
   output kl = kl_div(log_softmax(z), soft)
+  output kll = kl_div(log_softmax(z), log_softmax(t), log_target = true)
 }"""
     net = nnlang.compile(src, backend="reference", batch=5, seed=0)
     rng = np.random.default_rng(0)
@@ -303,6 +304,23 @@ def test_tutorial_loss_and_conv_options_export():
               "soft": (soft / soft.sum(1, keepdims=True)).astype(np.float32),
               "t": rng.normal(size=(5, 4)).astype(np.float32)}
     assert_matches(net, inputs)
+
+
+def test_grouped_conv_export():
+    """conv1d and conv2d with groups (a depthwise one among them, channels last too): ONNX
+    Runtime gives the forward's values."""
+    src = """model Grouped {
+  input x: float32[batch, 4, 9]
+  input img: float32[batch, 3, 6, 5]
+  output h = conv1d(x, 6, 3, groups = 2, padding = "same")
+  output d = conv2d(img, 6, 3, groups = 3, stride = [1, 2])
+  output c = conv2d(permute(img, [0, 2, 3, 1]), 3, 2, groups = 3, channels_last = true)
+}"""
+    net = nnlang.compile(src, backend="reference", batch=2, seed=0)
+    rng = np.random.default_rng(1)
+    proto = assert_matches(net, {"x": rng.normal(size=(2, 4, 9)).astype(np.float32),
+                                 "img": rng.normal(size=(2, 3, 6, 5)).astype(np.float32)})
+    assert "MatMul" in [n.op_type for n in proto.graph.node]
 
 
 def test_class_weights_export():

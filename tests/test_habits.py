@@ -7,6 +7,7 @@ independent numpy.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -73,6 +74,14 @@ LAYER_OPTIONS = [
     ('output y = mae(dense(x, 4), yb, reduction = "sum")', ["count it averages over"]),
     ('output y = dense(x, 4, activation = "selu")', ["elu(h, alpha = 1.67"]),
     ('output y = dense(x, 4, activation = "none")', ["leave activation out"]),
+    # Keras' Reshape leaves the batch axis out of target_shape; nnlang's shape has it
+    ('output y = reshape(seq, target_shape = [40])', ["'shape'", "reshape(x, [batch, 40])"]),
+    # torch.gather picks along dim per element; nnlang's gather takes rows of axis 0
+    ('output y = gather(seq, tok, dim = 1)', ["rows", "one_hot(idx, depth = n)"]),
+    ('output y = transpose(seq, perm = [0, 5, 1])', ["axis 5", "0 to 2"]),
+    ('output y = transpose(seq, perm = [0, -1, 1])', ["perm = [0, 2, 1]"]),
+    ('output y = transpose(seq, 0, 5)', ["axis 5 is out of range", "perm = [...]"]),
+    ('output y = permute(seq, [0, 5, 1])', ["axis 5", "0 to 2"]),
 ]
 OPS = [
     ("output y = selu(x)", ["1.0507009873554805 * elu(x"]),
@@ -88,6 +97,19 @@ OPS = [
     ("output y = AUC(x, label)", ["nnlang predict"]),
     ("output y = sparse_categorical_accuracy(x, label)", ["'accuracy'"]),
     ("output y = identity(x)", ["y = x"]),
+    ("output y = GroupNorm(img, 3)", ["mean(h, axis = -1"]),
+    ("output y = group_norm(img, 3)", ["mean(h, axis = -1"]),
+    ("output y = repeat_interleave(x, 2, dim = 1)", ["unsqueeze(x, axis = 2)"]),
+    ("output y = poisson_nll_loss(x, x)", ["exp(p) - y * p"]),
+    ("output y = ctc_loss(x, x)", ["not supported"]),
+    ("output y = margin_ranking_loss(x, x, x)", ["relu(margin - y * (a - b))"]),
+    ("output y = triplet_margin_loss(x, x, x)", ["sqrt(sum((a - p + 1e-6) ** 2"]),
+    ("output y = focal_loss(x, x)", ["softplus(p) - y * p"]),
+    ("output y = dice_loss(x, x)", ["2 * sum(p * y)"]),
+    ("output y = rmse(x, x)", ["sqrt(mse(p, y))"]),
+    ("output y = RootMeanSquaredError(x, x)", ["sqrt(mse(p, y))", "not the mean of"]),
+    ("output y = r2(x, x)", ["sum((y - mean(y)) ** 2)", "nnlang predict"]),
+    ("output y = R2Score(x, x)", ["sum((y - mean(y)) ** 2)"]),
     # PyTorch's loose positional dims: the call to write, for this tensor's rank
     ("output y = swapaxes(seq, 1, 2)",
      ["'swapaxes' is transpose", "transpose(seq, perm = [0, 2, 1])"]),
@@ -208,6 +230,9 @@ def _loss_feeds(name: str) -> dict:
         return {"p": p, "y": np.eye(5)[rng.integers(0, 5, 6)]}
     if name == "top_k_accuracy":
         return {"p": p, "y": rng.integers(0, 5, 6).astype(np.int32)}
+    if name in ("focal_loss", "dice"):
+        return {"p": p if name == "focal_loss" else rng.uniform(0, 1, (6, 5)),
+                "y": rng.integers(0, 2, (6, 5)).astype(np.float64)}
     return {"p": rng.uniform(0.5, 3.0, (6, 5)), "y": rng.uniform(0.5, 3.0, (6, 5))}
 
 
@@ -236,6 +261,19 @@ def _keras_losses(name, p, y):
     if name == "top_k_accuracy":
         top = np.argsort(-p, axis=-1)[:, :2]
         return np.mean([y[i] in top[i] for i in range(len(y))])
+    if name == "poisson_nll_loss":   # PyTorch's log_input = true
+        return np.mean(np.exp(p) - y * p)
+    if name == "focal_loss":   # torchvision's sigmoid_focal_loss, written out
+        prob = 1 / (1 + np.exp(-p))
+        ce = -(y * np.log(prob) + (1 - y) * np.log(1 - prob))
+        p_t = prob * y + (1 - prob) * (1 - y)
+        return np.mean((0.25 * y + 0.75 * (1 - y)) * ce * (1 - p_t) ** 2)
+    if name == "dice":
+        return 1 - 2 * np.sum(p * y) / (np.sum(p) + np.sum(y) + 1e-7)
+    if name == "rmse":
+        return np.sqrt(np.mean((p - y) ** 2))
+    if name == "r2":
+        return 1 - np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2)
     raise KeyError(name)
 
 
@@ -251,7 +289,8 @@ def test_a_loss_or_metric_written_with_ops_is_keras_own(name):
 
 _CANONICAL = ("hinge", "squared_hinge", "categorical_hinge", "cosine_similarity", "poisson",
               "log_cosh", "mean_squared_logarithmic_error", "mean_absolute_percentage_error",
-              "categorical_accuracy", "top_k_accuracy")
+              "categorical_accuracy", "top_k_accuracy", "poisson_nll_loss", "focal_loss", "dice",
+              "rmse", "r2")
 
 
 def test_cosine_similarity_and_poisson_written_with_ops_match_pytorch():
@@ -302,3 +341,76 @@ def test_avg_pool_padding_same_averages_the_real_cells_as_keras():
     torch = pytest.importorskip("torch")
     twin = torch.nn.functional.avg_pool2d(torch.tensor(x), 3, 1, 1, count_include_pad=False)
     np.testing.assert_allclose(got, twin.numpy(), rtol=1e-12)
+
+
+def test_focal_and_poisson_nll_written_with_ops_match_pytorch():
+    torch = pytest.importorskip("torch")
+    f = torch.nn.functional
+    feeds = _loss_feeds("focal_loss")
+    p, y = torch.tensor(feeds["p"]), torch.tensor(feeds["y"])
+    prob = torch.sigmoid(p)   # torchvision.ops.sigmoid_focal_loss, as it is written there
+    ce = f.binary_cross_entropy_with_logits(p, y, reduction="none")
+    p_t = prob * y + (1 - prob) * (1 - y)
+    want = ((0.25 * y + 0.75 * (1 - y)) * ce * (1 - p_t) ** 2).mean()
+    got = float(_run(_formula(LOSSES_WITH_OPS["focal_loss"]), feeds))
+    assert math.isclose(got, float(want), rel_tol=1e-9)
+    got = float(_run(_formula(LOSSES_WITH_OPS["poisson_nll_loss"]), feeds))
+    assert math.isclose(got, float(f.poisson_nll_loss(p, y, log_input=True)), rel_tol=1e-9)
+
+
+def _written(name: str) -> str:
+    """The formula of WRITTEN_OTHERWISE[name]: the text after its first ": ", to the last " ("."""
+    from nnlang.frontend.calls import WRITTEN_OTHERWISE
+    return WRITTEN_OTHERWISE[name].split(": ", 1)[1].rsplit(" (", 1)[0]
+
+
+def test_group_norm_written_with_ops_is_pytorch_group_norm():
+    x = np.random.default_rng(4).normal(size=(2, 6, 3, 4))
+    text = _written("GroupNorm").split(", then ")[1].replace("[batch, C, H, W]", "[2, 6, 3, 4]")
+    got = _run(re.sub(r"\bh\b", "reshape(x, [2, 3, -1])", text), {"x": x})
+    g = x.reshape(2, 3, -1)   # numpy: each group's mean and population variance
+    want = ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + 1e-5))
+    np.testing.assert_allclose(got, want.reshape(x.shape), rtol=1e-10)
+    torch = pytest.importorskip("torch")
+    twin = torch.nn.functional.group_norm(torch.tensor(x), 3, eps=1e-5).numpy()
+    np.testing.assert_allclose(got, twin, rtol=1e-9, atol=1e-12)
+
+
+def test_repeat_interleave_and_gather_along_an_axis_written_with_ops():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 4))
+    text = _written("repeat_interleave").split(" with r copies")[0]
+    got = _run(text.replace(", ...", ", unsqueeze(x, axis = 2)").replace("batch", "2"), {"x": x})
+    np.testing.assert_array_equal(got, np.repeat(x, 3, axis=1))   # numpy's repeat is torch's
+    from nnlang.ops import registry
+    seq, idx = rng.normal(size=(2, 5, 3)), rng.integers(0, 5, (2, 4)).astype(np.int32)
+    formula = registry.get("gather").habits["dim"].split(": ")[1].split(" gives")[0]
+    got = _run(formula.replace("depth = n", "depth = 5").replace("one_hot(idx, depth = 5)",
+                                                                 "one_hot(idx, depth = 5, dtype "
+                                                                 "= \"float64\")"),
+               {"x": seq, "idx": idx})
+    want = np.take_along_axis(seq, idx[:, :, None].repeat(3, axis=2), axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    twin = torch.gather(torch.tensor(seq), 1, torch.tensor(idx, dtype=torch.int64)[:, :, None]
+                        .expand(-1, -1, 3))
+    np.testing.assert_allclose(got, twin.numpy(), rtol=1e-12)
+
+
+def test_margin_ranking_and_triplet_losses_written_with_ops():
+    rng = np.random.default_rng(6)
+    a, b, n = (rng.normal(size=(6, 4)) for _ in range(3))
+    y = rng.choice([-1.0, 1.0], size=(6, 4))
+    rank = _written("margin_ranking_loss").replace("margin", "0.5")
+    got = float(_run(rank, {"a": a, "b": b, "y": y}))
+    assert math.isclose(got, np.mean(np.maximum(0, -y * (a - b) + 0.5)), rel_tol=1e-12)
+    triplet = _written("triplet_margin_loss")
+    got_t = float(_run(triplet, {"a": a, "p": b, "n": n}))
+    dist = lambda u, v: np.sqrt(np.sum((u - v + 1e-6) ** 2, -1))  # noqa: E731
+    assert math.isclose(got_t, np.mean(np.maximum(dist(a, b) - dist(a, n) + 1.0, 0)),
+                        rel_tol=1e-12)
+    torch = pytest.importorskip("torch")
+    f, t = torch.nn.functional, torch.tensor
+    assert math.isclose(got, float(f.margin_ranking_loss(t(a), t(b), t(y), margin=0.5)),
+                        rel_tol=1e-12)
+    assert math.isclose(got_t, float(f.triplet_margin_loss(t(a), t(b), t(n))), rel_tol=1e-9)

@@ -315,6 +315,26 @@ def test_softmax_into_kl_div_is_a_located_warning(first):
     assert load(src.replace(first, "log_softmax(dense(x, 3))")).warnings == []
 
 
+@pytest.mark.parametrize("target, option, words", [
+    ("log_softmax(t)", "", "the target as probabilities, but it is a log_softmax"),
+    ("softmax(t)", ", log_target = true", "log-probabilities, but it is a softmax"),
+])
+def test_kl_div_target_in_the_other_form_than_log_target_is_a_located_warning(target, option,
+                                                                              words):
+    """PyTorch's log_target says which form the target is in; the other form runs and gives
+    no divergence (a log_softmax read as probabilities is negative), so it is flagged."""
+    src = f"""model M {{
+  input x: float32[batch, 4]
+  input t: float32[batch, 3]
+  loss kl_div(log_softmax(dense(x, 3)), {target}{option})
+}}"""
+    (warning,) = load(src).warnings
+    assert warning.render().startswith("<string>:4:8: warning: kl_div"), warning.render()
+    assert words in warning.render()
+    fixed = src.replace(option, "") if option else src.replace(")\n}", ", log_target = true)\n}")
+    assert load(fixed).warnings == []
+
+
 SEQUENCE = """model M {
   input x: float32[batch, 5, 4]
   input label: int32[batch, 5]

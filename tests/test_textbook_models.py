@@ -730,7 +730,7 @@ model DenseNet {
   input label: int32[batch]
   d = DenseBlock(image, 3)                                  # 2 + 3 * 3 = 11 channels
   t = conv2d(d, 4, 1, use_bias = false)
-  # depthwise: conv2d has no groups, so one single-channel conv per channel
+  # depthwise as single-channel convs joined (the same as conv2d(t, 4, 3, groups = 4))
   dw = concat(conv2d(t[:, 0:1], 1, 3, padding = 1), conv2d(t[:, 1:2], 1, 3, padding = 1),
               conv2d(t[:, 2:3], 1, 3, padding = 1), conv2d(t[:, 3:4], 1, 3, padding = 1),
               axis = 1)

@@ -65,6 +65,23 @@ WRITTEN_OTHERWISE = {
                      "F1Score"),
                     "no such metric: a metric here is a mean over batches, which AUC, precision "
                     "and recall are not; compute them from `nnlang predict`'s outputs"),
+    **dict.fromkeys(("group_norm", "GroupNorm", "GroupNormalization"),
+                    "with G groups of x [batch, C, H, W]: h = reshape(x, [batch, G, -1]), then "
+                    "reshape((h - mean(h, axis = -1, keepdims = true)) / sqrt(var(h, axis = -1, "
+                    "keepdims = true) + 1e-5), [batch, C, H, W]) (PyTorch's GroupNorm without "
+                    "the learned per-channel scale and shift)"),
+    "repeat_interleave": "each element r times along axis 1 of x [batch, C]: reshape(concat("
+                         "unsqueeze(x, axis = 2), unsqueeze(x, axis = 2), ..., axis = 2), "
+                         "[batch, -1]) with r copies",
+    **dict.fromkeys(("ctc_loss", "CTCLoss", "ctc_batch_cost"),
+                    "not supported: CTC's alignment sum has no op here"),
+    **dict.fromkeys(("margin_ranking_loss", "MarginRankingLoss"),
+                    "with scores a, b and y in {-1, 1}: mean(relu(margin - y * (a - b))) "
+                    "(margin 0.0 is PyTorch's default)"),
+    **dict.fromkeys(("triplet_margin_loss", "TripletMarginLoss"),
+                    "with anchor a, positive p and negative n: mean(relu(sqrt(sum((a - p + 1e-6) "
+                    "** 2, axis = -1)) - sqrt(sum((a - n + 1e-6) ** 2, axis = -1)) + 1.0)) "
+                    "(PyTorch's margin 1.0, p = 2)"),
 }
 _RANGE = {"float32": (-FLOAT32_MAX, FLOAT32_MAX, "about 3.4e38"),
           "float64": (-sys.float_info.max, sys.float_info.max, "about 1.8e308"),

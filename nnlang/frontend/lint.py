@@ -233,6 +233,25 @@ def _channels_first_after_last(g: Graph, node):
                       "(channels_last = true)", node.span, hint, severity="warning")
 
 
+def _kl_target_form(g: Graph, node):
+    """kl_div's target in the other form than log_target says: a log_softmax read as
+    probabilities (negative ones, so no divergence), or a softmax read as log-probabilities."""
+    if node.op != "kl_div" or len(node.inputs) < 2:
+        return None
+    source = _producer(g, node.inputs[1])
+    made = {source.op, source.attrs.get("activation")}
+    if node.attrs.get("log_target") and "softmax" in made:
+        return Diagnostic("kl_div(log_target = true) takes the target as log-probabilities, "
+                          "but it is a softmax", node.span,
+                          "pass log_softmax(...) as the target, or leave log_target out for "
+                          "probabilities", severity="warning")
+    if not node.attrs.get("log_target") and "log_softmax" in made:
+        return Diagnostic("kl_div takes the target as probabilities, but it is a log_softmax",
+                          node.span, "pass log_target = true (PyTorch's) for a target of "
+                          "log-probabilities", severity="warning")
+    return None
+
+
 def loss_hint(g: Graph) -> str:
     """How to give a model the loss it lacks, written with its first output's name."""
     out = next(iter(g.outputs), "logits")
@@ -256,7 +275,7 @@ def lint(g: Graph, train_span=None) -> list[Diagnostic]:
         # is two), so each still warns.
         for rules in ((_channels_first_after_last, _channels_last), (_over_batch,),
                       (_threshold_on_logits,), (_rows_of_batch,), (_keras_momentum,),
-                      (_softmax_of_one,), (_padding_mask_inverted,)):
+                      (_softmax_of_one,), (_padding_mask_inverted,), (_kl_target_form,)):
             problem = next((p for p in (rule(g, node) for rule in rules) if p), None)
             if problem is not None:
                 found.append(problem)

@@ -86,16 +86,30 @@ def _pads(op, padding, size, kernel, stride, dilation):
 
 
 def depthwise_hint(op: str = "conv2d") -> str:
-    """How to write a depthwise convolution (PyTorch's groups = channels, Keras'
-    DepthwiseConv2D), which has no op of its own."""
-    return (f"a depthwise conv (groups = channels) is one single-channel conv per channel, "
-            f"joined: concat({op}(x[:, 0:1], 1, 3), {op}(x[:, 1:2], 1, 3), ..., axis = 1)")
+    """How to write a depthwise convolution (Keras' DepthwiseConv2D): PyTorch's groups =
+    channels, which has no op of its own."""
+    return (f"a depthwise conv is a grouped one with groups = channels: {op}(x, channels * m, 3, "
+            f"groups = channels) for depth multiplier m")
 
 
 def _conv_habits(op: str) -> dict:
     """PyTorch's conv options that have no counterpart here, and what to write instead."""
-    return {"groups": f"no grouped convolution: {depthwise_hint(op)}",
-            "padding_mode": "the padding is zeros (PyTorch's padding_mode = \"zeros\")"}
+    return {"padding_mode": "the padding is zeros (PyTorch's padding_mode = \"zeros\")",
+            "depth_multiplier": depthwise_hint(op)}
+
+
+def _need_groups(op, channels, filters, groups):
+    """PyTorch's rule: both the input channels and the filters split into `groups` equal
+    parts, each group's filters seeing its part of the channels only."""
+    need_positive(op, "groups", groups)
+    for what, n in (("input channels", channels), ("filters", filters)):
+        if n % groups:
+            fits = [g for g in range(1, min(channels, filters) + 1)
+                    if channels % g == 0 and filters % g == 0]
+            raise ShapeError(f"{op}: groups = {groups} does not divide the {n} {what}",
+                             attr="groups",
+                             hint=f"groups must divide both the {channels} input channels and "
+                                  f"the {filters} filters: one of {fits}")
 
 
 def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_last=False,
@@ -169,43 +183,60 @@ def _conv(nd):
     name = f"conv{nd}d"
 
     def params(x, *, filters, kernel, stride, padding, dilation, use_bias, init, bias_init,
-               channels_last=False):
+               channels_last=False, groups=1):
         need_positive(name, "filters", filters)
         shape, k, *_ = _window(name, x, nd, kernel, stride, padding, dilation, channels_last)
         _need_channels(name, x, shape, channels_last)
+        _need_groups(name, shape[1], filters, groups)
         dt = param_dtype(x)
-        specs = {"weight": ParamSpec((filters, shape[1], *k), init_spec(init, "init"), dtype=dt)}
+        # NOTE: PyTorch's grouped weight [filters, channels / groups, *kernel], so its fans
+        # (and a loaded state dict) are the same
+        specs = {"weight": ParamSpec((filters, shape[1] // groups, *k), init_spec(init, "init"),
+                                     dtype=dt)}
         if use_bias:
             specs["bias"] = ParamSpec((filters,), init_spec(bias_init, "bias_init"), dtype=dt)
         return specs
 
     def shape_rule(x, weight=None, bias=None, *, filters, kernel, stride, padding, dilation,
-                   use_bias, init, bias_init, channels_last=False):
+                   use_bias, init, bias_init, channels_last=False, groups=1):
         need_float(name, x)
         need_positive(name, "filters", filters)
         shape, k, s, pads, d, out = _window(name, x, nd, kernel, stride, padding, dilation,
                                             channels_last)
         _need_channels(name, x, shape, channels_last)
-        if weight is not None and weight.shape != (filters, shape[1], *k):
+        _need_groups(name, shape[1], filters, groups)
+        if weight is not None and weight.shape != (filters, shape[1] // groups, *k):
+            per = "" if groups == 1 else f" in {groups} groups"
             raise ShapeError(f"{name}: weight {fmt_shape(weight.shape)} does not fit "
-                             f"{shape[1]} input channels, {filters} filters and kernel {k}",
+                             f"{shape[1]} input channels{per}, {filters} filters and kernel {k}",
                              arg=1)
         dt = x.dtype if weight is None else promote(x.dtype, weight.dtype)
         return _out_type(shape, filters, out, dt, channels_last)
 
     def decompose(b, x, weight, bias=None, *, filters, kernel, stride, padding, dilation,
-                  channels_last=False, **_):
+                  channels_last=False, groups=1, **_):
         shape, k, s, pads, d, out = _window(name, b.type(x), nd, kernel, stride, padding,
                                             dilation, channels_last)
-        kc = math.prod(k) * shape[1]
+        kc = math.prod(k) * shape[1] // groups
         # NOTE: unfold gives one row per output position, so [B*L, K*C] @ [K*C, F] is a single
         # GEMM (a batched [F, C*K] @ [B, C*K, L] ran as B small ones); the weight
         # [F, C, *K] is reordered to match the rows' (*K, C) order
         cols = b.unfold(_to_last(b, x, channels_last), kernel=k, stride=s, pads=pads,
                         dilation=d, pad_value=0.0)
-        rows = b.reshape(cols, shape=[-1, kc])
-        w = b.reshape(b.transpose(weight, perm=[0, *range(2, nd + 2), 1]), shape=[filters, kc])
-        y = b.matmul(rows, b.transpose(w, perm=[1, 0]))
+        w = b.transpose(weight, perm=[0, *range(2, nd + 2), 1])
+        if groups == 1:
+            rows = b.reshape(cols, shape=[-1, kc])
+            y = b.matmul(rows, b.transpose(b.reshape(w, shape=[filters, kc]), perm=[1, 0]))
+        else:
+            # NOTE: a grouped conv is one GEMM per group, batched over the groups: the rows'
+            # channels split into [G, C/G] (group-major, as PyTorch's), [G, B*L, K*C/G] @
+            # [G, K*C/G, F/G], and the groups' filters side by side again
+            cg, fg = shape[1] // groups, filters // groups
+            rows = b.reshape(cols, shape=[-1, math.prod(k), groups, cg])
+            rows = b.reshape(b.transpose(rows, perm=[2, 0, 1, 3]), shape=[groups, -1, kc])
+            w = b.transpose(b.reshape(w, shape=[groups, fg, kc]), perm=[0, 2, 1])
+            y = b.transpose(b.matmul(rows, w), perm=[1, 0, 2])
+            y = b.reshape(y, shape=[-1, filters])
         if bias is not None:
             y = b.add(y, bias)
         return _from_last(b, b.reshape(y, shape=[shape[0], *out, filters]), channels_last)
@@ -213,18 +244,19 @@ def _conv(nd):
     dims = "length" if nd == 1 else "height, width"
     register(name, "x: tensor, filters: int, kernel: ints, stride: ints = 1, padding: any = 0, "
              "dilation: ints = 1, use_bias: bool = true, init: init = \"glorot_uniform\", "
-             "bias_init: init = \"zeros\", channels_last: bool = false",
+             "bias_init: init = \"zeros\", channels_last: bool = false, groups: int = 1",
              # NOTE: no `flops` rule: `nnlang check` counts the decomposition, the GEMM (2 *
              # channels * kernel per output) and the bias add, as a separate `+ bias` counts
              shape_rule, decompose=decompose, params=params, family="conv",
              habits=_conv_habits(name),
              doc=f"{nd}-D convolution (cross-correlation, like PyTorch) of [batch, channels, "
-                 f"{dims}] with weight [filters, channels, *kernel]. kernel/stride/dilation: an "
-                 "int or one per dim; padding: an int, one per dim, lo/hi pairs, \"valid\" or "
+                 f"{dims}] with weight [filters, channels / groups, *kernel]. "
+                 "kernel/stride/dilation: an int or one per dim; padding: an int, one per dim, lo/hi pairs, \"valid\" or "
                  "\"same\" (TensorFlow rule, extra pad on the high side)"
                  + (" or \"causal\" (Keras' rule: (kernel - 1) * dilation zeros before the "
                     "sequence, none after)" if nd == 1 else "")
-                 + ". channels_last = true "
+                 + ". groups = g: PyTorch's grouped conv (g divides channels and filters; "
+                 "g = channels is depthwise; one GEMM per group, batched). channels_last = true "
                  "takes and returns channels on the last axis. Lowered as unfold + one GEMM. "
                  "Init (Keras): weight glorot_uniform (fans scaled by the kernel size), bias "
                  "zeros.",
@@ -236,12 +268,16 @@ _CONV_SAMPLES = {
         Sample(((2, 3, 10),), {"filters": 2, "kernel": 4, "stride": 2, "padding": "same"}),
         Sample(((2, 7, 3),), {"filters": 2, "kernel": 3, "padding": [1, 2], "dilation": 2,
                               "channels_last": True, "use_bias": False}),
-        Sample(((2, 3, 9),), {"filters": 2, "kernel": 3, "dilation": 2, "padding": "causal"})),
+        Sample(((2, 3, 9),), {"filters": 2, "kernel": 3, "dilation": 2, "padding": "causal"}),
+        Sample(((2, 4, 7),), {"filters": 6, "kernel": 3, "groups": 2, "padding": 1})),
     2: (Sample(((2, 3, 6, 5),), {"filters": 4, "kernel": 3}),
         Sample(((1, 2, 7, 6),), {"filters": 3, "kernel": [3, 2], "stride": [2, 1],
                                  "padding": 1}),
         Sample(((2, 2, 5, 5),), {"filters": 2, "kernel": 2, "padding": "same",
-                                 "dilation": [1, 2]})),
+                                 "dilation": [1, 2]}),
+        Sample(((2, 3, 5, 4),), {"filters": 6, "kernel": [3, 2], "groups": 3, "stride": [1, 2]}),
+        Sample(((1, 5, 4, 6),), {"filters": 4, "kernel": 2, "groups": 2, "channels_last": True,
+                                 "use_bias": False})),
 }
 _conv(1)
 _conv(2)

@@ -202,7 +202,13 @@ def _onnx_argmax(e, n, x):
     return e.cast(first, "int64", n.dtype)
 
 
+# NOTE: torch.gather(x, dim, idx) picks one element per index along dim; nnlang's gather takes
+# whole rows of axis 0 (torch's index_select(x, 0, idx), an embedding lookup)
+_GATHER_ALONG = ("gather takes whole rows of axis 0 (table[idx]); to pick along axis 1 per "
+                 "example as torch.gather(x, 1, idx), for x [batch, n, d] and idx [batch, k]: "
+                 "matmul(one_hot(idx, depth = n), x) gives [batch, k, d]")
 register("gather", "table: tensor, idx: tensor", _gather_shape,
+         habits=dict.fromkeys(("dim", "axis"), _GATHER_ALONG),
          onnx=lambda e, n, table, idx: e.op("Gather", table, idx, axis=0),
          impl=lambda table, idx: table[idx],
          grad=lambda b, n, g: (b.scatter_add(g, n.inputs[1],

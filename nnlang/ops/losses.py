@@ -98,7 +98,7 @@ register("huber", "pred: tensor, target: tensor, delta: float = 1.0", _huber_sha
              "delta); the mean over all elements. delta = 1 is smooth_l1.")
 
 
-def _kl_div_shape(log_pred, target):
+def _kl_div_shape(log_pred, target, *, log_target=False):
     need_float("kl_div", log_pred)
     _same_shape("kl_div", log_pred, target)
     need_float("kl_div", target, arg=1)
@@ -108,8 +108,14 @@ def _kl_div_shape(log_pred, target):
     return _scalar(log_pred)
 
 
-def _kl_div(b, log_pred, target):
+def _kl_div(b, log_pred, target, *, log_target=False):
     t = b.type(target)
+    if log_target:
+        # NOTE: PyTorch's log_target = True: the target is log-probabilities too, exp(t) * (t -
+        # log_pred); no xlogy case, a target probability of 0 is exp(-inf) = 0 times a finite
+        # or -inf difference, which PyTorch gives as nan as this does
+        terms = b.mul(b.exp(target), b.sub(target, log_pred))
+        return b.div(b.reduce_sum(terms, axes=None), count(b, t.shape[:1], t.dtype))
     zero = const_like(b, 0.0, target)
     # NOTE: target * log(target) is 0 at target = 0 (PyTorch's xlogy); log of 1 there, not a
     # where around log(0), keeps -inf (and a nan gradient) out of the graph
@@ -118,14 +124,17 @@ def _kl_div(b, log_pred, target):
     return b.div(b.reduce_sum(terms, axes=None), count(b, t.shape[:1], t.dtype))
 
 
-register("kl_div", "log_pred: tensor, target: tensor", _kl_div_shape, decompose=_kl_div,
-         family="losses",
+register("kl_div", "log_pred: tensor, target: tensor, log_target: bool = false", _kl_div_shape,
+         decompose=_kl_div, family="losses",
          samples=(Sample(((4, 5), (4, 5)), domain="unit"),
-                  Sample(((2, 3, 4), (2, 3, 4)), domain="unit")),
+                  Sample(((2, 3, 4), (2, 3, 4)), domain="unit"),
+                  Sample(((3, 4), (3, 4)), {"log_target": True})),
          doc="KL divergence KL(target || pred) as PyTorch's F.kl_div(log_pred, target, "
              "reduction = \"batchmean\"): the FIRST argument is the model's LOG-probabilities "
              "(log_softmax(logits)), the second the target's probabilities; sum(target * "
              "(log(target) - log_pred)) over all elements, divided by the batch (axis 0) only. "
+             "log_target = true (PyTorch's): the target is log-probabilities too, sum(exp(target) "
+             "* (target - log_pred)) / batch. "
              "Keras' KLDivergence(y_true, y_pred) takes both as probabilities, truth first.")
 
 
@@ -428,6 +437,17 @@ WRITTEN_WITH_OPS = {
     "top_k_accuracy": "mean(cast(sum(cast(p > sum(p * one_hot(y, classes), axis = -1, keepdims "
                       "= true), dtype = \"float32\"), axis = -1) < k, dtype = \"float32\")); "
                       "y int labels",
+    # PyTorch's default log_input = true: p is the log-rate (log_input = false is poisson)
+    "poisson_nll_loss": "mean(exp(p) - y * p); p the log-rate (PyTorch's log_input = true)",
+    # torchvision's sigmoid_focal_loss (alpha 0.25, gamma 2, reduction "mean"), p logits
+    "focal_loss": "mean((0.25 * y + 0.75 * (1 - y)) * (softplus(p) - y * p) * (1 - (sigmoid(p) "
+                  "* y + (1 - sigmoid(p)) * (1 - y))) ** 2); p logits, y in {0, 1}",
+    "dice": "1 - 2 * sum(p * y) / (sum(p) + sum(y) + 1e-7); p probabilities, over the whole "
+            "batch (Keras' Dice)",
+    "rmse": "sqrt(mse(p, y)); as a metric that is the mean of each batch's root, not the mean of "
+            "the whole set's root (Keras' RootMeanSquaredError): watch mse and take its root",
+    "r2": "1 - sum((y - p) ** 2) / sum((y - mean(y)) ** 2); of one batch only: a metric here is "
+          "a mean over batches, which R2 is not, so compute it from `nnlang predict`'s outputs",
 }
 for _other, _ours in (("logcosh", "log_cosh"), ("msle", "mean_squared_logarithmic_error"),
                       ("mape", "mean_absolute_percentage_error"),
@@ -437,5 +457,11 @@ for _other, _ours in (("logcosh", "log_cosh"), ("msle", "mean_squared_logarithmi
                       ("top_k_categorical_accuracy", "top_k_accuracy"),
                       ("sparse_top_k_categorical_accuracy", "top_k_accuracy"),
                       ("SparseTopKCategoricalAccuracy", "top_k_accuracy"),
-                      ("CategoricalAccuracy", "categorical_accuracy")):
+                      ("CategoricalAccuracy", "categorical_accuracy"),
+                      ("PoissonNLLLoss", "poisson_nll_loss"), ("sigmoid_focal_loss", "focal_loss"),
+                      ("binary_focal_crossentropy", "focal_loss"),
+                      ("BinaryFocalCrossentropy", "focal_loss"), ("dice_loss", "dice"),
+                      ("Dice", "dice"), ("RootMeanSquaredError", "rmse"),
+                      ("root_mean_squared_error", "rmse"), ("R2Score", "r2"),
+                      ("r2_score", "r2")):
     WRITTEN_WITH_OPS[_other] = WRITTEN_WITH_OPS[_ours]

@@ -67,13 +67,20 @@ def dims_as_perm(values, rank: int | None, swap: bool):
 def _transpose_positional(texts, values, rank):
     perm = dims_as_perm(values, rank, swap=True)
     if perm is None:
-        return None
+        # NOTE: two dims to swap, one out of range: say which, not the signature
+        dims = values[1:]
+        out = [d for d in dims if isinstance(d, int) and rank and not -rank <= d < rank]
+        return (f"axis {out[0]} is out of range for rank {rank}: `transpose({texts[0]}, perm = "
+                f"[...])` names each of the axes 0 to {rank - 1} once") if out else None
     what = ("the whole order of the axes, not two to swap as PyTorch's transpose"
             if len(values) == 3 else "the order of the axes as one list")
     return f"transpose takes {what}: `transpose({texts[0]}, perm = {show_value(perm)})`"
 
 
 register("reshape", "x: tensor, shape: shape", _reshape_shape, positional=_reshape_positional,
+         # NOTE: Keras' Reshape(target_shape) leaves the batch axis out; nnlang's shape has it
+         habits={"target_shape": "'shape' here, with the batch axis first (Keras' target_shape "
+                                 "leaves it out): reshape(x, [batch, 40]) for Reshape((40,))"},
          onnx=lambda e, n, x: e.op("Reshape", x, e.shape(n.shape)),
          impl=lambda x, *, shape: np.reshape(x, tuple(int(d) for d in shape)),
          grad=lambda b, n, g: (b.reshape(g, shape=list(b.type(n.inputs[0]).shape)),),
@@ -81,10 +88,26 @@ register("reshape", "x: tensor, shape: shape", _reshape_shape, positional=_resha
          samples=(Sample(((3, 4),), {"shape": [2, 6]}), Sample(((2, 3, 4),), {"shape": [-1, 4]})))
 
 
+def perm_hint(perm, rank: int) -> str | None:
+    """What is wrong with a perm that is no permutation of 0..rank-1, and what to write."""
+    if not isinstance(perm, (list, tuple)) or rank == 0:
+        return None
+    out = [p for p in perm if not -rank <= p < rank]
+    if out:
+        return (f"axis {out[0]} is out of range for rank {rank}: perm names each of the axes "
+                f"0 to {rank - 1} once")
+    counted = [p % rank for p in perm]
+    if sorted(counted) == list(range(rank)):   # NOTE: negative axes, as numpy allows
+        return f"transpose counts axes from 0: perm = {show_value(counted)}"
+    if len(perm) != rank:
+        return f"perm names each of the {rank} axes 0 to {rank - 1} once"
+    return f"perm names an axis twice: each of 0 to {rank - 1} once"
+
+
 def _transpose_shape(x: TensorType, *, perm) -> TensorType:
     if not isinstance(perm, (list, tuple)) or sorted(perm) != list(range(x.rank)):
         raise ShapeError(f"perm {perm} is not a permutation of the {x.rank} axes of "
-                         f"{fmt_shape(x.shape)}", arg=0)
+                         f"{fmt_shape(x.shape)}", attr="perm", hint=perm_hint(perm, x.rank))
     return TensorType(tuple(x.shape[p] for p in perm), x.dtype)
 
 

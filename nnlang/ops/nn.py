@@ -12,7 +12,7 @@ import numpy as np
 from nnlang.errors import did_you_mean
 from nnlang.ir.dims import Sym, fmt_shape, numel
 from nnlang.ops.init import init_spec
-from nnlang.ops.movement import dims_as_perm
+from nnlang.ops.movement import dims_as_perm, perm_hint
 from nnlang.ops.registry import (NONDIFF, ParamSpec, Sample, ShapeError, TensorType, is_float,
                                  need_positive, need_some_axes, norm_axes, norm_axis, promote,
                                  register)
@@ -503,10 +503,15 @@ def _permute_shape(x, *, perm):
     if not isinstance(perm, (list, tuple)):
         raise ShapeError(f"permute: perm must be a list of the {x.rank} axes, got {perm!r}",
                          attr="perm")
+    if sorted(p % x.rank if isinstance(p, int) and -x.rank <= p < x.rank else p
+              for p in perm) != list(range(x.rank)):
+        # NOTE: at perm, with transpose's words for the axis at fault (permute takes negative
+        # axes, so those are no fault here)
+        hint = perm_hint(perm, x.rank)
+        raise ShapeError(f"permute: {list(perm)} is not a permutation of the {x.rank} axes of "
+                         f"{fmt_shape(x.shape)}", attr="perm",
+                         hint=None if hint and hint.startswith("transpose") else hint)
     perm = [norm_axis(p, x.rank) for p in perm]
-    if sorted(perm) != list(range(x.rank)):
-        raise ShapeError(f"permute: {perm} is not a permutation of the {x.rank} axes of "
-                         f"{fmt_shape(x.shape)}", arg=0)
     return TensorType(tuple(x.shape[p] for p in perm), x.dtype)
 
 

@@ -314,6 +314,9 @@ def _gemm(m, k, n):
 @pytest.mark.parametrize("name,shape,attrs,want", [
     ("conv2d", (8, 3, 32, 32), {"filters": 16, "kernel": 3, "padding": "same"},
      2 * 8 * 16 * 32 * 32 * 3 * 9 + 8 * 16 * 32 * 32),   # the GEMM and the bias add
+    # groups = 4: each filter sees its group's 16 / 4 channels only, a quarter of the GEMM
+    ("conv2d", (8, 16, 32, 32), {"filters": 8, "kernel": 3, "padding": "same", "groups": 4},
+     2 * 8 * 8 * 32 * 32 * 4 * 9 + 8 * 8 * 32 * 32),
     # B=8, T=10, F=32, U=16: x @ W once, h @ U per step; per step and row, 4U bias add, 4U
     # add of h @ U, 3U sigmoids, 2U tanh, 3U products and U add (c), as Keras' cell
     ("lstm", (8, 10, 32), {"units": 16},

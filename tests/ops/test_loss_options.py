@@ -1,9 +1,12 @@
 """The options ported tutorials write: cross_entropy's label_smoothing and ignore_index,
-conv1d's padding = "causal", huber and kl_div. Values and input gradients of a whole compiled
-model, on the reference and numba backends at float64 and float32, against numpy written here
-(analytic gradients; finite differences for the convolution) and against PyTorch's functions
-when torch is installed (CI has no torch: the numpy checks still run there)."""
+conv1d's padding = "causal", grouped convolution, huber and kl_div (log_target too). Values
+and input gradients of a whole compiled model, on the reference and numba backends at float64
+and float32, against numpy written here (analytic gradients; finite differences for the
+convolution) and against PyTorch's functions when torch is installed (CI has no torch: the
+numpy checks still run there)."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -353,6 +356,49 @@ def test_kl_div_matches_pytorch():
     _close(grad, z.grad.numpy(), "float64")
 
 
+# *** kl_div(log_target = true) ***
+
+_KL_LOG_SRC = ("model M {\n  input z: float32[batch, 3, 6]\n  input s: float32[batch, 3, 6]\n"
+               "  output q = z\n  loss kl_div(log_softmax(z), log_softmax(s), log_target = true)"
+               "\n}\n")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kl_div_with_log_target_matches_numpy(dtype, backend):
+    """A distillation's teacher as log-probabilities: the loss is the probability form's on
+    softmax(s), and both inputs' gradients are KL's (by z: (q * sum(p) - p) / B; by s:
+    p * (log p - log q - KL_row) / B, written out)."""
+    f = _kl_feeds()
+    f = {"z": f["z"], "s": 2 * f["z"][::-1].copy()}
+    net = _net(_KL_LOG_SRC, backend, dtype, 4)
+    feeds = {k: v.astype(dtype) for k, v in f.items()}
+    (loss,) = net.evaluate(feeds).values()
+    grads = net.gradients(feeds, inputs=("z", "s"))
+    logp, logq = ref.log_softmax(f["s"]), ref.log_softmax(f["z"])
+    p = np.exp(logp)
+    _close(loss, (p * (logp - logq)).sum() / 4, dtype)
+    _close(grads["z"], (_softmax(f["z"]) * p.sum(-1, keepdims=True) - p) / 4, dtype)
+    row = (p * (logp - logq)).sum(-1, keepdims=True)
+    _close(grads["s"], p * (logp - logq - row) / 4, dtype)
+
+
+def test_kl_div_with_log_target_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    f = _kl_feeds()
+    f = {"z": f["z"], "s": 2 * f["z"][::-1].copy()}
+    net = _net(_KL_LOG_SRC, "numba", "float64", 4)
+    (loss,) = net.evaluate(f).values()
+    grads = net.gradients(f, inputs=("z", "s"))
+    z, s = (torch.tensor(f[k], requires_grad=True) for k in ("z", "s"))
+    want = torch.nn.functional.kl_div(torch.log_softmax(z, -1), torch.log_softmax(s, -1),
+                                      reduction="batchmean", log_target=True)
+    want.backward()
+    _close(loss, want.item(), "float64")
+    _close(grads["z"], z.grad.numpy(), "float64")
+    _close(grads["s"], s.grad.numpy(), "float64")
+
+
 # *** conv1d(padding = "causal") ***
 
 CAUSAL = [(3, 1, False), (3, 2, False), (2, 3, True), (4, 2, True)]  # kernel, dilation, last
@@ -435,3 +481,106 @@ def test_causal_conv1d_matches_keras_padding_in_pytorch(kernel, dilation, channe
         got, grad = np.moveaxis(got, -1, 1), np.moveaxis(grad, -1, 1)
     _close(got, h.detach().numpy(), "float64")
     _close(grad, xt.grad.numpy(), "float64")
+
+
+# *** conv1d / conv2d(groups = g) ***
+
+GROUPED = [  # op, x shape (channels first), filters, kernel, groups, channels_last, options
+    ("conv1d", (2, 4, 9), 6, 3, 2, False, {"padding": 1}),
+    ("conv2d", (2, 3, 6, 5), 6, 3, 3, False, {"stride": [1, 2]}),   # depthwise, multiplier 2
+    ("conv2d", (2, 4, 5, 6), 4, 2, 2, True, {"padding": "same", "dilation": [2, 1]}),
+]
+
+
+def _grouped_src(op, shape, filters, kernel, groups, channels_last, options):
+    dims = ", ".join(map(str, (shape[0], *shape[2:], shape[1]) if channels_last else shape))
+    return (f"model M {{\n  input x: float32[{dims.replace(str(shape[0]), 'batch', 1)}]\n"
+            f"  output h = {op}(x, {filters}, {kernel}, groups = {groups}, channels_last = "
+            f"{str(channels_last).lower()}"
+            + "".join(f", {k} = {json.dumps(v)}" for k, v in options.items())
+            + ")\n  loss mean(h * h)\n}\n")
+
+
+def _grouped_attrs(options, channels_last):
+    return {"stride": 1, "padding": 0, "dilation": 1, "channels_last": channels_last} | options
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", GROUPED, ids=lambda c: f"{c[0]}-g{c[4]}")
+def test_grouped_conv_matches_numpy(case, dtype, backend):
+    """Values against tests/reference.py's direct grouped conv (each group's filters over its
+    own channels), the input and weight gradients of mean(h * h) against finite differences of
+    that numpy twin, and the weight of PyTorch's shape [filters, channels / groups, *kernel]."""
+    op, shape, filters, kernel, groups, channels_last, options = case
+    net = _net(_grouped_src(*case), backend, dtype, shape[0])
+    params = {k: v.astype(np.float64) for k, v in net.parameters().items()}
+    (wname,) = (k for k in params if k.endswith("weight"))
+    (bname,) = (k for k in params if k.endswith("bias"))
+    w, bias = params[wname], params[bname]
+    assert w.shape == (filters, shape[1] // groups) + (kernel,) * (len(shape) - 2)
+    attrs = _grouped_attrs(options, channels_last) | {"kernel": kernel, "groups": groups}
+    x = np.random.default_rng(len(shape)).normal(size=shape)
+    xin = np.moveaxis(x, 1, -1) if channels_last else x
+
+    def numpy_loss(x_, w_):
+        h = ref.conv(np.moveaxis(x_, 1, -1) if channels_last else x_, w_, bias, **attrs)
+        return h, (h ** 2).mean()
+
+    h = net.forward({"x": xin.astype(dtype)})["h"]
+    _close(h, numpy_loss(x, w)[0], dtype)
+    grads = net.gradients({"x": xin.astype(dtype)}, inputs=("x",))
+    gx = np.moveaxis(grads["x"], -1, 1) if channels_last else grads["x"]
+    for got, at in ((gx, "x"), (grads[wname], "w")):
+        fd, eps = np.zeros(got.shape), 1e-6
+        for i in np.ndindex(got.shape):
+            d = np.zeros(got.shape)
+            d[i] = eps
+            hi, lo = ((numpy_loss(x + s * d, w) if at == "x" else numpy_loss(x, w + s * d))[1]
+                      for s in (1, -1))
+            fd[i] = (hi - lo) / (2 * eps)
+        np.testing.assert_allclose(got, fd, rtol=1e-5 if dtype == "float32" else 1e-7,
+                                   atol=1e-6 if dtype == "float32" else 1e-9, err_msg=at)
+
+
+@pytest.mark.parametrize("case", GROUPED, ids=lambda c: f"{c[0]}-g{c[4]}")
+def test_grouped_conv_matches_pytorch(case):
+    torch = pytest.importorskip("torch")
+    op, shape, filters, kernel, groups, channels_last, options = case
+    net = _net(_grouped_src(*case), "numba", "float64", shape[0])
+    params = net.parameters()
+    (w,) = (torch.from_numpy(v) for k, v in params.items() if k.endswith("weight"))
+    (bias,) = (torch.from_numpy(v) for k, v in params.items() if k.endswith("bias"))
+    w.requires_grad_(True)
+    attrs = _grouped_attrs(options, channels_last)
+    x = np.random.default_rng(11).normal(size=shape)
+    xt = torch.tensor(x, requires_grad=True)
+    fn = getattr(torch.nn.functional, op)
+    h = fn(xt, w, bias, stride=attrs["stride"], dilation=attrs["dilation"], groups=groups,
+           padding=attrs["padding"])
+    (h * h).mean().backward()
+    xin = np.moveaxis(x, 1, -1) if channels_last else x
+    got = net.forward({"x": xin})["h"]
+    grads = net.gradients({"x": xin}, inputs=("x",))
+    (gw,) = (v for k, v in grads.items() if k.endswith("weight"))
+    gx = grads["x"]
+    if channels_last:
+        got, gx = np.moveaxis(got, -1, 1), np.moveaxis(gx, -1, 1)
+    _close(got, h.detach().numpy(), "float64")
+    _close(gx, xt.grad.numpy(), "float64")
+    _close(gw, w.grad.numpy(), "float64")
+
+
+@pytest.mark.parametrize("line, words", [
+    ("conv2d(x, 6, 3, groups = 4)", ["groups = 4 does not divide the 6 input channels",
+                                      "one of [1, 2, 3, 6]"]),
+    ("conv1d(x[:, :, 0], 5, 1, groups = 2)", ["does not divide the 5 filters", "one of [1]"]),
+    ("conv2d(x, 6, 3, groups = 0)", ["groups must be a positive integer"]),
+])
+def test_grouped_conv_that_does_not_divide_is_a_located_error(line, words):
+    src = f"model M {{\n  input x: float32[batch, 6, 5, 5]\n  output y = {line}\n}}\n"
+    with pytest.raises(nnlang.NNError) as err:
+        nnlang.load(src)
+    text = str(err.value)
+    assert all(w in text for w in words), text
+    assert ":3:" in text and "groups = " in text.split("^")[0], text
