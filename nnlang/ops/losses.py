@@ -441,7 +441,9 @@ WRITTEN_WITH_OPS = {
     "poisson_nll_loss": "mean(exp(p) - y * p); p the log-rate (PyTorch's log_input = true)",
     # torchvision's sigmoid_focal_loss (alpha 0.25, gamma 2, reduction "mean"), p logits
     "focal_loss": "mean((0.25 * y + 0.75 * (1 - y)) * (softplus(p) - y * p) * (1 - (sigmoid(p) "
-                  "* y + (1 - sigmoid(p)) * (1 - y))) ** 2); p logits, y in {0, 1}",
+                  "* y + (1 - sigmoid(p)) * (1 - y))) ** 2); p logits, y in {0, 1}; Keras' "
+                  "BinaryFocalCrossentropy leaves out the alpha factor (0.25 * y + 0.75 * (1 - y)) "
+                  "unless apply_class_balancing = true",
     "dice": "1 - 2 * sum(p * y) / (sum(p) + sum(y) + 1e-7); p probabilities, over the whole "
             "batch (Keras' Dice)",
     "rmse": "sqrt(mse(p, y)); as a metric that is the mean of each batch's root, not the mean of "
