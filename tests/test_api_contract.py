@@ -817,3 +817,50 @@ def test_a_missing_input_beside_a_misspelt_feed_names_the_misspelling():
         str(e.value)
     with pytest.raises(NNError, match="the model's inputs: image, label"):
         net.evaluate({"image": x, "target": np.zeros(2, np.int32)})
+
+
+_TWO_NETS_IN_THREADS = """
+import copy, threading
+import numpy as np
+import nnlang
+src = '''model M {
+  input x: float32[batch, 64]
+  input y: int32[batch]
+  logits = dense(x, 64) |> relu |> dropout(0.5) |> dense(3)
+  loss cross_entropy(logits, y)
+}
+train M { optimizer = sgd(lr = 0.1) }
+'''
+rng = np.random.default_rng(0)
+feeds = {"x": rng.random((64, 64), dtype=np.float32), "y": rng.integers(0, 3, 64).astype(np.int32)}
+nets = [nnlang.compile(src, batch=64, seed=i) for i in range(2)]
+alone = [copy.deepcopy(n) for n in nets]
+for n in alone:
+    for _ in range(100):
+        n.train_step(feeds)
+def train(n):
+    for _ in range(100):
+        n.train_step(feeds)
+threads = [threading.Thread(target=train, args=(n,)) for n in nets]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+for n, a in zip(nets, alone):
+    for k, v in a.parameters().items():
+        np.testing.assert_allclose(n.parameters()[k], v, rtol=1e-5, atol=1e-6)
+print("same")
+"""
+
+
+def test_two_nets_trained_in_two_threads_train_as_each_alone():
+    """Two Nets are independent, so two threads may each train one. With dropout (a numba
+    parallel kernel draws its mask) the process aborted: numba's workqueue threading layer,
+    which nnlang picks, refuses two parallel kernels launched at once ("Concurrent access has
+    been detected"). Run in a child process, so such an abort is a failed test; the reference is
+    the same nets trained one after the other."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _TWO_NETS_IN_THREADS], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]

@@ -19,6 +19,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
 import types
 import zlib
 from contextlib import contextmanager
@@ -319,6 +320,21 @@ def _kernel_file(key: str, source: str) -> Path:
         return path
 
 
+# NOTE: numba's workqueue threading layer (numba_config.py) aborts the whole process when two
+# threads launch parallel=True kernels at once ("Concurrent access has been detected"): two
+# Nets with dropout trained in two threads did. Their launches take turns; a Net's own calls
+# already do (its lock), and the generated kernels are not parallel=True (the pool splits them).
+_PARALLEL_LAUNCH = threading.Lock()
+
+
+def _one_launch_at_a_time(entry):
+    def launch(*args):
+        with _PARALLEL_LAUNCH:
+            return entry(*args)
+    launch.__name__ = getattr(entry, "__name__", "parallel_kernel")
+    return launch
+
+
 class NumbaBackend:
     name = target = "numba"
     xp = np
@@ -450,7 +466,8 @@ class NumbaBackend:
                 if self._worker is None and workers() >= 2 and self._missing(fn, sig):
                     self._worker = _spawn_worker()
             return self._waiting[(fn, sig)], args
-        return self._entry(fn, sig), args
+        entry = self._entry(fn, sig)
+        return (_one_launch_at_a_time(entry) if fn.targetoptions.get("parallel") else entry), args
 
     def _request(self, fn, sig) -> None:
         """`fn` compiled (or, inside `together`, to be compiled) for `sig`."""
