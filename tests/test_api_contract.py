@@ -139,6 +139,9 @@ def test_gradients_of_inputs_on_request(backend):
         net.gradients(feeds, inputs=("label",))
     with pytest.raises(NNError, match="'imgae' is not an input.*\n.*image, label"):
         net.gradients(feeds, inputs=("imgae",))
+    for bad in (3, [["image"]]):   # NOTE: were a bare TypeError from building the name tuple
+        with pytest.raises(NNError, match="give an input's name or a list of names"):
+            net.gradients(feeds, inputs=bad)
 
 
 def test_rows_of_a_flattened_feed_must_match_the_batch():

@@ -492,8 +492,12 @@ class Net:
         (names of float inputs) adds d(loss)/d(input) under each input's name. Under
         `nnlang.distributed` (each rank given its shard) both are of the global batch's loss:
         the weights' averaged over the ranks, the inputs' those of this rank's rows."""
-        inputs = (inputs,) if isinstance(inputs, str) else \
-            tuple(dict.fromkeys(inputs or ()))   # NOTE: None, as for no inputs
+        try:   # NOTE: None, as for no inputs
+            inputs = (inputs,) if isinstance(inputs, str) else \
+                tuple(dict.fromkeys(() if inputs is None else inputs))
+        except TypeError:   # NOTE: an int, or a list holding lists: a bare TypeError before
+            raise NNError(f"gradients(inputs={inputs!r}): give an input's name or a list of "
+                          "names", hint=f"the model's inputs: {_names(self.user)}") from None
         for name in inputs:
             nid = self.user.inputs.get(name) if isinstance(name, str) else None
             if nid is None or name.startswith("_"):
