@@ -445,13 +445,18 @@ class Net:
 
     def learning_rate(self, step: int | None = None) -> float:
         """The schedule's learning rate at (0-based) `step`, default the next step to run, in
-        the current epoch: the one place it is computed."""
+        the current epoch (a net given steps_per_epoch knows each step's epoch, and uses that):
+        the one place it is computed."""
         if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer))
                                  or step < 0):
             raise NNError(f"learning_rate(step={step!r}): a step is a whole number of at least 0",
                           hint="leave it out for the next step's rate")
+        # NOTE: with steps_per_epoch, train_step sets epoch = step // steps_per_epoch; the
+        # current epoch for another step gave a rate that step never runs at
+        epoch = self.epoch if step is None or not self.steps_per_epoch else \
+            int(step) // self.steps_per_epoch
         return learning_rate(self.config.optimizer.options["lr"], self.config.schedule,
-                             self.step if step is None else step, self.epoch, self.total_steps,
+                             self.step if step is None else step, epoch, self.total_steps,
                              self.lr_scale)
 
     def end_epoch(self) -> int:
