@@ -254,6 +254,8 @@ class Net:
                     self.state[k] = aligned_copy(arr, dt)
             if STEP_SLOT in arrays:
                 self.step = int(arrays[STEP_SLOT])
+                if self.steps_per_epoch:   # NOTE: as train_step counts it from the steps
+                    self.epoch = self.step // self.steps_per_epoch
         return Loaded(missing, unexpected)
 
     def _state_shape(self, name: str, slots: dict) -> tuple | None:
@@ -451,10 +453,10 @@ class Net:
                                  or step < 0):
             raise NNError(f"learning_rate(step={step!r}): a step is a whole number of at least 0",
                           hint="leave it out for the next step's rate")
-        # NOTE: with steps_per_epoch, train_step sets epoch = step // steps_per_epoch; the
-        # current epoch for another step gave a rate that step never runs at
-        epoch = self.epoch if step is None or not self.steps_per_epoch else \
-            int(step) // self.steps_per_epoch
+        # NOTE: with steps_per_epoch, train_step sets epoch = step // steps_per_epoch: the net's
+        # current epoch, used for another step, gave a rate that step never runs at
+        epoch = (self.step if step is None else int(step)) // self.steps_per_epoch \
+            if self.steps_per_epoch else self.epoch
         return learning_rate(self.config.optimizer.options["lr"], self.config.schedule,
                              self.step if step is None else step, epoch, self.total_steps,
                              self.lr_scale)

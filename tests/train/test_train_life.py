@@ -407,6 +407,13 @@ def test_library_loop_counts_epochs_from_the_data_size(folder):
     assert rates == pytest.approx([0.05 * 0.5 ** (t // 3) for t in range(8)])
     assert (net.step, net.epoch) == (8, 2)
     assert [net.learning_rate(t) for t in range(8)] == pytest.approx(planned)
+    # NOTE: a state dict carries the step count; a net that counts epochs from it goes on in
+    # the step's epoch (it stayed at epoch 0, and its next step ran at the base rate)
+    again = nnlang.compile(overfit_source("schedule = step(step_size = 1, gamma = 0.5)", 4),
+                           backend="reference", steps_per_epoch=3)
+    again.load_state_dict(net.state_dict())
+    assert (again.step, again.epoch) == (8, 2)
+    assert again.learning_rate() == pytest.approx(0.05 * 0.5 ** 2)
     with pytest.raises(NNError, match="twice"):
         net.end_epoch()
     cos = nnlang.compile(overfit_source("schedule = cosine()", 4), backend="reference",
