@@ -173,6 +173,23 @@ def test_ids_too_large_for_the_inputs_dtype_are_refused_not_wrapped():
     assert np.isfinite(ok)
 
 
+def test_float16_labels_are_read_without_a_numpy_warning():
+    """README: int or float data fed to an input is cast to its dtype. float16 labels made numpy
+    warn "overflow encountered in cast" on every call (the range check compared them with
+    int32's bounds, which float16 cannot hold), an error under -W error; the reference is the
+    same labels as int32."""
+    import warnings
+    net = nnlang.compile(CLASSIFIER, seed=0, batch=4)
+    image = np.random.default_rng(0).random((4, 12)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0])
+    want = net.evaluate({"image": image, "label": labels.astype(np.int32)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert net.evaluate({"image": image, "label": labels.astype(np.float16)}) == want
+        with pytest.raises(NNError, match="holds the id 60000, outside the 3 values"):
+            net.evaluate({"image": image, "label": np.array([0, 1, 2, 60000], np.float16)})
+
+
 def test_a_scalar_input_takes_a_scalar():
     net = nnlang.compile("model S {\n  input x: float32[batch, 3]\n  input temp: float32[]\n"
                          "  output y = x / temp\n}\n")

@@ -767,9 +767,11 @@ def _check_ids(arr: np.ndarray, name: str, dtype: str, declared: str) -> None:
                       "pass integer ids (an int array)")
     info = np.iinfo(dtype)
     if arr.size and arr.dtype != np.dtype(dtype) and arr.dtype.kind != "b":
-        lo, hi = arr.min(), arr.max()
+        # NOTE: compared as Python numbers: float16 ids against int32's bounds made numpy
+        # cast the bounds to float16, warning "overflow encountered in cast" on every call
+        lo, hi = arr.min().item(), arr.max().item()
         if lo < info.min or hi > info.max:
-            bad = (lo if lo < info.min else hi).item()
+            bad = lo if lo < info.min else hi
             raise NNError(f"input '{name}' holds the value {bad}, which {dtype} cannot hold; "
                           f"the model declares {declared}", hint="ids are at least 0 and "
                           "below the vocabulary or class count")
