@@ -161,6 +161,14 @@ def test_rows_of_a_flattened_feed_must_match_the_batch():
     fixed = nnlang.compile("model F {\n  input x: float32[4, 6]\n  output y = x * 2.0\n}\n")
     with pytest.raises(NNError, match=r"shape \[1, 6\], the model declares float32\[4, 6\]"):
         fixed.forward({"x": np.ones((1, 6), np.float32)})
+    # NOTE: one example without its batch axis: the error says how to make it a batch, and the
+    # batch of one it names gives the numpy answer
+    with pytest.raises(NNError, match=r"has shape \[12\], the model declares float32\[batch, "
+                                      r"12\]\n.*hint: one example is a batch of one: "
+                                      r"image\[None\] \(shape \[1, 12\]\)"):
+        net.evaluate({"image": img[0].ravel(), "label": labels[:1]})
+    one = net.evaluate({"image": img[0].ravel()[None], "label": labels[:1]})["ce"]
+    assert one == pytest.approx(_softmax_ce(img[:1].reshape(1, 12), w, b, labels[:1]), rel=1e-5)
 
 
 def test_ids_too_large_for_the_inputs_dtype_are_refused_not_wrapped():

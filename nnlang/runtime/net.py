@@ -796,8 +796,11 @@ def _reshaped(arr: np.ndarray, want: tuple, name: str, declared: str,
                           f"where this call's other inputs give {want[0]}; the model declares "
                           f"{declared}", hint="every input of one call holds the same "
                                               "examples")
+    # NOTE: one example without its batch axis is the common case: say how to make a batch
+    one = batched and int(np.prod(arr.shape)) == rows and arr.ndim < len(want)
     raise NNError(f"input '{name}' has shape {list(arr.shape)}, the model declares "
-                  f"{declared}")
+                  f"{declared}", hint=f"one example is a batch of one: {name}[None] (shape "
+                  f"{[1, *arr.shape]})" if one else None)
 
 
 def _default_config():
