@@ -892,3 +892,33 @@ def test_two_nets_trained_in_two_threads_train_as_each_alone():
     done = subprocess.run([sys.executable, "-c", _TWO_NETS_IN_THREADS], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]
+
+
+def test_a_net_built_while_another_thread_builds_one_runs_its_own_kernels():
+    """Two Nets compiled in two threads: the CPU backend (one per process) kept the kernels
+    requested inside an executable's build in one dict for the process, so a net built in a
+    second thread meanwhile took the first build's as its own outer one, and its kernels stayed
+    unfilled until that build ended: run before then, TypeError "'NoneType' object is not
+    callable". Here the other thread's build is held open; the net's answer is numpy's."""
+    from nnlang.backends.base import get_backend
+    backend = get_backend("numba")
+    inside, done = threading.Event(), threading.Event()
+
+    def other_build():
+        with backend.together():
+            inside.set()
+            done.wait(30)
+    other = threading.Thread(target=other_build)
+    other.start()
+    try:
+        assert inside.wait(10)
+        net = nnlang.compile("model B {\n  input x: float32[batch, 7]\n"
+                             "  output y = dense(x, 5) |> tanh\n}\n", batch=4, seed=0)
+        x = np.random.default_rng(0).standard_normal((4, 7)).astype(np.float32)
+        p = net.parameters()
+        np.testing.assert_allclose(net.forward({"x": x})["y"],
+                                   np.tanh(x @ p["y.weight"] + p["y.bias"]), rtol=1e-5,
+                                   atol=1e-6)
+    finally:
+        done.set()
+        other.join()

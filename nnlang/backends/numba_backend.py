@@ -344,10 +344,30 @@ class NumbaBackend:
         self._jitted: dict = {}     # (python function, parallel) -> numba dispatcher
         self._modules: dict[str, object] = {}
         self._entries: dict[tuple, object] = {}   # (dispatcher, signature) -> compiled entry
-        self._waiting: dict | None = None            # inside together(): requests -> Pending
-        self._worker = None                          # inside together(): a compile worker
+        # NOTE: per thread: the backend is the process's, and with one `together` state a net
+        # built in a second thread joined the first thread's build as if nested in it, and ran
+        # with its kernels unfilled until that build ended
+        self._building = threading.local()
         self.compiled = 0      # kernel signatures compiled in this process
         self.cache_hits = 0    # ... loaded from numba's disk cache instead
+
+    @property
+    def _waiting(self) -> dict | None:
+        """Inside this thread's together(): requests -> Pending; else None."""
+        return getattr(self._building, "waiting", None)
+
+    @_waiting.setter
+    def _waiting(self, value) -> None:
+        self._building.waiting = value
+
+    @property
+    def _worker(self):
+        """Inside this thread's together(): its compile worker, if one was started."""
+        return getattr(self._building, "worker", None)
+
+    @_worker.setter
+    def _worker(self, value) -> None:
+        self._building.worker = value
 
     # *** memory ***
     def alloc(self, nbytes: int) -> np.ndarray:
