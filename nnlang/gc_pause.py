@@ -8,16 +8,31 @@ Nothing built there is garbage until the build is over, so collecting meanwhile 
 from __future__ import annotations
 
 import gc
+import threading
 from contextlib import contextmanager
+
+# NOTE: one count for the process, not a `was` per call: with two Nets compiled in two threads,
+# the first build to end turned the collector on under the second, and a build that read
+# gc.isenabled() between another's read and its disable() left it off for good
+_lock = threading.Lock()
+_users = 0
+_was = True
 
 
 @contextmanager
 def paused_gc():
-    """Collector off inside (nested uses are fine); on again, as it was, afterwards."""
-    was = gc.isenabled()
-    gc.disable()
+    """Collector off inside (nested and concurrent uses are fine); on again, as it was before
+    the first of them, once the last one ends."""
+    global _users, _was
+    with _lock:
+        if _users == 0:
+            _was = gc.isenabled()
+        _users += 1
+        gc.disable()
     try:
         yield
     finally:
-        if was:
-            gc.enable()
+        with _lock:
+            _users -= 1
+            if _users == 0 and _was:
+                gc.enable()

@@ -139,6 +139,9 @@ def test_gradients_of_inputs_on_request(backend):
         net.gradients(feeds, inputs=("label",))
     with pytest.raises(NNError, match="'imgae' is not an input.*\n.*image, label"):
         net.gradients(feeds, inputs=("imgae",))
+    for bad in (3, [["image"]]):   # NOTE: were a bare TypeError from building the name tuple
+        with pytest.raises(NNError, match="give an input's name or a list of names"):
+            net.gradients(feeds, inputs=bad)
 
 
 def test_rows_of_a_flattened_feed_must_match_the_batch():
@@ -158,6 +161,14 @@ def test_rows_of_a_flattened_feed_must_match_the_batch():
     fixed = nnlang.compile("model F {\n  input x: float32[4, 6]\n  output y = x * 2.0\n}\n")
     with pytest.raises(NNError, match=r"shape \[1, 6\], the model declares float32\[4, 6\]"):
         fixed.forward({"x": np.ones((1, 6), np.float32)})
+    # NOTE: one example without its batch axis: the error says how to make it a batch, and the
+    # batch of one it names gives the numpy answer
+    with pytest.raises(NNError, match=r"has shape \[12\], the model declares float32\[batch, "
+                                      r"12\]\n.*hint: one example is a batch of one: "
+                                      r"image\[None\] \(shape \[1, 12\]\)"):
+        net.evaluate({"image": img[0].ravel(), "label": labels[:1]})
+    one = net.evaluate({"image": img[0].ravel()[None], "label": labels[:1]})["ce"]
+    assert one == pytest.approx(_softmax_ce(img[:1].reshape(1, 12), w, b, labels[:1]), rel=1e-5)
 
 
 def test_ids_too_large_for_the_inputs_dtype_are_refused_not_wrapped():
@@ -168,6 +179,23 @@ def test_ids_too_large_for_the_inputs_dtype_are_refused_not_wrapped():
             net.evaluate({"image": image, "label": np.array([0, bad], np.int64)})
     ok = net.evaluate({"image": image, "label": np.array([0, 1], np.int64)})["ce"]
     assert np.isfinite(ok)
+
+
+def test_float16_labels_are_read_without_a_numpy_warning():
+    """README: int or float data fed to an input is cast to its dtype. float16 labels made numpy
+    warn "overflow encountered in cast" on every call (the range check compared them with
+    int32's bounds, which float16 cannot hold), an error under -W error; the reference is the
+    same labels as int32."""
+    import warnings
+    net = nnlang.compile(CLASSIFIER, seed=0, batch=4)
+    image = np.random.default_rng(0).random((4, 12)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0])
+    want = net.evaluate({"image": image, "label": labels.astype(np.int32)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert net.evaluate({"image": image, "label": labels.astype(np.float16)}) == want
+        with pytest.raises(NNError, match="holds the id 60000, outside the 3 values"):
+            net.evaluate({"image": image, "label": np.array([0, 1, 2, 60000], np.float16)})
 
 
 def test_a_scalar_input_takes_a_scalar():
@@ -817,3 +845,80 @@ def test_a_missing_input_beside_a_misspelt_feed_names_the_misspelling():
         str(e.value)
     with pytest.raises(NNError, match="the model's inputs: image, label"):
         net.evaluate({"image": x, "target": np.zeros(2, np.int32)})
+
+
+_TWO_NETS_IN_THREADS = """
+import copy, threading
+import numpy as np
+import nnlang
+src = '''model M {
+  input x: float32[batch, 64]
+  input y: int32[batch]
+  logits = dense(x, 64) |> relu |> dropout(0.5) |> dense(3)
+  loss cross_entropy(logits, y)
+}
+train M { optimizer = sgd(lr = 0.1) }
+'''
+rng = np.random.default_rng(0)
+feeds = {"x": rng.random((64, 64), dtype=np.float32), "y": rng.integers(0, 3, 64).astype(np.int32)}
+nets = [nnlang.compile(src, batch=64, seed=i) for i in range(2)]
+alone = [copy.deepcopy(n) for n in nets]
+for n in alone:
+    for _ in range(100):
+        n.train_step(feeds)
+def train(n):
+    for _ in range(100):
+        n.train_step(feeds)
+threads = [threading.Thread(target=train, args=(n,)) for n in nets]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+for n, a in zip(nets, alone):
+    for k, v in a.parameters().items():
+        np.testing.assert_allclose(n.parameters()[k], v, rtol=1e-5, atol=1e-6)
+print("same")
+"""
+
+
+def test_two_nets_trained_in_two_threads_train_as_each_alone():
+    """Two Nets are independent, so two threads may each train one. With dropout (a numba
+    parallel kernel draws its mask) the process aborted: numba's workqueue threading layer,
+    which nnlang picks, refuses two parallel kernels launched at once ("Concurrent access has
+    been detected"). Run in a child process, so such an abort is a failed test; the reference is
+    the same nets trained one after the other."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _TWO_NETS_IN_THREADS], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]
+
+
+def test_a_net_built_while_another_thread_builds_one_runs_its_own_kernels():
+    """Two Nets compiled in two threads: the CPU backend (one per process) kept the kernels
+    requested inside an executable's build in one dict for the process, so a net built in a
+    second thread meanwhile took the first build's as its own outer one, and its kernels stayed
+    unfilled until that build ended: run before then, TypeError "'NoneType' object is not
+    callable". Here the other thread's build is held open; the net's answer is numpy's."""
+    from nnlang.backends.base import get_backend
+    backend = get_backend("numba")
+    inside, done = threading.Event(), threading.Event()
+
+    def other_build():
+        with backend.together():
+            inside.set()
+            done.wait(30)
+    other = threading.Thread(target=other_build)
+    other.start()
+    try:
+        assert inside.wait(10)
+        net = nnlang.compile("model B {\n  input x: float32[batch, 7]\n"
+                             "  output y = dense(x, 5) |> tanh\n}\n", batch=4, seed=0)
+        x = np.random.default_rng(0).standard_normal((4, 7)).astype(np.float32)
+        p = net.parameters()
+        np.testing.assert_allclose(net.forward({"x": x})["y"],
+                                   np.tanh(x @ p["y.weight"] + p["y.bias"]), rtol=1e-5,
+                                   atol=1e-6)
+    finally:
+        done.set()
+        other.join()

@@ -7,6 +7,7 @@ GEMMs ourselves keeps both cores busy without that contention.
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -33,20 +34,44 @@ def _blas_controllers():
     return _controller
 
 
+# NOTE: BLAS's thread count is the process's, and each use restores what it found: two Nets
+# stepping in two threads (the second entering inside the first, leaving after it) restored
+# the first's limit of one thread last, and the program's numpy ran on one BLAS thread from
+# then on. The thread whose step entered first holds the limits (its nested uses too) until it
+# leaves; a step of another thread meanwhile runs under them (threadpoolctl ignores its sets
+# while another live thread controls OpenBLAS anyway).
+_lock = threading.Lock()
+_owner: threading.Thread | None = None
+_depth = 0
+
+
 @contextmanager
 def blas_threads(n: int = 1):
-    ctl = _blas_controllers()
-    if not ctl:
-        yield
-        return
-    if n > 1:
-        # NOTE: down to one thread and back before each threaded step: without it the LSTM's
-        # steps drifted from 46 to 60 ms over 25 steps; with it they stay at 45-47 (measured,
-        # OpenBLAS 0.3.31; why its workers slow down otherwise is not known)
-        with ctl.limit(limits=1):
-            pass
-    with ctl.limit(limits=n):
-        yield
+    global _owner, _depth
+    me = threading.current_thread()
+    with _lock:
+        mine = _owner in (None, me)
+        if mine:
+            _owner, _depth = me, _depth + 1
+    try:
+        ctl = _blas_controllers() if mine else None
+        if not ctl:
+            yield
+            return
+        if n > 1:
+            # NOTE: down to one thread and back before each threaded step: without it the
+            # LSTM's steps drifted from 46 to 60 ms over 25 steps; with it they stay at 45-47
+            # (measured, OpenBLAS 0.3.31; why its workers slow down otherwise is not known)
+            with ctl.limit(limits=1):
+                pass
+        with ctl.limit(limits=n):
+            yield
+    finally:
+        if mine:
+            with _lock:
+                _depth -= 1
+                if not _depth:
+                    _owner = None
 
 
 def threaded_blas_pays(products) -> bool:

@@ -19,6 +19,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
 import types
 import zlib
 from contextlib import contextmanager
@@ -319,6 +320,21 @@ def _kernel_file(key: str, source: str) -> Path:
         return path
 
 
+# NOTE: numba's workqueue threading layer (numba_config.py) aborts the whole process when two
+# threads launch parallel=True kernels at once ("Concurrent access has been detected"): two
+# Nets with dropout trained in two threads did. Their launches take turns; a Net's own calls
+# already do (its lock), and the generated kernels are not parallel=True (the pool splits them).
+_PARALLEL_LAUNCH = threading.Lock()
+
+
+def _one_launch_at_a_time(entry):
+    def launch(*args):
+        with _PARALLEL_LAUNCH:
+            return entry(*args)
+    launch.__name__ = getattr(entry, "__name__", "parallel_kernel")
+    return launch
+
+
 class NumbaBackend:
     name = target = "numba"
     xp = np
@@ -328,10 +344,30 @@ class NumbaBackend:
         self._jitted: dict = {}     # (python function, parallel) -> numba dispatcher
         self._modules: dict[str, object] = {}
         self._entries: dict[tuple, object] = {}   # (dispatcher, signature) -> compiled entry
-        self._waiting: dict | None = None            # inside together(): requests -> Pending
-        self._worker = None                          # inside together(): a compile worker
+        # NOTE: per thread: the backend is the process's, and with one `together` state a net
+        # built in a second thread joined the first thread's build as if nested in it, and ran
+        # with its kernels unfilled until that build ended
+        self._building = threading.local()
         self.compiled = 0      # kernel signatures compiled in this process
         self.cache_hits = 0    # ... loaded from numba's disk cache instead
+
+    @property
+    def _waiting(self) -> dict | None:
+        """Inside this thread's together(): requests -> Pending; else None."""
+        return getattr(self._building, "waiting", None)
+
+    @_waiting.setter
+    def _waiting(self, value) -> None:
+        self._building.waiting = value
+
+    @property
+    def _worker(self):
+        """Inside this thread's together(): its compile worker, if one was started."""
+        return getattr(self._building, "worker", None)
+
+    @_worker.setter
+    def _worker(self, value) -> None:
+        self._building.worker = value
 
     # *** memory ***
     def alloc(self, nbytes: int) -> np.ndarray:
@@ -450,7 +486,8 @@ class NumbaBackend:
                 if self._worker is None and workers() >= 2 and self._missing(fn, sig):
                     self._worker = _spawn_worker()
             return self._waiting[(fn, sig)], args
-        return self._entry(fn, sig), args
+        entry = self._entry(fn, sig)
+        return (_one_launch_at_a_time(entry) if fn.targetoptions.get("parallel") else entry), args
 
     def _request(self, fn, sig) -> None:
         """`fn` compiled (or, inside `together`, to be compiled) for `sig`."""

@@ -254,6 +254,8 @@ class Net:
                     self.state[k] = aligned_copy(arr, dt)
             if STEP_SLOT in arrays:
                 self.step = int(arrays[STEP_SLOT])
+                if self.steps_per_epoch:   # NOTE: as train_step counts it from the steps
+                    self.epoch = self.step // self.steps_per_epoch
         return Loaded(missing, unexpected)
 
     def _state_shape(self, name: str, slots: dict) -> tuple | None:
@@ -445,13 +447,18 @@ class Net:
 
     def learning_rate(self, step: int | None = None) -> float:
         """The schedule's learning rate at (0-based) `step`, default the next step to run, in
-        the current epoch: the one place it is computed."""
+        the current epoch (a net given steps_per_epoch knows each step's epoch, and uses that):
+        the one place it is computed."""
         if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer))
                                  or step < 0):
             raise NNError(f"learning_rate(step={step!r}): a step is a whole number of at least 0",
                           hint="leave it out for the next step's rate")
+        # NOTE: with steps_per_epoch, train_step sets epoch = step // steps_per_epoch: the net's
+        # current epoch, used for another step, gave a rate that step never runs at
+        epoch = (self.step if step is None else int(step)) // self.steps_per_epoch \
+            if self.steps_per_epoch else self.epoch
         return learning_rate(self.config.optimizer.options["lr"], self.config.schedule,
-                             self.step if step is None else step, self.epoch, self.total_steps,
+                             self.step if step is None else step, epoch, self.total_steps,
                              self.lr_scale)
 
     def end_epoch(self) -> int:
@@ -492,8 +499,12 @@ class Net:
         (names of float inputs) adds d(loss)/d(input) under each input's name. Under
         `nnlang.distributed` (each rank given its shard) both are of the global batch's loss:
         the weights' averaged over the ranks, the inputs' those of this rank's rows."""
-        inputs = (inputs,) if isinstance(inputs, str) else \
-            tuple(dict.fromkeys(inputs or ()))   # NOTE: None, as for no inputs
+        try:   # NOTE: None, as for no inputs
+            inputs = (inputs,) if isinstance(inputs, str) else \
+                tuple(dict.fromkeys(() if inputs is None else inputs))
+        except TypeError:   # NOTE: an int, or a list holding lists: a bare TypeError before
+            raise NNError(f"gradients(inputs={inputs!r}): give an input's name or a list of "
+                          "names", hint=f"the model's inputs: {_names(self.user)}") from None
         for name in inputs:
             nid = self.user.inputs.get(name) if isinstance(name, str) else None
             if nid is None or name.startswith("_"):
@@ -756,9 +767,11 @@ def _check_ids(arr: np.ndarray, name: str, dtype: str, declared: str) -> None:
                       "pass integer ids (an int array)")
     info = np.iinfo(dtype)
     if arr.size and arr.dtype != np.dtype(dtype) and arr.dtype.kind != "b":
-        lo, hi = arr.min(), arr.max()
+        # NOTE: compared as Python numbers: float16 ids against int32's bounds made numpy
+        # cast the bounds to float16, warning "overflow encountered in cast" on every call
+        lo, hi = arr.min().item(), arr.max().item()
         if lo < info.min or hi > info.max:
-            bad = (lo if lo < info.min else hi).item()
+            bad = lo if lo < info.min else hi
             raise NNError(f"input '{name}' holds the value {bad}, which {dtype} cannot hold; "
                           f"the model declares {declared}", hint="ids are at least 0 and "
                           "below the vocabulary or class count")
@@ -783,8 +796,11 @@ def _reshaped(arr: np.ndarray, want: tuple, name: str, declared: str,
                           f"where this call's other inputs give {want[0]}; the model declares "
                           f"{declared}", hint="every input of one call holds the same "
                                               "examples")
+    # NOTE: one example without its batch axis is the common case: say how to make a batch
+    one = batched and int(np.prod(arr.shape)) == rows and arr.ndim < len(want)
     raise NNError(f"input '{name}' has shape {list(arr.shape)}, the model declares "
-                  f"{declared}")
+                  f"{declared}", hint=f"one example is a batch of one: {name}[None] (shape "
+                  f"{[1, *arr.shape]})" if one else None)
 
 
 def _default_config():

@@ -244,6 +244,49 @@ def test_blas_threads_steps_with_mid_size_products_and_no_big_batched_one():
                                    ((4096, 128), (128, 64))])
 
 
+def test_steps_in_two_threads_give_the_process_back_its_blas_threads():
+    """Two Nets stepping in two threads: each step limited BLAS to one thread and restored what it
+    had found, so the second to start found the first's limit and restored that, last: the
+    program's numpy ran on one BLAS thread from then on (seen with two MLPs trained in two
+    threads: OpenBLAS 2 threads before, 1 after). The user's own setting (here 2) comes back."""
+    import threading
+
+    from nnlang.backends.blas import _blas_controllers, blas_threads
+    ctl = _blas_controllers()
+    if not ctl:
+        pytest.skip("threadpoolctl finds no BLAS")
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with blas_threads(1):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def second():
+        a_in.wait(10)
+        with blas_threads(1):
+            b_in.set()
+            a_out.wait(10)
+
+    def in_a_thread(fn):   # NOTE: threadpoolctl lets one live thread at a time set OpenBLAS's
+        t = threading.Thread(target=fn)   # limits: the user's setting is made by one that ends
+        t.start()
+        t.join()
+    users = []
+    in_a_thread(lambda: users.append(ctl.limit(limits=2)))
+    want = [i["num_threads"] for i in ctl.info()]
+    try:
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [i["num_threads"] for i in ctl.info()] == want
+    finally:
+        in_a_thread(users[0].restore_original_limits)
+
+
 @pytest.mark.parametrize("shape,keep", [((3000, 520), True), ((40, 75, 384), True),
                                         ((3000, 100), False), ((300, 520), False)])
 def test_a_column_sum_splits_by_columns_and_sums_every_row(shape, keep, monkeypatch):

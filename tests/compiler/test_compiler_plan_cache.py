@@ -160,3 +160,37 @@ def test_the_collector_is_paused_while_compiling_and_restored_after(cache, monke
     with pytest.raises(RuntimeError), paused_gc():
         raise RuntimeError("a failed build")
     assert gc.isenabled()
+
+
+def test_two_threads_building_at_once_keep_the_collector_paused_until_both_are_done():
+    """Two Nets compiled in two threads (a library use): the first build to finish turned the
+    collector back on under the second (`was` is per call), and a second build that read
+    `gc.isenabled()` between the first's read and its `disable()` left it off for good. The
+    pause now counts its users: off while any build runs, as it was once the last one ends."""
+    import gc
+    import threading
+
+    from nnlang.gc_pause import paused_gc
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = []
+
+    def first():
+        with paused_gc():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def second():
+        a_in.wait(10)
+        with paused_gc():
+            b_in.set()
+            a_out.wait(10)
+            seen.append(gc.isenabled())   # NOTE: the first build is over, this one is not
+
+    assert gc.isenabled()
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [False] and gc.isenabled()

@@ -395,12 +395,25 @@ def test_library_loop_counts_epochs_from_the_data_size(folder):
     feeds = {"x": np.ones((4, 4), np.float32), "label": np.array([0, 1, 2, 0], np.int32)}
     net = nnlang.compile(overfit_source("schedule = step(step_size = 1, gamma = 0.5)", 4),
                          backend="reference", steps_per_epoch=3)
+    # NOTE: asked ahead (a schedule plotted before the loop) and after it, the rate at a step
+    # is the one that step uses: the step's own epoch, not the net's current one (all 0.05
+    # before the loop, all 0.0125 after it, was what learning_rate(step) said)
+    planned = [net.learning_rate(t) for t in range(8)]
+    assert planned == pytest.approx([0.05 * 0.5 ** (t // 3) for t in range(8)])
     rates = []
     for _ in range(8):
         rates.append(net.learning_rate())
         net.train_step(feeds)
     assert rates == pytest.approx([0.05 * 0.5 ** (t // 3) for t in range(8)])
     assert (net.step, net.epoch) == (8, 2)
+    assert [net.learning_rate(t) for t in range(8)] == pytest.approx(planned)
+    # NOTE: a state dict carries the step count; a net that counts epochs from it goes on in
+    # the step's epoch (it stayed at epoch 0, and its next step ran at the base rate)
+    again = nnlang.compile(overfit_source("schedule = step(step_size = 1, gamma = 0.5)", 4),
+                           backend="reference", steps_per_epoch=3)
+    again.load_state_dict(net.state_dict())
+    assert (again.step, again.epoch) == (8, 2)
+    assert again.learning_rate() == pytest.approx(0.05 * 0.5 ** 2)
     with pytest.raises(NNError, match="twice"):
         net.end_epoch()
     cos = nnlang.compile(overfit_source("schedule = cosine()", 4), backend="reference",
