@@ -121,6 +121,38 @@ def test_relu_keeps_a_nan(backend):
     np.testing.assert_array_equal(y, [[np.nan, 0.0, 0.0, 2.0]])
 
 
+NO_GRADIENT_PATH = """model M {
+  input x: float32[batch, 4]
+  input w: float32[batch, 4]
+  param p: float32[4] = ones
+  loss sum(sign(x) * w) + sum(stop_gradient(p) * w)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_gradient_that_no_path_reaches_is_zero_even_at_inf_and_nan(backend):
+    """An input or weight the loss reaches through no differentiable path has gradient 0
+    (torch: zeros, or None). It was built as x * 0, which is nan where x is inf or nan, so
+    gradients(inputs=...) showed nan for an inf in the data, and a weight that is nan already
+    stayed nan under sgd's update."""
+    net = nnlang.compile(NO_GRADIENT_PATH, backend=backend, batch=1)
+    net.load_state_dict({"p": np.array([np.inf, np.nan, 1.0, -np.inf], np.float32)})
+    x = np.array([[np.inf, -np.inf, np.nan, 2.0]], np.float32)
+    g = net.gradients({"x": x, "w": np.ones((1, 4), np.float32)}, inputs="x")
+    np.testing.assert_array_equal(g["x"], np.zeros((1, 4)))
+    np.testing.assert_array_equal(g["p"], np.zeros(4))
+
+
+def test_a_gradient_that_no_path_reaches_is_zero_in_torch_too():
+    torch = pytest.importorskip("torch")
+    x = torch.tensor([[np.inf, -np.inf, np.nan, 2.0]], requires_grad=True)
+    (torch.sign(x) * torch.ones(1, 4)).sum().backward()
+    got = nnlang.compile(NO_GRADIENT_PATH, backend="numba", batch=1).gradients(
+        {"x": x.detach().numpy(), "w": np.ones((1, 4), np.float32)}, inputs="x")["x"]
+    np.testing.assert_array_equal(got, x.grad.numpy())
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_maximum_and_minimum_keep_a_nan_in_either_place(backend):
     """np.maximum / torch.maximum give nan when either side is nan; numba's kernels spelled
