@@ -431,3 +431,18 @@ def test_reductions_on_the_host(op, axes, shape, host_cxx, tmp_path):
                                         np.int32(shape[1]), np.int32(1), red])
     np.testing.assert_allclose(full, want["out0"], rtol=1e-6)
     np.testing.assert_allclose(red.reshape(want["out1"].shape), want["out1"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sign_keeps_a_nan_on_the_host(dtype, host_cxx, tmp_path):
+    """np.sign(nan) is nan, as the numba and reference backends give (and abs's gradient,
+    g * sign(x), with it); the CUDA helper's (x > 0) - (x < 0) gave 0 for a NaN x."""
+    from nnlang.codegen.kernel import Kernel, Load, ScalarOp
+    k = Kernel("k_sign", 1, {"a0": Load("in0", dtype, (False,))}, [],
+               [ScalarOp("v0", "sign", ("a0",), dtype, (dtype,))], [("v0", "out0")])
+    source, names = module_source([k])
+    lib = build(host_cxx, tmp_path, "sign", source, {names[0]: [t for t, _ in params(k)]})
+    x = np.array([np.nan, 0.0, -0.0, 2.0, -3.0, np.inf, -np.inf, 1e-30], dtype)
+    out = np.zeros_like(x)
+    launch(lib, names[0], 2, 4, [np.int32(x.size), x, np.int32(1), out, np.int32(1)])
+    np.testing.assert_array_equal(out, np.sign(x))
