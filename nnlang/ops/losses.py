@@ -84,10 +84,14 @@ def _huber(b, pred, target, *, delta):
     a = b.abs(d)
     dl = const_like(b, delta, d)
     # NOTE: a where, not min(a, delta) algebra: the quadratic side is 0.5 * d * d itself, so
-    # its gradient is d exactly (PyTorch's), and |d|'s kink at 0 is never differentiated
-    quad = b.mul(const_like(b, 0.5, d), b.mul(d, d))
+    # its gradient is d exactly (PyTorch's), and |d|'s kink at 0 is never differentiated. It
+    # squares d only where it is chosen (0 elsewhere): its unchosen gradient, 0 * d, was nan
+    # at an infinite residual, where PyTorch gives the linear side's delta * sign(d)
+    inside = b.lt(a, dl)
+    dq = b.where(inside, d, const_like(b, 0.0, d))
+    quad = b.mul(const_like(b, 0.5, d), b.mul(dq, dq))
     lin = b.mul(dl, b.sub(a, b.mul(const_like(b, 0.5, d), dl)))
-    return mean_over(b, b.where(b.lt(a, dl), quad, lin))
+    return mean_over(b, b.where(inside, quad, lin))
 
 
 register("huber", "pred: tensor, target: tensor, delta: float = 1.0", _huber_shape,

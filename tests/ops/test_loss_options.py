@@ -358,6 +358,34 @@ def test_huber_matches_numpy(delta, dtype, backend):
     _close(grad, np.clip(d, -delta, delta) / d.size, dtype)
 
 
+def _huber_outlier_feeds():
+    f = _huber_feeds(1.0)
+    f["p"][0, :3] = [np.inf, -np.inf, 1e30]   # outliers huber is for: the linear side
+    return f
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_huber_gradient_of_an_infinite_residual_is_the_linear_sides(dtype, backend):
+    """huber's gradient is clip(d, -delta, delta) / n at any residual (PyTorch's). At d = inf
+    it was nan: where's unselected quadratic side still took 0 * d = 0 * inf."""
+    f = _huber_outlier_feeds()
+    loss, grad = _loss_and_grad(_huber_src(1.0), f, backend, dtype, "p")
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = (f["p"] - f["t"]).astype(dtype)
+    assert loss == np.inf
+    _close(grad, np.clip(d, -1.0, 1.0) / d.size, dtype)
+
+
+def test_huber_gradient_of_an_infinite_residual_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    f = _huber_outlier_feeds()
+    _, grad = _loss_and_grad(_huber_src(1.0), f, "numba", "float64", "p")
+    p = torch.tensor(f["p"], requires_grad=True)
+    torch.nn.functional.huber_loss(p, torch.from_numpy(f["t"])).backward()
+    _close(grad, p.grad.numpy(), "float64")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kl_div_matches_numpy(dtype, backend):
