@@ -90,6 +90,37 @@ def test_global_max_pool_gives_a_tied_maximum_to_its_first_cell_like_max_pool(ba
     np.testing.assert_array_equal(grad, [[[0, 1, 0, 0], [5, 0, 0, 0]]])
 
 
+PADDED_POOL = """model M {
+  input x: float64[batch, 2, 6]
+  input g: float64[batch, 2, 3]
+  loss sum(max_pool1d(x, 3, stride = 2, padding = 1) * g)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+POOL_X = np.array([[[-np.inf, -np.inf, -np.inf, -np.inf, 1.0, -np.inf],
+                    [-np.inf, 2.0, 2.0, -np.inf, -np.inf, -np.inf]]])
+POOL_G = np.array([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_pool_gives_an_all_minus_inf_window_to_its_first_real_cell(backend):
+    """A window whose real cells are all -inf (a masked region) ties with its -inf padding:
+    the reference lowering's argmax over the padded window chose the padding, and the
+    window's gradient was dropped; PyTorch's max_pool1d (and the numba kernel) give it to the
+    first real cell. Windows: [pad, 0, 1], [1, 2, 3], [3, 4, 5]."""
+    net = nnlang.compile(PADDED_POOL, backend=backend, batch=1)
+    grad = net.gradients({"x": POOL_X, "g": POOL_G}, inputs="x")["x"]
+    np.testing.assert_array_equal(grad, [[[1, 2, 0, 0, 3, 0], [0, 4 + 5, 0, 6, 0, 0]]])
+
+
+def test_max_pool_all_minus_inf_window_matches_torch():
+    torch = pytest.importorskip("torch")
+    x = torch.tensor(POOL_X, requires_grad=True)
+    (torch.nn.functional.max_pool1d(x, 3, 2, 1) * torch.tensor(POOL_G)).sum().backward()
+    got = nnlang.compile(PADDED_POOL, backend="reference", batch=1).gradients(
+        {"x": POOL_X, "g": POOL_G}, inputs="x")["x"]
+    np.testing.assert_array_equal(got, x.grad.numpy())
+
+
 RELU_AT_ZERO = """model M {
   input x: float64[batch, 4]
   param p: float64[1, 4] = zeros
