@@ -90,6 +90,37 @@ def test_global_max_pool_gives_a_tied_maximum_to_its_first_cell_like_max_pool(ba
     np.testing.assert_array_equal(grad, [[[0, 1, 0, 0], [5, 0, 0, 0]]])
 
 
+PADDED_POOL = """model M {
+  input x: float64[batch, 2, 6]
+  input g: float64[batch, 2, 3]
+  loss sum(max_pool1d(x, 3, stride = 2, padding = 1) * g)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+POOL_X = np.array([[[-np.inf, -np.inf, -np.inf, -np.inf, 1.0, -np.inf],
+                    [-np.inf, 2.0, 2.0, -np.inf, -np.inf, -np.inf]]])
+POOL_G = np.array([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_pool_gives_an_all_minus_inf_window_to_its_first_real_cell(backend):
+    """A window whose real cells are all -inf (a masked region) ties with its -inf padding:
+    the reference lowering's argmax over the padded window chose the padding, and the
+    window's gradient was dropped; PyTorch's max_pool1d (and the numba kernel) give it to the
+    first real cell. Windows: [pad, 0, 1], [1, 2, 3], [3, 4, 5]."""
+    net = nnlang.compile(PADDED_POOL, backend=backend, batch=1)
+    grad = net.gradients({"x": POOL_X, "g": POOL_G}, inputs="x")["x"]
+    np.testing.assert_array_equal(grad, [[[1, 2, 0, 0, 3, 0], [0, 4 + 5, 0, 6, 0, 0]]])
+
+
+def test_max_pool_all_minus_inf_window_matches_torch():
+    torch = pytest.importorskip("torch")
+    x = torch.tensor(POOL_X, requires_grad=True)
+    (torch.nn.functional.max_pool1d(x, 3, 2, 1) * torch.tensor(POOL_G)).sum().backward()
+    got = nnlang.compile(PADDED_POOL, backend="reference", batch=1).gradients(
+        {"x": POOL_X, "g": POOL_G}, inputs="x")["x"]
+    np.testing.assert_array_equal(got, x.grad.numpy())
+
+
 RELU_AT_ZERO = """model M {
   input x: float64[batch, 4]
   param p: float64[1, 4] = zeros
@@ -119,6 +150,38 @@ def test_relu_keeps_a_nan(backend):
     x = np.array([[np.nan, -1.0, 0.0, 2.0]], np.float32)
     y = nnlang.compile(src, backend=backend, batch=1).forward({"x": x})["y"]
     np.testing.assert_array_equal(y, [[np.nan, 0.0, 0.0, 2.0]])
+
+
+NO_GRADIENT_PATH = """model M {
+  input x: float32[batch, 4]
+  input w: float32[batch, 4]
+  param p: float32[4] = ones
+  loss sum(sign(x) * w) + sum(stop_gradient(p) * w)
+}
+train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_gradient_that_no_path_reaches_is_zero_even_at_inf_and_nan(backend):
+    """An input or weight the loss reaches through no differentiable path has gradient 0
+    (torch: zeros, or None). It was built as x * 0, which is nan where x is inf or nan, so
+    gradients(inputs=...) showed nan for an inf in the data, and a weight that is nan already
+    stayed nan under sgd's update."""
+    net = nnlang.compile(NO_GRADIENT_PATH, backend=backend, batch=1)
+    net.load_state_dict({"p": np.array([np.inf, np.nan, 1.0, -np.inf], np.float32)})
+    x = np.array([[np.inf, -np.inf, np.nan, 2.0]], np.float32)
+    g = net.gradients({"x": x, "w": np.ones((1, 4), np.float32)}, inputs="x")
+    np.testing.assert_array_equal(g["x"], np.zeros((1, 4)))
+    np.testing.assert_array_equal(g["p"], np.zeros(4))
+
+
+def test_a_gradient_that_no_path_reaches_is_zero_in_torch_too():
+    torch = pytest.importorskip("torch")
+    x = torch.tensor([[np.inf, -np.inf, np.nan, 2.0]], requires_grad=True)
+    (torch.sign(x) * torch.ones(1, 4)).sum().backward()
+    got = nnlang.compile(NO_GRADIENT_PATH, backend="numba", batch=1).gradients(
+        {"x": x.detach().numpy(), "w": np.ones((1, 4), np.float32)}, inputs="x")["x"]
+    np.testing.assert_array_equal(got, x.grad.numpy())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

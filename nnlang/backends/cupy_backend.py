@@ -208,9 +208,14 @@ class CupyBackend:
         grid, block, smem = launch_config(info, sizes, self.max_blocks)
         if grid == 0:
             return _noop, ()
-        if int(np.prod(sizes)) > _INT32_MAX:
-            raise NNError(f"a kernel loops over {sizes} = more than 2**31 elements, beyond the "
-                          "32-bit indices of generated CUDA kernels")
+        # NOTE: the last grid-stride step (e + grid * block) must fit the 32-bit index too:
+        # past INT_MAX it wraps negative and the loop writes before the buffer
+        if int(np.prod(sizes)) + grid * block > _INT32_MAX + 1:
+            raise NNError(f"a kernel loops over {sizes} = {int(np.prod(sizes)):,} elements; "
+                          f"with its grid stride ({grid * block:,}) that passes 2**31, beyond "
+                          "the 32-bit indices of generated CUDA kernels",
+                          hint="a smaller batch (--batch), or smaller layers, keeps each tensor "
+                          "under 2**31 elements")
         flat: list = [np.int32(s) for s in sizes]
         reduced = outs[-1:] if info.reduce_axes else ()
         for x in (*loads, *outs[:len(outs) - len(reduced)]):

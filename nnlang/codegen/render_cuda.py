@@ -51,8 +51,10 @@ class CudaLang(ScalarLang):
                        "  return 1.0f / (1.0f + expf(-x));\n}\n",
         "nn_sigmoid": "// sigmoid\n" + _device + "double nn_sigmoid(double x) {\n"
                       "  return 1.0 / (1.0 + exp(-x));\n}\n",
-        "nn_sign": "// sign (0 at 0)\ntemplate <class T> " + _device + "T nn_sign(T x) {\n"
-                   "  return (T)((x > (T)0) - (x < (T)0));\n}\n",
+        # NOTE: x != x keeps a NaN (np.sign's, the numba backend's); ints never take it
+        "nn_sign": "// sign (0 at 0, nan at nan)\ntemplate <class T> " + _device +
+                   "T nn_sign(T x) {\n"
+                   "  return x != x ? x : (T)((x > (T)0) - (x < (T)0));\n}\n",
         "nn_abs": "// integer abs\ntemplate <class T> " + _device + "T nn_abs(T x) {\n"
                   "  return x < (T)0 ? -x : x;\n}\n",
         "nn_max": "// integer max\ntemplate <class T> " + _device + "T nn_max(T a, T b) {\n"

@@ -316,7 +316,9 @@ def _pool(nd, kind):
             y = b.div(b.reduce_sum(cols, axes=axes), divisor)
         return _from_last(b, y, channels_last)
 
-    what = ("largest value (its gradient goes to the first largest cell, as in PyTorch)"
+    what = ("largest value (its gradient goes to the first largest cell, as in PyTorch, "
+            "never to padding; a window holding a NaN gives NaN, its gradient going to the "
+            "first NaN, where PyTorch picks the last)"
             if kind == "max" else
             "mean (padding counts as zeros in the divisor: count_include_pad like PyTorch; "
             "with padding = \"same\" the mean is over the window's cells inside x, as Keras' "
@@ -395,7 +397,8 @@ def _global(kind):
              family="conv",
              doc=f"{kind} over all spatial axes: [batch, channels, *spatial] -> [batch, channels]"
                  " (channels_last = true: [batch, *spatial, channels] -> [batch, channels])"
-                 + ("; a tied maximum's gradient goes to its first cell, as in max_pool"
+                 + ("; a tied maximum's gradient goes to its first cell, and a NaN's to "
+                    "the first NaN, as in max_pool"
                     if kind == "max" else ""),
              samples=(Sample(((2, 3, 5),)), Sample(((2, 3, 4, 5),)),
                       Sample(((2, 6, 3),), {"channels_last": True})))

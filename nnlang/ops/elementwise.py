@@ -106,9 +106,11 @@ _unary("sqrt", "sqrt({0})", np.sqrt,
        lambda b, n, g: (b.div(g, b.mul(n.id, b.const(2.0, n.dtype))),), samples=_POS,
        doc="square root", onnx="Sqrt")
 _unary("abs", "abs({0})", np.abs, lambda b, n, g: (b.mul(g, b.sign(_ins(n))),),
-       float_only=False, doc="|x|", onnx="Abs")
+       float_only=False, doc="|x|; its gradient is sign(x): 0 at x = 0 as in PyTorch, and nan "
+           "at a nan x (PyTorch gives 0 there, as its sign(nan) is 0)", onnx="Abs")
 _unary("sign", "sign({0})", np.sign, lambda b, n, g: (None,), float_only=False,
-       doc="-1, 0 or 1 (no gradient)", onnx="Sign")
+       doc="-1, 0 or 1 (no gradient); sign(nan) is nan, as numpy's (torch.sign gives 0), so "
+           "a nan is not hidden", onnx="Sign")
 _unary("tanh", "tanh({0})", np.tanh,
        lambda b, n, g: (b.mul(g, b.sub(b.const(1.0, n.dtype), b.mul(n.id, n.id))),),
        doc="hyperbolic tangent", onnx="Tanh")

@@ -84,10 +84,14 @@ def _huber(b, pred, target, *, delta):
     a = b.abs(d)
     dl = const_like(b, delta, d)
     # NOTE: a where, not min(a, delta) algebra: the quadratic side is 0.5 * d * d itself, so
-    # its gradient is d exactly (PyTorch's), and |d|'s kink at 0 is never differentiated
-    quad = b.mul(const_like(b, 0.5, d), b.mul(d, d))
+    # its gradient is d exactly (PyTorch's), and |d|'s kink at 0 is never differentiated. It
+    # squares d only where it is chosen (0 elsewhere): its unchosen gradient, 0 * d, was nan
+    # at an infinite residual, where PyTorch gives the linear side's delta * sign(d)
+    inside = b.lt(a, dl)
+    dq = b.where(inside, d, const_like(b, 0.0, d))
+    quad = b.mul(const_like(b, 0.5, d), b.mul(dq, dq))
     lin = b.mul(dl, b.sub(a, b.mul(const_like(b, 0.5, d), dl)))
-    return mean_over(b, b.where(b.lt(a, dl), quad, lin))
+    return mean_over(b, b.where(inside, quad, lin))
 
 
 register("huber", "pred: tensor, target: tensor, delta: float = 1.0", _huber_shape,
@@ -347,9 +351,17 @@ def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None,
         # NOTE: PyTorch's class weights scale every class's log-probability, in the label's
         # term and in label smoothing's mean over classes alike: w_c logp_c
         logp = b.mul(logp, const_like(b, weight, logp))
+    picked = b.mul(labels, logp)
+    if ids in INT_DTYPES:
+        # NOTE: the label's log-probability is selected, not multiplied out: a -inf logit at
+        # another class (a vocabulary mask, or float32's overflow of z - max) has logp -inf,
+        # and one_hot's 0 * -inf was nan, a nan loss where PyTorch's nll_loss picks a finite
+        # one. Probabilities keep the product, as PyTorch's sum(target * logp) does
+        zero = const_like(b, 0.0, logp)
+        picked = b.where(b.ne(labels, zero), picked, zero)
     if not label_smoothing and ignore_index is None and weight is None:
-        return b.neg(mean_over(b, b.reduce_sum(b.mul(labels, logp), axes=[-1])))
-    rows = b.neg(b.reduce_sum(b.mul(labels, logp), axes=[-1]))
+        return b.neg(mean_over(b, b.reduce_sum(picked, axes=[-1])))
+    rows = b.neg(b.reduce_sum(picked, axes=[-1]))
     if label_smoothing:
         # NOTE: PyTorch's targets (1 - e) * labels + e / classes, split as (1 - e) * nll plus e
         # times the mean over classes of -logp, which needs no count of classes (a symbol in
@@ -409,7 +421,9 @@ register("cross_entropy", "logits: tensor, labels: tensor, label_smoothing: floa
          doc="softmax cross-entropy from raw logits [..., classes]: labels are int class ids "
              "[...] (or float probabilities shaped like logits); mean over all rows (batch, "
              "and time for [batch, time, classes]). Two classes at least: for one score per "
-             "example use bce_with_logits. As PyTorch's F.cross_entropy: label_smoothing = e "
+             "example use bce_with_logits. A -inf logit (a masked class) is a probability of "
+             "0: with int ids the loss stays finite unless a row's label is masked (inf, as "
+             "PyTorch). As PyTorch's F.cross_entropy: label_smoothing = e "
              "takes the targets as (1 - e) * labels + e / classes (ids or probabilities); "
              "ignore_index = k (int ids only) leaves out the rows labelled k, from the sum and "
              "from the mean's count (with every row ignored the loss is 0, where PyTorch gives "

@@ -577,7 +577,12 @@ def _window_max_grad_impl(x, g, *, kernel, stride, pads):
     rows = _window_rows(x, kernel, stride, pads)
     first = rows.argmax(axis=-2)[..., None, :]   # the first largest cell, as PyTorch routes it
     taps = np.arange(rows.shape[-2]).reshape((1,) * (rows.ndim - 2) + (-1, 1))
-    cols = np.where(taps == first, g[..., None, :], 0).astype(g.dtype)
+    # NOTE: padding never wins: where a window's real cells are all -inf, argmax may choose
+    # the -inf padding tied with them; the window's g goes to its first real cell instead
+    real = np.isfinite(_window_rows(np.ones((1, *x.shape[1:-1], 1)), kernel, stride, pads))
+    hit = (taps == first) & real
+    hit |= (taps == real.argmax(axis=-2)[..., None, :]) & ~hit.any(axis=-2, keepdims=True)
+    cols = np.where(hit, g[..., None, :], 0).astype(g.dtype)
     nd = len(kernel)
     return _fold_impl(cols.reshape(rows.shape[:1 + nd] + tuple(kernel) + rows.shape[-1:]),
                       size=list(x.shape[1:-1]), kernel=kernel, stride=stride, pads=pads,

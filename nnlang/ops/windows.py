@@ -94,14 +94,32 @@ def window_max_grad_call(xp, a: dict, x, g, out):
     back = fold_call(xp, dict(window, size=list(x.shape[1:-1])), cols, out)
     taps = xp.arange(rows.shape[-2]).reshape((1,) * (rows.ndim - 2) + (-1, 1))
 
+    # NOTE: padding never wins: in a window whose real cells are all -inf the padding ties
+    # with them and argmax may choose it, which dropped the window's g; such a window's g
+    # goes to its first real cell (the numba and CUDA kernels', PyTorch's). Which taps are
+    # real depends on the shapes only: one unfold of ones, [1, *out, K, 1]
+    ones = xp.ones((1, *x.shape[1:-1], 1), x.dtype)
+    real_cols, real = _pool_cols(xp, a, ones.shape, (1, *g.shape[1:-1], 1), x.dtype)
+    fill_real, args = unfold_call(xp, dict(window, pad_value=0.0), ones, real_cols)
+    fill_real(*args)
+    real = real != 0
+    first_real = xp.equal(taps, xp.argmax(real, axis=-2)[..., None, :])
+
     # NOTE: scratch made here, so the step allocates nothing (a GPU step may be captured)
     first = xp.empty(rows.shape[:-2] + rows.shape[-1:], "int64")
     hits = xp.empty(rows.shape, bool)
+    lost = xp.empty(first.shape, bool)
+    moved = xp.empty(rows.shape, bool)
 
     def run():
         fill[0](*fill[1])
         xp.argmax(rows, axis=-2, out=first)
         xp.equal(taps, first[..., None, :], out=hits)
+        xp.logical_and(hits, real, out=hits)
+        xp.any(hits, axis=-2, out=lost)
+        xp.logical_not(lost, out=lost)
+        xp.logical_and(first_real, lost[..., None, :], out=moved)
+        xp.logical_or(hits, moved, out=hits)
         xp.multiply(hits, g[..., None, :], out=rows)
         back[0](*back[1])
     return run, ()

@@ -146,6 +146,12 @@ def named_losses(losses) -> list[str]:
     return [k for k in losses if k != "loss"] if len(losses) > 1 else []
 
 
+def _zeros_like(b: Builder, g: Graph, nid: int, dtype: str) -> int:
+    """The gradient of a tensor no differentiable path reaches: zeros of its shape, not
+    nid * 0, which is nan where the tensor holds inf or nan (torch gives zeros there)."""
+    return b.broadcast_to(b.const(0.0, dtype), shape=list(g.node(nid).shape))
+
+
 def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
                 wrt_inputs: tuple = (), lengths=None, ranks: int = 1, rank: int = 0) -> Graph:
     """Forward + loss + generated backward + optimizer update, as one primitive graph.
@@ -181,7 +187,7 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     for name, nid in params.items():
         zero[name] = grads.get(nid)
         if zero[name] is None:  # NOTE: a weight the loss does not reach still gets a 0 gradient
-            zero[name] = b.mul(nid, b.const(0.0, dtype))
+            zero[name] = _zeros_like(b, g, nid, dtype)
     if ranks > 1 and zero:  # NOTE: a model with all weights frozen has nothing to sync
         zero = sync_gradients(b, zero, ranks)
     updates = append_update(b, params, zero, cfg.optimizer, cfg.clip_norm, lr, add_state)
@@ -195,7 +201,7 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
             # inputs' are too: d(mean of N ranks' losses) / d(this rank's rows) is 1/N of
             # this rank's own loss's
             reached = b.mul(reached, b.const(1.0 / ranks, dtype))
-        g.grads[name] = b.mul(nid, b.const(0.0, dtype)) if reached is None else reached
+        g.grads[name] = _zeros_like(b, g, nid, dtype) if reached is None else reached
     g.losses = {"loss": total, **named}
     g.outputs = {}
     return g

@@ -431,3 +431,36 @@ def test_reductions_on_the_host(op, axes, shape, host_cxx, tmp_path):
                                         np.int32(shape[1]), np.int32(1), red])
     np.testing.assert_allclose(full, want["out0"], rtol=1e-6)
     np.testing.assert_allclose(red.reshape(want["out1"].shape), want["out1"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sign_keeps_a_nan_on_the_host(dtype, host_cxx, tmp_path):
+    """np.sign(nan) is nan, as the numba and reference backends give (and abs's gradient,
+    g * sign(x), with it); the CUDA helper's (x > 0) - (x < 0) gave 0 for a NaN x."""
+    from nnlang.codegen.kernel import Kernel, Load, ScalarOp
+    k = Kernel("k_sign", 1, {"a0": Load("in0", dtype, (False,))}, [],
+               [ScalarOp("v0", "sign", ("a0",), dtype, (dtype,))], [("v0", "out0")])
+    source, names = module_source([k])
+    lib = build(host_cxx, tmp_path, "sign", source, {names[0]: [t for t, _ in params(k)]})
+    x = np.array([np.nan, 0.0, -0.0, 2.0, -3.0, np.inf, -np.inf, 1e-30], dtype)
+    out = np.zeros_like(x)
+    launch(lib, names[0], 2, 4, [np.int32(x.size), x, np.int32(1), out, np.int32(1)])
+    np.testing.assert_array_equal(out, np.sign(x))
+
+
+def test_a_grid_stride_loop_that_would_pass_2_31_is_refused():
+    """An element kernel's index is a 32-bit int stepped by grid * block: with fewer than
+    2**31 elements but within one stride of it, e + stride passed INT_MAX (undefined; in
+    practice a negative index and a write before the buffer). Such a launch is refused; one
+    whose last stride stays below 2**31 is not."""
+    from nnlang.backends.cupy_backend import CudaFunction
+    from nnlang.codegen.kernel import Kernel, Load, ScalarOp
+    from nnlang.errors import NNError
+    k = Kernel("k_big", 1, {"a0": Load("in0", "float32", (False,))}, [],
+               [ScalarOp("v0", "neg", ("a0",), "float32", ("float32",))], [("v0", "out0")])
+    be, fn = CupyBackend(render_only=True), CudaFunction(None, launch_info(k))
+    small = np.zeros(1, np.float32)   # only the sizes matter: nothing is launched
+    grid, block, _ = launch_config(fn.info, [2**31 - 1], be.max_blocks)
+    with pytest.raises(NNError, match="2\\*\\*31"):
+        be.specialize(fn, (2**31 - 1, small, small))
+    be.specialize(fn, (2**31 - grid * block, small, small))

@@ -119,6 +119,48 @@ def test_cross_entropy_with_every_row_ignored_is_zero_not_nan(backend):
     assert loss == 0.0 and not grad.any()
 
 
+def _masked_ce_feeds():
+    """Logits with -inf at classes no row is labelled with (a vocabulary mask, or float32's
+    overflow of z - max): the loss is finite, each row's -log_softmax at its label."""
+    f = _ce_feeds((4, 5), seed=2)
+    f["y"][:] = [1, 2, 4, 2]
+    f["z"][:, 0] = f["z"][1, 3] = -np.inf
+    return f
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opts", ["", ", ignore_index = 4", ", weight = [1.0, 2.0, 0.5, 1.0, 3.0]"])
+def test_cross_entropy_over_masked_logits_is_finite(opts, dtype, backend):
+    """A -inf logit at a class other than the label is a probability of 0 there; the label's
+    log-probability was picked as sum(one_hot * log_softmax), where 0 * -inf is nan, so such
+    a batch had loss nan (the NaN guard stops the run) while its gradient was finite."""
+    f = _masked_ce_feeds()
+    src = _ce_src((4, 5), 0.0, None).replace("label_smoothing = 0.0", opts.lstrip(", ") or
+                                             "label_smoothing = 0.0")
+    loss, grad = _loss_and_grad(src, f, backend, dtype, "z")
+    z, y = f["z"], f["y"]
+    with np.errstate(divide="ignore"):
+        nll = -(z[np.arange(4), y] - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1))
+                - z.max(1))
+    w = {"": np.ones(5), ", ignore_index = 4": np.array([1.0, 1, 1, 1, 0]),
+         ", weight = [1.0, 2.0, 0.5, 1.0, 3.0]": np.array([1.0, 2, 0.5, 1, 3])}[opts][y]
+    _close(loss, (w * nll).sum() / w.sum(), dtype)
+    want_grad = (_softmax(z) - np.eye(5)[y]) * (w / w.sum())[:, None]
+    _close(grad, want_grad, dtype)
+
+
+def test_cross_entropy_over_masked_logits_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    f = _masked_ce_feeds()
+    loss, grad = _loss_and_grad(_ce_src((4, 5), 0.0, None), f, "numba", "float64", "z")
+    z = torch.tensor(f["z"], requires_grad=True)
+    want = torch.nn.functional.cross_entropy(z, torch.from_numpy(f["y"]).long())
+    want.backward()
+    _close(loss, want.item(), "float64")
+    _close(grad, z.grad.numpy(), "float64")
+
+
 @pytest.mark.parametrize("shape,e,ignore", CE_CASES)
 def test_cross_entropy_options_match_pytorch(shape, e, ignore):
     torch = pytest.importorskip("torch")
@@ -317,6 +359,34 @@ def test_huber_matches_numpy(delta, dtype, backend):
     want = np.where(np.abs(d) < delta, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta)).mean()
     _close(loss, want, dtype)
     _close(grad, np.clip(d, -delta, delta) / d.size, dtype)
+
+
+def _huber_outlier_feeds():
+    f = _huber_feeds(1.0)
+    f["p"][0, :3] = [np.inf, -np.inf, 1e30]   # outliers huber is for: the linear side
+    return f
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_huber_gradient_of_an_infinite_residual_is_the_linear_sides(dtype, backend):
+    """huber's gradient is clip(d, -delta, delta) / n at any residual (PyTorch's). At d = inf
+    it was nan: where's unselected quadratic side still took 0 * d = 0 * inf."""
+    f = _huber_outlier_feeds()
+    loss, grad = _loss_and_grad(_huber_src(1.0), f, backend, dtype, "p")
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = (f["p"] - f["t"]).astype(dtype)
+    assert loss == np.inf
+    _close(grad, np.clip(d, -1.0, 1.0) / d.size, dtype)
+
+
+def test_huber_gradient_of_an_infinite_residual_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    f = _huber_outlier_feeds()
+    _, grad = _loss_and_grad(_huber_src(1.0), f, "numba", "float64", "p")
+    p = torch.tensor(f["p"], requires_grad=True)
+    torch.nn.functional.huber_loss(p, torch.from_numpy(f["t"])).backward()
+    _close(grad, p.grad.numpy(), "float64")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
