@@ -342,7 +342,7 @@ def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None,
         places = b.positions(logits, axis=-1, dtype=ids)
         labels = b.cast(b.eq(b.unsqueeze(labels, axis=-1), places), dtype=t.dtype)
     elif ids in INT_DTYPES:
-        labels = b.one_hot(labels, depth=t.shape[-1], dtype=t.dtype)
+        labels = b.one_hot(labels, depth=t.shape[-1], dtype=t.dtype, skip=ignore_index)
     if weight is not None:
         # NOTE: PyTorch's class weights scale every class's log-probability, in the label's
         # term and in label smoothing's mean over classes alike: w_c logp_c
@@ -406,16 +406,16 @@ register("cross_entropy", "logits: tensor, labels: tensor, label_smoothing: floa
                          domain="int:3", dtypes=(None, "int32")),
                   Sample(((3, 4), (3, 4)), {"weight": [1.0, 2.0, 0.5, 3.0],
                                             "label_smoothing": 0.1}, domain="unit")),
-         doc="softmax cross-entropy from raw logits [..., classes]: labels are int class ids "
-             "[...] (or float probabilities shaped like logits); mean over all rows (batch, "
-             "and time for [batch, time, classes]). Two classes at least: for one score per "
-             "example use bce_with_logits. As PyTorch's F.cross_entropy: label_smoothing = e "
-             "takes the targets as (1 - e) * labels + e / classes (ids or probabilities); "
-             "ignore_index = k (int ids only) leaves out the rows labelled k, from the sum and "
-             "from the mean's count (with every row ignored the loss is 0, where PyTorch gives "
-             "nan); weight = [w0, w1, ...] (one per class) scales class c's log-probability "
-             "by w_c, and the mean over int ids becomes sum(w[y_i] * loss_i) / sum(w[y_i]) "
-             "over the kept rows (probabilities keep the plain mean over rows).")
+         doc="softmax cross-entropy from raw logits [..., classes]: labels are int class ids [...]"
+             " (or float probabilities shaped like logits); mean over all rows (batch, and time "
+             "for [batch, time, classes]). Two classes at least: for one score per example use "
+             "bce_with_logits. As PyTorch's F.cross_entropy: label_smoothing = e takes the targets"
+             " as (1 - e) * labels + e / classes (ids or probabilities); ignore_index = k (int ids"
+             " only; k may lie outside the classes, as PyTorch's -100) leaves out the rows "
+             "labelled k, from the sum and from the mean's count (with every row ignored the loss "
+             "is 0, where PyTorch gives nan); weight = [w0, w1, ...] (one per class) scales class "
+             "c's log-probability by w_c, and the mean over int ids becomes sum(w[y_i] * loss_i) /"
+             " sum(w[y_i]) over the kept rows (probabilities keep the plain mean over rows).")
 
 
 # Keras' and PyTorch's losses and metrics that have no op here, written with ops of the
