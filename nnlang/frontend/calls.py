@@ -39,6 +39,10 @@ WRITTEN_OTHERWISE = {
     "stack": "concat the tensors with a new axis each: concat(unsqueeze(a, axis = 1), "
              "unsqueeze(b, axis = 1), axis = 1)",
     **dict.fromkeys(("identity", "Identity"), "write the value itself: y = x"),
+    # NOTE: by letters `detach` is closest to `tanh`, a wrong op that runs
+    "detach": "stop_gradient(x) is x with no gradient flowing back through it (PyTorch's "
+              "x.detach(), TensorFlow's tf.stop_gradient); to freeze a layer's weights pass "
+              "it trainable = false",
     "zeros_like": "x * 0", "ones_like": "x * 0 + 1",
     **dict.fromkeys(("adaptive_avg_pool2d", "AdaptiveAvgPool2d", "adaptive_avg_pool1d"),
                     "to size 1 it is global_avg_pool(x) ([batch, channels]); to another size, "
