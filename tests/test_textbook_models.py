@@ -1670,3 +1670,47 @@ def test_newest_textbook_models_export_to_onnx(name):
     assert sorted(got) == sorted(want)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=0, atol=TOL, err_msg=k)
+
+
+SIAMESE_BN = """
+block Tower(x) {
+  return dense(x, 4, use_bias = false) |> batch_norm |> relu
+}
+model Siamese {
+  input left: float32[batch, 3]
+  input right: float32[batch, 3]
+  a = Tower(left)
+  b = Tower(right, share = a)
+  loss mean((a - b) ** 2)
+}
+train Siamese {
+  optimizer = sgd(lr = 0.1)
+  batch = 4
+}
+"""
+
+
+def test_shared_batch_norm_updates_its_statistics_once_per_call_numpy():
+    """A tower with batch_norm called twice (share =): PyTorch's module updates its running
+    statistics at each call, in call order. Only the last call's update was kept (the left
+    tower's batch statistics were dropped). numpy: both updates, left then right."""
+    net = nnlang.compile(SIAMESE_BN, dtype="float64", batch=4, seed=1)
+    p = net.parameters()
+    rng = np.random.default_rng(0)
+    f = {"left": rng.normal(size=(4, 3)), "right": rng.normal(size=(4, 3)) + 1}
+    mean, var = p["a.batch_norm.running_mean"], p["a.batch_norm.running_var"]
+    for side in ("left", "right"):
+        h = f[side] @ p["a.dense.weight"]
+        mean, var = 0.9 * mean + 0.1 * h.mean(0), 0.9 * var + 0.1 * h.var(0, ddof=1)
+    net.train_step(f)
+    got = net.parameters()
+    np.testing.assert_allclose(got["a.batch_norm.running_mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(got["a.batch_norm.running_var"], var, rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    t = {k: torch.tensor(v) for k, v in p.items()}
+    for side in ("left", "right"):
+        torch.nn.functional.batch_norm(torch.from_numpy(f[side]) @ t["a.dense.weight"],
+                                       t["a.batch_norm.running_mean"],
+                                       t["a.batch_norm.running_var"], training=True)
+    np.testing.assert_allclose(got["a.batch_norm.running_var"],
+                               t["a.batch_norm.running_var"].numpy(), rtol=1e-12)
