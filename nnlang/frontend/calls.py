@@ -362,7 +362,11 @@ class CallElaboration:
                 return existing.id
             self.fail(f"weight '{name}' {fmt_shape(spec.shape)} conflicts with its earlier "
                       f"definition {fmt_shape(existing.shape)}", span,
-                      "shared layers must see inputs of the same shape" if share else None)
+                      # NOTE: the inputs may match where an option differs (groups = 4
+                      # against groups = 2 on the same image): name both causes
+                      "a shared layer must see inputs of the same shape and be called with "
+                      "the same sizes and options (filters, kernel, groups, ...)"
+                      if share else None)
         with self.b.at(span, name.rpartition(".")[0]):
             nid = self.b.emit("param", name=name, dtype=spec.dtype, shape=list(spec.shape),
                               init=spec.init, trainable=trainable)
