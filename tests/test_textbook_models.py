@@ -1216,6 +1216,25 @@ def test_imbalanced_classifier_train_reports_weighted_losses_numpy(tmp_path):
     assert net.evaluate(data)["cls"] == pytest.approx(cls, rel=1e-5)
 
 
+def test_ignored_id_is_refused_at_a_use_that_does_not_skip_it():
+    """Labels that also feed an embedding: -100 would index outside its table, so it is an
+    error there, and the error points at the embedding, not at the cross_entropy that skips
+    it (the first op found with the id was named, whichever it was)."""
+    src = """
+model M {
+  input x: float32[batch, 3]
+  input y: int32[batch]
+  loss cross_entropy(x, y, ignore_index = -100)
+  loss e = mean(embedding(y, 3, 2))
+}
+"""
+    net = nnlang.compile(src, dtype="float64", batch=2)
+    with pytest.raises(nnlang.NNError) as err:
+        net.evaluate({"x": np.ones((2, 3)), "y": np.array([1, -100], np.int32)})
+    assert "the id -100, outside the 3 values" in err.value.message
+    assert "embedding(y, 3, 2)" in str(err.value)
+
+
 def test_imbalanced_classifier_train_against_pytorch(tmp_path):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional

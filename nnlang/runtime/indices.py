@@ -55,9 +55,11 @@ def index_inputs(g: Graph) -> list[IndexInput]:
             src = g.node(src.inputs[0])
         if src.op != "input":
             continue
-        name = src.attrs["name"]
-        skips.setdefault(name, set()).add(n.attrs.get("skip") if n.op == "one_hot" else None)
-        if name not in found or rows < found[name].rows:
+        name, skip = src.attrs["name"], n.attrs.get("skip") if n.op == "one_hot" else None
+        skips.setdefault(name, set()).add(skip)
+        # the error points at the narrowest use, and of equal ones at a use that skips nothing
+        if (name not in found or rows < found[name].rows
+                or rows == found[name].rows and skip is None):
             found[name] = IndexInput(name, rows, n)
     # NOTE: a skipped id is allowed only where every use skips the same one: fed to an
     # embedding too, -100 would still index outside its table
