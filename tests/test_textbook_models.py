@@ -1148,3 +1148,588 @@ model Lm(vocab = 11) {
         torch.from_numpy(net.forward(f)["logits"]).reshape(-1, 11),
         torch.from_numpy(f["target"]).long().reshape(-1), ignore_index=0)
     assert _only(net.evaluate(f)) == pytest.approx(want.item(), rel=1e-12)
+
+
+# *** an imbalanced classifier: class weights, PyTorch's default ignore_index = -100 and a
+# multi-label head with pos_weight, trained by `nnlang train` ***
+
+IMBALANCED = """
+model Imbalanced(hidden = 8) {
+  input x: float32[batch, 5]
+  input label: int32[batch]
+  input tags: float32[batch, 2]
+  h = dense(x, hidden) |> relu
+  logits = dense(h, 3)
+  tag_logits = dense(h, 2)
+  output logits
+  loss cls = cross_entropy(logits, label, weight = [0.2, 1.0, 5.0], ignore_index = -100)
+  loss tag = bce_with_logits(tag_logits, tags, pos_weight = [4.0, 0.5])
+}
+train Imbalanced {
+  data = "imb.npz"
+  optimizer = adam(lr = 0.05)
+  batch = 16
+  epochs = 3
+}
+"""
+IMBALANCED_WEIGHT, IMBALANCED_POS = np.array([0.2, 1.0, 5.0]), np.array([4.0, 0.5])
+
+
+def _imbalanced_run(tmp_path):
+    """`nnlang train` on 16 rows, mostly class 0, two of them labelled -100 (unlabelled, left
+    out as PyTorch's default ignore_index does); one full batch a step."""
+    import csv
+
+    from tests.faults.conftest import cli
+    rng = np.random.default_rng(0)
+    label = rng.choice([0, 0, 0, 0, 0, 1, 1, 2], 16).astype(np.int32)
+    label[[3, 10]] = -100
+    data = {"x": rng.normal(size=(16, 5)).astype(np.float32), "label": label,
+            "tags": (rng.random((16, 2)) < [0.2, 0.7]).astype(np.float32)}
+    np.savez(tmp_path / "imb.npz", **data)
+    (tmp_path / "imb.nn").write_text(IMBALANCED)
+    cli("train", "imb.nn", "--out", "run", code=0, cwd=tmp_path)
+    with open(tmp_path / "run" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return data, rows, nnlang.compile(IMBALANCED, seed=0).parameters()
+
+
+def test_imbalanced_classifier_train_reports_weighted_losses_numpy(tmp_path):
+    """ignore_index = -100 (PyTorch's default, outside the classes) was refused by the check
+    of fed ids, before training (and in evaluate): "the id -100 is outside the 3 values". The
+    first row's losses are the initial weights', by numpy: sum(w[y] nll) / sum(w[y]) over the
+    labelled rows, and PyTorch's pos_weight form of the binary cross-entropy."""
+    from tests import reference as ref
+    data, rows, p = _imbalanced_run(tmp_path)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    h = np.maximum(data["x"] @ p["h.weight"] + p["h.bias"], 0)
+    logp = ref.log_softmax(h @ p["logits.weight"] + p["logits.bias"])
+    kept = data["label"] != -100
+    y = data["label"][kept]
+    w = IMBALANCED_WEIGHT[y]
+    cls = -np.sum(w * logp[kept, y]) / w.sum()
+    z, t = h @ p["tag_logits.weight"] + p["tag_logits.bias"], data["tags"]
+    tag = -np.mean(IMBALANCED_POS * t * np.log(ref.sigmoid(z)) + (1 - t) * np.log(ref.sigmoid(-z)))
+    assert float(rows[0]["train_cls"]) == pytest.approx(cls, rel=1e-5)
+    assert float(rows[0]["train_tag"]) == pytest.approx(tag, rel=1e-5)
+    net = nnlang.compile(IMBALANCED, dtype="float64", batch=16, seed=0)
+    assert net.evaluate(data)["cls"] == pytest.approx(cls, rel=1e-5)
+
+
+def test_ignored_id_is_refused_at_a_use_that_does_not_skip_it():
+    """Labels that also feed an embedding: -100 would index outside its table, so it is an
+    error there, and the error points at the embedding, not at the cross_entropy that skips
+    it (the first op found with the id was named, whichever it was)."""
+    src = """
+model M {
+  input x: float32[batch, 3]
+  input y: int32[batch]
+  loss cross_entropy(x, y, ignore_index = -100)
+  loss e = mean(embedding(y, 3, 2))
+}
+"""
+    net = nnlang.compile(src, dtype="float64", batch=2)
+    with pytest.raises(nnlang.NNError) as err:
+        net.evaluate({"x": np.ones((2, 3)), "y": np.array([1, -100], np.int32)})
+    assert "the id -100, outside the 3 values" in err.value.message
+    assert "embedding(y, 3, 2)" in str(err.value)
+
+
+def test_imbalanced_classifier_train_against_pytorch(tmp_path):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    data, rows, p = _imbalanced_run(tmp_path)
+    t = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
+    opt = torch.optim.Adam(list(t.values()), lr=0.05)
+    x, label, tags = (torch.from_numpy(data[k]) for k in ("x", "label", "tags"))
+    for row in rows:
+        h = F.relu(x @ t["h.weight"] + t["h.bias"])
+        cls = F.cross_entropy(h @ t["logits.weight"] + t["logits.bias"], label.long(),
+                              weight=torch.tensor(IMBALANCED_WEIGHT, dtype=torch.float32))
+        tag = F.binary_cross_entropy_with_logits(
+            h @ t["tag_logits.weight"] + t["tag_logits.bias"], tags,
+            pos_weight=torch.tensor(IMBALANCED_POS, dtype=torch.float32))
+        want = {"train_loss": (cls + tag).item(), "train_cls": cls.item(), "train_tag": tag.item()}
+        assert {k: float(row[k]) for k in want} == pytest.approx(want, rel=2e-5)
+        opt.zero_grad()
+        (cls + tag).backward()
+        opt.step()
+    with np.load(tmp_path / "run" / "checkpoint.npz") as saved:
+        for k, v in t.items():
+            np.testing.assert_allclose(saved[f"state/{k}"], v.detach().numpy(), rtol=1e-4,
+                                       atol=1e-6, err_msg=k)
+
+
+# *** the newest options in textbook blocks: grouped and depthwise convs, causal conv1d,
+# kl_div(log_target), huber, label smoothing; each against a PyTorch twin, trained 3 steps ***
+
+def _bn(F, t, x, n, training=True):
+    return F.batch_norm(x, t[f"{n}.running_mean"], t[f"{n}.running_var"], t[f"{n}.gamma"],
+                        t[f"{n}.beta"], training=training, momentum=0.1, eps=1e-5)
+
+
+def _frozen_stats(net):
+    return [k for k in net.parameters() if ".running_" in k]
+
+
+MOBILENET = {
+    "channels_first": """
+model MobileNet {
+  input image: float32[batch, 4, 8, 8]
+  input label: int32[batch]
+  dw = conv2d(image, 4, 3, stride = 2, padding = 1, groups = 4, use_bias = false)
+  h = batch_norm(dw) |> clip(0, 6)                      # relu6
+  pw = conv2d(h, 8, 1, use_bias = false) |> batch_norm |> clip(0, 6)
+  logits = global_avg_pool(pw) |> dense(3)
+  output logits
+  loss cross_entropy(logits, label)
+}
+train MobileNet {
+  optimizer = sgd(lr = 0.1, momentum = 0.9)
+  batch = 4
+}
+""",
+    "channels_last": """
+model MobileNet {
+  input image: float32[batch, 8, 8, 4]
+  input label: int32[batch]
+  dw = conv2d(image, 4, 3, stride = 2, padding = 1, groups = 4, use_bias = false,
+              channels_last = true)
+  h = permute(dw, [0, 3, 1, 2]) |> batch_norm |> clip(0, 6) |> permute([0, 2, 3, 1])
+  pw = conv2d(h, 8, 1, use_bias = false, channels_last = true) |> permute([0, 3, 1, 2])
+       |> batch_norm |> clip(0, 6)
+  logits = global_avg_pool(pw) |> dense(3)
+  output logits
+  loss cross_entropy(logits, label)
+}
+train MobileNet {
+  optimizer = sgd(lr = 0.1, momentum = 0.9)
+  batch = 4
+}
+"""}
+
+
+def _mobilenet_batches(layout):
+    rng = np.random.default_rng(0)
+    out = [{"image": 3 * rng.normal(size=(4, 4, 8, 8)),
+            "label": rng.integers(0, 3, 4).astype(np.int32)} for _ in range(3)]
+    if layout == "channels_last":
+        for f in out:
+            f["image"] = np.ascontiguousarray(f["image"].transpose(0, 2, 3, 1))
+    return out
+
+
+@pytest.mark.parametrize("layout", sorted(MOBILENET))
+def test_mobilenet_v1_block_against_pytorch(layout):
+    """Depthwise 3x3 stride 2 (groups = channels), batch_norm, relu6 as clip, pointwise 1x1:
+    torch's groups = 4 conv, both layouts, 3 SGD steps and the evaluation forward."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = nnlang.compile(MOBILENET[layout], dtype="float64", batch=4, seed=1)
+    t = _torch_weights(torch, net, frozen=_frozen_stats(net))
+
+    def model(x, training=True):
+        if layout == "channels_last":
+            x = x.permute(0, 3, 1, 2)
+        h = F.conv2d(x, t["dw.weight"], stride=2, padding=1, groups=4)
+        h = torch.clamp(_bn(F, t, h, "h", training), 0, 6)
+        h = torch.clamp(_bn(F, t, F.conv2d(h, t["conv2d.weight"]), "pw", training), 0, 6)
+        return h.mean((2, 3)) @ t["logits.weight"] + t["logits.bias"]
+
+    def loss_fn(f):
+        return F.cross_entropy(model(torch.from_numpy(f["image"])),
+                               torch.from_numpy(f["label"]).long())
+    batches = _mobilenet_batches(layout)
+    _steps_against(net, torch, t, batches, loss_fn,
+                   torch.optim.SGD([v for v in t.values() if v.requires_grad], lr=0.1,
+                                   momentum=0.9))
+    with torch.no_grad():
+        want = model(torch.from_numpy(batches[0]["image"]), training=False).numpy()
+    np.testing.assert_allclose(net.forward(batches[0])["logits"], want, rtol=1e-9, atol=1e-12)
+
+
+def test_mobilenet_block_layouts_agree_numpy():
+    """The channels_last block on the transposed image is the channels-first block, weights
+    for weights; the depthwise conv holds 9 weights per channel (Keras' DepthwiseConv2D)."""
+    first = nnlang.compile(MOBILENET["channels_first"], dtype="float64", batch=4, seed=1)
+    last = nnlang.compile(MOBILENET["channels_last"], dtype="float64", batch=4, seed=2)
+    p = first.parameters()
+    assert sorted(p) == sorted(last.parameters())
+    assert p["dw.weight"].shape == (4, 1, 3, 3)
+    assert sum(v.size for k, v in p.items() if ".running_" not in k) == \
+        4 * 9 + 2 * 4 + 4 * 8 + 2 * 8 + 8 * 3 + 3
+    last.load_state_dict(p)
+    f_first = _mobilenet_batches("channels_first")[0]
+    f_last = _mobilenet_batches("channels_last")[0]
+    np.testing.assert_allclose(last.forward(f_last)["logits"], first.forward(f_first)["logits"],
+                               rtol=1e-12, atol=1e-14)
+    assert last.train_step(f_last) == pytest.approx(first.train_step(f_first), rel=1e-12)
+
+
+RESNEXT = """
+block Bottleneck(x, width = 8, out = 8, cardinality = 4) {
+  a = conv2d(x, width, 1, use_bias = false) |> batch_norm |> relu
+  g = conv2d(a, width, 3, padding = 1, groups = cardinality, use_bias = false)
+      |> batch_norm |> relu
+  c = conv2d(g, out, 1, use_bias = false) |> batch_norm
+  return relu(c + x)
+}
+model ResNeXt {
+  input image: float32[batch, 8, 5, 5]
+  input label: int32[batch]
+  b = Bottleneck(image)
+  logits = global_avg_pool(b) |> dense(3)
+  output logits
+  loss cross_entropy(logits, label)
+}
+train ResNeXt {
+  optimizer = sgd(lr = 0.1, momentum = 0.9, weight_decay = 0.01)
+  batch = 4
+}
+"""
+
+
+def _resnext_batches():
+    rng = np.random.default_rng(0)
+    return [{"image": rng.normal(size=(4, 8, 5, 5)),
+             "label": rng.integers(0, 3, 4).astype(np.int32)} for _ in range(3)]
+
+
+def test_resnext_bottleneck_against_pytorch():
+    """1x1, grouped 3x3 (cardinality 4), 1x1, batch_norm and the identity shortcut, with SGD's
+    momentum and weight decay (on every weight, gamma and beta too, as torch's SGD)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = nnlang.compile(RESNEXT, dtype="float64", batch=4, seed=1)
+    t = _torch_weights(torch, net, frozen=_frozen_stats(net))
+
+    def model(x, training=True):
+        a = F.relu(_bn(F, t, F.conv2d(x, t["b.conv2d.weight"]), "b.a", training))
+        g = F.conv2d(a, t["b.conv2d_1.weight"], padding=1, groups=4)
+        g = F.relu(_bn(F, t, g, "b.g", training))
+        c = _bn(F, t, F.conv2d(g, t["b.conv2d_2.weight"]), "b.c", training)
+        return F.relu(c + x).mean((2, 3)) @ t["logits.weight"] + t["logits.bias"]
+
+    def loss_fn(f):
+        return F.cross_entropy(model(torch.from_numpy(f["image"])),
+                               torch.from_numpy(f["label"]).long())
+    batches = _resnext_batches()
+    _steps_against(net, torch, t, batches, loss_fn,
+                   torch.optim.SGD([v for v in t.values() if v.requires_grad], lr=0.1,
+                                   momentum=0.9, weight_decay=0.01))
+    with torch.no_grad():
+        want = model(torch.from_numpy(batches[0]["image"]), training=False).numpy()
+    np.testing.assert_allclose(net.forward(batches[0])["logits"], want, rtol=1e-9, atol=1e-12)
+
+
+def test_resnext_grouped_conv_parameters_and_forward_numpy():
+    """The grouped 3x3 holds width * (width / 4) * 9 weights, a quarter of a dense 3x3's, and
+    evaluates (running statistics 0 and 1 at the start) as 4 convs of 2 channels each, numpy."""
+    net = nnlang.compile(RESNEXT, dtype="float64", batch=4, seed=1)
+    p = net.parameters()
+    assert p["b.conv2d_1.weight"].shape == (8, 2, 3, 3)
+    assert sum(v.size for k, v in p.items() if ".running_" not in k) == \
+        64 + 8 * 2 * 9 + 64 + 3 * 16 + 8 * 3 + 3
+    x = _resnext_batches()[0]["image"]
+
+    def conv(h, w, pad=0):
+        h = np.pad(h, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        k = w.shape[-1]
+        win = np.lib.stride_tricks.sliding_window_view(h, (k, k), axis=(2, 3))
+        return np.einsum("bchwij,ocij->bohw", win, w)
+
+    def bn(h, n):   # evaluation: (h - 0) / sqrt(1 + eps) * gamma + beta
+        return (h / np.sqrt(1 + 1e-5) * p[f"{n}.gamma"][:, None, None]
+                + p[f"{n}.beta"][:, None, None])
+    a = np.maximum(bn(conv(x, p["b.conv2d.weight"]), "b.a"), 0)
+    w = p["b.conv2d_1.weight"]
+    g = np.concatenate([conv(a[:, 2 * i:2 * i + 2], w[2 * i:2 * i + 2], pad=1)
+                        for i in range(4)], axis=1)
+    c = bn(conv(np.maximum(bn(g, "b.g"), 0), p["b.conv2d_2.weight"]), "b.c")
+    logits = np.maximum(c + x, 0).mean((2, 3)) @ p["logits.weight"] + p["logits.bias"]
+    np.testing.assert_allclose(net.forward({"image": x})["logits"], logits, rtol=1e-10)
+
+
+DISTILL = """
+block Teacher(x) {
+  return dense(x, 16) |> relu |> dense(5)
+}
+model Distill(T = 4.0, alpha = 0.7) {
+  input x: float32[batch, 6]
+  input label: int32[batch]
+  teacher = Teacher(x, trainable = false)
+  student = dense(x, 5)
+  output student
+  loss soft = alpha * T ** 2 * kl_div(log_softmax(student / T), log_softmax(teacher / T),
+                                      log_target = true)
+  loss hard = (1 - alpha) * cross_entropy(student, label, label_smoothing = 0.1)
+}
+train Distill {
+  optimizer = adam(lr = 0.05)
+  batch = 4
+}
+"""
+TEACHER = ("teacher.dense.weight", "teacher.dense.bias", "teacher.dense_1.weight",
+           "teacher.dense_1.bias")
+
+
+def _distill_batches():
+    rng = np.random.default_rng(0)
+    return [{"x": rng.normal(size=(4, 6)), "label": rng.integers(0, 5, 4).astype(np.int32)}
+            for _ in range(3)]
+
+
+def _distill_losses(p, f):
+    """Hinton's recipe in numpy: T^2 KL(teacher_T || student_T) per example, and the
+    smoothed cross-entropy ((1 - e) nll + e mean(-logp)) on the hard labels."""
+    from tests import reference as ref
+    teacher = np.maximum(f["x"] @ p[TEACHER[0]] + p[TEACHER[1]], 0) @ p[TEACHER[2]] + p[TEACHER[3]]
+    student = f["x"] @ p["student.weight"] + p["student.bias"]
+    s, t = ref.log_softmax(student / 4), ref.log_softmax(teacher / 4)
+    soft = 0.7 * 16 * np.sum(np.exp(t) * (t - s)) / len(t)
+    logp = ref.log_softmax(student)
+    rows = 0.9 * -logp[np.arange(4), f["label"]] + 0.1 * -logp.mean(-1)
+    return {"soft": soft, "hard": 0.3 * rows.mean()}
+
+
+def test_distillation_frozen_teacher_numpy():
+    """The teacher (trainable = false) gets no gradient and keeps its weights; the soft and
+    hard losses are numpy's, before and after a step."""
+    net = nnlang.compile(DISTILL, dtype="float64", batch=4, seed=1)
+    start = net.parameters()
+    assert sorted(net.gradients(_distill_batches()[0])) == ["student.bias", "student.weight"]
+    for f in _distill_batches():
+        p = net.parameters()
+        want = _distill_losses(p, f)
+        assert net.evaluate(f) == pytest.approx({"loss": sum(want.values()), **want}, rel=1e-12)
+        net.train_step(f)
+    for k in TEACHER:
+        np.testing.assert_array_equal(net.parameters()[k], start[k])
+    assert not np.allclose(net.parameters()["student.weight"], start["student.weight"])
+
+
+def test_distillation_against_pytorch():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = nnlang.compile(DISTILL, dtype="float64", batch=4, seed=1)
+    t = _torch_weights(torch, net, frozen=TEACHER)
+
+    def loss_fn(f):
+        x = torch.from_numpy(f["x"])
+        teacher = (F.relu(x @ t[TEACHER[0]] + t[TEACHER[1]]) @ t[TEACHER[2]] + t[TEACHER[3]])
+        student = x @ t["student.weight"] + t["student.bias"]
+        soft = F.kl_div(F.log_softmax(student / 4, -1), F.log_softmax(teacher / 4, -1),
+                        reduction="batchmean", log_target=True)
+        hard = F.cross_entropy(student, torch.from_numpy(f["label"]).long(),
+                               label_smoothing=0.1)
+        return 0.7 * 16 * soft + 0.3 * hard
+    _steps_against(net, torch, t, _distill_batches(), loss_fn,
+                   torch.optim.Adam([t["student.weight"], t["student.bias"]], lr=0.05))
+
+
+WAVENET = """
+block Gated(x, d, ch = 4) {
+  f = conv1d(x, ch, 2, dilation = d, padding = "causal") |> tanh
+  g = conv1d(x, ch, 2, dilation = d, padding = "causal") |> sigmoid
+  z = f * g
+  res = conv1d(z, ch, 1)
+  skip = conv1d(z, ch, 1)
+  return x + res, skip
+}
+model WaveNet {
+  input signal: float32[batch, 1, 10]
+  input target: float32[batch, 10]
+  x0 = conv1d(signal, 4, 1)
+  h1, s1 = Gated(x0, 1)
+  h2, s2 = Gated(h1, 2)
+  h3, s3 = Gated(h2, 4)
+  pred = relu(s1 + s2 + s3) |> conv1d(1, 1) |> squeeze(axis = 1)
+  output pred
+  loss huber(pred, target, delta = 0.5)
+}
+train WaveNet {
+  optimizer = adam(lr = 0.01)
+  batch = 3
+}
+"""
+
+
+def _wavenet_batches():
+    """The next sample of a noise signal, twice as loud: |error| both sides of delta."""
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(3):
+        s = rng.normal(size=(3, 1, 11))
+        out.append({"signal": s[:, :, :-1].copy(), "target": 2 * s[:, 0, 1:]})
+    return out
+
+
+def test_wavenet_gated_causal_stack_against_pytorch():
+    """tanh * sigmoid gates on causal dilated convs (1, 2, 4), residual and skip sums, huber:
+    torch's left-padded conv1d and F.huber_loss. The last block's residual conv feeds nothing
+    (its gradient is zero, torch's None)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = nnlang.compile(WAVENET, dtype="float64", batch=3, seed=1)
+    t = _torch_weights(torch, net)
+
+    def conv(x, n, d=1):
+        k = t[f"{n}.weight"].shape[-1]
+        return F.conv1d(F.pad(x, ((k - 1) * d, 0)), t[f"{n}.weight"], t[f"{n}.bias"], dilation=d)
+
+    def loss_fn(f):
+        x, skips = conv(torch.from_numpy(f["signal"]), "x0"), 0
+        for n, d in (("h1", 1), ("h2", 2), ("h3", 4)):
+            z = torch.tanh(conv(x, f"{n}.f", d)) * torch.sigmoid(conv(x, f"{n}.g", d))
+            x, skips = x + conv(z, f"{n}.res"), skips + conv(z, f"{n}.skip")
+        pred = conv(F.relu(skips), "pred").squeeze(1)
+        # 0 * x: the unused residual conv's gradient is zero, where torch would leave None
+        return F.huber_loss(pred, torch.from_numpy(f["target"]), delta=0.5) + 0 * x.sum()
+    _steps_against(net, torch, t, _wavenet_batches(), loss_fn,
+                   torch.optim.Adam(list(t.values()), lr=0.01))
+
+
+def test_wavenet_is_causal_numpy():
+    """A change at time 6 moves no prediction before it; the receptive field is 1 + 1 + 2 + 4
+    = 8 samples, so it reaches time 13 (past the end) and moves all of 6..9."""
+    net = nnlang.compile(WAVENET, dtype="float64", batch=3, seed=1)
+    f = _wavenet_batches()[0]
+    g = {**f, "signal": f["signal"].copy()}
+    g["signal"][:, :, 6] += 1.0
+    moved = np.abs(net.forward(g)["pred"] - net.forward(f)["pred"]).max(0) > 1e-12
+    assert moved.tolist() == [False] * 6 + [True] * 4
+
+
+RANKING = """
+block Embed(x) {
+  return dense(x, 8) |> relu |> dense(4)
+}
+model Triplet(margin = 0.5) {
+  input anchor: float32[batch, 6]
+  input pos: float32[batch, 6]
+  input neg: float32[batch, 6]
+  input y: float32[batch]
+  a = Embed(anchor)
+  p = Embed(pos, share = a)
+  n = Embed(neg, share = a)
+  # the formulas `nnlang check` hints for triplet_margin_loss and margin_ranking_loss
+  dp = sqrt(sum((a - p + 1e-6) ** 2, axis = -1))
+  dn = sqrt(sum((a - n + 1e-6) ** 2, axis = -1))
+  output a
+  loss triplet = mean(relu(dp - dn + margin))
+  loss ranking = mean(relu(0.2 - y * (dn - dp)))
+}
+train Triplet {
+  optimizer = sgd(lr = 0.1, momentum = 0.9, nesterov = true)
+  batch = 4
+}
+"""
+EMBED = ("a.dense.weight", "a.dense.bias", "a.dense_1.weight", "a.dense_1.bias")
+
+
+def _ranking_batches():
+    rng = np.random.default_rng(0)
+    return [{"anchor": rng.normal(size=(4, 6)), "pos": rng.normal(size=(4, 6)),
+             "neg": rng.normal(size=(4, 6)), "y": rng.choice([-1.0, 1.0], 4)}
+            for _ in range(3)]
+
+
+def test_siamese_triplet_and_ranking_losses_numpy():
+    """The hints' own formulas (PyTorch's pairwise_distance adds 1e-6 to the difference, not
+    to the square; the tutorial's triplet above does the latter) on three calls of one tower
+    (share =): one set of weights, and the losses numpy's."""
+    net = nnlang.compile(RANKING, dtype="float64", batch=4, seed=1)
+    p, f = net.parameters(), _ranking_batches()[0]
+    assert sorted(p) == sorted(EMBED)
+
+    def embed(x):
+        return np.maximum(x @ p[EMBED[0]] + p[EMBED[1]], 0) @ p[EMBED[2]] + p[EMBED[3]]
+    a, pos, neg = (embed(f[k]) for k in ("anchor", "pos", "neg"))
+    dp, dn = (np.sqrt(np.sum((a - v + 1e-6) ** 2, -1)) for v in (pos, neg))
+    want = {"triplet": np.mean(np.maximum(dp - dn + 0.5, 0)),
+            "ranking": np.mean(np.maximum(0.2 - f["y"] * (dn - dp), 0))}
+    assert net.evaluate(f) == pytest.approx({"loss": sum(want.values()), **want}, rel=1e-12)
+
+
+def test_siamese_triplet_against_pytorch():
+    """torch's F.triplet_margin_loss and F.margin_ranking_loss on F.pairwise_distance, SGD
+    with Nesterov momentum."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = nnlang.compile(RANKING, dtype="float64", batch=4, seed=1)
+    t = _torch_weights(torch, net)
+
+    def embed(x):
+        return F.relu(torch.from_numpy(x) @ t[EMBED[0]] + t[EMBED[1]]) @ t[EMBED[2]] + t[EMBED[3]]
+
+    def loss_fn(f):
+        a, p, n = (embed(f[k]) for k in ("anchor", "pos", "neg"))
+        ranking = F.margin_ranking_loss(F.pairwise_distance(a, n), F.pairwise_distance(a, p),
+                                        torch.from_numpy(f["y"]), margin=0.2)
+        return F.triplet_margin_loss(a, p, n, margin=0.5) + ranking
+    _steps_against(net, torch, t, _ranking_batches(), loss_fn,
+                   torch.optim.SGD(list(t.values()), lr=0.1, momentum=0.9, nesterov=True))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_channels_first", "mobilenet_channels_last",
+                                  "resnext", "distill", "wavenet", "triplet", "imbalanced"])
+def test_newest_textbook_models_export_to_onnx(name):
+    """`nnlang export` of each: onnxruntime's outputs equal nnlang's (float32, batch 3)."""
+    from tests.test_export import TOL, drawn_batch, run_onnx
+    pytest.importorskip("onnxruntime")
+    src = {"mobilenet_channels_first": MOBILENET["channels_first"],
+           "mobilenet_channels_last": MOBILENET["channels_last"], "resnext": RESNEXT,
+           "distill": DISTILL.replace("output student", "output student\n  output teacher"),
+           "wavenet": WAVENET, "triplet": RANKING,
+           "imbalanced": IMBALANCED.replace("output logits", "output logits\n  output tag_logits")
+           }[name]
+    net = nnlang.compile(src, batch=3, seed=1)
+    feeds = drawn_batch(net, 3)
+    want, got = net.forward(feeds), run_onnx(nnlang.export_onnx(net), feeds)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=TOL, err_msg=k)
+
+
+SIAMESE_BN = """
+block Tower(x) {
+  return dense(x, 4, use_bias = false) |> batch_norm |> relu
+}
+model Siamese {
+  input left: float32[batch, 3]
+  input right: float32[batch, 3]
+  a = Tower(left)
+  b = Tower(right, share = a)
+  loss mean((a - b) ** 2)
+}
+train Siamese {
+  optimizer = sgd(lr = 0.1)
+  batch = 4
+}
+"""
+
+
+def test_shared_batch_norm_updates_its_statistics_once_per_call_numpy():
+    """A tower with batch_norm called twice (share =): PyTorch's module updates its running
+    statistics at each call, in call order. Only the last call's update was kept (the left
+    tower's batch statistics were dropped). numpy: both updates, left then right."""
+    net = nnlang.compile(SIAMESE_BN, dtype="float64", batch=4, seed=1)
+    p = net.parameters()
+    rng = np.random.default_rng(0)
+    f = {"left": rng.normal(size=(4, 3)), "right": rng.normal(size=(4, 3)) + 1}
+    mean, var = p["a.batch_norm.running_mean"], p["a.batch_norm.running_var"]
+    for side in ("left", "right"):
+        h = f[side] @ p["a.dense.weight"]
+        mean, var = 0.9 * mean + 0.1 * h.mean(0), 0.9 * var + 0.1 * h.var(0, ddof=1)
+    net.train_step(f)
+    got = net.parameters()
+    np.testing.assert_allclose(got["a.batch_norm.running_mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(got["a.batch_norm.running_var"], var, rtol=1e-12)
+    torch = pytest.importorskip("torch")
+    t = {k: torch.tensor(v) for k, v in p.items()}
+    for side in ("left", "right"):
+        torch.nn.functional.batch_norm(torch.from_numpy(f[side]) @ t["a.dense.weight"],
+                                       t["a.batch_norm.running_mean"],
+                                       t["a.batch_norm.running_var"], training=True)
+    np.testing.assert_allclose(got["a.batch_norm.running_var"],
+                               t["a.batch_norm.running_var"].numpy(), rtol=1e-12)

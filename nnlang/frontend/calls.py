@@ -39,6 +39,10 @@ WRITTEN_OTHERWISE = {
     "stack": "concat the tensors with a new axis each: concat(unsqueeze(a, axis = 1), "
              "unsqueeze(b, axis = 1), axis = 1)",
     **dict.fromkeys(("identity", "Identity"), "write the value itself: y = x"),
+    # NOTE: by letters `detach` is closest to `tanh`, a wrong op that runs
+    "detach": "stop_gradient(x) is x with no gradient flowing back through it (PyTorch's "
+              "x.detach(), TensorFlow's tf.stop_gradient); to freeze a layer's weights pass "
+              "it trainable = false",
     "zeros_like": "x * 0", "ones_like": "x * 0 + 1",
     **dict.fromkeys(("adaptive_avg_pool2d", "AdaptiveAvgPool2d", "adaptive_avg_pool1d"),
                     "to size 1 it is global_avg_pool(x) ([batch, channels]); to another size, "
@@ -358,7 +362,11 @@ class CallElaboration:
                 return existing.id
             self.fail(f"weight '{name}' {fmt_shape(spec.shape)} conflicts with its earlier "
                       f"definition {fmt_shape(existing.shape)}", span,
-                      "shared layers must see inputs of the same shape" if share else None)
+                      # NOTE: the inputs may match where an option differs (groups = 4
+                      # against groups = 2 on the same image): name both causes
+                      "a shared layer must see inputs of the same shape and be called with "
+                      "the same sizes and options (filters, kernel, groups, ...)"
+                      if share else None)
         with self.b.at(span, name.rpartition(".")[0]):
             nid = self.b.emit("param", name=name, dtype=spec.dtype, shape=list(spec.shape),
                               init=spec.init, trainable=trainable)

@@ -292,6 +292,13 @@ class Builder:
         name = self.g.node(param).attrs["name"]
         self.g.updates[name] = value
 
+    def state_now(self, param: int) -> int:
+        """The value of the persistent `param` after the updates emitted so far: a layer
+        called twice (`share =`) updates from its first call's result, in call order, as a
+        PyTorch module called twice does (from `param` each, the last call's update alone
+        was kept)."""
+        return self.g.updates.get(self.g.node(param).attrs["name"], param)
+
     def salt(self) -> int:
         """A number unique to each random site, so two dropouts draw different masks."""
         self.g.salt += 1

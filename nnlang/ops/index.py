@@ -228,20 +228,24 @@ register("scatter_add", "src: tensor, idx: tensor, rows: int", _scatter_shape,
                          dtypes=(None, "int32")),))
 
 
-def _one_hot_shape(idx: TensorType, *, depth, dtype) -> TensorType:
+def _one_hot_shape(idx: TensorType, *, depth, dtype, skip=None) -> TensorType:
     _int_indices(idx, 0)
     need_positive("one_hot", "depth", depth)
     return TensorType(idx.shape + (depth,), dtype)
 
 
-register("one_hot", "idx: tensor, depth: int, dtype: dtype = 'float32'", _one_hot_shape,
+register("one_hot", "idx: tensor, depth: int, dtype: dtype = 'float32', skip: int = none",
+         _one_hot_shape,
          onnx=_onnx_one_hot,
-         impl=lambda idx, *, depth, dtype: (idx[..., None] == np.arange(depth)).astype(dtype),
+         impl=lambda idx, *, depth, dtype, skip=None: (idx[..., None] == np.arange(depth))
+         .astype(dtype),
          lower={"numba": _one_hot_numba, "cuda": _one_hot_cuda},
          family="index", traits={INDEX, NONDIFF},
          doc="1.0 at each index along a new last axis; an id outside [0, depth) computed in "
              "the model (negative ones included) gives a row of zeros, as tf.one_hot "
-             "(torch's one_hot raises; ids fed as an input are checked when fed)",
+             "(torch's one_hot raises; ids fed as an input are checked when fed). skip = k: "
+             "a fed id k is no error either (its row of zeros is meant: cross_entropy's "
+             "ignore_index, PyTorch's -100)",
          samples=(Sample(((2, 3),), {"depth": 4}, domain="int:4", dtypes=("int32",),
                          grad=False),))
 

@@ -346,7 +346,7 @@ def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None,
         places = b.positions(logits, axis=-1, dtype=ids)
         labels = b.cast(b.eq(b.unsqueeze(labels, axis=-1), places), dtype=t.dtype)
     elif ids in INT_DTYPES:
-        labels = b.one_hot(labels, depth=t.shape[-1], dtype=t.dtype)
+        labels = b.one_hot(labels, depth=t.shape[-1], dtype=t.dtype, skip=ignore_index)
     if weight is not None:
         # NOTE: PyTorch's class weights scale every class's log-probability, in the label's
         # term and in label smoothing's mean over classes alike: w_c logp_c
@@ -425,7 +425,8 @@ register("cross_entropy", "logits: tensor, labels: tensor, label_smoothing: floa
              "0: with int ids the loss stays finite unless a row's label is masked (inf, as "
              "PyTorch). As PyTorch's F.cross_entropy: label_smoothing = e "
              "takes the targets as (1 - e) * labels + e / classes (ids or probabilities); "
-             "ignore_index = k (int ids only) leaves out the rows labelled k, from the sum and "
+             "ignore_index = k (int ids only; k may lie outside the classes, as PyTorch's -100) "
+             "leaves out the rows labelled k, from the sum and "
              "from the mean's count (with every row ignored the loss is 0, where PyTorch gives "
              "nan); weight = [w0, w1, ...] (one per class) scales class c's log-probability "
              "by w_c, and the mean over int ids becomes sum(w[y_i] * loss_i) / sum(w[y_i]) "

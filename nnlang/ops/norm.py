@@ -136,9 +136,10 @@ def _update_running(b, running_mean, running_var, mean, var, momentum, t, ax):
     m, c = const_like(b, momentum, running_mean), [t.shape[1]]
     keep = const_like(b, 1.0 - momentum, running_mean)
     unbiased = b.mul(b.reshape(var, shape=c), const_like(b, n / (n - 1), running_var))
-    b.update_state(running_mean, b.add(b.mul(keep, running_mean),
+    b.update_state(running_mean, b.add(b.mul(keep, b.state_now(running_mean)),
                                        b.mul(m, b.reshape(mean, shape=c))))
-    b.update_state(running_var, b.add(b.mul(keep, running_var), b.mul(m, unbiased)))
+    b.update_state(running_var, b.add(b.mul(keep, b.state_now(running_var)),
+                                      b.mul(m, unbiased)))
 
 
 def _frozen(b, param) -> bool:
@@ -185,5 +186,7 @@ register("batch_norm", "x: tensor, momentum: float = 0.1, eps: float = 1e-5", _b
              "(non-trainable). Params gamma (ones), beta (zeros), running_mean (zeros), "
              "running_var (ones); momentum is PyTorch's (new = (1-m) old + m batch). Frozen "
              "(trainable = false, or in a frozen block) it normalizes with the running "
-             "statistics in training too and never updates them, as Keras does.",
+             "statistics in training too and never updates them, as Keras does. Called again "
+             "with share = (a Siamese tower) it updates them at each call, in call order, as "
+             "a PyTorch module called twice.",
          samples=(Sample(((4, 3),)), Sample(((2, 3, 4, 5),))))

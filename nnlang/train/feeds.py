@@ -175,7 +175,7 @@ def check_ids(graph, ds, mapping: dict[str, str], splits=None) -> None:
             name = mapping[c.name]
             arr = split.arrays[name]
             flat = arr.flat if isinstance(arr, Ragged) else np.asarray(arr).reshape(len(arr), -1)
-            bad = (flat < 0) | (flat >= c.rows)
+            bad = c.bad(flat)
             if not bad.any():
                 continue
             at = int(np.argmax(bad.reshape(-1)))
