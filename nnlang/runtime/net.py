@@ -149,6 +149,13 @@ class Net:
                            "nnlang.compile with load_state_dict; copy.deepcopy(net) copies one "
                            "in the same process")
 
+    def save(self, path):
+        # NOTE: what a Keras user tries first; writing a checkpoint is the train floor's, above
+        # this one (tests/test_layering.py), so the public API does it
+        raise NNError("a Net saves through the public API: nnlang.save(net, path)",
+                      hint="nnlang.save writes a checkpoint that nnlang eval, predict, export "
+                           "and train --resume read; nnlang.restore(model, path) reads it back")
+
     # *** state ***
     def _init_state(self) -> dict:
         check_memory(self.user, self.batch, self.dtype)  # NOTE: before a weight is allocated

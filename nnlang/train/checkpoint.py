@@ -136,6 +136,20 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
     return Checkpoint(state, meta, path)
 
 
+def check_vocabulary(path, meta: dict, ds, instead: str) -> None:
+    """An error when the checkpoint `path` (its `meta`) names no data (`nnlang.save` without `data`) and
+    the data set `ds` encodes text with a vocabulary: built now from the data, its ids could
+    stand for other words than the net was trained on, and nothing would say so. `instead`:
+    what to do in Python instead."""
+    from nnlang.data.registry import trained_words
+    if "data" in meta or trained_words(ds.meta) is None:
+        return
+    raise NNError(f"{path} was saved by nnlang.save without its data set, so the "
+                  f"vocabulary its text was encoded with is unknown; data set '{ds.name}' would "
+                  f"encode with one of its own", hint=f"save it with nnlang.save(net, path, "
+                  f"data=...) (the Dataset the loop was fed from, or its name), or {instead}")
+
+
 def _check_choice(path, choice: Choice, registry: dict, what: str) -> None:
     """The optimizer or schedule a resume rebuilds: a known name with every option, each of its
     type, as a run writes it (else a KeyError or TypeError inside the resumed run)."""
@@ -210,7 +224,7 @@ def unreadable(path, why: str) -> NNError:
 # --resume and --init-from each read some of it, so it is checked here, once, where the file is
 # named, not as a KeyError in whichever command reached the missing part first
 _NEEDED = {"model": str, "epoch": int, "step": int, "config": dict, "rng_state": dict}
-_OPTIONAL = {"step_in_epoch": int, "total_steps": int, "hparams": dict, "overrides": dict,
+_OPTIONAL = {"step_in_epoch": int, "total_steps": int, "steps_per_epoch": int, "hparams": dict, "overrides": dict,
              "source": str, "file": str, "data": dict}
 
 
