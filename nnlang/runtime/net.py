@@ -145,9 +145,9 @@ class Net:
         # NOTE: its executables hold compiled kernels and its parse holds grammar objects:
         # pickle failed deep inside with "cannot pickle 'module' object"
         raise NNError("a Net cannot be pickled (it holds compiled kernels)",
-                      hint="save net.state_dict() (np.savez) and load it into a net from "
-                           "nnlang.compile with load_state_dict; copy.deepcopy(net) copies one "
-                           "in the same process")
+                      hint="nnlang.save(net, path) writes it and nnlang.restore reads it back "
+                           "(net.state_dict() is its arrays alone); copy.deepcopy(net) copies "
+                           "one in the same process")
 
     def save(self, path):
         # NOTE: what a Keras user tries first; writing a checkpoint is the train floor's, above

@@ -123,7 +123,8 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
                           f"'{_META}' entry)",
                           hint="weights saved with np.savez load into a compiled net: "
                                f"net.load_state_dict(dict(np.load('{path.name}'))), then use "
-                               "that net (net.forward, nnlang.export_onnx(net))") from None
+                               "that net (net.forward, nnlang.export_onnx(net)), or "
+                               "nnlang.save(net, FOLDER) it as a checkpoint") from None
         raise unreadable(path, f"no '{_META}' entry" if isinstance(err, KeyError)
                          else type(err).__name__) from None
     if not isinstance(meta, dict):
