@@ -247,3 +247,20 @@ def test_a_text_model_saved_without_its_data_set_is_refused_not_retokenized(tmp_
     assert split == "test"
     assert res["loss"] == pytest.approx(mem["bce_with_logits"], rel=1e-5)
     assert res["acc"] == pytest.approx(mem["acc"])
+
+
+def test_a_restored_runs_net_saved_again_keeps_its_vocabulary(tmp_path):
+    """A run's net, restored (or a deepcopy of it) and trained on in Python, saved without
+    `data`: the run's vocabulary goes on into the save, so eval reads text as the run did."""
+    import copy
+
+    from nnlang.train import checkpoint
+    from nnlang.train.inference import evaluate_checkpoint
+    from nnlang.train.trainer import fit
+    (tmp_path / "bag.nn").write_text(TEXT)
+    fit(str(tmp_path / "bag.nn"), out=tmp_path / "run", max_steps=1, progress=False)
+    net = copy.deepcopy(nnlang.restore(str(tmp_path / "bag.nn"), tmp_path / "run"))
+    nnlang.save(net, tmp_path / "again")
+    run = checkpoint.load(tmp_path / "run").data_meta
+    assert checkpoint.load(tmp_path / "again").data_meta["vocab"] == run["vocab"]
+    assert evaluate_checkpoint(str(tmp_path / "bag.nn"), tmp_path / "again")[0] == "test"

@@ -133,6 +133,8 @@ class Net:
             twin.step, twin.epoch, twin.lr_scale = self.step, self.epoch, self.lr_scale
             twin.tokenizer, twin.lengths = self.tokenizer, dict(self.lengths)
             twin.init_report = getattr(self, "init_report", None)
+            # NOTE: a restored run's data record, which nnlang.save of the copy keeps too
+            twin.trained_data = getattr(self, "trained_data", None)
             return twin
 
     def __copy__(self):

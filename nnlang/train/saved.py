@@ -38,10 +38,13 @@ def save(net, path, data=None) -> Path:
     folder holding other files, or a run of `nnlang train`, is refused. Written atomically:
     an error (an unwritable folder, a full disk) leaves the earlier save there unchanged."""
     path = Path(path)
-    meta = _meta(net)
-    if (record := _data_record(net, data)) is not None:
+    record = _data_record(net, data)
+    # NOTE: one step's state and counters: a step in another thread between the two reads
+    # would save its weights with the step count before it (the net's lock is reentrant)
+    with net._lock:
+        state, meta = net.state_dict(), _meta(net)
+    if record is not None:
         meta["data"] = record
-    state = net.state_dict()
     if path.suffix.lower() == ".npz":
         return _write(path, state, meta)
     _check_folder(path)
