@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from typer.testing import CliRunner
 import nnlang
 from nnlang.errors import NNError
 from tests.tiny_run import tiny_data, tiny_source
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DROPOUT = """
 model Drop(hidden = 6) {
@@ -264,3 +267,32 @@ def test_a_restored_runs_net_saved_again_keeps_its_vocabulary(tmp_path):
     run = checkpoint.load(tmp_path / "run").data_meta
     assert checkpoint.load(tmp_path / "again").data_meta["vocab"] == run["vocab"]
     assert evaluate_checkpoint(str(tmp_path / "bag.nn"), tmp_path / "again")[0] == "test"
+
+
+def test_an_image_model_saved_without_its_data_set_is_evaluated_with_a_note(tmp_path):
+    """The loader's scaling (pixels/255) is not the net's to know: eval of a save without
+    `data` says which scaling it reads the images with; with `data` it has nothing to say."""
+    import io
+
+    from rich.console import Console
+
+    from nnlang.data import load_dataset
+    from nnlang.train.inference import evaluate_checkpoint
+    ds = load_dataset("mnist-sample")
+    mlp = str(ROOT / "models" / "mlp.nn")
+    net = nnlang.compile(mlp, batch=16, overrides={"hidden1": 8, "hidden2": 8}, total_steps=10)
+    net.train_step({"image": ds.train.arrays["image"][:16].reshape(16, 784),
+                    "label": ds.train.arrays["label"][:16]})
+    notes = {}
+    for name, data in (("bare", None), ("named", "mnist-sample")):
+        nnlang.save(net, tmp_path / name, data=data)
+        out = io.StringIO()
+        split, res = evaluate_checkpoint(mlp, tmp_path / name, "mnist-sample",
+                                         console=Console(file=out, width=300))
+        notes[name] = out.getvalue()
+        mem = net.evaluate({"image": ds.test.arrays["image"].reshape(-1, 784),
+                            "label": ds.test.arrays["label"]})
+        assert res["loss"] == pytest.approx(mem["cross_entropy"], rel=1e-5)
+    assert "saved by nnlang.save without its data set" in notes["bare"]
+    assert "pixels/255" in notes["bare"], notes["bare"]
+    assert "without its data set" not in notes["named"]

@@ -137,18 +137,27 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
     return Checkpoint(state, meta, path)
 
 
-def check_vocabulary(path, meta: dict, ds, instead: str) -> None:
-    """An error when the checkpoint `path` (its `meta`) names no data (`nnlang.save` without `data`) and
-    the data set `ds` encodes text with a vocabulary: built now from the data, its ids could
-    stand for other words than the net was trained on, and nothing would say so. `instead`:
-    what to do in Python instead."""
+def check_encoding(path, meta: dict, ds, instead: str) -> str | None:
+    """What the checkpoint `path` (its `meta`) cannot vouch for when it names no data
+    (`nnlang.save` without `data`): a data set `ds` that encodes text with a vocabulary is an
+    error (built now from the data, its ids could stand for other words than the net learned,
+    and nothing would say so); one whose loader scales images gives a note to print (the
+    loop may have fed other scaling). `instead`: what to do in Python instead."""
     from nnlang.data.registry import trained_words
-    if "data" in meta or trained_words(ds.meta) is None:
-        return
-    raise NNError(f"{path} was saved by nnlang.save without its data set, so the "
-                  f"vocabulary its text was encoded with is unknown; data set '{ds.name}' would "
-                  f"encode with one of its own", hint=f"save it with nnlang.save(net, path, "
-                  f"data=...) (the Dataset the loop was fed from, or its name), or {instead}")
+    if "data" in meta:
+        return None
+    if trained_words(ds.meta) is not None:
+        raise NNError(f"{path} was saved by nnlang.save without its data set, so the "
+                      f"vocabulary its text was encoded with is unknown; data set '{ds.name}' "
+                      f"would encode with one of its own", hint=f"save it with nnlang.save("
+                      f"net, path, data=...) (the Dataset the loop was fed from, or its name), "
+                      f"or {instead}")
+    if ds.meta.get("kind") == "image":
+        return (f"note: {path} was saved by nnlang.save without its data set: its images are "
+                f"read as '{ds.name}' scales them ({ds.meta.get('scale', 'its loader')}); a "
+                f"loop fed other scaling gets other numbers (nnlang.save(net, path, data=...) "
+                f"records the data set)")
+    return None
 
 
 def _check_choice(path, choice: Choice, registry: dict, what: str) -> None:

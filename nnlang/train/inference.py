@@ -90,8 +90,10 @@ def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,
     ds, split, arrays = held_out_arrays(net, cfg, data, data_dir,
                                         Path(file).parent if file != "<string>" else None,
                                         trained_words(ckpt.data_meta))
-    checkpoint.check_vocabulary(ckpt.path, ckpt.meta, ds, "evaluate it in Python on the "
-                                "arrays you encoded (nnlang.restore, net.evaluate)")
+    note = checkpoint.check_encoding(ckpt.path, ckpt.meta, ds, "evaluate it in Python on "
+                                     "the arrays you encoded (nnlang.restore, net.evaluate)")
+    if note and console:
+        say(console, note)
     return split, evaluate(net, arrays, net.batch, console)
 
 

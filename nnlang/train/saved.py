@@ -1,7 +1,7 @@
 """A net trained from Python saved as a checkpoint the CLI reads (`nnlang.save`): the other
 direction of `nnlang.restore`. The file is an ordinary checkpoint (checkpoint.py), its meta
 built from what the `Net` knows; what only a data loader knows (a vocabulary) is left out, and
-the commands that would need it say so (`checkpoint.check_vocabulary`).
+the commands that would need it say so (`checkpoint.check_encoding`).
 """
 from __future__ import annotations
 

@@ -309,8 +309,10 @@ class _Training:
             words_to_start_from(program, cfg, init_from, False, file)
         cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file, words)
         if start is not None:
-            checkpoint.check_vocabulary(start.path, start.meta, ds, "train it on in Python "
-                                        "(nnlang.restore, net.train_step)")
+            note = checkpoint.check_encoding(start.path, start.meta, ds, "train it on in "
+                                             "Python (nnlang.restore, net.train_step)")
+            if note:
+                say(console, note)
         if cfg.val_split > 0 and ds.val is not None and len(ds.val):
             say(console, f"note: data set '{ds.name}' has its own validation split "
                          f"({len(ds.val)} examples), which is used instead of val_split = "
