@@ -296,3 +296,27 @@ def test_an_image_model_saved_without_its_data_set_is_evaluated_with_a_note(tmp_
     assert "saved by nnlang.save without its data set" in notes["bare"]
     assert "pixels/255" in notes["bare"], notes["bare"]
     assert "without its data set" not in notes["named"]
+
+
+def test_generate_from_a_save_encodes_with_the_nets_tokenizer(tmp_path):
+    """A loop's `net.tokenizer` (another data set's than the train section's `dates`) goes into
+    the save: `nnlang generate` wrote what net.generate writes; without one it says which
+    tokenizer it takes."""
+    import json
+
+    from nnlang.data import load_dataset
+    from nnlang.data.chars import tokenizer_from_meta
+    from tests.test_generate import RUN_LM
+    (tmp_path / "lm.nn").write_text(RUN_LM)
+    net = nnlang.compile(str(tmp_path / "lm.nn"), backend="reference", batch=1)
+    text = load_dataset("imdb-text-sample(maxlen = 16, train_chunks = 8, test_chunks = 2)")
+    net.tokenizer = tokenizer_from_meta(text.meta)
+    want = net.generate(["The film"], max_new=5, greedy=True).samples[0].ids
+    nnlang.save(net, tmp_path / "saved")
+    args = ("generate", "lm.nn", "-c", "saved", "--backend", "reference", "--prompt",
+            "The film", "--max-new", "5", "--greedy")
+    out = cli(*args, "--json", cwd=tmp_path)
+    assert json.loads(out.strip().splitlines()[-1])["ids"] == want
+    net.tokenizer = None
+    nnlang.save(net, tmp_path / "saved")
+    assert "without its data set or tokenizer" in cli(*args, cwd=tmp_path)
