@@ -107,15 +107,17 @@ def test_restore_of_a_save_is_the_same_net_and_its_next_step_the_same(tmp_path):
         np.testing.assert_array_equal(v, back.state_dict()[k], err_msg=k)
 
 
-def test_train_resume_from_a_save_goes_on_as_the_loop_does(tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_train_resume_from_a_save_goes_on_as_the_loop_does(tmp_path, dtype):
     """`nnlang train --resume --out SAVED` against the same loop going on in memory, both fed
     the same batches (every training row the same, so the CLI's shuffled order is that too):
-    bit-identical weights and Adam state after the epoch that follows."""
+    bit-identical weights and Adam state after the epoch that follows, in the net's dtype (a
+    float64 net's resume trained on in float32)."""
     x = np.tile(np.array([[0.5, -1.0, 2.0, 0.25]], np.float32), (8, 1))
     y = np.full(8, 2, np.int32)
     np.savez(tmp_path / "tiny.npz", train_x=x, train_label=y, test_x=x[:2], test_label=y[:2])
     (tmp_path / "tiny.nn").write_text(tiny_source(val_split=None))
-    net = nnlang.compile(str(tmp_path / "tiny.nn"), steps_per_epoch=2)
+    net = nnlang.compile(str(tmp_path / "tiny.nn"), steps_per_epoch=2, dtype=dtype)
     batch = {"x": x[:4], "label": y[:4]}
     for _ in range(3):
         net.train_step(batch)
@@ -130,6 +132,7 @@ def test_train_resume_from_a_save_goes_on_as_the_loop_does(tmp_path):
                                    if k.startswith("state/"))
     for k, v in state.items():
         np.testing.assert_array_equal(resumed["state/" + k], v, err_msg=k)
+        assert resumed["state/" + k].dtype == v.dtype, k
     assert int(state["optimizer.step"]) == 5
 
 
