@@ -202,6 +202,10 @@ def test_a_save_refuses_folders_that_hold_other_things(tmp_path):
         nnlang.save(net, tmp_path / "run")
     with pytest.raises(NNError, match=r"nnlang.save\(net, path\)"):
         net.save(tmp_path / "x")
+    with pytest.raises(NNError, match="the save's path is a path .*not None"):
+        nnlang.save(net, None)
+    with pytest.raises(NNError, match="writes a compiled Net, not str"):
+        nnlang.save("tiny.nn", tmp_path / "x")
     nnlang.save(net, tmp_path / "again")
     (tmp_path / "again" / "best.npz").write_bytes(b"")   # eval would prefer it
     nnlang.save(net, tmp_path / "again")    # a later save replaces the earlier one

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from nnlang.errors import NNError
+from nnlang.files import as_path, write_atomic
 from nnlang.train import checkpoint, feeds
 from nnlang.train.runs import RUN_FILES, ensure_free
 
@@ -37,7 +38,12 @@ def save(net, path, data=None) -> Path:
     Saving again into the same folder replaces the save (a loop may save every epoch); a
     folder holding other files, or a run of `nnlang train`, is refused. Written atomically:
     an error (an unwritable folder, a full disk) leaves the earlier save there unchanged."""
-    path = Path(path)
+    from nnlang.runtime.net import Net
+    if not isinstance(net, Net):
+        raise NNError(f"nnlang.save writes a compiled Net, not {type(net).__name__}",
+                      hint="net = nnlang.compile(...) (or nnlang.restore), train it, then "
+                           "nnlang.save(net, path)")
+    path = as_path(path, "the save's path", "a folder (or a .npz file) to write")
     record = _data_record(net, data)
     # NOTE: one step's state and counters: a step in another thread between the two reads
     # would save its weights with the step count before it (the net's lock is reentrant)
@@ -113,7 +119,6 @@ def _write(path: Path, state: dict, meta: dict) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from nnlang.files import write_atomic
     try:
         write_atomic(path, text)
     except OSError as err:
