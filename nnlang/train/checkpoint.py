@@ -234,8 +234,8 @@ def unreadable(path, why: str) -> NNError:
 # --resume and --init-from each read some of it, so it is checked here, once, where the file is
 # named, not as a KeyError in whichever command reached the missing part first
 _NEEDED = {"model": str, "epoch": int, "step": int, "config": dict, "rng_state": dict}
-_OPTIONAL = {"step_in_epoch": int, "total_steps": int, "steps_per_epoch": int, "hparams": dict, "overrides": dict,
-             "source": str, "file": str, "data": dict}
+_OPTIONAL = {"step_in_epoch": int, "total_steps": int, "steps_per_epoch": int, "hparams": dict,
+             "overrides": dict, "source": str, "file": str, "data": dict}
 
 
 def _check_meta(path, meta: dict) -> None:

@@ -49,10 +49,11 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
                       "trained from") from None
     if console and ckpt.trained_on_other_source(source):
         say(console, f"note: {file} differs from the source this checkpoint was trained with")
-    # NOTE: the dtype it was saved in: a float64 net of `nnlang.save` came back float32
+    # NOTE: the dtype it was saved in: a float64 net of `nnlang.save` came back float32.
+    # batch=0 is an error, not the run's batch
     net = Net(program, backend=backend, batch=cfg.batch if batch is None else batch,
               seed=cfg.seed, dtype=ckpt.meta.get("dtype", "float32"),
-              steps_per_epoch=ckpt.meta.get("steps_per_epoch"))  # NOTE: batch=0 is an error, not the run's batch
+              steps_per_epoch=ckpt.meta.get("steps_per_epoch"))
     net.config = cfg
     missing = [k for k in net.state if k not in ckpt.state]
     # NOTE: every mismatch at once, so a checkpoint of another model is plain from one error

@@ -184,8 +184,9 @@ def from_program(net, source, skip_mismatch: bool = False) -> InitReport | None:
 
 def words_to_start_from(program, cfg, flag, resumed: bool, file):
     """(The vocabulary of the checkpoint a new run starts from (None when it starts from none,
-    or that run's data had none), that checkpoint (None: none)): text data must be encoded with the words its embedding
-    rows stand for, not with a vocabulary built from the new data."""
+    or that run's data had none), that checkpoint (None: none)): text data must be encoded
+    with the words its embedding rows stand for, not with a vocabulary built from the new
+    data."""
     source, what, base = _source(program, cfg, flag, resumed, file)
     if source is None or (flag is not None and resumed):
         return None, None
