@@ -23,11 +23,10 @@ def save(net, path, data=None) -> Path:
 
     `path` is a folder, which then holds what a run directory holds for the CLI: its
     `checkpoint.npz` and `config.json`. A folder, not a bare .npz, because `nnlang train
-    --resume` goes on writing a run's files in the folder of the checkpoint it resumes, and
-    `eval`/`predict`/`export`/`--init-from` take a run directory like a file: a lone .npz in a
-    project folder would have a resumed run write config.json and metrics beside it, and a
-    second --resume of the .npz start again from the old state. A path ending in .npz writes
-    just that file, for the commands that only read one (`-c`, `--init-from`).
+    --resume --out FOLDER` continues a run folder and writes its checkpoint, metrics and
+    config there, while `eval`/`predict`/`export`/`--init-from` take a run folder as they take
+    a file: one shape every command reads. A path ending in .npz writes just that file, for
+    the commands that read one (`-c`, `--init-from`, `nnlang.restore`).
 
     `data`: the data set the loop was fed from (a `Dataset` from `nnlang.data.load_dataset`,
     or its spec, loaded now): its vocabulary or tokenizer and class names go in, so `eval`,
