@@ -82,6 +82,12 @@ def test_a_saved_net_evaluates_in_the_cli_as_in_memory_and_as_numpy(tmp_path):
     row = re.search(r"test\s+([\d.]+)\s+([\d.]+)", out.split("test set")[1])
     assert float(row[1]) == pytest.approx(ce, abs=6e-5) and float(row[2]) == pytest.approx(
         acc, abs=6e-5), out
+    import json
+    out = cli("predict", "tiny.nn", "-c", "saved", "--json", "0.5,-1,2,0.25", cwd=tmp_path)
+    got = json.loads(out.strip().splitlines()[-1])
+    probs = net.forward({"x": np.array([[0.5, -1, 2, 0.25]], np.float32)})["probs"][0]
+    assert got["class"] == int(probs.argmax())
+    assert got["probability"] == pytest.approx(float(probs.max()), rel=1e-6)
 
 
 def test_restore_of_a_save_is_the_same_net_and_its_next_step_the_same(tmp_path):
