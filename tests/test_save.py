@@ -147,10 +147,13 @@ def test_export_of_a_save_equals_the_net_in_memory(tmp_path):
     net, d = _loop(tmp_path)
     nnlang.save(net, tmp_path / "saved")
     cli("export", "tiny.nn", "-c", "saved", "-o", "tiny.onnx", cwd=tmp_path)
-    session = ort.InferenceSession(str(tmp_path / "tiny.onnx"))
+    nnlang.save(net, tmp_path / "saved.npz")
+    proto = nnlang.export_onnx(str(tmp_path / "tiny.nn"), str(tmp_path / "saved.npz"))
     x = d["test_x"]
-    (got,) = session.run(None, {"x": x})
-    np.testing.assert_allclose(got, net.forward({"x": x})["probs"], rtol=1e-5, atol=1e-6)
+    want = net.forward({"x": x})["probs"]
+    for model in (str(tmp_path / "tiny.onnx"), proto.SerializeToString()):
+        (got,) = ort.InferenceSession(model).run(None, {"x": x})
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_init_from_a_save_loads_the_shared_layers_into_another_head(tmp_path):
