@@ -266,6 +266,14 @@ def test_a_text_model_saved_without_its_data_set_is_refused_not_retokenized(tmp_
     assert split == "test"
     assert res["loss"] == pytest.approx(mem["bce_with_logits"], rel=1e-5)
     assert res["acc"] == pytest.approx(mem["acc"])
+    # by name: loaded as `--data imdb-sample` would be (the section's vocab and maxlen kept),
+    # and then the data set the CLI evaluates on
+    from nnlang.train import checkpoint
+    nnlang.save(net, tmp_path / "spec", data="imdb-sample")
+    spec = checkpoint.load(tmp_path / "spec")
+    assert spec.data_meta["vocab"] == list(ds.meta["vocab"])
+    assert (spec.config.data.name, spec.config.data.options) == \
+        ("imdb-sample", {"vocab": 300, "maxlen": 12})
 
 
 def test_a_restored_runs_net_saved_again_keeps_its_vocabulary(tmp_path):

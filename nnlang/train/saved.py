@@ -29,8 +29,9 @@ def save(net, path, data=None) -> Path:
     the commands that read one (`-c`, `--init-from`, `nnlang.restore`).
 
     `data`: the data set the loop was fed from (a `Dataset` from `nnlang.data.load_dataset`,
-    or its spec, loaded now): its vocabulary or tokenizer and class names go in, so `eval`,
-    `predict` and `--resume` encode text as the loop did. Without it a restored net's own
+    or its spec, loaded now as `nnlang train --data SPEC` loads it, and then the data set the
+    CLI's eval and --resume load): its vocabulary or tokenizer and class names go in, so
+    `eval`, `predict` and `--resume` encode text as the loop did. Without it a restored net's own
     record (or its `net.tokenizer`) is kept; else none is written, and those commands refuse
     a data set that would build a vocabulary of its own rather than guess.
 
@@ -43,11 +44,11 @@ def save(net, path, data=None) -> Path:
                       hint="net = nnlang.compile(...) (or nnlang.restore), train it, then "
                            "nnlang.save(net, path)")
     path = as_path(path, "the save's path", "a folder (or a .npz file) to write")
-    record = _data_record(net, data)
+    record, choice = _data_record(net, data)
     # NOTE: one step's state and counters: a step in another thread between the two reads
     # would save its weights with the step count before it (the net's lock is reentrant)
     with net._lock:
-        state, meta = net.state_dict(), _meta(net)
+        state, meta = net.state_dict(), _meta(net, choice)
     if record is not None:
         meta["data"] = record
     if path.suffix.lower() == ".npz":
@@ -70,12 +71,13 @@ def save(net, path, data=None) -> Path:
     return saved
 
 
-def _meta(net) -> dict:
+def _meta(net, data_choice=None) -> dict:
     program = net.program
     # NOTE: the net's own batch and seed, which `compile(batch=, seed=)` may have set apart
     # from the train section's: the seed draws its dropout masks, so a restored net given the
     # section's seed took other masks from its next step on
-    cfg = replace(net.config, batch=net.batch, seed=net.seed)
+    cfg = replace(net.config, batch=net.batch, seed=net.seed,
+                  data=data_choice or net.config.data)
     meta = {"model": program.model, "file": program.file, "source": program.source,
             "overrides": dict(program.overrides), "hparams": program.hparams,
             "config": checkpoint.config_to_dict(cfg), "backend": net.backend,
@@ -90,23 +92,28 @@ def _meta(net) -> dict:
     return meta
 
 
-def _data_record(net, data) -> dict | None:
-    """The checkpoint's `data` entry (what eval, predict and generate read of it is `meta`)."""
+def _data_record(net, data) -> tuple[dict | None, object]:
+    """(The checkpoint's `data` entry, or None; the train setting `data` names it by, or None
+    to keep the net's). Eval, predict and generate read its `meta`."""
     if data is None:
         if getattr(net, "trained_data", None) is not None:
-            return net.trained_data   # NOTE: a restored run's: its vocabulary goes on
+            return net.trained_data, None   # NOTE: a restored run's: its vocabulary goes on
         tok = getattr(net, "tokenizer", None)
-        return None if tok is None else {"name": None, "meta": {"tokenizer": tok.settings()}}
-    from nnlang.data import Dataset, DataError, load_dataset
+        return (None if tok is None else
+                {"name": None, "meta": {"tokenizer": tok.settings()}}), None
+    from nnlang.data import Dataset
+    choice = None
     if not isinstance(data, Dataset):
         if not isinstance(data, (str, Path)):
             raise NNError(f"data={type(data).__name__}: pass the Dataset the net was trained "
                           "on (nnlang.data.load_dataset) or its name, e.g. \"imdb-sample\"")
-        try:
-            data = load_dataset(data)
-        except DataError as err:
-            raise NNError(f"data={str(data)!r}: {err.message}", hint=err.hint) from None
-    return {"name": data.name, "meta": feeds.predict_meta(data.meta)}
+        # NOTE: as `nnlang train --data SPEC` reads it (the train section's options it takes,
+        # files beside the .nn file), and the data the CLI's eval and --resume then load
+        choice = feeds.replace_data(net.config.data, str(data))
+        file = net.program.file
+        data = feeds.load_data(choice, None, Path(file).parent if Path(file).is_file() else None,
+                               None, net.program)
+    return {"name": data.name, "meta": feeds.predict_meta(data.meta)}, choice
 
 
 def _write(path: Path, state: dict, meta: dict) -> Path:
