@@ -91,6 +91,12 @@ def generate(
         # NOTE: the checkpoint's own tokenizer (restore keeps it): the data set need not be
         # loaded to encode
         tok = net.tokenizer
+        if tok is None and "data" not in ckpt.meta and not as_json:
+            # NOTE: a save of a library loop: the tokenizer it used is not the net's to know
+            out.print(f"note: {ckpt.path} was saved by nnlang.save without its data set or "
+                      "tokenizer: text is encoded with the tokenizer of the train section's "
+                      "data set (set net.tokenizer, or pass data= to nnlang.save, to record "
+                      "the one the loop used)", markup=False, highlight=False)
         if evaluate:
             report = _held_out(net, cfg, file, data, data_dir, limit, tok, stop, options)
         else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from nnlang.errors import NNError
 
 __version__ = "0.1.0"
-__all__ = ["NNError", "load", "compile", "restore", "emit", "dot", "pass_switches",
+__all__ = ["NNError", "load", "compile", "save", "restore", "emit", "dot", "pass_switches",
            "export_onnx", "__version__"]
 
 
@@ -65,6 +65,19 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
         from nnlang.train.init_from import from_program
         net.init_report = from_program(net, init_from, init_skip_mismatch)
     return net
+
+
+def save(net, path, data=None):
+    """Writes a compiled `Net` as a checkpoint the CLI reads (`nnlang eval`, `predict`,
+    `generate`, `export`, `train --resume` and `--init-from`, and `nnlang.restore`): its
+    weights, optimizer state, step, epoch and lr_scale, and the model's source, name, overrides,
+    train settings and dtype. `path`: a folder (it then holds `checkpoint.npz` and `config.json`,
+    as a run directory does; saving again there replaces the save) or a `.npz` file. Returns
+    the checkpoint file. A text model's vocabulary is not the net's to know: pass `data`, the
+    `Dataset` (or its name) the loop was fed from; without it the commands that would encode
+    text say what is missing."""
+    from nnlang.train.saved import save as _save
+    return _save(net, path, data)
 
 
 def restore(model, checkpoint, backend: str = "numba", batch: int | None = None):

@@ -197,6 +197,11 @@ def test_readme_library_example_runs(tmp_path, monkeypatch):
     for k, g in grads.items():
         np.testing.assert_allclose(scope["grads"][k], g, rtol=1e-3, atol=1e-6, err_msg=k)
     assert (tmp_path / "mlp.onnx").stat().st_size > 2_000_000
+    # the block's last line: a checkpoint that restores to the same net
+    back = nnlang.restore("models/mlp.nn", "mlp-saved")
+    assert back.step == net.step
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[k], v, err_msg=k)
 
 
 # *** the CLI the docs describe is the CLI there is ***

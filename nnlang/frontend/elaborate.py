@@ -60,6 +60,10 @@ class Program:
     defs: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)   # Diagnostics from `lint`
     generate: object = None   # a GenerateSpec (generate_config.py) from a `generate` section
+    # NOTE: the text and --set values it was built from, as `load` read them: what a saved net
+    # records so the CLI rebuilds the same program (the file may change after the compile)
+    source: str | None = None
+    overrides: dict = field(default_factory=dict)
 
 
 class Elaborator(CallElaboration, ScanElaboration):
@@ -675,4 +679,6 @@ def load(source_or_path, overrides: dict | None = None, model: str | None = None
     """Parses and elaborates a .nn file (a path) or .nn source text."""
     text, file = load_source(source_or_path)
     with paused_gc():
-        return elaborate(parse(text, file), overrides, model)
+        program = elaborate(parse(text, file), overrides, model)
+    program.source, program.overrides = text, dict(overrides or {})
+    return program

@@ -133,6 +133,8 @@ class Net:
             twin.step, twin.epoch, twin.lr_scale = self.step, self.epoch, self.lr_scale
             twin.tokenizer, twin.lengths = self.tokenizer, dict(self.lengths)
             twin.init_report = getattr(self, "init_report", None)
+            # NOTE: a restored run's data record, which nnlang.save of the copy keeps too
+            twin.trained_data = getattr(self, "trained_data", None)
             return twin
 
     def __copy__(self):
@@ -145,9 +147,16 @@ class Net:
         # NOTE: its executables hold compiled kernels and its parse holds grammar objects:
         # pickle failed deep inside with "cannot pickle 'module' object"
         raise NNError("a Net cannot be pickled (it holds compiled kernels)",
-                      hint="save net.state_dict() (np.savez) and load it into a net from "
-                           "nnlang.compile with load_state_dict; copy.deepcopy(net) copies one "
-                           "in the same process")
+                      hint="nnlang.save(net, path) writes it and nnlang.restore reads it back "
+                           "(net.state_dict() is its arrays alone); copy.deepcopy(net) copies "
+                           "one in the same process")
+
+    def save(self, path):
+        # NOTE: what a Keras user tries first; writing a checkpoint is the train floor's, above
+        # this one (tests/test_layering.py), so the public API does it
+        raise NNError("a Net saves through the public API: nnlang.save(net, path)",
+                      hint="nnlang.save writes a checkpoint that nnlang eval, predict, export "
+                           "and train --resume read; nnlang.restore(model, path) reads it back")
 
     # *** state ***
     def _init_state(self) -> dict:

@@ -123,7 +123,8 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
                           f"'{_META}' entry)",
                           hint="weights saved with np.savez load into a compiled net: "
                                f"net.load_state_dict(dict(np.load('{path.name}'))), then use "
-                               "that net (net.forward, nnlang.export_onnx(net))") from None
+                               "that net (net.forward, nnlang.export_onnx(net)), or "
+                               "nnlang.save(net, FOLDER) it as a checkpoint") from None
         raise unreadable(path, f"no '{_META}' entry" if isinstance(err, KeyError)
                          else type(err).__name__) from None
     if not isinstance(meta, dict):
@@ -134,6 +135,29 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
     _check_meta(path, meta)
     _check_values(path, state, meta.get("dtype", "float32"))
     return Checkpoint(state, meta, path)
+
+
+def check_encoding(path, meta: dict, ds, instead: str) -> str | None:
+    """What the checkpoint `path` (its `meta`) cannot vouch for when it names no data
+    (`nnlang.save` without `data`): a data set `ds` that encodes text with a vocabulary is an
+    error (built now from the data, its ids could stand for other words than the net learned,
+    and nothing would say so); one whose loader scales images gives a note to print (the
+    loop may have fed other scaling). `instead`: what to do in Python instead."""
+    from nnlang.data.registry import trained_words
+    if "data" in meta:
+        return None
+    if trained_words(ds.meta) is not None:
+        raise NNError(f"{path} was saved by nnlang.save without its data set, so the "
+                      f"vocabulary its text was encoded with is unknown; data set '{ds.name}' "
+                      f"would encode with one of its own", hint=f"save it with nnlang.save("
+                      f"net, path, data=...) (the Dataset the loop was fed from, or its name), "
+                      f"or {instead}")
+    if ds.meta.get("kind") == "image":
+        return (f"note: {path} was saved by nnlang.save without its data set: its images are "
+                f"read as '{ds.name}' scales them ({ds.meta.get('scale', 'its loader')}); a "
+                f"loop fed other scaling gets other numbers (nnlang.save(net, path, data=...) "
+                f"records the data set)")
+    return None
 
 
 def _check_choice(path, choice: Choice, registry: dict, what: str) -> None:
@@ -210,8 +234,8 @@ def unreadable(path, why: str) -> NNError:
 # --resume and --init-from each read some of it, so it is checked here, once, where the file is
 # named, not as a KeyError in whichever command reached the missing part first
 _NEEDED = {"model": str, "epoch": int, "step": int, "config": dict, "rng_state": dict}
-_OPTIONAL = {"step_in_epoch": int, "total_steps": int, "hparams": dict, "overrides": dict,
-             "source": str, "file": str, "data": dict}
+_OPTIONAL = {"step_in_epoch": int, "total_steps": int, "steps_per_epoch": int, "hparams": dict,
+             "overrides": dict, "source": str, "file": str, "data": dict}
 
 
 def _check_meta(path, meta: dict) -> None:

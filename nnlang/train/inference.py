@@ -49,8 +49,11 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
                       "trained from") from None
     if console and ckpt.trained_on_other_source(source):
         say(console, f"note: {file} differs from the source this checkpoint was trained with")
+    # NOTE: the dtype it was saved in: a float64 net of `nnlang.save` came back float32.
+    # batch=0 is an error, not the run's batch
     net = Net(program, backend=backend, batch=cfg.batch if batch is None else batch,
-              seed=cfg.seed)  # NOTE: batch=0 is an error, not the run's batch
+              seed=cfg.seed, dtype=ckpt.meta.get("dtype", "float32"),
+              steps_per_epoch=ckpt.meta.get("steps_per_epoch"))
     net.config = cfg
     missing = [k for k in net.state if k not in ckpt.state]
     # NOTE: every mismatch at once, so a checkpoint of another model is plain from one error
@@ -73,6 +76,7 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
     ckpt.load_into(net, optimizer)
     net.total_steps = ckpt.meta.get("total_steps", 0)
     net.tokenizer = tokenizer_from_meta(ckpt.data_meta)   # what net.generate encodes with
+    net.trained_data = ckpt.meta.get("data")   # NOTE: what nnlang.save of this net keeps
     return net, ckpt, cfg
 
 
@@ -84,9 +88,13 @@ def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,
     net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, batch, console,
                              optimizer=False)
     file = source_of(program_or_path)[1]
-    _, split, arrays = held_out_arrays(net, cfg, data, data_dir,
-                                       Path(file).parent if file != "<string>" else None,
-                                       trained_words(ckpt.data_meta))
+    ds, split, arrays = held_out_arrays(net, cfg, data, data_dir,
+                                        Path(file).parent if file != "<string>" else None,
+                                        trained_words(ckpt.data_meta))
+    note = checkpoint.check_encoding(ckpt.path, ckpt.meta, ds, "evaluate it in Python on "
+                                     "the arrays you encoded (nnlang.restore, net.evaluate)")
+    if note and console:
+        say(console, note)
     return split, evaluate(net, arrays, net.batch, console)
 
 
@@ -132,6 +140,12 @@ def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str
         raise NNError(f"model '{net.program.model}' declares no output to predict",
                       hint="add e.g. `output probs = softmax(logits)`")
     meta = ckpt.data_meta
+    if "data" not in ckpt.meta and cfg.data is not None and console:
+        # NOTE: the data set's encoding (a vocabulary, an image's scaling) is not the net's to
+        # know: predict must not guess it, so it reads the model's own arrays
+        say(console, f"note: {ckpt.path} was saved by nnlang.save without its data set, so "
+                     f"inputs are read as numbers or .npy arrays, not encoded as "
+                     f"'{cfg.data.name}' would (nnlang.save(net, path, data=...) records it)")
     names = meta.get("class_names")
     per_output: dict[str, list] = {k: [] for k, nid in net.user.outputs.items()
                                    if _per_example(net.user.node(nid))}

@@ -183,14 +183,16 @@ def from_program(net, source, skip_mismatch: bool = False) -> InitReport | None:
 
 
 def words_to_start_from(program, cfg, flag, resumed: bool, file):
-    """The vocabulary of the checkpoint a new run starts from (None when it starts from none,
-    or that run's data had none): text data must be encoded with the words its embedding
-    rows stand for, not with a vocabulary built from the new data."""
+    """(The vocabulary of the checkpoint a new run starts from (None when it starts from none,
+    or that run's data had none), that checkpoint (None: none)): text data must be encoded
+    with the words its embedding rows stand for, not with a vocabulary built from the new
+    data."""
     source, what, base = _source(program, cfg, flag, resumed, file)
     if source is None or (flag is not None and resumed):
-        return None
+        return None, None
     with _at_setting(program, cfg, flag):
-        return trained_words(_load(source, what, base)[1].data_meta)
+        ckpt = _load(source, what, base)[1]
+    return trained_words(ckpt.data_meta), ckpt
 
 
 def start_run(net, cfg, flag, skip_mismatch: bool, resumed: bool, file, console):

@@ -305,9 +305,14 @@ class _Training:
                          "with")
         if max_steps is not None and max_steps < 1:
             raise NNError(f"--max-steps must be at least 1, not {max_steps}")
-        words = trained_words(ckpt.data_meta) if ckpt else \
+        words, start = (trained_words(ckpt.data_meta), ckpt) if ckpt else \
             words_to_start_from(program, cfg, init_from, False, file)
         cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file, words)
+        if start is not None:
+            note = checkpoint.check_encoding(start.path, start.meta, ds, "train it on in "
+                                             "Python (nnlang.restore, net.train_step)")
+            if note:
+                say(console, note)
         if cfg.val_split > 0 and ds.val is not None and len(ds.val):
             say(console, f"note: data set '{ds.name}' has its own validation split "
                          f"({len(ds.val)} examples), which is used instead of val_split = "
@@ -337,8 +342,10 @@ class _Training:
             self.run_dir = RunDir(ckpt.path.parent) if ckpt else \
                 RunDir.create(program.model, out, runs_root)
         try:
+            # NOTE: a resumed float64 net (`nnlang.save` of one) trains on in float64
             self.net = Net(program, backend=backend, batch=local_batch, seed=cfg.seed,
-                           config=cfg, total_steps=cfg.epochs * self.per_epoch)
+                           config=cfg, total_steps=cfg.epochs * self.per_epoch,
+                           dtype=ckpt.meta.get("dtype", "float32") if ckpt else "float32")
             # NOTE: the step compiled before the first epoch runs at the data's length
             self.net.lengths = feeds.data_lengths(program.graph, (ds.train, ds.val, ds.test),
                                                   mapping, self.net.lengths)
