@@ -642,6 +642,22 @@ def test_a_loss_that_is_a_masked_mean_trains_with_a_note():
     assert len(said) == 1 and said[0].startswith("note: loss") and "not a mean" in said[0]
 
 
+@pytest.mark.parametrize("options", ["ignore_index = 0", "weight = [0.5, 1.0, 4.0]"])
+def test_kept_rows_cross_entropy_is_neither_a_sum_nor_a_note(options):
+    """cross_entropy over kept rows or class weights: a first batch whose first shard holds
+    only ignored rows (a shard loss of 0, the shards' mean half the batch's) was called a sum
+    over the rows, and `mpirun -n 2 nnlang train` stopped before training. The step divides
+    by the global batch's divisor, so it trains as one process does (no note); a shard's value
+    is not the batch's, so evaluation takes whole batches."""
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.normal(size=(8, 4)).astype(np.float32),
+             "label": np.array([0, 0, 0, 0, 1, 2, 2, 1], np.int32)}
+    source = tiny_source().replace("loss cross_entropy(logits, label)",
+                                   f"loss cross_entropy(logits, label, {options})")
+    said, split = _two_ranks_check(source, batch, overrides={})
+    assert said == [] and not split
+
+
 def test_a_metric_that_is_not_a_mean_over_rows_is_said_once():
     """exp of the mean loss: the training column is the ranks' mean of it, which the run says
     (validation and test are exact, test_sharded_evaluation_...); means pass silently."""
