@@ -642,8 +642,11 @@ def test_a_loss_that_is_a_masked_mean_trains_with_a_note():
     assert len(said) == 1 and said[0].startswith("note: loss") and "not a mean" in said[0]
 
 
-@pytest.mark.parametrize("options", ["ignore_index = 0", "weight = [0.5, 1.0, 4.0]"])
-def test_kept_rows_cross_entropy_is_neither_a_sum_nor_a_note(options):
+@pytest.mark.parametrize("loss", ["cross_entropy(logits, label, ignore_index = 0)",
+                                  "cross_entropy(logits, label, weight = [0.5, 1.0, 4.0])",
+                                  "0.5 * cross_entropy(logits, label, ignore_index = 0) "
+                                  "+ 0.01 * mean(square(logits))"])
+def test_kept_rows_cross_entropy_is_neither_a_sum_nor_a_note(loss):
     """cross_entropy over kept rows or class weights: a first batch whose first shard holds
     only ignored rows (a shard loss of 0, the shards' mean half the batch's) was called a sum
     over the rows, and `mpirun -n 2 nnlang train` stopped before training. The step divides
@@ -652,8 +655,7 @@ def test_kept_rows_cross_entropy_is_neither_a_sum_nor_a_note(options):
     rng = np.random.default_rng(0)
     batch = {"x": rng.normal(size=(8, 4)).astype(np.float32),
              "label": np.array([0, 0, 0, 0, 1, 2, 2, 1], np.int32)}
-    source = tiny_source().replace("loss cross_entropy(logits, label)",
-                                   f"loss cross_entropy(logits, label, {options})")
+    source = tiny_source().replace("loss cross_entropy(logits, label)", f"loss {loss}")
     said, split = _two_ranks_check(source, batch, overrides={})
     assert said == [] and not split
 

@@ -156,7 +156,7 @@ class Ranks:
         # as one process's; a shard's value is still not the batch's (a shard of ignored rows
         # is 0, which looked like a sum and stopped the run), so it is evaluated whole, unsaid
         exact = {name for name in (*user.losses, *user.metrics)
-                 if _global_divisor(user.node((user.losses | user.metrics)[name]))}
+                 if _global_divisor(user, (user.losses | user.metrics)[name])}
         # NOTE: a mean's shards agree with the whole to float32 rounding. 1e-3 let gpt.nn's
         # exp(cross_entropy) pass as a mean at its first batch (130.436 against 130.554), so
         # its validation perplexity under N ranks was the mean of the shards' perplexities
@@ -231,8 +231,22 @@ class Ranks:
         self.world.barrier("waiting for every rank's compile", timed=False)
 
 
-def _global_divisor(node) -> bool:
-    """A cross_entropy whose mean's divisor depends on the data (kept rows, class weights):
-    the step of N ranks divides it by the global batch's (ops/losses.py `_global_sum`)."""
-    return node.op == "cross_entropy" and (node.attrs.get("ignore_index") is not None
-                                           or node.attrs.get("weight") is not None)
+def _global_divisor(g, nid: int) -> bool:
+    """Whether a loss or metric holds a cross_entropy whose mean's divisor depends on the data
+    (kept rows, class weights), which the step of N ranks divides by the global batch's
+    (ops/losses.py `_global_sum`): that one, or a sum, difference, negation or scaling by a
+    number of terms among which is one (`0.5 * ce + l2`). The other terms of a sum go
+    unchecked, as the shards' values cannot be split into terms."""
+    node = g.node(nid)
+    if node.op == "cross_entropy":
+        return node.attrs.get("ignore_index") is not None or node.attrs.get("weight") is not None
+    if node.op in ("add", "sub"):
+        return any(_global_divisor(g, i) for i in node.inputs)
+    if node.op in ("neg", "cast"):
+        return _global_divisor(g, node.inputs[0])
+    if node.op == "mul" or (node.op == "div" and len(node.inputs) == 2):
+        terms = node.inputs if node.op == "mul" else node.inputs[:1]
+        number = [i for i in node.inputs if g.node(i).op == "const"]
+        return len(number) == 1 and any(_global_divisor(g, i) for i in terms
+                                         if i not in number)
+    return False
