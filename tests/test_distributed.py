@@ -19,6 +19,7 @@ import pytest
 
 import nnlang
 from nnlang.backends import collective
+from tests import reference
 from tests.tiny_run import tiny_data, tiny_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -375,6 +376,80 @@ def test_dropout_masks_are_the_one_process_runs(tmp_path, noisy):
         np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+KEPT_ROWS_STEPS = """
+import sys
+import numpy as np
+import nnlang, nnlang.distributed as dist
+from kept_rows import BATCHES, SOURCE
+dist.init()
+net = nnlang.compile(SOURCE.format(sys.argv[2]), batch=8 // dist.size(), seed=1,
+                     dtype="float64")
+dist.broadcast_parameters(net)
+first = net.parameters()
+for b in BATCHES:
+    net.train_step(dist.shard(b))
+if dist.lead():
+    np.savez(sys.argv[1], **{"first/" + k: v for k, v in first.items()}, **net.parameters())
+"""
+KEPT_ROWS_DATA = """
+import numpy as np
+SOURCE = '''model Lin {{
+  input x: float64[batch, 4]
+  input label: int32[batch]
+  z = dense(x, 3)
+  loss cross_entropy(z, label, {})
+}}
+train Lin {{ optimizer = sgd(lr = 0.5) }}'''
+rng = np.random.default_rng(0)
+# rank 0's rows (the first 4): all ignored in the first batch, one kept in the second; rank
+# 1's all kept, so the ranks' kept counts and weight sums differ
+BATCHES = [{"x": rng.normal(size=(8, 4)), "label": np.array(y, np.int32)}
+           for y in ([0, 0, 0, 0, 1, 2, 2, 1], [0, 0, 2, 0, 1, 1, 2, 2])]
+"""
+
+
+@pytest.mark.parametrize("options", ["ignore_index = 0",
+                                     "weight = [0.5, 1.0, 4.0]",
+                                     "weight = [0.5, 1.0, 4.0], ignore_index = 0, "
+                                     "label_smoothing = 0.1"])
+def test_kept_rows_and_class_weights_divide_by_the_global_batchs(tmp_path, options):
+    """cross_entropy's mean over kept rows (ignore_index) and its class-weighted mean divide
+    by the batch's count of kept rows, or sum of their weights. Under 2 ranks each divided by
+    its own shard's, and the step averaged the two means: with the ignored rows all on one
+    rank the parameters were 0.19 off after 2 steps. SGD on the global batch's
+    loss, its gradient by central differences of numpy's cross_entropy, in float64."""
+    _mpirun()
+    (tmp_path / "steps.py").write_text(KEPT_ROWS_STEPS)
+    (tmp_path / "kept_rows.py").write_text(KEPT_ROWS_DATA)
+    two = mpirun(2, sys.executable, "steps.py", "two.npz", options, cwd=tmp_path, timeout=120)
+    assert two.returncode == 0, two.stdout + two.stderr
+    got = np.load(tmp_path / "two.npz")
+    data: dict = {}
+    exec(KEPT_ROWS_DATA, data)
+    kw = eval(f"dict({options})")
+    w, bias = got["first/z.weight"].copy(), got["first/z.bias"].copy()
+
+    def loss(b):
+        return reference.cross_entropy(b["x"] @ w + bias, b["label"], **kw)
+    for b in data["BATCHES"]:
+        grads = []
+        for p in (w, bias):
+            g = np.zeros_like(p)
+            for i in np.ndindex(p.shape):
+                keep = p[i]
+                p[i] = keep + 1e-6
+                up = loss(b)
+                p[i] = keep - 1e-6
+                down = loss(b)
+                p[i] = keep
+                g[i] = (up - down) / 2e-6
+            grads.append(g)
+        w -= 0.5 * grads[0]
+        bias -= 0.5 * grads[1]
+    np.testing.assert_allclose(got["z.weight"], w, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(got["z.bias"], bias, rtol=0, atol=1e-8)
+
+
 BN_SOURCE = tiny_source().replace("h = dense(x, hidden) |> relu",
                                   "h = dense(x, hidden) |> batch_norm |> relu")
 
@@ -565,6 +640,24 @@ def test_a_loss_that_is_a_masked_mean_trains_with_a_note():
         "  loss sum(square(logits[:, 0]) * keep) / maximum(sum(keep), 1.0)")
     said = _two_ranks_check(source)
     assert len(said) == 1 and said[0].startswith("note: loss") and "not a mean" in said[0]
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy(logits, label, ignore_index = 0)",
+                                  "cross_entropy(logits, label, weight = [0.5, 1.0, 4.0])",
+                                  "0.5 * cross_entropy(logits, label, ignore_index = 0) "
+                                  "+ 0.01 * mean(square(logits))"])
+def test_kept_rows_cross_entropy_is_neither_a_sum_nor_a_note(loss):
+    """cross_entropy over kept rows or class weights: a first batch whose first shard holds
+    only ignored rows (a shard loss of 0, the shards' mean half the batch's) was called a sum
+    over the rows, and `mpirun -n 2 nnlang train` stopped before training. The step divides
+    by the global batch's divisor, so it trains as one process does (no note); a shard's value
+    is not the batch's, so evaluation takes whole batches."""
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.normal(size=(8, 4)).astype(np.float32),
+             "label": np.array([0, 0, 0, 0, 1, 2, 2, 1], np.int32)}
+    source = tiny_source().replace("loss cross_entropy(logits, label)", f"loss {loss}")
+    said, split = _two_ranks_check(source, batch, overrides={})
+    assert said == [] and not split
 
 
 def test_a_metric_that_is_not_a_mean_over_rows_is_said_once():

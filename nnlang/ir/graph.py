@@ -278,6 +278,10 @@ class Builder:
         return nid
 
     training = True  # decompositions of dropout and batch_norm read this
+    # NOTE: the data-parallel processes the graph is one of (the train step's); a loss whose
+    # divisor depends on the data (cross_entropy's kept rows, its class weights) reads it to
+    # divide by the global batch's divisor, so the ranks' averaged gradient is one process's
+    ranks = 1
 
     def rng_key(self) -> int:
         """The int64 scalar input the runtime advances every step; random ops hash it."""
@@ -410,14 +414,14 @@ def op_attrs(node: Node) -> dict:
     return {k: v for k, v in node.attrs.items() if not k.startswith("_") and k != "root"}
 
 
-def decompose_node(g: Graph, nid: int, training: bool) -> int:
+def decompose_node(g: Graph, nid: int, training: bool, ranks: int = 1) -> int:
     """Replaces composite node `nid` by what its op's `decompose` rule writes, in place; returns
     the node that stands for it. Every node the rule emits keeps the composite's span, block
     path and role, so errors, the backward graph and kernel headers still point at the .nn
     line that asked for them."""
     node = g.node(nid)
     b = Builder(g, span=node.span, path=node.path, role=node.role)
-    b.training = training
+    b.training, b.ranks = training, ranks
     out = registry.get(node.op).decompose(b, *slots(g, node), **op_attrs(node))
     if node.name and g.node(out).name is None:
         g.node(out).name = node.name

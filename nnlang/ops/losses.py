@@ -375,19 +375,35 @@ def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None,
         per_row = b.reduce_sum(b.mul(labels, const_like(b, weight, logp)), axes=[-1])
         if ignore_index is not None:
             rows, per_row = b.mul(rows, keep), b.mul(per_row, keep)
-        total = b.reduce_sum(per_row, axes=None)
+        total = _global_sum(b, b.reduce_sum(per_row, axes=None))
         # NOTE: a batch whose rows weigh 0 in all (every row ignored, or of zero-weight
         # classes) is 0 / 0 = nan in PyTorch; here 0, as for ignore_index alone below
         zero = const_like(b, 0.0, total)
         total = b.add(total, b.cast(b.eq(total, zero), dtype=t.dtype))
-        return b.div(b.reduce_sum(rows, axes=None), total)
+        return b.div(b.reduce_sum(rows, axes=None), _rank_share(b, total))
     if ignore_index is None:
         return mean_over(b, rows)
     # NOTE: PyTorch's mean over the kept rows only. With every row ignored PyTorch gives
     # 0 / 0 = nan; here the count is at least 1, so such a batch has loss 0 and no gradient
     # rather than stopping a run at the NaN guard
-    kept = b.maximum(b.reduce_sum(keep, axes=None), const_like(b, 1.0, keep))
-    return b.div(b.reduce_sum(b.mul(rows, keep), axes=None), kept)
+    kept = b.maximum(_global_sum(b, b.reduce_sum(keep, axes=None)), const_like(b, 1.0, keep))
+    return b.div(b.reduce_sum(b.mul(rows, keep), axes=None), _rank_share(b, kept))
+
+
+# *** a divisor that depends on the data, under data parallelism ***
+# The train step of N data-parallel processes averages their gradients, so each rank dividing
+# its sum by its own rows' divisor (kept rows, their class weights) gave the mean of N means
+# (PyTorch DDP's), not one process's mean over the global batch, when the ranks' shards keep
+# different counts. Each rank divides by the global divisor's share, global / N, instead: the
+# ranks' mean of sum_r / (D / N) is sum / D. In one process, evaluation and an export (where
+# b.ranks is 1) the divisor is the rows' own.
+
+def _global_sum(b, x: int) -> int:
+    return b.allreduce_sum(x) if b.ranks > 1 else x
+
+
+def _rank_share(b, divisor: int) -> int:
+    return b.mul(divisor, const_like(b, 1.0 / b.ranks, divisor)) if b.ranks > 1 else divisor
 
 
 _PER_ROW = "nll = -sum(log_softmax(logits) * one_hot(labels, classes), axis = -1)"

@@ -157,7 +157,8 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     """Forward + loss + generated backward + optimizer update, as one primitive graph.
     ranks > 1: the step of process `rank` of that many data-parallel ones, whose update sees
     the gradients averaged over all of them (`ops/collective.py`)."""
-    g = hoist_projections(decompose(specialize(user, batch, dtype, lengths), training=True))
+    g = hoist_projections(decompose(specialize(user, batch, dtype, lengths), training=True,
+                                    ranks=ranks))
     if ranks > 1:
         _rank_draws(g, user, rank)
     if not g.losses:

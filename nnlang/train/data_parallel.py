@@ -151,16 +151,23 @@ class Ranks:
 
         def size(name):
             return abs(float(whole[name]))
+        # NOTE: cross_entropy over kept rows (ignore_index) or class weights divides by the
+        # global batch's divisor in the step of N ranks (ops/losses.py), so it trains and reads
+        # as one process's; a shard's value is still not the batch's (a shard of ignored rows
+        # is 0, which looked like a sum and stopped the run), so it is evaluated whole, unsaid
+        exact = {name for name in (*user.losses, *user.metrics)
+                 if _global_divisor(user, (user.losses | user.metrics)[name])}
         # NOTE: a mean's shards agree with the whole to float32 rounding. 1e-3 let gpt.nn's
         # exp(cross_entropy) pass as a mean at its first batch (130.436 against 130.554), so
         # its validation perplexity under N ranks was the mean of the shards' perplexities
-        other = [name for name in (*user.losses, *user.metrics)
-                 if off(name) > 1e-7 + MEAN_TOLERANCE * size(name)]
+        other = [name for name in (*user.losses, *user.metrics) if name not in exact
+                 and off(name) > 1e-7 + MEAN_TOLERANCE * size(name)]
         # NOTE: and a non-mean f(mean) departs from the shards' mean by ~f''·spread², so when
         # the shards' values are almost equal (an untrained model: every row's loss near log C;
         # a zero-initialized head: all equal) the check cannot tell: such a value is evaluated
         # as a non-mean (whole batches, exact for any value), without a note
         unsure = [name for name in (*user.losses, *user.metrics) if name not in other and
+                  name not in exact and
                   max(abs(float(p[name]) - float(whole[name])) for p in parts)
                   < 1e-7 + SPREAD_TO_TELL * size(name)]
         for name in other:
@@ -174,7 +181,7 @@ class Ranks:
                     user.node(user.losses[name]).span,
                     hint="write the loss as a mean over the batch (mean(...) rather than "
                          "sum(...)), or train on one process")
-        self.all_row_means = not other and not unsure
+        self.all_row_means = not other and not unsure and not exact
         losses = [name for name in other if name in user.losses]
         metrics = [name for name in other if name in user.metrics]
         if losses and self.lead:
@@ -222,3 +229,24 @@ class Ranks:
     def compiled(self) -> None:
         """Waits for the slowest rank's compile (its length is unbounded, so untimed)."""
         self.world.barrier("waiting for every rank's compile", timed=False)
+
+
+def _global_divisor(g, nid: int) -> bool:
+    """Whether a loss or metric holds a cross_entropy whose mean's divisor depends on the data
+    (kept rows, class weights), which the step of N ranks divides by the global batch's
+    (ops/losses.py `_global_sum`): that one, or a sum, difference, negation or scaling by a
+    number of terms among which is one (`0.5 * ce + l2`). The other terms of a sum go
+    unchecked, as the shards' values cannot be split into terms."""
+    node = g.node(nid)
+    if node.op == "cross_entropy":
+        return node.attrs.get("ignore_index") is not None or node.attrs.get("weight") is not None
+    if node.op in ("add", "sub"):
+        return any(_global_divisor(g, i) for i in node.inputs)
+    if node.op in ("neg", "cast"):
+        return _global_divisor(g, node.inputs[0])
+    if node.op == "mul" or (node.op == "div" and len(node.inputs) == 2):
+        terms = node.inputs if node.op == "mul" else node.inputs[:1]
+        number = [i for i in node.inputs if g.node(i).op == "const"]
+        return len(number) == 1 and any(_global_divisor(g, i) for i in terms
+                                         if i not in number)
+    return False
