@@ -982,3 +982,11 @@ def test_a_digit_of_another_script_is_no_number(tmp_path):
     path = nn_file(tmp_path, "model M(u = \u0663) {\n  input x: float32[batch, 2]\n"
                              "  output y = x * u\n}\n")
     expect(cli("check", path, code=1), f"{path}:1:13: error: unexpected character")
+
+
+def test_gather_from_a_scalar_table_is_refused_where_it_is_written(tmp_path):
+    """gather(table, idx) with a rank-0 table passed `check` and then failed in the first
+    forward with an IndexError (a traceback): a scalar has no rows to pick, as numpy's
+    np.float32(1)[[0]] refuses."""
+    path = nn_file(tmp_path, model("z = sum(v)", "y = gather(z, tok)"))
+    expect(cli("check", path), f"{path}:8:14: error: gather: the table is a scalar")
