@@ -990,3 +990,24 @@ def test_gather_from_a_scalar_table_is_refused_where_it_is_written(tmp_path):
     np.float32(1)[[0]] refuses."""
     path = nn_file(tmp_path, model("z = sum(v)", "y = gather(z, tok)"))
     expect(cli("check", path), f"{path}:8:14: error: gather: the table is a scalar")
+
+
+def test_an_integer_base_to_a_trained_power(tmp_path):
+    """Found by a fuzzer: `tok ** w` (int32 ids, a float weight) passed check and forward, and
+    then building the gradient raised a ShapeError (a traceback): d/dw a**w = a**w log a took
+    the log of the int32 base. Against numpy: one sgd step of lr 1 on mean(tok ** w)."""
+    import nnlang
+    from nnlang.frontend.train_config import Choice, TrainConfig
+    from nnlang.runtime.net import Net
+    text = model("param w: float32[5] = ones", "y = tok ** w")
+    cli("compile", nn_file(tmp_path, text), "--backend", "reference", code=0)
+    net = Net(nnlang.load(text), backend="reference", batch=2,
+              config=TrainConfig(optimizer=Choice("sgd", {"lr": 1.0, "momentum": 0.0,
+                                                         "nesterov": False, "weight_decay": 0.0})))
+    tok = np.array([[1, 2, 3, 4, 5], [2, 3, 4, 5, 6]], np.int32)
+    feeds = {"v": np.zeros((2, 8), np.float32), "x": np.zeros((2, 3, 8, 8), np.float32),
+             "s": np.zeros((2, 6, 4), np.float32), "t": np.zeros(2, np.int32), "tok": tok}
+    net.train_step(feeds)
+    a = tok.astype(np.float64)
+    grad = (a * np.log(a)).sum(axis=0) / a.size   # d/dw of mean(a ** w) at w = 1
+    np.testing.assert_allclose(net.parameters()["w"], 1.0 - grad, rtol=1e-5)
