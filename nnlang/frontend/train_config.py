@@ -461,6 +461,12 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
 def _penalty_list(s, weight, errors: ErrorSink, abort) -> tuple | None:
     """`l1_on = [h.weight, c1.weight]`: the block paths of the weights a penalty applies to."""
     items = s.value.items if isinstance(s.value, ast.ListLit) else (s.value,)
+    if not items:   # NOTE: as --set l1_on=[] is refused: it made the penalty a silent no-op
+        rate = s.name[:2]
+        errors.add(f"{s.name} = [] names no weight, so the {rate} penalty applies to none",
+                   s.value.span, f"leave {s.name} out to put {rate} on every weight matrix and "
+                                 f"kernel, or list the weights: {s.name} = [h.weight]")
+        return None
     paths = []
     for item in items:
         try:
