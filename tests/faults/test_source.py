@@ -1011,3 +1011,14 @@ def test_an_integer_base_to_a_trained_power(tmp_path):
     a = tok.astype(np.float64)
     grad = (a * np.log(a)).sum(axis=0) / a.size   # d/dw of mean(a ** w) at w = 1
     np.testing.assert_allclose(net.parameters()["w"], 1.0 - grad, rtol=1e-5)
+
+
+def test_activations_beyond_this_machine(tmp_path):
+    """Found by a fuzzer: a value no machine holds that is no weight (check warns, compile
+    counts weights only) failed allocating its buffer with "cannot allocate 36,379.8 GiB of
+    memory" and no place in the file; the error points at the op whose value needs it."""
+    path = nn_file(tmp_path, model("y = one_hot(tok, depth = 1000000000000)"))
+    expect(cli("check", "-q", path, code=0), "warning:", "of memory available")
+    out = cli("compile", path, "--batch", "2")
+    expect(out, f"{path}:7:7: error: cannot allocate", "y = one_hot(tok",
+           "float32[2, 5, 1000000000000]")
