@@ -1022,3 +1022,16 @@ def test_activations_beyond_this_machine(tmp_path):
     out = cli("compile", path, "--batch", "2")
     expect(out, f"{path}:7:7: error: cannot allocate", "y = one_hot(tok",
            "float32[2, 5, 1000000000000]")
+
+
+def test_a_value_too_large_on_the_reference_backend():
+    """The interpreter's numpy raised a bare MemoryError (a traceback) for a value this machine
+    cannot hold; it is the compiled backends' error, at the op's line."""
+    import nnlang
+    from nnlang.errors import NNError
+    text = model("y = one_hot(tok, depth = 1000000000000)").replace("loss mean(y)", "output y")
+    net = nnlang.compile(text, backend="reference", batch=2)
+    with pytest.raises(NNError) as err:
+        net.forward({"tok": np.zeros((2, 5), np.int32)})
+    expect(err.value.render(), "<string>:7:7: error: cannot allocate memory for the value "
+           "float32[2, 5, 1000000000000]", "hint: use a smaller batch")
