@@ -1035,3 +1035,17 @@ def test_a_value_too_large_on_the_reference_backend():
         net.forward({"tok": np.zeros((2, 5), np.int32)})
     expect(err.value.render(), "<string>:7:7: error: cannot allocate memory for the value "
            "float32[2, 5, 1000000000000]", "hint: use a smaller batch")
+
+
+@pytest.mark.parametrize("line, where, words", [
+    ("y = dense(v, 3, init = uniform(scale = 1e39))", "7:26", "uniform() needs scale within "
+     "float32's range (about 3.4e38), got 1e+39"),
+    ("param w: float32[8, 2] = constant(value = -1e39)", "7:28", "constant() needs value within "
+     "float32's range"),
+    ("param w: float32[8, 2] = normal(mean = 4e38)", "7:28", "normal() needs mean within "),
+])
+def test_an_initializer_option_beyond_float32(tmp_path, line, where, words):
+    """Found by a fuzzer: uniform(scale = 1e39) drew infinite weights (numpy warned "overflow
+    encountered in cast") and training ran on them with exit 0."""
+    lines = [line] if line.startswith("y") else [line, "y = v @ w"]
+    expect(cli("check", nn_file(tmp_path, model(*lines))), f":{where}: error: {words}")
