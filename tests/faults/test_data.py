@@ -418,6 +418,9 @@ def test_a_test_table_beyond_int32_is_not_class_ids(work):
     (["--data", 'csv("reg.csv", target="a", target="b")'], ["option 'target' is given twice"]),
     (["--data", "reg.csv(**{})"], ["cannot parse dataset options", "'**{}' is not an option"]),
     (["--data", "missing.npz"], ["data file not found: missing.npz"]),
+    # found by a fuzzer: numpy's MemoryError for 2,500 rows of 3e9 tokens, an internal error
+    (["--data", "imdb_sample(maxlen=3000000000)"],
+     ["dataset 'imdb_sample' (maxlen=3000000000) does not fit in this machine's memory"]),
     (["--data-dir", "no/such/dir"], ["--data-dir no/such/dir does not exist"]),
     (["--data-dir", "reg.nn"], ["--data-dir reg.nn is not a directory"]),
 ])
