@@ -17,6 +17,8 @@ import numpy as np
 from nnlang.errors import NNError
 
 ALIGN = 64
+# what to do about a value this machine cannot hold (here, and in the reference interpreter)
+ALLOC_HINT = "use a smaller batch or shorter sequences; `nnlang check` estimates what a model needs"
 
 
 def aligned_empty(shape, dtype, spare: int = 0) -> np.ndarray:
@@ -28,8 +30,7 @@ def aligned_empty(shape, dtype, spare: int = 0) -> np.ndarray:
         raw = np.empty(nbytes + spare + ALIGN, np.uint8)
     except (MemoryError, ValueError):
         raise NNError(f"cannot allocate {nbytes / 2**30:,.1f} GiB of memory",
-                      hint="use a smaller batch or shorter sequences; `nnlang check` "
-                           "estimates what a model needs") from None
+                      hint=ALLOC_HINT) from None
     start = -raw.ctypes.data % ALIGN
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 

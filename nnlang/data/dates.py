@@ -90,8 +90,17 @@ def load_dates(data_dir=None, n_train: int = 20000, n_test: int = 2000, seed: in
                    ["target"], meta)
 
 
+# NOTE: the examples are written one by one in Python (about 10 us each): n_train = 3e9 ran
+# for hours before running out of memory, with no word; 10 million take a couple of minutes
+MAX_EXAMPLES = 10_000_000
+
+
 def check_options(name: str, n_train: int = 20000, n_test: int = 2000, seed: int = 0) -> None:
     for key, value, low in (("n_train", n_train, 1), ("n_test", n_test, 0), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise DataError(f"dataset '{name}': {key} must be a whole number >= {low}, got "
                             f"{value!r}", "e.g. dates(n_train=20000, n_test=2000, seed=0)")
+        if key != "seed" and value > MAX_EXAMPLES:
+            raise DataError(f"dataset '{name}': {key} must be at most {MAX_EXAMPLES:,}, got "
+                            f"{value:,}", "the examples are generated in Python, and the "
+                            "dates repeat long before that (there are about 100 years of them)")

@@ -135,8 +135,19 @@ def load_dataset(spec: str | os.PathLike, *, data_dir: str | os.PathLike | None 
     Raises DataError (never a traceback) for unknown names, bad options and missing files.
     """
     name, options = _parse_spec(spec, options)
-    key = canonical_name(name)
     check_options(name, options)
+    try:
+        return _load(name, options, data_dir, words)
+    except MemoryError:
+        # NOTE: imdb(maxlen = 3000000000) asked numpy for 27 TiB: an internal error
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise DataError(f"dataset '{name}'{f' ({given})' if given else ''} does not fit in "
+                        "this machine's memory", "lower its sizes (maxlen, vocab, the number "
+                        "of examples), or use a machine with more memory") from None
+
+
+def _load(name: str, options: dict, data_dir, words) -> Dataset:
+    key = canonical_name(name)
     if key is not None:
         loader = DATASETS[key].loader
         if words is not None and "words" in inspect.signature(loader).parameters:

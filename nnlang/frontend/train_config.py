@@ -116,6 +116,8 @@ RANGES = {
 }
 # the ranges whose ends float32 rounding can reach (a tiny positive value, or one just below 1)
 FLOAT32_CHECKED = {"lr", "beta1", "beta2", "alpha", "momentum", "eps", "gamma", "factor"}
+# the settings whose 0 means "off": a positive value that float32 rounds to 0 is neither
+ZERO_IS_OFF = {"clip_norm"}
 # string settings with a fixed set of values
 CHOICES = {"mode": ("min", "max")}
 
@@ -138,6 +140,10 @@ def range_problem(name: str, value) -> str | None:
         # both gave NaN, reported as divergence with the hint to lower the learning rate
         return (f"{value!r} is {float(np.float32(value))!r} in float32, the precision training "
                 f"runs in: {name} must be {text} there")
+    if name in ZERO_IS_OFF and value > 0 and np.float32(value) == 0:
+        # NOTE: clip_norm = 1e-50 clipped every step to nothing (training stood still, exit 0)
+        return (f"{value!r} is 0.0 in float32, the precision training runs in, so every step "
+                f"would be clipped to nothing; {name} = 0 means no clipping")
     return None
 
 
@@ -461,6 +467,12 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
 def _penalty_list(s, weight, errors: ErrorSink, abort) -> tuple | None:
     """`l1_on = [h.weight, c1.weight]`: the block paths of the weights a penalty applies to."""
     items = s.value.items if isinstance(s.value, ast.ListLit) else (s.value,)
+    if not items:   # NOTE: as --set l1_on=[] is refused: it made the penalty a silent no-op
+        rate = s.name[:2]
+        errors.add(f"{s.name} = [] names no weight, so the {rate} penalty applies to none",
+                   s.value.span, f"leave {s.name} out to put {rate} on every weight matrix and "
+                                 f"kernel, or list the weights: {s.name} = [h.weight]")
+        return None
     paths = []
     for item in items:
         try:

@@ -167,6 +167,8 @@ def _pe_check(x, kind, max_len, mask=None):
     if kind not in ("sinusoidal", "learned"):
         raise ShapeError(f"positional_encoding: kind must be \"sinusoidal\" or \"learned\", got "
                          f"{show_value(kind)}", attr="kind")
+    if max_len is not None:   # NOTE: on a symbolic length nothing else would catch -1 here
+        need_positive("positional_encoding", "max_len", max_len)
     if isinstance(x.shape[1], Sym):
         # NOTE: the table (or the weight's first rows) is taken once the length is bound
         if kind == "learned" and max_len is None:

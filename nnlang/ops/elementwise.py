@@ -152,6 +152,8 @@ def _pow_grad(b, n, g):
     # NOTE: as torch's pow_backward, 0 where a**b is flat: d/da at b = 0 (b * 0**-1 = 0 * inf)
     # and d/db at a = 0, b >= 0 (0**b * log 0 = 0 * -inf), each nan by the plain formula
     a, e = n.inputs
+    # NOTE: an integer base (token ids ** a weight) is cast first: log refuses an int tensor
+    a = a if is_float(b.type(a).dtype) else b.cast(a, dtype=n.dtype)
     zero, one = b.const(0.0, n.dtype), b.const(1.0, n.dtype)
     da = b.where(b.eq(e, zero), zero, b.mul(e, b.pow(a, b.sub(e, one))))
     at_zero = b.eq(a, zero)

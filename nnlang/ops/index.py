@@ -20,6 +20,9 @@ def _int_indices(idx: TensorType, arg: int) -> None:
 
 def _gather_shape(table: TensorType, idx: TensorType) -> TensorType:
     _int_indices(idx, 1)
+    if table.rank == 0:  # NOTE: as numpy's np.float32(1)[[0]]: rows are along axis 0
+        raise ShapeError(f"gather: the table is a scalar ({table}); it has no rows to pick",
+                         arg=0, hint="give a table of rank 1 or more, its rows along axis 0")
     return TensorType(idx.shape + table.shape[1:], table.dtype)
 
 

@@ -175,6 +175,9 @@ def _unit_forget_bias(rng, out, fan_in, fan_out, units):
     out[..., units:2 * units] = 1.0
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def init_problem(opts: dict) -> str | None:
     """What is wrong with an initializer's options, if anything: each is a finite number, and
     a spread (std, scale) is not negative."""
@@ -183,6 +186,10 @@ def init_problem(opts: dict) -> str | None:
             return f"needs a finite number for {key}, got {v!r}"
         if key in ("std", "scale") and v < 0:
             return f"needs {key} >= 0, got {v}"
+        if abs(v) > _FLOAT32_MAX:
+            # NOTE: uniform(scale = 1e39) drew infinite weights (numpy only warned) and
+            # training ran on them; the weights are float32, as training runs
+            return f"needs {key} within float32's range (about 3.4e38), got {v!r}"
     return None
 
 

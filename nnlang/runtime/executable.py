@@ -51,6 +51,25 @@ def _products(g: Graph, steps: list[Step]) -> list[tuple[tuple, tuple]]:
             for s in steps if s.kind == "call" and g.node(s.nodes[0]).op == "matmul"]
 
 
+def _allocate(g: Graph, memory: MemoryPlan, backend: Backend) -> list:
+    """The planned buffers. One this machine cannot hold is an error at the op whose value
+    needs it (the largest value planned into it): `check` only warns about activations, and
+    `check_memory` counts weights alone, so this is where such a value is first refused."""
+    buffers = []
+    for i, size in enumerate(memory.sizes):
+        try:
+            buffers.append(backend.alloc(size))
+        except NNError as err:
+            owners = [g.node(nid) for nid, b in memory.assign.items() if b == i]
+            if err.span is not None or not owners:
+                raise
+            big = max(owners, key=lambda n: np.prod([int(d) for d in n.shape], dtype=float)
+                      * np.dtype(n.dtype).itemsize)
+            raise NNError(f"{err.message} for the value {big.type}", big.span,
+                          err.hint) from None
+    return buffers
+
+
 class Executable:
     """A graph compiled for one backend: `run(feeds)` returns outputs, losses and metrics.
 
@@ -64,7 +83,7 @@ class Executable:
         self.disable = tuple(disable)   # the pass switches, which scan bodies follow too
         self.bodies: list[Executable] = []
         self.views = views
-        self.buffers = [backend.alloc(n) for n in memory.sizes]
+        self.buffers = _allocate(g, memory, backend)
         self.arrays: dict = {}
         shared = state if state is not None else {}
         params = {}

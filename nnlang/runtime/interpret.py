@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnlang.backends.aligned import ALLOC_HINT
 from nnlang.errors import NNError
 from nnlang.ir.graph import Graph, op_attrs, slots
 from nnlang.ops import registry
@@ -45,5 +46,9 @@ def interpret(g: Graph, feeds: dict, params: dict | None = None, want=None) -> d
                 if not opdef.has(registry.INDEX):
                     raise
                 raise index_error(node, err) from None
+            except MemoryError:
+                # NOTE: as the compiled backends' buffers say it (executable._allocate)
+                raise NNError(f"cannot allocate memory for the value {node.type}", node.span,
+                              ALLOC_HINT) from None
             env[nid] = np.asarray(out, dtype=node.dtype)
     return env if want is None else {k: env[v] for k, v in want.items()}

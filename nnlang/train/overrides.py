@@ -83,7 +83,9 @@ def apply_overrides(cfg: TrainConfig, kw: dict) -> TrainConfig:
             raise NNError(f"unknown train setting '{k}'", hint=_unknown_hint(k, opt, sched))
     data = cfg.data
     if kw.get("data") is not None:
-        data = feeds.replace_data(cfg.data, str(kw["data"]))
+        # NOTE: as `_spelled`: --set data=true is named 'true' (.nn's spelling), not 'True'
+        spec = kw["data"]
+        data = feeds.replace_data(cfg.data, spec if isinstance(spec, str) else show_value(spec))
     return replace(cfg, data=data, optimizer=opt, schedule=sched, **scalars)
 
 

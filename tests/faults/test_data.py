@@ -418,6 +418,12 @@ def test_a_test_table_beyond_int32_is_not_class_ids(work):
     (["--data", 'csv("reg.csv", target="a", target="b")'], ["option 'target' is given twice"]),
     (["--data", "reg.csv(**{})"], ["cannot parse dataset options", "'**{}' is not an option"]),
     (["--data", "missing.npz"], ["data file not found: missing.npz"]),
+    # found by a fuzzer: numpy's MemoryError for 2,500 rows of 3e9 tokens, an internal error
+    (["--data", "imdb_sample(maxlen=3000000000)"],
+     ["dataset 'imdb_sample' (maxlen=3000000000) does not fit in this machine's memory"]),
+    # found by a fuzzer: 3e9 generated dates ran for hours (10 us each) with no word
+    (["--data", "dates(n_train=3000000000)"],
+     ["dataset 'dates': n_train must be at most 10,000,000, got 3,000,000,000"]),
     (["--data-dir", "no/such/dir"], ["--data-dir no/such/dir does not exist"]),
     (["--data-dir", "reg.nn"], ["--data-dir reg.nn is not a directory"]),
 ])

@@ -982,3 +982,70 @@ def test_a_digit_of_another_script_is_no_number(tmp_path):
     path = nn_file(tmp_path, "model M(u = \u0663) {\n  input x: float32[batch, 2]\n"
                              "  output y = x * u\n}\n")
     expect(cli("check", path, code=1), f"{path}:1:13: error: unexpected character")
+
+
+def test_gather_from_a_scalar_table_is_refused_where_it_is_written(tmp_path):
+    """gather(table, idx) with a rank-0 table passed `check` and then failed in the first
+    forward with an IndexError (a traceback): a scalar has no rows to pick, as numpy's
+    np.float32(1)[[0]] refuses."""
+    path = nn_file(tmp_path, model("z = sum(v)", "y = gather(z, tok)"))
+    expect(cli("check", path), f"{path}:8:14: error: gather: the table is a scalar")
+
+
+def test_an_integer_base_to_a_trained_power(tmp_path):
+    """Found by a fuzzer: `tok ** w` (int32 ids, a float weight) passed check and forward, and
+    then building the gradient raised a ShapeError (a traceback): d/dw a**w = a**w log a took
+    the log of the int32 base. Against numpy: one sgd step of lr 1 on mean(tok ** w)."""
+    import nnlang
+    from nnlang.frontend.train_config import Choice, TrainConfig
+    from nnlang.runtime.net import Net
+    text = model("param w: float32[5] = ones", "y = tok ** w")
+    cli("compile", nn_file(tmp_path, text), "--backend", "reference", code=0)
+    net = Net(nnlang.load(text), backend="reference", batch=2,
+              config=TrainConfig(optimizer=Choice("sgd", {"lr": 1.0, "momentum": 0.0,
+                                                         "nesterov": False, "weight_decay": 0.0})))
+    tok = np.array([[1, 2, 3, 4, 5], [2, 3, 4, 5, 6]], np.int32)
+    feeds = {"v": np.zeros((2, 8), np.float32), "x": np.zeros((2, 3, 8, 8), np.float32),
+             "s": np.zeros((2, 6, 4), np.float32), "t": np.zeros(2, np.int32), "tok": tok}
+    net.train_step(feeds)
+    a = tok.astype(np.float64)
+    grad = (a * np.log(a)).sum(axis=0) / a.size   # d/dw of mean(a ** w) at w = 1
+    np.testing.assert_allclose(net.parameters()["w"], 1.0 - grad, rtol=1e-5)
+
+
+def test_activations_beyond_this_machine(tmp_path):
+    """Found by a fuzzer: a value no machine holds that is no weight (check warns, compile
+    counts weights only) failed allocating its buffer with "cannot allocate 36,379.8 GiB of
+    memory" and no place in the file; the error points at the op whose value needs it."""
+    path = nn_file(tmp_path, model("y = one_hot(tok, depth = 1000000000000)"))
+    expect(cli("check", "-q", path, code=0), "warning:", "of memory available")
+    out = cli("compile", path, "--batch", "2")
+    expect(out, f"{path}:7:7: error: cannot allocate", "y = one_hot(tok",
+           "float32[2, 5, 1000000000000]")
+
+
+def test_a_value_too_large_on_the_reference_backend():
+    """The interpreter's numpy raised a bare MemoryError (a traceback) for a value this machine
+    cannot hold; it is the compiled backends' error, at the op's line."""
+    import nnlang
+    from nnlang.errors import NNError
+    text = model("y = one_hot(tok, depth = 1000000000000)").replace("loss mean(y)", "output y")
+    net = nnlang.compile(text, backend="reference", batch=2)
+    with pytest.raises(NNError) as err:
+        net.forward({"tok": np.zeros((2, 5), np.int32)})
+    expect(err.value.render(), "<string>:7:7: error: cannot allocate memory for the value "
+           "float32[2, 5, 1000000000000]", "hint: use a smaller batch")
+
+
+@pytest.mark.parametrize("line, where, words", [
+    ("y = dense(v, 3, init = uniform(scale = 1e39))", "7:26", "uniform() needs scale within "
+     "float32's range (about 3.4e38), got 1e+39"),
+    ("param w: float32[8, 2] = constant(value = -1e39)", "7:28", "constant() needs value within "
+     "float32's range"),
+    ("param w: float32[8, 2] = normal(mean = 4e38)", "7:28", "normal() needs mean within "),
+])
+def test_an_initializer_option_beyond_float32(tmp_path, line, where, words):
+    """Found by a fuzzer: uniform(scale = 1e39) drew infinite weights (numpy warned "overflow
+    encountered in cast") and training ran on them with exit 0."""
+    lines = [line] if line.startswith("y") else [line, "y = v @ w"]
+    expect(cli("check", nn_file(tmp_path, model(*lines))), f":{where}: error: {words}")

@@ -31,6 +31,12 @@ REFUSED = [
      "that axis"),
     (["y = positional_encoding(s, kind = \"learned\")"], "m.nn:5:",
      "learned positions on the symbolic length seq need max_len"),
+    # NOTE: found by a fuzzer: on a symbolic length a max_len of 0 or less passed check (a
+    # learned weight of 0 rows) and every batch then failed with "exceeds max_len = -1"
+    (["y = positional_encoding(s, max_len = -1)"], "m.nn:5:40",
+     "positional_encoding: max_len must be a positive integer, got -1"),
+    (["y = positional_encoding(s, kind = \"learned\", max_len = 0)"], "m.nn:5:58",
+     "positional_encoding: max_len must be a positive integer, got 0"),
     (["y = layer_norm(transpose(s, perm = [0, 2, 1]))"], "m.nn:5:", "must be concrete"),
     (["y = conv1d(transpose(s, perm = [0, 2, 1]), 4, 3)"], "m.nn:5:", "must be concrete"),
     # NOTE: it said the weight [4, seq, 3] depends on the symbol: an embedding's [batch, seq,

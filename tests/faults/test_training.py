@@ -118,6 +118,7 @@ def work(tmp_path_factory):
     # a value that is no name is named as --set wrote it, not as Python spells it ('True')
     (["--set", "optimizer=true"], 1, ["unknown optimizer 'true'"]),
     (["--set", "schedule=false"], 1, ["unknown schedule 'false'"]),
+    (["--set", "data=true"], 1, ["unknown dataset 'true'"]),
     # a fraction where a whole number belongs, refused as the train section refuses it: a
     # warm-up of 2.5 steps ran at 0.4, 0.8 and then 1.2 times the base rate
     (["--set", "schedule=cosine(warmup=2.5)"], 1,
