@@ -184,7 +184,8 @@ class CallElaboration:
                 tspans.append(span)
             else:
                 attrs[p.name] = value.spec() if isinstance(value, Initializer) else value
-                attr_spans[p.name] = span
+                if p.name in spans or pos in spans:   # NOTE: written, not a default
+                    attr_spans[p.name] = span
         path = None
         if opdef.params is not None:
             path = self.layer_path(scope, target, e.func, share, spans.get("share"))
@@ -367,11 +368,32 @@ class CallElaboration:
                       "a shared layer must see inputs of the same shape and be called with "
                       "the same sizes and options (filters, kernel, groups, ...)"
                       if share else None)
+        if share:
+            # NOTE: a weight the first call did not make (`bidirectional = true` on a layer
+            # that was one-directional) was made here under the shared layer's name, so the
+            # "shared" layer had weights of its own that nothing said
+            layer, _, weight = name.rpartition(".")
+            self.fail(f"this call makes weight '{weight}', which the layer it shares "
+                      f"('{layer}') does not have", span,
+                      "a shared layer must be called with the same sizes and options (filters, "
+                      "bidirectional, use_bias, ...) as its first call")
         with self.b.at(span, name.rpartition(".")[0]):
             nid = self.b.emit("param", name=name, dtype=spec.dtype, shape=list(spec.shape),
                               init=spec.init, trainable=trainable)
         self.g.params[name] = nid
         return nid
+
+    def same_inits(self, path: str, attrs: dict, attr_spans: dict | None, span: Span) -> None:
+        """A shared layer's weights are made, and initialized, by its first call: an
+        initializer written at a later call that differs from the first's would be ignored."""
+        first = self.layer_inits.get(path, {})
+        for k, at in (attr_spans or {}).items():   # NOTE: the options this call wrote
+            if k in first and attrs.get(k) != first[k]:
+                self.fail(f"{k} = {_show_init(attrs.get(k))} here differs from "
+                          f"{_show_init(first[k])}, which the shared layer '{path}' was "
+                          "initialized with at its first call", at,
+                          f"a shared layer's weights are its first call's: leave {k} out here, "
+                          "or write it at the first call")
 
     def emit(self, op: str, ins: list, attrs: dict, span: Span, in_spans: list, scope: Scope,
              path: str | None, where: str | None = None, attr_spans: dict | None = None,
@@ -407,6 +429,11 @@ class CallElaboration:
             except ShapeError as err:
                 self.shape_fail(op, err, span, in_spans, ins, attr_spans)
             shared = path in self.layer_op
+            if shared:
+                self.same_inits(path, attrs, attr_spans, span)
+            else:
+                self.layer_inits.setdefault(path, {k: v for k, v in full.items()
+                                                   if k.endswith("init")})
             for k, spec in specs.items():
                 self.check_size(spec.shape, attrs, attr_spans, span)
                 if not is_concrete(spec.shape):
@@ -672,3 +699,11 @@ def number_text(v: int | float) -> str:
         return f"a {int(math.log10(abs(v))) + 1}-digit number" if abs(v) > sys.float_info.max \
             else f"{float(v):g}"
     return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _show_init(v) -> str:
+    """An initializer as the .nn source spells it: "zeros", normal(std = 0.5)."""
+    if isinstance(v, (tuple, list)) and len(v) == 2 and isinstance(v[1], dict):
+        opts = ", ".join(f"{k} = {show_value(x)}" for k, x in v[1].items())
+        return f"{v[0]}({opts})"
+    return show_value(v)

@@ -74,6 +74,7 @@ class Elaborator(CallElaboration, ScanElaboration):
         self.b = Builder(self.g)
         self.layer_of: dict[int, str] = {}  # tensor id -> layer path that produced it
         self.layer_op: dict[str, str] = {}  # layer path -> its op, once it made a value
+        self.layer_inits: dict[str, dict] = {}  # layer path -> its first call's init options
         self.block_of: dict[str, str] = {}  # a block call's path -> the block's name
         self.origin: dict[int, tuple[str, Span]] = {}  # tensor id -> (value name, span)
         self.part_of: dict[int, tuple[int, int]] = {}  # result k of a packed call: id -> (call, k)

@@ -318,6 +318,34 @@ def test_share_of_a_value_no_layer_made_says_so(tmp_path, call, hint):
            hint)
 
 
+@pytest.mark.parametrize("lines, at, words", [
+    # a weight the first call never made was made under the shared layer's name
+    (["a = lstm(s, 4)", "y = lstm(s, 4, bidirectional = true, share = a)"], "8:7",
+     ["this call makes weight 'backward_kernel', which the layer it shares ('a') does not "
+      "have", "the same sizes and options"]),
+    (["a = dense(v, 3, use_bias = false)", "y = dense(v, 3, share = a)"], "8:7",
+     ["this call makes weight 'bias', which the layer it shares ('a') does not have"]),
+    # the shared weights are the first call's: an initializer written later was ignored
+    (["a = dense(v, 3, init = normal(std = 0.5))", "y = dense(v, 3, share = a, init = \"ones\")"],
+     "8:37", ['init = "ones" here differs from normal(std = 0.5, mean = 0.0), which the shared '
+              "layer 'a' was initialized with", "leave init out here"]),
+])
+def test_a_shared_call_that_would_change_the_shared_weights(tmp_path, lines, at, words):
+    """Found by a fuzzer: `share =` silently kept the first call's weights whatever the later
+    call said: `bidirectional = true` (or a bias the first call had not) added weights of its
+    own under the shared layer's name, and a different `init` was ignored."""
+    path = nn_file(tmp_path, model(*lines))
+    expect(cli("check", path), f"{path}:{at}: error: ", *words)
+
+
+def test_a_shared_call_may_leave_out_or_repeat_the_first_calls_options(tmp_path):
+    path = nn_file(tmp_path, model("a = dense(v, 3, init = normal(std = 0.5))",
+                                   "b = dense(v, 3, share = a, init = normal(std = 0.5))",
+                                   "c = dense(v, 3, share = a, use_bias = false)",
+                                   "y = a + b + dense(v, 3, share = a)"))
+    cli("check", "-q", path, code=0)
+
+
 def test_a_long_line_is_shown_as_a_window(tmp_path):
     path = nn_file(tmp_path, model("y = v" + " + v" * 20_000 + " + $"))
     out = cli("check", path)
