@@ -458,6 +458,35 @@ def test_check_and_graph_show_a_shared_scan(tmp_path):
     assert dot.count("(shares ys, h)") == 1, dot
 
 
+def test_compile_says_at_which_length_a_symbol_is_shown_and_takes_another(tmp_path):
+    """`nnlang compile --emit ir` of a model with `symbol seq` showed [2, 16, 3] for
+    [batch, seq, 3] without a word (16 is the default length, not the model's), and there was
+    no way to see another length. The views say the size and take --length seq=N."""
+    src = tmp_path / "sym.nn"
+    src.write_text("""model S {
+  symbol seq
+  input x: float32[batch, seq, 3]
+  output y = dense(x, 4)
+}
+""")
+    r = run("compile", src, "--batch", 2, "--backend", "reference", "--emit", "ir")
+    assert r.exit_code == 0, r.stderr
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("# at batch 2, seq = 16 (a symbol without a size") and \
+        "--length seq=N" in first, r.stdout
+    assert "float32[2, 16, 3]" in r.stdout
+    r = run("compile", src, "--batch", 2, "--backend", "reference", "--emit", "ir",
+            "--length", "seq=40")
+    assert r.exit_code == 0, r.stderr
+    assert "seq = 40" in r.stdout and "float32[2, 40, 3]" in r.stdout and \
+        "[2, 16, 3]" not in r.stdout, r.stdout
+    r = run("compile", src, "--batch", 2, "--backend", "reference", "--length", "len=4")
+    assert r.exit_code == 1 and "no symbolic length 'len'" in r.stderr, r.stderr
+    assert "its symbolic lengths: seq" in r.stderr
+    plain = run("compile", "models/mlp.nn", "--backend", "reference", "--emit", "ir")
+    assert plain.exit_code == 0 and not plain.stdout.startswith("#"), plain.stdout[:200]
+
+
 def test_check_draws_a_long_table_cut_in_the_middle(tmp_path):
     """A file of 66,000 statements spent 27 of its 39 s drawing every row: the table keeps its
     first and last rows, says how many it left out and how to see them; --rows 0 draws all."""
