@@ -395,9 +395,12 @@ def accuracy(s, y, *, ignore_index=None):
     return np.sum((np.argmax(s, axis=-1) == y)[keep]) / max(np.sum(keep), 1)
 
 
-def binary_accuracy(p, y, *, threshold):
+def binary_accuracy(p, y, *, threshold, ignore_index=None):
+    """torchmetrics' BinaryAccuracy(threshold, ignore_index): entries labelled ignore_index
+    left out; all of them left out gives 0 (nnlang's choice)."""
     p, y = _binary(p, y)
-    return np.mean((p > threshold) == (y > 0.5))
+    keep = np.ones(y.shape, bool) if ignore_index is None else y != ignore_index
+    return np.sum(((p > threshold) == (y > 0.5))[keep]) / max(np.sum(keep), 1)
 
 
 def huber(p, t, *, delta):

@@ -60,27 +60,37 @@ register("accuracy", "logits: tensor, labels: tensor, ignore_index: int = none",
              "(0 when every row is ignored)")
 
 
-def _binary_accuracy_shape(prob, labels, *, threshold):
+def _binary_accuracy_shape(prob, labels, *, threshold, ignore_index=None):
     need_float("binary_accuracy", prob)
     if prob.shape != labels.shape and prob.shape != labels.shape + (1,):
         raise ShapeError(f"binary_accuracy: predictions {fmt_shape(prob.shape)} and labels "
                          f"{fmt_shape(labels.shape)} differ", arg=1)
+    need_ignore_index("binary_accuracy", ignore_index, labels)
     return TensorType((), prob.dtype)
 
 
-def _binary_accuracy(b, prob, labels, *, threshold):
+def _binary_accuracy(b, prob, labels, *, threshold, ignore_index=None):
     if b.type(prob).shape != b.type(labels).shape:
         prob = b.reshape(prob, shape=list(b.type(labels).shape))
     dtype = b.type(prob).dtype
     pred = b.gt(prob, b.const(threshold, dtype))
     truth = b.gt(b.cast(labels, dtype=dtype), b.const(0.5, dtype))
-    return mean_over(b, b.cast(b.eq(pred, truth), dtype=dtype))
+    hit = b.cast(b.eq(pred, truth), dtype=dtype)
+    if ignore_index is None:
+        return mean_over(b, hit)
+    # NOTE: torchmetrics' BinaryAccuracy(ignore_index = k): entries labelled k left out
+    return kept_mean(b, hit, kept_rows(b, labels, ignore_index, dtype))
 
 
-register("binary_accuracy", "prob: tensor, labels: tensor, threshold: float = 0.5",
+register("binary_accuracy", "prob: tensor, labels: tensor, threshold: float = 0.5, "
+         "ignore_index: int = none",
          _binary_accuracy_shape, decompose=_binary_accuracy, family="metrics", traits={NONDIFF},
          samples=(Sample(((8,), (8,)), domain="int:2", dtypes=(None, "int32"), grad=False),
                   Sample(((8, 1), (8,)), {"threshold": 0.0}, domain="int:2",
-                         dtypes=(None, "float32"), grad=False)),
+                         dtypes=(None, "float32"), grad=False),
+                  Sample(((4, 3), (4, 3)), {"ignore_index": 1}, domain="int:2",
+                         dtypes=(None, "int32"), grad=False)),
          doc="fraction where (prob > threshold) agrees with the 0/1 label; use threshold = 0 "
-             "on logits. A [batch, 1] prediction matches [batch] labels.")
+             "on logits. A [batch, 1] prediction matches [batch] labels. ignore_index = k "
+             "leaves out the entries labelled k (as torchmetrics' BinaryAccuracy; -100 for "
+             "padding), from the hits and the count (0 when every entry is ignored)")

@@ -153,6 +153,23 @@ def test_accuracy_ignore_index_leaves_the_rows_out(shape, ignore, backend):
     assert net.evaluate(f)["acc"] == 0.0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("labels", ["int32", "float32"])
+def test_binary_accuracy_ignore_index_leaves_the_entries_out(labels, backend):
+    """torchmetrics' BinaryAccuracy(ignore_index = -100) on a multi-label head with padded
+    entries: they are left out of the hits and the count (numpy written here)."""
+    rng = np.random.default_rng(6)
+    p = rng.uniform(size=(5, 3))
+    y = rng.integers(0, 2, (5, 3))
+    y.flat[::4] = -100
+    src = (f"model M {{\n  input p: float32[batch, 3]\n  input y: {labels}[batch, 3]\n"
+           "  loss mean(p * p)\n  metric acc = binary_accuracy(p, y, ignore_index = -100)\n}\n")
+    net = _net(src, backend, "float64", 5)
+    keep = y != -100
+    want = ((p > 0.5) == (y > 0.5))[keep].mean()
+    assert net.evaluate({"p": p, "y": y.astype(labels)})["acc"] == pytest.approx(want, rel=1e-12)
+
+
 def test_accuracy_ignore_index_matches_pytorch():
     torch = pytest.importorskip("torch")
     shape, ignore = (3, 5, 4), 1
