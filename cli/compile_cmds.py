@@ -9,8 +9,9 @@ import typer
 from rich.text import Text
 
 import nnlang
+from nnlang.errors import NNError, Span
 from nnlang.files import write_atomic
-from nnlang.ir.dims import MAX_BATCH
+from nnlang.ir.dims import DEFAULT_LENGTH, MAX_BATCH
 from nnlang_cli.app import (MODEL_HELP, SET_HELP, app, check_output, console, parse_overrides,
                             reporting, writing)
 
@@ -25,6 +26,9 @@ def compile_cmd(
     batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
                                         help="Batch size (default: the train section's)."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    lengths: Optional[list[str]] = typer.Option(
+        None, "--length", help=f"The size a symbolic length (symbol seq) is compiled at: "
+                               f"--length seq=40 (default {DEFAULT_LENGTH}); repeatable."),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write to a file."),
     **switched_off: bool,
@@ -38,6 +42,7 @@ def compile_cmd(
         program = nnlang.load(file, parse_overrides(sets), model)
         net = nnlang.compile(program, backend=backend, batch=batch, disable=disable,
                              init_from=False)   # NOTE: the graph and kernels need no weights
+        net.lengths.update(_parse_lengths(lengths, net))
         text = nnlang.emit(net, emit, mode)   # NOTE: None: emit's default for the model
         if output is not None:
             with writing(output):
@@ -46,6 +51,31 @@ def compile_cmd(
         console().print(Text(f"wrote {output}"))
     else:
         console().print(Text(text), end="", soft_wrap=True)
+
+
+def _parse_lengths(items: list[str] | None, net) -> dict:
+    """`["seq=40"]` -> {"seq": 40}: sizes of the model's symbolic lengths (not batch, which is
+    --batch); errors point into the flag."""
+    out: dict = {}
+    for item in items or []:
+        source = f"--length {item}"
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        span = Span("<command line>", 1, 10, 1, 10 + max(len(item), 1), source)
+        known = ", ".join(net.lengths) or "none"
+        if not eq:
+            raise NNError(f"--length expects name=size, got '{item}'", span,
+                          f"e.g. --length seq=40 (the model's symbolic lengths: {known})")
+        if name not in net.lengths:
+            raise NNError(f"--length {name}: model '{net.program.model}' has no symbolic length "
+                          f"'{name}'", span,
+                          "use --batch for the batch" if name == "batch" else
+                          f"its symbolic lengths: {known}")
+        if not value.strip().isdigit() or int(value) < 1:
+            raise NNError(f"--length {name}: the size must be a whole number >= 1, got "
+                          f"'{value}'", span, f"e.g. --length {name}=40")
+        out[name] = int(value)
+    return out
 
 
 def _with_pass_switches(fn):

@@ -388,9 +388,19 @@ def cross_entropy(logits, labels, *, label_smoothing=0.0, ignore_index=None, wei
     return -np.mean(np.sum(w * target * logp, axis=-1))
 
 
-def binary_accuracy(p, y, *, threshold):
+def accuracy(s, y, *, ignore_index=None):
+    """torchmetrics' MulticlassAccuracy(average="micro", ignore_index=k): rows labelled k left
+    out of hits and count; all of them left out gives 0 (nnlang's choice, as cross_entropy)."""
+    keep = np.ones(y.shape, bool) if ignore_index is None else y != ignore_index
+    return np.sum((np.argmax(s, axis=-1) == y)[keep]) / max(np.sum(keep), 1)
+
+
+def binary_accuracy(p, y, *, threshold, ignore_index=None):
+    """torchmetrics' BinaryAccuracy(threshold, ignore_index): entries labelled ignore_index
+    left out; all of them left out gives 0 (nnlang's choice)."""
     p, y = _binary(p, y)
-    return np.mean((p > threshold) == (y > 0.5))
+    keep = np.ones(y.shape, bool) if ignore_index is None else y != ignore_index
+    return np.sum(((p > threshold) == (y > 0.5))[keep]) / max(np.sum(keep), 1)
 
 
 def huber(p, t, *, delta):
@@ -412,7 +422,7 @@ LOSSES = {
     "l1": lambda p, t: np.mean(np.abs(p - t)), "mae": lambda p, t: np.mean(np.abs(p - t)),
     "bce": bce, "bce_with_logits": bce_with_logits, "cross_entropy": cross_entropy,
     "huber": huber, "kl_div": kl_div,
-    "accuracy": lambda s, y: np.mean(np.argmax(s, axis=-1) == y),
+    "accuracy": accuracy,
     "binary_accuracy": binary_accuracy,
 }
 

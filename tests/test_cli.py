@@ -422,6 +422,71 @@ def test_check_and_graph_show_a_shared_call_under_its_own_name(tmp_path):
         f"{p}.{k}" for p in ("d1", "a.h", "a.dense") for k in ("weight", "bias"))
 
 
+SHARED_SCAN = """
+block Cell(x, h, w) {
+  h2 = tanh(dense(x, 4) + h @ w)
+  return h2, h2
+}
+model S {
+  symbol seq
+  input x: float32[batch, seq, 3]
+  input h0: float32[batch, 4]
+  param w: float32[4, 4]
+  ys, h = scan Cell(h0, w = w) over x
+  zs, g = scan Cell(h, w = w, share = ys) over x
+  vs, k = scan Cell(h, w = w) over x
+  output y = zs + ys + vs
+}
+"""
+
+
+def test_check_and_graph_show_a_shared_scan(tmp_path):
+    """`scan Cell(..., share = ys)` reuses ys's block weights but its row in `nnlang check` (and
+    its node in `nnlang graph`) said nothing of it, where a shared layer or block call reads
+    "0 (shares d1)". The model's own `w` passed to every scan is not a share (vs)."""
+    src = tmp_path / "s.nn"
+    src.write_text(SHARED_SCAN)
+    r = run("check", src, "--batch", 2)
+    assert r.exit_code == 0, r.stderr
+    assert re.search(r"^zs, g +scan .* 0 \(shares ys, h\) ", r.stdout, re.M), r.stdout
+    assert re.search(r"^vs, k +scan .* 16 ", r.stdout, re.M), r.stdout
+    assert r.stdout.count("(shares") == 1, r.stdout
+    assert f"Total params: {2 * (3 * 4 + 4) + 16:,}" in r.stdout
+    out = tmp_path / "s.dot"
+    assert run("graph", src, "-o", out).exit_code == 0
+    dot = out.read_text()
+    assert dot.count("(shares ys, h)") == 1, dot
+
+
+def test_compile_says_at_which_length_a_symbol_is_shown_and_takes_another(tmp_path):
+    """`nnlang compile --emit ir` of a model with `symbol seq` showed [2, 16, 3] for
+    [batch, seq, 3] without a word (16 is the default length, not the model's), and there was
+    no way to see another length. The views say the size and take --length seq=N."""
+    src = tmp_path / "sym.nn"
+    src.write_text("""model S {
+  symbol seq
+  input x: float32[batch, seq, 3]
+  output y = dense(x, 4)
+}
+""")
+    r = run("compile", src, "--batch", 2, "--backend", "reference", "--emit", "ir")
+    assert r.exit_code == 0, r.stderr
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("# at batch 2, seq = 16 (a symbol without a size") and \
+        "--length seq=N" in first, r.stdout
+    assert "float32[2, 16, 3]" in r.stdout
+    r = run("compile", src, "--batch", 2, "--backend", "reference", "--emit", "ir",
+            "--length", "seq=40")
+    assert r.exit_code == 0, r.stderr
+    assert "seq = 40" in r.stdout and "float32[2, 40, 3]" in r.stdout and \
+        "[2, 16, 3]" not in r.stdout, r.stdout
+    r = run("compile", src, "--batch", 2, "--backend", "reference", "--length", "len=4")
+    assert r.exit_code == 1 and "no symbolic length 'len'" in r.stderr, r.stderr
+    assert "its symbolic lengths: seq" in r.stderr
+    plain = run("compile", "models/mlp.nn", "--backend", "reference", "--emit", "ir")
+    assert plain.exit_code == 0 and not plain.stdout.startswith("#"), plain.stdout[:200]
+
+
 def test_check_draws_a_long_table_cut_in_the_middle(tmp_path):
     """A file of 66,000 statements spent 27 of its 39 s drawing every row: the table keeps its
     first and last rows, says how many it left out and how to see them; --rows 0 draws all."""

@@ -660,6 +660,19 @@ def test_kept_rows_cross_entropy_is_neither_a_sum_nor_a_note(loss):
     assert said == [] and not split
 
 
+def test_kept_rows_accuracy_is_exact_without_a_note():
+    """accuracy(..., ignore_index = 0) is a mean over the kept rows, as cross_entropy's: the
+    step of 2 ranks divides by the global batch's count, and evaluation takes whole batches,
+    so the numbers are one process's and no note says otherwise."""
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.normal(size=(8, 4)).astype(np.float32),
+             "label": np.array([0, 0, 0, 0, 1, 2, 2, 1], np.int32)}
+    source = tiny_source().replace("accuracy(logits, label)",
+                                   "accuracy(logits, label, ignore_index = 0)")
+    said, split = _two_ranks_check(source, batch, overrides={})
+    assert said == [] and not split
+
+
 def test_a_metric_that_is_not_a_mean_over_rows_is_said_once():
     """exp of the mean loss: the training column is the ranks' mean of it, which the run says
     (validation and test are exact, test_sharded_evaluation_...); means pass silently."""

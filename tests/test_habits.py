@@ -86,8 +86,9 @@ LAYER_OPTIONS = [
 OPS = [
     ("output y = selu(x)", ["1.0507009873554805 * elu(x"]),
     ("output y = softsign(x)", ["x / (1 + abs(x))"]),
-    ("output y = hard_sigmoid(x)", ["clip(x / 6 + 0.5"]),
-    ("output y = relu6(x)", ["hi = 6.0"]),
+    ("output y = hard_sigmoid(x)", ["minimum(1.0, x / 6 + 0.5)"]),
+    ("output y = relu6(x)", ["maximum(0.0, minimum(6.0, x))", "gradient 0"]),
+    ("output y = pad(x, [2, 0])", ['padding = "causal"', "padding = [lo, hi]"]),
     ("output y = Bidirectional(x)", ["bidirectional = true"]),
     ("output y = stack(x, x)", ["concat(unsqueeze(a, axis = 1)"]),
     ("output y = spatial_dropout2d(img, 0.2)", ["x * dropout("]),
@@ -219,6 +220,37 @@ def test_an_activation_written_with_ops_matches_pytorch(name):
     want = getattr(torch.nn.functional, ACTIVATIONS_TORCH[name])(torch.tensor(X)).numpy()
     got = _run(_formula(ACTIVATIONS_WITH_OPS[name]), {"x": X})
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+# PyTorch's backward of its piecewise activations (aten's *_backward), written out in numpy
+ACTIVATION_GRADS_NUMPY = {
+    "relu6": lambda x: ((x > 0) & (x < 6)).astype(float),
+    "hard_tanh": lambda x: ((x > -1) & (x < 1)).astype(float),
+    "hard_sigmoid": lambda x: ((x > -3) & (x < 3)) / 6.0,
+    "hard_swish": lambda x: np.where(x <= -3, 0.0, np.where(x < 3, x / 3 + 0.5, 1.0)),
+}
+
+
+def _grad(expr: str, x: np.ndarray) -> np.ndarray:
+    net = nnlang.compile(f"model F {{\n  input x: float64[batch, {x.shape[1]}]\n"
+                         f"  loss sum({expr})\n}}\n", backend="reference", dtype="float64",
+                         batch=x.shape[0])
+    return net.gradients({"x": x}, inputs=("x",))["x"]
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATION_GRADS_NUMPY))
+def test_an_activation_written_with_ops_has_pytorchs_gradient_at_its_kinks(name):
+    """relu6's hint was clip(x, 0, 6), whose gradient at x = 0 and 6 is 1 (torch.clamp's);
+    torch 2.13's relu6 (hardtanh) gives 0 there, hardtanh and hardsigmoid 0 at theirs,
+    hardswish 0 at -3 and 1 at 3. X holds every kink exactly; numpy of those, and PyTorch's
+    autograd."""
+    got = _grad(_formula(ACTIVATIONS_WITH_OPS[name]), X)
+    np.testing.assert_allclose(got, ACTIVATION_GRADS_NUMPY[name](X), rtol=1e-12, atol=1e-12)
+    torch = pytest.importorskip("torch")
+    x = torch.tensor(X, requires_grad=True)
+    getattr(torch.nn.functional, ACTIVATIONS_TORCH[name])(x).sum().backward()
+    # NOTE: torch's float64 hardsigmoid backward multiplies by a float32 1/6
+    np.testing.assert_allclose(got, x.grad.numpy(), rtol=1e-7, atol=1e-12)
 
 
 def _loss_feeds(name: str) -> dict:

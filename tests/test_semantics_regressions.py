@@ -799,6 +799,48 @@ def test_share_of_a_block_whose_result_is_a_layers_output_reuses_the_block():
                                rtol=1e-12)
 
 
+OWN_PARAM = """
+block Cell(x, h) {
+  param w: float32[4, 4]
+  h2 = tanh(dense(x, 4) + h @ w)
+  return h2, h2
+}
+model M {
+  input x: float32[batch, 5, 3]
+  input z: float32[batch, 5, 3]
+  input h0: float32[batch, 4]
+  CALLS
+  loss sum(a * b)
+}
+"""
+
+
+@pytest.mark.parametrize("calls", [
+    "a, ha = Cell(x[:, 0], h0)\n  b, hb = Cell(z[:, 0], h0, share = a)",
+    "a, ha = scan Cell(h0) over x\n  b, hb = scan Cell(h0, share = a) over z",
+])
+def test_a_shared_block_call_reuses_the_blocks_own_param(calls):
+    """A block declaring its own `param w`, called again with `share = a` (or scanned again):
+    "weight 'a.w' [4, 4] conflicts with its earlier definition [4, 4]", an error at the
+    param, where docs/language.md says the shared call reuses every weight. Checked against
+    numpy with the one set of weights."""
+    net = nnlang.compile(OWN_PARAM.replace("CALLS", calls), batch=2, seed=0, dtype="float64")
+    p = net.parameters()
+    assert sorted(p) == ["a.h2.bias", "a.h2.weight", "a.w"]
+    rng = np.random.default_rng(1)
+    x, z = rng.normal(size=(2, 2, 5, 3))
+    h0 = rng.normal(size=(2, 4))
+
+    def run(seq):
+        h, hs = h0, []
+        for t in range(seq.shape[1] if "scan" in calls else 1):
+            h = np.tanh(seq[:, t] @ p["a.h2.weight"] + p["a.h2.bias"] + h @ p["a.w"])
+            hs.append(h)
+        return np.stack(hs, 1) if "scan" in calls else h
+    got = list(net.evaluate({"x": x, "z": z, "h0": h0}).values())[0]
+    np.testing.assert_allclose(got, np.sum(run(x) * run(z)), rtol=1e-12)
+
+
 SIGMOID_TAIL = """model M {
   input x: float32[batch, 8]
   output y = sigmoid(x)

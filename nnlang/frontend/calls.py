@@ -26,7 +26,9 @@ _DEPTHWISE = f"no depthwise layer: {depthwise_hint()}"
 # closest name by letters would mislead: `pad` is not `add`)
 WRITTEN_OTHERWISE = {
     "pad": "zero padding is an option of the convolution or pooling that needs it: "
-           "padding = [lo, hi] per spatial axis (causal: [(kernel - 1) * dilation, 0])",
+           "padding = [lo, hi] per spatial axis; causal padding of a sequence (a TCN, "
+           "WaveNet) is conv1d(x, filters, kernel, dilation = d, padding = \"causal\"), "
+           "(kernel - 1) * d zeros before it",
     "depthwise_conv2d": _DEPTHWISE, "DepthwiseConv2D": _DEPTHWISE,
     "separable_conv2d": _DEPTHWISE + ", then a 1x1 conv2d(h, filters, 1)",
     "SeparableConv2D": _DEPTHWISE + ", then a 1x1 conv2d(h, filters, 1)",

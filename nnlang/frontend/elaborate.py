@@ -212,8 +212,12 @@ class Elaborator(CallElaboration, ScanElaboration):
                 frozen = not self.trainable_flag(self.const_expr(s.trainable, scope),
                                                  s.trainable.span) or frozen
             path = join_path(scope.prefix, s.name)
-            nid = self.param(path, ParamSpec(t.shape, init, dtype=t.dtype), s.span, share=False,
-                             frozen=frozen)
+            # NOTE: in a block call with `share = a` (or a block inside one) the weights live
+            # under a's path, shown under the call's own: its `param w` is a's, as its layers'
+            # weights are ("reuses every weight"); share=False made it a conflict with itself
+            shared = scope.shown is not None and scope.shown != scope.prefix
+            nid = self.param(path, ParamSpec(t.shape, init, dtype=t.dtype), s.span,
+                             share=shared, frozen=frozen)
             self.define(scope, s.name, T(nid), s.span)
         elif isinstance(s, ast.Symbol):
             for n in s.names:

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 # the batch a model is compiled, trained and summarized at when nothing sets one
 DEFAULT_BATCH = 32
+# NOTE: the size a symbolic length (`symbol seq`) is shown and prepared at before a feed binds
+# it (`nnlang compile --length seq=N` picks another); generated kernels take their sizes as
+# arguments, so any length runs the same kernels
+DEFAULT_LENGTH = 16
 MAX_BATCH = 2**31 - 1   # NOTE: rows are counted in int32 (index math, the data loaders)
 
 from dataclasses import dataclass

@@ -64,7 +64,9 @@ def to_dot(g: Graph, depth: int | None = None, roles=None, show_params: bool = F
     nodes = [n for n in nodes if (roles is None or n.role in roles)
              and (show_params or n.op not in HIDDEN_BY_DEFAULT)]
     kept = {n.id for n in nodes}
-    shares = {n: g.node(o).path for n, o in weight_users(g)[1].items()}
+    # NOTE: a shared scan's owner has no path: it is named by its results, as in `nnlang check`
+    shares = {n: g.node(o).path or ", ".join(g.node(p).name or "" for p in packed.get(o, ()))
+              for n, o in weight_users(g)[1].items()}
     results: dict[int, str] = {}
     for kind, table in (("output", g.outputs), ("loss", g.losses), ("metric", g.metrics)):
         for k, v in table.items():

@@ -328,7 +328,11 @@ def weight_users(g: Graph) -> tuple[dict[int, int], dict[int, int]]:
     for pid, first in owner.items():
         for u in g.users(pid):
             opdef = registry.get(g.node(u).op)
-            if u != first and opdef is not None and opdef.params is not None:
+            # NOTE: a scan takes its block's weights as inputs: one made under a block call's
+            # path and first used by another scan is `scan Cell(..., share = ys)`'s; a model's
+            # own `param` passed to both as an argument is the user's wiring, as `x @ w` twice
+            scanned = g.node(u).op == "scan" and g.node(pid).path != ""
+            if u != first and (scanned or opdef is not None and opdef.params is not None):
                 shares.setdefault(u, first)
     return owner, shares
 

@@ -87,6 +87,7 @@ def summarize(program, batch: int | None = None) -> Summary:
     members: dict[int, set[int]] = {}
     for m, call in folded.items():
         members.setdefault(call, set()).add(m)
+    labels: dict[int, str] = {}
     for nid in order:
         node = g.node(nid)
         if node.op in SOURCE_OPS or nid in folded:
@@ -106,8 +107,9 @@ def summarize(program, batch: int | None = None) -> Summary:
         row = Row(label, node.op, shape, node.dtype or "?", params,
                   sum(node_flops(g, g.node(m), env) for m in group), memory,
                   node.span.line if node.span else 0)
-        if nid in shares:
-            row.shares = layer_label(g.node(shares[nid]), True)
+        if nid in shares:   # NOTE: by the owner's row label (a scan's is its results' names)
+            row.shares = labels.get(shares[nid]) or layer_label(g.node(shares[nid]), True)
+        labels[nid] = label
         s.rows.append(row)
         s.flops += row.flops
         s.memory += row.memory

@@ -263,12 +263,7 @@ def _ce_shape(logits, labels, *, label_smoothing=0.0, ignore_index=None, weight=
         raise ShapeError(f"cross_entropy: ignore_index skips rows by their class id, but the "
                          f"labels {labels} are probabilities", attr="ignore_index",
                          hint="give int class ids, or weigh the per-row losses yourself")
-    if ignore_index is not None and not _fits(ignore_index, labels.dtype):
-        # NOTE: it becomes a constant of the labels' dtype, which must hold it
-        raise ShapeError(f"cross_entropy: ignore_index {ignore_index} does not fit the labels' "
-                         f"{labels.dtype}", attr="ignore_index",
-                         hint="PyTorch's default is -100; any id outside [0, classes) that "
-                              "the labels can hold marks a row to skip")
+    need_ignore_index("cross_entropy", ignore_index, labels)
     rows = fmt_shape(logits.shape[:-1])
     if labels.dtype in INT_DTYPES:
         if logits.shape[:-1] != labels.shape:
@@ -294,6 +289,32 @@ def _ce_shape(logits, labels, *, label_smoothing=0.0, ignore_index=None, weight=
 def _fits(value: int, dtype: str) -> bool:
     info = np.iinfo(dtype)
     return info.min <= value <= info.max
+
+
+# *** ignore_index: rows left out of a mean by their label (cross_entropy, accuracy) ***
+
+def need_ignore_index(op: str, ignore_index: int | None, labels: TensorType) -> None:
+    if ignore_index is not None and labels.dtype in INT_DTYPES and not _fits(ignore_index,
+                                                                            labels.dtype):
+        # NOTE: it becomes a constant of the labels' dtype, which must hold it
+        raise ShapeError(f"{op}: ignore_index {ignore_index} does not fit the labels' "
+                         f"{labels.dtype}", attr="ignore_index",
+                         hint="PyTorch's default is -100; any id outside [0, classes) that "
+                              "the labels can hold marks a row to skip")
+
+
+def kept_rows(b, labels: int, ignore_index: int, dtype: str) -> int:
+    """1 for a row whose label is not ignore_index, else 0, in `dtype`."""
+    return b.cast(b.ne(labels, b.const(ignore_index, b.type(labels).dtype)), dtype=dtype)
+
+
+def kept_mean(b, rows: int, keep: int) -> int:
+    """The mean of `rows` over the kept ones (PyTorch's ignore_index, torchmetrics' too).
+    NOTE: with every row ignored PyTorch gives 0 / 0 = nan; here the count is at least 1, so
+    such a batch scores 0 (a loss with no gradient) rather than stopping a run at the NaN
+    guard. Under N ranks the count is the global batch's (`_global_sum`, below)."""
+    kept = b.maximum(_global_sum(b, b.reduce_sum(keep, axes=None)), const_like(b, 1.0, keep))
+    return b.div(b.reduce_sum(b.mul(rows, keep), axes=None), _rank_share(b, kept))
 
 
 def _ids_hint(logits: TensorType, labels: TensorType) -> str:
@@ -338,7 +359,7 @@ def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None,
     logp = b.log_softmax(logits, axis=-1)
     ids = b.type(labels).dtype
     if ignore_index is not None:
-        keep = b.cast(b.ne(labels, b.const(ignore_index, ids)), dtype=t.dtype)
+        keep = kept_rows(b, labels, ignore_index, t.dtype)
     if ids in INT_DTYPES and not is_concrete(t.shape[-1:]):
         # NOTE: classes counted by a symbol (a pointer over a sequence's places) reach here
         # unbound only in an export: a one-hot needs its depth, a comparison with the places
@@ -383,11 +404,7 @@ def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None,
         return b.div(b.reduce_sum(rows, axes=None), _rank_share(b, total))
     if ignore_index is None:
         return mean_over(b, rows)
-    # NOTE: PyTorch's mean over the kept rows only. With every row ignored PyTorch gives
-    # 0 / 0 = nan; here the count is at least 1, so such a batch has loss 0 and no gradient
-    # rather than stopping a run at the NaN guard
-    kept = b.maximum(_global_sum(b, b.reduce_sum(keep, axes=None)), const_like(b, 1.0, keep))
-    return b.div(b.reduce_sum(b.mul(rows, keep), axes=None), _rank_share(b, kept))
+    return kept_mean(b, rows, keep)
 
 
 # *** a divisor that depends on the data, under data parallelism ***

@@ -88,13 +88,17 @@ ACTIVATIONS = ("relu", "leaky_relu", "gelu", "sigmoid", "tanh", "softmax", "log_
 
 
 # Keras' and PyTorch's activations that have no op here, written with ops (of `x`): each is
-# checked against PyTorch in tests/test_habits.py
+# checked against PyTorch in tests/test_habits.py, values and gradients at the kinks.
+# NOTE: PyTorch's relu6, hardtanh, hardsigmoid and hardswish take their bounds' sides at the
+# kinks (relu6's gradient is 0 at x = 0 and 6), where clip's (torch.clamp's) is 1: the bound
+# goes first in maximum/minimum, whose tie sends the gradient to `a` (the constant).
 WRITTEN_WITH_OPS = {
     "selu": "1.0507009873554805 * elu(x, alpha = 1.6732632423543772)",
-    "hard_sigmoid": "clip(x / 6 + 0.5, lo = 0.0, hi = 1.0)",
-    "hard_swish": "x * clip(x / 6 + 0.5, lo = 0.0, hi = 1.0)",
-    "relu6": "clip(x, lo = 0.0, hi = 6.0)",
-    "hard_tanh": "clip(x, lo = -1.0, hi = 1.0)",
+    "hard_sigmoid": "maximum(0.0, minimum(1.0, x / 6 + 0.5))",
+    "hard_swish": "x * maximum(0.0, minimum(1.0, x / 6 + 0.5))",
+    "relu6": "maximum(0.0, minimum(6.0, x)); the bound first gives PyTorch's gradient 0 at "
+             "x = 0 and 6 (clip(x, lo = 0.0, hi = 6.0): the same values, gradient 1 there)",
+    "hard_tanh": "maximum(-1.0, minimum(1.0, x))",
     "softsign": "x / (1 + abs(x))",
     "mish": "x * tanh(softplus(x))",
     "log_sigmoid": "-softplus(-x)",

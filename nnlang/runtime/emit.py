@@ -41,10 +41,29 @@ def emit(net, what: str, mode: str | None = None) -> str:
         raise NNError(f"unknown mode '{mode}'", hint=f"choose one of: {', '.join(MODES)}")
     if what == "user":
         return net.user.dump()
-    if what == "kernels":
-        return kernel_text(net, _graph(net, mode), mode)
     if what == "summary":  # NOTE: the executable's own (cached) plan: no second optimize
         return _summary(net, mode)
+    return specialised(net) + _view(net, what, mode)
+
+
+def specialised(net) -> str:
+    """The header of a view of a model with symbolic lengths: the sizes its shapes are shown
+    at, and how to choose others. NOTE: `[32, 16, 3]` for `[batch, seq, 3]` was unsaid (16 is
+    DEFAULT_LENGTH, not the model's), and read as a size the model has."""
+    if not net.lengths:
+        return ""
+    return (f"# at batch {net.batch}, {_lengths(net)} (a symbol without a size: shown at this "
+            f"length; {' '.join(f'--length {k}=N' for k in net.lengths)} for another)\n")
+
+
+def _lengths(net) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in net.lengths.items())
+
+
+def _view(net, what: str, mode: str) -> str:
+    from nnlang.passes.optimize import optimize
+    if what == "kernels":
+        return kernel_text(net, _graph(net, mode), mode)
     g = optimize(_graph(net, mode), net.disable)
     if what == "ir":
         return g.dump() + scan_bodies_text(net, g)
@@ -104,7 +123,9 @@ def _summary(net, mode: str) -> str:
     took = time.perf_counter() - start
     info = exe.summary() if hasattr(exe, "summary") else {}
     rows = [f"model {net.program.model}, mode {mode}, backend {net.backend}, batch {net.batch}"
-            + "".join(f", {k} {v}" for k, v in net.lengths.items()),
+            + (f", {_lengths(net)} (a symbol without a size: compiled at this length; "
+               f"{' '.join(f'--length {k}=N' for k in net.lengths)} for another)"
+               if net.lengths else ""),
             f"compile time {took:.2f} s" if net.backend != "cupy" else
             f"render time {took:.2f} s (CUDA sources rendered; NVRTC compiles them on the GPU)"]
     rows += [f"{k}: {v}" for k, v in info.items()]

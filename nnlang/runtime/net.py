@@ -18,7 +18,7 @@ from nnlang.backends.blas import blas_threads
 from nnlang.backends.ctrl_c import ctrl_c_held
 from nnlang.errors import NNError, closest, did_you_mean
 from nnlang.gc_pause import paused_gc
-from nnlang.ir.dims import MAX_BATCH, Sym
+from nnlang.ir.dims import DEFAULT_LENGTH, MAX_BATCH, Sym
 from nnlang.ir.summary import check_memory
 from nnlang.ops.init import initialize
 from nnlang.ops.optim import (OPTIMIZER_PREFIX, OPTIMIZERS, STEP_SLOT, initial_state,
@@ -30,9 +30,6 @@ from nnlang.runtime.indices import check_indices, index_inputs
 from nnlang.runtime.interpret import interpret
 
 BACKENDS = ("numba", "cupy", "reference")
-# NOTE: the size a symbolic length (`symbol seq`) is shown and prepared at before a feed binds
-# it; generated kernels take their sizes as arguments, so any length runs the same kernels
-DEFAULT_LENGTH = 16
 # executables kept per kind for other lengths than the one in use, least recently used dropped
 # first: each holds buffers sized for its length, and rebuilding one (plan, no kernel compile)
 # costs ~0.25 s of CPU; bucketed data pads to ~22 lengths up to 2,500 tokens (`data/ragged.py`)

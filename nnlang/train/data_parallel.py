@@ -232,13 +232,13 @@ class Ranks:
 
 
 def _global_divisor(g, nid: int) -> bool:
-    """Whether a loss or metric holds a cross_entropy whose mean's divisor depends on the data
-    (kept rows, class weights), which the step of N ranks divides by the global batch's
-    (ops/losses.py `_global_sum`): that one, or a sum, difference, negation or scaling by a
-    number of terms among which is one (`0.5 * ce + l2`). The other terms of a sum go
-    unchecked, as the shards' values cannot be split into terms."""
+    """Whether a loss or metric holds a cross_entropy or (binary_)accuracy whose mean's divisor
+    depends on the data (kept rows, class weights), which the step of N ranks divides by the
+    global batch's (ops/losses.py `_global_sum`): that one, or a sum, difference, negation or
+    scaling by a number of terms among which is one (`0.5 * ce + l2`). The other terms of a
+    sum go unchecked, as the shards' values cannot be split into terms."""
     node = g.node(nid)
-    if node.op == "cross_entropy":
+    if node.op in ("cross_entropy", "accuracy", "binary_accuracy"):
         return node.attrs.get("ignore_index") is not None or node.attrs.get("weight") is not None
     if node.op in ("add", "sub"):
         return any(_global_divisor(g, i) for i in node.inputs)

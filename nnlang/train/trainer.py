@@ -214,13 +214,20 @@ def check_watch(program, cfg, val: dict) -> None:
     # NOTE: here, not where the file is read: `--set mode=min` answers it as well
     if unclear := mode_problem(monitor, cfg.mode, program.graph, given):
         raise NNError(unclear[0], span, hint=unclear[1])
-    # NOTE: monitor alone then watches nothing, harmlessly; a training value needs no val data
-    if not val and users[0] != "monitor" and monitor.startswith("val_"):
-        what = "early_stop" if users[0] == "early_stop" else "the plateau schedule"
-        raise NNError(f"{what} watches {monitor}, but this run has no validation data",
-                      setting_span(program, users[0]),
+    # NOTE: a training value needs no val data. A validation value without it is located
+    # where it came from: the user's monitor (its line, or the --set flag), which early_stop
+    # on another line only follows, else (the default val_loss) the setting that watches it.
+    # A monitor alone (best.npz's) asked for a value that never comes, so it is refused too
+    if not val and monitor.startswith("val_"):
+        what = {"early_stop": "early_stop", "schedule": "the plateau schedule",
+                "monitor": "best.npz"}[users[0]]
+        if cfg.monitor is not None:
+            message, where = f"{what} watches monitor = {monitor!r}{given}", span
+        else:
+            message, where = f"{what} watches {monitor}", setting_span(program, users[0])
+        raise NNError(f"{message}, but this run has no validation data", where,
                       hint="set val_split (e.g. val_split = 0.2), or give val_* arrays in the "
-                           '.npz; or watch a training value (monitor = "loss")')
+                           f'.npz; or watch a training value (monitor = "train_{monitor[4:]}")')
 
 
 # how often the training loop reads the steps' losses (for the progress bar and the guard)

@@ -119,6 +119,70 @@ def test_cross_entropy_with_every_row_ignored_is_zero_not_nan(backend):
     assert loss == 0.0 and not grad.any()
 
 
+# *** accuracy(ignore_index =): the rows cross_entropy leaves out, left out of the metric ***
+
+ACC_CASES = [((7, 4), 0), ((3, 5, 4), -100), ((3, 5, 4), 2)]
+
+
+def _acc_src(shape, ignore):
+    rows = ", ".join(["batch", *map(str, shape[1:-1])])
+    return (f"model M {{\n  input z: float32[{rows}, {shape[-1]}]\n  input y: int32[{rows}]\n"
+            f"  loss cross_entropy(z, y, ignore_index = {ignore})\n"
+            f"  metric acc = accuracy(z, y, ignore_index = {ignore})\n}}\n")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape,ignore", ACC_CASES)
+def test_accuracy_ignore_index_leaves_the_rows_out(shape, ignore, backend):
+    """A seq2seq or padded classifier trained with cross_entropy(..., ignore_index = k) counted
+    its ignored rows as misses (or, for a pad id the model predicts, as hits) in accuracy,
+    which had no ignore_index. torchmetrics' MulticlassAccuracy(ignore_index = k): the rows
+    labelled k are left out of the hits and the count (numpy written here; 0 when all are)."""
+    f = _ce_feeds(shape, seed=4)
+    pred = f["z"].argmax(-1)
+    f["y"].flat[::2] = pred.flat[::2]                 # some hits, some misses
+    f["y"].flat[1::3] = ignore                        # some rows ignored
+    if ignore >= 0:
+        f["z"].reshape(-1, shape[-1])[::3, ignore] = 50.0   # ignored rows predicted as k: no hit
+    net = _net(_acc_src(shape, ignore), backend, "float64", shape[0])
+    keep = f["y"] != ignore
+    want = (f["z"].argmax(-1) == f["y"])[keep].mean()
+    assert 0 < want < 1
+    assert net.evaluate(f)["acc"] == pytest.approx(want, rel=1e-12)
+    f["y"][:] = ignore
+    assert net.evaluate(f)["acc"] == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("labels", ["int32", "float32"])
+def test_binary_accuracy_ignore_index_leaves_the_entries_out(labels, backend):
+    """torchmetrics' BinaryAccuracy(ignore_index = -100) on a multi-label head with padded
+    entries: they are left out of the hits and the count (numpy written here)."""
+    rng = np.random.default_rng(6)
+    p = rng.uniform(size=(5, 3))
+    y = rng.integers(0, 2, (5, 3))
+    y.flat[::4] = -100
+    src = (f"model M {{\n  input p: float32[batch, 3]\n  input y: {labels}[batch, 3]\n"
+           "  loss mean(p * p)\n  metric acc = binary_accuracy(p, y, ignore_index = -100)\n}\n")
+    net = _net(src, backend, "float64", 5)
+    keep = y != -100
+    want = ((p > 0.5) == (y > 0.5))[keep].mean()
+    assert net.evaluate({"p": p, "y": y.astype(labels)})["acc"] == pytest.approx(want, rel=1e-12)
+
+
+def test_accuracy_ignore_index_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    shape, ignore = (3, 5, 4), 1
+    f = _ce_feeds(shape, seed=5)
+    f["y"].flat[::4] = ignore
+    z, y = torch.from_numpy(f["z"]), torch.from_numpy(f["y"]).long()
+    keep = y != ignore
+    want = (z.argmax(-1) == y)[keep].double().mean().item()
+    got = _net(_acc_src(shape, ignore), "numba", "float32", shape[0]).evaluate(
+        {"z": f["z"].astype(np.float32), "y": f["y"]})["acc"]
+    assert got == pytest.approx(want, rel=1e-6)
+
+
 def _masked_ce_feeds():
     """Logits with -inf at classes no row is labelled with (a vocabulary mask, or float32's
     overflow of z - max): the loss is finite, each row's -log_softmax at its label."""

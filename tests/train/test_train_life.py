@@ -235,6 +235,35 @@ def test_a_set_monitor_that_names_nothing_is_not_put_under_the_files_monitor(fol
     assert not (folder / "run").exists()
 
 
+@pytest.mark.parametrize("extra, sets, at", [
+    ('early_stop = 2\n  monitor = "val_acc"', {}, 'monitor = "val_acc"'),
+    ('monitor = "val_acc"', {}, 'monitor = "val_acc"'),
+    ("early_stop = 2", {"monitor": "val_acc"}, "--set"),
+    ("", {"monitor": "val_acc"}, "--set"),
+    ("early_stop = 2", {}, "early_stop = 2"),
+])
+def test_a_validation_monitor_without_validation_data_is_located_at_the_monitor(
+        folder, extra, sets, at):
+    """A monitor of a validation value with no validation data: the file's `monitor = ...`
+    under early_stop was reported at the early_stop line, `--set monitor=val_acc` was too (or
+    without a word of the flag), and a monitor alone was ignored (no best.npz ever). The error
+    points at the monitor the user wrote: its line, or the --set flag; the default val_loss
+    at the early_stop that watches it."""
+    overfit_data(folder, False)
+    (folder / "tiny.nn").write_text(overfit_source(extra, 2))
+    with pytest.raises(NNError, match="no validation data") as err:
+        fit(str(folder / "tiny.nn"), out=folder / "run", backend="reference", progress=False,
+            overrides=sets)
+    text = err.value.render()
+    if at == "--set":
+        assert err.value.span is None and "(given by --set monitor=...)" in text, text
+    else:
+        line = next(i for i, t in enumerate(overfit_source(extra, 2).splitlines(), 1) if at in t)
+        assert f"tiny.nn:{line}:" in text and at.split(" = ")[0] in text, text
+    assert 'monitor = "train_' in err.value.hint
+    assert not (folder / "run").exists()
+
+
 def test_val_arrays_are_the_validation_set(folder, capsys):
     h = train(folder, "val_split = 0.5", epochs=1)  # NOTE: val_* wins over val_split
     assert "its own validation split (24 examples)" in " ".join(capsys.readouterr().out.split())
