@@ -31,7 +31,6 @@ def _compiled(net, fn: str) -> None:
 def emit(net, what: str, mode: str | None = None) -> str:
     """The text of one --emit view of a compiled `Net` (see EMITS); `mode` None: train, or
     predict for a model with no loss (which has no train graph)."""
-    from nnlang.passes.optimize import optimize
     _compiled(net, "emit")
     if mode is None:  # NOTE: not `mode or`: an empty --mode is an unknown mode, not the default
         mode = "train" if net.user.losses else "predict"
