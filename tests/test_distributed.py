@@ -555,6 +555,43 @@ def test_sharded_evaluation_equals_one_process_for_any_metric(tmp_path, metrics,
             assert got[k] == pytest.approx(ref[k], rel=1e-5), k
 
 
+KEPT_ROWS_SOURCE = tiny_source().replace(
+    "loss cross_entropy(logits, label)", "loss cross_entropy(logits, label, ignore_index = 0)"
+).replace("metric acc = accuracy(logits, label)",
+          "metric acc = accuracy(logits, label, ignore_index = 0)\n"
+          "  metric wce = 0.5 * cross_entropy(logits, label, weight = [0.5, 1.0, 4.0]) "
+          "+ mean(square(logits))")
+
+
+def test_kept_rows_evaluation_of_two_ranks_is_the_whole_sets(tmp_path):
+    """Means over kept rows (ignore_index) and over class weights, evaluated over 21 rows in
+    batches of 8, 8 and 5 (each rank its own whole batches): 1 process and 2 give the whole
+    set's mean over its kept rows (numpy over all 21 rows), not the batches' means weighted
+    by their rows."""
+    _mpirun()
+    (tmp_path / "m.nn").write_text(KEPT_ROWS_SOURCE)
+    tiny_data(tmp_path, total=73, train=52)
+    (tmp_path / "eval.py").write_text(EVAL_ON_RANKS)
+    one = subprocess.run([sys.executable, "eval.py", "m.nn", "checked"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    two = mpirun(2, sys.executable, "eval.py", "m.nn", "checked", cwd=tmp_path, timeout=120)
+    assert two.returncode == 0, two.stdout + two.stderr
+    one, two = (json.loads(r.stdout.splitlines()[-1]) for r in (one, two))
+    d = np.load(tmp_path / "tiny.npz")
+    p = {k: np.asarray(v, np.float64) for k, v in two["params"].items()}
+    x, y = d["test_x"].astype(np.float64), d["test_label"]
+    assert len(set((y[i:i + 8] == 0).sum() for i in range(0, 21, 8))) > 1
+    z = np.maximum(x @ p["h.weight"] + p["h.bias"], 0) @ p["logits.weight"] + p["logits.bias"]
+    ref = {"loss": reference.cross_entropy(z, y, ignore_index=0),
+           "acc": reference.accuracy(z, y, ignore_index=0),
+           "wce": 0.5 * reference.cross_entropy(z, y, weight=[0.5, 1.0, 4.0]) + np.mean(z * z)}
+    for got in (one["metrics"], two["metrics"]):
+        assert set(got) == set(ref)
+        for k in ref:
+            assert got[k] == pytest.approx(ref[k], rel=1e-5), k
+
+
 def test_library_shard_refuses_a_batch_the_ranks_cannot_split(ranks):
     """dist.shard of 10 rows over 4 ranks would give shards of 3, 3, 2, 2 rows whose gradients
     the step averages with equal weights: not the 10 rows' mean. It is an error instead."""

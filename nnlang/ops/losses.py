@@ -308,6 +308,35 @@ def kept_rows(b, labels: int, ignore_index: int, dtype: str) -> int:
     return b.cast(b.ne(labels, b.const(ignore_index, b.type(labels).dtype)), dtype=dtype)
 
 
+def divides_by_data(op: str, attrs: dict, labels: TensorType) -> bool:
+    """Whether `op` (cross_entropy, accuracy, binary_accuracy) with `attrs` is a mean whose
+    divisor depends on the data: over the kept rows (ignore_index), or by the kept rows' class
+    weights (cross_entropy's weight with int ids; probabilities keep the plain mean)."""
+    if op not in ("cross_entropy", "accuracy", "binary_accuracy"):
+        return False
+    return attrs.get("ignore_index") is not None or (
+        attrs.get("weight") is not None and labels.dtype in INT_DTYPES)
+
+
+def mean_divisor(b, op: str, logits: int, labels: int, attrs: dict) -> int:
+    """The divisor of such a mean (`divides_by_data`) on this batch's rows: the count of kept
+    rows, or the sum of their class weights, before the clamp to 1 and the sum over ranks.
+    Evaluation weighs each batch's value by it, so a whole set's value is the mean over all
+    its kept rows (torchmetrics', and a sum with reduction = "sum" over the count)."""
+    dtype = b.type(logits).dtype
+    ignore, weight = attrs.get("ignore_index"), attrs.get("weight")
+    if op == "cross_entropy" and weight is not None:
+        ids = b.one_hot(labels, depth=b.type(logits).shape[-1], dtype=dtype, skip=ignore)
+        return b.reduce_sum(class_weight_rows(b, ids, weight, None), axes=None)
+    return b.reduce_sum(kept_rows(b, labels, ignore, dtype), axes=None)
+
+
+def class_weight_rows(b, ids: int, weight: list, keep: int | None) -> int:
+    """w[y_i] of each row (one-hot `ids`), 0 for a row `keep` leaves out."""
+    per_row = b.reduce_sum(b.mul(ids, const_like(b, weight, ids)), axes=[-1])
+    return per_row if keep is None else b.mul(per_row, keep)
+
+
 def kept_mean(b, rows: int, keep: int) -> int:
     """The mean of `rows` over the kept ones (PyTorch's ignore_index, torchmetrics' too).
     NOTE: with every row ignored PyTorch gives 0 / 0 = nan; here the count is at least 1, so
@@ -393,9 +422,10 @@ def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None,
     if weight is not None and ids in INT_DTYPES:
         # NOTE: PyTorch divides the weighted sum by the sum of the (kept) rows' label
         # weights w[y_i], not by their count; probabilities keep the plain mean over rows
-        per_row = b.reduce_sum(b.mul(labels, const_like(b, weight, logp)), axes=[-1])
+        per_row = class_weight_rows(b, labels, weight,
+                                    keep if ignore_index is not None else None)
         if ignore_index is not None:
-            rows, per_row = b.mul(rows, keep), b.mul(per_row, keep)
+            rows = b.mul(rows, keep)
         total = _global_sum(b, b.reduce_sum(per_row, axes=None))
         # NOTE: a batch whose rows weigh 0 in all (every row ignored, or of zero-weight
         # classes) is 0 / 0 = nan in PyTorch; here 0, as for ignore_index alone below

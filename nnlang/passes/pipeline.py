@@ -18,6 +18,7 @@ from nnlang.passes.decompose import decompose
 from nnlang.passes.scan_hoist import hoist_projections
 from nnlang.passes.shapes import bind, infer
 from nnlang.ops.collective import sync_gradients
+from nnlang.ops.losses import divides_by_data, mean_divisor
 from nnlang.ops.optim import append_update
 
 LR_INPUT = "_lr"
@@ -56,13 +57,62 @@ def specialize(user: Graph, batch: int, dtype: str = "float32",
 
 
 def forward_graph(user: Graph, batch: int, dtype: str = "float32",
-                  results=("outputs", "losses", "metrics"), lengths=None) -> Graph:
-    """The inference graph (dropout off) keeping only the requested kinds of result."""
-    g = hoist_projections(decompose(specialize(user, batch, dtype, lengths), training=False))
+                  results=("outputs", "losses", "metrics"), lengths=None,
+                  divided: bool = False) -> Graph:
+    """The inference graph (dropout off) keeping only the requested kinds of result.
+    `divided`: it also gives each mean over kept rows among the losses' and metrics' terms
+    (`divided_terms`) as the metric `DIVIDED_VALUE` + id, and its divisor on the batch as
+    `DIVISOR` + id (what an evaluation over several batches weighs it by)."""
+    g = specialize(user, batch, dtype, lengths)
+    if divided:
+        _add_divisors(g)
+    g = hoist_projections(decompose(g, training=False))
     for kind in ("outputs", "losses", "metrics"):
         if kind not in results:
             setattr(g, kind, {})
     return drop_unused_inputs(g)
+
+
+DIVIDED_VALUE, DIVISOR = "_divided:", "_divisor:"
+
+
+def divided_terms(g: Graph, nid: int) -> list[tuple[float, int]]:
+    """The terms of a loss or metric that are means whose divisor depends on the data
+    (cross_entropy, accuracy, binary_accuracy over kept rows or class weights, ops/losses.py
+    `divides_by_data`), each with its factor: the term itself, or a sum, difference, negation
+    or scaling by a number of terms ("0.5 * ce + l2" gives [(0.5, ce)]). A batch's value of
+    such a term is a mean over its own divisor, so a whole set's is their divisor-weighted mean,
+    not the rows-weighted one a plain mean takes."""
+    node = g.node(nid)
+    if len(node.inputs) >= 2 and node.op in ("cross_entropy", "accuracy", "binary_accuracy"):
+        return [(1.0, nid)] if divides_by_data(node.op, node.attrs,
+                                               g.node(node.inputs[1]).type) else []
+    if node.op in ("add", "sub"):
+        left, right = (divided_terms(g, i) for i in node.inputs)
+        return left + [(-c if node.op == "sub" else c, t) for c, t in right]
+    if node.op in ("neg", "cast"):
+        return [(-c if node.op == "neg" else c, t) for c, t in divided_terms(g, node.inputs[0])]
+    if node.op == "mul" or (node.op == "div" and len(node.inputs) == 2):
+        number = [i for i in node.inputs if g.node(i).op == "const"]
+        if len(number) != 1 or node.op == "div" and number[0] != node.inputs[1]:
+            return []
+        value = float(np.asarray(g.node(number[0]).attrs["value"]))
+        scale = 1.0 / value if node.op == "div" else value
+        other = next(i for i in node.inputs if i != number[0])
+        return [(c * scale, t) for c, t in divided_terms(g, other)]
+    return []
+
+
+def _add_divisors(g: Graph) -> None:
+    """Each divided term of a loss or metric, and its divisor on the batch, as metrics."""
+    b = Builder(g)
+    terms = {t for nid in (*g.losses.values(), *g.metrics.values())
+             for _, t in divided_terms(g, nid)}
+    for t in sorted(terms):
+        node = g.node(t)
+        with b.at(node.span, path=node.path):
+            divisor = mean_divisor(b, node.op, node.inputs[0], node.inputs[1], node.attrs)
+        g.metrics[f"{DIVIDED_VALUE}{t}"], g.metrics[f"{DIVISOR}{t}"] = t, divisor
 
 
 def drop_unused_inputs(g: Graph, keep=()) -> Graph:

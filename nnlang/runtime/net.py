@@ -25,7 +25,8 @@ from nnlang.ops.optim import (OPTIMIZER_PREFIX, OPTIMIZERS, STEP_SLOT, initial_s
                               learning_rate, slot_param)
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.optimize import switched_off
-from nnlang.passes.pipeline import LR_INPUT, forward_graph, named_losses, train_graph
+from nnlang.passes.pipeline import (DIVIDED_VALUE, DIVISOR, LR_INPUT, forward_graph,
+                                    named_losses, train_graph)
 from nnlang.runtime.indices import check_indices, index_inputs
 from nnlang.runtime.interpret import interpret
 
@@ -331,7 +332,8 @@ class Net:
                     self.state[name] = aligned_zeros(shape, self.dtype)
         else:
             results = ("outputs",) if kind == "predict" else ("outputs", "losses", "metrics")
-            g = forward_graph(self.user, batch, self.dtype, results, lengths)
+            g = forward_graph(self.user, batch, self.dtype, results, lengths,
+                              divided=kind == "eval")
         return _compile(g, self.backend, self.state, self.disable), g
 
     def prepare(self, kind: str = "train", batch: int | None = None) -> None:
@@ -493,12 +495,22 @@ class Net:
     def evaluate(self, feeds: dict) -> dict:
         """Losses and metrics on one batch, without updating anything: a loss by its name, and
         with several, `loss` their total besides each by name (as train_step reports them)."""
+        return self.evaluate_divided(feeds)[0]
+
+    def evaluate_divided(self, feeds: dict) -> tuple[dict, dict]:
+        """`evaluate`'s values, and {id: (value, divisor)} of each mean over kept rows among
+        their terms (passes/pipeline.py `divided_terms`): what a whole set's exact mean needs."""
         out, _, g = self._run("eval", feeds, {})
         losses = {k: float(out[k]) for k in g.losses}
         if len(losses) > 1:
             losses = {"loss": sum(losses.values()),
                       **{k: losses[k] for k in named_losses(losses)}}
-        return {**losses, **{k: float(out[k]) for k in g.metrics}}
+        metrics = {k: float(out[k]) for k in g.metrics
+                   if not k.startswith((DIVIDED_VALUE, DIVISOR))}
+        divided = {int(k[len(DIVIDED_VALUE):]): (float(out[k]),
+                                                 float(out[DIVISOR + k[len(DIVIDED_VALUE):]]))
+                   for k in g.metrics if k.startswith(DIVIDED_VALUE)}
+        return {**losses, **metrics}, divided
 
     def gradients(self, feeds: dict, inputs=()) -> dict:
         """d(loss)/d(parameter) by name, for one batch, without updating anything; `inputs`

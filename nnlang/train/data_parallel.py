@@ -14,6 +14,7 @@ from rich.console import Console
 from nnlang.backends import collective
 from nnlang.data.ragged import Ragged
 from nnlang.errors import NNError
+from nnlang.passes.pipeline import divided_terms
 from nnlang.train import feeds
 
 SIGNAL_RANK_VAR = "NNLANG_TEST_SIGNAL_RANK"  # tests: only this rank runs the test signal hook
@@ -156,7 +157,7 @@ class Ranks:
         # as one process's; a shard's value is still not the batch's (a shard of ignored rows
         # is 0, which looked like a sum and stopped the run), so it is evaluated whole, unsaid
         exact = {name for name in (*user.losses, *user.metrics)
-                 if _global_divisor(user, (user.losses | user.metrics)[name])}
+                 if divided_terms(user, (user.losses | user.metrics)[name])}
         # NOTE: a mean's shards agree with the whole to float32 rounding. 1e-3 let gpt.nn's
         # exp(cross_entropy) pass as a mean at its first batch (130.436 against 130.554), so
         # its validation perplexity under N ranks was the mean of the shards' perplexities
@@ -229,24 +230,3 @@ class Ranks:
     def compiled(self) -> None:
         """Waits for the slowest rank's compile (its length is unbounded, so untimed)."""
         self.world.barrier("waiting for every rank's compile", timed=False)
-
-
-def _global_divisor(g, nid: int) -> bool:
-    """Whether a loss or metric holds a cross_entropy or (binary_)accuracy whose mean's divisor
-    depends on the data (kept rows, class weights), which the step of N ranks divides by the
-    global batch's (ops/losses.py `_global_sum`): that one, or a sum, difference, negation or
-    scaling by a number of terms among which is one (`0.5 * ce + l2`). The other terms of a
-    sum go unchecked, as the shards' values cannot be split into terms."""
-    node = g.node(nid)
-    if node.op in ("cross_entropy", "accuracy", "binary_accuracy"):
-        return node.attrs.get("ignore_index") is not None or node.attrs.get("weight") is not None
-    if node.op in ("add", "sub"):
-        return any(_global_divisor(g, i) for i in node.inputs)
-    if node.op in ("neg", "cast"):
-        return _global_divisor(g, node.inputs[0])
-    if node.op == "mul" or (node.op == "div" and len(node.inputs) == 2):
-        terms = node.inputs if node.op == "mul" else node.inputs[:1]
-        number = [i for i in node.inputs if g.node(i).op == "const"]
-        return len(number) == 1 and any(_global_divisor(g, i) for i in terms
-                                         if i not in number)
-    return False

@@ -23,7 +23,7 @@ from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
 from nnlang.frontend.train_config import setting_span
 from nnlang.ops.optim import plateau_scale
-from nnlang.passes.pipeline import named_losses
+from nnlang.passes.pipeline import divided_terms, named_losses
 from nnlang.train import checkpoint, feeds
 from nnlang.train.data_parallel import Ranks
 from nnlang.train.guard import DivergenceGuard
@@ -65,7 +65,9 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
              ranks: Ranks | None = None, what: str = "evaluating",
              header: bool = True) -> dict | None:
     """Loss (the sum of the model's losses) and metrics over ALL of `arrays`: the last partial
-    batch runs at its own size (Net compiles one more batch size) and counts by its size.
+    batch runs at its own size (Net compiles one more batch size) and counts by its size; a
+    mean over kept rows (`divided_terms`, in a value or as its term) counts by its divisor on
+    the batch (kept rows, their class weights), so it is the whole set's mean over its kept rows.
     With a `console`, a progress bar (a terminal) or a line every LINE_EVERY_S (otherwise),
     labelled `what` (`header`: progress's).
     `ranks`: each rank evaluates its rows of every batch when every loss and metric is a mean
@@ -78,6 +80,7 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
     if n == 0:
         return None
     loss_names, named = list(net.user.losses), named_losses(net.user.losses)
+    terms = _divided(net.user)
     totals: dict = {}
     count, first, every = -(-n // batch), 0, 1
     split = ranks is not None and ranks.many and ranks.all_row_means
@@ -101,16 +104,36 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
         k = feeds.length(b)
         if k == 0:
             continue
-        out = net.evaluate(b)
+        out, divided = net.evaluate_divided(b)
         res = {"loss": out["loss"] if named else sum(out[name] for name in loss_names)}
         res.update({name: out[name] for name in named})
         res.update({m: out[m] for m in net.user.metrics})
         for key, v in res.items():
+            # NOTE: a mean over kept rows (or class weights) counts by its own divisor, the
+            # rest of the value by the batch's rows
+            v -= sum(c * divided[t][0] for c, t in terms.get(key, ()))
             totals[key] = totals.get(key, 0.0) + v * k
+        for t, (v, d) in divided.items():
+            totals[("sum", t)] = totals.get(("sum", t), 0.0) + v * d
+            totals[("divisor", t)] = totals.get(("divisor", t), 0.0) + d
+    keys = ["loss", *named, *net.user.metrics,
+            *((part, t) for t in sorted({t for ts in terms.values() for _, t in ts})
+              for part in ("sum", "divisor"))]
     if ranks:
-        keys = ["loss", *named, *net.user.metrics]
         totals = ranks.total(totals, keys)
-    return {k: v / n for k, v in totals.items()}
+    totals = {k: totals.get(k, 0.0) for k in keys}
+    # NOTE: with every row of the set ignored the mean is 0, as each batch's is
+    return {key: totals[key] / n + sum(c * totals[("sum", t)] / (totals[("divisor", t)] or 1.0)
+                                       for c, t in terms.get(key, ()))
+            for key in keys if isinstance(key, str)}
+
+
+def _divided(user) -> dict:
+    """Each reported value's means over kept rows, (factor, id) (pipeline's divided_terms):
+    the losses', their total's ("loss", of all of them) and the metrics'."""
+    terms = {name: divided_terms(user, nid) for name, nid in (user.losses | user.metrics).items()}
+    terms["loss"] = [term for name in user.losses for term in terms[name]]
+    return {k: v for k, v in terms.items() if v}
 
 
 # *** fit ***

@@ -1,5 +1,6 @@
 """`nnlang train`, `eval` and `predict` through typer's CliRunner on the reference backend:
 a tiny .npz model end to end, resume, clean errors, and text predict on imdb-sample."""
+import csv
 import json
 
 import numpy as np
@@ -151,3 +152,52 @@ def test_predict_text_with_the_checkpoint_vocabulary(tiny, monkeypatch):
     assert "review.txt" in r.output and "a dull and boring mess" in r.output
     labels = [line.split()[-2] for line in r.output.splitlines() if " prob " in line]
     assert len(labels) == 2 and set(labels) <= {"pos", "neg"}
+
+
+KEPT_ROWS = TINY.replace(
+    "loss cross_entropy(logits, label)", "loss cross_entropy(logits, label, ignore_index = 0)"
+).replace("metric acc = accuracy(logits, label)",
+          "metric acc = accuracy(logits, label, ignore_index = 0)\n"
+          "  metric wce = 0.5 * cross_entropy(logits, label, weight = [0.5, 1.0, 4.0]) "
+          "+ mean(square(logits))").replace("batch = 4", "batch = 8")
+
+
+def test_kept_row_means_are_the_whole_sets_in_train_and_eval(tmp_path, monkeypatch):
+    """cross_entropy and accuracy with ignore_index, and cross_entropy with class weights
+    beside a plain mean, over 21 rows in batches of 8, 8 and 5 that ignore different numbers of
+    rows: the val and test numbers of `nnlang train` and `nnlang eval` are the whole set's mean
+    over its kept rows (its weighted rows), as a numpy computation over all 21 rows at once
+    gives, not each batch's mean weighted by its rows."""
+    from tests import reference
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(82, 4)).astype(np.float32)
+    y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0)).astype(np.int32)
+    y[[40, 41, 42, 43, 44, 45, 50, 61, 62, 63, 64, 65, 66, 77]] = 0   # uneven ignored rows
+    np.savez("tiny.npz", train_x=x[:40], train_label=y[:40], val_x=x[40:61],
+             val_label=y[40:61], test_x=x[61:], test_label=y[61:])
+    (tmp_path / "tiny.nn").write_text(KEPT_ROWS)
+    r = nnlang("train", "tiny.nn", "--backend", "reference", "--out", "run", "--epochs", "1")
+    assert r.exit_code == 0, r.output
+    saved = np.load("run/checkpoint.npz")
+    p = {k: saved[f"state/{k}"].astype(np.float64)
+         for k in ("h.weight", "h.bias", "logits.weight", "logits.bias")}
+
+    def whole(xs, ys):
+        z = np.maximum(xs @ p["h.weight"] + p["h.bias"], 0) @ p["logits.weight"] \
+            + p["logits.bias"]
+        return {"loss": reference.cross_entropy(z, ys, ignore_index=0),
+                "acc": reference.accuracy(z, ys, ignore_index=0),
+                "wce": 0.5 * reference.cross_entropy(z, ys, weight=[0.5, 1.0, 4.0])
+                + np.mean(z * z)}
+    val, test = whole(x[40:61], y[40:61]), whole(x[61:], y[61:])
+    row = next(csv.DictReader(open("run/metrics.csv")))
+    summary = json.loads(open("run/summary.json").read())
+    for k in val:
+        assert float(row[f"val_{k}"]) == pytest.approx(val[k], rel=1e-5), k
+        assert summary["test"][k] == pytest.approx(test[k], rel=1e-5), k
+    r = nnlang("eval", "tiny.nn", "--checkpoint", "run", "--backend", "reference")
+    assert r.exit_code == 0, r.output
+    line = next(s for s in r.output.splitlines() if s.split()[:1] == ["test"] and "set" not in s)
+    assert line.split()[1:] == [f"{test[k]:.4f}" for k in ("loss", "acc", "wce")], r.output
