@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from nnlang.errors import NNError, Span
+from nnlang.errors import Given, NNError, Span
 
 class _Typer(typer.Typer):
     """A typer app whose command list shows each command's docstring's first paragraph as one
@@ -266,9 +266,10 @@ def finite_float(value: float | None) -> float | None:
     return value
 
 
-def parse_overrides(items: list[str] | None) -> dict:
-    """`["lr=1e-3", "units=64"]` -> {"lr": 0.001, "units": 64}; errors point into the flag."""
-    out: dict = {}
+def parse_overrides(items: list[str] | None) -> Given:
+    """`["lr=1e-3", "units=64"]` -> {"lr": 0.001, "units": 64}; errors point into the flag,
+    and so do later ones about a value (the spans of each name and value go with it)."""
+    out = Given()
     errors = []
     for item in items or []:
         source = f"--set {item}"
@@ -287,6 +288,9 @@ def parse_overrides(items: list[str] | None) -> dict:
             continue
         try:
             out[name] = parse_value(value, span)
+            start = 7 + len(item) - len(item.lstrip())
+            out.spans[name] = (Span("<command line>", 1, start, 1, start + len(name), source),
+                               span)
         except NNError as err:
             errors.append(NNError(f"--set {name}: {err.message}", span, err.hint))
     if errors:

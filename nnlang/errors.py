@@ -79,6 +79,17 @@ def _caret(span: Span) -> list[str]:
     return [gutter + line, " " * (len(gutter) + start) + "^" * width]
 
 
+class Given(dict):
+    """Values by name (`--set NAME=VALUE`) with where each was given: `spans[name]` is the
+    (name's span, value's span), so an error about one, found far from where it was read (a
+    train setting checked when the config is built), points at it as a parse error does. A
+    plain dict (the Python API's) has no spans and gets errors without a place."""
+
+    def __init__(self, values=(), spans: dict | None = None):
+        super().__init__(values)
+        self.spans = dict(spans or {})
+
+
 class NNError(Exception):
     """The error nnlang reports for bad input: one or more diagnostics, each with a span."""
 

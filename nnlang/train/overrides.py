@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
 from nnlang.errors import NNError, did_you_mean
 from nnlang.frontend.elaborate import Program, load
 from nnlang.frontend.source import load_source, read_source
-from nnlang.frontend.train_config import FLAGS, Choice, TrainConfig, option_problem
+from nnlang.frontend.train_config import FLAGS, Choice, TrainConfig, option_problem, range_problem
 from nnlang.train import feeds
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES, unknown_choice_hint
 from nnlang.ops.signature import show_value
@@ -48,45 +49,73 @@ def split_overrides(sets: dict, source: str | None, file: str) -> tuple[dict, di
     return hp, {k: v for k, v in sets.items() if k not in hp}
 
 
-def apply_overrides(cfg: TrainConfig, kw: dict) -> TrainConfig:
+def apply_overrides(cfg: TrainConfig, kw: dict, spans: dict | None = None) -> TrainConfig:
     """Flag values onto a config: lr and other optimizer/schedule options go into those choices;
-    `data` (a name/spec) keeps the options the new dataset accepts."""
-    kw = dict(kw)   # NOTE: a None here is --set X=none: it switches X off
+    `data` (a name/spec) keeps the options the new dataset accepts. `spans`: where each --set
+    value was given (`Given.spans`), which an error about it points at."""
+    kw, spans = dict(kw), spans or {}   # NOTE: a None here is --set X=none: it switches X off
     opt, sched = cfg.optimizer, cfg.schedule
     for k in ("optimizer", "data"):
         if k in kw and kw[k] is None:
-            raise NNError(f"train setting '{k}' cannot be none")
+            raise NNError(f"train setting '{k}' cannot be none", given_span(spans, k))
     if "optimizer" in kw:
-        name, given = _spelled(kw.pop("optimizer"))
+        with given_at(spans, "optimizer"):
+            name, given = _spelled(kw.pop("optimizer"))
         opt = _choice(name, OPTIMIZERS, "optimizer", {"lr": opt.options.get("lr"),
                                                       **_options_of(name, OPTIMIZERS, kw),
-                                                      **given})
+                                                      **given}, spans)
     if "schedule" in kw:
         name = kw.pop("schedule")
         if name is not None:
-            name, given = _spelled(name)
+            with given_at(spans, "schedule"):
+                name, given = _spelled(name)
             sched = _choice(name, SCHEDULES, "schedule",
-                            {**_options_of(name, SCHEDULES, kw), **given})
+                            {**_options_of(name, SCHEDULES, kw), **given}, spans)
         else:
             sched = None
     scalars = {}
     for k, v in kw.items():
         if k == "data":
             continue
-        if k in _SCALARS:
-            scalars[k] = _coerce(k, v)
-        elif k in opt.options:
-            opt = Choice(opt.name, {**opt.options, k: _like(k, opt.options[k], v)})
-        elif sched is not None and k in sched.options:
-            sched = Choice(sched.name, {**sched.options, k: _like(k, sched.options[k], v)})
-        else:
-            raise NNError(f"unknown train setting '{k}'", hint=_unknown_hint(k, opt, sched))
+        with given_at(spans, k):
+            if k in _SCALARS:
+                scalars[k] = _coerce(k, v)
+            elif k in opt.options:
+                opt = Choice(opt.name, {**opt.options, k: _like(k, opt.options[k], v)})
+            elif sched is not None and k in sched.options:
+                sched = Choice(sched.name, {**sched.options, k: _like(k, sched.options[k], v)})
+            else:
+                raise NNError(f"unknown train setting '{k}'", given_span(spans, k, name=True),
+                              hint=_unknown_hint(k, opt, sched))
+    for k in kw.keys() & spans.keys():
+        # NOTE: TrainConfig checks the ranges again, but cannot tell where a value came from
+        given = {**scalars, **opt.options, **(sched.options if sched else {})}
+        if k in given and (problem := range_problem(k, given[k])):
+            raise NNError(f"train setting '{k}': {problem}", given_span(spans, k))
     data = cfg.data
     if kw.get("data") is not None:
         # NOTE: as `_spelled`: --set data=true is named 'true' (.nn's spelling), not 'True'
         spec = kw["data"]
-        data = feeds.replace_data(cfg.data, spec if isinstance(spec, str) else show_value(spec))
+        with given_at(spans, "data"):
+            data = feeds.replace_data(cfg.data, spec if isinstance(spec, str)
+                                      else show_value(spec))
     return replace(cfg, data=data, optimizer=opt, schedule=sched, **scalars)
+
+
+def given_span(spans: dict, key: str, name: bool = False):
+    """Where the --set value `key` (its `name`) was given, or None."""
+    return spans[key][0 if name else 1] if key in spans else None
+
+
+@contextmanager
+def given_at(spans: dict, key: str):
+    """An error without a place about the --set value `key` points at that value."""
+    try:
+        yield
+    except NNError as err:
+        if err.span is not None or key not in spans:
+            raise
+        raise NNError(err.message, given_span(spans, key), err.hint) from None
 
 
 def _unknown_hint(k: str, opt: Choice, sched: Choice | None) -> str:
@@ -117,22 +146,24 @@ def _options_of(name: str, registry: dict, kw: dict) -> dict:
     return {k: kw.pop(k) for k in list(kw) if k in names}
 
 
-def _choice(name: str, registry: dict, what: str, keep: dict) -> Choice:
+def _choice(name: str, registry: dict, what: str, keep: dict, spans: dict) -> Choice:
     from nnlang.ops.signature import BindError
     if name not in registry:
-        raise NNError(f"unknown {what} '{name}'",
+        raise NNError(f"unknown {what} '{name}'", given_span(spans, what),
                       hint=unknown_choice_hint(name, what, registry))
     sig = registry[name].sig
     names = {p.name for p in sig.params}
     try:
         bound = sig.bind([], {k: v for k, v in keep.items() if k in names and v is not None})
     except BindError as err:
-        raise NNError(f"{what} {name}: {err}", hint=f"give its options with --set, e.g. "
+        raise NNError(f"{what} {name}: {err}", given_span(spans, what),
+                      hint=f"give its options with --set, e.g. "
                       f"--set {what}={name} --set NAME=VALUE ({sig})") from None
     # NOTE: as the train section checks them: bind alone let `cosine(warmup=2.5)` through
     for p in sig.params:
         if problem := option_problem(p, bound[p.name]):
             raise NNError(f"{what} {name}: argument '{p.name}': {problem}",
+                          given_span(spans, p.name) or given_span(spans, what),
                           hint=f"its options: {sig}")
     return Choice(name, bound)
 
@@ -184,6 +215,7 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
     """(program, config, source, file, model overrides) from a path/source/Program, `--set`
     values and flag overrides (`config` is a TrainConfig, or a dict of overrides)."""
     source, file = source_of(program_or_path)
+    spans = getattr(sets, "spans", {})
     hp, train_sets = split_overrides(dict(sets or {}), source, file)
     hp = {**(base_overrides or {}), **hp}
     if isinstance(program_or_path, Program):
@@ -211,10 +243,10 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
             # NOTE: as --set X twice: which one was meant is not ours to guess (the flag won)
             flag = FLAGS.get(k, k)
             raise NNError(f"train setting '{k}' is given twice: {flag} {show_value(flags[k])} "
-                          f"and --set {k}={show_value(train_sets[k])}",
+                          f"and --set {k}={show_value(train_sets[k])}", given_span(spans, k),
                           hint=f"give it once: {flag} VALUE, or --set {k}=VALUE")
-        cfg = apply_overrides(cfg, {**train_sets, **flags})
-    _check_penalty_lists(cfg, program)
+        cfg = apply_overrides(cfg, {**train_sets, **flags}, spans)
+    _check_penalty_lists(cfg, program, spans)
     return program, cfg, source, file, hp
 
 
@@ -231,7 +263,7 @@ def _load_for(text, hp: dict, model, resuming: bool):
                       "run was trained from") from None
 
 
-def _check_penalty_lists(cfg: TrainConfig, program) -> None:
+def _check_penalty_lists(cfg: TrainConfig, program, spans: dict) -> None:
     """l1_on / l2_on from --set name weights of the model (the train section's own are
     checked where they are written)."""
     params = program.graph.params
@@ -239,6 +271,7 @@ def _check_penalty_lists(cfg: TrainConfig, program) -> None:
         for name in getattr(cfg, key) or ():
             if name not in params:
                 raise NNError(f"train setting '{key}': the model has no weight '{name}'",
+                              given_span(spans, key),
                               hint=did_you_mean(name, list(params)) or
                               f"its weights: {', '.join(list(params)[:8])}")
 

@@ -28,7 +28,7 @@ from nnlang.train import checkpoint, feeds
 from nnlang.train.data_parallel import Ranks
 from nnlang.train.guard import DivergenceGuard
 from nnlang.train.interrupts import Interrupts, test_signal
-from nnlang.train.overrides import resolve
+from nnlang.train.overrides import given_at, given_span, resolve
 from nnlang.train.progress import LINE_EVERY_S, fmt, live, progress, say
 from nnlang.train.init_from import start_run, words_to_start_from
 from nnlang.train.resume import describe_resume, find_checkpoint
@@ -216,9 +216,10 @@ class _Watch:
                                                "value": self.best, "epoch": self.best_epoch}
 
 
-def check_watch(program, cfg, val: dict) -> None:
+def check_watch(program, cfg, val: dict, spans: dict | None = None) -> None:
     """early_stop and the plateau schedule need validation data and a monitor the model
-    computes: clear errors at the setting that asks for them."""
+    computes: clear errors at the setting that asks for them (`spans`: the --set values',
+    `Given.spans`)."""
     from nnlang.frontend.train_config import mode_problem, monitor_problem
     users = [n for n, on in (("early_stop", cfg.early_stop),
                              ("schedule", cfg.schedule and cfg.schedule.name == "plateau"),
@@ -232,6 +233,7 @@ def check_watch(program, cfg, val: dict) -> None:
     file_says = getattr(program.train, "monitor", None)
     span = setting_span(program, "monitor") if cfg.monitor == file_says else None
     given = "" if span is not None or cfg.monitor is None else " (given by --set monitor=...)"
+    span = span or given_span(spans or {}, "monitor")
     if unknown := monitor_problem(monitor, program.graph, given):   # NOTE: --set monitor=...
         raise NNError(unknown[0], span, hint=unknown[1])
     # NOTE: here, not where the file is read: `--set mode=min` answers it as well
@@ -322,6 +324,9 @@ class _Training:
             model if model is not None else (ckpt.meta["model"] if ckpt else None),
             base=ckpt.config if ckpt else None,
             base_overrides=ckpt.meta.get("overrides") if ckpt else None)
+        # NOTE: an error loading the data is at --set data=..., when that named it
+        spans = getattr(overrides, "spans", {})
+        data_at = spans if data is None else {}
         if data is not None and isinstance(data, (str, Path)):
             # NOTE: before the resume is described, so a changed data set is said like the rest
             cfg = replace(cfg, data=feeds.replace_data(cfg.data, str(data)))
@@ -337,7 +342,8 @@ class _Training:
             raise NNError(f"--max-steps must be at least 1, not {max_steps}")
         words, start = (trained_words(ckpt.data_meta), ckpt) if ckpt else \
             words_to_start_from(program, cfg, init_from, False, file)
-        cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file, words)
+        with given_at(data_at, "data"):
+            cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file, words)
         if start is not None:
             note = checkpoint.check_encoding(start.path, start.meta, ds, "train it on in "
                                              "Python (nnlang.restore, net.train_step)")
@@ -347,7 +353,7 @@ class _Training:
             say(console, f"note: data set '{ds.name}' has its own validation split "
                          f"({len(ds.val)} examples), which is used instead of val_split = "
                          f"{cfg.val_split:g}")
-        check_watch(program, cfg, splits[1])
+        check_watch(program, cfg, splits[1], spans)
         ranks.same_settings({
             "model": [program.model, source if source is not None else file],
             "hyper-parameters": hp,

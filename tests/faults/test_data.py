@@ -511,10 +511,14 @@ def test_bad_setting_in_the_file(line, words, work):
     (["--lr", "-1"], "train setting 'lr' (given by --lr or --set lr=...): -1.0 is out of range"),
     (["--lr", "0"], "lr must be > 0"),
     (["--set", "lr=-0.5"], "-0.5 is out of range: lr must be > 0"),
-    (["--set", "beta1=1"], "(given by --set beta1=...): 1.0 is out of range"),
+    # a --set value is shown where it was given (tests/faults/test_training.py)
+    (["--set", "beta1=1"], "<command line>:1:13: error: train setting 'beta1': 1.0 is out of "
+                           "range"),
     (["--set", "eps=0"], "eps must be > 0"),
     (["--set", "weight_decay=-1"], "weight_decay must be >= 0"),
-    (["--set", "seed=-3"], "(given by --seed or --set seed=...): -3 is out of range"),
+    (["--set", "seed=-3"], "<command line>:1:12: error: train setting 'seed': -3 is out of "
+                           "range"),
+    (["--seed", "-3"], "(given by --seed or --set seed=...): -3 is out of range"),
     (["--set", "epochs=0"], "epochs"),
     (["--set", "clip_norm=-2"], "clip_norm must be >= 0"),
     (["--set", "l2=-1"], "l2 must be >= 0"),

@@ -138,6 +138,41 @@ def test_train_refuses(work, args, code, words):
         assert w in out, out
 
 
+@pytest.mark.parametrize("args, shown, col, width, words", [
+    (["--set", "lr=abc"], "lr=abc", 10, 3, "train setting 'lr' must be a number, got \"abc\""),
+    (["--set", "epochs=-1"], "epochs=-1", 14, 2,
+     "train setting 'epochs': -1 is out of range: epochs must be >= 1"),
+    (["--set", "optimizer=sgd", "--set", "momentum=2"], "momentum=2", 16, 1,
+     "optimizer sgd: argument 'momentum': 2 is out of range: momentum must be in [0, 1)"),
+    (["--set", "optimizer=sgd", "--set", "momentum=abc"], "momentum=abc", 16, 3,
+     "optimizer sgd: argument 'momentum': expected a number"),
+    # the name, which no setting of this run has
+    (["--set", "momentum=0.5"], "momentum=0.5", 7, 8, "unknown train setting 'momentum'"),
+    (["--set", "optimizer=foo"], "optimizer=foo", 17, 3, "unknown optimizer 'foo'"),
+    (["--set", "optimizer=none"], "optimizer=none", 17, 4,
+     "train setting 'optimizer' cannot be none"),
+    (["--set", "schedule=cosine(warmup=2.5)"], "schedule=cosine(warmup=2.5)", 16, 18,
+     "schedule cosine: argument 'warmup': expected an integer, got 2.5"),
+    (["--set", "beta1=1"], "beta1=1", 13, 1, "train setting 'beta1': 1.0 is out of range"),
+    (["--set", "l2_on=nope"], "l2_on=nope", 13, 4,
+     "train setting 'l2_on': the model has no weight 'nope'"),
+    (["--set", "lr=0.1", "--lr", "0.2"], "lr=0.1", 10, 3,
+     "train setting 'lr' is given twice: --lr 0.2 and --set lr=0.1"),
+    (["--set", "data=nonesuch"], "data=nonesuch", 12, 8, "unknown dataset 'nonesuch'"),
+    (["--val-split", "0.25", "--set", "monitor=val_bogus"], "monitor=val_bogus", 15, 9,
+     "monitor = 'val_bogus' (given by --set monitor=...) names no validation or training"),
+])
+def test_a_bad_train_setting_from_set_is_located(work, args, shown, col, width, words):
+    """A train setting given a wrong value (or a name no setting has) by --set is an error at
+    <command line>:1:col with a caret under that value (or name), as a model
+    hyper-parameter's --set error is: they said only the setting's name, with no place."""
+    out = cli("train", "tiny.nn", "--backend", "reference", *args, cwd=work)
+    assert f"<command line>:1:{col}: error: {words}" in out, out
+    lines = out.splitlines()
+    at = lines.index(f"   1 | --set {shown}")
+    assert lines[at + 1] == " " * (len("   1 | ") + col - 1) + "^" * width, out
+
+
 def test_a_loss_not_finite_at_the_initial_weights_is_not_blamed_on_the_rate(work, tmp_path):
     """A loss that is nan before any update comes from the model or the data: the hint said
     to lower the learning rate, which cannot change it."""
