@@ -23,6 +23,7 @@ from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
 from nnlang.frontend.train_config import setting_span
 from nnlang.ops.optim import plateau_scale
+from nnlang.ops.signature import show_value
 from nnlang.passes.pipeline import divided_terms, named_losses
 from nnlang.train import checkpoint, feeds
 from nnlang.train.data_parallel import Ranks
@@ -327,6 +328,14 @@ class _Training:
         # NOTE: an error loading the data is at --set data=..., when that named it
         spans = getattr(overrides, "spans", {})
         data_at = spans if data is None else {}
+        if data is not None and "data" in (overrides or {}) and "data" not in hp:
+            # NOTE: as any setting given twice (overrides.resolve): --data won silently
+            said, other = (data if isinstance(data, (str, Path)) else "(arrays)",
+                           overrides["data"])
+            raise NNError(f"train setting 'data' is given twice: --data {said} and --set data="
+                          f"{other if isinstance(other, str) else show_value(other)}",
+                          given_span(spans, "data"),
+                          hint="give it once: --data VALUE, or --set data=VALUE")
         if data is not None and isinstance(data, (str, Path)):
             # NOTE: before the resume is described, so a changed data set is said like the rest
             cfg = replace(cfg, data=feeds.replace_data(cfg.data, str(data)))

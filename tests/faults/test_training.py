@@ -158,6 +158,9 @@ def test_train_refuses(work, args, code, words):
      "train setting 'l2_on': the model has no weight 'nope'"),
     (["--set", "lr=0.1", "--lr", "0.2"], "lr=0.1", 10, 3,
      "train setting 'lr' is given twice: --lr 0.2 and --set lr=0.1"),
+    # --data won silently, where every other setting given twice is refused
+    (["--data", "tiny.npz", "--set", "data=mnist"], "data=mnist", 12, 5,
+     "train setting 'data' is given twice: --data tiny.npz and --set data=mnist"),
     (["--set", "data=nonesuch"], "data=nonesuch", 12, 8, "unknown dataset 'nonesuch'"),
     (["--val-split", "0.25", "--set", "monitor=val_bogus"], "monitor=val_bogus", 15, 9,
      "monitor = 'val_bogus' (given by --set monitor=...) names no validation or training"),
