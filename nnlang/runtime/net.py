@@ -494,7 +494,9 @@ class Net:
 
     def evaluate(self, feeds: dict) -> dict:
         """Losses and metrics on one batch, without updating anything: a loss by its name, and
-        with several, `loss` their total besides each by name (as train_step reports them)."""
+        with several, `loss` their total besides each by name (as train_step reports them).
+        A mean over kept rows (ignore_index, class weights) is this batch's: over several
+        batches weigh it by its divisor (`evaluate_divided`), not by the rows."""
         return self.evaluate_divided(feeds)[0]
 
     def evaluate_divided(self, feeds: dict) -> tuple[dict, dict]:
