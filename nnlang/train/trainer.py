@@ -349,8 +349,9 @@ class _Training:
                          "with")
         if max_steps is not None and max_steps < 1:
             raise NNError(f"--max-steps must be at least 1, not {max_steps}")
-        words, start = (trained_words(ckpt.data_meta), ckpt) if ckpt else \
-            words_to_start_from(program, cfg, init_from, False, file)
+        with given_at(spans if init_from is None else {}, "init_from"):
+            words, start = (trained_words(ckpt.data_meta), ckpt) if ckpt else \
+                words_to_start_from(program, cfg, init_from, False, file)
         with given_at(data_at, "data"):
             cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file, words)
         if start is not None:

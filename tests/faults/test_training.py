@@ -162,6 +162,8 @@ def test_train_refuses(work, args, code, words):
     (["--data", "tiny.npz", "--set", "data=mnist"], "data=mnist", 12, 5,
      "train setting 'data' is given twice: --data tiny.npz and --set data=mnist"),
     (["--set", "data=nonesuch"], "data=nonesuch", 12, 8, "unknown dataset 'nonesuch'"),
+    (["--set", "init_from=nowhere"], "init_from=nowhere", 17, 7,
+     "init_from (given by --set init_from=...): no checkpoint at nowhere"),
     (["--val-split", "0.25", "--set", "monitor=val_bogus"], "monitor=val_bogus", 15, 9,
      "monitor = 'val_bogus' (given by --set monitor=...) names no validation or training"),
 ])
