@@ -943,3 +943,22 @@ def test_ctrl_c_during_beam_search_gives_the_best_live_beam(monkeypatch):
     logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
     total = sum(logp[1 + i, t] for i, t in enumerate(s.ids))
     assert s.score == pytest.approx(total / 3, abs=1e-4)
+
+
+def test_decoders_for_other_prompt_counts_are_bounded(monkeypatch):
+    """Each prompt count (rows = prompts x beam) compiles its own prefill and step with their
+    own KV caches; a long-lived net asked for many counts kept every one of them, so memory grew
+    with the number of distinct counts (40 counts: 80 executables, ~190 MiB). The least
+    recently used go, as the net's own executables for other batch sizes do; one that comes back
+    is rebuilt and decodes the same tokens as at first."""
+    from nnlang.runtime import net as net_module
+    monkeypatch.setattr(net_module, "KEEP_LENGTHS", 1)  # one count besides the one in use
+    net = lm_net()
+    gen = generator(net)
+    opts = options_from(net.program.generate, {"max_new": 3})
+    first = [gen.generate(["ab"] * n, opts).texts for n in (1, 2, 3)]
+    assert sorted(gen._states) == [2, 3]
+    assert sorted({batch for _, batch in gen._exes}) == [2, 3]
+    again = [gen.generate(["ab"] * n, opts).texts for n in (1, 2, 3)]
+    assert again == first
+    assert len(gen._states) <= 2

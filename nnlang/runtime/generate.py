@@ -360,6 +360,9 @@ class Generator:
             self._states[batch] = {**self.net.state, **{
                 name: aligned_zeros((batch, *shape), self.net.dtype)
                 for name, shape in (self.graphs.caches.items() if self.graphs else ())}}
+            self._forget_others(batch)
+        else:
+            self._states[batch] = self._states.pop(batch)  # NOTE: most recently used last
         self.state = self._states[batch]
         if key not in self._exes:
             with paused_gc():
@@ -367,6 +370,22 @@ class Generator:
                 g = forward_graph(graph, batch, self.net.dtype, ("outputs",))
                 self._exes[key] = _compile(g, self.net.backend, self.state, self.net.disable)
         return self._exes[key]
+
+    def _forget_others(self, latest: int) -> None:
+        """Drops the decoders (executables and KV caches) of the least recently used other
+        prompt counts beyond the net's budget (`net.over_budget`): each count compiles its own,
+        and a long-lived net asked for many counts kept them all. A decode keeps one count from
+        start to end, so only finished decodes' caches go."""
+        from nnlang.runtime.net import _buffer_bytes, over_budget
+        caches = self.graphs.caches if self.graphs else {}
+
+        def nbytes(batch):
+            return sum(_buffer_bytes(exe) for (_, b), exe in self._exes.items() if b == batch) \
+                + sum(self._states[batch][name].nbytes for name in caches)
+        for old in over_budget([b for b in self._states if b != latest], nbytes):
+            del self._states[old]
+            for key in [k for k in self._exes if k[1] == old]:
+                del self._exes[key]
 
     def _feeds(self, tokens, source) -> dict:
         feeds = {self.spec.tokens: tokens}

@@ -33,7 +33,8 @@ from nnlang.runtime.interpret import interpret
 BACKENDS = ("numba", "cupy", "reference")
 # executables kept per kind for other lengths than the one in use, least recently used dropped
 # first: each holds buffers sized for its length, and rebuilding one (plan, no kernel compile)
-# costs ~0.25 s of CPU; bucketed data pads to ~22 lengths up to 2,500 tokens (`data/ragged.py`)
+# costs ~0.25 s of CPU; bucketed data pads to ~22 lengths up to 2,500 tokens (`data/ragged.py`).
+# The same budget bounds generation's decoders per prompt count (`generate.Generator`)
 KEEP_LENGTHS = 24
 # ... and at most this many bytes of their planned buffers: attention on whole reviews plans
 # gigabytes per length, and 24 of those would exhaust the machine
@@ -305,12 +306,7 @@ class Net:
         stays)."""
         home = _key(latest[0], self.batch, self.lengths)
         others = [k for k in self._exes if k[0] == latest[0] and k not in (latest, home)]
-        held = sum(_buffer_bytes(self._exes[k][0]) for k in others)
-        for old in list(others):
-            if len(others) <= KEEP_LENGTHS and held <= KEEP_BYTES:
-                break
-            held -= _buffer_bytes(self._exes[old][0])
-            others.remove(old)
+        for old in over_budget(others, lambda k: _buffer_bytes(self._exes[k][0])):
             del self._exes[old]
             self._checks.pop(old, None)
 
@@ -580,6 +576,20 @@ def _gradient_graph(g):
     g.grads, g.updates = {}, {}
     g.metrics = {}
     return drop_unused_inputs(g)
+
+
+def over_budget(others: list, nbytes) -> list:
+    """Of `others` (kept entries, least recently used first; `nbytes(key)` the bytes each
+    holds), those to drop so that at most KEEP_LENGTHS stay, holding at most KEEP_BYTES: the
+    one budget of the net's executables for other sizes and the generator's decoders."""
+    sizes = [nbytes(k) for k in others]
+    held, drop = sum(sizes), []
+    for k, size in zip(others, sizes):
+        if len(others) - len(drop) <= KEEP_LENGTHS and held <= KEEP_BYTES:
+            break
+        held -= size
+        drop.append(k)
+    return drop
 
 
 def _buffer_bytes(exe) -> int:
