@@ -66,11 +66,18 @@ def _parse_lengths(items: list[str] | None, net) -> dict:
         if not eq:
             raise NNError(f"--length expects name=size, got '{item}'", span,
                           f"e.g. --length seq=40 (the model's symbolic lengths: {known})")
+        if not net.lengths and name != "batch":
+            raise NNError(f"--length {name}: model '{net.program.model}' has no symbolic lengths",
+                          span, "--length sizes a dim declared `symbol seq`; this model's dims "
+                                "are all fixed, so leave --length out")
         if name not in net.lengths:
             raise NNError(f"--length {name}: model '{net.program.model}' has no symbolic length "
                           f"'{name}'", span,
                           "use --batch for the batch" if name == "batch" else
                           f"its symbolic lengths: {known}")
+        if name in out:   # NOTE: which one was meant is not ours to guess (as --set twice)
+            raise NNError(f"--length {name} is given twice", span,
+                          f"give each length once: --length {name}=...")
         if not value.strip().isdigit() or int(value) < 1:
             raise NNError(f"--length {name}: the size must be a whole number >= 1, got "
                           f"'{value}'", span, f"e.g. --length {name}=40")

@@ -487,6 +487,22 @@ def test_compile_says_at_which_length_a_symbol_is_shown_and_takes_another(tmp_pa
     assert plain.exit_code == 0 and not plain.stdout.startswith("#"), plain.stdout[:200]
 
 
+def test_compile_length_given_twice_or_for_a_model_without_symbols_is_refused(tmp_path):
+    """`--length seq=40 --length seq=50` compiled at 50 without a word, where `--set` of one
+    name twice is refused (which one was meant is not ours to guess); `--length seq=4` on a
+    model with no `symbol` said "its symbolic lengths: none" as if listing some."""
+    src = tmp_path / "sym.nn"
+    src.write_text("model S {\n  symbol seq\n  input x: float32[batch, seq, 3]\n"
+                   "  output y = dense(x, 4)\n}\n")
+    r = run("compile", src, "--batch", 2, "--backend", "reference", "--emit", "ir",
+            "--length", "seq=40", "--length", "seq=50")
+    assert r.exit_code == 1 and "--length seq is given twice" in r.stderr, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and "--length seq=50" in r.stderr
+    r = run("compile", "models/mlp.nn", "--backend", "reference", "--length", "seq=4")
+    assert r.exit_code == 1 and "has no symbolic lengths" in r.stderr, r.stderr
+    assert "symbol seq" in r.stderr and ": none" not in r.stderr, r.stderr
+
+
 def test_check_draws_a_long_table_cut_in_the_middle(tmp_path):
     """A file of 66,000 statements spent 27 of its 39 s drawing every row: the table keeps its
     first and last rows, says how many it left out and how to see them; --rows 0 draws all."""

@@ -343,7 +343,15 @@ def kept_mean(b, rows: int, keep: int) -> int:
     such a batch scores 0 (a loss with no gradient) rather than stopping a run at the NaN
     guard. Under N ranks the count is the global batch's (`_global_sum`, below)."""
     kept = b.maximum(_global_sum(b, b.reduce_sum(keep, axes=None)), const_like(b, 1.0, keep))
-    return b.div(b.reduce_sum(b.mul(rows, keep), axes=None), _rank_share(b, kept))
+    return b.div(b.reduce_sum(kept_only(b, rows, keep), axes=None), _rank_share(b, kept))
+
+
+def kept_only(b, rows: int, keep: int) -> int:
+    """`rows` where `keep` is 1, else 0. NOTE: selected, not multiplied: an ignored row's loss
+    is inf when its label's logit is -inf (the padding id masked out of the vocabulary), and
+    0 * inf was a nan loss where PyTorch leaves the row out."""
+    zero = const_like(b, 0.0, rows)
+    return b.where(b.ne(keep, const_like(b, 0.0, keep)), rows, zero)
 
 
 def _ids_hint(logits: TensorType, labels: TensorType) -> str:
@@ -425,7 +433,7 @@ def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None,
         per_row = class_weight_rows(b, labels, weight,
                                     keep if ignore_index is not None else None)
         if ignore_index is not None:
-            rows = b.mul(rows, keep)
+            rows = kept_only(b, rows, keep)
         total = _global_sum(b, b.reduce_sum(per_row, axes=None))
         # NOTE: a batch whose rows weigh 0 in all (every row ignored, or of zero-weight
         # classes) is 0 / 0 = nan in PyTorch; here 0, as for ignore_index alone below
@@ -485,8 +493,10 @@ register("cross_entropy", "logits: tensor, labels: tensor, label_smoothing: floa
              "[...] (or float probabilities shaped like logits); mean over all rows (batch, "
              "and time for [batch, time, classes]). Two classes at least: for one score per "
              "example use bce_with_logits. A -inf logit (a masked class) is a probability of "
-             "0: with int ids the loss stays finite unless a row's label is masked (inf, as "
-             "PyTorch). As PyTorch's F.cross_entropy: label_smoothing = e "
+             "0: with int ids the loss stays finite unless a kept row's label is masked, or "
+             "label_smoothing gives a masked class a share of the target (inf, as PyTorch); "
+             "an ignored row is left out whatever its logits. As PyTorch's F.cross_entropy: "
+             "label_smoothing = e "
              "takes the targets as (1 - e) * labels + e / classes (ids or probabilities); "
              "ignore_index = k (int ids only; k may lie outside the classes, as PyTorch's -100) "
              "leaves out the rows labelled k, from the sum and "

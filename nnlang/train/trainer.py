@@ -250,7 +250,13 @@ def check_watch(program, cfg, val: dict, spans: dict | None = None) -> None:
         if cfg.monitor is not None:
             message, where = f"{what} watches monitor = {monitor!r}{given}", span
         else:
-            message, where = f"{what} watches {monitor}", setting_span(program, users[0])
+            # NOTE: a --set value is located at its flag, as --set monitor's is; the file's
+            # line only when the file gave it (a --set over it replaced it)
+            name = users[0]
+            said = "" if getattr(program.train, name, None) == getattr(cfg, name) else \
+                f" (given by --set {name}=...)"
+            message = f"{what}{said} watches {monitor}"
+            where = given_span(spans or {}, name) if said else setting_span(program, name)
         raise NNError(f"{message}, but this run has no validation data", where,
                       hint="set val_split (e.g. val_split = 0.2), or give val_* arrays in the "
                            f'.npz; or watch a training value (monitor = "train_{monitor[4:]}")')

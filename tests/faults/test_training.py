@@ -166,6 +166,14 @@ def test_train_refuses(work, args, code, words):
      "init_from (given by --set init_from=...): no checkpoint at nowhere"),
     (["--val-split", "0.25", "--set", "monitor=val_bogus"], "monitor=val_bogus", 15, 9,
      "monitor = 'val_bogus' (given by --set monitor=...) names no validation or training"),
+    # what watches the default val_loss without validation data: it said where the file's
+    # early_stop line would be, no place at all for a --set one
+    (["--set", "early_stop=2"], "early_stop=2", 18, 1,
+     "early_stop (given by --set early_stop=...) watches val_loss, but this run has no "
+     "validation data"),
+    (["--set", "schedule=plateau"], "schedule=plateau", 16, 7,
+     "the plateau schedule (given by --set schedule=...) watches val_loss, but this run has "
+     "no validation data"),
 ])
 def test_a_bad_train_setting_from_set_is_located(work, args, shown, col, width, words):
     """A train setting given a wrong value (or a name no setting has) by --set is an error at

@@ -214,6 +214,60 @@ def test_cross_entropy_over_masked_logits_is_finite(opts, dtype, backend):
     _close(grad, want_grad, dtype)
 
 
+IGNORED_MASKED = ["", ", label_smoothing = 0.1", ", weight = [1.0, 2.0, 0.5, 1.0, 3.0]"]
+
+
+def _ignored_masked_feeds():
+    """Rows labelled with the ignored id 0 whose logit there is -inf (the padding id masked
+    out of the vocabulary, and the padding rows left out of the loss)."""
+    f = _ce_feeds((4, 5), seed=3)
+    f["y"][:] = [1, 0, 4, 0]
+    f["z"][[1, 3], 0] = -np.inf
+    return f
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("opts", IGNORED_MASKED)
+def test_cross_entropy_of_ignored_rows_with_a_masked_label_is_the_kept_rows(opts, backend):
+    """An ignored row's label at a -inf logit has an infinite row loss, which the mean over
+    the kept rows multiplied by its 0 (0 * inf): the loss was nan (the NaN guard stops the
+    run) where PyTorch leaves the row out and gives the kept rows' mean."""
+    f = _ignored_masked_feeds()
+    src = _ce_src((4, 5), 0.0, 0).replace("label_smoothing = 0.0, ", opts.lstrip(", ") + ", "
+                                          if opts else "")
+    loss, grad = _loss_and_grad(src, f, backend, "float64", "z")
+    keep = f["y"] != 0
+    z, y = f["z"][keep], f["y"][keep]
+    e = 0.1 if "smoothing" in opts else 0.0
+    w = np.array([1.0, 2, 0.5, 1, 3]) if "weight" in opts else np.ones(5)
+    target = (1 - e) * np.eye(5)[y] + e / 5
+    rows = -(target * w * np.log(_softmax(z))).sum(-1)
+    _close(loss, rows.sum() / w[y].sum(), "float64")
+    want = np.zeros_like(f["z"])
+    p = _softmax(z)
+    wt = target * w   # d rows / d z = p * sum(w t) - w t, over the divisor
+    want[keep] = (p * wt.sum(-1, keepdims=True) - wt) / w[y].sum()
+    _close(grad, want, "float64")
+
+
+@pytest.mark.parametrize("opts", IGNORED_MASKED)
+def test_cross_entropy_of_ignored_rows_with_a_masked_label_matches_pytorch(opts):
+    torch = pytest.importorskip("torch")
+    f = _ignored_masked_feeds()
+    src = _ce_src((4, 5), 0.0, 0).replace("label_smoothing = 0.0, ", opts.lstrip(", ") + ", "
+                                          if opts else "")
+    loss, grad = _loss_and_grad(src, f, "numba", "float64", "z")
+    z = torch.tensor(f["z"], requires_grad=True)
+    kw = {"label_smoothing": 0.1} if "smoothing" in opts else {}
+    if "weight" in opts:
+        kw["weight"] = torch.tensor([1.0, 2, 0.5, 1, 3], dtype=torch.float64)
+    want = torch.nn.functional.cross_entropy(z, torch.from_numpy(f["y"]).long(),
+                                             ignore_index=0, **kw)
+    want.backward()
+    _close(loss, want.item(), "float64")
+    _close(grad, z.grad.numpy(), "float64")
+
+
 def test_cross_entropy_over_masked_logits_matches_pytorch():
     torch = pytest.importorskip("torch")
     f = _masked_ce_feeds()
