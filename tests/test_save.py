@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 import nnlang
 from nnlang.errors import NNError
+from tests.faults.conftest import cli as _cli
 from tests.tiny_run import tiny_data, tiny_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,18 +34,7 @@ train Drop {
 
 
 def cli(*args, cwd) -> str:
-    from nnlang_cli.main import app
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args])
-    finally:
-        os.chdir(old)
-    out = result.stdout + result.stderr
-    assert "Traceback" not in out and result.exception is None or \
-        isinstance(result.exception, SystemExit), out
-    assert result.exit_code == 0, out
-    return out
+    return _cli(*args, code=0, cwd=cwd)
 
 
 def _loop(tmp_path, steps: int = 5, **compile_kw):
