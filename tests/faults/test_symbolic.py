@@ -101,15 +101,16 @@ def test_accepted_ops_compile(tmp_path, line):
     path = tmp_path / "m.nn"
     path.write_text(model(line))
     out = cli("compile", path, "--backend", "reference", code=0)
-    assert "seq 16" in out, out  # compiled at the default length a feed would replace
+    # compiled at the default length a feed would replace, and saying so
+    assert "seq = 16 (a symbol without a size: compiled at this length" in out, out
 
 
 def test_docs_symbols_example_compiles(tmp_path):
     path = tmp_path / "sym.nn"
     path.write_text("model Symbols {\n  symbol steps\n  input x: float32[batch, steps, 16]\n"
                     "  output y = dense(x, 8)\n}\n")
-    assert "steps 16" in cli("compile", path, "--mode", "predict", "--backend", "reference",
-                             code=0)
+    assert "steps = 16 (a symbol without a size" in cli("compile", path, "--mode", "predict",
+                                                         "--backend", "reference", code=0)
 
 
 @pytest.mark.parametrize("backend", ["reference", "numba"])
