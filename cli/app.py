@@ -102,6 +102,7 @@ class Terminated(KeyboardInterrupt):
 
 
 _TERMINATED: list[int] = []
+_SWALLOWED: list = []   # Terminated raised where Python could not pass it on
 
 
 def _terminate(signum, frame):
@@ -122,11 +123,40 @@ def _sigterm_raises():
         yield   # NOTE: another handler (an outer `reporting`, the embedding program's) stays
         return
     _TERMINATED.clear()
+    _SWALLOWED.clear()
     signal.signal(signal.SIGTERM, _terminate)
+    hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_termination(hook)
     try:
         yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception:
+        if _SWALLOWED:
+            # NOTE: what a SIGTERM left behind where it could not raise (inside a C callback,
+            # `_quiet_termination`): the compile it cut failed; the command was terminated
+            raise Terminated from None
+        raise
+    else:
+        if _SWALLOWED:   # NOTE: ... or the compile went on, and the command ended after it
+            raise Terminated
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        sys.unraisablehook = hook
+
+
+def _quiet_termination(hook):
+    """NOTE: SIGTERM that lands inside a C callback (llvmlite's, while numba compiles: a rank
+    that mpirun ends because another rank failed) cannot raise there: Python printed the
+    Terminated with a traceback as "ignored", and the compile then failed on its own, or went
+    on and the command with it. The command ends as terminated once it is back in Python
+    (`_sigterm_raises`); the traceback said nothing more."""
+    def unraisable(info):
+        if isinstance(info.exc_value, Terminated):
+            _SWALLOWED.append(info)
+        else:
+            hook(info)
+    return unraisable
 
 
 @contextmanager

@@ -233,6 +233,26 @@ def test_ctrl_c_inside_an_llvm_callback_of_a_cold_compile(tiny, monkeypatch, com
         assert "global step 0" in out and checkpoint.load(tiny / "run").step == 0
 
 
+def test_sigterm_inside_an_llvm_callback_of_an_unheld_compile(tiny, monkeypatch):
+    """A compile outside the held region (numba's own cache=True helpers, compiled at their
+    first call: a rank that mpirun ended because another rank failed met one): Python printed
+    the Terminated with a traceback as "ignored", the compile then failed, and the command
+    said "internal error: RuntimeError: no compiled object yet". It says it was terminated."""
+    (tiny / "model.nn").write_text(TINY.replace("logits = dense(h, classes)\n",
+                                                "logits = dense(h, classes) * 1.0123\n"))
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tiny / "cold-cache"))
+    from contextlib import nullcontext
+    from nnlang.backends import numba_backend
+    monkeypatch.setattr(numba_backend, "_spawn_worker", lambda: None)
+    monkeypatch.setattr(numba_backend, "ctrl_c_held", nullcontext)   # NOTE: as an unheld one
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    sent = _ctrl_c_inside_llvm(monkeypatch, "_object_cache_notify", signal.SIGTERM)
+    out = cli("compile", "model.nn", code=143)
+    assert sent and not unraisable, [u.exc_value for u in unraisable]
+    assert "terminated (SIGTERM)" in out and "internal error" not in out, out
+
+
 @pytest.mark.parametrize("command, where", [
     (("compile", "tiny.nn"), "nnlang.compile"),
     (("check", "tiny.nn"), "nnlang_cli.inspect_cmds.load_program"),
