@@ -347,7 +347,7 @@ def kept_mean(b, rows: int, keep: int) -> int:
 
 
 def kept_only(b, rows: int, keep: int) -> int:
-    """`rows` where `keep` is 1, else 0. NOTE: selected, not multiplied: an ignored row's loss
+    """`rows` where `keep` is not 0, else 0 (a kept row's loss; a one-hot label's term). NOTE: selected, not multiplied: an ignored row's loss
     is inf when its label's logit is -inf (the padding id masked out of the vocabulary), and
     0 * inf was a nan loss where PyTorch leaves the row out."""
     zero = const_like(b, 0.0, rows)
@@ -415,8 +415,7 @@ def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None,
         # another class (a vocabulary mask, or float32's overflow of z - max) has logp -inf,
         # and one_hot's 0 * -inf was nan, a nan loss where PyTorch's nll_loss picks a finite
         # one. Probabilities keep the product, as PyTorch's sum(target * logp) does
-        zero = const_like(b, 0.0, logp)
-        picked = b.where(b.ne(labels, zero), picked, zero)
+        picked = kept_only(b, picked, labels)
     if not label_smoothing and ignore_index is None and weight is None:
         return b.neg(mean_over(b, b.reduce_sum(picked, axes=[-1])))
     rows = b.neg(b.reduce_sum(picked, axes=[-1]))

@@ -84,9 +84,9 @@ def divided_terms(g: Graph, nid: int) -> list[tuple[float, int]]:
     such a term is a mean over its own divisor, so a whole set's is their divisor-weighted mean,
     not the rows-weighted one a plain mean takes."""
     node = g.node(nid)
-    if len(node.inputs) >= 2 and node.op in ("cross_entropy", "accuracy", "binary_accuracy"):
-        return [(1.0, nid)] if divides_by_data(node.op, node.attrs,
-                                               g.node(node.inputs[1]).type) else []
+    if len(node.inputs) >= 2 and divides_by_data(node.op, node.attrs,
+                                                 g.node(node.inputs[1]).type):
+        return [(1.0, nid)]
     if node.op in ("add", "sub"):
         left, right = (divided_terms(g, i) for i in node.inputs)
         return left + [(-c if node.op == "sub" else c, t) for c, t in right]
