@@ -45,6 +45,7 @@ def time_model(name: str, rounds: int, warmup: int, batch: int | None,
     dev = torch.device(device)
     module = build(name, program.hparams).to(dev)
     o = program.train.optimizer.options
+    cfg_clip = program.train.clip_norm
     lossf = loss_fn(module.loss_kind)
     try:
         net = nnlang.compile(program, backend="cupy", batch=batch, seed=0)
@@ -74,6 +75,8 @@ def time_model(name: str, rounds: int, warmup: int, batch: int | None,
             opt.zero_grad(set_to_none=True)
             loss = lossf(module(x), y)
             loss.backward()
+            if cfg_clip:  # NOTE: the train section's clip_norm is part of nnlang's step too
+                torch.nn.utils.clip_grad_norm_(module.parameters(), cfg_clip)
             opt.step()
         return loss.item()
 

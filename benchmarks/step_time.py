@@ -35,10 +35,13 @@ from torch_models import (MODELS, ROOT, build, feature_name, forward_gemm_flops,
 NOT_MEASURED = "not measured yet"
 
 
-def _torch_step(module, opt, lossf, x, y):
+def _torch_step(module, opt, lossf, x, y, clip_norm=None):
     opt.zero_grad(set_to_none=True)
     loss = lossf(module(x), y)
     loss.backward()
+    if clip_norm:  # NOTE: the train section's clip_norm is part of nnlang's step too
+        import torch
+        torch.nn.utils.clip_grad_norm_(module.parameters(), clip_norm)
     opt.step()
     return loss.item()  # NOTE: nnlang's train_step hands back a Python float too
 
@@ -87,6 +90,7 @@ def time_model(name: str, backend: str, rounds: int, warmup: int, batch: int | N
     module = build(name, program.hparams)
     load_nnlang(module, nnlang_trainable(init))
     o = program.train.optimizer.options
+    clip = program.train.clip_norm
     opt = torch.optim.Adam(module.parameters(), lr=o["lr"], betas=(o["beta1"], o["beta2"]),
                            eps=o["eps"], weight_decay=o["weight_decay"], fused=True)
     lossf = loss_fn(module.loss_kind)
@@ -108,13 +112,13 @@ def time_model(name: str, backend: str, rounds: int, warmup: int, batch: int | N
         if net:
             net.train_step(feeds)
         if not nnlang_only:
-            _torch_step(module, opt, lossf, x, y)
+            _torch_step(module, opt, lossf, x, y, clip)
     t_nn, t_torch = [], []
     for _ in range(rounds):
         if net:
             t_nn.append(_timed_block(lambda: net.train_step(feeds), gap, block))
         if not nnlang_only:
-            t_torch.append(_timed_block(lambda: _torch_step(module, opt, lossf, x, y), gap,
+            t_torch.append(_timed_block(lambda: _torch_step(module, opt, lossf, x, y, clip), gap,
                                         block))
     if t_torch:
         out["torch_ms"] = 1e3 * statistics.median(t_torch)
