@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nnlang.errors import ErrorSink, NNError, Span, closest, did_you_mean, foreign_name
+from nnlang.errors import (ErrorSink, Given, NNError, Span, closest, did_you_mean,
+                           foreign_name)
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration, number_text
 from nnlang.frontend.deep import deep_stack
@@ -125,8 +126,11 @@ class Elaborator(CallElaboration, ScanElaboration):
                                 symbols[key], "one compiled model runs every length: feed "
                                 "sequences of the length you want")
             elif key not in names:
+                # NOTE: at the name on the command line where --set gave it (`Given.spans`);
+                # the Python API's plain dict has no place there, so the model's header
+                given = getattr(overrides, "spans", {}).get(key)
                 self.errors.add(f"--set {key}: model '{m.name}' has no hyper-parameter '{key}'",
-                                m.span, self.set_hint(key, names))
+                                given[0] if given else m.span, self.set_hint(key, names))
         for p in m.params:
             if p.name == "batch":
                 # NOTE: it would fix every [batch, ...] to one number, while the train section,
@@ -614,7 +618,7 @@ def checked_overrides(overrides) -> dict:
 @deep_stack
 def elaborate(module: ast.Module, overrides: dict | None = None,
               model: str | None = None) -> Program:
-    overrides = checked_overrides(overrides)
+    overrides = Given(checked_overrides(overrides), getattr(overrides, "spans", None))
     if model is not None and not isinstance(model, str):
         raise NNError(f"model={model!r}: a model is chosen by its name (a str), not by "
                       f"{type(model).__name__}", hint="e.g. model=\"MLP\"")

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
-from nnlang.errors import NNError, did_you_mean
+from nnlang.errors import Given, NNError, did_you_mean
 from nnlang.frontend.elaborate import Program, load
 from nnlang.frontend.source import load_source, read_source
 from nnlang.frontend.train_config import FLAGS, Choice, TrainConfig, option_problem, range_problem
@@ -46,7 +46,9 @@ def split_overrides(sets: dict, source: str | None, file: str) -> tuple[dict, di
     train_keys |= {p.name for o in (*OPTIMIZERS.values(), *SCHEDULES.values())
                    for p in o.sig.params}
     hp = {k: v for k, v in sets.items() if k in hp_names or k not in train_keys}
-    return hp, {k: v for k, v in sets.items() if k not in hp}
+    spans = getattr(sets, "spans", {})   # NOTE: so an unknown name is located on the command line
+    return (Given(hp, {k: spans[k] for k in hp if k in spans}),
+            {k: v for k, v in sets.items() if k not in hp})
 
 
 def apply_overrides(cfg: TrainConfig, kw: dict, spans: dict | None = None) -> TrainConfig:
@@ -216,8 +218,8 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
     values and flag overrides (`config` is a TrainConfig, or a dict of overrides)."""
     source, file = source_of(program_or_path)
     spans = getattr(sets, "spans", {})
-    hp, train_sets = split_overrides(dict(sets or {}), source, file)
-    hp = {**(base_overrides or {}), **hp}
+    hp, train_sets = split_overrides(Given(sets or {}, spans), source, file)
+    hp = Given({**(base_overrides or {}), **hp}, hp.spans)
     if isinstance(program_or_path, Program):
         program = program_or_path
         if any(program.hparams.get(k) != v for k, v in hp.items()):

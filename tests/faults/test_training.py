@@ -148,6 +148,9 @@ def test_train_refuses(work, args, code, words):
      "optimizer sgd: argument 'momentum': expected a number"),
     # the name, which no setting of this run has
     (["--set", "momentum=0.5"], "momentum=0.5", 7, 8, "unknown train setting 'momentum'"),
+    # a name that is neither a setting nor a hyper-parameter: it pointed at the model's header
+    (["--set", "epohcs=3"], "epohcs=3", 7, 6,
+     "--set epohcs: model 'Tiny' has no hyper-parameter 'epohcs'"),
     (["--set", "optimizer=foo"], "optimizer=foo", 17, 3, "unknown optimizer 'foo'"),
     (["--set", "optimizer=none"], "optimizer=none", 17, 4,
      "train setting 'optimizer' cannot be none"),
