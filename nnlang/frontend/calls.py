@@ -646,6 +646,12 @@ class CallElaboration:
             self.stack.pop()
             if share is not None:
                 self.used_paths = used | self.used_paths
+            # NOTE: an error in the body is located there; which call led to it (the second,
+            # with the wrong shape) is said here, as a traceback's "called from" line
+            call = e.span.text() if e.span is not None else None
+            for d in self.errors.diagnostics[errors_before:]:
+                d.calls.append((f"in block '{block.name}', called here" +
+                                (f": {call}" if call else ""), e.span))
         if len(self.errors.diagnostics) > errors_before:
             raise Abort
         if result is None:
