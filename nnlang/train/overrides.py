@@ -12,7 +12,8 @@ from pathlib import Path
 from nnlang.errors import Given, NNError, did_you_mean
 from nnlang.frontend.elaborate import Program, load
 from nnlang.frontend.source import load_source, read_source
-from nnlang.frontend.train_config import FLAGS, Choice, TrainConfig, option_problem, range_problem
+from nnlang.frontend.train_config import (FLAGS, Choice, TrainConfig, option_problem,
+                                         range_problem, rising_schedule)
 from nnlang.train import feeds
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES, unknown_choice_hint
 from nnlang.ops.signature import show_value
@@ -56,6 +57,7 @@ def apply_overrides(cfg: TrainConfig, kw: dict, spans: dict | None = None) -> Tr
     `data` (a name/spec) keeps the options the new dataset accepts. `spans`: where each --set
     value was given (`Given.spans`), which an error about it points at."""
     kw, spans = dict(kw), spans or {}   # NOTE: a None here is --set X=none: it switches X off
+    named = set(kw)
     opt, sched = cfg.optimizer, cfg.schedule
     for k in ("optimizer", "data"):
         if k in kw and kw[k] is None:
@@ -94,6 +96,10 @@ def apply_overrides(cfg: TrainConfig, kw: dict, spans: dict | None = None) -> Tr
         given = {**scalars, **opt.options, **(sched.options if sched else {})}
         if k in given and (problem := range_problem(k, given[k])):
             raise NNError(f"train setting '{k}': {problem}", given_span(spans, k))
+    if problem := rising_schedule(opt, sched):
+        where = next((given_span(spans, k) for k in ("min_lr", "lr", "schedule", "optimizer")
+                      if k in named & spans.keys()), None)
+        raise NNError(problem[0], where, problem[1])
     data = cfg.data
     if kw.get("data") is not None:
         # NOTE: as `_spelled`: --set data=true is named 'true' (.nn's spelling), not 'True'
