@@ -62,8 +62,6 @@ class TrainConfig:
                 flag = FLAGS.get(name)
                 given = f"{flag} or --set {name}=..." if flag else f"--set {name}=..."
                 raise NNError(f"train setting '{name}' (given by {given}): {problem}")
-        if problem := rising_schedule(self.optimizer, self.schedule):
-            raise NNError(*problem)
 
     def numbers(self):
         """(name, value) of every train setting, optimizer and schedule option."""

@@ -96,9 +96,12 @@ def apply_overrides(cfg: TrainConfig, kw: dict, spans: dict | None = None) -> Tr
         given = {**scalars, **opt.options, **(sched.options if sched else {})}
         if k in given and (problem := range_problem(k, given[k])):
             raise NNError(f"train setting '{k}': {problem}", given_span(spans, k))
-    if problem := rising_schedule(opt, sched):
+    # NOTE: only where a flag or --set changed the rate or the schedule: a checkpoint written
+    # before this check (a resumed run, eval) keeps loading; the train section's is checked there
+    rate = named & {"min_lr", "lr", "schedule", "optimizer"}
+    if rate and (problem := rising_schedule(opt, sched)):
         where = next((given_span(spans, k) for k in ("min_lr", "lr", "schedule", "optimizer")
-                      if k in named & spans.keys()), None)
+                      if k in rate & spans.keys()), None)
         raise NNError(problem[0], where, problem[1])
     data = cfg.data
     if kw.get("data") is not None:
@@ -243,6 +246,8 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
                                     if getattr(program.train, f.name) != getattr(before, f.name)})
     if isinstance(config, TrainConfig):
         cfg = config
+        if problem := rising_schedule(cfg.optimizer, cfg.schedule):   # the Python API's
+            raise NNError(*problem)
     else:
         cfg = base or program.train or TrainConfig()
         # NOTE: an unset flag (None) must not hide the same setting given with --set
