@@ -43,13 +43,17 @@ class Diagnostic:
     hint: str | None = None
     notes: list[tuple[str, Span | None]] = field(default_factory=list)
     severity: str = "error"   # or "warning": reported, but nothing stops
+    # NOTE: the block calls that led to a span inside a block's body, innermost first (a
+    # traceback's "called from"); not compared, so one mistake a block makes at each of its
+    # calls is still reported once, at the first call
+    calls: list[tuple[str, Span]] = field(default_factory=list, compare=False)
 
     def render(self) -> str:
         where = f"{self.span}: " if self.span else ""
         out = [f"{where}{self.severity}: {self.message}"]
         if self.span is not None:
             out += _caret(self.span)
-        for text, span in self.notes:
+        for text, span in [*self.notes, *self.calls]:
             out.append(f"  note: {text}" + (f" ({span})" if span else ""))
         if self.hint:
             out.append(f"  hint: {self.hint}")

@@ -24,6 +24,7 @@ KINDS = {
     "recursive_block", "bad_train_section", "unknown_dataset", "unknown_optimizer",
     "several_errors", "bad_set_value", "bad_set_name", "loss_not_scalar",
     "number_overflow", "size_too_large", "unclosed_brace", "argument_out_of_range",
+    "block_error_call_site",
 }
 
 

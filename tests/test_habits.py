@@ -397,15 +397,34 @@ def _written(name: str) -> str:
 
 
 def test_group_norm_written_with_ops_is_pytorch_group_norm():
-    x = np.random.default_rng(4).normal(size=(2, 6, 3, 4))
+    """The hint's whole formula, its weight declarations as written, with weights that are not
+    the identity: it left out the per-channel scale and shift PyTorch's GroupNorm has by
+    default (affine=True)."""
+    from nnlang.frontend.calls import WRITTEN_OTHERWISE
+    from nnlang.runtime.interpret import interpret
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 6, 3, 4)).astype(np.float32)
+    weights = {"scale": rng.normal(size=(6, 1, 1)), "shift": rng.normal(size=(6, 1, 1))}
+    hint = WRITTEN_OTHERWISE["GroupNorm"]
+    params = "".join(f"  {p}\n" for p in re.findall(r"`(param [^`]+)`", hint))
     text = _written("GroupNorm").split(", then ")[1].replace("[batch, C, H, W]", "[2, 6, 3, 4]")
-    got = _run(re.sub(r"\bh\b", "reshape(x, [2, 3, -1])", text), {"x": x})
-    g = x.reshape(2, 3, -1)   # numpy: each group's mean and population variance
+    text = re.sub(r"\bh\b", "reshape(x, [2, 3, -1])", text)
+    prog = nnlang.load(f"model F(C = 6) {{\n  input x: float32[2, 6, 3, 4]\n{params}"
+                       f"  output out = {text}\n}}\n")
+    assert sorted(prog.graph.params) == ["scale", "shift"]
+    low = decompose(prog.graph, training=False)
+    got = interpret(low, {"x": x}, weights, want={"out": low.outputs["out"]})["out"]
+    g = x.astype(np.float64).reshape(2, 3, -1)   # numpy: each group's mean, population variance
     want = ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + 1e-5))
-    np.testing.assert_allclose(got, want.reshape(x.shape), rtol=1e-10)
+    want = want.reshape(x.shape) * weights["scale"] + weights["shift"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     torch = pytest.importorskip("torch")
-    twin = torch.nn.functional.group_norm(torch.tensor(x), 3, eps=1e-5).numpy()
-    np.testing.assert_allclose(got, twin, rtol=1e-9, atol=1e-12)
+    norm = torch.nn.GroupNorm(3, 6, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor(weights["scale"].reshape(6)))
+        norm.bias.copy_(torch.tensor(weights["shift"].reshape(6)))
+        twin = norm(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(got, twin, rtol=1e-5, atol=1e-5)
 
 
 def test_repeat_interleave_and_gather_along_an_axis_written_with_ops():

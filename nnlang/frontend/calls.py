@@ -72,10 +72,12 @@ WRITTEN_OTHERWISE = {
                     "no such metric: a metric here is a mean over batches, which AUC, precision "
                     "and recall are not; compute them from `nnlang predict`'s outputs"),
     **dict.fromkeys(("group_norm", "GroupNorm", "GroupNormalization"),
-                    "with G groups of x [batch, C, H, W]: h = reshape(x, [batch, G, -1]), then "
-                    "reshape((h - mean(h, axis = -1, keepdims = true)) / sqrt(var(h, axis = -1, "
-                    "keepdims = true) + 1e-5), [batch, C, H, W]) (PyTorch's GroupNorm without "
-                    "the learned per-channel scale and shift)"),
+                    "with G groups of x [batch, C, H, W] and its per-channel weights `param "
+                    "scale: float32[C, 1, 1] = ones` and `param shift: float32[C, 1, 1] = zeros`"
+                    ": h = reshape(x, [batch, G, -1]), then reshape((h - mean(h, axis = -1, "
+                    "keepdims = true)) / sqrt(var(h, axis = -1, keepdims = true) + 1e-5), "
+                    "[batch, C, H, W]) * scale + shift (PyTorch's GroupNorm: scale and shift "
+                    "are its weight and bias; leave them out for affine = False)"),
     "repeat_interleave": "each element r times along axis 1 of x [batch, C]: reshape(concat("
                          "unsqueeze(x, axis = 2), unsqueeze(x, axis = 2), ..., axis = 2), "
                          "[batch, -1]) with r copies",
@@ -646,6 +648,12 @@ class CallElaboration:
             self.stack.pop()
             if share is not None:
                 self.used_paths = used | self.used_paths
+            # NOTE: an error in the body is located there; which call led to it (the second,
+            # with the wrong shape) is said here, as a traceback's "called from" line
+            call = e.span.text() if e.span is not None else None
+            for d in self.errors.diagnostics[errors_before:]:
+                d.calls.append((f"in block '{block.name}', called here" +
+                                (f": {call}" if call else ""), e.span))
         if len(self.errors.diagnostics) > errors_before:
             raise Abort
         if result is None:

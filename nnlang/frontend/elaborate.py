@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nnlang.errors import ErrorSink, NNError, Span, closest, did_you_mean, foreign_name
+from nnlang.errors import (ErrorSink, Given, NNError, Span, closest, did_you_mean,
+                           foreign_name)
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration, number_text
 from nnlang.frontend.deep import deep_stack
@@ -64,6 +65,9 @@ class Program:
     # records so the CLI rebuilds the same program (the file may change after the compile)
     source: str | None = None
     overrides: dict = field(default_factory=dict)
+
+
+DISCARD = "_"   # a name that binds nothing: `out, _, _ = lstm(x, 8, return_state = true)`
 
 
 class Elaborator(CallElaboration, ScanElaboration):
@@ -125,8 +129,11 @@ class Elaborator(CallElaboration, ScanElaboration):
                                 symbols[key], "one compiled model runs every length: feed "
                                 "sequences of the length you want")
             elif key not in names:
+                # NOTE: at the name on the command line where --set gave it (`Given.spans`);
+                # the Python API's plain dict has no place there, so the model's header
+                given = getattr(overrides, "spans", {}).get(key)
                 self.errors.add(f"--set {key}: model '{m.name}' has no hyper-parameter '{key}'",
-                                m.span, self.set_hint(key, names))
+                                given[0] if given else m.span, self.set_hint(key, names))
         for p in m.params:
             if p.name == "batch":
                 # NOTE: it would fix every [batch, ...] to one number, while the train section,
@@ -161,7 +168,7 @@ class Elaborator(CallElaboration, ScanElaboration):
     def run_body(self, body, scope: Scope):
         for stmt in body:  # remembered so a use before the definition can say so
             for name in getattr(stmt, "targets", ()) or [getattr(stmt, "name", None)]:
-                if isinstance(name, str):
+                if isinstance(name, str) and name != DISCARD:
                     scope.later.setdefault(name, stmt.span)
         result = None
         for stmt in body:
@@ -172,7 +179,8 @@ class Elaborator(CallElaboration, ScanElaboration):
             except Abort:
                 for name in getattr(stmt, "targets", ()) or ([stmt.name] if hasattr(
                         stmt, "name") and isinstance(stmt.name, str) else []):
-                    scope.vars.setdefault(name, POISON)
+                    if name != DISCARD:
+                        scope.vars.setdefault(name, POISON)
         return result
 
     def define(self, scope: Scope, name: str, value, span: Span):
@@ -225,7 +233,9 @@ class Elaborator(CallElaboration, ScanElaboration):
                 if n not in self.g.symbols:
                     self.g.symbols = self.g.symbols + (n,)
         elif isinstance(s, ast.Assign):
-            value = self.expr(s.value, scope, s.targets[0])
+            # NOTE: a discarded first name does not name the layer's weights (`_.kernel`)
+            target = s.targets[0] if s.targets[0] != DISCARD else None
+            value = self.expr(s.value, scope, target)
             if len(s.targets) > 1:
                 if not isinstance(value, tuple) or len(value) != len(s.targets):
                     got = len(value) if isinstance(value, tuple) else 1
@@ -233,12 +243,14 @@ class Elaborator(CallElaboration, ScanElaboration):
                               f"{'s' if got != 1 else ''}", s.span, None if got == 1 else
                               self.name_each(s.value, got))
                 for name, v in zip(s.targets, value):
-                    self.define(scope, name, v, s.span)
+                    if name != DISCARD:   # NOTE: dropped, as Python's and JAX's `_`
+                        self.define(scope, name, v, s.span)
             else:
                 if isinstance(value, tuple):
                     self.fail(f"the right side gives {len(value)} values; "
                               f"{self.name_each(s.value, len(value))}", s.span)
-                self.define(scope, s.targets[0], value, s.span)
+                if target is not None:
+                    self.define(scope, target, value, s.span)
         elif isinstance(s, (ast.Output, ast.Loss, ast.Metric)):
             self.result_stmt(s, scope)
         elif isinstance(s, ast.Return):
@@ -420,6 +432,9 @@ class Elaborator(CallElaboration, ScanElaboration):
                       [("defined here", where)])
         if e.id in self.defs or registry.get(e.id) is not None:
             self.fail(f"'{e.id}' is an op or block; call it: {e.id}(...)", e.span)
+        if e.id == DISCARD:
+            self.fail("'_' discards the value given to it and cannot be read", e.span,
+                      "give the value a name to use it (`out, h, c = lstm(...)`)")
         if e.id in self.g.symbols:  # NOTE: out of the model's body (a train setting, a block)
             self.fail(f"'{e.id}' is a symbol of model '{self.g.model}': its size comes with each "
                       "batch's data, so it has no value here", e.span,
@@ -614,7 +629,7 @@ def checked_overrides(overrides) -> dict:
 @deep_stack
 def elaborate(module: ast.Module, overrides: dict | None = None,
               model: str | None = None) -> Program:
-    overrides = checked_overrides(overrides)
+    overrides = Given(checked_overrides(overrides), getattr(overrides, "spans", None))
     if model is not None and not isinstance(model, str):
         raise NNError(f"model={model!r}: a model is chosen by its name (a str), not by "
                       f"{type(model).__name__}", hint="e.g. model=\"MLP\"")

@@ -147,6 +147,23 @@ def range_problem(name: str, value) -> str | None:
     return None
 
 
+def rising_schedule(optimizer: Choice, schedule: Choice | None) -> tuple[str, str] | None:
+    """(message, hint) when a cosine schedule's floor min_lr is above the learning rate, or
+    None. NOTE: its curve runs from lr to min_lr, so the "decay" would raise the rate over the
+    run, which no one means (Keras' and PyTorch's cosine take it silently); plateau only ever
+    lowers the rate (its floor is min(min_lr, lr)), so it needs no check."""
+    lr = optimizer.options.get("lr")
+    if schedule is None or schedule.name != "cosine" or not isinstance(lr, (int, float)):
+        return None
+    floor = schedule.options.get("min_lr", 0.0)
+    if not isinstance(floor, (int, float)) or floor <= lr:
+        return None
+    return (f"schedule cosine: min_lr {floor:g} is above the learning rate {lr:g}, so the rate "
+            f"would rise from {lr:g} to {floor:g} over the run",
+            "min_lr is the floor the rate decays to: give it below lr (e.g. lr / 100), or "
+            "leave it out (0); a rising start is `warmup = N` steps")
+
+
 def watchable(graph) -> dict[str, str | None]:
     """The values `monitor` may name in the model `graph`, each with its default mode: min
     for the total loss, each named loss and a metric that is a loss op (`mae`,
@@ -383,6 +400,7 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
     values: dict = {}
     list_spans: dict = {}   # NOTE: where l1_on / l2_on are written, for the check after the loop
     spans: dict = {}
+    choice_spans: dict = {}   # optimizer / schedule -> its options' spans ("": the whole call)
     for s in t.settings:
         if s.name not in SETTINGS:
             errors.add(f"unknown train setting '{s.name}'", s.span,
@@ -427,8 +445,10 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
         span = s.value.span
         if s.name == "optimizer":
             value = _choice(raw, OPTIMIZERS, "optimizer", span, errors, spans)
+            choice_spans["optimizer"] = {**spans, "": span}
         elif s.name == "schedule":
             value = _choice(raw, SCHEDULES, "schedule", span, errors, spans)
+            choice_spans["schedule"] = {**spans, "": span}
         elif s.name == "data":
             if isinstance(raw, (str, tuple)):
                 name, opts = (raw, {}) if isinstance(raw, str) else raw
@@ -461,6 +481,11 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
         if name in values and not values.get(rate):
             errors.add(f"{name} names the weights of the {rate} penalty, but {rate} is 0",
                        list_spans[name], f"set its strength too, e.g. {rate} = 1e-4")
+    if "schedule" in values and (problem := rising_schedule(
+            values.get("optimizer", TrainConfig.optimizer), values["schedule"])):
+        sched = choice_spans["schedule"]
+        errors.add(problem[0], sched.get("min_lr", sched[""]), problem[1])
+        del values["schedule"]   # NOTE: reported here, with its place; TrainConfig would again
     return TrainConfig(**values)
 
 

@@ -230,7 +230,7 @@ def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None, size: int
         hi = min(lo + size, len(described))
         hi = next((j for j in range(lo + 1, hi) if shapes[j] != shapes[lo]), hi)
         yield ({k: encode_input(k, graph.node(features[k]), v[lo:hi],
-                                _plain(meta) if k in plain else meta, what(k))
+                                _plain(meta) if k in plain else meta, what(k), lo)
                 for k, v in raws.items()}, described[lo:hi])
         lo = hi
 
@@ -326,7 +326,8 @@ def _all_given(raws: dict, where: str, graph, features: dict) -> None:
                       hint=_how_to_pass(graph, features))
 
 
-def encode_input(name: str, node, raws: list, meta: dict, what: str) -> np.ndarray:
+def encode_input(name: str, node, raws: list, meta: dict, what: str,
+                 first: int = 0) -> np.ndarray:
     """One input's values -> a batch array, using only the checkpoint's data set meta: text
     through its tokenizer, images (paths or arrays) through the loaders' scaling, other
     arrays (from an .npz, a .npy path or written numbers like 1,2.5) as they are."""
@@ -337,7 +338,7 @@ def encode_input(name: str, node, raws: list, meta: dict, what: str) -> np.ndarr
         # same pixels as a .png or .npy were scaled to 0..1 as in training
         arr = np.concatenate([_image(r, meta["image_shape"], what, i) for i, r in enumerate(raws)])
     elif arrays:
-        arr = _stack(arrays, what)
+        arr = _stack(arrays, what, node, first=first)
     elif kind == "text":
         _no_files_for_text(raws)
         from nnlang.data import tokenize
@@ -348,7 +349,7 @@ def encode_input(name: str, node, raws: list, meta: dict, what: str) -> np.ndarr
         length = node.shape[1] if isinstance(node.shape[1], int) else None  # NOTE: a symbol
         arr = tokenizer_from_meta(meta).encode_batch(texts, length, what)
     else:
-        arr = _stack([_read_values(r) for r in raws], what)
+        arr = _stack([_read_values(r) for r in raws], what, node, raws, first)
     return feeds.conform(name, arr, node, what)
 
 
@@ -362,13 +363,37 @@ def _image(raw, image_shape, what: str, row: int) -> np.ndarray:
         raise NNError(f"{what}, row {row}: {err.message}", hint=err.hint) from None
 
 
-def _stack(examples: list, what: str) -> np.ndarray:
-    shapes = sorted({tuple(np.shape(e)) for e in examples})
-    if len(shapes) > 1:
-        raise NNError(f"{what}: the examples have different shapes "
-                      f"({', '.join(str(list(s)) for s in shapes[:4])})",
-                      hint="give every example the same number of values")
-    return np.stack(examples)
+def _stack(examples: list, what: str, node=None, raws: list | None = None,
+           first: int = 0) -> np.ndarray:
+    """The examples as one batch. NOTE: a ragged one is named (its row, as `check_values`
+    counts them from 0, and what was written), with its length and the length the input
+    takes: "the examples have different shapes ([3], [4])" left the user to find it."""
+    if len({np.shape(e) for e in examples}) <= 1:
+        return np.stack(examples)   # NOTE: all of one shape: `feeds.conform` checks it whole
+    want = tuple(node.shape[1:]) if node is not None else ()
+    size = int(np.prod(want)) if all(isinstance(d, int) for d in want) and want else None
+    if size is not None:
+        # NOTE: by the count of values, as `feeds.conform` reshapes [1, 28, 28] to [784]
+        bad = next((i for i, e in enumerate(examples) if np.size(e) != size), None)
+    else:
+        bad = next((i for i, e in enumerate(examples)
+                    if np.shape(e) != np.shape(examples[0])), None)
+    if bad is None:
+        return np.stack([np.reshape(e, want) for e in examples] if size is not None else examples)
+    raw = raws[bad] if raws is not None else None
+    shown = f" ({raw})" if isinstance(raw, (str, Path)) and len(str(raw)) <= 40 else ""
+    got = np.shape(examples[bad])
+    has = f"{np.size(examples[bad])} values" + (f", shape {list(got)}" if len(got) > 1 else "")
+    row = f"{what}, row {first + bad}{shown}"
+    if size is not None:
+        takes = f"{size} per example" + (f" ({list(want)})" if len(want) > 1 else "")
+        raise NNError(f"{row} has {has}, but model input '{node.name}' takes {takes}: it is "
+                      f"declared {node.type}", node.span,
+                      hint=f"give every example {size} values")
+    raise NNError(f"{row} has shape {list(got)}, but row {first} has "
+                  f"{list(np.shape(examples[0]))}: one run takes examples of one shape",
+                  node.span if node is not None else None,
+                  hint="give every example the same number of values")
 
 
 def _sequences(value: np.ndarray, logits: bool, meta: dict) -> list[dict]:

@@ -9,10 +9,11 @@ from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
-from nnlang.errors import NNError, did_you_mean
+from nnlang.errors import Given, NNError, did_you_mean
 from nnlang.frontend.elaborate import Program, load
 from nnlang.frontend.source import load_source, read_source
-from nnlang.frontend.train_config import FLAGS, Choice, TrainConfig, option_problem, range_problem
+from nnlang.frontend.train_config import (FLAGS, Choice, TrainConfig, option_problem,
+                                         range_problem, rising_schedule)
 from nnlang.train import feeds
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES, unknown_choice_hint
 from nnlang.ops.signature import show_value
@@ -46,7 +47,9 @@ def split_overrides(sets: dict, source: str | None, file: str) -> tuple[dict, di
     train_keys |= {p.name for o in (*OPTIMIZERS.values(), *SCHEDULES.values())
                    for p in o.sig.params}
     hp = {k: v for k, v in sets.items() if k in hp_names or k not in train_keys}
-    return hp, {k: v for k, v in sets.items() if k not in hp}
+    spans = getattr(sets, "spans", {})   # NOTE: so an unknown name is located on the command line
+    return (Given(hp, {k: spans[k] for k in hp if k in spans}),
+            {k: v for k, v in sets.items() if k not in hp})
 
 
 def apply_overrides(cfg: TrainConfig, kw: dict, spans: dict | None = None) -> TrainConfig:
@@ -54,6 +57,7 @@ def apply_overrides(cfg: TrainConfig, kw: dict, spans: dict | None = None) -> Tr
     `data` (a name/spec) keeps the options the new dataset accepts. `spans`: where each --set
     value was given (`Given.spans`), which an error about it points at."""
     kw, spans = dict(kw), spans or {}   # NOTE: a None here is --set X=none: it switches X off
+    named = set(kw)
     opt, sched = cfg.optimizer, cfg.schedule
     for k in ("optimizer", "data"):
         if k in kw and kw[k] is None:
@@ -92,6 +96,13 @@ def apply_overrides(cfg: TrainConfig, kw: dict, spans: dict | None = None) -> Tr
         given = {**scalars, **opt.options, **(sched.options if sched else {})}
         if k in given and (problem := range_problem(k, given[k])):
             raise NNError(f"train setting '{k}': {problem}", given_span(spans, k))
+    # NOTE: only where a flag or --set changed the rate or the schedule: a checkpoint written
+    # before this check (a resumed run, eval) keeps loading; the train section's is checked there
+    rate = named & {"min_lr", "lr", "schedule", "optimizer"}
+    if rate and (problem := rising_schedule(opt, sched)):
+        where = next((given_span(spans, k) for k in ("min_lr", "lr", "schedule", "optimizer")
+                      if k in rate & spans.keys()), None)
+        raise NNError(problem[0], where, problem[1])
     data = cfg.data
     if kw.get("data") is not None:
         # NOTE: as `_spelled`: --set data=true is named 'true' (.nn's spelling), not 'True'
@@ -216,8 +227,8 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
     values and flag overrides (`config` is a TrainConfig, or a dict of overrides)."""
     source, file = source_of(program_or_path)
     spans = getattr(sets, "spans", {})
-    hp, train_sets = split_overrides(dict(sets or {}), source, file)
-    hp = {**(base_overrides or {}), **hp}
+    hp, train_sets = split_overrides(Given(sets or {}, spans), source, file)
+    hp = Given({**(base_overrides or {}), **hp}, hp.spans)
     if isinstance(program_or_path, Program):
         program = program_or_path
         if any(program.hparams.get(k) != v for k, v in hp.items()):
@@ -235,6 +246,8 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
                                     if getattr(program.train, f.name) != getattr(before, f.name)})
     if isinstance(config, TrainConfig):
         cfg = config
+        if problem := rising_schedule(cfg.optimizer, cfg.schedule):   # the Python API's
+            raise NNError(*problem)
     else:
         cfg = base or program.train or TrainConfig()
         # NOTE: an unset flag (None) must not hide the same setting given with --set

@@ -39,8 +39,13 @@ def npz_files(work):  # noqa: F811
     (["-i", A, "--npz", "only_a.npz"], ["not --input and --npz"]),
     (["-i", "a=1,2", "-i", B], ["--input a has shape [1, 2]", "'a' is declared float32[batch, 3]"]),
     (["-i", "a=hello", "-i", B], ["'hello' is not a .npy file", "write the numbers"]),
+    # which row, its length and the expected one: it said "the examples have different
+    # shapes ([2], [3])", sorted, so not even which was wrong
     (["-i", A, "-i", "a=1,2", "-i", B, "-i", B],
-     ["--input a: the examples have different shapes ([2], [3])", "same number of values"]),
+     ["--input a, row 1 (1,2) has 2 values, but model input 'a' takes 3 per example",
+      "hint: give every example 3 values"]),
+    (["-i", A, "-i", A, "-i", "a=1,2,3,4", "-i", B, "-i", B, "-i", B],
+     ["--input a, row 2 (1,2,3,4) has 4 values, but model input 'a' takes 3 per example"]),
     (["-i", "a=1,nan,3", "-i", B], ["--input a, row 0: nan is not a finite number"]),
     (["--npz", "missing.npz"], ["--npz file not found: missing.npz"]),
     (["--npz", "notes.txt"], ["cannot read --npz notes.txt", "numpy.savez"]),

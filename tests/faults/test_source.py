@@ -209,6 +209,23 @@ def test_several_results_are_unpacked_by_name(tmp_path, line, words):
     assert "T(id=" not in out
 
 
+def test_underscore_discards_a_value_as_in_python(tmp_path):
+    """`out, _, _ = lstm(...)` was "'_' is already defined", and a single `_` bound a value
+    named `_`; as Python's and JAX's `_` it now binds nothing: the two lines elaborate, the
+    weights take no `_` path, no value is named `_`, and reading `_` is an error at it."""
+    import nnlang
+    program = nnlang.load(nn_file(tmp_path, model(
+        "out, _, _ = lstm(s, 4, return_state = true)",
+        "_, h = gru(s, 4, return_state = true)",
+        "y = out + h")))
+    assert sorted(program.graph.params) == ["gru.bias", "gru.kernel", "gru.recurrent",
+                                            "out.bias", "out.kernel", "out.recurrent"]
+    assert all(n.name != "_" for n in program.graph)
+    out = cli("check", nn_file(tmp_path, model("out, _ = rnn(s, 4, return_state = true)",
+                                               "y = out + _")))
+    expect(out, "8:13: error: '_' discards the value given to it and cannot be read")
+
+
 @pytest.mark.parametrize("lines, words", [
     (["y = dense(v, 3, trainable = none)"],
      ["7:31: error: trainable must be true or false, got none"]),

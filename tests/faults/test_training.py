@@ -148,12 +148,20 @@ def test_train_refuses(work, args, code, words):
      "optimizer sgd: argument 'momentum': expected a number"),
     # the name, which no setting of this run has
     (["--set", "momentum=0.5"], "momentum=0.5", 7, 8, "unknown train setting 'momentum'"),
+    # a name that is neither a setting nor a hyper-parameter: it pointed at the model's header
+    (["--set", "epohcs=3"], "epohcs=3", 7, 6,
+     "--set epohcs: model 'Tiny' has no hyper-parameter 'epohcs'"),
     (["--set", "optimizer=foo"], "optimizer=foo", 17, 3, "unknown optimizer 'foo'"),
     (["--set", "optimizer=none"], "optimizer=none", 17, 4,
      "train setting 'optimizer' cannot be none"),
     (["--set", "schedule=cosine(warmup=2.5)"], "schedule=cosine(warmup=2.5)", 16, 18,
      "schedule cosine: argument 'warmup': expected an integer, got 2.5"),
     (["--set", "beta1=1"], "beta1=1", 13, 1, "train setting 'beta1': 1.0 is out of range"),
+    # a cosine "decay" whose floor is above the rate rose over the run (lr 0.05 in tiny.nn)
+    (["--set", "schedule=cosine", "--set", "min_lr=0.1"], "min_lr=0.1", 14, 3,
+     "schedule cosine: min_lr 0.1 is above the learning rate 0.05"),
+    (["--set", "schedule=cosine(min_lr=0.01)", "--set", "lr=0.001"], "lr=0.001", 10, 5,
+     "schedule cosine: min_lr 0.01 is above the learning rate 0.001"),
     (["--set", "l2_on=nope"], "l2_on=nope", 13, 4,
      "train setting 'l2_on': the model has no weight 'nope'"),
     (["--set", "lr=0.1", "--lr", "0.2"], "lr=0.1", 10, 3,
