@@ -864,8 +864,8 @@ def test_two_states_two_sequences_and_a_shared_reversed_scan_against_pytorch():
     _against_torch(net, torch, [_two_feeds(n) for n in (1, 4, 7)], twin)
 
 
-# the Keras seq2seq tutorial with a stacked bidirectional encoder: the builtin refuses
-# return_state with bidirectional = true, so the encoder is the docs' cell run both ways
+# the Keras seq2seq tutorial with a stacked bidirectional encoder, its encoder the docs' cell
+# run both ways (the builtin bidirectional lstm with return_state gives the same, below)
 KERAS_SEQ2SEQ = """
 block Cell(x, h, c, units = 4) {
   z = dense(x, 4 * units) + dense(h, 4 * units, use_bias = false)
@@ -939,16 +939,38 @@ def test_a_shape_error_in_the_step_names_the_state_it_came_from():
     assert ":18:32)" in text, text
 
 
-def test_the_builtins_bidirectional_return_state_refusal_says_how_to_get_c():
-    """Its hint gave the final h from the outputs only; the Keras tutorial needs c as well,
-    which the outputs do not hold: two scans of a hand-written cell give it (above)."""
-    with pytest.raises(NNError) as err:
-        nnlang.load("""
-model M {
-  input x: float32[batch, 5, 3]
-  enc, hf, cf, hb, cb = lstm(x, 4, bidirectional = true, return_state = true)
+def test_the_builtins_bidirectional_states_are_the_hand_written_encoders():
+    """The Keras tutorial's encoder as written there, `Bidirectional(LSTM(return_sequences =
+    True, return_state = True))` twice: the builtin returns (outputs, forward h, c, backward
+    h, c) and gives the hand-written scans' loss and gradients with the same weights. It was
+    refused (return_state with bidirectional = true), with the two scans as the way out."""
+    builtin = KERAS_SEQ2SEQ.split("model KerasSeq2seq")[0] + """
+model KerasSeq2seq(vocab = 10, steps = 5, units = 4) {
+  input src: int32[batch, steps]
+  input dec_in: int32[batch, steps]
+  input target: int32[batch, steps]
+  x = embedding(src, vocab, 6)
+  l1 = lstm(x, units, return_sequences = true, bidirectional = true)
+  f2, hf, cf, hb, cb = lstm(l1, units, return_sequences = true, bidirectional = true,
+                            return_state = true)
+  y = lstm(embedding(dec_in, vocab, 6), 2 * units, return_sequences = true,
+           initial_h = concat(hf, hb, axis = -1), initial_c = concat(cf, cb, axis = -1))
+  logits = dense(y, vocab)
+  output logits
+  loss cross_entropy(logits, target)
 }
-""")
-    text = err.value.render()
-    assert "return_state with bidirectional = true" in text and "for c too" in text and \
-        "reverse = true" in text, text
+"""
+    hand, net = _cell_net(KERAS_SEQ2SEQ, "KerasSeq2seq"), _cell_net(builtin, "KerasSeq2seq")
+    p = hand.parameters()
+    names = {"kernel": "z.weight", "bias": "z.bias", "recurrent": "z_1.weight"}
+    mine = {f"{layer}.{pre}{w}": p[f"{cell}.{names[w]}"]
+            for layer, cells in (("l1", ("f1", "b1")), ("f2", ("f2", "b2")))
+            for pre, cell in zip(("", "backward_"), cells) for w in names}
+    net.load_state_dict({k: mine.get(k, p.get(k)) for k in net.parameters()})
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.integers(0, 10, (3, 5)).astype(np.int32) for k in ("src", "dec_in", "target")}
+    assert net.evaluate(feeds) == pytest.approx(hand.evaluate(feeds), rel=1e-12)
+    got, want = net.gradients(feeds), hand.gradients(feeds)
+    for k, v in mine.items():
+        back = next(n for n, a in p.items() if a is v)
+        np.testing.assert_allclose(got[k], want[back], rtol=1e-9, atol=1e-12, err_msg=k)
