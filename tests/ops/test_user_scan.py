@@ -790,6 +790,64 @@ def test_an_attention_decoder_trains_as_its_pytorch_twin():
                    lambda t, f: _attention_torch(torch, t, f))
 
 
+# Bahdanau's additive attention in a GRU decoder fed the encoder's last state: the keys are a
+# dense layer over the memory read whole each step, a weight matmul of batch * n rows
+BAHDANAU = """
+block AdditiveStep(y, h, enc, units = 6) {
+  keys = dense(enc, units, use_bias = false)                    # [batch, n, units]
+  q = unsqueeze(dense(h, units), axis = 1)                       # [batch, 1, units]
+  w = softmax(dense(tanh(keys + q), 1, use_bias = false), axis = 1)
+  ctx = sum(w * enc, axis = 1)                                   # [batch, units]
+  x = concat(y, ctx, axis = -1)
+  z = sigmoid(dense(concat(x, h, axis = -1), units))
+  r = sigmoid(dense(concat(x, h, axis = -1), units))
+  n = tanh(dense(concat(x, r * h, axis = -1), units))
+  h2 = (1.0 - z) * n + z * h
+  return h2, concat(h2, ctx, axis = -1)
+}
+model Bahdanau(vocab = 9, units = 6) {
+  symbol tgt
+  input src: int32[batch, 5]
+  input dec_in: int32[batch, tgt]
+  input target: int32[batch, tgt]
+  enc, h = gru(embedding(src, vocab, 4), units, return_sequences = true, return_state = true,
+               mask = src)
+  outs, last = scan AdditiveStep(h, enc = enc) over embedding(dec_in, vocab, 4)
+  logits = dense(outs, vocab)
+  output logits
+  loss cross_entropy(logits, target) + mean(last * last)
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("numba", marks=pytest.mark.slow)])
+def test_a_bahdanau_decoder_has_the_gradient_of_its_finite_differences(backend):
+    """A dense layer over the encoder's outputs inside the step (Bahdanau's keys): its matmul
+    has batch * n rows, and the scan's autodiff stored its residuals as [batch, k] rows, so
+    compiling the training step was a traceback (concat along axis 1: [15, 6] does not match
+    [3, 18]). Each weight's gradient against float64 central differences."""
+    net = nnlang.compile(BAHDANAU + "train Bahdanau {\n  optimizer = adam(lr = 0.01)\n"
+                         "  batch = 3\n}\n", dtype="float64", batch=3, seed=1, backend=backend)
+    rng = np.random.default_rng(5)   # weights off their init, so no gradient is near zero
+    p = {k: v + 0.5 * rng.normal(size=v.shape) for k, v in net.parameters().items()}
+    net.load_state_dict(p)
+    src = rng.integers(1, 9, (3, 5)).astype(np.int32)
+    src[0, 3:], src[1, :2] = 0, 0
+    for n in (1, 4):
+        feeds = {"src": src, "dec_in": rng.integers(0, 9, (3, n)).astype(np.int32),
+                 "target": rng.integers(0, 9, (3, n)).astype(np.int32)}
+        grads = net.gradients(feeds)
+        for k in ("outs.keys.weight", "outs.q.weight", "outs.n.weight", "enc.kernel"):
+            d = rng.normal(size=p[k].shape)
+
+            def loss(e):
+                net.load_state_dict({**p, k: p[k] + e * d})
+                return sum(net.evaluate(feeds).values())
+            got = (loss(1e-6) - loss(-1e-6)) / 2e-6
+            net.load_state_dict(p)
+            assert got == pytest.approx(float((grads[k] * d).sum()), rel=1e-6, abs=1e-10), k
+
+
 def test_a_memory_of_symbolic_length_is_refused_with_what_to_do():
     source = ATTENTION.split("model")[0] + """model M {
   symbol n
