@@ -385,8 +385,8 @@ _COMMON = ("x [batch, time, features]; the cell runs as one loop node (a scan) w
            "mask, zeros at the pads, as Keras' Bidirectional and PyTorch's packed sequences "
            "give), or merged as merge_mode says (Keras': \"concat\", \"sum\", \"ave\", "
            "\"mul\"); its return_state gives Keras' (outputs, forward h, [c,] backward h[, c]), "
-           "the backward states those after step 0 (PyTorch's h_n[1]). Params (Keras layout): kernel [features, G*units], recurrent "
-           "[units, G*units], ")
+           "the backward states those after step 0 (PyTorch's h_n[1]). Params (Keras layout): "
+           "kernel [features, G*units], recurrent [units, G*units], ")
 _DOCS = {
     "rnn": "Simple (Elman) RNN: h = activation(x_t @ kernel + h @ recurrent + bias). " + _COMMON
            + "bias [units]. Init (Keras): kernel glorot_uniform, recurrent orthogonal, bias "
@@ -397,9 +397,10 @@ _DOCS = {
             "the forget gate's slice at 1 (unit_forget_bias = true, which sets the whole bias: "
             "another bias_init needs unit_forget_bias = false).",
     "gru": "GRU with Keras gates z, r, h and reset_after = true (reset applied after the "
-           "recurrent GEMM, as cuDNN and PyTorch's nn.GRU, whose gate order is r, z, n). " + _COMMON + "bias [2, 3*units] (row 0 input bias, row "
-           "1 recurrent bias); GRU(128) on 128 features has 99,072 weights. Init (Keras): kernel "
-           "glorot_uniform, recurrent orthogonal, bias zeros.",
+           "recurrent GEMM, as cuDNN and PyTorch's nn.GRU, whose gate order is r, z, n). " +
+           _COMMON + "bias [2, 3*units] (row 0 input bias, row 1 recurrent bias); GRU(128) on "
+           "128 features has 99,072 weights. Init (Keras): kernel glorot_uniform, recurrent "
+           "orthogonal, bias zeros.",
 }
 _SAMPLES = {
     op: (Sample(((2, 3, 4),), {"units": 5}),

@@ -393,7 +393,8 @@ def test_bidirectional_states_on_a_symbolic_length_get_a_hint_that_gives_them():
   symbol seq
   input x: float64[batch, seq, 3]
   input tokens: int32[batch, seq]
-  hs, hf, cf, hb, cb = lstm(x, 4, return_sequences = true, return_state = true, bidirectional = true, mask = tokens)
+  hs, hf, cf, hb, cb = lstm(x, 4, return_sequences = true, return_state = true,
+                            bidirectional = true, mask = tokens)
   output o = concat(hs[:, 0], hf, cf, hb, cb, axis = -1)
 }
 """
@@ -403,8 +404,9 @@ def test_bidirectional_states_on_a_symbolic_length_get_a_hint_that_gives_them():
     assert "<string>:5:" in text and "hs[:, -1]" not in text, text
     seq, states = re.search(r"`(hs = .*?)`, then .*?`(_, .*?)`", text.split("hint:")[1]).groups()
     args = "x, 4, bidirectional = true, mask = tokens"
-    fixed = src.replace(src.splitlines()[4], "  " + seq.replace("...", args) + "\n  " +
-                        states.replace("...", args))
+    lines = src.splitlines()
+    fixed = src.replace(lines[4] + "\n" + lines[5] + "\n", "  " + seq.replace("...", args) +
+                        "\n  " + states.replace("...", args) + "\n")
     numeric = src.replace("  symbol seq\n", "").replace("batch, seq", "batch, 5")
     rng = np.random.default_rng(0)
     feeds = {"x": rng.normal(size=(3, 5, 3)),
