@@ -283,11 +283,13 @@ def _directions(cell, n_states):
     def ref(x, mask, *rest, units, activation, return_sequences, bidirectional,
             return_state=False, merge_mode="concat", **_):
         given, weights = rest[:n_states], rest[n_states:]
-        zero = np.zeros((x.shape[0], units))
-        state = tuple(zero if s is None else s for s in given)
+        zero = np.zeros((x.shape[0], units * (2 if bidirectional else 1)))
+        both = tuple(zero if s is None else s for s in given)
         ys, finals = [], []
         for k, reverse in enumerate([False, True] if bidirectional else [False]):
             W, U, b = weights[3 * k:3 * k + 3]
+            # a bidirectional layer's given state is [forward | backward]
+            state = tuple(s[:, k * units:(k + 1) * units] for s in both)
             y, final = _scan(x, cell(x, W, U, b, units, _act(activation), state), state,
                              reverse, return_sequences, mask)
             ys.append(y)

@@ -111,21 +111,25 @@ def _check_extras(op, x, mask, states, units, bidirectional, merge_mode, rates):
         raise ShapeError(f"{op}: mask {fmt_shape(mask.shape)} does not fit x "
                          f"{fmt_shape(x.shape)}: one flag per example and step, [{batch}, "
                          f"{steps}]", arg=1, hint="true (or 1) marks a real step, false a pad")
+    # NOTE: a bidirectional layer's state is [forward | backward], as its concatenated
+    # outputs are (Keras' Bidirectional(initial_state = [fh, fc, bh, bc]) is
+    # initial_h = concat(fh, bh, axis = -1), initial_c = concat(fc, bc, axis = -1))
+    want = units * (2 if bidirectional else 1)
     for k, (name, t) in enumerate(states):
         if t is None:
             continue
-        if tuple(t.shape) != (batch, units) or t.dtype != x.dtype:
+        if tuple(t.shape) != (batch, want) or t.dtype != x.dtype:
             width = t.shape[-1] if len(t.shape) == 2 and t.shape[0] == batch else None
-            hint = (f"the state is [batch, units]: give this layer {width} units, or project "
+            hint = (f"a bidirectional layer starts each direction from its half: "
+                    f"{name} = concat(forward, backward, axis = -1), [batch, 2 * units]"
+                    if bidirectional and width == units else
+                    f"the state is [batch, units]: give this layer {width} units, or project "
                     f"the state to {units} with a dense layer first"
-                    if width is not None and width != units else
-                    f"a state is {x.dtype}[batch, units], one row per example")
+                    if width is not None and width != units and not bidirectional else
+                    f"a state is {x.dtype}[batch, {'2 * ' if bidirectional else ''}units], "
+                    "one row per example")
             raise ShapeError(f"{op}: {name} is {t} but the state is {x.dtype}"
-                             f"{fmt_shape((batch, units))}", arg=2 + k, hint=hint)
-        if bidirectional:
-            raise ShapeError(f"{op}: {name} with bidirectional = true is not supported",
-                             arg=2 + k, hint="start it from zeros (no initial state), or "
-                             "use a layer in one direction")
+                             f"{fmt_shape((batch, want))}", arg=2 + k, hint=hint)
     if merge_mode not in MERGE_MODES:
         raise ShapeError(f"{op}: unknown merge_mode {show_value(merge_mode)}", attr="merge_mode",
                          hint=(did_you_mean(str(merge_mode), list(MERGE_MODES)) or "one of: "
@@ -301,9 +305,14 @@ def _make(op):
                   dropout, recurrent_dropout, merge_mode="concat", **_):
         x, mask, states, weights = split(ins)
         rates = (dropout, recurrent_dropout)
-        runs = [run(b, x, mask, states, weights[:3], False, units, activation, rates)]
+        halves = [states]
+        if bidirectional:   # each direction starts from its half of a given state
+            halves = [[s if s is None else _slice(b, s, 1, side, units) for s in states]
+                      for side in range(2)]
+        runs = [run(b, x, mask, halves[0], weights[:3], False, units, activation, rates)]
         if bidirectional:
-            runs.append(run(b, x, mask, states, weights[3:6], True, units, activation, rates))
+            runs.append(run(b, x, mask, halves[1], weights[3:6], True, units, activation,
+                            rates))
         batch = b.type(x).shape[0]
         outs = []
         for hs, finals in runs:
@@ -385,7 +394,9 @@ _COMMON = ("x [batch, time, features]; the cell runs as one loop node (a scan) w
            "mask, zeros at the pads, as Keras' Bidirectional and PyTorch's packed sequences "
            "give), or merged as merge_mode says (Keras': \"concat\", \"sum\", \"ave\", "
            "\"mul\"); its return_state gives Keras' (outputs, forward h, [c,] backward h[, c]), "
-           "the backward states those after step 0 (PyTorch's h_n[1]). Params (Keras layout): "
+           "the backward states those after step 0 (PyTorch's h_n[1]), and its initial_h "
+           "(initial_c) is [batch, 2*units], the forward state then the backward one. Params "
+           "(Keras layout): "
            "kernel [features, G*units], recurrent [units, G*units], ")
 _DOCS = {
     "rnn": "Simple (Elman) RNN: h = activation(x_t @ kernel + h @ recurrent + bias). " + _COMMON
@@ -419,7 +430,10 @@ _SAMPLES = {
          Sample(((2, 4, 3), (2, 4)), {"units": 2, "bidirectional": True, "return_state": True,
                                       "merge_mode": "ave"}, dtypes=(None, "bool")),
          Sample(((2, 4, 3), (2, 4)), {"units": 2, "bidirectional": True, "merge_mode": "mul",
-                                      "return_sequences": True}, dtypes=(None, "bool")))
+                                      "return_sequences": True}, dtypes=(None, "bool")),
+         # Keras' Bidirectional(initial_state = ...): [forward | backward] halves
+         Sample(((2, 4, 3), None) + ((2, 4),) * (2 if op == "lstm" else 1),
+                {"units": 2, "bidirectional": True, "return_state": True}))
     for op in _CELLS
 }
 for _op in _CELLS:

@@ -361,6 +361,68 @@ model M {{
                                rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_bidirectional_stack_starts_from_pytorchs_h0(cell):
+    """PyTorch's nn.LSTM(num_layers = 2, bidirectional = True)(packed, (h_0, c_0)): each
+    layer's initial_h (and initial_c) is its two directions' states side by side,
+    concat(h_0[2k], h_0[2k + 1]) (Keras' Bidirectional(initial_state = [fh, fc, bh, bc])).
+    It was refused ("initial_h with bidirectional = true is not supported")."""
+    torch = pytest.importorskip("torch")
+    lstm = cell == "lstm"
+    c = lambda k: f", initial_c = c{k}" if lstm else ""   # noqa: E731
+    src = f"""
+model M {{
+  input x: float64[batch, 6, 3]
+  input lengths: int32[batch]
+  input h1: float64[batch, 8]
+  input h2: float64[batch, 8]
+  {"input c1: float64[batch, 8]" if lstm else ""}
+  {"input c2: float64[batch, 8]" if lstm else ""}
+  real = positions(x, axis = 1) < unsqueeze(lengths, axis = 1)
+  l1 = {cell}(x, 4, return_sequences = true, bidirectional = true, mask = real,
+              initial_h = h1{c(1)})
+  l2, {"hf, cf, hb, cb" if lstm else "hf, hb"} = {cell}(l1, 4, return_sequences = true,
+              bidirectional = true, mask = real, initial_h = h2{c(2)}, return_state = true)
+  output l2
+  output h_n = concat(hf, hb, axis = -1)
+}}
+"""
+    net = nnlang_compile(src)
+    twin = _torch_twin_of(torch, net.parameters(), cell, ["l1", "l2"])
+    rng = np.random.default_rng(3)
+    x, lengths = rng.normal(size=(3, 6, 3)), np.array([6, 2, 4], np.int32)
+    h_0, c_0 = rng.normal(size=(4, 3, 4)), rng.normal(size=(4, 3, 4))
+    feeds = {"x": x, "lengths": lengths, **{f"h{k + 1}": np.concatenate(h_0[2 * k:2 * k + 2], -1)
+                                            for k in range(2)}}
+    if lstm:
+        feeds.update({f"c{k + 1}": np.concatenate(c_0[2 * k:2 * k + 2], -1) for k in range(2)})
+    got = net.forward(feeds)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.tensor(x), torch.tensor(lengths),
+                                                     batch_first=True, enforce_sorted=False)
+    out, h_n = twin(packed, (torch.tensor(h_0), torch.tensor(c_0)) if lstm else torch.tensor(h_0))
+    out = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=6)[0]
+    np.testing.assert_allclose(got["l2"], out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    h_n = (h_n[0] if lstm else h_n).detach().numpy()
+    np.testing.assert_allclose(got["h_n"], np.concatenate([h_n[2], h_n[3]], -1), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_a_bidirectional_layer_given_one_directions_state_says_how_to_give_both():
+    import nnlang
+    from nnlang.errors import NNError
+    with pytest.raises(NNError) as err:
+        nnlang.load("""
+model M {
+  input x: float32[batch, 5, 3]
+  input h0: float32[batch, 4]
+  output y = gru(x, 4, bidirectional = true, initial_h = h0)
+}
+""")
+    text = err.value.render()
+    assert "<string>:5:" in text and "[batch, 8]" in text, text
+    assert "initial_h = concat(forward, backward, axis = -1)" in text, text
+
+
 @pytest.mark.parametrize("option, words", [
     ('bidirectional = true, merge_mode = "avg"', ["unknown merge_mode \"avg\"", "'ave'"]),
     ('bidirectional = true, merge_mode = "none"', ["merge_mode = None", "hs[:, :, 0:units]"]),
