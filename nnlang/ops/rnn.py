@@ -363,8 +363,13 @@ def _habits(op: str) -> dict:
                        f"its only form; for the other, {cell}",
         "recurrent_activation": f"the gates are sigmoid (Keras' default); `activation` sets "
                                 f"the candidate's; for other gates, {cell}",
-        "go_backwards": f"the backward direction: {op}(..., bidirectional = true), or your "
-                        "own cell with `scan Cell(h0) over x, reverse = true`",
+        "go_backwards": f"the backward direction: {op}(..., bidirectional = true) (its "
+                        "backward_* half), or your own cell with `scan Cell(h0) over x, "
+                        "reverse = true`; both keep each output at its own step (Keras' "
+                        "go_backwards returns them last step first)",
+        **dict.fromkeys(("lengths", "seq_lengths"),
+                        "PyTorch's pack_padded_sequence lengths are a mask here: mask = "
+                        "positions(x, axis = 1) < unsqueeze(lengths, axis = 1)"),
         "stateful": "no state carries over from one batch to the next: start a layer from a "
                     "given state with initial_h" + (" and initial_c" if op == "lstm" else ""),
         "unroll": "the cell always runs as one loop node (a scan), whatever the length",

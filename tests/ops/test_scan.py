@@ -588,6 +588,38 @@ def test_keras_and_pytorch_recurrent_options_get_their_nnlang_form(cell, option,
         assert w in text, text
 
 
+def test_pytorchs_lengths_get_the_mask_that_packs_as_pytorch_does():
+    """`gru(x, 4, lengths = lengths)`, PyTorch's pack_padded_sequence habit, listed the whole
+    signature; the hint's mask, written as it says, gives each row's run over its first
+    `length` steps alone (numpy reference)."""
+    import re
+
+    import nnlang
+    from nnlang.errors import NNError
+    from tests.reference import RNN
+    src = """model M {
+  input x: float64[batch, 5, 3]
+  input lengths: int32[batch]
+  output y = gru(x, 4, lengths = lengths)
+}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    assert "has no parameter 'lengths'" in text and "parameters: x: tensor" not in text, text
+    mask = re.search(r"(mask = .*?\))$", " ".join(text.split("hint:")[1].split())).group(1)
+    net = nnlang_compile(src.replace("lengths = lengths", mask))
+    p = net.parameters()
+    rng = np.random.default_rng(0)
+    x, lengths = rng.normal(size=(3, 5, 3)), np.array([5, 1, 3], np.int32)
+    got = net.forward({"x": x, "lengths": lengths})["y"]
+    for row, n in enumerate(lengths):
+        want = RNN["gru"](x[row:row + 1, :n], None, None, p["y.kernel"], p["y.recurrent"],
+                          p["y.bias"], units=4, activation="tanh", return_sequences=False,
+                          bidirectional=False)[0]
+        np.testing.assert_allclose(got[row], want, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_return_state_with_every_step_on_a_symbolic_length_gets_a_hint_that_gives_h(cell):
     """return_state with return_sequences on a symbolic time dim is refused; the hint said
