@@ -848,6 +848,57 @@ def test_a_bahdanau_decoder_has_the_gradient_of_its_finite_differences(backend):
             assert got == pytest.approx(float((grads[k] * d).sum()), rel=1e-6, abs=1e-10), k
 
 
+RAW_MATMULS = """
+block RawStep(y, h, enc, wk, wq, units = 6) {
+  keys = enc @ wk                                            # [batch, n, units]
+  q = unsqueeze(h, axis = 1) @ wq                            # [batch, 1, units]
+  w = softmax(sum(tanh(keys + q), axis = -1), axis = -1)     # [batch, n]
+  ctx = squeeze(unsqueeze(w, axis = 1) @ enc, axis = 1)
+  h2 = tanh(dense(concat(y, ctx, h, axis = -1), units))
+  return h2, h2
+}
+model Raw(units = 6) {
+  symbol tgt
+  input src: float32[batch, 5, 6]
+  input y: float32[batch, tgt, 3]
+  param wk: float32[6, 6]
+  param wq: float32[6, 6]
+  enc, h = rnn(src, units, return_sequences = true, return_state = true)
+  outs, last = scan RawStep(h, enc = enc, wk = wk, wq = wq) over y
+  output outs
+  loss mean(outs * outs * outs) + mean(last)
+}
+"""
+
+
+def test_a_memory_or_a_state_with_a_step_axis_times_a_weight_in_the_step():
+    """`enc @ wk` on the [batch, n, k] memory and `unsqueeze(h, axis = 1) @ wq`, as PyTorch
+    attention code writes them (a Linear on a 3-D tensor): refused with "a body reads outside
+    values as a weight [k, n] on a matmul's right", which they were. Values against numpy,
+    gradients against float64 central differences."""
+    net = _cell_net(RAW_MATMULS, "Raw")
+    rng = np.random.default_rng(5)
+    p = {k: v + 0.5 * rng.normal(size=v.shape) for k, v in net.parameters().items()}
+    net.load_state_dict(p)
+    feeds = {"src": rng.normal(size=(3, 5, 6)), "y": rng.normal(size=(3, 4, 3))}
+    h, enc = np.zeros((3, 6)), []
+    for s in range(5):
+        h = np.tanh(feeds["src"][:, s] @ p["enc.kernel"] + h @ p["enc.recurrent"] +
+                    p["enc.bias"])
+        enc.append(h)
+    enc, want = np.stack(enc, 1), []
+    for s in range(4):
+        score = np.tanh(enc @ p["wk"] + (h @ p["wq"])[:, None]).sum(-1)
+        w = np.exp(score - score.max(-1, keepdims=True))
+        ctx = ((w / w.sum(-1, keepdims=True))[:, :, None] * enc).sum(1)
+        h = np.tanh(np.concatenate([feeds["y"][:, s], ctx, h], -1) @ p["outs.h2.weight"] +
+                    p["outs.h2.bias"])
+        want.append(h)
+    np.testing.assert_allclose(net.forward(feeds)["outs"], np.stack(want, 1), rtol=1e-10,
+                               atol=1e-12)
+    _finite_difference(net, feeds)
+
+
 def test_a_memory_of_symbolic_length_is_refused_with_what_to_do():
     source = ATTENTION.split("model")[0] + """model M {
   symbol n
