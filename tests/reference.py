@@ -281,24 +281,34 @@ def _directions(cell, n_states):
     initial_state and return_state (the results packed along the time axis, as the op's
     shape rule says)."""
     def ref(x, mask, *rest, units, activation, return_sequences, bidirectional,
-            return_state=False, **_):
+            return_state=False, merge_mode="concat", **_):
         given, weights = rest[:n_states], rest[n_states:]
-        zero = np.zeros((x.shape[0], units))
-        state = tuple(zero if s is None else s for s in given)
-        ys, finals = [], None
+        zero = np.zeros((x.shape[0], units * (2 if bidirectional else 1)))
+        both = tuple(zero if s is None else s for s in given)
+        ys, finals = [], []
         for k, reverse in enumerate([False, True] if bidirectional else [False]):
             W, U, b = weights[3 * k:3 * k + 3]
+            # a bidirectional layer's given state is [forward | backward]
+            state = tuple(s[:, k * units:(k + 1) * units] for s in both)
             y, final = _scan(x, cell(x, W, U, b, units, _act(activation), state), state,
                              reverse, return_sequences, mask)
             ys.append(y)
-            finals = final if finals is None else finals
-        y = np.concatenate(ys, axis=-1)
+            finals.append(final)
+        merge = {"concat": lambda f, b: np.concatenate([f, b], axis=-1), "sum": np.add,
+                 "ave": lambda f, b: (f + b) / 2, "mul": np.multiply}[merge_mode]
+        y = merge(*ys) if bidirectional else ys[0]
         if bidirectional and mask is not None and return_sequences:
             y = y * (mask != 0)[..., None]   # Keras' Bidirectional: zeros at the pads
         if not return_state:
             return y
+        # the op's packing: after the outputs, a row per state (Keras' order, forward h, c,
+        # then backward h, c), or with concatenated directions a row [forward | backward]
+        if bidirectional and merge_mode == "concat":
+            rows = [np.concatenate([f, b], axis=-1) for f, b in zip(*finals)]
+        else:
+            rows = [s for final in finals for s in final]
         lead = y if return_sequences else y[:, None]
-        return np.concatenate([lead] + [f[:, None] for f in finals], axis=1)
+        return np.concatenate([lead] + [r[:, None] for r in rows], axis=1)
     return ref
 
 

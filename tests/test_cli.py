@@ -265,6 +265,23 @@ def test_check_shows_each_result_of_a_return_state_call(tmp_path):
     assert "Activation memory: " + str(4 * 2 * (3 * 3 + 5 * 2 + 2 + 3 + 3)) + " B" in r.stdout
 
 
+def test_check_shows_each_result_of_a_bidirectional_return_state_call(tmp_path):
+    """A bidirectional layer's states: each packed row holds [forward | backward], cut in
+    two, and check showed the row's three [batch, 6] pieces, then four slice rows."""
+    src = tmp_path / "bi.nn"
+    src.write_text("""model R {
+  input x: float32[batch, 5, 4]
+  o, hf, cf, hb, cb = lstm(x, 3, return_state = true, bidirectional = true)
+  output y = o + concat(hf + cf, hb + cb, axis = -1)
+}
+""")
+    r = run("check", src, "--batch", 2)
+    assert r.exit_code == 0, r.stderr
+    assert not re.search(r"\b(slice|reshape)\b", r.stdout), r.stdout
+    assert re.search(r"^o, hf, cf, hb, cb +lstm +\[batch, 6\], \[batch, 3\], \[batch, 3\], "
+                     r"\[batch, 3\], \[batch, 3\] +192 ", r.stdout, re.M), r.stdout
+
+
 def test_graph_draws_a_return_state_call_as_one_node(tmp_path):
     """`nnlang graph` drew `o, h, c = lstm(x, 3, return_state = true)` as the lstm with a
     [batch, 3, 3] edge into three slices and three reshapes; each result now leaves the lstm

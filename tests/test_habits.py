@@ -89,7 +89,7 @@ OPS = [
     ("output y = hard_sigmoid(x)", ["minimum(1.0, x / 6 + 0.5)"]),
     ("output y = relu6(x)", ["maximum(0.0, minimum(6.0, x))", "gradient 0"]),
     ("output y = pad(x, [2, 0])", ['padding = "causal"', "padding = [lo, hi]"]),
-    ("output y = Bidirectional(x)", ["bidirectional = true"]),
+    ("output y = Bidirectional(x)", ["bidirectional = true", "merge_mode", "backward h, c"]),
     ("output y = stack(x, x)", ["concat(unsqueeze(a, axis = 1)"]),
     ("output y = spatial_dropout2d(img, 0.2)", ["x * dropout("]),
     ("output y = BCEWithLogitsLoss(x, x)", ["'bce_with_logits'"]),

@@ -37,7 +37,8 @@ WRITTEN_OTHERWISE = {
        for name, ops in LOSSES_WITH_OPS.items()},
     **dict.fromkeys(("Bidirectional", "bidirectional"),
                     "an option of the recurrent layer: lstm(x, 64, bidirectional = true) (also "
-                    "gru and rnn)"),
+                    "gru and rnn; Keras' merge_mode is its option of that name, and "
+                    "return_state gives outputs, forward h, c, backward h, c)"),
     "stack": "concat the tensors with a new axis each: concat(unsqueeze(a, axis = 1), "
              "unsqueeze(b, axis = 1), axis = 1)",
     **dict.fromkeys(("identity", "Identity"), "write the value itself: y = x"),

@@ -394,13 +394,21 @@ def _rhs(g, user, i) -> bool:
     gradient stacks the left operands of every step into one GEMM for it.)"""
     n = g.node(user)
     return n.op == "matmul" and n.inputs[1] == i and n.inputs[0] != i and \
-        g.node(i).type.rank == 2 and g.node(n.inputs[0]).type.rank == 2
+        g.node(i).type.rank == 2 and g.node(n.inputs[0]).type.rank in (2, 3)
 
 
 def _copy(bg, node, ids, rhs) -> int:
     """`node` in the body graph; a weight read as a matmul's right operand maps by `rhs`."""
     ins = [rhs[i] if k == 1 and node.op == "matmul" and i in rhs else ids[i]
            for k, i in enumerate(node.inputs)]
+    if node.op == "matmul" and node.inputs[1] in rhs and bg.node(ins[0]).type.rank == 3:
+        # NOTE: a memory [batch, n, k] (or unsqueeze(h, axis = 1)) times a weight, as dense
+        # writes it: [batch * n, k] @ w, so the scan's gradient sees a weight GEMM (its rows
+        # are batch * n: passes/autodiff.py scan_grad)
+        b = Builder(bg, span=node.span, path=node.path, role=node.role)
+        n, k = bg.node(ins[0]).type.shape[1:]
+        flat = b.matmul(b.reshape(ins[0], shape=[-1, k]), ins[1])
+        return b.reshape(flat, shape=[-1, n, node.type.shape[-1]])
     return bg.add_node(node.op, ins,
                        node.attrs, node.type, span=node.span, path=node.path, role=node.role,
                        name=node.name)

@@ -379,10 +379,18 @@ def folded_calls(g: Graph) -> tuple[dict[int, list[int]], dict[int, int]]:
             if len(after) == 1 and g.node(after[0]).op == "reshape" and \
                     g.node(after[0]).span == n.span:
                 folded[after[0]] = n.id
-                parts.append(after[0])
+                halves = sorted(g.users(after[0]))
+                # NOTE: a row of a bidirectional layer's states holds [forward | backward],
+                # cut in two (ops/rnn.py `results`)
+                if halves and all(g.node(h).op == "slice" and g.node(h).span == n.span
+                                  for h in halves):
+                    folded.update((h, n.id) for h in halves)
+                    parts += halves
+                else:
+                    parts.append(after[0])
             else:
                 parts.append(u)
-        results[n.id] = parts
+        results[n.id] = sorted(parts)   # made in the results' order
     return results, folded
 
 

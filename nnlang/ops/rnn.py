@@ -6,6 +6,7 @@ the gate math in elementwise primitives, so the graph's size does not depend on 
 """
 from __future__ import annotations
 
+from nnlang.errors import did_you_mean
 from nnlang.ir.dims import Sym, fmt_shape
 from nnlang.ir.scan import Body
 from nnlang.ops.init import init_spec
@@ -50,6 +51,27 @@ def _gru_cell(b, xt, h, c, rec, rec_bias, *, units, activation, h_mix):
 # name -> (gate count, one step of the cell)
 _CELLS = {"rnn": (1, _simple_cell), "lstm": (4, _lstm_cell), "gru": (3, _gru_cell)}
 
+# Keras' Bidirectional(merge_mode = ...): how the two directions' outputs are combined
+MERGE_MODES = ("concat", "sum", "ave", "mul")
+
+
+def _merge(b, fwd, bwd, mode):
+    if mode == "concat":
+        return b.concat(fwd, bwd, axis=-1)
+    if mode == "mul":
+        return b.mul(fwd, bwd)
+    both = b.add(fwd, bwd)
+    return both if mode == "sum" else b.mul(both, const_like(b, 0.5, both))
+
+
+def _state_rows(units, bidirectional, merge_mode, n_states):
+    """return_state's states packed after the outputs along the time axis, each row as wide as
+    the outputs: one row per state, or, with the two directions concatenated, one row per
+    state holding the forward state then the backward one."""
+    if not bidirectional:
+        return n_states
+    return n_states if merge_mode == "concat" else 2 * n_states
+
 
 def last_step_hint(op: str, producer) -> str | None:
     """The fix when a recurrent layer reads another's output that has no time axis: the first
@@ -81,36 +103,45 @@ def _check(op, x):
         raise ShapeError(f"{op}: the feature dim of {fmt_shape(x.shape)} must be a number", arg=0)
 
 
-def _check_extras(op, x, mask, states, units, bidirectional, return_state, rates):
-    """The optional mask and initial states fit x; return_state has one direction."""
+def _check_extras(op, x, mask, states, units, bidirectional, merge_mode, rates):
+    """The optional mask and initial states fit x; merge_mode is known and has two
+    directions to merge."""
     batch, steps = x.shape[0], x.shape[1]
     if mask is not None and (mask.rank != 2 or tuple(mask.shape) != (batch, steps)):
         raise ShapeError(f"{op}: mask {fmt_shape(mask.shape)} does not fit x "
                          f"{fmt_shape(x.shape)}: one flag per example and step, [{batch}, "
                          f"{steps}]", arg=1, hint="true (or 1) marks a real step, false a pad")
+    # NOTE: a bidirectional layer's state is [forward | backward], as its concatenated
+    # outputs are (Keras' Bidirectional(initial_state = [fh, fc, bh, bc]) is
+    # initial_h = concat(fh, bh, axis = -1), initial_c = concat(fc, bc, axis = -1))
+    want = units * (2 if bidirectional else 1)
     for k, (name, t) in enumerate(states):
         if t is None:
             continue
-        if tuple(t.shape) != (batch, units) or t.dtype != x.dtype:
+        if tuple(t.shape) != (batch, want) or t.dtype != x.dtype:
             width = t.shape[-1] if len(t.shape) == 2 and t.shape[0] == batch else None
-            hint = (f"the state is [batch, units]: give this layer {width} units, or project "
+            hint = (f"a bidirectional layer starts each direction from its half: "
+                    f"{name} = concat(forward, backward, axis = -1), [batch, 2 * units]"
+                    if bidirectional and width == units else
+                    f"the state is [batch, units]: give this layer {width} units, or project "
                     f"the state to {units} with a dense layer first"
-                    if width is not None and width != units else
-                    f"a state is {x.dtype}[batch, units], one row per example")
+                    if width is not None and width != units and not bidirectional else
+                    f"a state is {x.dtype}[batch, {'2 * ' if bidirectional else ''}units], "
+                    "one row per example")
             raise ShapeError(f"{op}: {name} is {t} but the state is {x.dtype}"
-                             f"{fmt_shape((batch, units))}", arg=2 + k, hint=hint)
-        if bidirectional:
-            raise ShapeError(f"{op}: {name} with bidirectional = true is not supported",
-                             arg=2 + k, hint="start it from zeros (no initial state), or "
-                             "use a layer in one direction")
-    if return_state and bidirectional:
-        raise ShapeError(f"{op}: return_state with bidirectional = true is not supported",
-                         attr="return_state",
-                         hint="with return_sequences = true, the forward half of the last "
-                         "step and the backward half of the first step are the final h" +
-                         ("; for c too, write the cell as a block and run `scan Cell(h0, c0) "
-                          "over x` and the same with `, reverse = true` (docs/language.md, "
-                          "\"Your own recurrence\")" if op == "lstm" else ""))
+                             f"{fmt_shape((batch, want))}", arg=2 + k, hint=hint)
+    if merge_mode not in MERGE_MODES:
+        raise ShapeError(f"{op}: unknown merge_mode {show_value(merge_mode)}", attr="merge_mode",
+                         hint=(did_you_mean(str(merge_mode), list(MERGE_MODES)) or "one of: "
+                               + ", ".join(f'"{m}"' for m in MERGE_MODES)) +
+                         (" (Keras' merge_mode = None, the two directions apart: slice the "
+                          "concat's halves, hs[:, :, 0:units] and hs[:, :, units:])"
+                          if merge_mode in (None, "none") else ""))
+    if merge_mode != "concat" and not bidirectional:
+        raise ShapeError(f"{op}: merge_mode = {show_value(merge_mode)} merges the two "
+                         "directions of bidirectional = true, and this layer has one",
+                         attr="merge_mode", hint="add bidirectional = true, or leave "
+                         "merge_mode out")
     for name, rate in rates.items():
         need_range(op, name, rate, 0.0, 1.0, hi_open=True)
 
@@ -156,18 +187,18 @@ def _make(op):
         return {**one, **{f"backward_{k}": v for k, v in one.items()}}
 
     def shape_rule(*ins, units, activation, return_sequences, return_state, bidirectional,
-                   dropout, recurrent_dropout, **_):
+                   dropout, recurrent_dropout, merge_mode="concat", **_):
         x, mask, states, weights = split(ins)
         _check(op, x)
         check_activation(op, activation)
         need_positive(op, "units", units)
         _check_extras(op, x, mask, list(zip(state_names, states)), units, bidirectional,
-                      return_state, {"dropout": dropout, "recurrent_dropout": recurrent_dropout})
+                      merge_mode, {"dropout": dropout, "recurrent_dropout": recurrent_dropout})
         want = (x.shape[2], gates * units)
         if weights and weights[0] is not None and weights[0].shape != want:
             raise ShapeError(f"{op}: kernel {fmt_shape(weights[0].shape)} does not fit "
                              f"{x.shape[2]} features and {units} units", arg=2 + n_states)
-        width = units * (2 if bidirectional else 1)
+        width = units * (2 if bidirectional and merge_mode == "concat" else 1)
         if return_state:  # packed: the outputs, then each state, along the time axis
             if return_sequences and isinstance(x.shape[1], Sym):
                 # NOTE: the packed value would be [batch, seq + states, units], which a
@@ -176,28 +207,41 @@ def _make(op):
                 # output); lstm's c is no output at all
                 c = (" (c needs a numeric time dim, or return_sequences = false)"
                      if op == "lstm" else "")
+                # NOTE: a bidirectional layer's backward h is at step 0, and a masked one
+                # shows zeros at pads: the same weights run again give its states
+                hint = (f"the final h is the outputs' last step: `hs = {op}(..., "
+                        f"return_sequences = true)` then `h = hs[:, -1]`{c}"
+                        if not bidirectional else
+                        f"`hs = {op}(..., return_sequences = true)`, then the states from the "
+                        f"same weights: `_, {'hf, cf, hb, cb' if op == 'lstm' else 'hf, hb'} "
+                        f"= {op}(..., return_state = true, share = hs)`")
                 raise ShapeError(f"{op}: return_state with return_sequences = true needs a "
                                  f"numeric time dim, not {x.shape[1]}", attr="return_state",
-                                 hint=f"the final h is the outputs' last step: `hs = {op}(..., "
-                                 f"return_sequences = true)` then `h = hs[:, -1]`{c}")
+                                 hint=hint)
             lead = x.shape[1] if return_sequences else 1
-            return TensorType((x.shape[0], lead + n_states, width), x.dtype)
+            rows = _state_rows(units, bidirectional, merge_mode, n_states)
+            return TensorType((x.shape[0], lead + rows, width), x.dtype)
         out = (x.shape[0], x.shape[1], width) if return_sequences else (x.shape[0], width)
         return TensorType(out, x.dtype)
 
-    def results(b, out, *, return_sequences, return_state, **_):
-        """return_state: (outputs, h[, c]) cut from the packed value (see `shape_rule`)."""
+    def results(b, out, *, units, return_sequences, return_state, bidirectional,
+                merge_mode="concat", **_):
+        """return_state: (outputs, h[, c]) cut from the packed value (see `shape_rule`); with
+        bidirectional = true, Keras' Bidirectional order: (outputs, forward h[, c], backward
+        h[, c])."""
         if not return_state:
             return None
         batch, total, width = b.type(out).shape
-        lead = total - n_states
+        rows = _state_rows(units, bidirectional, merge_mode, n_states)
+        lead = total - rows
         pieces = [b.slice(out, axis=1, start=0, stop=lead, step=1)]
         if not return_sequences:
             pieces[0] = b.reshape(pieces[0], shape=[batch, width])
-        for k in range(n_states):
-            pieces.append(b.reshape(b.slice(out, axis=1, start=lead + k, stop=lead + k + 1,
-                                            step=1), shape=[batch, width]))
-        return tuple(pieces)
+        states = [b.reshape(b.slice(out, axis=1, start=lead + k, stop=lead + k + 1, step=1),
+                            shape=[batch, width]) for k in range(rows)]
+        if width != units:   # each row is [forward | backward]
+            states = [_slice(b, row, 1, side, units) for side in range(2) for row in states]
+        return tuple(pieces + states)
 
     def run(b, x, mask, states, weights, reverse, units, activation, rates):
         kernel, rec, bias = weights
@@ -258,17 +302,22 @@ def _make(op):
         return hs, finals
 
     def decompose(b, *ins, units, activation, return_sequences, return_state, bidirectional,
-                  dropout, recurrent_dropout, **_):
+                  dropout, recurrent_dropout, merge_mode="concat", **_):
         x, mask, states, weights = split(ins)
         rates = (dropout, recurrent_dropout)
-        runs = [run(b, x, mask, states, weights[:3], False, units, activation, rates)]
+        halves = [states]
+        if bidirectional:   # each direction starts from its half of a given state
+            halves = [[s if s is None else _slice(b, s, 1, side, units) for s in states]
+                      for side in range(2)]
+        runs = [run(b, x, mask, halves[0], weights[:3], False, units, activation, rates)]
         if bidirectional:
-            runs.append(run(b, x, mask, states, weights[3:6], True, units, activation, rates))
+            runs.append(run(b, x, mask, halves[1], weights[3:6], True, units, activation,
+                            rates))
         batch = b.type(x).shape[0]
         outs = []
         for hs, finals in runs:
             outs.append(b.transpose(hs, perm=[1, 0, 2]) if return_sequences else finals[0])
-        y = outs[0] if len(outs) == 1 else b.concat(*outs, axis=-1)
+        y = outs[0] if len(outs) == 1 else _merge(b, *outs, merge_mode)
         if mask is not None and return_sequences and \
                 (bidirectional or any(s is not None for s in states)):
             # NOTE: zeros where Keras (Bidirectional; its last output starts at zeros, not at
@@ -284,10 +333,13 @@ def _make(op):
                                    shape=[*b.type(shown).shape, 1]))
         if not return_state:
             return y
-        width = units
+        width = b.type(y).shape[-1]
         lead = y if return_sequences else b.reshape(y, shape=[batch, 1, width])
-        states_out = [b.reshape(f, shape=[batch, 1, width]) for f in runs[0][1]]
-        return b.concat(lead, *states_out, axis=1)
+        if width == units:   # one direction, or two merged: a row per state, forward first
+            rows = [f for _, finals in runs for f in finals]
+        else:                # concatenated directions: a row per state, [forward | backward]
+            rows = [b.concat(f, bk, axis=1) for f, bk in zip(runs[0][1], runs[1][1])]
+        return b.concat(lead, *[b.reshape(r, shape=[batch, 1, width]) for r in rows], axis=1)
 
     lstm_only = ", initial_c: tensor? = none, unit_forget_bias: bool = true" \
         if op == "lstm" else ""
@@ -295,7 +347,8 @@ def _make(op):
              "false, return_state: bool = false, bidirectional: bool = false, mask: tensor? = "
              "none, initial_h: tensor? = none" + lstm_only + ", dropout: float = 0.0, "
              "recurrent_dropout: float = 0.0, init: init = \"glorot_uniform\", "
-             "recurrent_init: init = \"orthogonal\", bias_init: init = \"zeros\"",
+             "recurrent_init: init = \"orthogonal\", bias_init: init = \"zeros\", "
+             "merge_mode: str = \"concat\"",
              shape_rule, decompose=decompose, params=params, family="rnn",
              doc=_DOCS[op], samples=_SAMPLES[op], results=results,
              result_names=("outputs", "h", "c")[:1 + n_states], habits=_habits(op))
@@ -310,8 +363,13 @@ def _habits(op: str) -> dict:
                        f"its only form; for the other, {cell}",
         "recurrent_activation": f"the gates are sigmoid (Keras' default); `activation` sets "
                                 f"the candidate's; for other gates, {cell}",
-        "go_backwards": f"the backward direction: {op}(..., bidirectional = true), or your "
-                        "own cell with `scan Cell(h0) over x, reverse = true`",
+        "go_backwards": f"the backward direction: {op}(..., bidirectional = true) (its "
+                        "backward_* half), or your own cell with `scan Cell(h0) over x, "
+                        "reverse = true`; both keep each output at its own step (Keras' "
+                        "go_backwards returns them last step first)",
+        **dict.fromkeys(("lengths", "seq_lengths"),
+                        "PyTorch's pack_padded_sequence lengths are a mask here: mask = "
+                        "positions(x, axis = 1) < unsqueeze(lengths, axis = 1)"),
         "stateful": "no state carries over from one batch to the next: start a layer from a "
                     "given state with initial_h" + (" and initial_c" if op == "lstm" else ""),
         "unroll": "the cell always runs as one loop node (a scan), whatever the length",
@@ -339,8 +397,12 @@ _COMMON = ("x [batch, time, features]; the cell runs as one loop node (a scan) w
            "recurrent GEMM, training only. bidirectional = true adds a reversed pass with "
            "params backward_*, its outputs concatenated on the last axis (time-aligned; with a "
            "mask, zeros at the pads, as Keras' Bidirectional and PyTorch's packed sequences "
-           "give). Params (Keras layout): kernel [features, G*units], recurrent "
-           "[units, G*units], ")
+           "give), or merged as merge_mode says (Keras': \"concat\", \"sum\", \"ave\", "
+           "\"mul\"); its return_state gives Keras' (outputs, forward h, [c,] backward h[, c]), "
+           "the backward states those after step 0 (PyTorch's h_n[1]), and its initial_h "
+           "(initial_c) is [batch, 2*units], the forward state then the backward one. Params "
+           "(Keras layout): "
+           "kernel [features, G*units], recurrent [units, G*units], ")
 _DOCS = {
     "rnn": "Simple (Elman) RNN: h = activation(x_t @ kernel + h @ recurrent + bias). " + _COMMON
            + "bias [units]. Init (Keras): kernel glorot_uniform, recurrent orthogonal, bias "
@@ -351,9 +413,10 @@ _DOCS = {
             "the forget gate's slice at 1 (unit_forget_bias = true, which sets the whole bias: "
             "another bias_init needs unit_forget_bias = false).",
     "gru": "GRU with Keras gates z, r, h and reset_after = true (reset applied after the "
-           "recurrent GEMM, as cuDNN). " + _COMMON + "bias [2, 3*units] (row 0 input bias, row "
-           "1 recurrent bias); GRU(128) on 128 features has 99,072 weights. Init (Keras): kernel "
-           "glorot_uniform, recurrent orthogonal, bias zeros.",
+           "recurrent GEMM, as cuDNN and PyTorch's nn.GRU, whose gate order is r, z, n). " +
+           _COMMON + "bias [2, 3*units] (row 0 input bias, row 1 recurrent bias); GRU(128) on "
+           "128 features has 99,072 weights. Init (Keras): kernel glorot_uniform, recurrent "
+           "orthogonal, bias zeros.",
 }
 _SAMPLES = {
     op: (Sample(((2, 3, 4),), {"units": 5}),
@@ -365,7 +428,17 @@ _SAMPLES = {
          Sample(((2, 3, 4), (2, 3)) + ((2, 3),) * (2 if op == "lstm" else 1),
                 {"units": 3, "return_sequences": True, "return_state": True},
                 dtypes=(None, "bool") + (None,) * (2 if op == "lstm" else 1)),
-         Sample(((2, 3, 4), None, (2, 3)), {"units": 3, "return_state": True}))
+         Sample(((2, 3, 4), None, (2, 3)), {"units": 3, "return_state": True}),
+         # Keras' Bidirectional(return_state = True): the states of both directions
+         Sample(((2, 4, 3), (2, 4)), {"units": 2, "bidirectional": True, "return_state": True,
+                                      "return_sequences": True}, dtypes=(None, "bool")),
+         Sample(((2, 4, 3), (2, 4)), {"units": 2, "bidirectional": True, "return_state": True,
+                                      "merge_mode": "ave"}, dtypes=(None, "bool")),
+         Sample(((2, 4, 3), (2, 4)), {"units": 2, "bidirectional": True, "merge_mode": "mul",
+                                      "return_sequences": True}, dtypes=(None, "bool")),
+         # Keras' Bidirectional(initial_state = ...): [forward | backward] halves
+         Sample(((2, 4, 3), None) + ((2, 4),) * (2 if op == "lstm" else 1),
+                {"units": 2, "bidirectional": True, "return_state": True}))
     for op in _CELLS
 }
 for _op in _CELLS:

@@ -273,6 +273,24 @@ def scan_grad(b: Builder, node, gout: int) -> list:
     C, dtype = body.carry, node.dtype
     mms = _weight_matmuls(body)
 
+    # NOTE: a weight matmul over a [batch, n, k] memory read whole each step (Bahdanau's
+    # keys = dense(enc, units)) has batch * n rows; its residuals go into the stored [T, B, .]
+    # sequence and the backward body's [B, .] inputs and outputs as [batch, n * k] rows (the
+    # same bytes: the rows are batch-major), so the weight's gradient stays one GEMM
+    def per_row(nid):
+        rows = fg.node(nid).shape[0]
+        return 1 if rows == batch else rows // batch
+
+    def flat_width(nid):
+        return int(fg.node(nid).shape[1]) * per_row(nid)
+
+    def flat(bld, nid, like):
+        """nid as [batch, n * k] rows; like: the forward body's node of its shape (None: a
+        node of [batch, k] rows)."""
+        if like is None or per_row(like) == 1:
+            return nid
+        return bld.reshape(nid, shape=[batch, flat_width(like)])
+
     # the forward scan, widened with the residuals: z of each weight matmul, and its left
     # operand unless that is a slice of the carry
     rg = fg.copy()
@@ -281,13 +299,14 @@ def scan_grad(b: Builder, node, gout: int) -> list:
     for m, _ in mms:
         a = fg.node(m).inputs[0]
         if _carry_columns(fg, a) is None:
-            extra.append(a)
-            where[("a", m)] = (col, col + int(fg.node(a).shape[1]))
+            extra.append(flat(rb, a, a))
+            where[("a", m)] = (col, col + flat_width(a))
             col = where[("a", m)][1]
         taken = {k for ks in stored.values() for k, _ in ks}
-        stored[m] = [(k, span) for k, span in _stored_for(fg, m) if k not in taken] or [(m, None)]
-        extra += [k for k, _ in stored[m]]
-        where[("z", m)] = (col, col + int(fg.node(m).shape[1]))
+        stored[m] = [(m, None)] if per_row(m) != 1 else \
+            [(k, span) for k, span in _stored_for(fg, m) if k not in taken] or [(m, None)]
+        extra += [flat(rb, k, k) for k, _ in stored[m]]
+        where[("z", m)] = (col, col + flat_width(m))
         col = where[("z", m)][1]
     if steps != 1:
         extra.append(rg.inputs["carry"])
@@ -304,7 +323,7 @@ def scan_grad(b: Builder, node, gout: int) -> list:
 
     # the backward body: recompute the step from (carry, x_t, z_t), then its VJP
     widths = [width, C] + [int(b.type(s).shape[2]) for s in seqs] + \
-             [int(fg.node(m).shape[1]) for m, _ in mms]
+             [flat_width(m) for m, _ in mms]
     bg = new_body_graph(dtype, batch, C, widths, [b.type(w).shape for w in weights])
     bb = Builder(bg, span=node.span, path=node.path, role="bwd")
     env = {fg.inputs["carry"]: bg.inputs["x1"]}
@@ -325,10 +344,14 @@ def scan_grad(b: Builder, node, gout: int) -> list:
           [env[m] for m, _ in mms]
     grads = backward(bg, loss, wrt)
 
+    rows_of = {env[m]: m for m, _ in mms}
+
     def grad_of(nid):
         if nid in grads:
-            return grads[nid]
-        return bb.broadcast_to(bb.const(0.0, dtype), shape=list(bg.node(nid).shape))
+            return flat(bb, grads[nid], rows_of.get(nid))
+        like = rows_of.get(nid)
+        shape = [batch, flat_width(like)] if like is not None else list(bg.node(nid).shape)
+        return bb.broadcast_to(bb.const(0.0, dtype), shape=shape)
     # NOTE: a gradient equal to an earlier one is stored once (an LSTM's dz = dgates is also
     # the gradient of its input projection: stored twice, it was 512 more columns copied and
     # stacked every step)
@@ -343,6 +366,8 @@ def scan_grad(b: Builder, node, gout: int) -> list:
     bg.outputs["y"] = unique[0] if len(unique) == 1 else bb.concat(*unique, axis=1)
     for k, (m, _) in enumerate(mms):  # the backward reads the stored z, never recomputes it
         z = bg.inputs[f"x{2 + nseq + k}"]
+        if per_row(m) != 1:
+            z = bb.reshape(z, shape=list(fg.node(m).shape))
         for nid, span in stored[m]:
             bg.replace_uses(env[nid], z if span is None else
                             bb.slice(z, axis=1, start=span[0], stop=span[1], step=1))

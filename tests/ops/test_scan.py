@@ -295,6 +295,189 @@ model M {
         np.testing.assert_allclose(got[row], want, rtol=1e-10, atol=1e-12, err_msg=row)
 
 
+def _torch_twin_of(torch, p, cell, layers):
+    """PyTorch's bidirectional nn.LSTM/GRU/RNN holding nnlang's weights, layer k from the
+    nnlang layer named layers[k] (Keras gate order; torch's GRU is r, z, n)."""
+    kind = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    twin = kind(p[layers[0] + ".kernel"].shape[0], p[layers[0] + ".recurrent"].shape[0],
+                num_layers=len(layers), batch_first=True, bidirectional=True,
+                dtype=torch.float64)
+    order = np.r_[4:8, 0:4, 8:12] if cell == "gru" else slice(None)
+    with torch.no_grad():
+        for k, name in enumerate(layers):
+            for side, pre in (("", name + "."), ("_reverse", name + ".backward_")):
+                bias = p[pre + "bias"]
+                getattr(twin, f"weight_ih_l{k}{side}").copy_(
+                    torch.tensor(p[pre + "kernel"][:, order].T))
+                getattr(twin, f"weight_hh_l{k}{side}").copy_(
+                    torch.tensor(p[pre + "recurrent"][:, order].T))
+                getattr(twin, f"bias_ih_l{k}{side}").copy_(
+                    torch.tensor((bias[0] if cell == "gru" else bias)[order]))
+                getattr(twin, f"bias_hh_l{k}{side}").copy_(
+                    torch.tensor(bias[1][order] if cell == "gru" else 0 * bias))
+    return twin
+
+
+@pytest.mark.parametrize("cell, merge", [("lstm", "concat"), ("gru", "sum"), ("lstm", "ave"),
+                                         ("rnn", "mul")])
+def test_a_bidirectional_layer_returns_both_directions_states_as_pytorchs_packed_run(cell, merge):
+    """PyTorch's nn.LSTM(num_layers = 2, bidirectional = True) over pack_padded_sequence,
+    ported as two bidirectional layers with a mask from the lengths: the outputs (zeros at
+    pads, the directions merged as Keras' Bidirectional(merge_mode) merges them) and the last
+    layer's h_n / c_n, returned in Keras' order (forward h, c, then backward h, c). Before,
+    return_state with bidirectional = true and merge_mode were refused."""
+    torch = pytest.importorskip("torch")
+    lstm = cell == "lstm"
+    states = "hf, cf, hb, cb" if lstm else "hf, hb"
+    src = f"""
+model M {{
+  input x: float64[batch, 6, 3]
+  input lengths: int32[batch]
+  real = positions(x, axis = 1) < unsqueeze(lengths, axis = 1)
+  l1 = {cell}(x, 4, return_sequences = true, bidirectional = true, mask = real)
+  l2, {states} = {cell}(l1, 4, return_sequences = true, bidirectional = true, mask = real,
+                        return_state = true, merge_mode = "{merge}")
+  output l2
+  output state = concat({", ".join(f"unsqueeze({n}, axis = 0)" for n in states.split(", "))},
+                        axis = 0)
+}}
+"""
+    net = nnlang_compile(src)
+    twin = _torch_twin_of(torch, net.parameters(), cell, ["l1", "l2"])
+    rng = np.random.default_rng(2)
+    x, lengths = rng.normal(size=(3, 6, 3)), np.array([6, 2, 4], np.int32)
+    got = net.forward({"x": x, "lengths": lengths})
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.tensor(x), torch.tensor(lengths),
+                                                     batch_first=True, enforce_sorted=False)
+    out, h_n = twin(packed)
+    out = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=6)[0]
+    fwd, bwd = out[..., :4].detach().numpy(), out[..., 4:].detach().numpy()
+    want = {"concat": out.detach().numpy(), "sum": fwd + bwd, "ave": (fwd + bwd) / 2,
+            "mul": fwd * bwd}[merge]
+    np.testing.assert_allclose(got["l2"], want, rtol=1e-10, atol=1e-12)
+    h_n, c_n = h_n if lstm else (h_n, None)
+    last = [h_n[2], c_n[2], h_n[3], c_n[3]] if lstm else [h_n[2], h_n[3]]   # layer 2's
+    np.testing.assert_allclose(got["state"], np.stack([t.detach().numpy() for t in last]),
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_bidirectional_stack_starts_from_pytorchs_h0(cell):
+    """PyTorch's nn.LSTM(num_layers = 2, bidirectional = True)(packed, (h_0, c_0)): each
+    layer's initial_h (and initial_c) is its two directions' states side by side,
+    concat(h_0[2k], h_0[2k + 1]) (Keras' Bidirectional(initial_state = [fh, fc, bh, bc])).
+    It was refused ("initial_h with bidirectional = true is not supported")."""
+    torch = pytest.importorskip("torch")
+    lstm = cell == "lstm"
+    c = lambda k: f", initial_c = c{k}" if lstm else ""   # noqa: E731
+    src = f"""
+model M {{
+  input x: float64[batch, 6, 3]
+  input lengths: int32[batch]
+  input h1: float64[batch, 8]
+  input h2: float64[batch, 8]
+  {"input c1: float64[batch, 8]" if lstm else ""}
+  {"input c2: float64[batch, 8]" if lstm else ""}
+  real = positions(x, axis = 1) < unsqueeze(lengths, axis = 1)
+  l1 = {cell}(x, 4, return_sequences = true, bidirectional = true, mask = real,
+              initial_h = h1{c(1)})
+  l2, {"hf, cf, hb, cb" if lstm else "hf, hb"} = {cell}(l1, 4, return_sequences = true,
+              bidirectional = true, mask = real, initial_h = h2{c(2)}, return_state = true)
+  output l2
+  output h_n = concat(hf, hb, axis = -1)
+}}
+"""
+    net = nnlang_compile(src)
+    twin = _torch_twin_of(torch, net.parameters(), cell, ["l1", "l2"])
+    rng = np.random.default_rng(3)
+    x, lengths = rng.normal(size=(3, 6, 3)), np.array([6, 2, 4], np.int32)
+    h_0, c_0 = rng.normal(size=(4, 3, 4)), rng.normal(size=(4, 3, 4))
+    feeds = {"x": x, "lengths": lengths, **{f"h{k + 1}": np.concatenate(h_0[2 * k:2 * k + 2], -1)
+                                            for k in range(2)}}
+    if lstm:
+        feeds.update({f"c{k + 1}": np.concatenate(c_0[2 * k:2 * k + 2], -1) for k in range(2)})
+    got = net.forward(feeds)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.tensor(x), torch.tensor(lengths),
+                                                     batch_first=True, enforce_sorted=False)
+    out, h_n = twin(packed, (torch.tensor(h_0), torch.tensor(c_0)) if lstm else torch.tensor(h_0))
+    out = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=6)[0]
+    np.testing.assert_allclose(got["l2"], out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    h_n = (h_n[0] if lstm else h_n).detach().numpy()
+    np.testing.assert_allclose(got["h_n"], np.concatenate([h_n[2], h_n[3]], -1), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_a_bidirectional_layer_given_one_directions_state_says_how_to_give_both():
+    import nnlang
+    from nnlang.errors import NNError
+    with pytest.raises(NNError) as err:
+        nnlang.load("""
+model M {
+  input x: float32[batch, 5, 3]
+  input h0: float32[batch, 4]
+  output y = gru(x, 4, bidirectional = true, initial_h = h0)
+}
+""")
+    text = err.value.render()
+    assert "<string>:5:" in text and "[batch, 8]" in text, text
+    assert "initial_h = concat(forward, backward, axis = -1)" in text, text
+
+
+@pytest.mark.parametrize("option, words", [
+    ('bidirectional = true, merge_mode = "avg"', ["unknown merge_mode \"avg\"", "'ave'"]),
+    ('bidirectional = true, merge_mode = "none"', ["merge_mode = None", "hs[:, :, 0:units]"]),
+    ('merge_mode = "sum"', ["has one", "add bidirectional = true"]),
+])
+def test_a_merge_mode_nnlang_has_not_is_located(option, words):
+    import nnlang
+    from nnlang.errors import NNError
+    src = ("model M {\n  input x: float32[batch, 5, 3]\n"
+           f"  output y = lstm(x, 4, return_sequences = true, {option})\n}}\n")
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    line = src.splitlines()[2]
+    assert f"<string>:3:{line.index('merge_mode = ') + 14}:" in text, text   # at the value
+    for w in words:
+        assert w in text, text
+
+
+def test_bidirectional_states_on_a_symbolic_length_get_a_hint_that_gives_them():
+    """return_state with return_sequences on a symbolic length is refused; for a bidirectional
+    layer the hint must not say h = hs[:, -1] (the backward h is at step 0, and a masked
+    layer shows zeros at pads): its two-call form, written as it says, gives the states of
+    the numeric-length layer."""
+    import re
+
+    import nnlang
+    from nnlang.errors import NNError
+    src = """model M {
+  symbol seq
+  input x: float64[batch, seq, 3]
+  input tokens: int32[batch, seq]
+  hs, hf, cf, hb, cb = lstm(x, 4, return_sequences = true, return_state = true,
+                            bidirectional = true, mask = tokens)
+  output o = concat(hs[:, 0], hf, cf, hb, cb, axis = -1)
+}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    assert "<string>:5:" in text and "hs[:, -1]" not in text, text
+    seq, states = re.search(r"`(hs = .*?)`, then .*?`(_, .*?)`", text.split("hint:")[1]).groups()
+    args = "x, 4, bidirectional = true, mask = tokens"
+    lines = src.splitlines()
+    fixed = src.replace(lines[4] + "\n" + lines[5] + "\n", "  " + seq.replace("...", args) +
+                        "\n  " + states.replace("...", args) + "\n")
+    numeric = src.replace("  symbol seq\n", "").replace("batch, seq", "batch, 5")
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=(3, 5, 3)),
+             "tokens": np.array([[0, 0, 5, 7, 2], [3, 1, 9, 0, 0], [4, 4, 4, 4, 4]], np.int32)}
+    got = nnlang.compile(fixed, backend="reference", seed=0).forward(feeds)["o"]
+    want = nnlang.compile(numeric, backend="reference", seed=0).forward(feeds)["o"]
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("cell, bidirectional", [("rnn", False), ("lstm", False),
                                                    ("gru", False), ("lstm", True)])
 def test_masked_rows_read_as_alone_against_numpy(cell, bidirectional):
@@ -403,6 +586,38 @@ def test_keras_and_pytorch_recurrent_options_get_their_nnlang_form(cell, option,
     assert "did you mean" not in text and "parameters: x: tensor" not in text, text
     for w in words:
         assert w in text, text
+
+
+def test_pytorchs_lengths_get_the_mask_that_packs_as_pytorch_does():
+    """`gru(x, 4, lengths = lengths)`, PyTorch's pack_padded_sequence habit, listed the whole
+    signature; the hint's mask, written as it says, gives each row's run over its first
+    `length` steps alone (numpy reference)."""
+    import re
+
+    import nnlang
+    from nnlang.errors import NNError
+    from tests.reference import RNN
+    src = """model M {
+  input x: float64[batch, 5, 3]
+  input lengths: int32[batch]
+  output y = gru(x, 4, lengths = lengths)
+}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src)
+    text = err.value.render()
+    assert "has no parameter 'lengths'" in text and "parameters: x: tensor" not in text, text
+    mask = re.search(r"(mask = .*?\))$", " ".join(text.split("hint:")[1].split())).group(1)
+    net = nnlang_compile(src.replace("lengths = lengths", mask))
+    p = net.parameters()
+    rng = np.random.default_rng(0)
+    x, lengths = rng.normal(size=(3, 5, 3)), np.array([5, 1, 3], np.int32)
+    got = net.forward({"x": x, "lengths": lengths})["y"]
+    for row, n in enumerate(lengths):
+        want = RNN["gru"](x[row:row + 1, :n], None, None, p["y.kernel"], p["y.recurrent"],
+                          p["y.bias"], units=4, activation="tanh", return_sequences=False,
+                          bidirectional=False)[0]
+        np.testing.assert_allclose(got[row], want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])

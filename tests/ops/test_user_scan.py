@@ -790,6 +790,115 @@ def test_an_attention_decoder_trains_as_its_pytorch_twin():
                    lambda t, f: _attention_torch(torch, t, f))
 
 
+# Bahdanau's additive attention in a GRU decoder fed the encoder's last state: the keys are a
+# dense layer over the memory read whole each step, a weight matmul of batch * n rows
+BAHDANAU = """
+block AdditiveStep(y, h, enc, units = 6) {
+  keys = dense(enc, units, use_bias = false)                    # [batch, n, units]
+  q = unsqueeze(dense(h, units), axis = 1)                       # [batch, 1, units]
+  w = softmax(dense(tanh(keys + q), 1, use_bias = false), axis = 1)
+  ctx = sum(w * enc, axis = 1)                                   # [batch, units]
+  x = concat(y, ctx, axis = -1)
+  z = sigmoid(dense(concat(x, h, axis = -1), units))
+  r = sigmoid(dense(concat(x, h, axis = -1), units))
+  n = tanh(dense(concat(x, r * h, axis = -1), units))
+  h2 = (1.0 - z) * n + z * h
+  return h2, concat(h2, ctx, axis = -1)
+}
+model Bahdanau(vocab = 9, units = 6) {
+  symbol tgt
+  input src: int32[batch, 5]
+  input dec_in: int32[batch, tgt]
+  input target: int32[batch, tgt]
+  enc, h = gru(embedding(src, vocab, 4), units, return_sequences = true, return_state = true,
+               mask = src)
+  outs, last = scan AdditiveStep(h, enc = enc) over embedding(dec_in, vocab, 4)
+  logits = dense(outs, vocab)
+  output logits
+  loss cross_entropy(logits, target) + mean(last * last)
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("numba", marks=pytest.mark.slow)])
+def test_a_bahdanau_decoder_has_the_gradient_of_its_finite_differences(backend):
+    """A dense layer over the encoder's outputs inside the step (Bahdanau's keys): its matmul
+    has batch * n rows, and the scan's autodiff stored its residuals as [batch, k] rows, so
+    compiling the training step was a traceback (concat along axis 1: [15, 6] does not match
+    [3, 18]). Each weight's gradient against float64 central differences."""
+    net = nnlang.compile(BAHDANAU + "train Bahdanau {\n  optimizer = adam(lr = 0.01)\n"
+                         "  batch = 3\n}\n", dtype="float64", batch=3, seed=1, backend=backend)
+    rng = np.random.default_rng(5)   # weights off their init, so no gradient is near zero
+    p = {k: v + 0.5 * rng.normal(size=v.shape) for k, v in net.parameters().items()}
+    net.load_state_dict(p)
+    src = rng.integers(1, 9, (3, 5)).astype(np.int32)
+    src[0, 3:], src[1, :2] = 0, 0
+    for n in (1, 4):
+        feeds = {"src": src, "dec_in": rng.integers(0, 9, (3, n)).astype(np.int32),
+                 "target": rng.integers(0, 9, (3, n)).astype(np.int32)}
+        grads = net.gradients(feeds)
+        for k in ("outs.keys.weight", "outs.q.weight", "outs.n.weight", "enc.kernel"):
+            d = rng.normal(size=p[k].shape)
+
+            def loss(e):
+                net.load_state_dict({**p, k: p[k] + e * d})
+                return sum(net.evaluate(feeds).values())
+            got = (loss(1e-6) - loss(-1e-6)) / 2e-6
+            net.load_state_dict(p)
+            assert got == pytest.approx(float((grads[k] * d).sum()), rel=1e-6, abs=1e-10), k
+
+
+RAW_MATMULS = """
+block RawStep(y, h, enc, wk, wq, units = 6) {
+  keys = enc @ wk                                            # [batch, n, units]
+  q = unsqueeze(h, axis = 1) @ wq                            # [batch, 1, units]
+  w = softmax(sum(tanh(keys + q), axis = -1), axis = -1)     # [batch, n]
+  ctx = squeeze(unsqueeze(w, axis = 1) @ enc, axis = 1)
+  h2 = tanh(dense(concat(y, ctx, h, axis = -1), units))
+  return h2, h2
+}
+model Raw(units = 6) {
+  symbol tgt
+  input src: float32[batch, 5, 6]
+  input y: float32[batch, tgt, 3]
+  param wk: float32[6, 6]
+  param wq: float32[6, 6]
+  enc, h = rnn(src, units, return_sequences = true, return_state = true)
+  outs, last = scan RawStep(h, enc = enc, wk = wk, wq = wq) over y
+  output outs
+  loss mean(outs * outs * outs) + mean(last)
+}
+"""
+
+
+def test_a_memory_or_a_state_with_a_step_axis_times_a_weight_in_the_step():
+    """`enc @ wk` on the [batch, n, k] memory and `unsqueeze(h, axis = 1) @ wq`, as PyTorch
+    attention code writes them (a Linear on a 3-D tensor): refused with "a body reads outside
+    values as a weight [k, n] on a matmul's right", which they were. Values against numpy,
+    gradients against float64 central differences."""
+    net = _cell_net(RAW_MATMULS, "Raw")
+    rng = np.random.default_rng(5)
+    p = {k: v + 0.5 * rng.normal(size=v.shape) for k, v in net.parameters().items()}
+    net.load_state_dict(p)
+    feeds = {"src": rng.normal(size=(3, 5, 6)), "y": rng.normal(size=(3, 4, 3))}
+    h, enc = np.zeros((3, 6)), []
+    for s in range(5):
+        h = np.tanh(feeds["src"][:, s] @ p["enc.kernel"] + h @ p["enc.recurrent"] +
+                    p["enc.bias"])
+        enc.append(h)
+    enc, want = np.stack(enc, 1), []
+    for s in range(4):
+        score = np.tanh(enc @ p["wk"] + (h @ p["wq"])[:, None]).sum(-1)
+        w = np.exp(score - score.max(-1, keepdims=True))
+        ctx = ((w / w.sum(-1, keepdims=True))[:, :, None] * enc).sum(1)
+        h = np.tanh(np.concatenate([feeds["y"][:, s], ctx, h], -1) @ p["outs.h2.weight"] +
+                    p["outs.h2.bias"])
+        want.append(h)
+    np.testing.assert_allclose(net.forward(feeds)["outs"], np.stack(want, 1), rtol=1e-10,
+                               atol=1e-12)
+    _finite_difference(net, feeds)
+
+
 def test_a_memory_of_symbolic_length_is_refused_with_what_to_do():
     source = ATTENTION.split("model")[0] + """model M {
   symbol n
@@ -864,8 +973,8 @@ def test_two_states_two_sequences_and_a_shared_reversed_scan_against_pytorch():
     _against_torch(net, torch, [_two_feeds(n) for n in (1, 4, 7)], twin)
 
 
-# the Keras seq2seq tutorial with a stacked bidirectional encoder: the builtin refuses
-# return_state with bidirectional = true, so the encoder is the docs' cell run both ways
+# the Keras seq2seq tutorial with a stacked bidirectional encoder, its encoder the docs' cell
+# run both ways (the builtin bidirectional lstm with return_state gives the same, below)
 KERAS_SEQ2SEQ = """
 block Cell(x, h, c, units = 4) {
   z = dense(x, 4 * units) + dense(h, 4 * units, use_bias = false)
@@ -939,16 +1048,38 @@ def test_a_shape_error_in_the_step_names_the_state_it_came_from():
     assert ":18:32)" in text, text
 
 
-def test_the_builtins_bidirectional_return_state_refusal_says_how_to_get_c():
-    """Its hint gave the final h from the outputs only; the Keras tutorial needs c as well,
-    which the outputs do not hold: two scans of a hand-written cell give it (above)."""
-    with pytest.raises(NNError) as err:
-        nnlang.load("""
-model M {
-  input x: float32[batch, 5, 3]
-  enc, hf, cf, hb, cb = lstm(x, 4, bidirectional = true, return_state = true)
+def test_the_builtins_bidirectional_states_are_the_hand_written_encoders():
+    """The Keras tutorial's encoder as written there, `Bidirectional(LSTM(return_sequences =
+    True, return_state = True))` twice: the builtin returns (outputs, forward h, c, backward
+    h, c) and gives the hand-written scans' loss and gradients with the same weights. It was
+    refused (return_state with bidirectional = true), with the two scans as the way out."""
+    builtin = KERAS_SEQ2SEQ.split("model KerasSeq2seq")[0] + """
+model KerasSeq2seq(vocab = 10, steps = 5, units = 4) {
+  input src: int32[batch, steps]
+  input dec_in: int32[batch, steps]
+  input target: int32[batch, steps]
+  x = embedding(src, vocab, 6)
+  l1 = lstm(x, units, return_sequences = true, bidirectional = true)
+  f2, hf, cf, hb, cb = lstm(l1, units, return_sequences = true, bidirectional = true,
+                            return_state = true)
+  y = lstm(embedding(dec_in, vocab, 6), 2 * units, return_sequences = true,
+           initial_h = concat(hf, hb, axis = -1), initial_c = concat(cf, cb, axis = -1))
+  logits = dense(y, vocab)
+  output logits
+  loss cross_entropy(logits, target)
 }
-""")
-    text = err.value.render()
-    assert "return_state with bidirectional = true" in text and "for c too" in text and \
-        "reverse = true" in text, text
+"""
+    hand, net = _cell_net(KERAS_SEQ2SEQ, "KerasSeq2seq"), _cell_net(builtin, "KerasSeq2seq")
+    p = hand.parameters()
+    names = {"kernel": "z.weight", "bias": "z.bias", "recurrent": "z_1.weight"}
+    mine = {f"{layer}.{pre}{w}": p[f"{cell}.{names[w]}"]
+            for layer, cells in (("l1", ("f1", "b1")), ("f2", ("f2", "b2")))
+            for pre, cell in zip(("", "backward_"), cells) for w in names}
+    net.load_state_dict({k: mine.get(k, p.get(k)) for k in net.parameters()})
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.integers(0, 10, (3, 5)).astype(np.int32) for k in ("src", "dec_in", "target")}
+    assert net.evaluate(feeds) == pytest.approx(hand.evaluate(feeds), rel=1e-12)
+    got, want = net.gradients(feeds), hand.gradients(feeds)
+    for k, v in mine.items():
+        back = next(n for n, a in p.items() if a is v)
+        np.testing.assert_allclose(got[k], want[back], rtol=1e-9, atol=1e-12, err_msg=k)
