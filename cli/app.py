@@ -35,10 +35,61 @@ class _Typer(typer.Typer):
             return register(name, short_help=short, **kwargs)(fn)
         return decorator
 
+    def __call__(self, *args, **kwargs):
+        null_before = _stdout_is_null()
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as end:
+            # NOTE: typer's answer to EPIPE outside `reporting` (its help text, a line written
+            # after a command's work) is exit 1, a user error's code: click's wrapper around
+            # stdout, or rich's `on_broken_pipe` (typer's own console), which points it to
+            # /dev/null; either way the reader was gone, as for any command (`_Console`)
+            if end.code == 1 and (type(sys.stdout).__name__ == "PacifyFlushWrapper"
+                                  or not null_before and _stdout_is_null()):
+                raise SystemExit(OUTPUT_CLOSED) from None
+            raise
+
+
+def _stdout_is_null() -> bool:
+    try:
+        return os.path.samestat(os.fstat(sys.__stdout__.fileno()), os.stat(os.devnull))
+    except (OSError, AttributeError, ValueError):
+        return False
+
 
 app = _Typer(name="nnlang", rich_markup_mode="rich", no_args_is_help=True,
              add_completion=False, pretty_exceptions_enable=False,
              help="nnlang: a readable compiler for neural networks.")
+
+
+class OutputClosed(KeyboardInterrupt):
+    """Standard output's reader is gone (`nnlang check ... | head -1`, once head exited), as
+    `Terminated` raised where Python runs; `reporting` ends the command with exit 141."""
+
+
+class _Console(Console):
+    """NOTE: on EPIPE rich itself points stdout to /dev/null and exits 1, wherever it was: a
+    training run ended at the next line it printed after `| head` exited, its steps unsaved,
+    with a user error's exit code. Here it is the request SIGPIPE would be (Python ignores the
+    signal itself): training (`Interrupts`) records it and stops at the next whole step,
+    saving first, as for SIGTERM; a command under `reporting` ends with exit 141 and no word
+    (the reader asked for no more)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _quiet_stdout()
+        if not callable(signal.getsignal(signal.SIGPIPE)):
+            raise SystemExit(OUTPUT_CLOSED)
+        signal.raise_signal(signal.SIGPIPE)   # NOTE: its handler records it, or raises
+
+
+def _quiet_stdout() -> None:
+    """Points standard output's descriptor to /dev/null, where nothing meets EPIPE."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, sys.__stdout__.fileno())
+    finally:
+        os.close(null)
 
 
 def console() -> Console:
@@ -46,7 +97,7 @@ def console() -> Console:
     # NOTE: a pipe or file gets wide lines rather than rich's 80-column default, so tables
     # are not cut into "…" cells
     wide = None if sys.stdout.isatty() else 160
-    return Console(file=sys.stdout, soft_wrap=True, highlight=False, width=wide)
+    return _Console(file=sys.stdout, soft_wrap=True, highlight=False, width=wide)
 
 
 def one_process(command: str) -> Console | None:
@@ -62,8 +113,8 @@ def one_process(command: str) -> Console | None:
     from nnlang.train.progress import say
     say(err_console(), f"note: nnlang {command} runs in one process; under mpirun rank 0 "
                        f"alone runs it (the other {launched_size() - 1} have nothing to do)")
-    return Console(file=sys.stdout, soft_wrap=True, highlight=False, force_terminal=False,
-                   color_system=None, width=160)
+    return _Console(file=sys.stdout, soft_wrap=True, highlight=False, force_terminal=False,
+                    color_system=None, width=160)
 
 
 def err_console() -> Console:
@@ -93,6 +144,7 @@ MODEL_HELP = "The model to use when the file defines several, or one the file im
 
 INTERRUPTED = 130  # NOTE: the shell convention for "stopped by Ctrl-C"
 TERMINATED = 143   # ... and for "stopped by SIGTERM" (128 + 15)
+OUTPUT_CLOSED = 141  # ... and for "SIGPIPE: stdout's reader is gone" (128 + 13)
 
 
 class Terminated(KeyboardInterrupt):
@@ -110,6 +162,10 @@ def _terminate(signum, frame):
     raise Terminated
 
 
+def _output_closed(signum, frame):
+    raise OutputClosed
+
+
 def terminated() -> bool:
     """Was this process sent SIGTERM during a command (a KeyboardInterrupt caught on its way,
     as generation's, then came from it)?"""
@@ -125,6 +181,7 @@ def _sigterm_raises():
     _TERMINATED.clear()
     _SWALLOWED.clear()
     signal.signal(signal.SIGTERM, _terminate)
+    pipe = signal.signal(signal.SIGPIPE, _output_closed)   # NOTE: raised by `_Console`
     hook = sys.unraisablehook
     sys.unraisablehook = _quiet_termination(hook)
     try:
@@ -142,6 +199,7 @@ def _sigterm_raises():
             raise Terminated
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, pipe)
         sys.unraisablehook = hook
 
 
@@ -173,6 +231,11 @@ def reporting():
         _after_rank_zero()
         print_error(err)
         raise typer.Exit(1) from None
+    except OutputClosed:   # NOTE: no word: the reader asked for no more
+        raise typer.Exit(OUTPUT_CLOSED) from None
+    except BrokenPipeError:   # NOTE: a write to stdout but through a console's
+        _quiet_stdout()
+        raise typer.Exit(OUTPUT_CLOSED) from None
     except Terminated:
         console().print("terminated (SIGTERM)", markup=False, highlight=False)
         raise typer.Exit(TERMINATED) from None

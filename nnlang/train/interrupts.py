@@ -17,9 +17,10 @@ class Interrupts:
     (compiling, validation: nothing there changes the training state) it raises at once, so a
     long compile stays interruptible. A second Ctrl-C while the checkpoint is written is
     recorded, not acted on: the save finishes. SIGTERM is the same request (`signal` says
-    which came first)."""
+    which came first), and so is SIGPIPE, which the CLI raises when standard output's reader
+    is gone (`nnlang train ... | head`; Python itself ignores SIGPIPE)."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)
 
     def __init__(self, deferred: bool = False):
         """`deferred`: `immediate()` only records too (data-parallel ranks, which must stop
