@@ -1,5 +1,6 @@
 """The typer app every command module registers on, and the helpers they share: printing an
 `NNError` (exit 1, no traceback), Ctrl-C (exit 130) and parsing `--set name=value` overrides.
+The exit codes are listed in README.md ("Exit codes").
 """
 from __future__ import annotations
 
@@ -145,6 +146,7 @@ MODEL_HELP = "The model to use when the file defines several, or one the file im
 INTERRUPTED = 130  # NOTE: the shell convention for "stopped by Ctrl-C"
 TERMINATED = 143   # ... and for "stopped by SIGTERM" (128 + 15)
 OUTPUT_CLOSED = 141  # ... and for "SIGPIPE: stdout's reader is gone" (128 + 13)
+INTERNAL = 70      # NOTE: sysexits' EX_SOFTWARE; 2 is typer's (click's) usage error
 
 
 class Terminated(KeyboardInterrupt):
@@ -251,7 +253,7 @@ def reporting():
             f"internal error: {type(err).__name__}: {err}\n  hint: this is a bug in nnlang, "
             "not in your model; run again with NNLANG_DEBUG=1 to see the traceback, and "
             "report it"), soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(INTERNAL) from None
 
 
 # NOTE: under mpirun, how long a rank other than 0 waits before it prints an error

@@ -1061,13 +1061,17 @@ def test_compile_summary_for_cuda_without_a_gpu():
 
 
 def test_internal_errors_print_no_traceback(monkeypatch):
+    """An internal error (a bug in nnlang) exits 70 (sysexits' EX_SOFTWARE): it was 2, the
+    code typer gives a usage error (a bad flag), so a script could not tell the two apart."""
     import nnlang.runtime.emit as emit
 
     def broken(*a, **k):
         raise RuntimeError("boom")
     monkeypatch.setattr(emit, "emit", broken)
     result = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--emit", "ir"])
-    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.exit_code == 70 and "Traceback" not in result.output
+    usage = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--no-such-flag"])
+    assert usage.exit_code == 2
     assert "internal error: RuntimeError: boom" in result.output
 
 
