@@ -276,8 +276,11 @@ def _after_rank_zero() -> None:
 def check_output(path: Path, flag: str = "-o", reads: dict | None = None) -> Path:
     """Fails early, before any slow work, when `path` cannot be written: its folder is missing
     or read-only, or it is a folder itself; or when it is one of the files the command
-    `reads` ({what: path}; `checkpoint.refuse_overwrite`), which the write would destroy."""
+    `reads` ({what: path}; `checkpoint.refuse_overwrite`), which the write would destroy.
+    Returns the path to write (a leading ~ expanded: `nnlang.files.user_path`)."""
+    from nnlang.files import user_path
     from nnlang.train.checkpoint import refuse_overwrite
+    path = user_path(path)
     refuse_overwrite(path, reads or {}, flag)
     if path.is_dir():
         raise NNError(f"{flag} {path}: this is a folder, not a file",

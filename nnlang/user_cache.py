@@ -12,13 +12,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from nnlang.files import user_path
+
 _warned: set = set()
 _damaged: set = set()
 _private: dict = {}
 
 
 def user_cache_dir() -> Path:
-    return Path(os.environ.get("NNLANG_CACHE_DIR") or Path.home() / ".cache" / "nnlang")
+    return user_path(os.environ.get("NNLANG_CACHE_DIR") or Path.home() / ".cache" / "nnlang")
 
 
 def cache_subdir(name: str) -> Path | None:

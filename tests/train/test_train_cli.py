@@ -201,3 +201,31 @@ def test_kept_row_means_are_the_whole_sets_in_train_and_eval(tmp_path, monkeypat
     assert r.exit_code == 0, r.output
     line = next(s for s in r.output.splitlines() if s.split()[:1] == ["test"] and "set" not in s)
     assert line.split()[1:] == [f"{test[k]:.4f}" for k in ("loss", "acc", "wce")], r.output
+
+
+def test_a_tilde_in_a_path_the_shell_does_not_expand_is_the_home_folder(tiny, monkeypatch):
+    """`--out=~/runs/a`, `--data=~/d.npz` and `--data-dir=~/d` (no shell expands a ~ after
+    `=`), `data = "~/d.npz"` in the train section and `NNLANG_DATA_DIR="~/data"` (a cron or
+    systemd line) reach nnlang with the ~ as written: --out made a folder named '~' in the
+    working directory (one `rm -rf ~` away from the home folder), the others were 'not
+    found'. A ~ is the home folder, as a shell (and numpy, pandas, torchvision) reads it."""
+    home = tiny / "home"
+    (home / "d").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    (tiny / "tiny.npz").rename(home / "d" / "tiny.npz")
+    r = nnlang("train", "tiny.nn", "--backend", "reference", "--epochs", "1",
+               "--data=~/d/tiny.npz", "--out=~/runs/a")
+    assert r.exit_code == 0, r.output
+    assert not (tiny / "~").exists() and (home / "runs/a/checkpoint.npz").is_file()
+    r = nnlang("eval", "tiny.nn", "--backend", "reference", "--checkpoint=~/runs/a",
+               "--data=~/d/tiny.npz")
+    assert r.exit_code == 0, r.output
+    (tiny / "t2.nn").write_text(TINY.replace('"tiny.npz"', '"~/d/tiny.npz"'))
+    r = nnlang("train", "t2.nn", "--backend", "reference", "--epochs", "1", "--out", "b")
+    assert r.exit_code == 0, r.output
+    r = nnlang("train", "tiny.nn", "--backend", "reference", "--epochs", "1", "--out", "c",
+               "--data-dir=~/d")
+    assert r.exit_code == 0, r.output
+    assert not (tiny / "~").exists()
+    monkeypatch.setenv("NNLANG_DATA_DIR", "~/d")   # NOTE: where named data sets are looked for
+    assert (home / "d", "$NNLANG_DATA_DIR") in cache.search_roots()
