@@ -85,6 +85,16 @@ def test_check_reads_standard_input_with_a_dash(tmp_path):
     assert r.exit_code == 2 and "standard input" in r.output and "Total params" not in r.stdout
 
 
+@pytest.mark.parametrize("args", [("compile", "-"), ("train", "-", "--backend", "reference")])
+def test_a_dash_where_standard_input_is_not_read_says_so(args):
+    """`nnlang train - < model.nn` answered "file not found: -" with the hint "check the
+    path", as if a file named '-' were missing; the commands that read no model from
+    standard input (only check, graph and fmt do) say that."""
+    r = runner.invoke(app, list(args), input=(ROOT / "models/mlp.nn").read_text())
+    assert r.exit_code == 1 and "file not found" not in r.stderr, r.output
+    assert "'-' (standard input)" in r.stderr and "check, graph and fmt" in r.stderr
+
+
 def test_check_missing_file():
     r = run("check", "models/nope.nn")
     assert r.exit_code == 1 and "file not found: models/nope.nn" in r.stderr
