@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -18,6 +19,9 @@ from rich.console import Console
 from rich.text import Text
 
 from nnlang.errors import Given, NNError, Span
+
+RICH_HELP_COLUMNS = 80   # NOTE: the narrowest width the panels of every command's help fit
+
 
 class _Typer(typer.Typer):
     """A typer app whose command list shows each command's docstring's first paragraph as one
@@ -35,6 +39,20 @@ class _Typer(typer.Typer):
                 short = " ".join(inspect.cleandoc(fn.__doc__).split("\n\n")[0].split())
             return register(name, short_help=short, **kwargs)(fn)
         return decorator
+
+    @property
+    def rich_markup_mode(self):
+        """NOTE: narrower than RICH_HELP_COLUMNS, rich's option panels cut flag names to fit
+        ("--data-d…": a flag no one can type) and help text mid-word; click's plain layout
+        (no panels) wraps words there instead. Asked when the commands are built, as
+        COLUMNS or the terminal's width is then."""
+        if shutil.get_terminal_size().columns < RICH_HELP_COLUMNS:
+            return None
+        return self._markup_mode
+
+    @rich_markup_mode.setter
+    def rich_markup_mode(self, mode):
+        self._markup_mode = mode
 
     def __call__(self, *args, **kwargs):
         null_before = _stdout_is_null()

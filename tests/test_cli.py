@@ -843,6 +843,22 @@ def test_help():
         assert cmd in r.stdout
 
 
+@pytest.mark.parametrize("columns", ["40", "60"])
+def test_help_on_a_narrow_terminal_shows_every_flag_in_full(columns, monkeypatch):
+    """At COLUMNS=40 (a split pane, a CI runner's log width) rich's option panels cut
+    flag names to fit ("--data-d…", "--init-skip-mis…": flags no one can type) and help
+    text mid-word; below 80 columns the help is click's plain layout, which wraps words."""
+    import typer.main
+    monkeypatch.setenv("COLUMNS", columns)   # NOTE: as the shell sets it before nnlang starts
+    for name, cmd in typer.main.get_command(app).commands.items():
+        r = runner.invoke(app, [name, "--help"])
+        assert r.exit_code == 0, r.output
+        assert "…" not in r.stdout, (name, r.stdout)
+        for param in cmd.params:
+            for opt in param.opts if param.param_type_name == "option" else ():
+                assert opt in r.stdout, (name, opt)
+
+
 def test_help_command_list_has_no_mid_sentence_breaks():
     """Each command's row in `nnlang --help` is its docstring's first paragraph, rewrapped to
     the panel: a line break in the docstring's source (`fused\n or kernels.`) is no break on
