@@ -784,6 +784,39 @@ def test_full_or_read_only_cache_warns_and_leaves_no_temp_file(tmp_path, monkeyp
         assert not (tmp_path / "kernels/compiled").exists()
 
 
+def test_no_home_folder_warns_once_and_compiles(monkeypatch, capsys):
+    """HOME unset and a user with no passwd entry (`docker run -u 12345`, OpenShift's random
+    uid): Path.home() raises, and every compile was "internal error: RuntimeError: Could not
+    determine home directory". The cache is then a temporary folder of the process's own,
+    after one warning that says how to keep one."""
+    import pwd
+
+    from nnlang import user_cache
+    from nnlang.backends import numba_backend
+    from nnlang.passes import plan_cache
+    monkeypatch.delenv("NNLANG_CACHE_DIR")
+    monkeypatch.delenv("HOME", raising=False)
+
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    monkeypatch.setattr(user_cache, "_warned", set())
+    plan_cache.store("h" * 64, {"plan": 1})
+    assert plan_cache.load("h" * 64) == {"plan": 1}
+    backend = numba_backend.NumbaBackend()
+    entry, _ = backend.specialize(backend.compile(SOURCE + "# homeless\n", "twice"), (21,))
+    assert entry(21) == 42
+    warning = capsys.readouterr().err
+    assert warning.count("warning:") == 1 and "no home folder" in warning, warning
+    assert "NNLANG_CACHE_DIR" in warning
+    # NOTE: a data set that could not be downloaded: not "put these files in" that folder
+    from nnlang.data.cache import Remote, missing_error
+    remote = Remote("a.gz", "https://example.invalid/a.gz", "sha256:00")
+    err = missing_error("toy", [remote], None, [(remote, "offline")])
+    assert "put these files in" not in err.message and "DIR/toy/" in err.message
+    assert "a.gz    <- https://example.invalid/a.gz" in err.message
+
+
 @pytest.mark.parametrize("suffix, damage", [
     (".nbi", lambda b: b[:len(b) // 2]), (".nbc", lambda b: b[:len(b) // 2]),
     (".nbc", lambda b: b"garbage"), (".nbi", lambda b: b""),
