@@ -55,16 +55,24 @@ class _Typer(typer.Typer):
         self._markup_mode = mode
 
     def __call__(self, *args, **kwargs):
+        for name in ("stdout", "stderr"):
+            if getattr(sys, name) is None:   # NOTE: started with it closed (`>&-`): Python
+                setattr(sys, name, open(os.devnull, "w"))   # has no stream, a print crashed
         null_before = _stdout_is_null()
         try:
             return super().__call__(*args, **kwargs)
+        except OSError as err:   # NOTE: typer's own help text on a full disk (> /dev/full);
+            _quiet_stdout()      # a command's output goes through `_Written`
+            print_error(_stdout_error(err))
+            raise SystemExit(1) from None
         except SystemExit as end:
             # NOTE: typer's answer to EPIPE outside `reporting` (its help text, a line written
             # after a command's work) is exit 1, a user error's code: click's wrapper around
             # stdout, or rich's `on_broken_pipe` (typer's own console), which points it to
             # /dev/null; either way the reader was gone, as for any command (`_Console`)
             if end.code == 1 and (type(sys.stdout).__name__ == "PacifyFlushWrapper"
-                                  or not null_before and _stdout_is_null()):
+                                  or not null_before and _stdout_is_null()
+                                  and not _UNWRITABLE):
                 raise SystemExit(OUTPUT_CLOSED) from None
             raise
 
@@ -102,6 +110,42 @@ class _Console(Console):
         signal.raise_signal(signal.SIGPIPE)   # NOTE: its handler records it, or raises
 
 
+def _stdout_error(err: OSError) -> NNError:
+    return NNError(f"cannot write standard output: {err.strerror or err}",
+                   hint="check the file or device it goes to (a full disk: df -h)")
+
+
+_UNWRITABLE: list = []   # the error of a write to stdout that failed, not on EPIPE
+
+
+class _Written:
+    """A console's file whose write errors other than EPIPE (a log on a full disk: `> log.txt`,
+    /dev/full) are an NNError naming standard output; they were an internal error."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def write(self, text):
+        return self._checked(self._stream.write, text)
+
+    def flush(self):
+        return self._checked(self._stream.flush)
+
+    def _checked(self, fn, *args):
+        try:
+            return fn(*args)
+        except BrokenPipeError:
+            raise   # NOTE: `_Console.on_broken_pipe`
+        except OSError as err:
+            if self._stream is sys.__stdout__:
+                _quiet_stdout()   # NOTE: or Python's own flush at exit fails again, with a trace
+                _UNWRITABLE.append(err)   # ... and no closed pipe (`_Typer.__call__`)
+            raise _stdout_error(err) from None
+
+
 def _quiet_stdout() -> None:
     """Points standard output's descriptor to /dev/null, where nothing meets EPIPE."""
     null = os.open(os.devnull, os.O_WRONLY)
@@ -116,7 +160,7 @@ def console() -> Console:
     # NOTE: a pipe or file gets wide lines rather than rich's 80-column default, so tables
     # are not cut into "…" cells
     wide = None if sys.stdout.isatty() else 160
-    return _Console(file=sys.stdout, soft_wrap=True, highlight=False, width=wide)
+    return _Console(file=_Written(sys.stdout), soft_wrap=True, highlight=False, width=wide)
 
 
 def one_process(command: str) -> Console | None:

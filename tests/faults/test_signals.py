@@ -424,3 +424,31 @@ def test_a_closed_stdout_ends_any_command_quietly_with_141(tiny, command):
         os.close(write)
     assert (proc.returncode, proc.stderr) == (141, ""), proc.stderr
     assert not (tiny / "runs").exists() or not list((tiny / "runs").glob("*/checkpoint.npz"))
+
+
+@pytest.mark.parametrize("command", [("check", "tiny.nn"), ("--help",),
+                                     ("train", "tiny.nn", "--backend", "reference")])
+def test_output_to_a_full_disk_is_an_error_naming_standard_output(tiny, command):
+    """`nnlang ... > log.txt` on a full disk (/dev/full stands in): "internal error: OSError:
+    [Errno 28]" (exit 70), or a traceback for --help; now an error naming standard output."""
+    import subprocess
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "nnlang_cli.main", *command], cwd=tiny,
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: cannot write standard output: No space left on "
+                                  "device\n"), proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+def test_closed_stdout_and_stderr_at_start_still_train(tiny):
+    """Started with stdout and stderr closed (`nnlang train ... >&- 2>&-`, a daemon's
+    children): Python has no sys.stdout, and the first line printed crashed (an
+    AttributeError traceback, or exit 70 with nowhere to say it); the run saves its files."""
+    import subprocess
+    proc = subprocess.run([sys.executable, "-m", "nnlang_cli.main", "train", "tiny.nn",
+                           "--backend", "reference", "--out", "run", "--epochs", "1"],
+                          cwd=tiny, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          timeout=120, preexec_fn=lambda: (os.close(1), os.close(2)))
+    assert proc.returncode == 0
+    assert checkpoint.load(tiny / "run").epoch == 1
