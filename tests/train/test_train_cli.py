@@ -2,6 +2,7 @@
 a tiny .npz model end to end, resume, clean errors, and text predict on imdb-sample."""
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -229,3 +230,16 @@ def test_a_tilde_in_a_path_the_shell_does_not_expand_is_the_home_folder(tiny, mo
     assert not (tiny / "~").exists()
     monkeypatch.setenv("NNLANG_DATA_DIR", "~/d")   # NOTE: where named data sets are looked for
     assert (home / "d", "$NNLANG_DATA_DIR") in cache.search_roots()
+
+
+def test_force_color_into_a_log_file_gives_lines_not_a_redrawn_bar(tiny, monkeypatch):
+    """FORCE_COLOR=1 (set in many CI configurations for coloured logs) made rich take a log
+    file for a terminal: the progress bar was redrawn there with a carriage return and
+    cursor codes at every refresh, thousands of them an hour. Colour is what was asked for;
+    a bar redraws only on a real terminal (or TTY_INTERACTIVE=1), else one line per epoch."""
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.delenv("TTY_INTERACTIVE", raising=False)
+    r = nnlang("train", "tiny.nn", "--backend", "reference", "--out", "run", "--epochs", "2")
+    assert r.exit_code == 0, r.output
+    assert "\r" not in r.stdout and "\x1b[2K" not in r.stdout and "\x1b[?25l" not in r.stdout
+    assert re.search(r"epoch 2/2  loss \d", re.sub(r"\x1b\[[0-9;]*m", "", r.stdout)), r.stdout
