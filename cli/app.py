@@ -89,25 +89,19 @@ app = _Typer(name="nnlang", rich_markup_mode="rich", no_args_is_help=True,
              help="nnlang: a readable compiler for neural networks.")
 
 
-class OutputClosed(KeyboardInterrupt):
-    """Standard output's reader is gone (`nnlang check ... | head -1`, once head exited), as
-    `Terminated` raised where Python runs; `reporting` ends the command with exit 141."""
-
-
 class _Console(Console):
     """NOTE: on EPIPE rich itself points stdout to /dev/null and exits 1, wherever it was: a
     training run ended at the next line it printed after `| head` exited, its steps unsaved,
-    with a user error's exit code. Here it is the request SIGPIPE would be (Python ignores the
-    signal itself): training (`Interrupts`) records it and stops at the next whole step,
-    saving first, as for SIGTERM; a command under `reporting` ends with exit 141 and no word
-    (the reader asked for no more)."""
+    with a user error's exit code. Here training takes it as a SIGTERM (`Interrupts.request`):
+    it stops at the next whole step, saving first; any other command ends with exit 141 (the
+    shell's code for a writer SIGPIPE ended) and no word (the reader asked for no more)."""
 
     def on_broken_pipe(self) -> None:
+        from nnlang.train.interrupts import Interrupts
         self.quiet = True
         _quiet_stdout()
-        if not callable(signal.getsignal(signal.SIGPIPE)):
+        if not Interrupts.request(signal.SIGPIPE):
             raise SystemExit(OUTPUT_CLOSED)
-        signal.raise_signal(signal.SIGPIPE)   # NOTE: its handler records it, or raises
 
 
 def _stdout_error(err: OSError) -> NNError:
@@ -226,10 +220,6 @@ def _terminate(signum, frame):
     raise Terminated
 
 
-def _output_closed(signum, frame):
-    raise OutputClosed
-
-
 def terminated() -> bool:
     """Was this process sent SIGTERM during a command (a KeyboardInterrupt caught on its way,
     as generation's, then came from it)?"""
@@ -245,7 +235,6 @@ def _sigterm_raises():
     _TERMINATED.clear()
     _SWALLOWED.clear()
     signal.signal(signal.SIGTERM, _terminate)
-    pipe = signal.signal(signal.SIGPIPE, _output_closed)   # NOTE: raised by `_Console`
     hook = sys.unraisablehook
     sys.unraisablehook = _quiet_termination(hook)
     try:
@@ -263,7 +252,6 @@ def _sigterm_raises():
             raise Terminated
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGPIPE, pipe)
         sys.unraisablehook = hook
 
 
@@ -295,9 +283,7 @@ def reporting():
         _after_rank_zero()
         print_error(err)
         raise typer.Exit(1) from None
-    except OutputClosed:   # NOTE: no word: the reader asked for no more
-        raise typer.Exit(OUTPUT_CLOSED) from None
-    except BrokenPipeError:   # NOTE: a write to stdout but through a console's
+    except BrokenPipeError:   # NOTE: a write to stdout but through a console (`_Console`)
         _quiet_stdout()
         raise typer.Exit(OUTPUT_CLOSED) from None
     except Terminated:
