@@ -33,6 +33,11 @@ def writing(path):
         # limit on one name (255 bytes) however much space is free
         hint = "pass --out with a shorter folder name" if err.errno == errno.ENAMETOOLONG \
             else "pass --out with a writable folder that has free space"
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and \
+                (Path(path) / checkpoint.FILENAME).is_file():
+            # NOTE: a run there (a --resume): another --out alone starts no resume
+            hint = (f"the run there is unchanged; to go on from it, copy it where you can "
+                    f"write: cp -r {path} NEW, then --out NEW --resume")
         raise NNError(f"cannot write {path} ({err.strerror or err})", hint=hint) from None
 
 

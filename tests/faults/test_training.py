@@ -738,6 +738,30 @@ def test_ctrl_c_in_eval_and_predict_exits_130(work, monkeypatch, command):
     assert "interrupted" in out
 
 
+def test_resume_of_a_run_on_a_read_only_file_system_says_how_to_go_on(work, tmp_path,
+                                                                     monkeypatch):
+    """--resume of a run on a read-only mount (an archive, a finished job's share) said
+    "pass --out with a writable folder", which starts no resume; the run is unchanged and
+    it says how to go on from it: a copy in a writable place."""
+    import tempfile
+
+    from nnlang.train import checkpoint, runs
+    run = tmp_path / "ro-run"
+    shutil.copytree(work / "run-tiny", run)
+    before = (run / checkpoint.FILENAME).read_bytes()
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == run:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return tempfile.TemporaryFile(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(runs.tempfile, "TemporaryFile", read_only)
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--resume",
+              "--epochs", "3", cwd=work)
+    assert f"cannot write {run} (Read-only file system)" in out, out
+    assert f"cp -r {run} NEW" in out and "--out NEW --resume" in out, out
+    assert (run / checkpoint.FILENAME).read_bytes() == before
+
+
 # *** caches: optional, so a cache that cannot be written only warns ***
 
 def test_kernel_files_live_under_the_cache_root(tmp_path, monkeypatch):
