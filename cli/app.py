@@ -4,6 +4,7 @@ The exit codes are listed in README.md ("Exit codes").
 """
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import re
@@ -62,7 +63,9 @@ class _Typer(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except OSError as err:   # NOTE: typer's own help text on a full disk (> /dev/full);
-            _quiet_stdout()      # a command's output goes through `_Written`
+            if err.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG):
+                raise            # a command's output goes through `_Written`
+            _quiet_stdout()
             print_error(_stdout_error(err))
             raise SystemExit(1) from None
         except SystemExit as end:
