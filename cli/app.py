@@ -1,11 +1,14 @@
 """The typer app every command module registers on, and the helpers they share: printing an
 `NNError` (exit 1, no traceback), Ctrl-C (exit 130) and parsing `--set name=value` overrides.
+The exit codes are listed in README.md ("Exit codes").
 """
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -17,6 +20,9 @@ from rich.console import Console
 from rich.text import Text
 
 from nnlang.errors import Given, NNError, Span
+
+RICH_HELP_COLUMNS = 80   # NOTE: the narrowest width the panels of every command's help fit
+
 
 class _Typer(typer.Typer):
     """A typer app whose command list shows each command's docstring's first paragraph as one
@@ -35,10 +41,115 @@ class _Typer(typer.Typer):
             return register(name, short_help=short, **kwargs)(fn)
         return decorator
 
+    @property
+    def rich_markup_mode(self):
+        """NOTE: narrower than RICH_HELP_COLUMNS, rich's option panels cut flag names to fit
+        ("--data-d…": a flag no one can type) and help text mid-word; click's plain layout
+        (no panels) wraps words there instead. Asked when the commands are built, as
+        COLUMNS or the terminal's width is then."""
+        if shutil.get_terminal_size().columns < RICH_HELP_COLUMNS:
+            return None
+        return self._markup_mode
+
+    @rich_markup_mode.setter
+    def rich_markup_mode(self, mode):
+        self._markup_mode = mode
+
+    def __call__(self, *args, **kwargs):
+        for name in ("stdout", "stderr"):
+            if getattr(sys, name) is None:   # NOTE: started with it closed (`>&-`): Python
+                setattr(sys, name, open(os.devnull, "w"))   # has no stream, a print crashed
+        null_before = _stdout_is_null()
+        try:
+            return super().__call__(*args, **kwargs)
+        except OSError as err:   # NOTE: typer's own help text on a full disk (> /dev/full);
+            if err.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG):
+                raise            # a command's output goes through `_Written`
+            _quiet_stdout()
+            print_error(_stdout_error(err))
+            raise SystemExit(1) from None
+        except SystemExit as end:
+            # NOTE: typer's answer to EPIPE outside `reporting` (its help text, a line written
+            # after a command's work) is exit 1, a user error's code: click's wrapper around
+            # stdout, or rich's `on_broken_pipe` (typer's own console), which points it to
+            # /dev/null; either way the reader was gone, as for any command (`_Console`)
+            if end.code == 1 and (type(sys.stdout).__name__ == "PacifyFlushWrapper"
+                                  or not null_before and _stdout_is_null()
+                                  and not _UNWRITABLE):
+                raise SystemExit(OUTPUT_CLOSED) from None
+            raise
+
+
+def _stdout_is_null() -> bool:
+    try:
+        return os.path.samestat(os.fstat(sys.__stdout__.fileno()), os.stat(os.devnull))
+    except (OSError, AttributeError, ValueError):
+        return False
+
 
 app = _Typer(name="nnlang", rich_markup_mode="rich", no_args_is_help=True,
              add_completion=False, pretty_exceptions_enable=False,
              help="nnlang: a readable compiler for neural networks.")
+
+
+class _Console(Console):
+    """NOTE: on EPIPE rich itself points stdout to /dev/null and exits 1, wherever it was: a
+    training run ended at the next line it printed after `| head` exited, its steps unsaved,
+    with a user error's exit code. Here training takes it as a SIGTERM (`Interrupts.request`):
+    it stops at the next whole step, saving first; any other command ends with exit 141 (the
+    shell's code for a writer SIGPIPE ended) and no word (the reader asked for no more)."""
+
+    def on_broken_pipe(self) -> None:
+        from nnlang.train.interrupts import Interrupts
+        self.quiet = True
+        _quiet_stdout()
+        if not Interrupts.request(signal.SIGPIPE):
+            raise SystemExit(OUTPUT_CLOSED)
+
+
+def _stdout_error(err: OSError) -> NNError:
+    return NNError(f"cannot write standard output: {err.strerror or err}",
+                   hint="check the file or device it goes to (a full disk: df -h)")
+
+
+_UNWRITABLE: list = []   # the error of a write to stdout that failed, not on EPIPE
+
+
+class _Written:
+    """A console's file whose write errors other than EPIPE (a log on a full disk: `> log.txt`,
+    /dev/full) are an NNError naming standard output; they were an internal error."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def write(self, text):
+        return self._checked(self._stream.write, text)
+
+    def flush(self):
+        return self._checked(self._stream.flush)
+
+    def _checked(self, fn, *args):
+        try:
+            return fn(*args)
+        except BrokenPipeError:
+            raise   # NOTE: `_Console.on_broken_pipe`
+        except OSError as err:
+            if self._stream is sys.__stdout__:
+                _quiet_stdout()   # NOTE: or Python's own flush at exit fails again, with a trace
+                _UNWRITABLE.append(err)   # ... and no closed pipe (`_Typer.__call__`)
+            raise _stdout_error(err) from None
+
+
+def _quiet_stdout() -> None:
+    """Points standard output's descriptor to /dev/null, where nothing meets EPIPE."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, sys.__stdout__.fileno())
+    finally:
+        os.close(null)
 
 
 def console() -> Console:
@@ -46,7 +157,7 @@ def console() -> Console:
     # NOTE: a pipe or file gets wide lines rather than rich's 80-column default, so tables
     # are not cut into "…" cells
     wide = None if sys.stdout.isatty() else 160
-    return Console(file=sys.stdout, soft_wrap=True, highlight=False, width=wide)
+    return _Console(file=_Written(sys.stdout), soft_wrap=True, highlight=False, width=wide)
 
 
 def one_process(command: str) -> Console | None:
@@ -62,8 +173,8 @@ def one_process(command: str) -> Console | None:
     from nnlang.train.progress import say
     say(err_console(), f"note: nnlang {command} runs in one process; under mpirun rank 0 "
                        f"alone runs it (the other {launched_size() - 1} have nothing to do)")
-    return Console(file=sys.stdout, soft_wrap=True, highlight=False, force_terminal=False,
-                   color_system=None, width=160)
+    return _Console(file=sys.stdout, soft_wrap=True, highlight=False, force_terminal=False,
+                    color_system=None, width=160)
 
 
 def err_console() -> Console:
@@ -93,6 +204,8 @@ MODEL_HELP = "The model to use when the file defines several, or one the file im
 
 INTERRUPTED = 130  # NOTE: the shell convention for "stopped by Ctrl-C"
 TERMINATED = 143   # ... and for "stopped by SIGTERM" (128 + 15)
+OUTPUT_CLOSED = 141  # ... and for "SIGPIPE: stdout's reader is gone" (128 + 13)
+INTERNAL = 70      # NOTE: sysexits' EX_SOFTWARE; 2 is typer's (click's) usage error
 
 
 class Terminated(KeyboardInterrupt):
@@ -173,6 +286,9 @@ def reporting():
         _after_rank_zero()
         print_error(err)
         raise typer.Exit(1) from None
+    except BrokenPipeError:   # NOTE: a write to stdout but through a console (`_Console`)
+        _quiet_stdout()
+        raise typer.Exit(OUTPUT_CLOSED) from None
     except Terminated:
         console().print("terminated (SIGTERM)", markup=False, highlight=False)
         raise typer.Exit(TERMINATED) from None
@@ -188,7 +304,7 @@ def reporting():
             f"internal error: {type(err).__name__}: {err}\n  hint: this is a bug in nnlang, "
             "not in your model; run again with NNLANG_DEBUG=1 to see the traceback, and "
             "report it"), soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(INTERNAL) from None
 
 
 # NOTE: under mpirun, how long a rank other than 0 waits before it prints an error
@@ -211,8 +327,11 @@ def _after_rank_zero() -> None:
 def check_output(path: Path, flag: str = "-o", reads: dict | None = None) -> Path:
     """Fails early, before any slow work, when `path` cannot be written: its folder is missing
     or read-only, or it is a folder itself; or when it is one of the files the command
-    `reads` ({what: path}; `checkpoint.refuse_overwrite`), which the write would destroy."""
+    `reads` ({what: path}; `checkpoint.refuse_overwrite`), which the write would destroy.
+    Returns the path to write (a leading ~ expanded: `nnlang.files.user_path`)."""
+    from nnlang.files import user_path
     from nnlang.train.checkpoint import refuse_overwrite
+    path = user_path(path)
     refuse_overwrite(path, reads or {}, flag)
     if path.is_dir():
         raise NNError(f"{flag} {path}: this is a folder, not a file",

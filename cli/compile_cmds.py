@@ -38,7 +38,7 @@ def compile_cmd(
     disable = tuple(name[len("no_"):] for name, off in switched_off.items() if off)
     with reporting():
         if output is not None:
-            check_output(output, reads={"the model file": file})
+            output = check_output(output, reads={"the model file": file})
         program = nnlang.load(file, parse_overrides(sets), model)
         net = nnlang.compile(program, backend=backend, batch=batch, disable=disable,
                              init_from=False)   # NOTE: the graph and kernels need no weights

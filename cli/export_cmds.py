@@ -26,7 +26,7 @@ def export(
         return
     output = output or Path(file.stem + ".onnx")
     with reporting():
-        check_output(output, reads={"the model file": file, "the checkpoint": checkpoint})
+        output = check_output(output, reads={"the model file": file, "the checkpoint": checkpoint})
         proto = export_onnx(str(file), checkpoint, output, console=out)
     size = output.stat().st_size
     shown = f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"

@@ -150,7 +150,7 @@ def graph(
         raise typer.BadParameter(f"unknown format '{output.suffix}'; use one of "
                                  + ", ".join(GRAPH_FORMATS), param_hint="-o")
     with reporting():
-        check_output(output)
+        output = check_output(output)
         prog = load_program(file, sets, model)
     title = f"{prog.model} ({file})"
     if backward or fused:

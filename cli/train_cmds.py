@@ -16,8 +16,8 @@ from rich.text import Text
 
 from nnlang.ir.dims import MAX_BATCH
 from nnlang.train.progress import say
-from nnlang_cli.app import (INTERRUPTED, MODEL_HELP, TERMINATED, app, console, err_console,
-                            finite_float, one_process, parse_overrides, reporting)
+from nnlang_cli.app import (INTERRUPTED, MODEL_HELP, OUTPUT_CLOSED, TERMINATED, app, console,
+                            err_console, finite_float, one_process, parse_overrides, reporting)
 
 
 @contextmanager
@@ -28,7 +28,8 @@ def every_rank_stops():
         yield
     except typer.Exit as e:
         from nnlang.backends.collective import current
-        if e.exit_code not in (0, INTERRUPTED, TERMINATED) and current() is not None:
+        if e.exit_code not in (0, INTERRUPTED, TERMINATED, OUTPUT_CLOSED) and \
+                current() is not None:
             current().abort(e.exit_code)
         raise
 
@@ -94,8 +95,10 @@ def train(
                       overrides=parse_overrides(sets), model=model, data_dir=data_dir, out=out,
                       resume=resume, max_steps=max_steps, console=console(),
                       init_from=init_from, init_skip_mismatch=init_skip_mismatch)
-    if history.stopped in ("interrupted", "terminated"):
-        raise typer.Exit(INTERRUPTED if history.stopped == "interrupted" else TERMINATED)
+    code = {"interrupted": INTERRUPTED, "terminated": TERMINATED,
+            "output closed": OUTPUT_CLOSED}.get(history.stopped)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("eval")

@@ -14,13 +14,24 @@ from nnlang.errors import NNError
 
 
 def as_path(value, what: str, hint: str | None = None) -> Path:
-    """`value` as a Path; from Python anything else (None, an int, a dict of weights) is an
-    error naming `what`, where pathlib would raise a bare TypeError."""
+    """`value` as a Path (`user_path`); from Python anything else (None, an int, a dict of
+    weights) is an error naming `what`, where pathlib would raise a bare TypeError."""
     if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
         got = repr(value) if value is None or isinstance(value, (bool, int, float)) else \
             f"a {type(value).__name__}"
         raise NNError(f"{what} is a path (a str or a pathlib.Path), not {got}", hint=hint)
-    return Path(value)
+    return user_path(value)
+
+
+def user_path(value: str | os.PathLike) -> Path:
+    """A path a user wrote, with a leading ~ the home folder: no shell expands it after `=`
+    (`--out=~/runs/a`), in a .nn file (`data = "~/d.npz"`) or in a quoted variable
+    (`NNLANG_DATA_DIR="~/data"`), where it named a folder '~' in the working directory. A ~
+    with no home to expand to (`~nobody/x`) stays as written."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        return Path(value)
 
 
 def _umask() -> int:

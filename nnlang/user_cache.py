@@ -12,13 +12,37 @@ import sys
 import tempfile
 from pathlib import Path
 
+from nnlang.files import user_path
+
 _warned: set = set()
 _damaged: set = set()
 _private: dict = {}
 
 
 def user_cache_dir() -> Path:
-    return Path(os.environ.get("NNLANG_CACHE_DIR") or Path.home() / ".cache" / "nnlang")
+    if os.environ.get("NNLANG_CACHE_DIR"):
+        return user_path(os.environ["NNLANG_CACHE_DIR"])
+    try:
+        return Path.home() / ".cache" / "nnlang"
+    except RuntimeError:
+        return _homeless()
+
+
+def _homeless() -> Path:
+    """NOTE: no home folder (HOME unset, and a user with no passwd entry: `docker run -u
+    12345`), where Path.home() raises and every compile was an internal error: a temporary
+    cache of this process's own, said once (the one warning the cache gives)."""
+    if not _warned:
+        _warned.add("home")
+        print("warning: no home folder (HOME is unset and this user has none), so the cache is "
+              "a temporary folder removed at exit (the next run compiles again)\n  hint: set "
+              "NNLANG_CACHE_DIR (or HOME) to a writable folder", file=sys.stderr)
+    return private_dir("cache")
+
+
+def temporary() -> bool:
+    """Is the cache a temporary folder (`_homeless`), gone when this process ends?"""
+    return "cache" in _private and user_cache_dir() == _private["cache"]
 
 
 def cache_subdir(name: str) -> Path | None:

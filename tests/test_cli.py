@@ -85,6 +85,16 @@ def test_check_reads_standard_input_with_a_dash(tmp_path):
     assert r.exit_code == 2 and "standard input" in r.output and "Total params" not in r.stdout
 
 
+@pytest.mark.parametrize("args", [("compile", "-"), ("train", "-", "--backend", "reference")])
+def test_a_dash_where_standard_input_is_not_read_says_so(args):
+    """`nnlang train - < model.nn` answered "file not found: -" with the hint "check the
+    path", as if a file named '-' were missing; the commands that read no model from
+    standard input (only check, graph and fmt do) say that."""
+    r = runner.invoke(app, list(args), input=(ROOT / "models/mlp.nn").read_text())
+    assert r.exit_code == 1 and "file not found" not in r.stderr, r.output
+    assert "'-' (standard input)" in r.stderr and "check, graph and fmt" in r.stderr
+
+
 def test_check_missing_file():
     r = run("check", "models/nope.nn")
     assert r.exit_code == 1 and "file not found: models/nope.nn" in r.stderr
@@ -850,6 +860,22 @@ def test_help():
         assert cmd in r.stdout
 
 
+@pytest.mark.parametrize("columns", ["40", "60"])
+def test_help_on_a_narrow_terminal_shows_every_flag_in_full(columns, monkeypatch):
+    """At COLUMNS=40 (a split pane, a CI runner's log width) rich's option panels cut
+    flag names to fit ("--data-d…", "--init-skip-mis…": flags no one can type) and help
+    text mid-word; below 80 columns the help is click's plain layout, which wraps words."""
+    import typer.main
+    monkeypatch.setenv("COLUMNS", columns)   # NOTE: as the shell sets it before nnlang starts
+    for name, cmd in typer.main.get_command(app).commands.items():
+        r = runner.invoke(app, [name, "--help"])
+        assert r.exit_code == 0, r.output
+        assert "…" not in r.stdout, (name, r.stdout)
+        for param in cmd.params:
+            for opt in param.opts if param.param_type_name == "option" else ():
+                assert opt in r.stdout, (name, opt)
+
+
 def test_help_command_list_has_no_mid_sentence_breaks():
     """Each command's row in `nnlang --help` is its docstring's first paragraph, rewrapped to
     the panel: a line break in the docstring's source (`fused\n or kernels.`) is no break on
@@ -1078,13 +1104,17 @@ def test_compile_summary_for_cuda_without_a_gpu():
 
 
 def test_internal_errors_print_no_traceback(monkeypatch):
+    """An internal error (a bug in nnlang) exits 70 (sysexits' EX_SOFTWARE): it was 2, the
+    code typer gives a usage error (a bad flag), so a script could not tell the two apart."""
     import nnlang.runtime.emit as emit
 
     def broken(*a, **k):
         raise RuntimeError("boom")
     monkeypatch.setattr(emit, "emit", broken)
     result = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--emit", "ir"])
-    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.exit_code == 70 and "Traceback" not in result.output
+    usage = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--no-such-flag"])
+    assert usage.exit_code == 2
     assert "internal error: RuntimeError: boom" in result.output
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnlang.errors import NNError
-from nnlang.files import write_atomic
-from nnlang.user_cache import discard_damaged, user_cache_dir
+from nnlang.files import user_path, write_atomic
+from nnlang.user_cache import discard_damaged, temporary, user_cache_dir
 
 # Debian's dataset-* packages (e.g. dataset-fashion-mnist) install here. A list so tests can
 # empty it and not depend on what the machine has installed.
@@ -56,9 +56,9 @@ class Remote:
 
 def search_roots(data_dir: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
     """(root, how it was chosen) for every root searched for dataset files, in priority order."""
-    roots = [(Path(data_dir), "--data-dir")] if data_dir is not None else []
+    roots = [(user_path(data_dir), "--data-dir")] if data_dir is not None else []
     if os.environ.get("NNLANG_DATA_DIR"):
-        roots.append((Path(os.environ["NNLANG_DATA_DIR"]), "$NNLANG_DATA_DIR"))
+        roots.append((user_path(os.environ["NNLANG_DATA_DIR"]), "$NNLANG_DATA_DIR"))
     return [*roots, *((d, "the system datasets dir") for d in SYSTEM_DIRS),
             (user_cache_dir(), "the user cache")]
 
@@ -112,11 +112,17 @@ def fetch(name: str, remotes: list[Remote], data_dir=None) -> dict[str, Path]:
 def missing_error(name: str, remotes: list[Remote], data_dir, failed) -> DataError:
     target = user_cache_dir() / name
     lines = [f"dataset '{name}' is not available locally and could not be downloaded "
-             f"({failed[0][1]})", f"put these files in {target}/:"]
-    lines += [f"  {target / r.filename}    <- {mirror_url(name, r)}" for r, _ in failed]
+             f"({failed[0][1]})"]
+    if temporary():   # NOTE: no home folder: a folder removed at exit is no place for them
+        lines += [f"download these files into DIR/{name}/:"]
+        lines += [f"  {r.filename}    <- {mirror_url(name, r)}" for r, _ in failed]
+    else:
+        lines += [f"put these files in {target}/:"]
+        lines += [f"  {target / r.filename}    <- {mirror_url(name, r)}" for r, _ in failed]
     searched = ", ".join(str(d) for d in candidate_dirs(name, data_dir))
-    hint = (f"or pass --data-dir DIR (or set NNLANG_DATA_DIR=DIR) where DIR/{name}/ holds all of "
-            f"{', '.join(r.filename for r in remotes)}; searched: {searched}")
+    hint = (f"{'then' if temporary() else 'or'} pass --data-dir DIR (or set NNLANG_DATA_DIR=DIR) "
+            f"where DIR/{name}/ holds all of {', '.join(r.filename for r in remotes)}; "
+            f"searched: {searched}")
     return DataError("\n".join(lines), hint)
 
 

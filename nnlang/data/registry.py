@@ -20,6 +20,7 @@ from nnlang.data import dates, imdb, mnist, npz, text
 from nnlang.data.cache import DataError, remember, sha256_of
 from nnlang.data.dataset import Dataset
 from nnlang.errors import did_you_mean
+from nnlang.files import user_path
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 IMDB_SAMPLE = SAMPLES_DIR / "imdb-sample.tar.gz"
@@ -153,9 +154,9 @@ def _load(name: str, options: dict, data_dir, words) -> Dataset:
         if words is not None and "words" in inspect.signature(loader).parameters:
             options["words"] = list(words)
         return loader(data_dir=data_dir, **options)
-    path = Path(name)
-    if not path.is_file() and data_dir is not None and (Path(data_dir) / path).is_file():
-        path = Path(data_dir) / path
+    path = user_path(name)
+    if not path.is_file() and data_dir is not None and (user_path(data_dir) / path).is_file():
+        path = user_path(data_dir) / path
     if not path.is_file():
         hint = "the path is relative to the current directory (or to --data-dir)"
         raise DataError(f"data file not found: {path}", hint)

@@ -65,6 +65,11 @@ def read_source(path, keep_bom: bool = False) -> str:
         with path.open("rb") as f:  # NOTE: not only regular files: /dev/stdin works too
             return _read_stream(f, str(path), keep_bom)
     except FileNotFoundError:
+        if str(path) == "-":   # NOTE: not a missing file named '-' (`./-` names one)
+            raise NNError("'-' (standard input) is not read as a model here: only nnlang "
+                          "check, graph and fmt read one from standard input",
+                          hint="pass the model's .nn file (save piped source first: "
+                               "cat > model.nn)") from None
         raise NNError(f"file not found: {path}", hint=_missing_hint(path)) from None
     except OSError as err:
         raise NNError(f"cannot read '{path}': {err.strerror}",

@@ -58,9 +58,11 @@ class Ranks:
         80-column pty whatever mpirun's own output is, where an epoch's line was cut in two."""
         if not self.lead:
             return Console(quiet=True)
-        # NOTE: not a terminal either, so an evaluation's progress is lines, not a bar
-        return Console(file=console.file, color_system=None, highlight=False,
-                       width=console.width, soft_wrap=console.soft_wrap, force_terminal=False) \
+        # NOTE: not a terminal either, so an evaluation's progress is lines, not a bar; of the
+        # caller's class, which keeps its answer to a closed stdout (the CLI's `_Console`)
+        return type(console)(file=console.file, color_system=None, highlight=False,
+                             width=console.width, soft_wrap=console.soft_wrap,
+                             force_terminal=False) \
             if self.many else console
 
     def batch(self, batch: int, span=None) -> int:

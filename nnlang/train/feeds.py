@@ -11,6 +11,7 @@ import numpy as np
 
 from nnlang.data.ragged import Ragged
 from nnlang.errors import NNError, closest
+from nnlang.files import user_path
 from nnlang.frontend.train_config import Choice, setting_span
 from nnlang.ir.dims import Sym
 
@@ -341,12 +342,12 @@ def _load_data(choice: Choice | None, data_dir, base_dir, words):
     if choice is None:
         raise NNError("no dataset: the train section has no `data = ...` setting",
                       hint="pass --data NAME or a .npz/.csv path")
-    if data_dir is not None and not Path(data_dir).is_dir():
-        what = "does not exist" if not Path(data_dir).exists() else "is not a directory"
+    if data_dir is not None and not user_path(data_dir).is_dir():
+        what = "does not exist" if not user_path(data_dir).exists() else "is not a directory"
         raise NNError(f"--data-dir {data_dir} {what}",
                       hint="pass the folder that holds the dataset folders (e.g. DIR/mnist/)")
     name = choice.name
-    path = Path(name)
+    path = user_path(name)
     if (base_dir is not None and path.suffix and not path.is_absolute() and not path.exists()
             and (Path(base_dir) / path).is_file()):
         name = str(Path(base_dir) / path)

@@ -17,9 +17,11 @@ class Interrupts:
     (compiling, validation: nothing there changes the training state) it raises at once, so a
     long compile stays interruptible. A second Ctrl-C while the checkpoint is written is
     recorded, not acted on: the save finishes. SIGTERM is the same request (`signal` says
-    which came first)."""
+    which came first). `request` makes the same request from Python: the CLI's, when standard
+    output's reader is gone (`nnlang train ... | head`), as SIGPIPE."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    active: list = []   # the instances entered and not yet left, innermost last
 
     def __init__(self, deferred: bool = False):
         """`deferred`: `immediate()` only records too (data-parallel ranks, which must stop
@@ -33,12 +35,24 @@ class Interrupts:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self._old = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
+        Interrupts.active.append(self)
         return self
 
     def __exit__(self, *exc):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
         self._old = {}
+        Interrupts.active.remove(self)
+
+    @classmethod
+    def request(cls, sig) -> bool:
+        """A stop requested as if `sig` had arrived, from the main thread; False when no
+        training is running to take it. NOTE: not a real SIGPIPE handler: with one, any write
+        to any closed pipe or socket (a data loader's, a notebook's) would stop training."""
+        if not cls.active or threading.current_thread() is not threading.main_thread():
+            return False
+        cls.active[-1]._handler(sig, None)
+        return True
 
     def _handler(self, signum, frame):
         if not self.requested:

@@ -2,6 +2,7 @@
 (a bar on a terminal, a line every LINE_EVERY_S elsewhere, so logs and pipes see progress too)."""
 from __future__ import annotations
 
+import os
 import time
 
 from rich.console import Console
@@ -19,8 +20,17 @@ def say(console: Console, text: str) -> None:
 def live(console: Console) -> bool:
     """A bar that redraws in place, else lines. A dumb terminal (TERM=dumb: Emacs shells, some
     CI runners) cannot move the cursor: rich draws its bar there only when it ends, so it gets
-    the lines of a pipe."""
-    return console.is_terminal and not console.is_dumb_terminal
+    the lines of a pipe. NOTE: FORCE_COLOR (set in CI configurations for coloured logs) makes
+    rich take a file or pipe for a terminal: colour, as asked, but a bar redrawn there is a
+    carriage return per refresh in the log; only a real terminal, or TTY_INTERACTIVE=1
+    (rich's switch for animations), gets the bar."""
+    if os.environ.get("TTY_INTERACTIVE") in ("0", "1"):
+        return console.is_interactive
+    try:
+        tty = console.file.isatty()
+    except (AttributeError, ValueError, OSError):
+        tty = False
+    return tty and console.is_interactive
 
 
 def progress(items, total: int, what: str, console: Console | None, header: bool = True):

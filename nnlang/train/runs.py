@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from nnlang.errors import NNError
-from nnlang.files import write_atomic
+from nnlang.files import user_path, write_atomic
 from nnlang.train import checkpoint
 
 PLOT_HINT = "plots skipped: matplotlib is not installed (pip install 'nnlang[plot]')"
@@ -33,6 +33,11 @@ def writing(path):
         # limit on one name (255 bytes) however much space is free
         hint = "pass --out with a shorter folder name" if err.errno == errno.ENAMETOOLONG \
             else "pass --out with a writable folder that has free space"
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and \
+                (Path(path) / checkpoint.FILENAME).is_file():
+            # NOTE: a run there (a --resume): another --out alone starts no resume
+            hint = (f"the run there is unchanged; to go on from it, copy it where you can "
+                    f"write: cp -r {path} NEW, then --out NEW --resume")
         raise NNError(f"cannot write {path} ({err.strerror or err})", hint=hint) from None
 
 
@@ -98,7 +103,7 @@ class RunDir:
         before it compiles and trains, not when it saves) and holds it for this process until
         `release`: a second run into the same folder is refused. `fresh`: a new run, so a
         checkpoint that appeared since the caller looked (a run that just ended) is refused."""
-        self.path = Path(path)
+        self.path = user_path(path)
         self._noted_cut = False
         if self.path.exists() and not self.path.is_dir():
             raise NNError(f"--out {self.path}: this is a file, and a run writes a folder",

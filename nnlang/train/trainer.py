@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,16 +38,19 @@ from nnlang.train.runs import PLOT_HINT, RunDir
 
 
 # NOTE: SIGTERM is what batch schedulers (Slurm) send before they kill a job: saved like a Ctrl-C
-_STOPPED_BY = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
-_SAID = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)"}
+# SIGPIPE: the CLI's stdout lost its reader (`nnlang train | head`): saved too, said on stderr
+_STOPPED_BY = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
+               signal.SIGPIPE: "output closed"}
+_SAID = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)",
+         signal.SIGPIPE: "standard output closed (broken pipe)"}
 
 
 @dataclass
 class History:
     """What `fit` returns: one row per epoch (as in metrics.jsonl), the loss of every step this
     call took, the final validation and test results, and why training stopped early (None,
-    "max_steps", "interrupted", "terminated" (SIGTERM), "early_stop"). NOTE: train_loss
-    includes the l1/l2 penalties, val/test loss not. `best`: the monitored value's best epoch
+    "max_steps", "interrupted", "terminated" (SIGTERM), "output closed" (SIGPIPE),
+    "early_stop"). NOTE: train_loss includes the l1/l2 penalties, val/test loss not. `best`: the monitored value's best epoch
     (weights in best.npz)."""
     rows: list = field(default_factory=list)
     losses: list = field(default_factory=list)
@@ -732,11 +736,12 @@ class _Training:
         self.history.stopped = _STOPPED_BY[sig]
         self.ranks.world.barrier("saving the checkpoint")  # NOTE: no rank exits before it
         where = f"; checkpoint saved to {path}" if path else ""
-        say(self.console, f"{_SAID[sig]} {at} (global step {self.net.step}){where}")
+        out = _said_on(self.console, sig)
+        say(out, f"{_SAID[sig]} {at} (global step {self.net.step}){where}")
         if path:
             flag = f" --backend {self.backend}" if self.backend != "numba" else ""
-            say(self.console, f"resume with: nnlang train {self.file} --out {self.run_dir.path}"
-                              f" --resume{flag}")
+            say(out, f"resume with: nnlang train {self.file} --out {self.run_dir.path}"
+                     f" --resume{flag}")
         return self.history
 
     def finish(self) -> History:
@@ -765,8 +770,9 @@ class _Training:
                 # NOTE: training is complete and saved; only the test numbers (or the summary
                 # and plots, which a --resume writes) are missing
                 history.stopped = _STOPPED_BY[interrupts.signal]
-                say(self.console, f"{_SAID[interrupts.signal]} {doing}; training finished"
-                                  + (f" and is saved in {run.checkpoint}" if run else ""))
+                say(_said_on(self.console, interrupts.signal),
+                    f"{_SAID[interrupts.signal]} {doing}; training finished"
+                    + (f" and is saved in {run.checkpoint}" if run else ""))
                 return history
         if plotted is None:
             say(self.console, PLOT_HINT)
@@ -774,6 +780,13 @@ class _Training:
         if run is not None:
             say(self.console, f"run directory: {run.path}")
         return history
+
+
+def _said_on(console: Console, sig) -> Console:
+    """Where the word on why training stopped goes: stderr once stdout's reader is gone."""
+    if sig == signal.SIGPIPE:
+        return Console(file=sys.stderr, soft_wrap=True, highlight=False)
+    return console
 
 
 def _same_held_out(old, new, ds, inside_epoch: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -375,3 +376,79 @@ def test_sigterm_outside_training_says_terminated_and_exits_143(tiny, command, m
     proc = subprocess.run([sys.executable, "-c", probe, *command], cwd=tiny, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (proc.returncode, proc.stdout, proc.stderr) == (143, "terminated (SIGTERM)\n", "")
+
+
+def _closed_pipe():
+    """The write end of a pipe whose reader is gone: `nnlang ... | head -1` once head exited."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+def test_stdout_closed_while_training_saves_and_says_so_on_stderr(tiny):
+    """`nnlang train ... | head -3`: once head exited, the next line printed ended the run
+    with exit 1 and no word, its steps lost (no checkpoint). It stops as a SIGTERM does:
+    the checkpoint saved, the resume command on stderr (stdout is gone), exit 141 (128 + 13,
+    the shell's code for a writer killed by SIGPIPE), never a BrokenPipeError traceback."""
+    import subprocess
+    proc = subprocess.Popen([sys.executable, "-m", "nnlang_cli.main", "train", "tiny.nn",
+                             "--backend", "reference", "--out", "cut", "--epochs", "500"],
+                            cwd=tiny, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    while not lines or not lines[-1].startswith("epoch 1/500"):
+        lines.append(proc.stdout.readline())
+        assert lines[-1], lines
+    proc.stdout.close()   # NOTE: the next line printed (499 epochs more) meets EPIPE
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert re.search(r"standard output closed \(broken pipe\) (at|after) epoch", err), err
+    assert "checkpoint saved to cut/checkpoint.npz" in err, err
+    assert "resume with: nnlang train tiny.nn --out cut --resume --backend reference" in err
+    ckpt = checkpoint.load(tiny / "cut")
+    assert 10 <= ckpt.step < 500 * 10
+
+
+@pytest.mark.parametrize("command", [("ops",), ("check", "tiny.nn"), ("--help",),
+                                     ("train", "tiny.nn", "--backend", "reference")])
+def test_a_closed_stdout_ends_any_command_quietly_with_141(tiny, command):
+    """A reader that is gone before the first line (`nnlang ops | head -0`): exit 1, as a
+    user error (typer's EPIPE), or a BrokenPipeError reported as an internal error (2); now
+    141, as a process SIGPIPE ended, and nothing on stderr (head asked for no more)."""
+    import subprocess
+    write = _closed_pipe()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "nnlang_cli.main", *command], cwd=tiny,
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, ""), proc.stderr
+    assert not (tiny / "runs").exists() or not list((tiny / "runs").glob("*/checkpoint.npz"))
+
+
+@pytest.mark.parametrize("command", [("check", "tiny.nn"), ("--help",),
+                                     ("train", "tiny.nn", "--backend", "reference")])
+def test_output_to_a_full_disk_is_an_error_naming_standard_output(tiny, command):
+    """`nnlang ... > log.txt` on a full disk (/dev/full stands in): "internal error: OSError:
+    [Errno 28]" (exit 70), or a traceback for --help; now an error naming standard output."""
+    import subprocess
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "nnlang_cli.main", *command], cwd=tiny,
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: cannot write standard output: No space left on "
+                                  "device\n"), proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+def test_closed_stdout_and_stderr_at_start_still_train(tiny):
+    """Started with stdout and stderr closed (`nnlang train ... >&- 2>&-`, a daemon's
+    children): Python has no sys.stdout, and the first line printed crashed (an
+    AttributeError traceback, or exit 70 with nowhere to say it); the run saves its files."""
+    import subprocess
+    proc = subprocess.run([sys.executable, "-m", "nnlang_cli.main", "train", "tiny.nn",
+                           "--backend", "reference", "--out", "run", "--epochs", "1"],
+                          cwd=tiny, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          timeout=120, preexec_fn=lambda: (os.close(1), os.close(2)))
+    assert proc.returncode == 0
+    assert checkpoint.load(tiny / "run").epoch == 1

@@ -746,6 +746,30 @@ def test_ctrl_c_in_eval_and_predict_exits_130(work, monkeypatch, command):
     assert "interrupted" in out
 
 
+def test_resume_of_a_run_on_a_read_only_file_system_says_how_to_go_on(work, tmp_path,
+                                                                     monkeypatch):
+    """--resume of a run on a read-only mount (an archive, a finished job's share) said
+    "pass --out with a writable folder", which starts no resume; the run is unchanged and
+    it says how to go on from it: a copy in a writable place."""
+    import tempfile
+
+    from nnlang.train import checkpoint, runs
+    run = tmp_path / "ro-run"
+    shutil.copytree(work / "run-tiny", run)
+    before = (run / checkpoint.FILENAME).read_bytes()
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == run:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return tempfile.TemporaryFile(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(runs.tempfile, "TemporaryFile", read_only)
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--resume",
+              "--epochs", "3", cwd=work)
+    assert f"cannot write {run} (Read-only file system)" in out, out
+    assert f"cp -r {run} NEW" in out and "--out NEW --resume" in out, out
+    assert (run / checkpoint.FILENAME).read_bytes() == before
+
+
 # *** caches: optional, so a cache that cannot be written only warns ***
 
 def test_kernel_files_live_under_the_cache_root(tmp_path, monkeypatch):
@@ -790,6 +814,39 @@ def test_full_or_read_only_cache_warns_and_leaves_no_temp_file(tmp_path, monkeyp
     assert not [p for p in left if p.suffix == ".tmp" or p.stat().st_size == 0], left
     if which:  # no "in numba's cache" marker for a kernel numba could not save
         assert not (tmp_path / "kernels/compiled").exists()
+
+
+def test_no_home_folder_warns_once_and_compiles(monkeypatch, capsys):
+    """HOME unset and a user with no passwd entry (`docker run -u 12345`, OpenShift's random
+    uid): Path.home() raises, and every compile was "internal error: RuntimeError: Could not
+    determine home directory". The cache is then a temporary folder of the process's own,
+    after one warning that says how to keep one."""
+    import pwd
+
+    from nnlang import user_cache
+    from nnlang.backends import numba_backend
+    from nnlang.passes import plan_cache
+    monkeypatch.delenv("NNLANG_CACHE_DIR")
+    monkeypatch.delenv("HOME", raising=False)
+
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    monkeypatch.setattr(user_cache, "_warned", set())
+    plan_cache.store("h" * 64, {"plan": 1})
+    assert plan_cache.load("h" * 64) == {"plan": 1}
+    backend = numba_backend.NumbaBackend()
+    entry, _ = backend.specialize(backend.compile(SOURCE + "# homeless\n", "twice"), (21,))
+    assert entry(21) == 42
+    warning = capsys.readouterr().err
+    assert warning.count("warning:") == 1 and "no home folder" in warning, warning
+    assert "NNLANG_CACHE_DIR" in warning
+    # NOTE: a data set that could not be downloaded: not "put these files in" that folder
+    from nnlang.data.cache import Remote, missing_error
+    remote = Remote("a.gz", "https://example.invalid/a.gz", "sha256:00")
+    err = missing_error("toy", [remote], None, [(remote, "offline")])
+    assert "put these files in" not in err.message and "DIR/toy/" in err.message
+    assert "a.gz    <- https://example.invalid/a.gz" in err.message
 
 
 @pytest.mark.parametrize("suffix, damage", [

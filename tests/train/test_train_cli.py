@@ -2,6 +2,7 @@
 a tiny .npz model end to end, resume, clean errors, and text predict on imdb-sample."""
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -201,3 +202,44 @@ def test_kept_row_means_are_the_whole_sets_in_train_and_eval(tmp_path, monkeypat
     assert r.exit_code == 0, r.output
     line = next(s for s in r.output.splitlines() if s.split()[:1] == ["test"] and "set" not in s)
     assert line.split()[1:] == [f"{test[k]:.4f}" for k in ("loss", "acc", "wce")], r.output
+
+
+def test_a_tilde_in_a_path_the_shell_does_not_expand_is_the_home_folder(tiny, monkeypatch):
+    """`--out=~/runs/a`, `--data=~/d.npz` and `--data-dir=~/d` (no shell expands a ~ after
+    `=`), `data = "~/d.npz"` in the train section and `NNLANG_DATA_DIR="~/data"` (a cron or
+    systemd line) reach nnlang with the ~ as written: --out made a folder named '~' in the
+    working directory (one `rm -rf ~` away from the home folder), the others were 'not
+    found'. A ~ is the home folder, as a shell (and numpy, pandas, torchvision) reads it."""
+    home = tiny / "home"
+    (home / "d").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    (tiny / "tiny.npz").rename(home / "d" / "tiny.npz")
+    r = nnlang("train", "tiny.nn", "--backend", "reference", "--epochs", "1",
+               "--data=~/d/tiny.npz", "--out=~/runs/a")
+    assert r.exit_code == 0, r.output
+    assert not (tiny / "~").exists() and (home / "runs/a/checkpoint.npz").is_file()
+    r = nnlang("eval", "tiny.nn", "--backend", "reference", "--checkpoint=~/runs/a",
+               "--data=~/d/tiny.npz")
+    assert r.exit_code == 0, r.output
+    (tiny / "t2.nn").write_text(TINY.replace('"tiny.npz"', '"~/d/tiny.npz"'))
+    r = nnlang("train", "t2.nn", "--backend", "reference", "--epochs", "1", "--out", "b")
+    assert r.exit_code == 0, r.output
+    r = nnlang("train", "tiny.nn", "--backend", "reference", "--epochs", "1", "--out", "c",
+               "--data-dir=~/d")
+    assert r.exit_code == 0, r.output
+    assert not (tiny / "~").exists()
+    monkeypatch.setenv("NNLANG_DATA_DIR", "~/d")   # NOTE: where named data sets are looked for
+    assert (home / "d", "$NNLANG_DATA_DIR") in cache.search_roots()
+
+
+def test_force_color_into_a_log_file_gives_lines_not_a_redrawn_bar(tiny, monkeypatch):
+    """FORCE_COLOR=1 (set in many CI configurations for coloured logs) made rich take a log
+    file for a terminal: the progress bar was redrawn there with a carriage return and
+    cursor codes at every refresh, thousands of them an hour. Colour is what was asked for;
+    a bar redraws only on a real terminal (or TTY_INTERACTIVE=1), else one line per epoch."""
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.delenv("TTY_INTERACTIVE", raising=False)
+    r = nnlang("train", "tiny.nn", "--backend", "reference", "--out", "run", "--epochs", "2")
+    assert r.exit_code == 0, r.output
+    assert "\r" not in r.stdout and "\x1b[2K" not in r.stdout and "\x1b[?25l" not in r.stdout
+    assert re.search(r"epoch 2/2  loss \d", re.sub(r"\x1b\[[0-9;]*m", "", r.stdout)), r.stdout
