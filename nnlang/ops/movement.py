@@ -177,7 +177,10 @@ def _slice_shape(x: TensorType, *, axis, start, stop, step) -> TensorType:
     n = x.shape[ax]
     size = _slice_size(n, start, stop, step)
     if size == 0:
-        raise ShapeError(f"slice {start}:{stop} of a dim of size {n} is empty", arg=0)
+        raise ShapeError(f"slice {start}:{stop}{'' if step == 1 else f':{step}'} of a dim of "
+                         f"size {n} is empty", arg=0,
+                         hint="a negative step counts down: its start comes after its stop "
+                              "(x[:, 5:1:-1])" if step < 0 else None)
     return TensorType(x.shape[:ax] + (size,) + x.shape[ax + 1:], x.dtype)
 
 
