@@ -113,6 +113,7 @@ NN = {
     "mean": lambda x, *, axis, keepdims: np.mean(x, axis=_axes(axis), keepdims=keepdims),
     "var": var,
     "flatten": flatten, "squeeze": squeeze,
+    "flip": lambda x, *, axis: np.flip(x, axis=axis if isinstance(axis, int) else tuple(axis)),
     "positions": lambda x, *, axis, dtype: np.arange(np.shape(x)[axis]).astype(dtype),
     "unsqueeze": lambda x, *, axis: np.expand_dims(x, axis),
     "permute": lambda x, *, perm: np.transpose(x, perm),
@@ -281,8 +282,10 @@ def _directions(cell, n_states):
     initial_state and return_state (the results packed along the time axis, as the op's
     shape rule says)."""
     def ref(x, mask, *rest, units, activation, return_sequences, bidirectional,
-            return_state=False, merge_mode="concat", **_):
+            return_state=False, merge_mode="concat", go_backwards=False, **_):
         given, weights = rest[:n_states], rest[n_states:]
+        if go_backwards:   # Keras: x and its mask read last step first, outputs in that order
+            x, mask = x[:, ::-1], None if mask is None else mask[:, ::-1]
         zero = np.zeros((x.shape[0], units * (2 if bidirectional else 1)))
         both = tuple(zero if s is None else s for s in given)
         ys, finals = [], []

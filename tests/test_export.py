@@ -431,6 +431,33 @@ def test_scan_over_a_symbolic_length(reverse):
         np.testing.assert_allclose(run_onnx(proto, feeds)["out"], want, rtol=0, atol=TOL)
 
 
+def test_reversals_on_a_symbolic_length_and_batch():
+    """flip, x[:, ::-1] (a Slice with steps -1 from the last entry) and a stepped subscript of
+    a fixed axis, exported with a symbolic length and batch: one file, numpy's values at
+    every size. A slice of a symbolic dim keeping the shape exported as Identity, which for
+    the reversal would have dropped it."""
+    src = """
+model M {
+  symbol seq
+  input x: float32[batch, seq, 6]
+  output r = x[:, ::-1]
+  output f = flip(x, axis = [0, -1])
+  output s = x[:, :, 5:0:-2] + x[:, :, ::2]
+  output g = gru(x, 4, go_backwards = true, return_sequences = true)
+}
+"""
+    net = nnlang.compile(src, backend="reference", seed=0)
+    proto = nnlang.export_onnx(net)
+    rng = np.random.default_rng(0)
+    for batch, seq in ((1, 1), (3, 5)):
+        x = rng.normal(size=(batch, seq, 6)).astype(np.float32)
+        got = run_onnx(proto, {"x": x})
+        np.testing.assert_array_equal(got["r"], x[:, ::-1])
+        np.testing.assert_array_equal(got["f"], x[::-1, :, ::-1])
+        np.testing.assert_array_equal(got["s"], x[:, :, 5:0:-2] + x[:, :, ::2])
+        np.testing.assert_allclose(got["g"], net.forward({"x": x})["g"], atol=TOL)
+
+
 def test_graph_interface_and_symbolic_batch():
     net = nnlang.compile(ROOT / "models" / "cnn.nn", backend="reference", batch=2)
     proto = nnlang.export_onnx(net)

@@ -170,6 +170,8 @@ def test_an_lstm_encoder_decoder_steps_from_the_encoders_state():
 
 @pytest.mark.parametrize("layer, words", [
     ("lstm(x, 8, return_sequences = true, bidirectional = true)", "bidirectional"),
+    # NOTE: a step graph carrying the state forward would have read the tokens the wrong way
+    ("lstm(x, 8, return_sequences = true, go_backwards = true)", "go_backwards"),
     ("lstm(x, 8) |> unsqueeze(axis = 1) |> broadcast_to(shape = [batch, maxlen, 8])",
      "return_sequences = false"),
 ])

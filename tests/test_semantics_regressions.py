@@ -491,12 +491,28 @@ def test_a_subscript_of_the_batch_axis_is_a_located_warning(pick, rows):
     assert "x[:, 0]" in text
 
 
+@pytest.mark.parametrize("flip", ["h[::-1]", "flip(h, axis = [-1, 0])"])
+def test_reversing_the_batch_axis_is_a_located_warning(flip):
+    """`x[::-1]` reverses time on NumPy's [time, ...]; here axis 0 is the batch, so the
+    examples came out in reverse order, against their labels, with no word."""
+    src = f"""model M {{
+  input x: float32[batch, 4]
+  h = dense(x, 4)
+  output p = {flip}
+}}"""
+    (warning,) = load(src).warnings
+    text = warning.render()
+    assert text.startswith("<string>:4:") and "reverses the order of the examples" in text
+    assert "x[:, ::-1]" in text
+
+
 def test_subscripts_after_the_batch_axis_are_no_warning():
     src = """model M {
   input x: float32[batch, 4, 3]
   output a = x[:, 0]
   output b = x[0:batch]
   output c = x[:, 1:3, -1]
+  output d = x[:, ::-1] + flip(x, axis = 1)
 }"""
     assert load(src).warnings == []
 

@@ -94,6 +94,7 @@ class Pipe(Node):
 class Slice(Node):
     start: Node | None
     stop: Node | None
+    step: Node | None = None
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,7 @@ class ToAst(Transformer_NonRecursive):
         return Pipe(self._span(meta), c[0], c[1])
 
     def slice(self, meta, c):
-        return Slice(self._span(meta), c[0], c[1])
+        return Slice(self._span(meta), *c)
 
     def subscript(self, meta, c):
         return Subscript(self._span(meta), c[0], tuple(c[1:]))

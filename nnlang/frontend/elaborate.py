@@ -557,7 +557,15 @@ class Elaborator(CallElaboration, ScanElaboration):
         axis, drop = 0, []
         for ix in e.indices:
             if isinstance(ix, ast.Slice):
-                start = 0 if ix.start is None else self.const_expr(ix.start, scope)
+                step = 1 if ix.step is None else self.const_expr(ix.step, scope)
+                if isinstance(step, bool) or not isinstance(step, int) or step == 0:
+                    self.fail(f"a slice step must be a nonzero integer, got {show_value(step)}",
+                              ix.step.span, "x[:, ::2] takes every other entry, x[:, ::-1] "
+                              "reverses the axis")
+                # NOTE: Python's defaults: a negative step starts at the last entry (-1 is it
+                # for every length, a symbolic one too) and runs past the first (stop none)
+                start = (0 if step > 0 else -1) if ix.start is None else \
+                    self.const_expr(ix.start, scope)
                 stop = None if ix.stop is None else self.const_expr(ix.stop, scope)
                 for end, bound in ((ix.start, start), (ix.stop, stop)):
                     # NOTE: Python takes true for 1; a float or a string reached numpy
@@ -565,8 +573,12 @@ class Elaborator(CallElaboration, ScanElaboration):
                                               not isinstance(bound, (int, Sym))):
                         self.fail(f"slice bounds must be integers, got {show_value(bound)}",
                                   end.span)
-                if (start, stop) != (0, None):
-                    v = self.emit("slice", [v], dict(axis=axis, start=start, stop=stop, step=1),
+                if (start, stop, step) == (-1, None, -1):
+                    v = self.emit("flip", [v], dict(axis=axis), ix.span, [e.value.span], scope,
+                                  None)
+                elif (start, stop, step) != (0, None, 1):
+                    v = self.emit("slice", [v], dict(axis=axis, start=start, stop=stop,
+                                                     step=step),
                                   ix.span, [e.value.span], scope, None)
             else:
                 i = self.const_expr(ix, scope)

@@ -108,7 +108,8 @@ def string(value: str) -> str:
 
 def _index(i) -> str:
     if isinstance(i, ast.Slice):
-        return (expr(i.start) if i.start else "") + ":" + (expr(i.stop) if i.stop else "")
+        return (expr(i.start) if i.start else "") + ":" + (expr(i.stop) if i.stop else "") + \
+            (":" + expr(i.step) if i.step else "")
     return expr(i)
 
 

@@ -109,7 +109,18 @@ def _softmax_of_one(g: Graph, node):
 
 def _rows_of_batch(g: Graph, node):
     """`x[0]` on [batch, ...]: NumPy's habit for "the first feature" picks the batch's first
-    example, so every example's result is that one's (a loss on it trains on one row a batch)."""
+    example, so every example's result is that one's (a loss on it trains on one row a batch).
+    `x[::-1]`, the habit for "reverse the sequence" on [time, ...], reverses the examples:
+    row i is then example batch - 1 - i, against the labels of row i."""
+    if node.op == "flip" and node.inputs and \
+            g.node(node.inputs[0]).type.shape[:1] == (Sym.of("batch"),):
+        axis = node.attrs.get("axis")
+        if 0 in [a % len(node.type.shape) for a in ([axis] if isinstance(axis, int) else axis)]:
+            return Diagnostic("this reverses the order of the examples in the batch (axis 0): "
+                              "row i is example batch - 1 - i, no longer beside row i of the "
+                              "other inputs (its labels)", node.span,
+                              "axis 0 is the batch; reverse the time axis after it: "
+                              "`x[:, ::-1]` (flip(x, axis = 1))", severity="warning")
     if node.op != "slice" or not node.inputs or node.attrs.get("axis") != 0:
         return None
     shape = g.node(node.inputs[0]).type.shape

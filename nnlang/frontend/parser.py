@@ -73,10 +73,6 @@ _MISTAKES = {
         "model M { y = a == b == c }", "model M { y = a < b < c }",
         "model M { output y = a == b == c }", "model M { output y = a < b < c }",
         "model M { y = f(a == b == c) }"],
-    "a subscript takes start:stop; for a step, call slice(x, axis = 1, start = 0, step = 2)": [
-        "model M { y = x[:, ::2] }", "model M { y = x[::2] }", "model M { y = x[0:4:2] }",
-        "model M { output y = x[:, ::2] }", "model M { output y = x[0:4:2] }",
-        "model M { y = f(x[:, ::2]) }", "model M { y = f(x[:, 0:4:2]) }"],
     # NOTE: right after '=', `scan` is the loop keyword (grammars/nnlang.lark), not a call
     "after '=', scan runs a block once per step: `hs, h = scan Cell(h0) over x` (the op "
     "table's scan is what rnn, lstm and gru build; it is not called by hand)": [

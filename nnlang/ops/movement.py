@@ -149,6 +149,8 @@ def _slice_size(n, start, stop, step):
         return len(range(lo, hi, st))
     if (start, step) == (0, 1) and (stop is None or stop == n):
         return n
+    if (start, stop, step) == (-1, None, -1):
+        return n   # the whole dim from its last entry back (flip)
     if (start, step) == (0, 1) and isinstance(stop, Sym) and isinstance(n, int):
         return stop
     if isinstance(start, int) and -start > 0 and (stop, step) == (None, 1):
@@ -161,10 +163,13 @@ def _slice_size(n, start, stop, step):
         return stop - start
     raise ShapeError(f"cannot slice {start}:{'' if stop is None else stop}:{step} of a dim of "
                      f"size {n}: with a symbolic length the slice must be entries i:j (step 1, "
-                     "0 <= i < j or i < j < 0), the first k (k a symbol or the whole dim) or the "
-                     "last k (start -k)",
+                     "0 <= i < j or i < j < 0), the first k (k a symbol or the whole dim), the "
+                     "last k (start -k) or the whole dim reversed (::-1)",
                      arg=0,
-                     hint="slice an axis of concrete size, or take the first `seq` entries")
+                     # NOTE: a negative step counts from an end the length decides
+                     hint="reverse the axis first (x[:, ::-1], or flip(x, axis = 1)), then "
+                          "slice that with a positive step" if step < 0 else
+                     "slice an axis of concrete size, or take the first `seq` entries")
 
 
 def _slice_shape(x: TensorType, *, axis, start, stop, step) -> TensorType:
@@ -172,7 +177,10 @@ def _slice_shape(x: TensorType, *, axis, start, stop, step) -> TensorType:
     n = x.shape[ax]
     size = _slice_size(n, start, stop, step)
     if size == 0:
-        raise ShapeError(f"slice {start}:{stop} of a dim of size {n} is empty", arg=0)
+        raise ShapeError(f"slice {start}:{stop}{'' if step == 1 else f':{step}'} of a dim of "
+                         f"size {n} is empty", arg=0,
+                         hint="a negative step counts down: its start comes after its stop "
+                              "(x[:, 5:1:-1])" if step < 0 else None)
     return TensorType(x.shape[:ax] + (size,) + x.shape[ax + 1:], x.dtype)
 
 
@@ -184,6 +192,8 @@ def _slice_impl(x, *, axis, start, stop, step):
 
 def _slice_grad(b, n, g):
     a = n.attrs
+    if (a["start"], a["stop"], a["step"]) == (-1, None, -1):
+        return (b.slice(g, **{k: a[k] for k in ("axis", "start", "stop", "step")}),)  # flip's
     size = b.type(n.inputs[0]).shape[norm_axis(a["axis"], b.type(g).rank)]
     return (b.unslice(g, axis=a["axis"], start=a["start"], stop=a["stop"], step=a["step"],
                       size=size),)
@@ -192,6 +202,10 @@ def _slice_grad(b, n, g):
 def _onnx_slice(e, n, x):
     a = n.attrs
     size = e.in_types(n)[0].shape[a["axis"]]
+    if isinstance(size, Sym) and (a["start"], a["stop"], a["step"]) == (-1, None, -1):
+        # NOTE: the whole dim reversed (flip); the shape alone cannot tell it from a copy
+        return e.op("Slice", x, e.ints([-1]), e.ints([-(2 ** 63)]), e.ints([a["axis"]]),
+                    e.ints([-1]))
     if isinstance(size, Sym) and n.shape == e.in_types(n)[0].shape:   # the whole dim
         return e.op("Identity", x)
     if isinstance(a["stop"], Sym):   # the first `stop` entries, read at run time
@@ -213,6 +227,34 @@ register("slice", "x: tensor, axis: int, start: int = 0, stop: dim = none, step:
          doc="x[start:stop:step] along one axis",
          samples=(Sample(((5, 4),), {"axis": 0, "start": 1, "stop": 4}),
                   Sample(((3, 6),), {"axis": -1, "start": 0, "stop": None, "step": 2})))
+
+
+def _flip_shape(x: TensorType, *, axis) -> TensorType:
+    axes = [axis] if isinstance(axis, int) else axis
+    if not axes or not all(isinstance(a, int) and -x.rank <= a < x.rank for a in axes):
+        raise ShapeError(f"flip: axis {show_value(axis)} does not name axes of "
+                         f"{fmt_shape(x.shape)}", attr="axis",
+                         hint=f"one axis or a list of them, each from {-x.rank} to {x.rank - 1}"
+                         if x.rank else "a scalar has no axis to flip")
+    if len({a % x.rank for a in axes}) != len(axes):
+        raise ShapeError(f"flip: axis {show_value(axis)} names an axis twice", attr="axis",
+                         hint="flipping an axis twice gives it back unchanged: name it once")
+    return x
+
+
+def _flip(b, x, *, axis):
+    # NOTE: a reversed slice per axis: a view with a negative stride on every backend (numba,
+    # CuPy kernels take strides as arguments), ONNX's Slice with step -1, and its gradient is
+    # the same flip (`_slice_grad`); a symbolic length is fine (`_slice_size`)
+    for a in sorted({a % b.type(x).rank for a in ([axis] if isinstance(axis, int) else axis)}):
+        x = b.slice(x, axis=a, start=-1, stop=None, step=-1)
+    return x
+
+
+register("flip", "x: tensor, axis: ints", _flip_shape, decompose=_flip, family="movement",
+         doc="reverses the order of the entries along an axis, or each of a list of axes "
+             "(numpy's flip, torch.flip); the same as x[:, ::-1] along axis 1",
+         samples=(Sample(((3, 4),), {"axis": 1}), Sample(((2, 3, 4),), {"axis": [0, -1]})))
 
 
 def _unslice_shape(x: TensorType, *, axis, start, stop, step, size) -> TensorType:

@@ -187,9 +187,17 @@ def _make(op):
         return {**one, **{f"backward_{k}": v for k, v in one.items()}}
 
     def shape_rule(*ins, units, activation, return_sequences, return_state, bidirectional,
-                   dropout, recurrent_dropout, merge_mode="concat", **_):
+                   dropout, recurrent_dropout, merge_mode="concat", go_backwards=False, **_):
         x, mask, states, weights = split(ins)
         _check(op, x)
+        if go_backwards and bidirectional:
+            # NOTE: Keras' Bidirectional(LSTM(go_backwards = True)) runs that layer backward
+            # and its twin forward, then flips the twin's outputs: the two halves swapped
+            raise ShapeError(f"{op}: go_backwards = true with bidirectional = true: the "
+                             "bidirectional layer already runs one direction backward",
+                             attr="go_backwards",
+                             hint="leave go_backwards out: the backward half is its backward_* "
+                                  "weights, its outputs time-aligned")
         check_activation(op, activation)
         need_positive(op, "units", units)
         _check_extras(op, x, mask, list(zip(state_names, states)), units, bidirectional,
@@ -302,8 +310,14 @@ def _make(op):
         return hs, finals
 
     def decompose(b, *ins, units, activation, return_sequences, return_state, bidirectional,
-                  dropout, recurrent_dropout, merge_mode="concat", **_):
+                  dropout, recurrent_dropout, merge_mode="concat", go_backwards=False, **_):
         x, mask, states, weights = split(ins)
+        if go_backwards:
+            # NOTE: Keras' go_backwards: the layer reads x (and its mask) from the last step to
+            # the first and returns its outputs in that order, last step first; so it is the
+            # forward layer on the flipped sequence (ops/movement.py `flip`)
+            x, mask = (v if v is None else b.slice(v, axis=1, start=-1, stop=None, step=-1)
+                       for v in (x, mask))
         rates = (dropout, recurrent_dropout)
         halves = [states]
         if bidirectional:   # each direction starts from its half of a given state
@@ -348,7 +362,7 @@ def _make(op):
              "none, initial_h: tensor? = none" + lstm_only + ", dropout: float = 0.0, "
              "recurrent_dropout: float = 0.0, init: init = \"glorot_uniform\", "
              "recurrent_init: init = \"orthogonal\", bias_init: init = \"zeros\", "
-             "merge_mode: str = \"concat\"",
+             "merge_mode: str = \"concat\", go_backwards: bool = false",
              shape_rule, decompose=decompose, params=params, family="rnn",
              doc=_DOCS[op], samples=_SAMPLES[op], results=results,
              result_names=("outputs", "h", "c")[:1 + n_states], habits=_habits(op))
@@ -363,10 +377,6 @@ def _habits(op: str) -> dict:
                        f"its only form; for the other, {cell}",
         "recurrent_activation": f"the gates are sigmoid (Keras' default); `activation` sets "
                                 f"the candidate's; for other gates, {cell}",
-        "go_backwards": f"the backward direction: {op}(..., bidirectional = true) (its "
-                        "backward_* half), or your own cell with `scan Cell(h0) over x, "
-                        "reverse = true`; both keep each output at its own step (Keras' "
-                        "go_backwards returns them last step first)",
         **dict.fromkeys(("lengths", "seq_lengths"),
                         "PyTorch's pack_padded_sequence lengths are a mask here: mask = "
                         "positions(x, axis = 1) < unsqueeze(lengths, axis = 1)"),
@@ -400,7 +410,10 @@ _COMMON = ("x [batch, time, features]; the cell runs as one loop node (a scan) w
            "give), or merged as merge_mode says (Keras': \"concat\", \"sum\", \"ave\", "
            "\"mul\"); its return_state gives Keras' (outputs, forward h, [c,] backward h[, c]), "
            "the backward states those after step 0 (PyTorch's h_n[1]), and its initial_h "
-           "(initial_c) is [batch, 2*units], the forward state then the backward one. Params "
+           "(initial_c) is [batch, 2*units], the forward state then the backward one. "
+           "go_backwards = true (Keras'): one direction, reading x and its mask from the last "
+           "step to the first, its outputs in that order (output t after x[T-1] .. x[T-1-t]; "
+           "the layer on flip(x, axis = 1)). Params "
            "(Keras layout): "
            "kernel [features, G*units], recurrent [units, G*units], ")
 _DOCS = {
@@ -438,7 +451,10 @@ _SAMPLES = {
                                       "return_sequences": True}, dtypes=(None, "bool")),
          # Keras' Bidirectional(initial_state = ...): [forward | backward] halves
          Sample(((2, 4, 3), None) + ((2, 4),) * (2 if op == "lstm" else 1),
-                {"units": 2, "bidirectional": True, "return_state": True}))
+                {"units": 2, "bidirectional": True, "return_state": True}),
+         # Keras' go_backwards: a padded batch read last step first, its states out
+         Sample(((2, 4, 3), (2, 4)), {"units": 3, "go_backwards": True, "return_state": True,
+                                      "return_sequences": True}, dtypes=(None, "bool")))
     for op in _CELLS
 }
 for _op in _CELLS:

@@ -180,6 +180,8 @@ def _rnn_problem(g: Graph, node, dep) -> str | None:
         return "runs over a sequence that is not computed from the token stream"
     if a["bidirectional"]:
         return "runs backward over the tokens too (bidirectional = true)"
+    if a.get("go_backwards"):
+        return "runs backward over the tokens (go_backwards = true)"
     if not a["return_sequences"]:
         return "returns only its last step (return_sequences = false), not one output per token"
     if a["return_state"]:

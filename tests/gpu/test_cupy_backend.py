@@ -292,6 +292,32 @@ def test_maximum_and_minimum_keep_a_nan(cupy):
     np.testing.assert_array_equal(out["r"], [[np.nan, 0.0, 2.0]])
 
 
+def test_reversed_views_forward_and_backward(cupy):
+    """flip and negative-step subscripts are views with negative strides: the fused kernels
+    read them through their strides (kernel arguments, the pointer at the view's first
+    element), and the gradient writes through the same flip; against numpy, with a symbolic
+    length."""
+    src = """model M {
+  symbol seq
+  input x: float64[batch, seq, 4]
+  output r = x[:, ::-1] * 2 + x
+  output s = exp(x[::-1, :, 3:0:-2])
+  output f = flip(x, axis = [0, 2])
+  loss sum(r * r) / 2 + sum(s) + sum(f * x)
+}"""
+    net = nnlang.compile(src, backend="cupy", dtype="float64")
+    x = np.random.default_rng(0).normal(size=(3, 5, 4))
+    out = _host(cupy, net.forward({"x": x}))
+    r = 2 * x[:, ::-1] + x
+    np.testing.assert_allclose(out["r"], r, rtol=1e-12)
+    np.testing.assert_allclose(out["s"], np.exp(x[::-1, :, 3:0:-2]), rtol=1e-12)
+    np.testing.assert_array_equal(out["f"], x[::-1, :, ::-1])
+    grad = r + 2 * r[:, ::-1] + 2 * x[::-1, :, ::-1]
+    grad[:, :, 3:0:-2] += np.exp(x[::-1, :, 3:0:-2])[::-1]
+    got = _host(cupy, net.gradients({"x": x}, inputs=["x"]))["x"]
+    np.testing.assert_allclose(got, grad, rtol=1e-12)
+
+
 def test_ids_computed_past_a_table_are_the_located_error_numba_gives(cupy):
     """Issue 14: every backend gives the same answer. Ids the model computes past its table
     (t + 3 into 3 rows) are a located error on numba and the reference backend; the CUDA

@@ -566,7 +566,6 @@ def nnlang_compile(src):
 @pytest.mark.parametrize("cell, option, words", [
     ("gru", "reset_after = false", ["reset_after = true", "under scan"]),
     ("lstm", "recurrent_activation = \"hard_sigmoid\"", ["gates are sigmoid", "under scan"]),
-    ("gru", "go_backwards = true", ["reverse = true", "bidirectional = true"]),
     ("rnn", "stateful = true", ["initial_h"]),
     ("lstm", "unroll = true", ["one loop node"]),
     ("gru", "batch_first = true", ["[batch, time, features]"]),
