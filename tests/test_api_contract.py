@@ -922,3 +922,12 @@ def test_a_net_built_while_another_thread_builds_one_runs_its_own_kernels():
     finally:
         done.set()
         other.join()
+
+
+@pytest.mark.parametrize("backend", [None, 3, ["numba"]])
+def test_a_backend_that_is_not_a_name_is_named(backend):
+    """compile(backend=None) (a caller's unset option) failed with AttributeError: 'NoneType'
+    object has no attribute 'lower' from the hint about PyTorch's device names."""
+    src = "model M {\n  input x: float32[batch, 4]\n  output y = dense(x, 2)\n}\n"
+    with pytest.raises(NNError, match=r"(?s)unknown backend .*a backend is named by a str.*numba"):
+        nnlang.compile(src, backend=backend)

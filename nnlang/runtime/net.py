@@ -45,9 +45,12 @@ def check_backend(backend: str, device: bool = True) -> None:
     """An unknown backend is an error; so is the GPU one without CuPy or a device, unless
     `device` is False (a Net that only renders its CUDA source needs neither)."""
     if backend not in BACKENDS:
-        # NOTE: PyTorch's device names: the GPU backend is named after CuPy, which runs it
-        gpu = backend.lower() in ("cuda", "gpu")
-        raise NNError(f"unknown backend '{backend}'",
+        # NOTE: PyTorch's device names: the GPU backend is named after CuPy, which runs it.
+        # Not a str (None: a caller's unset option) is unknown too, not an AttributeError here
+        gpu = isinstance(backend, str) and backend.lower() in ("cuda", "gpu")
+        shown = f"'{backend}'" if isinstance(backend, str) else \
+            f"{backend!r} ({type(backend).__name__}; a backend is named by a str)"
+        raise NNError(f"unknown backend {shown}",
                       hint="the CUDA backend is --backend cupy" if gpu else
                       f"backends: {', '.join(BACKENDS)}")
     if backend == "cupy" and device:
