@@ -335,6 +335,23 @@ def test_feeds_that_are_not_numbers_are_named(value, words):
         net.forward({"x": value})
 
 
+def test_numbers_numpy_keeps_as_objects_are_read_as_numbers():
+    """Python ints past int64 (numpy keeps them as objects) and a list given dtype=object
+    were refused as "values that are not numbers"; they are numbers, checked as any others."""
+    net = nnlang.compile(DENSE, seed=0)
+    mixed = [[1, 2, 3, 4], [1, 2, 3, 4.5]]
+    want = np.asarray(mixed, np.float64) @ net.parameters()["y.weight"] \
+        + net.parameters()["y.bias"]
+    np.testing.assert_allclose(net.forward({"x": np.array(mixed, dtype=object)})["y"], want,
+                               rtol=1e-5)
+    with pytest.raises(NNError, match="a whole number of 401 digits, too large"):
+        net.forward({"x": [[10 ** 400] * 4] * 2})
+    ids = nnlang.compile("model E {\n  input ids: int32[batch, 3]\n"
+                         "  output y = embedding(ids, 5, 2)\n}\n")
+    with pytest.raises(NNError, match=r"holds the value 1\.18\d*e\+21, which int32 cannot hold"):
+        ids.forward({"ids": [[2 ** 70, 1, 2]]})
+
+
 def test_restore_gives_the_trained_runs_net(tmp_path):
     """nnlang.restore(file, run): the run's overrides (hidden = 5, which the file's default of 8
     would not fit) and its checkpoint's parameters, the net `nnlang eval` uses."""
