@@ -181,6 +181,29 @@ def test_ids_too_large_for_the_inputs_dtype_are_refused_not_wrapped():
     assert np.isfinite(ok)
 
 
+def test_labels_only_an_accuracy_reads_are_checked_as_class_ids():
+    """A label fed only to accuracy (the loss reads other targets) was never checked: 99 or -5
+    counted as a miss, a silent 0.0 (torchmetrics raises on such targets). Now it is the
+    fed-id error at the accuracy; its ignore_index is still skipped."""
+    src = ("model A {{\n  input x: float32[batch, 4]\n  input t: float32[batch, 3]\n"
+           "  input y: int32[batch]\n  logits = dense(x, 3)\n  loss mse(logits, t)\n"
+           "  metric acc = accuracy(logits, y{})\n}}\n")
+    x = np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)
+    feeds = {"x": x, "t": np.zeros((4, 3), np.float32)}
+    net = nnlang.compile(src.format(""), batch=4, seed=0)
+    for bad in (99, -5):
+        with pytest.raises(NNError, match=f"holds the id {bad}, outside the 3 values") as err:
+            net.evaluate({**feeds, "y": np.array([0, 1, 2, bad], np.int32)})
+        assert "accuracy(logits, y)" in str(err.value)
+    skip = nnlang.compile(src.format(", ignore_index = -100"), batch=4, seed=0)
+    y = np.array([0, 1, -100, 2], np.int32)
+    guess = np.argmax(x @ skip.parameters()["logits.weight"] + skip.parameters()["logits.bias"],
+                      axis=1)
+    kept = y != -100
+    assert skip.evaluate({**feeds, "y": y})["acc"] == pytest.approx(
+        np.mean(guess[kept] == y[kept]))
+
+
 def test_float16_labels_are_read_without_a_numpy_warning():
     """README: int or float data fed to an input is cast to its dtype. float16 labels made numpy
     warn "overflow encountered in cast" on every call (the range check compared them with
