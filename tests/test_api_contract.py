@@ -181,6 +181,29 @@ def test_ids_too_large_for_the_inputs_dtype_are_refused_not_wrapped():
     assert np.isfinite(ok)
 
 
+def test_labels_only_an_accuracy_reads_are_checked_as_class_ids():
+    """A label fed only to accuracy (the loss reads other targets) was never checked: 99 or -5
+    counted as a miss, a silent 0.0 (torchmetrics raises on such targets). Now it is the
+    fed-id error at the accuracy; its ignore_index is still skipped."""
+    src = ("model A {{\n  input x: float32[batch, 4]\n  input t: float32[batch, 3]\n"
+           "  input y: int32[batch]\n  logits = dense(x, 3)\n  loss mse(logits, t)\n"
+           "  metric acc = accuracy(logits, y{})\n}}\n")
+    x = np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)
+    feeds = {"x": x, "t": np.zeros((4, 3), np.float32)}
+    net = nnlang.compile(src.format(""), batch=4, seed=0)
+    for bad in (99, -5):
+        with pytest.raises(NNError, match=f"holds the id {bad}, outside the 3 values") as err:
+            net.evaluate({**feeds, "y": np.array([0, 1, 2, bad], np.int32)})
+        assert "accuracy(logits, y)" in str(err.value)
+    skip = nnlang.compile(src.format(", ignore_index = -100"), batch=4, seed=0)
+    y = np.array([0, 1, -100, 2], np.int32)
+    guess = np.argmax(x @ skip.parameters()["logits.weight"] + skip.parameters()["logits.bias"],
+                      axis=1)
+    kept = y != -100
+    assert skip.evaluate({**feeds, "y": y})["acc"] == pytest.approx(
+        np.mean(guess[kept] == y[kept]))
+
+
 def test_float16_labels_are_read_without_a_numpy_warning():
     """README: int or float data fed to an input is cast to its dtype. float16 labels made numpy
     warn "overflow encountered in cast" on every call (the range check compared them with
@@ -333,6 +356,23 @@ def test_feeds_that_are_not_numbers_are_named(value, words):
     net = nnlang.compile(DENSE)
     with pytest.raises(NNError, match=words):
         net.forward({"x": value})
+
+
+def test_numbers_numpy_keeps_as_objects_are_read_as_numbers():
+    """Python ints past int64 (numpy keeps them as objects) and a list given dtype=object
+    were refused as "values that are not numbers"; they are numbers, checked as any others."""
+    net = nnlang.compile(DENSE, seed=0)
+    mixed = [[1, 2, 3, 4], [1, 2, 3, 4.5]]
+    want = np.asarray(mixed, np.float64) @ net.parameters()["y.weight"] \
+        + net.parameters()["y.bias"]
+    np.testing.assert_allclose(net.forward({"x": np.array(mixed, dtype=object)})["y"], want,
+                               rtol=1e-5)
+    with pytest.raises(NNError, match="a whole number of 401 digits, too large"):
+        net.forward({"x": [[10 ** 400] * 4] * 2})
+    ids = nnlang.compile("model E {\n  input ids: int32[batch, 3]\n"
+                         "  output y = embedding(ids, 5, 2)\n}\n")
+    with pytest.raises(NNError, match=r"holds the value 1\.18\d*e\+21, which int32 cannot hold"):
+        ids.forward({"ids": [[2 ** 70, 1, 2]]})
 
 
 def test_restore_gives_the_trained_runs_net(tmp_path):
@@ -922,3 +962,12 @@ def test_a_net_built_while_another_thread_builds_one_runs_its_own_kernels():
     finally:
         done.set()
         other.join()
+
+
+@pytest.mark.parametrize("backend", [None, 3, ["numba"]])
+def test_a_backend_that_is_not_a_name_is_named(backend):
+    """compile(backend=None) (a caller's unset option) failed with AttributeError: 'NoneType'
+    object has no attribute 'lower' from the hint about PyTorch's device names."""
+    src = "model M {\n  input x: float32[batch, 4]\n  output y = dense(x, 2)\n}\n"
+    with pytest.raises(NNError, match=r"(?s)unknown backend .*a backend is named by a str.*numba"):
+        nnlang.compile(src, backend=backend)

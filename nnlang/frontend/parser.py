@@ -49,8 +49,9 @@ _MISTAKES = {
         "model M { y f(a) }", "model M { y 1 }"],
     "an input needs a type, e.g. `input x: float32[batch, 10]`": [
         "model M { input x }", "model M { input x: float32 }", "model M { input x = 1 }"],
-    "'{' is never closed; add '}' at the end of the block": [
-        "model M { y = f(a)", "block B(x) { return x", "train M { batch = 1"],
+    # NOTE: no "'{' is never closed" examples: matched by parser state alone they named a
+    # brace that was closed (`model M(a = 1 2, ...) {` fails in the state of `train M {
+    # batch = 1` at the end); `_unclosed_brace` and `_section_in_open_block` read the braces
     "'(' is never closed": ["model M { y = f(a }", "model M { y = f(a, b }"],
     "use '==' to compare; '=' only binds names": ["model M { y = a = b }"],
     # NOTE: Keras' and PyTorch's tuples: kernel_size = (3, 3), dim = (2, 3)
@@ -153,7 +154,8 @@ def _diagnostic(err: UnexpectedInput, file: str, source: str) -> Diagnostic:
             msg = f"unexpected '{tok}'"
             span = Span(file, tok.line, tok.column, tok.end_line, tok.end_column, source)
         expected = getattr(err, "expected", None) or getattr(err, "accepts", None)
-    hint = None if isinstance(err, UnexpectedCharacters) else _habit_hint(err, source)
+    hint = None if isinstance(err, UnexpectedCharacters) else \
+        _section_in_open_block(err, source) or _habit_hint(err, source)
     try:
         # NOTE: use_accepts=True trips a formatting bug in lark 1.3's debug logging
         hint = hint or err.match_examples(p.parse, _MISTAKES, use_accepts=False)
@@ -282,6 +284,25 @@ def _unclosed_brace(source: str) -> int | None:
     """The line of the last '{' that no '}' closes."""
     opened = _still_open(source.split("\n"), "{", "}")
     return opened[-1][0] if opened else None
+
+
+_SECTION = re.compile(r"(?:model|block|train|generate|import)\b")
+
+
+def _section_in_open_block(err: UnexpectedInput, source: str) -> str | None:
+    """A section keyword opening a line inside a '{' still open there: the block before it
+    lacks its '}' (else `train M {` read as a statement said "is the '=' missing?")."""
+    tok = getattr(err, "token", None)
+    if not isinstance(tok, Token) or _at_end(err):
+        return None
+    lines = source.split("\n")
+    if not 0 < tok.line <= len(lines) or not _SECTION.match(lines[tok.line - 1]):
+        return None
+    opened = _still_open(lines[:tok.line - 1], "{", "}")
+    if not opened:
+        return None
+    return (f"the '{{' on line {opened[-1][0]} is never closed; add '}}' before line "
+            f"{tok.line}, where the next section starts")
 
 
 _STATEMENT = re.compile(r"\s*(?:(?:output|loss|input|metric|return)\b|\w+\s*=(?!=)|})")

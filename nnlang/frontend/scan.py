@@ -44,7 +44,7 @@ class ScanElaboration:
         bare = ast.Call(call.span, call.func, call.func_span, (), call.kwargs)
         result = self.block_call(block, bare, scope, target, values=places)
         result = list(result) if isinstance(result, tuple) else [result]
-        self._scan_results(result, inits, block, call, dtype)
+        self._scan_results(result, inits, block, call, dtype, batch)
         prefix = self.layer_of.get(result[0].id)   # NOTE: the block call's weights' path
         body, weights, broadcast, cols = self._cut_body(
             places, result, len(seqs), dtype, batch, [self._type(h).shape[1] for h in inits],
@@ -147,9 +147,10 @@ class ScanElaboration:
                           f"{t if t is not None else show_value(v)}", a.span,
                           f"start from zeros: {zeros}?")
 
-    def _scan_results(self, result, inits, block: ast.BlockDef, call: ast.Call, dtype):
+    def _scan_results(self, result, inits, block: ast.BlockDef, call: ast.Call, dtype, batch):
         """The block returns its next states (one per initial state, same types), then any
-        per-step outputs [batch, k]."""
+        per-step outputs [batch, k] (of the sequences' batch: the body stores each step's
+        outputs beside the states, row by row)."""
         where = [("the block returns here", _return_span(block) or block.span)]
         if len(result) < len(inits):
             self.fail(f"scan: {block.name} returns {len(result)} value(s) but carries "
@@ -164,7 +165,7 @@ class ScanElaboration:
                               f"{t if t is not None else show_value(v)} in one step",
                               call.args[k].span, "a carried state keeps its shape every step",
                               where)
-            elif t is None or t.rank != 2 or t.dtype != dtype:
+            elif t is None or t.rank != 2 or t.dtype != dtype or t.shape[0] != batch:
                 self.fail(f"scan: {block.name}'s per-step output {k + 1} must be {dtype}"
                           f"[batch, k], got {t if t is not None else show_value(v)}",
                           call.span, None, where)

@@ -42,20 +42,50 @@ def _rows(g: Graph, n: Node) -> int | None:
     return None
 
 
+def _fed(g: Graph, nid) -> Node | None:
+    """The graph input `nid` hands through unchanged, if any."""
+    src = g.node(nid)
+    while src.op in _PASS_THROUGH:
+        src = g.node(src.inputs[0])
+    return src if src.op == "input" else None
+
+
+def _class_ids(g: Graph, n: Node) -> tuple[int, Node, int | None] | None:
+    """(classes, input, skip) of `argmax(scores) == labels` (accuracy's decomposition) with
+    fed labels: a label past the classes is a miss that no prediction can hit, which counted
+    silently when no loss's one_hot read the same labels. skip: the k of a `labels != k`
+    beside it (accuracy's ignore_index), which leaves those rows out."""
+    if n.op != "eq":
+        return None
+    a, b = (g.node(i) for i in n.inputs)
+    if b.op == "argmax":
+        a, b = b, a
+    src = _fed(g, b.id) if a.op == "argmax" and b.dtype.startswith("int") else None
+    if src is None:
+        return None
+    scores = g.node(a.inputs[0])
+    skip = None
+    for u in g.users(b.id):
+        other = [g.node(i) for i in g.node(u).inputs if i != b.id]
+        if g.node(u).op == "ne" and len(other) == 1 and other[0].op == "const":
+            skip = int(other[0].attrs["value"])
+    return int(scores.shape[a.attrs["axis"]]), src, skip
+
+
 def index_inputs(g: Graph) -> list[IndexInput]:
-    """Every graph input that gather, scatter_add or one_hot index with, and its range."""
+    """Every graph input that gather, scatter_add or one_hot index with, or that accuracy
+    compares with an argmax, and its range."""
     found: dict[str, IndexInput] = {}
     skips: dict[str, set] = {}
     for n in g:
-        rows = _rows(g, n)
-        if rows is None:
+        rows, skip = _rows(g, n), n.attrs.get("skip") if n.op == "one_hot" else None
+        src = None if rows is None else \
+            _fed(g, n.inputs[1] if n.op != "one_hot" else n.inputs[0])
+        if rows is None and (ids := _class_ids(g, n)) is not None:
+            rows, src, skip = ids
+        if src is None:
             continue
-        src = g.node(n.inputs[1] if n.op != "one_hot" else n.inputs[0])
-        while src.op in _PASS_THROUGH:
-            src = g.node(src.inputs[0])
-        if src.op != "input":
-            continue
-        name, skip = src.attrs["name"], n.attrs.get("skip") if n.op == "one_hot" else None
+        name = src.attrs["name"]
         skips.setdefault(name, set()).add(skip)
         # the error points at the narrowest use, and of equal ones at a use that skips nothing
         if (name not in found or rows < found[name].rows

@@ -45,9 +45,12 @@ def check_backend(backend: str, device: bool = True) -> None:
     """An unknown backend is an error; so is the GPU one without CuPy or a device, unless
     `device` is False (a Net that only renders its CUDA source needs neither)."""
     if backend not in BACKENDS:
-        # NOTE: PyTorch's device names: the GPU backend is named after CuPy, which runs it
-        gpu = backend.lower() in ("cuda", "gpu")
-        raise NNError(f"unknown backend '{backend}'",
+        # NOTE: PyTorch's device names: the GPU backend is named after CuPy, which runs it.
+        # Not a str (None: a caller's unset option) is unknown too, not an AttributeError here
+        gpu = isinstance(backend, str) and backend.lower() in ("cuda", "gpu")
+        shown = f"'{backend}'" if isinstance(backend, str) else \
+            f"{backend!r} ({type(backend).__name__}; a backend is named by a str)"
+        raise NNError(f"unknown backend {shown}",
                       hint="the CUDA backend is --backend cupy" if gpu else
                       f"backends: {', '.join(BACKENDS)}")
     if backend == "cupy" and device:
@@ -759,6 +762,19 @@ def _numbers(value, what: str, declared: str = "") -> np.ndarray:
         raise NNError(f"{what} (a {type(value).__name__}) cannot be read as a numpy array: "
                       f"{err}", hint="pass a numpy array of numbers (for a torch tensor: "
                       "t.detach().cpu().float().numpy())") from None
+    if arr.dtype == object and arr.size and all(
+            isinstance(v, (int, float, np.integer, np.floating)) for v in arr.flat):
+        # NOTE: numbers numpy keeps as objects: a Python int past int64/uint64 (a hash id,
+        # 10**400) or a list given dtype=object. They were "values that are not numbers";
+        # as float64 the dtype checks after this say which value the input cannot hold
+        try:
+            return arr.astype(np.float64)
+        except OverflowError:
+            digits = max(len(str(abs(v))) for v in arr.flat if isinstance(v, int))
+            raise NNError(f"{what} holds a whole number of {digits} digits, too large for any "
+                          "numpy number type"
+                          + (f"; the model declares {declared}" if declared else ""),
+                          hint="give numbers a numpy array can hold") from None
     if arr.dtype.kind not in "biuf":
         got = f"a {type(value).__name__}" if arr.ndim == 0 and arr.dtype == object else \
             {"U": "text", "S": "bytes", "c": "complex numbers", "M": "dates",

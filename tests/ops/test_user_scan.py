@@ -107,10 +107,16 @@ BAD = [
     (HAND.replace("over x", "over h0"), "scan runs over float sequences", "20:94"),
     (HAND.replace("scan LstmCell", "scan lstm"), "scan runs a block, and 'lstm' is not one",
      "20:19"),
+    # NOTE: an output joined along the batch axis passed the check (rank 2 only) and failed
+    # in the body's concat: "internal error: ShapeError: concat along axis 1"
+    (HAND.replace("return h2, c2, h2", "return h2, c2, concat(h2, c2, axis = 0)"),
+     "LstmCell's per-step output 3 must be float64[batch, k], got float64[2*batch, 4]",
+     "20:14"),
 ]
 
 
-@pytest.mark.parametrize("source,words,where", BAD, ids=["shape", "count", "over", "op"])
+@pytest.mark.parametrize("source,words,where", BAD,
+                         ids=["shape", "count", "over", "op", "output batch"])
 def test_scan_errors_are_located(source, words, where):
     with pytest.raises(NNError) as err:
         nnlang.load(source)
