@@ -158,3 +158,66 @@ def test_a_frozen_batch_norm_keeps_its_statistics_and_runs_as_in_evaluation(back
     assert not np.array_equal(free.parameters()["e.h.running_mean"],
                               nnlang.compile(BN.format(enc=""), backend=backend,
                                              seed=1).parameters()["e.h.running_mean"])
+
+
+UNREACHED = """
+model U {{
+  input x: float32[batch, 6]
+  input y: float32[batch, 1]
+  h = dense(x, 5) |> tanh{sg}
+  unused = dense(x, 3)
+  out = dense(h, 1)
+  loss mse(out, y)
+}}
+train U {{ optimizer = {opt}  batch = 4 }}
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+@pytest.mark.parametrize("opt", ["adamw(lr = 0.05, weight_decay = 0.5)",
+                                 "sgd(lr = 0.1, momentum = 0.9, weight_decay = 0.5)"])
+def test_weights_no_loss_reaches_are_not_decayed(backend, opt):
+    """A layer whose value nothing uses, and a backbone behind stop_gradient: PyTorch's
+    optimizers skip a parameter whose .grad is None (no decay), Keras' a None gradient; here
+    weight decay shrank them. The reached head still follows its own update rule (numpy)."""
+    net = nnlang.compile(UNREACHED.format(sg=" |> stop_gradient", opt=opt), backend=backend,
+                         seed=2)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 6)).astype(np.float32)
+    y = rng.normal(size=(4, 1)).astype(np.float32)
+    names = sorted(net.state_dict())
+    before = net.parameters()
+    h = np.tanh(x @ before["h.weight"] + before["h.bias"])
+    out = h @ before["out.weight"] + before["out.bias"]
+    g_w = h.T @ (2 * (out - y) / out.size)
+    net.train_step({"x": x, "y": y})
+    after = net.parameters()
+    for name in ("h.weight", "h.bias", "unused.weight", "unused.bias"):
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    w = before["out.weight"]
+    if opt.startswith("adamw"):   # first AdamW step: decay, then -lr * sign-like m/sqrt(v)
+        want = w * (1 - 0.05 * 0.5) - 0.05 * g_w / (np.abs(g_w) + 1e-8)
+    else:                         # torch SGD: g + wd * w, momentum buffer = that at step 1
+        want = w - 0.1 * (g_w + 0.5 * w)
+    np.testing.assert_allclose(after["out.weight"], want, rtol=1e-4, atol=1e-6)
+    assert sorted(net.state_dict()) == names   # the optimizer's slots are all still there
+
+
+def test_weights_no_loss_reaches_are_pytorchs_skipped_parameters():
+    torch = pytest.importorskip("torch")
+    net = nnlang.compile(UNREACHED.format(sg=" |> stop_gradient",
+                                          opt="adamw(lr = 0.05, weight_decay = 0.5)"),
+                         backend="reference", dtype="float64", seed=2)
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in net.parameters().items()}
+    opt = torch.optim.AdamW(p.values(), lr=0.05, weight_decay=0.5)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        x, y = rng.normal(size=(4, 6)), rng.normal(size=(4, 1))
+        net.train_step({"x": x, "y": y})
+        opt.zero_grad(set_to_none=True)
+        h = torch.tanh(torch.tensor(x) @ p["h.weight"] + p["h.bias"]).detach()
+        loss = ((h @ p["out.weight"] + p["out.bias"] - torch.tensor(y)) ** 2).mean()
+        loss.backward()
+        opt.step()
+    for k, v in net.parameters().items():
+        np.testing.assert_allclose(v, p[k].detach().numpy(), rtol=1e-10, atol=1e-12, err_msg=k)

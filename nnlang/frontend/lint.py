@@ -270,6 +270,35 @@ def loss_hint(g: Graph) -> str:
             "for numbers)")
 
 
+def _unreached_weights(g: Graph) -> list[Diagnostic]:
+    """A warning at each layer whose trainable weights no loss reads (its value unused, or
+    read only by an output or a metric): training leaves them as they are
+    (`passes/pipeline.train_graph`), as PyTorch does a parameter whose .grad is None; Keras
+    warns that "gradients do not exist" for them. NOTE: weights behind stop_gradient are left
+    too, but that is said in the model (a frozen backbone), so they are not warned about."""
+    reached, todo = set(), list(g.losses.values())
+    while todo:
+        nid = todo.pop()
+        if nid not in reached:
+            reached.add(nid)
+            todo += g.node(nid).inputs
+    by_span: dict = {}
+    for name, nid in g.params.items():
+        node = g.node(nid)
+        if node.attrs.get("trainable", True) and nid not in reached:
+            by_span.setdefault(node.span, []).append(name)
+    found = []
+    for span, names in by_span.items():
+        shown = ", ".join(names)
+        found.append(Diagnostic(
+            f"no loss reads the weight{'s' if len(names) > 1 else ''} {shown}: training "
+            f"leaves {'them' if len(names) > 1 else 'it'} as {'they are' if len(names) > 1 else 'it is'}"
+            " (no gradient, no weight decay)", span,
+            "use its value on the way to a loss (an output or a metric alone trains nothing), "
+            "delete it, or say it is fixed with `trainable = false`", severity="warning"))
+    return found
+
+
 def lint(g: Graph, train_span=None) -> list[Diagnostic]:
     """The warnings for the user-level graph `g`, each at the span of the op at fault; with the
     span of the model's train section, that it declares no loss to train."""
@@ -279,6 +308,8 @@ def lint(g: Graph, train_span=None) -> list[Diagnostic]:
         found.append(Diagnostic(f"a train section for model '{g.model}', which declares no "
                                 "loss: `nnlang train` cannot train it", train_span,
                                 loss_hint(g), severity="warning"))
+    if g.losses:
+        found += _unreached_weights(g)
     for node in g:
         # NOTE: one layout warning per node: after a channels-last layer the first rule says
         # more than the shape guess of _channels_last would. The other rules are mistakes of

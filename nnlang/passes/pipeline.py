@@ -19,7 +19,7 @@ from nnlang.passes.scan_hoist import hoist_projections
 from nnlang.passes.shapes import bind, infer
 from nnlang.ops.collective import sync_gradients
 from nnlang.ops.losses import divides_by_data, mean_divisor
-from nnlang.ops.optim import append_update
+from nnlang.ops.optim import append_update, initial_state, slot_param
 
 LR_INPUT = "_lr"
 
@@ -234,16 +234,22 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
         g.params[name] = nid
         return nid
 
-    zero = {}
-    for name, nid in params.items():
-        zero[name] = grads.get(nid)
-        if zero[name] is None:  # NOTE: a weight the loss does not reach still gets a 0 gradient
-            zero[name] = _zeros_like(b, g, nid, dtype)
-    if ranks > 1 and zero:  # NOTE: a model with all weights frozen has nothing to sync
-        zero = sync_gradients(b, zero, ranks)
-    updates = append_update(b, params, zero, cfg.optimizer, cfg.clip_norm, lr, add_state)
+    # NOTE: a weight no loss reaches (its layer's value unused, or behind stop_gradient) is
+    # left out of the update, as PyTorch's optimizers skip a parameter whose .grad is None and
+    # Keras' skip a None gradient: a zero gradient still let weight decay shrink it. Its
+    # optimizer slots are kept, at zero, so the state's layout is the model's either way.
+    reached = {name: grads[nid] for name, nid in params.items() if grads.get(nid) is not None}
+    if ranks > 1 and reached:  # NOTE: a model with all weights frozen has nothing to sync
+        reached = sync_gradients(b, reached, ranks)
+    updates = append_update(b, {k: params[k] for k in reached}, reached, cfg.optimizer,
+                            cfg.clip_norm, lr, add_state)
+    for name, shape in initial_state(cfg.optimizer, {k: g.node(params[k]).shape for k in params
+                                                     if k not in reached}).items():
+        if name not in g.params:
+            add_state(name, params[slot_param(name)])
     g.updates = {**g.updates, **updates}
-    g.grads = {name: zero[name] for name in params}
+    g.grads = {name: reached[name] if name in reached else _zeros_like(b, g, nid, dtype)
+               for name, nid in params.items()}
     for name in wrt_inputs:  # NOTE: under the input's name: weights are block paths, and a
         nid = g.inputs[name]  # model-level weight shares the inputs' namespace, so none clash
         reached = grads.get(nid)
