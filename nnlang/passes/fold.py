@@ -157,16 +157,17 @@ def _transposed_gather(g: Graph, n: Node):
 
 def _transposed_scatter(g: Graph, n: Node):
     """scatter_add(transpose(src, p), idx) is scatter_add(src, transpose(idx, p^-1)) when p
-    keeps the row axis last: the adjoint of `_transposed_gather`. The time-major embedding's
-    gradient then scatters from where the input projection's GEMM wrote it, and the library
-    call no longer stages a transposed copy of it ([64, 200, 128]: 0.54 ms of the LSTM's step);
-    the ids' transpose is the forward gather's (CSE). Repeated ids add in another order."""
+    only permutes idx's axes (a row's values stay in place): the adjoint of
+    `_transposed_gather`. The time-major embedding's gradient then scatters from where the
+    input projection's GEMM wrote it, and the library call no longer stages a transposed copy
+    of it (the LSTM's scatter_add call 2.7 -> 1.6 ms); the ids' transpose is the forward
+    gather's (CSE). Repeated ids add in another order."""
     src, idx = g.node(n.inputs[0]), g.node(n.inputs[1])
     if src.op != "transpose" or idx.shape is None:
         return None
     perm = [int(p) for p in src.attrs["perm"]]
     lead = len(idx.shape)
-    if lead < 2 or perm[lead:] != list(range(lead, len(perm))):
+    if lead < 2 or perm[lead:] != list(range(lead, len(perm))) or perm == sorted(perm):
         return None
     at = [int(a) for a in np.argsort(perm[:lead])]
     inner = g.node(src.inputs[0])
