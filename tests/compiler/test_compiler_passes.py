@@ -308,3 +308,32 @@ def test_a_bias_add_and_its_relu_meet_across_a_reshape(bias_shape, out_shape, pr
             np.testing.assert_allclose(out[name], want[name], rtol=1e-5, atol=1e-5)
         kernels = [tuple(s.group.loop_shape) for s in exe.steps if s.kind == "kernel"]
         assert kernels == [loop_shape] if not switches else len(kernels) == 2, kernels
+
+
+@pytest.mark.parametrize("perm", [[1, 0, 2], [2, 0, 1, 3]])
+def test_scatter_of_a_transposed_gradient_scatters_it_in_place(perm):
+    """scatter_add(transpose(g, p), idx): the time-major embedding's gradient. Fold transposes
+    the ids instead, so no transposed copy of g is made, and the sums stay numpy's add.at."""
+    g = Graph()
+    b = Builder(g)
+    shape = (3, 4, 2, 5)[4 - len(perm):]
+    idx_shape = tuple(shape[p] for p in perm[:-1])
+    g.inputs["g"] = g.add_node("input", [], {"name": "g", "dtype": "float32",
+                                             "shape": list(shape)},
+                               TensorType(shape, "float32"), name="g")
+    g.inputs["i"] = g.add_node("input", [], {"name": "i", "dtype": "int32",
+                                             "shape": list(idx_shape)},
+                               TensorType(idx_shape, "int32"), name="i")
+    g.outputs["w"] = b.scatter_add(b.transpose(g.inputs["g"], perm=perm), g.inputs["i"], rows=6)
+    rng = np.random.default_rng(7)
+    feeds = {"g": rng.standard_normal(shape).astype(np.float32),
+             "i": rng.integers(-6, 6, idx_shape).astype(np.int32)}   # repeats, negative ids
+    want = np.zeros((6, 5))
+    np.add.at(want, feeds["i"].ravel(),
+              feeds["g"].astype(np.float64).transpose(perm).reshape(-1, 5))
+    out = eliminate_dead(fold_constants(g))
+    moved = [n for n in out if n.op == "transpose"]
+    assert [out.node(n.inputs[0]).name for n in moved] == ["i"], out.dump()
+    np.testing.assert_allclose(interpret(out, feeds, want=out.outputs)["w"], want, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(compile_graph(g).run(feeds)["w"], want, rtol=1e-5, atol=1e-6)
