@@ -12,6 +12,7 @@ import pytest
 
 import nnlang
 from nnlang.errors import NNError
+from nnlang.train.trainer import fit
 
 DENSE = "model M {\n  input x: float32[batch, 4]\n  output y = dense(x, 2)\n}\n"
 CLASSIFIER = ("model M {\n  input image: float32[batch, 12]\n  input label: int32[batch]\n"
@@ -971,3 +972,34 @@ def test_a_backend_that_is_not_a_name_is_named(backend):
     src = "model M {\n  input x: float32[batch, 4]\n  output y = dense(x, 2)\n}\n"
     with pytest.raises(NNError, match=r"(?s)unknown backend .*a backend is named by a str.*numba"):
         nnlang.compile(src, backend=backend)
+
+
+@pytest.mark.parametrize("call, argument", [
+    (lambda net: net.load_state_dict(net.parameters(), strict="no"), "strict"),
+    (lambda net: net.train_step({}, fetch="no"), "fetch"),
+    (lambda net: nnlang.dot(net, backward="yes"), "backward"),
+    (lambda net: nnlang.dot(net, fused=1), "fused"),
+    (lambda net: nnlang.dot(net, show_params="no"), "show_params"),
+    (lambda net: nnlang.compile(DENSE, init_skip_mismatch="no"), "init_skip_mismatch"),
+    (lambda net: fit(CLASSIFIER, save="no"), "save"),
+    (lambda net: fit(CLASSIFIER, progress="no"), "progress"),
+    (lambda net: fit(CLASSIFIER, init_skip_mismatch="yes"), "init_skip_mismatch"),
+])
+def test_a_bool_argument_takes_a_bool(call, argument):
+    """A non-empty string is True: strict="no" loaded strictly (and its error was about a
+    missing parameter), save="no" wrote a run directory. Any non-bool is an error naming the
+    argument; numpy's bools are bools."""
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    with pytest.raises(NNError, match=rf"\b{argument}=\.\.\.\) is True or False, not "):
+        call(net)
+    report = net.load_state_dict({"logits.weight": net.parameters()["logits.weight"]},
+                                 strict=np.False_)
+    assert report.missing == ["logits.bias"]
+
+
+@pytest.mark.parametrize("argument", ["out", "runs_root", "data_dir"])
+def test_a_path_argument_of_fit_takes_a_path(argument):
+    """fit(out=3) was a TypeError from pathlib, data_dir=3 was accepted and never read."""
+    with pytest.raises(NNError, match=rf"fit\({argument}=\.\.\.\) is a path \(a str or a "
+                                      r"pathlib.Path\), not 3"):
+        fit(CLASSIFIER, **{argument: 3})

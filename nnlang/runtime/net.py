@@ -17,6 +17,7 @@ from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.blas import blas_threads
 from nnlang.backends.ctrl_c import ctrl_c_held
 from nnlang.errors import NNError, closest, did_you_mean
+from nnlang.files import as_bool
 from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import DEFAULT_LENGTH, MAX_BATCH, Sym
 from nnlang.ir.summary import check_memory
@@ -219,6 +220,7 @@ class Net:
         state (`optimizer.*`) belongs to a parameter of this model; its step count becomes the
         net's `step`, so schedules go on where they were. Returns the names `missing` and
         `unexpected` (non-empty only when not strict)."""
+        strict = as_bool(strict, "load_state_dict(strict=...)")
         if not hasattr(state, "items"):
             raise NNError(f"a state dict maps names to arrays; got {type(state).__name__}",
                           hint="pass what net.state_dict() or net.parameters() returns")
@@ -424,6 +426,7 @@ class Net:
         fetch=False returns None and leaves the loss and metrics where the step computed them,
         so on a GPU the step ends without waiting for the device; `fetch()` then reads those
         of every such step at once."""
+        fetch = as_bool(fetch, "train_step(fetch=...)")
         if self.step == 0 and not self.total_steps and self.config.schedule is not None \
                 and self.config.schedule.name == "cosine":
             warnings.warn("the cosine schedule decays over the whole run, and this net does "

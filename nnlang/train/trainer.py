@@ -22,6 +22,7 @@ from rich.table import Table
 
 from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
+from nnlang.files import as_bool, as_path
 from nnlang.frontend.train_config import setting_span
 from nnlang.ops.optim import plateau_scale
 from nnlang.ops.signature import show_value
@@ -319,6 +320,18 @@ class _Training:
               init_skip_mismatch=False) -> "_Training":
         from nnlang.runtime.net import Net, check_backend
         check_backend(backend)
+        # NOTE: save="no" or progress="no" is truthy, and an int for a folder failed deep in
+        # pathlib (out=3 a TypeError) or was never read (data_dir with data given as arrays)
+        save, progress = as_bool(save, "fit(save=...)"), as_bool(progress, "fit(progress=...)")
+        init_skip_mismatch = as_bool(init_skip_mismatch, "fit(init_skip_mismatch=...)")
+        if isinstance(resume, (bool, np.bool_)):
+            resume = bool(resume)
+        elif resume is not None:
+            as_path(resume, "fit(resume=...)", "True to continue the newest run, or a run "
+                    "directory or checkpoint")
+        for what, value in (("data_dir", data_dir), ("out", out), ("runs_root", runs_root)):
+            if value is not None:
+                as_path(value, f"fit({what}=...)")
         ranks = Ranks.join(backend)  # NOTE: rank 0 alone prints and writes the run directory
         console, save = ranks.console(console), save and ranks.lead
         if isinstance(config, dict):
