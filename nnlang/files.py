@@ -13,7 +13,7 @@ from typing import IO
 
 import numpy as np
 
-from nnlang.errors import NNError
+from nnlang.errors import NNError, with_article
 
 
 def as_path(value, what: str, hint: str | None = None) -> Path:
@@ -21,7 +21,7 @@ def as_path(value, what: str, hint: str | None = None) -> Path:
     weights) is an error naming `what`, where pathlib would raise a bare TypeError."""
     if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
         got = repr(value) if value is None or isinstance(value, (bool, int, float)) else \
-            f"a {type(value).__name__}"
+            with_article(type(value).__name__)
         raise NNError(f"{what} is a path (a str or a pathlib.Path), not {got}", hint=hint)
     return user_path(value)
 
@@ -33,7 +33,7 @@ def as_bool(value, what: str) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     got = repr(value) if value is None or isinstance(value, (str, int, float)) else \
-        f"a {type(value).__name__}"
+        with_article(type(value).__name__)
     raise NNError(f"{what} is True or False, not {got}",
                   hint="a non-empty string counts as True in Python: pass the bool itself"
                   if isinstance(value, str) else None)

@@ -548,10 +548,10 @@ def test_arrays_numpy_cannot_read_are_named_not_taken_for_ragged_rows():
             raise RuntimeError("Can't call numpy() on Tensor that requires grad")
 
     net = nnlang.compile(DENSE, seed=0)
-    with pytest.raises(NNError, match=r"input 'x' \(a Unreadable\) cannot be read as a numpy "
+    with pytest.raises(NNError, match=r"input 'x' \(an Unreadable\) cannot be read as a numpy "
                                       r"array: Can't call numpy\(\).*\n.*detach"):
         net.forward({"x": Unreadable()})
-    with pytest.raises(NNError, match=r"state value 'y.bias' \(a Unreadable\) cannot be read"):
+    with pytest.raises(NNError, match=r"state value 'y.bias' \(an Unreadable\) cannot be read"):
         net.load_state_dict({**net.state_dict(), "y.bias": Unreadable()})
     with pytest.raises(NNError, match="rows have different lengths"):
         net.forward({"x": [[1.0, 2.0, 3.0, 4.0], [1.0]]})
@@ -1003,3 +1003,16 @@ def test_a_path_argument_of_fit_takes_a_path(argument):
     with pytest.raises(NNError, match=rf"fit\({argument}=\.\.\.\) is a path \(a str or a "
                                       r"pathlib.Path\), not 3"):
         fit(CLASSIFIER, **{argument: 3})
+
+
+def test_a_type_named_in_an_error_takes_its_article():
+    """Messages that name a value's type said "not a int", "overrides are a int": the
+    article now follows the word (an int, an object, a dict)."""
+    with pytest.raises(NNError, match=r"takes a compiled Net, not an int\n"):
+        nnlang.dot(3)
+    with pytest.raises(NNError, match=r"overrides are an int: give a dict"):
+        nnlang.load(DENSE, overrides=5)
+    with pytest.raises(NNError, match=r"overrides\['hidden'\] is an object; "):
+        nnlang.load(DENSE, overrides={"hidden": object()})
+    with pytest.raises(NNError, match=r"is a path \(a str or a pathlib.Path\), not a dict"):
+        nnlang.save(nnlang.compile(DENSE), {})

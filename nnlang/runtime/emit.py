@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from nnlang.errors import NNError
+from nnlang.errors import NNError, with_article
 from nnlang.files import as_bool
 from nnlang.ir.graph import Graph
 
@@ -25,7 +25,7 @@ def _compiled(net, fn: str) -> None:
     """emit and dot read a compiled Net's graphs; a Program or a path is one step short."""
     from nnlang.runtime.net import Net
     if not isinstance(net, Net):
-        raise NNError(f"nnlang.{fn} takes a compiled Net, not a {type(net).__name__}",
+        raise NNError(f"nnlang.{fn} takes a compiled Net, not {with_article(type(net).__name__)}",
                       hint=f"compile it first: nnlang.{fn}(nnlang.compile(model), ...)")
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nnlang.errors import NNError
+from nnlang.errors import NNError, with_article
 from nnlang.files import as_bool, as_path
 from nnlang.frontend.generate_config import BASE, SAMPLING, sampling_problem
 from nnlang.gc_pause import paused_gc
@@ -241,7 +241,7 @@ class Generator:
     def __init__(self, net, spec, tokenizer):
         self.net, self.spec, self.tok = net, spec, tokenizer
         if not hasattr(tokenizer, "vocab_size") or not hasattr(tokenizer, "encode"):
-            raise NNError(f"tokenizer is a {type(tokenizer).__name__}, not a tokenizer",
+            raise NNError(f"tokenizer is {with_article(type(tokenizer).__name__)}, not a tokenizer",
                           hint="leave it out (the train data set's is used) or pass a "
                                "nnlang.data.chars.CharTokenizer")
         if tokenizer.vocab_size > spec.vocab:
