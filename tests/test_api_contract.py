@@ -5,6 +5,7 @@ is wrong.
 """
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -1016,3 +1017,11 @@ def test_a_type_named_in_an_error_takes_its_article():
         nnlang.load(DENSE, overrides={"hidden": object()})
     with pytest.raises(NNError, match=r"is a path \(a str or a pathlib.Path\), not a dict"):
         nnlang.save(nnlang.compile(DENSE), {})
+
+
+@pytest.mark.parametrize("max_steps", ["3", 2.5, True, 0])
+def test_fit_max_steps_is_a_whole_number(max_steps):
+    """fit(max_steps="3") was a TypeError from `"3" < 1`; each non-count is an NNError."""
+    with pytest.raises(NNError, match=r"max_steps=\) is a whole number of at least 1, not "
+                                      + re.escape(repr(max_steps))):
+        fit(CLASSIFIER, max_steps=max_steps)

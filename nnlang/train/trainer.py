@@ -370,8 +370,11 @@ class _Training:
         if ckpt and ckpt.trained_on_other_source(source):
             say(console, f"note: {file} differs from the source this checkpoint was trained "
                          "with")
-        if max_steps is not None and max_steps < 1:
-            raise NNError(f"--max-steps must be at least 1, not {max_steps}")
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(
+                max_steps, (int, np.integer)) or max_steps < 1):
+            # NOTE: a str ("3") was a TypeError from the comparison
+            raise NNError(f"--max-steps (max_steps=) is a whole number of at least 1, not "
+                          f"{max_steps!r}")
         with given_at(spans if init_from is None else {}, "init_from"):
             words, start = (trained_words(ckpt.data_meta), ckpt) if ckpt else \
                 words_to_start_from(program, cfg, init_from, False, file)
