@@ -51,8 +51,11 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
     the train section's epochs times it. `model_name` picks one model of a file that defines
     several; `overrides` set its hyper-parameters (for a `Program`, pass them to `load`, which
     builds it)."""
+    from nnlang.files import as_bool
     from nnlang.frontend.elaborate import Program
     from nnlang.runtime.net import Net
+    # NOTE: before the compile, which a truthy "no" would otherwise wait for
+    init_skip_mismatch = as_bool(init_skip_mismatch, "compile(init_skip_mismatch=...)")
     if isinstance(model, Program):  # NOTE: not hasattr "graph": a Net has a graph() too
         _built_already(overrides, model_name)
         program = model

@@ -17,7 +17,7 @@ from numbers import Real
 import numpy as np
 
 from nnlang.backends import collective
-from nnlang.errors import NNError
+from nnlang.errors import NNError, with_article
 
 __all__ = ["init", "rank", "size", "is_distributed", "shard", "allreduce_mean",
            "broadcast_parameters", "lead", "use_gpu"]
@@ -109,6 +109,7 @@ def broadcast_parameters(net) -> None:
     rank 0 alone, or to be sure all ranks start equal)."""
     from nnlang.runtime.net import Net
     if not isinstance(net, Net):
-        raise NNError(f"broadcast_parameters takes a compiled Net, not a {type(net).__name__}",
+        raise NNError("broadcast_parameters takes a compiled Net, not "
+                      f"{with_article(type(net).__name__)}",
                       hint="dist.broadcast_parameters(nnlang.compile(...))")
     _world().broadcast(net.state)

@@ -5,6 +5,7 @@ and an optional hint; several errors found in one run travel together in one `NN
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 
@@ -240,3 +241,19 @@ def closest(name: str, candidates, cutoff: float = 0.6) -> str | None:
 def did_you_mean(name: str, candidates) -> str | None:
     guess = closest(name, candidates)
     return f"did you mean '{guess}'?" if guess else None
+
+
+def with_article(word) -> str:
+    """`word` after "a" or "an" as it is spoken: an int, an ndarray, an 8-digit number, an
+    11-digit one, but a uint8, a UTF-16 file, a 1-digit one. Messages that name a type
+    (`type(v).__name__`) said "a int"."""
+    text = str(word)
+    digits = re.match(r"\d+", text)
+    if digits:   # NOTE: eight..., eleven, eighteen, eleven/eighteen thousand ...
+        n = digits.group()
+        vowel = n[0] == "8" or (len(n) % 3 == 2 and n[:2] in ("11", "18"))
+    else:
+        vowel = text[:1].lower() in "aeiou" and text[:1] != "" and \
+            not re.match(r"(?i)u(int|tf|ni|se|su)", text)
+    return ("an " if vowel else "a ") + text
+

@@ -1,5 +1,6 @@
 """Writing a file so that readers see the old file or the whole new one, never a part of it:
-checkpoints, run records, cached plans, kernels and data sets all go through `write_atomic`."""
+checkpoints, run records, cached plans, kernels and data sets all go through `write_atomic`.
+Also the checks of the Python API's path and bool arguments (`as_path`, `as_bool`)."""
 from __future__ import annotations
 
 import errno
@@ -10,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from nnlang.errors import NNError
+import numpy as np
+
+from nnlang.errors import NNError, with_article
 
 
 def as_path(value, what: str, hint: str | None = None) -> Path:
@@ -18,9 +21,22 @@ def as_path(value, what: str, hint: str | None = None) -> Path:
     weights) is an error naming `what`, where pathlib would raise a bare TypeError."""
     if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
         got = repr(value) if value is None or isinstance(value, (bool, int, float)) else \
-            f"a {type(value).__name__}"
+            with_article(type(value).__name__)
         raise NNError(f"{what} is a path (a str or a pathlib.Path), not {got}", hint=hint)
     return user_path(value)
+
+
+def as_bool(value, what: str) -> bool:
+    """`value` as True or False (numpy's bools too); from Python anything else is an error
+    naming `what`: a truthy string (strict="no", greedy="yes") or number switched a setting
+    the other way than the caller meant, without a word."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    got = repr(value) if value is None or isinstance(value, (str, int, float)) else \
+        with_article(type(value).__name__)
+    raise NNError(f"{what} is True or False, not {got}",
+                  hint="a non-empty string counts as True in Python: pass the bool itself"
+                  if isinstance(value, str) else None)
 
 
 def user_path(value: str | os.PathLike) -> Path:

@@ -5,6 +5,7 @@ is wrong.
 """
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 import nnlang
 from nnlang.errors import NNError
+from nnlang.train.trainer import fit
 
 DENSE = "model M {\n  input x: float32[batch, 4]\n  output y = dense(x, 2)\n}\n"
 CLASSIFIER = ("model M {\n  input image: float32[batch, 12]\n  input label: int32[batch]\n"
@@ -547,10 +549,10 @@ def test_arrays_numpy_cannot_read_are_named_not_taken_for_ragged_rows():
             raise RuntimeError("Can't call numpy() on Tensor that requires grad")
 
     net = nnlang.compile(DENSE, seed=0)
-    with pytest.raises(NNError, match=r"input 'x' \(a Unreadable\) cannot be read as a numpy "
+    with pytest.raises(NNError, match=r"input 'x' \(an Unreadable\) cannot be read as a numpy "
                                       r"array: Can't call numpy\(\).*\n.*detach"):
         net.forward({"x": Unreadable()})
-    with pytest.raises(NNError, match=r"state value 'y.bias' \(a Unreadable\) cannot be read"):
+    with pytest.raises(NNError, match=r"state value 'y.bias' \(an Unreadable\) cannot be read"):
         net.load_state_dict({**net.state_dict(), "y.bias": Unreadable()})
     with pytest.raises(NNError, match="rows have different lengths"):
         net.forward({"x": [[1.0, 2.0, 3.0, 4.0], [1.0]]})
@@ -971,3 +973,55 @@ def test_a_backend_that_is_not_a_name_is_named(backend):
     src = "model M {\n  input x: float32[batch, 4]\n  output y = dense(x, 2)\n}\n"
     with pytest.raises(NNError, match=r"(?s)unknown backend .*a backend is named by a str.*numba"):
         nnlang.compile(src, backend=backend)
+
+
+@pytest.mark.parametrize("call, argument", [
+    (lambda net: net.load_state_dict(net.parameters(), strict="no"), "strict"),
+    (lambda net: net.train_step({}, fetch="no"), "fetch"),
+    (lambda net: nnlang.dot(net, backward="yes"), "backward"),
+    (lambda net: nnlang.dot(net, fused=1), "fused"),
+    (lambda net: nnlang.dot(net, show_params="no"), "show_params"),
+    (lambda net: nnlang.compile(DENSE, init_skip_mismatch="no"), "init_skip_mismatch"),
+    (lambda net: fit(CLASSIFIER, save="no"), "save"),
+    (lambda net: fit(CLASSIFIER, progress="no"), "progress"),
+    (lambda net: fit(CLASSIFIER, init_skip_mismatch="yes"), "init_skip_mismatch"),
+])
+def test_a_bool_argument_takes_a_bool(call, argument):
+    """A non-empty string is True: strict="no" loaded strictly (and its error was about a
+    missing parameter), save="no" wrote a run directory. Any non-bool is an error naming the
+    argument; numpy's bools are bools."""
+    net = nnlang.compile(CLASSIFIER, batch=4, seed=0)
+    with pytest.raises(NNError, match=rf"\b{argument}=\.\.\.\) is True or False, not "):
+        call(net)
+    report = net.load_state_dict({"logits.weight": net.parameters()["logits.weight"]},
+                                 strict=np.False_)
+    assert report.missing == ["logits.bias"]
+
+
+@pytest.mark.parametrize("argument", ["out", "runs_root", "data_dir"])
+def test_a_path_argument_of_fit_takes_a_path(argument):
+    """fit(out=3) was a TypeError from pathlib, data_dir=3 was accepted and never read."""
+    with pytest.raises(NNError, match=rf"fit\({argument}=\.\.\.\) is a path \(a str or a "
+                                      r"pathlib.Path\), not 3"):
+        fit(CLASSIFIER, **{argument: 3})
+
+
+def test_a_type_named_in_an_error_takes_its_article():
+    """Messages that name a value's type said "not a int", "overrides are a int": the
+    article now follows the word (an int, an object, a dict)."""
+    with pytest.raises(NNError, match=r"takes a compiled Net, not an int\n"):
+        nnlang.dot(3)
+    with pytest.raises(NNError, match=r"overrides are an int: give a dict"):
+        nnlang.load(DENSE, overrides=5)
+    with pytest.raises(NNError, match=r"overrides\['hidden'\] is an object; "):
+        nnlang.load(DENSE, overrides={"hidden": object()})
+    with pytest.raises(NNError, match=r"is a path \(a str or a pathlib.Path\), not a dict"):
+        nnlang.save(nnlang.compile(DENSE), {})
+
+
+@pytest.mark.parametrize("max_steps", ["3", 2.5, True, 0])
+def test_fit_max_steps_is_a_whole_number(max_steps):
+    """fit(max_steps="3") was a TypeError from `"3" < 1`; each non-count is an NNError."""
+    with pytest.raises(NNError, match=r"max_steps=\) is a whole number of at least 1, not "
+                                      + re.escape(repr(max_steps))):
+        fit(CLASSIFIER, max_steps=max_steps)

@@ -962,3 +962,15 @@ def test_decoders_for_other_prompt_counts_are_bounded(monkeypatch):
     again = [gen.generate(["ab"] * n, opts).texts for n in (1, 2, 3)]
     assert again == first
     assert len(gen._states) <= 2
+
+
+def test_greedy_takes_a_bool_and_data_dir_a_path():
+    """greedy="no" is truthy and decoded greedily; data_dir=3 was accepted and never read
+    (the tokenizer given): each an error naming the argument. numpy's bool is a bool."""
+    net = lm_net()
+    tok = CharTokenizer(CHARS)
+    with pytest.raises(NNError, match=r"greedy=\) is True or False, not 'no'"):
+        net.generate(["the"], greedy="no", max_new=2, tokenizer=tok)
+    with pytest.raises(NNError, match=r"data_dir is a path \(a str or a pathlib.Path\), not 3"):
+        net.generate(["the"], max_new=2, tokenizer=tok, data_dir=3)
+    assert net.generate(["the"], greedy=np.True_, max_new=2, tokenizer=tok).mode

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnlang.errors import NNError
-from nnlang.files import user_path, write_atomic
+from nnlang.files import as_path, user_path, write_atomic
 from nnlang.user_cache import discard_damaged, temporary, user_cache_dir
 
 # Debian's dataset-* packages (e.g. dataset-fashion-mnist) install here. A list so tests can
@@ -56,7 +56,8 @@ class Remote:
 
 def search_roots(data_dir: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
     """(root, how it was chosen) for every root searched for dataset files, in priority order."""
-    roots = [(user_path(data_dir), "--data-dir")] if data_dir is not None else []
+    roots = [(as_path(data_dir, "data_dir", "the folder to look for data sets in"),
+              "--data-dir")] if data_dir is not None else []
     if os.environ.get("NNLANG_DATA_DIR"):
         roots.append((user_path(os.environ["NNLANG_DATA_DIR"]), "$NNLANG_DATA_DIR"))
     return [*roots, *((d, "the system datasets dir") for d in SYSTEM_DIRS),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 
-from nnlang.errors import FOREIGN_NAMES, Span, did_you_mean
+from nnlang.errors import FOREIGN_NAMES, Span, did_you_mean, with_article
 from nnlang.frontend import ast
 from nnlang.frontend.fmt import expr as fmt_expr
 from nnlang.frontend.values import (POISON, Abort, Initializer, KEYWORD_ONLY_OPS, Scope, T,
@@ -320,7 +320,7 @@ class CallElaboration:
                     LAYER_ALIASES.get(op, op) != LAYER_ALIASES.get(func, func):
                 what = f"a call of block {made_by}" if made_by else f"the {op} layer"
                 hint = (f"share a call of {made_by} with another call of {made_by}" if made_by
-                        else f"share a {op} layer with another {op}")
+                        else f"share {with_article(op)} layer with another {op}")
                 if op == "embedding" and not block:
                     hint = f"to tie an embedding to an output layer, multiply by its weight " \
                            f"transposed: `h @ transpose({path}.weight, perm = [1, 0])`"
@@ -707,8 +707,9 @@ def literal_problem(v: int | float, dtype: str) -> tuple[str, str] | None:
 def number_text(v: int | float) -> str:
     """A number short enough for a message: 1e+39, not the 400 digits of 10 ** 400."""
     if isinstance(v, int) and abs(v) > 10 ** 15:
-        return f"a {int(math.log10(abs(v))) + 1}-digit number" if abs(v) > sys.float_info.max \
-            else f"{float(v):g}"
+        if abs(v) > sys.float_info.max:
+            return with_article(f"{int(math.log10(abs(v))) + 1}-digit number")
+        return f"{float(v):g}"
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nnlang.errors import (ErrorSink, Given, NNError, Span, closest, did_you_mean,
-                           foreign_name)
+                           foreign_name, with_article)
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration, number_text
 from nnlang.frontend.deep import deep_stack
@@ -619,9 +619,10 @@ def _python_value(key: str, v):
         raise NNError(f"overrides['{key}'] = {v!r}: a hyper-parameter is a finite number")
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
-    raise NNError(f"overrides['{key}'] is a {type(v).__name__}; a hyper-parameter is a number, "
-                  "a bool, a string, None or a list of those", hint="pass the value the .nn "
-                  "source would write (an int for a size, a float for a rate)")
+    raise NNError(f"overrides['{key}'] is {with_article(type(v).__name__)}; a hyper-parameter "
+                  "is a number, a bool, a string, None or a list of those",
+                  hint="pass the value the .nn source would write (an int for a size, a float "
+                  "for a rate)")
 
 
 def checked_overrides(overrides) -> dict:
@@ -629,7 +630,7 @@ def checked_overrides(overrides) -> dict:
     if overrides is None:
         return {}
     if not hasattr(overrides, "items"):
-        raise NNError(f"overrides are a {type(overrides).__name__}: give a dict of "
+        raise NNError(f"overrides are {with_article(type(overrides).__name__)}: give a dict of "
                       "hyper-parameter name -> value", hint="e.g. overrides={\"hidden\": 64}")
     for key in overrides:
         if not isinstance(key, str):

@@ -94,9 +94,21 @@ def _read_stream(f, name: str, keep_bom: bool) -> str:
     return BOM + text if keep_bom and data.startswith(codecs.BOM_UTF8) else text
 
 
+# NOTE: UTF-32's marks first: UTF-32-LE's starts with UTF-16-LE's
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+              (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+
+
 def decode(data: bytes, file: str) -> str:
     """UTF-8 text (a leading byte-order mark is dropped); NNError at the first byte that is not
     UTF-8, by line, column and byte offset."""
+    wide = next((name for bom, name in _WIDE_BOMS if data.startswith(bom)), None)
+    if wide:
+        # NOTE: what Windows Notepad saves as "Unicode": its NUL bytes read as a binary file
+        raise NNError(f"this file is {wide} (it starts with a {wide} byte-order mark); .nn "
+                      "source is UTF-8 text", Span(file, 1, 1),
+                      "save it as UTF-8 (Notepad: Save As, Encoding: UTF-8), or convert it: "
+                      f"iconv -f {wide} -t UTF-8")
     skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
         return data[skip:].decode("utf-8")

@@ -137,12 +137,18 @@ def _window(op, x: TensorType, nd, kernel, stride, padding, dilation, channels_l
         o = window_out(spatial[i], kernel[i], stride[i], pads[2 * i], pads[2 * i + 1],
                        dilation[i])
         if o <= 0:
+            # NOTE: at the kernel (the note shows the input's shape), unless the input's layout
+            # is what is wrong: the caret was under the input for a kernel too large
+            swapped = not channels_last and looks_channels_last(x.shape, nd)
+            undilated = window_out(spatial[i], kernel[i], stride[i], pads[2 * i],
+                                   pads[2 * i + 1], 1) > 0
             raise ShapeError(f"{op}: window {kernel[i]} (dilation {dilation[i]}) does not fit "
                              f"spatial size {spatial[i]} of {fmt_shape(x.shape)} with padding "
                              f"{pads[2 * i]}+{pads[2 * i + 1]}", arg=0,
-                             hint=(channels_last_hint(x.shape, nd, exact=False)
-                                   if not channels_last and looks_channels_last(x.shape, nd)
-                                   else "use padding = \"same\" or a smaller kernel"))
+                             attr=None if swapped else "dilation" if undilated else kernel_name,
+                             hint=(channels_last_hint(x.shape, nd, exact=False) if swapped
+                                   else "use padding = \"same\" or a smaller "
+                                   + ("dilation" if undilated else "kernel")))
         out.append(o)
     return shape, kernel, stride, pads, dilation, out
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from nnlang.errors import NNError
+from nnlang.errors import NNError, with_article
+from nnlang.files import as_bool
 from nnlang.ir.graph import Graph
 
 EMITS = ("user", "ir", "backward", "fused", "kernels", "summary")
@@ -24,7 +25,7 @@ def _compiled(net, fn: str) -> None:
     """emit and dot read a compiled Net's graphs; a Program or a path is one step short."""
     from nnlang.runtime.net import Net
     if not isinstance(net, Net):
-        raise NNError(f"nnlang.{fn} takes a compiled Net, not a {type(net).__name__}",
+        raise NNError(f"nnlang.{fn} takes a compiled Net, not {with_article(type(net).__name__)}",
                       hint=f"compile it first: nnlang.{fn}(nnlang.compile(model), ...)")
 
 
@@ -162,6 +163,8 @@ def dot(net, backward: bool = False, fused: bool = False, depth: int | None = No
     fused kernel drawn as a cluster (a model with no loss: its prediction graph)."""
     from nnlang.ir.dot import to_dot
     _compiled(net, "dot")
+    backward, fused, show_params = (as_bool(v, f"dot({k}=...)") for k, v in (
+        ("backward", backward), ("fused", fused), ("show_params", show_params)))
     if backward and not net.user.losses:
         from nnlang.passes.pipeline import no_loss
         raise no_loss(net.user, "so it has no backward pass")

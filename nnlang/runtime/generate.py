@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nnlang.errors import NNError
+from nnlang.errors import NNError, with_article
+from nnlang.files import as_bool, as_path
 from nnlang.frontend.generate_config import BASE, SAMPLING, sampling_problem
 from nnlang.gc_pause import paused_gc
 from nnlang.passes.pipeline import forward_graph
@@ -67,6 +68,8 @@ def options_from(spec, given: dict) -> dict:
             # NOTE: the flag and the keyword, since `Net.generate` serves the CLI and Python
             raise NNError(f"{FLAGS[name]} ({name}=): {problem}")
     explicit = {k: v for k, v in given.items() if v is not None}
+    if "greedy" in explicit:   # NOTE: greedy="no" is truthy: it decoded greedily
+        explicit["greedy"] = as_bool(explicit["greedy"], "--greedy (greedy=)")
     if explicit.get("greedy") and explicit.get("beam", 1) > 1:
         raise NNError(f"--greedy and --beam {explicit['beam']} ask for two decodings: greedy "
                       "decoding keeps one hypothesis", hint="drop --greedy for beam search, or "
@@ -111,8 +114,8 @@ def generate(net, prompts, tokenizer=None, data_dir=None, **options) -> Generati
     elif not isinstance(prompts, (list, tuple)):
         raise NNError(f"prompts are {type(prompts).__name__}: give a string or a list of "
                       "strings")
-    return _generator(net, spec, tokenizer, data_dir).generate(list(prompts),
-                                                                options_from(spec, options))
+    opts = options_from(spec, options)   # NOTE: first: a bad option is not a tokenizer's fault
+    return _generator(net, spec, tokenizer, data_dir).generate(list(prompts), opts)
 
 
 def tokenizer_of(net, data_dir=None):
@@ -222,6 +225,8 @@ def _spec(net):
 def _generator(net, spec, tokenizer, data_dir):
     """The Net's Generator (its compiled graphs) for the Net's own tokenizer, or for the one
     given. NOTE: one slot each: a tokenizer given once was kept by later calls without one."""
+    if data_dir is not None:   # NOTE: checked when unused too (a tokenizer given, a restored one)
+        as_path(data_dir, "data_dir", "the folder to look for the data set in")
     slot = "_generator" if tokenizer is None else "_generator_given"
     gen = getattr(net, slot, None)
     if gen is None or (tokenizer is not None and tokenizer is not gen.tok):
@@ -236,7 +241,7 @@ class Generator:
     def __init__(self, net, spec, tokenizer):
         self.net, self.spec, self.tok = net, spec, tokenizer
         if not hasattr(tokenizer, "vocab_size") or not hasattr(tokenizer, "encode"):
-            raise NNError(f"tokenizer is a {type(tokenizer).__name__}, not a tokenizer",
+            raise NNError(f"tokenizer is {with_article(type(tokenizer).__name__)}, not a tokenizer",
                           hint="leave it out (the train data set's is used) or pass a "
                                "nnlang.data.chars.CharTokenizer")
         if tokenizer.vocab_size > spec.vocab:

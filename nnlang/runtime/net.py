@@ -16,7 +16,8 @@ import numpy as np
 from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.blas import blas_threads
 from nnlang.backends.ctrl_c import ctrl_c_held
-from nnlang.errors import NNError, closest, did_you_mean
+from nnlang.errors import NNError, closest, did_you_mean, with_article
+from nnlang.files import as_bool
 from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import DEFAULT_LENGTH, MAX_BATCH, Sym
 from nnlang.ir.summary import check_memory
@@ -219,6 +220,7 @@ class Net:
         state (`optimizer.*`) belongs to a parameter of this model; its step count becomes the
         net's `step`, so schedules go on where they were. Returns the names `missing` and
         `unexpected` (non-empty only when not strict)."""
+        strict = as_bool(strict, "load_state_dict(strict=...)")
         if not hasattr(state, "items"):
             raise NNError(f"a state dict maps names to arrays; got {type(state).__name__}",
                           hint="pass what net.state_dict() or net.parameters() returns")
@@ -424,6 +426,7 @@ class Net:
         fetch=False returns None and leaves the loss and metrics where the step computed them,
         so on a GPU the step ends without waiting for the device; `fetch()` then reads those
         of every such step at once."""
+        fetch = as_bool(fetch, "train_step(fetch=...)")
         if self.step == 0 and not self.total_steps and self.config.schedule is not None \
                 and self.config.schedule.name == "cosine":
             warnings.warn("the cosine schedule decays over the whole run, and this net does "
@@ -759,9 +762,9 @@ def _numbers(value, what: str, declared: str = "") -> np.ndarray:
             raise NNError(f"{what} is not an array: its rows have different lengths",
                           hint="pad the rows to one length") from None
         # NOTE: e.g. a torch tensor that requires grad, or in bfloat16, which numpy lacks
-        raise NNError(f"{what} (a {type(value).__name__}) cannot be read as a numpy array: "
-                      f"{err}", hint="pass a numpy array of numbers (for a torch tensor: "
-                      "t.detach().cpu().float().numpy())") from None
+        raise NNError(f"{what} ({with_article(type(value).__name__)}) cannot be read as a "
+                      f"numpy array: {err}", hint="pass a numpy array of numbers (for a torch "
+                      "tensor: t.detach().cpu().float().numpy())") from None
     if arr.dtype == object and arr.size and all(
             isinstance(v, (int, float, np.integer, np.floating)) for v in arr.flat):
         # NOTE: numbers numpy keeps as objects: a Python int past int64/uint64 (a hash id,
@@ -776,7 +779,7 @@ def _numbers(value, what: str, declared: str = "") -> np.ndarray:
                           + (f"; the model declares {declared}" if declared else ""),
                           hint="give numbers a numpy array can hold") from None
     if arr.dtype.kind not in "biuf":
-        got = f"a {type(value).__name__}" if arr.ndim == 0 and arr.dtype == object else \
+        got = with_article(type(value).__name__) if arr.ndim == 0 and arr.dtype == object else \
             {"U": "text", "S": "bytes", "c": "complex numbers", "M": "dates",
              "m": "time spans"}.get(arr.dtype.kind, "values that are not numbers")
         raise NNError(f"{what} holds {got}" + (f"; the model declares {declared}"

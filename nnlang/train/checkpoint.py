@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnlang.errors import NNError
+from nnlang.errors import NNError, with_article
 from nnlang.files import as_path, write_atomic
 from nnlang.frontend.source import same_program
 from nnlang.frontend.train_config import Choice, TrainConfig
@@ -128,7 +128,8 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
         raise unreadable(path, f"no '{_META}' entry" if isinstance(err, KeyError)
                          else type(err).__name__) from None
     if not isinstance(meta, dict):
-        raise unreadable(path, f"its meta is a {type(meta).__name__}, not a JSON object")
+        raise unreadable(path, f"its meta is {with_article(type(meta).__name__)}, not a JSON "
+                               "object")
     if meta.get("format") != FORMAT:
         raise NNError(f"{path} has checkpoint format {meta.get('format')!r}; this nnlang "
                       f"reads format {FORMAT}")
@@ -180,7 +181,7 @@ def _check_choice(path, choice: Choice, registry: dict, what: str) -> None:
             isinstance(v, (int, float)) and not isinstance(v, bool)
         if not ok:
             raise unreadable(path, f"its config's {what} {choice.name}: {p.name} = {v!r} is "
-                                   f"not a {p.kind}")
+                                   f"not {with_article(p.kind)}")
 
 
 def _check_values(path, state: dict, dtype: str) -> None:

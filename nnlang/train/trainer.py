@@ -22,6 +22,7 @@ from rich.table import Table
 
 from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
+from nnlang.files import as_bool, as_path
 from nnlang.frontend.train_config import setting_span
 from nnlang.ops.optim import plateau_scale
 from nnlang.ops.signature import show_value
@@ -319,6 +320,18 @@ class _Training:
               init_skip_mismatch=False) -> "_Training":
         from nnlang.runtime.net import Net, check_backend
         check_backend(backend)
+        # NOTE: save="no" or progress="no" is truthy, and an int for a folder failed deep in
+        # pathlib (out=3 a TypeError) or was never read (data_dir with data given as arrays)
+        save, progress = as_bool(save, "fit(save=...)"), as_bool(progress, "fit(progress=...)")
+        init_skip_mismatch = as_bool(init_skip_mismatch, "fit(init_skip_mismatch=...)")
+        if isinstance(resume, (bool, np.bool_)):
+            resume = bool(resume)
+        elif resume is not None:
+            as_path(resume, "fit(resume=...)", "True to continue the newest run, or a run "
+                    "directory or checkpoint")
+        for what, value in (("data_dir", data_dir), ("out", out), ("runs_root", runs_root)):
+            if value is not None:
+                as_path(value, f"fit({what}=...)")
         ranks = Ranks.join(backend)  # NOTE: rank 0 alone prints and writes the run directory
         console, save = ranks.console(console), save and ranks.lead
         if isinstance(config, dict):
@@ -357,8 +370,11 @@ class _Training:
         if ckpt and ckpt.trained_on_other_source(source):
             say(console, f"note: {file} differs from the source this checkpoint was trained "
                          "with")
-        if max_steps is not None and max_steps < 1:
-            raise NNError(f"--max-steps must be at least 1, not {max_steps}")
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(
+                max_steps, (int, np.integer)) or max_steps < 1):
+            # NOTE: a str ("3") was a TypeError from the comparison
+            raise NNError(f"--max-steps (max_steps=) is a whole number of at least 1, not "
+                          f"{max_steps!r}")
         with given_at(spans if init_from is None else {}, "init_from"):
             words, start = (trained_words(ckpt.data_meta), ckpt) if ckpt else \
                 words_to_start_from(program, cfg, init_from, False, file)

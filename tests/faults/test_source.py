@@ -1092,3 +1092,18 @@ def test_an_initializer_option_beyond_float32(tmp_path, line, where, words):
     encountered in cast") and training ran on them with exit 0."""
     lines = [line] if line.startswith("y") else [line, "y = v @ w"]
     expect(cli("check", nn_file(tmp_path, model(*lines))), f":{where}: error: {words}")
+
+
+@pytest.mark.parametrize("encoding, name", [("utf-16", "UTF-16"), ("utf-16-be", "UTF-16"),
+                                            ("utf-32", "UTF-32")])
+def test_a_utf16_file_is_named_as_such(tmp_path, encoding, name):
+    """Windows Notepad's "Unicode" is UTF-16 with a byte-order mark: its NUL bytes made it
+    "a binary file". The encoding is named, with how to save it as UTF-8."""
+    text = MLP.read_text()
+    data = (b"\xfe\xff" + text.encode(encoding)) if encoding == "utf-16-be" else \
+        text.encode(encoding)
+    path = nn_file(tmp_path, data)
+    out = cli("check", path)
+    expect(out, f"{path}:1:1: error: this file is {name} (it starts with a {name} byte-order "
+           "mark); .nn source is UTF-8 text", "save it as UTF-8")
+    assert "binary" not in out
