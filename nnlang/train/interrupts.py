@@ -24,7 +24,8 @@ class Interrupts:
     user asked the run to outlive the terminal). `on_hangup` runs at a SIGHUP, in the handler:
     the terminal is gone, so the caller stops its writes to it from failing. `request` makes
     the same request from Python: the CLI's, when standard output's reader is gone (`nnlang
-    train ... | head`), as SIGPIPE, or its terminal is (a write failed with EIO), as SIGHUP."""
+    train ... | head`), as SIGPIPE. (A write to a terminal that is gone, EIO, raises a real
+    SIGHUP: `nnlang_cli.app._hang_up`.)"""
 
     SIGNALS = STOP_SIGNALS
     active: list = []   # the instances entered and not yet left, innermost last
