@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import threading
 from contextlib import contextmanager
@@ -137,10 +138,36 @@ class _Written:
         except BrokenPipeError:
             raise   # NOTE: `_Console.on_broken_pipe`
         except OSError as err:
+            if _terminal_gone(self._stream, err):
+                if self._stream is sys.__stdout__:
+                    _quiet_stdout()
+                _hang_up()
+                return len(args[0]) if args else None
             if self._stream is sys.__stdout__:
                 _quiet_stdout()   # NOTE: or Python's own flush at exit fails again, with a trace
                 _UNWRITABLE.append(err)   # ... and no closed pipe (`_Typer.__call__`)
             raise _stdout_error(err) from None
+
+
+def _terminal_gone(stream, err: OSError) -> bool:
+    """NOTE: a write to a terminal that hung up (its window closed, the ssh session dropped)
+    fails with EIO, as it may before the SIGHUP arrives; isatty() fails there too, but the
+    descriptor is still a character device (a file on a failing disk is not)."""
+    if err.errno != errno.EIO:
+        return False
+    try:
+        return stat.S_ISCHR(os.fstat(stream.fileno()).st_mode)
+    except (OSError, AttributeError, ValueError):
+        return False
+
+
+def _hang_up() -> None:
+    """Standard output's terminal is gone: what a SIGHUP does where Python handles it (training
+    saves and stops, `reporting` says so and exits 129). NOTE: with no Python handler (SIG_DFL
+    outside a command, SIG_IGN under nohup) the output is only dropped: the real SIGHUP, if
+    any, does the rest."""
+    if hasattr(signal, "SIGHUP") and callable(signal.getsignal(signal.SIGHUP)):
+        signal.raise_signal(signal.SIGHUP)
 
 
 def _quiet_stdout() -> None:
@@ -204,18 +231,24 @@ MODEL_HELP = "The model to use when the file defines several, or one the file im
 
 INTERRUPTED = 130  # NOTE: the shell convention for "stopped by Ctrl-C"
 TERMINATED = 143   # ... and for "stopped by SIGTERM" (128 + 15)
+HUNG_UP = 129      # ... and for "stopped by SIGHUP: the terminal is gone" (128 + 1)
 OUTPUT_CLOSED = 141  # ... and for "SIGPIPE: stdout's reader is gone" (128 + 13)
 INTERNAL = 70      # NOTE: sysexits' EX_SOFTWARE; 2 is typer's (click's) usage error
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, a batch scheduler) outside training, which handles it itself (`fit`
-    saves first): raised where Python runs, as Ctrl-C's KeyboardInterrupt is, so a command
-    loading data or compiling ends with a word and exit 143, not silently."""
+    """SIGTERM (`kill`, a batch scheduler) or SIGHUP (the terminal is gone) outside training,
+    which handles them itself (`fit` saves first): raised where Python runs, as Ctrl-C's
+    KeyboardInterrupt is, so a command loading data or compiling ends with a word and exit 143
+    (129), not silently."""
 
 
 _TERMINATED: list[int] = []
 _SWALLOWED: list = []   # Terminated raised where Python could not pass it on
+# NOTE: SIGHUP is missing on Windows
+_ENDINGS = {signal.SIGTERM: ("terminated (SIGTERM)", TERMINATED)}
+if hasattr(signal, "SIGHUP"):
+    _ENDINGS[signal.SIGHUP] = ("hung up (SIGHUP)", HUNG_UP)
 
 
 def _terminate(signum, frame):
@@ -223,21 +256,28 @@ def _terminate(signum, frame):
     raise Terminated
 
 
-def terminated() -> bool:
-    """Was this process sent SIGTERM during a command (a KeyboardInterrupt caught on its way,
-    as generation's, then came from it)?"""
-    return bool(_TERMINATED)
+def terminated() -> tuple[str, int] | None:
+    """Was this process sent SIGTERM or SIGHUP during a command (a KeyboardInterrupt caught on
+    its way, as generation's, then came from it)? The first one's word and exit code."""
+    return _ENDINGS[_TERMINATED[0]] if _TERMINATED else None
 
 
 @contextmanager
 def _sigterm_raises():
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield   # NOTE: another handler (an outer `reporting`, the embedding program's) stays
+    """SIGTERM and SIGHUP raise `Terminated` during a command, where no one else handles them:
+    NOTE: another handler (an outer `reporting`, the embedding program's) stays, and so does
+    an ignored SIGHUP (`nohup`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ours = [sig for sig in _ENDINGS if signal.getsignal(sig) is signal.SIG_DFL]
+    if not ours:
+        yield
         return
     _TERMINATED.clear()
     _SWALLOWED.clear()
-    signal.signal(signal.SIGTERM, _terminate)
+    for sig in ours:
+        signal.signal(sig, _terminate)
     hook = sys.unraisablehook
     sys.unraisablehook = _quiet_termination(hook)
     try:
@@ -254,7 +294,8 @@ def _sigterm_raises():
         if _SWALLOWED:   # NOTE: ... or the compile went on, and the command ended after it
             raise Terminated
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig in ours:
+            signal.signal(sig, signal.SIG_DFL)
         sys.unraisablehook = hook
 
 
@@ -276,9 +317,9 @@ def _quiet_termination(hook):
 def reporting():
     """Turns an NNError into its rendering on stderr and exit code 1, and Ctrl-C (loading,
     compiling, eval, predict...) into a word and exit code 130 (typer alone exits 130 without
-    a word), SIGTERM into a word and 143; nothing there is half-written (files are replaced
-    atomically). `fit` handles a Ctrl-C or SIGTERM while training itself: it saves a
-    checkpoint and says so."""
+    a word), SIGTERM into a word and 143 (SIGHUP: 129); nothing there is half-written (files
+    are replaced atomically). `fit` handles a Ctrl-C, SIGTERM or SIGHUP while training itself:
+    it saves a checkpoint and says so."""
     try:
         with _sigterm_raises():
             yield
@@ -290,8 +331,9 @@ def reporting():
         _quiet_stdout()
         raise typer.Exit(OUTPUT_CLOSED) from None
     except Terminated:
-        console().print("terminated (SIGTERM)", markup=False, highlight=False)
-        raise typer.Exit(TERMINATED) from None
+        word, code = terminated() or _ENDINGS[signal.SIGTERM]
+        console().print(word, markup=False, highlight=False)
+        raise typer.Exit(code) from None
     except KeyboardInterrupt:
         console().print("interrupted", markup=False, highlight=False)
         raise typer.Exit(INTERRUPTED) from None

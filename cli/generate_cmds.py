@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from nnlang.frontend.generate_config import BASE
-from nnlang_cli.app import (INTERRUPTED, TERMINATED, app, console, err_console, finite_float,
+from nnlang_cli.app import (INTERRUPTED, app, console, err_console, finite_float,
                             reporting, terminated)
 from nnlang_cli.train_cmds import BACKEND_HELP, CKPT_HELP, DATA_DIR_HELP
 
@@ -110,11 +110,11 @@ def generate(
         return _print_held_out(out, report, as_json)
     _print_samples(out, net, result, as_json)
     if cut:
-        word = "terminated (SIGTERM)" if terminated() else "interrupted"
+        word, code = terminated() or ("interrupted", INTERRUPTED)
         (err_console() if as_json else out).print(
             f"{word}: the texts above end where decoding stopped", markup=False,
             highlight=False)
-        raise typer.Exit(TERMINATED if terminated() else INTERRUPTED)
+        raise typer.Exit(code)
 
 
 def _print_samples(out, net, result, as_json: bool) -> None:

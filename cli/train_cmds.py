@@ -16,8 +16,9 @@ from rich.text import Text
 
 from nnlang.ir.dims import MAX_BATCH
 from nnlang.train.progress import say
-from nnlang_cli.app import (INTERRUPTED, MODEL_HELP, OUTPUT_CLOSED, TERMINATED, app, console,
-                            err_console, finite_float, one_process, parse_overrides, reporting)
+from nnlang_cli.app import (HUNG_UP, INTERRUPTED, MODEL_HELP, OUTPUT_CLOSED, TERMINATED, app,
+                            console, err_console, finite_float, one_process, parse_overrides,
+                            reporting)
 
 
 @contextmanager
@@ -28,7 +29,7 @@ def every_rank_stops():
         yield
     except typer.Exit as e:
         from nnlang.backends.collective import current
-        if e.exit_code not in (0, INTERRUPTED, TERMINATED, OUTPUT_CLOSED) and \
+        if e.exit_code not in (0, INTERRUPTED, TERMINATED, OUTPUT_CLOSED, HUNG_UP) and \
                 current() is not None:
             current().abort(e.exit_code)
         raise
@@ -96,7 +97,7 @@ def train(
                       resume=resume, max_steps=max_steps, console=console(),
                       init_from=init_from, init_skip_mismatch=init_skip_mismatch)
     code = {"interrupted": INTERRUPTED, "terminated": TERMINATED,
-            "output closed": OUTPUT_CLOSED}.get(history.stopped)
+            "output closed": OUTPUT_CLOSED, "hung up": HUNG_UP}.get(history.stopped)
     if code:
         raise typer.Exit(code)
 

@@ -6,12 +6,18 @@ import signal
 import threading
 from contextlib import contextmanager
 
+# NOTE: the signals that ask a run to stop (and training to save first): Ctrl-C, SIGTERM (`kill`,
+# a batch scheduler's notice) and SIGHUP (the terminal is gone: an ssh session dropped, the
+# window closed), which Windows lacks
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + \
+    ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+
 
 @contextmanager
 def ctrl_c_held():
-    """Ctrl-C (SIGINT), and SIGTERM where Python handles it (`fit`'s `Interrupts`), during the
-    block is recorded, then given to the handler that was in place once the block ends
-    (Python's KeyboardInterrupt, or `fit`'s `Interrupts`).
+    """Ctrl-C (SIGINT), and SIGTERM or SIGHUP where Python handles it (`fit`'s `Interrupts`),
+    during the block is recorded, then given to the handler that was in place once the block
+    ends (Python's KeyboardInterrupt, or `fit`'s `Interrupts`).
     NOTE: numba runs Python inside LLVM's object-cache callbacks (llvmlite, through ctypes);
     a KeyboardInterrupt raised there is printed as "Exception ignored on calling ctypes callback
     function" and dropped, and the compile goes on with a library that lacks its object code
@@ -21,7 +27,7 @@ def ctrl_c_held():
         yield
         return
     pressed, old = [], {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         # NOTE: only a Python handler runs Python: SIG_DFL and SIG_IGN are not callable, and
         # None is a handler set outside Python
         if callable(signal.getsignal(sig)):

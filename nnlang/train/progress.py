@@ -17,6 +17,40 @@ def say(console: Console, text: str) -> None:
     console.print(text, markup=False, highlight=False)
 
 
+class _Dropping:
+    """A console's file whose failed writes are dropped (`outlive_terminal`)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except OSError:
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except OSError:
+            pass
+
+
+def outlive_terminal(console: Console):
+    """After SIGHUP the terminal may be gone, and every write to it fails (EIO): a failed
+    progress line or bar refresh then ended training before its checkpoint was saved. From
+    here on the console's failed writes are dropped; where its output still goes (a log file:
+    `nnlang train > log.txt`) the word on why training stopped is kept. Returns what undoes
+    it, so the caller's own console is not changed for good."""
+    old = console._file
+    if not isinstance(old, _Dropping):
+        console.file = _Dropping(console.file)   # NOTE: `file` is the stream rich writes to
+    return lambda: setattr(console, "file", old)
+
+
 def live(console: Console) -> bool:
     """A bar that redraws in place, else lines. A dumb terminal (TERM=dumb: Emacs shells, some
     CI runners) cannot move the cursor: rich draws its bar there only when it ends, so it gets

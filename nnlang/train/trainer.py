@@ -32,7 +32,7 @@ from nnlang.train.data_parallel import Ranks
 from nnlang.train.guard import DivergenceGuard
 from nnlang.train.interrupts import Interrupts, test_signal
 from nnlang.train.overrides import given_at, given_span, resolve
-from nnlang.train.progress import LINE_EVERY_S, fmt, live, progress, say
+from nnlang.train.progress import LINE_EVERY_S, fmt, live, outlive_terminal, progress, say
 from nnlang.train.init_from import start_run, words_to_start_from
 from nnlang.train.resume import describe_resume, find_checkpoint
 from nnlang.train.runs import PLOT_HINT, RunDir
@@ -40,18 +40,20 @@ from nnlang.train.runs import PLOT_HINT, RunDir
 
 # NOTE: SIGTERM is what batch schedulers (Slurm) send before they kill a job: saved like a Ctrl-C
 # SIGPIPE: the CLI's stdout lost its reader (`nnlang train | head`): saved too, said on stderr
+# SIGHUP: the terminal is gone (an ssh session dropped): saved too, said where stdout still goes
 _STOPPED_BY = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
-               signal.SIGPIPE: "output closed"}
+               signal.SIGPIPE: "output closed", signal.SIGHUP: "hung up"}
 _SAID = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)",
-         signal.SIGPIPE: "standard output closed (broken pipe)"}
+         signal.SIGPIPE: "standard output closed (broken pipe)",
+         signal.SIGHUP: "hung up (SIGHUP)"}
 
 
 @dataclass
 class History:
     """What `fit` returns: one row per epoch (as in metrics.jsonl), the loss of every step this
     call took, the final validation and test results, and why training stopped early (None,
-    "max_steps", "interrupted", "terminated" (SIGTERM), "output closed" (SIGPIPE),
-    "early_stop"). NOTE: train_loss includes the l1/l2 penalties, val/test loss not. `best`: the monitored value's best epoch
+    "max_steps", "interrupted", "terminated" (SIGTERM), "output closed" (SIGPIPE), "hung up"
+    (SIGHUP), "early_stop"). NOTE: train_loss includes the l1/l2 penalties, val/test loss not. `best`: the monitored value's best epoch
     (weights in best.npz)."""
     rows: list = field(default_factory=list)
     losses: list = field(default_factory=list)
@@ -554,11 +556,19 @@ class _Training:
 
     # *** the loop ***
     def run(self) -> History:
+        self._undo_hangup = None
         try:
             return self._run()
         finally:
             if self.run_dir is not None:
                 self.run_dir.release()
+            if self._undo_hangup is not None:
+                self._undo_hangup()
+
+    def _hung_up(self) -> None:
+        """SIGHUP (in its handler): the console's writes to a terminal that is gone fail."""
+        if self._undo_hangup is None:
+            self._undo_hangup = outlive_terminal(self.console)
 
     def _run(self) -> History:
         cfg, watch = self.cfg, self.watch
@@ -577,7 +587,7 @@ class _Training:
             end, self.history.stopped = self.start_epoch, "max_steps"
             say(self.console, f"nothing to train: the checkpoint is at step {self.net.step}, "
                               f"--max-steps {self.max_steps} (pass a larger one to train more)")
-        with Interrupts(deferred=self.ranks.many) as interrupts:
+        with Interrupts(deferred=self.ranks.many, on_hangup=self._hung_up) as interrupts:
             try:
                 if self.start_epoch < end:
                     with interrupts.immediate():
@@ -736,8 +746,8 @@ class _Training:
             pos.done += 1
 
     def interrupted(self, sig=signal.SIGINT) -> History:
-        """Ctrl-C (or SIGTERM) between whole steps: the steps run so far count (their updates
-        are in the state, finite or not); the checkpoint describes exactly them."""
+        """Ctrl-C (or SIGTERM, SIGHUP) between whole steps: the steps run so far count (their
+        updates are in the state, finite or not); the checkpoint describes exactly them."""
         self._take(check=False)
         pos = self.pos
         if pos.ended:
@@ -767,7 +777,7 @@ class _Training:
         # NOTE: ranks evaluate to the end together: a Ctrl-C then is only recorded. The summary
         # and plots are inside too: SIGTERM there (no handler) ended the process without a word
         plotted, doing = [], "during the test evaluation"
-        with Interrupts(deferred=self.ranks.many) as interrupts:
+        with Interrupts(deferred=self.ranks.many, on_hangup=self._hung_up) as interrupts:
             try:
                 with interrupts.immediate():
                     history.test = evaluate(self.net, self.test, self.cfg.batch,

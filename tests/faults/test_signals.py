@@ -47,17 +47,22 @@ def straight(tiny) -> Path:
     ("7", 130, 7),          # Ctrl-C in epoch 1: saved exactly where it stopped
     ("14:KILL", -9, 10),    # kill -9 in epoch 2: the end-of-epoch-1 checkpoint is left
     ("12:TERM", 143, 12),   # SIGTERM (Slurm's notice before it kills a job): as Ctrl-C
+    ("13:HUP", 129, 13),    # SIGHUP (a dropped ssh session): as SIGTERM
 ])
 def test_signal_then_resume_is_bit_identical(tiny, spec, code, saved_step):
     ref = straight(tiny)
+    # NOTE: a PYTHONPATH already set (one naming the checkout's nnlang_cli) is kept
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     p = cli_process("train", "tiny.nn", "--backend", "reference", "--out", "cut", code=code,
-                    cwd=tiny, env={"NNLANG_TEST_SIGNAL_AT_STEP": spec,
-                                   "PYTHONPATH": str(ROOT)})
+                    cwd=tiny, env={"NNLANG_TEST_SIGNAL_AT_STEP": spec, "PYTHONPATH": path})
     if code == 130:
         assert "interrupted at epoch 1, step 7 (global step 7)" in p.stdout
         assert "resume with: nnlang train tiny.nn --out cut --resume" in p.stdout
     if code == 143:   # it ended the process with no word and lost the epoch's steps
         assert "terminated (SIGTERM) at epoch 2, step 2 (global step 12)" in p.stdout
+        assert "resume with: nnlang train tiny.nn --out cut --resume" in p.stdout
+    if code == 129:   # it ended the process with no word, as kill -9 does
+        assert "hung up (SIGHUP) at epoch 2, step 3 (global step 13)" in p.stdout
         assert "resume with: nnlang train tiny.nn --out cut --resume" in p.stdout
     assert checkpoint.load(tiny / "cut").step == saved_step
     (tiny / "cut" / ".checkpoint.npz.k9x.tmp").write_bytes(b"PK half")  # a save kill -9 cut
@@ -357,25 +362,32 @@ def test_sigterm_while_the_summary_and_plots_are_written(tiny, monkeypatch, caps
     assert checkpoint.load(tiny / "cut").step == 20
 
 
+@pytest.mark.parametrize("sig, code, word", [
+    ("SIGTERM", 143, "terminated (SIGTERM)"),
+    ("SIGHUP", 129, "hung up (SIGHUP)"),   # NOTE: it ended the process silently too (-1)
+])
 @pytest.mark.parametrize("command, module, name", [
     (("check", "tiny.nn"), "nnlang_cli.inspect_cmds", "load_program"),
     (("train", "tiny.nn", "--backend", "reference"), "nnlang.train.feeds", "load_data"),
 ])
-def test_sigterm_outside_training_says_terminated_and_exits_143(tiny, command, module, name):
+def test_sigterm_outside_training_says_terminated_and_exits_143(tiny, command, module, name,
+                                                                sig, code, word):
     """SIGTERM while a command loads its data or model (before training's own handler, which
     saves first) ended the process silently with -15; it now says so, exit 143, as `fit`
-    does while training. In a process of its own: SIGTERM's default action ends it."""
+    does while training. In a process of its own: SIGTERM's default action ends it. SIGHUP
+    alike, with exit 129."""
     import subprocess
     probe = (f"import signal, {module} as m\n"
              "def killed(*args, **kwargs):\n"
-             "    signal.raise_signal(signal.SIGTERM)\n"
-             "    raise AssertionError('SIGTERM did not stop the command')\n"
+             f"    signal.raise_signal(signal.{sig})\n"
+             f"    raise AssertionError('{sig} did not stop the command')\n"
              f"m.{name} = killed\n"
              "from nnlang_cli.main import app\n"
              "app(prog_name='nnlang')\n")
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-c", probe, *command], cwd=tiny, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert (proc.returncode, proc.stdout, proc.stderr) == (143, "terminated (SIGTERM)\n", "")
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": path})
+    assert (proc.returncode, proc.stdout, proc.stderr) == (code, word + "\n", "")
 
 
 def _closed_pipe():
@@ -452,3 +464,86 @@ def test_closed_stdout_and_stderr_at_start_still_train(tiny):
                           timeout=120, preexec_fn=lambda: (os.close(1), os.close(2)))
     assert proc.returncode == 0
     assert checkpoint.load(tiny / "run").epoch == 1
+
+
+def _train_on_a_closed_terminal(tiny, hang_up: bool) -> "subprocess.Popen":
+    """`nnlang train` whose stdout and stdin are a terminal (a pty) that is gone after the first
+    epoch's line: its master is closed (the window, the ssh session), then, with `hang_up`,
+    SIGHUP is sent, as the shell does to its jobs. stderr is kept, to see what went wrong."""
+    import subprocess
+    import time
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "nnlang_cli.main", "train", "tiny.nn",
+                             "--backend", "reference", "--out", "cut", "--epochs", "500"],
+                            cwd=tiny, stdin=slave, stdout=slave, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    os.close(slave)
+    shown = b""
+    try:
+        while b"epoch 1/500" not in shown:
+            chunk = os.read(master, 4096)
+            assert chunk, shown
+            shown += chunk
+    finally:
+        os.close(master)
+    if hang_up:
+        time.sleep(0.2)   # NOTE: writes to the gone terminal fail (EIO) before the signal too
+        proc.send_signal(signal.SIGHUP)
+    return proc
+
+
+@pytest.mark.parametrize("hang_up", [True, False])
+def test_a_closed_terminal_saves_exits_129_and_resumes(tiny, hang_up):
+    """A dropped ssh session or a closed window: SIGHUP ended training as kill -9 does, its
+    steps since the last epoch lost; before the signal, a progress write to the gone terminal
+    (EIO) ended it with exit 1. Now it stops at a whole step as SIGTERM does: the checkpoint
+    saved, exit 129 (128 + 1), no traceback, and --resume goes on from it."""
+    proc = _train_on_a_closed_terminal(tiny, hang_up)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 129, err
+    assert err == "", err
+    step = checkpoint.load(tiny / "cut").step
+    assert 10 <= step < 500 * 10
+    out = cli("train", "tiny.nn", "--backend", "reference", "--out", "cut", "--resume",
+              "--max-steps", str(step + 3), code=0, cwd=tiny)
+    assert f"(global step {step})" in out.split("resuming cut/checkpoint.npz", 1)[1], out
+    assert checkpoint.load(tiny / "cut").step == step + 3
+
+
+def test_sighup_in_a_library_loop_on_a_gone_terminal(tiny):
+    """`nnlang.fit` in a user's program (where it handles SIGTERM, it handles SIGHUP alike),
+    printing to a terminal that is gone: the save is not lost to a failed print (OSError EIO),
+    the user's console is given back as it was, and their SIGHUP handler is restored. Under
+    nohup (SIGHUP ignored) training goes on to the end. In a process of its own: SIGHUP's
+    default action would end pytest."""
+    import subprocess
+    probe = """
+import os, signal, sys
+from rich.console import Console
+from nnlang.train import checkpoint
+from nnlang.train.trainer import fit
+master, slave = os.openpty()
+os.environ["NNLANG_TEST_SIGNAL_AT_STEP"] = "13:HUP"
+tty = open(slave, "w")
+console = Console(file=tty, force_terminal=True)
+real_kill = os.kill
+def hang_up(pid, sig):   # the test hook's signal: the terminal goes first, then SIGHUP
+    os.close(master)
+    real_kill(pid, sig)
+os.kill = hang_up
+h = fit("tiny.nn", backend="reference", out="cut", console=console)
+assert h.stopped == "hung up", h.stopped
+assert checkpoint.load("cut").step == 13
+assert console.file is tty
+os.kill = real_kill
+assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+signal.signal(signal.SIGHUP, signal.SIG_IGN)   # nohup
+h = fit("tiny.nn", backend="reference", out="nohup", progress=False,
+        console=Console(file=open(os.devnull, "w")))
+assert h.stopped is None and checkpoint.load("nohup").step == 20, h.stopped
+assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tiny, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "ok\n", "")
