@@ -153,7 +153,8 @@ def rising_schedule(optimizer: Choice, schedule: Choice | None) -> tuple[str, st
     run, which no one means (Keras' and PyTorch's cosine take it silently); plateau only ever
     lowers the rate (its floor is min(min_lr, lr)), so it needs no check."""
     lr = optimizer.options.get("lr")
-    if schedule is None or schedule.name != "cosine" or not isinstance(lr, (int, float)):
+    if schedule is None or schedule.name != "cosine" or not isinstance(lr, (int, float)) or \
+            not lr > 0:   # NOTE: a rate out of its own range is that rate's error (range_problem)
         return None
     floor = schedule.options.get("min_lr", 0.0)
     if not isinstance(floor, (int, float)) or floor <= lr:

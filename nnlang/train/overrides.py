@@ -102,7 +102,10 @@ def apply_overrides(cfg: TrainConfig, kw: dict, spans: dict | None = None) -> Tr
     if rate and (problem := rising_schedule(opt, sched)):
         where = next((given_span(spans, k) for k in ("min_lr", "lr", "schedule", "optimizer")
                       if k in rate & spans.keys()), None)
-        raise NNError(problem[0], where, problem[1])
+        # NOTE: a flag (--lr) has no place on the command line to point at: say it instead
+        flags = sorted(FLAGS[k] for k in rate if k in FLAGS)
+        origin = f" (given by {' and '.join(flags)})" if where is None and flags else ""
+        raise NNError(problem[0] + origin, where, problem[1])
     data = cfg.data
     if kw.get("data") is not None:
         # NOTE: as `_spelled`: --set data=true is named 'true' (.nn's spelling), not 'True'

@@ -131,11 +131,27 @@ def work(tmp_path_factory):
     (["--val-split", "0.25", "--set", "monitor=val_accuracy"], 1,
      ["monitor = 'val_accuracy' (given by --set monitor=...) names no validation or training",
       "val_loss, val_acc"]),
+    # a rate out of its own range is that error, not the schedule's (it said "would rise from 0")
+    (["--set", "schedule=cosine(min_lr=0.01)", "--lr", "0"], 1,
+     ["train setting 'lr' (given by --lr or --set lr=...): 0.0 is out of range"]),
 ])
 def test_train_refuses(work, args, code, words):
     out = cli("train", "tiny.nn", "--backend", "reference", *args, code=code, cwd=work)
     for w in words:
         assert w in out, out
+
+
+def test_a_rising_cosine_schedule_made_by_the_lr_flag_names_the_flag(work):
+    """The file's cosine(min_lr = 0.01) is sound at its lr; --lr 0.001 makes it rise, and a
+    flag has no place on the command line to point at, so the message says which flag."""
+    src = (work / "tiny.nn").read_text()
+    (work / "cos.nn").write_text(src.rstrip()[:-1] + "  schedule = cosine(min_lr = 0.01)\n}\n")
+    cli("train", "cos.nn", "--backend", "reference", "--max-steps", "1", "--out", "ok", code=0,
+        cwd=work)
+    out = cli("train", "cos.nn", "--backend", "reference", "--lr", "0.001", code=1, cwd=work)
+    assert out.startswith("error: schedule cosine: min_lr 0.01 is above the learning rate "
+                          "0.001, so the rate would rise from 0.001 to 0.01 over the run "
+                          "(given by --lr)"), out
 
 
 @pytest.mark.parametrize("args, shown, col, width, words", [
