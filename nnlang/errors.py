@@ -254,6 +254,6 @@ def with_article(word) -> str:
         vowel = n[0] == "8" or (len(n) % 3 == 2 and n[:2] in ("11", "18"))
     else:
         vowel = text[:1].lower() in "aeiou" and text[:1] != "" and \
-            not re.match(r"(?i)u(int|tf|ni|se|su)", text)
+            not re.match(r"(?i)u(int|tf|ni|se|su)", text) or text.startswith("nd")   # "en-dee"
     return ("an " if vowel else "a ") + text
 

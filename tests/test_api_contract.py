@@ -1017,6 +1017,9 @@ def test_a_type_named_in_an_error_takes_its_article():
         nnlang.load(DENSE, overrides={"hidden": object()})
     with pytest.raises(NNError, match=r"is a path \(a str or a pathlib.Path\), not a dict"):
         nnlang.save(nnlang.compile(DENSE), {})
+    from nnlang.errors import with_article
+    assert [with_article(w) for w in ("ndarray", "uint8", "8-digit", "UTF-16", "Net")] == \
+        ["an ndarray", "a uint8", "an 8-digit", "a UTF-16", "a Net"]
 
 
 @pytest.mark.parametrize("max_steps", ["3", 2.5, True, 0])
