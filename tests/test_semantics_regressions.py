@@ -1256,3 +1256,24 @@ train M { optimizer = sgd(lr = 0.1)  batch = 4  l2 = 0.5 }"""
     np.testing.assert_allclose(after["u.weight"], before["u.weight"] * (1 - 0.1 * 2 * 0.5),
                                rtol=1e-12)
     np.testing.assert_array_equal(after["u.bias"], before["u.bias"])
+
+
+def test_a_penalty_set_on_the_command_line_is_in_the_unreached_weight_warning():
+    """`nnlang train --set l2=0.5` on a file without l2: training shrinks the unused layer's
+    kernel (one SGD step: w * (1 - lr * 2 * l2)), but the warning, linted with the file's
+    settings, said "training leaves them as they are"."""
+    from nnlang.train.overrides import resolve
+    src = """model M {
+  input x: float32[batch, 4]
+  input y: float32[batch, 2]
+  a = dense(x, 2)
+  u = dense(x, 3)
+  loss mse(a, y)
+}
+train M { optimizer = sgd(lr = 0.1)  batch = 4 }"""
+    assert "leaves them as they are" in load(src).warnings[0].message
+    program, cfg, *_ = resolve(src, sets={"l2": 0.5})
+    (warning,) = program.warnings
+    assert "leaves" not in warning.message and "u.weight (l2)" in warning.message
+    program, cfg, *_ = resolve(src, sets={"l2": 0.5, "l2_on": ["a.weight"]})
+    assert "leaves them as they are" in program.warnings[0].message

@@ -310,6 +310,15 @@ def _unreached_weights(g: Graph, train=None) -> list[Diagnostic]:
     return found
 
 
+def retrained(warnings: list, g: Graph, before, after) -> list:
+    """`warnings` (lint's, for the train config `before`) with the unreached-weight ones said
+    for the config `after` (--set l2=... or a flag changes which weights a penalty shrinks)."""
+    if not g.losses:
+        return warnings
+    old = _unreached_weights(g, before)
+    return [w for w in warnings if w not in old] + _unreached_weights(g, after)
+
+
 def lint(g: Graph, train_span=None, train=None) -> list[Diagnostic]:
     """The warnings for the user-level graph `g`, each at the span of the op at fault; with the
     span of the model's train section, that it declares no loss to train; with its config
