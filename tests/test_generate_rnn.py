@@ -184,6 +184,22 @@ def test_recurrent_layers_that_see_later_tokens_still_recompute(layer, words):
     assert got.mode == "recompute" and words in got.reason and "lstm" in got.reason
 
 
+@pytest.mark.parametrize("layer", ["flip(x, axis = -1) |> lstm(8, return_sequences = true)",
+                                   "x[:, :, ::-1] |> lstm(8, return_sequences = true)"])
+def test_reversing_each_tokens_features_decodes_with_the_cache(layer):
+    """flip over the feature axis reverses each position's own features: generation stepped
+    with the cache, as for a slice of that axis; it recomputed every prefix, saying flip "mixes
+    positions". The ids are those of recomputing the whole prefix per token."""
+    source = LM.replace("lstm(x, 8, return_sequences = true) |> CELL(6, return_sequences = "
+                        "true, mask = tokens != 0)", layer)
+    net = Net(load(source), backend="reference", batch=2, seed=0)
+    opts = options_from(net.program.generate, {"max_new": 4})
+    runs = [generator(net, CharTokenizer(CHARS), r).generate(["ab", "c"], opts)
+            for r in (False, True)]
+    assert runs[0].mode == "incremental", runs[0].reason
+    assert [s.ids for s in runs[0].samples] == [s.ids for s in runs[1].samples]
+
+
 def test_a_scan_over_the_tokens_recomputes_and_says_it_is_the_scan():
     """A hand-written cell under `scan` on the token stream recomputes its prefix (only the
     builtin rnn/lstm/gru carry their state from token to token), and the reason names the

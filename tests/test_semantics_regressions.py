@@ -1230,3 +1230,50 @@ def test_weights_no_loss_reads_are_a_located_warning(line, names):
     (warning,) = warnings
     assert warning.message.startswith(f"no loss reads the weights {names}: training leaves")
     assert str(warning.span).startswith("<string>:4:")
+
+
+def test_unreached_weights_a_penalty_covers_are_not_said_to_be_left():
+    """l2 is a loss term over the weight matrices, so it reaches a layer whose value nothing
+    uses: one SGD step moves its kernel by lr * 2 * l2 * w (the gradient of a PyTorch manual
+    penalty l2 * sum(w ** 2) over all parameters) and leaves its bias. The warning said
+    "training leaves them as they are (no gradient, no weight decay)" there."""
+    src = """model M {
+  input x: float32[batch, 4]
+  input y: float32[batch, 2]
+  a = dense(x, 2)
+  u = dense(x, 3)
+  loss mse(a, y)
+}
+train M { optimizer = sgd(lr = 0.1)  batch = 4  l2 = 0.5 }"""
+    (warning,) = load(src).warnings
+    assert "leaves" not in warning.message
+    assert "u.weight (l2)" in warning.message and "u.bias (" not in warning.message
+    net = nnlang.compile(src, backend="reference", dtype="float64", seed=1)
+    before = net.parameters()
+    rng = np.random.default_rng(0)
+    net.train_step({"x": rng.normal(size=(4, 4)), "y": rng.normal(size=(4, 2))})
+    after = net.parameters()
+    np.testing.assert_allclose(after["u.weight"], before["u.weight"] * (1 - 0.1 * 2 * 0.5),
+                               rtol=1e-12)
+    np.testing.assert_array_equal(after["u.bias"], before["u.bias"])
+
+
+def test_a_penalty_set_on_the_command_line_is_in_the_unreached_weight_warning():
+    """`nnlang train --set l2=0.5` on a file without l2: training shrinks the unused layer's
+    kernel (one SGD step: w * (1 - lr * 2 * l2)), but the warning, linted with the file's
+    settings, said "training leaves them as they are"."""
+    from nnlang.train.overrides import resolve
+    src = """model M {
+  input x: float32[batch, 4]
+  input y: float32[batch, 2]
+  a = dense(x, 2)
+  u = dense(x, 3)
+  loss mse(a, y)
+}
+train M { optimizer = sgd(lr = 0.1)  batch = 4 }"""
+    assert "leaves them as they are" in load(src).warnings[0].message
+    program, cfg, *_ = resolve(src, sets={"l2": 0.5})
+    (warning,) = program.warnings
+    assert "leaves" not in warning.message and "u.weight (l2)" in warning.message
+    program, cfg, *_ = resolve(src, sets={"l2": 0.5, "l2_on": ["a.weight"]})
+    assert "leaves them as they are" in program.warnings[0].message

@@ -704,7 +704,7 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
         scope = Scope("", vars=dict(hparams))
         gen = elaborate_generate(gdef, el.g, lambda e: el.const_expr(e, scope), errors, Abort)
     errors.raise_if_any()
-    warnings = lint(el.g, None if tdef is None else tdef.span)
+    warnings = lint(el.g, None if tdef is None else tdef.span, train)
     return Program(el.g, chosen.name, hparams, train, module.file, defs, warnings, gen)
 
 

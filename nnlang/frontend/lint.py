@@ -270,12 +270,15 @@ def loss_hint(g: Graph) -> str:
             "for numbers)")
 
 
-def _unreached_weights(g: Graph) -> list[Diagnostic]:
+def _unreached_weights(g: Graph, train=None) -> list[Diagnostic]:
     """A warning at each layer whose trainable weights no loss reads (its value unused, or
     read only by an output or a metric): training leaves them as they are
     (`passes/pipeline.train_graph`), as PyTorch does a parameter whose .grad is None; Keras
     warns that "gradients do not exist" for them. NOTE: weights behind stop_gradient are left
-    too, but that is said in the model (a frozen backbone), so they are not warned about."""
+    too, but that is said in the model (a frozen backbone), so they are not warned about.
+    The train config `train`'s l2 / l1 penalty is a loss term that does read the weights it
+    covers (as a manual penalty over all of a PyTorch model's parameters), so those are said
+    to be only shrunk by it: "training leaves it as it is" was false for them."""
     reached, todo = set(), list(g.losses.values())
     while todo:
         nid = todo.pop()
@@ -286,22 +289,40 @@ def _unreached_weights(g: Graph) -> list[Diagnostic]:
     for name, nid in g.params.items():
         node = g.node(nid)
         if node.attrs.get("trainable", True) and nid not in reached:
-            by_span.setdefault(node.span, []).append(name)
+            on = train.penalties(name, len(node.shape)) if train is not None else {}
+            by_span.setdefault(node.span, []).append((name, " and ".join(on)))
     found = []
-    for span, names in by_span.items():
+    for span, named in by_span.items():
+        names = [n for n, _ in named]
+        some = len(names) > 1
         shown = ", ".join(names)
+        shrunk = [f"{n} ({by})" for n, by in named if by]
+        if not shrunk:
+            fate = (f"training leaves {'them' if some else 'it'} as "
+                    f"{'they are' if some else 'it is'} (no gradient, no weight decay)")
+        else:
+            fate = (f"training moves only {', '.join(shrunk)}, by the penalty, toward 0: no "
+                    f"data trains {'them' if some else 'it'}")
         found.append(Diagnostic(
-            f"no loss reads the weight{'s' if len(names) > 1 else ''} {shown}: training "
-            f"leaves {'them' if len(names) > 1 else 'it'} as {'they are' if len(names) > 1 else 'it is'}"
-            " (no gradient, no weight decay)", span,
+            f"no loss reads the weight{'s' if some else ''} {shown}: {fate}", span,
             "use its value on the way to a loss (an output or a metric alone trains nothing), "
             "delete it, or say it is fixed with `trainable = false`", severity="warning"))
     return found
 
 
-def lint(g: Graph, train_span=None) -> list[Diagnostic]:
+def retrained(warnings: list, g: Graph, before, after) -> list:
+    """`warnings` (lint's, for the train config `before`) with the unreached-weight ones said
+    for the config `after` (--set l2=... or a flag changes which weights a penalty shrinks)."""
+    if not g.losses:
+        return warnings
+    old = _unreached_weights(g, before)
+    return [w for w in warnings if w not in old] + _unreached_weights(g, after)
+
+
+def lint(g: Graph, train_span=None, train=None) -> list[Diagnostic]:
     """The warnings for the user-level graph `g`, each at the span of the op at fault; with the
-    span of the model's train section, that it declares no loss to train."""
+    span of the model's train section, that it declares no loss to train; with its config
+    `train`, which unreached weights its penalties still shrink."""
     found = []
     if train_span is not None and not g.losses:
         # NOTE: found at check, not when `nnlang train` has loaded the data and compiled
@@ -309,7 +330,7 @@ def lint(g: Graph, train_span=None) -> list[Diagnostic]:
                                 "loss: `nnlang train` cannot train it", train_span,
                                 loss_hint(g), severity="warning"))
     if g.losses:
-        found += _unreached_weights(g)
+        found += _unreached_weights(g, train)
     for node in g:
         # NOTE: one layout warning per node: after a channels-last layer the first rule says
         # more than the shape guess of _channels_last would. The other rules are mistakes of

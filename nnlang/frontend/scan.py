@@ -220,6 +220,14 @@ class ScanElaboration:
             # NOTE: a [batch, n, k] memory (an encoder's outputs) travels flat, [batch, n * k]
             # per step, and takes its shape back inside the step; the body runs per row
             ids[i] = x if t.rank < 3 else bb.reshape(x, shape=[-1, *t.shape[1:]])
+            rowless = t.rank < 2 or t.rank == 2 and t.shape[0] == 1
+            if rowless and any(_not_per_row(g.node(u).type, batch) for u in g.users(i)
+                               if u in inside):
+                # NOTE: a bias added to batch * n rows (dense over a [batch, n, k] value
+                # computed from the state: Bahdanau's concat form) would meet the per-step
+                # [batch, k] copy and not broadcast; one row of it, in its own shape, does
+                ids[i] = bb.reshape(bb.slice(x, axis=0, start=0, stop=1, step=1),
+                                    shape=list(t.shape))
         carry, lo = bg.inputs["carry"], 0
         for p, w in zip(places[n_seqs:], widths):
             ids[p.id] = carry if len(widths) == 1 else bb.slice(carry, axis=1, start=lo,
@@ -381,6 +389,12 @@ def _descendants(g, roots) -> set[int]:
                 seen.add(u)
                 stack.append(u)
     return seen
+
+
+def _not_per_row(t, batch) -> bool:
+    """Is a value of type t inside a step other than [batch, k] rows (batch * n rows, or a
+    [batch, n, k] memory's shape)?"""
+    return not (t.rank == 2 and t.shape[0] == batch)
 
 
 def _constant(g, nid) -> bool:

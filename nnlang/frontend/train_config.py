@@ -69,6 +69,17 @@ class TrainConfig:
         yield from self.optimizer.options.items()
         yield from (self.schedule.options.items() if self.schedule else ())
 
+    def penalties(self, name: str, rank: int) -> dict:
+        """{"l2": factor, "l1": factor} of the penalties on the trainable weight `name` of that
+        rank, those with a factor only: on the weights l2_on / l1_on name, else Keras-style on
+        every weight matrix and kernel (rank >= 2), not biases. The one rule for the loss
+        (`passes/pipeline.total_loss`) and the unreached-weight warning (`frontend/lint`)."""
+        found = {}
+        for key, factor, on in (("l2", self.l2, self.l2_on), ("l1", self.l1, self.l1_on)):
+            if factor and (name in on if on is not None else rank >= 2):
+                found[key] = factor
+        return found
+
     def with_overrides(self, **kw) -> "TrainConfig":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 

@@ -126,24 +126,21 @@ def drop_unused_inputs(g: Graph, keep=()) -> Graph:
     return g
 
 
-def total_loss(b: Builder, g: Graph, l2: float = 0.0, l1: float = 0.0,
-               l2_on=None, l1_on=None) -> int:
-    """The sum of the losses and the penalties: on the weights `l2_on`/`l1_on` name, else
-    Keras-style on every trainable weight matrix and kernel (rank >= 2), not biases."""
+def total_loss(b: Builder, g: Graph, cfg) -> int:
+    """The sum of the losses and the penalties the train config `cfg` puts on the trainable
+    weights (`TrainConfig.penalties`)."""
     total = None
     for nid in g.losses.values():
         total = nid if total is None else b.add(total, nid)
     dtype = g.node(total).dtype
     for name, nid in trainable(g).items():
-        default = len(g.node(nid).shape) >= 2
-        l2_here = l2 if (name in l2_on if l2_on is not None else default) else 0.0
-        l1_here = l1 if (name in l1_on if l1_on is not None else default) else 0.0
-        if l2_here:
+        on = cfg.penalties(name, len(g.node(nid).shape))
+        if "l2" in on:
             sq = b.reduce_sum(b.mul(nid, nid), axes=None)
-            total = b.add(total, b.mul(b.const(l2_here, dtype), sq))
-        if l1_here:
+            total = b.add(total, b.mul(b.const(on["l2"], dtype), sq))
+        if "l1" in on:
             ab = b.reduce_sum(b.abs(nid), axes=None)
-            total = b.add(total, b.mul(b.const(l1_here, dtype), ab))
+            total = b.add(total, b.mul(b.const(on["l1"], dtype), ab))
     return total
 
 
@@ -217,7 +214,7 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     # as evaluation does (Keras' progress line and history)
     named = {k: g.losses[k] for k in named_losses(g.losses)}
     b = Builder(g, role="bwd")
-    total = total_loss(b, g, cfg.l2, cfg.l1, cfg.l2_on, cfg.l1_on)
+    total = total_loss(b, g, cfg)
     params = trainable(g)
     wrt = list(params.values()) + [g.inputs[n] for n in wrt_inputs]
     grads = backward(g, total, wrt)

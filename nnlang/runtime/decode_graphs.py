@@ -31,8 +31,10 @@ POSITIONWISE = {"dense", "embedding", "dropout", "linear", "relu", "gelu", "silu
                 "leaky_relu", "softplus", "clip", "square", "reciprocal", "random_normal_like",
                 "random_uniform_like"}
 # NOTE: a slice of the last axis is each position's own features (a GLU's two halves, a fused
-# q/k/v projection split three ways)
-LAST_AXIS = {"layer_norm": "axis", "softmax": "axis", "log_softmax": "axis", "slice": "axis"}
+# q/k/v projection split three ways), and so is a reversal of it (flip(x, axis = -1) reverses
+# each position's features; over the time axis it reads later tokens)
+LAST_AXIS = {"layer_norm": "axis", "softmax": "axis", "log_softmax": "axis", "slice": "axis",
+             "flip": "axis"}
 
 
 class NotIncremental(Exception):

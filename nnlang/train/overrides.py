@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nnlang.errors import Given, NNError, did_you_mean
 from nnlang.frontend.elaborate import Program, load
+from nnlang.frontend.lint import retrained
 from nnlang.frontend.source import load_source, read_source
 from nnlang.frontend.train_config import (FLAGS, Choice, TrainConfig, option_problem,
                                          range_problem, rising_schedule)
@@ -263,6 +264,12 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
                           hint=f"give it once: {flag} VALUE, or --set {k}=VALUE")
         cfg = apply_overrides(cfg, {**train_sets, **flags}, spans)
     _check_penalty_lists(cfg, program, spans)
+    if program.train is None or any(getattr(cfg, k) != getattr(program.train, k)
+                                    for k in ("l2", "l1", "l2_on", "l1_on")):
+        # NOTE: the warnings were linted with the file's penalties; with --set l2=... an
+        # unreached weight is shrunk, not left as it is
+        program = replace(program, warnings=retrained(program.warnings, program.graph,
+                                                      program.train, cfg))
     return program, cfg, source, file, hp
 
 

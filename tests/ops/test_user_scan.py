@@ -905,6 +905,40 @@ def test_a_memory_or_a_state_with_a_step_axis_times_a_weight_in_the_step():
     _finite_difference(net, feeds)
 
 
+def test_bahdanaus_concat_form_scores_the_state_with_the_memory_as_finite_differences():
+    """Bahdanau's concat score, v . tanh(W [enc_j; h]): a dense with a bias over a [batch, n,
+    2k] value computed from the state. The bias, read inside the step as a [batch, k] copy,
+    met the dense's batch * n rows, and compiling even the forward pass was "shapes [15, 6]
+    and [3, 6] do not broadcast" for a valid model. Each weight's gradient against float64
+    central differences, at two decoder lengths."""
+    source = BAHDANAU.replace(
+        """  keys = dense(enc, units, use_bias = false)                    # [batch, n, units]
+  q = unsqueeze(dense(h, units), axis = 1)                       # [batch, 1, units]
+  w = softmax(dense(tanh(keys + q), 1, use_bias = false), axis = 1)""",
+        """  hq = broadcast_to(unsqueeze(h, axis = 1), shape = [batch, 5, units])
+  e = dense(concat(enc, hq, axis = -1), units) |> tanh
+  w = softmax(dense(e, 1, use_bias = false), axis = 1)""")
+    net = nnlang.compile(source, dtype="float64", batch=3, seed=1, backend="reference")
+    rng = np.random.default_rng(5)
+    p = {k: v + 0.5 * rng.normal(size=v.shape) for k, v in net.parameters().items()}
+    net.load_state_dict(p)
+    src = rng.integers(1, 9, (3, 5)).astype(np.int32)
+    src[0, 3:] = 0
+    for n in (1, 3):
+        feeds = {"src": src, "dec_in": rng.integers(0, 9, (3, n)).astype(np.int32),
+                 "target": rng.integers(0, 9, (3, n)).astype(np.int32)}
+        grads = net.gradients(feeds)
+        for k in ("outs.e.weight", "outs.e.bias", "outs.w.weight", "outs.n.bias", "enc.kernel"):
+            d = rng.normal(size=p[k].shape)
+
+            def loss(e):
+                net.load_state_dict({**p, k: p[k] + e * d})
+                return sum(net.evaluate(feeds).values())
+            got = (loss(1e-6) - loss(-1e-6)) / 2e-6
+            net.load_state_dict(p)
+            assert got == pytest.approx(float((grads[k] * d).sum()), rel=1e-5, abs=1e-9), k
+
+
 def test_a_memory_of_symbolic_length_is_refused_with_what_to_do():
     source = ATTENTION.split("model")[0] + """model M {
   symbol n
