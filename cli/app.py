@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from nnlang.backends.ctrl_c import asks_to_stop
 from nnlang.errors import Given, NNError, Span
 
 RICH_HELP_COLUMNS = 80   # NOTE: the narrowest width the panels of every command's help fit
@@ -251,6 +252,7 @@ if hasattr(signal, "SIGHUP"):
     _ENDINGS[signal.SIGHUP] = ("hung up (SIGHUP)", HUNG_UP)
 
 
+@asks_to_stop
 def _terminate(signum, frame):
     _TERMINATED.append(signum)
     raise Terminated
