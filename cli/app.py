@@ -227,6 +227,15 @@ def print_warnings(program) -> None:
         print_error(NNError(program.warnings))
 
 
+def _path_text(text: str) -> Path:
+    from nnlang.files import user_path
+    return user_path(text)
+
+
+# NOTE: a path option is parsed from its text: typer's own Path("./~/r") is Path("~/r"), and a
+# folder named '~' (`./~/r`) became the home folder (`nnlang.files.user_path`)
+PATH = {"parser": _path_text, "metavar": "<path>"}
+
 SET_HELP = "Override a hyper-parameter: --set name=value (an nnlang literal); repeatable."
 MODEL_HELP = "The model to use when the file defines several, or one the file imports."
 
