@@ -557,6 +557,7 @@ class _Training:
     # *** the loop ***
     def run(self) -> History:
         self._undo_hangup = None
+        self._stop_agreed = False   # the ranks' answer at the last read (`_take`)
         try:
             return self._run()
         finally:
@@ -596,9 +597,12 @@ class _Training:
                 for epoch in range(self.start_epoch, end):
                     seen, wall = self.train_epoch(epoch, interrupts)
                     self.end_epoch(seen, wall, interrupts)
-                    # NOTE: every rank stops here, or none (a Ctrl-C during the validation)
-                    interrupts.requested = self.ranks.any(interrupts.requested)
-                    interrupts.check()
+                    # NOTE: every rank stops here, or none (a Ctrl-C during the validation),
+                    # on what they agreed: a signal that lands after the agreement waits for
+                    # the next one (acted on here, this rank alone would stop: `_take`)
+                    if self.ranks.any(interrupts.requested):
+                        interrupts.requested = True
+                        interrupts.check()
                     if self.history.stopped:
                         break
             except KeyboardInterrupt:
@@ -655,8 +659,10 @@ class _Training:
                         say(self.console, f"epoch {epoch + 1}/{cfg.epochs}  step {pos.done}/"
                                           f"{self.per_epoch}  {stats}")
                         line_at = read_at
-                if read or not many:  # NOTE: ranks stop at the same step, after agreeing
+                if not many:
                     interrupts.check()
+                elif read and self._stop_agreed:   # NOTE: ranks stop at the same step
+                    raise KeyboardInterrupt
                 if stop:
                     # NOTE: at the run's own last step, --max-steps cut nothing short
                     last = epoch + 1 == cfg.epochs and pos.done == self.per_epoch
@@ -735,6 +741,11 @@ class _Training:
         taken = net.fetch()
         if check:
             taken, stop = self.ranks.agree(taken, bool(interrupts and interrupts.requested))
+            # NOTE: the rank stops on this answer, not on its own flag read later: a signal
+            # (`pkill` reaches the ranks one after another) that landed after the agreement
+            # stopped this rank alone, and the others waited in their next collective until
+            # NNLANG_DIST_TIMEOUT (60 s), then ended with exit 1
+            self._stop_agreed = stop
             if stop:
                 interrupts.requested = True
         first = net.step - len(taken)

@@ -238,3 +238,34 @@ def test_a_rank_that_raises_ends_the_others(tiny):
     assert got.returncode != 0, text
     assert "missing.nn" in text and "Traceback" not in text
     assert "run directory:" not in text
+
+
+def test_a_signal_just_after_the_ranks_agreed_does_not_stop_one_rank_alone(tiny, monkeypatch):
+    """`pkill -TERM -f "nnlang train"` reaches the ranks one after another. A signal that
+    landed on a rank just after the read where the ranks agree to stop (answer: no) stopped
+    that rank alone at the check that followed, while the other went on into validation and
+    waited in its collective for 60 s, then ended with exit 1. The rank now stops where the
+    ranks agree next (here: after the epoch's validation, which every rank runs), as a
+    Ctrl-C during validation does. In process, as rank 0 of 2 whose peer holds the same
+    shard (tests/test_distributed.py `Copies`)."""
+    import signal
+
+    from nnlang.train import data_parallel
+    from nnlang.train.trainer import fit
+    from tests.test_distributed import Copies
+    monkeypatch.setattr(collective, "_current", Copies(2))
+    monkeypatch.setattr(collective, "launched_size", lambda: 2)
+    monkeypatch.chdir(tiny)
+    agree, calls = data_parallel.Ranks.agree, []
+
+    def agree_then_signal(self, taken, stop):
+        got = agree(self, taken, stop)
+        calls.append(got[1])
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)   # NOTE: lands before the next bytecode
+        return got
+    monkeypatch.setattr(data_parallel.Ranks, "agree", agree_then_signal)
+    h = fit("tiny.nn", out="run", progress=False)
+    assert not calls[0] and h.stopped == "interrupted", (calls, h.stopped)
+    assert len(h.rows) == 1 and "val_loss" in h.rows[0], h.rows   # the validation all ran
+    assert checkpoint.load(tiny / "run").epoch == 1
