@@ -48,6 +48,11 @@ _SAID = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)",
          signal.SIGHUP: "hung up (SIGHUP)"}
 
 
+def _asked(interrupts: Interrupts | None) -> signal.Signals | None:
+    """What asks this process to stop (`Ranks.agree` votes on it), or None."""
+    return interrupts.signal if interrupts is not None and interrupts.requested else None
+
+
 @dataclass
 class History:
     """What `fit` returns: one row per epoch (as in metrics.jsonl), the loss of every step this
@@ -600,9 +605,8 @@ class _Training:
                     # NOTE: every rank stops here, or none (a Ctrl-C during the validation),
                     # on what they agreed: a signal that lands after the agreement waits for
                     # the next one (acted on here, this rank alone would stop: `_take`)
-                    if self.ranks.any(interrupts.requested):
-                        interrupts.requested = True
-                        interrupts.check()
+                    self._agreed(interrupts, self.ranks.stop(_asked(interrupts)))
+                    interrupts.check()
                     if self.history.stopped:
                         break
             except KeyboardInterrupt:
@@ -740,14 +744,13 @@ class _Training:
         pos, net = self.pos, self.net
         taken = net.fetch()
         if check:
-            taken, stop = self.ranks.agree(taken, bool(interrupts and interrupts.requested))
+            taken, stop = self.ranks.agree(taken, _asked(interrupts))
             # NOTE: the rank stops on this answer, not on its own flag read later: a signal
             # (`pkill` reaches the ranks one after another) that landed after the agreement
             # stopped this rank alone, and the others waited in their next collective until
             # NNLANG_DIST_TIMEOUT (60 s), then ended with exit 1
-            self._stop_agreed = stop
-            if stop:
-                interrupts.requested = True
+            self._stop_agreed = stop is not None
+            self._agreed(interrupts, stop)
         first = net.step - len(taken)
         for i, (loss, metrics) in enumerate(taken):
             if check:
@@ -755,6 +758,11 @@ class _Training:
             pos.sums.add(loss, metrics)
             self.history.losses.append(loss)
             pos.done += 1
+
+    def _agreed(self, interrupts: Interrupts | None, stop) -> None:
+        """The ranks' answer (`Ranks.agree`) taken as this rank's request: all stop by it."""
+        if stop is not None and interrupts is not None:
+            interrupts.requested, interrupts.signal = True, stop
 
     def interrupted(self, sig=signal.SIGINT) -> History:
         """Ctrl-C (or SIGTERM, SIGHUP) between whole steps: the steps run so far count (their
