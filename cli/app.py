@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from nnlang.backends.ctrl_c import asks_to_stop
 from nnlang.errors import Given, NNError, Span
 
 RICH_HELP_COLUMNS = 80   # NOTE: the narrowest width the panels of every command's help fit
@@ -226,6 +227,15 @@ def print_warnings(program) -> None:
         print_error(NNError(program.warnings))
 
 
+def _path_text(text: str) -> Path:
+    from nnlang.files import user_path
+    return user_path(text)
+
+
+# NOTE: a path option is parsed from its text: typer's own Path("./~/r") is Path("~/r"), and a
+# folder named '~' (`./~/r`) became the home folder (`nnlang.files.user_path`)
+PATH = {"parser": _path_text, "metavar": "<path>"}
+
 SET_HELP = "Override a hyper-parameter: --set name=value (an nnlang literal); repeatable."
 MODEL_HELP = "The model to use when the file defines several, or one the file imports."
 
@@ -251,6 +261,7 @@ if hasattr(signal, "SIGHUP"):
     _ENDINGS[signal.SIGHUP] = ("hung up (SIGHUP)", HUNG_UP)
 
 
+@asks_to_stop
 def _terminate(signum, frame):
     _TERMINATED.append(signum)
     raise Terminated

@@ -12,7 +12,7 @@ import nnlang
 from nnlang.errors import NNError, Span
 from nnlang.files import write_atomic
 from nnlang.ir.dims import DEFAULT_LENGTH, MAX_BATCH
-from nnlang_cli.app import (MODEL_HELP, SET_HELP, app, check_output, console, parse_overrides,
+from nnlang_cli.app import (MODEL_HELP, PATH, SET_HELP, app, check_output, console, parse_overrides,
                             reporting, writing)
 
 
@@ -30,7 +30,7 @@ def compile_cmd(
         None, "--length", help=f"The size a symbolic length (symbol seq) is compiled at: "
                                f"--length seq=40 (default {DEFAULT_LENGTH}); repeatable."),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write to a file."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write to a file.", **PATH),
     **switched_off: bool,
 ):
     """Compile a model and show what runs: --emit summary (default), user, ir, backward, fused

@@ -7,16 +7,17 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from nnlang_cli.app import app, check_output, one_process, reporting
+from nnlang_cli.app import PATH, app, check_output, one_process, reporting
 from nnlang_cli.train_cmds import CKPT_HELP
 
 
 @app.command()
 def export(
     file: Path = typer.Argument(..., help="The .nn file the checkpoint was trained from."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP, **PATH),
     output: Optional[Path] = typer.Option(None, "-o", "--output",
-                                          help="The .onnx file (default: <file>.onnx here)."),
+                                          help="The .onnx file (default: <file>.onnx here).",
+                                          **PATH),
 ):
     """Write the model's inference graph with the checkpoint's weights as ONNX (opset 17):
     symbolic batch, the model's inputs and `output`s by name; labels and losses left out."""

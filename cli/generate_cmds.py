@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 
 from nnlang.frontend.generate_config import BASE
-from nnlang_cli.app import (INTERRUPTED, app, console, err_console, finite_float,
-                            reporting, terminated)
+from nnlang_cli.app import (INTERRUPTED, PATH, app, console, err_console, finite_float, reporting,
+                            terminated)
 from nnlang_cli.train_cmds import BACKEND_HELP, CKPT_HELP, DATA_DIR_HELP
 
 
@@ -23,12 +23,12 @@ def _default(key: str) -> str:
 @app.command()
 def generate(
     file: Path = typer.Argument(..., help="The .nn file the checkpoint was trained from."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP, **PATH),
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", "-p", help="Text to continue "
                                                "(for an encoder-decoder: the source); "
                                                "repeatable: all prompts run in one batch."),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="A UTF-8 file with "
-                                               "one prompt per line."),
+                                               "one prompt per line.", **PATH),
     max_new: Optional[int] = typer.Option(None, "--max-new", help="Most tokens to add "
                                           f"{_default('max_new')}."),
     temperature: Optional[float] = typer.Option(None, "--temperature", callback=finite_float,
@@ -53,7 +53,7 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed",
                                        help=f"Seed of the sampling {_default('seed')}."),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP, **PATH),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per prompt."),
     evaluate: bool = typer.Option(False, "--eval", help="Encoder-decoder: decode the data "
                                   "set's held-out sources (its test split) instead of prompts "

@@ -16,7 +16,7 @@ from rich.text import Text
 from nnlang.errors import NNError, did_you_mean
 from nnlang.files import write_atomic
 from nnlang.ir.dims import MAX_BATCH
-from nnlang_cli.app import (MODEL_HELP, SET_HELP, app, check_output, console, err_console,
+from nnlang_cli.app import (MODEL_HELP, PATH, SET_HELP, app, check_output, console, err_console,
                             parse_overrides, print_error, print_warnings, reporting, writing)
 
 
@@ -133,7 +133,8 @@ GRAPH_FORMATS = (".dot", ".svg", ".png", ".pdf")
 @app.command()
 def graph(
     file: Path = typer.Argument(..., help="A .nn file."),
-    output: Path = typer.Option(..., "-o", "--output", help="out.dot, out.svg, out.png or out.pdf"),
+    output: Path = typer.Option(..., "-o", "--output", help="out.dot, out.svg, out.png or out.pdf",
+                                **PATH),
     depth: Optional[int] = typer.Option(None, "--depth", min=1,
                                         help="Collapse block paths deeper than N into one box."),
     params: bool = typer.Option(False, "--params", help="Also draw weights and constants."),

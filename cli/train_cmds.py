@@ -16,7 +16,7 @@ from rich.text import Text
 
 from nnlang.ir.dims import MAX_BATCH
 from nnlang.train.progress import say
-from nnlang_cli.app import (HUNG_UP, INTERRUPTED, MODEL_HELP, OUTPUT_CLOSED, TERMINATED, app,
+from nnlang_cli.app import (HUNG_UP, INTERRUPTED, MODEL_HELP, OUTPUT_CLOSED, PATH, TERMINATED, app,
                             console, err_console, finite_float, one_process, parse_overrides,
                             reporting)
 
@@ -47,7 +47,7 @@ CKPT_HELP = ("A checkpoint .npz, or a run directory: its best.npz (the best vali
 def train(
     file: Path = typer.Argument(..., help="The .nn file."),
     data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP, **PATH),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1,
                                          help="Passes over the training set."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
@@ -68,7 +68,8 @@ def train(
         None, "--val-split", callback=finite_float,
         help="The share of the training set held out for validation, in [0, 1)."),
     out: Optional[Path] = typer.Option(None, "--out",
-                                       help="Run directory (default runs/<model>-<time>/)."),
+                                       help="Run directory (default runs/<model>-<time>/).",
+                                       **PATH),
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue the run in --out (default: the model's newest "
                                      "run, runs/<model>-*; one a kill -9 left with no "
@@ -79,7 +80,7 @@ def train(
     init_from: Optional[Path] = typer.Option(
         None, "--init-from", help="Start a new run from the weights of another run (its "
                                   "directory or a checkpoint): every parameter with the same "
-                                  "name and shape; the optimizer starts fresh."),
+                                  "name and shape; the optimizer starts fresh.", **PATH),
     init_skip_mismatch: bool = typer.Option(
         False, "--init-skip-mismatch", help="With --init-from: keep this model's own initial "
                                             "values for parameters of another shape."),
@@ -105,9 +106,9 @@ def train(
 @app.command("eval")
 def eval_(
     file: Path = typer.Argument(..., help="The .nn file the checkpoint was trained from."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP, **PATH),
     data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP, **PATH),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
                                         help="Examples per forward pass (default: the train "
@@ -144,9 +145,9 @@ NPZ_HELP = ("A .npz with one array per model input, named like the inputs, one r
 def predict(
     file: Path = typer.Argument(..., help="The .nn file the checkpoint was trained from."),
     inputs: Optional[list[str]] = typer.Argument(None, help=PREDICT_INPUTS_HELP),
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP, **PATH),
     named: Optional[list[str]] = typer.Option(None, "--input", "-i", help=NAMED_HELP),
-    npz: Optional[Path] = typer.Option(None, "--npz", help=NPZ_HELP),
+    npz: Optional[Path] = typer.Option(None, "--npz", help=NPZ_HELP, **PATH),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print every result as one JSON line "
                                                        "(all values, for scripts)."),

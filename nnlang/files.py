@@ -43,11 +43,17 @@ def user_path(value: str | os.PathLike) -> Path:
     """A path a user wrote, with a leading ~ the home folder: no shell expands it after `=`
     (`--out=~/runs/a`), in a .nn file (`data = "~/d.npz"`) or in a quoted variable
     (`NNLANG_DATA_DIR="~/data"`), where it named a folder '~' in the working directory. A ~
-    with no home to expand to (`~nobody/x`) stays as written."""
+    with no home to expand to (`~nobody/x`) stays as written. A folder named '~' is `./~/x`,
+    as in a shell: the working directory's, made absolute. NOTE: Path("./~/x") is Path("~/x"),
+    which the next user_path would expand, so the text as written decides (the CLI's path
+    options come here as text: `nnlang_cli.app.PATH`)."""
+    path = Path(value)
+    if not os.fspath(value).startswith("~"):
+        return Path.cwd() / path if path.parts[:1] and path.parts[0].startswith("~") else path
     try:
-        return Path(value).expanduser()
+        return path.expanduser()
     except RuntimeError:
-        return Path(value)
+        return path
 
 
 def _umask() -> int:

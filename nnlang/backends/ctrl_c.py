@@ -13,6 +13,23 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + \
     ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
 
+def asks_to_stop(handler):
+    """Marks a signal handler that makes SIGHUP a stop (the CLI's, `fit`'s own), which `fit`
+    takes over to save first. NOTE: any other handler is the program's (a daemon's "reload
+    the configuration"), and SIG_IGN is nohup's: both are left in place (`Interrupts`)."""
+    handler.asks_to_stop = True
+    return handler
+
+
+def takes_over(sig, handler) -> bool:
+    """May `fit` replace `handler` of `sig` with its stop request? SIGINT and SIGTERM always;
+    SIGHUP only at its default (which would end the process unsaved) or where it already
+    asks to stop (`asks_to_stop`)."""
+    if sig != getattr(signal, "SIGHUP", None):
+        return True
+    return handler is signal.SIG_DFL or getattr(handler, "asks_to_stop", False)
+
+
 @contextmanager
 def ctrl_c_held():
     """Ctrl-C (SIGINT), and SIGTERM or SIGHUP where Python handles it (`fit`'s `Interrupts`),

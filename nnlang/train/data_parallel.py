@@ -7,11 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 
 import numpy as np
 from rich.console import Console
 
 from nnlang.backends import collective
+from nnlang.backends.ctrl_c import STOP_SIGNALS
 from nnlang.data.ragged import Ragged
 from nnlang.errors import NNError
 from nnlang.passes.pipeline import divided_terms
@@ -20,6 +22,11 @@ from nnlang.train import feeds
 SIGNAL_RANK_VAR = "NNLANG_TEST_SIGNAL_RANK"  # tests: only this rank runs the test signal hook
 MEAN_TOLERANCE = 1e-5  # relative: a mean's shards vs the whole batch, float32 rounding (~1e-7)
 SPREAD_TO_TELL = 1e-2  # relative: shards closer than this cannot show a non-mean (spread² ~ tol)
+# NOTE: what a rank asks to stop by (a signal, or a closed stdout as SIGPIPE), voted on at each
+# agreement; a mixed vote goes to the first here, so every rank stops by the same one (rank 0's
+# word, each rank's exit code): a rank the others' request stopped before its own `pkill`
+# arrived said SIGINT's and exited 130 in a job ended by SIGTERM or SIGHUP
+STOPS = STOP_SIGNALS + ((signal.SIGPIPE,) if hasattr(signal, "SIGPIPE") else ())
 
 
 class Ranks:
@@ -198,25 +205,28 @@ class Ranks:
                 f"training column is the mean of the {self.size} processes' values, not the "
                 "1-process number (validation and test are exact)")
 
-    def agree(self, taken: list, stop: bool) -> tuple[list, bool]:
-        """The steps' (loss, metrics) averaged over the ranks, and whether any rank wants to
-        stop (Ctrl-C): one small allreduce per read."""
+    def agree(self, taken: list, stop) -> tuple[list, signal.Signals | None]:
+        """The steps' (loss, metrics) averaged over the ranks, and what stops them all (a
+        signal of `STOPS`; None: go on) given what stops this rank (`stop`, or None): one
+        small allreduce per read."""
         if not self.many:
-            return taken, stop
+            return taken, stop or None
         # NOTE: in the step's own order (the model's: its losses, then its metrics), which is
         # the same on every rank; sorted, the epoch line and metrics.csv of N ranks put
         # `kl` before `reconstruction` where one process follows the model
         keys = list(taken[0][1]) if taken else []
-        flat = [float(stop)] + [v for loss, m in taken for v in (loss, *(m[k] for k in keys))]
+        flat = _votes(stop) + [v for loss, m in taken for v in (loss, *(m[k] for k in keys))]
         total = self.world.sum(flat, "reading the steps' losses")
-        per = total[1:].reshape(len(taken), 1 + len(keys)) / self.size
-        return [(float(r[0]), dict(zip(keys, map(float, r[1:])))) for r in per], total[0] > 0
+        per = total[len(STOPS):].reshape(len(taken), 1 + len(keys)) / self.size
+        return [(float(r[0]), dict(zip(keys, map(float, r[1:])))) for r in per], \
+            _agreed(total)
 
-    def any(self, flag: bool, what: str = "agreeing to stop") -> bool:
-        """Whether `flag` is set on any rank (a Ctrl-C that reached one of them)."""
+    def stop(self, stop, what: str = "agreeing to stop") -> signal.Signals | None:
+        """What stops every rank (as `agree`) given what stops this one (a Ctrl-C that
+        reached one of them stops all)."""
         if not self.many:
-            return flag
-        return bool(self.world.sum([float(flag)], what)[0] > 0)
+            return stop or None
+        return _agreed(self.world.sum(_votes(stop), what))
 
     def total(self, sums: dict, keys: list) -> dict:
         """Evaluation sums (weighted by rows) added over the ranks."""
@@ -232,3 +242,11 @@ class Ranks:
     def compiled(self) -> None:
         """Waits for the slowest rank's compile (its length is unbounded, so untimed)."""
         self.world.barrier("waiting for every rank's compile", timed=False)
+
+
+def _votes(stop) -> list[float]:
+    return [float(stop is not None and stop is not False and stop == s) for s in STOPS]
+
+
+def _agreed(total) -> signal.Signals | None:
+    return next((s for s, n in zip(STOPS, total) if n > 0), None)

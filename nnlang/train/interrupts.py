@@ -9,7 +9,7 @@ import signal
 import threading
 from contextlib import contextmanager
 
-from nnlang.backends.ctrl_c import STOP_SIGNALS
+from nnlang.backends.ctrl_c import STOP_SIGNALS, asks_to_stop, takes_over
 
 
 class Interrupts:
@@ -21,7 +21,7 @@ class Interrupts:
     long compile stays interruptible. A second Ctrl-C while the checkpoint is written is
     recorded, not acted on: the save finishes. SIGTERM and SIGHUP are the same request
     (`signal` says which came first); SIGHUP is left alone where it is ignored (`nohup`: the
-    user asked the run to outlive the terminal). `on_hangup` runs at a SIGHUP, in the handler:
+    user asked the run to outlive the terminal) or the program handles it (`takes_over`). `on_hangup` runs at a SIGHUP, in the handler:
     the terminal is gone, so the caller stops its writes to it from failing. `request` makes
     the same request from Python: the CLI's, when standard output's reader is gone (`nnlang
     train ... | head`), as SIGPIPE. (A write to a terminal that is gone, EIO, raises a real
@@ -43,7 +43,7 @@ class Interrupts:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self._old = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS
-                         if not _ignored_hangup(sig)}
+                         if takes_over(sig, signal.getsignal(sig))}
         Interrupts.active.append(self)
         return self
 
@@ -63,6 +63,7 @@ class Interrupts:
         cls.active[-1]._handler(sig, None)
         return True
 
+    @asks_to_stop
     def _handler(self, signum, frame):
         if signum == getattr(signal, "SIGHUP", None) and self.on_hangup is not None:
             self.on_hangup()
@@ -91,10 +92,6 @@ class Interrupts:
     def hold(self) -> None:
         """From here on (the interrupted run's checkpoint) every Ctrl-C is only recorded."""
         self._immediate = False
-
-
-def _ignored_hangup(sig) -> bool:
-    return sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) is signal.SIG_IGN
 
 
 def test_signal() -> tuple[int, int] | None:

@@ -48,6 +48,11 @@ _SAID = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)",
          signal.SIGHUP: "hung up (SIGHUP)"}
 
 
+def _asked(interrupts: Interrupts | None) -> signal.Signals | None:
+    """What asks this process to stop (`Ranks.agree` votes on it), or None."""
+    return interrupts.signal if interrupts is not None and interrupts.requested else None
+
+
 @dataclass
 class History:
     """What `fit` returns: one row per epoch (as in metrics.jsonl), the loss of every step this
@@ -557,6 +562,7 @@ class _Training:
     # *** the loop ***
     def run(self) -> History:
         self._undo_hangup = None
+        self._stop_agreed = False   # the ranks' answer at the last read (`_take`)
         try:
             return self._run()
         finally:
@@ -596,8 +602,10 @@ class _Training:
                 for epoch in range(self.start_epoch, end):
                     seen, wall = self.train_epoch(epoch, interrupts)
                     self.end_epoch(seen, wall, interrupts)
-                    # NOTE: every rank stops here, or none (a Ctrl-C during the validation)
-                    interrupts.requested = self.ranks.any(interrupts.requested)
+                    # NOTE: every rank stops here, or none (a Ctrl-C during the validation),
+                    # on what they agreed: a signal that lands after the agreement waits for
+                    # the next one (acted on here, this rank alone would stop: `_take`)
+                    self._agreed(interrupts, self.ranks.stop(_asked(interrupts)))
                     interrupts.check()
                     if self.history.stopped:
                         break
@@ -655,8 +663,10 @@ class _Training:
                         say(self.console, f"epoch {epoch + 1}/{cfg.epochs}  step {pos.done}/"
                                           f"{self.per_epoch}  {stats}")
                         line_at = read_at
-                if read or not many:  # NOTE: ranks stop at the same step, after agreeing
+                if not many:
                     interrupts.check()
+                elif read and self._stop_agreed:   # NOTE: ranks stop at the same step
+                    raise KeyboardInterrupt
                 if stop:
                     # NOTE: at the run's own last step, --max-steps cut nothing short
                     last = epoch + 1 == cfg.epochs and pos.done == self.per_epoch
@@ -734,9 +744,13 @@ class _Training:
         pos, net = self.pos, self.net
         taken = net.fetch()
         if check:
-            taken, stop = self.ranks.agree(taken, bool(interrupts and interrupts.requested))
-            if stop:
-                interrupts.requested = True
+            taken, stop = self.ranks.agree(taken, _asked(interrupts))
+            # NOTE: the rank stops on this answer, not on its own flag read later: a signal
+            # (`pkill` reaches the ranks one after another) that landed after the agreement
+            # stopped this rank alone, and the others waited in their next collective until
+            # NNLANG_DIST_TIMEOUT (60 s), then ended with exit 1
+            self._stop_agreed = stop is not None
+            self._agreed(interrupts, stop)
         first = net.step - len(taken)
         for i, (loss, metrics) in enumerate(taken):
             if check:
@@ -744,6 +758,11 @@ class _Training:
             pos.sums.add(loss, metrics)
             self.history.losses.append(loss)
             pos.done += 1
+
+    def _agreed(self, interrupts: Interrupts | None, stop) -> None:
+        """The ranks' answer (`Ranks.agree`) taken as this rank's request: all stop by it."""
+        if stop is not None and interrupts is not None:
+            interrupts.requested, interrupts.signal = True, stop
 
     def interrupted(self, sig=signal.SIGINT) -> History:
         """Ctrl-C (or SIGTERM, SIGHUP) between whole steps: the steps run so far count (their

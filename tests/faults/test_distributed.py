@@ -238,3 +238,81 @@ def test_a_rank_that_raises_ends_the_others(tiny):
     assert got.returncode != 0, text
     assert "missing.nn" in text and "Traceback" not in text
     assert "run directory:" not in text
+
+
+def test_a_signal_just_after_the_ranks_agreed_does_not_stop_one_rank_alone(tiny, monkeypatch):
+    """`pkill -TERM -f "nnlang train"` reaches the ranks one after another. A signal that
+    landed on a rank just after the read where the ranks agree to stop (answer: no) stopped
+    that rank alone at the check that followed, while the other went on into validation and
+    waited in its collective for 60 s, then ended with exit 1. The rank now stops where the
+    ranks agree next (here: after the epoch's validation, which every rank runs), as a
+    Ctrl-C during validation does. In process, as rank 0 of 2 whose peer holds the same
+    shard (tests/test_distributed.py `Copies`)."""
+    import signal
+
+    from nnlang.train import data_parallel
+    from nnlang.train.trainer import fit
+    from tests.test_distributed import Copies
+    monkeypatch.setattr(collective, "_current", Copies(2))
+    monkeypatch.setattr(collective, "launched_size", lambda: 2)
+    monkeypatch.chdir(tiny)
+    agree, calls = data_parallel.Ranks.agree, []
+
+    def agree_then_signal(self, taken, stop):
+        got = agree(self, taken, stop)
+        calls.append(got[1])
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)   # NOTE: lands before the next bytecode
+        return got
+    monkeypatch.setattr(data_parallel.Ranks, "agree", agree_then_signal)
+    h = fit("tiny.nn", out="run", progress=False)
+    assert not calls[0] and h.stopped == "interrupted", (calls, h.stopped)
+    assert len(h.rows) == 1 and "val_loss" in h.rows[0], h.rows   # the validation all ran
+    assert checkpoint.load(tiny / "run").epoch == 1
+
+
+def test_a_rank_stopped_by_anothers_sigterm_says_and_exits_as_sigterm(tiny, monkeypatch, capsys):
+    """`pkill -TERM` (or -HUP) reaches the ranks one after another: a rank whose own signal
+    had not come yet when the ranks agreed to stop (another rank's had) said "interrupted" and
+    exited 130 as if Ctrl-C, so rank 0's word and mpirun's exit status were SIGINT's or
+    SIGTERM's by chance. Every rank now stops by the signal the ranks agreed on. In process,
+    as rank 0 of 2 whose peer got SIGTERM before the first read."""
+    import signal
+
+    from nnlang.train.data_parallel import STOPS
+    from nnlang.train.trainer import fit
+    from tests.test_distributed import Copies
+    world = Copies(2)
+    sums = []
+
+    def peer_terminated(values, what=""):
+        total = 2 * np.asarray(values, np.float64)
+        if what == "reading the steps' losses" and not sums:
+            # NOTE: the first read: the peer's vote is SIGTERM, this rank's none
+            total[:len(STOPS)] = np.asarray(values[:len(STOPS)]) + \
+                [s == signal.SIGTERM for s in STOPS]
+            sums.append(what)
+        return total
+    world.sum = peer_terminated
+    monkeypatch.setattr(collective, "_current", world)
+    monkeypatch.setattr(collective, "launched_size", lambda: 2)
+    monkeypatch.chdir(tiny)
+    h = fit("tiny.nn", out="run", progress=False)
+    out = " ".join(capsys.readouterr().out.split())
+    assert h.stopped == "terminated", out
+    assert "terminated (SIGTERM) at epoch 1, step 10 (global step 10)" in out, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, code, word", [("TERM", 143, "terminated (SIGTERM)"),
+                                              ("HUP", 129, "hung up (SIGHUP)")])
+def test_sigterm_on_one_rank_stops_both_as_sigterm(tiny, kind, code, word):
+    """The real job of the test above: rank 1 alone gets SIGTERM (SIGHUP); rank 0 said
+    "interrupted" and the job exited 130."""
+    env = {"NNLANG_TEST_SIGNAL_AT_STEP": f"3:{kind}", "NNLANG_TEST_SIGNAL_RANK": "1"}
+    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--out", "run", cwd=tiny, env=env,
+                 timeout=150)
+    text = got.stdout + got.stderr
+    assert got.returncode == code, text
+    assert f"{word} at epoch 1, step 10" in text, text
+    assert (tiny / "run" / "checkpoint.npz").is_file()

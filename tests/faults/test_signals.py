@@ -547,3 +547,34 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tiny, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "ok\n", "")
+
+
+def test_a_programs_own_sighup_handler_stays_during_fit(tiny):
+    """A program that handles SIGHUP itself (a daemon's "reload the configuration", as nginx
+    or gunicorn) and trains with `fit`: the SIGHUP stop (for a terminal that is gone, where
+    SIGHUP's default would end the process) replaced that handler during training, so a
+    reload stopped the run. The program's handler runs and training goes on, as under
+    nohup; with SIGHUP at its default, fit still stops and saves. In a process of its own:
+    SIGHUP's default action would end pytest."""
+    import subprocess
+    probe = """
+import io, os, signal
+from rich.console import Console
+from nnlang.train import checkpoint
+from nnlang.train.trainer import fit
+got = []
+mine = lambda signum, frame: got.append(signum)
+signal.signal(signal.SIGHUP, mine)
+os.environ["NNLANG_TEST_SIGNAL_AT_STEP"] = "13:HUP"
+h = fit("tiny.nn", backend="reference", out="reload", console=Console(file=io.StringIO()))
+assert (h.stopped, got, checkpoint.load("reload").step) == (None, [signal.SIGHUP], 20), \\
+    (h.stopped, got)
+assert signal.getsignal(signal.SIGHUP) is mine
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
+h = fit("tiny.nn", backend="reference", out="cut", console=Console(file=io.StringIO()))
+assert (h.stopped, checkpoint.load("cut").step) == ("hung up", 13), h.stopped
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tiny, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "ok\n", "")

@@ -243,3 +243,26 @@ def test_force_color_into_a_log_file_gives_lines_not_a_redrawn_bar(tiny, monkeyp
     assert r.exit_code == 0, r.output
     assert "\r" not in r.stdout and "\x1b[2K" not in r.stdout and "\x1b[?25l" not in r.stdout
     assert re.search(r"epoch 2/2  loss \d", re.sub(r"\x1b\[[0-9;]*m", "", r.stdout)), r.stdout
+
+
+def test_a_folder_named_tilde_is_reached_as_dot_slash_tilde(tiny, monkeypatch):
+    """A folder literally named '~' in the working directory is named `./~/...`, as in a
+    shell (a quoted or escaped ~ is the home folder: `user_path`). Path("./~/r") is
+    Path("~/r"), so `--out ./~/r` wrote to the home folder (or refused a run there) and
+    `data = "./~/d.npz"` was looked for there; both name the folder '~' here."""
+    home = tiny / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    (tiny / "~").mkdir()
+    (tiny / "tiny.npz").rename(tiny / "~" / "tiny.npz")
+    (tiny / "t2.nn").write_text(TINY.replace('"tiny.npz"', '"./~/tiny.npz"'))
+    r = nnlang("train", "t2.nn", "--backend", "reference", "--epochs", "1", "--out", "./~/r")
+    assert r.exit_code == 0, r.output
+    assert (tiny / "~/r/checkpoint.npz").is_file() and not list(home.iterdir())
+    r = nnlang("eval", "tiny.nn", "--backend", "reference", "--checkpoint", "./~/r",
+               "--data", "./~/tiny.npz")
+    assert r.exit_code == 0, r.output
+    r = nnlang("train", "tiny.nn", "--backend", "reference", "--epochs", "1", "--out", "c",
+               "--data-dir", "./~", "--data", "tiny.npz")
+    assert r.exit_code == 0, r.output
+    assert not list(home.iterdir())
