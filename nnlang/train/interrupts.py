@@ -21,8 +21,9 @@ class Interrupts:
     long compile stays interruptible. A second Ctrl-C while the checkpoint is written is
     recorded, not acted on: the save finishes. SIGTERM and SIGHUP are the same request
     (`signal` says which came first); SIGHUP is left alone where it is ignored (`nohup`: the
-    user asked the run to outlive the terminal) or the program handles it (`takes_over`). `on_hangup` runs at a SIGHUP, in the handler:
-    the terminal is gone, so the caller stops its writes to it from failing. `request` makes
+    user asked the run to outlive the terminal) or the program handles it (`takes_over`).
+    `on_hangup` runs at a SIGHUP, in the handler: the terminal is gone, so the caller stops
+    its writes to it from failing. `request` makes
     the same request from Python: the CLI's, when standard output's reader is gone (`nnlang
     train ... | head`), as SIGPIPE. (A write to a terminal that is gone, EIO, raises a real
     SIGHUP: `nnlang_cli.app._hang_up`.)"""

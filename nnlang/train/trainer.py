@@ -58,8 +58,8 @@ class History:
     """What `fit` returns: one row per epoch (as in metrics.jsonl), the loss of every step this
     call took, the final validation and test results, and why training stopped early (None,
     "max_steps", "interrupted", "terminated" (SIGTERM), "output closed" (SIGPIPE), "hung up"
-    (SIGHUP), "early_stop"). NOTE: train_loss includes the l1/l2 penalties, val/test loss not. `best`: the monitored value's best epoch
-    (weights in best.npz)."""
+    (SIGHUP), "early_stop"). NOTE: train_loss includes the l1/l2 penalties, val/test loss not.
+    `best`: the monitored value's best epoch (weights in best.npz)."""
     rows: list = field(default_factory=list)
     losses: list = field(default_factory=list)
     val: dict | None = None
