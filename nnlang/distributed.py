@@ -71,8 +71,9 @@ def shard(arrays: dict) -> dict:
     batch the ranks do not divide is an error: the step averages the ranks' gradients with
     equal weights, the batch's mean only when the shards are equal)."""
     if not isinstance(arrays, dict):
-        raise NNError(f"shard takes a dict of input name -> array, not a "
-                      f"{type(arrays).__name__}", hint="dist.shard({\"image\": x, \"label\": y})")
+        raise NNError(f"shard takes a dict of input name -> array, not "
+                      f"{with_article(type(arrays).__name__)}",
+                      hint="dist.shard({\"image\": x, \"label\": y})")
     # NOTE: a scalar input (a temperature) is the same on every rank: it is not split
     arrays = {k: np.asarray(v) if isinstance(v, (list, tuple)) else v
               for k, v in arrays.items()}

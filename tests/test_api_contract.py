@@ -512,7 +512,7 @@ def test_overrides_take_python_and_numpy_values_and_name_the_bad_ones():
     assert net.parameters()["y.bias"].shape == (7,)
     bad = [([("h", 3)], "overrides are a list: give a dict"),
            ({3: 3}, r"overrides: the key 3 \(int\) is not a name"),
-           ({"h": np.ones(2)}, r"overrides\['h'\] is a ndarray; a hyper-parameter is a number"),
+           ({"h": np.ones(2)}, r"overrides\['h'\] is an ndarray; a hyper-parameter is a number"),
            ({"sizes": [1, {}]}, r"overrides\['sizes'\] is a dict"),
            ({"p": float("nan")}, r"overrides\['p'\] = nan: a hyper-parameter is a finite")]
     for overrides, words in bad:

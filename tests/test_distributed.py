@@ -616,7 +616,7 @@ def test_library_shard_passes_scalars_and_names_what_it_cannot_split(ranks, monk
     assert got["label"].tolist() == [0, 1]
     for arrays, words in (({}, "no array with rows to split"),
                           ({"temp": 2.0}, r"only the scalars temp"),
-                          (x, "shard takes a dict of input name -> array, not a ndarray"),
+                          (x, "shard takes a dict of input name -> array, not an ndarray"),
                           ({"x": x, "label": y[:2]}, r"different numbers of rows \(x: 4, "
                                                      r"label: 2\)")):
         with pytest.raises(nnlang.NNError, match=words):
