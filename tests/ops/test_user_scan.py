@@ -562,6 +562,22 @@ def _finite_difference(net, feeds):
     assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
 
 
+def _each_weights_finite_difference(net, p, feeds, rng, names, rel, atol):
+    """Each weight of `names` on its own (one wrong weight cannot hide among the others, as in
+    `_finite_difference`'s one direction over all): <gradient, d> against
+    (L(p + e d) - L(p - e d)) / 2e for a random direction d of that weight, at the weights p."""
+    grads = net.gradients(feeds)
+    for k in names:
+        d = rng.normal(size=p[k].shape)
+
+        def loss(e):
+            net.load_state_dict({**p, k: p[k] + e * d})
+            return sum(net.evaluate(feeds).values())
+        got = (loss(1e-6) - loss(-1e-6)) / 2e-6
+        net.load_state_dict(p)
+        assert got == pytest.approx(float((grads[k] * d).sum()), rel=rel, abs=atol), k
+
+
 def _against_torch(net, torch, batches, torch_loss):
     t = {k: torch.tensor(v, requires_grad=True) for k, v in net.parameters().items()}
     opt = torch.optim.Adam(list(t.values()), lr=0.01)
@@ -842,16 +858,9 @@ def test_a_bahdanau_decoder_has_the_gradient_of_its_finite_differences(backend):
     for n in (1, 4):
         feeds = {"src": src, "dec_in": rng.integers(0, 9, (3, n)).astype(np.int32),
                  "target": rng.integers(0, 9, (3, n)).astype(np.int32)}
-        grads = net.gradients(feeds)
-        for k in ("outs.keys.weight", "outs.q.weight", "outs.n.weight", "enc.kernel"):
-            d = rng.normal(size=p[k].shape)
-
-            def loss(e):
-                net.load_state_dict({**p, k: p[k] + e * d})
-                return sum(net.evaluate(feeds).values())
-            got = (loss(1e-6) - loss(-1e-6)) / 2e-6
-            net.load_state_dict(p)
-            assert got == pytest.approx(float((grads[k] * d).sum()), rel=1e-6, abs=1e-10), k
+        _each_weights_finite_difference(net, p, feeds, rng, ("outs.keys.weight", "outs.q.weight",
+                                                             "outs.n.weight", "enc.kernel"),
+                                        rel=1e-6, atol=1e-10)
 
 
 RAW_MATMULS = """
@@ -927,16 +936,9 @@ def test_bahdanaus_concat_form_scores_the_state_with_the_memory_as_finite_differ
     for n in (1, 3):
         feeds = {"src": src, "dec_in": rng.integers(0, 9, (3, n)).astype(np.int32),
                  "target": rng.integers(0, 9, (3, n)).astype(np.int32)}
-        grads = net.gradients(feeds)
-        for k in ("outs.e.weight", "outs.e.bias", "outs.w.weight", "outs.n.bias", "enc.kernel"):
-            d = rng.normal(size=p[k].shape)
-
-            def loss(e):
-                net.load_state_dict({**p, k: p[k] + e * d})
-                return sum(net.evaluate(feeds).values())
-            got = (loss(1e-6) - loss(-1e-6)) / 2e-6
-            net.load_state_dict(p)
-            assert got == pytest.approx(float((grads[k] * d).sum()), rel=1e-5, abs=1e-9), k
+        _each_weights_finite_difference(net, p, feeds, rng, ("outs.e.weight", "outs.e.bias",
+                                                             "outs.w.weight", "outs.n.bias",
+                                                             "enc.kernel"), rel=1e-5, atol=1e-9)
 
 
 def test_a_memory_of_symbolic_length_is_refused_with_what_to_do():
