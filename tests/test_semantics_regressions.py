@@ -461,16 +461,21 @@ def test_a_channels_first_or_declared_channels_last_image_is_no_warning(layer, i
     assert load(src).warnings == []
 
 
+def _the_warning_on_dense_output(expr: str, units: int) -> str:
+    """The one warning, rendered, of a model whose output is `expr` of h = dense(x, units)
+    (line 4 of the source)."""
+    (warning,) = load(f"""model M {{
+  input x: float32[batch, 4]
+  h = dense(x, {units})
+  output p = {expr}
+}}""").warnings
+    return warning.render()
+
+
 @pytest.mark.parametrize("op", ["softmax(h, axis = 0)", "log_softmax(h, 0)",
                                 "softmax(h, axis = -2)"])
 def test_a_softmax_across_the_batch_is_a_located_warning(op):
-    src = f"""model M {{
-  input x: float32[batch, 4]
-  h = dense(x, 3)
-  output p = {op}
-}}"""
-    (warning,) = load(src).warnings
-    text = warning.render()
+    text = _the_warning_on_dense_output(op, 3)
     assert text.startswith("<string>:4:14: warning: ") and "across the examples" in text
     assert "axis = -1" in text
 
@@ -480,13 +485,7 @@ def test_a_softmax_across_the_batch_is_a_located_warning(op):
 def test_a_subscript_of_the_batch_axis_is_a_located_warning(pick, rows):
     """`h[0]` (NumPy's habit for a first feature) took the batch's first example and the loss
     trained on that one row of each batch, with no word."""
-    src = f"""model M {{
-  input x: float32[batch, 4]
-  h = dense(x, 4)
-  output p = {pick}
-}}"""
-    (warning,) = load(src).warnings
-    text = warning.render()
+    text = _the_warning_on_dense_output(pick, 4)
     assert text.startswith("<string>:4:") and f"picks {rows} of the batch" in text
     assert "x[:, 0]" in text
 
@@ -495,13 +494,7 @@ def test_a_subscript_of_the_batch_axis_is_a_located_warning(pick, rows):
 def test_reversing_the_batch_axis_is_a_located_warning(flip):
     """`x[::-1]` reverses time on NumPy's [time, ...]; here axis 0 is the batch, so the
     examples came out in reverse order, against their labels, with no word."""
-    src = f"""model M {{
-  input x: float32[batch, 4]
-  h = dense(x, 4)
-  output p = {flip}
-}}"""
-    (warning,) = load(src).warnings
-    text = warning.render()
+    text = _the_warning_on_dense_output(flip, 4)
     assert text.startswith("<string>:4:") and "reverses the order of the examples" in text
     assert "x[:, ::-1]" in text
 
