@@ -106,6 +106,13 @@ class NNError(Exception):
             self.diagnostics = [Diagnostic(message, span, hint)]
         super().__init__(self.render())
 
+    def __reduce__(self):
+        # NOTE: pickle (a multiprocessing worker's error reaching the parent, copy.deepcopy)
+        # rebuilt the error by calling the class with its rendering as a new message, which
+        # rendered it again ("error: error: ..."); and a subclass's __init__ takes other
+        # arguments (DataError's). Restored as it is: its text, then its diagnostics.
+        return _restored, (type(self), self.args), self.__dict__
+
     @property
     def message(self) -> str:
         return self.diagnostics[0].message
@@ -124,6 +131,13 @@ class NNError(Exception):
         if errors > 1:
             body += f"\n\n{errors} errors"
         return body
+
+
+def _restored(cls: type, args: tuple) -> NNError:
+    """An unpickled NNError (of any subclass): its text as raised, without calling __init__."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    return err
 
 
 class ErrorSink:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import nnlang
+from nnlang.data.cache import DataError
 from nnlang.errors import NNError
 from nnlang.train.trainer import fit
 
@@ -811,6 +812,32 @@ def test_deepcopy_gives_an_independent_net_in_the_same_place_and_pickle_says_why
         pickle.dumps(net)
     with pytest.raises(NNError, match=r"copy.copy\(net\) would share .* use copy.deepcopy"):
         copy.copy(net)
+
+
+def _raise(err: Exception):
+    raise err
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nnlang.compile(DENSE).forward({"x": np.zeros((2, 5), np.float32)}),
+    lambda: nnlang.compile("model M {\n  input x: float32[batch, 4]\n  output y = dense(x, q)\n}"),
+    lambda: nnlang.compile("model M {\n  output y = dense(1e999, 2)\n}"),
+    lambda: _raise(DataError("download of file:///x failed", hint="check the path")),
+])
+def test_an_error_from_a_worker_process_reads_as_it_was_raised(make):
+    """multiprocessing and ProcessPoolExecutor hand a worker's exception to the parent by pickle
+    (so do copy.deepcopy and a notebook's saved state). An NNError came back as
+    "error: error: input 'x' has shape ..." (its rendering taken for a new message), or
+    "error: <string>:3:22: error: ...", its caret line no longer under the message; the copy
+    must read, and know its place and hint, exactly as the original."""
+    import copy
+    import pickle
+    with pytest.raises(NNError) as raised:
+        make()
+    err = raised.value
+    for twin in (pickle.loads(pickle.dumps(err)), copy.deepcopy(err)):
+        assert type(twin) is type(err) and str(twin) == str(err) and twin.args == err.args
+        assert (twin.message, twin.span, twin.hint) == (err.message, err.span, err.hint)
 
 
 def test_no_feeds_name_the_missing_input_and_a_model_without_inputs_runs():
