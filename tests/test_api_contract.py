@@ -993,6 +993,53 @@ def test_a_net_built_while_another_thread_builds_one_runs_its_own_kernels():
         other.join()
 
 
+_FORKED_CHILD = """
+import multiprocessing as mp
+import numpy as np
+import nnlang
+from nnlang.backends import blas
+src = '''model M {
+  input x: float32[batch, 1024]
+  output y = dense(x, 512) |> relu |> dense(8)
+}
+'''
+net = nnlang.compile(src, batch=256, seed=0)
+x = np.random.default_rng(0).standard_normal((256, 1024)).astype(np.float32)
+want = net.forward({"x": x})["y"]
+blas.pool().submit(int).result()   # NOTE: the pool's threads exist in the parent either way
+def child(q):
+    got = []
+    blas.run_parts([(got.append, (1,)), (got.append, (2,))])
+    q.put((sorted(got), net.forward({"x": x})["y"]))
+ctx = mp.get_context("fork")
+q = ctx.Queue()
+kid = ctx.Process(target=child, args=(q,))
+kid.start()
+kid.join(30)
+if kid.is_alive():
+    kid.kill()
+    raise SystemExit("the forked child hangs")
+parts, y = q.get(timeout=5)
+assert parts == [1, 2], parts
+np.testing.assert_array_equal(y, want)
+print("same")
+"""
+
+
+def test_a_net_used_in_a_forked_child_runs_there():
+    """A Net compiled and run in the parent, then used in a child made by fork
+    (multiprocessing's default on Linux before Python 3.14, a data loader's workers): the
+    child hung for good in its first split matmul. The pool of GEMM threads was the parent's:
+    a fork copies the pool object but not its threads, and its idle count told the child's
+    submits that a thread was waiting. The child must run the pool and the net, giving the
+    parent's answer."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _FORKED_CHILD], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("backend", [None, 3, ["numba"]])
 def test_a_backend_that_is_not_a_name_is_named(backend):
     """compile(backend=None) (a caller's unset option) failed with AttributeError: 'NoneType'

@@ -7,6 +7,7 @@ GEMMs ourselves keeps both cores busy without that contention.
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -72,6 +73,19 @@ def blas_threads(n: int = 1):
                 _depth -= 1
                 if not _depth:
                     _owner = None
+
+
+def _forget_after_fork() -> None:
+    """In a child made by fork: the parent's pool without its threads (a fork copies only the
+    forking thread), so its submits waited for good on workers that do not exist (its idle
+    count said one was free); the child starts its own pool on first use. A lock or BLAS
+    limit held by another of the parent's threads is no one's in the child."""
+    global _pool, _lock, _owner, _depth
+    _pool, _lock, _owner, _depth = None, threading.Lock(), None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def threaded_blas_pays(products) -> bool:

@@ -45,6 +45,18 @@ def _process_cpus() -> tuple[int, ...]:
 _CPUS = _process_cpus()
 
 
+def _forget_after_fork() -> None:
+    # NOTE: a forked child has none of the parent's pool threads (blas.py starts it a new
+    # pool) and no step of another thread running: a step pinning in the parent at the fork
+    # left the lock held and the count raised in the child, which then never pinned again
+    global _lock, _stepping, _home, _workers
+    _lock, _stepping, _home, _workers = threading.Lock(), 0, None, []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def allowed_cpus() -> tuple[int, ...]:
     """The CPUs this process may run on, in order (all of os.cpu_count() where the platform
     cannot say)."""
