@@ -12,11 +12,15 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import numba
 import numpy as np
 
 from nnlang.backends import cpu_affinity, denormals
 
-_WORKERS = max(1, min(len(cpu_affinity.allowed_cpus()), 8))
+# NOTE: NUMBA_NUM_THREADS is the user's word on how many threads numba's kernels get; the pool
+# runs nnlang's numba kernels in their place, so it keeps to it (numba parsed it: garbage is
+# numba's warning and its default)
+_WORKERS = max(1, min(len(cpu_affinity.allowed_cpus()), 8, numba.config.NUMBA_NUM_THREADS))
 _SPLIT_FLOPS = 1 << 27   # below this one thread is faster than handing work to a pool
 _MID_FLOPS = 1 << 20     # products from here to _SPLIT_FLOPS make threaded BLAS pay
 _K_SPLIT = 8             # K this many times the larger output dim splits by K
@@ -44,11 +48,16 @@ def _blas_controllers():
 _lock = threading.Lock()
 _owner: threading.Thread | None = None
 _depth = 0
+# NOTE: the threads a step may use: _WORKERS, or fewer where the caller limited BLAS when the
+# step began (threadpoolctl's threadpool_limits, OMP_NUM_THREADS or OPENBLAS_NUM_THREADS). A
+# step set OpenBLAS to 2 threads inside a program's threadpool_limits(1), and the pool took
+# half of each split: a program running one process per core got two threads in each.
+_allowed = _WORKERS
 
 
 @contextmanager
 def blas_threads(n: int = 1):
-    global _owner, _depth
+    global _owner, _depth, _allowed
     me = threading.current_thread()
     with _lock:
         mine = _owner in (None, me)
@@ -56,6 +65,9 @@ def blas_threads(n: int = 1):
             _owner, _depth = me, _depth + 1
     try:
         ctl = _blas_controllers() if mine else None
+        if ctl and _depth == 1:   # NOTE: what the caller set, before nnlang sets anything
+            _allowed = max(1, min([_WORKERS, *(c.num_threads for c in ctl.lib_controllers)]))
+        n = min(n, _allowed)
         if not ctl:
             yield
             return
@@ -72,7 +84,7 @@ def blas_threads(n: int = 1):
             with _lock:
                 _depth -= 1
                 if not _depth:
-                    _owner = None
+                    _owner, _allowed = None, _WORKERS
 
 
 def _forget_after_fork() -> None:
@@ -80,8 +92,8 @@ def _forget_after_fork() -> None:
     forking thread), so its submits waited for good on workers that do not exist (its idle
     count said one was free); the child starts its own pool on first use. A lock or BLAS
     limit held by another of the parent's threads is no one's in the child."""
-    global _pool, _lock, _owner, _depth
-    _pool, _lock, _owner, _depth = None, threading.Lock(), None, 0
+    global _pool, _lock, _owner, _depth, _allowed
+    _pool, _lock, _owner, _depth, _allowed = None, threading.Lock(), None, 0, _WORKERS
 
 
 if hasattr(os, "register_at_fork"):
@@ -138,12 +150,19 @@ def pool() -> ThreadPoolExecutor:
 
 
 def run_parts(calls):
-    """Each (fn, args) call: the first on this thread, the rest on the pool."""
-    futures = [pool().submit(fn, *args) for fn, args in calls[1:]]
-    fn, args = calls[0]
-    fn(*args)
+    """Each (fn, args) call: the first on this thread, the rest on the pool; on fewer threads
+    (one after another on each) where the step may use fewer (`_allowed`)."""
+    threads = min(len(calls), _allowed)
+    groups = [calls[k::threads] for k in range(threads)]
+    futures = [pool().submit(_run_each, group) for group in groups[1:]]
+    _run_each(groups[0])
     for f in futures:
         f.result()
+
+
+def _run_each(calls) -> None:
+    for fn, args in calls:
+        fn(*args)
 
 
 def _bounds(n: int, parts: int):

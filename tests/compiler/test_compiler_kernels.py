@@ -310,3 +310,63 @@ def test_a_column_sum_splits_by_columns_and_sums_every_row(shape, keep, monkeypa
     got, want = exe.run(feeds), interpret(g, feeds, want=dict(g.outputs))
     np.testing.assert_allclose(got["y"], want["y"], rtol=1e-6)
     np.testing.assert_allclose(got["s"], want["s"], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("hidden, batch, threaded", [(512, 128, True), (512, 256, False)])
+def test_a_step_keeps_to_the_callers_thread_limit(hidden, batch, threaded, monkeypatch):
+    """A program that limits native threads around nnlang's calls (threadpoolctl's
+    `threadpool_limits(1)`, as joblib and scikit-learn do, or OMP_NUM_THREADS=1 /
+    OPENBLAS_NUM_THREADS=1 in its environment) got more threads inside each step: a step whose
+    products run on BLAS's threads set OpenBLAS to 2 for its length, and a split step handed
+    half its GEMMs to nnlang's pool thread. Under the limit a step runs on the calling thread
+    alone, gives numpy's answer, and leaves the limit as it was."""
+    import nnlang
+    from nnlang.backends import blas
+    from threadpoolctl import threadpool_info, threadpool_limits
+    ctl = blas._blas_controllers()
+    if not ctl or blas.workers() < 2:
+        pytest.skip("one core, or threadpoolctl finds no BLAS: nothing to limit")
+    net = nnlang.compile("model M {\n  input x: float32[batch, 784]\n"
+                         f"  output y = dense(x, {hidden}) |> relu\n}}\n", batch=batch, seed=0)
+    x = np.random.default_rng(0).standard_normal((batch, 784)).astype(np.float32)
+    net.prepare("predict")
+    exe = next(e for k, (e, _) in net._exes.items() if k[0] == "predict")
+    assert exe.threaded_blas == threaded
+    seen, submits, pool = [], [], blas.pool()
+
+    class Counted:
+        def submit(self, *a):
+            submits.append(a)
+            return pool.submit(*a)
+    monkeypatch.setattr(blas, "pool", Counted)
+    exe._calls.insert(0, (lambda: seen.append([c.num_threads for c in ctl.lib_controllers]), ()))
+    p = net.parameters()
+    want = np.maximum(x.astype(np.float64) @ p["y.weight"] + p["y.bias"], 0)
+    with threadpool_limits(limits=1):
+        before = threadpool_info()
+        np.testing.assert_allclose(net.forward({"x": x})["y"], want, rtol=1e-4, atol=1e-4)
+        assert threadpool_info() == before
+    assert seen == [[1] * len(ctl.lib_controllers)] and not submits
+    net.forward({"x": x})   # NOTE: unlimited, the same step does use more threads
+    assert submits or max(seen[-1]) > 1
+
+
+def test_numba_num_threads_bounds_the_pool():
+    """NUMBA_NUM_THREADS=1 (numba's own setting, which benchmarks/export_bench.py --threads
+    sets to give nnlang N threads) left nnlang's pool at one thread per core: its split
+    kernels and GEMMs, numba kernels run in numba's place, kept to none of it."""
+    import os
+    import subprocess
+    import sys
+
+    from nnlang.backends import cpu_affinity
+    if len(cpu_affinity.allowed_cpus()) < 2:
+        pytest.skip("one core: the pool has one thread anyway")
+    probe = ("import threading, numpy as np, nnlang\nfrom nnlang.backends import blas\n"
+             "net = nnlang.compile('model M {\\n  input x: float32[batch, 1024]\\n"
+             "  output y = dense(x, 512)\\n}\\n', batch=256, seed=0)\n"
+             "net.forward({'x': np.ones((256, 1024), np.float32)})\n"
+             "print(blas.workers(), sorted(t.name for t in threading.enumerate()))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env={**os.environ, "NUMBA_NUM_THREADS": "1"}, timeout=120)
+    assert done.stdout.strip() == "1 ['MainThread']", done.stdout + done.stderr[-2000:]
