@@ -19,9 +19,8 @@ import signal
 import sys
 from contextlib import contextmanager
 
+from nnlang.backends import numba_config  # noqa: F401, I001  (the parent's settings; first)
 import numba
-
-from nnlang.backends import numba_config  # noqa: F401  (the parent's settings)
 
 
 def _typed(t):

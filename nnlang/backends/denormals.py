@@ -24,6 +24,7 @@ import os
 import platform
 from contextlib import contextmanager
 
+from nnlang.backends import numba_config  # noqa: F401, I001  (numba's settings first)
 import numba
 import numpy as np
 from llvmlite import ir

@@ -25,10 +25,11 @@ import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
+from nnlang.backends import numba_config  # noqa: F401, I001  (numba's settings first)
 import numba
 import numpy as np
 
-from nnlang.backends import (cpu_affinity, denormals, numba_config, numba_kernels,  # noqa: F401
+from nnlang.backends import (cpu_affinity, denormals, numba_kernels,  # noqa: F401
                              numba_scan)
 from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.base import Call, State, library_call, raising_located, run_in_order

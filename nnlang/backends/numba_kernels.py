@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+from nnlang.backends import numba_config  # noqa: F401, I001  (numba's settings first)
 import numba
 import numpy as np
 from numba import types

@@ -12,6 +12,7 @@ import ctypes
 import inspect
 import itertools
 
+from nnlang.backends import numba_config  # noqa: F401, I001  (numba's settings first)
 import numba
 import numba.experimental.function_type  # noqa: F401  (numba types KernelAddress by it)
 import numpy as np

@@ -370,3 +370,28 @@ def test_numba_num_threads_bounds_the_pool():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           env={**os.environ, "NUMBA_NUM_THREADS": "1"}, timeout=120)
     assert done.stdout.strip() == "1 ['MainThread']", done.stdout + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("NUMBA_NUM_THREADS", "0", "NUMBA_NUM_THREADS=0"),
+    ("NUMBA_NUM_THREADS", "-2", "NUMBA_NUM_THREADS=-2"),
+    ("NUMBA_THREADING_LAYER", "bogus", "NUMBA_THREADING_LAYER=bogus"),
+])
+def test_a_numba_thread_setting_numba_refuses_is_named(name, value, words):
+    """NUMBA_NUM_THREADS=0 (or a threading layer numba does not know) failed at the first
+    parallel kernel of a step (dropout's mask) with "internal error: ValueError: Number of
+    threads specified must be > 0. hint: this is a bug in nnlang": it is the environment's
+    setting, and the error names it and says what to set instead."""
+    import os
+    import subprocess
+    import sys
+    probe = ("import numpy as np, nnlang\n"
+             "src = 'model M {\\n  input x: float32[batch, 8]\\n  input y: int32[batch]\\n"
+             "  logits = dense(x, 8) |> dropout(0.5) |> dense(2)\\n"
+             "  loss cross_entropy(logits, y)\\n}\\n'\n"
+             "try:\n    nnlang.compile(src, batch=4, seed=0).train_step("
+             "{'x': np.ones((4, 8), np.float32), 'y': np.zeros(4, np.int32)})\n"
+             "except nnlang.NNError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env={**os.environ, name: value}, timeout=120)
+    assert words in done.stdout and "hint: " in done.stdout, done.stdout + done.stderr[-2000:]
