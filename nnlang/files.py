@@ -62,6 +62,11 @@ def _umask() -> int:
     return mask
 
 
+def new_file_mode() -> int:
+    """The permission bits open() gives a new file (mkstemp's temporary files get 0600)."""
+    return 0o666 & ~_umask()
+
+
 def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
                  fsync: bool = False) -> Path:
     """Writes `data` (bytes, text, or a function writing to the open binary file) to a temporary
@@ -76,7 +81,7 @@ def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
-        mode = 0o666 & ~_umask()   # NOTE: mkstemp's 0600, not what open() would give
+        mode = new_file_mode()   # NOTE: mkstemp's 0600, not what open() would give
     else:
         if not mode & 0o222:
             raise PermissionError(errno.EACCES, "the file is read-only", str(path))

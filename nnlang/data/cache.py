@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnlang.errors import NNError
-from nnlang.files import as_path, user_path, write_atomic
+from nnlang.files import as_path, new_file_mode, user_path, write_atomic
 from nnlang.user_cache import discard_damaged, temporary, user_cache_dir
 
 # Debian's dataset-* packages (e.g. dataset-fashion-mnist) install here. A list so tests can
@@ -144,6 +144,9 @@ def download(r: Remote, dest: Path, name: str) -> Path:
     digest = hashlib.new(algo)
     fd, tmp = tempfile.mkstemp(prefix=f".{r.filename}.", suffix=".part", dir=dest.parent)
     try:
+        # NOTE: as open() makes a file, not mkstemp's 0600: a cache shared by several accounts
+        # held data sets that only the one who fetched them could read
+        os.chmod(tmp, new_file_mode())
         with (os.fdopen(fd, "wb") as out,
               urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp):
             total = int(resp.headers.get("Content-Length") or 0) or None

@@ -111,3 +111,27 @@ def test_spec_string_options():
     ds = load_dataset("imdb_sample(vocab=500, maxlen=40)")
     assert ds.train["tokens"].shape == (2500, 40) and ds.train["tokens"].max() < 500
     assert len(ds.meta["vocab"]) == 500
+
+
+def test_a_downloaded_file_has_the_permissions_of_any_file_written(server, tmp_path, monkeypatch):
+    """A download landed as mkstemp made its temporary file, 0600, where every other file of
+    the cache (plans, kernels, processed arrays) follows the umask: in a cache shared by a
+    team's accounts or a container's users (one NNLANG_CACHE_DIR), the others could not read
+    the data set the first one fetched. It is made as open() would make it."""
+    import os
+    import stat
+    root, url = server
+    payload = b"shared bytes " * 1000
+    (root / "toy").mkdir()
+    (root / "toy" / "blob.bin").write_bytes(payload)
+    monkeypatch.setenv("NNLANG_DATA_MIRROR", url)
+    remote = Remote("blob.bin", "https://example.invalid/blob.bin",
+                    "sha256:" + hashlib.sha256(payload).hexdigest())
+    old = os.umask(0o022)
+    try:
+        dest = download(remote, tmp_path / "dl" / "blob.bin", "toy")
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(dest.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
