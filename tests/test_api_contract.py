@@ -840,6 +840,29 @@ def test_an_error_from_a_worker_process_reads_as_it_was_raised(make):
         assert (twin.message, twin.span, twin.hint) == (err.message, err.span, err.hint)
 
 
+def test_a_history_sent_to_another_process_says_what_to_send(tmp_path):
+    """A hyper-parameter search maps `fit` over a process pool and returns its History: the
+    pool pickles it, and the worker's error was "a Net cannot be pickled", about a Net the
+    caller never sent (the History holds the trained net). It names the History and what to
+    return instead; copy.deepcopy(history) still copies it, net and all."""
+    import copy
+    import pickle
+
+    from nnlang.train.trainer import fit
+    from tests.tiny_run import tiny_data, tiny_source
+    tiny_data(tmp_path)
+    (tmp_path / "tiny.nn").write_text(tiny_source())
+    history = fit(str(tmp_path / "tiny.nn"), {"epochs": 1}, str(tmp_path / "tiny.npz"),
+                  max_steps=2, save=False, progress=False)
+    with pytest.raises(NNError, match=r"(?s)fit's History holds the trained Net.*"
+                                      r"history\.test.*run_dir.*nnlang\.restore"):
+        pickle.dumps(history)
+    twin = copy.deepcopy(history)
+    assert twin.losses == history.losses and twin.net is not history.net
+    for k, v in history.net.parameters().items():
+        np.testing.assert_array_equal(twin.net.parameters()[k], v)
+
+
 def test_no_feeds_name_the_missing_input_and_a_model_without_inputs_runs():
     """forward({}) said "no inputs given", naming none (and without a hint), and a model with
     no inputs could not be run at all."""

@@ -5,6 +5,7 @@ trained model (`evaluate_checkpoint`, `predict`) is in `inference.py`. The CLI w
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -72,6 +73,24 @@ class History:
     @property
     def checkpoint(self) -> Path | None:
         return self.run_dir / checkpoint.FILENAME if self.run_dir else None
+
+    def __reduce_ex__(self, protocol):
+        # NOTE: a process pool returning fit's result pickles it; the error was the Net's own,
+        # about a net the caller never sent
+        if self.net is None:
+            return super().__reduce_ex__(protocol)
+        raise NNError("fit's History holds the trained Net, which cannot be pickled (to be "
+                      "sent to or from another process)",
+                      hint="send what you need: history.test, history.val, history.rows, "
+                           "history.losses, history.best and history.run_dir (where "
+                           "nnlang.restore(model, run_dir) gives the net back)")
+
+    def __copy__(self) -> "History":
+        return replace(self)
+
+    def __deepcopy__(self, memo) -> "History":
+        return History(**{k: copy.deepcopy(getattr(self, k), memo)
+                          for k in self.__dataclass_fields__})
 
 
 def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
