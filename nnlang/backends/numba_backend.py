@@ -473,7 +473,10 @@ class NumbaBackend:
             spec = importlib.util.spec_from_file_location(f"{_KERNELS}k_{key}", path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
+            # NOTE: compiled from the text, not through the loader: that wrote a .pyc into the
+            # cache and trusted any whose header matched the source, so a damaged one failed
+            # every later run (bad marshal data); numba's cache is keyed by the file (co_filename)
+            exec(compile(source, str(path), "exec"), module.__dict__)
             self._modules[key] = module
         return getattr(self._modules[key], name)
 

@@ -919,6 +919,31 @@ def test_a_flipped_bit_in_cached_machine_code_is_caught(tmp_path):
         assert (p.stdout.split(), p.stderr) == (["42", "0"], "")
 
 
+@pytest.mark.parametrize("damage", [lambda b: b[:16] + b"garbage" * 4, lambda b: b[:len(b) // 2]])
+def test_a_damaged_bytecode_file_of_a_kernel_module_is_not_read(tmp_path, damage):
+    """Where Python writes bytecode (PYTHONDONTWRITEBYTECODE unset, as by default), importing a
+    kernel module left its .pyc in the cache, and Python trusts a .pyc whose header matches
+    the source: one with a damaged body failed every later run ("internal error: ValueError:
+    bad marshal data"), unlike the cache's other files, which are checked. Kernel modules are
+    compiled from their source each time (a few small files), so no .pyc is read or left."""
+    probe = ("from nnlang.backends import numba_backend\n"
+             "b = numba_backend.NumbaBackend()\n"
+             f"entry, _ = b.specialize(b.compile({SOURCE!r}, 'twice'), (21,))\n"
+             "print(entry(21))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["NNLANG_CACHE_DIR"] = str(tmp_path)
+
+    def run():
+        return subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, timeout=120,
+                              capture_output=True, text=True)
+    assert run().stdout.split() == ["42"]
+    for pyc in (tmp_path / "kernels").rglob("*.pyc"):
+        pyc.write_bytes(damage(pyc.read_bytes()))
+    p = run()
+    assert (p.returncode, p.stdout.split()) == (0, ["42"]), p.stderr[-2000:]
+    assert not list((tmp_path / "kernels").rglob("*.pyc"))
+
+
 @pytest.mark.slow
 def test_runs_compiling_into_one_cold_cache_at_once_warn_of_nothing(work, tmp_path):
     """The ranks of `mpirun -n 2 nnlang train` (or two runs on one machine) compile the same
