@@ -8,6 +8,7 @@ Nothing built there is garbage until the build is over, so collecting meanwhile 
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from contextlib import contextmanager
 
@@ -17,6 +18,21 @@ from contextlib import contextmanager
 _lock = threading.Lock()
 _users = 0
 _was = True
+
+
+def _forget_after_fork() -> None:
+    """NOTE: a child forked while another thread built has no such thread, so nothing would
+    end that build's pause: the collector stayed off for the child's life."""
+    global _lock, _users
+    if _users:
+        _users = 0
+        if _was:
+            gc.enable()
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 @contextmanager

@@ -1063,6 +1063,34 @@ def test_a_net_used_in_a_forked_child_runs_there():
     assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")
+def test_a_child_forked_during_another_threads_parallel_kernel_can_launch_its_own():
+    """The lock that makes two threads' parallel kernels (dropout's mask) take turns was
+    copied into a child forked while another thread held it, held for good: the child's
+    first such kernel waited forever."""
+    import os
+
+    from nnlang.backends import numba_backend
+    inside, done = threading.Event(), threading.Event()
+
+    def launch():
+        with numba_backend._PARALLEL_LAUNCH:
+            inside.set()
+            done.wait(10)
+    t = threading.Thread(target=launch)
+    t.start()
+    try:
+        assert inside.wait(10)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if numba_backend._PARALLEL_LAUNCH.acquire(timeout=5) else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        done.set()
+        t.join()
+
+
 @pytest.mark.parametrize("backend", [None, 3, ["numba"]])
 def test_a_backend_that_is_not_a_name_is_named(backend):
     """compile(backend=None) (a caller's unset option) failed with AttributeError: 'NoneType'

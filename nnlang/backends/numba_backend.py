@@ -328,6 +328,16 @@ def _kernel_file(key: str, source: str) -> Path:
 _PARALLEL_LAUNCH = threading.Lock()
 
 
+def _forget_after_fork() -> None:
+    # NOTE: held by another of the parent's threads at the fork, it stayed held in the child
+    global _PARALLEL_LAUNCH
+    _PARALLEL_LAUNCH = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def _one_launch_at_a_time(entry):
     def launch(*args):
         with _PARALLEL_LAUNCH:

@@ -1,6 +1,8 @@
 """The on-disk plan cache: a second compile of the same graph skips the passes and runs the same
 plan; anything that changes the graph, the switches or the compiler is a miss; a broken entry
 costs only time."""
+import os
+
 import numpy as np
 import pytest
 
@@ -194,3 +196,35 @@ def test_two_threads_building_at_once_keep_the_collector_paused_until_both_are_d
     for t in threads:
         t.join()
     assert seen == [False] and gc.isenabled()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_while_another_thread_builds_collects_garbage():
+    """A fork while another thread compiles (a data loader's workers started meanwhile): the
+    child had the collector off and the build counted as running, with no thread left to
+    end it, so it never collected again. The child runs no build: the collector is on."""
+    import gc
+    import threading
+
+    from nnlang.gc_pause import paused_gc
+    inside, done = threading.Event(), threading.Event()
+
+    def build():
+        with paused_gc():
+            inside.set()
+            done.wait(10)
+    t = threading.Thread(target=build)
+    t.start()
+    try:
+        assert inside.wait(10) and not gc.isenabled()
+        pid = os.fork()
+        if pid == 0:   # NOTE: the child reports by exit code only
+            with paused_gc():
+                pass
+            os._exit(0 if gc.isenabled() else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        done.set()
+        t.join()
+    assert gc.isenabled()
