@@ -5,6 +5,7 @@ is wrong.
 """
 from __future__ import annotations
 
+import os
 import re
 import threading
 
@@ -1063,13 +1064,11 @@ def test_a_net_used_in_a_forked_child_runs_there():
     assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 def test_a_child_forked_during_another_threads_parallel_kernel_can_launch_its_own():
     """The lock that makes two threads' parallel kernels (dropout's mask) take turns was
     copied into a child forked while another thread held it, held for good: the child's
     first such kernel waited forever."""
-    import os
-
     from nnlang.backends import numba_backend
     inside, done = threading.Event(), threading.Event()
 
