@@ -81,6 +81,24 @@ def _matmul_via(cp, a, b, scratch, out):
     cp.copyto(out, scratch)
 
 
+def _matmul_staged(cp, staged, matmul, args):
+    for dst, src in staged:
+        cp.copyto(dst, src)
+    matmul(*args)
+
+
+def _cublas_reads(x, nd: int) -> bool:
+    """Does cupy.matmul pass operand `x` of an `nd`-dimensional product to cuBLAS as it is? In
+    two dimensions cuBLAS reads a C- or F-ordered matrix (a plain transpose); a batched product
+    makes each operand C-contiguous first (cupy/_core/_routines_linalg.pyx)."""
+    return x.flags.c_contiguous or (nd <= 2 and x.flags.f_contiguous)
+
+
+def _use_graphs() -> bool:
+    """NNLANG_CUDA_GRAPH=1: a step's launches are captured once and replayed (`_Launcher`)."""
+    return os.environ.get("NNLANG_CUDA_GRAPH") == "1"
+
+
 def _cannot_run():
     raise NNError("internal: a render-only executable cannot run")
 
@@ -278,11 +296,27 @@ class CupyBackend:
             f"an index is out of bounds for axis 0 with size {rows}"))
 
     def gemm(self, a, b, out) -> Call:
+        cp, nd, staged = self.cp, max(a.ndim, b.ndim), []
+        # NOTE: cupy.matmul copies an operand cuBLAS cannot read as it is (a reversed or
+        # stepped view, a column slice, a transposed batch) into a temporary it allocates per
+        # call, as it does for a strided out (a concat piece in place): memory a captured CUDA
+        # graph keeps writing after the pool has handed it on. For a captured step these
+        # scratch arrays are made once, here, and filled by a copy in the step; plain launches
+        # leave the copy to CuPy, whose pool takes the memory back between steps
+        if _use_graphs() and not _cublas_reads(a, nd):
+            a = self._staged(a, staged)
+        if _use_graphs() and not _cublas_reads(b, nd):
+            b = self._staged(b, staged)
         if not out.flags.c_contiguous:
-            # NOTE: cupy.matmul gives a strided out (a concat piece in place) a temporary it
-            # allocates per call, which a capturing stream refuses; this one is made once
-            return _matmul_via, (self.cp, a, b, self.cp.empty(out.shape, out.dtype), out)
-        return _matmul, (self.cp, a, b, out)
+            call = _matmul_via, (cp, a, b, cp.empty(out.shape, out.dtype), out)
+        else:
+            call = _matmul, (cp, a, b, out)
+        return (_matmul_staged, (cp, staged, *call)) if staged else call
+
+    def _staged(self, x, staged: list):
+        scratch = self.cp.empty(x.shape, x.dtype)
+        staged.append((scratch, x))
+        return scratch
 
     def allreduce(self, src, out) -> Call:
         """out = src summed over the ranks' GPUs: NCCL on the step's stream, so a captured step
@@ -323,7 +357,7 @@ class CupyBackend:
         and replayed (experimental: falls back to plain launches if capture fails)."""
         if self.render_only:
             return _cannot_run
-        return _Launcher(self, calls, updates, os.environ.get("NNLANG_CUDA_GRAPH") == "1")
+        return _Launcher(self, calls, updates, _use_graphs())
 
     def results(self, named: list, fetch: bool) -> dict:
         if not fetch:  # NOTE: device copies, since the next call overwrites the buffers

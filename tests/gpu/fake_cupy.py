@@ -57,6 +57,17 @@ class Flags:
         self.owndata = a.flags.owndata
 
 
+def matmul_reads_in_place(x, nd: int) -> bool:
+    """Does cupy.matmul hand operand `x` of an `nd`-dimensional product to cuBLAS as it is?
+    In two dimensions cuBLAS reads a C- or an F-ordered matrix (a plain transpose); a batched
+    product makes each operand C-contiguous first. Anything else (a reversed or stepped view,
+    a column slice, a transposed batch, a broadcast) CuPy copies into a temporary it
+    allocates on every call (`_mat_to_cublas_contiguous`, `ascontiguousarray` in
+    cupy/_core/_routines_linalg.pyx)."""
+    flags = x.flags
+    return flags.c_contiguous or (nd <= 2 and flags.f_contiguous)
+
+
 def _host(x, what: str):
     """The numpy array behind a device array, a scalar as is; a host array is an error."""
     if isinstance(x, ndarray):
@@ -241,6 +252,11 @@ def _module():
         if out is not None and not out.flags.c_contiguous:
             # NOTE: CuPy computes into a temporary and copies it into a non-contiguous out
             _no_capture("a matmul into a non-contiguous out (a temporary)")
+        nd = max(a.ndim, b.ndim)
+        if any(not matmul_reads_in_place(x, nd) for x in (a, b)):
+            _no_capture("a matmul of a strided operand (CuPy copies it into a temporary)")
+        if nd > 2 and a.shape[:-2] != b.shape[:-2]:
+            _no_capture("a broadcast batched matmul (CuPy allocates its pointer tables)")
         return _ufunc(np.matmul)(a, b, out=out)
     m.matmul = matmul
 

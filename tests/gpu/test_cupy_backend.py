@@ -178,6 +178,49 @@ def test_cuda_graph_switch_gives_the_same_steps(cupy, monkeypatch, model):
     print("CUDA graph:", "replayed" if exe._step._graph is not None else f"fell back: {failed}")
 
 
+STRIDED_OPERANDS = """
+model R {
+  input x: float32[batch, 6]
+  input y: float32[batch, 3]
+  param w: float32[6, 3] = normal(std = 0.5)
+  param v: float32[3, 3] = normal(std = 0.5)
+  h = flip(x, axis = 0) @ w + x[:, ::2] @ v
+  loss mean((h - y) * (h - y))
+}
+train R { optimizer = sgd(lr = 0.1) }
+"""
+
+
+def test_a_captured_step_copies_strided_matmul_operands_into_its_own_scratch(cupy, monkeypatch):
+    """A matmul of a reversed or stepped view (flip over the batch, x[:, ::2]; also a column
+    slice, a transposed batch): cupy.matmul copies such an operand into a temporary it
+    allocates on every call, which a captured step must not do (the pool hands the memory on
+    while the graph keeps writing it; the stand-in refuses it as it refuses a matmul into a
+    strided out). The LSTM's and the transformer's steps fell back to plain launches for it.
+    The captured steps' losses against numpy's SGD on the same weights."""
+    monkeypatch.setenv("NNLANG_CUDA_GRAPH", "1")
+    net = nnlang.compile(STRIDED_OPERANDS, backend="cupy", batch=4, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 6)).astype(np.float32)
+    y = rng.normal(size=(4, 3)).astype(np.float32)
+    p = {k: v.astype(np.float64) for k, v in net.parameters().items()}
+    want = []
+    for _ in range(4):
+        a, b = x[::-1].astype(np.float64), x[:, ::2].astype(np.float64)
+        d = a @ p["w"] + b @ p["v"] - y
+        want.append(np.mean(d * d))
+        g = 2 * d / d.size
+        p = {"w": p["w"] - 0.1 * a.T @ g, "v": p["v"] - 0.1 * b.T @ g}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = [net.train_step({"x": x, "y": y}) for _ in range(4)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert len(set(want)) == 4
+    failed = [str(w.message) for w in caught if "capture failed" in str(w.message)]
+    if cupy.ndarray is fake_cupy.ndarray:
+        assert not failed and net._exe("train", 4)[0]._step._graph is not None, failed
+
+
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
     return make_tiny(tmp_path, monkeypatch)

@@ -135,3 +135,22 @@ def test_launch_count_script(host_cxx, capsys, monkeypatch):
     doc = (Path(__file__).resolve().parents[2] / "docs" / "performance.md").read_text()
     # (its last row, the build as it is)
     assert re.findall(r"\| device operations[^|]*\| (\d+) \|", doc)[-1] == row[1]
+
+
+def test_capture_refuses_a_matmul_cupy_would_copy_an_operand_for(cp):
+    """cupy.matmul hands cuBLAS a C- or (in 2-D) F-ordered matrix as it is and copies any
+    other operand into a temporary of its own (cupy/_core/_routines_linalg.pyx), an allocation
+    a capture must not make; the stand-in let such products through."""
+    x, w = cp.zeros((4, 6), cp.float32), cp.zeros((6, 3), cp.float32)
+    out, bout = cp.zeros((4, 3), cp.float32), cp.zeros((2, 4, 4), cp.float32)
+    wt, wide, batch = (cp.zeros(s, cp.float32) for s in ((3, 6), (4, 12), (2, 4, 6)))
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        cp.matmul(x, w, out=out)         # as they are
+        cp.matmul(x, wt.T, out=out)      # a plain transpose
+        for a, b, o in ((x[::-1], w, out), (x[:, ::2], w[:3], out), (wide[:, :6], w, out),
+                        (batch, batch.transpose(0, 2, 1), bout)):
+            with pytest.raises(RuntimeError, match="strided operand"):
+                cp.matmul(a, b, out=o)
+        stream.end_capture()
