@@ -371,7 +371,8 @@ def lint(g: Graph, train_span=None, train=None) -> list[Diagnostic]:
         # is two), so each still warns.
         for rules in ((_channels_first_after_last, _channels_last), (_over_batch,),
                       (_threshold_on_logits,), (_rows_of_batch,), (_keras_momentum,),
-                      (_softmax_of_one,), (_softmax_twice,), (_padding_mask_inverted,), (_kl_target_form,)):
+                      (_softmax_of_one,), (_softmax_twice,), (_padding_mask_inverted,),
+                      (_kl_target_form,)):
             problem = next((p for p in (rule(g, node) for rule in rules) if p), None)
             if problem is not None:
                 found.append(problem)

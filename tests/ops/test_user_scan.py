@@ -884,7 +884,8 @@ def test_a_source_mask_reaches_an_input_feeding_decoder_step(mask):
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-9, atol=1e-14, err_msg=k)
     _each_weights_finite_difference(net, net.parameters(), f, np.random.default_rng(7),
-                                    ["embedding.weight", "enc.kernel", "outs.z.weight", "outs.o2.weight"],
+                                    ["embedding.weight", "enc.kernel", "outs.z.weight",
+                                     "outs.o2.weight"],
                                     rel=1e-6, atol=1e-10)
 
 
