@@ -3,8 +3,9 @@ step of elaboration): a loss fed the activation it applies itself (as an op, or 
 `activation =`), an image in Keras' channels-last layout under a convolution, a softmax
 across the batch, a probability threshold on logits, a subscript that picks examples out of
 the batch, Keras' batch_norm momentum, a channels-first layer after a channels-last one, a
-softmax over an axis of size 1, a softmax of a softmax and a padding mask written PyTorch's way
-(true at the pads)."""
+softmax over an axis of size 1, a softmax of a softmax, a batch_norm over the time axis of
+an embedding's or a dense layer's [batch, time, features] and a padding mask written PyTorch's
+way (true at the pads)."""
 from __future__ import annotations
 
 from nnlang.errors import Diagnostic
@@ -277,6 +278,35 @@ def _channels_first_after_last(g: Graph, node):
                       "(channels_last = true)", node.span, hint, severity="warning")
 
 
+# layers whose output holds each position's features on the last axis ([batch, time, features])
+FEATURES_LAST = ("embedding", "dense", "linear", "lstm", "gru", "rnn", "multi_head_attention",
+                 "positional_encoding")
+
+
+def _features_last_into_batch_norm(g: Graph, node):
+    """batch_norm after an embedding or a dense layer on [batch, time, features]: Keras'
+    BatchNormalization normalizes the last axis, nnlang's (as PyTorch's BatchNorm1d) axis 1,
+    so each time step was normalized as a channel of its own, with weights per position."""
+    if node.op != "batch_norm" or not node.inputs:
+        return None
+    source = g.node(node.inputs[0])
+    shape = source.type.shape
+    if len(shape) != 3:
+        return None
+    # NOTE: through what keeps the layout (an activation, dropout, a residual add)
+    while source.op not in FEATURES_LAST and source.op not in ("permute", "transpose") and \
+            source.inputs and g.node(source.inputs[0]).type.shape == shape:
+        source = g.node(source.inputs[0])
+    if source.op not in FEATURES_LAST:
+        return None
+    return Diagnostic(f"batch_norm normalizes axis 1 of {fmt_shape(shape)} as {shape[1]} "
+                      f"channels, but the {source.op} before it puts each step's {shape[-1]} "
+                      "features last: every time step is normalized on its own, with weights "
+                      "per position (Keras' BatchNormalization normalizes the last axis)",
+                      node.span, "normalize the features: permute(h, [0, 2, 1]) |> batch_norm "
+                      "|> permute([0, 2, 1]); or layer_norm(h), per example", severity="warning")
+
+
 def _kl_target_form(g: Graph, node):
     """kl_div's target in the other form than log_target says: a log_softmax read as
     probabilities (negative ones, so no divergence), or a softmax read as log-probabilities."""
@@ -369,7 +399,8 @@ def lint(g: Graph, train_span=None, train=None) -> list[Diagnostic]:
         # more than the shape guess of _channels_last would. The other rules are mistakes of
         # their own (a Keras port's batch_norm(momentum = 0.99) after a channels-last conv
         # is two), so each still warns.
-        for rules in ((_channels_first_after_last, _channels_last), (_over_batch,),
+        for rules in ((_channels_first_after_last, _features_last_into_batch_norm,
+                       _channels_last), (_over_batch,),
                       (_threshold_on_logits,), (_rows_of_batch,), (_keras_momentum,),
                       (_softmax_of_one,), (_softmax_twice,), (_padding_mask_inverted,),
                       (_kl_target_form,)):
