@@ -229,3 +229,57 @@ generate RnnLm {
     assert got.reason.startswith("scan (<string>:10)"), got.reason
     assert "transpose" not in got.reason and "rnn, lstm or gru" in got.reason, got.reason
     assert [len(s.ids) for s in got.samples] == [3, 3]
+
+
+# CS224n's NMT: a bidirectional LSTM encoder, a decoder started from a projection of its final
+# states, multiplicative (Luong) attention over the encoder's outputs, [context; h] -> tanh
+LUONG = """
+model Nmt(vocab = 16, src_len = 9, tgt_len = 7, units = 6) {
+  input source: int32[batch, src_len]
+  input decoder_in: int32[batch, tgt_len]
+  keep = source != 0
+  enc, hf, cf, hb, cb = lstm(embedding(source, vocab, 8), units, mask = keep,
+                             bidirectional = true, return_state = true, return_sequences = true)
+  h0 = dense(concat(hf, hb, axis = -1), units, use_bias = false)
+  c0 = dense(concat(cf, cb, axis = -1), units, use_bias = false)
+  dec = lstm(embedding(decoder_in, vocab, 8), units, initial_h = h0, initial_c = c0,
+             return_sequences = true)
+  scores = dec @ transpose(dense(enc, units, use_bias = false), perm = [0, 2, 1])
+  alpha = softmax(where(unsqueeze(keep, axis = 1), scores, -1e9))
+  o = dense(concat(alpha @ enc, dec, axis = -1), units) |> tanh
+  output logits = dense(o, vocab)
+}
+generate Nmt {
+  source = source
+  tokens = decoder_in
+  logits = logits
+  start = 1
+  stop = 2
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_a_luong_attention_decoder_steps_with_the_carried_state(backend):
+    """Luong's [context; h] is a concat of each position's own features: generation recomputed
+    every prefix, saying concat "mixes positions". Step logits equal the full forward pass at
+    every position, and greedy and beam ids those of full recomputation."""
+    net = Net(load(LUONG), backend=backend, batch=2, seed=4)
+    source = random_tokens((2, 9), 16, seed=1)
+    source[0, 5:] = 0
+    dec = random_tokens((2, 7), 16, seed=2)
+    full = net.forward({"source": source, "decoder_in": dec})["logits"]
+    np.testing.assert_allclose(step_logits(net, dec, 1, {"source": source}), full, atol=1e-5,
+                               rtol=0)
+    tok = CharTokenizer("0123456789-")
+    for opts in ({"max_new": 7}, {"max_new": 5, "beam": 3}):
+        opts = options_from(net.program.generate, opts)
+        runs = [generator(net, tok, r).generate(["12-34", "7", "9-0"], opts) for r in (False, True)]
+        assert runs[0].mode == "incremental", runs[0].reason
+        assert [s.ids for s in runs[0].samples] == [s.ids for s in runs[1].samples]
+    # a concat along the time axis still recomputes
+    shifted = LUONG.replace("concat(alpha @ enc, dec, axis = -1)",
+                            "concat(dec[:, 0:1], dec[:, 0:tgt_len - 1], axis = 1)")
+    net = Net(load(shifted), backend="reference", batch=2, seed=4)
+    got = generator(net, tok).generate(["1"], options_from(net.program.generate, {"max_new": 2}))
+    assert got.mode == "recompute" and got.reason.startswith(("concat", "slice")), got.reason

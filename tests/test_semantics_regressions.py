@@ -510,6 +510,74 @@ def test_subscripts_after_the_batch_axis_are_no_warning():
     assert load(src).warnings == []
 
 
+@pytest.mark.parametrize("twice", ["softmax(softmax(h))", "h |> softmax |> log_softmax",
+                                   "softmax(reshape(softmax(h), [batch, 1, 3]))"])
+def test_a_softmax_of_a_softmax_is_a_located_warning(twice):
+    """The usual slip of a student who adds softmax to the logits and again before the loss:
+    it ran without a word, and its outputs never pass e / (e + 2) = 0.576 with 3 classes."""
+    text = _the_warning_on_dense_output(twice, 3)
+    assert text.startswith("<string>:4:14: warning: ") and "of a softmax" in text, text
+    assert "once, to the logits" in text
+    h = np.array([[9.0, 0.0, 0.0]])   # what the warning says: the second one squashes
+    p = np.exp(h) / np.exp(h).sum()
+    assert (np.exp(p) / np.exp(p).sum()).max() < 0.58
+
+
+def test_a_layers_softmax_activation_then_softmax_is_a_located_warning():
+    (warning,) = load("""model M {
+  input x: float32[batch, 4]
+  probs = dense(x, 3, activation = "softmax")
+  output p = log_softmax(probs)
+}""").warnings
+    assert warning.render().startswith("<string>:4:14: warning: log_softmax of a softmax")
+    assert "write log(p)" in warning.render()
+
+
+def test_softmaxes_over_other_axes_or_of_log_probabilities_are_no_warning():
+    """softmax(log_softmax(x)) is softmax(x) (a shift of each row), and two softmaxes over
+    two axes (a double normalization) are no repeat."""
+    src = """model M {
+  input x: float32[batch, 5, 4]
+  output a = softmax(log_softmax(x))
+  output b = softmax(softmax(x, axis = 1))
+}"""
+    assert load(src).warnings == []
+
+
+@pytest.mark.parametrize("layer,source", [
+    ("embedding(tokens, 50, 16) |> batch_norm", "embedding"),
+    ("embedding(tokens, 50, 16) |> dense(16) |> relu |> dropout(0.1) |> batch_norm", "dense"),
+    ("embedding(tokens, 50, 16) |> lstm(16, return_sequences = true) |> batch_norm", "lstm"),
+])
+def test_a_batch_norm_over_the_time_axis_of_features_last_is_a_located_warning(layer, source):
+    """Keras' BatchNormalization normalizes the last axis; here (as PyTorch's BatchNorm1d)
+    axis 1: after an embedding it normalized each of the 20 positions as a channel, with 20
+    gammas, without a word. Its 4 * 20 weights say what it did."""
+    src = f"""model M {{
+  input tokens: int32[batch, 20]
+  h = {layer}
+  output y = mean(h, axis = 1)
+}}"""
+    program = load(src)
+    (warning,) = program.warnings
+    text = warning.render()
+    assert text.startswith("<string>:3:7: warning: batch_norm normalizes axis 1 of "
+                           "[batch, 20, 16] as 20 channels"), text
+    assert f"the {source} before it" in text and "permute(h, [0, 2, 1]) |> batch_norm" in text
+    gamma = next(n for n in program.graph.params if n.endswith("gamma"))
+    assert program.graph.node(program.graph.params[gamma]).shape == (20,)
+    fixed = src.replace("|> batch_norm", "|> permute([0, 2, 1]) |> batch_norm |> "
+                                         "permute([0, 2, 1])")
+    assert load(fixed).warnings == []
+
+
+def test_a_batch_norm_over_the_channels_of_a_conv1d_is_no_warning():
+    assert load("""model M {
+  input x: float32[batch, 4, 20]
+  output y = conv1d(x, 8, 3) |> relu |> batch_norm
+}""").warnings == []
+
+
 def test_a_softmax_over_classes_or_time_is_no_warning():
     src = """model M {
   input x: float32[batch, 5, 4]

@@ -1733,3 +1733,379 @@ def test_shared_batch_norm_updates_its_statistics_once_per_call_numpy():
                                        t["a.batch_norm.running_var"], training=True)
     np.testing.assert_allclose(got["a.batch_norm.running_var"],
                                t["a.batch_norm.running_var"].numpy(), rtol=1e-12)
+
+
+# *** fourth round: course assignments (CS231n, CS224n), each against the assignment's own
+# formula in numpy and, where a step is long to write out, a PyTorch twin ***
+
+TWO_LAYER = """
+model TwoLayerNet(hidden = 10, classes = 3) {
+  input x: float32[batch, 5]
+  input y: int32[batch]
+  h = dense(x, hidden) |> relu
+  scores = dense(h, classes)
+  output scores
+  loss cross_entropy(scores, y)
+}
+train TwoLayerNet {
+  optimizer = sgd(lr = 0.1)
+  batch = 4
+  l2 = 0.05
+}
+"""
+
+
+def test_cs231n_two_layer_net_softmax_loss_with_l2_numpy():
+    """cs231n's TwoLayerNet.loss: softmax loss + reg * (sum(W1^2) + sum(W2^2)), dW += 2 reg W,
+    biases unregularized: `l2 = reg` (docs/language.md: Keras' l2; the older 0.5 * reg form is
+    l2 = reg / 2). The step's loss includes the penalty, `evaluate`'s does not; one SGD step
+    is W - lr dW."""
+    net = nnlang.compile(TWO_LAYER, dtype="float64", batch=4, seed=1)
+    p = net.parameters()
+    rng = np.random.default_rng(0)
+    f = {"x": rng.normal(size=(4, 5)), "y": rng.integers(0, 3, 4).astype(np.int32)}
+    w1, b1, w2, b2 = p["h.weight"], p["h.bias"], p["scores.weight"], p["scores.bias"]
+    h = np.maximum(f["x"] @ w1 + b1, 0)
+    s = h @ w2 + b2
+    e = np.exp(s - s.max(1, keepdims=True))
+    prob = e / e.sum(1, keepdims=True)
+    data = -np.log(prob[np.arange(4), f["y"]]).mean()
+    reg = 0.05 * (np.sum(w1 * w1) + np.sum(w2 * w2))
+    ds = prob.copy()
+    ds[np.arange(4), f["y"]] -= 1
+    ds /= 4
+    dw2, db2 = h.T @ ds + 2 * 0.05 * w2, ds.sum(0)
+    dh = (ds @ w2.T) * (h > 0)
+    dw1, db1 = f["x"].T @ dh + 2 * 0.05 * w1, dh.sum(0)
+    want = {"h.weight": dw1, "h.bias": db1, "scores.weight": dw2, "scores.bias": db2}
+    got = net.gradients(f)
+    for k in p:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-14, err_msg=k)
+    assert net.evaluate(f)["cross_entropy"] == pytest.approx(data, rel=1e-12)
+    assert net.train_step(f) == pytest.approx(data + reg, rel=1e-12)
+    for k, v in net.parameters().items():
+        np.testing.assert_allclose(v, p[k] - 0.1 * want[k], rtol=1e-10, err_msg=k)
+
+
+PARSER = """
+model ParserModel(words = 20, tags = 7, labels = 5, dim = 4, hidden = 8, drop = 0.5) {
+  input w: int32[batch, 18]      # the 18 word features of a configuration
+  input p: int32[batch, 18]      # their POS tags
+  input l: int32[batch, 12]      # the 12 arc labels
+  input y: int32[batch]          # SHIFT, LEFT-ARC, RIGHT-ARC
+  ew = embedding(w, words, dim) |> flatten                 # [batch, 18 * dim]
+  ep = embedding(p, tags, dim) |> flatten
+  el = embedding(l, labels, dim) |> flatten
+  x = concat(ew, ep, el, axis = -1)
+  h = dense(x, hidden) ** 3                               # Chen & Manning's cube activation
+  logits = dropout(h, rate = drop) |> dense(3)
+  output logits
+  loss cross_entropy(logits, y)
+  metric acc = accuracy(logits, y)
+}
+train ParserModel {
+  optimizer = adam(lr = 0.05)
+  batch = 6
+}
+"""
+
+
+def _parser_batches():
+    rng = np.random.default_rng(0)
+
+    def ids(hi, n):
+        return rng.integers(0, hi, (6, n)).astype(np.int32)
+    return [{"w": ids(20, 18), "p": ids(7, 18), "l": ids(5, 12),
+             "y": rng.integers(0, 3, 6).astype(np.int32)} for _ in range(3)]
+
+
+def _parser_logits(p, f):
+    x = np.concatenate([p[f"e{k}.weight"][f[k]].reshape(6, -1) for k in "wpl"], -1)
+    return (x @ p["h.weight"] + p["h.bias"]) ** 3 @ p["logits.weight"] + p["logits.bias"]
+
+
+def test_cs224n_parser_evaluates_without_dropout_numpy():
+    """Three tables gathered and concatenated (18 * 4 + 18 * 4 + 12 * 4 = 192 inputs), the cube,
+    and dropout the identity at evaluation: the logits and the loss are numpy's."""
+    net = nnlang.compile(PARSER, dtype="float64", batch=6, seed=1)
+    p, f = net.parameters(), _parser_batches()[0]
+    assert p["h.weight"].shape == (192, 8)
+    logits = _parser_logits(p, f)
+    np.testing.assert_allclose(net.forward(f)["logits"], logits, rtol=1e-12)
+    z = logits - logits.max(1, keepdims=True)
+    nll = np.log(np.exp(z).sum(1)) - z[np.arange(6), f["y"]]
+    assert net.evaluate(f)["cross_entropy"] == pytest.approx(nll.mean(), rel=1e-12)
+
+
+def test_cs224n_parser_against_pytorch():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = nnlang.compile(nnlang.load(PARSER, {"drop": 0.0}), dtype="float64", batch=6, seed=1)
+    t = _torch_weights(torch, net)
+
+    def loss_fn(f):
+        x = torch.cat([t[f"e{k}.weight"][torch.from_numpy(f[k]).long()].flatten(1)
+                       for k in "wpl"], -1)
+        logits = (x @ t["h.weight"] + t["h.bias"]) ** 3 @ t["logits.weight"] + t["logits.bias"]
+        return F.cross_entropy(logits, torch.from_numpy(f["y"]).long())
+    _steps_against(net, torch, t, _parser_batches(), loss_fn,
+                   torch.optim.Adam(list(t.values()), lr=0.05))
+
+
+WORD_VECTORS = {
+    "cbow": """
+model Cbow(vocab = 13, dim = 4, window = 4, negatives = 5) {
+  input context: int32[batch, window]
+  input center: int32[batch]
+  input noise: int32[batch, negatives]
+  v = embedding(context, vocab, dim) |> mean(axis = 1)      # the mean of the context vectors
+  u = embedding(center, vocab, dim)
+  n = embedding(noise, vocab, dim, share = u)
+  pos = sum(v * u, axis = -1)
+  neg = sum(unsqueeze(v, axis = 1) * n, axis = -1)
+  loss -mean(log(sigmoid(pos)) + sum(log(sigmoid(-neg)), axis = -1))
+}
+train Cbow {
+  optimizer = sgd(lr = 1.0)
+  batch = 6
+}
+""",
+    "glove": """
+model Glove(vocab = 11, dim = 4, xmax = 10.0, alpha = 0.75) {
+  input i: int32[batch]
+  input j: int32[batch]
+  input x: float32[batch]        # the co-occurrence count X_ij (> 0)
+  w = embedding(i, vocab, dim)
+  wt = embedding(j, vocab, dim)
+  b = embedding(i, vocab, 1) |> squeeze(axis = -1)
+  bt = embedding(j, vocab, 1) |> squeeze(axis = -1)
+  fx = minimum((x / xmax) ** alpha, 1.0)
+  loss sum(fx * (sum(w * wt, axis = -1) + b + bt - log(x)) ** 2)
+}
+train Glove {
+  optimizer = adam(lr = 0.05)
+  batch = 6
+}
+"""}
+
+
+def _word_vector_batches(name):
+    rng = np.random.default_rng(0)
+
+    def ids(hi, shape):
+        return rng.integers(0, hi, shape).astype(np.int32)
+    if name == "cbow":
+        return [{"context": ids(13, (6, 4)), "center": ids(13, 6), "noise": ids(13, (6, 5))}
+                for _ in range(3)]
+    return [{"i": ids(11, 6), "j": ids(11, 6), "x": rng.integers(1, 30, 6).astype(np.float64)}
+            for _ in range(3)]
+
+
+def _word_vector_loss(name, p, f):
+    """The papers' objectives in numpy: CBOW with negative sampling (Mikolov et al. 2013) and
+    GloVe's weighted least squares with f(x) = min((x / xmax)^alpha, 1)."""
+    def log_sigmoid(z):
+        return -np.logaddexp(0, -z)
+    if name == "cbow":
+        v = p["v.weight"][f["context"]].mean(1)
+        u, n = p["u.weight"][f["center"]], p["u.weight"][f["noise"]]
+        return -np.mean(log_sigmoid((v * u).sum(-1))
+                        + log_sigmoid(-(v[:, None] * n).sum(-1)).sum(-1))
+    w, wt = p["w.weight"][f["i"]], p["wt.weight"][f["j"]]
+    d = (w * wt).sum(-1) + p["b.weight"][f["i"], 0] + p["bt.weight"][f["j"], 0] - np.log(f["x"])
+    return np.sum(np.minimum((f["x"] / 10) ** 0.75, 1) * d ** 2)
+
+
+@pytest.mark.parametrize("name", sorted(WORD_VECTORS))
+def test_word_vectors_loss_numpy(name):
+    net = nnlang.compile(WORD_VECTORS[name], dtype="float64", batch=6, seed=1)
+    for f in _word_vector_batches(name):
+        want = _word_vector_loss(name, net.parameters(), f)
+        assert net.train_step(f) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(WORD_VECTORS))
+def test_word_vectors_against_pytorch(name):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = nnlang.compile(WORD_VECTORS[name], dtype="float64", batch=6, seed=1)
+    t = _torch_weights(torch, net)
+
+    def loss_fn(f):
+        f = {k: torch.from_numpy(v).long() if v.dtype == np.int32 else torch.from_numpy(v)
+             for k, v in f.items()}
+        if name == "cbow":
+            v = t["v.weight"][f["context"]].mean(1)
+            u, n = t["u.weight"][f["center"]], t["u.weight"][f["noise"]]
+            return -(F.logsigmoid((v * u).sum(-1))
+                     + F.logsigmoid(-(v[:, None] * n).sum(-1)).sum(-1)).mean()
+        d = (t["w.weight"][f["i"]] * t["wt.weight"][f["j"]]).sum(-1) + t["b.weight"][f["i"], 0] \
+            + t["bt.weight"][f["j"], 0] - torch.log(f["x"])
+        return (torch.clamp((f["x"] / 10) ** 0.75, max=1) * d ** 2).sum()
+    opt = torch.optim.SGD(list(t.values()), lr=1.0) if name == "cbow" else \
+        torch.optim.Adam(list(t.values()), lr=0.05)
+    _steps_against(net, torch, t, _word_vector_batches(name), loss_fn, opt)
+
+
+HIGHWAY = """
+model CharEncoder(chars = 15, echar = 5, words = 3, mword = 9, embed = 6, k = 5, drop = 0.3) {
+  input ch: int32[batch, words, mword]
+  input target: float32[batch, words, embed]
+  e = embedding(ch, chars, echar) |> reshape([-1, mword, echar]) |> permute([0, 2, 1])
+  xconv = conv1d(e, embed, k) |> relu |> max(axis = -1)      # max over time
+  proj = dense(xconv, embed) |> relu
+  gate = dense(xconv, embed) |> sigmoid
+  hw = gate * proj + (1 - gate) * xconv                       # the highway
+  out = dropout(hw, rate = drop) |> reshape([-1, words, embed])
+  output out
+  loss mse(out, target)
+}
+train CharEncoder {
+  optimizer = sgd(lr = 0.5, momentum = 0.9)
+  batch = 4
+}
+"""
+
+
+def _highway_batches():
+    rng = np.random.default_rng(0)
+    return [{"ch": rng.integers(0, 15, (4, 3, 9)).astype(np.int32),
+             "target": rng.normal(size=(4, 3, 6))} for _ in range(3)]
+
+
+def test_cs224n_char_cnn_highway_encoder_numpy():
+    """chars -> embedding -> conv1d -> relu -> max over time -> highway, per word: numpy's
+    (dropout the identity at evaluation)."""
+    net = nnlang.compile(HIGHWAY, dtype="float64", batch=4, seed=1)
+    p, f = net.parameters(), _highway_batches()[0]
+    e = p["e.weight"][f["ch"]].reshape(12, 9, 5)                       # [words, time, chars]
+    win = np.lib.stride_tricks.sliding_window_view(e, 5, axis=1)       # [words, 5, echar, k]
+    conv = np.einsum("wtck,fck->wft", win, p["xconv.weight"]) + p["xconv.bias"][:, None]
+    x = np.maximum(conv, 0).max(-1)
+    proj = np.maximum(x @ p["proj.weight"] + p["proj.bias"], 0)
+    gate = 1 / (1 + np.exp(-(x @ p["gate.weight"] + p["gate.bias"])))
+    want = (gate * proj + (1 - gate) * x).reshape(4, 3, 6)
+    np.testing.assert_allclose(net.forward(f)["out"], want, rtol=1e-12, atol=1e-15)
+
+
+def test_cs224n_char_cnn_highway_encoder_against_pytorch():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = nnlang.compile(nnlang.load(HIGHWAY, {"drop": 0.0}), dtype="float64", batch=4, seed=1)
+    t = _torch_weights(torch, net)
+
+    def loss_fn(f):
+        e = t["e.weight"][torch.from_numpy(f["ch"]).long()].reshape(-1, 9, 5).permute(0, 2, 1)
+        x = F.relu(F.conv1d(e, t["xconv.weight"], t["xconv.bias"])).amax(-1)
+        proj = F.relu(x @ t["proj.weight"] + t["proj.bias"])
+        gate = torch.sigmoid(x @ t["gate.weight"] + t["gate.bias"])
+        return F.mse_loss((gate * proj + (1 - gate) * x).reshape(-1, 3, 6),
+                          torch.from_numpy(f["target"]))
+    _steps_against(net, torch, t, _highway_batches(), loss_fn,
+                   torch.optim.SGD(list(t.values()), lr=0.5, momentum=0.9))
+
+
+NMT = """
+model Nmt(vocab = 12, src_len = 6, tgt_len = 5, embed = 4, units = 3) {
+  input source: int32[batch, src_len]
+  input decoder_in: int32[batch, tgt_len]    # <start> y1 y2 ...
+  input target: int32[batch, tgt_len]        # y1 y2 ... <end>, then <pad> (0)
+  keep = source != 0
+  enc, hf, cf, hb, cb = lstm(embedding(source, vocab, embed), units, mask = keep,
+                             bidirectional = true, return_state = true, return_sequences = true)
+  h0 = dense(concat(hf, hb, axis = -1), units, use_bias = false)   # h_proj, c_proj
+  c0 = dense(concat(cf, cb, axis = -1), units, use_bias = false)
+  dec = lstm(embedding(decoder_in, vocab, embed), units, initial_h = h0, initial_c = c0,
+             return_sequences = true)
+  keys = dense(enc, units, use_bias = false)                         # att_proj
+  scores = dec @ transpose(keys, perm = [0, 2, 1])                   # [batch, tgt, src]
+  alpha = softmax(where(unsqueeze(keep, axis = 1), scores, -1e9))
+  o = dense(concat(alpha @ enc, dec, axis = -1), units, use_bias = false) |> tanh
+  logits = dense(o, vocab, use_bias = false)
+  output logits
+  loss cross_entropy(logits, target, ignore_index = 0)    # the mean over real tokens
+}
+train Nmt {
+  optimizer = adam(lr = 0.01)
+  batch = 3
+}
+"""
+
+
+def _nmt_batches():
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(3):
+        src, tgt = rng.integers(3, 12, (3, 6)), rng.integers(3, 12, (3, 5))
+        src[0, 4:], src[1, 2:] = 0, 0
+        tgt[0, 3], tgt[0, 4:], tgt[2, 1], tgt[2, 2:] = 2, 0, 2, 0
+        dec = np.concatenate([np.ones((3, 1), np.int64), tgt[:, :-1]], 1)
+        out.append({"source": src.astype(np.int32), "decoder_in": dec.astype(np.int32),
+                    "target": tgt.astype(np.int32)})
+    return out
+
+
+def test_nmt_loss_is_the_mean_over_real_target_tokens_numpy():
+    """CS224n's masked loss: the mean of -log p over the real tokens (numpy log-softmax of the
+    logits); the pads, marked 0 or -100, give the same gradients, and counted (a pad read as
+    class 7) another loss."""
+    net = nnlang.compile(NMT, dtype="float64", batch=3, seed=1)
+    f = _nmt_batches()[0]
+    real = f["target"] != 0
+    other = dict(f, target=np.where(real, f["target"], 7).astype(np.int32))
+    logits = net.forward(f)["logits"]
+    z = logits - logits.max(-1, keepdims=True)
+    nll = np.log(np.exp(z).sum(-1)) - np.take_along_axis(z, f["target"][..., None], -1)[..., 0]
+    assert net.evaluate(f)["cross_entropy"] == pytest.approx(nll[real].mean(), rel=1e-12)
+    assert net.evaluate(other)["cross_entropy"] != pytest.approx(nll[real].mean(), rel=1e-6)
+    ignored = net.gradients(f)
+    # PyTorch's -100 at the pads instead: the same loss and gradients
+    torch_style = dict(f, target=np.where(real, f["target"], -100).astype(np.int32))
+    on_pads = nnlang.compile(NMT.replace("ignore_index = 0", "ignore_index = -100"),
+                             dtype="float64", batch=3, seed=1).gradients(torch_style)
+    for k in ignored:
+        np.testing.assert_allclose(on_pads[k], ignored[k], rtol=1e-12, atol=1e-15, err_msg=k)
+
+
+def test_nmt_with_luong_attention_against_pytorch():
+    """Bidirectional masked encoder, its final states projected into the decoder's, Luong's
+    multiplicative attention with the source padding masked, [context; h] -> tanh, and the loss
+    over the real target tokens: PyTorch's masked_fill(-inf) and ignore_index."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    net = nnlang.compile(NMT, dtype="float64", batch=3, seed=1)
+    t = _torch_weights(torch, net)
+
+    def lstm(x, prefix, keep=None, h=None, c=None, reverse=False):
+        k, r, b = (t[f"{prefix}{w}"] for w in ("kernel", "recurrent", "bias"))
+        u = r.shape[0]
+        h = torch.zeros(x.shape[0], u, dtype=x.dtype) if h is None else h
+        c = torch.zeros(x.shape[0], u, dtype=x.dtype) if c is None else c
+        out = [None] * x.shape[1]
+        for s in reversed(range(x.shape[1])) if reverse else range(x.shape[1]):
+            z = x[:, s] @ k + h @ r + b
+            i, f, g, o = (z[:, j * u:(j + 1) * u] for j in range(4))
+            c2 = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h2 = torch.sigmoid(o) * torch.tanh(c2)
+            m = torch.ones(x.shape[0], 1, dtype=torch.bool) if keep is None else keep[:, s:s + 1]
+            h, c = torch.where(m, h2, h), torch.where(m, c2, c)
+            out[s] = h * m
+        return torch.stack(out, 1), h, c
+
+    def loss_fn(f):
+        src, dec_in, tgt = (torch.from_numpy(f[k]).long()
+                            for k in ("source", "decoder_in", "target"))
+        keep, x = src != 0, t["embedding.weight"][src]
+        ef, hf, cf = lstm(x, "enc.", keep)
+        eb, hb, cb = lstm(x, "enc.backward_", keep, reverse=True)
+        enc = torch.cat([ef, eb], -1)
+        dec, _, _ = lstm(t["embedding_1.weight"][dec_in], "dec.", None,
+                         torch.cat([hf, hb], -1) @ t["h0.weight"],
+                         torch.cat([cf, cb], -1) @ t["c0.weight"])
+        scores = (dec @ (enc @ t["keys.weight"]).transpose(1, 2)).masked_fill(
+            ~keep[:, None], float("-inf"))
+        o = torch.tanh(torch.cat([torch.softmax(scores, -1) @ enc, dec], -1) @ t["o.weight"])
+        return F.cross_entropy((o @ t["logits.weight"]).reshape(-1, 12), tgt.reshape(-1),
+                               ignore_index=0)
+    _steps_against(net, torch, t, _nmt_batches(), loss_fn,
+                   torch.optim.Adam(list(t.values()), lr=0.01))

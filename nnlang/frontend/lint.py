@@ -3,7 +3,9 @@ step of elaboration): a loss fed the activation it applies itself (as an op, or 
 `activation =`), an image in Keras' channels-last layout under a convolution, a softmax
 across the batch, a probability threshold on logits, a subscript that picks examples out of
 the batch, Keras' batch_norm momentum, a channels-first layer after a channels-last one, a
-softmax over an axis of size 1 and a padding mask written PyTorch's way (true at the pads)."""
+softmax over an axis of size 1, a softmax of a softmax, a batch_norm over the time axis of
+an embedding's or a dense layer's [batch, time, features] and a padding mask written PyTorch's
+way (true at the pads)."""
 from __future__ import annotations
 
 from nnlang.errors import Diagnostic
@@ -80,6 +82,38 @@ def _over_batch(g: Graph, node):
     return Diagnostic(f"{node.op} over axis {axis} of {fmt_shape(shape)} runs across the "
                       "examples of a batch: each one's result depends on the others", node.span,
                       "normalize over the classes, the last axis: `axis = -1` (the default)",
+                      severity="warning")
+
+
+def _softmax_twice(g: Graph, node):
+    """softmax(softmax(x)) (a layer's `activation = "softmax"` then a softmax, or a
+    log_softmax after one, PyTorch's CrossEntropyLoss habit written out): the second reads
+    probabilities in [0, 1] as scores, so its output is squashed toward uniform (3 classes:
+    never above 0.58) and its gradient shrinks."""
+    if node.op not in ("softmax", "log_softmax") or not node.inputs:
+        return None
+    rank = len(node.type.shape)
+    axis = node.attrs.get("axis", -1)
+    if not isinstance(axis, int) or not -rank <= axis < rank:
+        return None
+    last = axis % rank == rank - 1
+    # NOTE: through row-preserving ops only for the last axis, whose size they keep
+    source = _producer(g, node.inputs[0]) if last else g.node(node.inputs[0])
+    if source.op == "softmax" and source.inputs:
+        inner = len(source.type.shape)
+        before = source.attrs.get("axis", -1)
+        if not isinstance(before, int) or not (last and before % inner == inner - 1 or
+                                               before % inner == axis % rank):
+            return None
+    elif not (last and source.op in ("dense", "linear")
+              and source.attrs.get("activation") == "softmax"):
+        return None
+    what = "log-probabilities" if node.op == "log_softmax" else "probabilities"
+    return Diagnostic(f"{node.op} of a softmax: its input is already probabilities, which it "
+                      "reads as scores, so its result is squashed toward uniform and passes "
+                      "back a flattened gradient", node.span,
+                      f"apply {node.op} once, to the logits; for {what} of the first softmax's "
+                      f"output p write {'log(p)' if node.op == 'log_softmax' else 'p itself'}",
                       severity="warning")
 
 
@@ -244,6 +278,35 @@ def _channels_first_after_last(g: Graph, node):
                       "(channels_last = true)", node.span, hint, severity="warning")
 
 
+# layers whose output holds each position's features on the last axis ([batch, time, features])
+FEATURES_LAST = ("embedding", "dense", "linear", "lstm", "gru", "rnn", "multi_head_attention",
+                 "positional_encoding")
+
+
+def _features_last_into_batch_norm(g: Graph, node):
+    """batch_norm after an embedding or a dense layer on [batch, time, features]: Keras'
+    BatchNormalization normalizes the last axis, nnlang's (as PyTorch's BatchNorm1d) axis 1,
+    so each time step was normalized as a channel of its own, with weights per position."""
+    if node.op != "batch_norm" or not node.inputs:
+        return None
+    source = g.node(node.inputs[0])
+    shape = source.type.shape
+    if len(shape) != 3:
+        return None
+    # NOTE: through what keeps the layout (an activation, dropout, a residual add)
+    while source.op not in FEATURES_LAST and source.op not in ("permute", "transpose") and \
+            source.inputs and g.node(source.inputs[0]).type.shape == shape:
+        source = g.node(source.inputs[0])
+    if source.op not in FEATURES_LAST:
+        return None
+    return Diagnostic(f"batch_norm normalizes axis 1 of {fmt_shape(shape)} as {shape[1]} "
+                      f"channels, but the {source.op} before it puts each step's {shape[-1]} "
+                      "features last: every time step is normalized on its own, with weights "
+                      "per position (Keras' BatchNormalization normalizes the last axis)",
+                      node.span, "normalize the features: permute(h, [0, 2, 1]) |> batch_norm "
+                      "|> permute([0, 2, 1]); or layer_norm(h), per example", severity="warning")
+
+
 def _kl_target_form(g: Graph, node):
     """kl_div's target in the other form than log_target says: a log_softmax read as
     probabilities (negative ones, so no divergence), or a softmax read as log-probabilities."""
@@ -336,9 +399,11 @@ def lint(g: Graph, train_span=None, train=None) -> list[Diagnostic]:
         # more than the shape guess of _channels_last would. The other rules are mistakes of
         # their own (a Keras port's batch_norm(momentum = 0.99) after a channels-last conv
         # is two), so each still warns.
-        for rules in ((_channels_first_after_last, _channels_last), (_over_batch,),
+        for rules in ((_channels_first_after_last, _features_last_into_batch_norm,
+                       _channels_last), (_over_batch,),
                       (_threshold_on_logits,), (_rows_of_batch,), (_keras_momentum,),
-                      (_softmax_of_one,), (_padding_mask_inverted,), (_kl_target_form,)):
+                      (_softmax_of_one,), (_softmax_twice,), (_padding_mask_inverted,),
+                      (_kl_target_form,)):
             problem = next((p for p in (rule(g, node) for rule in rules) if p), None)
             if problem is not None:
                 found.append(problem)

@@ -192,7 +192,16 @@ class ScanElaboration:
                       and i not in reads]
         copied = [i for i in reads if _constant(g, i)]
         outer = [i for i in reads if i not in copied]
+        flags = {}
         for i in outer:
+            if g.node(i).dtype == "bool" and not any(_rhs(g, u, i) for u in g.users(i)):
+                # NOTE: a mask (a source's `keep`, or `keep > 0.5` in the block, which reads
+                # no step value and so runs before the loop) travels as 0/1 in the body's
+                # dtype and is a bool again inside; it was refused, telling a user who had
+                # cast it already to cast it
+                with self.b.at(span, ""):
+                    flags[i] = self.b.cast(i, dtype=dtype)
+                continue
             if g.node(i).dtype != dtype:
                 self.fail(f"scan: the block reads {g.node(i).type} from outside the loop, but "
                           f"a scan body reads {dtype} values only", span,
@@ -228,6 +237,8 @@ class ScanElaboration:
                 # [batch, k] copy and not broadcast; one row of it, in its own shape, does
                 ids[i] = bb.reshape(bb.slice(x, axis=0, start=0, stop=1, step=1),
                                     shape=list(t.shape))
+            if i in flags:
+                ids[i] = bb.cast(ids[i], dtype="bool")
         carry, lo = bg.inputs["carry"], 0
         for p, w in zip(places[n_seqs:], widths):
             ids[p.id] = carry if len(widths) == 1 else bb.slice(carry, axis=1, start=lo,
@@ -259,8 +270,8 @@ class ScanElaboration:
         for nid in inside:
             g.remove(nid)
         body = Body(bg, sum(widths), n_seqs + len(broadcast), len(weights))
-        return (body, [T(i) for i in weights], [(T(i), k) for i, k in zip(broadcast, steps)],
-                cols)
+        return (body, [T(i) for i in weights],
+                [(T(flags.get(i, i)), k) for i, k in zip(broadcast, steps)], cols)
 
     def _refuse_in_body(self, node) -> None:
         """What a step cannot do: draw random numbers (a body has no per-step key), keep

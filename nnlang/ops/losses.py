@@ -361,6 +361,13 @@ def _ids_hint(logits: TensorType, labels: TensorType) -> str:
         # NOTE: dense on [batch, 28, 28] maps the last axis only, as Keras' Dense does
         return ("the logits kept the input's middle axes (dense works on the last axis): "
                 "flatten first, `flatten(x) |> dense(classes)`")
+    batch = Sym.of("batch")
+    if labels.rank and labels.shape[0] == batch and batch not in logits.shape:
+        # NOTE: a char-CNN's max over time on axis 0 ([batch, filters, time]) gave
+        # [filters, time]: the dense after it checked, and the mismatch showed only here
+        return ("the logits have no batch axis: an op on the way reduced or indexed axis 0, the "
+                "batch (the note shows the chain); reduce an axis after it, e.g. "
+                "max(h, axis = -1) for the time axis of [batch, channels, time]")
     return "logits are [batch, classes] or [batch, time, classes]"
 
 

@@ -155,6 +155,8 @@ def _problem(g: Graph, node, dep) -> str | None:
         return None if all(a in (-1, rank - 1) for a in axes) else "works across positions"
     if op == "matmul" and _by_weight(g, node, dep):
         return None
+    if op == "concat" and _features_of_each_position(g, node, dep):
+        return None
     if registry.get(op).family == "elementwise":
         for i in ins:
             if i is not None and i not in dep and _has_time_axis(g.node(i).shape, node.shape):
@@ -171,6 +173,16 @@ def _by_weight(g: Graph, node, dep) -> bool:
     a, w = slots(g, node)
     return a in dep and w not in dep and len(g.node(a).shape) >= 3 and \
         not _has_time_axis(g.node(w).shape[:-2], node.shape[:-2])
+
+
+def _features_of_each_position(g: Graph, node, dep) -> bool:
+    """A concat past the time axis of pieces all computed from the tokens joins each position's
+    own features (Luong attention's [context; h] before its output layer), as a slice of that
+    axis cuts them. NOTE: a piece the tokens do not reach would bring a time axis of its own
+    (concat takes no broadcasting), and one along the time axis shifts positions."""
+    rank = len(node.shape)
+    return rank >= 3 and node.attrs.get("axis", -1) % rank >= 2 and \
+        all(i in dep for i in node.inputs)
 
 
 def _rnn_problem(g: Graph, node, dep) -> str | None:

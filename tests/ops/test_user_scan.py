@@ -812,6 +812,115 @@ def test_an_attention_decoder_trains_as_its_pytorch_twin():
                    lambda t, f: _attention_torch(torch, t, f))
 
 
+# CS224n's NMT decoder: input feeding (the last step's attentional output o beside the next
+# input), multiplicative attention over the encoder's outputs with the source's padding masked,
+# and the loss over the real target tokens only
+FEEDING = """
+block FeedStep(y, h, c, o, enc, keys, keep, units = 4) {
+  z = dense(concat(y, o, axis = -1), 4 * units, use_bias = false) + dense(h, 4 * units)
+  i = sigmoid(z[:, 0:units])
+  f = sigmoid(z[:, units:2 * units])
+  g = tanh(z[:, 2 * units:3 * units])
+  og = sigmoid(z[:, 3 * units:4 * units])
+  c2 = f * c + i * g
+  h2 = og * tanh(c2)
+  e = squeeze(unsqueeze(h2, axis = 1) @ transpose(keys, perm = [0, 2, 1]), axis = 1)
+  a = softmax(MASKED)
+  ctx = squeeze(unsqueeze(a, axis = 1) @ enc, axis = 1)
+  o2 = dense(concat(ctx, h2, axis = -1), units, use_bias = false) |> tanh
+  return h2, c2, o2, o2
+}
+model Feeding(vocab = 12, units = 4) {
+  input src: int32[batch, 6]
+  input dec_in: int32[batch, 5]
+  input target: int32[batch, 5]
+  keep = src != 0
+  enc, h, c = lstm(embedding(src, vocab, 5), units, mask = keep, return_sequences = true,
+                   return_state = true)
+  keys = dense(enc, units, use_bias = false)
+  outs, hl, cl, ol = scan FeedStep(h, c, h * 0, enc = enc, keys = keys, keep = PASSED,
+                                   units = units) over embedding(dec_in, vocab, 5)
+  logits = dense(outs, vocab, use_bias = false)
+  output logits
+  loss cross_entropy(logits, target, ignore_index = 0)
+}
+"""
+MASKS = {"bool": ("where(keep, e, -1e9)", "keep"),
+         "float": ("where(keep > 0.5, e, -1e9)", 'cast(keep, dtype = "float32")')}
+# NOTE: the masked scores in arithmetic alone, which a scan took before: the reference
+ARITHMETIC = ("e + (keep - 1.0) * 1e9", 'cast(keep, dtype = "float32")')
+
+
+def _feeding_net(mask):
+    inside, passed = MASKS.get(mask, ARITHMETIC)
+    return _cell_net(FEEDING.replace("MASKED", inside).replace("PASSED", passed), "Feeding")
+
+
+def _feeding_batches(n=3):
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        src, tgt = rng.integers(3, 12, (3, 6)), rng.integers(3, 12, (3, 5))
+        src[0, 4:], src[1, 2:] = 0, 0
+        tgt[0, 3], tgt[0, 4:] = 2, 0
+        dec = np.concatenate([np.ones((3, 1), np.int64), tgt[:, :-1]], 1)
+        out.append({"src": src.astype(np.int32), "dec_in": dec.astype(np.int32),
+                    "target": tgt.astype(np.int32)})
+    return out
+
+
+@pytest.mark.parametrize("mask", sorted(MASKS))
+def test_a_source_mask_reaches_an_input_feeding_decoder_step(mask):
+    """The source's padding mask as a bool read whole by the step, or cast to float32 and
+    compared in the block: both were refused, "a scan body reads float32 values only ... cast
+    it to float32 before the scan", the second after the user had cast it (`keep > 0.5` reads
+    no step value, so it runs before the loop and is a bool again). The encoder's padded steps
+    get no attention (their encoder outputs move no loss), and the gradient is the finite
+    differences'."""
+    net, reference = _feeding_net(mask), _feeding_net("arithmetic")
+    f = _feeding_batches(1)[0]
+    assert net.evaluate(f) == pytest.approx(reference.evaluate(f), rel=1e-12)
+    got, want = net.gradients(f), reference.gradients(f)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-9, atol=1e-14, err_msg=k)
+    _each_weights_finite_difference(net, net.parameters(), f, np.random.default_rng(7),
+                                    ["embedding.weight", "enc.kernel", "outs.z.weight",
+                                     "outs.o2.weight"],
+                                    rel=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("mask", sorted(MASKS))
+def test_an_input_feeding_decoder_trains_as_its_pytorch_twin(mask):
+    torch = pytest.importorskip("torch")
+
+    def twin(t, f):
+        keep = f["src"] != 0
+        x, u = t["embedding.weight"][f["src"].long()], 4
+        h = c = torch.zeros(3, u, dtype=torch.float64)
+        enc = []
+        for s in range(6):   # a masked step keeps the state; its output is 0 (Keras)
+            o, c2 = _torch_lstm(torch, x[:, s] @ t["enc.kernel"] + h @ t["enc.recurrent"]
+                                + t["enc.bias"], c, u)
+            m = keep[:, s:s + 1]
+            h, c = torch.where(m, o * torch.tanh(c2), h), torch.where(m, c2, c)
+            enc.append(h * m)
+        enc = torch.stack(enc, 1)
+        keys, o, outs = enc @ t["keys.weight"], h * 0, []
+        y = t["embedding_1.weight"][f["dec_in"].long()]
+        for s in range(5):
+            og, c = _torch_lstm(torch, torch.cat([y[:, s], o], -1) @ t["outs.z.weight"]
+                                + h @ t["outs.z_1.weight"] + t["outs.z_1.bias"], c, u)
+            h = og * torch.tanh(c)
+            e = (keys @ h[:, :, None])[:, :, 0].masked_fill(~keep, float("-inf"))
+            ctx = (torch.softmax(e, -1)[:, None] @ enc)[:, 0]
+            o = torch.tanh(torch.cat([ctx, h], -1) @ t["outs.o2.weight"])
+            outs.append(o)
+        logits = torch.stack(outs, 1) @ t["logits.weight"]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 12),
+                                                 f["target"].long().reshape(-1), ignore_index=0)
+    _against_torch(_feeding_net(mask), torch, _feeding_batches(), twin)
+
+
 # Bahdanau's additive attention in a GRU decoder fed the encoder's last state: the keys are a
 # dense layer over the memory read whole each step, a weight matmul of batch * n rows
 BAHDANAU = """
