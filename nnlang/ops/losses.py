@@ -404,6 +404,9 @@ def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None,
         places = b.positions(logits, axis=-1, dtype=ids)
         labels = b.cast(b.eq(b.unsqueeze(labels, axis=-1), places), dtype=t.dtype)
     elif ids in INT_DTYPES:
+        # NOTE: ids the model computes are checked here (fed ones are before the call): one
+        # past the classes was a row of zeros, a sample that silently added nothing
+        labels = b.check_ids(labels, depth=t.shape[-1], skip=ignore_index, of="cross_entropy")
         labels = b.one_hot(labels, depth=t.shape[-1], dtype=t.dtype, skip=ignore_index)
     if weight is not None:
         # NOTE: PyTorch's class weights scale every class's log-probability, in the label's

@@ -3,7 +3,7 @@ comparisons (NONDIFF), so autodiff never walks through them.
 """
 from __future__ import annotations
 
-from nnlang.ir.dims import fmt_shape
+from nnlang.ir.dims import fmt_shape, is_concrete
 from nnlang.ops.losses import (ONE_HOT_IDS_HINT, class_ids_shape, kept_mean, kept_rows,
                                need_ignore_index, need_scores_first)
 from nnlang.ops.nn import mean_over, need_float
@@ -38,6 +38,11 @@ def _accuracy_shape(logits, labels, *, ignore_index=None):
 
 def _accuracy(b, logits, labels, *, ignore_index=None):
     dtype = b.type(logits).dtype
+    if is_concrete(b.type(logits).shape[-1:]):
+        # NOTE: a computed label past the classes is a miss no prediction can hit, counted
+        # silently; torchmetrics raises, and so does this check (fed labels: before the call)
+        labels = b.check_ids(labels, depth=b.type(logits).shape[-1], skip=ignore_index,
+                             of="accuracy")
     hit = b.cast(b.eq(b.argmax(logits, axis=-1), labels), dtype=dtype)
     if ignore_index is None:
         return mean_over(b, hit)
