@@ -482,16 +482,18 @@ class Net:
         self.epoch += 1
         return self.epoch
 
-    def fetch(self) -> list[tuple[float, dict]]:
+    def fetch(self, divided: bool = False) -> list[tuple[float, dict]]:
         """(loss, metrics) of each `train_step(..., fetch=False)` since the last call, in
-        order; one device transfer for all of them."""
+        order; one device transfer for all of them. `divided`: the metrics also hold each mean
+        over kept rows among the terms and its divisor (`DIVIDED_VALUE` + id, `DIVISOR` + id),
+        what an epoch's exact means need (`trainer._Sums`)."""
         with self._lock:
             unread, self._unread = self._unread, []
             if not unread:
                 return []
             results = unread[-1][0].read_all([out for _, out in unread])
-        taken = [_loss_and_metrics(out) for out in results]
-        self.last_metrics = taken[-1][1]
+        taken = [_loss_and_metrics(out, divided) for out in results]
+        self.last_metrics = _plain(taken[-1][1])
         return taken
 
     def evaluate(self, feeds: dict) -> dict:
@@ -563,10 +565,16 @@ class Net:
                             stop_strings=stop_strings, greedy=greedy)
 
 
-def _loss_and_metrics(out: dict) -> tuple[float, dict]:
+def _loss_and_metrics(out: dict, divided: bool = False) -> tuple[float, dict]:
     out = dict(out)
     loss = float(out.pop("loss"))
-    return loss, {k: float(v) for k, v in out.items()}
+    metrics = {k: float(v) for k, v in out.items()}
+    return loss, metrics if divided else _plain(metrics)
+
+
+def _plain(metrics: dict) -> dict:
+    """The metrics a caller reads: without the kept rows' terms and divisors (`fetch`)."""
+    return {k: v for k, v in metrics.items() if not k.startswith((DIVIDED_VALUE, DIVISOR))}
 
 
 def _on_device(a) -> bool:
