@@ -59,7 +59,9 @@ register("accuracy", "logits: tensor, labels: tensor, ignore_index: int = none",
                          grad=False),
                   Sample(((2, 4, 3), (2, 4)), {"ignore_index": 0}, domain="int:3",
                          dtypes=(None, "int32"), grad=False)),
-         doc="fraction of rows whose argmax (of logits or probabilities) equals the int label; "
+         doc="fraction of rows whose argmax (of logits or probabilities) equals the int label "
+             "(a label outside [0, classes) that is not ignore_index is an error naming it, "
+             "as in cross_entropy); "
              "ignore_index = k leaves out the rows labelled k (padding, PyTorch's -100), from "
              "the hits and the count, as cross_entropy's ignore_index and torchmetrics' "
              "(0 when every row is ignored)")
