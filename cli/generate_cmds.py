@@ -50,6 +50,11 @@ def generate(
     stop_id: Optional[list[int]] = typer.Option(None, "--stop-id", min=0, help="The id of the "
                                                 "token that ends a sequence (instead of "
                                                 "--stop)."),
+    stop_string: Optional[list[str]] = typer.Option(None, "--stop-string", help="Text that "
+                                                    "ends a sequence once generated, over "
+                                                    "several tokens if need be (HF's "
+                                                    "stop_strings); repeatable; the text is "
+                                                    "kept through it; escapes like \\n work."),
     seed: Optional[int] = typer.Option(None, "--seed",
                                        help=f"Seed of the sampling {_default('seed')}."),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
@@ -73,9 +78,13 @@ def generate(
     cut = False
     options = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
                    beam=beam, length_penalty=length_penalty, seed=seed,
-                   greedy=greedy or None, data_dir=data_dir)
+                   greedy=greedy or None, data_dir=data_dir, stop_strings=stop_string)
     with reporting():
         _check_mode(evaluate, prompt, prompt_file, data, limit)
+        if evaluate and stop_string:
+            # NOTE: --eval compares ids through the stop token with the targets'
+            raise NNError("--stop-string does not apply with --eval (held-out decoding "
+                          "compares ids through the stop token)", hint="drop --stop-string")
         prompts = None if evaluate else _prompts(prompt, prompt_file)
         # NOTE: text and ids have a flag each: `--stop 9` read as id 9 ended a sequence at
         # another token than the character '9' it ends at in net.generate(stop="9")

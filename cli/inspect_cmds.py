@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich import box
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
@@ -47,22 +48,31 @@ def stdin_once(files: list[Path]) -> None:
 CHECK_ROWS = 200  # the most rows `check` draws by default (--rows)
 
 
-def summary_table(s, most: int = 0) -> tuple[Table, int]:
-    """The summary table with at most `most` rows (0: all), and how many it left out."""
+def summary_table(s, most: int = 0, width: int | None = None) -> tuple[Table | Group, int]:
+    """The summary table with at most `most` rows (0: all), and how many it left out. Wider
+    than `width` (a narrow terminal), the rows as a list instead, one line per value: a
+    table's cells were cut to "…" there (the shapes, the counts), lost to the reader."""
     from nnlang.ir.summary import HEADERS, cut_rows, table_cells
 
+    head, left_out, tail = cut_rows(table_cells(s), most)
+    rows = head + ([None] if left_out else []) + tail   # None: the rows left out
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for i, h in enumerate(HEADERS):
         t.add_column(h, justify="right" if i >= 3 else "left", no_wrap=True,
                      style={0: "bold", 1: "cyan"}.get(i))
-    head, left_out, tail = cut_rows(table_cells(s), most)
-    for cells in head:
-        t.add_row(*(Text(c) for c in cells))
-    if left_out:
-        t.add_row(*(Text("⋮", style="dim") for _ in HEADERS))
-    for cells in tail:
-        t.add_row(*(Text(c) for c in cells))
-    return t, left_out
+    for cells in rows:
+        t.add_row(*(Text("⋮", style="dim") for _ in HEADERS) if cells is None else
+                  (Text(c) for c in cells))
+    if width is None or Console(width=1 << 20).measure(t).maximum <= width:
+        return t, left_out
+    lines = []
+    for cells in rows:
+        if cells is None:
+            lines.append(Text("⋮", style="dim"))
+            continue
+        lines.append(Text.assemble((cells[0], "bold"), " ", (cells[1], "cyan")))
+        lines += [Text(f"  {h}: {c}") for h, c in zip(HEADERS[2:], cells[2:]) if c]
+    return Group(*lines), left_out
 
 
 @app.command()
@@ -111,7 +121,7 @@ def check(
                 continue
             for line in header_lines(s):
                 out.print(Text(line))
-            table, left_out = summary_table(s, rows)
+            table, left_out = summary_table(s, rows, out.width)
             out.print(table)
             if left_out:
                 out.print(Text(f"{left_out:,} rows left out (--rows 0 draws every row)",

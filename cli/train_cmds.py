@@ -137,6 +137,11 @@ PREDICT_INPUTS_HELP = ("Values for a model whose outputs read one input (a label
 NAMED_HELP = ("NAME=VALUE: the value of input NAME for one example (text, numbers like 1,2.5,3, "
               "or a .npy path); repeat each name once per example. For models whose outputs "
               "read several inputs.")
+JSONL_HELP = ('A file with one JSON object per line and example, {"NAME": value} per model input '
+              '(numbers, nested lists, or text for a text input).')
+CSV_HELP = ("A table with a header and one row of numbers per example, for a model with one "
+            "input: the row's columns are its values (a target column such as 'label' is "
+            "skipped, so a training table works as it is).")
 NPZ_HELP = ("A .npz with one array per model input, named like the inputs, one row per example "
             "(arrays named like a training target are skipped).")
 
@@ -148,6 +153,8 @@ def predict(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CKPT_HELP, **PATH),
     named: Optional[list[str]] = typer.Option(None, "--input", "-i", help=NAMED_HELP),
     npz: Optional[Path] = typer.Option(None, "--npz", help=NPZ_HELP, **PATH),
+    jsonl: Optional[Path] = typer.Option(None, "--jsonl", help=JSONL_HELP, **PATH),
+    csv: Optional[Path] = typer.Option(None, "--csv", help=CSV_HELP, **PATH),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print every result as one JSON line "
                                                        "(all values, for scripts)."),
@@ -161,7 +168,7 @@ def predict(
         return
     with reporting():
         results = run_predict(str(file), checkpoint, inputs, backend, None if as_json else out,
-                              named=named, npz=npz)
+                              named=named, npz=npz, jsonl=jsonl, csv=csv)
     _warn_not_finite(results, as_json)
     if as_json:
         for r in results:

@@ -1176,3 +1176,44 @@ def test_set_data_takes_the_spellings_of_data(spec):
     from nnlang.train.feeds import replace_data
     from nnlang_cli.app import parse_value
     assert replace_data(None, parse_value(spec)) == replace_data(None, spec)
+
+
+def _on_a_terminal(*args, columns: int) -> str:
+    """`nnlang ARGS` on a terminal (a pty) `columns` wide, as a user's window: what it shows."""
+    master, slave = os.openpty()
+    env = {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1", "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-m", "nnlang_cli.main", *map(str, args)],
+                            stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env)
+    os.close(slave)
+    shown = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:   # NOTE: EIO once the child has closed its side
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    assert proc.wait(timeout=120) == 0, shown.decode()
+    return re.sub(r"\x1b\[[0-9;]*m", "", shown.decode()).replace("\r\n", "\n")
+
+
+def test_check_on_a_narrow_terminal_loses_no_cell():
+    """At 40 columns the table's cells were cut to "…" ("[batc…", "25…"): the shapes, counts
+    and sizes were lost. There each row is a list of its values instead, every one whole."""
+    import nnlang
+    from nnlang.ir.summary import HEADERS, summarize, table_cells
+    shown = _on_a_terminal("check", "models/mlp.nn", "--rows", 4, columns=40)
+    assert "…" not in shown, shown
+    rows = table_cells(summarize(nnlang.load(ROOT / "models" / "mlp.nn"), None))
+    for cells in rows[:2] + rows[-2:]:
+        block = f"{cells[0]} {cells[1]}\n" + "".join(
+            f"  {h}: {c}\n" for h, c in zip(HEADERS[2:], cells[2:]) if c)
+        assert block in shown, (block, shown)
+    assert "⋮" in shown and f"{len(rows) - 4} rows left out" in shown
+    # wide enough, it is the table
+    wide = _on_a_terminal("check", "models/mlp.nn", columns=120)
+    assert re.search(r"Layer\s+Op\s+Output shape\s+Params\s+FLOPs\s+Memory", wide), wide

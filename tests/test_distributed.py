@@ -592,6 +592,39 @@ def test_kept_rows_evaluation_of_two_ranks_is_the_whole_sets(tmp_path):
             assert got[k] == pytest.approx(ref[k], rel=1e-5), k
 
 
+def test_kept_rows_train_columns_of_two_ranks_are_the_epochs_rows(tmp_path):
+    """An epoch's train_loss, train_acc and train_wce (means over kept rows, over class
+    weights) were the mean of the steps' values; they are the mean over every row trained
+    on, in 1 process and in 2 ranks whose shards keep different counts: numpy over the 48
+    training rows at once (the weights held still by a vanishing learning rate)."""
+    _mpirun()
+    (tmp_path / "m.nn").write_text(KEPT_ROWS_SOURCE.replace("adam(lr = 0.05)", "sgd(lr = 1e-30)")
+                                   .replace("epochs = 2", "epochs = 1").replace("val_split = 0.2", "val_split = 0"))
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(48, 4)).astype(np.float32)
+    y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0)).astype(np.int32)
+    y[rng.permutation(48)[:20]] = 0
+    np.savez(tmp_path / "tiny.npz", train_x=x, train_label=y)
+    rows = {}
+    for n in (1, 2):
+        args = ("-m", "nnlang_cli.main", "train", "m.nn", "--out", f"r{n}", "--batch", "8")
+        got = mpirun(2, sys.executable, *args, cwd=tmp_path, timeout=200) if n == 2 else \
+            subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=200)
+        assert got.returncode == 0, got.stdout + got.stderr
+        rows[n] = json.loads((tmp_path / f"r{n}" / "metrics.jsonl").read_text().splitlines()[0])
+    d = np.load(tmp_path / "r2" / "checkpoint.npz")
+    p = {k: d[f"state/{k}"].astype(np.float64)
+         for k in ("h.weight", "h.bias", "logits.weight", "logits.bias")}
+    z = np.maximum(x @ p["h.weight"] + p["h.bias"], 0) @ p["logits.weight"] + p["logits.bias"]
+    ref = {"loss": reference.cross_entropy(z, y, ignore_index=0),
+           "acc": reference.accuracy(z, y, ignore_index=0),
+           "wce": 0.5 * reference.cross_entropy(z, y, weight=[0.5, 1.0, 4.0]) + np.mean(z * z)}
+    for n, row in rows.items():
+        for k in ref:
+            assert row[f"train_{k}"] == pytest.approx(ref[k], rel=1e-5), (n, k)
+
+
 def test_library_shard_refuses_a_batch_the_ranks_cannot_split(ranks):
     """dist.shard of 10 rows over 4 ranks would give shards of 3, 3, 2, 2 rows whose gradients
     the step averages with equal weights: not the 10 rows' mean. It is an error instead."""

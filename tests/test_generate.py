@@ -196,6 +196,70 @@ def test_stop_token_ends_a_sequence():
     assert got.samples[0].stopped == "stop" and len(got.samples[0].text) == 1
 
 
+def _string_stop(prompt: str, pieces: list, strings) -> int | None:
+    """HF's stop_strings rule written out: the count of tokens (each writing `pieces[k]`) after
+    which the text from the prompt's end on first holds a stop string, or None."""
+    for k in range(1, len(pieces) + 1):
+        before, now = prompt + "".join(pieces[:k - 1]), prompt + "".join(pieces[:k])
+        if any(s in now[max(0, len(prompt) - len(s) + 1):] and
+               s not in before[max(0, len(prompt) - len(s) + 1):] for s in strings):
+            return k
+    return None
+
+
+def test_a_stop_string_over_two_tokens_ends_each_row_on_its_own():
+    """HF's generate(stop_strings=...): a sequence ends at the token that completes the string
+    however many tokens it spans, `stopped` "stop", its text kept through the string; each row
+    of a batch ends on its own. `stop` took one token only."""
+    net = lm_net()
+    gen = generator(net)
+    spec = net.program.generate
+    prompts = ["the", "a"]
+    free = gen.generate(prompts, options_from(spec, {"max_new": 10})).samples
+    string = free[0].text[3:5]                # two characters: two tokens
+    got = gen.generate(prompts, options_from(spec, {"max_new": 10,
+                                                    "stop_strings": [string]})).samples
+    for p, f, g in zip(prompts, free, got):
+        k = _string_stop(p, list(f.text), [string])
+        if k is None:
+            assert (g.ids, g.text, g.stopped) == (f.ids, f.text, f.stopped)
+        else:
+            assert (g.ids, g.text, g.stopped) == (f.ids[:k], f.text[:k], "stop")
+    assert 2 <= _string_stop("the", list(free[0].text), [string]) <= 5
+    # Net.generate takes it too (a single string is one stop string)
+    net.tokenizer = gen.tok
+    assert net.generate(prompts, max_new=10, stop_strings=string).texts == [s.text for s in got]
+
+
+def test_a_stop_string_inside_one_token_ends_the_sequence_at_that_token():
+    """A tokenizer whose token writes several characters ("q!q"): a stop string inside it ("!")
+    ends the sequence at that token, kept whole as HF keeps it."""
+    net = lm_net()
+    spec = net.program.generate
+    free = generator(net).generate(["the"], options_from(spec, {"max_new": 6})).samples[0]
+    gen = generator(net)
+    wide = free.ids[2]
+    gen.tok.vocab[wide] = "q!q"   # decoding `wide` writes three characters
+    pieces = [gen.tok.vocab[i] for i in free.ids]
+    got = gen.generate(["the"], options_from(spec, {"max_new": 6, "stop_strings": ["!"]}))
+    k = _string_stop("the", pieces, ["!"])
+    assert k is not None and k <= 3
+    assert got.samples[0].ids == free.ids[:k] and got.samples[0].stopped == "stop"
+    assert got.samples[0].text == "".join(pieces[:k])
+
+
+@pytest.mark.parametrize("strings, message", [
+    ([""], "is empty"), (["a~"], "character '~' at position 2"), ([3], "is int, not text"),
+    (7, "give a string or a list")])
+def test_a_stop_string_no_sequence_could_end_at_is_an_error(strings, message):
+    net = lm_net()
+    with pytest.raises(NNError, match=message):
+        generator(net).generate(["the"], options_from(net.program.generate,
+                                                      {"stop_strings": strings}))
+    with pytest.raises(NNError, match="not with beam search"):
+        options_from(net.program.generate, {"stop_strings": ["ab"], "beam": 2})
+
+
 def test_sampling_settings():
     net = lm_net()
     gen = generator(net)
@@ -630,6 +694,35 @@ def test_a_restored_run_generates_with_the_tokenizer_it_was_trained_with(tmp_pat
               "reference", "--prompt", "The film", "--max-new", "6", "--greedy", "--json",
               code=0)
     assert json.loads(out.strip().splitlines()[-1])["ids"] == want
+
+
+def test_generate_stop_string_flag_ends_each_prompt_where_the_text_completes_it(tmp_path):
+    """`nnlang generate --stop-string TEXT` (repeatable): what net.generate(stop_strings=...)
+    gives, by HF's rule; --eval with it is an error."""
+    import nnlang
+    from nnlang.data import load_dataset
+    from nnlang.data.chars import tokenizer_from_meta
+    from tests.faults.conftest import cli
+    (tmp_path / "lm.nn").write_text(RUN_LM)
+    net = nnlang.compile(str(tmp_path / "lm.nn"), backend="reference", batch=2)
+    text = load_dataset("imdb-text-sample(maxlen = 16, train_chunks = 8, test_chunks = 2)")
+    net.tokenizer = tokenizer_from_meta(text.meta)
+    prompts = ["The film", "A"]
+    free = net.generate(prompts, max_new=8, greedy=True).samples
+    strings = [free[0].text[2:4], "zzz"]
+    nnlang.save(net, tmp_path / "saved")
+    out = cli("generate", "lm.nn", "-c", "saved", "--backend", "reference", "--max-new", "8",
+              "--greedy", "--json", *(a for p in prompts for a in ("--prompt", p)),
+              *(a for s in strings for a in ("--stop-string", s)), cwd=tmp_path, code=0)
+    rows = [json.loads(line) for line in out.strip().splitlines()[-2:]]
+    for p, f, row in zip(prompts, free, rows):
+        k = _string_stop(p, list(f.text), strings)
+        want = (f.ids, f.text, "max_new") if k is None else (f.ids[:k], f.text[:k], "stop")
+        assert (row["ids"], row["text"], row["stopped"]) == want
+    assert rows[0]["stopped"] == "stop"
+    out = cli("generate", "lm.nn", "-c", "saved", "--eval", "--stop-string", "ab",
+              cwd=tmp_path, code=1)
+    assert "--stop-string does not apply with --eval" in out
 
 
 def test_a_tokenizer_given_once_is_not_kept_for_later_calls():

@@ -427,3 +427,76 @@ def test_binary_predictions_cut_where_the_models_binary_accuracy_does(tmp_path, 
     p = 1 / (1 + np.exp(-w * x[:, 0].astype(np.float64)))
     assert [r["class"] for r in got] == (p > cut).astype(int).tolist()
     assert len(set(r["class"] for r in got)) == 2
+
+
+def test_several_inputs_from_json_lines(work):
+    """--jsonl: one object per line, {"NAME": values} per input (a target key skipped, blank
+    lines too); a bad line is an error at its line (and column), naming the key and the
+    count of values the input takes."""
+    d, a, b = work
+    lines = [json.dumps({"a": a[i].tolist(), "b": [[b[i, 0]], [b[i, 1]]], "y": 0.5})
+             for i in range(3)]
+    (d / "ab.jsonl").write_text("\n".join([lines[0], "", *lines[1:]]) + "\n")
+    got = json_lines(cli("predict", "two.nn", "-c", "run-two", "--jsonl", "ab.jsonl",
+                         "--backend", "reference", "--json", code=0, cwd=d))
+    assert [r["input"] for r in got] == ["ab.jsonl:1", "ab.jsonl:3", "ab.jsonl:4"]
+    np.testing.assert_allclose([r["value"] for r in got], two_expected(d, a, b), rtol=1e-5)
+    for bad, message in (
+            ('{"a": [1, 2, 3], "b": [1, 2, 3]}', "bad.jsonl:2: key 'b' has 3 values, but model "
+                                                 "input 'b' takes 2 per example"),
+            ('{"a": [1, 2, 3], "b": [1, 2],}', "bad.jsonl:2:30: not JSON"),
+            ('[1, 2, 3]', "bad.jsonl:2: a JSON list, not an object"),
+            ('{"a": [1, 2, 3]}', "bad.jsonl:2: no value for model input(s) b"),
+            ('{"a": [1, 2, 3], "bb": [1, 2]}', "bad.jsonl:2: key 'bb': the model has no input "
+                                               "'bb'"),
+            ('{"a": [[1, 2], [3]], "b": [1, 2]}', "bad.jsonl:2: key 'a' is not numbers of one "
+                                                  "shape")):
+        (d / "bad.jsonl").write_text(lines[0] + "\n" + bad + "\n")
+        out = cli("predict", "two.nn", "-c", "run-two", "--jsonl", "bad.jsonl", "--backend",
+                  "reference", cwd=d)
+        assert message in out, out
+    assert "pass the inputs one way, not --npz and --jsonl" in cli(
+        "predict", "two.nn", "-c", "run-two", "--npz", "ab.npz", "--jsonl", "ab.jsonl", cwd=d)
+
+
+ONE = """
+model One {
+  input x: float32[batch, 2]
+  input label: float32[batch]
+  p = squeeze(dense(x, 1), axis = 1)
+  output p
+  loss mse(p, label)
+}
+train One { data = csv("reg.csv", target = "price") batch = 2 }
+"""
+
+
+def test_a_table_of_examples_for_a_model_with_one_input(tmp_path):
+    """--csv: the training table's format (a header, numbers), each row an example of the one
+    input, its target column skipped; bad cells and tables are errors at file:line."""
+    (tmp_path / "reg.csv").write_text("area,rooms,price\n50,2,150.5\n72,3,210\n95,4,280\n")
+    (tmp_path / "one.nn").write_text(ONE)
+    cli("train", "one.nn", "--backend", "reference", "--out", "run", "--max-steps", "1",
+        code=0, cwd=tmp_path)
+    state = checkpoint.load(tmp_path / "run").state
+    x = np.array([[50, 2], [72, 3], [95, 4]], np.float64)
+    want = (x @ state["p.weight"] + state["p.bias"])[:, 0]
+    got = json_lines(cli("predict", "one.nn", "-c", "run", "--csv", "reg.csv", "--backend",
+                         "reference", "--json", code=0, cwd=tmp_path))
+    assert [r["input"] for r in got] == ["reg.csv:2", "reg.csv:3", "reg.csv:4"]
+    np.testing.assert_allclose([r["value"] for r in got], want, rtol=1e-5)
+    (tmp_path / "new.csv").write_text("area,rooms\n\n95,4\n")   # no target: the same
+    got = json_lines(cli("predict", "one.nn", "-c", "run", "--csv", "new.csv", "--backend",
+                         "reference", "--json", code=0, cwd=tmp_path))
+    assert [r["input"] for r in got] == ["new.csv:3"]
+    np.testing.assert_allclose(got[0]["value"], want[2], rtol=1e-5)
+    for table, message in (("area,rooms\n50,2\n72,\n", "bad.csv:3: column 'rooms' is empty"),
+                           ("rooms,area\n2,50\n", "columns ['rooms', 'area'] are not the ones "
+                                                  "the model was trained on, in order: "
+                                                  "['area', 'rooms']"),
+                           ("area,rooms\n50,2,7\n", "bad.csv:2: the row has 3 values but the "
+                                                    "header has 2 columns")):
+        (tmp_path / "bad.csv").write_text(table)
+        out = cli("predict", "one.nn", "-c", "run", "--csv", "bad.csv", "--backend",
+                  "reference", cwd=tmp_path)
+        assert message in out, out

@@ -118,7 +118,7 @@ class CupyBackend:
         # an INDEX op's id past its table: a kernel cannot raise, so it sets its fault flag
         # (one int64 per lowered call, in blocks of _FAULTS) and `results`/`read_all` raise
         self._fault_blocks: list = []
-        self._faults: list[tuple[int, object]] = []   # (rows, node) per flag, in order
+        self._faults: list[tuple] = []   # (rows, node, text) per flag, in order
         self._unclaimed: list[int] = []   # flags of the call being lowered, before `located`
         if render_only:
             self.cp = self.xp = np
@@ -262,19 +262,20 @@ class CupyBackend:
     def library_call(self, node: Node, inputs: list, out) -> Call:
         return library_call(self, node, inputs, out)
 
-    def fault_flag(self, rows: int):
+    def fault_flag(self, rows: int, text: str | None = None):
         """A zeroed device int64 that a library kernel sets when an id falls outside its
-        table of `rows` rows; `located` names the op it belongs to."""
+        table of `rows` rows; `located` names the op it belongs to. `text`: the error to say
+        then, when it is not a table's ("an index is out of bounds ...")."""
         at = len(self._faults)
         if at % _FAULTS == 0:
             self._fault_blocks.append(self.xp.zeros(_FAULTS, np.int64))
-        self._faults.append((rows, None))
+        self._faults.append((rows, None, text))
         self._unclaimed.append(at)
         return self._fault_blocks[-1][at % _FAULTS:at % _FAULTS + 1]
 
     def located(self, node: Node, call: Call) -> Call:
         for at in self._unclaimed:
-            self._faults[at] = (self._faults[at][0], node)
+            self._faults[at] = (self._faults[at][0], node, self._faults[at][2])
         self._unclaimed.clear()
         return call
 
@@ -291,9 +292,9 @@ class CupyBackend:
         at = int(np.flatnonzero(got)[0])
         for block in self._fault_blocks:
             block.fill(0)
-        rows, node = self._faults[at]
+        rows, node, text = self._faults[at]
         raise index_error(node, IndexError(
-            f"an index is out of bounds for axis 0 with size {rows}"))
+            text or f"an index is out of bounds for axis 0 with size {rows}"))
 
     def gemm(self, a, b, out) -> Call:
         cp, nd, staged = self.cp, max(a.ndim, b.ndim), []

@@ -59,10 +59,17 @@ def _by_row(be, name: str, t: str, i: str, rows_of: str, body: str) -> tuple[str
 def index_error(node, err: IndexError) -> NNError:
     """The located error of an INDEX op whose lowering or numpy semantics met an index outside
     its table at run time: ids the model computes (inputs are checked before the call)."""
-    text = str(err)
-    return NNError(text if text.startswith(node.op) else f"{node.op}: {text}", node.span,
-                   "the ids are computed in the model; keep them within the table's rows "
-                   "(0 to rows - 1), e.g. with minimum/maximum or a smaller offset")
+    text, op = str(err), node.attrs.get("of") or node.op
+    if node.op == "check_ids":
+        skip = node.attrs.get("skip")
+        hint = ("the labels are computed in the model; keep them within the classes "
+                f"(0 to {node.attrs['depth'] - 1})" + (
+                    f" or at {skip} (ignore_index) for a row to leave out" if skip is not None
+                    else ", or mark the rows to leave out with ignore_index (PyTorch's -100)"))
+    else:
+        hint = ("the ids are computed in the model; keep them within the table's rows "
+                "(0 to rows - 1), e.g. with minimum/maximum or a smaller offset")
+    return NNError(text if text.startswith(op) else f"{op}: {text}", node.span, hint)
 
 
 def _take(table, idx, out):
@@ -169,6 +176,80 @@ def _one_hot_cuda(be, a, xs, out):
     return be.launch(k, out.size, (np.int64(out.size), np.int64(a["depth"]), xs[0], out))
 
 
+# *** check_ids: class ids computed in the model, checked where a loss or metric reads them ***
+# NOTE: a fed label is checked before the call (`runtime/indices.py`, naming the input); one the
+# model computes (argmax, arithmetic on ids, a slice of the input ids as next-token targets)
+# was a row of zeros in one_hot, a sample silently scored as no class, where PyTorch's
+# cross_entropy raises "Target 7 is out of bounds". The check is a copy and two reductions
+# over the ids, nothing next to the logits they index.
+
+def _bad_id(ids, depth: int, skip):
+    """The first id outside [0, depth) that is not `skip` (the lowest negative one, else the
+    highest), or None."""
+    if not ids.size:
+        return None
+    lo, hi = ids.min(), ids.max()
+    if lo >= 0 and hi < depth:
+        return None
+    out = (ids < 0) | (ids >= depth)
+    wrong = ids[out if skip is None else out & (ids != skip)]
+    if not wrong.size:
+        return None
+    return int(wrong.min()) if wrong.min() < 0 else int(wrong.max())
+
+
+def _ids_error(bad: int | None, depth: int, skip, of: str) -> IndexError:
+    what = "an id" if bad is None else f"the id {bad}"
+    also = "" if skip is None else f", or {skip} (ignore_index)"
+    return IndexError(f"{of}: {what} is outside the {depth} classes it may take "
+                      f"(0 to {depth - 1}{also})")
+
+
+def _check_ids_impl(ids, *, depth, skip=None, of="check_ids"):
+    bad = _bad_id(np.asarray(ids), depth, skip)
+    if bad is not None:
+        raise _ids_error(bad, depth, skip, of)
+    return ids
+
+
+def _check_ids_into(ids, out, depth, skip, of):
+    bad = _bad_id(ids, depth, skip)
+    if bad is not None:
+        raise _ids_error(bad, depth, skip, of)
+    np.copyto(out, ids)
+
+
+def _check_ids_numba(be, a, xs, out):
+    return _check_ids_into, (xs[0], out, a["depth"], a.get("skip"), a.get("of") or "check_ids")
+
+
+def check_ids_cuda_source(be, i: str) -> tuple[str, str]:
+    """out = idx, setting `bad` (the backend's fault flag) where an id is outside [0, depth)
+    and not `skip` (depth itself when nothing is skipped)."""
+    name = f"nn_check_ids_{i}"
+    return name, (
+        f'extern "C" __global__ void {name}(long long total, long long depth, long long skip,\n'
+        f"    const {be.ctype(i)}* __restrict__ idx, {be.ctype(i)}* __restrict__ out,\n"
+        "    long long* __restrict__ bad) {\n" + GRID_LOOP +
+        "    long long r = (long long)idx[e];\n"
+        "    if ((r < 0 || r >= depth) && r != skip) *bad = 1;\n"
+        "    out[e] = idx[e];\n  }\n}\n")
+
+
+def _check_ids_cuda(be, a, xs, out):
+    depth, skip = a["depth"], a.get("skip")
+    k = be.library_kernel(*check_ids_cuda_source(be, str(out.dtype)))
+    flag = be.fault_flag(depth, str(_ids_error(None, depth, skip, a.get("of") or "check_ids")))
+    return be.launch(k, out.size, (np.int64(out.size), np.int64(depth),
+                                   np.int64(depth if skip is None else skip), xs[0], out, flag))
+
+
+def _check_ids_shape(ids: TensorType, *, depth, skip=None, of="check_ids") -> TensorType:
+    _int_indices(ids, 0)
+    need_positive("check_ids", "depth", depth)
+    return ids
+
+
 def _argmax_into(xp, x, axis, tmp, out):
     xp.argmax(x, axis=axis, out=tmp)
     if tmp is not out:
@@ -249,6 +330,21 @@ register("one_hot", "idx: tensor, depth: int, dtype: dtype = 'float32', skip: in
              "(torch's one_hot raises; ids fed as an input are checked when fed). skip = k: "
              "a fed id k is no error either (its row of zeros is meant: cross_entropy's "
              "ignore_index, PyTorch's -100)",
+         samples=(Sample(((2, 3),), {"depth": 4}, domain="int:4", dtypes=("int32",),
+                         grad=False),))
+
+
+register("check_ids", "ids: tensor, depth: int, skip: int = none, of: str = \"check_ids\"",
+         _check_ids_shape,
+         onnx=lambda e, n, ids: e.op("Identity", ids),
+         impl=_check_ids_impl,
+         lower={"numba": _check_ids_numba, "cuda": _check_ids_cuda},
+         family="index", traits={INDEX, NONDIFF},
+         doc="the ids unchanged, or a run-time error at the call when one is outside [0, depth) "
+             "and is not skip (cross_entropy's and accuracy's ignore_index); of: the op the "
+             "error names. cross_entropy and accuracy check the class ids the model computes "
+             "with it (PyTorch: \"Target 7 is out of bounds\"); ids fed as an input are "
+             "checked when fed",
          samples=(Sample(((2, 3),), {"depth": 4}, domain="int:4", dtypes=("int32",),
                          grad=False),))
 

@@ -411,6 +411,9 @@ def _cross_entropy(b, logits, labels, *, label_smoothing=0.0, ignore_index=None,
         places = b.positions(logits, axis=-1, dtype=ids)
         labels = b.cast(b.eq(b.unsqueeze(labels, axis=-1), places), dtype=t.dtype)
     elif ids in INT_DTYPES:
+        # NOTE: ids the model computes are checked here (fed ones are before the call): one
+        # past the classes was a row of zeros, a sample that silently added nothing
+        labels = b.check_ids(labels, depth=t.shape[-1], skip=ignore_index, of="cross_entropy")
         labels = b.one_hot(labels, depth=t.shape[-1], dtype=t.dtype, skip=ignore_index)
     if weight is not None:
         # NOTE: PyTorch's class weights scale every class's log-probability, in the label's
@@ -498,7 +501,10 @@ register("cross_entropy", "logits: tensor, labels: tensor, label_smoothing: floa
          doc="softmax cross-entropy from raw logits [..., classes]: labels are int class ids "
              "[...] (or float probabilities shaped like logits); mean over all rows (batch, "
              "and time for [batch, time, classes]). Two classes at least: for one score per "
-             "example use bce_with_logits. A -inf logit (a masked class) is a probability of "
+             "example use bce_with_logits. An int id outside [0, classes) that is not "
+             "ignore_index is an error naming it (as PyTorch's 'Target 7 is out of bounds'): "
+             "ids fed as an input before the step, ids the model computes when it runs. "
+             "A -inf logit (a masked class) is a probability of "
              "0: with int ids the loss stays finite unless a kept row's label is masked, or "
              "label_smoothing gives a masked class a share of the target (inf, as PyTorch); "
              "an ignored row is left out whatever its logits. As PyTorch's F.cross_entropy: "

@@ -3,7 +3,7 @@ comparisons (NONDIFF), so autodiff never walks through them.
 """
 from __future__ import annotations
 
-from nnlang.ir.dims import fmt_shape
+from nnlang.ir.dims import fmt_shape, is_concrete
 from nnlang.ops.losses import (ONE_HOT_IDS_HINT, class_ids_shape, kept_mean, kept_rows,
                                need_ignore_index, need_scores_first)
 from nnlang.ops.nn import mean_over, need_float
@@ -38,6 +38,11 @@ def _accuracy_shape(logits, labels, *, ignore_index=None):
 
 def _accuracy(b, logits, labels, *, ignore_index=None):
     dtype = b.type(logits).dtype
+    if is_concrete(b.type(logits).shape[-1:]):
+        # NOTE: a computed label past the classes is a miss no prediction can hit, counted
+        # silently; torchmetrics raises, and so does this check (fed labels: before the call)
+        labels = b.check_ids(labels, depth=b.type(logits).shape[-1], skip=ignore_index,
+                             of="accuracy")
     hit = b.cast(b.eq(b.argmax(logits, axis=-1), labels), dtype=dtype)
     if ignore_index is None:
         return mean_over(b, hit)
@@ -54,7 +59,9 @@ register("accuracy", "logits: tensor, labels: tensor, ignore_index: int = none",
                          grad=False),
                   Sample(((2, 4, 3), (2, 4)), {"ignore_index": 0}, domain="int:3",
                          dtypes=(None, "int32"), grad=False)),
-         doc="fraction of rows whose argmax (of logits or probabilities) equals the int label; "
+         doc="fraction of rows whose argmax (of logits or probabilities) equals the int label "
+             "(a label outside [0, classes) that is not ignore_index is an error naming it, "
+             "as in cross_entropy); "
              "ignore_index = k leaves out the rows labelled k (padding, PyTorch's -100), from "
              "the hits and the count, as cross_entropy's ignore_index and torchmetrics' "
              "(0 when every row is ignored)")

@@ -203,9 +203,13 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
                 wrt_inputs: tuple = (), lengths=None, ranks: int = 1, rank: int = 0) -> Graph:
     """Forward + loss + generated backward + optimizer update, as one primitive graph.
     ranks > 1: the step of process `rank` of that many data-parallel ones, whose update sees
-    the gradients averaged over all of them (`ops/collective.py`)."""
-    g = hoist_projections(decompose(specialize(user, batch, dtype, lengths), training=True,
-                                    ranks=ranks))
+    the gradients averaged over all of them (`ops/collective.py`). Like an evaluation graph
+    (`forward_graph(divided=True)`), it gives each mean over kept rows among the losses' and
+    metrics' terms and its divisor on the batch, so an epoch's train columns are the mean over
+    the rows it trained on."""
+    g = specialize(user, batch, dtype, lengths)
+    _add_divisors(g)
+    g = hoist_projections(decompose(g, training=True, ranks=ranks))
     if ranks > 1:
         _rank_draws(g, user, rank)
     if not g.losses:

@@ -30,9 +30,11 @@ FLAGS = {"max_new": "--max-new", "temperature": "--temperature", "top_k": "--top
 @dataclass
 class Sample:
     prompt: str
-    text: str                   # the generated continuation (without the stop token)
+    text: str                   # the generated continuation (without the stop token; through
+    #                             a stop string and the token that completed it, as HF's)
     ids: list                   # its token ids (with the stop token, if one ended it)
-    stopped: str                # "stop", "max_new", "max_len" or "interrupted" (Ctrl-C)
+    stopped: str                # "stop" (a stop token or string), "max_new", "max_len" or
+    #                             "interrupted" (Ctrl-C)
     score: float | None = None  # beam search: length-normalized log-probability
 
 
@@ -103,7 +105,42 @@ def options_from(spec, given: dict) -> dict:
     opts["sample"] = not opts.pop("greedy", False) and opts["beam"] == 1 and any(
         k in opts for k in ("temperature", "top_k", "top_p"))
     opts.setdefault("stop", spec.stop)
+    strings = _stop_strings(opts.pop("stop_strings", None))
+    if strings:
+        opts["stop_strings"] = strings
+    if strings and opts["beam"] > 1:
+        # NOTE: a beam's hypotheses end by their last token's score among the W best; a string
+        # completed over several tokens has no such place in HF's beam bookkeeping either
+        raise NNError("--stop-string (stop_strings=) works with greedy decoding and sampling, "
+                      f"not with beam search (--beam {opts['beam']})",
+                      hint="drop --beam, or end the beams at a stop token (--stop)")
     return opts
+
+
+def _stop_strings(value) -> tuple:
+    """`stop_strings` as a tuple of non-empty strings, escapes like \\n read as `stop`'s are."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise NNError(f"stop_strings is {type(value).__name__}: give a string or a list of "
+                      "strings (HF's stop_strings)")
+    out = []
+    for v in value:
+        if not isinstance(v, str):
+            raise NNError(f"--stop-string (stop_strings=): {v!r} is "
+                          f"{type(v).__name__}, not text")
+        try:
+            text = codecs.decode(v, "unicode_escape") if "\\" in v else v
+        except UnicodeDecodeError as err:
+            raise NNError(f"--stop-string {v!r} is not a valid escape ({err.reason})",
+                          hint="write a backslash itself as \\\\") from None
+        if not text:
+            raise NNError("--stop-string (stop_strings=) is empty: every text ends with it",
+                          hint="give the text that ends a sequence, e.g. \"\\n\\n\"")
+        out.append(text)
+    return tuple(dict.fromkeys(out))
 
 
 def generate(net, prompts, tokenizer=None, data_dir=None, **options) -> Generation:
@@ -167,6 +204,10 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
         raise NNError(f"sources are {sources.shape[1]} ids wide; the model's source input "
                       f"'{spec.source}' takes at most {gen._source_len()}")
     opts = options_from(spec, options)
+    if opts.get("stop_strings"):
+        # NOTE: the targets are cut at the stop token to be compared id for id
+        raise NNError("held-out decoding compares ids through the stop token; stop_strings "
+                      "would end rows where the targets do not", hint="drop stop_strings")
     stop = None if opts.get("stop") is None else gen.stop_token(opts["stop"])
     start = gen.token(spec.start, "start") if spec.start is not None else None
     n, chunk = len(sources), max(1, min(chunk, len(sources)))
@@ -272,6 +313,22 @@ class Generator:
                           "produces, so no sequence would end there", span,
                           "give a token the model writes (a character), or leave the stop out")
         return got
+
+    def stop_strings(self, strings: tuple) -> tuple:
+        """`strings`, refused when one holds a character the tokenizer cannot write: no
+        sequence could end there (a typo would let every sequence run to max_new)."""
+        from nnlang.data import DataError
+        for text in strings:
+            try:
+                ids = self.tok.encode(text, "--stop-string")
+            except DataError as err:
+                raise NNError(err.message, hint=err.hint) from None
+            never = [i for i in ids if i in _never(self.tok)]
+            if never:
+                raise NNError(f"--stop-string {text!r} holds {_never(self.tok)[never[0]]}, "
+                              "which generation never produces, so no sequence would end "
+                              "there", hint="give text the model writes")
+        return strings
 
     def token(self, value, what: str) -> int:
         """A `start`/`stop` token given as an id or as text (errors point at the generate
@@ -476,6 +533,7 @@ class Generator:
     def run(self, prompts: list[str], dec: list, src: list | None, opts: dict) -> Generation:
         """Decodes from token ids: `dec` the decoder's prompt per row, `src` the source's."""
         stop = None if opts.get("stop") is None else self.stop_token(opts["stop"])
+        strings = self.stop_strings(opts.get("stop_strings") or ())
         width = opts["beam"]
         self._check_rows(len(dec) * width, width)
         reps = np.repeat(np.arange(len(dec)), width)
@@ -495,11 +553,12 @@ class Generator:
             outs = _beam(self, logits, lengths, stop, opts)
         else:
             keys = [(tuple(dec[i]), tuple(src[i]) if src is not None else ()) for i in reps]
+            ends = _StringStops(self.tok, strings, [dec[i] for i in reps]) if strings else None
             outs = _sample(self, logits, lengths, stop, opts,
-                           _RowStreams(opts["seed"], keys) if opts["sample"] else None)
+                           _RowStreams(opts["seed"], keys) if opts["sample"] else None, ends)
         samples = []
         for prompt, (ids, why, score) in zip(prompts, outs):
-            text_ids = ids[:-1] if why == "stop" else ids
+            text_ids = ids[:-1] if why == "stop" and ids[-1] == stop else ids
             samples.append(Sample(prompt, self.tok.decode(text_ids), ids, why, score))
         result = Generation(samples, self.mode, self.reason, opts)
         if any(s.stopped == "interrupted" for s in samples):
@@ -564,7 +623,23 @@ class _RowStreams:
         return np.array([rng.random() for rng in self.rngs])
 
 
-def _sample(g: Generator, logits, lengths, stop, opts, rng):
+class _StringStops:
+    """Stop strings (HF's `stop_strings`): a row ends at the token whose text completes one,
+    the string running over as many tokens as it takes, from the prompt's end on (a string
+    wholly inside the prompt ends nothing)."""
+
+    def __init__(self, tok, strings: tuple, prompts: list):
+        self.tok, self.strings = tok, strings
+        self.prompts = [tok.decode(p) for p in prompts]
+
+    def hit(self, row: int, ids: list) -> bool:
+        prompt = self.prompts[row]
+        text = prompt + self.tok.decode(ids)
+        # NOTE: a match must end after the prompt: start past len(prompt) - len(s)
+        return any(text.find(s, max(0, len(prompt) - len(s) + 1)) >= 0 for s in self.strings)
+
+
+def _sample(g: Generator, logits, lengths, stop, opts, rng, ends=None):
     rows = len(lengths)
     ids = [[] for _ in range(rows)]
     why = [None] * rows
@@ -576,7 +651,7 @@ def _sample(g: Generator, logits, lengths, stop, opts, rng):
             for r in range(rows):
                 if why[r] is None:
                     ids[r].append(int(new[r]))
-                    if stop is not None and new[r] == stop:
+                    if stop is not None and new[r] == stop or ends and ends.hit(r, ids[r]):
                         why[r] = "stop"
                     elif pos[r] >= g.spec.max_len and step + 1 < opts["max_new"]:
                         # NOTE: the last position's prediction is still a token (a seq2seq

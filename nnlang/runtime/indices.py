@@ -15,6 +15,9 @@ from nnlang.ir.graph import Graph, Node
 from nnlang.passes.schedule import VIEW_OPS
 
 _PASS_THROUGH = (*VIEW_OPS, "cast")   # ops that hand an id through unchanged
+# ops whose ids (their first input) take `depth` values, with `skip` allowed besides
+# (check_ids: the class ids cross_entropy and accuracy read)
+_BY_DEPTH = ("one_hot", "check_ids")
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ def _rows(g: Graph, n: Node) -> int | None:
         return int(g.node(n.inputs[0]).shape[0])
     if n.op == "scatter_add":
         return int(n.attrs["rows"])
-    if n.op == "one_hot":
+    if n.op in _BY_DEPTH:
         return int(n.attrs["depth"])
     return None
 
@@ -78,9 +81,9 @@ def index_inputs(g: Graph) -> list[IndexInput]:
     found: dict[str, IndexInput] = {}
     skips: dict[str, set] = {}
     for n in g:
-        rows, skip = _rows(g, n), n.attrs.get("skip") if n.op == "one_hot" else None
+        rows, skip = _rows(g, n), n.attrs.get("skip") if n.op in _BY_DEPTH else None
         src = None if rows is None else \
-            _fed(g, n.inputs[1] if n.op != "one_hot" else n.inputs[0])
+            _fed(g, n.inputs[0] if n.op in _BY_DEPTH else n.inputs[1])
         if rows is None and (ids := _class_ids(g, n)) is not None:
             rows, src, skip = ids
         if src is None:

@@ -482,16 +482,18 @@ class Net:
         self.epoch += 1
         return self.epoch
 
-    def fetch(self) -> list[tuple[float, dict]]:
+    def fetch(self, divided: bool = False) -> list[tuple[float, dict]]:
         """(loss, metrics) of each `train_step(..., fetch=False)` since the last call, in
-        order; one device transfer for all of them."""
+        order; one device transfer for all of them. `divided`: the metrics also hold each mean
+        over kept rows among the terms and its divisor (`DIVIDED_VALUE` + id, `DIVISOR` + id),
+        what an epoch's exact means need (`trainer._Sums`)."""
         with self._lock:
             unread, self._unread = self._unread, []
             if not unread:
                 return []
             results = unread[-1][0].read_all([out for _, out in unread])
-        taken = [_loss_and_metrics(out) for out in results]
-        self.last_metrics = taken[-1][1]
+        taken = [_loss_and_metrics(out, divided) for out in results]
+        self.last_metrics = _plain(taken[-1][1])
         return taken
 
     def evaluate(self, feeds: dict) -> dict:
@@ -546,25 +548,33 @@ class Net:
         return self._run("predict", feeds, {})[0]
 
     def generate(self, prompts, *, max_new=None, temperature=None, top_k=None, top_p=None,
-                 beam=None, length_penalty=None, seed=None, stop=None, greedy=None,
-                 tokenizer=None, data_dir=None):
+                 beam=None, length_penalty=None, seed=None, stop=None, stop_strings=None,
+                 greedy=None, tokenizer=None, data_dir=None):
         """Continues text prompts (one string or a list, decoded in one batch) with the model's
         generate section (docs/generation.md): greedy unless temperature/top_k/top_p ask for
         sampling, or beam search with beam > 1. Returns a `Generation` (.texts, .samples,
-        .mode). The tokenizer defaults to the checkpoint's (a Net from `restore`), else the
+        .mode). `stop` ends a sequence at a token; `stop_strings` (a string or a list, HF's)
+        at the token that completes one of them, over several tokens if need be, the text kept
+        through it. The tokenizer defaults to the checkpoint's (a Net from `restore`), else the
         train data set's."""
         from nnlang.runtime.generate import generate
         with self._lock:
             return generate(self, prompts, tokenizer, data_dir, max_new=max_new,
                             temperature=temperature, top_k=top_k, top_p=top_p, beam=beam,
                             length_penalty=length_penalty, seed=seed, stop=stop,
-                            greedy=greedy)
+                            stop_strings=stop_strings, greedy=greedy)
 
 
-def _loss_and_metrics(out: dict) -> tuple[float, dict]:
+def _loss_and_metrics(out: dict, divided: bool = False) -> tuple[float, dict]:
     out = dict(out)
     loss = float(out.pop("loss"))
-    return loss, {k: float(v) for k, v in out.items()}
+    metrics = {k: float(v) for k, v in out.items()}
+    return loss, metrics if divided else _plain(metrics)
+
+
+def _plain(metrics: dict) -> dict:
+    """The metrics a caller reads: without the kept rows' terms and divisors (`fetch`)."""
+    return {k: v for k, v in metrics.items() if not k.startswith((DIVIDED_VALUE, DIVISOR))}
 
 
 def _on_device(a) -> bool:

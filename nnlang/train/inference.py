@@ -125,12 +125,15 @@ def held_out_arrays(net, cfg, data, data_dir, folder, words=None) -> tuple:
 
 def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str = "numba",
             console: Console | None = None, named: list[str] | None = None,
-            npz: str | Path | None = None) -> list[dict]:
+            npz: str | Path | None = None, jsonl: str | Path | None = None,
+            csv: str | Path | None = None) -> list[dict]:
     """One dict per example and model output: {input, output, kind, ...}. The examples come
     from one of: `inputs`, raw values for a model with one input (review text or a .txt path
     for text models, a .png/.npy path for image models, a .npy path or numbers otherwise);
     `named`, "NAME=VALUE" strings, a name repeated once per example; `npz`, a file with one
-    array per input. Text is encoded with the checkpoint's tokenizer. The kind comes from the
+    array per input; `jsonl`, a file with one JSON object per line and example, {"NAME":
+    value} per input; `csv`, a table (a header, then one row of numbers per example) for a
+    model with one input. Text is encoded with the checkpoint's tokenizer. The kind comes from the
     graph (`output_kind`): "class" and "binary" add label, probability and class; "sequence"
     adds ids and text (decoded when the data set has a tokenizer); "value" and "tensor" add
     value (the numbers, as lists) and shape."""
@@ -168,7 +171,8 @@ def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str
                      f"run `nnlang generate {net.program.file} -c RUN --prompt TEXT`")
     # NOTE: a batch at a time: whole reviews pad to the longest of their batch, and an
     # attention model's scores grow with its square
-    for batch, described in model_inputs(net.user, meta, inputs, named, npz, net.batch):
+    for batch, described in model_inputs(net.user, meta, inputs, named, npz, net.batch,
+                                         jsonl=jsonl, csv=csv):
         # NOTE: an overflow is the result's to report (the CLI warns per example), not numpy's
         # RuntimeWarning naming a line of the backend
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -192,18 +196,24 @@ def _per_example(node) -> bool:
 
 # *** raw inputs -> the model's input arrays ***
 
-def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None, size: int = 0):
+def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None, size: int = 0,
+                 jsonl=None, csv=None):
     """Yields ({input name: batch array}, a description of each example) for each run of
-    `size` examples (0: all at once) from exactly one of the three ways `predict` takes
+    `size` examples (0: all at once) from exactly one of the five ways `predict` takes
     inputs; every input the outputs read must get a value."""
     features, targets = feeds.input_roles(graph)
-    given = [w for w, v in (("inputs", inputs), ("--input", named), ("--npz", npz)) if v]
+    given = [w for w, v in (("inputs", inputs), ("--input", named), ("--npz", npz),
+                            ("--jsonl", jsonl), ("--csv", csv)) if v]
     if len(given) != 1:
         raise NNError("predict needs inputs" if not given else
                       f"pass the inputs one way, not {' and '.join(given)}",
                       hint=_how_to_pass(graph, features))
     if npz:
         raws, described = _from_npz(Path(npz), graph, features, targets)
+    elif jsonl:
+        raws, described = _from_jsonl(Path(jsonl), graph, features, targets)
+    elif csv:
+        raws, described = _from_csv(Path(csv), graph, meta, features, targets)
     elif named:
         raws = _from_flags(named, graph, features, targets)
         count = len(next(iter(raws.values())))
@@ -214,7 +224,9 @@ def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None, size: int
                           "values need names", hint=_how_to_pass(graph, features))
         raws, described = {next(iter(features)): list(inputs)}, [str(r) for r in inputs]
     what = (lambda k: f"--npz {npz}, array '{k}'") if npz else \
-        (lambda k: f"--input {k}") if named else (lambda k: "the input")
+        (lambda k: f"--input {k}") if named else \
+        (lambda k: f"--jsonl {jsonl}, key '{k}'") if jsonl else \
+        (lambda k: f"--csv {csv}") if csv else (lambda k: "the input")
     shapes = [None] * len(described)
     if _arrays_of_symbolic_length(graph, features, meta):
         # NOTE: one net runs any length of a `symbol seq`, one length a call: examples of
@@ -261,9 +273,11 @@ def _plain(meta: dict) -> dict:
 def _how_to_pass(graph, features: dict) -> str:
     ins = ", ".join(f"{k}: {graph.node(v).type}" for k, v in features.items())
     if len(features) == 1:
-        return f"pass values for its input ({ins}) as arguments"
+        return (f"pass values for its input ({ins}) as arguments, or from --csv FILE (a "
+                "row per example) or --jsonl FILE")
     return (f"the outputs read {ins}: pass each with --input NAME=VALUE (repeat a name for "
-            "more examples), or all from --npz FILE holding one array per input")
+            "more examples), or all from --npz FILE holding one array per input, or from "
+            '--jsonl FILE holding one {"NAME": value, ...} per line')
 
 
 def _from_flags(named: list[str], graph, features: dict, targets: dict) -> dict[str, list]:
@@ -305,6 +319,104 @@ def _from_npz(path: Path, graph, features: dict, targets: dict):
                       hint="stack the examples along the first axis")
     n = rows[next(iter(features))]
     return {k: list(arrays[k]) for k in features}, [f"{path.name}[{i}]" for i in range(n)]
+
+
+def _values_per_example(node) -> int | None:
+    """How many numbers one example of `node` holds, when its shape says (else None)."""
+    dims = node.shape[1:]
+    return int(np.prod(dims)) if all(isinstance(d, int) for d in dims) else None
+
+
+def _from_jsonl(path: Path, graph, features: dict, targets: dict):
+    """One JSON object per line, {"NAME": value} per input (numbers, nested lists, or text for
+    a text input); blank lines skipped. Errors say the file, line and column."""
+    import json
+    if not path.is_file():
+        raise NNError(f"--jsonl file not found: {path}")
+    raws: dict[str, list] = {k: [] for k in features}
+    described = []
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise NNError(f"cannot read --jsonl {path} ({err})",
+                      hint="save it as UTF-8 text, one JSON object per line") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        at = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise NNError(f"{at}:{err.colno}: not JSON ({err.msg})",
+                          hint='one object per line, e.g. {"x": [1, 2.5, 3]}') from None
+        if not isinstance(row, dict):
+            raise NNError(f"{at}: a JSON {type(row).__name__}, not an object naming the inputs",
+                          hint=f'write {{"{next(iter(features))}": ...}} per line')
+        for k in row:
+            if k not in targets:   # NOTE: a target (a test row's label) is not needed: skipped
+                _known_input(k, f"{at}: key '{k}'", graph, features, targets)
+        _all_given(row, at, graph, features)
+        for k in features:
+            raws[k].append(_json_value(row[k], at, k, graph.node(features[k])))
+        described.append(f"{path.name}:{number}")
+    if not described:
+        raise NNError(f"--jsonl {path} holds no example", hint='one object per line, e.g. '
+                      f'{{"{next(iter(features))}": ...}}')
+    return raws, described
+
+
+def _json_value(value, at: str, name: str, node):
+    """A JSON value as `encode_input` takes it: text stays text, numbers become an array of
+    the count the input takes per example."""
+    if isinstance(value, str):
+        return value
+    try:
+        arr = np.asarray(value, np.float64)
+    except (ValueError, TypeError):
+        raise NNError(f"{at}: key '{name}' is not numbers of one shape (rows of one length) "
+                      "or text", hint=f"input '{name}' is declared {node.type}") from None
+    want = _values_per_example(node)
+    if want is not None and arr.size != want:
+        raise NNError(f"{at}: key '{name}' has {arr.size} values, but model input '{name}' "
+                      f"takes {want} per example: it is declared {node.type}", node.span,
+                      hint=f"give every example {want} values")
+    return arr
+
+
+def _from_csv(path: Path, graph, meta: dict, features: dict, targets: dict):
+    """A table as training reads one (`data/npz.py`: a header, numbers only, errors at the
+    line and column) for a model with one input: each row an example, its columns that
+    input's values in file order; a column named like a training target (the table's
+    `target`, or a target input) is skipped, so a training table predicts as it is."""
+    from nnlang.data.npz import read_csv
+    if len(features) != 1:
+        raise NNError(f"--csv gives one input's values, but this model's outputs read "
+                      f"{len(features)} inputs", hint=_how_to_pass(graph, features))
+    if not path.is_file():
+        raise NNError(f"--csv file not found: {path}")
+    header, rows, lines = read_csv(path)
+    name, = features
+    node = graph.node(features[name])
+    skip = {*targets, meta.get("target_column", "label")}
+    keep = [i for i, h in enumerate(header) if h not in skip]
+    trained = meta.get("feature_names")
+    if trained is not None and [header[i] for i in keep] != list(trained):
+        # NOTE: a model trained on a table reads its columns by position: another order (or
+        # another column) would go in silently as the wrong features
+        raise NNError(f"{path}: columns {[header[i] for i in keep]} are not the ones the model "
+                      f"was trained on, in order: {list(trained)}",
+                      hint="give the training table's feature columns, in its order (its "
+                           "target column may stay)")
+    want = _values_per_example(node)
+    if want is not None and len(keep) != want:
+        shown = ", ".join(header[i] for i in keep)
+        raise NNError(f"{path}:1: the table has {len(keep)} value column(s) ({shown}), but "
+                      f"model input '{name}' takes {want} per example: it is declared "
+                      f"{node.type}", node.span,
+                      hint=f"give {want} columns besides a target column "
+                           f"({', '.join(sorted(skip))})")
+    return ({name: [row for row in rows[:, keep]]},
+            [f"{path.name}:{int(line)}" for line in lines])
 
 
 def _known_input(name: str, where: str, graph, features: dict, targets: dict) -> None:

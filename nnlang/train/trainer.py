@@ -27,7 +27,7 @@ from nnlang.files import as_bool, as_path
 from nnlang.frontend.train_config import setting_span
 from nnlang.ops.optim import plateau_scale
 from nnlang.ops.signature import show_value
-from nnlang.passes.pipeline import divided_terms, named_losses
+from nnlang.passes.pipeline import DIVIDED_VALUE, DIVISOR, divided_terms, named_losses
 from nnlang.train import checkpoint, feeds
 from nnlang.train.data_parallel import Ranks
 from nnlang.train.guard import DivergenceGuard
@@ -160,6 +160,10 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
             for key in keys if isinstance(key, str)}
 
 
+def _divided_key(k: str) -> bool:
+    return k.startswith((DIVIDED_VALUE, DIVISOR))
+
+
 def _divided(user) -> dict:
     """Each reported value's means over kept rows, (factor, id) (pipeline's divided_terms):
     the losses', their total's ("loss", of all of them) and the metrics'."""
@@ -171,9 +175,14 @@ def _divided(user) -> dict:
 # *** fit ***
 
 class _Sums:
-    """Running means of the training loss and metrics over one epoch."""
+    """Running means of the training loss and metrics over one epoch, each over the rows
+    trained on: a step's value counts by its rows (every step's batch is whole), and a mean
+    over kept rows among its terms (`terms`: `_divided`) by that step's divisor, as
+    `evaluate` counts them. NOTE: the mean of the steps' values weighed a batch that kept 2
+    rows as much as one that kept 8."""
 
-    def __init__(self, state: dict | None = None):
+    def __init__(self, state: dict | None = None, terms: dict | None = None):
+        self.terms = terms or {}
         state = state or {}
         self.n = state.get("n", 0)
         self.sums = dict(state.get("sums", {}))
@@ -184,16 +193,38 @@ class _Sums:
 
     def add(self, loss: float, metrics: dict) -> None:
         self.n += 1
-        for k, v in {"loss": loss, **metrics}.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-            self.counts[k] = self.counts.get(k, 0) + 1
+        values = {"loss": loss, **{k: v for k, v in metrics.items() if not _divided_key(k)}}
+        for k, v in values.items():
+            # NOTE: the step's value less its means over kept rows, which count apart below
+            v -= sum(c * metrics.get(f"{DIVIDED_VALUE}{t}", 0.0)
+                     for c, t in self.terms.get(k, ()))
+            self._add(k, v)
+        for t in {t for ts in self.terms.values() for _, t in ts}:
+            if f"{DIVIDED_VALUE}{t}" in metrics:
+                d = metrics[f"{DIVISOR}{t}"]
+                self._add(f"{DIVIDED_VALUE}{t}", metrics[f"{DIVIDED_VALUE}{t}"] * d)
+                self._add(f"{DIVISOR}{t}", d)
+
+    def _add(self, k: str, v: float) -> None:
+        self.sums[k] = self.sums.get(k, 0.0) + v
+        self.counts[k] = self.counts.get(k, 0) + 1
 
     def means(self) -> dict:
-        """Each value's mean over the epoch's steps; a value some of its steps lack (a resumed
-        old checkpoint's) is left out: divided by every step it was too small, and over its own
-        steps it is not the epoch's."""
-        return {k: v / self.n for k, v in self.sums.items() if self.counts[k] == self.n} \
-            if self.n else {}
+        """Each value's mean over the rows the epoch's steps trained on; a value some of its
+        steps lack (a resumed old checkpoint's) is left out: divided by every step it was too
+        small, and over its own steps it is not the epoch's."""
+        if not self.n:
+            return {}
+        out = {}
+        for k, v in self.sums.items():
+            terms = self.terms.get(k, ())
+            if _divided_key(k) or any(self.counts.get(f"{DIVISOR}{t}") != self.n
+                                      for _, t in terms) or self.counts[k] != self.n:
+                continue
+            # NOTE: with every row of the epoch ignored the mean is 0, as each batch's is
+            out[k] = v / self.n + sum(c * self.sums[f"{DIVIDED_VALUE}{t}"]
+                                      / (self.sums[f"{DIVISOR}{t}"] or 1.0) for c, t in terms)
+        return out
 
     def missing(self, names) -> list[str]:
         """Those of `names` that the steps so far did not report."""
@@ -520,7 +551,7 @@ class _Training:
                               "would go over other rows",
                               hint="restore the data the run was trained on, or start a new run "
                                    "from these weights with --init-from")
-        self.pos = _Position(self.start_epoch, self.skip, _Sums(partial),
+        self.pos = _Position(self.start_epoch, self.skip, _Sums(partial, _divided(self.net.user)),
                              self.rng.bit_generator.state)
         graph = self.program.graph
         if lost := self.pos.sums.missing([*named_losses(graph.losses), *graph.metrics]):
@@ -646,7 +677,8 @@ class _Training:
         trained on and the wall time."""
         cfg, net = self.cfg, self.net
         if epoch > self.start_epoch or not self.skip:
-            self.pos = _Position(epoch, 0, _Sums(), self.rng.bit_generator.state)
+            self.pos = _Position(epoch, 0, _Sums(terms=_divided(net.user)),
+                                 self.rng.bit_generator.state)
         pos = self.pos
         order = feeds.epoch_order(self.train, cfg.batch, self.rng)
         signal_at = test_signal() if self.ranks.signals_here() else None
@@ -761,7 +793,7 @@ class _Training:
         sums and step count (averaged over the ranks); with `check`, a diverged loss stops
         training."""
         pos, net = self.pos, self.net
-        taken = net.fetch()
+        taken = net.fetch(divided=True)
         if check:
             taken, stop = self.ranks.agree(taken, _asked(interrupts))
             # NOTE: the rank stops on this answer, not on its own flag read later: a signal

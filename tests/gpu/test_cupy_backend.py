@@ -380,6 +380,27 @@ def test_ids_computed_past_a_table_are_the_located_error_numba_gives(cupy):
         np.testing.assert_array_equal(got["e"], x[[0, 2, 1]])
 
 
+def test_labels_computed_past_the_classes_are_the_located_error_numba_gives(cupy):
+    """cross_entropy's one_hot of a label the model computes past the classes (t + 3 into 4
+    classes) was a row of zeros on every backend, a sample silently scored as no class; the
+    CUDA check flags it and the read says it at the loss, as numba does. -100 (ignore_index)
+    and labels in range run, with the loss numba gives."""
+    from nnlang.errors import NNError
+    src = ("model M {\n  input x: float32[batch, 4]\n  input t: int32[batch]\n"
+           "  output y = x\n  loss cross_entropy(x, t + 3, ignore_index = -100)\n}\n")
+    x = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    want = nnlang.compile(src, backend="numba", batch=3).evaluate(
+        {"x": x, "t": np.array([-103, 0, -2], np.int32)})
+    net = nnlang.compile(src, backend="cupy", batch=3)
+    for t in ([0, 1, 2], [-4, 0, 0]):
+        with pytest.raises(NNError, match=r"<string>:5:8: error: cross_entropy: (the|an) id "
+                                          r".*is outside the 4 classes it may take \(0 to 3, "
+                                          r"or -100 \(ignore_index\)\)"):
+            net.evaluate({"x": x, "t": np.array(t, np.int32)})
+    got = net.evaluate({"x": x, "t": np.array([-103, 0, -2], np.int32)})
+    np.testing.assert_allclose(float(got["cross_entropy"]), want["cross_entropy"], rtol=1e-6)
+
+
 def test_compile_graph_dispatches_to_cupy(cupy):
     from nnlang.backends.cupy_backend import CupyBackend, DeviceState
     from nnlang.passes.pipeline import forward_graph

@@ -204,6 +204,35 @@ def test_kept_row_means_are_the_whole_sets_in_train_and_eval(tmp_path, monkeypat
     assert line.split()[1:] == [f"{test[k]:.4f}" for k in ("loss", "acc", "wce")], r.output
 
 
+def test_the_epochs_train_columns_are_means_over_the_rows_trained_on(tmp_path, monkeypatch):
+    """The train_loss and train_acc of an epoch were the mean of its steps' values: with
+    ignore_index, each a mean over its own batch's kept rows, so a batch that kept 2 rows
+    weighed as much as one that kept 8. They are the mean over every kept row trained on, as a
+    numpy computation over the epoch's 40 rows at once gives (the weights held still by a
+    vanishing learning rate, so every step sees the same ones)."""
+    from tests import reference
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0)).astype(np.int32)
+    y[:17] = 0   # 17 of 40 rows ignored: batches of 8 keep different counts
+    np.savez("tiny.npz", train_x=x, train_label=y)
+    (tmp_path / "tiny.nn").write_text(KEPT_ROWS.replace("sgd(lr = 0.1)", "sgd(lr = 1e-30)"))
+    r = nnlang("train", "tiny.nn", "--backend", "reference", "--out", "run", "--epochs", "1")
+    assert r.exit_code == 0, r.output
+    saved = np.load("run/checkpoint.npz")
+    p = {k: saved[f"state/{k}"].astype(np.float64)
+         for k in ("h.weight", "h.bias", "logits.weight", "logits.bias")}
+    z = np.maximum(x @ p["h.weight"] + p["h.bias"], 0) @ p["logits.weight"] + p["logits.bias"]
+    want = {"loss": reference.cross_entropy(z, y, ignore_index=0),
+            "acc": reference.accuracy(z, y, ignore_index=0),
+            "wce": 0.5 * reference.cross_entropy(z, y, weight=[0.5, 1.0, 4.0]) + np.mean(z * z)}
+    row = next(csv.DictReader(open("run/metrics.csv")))
+    for k in want:
+        assert float(row[f"train_{k}"]) == pytest.approx(want[k], rel=1e-5), k
+
+
 def test_a_tilde_in_a_path_the_shell_does_not_expand_is_the_home_folder(tiny, monkeypatch):
     """`--out=~/runs/a`, `--data=~/d.npz` and `--data-dir=~/d` (no shell expands a ~ after
     `=`), `data = "~/d.npz"` in the train section and `NNLANG_DATA_DIR="~/data"` (a cron or

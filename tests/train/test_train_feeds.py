@@ -249,6 +249,53 @@ def test_labels_past_the_classes_are_an_error_not_a_zero_loss():
     assert err.value.span is not None
 
 
+COMPUTED_LABELS = """
+model Computed(shift = 0) {
+  input x: float32[batch, 4]
+  input label: int32[batch]
+  logits = dense(x, 5)
+  t = label + shift
+  output logits
+  loss cross_entropy(logits, t, ignore_index = -100)
+  metric acc = accuracy(logits, t, ignore_index = -100)
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_labels_computed_in_the_model_past_the_classes_are_a_located_error(backend):
+    """Labels the model computes (here label + shift) are no input checked before the call:
+    one past the classes was a row of zeros in cross_entropy's one_hot and a miss in accuracy,
+    silently, where PyTorch's cross_entropy raises "Target 5 is out of bounds". -100, the
+    ignore_index, stays allowed and leaves its row out."""
+    net = nnlang.compile(COMPUTED_LABELS, backend=backend, batch=3, overrides={"shift": 3})
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    got = net.evaluate({"x": x, "label": np.array([-103, 0, 1], np.int32)})  # t: -100, 3, 4
+    p = net.parameters()
+    w, bias = (p[k] for k in sorted(p, key=lambda k: p[k].ndim, reverse=True))
+    z = x.astype(np.float64) @ w + bias
+    logp = z - z.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    np.testing.assert_allclose(got["cross_entropy"], -(logp[1, 3] + logp[2, 4]) / 2, rtol=1e-5)
+    assert got["acc"] == pytest.approx(np.mean(z[1:].argmax(-1) == [3, 4]))
+    trained = {k: v.copy() for k, v in net.parameters().items()}
+    for label, bad in (([0, 2, 1], 5), ([-4, 0, 1], -1)):
+        for call in (net.evaluate, net.train_step):
+            with pytest.raises(NNError) as err:
+                call({"x": x, "label": np.array(label, np.int32)})
+            assert f"cross_entropy: the id {bad} is outside the 5 classes" in err.value.message
+            assert err.value.span is not None and err.value.span.line == 8
+        for k, v in net.parameters().items():   # nothing was updated
+            np.testing.assert_array_equal(v, trained[k])
+    alone = COMPUTED_LABELS.replace("cross_entropy(logits, t, ignore_index = -100)",
+                                    "mean(logits * logits)")
+    net = nnlang.compile(alone, backend=backend, batch=3, overrides={"shift": 3})
+    with pytest.raises(NNError) as err:
+        net.evaluate({"x": x, "label": np.array([0, 2, 1], np.int32)})
+    assert "accuracy: the id 5 is outside the 5 classes" in err.value.message
+    assert err.value.span.line == 9
+
+
 def test_a_bad_table_row_is_named_by_its_line_in_the_file(tmp_path):
     """A .csv table's bad value was said as "row 7": the array's row, counted from 0 after
     the header and any blank lines, which is not where an editor shows it. The line is said."""

@@ -73,8 +73,8 @@ def test_losses_are_read_every_few_steps(tiny, monkeypatch, every, stop, reads):
     straight = run(tiny, max_steps=stop)
     real, counts = Net.fetch, []
 
-    def counting(self):
-        taken = real(self)
+    def counting(self, *args, **kw):
+        taken = real(self, *args, **kw)
         counts.append(len(taken))
         return taken
     monkeypatch.setattr(Net, "fetch", counting)
@@ -126,8 +126,8 @@ def test_divergence_stops_with_a_clear_error(tiny):
 def test_divergence_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
     real = Net.fetch
 
-    def poisoned(self):  # NOTE: the 13th step's loss on is NaN
-        taken = real(self)
+    def poisoned(self, *args, **kw):  # NOTE: the 13th step's loss on is NaN
+        taken = real(self, *args, **kw)
         first = self.step - len(taken)
         return [(float("nan") if first + i >= 12 else loss, m)
                 for i, (loss, m) in enumerate(taken)]
