@@ -1152,3 +1152,16 @@ def test_fit_max_steps_is_a_whole_number(max_steps):
     with pytest.raises(NNError, match=r"max_steps=\) is a whole number of at least 1, not "
                                       + re.escape(repr(max_steps))):
         fit(CLASSIFIER, max_steps=max_steps)
+
+
+def test_forward_of_a_model_without_an_output_is_refused_at_its_loss():
+    """net.forward of a model that declares only a loss returned {} for any feeds, a wrong-shaped
+    or missing input included: nothing was computed and nothing said so. It is refused, at the
+    loss, naming the value to declare as an output (as export and predict say)."""
+    net = nnlang.compile(CLASSIFIER)
+    for feeds in ({"image": np.zeros((2, 7), np.float32)}, {}):
+        with pytest.raises(NNError) as err:
+            net.forward(feeds)
+        text = err.value.render()
+        assert "declares no output" in text and "loss ce = cross_entropy(logits" in text
+        assert "^^^" in text and "hint: add `output logits`, the value this loss scores" in text

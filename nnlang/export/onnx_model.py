@@ -8,7 +8,7 @@ from onnx import helper
 from nnlang.errors import NNError
 from nnlang.export.emitter import Emitter, value_info
 from nnlang.ir.dims import Sym
-from nnlang.ir.graph import Graph
+from nnlang.ir.graph import Graph, no_output_error
 from nnlang.ops.registry import Unexportable
 from nnlang.passes.decompose import decompose
 from nnlang.passes.pipeline import drop_unused_inputs
@@ -50,7 +50,8 @@ def build_model(user: Graph, weights: dict) -> onnx.ModelProto:
     """The ONNX model of `user`'s outputs with `weights` (parameter name -> array) inside;
     checked with onnx.checker."""
     if not user.outputs:
-        raise _no_output(user)
+        raise no_output_error(user, "to export",
+                              " (its losses and metrics are not part of an exported model)")
     g = inference_graph(user)
     e = Emitter(g, weights)
     # NOTE: with the inputs, so one kept only for its size (_sizing_inputs) is a graph input
@@ -70,16 +71,3 @@ def build_model(user: Graph, weights: dict) -> onnx.ModelProto:
     return model
 
 
-def _no_output(user: Graph) -> NNError:
-    """A model with only losses exports nothing (they are not in the inference graph): the
-    error points at the first loss and names the value it scores, the natural output."""
-    loss = next(iter(user.losses.values()), None)
-    if loss is None:
-        return NNError(f"model '{user.model}' declares no output to export",
-                       hint="add the value to serve, e.g. `output probs = softmax(logits)`")
-    node = user.node(loss)
-    scored = user.node(node.inputs[0]).name if node.inputs else None
-    hint = (f"add `output {scored}`, the value this loss scores" if scored else
-            "name the value this loss scores (`logits = ...`) and add `output logits`")
-    return NNError(f"model '{user.model}' declares no output to export (its losses and "
-                   "metrics are not part of an exported model)", node.span, hint)

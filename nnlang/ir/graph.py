@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from nnlang.errors import Span
+from nnlang.errors import NNError, Span
 from nnlang.ir.dims import fmt_shape
 from nnlang.ops import registry
 from nnlang.ops.registry import ShapeError, TensorType
@@ -191,6 +191,21 @@ class Graph:
                 if v in self.nx:
                     lines.append(f"{title} {k} = %{v}")
         return "\n".join(lines) + "\n"
+
+
+def no_output_error(g: Graph, what: str, why: str = "") -> NNError:
+    """`g` declares no output, so `what` ("to export", "to predict", ...) has nothing to give:
+    the error points at the first loss and names the value it scores, the natural output (one
+    message for export, predict and Net.forward)."""
+    loss = next(iter(g.losses.values()), None)
+    if loss is None:
+        return NNError(f"model '{g.model}' declares no output {what}",
+                       hint="add the value to serve, e.g. `output probs = softmax(logits)`")
+    node = g.node(loss)
+    scored = g.node(node.inputs[0]).name if node.inputs else None
+    hint = (f"add `output {scored}`, the value this loss scores" if scored else
+            "name the value this loss scores (`logits = ...`) and add `output logits`")
+    return NNError(f"model '{g.model}' declares no output {what}{why}", node.span, hint)
 
 
 def format_attr(v) -> str:

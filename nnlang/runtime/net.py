@@ -20,6 +20,7 @@ from nnlang.errors import NNError, closest, did_you_mean, with_article
 from nnlang.files import as_bool
 from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import DEFAULT_LENGTH, MAX_BATCH, Sym
+from nnlang.ir.graph import no_output_error
 from nnlang.ir.summary import check_memory
 from nnlang.ops.init import initialize
 from nnlang.ops.optim import (OPTIMIZER_PREFIX, OPTIMIZERS, STEP_SLOT, initial_state,
@@ -545,6 +546,11 @@ class Net:
 
     def forward(self, feeds: dict) -> dict:
         """The model's outputs (dropout off)."""
+        if not self.user.outputs:
+            # NOTE: the prediction graph of a model with only losses is empty: it returned {}
+            # for any feeds, a wrong-shaped or missing input included
+            raise no_output_error(self.user, "for forward to compute",
+                                  " (its losses and metrics are the train and eval steps')")
         return self._run("predict", feeds, {})[0]
 
     def generate(self, prompts, *, max_new=None, temperature=None, top_k=None, top_p=None,

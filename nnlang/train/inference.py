@@ -14,6 +14,7 @@ from nnlang.data.chars import tokenizer_from_meta
 from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
 from nnlang.ir.dims import Sym
+from nnlang.ir.graph import no_output_error
 from nnlang.ops.optim import OPTIMIZER_PREFIX
 from nnlang.runtime.net import check_backend
 from nnlang.train import checkpoint, feeds
@@ -140,8 +141,7 @@ def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str
     net, ckpt, cfg = restore(program_or_path, ckpt_path, backend, None, console,
                              optimizer=False)
     if not net.user.outputs:
-        raise NNError(f"model '{net.program.model}' declares no output to predict",
-                      hint="add e.g. `output probs = softmax(logits)`")
+        raise no_output_error(net.user, "to predict")
     meta = ckpt.data_meta
     if "data" not in ckpt.meta and cfg.data is not None and console:
         # NOTE: the data set's encoding (a vocabulary, an image's scaling) is not the net's to
