@@ -227,8 +227,12 @@ class _Sums:
         return out
 
     def missing(self, names) -> list[str]:
-        """Those of `names` that the steps so far did not report."""
-        return [k for k in names if self.n and k not in self.sums]
+        """Those of `names` that `means` leaves out: values the steps so far did not report,
+        and means over kept rows whose terms' sums they lack (NOTE: a checkpoint saved inside
+        an epoch before those were counted holds `loss` without them, and its row dropped
+        train_loss silently)."""
+        return [k for k in names if self.n and (k not in self.sums or any(
+            f"{DIVISOR}{t}" not in self.sums for _, t in self.terms.get(k, ())))]
 
     def state(self) -> dict:
         return {"n": self.n, "sums": self.sums, "counts": self.counts}
@@ -554,7 +558,7 @@ class _Training:
         self.pos = _Position(self.start_epoch, self.skip, _Sums(partial, _divided(self.net.user)),
                              self.rng.bit_generator.state)
         graph = self.program.graph
-        if lost := self.pos.sums.missing([*named_losses(graph.losses), *graph.metrics]):
+        if lost := self.pos.sums.missing(["loss", *named_losses(graph.losses), *graph.metrics]):
             # NOTE: an older nnlang's checkpoint (the step reported no named losses), or one
             # of the model before it had these values
             say(self.console, f"note: {ckpt.path} stopped inside epoch {self.start_epoch + 1} "

@@ -292,6 +292,37 @@ def test_resuming_an_old_checkpoint_without_the_named_losses_sums_reports_no_wro
         assert again[k] == pytest.approx(want[k], rel=1e-6), k
 
 
+def test_resuming_a_checkpoint_without_the_kept_rows_sums_says_what_the_row_leaves_out(
+        tmp_path, monkeypatch):
+    """A checkpoint saved inside an epoch by the nnlang before the train columns were means
+    over kept rows holds `loss` and `acc` as sums of the steps' values, without the divided
+    terms' sums: the resumed epoch's row left train_loss and train_acc out without a word
+    (the note named only values the sums lacked altogether). It says so now."""
+    import io
+
+    from rich.console import Console
+    from nnlang.passes.pipeline import DIVIDED_VALUE, DIVISOR
+    monkeypatch.chdir(tmp_path)
+    tiny_data(tmp_path)
+    (tmp_path / "kept.nn").write_text(TINY.replace(
+        "cross_entropy(logits, label)", "cross_entropy(logits, label, ignore_index = 0)").replace(
+        "accuracy(logits, label)", "accuracy(logits, label, ignore_index = 0)"))
+    run(tmp_path / "kept.nn", tmp_path / "split", max_steps=13)   # 3 steps into epoch 2
+    path = tmp_path / "split" / "checkpoint.npz"
+    ck = checkpoint.load(path)
+    part = ck.meta["partial"]
+    assert any(k.startswith(DIVISOR) for k in part["sums"])
+    for key in ("sums", "counts"):   # as the older nnlang wrote it
+        part[key] = {k: v for k, v in part[key].items()
+                     if not k.startswith((DIVIDED_VALUE, DIVISOR))}
+    checkpoint.save(path, ck.state, ck.meta)
+    out = io.StringIO()
+    got = run(tmp_path / "kept.nn", tmp_path / "split", resume=True,
+              console=Console(file=out, width=300)).rows[-1]
+    assert "train_loss" not in got and "train_acc" not in got
+    assert "leaves out train_loss, train_acc" in out.getvalue()
+
+
 def test_an_unnamed_loss_among_several_leaves_loss_the_total_in_training_and_validation():
     # `loss 0.01 * mean(h * h)` is named 'loss', the total's name: evaluation reported that
     # one loss as val_loss, while train_loss was the sum of both
