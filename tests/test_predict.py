@@ -459,6 +459,34 @@ def test_several_inputs_from_json_lines(work):
         "predict", "two.nn", "-c", "run-two", "--npz", "ab.npz", "--jsonl", "ab.jsonl", cwd=d)
 
 
+def test_json_lines_split_at_newlines_only_and_null_or_true_is_no_number(work):
+    """A JSON string may hold U+2028 (LINE SEPARATOR) unescaped (json.dumps(ensure_ascii=False)
+    writes it so): str.splitlines cut the line there and a valid file was "not JSON". A null or
+    a true among the values became NaN or 1.0: one was refused as "nan is not a finite number"
+    at "row 1" (the user wrote null, on line 2), the other taken silently. Lines end at \n (a
+    \r\n too, as Windows writes them); null and booleans are errors at their line."""
+    d, a, b = work
+    rows = [{"a": a[i].tolist(), "b": [[b[i, 0]], [b[i, 1]]], "y": "x\u2028y"}
+            for i in range(2)]
+    (d / "ls.jsonl").write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows),
+                                encoding="utf-8", newline="")
+    (d / "plain.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    want = json_lines(cli("predict", "two.nn", "-c", "run-two", "--jsonl", "plain.jsonl",
+                          "--backend", "reference", "--json", code=0, cwd=d))
+    got = json_lines(cli("predict", "two.nn", "-c", "run-two", "--jsonl", "ls.jsonl",
+                         "--backend", "reference", "--json", code=0, cwd=d))
+    assert [r["input"] for r in got] == ["ls.jsonl:1", "ls.jsonl:2"]
+    assert [r["value"] for r in got] == [r["value"] for r in want]
+    for bad, value in (('{"a": [1, null, 3], "b": [1, 2]}', "null"),
+                       ('{"a": [1, 2, 3], "b": [true, 2]}', "true"),
+                       ('{"a": null, "b": [1, 2]}', "null")):
+        (d / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n" + bad + "\n")
+        out = cli("predict", "two.nn", "-c", "run-two", "--jsonl", "bad.jsonl", "--backend",
+                  "reference", code=1, cwd=d)
+        key = "b" if value == "true" else "a"
+        assert f"bad.jsonl:2: key '{key}' holds {value}, not a number" in out, out
+
+
 ONE = """
 model One {
   input x: float32[batch, 2]

@@ -336,7 +336,10 @@ def _from_jsonl(path: Path, graph, features: dict, targets: dict):
     raws: dict[str, list] = {k: [] for k in features}
     described = []
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        # NOTE: lines end at \n (a \r before it dropped), as JSON Lines says: str.splitlines
+        # also cut at U+2028, \x85 or \x0c, which a JSON string may hold unescaped
+        lines = [ln.removesuffix("\r")
+                 for ln in path.read_text(encoding="utf-8-sig").split("\n")]
     except (OSError, UnicodeDecodeError) as err:
         raise NNError(f"cannot read --jsonl {path} ({err})",
                       hint="save it as UTF-8 text, one JSON object per line") from None
@@ -370,6 +373,11 @@ def _json_value(value, at: str, name: str, node):
     the count the input takes per example."""
     if isinstance(value, str):
         return value
+    if (odd := _not_a_number(value)) is not None:
+        # NOTE: numpy reads null as NaN and true as 1.0: one was "nan is not a finite number"
+        # at an example's index, the other went in silently
+        raise NNError(f"{at}: key '{name}' holds {odd}, not a number",
+                      hint=f"input '{name}' is declared {node.type}: give numbers")
     try:
         arr = np.asarray(value, np.float64)
     except (ValueError, TypeError):
@@ -381,6 +389,15 @@ def _json_value(value, at: str, name: str, node):
                       f"takes {want} per example: it is declared {node.type}", node.span,
                       hint=f"give every example {want} values")
     return arr
+
+
+def _not_a_number(value) -> str | None:
+    """The first null or boolean in a JSON value (nested lists) as JSON writes it, else None."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, list):
+        return next((v for v in map(_not_a_number, value) if v is not None), None)
+    return None
 
 
 def _from_csv(path: Path, graph, meta: dict, features: dict, targets: dict):
