@@ -260,6 +260,16 @@ def test_a_stop_string_no_sequence_could_end_at_is_an_error(strings, message):
         options_from(net.program.generate, {"stop_strings": ["ab"], "beam": 2})
 
 
+def test_escapes_in_a_stop_string_keep_the_characters_beside_them():
+    """`--stop-string 'é\\n'` read its escapes with Python's unicode_escape codec, which takes
+    its input as Latin-1 bytes: 'é\\n' became 'Ã©\\n' and '€\\n' 'â\\x82¬\\n', a string no text
+    holds (refused as characters outside the alphabet, or never matched). The escape is read,
+    every other character kept as written."""
+    spec = lm_net().program.generate
+    got = options_from(spec, {"stop_strings": ["é\\n", "€\\t", "日本\\n", "a\\u00e9"]})
+    assert got["stop_strings"] == ("é\n", "€\t", "日本\n", "aé")
+
+
 def test_sampling_settings():
     net = lm_net()
     gen = generator(net)

@@ -117,6 +117,15 @@ def options_from(spec, given: dict) -> dict:
     return opts
 
 
+def unescape(text: str) -> str:
+    """`text` with its backslash escapes (\\n, \\t, \\u00e9) read as Python reads them, every
+    other character kept. NOTE: unicode_escape decodes bytes as Latin-1, so a str handed to it
+    as such turned 'é\\n' into 'Ã©\\n'; characters past Latin-1 go in as \\u escapes."""
+    if "\\" not in text:
+        return text
+    return codecs.decode(text.encode("latin-1", "backslashreplace"), "unicode_escape")
+
+
 def _stop_strings(value) -> tuple:
     """`stop_strings` as a tuple of non-empty strings, escapes like \\n read as `stop`'s are."""
     if value is None:
@@ -132,7 +141,7 @@ def _stop_strings(value) -> tuple:
             raise NNError(f"--stop-string (stop_strings=): {v!r} is "
                           f"{type(v).__name__}, not text")
         try:
-            text = codecs.decode(v, "unicode_escape") if "\\" in v else v
+            text = unescape(v)
         except UnicodeDecodeError as err:
             raise NNError(f"--stop-string {v!r} is not a valid escape ({err.reason})",
                           hint="write a backslash itself as \\\\") from None
@@ -349,7 +358,7 @@ class Generator:
         if not isinstance(value, str):
             raise NNError(f"{what} is {type(value).__name__}: give a token id or its text", span)
         try:
-            text = codecs.decode(value, "unicode_escape") if "\\" in value else value
+            text = unescape(value)
         except UnicodeDecodeError as err:
             raise NNError(f"{what} {value!r} is not a valid escape ({err.reason})", span,
                           "write a backslash itself as \\\\, or give the token id") from None
