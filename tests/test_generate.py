@@ -260,6 +260,24 @@ def test_a_stop_string_no_sequence_could_end_at_is_an_error(strings, message):
         options_from(net.program.generate, {"stop_strings": ["ab"], "beam": 2})
 
 
+def test_stop_strings_decode_each_new_token_once():
+    """Stop strings decoded the whole continuation again at every token: a generation's cost
+    grew with the square of its length (a third of a 500-token run of a small model). Each
+    token is decoded once now, with the same rows ending at the same tokens."""
+    net = lm_net()
+    gen = generator(net)
+    spec = net.program.generate
+    free = gen.generate(["a", "the"], options_from(spec, {"max_new": 15})).samples
+    counted = []
+    decode = gen.tok.decode
+    gen.tok.decode = lambda ids: counted.append(len(ids)) or decode(ids)
+    got = gen.generate(["a", "the"], options_from(spec, {"max_new": 15,
+                                                         "stop_strings": ["zzz"]}))
+    written = sum(len(s.ids) for s in got.samples)
+    assert [s.ids for s in got.samples] == [s.ids for s in free]
+    assert sum(counted) <= 2 * written + 10, (sum(counted), written)
+
+
 def test_escapes_in_a_stop_string_keep_the_characters_beside_them():
     """`--stop-string 'é\\n'` read its escapes with Python's unicode_escape codec, which takes
     its input as Latin-1 bytes: 'é\\n' became 'Ã©\\n' and '€\\n' 'â\\x82¬\\n', a string no text
