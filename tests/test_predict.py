@@ -487,6 +487,20 @@ def test_json_lines_split_at_newlines_only_and_null_or_true_is_no_number(work):
         assert f"bad.jsonl:2: key '{key}' holds {value}, not a number" in out, out
 
 
+def test_a_bad_value_in_json_lines_is_named_by_its_line(work):
+    """A value encode_input refuses (infinity, a fraction for an int input) was said at "row N":
+    the example's index in its run, counted from 0, blank lines left out (and, for inputs of
+    symbolic length, from the start of its run of one shape: "row 0" for line 4). It is the
+    line, as every other --jsonl error says it."""
+    d, a, b = work
+    good = json.dumps({"a": a[0].tolist(), "b": [[b[0, 0]], [b[0, 1]]]})
+    (d / "inf.jsonl").write_text(good + "\n\n" + good.replace("[[", "[[1e999, ", 1).replace(
+        f"[[1e999, {b[0, 0]}], ", "[[1e999], ") + "\n")
+    out = cli("predict", "two.nn", "-c", "run-two", "--jsonl", "inf.jsonl", "--backend",
+              "reference", code=1, cwd=d)
+    assert "--jsonl inf.jsonl, key 'b', line 3: inf is not a finite number" in out, out
+
+
 ONE = """
 model One {
   input x: float32[batch, 2]

@@ -241,8 +241,12 @@ def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None, size: int
     while lo < len(described):
         hi = min(lo + size, len(described))
         hi = next((j for j in range(lo + 1, hi) if shapes[j] != shapes[lo]), hi)
+        # NOTE: a file's rows are said by their line ("row 1" was the example's index in its
+        # run: blank lines left out, counted from each run of one shape)
+        row = (lambda i, lo=lo: "line " + described[lo + i].rpartition(":")[2]) \
+            if jsonl or csv else (lambda i, lo=lo: f"row {lo + i}")
         yield ({k: encode_input(k, graph.node(features[k]), v[lo:hi],
-                                _plain(meta) if k in plain else meta, what(k), lo)
+                                _plain(meta) if k in plain else meta, what(k), lo, row)
                 for k, v in raws.items()}, described[lo:hi])
         lo = hi
 
@@ -456,10 +460,11 @@ def _all_given(raws: dict, where: str, graph, features: dict) -> None:
 
 
 def encode_input(name: str, node, raws: list, meta: dict, what: str,
-                 first: int = 0) -> np.ndarray:
+                 first: int = 0, row=None) -> np.ndarray:
     """One input's values -> a batch array, using only the checkpoint's data set meta: text
     through its tokenizer, images (paths or arrays) through the loaders' scaling, other
-    arrays (from an .npz, a .npy path or written numbers like 1,2.5) as they are."""
+    arrays (from an .npz, a .npy path or written numbers like 1,2.5) as they are. `row(i)`
+    says example i in the errors of their values (default: its index)."""
     kind = meta.get("kind")
     arrays = [r for r in raws if isinstance(r, np.ndarray)]
     if kind == "image":
@@ -479,7 +484,7 @@ def encode_input(name: str, node, raws: list, meta: dict, what: str,
         arr = tokenizer_from_meta(meta).encode_batch(texts, length, what)
     else:
         arr = _stack([_read_values(r) for r in raws], what, node, raws, first)
-    return feeds.conform(name, arr, node, what)
+    return feeds.conform(name, arr, node, what, row)
 
 
 def _image(raw, image_shape, what: str, row: int) -> np.ndarray:
