@@ -131,10 +131,10 @@ def test_entries_from_the_back_of_a_symbolic_axis(backend):
 def test_a_bound_length_over_max_len_is_an_error_at_the_line():
     net = nnlang.compile(model("y = positional_encoding(s, kind = \"learned\", max_len = 6)"),
                          backend="reference")
-    net.forward({"s": np.zeros((2, 6, 8), np.float32)})
+    net.evaluate({"s": np.zeros((2, 6, 8), np.float32)})
     with pytest.raises(NNError, match=r"<string>:5:.*sequence length 7 exceeds max_len = 6 "
                                       r"\(with batch = 2, seq = 7\)") as err:
-        net.forward({"s": np.zeros((2, 7, 8), np.float32)})
+        net.evaluate({"s": np.zeros((2, 7, 8), np.float32)})
     # NOTE: the length is the batch's, padding included: bucketed batches of whole reviews
     # pad past the longest review (2,739 tokens to 3,072), which max_len = longest did not allow
     assert "padding included" in str(err.value) and "docs/data.md" in str(err.value)
