@@ -92,6 +92,21 @@ def _same_type_input(g: Graph, n: Node):
     return x if g.node(x).type == n.type else None
 
 
+def fed_input(g: Graph, nid: int) -> Node | None:
+    """The graph input `nid` hands through unchanged (views, casts), if any."""
+    src = g.node(nid)
+    while src.op in (*VIEW_OPS, "cast"):
+        src = g.node(src.inputs[0])
+    return src if src.op == "input" else None
+
+
+def _fed_ids(g: Graph, n: Node):
+    # NOTE: fed ids are checked before the call, naming the input (runtime/indices.py); the
+    # graph's check_ids is for ids the model computes, and on fed ones was a copy and two
+    # reductions (a launch on CUDA) each step for nothing
+    return n.inputs[0] if fed_input(g, n.inputs[0]) is not None else None
+
+
 def _identity_perm(g: Graph, n: Node):
     return n.inputs[0] if list(n.attrs["perm"]) == list(range(len(n.attrs["perm"]))) else None
 
@@ -385,6 +400,7 @@ SIMPLIFY_RULES = {
     "concat": [_stacked_rows],
     "scan": [_unread_sequence, _invariant_sequence],
     "scatter_add": [_transposed_scatter],
+    "check_ids": [_fed_ids],
 }
 
 

@@ -12,9 +12,8 @@ import numpy as np
 
 from nnlang.errors import NNError
 from nnlang.ir.graph import Graph, Node
-from nnlang.passes.schedule import VIEW_OPS
+from nnlang.passes.fold import fed_input
 
-_PASS_THROUGH = (*VIEW_OPS, "cast")   # ops that hand an id through unchanged
 # ops whose ids (their first input) take `depth` values, with `skip` allowed besides
 # (check_ids: the class ids cross_entropy and accuracy read)
 _BY_DEPTH = ("one_hot", "check_ids")
@@ -45,14 +44,6 @@ def _rows(g: Graph, n: Node) -> int | None:
     return None
 
 
-def _fed(g: Graph, nid) -> Node | None:
-    """The graph input `nid` hands through unchanged, if any."""
-    src = g.node(nid)
-    while src.op in _PASS_THROUGH:
-        src = g.node(src.inputs[0])
-    return src if src.op == "input" else None
-
-
 def _class_ids(g: Graph, n: Node) -> tuple[int, Node, int | None] | None:
     """(classes, input, skip) of `argmax(scores) == labels` (accuracy's decomposition) with
     fed labels: a label past the classes is a miss that no prediction can hit, which counted
@@ -63,7 +54,7 @@ def _class_ids(g: Graph, n: Node) -> tuple[int, Node, int | None] | None:
     a, b = (g.node(i) for i in n.inputs)
     if b.op == "argmax":
         a, b = b, a
-    src = _fed(g, b.id) if a.op == "argmax" and b.dtype.startswith("int") else None
+    src = fed_input(g, b.id) if a.op == "argmax" and b.dtype.startswith("int") else None
     if src is None:
         return None
     scores = g.node(a.inputs[0])
@@ -83,7 +74,7 @@ def index_inputs(g: Graph) -> list[IndexInput]:
     for n in g:
         rows, skip = _rows(g, n), n.attrs.get("skip") if n.op in _BY_DEPTH else None
         src = None if rows is None else \
-            _fed(g, n.inputs[0] if n.op in _BY_DEPTH else n.inputs[1])
+            fed_input(g, n.inputs[0] if n.op in _BY_DEPTH else n.inputs[1])
         if rows is None and (ids := _class_ids(g, n)) is not None:
             rows, src, skip = ids
         if src is None:

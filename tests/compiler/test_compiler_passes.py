@@ -337,3 +337,22 @@ def test_scatter_of_a_transposed_gradient_scatters_it_in_place(perm):
     np.testing.assert_allclose(interpret(out, feeds, want=out.outputs)["w"], want, rtol=1e-5,
                                atol=1e-6)
     np.testing.assert_allclose(compile_graph(g).run(feeds)["w"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_check_ids_on_fed_labels_goes_and_on_computed_ones_stays():
+    """check_ids guards class ids the model computes; fed ones are checked before the call
+    (naming the input), so fold drops the graph's check of them and keeps the other."""
+    g = Graph()
+    b = Builder(g)
+    g.inputs["y"] = g.add_node("input", [], {"name": "y", "dtype": "int32", "shape": [4]},
+                               TensorType((4,), "int32"), name="y")
+    g.outputs["fed"] = b.check_ids(b.reshape(g.inputs["y"], shape=[4, 1]), depth=5)
+    g.outputs["computed"] = b.check_ids(b.add(g.inputs["y"], b.const(3, dtype="int32")), depth=5)
+    out = eliminate_dead(fold_constants(g))
+    checked = [out.node(n.inputs[0]).op for n in out if n.op == "check_ids"]
+    assert checked == ["add"], out.dump()
+    y = np.array([0, 1, 4, 1], np.int32)
+    got = interpret(out, {"y": y}, want={"fed": out.outputs["fed"]})
+    np.testing.assert_array_equal(got["fed"], y.reshape(4, 1))
+    with pytest.raises(NNError, match="the id 7"):
+        interpret(out, {"y": y}, want=out.outputs)["computed"]
