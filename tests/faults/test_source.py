@@ -1067,6 +1067,26 @@ def test_activations_beyond_this_machine(tmp_path):
            "float32[2, 5, 1000000000000]")
 
 
+def test_buffers_that_together_exceed_this_machine(monkeypatch):
+    """Each planned buffer fitting alone, the step's buffers together could exceed the
+    machine's memory: the allocations succeeded (address space only) and the step was killed
+    by the out-of-memory killer as it wrote them (a GPT at vocab 50,000, block 1,024, batch 24
+    planned 48 GiB on a 23 GiB machine and compiled without a word). It is an error at the op
+    of the largest value, before anything runs."""
+    import nnlang
+    from nnlang.errors import NNError
+    from nnlang.ir import summary
+    mib = 1 << 20
+    monkeypatch.setattr(summary, "machine_memory", lambda: (16 * mib, 4 * mib))
+    text = model("y = one_hot(tok, depth = 4096) * 2.0").replace("loss mean(y)", "output y")
+    net = nnlang.compile(text, batch=64)   # one_hot's value and y: float32[64, 5, 4096] each
+    with pytest.raises(NNError) as err:
+        net.forward({"tok": np.zeros((64, 5), np.int32)})
+    expect(err.value.render(), "<string>:7:7: error: cannot allocate 10.00 MiB for this "
+           "step's values (the largest, float32[64, 5, 4096], 5.00 MiB): this machine has "
+           "4.00 MiB of memory available (16.00 MiB in all)", "hint: use a smaller batch")
+
+
 def test_a_value_too_large_on_the_reference_backend():
     """The interpreter's numpy raised a bare MemoryError (a traceback) for a value this machine
     cannot hold; it is the compiled backends' error, at the op's line."""
