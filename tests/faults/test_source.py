@@ -825,6 +825,9 @@ OP_LIMITS = [
     ("rnn(s, 4, activation = \"bogus\")", "unknown activation 'bogus'"),
     ("multi_head_attention(s, heads = 0)", "heads must be a positive integer, got 0"),
     ("multi_head_attention(s, heads = 3)", "dim 4 is not divisible by heads = 3"),
+    # NOTE: the hint was a fixed "e.g. 4 or 8 for 128", whatever the dim
+    ("multi_head_attention(s, heads = 3)", "hint: pick heads dividing 4 (e.g. 2 or 4), or a "
+                                           "dim that 3 divides (e.g. 3 or 6)"),
     ("multi_head_attention(s, heads = 2, dim = 0)", "dim must be a positive integer, got 0"),
     ("multi_head_attention(s, heads = 2, dropout = 1.0)", "dropout must be in [0, 1)"),
     ("positional_encoding(s, max_len = 2)", "exceeds max_len = 2"),
