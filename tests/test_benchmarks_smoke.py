@@ -128,6 +128,15 @@ def test_compile_time_reports_a_failed_compile(tmp_path):
     assert "no hyper-parameter 'maxlen'" in str(err.value.code)
 
 
+def test_compile_time_sets_the_named_parameter(tmp_path):
+    # --param layers: the runs set `layers`, not maxlen (models/mlp.nn has neither: refused)
+    compile_time = _bench("compile_time")
+    with pytest.raises(SystemExit) as err:
+        compile_time.run_once("models/mlp.nn", 4, tmp_path, param="layers")
+    assert "compile failed at layers=4" in str(err.value.code)
+    assert "no hyper-parameter 'layers'" in str(err.value.code)
+
+
 @pytest.mark.slow
 def test_compile_time_tiny(capsys):
     # a cold and a warm compile of a small model: the table's counts come from the summary

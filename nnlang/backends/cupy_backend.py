@@ -236,7 +236,19 @@ class CupyBackend:
                           "under 2**31 elements")
         flat: list = [np.int32(s) for s in sizes]
         reduced = outs[-1:] if info.reduce_axes else ()
-        for x in (*loads, *outs[:len(outs) - len(reduced)]):
+        strided = (*loads, *outs[:len(outs) - len(reduced)])
+        # NOTE: so must each array's element offset, sum of i * stride: a view into a larger
+        # buffer (a slice of a concat, one step of a sequence) reaches past 2**31 elements
+        # with a small loop, and a stride past it did not even fit its int32 argument
+        reach = max((sum((n - 1) * abs(st // x.itemsize) for n, st in zip(sizes, x.strides))
+                     for x in strided), default=0)
+        if reach > _INT32_MAX:
+            raise NNError(f"a kernel loops over {sizes} in a view whose elements lie "
+                          f"{reach:,} apart, past 2**31, beyond the 32-bit indices of "
+                          "generated CUDA kernels",
+                          hint="a smaller batch (--batch), or smaller layers, keeps each tensor "
+                          "under 2**31 elements")
+        for x in strided:
             flat.append(x)
             flat += [np.int32(s // x.itemsize) for s in x.strides]
         for x in reduced:  # NOTE: indexed by the flat kept index

@@ -30,8 +30,20 @@ def _mha_dims(q, kv, heads, dim):
     dim = q.shape[2] if dim is None else dim
     if dim % heads:
         raise ShapeError(f"multi_head_attention: dim {dim} is not divisible by heads = {heads}",
-                         hint="pick heads dividing the model dim (e.g. 4 or 8 for 128)")
+                         hint=_heads_hint(dim, heads))
     return dim
+
+
+def _heads_hint(dim: int, heads: int) -> str:
+    """The head counts nearest `heads` that divide `dim`, and the dims nearest `dim` that
+    `heads` divides. NOTE: a fixed example ("4 or 8 for 128") told a model of dim 100 to try
+    8 heads."""
+    below = max(d for d in range(1, heads) if dim % d == 0)
+    above = next((d for d in range(heads + 1, dim + 1) if dim % d == 0), None)
+    counts = " or ".join(str(d) for d in (below, above) if d is not None)
+    low = dim - dim % heads
+    dims = " or ".join(str(d) for d in (low, low + heads) if d > 0)
+    return f"pick heads dividing {dim} (e.g. {counts}), or a dim that {heads} divides (e.g. {dims})"
 
 
 def _mha_params(q, kv=None, mask=None, *, heads, dim, causal, dropout):

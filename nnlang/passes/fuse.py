@@ -98,18 +98,15 @@ def _merge_siblings(g: Graph, groups: list[Group]) -> list[Group]:
     """Groups with one loop shape and no reduction whose values meet in the same concat become
     one kernel when that makes no cycle: the four gate gradients of each LSTM step were four
     launches, each loading the same incoming gradients."""
-    pos = {nid: i for i, nid in enumerate(g.topo())}
-    results = result_ids(g)
-    owner = {o: grp for grp in groups for o in grp.outputs}
-    gone: set[int] = set()
+    merges = _Merges(g, groups)
     for n in g:
         if n.op != "concat":
             continue
         siblings: list[Group] = []
         for i in n.inputs:
-            grp = owner.get(i)
-            if grp is not None and grp.reduce is None and id(grp) not in gone and \
-                    grp not in siblings:
+            grp = merges.owner.get(i)
+            if grp is not None and grp.reduce is None and id(grp) not in merges.gone and \
+                    all(grp is not s for s in siblings):
                 siblings.append(grp)
         by_shape: dict[tuple, list[Group]] = {}
         for grp in siblings:
@@ -117,10 +114,9 @@ def _merge_siblings(g: Graph, groups: list[Group]) -> list[Group]:
         for same in by_shape.values():
             base = same[0]
             for other in same[1:]:
-                if _mergeable(g, base, other, pos):
-                    _absorb(g, base, other, owner, results, pos)
-                    gone.add(id(other))
-    return [grp for grp in groups if id(grp) not in gone]
+                if merges.mergeable(base, other):
+                    merges.absorb(base, other)
+    return merges.remaining(groups)
 
 
 def _merge_readers(g: Graph, groups: list[Group]) -> list[Group]:
@@ -129,45 +125,89 @@ def _merge_readers(g: Graph, groups: list[Group]) -> list[Group]:
     two groups in one of them only, and the other loads it back: an LSTM backward step's
     forget gate and cell gradient, stored by the cell kernel for a second kernel that only
     multiplies them."""
-    pos = {nid: i for i, nid in enumerate(g.topo())}
-    results = result_ids(g)
-    owner = {o: grp for grp in groups for o in grp.outputs}
-    gone: set[int] = set()
+    merges = _Merges(g, groups)
     for grp in groups:
-        if id(grp) in gone or grp.reduce is not None:
+        if id(grp) in merges.gone or grp.reduce is not None:
             continue
+        # NOTE: grp's members as they were: it absorbs groups only here, in its own turn
         for m in list(grp.members):
             for i in g.node(m).inputs:
-                src = owner.get(i)
-                if src is not None and src is not grp and id(src) not in gone and \
+                src = merges.owner.get(i)
+                if src is not None and src is not grp and id(src) not in merges.gone and \
                         src.reduce is None and src.loop_shape == grp.loop_shape and \
-                        _mergeable(g, src, grp, pos):
-                    _absorb(g, grp, src, owner, results, pos)
-                    gone.add(id(src))
-    return [grp for grp in groups if id(grp) not in gone]
+                        merges.mergeable(src, grp):
+                    merges.absorb(grp, src)
+    return merges.remaining(groups)
 
 
-def _absorb(g: Graph, base: Group, other: Group, owner: dict, results, pos: dict) -> None:
-    """`other`'s members join `base`, which stores only what the graph still reads outside."""
-    base.members = sorted(base.members + other.members, key=pos.__getitem__)
-    inside = set(base.members)
-    # NOTE: a value only the other group read is now read inside the kernel: stored anyway,
-    # it was 5 dead [64, 128] stores a step in the LSTM's backward cell kernel
-    base.outputs = [o for o in sorted(base.outputs + other.outputs, key=pos.__getitem__)
-                    if o in results or any(u not in inside for u in g.users(o))]
-    for o in other.outputs:
-        owner[o] = base
+class _Merges:
+    """Groups merging into one another. Each group's member set, last position, stored values
+    and readers outside it are kept as sets and updated by each merge; the groups' sorted
+    lists are written once at the end. NOTE: rebuilding them at every merge (sorting the
+    members, asking the graph for the readers of every stored value) made k siblings merging
+    into one group O(k^2): the optimizer's concat of a 128-layer GPT took 10 s, a third of
+    planning the whole step."""
 
+    def __init__(self, g: Graph, groups: list[Group]):
+        self.g = g
+        self.pos = {nid: i for i, nid in enumerate(g.topo())}
+        self.results = result_ids(g)
+        self.owner = {o: grp for grp in groups for o in grp.outputs}
+        self.gone: set[int] = set()
+        self._sets: dict[int, tuple] = {}   # id(group) -> (members, outputs, readers outside)
+        self._last: dict[int, int] = {}     # id(group) -> its last member's position
+        self._merged: list[Group] = []
 
-def _mergeable(g: Graph, a: Group, b: Group, pos: dict) -> bool:
-    """One kernel for both would not be a cycle: neither group reaches the other through a
-    node outside both (a direct read becomes a value inside the merged kernel)."""
-    both = set(a.members) | set(b.members)
+    def _of(self, grp: Group) -> tuple:
+        if id(grp) not in self._sets:
+            members, succ = set(grp.members), self.g.nx.succ
+            # NOTE: a member read outside the group is one of its outputs (see _plan), so
+            # these are the readers of its outputs that are not members
+            outside = {u for m in grp.members for u in succ[m] if u not in members}
+            self._sets[id(grp)] = (members, set(grp.outputs), outside)
+            self._last[id(grp)] = max(self.pos[m] for m in grp.members)
+        return self._sets[id(grp)]
 
-    def reaches(src: Group, dst: Group) -> bool:
-        starts = [u for o in src.outputs for u in g.users(o) if u not in both]
-        return _reaches(g, starts, set(dst.members), pos, max(pos[m] for m in dst.members))
-    return not reaches(a, b) and not reaches(b, a)
+    def mergeable(self, a: Group, b: Group) -> bool:
+        """One kernel for both would not be a cycle: neither group reaches the other through
+        a node outside both (a direct read becomes a value inside the merged kernel)."""
+        (a_in, _, a_out), (b_in, _, b_out) = self._of(a), self._of(b)
+        return not _reaches(self.g, [u for u in a_out if u not in b_in], b_in, self.pos,
+                            self._last[id(b)]) and \
+            not _reaches(self.g, [u for u in b_out if u not in a_in], a_in, self.pos,
+                         self._last[id(a)])
+
+    def absorb(self, base: Group, other: Group) -> None:
+        """`other`'s members join `base`, which stores only what the graph still reads
+        outside. NOTE: a value only the other group read is now read inside the kernel:
+        stored anyway, it was 5 dead [64, 128] stores a step in the LSTM's backward cell
+        kernel."""
+        (inside, outputs, outside), (o_in, o_outputs, o_outside) = self._of(base), self._of(other)
+        inside |= o_in
+        outside |= o_outside
+        outside -= inside
+        # only the values the other group read, and its own, can have lost their last reader
+        # outside; a value that is no longer stored never is again (the group only grows)
+        read = {i for m in o_in for i in self.g.node(m).inputs if i in outputs}
+        outputs |= o_outputs
+        succ = self.g.nx.succ
+        for o in read | o_outputs:
+            if o not in self.results and all(u in inside for u in succ[o]):
+                outputs.discard(o)
+        self._last[id(base)] = max(self._last[id(base)], self._last[id(other)])
+        for o in o_outputs:   # NOTE: what other stores now, with what it absorbed itself
+            self.owner[o] = base
+        self.gone.add(id(other))
+        self._merged.append(base)
+
+    def remaining(self, groups: list[Group]) -> list[Group]:
+        """The groups left, each merged one with its members and outputs in graph order."""
+        for grp in self._merged:
+            if id(grp) not in self.gone:
+                inside, outputs, _ = self._sets[id(grp)]
+                grp.members = sorted(inside, key=self.pos.__getitem__)
+                grp.outputs = sorted(outputs, key=self.pos.__getitem__)
+        return [grp for grp in groups if id(grp) not in self.gone]
 
 
 def _plan(g: Graph, fuse: bool, side_outputs: bool) -> list[Group]:

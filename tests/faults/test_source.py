@@ -825,6 +825,9 @@ OP_LIMITS = [
     ("rnn(s, 4, activation = \"bogus\")", "unknown activation 'bogus'"),
     ("multi_head_attention(s, heads = 0)", "heads must be a positive integer, got 0"),
     ("multi_head_attention(s, heads = 3)", "dim 4 is not divisible by heads = 3"),
+    # NOTE: the hint was a fixed "e.g. 4 or 8 for 128", whatever the dim
+    ("multi_head_attention(s, heads = 3)", "hint: pick heads dividing 4 (e.g. 2 or 4), or a "
+                                           "dim that 3 divides (e.g. 3 or 6)"),
     ("multi_head_attention(s, heads = 2, dim = 0)", "dim must be a positive integer, got 0"),
     ("multi_head_attention(s, heads = 2, dropout = 1.0)", "dropout must be in [0, 1)"),
     ("positional_encoding(s, max_len = 2)", "exceeds max_len = 2"),
@@ -1065,6 +1068,26 @@ def test_activations_beyond_this_machine(tmp_path):
     out = cli("compile", path, "--batch", "2")
     expect(out, f"{path}:7:7: error: cannot allocate", "y = one_hot(tok",
            "float32[2, 5, 1000000000000]")
+
+
+def test_buffers_that_together_exceed_this_machine(monkeypatch):
+    """Each planned buffer fitting alone, the step's buffers together could exceed the
+    machine's memory: the allocations succeeded (address space only) and the step was killed
+    by the out-of-memory killer as it wrote them (a GPT at vocab 50,000, block 1,024, batch 24
+    planned 48 GiB on a 23 GiB machine and compiled without a word). It is an error at the op
+    of the largest value, before anything runs."""
+    import nnlang
+    from nnlang.errors import NNError
+    from nnlang.ir import summary
+    mib = 1 << 20
+    monkeypatch.setattr(summary, "machine_memory", lambda: (16 * mib, 4 * mib))
+    text = model("y = one_hot(tok, depth = 4096) * 2.0").replace("loss mean(y)", "output y")
+    net = nnlang.compile(text, batch=64)   # one_hot's value and y: float32[64, 5, 4096] each
+    with pytest.raises(NNError) as err:
+        net.forward({"tok": np.zeros((64, 5), np.int32)})
+    expect(err.value.render(), "<string>:7:7: error: cannot allocate 10.00 MiB for this "
+           "step's values (the largest, float32[64, 5, 4096], 5.00 MiB): this machine has "
+           "4.00 MiB of memory available (16.00 MiB in all)", "hint: use a smaller batch")
 
 
 def test_a_value_too_large_on_the_reference_backend():

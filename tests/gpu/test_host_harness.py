@@ -464,3 +464,26 @@ def test_a_grid_stride_loop_that_would_pass_2_31_is_refused():
     with pytest.raises(NNError, match="2\\*\\*31"):
         be.specialize(fn, (2**31 - 1, small, small))
     be.specialize(fn, (2**31 - grid * block, small, small))
+
+
+def test_a_view_whose_offsets_pass_2_31_is_refused():
+    """The loop guard above counted the loop's elements only: a view into a larger buffer (a
+    slice of a concat, one step of a sequence) with a small loop could address elements past
+    2**31 through its strides, and a 32-bit i * stride wraps. Such a launch is refused; one
+    whose last element is at 2**31 - 1 is not."""
+    from numpy.lib.stride_tricks import as_strided
+
+    from nnlang.backends.cupy_backend import CudaFunction
+    from nnlang.codegen.kernel import Kernel, Load, ScalarOp
+    from nnlang.errors import NNError
+    k = Kernel("k_view", 2, {"a0": Load("in0", "float32", (False, False))}, [],
+               [ScalarOp("v0", "neg", ("a0",), "float32", ("float32",))], [("v0", "out0")])
+    be, fn = CupyBackend(render_only=True), CudaFunction(None, launch_info(k))
+    out = np.zeros((3, 4), np.float32)   # only the strides matter: nothing is launched
+    tiny = np.zeros(1, np.float32)
+    # rows 2**30 elements apart: the last row starts at 2 * 2**30 = 2**31
+    far = as_strided(tiny, shape=(3, 4), strides=(4 * 2**30, 4))
+    with pytest.raises(NNError, match="2\\*\\*31"):
+        be.specialize(fn, (3, 4, far, out))
+    near = as_strided(tiny, shape=(3, 4), strides=(4 * (2**30 - 2), 4))   # last: 2**31 - 1
+    be.specialize(fn, (3, 4, near, out))
