@@ -15,7 +15,7 @@ from nnlang.ir.graph import COUNT, Graph, Node, op_attrs
 from nnlang.ir.scan import Body, keep_inputs
 from nnlang.ops import registry
 from nnlang.ops.registry import ELEMENTWISE, RANDOM, SOURCE, TensorType
-from nnlang.passes.rewrite import graph_pass, replace_value
+from nnlang.passes.rewrite import References, graph_pass
 from nnlang.passes.schedule import VIEW_OPS
 
 FOLD_LIMIT = 4096  # NOTE: never fold into a constant much larger than its inputs (broadcasts)
@@ -56,7 +56,7 @@ def _is_fill(g: Graph, nid: int, fill: float) -> bool:
     return v is not None and bool(v == fill)
 
 
-def _uniform_view(g: Graph, n: Node):
+def _uniform_view(g: Graph, n: Node, named: set[int]):
     """A view of a uniform constant too big to fold is a broadcast of that one value.
 
     NOTE why: a slice of a broadcast constant (autodiff's ones in a scan body's backward) was
@@ -78,7 +78,7 @@ def _uniform_view(g: Graph, n: Node):
 
 def _identity_operand(fill: float, sides=(0, 1)):
     """`op(x, c)` (or `op(c, x)` for commutative ops) with c all `fill` and x's type is x."""
-    def rule(g: Graph, n: Node):
+    def rule(g: Graph, n: Node, named: set[int]):
         for side in sides:
             x, c = n.inputs[1 - side], n.inputs[side]
             if _is_fill(g, c, fill) and g.node(x).type == n.type:
@@ -87,7 +87,7 @@ def _identity_operand(fill: float, sides=(0, 1)):
     return rule
 
 
-def _same_type_input(g: Graph, n: Node):
+def _same_type_input(g: Graph, n: Node, named: set[int]):
     x = n.inputs[0]
     return x if g.node(x).type == n.type else None
 
@@ -100,18 +100,18 @@ def fed_input(g: Graph, nid: int) -> Node | None:
     return src if src.op == "input" else None
 
 
-def _fed_ids(g: Graph, n: Node):
+def _fed_ids(g: Graph, n: Node, named: set[int]):
     # NOTE: fed ids are checked before the call, naming the input (runtime/indices.py); the
     # graph's check_ids is for ids the model computes, and on fed ones was a copy and two
     # reductions (a launch on CUDA) each step for nothing
     return n.inputs[0] if fed_input(g, n.inputs[0]) is not None else None
 
 
-def _identity_perm(g: Graph, n: Node):
+def _identity_perm(g: Graph, n: Node, named: set[int]):
     return n.inputs[0] if list(n.attrs["perm"]) == list(range(len(n.attrs["perm"]))) else None
 
 
-def _double_transpose(g: Graph, n: Node):
+def _double_transpose(g: Graph, n: Node, named: set[int]):
     inner = g.node(n.inputs[0])
     if inner.op != "transpose":
         return None
@@ -142,7 +142,7 @@ def _untransposed(g: Graph, nid: int, perm: list[int], depth: int = 4):
                       path=n.path, role=n.role)
 
 
-def _transposed_back(g: Graph, n: Node):
+def _transposed_back(g: Graph, n: Node, named: set[int]):
     """transpose(f(transpose(x, p)), p^-1) is f(x) for elementwise f: the conv/pool lowering
     works channels last, and a channels-first relu between two of them (and its gradient)
     otherwise costs two transposed copies."""
@@ -153,7 +153,7 @@ def _transposed_back(g: Graph, n: Node):
     return _untransposed(g, n.inputs[0], perm)
 
 
-def _transposed_gather(g: Graph, n: Node):
+def _transposed_gather(g: Graph, n: Node, named: set[int]):
     """transpose(gather(table, idx), p) is gather(table, transpose(idx, p')) when p keeps the
     row axis last: the embedding lookup then lands time-major for a recurrence, and the
     [batch, time, dim] -> [time, batch, dim] copy before its input projection is gone."""
@@ -170,7 +170,7 @@ def _transposed_gather(g: Graph, n: Node):
                       span=inner.span, path=inner.path, role=inner.role, name=n.name)
 
 
-def _transposed_scatter(g: Graph, n: Node):
+def _transposed_scatter(g: Graph, n: Node, named: set[int]):
     """scatter_add(transpose(src, p), idx) is scatter_add(src, transpose(idx, p^-1)) when p
     only permutes idx's axes (a row's values stay in place): the adjoint of
     `_transposed_gather`. The time-major embedding's gradient then scatters from where the
@@ -193,7 +193,7 @@ def _transposed_scatter(g: Graph, n: Node):
                       path=n.path, role=n.role, name=n.name)
 
 
-def _invariant_sequence(g: Graph, n: Node):
+def _invariant_sequence(g: Graph, n: Node, named: set[int]):
     """A scan's sequence that is one vector broadcast over time and batch (an RNN's bias)
     becomes a weight of its body, broadcast there: as a sequence the loop copied it into the
     body's input at every step, and the bias add had a pass over [T, B, N] of its own before
@@ -211,7 +211,7 @@ def _invariant_sequence(g: Graph, n: Node):
     return None
 
 
-def _unread_sequence(g: Graph, n: Node):
+def _unread_sequence(g: Graph, n: Node, named: set[int]):
     """A scan's sequence its body never reads (a backward scan's zero output gradient, or the
     input projection once the forward stores the pre-activations) is no input: the loop then
     does not keep it alive until the backward."""
@@ -262,12 +262,12 @@ def _sequence_to_weight(g: Graph, n: Node, i: int, src: Node) -> int:
     return _scan_without(g, n, i, bg, [vec])
 
 
-def _double_neg(g: Graph, n: Node):
+def _double_neg(g: Graph, n: Node, named: set[int]):
     inner = g.node(n.inputs[0])
     return inner.inputs[0] if inner.op == "neg" else None
 
 
-def _stacked_rows(g: Graph, n: Node):
+def _stacked_rows(g: Graph, n: Node, named: set[int]):
     """concat([reshape(x_i, [1, *s]) ...], axis=0) is reshape(concat([x_i ...], axis=0)): the
     same bytes, and the inner concat is the one a recurrent weight's gradient also builds
     (passes/matmul_sum.py), so the two share one copy."""
@@ -286,7 +286,7 @@ def _stacked_rows(g: Graph, n: Node):
                       path=n.path, role=n.role, name=n.name)
 
 
-def _sliced_elementwise(g: Graph, n: Node):
+def _sliced_elementwise(g: Graph, n: Node, named: set[int]):
     """slice(f(a, b)) is f(slice(a), slice(b)) for elementwise f: when every user of f's value
     is a slice read only by elementwise ops, the slices' kernels compute f themselves and the
     whole value is never stored (an LSTM's gates: the [64, 512] z = x_t + h @ U was a kernel
@@ -317,7 +317,7 @@ def _sliced_elementwise(g: Graph, n: Node):
                       path=inner.path, role=inner.role, name=n.name)
 
 
-def _reshaped_elementwise(g: Graph, n: Node):
+def _reshaped_elementwise(g: Graph, n: Node, named: set[int]):
     """reshape(f(x, b)) is f(reshape(x), b) for elementwise f when x alone has f's shape and
     every other operand broadcasts over trailing dims the reshape keeps (a dense layer's bias
     over the units). The reshape of x is a view, and f then has its users' shape and fuses
@@ -325,7 +325,7 @@ def _reshaped_elementwise(g: Graph, n: Node):
     [batch, time, units] ops that read it)."""
     inner = g.node(n.inputs[0])
     if not _plain_elementwise(inner) or n.type is None or g.users(inner.id) != [n.id] or \
-            inner.id in _named(g) or not any(_plain_elementwise(g.node(u))
+            inner.id in named or not any(_plain_elementwise(g.node(u))
                                              for u in g.users(n.id)):
         return None
     x = _reshapable_operand(g, inner, tuple(n.shape))
@@ -338,7 +338,7 @@ def _reshaped_elementwise(g: Graph, n: Node):
                       path=inner.path, role=inner.role, name=n.name)
 
 
-def _elementwise_of_reshape(g: Graph, n: Node):
+def _elementwise_of_reshape(g: Graph, n: Node, named: set[int]):
     """f(reshape(x), b) is reshape(f(x, b)), the converse of `_reshaped_elementwise`, when
     f's users are not elementwise (so they gain nothing from f's shape) and x is computed by
     an elementwise op: f then fuses with it (a dense layer's ReLU, on the [batch * time,
@@ -346,7 +346,7 @@ def _elementwise_of_reshape(g: Graph, n: Node):
     pre-activation for the backward: one kernel, not two)."""
     views = [i for i in n.inputs if g.node(i).op == "reshape"]
     if len(views) != 1 or not _plain_elementwise(g.node(g.node(views[0]).inputs[0])) or any(
-            _plain_elementwise(g.node(u)) for u in g.users(n.id)) or n.id in _named(g):
+            _plain_elementwise(g.node(u)) for u in g.users(n.id)) or n.id in named:
         return None
     x = g.node(g.node(views[0]).inputs[0])
     full = _reshapable_operand(g, n, tuple(x.shape))
@@ -379,11 +379,8 @@ def _reshapable_operand(g: Graph, n: Node, shape: tuple):
     return g.node(full[0])
 
 
-def _named(g: Graph) -> set[int]:
-    return {*g.outputs.values(), *g.losses.values(), *g.metrics.values(), *g.updates.values()}
-
-
-# op -> rules tried in order; each returns the replacement node id or None
+# op -> rules tried in order; each `rule(g, n, named)` returns the replacement node id or None
+# (`named`: the values a result or state update holds, `References.named`)
 SIMPLIFY_RULES = {
     "mul": [_identity_operand(1.0)],                 # x*1, 1*x
     "add": [_identity_operand(0.0)],                 # x+0, 0+x (NOTE: -0.0+0.0 is +0.0, equal)
@@ -431,6 +428,7 @@ def _fold(g: Graph, n: Node) -> int:
 
 @graph_pass
 def fold_constants(g: Graph) -> Graph:
+    refs = References(g)
     order = g.topo()
     for _ in range(MAX_ROUNDS):
         if not order:
@@ -440,22 +438,21 @@ def fold_constants(g: Graph) -> Graph:
             n = g.node(nid)
             new = _fold(g, n) if _foldable(g, n) else None
             for rule in _rules(n) if new is None else ():
-                new = rule(g, n)
+                new = rule(g, n, refs.named)
                 if new is not None:
                     break
             if new is not None:
-                replace_value(g, nid, new)
-                _drop_unused(g, nid)
+                refs.replace(nid, new)
+                _drop_unused(g, nid, refs.named)
         # NOTE: the nodes the rules made get their turn too (a slice pushed through a chain of
         # elementwise ops), once the whole graph has had its own
         order = [nid for nid in g.topo() if nid not in seen]
     return g
 
 
-def _drop_unused(g: Graph, nid: int) -> None:
+def _drop_unused(g: Graph, nid: int, named: set[int]) -> None:
     """Removes a replaced node and what only it read, so rules that look at a value's users
     (`_sliced_elementwise`) do not count them; other dead code is `dce`'s."""
-    named = _named(g)
     stack = [nid]
     while stack:
         x = stack.pop()
