@@ -313,9 +313,9 @@ def test_labels_cast_from_a_float_input_are_checked_as_the_ids_the_cast_gives(ba
     """A float input cast to int ids is no fed id: the cast changes its values (5.5 -> 5,
     -0.5 -> 0, NaN -> an arbitrary int). Fold dropped the graph's check of such ids as fed,
     and the check before the call read the floats: a NaN label (neither < 0 nor >= 5) went
-    through to one_hot as a row of zeros, silently, and 5.5 was let through as class 5;
-    -0.5, which the cast makes class 0, was refused as 'the id 0'. The ids the cast gives are
-    checked, as for any id the model computes."""
+    through to one_hot as a row of zeros, silently, and -0.5, which the cast makes class 0,
+    was refused as 'the id 0'. The ids the cast gives are checked, as for any id the model
+    computes."""
     net = nnlang.compile(FLOAT_LABELS, backend=backend, batch=3)
     x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
     p = net.parameters()
