@@ -54,6 +54,9 @@ _depth = 0
 # step set OpenBLAS to 2 threads inside a program's threadpool_limits(1), and the pool took
 # half of each split: a program running one process per core got two threads in each.
 _allowed = _WORKERS
+# NOTE: each thread's step keeps the count it began under: a step of a second thread read the
+# owner's, which went back to _WORKERS when the owner left, mid-step, under the caller's limit
+_step = threading.local()
 
 
 @contextmanager
@@ -64,11 +67,13 @@ def blas_threads(n: int = 1):
         mine = _owner in (None, me)
         if mine:
             _owner, _depth = me, _depth + 1
+    before = getattr(_step, "allowed", None)
     try:
         ctl = _blas_controllers() if mine else None
         if ctl and _depth == 1:   # NOTE: what the caller set, before nnlang sets anything
             _allowed = max(1, min([_WORKERS, *(c.num_threads for c in ctl.lib_controllers)]))
-        n = min(n, _allowed)
+        _step.allowed = _allowed if before is None else before
+        n = min(n, _step.allowed)
         if not ctl:
             yield
             return
@@ -81,6 +86,7 @@ def blas_threads(n: int = 1):
         with ctl.limit(limits=n):
             yield
     finally:
+        _step.allowed = before
         if mine:
             with _lock:
                 _depth -= 1
@@ -152,8 +158,8 @@ def pool() -> ThreadPoolExecutor:
 
 def run_parts(calls):
     """Each (fn, args) call: the first on this thread, the rest on the pool; on fewer threads
-    (one after another on each) where the step may use fewer (`_allowed`)."""
-    threads = min(len(calls), _allowed)
+    (one after another on each) where the step may use fewer (its `_step.allowed`)."""
+    threads = min(len(calls), getattr(_step, "allowed", None) or _allowed)
     groups = [calls[k::threads] for k in range(threads)]
     futures = [pool().submit(_run_each, group) for group in groups[1:]]
     _run_each(groups[0])

@@ -250,7 +250,9 @@ class CupyBackend:
                           "under 2**31 elements")
         for x in strided:
             flat.append(x)
-            flat += [np.int32(s // x.itemsize) for s in x.strides]
+            # NOTE: an axis of size 1 is never stepped along: its stride (a one-row view of
+            # rows 2**31 apart) is no index, and did not fit its int32 argument (a traceback)
+            flat += [np.int32(st // x.itemsize if n > 1 else 0) for n, st in zip(sizes, x.strides)]
         for x in reduced:  # NOTE: indexed by the flat kept index
             if not x.flags.c_contiguous:
                 raise NNError("internal: a reduction's output is not contiguous")

@@ -364,10 +364,30 @@ def memory_need(graph: Graph, batch: int, dtype: str | None = None, optimizer_sl
                       largest)
 
 
+_MEMINFO = "/proc/meminfo"
+_CGROUP = "/sys/fs/cgroup"
+_SELF_CGROUP = "/proc/self/cgroup"
+# (limit, usage, the memory.stat key of reclaimable page cache) in cgroup v2 and v1
+_CGROUP_FILES = (("memory.max", "memory.current", "inactive_file"),
+                 ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+
+
 def machine_memory() -> tuple[int, int] | None:
-    """(total, available) bytes of RAM on this machine, or None where the system cannot say."""
+    """(total, available) bytes of RAM on this machine, or None where the system cannot say;
+    within a cgroup's memory limit (a container's, a systemd slice's) where that is lower.
+    NOTE: /proc/meminfo shows the host's memory inside a container: a container limited to
+    4 GiB on a 64 GiB host is killed by the out-of-memory killer at its limit, long before
+    MemAvailable says the memory is gone."""
+    have = _meminfo()
+    limit = _cgroup_memory()
+    if have is None or limit is None:
+        return have
+    return min(have[0], limit[0]), min(have[1], limit[1])
+
+
+def _meminfo() -> tuple[int, int] | None:
     try:
-        with open("/proc/meminfo") as f:
+        with open(_MEMINFO) as f:
             info = {k: int(v.split()[0]) * 1024 for k, v in
                     (line.split(":", 1) for line in f if ":" in line)}
         return info["MemTotal"], info.get("MemAvailable", info["MemTotal"])
@@ -379,6 +399,44 @@ def machine_memory() -> tuple[int, int] | None:
         return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def _cgroup_memory() -> tuple[int, int] | None:
+    """(limit, limit - usage) of the tightest memory limit on this process's cgroup and its
+    parents, usage without the reclaimable page cache (inactive files, as `docker stats`
+    counts it); None where no limit is set or cgroups cannot be read."""
+    from pathlib import Path
+
+    dirs = []
+    try:
+        for line in Path(_SELF_CGROUP).read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers in ("", "memory") or "memory" in controllers.split(","):
+                # v2 (controllers "") lives at the mount's root, v1 under memory/
+                root = Path(_CGROUP) / ("memory" if controllers else "")
+                parts = [p for p in path.split("/") if p]
+                dirs += [root.joinpath(*parts[:k]) for k in range(len(parts), -1, -1)]
+    except (OSError, ValueError):
+        pass
+    dirs += [Path(_CGROUP), Path(_CGROUP) / "memory"]   # a container's own cgroup namespace
+    best = None
+    for d in dict.fromkeys(dirs):
+        for limit_file, usage_file, cache_key in _CGROUP_FILES:
+            try:
+                text = (d / limit_file).read_text().strip()
+                if text == "max" or int(text) >= 1 << 60:   # v1 writes "no limit" as ~2**63
+                    continue
+                limit, used = int(text), int((d / usage_file).read_text())
+                for line in (d / "memory.stat").read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == cache_key:
+                        used -= int(value)
+            except (OSError, ValueError):
+                continue
+            free = max(limit - max(used, 0), 0)
+            if best is None or free < best[1]:
+                best = (limit, free)
+    return best
 
 
 def memory_problem(need: MemoryNeed, held: int = 0) -> str | None:

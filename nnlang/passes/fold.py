@@ -93,11 +93,19 @@ def _same_type_input(g: Graph, n: Node, named: set[int]):
 
 
 def fed_input(g: Graph, nid: int) -> Node | None:
-    """The graph input `nid` hands through unchanged (views, casts), if any."""
+    """The graph input `nid` hands through unchanged (views, casts between int types), if
+    any. NOTE: a cast from float is no hand-through: it changes the values (5.5 -> 5, NaN ->
+    an arbitrary int), so checking the fed floats let a NaN label through as a row of zeros
+    and refused -0.5 (class 0 once cast); such ids are checked as computed ones."""
     src = g.node(nid)
-    while src.op in (*VIEW_OPS, "cast"):
+    while src.op in VIEW_OPS or src.op == "cast" and \
+            _int_like(g.node(src.inputs[0]).dtype):
         src = g.node(src.inputs[0])
     return src if src.op == "input" else None
+
+
+def _int_like(dtype: str) -> bool:
+    return dtype == "bool" or "int" in dtype
 
 
 def _fed_ids(g: Graph, n: Node, named: set[int]):

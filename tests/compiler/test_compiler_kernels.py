@@ -351,6 +351,43 @@ def test_a_step_keeps_to_the_callers_thread_limit(hidden, batch, threaded, monke
     assert submits or max(seen[-1]) > 1
 
 
+def test_a_step_in_a_second_thread_keeps_the_limit_when_the_first_ends():
+    """Two threads step under the program's threadpool_limits(1): the first to enter reads the
+    limit for both, and when it left, the count the second's step still used went back to
+    every core, so the rest of the second's split work went half to nnlang's pool thread. Each
+    step keeps the limit it began under until it ends."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    from nnlang.backends import blas
+    if not blas._blas_controllers() or blas.workers() < 2:
+        pytest.skip("one core, or threadpoolctl finds no BLAS: nothing to limit")
+    ran = []
+    calls = [(lambda: ran.append(threading.current_thread()), ())] * 4
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with blas.blas_threads(1):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def second():
+        a_in.wait(10)
+        with blas.blas_threads(1):
+            b_in.set()
+            a_out.wait(10)
+            blas.run_parts(calls)
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    with threadpool_limits(limits=1):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert ran == [threads[1]] * 4
+
+
 def test_numba_num_threads_bounds_the_pool():
     """NUMBA_NUM_THREADS=1 (numba's own setting, which benchmarks/export_bench.py --threads
     sets to give nnlang N threads) left nnlang's pool at one thread per core: its split

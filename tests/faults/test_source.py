@@ -1090,6 +1090,39 @@ def test_buffers_that_together_exceed_this_machine(monkeypatch):
            "4.00 MiB of memory available (16.00 MiB in all)", "hint: use a smaller batch")
 
 
+@pytest.mark.parametrize("v1", [False, True])
+def test_buffers_past_a_containers_memory_limit(monkeypatch, tmp_path, v1):
+    """In a container /proc/meminfo shows the host's memory: a step planning more than the
+    container's cgroup limit (docker --memory, a Kubernetes limit) passed the check against
+    the host's MemAvailable and was killed by the OOM killer at the limit. The limit, less
+    what the cgroup uses besides reclaimable page cache, is the memory available."""
+    import nnlang
+    from nnlang.errors import NNError
+    from nnlang.ir import summary
+    mib = 1 << 20
+    (tmp_path / "meminfo").write_text(f"MemTotal: {64 << 20} kB\nMemAvailable: {60 << 20} kB\n")
+    (tmp_path / "self").write_text("4:memory:/docker/abc\n" if v1 else "0::/\n")
+    cg = tmp_path / "cgroup" / ("memory/docker/abc" if v1 else "")
+    cg.mkdir(parents=True, exist_ok=True)
+    names = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file") if v1 \
+        else ("memory.max", "memory.current", "inactive_file")
+    (cg / names[0]).write_text(f"{8 * mib}\n")
+    (cg / names[1]).write_text(f"{5 * mib}\n")
+    (cg / "memory.stat").write_text(f"anon 1\n{names[2]} {mib}\nactive_file 7\n")
+    monkeypatch.setattr(summary, "_MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(summary, "_SELF_CGROUP", str(tmp_path / "self"))
+    monkeypatch.setattr(summary, "_CGROUP", str(tmp_path / "cgroup"))
+    text = model("y = one_hot(tok, depth = 4096) * 2.0").replace("loss mean(y)", "output y")
+    net = nnlang.compile(text, batch=64)   # one_hot's value and y: float32[64, 5, 4096] each
+    with pytest.raises(NNError) as err:
+        net.forward({"tok": np.zeros((64, 5), np.int32)})
+    expect(err.value.render(), "<string>:7:7: error: cannot allocate 10.00 MiB for this "
+           "step's values (the largest, float32[64, 5, 4096], 5.00 MiB): this machine has "
+           "4.00 MiB of memory available (8.00 MiB in all)", "hint: use a smaller batch")
+    (cg / names[0]).write_text("max\n" if not v1 else f"{2 ** 63 - 4096}\n")   # no limit
+    assert net.forward({"tok": np.zeros((64, 5), np.int32)})["y"].shape == (64, 5, 4096)
+
+
 def test_a_value_too_large_on_the_reference_backend():
     """The interpreter's numpy raised a bare MemoryError (a traceback) for a value this machine
     cannot hold; it is the compiled backends' error, at the op's line."""

@@ -487,3 +487,22 @@ def test_a_view_whose_offsets_pass_2_31_is_refused():
         be.specialize(fn, (3, 4, far, out))
     near = as_strided(tiny, shape=(3, 4), strides=(4 * (2**30 - 2), 4))   # last: 2**31 - 1
     be.specialize(fn, (3, 4, near, out))
+
+
+def test_a_stride_past_2_31_on_an_axis_of_one_is_no_traceback():
+    """An axis of size 1 is never stepped along, so its stride addresses nothing: a one-row
+    view of a buffer whose rows lie 2**31 elements apart fits the 32-bit indices. Its stride
+    still went to the kernel as an int32 argument: 'OverflowError: Python integer 2147483648
+    out of bounds for int32', a traceback, where the launch is fine (the guard above counted
+    the reach as 0 and let it through)."""
+    from numpy.lib.stride_tricks import as_strided
+
+    from nnlang.backends.cupy_backend import CudaFunction
+    from nnlang.codegen.kernel import Kernel, Load, ScalarOp
+    k = Kernel("k_row", 2, {"a0": Load("in0", "float32", (False, False))}, [],
+               [ScalarOp("v0", "neg", ("a0",), "float32", ("float32",))], [("v0", "out0")])
+    be, fn = CupyBackend(render_only=True), CudaFunction(None, launch_info(k))
+    out = np.zeros((1, 4), np.float32)
+    row = as_strided(np.zeros(1, np.float32), shape=(1, 4), strides=(4 * 2**31, 4))
+    _, (_, _, _, flat, _) = be.specialize(fn, (1, 4, row, out))
+    assert [int(a) for a in flat if not isinstance(a, np.ndarray)] == [1, 4, 0, 1, 0, 1]

@@ -296,6 +296,44 @@ def test_labels_computed_in_the_model_past_the_classes_are_a_located_error(backe
     assert err.value.span.line == 9
 
 
+FLOAT_LABELS = """
+model M {
+  input x: float32[batch, 4]
+  input label: float32[batch]
+  logits = dense(x, 5)
+  output logits
+  loss cross_entropy(logits, cast(label, dtype = "int32"))
+  metric acc = accuracy(logits, cast(label, dtype = "int32"))
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_labels_cast_from_a_float_input_are_checked_as_the_ids_the_cast_gives(backend):
+    """A float input cast to int ids is no fed id: the cast changes its values (5.5 -> 5,
+    -0.5 -> 0, NaN -> an arbitrary int). Fold dropped the graph's check of such ids as fed,
+    and the check before the call read the floats: a NaN label (neither < 0 nor >= 5) went
+    through to one_hot as a row of zeros, silently, and -0.5, which the cast makes class 0,
+    was refused as 'the id 0'. The ids the cast gives are checked, as for any id the model
+    computes."""
+    net = nnlang.compile(FLOAT_LABELS, backend=backend, batch=3)
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    p = net.parameters()
+    w, bias = (p[k] for k in sorted(p, key=lambda k: p[k].ndim, reverse=True))
+    z = x.astype(np.float64) @ w + bias
+    logp = z - z.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    got = net.evaluate({"x": x, "label": np.array([-0.5, 2.7, 4.0], np.float32)})  # 0, 2, 4
+    np.testing.assert_allclose(got["cross_entropy"], -(logp[0, 0] + logp[1, 2] + logp[2, 4]) / 3,
+                               rtol=1e-5)
+    assert got["acc"] == pytest.approx(np.mean(z.argmax(-1) == [0, 2, 4]))
+    for label in ([0.0, 5.5, 1.0], [0.0, np.nan, 1.0]):
+        with pytest.raises(NNError) as err:
+            net.evaluate({"x": x, "label": np.array(label, np.float32)})
+        assert "is outside the 5 classes" in err.value.message
+        assert err.value.span is not None and err.value.span.line == 7
+
+
 def test_a_bad_table_row_is_named_by_its_line_in_the_file(tmp_path):
     """A .csv table's bad value was said as "row 7": the array's row, counted from 0 after
     the header and any blank lines, which is not where an editor shows it. The line is said."""
