@@ -103,6 +103,39 @@ def test_data_doc_error(name, want, tmp_path, monkeypatch):
     assert info.value.render() + "\n" == want
 
 
+def test_data_doc_predict_lines_run_on_its_files(tmp_path):
+    """data.md's `nnlang predict reg.nn -c RUN ...` lines, run as printed on a one-step training
+    of reg.nn, give x @ weight + bias of the checkpoint for each line of its JSON lines file and
+    each row of reg.csv (its price column skipped), written out in numpy."""
+    import json
+    import shlex
+
+    from nnlang.train import checkpoint
+    from tests.faults.conftest import cli
+    lines = re.findall(r"^ {4}(nnlang predict reg\.nn .*?)(?:\s+#.*)?$", DATA_TEXT, re.M)
+    assert {"--jsonl", "--csv"} <= {a for line in lines for a in shlex.split(line)}
+    for name, body in DATA_FILES.items():
+        (tmp_path / name).write_text(body)
+    cli("train", "reg.nn", "--out", "run", "--max-steps", "1", code=0, cwd=tmp_path)
+    state = checkpoint.load(tmp_path / "run").state
+    weight, bias = state["p.weight"], state["p.bias"]   # reg.nn's dense layer, named by `p =`
+    for line in lines:
+        args = [("run" if a == "RUN" else a) for a in shlex.split(line)[1:]]
+        got = [json.loads(r) for r in cli(*args, "--json", code=0, cwd=tmp_path).splitlines()
+               if r.startswith("{")]
+        source = args[args.index("--jsonl") + 1] if "--jsonl" in args else None
+        if source:
+            rows = [json.loads(r)["x"] for r in DATA_FILES[source].splitlines() if r.strip()]
+            names = [f"{source}:{k + 1}" for k in range(len(rows))]
+        else:
+            table = DATA_FILES["reg.csv"].splitlines()
+            rows = [[float(v) for v in r.split(",")[:2]] for r in table[1:]]
+            names = [f"reg.csv:{k + 2}" for k in range(len(rows))]
+        want = (np.array(rows, np.float64) @ weight.astype(np.float64) + bias)[:, 0]
+        assert [r["input"] for r in got] == names, line
+        np.testing.assert_allclose([r["value"] for r in got], want, rtol=1e-5, err_msg=line)
+
+
 def test_data_doc_data_flag_spellings_are_the_same():
     """The two `--data` commands data.md calls the same give reg.nn's own `data`, and
     `--data imdb-sample` keeps the train section's `maxlen`."""
