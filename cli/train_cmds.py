@@ -161,7 +161,8 @@ def predict(
 ):
     """The model's outputs for raw inputs: the class and its probability for a classifier,
     the numbers for a regression, the text (or ids) of a sequence output, the shape and a
-    summary for a tensor (all with --json)."""
+    summary for a tensor (all with --json). The examples come as arguments, --input
+    NAME=VALUE, --npz, --jsonl or --csv."""
     from nnlang.train.inference import predict as run_predict
     out = one_process("predict")
     if out is None:
