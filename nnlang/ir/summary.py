@@ -512,11 +512,24 @@ def check_memory(graph: Graph, batch: int, dtype: str = "float32",
     need = memory_need(graph, batch, dtype, optimizer_slots or 0,
                        training=optimizer_slots is not None)
     need.activations = 0
-    problem = memory_problem(need, need.params if weights_held else 0)
+    held = need.params if weights_held else 0
+    problem = memory_problem(need, held)
     if problem is None:
         return
     name, shape, span = need.largest
-    raise NNError(problem, span, f"the largest weight is {name} {fmt_shape(shape)}; use "
-                  "smaller layers" + (", an optimizer with less state (sgd without momentum "
-                                      "keeps none)" if optimizer_slots else "") +
-                  ", or a machine with more memory")
+    hint = (f"the largest weight is {name} {fmt_shape(shape)}; use smaller layers"
+            + (", an optimizer with less state (sgd without momentum keeps none)"
+               if optimizer_slots else "") + ", or a machine with more memory")
+    have = machine_memory()
+    if need.total - held <= have.available + have.swap:
+        # NOTE: as the executables' check (runtime/executable.py _check_host_memory): within
+        # swap the model runs, slowly, so it is a warning, not a refusal
+        import warnings
+
+        from nnlang.errors import Diagnostic
+        warnings.warn(Diagnostic(f"{problem}; it runs in {human(have.swap, 'B')} of swap, "
+                                 "slowly", span, hint, severity="warning").render(),
+                      RuntimeWarning, stacklevel=2)
+        return
+    raise NNError(problem + (f" and {human(have.swap, 'B')} of swap" if have.swap else ""),
+                  span, hint)

@@ -1070,6 +1070,27 @@ def test_activations_beyond_this_machine(tmp_path):
            "float32[2, 5, 1000000000000]")
 
 
+def test_training_that_fits_only_with_swap(monkeypatch):
+    """The weights-and-optimizer check refused a training step that swap could hold: it runs
+    (slowly), as PyTorch's would. Within swap it is a warning naming the largest weight."""
+    import warnings
+
+    import nnlang
+    from nnlang.ir import summary
+    mib = 1 << 20
+    monkeypatch.setattr(summary, "machine_memory",
+                        lambda: summary.HostMemory(16 * mib, 5 * mib, "", 8 * mib))
+    net = nnlang.compile(MLP, backend="reference", batch=4, total_steps=1)  # weights: 2.04 MiB
+    image, label = np.zeros((4, 784), np.float32), np.zeros(4, np.int32)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        net.train_step({"image": image, "label": label})
+    (warning,) = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
+    expect(warning, f"{MLP}:8:8: warning: this model needs about 8.18 MiB", "this machine has "
+           "7.04 MiB of memory available", "it runs in 8.00 MiB of swap, slowly",
+           "the largest weight is")
+
+
 def test_buffers_that_together_exceed_this_machine(monkeypatch):
     """Each planned buffer fitting alone, the step's buffers together could exceed the
     machine's memory: the allocations succeeded (address space only) and the step was killed
