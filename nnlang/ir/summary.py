@@ -524,12 +524,8 @@ def check_memory(graph: Graph, batch: int, dtype: str = "float32",
     if need.total - held <= have.available + have.swap:
         # NOTE: as the executables' check (runtime/executable.py _check_host_memory): within
         # swap the model runs, slowly, so it is a warning, not a refusal
-        import warnings
-
-        from nnlang.errors import Diagnostic
-        warnings.warn(Diagnostic(f"{problem}; it runs in {human(have.swap, 'B')} of swap, "
-                                 "slowly", span, hint, severity="warning").render(),
-                      RuntimeWarning, stacklevel=2)
+        from nnlang.errors import warn
+        warn(f"{problem}; it runs in {human(have.swap, 'B')} of swap, slowly", span, hint)
         return
     raise NNError(problem + (f" and {human(have.swap, 'B')} of swap" if have.swap else ""),
                   span, hint)

@@ -87,9 +87,7 @@ def _check_host_memory(g: Graph, memory: MemoryPlan, backend: Backend, pending: 
     NOTE: swap counts, as a warning: PyTorch and Keras refuse nothing, and a step that fits in
     memory and swap together runs (slowly), so refusing it would stop a run that works; only a
     step past both is certainly killed."""
-    import warnings
-
-    from nnlang.errors import Diagnostic
+    from nnlang.errors import warn
     from nnlang.ir.summary import human, machine_memory
 
     if backend.xp is not np or backend.render_only or not memory.assign:
@@ -105,10 +103,8 @@ def _check_host_memory(g: Graph, memory: MemoryPlan, backend: Backend, pending: 
                                                      if pending else ""))
     hint = _memory_hint(g, memory, big)
     if need <= have.available + have.swap:
-        warnings.warn(Diagnostic(f"{what} exceed the memory available: {have.describe()}; the "
-                                 f"step runs in {human(have.swap, 'B')} of swap, slowly",
-                                 big.span, hint, severity="warning").render(),
-                      RuntimeWarning, stacklevel=2)
+        warn(f"{what} exceed the memory available: {have.describe()}; the step runs in "
+             f"{human(have.swap, 'B')} of swap, slowly", big.span, hint)
         return
     raise NNError(f"cannot allocate {what}: {have.describe()}"
                   + (f" and {human(have.swap, 'B')} of swap" if have.swap else ""), big.span, hint)

@@ -1076,6 +1076,7 @@ def test_training_that_fits_only_with_swap(monkeypatch):
     import warnings
 
     import nnlang
+    from nnlang.errors import NNWarning
     from nnlang.ir import summary
     mib = 1 << 20
     monkeypatch.setattr(summary, "machine_memory",
@@ -1085,7 +1086,7 @@ def test_training_that_fits_only_with_swap(monkeypatch):
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         net.train_step({"image": image, "label": label})
-    (warning,) = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
+    (warning,) = [str(w.message) for w in seen if issubclass(w.category, NNWarning)]
     expect(warning, f"{MLP}:8:8: warning: this model needs about 8.18 MiB", "this machine has "
            "7.04 MiB of memory available", "it runs in 8.00 MiB of swap, slowly",
            "the largest weight is")
@@ -1174,7 +1175,7 @@ def test_buffers_that_fit_only_with_swap(monkeypatch, tmp_path, swap_mib, swap_m
     import warnings
 
     import nnlang
-    from nnlang.errors import NNError
+    from nnlang.errors import NNError, NNWarning
     _fake_memory(monkeypatch, tmp_path, 4, swap_mib, swap_max)
     text = model("y = one_hot(tok, depth = 4096) * 2.0").replace("loss mean(y)", "output y")
     net = nnlang.compile(text, batch=64)   # 10 MiB of values: 4 MiB available
@@ -1188,7 +1189,7 @@ def test_buffers_that_fit_only_with_swap(monkeypatch, tmp_path, swap_mib, swap_m
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         assert net.forward({"tok": tok})["y"].shape == (64, 5, 4096)
-    (warning,) = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)]
+    (warning,) = [str(w.message) for w in seen if issubclass(w.category, NNWarning)]
     expect(warning, "<string>:7:7: warning: 10.00 MiB for this step's values", "this machine "
            "has 4.00 MiB of memory available", "8.00 MiB of swap, slowly", "^^^^")
 
