@@ -113,7 +113,7 @@ class Net:
         self.user = program.graph
         self.lengths = {s: DEFAULT_LENGTH for s in self.user.symbols if s != "batch"}
         self._exes: dict = {}
-        self._fresh: set = set()  # optimizer slots made (zeros, no pages yet) before a train step ran
+        self._fresh: set = set()  # optimizer slots made (zeros, no pages) before a step ran
         self._checks: dict = {}   # executable key -> the inputs holding ids, checked per call
         self._train_ranks = 1     # the process count the training executables average over
         self.step = 0
