@@ -165,6 +165,7 @@ class Executable:
         self.disable = tuple(disable)   # the pass switches, which scan bodies follow too
         self.bodies: list[Executable] = []
         self.views = views
+        self.pending = pending
         self.buffers = _allocate(g, memory, backend, pending)
         self.written = False   # whether a run wrote the buffers (until then they hold no pages)
         self.arrays: dict = {}
@@ -212,8 +213,16 @@ class Executable:
 
     def _scan_call(self, nid: int):
         n = self.graph.node(nid)
-        call, body = scan_call(self.backend, n, [self.arrays[i] for i in n.inputs],
-                               self.arrays[nid], self.disable)
+        # NOTE: the body's buffers come on top of this step's and earlier bodies', none written yet
+        held = self.pending + self.memory.total_bytes + sum(b.memory.total_bytes
+                                                             for b in self.bodies)
+        try:
+            call, body = scan_call(self.backend, n, [self.arrays[i] for i in n.inputs],
+                                   self.arrays[nid], self.disable, held)
+        except NNError as err:   # NOTE: the body graph's nodes carry no span: the scan's
+            if err.span is not None or n.span is None:
+                raise
+            raise NNError(err.message, n.span, err.hint) from None
         self.bodies.append(body)
         self._sources += [(f"# scan %{nid}, one step of its body:\n" + head, src)
                           for head, src in body._sources]

@@ -1216,6 +1216,25 @@ def test_steps_that_together_exceed_this_machine(monkeypatch, tmp_path):
     assert net.forward({"tok": np.zeros((32, 5), np.int32)})["y"].shape == (32, 5, 4096)
 
 
+def test_a_scan_body_on_top_of_its_step(monkeypatch):
+    """A recurrence's body is an executable of its own, built while its step's buffers are
+    allocated and not yet written: each was checked alone, so the two together could pass
+    MemAvailable and be killed. The body counts the step's buffers."""
+    import nnlang
+    from nnlang.errors import NNError
+    from nnlang.ir import summary
+    text = "model R {\n  input x: float32[batch, 6, 4]\n  output y = lstm(x, 256, " \
+        "return_sequences = true)\n}\n"
+    net = nnlang.compile(text, batch=8)   # the weights' check passes on this machine
+    # NOTE: the step plans 288 KiB, its body 96 KiB: each fits in 300 KiB, together not
+    monkeypatch.setattr(summary, "machine_memory", lambda: summary.HostMemory(64 << 20, 300 << 10))
+    with pytest.raises(NNError) as err:
+        net.prepare("predict")
+    expect(err.value.render(), "<string>:3:14: error: cannot allocate 96.00 KiB for this step's "
+           "values", "and the 288.00 KiB this net allocated before and has not written yet: "
+           "this machine has 300.00 KiB of memory available")
+
+
 def test_a_step_whose_values_do_not_grow_with_the_batch(monkeypatch):
     """The refusal always said "use a smaller batch", also for a train step at batch 1 of a
     huge embedding, whose largest value is the weight's gradient: the batch does not change
