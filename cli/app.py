@@ -13,6 +13,7 @@ import signal
 import stat
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from rich.console import Console
 from rich.text import Text
 
 from nnlang.backends.ctrl_c import asks_to_stop
-from nnlang.errors import Given, NNError, Span
+from nnlang.errors import Given, NNError, NNWarning, Span
 
 RICH_HELP_COLUMNS = 80   # NOTE: the narrowest width the panels of every command's help fit
 
@@ -209,10 +210,11 @@ def err_console() -> Console:
     return Console(file=sys.stderr, soft_wrap=True, highlight=False)
 
 
-def print_error(err: NNError) -> None:
-    """The rendered error, exactly as `NNError.render()` gives it (carets stay aligned); only
-    colour is added, and no markup in the message is interpreted."""
-    text = Text(err.render())
+def print_error(err: NNError | str) -> None:
+    """The rendered error (or a rendered warning's text), exactly as `NNError.render()` gives
+    it (carets stay aligned); only colour is added, and no markup in the message is
+    interpreted."""
+    text = Text(err if isinstance(err, str) else err.render())
     text.highlight_regex(r"error:", "bold red")
     text.highlight_regex(r"warning:", "bold yellow")
     text.highlight_regex(r"(?m)^ +\^+$", "bold red")
@@ -332,7 +334,17 @@ def reporting():
     are replaced atomically). `fit` handles a Ctrl-C, SIGTERM or SIGHUP while training itself:
     it saves a checkpoint and says so."""
     try:
-        with _sigterm_raises():
+        with _sigterm_raises(), warnings.catch_warnings():
+            shown = warnings.showwarning
+
+            def show(message, category, *args, **kw):
+                # NOTE: an NNWarning is already rendered (file:line:col, caret, hint); Python's
+                # own form would prefix nnlang's source file and line
+                if issubclass(category, NNWarning):
+                    print_error(str(message))
+                else:
+                    shown(message, category, *args, **kw)
+            warnings.showwarning = show
             yield
     except NNError as err:
         _after_rank_zero()

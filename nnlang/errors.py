@@ -95,6 +95,18 @@ class Given(dict):
         self.spans = dict(spans or {})
 
 
+class NNWarning(UserWarning):
+    """A located warning at run time (a step that fits only with swap), its text a rendered
+    `Diagnostic` of severity "warning"; the CLI prints it as it prints errors."""
+
+
+def warn(message: str, span: Span | None = None, hint: str | None = None) -> None:
+    """Issues an NNWarning rendered like an error (file:line:col, caret, hint)."""
+    import warnings
+    warnings.warn(Diagnostic(message, span, hint, severity="warning").render(), NNWarning,
+                  stacklevel=3)
+
+
 class NNError(Exception):
     """The error nnlang reports for bad input: one or more diagnostics, each with a span."""
 

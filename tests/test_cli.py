@@ -1217,3 +1217,17 @@ def test_check_on_a_narrow_terminal_loses_no_cell():
     # wide enough, it is the table
     wide = _on_a_terminal("check", "models/mlp.nn", columns=120)
     assert re.search(r"Layer\s+Op\s+Output shape\s+Params\s+FLOPs\s+Memory", wide), wide
+
+
+def test_a_step_that_fits_only_with_swap_warns_like_an_error(monkeypatch):
+    """A step past the memory available but within swap runs (slowly) with a warning; the
+    command prints it rendered as its errors are (file:line:col, caret, hint), not in Python's
+    warning form naming nnlang's own source line."""
+    from nnlang.ir import summary
+    mib = 1 << 20
+    monkeypatch.setattr(summary, "machine_memory",
+                        lambda: summary.HostMemory(64 * mib, 1024, "", 64 * mib))
+    r = run("compile", "models/mlp.nn", "--emit", "ir", "--batch", "4")
+    assert r.exit_code == 0, r.stderr
+    assert "models/mlp.nn:8:8: warning: " in r.stderr and "of swap, slowly" in r.stderr
+    assert "hint: " in r.stderr and "Warning" not in r.stderr and ".py:" not in r.stderr

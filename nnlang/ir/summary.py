@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 from nnlang.ir.dims import DEFAULT_BATCH, Sym, bind, fmt_shape, with_dtype
 from nnlang.ir.graph import Builder, Graph, Node, folded_calls, op_attrs, slots, weight_users
@@ -367,14 +368,35 @@ def memory_need(graph: Graph, batch: int, dtype: str | None = None, optimizer_sl
 _MEMINFO = "/proc/meminfo"
 _CGROUP = "/sys/fs/cgroup"
 _SELF_CGROUP = "/proc/self/cgroup"
-# (limit, usage, the memory.stat key of reclaimable page cache) in cgroup v2 and v1
-_CGROUP_FILES = (("memory.max", "memory.current", "inactive_file"),
-                 ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+# (limit, usage, the memory.stat key of reclaimable page cache, swap limit, swap usage) in
+# cgroup v2 and v1; v1's swap files count memory and swap together
+_CGROUP_FILES = (("memory.max", "memory.current", "inactive_file", "memory.swap.max",
+                  "memory.swap.current"),
+                 ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file",
+                  "memory.memsw.limit_in_bytes", "memory.memsw.usage_in_bytes"))
 
 
-def machine_memory() -> tuple[int, int] | None:
-    """(total, available) bytes of RAM on this machine, or None where the system cannot say;
-    within a cgroup's memory limit (a container's, a systemd slice's) where that is lower.
+class HostMemory(NamedTuple):
+    """What `machine_memory` found: bytes of RAM in all and available; `limit_file`: the cgroup
+    file whose limit bounds them ("" where the machine's own memory does); `swap`: bytes of
+    swap this process may still use besides."""
+    total: int
+    available: int
+    limit_file: str = ""
+    swap: int = 0
+
+    def describe(self, held: int = 0) -> str:
+        """"this machine has X of memory available (Y in all)", or the container's limit's
+        words where that is what bounds it; `held`: bytes counted as available besides."""
+        where = f"this container's memory limit ({self.limit_file}) leaves" if self.limit_file \
+            else "this machine has"
+        return (f"{where} {human(self.available + held, 'B')} of memory available "
+                f"({human(self.total, 'B')} in all)")
+
+
+def machine_memory() -> HostMemory | None:
+    """RAM on this machine, or None where the system cannot say; within a cgroup's memory limit
+    (a container's, a systemd slice's) where that is lower.
     NOTE: /proc/meminfo shows the host's memory inside a container: a container limited to
     4 GiB on a 64 GiB host is killed by the out-of-memory killer at its limit, long before
     MemAvailable says the memory is gone."""
@@ -382,29 +404,34 @@ def machine_memory() -> tuple[int, int] | None:
     limit = _cgroup_memory()
     if have is None or limit is None:
         return have
-    return min(have[0], limit[0]), min(have[1], limit[1])
+    total, swap = min(have.total, limit.total), min(have.swap, limit.swap)
+    if limit.available < have.available:
+        return HostMemory(total, limit.available, limit.limit_file, swap)
+    return HostMemory(total, have.available, "", swap)
 
 
-def _meminfo() -> tuple[int, int] | None:
+def _meminfo() -> HostMemory | None:
     try:
         with open(_MEMINFO) as f:
             info = {k: int(v.split()[0]) * 1024 for k, v in
                     (line.split(":", 1) for line in f if ":" in line)}
-        return info["MemTotal"], info.get("MemAvailable", info["MemTotal"])
+        return HostMemory(info["MemTotal"], info.get("MemAvailable", info["MemTotal"]), "",
+                          info.get("SwapFree", 0))
     except (OSError, KeyError, ValueError):
         pass
     try:
         import os
         page = os.sysconf("SC_PAGE_SIZE")
-        return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+        return HostMemory(os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page)
     except (AttributeError, ValueError, OSError):
         return None
 
 
-def _cgroup_memory() -> tuple[int, int] | None:
-    """(limit, limit - usage) of the tightest memory limit on this process's cgroup and its
-    parents, usage without the reclaimable page cache (inactive files, as `docker stats`
-    counts it); None where no limit is set or cgroups cannot be read."""
+def _cgroup_memory() -> HostMemory | None:
+    """The tightest memory limit on this process's cgroup and its parents: (limit, limit -
+    usage, its file, the swap it still allows), usage without the reclaimable page cache
+    (inactive files, as `docker stats` counts it); None where no limit is set or cgroups
+    cannot be read. A cgroup without swap accounting (no swap file) may swap freely."""
     from pathlib import Path
 
     dirs = []
@@ -419,34 +446,48 @@ def _cgroup_memory() -> tuple[int, int] | None:
     except (OSError, ValueError):
         pass
     dirs += [Path(_CGROUP), Path(_CGROUP) / "memory"]   # a container's own cgroup namespace
-    best = None
+    best, swap = None, 1 << 62
     for d in dict.fromkeys(dirs):
-        for limit_file, usage_file, cache_key in _CGROUP_FILES:
+        for v1, (limit_file, usage_file, cache_key, swap_file, swapped_file) in \
+                enumerate(_CGROUP_FILES):
             try:
                 text = (d / limit_file).read_text().strip()
                 if text == "max" or int(text) >= 1 << 60:   # v1 writes "no limit" as ~2**63
-                    continue
-                limit, used = int(text), int((d / usage_file).read_text())
-                for line in (d / "memory.stat").read_text().splitlines():
-                    key, _, value = line.partition(" ")
-                    if key == cache_key:
-                        used -= int(value)
+                    limit = None
+                else:
+                    limit, used = int(text), int((d / usage_file).read_text())
+                    for line in (d / "memory.stat").read_text().splitlines():
+                        key, _, value = line.partition(" ")
+                        if key == cache_key:
+                            used -= int(value)
             except (OSError, ValueError):
+                continue
+            try:
+                text = (d / swap_file).read_text().strip()
+                if text != "max" and int(text) < 1 << 60:
+                    left = int(text) - int((d / swapped_file).read_text())
+                    if v1 and limit is not None:   # memsw: memory and swap together
+                        left -= max(limit - max(used, 0), 0)
+                    swap = min(swap, max(left, 0))
+            except (OSError, ValueError):
+                pass
+            if limit is None:
                 continue
             free = max(limit - max(used, 0), 0)
             if best is None or free < best[1]:
-                best = (limit, free)
-    return best
+                best = (limit, free, limit_file)
+    if best is None and swap < 1 << 62:   # a swap limit alone (memory.swap.max = 0)
+        best = (1 << 62, 1 << 62, "")
+    return None if best is None else HostMemory(*best, swap)
 
 
 def memory_problem(need: MemoryNeed, held: int = 0) -> str | None:
     """Why `need` cannot fit in this machine's available memory (None when it can, or when the
     machine's memory is unknown); `held`: bytes of it already allocated, no longer available."""
     have = machine_memory()
-    if have is None or need.total - held <= have[1]:
+    if have is None or need.total - held <= have.available:
         return None
-    return (f"this model needs {need.describe()}, but this machine has "
-            f"{human(have[1] + held, 'B')} of memory available ({human(have[0], 'B')} in all)")
+    return f"this model needs {need.describe()}, but {have.describe(held)}"
 
 
 def training_memory_problem(program, batch: int) -> str | None:
@@ -471,11 +512,20 @@ def check_memory(graph: Graph, batch: int, dtype: str = "float32",
     need = memory_need(graph, batch, dtype, optimizer_slots or 0,
                        training=optimizer_slots is not None)
     need.activations = 0
-    problem = memory_problem(need, need.params if weights_held else 0)
+    held = need.params if weights_held else 0
+    problem = memory_problem(need, held)
     if problem is None:
         return
     name, shape, span = need.largest
-    raise NNError(problem, span, f"the largest weight is {name} {fmt_shape(shape)}; use "
-                  "smaller layers" + (", an optimizer with less state (sgd without momentum "
-                                      "keeps none)" if optimizer_slots else "") +
-                  ", or a machine with more memory")
+    hint = (f"the largest weight is {name} {fmt_shape(shape)}; use smaller layers"
+            + (", an optimizer with less state (sgd without momentum keeps none)"
+               if optimizer_slots else "") + ", or a machine with more memory")
+    have = machine_memory()
+    if need.total - held <= have.available + have.swap:
+        # NOTE: as the executables' check (runtime/executable.py _check_host_memory): within
+        # swap the model runs, slowly, so it is a warning, not a refusal
+        from nnlang.errors import warn
+        warn(f"{problem}; it runs in {human(have.swap, 'B')} of swap, slowly", span, hint)
+        return
+    raise NNError(problem + (f" and {human(have.swap, 'B')} of swap" if have.swap else ""),
+                  span, hint)

@@ -55,11 +55,13 @@ def _value_bytes(n) -> float:
     return np.prod([int(d) for d in n.shape], dtype=float) * np.dtype(n.dtype).itemsize
 
 
-def _allocate(g: Graph, memory: MemoryPlan, backend: Backend) -> list:
+def _allocate(g: Graph, memory: MemoryPlan, backend: Backend, pending: int = 0) -> list:
     """The planned buffers. One this machine cannot hold is an error at the op whose value
     needs it (the largest value planned into it): `check` only warns about activations, and
-    `check_memory` counts weights alone, so this is where such a value is first refused."""
-    _check_host_memory(g, memory, backend)
+    `check_memory` counts weights alone, so this is where such a value is first refused.
+    `pending`: bytes the caller allocated already that nothing has written yet (see
+    `_check_host_memory`)."""
+    _check_host_memory(g, memory, backend, pending)
     buffers = []
     for i, size in enumerate(memory.sizes):
         try:
@@ -74,25 +76,80 @@ def _allocate(g: Graph, memory: MemoryPlan, backend: Backend) -> list:
     return buffers
 
 
-def _check_host_memory(g: Graph, memory: MemoryPlan, backend: Backend) -> None:
+def _check_host_memory(g: Graph, memory: MemoryPlan, backend: Backend, pending: int = 0) -> None:
     """Host buffers that together exceed this machine's available memory are an error at the
     op of the largest value. NOTE: each buffer alone fits, so each allocation succeeds (Linux
     hands out address space, not pages) and the step is killed by the kernel's out-of-memory
     killer once it writes them, without a word: a GPT of vocab 50,000 at block 1,024 and batch
-    24 planned 48 GiB on a 23 GiB machine and compiled without complaint."""
-    from nnlang.backends.aligned import ALLOC_HINT
+    24 planned 48 GiB on a 23 GiB machine and compiled without complaint. For the same reason
+    `pending`, what the net allocated for its other executables and optimizer slots and has not
+    written yet, is not in MemAvailable and counts here.
+    NOTE: swap counts, as a warning: PyTorch and Keras refuse nothing, and a step that fits in
+    memory and swap together runs (slowly), so refusing it would stop a run that works; only a
+    step past both is certainly killed."""
+    from nnlang.errors import warn
     from nnlang.ir.summary import human, machine_memory
 
     if backend.xp is not np or backend.render_only or not memory.assign:
         return
     have = machine_memory()
-    if have is None or memory.total_bytes <= have[1]:
+    need = memory.total_bytes + pending
+    if have is None or need <= have.available:
         return
     big = max((g.node(nid) for nid in memory.assign), key=_value_bytes)
-    raise NNError(f"cannot allocate {human(memory.total_bytes, 'B')} for this step's values "
-                  f"(the largest, {big.type}, {human(_value_bytes(big), 'B')}): this machine "
-                  f"has {human(have[1], 'B')} of memory available ({human(have[0], 'B')} in "
-                  "all)", big.span, ALLOC_HINT)
+    what = (f"{human(memory.total_bytes, 'B')} for this step's values (the largest, {big.type}, "
+            f"{human(_value_bytes(big), 'B')})" + (f" and the {human(pending, 'B')} this net "
+                                                     "allocated before and has not written yet"
+                                                     if pending else ""))
+    hint = _memory_hint(g, memory, big)
+    if need <= have.available + have.swap:
+        warn(f"{what} exceed the memory available: {have.describe()}; the step runs in "
+             f"{human(have.swap, 'B')} of swap, slowly", big.span, hint)
+        return
+    raise NNError(f"cannot allocate {what}: {have.describe()}"
+                  + (f" and {human(have.swap, 'B')} of swap" if have.swap else ""), big.span, hint)
+
+
+def _memory_hint(g: Graph, memory: MemoryPlan, big) -> str:
+    """What would make a step's values fit: a smaller batch where most of them grow with it
+    (a leading batch dim), else fewer parameters, naming the weight whose gradient is the
+    largest value that does not (a train step at batch 1 of a huge embedding)."""
+    from nnlang.backends.aligned import ALLOC_HINT
+    from nnlang.ir.dims import fmt_shape
+    from nnlang.ir.summary import human
+
+    batch = {int(g.node(i).shape[0]) for i in g.inputs.values() if g.node(i).shape}
+    from nnlang.ops.optim import slot_param
+
+    weights = {tuple(int(d) for d in g.node(p).shape): name for name, p in g.params.items()
+               if slot_param(name) is None}
+
+    def per_batch(n) -> bool:
+        shape = tuple(int(d) for d in n.shape)
+        return bool(shape) and shape[0] in batch and not (n.role != "fwd" and shape in weights)
+    biggest: dict[int, object] = {}
+    for nid, b in memory.assign.items():
+        n = g.node(nid)
+        if b not in biggest or _value_bytes(n) > _value_bytes(biggest[b]):
+            biggest[b] = n
+    grows = sum(memory.sizes[b] for b, n in biggest.items() if per_batch(n))
+    if not batch or 2 * grows >= memory.total_bytes:
+        return ALLOC_HINT
+    fixed = max((n for n in biggest.values() if not per_batch(n)), key=_value_bytes)
+    shape = tuple(int(d) for d in fixed.shape)
+    name = weights.get(shape) if fixed.role != "fwd" else None
+    share = f"{human(memory.total_bytes - grows, 'B')} of them do not grow with the batch"
+    if name is None:
+        return f"{share} (the largest, {fixed.type}); a smaller batch would not help: use " \
+            "smaller layers or a machine with more memory"
+    kept = [s for s in g.params if slot_param(s) == name]
+    slots = f"; the optimizer keeps {len(kept)} more of its size ({', '.join(kept)})" \
+        if kept else ""
+    return (f"{share}: the largest is the gradient of the weight {name} "
+            f"{fmt_shape(shape)}{slots}; a smaller batch would not help: use fewer parameters "
+            "(a smaller vocab or dim)" + (", an optimizer with less state (sgd without "
+                                          "momentum keeps none)" if kept else "")
+            + ", or a machine with more memory")
 
 
 class Executable:
@@ -103,12 +160,14 @@ class Executable:
     results there, so a training loop syncs only when it reads them (`read_all`)."""
 
     def __init__(self, g: Graph, steps: list[Step], views: dict[int, int], memory: MemoryPlan,
-                 backend: Backend, state: dict | None = None, disable=()):
+                 backend: Backend, state: dict | None = None, disable=(), pending: int = 0):
         self.graph, self.steps, self.memory, self.backend = g, steps, memory, backend
         self.disable = tuple(disable)   # the pass switches, which scan bodies follow too
         self.bodies: list[Executable] = []
         self.views = views
-        self.buffers = _allocate(g, memory, backend)
+        self.pending = pending
+        self.buffers = _allocate(g, memory, backend, pending)
+        self.written = False   # whether a run wrote the buffers (until then they hold no pages)
         self.arrays: dict = {}
         shared = state if state is not None else {}
         params = {}
@@ -154,8 +213,16 @@ class Executable:
 
     def _scan_call(self, nid: int):
         n = self.graph.node(nid)
-        call, body = scan_call(self.backend, n, [self.arrays[i] for i in n.inputs],
-                               self.arrays[nid], self.disable)
+        # NOTE: the body's buffers come on top of this step's and earlier bodies', none written yet
+        held = self.pending + self.memory.total_bytes + sum(b.memory.total_bytes
+                                                             for b in self.bodies)
+        try:
+            call, body = scan_call(self.backend, n, [self.arrays[i] for i in n.inputs],
+                                   self.arrays[nid], self.disable, held)
+        except NNError as err:   # NOTE: the body graph's nodes carry no span: the scan's
+            if err.span is not None or n.span is None:
+                raise
+            raise NNError(err.message, n.span, err.hint) from None
         self.bodies.append(body)
         self._sources += [(f"# scan %{nid}, one step of its body:\n" + head, src)
                           for head, src in body._sources]
@@ -258,6 +325,7 @@ class Executable:
             else:
                 raise NNError(f"no value fed for input '{name}'")
         self._step()
+        self.written = True
         return self.backend.results(self._results, fetch)
 
     def read_all(self, results: list[dict]) -> list[dict]:
@@ -290,10 +358,11 @@ class Executable:
 
 
 def compile_graph(g: Graph, backend: str | Backend = "numba", disable=(), state=None,
-                  render_only: bool = False) -> Executable:
+                  render_only: bool = False, pending: int = 0) -> Executable:
     """optimize -> schedule -> memory plan (or the same plan from the cache) -> codegen +
     compile, for a primitive graph. `render_only`: render the kernels, compile nothing and
-    need no device (what `--emit kernels` shows for CUDA; such an executable cannot run)."""
+    need no device (what `--emit kernels` shows for CUDA; such an executable cannot run).
+    `pending`: bytes allocated elsewhere and not yet written, which the memory check counts."""
     g, steps, views, memory = plan(g, disable)
     be = get_backend(backend, render_only) if isinstance(backend, str) else backend
-    return Executable(g, steps, views, memory, be, state, disable)
+    return Executable(g, steps, views, memory, be, state, disable, pending)

@@ -439,8 +439,20 @@ class Generator:
             with paused_gc():
                 graph = getattr(self.graphs, kind) if self.graphs else self.net.user
                 g = forward_graph(graph, batch, self.net.dtype, ("outputs",))
-                self._exes[key] = _compile(g, self.net.backend, self.state, self.net.disable)
+                self._exes[key] = _compile(g, self.net.backend, self.state, self.net.disable,
+                                           self._unwritten(batch))
         return self._exes[key]
+
+    def _unwritten(self, batch: int) -> int:
+        """Bytes allocated and not yet written (`Net.unwritten`): the net's, these decoders'
+        until they run, and `batch`'s caches (zeros) while none of its decoders has run."""
+        from nnlang.runtime.net import _buffer_bytes
+        mine = [exe for (_, b), exe in self._exes.items() if b == batch]
+        caches = self.graphs.caches if self.graphs else {}
+        return self.net.unwritten() + sum(_buffer_bytes(e) for e in self._exes.values()
+                                          if not getattr(e, "written", True)) \
+            + (0 if any(getattr(e, "written", True) for e in mine)
+               else sum(self.state[name].nbytes for name in caches))
 
     def _forget_others(self, latest: int) -> None:
         """Drops the decoders (executables and KV caches) of the least recently used other

@@ -81,13 +81,14 @@ class _Interpreted:
         return results
 
 
-def _compile(g, backend: str, state: dict, disable=()):
-    """An executable whose parameters are the arrays in `state` (shared, updated in place)."""
+def _compile(g, backend: str, state: dict, disable=(), pending: int = 0):
+    """An executable whose parameters are the arrays in `state` (shared, updated in place);
+    `pending`: bytes allocated and not yet written besides (`Net.unwritten`)."""
     if backend == "reference":
         return _Interpreted(g, state)
     check_backend(backend)
     from nnlang.runtime.executable import compile_graph
-    return compile_graph(g, backend=backend, disable=disable, state=state)
+    return compile_graph(g, backend=backend, disable=disable, state=state, pending=pending)
 
 
 class Net:
@@ -112,6 +113,7 @@ class Net:
         self.user = program.graph
         self.lengths = {s: DEFAULT_LENGTH for s in self.user.symbols if s != "batch"}
         self._exes: dict = {}
+        self._fresh: set = set()  # optimizer slots made (zeros, no pages) before a step ran
         self._checks: dict = {}   # executable key -> the inputs holding ids, checked per call
         self._train_ranks = 1     # the process count the training executables average over
         self.step = 0
@@ -264,6 +266,7 @@ class Net:
                     self.state[k].set(np.array(arr, dt, order="C"))
                 elif k in self.state:  # NOTE: in place: compiled executables hold these arrays
                     np.copyto(self.state[k], arr.astype(dt, copy=False))
+                    self._fresh.discard(k)
                 else:
                     self.state[k] = aligned_copy(arr, dt)
             if STEP_SLOT in arrays:
@@ -332,11 +335,24 @@ class Net:
                 if name not in self.state:
                     shape = tuple(int(d) for d in g.node(nid).shape)
                     self.state[name] = aligned_zeros(shape, self.dtype)
+                    self._fresh.add(name)
         else:
             results = ("outputs",) if kind == "predict" else ("outputs", "losses", "metrics")
             g = forward_graph(self.user, batch, self.dtype, results, lengths,
                               divided=kind == "eval")
-        return _compile(g, self.backend, self.state, self.disable), g
+        return _compile(g, self.backend, self.state, self.disable, self.unwritten()), g
+
+    def unwritten(self) -> int:
+        """Bytes this net allocated that nothing has written yet: its executables' buffers
+        until they first run, and the optimizer's slots (zeros) until a train step runs.
+        NOTE: Linux gives such memory no pages until it is written, so MemAvailable does not
+        count it yet; each new executable's memory check must, or the train and eval steps,
+        buckets of lengths or decoders that each fit alone are killed together."""
+        if any(getattr(e, "written", True) for k, (e, _) in self._exes.items() if _trains(k[0])):
+            self._fresh.clear()
+        return sum(_buffer_bytes(e) for e, _ in self._exes.values()
+                   if not getattr(e, "written", True)) \
+            + sum(self.state[k].nbytes for k in self._fresh if k in self.state)
 
     def prepare(self, kind: str = "train", batch: int | None = None) -> None:
         """Compiles the `kind` executable (train | eval | predict) for `batch` now rather than

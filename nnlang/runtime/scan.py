@@ -127,8 +127,9 @@ def row_parts(exe, batch: int, outer: list):
     return batch, [byte_range(a) for a in arrays if a.size]
 
 
-def scan_call(backend, node, inputs: list, out, disable=()):
-    """(call, the body executable) for a scan node given its input arrays and output array."""
+def scan_call(backend, node, inputs: list, out, disable=(), pending: int = 0):
+    """(call, the body executable) for a scan node given its input arrays and output array;
+    `pending`: bytes allocated and not yet written besides (the enclosing step's buffers)."""
     from nnlang.runtime.executable import compile_graph
     body = node.attrs["body"]
     nseq = body.n_seqs
@@ -143,7 +144,8 @@ def scan_call(backend, node, inputs: list, out, disable=()):
             staged.append((state[f"w{j}"], w))
         else:
             state[f"w{j}"] = w
-    exe = compile_graph(_body_graph(node), backend, disable=disable, state=state)
+    exe = compile_graph(_body_graph(node), backend, disable=disable, state=state,
+                        pending=pending)
     # NOTE: an input the body never reads (a backward scan's zero dy) is never copied in
     g = exe.graph
     feeds = {k: a for k, a in exe._feeds

@@ -518,7 +518,7 @@ def test_weights_that_fit_but_not_their_training(monkeypatch):
     from nnlang.errors import NNError
     from nnlang.ir import summary
     mib = 1 << 20
-    monkeypatch.setattr(summary, "machine_memory", lambda: (16 * mib, 5 * mib))
+    monkeypatch.setattr(summary, "machine_memory", lambda: summary.HostMemory(16 * mib, 5 * mib))
     net = nnlang.compile(MLP, backend="reference", batch=4, total_steps=1)  # weights: 2.04 MiB
     image, label = np.zeros((4, 784), np.float32), np.zeros(4, np.int32)
     assert net.forward({"image": image})["logits"].shape == (4, 10)
@@ -1070,6 +1070,28 @@ def test_activations_beyond_this_machine(tmp_path):
            "float32[2, 5, 1000000000000]")
 
 
+def test_training_that_fits_only_with_swap(monkeypatch):
+    """The weights-and-optimizer check refused a training step that swap could hold: it runs
+    (slowly), as PyTorch's would. Within swap it is a warning naming the largest weight."""
+    import warnings
+
+    import nnlang
+    from nnlang.errors import NNWarning
+    from nnlang.ir import summary
+    mib = 1 << 20
+    monkeypatch.setattr(summary, "machine_memory",
+                        lambda: summary.HostMemory(16 * mib, 5 * mib, "", 8 * mib))
+    net = nnlang.compile(MLP, backend="reference", batch=4, total_steps=1)  # weights: 2.04 MiB
+    image, label = np.zeros((4, 784), np.float32), np.zeros(4, np.int32)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        net.train_step({"image": image, "label": label})
+    (warning,) = [str(w.message) for w in seen if issubclass(w.category, NNWarning)]
+    expect(warning, f"{MLP}:8:8: warning: this model needs about 8.18 MiB", "this machine has "
+           "7.04 MiB of memory available", "it runs in 8.00 MiB of swap, slowly",
+           "the largest weight is")
+
+
 def test_buffers_that_together_exceed_this_machine(monkeypatch):
     """Each planned buffer fitting alone, the step's buffers together could exceed the
     machine's memory: the allocations succeeded (address space only) and the step was killed
@@ -1080,7 +1102,7 @@ def test_buffers_that_together_exceed_this_machine(monkeypatch):
     from nnlang.errors import NNError
     from nnlang.ir import summary
     mib = 1 << 20
-    monkeypatch.setattr(summary, "machine_memory", lambda: (16 * mib, 4 * mib))
+    monkeypatch.setattr(summary, "machine_memory", lambda: summary.HostMemory(16 * mib, 4 * mib))
     text = model("y = one_hot(tok, depth = 4096) * 2.0").replace("loss mean(y)", "output y")
     net = nnlang.compile(text, batch=64)   # one_hot's value and y: float32[64, 5, 4096] each
     with pytest.raises(NNError) as err:
@@ -1116,11 +1138,134 @@ def test_buffers_past_a_containers_memory_limit(monkeypatch, tmp_path, v1):
     net = nnlang.compile(text, batch=64)   # one_hot's value and y: float32[64, 5, 4096] each
     with pytest.raises(NNError) as err:
         net.forward({"tok": np.zeros((64, 5), np.int32)})
+    # NOTE: the limit is the container's, not this machine's, and the message says which
     expect(err.value.render(), "<string>:7:7: error: cannot allocate 10.00 MiB for this "
-           "step's values (the largest, float32[64, 5, 4096], 5.00 MiB): this machine has "
-           "4.00 MiB of memory available (8.00 MiB in all)", "hint: use a smaller batch")
+           "step's values (the largest, float32[64, 5, 4096], 5.00 MiB): this container's "
+           f"memory limit ({names[0]}) leaves 4.00 MiB of memory available (8.00 MiB in all)",
+           "hint: use a smaller batch")
     (cg / names[0]).write_text("max\n" if not v1 else f"{2 ** 63 - 4096}\n")   # no limit
     assert net.forward({"tok": np.zeros((64, 5), np.int32)})["y"].shape == (64, 5, 4096)
+
+
+def _fake_memory(monkeypatch, tmp_path, available_mib: int, swap_mib: int = 0,
+                 swap_max: str | None = None) -> None:
+    """/proc/meminfo and a cgroup v2 hierarchy (no memory limit; `swap_max`: its
+    memory.swap.max) as `machine_memory` reads them."""
+    from nnlang.ir import summary
+    (tmp_path / "meminfo").write_text(f"MemTotal: {64 << 10} kB\nMemAvailable: "
+                                      f"{available_mib << 10} kB\nSwapFree: {swap_mib << 10} kB\n")
+    (tmp_path / "self").write_text("0::/job\n")
+    cg = tmp_path / "cgroup" / "job"
+    cg.mkdir(parents=True)
+    (cg / "memory.max").write_text("max\n")
+    if swap_max is not None:
+        (cg / "memory.swap.max").write_text(f"{swap_max}\n")
+        (cg / "memory.swap.current").write_text("0\n")
+    monkeypatch.setattr(summary, "_MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(summary, "_SELF_CGROUP", str(tmp_path / "self"))
+    monkeypatch.setattr(summary, "_CGROUP", str(tmp_path / "cgroup"))
+
+
+@pytest.mark.parametrize("swap_mib, swap_max, refused", [
+    (8, None, False), (8, "max", False), (1, None, True), (8, "0", True), (8, "1048576", True)])
+def test_buffers_that_fit_only_with_swap(monkeypatch, tmp_path, swap_mib, swap_max, refused):
+    """The step's buffers past MemAvailable were refused even with swap enough to hold them:
+    such a step runs (slowly), and PyTorch or Keras would run it; only a step past memory and
+    the swap its cgroup may use is certainly killed. Within swap it is a warning, at the op."""
+    import warnings
+
+    import nnlang
+    from nnlang.errors import NNError, NNWarning
+    _fake_memory(monkeypatch, tmp_path, 4, swap_mib, swap_max)
+    text = model("y = one_hot(tok, depth = 4096) * 2.0").replace("loss mean(y)", "output y")
+    net = nnlang.compile(text, batch=64)   # 10 MiB of values: 4 MiB available
+    tok = np.zeros((64, 5), np.int32)
+    if refused:
+        with pytest.raises(NNError) as err:
+            net.forward({"tok": tok})
+        expect(err.value.render(), "<string>:7:7: error: cannot allocate 10.00 MiB", "this "
+               "machine has 4.00 MiB of memory available")
+        return
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert net.forward({"tok": tok})["y"].shape == (64, 5, 4096)
+    (warning,) = [str(w.message) for w in seen if issubclass(w.category, NNWarning)]
+    expect(warning, "<string>:7:7: warning: 10.00 MiB for this step's values", "this machine "
+           "has 4.00 MiB of memory available", "8.00 MiB of swap, slowly", "^^^^")
+
+
+def test_steps_that_together_exceed_this_machine(monkeypatch, tmp_path):
+    """Each executable of a net was checked alone: one compiled (its buffers allocated, no
+    pages yet: prepare, or a train step's optimizer slots) and a second built before the first
+    ran each fit MemAvailable, and together were killed once both ran. What the net allocated
+    and has not written counts; once a step ran, its pages are in MemAvailable's count and
+    not counted again."""
+    import nnlang
+    from nnlang.errors import NNError
+    _fake_memory(monkeypatch, tmp_path, 12)
+    text = model("y = one_hot(tok, depth = 4096) * 2.0").replace("loss mean(y)", "output y")
+    net = nnlang.compile(text, batch=64)
+    net.prepare("predict")                  # 10.00 MiB planned, allocated, not written
+    with pytest.raises(NNError) as err:     # 5.00 MiB more at batch 32: 15 MiB in all
+        net.forward({"tok": np.zeros((32, 5), np.int32)})
+    expect(err.value.render(), "<string>:7:7: error: cannot allocate 5.00 MiB for this step's "
+           "values (the largest, float32[32, 5, 4096], 2.50 MiB) and the 10.00 MiB this net "
+           "allocated before and has not written yet: this machine has 12.00 MiB")
+    assert net.forward({"tok": np.zeros((64, 5), np.int32)})["y"].shape == (64, 5, 4096)
+    # NOTE: the batch-64 step ran: its pages are what MemAvailable (faked: still 12 MiB) left
+    assert net.forward({"tok": np.zeros((32, 5), np.int32)})["y"].shape == (32, 5, 4096)
+
+
+def test_a_scan_body_on_top_of_its_step(monkeypatch):
+    """A recurrence's body is an executable of its own, built while its step's buffers are
+    allocated and not yet written: each was checked alone, so the two together could pass
+    MemAvailable and be killed. The body counts the step's buffers."""
+    import nnlang
+    from nnlang.errors import NNError
+    from nnlang.ir import summary
+    text = "model R {\n  input x: float32[batch, 6, 4]\n  output y = lstm(x, 256, " \
+        "return_sequences = true)\n}\n"
+    net = nnlang.compile(text, batch=8)   # the weights' check passes on this machine
+    # NOTE: the step plans 288 KiB, its body 96 KiB: each fits in 300 KiB, together not
+    monkeypatch.setattr(summary, "machine_memory", lambda: summary.HostMemory(64 << 20, 300 << 10))
+    with pytest.raises(NNError) as err:
+        net.prepare("predict")
+    expect(err.value.render(), "<string>:3:14: error: cannot allocate 96.00 KiB for this step's "
+           "values", "and the 288.00 KiB this net allocated before and has not written yet: "
+           "this machine has 300.00 KiB of memory available")
+
+
+def test_a_step_whose_values_do_not_grow_with_the_batch(monkeypatch):
+    """The refusal always said "use a smaller batch", also for a train step at batch 1 of a
+    huge embedding, whose largest value is the weight's gradient: the batch does not change
+    it. The hint names the weight, and Adam's two slots kept for it."""
+    import nnlang
+    from nnlang.errors import NNError
+    from nnlang.ir import summary
+    from nnlang.runtime import executable
+    text = """model Bag(vocab = 20000, dim = 64) {
+  input tokens: int32[batch, 5]
+  input label: float32[batch]
+  m = mean(embedding(tokens, vocab, dim), axis = 1)
+  logit = dense(m, 1) |> squeeze(axis = -1)
+  loss bce_with_logits(logit, label)
+}
+train Bag {
+  optimizer = adam(lr = 1e-2)
+}
+"""
+    net = nnlang.compile(text, batch=1)
+    net.prepare("train")
+    exe, g = net._exe("train", 1)
+    monkeypatch.setattr(summary, "machine_memory", lambda: summary.HostMemory(64 << 20, 1 << 20))
+    with pytest.raises(NNError) as err:
+        executable._check_host_memory(exe.graph, exe.memory, exe.backend)
+    expect(err.value.render(), "error: cannot allocate 4.88 MiB for this step's values (the "
+           "largest, float32[20000, 64], 4.88 MiB)", "hint: 4.88 MiB of them do not grow with "
+           "the batch: the largest is the gradient of the weight m.weight [20000, 64]; the "
+           "optimizer keeps 2 more of its size (optimizer.m.m.weight, optimizer.v.m.weight); a "
+           "smaller batch would not help: use fewer parameters (a smaller vocab or dim), an "
+           "optimizer with less state")
 
 
 def test_a_value_too_large_on_the_reference_backend():
