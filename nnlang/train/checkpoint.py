@@ -130,9 +130,16 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
     if not isinstance(meta, dict):
         raise unreadable(path, f"its meta is {with_article(type(meta).__name__)}, not a JSON "
                                "object")
-    if meta.get("format") != FORMAT:
-        raise NNError(f"{path} has checkpoint format {meta.get('format')!r}; this nnlang "
-                      f"reads format {FORMAT}")
+    fmt = meta.get("format")
+    if fmt != FORMAT:
+        # NOTE: every nnlang so far wrote format 1, so any other number is a newer nnlang's
+        # file (what to do: upgrade), and no number at all a file nnlang did not write
+        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < FORMAT:
+            raise unreadable(path, f"'format' is {fmt!r}, not a checkpoint format")
+        raise NNError(f"{path} has checkpoint format {fmt}, written by a newer nnlang; this "
+                      f"nnlang reads format {FORMAT}",
+                      hint="upgrade nnlang to read it, or use a checkpoint this version "
+                           "wrote")
     _check_meta(path, meta)
     _check_values(path, state, meta.get("dtype", "float32"))
     return Checkpoint(state, meta, path)

@@ -547,7 +547,9 @@ def test_a_dumb_terminal_gets_the_lines_not_a_bar(work, tmp_path, monkeypatch):
     ("missing.npz", ["checkpoint not found: missing.npz"]),
     ("cut.npz", ["cut.npz is not a readable nnlang checkpoint", "truncated"]),
     ("foreign.npz", ["foreign.npz is not a readable nnlang checkpoint"]),
-    ("future.npz", ["checkpoint format 99", "format 1"]),
+    # a newer nnlang's file says what to do: upgrade (the message had no hint)
+    ("future.npz", ["checkpoint format 99, written by a newer nnlang", "reads format 1",
+                    "upgrade nnlang"]),
     ("notes.txt", ["notes.txt is not a readable nnlang checkpoint"]),
     ("one.npy", ["one.npy is not a readable nnlang checkpoint", "no '__meta__' entry"]),
 ])
@@ -578,6 +580,8 @@ def _without(*keys):
 BAD_META = {
     "no_config": (_without("config"), "no 'config'"),
     "no_epoch": (_without("epoch"), "no 'epoch'"),
+    # was 'has checkpoint format None; this nnlang reads format 1', as if a version could read it
+    "no_format": (_without("format"), "'format' is None, not a checkpoint format"),
     "no_model": (_without("model"), "no 'model'"),
     "list": (lambda m: [1, 2], "its meta is a list, not a JSON object"),
     "odd_key": (lambda m: {**m, "config": {**m["config"], "zzz": 1}},
