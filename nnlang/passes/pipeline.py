@@ -76,6 +76,11 @@ def forward_graph(user: Graph, batch: int, dtype: str = "float32",
 DIVIDED_VALUE, DIVISOR = "_divided:", "_divisor:"
 
 
+def divided_key(name: str) -> bool:
+    """Is `name` a mean over kept rows' term or divisor (not a value a caller reads)?"""
+    return name.startswith((DIVIDED_VALUE, DIVISOR))
+
+
 def divided_terms(g: Graph, nid: int) -> list[tuple[float, int]]:
     """The terms of a loss or metric that are means whose divisor depends on the data
     (cross_entropy, accuracy, binary_accuracy over kept rows or class weights, ops/losses.py

@@ -27,8 +27,8 @@ from nnlang.ops.optim import (OPTIMIZER_PREFIX, OPTIMIZERS, STEP_SLOT, initial_s
                               learning_rate, slot_param)
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.optimize import switched_off
-from nnlang.passes.pipeline import (DIVIDED_VALUE, DIVISOR, LR_INPUT, forward_graph,
-                                    named_losses, train_graph)
+from nnlang.passes.pipeline import (DIVIDED_VALUE, DIVISOR, LR_INPUT, divided_key,
+                                    forward_graph, named_losses, train_graph)
 from nnlang.runtime.indices import check_indices, index_inputs
 from nnlang.runtime.interpret import interpret
 
@@ -529,7 +529,7 @@ class Net:
             losses = {"loss": sum(losses.values()),
                       **{k: losses[k] for k in named_losses(losses)}}
         metrics = {k: float(out[k]) for k in g.metrics
-                   if not k.startswith((DIVIDED_VALUE, DIVISOR))}
+                   if not divided_key(k)}
         divided = {int(k[len(DIVIDED_VALUE):]): (float(out[k]),
                                                  float(out[DIVISOR + k[len(DIVIDED_VALUE):]]))
                    for k in g.metrics if k.startswith(DIVIDED_VALUE)}
@@ -596,7 +596,7 @@ def _loss_and_metrics(out: dict, divided: bool = False) -> tuple[float, dict]:
 
 def _plain(metrics: dict) -> dict:
     """The metrics a caller reads: without the kept rows' terms and divisors (`fetch`)."""
-    return {k: v for k, v in metrics.items() if not k.startswith((DIVIDED_VALUE, DIVISOR))}
+    return {k: v for k, v in metrics.items() if not divided_key(k)}
 
 
 def _on_device(a) -> bool:

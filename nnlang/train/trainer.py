@@ -27,7 +27,8 @@ from nnlang.files import as_bool, as_path
 from nnlang.frontend.train_config import setting_span
 from nnlang.ops.optim import plateau_scale
 from nnlang.ops.signature import show_value
-from nnlang.passes.pipeline import DIVIDED_VALUE, DIVISOR, divided_terms, named_losses
+from nnlang.passes.pipeline import (DIVIDED_VALUE, DIVISOR, divided_key, divided_terms,
+                                    named_losses)
 from nnlang.train import checkpoint, feeds
 from nnlang.train.data_parallel import Ranks
 from nnlang.train.guard import DivergenceGuard
@@ -160,10 +161,6 @@ def evaluate(net, arrays: dict, batch: int, console: Console | None = None,
             for key in keys if isinstance(key, str)}
 
 
-def _divided_key(k: str) -> bool:
-    return k.startswith((DIVIDED_VALUE, DIVISOR))
-
-
 def _divided(user) -> dict:
     """Each reported value's means over kept rows, (factor, id) (pipeline's divided_terms):
     the losses', their total's ("loss", of all of them) and the metrics'."""
@@ -193,7 +190,7 @@ class _Sums:
 
     def add(self, loss: float, metrics: dict) -> None:
         self.n += 1
-        values = {"loss": loss, **{k: v for k, v in metrics.items() if not _divided_key(k)}}
+        values = {"loss": loss, **{k: v for k, v in metrics.items() if not divided_key(k)}}
         for k, v in values.items():
             # NOTE: the step's value less its means over kept rows, which count apart below
             v -= sum(c * metrics.get(f"{DIVIDED_VALUE}{t}", 0.0)
@@ -218,7 +215,7 @@ class _Sums:
         out = {}
         for k, v in self.sums.items():
             terms = self.terms.get(k, ())
-            if _divided_key(k) or any(self.counts.get(f"{DIVISOR}{t}") != self.n
+            if divided_key(k) or any(self.counts.get(f"{DIVISOR}{t}") != self.n
                                       for _, t in terms) or self.counts[k] != self.n:
                 continue
             # NOTE: with every row of the epoch ignored the mean is 0, as each batch's is
