@@ -14,7 +14,7 @@ from nnlang.ir.dims import dim_prod, numel
 from nnlang.ir.graph import COUNT, Graph, Node, op_attrs
 from nnlang.ir.scan import Body, keep_inputs
 from nnlang.ops import registry
-from nnlang.ops.registry import ELEMENTWISE, RANDOM, SOURCE, TensorType
+from nnlang.ops.registry import ELEMENTWISE, INT_DTYPES, RANDOM, SOURCE, TensorType
 from nnlang.passes.rewrite import References, graph_pass
 from nnlang.passes.schedule import VIEW_OPS
 
@@ -99,13 +99,9 @@ def fed_input(g: Graph, nid: int) -> Node | None:
     and refused -0.5 (class 0 once cast); such ids are checked as computed ones."""
     src = g.node(nid)
     while src.op in VIEW_OPS or src.op == "cast" and \
-            _int_like(g.node(src.inputs[0]).dtype):
+            g.node(src.inputs[0]).dtype in (*INT_DTYPES, "bool"):
         src = g.node(src.inputs[0])
     return src if src.op == "input" else None
-
-
-def _int_like(dtype: str) -> bool:
-    return dtype == "bool" or "int" in dtype
 
 
 def _fed_ids(g: Graph, n: Node, named: set[int]):
