@@ -481,10 +481,15 @@ def _cgroup_memory() -> HostMemory | None:
     return None if best is None else HostMemory(*best, swap)
 
 
-def memory_problem(need: MemoryNeed, held: int = 0) -> str | None:
+# what would make a model's optimizer state smaller (check_memory's and the step's hints)
+LESS_STATE = "an optimizer with less state (sgd without momentum keeps none)"
+
+
+def memory_problem(need: MemoryNeed, held: int = 0, have: HostMemory | None = None) -> str | None:
     """Why `need` cannot fit in this machine's available memory (None when it can, or when the
-    machine's memory is unknown); `held`: bytes of it already allocated, no longer available."""
-    have = machine_memory()
+    machine's memory is unknown); `held`: bytes of it already allocated, no longer available;
+    `have`: `machine_memory()`, where the caller read it already."""
+    have = have or machine_memory()
     if have is None or need.total - held <= have.available:
         return None
     return f"this model needs {need.describe()}, but {have.describe(held)}"
@@ -513,14 +518,13 @@ def check_memory(graph: Graph, batch: int, dtype: str = "float32",
                        training=optimizer_slots is not None)
     need.activations = 0
     held = need.params if weights_held else 0
-    problem = memory_problem(need, held)
+    have = machine_memory()
+    problem = memory_problem(need, held, have)
     if problem is None:
         return
     name, shape, span = need.largest
     hint = (f"the largest weight is {name} {fmt_shape(shape)}; use smaller layers"
-            + (", an optimizer with less state (sgd without momentum keeps none)"
-               if optimizer_slots else "") + ", or a machine with more memory")
-    have = machine_memory()
+            + (f", {LESS_STATE}" if optimizer_slots else "") + ", or a machine with more memory")
     if need.total - held <= have.available + have.swap:
         # NOTE: as the executables' check (runtime/executable.py _check_host_memory): within
         # swap the model runs, slowly, so it is a warning, not a refusal

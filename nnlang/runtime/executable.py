@@ -116,11 +116,10 @@ def _memory_hint(g: Graph, memory: MemoryPlan, big) -> str:
     largest value that does not (a train step at batch 1 of a huge embedding)."""
     from nnlang.backends.aligned import ALLOC_HINT
     from nnlang.ir.dims import fmt_shape
-    from nnlang.ir.summary import human
-
-    batch = {int(g.node(i).shape[0]) for i in g.inputs.values() if g.node(i).shape}
+    from nnlang.ir.summary import LESS_STATE, human
     from nnlang.ops.optim import slot_param
 
+    batch = {int(g.node(i).shape[0]) for i in g.inputs.values() if g.node(i).shape}
     weights = {tuple(int(d) for d in g.node(p).shape): name for name, p in g.params.items()
                if slot_param(name) is None}
 
@@ -147,8 +146,7 @@ def _memory_hint(g: Graph, memory: MemoryPlan, big) -> str:
         if kept else ""
     return (f"{share}: the largest is the gradient of the weight {name} "
             f"{fmt_shape(shape)}{slots}; a smaller batch would not help: use fewer parameters "
-            "(a smaller vocab or dim)" + (", an optimizer with less state (sgd without "
-                                          "momentum keeps none)" if kept else "")
+            "(a smaller vocab or dim)" + (f", {LESS_STATE}" if kept else "")
             + ", or a machine with more memory")
 
 
