@@ -68,16 +68,20 @@ def _channels_last(g: Graph, node):
                       channels_last_hint(shape, nd), severity="warning")
 
 
+def _axis(node, rank: int) -> int | None:
+    """A softmax's `axis` as written, where it is one int within `rank` dims (else None)."""
+    axis = node.attrs.get("axis", -1)
+    return axis if isinstance(axis, int) and -rank <= axis < rank else None
+
+
 def _over_batch(g: Graph, node):
     """softmax(x, axis = 0) on [batch, classes]: PyTorch's `dim=0` habit normalizes each class
     over the examples of a batch, so a prediction depends on the rest of its batch."""
     if node.op not in ("softmax", "log_softmax") or not node.inputs:
         return None
     shape = g.node(node.inputs[0]).type.shape
-    axis = node.attrs.get("axis", -1)
-    if not isinstance(axis, int) or not -len(shape) <= axis < len(shape):
-        return None
-    if shape[axis] != Sym.of("batch"):
+    axis = _axis(node, len(shape))
+    if axis is None or shape[axis] != Sym.of("batch"):
         return None
     return Diagnostic(f"{node.op} over axis {axis} of {fmt_shape(shape)} runs across the "
                       "examples of a batch: each one's result depends on the others", node.span,
@@ -93,17 +97,17 @@ def _softmax_twice(g: Graph, node):
     if node.op not in ("softmax", "log_softmax") or not node.inputs:
         return None
     rank = len(node.type.shape)
-    axis = node.attrs.get("axis", -1)
-    if not isinstance(axis, int) or not -rank <= axis < rank:
+    axis = _axis(node, rank)
+    if axis is None:
         return None
     last = axis % rank == rank - 1
     # NOTE: through row-preserving ops only for the last axis, whose size they keep
     source = _producer(g, node.inputs[0]) if last else g.node(node.inputs[0])
     if source.op == "softmax" and source.inputs:
         inner = len(source.type.shape)
-        before = source.attrs.get("axis", -1)
-        if not isinstance(before, int) or not (last and before % inner == inner - 1 or
-                                               before % inner == axis % rank):
+        before = _axis(source, inner)
+        if before is None or not (last and before % inner == inner - 1 or
+                                  before % inner == axis % rank):
             return None
     elif not (last and source.op in ("dense", "linear")
               and source.attrs.get("activation") == "softmax"):
@@ -122,13 +126,14 @@ def _softmax_of_one(g: Graph, node):
     Keras' attention pooling as Dense(1, activation="softmax") over [batch, time, 1]
     normalizes each time step alone, so the pooling weights never train."""
     if node.op in ("softmax", "log_softmax") and node.inputs:
-        shape, axis = g.node(node.inputs[0]).type.shape, node.attrs.get("axis", -1)
+        shape = g.node(node.inputs[0]).type.shape
+        axis = _axis(node, len(shape))
     elif node.op in ("dense", "linear") and node.attrs.get("activation") == "softmax" \
             and node.attrs.get("units") == 1:
         shape, axis = node.type.shape, -1
     else:
         return None
-    if not isinstance(axis, int) or not -len(shape) <= axis < len(shape) or shape[axis] != 1:
+    if axis is None or shape[axis] != 1:
         return None
     here = axis % len(shape)
     wide = [k for k in range(1, len(shape)) if k != here and shape[k] != 1]
