@@ -303,9 +303,14 @@ def _from_flags(named: list[str], graph, features: dict, targets: dict) -> dict[
     return {k: raws[k] for k in features}
 
 
-def _from_npz(path: Path, graph, features: dict, targets: dict):
+def _file_given(path: Path, what: str) -> None:
+    """The error for an input file (`what`: its flag or kind) that is not there."""
     if not path.is_file():
-        raise NNError(f"--npz file not found: {path}")
+        raise NNError(f"{what} file not found: {path}")
+
+
+def _from_npz(path: Path, graph, features: dict, targets: dict):
+    _file_given(path, "--npz")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -335,8 +340,7 @@ def _from_jsonl(path: Path, graph, features: dict, targets: dict):
     """One JSON object per line, {"NAME": value} per input (numbers, nested lists, or text for
     a text input); blank lines skipped. Errors say the file, line and column."""
     import json
-    if not path.is_file():
-        raise NNError(f"--jsonl file not found: {path}")
+    _file_given(path, "--jsonl")
     raws: dict[str, list] = {k: [] for k in features}
     described = []
     try:
@@ -413,8 +417,7 @@ def _from_csv(path: Path, graph, meta: dict, features: dict, targets: dict):
     if len(features) != 1:
         raise NNError(f"--csv gives one input's values, but this model's outputs read "
                       f"{len(features)} inputs", hint=_how_to_pass(graph, features))
-    if not path.is_file():
-        raise NNError(f"--csv file not found: {path}")
+    _file_given(path, "--csv")
     header, rows, lines = read_csv(path)
     name, = features
     node = graph.node(features[name])
@@ -561,8 +564,7 @@ def detokenizer(meta: dict, classes: int):
 def _read_text(raw) -> str:
     path = Path(str(raw))
     if path.suffix.lower() == ".txt" and "\n" not in str(raw):
-        if not path.is_file():
-            raise NNError(f"text file not found: {path}")
+        _file_given(path, "text")
         return path.read_text(encoding="utf-8", errors="replace")
     return str(raw)
 
@@ -590,8 +592,7 @@ def _read_values(raw) -> np.ndarray:
         raise NNError(f"'{raw}' is not a .npy file", hint="this model was trained on arrays; "
                       "write the numbers (1,2.5,3) or save one example with "
                       "numpy.save('x.npy', x)")
-    if not path.is_file():
-        raise NNError(f"input file not found: {path}")
+    _file_given(path, "input")
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
