@@ -97,11 +97,18 @@ def fed_input(g: Graph, nid: int) -> Node | None:
     any. NOTE: a cast from float is no hand-through: it changes the values (5.5 -> 5, NaN ->
     an arbitrary int), so checking the fed floats let a NaN label through as a row of zeros
     and refused -0.5 (class 0 once cast); such ids are checked as computed ones."""
-    src = g.node(nid)
+    return fed_chain(g, nid)[0]
+
+
+def fed_chain(g: Graph, nid: int) -> tuple[Node | None, list[Node]]:
+    """(fed_input's input, the views and casts from it to `nid`, in the order they apply):
+    a slice of a fed input hands through only part of it (labels in one column of a table)."""
+    src, chain = g.node(nid), []
     while src.op in VIEW_OPS or src.op == "cast" and \
             g.node(src.inputs[0]).dtype in (*INT_DTYPES, "bool"):
+        chain.append(src)
         src = g.node(src.inputs[0])
-    return src if src.op == "input" else None
+    return (src, chain[::-1]) if src.op == "input" else (None, [])
 
 
 def _fed_ids(g: Graph, n: Node, named: set[int]):

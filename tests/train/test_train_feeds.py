@@ -334,6 +334,55 @@ def test_labels_cast_from_a_float_input_are_checked_as_the_ids_the_cast_gives(ba
         assert err.value.span is not None and err.value.span.line == 7
 
 
+COLUMN_LABELS = """
+model M {
+  input x: float32[batch, 4]
+  input t: int32[batch, 2]
+  logits = dense(x, 5)
+  output logits
+  loss cross_entropy(logits, t[:, 1])
+  metric acc = accuracy(logits, t[:, 1])
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_only_the_slice_of_a_fed_input_that_reaches_the_loss_is_checked(backend, tmp_path):
+    """The labels are column 1 of a fed table whose column 0 holds big values the loss never
+    reads (as torch's cross_entropy(z, t[:, 1]) never sees them). The whole table was checked
+    against the 5 classes: a false refusal, at the step and before training. A bad label in
+    the column is still the located error, naming the dataset's row."""
+    from nnlang.data import load_dataset
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    t = np.array([[100, 1], [-200, 4], [300, 0]], np.int32)
+    net = nnlang.compile(COLUMN_LABELS, backend=backend, batch=3)
+    p = net.parameters()
+    w, bias = (p[k] for k in sorted(p, key=lambda k: p[k].ndim, reverse=True))
+    z = x.astype(np.float64) @ w + bias
+    logp = z - z.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    got = net.evaluate({"x": x, "t": t})
+    np.testing.assert_allclose(got["cross_entropy"], -logp[[0, 1, 2], [1, 4, 0]].mean(),
+                               rtol=1e-5)
+    assert got["acc"] == pytest.approx(np.mean(z.argmax(-1) == [1, 4, 0]))
+    net.train_step({"x": x, "t": t})
+    with pytest.raises(NNError) as err:
+        net.evaluate({"x": x, "t": np.array([[0, 1], [0, 5], [0, 0]], np.int32)})
+    assert "input 't' holds the id 5, outside the 5 values" in err.value.message
+    assert err.value.span is not None and err.value.span.line in (7, 8)
+    graph = nnlang.load(COLUMN_LABELS).graph
+    for rows, bad in ((t, None), (np.array([[0, 1], [0, 2], [7, 9]], np.int32), 9)):
+        np.savez(tmp_path / "d.npz", train_x=x, train_t=rows)
+        ds = load_dataset(tmp_path / "d.npz")
+        mapping = feeds.match_inputs(graph, ds.inputs, ds.targets)
+        if bad is None:
+            feeds.check_ids(graph, ds, mapping)
+            continue
+        with pytest.raises(NNError) as err:
+            feeds.check_ids(graph, ds, mapping)
+        assert "array 't', row 2: the id 9 is outside the 5 values" in err.value.message
+
+
 def test_a_bad_table_row_is_named_by_its_line_in_the_file(tmp_path):
     """A .csv table's bad value was said as "row 7": the array's row, counted from 0 after
     the header and any blank lines, which is not where an editor shows it. The line is said."""
