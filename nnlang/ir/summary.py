@@ -9,6 +9,8 @@ A scan (rnn, lstm, gru, a user's `scan`) counts its whole body once per step (op
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
@@ -512,8 +514,6 @@ def check_memory(graph: Graph, batch: int, dtype: str = "float32",
     available memory; the error names the largest weight. `weights_held`: the weights are
     allocated already (a net about to build its training step). Activations are left out: how
     many the executables keep depends on fusion."""
-    from nnlang.errors import NNError
-
     need = memory_need(graph, batch, dtype, optimizer_slots or 0,
                        training=optimizer_slots is not None)
     need.activations = 0
@@ -525,11 +525,41 @@ def check_memory(graph: Graph, batch: int, dtype: str = "float32",
     name, shape, span = need.largest
     hint = (f"the largest weight is {name} {fmt_shape(shape)}; use smaller layers"
             + (f", {LESS_STATE}" if optimizer_slots else "") + ", or a machine with more memory")
-    if need.total - held <= have.available + have.swap:
-        # NOTE: as the executables' check (runtime/executable.py _check_host_memory): within
-        # swap the model runs, slowly, so it is a warning, not a refusal
-        from nnlang.errors import warn
-        warn(f"{problem}; it runs in {human(have.swap, 'B')} of swap, slowly", span, hint)
+    fit_or_swap(need.total - held, have, problem, problem, span, hint)
+
+
+# NOTE: a net warned about swap once per check (its weights, its training's state, each
+# step's values): five warnings of the same news for one build. Within `one_swap_warning`
+# the first is said and the rest are not; a refusal is always said.
+_SWAP_WARNED: ContextVar[list | None] = ContextVar("swap_warned", default=None)
+
+
+@contextmanager
+def one_swap_warning(said: list):
+    """Within it, `fit_or_swap` warns once into `said` (a net's, kept across its builds)."""
+    token = _SWAP_WARNED.set(said)
+    try:
+        yield
+    finally:
+        _SWAP_WARNED.reset(token)
+
+
+def fit_or_swap(need: int, have: HostMemory | None, over: str, refused: str, span, hint) -> None:
+    """The one swap-or-refuse decision for `need` bytes on `have`: nothing when they fit in
+    the memory available, a warning (`over`, at `span`) when swap holds the rest, else an
+    NNError (`refused`). NOTE: swap counts, as a warning: PyTorch and Keras refuse nothing,
+    and what fits in memory and swap together runs (slowly), so refusing it would stop a run
+    that works; only what is past both is certainly killed."""
+    from nnlang.errors import NNError, warn
+
+    if have is None or need <= have.available:
         return
-    raise NNError(problem + (f" and {human(have.swap, 'B')} of swap" if have.swap else ""),
+    if need <= have.available + have.swap:
+        said = _SWAP_WARNED.get()
+        if not said:
+            warn(f"{over}; it runs in {human(have.swap, 'B')} of swap, slowly", span, hint)
+        if said is not None:
+            said.append(over)
+        return
+    raise NNError(refused + (f" and {human(have.swap, 'B')} of swap" if have.swap else ""),
                   span, hint)

@@ -84,11 +84,8 @@ def _check_host_memory(g: Graph, memory: MemoryPlan, backend: Backend, pending: 
     24 planned 48 GiB on a 23 GiB machine and compiled without complaint. For the same reason
     `pending`, what the net allocated for its other executables and optimizer slots and has not
     written yet, is not in MemAvailable and counts here.
-    NOTE: swap counts, as a warning: PyTorch and Keras refuse nothing, and a step that fits in
-    memory and swap together runs (slowly), so refusing it would stop a run that works; only a
-    step past both is certainly killed."""
-    from nnlang.errors import warn
-    from nnlang.ir.summary import human, machine_memory
+    Swap: `fit_or_swap`, the decision the weights' check takes too."""
+    from nnlang.ir.summary import fit_or_swap, human, machine_memory
 
     if backend.xp is not np or backend.render_only or not memory.assign:
         return
@@ -101,13 +98,9 @@ def _check_host_memory(g: Graph, memory: MemoryPlan, backend: Backend, pending: 
             f"{human(_value_bytes(big), 'B')})" + (f" and the {human(pending, 'B')} this net "
                                                      "allocated before and has not written yet"
                                                      if pending else ""))
-    hint = _memory_hint(g, memory, big)
-    if need <= have.available + have.swap:
-        warn(f"{what} exceed the memory available: {have.describe()}; the step runs in "
-             f"{human(have.swap, 'B')} of swap, slowly", big.span, hint)
-        return
-    raise NNError(f"cannot allocate {what}: {have.describe()}"
-                  + (f" and {human(have.swap, 'B')} of swap" if have.swap else ""), big.span, hint)
+    fit_or_swap(need, have, f"{what} exceed the memory available: {have.describe()}",
+                f"cannot allocate {what}: {have.describe()}", big.span,
+                _memory_hint(g, memory, big))
 
 
 def _memory_hint(g: Graph, memory: MemoryPlan, big) -> str:

@@ -21,7 +21,7 @@ from nnlang.files import as_bool
 from nnlang.gc_pause import paused_gc
 from nnlang.ir.dims import DEFAULT_LENGTH, MAX_BATCH, Sym
 from nnlang.ir.graph import no_output_error
-from nnlang.ir.summary import check_memory
+from nnlang.ir.summary import check_memory, one_swap_warning
 from nnlang.ops.init import initialize
 from nnlang.ops.optim import (OPTIMIZER_PREFIX, OPTIMIZERS, STEP_SLOT, initial_state,
                               learning_rate, slot_param)
@@ -116,6 +116,7 @@ class Net:
         self._fresh: set = set()  # optimizer slots made (zeros, no pages) before a step ran
         self._checks: dict = {}   # executable key -> the inputs holding ids, checked per call
         self._train_ranks = 1     # the process count the training executables average over
+        self._swap_said: list = []   # the swap warnings of this net's builds (one is shown)
         self.step = 0
         self.epoch = 0
         self.lr_scale = 1.0       # a plateau schedule's reductions so far (the trainer sets it)
@@ -125,7 +126,8 @@ class Net:
         self.total_steps = total_steps or (steps_per_epoch or 0) * self.config.epochs
         # NOTE: one call at a time: every call of an executable writes its planned buffers
         self._lock = threading.RLock()
-        self.state = self._init_state()
+        with one_swap_warning(self._swap_said):
+            self.state = self._init_state()
 
     def __deepcopy__(self, memo) -> "Net":
         """An independent net in the same place of training (weights, optimizer state, step,
@@ -302,7 +304,7 @@ class Net:
                 self._checks.pop(old, None)
             self._train_ranks = _ranks()
         if key not in self._exes:
-            with paused_gc():
+            with paused_gc(), one_swap_warning(self._swap_said):
                 self._exes[key] = self._build_exe(kind, batch, dict(key[2]) if key[2:] else {})
             self._forget_others(key)
         else:

@@ -1092,6 +1092,31 @@ def test_training_that_fits_only_with_swap(monkeypatch):
            "the largest weight is")
 
 
+def test_one_net_warns_once_about_running_in_swap(monkeypatch):
+    """Past the memory available and within swap, every check of one net warned the same
+    news: its weights, its training's state, the train step's values, the evaluation's and
+    the forward's; five warnings for one build. It is said once, at the first check."""
+    import warnings
+
+    import nnlang
+    from nnlang.errors import NNWarning
+    from nnlang.ir import summary
+    mib = 1 << 20
+    monkeypatch.setattr(summary, "machine_memory",
+                        lambda: summary.HostMemory(64 * mib, 1024, "", 64 * mib))
+    image, label = np.zeros((4, 784), np.float32), np.zeros(4, np.int32)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        net = nnlang.compile(MLP, backend="reference", batch=4, total_steps=1)
+        net.train_step({"image": image, "label": label})
+        net.evaluate({"image": image, "label": label})
+        net.forward({"image": image})
+        net.forward({"image": image[:2]})
+    (warning,) = [str(w.message) for w in seen if issubclass(w.category, NNWarning)]
+    expect(warning, f"{MLP}:8:8: warning: this model needs about 2.04 MiB", "this machine has "
+           "1.00 KiB of memory available", "it runs in 64.00 MiB of swap, slowly")
+
+
 def test_buffers_that_together_exceed_this_machine(monkeypatch):
     """Each planned buffer fitting alone, the step's buffers together could exceed the
     machine's memory: the allocations succeeded (address space only) and the step was killed
