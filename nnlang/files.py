@@ -26,6 +26,21 @@ def as_path(value, what: str, hint: str | None = None) -> Path:
     return user_path(value)
 
 
+def not_a_file(path: Path) -> str | None:
+    """What `path` is, in words, when it is there and no regular file ("a directory", "a
+    character device" as /dev/null); None when it is a file or not there at all."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
 def as_bool(value, what: str) -> bool:
     """`value` as True or False (numpy's bools too); from Python anything else is an error
     naming `what`: a truthy string (strict="no", greedy="yes") or number switched a setting

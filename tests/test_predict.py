@@ -542,3 +542,48 @@ def test_a_table_of_examples_for_a_model_with_one_input(tmp_path):
         out = cli("predict", "one.nn", "-c", "run", "--csv", "bad.csv", "--backend",
                   "reference", cwd=tmp_path)
         assert message in out, out
+
+
+@pytest.mark.parametrize("flag", ["--npz", "--jsonl"])
+def test_an_input_path_that_is_no_file_says_what_it_is(work, flag):
+    """`--npz /dev/null` (or a folder) said "file not found", though the path is there."""
+    d = work[0]
+    for path, kind in (("/dev/null", "a character device"), (str(d), "a directory")):
+        out = cli("predict", "two.nn", "-c", "run-two", flag, path, "--backend", "reference",
+                  cwd=d)
+        assert f"{flag} {path} is {kind}, not a file" in out, out
+        assert "not found" not in out
+    assert f"{flag} file not found: nope" in cli("predict", "two.nn", "-c", "run-two", flag,
+                                                 "nope", "--backend", "reference", cwd=d)
+
+
+def test_json_lines_are_read_a_line_at_a_time(work):
+    """--jsonl read the whole file into memory (and split it into a list of its lines) before
+    the first example ran: a file of many gigabytes could not be predicted. It is read as the
+    examples run: the first batch takes memory far below the file's size, and the whole file
+    predicts as the same rows from an .npz do."""
+    import tracemalloc
+
+    import nnlang
+    from nnlang.train.inference import model_inputs
+    d, a, b = work
+    pad = "x" * 50_000   # a target key, skipped, that makes each line long
+    lines = [json.dumps({"a": a[i % 3].tolist(), "b": b[i % 3].tolist(), "y": pad})
+             for i in range(300)]
+    (d / "big.jsonl").write_text("\n".join(lines) + "\n")
+    size = (d / "big.jsonl").stat().st_size
+    batches = model_inputs(nnlang.load(TWO).graph, {}, size=4, jsonl=d / "big.jsonl")
+    tracemalloc.start()
+    try:
+        first, described = next(batches)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    batches.close()
+    assert described == [f"big.jsonl:{i}" for i in range(1, 5)] and first["a"].shape == (4, 3)
+    assert peak < size / 20, (peak, size)
+    got = json_lines(cli("predict", "two.nn", "-c", "run-two", "--jsonl", "big.jsonl",
+                         "--backend", "reference", "--json", code=0, cwd=d))
+    assert len(got) == 300 and got[-1]["input"] == "big.jsonl:300"
+    np.testing.assert_allclose([r["value"] for r in got], np.tile(two_expected(d, a, b), 100),
+                               rtol=1e-5)

@@ -13,6 +13,7 @@ from rich.console import Console
 from nnlang.data.chars import tokenizer_from_meta
 from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
+from nnlang.files import not_a_file
 from nnlang.ir.dims import Sym
 from nnlang.ir.graph import no_output_error
 from nnlang.ops.optim import OPTIMIZER_PREFIX
@@ -209,46 +210,61 @@ def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None, size: int
                       f"pass the inputs one way, not {' and '.join(given)}",
                       hint=_how_to_pass(graph, features))
     if npz:
-        raws, described = _from_npz(Path(npz), graph, features, targets)
+        examples = _each(*_from_npz(Path(npz), graph, features, targets))
     elif jsonl:
-        raws, described = _from_jsonl(Path(jsonl), graph, features, targets)
+        examples = _from_jsonl(Path(jsonl), graph, features, targets)
     elif csv:
-        raws, described = _from_csv(Path(csv), graph, meta, features, targets)
+        examples = _each(*_from_csv(Path(csv), graph, meta, features, targets))
     elif named:
         raws = _from_flags(named, graph, features, targets)
         count = len(next(iter(raws.values())))
-        described = ["; ".join(f"{k}={raws[k][i]}" for k in raws) for i in range(count)]
+        examples = _each(raws, ["; ".join(f"{k}={raws[k][i]}" for k in raws)
+                                for i in range(count)])
     else:
         if len(features) != 1:
             raise NNError(f"this model's outputs read {len(features)} inputs, so their "
                           "values need names", hint=_how_to_pass(graph, features))
-        raws, described = {next(iter(features)): list(inputs)}, [str(r) for r in inputs]
+        examples = _each({next(iter(features)): list(inputs)}, [str(r) for r in inputs])
     what = (lambda k: f"--npz {npz}, array '{k}'") if npz else \
         (lambda k: f"--input {k}") if named else \
         (lambda k: f"--jsonl {jsonl}, key '{k}'") if jsonl else \
         (lambda k: f"--csv {csv}") if csv else (lambda k: "the input")
-    shapes = [None] * len(described)
-    if _arrays_of_symbolic_length(graph, features, meta):
-        # NOTE: one net runs any length of a `symbol seq`, one length a call: examples of
-        # several lengths (a3.npy a5.npy) run in consecutive groups of one shape, in order
-        raws = {k: [r if isinstance(r, np.ndarray) else _read_values(r) for r in v]
-                for k, v in raws.items()}
-        shapes = [tuple(np.shape(v[i]) for v in raws.values()) for i in range(len(described))]
-    size = size or len(described)
+    # NOTE: one net runs any length of a `symbol seq`, one length a call: examples of
+    # several lengths (a3.npy a5.npy) run in consecutive groups of one shape, in order
+    symbolic = _arrays_of_symbolic_length(graph, features, meta)
     # NOTE: an image data set's other inputs (a conditional model's label) are no pictures
     plain = _image_inputs(features) ^ set(features) if meta.get("kind") == "image" else set()
-    lo = 0
-    while lo < len(described):
-        hi = min(lo + size, len(described))
-        hi = next((j for j in range(lo + 1, hi) if shapes[j] != shapes[lo]), hi)
+
+    def run(group: list, lo: int):
+        described = [d for _, d in group]
         # NOTE: a file's rows are said by their line ("row 1" was the example's index in its
         # run: blank lines left out, counted from each run of one shape)
-        row = (lambda i, lo=lo: "line " + described[lo + i].rpartition(":")[2]) \
-            if jsonl or csv else (lambda i, lo=lo: f"row {lo + i}")
-        yield ({k: encode_input(k, graph.node(features[k]), v[lo:hi],
-                                _plain(meta) if k in plain else meta, what(k), lo, row)
-                for k, v in raws.items()}, described[lo:hi])
-        lo = hi
+        row = (lambda i: "line " + described[i].rpartition(":")[2]) if jsonl or csv else \
+            (lambda i: f"row {lo + i}")
+        return ({k: encode_input(k, graph.node(features[k]), [r[k] for r, _ in group],
+                                 _plain(meta) if k in plain else meta, what(k), lo, row)
+                 for k in group[0][0]}, described)
+
+    # NOTE: examples are taken as they come (a --jsonl file is read a line at a time): a run
+    # of `size` (0: all) ends early where the shape changes
+    group, shape, lo = [], None, 0
+    for raw, described in examples:
+        if symbolic:
+            raw = {k: r if isinstance(r, np.ndarray) else _read_values(r) for k, r in raw.items()}
+        now = tuple(np.shape(r) for r in raw.values()) if symbolic else None
+        if group and (len(group) == size or now != shape):
+            yield run(group, lo)
+            group, lo = [], lo + len(group)
+        group.append((raw, described))
+        shape = now
+    if group:
+        yield run(group, lo)
+
+
+def _each(raws: dict[str, list], described: list):
+    """(one example's {input: value}, its description), for each example of `raws`."""
+    for i, d in enumerate(described):
+        yield {k: v[i] for k, v in raws.items()}, d
 
 
 def _arrays_of_symbolic_length(graph, features: dict, meta: dict) -> bool:
@@ -304,9 +320,14 @@ def _from_flags(named: list[str], graph, features: dict, targets: dict) -> dict[
 
 
 def _file_given(path: Path, what: str) -> None:
-    """The error for an input file (`what`: its flag or kind) that is not there."""
-    if not path.is_file():
+    """The error for an input file (`what`: its flag or kind) that is not there, or is no
+    file: /dev/null or a folder was "file not found" though it is there."""
+    if path.is_file():
+        return
+    kind = not_a_file(path)
+    if kind is None:
         raise NNError(f"{what} file not found: {path}")
+    raise NNError(f"{what} {path} is {kind}, not a file", hint="give the path of a file")
 
 
 def _from_npz(path: Path, graph, features: dict, targets: dict):
@@ -337,43 +358,48 @@ def _values_per_example(node) -> int | None:
 
 
 def _from_jsonl(path: Path, graph, features: dict, targets: dict):
-    """One JSON object per line, {"NAME": value} per input (numbers, nested lists, or text for
-    a text input); blank lines skipped. Errors say the file, line and column."""
+    """(one example's {input: value}, "FILE:LINE") for each line of one JSON object, {"NAME":
+    value} per input (numbers, nested lists, or text for a text input); blank lines skipped.
+    Errors say the file, line and column. NOTE: read a line at a time, as the examples are
+    run: a file of many gigabytes was read whole (and its lines held twice) before the first."""
     import json
     _file_given(path, "--jsonl")
-    raws: dict[str, list] = {k: [] for k in features}
-    described = []
+    found = False
     try:
+        f = path.open("rb")
+    except OSError as err:
+        raise NNError(f"cannot read --jsonl {path} ({err.strerror or err})") from None
+    with f:
         # NOTE: lines end at \n (a \r before it dropped), as JSON Lines says: str.splitlines
         # also cut at U+2028, \x85 or \x0c, which a JSON string may hold unescaped
-        lines = [ln.removesuffix("\r")
-                 for ln in path.read_text(encoding="utf-8-sig").split("\n")]
-    except (OSError, UnicodeDecodeError) as err:
-        raise NNError(f"cannot read --jsonl {path} ({err})",
-                      hint="save it as UTF-8 text, one JSON object per line") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        at = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise NNError(f"{at}:{err.colno}: not JSON ({err.msg})",
-                          hint='one object per line, e.g. {"x": [1, 2.5, 3]}') from None
-        if not isinstance(row, dict):
-            raise NNError(f"{at}: a JSON {type(row).__name__}, not an object naming the inputs",
-                          hint=f'write {{"{next(iter(features))}": ...}} per line')
-        for k in row:
-            if k not in targets:   # NOTE: a target (a test row's label) is not needed: skipped
-                _known_input(k, f"{at}: key '{k}'", graph, features, targets)
-        _all_given(row, at, graph, features)
-        for k in features:
-            raws[k].append(_json_value(row[k], at, k, graph.node(features[k])))
-        described.append(f"{path.name}:{number}")
-    if not described:
+        for number, data in enumerate(f, 1):
+            at = f"{path}:{number}"
+            try:
+                line = data.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise NNError(f"cannot read --jsonl {path} (line {number}: {err})",
+                              hint="save it as UTF-8 text, one JSON object per line") from None
+            line = line.removesuffix("\n").removesuffix("\r")
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise NNError(f"{at}:{err.colno}: not JSON ({err.msg})",
+                              hint='one object per line, e.g. {"x": [1, 2.5, 3]}') from None
+            if not isinstance(row, dict):
+                raise NNError(f"{at}: a JSON {type(row).__name__}, not an object naming the "
+                              f"inputs", hint=f'write {{"{next(iter(features))}": ...}} per line')
+            for k in row:
+                if k not in targets:   # NOTE: a target (a test row's label) is not needed
+                    _known_input(k, f"{at}: key '{k}'", graph, features, targets)
+            _all_given(row, at, graph, features)
+            found = True
+            yield ({k: _json_value(row[k], at, k, graph.node(features[k])) for k in features},
+                   f"{path.name}:{number}")
+    if not found:
         raise NNError(f"--jsonl {path} holds no example", hint='one object per line, e.g. '
                       f'{{"{next(iter(features))}": ...}}')
-    return raws, described
 
 
 def _json_value(value, at: str, name: str, node):
