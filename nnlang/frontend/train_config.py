@@ -256,7 +256,21 @@ def _choice(value, registry: dict, what: str, span, errors: ErrorSink, spans: di
         if problem := option_problem(p, bound[p.name]):
             errors.add(f"{name}() argument '{p.name}': {problem}", spans.get(p.name, span))
             ok = False
+    if ok and (clash := options_problem(name, bound)):
+        errors.add(clash[1], spans.get(clash[0], span), clash[2])
+        ok = False
     return Choice(name, bound) if ok else None
+
+
+def options_problem(name: str, options: dict) -> tuple[str, str, str] | None:
+    """(the option to point at, message, hint) when options that each fit their range do not
+    fit together, or None. NOTE: sgd(nesterov = true) without momentum ran plain SGD without a
+    word; torch.optim.SGD refuses it ("Nesterov momentum requires a momentum")."""
+    if name == "sgd" and options.get("nesterov") and not options.get("momentum"):
+        return ("nesterov", "sgd(): nesterov = true needs a momentum: without one the update is "
+                "plain SGD", "give a momentum, e.g. sgd(momentum = 0.9, nesterov = true) (as "
+                "torch.optim.SGD requires), or leave nesterov out")
+    return None
 
 
 def option_problem(p, value) -> str | None:
