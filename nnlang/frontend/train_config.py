@@ -11,7 +11,7 @@ import numpy as np
 from nnlang.errors import ErrorSink, NNError, did_you_mean, foreign_name
 from nnlang.frontend import ast
 from nnlang.ir.dims import DEFAULT_BATCH, MAX_BATCH
-from nnlang.ops.signature import BindError, check_kind, show_value
+from nnlang.ops.signature import OPTION_HABITS, BindError, check_kind, show_value
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES, unknown_choice_hint
 
 
@@ -262,6 +262,18 @@ def _choice(value, registry: dict, what: str, span, errors: ErrorSink, spans: di
     return Choice(name, bound) if ok else None
 
 
+# NOTE: Keras' clipping options, written as train settings: `clipnorm` was taken for a
+# misspelt clip_norm (it clips each weight's gradient on its own; clip_norm the global norm)
+# and `clipvalue` got the list of settings, with no word that clipping by value is not here
+CLIP_HABITS = ("clipnorm", "global_clipnorm", "clipvalue", "clip_value")
+
+
+def setting_habit(name: str) -> str | None:
+    """The hint for an unknown train setting that is Keras' gradient clipping, or None."""
+    return OPTION_HABITS.get("clipvalue" if name == "clip_value" else name) \
+        if name in CLIP_HABITS else None
+
+
 def options_problem(name: str, options: dict) -> tuple[str, str, str] | None:
     """(the option to point at, message, hint) when options that each fit their range do not
     fit together, or None. NOTE: sgd(nesterov = true) without momentum ran plain SGD without a
@@ -430,7 +442,8 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
     for s in t.settings:
         if s.name not in SETTINGS:
             errors.add(f"unknown train setting '{s.name}'", s.span,
-                       _option_hint(s, t) or did_you_mean(s.name, SETTINGS)
+                       _option_hint(s, t) or setting_habit(s.name)
+                       or did_you_mean(s.name, SETTINGS)
                        or f"settings: {', '.join(SETTINGS)}")
             continue
         if s.name in values:
