@@ -153,7 +153,8 @@ register("multi_head_attention",
              "scaled_dot_product_attention(is_causal = True) aligns the first query with the "
              "first key instead, the same when the lengths agree), so a query whose keys are "
              "all masked attends evenly to them, and with causal = true to those it may see, "
-             "never to a future key (PyTorch gives nan, or 0 without need_weights); dropout applies to the attention "
+             "never to a future key (PyTorch gives nan, or 0 without need_weights); dropout "
+             "applies to the attention "
              "weights in training. Params wq/wk/wv [in, dim], wo [dim, q_dim] and biases "
              "(d = 128: 66,048, like PyTorch). "
              "Init: weights glorot_uniform (PyTorch's xavier_uniform), biases zeros.",
