@@ -333,7 +333,7 @@ def multi_head_attention(q, kv, mask, wq, bq, wk, bk, wv, bv, wo, bo, *, heads, 
         s = np.where(mask.astype(bool)[:, None, None, :], s, -1e9)   # set, not shifted
     if causal:
         allowed = np.arange(Lk)[None, :] <= np.arange(Lq)[:, None] + (Lk - Lq)
-        s = s + np.where(allowed, 0.0, -1e9)
+        s = s + np.where(allowed, 0.0, -2e9)   # below padding: never a future key
     p = softmax(s, axis=-1)
     ctx = np.einsum("bhqk,bkhd->bqhd", p, V).reshape(B, Lq, D)
     return ctx @ wo + bo

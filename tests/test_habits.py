@@ -51,7 +51,7 @@ LAYER_OPTIONS = [
     ('output y = max_pool2d(img, kernel_size = 2)', ["'size'"]),
     ('output y = avg_pool2d(img, 3, count_include_pad = false)',
      ["count_include_pad = true", "real cells"]),
-    ('output y = max_pool2d(img, 3, ceil_mode = true)', ["padding = [0, 1]"]),
+    ('output y = max_pool2d(img, 3, ceil_mode = true)', ["padding = [0, 1, 0, 1]"]),
     ('output y = dropout(x, 0.2, noise_shape = [1, 8])', ["x * dropout(", "* 0 + 1, rate)"]),
     ('output y = embedding(tok, 100, 8, mask_zero = true)', ["mask = tokens"]),
     ('output y = embedding(tok, 100, 8, padding_idx = 0)', ["tokens != 0"]),
@@ -373,6 +373,25 @@ def test_avg_pool_padding_same_averages_the_real_cells_as_keras():
     torch = pytest.importorskip("torch")
     twin = torch.nn.functional.avg_pool2d(torch.tensor(x), 3, 1, 1, count_include_pad=False)
     np.testing.assert_allclose(got, twin.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 10)])
+def test_the_ceil_mode_hint_is_pytorchs_ceil_mode(size):
+    """max_pool's ceil_mode hint, its padding as written, gives PyTorch's ceil_mode = true: the
+    windows of stride 2 from 0 while one starts inside x, each over the cells it covers. Its
+    2-D padding = [0, 1] (one int per axis) padded the second axis on both sides: [3, 4]."""
+    from nnlang.ops import registry
+    pads = re.search(r"padding = (\[[^\]]*\])", registry.get("max_pool2d").habits["ceil_mode"])[1]
+    x = np.random.default_rng(3).normal(size=(2, 3, *size))
+    got = _run(f"max_pool2d(x, 3, stride = 2, padding = {pads})", {"x": x})
+    assert got.shape[2:] == (-(-(size[0] - 3) // 2) + 1, -(-(size[1] - 3) // 2) + 1)
+    rows, cols = (-(-(n - 3) // 2) + 1 for n in size)   # ceil((n - k) / s) + 1
+    want = np.array([[x[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max((2, 3)) for j in range(cols)]
+                     for i in range(rows)]).transpose(2, 3, 0, 1)
+    np.testing.assert_array_equal(got, want)
+    torch = pytest.importorskip("torch")
+    twin = torch.nn.functional.max_pool2d(torch.tensor(x), 3, 2, ceil_mode=True)
+    np.testing.assert_array_equal(got, twin.numpy())
 
 
 def test_focal_and_poisson_nll_written_with_ops_match_pytorch():

@@ -1089,6 +1089,37 @@ def test_attention_over_keys_that_are_all_masked_is_even_in_both_dtypes(backend,
                                rtol=1e-5 if dtype == "float32" else 1e-12)
 
 
+CAUSAL_PADDED = """model M {
+  input q: float32[batch, 5, 4]
+  input m: float32[batch, 5]
+  output y = multi_head_attention(q, key_padding_mask = m, heads = 1, causal = true)
+}"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_causal_attention_of_a_front_padded_row_never_reads_a_later_token(backend, dtype):
+    """Front padding (data.md) and causal = true: the first positions' visible keys are all
+    padding. Padding and the future were both -1e9, so those queries attended to the later,
+    real keys: changing the last token changed the output at the pads (a causal LM saw its
+    next token there). Now they attend evenly to their padded past, the mean of its values."""
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(2, 5, 4)) * 3
+    m = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], np.float32)
+    net = nnlang.compile(CAUSAL_PADDED, backend=backend, batch=2, dtype=dtype)
+    state = net.state_dict()
+    state.update({k: np.eye(4) for k in state if k.endswith(("wv", "wo"))})
+    net.load_state_dict(state)
+    y = net.forward({"q": q, "m": m})["y"]
+    later = q.copy()
+    later[:, 4] += 5.0
+    y2 = net.forward({"q": later, "m": m})["y"]
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(y2[:, :4], y[:, :4], rtol=tol, atol=tol)
+    # values = q (identity wv and wo, zero biases): pad i averages the pads 0..i
+    np.testing.assert_allclose(y[0, :2], np.cumsum(q[0, :2], 0) / [[1], [2]], rtol=tol)
+
+
 BN_ONE = """model M {
   input x: float32[batch, 4]
   input y: float32[batch, 4]

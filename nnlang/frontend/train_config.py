@@ -11,7 +11,7 @@ import numpy as np
 from nnlang.errors import ErrorSink, NNError, did_you_mean, foreign_name
 from nnlang.frontend import ast
 from nnlang.ir.dims import DEFAULT_BATCH, MAX_BATCH
-from nnlang.ops.signature import BindError, check_kind, show_value
+from nnlang.ops.signature import OPTION_HABITS, BindError, check_kind, show_value
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES, unknown_choice_hint
 
 
@@ -256,7 +256,33 @@ def _choice(value, registry: dict, what: str, span, errors: ErrorSink, spans: di
         if problem := option_problem(p, bound[p.name]):
             errors.add(f"{name}() argument '{p.name}': {problem}", spans.get(p.name, span))
             ok = False
+    if ok and (clash := options_problem(name, bound)):
+        errors.add(clash[1], spans.get(clash[0], span), clash[2])
+        ok = False
     return Choice(name, bound) if ok else None
+
+
+# NOTE: Keras' clipping options, written as train settings: `clipnorm` was taken for a
+# misspelt clip_norm (it clips each weight's gradient on its own; clip_norm the global norm)
+# and `clipvalue` got the list of settings, with no word that clipping by value is not here
+CLIP_HABITS = ("clipnorm", "global_clipnorm", "clipvalue", "clip_value")
+
+
+def setting_habit(name: str) -> str | None:
+    """The hint for an unknown train setting that is Keras' gradient clipping, or None."""
+    return OPTION_HABITS.get("clipvalue" if name == "clip_value" else name) \
+        if name in CLIP_HABITS else None
+
+
+def options_problem(name: str, options: dict) -> tuple[str, str, str] | None:
+    """(the option to point at, message, hint) when options that each fit their range do not
+    fit together, or None. NOTE: sgd(nesterov = true) without momentum ran plain SGD without a
+    word; torch.optim.SGD refuses it ("Nesterov momentum requires a momentum")."""
+    if name == "sgd" and options.get("nesterov") and not options.get("momentum"):
+        return ("nesterov", "sgd(): nesterov = true needs a momentum: without one the update is "
+                "plain SGD", "give a momentum, e.g. sgd(momentum = 0.9, nesterov = true) (as "
+                "torch.optim.SGD requires), or leave nesterov out")
+    return None
 
 
 def option_problem(p, value) -> str | None:
@@ -416,7 +442,8 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
     for s in t.settings:
         if s.name not in SETTINGS:
             errors.add(f"unknown train setting '{s.name}'", s.span,
-                       _option_hint(s, t) or did_you_mean(s.name, SETTINGS)
+                       _option_hint(s, t) or setting_habit(s.name)
+                       or did_you_mean(s.name, SETTINGS)
                        or f"settings: {', '.join(SETTINGS)}")
             continue
         if s.name in values:

@@ -14,6 +14,12 @@ from nnlang.ops.registry import (ParamSpec, Sample, ShapeError, Unexportable, ne
 from nnlang.ops.signature import show_value
 
 NEG_INF = -1e9  # added to masked scores: exp underflows to exactly 0 without inf - inf = nan
+# NOTE: a future key is masked twice as hard as a padded one: with the same -1e9 a query whose
+# visible keys were all padding (a front-padded row's first positions) found its future keys,
+# at score - 1e9, as high as its padded ones and attended to them: its output read later
+# tokens, so a causal model could see its own next token there. At -2e9 such a query attends
+# evenly to its padded past, and a future key weighs exactly 0 in float32 and float64 alike.
+FUTURE = 2 * NEG_INF
 
 
 def _mha_dims(q, kv, heads, dim):
@@ -101,10 +107,10 @@ def _mha(b, q, kv, mask, wq, bq, wk, bk, wv, bv, wo, bo, *, heads, dim, causal, 
         # NOTE: a symbolic length (equal for queries and keys: the shape rule): the mask is
         # made at the bound length, by the triu primitive over ones
         ones = b.broadcast_to(const_like(b, 1.0, q), shape=[lq, lk])
-        scores = b.add(scores, b.mul(b.triu(ones, k=1), const_like(b, NEG_INF, q)))
+        scores = b.add(scores, b.mul(b.triu(ones, k=1), const_like(b, FUTURE, q)))
     elif causal:
         # query i sees keys j <= i + (lk - lq), so a longer key prefix (a cache) stays visible
-        future = np.triu(np.ones((lq, lk)), k=1 + lk - lq) * NEG_INF
+        future = np.triu(np.ones((lq, lk)), k=1 + lk - lq) * FUTURE
         scores = b.add(scores, b.const(future, b.type(q).dtype))
     probs = b.softmax(scores, axis=-1)
     if dropout:
@@ -142,12 +148,13 @@ register("multi_head_attention",
              "kv is none. dim is the attention width (default: q's last dim), split over heads; "
              "the output has q's shape. key_padding_mask [batch, kv_len] (float, int or bool; "
              "nonzero keeps a key, 0 masks it) sets masked scores to -1e9 and causal = true adds "
-             "-1e9 to future ones before the softmax (query i sees keys j <= i + kv_len - "
+             "-2e9 to future ones before the softmax (query i sees keys j <= i + kv_len - "
              "len, the last query the last key: torch's causal_lower_right; "
              "scaled_dot_product_attention(is_causal = True) aligns the first query with the "
              "first key instead, the same when the lengths agree), so a query whose keys are "
-             "all masked "
-             "attends evenly to them (PyTorch gives nan); dropout applies to the attention "
+             "all masked attends evenly to them, and with causal = true to those it may see, "
+             "never to a future key (PyTorch gives nan, or 0 without need_weights); dropout "
+             "applies to the attention "
              "weights in training. Params wq/wk/wv [in, dim], wo [dim, q_dim] and biases "
              "(d = 128: 66,048, like PyTorch). "
              "Init: weights glorot_uniform (PyTorch's xavier_uniform), biases zeros.",

@@ -354,8 +354,12 @@ _POOL_HABITS = {
     "count_include_pad": "explicit padding counts as zeros in avg pooling's divisor "
                          "(PyTorch's count_include_pad = true); padding = \"same\" averages "
                          "the real cells only (count_include_pad = false)",
-    "ceil_mode": "the output length rounds down (ceil_mode = false); pad the end for one "
-                 "more window: padding = [0, 1]",
+    # NOTE: it said padding = [0, 1], which in 2-D pads the second axis on both sides (one
+    # int per axis) and gave [3, 4] where ceil_mode gives [4, 4]; the end's pad is stride - 1
+    "ceil_mode": "the output length rounds down (ceil_mode = false); max pooling's ceil_mode = "
+                 "true is each axis padded at its end by stride - 1, as lo/hi ints: "
+                 "max_pool2d(x, 3, stride = 2, padding = [0, 1, 0, 1]) (1-D: [0, 1]; avg "
+                 "pooling would count that pad in its divisor)",
     **dict.fromkeys(("dilation", "dilation_rate"), "pooling windows are dense (no dilation)"),
     "return_indices": "it returns the pooled values alone",
 }

@@ -3,7 +3,7 @@ comparisons (NONDIFF), so autodiff never walks through them.
 """
 from __future__ import annotations
 
-from nnlang.ir.dims import fmt_shape, is_concrete
+from nnlang.ir.dims import Sym, fmt_shape, is_concrete
 from nnlang.ops.losses import (ONE_HOT_IDS_HINT, class_ids_shape, kept_mean, kept_rows,
                                need_ignore_index, need_scores_first)
 from nnlang.ops.nn import mean_over, need_float
@@ -13,13 +13,19 @@ from nnlang.ops.registry import INT_DTYPES, NONDIFF, Sample, ShapeError, TensorT
 def _accuracy_shape(logits, labels, *, ignore_index=None):
     need_scores_first("accuracy", logits, labels)
     need_float("accuracy", logits)
+    binary = ("for one sigmoid output use binary_accuracy(prob, labels) (threshold = 0 on "
+              "logits)")
     if logits.rank >= 1 and logits.shape[-1] == 1:
         # NOTE: the argmax of one column is always 0: the "accuracy" would be the share of
         # label 0, whatever the model says
         raise ShapeError(f"accuracy: scores {fmt_shape(logits.shape)} have 1 class, so their "
-                         "argmax is always 0", arg=0,
-                         hint="for one sigmoid output use binary_accuracy(prob, labels) "
-                              "(threshold = 0 on logits)")
+                         "argmax is always 0", arg=0, hint=binary)
+    if logits.rank >= 1 and logits.shape[-1] == Sym.of("batch"):
+        # NOTE: one score per example (a squeezed sigmoid, Keras' binary "accuracy") was
+        # refused with the hint that its labels looked one-hot
+        raise ShapeError(f"accuracy: scores {fmt_shape(logits.shape)}: the last axis is the "
+                         "batch, so the argmax would pick an example, not a class", arg=0,
+                         hint=binary)
     rows = logits.shape[:-1]
     if labels.dtype not in INT_DTYPES or rows != labels.shape:
         # NOTE: the hint follows the likely cause; one score per row is the only case where

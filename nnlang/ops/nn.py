@@ -211,7 +211,8 @@ register("embedding", "tokens: tensor, vocab: int, dim: int, init: init = \"unif
          _embedding_shape, decompose=lambda b, tokens, weight, **_: b.gather(weight, tokens),
          params=_embedding_params, family="nn", habits=_EMBEDDING_HABITS,
          doc="Looks up a learned [vocab, dim] vector per token id: [*tokens] -> [*tokens, dim]. "
-             "Ids must lie in [0, vocab). Init (Keras): uniform(-0.05, 0.05).",
+             "Ids must lie in [0, vocab). Init (Keras): uniform(-0.05, 0.05) (PyTorch's "
+             "nn.Embedding draws normal(std = 1): init = normal(std = 1.0)).",
          samples=(Sample(((2, 5),), {"vocab": 7, "dim": 3}, domain="int:7", dtypes=("int32",)),))
 
 
@@ -245,7 +246,8 @@ _act("relu", "x: tensor",
 _act("leaky_relu", "x: tensor, alpha: float = 0.01",
      lambda b, x, *, alpha: b.where(b.gt(x, const_like(b, 0.0, x)), x,
                                     b.mul(x, const_like(b, alpha, x))),
-     "x where x > 0, else alpha * x",
+     "x where x > 0, else alpha * x; alpha = 0.01 is PyTorch's negative_slope (Keras' "
+     "LeakyReLU layer takes 0.3 and its activation = \"leaky_relu\" 0.2: write alpha to match)",
      samples=_ACT_SAMPLES + (Sample(((3, 4),), {"alpha": 0.2}),))
 
 

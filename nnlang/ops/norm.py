@@ -93,7 +93,9 @@ register("layer_norm", "x: tensor, axis: ints = -1, eps: float = 1e-5", _layer_n
          decompose=_layer_norm, params=_layer_norm_params, family="norm",
          habits=_LAYER_NORM_HABITS,
          doc="(x - mean) / sqrt(var + eps) * gamma + beta, statistics over axis (the last by "
-             "default) per example. Params gamma (ones) and beta (zeros) over those dims.",
+             "default) per example, with the biased variance. Params gamma (ones) and beta "
+             "(zeros) over those dims. eps = 1e-5 is PyTorch's LayerNorm (Keras' "
+             "LayerNormalization: epsilon = 1e-3).",
          samples=(Sample(((3, 8),)), Sample(((2, 3, 4),), {"axis": [1, 2]})))
 
 
@@ -184,7 +186,9 @@ register("batch_norm", "x: tensor, momentum: float = 0.1, eps: float = 1e-5", _b
          doc="normalizes each channel (axis 1) of [batch, channels, ...]: training uses the "
              "batch's mean and biased variance, evaluation the running_mean / running_var "
              "(non-trainable). Params gamma (ones), beta (zeros), running_mean (zeros), "
-             "running_var (ones); momentum is PyTorch's (new = (1-m) old + m batch), and "
+             "running_var (ones); momentum and eps = 1e-5 are PyTorch's (Keras' "
+             "BatchNormalization: momentum = 0.99, the share kept, is momentum = 0.01 here, "
+             "and its epsilon is 1e-3): new = (1-m) old + m batch, and "
              "running_var takes the batch's unbiased (n - 1) variance, as PyTorch's (Keras "
              "and CS231n's batchnorm_forward take the biased one). Frozen "
              "(trainable = false, or in a frozen block) it normalizes with the running "

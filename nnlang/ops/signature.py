@@ -154,8 +154,9 @@ OPTION_HABITS = {
     # optimizers
     "amsgrad": "no AMSGrad variant: adam or adamw",
     "betas": "name each: beta1 = 0.9, beta2 = 0.999 (PyTorch's betas = (0.9, 0.999))",
-    "clipnorm": "gradient clipping is a train setting: clip_norm = 1.0 (the global norm, "
-                "Keras' global_clipnorm)",
+    "clipnorm": "gradient clipping is a train setting: clip_norm = 1.0 clips the global norm "
+                "(Keras' global_clipnorm; Keras' clipnorm clips each weight's gradient on "
+                "its own)",
     "global_clipnorm": "gradient clipping is a train setting: clip_norm = 1.0",
     "clipvalue": "no clipping by value: clip_norm = 1.0 (a train setting) clips the global "
                  "norm",

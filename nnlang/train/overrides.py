@@ -14,7 +14,8 @@ from nnlang.frontend.elaborate import Program, load
 from nnlang.frontend.lint import retrained
 from nnlang.frontend.source import load_source, read_source
 from nnlang.frontend.train_config import (FLAGS, Choice, TrainConfig, option_problem,
-                                         range_problem, rising_schedule)
+                                         options_problem, range_problem, rising_schedule,
+                                         setting_habit)
 from nnlang.train import feeds
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES, unknown_choice_hint
 from nnlang.ops.signature import show_value
@@ -97,6 +98,10 @@ def apply_overrides(cfg: TrainConfig, kw: dict, spans: dict | None = None) -> Tr
         given = {**scalars, **opt.options, **(sched.options if sched else {})}
         if k in given and (problem := range_problem(k, given[k])):
             raise NNError(f"train setting '{k}': {problem}", given_span(spans, k))
+    # NOTE: only where --set changed the optimizer's options, as for the rate below
+    if named & {"optimizer", *opt.options} and (clash := options_problem(opt.name, opt.options)):
+        where = next((given_span(spans, k) for k in (clash[0], "optimizer") if k in spans), None)
+        raise NNError(clash[1], where, clash[2])
     # NOTE: only where a flag or --set changed the rate or the schedule: a checkpoint written
     # before this check (a resumed run, eval) keeps loading; the train section's is checked there
     rate = named & {"min_lr", "lr", "schedule", "optimizer"}
@@ -136,6 +141,8 @@ def given_at(spans: dict, key: str):
 def _unknown_hint(k: str, opt: Choice, sched: Choice | None) -> str:
     """Where a --set name goes that is no setting of this run: an option of another optimizer
     or schedule needs that one named too; else the settings there are."""
+    if habit := setting_habit(k):
+        return habit
     for what, table, now in (("optimizer", OPTIMIZERS, opt), ("schedule", SCHEDULES, sched)):
         owners = [n for n, d in table.items() if any(p.name == k for p in d.sig.params)]
         if owners:

@@ -178,6 +178,9 @@ def test_a_rising_cosine_schedule_made_by_the_lr_flag_names_the_flag(work):
      "schedule cosine: min_lr 0.1 is above the learning rate 0.05"),
     (["--set", "schedule=cosine(min_lr=0.01)", "--set", "lr=0.001"], "lr=0.001", 10, 5,
      "schedule cosine: min_lr 0.01 is above the learning rate 0.001"),
+    # nesterov without momentum ran plain SGD without a word (torch.optim.SGD refuses it)
+    (["--set", "optimizer=sgd", "--set", "nesterov=true"], "nesterov=true", 16, 4,
+     "sgd(): nesterov = true needs a momentum"),
     (["--set", "l2_on=nope"], "l2_on=nope", 13, 4,
      "train setting 'l2_on': the model has no weight 'nope'"),
     (["--set", "lr=0.1", "--lr", "0.2"], "lr=0.1", 10, 3,
