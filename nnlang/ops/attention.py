@@ -304,8 +304,8 @@ def cached_attention(b, x, k, v, pos, wq, bq, wo, bo, heads):
     scale = b.literal(1.0 / math.sqrt(inner // heads), b.type(x).dtype)
     scores = b.mul(b.matmul(qh, k), scale)
     grid, at = _at_position(b, pos, b.type(k).shape[3], 3)
-    # the full model's -1e9, so a masked key weighs exactly 0 in both
-    bias = b.where(b.le(grid, at), const_like(b, 0.0, x), const_like(b, NEG_INF, x))
+    # the full model's causal mask, so a later key weighs exactly 0 in both
+    bias = b.where(b.le(grid, at), const_like(b, 0.0, x), const_like(b, FUTURE, x))
     probs = b.softmax(b.add(scores, bias), axis=-1)
     ctx = b.transpose(b.matmul(probs, v), perm=[0, 2, 1, 3])             # [B, 1, H, dh]
     return linear(b, b.reshape(ctx, shape=[batch, 1, inner]), wo, bo)
