@@ -2,6 +2,7 @@
 and `nnlang cache clear` to remove it (everything in it is made again when next needed)."""
 from __future__ import annotations
 
+import inspect
 import os
 
 import typer
@@ -76,5 +77,7 @@ def clear(
                            f"{human(size, 'B')}"))
 
 
+# NOTE: the row in `nnlang --help` is the docstring's first paragraph on one line, as
+# `_Typer.command` makes it for a command
 app.add_typer(cache_app, name="cache",
-              short_help="Show or clear the cache: compiled kernels and plans, downloaded data.")
+              short_help=" ".join(inspect.cleandoc(cache.__doc__).split("\n\n")[0].split()))
