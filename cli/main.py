@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import nnlang_cli.cache_cmds  # noqa: F401  (registers cache)
 import nnlang_cli.compile_cmds  # noqa: F401  (registers compile)
 import nnlang_cli.inspect_cmds  # noqa: F401  (registers check, graph, fmt, ops)
 from nnlang_cli.app import app

@@ -167,18 +167,22 @@ def predict(
     out = one_process("predict")
     if out is None:
         return
+    # NOTE: each batch's results are printed when it is done (a table per output and batch,
+    # the same table as one batch's; JSON lines the same): over a big --jsonl nothing came
+    # until the end, and an error on a late line lost every result before it
     with reporting():
-        results = run_predict(str(file), checkpoint, inputs, backend, None if as_json else out,
-                              named=named, npz=npz, jsonl=jsonl, csv=csv)
-    _warn_not_finite(results, as_json)
-    if as_json:
-        for r in results:
-            # NOTE: json.dumps writes inf and nan as Infinity / NaN, which is not JSON (jq and
-            # JSON.parse refuse the line): null instead, and the warning above says which
-            typer.echo(json.dumps(_finite_or_null(r), allow_nan=False))
-        return
-    for name in dict.fromkeys(r["output"] for r in results):
-        out.print(_result_table([r for r in results if r["output"] == name]))
+        for results in run_predict(str(file), checkpoint, inputs, backend,
+                                   None if as_json else out, named=named, npz=npz, jsonl=jsonl,
+                                   csv=csv):
+            _warn_not_finite(results, as_json)
+            if as_json:
+                for r in results:
+                    # NOTE: json.dumps writes inf and nan as Infinity / NaN, which is not JSON
+                    # (jq and JSON.parse refuse the line): null instead, as the warning says
+                    typer.echo(json.dumps(_finite_or_null(r), allow_nan=False))
+                continue
+            for name in dict.fromkeys(r["output"] for r in results):
+                out.print(_result_table([r for r in results if r["output"] == name]))
 
 
 def _finite_or_null(value):

@@ -1,7 +1,8 @@
 """The user's cache folder, the one rule for where cached files go: `$NNLANG_CACHE_DIR` (or
 `~/.cache/nnlang`) is the root, holding downloaded data sets (`data/cache.py`), compiled plans
 (`plans/`, `passes/plan_cache.py`) and compiled kernels (`kernels/`, `backends/numba_backend.py`).
-Everything cached can be made again, so a cache that cannot be written is a warning, not an error.
+Everything cached can be made again, so a cache that cannot be written is a warning, not an error,
+and `nnlang cache clear` (`clear`) may remove any of it, even while another run uses it.
 """
 from __future__ import annotations
 
@@ -99,3 +100,69 @@ def remove_quietly(path) -> None:
         os.unlink(path)
     except OSError:
         pass  # NOTE: a read-only cache keeps the bad entry; it is checked (and skipped) each run
+
+
+# *** what the cache holds, per kind (`nnlang cache`) ***
+KINDS = {"kernels": "compiled kernels (their source and numba's machine code)",
+         "plans": "compiled plans (optimized graph, schedule, memory plan)",
+         "data": "downloaded data sets, their processed forms and checksum records"}
+
+
+def kind_paths(kind: str) -> list[Path]:
+    """The files and folders of the cache root that hold one kind (`KINDS`); nothing else in
+    the root is ever counted or removed (a root set to a shared folder keeps the rest)."""
+    root = user_cache_dir()
+    if kind == "data":
+        from nnlang.data.cache import cached_paths
+        return cached_paths()
+    return [root / kind]
+
+
+def _files(path: Path):
+    """Every file (and link: never followed) under path, or path itself when it is one."""
+    if path.is_symlink() or path.is_file():
+        yield path
+    elif path.is_dir():
+        for top, dirs, files in os.walk(path):   # NOTE: os.walk does not enter linked folders
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+                yield Path(top) / name
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:   # NOTE: removed meanwhile by another run
+        return 0
+
+
+def usage(kind: str) -> tuple[int, int]:
+    """(files, bytes) the cache holds of one kind."""
+    sizes = [_size(f) for p in kind_paths(kind) for f in _files(p)]
+    return len(sizes), sum(sizes)
+
+
+def clear(kind: str) -> tuple[int, int]:
+    """Removes every file of one kind; returns (files, bytes) removed. NOTE: folders stay: a
+    run compiling meanwhile writes its next file into them (numba saves its index into the
+    kernel's `__pycache__`); a file it needs that is gone is made again (a removed kernel
+    compiles anew, `NumbaBackend.compile`)."""
+    count = freed = 0
+    kept = []
+    for p in kind_paths(kind):
+        for f in list(_files(p)):
+            size = _size(f)
+            try:
+                os.unlink(f)
+            except FileNotFoundError:   # NOTE: another run removed or replaced it meanwhile
+                continue
+            except OSError as err:
+                kept.append((f, err.strerror or str(err)))
+                continue
+            count, freed = count + 1, freed + size
+    if kept:
+        from nnlang.errors import NNError
+        more = f" (and {len(kept) - 1} more)" if len(kept) > 1 else ""
+        raise NNError(f"cannot remove {kept[0][0]} ({kept[0][1]}){more}; removed {count} "
+                      f"other files of the {kind} cache", None,
+                      "check that folder's permissions (the cache belongs to whoever made it)")
+    return count, freed

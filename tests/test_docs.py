@@ -249,7 +249,11 @@ def _options() -> dict[str, list[set[str]]]:
     import typer
 
     from nnlang_cli.main import app
-    return {name: [{*p.opts, *p.secondary_opts} for p in cmd.params
+
+    def params(cmd):   # NOTE: a group's (`nnlang cache clear`) are its subcommands'
+        return [*cmd.params, *(p for sub in getattr(cmd, "commands", {}).values()
+                               for p in sub.params)]
+    return {name: [{*p.opts, *p.secondary_opts} for p in params(cmd)
                    if p.param_type_name == "option"]
             for name, cmd in typer.main.get_command(app).commands.items()}
 

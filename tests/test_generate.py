@@ -333,6 +333,39 @@ def test_a_vanishing_temperature_samples_the_likeliest_token(temperature):
     assert [s.ids for s in cold.samples] == [s.ids for s in greedy.samples]
 
 
+def test_a_sections_stop_strings_end_sequences_as_the_flag_does():
+    """Every flag's setting can be the generate section's default, --stop-string too: the
+    section's `stop_strings` ends each row where the flag's does (HF's rule written out,
+    `_string_stop`); a flag's own strings replace them, a beam search sets them aside, and one
+    no sequence could end at is an error at the setting."""
+    plain = lm_net()
+    free = generator(plain).generate(["the", "a"], options_from(
+        plain.program.generate, {"max_new": 10})).samples
+    string = free[0].text[2:4]
+    section = LM.replace("logits = logits    #", f"stop_strings = [{json.dumps(string)}, "
+                                                 "\"zzz\"]  logits = logits    #")
+    net = lm_net(source=section)
+    spec = net.program.generate
+    got = generator(net).generate(["the", "a"], options_from(spec, {"max_new": 10})).samples
+    for p, f, g in zip(["the", "a"], free, got):
+        k = _string_stop(p, list(f.text), [string, "zzz"])
+        assert (g.ids, g.stopped) == ((f.ids, f.stopped) if k is None else (f.ids[:k], "stop"))
+    assert got[0].stopped == "stop"
+    flag = generator(net).generate(["the"], options_from(spec, {"max_new": 10,
+                                                                "stop_strings": ["zzz"]}))
+    assert flag.samples[0].ids == free[0].ids
+    beam = options_from(spec, {"beam": 2})   # no "not with beam search": the section's aside
+    assert "stop_strings" not in beam and beam["beam"] == 2
+    bad_source = LM.replace("logits = logits    #", 'stop_strings = "a~"  logits = logits  #')
+    bad = lm_net(source=bad_source)
+    with pytest.raises(NNError) as err:
+        generator(bad).generate(["the"], options_from(bad.program.generate, {}))
+    text = err.value.render()
+    assert "stop_strings 'a~': character '~' at position 2" in text
+    line = next(i for i, t in enumerate(bad_source.splitlines(), 1) if "a~" in t)
+    assert f":{line}:" in text.splitlines()[0]
+
+
 def test_greedy_overrides_a_sections_beam():
     """--greedy is the likeliest token every step, "ignoring the generate section's sampling
     settings" (docs/generation.md): a section's `beam = 3` still ran beam search under it."""
@@ -518,6 +551,13 @@ def test_char_tokenizer_round_trips():
     # the same input both ways blamed the logits for reading an input generation cannot feed
     ("source = tokens  tokens = tokens  logits = logits  start = 1",
      "'source' and 'tokens' both name input 'tokens'"),
+    # --stop-string's checks, at the setting
+    ('tokens = tokens  logits = logits  stop_strings = ""', "generate setting 'stop_strings' "
+                                                          "must be a string or a list of "
+                                                          "non-empty strings, got \"\""),
+    ("tokens = tokens  logits = logits  stop_strings = [1]", "must be a string or a list"),
+    ('tokens = tokens  logits = logits  stop_strings = "ab"  beam = 2',
+     "'stop_strings' works with greedy decoding and sampling, not with beam search (beam = 2)"),
 ])
 def test_generate_section_errors(setting, words):
     source = LM.replace("  tokens = tokens    # which input is the token stream\n"

@@ -79,3 +79,22 @@ def test_later_decoder_positions_do_not_reach_earlier_ones(model):
     again = np.asarray(net.forward({"source": source, "decoder_in": other})["logits"])
     np.testing.assert_allclose(again[:, :6], logits[:, :6], rtol=1e-5, atol=1e-6)
     assert not np.allclose(again[:, 6:], logits[:, 6:])
+
+
+def test_held_out_sets_the_sections_stop_strings_aside(model, tmp_path):
+    """A generate section's `stop_strings` (text generation's default, as --stop-string) made
+    every --eval of the model an error ("drop stop_strings", which no flag can): held-out
+    decoding compares ids through the stop token, so it sets them aside and scores as without."""
+    net, ds, tok = model
+    text = (ROOT / "models/seq2seq.nn").read_text().replace("  stop = 2\n",
+                                                            '  stop = 2\n  stop_strings = "-"\n')
+    (tmp_path / "s.nn").write_text(text)
+    other = nnlang.compile(nnlang.load(str(tmp_path / "s.nn"), SMALL), backend="reference",
+                           batch=8, seed=3)
+    assert other.program.generate.defaults["stop_strings"] == ("-",)
+    source = ds.test["source"]
+    target = recompute_greedy(net, source, tok, 11)
+    got = held_out(other, source, target, tok, greedy=True)
+    assert (got["hits"], got["n"]) == (8, 8)
+    with pytest.raises(nnlang.NNError, match="drop stop_strings"):
+        held_out(other, source, target, tok, greedy=True, stop_strings=["-"])

@@ -459,6 +459,33 @@ def test_several_inputs_from_json_lines(work):
         "predict", "two.nn", "-c", "run-two", "--npz", "ab.npz", "--jsonl", "ab.jsonl", cwd=d)
 
 
+def test_results_come_a_batch_at_a_time_so_a_late_bad_line_keeps_the_earlier_ones(work):
+    """predict gathered every result before printing any: over a big --jsonl nothing came
+    until the end, and an error on a late line lost every result before it. Each batch's
+    results are printed when it is done (the model's batch is 4: lines 1-8 are two batches),
+    in --json and in the table, then the located error of line 9."""
+    d, a, b = work
+    rng = np.random.default_rng(5)
+    a9, b9 = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
+    lines = [json.dumps({"a": a9[i].tolist(), "b": b9[i].tolist()}) for i in range(8)]
+    (d / "late.jsonl").write_text("\n".join(lines + ['{"a": [1, 2, 3]}']) + "\n")
+    out = cli("predict", "two.nn", "-c", "run-two", "--jsonl", "late.jsonl", "--backend",
+              "reference", "--json", cwd=d)
+    got = json_lines(out)
+    assert [r["input"] for r in got] == [f"late.jsonl:{i}" for i in range(1, 9)]
+    np.testing.assert_allclose([r["value"] for r in got], two_expected(d, a9, b9), rtol=1e-5)
+    assert "late.jsonl:9: no value for model input(s) b" in out
+    table = cli("predict", "two.nn", "-c", "run-two", "--jsonl", "late.jsonl", "--backend",
+                "reference", cwd=d)
+    assert all(f"late.jsonl:{i} " in table for i in range(1, 9))
+    assert table.index("late.jsonl:8 ") < table.index("late.jsonl:9: no value")
+    # whole runs print as before: one table per output, one JSON line per result
+    (d / "ok.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    table = cli("predict", "two.nn", "-c", "run-two", "--jsonl", "ok.jsonl", "--backend",
+                "reference", code=0, cwd=d)
+    assert table.count("input") == 1 and table.count("ok.jsonl:") == 3
+
+
 def test_json_lines_split_at_newlines_only_and_null_or_true_is_no_number(work):
     """A JSON string may hold U+2028 (LINE SEPARATOR) unescaped (json.dumps(ensure_ascii=False)
     writes it so): str.splitlines cut the line there and a valid file was "not JSON". A null or

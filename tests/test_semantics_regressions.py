@@ -1369,3 +1369,59 @@ train M { optimizer = sgd(lr = 0.1)  batch = 4 }"""
     assert "leaves" not in warning.message and "u.weight (l2)" in warning.message
     program, cfg, *_ = resolve(src, sets={"l2": 0.5, "l2_on": ["a.weight"]})
     assert "leaves them as they are" in program.warnings[0].message
+
+
+CONV_HEAD = {
+    "conv1d": ("input x: float32[batch, 4, 12]", "conv1d(x, 6, 3)", "[batch, 6, 10]", "2"),
+    "conv2d": ("input x: float32[batch, 3, 8, 8]", "conv2d(x, 6, 3, padding = 1)",
+               "[batch, 6, 8, 8]", "[2, 3]"),
+}
+
+
+@pytest.mark.parametrize("conv", ["conv1d", "conv2d"])
+@pytest.mark.parametrize("head,warned", [
+    ("max(c, axis = 1) |> flatten |> dense(2)", "max"),
+    ("mean(c, axis = -RANK) |> flatten |> dense(2)", "mean"),   # axis 1 counted from the end
+    ("max(c, axis = 1, keepdims = true) |> flatten |> dense(2)", None),   # a map, kept
+    ("max(c, axis = SPATIAL) |> dense(2)", None),               # the hint's fix
+    ("global_max_pool(c) |> dense(2)", None),
+    ("unsqueeze(max(c, axis = 1), axis = 1) * c |> flatten |> dense(2)", None),   # attention
+    ("sum(c, axis = 1) |> flatten |> dense(2)", None),          # no pooling is written so
+])
+def test_a_max_or_mean_over_a_convolutions_channels_is_a_located_warning(conv, head, warned):
+    """max(c, axis = 1) on a conv's [batch, channels, *spatial] (Keras' GlobalMaxPooling1D
+    habit on its channels-last layout) keeps one value per position and pools the filters
+    away, silently; the global pooling over the positions was meant. Kept maps (keepdims,
+    CBAM's spatial attention fed back into the features) are not warned about."""
+    decl, layer, shape, spatial = CONV_HEAD[conv]
+    rank = len(shape.split(","))
+    head = head.replace("RANK", str(rank - 1)).replace("SPATIAL", spatial)
+    src = f"""model Head {{
+  {decl}
+  input y: int32[batch]
+  c = {layer} |> relu
+  logits = {head}
+  loss cross_entropy(logits, y)
+}}"""
+    warnings = load(src).warnings
+    assert len(warnings) == (warned is not None), [w.render() for w in warnings]
+    if warned:
+        text = warnings[0].render()
+        assert text.startswith(f"<string>:5:12: warning: {warned} over axis 1 of {shape} "
+                               "reduces the 6 channels of the ")
+        pool = "global_max_pool" if warned == "max" else "global_avg_pool"
+        assert f"write `{pool}(c)` or `{warned}(c, axis = {spatial})` ([batch, 6])" in text
+        # what it says: the channels reduced, one value per position (numpy on c)
+        net = nnlang.compile(src.replace(" |> flatten |> dense(2)", "").replace(
+            "loss cross_entropy(logits, y)", "output c\n  output logits"), dtype="float64",
+            batch=2, seed=0)
+        dims = [int(d) for d in decl.split("[batch, ")[1].rstrip("]").split(", ")]
+        out = net.forward({"x": np.random.default_rng(0).normal(size=(2, *dims))})
+        want = out["c"].max(axis=1) if warned == "max" else out["c"].mean(axis=1)
+        np.testing.assert_allclose(out["logits"], want, rtol=1e-12)
+        assert out["logits"].shape == (2, *out["c"].shape[2:])
+
+
+def test_no_shipped_model_pools_a_convolutions_channels():
+    for path in ("models/cnn.nn", "models/conv1d.nn"):
+        assert not [w for w in load(path).warnings if "channels of the" in w.render()]

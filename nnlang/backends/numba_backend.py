@@ -486,7 +486,15 @@ class NumbaBackend:
             # NOTE: compiled from the text, not through the loader: that wrote a .pyc into the
             # cache and trusted any whose header matched the source, so a damaged one failed
             # every later run (bad marshal data); numba's cache is keyed by the file (co_filename)
-            exec(compile(source, str(path), "exec"), module.__dict__)
+            try:
+                exec(compile(source, str(path), "exec"), module.__dict__)
+            except RuntimeError:
+                if path.exists():
+                    raise
+                # NOTE: numba's cache=True needs the file; `nnlang cache clear` in another
+                # process removed it between its writing and this exec: written again
+                path = _kernel_file(key, source)
+                exec(compile(source, str(path), "exec"), module.__dict__)
             self._modules[key] = module
         return getattr(self._modules[key], name)
 

@@ -218,6 +218,18 @@ def corrupt(path: Path, why: str, data_dir=None, remote: Remote | None = None,
     return DataError("\n".join(lines), hint)
 
 
+def cached_paths() -> list[Path]:
+    """What data sets leave in the user cache (`nnlang cache`): one folder per downloaded data
+    set (`fetch`), their processed forms and the record of verified checksums."""
+    from nnlang.data.registry import DATASETS
+    root = user_cache_dir()
+    return [*(root / name for name in sorted(DATASETS)), _processed_dir(), _verified_file()]
+
+
+def _processed_dir() -> Path:
+    return user_cache_dir() / "processed"
+
+
 def _verified_file() -> Path:
     return user_cache_dir() / "verified.json"
 
@@ -297,7 +309,7 @@ def checked_gzip(path: Path, data_dir=None, remote: Remote | None = None):
 # *** processed-array cache (e.g. tokenized IMDB) ***
 
 def processed_path(key: str) -> Path:
-    return user_cache_dir() / "processed" / f"{key}.npz"
+    return _processed_dir() / f"{key}.npz"
 
 
 def save_processed(key: str, arrays: dict) -> Path | None:

@@ -25,7 +25,10 @@ SAMPLING = {
     "length_penalty": (float, lambda v: v >= 0, ">= 0"),
     "seed": (int, lambda v: v >= 0, ">= 0"),
 }
-SETTINGS = (*ROLES, *TOKENS, *SAMPLING)
+# text that ends a sequence over several tokens (`--stop-string`, HF's stop_strings); a default
+# the flag overrides, as the sampling settings are
+STRINGS = ("stop_strings",)
+SETTINGS = (*ROLES, *TOKENS, *SAMPLING, *STRINGS)
 # what generation uses when neither a flag nor the section gives a value (no temperature, top_k
 # or top_p: greedy)
 BASE = {"max_new": 100, "beam": 1, "length_penalty": 1.0, "seed": 0}
@@ -86,6 +89,15 @@ def elaborate_generate(d: ast.GenerateDef, g, evaluate, errors: ErrorSink, abort
                 errors.add(f"generate setting '{s.name}' must be a token (a string) or a token "
                            f"id (an int >= 0), got {show_value(v)}", s.value.span)
                 continue
+        elif s.name in STRINGS:
+            texts = [v] if isinstance(v, str) else v
+            if not isinstance(texts, (list, tuple)) or not texts or \
+                    not all(isinstance(t, str) and t for t in texts):
+                errors.add(f"generate setting '{s.name}' must be a string or a list of "
+                           f"non-empty strings, got {show_value(v)}", s.value.span,
+                           f"e.g. `{s.name} = [\"\\n\\n\", \"The End\"]`")
+                continue
+            v = tuple(dict.fromkeys(texts))
         elif problem := sampling_problem(s.name, v):
             errors.add(f"generate setting '{s.name}': {problem}", s.value.span)
             continue
@@ -100,6 +112,12 @@ def elaborate_generate(d: ast.GenerateDef, g, evaluate, errors: ErrorSink, abort
     if "source" in values and "start" not in values:
         errors.add("an encoder-decoder (`source = ...`) needs `start`: the token its decoder "
                    "starts from", spans["source"], "add e.g. `start = 1`")
+    if "stop_strings" in values and values.get("beam", 1) > 1:
+        # NOTE: as for --stop-string with --beam (runtime/generate.options_from)
+        errors.add("generate setting 'stop_strings' works with greedy decoding and sampling, "
+                   f"not with beam search (beam = {values['beam']})", spans["stop_strings"],
+                   "drop one of them, or end the beams at a stop token (`stop = ...`)")
+        return None
     if any(k not in values for k in ("tokens", "logits")):
         return None
     return _check_roles(g, values, spans, errors)
@@ -148,7 +166,7 @@ def _check_roles(g, values: dict, spans: dict, errors: ErrorSink):
                    f"(0..{ls[2] - 1}) of logits '{values['logits']}'", span(name))
     if past:
         return None
-    rest = {k: v for k, v in values.items() if k in SAMPLING}
+    rest = {k: v for k, v in values.items() if k in SAMPLING or k in STRINGS}
     return GenerateSpec(values["tokens"], values["logits"], int(max_len), int(ls[2]),
                         values.get("source"), values.get("start"), values.get("stop"),
                         rest, dict(spans))

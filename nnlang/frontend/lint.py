@@ -4,8 +4,9 @@ step of elaboration): a loss fed the activation it applies itself (as an op, or 
 across the batch, a probability threshold on logits, a subscript that picks examples out of
 the batch, Keras' batch_norm momentum, a channels-first layer after a channels-last one, a
 softmax over an axis of size 1, a softmax of a softmax, a batch_norm over the time axis of
-an embedding's or a dense layer's [batch, time, features] and a padding mask written PyTorch's
-way (true at the pads)."""
+an embedding's or a dense layer's [batch, time, features], a padding mask written PyTorch's
+way (true at the pads) and a max or mean over a convolution's channels where a global pooling
+was meant."""
 from __future__ import annotations
 
 from nnlang.errors import Diagnostic
@@ -283,6 +284,57 @@ def _channels_first_after_last(g: Graph, node):
                       "(channels_last = true)", node.span, hint, severity="warning")
 
 
+# reductions a global pooling is written with, and the op that writes it in one call
+POOLED_BY = {"max": "global_max_pool", "mean": "global_avg_pool"}
+
+
+def _channels_pooled(g: Graph, node):
+    """max(c, axis = 1) or mean(c, axis = 1) on a convolution's [batch, channels, *spatial]
+    reduces the channels away and keeps a map per position: Keras' GlobalMaxPooling1D written
+    by hand on its channels-last [batch, steps, channels] is a max over axis 1, which here
+    ends a text CNN with one number per word position instead of one per filter. A map kept
+    with keepdims = true, or one that goes back into a [batch, channels, ...] tensor (CBAM's
+    spatial attention, a conv on it) is meant, and not warned about."""
+    pool = POOLED_BY.get(node.op)
+    if pool is None or node.attrs.get("keepdims") or not node.inputs:
+        return None
+    source = g.node(node.inputs[0])
+    shape = source.type.shape
+    axis = node.attrs.get("axis")
+    axes = [axis] if isinstance(axis, int) else axis if isinstance(axis, (list, tuple)) else []
+    if len(shape) < 3 or len(axes) != 1 or not isinstance(axes[0], int) or \
+            not -len(shape) <= axes[0] < len(shape) or axes[0] % len(shape) != 1:
+        return None
+    # NOTE: through what keeps the layout (an activation, dropout, batch_norm, a residual add)
+    while source.op not in WINDOWED and source.op not in ("permute", "transpose") and \
+            source.inputs and g.node(source.inputs[0]).type.shape == shape:
+        source = g.node(source.inputs[0])
+    if source.op not in WINDOWED or source.attrs.get("channels_last"):
+        return None
+    seen, todo = set(), list(g.users(node.id))
+    while todo and len(seen) < 64:
+        nid = todo.pop()
+        if nid in seen:
+            continue
+        seen.add(nid)
+        if len(g.node(nid).type.shape) >= len(shape):
+            return None
+        todo += g.users(nid)
+    spatial = list(range(2, len(shape)))
+    named = g.node(node.inputs[0])
+    x = named.name or named.attrs.get("name") or "x"
+    return Diagnostic(f"{node.op} over axis 1 of {fmt_shape(shape)} reduces the {shape[1]} "
+                      f"channels of the {source.op} before it and keeps {fmt_shape(shape[2:])}: "
+                      "one value per position, not one per channel", node.span,
+                      f"to pool each channel over the positions (PyTorch's Adaptive"
+                      f"{'Max' if node.op == 'max' else 'Avg'}Pool{len(spatial)}d(1), Keras' "
+                      f"Global{'Max' if node.op == 'max' else 'Average'}Pooling{len(spatial)}D) "
+                      f"write `{pool}({x})` or `{node.op}({x}, axis = "
+                      f"{spatial[0] if len(spatial) == 1 else spatial})` ([batch, {shape[1]}]); "
+                      "a map over the channels per position is kept with keepdims = true",
+                      severity="warning")
+
+
 # layers whose output holds each position's features on the last axis ([batch, time, features])
 FEATURES_LAST = ("embedding", "dense", "linear", "lstm", "gru", "rnn", "multi_head_attention",
                  "positional_encoding")
@@ -408,7 +460,7 @@ def lint(g: Graph, train_span=None, train=None) -> list[Diagnostic]:
                        _channels_last), (_over_batch,),
                       (_threshold_on_logits,), (_rows_of_batch,), (_keras_momentum,),
                       (_softmax_of_one,), (_softmax_twice,), (_padding_mask_inverted,),
-                      (_kl_target_form,)):
+                      (_kl_target_form,), (_channels_pooled,)):
             problem = next((p for p in (rule(g, node) for rule in rules) if p), None)
             if problem is not None:
                 found.append(problem)

@@ -85,9 +85,10 @@ def options_from(spec, given: dict) -> dict:
             raise NNError(f"{how} is deterministic: {FLAGS[sampled[0]]} has no effect with "
                           f"{flag}", hint="drop the sampling flags, or " +
                           ("use --beam 1 to sample" if beam > 1 else "drop --greedy to sample"))
-        # NOTE: greedy is one beam: a section's `beam = 4` ran beam search under --greedy
+        # NOTE: greedy is one beam: a section's `beam = 4` ran beam search under --greedy;
+        # a beam sets aside the section's stop strings, which beam search cannot end at
         ignored = ("temperature", "top_k", "top_p") + (
-            ("beam", "length_penalty") if explicit.get("greedy") else ())
+            ("beam", "length_penalty") if explicit.get("greedy") else ("stop_strings",))
         defaults = {k: v for k, v in spec.defaults.items() if k not in ignored}
     elif any(k in explicit for k in ("temperature", "top_k", "top_p")):
         # NOTE: a sampling flag asks for sampling: under a section's `beam = 4` it ran beam
@@ -105,7 +106,9 @@ def options_from(spec, given: dict) -> dict:
     opts["sample"] = not opts.pop("greedy", False) and opts["beam"] == 1 and any(
         k in opts for k in ("temperature", "top_k", "top_p"))
     opts.setdefault("stop", spec.stop)
-    strings = _stop_strings(opts.pop("stop_strings", None))
+    # NOTE: the section's are checked already (and its string literals unescaped once)
+    strings = _stop_strings(explicit["stop_strings"]) if "stop_strings" in explicit else \
+        opts.pop("stop_strings", ())
     if strings:
         opts["stop_strings"] = strings
     if strings and opts["beam"] > 1:
@@ -213,6 +216,8 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
         raise NNError(f"sources are {sources.shape[1]} ids wide; the model's source input "
                       f"'{spec.source}' takes at most {gen._source_len()}")
     opts = options_from(spec, options)
+    if options.get("stop_strings") is None:
+        opts.pop("stop_strings", None)   # NOTE: the section's are for text generation
     if opts.get("stop_strings"):
         # NOTE: the targets are cut at the stop token to be compared id for id
         raise NNError("held-out decoding compares ids through the stop token; stop_strings "
@@ -325,18 +330,22 @@ class Generator:
 
     def stop_strings(self, strings: tuple) -> tuple:
         """`strings`, refused when one holds a character the tokenizer cannot write: no
-        sequence could end there (a typo would let every sequence run to max_new)."""
+        sequence could end there (a typo would let every sequence run to max_new). An error
+        points at the generate section when they came from there, else names the flag."""
         from nnlang.data import DataError
+        section = strings == self.spec.defaults.get("stop_strings")
+        span = self.spec.spans.get("stop_strings") if section else None
+        what = "stop_strings" if section else "--stop-string"
         for text in strings:
             try:
-                ids = self.tok.encode(text, "--stop-string")
+                ids = self.tok.encode(text, what)
             except DataError as err:
-                raise NNError(err.message, hint=err.hint) from None
+                raise NNError(err.message, span, err.hint) from None
             never = [i for i in ids if i in _never(self.tok)]
             if never:
-                raise NNError(f"--stop-string {text!r} holds {_never(self.tok)[never[0]]}, "
+                raise NNError(f"{what} {text!r} holds {_never(self.tok)[never[0]]}, "
                               "which generation never produces, so no sequence would end "
-                              "there", hint="give text the model writes")
+                              "there", span, "give text the model writes")
         return strings
 
     def token(self, value, what: str) -> int:

@@ -128,8 +128,11 @@ def held_out_arrays(net, cfg, data, data_dir, folder, words=None) -> tuple:
 def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str = "numba",
             console: Console | None = None, named: list[str] | None = None,
             npz: str | Path | None = None, jsonl: str | Path | None = None,
-            csv: str | Path | None = None) -> list[dict]:
-    """One dict per example and model output: {input, output, kind, ...}. The examples come
+            csv: str | Path | None = None):
+    """Yields, per batch of examples run, one dict per example and model output (the
+    outputs in the model's order, each over the batch's examples): {input, output, kind, ...},
+    so a caller shows each batch when it is done (a bad late line of a --jsonl file stops the
+    run after the earlier batches' results, not before any). The examples come
     from one of: `inputs`, raw values for a model with one input (review text or a .txt path
     for text models, a .png/.npy path for image models, a .npy path or numbers otherwise);
     `named`, "NAME=VALUE" strings, a name repeated once per example; `npz`, a file with one
@@ -151,8 +154,7 @@ def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str
                      f"inputs are read as numbers or .npy arrays, not encoded as "
                      f"'{cfg.data.name}' would (nnlang.save(net, path, data=...) records it)")
     names = meta.get("class_names")
-    per_output: dict[str, list] = {k: [] for k, nid in net.user.outputs.items()
-                                   if _per_example(net.user.node(nid))}
+    per_output = [k for k, nid in net.user.outputs.items() if _per_example(net.user.node(nid))]
     skipped = [k for k in net.user.outputs if k not in per_output]
     if not per_output:
         shown = ", ".join(f"{k}: {net.user.node(v).type}" for k, v in net.user.outputs.items())
@@ -178,17 +180,15 @@ def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str
         # RuntimeWarning naming a line of the backend
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             outputs = net.forward(batch)
-        for oname, value in outputs.items():
-            if oname not in per_output:
-                continue
-            value = np.asarray(value)
+        rows = []
+        for oname in per_output:
+            value = np.asarray(outputs[oname])
             nid = net.user.outputs[oname]
             kind, logits = output_kind(net.user, nid, value)
             cut = binary_cut(net.user, nid, logits)
-            for raw, r in zip(described, interpret_output(value, kind, logits, names, meta,
-                                                          cut)):
-                per_output[oname].append({"input": raw, "output": oname, "kind": kind, **r})
-    return [r for rows in per_output.values() for r in rows]
+            rows += [{"input": raw, "output": oname, "kind": kind, **r} for raw, r in
+                     zip(described, interpret_output(value, kind, logits, names, meta, cut))]
+        yield rows
 
 
 def _per_example(node) -> bool:
@@ -246,17 +246,21 @@ def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None, size: int
                  for k in group[0][0]}, described)
 
     # NOTE: examples are taken as they come (a --jsonl file is read a line at a time): a run
-    # of `size` (0: all) ends early where the shape changes
+    # of `size` (0: all) ends early where the shape changes; a full one is run before the
+    # next example is read (a bad one stops the run after it, not before)
     group, shape, lo = [], None, 0
     for raw, described in examples:
         if symbolic:
             raw = {k: r if isinstance(r, np.ndarray) else _read_values(r) for k, r in raw.items()}
         now = tuple(np.shape(r) for r in raw.values()) if symbolic else None
-        if group and (len(group) == size or now != shape):
+        if group and now != shape:
             yield run(group, lo)
             group, lo = [], lo + len(group)
         group.append((raw, described))
         shape = now
+        if len(group) == size:
+            yield run(group, lo)
+            group, lo = [], lo + len(group)
     if group:
         yield run(group, lo)
 

@@ -368,3 +368,29 @@ def test_scatter_add_kernel_refuses_rows_outside_its_output():
     assert ok.shape == (5, 3)
     with pytest.raises(NNError, match="scatter_add: index out of range"):
         exe.run({"src": rand((4, 3)), "idx": np.array([0, 5, 1, 2], np.int32)})
+
+
+def test_a_kernel_file_removed_before_its_import_is_written_again(tmp_path, monkeypatch):
+    """`nnlang cache clear` in another process may remove a kernel's file between its writing
+    and numba's cache=True decorator, which needs the file: the kernel compiles anyway."""
+    from nnlang.backends import numba_backend
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    written = numba_backend._kernel_file
+    removed = []
+
+    def removed_once(key, source):
+        path = written(key, source)
+        if not removed:
+            path.unlink()
+            removed.append(path)
+        return path
+    monkeypatch.setattr(numba_backend, "_kernel_file", removed_once)
+    g = Graph()
+    b = Builder(g)
+    x = leaf(g, "input", "x", (4, 3))
+    g.outputs["y"] = b.exp(b.mul(x, b.const(0.5)))
+    feeds = {"x": rand((4, 3))}
+    exe = compile_graph(g, numba_backend.NumbaBackend())
+    assert removed and removed[0].exists()
+    np.testing.assert_allclose(exe.run(feeds)["y"], np.exp(feeds["x"].astype(np.float64) * 0.5),
+                               rtol=1e-6)

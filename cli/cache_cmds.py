@@ -1,0 +1,83 @@
+"""`nnlang cache`: where the user cache is, what it holds per kind (`nnlang.user_cache.KINDS`),
+and `nnlang cache clear` to remove it (everything in it is made again when next needed)."""
+from __future__ import annotations
+
+import inspect
+import os
+
+import typer
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+from nnlang_cli.app import _Typer, app, console, reporting
+
+cache_app = _Typer(name="cache", rich_markup_mode="rich", no_args_is_help=False,
+                   add_completion=False, pretty_exceptions_enable=False,
+                   invoke_without_command=True)
+
+
+def _root_text() -> str:
+    from nnlang.user_cache import user_cache_dir
+    how = "$NNLANG_CACHE_DIR" if os.environ.get("NNLANG_CACHE_DIR") else "the default"
+    return f"{user_cache_dir()} ({how})"
+
+
+@cache_app.callback()
+def cache(ctx: typer.Context):
+    """Show where the cache is and what it holds (compiled kernels, compiled plans, downloaded
+    data); `nnlang cache clear` removes it."""
+    if ctx.invoked_subcommand is None:
+        info()
+
+
+@cache_app.command()
+def info():
+    """Show the cache folder and the files and bytes it holds per kind."""
+    from nnlang.ir.summary import human
+    from nnlang.user_cache import KINDS, usage
+
+    out = console()
+    with reporting():
+        rows = [(kind, *usage(kind)) for kind in KINDS]
+    out.print(Text(f"cache: {_root_text()}"))
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    t.add_column("kind", style="cyan", no_wrap=True)
+    t.add_column("files", justify="right")
+    t.add_column("size", justify="right")
+    t.add_column("what")
+    for kind, files, size in rows:
+        t.add_row(Text(kind), Text(f"{files:,}"), Text(human(size, "B")), Text(KINDS[kind]))
+    t.add_row(Text("total"), Text(f"{sum(r[1] for r in rows):,}"),
+              Text(human(sum(r[2] for r in rows), "B")), Text(""))
+    out.print(t)
+    out.print(Text("remove: nnlang cache clear [--kernels] [--plans] [--data] (made again "
+                   "when next needed)"))
+
+
+@cache_app.command()
+def clear(
+    kernels: bool = typer.Option(False, "--kernels", help="Remove the compiled kernels."),
+    plans: bool = typer.Option(False, "--plans", help="Remove the compiled plans."),
+    data: bool = typer.Option(False, "--data", help="Remove downloaded and processed data."),
+):
+    """Remove the cache's files (all kinds, or those named); nothing outside the cache folder.
+    Safe while another run compiles: what it needs again is made again."""
+    from nnlang.ir.summary import human
+    from nnlang.user_cache import KINDS
+    from nnlang.user_cache import clear as clear_kind
+
+    chosen = [k for k, on in (("kernels", kernels), ("plans", plans), ("data", data)) if on]
+    out = console()
+    out.print(Text(f"cache: {_root_text()}"))
+    with reporting():
+        for kind in chosen or KINDS:
+            files, size = clear_kind(kind)
+            out.print(Text(f"removed {kind}: {files:,} file{'' if files == 1 else 's'}, "
+                           f"{human(size, 'B')}"))
+
+
+# NOTE: the row in `nnlang --help` is the docstring's first paragraph on one line, as
+# `_Typer.command` makes it for a command
+app.add_typer(cache_app, name="cache",
+              short_help=" ".join(inspect.cleandoc(cache.__doc__).split("\n\n")[0].split()))

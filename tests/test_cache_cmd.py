@@ -1,0 +1,103 @@
+"""`nnlang cache` / `cache info` / `cache clear`: what the user cache holds per kind, and its
+removal, which never reaches outside the cache's own entries (a linked folder is unlinked,
+never emptied; files of the root that nnlang did not make stay)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.regen import ensure_cli
+
+app = ensure_cli().main.app
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output + result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    return result
+
+
+def _file(path, size):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A cache laid out as runs leave it, plus what is not nnlang's: a file in the root and a
+    data set folder linked to the user's own copy elsewhere."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(root))
+    _file(root / "kernels" / "k_a.py", 100)
+    _file(root / "kernels" / "__pycache__" / "k_a.k-1.py311.nbi", 200)
+    _file(root / "kernels" / "__pycache__" / "k_a.k-1.py311.1.nbc", 300)
+    _file(root / "kernels" / "compiled" / "nnlang_kernels.k_a.k.0123", 0)
+    _file(root / "plans" / "p1.pkl", 1000)
+    _file(root / "plans" / "p2.pkl", 1000)
+    _file(root / "mnist" / "train-images-idx3-ubyte.gz", 5000)
+    _file(root / "processed" / "imdb-1.npz", 700)
+    _file(root / "verified.json", 10)
+    _file(root / "notes.txt", 50)                      # not nnlang's
+    own = tmp_path / "my-imdb"
+    _file(own / "aclImdb_v1.tar.gz", 4000)
+    os.symlink(own, root / "imdb")
+    return root, own
+
+
+def _row(out, kind):
+    line = next(line for line in out.splitlines() if line.split()[:1] == [kind])
+    return line.split()[1:4]
+
+
+def test_cache_info_shows_the_folder_and_each_kind(cache):
+    root, _ = cache
+    for args in (("cache",), ("cache", "info")):
+        r = run(*args)
+        assert r.exit_code == 0, r.stderr
+        assert f"cache: {root} ($NNLANG_CACHE_DIR)" in r.stdout
+        assert _row(r.stdout, "kernels") == ["4", "600", "B"]
+        assert _row(r.stdout, "plans") == ["2", "1.95", "KiB"]    # 2,000 bytes
+        # the linked folder counts as its link, not as the 4,000 bytes it points to
+        files, size, unit = _row(r.stdout, "data")
+        assert files == "4" and unit in ("B", "KiB")
+        assert _row(r.stdout, "total")[0] == "10"
+
+
+def test_cache_clear_one_kind_then_all_leaves_what_is_not_the_caches(cache):
+    root, own = cache
+    r = run("cache", "clear", "--plans")
+    assert r.exit_code == 0, r.stderr
+    assert "removed plans: 2 files, 1.95 KiB" in r.stdout and "kernels" not in r.stdout
+    assert not list((root / "plans").iterdir()) and (root / "kernels" / "k_a.py").exists()
+    r = run("cache", "clear")
+    assert r.exit_code == 0, r.stderr
+    assert "removed kernels: 4 files, 600 B" in r.stdout
+    assert "removed data: 4 files" in r.stdout
+    left = sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
+    assert left == ["notes.txt"]
+    assert (own / "aclImdb_v1.tar.gz").read_bytes() == b"x" * 4000   # the link only
+    # the folders stay, for a run compiling meanwhile to write into
+    assert (root / "kernels" / "__pycache__").is_dir()
+    assert _row(run("cache").stdout, "total")[0] == "0"
+
+
+def test_cache_clear_of_a_file_it_cannot_remove_is_an_error_naming_it(cache, monkeypatch):
+    from nnlang import user_cache
+    root, _ = cache
+    unlink = os.unlink
+
+    def refused(path, *a, **kw):   # NOTE: a read-only folder, which root (CI) writes anyway
+        if "plans" in str(path):
+            raise PermissionError(13, "Permission denied")
+        return unlink(path, *a, **kw)
+    monkeypatch.setattr(user_cache.os, "unlink", refused)
+    r = run("cache", "clear")
+    assert r.exit_code == 1
+    assert "removed kernels: 4 files" in r.stdout
+    assert f"error: cannot remove {root / 'plans'}" in r.stderr
+    assert "(Permission denied) (and 1 more)" in r.stderr and "hint:" in r.stderr
