@@ -11,7 +11,7 @@ import pytest
 
 import nnlang
 from nnlang.frontend.train_config import Choice
-from nnlang.ops.optim import OPTIMIZERS, learning_rate
+from nnlang.ops.optim import OPTIMIZERS, learning_rate, plateau_scale
 
 MODEL = """
 model Q {
@@ -101,6 +101,21 @@ def test_schedules():
     exp = Choice("exponential", {"gamma": 0.9, "warmup": 0})
     assert learning_rate(2.0, exp, 0, 3, 0) == pytest.approx(2.0 * 0.9 ** 3)
 
+
+
+def test_plateau_cuts_by_factor_down_to_min_lr():
+    """PyTorch's ReduceLROnPlateau: each cut is lr = max(lr * factor, min_lr), and the rate
+    then stays at the floor (docs: "multiply by factor ... down to min_lr")."""
+    plateau = Choice("plateau", {"factor": 0.5, "patience": 2, "min_lr": 0.2, "warmup": 0})
+    scale, rates, lr = 1.0, [], 1.0
+    for _ in range(5):
+        scale = plateau_scale(plateau, 1.0, scale)
+        rates.append(learning_rate(1.0, plateau, 0, 0, 0, scale))
+        lr = max(lr * 0.5, 0.2)
+        assert rates[-1] == pytest.approx(lr)
+    assert rates == pytest.approx([0.5, 0.25, 0.2, 0.2, 0.2])
+    # a scale past the floor (as a resumed run's) still reads as min_lr
+    assert learning_rate(1.0, plateau, 0, 0, 0, 0.01) == pytest.approx(0.2)
 
 SHAPES = {"a": (300, 300), "b": (7,), "c": (2, 3, 5), "d": (3, 4)}  # a: over PARALLEL_MIN
 MANY = """

@@ -58,6 +58,22 @@ def test_l2_penalty_adds_to_the_loss():
     assert loss == pytest.approx(0.5 * 4)
 
 
+
+def test_l1_penalty_is_the_sum_of_absolute_values():
+    """Keras' L1: l1 * sum(|w|), its gradient l1 * sign(w): the loss before a step, and one
+    SGD step on a weight the data loss does not reach (w - lr * l1 * sign(w)); l1_on puts it
+    on a bias (rank 1), which the default leaves alone."""
+    src = """model L { input x: float64[batch, 2]  param w: float64[2, 2] = normal(std = 1.0)
+                       param c: float64[3] = normal(std = 1.0)  loss l = mean(x) }
+             train L { l1 = 0.5  l1_on = [w, c]  optimizer = sgd(lr = 0.1) }"""
+    net = nnlang.compile(src, backend="reference", batch=1, dtype="float64", seed=3)
+    w, c = net.state["w"].copy(), net.state["c"].copy()
+    assert (w < 0).any() and (w > 0).any()
+    loss = net.train_step({"x": np.zeros((1, 2))})
+    assert loss == pytest.approx(0.5 * (np.abs(w).sum() + np.abs(c).sum()), rel=1e-12)
+    np.testing.assert_allclose(net.state["w"], w - 0.1 * 0.5 * np.sign(w), rtol=1e-12)
+    np.testing.assert_allclose(net.state["c"], c - 0.1 * 0.5 * np.sign(c), rtol=1e-12)
+
 def test_float64_graphs_stay_float64():
     net = nnlang.compile(BN, backend="reference", batch=3, dtype="float64")
     assert {n.dtype for n in net.graph("train")} <= {"float64", "bool", "int64", "int32"}

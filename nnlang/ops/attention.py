@@ -161,7 +161,9 @@ register("multi_head_attention",
          samples=(Sample(((2, 4, 8),), {"heads": 2, "dropout": 0.1}),
                   Sample(((2, 3, 8), (2, 5, 6)), {"heads": 4, "dim": 12}),
                   Sample(((2, 4, 8), None, (2, 4)), {"heads": 2, "causal": True},
-                         domain="int:2", dtypes=(None, None, "int32"))))
+                         domain="int:2", dtypes=(None, None, "int32")),
+                  # more keys than queries (a cache's prefix): causal's lower-right alignment
+                  Sample(((2, 3, 8), (2, 5, 8)), {"heads": 2, "causal": True})))
 
 
 def sinusoid_table(length: int, dim: int) -> np.ndarray:

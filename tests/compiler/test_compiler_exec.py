@@ -358,6 +358,21 @@ def test_transpose_read_by_many_matmuls_is_copied_once():
     assert [s.kind for s in exe.steps].count("copy") == 1
 
 
+
+def test_gather_of_negative_ids_counts_from_the_end_as_numpy():
+    """gather is table[idx] (its doc): -1 is the last row, -rows the first, on the numba
+    lowering as in numpy, and the ids past either end are refused."""
+    g = Graph()
+    b = Builder(g)
+    table, idx = leaf(g, "input", "table", (5, 3)), leaf(g, "input", "idx", (2, 3), "int32")
+    g.outputs["out"] = b.gather(table, idx)
+    exe = compile_graph(g)
+    t, ids = rand((5, 3)), np.array([[-1, 0, -5], [4, -2, -1]], np.int32)
+    np.testing.assert_array_equal(exe.run({"table": t, "idx": ids})["out"], t[ids])
+    for bad in (-6, 5):
+        with pytest.raises(NNError, match="out of bounds"):
+            exe.run({"table": t, "idx": np.array([[0, bad, 1], [2, 3, 4]], np.int32)})
+
 def test_scatter_add_kernel_refuses_rows_outside_its_output():
     g = Graph()
     b = Builder(g)

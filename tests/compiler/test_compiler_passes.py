@@ -82,6 +82,25 @@ def test_pass_on_and_off_same_result(name):
     np.testing.assert_allclose(off, ref, rtol=1e-6)
 
 
+
+def test_identity_rules_fold_only_the_identity_side():
+    """x - 0 and x / 1 are x, but 0 - x is -x and 1 / x its reciprocal: the simplification
+    that folds the first two must leave the others (numpy written out below)."""
+    g = Graph()
+    b = Builder(g)
+    x = g.add_node("input", [], {"name": "x", "dtype": "float64", "shape": [3, 4]},
+                   TensorType((3, 4), "float64"), name="x")
+    g.inputs["x"] = x
+    zero, one = b.const(0.0, "float64"), b.const(1.0, "float64")
+    g.outputs = {"a": b.sub(zero, x), "b": b.div(one, x), "c": b.sub(x, zero),
+                 "d": b.div(x, one), "e": b.mul(one, x), "f": b.add(zero, x)}
+    xs = np.random.default_rng(4).uniform(0.5, 2.0, (3, 4))
+    folded = fold_constants(g)
+    runs = (interpret(folded, {"x": xs}, want=folded.outputs), compile_graph(g).run({"x": xs}))
+    for got in runs:
+        for k, want in {"a": -xs, "b": 1 / xs, "c": xs, "d": xs, "e": xs, "f": xs}.items():
+            np.testing.assert_allclose(got[k], want, rtol=1e-15, err_msg=k)
+
 def test_optimize_rejects_unknown_pass():
     g, _ = sample_graph()
     with pytest.raises(NNError, match="unknown pass.*nope"):

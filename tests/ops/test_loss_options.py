@@ -109,13 +109,16 @@ def test_cross_entropy_smoothing_of_probability_targets_matches_numpy(e, backend
     _close(grad, want_grad, "float64")
 
 
+@pytest.mark.parametrize("weight", [None, [0.5, 2.0, 1.0, 3.0, 1.5]])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_cross_entropy_with_every_row_ignored_is_zero_not_nan(backend):
+def test_cross_entropy_with_every_row_ignored_is_zero_not_nan(backend, weight):
     """PyTorch gives nan (0 / 0) for a batch whose rows are all ignored; nnlang's documented
-    choice is a loss of 0 and a zero gradient, so an all-padding batch cannot stop a run."""
+    choice is a loss of 0 and a zero gradient, so an all-padding batch cannot stop a run; with
+    class weights too (their divisor, the kept rows' weights, is 0 as well)."""
     f = _ce_feeds((3, 4, 5))
     f["y"][:] = 0
-    loss, grad = _loss_and_grad(_ce_src((3, 4, 5), 0.1, 0), f, backend, "float64", "z")
+    loss, grad = _loss_and_grad(_ce_src((3, 4, 5), 0.1, 0, weight=weight), f, backend,
+                                "float64", "z")
     assert loss == 0.0 and not grad.any()
 
 

@@ -653,3 +653,50 @@ def _hint_runs_as_the_fixed_length_model(fixed: str, src: str) -> None:
     got = nnlang.compile(fixed, backend="reference", seed=0).forward(feeds)["o"]
     want = nnlang.compile(numeric, backend="reference", seed=0).forward(feeds)["o"]
     np.testing.assert_array_equal(got, want)
+
+
+def _sigmoid(v):
+    return 1 / (1 + np.exp(-v))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_dropout_and_recurrent_dropout_follow_keras_in_training(cell):
+    """docs/language.md: dropout / recurrent_dropout are Keras' per-sequence masks, on the
+    inputs and on h before the recurrent GEMM (GRU's update gate still mixes the undropped h,
+    as Keras' GRUCell's `z * h_tm1`). The training graph, interpreted with a fixed key, against
+    a numpy cell fed the masks the graph drew: one [batch, 1, features] input mask and one
+    [batch, units] state mask for the whole sequence, each 0 or 1 / (1 - rate)."""
+    from nnlang.ops.registry import Sample
+    from nnlang.passes.decompose import decompose
+    from nnlang.runtime.interpret import interpret
+    from tests.op_graphs import op_graph
+    B, T, F, U = 3, 4, 5, 2
+    g, feeds, params, _ = op_graph(cell, Sample(((B, T, F),), {
+        "units": U, "return_sequences": True, "dropout": 0.5, "recurrent_dropout": 0.5}))
+    low = decompose(g, training=True)
+    env = interpret(low, {**feeds, "_rng": np.int64(11)}, params)
+
+    def mask(shape):
+        found = [v for v in env.values() if v.shape == shape and set(np.unique(v)) == {0, 2}]
+        assert len(found) == 1, f"one dropout mask of shape {shape} for the whole sequence"
+        return found[0]
+
+    x, dm, rm = feeds["x0"], mask((B, 1, F)), mask((B, U))
+    W, R, bias = params["kernel"], params["recurrent"], params["bias"]
+    h, c, want = np.zeros((B, U)), np.zeros((B, U)), []
+    for t in range(T):
+        xt, hr = x[:, t] * dm[:, 0], h * rm
+        if cell == "rnn":
+            h = np.tanh(xt @ W + hr @ R + bias)
+        elif cell == "lstm":
+            i, f, gg, o = np.split(xt @ W + hr @ R + bias, 4, axis=1)
+            c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(gg)
+            h = _sigmoid(o) * np.tanh(c)
+        else:
+            xz, xr, xh = np.split(xt @ W + bias[0], 3, axis=1)
+            hz, hr_, hh = np.split(hr @ R + bias[1], 3, axis=1)
+            z, r = _sigmoid(xz + hz), _sigmoid(xr + hr_)
+            h = z * h + (1 - z) * np.tanh(xh + r * hh)
+        want.append(h)
+    np.testing.assert_allclose(env[low.outputs["out"]], np.stack(want, axis=1), rtol=1e-10,
+                               atol=1e-12)
