@@ -1,12 +1,14 @@
 """Writing a file so that readers see the old file or the whole new one, never a part of it:
 checkpoints, run records, cached plans, kernels and data sets all go through `write_atomic`.
-Also the checks of the Python API's path and bool arguments (`as_path`, `as_bool`)."""
+Also the checks of the Python API's path and bool arguments (`as_path`, `as_bool`), and
+`read_npy`, the one reader of a .npy file the user names."""
 from __future__ import annotations
 
 import errno
 import os
 import stat
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -54,6 +56,29 @@ def user_path(value: str | os.PathLike) -> Path:
         return path.expanduser()
     except RuntimeError:
         return path
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """The one array of the .npy file `path`; an error naming the file when it holds none: an
+    .npz archive under a .npy name (np.load gave an NpzFile, which went on as one odd value:
+    "holds <U11 values, not numbers") or a file that is no .npy at all (numpy took it for a
+    pickle: "contains pickled (object) data", or an internal error)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if head.startswith(b"PK\x03\x04"):
+            with np.load(path, allow_pickle=False) as z:
+                names = ", ".join(z.files)
+            raise NNError(f"{path} is an .npz archive (arrays {names}), not a .npy file of one "
+                          "example", hint=f"pass it as --npz {path}: its arrays named like the "
+                                          "model's inputs, one row per example")
+        if head != b"\x93NUMPY":
+            raise NNError(f"{path} is not a .npy file (it does not start with numpy's header)",
+                          hint="write it with numpy.save(path, array)")
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise NNError(f"cannot read {path} ({err})",
+                      hint="write it with numpy.save(path, array)") from None
 
 
 def _umask() -> int:

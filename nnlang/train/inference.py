@@ -13,6 +13,7 @@ from rich.console import Console
 from nnlang.data.chars import tokenizer_from_meta
 from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
+from nnlang.files import read_npy
 from nnlang.ir.dims import Sym
 from nnlang.ir.graph import no_output_error
 from nnlang.ops.optim import OPTIMIZER_PREFIX
@@ -312,7 +313,15 @@ def _file_given(path: Path, what: str) -> None:
 def _from_npz(path: Path, graph, features: dict, targets: dict):
     _file_given(path, "--npz")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not hasattr(z, "files"):
+            # NOTE: a .npy (one bare array, not an archive), where `with` was an internal error
+            raise NNError(f"--npz {path} is a .npy file (one array), not an .npz archive of "
+                          "arrays named like the model's inputs",
+                          hint="pass a .npy path as an input itself (nnlang predict FILE -c "
+                               f"RUN {path}), or write an .npz with numpy.savez(path, "
+                               "NAME=array, ...)")
+        with z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError) as err:
         raise NNError(f"cannot read --npz {path} ({err})",
@@ -593,10 +602,7 @@ def _read_values(raw) -> np.ndarray:
                       "write the numbers (1,2.5,3) or save one example with "
                       "numpy.save('x.npy', x)")
     _file_given(path, "input")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise NNError(f"cannot read {path} ({err})") from None
+    return read_npy(path)
 
 
 # an output whose value per example has at most this many numbers is printed whole
