@@ -768,6 +768,49 @@ def test_fmt_write_that_fails_midway_keeps_the_source(tmp_path):
     assert [f.name for f in tmp_path.iterdir()] == [path.name]
 
 
+
+FAKE_DOT = """#!{python}
+import sys
+args = sys.argv[1:]
+svg = "<svg>" + "new " * 100 + "</svg>\\n"
+if "-o" in args:
+    open(args[args.index("-o") + 1], "w").write(svg)
+else:
+    sys.stdout.write(svg)
+"""
+
+
+@pytest.mark.parametrize("name", ["g.dot", "g.svg"])
+def test_graph_output_that_fails_midway_keeps_the_drawing_there(tmp_path, name):
+    """A full disk (here: a file-size limit of 64 bytes) while `graph -o` replaces a drawing:
+    the .dot (and the .svg Graphviz drew from it) were truncated, then cut at the limit. Both
+    stay as they were, and no temporary file is left beside them."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dot").write_text(FAKE_DOT.format(python=sys.executable))
+    (bin_dir / "dot").chmod(0o755)
+    old = {"g.dot": "digraph old { a -> b }\n", "g.svg": "<svg>old</svg>\n"}
+    for k, v in old.items():
+        (tmp_path / k).write_text(v)
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # NOTE: EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+    p = subprocess.run([sys.executable, "-m", "nnlang_cli.main", "graph", str(MLP), "-o",
+                        str(tmp_path / name)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, preexec_fn=limited,
+                       env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert p.returncode == 1 and f"-o {tmp_path / name}: cannot write" in p.stdout + p.stderr, \
+        (p.stdout, p.stderr)
+    assert {k: (tmp_path / k).read_text() for k in old} == old
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["bin", "g.dot", "g.svg"]
+
+
 # *** repeat counts and dims in declarations ***
 
 @pytest.mark.parametrize("lines, where, words", [
