@@ -166,7 +166,7 @@ class RunDir:
     def drop_stale_temps(self) -> None:
         """Removes the temp files of saves a kill -9 cut short (a checkpoint's: one per kill, as
         big as a checkpoint; the run records' too); `write_atomic` never leaves one otherwise."""
-        for name in RUN_FILES:
+        for name in (*RUN_FILES, "*.png"):
             for tmp in self.path.glob(f".{name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
 
@@ -270,8 +270,12 @@ class RunDir:
             fig.tight_layout()
             paths.append(self.path / f"{name}.png")
             try:
+                # NOTE: drawn into memory, then replaced whole: savefig into the file cut a
+                # plot already there (a resume's) at a full disk, a broken png left for good
+                png = io.BytesIO()
+                fig.savefig(png, dpi=100, format="png")
                 with writing(paths[-1]):
-                    fig.savefig(paths[-1], dpi=100)
+                    write_atomic(paths[-1], png.getvalue())
             finally:
                 plt.close(fig)
         return paths

@@ -400,6 +400,33 @@ def test_a_resume_that_cannot_write_keeps_the_metrics_log(work, tmp_path):
     assert not list(run.glob(".*.tmp"))
 
 
+
+def test_plots_cut_by_a_full_disk_keep_the_plots_there(work, tmp_path):
+    """A full disk (here: a file-size limit between the checkpoint's size and the plots') when
+    a resume redraws its plots: savefig wrote into loss.png itself, truncated it and left it
+    cut at the limit, a broken png in the run folder. The plots there stay whole, the error
+    names the file, and no temporary file is left."""
+    import resource
+    import signal
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--epochs", "2", code=0,
+        cwd=work)
+    plots = {p.name: p.read_bytes() for p in run.glob("*.png")}
+    limit = min(map(len, plots.values())) - 100
+    assert plots and (run / "checkpoint.npz").stat().st_size < limit - 1000
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # NOTE: EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    p = cli_process("train", "tiny.nn", "--backend", "reference", "--out", run, "--resume",
+                    "--epochs", "3", code=1, cwd=work, env={"PYTHONPATH": str(ROOT)},
+                    preexec_fn=limited)
+    assert f"cannot write {run / 'loss.png'} (File too large)" in p.stdout + p.stderr, \
+        p.stdout + p.stderr
+    assert {p.name: p.read_bytes() for p in run.glob("*.png")} == plots
+    assert not list(run.glob(".*.tmp"))
+
 def test_out_with_the_users_files_is_refused_and_they_are_kept(work, tmp_path):
     proj = tmp_path / "proj"
     proj.mkdir()
