@@ -306,6 +306,8 @@ def _from_flags(named: list[str], graph, features: dict, targets: dict) -> dict[
 
 def _file_given(path: Path, what: str) -> None:
     """The error for an input file (`what`: its flag or kind) that is not there."""
+    if path.is_dir():   # NOTE: "file not found" sent the user looking for a path that is there
+        raise NNError(f"{what} {path} is a folder, not a file", hint="pass the file in it")
     if not path.is_file():
         raise NNError(f"{what} file not found: {path}")
 

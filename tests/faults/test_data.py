@@ -417,7 +417,9 @@ def test_a_test_table_beyond_int32_is_not_class_ids(work):
                                                      "option 'target' is given twice"]),
     (["--data", 'csv("reg.csv", target="a", target="b")'], ["option 'target' is given twice"]),
     (["--data", "reg.csv(**{})"], ["cannot parse dataset options", "'**{}' is not an option"]),
-    (["--data", "missing.npz"], ["data file not found: missing.npz"]),
+    (["--data", "missing.npz"], ["data file not found: missing.npz", "beside the .nn file"]),
+    # a folder was "data file not found", for a path that is there
+    (["--data", "folder.csv"], ["data path folder.csv is a folder, not a .npz or .csv file"]),
     # found by a fuzzer: numpy's MemoryError for 2,500 rows of 3e9 tokens, an internal error
     (["--data", "imdb_sample(maxlen=3000000000)"],
      ["dataset 'imdb_sample' (maxlen=3000000000) does not fit in this machine's memory"]),
@@ -429,6 +431,7 @@ def test_a_test_table_beyond_int32_is_not_class_ids(work):
 ])
 def test_bad_data_choice(args, words, work):
     (work / "reg.csv").write_text("a,b,label\n1,2,3\n")
+    (work / "folder.csv").mkdir()
     out = train("reg.nn", *args, "--out", "r", cwd=work)
     for w in words:
         assert w in out, out
@@ -540,6 +543,7 @@ def test_bad_setting_in_the_file(line, words, work):
 ])
 def test_bad_setting_flag(args, words, work):
     (work / "reg.csv").write_text("a,b,label\n1,2,3\n")
+    (work / "folder.csv").mkdir()
     out = train("reg.nn", *args, "--out", "r", cwd=work)
     assert words in out, out
 

@@ -26,6 +26,7 @@ def npz_files(work):  # noqa: F811
     np.savez(d / "both.npz", a=x, b=np.zeros((2, 2), np.float32))
     (d / "both_named.npy").write_bytes((d / "both.npz").read_bytes())
     (d / "text.npy").write_text("1,2,3\n")
+    (d / "folder.npz").mkdir(exist_ok=True)
     return d
 
 
@@ -52,6 +53,7 @@ def npz_files(work):  # noqa: F811
      ["--input a, row 2 (1,2,3,4) has 4 values, but model input 'a' takes 3 per example"]),
     (["-i", "a=1,nan,3", "-i", B], ["--input a, row 0: nan is not a finite number"]),
     (["--npz", "missing.npz"], ["--npz file not found: missing.npz"]),
+    (["--npz", "folder.npz"], ["--npz folder.npz is a folder, not a file"]),   # "not found"
     (["--npz", "notes.txt"], ["cannot read --npz notes.txt", "numpy.savez"]),
     # a .npy where an archive goes, and an archive named .npy: an internal error (TypeError),
     # and 'holds <U11 values, not numbers'
