@@ -731,6 +731,20 @@ def test_output_into_a_read_only_folder(tmp_path, monkeypatch):
         expect(out, f"error: -o {tmp_path / 'g.dot'}: the folder '{tmp_path}' is not writable")
 
 
+
+def test_an_import_from_the_home_folder(tmp_path, monkeypatch):
+    """`import "~/lib.nn"` looked for a folder '~' beside the file ("no such file", looked for
+    DIR/~/lib.nn), where `data = "~/d.npz"` in the same file is the home folder's."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    (home / "lib.nn").write_text("block Lin(x, n) {\n  return dense(x, n)\n}\n")
+    path = nn_file(tmp_path, 'import "~/lib.nn"\n'
+                   "model M {\n  input x: float32[batch, 4]\n  output y = Lin(x, 3)\n}\n")
+    assert "y" in cli("check", path, code=0)
+    path = nn_file(tmp_path, 'import "./~/lib.nn"\n', "n.nn")   # a folder named '~' beside it
+    expect(cli("check", path), f"looked for {tmp_path / '~' / 'lib.nn'}")
+
 def test_an_imported_binary_file_is_named(tmp_path):
     nn_file(tmp_path, GARBAGE, "lib.nn")
     path = nn_file(tmp_path, 'import "lib.nn"\n' + model("y = v"))
