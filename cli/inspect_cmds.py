@@ -18,7 +18,8 @@ from nnlang.errors import NNError, did_you_mean
 from nnlang.files import write_atomic
 from nnlang.ir.dims import MAX_BATCH
 from nnlang_cli.app import (MODEL_HELP, PATH, SET_HELP, app, check_output, console, err_console,
-                            parse_overrides, print_error, print_warnings, reporting, writing)
+                            notes_for, parse_overrides, print_error, print_warnings, reporting,
+                            writing)
 
 
 
@@ -188,7 +189,7 @@ def graph(
     except RuntimeError as err:
         err_console().print(Text(str(err)))
         raise typer.Exit(1)
-    console().print(Text(f"wrote {written}"))
+    notes_for(written, console()).print(Text(f"wrote {written}"))
 
 
 # *** fmt ***

@@ -101,7 +101,23 @@ def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
 
     A file that is there already is replaced as open(path, "w") would write it: a symlink's
     target is written (the link stays), its permission bits stay, and a read-only file (no
-    write bit: even root's rename would go past it) raises PermissionError, untouched."""
+    write bit: even root's rename would go past it) raises PermissionError, untouched.
+
+    A path that is no regular file (a device such as /dev/null or /dev/stdout, a FIFO, a
+    shell's `>(...)`) is written in place: there is nothing to keep whole, and the rename put
+    a regular file where root's /dev/null was (or a reader's FIFO), or failed for /dev/stdout,
+    a link to a pipe that has no folder to make the temporary file in."""
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        special = False
+    if special and not os.path.isdir(path):
+        with open(path, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        return Path(path)
     path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)

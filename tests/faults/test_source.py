@@ -711,6 +711,36 @@ def test_output_paths_that_cannot_be_written(tmp_path, command, target, words):
     expect(cli(command[0], MLP, "-o", out, *command[1:]), "error: -o", *words)
 
 
+
+def test_output_to_a_fifo_or_standard_output_is_written_in_place(tmp_path):
+    """`-o` naming no regular file: a FIFO a reader holds open (or root's /dev/null) was
+    replaced by a regular file (write_atomic's rename), so the reader got nothing and the FIFO
+    or device was gone; `-o /dev/stdout` was 'cannot write: No such file or directory'. They
+    are written in place, and the 'wrote' note goes to stderr, not into the data."""
+    import os
+    import stat
+    import subprocess
+    import sys
+    cli("compile", MLP, "--emit", "user", "-o", tmp_path / "plain.txt", code=0)
+    want = (tmp_path / "plain.txt").read_text()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)   # NOTE: a reader, so the writer's open
+    try:                                              # does not wait
+        cli("compile", MLP, "--emit", "user", "-o", fifo, code=0)
+        got = b""
+        while chunk := os.read(fd, 1 << 16):
+            got += chunk
+    finally:
+        os.close(fd)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and got.decode() == want
+    if os.path.exists("/dev/stdout"):
+        p = subprocess.run([sys.executable, "-m", "nnlang_cli.main", "compile", str(MLP),
+                            "--emit", "user", "-o", "/dev/stdout"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and p.stdout == want, (p.stdout, p.stderr)
+        assert "wrote /dev/stdout" in p.stderr
+
 def test_compile_output_over_the_model_file_is_refused(tmp_path):
     """`nnlang compile model.nn -o model.nn` wrote the summary over the model's source."""
     model = tmp_path / "m.nn"
