@@ -4,6 +4,7 @@ in one .npz written atomically. The non-array part is one JSON string under `__m
 """
 from __future__ import annotations
 
+import errno
 import json
 import zipfile
 import zlib
@@ -116,6 +117,13 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
             state = {k[len(_STATE):]: z[k] for k in z.files if k.startswith(_STATE)}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
             json.JSONDecodeError) as err:
+        if isinstance(err, OSError) and err.errno is not None:
+            # NOTE: the file could not be read (another account's, a failing disk), which
+            # said it "may be truncated or written by another program; train again"
+            raise NNError(f"cannot read the checkpoint {path} ({err.strerror or err})",
+                          hint="check that you may read it (ls -l)" if err.errno in
+                          (errno.EACCES, errno.EPERM) else "the file system could not read "
+                          "it; copy the run from where it is whole") from None
         # NOTE: zlib.error: a damaged np.savez_compressed archive (numpy reads those too)
         if isinstance(err, KeyError) and arrays:
             # NOTE: most likely a library loop's np.savez(path, **net.parameters())

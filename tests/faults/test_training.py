@@ -588,6 +588,31 @@ def test_bad_checkpoints(work, command, ckpt, words):
         assert w in out, out
 
 
+
+@pytest.mark.parametrize("code, words", [
+    (errno.EACCES, ["cannot read the checkpoint", "(Permission denied)", "check that you may "
+                                                                          "read it"]),
+    (errno.EIO, ["cannot read the checkpoint", "(Input/output error)", "the file system could "
+                                                                       "not read it"]),
+])
+def test_a_checkpoint_the_file_system_will_not_read_is_not_called_damaged(work, monkeypatch,
+                                                                          code, words):
+    """Another account's checkpoint (mode 600) or a failing disk: the error called the file
+    'not a readable nnlang checkpoint (PermissionError)' and told the user it 'may be truncated
+    or written by another program; ... train again'. (numpy opens the file, so the refusal
+    is made there: root reads any mode.)"""
+    load = np.load
+
+    def refused(file, *args, **kw):
+        if Path(file).parent.name == "run-tiny":
+            raise OSError(code, os.strerror(code), str(file))
+        return load(file, *args, **kw)
+    monkeypatch.setattr(np, "load", refused)
+    out = cli("eval", "tiny.nn", "-c", "run-tiny", "--backend", "reference", cwd=work)
+    for w in words:
+        assert w in out, out
+    assert "truncated" not in out and "train again" not in out, out
+
 def _rewritten(work, name, arrays=None, meta=None, compressed=False):
     """work/NAME: run-tiny's checkpoint with `arrays` replaced and its meta edited by `meta`."""
     z = dict(np.load(work / "run-tiny" / checkpoint.FILENAME))
