@@ -77,8 +77,22 @@ def read_npy(path: Path) -> np.ndarray:
                           hint="write it with numpy.save(path, array)")
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        if isinstance(err, OSError) and (refused := cannot_read(path, err)):
+            raise refused from None
         raise NNError(f"cannot read {path} ({err})",
                       hint="write it with numpy.save(path, array)") from None
+
+
+def cannot_read(path, err: OSError, cls=NNError) -> NNError | None:
+    """The error (of class `cls`) for a file the file system would not read: permissions or a
+    failing disk, said as such; None for an OSError without an errno (numpy's and zipfile's
+    for a file of the wrong format), whose caller says what is wrong with the file. Those
+    refusals were called truncated or corrupt files, with the advice to train again."""
+    if err.errno is None:
+        return None
+    hint = "check that you may read it (ls -l)" if err.errno in (errno.EACCES, errno.EPERM) \
+        else "the file system could not read it; use a copy that is whole"
+    return cls(f"cannot read {path} ({err.strerror or err})", hint=hint)
 
 
 def _umask() -> int:

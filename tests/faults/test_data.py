@@ -326,6 +326,33 @@ def test_bad_csv(text, words, work, request):
     assert "Warning" not in out, out
 
 
+
+@pytest.mark.parametrize("name", ["reg.csv", "reg.npz"])
+def test_a_data_file_the_file_system_will_not_read_is_not_called_corrupt(work, monkeypatch,
+                                                                         name):
+    """A table or archive of another account (mode 600): an .npz was 'cannot read it as .npz
+    ([Errno 13] Permission denied: ...): truncated or corrupt', a .csv got the hint to save it
+    as a UTF-8 CSV. (The refusal is made where the file is opened: root reads any mode.)"""
+    import builtins
+    import errno
+    import os
+    import zipfile
+    from nnlang.data import npz
+    (work / "reg.csv").write_text("a,b,label\n1,2,3\n4,5,6\n")
+    np.savez(work / "reg.npz", x=X[:4], label=np.arange(4.0))
+
+    def refused(file):
+        if isinstance(file, (str, os.PathLike)) and Path(file).name == name:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+    zip_init = zipfile.ZipFile.__init__
+    monkeypatch.setattr(npz, "open", lambda file, *a, **k: refused(file) or builtins.open(
+        file, *a, **k), raising=False)
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", lambda self, file, *a, **k: refused(
+        file) or zip_init(self, file, *a, **k))
+    out = train("reg.nn", "--data", name, "--out", "r", cwd=work)
+    assert f"cannot read {name} (Permission denied)" in out and "ls -l" in out, out
+    assert "corrupt" not in out and "UTF-8" not in out, out
+
 def test_csv_with_a_byte_order_mark_trains(work):
     """Excel's UTF-8 CSVs start with a BOM: it is not part of the first column's name."""
     (work / "reg.csv").write_bytes(b"\xef\xbb\xbfa,b,label\n1,2,3\n4,5,6\n")

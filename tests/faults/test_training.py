@@ -590,10 +590,10 @@ def test_bad_checkpoints(work, command, ckpt, words):
 
 
 @pytest.mark.parametrize("code, words", [
-    (errno.EACCES, ["cannot read the checkpoint", "(Permission denied)", "check that you may "
-                                                                          "read it"]),
-    (errno.EIO, ["cannot read the checkpoint", "(Input/output error)", "the file system could "
-                                                                       "not read it"]),
+    (errno.EACCES, ["cannot read run-tiny/", "(Permission denied)", "check that you may "
+                                                                    "read it"]),
+    (errno.EIO, ["cannot read run-tiny/", "(Input/output error)", "the file system could not "
+                                                                  "read it"]),
 ])
 def test_a_checkpoint_the_file_system_will_not_read_is_not_called_damaged(work, monkeypatch,
                                                                           code, words):
