@@ -369,6 +369,11 @@ def reporting():
     except (typer.Exit, typer.Abort):
         raise
     except Exception as err:  # NOTE: a bug in nnlang, not bad input; still no traceback
+        from nnlang.files import CWD_GONE, CWD_HINT, cwd_gone
+        if isinstance(err, FileNotFoundError) and cwd_gone():
+            # NOTE: Path.resolve and Path.cwd raise it wherever a relative path is made whole
+            print_error(NNError(CWD_GONE, hint=CWD_HINT))
+            raise typer.Exit(1) from None
         if os.environ.get("NNLANG_DEBUG"):
             raise
         err_console().print(Text(

@@ -95,6 +95,19 @@ def cannot_read(path, err: OSError, cls=NNError) -> NNError | None:
     return cls(f"cannot read {path} ({err.strerror or err})", hint=hint)
 
 
+CWD_GONE = "the working directory no longer exists (deleted or moved while the shell was in it)"
+CWD_HINT = "cd to a folder that exists (cd \"$PWD\" if it was made again), then run it again"
+
+
+def cwd_gone() -> bool:
+    """Was the working directory deleted? Then every relative path fails, as 'No such file'."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    return False
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -741,6 +741,28 @@ def test_output_to_a_fifo_or_standard_output_is_written_in_place(tmp_path):
         assert p.returncode == 0 and p.stdout == want, (p.stdout, p.stderr)
         assert "wrote /dev/stdout" in p.stderr
 
+
+def test_a_working_directory_deleted_under_the_shell(tmp_path):
+    """A shell left in a folder that was deleted (`rm -rf build` from another terminal): a
+    relative model path was an internal error (FileNotFoundError from Path.resolve), a run
+    with no --out 'cannot write runs/... (No such file or directory)' with the hint to pass a
+    writable --out. Both say that the working directory is gone."""
+    import os
+    from tests.faults.conftest import cli_process
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "mlp.nn").write_text(MLP.read_text())
+    gone = tmp_path / "gone"
+    # NOTE: absolute, since the working directory is gone
+    path = [str(ROOT), *(os.path.abspath(p) for p in
+                         os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    for args in (["check", "../m/mlp.nn"], ["train", tmp_path / "m" / "mlp.nn", "--max-steps",
+                                            "1", "--backend", "reference"]):
+        gone.mkdir()
+        p = cli_process(*args, cwd=gone, env={"PYTHONPATH": os.pathsep.join(path)},
+                        preexec_fn=lambda: os.rmdir(os.getcwd()))
+        expect(p.stdout + p.stderr, "the working directory no longer exists", "cd to a folder")
+    assert not (tmp_path / "runs").exists()
+
 def test_compile_output_over_the_model_file_is_refused(tmp_path):
     """`nnlang compile model.nn -o model.nn` wrote the summary over the model's source."""
     model = tmp_path / "m.nn"
