@@ -13,7 +13,8 @@ from rich.console import Console
 from nnlang.data.chars import tokenizer_from_meta
 from nnlang.data.registry import trained_words
 from nnlang.errors import NNError
-from nnlang.files import read_npy
+from nnlang.files import cannot_read, read_npy
+from nnlang.frontend.source import decode as decode_text
 from nnlang.ir.dims import Sym
 from nnlang.ir.graph import no_output_error
 from nnlang.ops.optim import OPTIMIZER_PREFIX
@@ -355,13 +356,15 @@ def _from_jsonl(path: Path, graph, features: dict, targets: dict):
     raws: dict[str, list] = {k: [] for k in features}
     described = []
     try:
-        # NOTE: lines end at \n (a \r before it dropped), as JSON Lines says: str.splitlines
-        # also cut at U+2028, \x85 or \x0c, which a JSON string may hold unescaped
-        lines = [ln.removesuffix("\r")
-                 for ln in path.read_text(encoding="utf-8-sig").split("\n")]
-    except (OSError, UnicodeDecodeError) as err:
-        raise NNError(f"cannot read --jsonl {path} ({err})",
-                      hint="save it as UTF-8 text, one JSON object per line") from None
+        data = path.read_bytes()
+    except OSError as err:
+        raise cannot_read(path, err) or NNError(f"cannot read --jsonl {path} ({err})") from None
+    # NOTE: lines end at \n (a \r before it dropped), as JSON Lines says: str.splitlines also
+    # cut at U+2028, \x85 or \x0c, which a JSON string may hold unescaped. A byte that is not
+    # UTF-8 is named at its line and column (`decode_text`), where the message gave the
+    # decoder's byte offset alone
+    lines = [ln.removesuffix("\r")
+             for ln in decode_text(data, str(path), "a JSON Lines file").split("\n")]
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

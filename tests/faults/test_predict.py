@@ -27,6 +27,8 @@ def npz_files(work):  # noqa: F811
     (d / "both_named.npy").write_bytes((d / "both.npz").read_bytes())
     (d / "text.npy").write_text("1,2,3\n")
     (d / "folder.npz").mkdir(exist_ok=True)
+    (d / "latin.jsonl").write_bytes('{"a": [1, 2, 3], "b": [0.5, -1]}\n{"a": "caf\u00e9"}\n'
+                                    .encode("latin-1"))
     return d
 
 
@@ -54,6 +56,8 @@ def npz_files(work):  # noqa: F811
     (["-i", "a=1,nan,3", "-i", B], ["--input a, row 0: nan is not a finite number"]),
     (["--npz", "missing.npz"], ["--npz file not found: missing.npz"]),
     (["--npz", "folder.npz"], ["--npz folder.npz is a folder, not a file"]),   # "not found"
+    # the decoder's "can't decode byte 0xe9 in position 40", with no line
+    (["--jsonl", "latin.jsonl"], ["latin.jsonl:2:11: error: not UTF-8 text: byte 0xe9"]),
     (["--npz", "notes.txt"], ["cannot read --npz notes.txt", "numpy.savez"]),
     # a .npy where an archive goes, and an archive named .npy: an internal error (TypeError),
     # and 'holds <U11 values, not numbers'
