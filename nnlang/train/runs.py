@@ -40,6 +40,12 @@ def writing(path):
             # NOTE: a run there (a --resume): another --out alone starts no resume
             hint = (f"the run there is unchanged; to go on from it, copy it where you can "
                     f"write: cp -r {path} NEW, then --out NEW --resume")
+        run = Path(path).parent
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and \
+                (run / checkpoint.FILENAME).is_file():
+            # NOTE: a run's log, summary or plot: another --out started the training over
+            hint = (f"free space there, then --resume goes on from {run / checkpoint.FILENAME} "
+                    "(the last checkpoint saved, unchanged)")
         raise NNError(f"cannot write {path} ({err.strerror or err})", hint=hint) from None
 
 

@@ -424,8 +424,37 @@ def test_plots_cut_by_a_full_disk_keep_the_plots_there(work, tmp_path):
                     preexec_fn=limited)
     assert f"cannot write {run / 'loss.png'} (File too large)" in p.stdout + p.stderr, \
         p.stdout + p.stderr
+    assert f"free space there, then --resume goes on from {run / 'checkpoint.npz'}" in p.stderr
     assert {p.name: p.read_bytes() for p in run.glob("*.png")} == plots
     assert not list(run.glob(".*.tmp"))
+
+
+def test_a_full_disk_while_the_log_is_written_says_to_resume_there(work, tmp_path,
+                                                                  monkeypatch):
+    """The disk fills up as epoch 2's row goes into metrics.jsonl: the hint was to 'pass --out
+    with a writable folder that has free space', a new run that trains from the start. The
+    checkpoint of epoch 1 is there: free space and --resume; that resume finishes the run."""
+    import builtins
+    from nnlang.train import runs
+    run = tmp_path / "run"
+    appended = []
+
+    def full(file, mode="r", *args, **kw):
+        if mode == "a" and Path(file).name == "metrics.jsonl":
+            appended.append(file)
+            if len(appended) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return builtins.open(file, mode, *args, **kw)
+    with monkeypatch.context() as patch:
+        patch.setattr(runs, "open", full, raising=False)
+        out = cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--epochs", "3",
+                  cwd=work)
+    assert f"cannot write {run / 'metrics.jsonl'} (No space left on device)" in out, out
+    assert f"free space there, then --resume goes on from {run / 'checkpoint.npz'}" in out, out
+    assert checkpoint.load(run).epoch == 1
+    cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--resume", cwd=work, code=0)
+    assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] \
+        == [1, 2, 3]
 
 def test_out_with_the_users_files_is_refused_and_they_are_kept(work, tmp_path):
     proj = tmp_path / "proj"
