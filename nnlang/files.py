@@ -119,6 +119,13 @@ def new_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def _encoded(data: bytes | str) -> bytes:
+    """Text as UTF-8. NOTE: a file name of bytes that are not UTF-8 (Linux allows any) reaches
+    text as surrogates, which UTF-8 cannot encode: `nnlang graph café.nn` (in Latin-1) was an
+    internal error writing its title. They are written as the terminal shows them, \\udce9."""
+    return data.encode("utf-8", "backslashreplace") if isinstance(data, str) else data
+
+
 def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
                  fsync: bool = False) -> Path:
     """Writes `data` (bytes, text, or a function writing to the open binary file) to a temporary
@@ -143,7 +150,7 @@ def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
             if callable(data):
                 data(f)
             else:
-                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+                f.write(_encoded(data))
         return Path(path)
     path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     try:
@@ -160,7 +167,7 @@ def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
             if callable(data):
                 data(f)
             else:
-                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+                f.write(_encoded(data))
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())

@@ -763,6 +763,22 @@ def test_a_working_directory_deleted_under_the_shell(tmp_path):
         expect(p.stdout + p.stderr, "the working directory no longer exists", "cd to a folder")
     assert not (tmp_path / "runs").exists()
 
+
+def test_a_file_name_that_is_not_utf8(tmp_path):
+    """Linux file names are bytes: a Latin-1 'café.nn' reaches Python with a surrogate
+    (\\udce9), which UTF-8 cannot encode. `compile` and `train` were an internal error (the
+    plan cache's key), `graph` too (writing the .dot, whose title names the file). The name is
+    written as the terminal shows it."""
+    import os
+    name = tmp_path / os.fsdecode(b"caf\xe9.nn")
+    try:
+        name.write_text(MLP.read_text())
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system takes UTF-8 file names only")
+    cli("compile", name, "--backend", "reference", "--emit", "fused", code=0)
+    cli("graph", name, "-o", tmp_path / "g.dot", code=0)
+    assert f"Mlp ({tmp_path}/caf\\udce9.nn)" in (tmp_path / "g.dot").read_text()
+
 def test_compile_output_over_the_model_file_is_refused(tmp_path):
     """`nnlang compile model.nn -o model.nn` wrote the summary over the model's source."""
     model = tmp_path / "m.nn"
