@@ -456,6 +456,17 @@ def test_a_full_disk_while_the_log_is_written_says_to_resume_there(work, tmp_pat
     assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] \
         == [1, 2, 3]
 
+
+def test_a_model_file_that_can_be_read_once_trains(work, tmp_path):
+    """`nnlang train /dev/stdin < tiny.nn` (or `<(...)`, a pipe): train read the file, then
+    read it again to elaborate it, got nothing the second time and said 'this file defines no
+    model' at 1:1. (A file saved between the two reads trained one model under another's
+    source.) The one text read is what is trained and what the checkpoint keeps."""
+    run = tmp_path / "run"
+    cli_process("train", "/dev/stdin", "--backend", "reference", "--out", run, "--epochs", "1",
+                code=0, cwd=work, input=TINY)
+    assert checkpoint.load(run).meta["source"] == TINY
+
 def test_out_with_the_users_files_is_refused_and_they_are_kept(work, tmp_path):
     proj = tmp_path / "proj"
     proj.mkdir()
