@@ -230,6 +230,13 @@ def fmt(
             stdin = is_stdin(path)
             name = STDIN_FILE if stdin else str(path)
             try:
+                if write and not stdin and path.exists() and not path.is_dir() and \
+                        not path.is_file():
+                    # NOTE: a pipe or device has no file to rewrite: the text went back into
+                    # the pipe (a FIFO with no reader left waited forever), "reformatted"
+                    raise NNError(f"--write {path}: this is no regular file (a pipe or a "
+                                  "device), so there is no file to rewrite",
+                                  hint="without --write, fmt prints the formatted text")
                 # NOTE: read once, the byte-order mark kept: the canonical text (what fmt
                 # prints) has none, so a source that starts with one is not formatted
                 raw = (read_stdin(sys.stdin.buffer, keep_bom=True) if stdin

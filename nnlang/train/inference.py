@@ -309,7 +309,7 @@ def _file_given(path: Path, what: str) -> None:
     """The error for an input file (`what`: its flag or kind) that is not there."""
     if path.is_dir():   # NOTE: "file not found" sent the user looking for a path that is there
         raise NNError(f"{what} {path} is a folder, not a file", hint="pass the file in it")
-    if not path.is_file():
+    if not path.exists():   # NOTE: not is_file(): a pipe (`--csv <(...)`) is read as a file
         raise NNError(f"{what} file not found: {path}")
 
 

@@ -110,3 +110,23 @@ def test_an_image_models_npy_that_is_no_array_is_named(tmp_path):
         out = cli("predict", "digits.nn", "-c", "run", name, "--backend", "reference",
                   cwd=tmp_path)
         assert words in out, out
+
+
+def test_examples_from_a_pipe(npz_files):
+    """`--jsonl <(...)` or `--csv <(...)` (a pipe, no regular file): 'file not found' for the
+    path the shell made; the examples are read as from a file."""
+    import os
+    import threading
+    fifo = npz_files / "rows.fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    text = '{"a": [1, 2, 3], "b": [0.5, -1]}\n'
+    feeder = threading.Thread(target=fifo.write_text, args=(text,), daemon=True)
+    feeder.start()
+    out = cli("predict", "two.nn", "-c", "run-two", "--jsonl", fifo, "--backend", "reference",
+              "--json", code=0, cwd=npz_files)
+    feeder.join(10)
+    (npz_files / "rows.jsonl").write_text(text)
+    want = cli("predict", "two.nn", "-c", "run-two", "--jsonl", "rows.jsonl", "--backend",
+               "reference", "--json", code=0, cwd=npz_files)
+    assert out.replace("rows.fifo", "rows.jsonl") == want

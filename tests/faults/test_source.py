@@ -742,6 +742,21 @@ def test_output_to_a_fifo_or_standard_output_is_written_in_place(tmp_path):
         assert "wrote /dev/stdout" in p.stderr
 
 
+
+def test_fmt_write_to_a_fifo_is_refused(tmp_path):
+    """`fmt --write` on a FIFO (or `<(...)`): there is no file to rewrite. Once such a path was
+    written in place, fmt read the FIFO, then waited forever to write the text back into it
+    (before, the rename put a regular file where the FIFO was)."""
+    import os
+    import stat
+    from tests.faults.conftest import cli_process
+    fifo = tmp_path / "m.nn"
+    os.mkfifo(fifo)
+    p = cli_process("fmt", "--write", fifo, timeout=30)
+    expect(p.stdout + p.stderr, f"--write {fifo}: this is no regular file",
+           "without --write, fmt prints the formatted text")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
 def test_a_working_directory_deleted_under_the_shell(tmp_path):
     """A shell left in a folder that was deleted (`rm -rf build` from another terminal): a
     relative model path was an internal error (FileNotFoundError from Path.resolve), a run
