@@ -35,6 +35,12 @@ def writing(path):
             else "pass --out with a writable folder that has free space"
         if err.errno == errno.ENOENT and not Path(path).is_absolute() and cwd_gone():
             raise NNError(f"cannot write {path}: {CWD_GONE}", hint=CWD_HINT) from None
+        if err.errno == errno.EEXIST and (link := _dangling(Path(path))):
+            # NOTE: mkdir says "File exists" for a link to nothing (a moved or unmounted disk)
+            raise NNError(f"cannot write {path}: {link} is a symbolic link to "
+                          f"{os.readlink(link)}, which does not exist",
+                          hint="make what it points to (or mount that disk), or pass another "
+                               "--out") from None
         if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and \
                 (Path(path) / checkpoint.FILENAME).is_file():
             # NOTE: a run there (a --resume): another --out alone starts no resume
@@ -47,6 +53,12 @@ def writing(path):
             hint = (f"free space there, then --resume goes on from {run / checkpoint.FILENAME} "
                     "(the last checkpoint saved, unchanged)")
         raise NNError(f"cannot write {path} ({err.strerror or err})", hint=hint) from None
+
+
+def _dangling(path: Path) -> Path | None:
+    """The first folder on `path` (itself included) that is a symbolic link to nothing."""
+    return next((p for p in (*reversed(path.parents), path) if p.is_symlink() and not p.exists()),
+                None)
 
 
 RUN_FILES = {"config.json", "metrics.jsonl", "metrics.csv", "summary.json", checkpoint.FILENAME,

@@ -467,6 +467,18 @@ def test_a_model_file_that_can_be_read_once_trains(work, tmp_path):
                 code=0, cwd=work, input=TINY)
     assert checkpoint.load(run).meta["source"] == TINY
 
+
+def test_out_through_a_symbolic_link_to_nothing(work, tmp_path):
+    """--out (or a folder above it) a symbolic link whose target is gone (a moved or
+    unmounted disk): 'cannot write OUT (File exists)', mkdir's word. It names the link."""
+    (tmp_path / "disk").symlink_to(tmp_path / "unmounted")
+    for out in (tmp_path / "disk", tmp_path / "disk" / "run"):
+        text = cli("train", "tiny.nn", "--backend", "reference", "--out", out, "--epochs", "1",
+                   cwd=work)
+        assert f"{tmp_path / 'disk'} is a symbolic link to {tmp_path / 'unmounted'}, which " \
+               "does not exist" in text, text
+    assert not (tmp_path / "unmounted").exists()
+
 def test_out_with_the_users_files_is_refused_and_they_are_kept(work, tmp_path):
     proj = tmp_path / "proj"
     proj.mkdir()
