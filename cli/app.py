@@ -210,6 +210,12 @@ def err_console() -> Console:
     return Console(file=sys.stderr, soft_wrap=True, highlight=False)
 
 
+def notes_for(output: Path, con: Console) -> Console:
+    """Where a command writing `output` says what it did: stderr when `output` is no regular
+    file (`-o /dev/stdout`, a pipe), where "wrote ..." joined the data written."""
+    return err_console() if output.exists() and not output.is_file() else con
+
+
 def print_error(err: NNError | str) -> None:
     """The rendered error (or a rendered warning's text), exactly as `NNError.render()` gives
     it (carets stay aligned); only colour is added, and no markup in the message is
@@ -363,6 +369,11 @@ def reporting():
     except (typer.Exit, typer.Abort):
         raise
     except Exception as err:  # NOTE: a bug in nnlang, not bad input; still no traceback
+        from nnlang.files import CWD_GONE, CWD_HINT, cwd_gone
+        if isinstance(err, FileNotFoundError) and cwd_gone():
+            # NOTE: Path.resolve and Path.cwd raise it wherever a relative path is made whole
+            print_error(NNError(CWD_GONE, hint=CWD_HINT))
+            raise typer.Exit(1) from None
         if os.environ.get("NNLANG_DEBUG"):
             raise
         err_console().print(Text(
@@ -401,6 +412,8 @@ def check_output(path: Path, flag: str = "-o", reads: dict | None = None) -> Pat
     if path.is_dir():
         raise NNError(f"{flag} {path}: this is a folder, not a file",
                       hint=f"name a file inside it, e.g. {path / ('out' + path.suffix)}")
+    if path.exists() and not path.is_file():
+        return path   # NOTE: a device or FIFO (/dev/stdout, >(gzip > x)): written in place
     parent = path.parent
     if not parent.is_dir():
         raise NNError(f"{flag} {path}: the folder '{parent}' does not exist",

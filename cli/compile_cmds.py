@@ -12,8 +12,8 @@ import nnlang
 from nnlang.errors import NNError, Span
 from nnlang.files import write_atomic
 from nnlang.ir.dims import DEFAULT_LENGTH, MAX_BATCH
-from nnlang_cli.app import (MODEL_HELP, PATH, SET_HELP, app, check_output, console, parse_overrides,
-                            reporting, writing)
+from nnlang_cli.app import (MODEL_HELP, PATH, SET_HELP, app, check_output, console, notes_for,
+                            parse_overrides, reporting, writing)
 
 
 def compile_cmd(
@@ -48,7 +48,7 @@ def compile_cmd(
             with writing(output):
                 write_atomic(output, text)
     if output is not None:
-        console().print(Text(f"wrote {output}"))
+        notes_for(output, console()).print(Text(f"wrote {output}"))
     else:
         console().print(Text(text), end="", soft_wrap=True)
 

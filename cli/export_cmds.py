@@ -7,7 +7,8 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from nnlang_cli.app import PATH, app, check_output, one_process, reporting
+from nnlang_cli.app import (PATH, app, check_output, notes_for, one_process,
+                            reporting)
 from nnlang_cli.train_cmds import CKPT_HELP
 
 
@@ -28,7 +29,8 @@ def export(
     output = output or Path(file.stem + ".onnx")
     with reporting():
         output = check_output(output, reads={"the model file": file, "the checkpoint": checkpoint})
+        out = notes_for(output, out)
         proto = export_onnx(str(file), checkpoint, output, console=out)
-    size = output.stat().st_size
+    size = proto.ByteSize()   # NOTE: not the file's: /dev/stdout's size is 0
     shown = f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
     out.print(Text(f"wrote {output} ({shown}): {describe(proto)}"))

@@ -204,6 +204,7 @@ MAX_PROMPT_FILE_BYTES = 64 << 20
 
 def _prompts(given, path) -> list[str]:
     from nnlang.errors import NNError
+    from nnlang.frontend.source import decode
     prompts = list(given or [])
     if path is not None:
         try:
@@ -218,8 +219,8 @@ def _prompts(given, path) -> list[str]:
             # splitlines() also cut at a form feed, U+0085 and U+2028, which made two prompts of
             # one line where --prompt with the same text is an error naming the character
             lines = [line.removesuffix("\r") for line in
-                     data.decode("utf-8-sig").split("\n")]
-        except (OSError, UnicodeDecodeError) as err:
+                     decode(data, str(path), "a prompt file").split("\n")]
+        except OSError as err:
             raise NNError(f"--prompt-file {path}: cannot read it ({err})") from None
         prompts += [line for line in lines if line.strip()]
     if not prompts:

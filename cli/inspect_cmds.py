@@ -18,7 +18,8 @@ from nnlang.errors import NNError, did_you_mean
 from nnlang.files import write_atomic
 from nnlang.ir.dims import MAX_BATCH
 from nnlang_cli.app import (MODEL_HELP, PATH, SET_HELP, app, check_output, console, err_console,
-                            parse_overrides, print_error, print_warnings, reporting, writing)
+                            notes_for, parse_overrides, print_error, print_warnings, reporting,
+                            writing)
 
 
 
@@ -188,7 +189,7 @@ def graph(
     except RuntimeError as err:
         err_console().print(Text(str(err)))
         raise typer.Exit(1)
-    console().print(Text(f"wrote {written}"))
+    notes_for(written, console()).print(Text(f"wrote {written}"))
 
 
 # *** fmt ***
@@ -229,6 +230,13 @@ def fmt(
             stdin = is_stdin(path)
             name = STDIN_FILE if stdin else str(path)
             try:
+                if write and not stdin and path.exists() and not path.is_dir() and \
+                        not path.is_file():
+                    # NOTE: a pipe or device has no file to rewrite: the text went back into
+                    # the pipe (a FIFO with no reader left waited forever), "reformatted"
+                    raise NNError(f"--write {path}: this is no regular file (a pipe or a "
+                                  "device), so there is no file to rewrite",
+                                  hint="without --write, fmt prints the formatted text")
                 # NOTE: read once, the byte-order mark kept: the canonical text (what fmt
                 # prints) has none, so a source that starts with one is not formatted
                 raw = (read_stdin(sys.stdin.buffer, keep_bom=True) if stdin

@@ -1,12 +1,14 @@
 """Writing a file so that readers see the old file or the whole new one, never a part of it:
 checkpoints, run records, cached plans, kernels and data sets all go through `write_atomic`.
-Also the checks of the Python API's path and bool arguments (`as_path`, `as_bool`)."""
+Also the checks of the Python API's path and bool arguments (`as_path`, `as_bool`), and
+`read_npy`, the one reader of a .npy file the user names."""
 from __future__ import annotations
 
 import errno
 import os
 import stat
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -24,21 +26,6 @@ def as_path(value, what: str, hint: str | None = None) -> Path:
             with_article(type(value).__name__)
         raise NNError(f"{what} is a path (a str or a pathlib.Path), not {got}", hint=hint)
     return user_path(value)
-
-
-def not_a_file(path: Path) -> str | None:
-    """What `path` is, in words, when it is there and no regular file ("a directory", "a
-    character device" as /dev/null); None when it is a file or not there at all."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return "a special file"
 
 
 def as_bool(value, what: str) -> bool:
@@ -71,6 +58,56 @@ def user_path(value: str | os.PathLike) -> Path:
         return path
 
 
+def read_npy(path: Path) -> np.ndarray:
+    """The one array of the .npy file `path`; an error naming the file when it holds none: an
+    .npz archive under a .npy name (np.load gave an NpzFile, which went on as one odd value:
+    "holds <U11 values, not numbers") or a file that is no .npy at all (numpy took it for a
+    pickle: "contains pickled (object) data", or an internal error)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if head.startswith(b"PK\x03\x04"):
+            with np.load(path, allow_pickle=False) as z:
+                names = ", ".join(z.files)
+            raise NNError(f"{path} is an .npz archive (arrays {names}), not a .npy file of one "
+                          "example", hint=f"pass it as --npz {path}: its arrays named like the "
+                                          "model's inputs, one row per example")
+        if head != b"\x93NUMPY":
+            raise NNError(f"{path} is not a .npy file (it does not start with numpy's header)",
+                          hint="write it with numpy.save(path, array)")
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        if isinstance(err, OSError) and (refused := cannot_read(path, err)):
+            raise refused from None
+        raise NNError(f"cannot read {path} ({err})",
+                      hint="write it with numpy.save(path, array)") from None
+
+
+def cannot_read(path, err: OSError, cls=NNError) -> NNError | None:
+    """The error (of class `cls`) for a file the file system would not read: permissions or a
+    failing disk, said as such; None for an OSError without an errno (numpy's and zipfile's
+    for a file of the wrong format), whose caller says what is wrong with the file. Those
+    refusals were called truncated or corrupt files, with the advice to train again."""
+    if err.errno is None:
+        return None
+    hint = "check that you may read it (ls -l)" if err.errno in (errno.EACCES, errno.EPERM) \
+        else "the file system could not read it; use a copy that is whole"
+    return cls(f"cannot read {path} ({err.strerror or err})", hint=hint)
+
+
+CWD_GONE = "the working directory no longer exists (deleted or moved while the shell was in it)"
+CWD_HINT = "cd to a folder that exists (cd \"$PWD\" if it was made again), then run it again"
+
+
+def cwd_gone() -> bool:
+    """Was the working directory deleted? Then every relative path fails, as 'No such file'."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    return False
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -82,6 +119,13 @@ def new_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def _encoded(data: bytes | str) -> bytes:
+    """Text as UTF-8. NOTE: a file name of bytes that are not UTF-8 (Linux allows any) reaches
+    text as surrogates, which UTF-8 cannot encode: `nnlang graph café.nn` (in Latin-1) was an
+    internal error writing its title. They are written as the terminal shows them, \\udce9."""
+    return data.encode("utf-8", "backslashreplace") if isinstance(data, str) else data
+
+
 def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
                  fsync: bool = False) -> Path:
     """Writes `data` (bytes, text, or a function writing to the open binary file) to a temporary
@@ -91,7 +135,23 @@ def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
 
     A file that is there already is replaced as open(path, "w") would write it: a symlink's
     target is written (the link stays), its permission bits stay, and a read-only file (no
-    write bit: even root's rename would go past it) raises PermissionError, untouched."""
+    write bit: even root's rename would go past it) raises PermissionError, untouched.
+
+    A path that is no regular file (a device such as /dev/null or /dev/stdout, a FIFO, a
+    shell's `>(...)`) is written in place: there is nothing to keep whole, and the rename put
+    a regular file where root's /dev/null was (or a reader's FIFO), or failed for /dev/stdout,
+    a link to a pipe that has no folder to make the temporary file in."""
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        special = False
+    if special and not os.path.isdir(path):
+        with open(path, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(_encoded(data))
+        return Path(path)
     path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -107,7 +167,7 @@ def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
             if callable(data):
                 data(f)
             else:
-                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+                f.write(_encoded(data))
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())

@@ -5,6 +5,7 @@ Lookup order is `data_dir`, `$NNLANG_DATA_DIR`, `/usr/share/datasets`, then the 
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
@@ -103,6 +104,8 @@ def fetch(name: str, remotes: list[Remote], data_dir=None) -> dict[str, Path]:
             continue
         try:
             paths[r.filename] = dest if dest.is_file() else download(r, dest, name)
+        except CannotWrite:
+            raise   # NOTE: the network is fine, the folder is not: no 'put these files' list
         except DataError as e:
             failed.append((r, e.message))
     if failed:
@@ -136,13 +139,13 @@ def mirror_url(name: str, r: Remote) -> str:
 def download(r: Remote, dest: Path, name: str) -> Path:
     """Stream `r` into `dest` with a progress bar; verify the checksum before it appears there."""
     url = mirror_url(name, r)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create {dest.parent}: {e.strerror}") from None
     algo, want = r.checksum.split(":", 1)
     digest = hashlib.new(algo)
-    fd, tmp = tempfile.mkstemp(prefix=f".{r.filename}.", suffix=".part", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{r.filename}.", suffix=".part", dir=dest.parent)
+    except OSError as e:
+        raise CannotWrite(dest, name, url, e) from None
     try:
         # NOTE: as open() makes a file, not mkstemp's 0600: a cache shared by several accounts
         # held data sets that only the one who fetched them could read
@@ -153,19 +156,47 @@ def download(r: Remote, dest: Path, name: str) -> Path:
             with _progress() as bar:
                 task = bar.add_task(f"{name}/{r.filename}", total=total)
                 while chunk := resp.read(1 << 20):
-                    out.write(chunk)
+                    _put(out, chunk, dest, name, url)
                     digest.update(chunk)
                     bar.advance(task, len(chunk))
+            _put(out, b"", dest, name, url)
         if digest.hexdigest() != want:
             raise DataError(f"checksum mismatch for {url}: {algo} {digest.hexdigest()}, "
                             f"expected {want}", "the download is corrupt or the mirror is wrong")
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError as e:
+            raise CannotWrite(dest, name, url, e) from None
         return dest
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise DataError(f"download of {url} failed: {getattr(e, 'reason', e)}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class CannotWrite(DataError):
+    """A download the cache folder cannot take (full, read-only, not a folder): said as such,
+    naming the file, not as a download that failed, which sent users to check their network."""
+
+    def __init__(self, dest: Path, name: str, url: str, err: OSError):
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        where = ("free space there, or set NNLANG_CACHE_DIR to a folder with room" if full
+                 else "set NNLANG_CACHE_DIR to a folder you can write")
+        super().__init__(f"cannot write {dest} ({err.strerror or err}) while downloading "
+                         f"dataset '{name}'",
+                         f"{where}; or download {url} yourself into DIR/{name}/ and pass "
+                         f"--data-dir DIR")
+
+
+def _put(out, chunk: bytes, dest: Path, name: str, url: str) -> None:
+    """Writes a downloaded chunk (b"": flushes); a local write error is `CannotWrite`."""
+    try:
+        out.write(chunk)
+        if not chunk:
+            out.flush()
+    except OSError as e:
+        raise CannotWrite(dest, name, url, e) from None
 
 
 def _progress():

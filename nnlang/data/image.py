@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlang.data.cache import DataError
+from nnlang.files import read_npy
 
 
 def encode_image(raw, image_shape) -> np.ndarray:
@@ -40,7 +41,7 @@ def load_image_file(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
+        return read_npy(path)
     if path.suffix.lower() == ".png":
         return read_png(path)
     raise DataError(f"unsupported image file {path}", "use a .png or .npy file")

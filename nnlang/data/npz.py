@@ -19,6 +19,7 @@ import numpy as np
 from nnlang.data.cache import DataError
 from nnlang.data.dataset import Dataset, Split
 from nnlang.errors import did_you_mean
+from nnlang.files import cannot_read
 
 TARGET_NAMES = ("label", "labels", "y", "target")
 NPZ_HINT = ("write it with numpy.savez('data.npz', train_x=x, train_label=y) (arrays of numbers, "
@@ -122,6 +123,8 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path} is not a valid .npz file ({e}): truncated, corrupt or not a "
                         "zip archive", NPZ_HINT) from None
     except (OSError, EOFError, zlib.error) as e:
+        if isinstance(e, OSError) and (refused := cannot_read(path, e, DataError)):
+            raise refused from None
         raise DataError(f"cannot read {path} as .npz ({e}): truncated or corrupt",
                         NPZ_HINT) from None
     for key, a in arrays.items():
@@ -220,6 +223,8 @@ def read_csv(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     except UnicodeDecodeError as e:
         raise _not_utf8(path) or DataError(f"cannot read {path} ({e})") from None
     except (OSError, csv.Error) as e:
+        if isinstance(e, OSError) and (refused := cannot_read(path, e, DataError)):
+            raise refused from None
         raise DataError(f"cannot read {path} ({e})",
                         "save it as a UTF-8 CSV file with a header row") from None
     if header is None:

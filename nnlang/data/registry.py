@@ -157,8 +157,13 @@ def _load(name: str, options: dict, data_dir, words) -> Dataset:
     path = user_path(name)
     if not path.is_file() and data_dir is not None and (user_path(data_dir) / path).is_file():
         path = user_path(data_dir) / path
+    if path.is_dir():
+        raise DataError(f"data path {path} is a folder, not a .npz or .csv file",
+                        "pass the .npz or .csv file itself")
     if not path.is_file():
-        hint = "the path is relative to the current directory (or to --data-dir)"
+        # NOTE: `feeds.load_data` also looks beside the .nn file, where a relative path failed
+        hint = ("a relative path is looked for in the current directory, beside the .nn file "
+                "and in --data-dir")
         raise DataError(f"data file not found: {path}", hint)
     return FILE_LOADERS[path.suffix.lower()](path, **options)
 

@@ -711,6 +711,15 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
 def load(source_or_path, overrides: dict | None = None, model: str | None = None) -> Program:
     """Parses and elaborates a .nn file (a path) or .nn source text."""
     text, file = load_source(source_or_path)
+    return load_text(text, file, overrides, model)
+
+
+def load_text(text: str, file: str, overrides: dict | None = None,
+              model: str | None = None) -> Program:
+    """`load` of the text already read from `file`. NOTE: a command that read its file once
+    (train keeps the source in each checkpoint) elaborates that text, not the file read again:
+    a pipe (`nnlang train <(...)`) was empty the second time ("defines no model"), and a file
+    saved meanwhile trained one model under another's source."""
     with paused_gc():
         program = elaborate(parse(text, file), overrides, model)
     program.source, program.overrides = text, dict(overrides or {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnlang.errors import ErrorSink, NNError
+from nnlang.files import user_path
 from nnlang.frontend import ast
 from nnlang.frontend.parser import parse_file
 from nnlang.frontend.source import STDIN_FILE, STRING_FILE
@@ -22,7 +23,10 @@ def collect_defs(module: ast.Module, errors: ErrorSink, seen: set | None = None,
     for item in module.items:
         if isinstance(item, ast.Import):
             base = Path.cwd() if unnamed else Path(module.file).parent
-            path = (base / item.path).resolve()
+            # NOTE: a leading ~ is the home folder, as in `data = "~/d.npz"` (`user_path`); it
+            # was a folder '~' beside the file. Any other relative path is the file's folder's
+            written = user_path(item.path) if item.path.startswith("~") else Path(item.path)
+            path = (base / written).resolve()
             if str(path) in seen:
                 continue  # NOTE: a diamond or a cycle of imports loads each file once
             if not path.is_file():

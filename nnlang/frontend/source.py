@@ -99,14 +99,15 @@ _WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
               (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
 
 
-def decode(data: bytes, file: str) -> str:
+def decode(data: bytes, file: str, kind: str = ".nn source") -> str:
     """UTF-8 text (a leading byte-order mark is dropped); NNError at the first byte that is not
-    UTF-8, by line, column and byte offset."""
+    UTF-8, by line, column and byte offset. `kind`: what the file holds, for the messages (a
+    --jsonl file or a --prompt-file is decoded here too)."""
     wide = next((name for bom, name in _WIDE_BOMS if data.startswith(bom)), None)
     if wide:
         # NOTE: what Windows Notepad saves as "Unicode": its NUL bytes read as a binary file
-        raise NNError(f"this file is {wide} (it starts with a {wide} byte-order mark); .nn "
-                      "source is UTF-8 text", Span(file, 1, 1),
+        raise NNError(f"this file is {wide} (it starts with a {wide} byte-order mark); "
+                      f"{kind} is UTF-8 text", Span(file, 1, 1),
                       "save it as UTF-8 (Notepad: Save As, Encoding: UTF-8), or convert it: "
                       f"iconv -f {wide} -t UTF-8")
     skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
@@ -120,7 +121,7 @@ def decode(data: bytes, file: str) -> str:
         binary = b"\0" in data[:4096]
         raise NNError(f"not UTF-8 text: byte 0x{data[at]:02x} at byte offset {at}",
                       Span(file, line, col),
-                      "this looks like a binary file, not .nn source" if binary else
+                      f"this looks like a binary file, not {kind}" if binary else
                       "save the file as UTF-8 text") from None
 
 

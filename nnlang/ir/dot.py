@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from nnlang.errors import NNError
+from nnlang.files import write_atomic
 from nnlang.ir.dims import fmt_shape, with_dtype
 from nnlang.ir.graph import Graph, Node, folded_calls, weight_users
 
@@ -197,18 +198,19 @@ class GraphvizMissing(RuntimeError):
 
 def render(dot_text: str, out: Path) -> Path:
     """Writes `out`: .dot as is; .svg/.png/.pdf through Graphviz's `dot` program. The .dot text
-    is always written next to it; raises GraphvizMissing when `dot` is not installed."""
+    is always written next to it; raises GraphvizMissing when `dot` is not installed. Both are
+    replaced whole (`write_atomic`): a full disk truncated a drawing already there to nothing."""
     out = Path(out)
     kind = out.suffix[1:].lower()   # NOTE: out.SVG is an svg, as a file manager reads it
     dot_path = out if kind == "dot" else out.with_suffix(".dot")
-    dot_path.write_text(dot_text)
+    write_atomic(dot_path, dot_text)
     if kind == "dot":
         return out
     exe = shutil.which("dot")
     if exe is None:
         raise GraphvizMissing(dot_path)
-    proc = subprocess.run([exe, f"-T{kind}", str(dot_path), "-o", str(out)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([exe, f"-T{kind}", str(dot_path)], capture_output=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"dot failed: {proc.stderr.strip()}")
+        raise RuntimeError(f"dot failed: {proc.stderr.decode(errors='replace').strip()}")
+    write_atomic(out, proc.stdout)
     return out

@@ -76,7 +76,9 @@ def graph_key(g: Graph, disable=()) -> str:
         s = n.span
         h.update(f"|{nid}:{n.op}{n.inputs}{n.type}{n.path}:{n.role}:{n.name}".encode())
         if s is not None:
-            h.update(f"@{s.file}:{s.line}:{s.col}:{s.end_line}:{s.end_col}".encode())
+            # NOTE: a file name of bytes that are not UTF-8 (Linux allows any) holds surrogates
+            h.update(f"@{s.file}:{s.line}:{s.col}:{s.end_line}:{s.end_col}".encode(
+                errors="surrogateescape"))
         _feed(h, n.attrs)
     _feed(h, [g.inputs, g.params, g.outputs, g.losses, g.metrics, g.symbols, g.model,
               g.updates, g.grads, g.groups, g.salt])

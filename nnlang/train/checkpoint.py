@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlang.errors import NNError, with_article
-from nnlang.files import as_path, write_atomic
+from nnlang.files import as_path, cannot_read, write_atomic
 from nnlang.frontend.source import same_program
 from nnlang.frontend.train_config import Choice, TrainConfig
 from nnlang.ops.optim import OPTIMIZER_PREFIX, OPTIMIZERS, SCHEDULES, same_slots
@@ -116,6 +116,8 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
             state = {k[len(_STATE):]: z[k] for k in z.files if k.startswith(_STATE)}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
             json.JSONDecodeError) as err:
+        if isinstance(err, OSError) and (refused := cannot_read(path, err)):
+            raise refused from None   # NOTE: not "may be truncated ...; train again"
         # NOTE: zlib.error: a damaged np.savez_compressed archive (numpy reads those too)
         if isinstance(err, KeyError) and arrays:
             # NOTE: most likely a library loop's np.savez(path, **net.parameters())

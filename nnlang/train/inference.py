@@ -12,8 +12,9 @@ from rich.console import Console
 
 from nnlang.data.chars import tokenizer_from_meta
 from nnlang.data.registry import trained_words
-from nnlang.errors import NNError
-from nnlang.files import not_a_file
+from nnlang.errors import NNError, Span
+from nnlang.files import cannot_read, read_npy
+from nnlang.frontend.source import decode as decode_text
 from nnlang.ir.dims import Sym
 from nnlang.ir.graph import no_output_error
 from nnlang.ops.optim import OPTIMIZER_PREFIX
@@ -324,20 +325,25 @@ def _from_flags(named: list[str], graph, features: dict, targets: dict) -> dict[
 
 
 def _file_given(path: Path, what: str) -> None:
-    """The error for an input file (`what`: its flag or kind) that is not there, or is no
-    file: /dev/null or a folder was "file not found" though it is there."""
-    if path.is_file():
-        return
-    kind = not_a_file(path)
-    if kind is None:
+    """The error for an input file (`what`: its flag or kind) that is not there."""
+    if path.is_dir():   # NOTE: "file not found" sent the user looking for a path that is there
+        raise NNError(f"{what} {path} is a folder, not a file", hint="pass the file in it")
+    if not path.exists():   # NOTE: not is_file(): a pipe (`--csv <(...)`) is read as a file
         raise NNError(f"{what} file not found: {path}")
-    raise NNError(f"{what} {path} is {kind}, not a file", hint="give the path of a file")
 
 
 def _from_npz(path: Path, graph, features: dict, targets: dict):
     _file_given(path, "--npz")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not hasattr(z, "files"):
+            # NOTE: a .npy (one bare array, not an archive), where `with` was an internal error
+            raise NNError(f"--npz {path} is a .npy file (one array), not an .npz archive of "
+                          "arrays named like the model's inputs",
+                          hint="pass a .npy path as an input itself (nnlang predict FILE -c "
+                               f"RUN {path}), or write an .npz with numpy.savez(path, "
+                               "NAME=array, ...)")
+        with z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError) as err:
         raise NNError(f"cannot read --npz {path} ({err})",
@@ -372,7 +378,7 @@ def _from_jsonl(path: Path, graph, features: dict, targets: dict):
     try:
         f = path.open("rb")
     except OSError as err:
-        raise NNError(f"cannot read --jsonl {path} ({err.strerror or err})") from None
+        raise cannot_read(path, err) or NNError(f"cannot read --jsonl {path} ({err})") from None
     with f:
         # NOTE: lines end at \n (a \r before it dropped), as JSON Lines says: str.splitlines
         # also cut at U+2028, \x85 or \x0c, which a JSON string may hold unescaped
@@ -380,9 +386,8 @@ def _from_jsonl(path: Path, graph, features: dict, targets: dict):
             at = f"{path}:{number}"
             try:
                 line = data.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise NNError(f"cannot read --jsonl {path} (line {number}: {err})",
-                              hint="save it as UTF-8 text, one JSON object per line") from None
+            except UnicodeDecodeError:
+                _not_utf8(data, path, number)
             line = line.removesuffix("\n").removesuffix("\r")
             if not line.strip():
                 continue
@@ -404,6 +409,17 @@ def _from_jsonl(path: Path, graph, features: dict, targets: dict):
     if not found:
         raise NNError(f"--jsonl {path} holds no example", hint='one object per line, e.g. '
                       f'{{"{next(iter(features))}": ...}}')
+
+
+def _not_utf8(data: bytes, path: Path, number: int):
+    """Raises the located error for line `number` of a --jsonl file (`data`), which is not
+    UTF-8: FILE:LINE:COL of its first bad byte, as `decode_text` names one in a whole file."""
+    try:
+        decode_text(data, str(path), "a JSON Lines file")
+    except NNError as err:
+        d = err.diagnostics[0]
+        raise NNError(d.message, Span(str(path), number, d.span.col if d.span else 1),
+                      d.hint) from None
 
 
 def _json_value(value, at: str, name: str, node):
@@ -623,10 +639,7 @@ def _read_values(raw) -> np.ndarray:
                       "write the numbers (1,2.5,3) or save one example with "
                       "numpy.save('x.npy', x)")
     _file_given(path, "input")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise NNError(f"cannot read {path} ({err})") from None
+    return read_npy(path)
 
 
 # an output whose value per example has at most this many numbers is printed whole

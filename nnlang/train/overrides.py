@@ -10,7 +10,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from nnlang.errors import Given, NNError, did_you_mean
-from nnlang.frontend.elaborate import Program, load
+from nnlang.frontend.elaborate import Program, load_text
 from nnlang.frontend.lint import retrained
 from nnlang.frontend.source import load_source, read_source
 from nnlang.frontend.train_config import (FLAGS, Choice, TrainConfig, option_problem,
@@ -246,12 +246,11 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
             raise NNError(f"cannot apply hyper-parameters {', '.join(hp)} to an elaborated "
                           "Program", hint="pass the .nn path or source text instead")
     else:
-        text = file if file != "<string>" else source
-        program = _load_for(text, hp, model, resuming=base is not None)
+        program = _load_for(source, file, hp, model, resuming=base is not None)
         if base is not None and program.train is not None and hp != (base_overrides or {}):
             # NOTE: a resumed run keeps its checkpoint's settings, but a hyper-parameter the
             # train section reads (`optimizer = sgd(lr = lr)`) changes the setting it feeds
-            before = load(text, base_overrides or {}, model).train
+            before = load_text(source, file, base_overrides or {}, model).train
             base = replace(base, **{f.name: getattr(program.train, f.name)
                                     for f in fields(TrainConfig)
                                     if getattr(program.train, f.name) != getattr(before, f.name)})
@@ -280,11 +279,11 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
     return program, cfg, source, file, hp
 
 
-def _load_for(text, hp: dict, model, resuming: bool):
+def _load_for(source: str, file: str, hp: dict, model, resuming: bool):
     """The program; when resuming, a model the file no longer defines is named as the
     checkpoint's."""
     try:
-        return load(text, hp, model)
+        return load_text(source, file, hp, model)
     except NNError as err:
         if not resuming or model is None or "no model named" not in err.message:
             raise

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from nnlang.errors import NNError
-from nnlang.files import user_path, write_atomic
+from nnlang.files import CWD_GONE, CWD_HINT, cwd_gone, user_path, write_atomic
 from nnlang.train import checkpoint
 
 PLOT_HINT = "plots skipped: matplotlib is not installed (pip install 'nnlang[plot]')"
@@ -33,12 +33,32 @@ def writing(path):
         # limit on one name (255 bytes) however much space is free
         hint = "pass --out with a shorter folder name" if err.errno == errno.ENAMETOOLONG \
             else "pass --out with a writable folder that has free space"
+        if err.errno == errno.ENOENT and not Path(path).is_absolute() and cwd_gone():
+            raise NNError(f"cannot write {path}: {CWD_GONE}", hint=CWD_HINT) from None
+        if err.errno == errno.EEXIST and (link := _dangling(Path(path))):
+            # NOTE: mkdir says "File exists" for a link to nothing (a moved or unmounted disk)
+            raise NNError(f"cannot write {path}: {link} is a symbolic link to "
+                          f"{os.readlink(link)}, which does not exist",
+                          hint="make what it points to (or mount that disk), or pass another "
+                               "--out") from None
         if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and \
                 (Path(path) / checkpoint.FILENAME).is_file():
             # NOTE: a run there (a --resume): another --out alone starts no resume
             hint = (f"the run there is unchanged; to go on from it, copy it where you can "
                     f"write: cp -r {path} NEW, then --out NEW --resume")
+        run = Path(path).parent
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and \
+                (run / checkpoint.FILENAME).is_file():
+            # NOTE: a run's log, summary or plot: another --out started the training over
+            hint = (f"free space there, then --resume goes on from {run / checkpoint.FILENAME} "
+                    "(the last checkpoint saved, unchanged)")
         raise NNError(f"cannot write {path} ({err.strerror or err})", hint=hint) from None
+
+
+def _dangling(path: Path) -> Path | None:
+    """The first folder on `path` (itself included) that is a symbolic link to nothing."""
+    return next((p for p in (*reversed(path.parents), path) if p.is_symlink() and not p.exists()),
+                None)
 
 
 RUN_FILES = {"config.json", "metrics.jsonl", "metrics.csv", "summary.json", checkpoint.FILENAME,
@@ -166,7 +186,7 @@ class RunDir:
     def drop_stale_temps(self) -> None:
         """Removes the temp files of saves a kill -9 cut short (a checkpoint's: one per kill, as
         big as a checkpoint; the run records' too); `write_atomic` never leaves one otherwise."""
-        for name in RUN_FILES:
+        for name in (*RUN_FILES, "*.png"):
             for tmp in self.path.glob(f".{name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
 
@@ -270,8 +290,12 @@ class RunDir:
             fig.tight_layout()
             paths.append(self.path / f"{name}.png")
             try:
+                # NOTE: drawn into memory, then replaced whole: savefig into the file cut a
+                # plot already there (a resume's) at a full disk, a broken png left for good
+                png = io.BytesIO()
+                fig.savefig(png, dpi=100, format="png")
                 with writing(paths[-1]):
-                    fig.savefig(paths[-1], dpi=100)
+                    write_atomic(paths[-1], png.getvalue())
             finally:
                 plt.close(fig)
         return paths

@@ -1,7 +1,10 @@
 """Finding, downloading (from a local HTTP server) and failing clearly: nnlang/data/cache.py."""
+import errno
 import hashlib
 import http.server
+import os
 import shutil
+import tempfile
 import threading
 from functools import partial
 
@@ -135,3 +138,68 @@ def test_a_downloaded_file_has_the_permissions_of_any_file_written(server, tmp_p
     finally:
         os.umask(old)
     assert stat.S_IMODE(dest.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
+
+
+class _FullDisk:
+    """A file that takes `room` bytes, then fails as a full disk does (ENOSPC)."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def _toy(server, monkeypatch, payload: bytes) -> Remote:
+    root, url = server
+    (root / "toy").mkdir()
+    (root / "toy" / "blob.bin").write_bytes(payload)
+    monkeypatch.setenv("NNLANG_DATA_MIRROR", url)
+    return Remote("blob.bin", "https://example.invalid/blob.bin",
+                  "sha256:" + hashlib.sha256(payload).hexdigest())
+
+
+def test_a_download_onto_a_full_disk_names_the_file_and_the_full_disk(server, isolated,
+                                                                       monkeypatch):
+    """A cache that fills up mid-download: the error said 'could not be downloaded' with a
+    list of files to fetch by hand into the same full folder, as if the network had failed.
+    It names the file being written and the full disk, and leaves no part file behind."""
+    remote = _toy(server, monkeypatch, b"x" * 3_000_000)
+    fdopen = os.fdopen
+    monkeypatch.setattr(cache.os, "fdopen", lambda *a, **k: _FullDisk(fdopen(*a, **k), 1 << 20))
+    with pytest.raises(DataError) as e:
+        cache.fetch("toy", [remote])
+    dest = isolated / "toy" / "blob.bin"
+    assert e.value.message.startswith(f"cannot write {dest} (No space left on device)")
+    assert "NNLANG_CACHE_DIR" in e.value.hint and "free space" in e.value.hint
+    assert list((isolated / "toy").iterdir()) == []
+
+
+def test_a_download_into_a_cache_folder_that_cannot_be_written_is_an_error(server, isolated,
+                                                                           monkeypatch):
+    """The data set's folder there but not writable (another account's cache, a read-only
+    mount): the temporary file could not be made and the OSError came out as a traceback."""
+    remote = _toy(server, monkeypatch, b"y" * 1000)
+    (isolated / "toy").mkdir(parents=True)
+
+    def refused(*args, **kw):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), kw.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(DataError) as e:
+        cache.fetch("toy", [remote])
+    assert e.value.message.startswith(f"cannot write {isolated / 'toy' / 'blob.bin'} "
+                                      "(Read-only file system)")
+    assert "NNLANG_CACHE_DIR" in e.value.hint and "--data-dir" in e.value.hint

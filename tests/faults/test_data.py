@@ -326,6 +326,33 @@ def test_bad_csv(text, words, work, request):
     assert "Warning" not in out, out
 
 
+
+@pytest.mark.parametrize("name", ["reg.csv", "reg.npz"])
+def test_a_data_file_the_file_system_will_not_read_is_not_called_corrupt(work, monkeypatch,
+                                                                         name):
+    """A table or archive of another account (mode 600): an .npz was 'cannot read it as .npz
+    ([Errno 13] Permission denied: ...): truncated or corrupt', a .csv got the hint to save it
+    as a UTF-8 CSV. (The refusal is made where the file is opened: root reads any mode.)"""
+    import builtins
+    import errno
+    import os
+    import zipfile
+    from nnlang.data import npz
+    (work / "reg.csv").write_text("a,b,label\n1,2,3\n4,5,6\n")
+    np.savez(work / "reg.npz", x=X[:4], label=np.arange(4.0))
+
+    def refused(file):
+        if isinstance(file, (str, os.PathLike)) and Path(file).name == name:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+    zip_init = zipfile.ZipFile.__init__
+    monkeypatch.setattr(npz, "open", lambda file, *a, **k: refused(file) or builtins.open(
+        file, *a, **k), raising=False)
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", lambda self, file, *a, **k: refused(
+        file) or zip_init(self, file, *a, **k))
+    out = train("reg.nn", "--data", name, "--out", "r", cwd=work)
+    assert f"cannot read {name} (Permission denied)" in out and "ls -l" in out, out
+    assert "corrupt" not in out and "UTF-8" not in out, out
+
 def test_csv_with_a_byte_order_mark_trains(work):
     """Excel's UTF-8 CSVs start with a BOM: it is not part of the first column's name."""
     (work / "reg.csv").write_bytes(b"\xef\xbb\xbfa,b,label\n1,2,3\n4,5,6\n")
@@ -417,7 +444,9 @@ def test_a_test_table_beyond_int32_is_not_class_ids(work):
                                                      "option 'target' is given twice"]),
     (["--data", 'csv("reg.csv", target="a", target="b")'], ["option 'target' is given twice"]),
     (["--data", "reg.csv(**{})"], ["cannot parse dataset options", "'**{}' is not an option"]),
-    (["--data", "missing.npz"], ["data file not found: missing.npz"]),
+    (["--data", "missing.npz"], ["data file not found: missing.npz", "beside the .nn file"]),
+    # a folder was "data file not found", for a path that is there
+    (["--data", "folder.csv"], ["data path folder.csv is a folder, not a .npz or .csv file"]),
     # found by a fuzzer: numpy's MemoryError for 2,500 rows of 3e9 tokens, an internal error
     (["--data", "imdb_sample(maxlen=3000000000)"],
      ["dataset 'imdb_sample' (maxlen=3000000000) does not fit in this machine's memory"]),
@@ -429,6 +458,7 @@ def test_a_test_table_beyond_int32_is_not_class_ids(work):
 ])
 def test_bad_data_choice(args, words, work):
     (work / "reg.csv").write_text("a,b,label\n1,2,3\n")
+    (work / "folder.csv").mkdir()
     out = train("reg.nn", *args, "--out", "r", cwd=work)
     for w in words:
         assert w in out, out
@@ -540,6 +570,7 @@ def test_bad_setting_in_the_file(line, words, work):
 ])
 def test_bad_setting_flag(args, words, work):
     (work / "reg.csv").write_text("a,b,label\n1,2,3\n")
+    (work / "folder.csv").mkdir()
     out = train("reg.nn", *args, "--out", "r", cwd=work)
     assert words in out, out
 

@@ -262,6 +262,15 @@ def test_a_prompt_file_may_start_with_a_byte_order_mark(run):
     assert "the movie" in out and "\ufeff" not in out
 
 
+
+def test_a_prompt_file_that_is_not_utf8_is_named_at_the_byte(run):
+    """A Latin-1 prompt file: 'cannot read it ('utf-8' codec can't decode byte 0xe9 in
+    position 14 ...)', the decoder's offset and no line; .nn source names the line and column."""
+    (run / "latin.txt").write_bytes("the movie\nun caf\u00e9\n".encode("latin-1"))
+    out = generate(run, "--prompt-file", run / "latin.txt")
+    assert f"{run / 'latin.txt'}:2:7: error: not UTF-8 text: byte 0xe9" in out, out
+    assert "UTF-8 text" in out and ".nn source" not in out, out
+
 @pytest.mark.parametrize("name", ["big.txt", "/dev/zero"])
 def test_an_endless_prompt_file_is_cut_short(run, monkeypatch, tmp_path, name):
     """--prompt-file /dev/zero read until memory ran out (an internal MemoryError under a

@@ -22,6 +22,13 @@ def npz_files(work):  # noqa: F811
     np.savez(d / "rows.npz", a=x, b=np.zeros((3, 2), np.float32))
     np.savez(d / "wide.npz", a=np.zeros((2, 4), np.float32), b=np.zeros((2, 2), np.float32))
     (d / "notes.txt").write_text("hello")
+    np.save(d / "one_a.npy", x[0])
+    np.savez(d / "both.npz", a=x, b=np.zeros((2, 2), np.float32))
+    (d / "both_named.npy").write_bytes((d / "both.npz").read_bytes())
+    (d / "text.npy").write_text("1,2,3\n")
+    (d / "folder.npz").mkdir(exist_ok=True)
+    (d / "latin.jsonl").write_bytes('{"a": [1, 2, 3], "b": [0.5, -1]}\n{"a": "caf\u00e9"}\n'
+                                    .encode("latin-1"))
     return d
 
 
@@ -48,7 +55,19 @@ def npz_files(work):  # noqa: F811
      ["--input a, row 2 (1,2,3,4) has 4 values, but model input 'a' takes 3 per example"]),
     (["-i", "a=1,nan,3", "-i", B], ["--input a, row 0: nan is not a finite number"]),
     (["--npz", "missing.npz"], ["--npz file not found: missing.npz"]),
+    (["--npz", "folder.npz"], ["--npz folder.npz is a folder, not a file"]),   # "not found"
+    # the decoder's "can't decode byte 0xe9 in position 40", with no line
+    (["--jsonl", "latin.jsonl"], ["latin.jsonl:2:11: error: not UTF-8 text: byte 0xe9"]),
     (["--npz", "notes.txt"], ["cannot read --npz notes.txt", "numpy.savez"]),
+    # a .npy where an archive goes, and an archive named .npy: an internal error (TypeError),
+    # and 'holds <U11 values, not numbers'
+    (["--npz", "one_a.npy"], ["--npz one_a.npy is a .npy file (one array), not an .npz archive",
+                              "numpy.savez"]),
+    (["-i", "a=both_named.npy", "-i", B], ["both_named.npy is an .npz archive (arrays a, b), "
+                                           "not a .npy file", "--npz both_named.npy"]),
+    # numpy read a file without its header as a pickle: "contains pickled (object) data"
+    (["-i", "a=text.npy", "-i", B], ["text.npy is not a .npy file (it does not start with "
+                                     "numpy's header)", "numpy.save"]),
     (["--npz", "only_a.npz"], ["--npz only_a.npz: no value for model input(s) b"]),
     (["--npz", "extra.npz"], ["--npz extra.npz: array 'c': the model has no input 'c'"]),
     (["--npz", "rows.npz"], ["one row per example", "a [2, 3], b [3, 2]"]),
@@ -74,3 +93,40 @@ def test_predict_refuses_text_the_tokenizer_cannot_encode(work, source, decoder_
               f"decoder_in={decoder_in}", "--backend", "reference", cwd=work[0])
     for w in words:
         assert w in out, out
+
+
+def test_an_image_models_npy_that_is_no_array_is_named(tmp_path):
+    """A picture given as a .npy path that holds no array: a text file was an internal error
+    (numpy's ValueError about pickled data), an .npz archive 'an image of shape (4,)'."""
+    from tests.test_predict import DIGITS
+    (tmp_path / "digits.nn").write_text(DIGITS)
+    cli("train", "digits.nn", "--backend", "reference", "--max-steps", "1", "--out", "run",
+        code=0, cwd=tmp_path)
+    (tmp_path / "text.npy").write_text("0 0 0\n")
+    np.savez(tmp_path / "pair.npz", image=np.zeros((2, 784), np.uint8), label=np.zeros(2))
+    (tmp_path / "pair.npy").write_bytes((tmp_path / "pair.npz").read_bytes())
+    for name, words in [("text.npy", "text.npy is not a .npy file"),
+                        ("pair.npy", "pair.npy is an .npz archive (arrays image, label)")]:
+        out = cli("predict", "digits.nn", "-c", "run", name, "--backend", "reference",
+                  cwd=tmp_path)
+        assert words in out, out
+
+
+def test_examples_from_a_pipe(npz_files):
+    """`--jsonl <(...)` or `--csv <(...)` (a pipe, no regular file): 'file not found' for the
+    path the shell made; the examples are read as from a file."""
+    import os
+    import threading
+    fifo = npz_files / "rows.fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    text = '{"a": [1, 2, 3], "b": [0.5, -1]}\n'
+    feeder = threading.Thread(target=fifo.write_text, args=(text,), daemon=True)
+    feeder.start()
+    out = cli("predict", "two.nn", "-c", "run-two", "--jsonl", fifo, "--backend", "reference",
+              "--json", code=0, cwd=npz_files)
+    feeder.join(10)
+    (npz_files / "rows.jsonl").write_text(text)
+    want = cli("predict", "two.nn", "-c", "run-two", "--jsonl", "rows.jsonl", "--backend",
+               "reference", "--json", code=0, cwd=npz_files)
+    assert out.replace("rows.fifo", "rows.jsonl") == want

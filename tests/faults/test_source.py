@@ -711,6 +711,89 @@ def test_output_paths_that_cannot_be_written(tmp_path, command, target, words):
     expect(cli(command[0], MLP, "-o", out, *command[1:]), "error: -o", *words)
 
 
+
+def test_output_to_a_fifo_or_standard_output_is_written_in_place(tmp_path):
+    """`-o` naming no regular file: a FIFO a reader holds open (or root's /dev/null) was
+    replaced by a regular file (write_atomic's rename), so the reader got nothing and the FIFO
+    or device was gone; `-o /dev/stdout` was 'cannot write: No such file or directory'. They
+    are written in place, and the 'wrote' note goes to stderr, not into the data."""
+    import os
+    import stat
+    import subprocess
+    import sys
+    cli("compile", MLP, "--emit", "user", "-o", tmp_path / "plain.txt", code=0)
+    want = (tmp_path / "plain.txt").read_text()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)   # NOTE: a reader, so the writer's open
+    try:                                              # does not wait
+        cli("compile", MLP, "--emit", "user", "-o", fifo, code=0)
+        got = b""
+        while chunk := os.read(fd, 1 << 16):
+            got += chunk
+    finally:
+        os.close(fd)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and got.decode() == want
+    if os.path.exists("/dev/stdout"):
+        p = subprocess.run([sys.executable, "-m", "nnlang_cli.main", "compile", str(MLP),
+                            "--emit", "user", "-o", "/dev/stdout"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and p.stdout == want, (p.stdout, p.stderr)
+        assert "wrote /dev/stdout" in p.stderr
+
+
+
+def test_fmt_write_to_a_fifo_is_refused(tmp_path):
+    """`fmt --write` on a FIFO (or `<(...)`): there is no file to rewrite. Once such a path was
+    written in place, fmt read the FIFO, then waited forever to write the text back into it
+    (before, the rename put a regular file where the FIFO was)."""
+    import os
+    import stat
+    from tests.faults.conftest import cli_process
+    fifo = tmp_path / "m.nn"
+    os.mkfifo(fifo)
+    p = cli_process("fmt", "--write", fifo, timeout=30)
+    expect(p.stdout + p.stderr, f"--write {fifo}: this is no regular file",
+           "without --write, fmt prints the formatted text")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+def test_a_working_directory_deleted_under_the_shell(tmp_path):
+    """A shell left in a folder that was deleted (`rm -rf build` from another terminal): a
+    relative model path was an internal error (FileNotFoundError from Path.resolve), a run
+    with no --out 'cannot write runs/... (No such file or directory)' with the hint to pass a
+    writable --out. Both say that the working directory is gone."""
+    import os
+    from tests.faults.conftest import cli_process
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "mlp.nn").write_text(MLP.read_text())
+    gone = tmp_path / "gone"
+    # NOTE: absolute, since the working directory is gone
+    path = [str(ROOT), *(os.path.abspath(p) for p in
+                         os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    for args in (["check", "../m/mlp.nn"], ["train", tmp_path / "m" / "mlp.nn", "--max-steps",
+                                            "1", "--backend", "reference"]):
+        gone.mkdir()
+        p = cli_process(*args, cwd=gone, env={"PYTHONPATH": os.pathsep.join(path)},
+                        preexec_fn=lambda: os.rmdir(os.getcwd()))
+        expect(p.stdout + p.stderr, "the working directory no longer exists", "cd to a folder")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_file_name_that_is_not_utf8(tmp_path):
+    """Linux file names are bytes: a Latin-1 'café.nn' reaches Python with a surrogate
+    (\\udce9), which UTF-8 cannot encode. `compile` and `train` were an internal error (the
+    plan cache's key), `graph` too (writing the .dot, whose title names the file). The name is
+    written as the terminal shows it."""
+    import os
+    name = tmp_path / os.fsdecode(b"caf\xe9.nn")
+    try:
+        name.write_text(MLP.read_text())
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system takes UTF-8 file names only")
+    cli("compile", name, "--backend", "reference", "--emit", "fused", code=0)
+    cli("graph", name, "-o", tmp_path / "g.dot", code=0)
+    assert f"Mlp ({tmp_path}/caf\\udce9.nn)" in (tmp_path / "g.dot").read_text()
+
 def test_compile_output_over_the_model_file_is_refused(tmp_path):
     """`nnlang compile model.nn -o model.nn` wrote the summary over the model's source."""
     model = tmp_path / "m.nn"
@@ -730,6 +813,20 @@ def test_output_into_a_read_only_folder(tmp_path, monkeypatch):
         out = cli(command[0], MLP, "-o", tmp_path / "g.dot", *command[1:])
         expect(out, f"error: -o {tmp_path / 'g.dot'}: the folder '{tmp_path}' is not writable")
 
+
+
+def test_an_import_from_the_home_folder(tmp_path, monkeypatch):
+    """`import "~/lib.nn"` looked for a folder '~' beside the file ("no such file", looked for
+    DIR/~/lib.nn), where `data = "~/d.npz"` in the same file is the home folder's."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    (home / "lib.nn").write_text("block Lin(x, n) {\n  return dense(x, n)\n}\n")
+    path = nn_file(tmp_path, 'import "~/lib.nn"\n'
+                   "model M {\n  input x: float32[batch, 4]\n  output y = Lin(x, 3)\n}\n")
+    assert "y" in cli("check", path, code=0)
+    path = nn_file(tmp_path, 'import "./~/lib.nn"\n', "n.nn")   # a folder named '~' beside it
+    expect(cli("check", path), f"looked for {tmp_path / '~' / 'lib.nn'}")
 
 def test_an_imported_binary_file_is_named(tmp_path):
     nn_file(tmp_path, GARBAGE, "lib.nn")
@@ -766,6 +863,49 @@ def test_fmt_write_that_fails_midway_keeps_the_source(tmp_path):
     assert p.returncode == 1 and "cannot write" in p.stdout + p.stderr, (p.stdout, p.stderr)
     assert path.read_text() == source
     assert [f.name for f in tmp_path.iterdir()] == [path.name]
+
+
+
+FAKE_DOT = """#!{python}
+import sys
+args = sys.argv[1:]
+svg = "<svg>" + "new " * 100 + "</svg>\\n"
+if "-o" in args:
+    open(args[args.index("-o") + 1], "w").write(svg)
+else:
+    sys.stdout.write(svg)
+"""
+
+
+@pytest.mark.parametrize("name", ["g.dot", "g.svg"])
+def test_graph_output_that_fails_midway_keeps_the_drawing_there(tmp_path, name):
+    """A full disk (here: a file-size limit of 64 bytes) while `graph -o` replaces a drawing:
+    the .dot (and the .svg Graphviz drew from it) were truncated, then cut at the limit. Both
+    stay as they were, and no temporary file is left beside them."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dot").write_text(FAKE_DOT.format(python=sys.executable))
+    (bin_dir / "dot").chmod(0o755)
+    old = {"g.dot": "digraph old { a -> b }\n", "g.svg": "<svg>old</svg>\n"}
+    for k, v in old.items():
+        (tmp_path / k).write_text(v)
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # NOTE: EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+    p = subprocess.run([sys.executable, "-m", "nnlang_cli.main", "graph", str(MLP), "-o",
+                        str(tmp_path / name)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, preexec_fn=limited,
+                       env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert p.returncode == 1 and f"-o {tmp_path / name}: cannot write" in p.stdout + p.stderr, \
+        (p.stdout, p.stderr)
+    assert {k: (tmp_path / k).read_text() for k in old} == old
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["bin", "g.dot", "g.svg"]
 
 
 # *** repeat counts and dims in declarations ***

@@ -403,6 +403,85 @@ def test_a_resume_that_cannot_write_keeps_the_metrics_log(work, tmp_path):
     assert not list(run.glob(".*.tmp"))
 
 
+
+def test_plots_cut_by_a_full_disk_keep_the_plots_there(work, tmp_path):
+    """A full disk (here: a file-size limit between the checkpoint's size and the plots') when
+    a resume redraws its plots: savefig wrote into loss.png itself, truncated it and left it
+    cut at the limit, a broken png in the run folder. The plots there stay whole, the error
+    names the file, and no temporary file is left."""
+    import resource
+    import signal
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--epochs", "2", code=0,
+        cwd=work)
+    plots = {p.name: p.read_bytes() for p in run.glob("*.png")}
+    limit = min(map(len, plots.values())) - 100
+    assert plots and (run / "checkpoint.npz").stat().st_size < limit - 1000
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # NOTE: EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    p = cli_process("train", "tiny.nn", "--backend", "reference", "--out", run, "--resume",
+                    "--epochs", "3", code=1, cwd=work, env={"PYTHONPATH": str(ROOT)},
+                    preexec_fn=limited)
+    assert f"cannot write {run / 'loss.png'} (File too large)" in p.stdout + p.stderr, \
+        p.stdout + p.stderr
+    assert f"free space there, then --resume goes on from {run / 'checkpoint.npz'}" in p.stderr
+    assert {p.name: p.read_bytes() for p in run.glob("*.png")} == plots
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_a_full_disk_while_the_log_is_written_says_to_resume_there(work, tmp_path,
+                                                                  monkeypatch):
+    """The disk fills up as epoch 2's row goes into metrics.jsonl: the hint was to 'pass --out
+    with a writable folder that has free space', a new run that trains from the start. The
+    checkpoint of epoch 1 is there: free space and --resume; that resume finishes the run."""
+    import builtins
+    from nnlang.train import runs
+    run = tmp_path / "run"
+    appended = []
+
+    def full(file, mode="r", *args, **kw):
+        if mode == "a" and Path(file).name == "metrics.jsonl":
+            appended.append(file)
+            if len(appended) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return builtins.open(file, mode, *args, **kw)
+    with monkeypatch.context() as patch:
+        patch.setattr(runs, "open", full, raising=False)
+        out = cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--epochs", "3",
+                  cwd=work)
+    assert f"cannot write {run / 'metrics.jsonl'} (No space left on device)" in out, out
+    assert f"free space there, then --resume goes on from {run / 'checkpoint.npz'}" in out, out
+    assert checkpoint.load(run).epoch == 1
+    cli("train", "tiny.nn", "--backend", "reference", "--out", run, "--resume", cwd=work, code=0)
+    assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] \
+        == [1, 2, 3]
+
+
+def test_a_model_file_that_can_be_read_once_trains(work, tmp_path):
+    """`nnlang train /dev/stdin < tiny.nn` (or `<(...)`, a pipe): train read the file, then
+    read it again to elaborate it, got nothing the second time and said 'this file defines no
+    model' at 1:1. (A file saved between the two reads trained one model under another's
+    source.) The one text read is what is trained and what the checkpoint keeps."""
+    run = tmp_path / "run"
+    cli_process("train", "/dev/stdin", "--backend", "reference", "--out", run, "--epochs", "1",
+                code=0, cwd=work, input=TINY)
+    assert checkpoint.load(run).meta["source"] == TINY
+
+
+def test_out_through_a_symbolic_link_to_nothing(work, tmp_path):
+    """--out (or a folder above it) a symbolic link whose target is gone (a moved or
+    unmounted disk): 'cannot write OUT (File exists)', mkdir's word. It names the link."""
+    (tmp_path / "disk").symlink_to(tmp_path / "unmounted")
+    for out in (tmp_path / "disk", tmp_path / "disk" / "run"):
+        text = cli("train", "tiny.nn", "--backend", "reference", "--out", out, "--epochs", "1",
+                   cwd=work)
+        assert f"{tmp_path / 'disk'} is a symbolic link to {tmp_path / 'unmounted'}, which " \
+               "does not exist" in text, text
+    assert not (tmp_path / "unmounted").exists()
+
 def test_out_with_the_users_files_is_refused_and_they_are_kept(work, tmp_path):
     proj = tmp_path / "proj"
     proj.mkdir()
@@ -563,6 +642,31 @@ def test_bad_checkpoints(work, command, ckpt, words):
     for w in words:
         assert w in out, out
 
+
+
+@pytest.mark.parametrize("code, words", [
+    (errno.EACCES, ["cannot read run-tiny/", "(Permission denied)", "check that you may "
+                                                                    "read it"]),
+    (errno.EIO, ["cannot read run-tiny/", "(Input/output error)", "the file system could not "
+                                                                  "read it"]),
+])
+def test_a_checkpoint_the_file_system_will_not_read_is_not_called_damaged(work, monkeypatch,
+                                                                          code, words):
+    """Another account's checkpoint (mode 600) or a failing disk: the error called the file
+    'not a readable nnlang checkpoint (PermissionError)' and told the user it 'may be truncated
+    or written by another program; ... train again'. (numpy opens the file, so the refusal
+    is made there: root reads any mode.)"""
+    load = np.load
+
+    def refused(file, *args, **kw):
+        if Path(file).parent.name == "run-tiny":
+            raise OSError(code, os.strerror(code), str(file))
+        return load(file, *args, **kw)
+    monkeypatch.setattr(np, "load", refused)
+    out = cli("eval", "tiny.nn", "-c", "run-tiny", "--backend", "reference", cwd=work)
+    for w in words:
+        assert w in out, out
+    assert "truncated" not in out and "train again" not in out, out
 
 def _rewritten(work, name, arrays=None, meta=None, compressed=False):
     """work/NAME: run-tiny's checkpoint with `arrays` replaced and its meta edited by `meta`."""
