@@ -169,6 +169,7 @@ def _hang_up() -> None:
     outside a command, SIG_IGN under nohup) the output is only dropped: the real SIGHUP, if
     any, does the rest."""
     if hasattr(signal, "SIGHUP") and callable(signal.getsignal(signal.SIGHUP)):
+        _HUNG_UP.append(True)
         signal.raise_signal(signal.SIGHUP)
 
 
@@ -263,6 +264,7 @@ class Terminated(KeyboardInterrupt):
 
 _TERMINATED: list[int] = []
 _SWALLOWED: list = []   # Terminated raised where Python could not pass it on
+_HUNG_UP: list = []     # a write found the terminal gone (`_hang_up`)
 # NOTE: SIGHUP is missing on Windows
 _ENDINGS = {signal.SIGTERM: ("terminated (SIGTERM)", TERMINATED)}
 if hasattr(signal, "SIGHUP"):
@@ -295,6 +297,7 @@ def _sigterm_raises():
         return
     _TERMINATED.clear()
     _SWALLOWED.clear()
+    _HUNG_UP.clear()
     for sig in ours:
         signal.signal(sig, _terminate)
     hook = sys.unraisablehook
@@ -314,7 +317,11 @@ def _sigterm_raises():
             raise Terminated
     finally:
         for sig in ours:
-            signal.signal(sig, signal.SIG_DFL)
+            # NOTE: after a write found the terminal gone (EIO, which raised our own SIGHUP),
+            # the shell's SIGHUP may still come while the process exits: at the default
+            # action it ended it after the save, before its exit 129
+            gone = _HUNG_UP and sig == getattr(signal, "SIGHUP", None)
+            signal.signal(sig, signal.SIG_IGN if gone else signal.SIG_DFL)
         sys.unraisablehook = hook
 
 
