@@ -56,6 +56,15 @@ LAYER_OPTIONS = [
     ('output y = embedding(tok, 100, 8, mask_zero = true)', ["mask = tokens"]),
     ('output y = embedding(tok, 100, 8, padding_idx = 0)',
      ["embedding(tok, 100, 8) *", "tok != 0"]),
+    # padding masks: sample_weight was "did you mean 'weight'?" (per-class weights), the
+    # others the bare signature
+    ('output y = cross_entropy(dense(x, 3), label, sample_weight = yb[:, 0])',
+     ["sum(per_row * w)", "ignore_index"]),
+    ('output y = cross_entropy(dense(x, 3), label, mask = label != 0)',
+     ["ignore_index = <the pads' label>", "maximum(sum(keep"]),
+    ('output y = mse(yb, yb, ignore_index = 0)', ["keep = cast(target !=", "sum(keep), 1.0)"]),
+    ('output y = mean(seq, axis = 1, mask = tok != 0)', ["sum(x * keep, axis = a)"]),
+    ('output y = softmax(seq, mask = seq > 0)', ["softmax(where(mask, x, -1e9))"]),
     ('output y = lstm(seq, 4, bias = false)', ["always have biases"]),
     ('output y = gru(seq, 4, unit_forget_bias = true)', ["only lstm"]),
     ('output y = batch_norm(x, axis = -1)', ["axis 1", "permute(x, [0, 3, 1, 2])"]),
