@@ -1120,6 +1120,26 @@ def test_causal_attention_of_a_front_padded_row_never_reads_a_later_token(backen
     np.testing.assert_allclose(y[0, :2], np.cumsum(q[0, :2], 0) / [[1], [2]], rtol=tol)
 
 
+def test_causal_attention_with_more_queries_than_keys_is_a_located_error():
+    """causal = true aligns the last query with the last key (torch's causal_lower_right), so
+    with 5 queries over 3 keys queries 0 and 1 may see no key at all. They attended to the
+    future keys instead (all of them equally far in the future: in float64 with their scores'
+    differences, as if unmasked), where the doc promises "never to a future key": changing
+    key 2 changed query 0's output. Now the shape is refused at the call, with the reason."""
+    src = """model M {
+  input q: float32[batch, 5, 4]
+  input kv: float32[batch, %d, 4]
+  output y = multi_head_attention(q, kv, heads = 1, causal = true)
+}"""
+    with pytest.raises(nnlang.NNError) as err:
+        load(src % 3)
+    text = err.value.render()
+    assert "<string>:4:" in text and "5 queries" in text and "3 keys" in text, text
+    assert "no key" in text, text
+    load(src % 5)   # as many keys as queries, or more (a cache): fine
+    load(src % 7)
+
+
 BN_ONE = """model M {
   input x: float32[batch, 4]
   input y: float32[batch, 4]
