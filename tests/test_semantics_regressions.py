@@ -643,6 +643,14 @@ def test_a_keras_batch_norm_momentum_is_a_located_warning(momentum, keras):
     ("key_padding_mask = real == 1", None),           # Hugging Face's attention_mask: right
     ("key_padding_mask = real", None),
     ("causal = true", None),
+    # the same inversions, other spellings: PyTorch's `(1 - attention_mask).bool()` and ids
+    # below 1 (true at the pads, 0, alone); they were silent
+    ("key_padding_mask = 1 - real", "1 - real"),
+    ('key_padding_mask = 1.0 - cast(tok != 0, dtype = "float32")', "1.0 - cast(tok != 0"),
+    ("key_padding_mask = tok < 1", "tok < 1"),
+    ("key_padding_mask = tok <= 0", "tok <= 0"),
+    ("key_padding_mask = tok >= 1", None),
+    ("key_padding_mask = 2 - real", None),
 ])
 def test_a_pytorch_padding_mask_is_a_located_warning(mask, warned):
     """nnlang's key_padding_mask keeps the keys where it is nonzero; PyTorch's masks the keys
@@ -659,7 +667,9 @@ def test_a_pytorch_padding_mask_is_a_located_warning(mask, warned):
         col = src.splitlines()[3].index(warned) + 1
         assert text.startswith(f"<string>:4:{col}: warning: multi_head_attention's "
                                "key_padding_mask is true where"), text
-        assert "`key_padding_mask = " in text and " != " in text and "PyTorch" in text
+        assert "`key_padding_mask = " in text and "PyTorch" in text
+        assert " != " in text if " - " not in warned else "`key_padding_mask = real`" in text \
+            or "without `1 -`" in text, text
 
 
 def test_an_rnn_mask_written_as_the_pads_is_a_located_warning():
