@@ -159,8 +159,9 @@ OPTION_HABITS = {
                      f"{_IGNORE}",
     "mask": "this op takes no mask (lstm, gru, rnn and positional_encoding take `mask`, "
             "multi_head_attention `key_padding_mask`): over padded labels "
-            f"{_IGNORE}; with keep = cast(mask, dtype = \"float32\"), a masked mean over axis "
-            "a is sum(x * keep, axis = a) / maximum(sum(keep, axis = a), 1.0), and a masked "
+            f"{_IGNORE}; with keep = cast(mask, dtype = \"float32\") (unsqueeze(..., axis = "
+            "-1) for x with features on a last axis), a masked mean over axis a is "
+            "sum(x * keep, axis = a) / maximum(sum(keep, axis = a), 1.0), and a masked "
             "softmax softmax(where(mask, x, -1e9))",
     "ignore_index": "only cross_entropy, accuracy and binary_accuracy take ignore_index; mask "
                     "the per-element loss: keep = cast(target != <the pads' label>, dtype = "
