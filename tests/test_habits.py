@@ -54,7 +54,17 @@ LAYER_OPTIONS = [
     ('output y = max_pool2d(img, 3, ceil_mode = true)', ["padding = [0, 1, 0, 1]"]),
     ('output y = dropout(x, 0.2, noise_shape = [1, 8])', ["x * dropout(", "* 0 + 1, rate)"]),
     ('output y = embedding(tok, 100, 8, mask_zero = true)', ["mask = tokens"]),
-    ('output y = embedding(tok, 100, 8, padding_idx = 0)', ["tokens != 0"]),
+    ('output y = embedding(tok, 100, 8, padding_idx = 0)',
+     ["embedding(tok, 100, 8) *", "tok != 0"]),
+    # padding masks: sample_weight was "did you mean 'weight'?" (per-class weights), the
+    # others the bare signature
+    ('output y = cross_entropy(dense(x, 3), label, sample_weight = yb[:, 0])',
+     ["sum(per_row * w)", "ignore_index"]),
+    ('output y = cross_entropy(dense(x, 3), label, mask = label != 0)',
+     ["ignore_index = <the pads' label>", "maximum(sum(keep"]),
+    ('output y = mse(yb, yb, ignore_index = 0)', ["keep = cast(target !=", "sum(keep), 1.0)"]),
+    ('output y = mean(seq, axis = 1, mask = tok != 0)', ["sum(x * keep, axis = a)"]),
+    ('output y = softmax(seq, mask = seq > 0)', ["softmax(where(mask, x, -1e9))"]),
     ('output y = lstm(seq, 4, bias = false)', ["always have biases"]),
     ('output y = gru(seq, 4, unit_forget_bias = true)', ["only lstm"]),
     ('output y = batch_norm(x, axis = -1)', ["axis 1", "permute(x, [0, 3, 1, 2])"]),
@@ -373,6 +383,32 @@ def test_avg_pool_padding_same_averages_the_real_cells_as_keras():
     torch = pytest.importorskip("torch")
     twin = torch.nn.functional.avg_pool2d(torch.tensor(x), 3, 1, 1, count_include_pad=False)
     np.testing.assert_allclose(got, twin.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("pad", [0, 1, -1])
+def test_the_padding_idx_hint_zeroes_the_pad_id_it_was_given(pad):
+    """PyTorch's padding_idx = k (fairseq and RoBERTa pad with 1; a negative k counts from the
+    end of the vocabulary): its hint, written as it says, gives zeros at id k and no gradient
+    to row k, and row k alone. The hint said `tokens != 0` whatever k was, so following it
+    zeroed the real token 0 and trained the pads' row."""
+    hint = _hint(f"output y = embedding(tok, 10, 8, padding_idx = {pad})")
+    written = hint.split("yourself: ")[1]
+    assert "embedding(tok, 10, 8)" in written, written   # the call as written, runnable
+    src = (_MODEL % f"e = {written}\n  output y = e\n  loss sum(e * yb)"
+           ).replace("input yb: float32[batch, 4]", "input yb: float32[batch, 5, 8]")
+    net = nnlang.compile(src, backend="reference", batch=3, seed=0)
+    tok = np.array([[0, 1, 9, 2, 1], [9, 9, 0, 3, 4], [5, 1, 1, 0, 9]], np.int32)
+    yb = np.random.default_rng(0).normal(size=(3, 5, 8)).astype(np.float32)
+    feeds = {"tok": tok, "yb": yb}
+    (name,) = net.parameters()
+    w = net.parameters()[name]
+    k = pad % 10
+    want = np.where((tok == k)[..., None], 0.0, w[tok])   # numpy: PyTorch's padding_idx
+    np.testing.assert_allclose(net.forward(feeds)["y"], want, rtol=1e-6)
+    grad = np.zeros_like(w)
+    np.add.at(grad, tok[tok != k], yb[tok != k])
+    np.testing.assert_allclose(net.gradients(feeds)[name], grad, rtol=1e-5, atol=1e-6)
+    assert not net.gradients(feeds)[name][k].any()
 
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 10)])

@@ -218,8 +218,8 @@ def test_sequence_kind_and_decoding_without_training():
 
 
 def test_text_for_an_input_of_symbolic_length(work, tmp_path):
-    """A character-tokenized input declared [batch, n] is padded to the longest text given;
-    it was an internal error (the tokenizer took the symbol for a length)."""
+    """A character-tokenized input declared [batch, n] runs at each text's own length; it
+    was an internal error (the tokenizer took the symbol for a length)."""
     d = work[0]
     (d / "echo_sym.nn").write_text(ECHO.replace("model Echo(vocab = 62) {",
                                                 "model Echo(vocab = 62) {\n  symbol n")
@@ -231,6 +231,35 @@ def test_text_for_an_input_of_symbolic_length(work, tmp_path):
                          "-i", "source=Friday, the 5th of March", "-i", "decoder_in=<start>",
                          "--json", code=0, cwd=d))
     assert [r["kind"] for r in got] == ["sequence", "sequence"]
+
+
+def test_a_text_of_symbolic_length_predicts_as_it_does_alone(work, tmp_path):
+    """Texts of a character-tokenized input declared [batch, n] were padded to the longest
+    text of the call: the shorter one showed a character for every pad position (its output
+    depended on the other examples), and a model reading the whole source (Echo's unmasked
+    mean) gave other values at its real positions too. Each example must read as it does
+    alone: runs of one length, as arrays of a symbolic length run."""
+    d = work[0]
+    (d / "echo_len.nn").write_text(ECHO.replace("model Echo(vocab = 62) {",
+                                                "model Echo(vocab = 62) {\n  symbol n\n  symbol m")
+                                   .replace("int32[batch, 32]", "int32[batch, n]")
+                                   .replace("int32[batch, 11]", "int32[batch, m]"))
+    cli("train", "echo_len.nn", "--backend", "reference", "--out", "run-echo-len",
+        "--max-steps", "1", code=0, cwd=d)
+    examples = [("5 Mar 2021", "<start>2021-03"), ("Fri, 5 Mar", "<start>20"),
+                ("Friday, the 5th of March 2021", "<start>")]
+
+    def predict(*pairs):
+        flags = [f for s, t in pairs for f in ("-i", f"source={s}", "-i", f"decoder_in={t}")]
+        return json_lines(cli("predict", "echo_len.nn", "-c", "run-echo-len", "--backend",
+                              "reference", *flags, "--json", code=0, cwd=d))
+    together = predict(*examples)
+    for pair, got in zip(examples, together):
+        (alone,) = predict(pair)
+        # <start> and one id per character: as many positions as the example's own tokens
+        assert len(got["ids"]) == len(pair[1]) - len("<start>") + 1, got
+        assert got["ids"] == alone["ids"] and got["text"] == alone["text"], pair
+        np.testing.assert_allclose(got["probability"], alone["probability"], rtol=1e-6)
 
 
 # a character model whose logits are a lookup of its input character: the loss is known from

@@ -643,6 +643,14 @@ def test_a_keras_batch_norm_momentum_is_a_located_warning(momentum, keras):
     ("key_padding_mask = real == 1", None),           # Hugging Face's attention_mask: right
     ("key_padding_mask = real", None),
     ("causal = true", None),
+    # the same inversions, other spellings: PyTorch's `(1 - attention_mask).bool()` and ids
+    # below 1 (true at the pads, 0, alone); they were silent
+    ("key_padding_mask = 1 - real", "1 - real"),
+    ('key_padding_mask = 1.0 - cast(tok != 0, dtype = "float32")', "1.0 - cast(tok != 0"),
+    ("key_padding_mask = tok < 1", "tok < 1"),
+    ("key_padding_mask = tok <= 0", "tok <= 0"),
+    ("key_padding_mask = tok >= 1", None),
+    ("key_padding_mask = 2 - real", None),
 ])
 def test_a_pytorch_padding_mask_is_a_located_warning(mask, warned):
     """nnlang's key_padding_mask keeps the keys where it is nonzero; PyTorch's masks the keys
@@ -659,7 +667,9 @@ def test_a_pytorch_padding_mask_is_a_located_warning(mask, warned):
         col = src.splitlines()[3].index(warned) + 1
         assert text.startswith(f"<string>:4:{col}: warning: multi_head_attention's "
                                "key_padding_mask is true where"), text
-        assert "`key_padding_mask = " in text and " != " in text and "PyTorch" in text
+        assert "`key_padding_mask = " in text and "PyTorch" in text
+        assert " != " in text if " - " not in warned else "`key_padding_mask = real`" in text \
+            or "without `1 -`" in text, text
 
 
 def test_an_rnn_mask_written_as_the_pads_is_a_located_warning():
@@ -1118,6 +1128,26 @@ def test_causal_attention_of_a_front_padded_row_never_reads_a_later_token(backen
     np.testing.assert_allclose(y2[:, :4], y[:, :4], rtol=tol, atol=tol)
     # values = q (identity wv and wo, zero biases): pad i averages the pads 0..i
     np.testing.assert_allclose(y[0, :2], np.cumsum(q[0, :2], 0) / [[1], [2]], rtol=tol)
+
+
+def test_causal_attention_with_more_queries_than_keys_is_a_located_error():
+    """causal = true aligns the last query with the last key (torch's causal_lower_right), so
+    with 5 queries over 3 keys queries 0 and 1 may see no key at all. They attended to the
+    future keys instead (all of them equally far in the future: in float64 with their scores'
+    differences, as if unmasked), where the doc promises "never to a future key": changing
+    key 2 changed query 0's output. Now the shape is refused at the call, with the reason."""
+    src = """model M {
+  input q: float32[batch, 5, 4]
+  input kv: float32[batch, %d, 4]
+  output y = multi_head_attention(q, kv, heads = 1, causal = true)
+}"""
+    with pytest.raises(nnlang.NNError) as err:
+        load(src % 3)
+    text = err.value.render()
+    assert "<string>:4:" in text and "5 queries" in text and "3 keys" in text, text
+    assert "no key" in text, text
+    load(src % 5)   # as many keys as queries, or more (a cache): fine
+    load(src % 7)
 
 
 BN_ONE = """model M {

@@ -148,6 +148,8 @@ class CallElaboration:
             if unknown:   # NOTE: the name is the culprit, not its value (as for a block's call)
                 span = next((k.span for k in e.kwargs if k.name == err.arg), span)
             hint = opdef.habits.get(err.arg) if unknown else None
+            if callable(hint):
+                hint = self.habit_hint(hint, opdef, e, args, kwargs)
             if err.message.startswith("takes at most") and opdef.positional is not None:
                 hint = self.positional_hint(opdef, e, args)
             self.fail(f"{e.func}() {err.message}", span, hint or err.hint)
@@ -200,6 +202,17 @@ class CallElaboration:
             shown_path(scope, path or join_path(scope.prefix, target or ""))
         return self.emit(e.func, tensors, attrs, e.span, tspans, scope, path, where, attr_spans,
                          frozen)
+
+    def habit_hint(self, habit, opdef, e: ast.Call, args: list, kwargs: dict) -> str:
+        """A habit's hint that reads the call: the call as written without the options the
+        op lacks, each argument's source text and value by name (the pad id PyTorch's
+        padding_idx = 1 names)."""
+        names = list(opdef.sig.names())
+        texts = dict(zip(names, map(fmt_expr, e.args))) | \
+            {k.name: fmt_expr(k.value) for k in e.kwargs}
+        kept = [fmt_expr(a) for a in e.args] + \
+            [f"{k.name} = {fmt_expr(k.value)}" for k in e.kwargs if k.name in names]
+        return habit(f"{e.func}({', '.join(kept)})", texts, dict(zip(names, args)) | kwargs)
 
     def positional_hint(self, opdef, e: ast.Call, args: list) -> str | None:
         """The op's own call for PyTorch's loose positional dims (`transpose(x, 1, 2)`)."""

@@ -216,10 +216,18 @@ def _keras_momentum(g: Graph, node):
 PADDING_MASKS = ("key_padding_mask", "mask")
 
 
+def _scalar(g: Graph, nid: int):
+    """The number a one-element const holds, else None."""
+    node = g.node(nid)
+    value = node.attrs.get("value") if node.op == "const" else None
+    return value.item() if value is not None and value.size == 1 else None
+
+
 def _padding_mask_inverted(g: Graph, node):
-    """`key_padding_mask = tokens == 0`: PyTorch's key_padding_mask is true at the keys to
-    ignore, nnlang's at the keys to keep, so the habit silently attends to the padding only
-    (and an rnn's mask = tokens == 0 runs over the padding alone)."""
+    """`key_padding_mask = tokens == 0` (or `tokens < 1`, or `1 - attention_mask`): PyTorch's
+    key_padding_mask is true at the keys to ignore, nnlang's at the keys to keep, so the habit
+    silently attends to the padding only (and an rnn's mask = tokens == 0 runs over the
+    padding alone)."""
     opdef = registry.get(node.op)
     if opdef is None:
         return None
@@ -231,13 +239,29 @@ def _padding_mask_inverted(g: Graph, node):
     source = g.node(ins[tensors.index(name)])
     while source.op in SHAPE_ONLY + ("cast",) and source.inputs:
         source = g.node(source.inputs[0])
-    if source.op != "eq" or len(source.inputs) != 2:
+    if source.op == "sub" and len(source.inputs) == 2 and _scalar(g, source.inputs[0]) == 1:
+        # NOTE: PyTorch's `(1 - attention_mask).bool()`, the pads of a 0/1 mask of real steps
+        kept = g.node(source.inputs[1])
+        shown = kept.name or kept.attrs.get("name") or \
+            (kept.span.text() if kept.span else None) or "the mask"
+        return Diagnostic(f"{node.op}'s {name} is true where {shown} is 0 (it is 1 minus that "
+                          "mask): here a mask is true (nonzero) at the steps to KEEP"
+                          + (", the opposite of PyTorch's key_padding_mask, so this attends to "
+                             "the padding alone" if node.op == "multi_head_attention" else
+                             ", so this reads the padding alone"),
+                          source.span, f"write `{name} = {shown}`, without `1 -` (true at the "
+                          "real tokens)", severity="warning")
+    # NOTE: ids below 1 (`tok < 1`, `tok <= 0`) are the pads, 0, as `tok == 0` is
+    below = source.op in ("lt", "le") and len(source.inputs) == 2 and \
+        _scalar(g, source.inputs[1]) == (1 if source.op == "lt" else 0) and \
+        g.node(source.inputs[0]).dtype in registry.INT_DTYPES
+    if source.op != "eq" and not below or len(source.inputs) != 2:
         return None
     consts = [i for i in source.inputs if g.node(i).op == "const"]
     value = g.node(consts[0]).attrs["value"] if len(consts) == 1 else None
     if value is None or value.size != 1:
         return None
-    pad = value.item()
+    pad = 0 if below else value.item()
     pad = int(pad) if float(pad).is_integer() else pad
     ids_nid = next(i for i in source.inputs if i != consts[0])
     # NOTE: `flags == 1` on a 0/1 mask of real steps (Hugging Face's attention_mask) is right;

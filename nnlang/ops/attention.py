@@ -79,6 +79,16 @@ def _mha_shape(q, kv=None, mask=None, *weights, heads, dim, causal, dropout):
                          f"queries over {fmt_shape(kvt.shape[:2])} keys: a symbolic length "
                          "needs the keys' length to be the queries'", arg=0,
                          hint="causal self-attention, or concrete lengths")
+    lq, lk = q.shape[1], kvt.shape[1]
+    if causal and isinstance(lq, int) and isinstance(lk, int) and lq > lk:
+        # NOTE: the last query sees the last key, so queries 0 .. lq - lk - 1 would see none:
+        # every key was as far in their future, and they attended to all of them (in float64
+        # as if unmasked), where PyTorch's causal_lower_right gives nan
+        raise ShapeError(f"multi_head_attention: causal masking of {lq} queries over {lk} keys "
+                         f"aligns the last query with the last key, so the first {lq - lk} "
+                         "queries would see no key", arg=0,
+                         hint="causal self-attention (kv = none), or at least as many keys as "
+                              "queries")
     need_range("multi_head_attention", "dropout", dropout, 0.0, 1.0, hi_open=True)
     return q
 
@@ -151,7 +161,8 @@ register("multi_head_attention",
              "-2e9 to future ones before the softmax (query i sees keys j <= i + kv_len - "
              "len, the last query the last key: torch's causal_lower_right; "
              "scaled_dot_product_attention(is_causal = True) aligns the first query with the "
-             "first key instead, the same when the lengths agree), so a query whose keys are "
+             "first key instead, the same when the lengths agree; more queries than keys is an "
+             "error, as the first would see no key), so a query whose keys are "
              "all masked attends evenly to them, and with causal = true to those it may see, "
              "never to a future key (PyTorch gives nan, or 0 without need_weights); dropout "
              "applies to the attention "

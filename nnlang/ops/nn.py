@@ -198,12 +198,27 @@ def _embedding_shape(tokens, weight=None, *, vocab, dim, init):
     return TensorType(tuple(tokens.shape) + (dim,), dt)
 
 
+def _padding_idx_habit(call: str, texts: dict, values: dict) -> str:
+    """PyTorch's padding_idx = k: the pads' rows zeroed by the mask of id k. NOTE: the hint
+    said `tokens != 0` whatever k was, so written as it said it zeroed the real token 0 and
+    trained the pads' row (fairseq and RoBERTa pad with 1); a negative k counts from the end
+    of the vocabulary, as PyTorch takes it."""
+    pad, vocab = values.get("padding_idx"), values.get("vocab")
+    if isinstance(pad, int) and not isinstance(pad, bool) and isinstance(vocab, int) and \
+            -vocab <= pad < vocab:
+        pad = str(pad % vocab)
+    else:
+        pad = texts.get("padding_idx", "PAD")
+    tokens = texts.get("tokens", "tokens")
+    return (f"zero the pad rows (and their gradient) yourself: {call} * "
+            f"unsqueeze(cast({tokens} != {pad}, dtype = \"float32\"), axis = -1)")
+
+
 _EMBEDDING_HABITS = {
     "mask_zero": "give the ids to the layer that skips the pads: lstm(e, 64, mask = tokens) "
                  "(nonzero ids are real steps, Keras' mask_zero = True), "
                  "multi_head_attention(e, heads = 4, key_padding_mask = tokens)",
-    "padding_idx": "zero the pad rows (and their gradient) yourself: embedding(tokens, vocab, "
-                   "dim) * unsqueeze(cast(tokens != 0, dtype = \"float32\"), axis = -1)",
+    "padding_idx": _padding_idx_habit,
 }
 
 

@@ -95,7 +95,9 @@ class OpDef:
     bind_attrs: Callable | None = None
     # {keyword another framework's layer takes: how it is written here}: the hint when a call
     # names one the signature lacks, where the nearest spelling would mislead; a key
-    # "name = value" is the hint for a value of the wrong type (Keras' approximate = true)
+    # "name = value" is the hint for a value of the wrong type (Keras' approximate = true). A
+    # hint that depends on the call is a function (the call as written without the options
+    # the op lacks, {param: source text}, {param: value}) -> hint (padding_idx = 1)
     habits: dict = field(default_factory=dict)
     # (source texts of the call's positional arguments, their values, the first one's rank or
     # None) -> hint or None: what to write for more positional arguments than the signature

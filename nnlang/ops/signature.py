@@ -126,6 +126,7 @@ class Signature:
 _INFERRED = "the input's size is read from its shape: leave it out"
 _PENALTY = ("penalties are train settings: l2 = 1e-4 (or l1) in the train section, on every "
             "weight matrix, or on this layer's alone with l2_on = [name.weight]")
+_IGNORE = "cross_entropy, accuracy and binary_accuracy take ignore_index = <the pads' label>"
 # Keras' and PyTorch's options that no op, optimizer or schedule here has under any name, and
 # what to write instead (an op's own `habits` come first; a rename is in FOREIGN_NAMES)
 OPTION_HABITS = {
@@ -151,6 +152,20 @@ OPTION_HABITS = {
     "reduction": "a loss here is the mean (reduction = \"mean\"); for \"sum\" multiply it by "
                  "the count it averages over; for \"none\" write the per-element loss "
                  "yourself, e.g. (p - y) ** 2",
+    # NOTE: padding masks on losses, metrics and reductions: `sample_weight` was "did you mean
+    # 'weight'?" (cross_entropy's per-class weights, another thing), the others the signature
+    "sample_weight": "per-example weights w (a padding mask among them) weigh the per-row "
+                     "losses: sum(per_row * w) / maximum(sum(w), 1e-12); over padded labels "
+                     f"{_IGNORE}",
+    "mask": "this op takes no mask (lstm, gru, rnn and positional_encoding take `mask`, "
+            "multi_head_attention `key_padding_mask`): over padded labels "
+            f"{_IGNORE}; with keep = cast(mask, dtype = \"float32\") (unsqueeze(..., axis = "
+            "-1) for x with features on a last axis), a masked mean over axis a is "
+            "sum(x * keep, axis = a) / maximum(sum(keep, axis = a), 1.0), and a masked "
+            "softmax softmax(where(mask, x, -1e9))",
+    "ignore_index": "only cross_entropy, accuracy and binary_accuracy take ignore_index; mask "
+                    "the per-element loss: keep = cast(target != <the pads' label>, dtype = "
+                    "\"float32\"), then sum(per_element * keep) / maximum(sum(keep), 1.0)",
     # optimizers
     "amsgrad": "no AMSGrad variant: adam or adamw",
     "betas": "name each: beta1 = 0.9, beta2 = 0.999 (PyTorch's betas = (0.9, 0.999))",

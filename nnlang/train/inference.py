@@ -233,6 +233,11 @@ def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None, size: int
     # NOTE: one net runs any length of a `symbol seq`, one length a call: examples of
     # several lengths (a3.npy a5.npy) run in consecutive groups of one shape, in order
     symbolic = _arrays_of_symbolic_length(graph, features, meta)
+    # NOTE: texts of a symbolic length too, by the width each encodes to alone: padded to the
+    # longest text of the call, a short one showed a token for each pad position and a model
+    # that reads the whole text (an unmasked mean) other values at its own, so an example's
+    # output depended on the others given with it
+    texts = [] if symbolic or meta.get("kind") == "image" else _of_symbolic_length(graph, features)
     # NOTE: an image data set's other inputs (a conditional model's label) are no pictures
     plain = _image_inputs(features) ^ set(features) if meta.get("kind") == "image" else set()
 
@@ -253,7 +258,9 @@ def model_inputs(graph, meta: dict, inputs=None, named=None, npz=None, size: int
     for raw, described in examples:
         if symbolic:
             raw = {k: r if isinstance(r, np.ndarray) else _read_values(r) for k, r in raw.items()}
-        now = tuple(np.shape(r) for r in raw.values()) if symbolic else None
+        now = tuple(np.shape(r) for r in raw.values()) if symbolic else \
+            tuple(encode_input(k, graph.node(features[k]), [raw[k]], meta, what(k), lo +
+                               len(group)).shape for k in texts if k in raw) or None
         if group and now != shape:
             yield run(group, lo)
             group, lo = [], lo + len(group)
@@ -272,13 +279,18 @@ def _each(raws: dict[str, list], described: list):
         yield {k: v[i] for k, v in raws.items()}, d
 
 
+def _of_symbolic_length(graph, features: dict) -> list[str]:
+    """The inputs with a symbol besides the batch in their type."""
+    return [k for k, nid in features.items()
+            if any(isinstance(d, Sym) and d != Sym.of("batch") for d in graph.node(nid).shape[1:])]
+
+
 def _arrays_of_symbolic_length(graph, features: dict, meta: dict) -> bool:
-    """Inputs read as arrays (not text, which pads to its batch, nor images), one of them
-    with a symbol besides the batch in its type."""
+    """Inputs read as arrays (not text, which runs by the width it encodes to, nor images),
+    one of them with a symbol besides the batch in its type."""
     if meta.get("kind") in ("image", "text") or tokenizer_from_meta(meta) is not None:
         return False
-    return any(isinstance(d, Sym) and d != Sym.of("batch")
-               for nid in features.values() for d in graph.node(nid).shape[1:])
+    return bool(_of_symbolic_length(graph, features))
 
 
 def _image_inputs(features: dict) -> set:
