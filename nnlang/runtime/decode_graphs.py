@@ -26,8 +26,9 @@ PROMPT_MASK = "_prompt_mask"
 # ops that compute each position from that position alone (on the last axis, or elementwise)
 # NOTE: generation is inference: dropout is the identity and the noise ops their mean, a
 # constant of x's shape (random_normal_like was said to mix positions, and a model with noise
-# decoded by rerunning the whole prefix for every token)
-POSITIONWISE = {"dense", "embedding", "dropout", "linear", "relu", "gelu", "silu", "elu",
+# decoded by rerunning the whole prefix for every token). one_hot is each token's own row, as
+# embedding is (Keras' lstm_seq2seq feeds one-hot characters; it decoded by recomputing).
+POSITIONWISE = {"dense", "embedding", "one_hot", "dropout", "linear", "relu", "gelu", "silu", "elu",
                 "leaky_relu", "softplus", "clip", "square", "reciprocal", "random_normal_like",
                 "random_uniform_like"}
 # NOTE: a slice of the last axis is each position's own features (a GLU's two halves, a fused
