@@ -56,3 +56,75 @@ def test_lstm_seq2seq_on_one_hot_characters_decodes_one_step_at_a_time():
         if t + 1 < 5:
             dec[:, t + 1] = z.argmax(-1)
     assert [s.ids for s in gen.samples] == want
+
+
+# *** Keras text_classification_with_transformer: GlobalAveragePooling1D on channels last ***
+TEXT_TRANSFORMER = """
+block TransformerBlock(x, embed_dim, num_heads, ff_dim) {
+  att = multi_head_attention(x, heads = num_heads, dim = num_heads * embed_dim)
+  out1 = layer_norm(x + dropout(att, 0.1), eps = 1e-6)
+  ffn = dense(out1, ff_dim, activation = "relu") |> dense(embed_dim)
+  return layer_norm(out1 + dropout(ffn, 0.1), eps = 1e-6)
+}
+model TextTransformer(vocab = 50, maxlen = 8, embed_dim = 32) {
+  input tokens: int32[batch, maxlen]
+  input label: int32[batch]
+  x = embedding(tokens, vocab, embed_dim)
+  p = positional_encoding(x, kind = "learned", max_len = maxlen)
+  t = TransformerBlock(p, embed_dim, 2, 32)
+  pooled = POOL
+  output pooled
+  logits = dropout(pooled, 0.1) |> dense(20, activation = "relu") |> dropout(0.1) |> dense(2)
+  loss cross_entropy(logits, label)
+}
+"""
+
+
+def test_global_pool_of_a_features_last_sequence_is_a_located_warning():
+    """Keras' GlobalAveragePooling1D pools the time steps of [batch, steps, features];
+    global_avg_pool reads axis 1 as the channels, so the port's `global_avg_pool(t)` averaged
+    each position's 32 features and fed [batch, 8] to the head, with no word. The warning is
+    at the pool, and its hint's channels_last = true pools the steps (numpy's mean over axis
+    1 of the block's output)."""
+    program = nnlang.load(TEXT_TRANSFORMER.replace("POOL", "global_avg_pool(t)"))
+    (warning,) = program.warnings
+    text = warning.render()
+    assert text.startswith("<string>:14:12: warning: global_avg_pool averages the 32 features "
+                           "of each of the 8 steps of [batch, 8, 32]"), text
+    assert "global_avg_pool(t, channels_last = true)" in text and "mean(t, axis = 1)" in text
+    for fixed in ("global_avg_pool(t, channels_last = true)", "mean(t, axis = 1)"):
+        src = TEXT_TRANSFORMER.replace("POOL", fixed).replace("  output pooled\n",
+                                                               "  output pooled\n  output t\n")
+        assert nnlang.load(src).warnings == []
+        net = nnlang.compile(src, backend="reference", batch=2, seed=1, dtype="float64")
+        rng = np.random.default_rng(0)
+        out = net.forward({"tokens": rng.integers(0, 50, (2, 8)).astype(np.int32),
+                           "label": np.array([0, 1], np.int32)})
+        np.testing.assert_allclose(out["pooled"], np.asarray(out["t"]).mean(axis=1),
+                                   rtol=1e-12)
+    max_pool = nnlang.load(TEXT_TRANSFORMER.replace("POOL", "global_max_pool(t)")).warnings
+    assert [w.render().split(": warning: ")[1].split(" the 32")[0] for w in max_pool] == \
+        ["global_max_pool takes the max of"]
+
+
+def test_keras_and_pytorch_layers_without_an_op_say_what_to_write():
+    """RepeatVector and TimeDistributed (Keras' addition_rnn) and LSTMCell (PyTorch's
+    time_sequence_prediction) had only "see `nnlang ops`", or "did you mean 'lstm'?" for a
+    cell whose output the example feeds back. RepeatVector's formula, run, is numpy's repeat."""
+    def hint(call):
+        try:
+            nnlang.load(f"model M {{\n  input x: float32[batch, 3]\n  output y = {call}\n}}")
+        except nnlang.NNError as e:
+            return e.diagnostics[0].hint
+        raise AssertionError(f"{call} was accepted")
+    formula = hint("RepeatVector(x, 4)").split(": ", 1)[1].split(" (Keras'")[0]
+    assert "broadcast_to(unsqueeze(x, axis = 1)" in formula
+    net = nnlang.compile("model M {\n  input x: float32[batch, 3]\n  output y = "
+                         f"{formula.replace('n, units', '4, 3')}\n}}",
+                         backend="reference", batch=2, dtype="float64")
+    x = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(net.forward({"x": x})["y"], np.repeat(x[:, None], 4, axis=1))
+    assert "TimeDistributed(Dense(k)) is dense(x, k)" in hint("time_distributed(x)")
+    for cell, layer in (("LSTMCell", "lstm"), ("gru_cell", "gru"), ("SimpleRNNCell", "rnn")):
+        assert f"{layer}(x, units, return_sequences = true)" in hint(f"{cell}(x)")
+        assert "scan Cell(...) over" in hint(f"{cell}(x)")
