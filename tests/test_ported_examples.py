@@ -3,6 +3,7 @@ from docs/language.md, where a port found something nnlang got wrong."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import nnlang
 from nnlang.data.chars import END, PAD, START, CharTokenizer
@@ -30,12 +31,23 @@ generate Translate {
 """
 
 
-def test_lstm_seq2seq_on_one_hot_characters_decodes_one_step_at_a_time():
+@pytest.mark.parametrize("decoder", [
+    "dec = lstm(one_hot(decoder_input, chars), latent, return_sequences = true,",
+    # Keras' own decoder: LSTM(latent_dim, return_sequences=True, return_state=True), its
+    # states dropped (`decoder_outputs, _, _ = decoder_lstm(...)`)
+    "dec, _, _ = lstm(one_hot(decoder_input, chars), latent, return_sequences = true,\n"
+    "                   return_state = true,",
+])
+def test_lstm_seq2seq_on_one_hot_characters_decodes_one_step_at_a_time(decoder):
     """Keras' example feeds one-hot characters: `one_hot` of the decoder's tokens is each
     position's own row, as `embedding` is, yet generation called it a mix of positions and
-    reran the whole decoder for every character. Greedy decoding with the carried LSTM state
-    equals a loop that reruns the full model per character (Keras' decode_sequence)."""
-    net = nnlang.compile(LSTM_SEQ2SEQ, backend="reference", batch=2, seed=5)
+    reran the whole decoder for every character; so it did for a decoder with return_state
+    whose states nothing reads. Greedy decoding with the carried LSTM state equals a loop that
+    reruns the full model per character (Keras' decode_sequence)."""
+    source = LSTM_SEQ2SEQ.replace(
+        "dec = lstm(one_hot(decoder_input, chars), latent, return_sequences = true,", decoder)
+    assert decoder in source
+    net = nnlang.compile(source, backend="reference", batch=2, seed=5)
     tok = CharTokenizer("abcdefg", specials=(PAD, START, END))
     prompts = ["abc", "gfed"]
     gen = net.generate(prompts, tokenizer=tok, greedy=True)

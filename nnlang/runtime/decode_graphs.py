@@ -55,6 +55,7 @@ def derive(user: Graph, spec) -> DecodeGraphs:
     g = user.copy()
     g.outputs, g.losses, g.metrics = {"logits": g.outputs[spec.logits]}, {}, {}
     g = drop_unused_inputs(g)
+    _drop_unused_states(g)
     tok = g.inputs[spec.tokens]
     dep = nx.descendants(g.nx, tok) | {tok}
     attn, rnns = [], []
@@ -92,6 +93,35 @@ def derive(user: Graph, spec) -> DecodeGraphs:
     return DecodeGraphs(_prefill(g, tok, attn, rnns, names),
                         _step(g, tok, dep, attn, rnns, names, spec), caches,
                         list(names.values()), shared)
+
+
+def _drop_unused_states(g: Graph) -> None:
+    """A recurrent layer whose return_state states nothing the logits need reads (Keras'
+    lstm_seq2seq decoder: `dec, _, _ = lstm(..., return_sequences = true, return_state =
+    true)`) is the layer without them: the cut of its outputs from the packed value becomes
+    the layer itself, which then steps with the tokens (it recomputed the prefix per token)."""
+    for node in list(g):
+        a = node.attrs
+        if node.type is None or not (_is_rnn(node) and a.get("return_state") and
+                                     a.get("return_sequences")) or node.id in g.outputs.values():
+            continue
+        steps = g.node(_rnn_slots(g, node)[0]).shape[1]
+        cuts = g.users(node.id)
+        if not cuts or any(not _leading_cut(g.node(u), steps) for u in cuts):
+            continue
+        batch, _, width = node.shape
+        a["return_state"] = False
+        node.type = TensorType((batch, steps, width), node.dtype)
+        for u in cuts:
+            g.replace_uses(u, node.id)
+            g.remove(u)
+
+
+def _leading_cut(node, steps) -> bool:
+    """Whether `node` is the slice of a packed recurrent value that holds its outputs."""
+    a = node.attrs
+    return node.op == "slice" and a.get("axis") in (1, -2) and (a.get("start") or 0) == 0 \
+        and a.get("stop") == steps and (a.get("step") or 1) == 1
 
 
 def _in_user_scan(g: Graph, node, dep) -> bool:
