@@ -140,3 +140,23 @@ def test_keras_and_pytorch_layers_without_an_op_say_what_to_write():
     for cell, layer in (("LSTMCell", "lstm"), ("gru_cell", "gru"), ("SimpleRNNCell", "rnn")):
         assert f"{layer}(x, units, return_sequences = true)" in hint(f"{cell}(x)")
         assert "scan Cell(...) over" in hint(f"{cell}(x)")
+
+
+def test_pytorch_plateau_patience_zero_says_its_count_here():
+    """PyTorch's word_language_model divides lr by 4 after any epoch whose validation loss
+    does not improve: ReduceLROnPlateau(factor = 0.25, patience = 0). Here patience counts
+    from 1 (docs/language.md), and patience = 0 was refused with ">= 1 (epochs)" alone."""
+    src = """model M {
+  input x: float32[batch, 3]
+  input y: float32[batch]
+  loss mse(squeeze(dense(x, 1), axis = -1), y)
+}
+train M {
+  schedule = plateau(factor = 0.25, patience = 0)
+}"""
+    with pytest.raises(nnlang.NNError) as err:
+        nnlang.load(src)
+    text = str(err.value)
+    assert "<string>:7:48" in text and "ReduceLROnPlateau(patience = 0)" in text, text
+    assert "is patience = 1 here" in text
+    assert nnlang.load(src.replace("patience = 0", "patience = 1")).train.schedule is not None
