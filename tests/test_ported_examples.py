@@ -37,7 +37,7 @@ generate Translate {
     # states dropped (`decoder_outputs, _, _ = decoder_lstm(...)`)
     "dec, _, _ = lstm(one_hot(decoder_input, chars), latent, return_sequences = true,\n"
     "                   return_state = true,",
-])
+], ids=["decoder", "decoder_states_dropped"])
 def test_lstm_seq2seq_on_one_hot_characters_decodes_one_step_at_a_time(decoder):
     """Keras' example feeds one-hot characters: `one_hot` of the decoder's tokens is each
     position's own row, as `embedding` is, yet generation called it a mix of positions and
