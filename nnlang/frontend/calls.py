@@ -82,6 +82,22 @@ WRITTEN_OTHERWISE = {
     "repeat_interleave": "each element r times along axis 1 of x [batch, C]: reshape(concat("
                          "unsqueeze(x, axis = 2), unsqueeze(x, axis = 2), ..., axis = 2), "
                          "[batch, -1]) with r copies",
+    **dict.fromkeys(("RepeatVector", "repeat_vector"),
+                    "x [batch, units] n times along a new axis 1: broadcast_to(unsqueeze(x, "
+                    "axis = 1), shape = [batch, n, units]) (Keras' RepeatVector(n))"),
+    **dict.fromkeys(("TimeDistributed", "time_distributed"),
+                    "no wrapper: dense, layer_norm, softmax and the elementwise ops act on the "
+                    "last axis of [batch, time, features] already, so TimeDistributed(Dense(k)) "
+                    "is dense(x, k) on the sequence"),
+    # NOTE: by letters `lstm_cell` is `lstm`, which runs a whole sequence: right for a cell in
+    # a loop over the inputs, not for one whose output is fed back
+    **{cell: f"a cell run over a sequence is the layer: {layer}(x, units, return_sequences = "
+             f"true) (return_state = true also gives its final state); a cell whose output "
+             f"is fed back as its next input is a block run by `scan Cell(...) over ...` "
+             f"(docs/language.md, 'Your own recurrence: scan')"
+       for layer, names in (("lstm", ("LSTMCell", "lstm_cell")), ("gru", ("GRUCell", "gru_cell")),
+                            ("rnn", ("RNNCell", "rnn_cell", "SimpleRNNCell")))
+       for cell in names},
     **dict.fromkeys(("ctc_loss", "CTCLoss", "ctc_batch_cost"),
                     "not supported: CTC's alignment sum has no op here"),
     **dict.fromkeys(("margin_ranking_loss", "MarginRankingLoss"),

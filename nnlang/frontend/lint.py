@@ -388,6 +388,38 @@ def _features_last_into_batch_norm(g: Graph, node):
                       "|> permute([0, 2, 1]); or layer_norm(h), per example", severity="warning")
 
 
+def _features_last_pooled(g: Graph, node):
+    """global_avg_pool / global_max_pool on [batch, time, features] from an embedding, an
+    attention or a recurrent layer: Keras' GlobalAveragePooling1D pools over the time steps of
+    its channels-last input, while these (as PyTorch's adaptive pools) read axis 1 as the
+    channels, so a ported text classifier pooled each position's features into one number
+    and went on with [batch, time], without a word."""
+    if node.op not in GLOBAL_POOLS or node.attrs.get("channels_last") or not node.inputs:
+        return None
+    source = g.node(node.inputs[0])
+    shape = source.type.shape
+    if len(shape) != 3:
+        return None
+    # NOTE: through what keeps the layout (an activation, dropout, layer_norm, a residual add)
+    while source.op not in FEATURES_LAST and source.op not in ("permute", "transpose") and \
+            source.inputs and g.node(source.inputs[0]).type.shape == shape:
+        source = g.node(source.inputs[0])
+    if source.op not in FEATURES_LAST:
+        return None
+    verb, keras = ("averages", "Average") if node.op == "global_avg_pool" else ("takes the max of",
+                                                                              "Max")
+    named = g.node(node.inputs[0])
+    h = named.name or named.attrs.get("name") or "h"
+    return Diagnostic(f"{node.op} {verb} the {shape[-1]} features of each of the {shape[1]} "
+                      f"steps of {fmt_shape(shape)} (it reads axis 1 as the channels), but the "
+                      f"{source.op} before it puts each step's features last: the result is "
+                      f"{fmt_shape([shape[0], shape[1]])}, one value per position",
+                      node.span, f"pool over the steps: {node.op}({h}, channels_last = true) "
+                      f"([batch, {shape[-1]}], Keras' Global{keras}Pooling1D), or "
+                      f"{'mean' if node.op == 'global_avg_pool' else 'max'}({h}, axis = 1)",
+                      severity="warning")
+
+
 def _kl_target_form(g: Graph, node):
     """kl_div's target in the other form than log_target says: a log_softmax read as
     probabilities (negative ones, so no divergence), or a softmax read as log-probabilities."""
@@ -481,7 +513,7 @@ def lint(g: Graph, train_span=None, train=None) -> list[Diagnostic]:
         # their own (a Keras port's batch_norm(momentum = 0.99) after a channels-last conv
         # is two), so each still warns.
         for rules in ((_channels_first_after_last, _features_last_into_batch_norm,
-                       _channels_last), (_over_batch,),
+                       _features_last_pooled, _channels_last), (_over_batch,),
                       (_threshold_on_logits,), (_rows_of_batch,), (_keras_momentum,),
                       (_softmax_of_one,), (_softmax_twice,), (_padding_mask_inverted,),
                       (_kl_target_form,), (_channels_pooled,)):

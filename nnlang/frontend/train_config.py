@@ -122,7 +122,11 @@ RANGES = {
     "l2": (lambda v: v >= 0, ">= 0"),
     "l1": (lambda v: v >= 0, ">= 0"),
     "early_stop": (lambda v: v >= 1, ">= 1 (epochs without improvement before stopping)"),
-    "patience": (lambda v: v >= 1, ">= 1 (epochs)"),
+    # NOTE: PyTorch's count is one less: its patience = 0 (word_language_model's lr /= 4 after
+    # any epoch without improvement) is refused here, so the text says what it is
+    "patience": (lambda v: v >= 1, ">= 1 (epochs without improvement before a reduction; "
+                 "PyTorch's ReduceLROnPlateau(patience = 0), which reduces after the first, is "
+                 "patience = 1 here)"),
     "factor": (lambda v: 0 < v < 1, "in (0, 1)"),
 }
 # the ranges whose ends float32 rounding can reach (a tiny positive value, or one just below 1)

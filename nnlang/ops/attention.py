@@ -155,7 +155,9 @@ register("multi_head_attention",
          _mha_shape, decompose=_mha, params=_mha_params, family="attention",
          habits=_MHA_HABITS,
          doc="Multi-head scaled dot-product attention on [batch, len, dim]: self-attention when "
-             "kv is none. dim is the attention width (default: q's last dim), split over heads; "
+             "kv is none. dim is the attention width (default: q's last dim), split over heads "
+             "(Keras' key_dim is one head's: MultiHeadAttention(num_heads = h, key_dim = k) is "
+             "heads = h, dim = h * k); "
              "the output has q's shape. key_padding_mask [batch, kv_len] (float, int or bool; "
              "nonzero keeps a key, 0 masks it) sets masked scores to -1e9 and causal = true adds "
              "-2e9 to future ones before the softmax (query i sees keys j <= i + kv_len - "

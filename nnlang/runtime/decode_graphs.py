@@ -26,8 +26,9 @@ PROMPT_MASK = "_prompt_mask"
 # ops that compute each position from that position alone (on the last axis, or elementwise)
 # NOTE: generation is inference: dropout is the identity and the noise ops their mean, a
 # constant of x's shape (random_normal_like was said to mix positions, and a model with noise
-# decoded by rerunning the whole prefix for every token)
-POSITIONWISE = {"dense", "embedding", "dropout", "linear", "relu", "gelu", "silu", "elu",
+# decoded by rerunning the whole prefix for every token). one_hot is each token's own row, as
+# embedding is (Keras' lstm_seq2seq feeds one-hot characters; it decoded by recomputing).
+POSITIONWISE = {"dense", "embedding", "one_hot", "dropout", "linear", "relu", "gelu", "silu", "elu",
                 "leaky_relu", "softplus", "clip", "square", "reciprocal", "random_normal_like",
                 "random_uniform_like"}
 # NOTE: a slice of the last axis is each position's own features (a GLU's two halves, a fused
@@ -54,6 +55,7 @@ def derive(user: Graph, spec) -> DecodeGraphs:
     g = user.copy()
     g.outputs, g.losses, g.metrics = {"logits": g.outputs[spec.logits]}, {}, {}
     g = drop_unused_inputs(g)
+    _drop_unused_states(g)
     tok = g.inputs[spec.tokens]
     dep = nx.descendants(g.nx, tok) | {tok}
     attn, rnns = [], []
@@ -91,6 +93,35 @@ def derive(user: Graph, spec) -> DecodeGraphs:
     return DecodeGraphs(_prefill(g, tok, attn, rnns, names),
                         _step(g, tok, dep, attn, rnns, names, spec), caches,
                         list(names.values()), shared)
+
+
+def _drop_unused_states(g: Graph) -> None:
+    """A recurrent layer whose return_state states nothing the logits need reads (Keras'
+    lstm_seq2seq decoder: `dec, _, _ = lstm(..., return_sequences = true, return_state =
+    true)`) is the layer without them: the cut of its outputs from the packed value becomes
+    the layer itself, which then steps with the tokens (it recomputed the prefix per token)."""
+    for node in list(g):
+        a = node.attrs
+        if node.type is None or not (_is_rnn(node) and a.get("return_state") and
+                                     a.get("return_sequences")) or node.id in g.outputs.values():
+            continue
+        steps = g.node(_rnn_slots(g, node)[0]).shape[1]
+        cuts = g.users(node.id)
+        if not cuts or any(not _leading_cut(g.node(u), steps) for u in cuts):
+            continue
+        batch, _, width = node.shape
+        a["return_state"] = False
+        node.type = TensorType((batch, steps, width), node.dtype)
+        for u in cuts:
+            g.replace_uses(u, node.id)
+            g.remove(u)
+
+
+def _leading_cut(node, steps) -> bool:
+    """Whether `node` is the slice of a packed recurrent value that holds its outputs."""
+    a = node.attrs
+    return node.op == "slice" and a.get("axis") in (1, -2) and (a.get("start") or 0) == 0 \
+        and a.get("stop") == steps and (a.get("step") or 1) == 1
 
 
 def _in_user_scan(g: Graph, node, dep) -> bool:
