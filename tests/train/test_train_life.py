@@ -94,6 +94,24 @@ def test_resuming_a_run_that_stopped_early_trains_nothing(folder):
     assert len(more.rows) > len(h.rows)
 
 
+def test_summary_json_holds_the_runs_own_numbers(folder):
+    """summary.json is what a script parses after a run: its step count, the last epoch's
+    training loss and the test results, against numbers counted apart from it (8 training rows
+    in batches of 4 are 2 steps an epoch; an epoch's training loss is the mean of its steps';
+    the test set scored again from the last checkpoint). Only `stopped`, `best` and `val` were ever
+    read back, so a `step` one off passed every test."""
+    h = train(folder, "", epochs=3)
+    summary = json.loads((folder / "run" / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["step"] == 3 * (8 // 4) == len(h.losses)
+    assert checkpoint.load(folder / "run").step == summary["step"]
+    assert summary["train"]["loss"] == pytest.approx(np.mean(h.losses[-2:]), rel=1e-6)
+    # NOTE: the summary scores the last epoch's weights (eval of the folder takes best.npz)
+    split, res = evaluate_checkpoint(str(folder / "tiny.nn"), folder / "run" / "checkpoint.npz",
+                                     backend="reference")
+    assert split == "test" and summary["test"]["loss"] == pytest.approx(res["loss"], rel=1e-6)
+    assert summary["test"]["acc"] == pytest.approx(res["acc"], rel=1e-6)
+
+
 def test_monitor_max_on_a_metric(folder):
     h = train(folder, 'early_stop = 2\n  monitor = "val_acc"', epochs=12)
     acc = [r["val_acc"] for r in h.rows]
