@@ -112,6 +112,20 @@ def test_summary_json_holds_the_runs_own_numbers(folder):
     assert summary["test"]["acc"] == pytest.approx(res["acc"], rel=1e-6)
 
 
+def test_the_logged_lr_is_the_rate_of_the_epochs_last_step(folder):
+    """metrics.jsonl/csv's `lr` under a per-step schedule: the rate the epoch's last step ran
+    at, by the published cosine rule lr (1 + cos(pi t / T)) / 2 (8 rows in batches of 4: steps
+    0-1, 2-3, 4-5 of T = 6). The only lr columns read back were constant within an epoch, so
+    logging the next step's rate passed."""
+    import math
+    h = train(folder, "schedule = cosine()", epochs=3)
+    want = [0.05 * (1 + math.cos(math.pi * (2 * e + 1) / 6)) / 2 for e in range(3)]
+    assert [r["lr"] for r in h.rows] == pytest.approx(want, rel=1e-9)
+    log = (folder / "run" / "metrics.jsonl").read_text()
+    logged = [json.loads(line) for line in log.splitlines()]
+    assert [r["lr"] for r in logged] == pytest.approx(want, rel=1e-9)
+
+
 def test_monitor_max_on_a_metric(folder):
     h = train(folder, 'early_stop = 2\n  monitor = "val_acc"', epochs=12)
     acc = [r["val_acc"] for r in h.rows]
