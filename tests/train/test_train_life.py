@@ -112,6 +112,27 @@ def test_summary_json_holds_the_runs_own_numbers(folder):
     assert summary["test"]["acc"] == pytest.approx(res["acc"], rel=1e-6)
 
 
+def test_the_summary_table_puts_each_splits_numbers_on_its_row(folder):
+    """The table printed at the end of a run: its train row is the last epoch's training means,
+    its val row the last validation and its test row the test set's. The runs above test on
+    their validation arrays, so a val row showing the test results passed."""
+    from nnlang.train.trainer import summary_table
+    overfit_data(folder)
+    data = dict(np.load(folder / "tiny.npz"))
+    data["test_x"], data["test_label"] = data["test_x"][:12] * 3, data["test_label"][:12]
+    np.savez(folder / "tiny.npz", **data)
+    (folder / "tiny.nn").write_text(overfit_source("", 2))
+    h = fit(str(folder / "tiny.nn"), out=folder / "run", backend="reference", progress=False)
+    assert h.val["loss"] != pytest.approx(h.test["loss"], rel=1e-3)
+    out = io.StringIO()
+    Console(file=out, width=120).print(summary_table(h))
+    rows = {line.split()[0]: line.split()[1:] for line in out.getvalue().splitlines()
+            if line.split() and line.split()[0] in ("train", "val", "test")}
+    assert rows["train"] == [f"{h.rows[-1]['train_loss']:.4f}", f"{h.rows[-1]['train_acc']:.4f}"]
+    assert rows["val"] == [f"{h.rows[-1]['val_loss']:.4f}", f"{h.rows[-1]['val_acc']:.4f}"]
+    assert rows["test"] == [f"{h.test['loss']:.4f}", f"{h.test['acc']:.4f}"]
+
+
 def test_the_logged_lr_is_the_rate_of_the_epochs_last_step(folder):
     """metrics.jsonl/csv's `lr` under a per-step schedule: the rate the epoch's last step ran
     at, by the published cosine rule lr (1 + cos(pi t / T)) / 2 (8 rows in batches of 4: steps
