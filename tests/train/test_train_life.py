@@ -133,6 +133,23 @@ def test_the_summary_table_puts_each_splits_numbers_on_its_row(folder):
     assert rows["test"] == [f"{h.test['loss']:.4f}", f"{h.test['acc']:.4f}"]
 
 
+def test_eval_without_a_test_split_scores_the_runs_own_validation_rows(folder):
+    """A data set with no test split is evaluated on the run's seeded validation carve
+    (evaluate_checkpoint; docs/generation.md for --eval): the rows its last epoch validated on,
+    so eval of checkpoint.npz gives that epoch's val numbers. No test compared the two, so
+    carving with another seed (rows the run trained on) passed."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    np.savez(folder / "tiny.npz", train_x=x, train_label=(x[:, 0] > 0).astype(np.int32))
+    (folder / "tiny.nn").write_text(tiny_source("adam(lr = 0.05)", 0.25))
+    h = fit(str(folder / "tiny.nn"), out=folder / "run", backend="reference", progress=False)
+    split, res = evaluate_checkpoint(str(folder / "tiny.nn"), folder / "run" / "checkpoint.npz",
+                                     backend="reference")
+    assert split == "val"
+    assert res["loss"] == pytest.approx(h.rows[-1]["val_loss"], rel=1e-6)
+    assert res["acc"] == pytest.approx(h.rows[-1]["val_acc"], rel=1e-6)
+
+
 def test_the_logged_lr_is_the_rate_of_the_epochs_last_step(folder):
     """metrics.jsonl/csv's `lr` under a per-step schedule: the rate the epoch's last step ran
     at, by the published cosine rule lr (1 + cos(pi t / T)) / 2 (8 rows in batches of 4: steps
