@@ -301,6 +301,11 @@ def test_sampling_settings():
     once = gen.generate(["the", "the"], options_from(spec, hot)).texts
     assert once == gen.generate(["the", "the"], options_from(spec, hot)).texts  # seeded
     assert once[0] != once[1] or once[0] != greedy[0]   # rows draw independently
+    # NOTE: the seed picks the stream (--seed S: "the sampling seed"): a stream keyed by the
+    # prompt alone passed the lines above, and every seed drew the same text
+    seeds = {gen.generate(["the"], options_from(spec, {**hot, "seed": s})).texts[0]
+             for s in range(4)}
+    assert len(seeds) > 1
 
 
 def test_a_seeded_prompt_samples_the_same_text_alone_or_among_others():
@@ -536,6 +541,11 @@ def test_char_tokenizer_round_trips():
     from nnlang.data import DataError
     with pytest.raises(DataError, match="position 2"):
         tok.encode("h\u00e9")
+    # NOTE: a decoder writes on past its <end> (a fixed-length seq2seq output): the text is what
+    # comes before the first one (decode's docstring); skipping it passed every test
+    from nnlang.data.chars import END, PAD, START
+    dates = CharTokenizer("0123456789-", (PAD, START, END))
+    assert dates.decode(dates.encode("<start>12-3<end>45<end>6")) == "12-3"
 
 
 @pytest.mark.parametrize("setting,words", [
@@ -927,6 +937,22 @@ def test_beam_search_goes_on_while_the_best_candidate_is_a_stop(width):
     assert got.ids == want[1] and got.score == pytest.approx(want[0], abs=1e-9)
 
 
+@pytest.mark.parametrize("seed,chars,prompt,lp", [(1, "abc", "a", 2.0), (0, "abcd", "bc", 1.0)])
+def test_beam_search_closes_where_hf_does_once_more_than_width_have_finished(seed, chars,
+                                                                              prompt, lp):
+    """HF keeps the `width` best finished hypotheses and closes a prompt when the worst of those
+    is >= the step's best candidate at the current length (is_done: a tie closes). The tests
+    above never had a tie, nor more finished hypotheses than beams, so comparing with the worst
+    of all finished ones, or closing only on a strict win, passed them; both searched on here
+    and returned another sequence than HF's."""
+    tok, net, logp_next = _tiny_gpt_for_beams(chars, seed)
+    stop = len(chars) + 1
+    want = hf_beam(logp_next, tok.encode(prompt), 2, 6, stop, lp)
+    got = net.generate([prompt], max_new=6, beam=2, stop=stop, length_penalty=lp,
+                       tokenizer=tok).samples[0]
+    assert got.ids == want[1] and got.score == pytest.approx(want[0], abs=1e-9)
+
+
 @pytest.mark.parametrize("stop,words", [(0, "id 0 is padding"), (1, "id 1 is <unk>"),
                                         (39, "id 39 is past the tokenizer's 39 ids")])
 def test_a_stop_token_generation_never_produces_is_an_error(stop, words):
@@ -1006,6 +1032,9 @@ def _hf_warped(z, temperature=1.0, top_k=None, top_p=1.0):
     ([2.0, 1.0, 1.0, 0.5, -1.0], {"top_k": 2, "temperature": 3.0}),   # a tie at the k-th
     ([-np.inf, 3.0, 1.0, 1.0, 1.0], {"top_p": 0.95, "temperature": 2.0}),
     ([1.0, 2.0, 0.5], {"top_p": 1e-9}),
+    # 1 - top_p rounds to 1.0, which the mass of every token reaches: only HF's "the likeliest
+    # is always kept" leaves a token to draw (without it, every draw fell on id 0)
+    ([1.0, 2.0, 0.5], {"top_p": 1e-300}),
 ])
 def test_sampling_draws_from_hugging_faces_warped_distribution(z, opts):
     """The share of draws of each token, with the draws u spread evenly over [0, 1) (the

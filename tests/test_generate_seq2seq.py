@@ -64,6 +64,8 @@ def test_held_out_exact_match_counts_whole_sequences(model):
     r = held_out(net, source, target, tok, chunk=3, greedy=True)   # chunks 3+3+2 (padded)
     assert (r["hits"], r["n"], r["exact_match"]) == (5, 8, 5 / 8)
     assert r["hit"] == [True] * 5 + [False] * 3 and r["mode"] == "incremental"
+    # NOTE: one sample per source row: the last chunk's padding rows were returned as samples too
+    assert [s.prompt for s in r["samples"]] == [tok.decode(row) for row in source]
     beam = held_out(net, source, target, tok, beam=2)
     assert beam["n"] == 8 and all(len(s.ids) <= 11 for s in beam["samples"])
 

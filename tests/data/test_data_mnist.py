@@ -150,6 +150,21 @@ def test_encode_image(tmp_path):
         np.testing.assert_allclose(ds.encode(raw)["image"], want, atol=1e-6)
 
 
+def test_a_colour_png_is_the_mean_of_its_channels_under_every_filter(tmp_path):
+    """image.py reads colour as the mean of R, G and B. The PNGs above are grey (four equal
+    channels), so reading one channel alone passed; and their smooth digit never made the
+    Paeth predictor's distances tie, where the spec (RFC 2083 6.6) takes a before b before c.
+    Random colour pixels under all five filters (_png's rows cycle through them), against the
+    channels' mean in numpy."""
+    from nnlang.data.image import read_png
+    # NOTE: levels where pb == pc with b != c (2a + b = 3c: 50, 200, 100) happen; with a
+    # tie of pa and pb, pc is 0 and c wins whichever way the first tie is read
+    rgb = np.random.default_rng(0).choice([0, 50, 100, 200, 250], (30, 17, 3)).astype(np.uint8)
+    _png(tmp_path / "rgb.png", rgb, color=2)
+    np.testing.assert_array_equal(read_png(tmp_path / "rgb.png"),
+                                  np.rint(rgb.astype(np.float64).mean(-1)).astype(np.uint8))
+
+
 def test_encode_image_refuses_another_size_with_as_many_pixels(tmp_path):
     # 14 x 56 (or 56 x 14) has MNIST's 784 pixels: reshaped to 28 x 28 it fed the model a
     # scrambled digit and printed a confident-looking class

@@ -57,6 +57,23 @@ def test_bucketed_order_is_a_seeded_permutation_of_similar_lengths():
     assert batch_max != sorted(batch_max), "the batches must run in shuffled order"
 
 
+def test_bucketed_batches_run_in_shuffled_order_within_a_chunk():
+    """epoch_order sorts each chunk of BUCKET_BATCHES batches by length, then runs the full
+    batches in shuffled order. With two chunks (the test above) the batches' longest rows fell
+    twice, so leaving the batches in sorted order passed it; in one chunk, unshuffled batches
+    run shortest first every epoch. A shuffled order has about half its steps falling."""
+    arrays = {"tokens": Ragged.from_rows(random_rows(640, longest=400)),
+              "label": np.zeros(640, np.float32)}
+    lengths = arrays["tokens"].lengths
+    assert 640 <= 16 * feeds.BUCKET_BATCHES   # one chunk
+    rng = feeds.order_rng(0)
+    for _ in range(3):   # epochs
+        order = feeds.epoch_order(arrays, 16, rng)
+        assert sorted(order) == list(range(640))
+        longest = lengths[order].reshape(-1, 16).max(axis=1)
+        assert np.sum(np.diff(longest) < 0) > 10
+
+
 def test_the_examples_an_epoch_drops_are_not_the_longest():
     """The partial batch left over is drawn at random: sorted first, it was the longest rows of
     the last chunk, and the longest reviews missed about one epoch in ten."""

@@ -95,6 +95,12 @@ def test_carve_takes_the_end_of_one_seeded_shuffle():
     np.testing.assert_array_equal(again["x"], val["x"])
     assert not np.array_equal(feeds.carve(arrays, 0.25, seed=4)[1]["x"], val["x"])
     assert feeds.carve(arrays, 0.0, seed=3) == (arrays, {})
+    # NOTE: any val_split > 0 asks for validation data: 20 x 0.01 rounds to no row, and an
+    # empty validation set was carved without a word; 0.99 still leaves a row to train on
+    for split in (0.01, 0.99):
+        train, val = feeds.carve(arrays, split, seed=3)
+        assert len(val["x"]) >= 1 and len(train["x"]) >= 1
+        assert sorted(np.concatenate([train["x"], val["x"]])) == list(range(20))
 
 
 def test_batches_drop_the_remainder_only_for_training():

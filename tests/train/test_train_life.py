@@ -94,6 +94,76 @@ def test_resuming_a_run_that_stopped_early_trains_nothing(folder):
     assert len(more.rows) > len(h.rows)
 
 
+def test_summary_json_holds_the_runs_own_numbers(folder):
+    """summary.json is what a script parses after a run: its step count, the last epoch's
+    training loss and the test results, against numbers counted apart from it (8 training rows
+    in batches of 4 are 2 steps an epoch; an epoch's training loss is the mean of its steps';
+    the test set scored again from the last checkpoint). Only `stopped`, `best` and `val` were ever
+    read back, so a `step` one off passed every test."""
+    h = train(folder, "", epochs=3)
+    summary = json.loads((folder / "run" / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["step"] == 3 * (8 // 4) == len(h.losses)
+    assert checkpoint.load(folder / "run").step == summary["step"]
+    assert summary["train"]["loss"] == pytest.approx(np.mean(h.losses[-2:]), rel=1e-6)
+    # NOTE: the summary scores the last epoch's weights (eval of the folder takes best.npz)
+    split, res = evaluate_checkpoint(str(folder / "tiny.nn"), folder / "run" / "checkpoint.npz",
+                                     backend="reference")
+    assert split == "test" and summary["test"]["loss"] == pytest.approx(res["loss"], rel=1e-6)
+    assert summary["test"]["acc"] == pytest.approx(res["acc"], rel=1e-6)
+
+
+def test_the_summary_table_puts_each_splits_numbers_on_its_row(folder):
+    """The table printed at the end of a run: its train row is the last epoch's training means,
+    its val row the last validation and its test row the test set's. The runs above test on
+    their validation arrays, so a val row showing the test results passed."""
+    from nnlang.train.trainer import summary_table
+    overfit_data(folder)
+    data = dict(np.load(folder / "tiny.npz"))
+    data["test_x"], data["test_label"] = data["test_x"][:12] * 3, data["test_label"][:12]
+    np.savez(folder / "tiny.npz", **data)
+    (folder / "tiny.nn").write_text(overfit_source("", 2))
+    h = fit(str(folder / "tiny.nn"), out=folder / "run", backend="reference", progress=False)
+    assert h.val["loss"] != pytest.approx(h.test["loss"], rel=1e-3)
+    out = io.StringIO()
+    Console(file=out, width=120).print(summary_table(h))
+    rows = {line.split()[0]: line.split()[1:] for line in out.getvalue().splitlines()
+            if line.split() and line.split()[0] in ("train", "val", "test")}
+    assert rows["train"] == [f"{h.rows[-1]['train_loss']:.4f}", f"{h.rows[-1]['train_acc']:.4f}"]
+    assert rows["val"] == [f"{h.rows[-1]['val_loss']:.4f}", f"{h.rows[-1]['val_acc']:.4f}"]
+    assert rows["test"] == [f"{h.test['loss']:.4f}", f"{h.test['acc']:.4f}"]
+
+
+def test_eval_without_a_test_split_scores_the_runs_own_validation_rows(folder):
+    """A data set with no test split is evaluated on the run's seeded validation carve
+    (evaluate_checkpoint; docs/generation.md for --eval): the rows its last epoch validated on,
+    so eval of checkpoint.npz gives that epoch's val numbers. No test compared the two, so
+    carving with another seed (rows the run trained on) passed."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    np.savez(folder / "tiny.npz", train_x=x, train_label=(x[:, 0] > 0).astype(np.int32))
+    (folder / "tiny.nn").write_text(tiny_source("adam(lr = 0.05)", 0.25))
+    h = fit(str(folder / "tiny.nn"), out=folder / "run", backend="reference", progress=False)
+    split, res = evaluate_checkpoint(str(folder / "tiny.nn"), folder / "run" / "checkpoint.npz",
+                                     backend="reference")
+    assert split == "val"
+    assert res["loss"] == pytest.approx(h.rows[-1]["val_loss"], rel=1e-6)
+    assert res["acc"] == pytest.approx(h.rows[-1]["val_acc"], rel=1e-6)
+
+
+def test_the_logged_lr_is_the_rate_of_the_epochs_last_step(folder):
+    """metrics.jsonl/csv's `lr` under a per-step schedule: the rate the epoch's last step ran
+    at, by the published cosine rule lr (1 + cos(pi t / T)) / 2 (8 rows in batches of 4: steps
+    0-1, 2-3, 4-5 of T = 6). The only lr columns read back were constant within an epoch, so
+    logging the next step's rate passed."""
+    import math
+    h = train(folder, "schedule = cosine()", epochs=3)
+    want = [0.05 * (1 + math.cos(math.pi * (2 * e + 1) / 6)) / 2 for e in range(3)]
+    assert [r["lr"] for r in h.rows] == pytest.approx(want, rel=1e-9)
+    log = (folder / "run" / "metrics.jsonl").read_text()
+    logged = [json.loads(line) for line in log.splitlines()]
+    assert [r["lr"] for r in logged] == pytest.approx(want, rel=1e-9)
+
+
 def test_monitor_max_on_a_metric(folder):
     h = train(folder, 'early_stop = 2\n  monitor = "val_acc"', epochs=12)
     acc = [r["val_acc"] for r in h.rows]
