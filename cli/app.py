@@ -437,6 +437,9 @@ def writing(path: Path, flag: str = "-o"):
     try:
         yield
     except OSError as err:
+        from nnlang.files import CWD_GONE, CWD_HINT, lost_with_cwd
+        if err.errno == errno.ENOENT and lost_with_cwd(path):
+            raise NNError(f"{flag} {path}: cannot write: {CWD_GONE}", hint=CWD_HINT) from None
         raise NNError(f"{flag} {path}: cannot write: {err.strerror or err}",
                       hint="check the path, its permissions and the free disk space") from None
 

@@ -108,6 +108,12 @@ def cwd_gone() -> bool:
     return False
 
 
+def lost_with_cwd(path) -> bool:
+    """Is `path` relative while the working directory is gone? Its 'No such file' is then the
+    folder's, not the file's: the one test behind each error that says so."""
+    return not Path(path).is_absolute() and cwd_gone()
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

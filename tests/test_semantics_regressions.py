@@ -651,6 +651,10 @@ def test_a_keras_batch_norm_momentum_is_a_located_warning(momentum, keras):
     ("key_padding_mask = tok <= 0", "tok <= 0"),
     ("key_padding_mask = tok >= 1", None),
     ("key_padding_mask = 2 - real", None),
+    # 1 minus the pads is the real steps: right, not a `1 - attention_mask` (whose hint,
+    # `key_padding_mask = tok == 0`, was the inverted mask itself)
+    ("key_padding_mask = 1 - (tok == 0)", None),
+    ('key_padding_mask = 1.0 - cast(tok < 1, dtype = "float32")', None),
 ])
 def test_a_pytorch_padding_mask_is_a_located_warning(mask, warned):
     """nnlang's key_padding_mask keeps the keys where it is nonzero; PyTorch's masks the keys

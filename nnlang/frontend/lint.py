@@ -223,34 +223,16 @@ def _scalar(g: Graph, nid: int):
     return value.item() if value is not None and value.size == 1 else None
 
 
-def _padding_mask_inverted(g: Graph, node):
-    """`key_padding_mask = tokens == 0` (or `tokens < 1`, or `1 - attention_mask`): PyTorch's
-    key_padding_mask is true at the keys to ignore, nnlang's at the keys to keep, so the habit
-    silently attends to the padding only (and an rnn's mask = tokens == 0 runs over the
-    padding alone)."""
-    opdef = registry.get(node.op)
-    if opdef is None:
-        return None
-    tensors = [p.name for p in opdef.sig.params if p.kind in ("tensor", "tensor?")]
-    name = next((n for n in PADDING_MASKS if n in tensors), None)
-    ins = slots(g, node) if name else []
-    if not name or len(ins) <= tensors.index(name) or ins[tensors.index(name)] is None:
-        return None
-    source = g.node(ins[tensors.index(name)])
+def _unwrapped(g: Graph, source):
+    """`source` under the reshapes and casts that keep which steps a mask marks."""
     while source.op in SHAPE_ONLY + ("cast",) and source.inputs:
         source = g.node(source.inputs[0])
-    if source.op == "sub" and len(source.inputs) == 2 and _scalar(g, source.inputs[0]) == 1:
-        # NOTE: PyTorch's `(1 - attention_mask).bool()`, the pads of a 0/1 mask of real steps
-        kept = g.node(source.inputs[1])
-        shown = kept.name or kept.attrs.get("name") or \
-            (kept.span.text() if kept.span else None) or "the mask"
-        return Diagnostic(f"{node.op}'s {name} is true where {shown} is 0 (it is 1 minus that "
-                          "mask): here a mask is true (nonzero) at the steps to KEEP"
-                          + (", the opposite of PyTorch's key_padding_mask, so this attends to "
-                             "the padding alone" if node.op == "multi_head_attention" else
-                             ", so this reads the padding alone"),
-                          source.span, f"write `{name} = {shown}`, without `1 -` (true at the "
-                          "real tokens)", severity="warning")
+    return source
+
+
+def _pads(g: Graph, source) -> tuple | None:
+    """(ids node, pad) when `source` is true at the pads: `tok == 0` (or with an id an
+    embedding reads), ids below 1 (`tok < 1`, `tok <= 0`), else None."""
     # NOTE: ids below 1 (`tok < 1`, `tok <= 0`) are the pads, 0, as `tok == 0` is
     below = source.op in ("lt", "le") and len(source.inputs) == 2 and \
         _scalar(g, source.inputs[1]) == (1 if source.op == "lt" else 0) and \
@@ -268,7 +250,42 @@ def _padding_mask_inverted(g: Graph, node):
     # an equality picks the pads when it is with 0, or with any id of tokens an embedding reads
     if pad != 0 and not any(g.node(u).op == "embedding" for u in g.users(ids_nid)):
         return None
-    tokens = g.node(ids_nid)
+    return g.node(ids_nid), pad
+
+
+def _padding_mask_inverted(g: Graph, node):
+    """`key_padding_mask = tokens == 0` (or `tokens < 1`, or `1 - attention_mask`): PyTorch's
+    key_padding_mask is true at the keys to ignore, nnlang's at the keys to keep, so the habit
+    silently attends to the padding only (and an rnn's mask = tokens == 0 runs over the
+    padding alone)."""
+    opdef = registry.get(node.op)
+    if opdef is None:
+        return None
+    tensors = [p.name for p in opdef.sig.params if p.kind in ("tensor", "tensor?")]
+    name = next((n for n in PADDING_MASKS if n in tensors), None)
+    ins = slots(g, node) if name else []
+    if not name or len(ins) <= tensors.index(name) or ins[tensors.index(name)] is None:
+        return None
+    source = _unwrapped(g, g.node(ins[tensors.index(name)]))
+    if source.op == "sub" and len(source.inputs) == 2 and _scalar(g, source.inputs[0]) == 1:
+        # NOTE: PyTorch's `(1 - attention_mask).bool()`, the pads of a 0/1 mask of real steps;
+        # but 1 minus the pads (`1 - (tok == 0)`) is the real steps, right as written
+        kept = g.node(source.inputs[1])
+        if _pads(g, _unwrapped(g, kept)) is not None:
+            return None
+        shown = kept.name or kept.attrs.get("name") or \
+            (kept.span.text() if kept.span else None) or "the mask"
+        return Diagnostic(f"{node.op}'s {name} is true where {shown} is 0 (it is 1 minus that "
+                          "mask): here a mask is true (nonzero) at the steps to KEEP"
+                          + (", the opposite of PyTorch's key_padding_mask, so this attends to "
+                             "the padding alone" if node.op == "multi_head_attention" else
+                             ", so this reads the padding alone"),
+                          source.span, f"write `{name} = {shown}`, without `1 -` (true at the "
+                          "real tokens)", severity="warning")
+    found = _pads(g, source)
+    if found is None:
+        return None
+    tokens, pad = found
     ids = tokens.name or tokens.attrs.get("name") or "tokens"
     return Diagnostic(f"{node.op}'s {name} is true where the ids equal {pad}: here a mask is "
                       "true (nonzero) at the steps to KEEP, the opposite of PyTorch's "

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from nnlang.errors import NNError, Span
+from nnlang.files import CWD_GONE, CWD_HINT, lost_with_cwd
 
 STRING_FILE = "<string>"
 STDIN_FILE = "<stdin>"
@@ -70,6 +71,8 @@ def read_source(path, keep_bom: bool = False) -> str:
                           "check, graph and fmt read one from standard input",
                           hint="pass the model's .nn file (save piped source first: "
                                "cat > model.nn)") from None
+        if lost_with_cwd(path):   # NOTE: "check the path" sent the user to a right one
+            raise NNError(f"cannot read {path}: {CWD_GONE}", hint=CWD_HINT) from None
         raise NNError(f"file not found: {path}", hint=_missing_hint(path)) from None
     except OSError as err:
         raise NNError(f"cannot read '{path}': {err.strerror}",

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from nnlang.errors import NNError
-from nnlang.files import CWD_GONE, CWD_HINT, cwd_gone, user_path, write_atomic
+from nnlang.files import CWD_GONE, CWD_HINT, lost_with_cwd, user_path, write_atomic
 from nnlang.train import checkpoint
 
 PLOT_HINT = "plots skipped: matplotlib is not installed (pip install 'nnlang[plot]')"
@@ -33,7 +33,7 @@ def writing(path):
         # limit on one name (255 bytes) however much space is free
         hint = "pass --out with a shorter folder name" if err.errno == errno.ENAMETOOLONG \
             else "pass --out with a writable folder that has free space"
-        if err.errno == errno.ENOENT and not Path(path).is_absolute() and cwd_gone():
+        if err.errno == errno.ENOENT and lost_with_cwd(path):
             raise NNError(f"cannot write {path}: {CWD_GONE}", hint=CWD_HINT) from None
         if err.errno == errno.EEXIST and (link := _dangling(Path(path))):
             # NOTE: mkdir says "File exists" for a link to nothing (a moved or unmounted disk)

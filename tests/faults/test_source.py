@@ -770,12 +770,16 @@ def test_a_working_directory_deleted_under_the_shell(tmp_path):
     # NOTE: absolute, since the working directory is gone
     path = [str(ROOT), *(os.path.abspath(p) for p in
                          os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    # NOTE: a model named beside the gone folder's files (`mlp.nn`) was "file not found: check
+    # the path", and `-o g.dot` "cannot write: No such file or directory"
     for args in (["check", "../m/mlp.nn"], ["train", tmp_path / "m" / "mlp.nn", "--max-steps",
-                                            "1", "--backend", "reference"]):
+                                            "1", "--backend", "reference"],
+                 ["check", "mlp.nn"], ["graph", tmp_path / "m" / "mlp.nn", "-o", "g.dot"]):
         gone.mkdir()
         p = cli_process(*args, cwd=gone, env={"PYTHONPATH": os.pathsep.join(path)},
                         preexec_fn=lambda: os.rmdir(os.getcwd()))
         expect(p.stdout + p.stderr, "the working directory no longer exists", "cd to a folder")
+        assert "check the path" not in p.stdout + p.stderr
     assert not (tmp_path / "runs").exists()
 
 
