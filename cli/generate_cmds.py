@@ -57,6 +57,19 @@ def generate(
                                                     "kept through it; escapes like \\n work."),
     seed: Optional[int] = typer.Option(None, "--seed",
                                        help=f"Seed of the sampling {_default('seed')}."),
+    repetition_penalty: Optional[float] = typer.Option(
+        None, "--repetition-penalty", callback=finite_float, help="Scores of the tokens already "
+        "in the sequence (prompt included) are divided by this when positive, multiplied when "
+        f"negative (HF's CTRL rule) {_default('repetition_penalty')}."),
+    no_repeat_ngram_size: Optional[int] = typer.Option(
+        None, "--no-repeat-ngram-size", help="No n-gram of this size occurs twice in a "
+        f"sequence {_default('no_repeat_ngram_size')}."),
+    min_new_tokens: Optional[int] = typer.Option(
+        None, "--min-new-tokens", help="The stop token cannot end a sequence before this many "
+        f"new tokens {_default('min_new_tokens')}."),
+    num_return_sequences: Optional[int] = typer.Option(
+        None, "--num-return-sequences", help="Sequences per prompt: independent samples, or "
+        f"the best beams (at most --beam) {_default('num_return_sequences')}."),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP, **PATH),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per prompt."),
@@ -78,7 +91,10 @@ def generate(
     cut = False
     options = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
                    beam=beam, length_penalty=length_penalty, seed=seed,
-                   greedy=greedy or None, data_dir=data_dir, stop_strings=stop_string)
+                   greedy=greedy or None, data_dir=data_dir, stop_strings=stop_string,
+                   repetition_penalty=repetition_penalty,
+                   no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
+                   num_return_sequences=num_return_sequences)
     with reporting():
         _check_mode(evaluate, prompt, prompt_file, data, limit)
         if evaluate and stop_string:
@@ -127,20 +143,25 @@ def generate(
 
 
 def _print_samples(out, net, result, as_json: bool) -> None:
+    many = result.options.get("num_return_sequences", 1)
+    groups = result.grouped
     if as_json:
-        for s in result.samples:
-            typer.echo(json.dumps({"prompt": s.prompt, "text": s.text, "ids": s.ids,
-                                   "stopped": s.stopped, "score": s.score,
-                                   "mode": result.mode}))
+        for group in groups:
+            rows = [{"prompt": s.prompt, "text": s.text, "ids": s.ids, "stopped": s.stopped,
+                     "score": s.score, "mode": result.mode} for s in group]
+            # NOTE: one line per prompt: its object, or the list of its n sequences
+            typer.echo(json.dumps(rows if many > 1 else rows[0]))
         return
     if result.mode != "incremental":
         out.print(f"note: recomputing the prefix for every token ({result.reason})",
                   markup=False)
     # an encoder-decoder's prompt is its source, not the start of its output
     joint = " -> " if net.program.generate.source else ""
-    for s in result.samples:
-        out.print(f"--- {_strategy(result.options)} ({s.stopped})", markup=False)
-        out.print(s.prompt + joint + s.text, markup=False)
+    for group in groups:
+        for k, s in enumerate(group):
+            of = f", {k + 1} of {many}" if many > 1 else ""
+            out.print(f"--- {_strategy(result.options)} ({s.stopped}{of})", markup=False)
+            out.print(s.prompt + joint + s.text, markup=False)
 
 
 def _check_mode(evaluate, prompt, prompt_file, data, limit) -> None:
@@ -230,11 +251,15 @@ def _prompts(given, path) -> list[str]:
 
 
 def _strategy(o: dict) -> str:
+    # the logits processors that are on, as `name value`
+    extra = "".join(f", {k.replace('_', ' ')} {o[k]:g}" for k in (
+        "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens")
+        if o.get(k, BASE[k]) != BASE[k])
     if o["beam"] > 1:
-        return f"beam {o['beam']}, length penalty {o['length_penalty']:g}"
+        return f"beam {o['beam']}, length penalty {o['length_penalty']:g}{extra}"
     if not o["sample"]:
-        return "greedy"
+        return f"greedy{extra}"
     # NOTE: top_k is an int: `:g` wrote --top-k 1000000 as "top_k 1e+06"
     parts = [f"{k} {o[k] if isinstance(o[k], int) else format(o[k], 'g')}"
              for k in ("temperature", "top_k", "top_p") if k in o]
-    return f"sampled ({', '.join(parts)}, seed {o['seed']})"
+    return f"sampled ({', '.join(parts)}, seed {o['seed']}{extra})"
