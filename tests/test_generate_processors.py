@@ -339,3 +339,30 @@ def test_generate_cli_processor_flags_and_grouped_samples(tmp_path):
     assert "repetition penalty 1.3, no repeat ngram size 2, min new tokens 2" in heads[0]
     out = cli(*args[:8], "--num-return-sequences", "2", cwd=tmp_path, code=1)
     assert "greedy decoding gives one" in out
+
+
+def test_the_generation_doc_example_keeps_its_promises(capsys):
+    """docs/generation.md's ```python example, run as printed: two samples per prompt, grouped;
+    no 3-gram twice in a sequence (prompt included), and no stop before 10 new tokens."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    code = re.search(r"```python\n(.*?)```", (root / "docs" / "generation.md").read_text(),
+                     re.S).group(1)
+    scope: dict = {}
+    old = Path.cwd()
+    try:
+        import os
+        os.chdir(root)
+        exec(compile(code, "generation.md", "exec"), scope)
+    finally:
+        os.chdir(old)
+    result, tok = scope["result"], scope["net"].tokenizer
+    assert [len(g) for g in result.grouped] == [2, 2]
+    stop = tok.id_of(".")
+    for sample in result.samples:
+        ids = tok.encode(sample.prompt) + sample.ids
+        grams = list(zip(ids, ids[1:], ids[2:]))
+        assert len(grams) == len(set(grams)), sample
+        assert stop not in sample.ids[:10] and len(sample.ids) >= 10
+    assert len(capsys.readouterr().out.splitlines()) == 2
