@@ -5,6 +5,7 @@ are set by hand and on a small GPT (cache and recomputation alike)."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -366,3 +367,20 @@ def test_the_generation_doc_example_keeps_its_promises(capsys):
         assert len(grams) == len(set(grams)), sample
         assert stop not in sample.ids[:10] and len(sample.ids) >= 10
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+@pytest.mark.parametrize("options", [{"temperature": 1.0}, {}])
+def test_a_vanishing_repetition_penalty_samples_a_repeated_token_not_padding(options):
+    """A positive score divided by a penalty of 1e-310 overflows to +inf, and the softmax of
+    +inf is NaN: every draw fell on id 0, padding. By the rule's limit, the repeated tokens with
+    positive scores are the likeliest (here "a" and "c" after "b", tied: greedy takes the
+    lower id)."""
+    tok = CharTokenizer("abcdef")
+    net = bigram(TABLE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # NOTE: "invalid value" from the NaN softmax
+        got = net.generate(["abcb"], max_new=1, tokenizer=tok, repetition_penalty=1e-310,
+                           seed=1, **options).samples[0]
+    assert got.ids[0] in (tok.id_of("a"), tok.id_of("c"))
+    if not options:
+        assert got.ids == [tok.id_of("a")]

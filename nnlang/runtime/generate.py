@@ -713,7 +713,12 @@ def _processed(g: Generator, z: np.ndarray, streams, step: int, opts: dict, stop
         if penalty != 1.0 and seq:
             ids = np.unique(seq)
             v = z[r, ids]
-            z[r, ids] = np.where(v < 0, v * penalty, v / penalty)
+            # NOTE: an extreme penalty overflows: -inf is the limit of s * R (never chosen);
+            # +inf (s / R for a tiny R) would be NaN in the softmax, a draw of padding, so it
+            # is kept at the largest float, the likeliest
+            with np.errstate(over="ignore"):
+                z[r, ids] = np.minimum(np.where(v < 0, v * penalty, v / penalty),
+                                       np.finfo(np.float64).max)
         if size and len(seq) + 1 >= size:
             # NOTE: the n-grams whose first n - 1 ids are the stream's last n - 1 (for n = 1,
             # every id so far), as HF's _get_generated_ngrams
@@ -732,11 +737,12 @@ def _processed(g: Generator, z: np.ndarray, streams, step: int, opts: dict, stop
 
 def _no_token_left(g: Generator, row: int, step: int, opts: dict):
     size = opts["no_repeat_ngram_size"]
-    why = (f"no_repeat_ngram_size {size} bans every token the tokenizer can write" if size
-           else "every token is banned")
+    why = (f"no_repeat_ngram_size {size} bans every token the tokenizer can write" if size else
+           f"repetition_penalty {opts['repetition_penalty']:g} leaves no token a finite score")
     raise NNError(f"prompt {int(g.row_prompt[row]) + 1}: after {step} generated token(s) "
                   f"{why}, so no next token can be chosen",
-                  hint="use a larger --no-repeat-ngram-size (or 0, off), or a smaller --max-new")
+                  hint="use a larger --no-repeat-ngram-size (or 0, off), or a smaller --max-new"
+                  if size else "use a smaller --repetition-penalty")
 
 
 class _RowStreams:
@@ -879,7 +885,8 @@ def _beam(g: Generator, logits, lengths, stop, opts, streams=None):
             logp = _processed(g, z - np.logaddexp.reduce(z, axis=1, keepdims=True),
                               [streams[r] + seqs[r] for r in range(rows)], step, opts, stop,
                               live, each_row=False)
-            cand = (scores[:, None] + logp).reshape(prompts, -1)
+            with np.errstate(over="ignore"):   # NOTE: a huge repetition_penalty: -inf
+                cand = (scores[:, None] + logp).reshape(prompts, -1)
             vocab = logp.shape[1]
             src, new, nscore = np.arange(rows), np.full(rows, g.tok.pad_id), np.full(rows, -np.inf)
             for p in range(prompts):
