@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -125,8 +126,11 @@ def generate(
         if evaluate:
             report = _held_out(net, cfg, file, data, data_dir, limit, tok, stop, options)
         else:
+            live = None if as_json else _streamer(out, net, prompts, tok, stop, options)
             try:
-                result = net.generate(prompts, stop=stop, tokenizer=tok, **options)
+                with live or contextlib.nullcontext():
+                    result = net.generate(prompts, stop=stop, tokenizer=tok, streamer=live,
+                                          **options)
             except Interrupted as stopped:
                 # NOTE: Ctrl-C while decoding: what each prompt had is printed (`stopped`
                 # "interrupted"), then exit 130; it was dropped with only "interrupted"
@@ -140,6 +144,52 @@ def generate(
             f"{word}: the texts above end where decoding stopped", markup=False,
             highlight=False)
         raise typer.Exit(code)
+
+
+def _streamer(out, net, prompts, tok, stop, options):
+    """A live view of the text as it is generated (HF's TextStreamer) when the output is a
+    terminal and there is one sequence to follow (one prompt, no beam search, one sequence);
+    else None."""
+    from nnlang.runtime.generate import options_from, streamable, tokenizer_of
+    if not out.is_terminal:
+        return None
+    opts = options_from(net.program.generate, {**{k: v for k, v in options.items()
+                                                  if k != "data_dir"}, "stop": stop})
+    if not streamable(len(prompts), opts):
+        return None
+    joint = " -> " if net.program.generate.source else ""
+    return _LiveText(out, tok or tokenizer_of(net, options.get("data_dir")),
+                     prompts[0] + joint)
+
+
+class _LiveText:
+    """HF's TextStreamer on a terminal: the prompt and the text so far, redrawn at each token
+    (its last lines, as many as the terminal shows) and erased when decoding ends, so that the
+    result is then printed as it is without a terminal."""
+
+    def __init__(self, out, tok, head: str):
+        from rich.live import Live
+        self.out, self.tok, self.head, self.ids = out, tok, head, []
+        self.live = Live(console=out, auto_refresh=False, transient=True)
+
+    def __enter__(self):
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.live.stop()
+
+    def put(self, ids) -> None:
+        from rich.text import Text
+        self.ids += [int(i) for i in ids]
+        text = Text(self.head + self.tok.decode(self.ids))
+        # NOTE: only the tail: a live view taller than the terminal cannot be erased
+        lines = text.wrap(self.out, max(self.out.width, 1))
+        tail = Text("\n").join(lines[-max(self.out.height - 1, 1):])
+        self.live.update(tail, refresh=True)
+
+    def end(self) -> None:
+        self.live.stop()
 
 
 def _print_samples(out, net, result, as_json: bool) -> None:

@@ -5,6 +5,7 @@ are set by hand and on a small GPT (cache and recomputation alike)."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -345,7 +346,6 @@ def test_generate_cli_processor_flags_and_grouped_samples(tmp_path):
 def test_the_generation_doc_example_keeps_its_promises(capsys):
     """docs/generation.md's ```python example, run as printed: two samples per prompt, grouped;
     no 3-gram twice in a sequence (prompt included), and no stop before 10 new tokens."""
-    import re
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     code = re.search(r"```python\n(.*?)```", (root / "docs" / "generation.md").read_text(),
@@ -384,3 +384,93 @@ def test_a_vanishing_repetition_penalty_samples_a_repeated_token_not_padding(opt
     assert got.ids[0] in (tok.id_of("a"), tok.id_of("c"))
     if not options:
         assert got.ids == [tok.id_of("a")]
+
+
+def _saved_lm(tmp_path):
+    """A small untrained LM saved with the imdb-text-sample tokenizer, for the CLI."""
+    import nnlang
+    from nnlang.data import load_dataset
+    from nnlang.data.chars import tokenizer_from_meta
+    from tests.test_generate import RUN_LM
+    (tmp_path / "lm.nn").write_text(RUN_LM)
+    net = nnlang.compile(str(tmp_path / "lm.nn"), backend="reference", batch=2)
+    text = load_dataset("imdb-text-sample(maxlen = 16, train_chunks = 8, test_chunks = 2)")
+    net.tokenizer = tokenizer_from_meta(text.meta)
+    nnlang.save(net, tmp_path / "saved")
+    return net
+
+
+class _Recorder:
+    def __init__(self):
+        self.ids, self.ends = [], 0
+
+    def put(self, ids):
+        assert self.ends == 0
+        self.ids.append(list(ids))
+
+    def end(self):
+        self.ends += 1
+
+
+@pytest.mark.parametrize("options", [{"max_new": 6}, {"max_new": 6, "temperature": 2.0},
+                                     {"max_new": 12, "stop": "e"}])
+def test_a_streamer_gets_each_token_as_it_is_chosen(options):
+    """HF's streamer protocol: put() with each new token's id (the stop token too), in order,
+    then end() once; with the cache as without."""
+    net = lm_net()
+    tok = CharTokenizer(CHARS)
+    for recompute in (False, True):
+        rec = _Recorder()
+        if recompute:
+            net._generator_given = generator(net, recompute=True)
+            net._generator_given.tok = tok
+        got = net.generate(["the"], tokenizer=tok, streamer=rec, **options).samples[0]
+        assert rec.ids == [[i] for i in got.ids] and rec.ends == 1
+
+
+@pytest.mark.parametrize("options,words", [
+    ({"beam": 2}, "not beam search (beam=2)"),
+    ({"temperature": 1.0, "num_return_sequences": 2}, "not num_return_sequences=2"),
+])
+def test_a_streamer_follows_one_sequence(options, words):
+    net = lm_net()
+    with pytest.raises(NNError, match=re.escape(words)):
+        net.generate(["the"], tokenizer=CharTokenizer(CHARS), streamer=_Recorder(), **options)
+    with pytest.raises(NNError, match="not 2 prompts"):
+        net.generate(["the", "a"], tokenizer=CharTokenizer(CHARS), streamer=_Recorder())
+    with pytest.raises(NNError, match="streamer is a list without put"):
+        net.generate(["the"], tokenizer=CharTokenizer(CHARS), streamer=[])
+
+
+def test_generate_streams_one_prompt_to_a_terminal_and_ends_with_the_usual_output(
+        tmp_path, monkeypatch):
+    """On a terminal, `nnlang generate` with one prompt shows the text as it grows (each
+    token's text appears), then erases that view and prints what it prints without a
+    terminal."""
+    import io
+
+    from rich.console import Console
+
+    import nnlang_cli.generate_cmds as cmds
+    from tests.faults.conftest import cli
+    net = _saved_lm(tmp_path)
+    args = ["generate", "lm.nn", "-c", "saved", "--backend", "reference", "-p", "The film",
+            "--max-new", "6", "--temperature", "2", "--seed", "4"]
+    plain = cli(*args, cwd=tmp_path, code=0)
+    want = net.generate(["The film"], max_new=6, temperature=2.0, seed=4).samples[0]
+    screen = io.StringIO()
+    monkeypatch.setattr(cmds, "console", lambda: Console(file=screen, force_terminal=True,
+                                                         width=60, height=10))
+    cli(*args, cwd=tmp_path, code=0)
+    raw = screen.getvalue()
+    escapes = r"\x1b\[[0-9;?]*[A-Za-z]"
+    # the live view: hidden cursor ... shown cursor, each frame after an erase of the last
+    live = raw[raw.index("\x1b[?25l"):raw.index("\x1b[?25h")]
+    frames = [re.sub(escapes, "", f).rstrip("\n") for f in live.split("\r\x1b[2K")]
+    frames = [f for k, f in enumerate(frames) if f and (k == 0 or f != frames[k - 1])]
+    assert frames == ["The film" + net.tokenizer.decode(want.ids[:k])
+                      for k in range(1, len(want.ids) + 1)]
+    erased = raw.rindex("\x1b[2K")          # the live view's last erase
+    final = re.sub(escapes, "", raw[erased:])
+    shown = plain[plain.index("--- "):]
+    assert final.strip() == shown.strip() and shown.endswith("The film" + want.text + "\n")

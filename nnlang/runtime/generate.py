@@ -191,7 +191,8 @@ def _stop_strings(value) -> tuple:
     return tuple(dict.fromkeys(out))
 
 
-def generate(net, prompts, tokenizer=None, data_dir=None, **options) -> Generation:
+def generate(net, prompts, tokenizer=None, data_dir=None, streamer=None,
+             **options) -> Generation:
     """`Net.generate`: see there."""
     spec = _spec(net)
     if isinstance(prompts, str):
@@ -200,7 +201,31 @@ def generate(net, prompts, tokenizer=None, data_dir=None, **options) -> Generati
         raise NNError(f"prompts are {type(prompts).__name__}: give a string or a list of "
                       "strings")
     opts = options_from(spec, options)   # NOTE: first: a bad option is not a tokenizer's fault
-    return _generator(net, spec, tokenizer, data_dir).generate(list(prompts), opts)
+    _check_streamer(streamer, len(prompts), opts)
+    return _generator(net, spec, tokenizer, data_dir).generate(list(prompts), opts, streamer)
+
+
+def streamable(n_prompts: int, opts: dict) -> bool:
+    """Whether a streamer can follow this decoding: one sequence, not a beam search (whose
+    likeliest hypothesis changes from step to step), as Hugging Face's streamers."""
+    return n_prompts == 1 and opts["beam"] == 1 and opts["num_return_sequences"] == 1
+
+
+def _check_streamer(streamer, n_prompts: int, opts: dict) -> None:
+    if streamer is None:
+        return
+    if not callable(getattr(streamer, "put", None)) or not callable(getattr(streamer, "end",
+                                                                            None)):
+        raise NNError(f"streamer is {with_article(type(streamer).__name__)} without put() and "
+                      "end()", hint="give an object with put(ids), called with each new "
+                      "token's id, and end(), called once decoding stops (HF's streamer)")
+    if not streamable(n_prompts, opts):
+        what = (f"beam search (beam={opts['beam']})" if opts["beam"] > 1 else
+                f"{n_prompts} prompts" if n_prompts != 1 else
+                f"num_return_sequences={opts['num_return_sequences']}")
+        raise NNError(f"a streamer follows one sequence, not {what}",
+                      hint="stream one prompt with greedy decoding or sampling, as Hugging "
+                           "Face's streamers do")
 
 
 def tokenizer_of(net, data_dir=None):
@@ -584,9 +609,9 @@ class Generator:
             np.copyto(target, _host(value))
 
     # *** decoding ***
-    def generate(self, prompts: list[str], opts: dict) -> Generation:
+    def generate(self, prompts: list[str], opts: dict, streamer=None) -> Generation:
         dec, src = self.encode(prompts)
-        return self.run(prompts, dec, src, opts)
+        return self.run(prompts, dec, src, opts, streamer)
 
     def _check_rows(self, rows: int, width: int) -> None:
         """Refuses, before anything is allocated, a decode batch (prompts x beam) whose
@@ -603,8 +628,10 @@ class Generator:
                           hint=(f"use a smaller --beam (beam= here {width})" if width > 1 else
                                 "give fewer prompts at once"))
 
-    def run(self, prompts: list[str], dec: list, src: list | None, opts: dict) -> Generation:
-        """Decodes from token ids: `dec` the decoder's prompt per row, `src` the source's."""
+    def run(self, prompts: list[str], dec: list, src: list | None, opts: dict,
+            streamer=None) -> Generation:
+        """Decodes from token ids: `dec` the decoder's prompt per row, `src` the source's;
+        `streamer` (one row) gets each new token's id as it is chosen."""
         stop = None if opts.get("stop") is None else self.stop_token(opts["stop"])
         strings = self.stop_strings(opts.get("stop_strings") or ())
         if opts["min_new_tokens"] and stop is None:
@@ -646,7 +673,9 @@ class Generator:
             ends = _StringStops(self.tok, strings, [dec[i] for i in reps]) if strings else None
             outs = _sample(self, logits, lengths, stop, opts,
                            _RowStreams(opts["seed"], keys) if opts["sample"] else None, ends,
-                           streams)
+                           streams, streamer)
+            if streamer is not None:
+                streamer.end()
         samples = []
         for prompt, (ids, why, score) in zip((prompts[i] for i in owner), outs):
             text_ids = ids[:-1] if why == "stop" and ids[-1] == stop else ids
@@ -796,7 +825,8 @@ class _StringStops:
                    >= 0 for s in self.strings)
 
 
-def _sample(g: Generator, logits, lengths, stop, opts, rng, ends=None, streams=None):
+def _sample(g: Generator, logits, lengths, stop, opts, rng, ends=None, streams=None,
+            streamer=None):
     rows = len(lengths)
     streams = streams or [[] for _ in range(rows)]
     ids = [[] for _ in range(rows)]
@@ -817,6 +847,8 @@ def _sample(g: Generator, logits, lengths, stop, opts, rng, ends=None, streams=N
                         # NOTE: the last position's prediction is still a token (a seq2seq
                         # target's <end>); it only cannot be fed back
                         why[r] = "max_len"
+            if streamer is not None and live[0]:
+                streamer.put([ids[0][-1]])   # NOTE: the stop token too, as HF's streamers
             if all(w is not None for w in why) or step + 1 == opts["max_new"]:
                 break
             live = np.array([w is None for w in why])

@@ -574,8 +574,8 @@ class Net:
     def generate(self, prompts, *, max_new=None, temperature=None, top_k=None, top_p=None,
                  beam=None, length_penalty=None, seed=None, stop=None, stop_strings=None,
                  greedy=None, repetition_penalty=None, no_repeat_ngram_size=None,
-                 min_new_tokens=None, num_return_sequences=None, tokenizer=None,
-                 data_dir=None):
+                 min_new_tokens=None, num_return_sequences=None, streamer=None,
+                 tokenizer=None, data_dir=None):
         """Continues text prompts (one string or a list, decoded in one batch) with the model's
         generate section (docs/generation.md): greedy unless temperature/top_k/top_p ask for
         sampling, or beam search with beam > 1. Returns a `Generation` (.texts, .samples,
@@ -584,11 +584,13 @@ class Net:
         through it. `repetition_penalty`, `no_repeat_ngram_size` and `min_new_tokens` act on
         the scores as Hugging Face's logits processors do, before the temperature;
         `num_return_sequences` samples (or keeps the best beams) n per prompt, `.samples`
-        grouped by prompt. The tokenizer defaults to the checkpoint's (a Net from `restore`),
+        grouped by prompt. `streamer` (HF's: `put(ids)` with each new token's id as it is
+        chosen, `end()` when decoding stops) follows one prompt's sampling or greedy decoding.
+        The tokenizer defaults to the checkpoint's (a Net from `restore`),
         else the train data set's."""
         from nnlang.runtime.generate import generate
         with self._lock:
-            return generate(self, prompts, tokenizer, data_dir, max_new=max_new,
+            return generate(self, prompts, tokenizer, data_dir, streamer, max_new=max_new,
                             temperature=temperature, top_k=top_k, top_p=top_p, beam=beam,
                             length_penalty=length_penalty, seed=seed, stop=stop,
                             stop_strings=stop_strings, greedy=greedy,
