@@ -474,3 +474,28 @@ def test_generate_streams_one_prompt_to_a_terminal_and_ends_with_the_usual_outpu
     final = re.sub(escapes, "", raw[erased:])
     shown = plain[plain.index("--- "):]
     assert final.strip() == shown.strip() and shown.endswith("The film" + want.text + "\n")
+
+
+def test_ctrl_c_keeps_each_prompts_n_sequences(monkeypatch):
+    """Interrupted with num_return_sequences 2: beam search gives each prompt's 2 likeliest live
+    beams after the whole steps (HF's search stopped there: its 2 best at that length), and
+    sampling each row's tokens so far, grouped by prompt."""
+    from nnlang.runtime.generate import Interrupted
+    from tests.test_generate import _interrupt_at, _tiny_gpt_for_beams
+    tok, net, logp_next = _tiny_gpt_for_beams("abcde", 3)
+    want = hf_beam(logp_next, tok.encode("ab"), 3, 3, None, 1.0, many=2)
+    hot = {"max_new": 8, "temperature": 1.0, "seed": 2, "num_return_sequences": 2}
+    full = net.generate(["ab", "c"], tokenizer=tok, **hot)
+    _interrupt_at(monkeypatch, 3)
+    with pytest.raises(Interrupted) as cut:
+        net.generate(["ab"], max_new=8, beam=3, num_return_sequences=2, tokenizer=tok)
+    got = cut.value.generation
+    assert [s.ids for s in got.samples] == [seq for _, seq in want]
+    assert [s.score for s in got.samples] == pytest.approx([sc for sc, _ in want], abs=1e-9)
+    assert [s.stopped for s in got.samples] == ["interrupted"] * 2
+    _interrupt_at(monkeypatch, 3)
+    with pytest.raises(Interrupted) as cut:
+        net.generate(["ab", "c"], tokenizer=tok, **hot)
+    got = cut.value.generation
+    assert [[s.ids for s in g] for g in got.grouped] == [[s.ids[:3] for s in g]
+                                                         for g in full.grouped]
