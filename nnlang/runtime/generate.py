@@ -721,24 +721,25 @@ def _masked(g: Generator, logits: np.ndarray, step: int, live) -> np.ndarray:
     return z
 
 
-def _processed(g: Generator, z: np.ndarray, streams, step: int, opts: dict, stop, live,
+def _processed(g: Generator, z: np.ndarray, stream, step: int, opts: dict, stop, live,
                each_row: bool = True):
     """Hugging Face's logits processors, in its order, on each live row's scores `z`: the
     repetition penalty (CTRL's rule: a score of each id already in the row's token stream,
     prompt included, divided by the penalty when positive, multiplied when negative), no
     repeated n-gram (an id that would complete an n-gram the stream already holds is -inf), and
-    min_new_tokens (the stop token is -inf while fewer than that many tokens are new). `streams`:
-    each row's tokens so far (prompt, `start` included, and generated); `step`: how many are
-    new. The temperature, top-k and top-p come after these (`_choose`). A live row left with
+    min_new_tokens (the stop token is -inf while fewer than that many tokens are new).
+    `stream(r)`: row r's tokens so far (prompt, `start` included, and generated; asked for only
+    when a processor is on); `step`: how many are new. The temperature, top-k and top-p come after these (`_choose`). A live row left with
     no token is an error (`each_row`; beam search asks it of a prompt's beams together)."""
     penalty, size = opts["repetition_penalty"], opts["no_repeat_ngram_size"]
     early = stop is not None and step < opts["min_new_tokens"]
     if penalty == 1.0 and not size and not early:
         return z
     z = np.array(z, np.float64)
-    for r, seq in enumerate(streams):
+    for r in range(len(z)):
         if not live[r]:
             continue
+        seq = stream(r)
         if penalty != 1.0 and seq:
             ids = np.unique(seq)
             v = z[r, ids]
@@ -835,8 +836,8 @@ def _sample(g: Generator, logits, lengths, stop, opts, rng, ends=None, streams=N
     try:
         for step in range(opts["max_new"]):
             live = [w is None for w in why]
-            z = _processed(g, _masked(g, logits, step, live),
-                           [streams[r] + ids[r] for r in range(rows)], step, opts, stop, live)
+            z = _processed(g, _masked(g, logits, step, live), lambda r: streams[r] + ids[r],
+                           step, opts, stop, live)
             new = _choose(z, opts, rng) if opts["sample"] else z.argmax(axis=-1)
             for r in range(rows):
                 if why[r] is None:
@@ -915,8 +916,8 @@ def _beam(g: Generator, logits, lengths, stop, opts, streams=None):
             live = np.isfinite(scores) & ~np.repeat(closed, width)
             z = _masked(g, logits, step, live)
             logp = _processed(g, z - np.logaddexp.reduce(z, axis=1, keepdims=True),
-                              [streams[r] + seqs[r] for r in range(rows)], step, opts, stop,
-                              live, each_row=False)
+                              lambda r: streams[r] + seqs[r], step, opts, stop, live,
+                              each_row=False)
             with np.errstate(over="ignore"):   # NOTE: a huge repetition_penalty: -inf
                 cand = (scores[:, None] + logp).reshape(prompts, -1)
             vocab = logp.shape[1]
