@@ -129,8 +129,8 @@ def test_min_new_tokens_holds_back_the_stop_token_only_until_that_many_are_new()
 
 @pytest.mark.parametrize("backend", ["reference", "numba"])
 def test_processors_with_the_cache_give_the_tokens_of_recomputation(backend):
-    """A small GPT (key/value cache): greedy and beam decoding with all three processors give
-    the tokens of full recomputation and, for greedy, of HF's rule on full forward passes."""
+    """A small GPT (key/value cache): greedy, beam and sampled decoding with all three
+    processors give the tokens of full recomputation and, for greedy, of HF's rule on full forward passes."""
     from nnlang.runtime.generate import options_from
     net = lm_net(backend, seed=2)
     tok = CharTokenizer(CHARS)
@@ -138,7 +138,7 @@ def test_processors_with_the_cache_give_the_tokens_of_recomputation(backend):
     prompts = ["the movie", "a", "ok ok"]
     opts = {"max_new": 7, "repetition_penalty": 1.4, "no_repeat_ngram_size": 2,
             "min_new_tokens": 2, "stop": " "}
-    for extra in ({}, {"beam": 3}):
+    for extra in ({}, {"beam": 3}, {"temperature": 1.5, "seed": 3, "num_return_sequences": 2}):
         o = options_from(spec, {**opts, **extra})
         cached = generator(net).generate(prompts, o)
         full = generator(net, recompute=True).generate(prompts, o)
@@ -499,3 +499,24 @@ def test_ctrl_c_keeps_each_prompts_n_sequences(monkeypatch):
     got = cut.value.generation
     assert [[s.ids for s in g] for g in got.grouped] == [[s.ids[:3] for s in g]
                                                          for g in full.grouped]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_processors_with_a_carried_recurrent_state_give_the_tokens_of_recomputation(cell):
+    """The recurrent path (each rnn/lstm/gru carries its state token to token) with the
+    processors, greedy, sampled and beam, against recomputing the whole prefix."""
+    from nnlang.runtime.generate import options_from
+    from tests import test_generate_rnn as rnn
+    net = rnn.lm(cell, seed=1)
+    tok = CharTokenizer(rnn.CHARS)
+    prompts = ["the movie", "a", "ok ok"]
+    base = {"max_new": 6, "repetition_penalty": 1.6, "no_repeat_ngram_size": 2,
+            "min_new_tokens": 2, "stop": " "}
+    for extra in ({}, {"temperature": 1.5, "seed": 3, "num_return_sequences": 2},
+                  {"beam": 3, "num_return_sequences": 2}):
+        o = options_from(net.program.generate, {**base, **extra})
+        cached = rnn.generator(net, tok).generate(prompts, o)
+        full = rnn.generator(net, tok, recompute=True).generate(prompts, o)
+        assert cached.mode == "incremental" and full.mode == "recompute"
+        assert [s.ids for s in cached.samples] == [s.ids for s in full.samples]
+        assert cached.prompt_of == full.prompt_of
