@@ -130,7 +130,8 @@ def test_min_new_tokens_holds_back_the_stop_token_only_until_that_many_are_new()
 @pytest.mark.parametrize("backend", ["reference", "numba"])
 def test_processors_with_the_cache_give_the_tokens_of_recomputation(backend):
     """A small GPT (key/value cache): greedy, beam and sampled decoding with all three
-    processors give the tokens of full recomputation and, for greedy, of HF's rule on full forward passes."""
+    processors give the tokens of full recomputation and, for greedy, of HF's rule on full
+    forward passes."""
     from nnlang.runtime.generate import options_from
     net = lm_net(backend, seed=2)
     tok = CharTokenizer(CHARS)

@@ -729,8 +729,9 @@ def _processed(g: Generator, z: np.ndarray, stream, step: int, opts: dict, stop,
     repeated n-gram (an id that would complete an n-gram the stream already holds is -inf), and
     min_new_tokens (the stop token is -inf while fewer than that many tokens are new).
     `stream(r)`: row r's tokens so far (prompt, `start` included, and generated; asked for only
-    when a processor is on); `step`: how many are new. The temperature, top-k and top-p come after these (`_choose`). A live row left with
-    no token is an error (`each_row`; beam search asks it of a prompt's beams together)."""
+    when a processor is on); `step`: how many are new. The temperature, top-k and top-p come
+    after these (`_choose`). A live row left with no token is an error (`each_row`; beam search
+    asks it of a prompt's beams together)."""
     penalty, size = opts["repetition_penalty"], opts["no_repeat_ngram_size"]
     early = stop is not None and step < opts["min_new_tokens"]
     if penalty == 1.0 and not size and not early:
@@ -992,7 +993,9 @@ def _best(done: list, many: int = 1) -> list:
 def _live_best(seqs, scores, p: int, width: int, step: int, lp: float, many: int = 1) -> list:
     """An interrupted prompt's `many` best live beams as (ids, "interrupted", normalized
     score)."""
-    rows = sorted(range(p * width, (p + 1) * width), key=lambda r: -scores[r])[:many]
+    rows = sorted(range(p * width, (p + 1) * width), key=lambda r: -scores[r])
+    # NOTE: the live ones (before the first step only one beam is)
+    rows = [r for r in rows if np.isfinite(scores[r])][:many] or rows[:1]
     return [(list(seqs[r]), "interrupted",
              _normalized(scores[r], step, lp) if step and np.isfinite(scores[r]) else None)
             for r in rows]
