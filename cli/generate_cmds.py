@@ -16,6 +16,11 @@ from nnlang_cli.app import (INTERRUPTED, PATH, app, console, err_console, finite
 from nnlang_cli.train_cmds import BACKEND_HELP, CKPT_HELP, DATA_DIR_HELP
 
 
+# NOTE: a panel of their own: in the main one rich cut "--no-repeat-ngram-size" to fit 80
+# columns (its name column is shared with every other flag's)
+HF_PANEL = "Repetition, length and sequences per prompt (Hugging Face's)"
+
+
 def _default(key: str) -> str:
     """A flag's default as generation takes it: the generate section's value, else BASE's."""
     return f"(default: the generate section's {key}, else {BASE[key]:g})"
@@ -59,17 +64,17 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed",
                                        help=f"Seed of the sampling {_default('seed')}."),
     repetition_penalty: Optional[float] = typer.Option(
-        None, "--repetition-penalty", callback=finite_float, help="Scores of the tokens already "
+        None, "--repetition-penalty", callback=finite_float, rich_help_panel=HF_PANEL, help="Scores of the tokens already "
         "in the sequence (prompt included) are divided by this when positive, multiplied when "
         f"negative (HF's CTRL rule) {_default('repetition_penalty')}."),
     no_repeat_ngram_size: Optional[int] = typer.Option(
-        None, "--no-repeat-ngram-size", help="No n-gram of this size occurs twice in a "
+        None, "--no-repeat-ngram-size", rich_help_panel=HF_PANEL, help="No n-gram of this size occurs twice in a "
         f"sequence {_default('no_repeat_ngram_size')}."),
     min_new_tokens: Optional[int] = typer.Option(
-        None, "--min-new-tokens", help="The stop token cannot end a sequence before this many "
+        None, "--min-new-tokens", rich_help_panel=HF_PANEL, help="The stop token cannot end a sequence before this many "
         f"new tokens {_default('min_new_tokens')}."),
     num_return_sequences: Optional[int] = typer.Option(
-        None, "--num-return-sequences", help="Sequences per prompt: independent samples, or "
+        None, "--num-return-sequences", rich_help_panel=HF_PANEL, help="Sequences per prompt: independent samples, or "
         f"the best beams (at most --beam) {_default('num_return_sequences')}."),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP, **PATH),
