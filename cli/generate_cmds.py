@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -13,6 +14,11 @@ from nnlang.frontend.generate_config import BASE
 from nnlang_cli.app import (INTERRUPTED, PATH, app, console, err_console, finite_float, reporting,
                             terminated)
 from nnlang_cli.train_cmds import BACKEND_HELP, CKPT_HELP, DATA_DIR_HELP
+
+
+# NOTE: a panel of their own: in the main one rich cut "--no-repeat-ngram-size" to fit 80
+# columns (its name column is shared with every other flag's)
+HF_PANEL = "Repetition, length and sequences per prompt (Hugging Face's)"
 
 
 def _default(key: str) -> str:
@@ -57,6 +63,19 @@ def generate(
                                                     "kept through it; escapes like \\n work."),
     seed: Optional[int] = typer.Option(None, "--seed",
                                        help=f"Seed of the sampling {_default('seed')}."),
+    repetition_penalty: Optional[float] = typer.Option(
+        None, "--repetition-penalty", callback=finite_float, rich_help_panel=HF_PANEL, help="Scores of the tokens already "
+        "in the sequence (prompt included) are divided by this when positive, multiplied when "
+        f"negative (HF's CTRL rule) {_default('repetition_penalty')}."),
+    no_repeat_ngram_size: Optional[int] = typer.Option(
+        None, "--no-repeat-ngram-size", rich_help_panel=HF_PANEL, help="No n-gram of this size occurs twice in a "
+        f"sequence {_default('no_repeat_ngram_size')}."),
+    min_new_tokens: Optional[int] = typer.Option(
+        None, "--min-new-tokens", rich_help_panel=HF_PANEL, help="The stop token cannot end a sequence before this many "
+        f"new tokens {_default('min_new_tokens')}."),
+    num_return_sequences: Optional[int] = typer.Option(
+        None, "--num-return-sequences", rich_help_panel=HF_PANEL, help="Sequences per prompt: independent samples, or "
+        f"the best beams (at most --beam) {_default('num_return_sequences')}."),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP, **PATH),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per prompt."),
@@ -78,7 +97,10 @@ def generate(
     cut = False
     options = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
                    beam=beam, length_penalty=length_penalty, seed=seed,
-                   greedy=greedy or None, data_dir=data_dir, stop_strings=stop_string)
+                   greedy=greedy or None, data_dir=data_dir, stop_strings=stop_string,
+                   repetition_penalty=repetition_penalty,
+                   no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
+                   num_return_sequences=num_return_sequences)
     with reporting():
         _check_mode(evaluate, prompt, prompt_file, data, limit)
         if evaluate and stop_string:
@@ -109,8 +131,11 @@ def generate(
         if evaluate:
             report = _held_out(net, cfg, file, data, data_dir, limit, tok, stop, options)
         else:
+            live = None if as_json else _streamer(out, net, prompts, tok, stop, options)
             try:
-                result = net.generate(prompts, stop=stop, tokenizer=tok, **options)
+                with live or contextlib.nullcontext():
+                    result = net.generate(prompts, stop=stop, tokenizer=tok, streamer=live,
+                                          **options)
             except Interrupted as stopped:
                 # NOTE: Ctrl-C while decoding: what each prompt had is printed (`stopped`
                 # "interrupted"), then exit 130; it was dropped with only "interrupted"
@@ -126,21 +151,72 @@ def generate(
         raise typer.Exit(code)
 
 
+def _streamer(out, net, prompts, tok, stop, options):
+    """A live view of the text as it is generated (HF's TextStreamer) when the output is a
+    terminal and there is one sequence to follow (one prompt, no beam search, one sequence);
+    else None."""
+    from nnlang.runtime.generate import options_from, streamable, tokenizer_of
+    if not out.is_terminal:
+        return None
+    opts = options_from(net.program.generate, {**{k: v for k, v in options.items()
+                                                  if k != "data_dir"}, "stop": stop})
+    if not streamable(len(prompts), opts):
+        return None
+    joint = " -> " if net.program.generate.source else ""
+    return _LiveText(out, tok or tokenizer_of(net, options.get("data_dir")),
+                     prompts[0] + joint)
+
+
+class _LiveText:
+    """HF's TextStreamer on a terminal: the prompt and the text so far, redrawn at each token
+    (its last lines, as many as the terminal shows) and erased when decoding ends, so that the
+    result is then printed as it is without a terminal."""
+
+    def __init__(self, out, tok, head: str):
+        from rich.live import Live
+        self.out, self.tok, self.head, self.ids = out, tok, head, []
+        self.live = Live(console=out, auto_refresh=False, transient=True)
+
+    def __enter__(self):
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.live.stop()
+
+    def put(self, ids) -> None:
+        from rich.text import Text
+        self.ids += [int(i) for i in ids]
+        text = Text(self.head + self.tok.decode(self.ids))
+        # NOTE: only the tail: a live view taller than the terminal cannot be erased
+        lines = text.wrap(self.out, max(self.out.width, 1))
+        tail = Text("\n").join(lines[-max(self.out.height - 1, 1):])
+        self.live.update(tail, refresh=True)
+
+    def end(self) -> None:
+        self.live.stop()
+
+
 def _print_samples(out, net, result, as_json: bool) -> None:
+    many = result.options.get("num_return_sequences", 1)
+    groups = result.grouped
     if as_json:
-        for s in result.samples:
-            typer.echo(json.dumps({"prompt": s.prompt, "text": s.text, "ids": s.ids,
-                                   "stopped": s.stopped, "score": s.score,
-                                   "mode": result.mode}))
+        for group in groups:
+            rows = [{"prompt": s.prompt, "text": s.text, "ids": s.ids, "stopped": s.stopped,
+                     "score": s.score, "mode": result.mode} for s in group]
+            # NOTE: one line per prompt: its object, or the list of its n sequences
+            typer.echo(json.dumps(rows if many > 1 else rows[0]))
         return
     if result.mode != "incremental":
         out.print(f"note: recomputing the prefix for every token ({result.reason})",
                   markup=False)
     # an encoder-decoder's prompt is its source, not the start of its output
     joint = " -> " if net.program.generate.source else ""
-    for s in result.samples:
-        out.print(f"--- {_strategy(result.options)} ({s.stopped})", markup=False)
-        out.print(s.prompt + joint + s.text, markup=False)
+    for group in groups:
+        for k, s in enumerate(group):
+            of = f", {k + 1} of {many}" if many > 1 else ""
+            out.print(f"--- {_strategy(result.options)} ({s.stopped}{of})", markup=False)
+            out.print(s.prompt + joint + s.text, markup=False)
 
 
 def _check_mode(evaluate, prompt, prompt_file, data, limit) -> None:
@@ -230,11 +306,15 @@ def _prompts(given, path) -> list[str]:
 
 
 def _strategy(o: dict) -> str:
+    # the logits processors that are on, as `name value`
+    extra = "".join(f", {k.replace('_', ' ')} {o[k]:g}" for k in (
+        "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens")
+        if o.get(k, BASE[k]) != BASE[k])
     if o["beam"] > 1:
-        return f"beam {o['beam']}, length penalty {o['length_penalty']:g}"
+        return f"beam {o['beam']}, length penalty {o['length_penalty']:g}{extra}"
     if not o["sample"]:
-        return "greedy"
+        return f"greedy{extra}"
     # NOTE: top_k is an int: `:g` wrote --top-k 1000000 as "top_k 1e+06"
     parts = [f"{k} {o[k] if isinstance(o[k], int) else format(o[k], 'g')}"
              for k in ("temperature", "top_k", "top_p") if k in o]
-    return f"sampled ({', '.join(parts)}, seed {o['seed']})"
+    return f"sampled ({', '.join(parts)}, seed {o['seed']}{extra})"

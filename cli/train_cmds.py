@@ -58,7 +58,7 @@ def train(
         None, "--set", help="name=value: a model hyper-parameter, or a train setting / "
                             "optimizer option (clip_norm, l2, momentum, monitor=train_loss...); "
                             "a path needs no quotes and is read from the current folder "
-                            "(init_from=runs/mlp-20261205-120000); repeatable."),
+                            "(init_from=runs/RUN); repeatable."),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the run: the initial "
                                        "weights, the data order and the validation carve."),

@@ -876,6 +876,23 @@ def test_help_on_a_narrow_terminal_shows_every_flag_in_full(columns, monkeypatch
                 assert opt in r.stdout, (name, opt)
 
 
+def test_help_at_the_narrowest_rich_width_shows_every_flag_in_full(monkeypatch):
+    """RICH_HELP_COLUMNS is the narrowest width at which every command's option panels fit:
+    generate's Hugging Face flags, in its main panel, were cut to "--no-repeat-ngram-si…" and
+    "--num-return-sequenc…" at 80 columns."""
+    import typer.main
+
+    from nnlang_cli.app import RICH_HELP_COLUMNS
+    monkeypatch.setenv("COLUMNS", str(RICH_HELP_COLUMNS))
+    for name, cmd in typer.main.get_command(app).commands.items():
+        r = runner.invoke(app, [name, "--help"])
+        assert r.exit_code == 0, r.output
+        assert "╭" in r.stdout and "…" not in r.stdout, (name, r.stdout)
+        for param in cmd.params:
+            for opt in param.opts if param.param_type_name == "option" else ():
+                assert opt in r.stdout, (name, opt)
+
+
 def test_help_command_list_has_no_mid_sentence_breaks():
     """Each command's row in `nnlang --help` is its docstring's first paragraph, rewrapped to
     the panel: a line break in the docstring's source (`fused\n or kernels.`) is no break on

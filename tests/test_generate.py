@@ -837,12 +837,17 @@ def test_a_float64_net_steps_in_float64(kind):
     np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-12, rtol=0)
 
 
-def hf_beam(logp_next, prompt: list, width: int, max_new: int, stop: int, lp: float):
+def hf_beam(logp_next, prompt: list, width: int, max_new: int, stop: int, lp: float,
+            many: int | None = None):
     """Beam search as HF's BeamSearchScorer runs it (early_stopping=False), written over a
     function that gives the next token's log-probabilities of a whole sequence: a stop
     among the `width` best candidates finishes a hypothesis scored sum / length ** lp; the
     search ends when `width` have finished and the step's best candidate would not beat the
-    worst of them."""
+    worst of them. The best (score, ids); with `many`, the `many` best, best first (HF's
+    num_return_sequences)."""
+    def best(final):
+        ranked = sorted(final, key=lambda d: -d[0])
+        return ranked[0] if many is None else ranked[:many]
     beams, done = [(0.0, [])], []
     for step in range(max_new):
         cands = sorted(((s + lq, seq + [v]) for s, seq in beams
@@ -857,8 +862,8 @@ def hf_beam(logp_next, prompt: list, width: int, max_new: int, stop: int, lp: fl
                 beams.append((s, seq))
         # HF's is_done reads next_scores.max(): the best candidate, a stop token's included
         if len(done) >= width and sorted(done)[-width][0] >= cands[0][0] / (step + 1) ** lp:
-            return max(done)
-    return max(done + [(s / max_new ** lp, seq) for s, seq in beams])
+            return best(done)
+    return best(done + [(s / max_new ** lp, seq) for s, seq in beams])
 
 
 @pytest.mark.parametrize("seed,prompt,width", [(10, "ab", 3), (7, "c", 2)])

@@ -24,6 +24,11 @@ SAMPLING = {
     "beam": (int, lambda v: v >= 1, ">= 1"),
     "length_penalty": (float, lambda v: v >= 0, ">= 0"),
     "seed": (int, lambda v: v >= 0, ">= 0"),
+    # Hugging Face's logits processors, applied before the temperature (its order)
+    "repetition_penalty": (float, lambda v: v > 0, "> 0 (1 is off)"),
+    "no_repeat_ngram_size": (int, lambda v: v >= 0, ">= 0 (0 is off)"),
+    "min_new_tokens": (int, lambda v: v >= 0, ">= 0"),
+    "num_return_sequences": (int, lambda v: v >= 1, ">= 1"),
 }
 # text that ends a sequence over several tokens (`--stop-string`, HF's stop_strings); a default
 # the flag overrides, as the sampling settings are
@@ -31,7 +36,8 @@ STRINGS = ("stop_strings",)
 SETTINGS = (*ROLES, *TOKENS, *SAMPLING, *STRINGS)
 # what generation uses when neither a flag nor the section gives a value (no temperature, top_k
 # or top_p: greedy)
-BASE = {"max_new": 100, "beam": 1, "length_penalty": 1.0, "seed": 0}
+BASE = {"max_new": 100, "beam": 1, "length_penalty": 1.0, "seed": 0, "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0, "min_new_tokens": 0, "num_return_sequences": 1}
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,24 @@ def sampling_problem(name: str, value) -> str | None:
     if not math.isfinite(value):
         return f"{value!r} is not a finite number"
     return None if test(value) else f"{value!r} is out of range: {name} must be {text}"
+
+
+def returns_problem(o: dict, show) -> tuple[str, str] | None:
+    """Why decoding settings `o` cannot give `num_return_sequences` per prompt, as (message,
+    hint), or None. Greedy decoding has one sequence (Hugging Face refuses it too), and beam
+    search returns at most its `beam` finished hypotheses; `show(key)` writes a setting as the
+    caller names it (a flag or the section's `name = value`)."""
+    n, beam = o.get("num_return_sequences", 1), o.get("beam", 1)
+    if n == 1:
+        return None
+    if beam > 1 and n > beam:
+        return (f"{n} sequences per prompt, but beam search keeps {beam} hypotheses "
+                f"({show('beam')})", f"use a beam of at least {n}, or ask for at most {beam}")
+    if beam == 1 and not any(k in o for k in ("temperature", "top_k", "top_p")):
+        return (f"{n} sequences per prompt, but greedy decoding gives one (the likeliest "
+                "token every step, the same each time)", "sample (temperature, top_k or "
+                f"top_p) for {n} independent samples, or use beam search with beam >= {n}")
+    return None
 
 
 def elaborate_generate(d: ast.GenerateDef, g, evaluate, errors: ErrorSink, abort):
@@ -117,6 +141,10 @@ def elaborate_generate(d: ast.GenerateDef, g, evaluate, errors: ErrorSink, abort
         errors.add("generate setting 'stop_strings' works with greedy decoding and sampling, "
                    f"not with beam search (beam = {values['beam']})", spans["stop_strings"],
                    "drop one of them, or end the beams at a stop token (`stop = ...`)")
+        return None
+    if (problem := returns_problem(values, lambda k: f"{k} = {values[k]}")) is not None:
+        errors.add(f"generate setting 'num_return_sequences': {problem[0]}",
+                   spans["num_return_sequences"], problem[1])
         return None
     if any(k not in values for k in ("tokens", "logits")):
         return None

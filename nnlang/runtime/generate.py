@@ -17,14 +17,16 @@ import numpy as np
 
 from nnlang.errors import NNError, with_article
 from nnlang.files import as_bool, as_path
-from nnlang.frontend.generate_config import BASE, SAMPLING, sampling_problem
+from nnlang.frontend.generate_config import BASE, SAMPLING, returns_problem, sampling_problem
 from nnlang.gc_pause import paused_gc
 from nnlang.passes.pipeline import forward_graph
 from nnlang.runtime.decode_graphs import POS_INPUT, PROMPT_MASK, NotIncremental, derive
 
 FLAGS = {"max_new": "--max-new", "temperature": "--temperature", "top_k": "--top-k",
          "top_p": "--top-p", "beam": "--beam", "length_penalty": "--length-penalty",
-         "seed": "--seed", "stop": "--stop"}
+         "seed": "--seed", "stop": "--stop", "repetition_penalty": "--repetition-penalty",
+         "no_repeat_ngram_size": "--no-repeat-ngram-size", "min_new_tokens": "--min-new-tokens",
+         "num_return_sequences": "--num-return-sequences"}
 
 
 @dataclass
@@ -44,10 +46,22 @@ class Generation:
     mode: str                   # "incremental" (KV cache, RNN state) or "recompute"
     reason: str | None = None   # why recompute
     options: dict = field(default_factory=dict)
+    prompt_of: list = field(default_factory=list)   # each sample's prompt (its index)
 
     @property
     def texts(self) -> list[str]:
         return [s.text for s in self.samples]
+
+    @property
+    def grouped(self) -> list[list]:
+        """The samples per prompt, in the prompts' order: num_return_sequences each (beam
+        search: its best first)."""
+        groups: list = []
+        for s, k in zip(self.samples, self.prompt_of or range(len(self.samples))):
+            while len(groups) <= k:
+                groups.append([])
+            groups[k].append(s)
+        return groups
 
 
 class Interrupted(KeyboardInterrupt):
@@ -87,8 +101,10 @@ def options_from(spec, given: dict) -> dict:
                           ("use --beam 1 to sample" if beam > 1 else "drop --greedy to sample"))
         # NOTE: greedy is one beam: a section's `beam = 4` ran beam search under --greedy;
         # a beam sets aside the section's stop strings, which beam search cannot end at
+        # (greedy gives one sequence: the section's num_return_sequences is set aside too)
         ignored = ("temperature", "top_k", "top_p") + (
-            ("beam", "length_penalty") if explicit.get("greedy") else ("stop_strings",))
+            ("beam", "length_penalty", "num_return_sequences") if explicit.get("greedy")
+            else ("stop_strings",))
         defaults = {k: v for k, v in spec.defaults.items() if k not in ignored}
     elif any(k in explicit for k in ("temperature", "top_k", "top_p")):
         # NOTE: a sampling flag asks for sampling: under a section's `beam = 4` it ran beam
@@ -105,6 +121,7 @@ def options_from(spec, given: dict) -> dict:
                       "search", hint="add --beam W (W > 1), or drop --length-penalty")
     opts["sample"] = not opts.pop("greedy", False) and opts["beam"] == 1 and any(
         k in opts for k in ("temperature", "top_k", "top_p"))
+    _check_counts(spec, explicit, opts)
     opts.setdefault("stop", spec.stop)
     # NOTE: the section's are checked already (and its string literals unescaped once)
     strings = _stop_strings(explicit["stop_strings"]) if "stop_strings" in explicit else \
@@ -118,6 +135,25 @@ def options_from(spec, given: dict) -> dict:
                       f"not with beam search (--beam {opts['beam']})",
                       hint="drop --beam, or end the beams at a stop token (--stop)")
     return opts
+
+
+def _check_counts(spec, explicit: dict, opts: dict) -> None:
+    """num_return_sequences against the decoding, min_new_tokens against max_new; an error
+    names the flags given, or points at the generate section's setting."""
+    def show(key):
+        return (f"{FLAGS[key]} {opts[key]}" if key in explicit else
+                f"the generate section's {key} = {opts[key]}")
+    if (problem := returns_problem(opts, show)) is not None:
+        given = "num_return_sequences" in explicit
+        raise NNError(f"{FLAGS['num_return_sequences']} (num_return_sequences=) "
+                      f"{opts['num_return_sequences']}: {problem[0]}" if given else
+                      f"generate setting 'num_return_sequences': {problem[0]}",
+                      None if given else spec.spans.get("num_return_sequences"), problem[1])
+    if opts["min_new_tokens"] > opts["max_new"]:
+        raise NNError(f"{show('min_new_tokens')} is more than {show('max_new')}: a sequence "
+                      "cannot have more new tokens than it may have",
+                      None if "min_new_tokens" in explicit else
+                      spec.spans.get("min_new_tokens"), "lower the minimum, or raise --max-new")
 
 
 def unescape(text: str) -> str:
@@ -155,7 +191,8 @@ def _stop_strings(value) -> tuple:
     return tuple(dict.fromkeys(out))
 
 
-def generate(net, prompts, tokenizer=None, data_dir=None, **options) -> Generation:
+def generate(net, prompts, tokenizer=None, data_dir=None, streamer=None,
+             **options) -> Generation:
     """`Net.generate`: see there."""
     spec = _spec(net)
     if isinstance(prompts, str):
@@ -164,7 +201,31 @@ def generate(net, prompts, tokenizer=None, data_dir=None, **options) -> Generati
         raise NNError(f"prompts are {type(prompts).__name__}: give a string or a list of "
                       "strings")
     opts = options_from(spec, options)   # NOTE: first: a bad option is not a tokenizer's fault
-    return _generator(net, spec, tokenizer, data_dir).generate(list(prompts), opts)
+    _check_streamer(streamer, len(prompts), opts)
+    return _generator(net, spec, tokenizer, data_dir).generate(list(prompts), opts, streamer)
+
+
+def streamable(n_prompts: int, opts: dict) -> bool:
+    """Whether a streamer can follow this decoding: one sequence, not a beam search (whose
+    likeliest hypothesis changes from step to step), as Hugging Face's streamers."""
+    return n_prompts == 1 and opts["beam"] == 1 and opts["num_return_sequences"] == 1
+
+
+def _check_streamer(streamer, n_prompts: int, opts: dict) -> None:
+    if streamer is None:
+        return
+    if not callable(getattr(streamer, "put", None)) or not callable(getattr(streamer, "end",
+                                                                            None)):
+        raise NNError(f"streamer is {with_article(type(streamer).__name__)} without put() and "
+                      "end()", hint="give an object with put(ids), called with each new "
+                      "token's id, and end(), called once decoding stops (HF's streamer)")
+    if not streamable(n_prompts, opts):
+        what = (f"beam search (beam={opts['beam']})" if opts["beam"] > 1 else
+                f"{n_prompts} prompts" if n_prompts != 1 else
+                f"num_return_sequences={opts['num_return_sequences']}")
+        raise NNError(f"a streamer follows one sequence, not {what}",
+                      hint="stream one prompt with greedy decoding or sampling, as Hugging "
+                           "Face's streamers do")
 
 
 def tokenizer_of(net, data_dir=None):
@@ -218,6 +279,13 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
     opts = options_from(spec, options)
     if options.get("stop_strings") is None:
         opts.pop("stop_strings", None)   # NOTE: the section's are for text generation
+    if options.get("num_return_sequences") is None:
+        opts["num_return_sequences"] = 1   # NOTE: the section's are for text generation
+    if opts["num_return_sequences"] > 1:
+        # NOTE: one decoded row per example is compared with its target
+        raise NNError("held-out decoding scores one sequence per example; "
+                      f"num_return_sequences={opts['num_return_sequences']} would give "
+                      f"{opts['num_return_sequences']}", hint="drop --num-return-sequences")
     if opts.get("stop_strings"):
         # NOTE: the targets are cut at the stop token to be compared id for id
         raise NNError("held-out decoding compares ids through the stop token; stop_strings "
@@ -541,9 +609,9 @@ class Generator:
             np.copyto(target, _host(value))
 
     # *** decoding ***
-    def generate(self, prompts: list[str], opts: dict) -> Generation:
+    def generate(self, prompts: list[str], opts: dict, streamer=None) -> Generation:
         dec, src = self.encode(prompts)
-        return self.run(prompts, dec, src, opts)
+        return self.run(prompts, dec, src, opts, streamer)
 
     def _check_rows(self, rows: int, width: int) -> None:
         """Refuses, before anything is allocated, a decode batch (prompts x beam) whose
@@ -560,13 +628,28 @@ class Generator:
                           hint=(f"use a smaller --beam (beam= here {width})" if width > 1 else
                                 "give fewer prompts at once"))
 
-    def run(self, prompts: list[str], dec: list, src: list | None, opts: dict) -> Generation:
-        """Decodes from token ids: `dec` the decoder's prompt per row, `src` the source's."""
+    def run(self, prompts: list[str], dec: list, src: list | None, opts: dict,
+            streamer=None) -> Generation:
+        """Decodes from token ids: `dec` the decoder's prompt per row, `src` the source's;
+        `streamer` (one row) gets each new token's id as it is chosen."""
         stop = None if opts.get("stop") is None else self.stop_token(opts["stop"])
         strings = self.stop_strings(opts.get("stop_strings") or ())
-        width = opts["beam"]
-        self._check_rows(len(dec) * width, width)
-        reps = np.repeat(np.arange(len(dec)), width)
+        if opts["min_new_tokens"] and stop is None:
+            # NOTE: it holds back the stop token only (HF's MinNewTokensLengthLogitsProcessor);
+            # without one it would be dropped without a word
+            raise NNError(f"{FLAGS['min_new_tokens']} (min_new_tokens=) "
+                          f"{opts['min_new_tokens']} has no effect without a stop token: it "
+                          "keeps the stop token from ending a sequence too early",
+                          self.spec.spans.get("min_new_tokens") if opts["min_new_tokens"] ==
+                          self.spec.defaults.get("min_new_tokens") else None,
+                          "give a stop token (--stop, --stop-id, or the section's `stop`), or "
+                          "drop min_new_tokens")
+        width, many = opts["beam"], opts["num_return_sequences"]
+        # NOTE: a sampled prompt's n samples are n rows (the same prompt n times, each its own
+        # stream); beam search returns its n best hypotheses from its `width` rows
+        copies = width if width > 1 else many
+        self._check_rows(len(dec) * copies, width)
+        reps = np.repeat(np.arange(len(dec)), copies)
         self.row_prompt = reps   # for `_masked`'s error
         L = self.spec.max_len
         tokens = np.full((len(reps), L), self.tok.pad_id, np.int32)
@@ -579,18 +662,25 @@ class Generator:
             for r, i in enumerate(reps):
                 source[r, :len(src[i])] = src[i]
         logits = self.start(tokens, lengths, source)
+        streams = [list(dec[i]) for i in reps]   # each row's token stream before generation
         if width > 1:
-            outs = _beam(self, logits, lengths, stop, opts)
+            best = _beam(self, logits, lengths, stop, opts, streams)
+            outs = [o for b in best for o in b]
+            owner = [p for p, b in enumerate(best) for _ in b]
         else:
+            owner = reps
             keys = [(tuple(dec[i]), tuple(src[i]) if src is not None else ()) for i in reps]
             ends = _StringStops(self.tok, strings, [dec[i] for i in reps]) if strings else None
             outs = _sample(self, logits, lengths, stop, opts,
-                           _RowStreams(opts["seed"], keys) if opts["sample"] else None, ends)
+                           _RowStreams(opts["seed"], keys) if opts["sample"] else None, ends,
+                           streams, streamer)
+            if streamer is not None:
+                streamer.end()
         samples = []
-        for prompt, (ids, why, score) in zip(prompts, outs):
+        for prompt, (ids, why, score) in zip((prompts[i] for i in owner), outs):
             text_ids = ids[:-1] if why == "stop" and ids[-1] == stop else ids
             samples.append(Sample(prompt, self.tok.decode(text_ids), ids, why, score))
-        result = Generation(samples, self.mode, self.reason, opts)
+        result = Generation(samples, self.mode, self.reason, opts, [int(k) for k in owner])
         if any(s.stopped == "interrupted" for s in samples):
             raise Interrupted(result)
         return result
@@ -629,6 +719,61 @@ def _masked(g: Generator, logits: np.ndarray, step: int, live) -> np.ndarray:
                       "the model overflows (a diverged run?): check the checkpoint with `nnlang "
                       "eval`, or train again with a lower learning rate or clip_norm")
     return z
+
+
+def _processed(g: Generator, z: np.ndarray, stream, step: int, opts: dict, stop, live,
+               each_row: bool = True):
+    """Hugging Face's logits processors, in its order, on each live row's scores `z`: the
+    repetition penalty (CTRL's rule: a score of each id already in the row's token stream,
+    prompt included, divided by the penalty when positive, multiplied when negative), no
+    repeated n-gram (an id that would complete an n-gram the stream already holds is -inf), and
+    min_new_tokens (the stop token is -inf while fewer than that many tokens are new).
+    `stream(r)`: row r's tokens so far (prompt, `start` included, and generated; asked for only
+    when a processor is on); `step`: how many are new. The temperature, top-k and top-p come
+    after these (`_choose`). A live row left with no token is an error (`each_row`; beam search
+    asks it of a prompt's beams together)."""
+    penalty, size = opts["repetition_penalty"], opts["no_repeat_ngram_size"]
+    early = stop is not None and step < opts["min_new_tokens"]
+    if penalty == 1.0 and not size and not early:
+        return z
+    z = np.array(z, np.float64)
+    for r in range(len(z)):
+        if not live[r]:
+            continue
+        seq = stream(r)
+        if penalty != 1.0 and seq:
+            ids = np.unique(seq)
+            v = z[r, ids]
+            # NOTE: an extreme penalty overflows: -inf is the limit of s * R (never chosen);
+            # +inf (s / R for a tiny R) would be NaN in the softmax, a draw of padding, so it
+            # is kept at the largest float, the likeliest
+            with np.errstate(over="ignore"):
+                z[r, ids] = np.minimum(np.where(v < 0, v * penalty, v / penalty),
+                                       np.finfo(np.float64).max)
+        if size and len(seq) + 1 >= size:
+            # NOTE: the n-grams whose first n - 1 ids are the stream's last n - 1 (for n = 1,
+            # every id so far), as HF's _get_generated_ngrams
+            tail = seq[len(seq) - size + 1:]
+            z[r, [seq[i + size - 1] for i in range(len(seq) - size + 1)
+                  if seq[i:i + size - 1] == tail]] = -np.inf
+    if early:
+        z[np.asarray(live, bool), stop] = -np.inf
+    empty = np.isneginf(z).all(axis=1) & np.asarray(live, bool)
+    if each_row and empty.any():
+        # NOTE: a small vocabulary and no_repeat_ngram_size 1 or 2 can ban every token; argmax
+        # over all -inf wrote padding (id 0) as text
+        _no_token_left(g, int(np.nonzero(empty)[0][0]), step, opts)
+    return z
+
+
+def _no_token_left(g: Generator, row: int, step: int, opts: dict):
+    size = opts["no_repeat_ngram_size"]
+    why = (f"no_repeat_ngram_size {size} bans every token the tokenizer can write" if size else
+           f"repetition_penalty {opts['repetition_penalty']:g} leaves no token a finite score")
+    raise NNError(f"prompt {int(g.row_prompt[row]) + 1}: after {step} generated token(s) "
+                  f"{why}, so no next token can be chosen",
+                  hint="use a larger --no-repeat-ngram-size (or 0, off), or a smaller --max-new"
+                  if size else "use a smaller --repetition-penalty")
 
 
 class _RowStreams:
@@ -682,14 +827,18 @@ class _StringStops:
                    >= 0 for s in self.strings)
 
 
-def _sample(g: Generator, logits, lengths, stop, opts, rng, ends=None):
+def _sample(g: Generator, logits, lengths, stop, opts, rng, ends=None, streams=None,
+            streamer=None):
     rows = len(lengths)
+    streams = streams or [[] for _ in range(rows)]
     ids = [[] for _ in range(rows)]
     why = [None] * rows
     pos = lengths.copy()
     try:
         for step in range(opts["max_new"]):
-            z = _masked(g, logits, step, [w is None for w in why])
+            live = [w is None for w in why]
+            z = _processed(g, _masked(g, logits, step, live), lambda r: streams[r] + ids[r],
+                           step, opts, stop, live)
             new = _choose(z, opts, rng) if opts["sample"] else z.argmax(axis=-1)
             for r in range(rows):
                 if why[r] is None:
@@ -700,6 +849,8 @@ def _sample(g: Generator, logits, lengths, stop, opts, rng, ends=None):
                         # NOTE: the last position's prediction is still a token (a seq2seq
                         # target's <end>); it only cannot be fed back
                         why[r] = "max_len"
+            if streamer is not None and live[0]:
+                streamer.put([ids[0][-1]])   # NOTE: the stop token too, as HF's streamers
             if all(w is not None for w in why) or step + 1 == opts["max_new"]:
                 break
             live = np.array([w is None for w in why])
@@ -746,11 +897,14 @@ def _choose(z: np.ndarray, opts: dict, rng) -> np.ndarray:
     return np.minimum((c <= u).sum(axis=1), p.shape[1] - 1)
 
 
-def _beam(g: Generator, logits, lengths, stop, opts):
+def _beam(g: Generator, logits, lengths, stop, opts, streams=None):
     """Beam search per prompt: `beam` live hypotheses; one ending with `stop` is set aside with
-    its score divided by (generated length) ** length_penalty; the best of these wins."""
-    width, lp = opts["beam"], opts["length_penalty"]
+    its score divided by (generated length) ** length_penalty; the best `num_return_sequences`
+    of these win (a list per prompt, best first). The logits processors act on the
+    log-probabilities, as in HF's beam search."""
+    width, lp, many = opts["beam"], opts["length_penalty"], opts["num_return_sequences"]
     rows = len(lengths)
+    streams = streams or [[] for _ in range(rows)]
     prompts = rows // width
     scores = np.where(np.arange(rows) % width == 0, 0.0, -np.inf)  # one live beam at first
     seqs = [[] for _ in range(rows)]
@@ -760,14 +914,20 @@ def _beam(g: Generator, logits, lengths, stop, opts):
     snap = (0, seqs, scores.copy(), list(closed))   # the state after a whole step (Ctrl-C)
     try:
         for step in range(opts["max_new"]):
-            z = _masked(g, logits, step, np.isfinite(scores) & ~np.repeat(closed, width))
-            logp = z - np.logaddexp.reduce(z, axis=1, keepdims=True)
-            cand = (scores[:, None] + logp).reshape(prompts, -1)
+            live = np.isfinite(scores) & ~np.repeat(closed, width)
+            z = _masked(g, logits, step, live)
+            logp = _processed(g, z - np.logaddexp.reduce(z, axis=1, keepdims=True),
+                              lambda r: streams[r] + seqs[r], step, opts, stop, live,
+                              each_row=False)
+            with np.errstate(over="ignore"):   # NOTE: a huge repetition_penalty: -inf
+                cand = (scores[:, None] + logp).reshape(prompts, -1)
             vocab = logp.shape[1]
             src, new, nscore = np.arange(rows), np.full(rows, g.tok.pad_id), np.full(rows, -np.inf)
             for p in range(prompts):
                 if closed[p]:
                     continue
+                if live[p * width:(p + 1) * width].any() and not np.isfinite(cand[p]).any():
+                    _no_token_left(g, p * width, step, opts)
                 kept = 0
                 for rank, c in enumerate(np.argsort(-cand[p], kind="stable")[: 2 * width]):
                     if not np.isfinite(cand[p, c]):
@@ -818,23 +978,27 @@ def _beam(g: Generator, logits, lengths, stop, opts):
         # NOTE: Ctrl-C: a prompt still searching gives its best live hypothesis (as the last
         # whole step left it), `stopped` "interrupted"; `run` raises `Interrupted`
         step, seqs, scores, closed = snap
-        return [_best(done[p]) if closed[p] else
-                _live_best(seqs, scores, p, width, step, lp) for p in range(prompts)]
-    return [_best(done[p]) for p in range(prompts)]
+        return [_best(done[p], many) if closed[p] else
+                _live_best(seqs, scores, p, width, step, lp, many) for p in range(prompts)]
+    return [_best(done[p], many) for p in range(prompts)]
 
 
-def _best(done: list) -> tuple:
-    """A closed prompt's best finished hypothesis as (ids, stopped, score)."""
-    score, ids, why = max(done, key=lambda d: d[0])
-    return ids, why, float(score)
+def _best(done: list, many: int = 1) -> list:
+    """A closed prompt's `many` best finished hypotheses, best first, as (ids, stopped, score).
+    NOTE: sorted stably: of equal scores the one finished first, as max() picked it."""
+    ranked = sorted(done, key=lambda d: -d[0])[:many]
+    return [(ids, why, float(score)) for score, ids, why in ranked]
 
 
-def _live_best(seqs, scores, p: int, width: int, step: int, lp: float) -> tuple:
-    """An interrupted prompt's best live beam as (ids, "interrupted", its normalized score)."""
-    rows = range(p * width, (p + 1) * width)
-    r = max(rows, key=lambda r: scores[r])
-    score = _normalized(scores[r], step, lp) if step and np.isfinite(scores[r]) else None
-    return list(seqs[r]), "interrupted", score
+def _live_best(seqs, scores, p: int, width: int, step: int, lp: float, many: int = 1) -> list:
+    """An interrupted prompt's `many` best live beams as (ids, "interrupted", normalized
+    score)."""
+    rows = sorted(range(p * width, (p + 1) * width), key=lambda r: -scores[r])
+    # NOTE: the live ones (before the first step only one beam is)
+    rows = [r for r in rows if np.isfinite(scores[r])][:many] or rows[:1]
+    return [(list(seqs[r]), "interrupted",
+             _normalized(scores[r], step, lp) if step and np.isfinite(scores[r]) else None)
+            for r in rows]
 
 
 def _finished(done: list, best: float, step: int, width: int, lp: float) -> bool:

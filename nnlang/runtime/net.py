@@ -573,20 +573,31 @@ class Net:
 
     def generate(self, prompts, *, max_new=None, temperature=None, top_k=None, top_p=None,
                  beam=None, length_penalty=None, seed=None, stop=None, stop_strings=None,
-                 greedy=None, tokenizer=None, data_dir=None):
+                 greedy=None, repetition_penalty=None, no_repeat_ngram_size=None,
+                 min_new_tokens=None, num_return_sequences=None, streamer=None,
+                 tokenizer=None, data_dir=None):
         """Continues text prompts (one string or a list, decoded in one batch) with the model's
         generate section (docs/generation.md): greedy unless temperature/top_k/top_p ask for
         sampling, or beam search with beam > 1. Returns a `Generation` (.texts, .samples,
         .mode). `stop` ends a sequence at a token; `stop_strings` (a string or a list, HF's)
         at the token that completes one of them, over several tokens if need be, the text kept
-        through it. The tokenizer defaults to the checkpoint's (a Net from `restore`), else the
-        train data set's."""
+        through it. `repetition_penalty`, `no_repeat_ngram_size` and `min_new_tokens` act on
+        the scores as Hugging Face's logits processors do, before the temperature;
+        `num_return_sequences` samples (or keeps the best beams) n per prompt, `.samples`
+        grouped by prompt. `streamer` (HF's: `put(ids)` with each new token's id as it is
+        chosen, `end()` when decoding stops) follows one prompt's sampling or greedy decoding.
+        The tokenizer defaults to the checkpoint's (a Net from `restore`),
+        else the train data set's."""
         from nnlang.runtime.generate import generate
         with self._lock:
-            return generate(self, prompts, tokenizer, data_dir, max_new=max_new,
+            return generate(self, prompts, tokenizer, data_dir, streamer, max_new=max_new,
                             temperature=temperature, top_k=top_k, top_p=top_p, beam=beam,
                             length_penalty=length_penalty, seed=seed, stop=stop,
-                            stop_strings=stop_strings, greedy=greedy)
+                            stop_strings=stop_strings, greedy=greedy,
+                            repetition_penalty=repetition_penalty,
+                            no_repeat_ngram_size=no_repeat_ngram_size,
+                            min_new_tokens=min_new_tokens,
+                            num_return_sequences=num_return_sequences)
 
 
 def _loss_and_metrics(out: dict, divided: bool = False) -> tuple[float, dict]:
