@@ -156,7 +156,10 @@ def _streamer(out, net, prompts, tok, stop, options):
     terminal and there is one sequence to follow (one prompt, no beam search, one sequence);
     else None."""
     from nnlang.runtime.generate import options_from, streamable, tokenizer_of
-    if not out.is_terminal:
+    from nnlang.train.progress import live
+    # NOTE: a real terminal, as for training's bar: FORCE_COLOR makes rich take a file or pipe
+    # for one, and `nnlang generate > out.txt` got each frame with its escape codes
+    if not live(out):
         return None
     opts = options_from(net.program.generate, {**{k: v for k, v in options.items()
                                                   if k != "data_dir"}, "stop": stop})

@@ -459,7 +459,10 @@ def test_generate_streams_one_prompt_to_a_terminal_and_ends_with_the_usual_outpu
             "--max-new", "6", "--temperature", "2", "--seed", "4"]
     plain = cli(*args, cwd=tmp_path, code=0)
     want = net.generate(["The film"], max_new=6, temperature=2.0, seed=4).samples[0]
-    screen = io.StringIO()
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    screen = Terminal()
     monkeypatch.setattr(cmds, "console", lambda: Console(file=screen, force_terminal=True,
                                                          width=60, height=10))
     cli(*args, cwd=tmp_path, code=0)
@@ -475,6 +478,21 @@ def test_generate_streams_one_prompt_to_a_terminal_and_ends_with_the_usual_outpu
     final = re.sub(escapes, "", raw[erased:])
     shown = plain[plain.index("--- "):]
     assert final.strip() == shown.strip() and shown.endswith("The film" + want.text + "\n")
+
+
+def test_generate_to_a_file_under_force_color_prints_the_usual_output(tmp_path, monkeypatch):
+    """FORCE_COLOR (set by CI configurations for coloured logs) makes rich take a file or pipe
+    for a terminal: `nnlang generate > out.txt` got the live view's frames, each with its
+    cursor and erase codes, before the result. Only a real terminal streams (as training's
+    bar); the output is that of a run without FORCE_COLOR, byte for byte."""
+    from tests.faults.conftest import cli
+    _saved_lm(tmp_path)
+    args = ["generate", "lm.nn", "-c", "saved", "--backend", "reference", "-p", "The film",
+            "--max-new", "6", "--temperature", "2", "--seed", "4"]
+    plain = cli(*args, cwd=tmp_path, code=0)
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    forced = cli(*args, cwd=tmp_path, code=0)
+    assert "\x1b" not in forced and forced == plain
 
 
 def test_ctrl_c_keeps_each_prompts_n_sequences(monkeypatch):
