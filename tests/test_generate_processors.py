@@ -250,6 +250,18 @@ def test_bad_processor_settings_are_errors_naming_the_flag(options, words):
     assert words in err.value.render()
 
 
+def test_too_many_samples_for_memory_name_num_return_sequences():
+    """One prompt sampled 10**8 times does not fit in memory: the hint said "give fewer
+    prompts at once" to a run of one prompt; it names what made the rows."""
+    net = lm_net()
+    with pytest.raises(NNError) as err:
+        net.generate(["the"], tokenizer=CharTokenizer(CHARS), temperature=1.0,
+                     num_return_sequences=10 ** 8)
+    text = err.value.render()
+    assert "decoding 100000000 rows at once" in text
+    assert "--num-return-sequences (num_return_sequences= here 100000000)" in text
+
+
 def test_a_ban_on_every_token_is_an_error_not_padding():
     """no_repeat_ngram_size 1 over six writable tokens: the seventh has none left. argmax over
     all -inf gave id 0, padding, as text."""

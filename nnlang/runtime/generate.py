@@ -613,8 +613,9 @@ class Generator:
         dec, src = self.encode(prompts)
         return self.run(prompts, dec, src, opts, streamer)
 
-    def _check_rows(self, rows: int, width: int) -> None:
-        """Refuses, before anything is allocated, a decode batch (prompts x beam) whose
+    def _check_rows(self, rows: int, width: int, many: int = 1) -> None:
+        """Refuses, before anything is allocated, a decode batch (prompts x beam, or prompts x
+        num_return_sequences `many` when sampling) whose
         activations do not fit in this machine's memory: a huge --beam was an int overflow or a
         MemoryError inside numpy, or the process was killed for memory."""
         from nnlang.ir.summary import memory_need, memory_problem
@@ -626,6 +627,10 @@ class Generator:
         if problem is not None:
             raise NNError(f"decoding {rows} rows at once: {problem}",
                           hint=(f"use a smaller --beam (beam= here {width})" if width > 1 else
+                                # NOTE: one prompt sampled 10**8 times was told to give
+                                # fewer prompts
+                                "use a smaller --num-return-sequences (num_return_sequences= "
+                                f"here {many}), or give fewer prompts at once" if many > 1 else
                                 "give fewer prompts at once"))
 
     def run(self, prompts: list[str], dec: list, src: list | None, opts: dict,
@@ -648,7 +653,7 @@ class Generator:
         # NOTE: a sampled prompt's n samples are n rows (the same prompt n times, each its own
         # stream); beam search returns its n best hypotheses from its `width` rows
         copies = width if width > 1 else many
-        self._check_rows(len(dec) * copies, width)
+        self._check_rows(len(dec) * copies, width, many)
         reps = np.repeat(np.arange(len(dec)), copies)
         self.row_prompt = reps   # for `_masked`'s error
         L = self.spec.max_len
