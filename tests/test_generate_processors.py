@@ -276,6 +276,19 @@ def test_a_ban_on_every_token_is_an_error_not_padding():
         assert sorted(got.ids) == [3, 4, 5, 6, 7]
 
 
+def test_a_minimum_that_holds_back_the_only_token_left_names_min_new_tokens():
+    """A tokenizer that writes one character, the stop token: min_new_tokens leaves no token to
+    choose, and the error blamed "repetition_penalty 1", a setting that was off."""
+    net = bigram(TABLE)
+    for how in ({}, {"beam": 2}, {"temperature": 1.0}):
+        with pytest.raises(NNError) as err:
+            net.generate(["a"], max_new=3, stop="a", min_new_tokens=1,
+                         tokenizer=CharTokenizer("a"), **how)
+        text = err.value.render()
+        assert "min_new_tokens 1 holds back the stop token" in text, text
+        assert "repetition_penalty" not in text and "--min-new-tokens" in text
+
+
 SECTION = LM.replace("  logits = logits    # which output scores the next token\n",
                      "  logits = logits    # which output scores the next token\n  SETTINGS\n")
 

@@ -772,13 +772,22 @@ def _processed(g: Generator, z: np.ndarray, stream, step: int, opts: dict, stop,
 
 
 def _no_token_left(g: Generator, row: int, step: int, opts: dict):
-    size = opts["no_repeat_ngram_size"]
-    why = (f"no_repeat_ngram_size {size} bans every token the tokenizer can write" if size else
-           f"repetition_penalty {opts['repetition_penalty']:g} leaves no token a finite score")
+    size, penalty = opts["no_repeat_ngram_size"], opts["repetition_penalty"]
+    if size:
+        why = f"no_repeat_ngram_size {size} bans every token the tokenizer can write"
+        hint = "use a larger --no-repeat-ngram-size (or 0, off), or a smaller --max-new"
+    elif penalty != 1.0:
+        why = f"repetition_penalty {penalty:g} leaves no token a finite score"
+        hint = "use a smaller --repetition-penalty"
+    else:
+        # NOTE: only the minimum is on: the stop token it holds back was the one token left
+        # (the rest never produced); "repetition_penalty 1 leaves no token" named a setting
+        # that was off
+        why = (f"min_new_tokens {opts['min_new_tokens']} holds back the stop token, the only "
+               "token with a finite score")
+        hint = "use a smaller --min-new-tokens"
     raise NNError(f"prompt {int(g.row_prompt[row]) + 1}: after {step} generated token(s) "
-                  f"{why}, so no next token can be chosen",
-                  hint="use a larger --no-repeat-ngram-size (or 0, off), or a smaller --max-new"
-                  if size else "use a smaller --repetition-penalty")
+                  f"{why}, so no next token can be chosen", hint=hint)
 
 
 class _RowStreams:
