@@ -178,6 +178,7 @@ class _LiveText:
     def __init__(self, out, tok, head: str):
         from rich.live import Live
         self.out, self.tok, self.head, self.ids = out, tok, head, []
+        self.prompt = True   # NOTE: the first put is the prompt's ids, shown as `head` already
         self.live = Live(console=out, auto_refresh=False, transient=True)
 
     def __enter__(self):
@@ -189,6 +190,9 @@ class _LiveText:
 
     def put(self, ids) -> None:
         from rich.text import Text
+        if self.prompt:   # HF's TextStreamer(skip_prompt=True)
+            self.prompt = False
+            return
         self.ids += [int(i) for i in ids]
         text = Text(self.head + self.tok.decode(self.ids))
         # NOTE: only the tail: a live view taller than the terminal cannot be erased

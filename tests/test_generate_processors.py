@@ -432,7 +432,7 @@ class _Recorder:
 
     def put(self, ids):
         assert self.ends == 0
-        self.ids.append(list(ids))
+        self.ids.append(ids.tolist())   # NOTE: arrays, as HF's streamers read them
 
     def end(self):
         self.ends += 1
@@ -441,8 +441,9 @@ class _Recorder:
 @pytest.mark.parametrize("options", [{"max_new": 6}, {"max_new": 6, "temperature": 2.0},
                                      {"max_new": 12, "stop": "e"}])
 def test_a_streamer_gets_each_token_as_it_is_chosen(options):
-    """HF's streamer protocol: put() with each new token's id (the stop token too), in order,
-    then end() once; with the cache as without."""
+    """HF's streamer protocol: put() with the prompt's ids ([1, length]), then each new
+    token's id (the stop token too) as a 1-D array, in order, then end() once; with the cache
+    as without."""
     net = lm_net()
     tok = CharTokenizer(CHARS)
     for recompute in (False, True):
@@ -451,7 +452,7 @@ def test_a_streamer_gets_each_token_as_it_is_chosen(options):
             net._generator_given = generator(net, recompute=True)
             net._generator_given.tok = tok
         got = net.generate(["the"], tokenizer=tok, streamer=rec, **options).samples[0]
-        assert rec.ids == [[i] for i in got.ids] and rec.ends == 1
+        assert rec.ids == [[tok.encode("the")]] + [[i] for i in got.ids] and rec.ends == 1
 
 
 @pytest.mark.parametrize("options,words", [

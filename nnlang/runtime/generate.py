@@ -218,7 +218,8 @@ def _check_streamer(streamer, n_prompts: int, opts: dict) -> None:
                                                                             None)):
         raise NNError(f"streamer is {with_article(type(streamer).__name__)} without put() and "
                       "end()", hint="give an object with put(ids), called with each new "
-                      "token's id, and end(), called once decoding stops (HF's streamer)")
+                      "prompt's ids, then with each new token's id, and end(), called once "
+                      "decoding stops (HF's streamer)")
     if not streamable(n_prompts, opts):
         what = (f"beam search (beam={opts['beam']})" if opts["beam"] > 1 else
                 f"{n_prompts} prompts" if n_prompts != 1 else
@@ -848,6 +849,11 @@ def _sample(g: Generator, logits, lengths, stop, opts, rng, ends=None, streams=N
     ids = [[] for _ in range(rows)]
     why = [None] * rows
     pos = lengths.copy()
+    if streamer is not None:
+        # NOTE: HF's protocol: the prompt's ids first, [1, prompt length] (TextStreamer's
+        # skip_prompt drops that call), then each new token as a 1-D array, so HF's streamers
+        # (they read .shape and .tolist()) and ones written for them work here
+        streamer.put(np.asarray([streams[0]], np.int64).reshape(1, -1))
     try:
         for step in range(opts["max_new"]):
             live = [w is None for w in why]
@@ -864,7 +870,7 @@ def _sample(g: Generator, logits, lengths, stop, opts, rng, ends=None, streams=N
                         # target's <end>); it only cannot be fed back
                         why[r] = "max_len"
             if streamer is not None and live[0]:
-                streamer.put([ids[0][-1]])   # NOTE: the stop token too, as HF's streamers
+                streamer.put(np.asarray([ids[0][-1]], np.int64))   # NOTE: the stop too, as HF
             if all(w is not None for w in why) or step + 1 == opts["max_new"]:
                 break
             live = np.array([w is None for w in why])

@@ -584,8 +584,9 @@ class Net:
         through it. `repetition_penalty`, `no_repeat_ngram_size` and `min_new_tokens` act on
         the scores as Hugging Face's logits processors do, before the temperature;
         `num_return_sequences` samples (or keeps the best beams) n per prompt, `.samples`
-        grouped by prompt. `streamer` (HF's: `put(ids)` with each new token's id as it is
-        chosen, `end()` when decoding stops) follows one prompt's sampling or greedy decoding.
+        grouped by prompt. `streamer` (HF's: `put(ids)` with the prompt's ids, then with each
+        new token's id as it is chosen, `end()` when decoding stops) follows one prompt's
+        sampling or greedy decoding.
         The tokenizer defaults to the checkpoint's (a Net from `restore`),
         else the train data set's."""
         from nnlang.runtime.generate import generate
