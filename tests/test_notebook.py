@@ -1,0 +1,39 @@
+"""nnlang used from a Jupyter notebook (found by an audit that drove a real IPython kernel): what
+a cell shows for an error, for the value of a Net, Program or History, for fit's printing, and
+that a fit leaves the notebook's matplotlib backend alone. The plain tests call the hooks
+IPython and rich use; the last one runs a real kernel where nbclient and ipykernel are
+installed (not in CI)."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import nnlang
+from nnlang.errors import NNError
+from nnlang.train.trainer import History, fit
+from tests.tiny_run import tiny_data, tiny_source
+
+ANSI = re.compile(r"\x1b\[")
+BAD = "model M {\n  input x: float32[batch, 4]\n  y = dens(x, 3)\n  output y\n}\n"
+
+
+def test_ipython_shows_an_nnerror_as_its_located_message_and_the_callers_line(monkeypatch):
+    """IPython shows `_render_traceback_()` in place of the traceback: without it a notebook
+    cell showed 60 lines of nnlang's frames above the located message. The message (caret,
+    hint) as str(err) has it, and the caller's line; NNLANG_DEBUG=1 the whole traceback."""
+    monkeypatch.delenv("NNLANG_DEBUG", raising=False)
+    with pytest.raises(NNError) as raised:
+        nnlang.compile(BAD)   # the caller's line
+    err = raised.value
+    lines = err._render_traceback_()
+    assert lines[:-1] == f"NNError: {err}".split("\n")
+    assert "<string>:3:7: error: unknown op or block 'dens'" in lines[0]
+    assert lines[-3].strip() == "^^^^" and "did you mean 'dense'" in lines[-2]
+    assert re.fullmatch(r"  raised by: .*test_notebook\.py:\d+: nnlang\.compile\(BAD\)   # the "
+                        r"caller's line", lines[-1]), lines[-1]
+    monkeypatch.setenv("NNLANG_DEBUG", "1")
+    debug = "\n".join(err._render_traceback_())
+    assert debug.startswith("Traceback (most recent call last):")
+    assert "nnlang/frontend/elaborate.py" in debug and debug.endswith(str(err).split("\n")[-1])
