@@ -37,3 +37,28 @@ def test_ipython_shows_an_nnerror_as_its_located_message_and_the_callers_line(mo
     debug = "\n".join(err._render_traceback_())
     assert debug.startswith("Traceback (most recent call last):")
     assert "nnlang/frontend/elaborate.py" in debug and debug.endswith(str(err).split("\n")[-1])
+
+
+def test_a_saved_run_leaves_the_notebooks_matplotlib_backend(tmp_path, monkeypatch):
+    """Drawing a run's loss.png called matplotlib.use("Agg"), which switched the process's
+    backend: after a fit that saved its run, `%matplotlib inline` showed no plot."""
+    matplotlib = pytest.importorskip("matplotlib")
+    before = matplotlib.get_backend()
+    monkeypatch.chdir(tmp_path)
+    tiny_data(tmp_path)
+    (tmp_path / "tiny.nn").write_text(tiny_source())
+    try:
+        matplotlib.use("svg")
+        history = fit("tiny.nn", {"epochs": 1}, out="run", progress=False,
+                      console=_quiet_console())
+        assert matplotlib.get_backend() == "svg"
+        assert (history.run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    finally:
+        matplotlib.use(before)
+
+
+def _quiet_console():
+    import io
+
+    from rich.console import Console
+    return Console(file=io.StringIO())
