@@ -62,3 +62,24 @@ def _quiet_console():
 
     from rich.console import Console
     return Console(file=io.StringIO())
+
+
+def test_fit_in_a_notebook_writes_its_text_without_escape_codes(tmp_path, monkeypatch):
+    """In a notebook rich sends each print as HTML and text/plain; fit's own console wrote the
+    text/plain with ANSI escapes (the summary table's bold and italic), raw codes wherever a
+    front end or nbconvert reads the text. The HTML keeps the styles."""
+    import rich.console
+    import rich.jupyter
+    shown = []
+    monkeypatch.setattr(rich.console, "_is_jupyter", lambda: True)
+    monkeypatch.setattr(rich.jupyter, "display",
+                        lambda segments, text: shown.append((rich.jupyter._render_segments(
+                            segments), text)))
+    monkeypatch.chdir(tmp_path)
+    tiny_data(tmp_path)
+    (tmp_path / "tiny.nn").write_text(tiny_source())
+    fit("tiny.nn", {"epochs": 1}, save=False)
+    texts = "".join(text for _, text in shown)
+    assert "summary" in texts and "epoch 1/1" in texts
+    assert not ANSI.search(texts), texts
+    assert any("font-weight: bold" in html for html, _ in shown)

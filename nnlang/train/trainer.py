@@ -34,7 +34,8 @@ from nnlang.train.data_parallel import Ranks
 from nnlang.train.guard import DivergenceGuard
 from nnlang.train.interrupts import Interrupts, test_signal
 from nnlang.train.overrides import given_at, given_span, resolve
-from nnlang.train.progress import LINE_EVERY_S, fmt, live, outlive_terminal, progress, say
+from nnlang.train.progress import (LINE_EVERY_S, default_console, fmt, live, outlive_terminal,
+                                   progress, say)
 from nnlang.train.init_from import start_run, words_to_start_from
 from nnlang.train.resume import describe_resume, find_checkpoint
 from nnlang.train.runs import PLOT_HINT, RunDir
@@ -363,7 +364,7 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
     return _Training.setup(program_or_path, config, data, backend=backend, overrides=overrides,
                            model=model, data_dir=data_dir, out=out, resume=resume,
                            max_steps=max_steps, save=save, progress=progress,
-                           console=console or Console(), runs_root=runs_root,
+                           console=console or default_console(), runs_root=runs_root,
                            init_from=init_from, init_skip_mismatch=init_skip_mismatch).run()
 
 
