@@ -83,3 +83,26 @@ def test_fit_in_a_notebook_writes_its_text_without_escape_codes(tmp_path, monkey
     assert "summary" in texts and "epoch 1/1" in texts
     assert not ANSI.search(texts), texts
     assert any("font-weight: bold" in html for html, _ in shown)
+
+
+def test_a_net_program_and_history_show_as_one_short_line(tmp_path):
+    """A notebook shows a cell's value by its repr: a Net was `<Net object at 0x7f...>`, a
+    Program its whole graph, source and definitions (18,000 characters for gpt.nn), a History
+    the loss of every step and the Net."""
+    program = nnlang.load("models/gpt.nn")
+    text = repr(program)
+    assert len(text) < 300 and "\n" not in text, text
+    assert text.startswith("<Program Gpt (models/gpt.nn): inputs tokens int32[batch, 128], next "
+                           "int32[batch, 128]; outputs logits; losses cross_entropy; ")
+    net = nnlang.compile(tiny_source(), batch=4, seed=0)
+    count = sum(a.size for a in net.parameters().values())   # 4*8+8 + 8*3+3
+    assert count == 67
+    assert repr(net) == ("<Net Tiny: inputs x float32[batch, 4], label int32[batch]; outputs "
+                         "probs; losses cross_entropy; metrics acc; 67 parameters; backend "
+                         "numba, batch 4, float32; step 0, epoch 0>")
+    history = History(rows=[{"epoch": e, "step": 1000 * e, "train_loss": 1.0 / e,
+                             "train_acc": 0.5, "lr": 0.1} for e in (1, 2)],
+                      losses=list(np.linspace(2, 0.5, 2000)), test={"loss": 0.25, "acc": 0.75},
+                      stopped="interrupted", net=net)
+    assert repr(history) == ("<History 2 epochs; 2000 steps; last epoch: loss 0.5000  acc 0.5000"
+                             "; test: loss 0.2500  acc 0.7500; stopped: interrupted>")

@@ -87,6 +87,24 @@ class History:
                            "history.losses, history.best and history.run_dir (where "
                            "nnlang.restore(model, run_dir) gives the net back)")
 
+    def __repr__(self) -> str:
+        # NOTE: a notebook shows the value of `fit(...)`: the dataclass repr listed the loss of
+        # every step (thousands of numbers) and the Net; this is the run in one line
+        parts = [f"{len(self.rows)} epoch{'s' if len(self.rows) != 1 else ''}",
+                 f"{len(self.losses)} steps"]
+        if self.rows:
+            last = {k[len("train_"):]: v for k, v in self.rows[-1].items()
+                    if k.startswith("train_") and isinstance(v, (int, float))}
+            parts.append(f"last epoch: {fmt(last)}")
+        for split in ("val", "test"):
+            if getattr(self, split):
+                parts.append(f"{split}: {fmt(getattr(self, split))}")
+        if self.stopped:
+            parts.append(f"stopped: {self.stopped}")
+        if self.run_dir:
+            parts.append(f"run_dir: {self.run_dir}")
+        return f"<History {'; '.join(parts)}>"
+
     def __copy__(self) -> "History":
         return replace(self)
 
