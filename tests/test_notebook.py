@@ -106,3 +106,43 @@ def test_a_net_program_and_history_show_as_one_short_line(tmp_path):
                       stopped="interrupted", net=net)
     assert repr(history) == ("<History 2 epochs; 2000 steps; last epoch: loss 0.5000  acc 0.5000"
                              "; test: loss 0.2500  acc 0.7500; stopped: interrupted>")
+
+
+NOTEBOOK = [
+    "import nnlang, numpy as np\nfrom nnlang.train.trainer import fit",
+    f"nnlang.compile({BAD!r})",
+    "h = fit('tiny.nn', {'epochs': 2}, out='run')",
+    "h",
+    "h.net",
+    "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot(h.losses);",
+]
+
+
+@pytest.mark.slow
+def test_a_real_notebook(tmp_path):
+    """The cells a student runs, in a real IPython kernel: the error cell shows the located
+    message in a few lines, no text output holds an escape code, and the plot after a fit
+    reaches the notebook as an image."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    pytest.importorskip("matplotlib")
+    tiny_data(tmp_path)
+    (tmp_path / "tiny.nn").write_text(tiny_source())
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in NOTEBOOK]
+    from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
+    nbclient.NotebookClient(nb, timeout=300, kernel_name=NATIVE_KERNEL_NAME, allow_errors=True,
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outs = [c.outputs for c in nb.cells]
+    assert not [o for o in outs[0] if o.output_type == "error"], outs[0]
+    (error,) = [o for o in outs[1] if o.output_type == "error"]
+    assert error.ename == "NNError" and len(error.traceback) == 5, error.traceback
+    assert "unknown op or block 'dens'" in error.traceback[0]
+    assert error.traceback[-1].startswith("  raised by: Cell In[2], line 1: nnlang.compile(")
+    texts = [o.text if o.output_type == "stream" else o.data.get("text/plain", "")
+             for out in outs for o in out if o.output_type != "error"]
+    assert not [t for t in texts if ANSI.search(t)], texts
+    assert outs[3][0].data["text/plain"].startswith("<History 2 epochs; ")
+    assert outs[4][0].data["text/plain"].startswith("<Net Tiny: inputs x float32[batch, 4]")
+    assert any("image/png" in o.get("data", {}) for o in outs[5]), outs[5]
