@@ -100,6 +100,8 @@ def test_a_net_program_and_history_show_as_one_short_line(tmp_path):
     assert repr(net) == ("<Net Tiny: inputs x float32[batch, 4], label int32[batch]; outputs "
                          "probs; losses cross_entropy; metrics acc; 67 parameters; backend "
                          "numba, batch 4, float32; step 0, epoch 0>")
+    free = nnlang.compile("model P {\n  param w: float32[3] = ones\n  output y = w * 2.0\n}\n")
+    assert repr(free).startswith("<Net P: no inputs; outputs y; 3 parameters; backend numba")
     history = History(rows=[{"epoch": e, "step": 1000 * e, "train_loss": 1.0 / e,
                              "train_acc": 0.5, "lr": 0.1} for e in (1, 2)],
                       losses=list(np.linspace(2, 0.5, 2000)), test={"loss": 0.25, "acc": 0.75},

@@ -74,7 +74,8 @@ class Program:
     def interface(self) -> str:
         """`inputs x float32[batch, 4]; outputs y; ...; 14 parameters`, for reprs."""
         g = self.graph
-        parts = [f"inputs {', '.join(f'{k} {g.node(i).type}' for k, i in g.inputs.items())}"]
+        inputs = ", ".join(f"{k} {g.node(i).type}" for k, i in g.inputs.items())
+        parts = [f"inputs {inputs}" if inputs else "no inputs"]
         parts += [f"{what} {', '.join(table)}" for what, table in
                   (("outputs", g.outputs), ("losses", g.losses), ("metrics", g.metrics)) if table]
         count = sum(math.prod(g.node(i).shape) for i in g.params.values())
