@@ -137,12 +137,49 @@ class NNError(Exception):
     def hint(self) -> str | None:
         return self.diagnostics[0].hint
 
+    def _render_traceback_(self) -> list[str]:
+        # NOTE: IPython (a notebook cell, the ipython shell) shows the lines this returns in
+        # place of the traceback: 60 lines of nnlang's own frames buried the located message,
+        # which is all a model's author needs (as the CLI prints it), and the one line of the
+        # caller's code that raised it. NNLANG_DEBUG=1 shows the whole traceback, as in the
+        # CLI (raising here instead gave IPython's "Unexpected exception formatting exception").
+        import os
+        if os.environ.get("NNLANG_DEBUG"):
+            import traceback
+            return "".join(traceback.format_exception(self)).rstrip("\n").split("\n")
+        lines = f"{type(self).__name__}: {self}".split("\n")
+        caller = _caller(self.__traceback__)
+        return lines + ([f"  raised by: {caller}"] if caller else [])
+
     def render(self) -> str:
         body = "\n\n".join(d.render() for d in self.diagnostics)
         errors = sum(d.severity == "error" for d in self.diagnostics)
         if errors > 1:
             body += f"\n\n{errors} errors"
         return body
+
+
+def _caller(tb) -> str | None:
+    """The innermost frame of `tb` outside nnlang, as `Cell In[3], line 2: net.fit(...)` (an
+    IPython cell; else `file:line: code`)."""
+    import linecache
+    import sys
+    from pathlib import Path
+    ours = str(Path(__file__).parent)
+    found = None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if not code.co_filename.startswith(ours):
+            found = (code.co_filename, tb.tb_lineno)
+        tb = tb.tb_next
+    if found is None:
+        return None
+    file, line = found
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    count = getattr(getattr(shell, "compile", None), "_filename_map", {}).get(file)
+    where = f"Cell In[{count}], line {line}" if count is not None else f"{file}:{line}"
+    text = linecache.getline(file, line).strip()
+    return f"{where}: {text}" if text else where
 
 
 def _restored(cls: type, args: tuple) -> NNError:

@@ -66,6 +66,21 @@ class Program:
     source: str | None = None
     overrides: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        # NOTE: a notebook shows the value of `nnlang.load(...)`: the dataclass repr was the
+        # whole graph, source and definitions on one line (18,000 characters for gpt.nn)
+        return f"<Program {self.model} ({self.file}): {self.interface()}>"
+
+    def interface(self) -> str:
+        """`inputs x float32[batch, 4]; outputs y; ...; 14 parameters`, for reprs."""
+        g = self.graph
+        inputs = ", ".join(f"{k} {g.node(i).type}" for k, i in g.inputs.items())
+        parts = [f"inputs {inputs}" if inputs else "no inputs"]
+        parts += [f"{what} {', '.join(table)}" for what, table in
+                  (("outputs", g.outputs), ("losses", g.losses), ("metrics", g.metrics)) if table]
+        count = sum(math.prod(g.node(i).shape) for i in g.params.values())
+        return "; ".join(parts + [f"{count:,} parameters"])
+
 
 DISCARD = "_"   # a name that binds nothing: `out, _, _ = lstm(x, 8, return_state = true)`
 

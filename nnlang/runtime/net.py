@@ -129,6 +129,12 @@ class Net:
         with one_swap_warning(self._swap_said):
             self.state = self._init_state()
 
+    def __repr__(self) -> str:
+        # NOTE: what a notebook shows for `net`: the model, not `<Net object at 0x7f...>`
+        return (f"<Net {self.program.model}: {self.program.interface()}; backend "
+                f"{self.backend}, batch {self.batch}, {self.dtype}; step {self.step}, "
+                f"epoch {self.epoch}>")
+
     def __deepcopy__(self, memo) -> "Net":
         """An independent net in the same place of training (weights, optimizer state, step,
         epoch, schedule): what `copy.deepcopy(model)` gives a PyTorch loop keeping its best

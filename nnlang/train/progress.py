@@ -12,6 +12,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 LINE_EVERY_S = 30.0
 
 
+def default_console() -> Console:
+    """`fit`'s console when the caller gives none. NOTE: in a notebook rich sends each print as
+    HTML (styled) and text/plain, and wrote the text/plain with ANSI escape codes (the summary
+    table's bold and italic), raw escapes wherever the text is read (nbconvert to text or
+    markdown, a notebook viewer without HTML). No colour system there: the text is plain and
+    the HTML keeps its styles."""
+    console = Console()
+    return Console(color_system=None) if console.is_jupyter else console
+
+
 def say(console: Console, text: str) -> None:
     # NOTE: paths and hints hold brackets (nnlang[plot]) that rich would take as markup
     console.print(text, markup=False, highlight=False)

@@ -261,9 +261,10 @@ class RunDir:
     def plot(self) -> list[Path] | None:
         """loss.png and one png per metric (train and val curves); None without matplotlib."""
         try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            # NOTE: a Figure of its own, not pyplot: matplotlib.use("Agg") switched the whole
+            # process's backend, so a notebook's `%matplotlib inline` showed no plot after a
+            # fit that saved its run; a bare Figure draws a png with Agg and touches nothing
+            from matplotlib.figure import Figure
             from matplotlib.ticker import MaxNLocator
         except ImportError:
             return None
@@ -276,7 +277,8 @@ class RunDir:
                                    if k.startswith(("train_", "val_"))))
         paths = []
         for name in names:
-            fig, ax = plt.subplots(figsize=(6, 4))
+            fig = Figure(figsize=(6, 4))
+            ax = fig.subplots()
             for split in ("train", "val"):
                 pts = [(r["epoch"], r[f"{split}_{name}"]) for r in rows
                        if r.get(f"{split}_{name}") is not None]
@@ -289,13 +291,10 @@ class RunDir:
             ax.legend()
             fig.tight_layout()
             paths.append(self.path / f"{name}.png")
-            try:
-                # NOTE: drawn into memory, then replaced whole: savefig into the file cut a
-                # plot already there (a resume's) at a full disk, a broken png left for good
-                png = io.BytesIO()
-                fig.savefig(png, dpi=100, format="png")
-                with writing(paths[-1]):
-                    write_atomic(paths[-1], png.getvalue())
-            finally:
-                plt.close(fig)
+            # NOTE: drawn into memory, then replaced whole: savefig into the file cut a
+            # plot already there (a resume's) at a full disk, a broken png left for good
+            png = io.BytesIO()
+            fig.savefig(png, dpi=100, format="png")
+            with writing(paths[-1]):
+                write_atomic(paths[-1], png.getvalue())
         return paths

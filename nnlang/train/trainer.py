@@ -34,7 +34,8 @@ from nnlang.train.data_parallel import Ranks
 from nnlang.train.guard import DivergenceGuard
 from nnlang.train.interrupts import Interrupts, test_signal
 from nnlang.train.overrides import given_at, given_span, resolve
-from nnlang.train.progress import LINE_EVERY_S, fmt, live, outlive_terminal, progress, say
+from nnlang.train.progress import (LINE_EVERY_S, default_console, fmt, live, outlive_terminal,
+                                   progress, say)
 from nnlang.train.init_from import start_run, words_to_start_from
 from nnlang.train.resume import describe_resume, find_checkpoint
 from nnlang.train.runs import PLOT_HINT, RunDir
@@ -85,6 +86,24 @@ class History:
                       hint="send what you need: history.test, history.val, history.rows, "
                            "history.losses, history.best and history.run_dir (where "
                            "nnlang.restore(model, run_dir) gives the net back)")
+
+    def __repr__(self) -> str:
+        # NOTE: a notebook shows the value of `fit(...)`: the dataclass repr listed the loss of
+        # every step (thousands of numbers) and the Net; this is the run in one line
+        parts = [f"{len(self.rows)} epoch{'s' if len(self.rows) != 1 else ''}",
+                 f"{len(self.losses)} steps"]
+        if self.rows:
+            last = {k[len("train_"):]: v for k, v in self.rows[-1].items()
+                    if k.startswith("train_") and isinstance(v, (int, float))}
+            parts.append(f"last epoch: {fmt(last)}")
+        for split in ("val", "test"):
+            if getattr(self, split):
+                parts.append(f"{split}: {fmt(getattr(self, split))}")
+        if self.stopped:
+            parts.append(f"stopped: {self.stopped}")
+        if self.run_dir:
+            parts.append(f"run_dir: {self.run_dir}")
+        return f"<History {'; '.join(parts)}>"
 
     def __copy__(self) -> "History":
         return replace(self)
@@ -363,7 +382,7 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
     return _Training.setup(program_or_path, config, data, backend=backend, overrides=overrides,
                            model=model, data_dir=data_dir, out=out, resume=resume,
                            max_steps=max_steps, save=save, progress=progress,
-                           console=console or Console(), runs_root=runs_root,
+                           console=console or default_console(), runs_root=runs_root,
                            init_from=init_from, init_skip_mismatch=init_skip_mismatch).run()
 
 
