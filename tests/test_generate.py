@@ -260,6 +260,38 @@ def test_a_stop_string_no_sequence_could_end_at_is_an_error(strings, message):
         options_from(net.program.generate, {"stop_strings": ["ab"], "beam": 2})
 
 
+def test_a_conflict_with_a_sections_setting_points_at_it_not_at_a_flag():
+    """--stop-string under the section's `beam = 2` said "(--beam 2)" and "drop --beam": a
+    flag the user never typed. The error points at the section's setting (line, caret) and
+    says it is the section's; given as a flag, the flag is named as before. The same for
+    --min-new-tokens over the section's max_new (it pointed nowhere)."""
+    source = LM.replace("logits = logits    #", "beam = 2  max_new = 4  logits = logits    #")
+    line = next(i for i, t in enumerate(source.splitlines(), 1) if "beam = 2" in t)
+    spec = load(source).generate
+    for given, said, at in (({"stop_strings": ["x"]}, "the generate section's beam = 2",
+                             "beam = 2"),
+                            ({"min_new_tokens": 9}, "the generate section's max_new = 4",
+                             "max_new = 4")):
+        with pytest.raises(NNError) as err:
+            options_from(spec, given)
+        text = err.value.render()
+        assert said in text and "--beam" not in text.replace("--beam 1", "")
+        span = err.value.span
+        assert span is not None and span.line == line
+        assert source.splitlines()[line - 1][span.col - 1:].startswith(at.split(" = ")[1])
+    with pytest.raises(NNError) as err:
+        options_from(spec, {"stop_strings": ["x"], "beam": 3})
+    assert "(--beam 3)" in err.value.message and "drop --beam" in err.value.hint
+    # min_new_tokens without a stop token: the section's was said as --min-new-tokens
+    source = LM.replace("logits = logits    #", "min_new_tokens = 2  logits = logits    #")
+    net = lm_net(source=source)
+    with pytest.raises(NNError) as err:
+        net.generate(["the"], tokenizer=CharTokenizer(CHARS), max_new=4)
+    assert err.value.message.startswith("the generate section's min_new_tokens = 2 has no "
+                                        "effect without a stop token")
+    assert err.value.span is not None and err.value.span.line == line
+
+
 def test_stop_strings_decode_each_new_token_once():
     """Stop strings decoded the whole continuation again at every token: a generation's cost
     grew with the square of its length (a third of a 500-token run of a small model). Each
