@@ -704,19 +704,19 @@ generate TwoHeads { tokens = tokens  logits = lm }
 """
 
 
-def greedy_by_hand(net, tok, prompt: str, steps: int, logits: str) -> list[int]:
+def greedy_by_hand(net, tok, prompt: str, steps: int, logits: str, width: int = 16) -> list[int]:
     """Reruns the whole model on the growing row and takes the argmax at its last token, over
     the ids generation may produce (not <pad>, <unk> or past the tokenizer)."""
     ids, out = tok.encode(prompt), []
     for _ in range(steps):
-        row = np.zeros((1, 16), np.int32)
+        row = np.zeros((1, width), np.int32)
         row[0, :len(ids)] = ids
         z = np.array(net.forward({"tokens": row})[logits][0, len(ids) - 1], np.float64)
         z[[tok.pad_id, tok.unk_id]] = -np.inf
         z[tok.vocab_size:] = -np.inf
         ids.append(int(np.argmax(z)))
         out.append(ids[-1])
-        if len(ids) > 16:
+        if len(ids) > width:
             break
     return out
 
@@ -833,6 +833,57 @@ def test_generate_stop_string_flag_ends_each_prompt_where_the_text_completes_it(
     out = cli("generate", "lm.nn", "-c", "saved", "--eval", "--stop-string", "ab",
               cwd=tmp_path, code=1)
     assert "--stop-string does not apply with --eval" in out
+
+
+RNN_LM = """
+model RnnLm(vocab = 108, bptt = 8, dim = 16) {
+  input tokens: int32[batch, bptt]
+  input next: int32[batch, bptt]
+  x = embedding(tokens, vocab, dim)
+  logits = dense(gru(x, dim, return_sequences = true), vocab)
+  output logits
+  loss cross_entropy(logits, next)
+}
+train RnnLm {
+  data = dates()
+  batch = 4
+}
+generate RnnLm { tokens = tokens  logits = logits }
+"""
+
+
+def test_generate_set_lengthens_a_recurrent_lm_and_refuses_a_weight_shape(tmp_path):
+    """A recurrent LM trained on bptt = 8 chunks wrote at most 9 - len(prompt) tokens, though
+    its weights do not depend on bptt: `nnlang generate` had no --set (only Python's
+    compile(overrides=..., init_from=RUN) got longer text). --set bptt=40 gives the greedy
+    tokens of the same weights rerun by hand at length 40; a --set that gives a weight
+    another shape, or a train setting, is an error at the flag."""
+    import nnlang
+    from nnlang.data import load_dataset
+    from nnlang.data.chars import tokenizer_from_meta
+    from tests.faults.conftest import cli
+    (tmp_path / "lm.nn").write_text(RNN_LM)
+    net = nnlang.compile(str(tmp_path / "lm.nn"), backend="reference", batch=1, seed=3)
+    text = load_dataset("imdb-text-sample(maxlen = 16, train_chunks = 8, test_chunks = 2)")
+    tok = net.tokenizer = tokenizer_from_meta(text.meta)
+    nnlang.save(net, tmp_path / "saved")
+    args = ("generate", "lm.nn", "-c", "saved", "--backend", "reference", "-p", "The",
+            "--max-new", "30", "--greedy", "--json")
+    short = json.loads(cli(*args, cwd=tmp_path, code=0).strip().splitlines()[-1])
+    assert short["stopped"] == "max_len" and len(short["ids"]) == 9 - len(tok.encode("The"))
+    long = nnlang.compile(str(tmp_path / "lm.nn"), backend="reference", batch=1,
+                          overrides={"bptt": 40})
+    long.load_state_dict(net.state_dict())
+    want = greedy_by_hand(long, tok, "The", 30, "logits", width=40)
+    got = json.loads(cli(*args, "--set", "bptt=40", cwd=tmp_path, code=0)
+                     .strip().splitlines()[-1])
+    assert (got["ids"], got["stopped"]) == (want, "max_new")
+    for flag, words, col in (("dim=8", "--set dim=8 gives weight 'x.weight' [108, 8] (the "
+                              "checkpoint's [108, 16])", 11),
+                             ("lr=0.1", "--set lr: 'lr' is a train setting", 7)):
+        out = cli(*args, "--set", flag, cwd=tmp_path, code=1)
+        assert words in out and f"<command line>:1:{col}:" in out, out
+        assert "Traceback" not in out
 
 
 def test_a_tokenizer_given_once_is_not_kept_for_later_calls():
