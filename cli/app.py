@@ -265,6 +265,7 @@ class Terminated(KeyboardInterrupt):
 _TERMINATED: list[int] = []
 _SWALLOWED: list = []   # Terminated raised where Python could not pass it on
 _HUNG_UP: list = []     # a write found the terminal gone (`_hang_up`)
+_IGNORED: list = []     # SIGHUP ignored by us after a hang-up, for the process's exit only
 # NOTE: SIGHUP is missing on Windows
 _ENDINGS = {signal.SIGTERM: ("terminated (SIGTERM)", TERMINATED)}
 if hasattr(signal, "SIGHUP"):
@@ -291,6 +292,11 @@ def _sigterm_raises():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    if _IGNORED and signal.getsignal(_IGNORED[0]) is signal.SIG_IGN:
+        # NOTE: the process did not exit after the hang-up (a program calling `run` or a
+        # CliRunner again): SIGHUP was ignored for its exit only, not as nohup for what follows
+        signal.signal(_IGNORED[0], signal.SIG_DFL)
+    _IGNORED.clear()
     ours = [sig for sig in _ENDINGS if signal.getsignal(sig) is signal.SIG_DFL]
     if not ours:
         yield
@@ -322,6 +328,8 @@ def _sigterm_raises():
             # action it ended it after the save, before its exit 129
             gone = _HUNG_UP and sig == getattr(signal, "SIGHUP", None)
             signal.signal(sig, signal.SIG_IGN if gone else signal.SIG_DFL)
+            if gone:
+                _IGNORED.append(sig)
         sys.unraisablehook = hook
 
 

@@ -11,8 +11,8 @@ from typing import Optional
 import typer
 
 from nnlang.frontend.generate_config import BASE
-from nnlang_cli.app import (INTERRUPTED, PATH, app, console, err_console, finite_float, reporting,
-                            terminated)
+from nnlang_cli.app import (INTERRUPTED, PATH, app, console, err_console, finite_float,
+                            parse_overrides, reporting, terminated)
 from nnlang_cli.train_cmds import BACKEND_HELP, CKPT_HELP, DATA_DIR_HELP
 
 
@@ -76,6 +76,10 @@ def generate(
     num_return_sequences: Optional[int] = typer.Option(
         None, "--num-return-sequences", rich_help_panel=HF_PANEL, help="Sequences per prompt: independent samples, or "
         f"the best beams (at most --beam) {_default('num_return_sequences')}."),
+    sets: Optional[list[str]] = typer.Option(
+        None, "--set", help="name=value: a model hyper-parameter over the run's that changes "
+                            "no weight's shape, e.g. a recurrent model's sequence length for "
+                            "longer text; repeatable."),
     backend: str = typer.Option("numba", "--backend", help=BACKEND_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP, **PATH),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per prompt."),
@@ -118,7 +122,8 @@ def generate(
                           hint="give --stop TEXT or --stop-id N once")
         stop = stops[0] if stops else None
         net, ckpt, cfg = restore(str(file), checkpoint, backend, None,
-                                 None if as_json else out, optimizer=False)
+                                 None if as_json else out, optimizer=False,
+                                 sets=parse_overrides(sets))
         # NOTE: the checkpoint's own tokenizer (restore keeps it): the data set need not be
         # loaded to encode
         tok = net.tokenizer

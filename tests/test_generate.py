@@ -260,6 +260,38 @@ def test_a_stop_string_no_sequence_could_end_at_is_an_error(strings, message):
         options_from(net.program.generate, {"stop_strings": ["ab"], "beam": 2})
 
 
+def test_a_conflict_with_a_sections_setting_points_at_it_not_at_a_flag():
+    """--stop-string under the section's `beam = 2` said "(--beam 2)" and "drop --beam": a
+    flag the user never typed. The error points at the section's setting (line, caret) and
+    says it is the section's; given as a flag, the flag is named as before. The same for
+    --min-new-tokens over the section's max_new (it pointed nowhere)."""
+    source = LM.replace("logits = logits    #", "beam = 2  max_new = 4  logits = logits    #")
+    line = next(i for i, t in enumerate(source.splitlines(), 1) if "beam = 2" in t)
+    spec = load(source).generate
+    for given, said, at in (({"stop_strings": ["x"]}, "the generate section's beam = 2",
+                             "beam = 2"),
+                            ({"min_new_tokens": 9}, "the generate section's max_new = 4",
+                             "max_new = 4")):
+        with pytest.raises(NNError) as err:
+            options_from(spec, given)
+        text = err.value.render()
+        assert said in text and "--beam" not in text.replace("--beam 1", "")
+        span = err.value.span
+        assert span is not None and span.line == line
+        assert source.splitlines()[line - 1][span.col - 1:].startswith(at.split(" = ")[1])
+    with pytest.raises(NNError) as err:
+        options_from(spec, {"stop_strings": ["x"], "beam": 3})
+    assert "(--beam 3)" in err.value.message and "drop --beam" in err.value.hint
+    # min_new_tokens without a stop token: the section's was said as --min-new-tokens
+    source = LM.replace("logits = logits    #", "min_new_tokens = 2  logits = logits    #")
+    net = lm_net(source=source)
+    with pytest.raises(NNError) as err:
+        net.generate(["the"], tokenizer=CharTokenizer(CHARS), max_new=4)
+    assert err.value.message.startswith("the generate section's min_new_tokens = 2 has no "
+                                        "effect without a stop token")
+    assert err.value.span is not None and err.value.span.line == line
+
+
 def test_stop_strings_decode_each_new_token_once():
     """Stop strings decoded the whole continuation again at every token: a generation's cost
     grew with the square of its length (a third of a 500-token run of a small model). Each
@@ -672,19 +704,19 @@ generate TwoHeads { tokens = tokens  logits = lm }
 """
 
 
-def greedy_by_hand(net, tok, prompt: str, steps: int, logits: str) -> list[int]:
+def greedy_by_hand(net, tok, prompt: str, steps: int, logits: str, width: int = 16) -> list[int]:
     """Reruns the whole model on the growing row and takes the argmax at its last token, over
     the ids generation may produce (not <pad>, <unk> or past the tokenizer)."""
     ids, out = tok.encode(prompt), []
     for _ in range(steps):
-        row = np.zeros((1, 16), np.int32)
+        row = np.zeros((1, width), np.int32)
         row[0, :len(ids)] = ids
         z = np.array(net.forward({"tokens": row})[logits][0, len(ids) - 1], np.float64)
         z[[tok.pad_id, tok.unk_id]] = -np.inf
         z[tok.vocab_size:] = -np.inf
         ids.append(int(np.argmax(z)))
         out.append(ids[-1])
-        if len(ids) > 16:
+        if len(ids) > width:
             break
     return out
 
@@ -801,6 +833,57 @@ def test_generate_stop_string_flag_ends_each_prompt_where_the_text_completes_it(
     out = cli("generate", "lm.nn", "-c", "saved", "--eval", "--stop-string", "ab",
               cwd=tmp_path, code=1)
     assert "--stop-string does not apply with --eval" in out
+
+
+RNN_LM = """
+model RnnLm(vocab = 108, bptt = 8, dim = 16) {
+  input tokens: int32[batch, bptt]
+  input next: int32[batch, bptt]
+  x = embedding(tokens, vocab, dim)
+  logits = dense(gru(x, dim, return_sequences = true), vocab)
+  output logits
+  loss cross_entropy(logits, next)
+}
+train RnnLm {
+  data = dates()
+  batch = 4
+}
+generate RnnLm { tokens = tokens  logits = logits }
+"""
+
+
+def test_generate_set_lengthens_a_recurrent_lm_and_refuses_a_weight_shape(tmp_path):
+    """A recurrent LM trained on bptt = 8 chunks wrote at most 9 - len(prompt) tokens, though
+    its weights do not depend on bptt: `nnlang generate` had no --set (only Python's
+    compile(overrides=..., init_from=RUN) got longer text). --set bptt=40 gives the greedy
+    tokens of the same weights rerun by hand at length 40; a --set that gives a weight
+    another shape, or a train setting, is an error at the flag."""
+    import nnlang
+    from nnlang.data import load_dataset
+    from nnlang.data.chars import tokenizer_from_meta
+    from tests.faults.conftest import cli
+    (tmp_path / "lm.nn").write_text(RNN_LM)
+    net = nnlang.compile(str(tmp_path / "lm.nn"), backend="reference", batch=1, seed=3)
+    text = load_dataset("imdb-text-sample(maxlen = 16, train_chunks = 8, test_chunks = 2)")
+    tok = net.tokenizer = tokenizer_from_meta(text.meta)
+    nnlang.save(net, tmp_path / "saved")
+    args = ("generate", "lm.nn", "-c", "saved", "--backend", "reference", "-p", "The",
+            "--max-new", "30", "--greedy", "--json")
+    short = json.loads(cli(*args, cwd=tmp_path, code=0).strip().splitlines()[-1])
+    assert short["stopped"] == "max_len" and len(short["ids"]) == 9 - len(tok.encode("The"))
+    long = nnlang.compile(str(tmp_path / "lm.nn"), backend="reference", batch=1,
+                          overrides={"bptt": 40})
+    long.load_state_dict(net.state_dict())
+    want = greedy_by_hand(long, tok, "The", 30, "logits", width=40)
+    got = json.loads(cli(*args, "--set", "bptt=40", cwd=tmp_path, code=0)
+                     .strip().splitlines()[-1])
+    assert (got["ids"], got["stopped"]) == (want, "max_new")
+    for flag, words, col in (("dim=8", "--set dim=8 gives weight 'x.weight' [108, 8] (the "
+                              "checkpoint's [108, 16])", 11),
+                             ("lr=0.1", "--set lr: 'lr' is a train setting", 7)):
+        out = cli(*args, "--set", flag, cwd=tmp_path, code=1)
+        assert words in out and f"<command line>:1:{col}:" in out, out
+        assert "Traceback" not in out
 
 
 def test_a_tokenizer_given_once_is_not_kept_for_later_calls():

@@ -131,18 +131,27 @@ def options_from(spec, given: dict) -> dict:
     if strings and opts["beam"] > 1:
         # NOTE: a beam's hypotheses end by their last token's score among the W best; a string
         # completed over several tokens has no such place in HF's beam bookkeeping either
+        # NOTE: the beam may be the section's: "drop --beam" named a flag never typed
+        given = "beam" in explicit
         raise NNError("--stop-string (stop_strings=) works with greedy decoding and sampling, "
-                      f"not with beam search (--beam {opts['beam']})",
-                      hint="drop --beam, or end the beams at a stop token (--stop)")
+                      f"not with beam search ({_shown('beam', explicit, opts)})",
+                      None if given else spec.spans.get("beam"),
+                      ("drop --beam" if given else "pass --beam 1 (or --greedy) to set the "
+                       "section's beam aside") + ", or end the beams at a stop token (--stop)")
     return opts
+
+
+def _shown(key: str, explicit: dict, opts: dict) -> str:
+    """A setting as the user gave it: the flag, or the generate section's `key = value`."""
+    return (f"{FLAGS[key]} {opts[key]}" if key in explicit else
+            f"the generate section's {key} = {opts[key]}")
 
 
 def _check_counts(spec, explicit: dict, opts: dict) -> None:
     """num_return_sequences against the decoding, min_new_tokens against max_new; an error
     names the flags given, or points at the generate section's setting."""
     def show(key):
-        return (f"{FLAGS[key]} {opts[key]}" if key in explicit else
-                f"the generate section's {key} = {opts[key]}")
+        return _shown(key, explicit, opts)
     if (problem := returns_problem(opts, show)) is not None:
         given = "num_return_sequences" in explicit
         raise NNError(f"{FLAGS['num_return_sequences']} (num_return_sequences=) "
@@ -152,8 +161,10 @@ def _check_counts(spec, explicit: dict, opts: dict) -> None:
     if opts["min_new_tokens"] > opts["max_new"]:
         raise NNError(f"{show('min_new_tokens')} is more than {show('max_new')}: a sequence "
                       "cannot have more new tokens than it may have",
-                      None if "min_new_tokens" in explicit else
-                      spec.spans.get("min_new_tokens"), "lower the minimum, or raise --max-new")
+                      # the section's setting of the two, where one is (a flag has no place)
+                      next((spec.spans.get(k) for k in ("min_new_tokens", "max_new")
+                            if k not in explicit), None),
+                      "lower the minimum, or raise --max-new")
 
 
 def unescape(text: str) -> str:
@@ -643,11 +654,14 @@ class Generator:
         if opts["min_new_tokens"] and stop is None:
             # NOTE: it holds back the stop token only (HF's MinNewTokensLengthLogitsProcessor);
             # without one it would be dropped without a word
-            raise NNError(f"{FLAGS['min_new_tokens']} (min_new_tokens=) "
-                          f"{opts['min_new_tokens']} has no effect without a stop token: it "
+            section = opts["min_new_tokens"] == self.spec.defaults.get("min_new_tokens")
+            # NOTE: the section's value was said as the flag, which the user had not typed
+            said = (f"the generate section's min_new_tokens = {opts['min_new_tokens']}"
+                    if section else f"{FLAGS['min_new_tokens']} (min_new_tokens=) "
+                    f"{opts['min_new_tokens']}")
+            raise NNError(f"{said} has no effect without a stop token: it "
                           "keeps the stop token from ending a sequence too early",
-                          self.spec.spans.get("min_new_tokens") if opts["min_new_tokens"] ==
-                          self.spec.defaults.get("min_new_tokens") else None,
+                          self.spec.spans.get("min_new_tokens") if section else None,
                           "give a stop token (--stop, --stop-id, or the section's `stop`), or "
                           "drop min_new_tokens")
         width, many = opts["beam"], opts["num_return_sequences"]

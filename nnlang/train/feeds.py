@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnlang.data.ragged import Ragged
+from nnlang.data.ragged import Ragged, padded_length
 from nnlang.errors import NNError, closest
 from nnlang.files import user_path
 from nnlang.frontend.train_config import Choice, setting_span
@@ -169,31 +169,88 @@ def check_ids(graph, ds, mapping: dict[str, str], splits=None) -> None:
     lengths = data_lengths(graph, splits, mapping)
     checks = [c for c in index_inputs(forward_graph(graph, 1, lengths=lengths))
               if c.name in mapping]
+    by_width: dict = {}   # the checks of the graph at each padded length of ragged rows
+
+    def checks_at(key, arrays, row):
+        if key not in by_width:
+            first = _first_row(arrays, mapping, row)
+            by_width[key] = [c for c in index_inputs(forward_graph(
+                graph, 1, lengths=_sizes(graph, first, lengths))) if c.name in mapping]
+        return by_width[key]
+
     for split in splits:
         if split is None or not len(split):
             continue
-        for c in checks:
+        found = [f for c in checks if not isinstance(split.arrays[mapping[c.name]], Ragged)
+                 if (f := _bad_fixed(c, split.arrays[mapping[c.name]])) is not None]
+        found += _bad_ragged(split.arrays, mapping, checks_at)
+        if found:
+            row, c, value = min(found, key=lambda f: f[0])
             name = mapping[c.name]
-            arr = split.arrays[name]
-            if isinstance(arr, Ragged) and c.at is not None:
-                continue   # NOTE: a part of rows of many lengths: the step's own check sees it
-            flat = arr.flat if isinstance(arr, Ragged) else np.asarray(arr).reshape(len(arr), -1)
-            if c.at is not None:   # the columns that reach the op (the graph's batch is 1)
-                flat = flat[:, c.at]
-            bad = c.bad(flat)
-            if not bad.any():
-                continue
-            at = int(np.argmax(bad.reshape(-1)))
-            row = int(np.searchsorted(arr.offsets, at, side="right") - 1) \
-                if isinstance(arr, Ragged) else at // max(flat.shape[1], 1)
             where = getattr(split.arrays, "where", "") or f"dataset '{ds.name}'"
             said = split.arrays.row(row) if hasattr(split.arrays, "row") else f"row {row}"
             raise NNError(f"{where}, array '{name}', {said}: the id "
-                          f"{flat.reshape(-1)[at]!s} is outside the {c.rows} values model input "
+                          f"{value!s} is outside the {c.rows} values model input "
                           f"'{c.name}' takes here (0 to {c.rows - 1})", span=c.node.span,
                           hint="the data's vocabulary or class count is larger than the "
                                "model's; raise it in the model (e.g. --set vocab=...) or fix "
                                "the data")
+
+
+def _bad_fixed(c, arr):
+    """(row, check, id) of the first bad id of `arr` (rows of one length), or None."""
+    flat = np.asarray(arr).reshape(len(arr), -1)
+    if c.at is not None:   # the columns that reach the op (the graph's batch is 1)
+        flat = flat[:, c.at]
+    bad = c.bad(flat)
+    if not bad.any():
+        return None
+    at = int(np.argmax(bad.reshape(-1)))
+    return at // max(flat.shape[1], 1), c, flat.reshape(-1)[at]
+
+
+def _bad_ragged(arrays, mapping: dict[str, str], checks_at) -> list:
+    """(row, check, id) of the first bad id of each ragged array. The part of a row that
+    reaches an op (ids[:, -5:]) depends on its length, so rows are checked in groups of one
+    padded length (padded_length, the width the trainer pads a batch to) with the graph built
+    at that length; a position of the padding, before a short row, is not the row's and is
+    not checked. NOTE: before, a partial read of ragged rows was left to the step's check,
+    which names no data row, and reaches the test split only after the last epoch."""
+    ragged = {m: arrays[a] for m, a in mapping.items()
+              if a in arrays and isinstance(arrays[a], Ragged)}
+    if not ragged:
+        return []
+    widths = np.stack([[padded_length(n) for n in r.lengths] for r in ragged.values()], 1)
+    keys, group = np.unique(widths, axis=0, return_inverse=True)
+    found = []
+    for g, key in enumerate(keys):
+        rows = np.flatnonzero(group.reshape(-1) == g)
+        for c in checks_at(tuple(key), arrays, int(rows[0])):
+            if c.name not in ragged:
+                continue
+            part = ragged[c.name][rows]
+            ids = part.padded().reshape(len(rows), -1)
+            width = ids.shape[1]
+            # the row's own positions: the last `length` of each padded row (front padding)
+            mine = np.arange(width)[None, :] >= (width - part.lengths)[:, None]
+            if c.at is not None:
+                ids, mine = ids[:, c.at], mine[:, c.at]
+            bad = c.bad(ids) & mine
+            if bad.any():
+                at = int(np.argmax(bad.reshape(-1)))
+                found.append((int(rows[at // ids.shape[1]]), c, ids.reshape(-1)[at]))
+    return found
+
+
+def _first_row(arrays, mapping: dict[str, str], row: int) -> dict:
+    """Row `row` of each array a model input reads, padded as its batch would be."""
+    first = {m: arrays[a][row:row + 1] for m, a in mapping.items() if a in arrays}
+    return {m: v.padded() if isinstance(v, Ragged) else np.asarray(v) for m, v in first.items()}
+
+
+def _sizes(graph, first: dict, lengths: dict) -> dict:
+    from nnlang.runtime.net import _sizes_of
+    return _sizes_of(graph, first, lengths, 1)[1] if lengths else lengths
 
 
 def data_lengths(graph, splits, mapping: dict[str, str], default: dict | None = None) -> dict:
@@ -202,14 +259,11 @@ def data_lengths(graph, splits, mapping: dict[str, str], default: dict | None = 
     at. NOTE: bound at 1 (the ids' check) or 16 (the step compiled before the first epoch), a
     fixed slice (x[:, 1:3], x[:, 20:22]) or a loss over a sequence's places was refused before
     training on data that has them. A symbol no input carries keeps its `default` (1)."""
-    from nnlang.runtime.net import _sizes_of
     lengths = default or {s: 1 for s in graph.symbols if s != "batch"}
     split = next((s for s in splits if s is not None and len(s)), None)
     if not lengths or split is None:
         return lengths
-    first = {m: split.arrays[a][:1] for m, a in mapping.items() if a in split.arrays}
-    first = {m: v.padded() if isinstance(v, Ragged) else np.asarray(v) for m, v in first.items()}
-    return _sizes_of(graph, first, lengths, 1)[1]
+    return _sizes(graph, _first_row(split.arrays, mapping, 0), lengths)
 
 
 # *** validation carve and batches ***

@@ -26,21 +26,25 @@ from nnlang.train.trainer import evaluate
 
 
 def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | None = None,
-            console: Console | None = None, optimizer: bool = True):
+            console: Console | None = None, optimizer: bool = True, sets: dict | None = None):
     """(net, checkpoint, config) with the checkpoint's parameters and hyper-parameters. A run
     directory gives its best.npz when it has one (the best epoch), else its checkpoint.npz.
     `optimizer`: the optimizer's slots too (to train on); eval, predict, generate and export
-    leave them out, which for Adam is twice the weights' memory."""
+    leave them out, which for Adam is twice the weights' memory. `sets`: model
+    hyper-parameters over the run's (`nnlang generate --set bptt=200`) that change no weight's
+    shape; one that does is an error at it (the checkpoint would not fit)."""
     from nnlang.runtime.net import Net
     check_backend(backend)
     ckpt = checkpoint.load(ckpt_path, prefer_best=True)
+    if sets:
+        _check_model_sets(program_or_path, sets)
     if console and Path(ckpt_path).is_dir():
         best = ckpt.meta.get("best") if ckpt.path.name == checkpoint.BEST else None
         why = f" (best {best['monitor']} {best['value']:.4f}, epoch {best['epoch']})" \
             if best else ""
         say(console, f"using {ckpt.path}{why}")
     try:
-        program, cfg, source, file, _ = resolve(program_or_path, ckpt.config, None,
+        program, cfg, source, file, _ = resolve(program_or_path, ckpt.config, sets or None,
                                                 ckpt.meta.get("model"),
                                                 base_overrides=ckpt.meta.get("overrides"))
     except NNError as err:
@@ -65,6 +69,8 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
     # NOTE: trained weights the model has no place for (a layer deleted from the .nn) would
     # leave a different network behind, silently
     unused = [k for k in ckpt.state if k not in net.state and not k.startswith(OPTIMIZER_PREFIX)]
+    if sets and (missing or wrong or unused):
+        _set_changing_weights(program_or_path, ckpt, sets, model=ckpt.meta.get("model"))
     if missing or wrong or unused:
         why = ([f"no value for parameter(s) {', '.join(missing)}"] if missing else []) + \
               ([f"other shapes for {', '.join(wrong)}"] if wrong else []) + \
@@ -81,6 +87,45 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
     net.tokenizer = tokenizer_from_meta(ckpt.data_meta)   # what net.generate encodes with
     net.trained_data = ckpt.meta.get("data")   # NOTE: what nnlang.save of this net keeps
     return net, ckpt, cfg
+
+
+def _check_model_sets(program_or_path, sets: dict) -> None:
+    """--set over a trained run names model hyper-parameters only: a train setting (lr, batch,
+    epochs) has nothing to change where no training runs, and was dropped without a word."""
+    from nnlang.train.overrides import given_span, split_overrides
+    source, file = source_of(program_or_path)
+    _, train = split_overrides(sets, source, file)
+    if train:
+        k = next(iter(train))
+        raise NNError(f"--set {k}: '{k}' is a train setting, which a trained model does not "
+                      "use here", given_span(getattr(sets, "spans", {}), k, name=True),
+                      "give the model's hyper-parameters only, e.g. a sequence length that "
+                      "changes no weight's shape")
+
+
+def _set_changing_weights(program_or_path, ckpt, sets: dict, model) -> None:
+    """The error at the first --set that alone gives a weight another shape than the
+    checkpoint's: its weights would not fit the model built with it."""
+    from nnlang.frontend.elaborate import load_text
+    from nnlang.ir.dims import fmt_shape
+    from nnlang.train.overrides import given_span
+    source, file = source_of(program_or_path)
+    base = ckpt.meta.get("overrides") or {}
+    for k, v in sets.items():
+        graph = load_text(source, file, {**base, k: v}, model).graph
+        shapes = {n: tuple(graph.node(i).shape) for n, i in graph.params.items()}
+        changed = [f"'{n}' {fmt_shape(shape)} (the checkpoint's "
+                   f"{fmt_shape(ckpt.state[n].shape)})" for n, shape in shapes.items()
+                   if n in ckpt.state and tuple(ckpt.state[n].shape) != shape]
+        gone = [n for n in ckpt.state if n not in shapes and not n.startswith(OPTIMIZER_PREFIX)]
+        if changed or gone or any(n not in ckpt.state for n in shapes):
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            what = ("gives weight " + ", ".join(changed[:3]) + more) if changed else \
+                "changes which weights the model has"
+            raise NNError(f"--set {k}={v} {what}: the weights of {ckpt.path} do not fit "
+                          "the model built with it", given_span(getattr(sets, "spans", {}), k),
+                          "only a hyper-parameter that changes no weight's shape (such as a "
+                          "recurrent model's sequence length) can differ from the run's")
 
 
 def evaluate_checkpoint(program_or_path, ckpt_path, data=None, data_dir=None,

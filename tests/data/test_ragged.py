@@ -155,3 +155,53 @@ def test_whole_rows_need_a_symbolic_length():
     # NOTE: it named no line: the input declaration is what the hint asks to change
     span = err.value.diagnostics[0].span
     assert span is not None and (span.line, span.col) == (3, 3), span
+
+
+TAIL = """
+model Tail {
+  symbol seq
+  input tokens: int32[batch, seq]
+  input label: int32[batch]
+  x = embedding(tokens[:, -5:], 20, 4)
+  logits = dense(flatten(x), 3)
+  output logits
+  loss cross_entropy(logits, label)
+}
+"""
+
+
+def test_ids_a_part_of_whole_rows_reads_are_checked_before_training_naming_the_row():
+    """Whole rows of which only the last 5 tokens reach the embedding: the check before
+    training skipped such a partial read of ragged rows (the step's check named no data row,
+    and saw the test split only after the last epoch). Each row's read part depends on its
+    length; the reference is numpy's own last 5 of each row (all of a shorter one)."""
+    import nnlang
+    graph = nnlang.load(TAIL).graph
+    rng = np.random.default_rng(0)
+    rows = [list(rng.integers(1, 20, n)) for n in rng.integers(1, 40, 30)]
+    long, short = (next(i for i, r in enumerate(rows) if cond(len(r)))
+                   for cond in (lambda n: n > 20, lambda n: n < 5))
+    label = np.zeros(30, np.int32)
+
+    def check(rows, test_rows=rows):
+        ds = Dataset("tail", Split({"tokens": Ragged.from_rows(rows), "label": label}),
+                     Split({"tokens": Ragged.from_rows(test_rows), "label": label}),
+                     ["tokens"], ["label"])
+        feeds.check_ids(graph, ds, feeds.match_inputs(graph, ds.inputs, ds.targets))
+
+    def first_bad(rows):   # the reference: the first row whose last 5 tokens hold an id >= 20
+        return next(i for i, r in enumerate(rows) if max(r[-5:]) >= 20)
+
+    head = [list(r) for r in rows]
+    head[long][0] = 99   # never read: the embedding sees the last 5 tokens only
+    check(head)
+    for i, place in ((long, -2), (short, 0)):
+        bad = [list(r) for r in rows]
+        bad[i][place] = 25
+        assert first_bad(bad) == i
+        for train, test, split in ((bad, rows, "train"), (rows, bad, "test")):
+            with pytest.raises(NNError) as err:
+                check(train, test)
+            assert f"dataset 'tail' ({split} split), array 'tokens', row {i}: the id 25 " \
+                   "is outside the 20 values" in err.value.message
+            assert err.value.span is not None and err.value.span.line == 6

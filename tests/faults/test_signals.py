@@ -585,3 +585,32 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tiny, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "ok\n", "")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on Windows")
+def test_a_hang_up_leaves_sighup_ignored_for_the_exit_only():
+    """After a command whose write found the terminal gone, SIGHUP is ignored so the shell's
+    late SIGHUP does not end the exiting process before its exit 129. A program running
+    commands in one process (nnlang_cli.run, a CliRunner) then had SIGHUP ignored for every
+    later command, as under nohup: a real hang-up no longer stopped them. The next command
+    handles SIGHUP again (raises Terminated, as at the default); the signal is raised only
+    while a handler is set, so pytest itself is never hung up."""
+    from nnlang_cli import app
+    before = signal.getsignal(signal.SIGHUP)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        with pytest.raises(app.Terminated):
+            with app._sigterm_raises():
+                app._hang_up()   # what a write to a gone terminal does
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN   # for the exit path
+        with app._sigterm_raises():
+            assert signal.getsignal(signal.SIGHUP) is app._terminate
+            with pytest.raises(app.Terminated):
+                signal.raise_signal(signal.SIGHUP)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+        # a program's own nohup stays ignored
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        with app._sigterm_raises():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
