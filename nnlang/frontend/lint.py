@@ -381,22 +381,29 @@ FEATURES_LAST = ("embedding", "dense", "linear", "lstm", "gru", "rnn", "multi_he
                  "positional_encoding")
 
 
-def _features_last_into_batch_norm(g: Graph, node):
-    """batch_norm after an embedding or a dense layer on [batch, time, features]: Keras'
-    BatchNormalization normalizes the last axis, nnlang's (as PyTorch's BatchNorm1d) axis 1,
-    so each time step was normalized as a channel of its own, with weights per position."""
-    if node.op != "batch_norm" or not node.inputs:
+def _features_last_source(g: Graph, node):
+    """(the layer, its [batch, time, features] shape) when `node`'s first input is a
+    FEATURES_LAST layer's output, reached through what keeps the layout (an activation,
+    dropout, layer_norm, a residual add); else None."""
+    if not node.inputs:
         return None
     source = g.node(node.inputs[0])
     shape = source.type.shape
     if len(shape) != 3:
         return None
-    # NOTE: through what keeps the layout (an activation, dropout, a residual add)
     while source.op not in FEATURES_LAST and source.op not in ("permute", "transpose") and \
             source.inputs and g.node(source.inputs[0]).type.shape == shape:
         source = g.node(source.inputs[0])
-    if source.op not in FEATURES_LAST:
+    return (source, shape) if source.op in FEATURES_LAST else None
+
+
+def _features_last_into_batch_norm(g: Graph, node):
+    """batch_norm after an embedding or a dense layer on [batch, time, features]: Keras'
+    BatchNormalization normalizes the last axis, nnlang's (as PyTorch's BatchNorm1d) axis 1,
+    so each time step was normalized as a channel of its own, with weights per position."""
+    if node.op != "batch_norm" or (found := _features_last_source(g, node)) is None:
         return None
+    source, shape = found
     return Diagnostic(f"batch_norm normalizes axis 1 of {fmt_shape(shape)} as {shape[1]} "
                       f"channels, but the {source.op} before it puts each step's {shape[-1]} "
                       "features last: every time step is normalized on its own, with weights "
@@ -411,18 +418,10 @@ def _features_last_pooled(g: Graph, node):
     its channels-last input, while these (as PyTorch's adaptive pools) read axis 1 as the
     channels, so a ported text classifier pooled each position's features into one number
     and went on with [batch, time], without a word."""
-    if node.op not in GLOBAL_POOLS or node.attrs.get("channels_last") or not node.inputs:
+    if node.op not in GLOBAL_POOLS or node.attrs.get("channels_last") or \
+            (found := _features_last_source(g, node)) is None:
         return None
-    source = g.node(node.inputs[0])
-    shape = source.type.shape
-    if len(shape) != 3:
-        return None
-    # NOTE: through what keeps the layout (an activation, dropout, layer_norm, a residual add)
-    while source.op not in FEATURES_LAST and source.op not in ("permute", "transpose") and \
-            source.inputs and g.node(source.inputs[0]).type.shape == shape:
-        source = g.node(source.inputs[0])
-    if source.op not in FEATURES_LAST:
-        return None
+    source, shape = found
     verb, keras = ("averages", "Average") if node.op == "global_avg_pool" else ("takes the max of",
                                                                               "Max")
     named = g.node(node.inputs[0])
