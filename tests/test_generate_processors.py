@@ -293,6 +293,24 @@ SECTION = LM.replace("  logits = logits    # which output scores the next token\
                      "  logits = logits    # which output scores the next token\n  SETTINGS\n")
 
 
+@pytest.mark.parametrize("setting", ["num_return_sequences = 100000000  temperature = 1.0",
+                                     "beam = 100000000"])
+def test_too_many_rows_from_the_generate_section_point_at_its_setting(setting):
+    """The rows come from the generate section's setting, not a flag: the error pointed
+    nowhere and its hint named --num-return-sequences (--beam), flags never typed."""
+    source = SECTION.replace("SETTINGS", setting)
+    key = setting.split(" = ")[0]
+    line = next(i for i, t in enumerate(source.splitlines(), 1) if setting in t)
+    with pytest.raises(NNError) as err:
+        lm_net(source=source).generate(["the"], tokenizer=CharTokenizer(CHARS))
+    text = err.value.render()
+    assert f"decoding 100000000 rows at once (the generate section's {key} = 100000000)" in text
+    span = err.value.span
+    assert span is not None and span.line == line
+    assert source.splitlines()[line - 1][span.col - 1:].startswith("100000000")
+    assert f"hint: lower the section's {key}" in text
+
+
 def test_the_generate_section_sets_the_processors_as_the_flags_do():
     tok = CharTokenizer(CHARS)
     net = lm_net(source=SECTION.replace("SETTINGS", 'repetition_penalty = 1.5  '

@@ -636,14 +636,22 @@ class Generator:
         # the forward graph's activations per row), and the host keeps float64 logits per row
         need.activations = 2 * need.activations + rows * self.spec.max_len * self.spec.vocab * 8
         problem = memory_problem(need, held=need.params)
-        if problem is not None:
-            raise NNError(f"decoding {rows} rows at once: {problem}",
-                          hint=(f"use a smaller --beam (beam= here {width})" if width > 1 else
-                                # NOTE: one prompt sampled 10**8 times was told to give
-                                # fewer prompts
-                                "use a smaller --num-return-sequences (num_return_sequences= "
-                                f"here {many}), or give fewer prompts at once" if many > 1 else
-                                "give fewer prompts at once"))
+        if problem is None:
+            return
+        key, value = ("beam", width) if width > 1 else ("num_return_sequences", many)
+        if value > 1 and value == self.spec.defaults.get(key) and key in self.spec.spans:
+            # NOTE: the generate section's setting: the hint named a flag never typed, and the
+            # error pointed nowhere
+            raise NNError(f"decoding {rows} rows at once (the generate section's {key} = "
+                          f"{value}): {problem}", self.spec.spans[key],
+                          f"lower the section's {key}, or pass a smaller {FLAGS[key]}")
+        raise NNError(f"decoding {rows} rows at once: {problem}",
+                      hint=(f"use a smaller --beam (beam= here {width})" if width > 1 else
+                            # NOTE: one prompt sampled 10**8 times was told to give
+                            # fewer prompts
+                            "use a smaller --num-return-sequences (num_return_sequences= "
+                            f"here {many}), or give fewer prompts at once" if many > 1 else
+                            "give fewer prompts at once"))
 
     def run(self, prompts: list[str], dec: list, src: list | None, opts: dict,
             streamer=None) -> Generation:
