@@ -122,6 +122,9 @@ def test_a_net_program_and_history_show_as_one_short_line(tmp_path):
                       stopped="interrupted", net=net)
     assert repr(history) == ("<History 2 epochs; 2000 steps; last epoch: loss 0.5000  acc 0.5000"
                              "; test: loss 0.2500  acc 0.7500; stopped: interrupted>")
+    # a run interrupted in its first epoch, after one step: "1 steps" before
+    assert repr(History(rows=[], losses=[0.7], stopped="interrupted")) == \
+        "<History 0 epochs; 1 step; stopped: interrupted>"
 
 
 NOTEBOOK = [
