@@ -160,19 +160,27 @@ class NNError(Exception):
 
 
 def _caller(tb) -> str | None:
-    """The innermost frame of `tb` outside nnlang, as `Cell In[3], line 2: net.fit(...)` (an
-    IPython cell; else `file:line: code`)."""
+    """The innermost frame of `tb` in the user's code, as `Cell In[3], line 2: net.fit(...)`
+    (an IPython cell; else `file:line: code`): outside nnlang and, where there is such a frame,
+    outside Python's library and installed packages. NOTE: an error passed on by
+    concurrent.futures (`pool.submit(nnlang.load, ...).result()`) was said to be raised by
+    `concurrent/futures/_base.py:401: raise self._exception`, not by the cell's line."""
     import linecache
     import sys
+    import sysconfig
     from pathlib import Path
     ours = str(Path(__file__).parent)
-    found = None
+    libraries = tuple({p for k in ("stdlib", "platstdlib", "purelib", "platlib")
+                       if (p := sysconfig.get_paths().get(k))})
+    found = mine = None
     while tb is not None:
-        code = tb.tb_frame.f_code
-        if not code.co_filename.startswith(ours):
-            found = (code.co_filename, tb.tb_lineno)
+        file = tb.tb_frame.f_code.co_filename
+        if not file.startswith(ours):
+            found = (file, tb.tb_lineno)
+            if not file.startswith(libraries):
+                mine = found
         tb = tb.tb_next
-    if found is None:
+    if (found := mine or found) is None:
         return None
     file, line = found
     shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()

@@ -280,17 +280,41 @@ def test_a_minimum_that_holds_back_the_only_token_left_names_min_new_tokens():
     """A tokenizer that writes one character, the stop token: min_new_tokens leaves no token to
     choose, and the error blamed "repetition_penalty 1", a setting that was off."""
     net = bigram(TABLE)
-    for how in ({}, {"beam": 2}, {"temperature": 1.0}):
+    # NOTE: with another processor on that banned nothing (a penalty; an n-gram longer than
+    # the text), the error blamed that one: "repetition_penalty 1.2 leaves no token a finite
+    # score", "no_repeat_ngram_size 3 bans every token"
+    for how in ({}, {"beam": 2}, {"temperature": 1.0}, {"repetition_penalty": 1.2},
+                {"repetition_penalty": 1.2, "beam": 2}, {"no_repeat_ngram_size": 3},
+                {"no_repeat_ngram_size": 3, "beam": 2}):
         with pytest.raises(NNError) as err:
             net.generate(["a"], max_new=3, stop="a", min_new_tokens=1,
                          tokenizer=CharTokenizer("a"), **how)
         text = err.value.render()
-        assert "min_new_tokens 1 holds back the stop token" in text, text
-        assert "repetition_penalty" not in text and "--min-new-tokens" in text
+        assert "min_new_tokens 1 holds back the stop token" in text, (how, text)
+        assert "leaves no token" not in text and "bans every token" not in text, (how, text)
+        assert "--min-new-tokens" in text
 
 
 SECTION = LM.replace("  logits = logits    # which output scores the next token\n",
                      "  logits = logits    # which output scores the next token\n  SETTINGS\n")
+
+
+@pytest.mark.parametrize("setting", ["num_return_sequences = 100000000  temperature = 1.0",
+                                     "beam = 100000000"])
+def test_too_many_rows_from_the_generate_section_point_at_its_setting(setting):
+    """The rows come from the generate section's setting, not a flag: the error pointed
+    nowhere and its hint named --num-return-sequences (--beam), flags never typed."""
+    source = SECTION.replace("SETTINGS", setting)
+    key = setting.split(" = ")[0]
+    line = next(i for i, t in enumerate(source.splitlines(), 1) if setting in t)
+    with pytest.raises(NNError) as err:
+        lm_net(source=source).generate(["the"], tokenizer=CharTokenizer(CHARS))
+    text = err.value.render()
+    assert f"decoding 100000000 rows at once (the generate section's {key} = 100000000)" in text
+    span = err.value.span
+    assert span is not None and span.line == line
+    assert source.splitlines()[line - 1][span.col - 1:].startswith("100000000")
+    assert f"hint: lower the section's {key}" in text
 
 
 def test_the_generate_section_sets_the_processors_as_the_flags_do():

@@ -39,6 +39,20 @@ def test_ipython_shows_an_nnerror_as_its_located_message_and_the_callers_line(mo
     assert "nnlang/frontend/elaborate.py" in debug and debug.endswith(str(err).split("\n")[-1])
 
 
+def test_the_callers_line_of_an_error_passed_on_by_a_pool_is_the_users(monkeypatch):
+    """An error raised in a worker and passed on by concurrent.futures' `result()` (threads
+    or processes) was said to be raised by `concurrent/futures/_base.py:401: raise
+    self._exception` or `thread.py:58`: Python's library, not the line that called it."""
+    import concurrent.futures as cf
+    monkeypatch.delenv("NNLANG_DEBUG", raising=False)
+    for pool in (cf.ThreadPoolExecutor, cf.ProcessPoolExecutor):
+        with pool(1) as ex, pytest.raises(NNError) as raised:
+            ex.submit(nnlang.load, BAD).result()   # the caller's line
+        last = raised.value._render_traceback_()[-1]
+        assert re.fullmatch(r"  raised by: .*test_notebook\.py:\d+: ex\.submit\(nnlang\.load, "
+                            r"BAD\)\.result\(\)   # the caller's line", last), (pool, last)
+
+
 def test_a_saved_run_leaves_the_notebooks_matplotlib_backend(tmp_path, monkeypatch):
     """Drawing a run's loss.png called matplotlib.use("Agg"), which switched the process's
     backend: after a fit that saved its run, `%matplotlib inline` showed no plot."""
@@ -108,6 +122,9 @@ def test_a_net_program_and_history_show_as_one_short_line(tmp_path):
                       stopped="interrupted", net=net)
     assert repr(history) == ("<History 2 epochs; 2000 steps; last epoch: loss 0.5000  acc 0.5000"
                              "; test: loss 0.2500  acc 0.7500; stopped: interrupted>")
+    # a run interrupted in its first epoch, after one step: "1 steps" before
+    assert repr(History(rows=[], losses=[0.7], stopped="interrupted")) == \
+        "<History 0 epochs; 1 step; stopped: interrupted>"
 
 
 NOTEBOOK = [

@@ -636,14 +636,22 @@ class Generator:
         # the forward graph's activations per row), and the host keeps float64 logits per row
         need.activations = 2 * need.activations + rows * self.spec.max_len * self.spec.vocab * 8
         problem = memory_problem(need, held=need.params)
-        if problem is not None:
-            raise NNError(f"decoding {rows} rows at once: {problem}",
-                          hint=(f"use a smaller --beam (beam= here {width})" if width > 1 else
-                                # NOTE: one prompt sampled 10**8 times was told to give
-                                # fewer prompts
-                                "use a smaller --num-return-sequences (num_return_sequences= "
-                                f"here {many}), or give fewer prompts at once" if many > 1 else
-                                "give fewer prompts at once"))
+        if problem is None:
+            return
+        key, value = ("beam", width) if width > 1 else ("num_return_sequences", many)
+        if value > 1 and value == self.spec.defaults.get(key) and key in self.spec.spans:
+            # NOTE: the generate section's setting: the hint named a flag never typed, and the
+            # error pointed nowhere
+            raise NNError(f"decoding {rows} rows at once (the generate section's {key} = "
+                          f"{value}): {problem}", self.spec.spans[key],
+                          f"lower the section's {key}, or pass a smaller {FLAGS[key]}")
+        raise NNError(f"decoding {rows} rows at once: {problem}",
+                      hint=(f"use a smaller --beam (beam= here {width})" if width > 1 else
+                            # NOTE: one prompt sampled 10**8 times was told to give
+                            # fewer prompts
+                            "use a smaller --num-return-sequences (num_return_sequences= "
+                            f"here {many}), or give fewer prompts at once" if many > 1 else
+                            "give fewer prompts at once"))
 
     def run(self, prompts: list[str], dec: list, src: list | None, opts: dict,
             streamer=None) -> Generation:
@@ -754,6 +762,7 @@ def _processed(g: Generator, z: np.ndarray, stream, step: int, opts: dict, stop,
     asks it of a prompt's beams together)."""
     penalty, size = opts["repetition_penalty"], opts["no_repeat_ngram_size"]
     early = stop is not None and step < opts["min_new_tokens"]
+    g.held_back = None
     if penalty == 1.0 and not size and not early:
         return z
     z = np.array(z, np.float64)
@@ -776,31 +785,38 @@ def _processed(g: Generator, z: np.ndarray, stream, step: int, opts: dict, stop,
             tail = seq[len(seq) - size + 1:]
             z[r, [seq[i + size - 1] for i in range(len(seq) - size + 1)
                   if seq[i:i + size - 1] == tail]] = -np.inf
+    # NOTE: the rows whose stop token the minimum holds back while it still had a finite
+    # score, for `_no_token_left` to tell what left a row no token (beam search asks later)
+    g.held_back = np.isfinite(z[:, stop]) & np.asarray(live, bool) if early else None
     if early:
         z[np.asarray(live, bool), stop] = -np.inf
     empty = np.isneginf(z).all(axis=1) & np.asarray(live, bool)
     if each_row and empty.any():
         # NOTE: a small vocabulary and no_repeat_ngram_size 1 or 2 can ban every token; argmax
         # over all -inf wrote padding (id 0) as text
-        _no_token_left(g, int(np.nonzero(empty)[0][0]), step, opts)
+        row = int(np.nonzero(empty)[0][0])
+        _no_token_left(g, row, step, opts, slice(row, row + 1))
     return z
 
 
-def _no_token_left(g: Generator, row: int, step: int, opts: dict):
+def _no_token_left(g: Generator, row: int, step: int, opts: dict, rows: slice):
+    """The error for a prompt left no token to choose; `rows`: its rows (its beams) in
+    `g.held_back`."""
     size, penalty = opts["no_repeat_ngram_size"], opts["repetition_penalty"]
-    if size:
-        why = f"no_repeat_ngram_size {size} bans every token the tokenizer can write"
-        hint = "use a larger --no-repeat-ngram-size (or 0, off), or a smaller --max-new"
-    elif penalty != 1.0:
-        why = f"repetition_penalty {penalty:g} leaves no token a finite score"
-        hint = "use a smaller --repetition-penalty"
-    else:
-        # NOTE: only the minimum is on: the stop token it holds back was the one token left
-        # (the rest never produced); "repetition_penalty 1 leaves no token" named a setting
-        # that was off
+    if g.held_back is not None and g.held_back[rows].any() or not size and penalty == 1.0:
+        # NOTE: the stop token was the one token left, and the minimum held it back (the rest
+        # never produced, or banned): "repetition_penalty 1 leaves no token" named a setting
+        # that was off, and with another processor on (one that may have banned nothing, as a
+        # repetition penalty) the error blamed that one
         why = (f"min_new_tokens {opts['min_new_tokens']} holds back the stop token, the only "
                "token with a finite score")
         hint = "use a smaller --min-new-tokens"
+    elif size:
+        why = f"no_repeat_ngram_size {size} bans every token the tokenizer can write"
+        hint = "use a larger --no-repeat-ngram-size (or 0, off), or a smaller --max-new"
+    else:
+        why = f"repetition_penalty {penalty:g} leaves no token a finite score"
+        hint = "use a smaller --repetition-penalty"
     raise NNError(f"prompt {int(g.row_prompt[row]) + 1}: after {step} generated token(s) "
                   f"{why}, so no next token can be chosen", hint=hint)
 
@@ -961,7 +977,8 @@ def _beam(g: Generator, logits, lengths, stop, opts, streams=None):
                 if closed[p]:
                     continue
                 if live[p * width:(p + 1) * width].any() and not np.isfinite(cand[p]).any():
-                    _no_token_left(g, p * width, step, opts)
+                    _no_token_left(g, p * width, step, opts,
+                                   slice(p * width, (p + 1) * width))
                 kept = 0
                 for rank, c in enumerate(np.argsort(-cand[p], kind="stable")[: 2 * width]):
                     if not np.isfinite(cand[p, c]):

@@ -91,7 +91,7 @@ class History:
         # NOTE: a notebook shows the value of `fit(...)`: the dataclass repr listed the loss of
         # every step (thousands of numbers) and the Net; this is the run in one line
         parts = [f"{len(self.rows)} epoch{'s' if len(self.rows) != 1 else ''}",
-                 f"{len(self.losses)} steps"]
+                 f"{len(self.losses)} step{'s' if len(self.losses) != 1 else ''}"]
         if self.rows:
             last = {k[len("train_"):]: v for k, v in self.rows[-1].items()
                     if k.startswith("train_") and isinstance(v, (int, float))}
