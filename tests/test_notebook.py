@@ -110,6 +110,38 @@ def test_a_net_program_and_history_show_as_one_short_line(tmp_path):
                              "; test: loss 0.2500  acc 0.7500; stopped: interrupted>")
 
 
+
+def test_a_history_plots_its_epochs_in_the_notebook(monkeypatch):
+    """The only plots were png files in a run folder: `History.plot()` gives a Figure (shown
+    as the cell's value) with the loss and each metric per epoch, train and val, the run's
+    pngs' curves; without matplotlib an error names the extra."""
+    matplotlib = pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    rows = [{"epoch": 1, "step": 10, "train_loss": 1.5, "train_acc": 0.25, "val_loss": 1.75,
+             "val_acc": 0.5, "lr": 0.1},
+            {"epoch": 2, "step": 20, "train_loss": 0.5, "train_acc": 0.75, "val_loss": 0.875,
+             "val_acc": 0.625, "lr": 0.1},
+            {"epoch": 3, "step": 30, "train_loss": 0.25, "train_acc": 1.0, "lr": 0.1}]
+    before = matplotlib.get_backend()
+    fig = History(rows=rows).plot()
+    assert matplotlib.get_backend() == before
+    FigureCanvasAgg(fig).draw()   # NOTE: no display: drawn into memory
+    drawn = {(ax.get_ylabel(), line.get_label()): (list(line.get_xdata()),
+                                                   list(line.get_ydata()))
+             for ax in fig.axes for line in ax.get_lines()}
+    want = {(name, split): ([r["epoch"] for r in rows if f"{split}_{name}" in r],
+                            [r[f"{split}_{name}"] for r in rows if f"{split}_{name}" in r])
+            for name in ("loss", "acc") for split in ("train", "val")}
+    assert drawn == want
+    assert [ax.get_xlabel() for ax in fig.axes] == ["epoch", "epoch"]
+    with pytest.raises(NNError, match="no epoch to plot"):
+        History(losses=[1.0, 0.5], stopped="interrupted").plot()
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)
+    with pytest.raises(NNError, match="matplotlib, which is not installed") as missing:
+        History(rows=rows).plot()
+    assert "nnlang[plot]" in missing.value.hint
+
+
 NOTEBOOK = [
     "import nnlang, numpy as np\nfrom nnlang.train.trainer import fit",
     f"nnlang.compile({BAD!r})",
@@ -117,6 +149,7 @@ NOTEBOOK = [
     "h",
     "h.net",
     "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot(h.losses);",
+    "h.plot()",
 ]
 
 
@@ -148,3 +181,4 @@ def test_a_real_notebook(tmp_path):
     assert outs[3][0].data["text/plain"].startswith("<History 2 epochs; ")
     assert outs[4][0].data["text/plain"].startswith("<Net Tiny: inputs x float32[batch, 4]")
     assert any("image/png" in o.get("data", {}) for o in outs[5]), outs[5]
+    assert any("image/png" in o.get("data", {}) for o in outs[6]), outs[6]   # History.plot()

@@ -38,7 +38,7 @@ from nnlang.train.progress import (LINE_EVERY_S, default_console, fmt, live, out
                                    progress, say)
 from nnlang.train.init_from import start_run, words_to_start_from
 from nnlang.train.resume import describe_resume, find_checkpoint
-from nnlang.train.runs import PLOT_HINT, RunDir
+from nnlang.train.runs import PLOT_HINT, RunDir, curve_names, draw_curves
 
 
 # NOTE: SIGTERM is what batch schedulers (Slurm) send before they kill a job: saved like a Ctrl-C
@@ -104,6 +104,25 @@ class History:
         if self.run_dir:
             parts.append(f"run_dir: {self.run_dir}")
         return f"<History {'; '.join(parts)}>"
+
+    def plot(self):
+        """The loss and each metric per epoch, train and val, as the run's pngs draw them (one
+        panel each): a matplotlib `Figure`, which a notebook shows as the cell's value. A bare
+        Figure, not pyplot's, so the notebook's backend stays as it is."""
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:
+            raise NNError("History.plot() draws with matplotlib, which is not installed",
+                          hint="pip install 'nnlang[plot]' (or matplotlib)") from None
+        names = curve_names(self.rows)
+        if not names:
+            raise NNError("this History has no epoch to plot: training stopped before the "
+                          "first epoch ended", hint="history.losses holds each step's loss")
+        fig = Figure(figsize=(5 * len(names), 3.5))
+        for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names):
+            draw_curves(ax, self.rows, name)
+        fig.tight_layout()
+        return fig
 
     def __copy__(self) -> "History":
         return replace(self)
