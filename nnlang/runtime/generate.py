@@ -39,6 +39,12 @@ class Sample:
     #                             "interrupted" (Ctrl-C)
     score: float | None = None  # beam search: length-normalized log-probability
 
+    def __repr__(self) -> str:
+        # NOTE: the dataclass repr listed every token id (thousands of characters in a cell)
+        score = "" if self.score is None else f", score {self.score:.4f}"
+        return (f"<Sample {_short(self.text)} ({len(self.ids)} tokens, stopped: "
+                f"{self.stopped}{score})>")
+
 
 @dataclass
 class Generation:
@@ -52,6 +58,21 @@ class Generation:
     def texts(self) -> list[str]:
         return [s.text for s in self.samples]
 
+    def __repr__(self) -> str:
+        # NOTE: a notebook shows the value of `net.generate(...)`: the dataclass repr dumped
+        # every sample's token ids and the options; this is the call in one line
+        n = len(self.grouped)
+        stops: dict = {}
+        for s in self.samples:
+            stops[s.stopped] = stops.get(s.stopped, 0) + 1
+        mode = self.mode + (f" ({_short(self.reason, 40, quote=False)})" if self.reason else "")
+        parts = [f"{n} prompt{'s' if n != 1 else ''}, {len(self.samples)} sample"
+                 f"{'s' if len(self.samples) != 1 else ''}", mode,
+                 "stopped: " + ", ".join(f"{k} {v}" for k, v in stops.items())]
+        if self.samples:
+            parts.append(f"first: {_short(self.samples[0].text)}")
+        return f"<Generation {'; '.join(parts)}>"
+
     @property
     def grouped(self) -> list[list]:
         """The samples per prompt, in the prompts' order: num_return_sequences each (beam
@@ -62,6 +83,12 @@ class Generation:
                 groups.append([])
             groups[k].append(s)
         return groups
+
+
+def _short(text: str, limit: int = 60, quote: bool = True) -> str:
+    """`text` cut to `limit` characters with an ellipsis, as a repr (escapes, quotes) or not."""
+    cut = text if len(text) <= limit else text[:limit] + "…"
+    return repr(cut) if quote else cut
 
 
 class Interrupted(KeyboardInterrupt):
