@@ -182,3 +182,33 @@ def test_a_real_notebook(tmp_path):
     assert outs[4][0].data["text/plain"].startswith("<Net Tiny: inputs x float32[batch, 4]")
     assert any("image/png" in o.get("data", {}) for o in outs[5]), outs[5]
     assert any("image/png" in o.get("data", {}) for o in outs[6]), outs[6]   # History.plot()
+
+
+def test_an_interrupted_generate_shows_its_partial_texts_not_a_traceback(monkeypatch):
+    """Ctrl-C in `net.generate` in a notebook showed ~100 lines of traceback, and the texts
+    decoded so far were only in sys.last_value.generation, which nothing said. IPython now
+    shows each sequence so far (cut as the Generation's repr cuts it), how to get the partial
+    Generation, and the caller's line; NNLANG_DEBUG=1 the whole traceback."""
+    from nnlang.runtime.generate import Generation, Interrupted, Sample
+    from tests.test_generate import CHARS, _interrupt_at, lm_net
+    from nnlang.data.chars import CharTokenizer
+    monkeypatch.delenv("NNLANG_DEBUG", raising=False)
+    net = lm_net()
+    _interrupt_at(monkeypatch, 3)
+    with pytest.raises(Interrupted) as cut:
+        net.generate(["the movie", "a"], max_new=10, tokenizer=CharTokenizer(CHARS))   # here
+    got = cut.value.generation
+    lines = cut.value._render_traceback_()
+    assert lines[0] == "Interrupted: interrupted while decoding; what each of the 2 sequences had:"
+    assert lines[1:3] == [f"  {s.prompt!r} -> {s.text!r} (3 tokens, interrupted)"
+                          for s in got.samples]
+    assert "sys.last_value.generation" in lines[3]
+    assert re.fullmatch(r"  raised by: .*test_notebook\.py:\d+: net\.generate\(.*# here",
+                        lines[4]), lines[4]
+    assert len(lines) == 5
+    many = Interrupted(Generation([Sample("p", "t" * 100, [1] * 7, "interrupted")] * 7, "x"))
+    shown = many._render_traceback_()
+    assert shown[1] == f"  'p' -> {'t' * 60 + '…'!r} (7 tokens, interrupted)"
+    assert shown[6] == "  and 2 more" and len(shown) == 8   # no traceback: no caller line
+    monkeypatch.setenv("NNLANG_DEBUG", "1")
+    assert cut.value._render_traceback_()[0] == "Traceback (most recent call last):"

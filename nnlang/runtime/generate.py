@@ -100,6 +100,22 @@ class Interrupted(KeyboardInterrupt):
         super().__init__("interrupted while decoding")
         self.generation = generation
 
+    def _render_traceback_(self) -> list[str]:
+        # NOTE: IPython shows these lines in place of the traceback: a notebook cell showed
+        # ~100 lines of nnlang's frames, and the texts decoded so far only in the exception
+        from nnlang.errors import ipython_lines
+        g = self.generation
+        lines = [f"Interrupted: interrupted while decoding; what each of the {len(g.samples)} "
+                 f"sequence{'s' if len(g.samples) != 1 else ''} had:"]
+        shown = 5
+        lines += [f"  {_short(s.prompt, 30)} -> {_short(s.text)} ({len(s.ids)} tokens, "
+                  f"{s.stopped})" for s in g.samples[:shown]]
+        if len(g.samples) > shown:
+            lines.append(f"  and {len(g.samples) - shown} more")
+        lines.append("  the partial Generation: sys.last_value.generation in the next cell (or "
+                     "`except nnlang.runtime.generate.Interrupted as cut: cut.generation`)")
+        return ipython_lines(self, lines)
+
 
 def options_from(spec, given: dict) -> dict:
     """The sampling settings: flags/arguments over the generate section over the defaults,
