@@ -403,7 +403,8 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         so 1 epoch and then `fit(net, {"epochs": 1})` gives what one 2-epoch fit (or a --resume)
         does. `epochs` counts the epochs to run now, unless `initial_epoch` (the net's epochs so
         far) is given: then it is the total to reach. Only the loop's settings (epochs, data,
-        val_split, early_stop, monitor, mode) may change; the rest is compiled into the net.
+        batch, val_split, early_stop, monitor, mode) may change; the rest is compiled into
+        the net.
         Its run directory is a new one (or `out`); the History's rows are this call's epochs.
     All randomness comes from the config's seed: the same seed gives the same numbers.
     """
@@ -530,6 +531,7 @@ class _Training:
                                   program.train and program.train.batch == cfg.batch else None)
         self = cls()
         self.console, self.backend, self.max_steps = console, backend, max_steps
+        self.local_batch = local_batch   # NOTE: a fit(net) of another batch compiles it here
         self.ranks = ranks
         self.program, self.cfg, self.source, self.file, self.hp = program, cfg, source, file, hp
         self.ds, self.mapping = ds, mapping
@@ -739,7 +741,7 @@ class _Training:
             try:
                 if self.start_epoch < end:
                     with interrupts.immediate():
-                        _compile(self.net, self.net.batch, self.console, self.progress)
+                        _compile(self.net, self.local_batch, self.console, self.progress)
                     self.ranks.compiled()
                 for epoch in range(self.start_epoch, end):
                     seen, wall = self.train_epoch(epoch, interrupts)
@@ -1004,7 +1006,7 @@ def _loop_state(net) -> dict:
 
 
 # train settings that only the loop reads, which a Net's fit may change
-_LOOP_SETTINGS = ("epochs", "data", "val_split", "early_stop", "monitor", "mode")
+_LOOP_SETTINGS = ("epochs", "data", "batch", "val_split", "early_stop", "monitor", "mode")
 
 
 def _more_epochs(ckpt, cfg, initial_epoch):

@@ -482,3 +482,18 @@ def test_a_nets_fit_in_a_new_run_directory_claims_no_best_npz_it_lacks(tiny, tmp
     assert not (tmp_path / "more/best.npz").exists()
     assert summary_table(more).title == "summary of the last epoch's weights (epoch 1's were " \
                                          "the best)"
+
+
+def test_fit_of_a_net_at_another_batch_equals_a_resume_at_that_batch(tiny, tmp_path):
+    """The batch is the loop's (a --resume may change it at an epoch's end, Keras's fit takes
+    batch_size each call): the net compiles the step for it; inside an epoch it is refused as
+    a resume refuses it."""
+    first = run(tiny, config={"epochs": 1})
+    fit(first.net, {"epochs": 1, "batch": 8}, save=False, progress=False)
+    run(tiny, tmp_path / "split", config={"epochs": 1})
+    resumed = run(tiny, tmp_path / "split", config={"epochs": 2, "batch": 8}, resume=True)
+    _exact(first.net.state_dict(), params(resumed))
+    assert first.net.step == resumed.net.step == 10 + 42 // 8
+    cut = run(tiny, max_steps=13)
+    with pytest.raises(NNError, match="stopped inside an epoch at batch 4"):
+        fit(cut.net, {"batch": 8}, save=False, progress=False)
