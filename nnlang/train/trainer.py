@@ -548,6 +548,13 @@ class _Training:
         try:
             # NOTE: a resumed float64 net (`nnlang.save` of one) trains on in float64
             if given is not None:
+                if given.steps_per_epoch not in (None, self.per_epoch):
+                    raise NNError(f"fit(net): the net counts an epoch every "
+                                  f"{given.steps_per_epoch} steps (compiled with "
+                                  f"steps_per_epoch), and an epoch of this data at batch "
+                                  f"{cfg.batch} is {self.per_epoch} steps",
+                                  hint=f"compile it with steps_per_epoch={self.per_epoch}, or "
+                                       "without (fit counts the epochs)")
                 self.net = given
                 given.total_steps = cfg.epochs * self.per_epoch   # NOTE: as a resume's net
             else:
@@ -849,7 +856,8 @@ class _Training:
             self.save(pos.epoch, pos.done, pos.rng_state, pos.sums)
             return
         self.watch_epoch(val_res, pos.sums.means())
-        net.end_epoch()
+        if not net.steps_per_epoch:   # NOTE: a fit(net) of a net that counts them itself
+            net.end_epoch()
         self.save(pos.epoch + 1, 0, self.rng.bit_generator.state, None)
         pos.ended = True
 

@@ -497,3 +497,18 @@ def test_fit_of_a_net_at_another_batch_equals_a_resume_at_that_batch(tiny, tmp_p
     cut = run(tiny, max_steps=13)
     with pytest.raises(NNError, match="stopped inside an epoch at batch 4"):
         fit(cut.net, {"batch": 8}, save=False, progress=False)
+
+
+def test_fit_of_a_net_that_counts_its_own_epochs(tiny):
+    """A net compiled with steps_per_epoch counts its epochs in train_step: the loop's
+    end_epoch() was an error ("would count one twice"); another count than the data's is
+    refused, since the epoch schedules would move elsewhere than the loop's epochs."""
+    import nnlang
+    straight = run(tiny)
+    net = nnlang.compile(str(tiny), backend="reference", init_from=False, steps_per_epoch=10)
+    fit(net, {"epochs": 2}, save=False, progress=False)
+    assert (net.step, net.epoch) == (20, 2)
+    _exact(net.state_dict(), params(straight))
+    other = nnlang.compile(str(tiny), backend="reference", init_from=False, steps_per_epoch=7)
+    with pytest.raises(NNError, match="counts an epoch every 7 steps .* is 10 steps"):
+        fit(other, save=False, progress=False)
