@@ -532,6 +532,7 @@ class _Training:
         self = cls()
         self.console, self.backend, self.max_steps = console, backend, max_steps
         self.local_batch = local_batch   # NOTE: a fit(net) of another batch compiles it here
+        self.continuing = given is not None
         self.ranks = ranks
         self.program, self.cfg, self.source, self.file, self.hp = program, cfg, source, file, hp
         self.ds, self.mapping = ds, mapping
@@ -731,7 +732,10 @@ class _Training:
         cfg, watch = self.cfg, self.watch
         end = cfg.epochs
         if self.start_epoch >= cfg.epochs:
-            say(self.console, f"nothing to train: the checkpoint has {self.start_epoch} of "
+            say(self.console, f"nothing to train: the net has {self.start_epoch} of "
+                              f"{cfg.epochs} epochs (a larger epochs with initial_epoch, or "
+                              "none, trains more)" if self.continuing else
+                              f"nothing to train: the checkpoint has {self.start_epoch} of "
                               f"{cfg.epochs} epochs (pass --epochs to train more)")
         elif cfg.early_stop and watch.bad >= cfg.early_stop:   # NOTE: a resumed run that had
             end, self.history.stopped = self.start_epoch, "early_stop"   # stopped early

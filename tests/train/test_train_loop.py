@@ -1,9 +1,11 @@
 """The training loop on the reference backend: determinism, resume equivalence (after whole
 epochs, mid-epoch and after Ctrl-C), the NaN guard, atomic checkpoints and the run directory."""
+import io
 import json
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from nnlang.errors import NNError
 from nnlang.runtime.net import Net
@@ -440,6 +442,10 @@ def test_fit_of_a_net_trains_it_on_as_a_resume_does(tiny, tmp_path):
     # initial_epoch: `epochs` is the total to reach (Keras's meaning), here one more
     again = fit(net, {"epochs": 3}, initial_epoch=2, save=False, progress=False)
     assert [r["epoch"] for r in again.rows] == [3] and net.epoch == 3
+    console = Console(file=io.StringIO(), width=200)
+    none = fit(net, {"epochs": 3}, initial_epoch=3, save=False, console=console)
+    assert none.rows == [] and net.step == 30
+    assert "nothing to train: the net has 3 of 3 epochs" in console.file.getvalue()
     with pytest.raises(NNError, match=r"initial_epoch=1\): the net has trained 3 epoch"):
         fit(net, {"epochs": 4}, initial_epoch=1, save=False, progress=False)
     with pytest.raises(NNError, match="'optimizer' is compiled into the net"):
