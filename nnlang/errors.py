@@ -143,13 +143,7 @@ class NNError(Exception):
         # which is all a model's author needs (as the CLI prints it), and the one line of the
         # caller's code that raised it. NNLANG_DEBUG=1 shows the whole traceback, as in the
         # CLI (raising here instead gave IPython's "Unexpected exception formatting exception").
-        import os
-        if os.environ.get("NNLANG_DEBUG"):
-            import traceback
-            return "".join(traceback.format_exception(self)).rstrip("\n").split("\n")
-        lines = f"{type(self).__name__}: {self}".split("\n")
-        caller = _caller(self.__traceback__)
-        return lines + ([f"  raised by: {caller}"] if caller else [])
+        return ipython_lines(self, f"{type(self).__name__}: {self}".split("\n"))
 
     def render(self) -> str:
         body = "\n\n".join(d.render() for d in self.diagnostics)
@@ -157,6 +151,17 @@ class NNError(Exception):
         if errors > 1:
             body += f"\n\n{errors} errors"
         return body
+
+
+def ipython_lines(exc: BaseException, lines: list[str]) -> list[str]:
+    """What IPython shows for `exc` (its `_render_traceback_`): `lines`, then the caller's line
+    that raised it; the whole traceback under NNLANG_DEBUG=1, as in the CLI."""
+    import os
+    if os.environ.get("NNLANG_DEBUG"):
+        import traceback
+        return "".join(traceback.format_exception(exc)).rstrip("\n").split("\n")
+    caller = _caller(exc.__traceback__)
+    return lines + ([f"  raised by: {caller}"] if caller else [])
 
 
 def _caller(tb) -> str | None:

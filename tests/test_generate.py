@@ -1252,3 +1252,24 @@ def test_greedy_takes_a_bool_and_data_dir_a_path():
     with pytest.raises(NNError, match=r"data_dir is a path \(a str or a pathlib.Path\), not 3"):
         net.generate(["the"], max_new=2, tokenizer=tok, data_dir=3)
     assert net.generate(["the"], greedy=np.True_, max_new=2, tokenizer=tok).mode
+
+
+def test_a_generation_and_its_samples_show_as_one_short_line():
+    """A notebook shows `net.generate(...)` by its repr: the dataclass repr listed every
+    sample's token ids and the options (thousands of characters for a long decoding). Now:
+    the prompts, samples, mode, why each stopped and the first text cut to 60 characters."""
+    from nnlang.runtime.generate import Generation, Sample
+    long = "once upon a time " * 20
+    samples = [Sample("a", long, list(range(400)), "max_new"),
+               Sample("a", "x\ny", [5, 6, 1], "stop", score=-1.25),
+               Sample("b", "zz", [7, 8], "max_new")]
+    g = Generation(samples, "recompute", "the model's lstm is bidirectional",
+                   {"max_new": 400}, [0, 0, 1])
+    assert repr(g) == ("<Generation 2 prompts, 3 samples; recompute (the model's lstm is "
+                       f"bidirectional); stopped: max_new 2, stop 1; first: {long[:60] + '…'!r}>")
+    assert repr(samples[1]) == "<Sample 'x\\ny' (3 tokens, stopped: stop, score -1.2500)>"
+    net = lm_net()
+    real = net.generate(["the movie"], max_new=5, tokenizer=CharTokenizer(CHARS))
+    text = repr(real)
+    assert text.startswith("<Generation 1 prompt, 1 sample; incremental; stopped: ") and \
+        text.endswith(f"first: {real.texts[0]!r}>") and "\n" not in text, text

@@ -127,6 +127,38 @@ def test_a_net_program_and_history_show_as_one_short_line(tmp_path):
         "<History 0 epochs; 1 step; stopped: interrupted>"
 
 
+
+def test_a_history_plots_its_epochs_in_the_notebook(monkeypatch):
+    """The only plots were png files in a run folder: `History.plot()` gives a Figure (shown
+    as the cell's value) with the loss and each metric per epoch, train and val, the run's
+    pngs' curves; without matplotlib an error names the extra."""
+    matplotlib = pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    rows = [{"epoch": 1, "step": 10, "train_loss": 1.5, "train_acc": 0.25, "val_loss": 1.75,
+             "val_acc": 0.5, "lr": 0.1},
+            {"epoch": 2, "step": 20, "train_loss": 0.5, "train_acc": 0.75, "val_loss": 0.875,
+             "val_acc": 0.625, "lr": 0.1},
+            {"epoch": 3, "step": 30, "train_loss": 0.25, "train_acc": 1.0, "lr": 0.1}]
+    before = matplotlib.get_backend()
+    fig = History(rows=rows).plot()
+    assert matplotlib.get_backend() == before
+    FigureCanvasAgg(fig).draw()   # NOTE: no display: drawn into memory
+    drawn = {(ax.get_ylabel(), line.get_label()): (list(line.get_xdata()),
+                                                   list(line.get_ydata()))
+             for ax in fig.axes for line in ax.get_lines()}
+    want = {(name, split): ([r["epoch"] for r in rows if f"{split}_{name}" in r],
+                            [r[f"{split}_{name}"] for r in rows if f"{split}_{name}" in r])
+            for name in ("loss", "acc") for split in ("train", "val")}
+    assert drawn == want
+    assert [ax.get_xlabel() for ax in fig.axes] == ["epoch", "epoch"]
+    with pytest.raises(NNError, match="no epoch to plot"):
+        History(losses=[1.0, 0.5], stopped="interrupted").plot()
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)
+    with pytest.raises(NNError, match="matplotlib, which is not installed") as missing:
+        History(rows=rows).plot()
+    assert "nnlang[plot]" in missing.value.hint
+
+
 NOTEBOOK = [
     "import nnlang, numpy as np\nfrom nnlang.train.trainer import fit",
     f"nnlang.compile({BAD!r})",
@@ -134,6 +166,7 @@ NOTEBOOK = [
     "h",
     "h.net",
     "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot(h.losses);",
+    "h.plot()",
 ]
 
 
@@ -165,3 +198,34 @@ def test_a_real_notebook(tmp_path):
     assert outs[3][0].data["text/plain"].startswith("<History 2 epochs; ")
     assert outs[4][0].data["text/plain"].startswith("<Net Tiny: inputs x float32[batch, 4]")
     assert any("image/png" in o.get("data", {}) for o in outs[5]), outs[5]
+    assert any("image/png" in o.get("data", {}) for o in outs[6]), outs[6]   # History.plot()
+
+
+def test_an_interrupted_generate_shows_its_partial_texts_not_a_traceback(monkeypatch):
+    """Ctrl-C in `net.generate` in a notebook showed ~100 lines of traceback, and the texts
+    decoded so far were only in sys.last_value.generation, which nothing said. IPython now
+    shows each sequence so far (cut as the Generation's repr cuts it), how to get the partial
+    Generation, and the caller's line; NNLANG_DEBUG=1 the whole traceback."""
+    from nnlang.runtime.generate import Generation, Interrupted, Sample
+    from tests.test_generate import CHARS, _interrupt_at, lm_net
+    from nnlang.data.chars import CharTokenizer
+    monkeypatch.delenv("NNLANG_DEBUG", raising=False)
+    net = lm_net()
+    _interrupt_at(monkeypatch, 3)
+    with pytest.raises(Interrupted) as cut:
+        net.generate(["the movie", "a"], max_new=10, tokenizer=CharTokenizer(CHARS))   # here
+    got = cut.value.generation
+    lines = cut.value._render_traceback_()
+    assert lines[0] == "Interrupted: interrupted while decoding; what each of the 2 sequences had:"
+    assert lines[1:3] == [f"  {s.prompt!r} -> {s.text!r} (3 tokens, interrupted)"
+                          for s in got.samples]
+    assert "sys.last_value.generation" in lines[3]
+    assert re.fullmatch(r"  raised by: .*test_notebook\.py:\d+: net\.generate\(.*# here",
+                        lines[4]), lines[4]
+    assert len(lines) == 5
+    many = Interrupted(Generation([Sample("p", "t" * 100, [1] * 7, "interrupted")] * 7, "x"))
+    shown = many._render_traceback_()
+    assert shown[1] == f"  'p' -> {'t' * 60 + '…'!r} (7 tokens, interrupted)"
+    assert shown[6] == "  and 2 more" and len(shown) == 8   # no traceback: no caller line
+    monkeypatch.setenv("NNLANG_DEBUG", "1")
+    assert cut.value._render_traceback_()[0] == "Traceback (most recent call last):"

@@ -39,6 +39,12 @@ class Sample:
     #                             "interrupted" (Ctrl-C)
     score: float | None = None  # beam search: length-normalized log-probability
 
+    def __repr__(self) -> str:
+        # NOTE: the dataclass repr listed every token id (thousands of characters in a cell)
+        score = "" if self.score is None else f", score {self.score:.4f}"
+        return (f"<Sample {_short(self.text)} ({len(self.ids)} tokens, stopped: "
+                f"{self.stopped}{score})>")
+
 
 @dataclass
 class Generation:
@@ -52,6 +58,21 @@ class Generation:
     def texts(self) -> list[str]:
         return [s.text for s in self.samples]
 
+    def __repr__(self) -> str:
+        # NOTE: a notebook shows the value of `net.generate(...)`: the dataclass repr dumped
+        # every sample's token ids and the options; this is the call in one line
+        n = len(self.grouped)
+        stops: dict = {}
+        for s in self.samples:
+            stops[s.stopped] = stops.get(s.stopped, 0) + 1
+        mode = self.mode + (f" ({_short(self.reason, 40, quote=False)})" if self.reason else "")
+        parts = [f"{n} prompt{'s' if n != 1 else ''}, {len(self.samples)} sample"
+                 f"{'s' if len(self.samples) != 1 else ''}", mode,
+                 "stopped: " + ", ".join(f"{k} {v}" for k, v in stops.items())]
+        if self.samples:
+            parts.append(f"first: {_short(self.samples[0].text)}")
+        return f"<Generation {'; '.join(parts)}>"
+
     @property
     def grouped(self) -> list[list]:
         """The samples per prompt, in the prompts' order: num_return_sequences each (beam
@@ -64,6 +85,12 @@ class Generation:
         return groups
 
 
+def _short(text: str, limit: int = 60, quote: bool = True) -> str:
+    """`text` cut to `limit` characters with an ellipsis, as a repr (escapes, quotes) or not."""
+    cut = text if len(text) <= limit else text[:limit] + "…"
+    return repr(cut) if quote else cut
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C while decoding: still a KeyboardInterrupt, carrying what each sequence had
     (`generation`; a sequence still going has `stopped` "interrupted"), so that `nnlang
@@ -72,6 +99,22 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, generation: Generation):
         super().__init__("interrupted while decoding")
         self.generation = generation
+
+    def _render_traceback_(self) -> list[str]:
+        # NOTE: IPython shows these lines in place of the traceback: a notebook cell showed
+        # ~100 lines of nnlang's frames, and the texts decoded so far only in the exception
+        from nnlang.errors import ipython_lines
+        g = self.generation
+        lines = [f"Interrupted: interrupted while decoding; what each of the {len(g.samples)} "
+                 f"sequence{'s' if len(g.samples) != 1 else ''} had:"]
+        shown = 5
+        lines += [f"  {_short(s.prompt, 30)} -> {_short(s.text)} ({len(s.ids)} tokens, "
+                  f"{s.stopped})" for s in g.samples[:shown]]
+        if len(g.samples) > shown:
+            lines.append(f"  and {len(g.samples) - shown} more")
+        lines.append("  the partial Generation: sys.last_value.generation in the next cell (or "
+                     "`except nnlang.runtime.generate.Interrupted as cut: cut.generation`)")
+        return ipython_lines(self, lines)
 
 
 def options_from(spec, given: dict) -> dict:

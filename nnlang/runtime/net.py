@@ -5,6 +5,7 @@ one executable per graph kind: a training step, an evaluation pass, and a predic
 """
 from __future__ import annotations
 
+import copy
 import signal
 import threading
 import warnings
@@ -120,6 +121,9 @@ class Net:
         self.step = 0
         self.epoch = 0
         self.lr_scale = 1.0       # a plateau schedule's reductions so far (the trainer sets it)
+        # where `fit`'s loop stopped (a checkpoint's meta: data order, partial epoch, watch),
+        # so `fit(net)` goes on as `--resume` would; the trainer and `nnlang.restore` set it
+        self.loop_state: dict | None = None
         self.last_metrics: dict = {}   # the metrics of the last train_step read
         self._unread: list = []   # (executable, device results) of unfetched train steps
         self.steps_per_epoch = steps_per_epoch
@@ -149,6 +153,7 @@ class Net:
             twin.init_report = getattr(self, "init_report", None)
             # NOTE: a restored run's data record, which nnlang.save of the copy keeps too
             twin.trained_data = getattr(self, "trained_data", None)
+            twin.loop_state = copy.deepcopy(self.loop_state)
             return twin
 
     def __copy__(self):

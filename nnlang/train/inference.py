@@ -86,6 +86,7 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
     net.total_steps = ckpt.meta.get("total_steps", 0)
     net.tokenizer = tokenizer_from_meta(ckpt.data_meta)   # what net.generate encodes with
     net.trained_data = ckpt.meta.get("data")   # NOTE: what nnlang.save of this net keeps
+    net.loop_state = ckpt.meta   # NOTE: fit(net) goes on as --resume of this checkpoint would
     return net, ckpt, cfg
 
 

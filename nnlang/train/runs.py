@@ -265,30 +265,15 @@ class RunDir:
             # process's backend, so a notebook's `%matplotlib inline` showed no plot after a
             # fit that saved its run; a bare Figure draws a png with Agg and touches nothing
             from matplotlib.figure import Figure
-            from matplotlib.ticker import MaxNLocator
         except ImportError:
             return None
         rows = self.rows()
         if not rows:
             return []
-        # NOTE: every row's names, not the first's: a run resumed from an older nnlang's (its
-        # rows had val_kl but no train_kl) or a model that gained a metric drew no kl.png
-        names = list(dict.fromkeys(k.split("_", 1)[1] for r in rows for k in r
-                                   if k.startswith(("train_", "val_"))))
         paths = []
-        for name in names:
+        for name in curve_names(rows):
             fig = Figure(figsize=(6, 4))
-            ax = fig.subplots()
-            for split in ("train", "val"):
-                pts = [(r["epoch"], r[f"{split}_{name}"]) for r in rows
-                       if r.get(f"{split}_{name}") is not None]
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=split)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(name)
-            ax.grid(alpha=0.3)
-            ax.legend()
+            draw_curves(fig.subplots(), rows, name)
             fig.tight_layout()
             paths.append(self.path / f"{name}.png")
             # NOTE: drawn into memory, then replaced whole: savefig into the file cut a
@@ -298,3 +283,27 @@ class RunDir:
             with writing(paths[-1]):
                 write_atomic(paths[-1], png.getvalue())
         return paths
+
+
+def curve_names(rows: list[dict]) -> list[str]:
+    """The values with a curve (loss first, then the metrics and named losses), from every
+    row's names, not the first's: a run resumed from an older nnlang's (its rows had val_kl but
+    no train_kl) or a model that gained a metric drew no kl.png."""
+    return list(dict.fromkeys(k.split("_", 1)[1] for r in rows for k in r
+                              if k.startswith(("train_", "val_"))))
+
+
+def draw_curves(ax, rows: list[dict], name: str) -> None:
+    """One value's train and val curves per epoch on `ax`: the run's pngs and `History.plot`
+    draw with this (the caller imported matplotlib, and says what its absence means)."""
+    from matplotlib.ticker import MaxNLocator
+    for split in ("train", "val"):
+        pts = [(r["epoch"], r[f"{split}_{name}"]) for r in rows
+               if r.get(f"{split}_{name}") is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=split)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(name)
+    ax.grid(alpha=0.3)
+    ax.legend()

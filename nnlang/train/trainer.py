@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from nnlang.train.progress import (LINE_EVERY_S, default_console, fmt, live, out
                                    progress, say)
 from nnlang.train.init_from import start_run, words_to_start_from
 from nnlang.train.resume import describe_resume, find_checkpoint
-from nnlang.train.runs import PLOT_HINT, RunDir
+from nnlang.train.runs import PLOT_HINT, RunDir, curve_names, draw_curves
 
 
 # NOTE: SIGTERM is what batch schedulers (Slurm) send before they kill a job: saved like a Ctrl-C
@@ -104,6 +104,25 @@ class History:
         if self.run_dir:
             parts.append(f"run_dir: {self.run_dir}")
         return f"<History {'; '.join(parts)}>"
+
+    def plot(self):
+        """The loss and each metric per epoch, train and val, as the run's pngs draw them (one
+        panel each): a matplotlib `Figure`, which a notebook shows as the cell's value. A bare
+        Figure, not pyplot's, so the notebook's backend stays as it is."""
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:
+            raise NNError("History.plot() draws with matplotlib, which is not installed",
+                          hint="pip install 'nnlang[plot]' (or matplotlib)") from None
+        names = curve_names(self.rows)
+        if not names:
+            raise NNError("this History has no epoch to plot: training stopped before the "
+                          "first epoch ended", hint="history.losses holds each step's loss")
+        fig = Figure(figsize=(5 * len(names), 3.5))
+        for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names):
+            draw_curves(ax, self.rows, name)
+        fig.tight_layout()
+        return fig
 
     def __copy__(self) -> "History":
         return replace(self)
@@ -364,8 +383,9 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         overrides: dict | None = None, model: str | None = None, data_dir=None, out=None,
         resume=False, max_steps: int | None = None, save: bool = True, progress: bool = True,
         console: Console | None = None, runs_root="runs", init_from=None,
-        init_skip_mismatch: bool = False) -> History:
-    """Trains a model (a .nn path, source text or `Program`) and returns a `History`.
+        init_skip_mismatch: bool = False, initial_epoch: int | None = None) -> History:
+    """Trains a model (a .nn path, source text, `Program`, or a `Net` to train on) and returns
+    a `History`.
 
     config: a TrainConfig replacing the train section, or a dict of overrides (epochs, batch,
         lr, seed, val_split, clip_norm, l2, optimizer options, data).
@@ -377,13 +397,23 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         flags apply on top (e.g. more epochs).
     init_from: a run directory or checkpoint whose weights (by name and shape) start this new
         run (see `nnlang.train.init_from`); init_skip_mismatch keeps fresh those of another shape.
+    A `Net` (the History's `net`, `nnlang.restore`'s, `nnlang.compile`'s) trains on in place, as
+        Keras's `model.fit` called again: from its weights, optimizer state, step and epoch, and
+        (a net a fit or `restore` left) the data order and partial epoch where that run stopped,
+        so 1 epoch and then `fit(net, {"epochs": 1})` gives what one 2-epoch fit (or a --resume)
+        does. `epochs` counts the epochs to run now, unless `initial_epoch` (the net's epochs so
+        far) is given: then it is the total to reach. Only the loop's settings (epochs, data,
+        batch, val_split, early_stop, monitor, mode) may change; the rest is compiled into
+        the net.
+        Its run directory is a new one (or `out`); the History's rows are this call's epochs.
     All randomness comes from the config's seed: the same seed gives the same numbers.
     """
     return _Training.setup(program_or_path, config, data, backend=backend, overrides=overrides,
                            model=model, data_dir=data_dir, out=out, resume=resume,
                            max_steps=max_steps, save=save, progress=progress,
                            console=console or default_console(), runs_root=runs_root,
-                           init_from=init_from, init_skip_mismatch=init_skip_mismatch).run()
+                           init_from=init_from, init_skip_mismatch=init_skip_mismatch,
+                           initial_epoch=initial_epoch).run()
 
 
 class _Training:
@@ -394,8 +424,11 @@ class _Training:
     @classmethod
     def setup(cls, program_or_path, config, data, *, backend, overrides, model, data_dir, out,
               resume, max_steps, save, progress, console, runs_root, init_from=None,
-              init_skip_mismatch=False) -> "_Training":
+              init_skip_mismatch=False, initial_epoch=None) -> "_Training":
         from nnlang.runtime.net import Net, check_backend
+        given = program_or_path if isinstance(program_or_path, Net) else None
+        if given is not None:
+            backend = given.backend
         check_backend(backend)
         # NOTE: save="no" or progress="no" is truthy, and an int for a folder failed deep in
         # pathlib (out=3 a TypeError) or was never read (data_dir with data given as arrays)
@@ -418,8 +451,22 @@ class _Training:
             # NOTE: before the resumed run is looked for, whose absence would hide the conflict
             raise NNError("--init-from starts a new run from another run's weights, --resume "
                           "continues a run: pass one of them")
-        ckpt = find_checkpoint(program_or_path, config, overrides, model, out, resume,
-                               runs_root)
+        if given is not None:
+            _continuing(given, overrides, model, resume, init_from, initial_epoch)
+            find_checkpoint(given.program, config, None, None, out, False, runs_root)
+            ckpt = checkpoint.Checkpoint(given.state_dict(), _loop_state(given))
+            # NOTE: with no epochs given, a net trains the train section's epochs more (the
+            # base's own is the total its last fit reached)
+            ckpt.meta["config"]["epochs"] = (given.program.train or given.config).epochs
+            program_or_path = given.program
+        else:
+            if initial_epoch is not None:
+                raise NNError("fit(initial_epoch=...) applies to a Net that trains on (its "
+                              "epochs so far); a model trains from epoch 0",
+                              hint="pass the Net (history.net) to fit, or leave initial_epoch "
+                                   "out; fit(..., resume=RUN) continues a saved run")
+            ckpt = find_checkpoint(program_or_path, config, overrides, model, out, resume,
+                                   runs_root)
         program, cfg, source, file, hp = resolve(
             program_or_path, config, overrides,
             model if model is not None else (ckpt.meta["model"] if ckpt else None),
@@ -442,7 +489,11 @@ class _Training:
             data = None
         for warning in program.warnings:
             say(console, warning.render())
-        if ckpt is not None:
+        if given is not None:
+            cfg = _more_epochs(ckpt, cfg, initial_epoch)
+            say(console, f"training the net on from epoch {ckpt.epoch} (global step "
+                         f"{ckpt.step}) to epoch {cfg.epochs}")
+        elif ckpt is not None:
             describe_resume(console, ckpt, cfg, hp, picked=resume is True and out is None)
         if ckpt and ckpt.trained_on_other_source(source):
             say(console, f"note: {file} differs from the source this checkpoint was trained "
@@ -455,6 +506,8 @@ class _Training:
         with given_at(spans if init_from is None else {}, "init_from"):
             words, start = (trained_words(ckpt.data_meta), ckpt) if ckpt else \
                 words_to_start_from(program, cfg, init_from, False, file)
+        if given is not None and "data" not in ckpt.meta:
+            start = None   # NOTE: a net no run trained: its data is this call's, as a new run's
         with given_at(data_at, "data"):
             cfg, ds, mapping, splits = _data(program, cfg, data, data_dir, file, words)
         if start is not None:
@@ -478,6 +531,8 @@ class _Training:
                                   program.train and program.train.batch == cfg.batch else None)
         self = cls()
         self.console, self.backend, self.max_steps = console, backend, max_steps
+        self.local_batch = local_batch   # NOTE: a fit(net) of another batch compiles it here
+        self.continuing = given is not None
         self.ranks = ranks
         self.program, self.cfg, self.source, self.file, self.hp = program, cfg, source, file, hp
         self.ds, self.mapping = ds, mapping
@@ -486,15 +541,27 @@ class _Training:
         self.per_epoch = self._steps_per_epoch()
         # NOTE: before the compile: a run that cannot be saved fails now, not after a minute
         self.run_dir = None
-        made = save and not ckpt and not (out is not None and Path(out).exists())
+        fresh_dir = ckpt is None or ckpt.path is None   # NOTE: a Net's run writes a new one
+        made = save and fresh_dir and not (out is not None and Path(out).exists())
         if save:
-            self.run_dir = RunDir(ckpt.path.parent) if ckpt else \
-                RunDir.create(program.model, out, runs_root)
+            self.run_dir = RunDir.create(program.model, out, runs_root) if fresh_dir else \
+                RunDir(ckpt.path.parent)
         try:
             # NOTE: a resumed float64 net (`nnlang.save` of one) trains on in float64
-            self.net = Net(program, backend=backend, batch=local_batch, seed=cfg.seed,
-                           config=cfg, total_steps=cfg.epochs * self.per_epoch,
-                           dtype=ckpt.meta.get("dtype", "float32") if ckpt else "float32")
+            if given is not None:
+                if given.steps_per_epoch not in (None, self.per_epoch):
+                    raise NNError(f"fit(net): the net counts an epoch every "
+                                  f"{given.steps_per_epoch} steps (compiled with "
+                                  f"steps_per_epoch), and an epoch of this data at batch "
+                                  f"{cfg.batch} is {self.per_epoch} steps",
+                                  hint=f"compile it with steps_per_epoch={self.per_epoch}, or "
+                                       "without (fit counts the epochs)")
+                self.net = given
+                given.total_steps = cfg.epochs * self.per_epoch   # NOTE: as a resume's net
+            else:
+                self.net = Net(program, backend=backend, batch=local_batch, seed=cfg.seed,
+                               config=cfg, total_steps=cfg.epochs * self.per_epoch,
+                               dtype=ckpt.meta.get("dtype", "float32") if ckpt else "float32")
             # NOTE: the step compiled before the first epoch runs at the data's length
             self.net.lengths = feeds.data_lengths(program.graph, (ds.train, ds.val, ds.test),
                                                   mapping, self.net.lengths)
@@ -593,7 +660,8 @@ class _Training:
         if self.run_dir is None:
             return
         self.run_dir.drop_stale_temps()
-        if ckpt is None:  # NOTE: a best.npz of an earlier run in this folder is not this run's
+        if ckpt is None or ckpt.path is None:
+            # NOTE: a best.npz of an earlier run in this folder is not this run's
             self.run_dir.best.unlink(missing_ok=True)
         # NOTE: a fresh run starts empty; a resumed one drops the rows past its checkpoint
         self.run_dir.keep_rows(self.start_epoch)
@@ -606,7 +674,7 @@ class _Training:
                         "train": self.n, "val": feeds.length(self.val),
                         "test": feeds.length(self.test), "feeds": self.mapping,
                         "meta": small_meta(ds.meta)},
-            "resumed_from": str(ckpt.path) if ckpt else None})
+            "resumed_from": str(ckpt.path) if ckpt and ckpt.path else None})
 
     def save(self, epoch: int, step_in_epoch: int, rng_state: dict, sums: _Sums | None,
              path=None):
@@ -614,6 +682,11 @@ class _Training:
         no run directory)."""
         if self.run_dir is None:
             return None
+        return checkpoint.save(path or self.run_dir.checkpoint, self.net.state_dict(),
+                               self.meta(epoch, step_in_epoch, rng_state, sums))
+
+    def meta(self, epoch: int, step_in_epoch: int, rng_state: dict, sums: _Sums | None) -> dict:
+        """A checkpoint's meta: where the loop is after `step_in_epoch` steps of `epoch`."""
         net = self.net
         meta = {"model": self.program.model, "file": self.file, "source": self.source,
                 "overrides": self.hp, "hparams": self.program.hparams,
@@ -627,7 +700,15 @@ class _Training:
             # NOTE: only a checkpoint inside an epoch needs it (a resume goes on with that
             # epoch's permutation of these rows), so a run that saves at epoch ends hashes nothing
             meta["train_digest"], meta["train_rows"] = Ranks.digest([self.train])[0], self.n
-        return checkpoint.save(path or self.run_dir.checkpoint, net.state_dict(), meta)
+        return meta
+
+    def keep_place(self) -> None:
+        """The loop's place on the net, so `fit(net)` goes on from here (as `interrupted`
+        saves it: after the epoch's end once it ended, else inside the epoch)."""
+        pos = self.pos
+        at = (pos.epoch + 1, 0, self.rng.bit_generator.state, None) if pos.ended else \
+            (pos.epoch, pos.done, pos.rng_state, pos.sums)
+        self.net.loop_state = copy.deepcopy(self.meta(*at))
 
     # *** the loop ***
     def run(self) -> History:
@@ -636,6 +717,7 @@ class _Training:
         try:
             return self._run()
         finally:
+            self.keep_place()
             if self.run_dir is not None:
                 self.run_dir.release()
             if self._undo_hangup is not None:
@@ -650,7 +732,10 @@ class _Training:
         cfg, watch = self.cfg, self.watch
         end = cfg.epochs
         if self.start_epoch >= cfg.epochs:
-            say(self.console, f"nothing to train: the checkpoint has {self.start_epoch} of "
+            say(self.console, f"nothing to train: the net has {self.start_epoch} of "
+                              f"{cfg.epochs} epochs (a larger epochs with initial_epoch, or "
+                              "none, trains more)" if self.continuing else
+                              f"nothing to train: the checkpoint has {self.start_epoch} of "
                               f"{cfg.epochs} epochs (pass --epochs to train more)")
         elif cfg.early_stop and watch.bad >= cfg.early_stop:   # NOTE: a resumed run that had
             end, self.history.stopped = self.start_epoch, "early_stop"   # stopped early
@@ -667,7 +752,7 @@ class _Training:
             try:
                 if self.start_epoch < end:
                     with interrupts.immediate():
-                        _compile(self.net, self.net.batch, self.console, self.progress)
+                        _compile(self.net, self.local_batch, self.console, self.progress)
                     self.ranks.compiled()
                 for epoch in range(self.start_epoch, end):
                     seen, wall = self.train_epoch(epoch, interrupts)
@@ -775,7 +860,8 @@ class _Training:
             self.save(pos.epoch, pos.done, pos.rng_state, pos.sums)
             return
         self.watch_epoch(val_res, pos.sums.means())
-        net.end_epoch()
+        if not net.steps_per_epoch:   # NOTE: a fit(net) of a net that counts them itself
+            net.end_epoch()
         self.save(pos.epoch + 1, 0, self.rng.bit_generator.state, None)
         pos.ended = True
 
@@ -898,6 +984,59 @@ class _Training:
         return history
 
 
+def _continuing(net, overrides, model, resume, init_from, initial_epoch) -> None:
+    """What a `fit` of a Net cannot take: it is built already, and trains on from where it is."""
+    for what, value, hint in (
+            ("overrides", overrides, "pass them to nnlang.compile, which builds the net"),
+            ("model", model, "the net is one model already"),
+            ("resume", resume, "the net trains on from its own place; fit(path, resume=RUN) "
+                               "continues a saved run"),
+            ("init_from", init_from, "the net's weights are its own; nnlang.compile(..., "
+                                     "init_from=RUN) starts a net from a run's")):
+        if value:
+            raise NNError(f"fit(net, {what}=...): a Net trains on from its own weights and "
+                          f"settings; {what} applies when fit builds the net", hint=hint)
+    if initial_epoch is not None and (isinstance(initial_epoch, bool) or not isinstance(
+            initial_epoch, (int, np.integer)) or initial_epoch != net.epoch):
+        raise NNError(f"fit(net, initial_epoch={initial_epoch!r}): the net has trained "
+                      f"{net.epoch} epoch(s)", hint=f"pass initial_epoch={net.epoch} (then epochs "
+                      "is the total to reach), or leave it out to run `epochs` more")
+
+
+def _loop_state(net) -> dict:
+    """A checkpoint's meta for a Net that trains on: where its last fit (or the restored run)
+    stopped when the net is still there, else its step and epoch with a new data order."""
+    state = net.loop_state
+    if state is not None and state.get("step") == net.step and state.get("epoch") == net.epoch:
+        return copy.deepcopy(state)
+    # NOTE: trained by train_step since (or never by a fit): the data order starts over
+    return {"model": net.program.model,
+            "config": checkpoint.config_to_dict(replace(net.config, batch=net.batch)),
+            "dtype": net.dtype, "epoch": net.epoch, "step": net.step, "step_in_epoch": 0,
+            "rng_state": feeds.order_rng(net.config.seed).bit_generator.state,
+            "lr_scale": net.lr_scale}
+
+
+# train settings that only the loop reads, which a Net's fit may change
+_LOOP_SETTINGS = ("epochs", "data", "batch", "val_split", "early_stop", "monitor", "mode")
+
+
+def _more_epochs(ckpt, cfg, initial_epoch):
+    """The resolved settings of a Net's fit: `epochs` more than it has (the total, with
+    `initial_epoch`); a compiled setting changed is refused."""
+    compiled = replace(ckpt.config, epochs=cfg.epochs, init_from=cfg.init_from)
+    for k in (f.name for f in fields(cfg)):
+        if k not in _LOOP_SETTINGS and getattr(cfg, k) != getattr(compiled, k):
+            raise NNError(f"fit(net): train setting '{k}' is compiled into the net "
+                          f"({show_value(getattr(compiled, k))}), not "
+                          f"{show_value(getattr(cfg, k))}",
+                          hint="compile a net with it (nnlang.compile(model, ...), then "
+                               "nnlang.save and fit(model, resume=...) to keep the weights), or "
+                               "leave it out")
+    return replace(cfg, epochs=cfg.epochs if initial_epoch is not None else
+                   ckpt.epoch + cfg.epochs)
+
+
 def _said_on(console: Console, sig) -> Console:
     """Where the word on why training stopped goes: stderr once stdout's reader is gone."""
     if sig == signal.SIGPIPE:
@@ -975,9 +1114,14 @@ def summary_table(history: History) -> Table:
     results = {k: v for k, v in results.items() if v}
     cols = list(dict.fromkeys(k for v in results.values() for k in v))
     best = (history.best or {}).get("epoch")
-    title = "summary" if best in (None, len(history.rows)) else \
+    # NOTE: by the last row's epoch: a fit(net)'s rows start at the net's epoch. best.npz only
+    # where the run directory holds it (a fit(net)'s new one has none of an earlier epoch)
+    last = history.rows[-1].get("epoch", len(history.rows)) if history.rows else 0
+    saved = history.run_dir is None or (Path(history.run_dir) / checkpoint.BEST).is_file()
+    title = "summary" if best in (None, last) else \
         (f"summary of the last epoch's weights (best.npz holds epoch {best}'s, which eval, "
-         "predict and export use)")
+         "predict and export use)" if saved else
+         f"summary of the last epoch's weights (epoch {best}'s were the best)")
     t = Table(box=box.SIMPLE_HEAD, title=title)
     t.add_column("split", style="bold")
     for c in cols:

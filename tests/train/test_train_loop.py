@@ -1,9 +1,11 @@
 """The training loop on the reference backend: determinism, resume equivalence (after whole
 epochs, mid-epoch and after Ctrl-C), the NaN guard, atomic checkpoints and the run directory."""
+import io
 import json
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from nnlang.errors import NNError
 from nnlang.runtime.net import Net
@@ -413,3 +415,106 @@ def test_the_newest_run_is_found_by_its_time_then_its_suffix(tmp_path):
     (tmp_path / "tiny-20261206-140512-10" / "checkpoint.npz").unlink()   # none to resume
     assert RunDir.latest("Tiny", tmp_path).name == "tiny-20261206-140512-2"
     assert RunDir.latest("Other", tmp_path) is None
+
+
+def _exact(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_fit_of_a_net_trains_it_on_as_a_resume_does(tiny, tmp_path):
+    """Keras's `model.fit` called again trains on: `fit(net)` was refused ("a model is a .nn
+    path or source text, not Net"), and fitting `net.program` started from fresh weights. One
+    epoch then fit(net, 1 more) is, bit for bit, one 2-epoch fit and a --resume of the first
+    epoch's run (same data order, validation, optimizer state and counters)."""
+    straight = run(tiny)
+    first = run(tiny, config={"epochs": 1})
+    net = first.net
+    more = fit(net, {"epochs": 1}, save=False, progress=False)
+    assert more.net is net and (net.epoch, net.step) == (2, 20)
+    _exact(net.state_dict(), params(straight))
+    assert more.losses == straight.losses[10:] and [r["epoch"] for r in more.rows] == [2]
+    assert more.rows[0]["val_loss"] == straight.rows[1]["val_loss"]
+    run(tiny, tmp_path / "split", config={"epochs": 1})
+    resumed = run(tiny, tmp_path / "split", config={"epochs": 2}, resume=True)
+    _exact(net.state_dict(), params(resumed))
+    # initial_epoch: `epochs` is the total to reach (Keras's meaning), here one more
+    again = fit(net, {"epochs": 3}, initial_epoch=2, save=False, progress=False)
+    assert [r["epoch"] for r in again.rows] == [3] and net.epoch == 3
+    console = Console(file=io.StringIO(), width=200)
+    none = fit(net, {"epochs": 3}, initial_epoch=3, save=False, console=console)
+    assert none.rows == [] and net.step == 30
+    assert "nothing to train: the net has 3 of 3 epochs" in console.file.getvalue()
+    with pytest.raises(NNError, match=r"initial_epoch=1\): the net has trained 3 epoch"):
+        fit(net, {"epochs": 4}, initial_epoch=1, save=False, progress=False)
+    with pytest.raises(NNError, match="'optimizer' is compiled into the net"):
+        fit(net, {"lr": 0.5}, save=False, progress=False)
+
+
+def test_fit_of_a_net_stopped_inside_an_epoch_finishes_that_epoch(tiny):
+    """max_steps stops inside epoch 2; fit(net) goes on with that epoch's order and its
+    running means, as a resume of that checkpoint does."""
+    straight = run(tiny)
+    first = run(tiny, max_steps=13)
+    more = fit(first.net, {"epochs": 2}, initial_epoch=1, save=False, progress=False)
+    _exact(more.net.state_dict(), params(straight))
+    assert more.rows[-1]["train_loss"] == pytest.approx(straight.rows[-1]["train_loss"])
+
+
+def test_fit_of_a_restored_or_compiled_net(tiny, tmp_path):
+    """nnlang.restore's net goes on as --resume of its checkpoint does; a compiled net that no
+    fit trained starts its data order from the seed, as a new run."""
+    import nnlang
+    straight = run(tiny)
+    run(tiny, tmp_path / "split", config={"epochs": 1})
+    net = nnlang.restore(str(tiny), tmp_path / "split", backend="reference")
+    fit(net, {"epochs": 1}, save=False, progress=False)
+    _exact(net.state_dict(), params(straight))
+    fresh = nnlang.compile(str(tiny), backend="reference", init_from=False)
+    fit(fresh, {"epochs": 2}, save=False, progress=False)
+    _exact(fresh.state_dict(), params(straight))
+
+
+def test_a_nets_fit_in_a_new_run_directory_claims_no_best_npz_it_lacks(tiny, tmp_path):
+    """fit(net) writes a new run directory; the best epoch may be one of the earlier fit, whose
+    weights that folder does not hold: the summary said "best.npz holds epoch 1's", a file that
+    is not there. (mode = max on val_loss, which falls here: epoch 1 stays the best.)"""
+    from nnlang.train.trainer import summary_table
+    watch = {"monitor": "val_loss", "mode": "max"}
+    first = run(tiny, config={"epochs": 1, **watch})
+    more = fit(first.net, {"epochs": 1, **watch}, out=tmp_path / "more", progress=False)
+    assert more.rows[0]["val_loss"] < first.rows[0]["val_loss"] and more.best["epoch"] == 1
+    assert not (tmp_path / "more/best.npz").exists()
+    assert summary_table(more).title == "summary of the last epoch's weights (epoch 1's were " \
+                                         "the best)"
+
+
+def test_fit_of_a_net_at_another_batch_equals_a_resume_at_that_batch(tiny, tmp_path):
+    """The batch is the loop's (a --resume may change it at an epoch's end, Keras's fit takes
+    batch_size each call): the net compiles the step for it; inside an epoch it is refused as
+    a resume refuses it."""
+    first = run(tiny, config={"epochs": 1})
+    fit(first.net, {"epochs": 1, "batch": 8}, save=False, progress=False)
+    run(tiny, tmp_path / "split", config={"epochs": 1})
+    resumed = run(tiny, tmp_path / "split", config={"epochs": 2, "batch": 8}, resume=True)
+    _exact(first.net.state_dict(), params(resumed))
+    assert first.net.step == resumed.net.step == 10 + 42 // 8
+    cut = run(tiny, max_steps=13)
+    with pytest.raises(NNError, match="stopped inside an epoch at batch 4"):
+        fit(cut.net, {"batch": 8}, save=False, progress=False)
+
+
+def test_fit_of_a_net_that_counts_its_own_epochs(tiny):
+    """A net compiled with steps_per_epoch counts its epochs in train_step: the loop's
+    end_epoch() was an error ("would count one twice"); another count than the data's is
+    refused, since the epoch schedules would move elsewhere than the loop's epochs."""
+    import nnlang
+    straight = run(tiny)
+    net = nnlang.compile(str(tiny), backend="reference", init_from=False, steps_per_epoch=10)
+    fit(net, {"epochs": 2}, save=False, progress=False)
+    assert (net.step, net.epoch) == (20, 2)
+    _exact(net.state_dict(), params(straight))
+    other = nnlang.compile(str(tiny), backend="reference", init_from=False, steps_per_epoch=7)
+    with pytest.raises(NNError, match="counts an epoch every 7 steps .* is 10 steps"):
+        fit(other, save=False, progress=False)
