@@ -38,8 +38,8 @@ from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded
 from nnlang.backends.compile_worker import claim, held
 from nnlang.backends.ctrl_c import ctrl_c_held
 from nnlang.backends.numba_scan import KernelAddress, Unsupported, blas_gemms, render_driver
-from nnlang.codegen.render_numba import (COLUMNS_MIN, PARALLEL_MIN, render, render_multi,
-                                         split_columns, split_rows)
+from nnlang.codegen.render_numba import (COLUMNS_MIN, PARALLEL_MIN, column_reduction, render,
+                                         render_multi, split_columns, split_rows)
 from nnlang.errors import NNError
 from nnlang.files import write_atomic
 from nnlang.ir.graph import Node
@@ -426,15 +426,26 @@ class NumbaBackend:
         names = kernel.args[len(loop_shape):]
         red = kernel.reduce.arg if kernel.reduce else None
         n0, n1 = loop_shape[0], loop_shape[-1]
-        columns = workers() > 1 and split_columns(kernel, loop_shape)
-        if columns:
+        # NOTE: a column reduction is rendered for its column blocks (row-strided views) at
+        # every size, split or not: rendered whole below the split's size, its source changed
+        # where a symbolic length first crossed that size, and a net that runs every length
+        # with the same kernels compiled new ones there (the Transformer's bias gradients at
+        # seq 64 and 256, batch 32)
+        blocked = workers() > 1 and column_reduction(kernel, loop_shape)
+        if blocked:
             parts = min(workers(), n1 // COLUMNS_MIN)
             # NOTE: whole cache lines per block (16 float32)
             cuts = [n1 * k // parts // 16 * 16 for k in range(parts)] + [n1]
             blocks = [[x[..., lo:hi] if x.shape[-1] == n1 else x for x in arrays]
                       for lo, hi in zip(cuts, cuts[1:])]
-        sample = blocks[0] if columns else arrays
+        sample = blocks[0] if blocked else arrays
         strided = {a for a, x in zip(names, sample) if a != red and _row_strided(x) is not None}
+        if blocked and any(_row_strided(x, force=True) is None
+                           for a, x in zip(names, arrays) if a in strided):
+            strided = {a for a, x in zip(names, arrays) if a != red and
+                       _row_strided(x) is not None}   # a whole array the blocks' form cannot take
+            blocked = False
+        columns = blocked and split_columns(kernel, loop_shape)
         header, body = render(kernel, loop_shape, strided=strided)
         fn = self.compile(body, kernel.name)
 

@@ -35,16 +35,22 @@ def split_rows(k: Kernel, loop_shape) -> bool:
         not (k.reduce is not None and 0 in k.reduce.axes)
 
 
-def split_columns(k: Kernel, loop_shape) -> bool:
+def column_reduction(k: Kernel, loop_shape) -> bool:
     """Is the kernel a column reduction (every axis reduced but the innermost: a bias
-    gradient) worth running as column blocks on several threads? Each block reads its
-    columns of every row and writes its part of the result, so no partial sums meet."""
+    gradient) wide enough to run as column blocks, at some number of rows?"""
+    return k.reduce is not None and len(loop_shape) >= 2 and \
+        sorted(k.reduce.axes) == list(range(len(loop_shape) - 1)) and \
+        loop_shape[-1] >= 2 * COLUMNS_MIN
+
+
+def split_columns(k: Kernel, loop_shape) -> bool:
+    """Is the kernel a column reduction worth running as column blocks on several threads at
+    this size? Each block reads its columns of every row and writes its part of the result,
+    so no partial sums meet."""
     total = 1
     for d in loop_shape:
         total *= d
-    return total >= COLUMNS_SPLIT_MIN and k.reduce is not None and len(loop_shape) >= 2 and \
-        sorted(k.reduce.axes) == list(range(len(loop_shape) - 1)) and \
-        loop_shape[-1] >= 2 * COLUMNS_MIN
+    return total >= COLUMNS_SPLIT_MIN and column_reduction(k, loop_shape)
 
 
 def inner_kept(k: Kernel) -> bool:

@@ -382,6 +382,12 @@ def _habits(op: str) -> dict:
                         "positions(x, axis = 1) < unsqueeze(lengths, axis = 1)"),
         "stateful": "no state carries over from one batch to the next: start a layer from a "
                     "given state with initial_h" + (" and initial_c" if op == "lstm" else ""),
+        # Keras' decoder habit, `initial_state = [h, c]`: the nearest spelling, initial_h,
+        # left lstm's c out
+        "initial_state": "Keras' initial_state = [h" + (", c" if op == "lstm" else "") +
+                         "] is initial_h = h" + (", initial_c = c" if op == "lstm" else "") +
+                         " (a bidirectional layer's state is [batch, 2 * units], the forward "
+                         "one then the backward one)",
         "unroll": "the cell always runs as one loop node (a scan), whatever the length",
         "time_major": "x is [batch, time, features]",
         "batch_first": "x is [batch, time, features] (PyTorch's batch_first = true)",

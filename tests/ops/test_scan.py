@@ -564,6 +564,9 @@ def nnlang_compile(src):
     ("lstm", "unroll = true", ["one loop node"]),
     ("gru", "batch_first = true", ["[batch, time, features]"]),
     ("lstm", "num_layers = 2", ["return_sequences = true) |> lstm("]),
+    # Keras' encoder-decoder habit (issue 15's words): the hint named initial_h alone
+    ("lstm", "initial_state = [x[:, 0], x[:, 0]]", ["initial_h = h, initial_c = c"]),
+    ("gru", "initial_state = [x[:, 0]]", ["initial_h = h"]),
 ])
 def test_keras_and_pytorch_recurrent_options_get_their_nnlang_form(cell, option, words):
     """Options a Keras or PyTorch user writes on a recurrent layer that have no counterpart
@@ -577,6 +580,8 @@ def test_keras_and_pytorch_recurrent_options_get_their_nnlang_form(cell, option,
     text = err.value.render()
     assert f"has no parameter '{option.split()[0]}'" in text and "<string>:3:" in text, text
     assert "did you mean" not in text and "parameters: x: tensor" not in text, text
+    if cell != "lstm":
+        assert "initial_c" not in text, text
     for w in words:
         assert w in text, text
 

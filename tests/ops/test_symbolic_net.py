@@ -217,3 +217,39 @@ def test_squeeze_without_an_axis_keeps_symbols_bound_to_one():
     for rows, steps in ((3, 2), (1, 2), (3, 1), (1, 1)):
         part = x[:rows, :steps]
         np.testing.assert_allclose(net.forward({"x": part})["y"], part[:, :, 0].mean(axis=1))
+
+
+WIDE = """
+model Wide {
+  symbol seq
+  input x: float32[batch, seq, 128]
+  input label: float32[batch]
+  h = dense(x, 128)
+  y = mean(h * h, axis = [1, 2])
+  output out = y
+  loss mse(y, label)
+}
+train Wide {
+  optimizer = sgd(lr = 0.01)
+  batch = 2
+}
+"""
+
+
+def test_a_length_whose_bias_gradient_splits_by_columns_compiles_no_kernel(monkeypatch):
+    """The dense bias gradient is a column sum over [batch * seq, 128]; from 1M elements it
+    runs as column blocks on the pool, and it was rendered for the blocks' strided views only
+    there: the first length past that size compiled new kernels (the Transformer's at seq 64
+    and 256, batch 32)."""
+    from nnlang.backends import numba_backend
+    monkeypatch.setattr(numba_backend, "workers", lambda: 2)   # as on a machine of 2 cores
+
+    def wide_feeds(n, seed):
+        rng = np.random.default_rng(seed)
+        return {"x": rng.normal(size=(2, n, 128)).astype(np.float32),
+                "label": rng.normal(size=2).astype(np.float32)}
+
+    lengths = (3, 4096, 5)   # 2 * 4096 * 128 elements: the split's size (1 << 20)
+    net = nnlang.compile(WIDE, seed=5)
+    got = run_lengths(net, lengths, wide_feeds)
+    assert_fresh_nets_agree(lambda n: concrete(n, WIDE), lengths, wide_feeds, got, seed=5)
