@@ -742,11 +742,17 @@ class _Training:
             say(self.console, f"nothing to train: the run stopped early after epoch "
                               f"{self.start_epoch} ({watch.monitor} had not improved for "
                               f"{watch.bad} epoch(s); best {watch.best:.4f} at epoch "
-                              f"{watch.best_epoch}); pass --set early_stop=N with N > "
-                              f"{watch.bad} to train on")
+                              f"{watch.best_epoch}); "
+                              + (f"fit(net, {{'early_stop': N}}) with N > {watch.bad} trains on"
+                                 if self.continuing else f"pass --set early_stop=N with N > "
+                                 f"{watch.bad} to train on"))
         elif self.max_steps is not None and self.net.step >= self.max_steps:
             end, self.history.stopped = self.start_epoch, "max_steps"
-            say(self.console, f"nothing to train: the checkpoint is at step {self.net.step}, "
+            # NOTE: a fit(net) has no checkpoint or flags: its words are the net's and fit's
+            say(self.console, f"nothing to train: the net is at step {self.net.step}, "
+                              f"max_steps {self.max_steps} (a larger one trains more)"
+                              if self.continuing else
+                              f"nothing to train: the checkpoint is at step {self.net.step}, "
                               f"--max-steps {self.max_steps} (pass a larger one to train more)")
         with Interrupts(deferred=self.ranks.many, on_hangup=self._hung_up) as interrupts:
             try:
@@ -772,7 +778,10 @@ class _Training:
             pos = self.pos
             at = f"after epoch {pos.epoch + 1} of {self.cfg.epochs}" if pos.ended else \
                 f"at epoch {pos.epoch + 1}, step {pos.done} of {self.per_epoch}"
-            say(self.console, f"stopped by --max-steps {self.max_steps} {at} (global step "
+            say(self.console, f"stopped by max_steps {self.max_steps} {at} (global step "
+                              f"{self.net.step}); fit(net) with a larger max_steps, or none, "
+                              "trains on" if self.continuing else
+                              f"stopped by --max-steps {self.max_steps} {at} (global step "
                               f"{self.net.step}); --resume with a larger --max-steps, or "
                               "none, trains on")
         return self.finish()

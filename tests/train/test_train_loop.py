@@ -518,3 +518,29 @@ def test_fit_of_a_net_that_counts_its_own_epochs(tiny):
     other = nnlang.compile(str(tiny), backend="reference", init_from=False, steps_per_epoch=7)
     with pytest.raises(NNError, match="counts an epoch every 7 steps .* is 10 steps"):
         fit(other, save=False, progress=False)
+
+
+def test_a_nets_fit_that_stops_or_has_nothing_to_train_names_fits_settings(tiny):
+    """fit(net) stopped by max_steps, or with nothing to train (max_steps reached, the run
+    stopped early), told a notebook user to '--resume with a larger --max-steps', that 'the
+    checkpoint is at step 5' (there is none) and to 'pass --set early_stop=N': flags and a
+    checkpoint of the CLI. They name the net and fit's own settings."""
+    def said(model, config, **kw):
+        out = io.StringIO()
+        fit(model, config, save=False, backend="reference", progress=False,
+            console=Console(file=out, width=300), **kw)
+        return out.getvalue()
+    net = run(tiny, config={"epochs": 1}, max_steps=5).net
+    texts = [said(net, {"epochs": 1}, max_steps=7)]
+    assert "stopped by max_steps 7 at epoch 1, step 7 of 10 (global step 7); fit(net) with " \
+           "a larger max_steps, or none, trains on" in texts[-1]
+    texts.append(said(net, {"epochs": 1}, max_steps=7))
+    assert "nothing to train: the net is at step 7, max_steps 7 (a larger one trains more)" \
+        in texts[-1]
+    watch = {"early_stop": 1, "monitor": "val_loss", "mode": "max"}
+    net = run(tiny, config={"epochs": 6, **watch}).net
+    texts.append(said(net, {"epochs": 2}))
+    assert "best 1.2348 at epoch 1); fit(net, {'early_stop': N}) with N > 1 trains on" \
+        in texts[-1]
+    for flag in ("--resume", "--max-steps", "--set", "checkpoint"):
+        assert not any(flag in text for text in texts), flag
