@@ -404,7 +404,8 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         does. `epochs` counts the epochs to run now, unless `initial_epoch` (the net's epochs so
         far) is given: then it is the total to reach. Only the loop's settings (epochs, data,
         batch, val_split, early_stop, monitor, mode) may change; the rest is compiled into
-        the net.
+        the net. Inside an epoch data and batch stay the epoch's; val_split stays what a fit
+        of the net held out (else it would validate on examples it trained on).
         Its run directory is a new one (or `out`); the History's rows are this call's epochs.
     All randomness comes from the config's seed: the same seed gives the same numbers.
     """
@@ -625,11 +626,19 @@ class _Training:
             self.start_epoch, self.skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)
             partial = ckpt.meta.get("partial")
             self.guard = DivergenceGuard(ckpt.meta.get("loss_start"), self.cfg.clip_norm)
+            if self.skip and ckpt.config.batch != self.cfg.batch and self.continuing:
+                raise NNError(f"the net stopped inside an epoch at batch {ckpt.config.batch}; "
+                              f"fit(net) finishes that epoch at it, not {self.cfg.batch}",
+                              hint="leave batch out to finish the epoch first (max_steps ends "
+                                   "a fit there), then fit at the new batch")
             if self.skip and ckpt.config.batch != self.cfg.batch:
                 raise NNError(f"this checkpoint stopped inside an epoch at batch "
                               f"{ckpt.config.batch}; resume it with the same batch size, not "
                               f"{self.cfg.batch}")
-            _same_held_out(ckpt.config, self.cfg, self.ds, bool(self.skip))
+            if ckpt.path is not None or "data" in ckpt.meta:
+                # NOTE: a net no fit trained (nnlang.compile's) held nothing out yet
+                _same_held_out(ckpt.config, self.cfg, self.ds, bool(self.skip),
+                               self.continuing)
             if self.skip and ckpt.meta.get("train_digest") not in \
                     (None, Ranks.digest([self.train])[0]):
                 raise NNError(f"this checkpoint stopped inside an epoch (step {self.skip}) of "
@@ -1053,18 +1062,30 @@ def _said_on(console: Console, sig) -> Console:
     return console
 
 
-def _same_held_out(old, new, ds, inside_epoch: bool) -> None:
-    """A resumed run trains on the data it started with: another data set inside an epoch, or
-    another validation carve (val_split, or the seed that draws it) at any point, would train
-    on examples it validated or validate on examples it trained on."""
+def _same_held_out(old, new, ds, inside_epoch: bool, net: bool = False) -> None:
+    """A resumed run (a `net`'s fit) trains on the data it started with: another data set
+    inside an epoch, or another validation carve (val_split, or the seed that draws it) at any
+    point, would train on examples it validated or validate on examples it trained on."""
     if inside_epoch and old.data != new.data:
         names = [getattr(c.data, "name", "a Python data set") for c in (old, new)]
+        if net:   # NOTE: a fit(net) has no checkpoint or --data: the net's words
+            raise NNError(f"the net stopped inside an epoch on data {names[0]}; fit(net) "
+                          f"goes on with that epoch's rows, not {names[1]}",
+                          hint="leave data out to finish the epoch first (max_steps ends a "
+                               "fit there), then fit on the new data")
         raise NNError(f"this checkpoint stopped inside an epoch on data {names[0]}; resume it "
                       f"on the same data, not {names[1]}", hint="resume without --data, or "
                       "finish the epoch first and then change it")
     if ds.val is not None and len(ds.val):
         return  # NOTE: the data set's own validation split does not depend on either
     if old.val_split != new.val_split or (new.val_split > 0 and old.seed != new.seed):
+        if net:
+            raise NNError(f"the net's fit held out val_split = {old.val_split:g} of its data "
+                          f"(drawn by seed {old.seed}); val_split = {new.val_split:g} now "
+                          "would validate on examples it trained on, or train on those it "
+                          "validated on", hint=f"leave val_split out (it stays "
+                                               f"{old.val_split:g}), or give the validation "
+                                               "examples as the data set's own (.npz val_*)")
         raise NNError(f"this run held out val_split = {old.val_split:g} of its data, drawn by "
                       f"seed {old.seed}; resuming with val_split = {new.val_split:g}, seed "
                       f"{new.seed} would validate on examples it trained on",

@@ -544,3 +544,33 @@ def test_a_nets_fit_that_stops_or_has_nothing_to_train_names_fits_settings(tiny)
         in texts[-1]
     for flag in ("--resume", "--max-steps", "--set", "checkpoint"):
         assert not any(flag in text for text in texts), flag
+
+
+def test_a_nets_fit_holds_out_what_its_fits_held_out_and_says_so_in_fits_words(tiny):
+    """A compiled net that no fit trained was refused any val_split but the file's ('this run
+    held out val_split = 0.2', a run that never was): it held nothing out, so its fit takes
+    one as a new run does. A net a fit trained keeps its held-out examples; that refusal, and
+    inside an epoch those of other data or another batch, said 'this checkpoint' and hinted
+    --val-split, --init-from and --data: they name the net and fit's settings."""
+    import nnlang
+    straight = run(tiny, config={"val_split": 0.3})
+    fresh = nnlang.compile(str(tiny), backend="reference", init_from=False)
+    more = fit(fresh, {"epochs": 2, "val_split": 0.3}, save=False, progress=False)
+    _exact(fresh.state_dict(), params(straight))
+    assert more.rows[-1]["val_loss"] == straight.rows[-1]["val_loss"]
+    trained = run(tiny, config={"epochs": 1}).net
+    with pytest.raises(NNError) as err:
+        fit(trained, {"val_split": 0}, save=False, progress=False)
+    assert err.value.message.startswith("the net's fit held out val_split = 0.2 of its data")
+    assert "leave val_split out (it stays 0.2)" in err.value.hint
+    cut = run(tiny, max_steps=13).net
+    np.savez(tiny.parent / "other.npz", **np.load(tiny.parent / "tiny.npz"))
+    for change, said in (({"batch": 8}, "the net stopped inside an epoch at batch 4; fit(net) "
+                                        "finishes that epoch at it, not 8"),
+                         ({"data": "other.npz"}, "the net stopped inside an epoch on data "
+                                                 "tiny.npz; fit(net) goes on with that epoch's "
+                                                 "rows, not other.npz")):
+        with pytest.raises(NNError) as err:
+            fit(cut, change, save=False, progress=False)
+        assert err.value.message == said
+        assert "leave " in err.value.hint and "--" not in err.value.hint
