@@ -715,6 +715,12 @@ class _Training:
         """The loop's place on the net, so `fit(net)` goes on from here (as `interrupted`
         saves it: after the epoch's end once it ended, else inside the epoch)."""
         pos = self.pos
+        if self.net.step != self.step_at_start + len(self.history.losses):
+            # NOTE: an error left steps the loop never counted (the guard stopped reading in
+            # the middle of a read): no place of the loop is this net's, so a fit(net) goes on
+            # as after train_step calls, from the net's epoch with a new data order
+            self.net.loop_state = None
+            return
         at = (pos.epoch + 1, 0, self.rng.bit_generator.state, None) if pos.ended else \
             (pos.epoch, pos.done, pos.rng_state, pos.sums)
         self.net.loop_state = copy.deepcopy(self.meta(*at))
@@ -723,6 +729,7 @@ class _Training:
     def run(self) -> History:
         self._undo_hangup = None
         self._stop_agreed = False   # the ranks' answer at the last read (`_take`)
+        self.step_at_start = self.net.step   # NOTE: with the losses taken, the steps counted
         try:
             return self._run()
         finally:

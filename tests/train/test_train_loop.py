@@ -574,3 +574,27 @@ def test_a_nets_fit_holds_out_what_its_fits_held_out_and_says_so_in_fits_words(t
             fit(cut, change, save=False, progress=False)
         assert err.value.message == said
         assert "leave " in err.value.hint and "--" not in err.value.hint
+
+
+def test_a_fit_that_diverged_leaves_no_place_its_net_is_not_at(tiny, monkeypatch):
+    """The guard stops in the middle of a read: steps 13 to 20 ran (the net is at step 20)
+    but the loop counted 12, and the net's place said 'epoch 2, step 2 at global step 20':
+    a fit(net) after it went on with epoch 2's order from its 3rd batch and counted epoch 2
+    ended at step 28. Every place the net keeps is one of its own steps."""
+    from nnlang.train import trainer
+    first = run(tiny, config={"epochs": 1})
+    net = first.net
+    real = Net.fetch
+    monkeypatch.setattr(trainer, "READ_EVERY_S", 1e9)   # NOTE: one read at the epoch's end
+
+    def poisoned(self, *args, **kw):  # NOTE: the 13th step's loss on is NaN
+        taken = real(self, *args, **kw)
+        start = self.step - len(taken)
+        return [(float("nan") if start + i >= 12 else loss, m)
+                for i, (loss, m) in enumerate(taken)]
+    monkeypatch.setattr(Net, "fetch", poisoned)
+    with pytest.raises(NNError, match="diverged"):
+        fit(net, {"epochs": 1}, save=False, progress=False)
+    state = net.loop_state
+    assert net.step == 20
+    assert state is None or state["epoch"] * 10 + state["step_in_epoch"] == net.step
