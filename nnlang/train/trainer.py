@@ -401,10 +401,11 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         Keras's `model.fit` called again: from its weights, optimizer state, step and epoch, and
         (a net a fit or `restore` left) the data order and partial epoch where that run stopped,
         so 1 epoch and then `fit(net, {"epochs": 1})` gives what one 2-epoch fit (or a --resume)
-        does. `epochs` counts the epochs to run now, unless `initial_epoch` (the net's epochs so
-        far) is given: then it is the total to reach. Only the loop's settings (epochs, data,
-        batch, val_split, early_stop, monitor, mode) may change; the rest is compiled into
-        the net. Inside an epoch data and batch stay the epoch's; val_split stays what a fit
+        does (a schedule over the run's steps, as cosine, decays over this call's total, as a
+        --resume with more epochs does). `epochs` counts the epochs to run now, unless
+        `initial_epoch` (the net's epochs so far) is given: then it is the total to reach.
+        Only the loop's settings (epochs, data, batch, val_split, early_stop, monitor, mode)
+        may change; the rest is compiled into the net. Inside an epoch data and batch stay the epoch's; val_split stays what a fit
         of the net held out (else it would validate on examples it trained on).
         Its run directory is a new one (or `out`); the History's rows are this call's epochs.
     All randomness comes from the config's seed: the same seed gives the same numbers.
