@@ -405,8 +405,9 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         --resume with more epochs does). `epochs` counts the epochs to run now, unless
         `initial_epoch` (the net's epochs so far) is given: then it is the total to reach.
         Only the loop's settings (epochs, data, batch, val_split, early_stop, monitor, mode)
-        may change; the rest is compiled into the net. Inside an epoch data and batch stay the epoch's; val_split stays what a fit
-        of the net held out (else it would validate on examples it trained on).
+        may change; the rest is compiled into the net. Inside an epoch data and batch stay
+        the epoch's; val_split stays what a fit of the net held out (else it would validate
+        on examples it trained on).
         Its run directory is a new one (or `out`); the History's rows are this call's epochs.
     All randomness comes from the config's seed: the same seed gives the same numbers.
     """
