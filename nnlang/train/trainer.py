@@ -549,6 +549,8 @@ class _Training:
         if save:
             self.run_dir = RunDir.create(program.model, out, runs_root) if fresh_dir else \
                 RunDir(ckpt.path.parent)
+        # NOTE: a Net's fit refused below leaves the net as it was (its schedule's total)
+        kept = (given.total_steps, given.lengths) if given is not None else None
         try:
             # NOTE: a resumed float64 net (`nnlang.save` of one) trains on in float64
             if given is not None:
@@ -586,6 +588,8 @@ class _Training:
             ranks.same_start(self.net)
             self._write_config(ckpt)
         except BaseException:
+            if kept is not None:
+                given.total_steps, given.lengths = kept
             # NOTE: a run that could not start (a bad --init-from) leaves no empty folder
             if self.run_dir is not None:
                 self.run_dir.release()

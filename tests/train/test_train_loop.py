@@ -598,3 +598,21 @@ def test_a_fit_that_diverged_leaves_no_place_its_net_is_not_at(tiny, monkeypatch
     state = net.loop_state
     assert net.step == 20
     assert state is None or state["epoch"] * 10 + state["step_in_epoch"] == net.step
+
+
+def test_a_refused_fit_of_a_net_leaves_its_schedule_as_it_was(tiny, tmp_path, monkeypatch):
+    """A fit(net) refused in its setup (another batch inside an epoch) had set the net's
+    total steps to the refused run's (20 -> 15): its cosine rate, and so each later
+    train_step, moved. Reference: a net restored from the same run's checkpoint."""
+    import nnlang
+    monkeypatch.chdir(tmp_path)
+    cosine = TINY.replace("epochs = 2", "epochs = 2\n  schedule = cosine")
+    (tmp_path / "cos.nn").write_text(cosine)
+    cut = run(tmp_path / "cos.nn", tmp_path / "cut", max_steps=13).net
+    with pytest.raises(NNError, match="inside an epoch at batch 4"):
+        fit(cut, {"batch": 8}, save=False, progress=False)
+    same = nnlang.restore(str(tmp_path / "cos.nn"), tmp_path / "cut/checkpoint.npz",
+                          backend="reference")
+    assert same.step == cut.step == 13
+    assert cut.total_steps == same.total_steps == 20
+    assert cut.learning_rate() == same.learning_rate()
