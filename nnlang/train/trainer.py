@@ -401,10 +401,13 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         Keras's `model.fit` called again: from its weights, optimizer state, step and epoch, and
         (a net a fit or `restore` left) the data order and partial epoch where that run stopped,
         so 1 epoch and then `fit(net, {"epochs": 1})` gives what one 2-epoch fit (or a --resume)
-        does. `epochs` counts the epochs to run now, unless `initial_epoch` (the net's epochs so
-        far) is given: then it is the total to reach. Only the loop's settings (epochs, data,
-        batch, val_split, early_stop, monitor, mode) may change; the rest is compiled into
-        the net.
+        does (a schedule over the run's steps, as cosine, decays over this call's total, as a
+        --resume with more epochs does). `epochs` counts the epochs to run now, unless
+        `initial_epoch` (the net's epochs so far) is given: then it is the total to reach.
+        Only the loop's settings (epochs, data, batch, val_split, early_stop, monitor, mode)
+        may change; the rest is compiled into the net. Inside an epoch data and batch stay
+        the epoch's; val_split stays what a fit of the net held out (else it would validate
+        on examples it trained on).
         Its run directory is a new one (or `out`); the History's rows are this call's epochs.
     All randomness comes from the config's seed: the same seed gives the same numbers.
     """
@@ -546,6 +549,8 @@ class _Training:
         if save:
             self.run_dir = RunDir.create(program.model, out, runs_root) if fresh_dir else \
                 RunDir(ckpt.path.parent)
+        # NOTE: a Net's fit refused below leaves the net as it was (its schedule's total)
+        kept = (given.total_steps, given.lengths) if given is not None else None
         try:
             # NOTE: a resumed float64 net (`nnlang.save` of one) trains on in float64
             if given is not None:
@@ -583,6 +588,8 @@ class _Training:
             ranks.same_start(self.net)
             self._write_config(ckpt)
         except BaseException:
+            if kept is not None:
+                given.total_steps, given.lengths = kept
             # NOTE: a run that could not start (a bad --init-from) leaves no empty folder
             if self.run_dir is not None:
                 self.run_dir.release()
@@ -625,11 +632,19 @@ class _Training:
             self.start_epoch, self.skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)
             partial = ckpt.meta.get("partial")
             self.guard = DivergenceGuard(ckpt.meta.get("loss_start"), self.cfg.clip_norm)
+            if self.skip and ckpt.config.batch != self.cfg.batch and self.continuing:
+                raise NNError(f"the net stopped inside an epoch at batch {ckpt.config.batch}; "
+                              f"fit(net) finishes that epoch at it, not {self.cfg.batch}",
+                              hint="leave batch out to finish the epoch first (max_steps ends "
+                                   "a fit there), then fit at the new batch")
             if self.skip and ckpt.config.batch != self.cfg.batch:
                 raise NNError(f"this checkpoint stopped inside an epoch at batch "
                               f"{ckpt.config.batch}; resume it with the same batch size, not "
                               f"{self.cfg.batch}")
-            _same_held_out(ckpt.config, self.cfg, self.ds, bool(self.skip))
+            if ckpt.path is not None or "data" in ckpt.meta:
+                # NOTE: a net no fit trained (nnlang.compile's) held nothing out yet
+                _same_held_out(ckpt.config, self.cfg, self.ds, bool(self.skip),
+                               self.continuing)
             if self.skip and ckpt.meta.get("train_digest") not in \
                     (None, Ranks.digest([self.train])[0]):
                 raise NNError(f"this checkpoint stopped inside an epoch (step {self.skip}) of "
@@ -706,6 +721,12 @@ class _Training:
         """The loop's place on the net, so `fit(net)` goes on from here (as `interrupted`
         saves it: after the epoch's end once it ended, else inside the epoch)."""
         pos = self.pos
+        if self.net.step != self.step_at_start + len(self.history.losses):
+            # NOTE: an error left steps the loop never counted (the guard stopped reading in
+            # the middle of a read): no place of the loop is this net's, so a fit(net) goes on
+            # as after train_step calls, from the net's epoch with a new data order
+            self.net.loop_state = None
+            return
         at = (pos.epoch + 1, 0, self.rng.bit_generator.state, None) if pos.ended else \
             (pos.epoch, pos.done, pos.rng_state, pos.sums)
         self.net.loop_state = copy.deepcopy(self.meta(*at))
@@ -714,6 +735,7 @@ class _Training:
     def run(self) -> History:
         self._undo_hangup = None
         self._stop_agreed = False   # the ranks' answer at the last read (`_take`)
+        self.step_at_start = self.net.step   # NOTE: with the losses taken, the steps counted
         try:
             return self._run()
         finally:
@@ -742,11 +764,17 @@ class _Training:
             say(self.console, f"nothing to train: the run stopped early after epoch "
                               f"{self.start_epoch} ({watch.monitor} had not improved for "
                               f"{watch.bad} epoch(s); best {watch.best:.4f} at epoch "
-                              f"{watch.best_epoch}); pass --set early_stop=N with N > "
-                              f"{watch.bad} to train on")
+                              f"{watch.best_epoch}); "
+                              + (f"fit(net, {{'early_stop': N}}) with N > {watch.bad} trains on"
+                                 if self.continuing else f"pass --set early_stop=N with N > "
+                                 f"{watch.bad} to train on"))
         elif self.max_steps is not None and self.net.step >= self.max_steps:
             end, self.history.stopped = self.start_epoch, "max_steps"
-            say(self.console, f"nothing to train: the checkpoint is at step {self.net.step}, "
+            # NOTE: a fit(net) has no checkpoint or flags: its words are the net's and fit's
+            say(self.console, f"nothing to train: the net is at step {self.net.step}, "
+                              f"max_steps {self.max_steps} (a larger one trains more)"
+                              if self.continuing else
+                              f"nothing to train: the checkpoint is at step {self.net.step}, "
                               f"--max-steps {self.max_steps} (pass a larger one to train more)")
         with Interrupts(deferred=self.ranks.many, on_hangup=self._hung_up) as interrupts:
             try:
@@ -772,7 +800,10 @@ class _Training:
             pos = self.pos
             at = f"after epoch {pos.epoch + 1} of {self.cfg.epochs}" if pos.ended else \
                 f"at epoch {pos.epoch + 1}, step {pos.done} of {self.per_epoch}"
-            say(self.console, f"stopped by --max-steps {self.max_steps} {at} (global step "
+            say(self.console, f"stopped by max_steps {self.max_steps} {at} (global step "
+                              f"{self.net.step}); fit(net) with a larger max_steps, or none, "
+                              "trains on" if self.continuing else
+                              f"stopped by --max-steps {self.max_steps} {at} (global step "
                               f"{self.net.step}); --resume with a larger --max-steps, or "
                               "none, trains on")
         return self.finish()
@@ -1044,18 +1075,30 @@ def _said_on(console: Console, sig) -> Console:
     return console
 
 
-def _same_held_out(old, new, ds, inside_epoch: bool) -> None:
-    """A resumed run trains on the data it started with: another data set inside an epoch, or
-    another validation carve (val_split, or the seed that draws it) at any point, would train
-    on examples it validated or validate on examples it trained on."""
+def _same_held_out(old, new, ds, inside_epoch: bool, net: bool = False) -> None:
+    """A resumed run (a `net`'s fit) trains on the data it started with: another data set
+    inside an epoch, or another validation carve (val_split, or the seed that draws it) at any
+    point, would train on examples it validated or validate on examples it trained on."""
     if inside_epoch and old.data != new.data:
         names = [getattr(c.data, "name", "a Python data set") for c in (old, new)]
+        if net:   # NOTE: a fit(net) has no checkpoint or --data: the net's words
+            raise NNError(f"the net stopped inside an epoch on data {names[0]}; fit(net) "
+                          f"goes on with that epoch's rows, not {names[1]}",
+                          hint="leave data out to finish the epoch first (max_steps ends a "
+                               "fit there), then fit on the new data")
         raise NNError(f"this checkpoint stopped inside an epoch on data {names[0]}; resume it "
                       f"on the same data, not {names[1]}", hint="resume without --data, or "
                       "finish the epoch first and then change it")
     if ds.val is not None and len(ds.val):
         return  # NOTE: the data set's own validation split does not depend on either
     if old.val_split != new.val_split or (new.val_split > 0 and old.seed != new.seed):
+        if net:
+            raise NNError(f"the net's fit held out val_split = {old.val_split:g} of its data "
+                          f"(drawn by seed {old.seed}); val_split = {new.val_split:g} now "
+                          "would validate on examples it trained on, or train on those it "
+                          "validated on", hint=f"leave val_split out (it stays "
+                                               f"{old.val_split:g}), or give the validation "
+                                               "examples as the data set's own (.npz val_*)")
         raise NNError(f"this run held out val_split = {old.val_split:g} of its data, drawn by "
                       f"seed {old.seed}; resuming with val_split = {new.val_split:g}, seed "
                       f"{new.seed} would validate on examples it trained on",

@@ -518,3 +518,101 @@ def test_fit_of_a_net_that_counts_its_own_epochs(tiny):
     other = nnlang.compile(str(tiny), backend="reference", init_from=False, steps_per_epoch=7)
     with pytest.raises(NNError, match="counts an epoch every 7 steps .* is 10 steps"):
         fit(other, save=False, progress=False)
+
+
+def test_a_nets_fit_that_stops_or_has_nothing_to_train_names_fits_settings(tiny):
+    """fit(net) stopped by max_steps, or with nothing to train (max_steps reached, the run
+    stopped early), told a notebook user to '--resume with a larger --max-steps', that 'the
+    checkpoint is at step 5' (there is none) and to 'pass --set early_stop=N': flags and a
+    checkpoint of the CLI. They name the net and fit's own settings."""
+    def said(model, config, **kw):
+        out = io.StringIO()
+        fit(model, config, save=False, backend="reference", progress=False,
+            console=Console(file=out, width=300), **kw)
+        return out.getvalue()
+    net = run(tiny, config={"epochs": 1}, max_steps=5).net
+    texts = [said(net, {"epochs": 1}, max_steps=7)]
+    assert "stopped by max_steps 7 at epoch 1, step 7 of 10 (global step 7); fit(net) with " \
+           "a larger max_steps, or none, trains on" in texts[-1]
+    texts.append(said(net, {"epochs": 1}, max_steps=7))
+    assert "nothing to train: the net is at step 7, max_steps 7 (a larger one trains more)" \
+        in texts[-1]
+    watch = {"early_stop": 1, "monitor": "val_loss", "mode": "max"}
+    net = run(tiny, config={"epochs": 6, **watch}).net
+    texts.append(said(net, {"epochs": 2}))
+    assert "best 1.2348 at epoch 1); fit(net, {'early_stop': N}) with N > 1 trains on" \
+        in texts[-1]
+    for flag in ("--resume", "--max-steps", "--set", "checkpoint"):
+        assert not any(flag in text for text in texts), flag
+
+
+def test_a_nets_fit_holds_out_what_its_fits_held_out_and_says_so_in_fits_words(tiny):
+    """A compiled net that no fit trained was refused any val_split but the file's ('this run
+    held out val_split = 0.2', a run that never was): it held nothing out, so its fit takes
+    one as a new run does. A net a fit trained keeps its held-out examples; that refusal, and
+    inside an epoch those of other data or another batch, said 'this checkpoint' and hinted
+    --val-split, --init-from and --data: they name the net and fit's settings."""
+    import nnlang
+    straight = run(tiny, config={"val_split": 0.3})
+    fresh = nnlang.compile(str(tiny), backend="reference", init_from=False)
+    more = fit(fresh, {"epochs": 2, "val_split": 0.3}, save=False, progress=False)
+    _exact(fresh.state_dict(), params(straight))
+    assert more.rows[-1]["val_loss"] == straight.rows[-1]["val_loss"]
+    trained = run(tiny, config={"epochs": 1}).net
+    with pytest.raises(NNError) as err:
+        fit(trained, {"val_split": 0}, save=False, progress=False)
+    assert err.value.message.startswith("the net's fit held out val_split = 0.2 of its data")
+    assert "leave val_split out (it stays 0.2)" in err.value.hint
+    cut = run(tiny, max_steps=13).net
+    np.savez(tiny.parent / "other.npz", **np.load(tiny.parent / "tiny.npz"))
+    for change, said in (({"batch": 8}, "the net stopped inside an epoch at batch 4; fit(net) "
+                                        "finishes that epoch at it, not 8"),
+                         ({"data": "other.npz"}, "the net stopped inside an epoch on data "
+                                                 "tiny.npz; fit(net) goes on with that epoch's "
+                                                 "rows, not other.npz")):
+        with pytest.raises(NNError) as err:
+            fit(cut, change, save=False, progress=False)
+        assert err.value.message == said
+        assert "leave " in err.value.hint and "--" not in err.value.hint
+
+
+def test_a_fit_that_diverged_leaves_no_place_its_net_is_not_at(tiny, monkeypatch):
+    """The guard stops in the middle of a read: steps 13 to 20 ran (the net is at step 20)
+    but the loop counted 12, and the net's place said 'epoch 2, step 2 at global step 20':
+    a fit(net) after it went on with epoch 2's order from its 3rd batch and counted epoch 2
+    ended at step 28. Every place the net keeps is one of its own steps."""
+    from nnlang.train import trainer
+    first = run(tiny, config={"epochs": 1})
+    net = first.net
+    real = Net.fetch
+    monkeypatch.setattr(trainer, "READ_EVERY_S", 1e9)   # NOTE: one read at the epoch's end
+
+    def poisoned(self, *args, **kw):  # NOTE: the 13th step's loss on is NaN
+        taken = real(self, *args, **kw)
+        start = self.step - len(taken)
+        return [(float("nan") if start + i >= 12 else loss, m)
+                for i, (loss, m) in enumerate(taken)]
+    monkeypatch.setattr(Net, "fetch", poisoned)
+    with pytest.raises(NNError, match="diverged"):
+        fit(net, {"epochs": 1}, save=False, progress=False)
+    state = net.loop_state
+    assert net.step == 20
+    assert state is None or state["epoch"] * 10 + state["step_in_epoch"] == net.step
+
+
+def test_a_refused_fit_of_a_net_leaves_its_schedule_as_it_was(tiny, tmp_path, monkeypatch):
+    """A fit(net) refused in its setup (another batch inside an epoch) had set the net's
+    total steps to the refused run's (20 -> 15): its cosine rate, and so each later
+    train_step, moved. Reference: a net restored from the same run's checkpoint."""
+    import nnlang
+    monkeypatch.chdir(tmp_path)
+    cosine = TINY.replace("epochs = 2", "epochs = 2\n  schedule = cosine")
+    (tmp_path / "cos.nn").write_text(cosine)
+    cut = run(tmp_path / "cos.nn", tmp_path / "cut", max_steps=13).net
+    with pytest.raises(NNError, match="inside an epoch at batch 4"):
+        fit(cut, {"batch": 8}, save=False, progress=False)
+    same = nnlang.restore(str(tmp_path / "cos.nn"), tmp_path / "cut/checkpoint.npz",
+                          backend="reference")
+    assert same.step == cut.step == 13
+    assert cut.total_steps == same.total_steps == 20
+    assert cut.learning_rate() == same.learning_rate()
