@@ -104,7 +104,8 @@ if ! "$PY" -c "import lark" 2>/dev/null; then
         note "no lark wheel in .gpu/wheels: run scripts/gpu_prepare.sh here and carry .gpu"
         exit 2
     fi
-    "$PY" -m pip install -q --no-index --no-deps --upgrade --target "$SITE" "$wheel" >> "$LOG" 2>&1
+    "$PY" -m pip install -q --no-index --no-deps --upgrade --target "$SITE" "$wheel" \
+        >> "$LOG" 2>&1 || note "installing $wheel FAILED (log.txt): nnlang cannot parse a model"
 fi
 if "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target "$SITE" . \
         >> "$LOG" 2>&1; then
@@ -197,7 +198,8 @@ run_step generate-bench 90 "$PY" benchmarks/generate_bench.py "${GEN_BENCH[@]}" 
     --out "$RESULTS/generate_bench.json"
 timeout 30 "${NN[@]}" cache >> "$LOG" 2>&1   # what the run left in the cache
 
+rerun=$(IFS=,; echo "${SKIPPED_STEPS[*]:-}")
 note "done in $((SECONDS - START))s; failed: ${FAILED_STEPS[*]:-none};" \
-     "skipped (GPU_STEPS=$(IFS=,; echo "${SKIPPED_STEPS[*]:-}") to rerun): ${SKIPPED_STEPS[*]:-none}"
+     "skipped (GPU_STEPS=$rerun to rerun): ${SKIPPED_STEPS[*]:-none}"
 note "files: $(ls "$RESULTS" | tr '\n' ' ')"
 [ "${#FAILED_STEPS[@]}" -eq 0 ]
