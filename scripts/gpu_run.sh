@@ -175,6 +175,7 @@ train_step() {  # NAME LIMIT FILE ARGS...: a fresh run in $WORK/runs/NAME, its m
     rm -rf "$WORK/runs/$name"
     run_step "train-$name" "$limit" "${NN[@]}" train "$file" "$@" "${TRAIN[@]}" \
         --out "$WORK/runs/$name"
+    [ -d "$WORK/runs/$name" ] || return 0
     for f in summary.json metrics.jsonl; do
         [ -e "$WORK/runs/$name/$f" ] && { echo "# $name $f"; cat "$WORK/runs/$name/$f"; }
     done >> "$RESULTS/train.txt"
@@ -198,8 +199,9 @@ run_step generate-bench 90 "$PY" benchmarks/generate_bench.py "${GEN_BENCH[@]}" 
     --out "$RESULTS/generate_bench.json"
 timeout 30 "${NN[@]}" cache >> "$LOG" 2>&1   # what the run left in the cache
 
-rerun=$(IFS=,; echo "${SKIPPED_STEPS[*]:-}")
-note "done in $((SECONDS - START))s; failed: ${FAILED_STEPS[*]:-none};" \
-     "skipped (GPU_STEPS=$rerun to rerun): ${SKIPPED_STEPS[*]:-none}"
+note "done in $((SECONDS - START))s; failed: ${FAILED_STEPS[*]:-none}"
+if [ "${#SKIPPED_STEPS[@]}" -gt 0 ]; then
+    note "skipped: rerun with GPU_STEPS=$(IFS=,; echo "${SKIPPED_STEPS[*]}")"
+fi
 note "files: $(ls "$RESULTS" | tr '\n' ' ')"
 [ "${#FAILED_STEPS[@]}" -eq 0 ]
