@@ -19,15 +19,18 @@ ls .gpu/wheels/lark-"$lark"-*.whl > /dev/null 2>&1 \
 
 # xz of the uncompressed files: nnlang reads the bare IDX files (their published sha256 are
 # known) and an extracted aclImdb/ folder, so the device only unpacks
+# (-9e: a few minutes a data set, once; the two run side by side)
 pack() {  # SOURCE.gz TARGET.xz
     [ -s "$2" ] && return 0
-    gzip -dc "$1" | xz -9e -T0 > "$2.part" && mv "$2.part" "$2"
+    gzip -dc "$1" | xz -9e > "$2.part" && mv "$2.part" "$2"
 }
-pack "$(ls "$SRC"/imdb/aclImdb_v1*.tar.gz | head -n 1)" .gpu/data/imdb.tar.xz
+pack "$(ls "$SRC"/imdb/aclImdb_v1*.tar.gz | head -n 1)" .gpu/data/imdb.tar.xz &
+imdb=$!
 for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte \
          t10k-labels-idx1-ubyte; do
     pack "$SRC/fashion-mnist/$f.gz" ".gpu/data/fashion-mnist/$f.xz"
 done
+wait "$imdb"
 
 # what the device tool sends: tracked and untracked-not-ignored files, and the carried .gpu
 tree=$(git ls-files -z -co --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -n 1 \
