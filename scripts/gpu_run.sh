@@ -70,7 +70,8 @@ run_step() {
     fi
     [ "$rc" -ne 0 ] && FAILED_STEPS+=("$name")
     note "== $name: $how (exit $rc) in $((SECONDS - t0))s"
-    grep -v "Warning\|^  net\.\|^$" "$part" | tail -n 14 >> "$SUMMARY"
+    # NOTE: also on stdout, which is what the device tool shows of a run
+    grep -v "Warning\|^  net\.\|^$" "$part" | tail -n 14 | tee -a "$SUMMARY"
 }
 
 # *** the machine and the software, before anything can fail ***
