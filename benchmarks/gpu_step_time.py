@@ -10,13 +10,20 @@ pipelined columns time groups of `--pipeline` steps that read only the last loss
 `nnlang train` does (`train_step(fetch=False)`, then `fetch()`), against torch steps that do
 not call .item() until the group's last. nnlang uploads the batch every step; torch's stays on
 the device.
+
+`--stand-in` runs the same code without a GPU: nnlang's cupy backend on the CPU stand-in of the
+tests (tests/gpu/fake_cupy.py, every kernel as host C++) and torch on the CPU. Its times mean
+nothing; it shows that the script, its flags and the backend's code path work before a GPU run
+(scripts/gpu_run.sh) spends device time on them.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -123,7 +130,7 @@ def time_model(name: str, rounds: int, warmup: int, batch: int | None,
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
@@ -133,9 +140,21 @@ def main(argv=None) -> int:
                     help="also time groups of this many steps with one read each (0: off)")
     ap.add_argument("--torch-device", default="cuda",
                     help="torch's device (cpu: a smoke run of this script without a GPU)")
+    ap.add_argument("--stand-in", action="store_true",
+                    help="no GPU: nnlang on the tests' CPU stand-in for CuPy, torch on the CPU "
+                         "(checks the code path; the times mean nothing)")
     args = ap.parse_args(argv)
+    device = "cpu" if args.stand_in else args.torch_device
+    stand_in = _install_stand_in() if args.stand_in else None
+    try:
+        return _run(args, device)
+    finally:
+        if stand_in is not None:  # NOTE: `import cupy` is the real one again for the caller
+            stand_in.undo()
+
+
+def _run(args, device: str) -> int:
     import torch
-    device = args.torch_device
     results = {"device": torch.cuda.get_device_name(0) if device == "cuda" else device,
                "torch": torch.__version__,
                "models": []}
@@ -148,9 +167,25 @@ def main(argv=None) -> int:
               f"{r['torch_ms']:>9.3f} {r.get('ratio', float('nan')):>6.2f} "
               f"{r.get('pipelined_ratio', float('nan')):>9.2f}  "
               f"{r.get('nnlang_error', '')}", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+        if args.out:  # NOTE: after every model, so a run cut off by its time limit keeps those done
+            Path(args.out).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _install_stand_in():
+    """`import cupy` gives the tests' host stand-in (it compiles with c++) until the returned
+    monkeypatch is undone."""
+    import pytest  # NOTE: the stand-in installs itself through pytest's monkeypatch
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:  # NOTE: the stand-in is `tests.gpu.fake_cupy`
+        sys.path.insert(0, str(root))
+    from tests.gpu import fake_cupy
+    cxx = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+    if cxx is None:
+        sys.exit("--stand-in needs a C++ compiler (c++, g++ or clang++) on PATH")
+    patch = pytest.MonkeyPatch()
+    fake_cupy.install(patch, [cxx], Path(tempfile.mkdtemp(prefix="gpu-stand-in-")))
+    return patch
 
 
 if __name__ == "__main__":

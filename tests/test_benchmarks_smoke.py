@@ -137,6 +137,41 @@ def test_compile_time_sets_the_named_parameter(tmp_path):
     assert "no hyper-parameter 'layers'" in str(err.value.code)
 
 
+def test_gpu_step_time_keeps_the_models_done_when_a_later_one_is_cut_off(tmp_path, monkeypatch):
+    # scripts/gpu_run.sh runs it under a time limit on a borrowed GPU: --out was written only
+    # after the last model, so a run killed at the LSTM returned no number at all
+    gpu_step_time = _bench("gpu_step_time")
+
+    def time_model(name, *args):
+        if name == "lstm":
+            raise KeyboardInterrupt  # stands for the time limit's signal
+        return {"model": name, "batch": 4, "torch_ms": 1.0}
+
+    monkeypatch.setattr(gpu_step_time, "time_model", time_model)
+    out = tmp_path / "gpu.json"
+    with pytest.raises(KeyboardInterrupt):
+        gpu_step_time.main(["--models", "mlp,cnn,lstm", "--torch-device", "cpu",
+                            "--out", str(out)])
+    assert [r["model"] for r in json.loads(out.read_text())["models"]] == ["mlp", "cnn"]
+
+
+@pytest.mark.slow  # NOTE: ~11 s: the stand-in builds the MLP's kernels as host C++
+def test_gpu_step_time_stand_in_runs_the_cupy_path_without_a_gpu(tmp_path):
+    # `--stand-in`: the dry run of scripts/gpu_run.sh times nnlang's cupy backend on the tests'
+    # CPU stand-in (the numbers mean nothing); afterwards `import cupy` is not the stand-in
+    gpu_step_time = _bench("gpu_step_time")
+    before = sys.modules.get("cupy")
+    out = tmp_path / "gpu.json"
+    gpu_step_time.main(["--stand-in", "--models", "mlp", "--rounds", "1", "--warmup", "0",
+                        "--batch", "4", "--pipeline", "2", "--out", str(out)])
+    got = json.loads(out.read_text())
+    assert got["device"] == "cpu", got
+    [r] = got["models"]
+    assert "nnlang_error" not in r, r
+    assert r["nnlang_ms"] > 0 and r["kernels"]["kernels"] > 0 and r["pipelined_steps"] == 2, r
+    assert sys.modules.get("cupy") is before
+
+
 @pytest.mark.slow
 def test_compile_time_tiny(capsys):
     # a cold and a warm compile of a small model: the table's counts come from the summary
