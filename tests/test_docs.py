@@ -371,7 +371,8 @@ def _doc_attribute_refs(text: str) -> list[tuple[str, str]]:
     # NOTE: `net.x` in the docs is a Net object (README's example runs it), not runtime/net.py
     stems = {p.stem for p in (ROOT / "nnlang").rglob("*.py")} - {"net"}
     return [(m, n) for m, n in re.findall(r"`(\w+)\.([A-Za-z_]\w*)", text)
-            if m in stems and n not in ("py", "npz", "csv", "json", "jsonl", "nn", "md")]
+            if m in stems and n not in ("py", "npz", "csv", "json", "jsonl", "nn", "md", "txt",
+                                                       "png", "xml", "log")]
 
 
 def test_docs_name_code_that_exists():
