@@ -6,20 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from typer.testing import CliRunner
 
-from tests.regen import ensure_cli
-
-app = ensure_cli().main.app
-runner = CliRunner()
-
-
-def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output + result.stderr
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        repr(result.exception)
-    return result
+from tests.test_cli import run
 
 
 def _file(path, size):
