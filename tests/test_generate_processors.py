@@ -398,8 +398,9 @@ def test_the_generation_doc_example_keeps_its_promises(capsys):
     no 3-gram twice in a sequence (prompt included), and no stop before 10 new tokens."""
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    code = re.search(r"```python\n(.*?)```", (root / "docs" / "generation.md").read_text(),
-                     re.S).group(1)
+    code = next(c for c in re.findall(r"```python\n(.*?)```",
+                                       (root / "docs" / "generation.md").read_text(), re.S)
+                if "num_return_sequences" in c)
     scope: dict = {}
     old = Path.cwd()
     try:
