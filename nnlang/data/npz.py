@@ -47,7 +47,12 @@ def check_options(name: str, target=None, targets=None, val=None, test=None) -> 
 
 def load_npz(path: Path, targets: list[str] | None = None) -> Dataset:
     """Inputs are all arrays except `targets` (default: those named label/labels/y/target)."""
-    arrays = read_npz(path)
+    return arrays_dataset(read_npz(path), path, path.stem, targets)
+
+
+def arrays_dataset(arrays: dict, path, name: str, targets: list[str] | None = None) -> Dataset:
+    """The data set of `arrays` as a .npz holds them (bare names: all training data; or
+    train_/val_/test_ prefixes); `path` names where they came from in the errors."""
     prefixed = [k for k in arrays if k.startswith(("train_", "val_", "test_"))]
     if prefixed and len(prefixed) != len(arrays):
         bare = sorted(set(arrays) - set(prefixed))
@@ -75,7 +80,7 @@ def load_npz(path: Path, targets: list[str] | None = None) -> Dataset:
         raise DataError(f"{path}: target(s) {unknown} not among arrays {names}",
                         did_you_mean(unknown[0], names))
     meta = {"kind": "arrays", "source": str(path)}
-    return Dataset(path.stem, _split(path, "train_" if prefixed else "", train),
+    return Dataset(name, _split(path, "train_" if prefixed else "", train),
                    _split(path, "test_", test), [n for n in names if n not in tgt], tgt, meta,
                    _split(path, "val_", split["val"]) if split["val"] else None)
 

@@ -389,7 +389,8 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
 
     config: a TrainConfig replacing the train section, or a dict of overrides (epochs, batch,
         lr, seed, val_split, clip_norm, l2, optimizer options, data).
-    data: a `Dataset`, or a name/path spec replacing the train section's `data`.
+    data: a `Dataset`, a name/path spec replacing the train section's `data`, or a dict of
+        arrays named as a .npz's ({"x": x, "y": y}; train_/val_/test_ prefixes split them).
     overrides: `--set` values: model hyper-parameters (or train settings when not one).
     out: the run directory (default runs/<model>-<stamp>/); save=False writes none.
     resume: True to continue the run in `out` (or the newest runs/<model>-*), or a path to a
@@ -1106,10 +1107,30 @@ def _same_held_out(old, new, ds, inside_epoch: bool, net: bool = False) -> None:
                            "run from its weights with --init-from")
 
 
+def _arrays(data: dict):
+    """The Dataset of `fit(data={name: array})`: the names as in a .npz (bare, or train_/val_/
+    test_ prefixed; label/labels/y/target the targets), each a numeric array, one row per
+    example."""
+    from nnlang.data.npz import arrays_dataset
+    arrays = {}
+    for k, v in data.items():
+        a = np.asarray(v)
+        if not isinstance(k, str) or a.dtype.kind not in "biuf" or a.ndim == 0:
+            raise NNError(f"fit(data=...): array {k!r} is {a.dtype} of shape {a.shape}; data "
+                          "is {name: numeric array with one row per example}",
+                          hint='e.g. data={"x": x, "y": y}, named as the model\'s inputs')
+        arrays[k] = a
+    return arrays_dataset(arrays, "fit(data=...)", "arrays")
+
+
 def _data(program, cfg, data, data_dir, file, words=None):
     """(config, dataset, input mapping, (train, val, test) arrays ready for the model); text
     encoded with `words` when the run continues or starts from a checkpoint that has them."""
-    if data is not None and not isinstance(data, (str, Path)):
+    if isinstance(data, dict):
+        # NOTE: a dict of arrays (Keras' fit(x, y) habit) went on as a Dataset and failed
+        # with "'dict' object has no attribute 'inputs'"; read as a .npz's arrays are
+        ds = _arrays(data)
+    elif data is not None and not isinstance(data, (str, Path)):
         ds = data
     else:
         if data is not None:

@@ -616,3 +616,30 @@ def test_a_refused_fit_of_a_net_leaves_its_schedule_as_it_was(tiny, tmp_path, mo
     assert same.step == cut.step == 13
     assert cut.total_steps == same.total_steps == 20
     assert cut.learning_rate() == same.learning_rate()
+
+
+def test_fit_takes_a_dict_of_arrays_as_a_npz_of_them(tmp_path):
+    """`fit(model, data={"x": x, "y": y})` (Keras' fit(x, y) habit) failed with "'dict' object
+    has no attribute 'inputs'"; it trains as the same arrays saved in a .npz do, bit for bit,
+    and a fit(net) takes them too. Text where numbers belong is a located refusal."""
+    import numpy as np
+
+    from nnlang.errors import NNError
+    from nnlang.train.trainer import fit
+    src = ("model M {\n  input x: float32[batch, 4]\n  input y: int32[batch]\n"
+           "  h = dense(x, 3)\n  loss cross_entropy(h, y)\n}\n"
+           "train M {\n  epochs = 1\n  batch = 4\n  optimizer = sgd(lr = 0.1)\n}\n")
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 4), dtype=np.float32)
+    y = rng.integers(0, 3, 16).astype(np.int32)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    quiet = {"save": False, "progress": False, "backend": "reference"}
+    a = fit(src, data={"x": x, "y": y}, **quiet)
+    b = fit(src, data=str(tmp_path / "d.npz"), **quiet)
+    assert a.losses == b.losses
+    for k, v in b.net.state_dict().items():
+        np.testing.assert_array_equal(a.net.state_dict()[k], v)
+    more = fit(a.net, {"epochs": 1}, data={"x": x, "y": y}, **quiet)
+    assert more.net.epoch == 2
+    with pytest.raises(NNError, match="array 'x' is <U1"):
+        fit(src, data={"x": ["a"] * 16, "y": y}, **quiet)
