@@ -271,9 +271,9 @@ def _check_streamer(streamer, n_prompts: int, opts: dict) -> None:
     if not callable(getattr(streamer, "put", None)) or not callable(getattr(streamer, "end",
                                                                             None)):
         raise NNError(f"streamer is {with_article(type(streamer).__name__)} without put() and "
-                      "end()", hint="give an object with put(ids), called with each new "
-                      "prompt's ids, then with each new token's id, and end(), called once "
-                      "decoding stops (HF's streamer)")
+                      "end()", hint="give an object with put(ids), called with the prompt's "
+                      "ids, then with each new token's id, and end(), called once decoding "
+                      "stops (HF's streamer)")
     if not streamable(n_prompts, opts):
         what = (f"beam search (beam={opts['beam']})" if opts["beam"] > 1 else
                 f"{n_prompts} prompts" if n_prompts != 1 else
@@ -451,14 +451,20 @@ class Generator:
                           "give a token the model writes (a character), or leave the stop out")
         return got
 
+    def _section_span(self, key: str, value):
+        """The generate section's `key` setting when `value` is the section's (an error then
+        points there), else None (the value came from a flag or an argument, said as such).
+        NOTE: told apart by value, as options_from hands on no origin: a flag equal to the
+        section's value is said as the section's."""
+        return self.spec.spans.get(key) if value == self.spec.defaults.get(key) else None
+
     def stop_strings(self, strings: tuple) -> tuple:
         """`strings`, refused when one holds a character the tokenizer cannot write: no
         sequence could end there (a typo would let every sequence run to max_new). An error
         points at the generate section when they came from there, else names the flag."""
         from nnlang.data import DataError
-        section = strings == self.spec.defaults.get("stop_strings")
-        span = self.spec.spans.get("stop_strings") if section else None
-        what = "stop_strings" if section else "--stop-string"
+        span = self._section_span("stop_strings", strings)
+        what = "--stop-string" if span is None else "stop_strings"
         for text in strings:
             try:
                 ids = self.tok.encode(text, what)
@@ -682,11 +688,11 @@ class Generator:
         if problem is None:
             return
         key, value = ("beam", width) if width > 1 else ("num_return_sequences", many)
-        if value > 1 and value == self.spec.defaults.get(key) and key in self.spec.spans:
+        if value > 1 and (span := self._section_span(key, value)) is not None:
             # NOTE: the generate section's setting: the hint named a flag never typed, and the
             # error pointed nowhere
             raise NNError(f"decoding {rows} rows at once (the generate section's {key} = "
-                          f"{value}): {problem}", self.spec.spans[key],
+                          f"{value}): {problem}", span,
                           f"lower the section's {key}, or pass a smaller {FLAGS[key]}")
         raise NNError(f"decoding {rows} rows at once: {problem}",
                       hint=(f"use a smaller --beam (beam= here {width})" if width > 1 else
@@ -705,14 +711,13 @@ class Generator:
         if opts["min_new_tokens"] and stop is None:
             # NOTE: it holds back the stop token only (HF's MinNewTokensLengthLogitsProcessor);
             # without one it would be dropped without a word
-            section = opts["min_new_tokens"] == self.spec.defaults.get("min_new_tokens")
+            span = self._section_span("min_new_tokens", opts["min_new_tokens"])
             # NOTE: the section's value was said as the flag, which the user had not typed
             said = (f"the generate section's min_new_tokens = {opts['min_new_tokens']}"
-                    if section else f"{FLAGS['min_new_tokens']} (min_new_tokens=) "
+                    if span is not None else f"{FLAGS['min_new_tokens']} (min_new_tokens=) "
                     f"{opts['min_new_tokens']}")
             raise NNError(f"{said} has no effect without a stop token: it "
-                          "keeps the stop token from ending a sequence too early",
-                          self.spec.spans.get("min_new_tokens") if section else None,
+                          "keeps the stop token from ending a sequence too early", span,
                           "give a stop token (--stop, --stop-id, or the section's `stop`), or "
                           "drop min_new_tokens")
         width, many = opts["beam"], opts["num_return_sequences"]
