@@ -7,7 +7,8 @@ batch 1 and 16, paired in one run; and the linearity check (256 tokens cost abou
 Without -c the weights are the model's random initialization (speed does not depend on them).
 The model is built with maxlen = 288 so that a 16-character prompt plus 256 new tokens fit.
 Times exclude compilation (one warm-up generation per shape first); each figure is the median
-of `--rounds` runs, nnlang and PyTorch alternating.
+of `--rounds` runs, nnlang and PyTorch alternating. With `--backend cupy` the twin runs on
+the same GPU (on the CPU, with a note, where this PyTorch has no CUDA).
 """
 from __future__ import annotations
 
@@ -51,10 +52,11 @@ def build(ckpt, backend):
 class TorchGpt:
     """The same pre-norm decoder, with key/value caches preallocated to MAXLEN."""
 
-    def __init__(self, state: dict, hp: dict):
+    def __init__(self, state: dict, hp: dict, device: str = "cpu"):
         import torch
-        self.t = torch
-        self.w = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in state.items()}
+        self.t, self.device = torch, device
+        self.w = {k: torch.from_numpy(np.array(v, np.float32)).to(device)
+                  for k, v in state.items()}
         self.hp = hp
 
     def _ln(self, x, name):
@@ -73,7 +75,7 @@ class TorchGpt:
         vc[:, :, pos:pos + T] = v
         keys, vals = kc[:, :, :pos + T], vc[:, :, :pos + T]
         scores = (q @ keys.transpose(-1, -2)) / math.sqrt(dh)
-        mask = self.t.ones(T, pos + T, dtype=self.t.bool).triu(1 + pos)
+        mask = self.t.ones(T, pos + T, dtype=self.t.bool, device=self.device).triu(1 + pos)
         probs = scores.masked_fill(mask, -1e9).softmax(-1)
         ctx = (probs @ vals).transpose(1, 2).reshape(B, T, D)
         return ctx @ w[f"h.{i}.a.wo"] + w[f"h.{i}.a.bo"]
@@ -93,9 +95,10 @@ class TorchGpt:
         t, hp = self.t, self.hp
         with t.no_grad():
             dh = hp["dim"] // hp["heads"]
-            cache = [(t.zeros(batch, hp["heads"], MAXLEN, dh),
-                      t.zeros(batch, hp["heads"], MAXLEN, dh)) for _ in range(hp["layers"])]
-            tokens = t.tensor([prompt_ids] * batch)
+            cache = [(t.zeros(batch, hp["heads"], MAXLEN, dh, device=self.device),
+                      t.zeros(batch, hp["heads"], MAXLEN, dh, device=self.device))
+                     for _ in range(hp["layers"])]
+            tokens = t.tensor([prompt_ids] * batch, device=self.device)
             logits = self.forward(tokens, 0, cache)[:, -1]
             out, pos = [], len(prompt_ids)
             for step in range(new):
@@ -139,10 +142,16 @@ def main(argv=None):
                          f"needs PyTorch ({err})\n  hint: pip install torch") from None
     if args.threads:
         torch.set_num_threads(args.threads)
+    # NOTE: a cupy run is compared with PyTorch on the same GPU where this PyTorch has CUDA
+    device = "cuda" if args.backend == "cupy" and torch.cuda.is_available() else "cpu"
+    if args.backend == "cupy" and device == "cpu":
+        print("note: this PyTorch has no CUDA: its twin runs on the CPU", flush=True)
     net, tok = build(args.checkpoint, args.backend)
-    twin = TorchGpt(net.state, {**net.program.hparams, "maxlen": MAXLEN})
+    twin = TorchGpt(net.state, {**net.program.hparams, "maxlen": MAXLEN}, device)
     ids = tok.encode(PROMPT)
-    results = {"device": "cpu", "backend": args.backend, "prompt_tokens": len(ids), "runs": []}
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    results = {"device": "gpu" if args.backend == "cupy" else "cpu", "torch_device": name,
+               "backend": args.backend, "prompt_tokens": len(ids), "runs": []}
     for batch in batches:
         for new in lengths:
             ours = nnlang_greedy(net, tok, batch, new)          # warm-up (compiles)
