@@ -64,18 +64,22 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed",
                                        help=f"Seed of the sampling {_default('seed')}."),
     repetition_penalty: Optional[float] = typer.Option(
-        None, "--repetition-penalty", callback=finite_float, rich_help_panel=HF_PANEL, help="Scores of the tokens already "
-        "in the sequence (prompt included) are divided by this when positive, multiplied when "
-        f"negative (HF's CTRL rule) {_default('repetition_penalty')}."),
+        None, "--repetition-penalty", callback=finite_float, rich_help_panel=HF_PANEL,
+        help="Scores of the tokens already in the sequence (prompt included) are divided by "
+        "this when positive, multiplied when negative (HF's CTRL rule) "
+        f"{_default('repetition_penalty')}."),
     no_repeat_ngram_size: Optional[int] = typer.Option(
-        None, "--no-repeat-ngram-size", rich_help_panel=HF_PANEL, help="No n-gram of this size occurs twice in a "
-        f"sequence {_default('no_repeat_ngram_size')}."),
+        None, "--no-repeat-ngram-size", rich_help_panel=HF_PANEL,
+        help="No n-gram of this size occurs twice in a sequence "
+        f"{_default('no_repeat_ngram_size')}."),
     min_new_tokens: Optional[int] = typer.Option(
-        None, "--min-new-tokens", rich_help_panel=HF_PANEL, help="The stop token cannot end a sequence before this many "
-        f"new tokens {_default('min_new_tokens')}."),
+        None, "--min-new-tokens", rich_help_panel=HF_PANEL,
+        help="The stop token cannot end a sequence before this many new tokens "
+        f"{_default('min_new_tokens')}."),
     num_return_sequences: Optional[int] = typer.Option(
-        None, "--num-return-sequences", rich_help_panel=HF_PANEL, help="Sequences per prompt: independent samples, or "
-        f"the best beams (at most --beam) {_default('num_return_sequences')}."),
+        None, "--num-return-sequences", rich_help_panel=HF_PANEL,
+        help="Sequences per prompt: independent samples, or the best beams (at most --beam) "
+        f"{_default('num_return_sequences')}."),
     sets: Optional[list[str]] = typer.Option(
         None, "--set", help="name=value: a model hyper-parameter over the run's that changes "
                             "no weight's shape, e.g. a recurrent model's sequence length for "

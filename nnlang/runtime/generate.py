@@ -297,8 +297,8 @@ def tokenizer_of(net, data_dir=None):
     data = config.data if config else None
     if data is None:
         raise NNError(f"model '{program.model}' has no train data set to take a tokenizer "
-                      "from", hint="add `data = ...` (a text data set such as imdb_text) to its train "
-                      "section, or pass tokenizer=... in Python")
+                      "from", hint="add `data = ...` (a text data set such as imdb_text) to "
+                      "its train section, or pass tokenizer=... in Python")
     try:
         ds = load_dataset(data.name, data_dir=data_dir, **data.options)
     except DataError as err:
