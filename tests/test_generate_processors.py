@@ -531,6 +531,43 @@ def test_generate_streams_one_prompt_to_a_terminal_and_ends_with_the_usual_outpu
     assert final.strip() == shown.strip() and shown.endswith("The film" + want.text + "\n")
 
 
+def test_generate_on_a_terminal_resolves_its_settings_once(tmp_path, monkeypatch):
+    """On a terminal `nnlang generate` resolved its settings (options_from) once to choose its
+    streamer, then again to decode; it resolves them once, and a bad one is still said once,
+    located as without a terminal."""
+    import io
+
+    from rich.console import Console
+
+    import nnlang.runtime.generate as gen
+    import nnlang_cli.generate_cmds as cmds
+    from tests.faults.conftest import cli
+    _saved_lm(tmp_path)
+    args = ["generate", "lm.nn", "-c", "saved", "--backend", "reference", "-p", "The film",
+            "--max-new", "3", "--temperature", "2", "--seed", "4"]
+    plain = cli(*args, "--top-k", "0", cwd=tmp_path, code=1)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    calls = []
+    resolve = gen.options_from
+    monkeypatch.setattr(gen, "options_from", lambda *a: calls.append(a) or resolve(*a))
+    monkeypatch.setattr(cmds, "console", lambda: Console(file=Terminal(), force_terminal=True,
+                                                         width=200, height=10))
+    cli(*args, cwd=tmp_path, code=0)
+    assert len(calls) == 1
+    bad = cli(*args, "--top-k", "0", cwd=tmp_path, code=1)
+    # NOTE: the terminal (not the output read here) shows the "using CHECKPOINT" line
+    assert plain.endswith(bad) and bad.count("--top-k (top_k=)") == 1
+    # a model without a generate section: its settings were read from None (AttributeError,
+    # an internal error) before the located error could be raised
+    lm = tmp_path / "lm.nn"
+    lm.write_text(lm.read_text().replace("generate RunLm { tokens = tokens  logits = logits }",
+                                         ""))
+    assert "model 'RunLm' has no generate section" in cli(*args, cwd=tmp_path, code=1)
+
+
 def test_generate_to_a_file_under_force_color_prints_the_usual_output(tmp_path, monkeypatch):
     """FORCE_COLOR (set by CI configurations for coloured logs) makes rich take a file or pipe
     for a terminal: `nnlang generate > out.txt` got the live view's frames, each with its
