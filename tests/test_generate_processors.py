@@ -177,6 +177,25 @@ def test_beam_search_applies_the_processors_to_log_probabilities_and_returns_the
         seq for _, seq in hf_beam(logp_next, tok.encode("c"), 3, 5, stop, 1.0, many=2)]
 
 
+@pytest.mark.parametrize("many", [1, 2, 3])
+def test_beam_search_without_a_finished_hypothesis_gives_every_prompt_its_n_best(many):
+    """No hypothesis finishes (no stop token): HF's finalize returns each prompt's n best live
+    beams at max_new. Several prompts of several lengths, each with its n (a prompt missing
+    from `grouped` was reported as a known gap; it holds, pinned here against the HF twin)."""
+    from tests.test_generate import _tiny_gpt_for_beams
+    tok, net, logp_next = _tiny_gpt_for_beams("abcde", 3)
+    prompts = ["ab", "c", "dabe"]
+    got = net.generate(prompts, max_new=4, beam=3, length_penalty=1.0, tokenizer=tok,
+                       num_return_sequences=many)
+    assert [len(g) for g in got.grouped] == [many] * len(prompts)
+    for prompt, group in zip(prompts, got.grouped):
+        want = hf_beam(logp_next, tok.encode(prompt), 3, 4, None, 1.0, many=many)
+        assert [s.prompt for s in group] == [prompt] * many
+        assert [s.ids for s in group] == [seq for _, seq in want]
+        assert [s.score for s in group] == pytest.approx([sc for sc, _ in want], abs=1e-9)
+        assert {s.stopped for s in group} == {"max_new"}
+
+
 def test_sampling_draws_from_the_processed_then_warped_distribution(monkeypatch):
     """At every step of a sampled batch, the distribution the sampler draws from (the share of
     evenly spread draws) is HF's: the processors on the row's sequence, then temperature, top-k
