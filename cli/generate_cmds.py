@@ -64,18 +64,22 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed",
                                        help=f"Seed of the sampling {_default('seed')}."),
     repetition_penalty: Optional[float] = typer.Option(
-        None, "--repetition-penalty", callback=finite_float, rich_help_panel=HF_PANEL, help="Scores of the tokens already "
-        "in the sequence (prompt included) are divided by this when positive, multiplied when "
-        f"negative (HF's CTRL rule) {_default('repetition_penalty')}."),
+        None, "--repetition-penalty", callback=finite_float, rich_help_panel=HF_PANEL,
+        help="Scores of the tokens already in the sequence (prompt included) are divided by "
+        "this when positive, multiplied when negative (HF's CTRL rule) "
+        f"{_default('repetition_penalty')}."),
     no_repeat_ngram_size: Optional[int] = typer.Option(
-        None, "--no-repeat-ngram-size", rich_help_panel=HF_PANEL, help="No n-gram of this size occurs twice in a "
-        f"sequence {_default('no_repeat_ngram_size')}."),
+        None, "--no-repeat-ngram-size", rich_help_panel=HF_PANEL,
+        help="No n-gram of this size occurs twice in a sequence "
+        f"{_default('no_repeat_ngram_size')}."),
     min_new_tokens: Optional[int] = typer.Option(
-        None, "--min-new-tokens", rich_help_panel=HF_PANEL, help="The stop token cannot end a sequence before this many "
-        f"new tokens {_default('min_new_tokens')}."),
+        None, "--min-new-tokens", rich_help_panel=HF_PANEL,
+        help="The stop token cannot end a sequence before this many new tokens "
+        f"{_default('min_new_tokens')}."),
     num_return_sequences: Optional[int] = typer.Option(
-        None, "--num-return-sequences", rich_help_panel=HF_PANEL, help="Sequences per prompt: independent samples, or "
-        f"the best beams (at most --beam) {_default('num_return_sequences')}."),
+        None, "--num-return-sequences", rich_help_panel=HF_PANEL,
+        help="Sequences per prompt: independent samples, or the best beams (at most --beam) "
+        f"{_default('num_return_sequences')}."),
     sets: Optional[list[str]] = typer.Option(
         None, "--set", help="name=value: a model hyper-parameter over the run's that changes "
                             "no weight's shape, e.g. a recurrent model's sequence length for "
@@ -95,16 +99,16 @@ def generate(
     temperature / top-k / top-p sampling, or beam search; --eval scores an encoder-decoder on
     held-out data. See docs/generation.md."""
     from nnlang.errors import NNError
-    from nnlang.runtime.generate import Interrupted
+    from nnlang.runtime.generate import Interrupted, decode, prepared
     from nnlang.train.inference import restore
     out = console()
     cut = False
-    options = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
-                   beam=beam, length_penalty=length_penalty, seed=seed,
-                   greedy=greedy or None, data_dir=data_dir, stop_strings=stop_string,
-                   repetition_penalty=repetition_penalty,
-                   no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
-                   num_return_sequences=num_return_sequences)
+    settings = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
+                    beam=beam, length_penalty=length_penalty, seed=seed,
+                    greedy=greedy or None, stop_strings=stop_string,
+                    repetition_penalty=repetition_penalty,
+                    no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
+                    num_return_sequences=num_return_sequences)
     with reporting():
         _check_mode(evaluate, prompt, prompt_file, data, limit)
         if evaluate and stop_string:
@@ -134,13 +138,14 @@ def generate(
                       "data set (set net.tokenizer, or pass data= to nnlang.save, to record "
                       "the one the loop used)", markup=False, highlight=False)
         if evaluate:
-            report = _held_out(net, cfg, file, data, data_dir, limit, tok, stop, options)
+            report = _held_out(net, cfg, file, data, data_dir, limit, tok, stop,
+                               {**settings, "data_dir": data_dir})
         else:
-            live = None if as_json else _streamer(out, net, prompts, tok, stop, options)
+            prompts, opts = prepared(net, prompts, {**settings, "stop": stop})
+            live = None if as_json else _streamer(out, net, prompts, tok, opts, data_dir)
             try:
                 with live or contextlib.nullcontext():
-                    result = net.generate(prompts, stop=stop, tokenizer=tok, streamer=live,
-                                          **options)
+                    result = decode(net, prompts, opts, tok, data_dir, live)
             except Interrupted as stopped:
                 # NOTE: Ctrl-C while decoding: what each prompt had is printed (`stopped`
                 # "interrupted"), then exit 130; it was dropped with only "interrupted"
@@ -156,23 +161,18 @@ def generate(
         raise typer.Exit(code)
 
 
-def _streamer(out, net, prompts, tok, stop, options):
+def _streamer(out, net, prompts, tok, opts, data_dir):
     """A live view of the text as it is generated (HF's TextStreamer) when the output is a
     terminal and there is one sequence to follow (one prompt, no beam search, one sequence);
     else None."""
-    from nnlang.runtime.generate import options_from, streamable, tokenizer_of
+    from nnlang.runtime.generate import streamable, tokenizer_of
     from nnlang.train.progress import live
     # NOTE: a real terminal, as for training's bar: FORCE_COLOR makes rich take a file or pipe
     # for one, and `nnlang generate > out.txt` got each frame with its escape codes
-    if not live(out):
-        return None
-    opts = options_from(net.program.generate, {**{k: v for k, v in options.items()
-                                                  if k != "data_dir"}, "stop": stop})
-    if not streamable(len(prompts), opts):
+    if not live(out) or not streamable(len(prompts), opts):
         return None
     joint = " -> " if net.program.generate.source else ""
-    return _LiveText(out, tok or tokenizer_of(net, options.get("data_dir")),
-                     prompts[0] + joint)
+    return _LiveText(out, tok or tokenizer_of(net, data_dir), prompts[0] + joint)
 
 
 class _LiveText:

@@ -2,7 +2,8 @@
 `~/.cache/nnlang`) is the root, holding downloaded data sets (`data/cache.py`), compiled plans
 (`plans/`, `passes/plan_cache.py`) and compiled kernels (`kernels/`, `backends/numba_backend.py`).
 Everything cached can be made again, so a cache that cannot be written is a warning, not an error,
-and `nnlang cache clear` (`clear`) may remove any of it, even while another run uses it.
+and `nnlang cache clear` (`clear`) may remove any of it, even while another run uses it. A cache
+that cannot be written (a shared pre-built one) is still read: plans, kernels, data.
 """
 from __future__ import annotations
 
@@ -74,9 +75,9 @@ def cache_unwritable(path, err: OSError) -> None:
         return
     _warned.add(str(path))
     why = err.strerror or str(err)
-    print(f"warning: cannot write the cache at {path} ({why}); going on without it (the next "
-          "run compiles again)\n  hint: point NNLANG_CACHE_DIR to a writable folder with free "
-          "space", file=sys.stderr)
+    print(f"warning: cannot write the cache at {path} ({why}); going on without saving to it "
+          "(the next run compiles again what this one did)\n  hint: point NNLANG_CACHE_DIR to "
+          "a writable folder with free space", file=sys.stderr)
 
 
 def cache_damaged(path, err: BaseException) -> None:

@@ -1248,3 +1248,14 @@ def test_a_step_that_fits_only_with_swap_warns_like_an_error(monkeypatch):
     assert r.exit_code == 0, r.stderr
     assert "models/mlp.nn:8:8: warning: " in r.stderr and "of swap, slowly" in r.stderr
     assert "hint: " in r.stderr and "Warning" not in r.stderr and ".py:" not in r.stderr
+
+
+def test_the_cli_sources_keep_the_configured_line_length():
+    """STYLE.md's ~100 columns, as pyproject's [tool.ruff] line-length says: four
+    `typer.Option(...)` lines of generate_cmds.py ran to 114-123 columns (pyflakes does not
+    look at line length, so nothing caught them)."""
+    import tomllib
+    limit = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"]["line-length"]
+    long = [f"{path.name}:{k}" for path in sorted((ROOT / "cli").glob("*.py"))
+            for k, line in enumerate(path.read_text().splitlines(), 1) if len(line) > limit]
+    assert long == []

@@ -177,6 +177,25 @@ def test_beam_search_applies_the_processors_to_log_probabilities_and_returns_the
         seq for _, seq in hf_beam(logp_next, tok.encode("c"), 3, 5, stop, 1.0, many=2)]
 
 
+@pytest.mark.parametrize("many", [1, 2, 3])
+def test_beam_search_without_a_finished_hypothesis_gives_every_prompt_its_n_best(many):
+    """No hypothesis finishes (no stop token): HF's finalize returns each prompt's n best live
+    beams at max_new. Several prompts of several lengths, each with its n (a prompt missing
+    from `grouped` was reported as a known gap; it holds, pinned here against the HF twin)."""
+    from tests.test_generate import _tiny_gpt_for_beams
+    tok, net, logp_next = _tiny_gpt_for_beams("abcde", 3)
+    prompts = ["ab", "c", "dabe"]
+    got = net.generate(prompts, max_new=4, beam=3, length_penalty=1.0, tokenizer=tok,
+                       num_return_sequences=many)
+    assert [len(g) for g in got.grouped] == [many] * len(prompts)
+    for prompt, group in zip(prompts, got.grouped):
+        want = hf_beam(logp_next, tok.encode(prompt), 3, 4, None, 1.0, many=many)
+        assert [s.prompt for s in group] == [prompt] * many
+        assert [s.ids for s in group] == [seq for _, seq in want]
+        assert [s.score for s in group] == pytest.approx([sc for sc, _ in want], abs=1e-9)
+        assert {s.stopped for s in group} == {"max_new"}
+
+
 def test_sampling_draws_from_the_processed_then_warped_distribution(monkeypatch):
     """At every step of a sampled batch, the distribution the sampler draws from (the share of
     evenly spread draws) is HF's: the processors on the row's sequence, then temperature, top-k
@@ -529,6 +548,43 @@ def test_generate_streams_one_prompt_to_a_terminal_and_ends_with_the_usual_outpu
     final = re.sub(escapes, "", raw[erased:])
     shown = plain[plain.index("--- "):]
     assert final.strip() == shown.strip() and shown.endswith("The film" + want.text + "\n")
+
+
+def test_generate_on_a_terminal_resolves_its_settings_once(tmp_path, monkeypatch):
+    """On a terminal `nnlang generate` resolved its settings (options_from) once to choose its
+    streamer, then again to decode; it resolves them once, and a bad one is still said once,
+    located as without a terminal."""
+    import io
+
+    from rich.console import Console
+
+    import nnlang.runtime.generate as gen
+    import nnlang_cli.generate_cmds as cmds
+    from tests.faults.conftest import cli
+    _saved_lm(tmp_path)
+    args = ["generate", "lm.nn", "-c", "saved", "--backend", "reference", "-p", "The film",
+            "--max-new", "3", "--temperature", "2", "--seed", "4"]
+    plain = cli(*args, "--top-k", "0", cwd=tmp_path, code=1)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    calls = []
+    resolve = gen.options_from
+    monkeypatch.setattr(gen, "options_from", lambda *a: calls.append(a) or resolve(*a))
+    monkeypatch.setattr(cmds, "console", lambda: Console(file=Terminal(), force_terminal=True,
+                                                         width=200, height=10))
+    cli(*args, cwd=tmp_path, code=0)
+    assert len(calls) == 1
+    bad = cli(*args, "--top-k", "0", cwd=tmp_path, code=1)
+    # NOTE: the terminal (not the output read here) shows the "using CHECKPOINT" line
+    assert plain.endswith(bad) and bad.count("--top-k (top_k=)") == 1
+    # a model without a generate section: its settings were read from None (AttributeError,
+    # an internal error) before the located error could be raised
+    lm = tmp_path / "lm.nn"
+    lm.write_text(lm.read_text().replace("generate RunLm { tokens = tokens  logits = logits }",
+                                         ""))
+    assert "model 'RunLm' has no generate section" in cli(*args, cwd=tmp_path, code=1)
 
 
 def test_generate_to_a_file_under_force_color_prints_the_usual_output(tmp_path, monkeypatch):

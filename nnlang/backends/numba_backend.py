@@ -28,6 +28,7 @@ from pathlib import Path
 from nnlang.backends import numba_config  # noqa: F401, I001  (numba's settings first)
 import numba
 import numpy as np
+from numba.core.caching import CacheImpl, InTreeCacheLocator
 
 from nnlang.backends import (cpu_affinity, denormals, numba_kernels,  # noqa: F401
                              numba_scan)
@@ -45,7 +46,7 @@ from nnlang.files import write_atomic
 from nnlang.ir.graph import Node
 from nnlang.passes.schedule import apply_view
 from nnlang.user_cache import (cache_damaged, cache_subdir, cache_unwritable, private_dir,
-                                remove_quietly)
+                                remove_quietly, user_cache_dir)
 
 VERSION = "nnlang-0.3"  # NOTE: bumped when numba_config changes what a kernel compiles to
 # NOTE: a cached kernel holds the code of the numba functions it calls, so the source of the
@@ -308,17 +309,46 @@ def _uses_pool(call) -> bool:
 
 def _kernel_file(key: str, source: str) -> Path:
     """The kernel module's file: in the cache, or (the cache full or read-only) in this
-    process's private folder."""
-    path = cache_dir() / f"k_{key}.py"
+    process's private folder. NOTE: one the cache holds is read there even when the cache is
+    read-only (a shared pre-built one): with numba's cache beside it (`_ReadOnlyKernels`)."""
+    path = user_cache_dir() / "kernels" / f"k_{key}.py"
+    if _holds(path, source):
+        return path
+    path = cache_dir() / path.name
     try:
-        if not path.exists() or path.read_text() != source:
-            write_atomic(path, source)
+        write_atomic(path, source)
         return path
     except OSError as err:
         cache_unwritable(path.parent, err)
         path = private_dir("kernels") / path.name
         write_atomic(path, source)
         return path
+
+
+def _holds(path: Path, source: str) -> bool:
+    try:
+        return path.read_text() == source
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+class _ReadOnlyKernels(InTreeCacheLocator):
+    """numba's disk cache beside a kernel module of a cache this process cannot write (a
+    shared pre-built cache, a read-only mount): numba's own locators all need a folder they
+    can write, so its machine code was never read and every kernel compiled again. This one
+    reads it; a save fails as in a full cache (`_compiled_entry`: the kernel is used unsaved)."""
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        folder = Path(py_file).parent
+        if not py_func.__module__.startswith(_KERNELS) or folder != user_cache_dir() / "kernels" \
+                or os.access(folder / "__pycache__", os.W_OK) \
+                or not (folder / "__pycache__").is_dir():
+            return None
+        return cls(py_func, py_file)
+
+
+CacheImpl._locator_classes.insert(0, _ReadOnlyKernels)
 
 
 # NOTE: numba's workqueue threading layer (numba_config.py) aborts the whole process when two

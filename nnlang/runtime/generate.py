@@ -248,15 +248,29 @@ def _stop_strings(value) -> tuple:
 def generate(net, prompts, tokenizer=None, data_dir=None, streamer=None,
              **options) -> Generation:
     """`Net.generate`: see there."""
+    prompts, opts = prepared(net, prompts, options)
+    return decode(net, prompts, opts, tokenizer, data_dir, streamer)
+
+
+def prepared(net, prompts, options: dict) -> tuple[list, dict]:
+    """The prompts as a list and the settings resolved (`options_from`), each checked; apart
+    from `decode` so that `nnlang generate` chooses its streamer from the settings it decodes
+    with (it resolved them twice, and a model without a generate section failed there)."""
     spec = _spec(net)
     if isinstance(prompts, str):
         prompts = [prompts]
     elif not isinstance(prompts, (list, tuple)):
         raise NNError(f"prompts are {type(prompts).__name__}: give a string or a list of "
                       "strings")
-    opts = options_from(spec, options)   # NOTE: first: a bad option is not a tokenizer's fault
+    # NOTE: before the tokenizer is looked for: a bad option is not a tokenizer's fault
+    return list(prompts), options_from(spec, options)
+
+
+def decode(net, prompts: list, opts: dict, tokenizer=None, data_dir=None,
+           streamer=None) -> Generation:
+    """Decodes `prepared` prompts with its settings."""
     _check_streamer(streamer, len(prompts), opts)
-    return _generator(net, spec, tokenizer, data_dir).generate(list(prompts), opts, streamer)
+    return _generator(net, _spec(net), tokenizer, data_dir).generate(prompts, opts, streamer)
 
 
 def streamable(n_prompts: int, opts: dict) -> bool:
@@ -297,8 +311,8 @@ def tokenizer_of(net, data_dir=None):
     data = config.data if config else None
     if data is None:
         raise NNError(f"model '{program.model}' has no train data set to take a tokenizer "
-                      "from", hint="add `data = ...` (a text data set such as imdb_text) to its train "
-                      "section, or pass tokenizer=... in Python")
+                      "from", hint="add `data = ...` (a text data set such as imdb_text) to "
+                      "its train section, or pass tokenizer=... in Python")
     try:
         ds = load_dataset(data.name, data_dir=data_dir, **data.options)
     except DataError as err:

@@ -205,3 +205,57 @@ def test_ids_a_part_of_whole_rows_reads_are_checked_before_training_naming_the_r
             assert f"dataset 'tail' ({split} split), array 'tokens', row {i}: the id 25 " \
                    "is outside the 20 values" in err.value.message
             assert err.value.span is not None and err.value.span.line == 6
+
+
+TWO = """
+model Two {
+  symbol a
+  symbol b
+  input q: int32[batch, a]
+  input d: int32[batch, b]
+  input label: float32[batch]
+  x = sum(embedding(q, 20, 4), axis = 1)
+  y = sum(embedding(d[:, -3:], 30, 4), axis = 1)
+  logit = dense(x + y, 1) |> squeeze(axis = -1)
+  loss bce_with_logits(logit, label)
+}
+"""
+
+
+def test_two_ragged_inputs_are_checked_with_a_graph_per_length_of_each_not_per_pair(
+        monkeypatch):
+    """Two ragged inputs: the check built the graph at every pair of padded lengths (here 1 + 16
+    x 16 pairs at most; 304 for rows of 1-700 tokens, 17 s on a small Transformer). A check of
+    one input depends on its own length: two graphs per length of each input suffice. The ids
+    found are those numpy finds (all of q below 20; the last 3 of d below 30)."""
+    import nnlang
+    from nnlang.passes import pipeline
+    graph = nnlang.load(TWO).graph
+    rng = np.random.default_rng(0)
+    q = [list(rng.integers(1, 20, n)) for n in rng.integers(1, 250, 200)]
+    d = [list(rng.integers(1, 30, n)) for n in rng.integers(1, 250, 200)]
+    built = []
+    real = pipeline.forward_graph
+    monkeypatch.setattr(pipeline, "forward_graph", lambda *a, **k: built.append(1) or
+                        real(*a, **k))
+
+    def check(q, d):
+        ds = Dataset("two", Split({"q": Ragged.from_rows(q), "d": Ragged.from_rows(d),
+                                   "label": np.zeros(200, np.float32)}), None, ["q", "d"],
+                     ["label"])
+        feeds.check_ids(graph, ds, feeds.match_inputs(graph, ds.inputs, ds.targets))
+    check(q, d)
+    lengths = [{padded_length(len(r)) for r in rows} for rows in (q, d)]
+    pairs = {(padded_length(len(a)), padded_length(len(b))) for a, b in zip(q, d)}
+    assert len(built) <= 1 + 2 * sum(map(len, lengths)) < len(pairs)
+    long = next(i for i, r in enumerate(d) if len(r) > 10)
+    for rows, i, place, message in ((d, long, 0, None), (d, long, -2, f"array 'd', row {long}:"),
+                                    (q, 7, 0, "array 'q', row 7:")):
+        bad = [list(r) for r in rows]
+        bad[i][place] = 40
+        if message is None:   # never read: d's embedding sees its last 3 tokens only
+            check(q, bad)
+            continue
+        with pytest.raises(NNError, match=message):
+            check(bad, d) if rows is q else check(q, bad)
+

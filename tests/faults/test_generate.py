@@ -102,10 +102,10 @@ def test_bad_prompts_and_flags(run, args, words):
 def test_stop_is_text_and_stop_id_an_id(run, monkeypatch):
     """`--stop 9` is the character '9', as stop="9" is in net.generate and the generate
     section; it was read as token id 9. An id has its own flag, --stop-id."""
-    from nnlang.runtime.net import Net
-    seen, original = [], Net.generate
-    monkeypatch.setattr(Net, "generate", lambda self, prompts, **kw: (
-        seen.append(kw["stop"]), original(self, prompts, **kw))[1])
+    import nnlang.runtime.generate as gen
+    seen, original = [], gen.prepared   # NOTE: where the CLI's settings are resolved
+    monkeypatch.setattr(gen, "prepared", lambda net, prompts, options: (
+        seen.append(options["stop"]), original(net, prompts, options))[1])
     greedy = json.loads(generate(run, "--prompt", "The film", "--max-new", "1", "--json",
                                  code=0))
     first, char = greedy["ids"][0], greedy["text"]

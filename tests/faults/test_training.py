@@ -943,6 +943,46 @@ def test_full_or_read_only_cache_warns_and_leaves_no_temp_file(tmp_path, monkeyp
         assert not (tmp_path / "kernels/compiled").exists()
 
 
+def test_a_read_only_warm_cache_is_read_for_kernels(tmp_path, monkeypatch, capsys):
+    """A warm cache this process cannot write (a shared pre-built one, a read-only mount): its
+    plans and data were read, but every kernel was written to a private folder and compiled
+    again (numba's cache locators all need a folder they can write). A kernel the cache holds
+    is read from it with numba's machine code beside it, and nothing is said; one it lacks
+    compiles in the private folder after one warning. NOTE: root (CI) writes past chmod, so the
+    cache is made read-only where this process asks: os.access and the writers refuse."""
+    import tempfile
+
+    from nnlang import user_cache
+    from nnlang.backends import numba_backend
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(user_cache, "_warned", set())
+    source = SOURCE + "# a warm read-only cache\n"
+    warm = numba_backend.NumbaBackend()
+    warm.specialize(warm.compile(source, "twice"), (21,))
+    access, temporary, replace = os.access, tempfile.TemporaryFile, os.replace
+
+    def inside(path):
+        return path is not None and Path(path).is_relative_to(tmp_path)
+
+    def refused(*args):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
+        False if inside(path) and mode & os.W_OK else access(path, mode, **kw)))
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *a, dir=None, **kw: (
+        refused() if inside(dir) else temporary(*a, dir=dir, **kw)))
+    monkeypatch.setattr(os, "replace", lambda src, dst: (
+        refused() if inside(dst) else replace(src, dst)))
+    cold = numba_backend.NumbaBackend()   # NOTE: a new one loads the module anew, as a new run
+    fn = cold.compile(source, "twice")
+    assert cold.specialize(fn, (21,))[0](21) == 42
+    assert Path(fn.py_func.__code__.co_filename).parent == tmp_path / "kernels"
+    assert (sum(fn._cache_hits.values()), sum(fn._cache_misses.values())) == (1, 0)
+    assert capsys.readouterr().err == ""
+    new = cold.compile(SOURCE + "# not in the cache\n", "twice")
+    assert cold.specialize(new, (21,))[0](21) == 42
+    assert capsys.readouterr().err.count("warning: cannot write the cache") == 1
+
+
 def test_no_home_folder_warns_once_and_compiles(monkeypatch, capsys):
     """HOME unset and a user with no passwd entry (`docker run -u 12345`, OpenShift's random
     uid): Path.home() raises, and every compile was "internal error: RuntimeError: Could not
