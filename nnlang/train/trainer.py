@@ -410,6 +410,10 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         the epoch's; val_split stays what a fit of the net held out (else it would validate
         on examples it trained on).
         Its run directory is a new one (or `out`); the History's rows are this call's epochs.
+        Early stopping and the plateau schedule count from this call's start, as Keras's
+        callbacks reset at each fit: the best value and the epochs without improvement start
+        over (the lr a plateau lowered stays lowered), so a net whose run stopped early trains
+        again. A --resume (fit(path, resume=...)) goes on with its run's count instead.
     All randomness comes from the config's seed: the same seed gives the same numbers.
     """
     return _Training.setup(program_or_path, config, data, backend=backend, overrides=overrides,
@@ -628,7 +632,11 @@ class _Training:
             except NNError as err:   # NOTE: as eval and predict say it: which file
                 raise NNError(f"{ckpt.path} does not fit model '{self.program.model}': "
                               f"{err.message}", hint=err.hint) from None
-            self.watch = _Watch(self.cfg, self.program.graph, ckpt.meta.get("watch"))
+            # NOTE: a Net's fit starts its watch over, as Keras's EarlyStopping and
+            # ReduceLROnPlateau do at each fit's start (wait 0, no best): a net whose run stopped
+            # early trains again; a --resume goes on with its run's count
+            self.watch = _Watch(self.cfg, self.program.graph,
+                                None if self.continuing else ckpt.meta.get("watch"))
             self.rng.bit_generator.state = ckpt.meta["rng_state"]
             self.start_epoch, self.skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)
             partial = ckpt.meta.get("partial")
@@ -761,14 +769,13 @@ class _Training:
                               f"nothing to train: the checkpoint has {self.start_epoch} of "
                               f"{cfg.epochs} epochs (pass --epochs to train more)")
         elif cfg.early_stop and watch.bad >= cfg.early_stop:   # NOTE: a resumed run that had
-            end, self.history.stopped = self.start_epoch, "early_stop"   # stopped early
+            end, self.history.stopped = self.start_epoch, "early_stop"   # stopped early (a
+            # Net's fit starts its watch over, `_restore`)
             say(self.console, f"nothing to train: the run stopped early after epoch "
                               f"{self.start_epoch} ({watch.monitor} had not improved for "
                               f"{watch.bad} epoch(s); best {watch.best:.4f} at epoch "
-                              f"{watch.best_epoch}); "
-                              + (f"fit(net, {{'early_stop': N}}) with N > {watch.bad} trains on"
-                                 if self.continuing else f"pass --set early_stop=N with N > "
-                                 f"{watch.bad} to train on"))
+                              f"{watch.best_epoch}); pass --set early_stop=N with N > "
+                              f"{watch.bad} to train on")
         elif self.max_steps is not None and self.net.step >= self.max_steps:
             end, self.history.stopped = self.start_epoch, "max_steps"
             # NOTE: a fit(net) has no checkpoint or flags: its words are the net's and fit's

@@ -537,13 +537,30 @@ def test_a_nets_fit_that_stops_or_has_nothing_to_train_names_fits_settings(tiny)
     texts.append(said(net, {"epochs": 1}, max_steps=7))
     assert "nothing to train: the net is at step 7, max_steps 7 (a larger one trains more)" \
         in texts[-1]
-    watch = {"early_stop": 1, "monitor": "val_loss", "mode": "max"}
-    net = run(tiny, config={"epochs": 6, **watch}).net
-    texts.append(said(net, {"epochs": 2}))
-    assert "best 1.2348 at epoch 1); fit(net, {'early_stop': N}) with N > 1 trains on" \
-        in texts[-1]
     for flag in ("--resume", "--max-steps", "--set", "checkpoint"):
         assert not any(flag in text for text in texts), flag
+
+
+def test_a_nets_fit_after_an_early_stop_trains_again_as_keras_fit_does(tiny):
+    """Keras's EarlyStopping (and ReduceLROnPlateau) reset their wait and best at each fit's
+    start (`on_train_begin`), so `model.fit` called again trains again. fit(net) on a net whose
+    run stopped early trained nothing ('nothing to train: the run stopped early') until
+    early_stop was raised: the new call counted on from the old run's patience. A --resume of
+    that run still goes on with its count (test_train_life)."""
+    watch = {"early_stop": 1, "monitor": "val_loss", "mode": "max"}
+    first = run(tiny, config={"epochs": 6, **watch})
+    assert first.stopped == "early_stop" and len(first.rows) < 6
+    net = first.net
+    epoch, step = net.epoch, net.step
+    out = io.StringIO()
+    again = fit(net, {"epochs": 3}, save=False, backend="reference", progress=False,
+                console=Console(file=out, width=300))
+    assert "nothing to train" not in out.getvalue()
+    # NOTE: with patience 1 and a fresh best, this call runs at least 2 epochs (the first
+    # sets the best, which only a second can fail to beat)
+    assert len(again.rows) >= 2 and net.epoch == epoch + len(again.rows)
+    assert net.step == step + 10 * len(again.rows)
+    assert again.best["epoch"] == epoch + 1 and again.best["value"] == again.rows[0]["val_loss"]
 
 
 def test_a_nets_fit_holds_out_what_its_fits_held_out_and_says_so_in_fits_words(tiny):
