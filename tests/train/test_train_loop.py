@@ -476,6 +476,30 @@ def test_fit_of_a_restored_or_compiled_net(tiny, tmp_path):
     _exact(fresh.state_dict(), params(straight))
 
 
+def test_a_restored_nets_records_are_its_own(tiny, tmp_path):
+    """restore() set the net's loop_state to the checkpoint's meta dict itself, and its
+    trained_data to that dict's "data" (a deepcopy of the net shared trained_data too): the
+    checkpoint eval, predict and generate are handed was where fit(net) goes on from, and a
+    change to one record changed the others. A change to the checkpoint's meta here makes
+    fit(net) start the epoch's data order over; each object must be independent, and fit(net)
+    then gives the straight run's weights (as test_fit_of_a_restored_or_compiled_net)."""
+    import copy
+
+    from nnlang.train.inference import restore
+    straight = run(tiny)
+    run(tiny, tmp_path / "split", config={"epochs": 1})
+    net, ckpt, _ = restore(str(tiny), tmp_path / "split", backend="reference")
+    kept = copy.deepcopy(net.loop_state)
+    ckpt.meta["epoch"], ckpt.meta["data"]["name"] = 7, "other"
+    assert net.loop_state == kept and net.trained_data == kept["data"]
+    twin = copy.deepcopy(net)
+    twin.trained_data["name"] = "twin's"
+    net.loop_state["data"]["name"] = "changed"
+    assert net.trained_data == kept["data"]
+    fit(net, {"epochs": 1}, save=False, progress=False)
+    _exact(net.state_dict(), params(straight))
+
+
 def test_a_nets_fit_in_a_new_run_directory_keeps_its_own_best(tiny, tmp_path):
     """fit(net) writes a new run directory, and its best is one of its own epochs (the watch
     starts over, as Keras's callbacks do): an earlier fit's best epoch, whose weights that
