@@ -22,7 +22,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Table
 
 from nnlang.data.registry import trained_words
-from nnlang.errors import NNError
+from nnlang.errors import NNError, said_as
 from nnlang.files import as_bool, as_path
 from nnlang.frontend.train_config import setting_span
 from nnlang.ops.optim import plateau_scale
@@ -624,7 +624,7 @@ class _Training:
         partial epoch and divergence baseline."""
         self.rng = feeds.order_rng(self.cfg.seed)
         self.start_epoch, self.skip, partial = 0, 0, None
-        self.guard = DivergenceGuard(clip_norm=self.cfg.clip_norm)
+        self.guard = DivergenceGuard(clip_norm=self.cfg.clip_norm, net=self.continuing)
         self.watch = _Watch(self.cfg, self.program.graph)
         if ckpt is not None:
             try:
@@ -640,7 +640,8 @@ class _Training:
             self.rng.bit_generator.state = ckpt.meta["rng_state"]
             self.start_epoch, self.skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)
             partial = ckpt.meta.get("partial")
-            self.guard = DivergenceGuard(ckpt.meta.get("loss_start"), self.cfg.clip_norm)
+            self.guard = DivergenceGuard(ckpt.meta.get("loss_start"), self.cfg.clip_norm,
+                                         self.continuing)
             if self.skip and ckpt.config.batch != self.cfg.batch and self.continuing:
                 raise NNError(f"the net stopped inside an epoch at batch {ckpt.config.batch}; "
                               f"fit(net) finishes that epoch at it, not {self.cfg.batch}",

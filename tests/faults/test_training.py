@@ -103,7 +103,8 @@ def work(tmp_path_factory):
     # it said "cannot write tiny.npz (File exists)"
     (["--out", "tiny.npz"], 1, ["--out tiny.npz: this is a file", "a folder's path"]),
     (["--out", "run-tiny"], 1, ["already holds a training run", "--resume"]),
-    (["--lr", "1e6"], 1, ["training diverged", "over 10000 times its start", "--lr"]),
+    (["--lr", "1e6"], 1, ["training diverged", "over 10000 times its start", "(--lr)",
+                          "--set clip_norm=1"]),
     (["--lr", "1e6", "--set", "optimizer=sgd"], 1, ["training diverged", "step"]),
     (["--data", "one.npy"], 1, ["one.npy"]),
     (["--set", "l1=0.5", "--set", "l1_on=h.wieght"], 1,

@@ -125,6 +125,24 @@ def test_divergence_stops_with_a_clear_error(tiny):
         run(tiny, config={"lr": 1e30})
 
 
+def test_the_divergence_hint_names_what_a_python_caller_sets(tiny, monkeypatch):
+    """From Python the hint said 'lower the learning rate (--lr)', a flag of the CLI: fit(model)
+    takes the rate as {"lr": ...}, and a Net's fit takes none (its rate is compiled into it).
+    The CLI's words stay the flags (tests/faults/test_training.py)."""
+    with pytest.raises(NNError) as err:
+        run(tiny, config={"lr": 1e30})
+    assert "{\"lr\": ...}" in err.value.hint and "{\"clip_norm\": 1}" in err.value.hint
+    assert "--" not in err.value.hint, err.value.hint
+    net = run(tiny, config={"epochs": 1}).net
+    real = Net.fetch
+    monkeypatch.setattr(Net, "fetch", lambda self, *a, **kw: [
+        (float("nan"), m) for _, m in real(self, *a, **kw)])
+    with pytest.raises(NNError, match="diverged") as err:
+        fit(net, {"epochs": 1}, save=False, progress=False)
+    assert "compiled into the net: compile one with a smaller lr" in err.value.hint
+    assert "--" not in err.value.hint and "{" not in err.value.hint, err.value.hint
+
+
 def test_divergence_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
     real = Net.fetch
 
