@@ -22,7 +22,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Table
 
 from nnlang.data.registry import trained_words
-from nnlang.errors import NNError, said_as
+from nnlang.errors import NNError, said_as, warn
 from nnlang.files import as_bool, as_path
 from nnlang.frontend.train_config import setting_span
 from nnlang.ops.optim import plateau_scale
@@ -1007,7 +1007,7 @@ class _Training:
                             "stopped": history.stopped, "best": history.best,
                             "train": _last(history.rows, "train"), "val": history.val,
                             "test": history.test})
-                        plotted = run.plot()
+                        plotted = _plots(run)
             except KeyboardInterrupt:
                 # NOTE: training is complete and saved; only the test numbers (or the summary
                 # and plots, which a --resume writes) are missing
@@ -1022,6 +1022,21 @@ class _Training:
         if run is not None:
             say(self.console, f"run directory: {run.path}")
         return history
+
+
+def _plots(run: RunDir) -> list | None:
+    """The run's pngs, or [] with a warning when they cannot be written: the plots are a view
+    of metrics.jsonl, drawn after training finished and was saved, so a failure there (a full
+    disk, a broken matplotlib or font) ended a finished run with an error and exit code 1."""
+    try:
+        return run.plot()
+    except Exception as err:   # NOTE: not KeyboardInterrupt: `finish` says that one
+        why = err.message if isinstance(err, NNError) else f"{type(err).__name__}: {err}"
+        then = err.hint if isinstance(err, NNError) and err.hint else \
+            said_as("a --resume of the run draws them again", "history.plot() draws them")
+        warn(f"the plots were not written: {why}", hint=f"training finished and is saved in "
+             f"{run.path} (the curves' numbers in metrics.jsonl); {then}")
+        return []
 
 
 def _continuing(net, overrides, model, resume, init_from, initial_epoch) -> None:
