@@ -111,8 +111,12 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tiny, tmp_path, monkeypa
             raise KeyboardInterrupt
         return real(self, feeds, fetch)
     monkeypatch.setattr(Net, "train_step", interrupting)
-    stopped = run(tiny, tmp_path / "split")
+    out = io.StringIO()
+    stopped = run(tiny, tmp_path / "split", console=Console(file=out, width=300))
     assert stopped.stopped == "interrupted"
+    # NOTE: in fit's words from Python: it said 'resume with: nnlang train tiny.nn --out ...'
+    assert f"resume with: fit('{tiny}', resume='{tmp_path / 'split'}', backend='reference')" \
+        in out.getvalue(), out.getvalue()
     ck = checkpoint.load(tmp_path / "split/checkpoint.npz")
     assert (ck.epoch, ck.meta["step_in_epoch"], ck.step) == (0, 7, 7)
     monkeypatch.setattr(Net, "train_step", real)
@@ -581,6 +585,37 @@ def test_a_nets_fit_that_stops_or_has_nothing_to_train_names_fits_settings(tiny)
         in texts[-1]
     for flag in ("--resume", "--max-steps", "--set", "checkpoint"):
         assert not any(flag in text for text in texts), flag
+
+
+def test_a_python_fits_errors_and_notes_name_its_arguments_not_the_clis_flags(tiny, tmp_path):
+    """fit(path) from Python was told the CLI's flags: '--init-from starts a new run ...,
+    --resume continues a run', 'given twice: --data ... and --set data=', 'lower --batch',
+    'stopped by --max-steps 5 ...; --resume with a larger --max-steps' and 'pass --epochs to
+    train more'. Python's words are fit's arguments and config keys; the CLI keeps its flags
+    (tests/faults/test_training.py, test_finetune.py)."""
+    texts = []
+    for kw in ({"init_from": tmp_path, "resume": True},
+               {"data": "tiny.npz", "overrides": {"data": "other.npz"}},
+               {"config": {"batch": 60}}):
+        with pytest.raises(NNError) as err:
+            run(tiny, **kw)
+        texts.append(str(err.value))
+    assert "init_from starts a new run from another run's weights, resume continues" in texts[0]
+    assert "given twice: fit(data=tiny.npz) and overrides={'data': 'other.npz'}" in texts[1]
+    assert "fit's data=, or its config's 'data'" in texts[1]
+    assert 'lower fit\'s {"batch": ...}, or its val_split' in texts[2]
+
+    def said(**kw):
+        out = io.StringIO()
+        run(tiny, tmp_path / "cut", console=Console(file=out, width=300), **kw)
+        return out.getvalue()
+    texts += [said(max_steps=5), said(resume=True, max_steps=5),
+              said(resume=True, config={"epochs": 1}), said(resume=True, config={"epochs": 1})]
+    assert "stopped by max_steps 5 at epoch 1, step 5 of 10 (global step 5); " \
+           "fit(..., resume=RUN) with a larger max_steps, or none, trains on" in texts[3]
+    assert "the checkpoint is at step 5, max_steps 5 (pass a larger one" in texts[4]
+    assert "the checkpoint has 1 of 1 epochs (pass a larger epochs to train more)" in texts[6]
+    assert not any("--" in text for text in texts), texts
 
 
 def test_a_nets_fit_after_an_early_stop_trains_again_as_keras_fit_does(tiny):
