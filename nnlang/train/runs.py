@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from nnlang.errors import NNError
+from nnlang.errors import NNError, said_as
 from nnlang.files import CWD_GONE, CWD_HINT, lost_with_cwd, user_path, write_atomic
 from nnlang.train import checkpoint
 
@@ -104,10 +104,18 @@ def _hold(path: Path) -> int | None:
         os.close(fd)
         if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise NNError(f"{path} is in use by another training run",
-                          hint="wait for it to end (then --resume continues it), or pass "
-                               "another --out") from None
+                          hint=said_as("wait for it to end (then --resume continues it), or "
+                                       "pass another --out", "wait for it to end (then "
+                                       "resume=True continues it), or pass another out=")
+                          ) from None
         return None
     return fd
+
+
+def already_a_run() -> str:
+    """The hint for a new run into a folder that holds one."""
+    return said_as("pass --resume to continue it, or another --out for a new run",
+                   "pass resume=True to continue it, or another out= for a new run")
 
 
 def ensure_free(path) -> None:
@@ -126,8 +134,9 @@ class RunDir:
         self.path = user_path(path)
         self._noted_cut = False
         if self.path.exists() and not self.path.is_dir():
-            raise NNError(f"--out {self.path}: this is a file, and a run writes a folder",
-                          hint="pass --out with a folder's path (new or a run's)")
+            raise NNError(f"{said_as('--out', 'out=')} {self.path}: this is a file, and a run "
+                          "writes a folder", hint=said_as("pass --out", "pass out=") +
+                          " a folder's path (new or a run's)")
         with writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.path):
@@ -135,8 +144,7 @@ class RunDir:
         self._lock = _hold(self.path)
         if fresh and self.checkpoint.is_file():
             self.release()
-            raise NNError(f"{self.path} already holds a training run", hint="pass --resume to "
-                          "continue it, or another --out for a new run")
+            raise NNError(f"{self.path} already holds a training run", hint=already_a_run())
 
     def release(self) -> None:
         if self._lock is not None:

@@ -590,8 +590,8 @@ def test_a_nets_fit_that_stops_or_has_nothing_to_train_names_fits_settings(tiny)
 def test_a_python_fits_errors_and_notes_name_its_arguments_not_the_clis_flags(tiny, tmp_path):
     """fit(path) from Python was told the CLI's flags: '--init-from starts a new run ...,
     --resume continues a run', 'given twice: --data ... and --set data=', 'lower --batch',
-    'stopped by --max-steps 5 ...; --resume with a larger --max-steps' and 'pass --epochs to
-    train more'. Python's words are fit's arguments and config keys; the CLI keeps its flags
+    'stopped by --max-steps 5 ...; --resume with a larger --max-steps', 'pass --epochs to
+    train more', 'pass --resume to continue it, or another --out'. Python's words are fit's arguments and config keys; the CLI keeps its flags
     (tests/faults/test_training.py, test_finetune.py)."""
     texts = []
     for kw in ({"init_from": tmp_path, "resume": True},
@@ -615,6 +615,14 @@ def test_a_python_fits_errors_and_notes_name_its_arguments_not_the_clis_flags(ti
            "fit(..., resume=RUN) with a larger max_steps, or none, trains on" in texts[3]
     assert "the checkpoint is at step 5, max_steps 5 (pass a larger one" in texts[4]
     assert "the checkpoint has 1 of 1 epochs (pass a larger epochs to train more)" in texts[6]
+    for kw, words in (({"out": tmp_path / "cut"}, "pass resume=True to continue it, or "
+                                                  "another out= for a new run"),
+                      ({"resume": True, "runs_root": tmp_path / "none"},
+                       "pass resume=RUN_DIR to say which run to resume")):
+        with pytest.raises(NNError) as err:
+            fit(str(tiny), backend="reference", progress=False, **kw)
+        assert words in str(err.value), err.value
+        texts.append(str(err.value))
     assert not any("--" in text for text in texts), texts
 
 
