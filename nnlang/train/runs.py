@@ -31,8 +31,9 @@ def writing(path):
     except OSError as err:
         # NOTE: the default folder's name holds the model's, which can pass the file system's
         # limit on one name (255 bytes) however much space is free
-        hint = "pass --out with a shorter folder name" if err.errno == errno.ENAMETOOLONG \
-            else "pass --out with a writable folder that has free space"
+        out = said_as("pass --out with", "pass out=")
+        hint = f"{out} a shorter folder name" if err.errno == errno.ENAMETOOLONG \
+            else f"{out} a writable folder that has free space"
         if err.errno == errno.ENOENT and lost_with_cwd(path):
             raise NNError(f"cannot write {path}: {CWD_GONE}", hint=CWD_HINT) from None
         if err.errno == errno.EEXIST and (link := _dangling(Path(path))):
@@ -40,18 +41,19 @@ def writing(path):
             raise NNError(f"cannot write {path}: {link} is a symbolic link to "
                           f"{os.readlink(link)}, which does not exist",
                           hint="make what it points to (or mount that disk), or pass another "
-                               "--out") from None
+                               + said_as("--out", "out=")) from None
         if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and \
                 (Path(path) / checkpoint.FILENAME).is_file():
             # NOTE: a run there (a --resume): another --out alone starts no resume
             hint = (f"the run there is unchanged; to go on from it, copy it where you can "
-                    f"write: cp -r {path} NEW, then --out NEW --resume")
+                    f"write: cp -r {path} NEW, then " + said_as("--out NEW --resume",
+                                                                "fit(..., resume='NEW')"))
         run = Path(path).parent
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and \
                 (run / checkpoint.FILENAME).is_file():
             # NOTE: a run's log, summary or plot: another --out started the training over
-            hint = (f"free space there, then --resume goes on from {run / checkpoint.FILENAME} "
-                    "(the last checkpoint saved, unchanged)")
+            hint = (f"free space there, then {said_as('--resume', 'resume=True')} goes on from "
+                    f"{run / checkpoint.FILENAME} (the last checkpoint saved, unchanged)")
         raise NNError(f"cannot write {path} ({err.strerror or err})", hint=hint) from None
 
 
@@ -230,7 +232,8 @@ class RunDir:
                     break
                 raise NNError(f"{path}:{i} is damaged ({err})",
                               hint="fix or delete that line (the checkpoint, not this log, "
-                                   "says where the run stopped), or train with a new --out"
+                                   "says where the run stopped), or train with a new "
+                                   + said_as("--out", "out=")
                               ) from None
             rows.append(row)
         return rows

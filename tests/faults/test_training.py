@@ -425,7 +425,10 @@ def test_plots_cut_by_a_full_disk_keep_the_plots_there(work, tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # NOTE: EFBIG instead of a kill
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     p = cli_process("train", "tiny.nn", "--backend", "reference", "--out", run, "--resume",
-                    "--epochs", "3", code=0, cwd=work, env={"PYTHONPATH": str(ROOT)},
+                    "--epochs", "3", code=0, cwd=work,
+                    # NOTE: a PYTHONPATH already set (one naming the checkout's nnlang_cli) kept
+                    env={"PYTHONPATH": os.pathsep.join(filter(None, [
+                        str(ROOT), os.environ.get("PYTHONPATH")]))},
                     preexec_fn=limited)
     assert f"warning: the plots were not written: cannot write {run / 'loss.png'} (File too " \
            "large)" in p.stderr, p.stdout + p.stderr

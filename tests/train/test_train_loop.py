@@ -618,7 +618,10 @@ def test_a_python_fits_errors_and_notes_name_its_arguments_not_the_clis_flags(ti
     for kw, words in (({"out": tmp_path / "cut"}, "pass resume=True to continue it, or "
                                                   "another out= for a new run"),
                       ({"resume": True, "runs_root": tmp_path / "none"},
-                       "pass resume=RUN_DIR to say which run to resume")):
+                       "pass resume=RUN_DIR to say which run to resume"),
+                      ({"out": tmp_path / "tiny.npz"}, "pass out= a folder's path"),
+                      ({"out": tmp_path / "tiny.npz" / "run"},
+                       "pass out= a writable folder that has free space")):
         with pytest.raises(NNError) as err:
             fit(str(tiny), backend="reference", progress=False, **kw)
         assert words in str(err.value), err.value
