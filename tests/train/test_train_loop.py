@@ -621,7 +621,10 @@ def test_a_python_fits_errors_and_notes_name_its_arguments_not_the_clis_flags(ti
                        "pass resume=RUN_DIR to say which run to resume"),
                       ({"out": tmp_path / "tiny.npz"}, "pass out= a folder's path"),
                       ({"out": tmp_path / "tiny.npz" / "run"},
-                       "pass out= a writable folder that has free space")):
+                       "pass out= a writable folder that has free space"),
+                      ({"data": {"train_x": np.zeros((8, 5), np.float32),
+                                 "train_label": np.zeros(8, np.int32)}},
+                       "or override (overrides=) the model's hyper-parameters to match")):
         with pytest.raises(NNError) as err:
             fit(str(tiny), backend="reference", progress=False, **kw)
         assert words in str(err.value), err.value
