@@ -450,8 +450,14 @@ def test_bad_generation_requests_are_clear_errors():
     from nnlang.runtime.generate import generate
     net = lm_net()
     spec = net.program.generate
-    with pytest.raises(NNError, match="greedy decoding is deterministic: --temperature"):
+    # NOTE: from Python the keywords: it said "--temperature has no effect with --greedy"
+    with pytest.raises(NNError, match="greedy decoding is deterministic: temperature= has no "
+                                      "effect with greedy=True") as err:
         options_from(spec, {"greedy": True, "temperature": 0.5})
+    assert err.value.hint == "leave the sampling settings out, or drop greedy=True to sample"
+    with pytest.raises(NNError, match=r"greedy=True and beam=3 ask for two decodings") as err:
+        options_from(spec, {"greedy": True, "beam": 3})
+    assert "--" not in err.value.hint
     gen = generator(net)
     for stop in ("\\", "\\x"):
         with pytest.raises(NNError, match="not a valid escape") as err:
