@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.text import Text
 
 from nnlang.backends.ctrl_c import asks_to_stop
-from nnlang.errors import Given, NNError, NNWarning, Span
+from nnlang.errors import Given, NNError, NNWarning, Span, command_line
 
 RICH_HELP_COLUMNS = 80   # NOTE: the narrowest width the panels of every command's help fit
 
@@ -353,9 +353,9 @@ def reporting():
     compiling, eval, predict...) into a word and exit code 130 (typer alone exits 130 without
     a word), SIGTERM into a word and 143 (SIGHUP: 129); nothing there is half-written (files
     are replaced atomically). `fit` handles a Ctrl-C, SIGTERM or SIGHUP while training itself:
-    it saves a checkpoint and says so."""
+    it saves a checkpoint and says so. Hints inside name the command's flags (`said_as`)."""
     try:
-        with _sigterm_raises(), warnings.catch_warnings():
+        with _sigterm_raises(), warnings.catch_warnings(), command_line():
             shown = warnings.showwarning
 
             def show(message, category, *args, **kw):

@@ -6,6 +6,8 @@ and an optional hint; several errors found in one run travel together in one `NN
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 
@@ -93,6 +95,27 @@ class Given(dict):
     def __init__(self, values=(), spans: dict | None = None):
         super().__init__(values)
         self.spans = dict(spans or {})
+
+
+# NOTE: a hint names what its reader sets: a flag (--lr) under the CLI, which enters
+# `command_line`; a fit/evaluate setting or argument from Python, where a flag is no help
+_COMMAND_LINE: ContextVar[bool] = ContextVar("command_line", default=False)
+
+
+@contextmanager
+def command_line():
+    """Within it, `said_as` gives the CLI's words: the nnlang command runs."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def said_as(flag: str, python: str) -> str:
+    """`flag` (a CLI flag, `--lr`) under the nnlang command, else `python` (what a Python
+    caller passes: fit's `{"lr": ...}`)."""
+    return flag if _COMMAND_LINE.get() else python
 
 
 class NNWarning(UserWarning):

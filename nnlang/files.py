@@ -5,9 +5,11 @@ Also the checks of the Python API's path and bool arguments (`as_path`, `as_bool
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import stat
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -132,6 +134,32 @@ def _encoded(data: bytes | str) -> bytes:
     return data.encode("utf-8", "backslashreplace") if isinstance(data, str) else data
 
 
+# NOTE: a temporary file (`write_atomic`'s `.<name>.*.tmp`, a download's `.<name>.*.part`)
+# untouched this long is a killed process's (kill -9, a power cut): a live writer writes to it
+# (its mtime moves) until it renames it, and no write pauses for an hour
+STALE_TEMP_S = 3600.0
+
+
+def drop_stale_temps(path, suffix: str = ".tmp", older_than: float = STALE_TEMP_S) -> int:
+    """Removes the temporary files of writes of `path` that a killed process left beside it
+    (`.<name>.*<suffix>`, not modified for `older_than` seconds; a live one is kept); each
+    was as big as the file (a checkpoint, a download) and nothing else ever removed it.
+    Returns how many it removed."""
+    path, now, removed = Path(path), time.time(), 0
+    try:
+        temps = list(path.parent.glob(f".{glob.escape(path.name)}.*{suffix}"))
+    except OSError:
+        return 0
+    for tmp in temps:
+        try:
+            if now - tmp.lstat().st_mtime >= older_than:
+                tmp.unlink()
+                removed += 1
+        except OSError:   # NOTE: renamed or removed meanwhile (its writer is alive), or ours not
+            pass
+    return removed
+
+
 def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
                  fsync: bool = False) -> Path:
     """Writes `data` (bytes, text, or a function writing to the open binary file) to a temporary
@@ -181,5 +209,6 @@ def write_atomic(path, data: bytes | str | Callable[[IO[bytes]], None],
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    drop_stale_temps(path)   # NOTE: the next successful write of a file ends a kill -9's leftovers
     return path
 

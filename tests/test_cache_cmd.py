@@ -89,3 +89,43 @@ def test_cache_clear_of_a_file_it_cannot_remove_is_an_error_naming_it(cache, mon
     assert "removed kernels: 4 files" in r.stdout
     assert f"error: cannot remove {root / 'plans'}" in r.stderr
     assert "(Permission denied) (and 1 more)" in r.stderr and "hint:" in r.stderr
+
+
+def test_a_killed_writes_leftovers_are_counted_cleared_and_dropped_by_the_next_write(cache):
+    """A process killed (kill -9) while it wrote a file leaves its temporary file: here a real
+    kill of a child inside `write_atomic` of the cache's verified.json, whose temporary files
+    lie in the cache's root: no kind counted them and `nnlang cache clear` left them, so they
+    piled up. The data kind counts and clears them; and the next successful write of a file
+    removes its stale ones (untouched for an hour: a killed writer's), not a live writer's."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from nnlang.files import STALE_TEMP_S, write_atomic
+    root, _ = cache
+    target = root / "verified.json"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from nnlang.files import write_atomic\n"
+        "def slow(f):\n"
+        "    f.write(b'{\"half'); f.flush(); print('writing', flush=True); time.sleep(60)\n"
+        f"write_atomic({str(target)!r}, slow)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "writing\n"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    [left] = root.glob(".verified.json.*.tmp")
+    assert target.read_bytes() == b"x" * 10        # readers still see the whole old file
+    assert _row(run("cache").stdout, "data")[0] == "5"
+    r = run("cache", "clear", "--data")
+    assert r.exit_code == 0 and "removed data: 5 files" in r.stdout, r.stdout
+    assert not left.exists()
+    # the next write ends an old leftover, and leaves one a live writer may still be writing
+    old, live = root / ".verified.json.old1.tmp", root / ".verified.json.live.tmp"
+    old.write_bytes(b"{"), live.write_bytes(b"{")
+    back = time.time() - STALE_TEMP_S - 60
+    os.utime(old, (back, back))
+    write_atomic(target, b"{}")
+    assert target.read_bytes() == b"{}" and not old.exists() and live.exists()

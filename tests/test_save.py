@@ -189,6 +189,28 @@ def test_a_failed_save_is_a_clear_error_and_leaves_the_earlier_save(tmp_path, mo
         nnlang.save(net, tmp_path / "afile" / "sub")
 
 
+def test_a_save_ends_what_a_killed_save_left_there(tmp_path):
+    """A save killed while writing (kill -9, a power cut) leaves its temporary file, as big as
+    the checkpoint, and saving again each epoch from a loop that is killed now and then piled
+    them up in the folder (or beside a .npz) for good. The next save removes those; one that
+    is being written now (recently touched) stays."""
+    import time
+    from nnlang.files import STALE_TEMP_S
+    net, _ = _loop(tmp_path, steps=1)
+    folder, single = tmp_path / "saved", tmp_path / "net.npz"
+    nnlang.save(net, folder), nnlang.save(net, single)
+    back = time.time() - STALE_TEMP_S - 60
+    old = [folder / ".checkpoint.npz.k9.tmp", folder / ".config.json.k9.tmp",
+           tmp_path / ".net.npz.k9.tmp"]
+    live = folder / ".checkpoint.npz.now.tmp"
+    for p in (*old, live):
+        p.write_bytes(b"PK half")
+    for p in old:
+        os.utime(p, (back, back))
+    nnlang.save(net, folder), nnlang.save(net, single)
+    assert not any(p.exists() for p in old) and live.exists()
+
+
 def test_a_save_refuses_folders_that_hold_other_things(tmp_path):
     net, _ = _loop(tmp_path, steps=1)
     (tmp_path / "mine").mkdir()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnlang.errors import NNError
-from nnlang.files import as_path, new_file_mode, user_path, write_atomic
+from nnlang.files import as_path, drop_stale_temps, new_file_mode, user_path, write_atomic
 from nnlang.user_cache import discard_damaged, temporary, user_cache_dir
 
 # Debian's dataset-* packages (e.g. dataset-fashion-mnist) install here. A list so tests can
@@ -167,6 +167,7 @@ def download(r: Remote, dest: Path, name: str) -> Path:
             os.replace(tmp, dest)
         except OSError as e:
             raise CannotWrite(dest, name, url, e) from None
+        drop_stale_temps(dest, ".part")   # NOTE: a killed download's, each as big as the file
         return dest
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise DataError(f"download of {url} failed: {getattr(e, 'reason', e)}") from None
@@ -254,7 +255,11 @@ def cached_paths() -> list[Path]:
     set (`fetch`), their processed forms and the record of verified checksums."""
     from nnlang.data.registry import DATASETS
     root = user_cache_dir()
-    return [*(root / name for name in sorted(DATASETS)), _processed_dir(), _verified_file()]
+    # NOTE: and the temporary files of the record's writes a kill -9 left in the root, which
+    # no kind counted or cleared
+    temps = sorted(root.glob(f".{_verified_file().name}.*.tmp")) if root.is_dir() else []
+    return [*(root / name for name in sorted(DATASETS)), _processed_dir(), _verified_file(),
+            *temps]
 
 
 def _processed_dir() -> Path:

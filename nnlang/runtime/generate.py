@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nnlang.errors import NNError, with_article
+from nnlang.errors import NNError, said_as, with_article
 from nnlang.files import as_bool, as_path
 from nnlang.frontend.generate_config import BASE, SAMPLING, returns_problem, sampling_problem
 from nnlang.gc_pause import paused_gc
@@ -27,6 +27,15 @@ FLAGS = {"max_new": "--max-new", "temperature": "--temperature", "top_k": "--top
          "seed": "--seed", "stop": "--stop", "repetition_penalty": "--repetition-penalty",
          "no_repeat_ngram_size": "--no-repeat-ngram-size", "min_new_tokens": "--min-new-tokens",
          "num_return_sequences": "--num-return-sequences"}
+
+
+def _named(name: str, value=None) -> str:
+    """A generation setting as its caller gives it: the flag under the CLI (`--beam 4`,
+    `--greedy`), the keyword argument from Python (`beam=4`, `greedy=True`)."""
+    if name == "greedy":
+        return said_as("--greedy", "greedy=True")
+    return said_as(FLAGS[name] + ("" if value is None else f" {value}"),
+                   f"{name}=" + ("" if value is None else f"{value!r}"))
 
 
 @dataclass
@@ -130,18 +139,21 @@ def options_from(spec, given: dict) -> dict:
     if "greedy" in explicit:   # NOTE: greedy="no" is truthy: it decoded greedily
         explicit["greedy"] = as_bool(explicit["greedy"], "--greedy (greedy=)")
     if explicit.get("greedy") and explicit.get("beam", 1) > 1:
-        raise NNError(f"--greedy and --beam {explicit['beam']} ask for two decodings: greedy "
-                      "decoding keeps one hypothesis", hint="drop --greedy for beam search, or "
-                      "--beam for greedy decoding")
+        greedy, beam = _named("greedy"), _named("beam", explicit["beam"])
+        raise NNError(f"{greedy} and {beam} ask for two decodings: greedy decoding keeps one "
+                      f"hypothesis", hint=f"drop {greedy} for beam search, or "
+                      f"{_named('beam')} for greedy decoding")
     if explicit.get("greedy") or explicit.get("beam", 1) > 1:
         sampled = [k for k in ("temperature", "top_k", "top_p") if k in explicit]
         beam = explicit.get("beam", 1)
         if sampled:
-            how, flag = (("beam search", f"--beam {beam}") if beam > 1 else
-                         ("greedy decoding", "--greedy"))
-            raise NNError(f"{how} is deterministic: {FLAGS[sampled[0]]} has no effect with "
-                          f"{flag}", hint="drop the sampling flags, or " +
-                          ("use --beam 1 to sample" if beam > 1 else "drop --greedy to sample"))
+            how, flag = (("beam search", _named("beam", beam)) if beam > 1 else
+                         ("greedy decoding", _named("greedy")))
+            raise NNError(f"{how} is deterministic: {_named(sampled[0])} has no effect with "
+                          f"{flag}", hint=said_as("drop the sampling flags", "leave the "
+                                                  "sampling settings out") + ", or " +
+                          (f"use {_named('beam', 1)} to sample" if beam > 1 else
+                           f"drop {_named('greedy')} to sample"))
         # NOTE: greedy is one beam: a section's `beam = 4` ran beam search under --greedy;
         # a beam sets aside the section's stop strings, which beam search cannot end at
         # (greedy gives one sequence: the section's num_return_sequences is set aside too)

@@ -152,7 +152,7 @@ class Net:
             twin.tokenizer, twin.lengths = self.tokenizer, dict(self.lengths)
             twin.init_report = getattr(self, "init_report", None)
             # NOTE: a restored run's data record, which nnlang.save of the copy keeps too
-            twin.trained_data = getattr(self, "trained_data", None)
+            twin.trained_data = copy.deepcopy(getattr(self, "trained_data", None))
             twin.loop_state = copy.deepcopy(self.loop_state)
             return twin
 

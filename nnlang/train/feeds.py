@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlang.data.ragged import Ragged, padded_length
-from nnlang.errors import NNError, closest
+from nnlang.errors import NNError, closest, said_as
 from nnlang.files import user_path
 from nnlang.frontend.train_config import Choice, setting_span
 from nnlang.ir.dims import Sym
@@ -86,7 +86,8 @@ def conform(name: str, arr: np.ndarray, node, what: str = "the value",
         raise NNError(f"{what} has shape {list(arr.shape)} ({_per_example(got)}), but model "
                       f"input '{name}' is declared {node.type}", node.span,
                       hint="change the input's declared shape, or the dataset options "
-                           "(e.g. maxlen), or --set the model's hyper-parameters to match")
+                           "(e.g. maxlen), or " + said_as("--set", "override (overrides=)")
+                           + " the model's hyper-parameters to match")
     check_values(name, arr, np.dtype(node.dtype), what, row)
     return np.ascontiguousarray(arr, dtype=node.dtype)
 
@@ -193,7 +194,8 @@ def check_ids(graph, ds, mapping: dict[str, str], splits=None) -> None:
                           f"{value!s} is outside the {c.rows} values model input "
                           f"'{c.name}' takes here (0 to {c.rows - 1})", span=c.node.span,
                           hint="the data's vocabulary or class count is larger than the "
-                               "model's; raise it in the model (e.g. --set vocab=...) or fix "
+                               "model's; raise it in the model (e.g. " + said_as(
+                                   "--set vocab=...", "overrides={'vocab': ...}") + ") or fix "
                                "the data")
 
 

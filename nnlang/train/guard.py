@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from nnlang.errors import NNError
+from nnlang.errors import NNError, said_as
 
 
 # a loss above EXPLODED x its start (at least 1) for EXPLODED_STEPS steps in a row diverged
@@ -22,14 +22,15 @@ class DivergenceGuard:
     One spike is forgiven; a streak still open when a checkpoint is due counts, so an
     exploded state is never saved over the last good one."""
 
-    def __init__(self, start: float | None = None, clip_norm: float | None = None):
-        self.start, self.clip_norm = start, clip_norm
+    def __init__(self, start: float | None = None, clip_norm: float | None = None,
+                 net: bool = False):
+        self.start, self.clip_norm, self.net = start, clip_norm, net
         self._streak: list = []   # (loss, epoch, step in epoch, global step) above the limit
 
     def check(self, loss: float, epoch: int, done: int, step: int, run) -> None:
         if not math.isfinite(loss):
             raise diverged(loss, epoch, done, step, run, initial=self.start is None,
-                           clip_norm=self.clip_norm)
+                           clip_norm=self.clip_norm, net=self.net)
         if self.start is None:
             self.start = loss
             return
@@ -44,24 +45,31 @@ class DivergenceGuard:
         """Raises if the loss is above the limit now (a checkpoint is due)."""
         if self._streak:
             loss, epoch, done, step = self._streak[0]
-            raise diverged(loss, epoch, done, step, run, self.start, clip_norm=self.clip_norm)
+            raise diverged(loss, epoch, done, step, run, self.start, clip_norm=self.clip_norm,
+                           net=self.net)
 
 
 def diverged(loss, epoch, done, step, run, start: float | None = None,
-             initial: bool = False, clip_norm: float | None = None) -> NNError:
+             initial: bool = False, clip_norm: float | None = None,
+             net: bool = False) -> NNError:
     """`initial`: the loss of the run's first step, at the initial weights: no step size made
     it, so the hint names what can (the rate could not, and it was what the hint named).
-    `clip_norm`: the run's, which the hint does not tell it to set again."""
+    `clip_norm`: the run's, which the hint does not tell it to set again. `net`: a fit of a
+    Net, whose rate and clip_norm are compiled into it (fit cannot change them)."""
     last = None
     if run is not None and run.checkpoint.is_file():
         last = f"the last good checkpoint is {run.checkpoint}"
+    # NOTE: in the caller's words: a Python fit has no --lr flag, and a Net's fit takes no lr
+    rate = "compiled into the net: compile one with a smaller lr" if net else \
+        said_as("--lr", 'fit\'s {"lr": ...}')
+    clip = "the same" if net else said_as("--set clip_norm=1", '{"clip_norm": 1}')
     # NOTE: with clipping on, a nan loss often comes from a gradient that is not finite (a
     # sqrt, log or division at 0) at the step before: its global norm is inf or nan, which
     # scales it to nan (as torch's clip_grad_norm_ does) and the weights with it
-    cause = "lower the learning rate (--lr), or set clip_norm" if not clip_norm else (
-        f"lower the learning rate (--lr); clip_norm = {clip_norm:g} cannot bound a gradient "
-        "that is not finite (a sqrt, log or division at 0 in the model), which makes the "
-        "weights nan at the step before the loss shows it")
+    cause = f"lower the learning rate ({rate}), or set clip_norm ({clip})" if not clip_norm \
+        else (f"lower the learning rate ({rate}); clip_norm = {clip_norm:g} cannot bound a "
+              "gradient that is not finite (a sqrt, log or division at 0 in the model), which "
+              "makes the weights nan at the step before the loss shows it")
     hint = f"{cause}; " + (last or "no checkpoint was written before it diverged")
     if initial:
         hint = ("the loss is not finite at the initial weights, before any update: the model "

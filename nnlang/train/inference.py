@@ -3,6 +3,7 @@ split, and predict from raw inputs (review text, images) with the vocabulary it 
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from pathlib import Path
@@ -85,8 +86,11 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
     ckpt.load_into(net, optimizer)
     net.total_steps = ckpt.meta.get("total_steps", 0)
     net.tokenizer = tokenizer_from_meta(ckpt.data_meta)   # what net.generate encodes with
-    net.trained_data = ckpt.meta.get("data")   # NOTE: what nnlang.save of this net keeps
-    net.loop_state = ckpt.meta   # NOTE: fit(net) goes on as --resume of this checkpoint would
+    # NOTE: copies: the net's records are its own. The checkpoint's meta itself was the net's
+    # loop_state (and its "data" the net's trained_data), so a change to the returned
+    # checkpoint (or to one record) moved where fit(net) went on, or what nnlang.save wrote
+    net.trained_data = copy.deepcopy(ckpt.meta.get("data"))   # what nnlang.save of it keeps
+    net.loop_state = copy.deepcopy(ckpt.meta)   # fit(net) goes on as --resume of it would
     return net, ckpt, cfg
 
 

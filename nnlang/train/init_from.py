@@ -11,7 +11,7 @@ from rich import box
 from rich.table import Table
 
 from nnlang.data.registry import trained_words
-from nnlang.errors import NNError
+from nnlang.errors import NNError, said_as
 from nnlang.files import as_path
 from nnlang.frontend.train_config import setting_span
 from nnlang.ir.dims import fmt_shape
@@ -91,9 +91,9 @@ def init_from(net, source, skip_mismatch: bool = False, what: str = "--init-from
              "in this model" for n, v in theirs.items() if n in ours and v.shape != ours[n].shape]
     if other and not skip_mismatch:
         raise NNError(f"{what}: in {path}, " + "; ".join(other),
-                      hint="pass --init-skip-mismatch to keep this model's own initial values "
-                           f"for {'it' if len(other) == 1 else 'them'} (init_skip_mismatch=True "
-                           "in Python)")
+                      hint="pass " + said_as("--init-skip-mismatch", "init_skip_mismatch=True")
+                           + " to keep this model's own initial values for "
+                           + ("it" if len(other) == 1 else "them"))
     matched = {}
     for name, value in theirs.items():
         if name not in ours:
@@ -137,7 +137,7 @@ def _source(program, cfg, flag, resumed: bool, file):
     train-section path is read from)."""
     source = flag if flag is not None else (None if resumed else cfg.init_from)
     if flag is not None:
-        what = "--init-from"
+        what = said_as("--init-from", "init_from")
     elif _from_file(program, cfg):
         what = "init_from (train section)"
     else:  # NOTE: as other train settings from flags are named (TrainConfig.__post_init__)
@@ -201,9 +201,11 @@ def start_run(net, cfg, flag, skip_mismatch: bool, resumed: bool, file, console)
     used, and the report (None when there was nothing to load)."""
     source, what, base = _source(net.program, cfg, flag, resumed, file)
     if skip_mismatch and source is None:
-        raise NNError("--init-skip-mismatch applies to the weights of --init-from (or the train "
-                      "section's init_from), and this run loads none",
-                      hint="pass --init-from RUN too, or leave --init-skip-mismatch out")
+        skip, flag = said_as("--init-skip-mismatch", "init_skip_mismatch"), \
+            said_as("--init-from", "init_from")
+        raise NNError(f"{skip} applies to the weights of {flag} (or the train section's "
+                      "init_from), and this run loads none",
+                      hint=f"pass {flag} RUN too, or leave {skip} out")
     if source is None:
         return cfg, None
     with _at_setting(net.program, cfg, flag):

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from nnlang.errors import NNError
+from nnlang.errors import NNError, said_as
 from nnlang.ops.optim import same_slots
 from nnlang.train import checkpoint
 from nnlang.train.overrides import resolve
 from nnlang.train.progress import say
-from nnlang.train.runs import RunDir, ensure_free, foreign_files, is_run
+from nnlang.train.runs import RunDir, already_a_run, ensure_free, foreign_files, is_run
 
 
 def find_checkpoint(program_or_path, config, overrides, model, out, resume, runs_root):
@@ -20,31 +20,37 @@ def find_checkpoint(program_or_path, config, overrides, model, out, resume, runs
     run of the model). A fresh run refuses an `out` that already holds a checkpoint."""
     if not resume:
         if out is not None and (Path(out) / checkpoint.FILENAME).is_file():
-            raise NNError(f"{out} already holds a training run", hint="pass --resume to "
-                          "continue it, or another --out for a new run")
+            raise NNError(f"{out} already holds a training run", hint=already_a_run())
         if out is not None and (foreign := foreign_files(out)):
             shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4
                                               else "")
-            raise NNError(f"--out {out} already holds files that are not an nnlang run's "
+            raise NNError(f"{said_as('--out', 'out=')} {out} already holds files that are not "
+                          "an nnlang run's "
                           f"({shown}); a run there would overwrite them",
-                          hint="pass --out with a new or empty folder, e.g. --out runs/NAME")
+                          hint=said_as("pass --out with a new or empty folder, e.g. --out "
+                                       "runs/NAME", "pass out= a new or empty folder, e.g. "
+                                       "out='runs/NAME'"))
         return None
     if resume is not True:
         return checkpoint.load(resume)
     if out is not None:
         if not (Path(out) / checkpoint.FILENAME).is_file() and is_run(out):
-            raise _never_saved(out, f"train it again without --resume (--out {out} is reused)")
+            raise _never_saved(out, "train it again without " + said_as(
+                f"--resume (--out {out} is reused)", f"resume (out={str(out)!r} is reused)"))
         return checkpoint.load(out)
     name = resolve(program_or_path, config, overrides, model)[0].model
     where = RunDir.latest(name, runs_root)
     newest = RunDir.latest(name, runs_root, checkpointed=False)
     if newest is not None and newest != where:
         # NOTE: else an older run went on, said to be "the newest run", not the one just cut
-        other = f", or pass --out {where} to resume the newest run that has one" if where else ""
-        raise _never_saved(newest, f"train it again without --resume (--out {newest}){other}")
+        other = f", or pass {said_as('--out ', 'resume=')}{where} to resume the newest run " \
+            "that has one" if where else ""
+        raise _never_saved(newest, "train it again without " + said_as(
+            f"--resume (--out {newest})", f"resume (out={str(newest)!r})") + other)
     if where is None:
         raise NNError(f"no run of '{name}' with a checkpoint under {runs_root}/",
-                      hint="pass --out RUN_DIR to say which run to resume")
+                      hint=said_as("pass --out RUN_DIR", "pass resume=RUN_DIR") +
+                      " to say which run to resume")
     return checkpoint.load(where)
 
 
@@ -73,7 +79,7 @@ def describe_resume(console: Console, ckpt, cfg, hp: dict, picked: bool) -> None
                      f"{opts.get('lr')}, batch {old.batch}, epochs {old.epochs}, seed "
                      f"{old.seed}" + "".join(f", {k}={v}" for k, v in
                                              (ckpt.meta.get("overrides") or {}).items())
-                     + " (pass --out RUN_DIR to pick another)")
+                     + f" (pass {said_as('--out', 'resume=')}RUN_DIR to pick another)")
     changed = [f"{k} {a} -> {b}" for k, a, b in _setting_changes(old, cfg)]
     ran = {**(ckpt.meta.get("hparams") or {}), **(ckpt.meta.get("overrides") or {})}
     changed += [f"{k} {ran.get(k)} -> {v}" for k, v in hp.items() if ran.get(k) != v]

@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from nnlang.errors import NNError
+from nnlang.errors import NNError, said_as
 from nnlang.files import CWD_GONE, CWD_HINT, lost_with_cwd, user_path, write_atomic
 from nnlang.train import checkpoint
 
@@ -31,8 +31,9 @@ def writing(path):
     except OSError as err:
         # NOTE: the default folder's name holds the model's, which can pass the file system's
         # limit on one name (255 bytes) however much space is free
-        hint = "pass --out with a shorter folder name" if err.errno == errno.ENAMETOOLONG \
-            else "pass --out with a writable folder that has free space"
+        out = said_as("pass --out with", "pass out=")
+        hint = f"{out} a shorter folder name" if err.errno == errno.ENAMETOOLONG \
+            else f"{out} a writable folder that has free space"
         if err.errno == errno.ENOENT and lost_with_cwd(path):
             raise NNError(f"cannot write {path}: {CWD_GONE}", hint=CWD_HINT) from None
         if err.errno == errno.EEXIST and (link := _dangling(Path(path))):
@@ -40,18 +41,19 @@ def writing(path):
             raise NNError(f"cannot write {path}: {link} is a symbolic link to "
                           f"{os.readlink(link)}, which does not exist",
                           hint="make what it points to (or mount that disk), or pass another "
-                               "--out") from None
+                               + said_as("--out", "out=")) from None
         if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and \
                 (Path(path) / checkpoint.FILENAME).is_file():
             # NOTE: a run there (a --resume): another --out alone starts no resume
             hint = (f"the run there is unchanged; to go on from it, copy it where you can "
-                    f"write: cp -r {path} NEW, then --out NEW --resume")
+                    f"write: cp -r {path} NEW, then " + said_as("--out NEW --resume",
+                                                                "fit(..., resume='NEW')"))
         run = Path(path).parent
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and \
                 (run / checkpoint.FILENAME).is_file():
             # NOTE: a run's log, summary or plot: another --out started the training over
-            hint = (f"free space there, then --resume goes on from {run / checkpoint.FILENAME} "
-                    "(the last checkpoint saved, unchanged)")
+            hint = (f"free space there, then {said_as('--resume', 'resume=True')} goes on from "
+                    f"{run / checkpoint.FILENAME} (the last checkpoint saved, unchanged)")
         raise NNError(f"cannot write {path} ({err.strerror or err})", hint=hint) from None
 
 
@@ -104,10 +106,18 @@ def _hold(path: Path) -> int | None:
         os.close(fd)
         if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise NNError(f"{path} is in use by another training run",
-                          hint="wait for it to end (then --resume continues it), or pass "
-                               "another --out") from None
+                          hint=said_as("wait for it to end (then --resume continues it), or "
+                                       "pass another --out", "wait for it to end (then "
+                                       "resume=True continues it), or pass another out=")
+                          ) from None
         return None
     return fd
+
+
+def already_a_run() -> str:
+    """The hint for a new run into a folder that holds one."""
+    return said_as("pass --resume to continue it, or another --out for a new run",
+                   "pass resume=True to continue it, or another out= for a new run")
 
 
 def ensure_free(path) -> None:
@@ -126,8 +136,9 @@ class RunDir:
         self.path = user_path(path)
         self._noted_cut = False
         if self.path.exists() and not self.path.is_dir():
-            raise NNError(f"--out {self.path}: this is a file, and a run writes a folder",
-                          hint="pass --out with a folder's path (new or a run's)")
+            raise NNError(f"{said_as('--out', 'out=')} {self.path}: this is a file, and a run "
+                          "writes a folder", hint=said_as("pass --out", "pass out=") +
+                          " a folder's path (new or a run's)")
         with writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.path):
@@ -135,8 +146,7 @@ class RunDir:
         self._lock = _hold(self.path)
         if fresh and self.checkpoint.is_file():
             self.release()
-            raise NNError(f"{self.path} already holds a training run", hint="pass --resume to "
-                          "continue it, or another --out for a new run")
+            raise NNError(f"{self.path} already holds a training run", hint=already_a_run())
 
     def release(self) -> None:
         if self._lock is not None:
@@ -222,7 +232,8 @@ class RunDir:
                     break
                 raise NNError(f"{path}:{i} is damaged ({err})",
                               hint="fix or delete that line (the checkpoint, not this log, "
-                                   "says where the run stopped), or train with a new --out"
+                                   "says where the run stopped), or train with a new "
+                                   + said_as("--out", "out=")
                               ) from None
             rows.append(row)
         return rows

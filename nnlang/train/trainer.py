@@ -22,7 +22,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Table
 
 from nnlang.data.registry import trained_words
-from nnlang.errors import NNError
+from nnlang.errors import NNError, said_as, warn
 from nnlang.files import as_bool, as_path
 from nnlang.frontend.train_config import setting_span
 from nnlang.ops.optim import plateau_scale
@@ -410,6 +410,10 @@ def fit(program_or_path, config=None, data=None, *, backend: str = "numba",
         the epoch's; val_split stays what a fit of the net held out (else it would validate
         on examples it trained on).
         Its run directory is a new one (or `out`); the History's rows are this call's epochs.
+        Early stopping and the plateau schedule count from this call's start, as Keras's
+        callbacks reset at each fit: the best value and the epochs without improvement start
+        over (the lr a plateau lowered stays lowered), so a net whose run stopped early trains
+        again. A --resume (fit(path, resume=...)) goes on with its run's count instead.
     All randomness comes from the config's seed: the same seed gives the same numbers.
     """
     return _Training.setup(program_or_path, config, data, backend=backend, overrides=overrides,
@@ -453,8 +457,9 @@ class _Training:
             config = {k: v for k, v in config.items() if k != "data"}
         if init_from is not None and resume:
             # NOTE: before the resumed run is looked for, whose absence would hide the conflict
-            raise NNError("--init-from starts a new run from another run's weights, --resume "
-                          "continues a run: pass one of them")
+            raise NNError(said_as("--init-from", "init_from") + " starts a new run from "
+                          "another run's weights, " + said_as("--resume", "resume") +
+                          " continues a run: pass one of them")
         if given is not None:
             _continuing(given, overrides, model, resume, init_from, initial_epoch)
             find_checkpoint(given.program, config, None, None, out, False, runs_root)
@@ -483,10 +488,14 @@ class _Training:
             # NOTE: as any setting given twice (overrides.resolve): --data won silently
             said, other = (data if isinstance(data, (str, Path)) else "(arrays)",
                            overrides["data"])
-            raise NNError(f"train setting 'data' is given twice: --data {said} and --set data="
-                          f"{other if isinstance(other, str) else show_value(other)}",
+            other = other if isinstance(other, str) else show_value(other)
+            raise NNError("train setting 'data' is given twice: " + said_as(
+                              f"--data {said} and --set data={other}",
+                              f"fit(data={said}) and overrides={{'data': {other!r}}}"),
                           given_span(spans, "data"),
-                          hint="give it once: --data VALUE, or --set data=VALUE")
+                          hint="give it once: " + said_as("--data VALUE, or --set data=VALUE",
+                                                          "fit's data=, or its config's "
+                                                          "'data'"))
         if data is not None and isinstance(data, (str, Path)):
             # NOTE: before the resume is described, so a changed data set is said like the rest
             cfg = replace(cfg, data=feeds.replace_data(cfg.data, str(data)))
@@ -608,7 +617,8 @@ class _Training:
             some = "1 training example does" if self.n == 1 else \
                 f"{self.n} training examples do"
             raise NNError(f"{some} not fill one batch of {self.cfg.batch}",
-                          hint="lower --batch, or lower val_split")
+                          hint=said_as("lower --batch, or --val-split",
+                                       'lower fit\'s {"batch": ...}, or its val_split'))
         if self.n % self.cfg.batch:
             say(self.console, f"note: the training step is compiled for batch {self.cfg.batch}"
                               f", so each epoch drops the last {self.n % self.cfg.batch} of "
@@ -620,7 +630,7 @@ class _Training:
         partial epoch and divergence baseline."""
         self.rng = feeds.order_rng(self.cfg.seed)
         self.start_epoch, self.skip, partial = 0, 0, None
-        self.guard = DivergenceGuard(clip_norm=self.cfg.clip_norm)
+        self.guard = DivergenceGuard(clip_norm=self.cfg.clip_norm, net=self.continuing)
         self.watch = _Watch(self.cfg, self.program.graph)
         if ckpt is not None:
             try:
@@ -628,11 +638,16 @@ class _Training:
             except NNError as err:   # NOTE: as eval and predict say it: which file
                 raise NNError(f"{ckpt.path} does not fit model '{self.program.model}': "
                               f"{err.message}", hint=err.hint) from None
-            self.watch = _Watch(self.cfg, self.program.graph, ckpt.meta.get("watch"))
+            # NOTE: a Net's fit starts its watch over, as Keras's EarlyStopping and
+            # ReduceLROnPlateau do at each fit's start (wait 0, no best): a net whose run stopped
+            # early trains again; a --resume goes on with its run's count
+            self.watch = _Watch(self.cfg, self.program.graph,
+                                None if self.continuing else ckpt.meta.get("watch"))
             self.rng.bit_generator.state = ckpt.meta["rng_state"]
             self.start_epoch, self.skip = ckpt.epoch, ckpt.meta.get("step_in_epoch", 0)
             partial = ckpt.meta.get("partial")
-            self.guard = DivergenceGuard(ckpt.meta.get("loss_start"), self.cfg.clip_norm)
+            self.guard = DivergenceGuard(ckpt.meta.get("loss_start"), self.cfg.clip_norm,
+                                         self.continuing)
             if self.skip and ckpt.config.batch != self.cfg.batch and self.continuing:
                 raise NNError(f"the net stopped inside an epoch at batch {ckpt.config.batch}; "
                               f"fit(net) finishes that epoch at it, not {self.cfg.batch}",
@@ -653,7 +668,8 @@ class _Training:
                               f" training examples then, {self.n} now); the rest of the epoch "
                               "would go over other rows",
                               hint="restore the data the run was trained on, or start a new run "
-                                   "from these weights with --init-from")
+                                   "from these weights with " + said_as("--init-from",
+                                                                        "fit(init_from=...)"))
         self.pos = _Position(self.start_epoch, self.skip, _Sums(partial, _divided(self.net.user)),
                              self.rng.bit_generator.state)
         graph = self.program.graph
@@ -759,16 +775,17 @@ class _Training:
                               f"{cfg.epochs} epochs (a larger epochs with initial_epoch, or "
                               "none, trains more)" if self.continuing else
                               f"nothing to train: the checkpoint has {self.start_epoch} of "
-                              f"{cfg.epochs} epochs (pass --epochs to train more)")
+                              f"{cfg.epochs} epochs (pass " + said_as("--epochs", "a larger "
+                                                                      "epochs") + " to train more)")
         elif cfg.early_stop and watch.bad >= cfg.early_stop:   # NOTE: a resumed run that had
-            end, self.history.stopped = self.start_epoch, "early_stop"   # stopped early
+            end, self.history.stopped = self.start_epoch, "early_stop"   # stopped early (a
+            # Net's fit starts its watch over, `_restore`)
             say(self.console, f"nothing to train: the run stopped early after epoch "
                               f"{self.start_epoch} ({watch.monitor} had not improved for "
                               f"{watch.bad} epoch(s); best {watch.best:.4f} at epoch "
-                              f"{watch.best_epoch}); "
-                              + (f"fit(net, {{'early_stop': N}}) with N > {watch.bad} trains on"
-                                 if self.continuing else f"pass --set early_stop=N with N > "
-                                 f"{watch.bad} to train on"))
+                              f"{watch.best_epoch}); pass "
+                              + said_as("--set early_stop=N", "{'early_stop': N}")
+                              + f" with N > {watch.bad} to train on")
         elif self.max_steps is not None and self.net.step >= self.max_steps:
             end, self.history.stopped = self.start_epoch, "max_steps"
             # NOTE: a fit(net) has no checkpoint or flags: its words are the net's and fit's
@@ -776,7 +793,8 @@ class _Training:
                               f"max_steps {self.max_steps} (a larger one trains more)"
                               if self.continuing else
                               f"nothing to train: the checkpoint is at step {self.net.step}, "
-                              f"--max-steps {self.max_steps} (pass a larger one to train more)")
+                              + said_as("--max-steps", "max_steps")
+                              + f" {self.max_steps} (pass a larger one to train more)")
         with Interrupts(deferred=self.ranks.many, on_hangup=self._hung_up) as interrupts:
             try:
                 if self.start_epoch < end:
@@ -804,9 +822,11 @@ class _Training:
             say(self.console, f"stopped by max_steps {self.max_steps} {at} (global step "
                               f"{self.net.step}); fit(net) with a larger max_steps, or none, "
                               "trains on" if self.continuing else
-                              f"stopped by --max-steps {self.max_steps} {at} (global step "
-                              f"{self.net.step}); --resume with a larger --max-steps, or "
-                              "none, trains on")
+                              f"stopped by {said_as('--max-steps', 'max_steps')} "
+                              f"{self.max_steps} {at} (global step {self.net.step}); "
+                              + said_as("--resume with a larger --max-steps",
+                                        "fit(..., resume=RUN) with a larger max_steps")
+                              + ", or none, trains on")
         return self.finish()
 
     def train_epoch(self, epoch: int, interrupts: Interrupts) -> tuple[int, float]:
@@ -974,8 +994,10 @@ class _Training:
         say(out, f"{_SAID[sig]} {at} (global step {self.net.step}){where}")
         if path:
             flag = f" --backend {self.backend}" if self.backend != "numba" else ""
-            say(out, f"resume with: nnlang train {self.file} --out {self.run_dir.path}"
-                     f" --resume{flag}")
+            say(out, "resume with: " + said_as(
+                f"nnlang train {self.file} --out {self.run_dir.path} --resume{flag}",
+                f"fit({str(self.file)!r}, resume={str(self.run_dir.path)!r}"
+                + (f", backend={self.backend!r}" if flag else "") + ")"))
         return self.history
 
     def finish(self) -> History:
@@ -999,7 +1021,7 @@ class _Training:
                             "stopped": history.stopped, "best": history.best,
                             "train": _last(history.rows, "train"), "val": history.val,
                             "test": history.test})
-                        plotted = run.plot()
+                        plotted = _plots(run)
             except KeyboardInterrupt:
                 # NOTE: training is complete and saved; only the test numbers (or the summary
                 # and plots, which a --resume writes) are missing
@@ -1014,6 +1036,21 @@ class _Training:
         if run is not None:
             say(self.console, f"run directory: {run.path}")
         return history
+
+
+def _plots(run: RunDir) -> list | None:
+    """The run's pngs, or [] with a warning when they cannot be written: the plots are a view
+    of metrics.jsonl, drawn after training finished and was saved, so a failure there (a full
+    disk, a broken matplotlib or font) ended a finished run with an error and exit code 1."""
+    try:
+        return run.plot()
+    except Exception as err:   # NOTE: not KeyboardInterrupt: `finish` says that one
+        why = err.message if isinstance(err, NNError) else f"{type(err).__name__}: {err}"
+        then = err.hint if isinstance(err, NNError) and err.hint else \
+            said_as("a --resume of the run draws them again", "history.plot() draws them")
+        warn(f"the plots were not written: {why}", hint=f"training finished and is saved in "
+             f"{run.path} (the curves' numbers in metrics.jsonl); {then}")
+        return []
 
 
 def _continuing(net, overrides, model, resume, init_from, initial_epoch) -> None:
@@ -1088,8 +1125,9 @@ def _same_held_out(old, new, ds, inside_epoch: bool, net: bool = False) -> None:
                           hint="leave data out to finish the epoch first (max_steps ends a "
                                "fit there), then fit on the new data")
         raise NNError(f"this checkpoint stopped inside an epoch on data {names[0]}; resume it "
-                      f"on the same data, not {names[1]}", hint="resume without --data, or "
-                      "finish the epoch first and then change it")
+                      f"on the same data, not {names[1]}", hint="resume without "
+                      + said_as("--data", "data=") + ", or finish the epoch first and then "
+                      "change it")
     if ds.val is not None and len(ds.val):
         return  # NOTE: the data set's own validation split does not depend on either
     if old.val_split != new.val_split or (new.val_split > 0 and old.seed != new.seed):
@@ -1103,8 +1141,10 @@ def _same_held_out(old, new, ds, inside_epoch: bool, net: bool = False) -> None:
         raise NNError(f"this run held out val_split = {old.val_split:g} of its data, drawn by "
                       f"seed {old.seed}; resuming with val_split = {new.val_split:g}, seed "
                       f"{new.seed} would validate on examples it trained on",
-                      hint="resume with the run's own --seed and --val-split, or start a new "
-                           "run from its weights with --init-from")
+                      hint="resume with the run's own " + said_as(
+                          "--seed and --val-split, or start a new run from its weights with "
+                          "--init-from", "seed and val_split, or start a new run from its "
+                          "weights with fit(init_from=...)"))
 
 
 def _arrays(data: dict):

@@ -111,8 +111,12 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tiny, tmp_path, monkeypa
             raise KeyboardInterrupt
         return real(self, feeds, fetch)
     monkeypatch.setattr(Net, "train_step", interrupting)
-    stopped = run(tiny, tmp_path / "split")
+    out = io.StringIO()
+    stopped = run(tiny, tmp_path / "split", console=Console(file=out, width=300))
     assert stopped.stopped == "interrupted"
+    # NOTE: in fit's words from Python: it said 'resume with: nnlang train tiny.nn --out ...'
+    assert f"resume with: fit('{tiny}', resume='{tmp_path / 'split'}', backend='reference')" \
+        in out.getvalue(), out.getvalue()
     ck = checkpoint.load(tmp_path / "split/checkpoint.npz")
     assert (ck.epoch, ck.meta["step_in_epoch"], ck.step) == (0, 7, 7)
     monkeypatch.setattr(Net, "train_step", real)
@@ -123,6 +127,24 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tiny, tmp_path, monkeypa
 def test_divergence_stops_with_a_clear_error(tiny):
     with pytest.raises(NNError, match=r"diverged: the loss is (nan|inf) at epoch 1, step \d+"):
         run(tiny, config={"lr": 1e30})
+
+
+def test_the_divergence_hint_names_what_a_python_caller_sets(tiny, monkeypatch):
+    """From Python the hint said 'lower the learning rate (--lr)', a flag of the CLI: fit(model)
+    takes the rate as {"lr": ...}, and a Net's fit takes none (its rate is compiled into it).
+    The CLI's words stay the flags (tests/faults/test_training.py)."""
+    with pytest.raises(NNError) as err:
+        run(tiny, config={"lr": 1e30})
+    assert "{\"lr\": ...}" in err.value.hint and "{\"clip_norm\": 1}" in err.value.hint
+    assert "--" not in err.value.hint, err.value.hint
+    net = run(tiny, config={"epochs": 1}).net
+    real = Net.fetch
+    monkeypatch.setattr(Net, "fetch", lambda self, *a, **kw: [
+        (float("nan"), m) for _, m in real(self, *a, **kw)])
+    with pytest.raises(NNError, match="diverged") as err:
+        fit(net, {"epochs": 1}, save=False, progress=False)
+    assert "compiled into the net: compile one with a smaller lr" in err.value.hint
+    assert "--" not in err.value.hint and "{" not in err.value.hint, err.value.hint
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
@@ -476,18 +498,42 @@ def test_fit_of_a_restored_or_compiled_net(tiny, tmp_path):
     _exact(fresh.state_dict(), params(straight))
 
 
-def test_a_nets_fit_in_a_new_run_directory_claims_no_best_npz_it_lacks(tiny, tmp_path):
-    """fit(net) writes a new run directory; the best epoch may be one of the earlier fit, whose
-    weights that folder does not hold: the summary said "best.npz holds epoch 1's", a file that
-    is not there. (mode = max on val_loss, which falls here: epoch 1 stays the best.)"""
-    from nnlang.train.trainer import summary_table
+def test_a_restored_nets_records_are_its_own(tiny, tmp_path):
+    """restore() set the net's loop_state to the checkpoint's meta dict itself, and its
+    trained_data to that dict's "data" (a deepcopy of the net shared trained_data too): the
+    checkpoint eval, predict and generate are handed was where fit(net) goes on from, and a
+    change to one record changed the others. A change to the checkpoint's meta here makes
+    fit(net) start the epoch's data order over; each object must be independent, and fit(net)
+    then gives the straight run's weights (as test_fit_of_a_restored_or_compiled_net)."""
+    import copy
+
+    from nnlang.train.inference import restore
+    straight = run(tiny)
+    run(tiny, tmp_path / "split", config={"epochs": 1})
+    net, ckpt, _ = restore(str(tiny), tmp_path / "split", backend="reference")
+    kept = copy.deepcopy(net.loop_state)
+    ckpt.meta["epoch"], ckpt.meta["data"]["name"] = 7, "other"
+    assert net.loop_state == kept and net.trained_data == kept["data"]
+    twin = copy.deepcopy(net)
+    twin.trained_data["name"] = "twin's"
+    net.loop_state["data"]["name"] = "changed"
+    assert net.trained_data == kept["data"]
+    fit(net, {"epochs": 1}, save=False, progress=False)
+    _exact(net.state_dict(), params(straight))
+
+
+def test_a_nets_fit_in_a_new_run_directory_keeps_its_own_best(tiny, tmp_path):
+    """fit(net) writes a new run directory, and its best is one of its own epochs (the watch
+    starts over, as Keras's callbacks do): an earlier fit's best epoch, whose weights that
+    folder does not hold, is not this call's. (mode = max on val_loss, which falls here: the
+    earlier fit's epoch 1 would stay the best.)"""
     watch = {"monitor": "val_loss", "mode": "max"}
     first = run(tiny, config={"epochs": 1, **watch})
     more = fit(first.net, {"epochs": 1, **watch}, out=tmp_path / "more", progress=False)
-    assert more.rows[0]["val_loss"] < first.rows[0]["val_loss"] and more.best["epoch"] == 1
-    assert not (tmp_path / "more/best.npz").exists()
-    assert summary_table(more).title == "summary of the last epoch's weights (epoch 1's were " \
-                                         "the best)"
+    assert more.rows[0]["val_loss"] < first.rows[0]["val_loss"]
+    assert more.best == {"monitor": "val_loss", "mode": "max", "epoch": 2,
+                         "value": more.rows[0]["val_loss"]}
+    assert checkpoint.load(tmp_path / "more/best.npz").epoch == 2
 
 
 def test_fit_of_a_net_at_another_batch_equals_a_resume_at_that_batch(tiny, tmp_path):
@@ -537,13 +583,75 @@ def test_a_nets_fit_that_stops_or_has_nothing_to_train_names_fits_settings(tiny)
     texts.append(said(net, {"epochs": 1}, max_steps=7))
     assert "nothing to train: the net is at step 7, max_steps 7 (a larger one trains more)" \
         in texts[-1]
-    watch = {"early_stop": 1, "monitor": "val_loss", "mode": "max"}
-    net = run(tiny, config={"epochs": 6, **watch}).net
-    texts.append(said(net, {"epochs": 2}))
-    assert "best 1.2348 at epoch 1); fit(net, {'early_stop': N}) with N > 1 trains on" \
-        in texts[-1]
     for flag in ("--resume", "--max-steps", "--set", "checkpoint"):
         assert not any(flag in text for text in texts), flag
+
+
+def test_a_python_fits_errors_and_notes_name_its_arguments_not_the_clis_flags(tiny, tmp_path):
+    """fit(path) from Python was told the CLI's flags: '--init-from starts a new run ...,
+    --resume continues a run', 'given twice: --data ... and --set data=', 'lower --batch',
+    'stopped by --max-steps 5 ...; --resume with a larger --max-steps', 'pass --epochs to
+    train more', 'pass --resume to continue it, or another --out'. Python's words are fit's arguments and config keys; the CLI keeps its flags
+    (tests/faults/test_training.py, test_finetune.py)."""
+    texts = []
+    for kw in ({"init_from": tmp_path, "resume": True},
+               {"data": "tiny.npz", "overrides": {"data": "other.npz"}},
+               {"config": {"batch": 60}}):
+        with pytest.raises(NNError) as err:
+            run(tiny, **kw)
+        texts.append(str(err.value))
+    assert "init_from starts a new run from another run's weights, resume continues" in texts[0]
+    assert "given twice: fit(data=tiny.npz) and overrides={'data': 'other.npz'}" in texts[1]
+    assert "fit's data=, or its config's 'data'" in texts[1]
+    assert 'lower fit\'s {"batch": ...}, or its val_split' in texts[2]
+
+    def said(**kw):
+        out = io.StringIO()
+        run(tiny, tmp_path / "cut", console=Console(file=out, width=300), **kw)
+        return out.getvalue()
+    texts += [said(max_steps=5), said(resume=True, max_steps=5),
+              said(resume=True, config={"epochs": 1}), said(resume=True, config={"epochs": 1})]
+    assert "stopped by max_steps 5 at epoch 1, step 5 of 10 (global step 5); " \
+           "fit(..., resume=RUN) with a larger max_steps, or none, trains on" in texts[3]
+    assert "the checkpoint is at step 5, max_steps 5 (pass a larger one" in texts[4]
+    assert "the checkpoint has 1 of 1 epochs (pass a larger epochs to train more)" in texts[6]
+    for kw, words in (({"out": tmp_path / "cut"}, "pass resume=True to continue it, or "
+                                                  "another out= for a new run"),
+                      ({"resume": True, "runs_root": tmp_path / "none"},
+                       "pass resume=RUN_DIR to say which run to resume"),
+                      ({"out": tmp_path / "tiny.npz"}, "pass out= a folder's path"),
+                      ({"out": tmp_path / "tiny.npz" / "run"},
+                       "pass out= a writable folder that has free space"),
+                      ({"data": {"train_x": np.zeros((8, 5), np.float32),
+                                 "train_label": np.zeros(8, np.int32)}},
+                       "or override (overrides=) the model's hyper-parameters to match")):
+        with pytest.raises(NNError) as err:
+            fit(str(tiny), backend="reference", progress=False, **kw)
+        assert words in str(err.value), err.value
+        texts.append(str(err.value))
+    assert not any("--" in text for text in texts), texts
+
+
+def test_a_nets_fit_after_an_early_stop_trains_again_as_keras_fit_does(tiny):
+    """Keras's EarlyStopping (and ReduceLROnPlateau) reset their wait and best at each fit's
+    start (`on_train_begin`), so `model.fit` called again trains again. fit(net) on a net whose
+    run stopped early trained nothing ('nothing to train: the run stopped early') until
+    early_stop was raised: the new call counted on from the old run's patience. A --resume of
+    that run still goes on with its count (test_train_life)."""
+    watch = {"early_stop": 1, "monitor": "val_loss", "mode": "max"}
+    first = run(tiny, config={"epochs": 6, **watch})
+    assert first.stopped == "early_stop" and len(first.rows) < 6
+    net = first.net
+    epoch, step = net.epoch, net.step
+    out = io.StringIO()
+    again = fit(net, {"epochs": 3}, save=False, backend="reference", progress=False,
+                console=Console(file=out, width=300))
+    assert "nothing to train" not in out.getvalue()
+    # NOTE: with patience 1 and a fresh best, this call runs at least 2 epochs (the first
+    # sets the best, which only a second can fail to beat)
+    assert len(again.rows) >= 2 and net.epoch == epoch + len(again.rows)
+    assert net.step == step + 10 * len(again.rows)
+    assert again.best["epoch"] == epoch + 1 and again.best["value"] == again.rows[0]["val_loss"]
 
 
 def test_a_nets_fit_holds_out_what_its_fits_held_out_and_says_so_in_fits_words(tiny):
