@@ -133,11 +133,18 @@ class ScanElaboration:
                                       self.g.node(v.id).op == "param"):
                 # NOTE: not a state at all (a weight, a scalar): an option given by position
                 given = a.id if isinstance(a, ast.Name) else "<its value>"
+                hint = f"{_binding(block, n_seqs, len(inits))}; give it by name: " \
+                    f"{param} = {given}"
+                row = _row_width(t, dtype)
+                if row is not None:
+                    # NOTE: one row, a learned initial state (`param h0: [1, units]`); given
+                    # by name it would leave a one-state scan with no state at all
+                    start = f"broadcast_to({a.span.text() or given}, shape = [{batch}, {row}])"
+                    hint = f"a learned initial state starts every example: {start}?" \
+                        if len(inits) == 1 else f"{hint}; a learned initial state: {start}"
                 self.fail(f"scan: parameter '{param}' of {block.name} takes a state by "
                           f"position: {dtype}[{batch}, units], got "
-                          f"{t if t is not None else show_value(v)}", a.span,
-                          f"{_binding(block, n_seqs, len(inits))}; give it by name: "
-                          f"{param} = {given}")
+                          f"{t if t is not None else show_value(v)}", a.span, hint)
             if t is None or t.rank != 2 or t.dtype != dtype or t.shape[0] != batch:
                 units = t.shape[1] if t is not None and t.rank == 2 else "units"
                 zeros = f"broadcast_to(0.0, shape = [batch, {units}])"
@@ -386,6 +393,13 @@ def _binding(block: ast.BlockDef, n_seqs: int, n_states: int) -> str:
             f"{'s' if n_seqs != 1 else ''} ({', '.join(seqs)}), then {n_states} state"
             f"{'s' if n_states != 1 else ''} ({', '.join(states)}) by position, then its "
             "options by name")
+
+
+def _row_width(t, dtype):
+    """k of one row, [k] or [1, k] of the sequences' dtype (a learned initial state), else None."""
+    if t is None or t.dtype != dtype or t.rank not in (1, 2) or t.rank == 2 and t.shape[0] != 1:
+        return None
+    return t.shape[-1] if isinstance(t.shape[-1], int) else None
 
 
 def _return_span(block: ast.BlockDef):

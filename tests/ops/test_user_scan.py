@@ -534,6 +534,34 @@ model M {
     nnlang.load(src.replace("START", hint))    # the hint, as written, checks
 
 
+
+@pytest.mark.parametrize("shape", ["1, 4", "4"])
+def test_a_learned_initial_state_of_one_row_gets_a_hint_that_works(shape):
+    """A learned start `param h0: [1, units]` (or [units]) given as a one-state scan's state
+    got the hint to give it by name, `h = h0`, after which the scan carries no state at all.
+    The hint broadcasts it to every example, and the gradient reaches it (finite
+    differences)."""
+    src = f"""
+block Cell(x, h) {{
+  h2 = tanh(x * 0.5 + h)
+  return h2, h2
+}}
+model M {{
+  input x: float64[batch, 5, 4]
+  param h0: float64[{shape}] = normal(std = 1.0)
+  hs, h = scan Cell(START) over x
+  loss mean(hs * hs * hs)
+}}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src.replace("START", "h0"))
+    text = err.value.render()
+    assert "<string>:9:21" in text and "give it by name" not in text, text
+    hint = re.search(r"hint: .*: (.*)\?", text).group(1)
+    assert hint == "broadcast_to(h0, shape = [batch, 4])", text
+    net = _cell_net(src.replace("START", hint), "M", batch=2)
+    _finite_difference(net, {"x": np.random.default_rng(0).normal(size=(2, 5, 4))})
+
 # *** cells students write from Keras/PyTorch tutorials, against twins ***
 # Each model below is trained 3 Adam steps beside the same model written in torch on nnlang's
 # initial weights (float64): losses, gradients and weights agree. Without torch (CI), a float64
