@@ -224,7 +224,9 @@ class ScanElaboration:
                           g.node(inner).span, "compute what the inner scan needs from it in "
                           "the outer block, or run the inner scan over the whole sequence "
                           "before or after the outer one")
-        steps = [self._step_width(i, batch, span) for i in broadcast]
+        steps = [self._step_width(i, batch, span, next(
+            u for u in sorted(g.users(i)) if u in inside and not _rhs(g, u, i)))
+            for i in broadcast]
         bg = new_body_graph(dtype, batch, sum(widths),
                             [g.node(p.id).shape[1] for p in places[:n_seqs]] + steps,
                             [g.node(i).shape for i in weights])
@@ -316,8 +318,9 @@ class ScanElaboration:
             ids[nid] = decompose_node(g, nid, training=True)
         return [T(ids.get(v.id, v.id)) for v in result]
 
-    def _step_width(self, i, batch, span) -> int:
-        """k of a value read every step as [batch, k]: a scalar, [k], [1, k] or [batch, k]."""
+    def _step_width(self, i, batch, span, reader) -> int:
+        """k of a value read every step as [batch, k]: a scalar, [k], [1, k] or [batch, k];
+        `reader`: the body's node that reads it so (an error points at its line)."""
         t = self.g.node(i).type
         if t.rank == 0 or t.rank == 1 and isinstance(t.shape[0], int) or \
                 t.rank == 2 and t.shape[0] in (1, batch) and isinstance(t.shape[1], int):
@@ -329,9 +332,16 @@ class ScanElaboration:
             hint = ("a step reads a [batch, n, k] memory (attention over an encoder's outputs) "
                     f"of numeric n and k only, and this one is {t}; run the attention on the "
                     "scan's outputs instead")
+        elif t.rank == 2 and t.shape[0] not in (1, batch):
+            # NOTE: a weight on a matmul's left (`w @ transpose(h)`) or elementwise: it was
+            # told to become a sequence, which a weight is not
+            hint = ("read a weight on a matmul's right, the step's rows on its left: "
+                    "`h @ w` (`transpose(w @ transpose(h))` is `h @ transpose(w)`)")
+        # NOTE: at the line of the block that reads it, not the whole scan
         self.fail(f"scan: the block reads {t} from outside the loop; a body reads outside "
                   f"values as a weight [k, n] on a matmul's right, as [batch, k] per step or as "
-                  f"a memory [batch, n, k]", span, hint)
+                  f"a memory [batch, n, k]", self.g.node(reader).span or span, hint,
+                  [("the scan runs the block here", span)])
 
     def _emit_scan(self, e: ast.Scan, scope, seqs, inits, weights, broadcast, body: Body,
                    cols, reverse: bool):

@@ -1093,6 +1093,44 @@ def test_a_memory_of_symbolic_length_is_refused_with_what_to_do():
     assert "reads float32[batch, 8, n]" in text and "of numeric n and k only" in text, text
 
 
+
+def test_a_weight_on_a_matmuls_left_in_the_step_is_refused_at_its_line():
+    """`u @ transpose(h)` in a step (a weight on the left) was refused at the whole scan with
+    the hint to pass the weight as a sequence; the error is at the body's line and tells the
+    right-operand form, which computes `transpose(u @ transpose(h))` (numpy)."""
+    src = """
+block Cell(x, h, u) {
+  a = STEP
+  return tanh(a + x), a
+}
+model M {
+  input x: float64[batch, 3, 4]
+  input h0: float64[batch, 4]
+  param u: float64[4, 4]
+  ys, h = scan Cell(h0, u = u) over x
+  output ys
+}
+"""
+    with pytest.raises(NNError) as err:
+        left = "transpose(u @ transpose(h, perm = [1, 0]), perm = [1, 0])"
+        nnlang.load(src.replace("STEP", left))
+    text = err.value.render()
+    assert "<string>:3:17: error: scan: the block reads float64[4, 4]" in text, text
+    assert "the scan runs the block here (<string>:10:11)" in text, text
+    assert "`h @ transpose(w)`" in text and "as a sequence" not in text, text
+    net = nnlang.compile(src.replace("STEP", "h @ transpose(u, perm = [1, 0])"),
+                         backend="reference", seed=0)
+    rng = np.random.default_rng(0)
+    x, h = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 4))
+    h0 = h.copy()
+    u, want = net.parameters()["u"], []
+    for t in range(3):
+        want.append((u @ h.T).T)
+        h = np.tanh(want[-1] + x[:, t])
+    np.testing.assert_allclose(net.forward({"x": x, "h0": h0})["ys"], np.stack(want, 1),
+                               rtol=1e-12, atol=1e-14)
+
+
 # *** two states of different widths, two sequences, a reversed scan sharing the first's dense
 # weights (share =), on one compiled model at three lengths of a symbolic time dim ***
 
