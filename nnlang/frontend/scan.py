@@ -5,6 +5,8 @@ nodes that depend on the placeholders move into the scan's body graph.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from nnlang.frontend import ast
 from nnlang.frontend.values import POISON, Abort, Scope, T
 from nnlang.ir.graph import Builder, decompose_node
@@ -325,10 +327,12 @@ class ScanElaboration:
         if t.rank == 0 or t.rank == 1 and isinstance(t.shape[0], int) or \
                 t.rank == 2 and t.shape[0] in (1, batch) and isinstance(t.shape[1], int):
             return 1 if t.rank == 0 else t.shape[-1]
-        if t.rank == 3 and t.shape[0] == batch and all(isinstance(d, int) for d in t.shape[1:]):
-            return t.shape[1] * t.shape[2]   # a memory [batch, n, k]: see _cut_body
+        if t.rank >= 3 and t.shape[0] == batch and all(isinstance(d, int) for d in t.shape[1:]):
+            # NOTE: a memory [batch, n, k] (see _cut_body), or one split into heads
+            # (multi_head_attention's keys and values over it, [batch, heads, d, n])
+            return int(np.prod(t.shape[1:]))
         hint = "pass it as a sequence (over ...) instead"
-        if t.rank == 3 and t.shape[0] == batch:
+        if t.rank >= 3 and t.shape[0] == batch:
             hint = ("a step reads a [batch, n, k] memory (attention over an encoder's outputs) "
                     f"of numeric n and k only, and this one is {t}; run the attention on the "
                     "scan's outputs instead")

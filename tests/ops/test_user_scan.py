@@ -1078,6 +1078,61 @@ def test_bahdanaus_concat_form_scores_the_state_with_the_memory_as_finite_differ
                                                              "enc.kernel"), rel=1e-5, atol=1e-9)
 
 
+MHA_STEP = """
+block Step(y, h, enc, keep) {
+  a = multi_head_attention(unsqueeze(h, axis = 1), kv = enc, key_padding_mask = keep, heads = 2)
+  h2 = tanh(dense(concat(y, squeeze(a, axis = 1), axis = -1), 4) + h)
+  return h2, h2
+}
+model Mha {
+  input src: int32[batch, 5]
+  input y: float64[batch, 3, 4]
+  input h0: float64[batch, 4]
+  enc = embedding(src, 10, 4)
+  hs, h = scan Step(h0, enc = enc, keep = src != 0) over y
+  output hs
+  loss mean(hs * hs * hs)
+}
+"""
+
+
+def _mha_step_numpy(p, f):
+    """Each step: 2-head scaled dot-product attention of h over the embedded source (padding
+    masked), then the dense on [y; context]."""
+    def heads(v):   # [batch, n, 4] -> [batch, 2, n, 2]
+        return v.reshape(v.shape[0], v.shape[1], 2, 2).transpose(0, 2, 1, 3)
+    enc, keep, h, hs = p["enc.weight"][f["src"]], f["src"] != 0, f["h0"], []
+    k, v = (heads(enc @ p[f"hs.a.w{n}"] + p[f"hs.a.b{n}"]) for n in "kv")
+    for t in range(f["y"].shape[1]):
+        q = heads((h @ p["hs.a.wq"] + p["hs.a.bq"])[:, None])
+        s = np.where(keep[:, None, None], q @ k.transpose(0, 1, 3, 2) / np.sqrt(2), -np.inf)
+        a = np.exp(s - s.max(-1, keepdims=True))
+        a = (a / a.sum(-1, keepdims=True) @ v).transpose(0, 2, 1, 3).reshape(-1, 4)
+        z = np.concatenate([f["y"][:, t], a @ p["hs.a.wo"] + p["hs.a.bo"]], -1)
+        h = np.tanh(z @ p["hs.h2.weight"] + p["hs.h2.bias"] + h)
+        hs.append(h)
+    return np.stack(hs, 1)
+
+
+def test_multi_head_attention_in_a_step_attends_over_the_encoder():
+    """multi_head_attention on the state over an encoder's outputs, in a step: its keys and
+    values over the memory ([batch, heads, d, n], computed before the loop) were refused
+    ("reads float64[batch, 2, 2, 5] from outside the loop", with the hint to pass them as a
+    sequence). Values against numpy, gradients against finite differences."""
+    net = _cell_net(MHA_STEP, "Mha", batch=2)
+    rng = np.random.default_rng(3)
+    net.load_state_dict({k: v + 0.3 * rng.normal(size=v.shape)
+                         for k, v in net.parameters().items()})
+    src = rng.integers(1, 10, (2, 5)).astype(np.int32)
+    src[0, 3:] = 0
+    feeds = {"src": src, "y": rng.normal(size=(2, 3, 4)), "h0": rng.normal(size=(2, 4))}
+    np.testing.assert_allclose(net.forward(feeds)["hs"],
+                               _mha_step_numpy(net.parameters(), feeds), rtol=1e-12, atol=1e-13)
+    # NOTE: not the keys' bias, whose gradient is zero (it adds one number to every score)
+    names = [k for k in net.parameters() if k != "hs.a.bk"]
+    assert all(np.abs(net.gradients(feeds)[k]).max() > 1e-4 for k in names)
+    _each_weights_finite_difference(net, net.parameters(), feeds, rng, names, 1e-6, 1e-9)
+
 def test_a_memory_of_symbolic_length_is_refused_with_what_to_do():
     source = ATTENTION.split("model")[0] + """model M {
   symbol n
