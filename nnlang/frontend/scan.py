@@ -149,7 +149,9 @@ class ScanElaboration:
                           f"{t if t is not None else show_value(v)}", a.span, hint)
             if t is None or t.rank != 2 or t.dtype != dtype or t.shape[0] != batch:
                 units = t.shape[1] if t is not None and t.rank == 2 else "units"
-                zeros = f"broadcast_to(0.0, shape = [batch, {units}])"
+                # NOTE: the sequences' batch, a number where theirs is (`[batch, k]` would
+                # not match a fixed one, and the hint, followed, gave the same error)
+                zeros = f"broadcast_to(0.0, shape = [{batch}, {units}])"
                 if dtype != "float32":   # NOTE: a literal is float32
                     zeros = f'cast({zeros}, dtype = "{dtype}")'
                 self.fail(f"scan: an initial state is {dtype}[{batch}, units]; got "

@@ -259,6 +259,27 @@ model M {
     nnlang.load(src.replace("START", hint))    # the hint, as written, checks
 
 
+
+def test_a_start_of_another_batch_on_fixed_sequences_gets_a_hint_that_works():
+    """On sequences of a fixed batch (4), a start of 2 rows got the hint `broadcast_to(0.0,
+    shape = [batch, 2])`, which, followed, gave the same error and the same hint."""
+    src = """
+block Cell(x, h) {
+  return tanh(x[:, 0:2] + h), h
+}
+model M {
+  input x: float32[4, 5, 3]
+  input h0: float32[2, 2]
+  hs, h = scan Cell(START) over x
+  loss sum(hs * hs)
+}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src.replace("START", "h0"))
+    hint = re.search(r"start from zeros: (.*)\?", err.value.render()).group(1)
+    assert hint == "broadcast_to(0.0, shape = [4, 2])", hint
+    nnlang.load(src.replace("START", hint))    # the hint, as written, checks
+
 def test_a_nested_scan_reading_an_outer_weight_says_so():
     src = """
 block Inner(x, h, w) {
