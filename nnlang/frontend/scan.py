@@ -154,9 +154,13 @@ class ScanElaboration:
                 zeros = f"broadcast_to(0.0, shape = [{batch}, {units}])"
                 if dtype != "float32":   # NOTE: a literal is float32
                     zeros = f'cast({zeros}, dtype = "{dtype}")'
+                hint = f"start from zeros: {zeros}?"
+                if t is not None and t.rank == 2 and t.shape[0] == batch and a.span.text():
+                    # NOTE: only the dtype is wrong (int counts, a float32 start beside
+                    # float64 sequences): keep the values the user gave
+                    hint = f'the sequences\' dtype: cast({a.span.text()}, dtype = "{dtype}")?'
                 self.fail(f"scan: an initial state is {dtype}[{batch}, units]; got "
-                          f"{t if t is not None else show_value(v)}", a.span,
-                          f"start from zeros: {zeros}?")
+                          f"{t if t is not None else show_value(v)}", a.span, hint)
 
     def _scan_results(self, result, inits, block: ast.BlockDef, call: ast.Call, dtype, batch):
         """The block returns its next states (one per initial state, same types), then any

@@ -280,6 +280,33 @@ model M {
     assert hint == "broadcast_to(0.0, shape = [4, 2])", hint
     nnlang.load(src.replace("START", hint))    # the hint, as written, checks
 
+
+def test_a_start_of_another_dtype_keeps_its_values_in_the_hint():
+    """An int32 start (counts) beside float64 sequences got the hint to start from zeros,
+    dropping the given values; the hint casts the start, and the scan then starts from it."""
+    src = """
+block Count(x, h) {
+  h2 = h + x
+  return h2, h2
+}
+model M {
+  input x: float64[batch, 3, 2]
+  input h0: int32[batch, 2]
+  hs, h = scan Count(START) over x
+  output hs
+}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src.replace("START", "h0"))
+    text = err.value.render()
+    assert "<string>:9:22" in text, text
+    hint = re.search(r"hint: .*: (.*)\?", text).group(1)
+    assert hint == 'cast(h0, dtype = "float64")', text
+    net = nnlang.compile(src.replace("START", hint), backend="reference")
+    x, h0 = np.arange(12.0).reshape(2, 3, 2), np.array([[5, -1], [2, 7]], np.int32)
+    np.testing.assert_array_equal(net.forward({"x": x, "h0": h0})["hs"],
+                                  h0[:, None] + np.cumsum(x, axis=1))
+
 def test_a_nested_scan_reading_an_outer_weight_says_so():
     src = """
 block Inner(x, h, w) {
