@@ -342,6 +342,12 @@ class ScanElaboration:
             hint = ("a step reads a [batch, n, k] memory (attention over an encoder's outputs) "
                     f"of numeric n and k only, and this one is {t}; run the attention on the "
                     "scan's outputs instead")
+        elif t.rank == 2 and t.shape[0] not in (1, batch) and \
+                self.g.node(reader).op == "gather":
+            # NOTE: an embedding of the step's own ids (a greedy decoder feeding back its
+            # token): the lookup as a matmul reads the table on the right
+            hint = (f"look the ids up as a matmul, one_hot(ids, {t.shape[0]}, dtype = "
+                    f"\"{t.dtype}\") @ table, passing the table by its path (emb.weight)")
         elif t.rank == 2 and t.shape[0] not in (1, batch):
             # NOTE: a weight on a matmul's left (`w @ transpose(h)`) or elementwise: it was
             # told to become a sequence, which a weight is not

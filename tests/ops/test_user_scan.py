@@ -1234,6 +1234,55 @@ model M {
                                rtol=1e-12, atol=1e-14)
 
 
+
+GREEDY = """
+block Greedy(t, tok, h, emb, w, v) {
+  e = LOOKUP
+  h2 = tanh(e @ w + h)
+  logits = h2 @ v
+  return one_hot(argmax(logits, axis = -1), 10, dtype = "float32"), h2, logits
+}
+model Decoder {
+  input src: int32[batch, 6]
+  input ticks: float32[batch, 4, 1]
+  input target: int32[batch, 4]
+  emb = embedding(src, 10, 4)
+  param w: float32[4, 4]
+  param v: float32[4, 10]
+  start = one_hot(src[:, 0], 10, dtype = "float32")
+  logits, tok, h = scan Greedy(start, mean(emb, axis = 1), emb = EMB, w = w, v = v) over ticks
+  output logits
+  loss cross_entropy(logits, target)
+}
+"""
+
+
+def test_a_greedy_decoder_step_looks_its_token_up_as_a_matmul():
+    """A step that embeds its own last token (greedy decoding in a scan) with `embedding(...,
+    share = emb)` is refused at the embedding's line with the lookup written as a matmul;
+    that decoder feeds back its argmax as numpy does, and the table, read both before the
+    loop (the start) and in every step, has the gradient of its finite differences."""
+    with pytest.raises(NNError) as err:
+        nnlang.load(GREEDY.replace("LOOKUP", "embedding(argmax(tok, axis = -1), 10, 4, "
+                                   "share = emb)").replace("EMB", "emb"))
+    text = err.value.render()
+    assert "<string>:3:7: error: scan: the block reads float32[10, 4]" in text, text
+    assert 'one_hot(ids, 10, dtype = "float32") @ table' in text, text
+    source = GREEDY.replace("LOOKUP", "tok @ emb").replace("EMB", "emb.weight")
+    net = _cell_net(source, "Decoder", batch=2)
+    rng = np.random.default_rng(0)
+    feeds = {"src": rng.integers(0, 10, (2, 6)).astype(np.int32), "ticks": np.zeros((2, 4, 1)),
+             "target": rng.integers(0, 10, (2, 4)).astype(np.int32)}
+    p = net.parameters()
+    table, tok, h, want = p["emb.weight"], feeds["src"][:, 0], None, []
+    h = table[feeds["src"]].mean(1)
+    for _ in range(4):
+        h = np.tanh(table[tok] @ p["w"] + h)
+        want.append(h @ p["v"])
+        tok = want[-1].argmax(-1)
+    np.testing.assert_allclose(net.forward(feeds)["logits"], np.stack(want, 1), rtol=1e-12)
+    _finite_difference(net, feeds)
+
 # *** two states of different widths, two sequences, a reversed scan sharing the first's dense
 # weights (share =), on one compiled model at three lengths of a symbolic time dim ***
 
