@@ -224,16 +224,23 @@ class ScanElaboration:
         weights = [i for i in outer if any(_rhs(g, u, i) for u in g.users(i) if u in inside)]
         broadcast = [i for i in outer if any(not _rhs(g, u, i) for u in g.users(i)
                                              if u in inside)]
+        nested = set()
         for i in broadcast:
             inner = next((u for u in g.users(i) if u in inside and g.node(u).op == "scan"), None)
-            if inner is not None:
+            if inner is None:
+                continue
+            if not all(isinstance(d, int) for d in g.node(i).shape):
                 self.fail(f"scan: a scan inside this scan's body reads {g.node(i).type} from "
                           "outside both loops, which nested scans do not support yet",
                           g.node(inner).span, "compute what the inner scan needs from it in "
                           "the outer block, or run the inner scan over the whole sequence "
                           "before or after the outer one")
-        steps = [self._step_width(i, batch, span, next(
-            u for u in sorted(g.users(i)) if u in inside and not _rhs(g, u, i)))
+            # NOTE: an inner scan's weight (a sentence loop's word-level cell): it travels
+            # flat, one row [1, k * n] every step, and takes its shape back in the step
+            nested.add(i)
+        steps = [int(np.prod(g.node(i).shape)) if i in nested else self._step_width(
+            i, batch, span, next(u for u in sorted(g.users(i)) if u in inside and
+                                 not _rhs(g, u, i)))
             for i in broadcast]
         bg = new_body_graph(dtype, batch, sum(widths),
                             [g.node(p.id).shape[1] for p in places[:n_seqs]] + steps,
@@ -247,8 +254,8 @@ class ScanElaboration:
             # per step, and takes its shape back inside the step; the body runs per row
             ids[i] = x if t.rank < 3 else bb.reshape(x, shape=[-1, *t.shape[1:]])
             rowless = t.rank < 2 or t.rank == 2 and t.shape[0] == 1
-            if rowless and any(_not_per_row(g.node(u).type, batch) for u in g.users(i)
-                               if u in inside):
+            if i in nested or rowless and any(_not_per_row(g.node(u).type, batch)
+                                              for u in g.users(i) if u in inside):
                 # NOTE: a bias added to batch * n rows (dense over a [batch, n, k] value
                 # computed from the state: Bahdanau's concat form) would meet the per-step
                 # [batch, k] copy and not broadcast; one row of it, in its own shape, does
@@ -373,7 +380,10 @@ class ScanElaboration:
         tm = [op("transpose", [s], perm=[1, 0, 2]) for s in seqs]
         steps, batch = self._type(seqs[0]).shape[1], self._type(seqs[0]).shape[0]
         for v, k in broadcast:
-            lead = self._type(v).shape[0] if self._type(v).rank >= 2 else 1
+            t = self._type(v)
+            # NOTE: one row for a value of k numbers in all (a bias, a nested scan's weight)
+            lead = 1 if t.rank < 2 or all(isinstance(d, int) for d in t.shape) and \
+                int(np.prod(t.shape)) == k else t.shape[0]
             tm.append(op("broadcast_to", [op("reshape", [v], shape=[1, lead, k])],
                          shape=[steps, batch, k]))
         out = op("scan", [init, *tm, *weights], body=body, reverse=reverse)
