@@ -445,6 +445,20 @@ def test_a_user_scan_attending_with_multi_head_attention_exports_as_one_scan():
                                  "h0": rng.normal(size=(2, 4)).astype(np.float32)})
     assert [n.op_type for n in proto.graph.node].count("Scan") == 1
 
+
+def test_a_nested_user_scan_on_the_models_weights_exports_at_any_length():
+    """A sentence loop whose step runs a word loop on the model's weights
+    (tests/ops/test_user_scan.py): one outer Scan holding the inner one; ONNX Runtime gives
+    nnlang's values at two lengths of the symbolic sentence axis."""
+    from tests.ops.test_user_scan import NESTED
+    net = nnlang.compile(NESTED.replace("float64", "float32"), backend="reference", seed=1)
+    proto = nnlang.export_onnx(net)
+    assert [n.op_type for n in proto.graph.node].count("Scan") == 1
+    rng = np.random.default_rng(0)
+    for n in (4, 1):
+        assert_matches(net, {"x": rng.normal(size=(2, n, 6)).astype(np.float32),
+                             "h0": rng.normal(size=(2, 4)).astype(np.float32)})
+
 def test_reversals_on_a_symbolic_length_and_batch():
     """flip, x[:, ::-1] (a Slice with steps -1 from the last entry) and a stepped subscript of
     a fixed axis, exported with a symbolic length and batch: one file, numpy's values at
