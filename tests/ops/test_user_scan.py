@@ -255,7 +255,7 @@ model M {
 """
     with pytest.raises(NNError) as err:
         nnlang.load(src.replace("START", "broadcast_to(0.0, shape = [batch, 3])"))
-    hint = re.search(r"start from zeros: (.*)\?", err.value.render()).group(1)
+    hint = re.search(r"the sequences' dtype: (.*)\?", err.value.render()).group(1)
     nnlang.load(src.replace("START", hint))    # the hint, as written, checks
 
 
