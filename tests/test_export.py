@@ -431,6 +431,34 @@ def test_scan_over_a_symbolic_length(reverse):
         np.testing.assert_allclose(run_onnx(proto, feeds)["out"], want, rtol=0, atol=TOL)
 
 
+
+def test_a_user_scan_attending_with_multi_head_attention_exports_as_one_scan():
+    """A step of multi_head_attention over an encoder's outputs (its keys and values, split
+    into heads, read whole every step: tests/ops/test_user_scan.py) exports as one Scan; ONNX
+    Runtime gives nnlang's values."""
+    from tests.ops.test_user_scan import MHA_STEP
+    net = nnlang.compile(MHA_STEP.replace("float64", "float32"), backend="reference", seed=3)
+    rng = np.random.default_rng(0)
+    src = rng.integers(1, 10, (2, 5)).astype(np.int32)
+    src[0, 3:] = 0
+    proto = assert_matches(net, {"src": src, "y": rng.normal(size=(2, 3, 4)).astype(np.float32),
+                                 "h0": rng.normal(size=(2, 4)).astype(np.float32)})
+    assert [n.op_type for n in proto.graph.node].count("Scan") == 1
+
+
+def test_a_nested_user_scan_on_the_models_weights_exports_at_any_length():
+    """A sentence loop whose step runs a word loop on the model's weights
+    (tests/ops/test_user_scan.py): one outer Scan holding the inner one; ONNX Runtime gives
+    nnlang's values at two lengths of the symbolic sentence axis."""
+    from tests.ops.test_user_scan import NESTED
+    net = nnlang.compile(NESTED.replace("float64", "float32"), backend="reference", seed=1)
+    proto = nnlang.export_onnx(net)
+    assert [n.op_type for n in proto.graph.node].count("Scan") == 1
+    rng = np.random.default_rng(0)
+    for n in (4, 1):
+        assert_matches(net, {"x": rng.normal(size=(2, n, 6)).astype(np.float32),
+                             "h0": rng.normal(size=(2, 4)).astype(np.float32)})
+
 def test_reversals_on_a_symbolic_length_and_batch():
     """flip, x[:, ::-1] (a Slice with steps -1 from the last entry) and a stepped subscript of
     a fixed axis, exported with a symbolic length and batch: one file, numpy's values at

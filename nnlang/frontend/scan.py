@@ -5,6 +5,8 @@ nodes that depend on the placeholders move into the scan's body graph.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from nnlang.frontend import ast
 from nnlang.frontend.values import POISON, Abort, Scope, T
 from nnlang.ir.graph import Builder, decompose_node
@@ -133,19 +135,32 @@ class ScanElaboration:
                                       self.g.node(v.id).op == "param"):
                 # NOTE: not a state at all (a weight, a scalar): an option given by position
                 given = a.id if isinstance(a, ast.Name) else "<its value>"
+                hint = f"{_binding(block, n_seqs, len(inits))}; give it by name: " \
+                    f"{param} = {given}"
+                row = _row_width(t, dtype)
+                if row is not None:
+                    # NOTE: one row, a learned initial state (`param h0: [1, units]`); given
+                    # by name it would leave a one-state scan with no state at all
+                    start = f"broadcast_to({a.span.text() or given}, shape = [{batch}, {row}])"
+                    hint = f"a learned initial state starts every example: {start}?" \
+                        if len(inits) == 1 else f"{hint}; a learned initial state: {start}"
                 self.fail(f"scan: parameter '{param}' of {block.name} takes a state by "
                           f"position: {dtype}[{batch}, units], got "
-                          f"{t if t is not None else show_value(v)}", a.span,
-                          f"{_binding(block, n_seqs, len(inits))}; give it by name: "
-                          f"{param} = {given}")
+                          f"{t if t is not None else show_value(v)}", a.span, hint)
             if t is None or t.rank != 2 or t.dtype != dtype or t.shape[0] != batch:
                 units = t.shape[1] if t is not None and t.rank == 2 else "units"
-                zeros = f"broadcast_to(0.0, shape = [batch, {units}])"
+                # NOTE: the sequences' batch, a number where theirs is (`[batch, k]` would
+                # not match a fixed one, and the hint, followed, gave the same error)
+                zeros = f"broadcast_to(0.0, shape = [{batch}, {units}])"
                 if dtype != "float32":   # NOTE: a literal is float32
                     zeros = f'cast({zeros}, dtype = "{dtype}")'
+                hint = f"start from zeros: {zeros}?"
+                if t is not None and t.rank == 2 and t.shape[0] == batch and a.span.text():
+                    # NOTE: only the dtype is wrong (int counts, a float32 start beside
+                    # float64 sequences): keep the values the user gave
+                    hint = f'the sequences\' dtype: cast({a.span.text()}, dtype = "{dtype}")?'
                 self.fail(f"scan: an initial state is {dtype}[{batch}, units]; got "
-                          f"{t if t is not None else show_value(v)}", a.span,
-                          f"start from zeros: {zeros}?")
+                          f"{t if t is not None else show_value(v)}", a.span, hint)
 
     def _scan_results(self, result, inits, block: ast.BlockDef, call: ast.Call, dtype, batch):
         """The block returns its next states (one per initial state, same types), then any
@@ -209,15 +224,24 @@ class ScanElaboration:
         weights = [i for i in outer if any(_rhs(g, u, i) for u in g.users(i) if u in inside)]
         broadcast = [i for i in outer if any(not _rhs(g, u, i) for u in g.users(i)
                                              if u in inside)]
+        nested = set()
         for i in broadcast:
             inner = next((u for u in g.users(i) if u in inside and g.node(u).op == "scan"), None)
-            if inner is not None:
+            if inner is None:
+                continue
+            if not all(isinstance(d, int) for d in g.node(i).shape):
                 self.fail(f"scan: a scan inside this scan's body reads {g.node(i).type} from "
                           "outside both loops, which nested scans do not support yet",
                           g.node(inner).span, "compute what the inner scan needs from it in "
                           "the outer block, or run the inner scan over the whole sequence "
                           "before or after the outer one")
-        steps = [self._step_width(i, batch, span) for i in broadcast]
+            # NOTE: an inner scan's weight (a sentence loop's word-level cell): it travels
+            # flat, one row [1, k * n] every step, and takes its shape back in the step
+            nested.add(i)
+        steps = [int(np.prod(g.node(i).shape)) if i in nested else self._step_width(
+            i, batch, span, next(u for u in sorted(g.users(i)) if u in inside and
+                                 not _rhs(g, u, i)))
+            for i in broadcast]
         bg = new_body_graph(dtype, batch, sum(widths),
                             [g.node(p.id).shape[1] for p in places[:n_seqs]] + steps,
                             [g.node(i).shape for i in weights])
@@ -230,8 +254,8 @@ class ScanElaboration:
             # per step, and takes its shape back inside the step; the body runs per row
             ids[i] = x if t.rank < 3 else bb.reshape(x, shape=[-1, *t.shape[1:]])
             rowless = t.rank < 2 or t.rank == 2 and t.shape[0] == 1
-            if rowless and any(_not_per_row(g.node(u).type, batch) for u in g.users(i)
-                               if u in inside):
+            if i in nested or rowless and any(_not_per_row(g.node(u).type, batch)
+                                              for u in g.users(i) if u in inside):
                 # NOTE: a bias added to batch * n rows (dense over a [batch, n, k] value
                 # computed from the state: Bahdanau's concat form) would meet the per-step
                 # [batch, k] copy and not broadcast; one row of it, in its own shape, does
@@ -309,22 +333,38 @@ class ScanElaboration:
             ids[nid] = decompose_node(g, nid, training=True)
         return [T(ids.get(v.id, v.id)) for v in result]
 
-    def _step_width(self, i, batch, span) -> int:
-        """k of a value read every step as [batch, k]: a scalar, [k], [1, k] or [batch, k]."""
+    def _step_width(self, i, batch, span, reader) -> int:
+        """k of a value read every step as [batch, k]: a scalar, [k], [1, k] or [batch, k];
+        `reader`: the body's node that reads it so (an error points at its line)."""
         t = self.g.node(i).type
         if t.rank == 0 or t.rank == 1 and isinstance(t.shape[0], int) or \
                 t.rank == 2 and t.shape[0] in (1, batch) and isinstance(t.shape[1], int):
             return 1 if t.rank == 0 else t.shape[-1]
-        if t.rank == 3 and t.shape[0] == batch and all(isinstance(d, int) for d in t.shape[1:]):
-            return t.shape[1] * t.shape[2]   # a memory [batch, n, k]: see _cut_body
+        if t.rank >= 3 and t.shape[0] == batch and all(isinstance(d, int) for d in t.shape[1:]):
+            # NOTE: a memory [batch, n, k] (see _cut_body), or one split into heads
+            # (multi_head_attention's keys and values over it, [batch, heads, d, n])
+            return int(np.prod(t.shape[1:]))
         hint = "pass it as a sequence (over ...) instead"
-        if t.rank == 3 and t.shape[0] == batch:
+        if t.rank >= 3 and t.shape[0] == batch:
             hint = ("a step reads a [batch, n, k] memory (attention over an encoder's outputs) "
                     f"of numeric n and k only, and this one is {t}; run the attention on the "
                     "scan's outputs instead")
+        elif t.rank == 2 and t.shape[0] not in (1, batch) and \
+                self.g.node(reader).op == "gather":
+            # NOTE: an embedding of the step's own ids (a greedy decoder feeding back its
+            # token): the lookup as a matmul reads the table on the right
+            hint = (f"look the ids up as a matmul, one_hot(ids, {t.shape[0]}, dtype = "
+                    f"\"{t.dtype}\") @ table, passing the table by its path (emb.weight)")
+        elif t.rank == 2 and t.shape[0] not in (1, batch):
+            # NOTE: a weight on a matmul's left (`w @ transpose(h)`) or elementwise: it was
+            # told to become a sequence, which a weight is not
+            hint = ("read a weight on a matmul's right, the step's rows on its left: "
+                    "`h @ w` (`transpose(w @ transpose(h))` is `h @ transpose(w)`)")
+        # NOTE: at the line of the block that reads it, not the whole scan
         self.fail(f"scan: the block reads {t} from outside the loop; a body reads outside "
                   f"values as a weight [k, n] on a matmul's right, as [batch, k] per step or as "
-                  f"a memory [batch, n, k]", span, hint)
+                  f"a memory [batch, n, k]", self.g.node(reader).span or span, hint,
+                  [("the scan runs the block here", span)])
 
     def _emit_scan(self, e: ast.Scan, scope, seqs, inits, weights, broadcast, body: Body,
                    cols, reverse: bool):
@@ -340,7 +380,10 @@ class ScanElaboration:
         tm = [op("transpose", [s], perm=[1, 0, 2]) for s in seqs]
         steps, batch = self._type(seqs[0]).shape[1], self._type(seqs[0]).shape[0]
         for v, k in broadcast:
-            lead = self._type(v).shape[0] if self._type(v).rank >= 2 else 1
+            t = self._type(v)
+            # NOTE: one row for a value of k numbers in all (a bias, a nested scan's weight)
+            lead = 1 if t.rank < 2 or all(isinstance(d, int) for d in t.shape) and \
+                int(np.prod(t.shape)) == k else t.shape[0]
             tm.append(op("broadcast_to", [op("reshape", [v], shape=[1, lead, k])],
                          shape=[steps, batch, k]))
         out = op("scan", [init, *tm, *weights], body=body, reverse=reverse)
@@ -386,6 +429,13 @@ def _binding(block: ast.BlockDef, n_seqs: int, n_states: int) -> str:
             f"{'s' if n_seqs != 1 else ''} ({', '.join(seqs)}), then {n_states} state"
             f"{'s' if n_states != 1 else ''} ({', '.join(states)}) by position, then its "
             "options by name")
+
+
+def _row_width(t, dtype):
+    """k of one row, [k] or [1, k] of the sequences' dtype (a learned initial state), else None."""
+    if t is None or t.dtype != dtype or t.rank not in (1, 2) or t.rank == 2 and t.shape[0] != 1:
+        return None
+    return t.shape[-1] if isinstance(t.shape[-1], int) else None
 
 
 def _return_span(block: ast.BlockDef):

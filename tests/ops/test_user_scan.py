@@ -255,32 +255,136 @@ model M {
 """
     with pytest.raises(NNError) as err:
         nnlang.load(src.replace("START", "broadcast_to(0.0, shape = [batch, 3])"))
-    hint = re.search(r"start from zeros: (.*)\?", err.value.render()).group(1)
+    hint = re.search(r"the sequences' dtype: (.*)\?", err.value.render()).group(1)
     nnlang.load(src.replace("START", hint))    # the hint, as written, checks
 
 
-def test_a_nested_scan_reading_an_outer_weight_says_so():
+
+def test_a_start_of_another_batch_on_fixed_sequences_gets_a_hint_that_works():
+    """On sequences of a fixed batch (4), a start of 2 rows got the hint `broadcast_to(0.0,
+    shape = [batch, 2])`, which, followed, gave the same error and the same hint."""
     src = """
-block Inner(x, h, w) {
-  h2 = tanh(x @ w + h)
+block Cell(x, h) {
+  return tanh(x[:, 0:2] + h), h
+}
+model M {
+  input x: float32[4, 5, 3]
+  input h0: float32[2, 2]
+  hs, h = scan Cell(START) over x
+  loss sum(hs * hs)
+}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src.replace("START", "h0"))
+    hint = re.search(r"start from zeros: (.*)\?", err.value.render()).group(1)
+    assert hint == "broadcast_to(0.0, shape = [4, 2])", hint
+    nnlang.load(src.replace("START", hint))    # the hint, as written, checks
+
+
+def test_a_start_of_another_dtype_keeps_its_values_in_the_hint():
+    """An int32 start (counts) beside float64 sequences got the hint to start from zeros,
+    dropping the given values; the hint casts the start, and the scan then starts from it."""
+    src = """
+block Count(x, h) {
+  h2 = h + x
   return h2, h2
 }
-block Outer(x, h, w) {
-  ys, hi = scan Inner(h, w = w) over unsqueeze(x, axis = 1)
+model M {
+  input x: float64[batch, 3, 2]
+  input h0: int32[batch, 2]
+  hs, h = scan Count(START) over x
+  output hs
+}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src.replace("START", "h0"))
+    text = err.value.render()
+    assert "<string>:9:22" in text, text
+    hint = re.search(r"hint: .*: (.*)\?", text).group(1)
+    assert hint == 'cast(h0, dtype = "float64")', text
+    net = nnlang.compile(src.replace("START", hint), backend="reference")
+    x, h0 = np.arange(12.0).reshape(2, 3, 2), np.array([[5, -1], [2, 7]], np.int32)
+    np.testing.assert_array_equal(net.forward({"x": x, "h0": h0})["hs"],
+                                  h0[:, None] + np.cumsum(x, axis=1))
+
+NESTED = """
+block Word(x, h, w, u) {
+  h2 = tanh(x @ w + h @ u)
+  return h2, h2
+}
+block Sentence(words, h, w, u, v) {
+  hs, hw = scan Word(h @ v, w = w, u = u) over reshape(words, shape = [-1, 3, 2]), reverse = true
+  h2 = tanh(hw + h)
+  return h2, h2, mean(hs, axis = 1)
+}
+model Nested {
+  symbol sents
+  input x: float64[batch, sents, 6]
+  input h0: float64[batch, 4]
+  param w: float64[2, 4]
+  param u: float64[4, 4]
+  param v: float64[4, 4]
+  ys, ms, h = scan Sentence(h0, w = w, u = u, v = v) over x
+  output ys
+  output ms
+  loss mean(ys * ys * ys) + mean(ms) + mean(h) + mean(x[:, :, 0:4] @ u)
+}
+"""
+
+
+def _nested_numpy(p, f):
+    """Per sentence of 3 words of 2 features: a reversed word-level Elman loop started from
+    h @ v, then h2 = tanh(last word state + h); outputs h2 and the mean of the word states."""
+    h, ys, ms = f["h0"], [], []
+    for t in range(f["x"].shape[1]):
+        words, g, hs = f["x"][:, t].reshape(-1, 3, 2), h @ p["v"], [None] * 3
+        for j in reversed(range(3)):
+            g = hs[j] = np.tanh(words[:, j] @ p["w"] + g @ p["u"])
+        h = np.tanh(g + h)
+        ys.append(h)
+        ms.append(np.mean(hs, axis=0))
+    return np.stack(ys, 1), np.stack(ms, 1)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("numba", marks=pytest.mark.slow)])
+def test_a_nested_scan_reads_the_weights_of_the_model(backend):
+    """A sentence-level scan whose step runs a word-level scan on the model's weights (u also
+    read outside both loops) was refused ("nested scans do not support yet"). Values against
+    numpy at two lengths of the sentence axis, gradients against finite differences."""
+    net = nnlang.compile(NESTED + "train Nested {\n  batch = 2\n}\n", dtype="float64",
+                         batch=2, seed=1, backend=backend)
+    rng = np.random.default_rng(0)
+    for n in (4, 1):
+        feeds = {"x": rng.normal(size=(2, n, 6)), "h0": rng.normal(size=(2, 4))}
+        out, (ys, ms) = net.forward(feeds), _nested_numpy(net.parameters(), feeds)
+        np.testing.assert_allclose(out["ys"], ys, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(out["ms"], ms, rtol=1e-12, atol=1e-13)
+        _each_weights_finite_difference(net, net.parameters(), feeds, rng, ("w", "u", "v"),
+                                        1e-6, 1e-9)
+
+
+def test_a_nested_scan_reading_a_value_of_the_batch_from_outside_says_so():
+    src = """
+block Inner(x, h, c) {
+  h2 = tanh(x + h + c)
+  return h2, h2
+}
+block Outer(x, h, c) {
+  ys, hi = scan Inner(h, c = c) over unsqueeze(x, axis = 1)
   return hi, hi
 }
 model M {
   input x: float32[batch, 5, 4]
   input h0: float32[batch, 4]
-  param w: float32[4, 4]
-  hs, h = scan Outer(h0, w = w) over x
+  input c: float32[batch, 4]
+  hs, h = scan Outer(h0, c = c) over x
   loss sum(hs * hs)
 }
 """
     with pytest.raises(NNError) as err:
         nnlang.load(src)
     text = err.value.render()
-    assert "<string>:7:12" in text and "nested scans do not support yet" in text
+    assert "<string>:7:12" in text and "nested scans do not support yet" in text, text
 
 
 @pytest.mark.parametrize("call, words", [
@@ -533,6 +637,34 @@ model M {
     hint = re.search(r"hint: .*: (.*)\?", text).group(1)
     nnlang.load(src.replace("START", hint))    # the hint, as written, checks
 
+
+
+@pytest.mark.parametrize("shape", ["1, 4", "4"])
+def test_a_learned_initial_state_of_one_row_gets_a_hint_that_works(shape):
+    """A learned start `param h0: [1, units]` (or [units]) given as a one-state scan's state
+    got the hint to give it by name, `h = h0`, after which the scan carries no state at all.
+    The hint broadcasts it to every example, and the gradient reaches it (finite
+    differences)."""
+    src = f"""
+block Cell(x, h) {{
+  h2 = tanh(x * 0.5 + h)
+  return h2, h2
+}}
+model M {{
+  input x: float64[batch, 5, 4]
+  param h0: float64[{shape}] = normal(std = 1.0)
+  hs, h = scan Cell(START) over x
+  loss mean(hs * hs * hs)
+}}
+"""
+    with pytest.raises(NNError) as err:
+        nnlang.load(src.replace("START", "h0"))
+    text = err.value.render()
+    assert "<string>:9:21" in text and "give it by name" not in text, text
+    hint = re.search(r"hint: .*: (.*)\?", text).group(1)
+    assert hint == "broadcast_to(h0, shape = [batch, 4])", text
+    net = _cell_net(src.replace("START", hint), "M", batch=2)
+    _finite_difference(net, {"x": np.random.default_rng(0).normal(size=(2, 5, 4))})
 
 # *** cells students write from Keras/PyTorch tutorials, against twins ***
 # Each model below is trained 3 Adam steps beside the same model written in torch on nnlang's
@@ -1050,6 +1182,61 @@ def test_bahdanaus_concat_form_scores_the_state_with_the_memory_as_finite_differ
                                                              "enc.kernel"), rel=1e-5, atol=1e-9)
 
 
+MHA_STEP = """
+block Step(y, h, enc, keep) {
+  a = multi_head_attention(unsqueeze(h, axis = 1), kv = enc, key_padding_mask = keep, heads = 2)
+  h2 = tanh(dense(concat(y, squeeze(a, axis = 1), axis = -1), 4) + h)
+  return h2, h2
+}
+model Mha {
+  input src: int32[batch, 5]
+  input y: float64[batch, 3, 4]
+  input h0: float64[batch, 4]
+  enc = embedding(src, 10, 4)
+  hs, h = scan Step(h0, enc = enc, keep = src != 0) over y
+  output hs
+  loss mean(hs * hs * hs)
+}
+"""
+
+
+def _mha_step_numpy(p, f):
+    """Each step: 2-head scaled dot-product attention of h over the embedded source (padding
+    masked), then the dense on [y; context]."""
+    def heads(v):   # [batch, n, 4] -> [batch, 2, n, 2]
+        return v.reshape(v.shape[0], v.shape[1], 2, 2).transpose(0, 2, 1, 3)
+    enc, keep, h, hs = p["enc.weight"][f["src"]], f["src"] != 0, f["h0"], []
+    k, v = (heads(enc @ p[f"hs.a.w{n}"] + p[f"hs.a.b{n}"]) for n in "kv")
+    for t in range(f["y"].shape[1]):
+        q = heads((h @ p["hs.a.wq"] + p["hs.a.bq"])[:, None])
+        s = np.where(keep[:, None, None], q @ k.transpose(0, 1, 3, 2) / np.sqrt(2), -np.inf)
+        a = np.exp(s - s.max(-1, keepdims=True))
+        a = (a / a.sum(-1, keepdims=True) @ v).transpose(0, 2, 1, 3).reshape(-1, 4)
+        z = np.concatenate([f["y"][:, t], a @ p["hs.a.wo"] + p["hs.a.bo"]], -1)
+        h = np.tanh(z @ p["hs.h2.weight"] + p["hs.h2.bias"] + h)
+        hs.append(h)
+    return np.stack(hs, 1)
+
+
+def test_multi_head_attention_in_a_step_attends_over_the_encoder():
+    """multi_head_attention on the state over an encoder's outputs, in a step: its keys and
+    values over the memory ([batch, heads, d, n], computed before the loop) were refused
+    ("reads float64[batch, 2, 2, 5] from outside the loop", with the hint to pass them as a
+    sequence). Values against numpy, gradients against finite differences."""
+    net = _cell_net(MHA_STEP, "Mha", batch=2)
+    rng = np.random.default_rng(3)
+    net.load_state_dict({k: v + 0.3 * rng.normal(size=v.shape)
+                         for k, v in net.parameters().items()})
+    src = rng.integers(1, 10, (2, 5)).astype(np.int32)
+    src[0, 3:] = 0
+    feeds = {"src": src, "y": rng.normal(size=(2, 3, 4)), "h0": rng.normal(size=(2, 4))}
+    np.testing.assert_allclose(net.forward(feeds)["hs"],
+                               _mha_step_numpy(net.parameters(), feeds), rtol=1e-12, atol=1e-13)
+    # NOTE: not the keys' bias, whose gradient is zero (it adds one number to every score)
+    names = [k for k in net.parameters() if k != "hs.a.bk"]
+    assert all(np.abs(net.gradients(feeds)[k]).max() > 1e-4 for k in names)
+    _each_weights_finite_difference(net, net.parameters(), feeds, rng, names, 1e-6, 1e-9)
+
 def test_a_memory_of_symbolic_length_is_refused_with_what_to_do():
     source = ATTENTION.split("model")[0] + """model M {
   symbol n
@@ -1064,6 +1251,93 @@ def test_a_memory_of_symbolic_length_is_refused_with_what_to_do():
     text = err.value.render()
     assert "reads float32[batch, 8, n]" in text and "of numeric n and k only" in text, text
 
+
+
+def test_a_weight_on_a_matmuls_left_in_the_step_is_refused_at_its_line():
+    """`u @ transpose(h)` in a step (a weight on the left) was refused at the whole scan with
+    the hint to pass the weight as a sequence; the error is at the body's line and tells the
+    right-operand form, which computes `transpose(u @ transpose(h))` (numpy)."""
+    src = """
+block Cell(x, h, u) {
+  a = STEP
+  return tanh(a + x), a
+}
+model M {
+  input x: float64[batch, 3, 4]
+  input h0: float64[batch, 4]
+  param u: float64[4, 4]
+  ys, h = scan Cell(h0, u = u) over x
+  output ys
+}
+"""
+    with pytest.raises(NNError) as err:
+        left = "transpose(u @ transpose(h, perm = [1, 0]), perm = [1, 0])"
+        nnlang.load(src.replace("STEP", left))
+    text = err.value.render()
+    assert "<string>:3:17: error: scan: the block reads float64[4, 4]" in text, text
+    assert "the scan runs the block here (<string>:10:11)" in text, text
+    assert "`h @ transpose(w)`" in text and "as a sequence" not in text, text
+    net = nnlang.compile(src.replace("STEP", "h @ transpose(u, perm = [1, 0])"),
+                         backend="reference", seed=0)
+    rng = np.random.default_rng(0)
+    x, h = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 4))
+    h0 = h.copy()
+    u, want = net.parameters()["u"], []
+    for t in range(3):
+        want.append((u @ h.T).T)
+        h = np.tanh(want[-1] + x[:, t])
+    np.testing.assert_allclose(net.forward({"x": x, "h0": h0})["ys"], np.stack(want, 1),
+                               rtol=1e-12, atol=1e-14)
+
+
+
+GREEDY = """
+block Greedy(t, tok, h, emb, w, v) {
+  e = LOOKUP
+  h2 = tanh(e @ w + h)
+  logits = h2 @ v
+  return one_hot(argmax(logits, axis = -1), 10, dtype = "float32"), h2, logits
+}
+model Decoder {
+  input src: int32[batch, 6]
+  input ticks: float32[batch, 4, 1]
+  input target: int32[batch, 4]
+  emb = embedding(src, 10, 4)
+  param w: float32[4, 4]
+  param v: float32[4, 10]
+  start = one_hot(src[:, 0], 10, dtype = "float32")
+  logits, tok, h = scan Greedy(start, mean(emb, axis = 1), emb = EMB, w = w, v = v) over ticks
+  output logits
+  loss cross_entropy(logits, target)
+}
+"""
+
+
+def test_a_greedy_decoder_step_looks_its_token_up_as_a_matmul():
+    """A step that embeds its own last token (greedy decoding in a scan) with `embedding(...,
+    share = emb)` is refused at the embedding's line with the lookup written as a matmul;
+    that decoder feeds back its argmax as numpy does, and the table, read both before the
+    loop (the start) and in every step, has the gradient of its finite differences."""
+    with pytest.raises(NNError) as err:
+        nnlang.load(GREEDY.replace("LOOKUP", "embedding(argmax(tok, axis = -1), 10, 4, "
+                                   "share = emb)").replace("EMB", "emb"))
+    text = err.value.render()
+    assert "<string>:3:7: error: scan: the block reads float32[10, 4]" in text, text
+    assert 'one_hot(ids, 10, dtype = "float32") @ table' in text, text
+    source = GREEDY.replace("LOOKUP", "tok @ emb").replace("EMB", "emb.weight")
+    net = _cell_net(source, "Decoder", batch=2)
+    rng = np.random.default_rng(0)
+    feeds = {"src": rng.integers(0, 10, (2, 6)).astype(np.int32), "ticks": np.zeros((2, 4, 1)),
+             "target": rng.integers(0, 10, (2, 4)).astype(np.int32)}
+    p = net.parameters()
+    table, tok, h, want = p["emb.weight"], feeds["src"][:, 0], None, []
+    h = table[feeds["src"]].mean(1)
+    for _ in range(4):
+        h = np.tanh(table[tok] @ p["w"] + h)
+        want.append(h @ p["v"])
+        tok = want[-1].argmax(-1)
+    np.testing.assert_allclose(net.forward(feeds)["logits"], np.stack(want, 1), rtol=1e-12)
+    _finite_difference(net, feeds)
 
 # *** two states of different widths, two sequences, a reversed scan sharing the first's dense
 # weights (share =), on one compiled model at three lengths of a symbolic time dim ***
