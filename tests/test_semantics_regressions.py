@@ -338,6 +338,19 @@ def test_batch_names_the_batch_dim_in_shape_arguments():
                                   np.broadcast_to(x[:, None, :], (2, 3, 4)))
 
 
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_batch_in_a_shape_is_the_nets_when_no_input_has_a_batch_axis(backend):
+    """A [4] vector broadcast to [batch, 4] came back [4, 4] from a net of batch 3: the batch
+    was read off the first dim of the first feed, although that input has no batch axis."""
+    src = """model M {
+  input x: float32[4]
+  output y = broadcast_to(x, [batch, 4])
+}"""
+    net = nnlang.compile(src, backend=backend, batch=3)
+    x = np.arange(4, dtype=np.float32)
+    np.testing.assert_array_equal(net.forward({"x": x})["y"], np.broadcast_to(x, (3, 4)))
+
+
 @pytest.mark.parametrize("call", ["slice(x, axis = 0, stop = batch)",
                                   "slice(x, 0, 0, batch)", "x[0:batch]"])
 def test_batch_is_a_bound_of_slice_as_of_a_subscript(call):

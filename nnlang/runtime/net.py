@@ -692,7 +692,7 @@ def _sizes_of(user, feeds: dict, default: dict, batch: int) -> tuple[int, dict]:
                               hint=f"inputs that share the symbol {sym} must agree on its size "
                                    "in one call: " + ("give each as many rows" if sym == "batch"
                                                       else "pad them to the same length"))
-    batch = bound.pop("batch", (None,))[0] or _batch_of(feeds, batch)
+    batch = bound.pop("batch", (None,))[0] or _batch_of(user, feeds, batch)
     return batch, {s: bound[s][0] if s in bound else n for s, n in default.items()}
 
 
@@ -715,15 +715,22 @@ def _rank() -> int:
     return world.rank if world else 0
 
 
-def _batch_of(feeds: dict, default: int) -> int:
-    """The first dim of the first fed array that has one (all scalars, or none: the net's
-    batch)."""
+def _batch_of(user, feeds: dict, default: int) -> int:
+    """The first dim of the first fed array whose input declares `batch` first (a flattened
+    feed, as [N, 1, 28, 28] for [batch, 784]); else the net's batch."""
     for k, v in feeds.items():
-        if not k.startswith("_") and np.ndim(v):
+        nid = None if k.startswith("_") else user.inputs.get(k)
+        if nid is not None and np.ndim(v) and _leads_with_batch(user, nid):
             return int(np.shape(v)[0])
-    # NOTE: no feeds: the call names the first missing input (it said "no inputs given",
-    # without which), and a model without inputs runs at the net's batch
+    # NOTE: an input without a batch axis says nothing of the batch (a [4] vector fed to a model
+    # that broadcasts it to [batch, 4] runs at the net's batch, not at 4); no feeds: the call
+    # names the first missing input, and a model without inputs runs at the net's batch
     return default
+
+
+def _leads_with_batch(user, nid) -> bool:
+    shape = user.node(nid).shape
+    return bool(shape) and shape[0] == Sym.of("batch")
 
 
 class Loaded(NamedTuple):
