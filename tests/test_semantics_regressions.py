@@ -81,6 +81,36 @@ TIED = """model M {
 train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
 
 
+FLOAT64_FIT = """model M {
+  input x: float64[batch, 3]
+  param p: float64[3] = zeros
+  loss sum((p - x) * (p - x))
+}
+train M { optimizer = %s batch = 1 }"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_float64_model_trains_with_a_float64_learning_rate_and_moments(backend):
+    """A model declaring float64 compiled, by default, to a float32 net: its learning rate and
+    Adam's moments were float32, so lr = 0.1 moved p by 0.10000000149 times its gradient."""
+    x = np.array([[0.3, -1.1, 2.9]])
+    sgd = nnlang.compile(FLOAT64_FIT % "sgd(lr = 0.1)", backend=backend)
+    adam = nnlang.compile(FLOAT64_FIT % "adam(lr = 0.1)", backend=backend)
+    assert sgd.dtype == adam.dtype == "float64"
+    p, m, v = np.zeros(3), np.zeros(3), np.zeros(3)
+    want_sgd = np.zeros(3)
+    for t in range(1, 4):   # numpy: d loss / d p = 2 (p - x); torch.optim.Adam's update
+        sgd.train_step({"x": x})
+        adam.train_step({"x": x})
+        want_sgd = want_sgd - 0.1 * 2 * (want_sgd - x[0])
+        g = 2 * (p - x[0])
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        p = p - 0.1 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    np.testing.assert_allclose(sgd.parameters()["p"], want_sgd, rtol=1e-15)
+    np.testing.assert_allclose(adam.parameters()["p"], p, rtol=1e-14)   # float32: 1e-8
+    assert adam.state_dict()["optimizer.m.p"].dtype == np.float64
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_global_max_pool_gives_a_tied_maximum_to_its_first_cell_like_max_pool(backend):
     net = nnlang.compile(TIED, backend=backend, batch=1, dtype="float64")
