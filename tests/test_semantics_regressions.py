@@ -868,6 +868,20 @@ def test_check_prints_the_warning_and_still_succeeds(tmp_path):
     assert f"{path}:4:8: warning: cross_entropy takes logits" in r.stderr
 
 
+
+def test_compile_of_a_path_or_source_warns_as_check_does():
+    """`nnlang check` and `train` printed the softmax-into-cross_entropy warning, while a Python
+    loop's `nnlang.compile` (Keras' `model.compile` habit) said nothing."""
+    import warnings
+    src = "model M {\n  input x: float32[batch, 4]\n  input label: int32[batch]\n" \
+          "  loss cross_entropy(softmax(x), label)\n}\n"
+    with pytest.warns(UserWarning, match=r"<string>:4:8: warning: cross_entropy takes logits"):
+        nnlang.compile(src, backend="reference")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nnlang.compile(src.replace("softmax(x)", "x"), backend="reference")
+        nnlang.compile(load(src), backend="reference")   # a Program: its `.warnings` say it
+
 SHARED_BLOCK = """
 block Cell(x, h) {
   h2 = tanh(dense(x, 4) + dense(h, 4, use_bias = false))
