@@ -112,6 +112,16 @@ def test_a_float64_model_trains_with_a_float64_learning_rate_and_moments(backend
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_literals_with_no_tensor_beside_them_are_exact_in_a_float64_model(backend):
+    """`where(c, 0.1, 0.2)` has no float tensor beside its numbers, so they were float32 in a
+    model declaring float64: x * 0.1 gave 0.030000000447 for x = 0.3."""
+    src = "model M { input x: float64[batch, 2]  output y = x * where(x > 0.0, 0.1, 0.2) }"
+    x = np.array([[0.3, -0.7]])
+    y = nnlang.compile(src, backend=backend, batch=1).forward({"x": x})["y"]
+    np.testing.assert_array_equal(y, x * np.where(x > 0, 0.1, 0.2))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_global_max_pool_gives_a_tied_maximum_to_its_first_cell_like_max_pool(backend):
     net = nnlang.compile(TIED, backend=backend, batch=1, dtype="float64")
     net.load_state_dict({"p": np.array([[[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0]]])})
