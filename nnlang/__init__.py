@@ -36,7 +36,7 @@ def _built_already(overrides, model_name) -> None:
                            "the path or source text to nnlang.compile")
 
 
-def compile(model, backend: str = "numba", batch: int | None = None, dtype: str = "float32",
+def compile(model, backend: str = "numba", batch: int | None = None, dtype: str | None = None,
             seed: int | None = None, overrides: dict | None = None, disable=(),
             init_from=None, init_skip_mismatch: bool = False, total_steps: int = 0,
             model_name: str | None = None, steps_per_epoch: int | None = None):
@@ -50,7 +50,12 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
     `net.epoch` itself, for the schedules that move per epoch, and `total_steps` defaults to
     the train section's epochs times it. `model_name` picks one model of a file that defines
     several; `overrides` set its hyper-parameters (for a `Program`, pass them to `load`, which
-    builds it)."""
+    builds it). `dtype`: "float32" or "float64" for every float32 value of the model;
+    default float64 for a model that declares all its float inputs and weights float64, else
+    float32."""
+    import warnings
+
+    from nnlang.errors import NNWarning
     from nnlang.files import as_bool
     from nnlang.frontend.elaborate import Program
     from nnlang.runtime.net import Net
@@ -61,6 +66,10 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
         program = model
     else:
         program = load(model, overrides, model_name)
+        # NOTE: what `nnlang check` and `train` print (a softmax fed to cross_entropy): a
+        # Python loop was told nothing; a `Program` from `load` holds them in `.warnings`
+        for diagnostic in program.warnings:
+            warnings.warn(diagnostic.render(), NNWarning, stacklevel=2)
     net = Net(program, backend=backend, batch=batch, dtype=dtype, seed=seed, disable=disable,
               total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     net.init_report = None

@@ -676,7 +676,8 @@ def test_numpy_dtypes_and_none_for_no_passes_or_inputs_are_taken():
     for given, name in ((np.float32, "float32"), (np.dtype("float64"), "float64"),
                         (np.float64, "float64")):
         assert nnlang.compile(src, dtype=given).dtype == name
-    for bad in (None, "f4", np.int32):
+    assert nnlang.compile(src, dtype=None).dtype == "float32"   # the default: the model's
+    for bad in ("f4", np.int32):
         with pytest.raises(NNError, match="nets compute in float32 or float64"):
             nnlang.compile(src, dtype=bad)
     net = nnlang.compile(src, batch=4, seed=0, disable=None)

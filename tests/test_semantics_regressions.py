@@ -81,6 +81,46 @@ TIED = """model M {
 train M { optimizer = sgd(lr = 0.1) batch = 1 }"""
 
 
+FLOAT64_FIT = """model M {
+  input x: float64[batch, 3]
+  param p: float64[3] = zeros
+  loss sum((p - x) * (p - x))
+}
+train M { optimizer = %s batch = 1 }"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_float64_model_trains_with_a_float64_learning_rate_and_moments(backend):
+    """A model declaring float64 compiled, by default, to a float32 net: its learning rate and
+    Adam's moments were float32, so lr = 0.1 moved p by 0.10000000149 times its gradient."""
+    x = np.array([[0.3, -1.1, 2.9]])
+    sgd = nnlang.compile(FLOAT64_FIT % "sgd(lr = 0.1)", backend=backend)
+    adam = nnlang.compile(FLOAT64_FIT % "adam(lr = 0.1)", backend=backend)
+    assert sgd.dtype == adam.dtype == "float64"
+    p, m, v = np.zeros(3), np.zeros(3), np.zeros(3)
+    want_sgd = np.zeros(3)
+    for t in range(1, 4):   # numpy: d loss / d p = 2 (p - x); torch.optim.Adam's update
+        sgd.train_step({"x": x})
+        adam.train_step({"x": x})
+        want_sgd = want_sgd - 0.1 * 2 * (want_sgd - x[0])
+        g = 2 * (p - x[0])
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        p = p - 0.1 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    np.testing.assert_allclose(sgd.parameters()["p"], want_sgd, rtol=1e-15)
+    np.testing.assert_allclose(adam.parameters()["p"], p, rtol=1e-14)   # float32: 1e-8
+    assert adam.state_dict()["optimizer.m.p"].dtype == np.float64
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_literals_with_no_tensor_beside_them_are_exact_in_a_float64_model(backend):
+    """`where(c, 0.1, 0.2)` has no float tensor beside its numbers, so they were float32 in a
+    model declaring float64: x * 0.1 gave 0.030000000447 for x = 0.3."""
+    src = "model M { input x: float64[batch, 2]  output y = x * where(x > 0.0, 0.1, 0.2) }"
+    x = np.array([[0.3, -0.7]])
+    y = nnlang.compile(src, backend=backend, batch=1).forward({"x": x})["y"]
+    np.testing.assert_array_equal(y, x * np.where(x > 0, 0.1, 0.2))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_global_max_pool_gives_a_tied_maximum_to_its_first_cell_like_max_pool(backend):
     net = nnlang.compile(TIED, backend=backend, batch=1, dtype="float64")
@@ -338,6 +378,19 @@ def test_batch_names_the_batch_dim_in_shape_arguments():
                                   np.broadcast_to(x[:, None, :], (2, 3, 4)))
 
 
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_batch_in_a_shape_is_the_nets_when_no_input_has_a_batch_axis(backend):
+    """A [4] vector broadcast to [batch, 4] came back [4, 4] from a net of batch 3: the batch
+    was read off the first dim of the first feed, although that input has no batch axis."""
+    src = """model M {
+  input x: float32[4]
+  output y = broadcast_to(x, [batch, 4])
+}"""
+    net = nnlang.compile(src, backend=backend, batch=3)
+    x = np.arange(4, dtype=np.float32)
+    np.testing.assert_array_equal(net.forward({"x": x})["y"], np.broadcast_to(x, (3, 4)))
+
+
 @pytest.mark.parametrize("call", ["slice(x, axis = 0, stop = batch)",
                                   "slice(x, 0, 0, batch)", "x[0:batch]"])
 def test_batch_is_a_bound_of_slice_as_of_a_subscript(call):
@@ -361,7 +414,10 @@ def test_softmax_into_cross_entropy_is_a_located_warning(probs):
     (warning,) = load(src).warnings
     text = warning.render()
     assert text.startswith("<string>:5:8: warning: cross_entropy takes logits")
-    assert "hint: pass the logits" in text
+    assert "pass the logits" in text
+    # Keras' Dense(activation="softmax"): the fix is at the layer, which the hint names
+    layer = 'hint: drop `activation = "softmax"` from the dense at <string>:4:11, then pass'
+    assert (layer in text) == ("activation" in probs)
 
 
 @pytest.mark.parametrize("first", ["softmax(dense(x, 3))", 'dense(x, 3, activation = "softmax")'])
@@ -824,6 +880,20 @@ def test_check_prints_the_warning_and_still_succeeds(tmp_path):
     assert r.exit_code == 0, r.output
     assert f"{path}:4:8: warning: cross_entropy takes logits" in r.stderr
 
+
+
+def test_compile_of_a_path_or_source_warns_as_check_does():
+    """`nnlang check` and `train` printed the softmax-into-cross_entropy warning, while a Python
+    loop's `nnlang.compile` (Keras' `model.compile` habit) said nothing."""
+    import warnings
+    src = "model M {\n  input x: float32[batch, 4]\n  input label: int32[batch]\n" \
+          "  loss cross_entropy(softmax(x), label)\n}\n"
+    with pytest.warns(UserWarning, match=r"<string>:4:8: warning: cross_entropy takes logits"):
+        nnlang.compile(src, backend="reference")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nnlang.compile(src.replace("softmax(x)", "x"), backend="reference")
+        nnlang.compile(load(src), backend="reference")   # a Program: its `.warnings` say it
 
 SHARED_BLOCK = """
 block Cell(x, h) {

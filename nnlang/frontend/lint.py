@@ -541,5 +541,9 @@ def lint(g: Graph, train_span=None, train=None) -> list[Diagnostic]:
                 continue
             source = _producer(g, node.inputs[arg])
             if producer in (source.op, source.attrs.get("activation")):
+                if source.op != producer and source.span is not None:
+                    # NOTE: Keras' Dense(activation="softmax"): the fix is at the layer
+                    hint = (f"drop `activation = \"{producer}\"` from the {source.op} at "
+                            f"{source.span}, then {hint}")
                 found.append(Diagnostic(why, node.span, hint, severity="warning"))
     return found

@@ -97,14 +97,14 @@ class Net:
     feeds: one executable per bound size); see `nnlang.compile`."""
 
     def __init__(self, program, backend: str = "numba", batch: int | None = None,
-                 dtype: str = "float32", seed: int | None = None, disable=(), config=None,
+                 dtype: str | None = None, seed: int | None = None, disable=(), config=None,
                  total_steps: int = 0, steps_per_epoch: int | None = None):
         """config: a TrainConfig replacing the program's train section; total_steps: the
         run's length, which schedules that decay over the whole run (cosine) need;
         steps_per_epoch: the data's size in steps, from which `train_step` advances `epoch`
         itself (and total_steps defaults to the train section's epochs times it)."""
         check_backend(backend, device=False)
-        dtype = _dtype_name(dtype)
+        dtype = declared_dtype(program.graph) if dtype is None else _dtype_name(dtype)
         self.disable = _check_options(batch, dtype, seed, disable, total_steps, steps_per_epoch)
         self.program, self.backend, self.dtype = program, backend, dtype
         self.config = config or program.train or _default_config()
@@ -692,7 +692,7 @@ def _sizes_of(user, feeds: dict, default: dict, batch: int) -> tuple[int, dict]:
                               hint=f"inputs that share the symbol {sym} must agree on its size "
                                    "in one call: " + ("give each as many rows" if sym == "batch"
                                                       else "pad them to the same length"))
-    batch = bound.pop("batch", (None,))[0] or _batch_of(feeds, batch)
+    batch = bound.pop("batch", (None,))[0] or _batch_of(user, feeds, batch)
     return batch, {s: bound[s][0] if s in bound else n for s, n in default.items()}
 
 
@@ -715,15 +715,22 @@ def _rank() -> int:
     return world.rank if world else 0
 
 
-def _batch_of(feeds: dict, default: int) -> int:
-    """The first dim of the first fed array that has one (all scalars, or none: the net's
-    batch)."""
+def _batch_of(user, feeds: dict, default: int) -> int:
+    """The first dim of the first fed array whose input declares `batch` first (a flattened
+    feed, as [N, 1, 28, 28] for [batch, 784]); else the net's batch."""
     for k, v in feeds.items():
-        if not k.startswith("_") and np.ndim(v):
+        nid = None if k.startswith("_") else user.inputs.get(k)
+        if nid is not None and np.ndim(v) and _leads_with_batch(user, nid):
             return int(np.shape(v)[0])
-    # NOTE: no feeds: the call names the first missing input (it said "no inputs given",
-    # without which), and a model without inputs runs at the net's batch
+    # NOTE: an input without a batch axis says nothing of the batch (a [4] vector fed to a model
+    # that broadcasts it to [batch, 4] runs at the net's batch, not at 4); no feeds: the call
+    # names the first missing input, and a model without inputs runs at the net's batch
     return default
+
+
+def _leads_with_batch(user, nid) -> bool:
+    shape = user.node(nid).shape
+    return bool(shape) and shape[0] == Sym.of("batch")
 
 
 class Loaded(NamedTuple):
@@ -749,6 +756,16 @@ def _state_problems(unexpected: list, missing: list, known, optimizer: str) -> l
             out.append(f"no value for {what} {', '.join(names[:6])}"
                        + (", ..." if len(names) > 6 else ""))
     return out
+
+
+def declared_dtype(user) -> str:
+    """The dtype a net of the model computes in when none is asked for: float64 when every
+    float input and weight it declares is float64, else float32. NOTE: a float32 net of a
+    float64 model rounded its learning rate and Adam's moments to float32 (lr = 0.1 moved a
+    weight by 0.10000000149 times its gradient), as PyTorch's float64 model keeps neither."""
+    floats = {user.node(nid).attrs.get("dtype") for names in (user.inputs, user.params)
+              for k, nid in names.items() if not k.startswith("_")} & {"float32", "float64"}
+    return "float64" if floats == {"float64"} else "float32"
 
 
 def _dtype_name(dtype):

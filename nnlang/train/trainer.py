@@ -576,7 +576,7 @@ class _Training:
             else:
                 self.net = Net(program, backend=backend, batch=local_batch, seed=cfg.seed,
                                config=cfg, total_steps=cfg.epochs * self.per_epoch,
-                               dtype=ckpt.meta.get("dtype", "float32") if ckpt else "float32")
+                               dtype=ckpt.meta.get("dtype", "float32") if ckpt else None)
             # NOTE: the step compiled before the first epoch runs at the data's length
             self.net.lengths = feeds.data_lengths(program.graph, (ds.train, ds.val, ds.test),
                                                   mapping, self.net.lengths)
