@@ -612,6 +612,24 @@ def test_generate_section_errors(setting, words):
     assert "example" not in err.value.render() and ":" in err.value.render()
 
 
+@pytest.mark.parametrize("output", ["probs = softmax(logits)",
+                                    "probs = reshape(softmax(logits), [-1, 16, vocab])",
+                                    "probs = sigmoid(logits)",
+                                    'probs = dense(layer_norm(h2), vocab, activation = "softmax")'])
+def test_probabilities_named_as_logits_are_an_error(output):
+    """A Keras-style softmax output named in `logits` loaded, and sampling read its
+    probabilities as scores: softmax(p / T) of values in [0, 1] is near uniform, so the
+    temperature, top-k/top-p and beam scores were silently wrong (greedy text stayed right)."""
+    source = LM.replace("output logits", f"output logits  output {output}") \
+        .replace("  logits = logits    #", "  logits = probs    #")
+    with pytest.raises(NNError) as err:
+        load(source)
+    text = err.value.render()
+    assert "logits 'probs' are probabilities" in text and "logits = probs" in text
+    # log-probabilities are scores up to a constant: they stay allowed
+    load(source.replace(f"output {output}", "output probs = log_softmax(logits)"))
+
+
 def test_encoder_decoder_generation_with_the_cache_matches_recomputation():
     net = Net(load(SEQ2SEQ), backend="reference", batch=2, seed=3)
     tok = CharTokenizer("0123456789-")   # 13 ids, the model scores 16
