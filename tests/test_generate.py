@@ -1043,14 +1043,16 @@ def test_beam_search_goes_on_while_the_best_candidate_is_a_stop(width):
     assert got.ids == want[1] and got.score == pytest.approx(want[0], abs=1e-9)
 
 
-@pytest.mark.parametrize("seed,chars,prompt,lp", [(1, "abc", "a", 2.0), (0, "abcd", "bc", 1.0)])
+@pytest.mark.parametrize("seed,chars,prompt,lp", [(1, "abc", "a", 2.0), (0, "abcd", "bc", 1.0),
+                                                 (1, "abc", "a", -1.0), (0, "abcd", "bc", -2.0)])
 def test_beam_search_closes_where_hf_does_once_more_than_width_have_finished(seed, chars,
                                                                               prompt, lp):
     """HF keeps the `width` best finished hypotheses and closes a prompt when the worst of those
     is >= the step's best candidate at the current length (is_done: a tie closes). The tests
     above never had a tie, nor more finished hypotheses than beams, so comparing with the worst
     of all finished ones, or closing only on a strict win, passed them; both searched on here
-    and returned another sequence than HF's."""
+    and returned another sequence than HF's. A negative length_penalty (HF's way to favour
+    shorter hypotheses) was refused as out of range."""
     tok, net, logp_next = _tiny_gpt_for_beams(chars, seed)
     stop = len(chars) + 1
     want = hf_beam(logp_next, tok.encode(prompt), 2, 6, stop, lp)

@@ -23,7 +23,8 @@ SAMPLING = {
     "top_k": (int, lambda v: v >= 1, ">= 1"),
     "top_p": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
     "beam": (int, lambda v: v >= 1, ">= 1"),
-    "length_penalty": (float, lambda v: v >= 0, ">= 0"),
+    # NOTE: any sign, as HF's: a negative one favours shorter hypotheses (">= 0" refused it)
+    "length_penalty": (float, lambda v: True, "a number"),
     "seed": (int, lambda v: v >= 0, ">= 0"),
     # Hugging Face's logits processors, applied before the temperature (its order)
     "repetition_penalty": (float, lambda v: v > 0, "> 0 (1 is off)"),
