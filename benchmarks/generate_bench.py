@@ -33,11 +33,19 @@ def build(ckpt, backend):
     from nnlang.data.chars import CharTokenizer
     from nnlang.frontend.elaborate import load
     from nnlang.runtime.net import Net
-    program = load(str(ROOT / "models" / "gpt.nn"), overrides={"maxlen": MAXLEN})
+    from nnlang.train import checkpoint
+    saved = checkpoint.load(ckpt, prefer_best=True) if ckpt else None
+    # NOTE: the run's own hyper-parameters (a `--set layers=1` run): built from the file's, its
+    # weights filled only the layers they share and the rest stayed random, without a word
+    overrides = {**((saved.meta.get("overrides") or {}) if saved else {}), "maxlen": MAXLEN}
+    program = load(str(ROOT / "models" / "gpt.nn"), overrides=overrides)
     net = Net(program, backend=backend, batch=1)
-    if ckpt:
-        from nnlang.train import checkpoint
-        state = checkpoint.load(ckpt, prefer_best=True).state
+    if saved:
+        state = saved.state
+        missing = sorted(set(net.state) - set(state))
+        if missing:
+            raise SystemExit(f"error: {ckpt} has no weights {', '.join(missing[:4])}: it is not "
+                             "a models/gpt.nn run")
         for k, v in state.items():
             if k in net.state:
                 if k == "h.weight":   # learned positions: the trained rows, the rest as is

@@ -617,6 +617,24 @@ def test_generate_section_errors(setting, words):
     assert "example" not in err.value.render() and ":" in err.value.render()
 
 
+@pytest.mark.parametrize("output", ["probs = softmax(logits)",
+                                    "probs = reshape(softmax(logits), [-1, 16, vocab])",
+                                    "probs = sigmoid(logits)",
+                                    'probs = dense(layer_norm(h2), vocab, activation = "softmax")'])
+def test_probabilities_named_as_logits_are_an_error(output):
+    """A Keras-style softmax output named in `logits` loaded, and sampling read its
+    probabilities as scores: softmax(p / T) of values in [0, 1] is near uniform, so the
+    temperature, top-k/top-p and beam scores were silently wrong (greedy text stayed right)."""
+    source = LM.replace("output logits", f"output logits  output {output}") \
+        .replace("  logits = logits    #", "  logits = probs    #")
+    with pytest.raises(NNError) as err:
+        load(source)
+    text = err.value.render()
+    assert "logits 'probs' are probabilities" in text and "logits = probs" in text
+    # log-probabilities are scores up to a constant: they stay allowed
+    load(source.replace(f"output {output}", "output probs = log_softmax(logits)"))
+
+
 def test_encoder_decoder_generation_with_the_cache_matches_recomputation():
     net = Net(load(SEQ2SEQ), backend="reference", batch=2, seed=3)
     tok = CharTokenizer("0123456789-")   # 13 ids, the model scores 16
@@ -1030,14 +1048,16 @@ def test_beam_search_goes_on_while_the_best_candidate_is_a_stop(width):
     assert got.ids == want[1] and got.score == pytest.approx(want[0], abs=1e-9)
 
 
-@pytest.mark.parametrize("seed,chars,prompt,lp", [(1, "abc", "a", 2.0), (0, "abcd", "bc", 1.0)])
+@pytest.mark.parametrize("seed,chars,prompt,lp", [(1, "abc", "a", 2.0), (0, "abcd", "bc", 1.0),
+                                                 (1, "abc", "a", -1.0), (0, "abcd", "bc", -2.0)])
 def test_beam_search_closes_where_hf_does_once_more_than_width_have_finished(seed, chars,
                                                                               prompt, lp):
     """HF keeps the `width` best finished hypotheses and closes a prompt when the worst of those
     is >= the step's best candidate at the current length (is_done: a tie closes). The tests
     above never had a tie, nor more finished hypotheses than beams, so comparing with the worst
     of all finished ones, or closing only on a strict win, passed them; both searched on here
-    and returned another sequence than HF's."""
+    and returned another sequence than HF's. A negative length_penalty (HF's way to favour
+    shorter hypotheses) was refused as out of range."""
     tok, net, logp_next = _tiny_gpt_for_beams(chars, seed)
     stop = len(chars) + 1
     want = hf_beam(logp_next, tok.encode(prompt), 2, 6, stop, lp)

@@ -195,6 +195,21 @@ def test_examples_of_different_lengths_for_a_symbolic_length(tmp_path):
                                rtol=1e-5)
 
 
+def test_a_short_text_shows_its_own_positions_only(work):
+    """A text shorter than its fixed-length input is padded: the sequence output showed a
+    prediction for every pad position too (`predict gpt.nn "This movie was"` printed 128
+    characters, most read from padding). Only the text's own positions are shown, as a
+    PyTorch/HF model's logits cover only the ids given."""
+    d, _, _ = work
+    got = json_lines(cli("predict", "echo.nn", "-c", "echo.npz", "-i", "source=5 Mar 2021",
+                         "-i", "decoder_in=<start>19", "-i", "source=1/2/03",
+                         "-i", "decoder_in=<start>2021-03-05", "--backend", "reference",
+                         "--json", code=0, cwd=d))
+    assert [len(r["ids"]) for r in got] == [3, 11]
+    assert [len(r["probability"]) for r in got] == [3, 11]
+    assert got[0]["ids"][0] == 1 and got[0]["text"] == "19" and got[1]["text"] == "2021-03-05"
+
+
 def test_sequence_kind_and_decoding_without_training():
     import nnlang
     from nnlang.train.inference import interpret_output, output_kind

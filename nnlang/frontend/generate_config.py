@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from nnlang.errors import ErrorSink, Span, did_you_mean
 from nnlang.frontend import ast
+from nnlang.frontend.lint import producer
 from nnlang.ir.dims import Sym
 from nnlang.ops.registry import INT_DTYPES
 from nnlang.ops.signature import show_value
@@ -22,7 +23,8 @@ SAMPLING = {
     "top_k": (int, lambda v: v >= 1, ">= 1"),
     "top_p": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
     "beam": (int, lambda v: v >= 1, ">= 1"),
-    "length_penalty": (float, lambda v: v >= 0, ">= 0"),
+    # NOTE: any sign, as HF's: a negative one favours shorter hypotheses (">= 0" refused it)
+    "length_penalty": (float, lambda v: True, "a number"),
     "seed": (int, lambda v: v >= 0, ">= 0"),
     # Hugging Face's logits processors, applied before the temperature (its order)
     "repetition_penalty": (float, lambda v: v > 0, "> 0 (1 is off)"),
@@ -180,6 +182,16 @@ def _check_roles(g, values: dict, spans: dict, errors: ErrorSink):
                    f"{logits.type}", span("logits"),
                    "a [batch, vocab] output scores one position only; keep the time axis")
         return None
+    if (made := _probabilities(g, out)) is not None:
+        # NOTE: sampling and beam search read the scores as log-probabilities up to a constant;
+        # a softmax's output in [0, 1] read so is squashed toward uniform: greedy text stayed
+        # right while the temperature, top-k/top-p and the beams' scores silently were not
+        errors.add(f"logits '{values['logits']}' are probabilities (a {made}), but generation "
+                   "needs the scores before it: sampling and beam search would read the "
+                   "probabilities as scores", span("logits"),
+                   f"output the scores the {made} reads (e.g. `output logits = dense(h, "
+                   f"vocab)`) and name them in `logits`")
+        return None
     needed = g.ancestors([out])
     if g.inputs[values["tokens"]] not in needed:
         errors.add(f"logits '{values['logits']}' do not depend on the token stream "
@@ -198,6 +210,17 @@ def _check_roles(g, values: dict, spans: dict, errors: ErrorSink):
     return GenerateSpec(values["tokens"], values["logits"], int(max_len), int(ls[2]),
                         values.get("source"), values.get("start"), values.get("stop"),
                         rest, dict(spans))
+
+
+def _probabilities(g, out: int) -> str | None:
+    """'softmax' or 'sigmoid' when output `out` is one over its last axis (as an op or a layer's
+    `activation =`), through ops that keep its rows; else None."""
+    node = producer(g, out)
+    if node.op in ("softmax", "sigmoid"):
+        axis, rank = node.attrs.get("axis", -1), len(node.type.shape)
+        return node.op if not isinstance(axis, int) or axis % rank == rank - 1 else None
+    act = node.attrs.get("activation")
+    return act if act in ("softmax", "sigmoid") else None
 
 
 def _unfed_inputs(g, values: dict, needed: set, span: Span | None, errors: ErrorSink) -> bool:

@@ -40,7 +40,7 @@ PRODUCER_RULES = (
 ROW_PRESERVING = ("reshape", "flatten", "slice", "squeeze", "unsqueeze", "dropout")
 
 
-def _producer(g: Graph, nid: int):
+def producer(g: Graph, nid: int):
     """The node that made the rows `nid` holds: through row-preserving ops."""
     node = g.node(nid)
     while (node.op in ROW_PRESERVING and node.inputs and node.type.shape and
@@ -103,7 +103,7 @@ def _softmax_twice(g: Graph, node):
         return None
     last = axis % rank == rank - 1
     # NOTE: through row-preserving ops only for the last axis, whose size they keep
-    source = _producer(g, node.inputs[0]) if last else g.node(node.inputs[0])
+    source = producer(g, node.inputs[0]) if last else g.node(node.inputs[0])
     if source.op == "softmax" and source.inputs:
         inner = len(source.type.shape)
         before = _axis(source, inner)
@@ -441,7 +441,7 @@ def _kl_target_form(g: Graph, node):
     probabilities (negative ones, so no divergence), or a softmax read as log-probabilities."""
     if node.op != "kl_div" or len(node.inputs) < 2:
         return None
-    source = _producer(g, node.inputs[1])
+    source = producer(g, node.inputs[1])
     made = {source.op, source.attrs.get("activation")}
     if node.attrs.get("log_target") and "softmax" in made:
         return Diagnostic("kl_div(log_target = true) takes the target as log-probabilities, "
@@ -536,14 +536,14 @@ def lint(g: Graph, train_span=None, train=None) -> list[Diagnostic]:
             problem = next((p for p in (rule(g, node) for rule in rules) if p), None)
             if problem is not None:
                 found.append(problem)
-        for loss, arg, producer, why, hint in PRODUCER_RULES:
+        for loss, arg, activation, why, hint in PRODUCER_RULES:
             if node.op != loss or len(node.inputs) <= arg:
                 continue
-            source = _producer(g, node.inputs[arg])
-            if producer in (source.op, source.attrs.get("activation")):
-                if source.op != producer and source.span is not None:
+            source = producer(g, node.inputs[arg])
+            if activation in (source.op, source.attrs.get("activation")):
+                if source.op != activation and source.span is not None:
                     # NOTE: Keras' Dense(activation="softmax"): the fix is at the layer
-                    hint = (f"drop `activation = \"{producer}\"` from the {source.op} at "
+                    hint = (f"drop `activation = \"{activation}\"` from the {source.op} at "
                             f"{source.span}, then {hint}")
                 found.append(Diagnostic(why, node.span, hint, severity="warning"))
     return found

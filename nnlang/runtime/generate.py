@@ -419,8 +419,10 @@ def _through(ids, stop, pad: int) -> list:
 def _spec(net):
     spec = net.program.generate
     if spec is None:
+        # NOTE: at the model's definition, as the section's own errors are located
+        model = getattr(net.program.defs.get(net.program.model), "span", None)
         raise NNError(f"model '{net.program.model}' has no generate section, so nnlang does "
-                      "not know which input is the token stream", hint=f"add `generate "
+                      "not know which input is the token stream", model, hint=f"add `generate "
                       f"{net.program.model} {{ tokens = INPUT  logits = OUTPUT }}` to "
                       f"{net.program.file} (see docs/generation.md)")
     return spec

@@ -237,9 +237,27 @@ def predict(program_or_path, ckpt_path, inputs: list | None = None, backend: str
             nid = net.user.outputs[oname]
             kind, logits = output_kind(net.user, nid, value)
             cut = binary_cut(net.user, nid, logits)
+            given = _text_lengths(batch, value, meta) if kind == "sequence" else None
             rows += [{"input": raw, "output": oname, "kind": kind, **r} for raw, r in
-                     zip(described, interpret_output(value, kind, logits, names, meta, cut))]
+                     zip(described, interpret_output(value, kind, logits, names, meta, cut,
+                                                     given))]
         yield rows
+
+
+def _text_lengths(batch: dict, value: np.ndarray, meta: dict) -> list[int] | None:
+    """Each example's own length along a sequence output's time axis: the tokens before the
+    padding of the one character-tokenized input as long as that axis (None when no single
+    input is). NOTE: a text shorter than the input (`predict gpt.nn "This movie was"`) is
+    padded, and the positions past it showed predictions read from padding as more text."""
+    chars = tokenizer_from_meta(meta)
+    if chars is None or value.ndim != 3:
+        return None
+    same = [a for a in batch.values() if np.ndim(a) == 2 and np.shape(a)[1] == value.shape[1]
+            and np.issubdtype(np.asarray(a).dtype, np.integer)]
+    if len(same) != 1:
+        return None
+    real = np.asarray(same[0]) != chars.pad_id
+    return [int(np.flatnonzero(r)[-1]) + 1 if r.any() else 0 for r in real]
 
 
 def _per_example(node) -> bool:
@@ -641,13 +659,14 @@ def _stack(examples: list, what: str, node=None, raws: list | None = None,
                   hint="give every example the same number of values")
 
 
-def _sequences(value: np.ndarray, logits: bool, meta: dict) -> list[dict]:
+def _sequences(value: np.ndarray, logits: bool, meta: dict, lengths=None) -> list[dict]:
     if logits:
         value = np.exp(value - value.max(-1, keepdims=True))
         value /= value.sum(-1, keepdims=True)
     decode = detokenizer(meta, value.shape[-1])
     out = []
-    for probs in value:
+    for i, probs in enumerate(value):
+        probs = probs if lengths is None else probs[:lengths[i]]
         ids = probs.argmax(-1)
         out.append({"ids": ids.tolist(), "text": decode(ids) if decode else None,
                     "probability": probs.max(-1).tolist()})
@@ -775,15 +794,16 @@ def binary_cut(graph, nid: int, logits: bool) -> float:
 
 
 def interpret_output(value: np.ndarray, kind: str, logits: bool = False,
-                     class_names=None, meta: dict | None = None, cut: float = 0.5
-                     ) -> list[dict]:
+                     class_names=None, meta: dict | None = None, cut: float = 0.5,
+                     lengths: list[int] | None = None) -> list[dict]:
     """Per example: for "class" and "binary" the label, its probability and class id
     (softmax / sigmoid applied to logits: the graph says which the output is; a binary one
     is class 1 above `cut`); for "sequence"
     the most likely id at each position, its probability and the ids decoded as text by the
-    data set's tokenizer (`meta`) when it has one; otherwise the numbers and their shape."""
+    data set's tokenizer (`meta`) when it has one, up to each example's `lengths` when given;
+    otherwise the numbers and their shape."""
     if kind == "sequence":
-        return _sequences(value.astype(np.float64), logits, meta or {})
+        return _sequences(value.astype(np.float64), logits, meta or {}, lengths)
     if kind not in ("class", "binary"):
         return [{"value": np.asarray(v).tolist(), "shape": list(np.shape(v))} for v in value]
     per = value.reshape(len(value), -1).astype(np.float64)

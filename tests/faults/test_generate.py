@@ -131,6 +131,9 @@ def test_predict_on_a_model_that_generates_points_at_generate(run):
 def test_a_model_without_a_generate_section(run):
     out = generate(run, "--prompt", "a", file="plain.nn")
     assert "has no generate section" in out and "plain.nn" in out and "tokens =" in out
+    # located at the model's definition, as the section's own errors are (it had no place)
+    line = LM.splitlines().index(next(t for t in LM.splitlines() if t.startswith("model "))) + 1
+    assert f"plain.nn:{line}:1: error: model 'TinyLm' has no generate section" in out, out
 
 
 @pytest.mark.parametrize("section,words", [
