@@ -177,3 +177,35 @@ def test_bad_penalty_lists(settings, words):
     text = info.value.render()
     for w in words:
         assert w in text, text
+
+
+@pytest.mark.parametrize("given, words", [
+    (["--set", "l1_on=[h.weight]"], ["<command line>:1:13: error: train setting 'l1_on' names "
+                                     "'h.weight', a frozen weight", "drop it from the list"]),
+    (["--set", "l2_on=[g.weight]"], ["<command line>:1:13: error: train setting 'l2_on' names "
+                                     "the weights of the l2 penalty, but l2 is 0",
+                                     "e.g. --set l2=1e-4"]),
+])
+def test_penalty_lists_from_set_are_refused_as_the_sections_are(tmp_path, given, words):
+    """--set l1_on=[a frozen weight] trained with the penalty silently dropped (and --set
+    l2_on=[...] with l2 = 0 applied no penalty), where the same list in the train section is a
+    located error; fit's settings go through the same check."""
+    from typer.testing import CliRunner
+    from nnlang_cli.main import app
+    (tmp_path / "part.nn").write_text(SECTION.replace("SETTINGS", ""))
+    out = CliRunner().invoke(app, ["train", str(tmp_path / "part.nn"), "--out",
+                                   str(tmp_path / "run"), *given]).output
+    for w in words:
+        assert w in out, out
+    assert not (tmp_path / "run").exists()
+    from nnlang.train.overrides import resolve
+    key, value = given[1].split("=")
+    with pytest.raises(nnlang.NNError, match=words[0].split("error: ")[1]):
+        resolve(SECTION.replace("SETTINGS", ""), config={key: [value[1:-1]]})
+
+
+def test_set_l2_0_still_turns_off_a_sections_l2_on():
+    from nnlang.train.overrides import resolve
+    _, cfg, *_ = resolve(SECTION.replace("l1 = 0.01", "l2 = 0.01").replace(
+        "SETTINGS", "l2_on = [g.weight]"), sets={"l2": 0.0})
+    assert cfg.l2 == 0 and cfg.penalties("g.weight", 2) == {}
