@@ -120,6 +120,36 @@ def test_unknown_weight_path_is_located(ref, words):
         assert w in text, text
 
 
+@pytest.mark.parametrize("ref, hint", [
+    # the docs' own example path (PyTorch's naming) was offered 'h.0.out.weight'
+    ("h.0.attn.q.weight", "the weights of layer 'h.0.attn': h.0.attn.wq, h.0.attn.bq, "
+                          "h.0.attn.wk, h.0.attn.bk, h.0.attn.wv, h.0.attn.bv, h.0.attn.wo, "
+                          "h.0.attn.bo"),
+    ("h.0.attn.wqq", "did you mean 'h.0.attn.wq'?"),
+    ("h.1.ffn.kernel", "the weights of layer 'h.1.ffn': h.1.ffn.weight, h.1.ffn.bias"),
+])
+def test_a_path_under_a_layer_names_that_layers_weights(ref, hint):
+    src = f"""
+block Enc(x) {{
+  attn = multi_head_attention(x, heads = 2)
+  ffn = dense(attn, 4)
+  return relu(ffn)
+}}
+model Deep {{
+  input x: float32[batch, 3, 4]
+  h = x
+  repeat 2 {{
+    h = Enc(h)
+  }}
+  output y = h
+  loss total = sum(abs({ref}))
+}}
+"""
+    with pytest.raises(nnlang.NNError) as info:
+        nnlang.load(src)
+    assert f"hint: {hint}" in info.value.render(), info.value.render()
+
+
 def test_format_keeps_weight_paths():
     assert "sum(abs(h.weight))" in format_source(PENALIZED)
 
