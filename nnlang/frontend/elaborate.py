@@ -186,8 +186,9 @@ class Elaborator(CallElaboration, ScanElaboration):
                 if isinstance(name, str) and name != DISCARD:
                     scope.later.setdefault(name, stmt.span)
         result = None
-        for stmt in body:
+        for before, stmt in zip((None, *body), body):
             try:
+                self.option_after_param(before, stmt)
                 r = self.stmt(stmt, scope)
                 if isinstance(stmt, ast.Return):
                     result = r
@@ -210,6 +211,18 @@ class Elaborator(CallElaboration, ScanElaboration):
             node = self.g.node(value.id)
             if node.name is None:
                 node.name = name
+
+    def option_after_param(self, before, s) -> None:
+        """`param w: T = ones requires_grad = false` (or `frozen = true`) is a param and then
+        an assignment of its own, which left w trainable without a word: the issue-17 slip that
+        `trainable = false` there now fixes, with another option's name."""
+        if isinstance(before, ast.ParamDecl) and isinstance(s, ast.Assign) and \
+                isinstance(s.value, ast.Bool) and s.span.line == before.span.end_line:
+            self.fail(f"'{' = '.join(s.targets)} = {str(s.value.value).lower()}' after param "
+                      f"'{before.name}' on its line "
+                      "is a statement of its own, not an option of the param", s.span,
+                      f"a param's one option is `trainable = false` (`param {before.name}: ... "
+                      "= init trainable = false`); put other statements on their own line")
 
     def stmt(self, s, scope: Scope):
         if isinstance(s, ast.Input):
