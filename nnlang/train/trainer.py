@@ -487,6 +487,12 @@ class _Training:
                           f"{other if isinstance(other, str) else show_value(other)}",
                           given_span(spans, "data"),
                           hint="give it once: --data VALUE, or --set data=VALUE")
+        if init_from is not None and "init_from" in (overrides or {}) and "init_from" not in hp:
+            # NOTE: as --data with --set data=...: --init-from won silently
+            raise NNError(f"train setting 'init_from' is given twice: --init-from {init_from} "
+                          f"and --set init_from={overrides['init_from']}",
+                          given_span(spans, "init_from"),
+                          hint="give it once: --init-from RUN, or --set init_from=RUN")
         if data is not None and isinstance(data, (str, Path)):
             # NOTE: before the resume is described, so a changed data set is said like the rest
             cfg = replace(cfg, data=feeds.replace_data(cfg.data, str(data)))

@@ -189,6 +189,10 @@ def test_a_rising_cosine_schedule_made_by_the_lr_flag_names_the_flag(work):
     (["--data", "tiny.npz", "--set", "data=mnist"], "data=mnist", 12, 5,
      "train setting 'data' is given twice: --data tiny.npz and --set data=mnist"),
     (["--set", "data=nonesuch"], "data=nonesuch", 12, 8, "unknown dataset 'nonesuch'"),
+    # --init-from won silently over --set init_from=...
+    (["--init-from", "run-reg", "--set", "init_from=run-tiny"], "init_from=run-tiny", 17, 8,
+     "train setting 'init_from' is given twice: --init-from run-reg and --set "
+     "init_from=run-tiny"),
     (["--set", "init_from=nowhere"], "init_from=nowhere", 17, 7,
      "init_from (given by --set init_from=...): no checkpoint at nowhere"),
     (["--val-split", "0.25", "--set", "monitor=val_bogus"], "monitor=val_bogus", 15, 9,
