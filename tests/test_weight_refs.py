@@ -148,6 +148,11 @@ model Deep {{
     with pytest.raises(nnlang.NNError) as info:
         nnlang.load(src)
     assert f"hint: {hint}" in info.value.render(), info.value.render()
+    from nnlang.train.overrides import resolve   # --set l2_on=[...] says the same
+    with pytest.raises(nnlang.NNError) as info:
+        resolve(src.replace(f"  loss total = sum(abs({ref}))\n", "  loss total = sum(h)\n"),
+                sets={"l2": 0.1, "l2_on": [ref]})
+    assert f"hint: {hint}" in info.value.render(), info.value.render()
 
 
 def test_format_keeps_weight_paths():

@@ -490,27 +490,10 @@ class Elaborator(CallElaboration, ScanElaboration):
                       "sizes are written in the types (reshape takes -1 for one of them)"
                       if attr == "shape" else "transpose(x, perm = [1, 0]) swaps two axes")
         self.fail(f"no weight '{e.path}' here{later}", e.span,
-                  self.layer_weights_hint(e.path, scope) or
+                  layer_weights_hint(e.path, self.g.params, scope.prefix) or
                   did_you_mean(e.path, list(self.g.params)) or
                   ("weights so far: " + ", ".join(self.g.params) if self.g.params else
                    "no layer with weights is defined before this line"))
-
-    def layer_weights_hint(self, path: str, scope: Scope) -> str | None:
-        """For a path under a layer that has weights, those weights: `h.0.attn.q.weight` (a
-        PyTorch-style name) was offered the nearest spelling anywhere, `h.0.out.weight`, where
-        the attention's own are `h.0.attn.wq`..."""
-        parts = path.split(".")
-        for k in range(len(parts) - 1, 0, -1):
-            for layer in dict.fromkeys((join_path(scope.prefix, ".".join(parts[:k])),
-                                        ".".join(parts[:k]))):
-                own = {p.rpartition(".")[2]: p for p in self.g.params
-                       if p.rpartition(".")[0] == layer}
-                if own:   # NOTE: the name within the layer is compared: over whole paths
-                    # q.weight was nearest to wv, as h.0.attn is their common part
-                    guess = closest(".".join(parts[k:]), own)
-                    return f"did you mean '{own[guess]}'?" if guess else \
-                        f"the weights of layer '{layer}': {', '.join(own.values())}"
-        return None
 
     def penalized_weight(self, e, setting: str) -> str:
         """The path of a weight that `l1_on`/`l2_on` name; a frozen one is an error, as no
@@ -758,6 +741,23 @@ def load(source_or_path, overrides: dict | None = None, model: str | None = None
     """Parses and elaborates a .nn file (a path) or .nn source text."""
     text, file = load_source(source_or_path)
     return load_text(text, file, overrides, model)
+
+
+def layer_weights_hint(path: str, params, prefix: str = "") -> str | None:
+    """For a path under a layer that has weights (relative to a block's `prefix` first), those
+    weights: `h.0.attn.q.weight` (a PyTorch-style name) was offered the nearest spelling
+    anywhere, `h.0.out.weight`, where the attention's own are `h.0.attn.wq`..."""
+    parts = path.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        for layer in dict.fromkeys((join_path(prefix, ".".join(parts[:k])),
+                                    ".".join(parts[:k]))):
+            own = {p.rpartition(".")[2]: p for p in params if p.rpartition(".")[0] == layer}
+            if own:   # NOTE: the name within the layer is compared: over whole paths
+                # q.weight was nearest to wv, as h.0.attn is their common part
+                guess = closest(".".join(parts[k:]), own)
+                return f"did you mean '{own[guess]}'?" if guess else \
+                    f"the weights of layer '{layer}': {', '.join(own.values())}"
+    return None
 
 
 def load_text(text: str, file: str, overrides: dict | None = None,

@@ -10,7 +10,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from nnlang.errors import Given, NNError, did_you_mean
-from nnlang.frontend.elaborate import Program, load_text
+from nnlang.frontend.elaborate import Program, layer_weights_hint, load_text
 from nnlang.frontend.lint import retrained
 from nnlang.frontend.source import load_source, read_source
 from nnlang.frontend.train_config import (FLAGS, Choice, TrainConfig, option_problem,
@@ -303,7 +303,8 @@ def _check_penalty_lists(cfg: TrainConfig, program, spans: dict) -> None:
             if name not in graph.params:
                 raise NNError(f"train setting '{key}': the model has no weight '{name}'",
                               given_span(spans, key),
-                              hint=did_you_mean(name, list(graph.params)) or
+                              hint=layer_weights_hint(name, graph.params) or
+                              did_you_mean(name, list(graph.params)) or
                               f"its weights: {', '.join(list(graph.params)[:8])}")
             if not graph.node(graph.params[name]).attrs.get("trainable", True):
                 raise NNError(f"train setting '{key}' names '{name}', a frozen weight "
