@@ -75,6 +75,7 @@ def work(tmp_path_factory):
     np.save(d / "one.npy", x[0])
     np.save(d / "wide.npy", np.zeros(7, np.float32))
     (d / "notes.txt").write_text("hello")
+    (d / "tiny.onnx").write_bytes(b"\x08\x08\x12\x06nnlang")   # what nnlang export begins with
     for name in ("tiny", "reg", "ae"):
         cli("train", f"{name}.nn", "--backend", "reference", "--out", f"run-{name}",
             "--epochs", "1", code=0, cwd=d)
@@ -638,6 +639,9 @@ def test_a_dumb_terminal_gets_the_lines_not_a_bar(work, tmp_path, monkeypatch):
                     "upgrade nnlang"]),
     ("notes.txt", ["notes.txt is not a readable nnlang checkpoint"]),
     ("one.npy", ["one.npy is not a readable nnlang checkpoint", "no '__meta__' entry"]),
+    # an exported file said "(ValueError)" and "train again"
+    ("tiny.onnx", ["tiny.onnx is an ONNX file (what nnlang export writes), not an nnlang "
+                   "checkpoint", "pass the run directory"]),
 ])
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_bad_checkpoints(work, command, ckpt, words):
