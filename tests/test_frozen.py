@@ -116,6 +116,19 @@ def test_clip_norm_on_a_model_whose_weights_are_all_frozen():
     assert "give the model a layer with weights" not in msg, msg
 
 
+def test_a_model_whose_weights_are_all_frozen_is_warned_about():
+    """Every weight frozen trained nothing without a word (PyTorch's optimizer refuses an
+    empty parameter list; Keras warns): a warning at the train section, else at the first
+    weight; none while one layer trains."""
+    every = "every weight of model 'F' is frozen (trainable = false): training would change"
+    warned = [w.render() for w in nnlang.load(source(dense=", trainable = false")).warnings]
+    assert any(every in w and "<string>:16:1:" in w for w in warned), warned
+    bare = source(dense=", trainable = false").split("train F")[0]
+    warned = [w.render() for w in nnlang.load(bare).warnings]
+    assert any(every in w and "<string>:9:3:" in w for w in warned), warned
+    assert not any(every in w.message for w in nnlang.load(source()).warnings)
+
+
 BN = """
 block backbone(x) {{
   h = conv2d(x, 3, 3) |> batch_norm |> relu

@@ -170,6 +170,19 @@ def test_a_keras_or_pytorch_spelling_in_the_train_section_says_what_to_write(set
     assert not hint.startswith(("settings:", "parameters:", "optimizers:", "schedules:")), hint
 
 
+def test_keras_mode_auto_says_to_leave_mode_out():
+    """mode = "auto" (Keras' EarlyStopping / ReduceLROnPlateau default) said only that it is
+    not 'min' or 'max', in the file and from --set."""
+    from nnlang.train.overrides import resolve
+    src = _MODEL % "y = dense(x, 4)\n  output y\n  loss mse(y, yb)"
+    with pytest.raises(NNError) as err:
+        nnlang.load(src + 'train M {\n  val_split = 0.2\n  mode = "auto"\n}\n')
+    with pytest.raises(NNError) as given:
+        resolve(src, sets={"mode": "auto"})
+    for e in (err, given):
+        assert "leave mode out for Keras' \"auto\"" in e.value.render(), e.value.render()
+
+
 def test_set_of_an_unknown_optimizer_gets_the_same_hint_as_the_file():
     from nnlang.frontend.train_config import TrainConfig
     from nnlang.train.overrides import apply_overrides

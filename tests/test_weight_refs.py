@@ -120,6 +120,41 @@ def test_unknown_weight_path_is_located(ref, words):
         assert w in text, text
 
 
+@pytest.mark.parametrize("ref, hint", [
+    # the docs' own example path (PyTorch's naming) was offered 'h.0.out.weight'
+    ("h.0.attn.q.weight", "the weights of layer 'h.0.attn': h.0.attn.wq, h.0.attn.bq, "
+                          "h.0.attn.wk, h.0.attn.bk, h.0.attn.wv, h.0.attn.bv, h.0.attn.wo, "
+                          "h.0.attn.bo"),
+    ("h.0.attn.wqq", "did you mean 'h.0.attn.wq'?"),
+    ("h.1.ffn.kernel", "the weights of layer 'h.1.ffn': h.1.ffn.weight, h.1.ffn.bias"),
+])
+def test_a_path_under_a_layer_names_that_layers_weights(ref, hint):
+    src = f"""
+block Enc(x) {{
+  attn = multi_head_attention(x, heads = 2)
+  ffn = dense(attn, 4)
+  return relu(ffn)
+}}
+model Deep {{
+  input x: float32[batch, 3, 4]
+  h = x
+  repeat 2 {{
+    h = Enc(h)
+  }}
+  output y = h
+  loss total = sum(abs({ref}))
+}}
+"""
+    with pytest.raises(nnlang.NNError) as info:
+        nnlang.load(src)
+    assert f"hint: {hint}" in info.value.render(), info.value.render()
+    from nnlang.train.overrides import resolve   # --set l2_on=[...] says the same
+    with pytest.raises(nnlang.NNError) as info:
+        resolve(src.replace(f"  loss total = sum(abs({ref}))\n", "  loss total = sum(h)\n"),
+                sets={"l2": 0.1, "l2_on": [ref]})
+    assert f"hint: {hint}" in info.value.render(), info.value.render()
+
+
 def test_format_keeps_weight_paths():
     assert "sum(abs(h.weight))" in format_source(PENALIZED)
 
@@ -177,3 +212,35 @@ def test_bad_penalty_lists(settings, words):
     text = info.value.render()
     for w in words:
         assert w in text, text
+
+
+@pytest.mark.parametrize("given, words", [
+    (["--set", "l1_on=[h.weight]"], ["<command line>:1:13: error: train setting 'l1_on' names "
+                                     "'h.weight', a frozen weight", "drop it from the list"]),
+    (["--set", "l2_on=[g.weight]"], ["<command line>:1:13: error: train setting 'l2_on' names "
+                                     "the weights of the l2 penalty, but l2 is 0",
+                                     "e.g. --set l2=1e-4"]),
+])
+def test_penalty_lists_from_set_are_refused_as_the_sections_are(tmp_path, given, words):
+    """--set l1_on=[a frozen weight] trained with the penalty silently dropped (and --set
+    l2_on=[...] with l2 = 0 applied no penalty), where the same list in the train section is a
+    located error; fit's settings go through the same check."""
+    from typer.testing import CliRunner
+    from nnlang_cli.main import app
+    (tmp_path / "part.nn").write_text(SECTION.replace("SETTINGS", ""))
+    out = CliRunner().invoke(app, ["train", str(tmp_path / "part.nn"), "--out",
+                                   str(tmp_path / "run"), *given]).output
+    for w in words:
+        assert w in out, out
+    assert not (tmp_path / "run").exists()
+    from nnlang.train.overrides import resolve
+    key, value = given[1].split("=")
+    with pytest.raises(nnlang.NNError, match=words[0].split("error: ")[1]):
+        resolve(SECTION.replace("SETTINGS", ""), config={key: [value[1:-1]]})
+
+
+def test_set_l2_0_still_turns_off_a_sections_l2_on():
+    from nnlang.train.overrides import resolve
+    _, cfg, *_ = resolve(SECTION.replace("l1 = 0.01", "l2 = 0.01").replace(
+        "SETTINGS", "l2_on = [g.weight]"), sets={"l2": 0.0})
+    assert cfg.l2 == 0 and cfg.penalties("g.weight", 2) == {}

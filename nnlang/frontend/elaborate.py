@@ -186,8 +186,9 @@ class Elaborator(CallElaboration, ScanElaboration):
                 if isinstance(name, str) and name != DISCARD:
                     scope.later.setdefault(name, stmt.span)
         result = None
-        for stmt in body:
+        for before, stmt in zip((None, *body), body):
             try:
+                self.option_after_param(before, stmt)
                 r = self.stmt(stmt, scope)
                 if isinstance(stmt, ast.Return):
                     result = r
@@ -210,6 +211,18 @@ class Elaborator(CallElaboration, ScanElaboration):
             node = self.g.node(value.id)
             if node.name is None:
                 node.name = name
+
+    def option_after_param(self, before, s) -> None:
+        """`param w: T = ones requires_grad = false` (or `frozen = true`) is a param and then
+        an assignment of its own, which left w trainable without a word: the issue-17 slip that
+        `trainable = false` there now fixes, with another option's name."""
+        if isinstance(before, ast.ParamDecl) and isinstance(s, ast.Assign) and \
+                isinstance(s.value, ast.Bool) and s.span.line == before.span.end_line:
+            self.fail(f"'{' = '.join(s.targets)} = {str(s.value.value).lower()}' after param "
+                      f"'{before.name}' on its line "
+                      "is a statement of its own, not an option of the param", s.span,
+                      f"a param's one option is `trainable = false` (`param {before.name}: ... "
+                      "= init trainable = false`); put other statements on their own line")
 
     def stmt(self, s, scope: Scope):
         if isinstance(s, ast.Input):
@@ -477,6 +490,7 @@ class Elaborator(CallElaboration, ScanElaboration):
                       "sizes are written in the types (reshape takes -1 for one of them)"
                       if attr == "shape" else "transpose(x, perm = [1, 0]) swaps two axes")
         self.fail(f"no weight '{e.path}' here{later}", e.span,
+                  layer_weights_hint(e.path, self.g.params, scope.prefix) or
                   did_you_mean(e.path, list(self.g.params)) or
                   ("weights so far: " + ", ".join(self.g.params) if self.g.params else
                    "no layer with weights is defined before this line"))
@@ -727,6 +741,23 @@ def load(source_or_path, overrides: dict | None = None, model: str | None = None
     """Parses and elaborates a .nn file (a path) or .nn source text."""
     text, file = load_source(source_or_path)
     return load_text(text, file, overrides, model)
+
+
+def layer_weights_hint(path: str, params, prefix: str = "") -> str | None:
+    """For a path under a layer that has weights (relative to a block's `prefix` first), those
+    weights: `h.0.attn.q.weight` (a PyTorch-style name) was offered the nearest spelling
+    anywhere, `h.0.out.weight`, where the attention's own are `h.0.attn.wq`..."""
+    parts = path.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        for layer in dict.fromkeys((join_path(prefix, ".".join(parts[:k])),
+                                    ".".join(parts[:k]))):
+            own = {p.rpartition(".")[2]: p for p in params if p.rpartition(".")[0] == layer}
+            if own:   # NOTE: the name within the layer is compared: over whole paths
+                # q.weight was nearest to wv, as h.0.attn is their common part
+                guess = closest(".".join(parts[k:]), own)
+                return f"did you mean '{own[guess]}'?" if guess else \
+                    f"the weights of layer '{layer}': {', '.join(own.values())}"
+    return None
 
 
 def load_text(text: str, file: str, overrides: dict | None = None,

@@ -502,6 +502,19 @@ def _unreached_weights(g: Graph, train=None) -> list[Diagnostic]:
     return found
 
 
+def _nothing_trainable(g: Graph, train_span) -> list[Diagnostic]:
+    """Every weight frozen: a run trains nothing and said nothing of it (PyTorch's optimizer
+    refuses "an empty parameter list", Keras warns "the model does not have any trainable
+    weights"). Said at the train section, else at the first weight."""
+    frozen = [g.node(nid) for nid in g.params.values()]
+    if not frozen or any(n.attrs.get("trainable", True) for n in frozen):
+        return []
+    return [Diagnostic(f"every weight of model '{g.model}' is frozen (trainable = false): "
+                       "training would change nothing", train_span or frozen[0].span,
+                       "drop trainable = false from the layers to train (a head on a frozen "
+                       "backbone)", severity="warning")]
+
+
 def retrained(warnings: list, g: Graph, before, after) -> list:
     """`warnings` (lint's, for the train config `before`) with the unreached-weight ones said
     for the config `after` (--set l2=... or a flag changes which weights a penalty shrinks)."""
@@ -522,7 +535,7 @@ def lint(g: Graph, train_span=None, train=None) -> list[Diagnostic]:
                                 "loss: `nnlang train` cannot train it", train_span,
                                 loss_hint(g), severity="warning"))
     if g.losses:
-        found += _unreached_weights(g, train)
+        found += _unreached_weights(g, train) + _nothing_trainable(g, train_span)
     for node in g:
         # NOTE: one layout warning per node: after a channels-last layer the first rule says
         # more than the shape guess of _channels_last would. The other rules are mistakes of

@@ -66,6 +66,11 @@ _MISTAKES = {
     "a metric is `metric name = expression`": ["model M { metric = f(a) }"],
     "one output per statement: `output a` and `output b` on their own lines": [
         "model M { output a, b }", "model M { output a, b = f(x) }"],
+    "a param's `trainable = false` follows its type or initializer without a ',': "
+    "`param w: float32[4] = ones trainable = false`": [
+        "model M { param w: float32[4] = ones, trainable = false }",
+        "model M { param w: float32[4], trainable = false }",
+        "model M { param w: float32[4] = normal(std = 1), trainable = false }"],
     "a train section holds settings like `batch = 64`": ["train M { batch 64 }"],
     "settings are separated by spaces or new lines, not ','": [
         "train M { batch = 64, seed = 1 }", "train M { data = mnist, seed = 1 }",

@@ -141,7 +141,11 @@ def range_problem(name: str, value) -> str | None:
     """Why `value` is not a valid `name` (None when it is, or when `name` has no range)."""
     if name in CHOICES and value is not None:
         ok = value in CHOICES[name]
-        return None if ok else f"{value!r} is not one of {', '.join(map(repr, CHOICES[name]))}"
+        # NOTE: Keras' EarlyStopping and ReduceLROnPlateau default to mode = "auto"
+        auto = "; leave mode out for Keras' \"auto\": the monitored value decides it" \
+            if name == "mode" and value == "auto" else ""
+        return None if ok else \
+            f"{value!r} is not one of {', '.join(map(repr, CHOICES[name]))}{auto}"
     if name not in RANGES or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if not math.isfinite(value):

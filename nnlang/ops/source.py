@@ -11,7 +11,7 @@ register("input", "name: str, dtype: dtype, shape: shape",
 register("param", "name: str, dtype: dtype = 'float32', shape: shape = [], init: init = none,"
          " trainable: bool = true",
          lambda *, name, dtype, shape, init, trainable: TensorType(tuple(shape), dtype),
-         doc="A trained weight; its name is its block path, e.g. `encoder.0.attn.q.weight`.",
+         doc="A trained weight; its name is its block path, e.g. `encoder.0.attn.wq`.",
          family="source", traits={SOURCE}, onnx=lambda e, n: e.param(n))
 
 register("const", "value: any",

@@ -127,6 +127,10 @@ def load(path, prefer_best: bool = False) -> Checkpoint:
                                f"net.load_state_dict(dict(np.load('{path.name}'))), then use "
                                "that net (net.forward, nnlang.export_onnx(net)), or "
                                "nnlang.save(net, FOLDER) it as a checkpoint") from None
+        if Path(path).suffix.lower() == ".onnx":   # NOTE: it said "(ValueError)", train again
+            raise NNError(f"{path} is an ONNX file (what nnlang export writes), not an nnlang "
+                          "checkpoint", hint="pass the run directory (runs/<model>-<time>/) or "
+                          "its checkpoint.npz; an .onnx file is for ONNX Runtime") from None
         raise unreadable(path, f"no '{_META}' entry" if isinstance(err, KeyError)
                          else type(err).__name__) from None
     if not isinstance(meta, dict):

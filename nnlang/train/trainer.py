@@ -496,6 +496,17 @@ class _Training:
                           hint="give it once: " + said_as("--data VALUE, or --set data=VALUE",
                                                           "fit's data=, or its config's "
                                                           "'data'"))
+        if init_from is not None and "init_from" in (overrides or {}) and "init_from" not in hp:
+            # NOTE: as --data with --set data=...: --init-from won silently
+            raise NNError("train setting 'init_from' is given twice: " + said_as(
+                              f"--init-from {init_from} and --set init_from="
+                              f"{overrides['init_from']}",
+                              f"fit(init_from={init_from!r}) and overrides={{'init_from': "
+                              f"{overrides['init_from']!r}}}"),
+                          given_span(spans, "init_from"),
+                          hint="give it once: " + said_as("--init-from RUN, or --set "
+                                                          "init_from=RUN", "fit's init_from=, "
+                                                          "or its overrides' 'init_from'"))
         if data is not None and isinstance(data, (str, Path)):
             # NOTE: before the resume is described, so a changed data set is said like the rest
             cfg = replace(cfg, data=feeds.replace_data(cfg.data, str(data)))

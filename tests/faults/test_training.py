@@ -75,6 +75,7 @@ def work(tmp_path_factory):
     np.save(d / "one.npy", x[0])
     np.save(d / "wide.npy", np.zeros(7, np.float32))
     (d / "notes.txt").write_text("hello")
+    (d / "tiny.onnx").write_bytes(b"\x08\x08\x12\x06nnlang")   # what nnlang export begins with
     for name in ("tiny", "reg", "ae"):
         cli("train", f"{name}.nn", "--backend", "reference", "--out", f"run-{name}",
             "--epochs", "1", code=0, cwd=d)
@@ -190,6 +191,10 @@ def test_a_rising_cosine_schedule_made_by_the_lr_flag_names_the_flag(work):
     (["--data", "tiny.npz", "--set", "data=mnist"], "data=mnist", 12, 5,
      "train setting 'data' is given twice: --data tiny.npz and --set data=mnist"),
     (["--set", "data=nonesuch"], "data=nonesuch", 12, 8, "unknown dataset 'nonesuch'"),
+    # --init-from won silently over --set init_from=...
+    (["--init-from", "run-reg", "--set", "init_from=run-tiny"], "init_from=run-tiny", 17, 8,
+     "train setting 'init_from' is given twice: --init-from run-reg and --set "
+     "init_from=run-tiny"),
     (["--set", "init_from=nowhere"], "init_from=nowhere", 17, 7,
      "init_from (given by --set init_from=...): no checkpoint at nowhere"),
     (["--val-split", "0.25", "--set", "monitor=val_bogus"], "monitor=val_bogus", 15, 9,
@@ -640,6 +645,9 @@ def test_a_dumb_terminal_gets_the_lines_not_a_bar(work, tmp_path, monkeypatch):
                     "upgrade nnlang"]),
     ("notes.txt", ["notes.txt is not a readable nnlang checkpoint"]),
     ("one.npy", ["one.npy is not a readable nnlang checkpoint", "no '__meta__' entry"]),
+    # an exported file said "(ValueError)" and "train again"
+    ("tiny.onnx", ["tiny.onnx is an ONNX file (what nnlang export writes), not an nnlang "
+                   "checkpoint", "pass the run directory"]),
 ])
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_bad_checkpoints(work, command, ckpt, words):
