@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from nnlang.errors import NNError
 
 
@@ -40,6 +42,18 @@ class DivergenceGuard:
         else:
             self._streak = []
 
+    def check_state(self, state: dict, epoch: int, done: int, step: int, run) -> None:
+        """Raises when a weight or optimizer slot about to be saved is not finite. A step's loss
+        is computed before its update, so the update of the last step before a checkpoint can
+        make the weights nan while every loss read was finite; saved, that state replaced the
+        last good checkpoint with one that resume, predict and export refuse."""
+        for name, a in state.items():
+            a = np.asarray(a)
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                bad = a.flat[int(np.argmin(np.isfinite(a)))]
+                raise diverged(None, epoch, done, step, run, clip_norm=self.clip_norm,
+                               weight=(name, bad))
+
     def settle(self, run) -> None:
         """Raises if the loss is above the limit now (a checkpoint is due)."""
         if self._streak:
@@ -48,9 +62,12 @@ class DivergenceGuard:
 
 
 def diverged(loss, epoch, done, step, run, start: float | None = None,
-             initial: bool = False, clip_norm: float | None = None) -> NNError:
+             initial: bool = False, clip_norm: float | None = None,
+             weight: tuple | None = None) -> NNError:
     """`initial`: the loss of the run's first step, at the initial weights: no step size made
     it, so the hint names what can (the rate could not, and it was what the hint named).
+    `weight`: (name, value) of a state array that is not finite after step `done` of `epoch`,
+    whose loss was finite (`loss` is then None).
     `clip_norm`: the run's, which the hint does not tell it to set again."""
     last = None
     if run is not None and run.checkpoint.is_file():
@@ -62,6 +79,10 @@ def diverged(loss, epoch, done, step, run, start: float | None = None,
         f"lower the learning rate (--lr); clip_norm = {clip_norm:g} cannot bound a gradient "
         "that is not finite (a sqrt, log or division at 0 in the model), which makes the "
         "weights nan at the step before the loss shows it")
+    if weight is not None:
+        cause = ("a gradient that is not finite (a sqrt, log or division at 0 in the model) "
+                 "makes the weights nan in one update, as does a learning rate far too large "
+                 "(--lr)")
     hint = f"{cause}; " + (last or "no checkpoint was written before it diverged")
     if initial:
         hint = ("the loss is not finite at the initial weights, before any update: the model "
@@ -69,5 +90,9 @@ def diverged(loss, epoch, done, step, run, start: float | None = None,
                 "negative, or nan/inf in the data), not the learning rate")
     why = "" if start is None else (f", over {EXPLODED:g} times its start ({start:.4g}) for "
                                     f"{EXPLODED_STEPS} steps in a row")
+    if weight is not None:
+        return NNError(f"training diverged: the update of epoch {epoch + 1}, step {done} "
+                       f"(global step {step}) made '{weight[0]}' {weight[1]} (the step's loss, "
+                       f"computed before its update, was finite)", hint=hint)
     return NNError(f"training diverged: the loss is {loss:.4g} at epoch {epoch + 1}, step "
                    f"{done + 1} (global step {step}){why}", hint=hint)
