@@ -9,7 +9,8 @@ import numpy as np
 from nnlang.errors import NNError
 
 
-# a loss above EXPLODED x its start (at least 1) for EXPLODED_STEPS steps in a row diverged
+# a loss above EXPLODED x its start (at least 1) in size for EXPLODED_STEPS steps in a row
+# diverged
 EXPLODED = 1e4
 EXPLODED_STEPS = 3
 
@@ -17,7 +18,8 @@ EXPLODED_STEPS = 3
 class DivergenceGuard:
     """Stops a run whose loss is not finite or has exploded. Its start is the loss of the
     run's first step, at the initial weights (later ones may have exploded already: with
-    --lr 1e6 the second is), kept in the checkpoint so a resumed run judges alike; at least 1
+    --lr 1e6 the second is), kept in the checkpoint so a resumed run judges alike; sizes are
+    compared (a loss may run off downward), the start's taken as at least 1
     so a loss that starts near 0 is not judged by its noise. Healthy training moves
     a loss by a few times, a step size far too big multiplies it by 1e10 and more within a few
     steps (--lr 1e6: 1e22 with Adam, 1e30 with SGD): a factor of 1e4 leaves room both ways.
@@ -35,7 +37,9 @@ class DivergenceGuard:
         if self.start is None:
             self.start = loss
             return
-        if loss > EXPLODED * max(self.start, 1.0):
+        # NOTE: by size: a loss unbounded below (a sign slip, a log-likelihood whose variance
+        # collapses) runs off to -1e30 as finitely as one that explodes upward
+        if abs(loss) > EXPLODED * max(abs(self.start), 1.0):
             self._streak.append((loss, epoch, done, step))
             if len(self._streak) >= EXPLODED_STEPS:
                 self.settle(run)
@@ -88,8 +92,9 @@ def diverged(loss, epoch, done, step, run, start: float | None = None,
         hint = ("the loss is not finite at the initial weights, before any update: the model "
                 "or the data gives it (a log, division or sqrt of a value that can be 0 or "
                 "negative, or nan/inf in the data), not the learning rate")
-    why = "" if start is None else (f", over {EXPLODED:g} times its start ({start:.4g}) for "
-                                    f"{EXPLODED_STEPS} steps in a row")
+    why = "" if start is None else (f", over {EXPLODED:g} times its start ({start:.4g})"
+                                    f"{' in size' if loss < 0 else ''} for {EXPLODED_STEPS} "
+                                    "steps in a row")
     if weight is not None:
         return NNError(f"training diverged: the update of epoch {epoch + 1}, step {done} "
                        f"(global step {step}) made '{weight[0]}' {weight[1]} (the step's loss, "
