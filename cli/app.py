@@ -430,6 +430,10 @@ def check_output(path: Path, flag: str = "-o", reads: dict | None = None) -> Pat
     if path.exists() and not path.is_file():
         return path   # NOTE: a device or FIFO (/dev/stdout, >(gzip > x)): written in place
     parent = path.parent
+    file = next((p for p in (parent, *parent.parents) if p.is_file()), None)
+    if file is not None:   # NOTE: the hint below, mkdir -p, fails there
+        raise NNError(f"{flag} {path}: '{file}' is a file, not a folder",
+                      hint="choose a path inside a folder")
     if not parent.is_dir():
         raise NNError(f"{flag} {path}: the folder '{parent}' does not exist",
                       hint=f"create it first: mkdir -p {parent}")

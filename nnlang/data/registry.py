@@ -194,7 +194,9 @@ def check_options(name: str, options: dict) -> None:
     npz.check_options(name, **options)
 
 
-_CALL = re.compile(r"^\s*([\w.\-/]+)\s*\((.*)\)\s*$", re.S)
+# NOTE: the name is anything but parentheses: a path with a space, a leading ~ or a drive
+# letter took its options for part of a file name ("unknown dataset 'my data.csv(target=y)'")
+_CALL = re.compile(r"^\s*([^()]+?)\s*\((.*)\)\s*$", re.S)
 
 
 def _parse_spec(spec, options: dict) -> tuple[str, dict]:

@@ -723,9 +723,12 @@ class _Training:
              path=None):
         """The checkpoint (or `path`) of the state after `step_in_epoch` steps of `epoch` (None:
         no run directory)."""
+        # NOTE: checked on every rank (only the first has a run directory), so all stop together
+        state = self.net.state_dict()
+        self.guard.check_state(state, self.pos.epoch, self.pos.done, self.net.step, self.run_dir)
         if self.run_dir is None:
             return None
-        return checkpoint.save(path or self.run_dir.checkpoint, self.net.state_dict(),
+        return checkpoint.save(path or self.run_dir.checkpoint, state,
                                self.meta(epoch, step_in_epoch, rng_state, sums))
 
     def meta(self, epoch: int, step_in_epoch: int, rng_state: dict, sums: _Sums | None) -> dict:

@@ -366,6 +366,20 @@ def test_csv_target_on_the_command_line(spec, work):
     assert '"target": "y"' in (work / "r" / "config.json").read_text()
 
 
+@pytest.mark.parametrize("folder", ["my data", "~"])
+def test_csv_options_on_the_command_line_after_any_path(folder, work, monkeypatch):
+    """A path with a space or a leading ~ (the home folder) followed by options was 'unknown
+    dataset' ('my data/reg.csv(target=y)'): the options' pattern took only word characters,
+    dots and slashes for the name."""
+    where = work / ("home" if folder == "~" else folder)
+    where.mkdir()
+    monkeypatch.setenv("HOME", str(work / "home"))
+    (where / "reg.csv").write_text("a,b,y\n1,2,3\n4,5,6\n")
+    cli("train", "reg.nn", "--data", f"{folder}/reg.csv(target=y)", "--out", "r",
+        "--max-steps", "1", code=0, cwd=work)
+    assert '"target": "y"' in (work / "r" / "config.json").read_text()
+
+
 def test_csv_target_in_the_train_section(work):
     (work / "reg.csv").write_text("a,b,y\n1,2,3\n4,5,6\n")
     (work / "reg.nn").write_text(REG.replace('"reg.csv"', 'csv("reg.csv", target = "y")'))

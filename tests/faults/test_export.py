@@ -55,6 +55,8 @@ CASES = [
     (("tiny.nn", "-c", "run", "-o", "missing/dir/t.onnx"), ["-o missing/dir/t.onnx",
                                                            "does not exist"]),
     (("tiny.nn", "-c", "run", "-o", "run"), ["-o run", "is a folder"]),
+    (("tiny.nn", "-c", "run", "-o", "tiny.nn/t.onnx"), ["-o tiny.nn/t.onnx",
+                                                        "'tiny.nn' is a file, not a folder"]),
     (("folded.nn", "-c", "run"), ["folded.nn:", "cannot export op 'fold'", "no ONNX form"]),
     (("strided.nn", "-c", "run"), ["strided.nn:", "cannot export op 'unslice'",
                                    "strided unslice (step 2)"]),

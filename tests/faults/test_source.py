@@ -701,7 +701,7 @@ def test_bad_flags(args, code, words):
 @pytest.mark.parametrize("command", [["compile", "--backend", "reference"], ["graph"]])
 @pytest.mark.parametrize("target, words", [
     ("{tmp}/missing/dir/out.dot", ["the folder", "missing/dir' does not exist", "mkdir -p"]),
-    ("{file}/out.dot", ["plain.txt' does not exist"]),      # the "folder" is a file
+    ("{file}/out.dot", ["plain.txt' is a file, not a folder"]),  # mkdir -p cannot help
     ("{tmp}/folder.dot", ["this is a folder, not a file"]),
 ])
 def test_output_paths_that_cannot_be_written(tmp_path, command, target, words):

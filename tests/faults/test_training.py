@@ -243,6 +243,28 @@ def test_divergence_keeps_the_last_good_checkpoint(work, tmp_path):
     assert all(np.array_equal(after.state[k], good.state[k]) for k in good.state)
 
 
+# sqrt(y * y) at y = 0: a finite loss (0) whose gradient is inf * 0 = nan, so the first update
+# makes the weights nan while that step's loss, computed before it, is finite
+NAN_UPDATE = REGRESSION.replace("|> relu |> dense(1)", "|> relu |> dense(1, init = \"zeros\")") \
+    .replace("mse(y, label)", "mean(sqrt(y * y))")
+
+
+@pytest.mark.parametrize("args", [["--max-steps", "1"], ["--batch", "40", "--epochs", "2"]],
+                         ids=["inside-epoch", "epoch-end"])
+def test_an_update_that_makes_the_weights_nan_is_never_saved(work, tmp_path, args):
+    """The guard read only losses, each computed before its step's update: an update that made
+    the weights nan right before a checkpoint (the end of an epoch, or --max-steps) was saved,
+    with exit 0 or as 'the last good checkpoint', which resume, predict and export refuse."""
+    (tmp_path / "nan.nn").write_text(NAN_UPDATE.replace('"tiny.npz"', f'"{work / "tiny.npz"}"'))
+    run = tmp_path / "run"
+    out = cli("train", tmp_path / "nan.nn", "--backend", "reference", "--out", run, *args)
+    assert ("training diverged: the update of epoch 1, step 1 (global step 1) made "
+            "'dense.weight' nan") in out, out
+    assert "a gradient that is not finite" in out, out
+    assert "no checkpoint was written before it diverged" in out, out
+    assert not (run / "checkpoint.npz").exists()
+
+
 def test_bare_resume_says_which_run_and_what_changes(work, tmp_path):
     (tmp_path / "tiny.nn").write_text(TINY)
     (tmp_path / "tiny.npz").write_bytes((work / "tiny.npz").read_bytes())

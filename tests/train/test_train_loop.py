@@ -406,6 +406,16 @@ def test_the_explosion_rule():
         g.check(EXPLODED * 2, 0, 2, 3, None)
     with pytest.raises(NNError, match="the loss is nan"):
         DivergenceGuard(start=1.0).check(float("nan"), 0, 0, 1, None)
+    g = DivergenceGuard(start=-3.0)          # sizes: a loss that runs off downward diverged
+    for step in (1, 2):
+        g.check(-EXPLODED * 3.0 * 1.01, 0, step - 1, step, None)
+    with pytest.raises(NNError, match=r"the loss is -3.03e\+04 at epoch 1, step 1 \(global "
+                                      r"step 1\), over 10000 times its start \(-3\) in size"):
+        g.check(-EXPLODED * 3.0 * 1.01, 0, 2, 3, None)
+    g = DivergenceGuard(start=-3.0)
+    for step in range(1, 6):
+        g.check(-EXPLODED * 3.0 * 0.99, 0, step - 1, step, None)   # within the limit
+    g.settle(None)
 
 
 def test_a_nan_after_a_gradient_that_is_not_finite_under_clip_norm_is_not_told_to_clip(tiny):
