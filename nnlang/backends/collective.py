@@ -58,6 +58,10 @@ def init(timeout: float | None = None) -> "World":
     global _current
     if _current is None:
         _current = World(_mpi_comm() if launched_size() > 1 else None, timeout)
+    elif timeout is not None:
+        # NOTE: dist.rank() or a fit before dist.init(timeout=...) already joined: the wait
+        # asked for here still holds (the watchdog reads it at each tick)
+        _current.timeout = timeout
     return _current
 
 
