@@ -191,9 +191,9 @@ def console() -> Console:
 
 
 def one_process(command: str) -> Console | None:
-    """The console of a command that does not split over ranks (eval, predict, export). Under
-    mpirun, rank 0 runs it once, in plain lines: Open MPI gives each rank a terminal even when
-    the job's output goes to a file, where a bar is escape codes. The other ranks have nothing
+    """The console of a command that does not split over ranks (eval, predict, export,
+    generate). Under mpirun, rank 0 runs it once, in plain lines: Open MPI gives each rank a
+    terminal even when the job's output goes to a file, where a bar is escape codes. The other ranks have nothing
     to do: None, and they end at once (each had printed the results again)."""
     from nnlang.backends.collective import launched_rank, launched_size
     if launched_size() == 1:

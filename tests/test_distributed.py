@@ -292,6 +292,29 @@ def test_eval_and_predict_under_mpirun_print_once_without_escape_codes(tmp_path)
     assert got.stdout.count("one.npy") == 1 and "\x1b[" not in got.stdout, got.stdout
 
 
+def test_generate_under_mpirun_prints_once_without_escape_codes(tmp_path):
+    """`mpirun -n 2 nnlang generate` decoded on every rank and printed the samples twice,
+    each streamed with a live view's escape codes (every rank has a pty), as eval and predict
+    did: rank 0 alone generates, once, in plain lines."""
+    _mpirun()
+    import nnlang
+    from nnlang.data import load_dataset
+    from nnlang.data.chars import tokenizer_from_meta
+    from tests.test_generate import RUN_LM
+    (tmp_path / "lm.nn").write_text(RUN_LM)
+    net = nnlang.compile(str(tmp_path / "lm.nn"), backend="reference", batch=2)
+    text = load_dataset("imdb-text-sample(maxlen = 16, train_chunks = 8, test_chunks = 2)")
+    net.tokenizer = tokenizer_from_meta(text.meta)
+    nnlang.save(net, tmp_path / "saved")
+    want = net.generate(["The film"], max_new=8, greedy=True).samples[0].text
+    got = mpirun(2, _nnlang(), "generate", "lm.nn", "-c", "saved", "--backend", "reference",
+                 "--max-new", "8", "--greedy", "-p", "The film", cwd=tmp_path, timeout=120)
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert "\x1b[" not in got.stdout, got.stdout
+    assert got.stdout.count("--- greedy") == 1, got.stdout
+    assert got.stdout.splitlines().count("The film" + want) == 1, got.stdout
+
+
 def test_rank_zero_prints_long_lines_whole_as_one_process_does():
     """Under mpirun a rank's stdout is an 80-column pty whatever mpirun's own output is: rank
     0's console cut the epoch line before "samples/s" and the early-stop message mid-path,
