@@ -94,15 +94,18 @@ def shard(arrays: dict) -> dict:
     return {k: v[mine] if k in rows else v for k, v in arrays.items()}
 
 
-def allreduce_mean(values) -> np.ndarray:
-    """The mean over the ranks of a host array (losses, metrics, your own gradients)."""
+def allreduce_mean(values) -> np.ndarray | np.float64:
+    """The mean over the ranks of a host array (losses, metrics, your own gradients), of its
+    shape: a number's is a number (np.float64)."""
     try:
         values = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise NNError(f"allreduce_mean takes numbers (a float, a list or an array of them): "
                       f"{err}", hint="e.g. dist.allreduce_mean([loss])") from None
     world = _world()
-    return world.sum(values, "allreduce_mean") / world.size
+    # NOTE: the sum comes back 1-d for a number, which float() and f"{x:.4f}" refuse
+    mean = world.sum(values, "allreduce_mean").reshape(values.shape) / world.size
+    return mean[()] if mean.ndim == 0 else mean
 
 
 def broadcast_parameters(net) -> None:

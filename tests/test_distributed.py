@@ -704,6 +704,20 @@ def test_library_allreduce_mean_of_mixed_values_is_a_clear_error(ranks):
         dist.allreduce_mean([1.0, np.array([1.0, 2.0])])
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_library_allreduce_mean_of_a_number_is_a_number(ranks, n):
+    """`dist.allreduce_mean(loss)` of a float came back as a 1-element array, which
+    `float(...)` and f"{mean:.4f}" refuse (TypeError) in 1 process and in N; an array keeps
+    its shape."""
+    import nnlang.distributed as dist
+    if n > 1:
+        ranks(n)
+    mean = dist.allreduce_mean(2.5)
+    assert np.shape(mean) == () and float(mean) == 2.5 and f"{mean:.2f}" == "2.50"
+    assert float(dist.allreduce_mean(np.float32(1.5))) == 1.5
+    assert dist.allreduce_mean(np.ones((2, 3))).shape == (2, 3)
+
+
 def _two_ranks_check(source: str, batch: dict | None = None, **kw) -> list[str]:
     """Ranks.means_over_rows as rank 0 of 2 on one global batch of the tiny data; the notes.
     With `kw` (overrides...): (the notes, whether rows are split in evaluation)."""
