@@ -405,12 +405,11 @@ RANK_ERROR_DELAY_S = 2.0
 def _after_rank_zero() -> None:
     """Under mpirun every rank usually meets the same error (a bad .nn file, a batch that does
     not split). Rank 0 says it and ends the job at once; the others wait a moment first, so
-    they are ended before they print it again, and still say an error that is theirs alone."""
-    if "nnlang.backends.collective" not in sys.modules:
-        return
-    from nnlang.backends.collective import current
-    world = current()
-    if world is not None and world.rank > 0:
+    they are ended before they print it again, and still say an error that is theirs alone.
+    Read from the launcher's variables, not the joined group: an error before the ranks join
+    (an unknown --backend) was said by every rank."""
+    from nnlang.backends.collective import launched_rank
+    if launched_rank() > 0:
         import time
         time.sleep(RANK_ERROR_DELAY_S)
 

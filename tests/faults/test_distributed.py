@@ -57,6 +57,15 @@ def test_batch_that_does_not_split_ends_every_rank(tiny):
     assert not list(tiny.glob("runs/*/checkpoint.npz"))
 
 
+def test_an_error_before_the_ranks_join_is_said_once(tiny):
+    """An unknown --backend is refused before the ranks join: every rank said it (the error
+    twice under `mpirun -n 2`), where an error after joining was rank 0's alone."""
+    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--backend", "tpu", cwd=tiny, timeout=120)
+    assert got.returncode != 0
+    text = got.stdout + got.stderr
+    assert text.count("error: unknown backend 'tpu'") == 1, text
+
+
 def test_a_loss_the_ranks_cannot_average_ends_the_run_before_it_writes(tiny):
     """`mpirun -n 2 nnlang train` of a model whose loss sums over the batch: one located error,
     no run directory (it trained, silently to other parameters than one process)."""
