@@ -193,6 +193,22 @@ def test_batch_must_split_over_the_ranks():
         Ranks(world).batch(4)
 
 
+def test_library_refuses_the_interpreter_under_several_ranks(ranks):
+    """`nnlang.compile(..., backend="reference")` after dist.init(): the interpreter's
+    allreduce is the identity, so each rank took 1/N of its own shard's gradient and the ranks'
+    parameters drifted apart silently (`nnlang train` refuses it at its start); the library's
+    step is refused the same way, and a forward pass still runs."""
+    net = nnlang.compile(tiny_source(), batch=2, seed=1, backend="reference")
+    ranks(2)
+    feeds = {"x": np.ones((2, 4), np.float32), "label": np.zeros(2, np.int32)}
+    with pytest.raises(nnlang.NNError, match="the reference backend runs in one process; it "
+                                             "cannot train over 2 processes"):
+        net.train_step(feeds)
+    with pytest.raises(nnlang.NNError, match='backend="numba"'):
+        net.gradients(feeds)
+    assert net.forward({"x": feeds["x"]})["probs"].shape == (2, 3)
+
+
 @pytest.mark.parametrize("n, size", [(10, 4), (3, 4), (8, 2), (0, 2)])
 def test_shards_cover_the_rows_once(n, size):
     rows = []

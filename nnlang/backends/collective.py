@@ -65,6 +65,13 @@ def init(timeout: float | None = None) -> "World":
     return _current
 
 
+def interpreter_refused(size: int, hint: str) -> NNError:
+    """The reference backend under N processes: its interpreter has no collectives (its
+    allreduce is the identity), so each rank would train its own model on its own rows."""
+    return NNError(f"the reference backend runs in one process; it cannot train over {size} "
+                   "processes", hint=hint)
+
+
 def _env_timeout() -> float:
     raw = os.environ.get(TIMEOUT_VAR)
     if raw is None:
