@@ -116,4 +116,11 @@ def broadcast_parameters(net) -> None:
         raise NNError("broadcast_parameters takes a compiled Net, not "
                       f"{with_article(type(net).__name__)}",
                       hint="dist.broadcast_parameters(nnlang.compile(...))")
-    _world().broadcast(net.state)
+    # NOTE: the state dict, not net.state: a net restored from a checkpoint (or that took a
+    # step) holds the optimizer's slots and step count, a fresh one not yet, so the ranks
+    # broadcast different lists: the others kept no momentum and step 0, and rank 0's extra
+    # broadcasts were left to meet their next collectives. state_dict() has every slot on all
+    # ranks (zeros before the first step), and loading it sets the step
+    state = net.state_dict()
+    _world().broadcast(state)
+    net.load_state_dict(state)

@@ -858,6 +858,43 @@ def test_parameters_do_not_depend_on_the_rank_count(tmp_path, model):
                                        err_msg=f"{model} N={n} {k}")
 
 
+BROADCAST_STEPS = """
+import sys
+import numpy as np
+import nnlang, nnlang.distributed as dist
+from nnlang.backends.collective import launched_rank
+from tests.tiny_run import tiny_source
+net = nnlang.compile(tiny_source("sgd(lr = 0.1, momentum = 0.9)"), batch=4,
+                     seed=launched_rank(), total_steps=10)
+if launched_rank() == 0:  # rank 0 alone trained (as one that restored a checkpoint)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        net.train_step({"x": rng.normal(size=(4, 4)).astype(np.float32),
+                        "label": rng.integers(0, 3, 4).astype(np.int32)})
+dist.init()
+dist.broadcast_parameters(net)
+np.savez(f"{sys.argv[1]}{dist.rank()}.npz", **net.state_dict())
+"""
+
+
+def test_broadcast_parameters_gives_rank_zeros_optimizer_state_and_step(tmp_path):
+    """dist.broadcast_parameters after rank 0 alone trained (or restored a checkpoint): the
+    other rank, whose optimizer had no slots yet, got the weights but kept no momentum and
+    step 0 (another learning rate, another update), and rank 0's extra broadcasts were left
+    to meet the next collectives. Every rank now holds rank 0's whole state."""
+    _mpirun()
+    (tmp_path / "bcast.py").write_text(BROADCAST_STEPS)
+    got = mpirun(2, sys.executable, "bcast.py", "state", cwd=tmp_path, timeout=120,
+                 env={"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
+                     "PYTHONPATH", "")])})
+    assert got.returncode == 0, got.stdout + got.stderr
+    zero, one = np.load(tmp_path / "state0.npz"), np.load(tmp_path / "state1.npz")
+    assert sorted(one.files) == sorted(zero.files)
+    assert int(zero["optimizer.step"]) == 3
+    for k in zero.files:
+        np.testing.assert_array_equal(one[k], zero[k], err_msg=k)
+
+
 @pytest.mark.slow
 def test_the_docs_library_example_runs_on_two_ranks(tmp_path):
     import re
