@@ -109,8 +109,8 @@ def allreduce_mean(values) -> np.ndarray | np.float64:
 
 
 def broadcast_parameters(net) -> None:
-    """Rank 0's parameters and optimizer state on every rank (after loading a checkpoint on
-    rank 0 alone, or to be sure all ranks start equal)."""
+    """Rank 0's parameters, optimizer state and step on every rank (after loading a
+    checkpoint on rank 0 alone, or to be sure all ranks start equal)."""
     from nnlang.runtime.net import Net
     if not isinstance(net, Net):
         raise NNError("broadcast_parameters takes a compiled Net, not "
