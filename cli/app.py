@@ -191,9 +191,9 @@ def console() -> Console:
 
 
 def one_process(command: str) -> Console | None:
-    """The console of a command that does not split over ranks (eval, predict, export). Under
-    mpirun, rank 0 runs it once, in plain lines: Open MPI gives each rank a terminal even when
-    the job's output goes to a file, where a bar is escape codes. The other ranks have nothing
+    """The console of a command that does not split over ranks (eval, predict, export,
+    generate). Under mpirun, rank 0 runs it once, in plain lines: Open MPI gives each rank a
+    terminal even when the job's output goes to a file, where a bar is escape codes. The other ranks have nothing
     to do: None, and they end at once (each had printed the results again)."""
     from nnlang.backends.collective import launched_rank, launched_size
     if launched_size() == 1:
@@ -405,12 +405,11 @@ RANK_ERROR_DELAY_S = 2.0
 def _after_rank_zero() -> None:
     """Under mpirun every rank usually meets the same error (a bad .nn file, a batch that does
     not split). Rank 0 says it and ends the job at once; the others wait a moment first, so
-    they are ended before they print it again, and still say an error that is theirs alone."""
-    if "nnlang.backends.collective" not in sys.modules:
-        return
-    from nnlang.backends.collective import current
-    world = current()
-    if world is not None and world.rank > 0:
+    they are ended before they print it again, and still say an error that is theirs alone.
+    Read from the launcher's variables, not the joined group: an error before the ranks join
+    (an unknown --backend) was said by every rank."""
+    from nnlang.backends.collective import launched_rank
+    if launched_rank() > 0:
         import time
         time.sleep(RANK_ERROR_DELAY_S)
 

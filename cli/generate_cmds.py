@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from nnlang.frontend.generate_config import BASE
-from nnlang_cli.app import (INTERRUPTED, PATH, app, console, err_console, finite_float,
+from nnlang_cli.app import (INTERRUPTED, PATH, app, err_console, finite_float, one_process,
                             parse_overrides, reporting, terminated)
 from nnlang_cli.train_cmds import BACKEND_HELP, CKPT_HELP, DATA_DIR_HELP
 
@@ -101,7 +101,9 @@ def generate(
     from nnlang.errors import NNError
     from nnlang.runtime.generate import Interrupted, decode, prepared
     from nnlang.train.inference import restore
-    out = console()
+    out = one_process("generate")
+    if out is None:
+        return
     cut = False
     settings = dict(max_new=max_new, temperature=temperature, top_k=top_k, top_p=top_p,
                     beam=beam, length_penalty=length_penalty, seed=seed,

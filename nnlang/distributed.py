@@ -94,23 +94,33 @@ def shard(arrays: dict) -> dict:
     return {k: v[mine] if k in rows else v for k, v in arrays.items()}
 
 
-def allreduce_mean(values) -> np.ndarray:
-    """The mean over the ranks of a host array (losses, metrics, your own gradients)."""
+def allreduce_mean(values) -> np.ndarray | np.float64:
+    """The mean over the ranks of a host array (losses, metrics, your own gradients), of its
+    shape: a number's is a number (np.float64)."""
     try:
         values = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise NNError(f"allreduce_mean takes numbers (a float, a list or an array of them): "
                       f"{err}", hint="e.g. dist.allreduce_mean([loss])") from None
     world = _world()
-    return world.sum(values, "allreduce_mean") / world.size
+    # NOTE: the sum comes back 1-d for a number, which float() and f"{x:.4f}" refuse
+    mean = world.sum(values, "allreduce_mean").reshape(values.shape) / world.size
+    return mean[()] if mean.ndim == 0 else mean
 
 
 def broadcast_parameters(net) -> None:
-    """Rank 0's parameters and optimizer state on every rank (after loading a checkpoint on
-    rank 0 alone, or to be sure all ranks start equal)."""
+    """Rank 0's parameters, optimizer state and step on every rank (after loading a
+    checkpoint on rank 0 alone, or to be sure all ranks start equal)."""
     from nnlang.runtime.net import Net
     if not isinstance(net, Net):
         raise NNError("broadcast_parameters takes a compiled Net, not "
                       f"{with_article(type(net).__name__)}",
                       hint="dist.broadcast_parameters(nnlang.compile(...))")
-    _world().broadcast(net.state)
+    # NOTE: the state dict, not net.state: a net restored from a checkpoint (or that took a
+    # step) holds the optimizer's slots and step count, a fresh one not yet, so the ranks
+    # broadcast different lists: the others kept no momentum and step 0, and rank 0's extra
+    # broadcasts were left to meet their next collectives. state_dict() has every slot on all
+    # ranks (zeros before the first step), and loading it sets the step
+    state = net.state_dict()
+    _world().broadcast(state)
+    net.load_state_dict(state)

@@ -193,6 +193,22 @@ def test_batch_must_split_over_the_ranks():
         Ranks(world).batch(4)
 
 
+def test_library_refuses_the_interpreter_under_several_ranks(ranks):
+    """`nnlang.compile(..., backend="reference")` after dist.init(): the interpreter's
+    allreduce is the identity, so each rank took 1/N of its own shard's gradient and the ranks'
+    parameters drifted apart silently (`nnlang train` refuses it at its start); the library's
+    step is refused the same way, and a forward pass still runs."""
+    net = nnlang.compile(tiny_source(), batch=2, seed=1, backend="reference")
+    ranks(2)
+    feeds = {"x": np.ones((2, 4), np.float32), "label": np.zeros(2, np.int32)}
+    with pytest.raises(nnlang.NNError, match="the reference backend runs in one process; it "
+                                             "cannot train over 2 processes"):
+        net.train_step(feeds)
+    with pytest.raises(nnlang.NNError, match='backend="numba"'):
+        net.gradients(feeds)
+    assert net.forward({"x": feeds["x"]})["probs"].shape == (2, 3)
+
+
 @pytest.mark.parametrize("n, size", [(10, 4), (3, 4), (8, 2), (0, 2)])
 def test_shards_cover_the_rows_once(n, size):
     rows = []
@@ -290,6 +306,29 @@ def test_eval_and_predict_under_mpirun_print_once_without_escape_codes(tmp_path)
                  timeout=120)
     assert got.returncode == 0, got.stdout + got.stderr
     assert got.stdout.count("one.npy") == 1 and "\x1b[" not in got.stdout, got.stdout
+
+
+def test_generate_under_mpirun_prints_once_without_escape_codes(tmp_path):
+    """`mpirun -n 2 nnlang generate` decoded on every rank and printed the samples twice,
+    each streamed with a live view's escape codes (every rank has a pty), as eval and predict
+    did: rank 0 alone generates, once, in plain lines."""
+    _mpirun()
+    import nnlang
+    from nnlang.data import load_dataset
+    from nnlang.data.chars import tokenizer_from_meta
+    from tests.test_generate import RUN_LM
+    (tmp_path / "lm.nn").write_text(RUN_LM)
+    net = nnlang.compile(str(tmp_path / "lm.nn"), backend="reference", batch=2)
+    text = load_dataset("imdb-text-sample(maxlen = 16, train_chunks = 8, test_chunks = 2)")
+    net.tokenizer = tokenizer_from_meta(text.meta)
+    nnlang.save(net, tmp_path / "saved")
+    want = net.generate(["The film"], max_new=8, greedy=True).samples[0].text
+    got = mpirun(2, _nnlang(), "generate", "lm.nn", "-c", "saved", "--backend", "reference",
+                 "--max-new", "8", "--greedy", "-p", "The film", cwd=tmp_path, timeout=120)
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert "\x1b[" not in got.stdout, got.stdout
+    assert got.stdout.count("--- greedy") == 1, got.stdout
+    assert got.stdout.splitlines().count("The film" + want) == 1, got.stdout
 
 
 def test_rank_zero_prints_long_lines_whole_as_one_process_does():
@@ -681,6 +720,20 @@ def test_library_allreduce_mean_of_mixed_values_is_a_clear_error(ranks):
         dist.allreduce_mean([1.0, np.array([1.0, 2.0])])
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_library_allreduce_mean_of_a_number_is_a_number(ranks, n):
+    """`dist.allreduce_mean(loss)` of a float came back as a 1-element array, which
+    `float(...)` and f"{mean:.4f}" refuse (TypeError) in 1 process and in N; an array keeps
+    its shape."""
+    import nnlang.distributed as dist
+    if n > 1:
+        ranks(n)
+    mean = dist.allreduce_mean(2.5)
+    assert np.shape(mean) == () and float(mean) == 2.5 and f"{mean:.2f}" == "2.50"
+    assert float(dist.allreduce_mean(np.float32(1.5))) == 1.5
+    assert dist.allreduce_mean(np.ones((2, 3))).shape == (2, 3)
+
+
 def _two_ranks_check(source: str, batch: dict | None = None, **kw) -> list[str]:
     """Ranks.means_over_rows as rank 0 of 2 on one global batch of the tiny data; the notes.
     With `kw` (overrides...): (the notes, whether rows are split in evaluation)."""
@@ -803,6 +856,43 @@ def test_parameters_do_not_depend_on_the_rank_count(tmp_path, model):
         for k in ref.files:
             np.testing.assert_allclose(other[k], ref[k], rtol=2e-5, atol=1e-5,
                                        err_msg=f"{model} N={n} {k}")
+
+
+BROADCAST_STEPS = """
+import sys
+import numpy as np
+import nnlang, nnlang.distributed as dist
+from nnlang.backends.collective import launched_rank
+from tests.tiny_run import tiny_source
+net = nnlang.compile(tiny_source("sgd(lr = 0.1, momentum = 0.9)"), batch=4,
+                     seed=launched_rank(), total_steps=10)
+if launched_rank() == 0:  # rank 0 alone trained (as one that restored a checkpoint)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        net.train_step({"x": rng.normal(size=(4, 4)).astype(np.float32),
+                        "label": rng.integers(0, 3, 4).astype(np.int32)})
+dist.init()
+dist.broadcast_parameters(net)
+np.savez(f"{sys.argv[1]}{dist.rank()}.npz", **net.state_dict())
+"""
+
+
+def test_broadcast_parameters_gives_rank_zeros_optimizer_state_and_step(tmp_path):
+    """dist.broadcast_parameters after rank 0 alone trained (or restored a checkpoint): the
+    other rank, whose optimizer had no slots yet, got the weights but kept no momentum and
+    step 0 (another learning rate, another update), and rank 0's extra broadcasts were left
+    to meet the next collectives. Every rank now holds rank 0's whole state."""
+    _mpirun()
+    (tmp_path / "bcast.py").write_text(BROADCAST_STEPS)
+    got = mpirun(2, sys.executable, "bcast.py", "state", cwd=tmp_path, timeout=120,
+                 env={"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
+                     "PYTHONPATH", "")])})
+    assert got.returncode == 0, got.stdout + got.stderr
+    zero, one = np.load(tmp_path / "state0.npz"), np.load(tmp_path / "state1.npz")
+    assert sorted(one.files) == sorted(zero.files)
+    assert int(zero["optimizer.step"]) == 3
+    for k in zero.files:
+        np.testing.assert_array_equal(one[k], zero[k], err_msg=k)
 
 
 @pytest.mark.slow

@@ -58,7 +58,18 @@ def init(timeout: float | None = None) -> "World":
     global _current
     if _current is None:
         _current = World(_mpi_comm() if launched_size() > 1 else None, timeout)
+    elif timeout is not None:
+        # NOTE: dist.rank() or a fit before dist.init(timeout=...) already joined: the wait
+        # asked for here still holds (the watchdog reads it at each tick)
+        _current.timeout = timeout
     return _current
+
+
+def interpreter_refused(size: int, hint: str) -> NNError:
+    """The reference backend under N processes: its interpreter has no collectives (its
+    allreduce is the identity), so each rank would train its own model on its own rows."""
+    return NNError(f"the reference backend runs in one process; it cannot train over {size} "
+                   "processes", hint=hint)
 
 
 def _env_timeout() -> float:

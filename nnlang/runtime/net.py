@@ -333,6 +333,12 @@ class Net:
             self._checks.pop(old, None)
 
     def _build_exe(self, kind: str, batch: int, lengths: dict):
+        if _trains(kind) and _ranks() > 1 and self.backend == "reference":
+            # NOTE: a library loop under nnlang.distributed (the CLI refuses it at its start):
+            # each rank trained its own model on its rows, 1/N of their gradient, silently
+            from nnlang.backends.collective import interpreter_refused
+            raise interpreter_refused(_ranks(), 'compile with backend="numba" (or "cupy") '
+                                                "under nnlang.distributed")
         if _trains(kind):
             # NOTE: the weights fit (checked at init); training adds their gradients and, the
             # first time, the optimizer's slots

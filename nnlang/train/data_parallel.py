@@ -43,10 +43,8 @@ class Ranks:
     @classmethod
     def join(cls, backend: str) -> "Ranks":
         if collective.launched_size() > 1 and backend == "reference":
-            # NOTE: the interpreter has no collectives: each rank would train its own model
-            raise NNError("the reference backend runs in one process; it cannot train over "
-                          f"{collective.launched_size()} processes",
-                          hint="use --backend numba (or cupy) under mpirun")
+            raise collective.interpreter_refused(collective.launched_size(),
+                                                 "use --backend numba (or cupy) under mpirun")
         ranks = cls(collective.init() if collective.launched_size() > 1
                     else collective.World())
         if ranks.many and backend == "cupy":

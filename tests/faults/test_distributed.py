@@ -57,6 +57,15 @@ def test_batch_that_does_not_split_ends_every_rank(tiny):
     assert not list(tiny.glob("runs/*/checkpoint.npz"))
 
 
+def test_an_error_before_the_ranks_join_is_said_once(tiny):
+    """An unknown --backend is refused before the ranks join: every rank said it (the error
+    twice under `mpirun -n 2`), where an error after joining was rank 0's alone."""
+    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--backend", "tpu", cwd=tiny, timeout=120)
+    assert got.returncode != 0
+    text = got.stdout + got.stderr
+    assert text.count("error: unknown backend 'tpu'") == 1, text
+
+
 def test_a_loss_the_ranks_cannot_average_ends_the_run_before_it_writes(tiny):
     """`mpirun -n 2 nnlang train` of a model whose loss sums over the batch: one located error,
     no run directory (it trained, silently to other parameters than one process)."""
@@ -222,6 +231,39 @@ def test_a_rank_that_never_answers_ends_the_wait(tmp_path):
     assert got.returncode == 1
     assert "rank 0 of 2 waited 1 s in reading the steps' losses without an answer" in got.stderr
     assert "another rank died or hangs" in got.stderr and "--resume" in got.stderr
+
+
+LATE_TIMEOUT = """
+import threading
+import nnlang.distributed as dist
+from nnlang.backends import collective
+
+class Hung:  # an MPI communicator whose peer never answers
+    def Get_rank(self): return 0
+    def Get_size(self): return 2
+    def Allreduce(self, *a, **k): threading.Event().wait()
+
+collective._mpi_comm = Hung
+print("rank", dist.rank(), "of", dist.size(), flush=True)  # joins the group with the default
+dist.init(timeout=1)
+dist.allreduce_mean([1.0])
+"""
+
+
+def test_init_timeout_holds_after_the_group_was_joined(tmp_path):
+    """`dist.rank()` before `dist.init(timeout=1)` joined the group with the default 60 s, and
+    the later init's timeout was dropped: a rank waited 60 s, not the 1 s asked for."""
+    import os
+    import subprocess
+    env = {**os.environ, "OMPI_COMM_WORLD_SIZE": "2"}
+    env.pop(collective.TIMEOUT_VAR, None)
+    try:
+        got = subprocess.run([sys.executable, "-c", LATE_TIMEOUT], capture_output=True,
+                             text=True, timeout=30, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("init(timeout=1) after dist.rank() did not set the wait")
+    assert got.returncode == 1, got.stdout + got.stderr
+    assert "rank 0 of 2 waited 1 s in allreduce_mean without an answer" in got.stderr
 
 
 @pytest.mark.slow
