@@ -193,8 +193,9 @@ def console() -> Console:
 def one_process(command: str) -> Console | None:
     """The console of a command that does not split over ranks (eval, predict, export,
     generate). Under mpirun, rank 0 runs it once, in plain lines: Open MPI gives each rank a
-    terminal even when the job's output goes to a file, where a bar is escape codes. The other ranks have nothing
-    to do: None, and they end at once (each had printed the results again)."""
+    terminal even when the job's output goes to a file, where a bar is escape codes. The other
+    ranks have nothing to do: None, and they end at once (each had printed the results
+    again)."""
     from nnlang.backends.collective import launched_rank, launched_size
     if launched_size() == 1:
         return console()
@@ -398,8 +399,9 @@ def reporting():
         raise typer.Exit(INTERNAL) from None
 
 
-# NOTE: under mpirun, how long a rank other than 0 waits before it prints an error
-RANK_ERROR_DELAY_S = 2.0
+# NOTE: under mpirun, how long a rank other than 0 waits before it prints an error: rank 0's
+# word and exit, then mpirun's end of the job, took over 2 s on a loaded 2-core host
+RANK_ERROR_DELAY_S = 5.0
 
 
 def _after_rank_zero() -> None:
