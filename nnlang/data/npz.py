@@ -1,7 +1,8 @@
 """User data files -> `Dataset`: `.npz` archives of named arrays and numeric `.csv` tables.
 
 .npz: array names are the model's input/target names, optionally prefixed `train_`/`val_`/`test_`
-(val_* arrays are the validation set, used instead of carving val_split); without prefixes the whole file is train and test is empty (the trainer carves validation).
+(val_* arrays are the validation set, used instead of carving val_split); without prefixes the
+whole file is train and test is empty (the trainer carves validation).
 .csv: a header row, numbers only; the `target` column becomes `label` and all other columns,
 in file order, become `x` float32 [N, F] (names kept in meta["feature_names"]); the `val` and
 `test` options name tables of the same columns for those splits.

@@ -257,7 +257,8 @@ def _conv(nd):
              habits=_conv_habits(name),
              doc=f"{nd}-D convolution (cross-correlation, like PyTorch) of [batch, channels, "
                  f"{dims}] with weight [filters, channels / groups, *kernel]. "
-                 "kernel/stride/dilation: an int or one per dim; padding: an int, one per dim, lo/hi pairs, \"valid\" or "
+                 "kernel/stride/dilation: an int or one per dim; padding: an int, one per dim, "
+                 "lo/hi pairs, \"valid\" or "
                  "\"same\" (TensorFlow rule, extra pad on the high side)"
                  + (" or \"causal\" (Keras' rule: (kernel - 1) * dilation zeros before the "
                     "sequence, none after)" if nd == 1 else "")

@@ -128,7 +128,8 @@ _unary("sigmoid", "sigmoid({0})", _sigmoid,
        doc="1 / (1 + e**-x), as torch.sigmoid (exact in the negative tail; where e**-x "
            "overflows to inf the result is 0)", onnx="Sigmoid")
 register("stop_gradient", "x: tensor", _number_unary_shape, expr="{0}", impl=np.positive,
-         flops=lambda ins, out, **_: 0, samples=(Sample(((3, 4),), grad=False),), family="elementwise",
+         flops=lambda ins, out, **_: 0, samples=(Sample(((3, 4),), grad=False),),
+         family="elementwise",
          onnx=onnx_op("Identity"),
          traits={ELEMENTWISE, UNARY, NONDIFF},
          doc="x itself, a constant to autodiff: no gradient flows back through it (the "

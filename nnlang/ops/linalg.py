@@ -50,6 +50,7 @@ def _matmul_flops(ins, out):
 
 register("matmul", "a: tensor, b: tensor", _matmul_shape, impl=np.matmul, grad=_matmul_grad,
          onnx=onnx_op("MatMul"),
-         lower=both(lambda be, a, xs, out: be.gemm(xs[0], xs[1], out)), flops=_matmul_flops, family="linalg", traits={LINALG}, doc="a @ b",
+         lower=both(lambda be, a, xs, out: be.gemm(xs[0], xs[1], out)), flops=_matmul_flops,
+         family="linalg", traits={LINALG}, doc="a @ b",
          samples=(Sample(((3, 4), (4, 5))), Sample(((2, 3, 4), (4, 5))),
                   Sample(((2, 3, 4), (2, 4, 2)))))

@@ -347,7 +347,8 @@ def kept_mean(b, rows: int, keep: int) -> int:
 
 
 def kept_only(b, rows: int, keep: int) -> int:
-    """`rows` where `keep` is not 0, else 0 (a kept row's loss; a one-hot label's term). NOTE: selected, not multiplied: an ignored row's loss
+    """`rows` where `keep` is not 0, else 0 (a kept row's loss; a one-hot label's term).
+    NOTE: selected, not multiplied: an ignored row's loss
     is inf when its label's logit is -inf (the padding id masked out of the vocabulary), and
     0 * inf was a nan loss where PyTorch leaves the row out."""
     zero = const_like(b, 0.0, rows)

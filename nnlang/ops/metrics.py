@@ -1,5 +1,5 @@
-"""Metric composites: scalar scores in the predictions' float dtype, reported next to the loss. They are built from
-comparisons (NONDIFF), so autodiff never walks through them.
+"""Metric composites: scalar scores in the predictions' float dtype, reported next to the loss.
+They are built from comparisons (NONDIFF), so autodiff never walks through them.
 """
 from __future__ import annotations
 

@@ -142,7 +142,8 @@ class Ranks:
         ranks' gradients and the loop the ranks' metrics: right for a mean, silently other for
         a sum over the batch (N times too small a gradient) or exp of a mean. A loss nearer a
         sum over the rows than a mean is an error; any other that is not a mean (a mean over a
-        mask's real tokens) and a metric get a note (validation and test evaluate whole batches, so only
+        mask's real tokens) and a metric get a note (validation and test evaluate whole
+        batches, so only
         a metric's training column is the ranks' mean). Rows are split in evaluation only when
         every value passed and the shards differed enough to show a non-mean."""
         if not self.many:
