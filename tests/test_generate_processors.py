@@ -533,8 +533,8 @@ def test_generate_streams_one_prompt_to_a_terminal_and_ends_with_the_usual_outpu
         def isatty(self):
             return True
     screen = Terminal()
-    monkeypatch.setattr(cmds, "console", lambda: Console(file=screen, force_terminal=True,
-                                                         width=60, height=10))
+    monkeypatch.setattr(cmds, "one_process", lambda _: Console(
+        file=screen, force_terminal=True, width=60, height=10))
     cli(*args, cwd=tmp_path, code=0)
     raw = screen.getvalue()
     escapes = r"\x1b\[[0-9;?]*[A-Za-z]"
@@ -572,8 +572,8 @@ def test_generate_on_a_terminal_resolves_its_settings_once(tmp_path, monkeypatch
     calls = []
     resolve = gen.options_from
     monkeypatch.setattr(gen, "options_from", lambda *a: calls.append(a) or resolve(*a))
-    monkeypatch.setattr(cmds, "console", lambda: Console(file=Terminal(), force_terminal=True,
-                                                         width=200, height=10))
+    monkeypatch.setattr(cmds, "one_process", lambda _: Console(
+        file=Terminal(), force_terminal=True, width=200, height=10))
     cli(*args, cwd=tmp_path, code=0)
     assert len(calls) == 1
     bad = cli(*args, "--top-k", "0", cwd=tmp_path, code=1)
