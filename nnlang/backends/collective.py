@@ -65,6 +65,19 @@ def init(timeout: float | None = None) -> "World":
     return _current
 
 
+def _end_the_job_on_an_uncaught_exception(world: "World") -> None:
+    """A user's script that raises on one rank (`mpirun -n 2 python train.py`) printed its
+    traceback and exited, while the other ranks waited in their next collective until the
+    watchdog's timeout (60 s) said a rank died. As torchrun ends a job one of whose workers
+    failed, the traceback is printed and then the whole job ends at once."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        previous(kind, value, tb)
+        world.abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
+    sys.excepthook = hook
+
+
 def interpreter_refused(size: int, hint: str) -> NNError:
     """The reference backend under N processes: its interpreter has no collectives (its
     allreduce is the identity), so each rank would train its own model on its own rows."""
@@ -113,6 +126,7 @@ class World:
         self.seconds = 0.0            # time spent inside step allreduces (benchmarks)
         if comm is not None:
             threading.Thread(target=self._watch, daemon=True, name="nnlang-watchdog").start()
+            _end_the_job_on_an_uncaught_exception(self)
 
     # *** the compiled step's collective ***
     def allreduce_sum(self, src: np.ndarray, out: np.ndarray) -> None:
