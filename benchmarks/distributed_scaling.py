@@ -50,7 +50,9 @@ def worker(model: str, steps: int, out: str, one_cpu: bool) -> None:
     world = dist.init()
     program = nnlang.load(str(ROOT / "models" / f"{model}.nn"))
     batch = program.train.batch
-    net = nnlang.compile(program, batch=batch // dist.size(), seed=0)
+    # NOTE: total_steps only so that a cosine schedule is told the run's length (each worker
+    # warned it was not); the steps timed here do not depend on the rate
+    net = nnlang.compile(program, batch=batch // dist.size(), seed=0, total_steps=10**6)
     dist.broadcast_parameters(net)
     rng = np.random.default_rng(0)
     feeds = [dist.shard(random_batch(net, batch, rng)) for _ in range(4)]

@@ -476,6 +476,13 @@ def test_bad_generation_requests_are_clear_errors():
         options_from(spec, {"max_new": 2.5})
     with pytest.raises(NNError, match="prompts are int"):
         generate(net, 123, tokenizer=CharTokenizer(CHARS))
+    # a column of texts as numpy holds it (a DataFrame's .values) is a list of prompts
+    texts = np.array(["the", "a"])
+    got = generate(net, texts, tokenizer=CharTokenizer(CHARS), max_new=3, greedy=True)
+    want = generate(net, ["the", "a"], tokenizer=CharTokenizer(CHARS), max_new=3, greedy=True)
+    assert [s.ids for s in got.samples] == [s.ids for s in want.samples]
+    with pytest.raises(NNError, match="prompts are ndarray"):   # not texts: ids, a 2-D table
+        generate(net, np.zeros((2, 3), np.int64), tokenizer=CharTokenizer(CHARS))
     s2s = Net(load(SEQ2SEQ), backend="reference", batch=2, seed=3)
     gen = Generator(s2s, s2s.program.generate, CharTokenizer("0123456789-"))
     with pytest.raises(NNError, match="the prompt is empty"):

@@ -271,6 +271,8 @@ def prepared(net, prompts, options: dict) -> tuple[list, dict]:
     spec = _spec(net)
     if isinstance(prompts, str):
         prompts = [prompts]
+    elif isinstance(prompts, np.ndarray) and prompts.ndim == 1 and prompts.dtype.kind in "UO":
+        prompts = prompts.tolist()   # NOTE: a column of texts (a DataFrame's .values) is a list
     elif not isinstance(prompts, (list, tuple)):
         raise NNError(f"prompts are {type(prompts).__name__}: give a string or a list of "
                       "strings")
