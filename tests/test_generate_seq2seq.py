@@ -68,6 +68,9 @@ def test_held_out_exact_match_counts_whole_sequences(model):
     assert [s.prompt for s in r["samples"]] == [tok.decode(row) for row in source]
     beam = held_out(net, source, target, tok, beam=2)
     assert beam["n"] == 8 and all(len(s.ids) <= 11 for s in beam["samples"])
+    # no rows at all: said so (it was "must be rows of token ids ... got [0, 32]")
+    with pytest.raises(nnlang.NNError, match=r"hold no examples \(\[0, "):
+        held_out(net, source[:0], target[:0], tok, greedy=True)
 
 
 def test_later_decoder_positions_do_not_reach_earlier_ones(model):

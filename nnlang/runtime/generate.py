@@ -394,7 +394,11 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
 def _id_rows(rows, what: str, gen) -> np.ndarray:
     """`rows` as a 2-D array of whole-number ids the tokenizer has."""
     arr = np.asarray(rows)
-    if arr.ndim != 2 or arr.dtype.kind not in "iuf" or not len(arr):
+    if arr.ndim == 2 and not len(arr):
+        # NOTE: it said "must be rows of token ids ... got [0, 32]": they are, just none
+        raise NNError(f"{what} hold no examples ({list(arr.shape)}): nothing to evaluate",
+                      hint="pass at least one row (a held-out set's sources and targets)")
+    if arr.ndim != 2 or arr.dtype.kind not in "iuf":
         raise NNError(f"{what} must be rows of token ids, [examples, length]; got "
                       f"{arr.dtype} {list(arr.shape)}", hint="encode text with the tokenizer")
     if arr.dtype.kind == "f" and not np.array_equal(arr, np.trunc(arr)):
