@@ -70,6 +70,12 @@ def cache_dir() -> Path:
     return cache_subdir("kernels") or private_dir("kernels")
 
 
+def _shared_dir() -> Path:
+    """<cache root>/kernels whether or not this process can write it (a shared pre-built cache
+    is read there)."""
+    return user_cache_dir() / "kernels"
+
+
 class Pending:
     """The compiled entry of a kernel requested inside `NumbaBackend.together()`, once known.
     Callable, so a call built inside a nested `together` (a scan body's kernel call, its
@@ -311,7 +317,7 @@ def _kernel_file(key: str, source: str) -> Path:
     """The kernel module's file: in the cache, or (the cache full or read-only) in this
     process's private folder. NOTE: one the cache holds is read there even when the cache is
     read-only (a shared pre-built one): with numba's cache beside it (`_ReadOnlyKernels`)."""
-    path = user_cache_dir() / "kernels" / f"k_{key}.py"
+    path = _shared_dir() / f"k_{key}.py"
     if _holds(path, source):
         return path
     path = cache_dir() / path.name
@@ -341,7 +347,7 @@ class _ReadOnlyKernels(InTreeCacheLocator):
     @classmethod
     def from_function(cls, py_func, py_file):
         folder = Path(py_file).parent
-        if not py_func.__module__.startswith(_KERNELS) or folder != user_cache_dir() / "kernels" \
+        if not py_func.__module__.startswith(_KERNELS) or folder != _shared_dir() \
                 or os.access(folder / "__pycache__", os.W_OK) \
                 or not (folder / "__pycache__").is_dir():
             return None
