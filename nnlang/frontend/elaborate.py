@@ -24,7 +24,7 @@ from nnlang.frontend.parser import parse
 from nnlang.frontend.scan import ScanElaboration
 from nnlang.frontend.source import load_source
 from nnlang.frontend.train_config import (SAID_ELSEWHERE, TRAIN_SET_KEYS, TrainConfig,
-                                         elaborate_train)
+                                         elaborate_train, frozen_penalized)
 from nnlang.frontend.values import (POISON, TENSOR_BINOPS, Abort, Initializer, Scope, T,
                                     eval_binop, join_path)
 from nnlang.gc_pause import paused_gc
@@ -504,9 +504,8 @@ class Elaborator(CallElaboration, ScanElaboration):
             self.fail(f"{setting} lists weights by path, like [h.weight, c1.weight]", e.span)
         node = self.g.node(self.weight_ref(e, Scope("")).id)
         if not node.attrs.get("trainable", True):
-            self.fail(f"{setting} names '{e.path}', a frozen weight (trainable = false): "
-                      "a penalty cannot change it", e.span,
-                      "drop it from the list, or make its layer trainable")
+            why, hint = frozen_penalized(e.path)
+            self.fail(f"{setting} {why}", e.span, hint)
         return node.attrs["name"]
 
     def binop(self, e: ast.BinOp, scope: Scope, target):

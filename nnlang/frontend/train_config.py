@@ -526,14 +526,27 @@ def elaborate_train(t: ast.TrainDef, evaluate, errors: ErrorSink, abort,
     for name in PENALTY_LISTS:
         rate = name[:2]
         if name in values and not values.get(rate):
-            errors.add(f"{name} names the weights of the {rate} penalty, but {rate} is 0",
-                       list_spans[name], f"set its strength too, e.g. {rate} = 1e-4")
+            errors.add(f"{name} {rateless_penalty(name)}", list_spans[name],
+                       f"set its strength too, e.g. {rate} = 1e-4")
     if "schedule" in values and (problem := rising_schedule(
             values.get("optimizer", TrainConfig.optimizer), values["schedule"])):
         sched = choice_spans["schedule"]
         errors.add(problem[0], sched.get("min_lr", sched[""]), problem[1])
         del values["schedule"]   # NOTE: reported here, with its place; TrainConfig would again
     return TrainConfig(**values)
+
+
+def frozen_penalized(path: str) -> tuple[str, str]:
+    """(what follows the setting, hint) for a penalty list naming a frozen weight, in the train
+    section (`Elaborator.penalized_weight`) and from --set or fit (`overrides`) alike."""
+    return (f"names '{path}', a frozen weight (trainable = false): a penalty cannot change it",
+            "drop it from the list, or make its layer trainable")
+
+
+def rateless_penalty(setting: str) -> str:
+    """What follows a penalty list's name when its penalty's strength (l1, l2) is 0."""
+    rate = setting[:2]
+    return f"names the weights of the {rate} penalty, but {rate} is 0"
 
 
 def _penalty_list(s, weight, errors: ErrorSink, abort) -> tuple | None:

@@ -13,8 +13,9 @@ from nnlang.errors import Given, NNError, did_you_mean
 from nnlang.frontend.elaborate import Program, layer_weights_hint, load_text
 from nnlang.frontend.lint import retrained
 from nnlang.frontend.source import load_source, read_source
-from nnlang.frontend.train_config import (FLAGS, Choice, TrainConfig, option_problem,
-                                         options_problem, range_problem, rising_schedule,
+from nnlang.frontend.train_config import (FLAGS, PENALTY_LISTS, Choice, TrainConfig,
+                                         frozen_penalized, option_problem, options_problem,
+                                         range_problem, rateless_penalty, rising_schedule,
                                          setting_habit)
 from nnlang.train import feeds
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES, unknown_choice_hint
@@ -295,9 +296,10 @@ def _load_for(source: str, file: str, hp: dict, model, resuming: bool):
 def _check_penalty_lists(cfg: TrainConfig, program, spans: dict) -> None:
     """l1_on / l2_on from --set (or fit's settings) name trainable weights of the model, and
     their penalty has a strength: the train section's own are checked where they are written
-    (elaborate.penalized_weight), with the same words. Either slip left the penalty a no-op."""
+    (elaborate.penalized_weight), with the same words (train_config's frozen_penalized and
+    rateless_penalty). Either slip left the penalty a no-op."""
     graph = program.graph
-    for key in ("l1_on", "l2_on"):
+    for key in PENALTY_LISTS:
         names, rate = getattr(cfg, key), key[:2]
         for name in names or ():
             if name not in graph.params:
@@ -307,15 +309,12 @@ def _check_penalty_lists(cfg: TrainConfig, program, spans: dict) -> None:
                               did_you_mean(name, list(graph.params)) or
                               f"its weights: {', '.join(list(graph.params)[:8])}")
             if not graph.node(graph.params[name]).attrs.get("trainable", True):
-                raise NNError(f"train setting '{key}' names '{name}', a frozen weight "
-                              "(trainable = false): a penalty cannot change it",
-                              given_span(spans, key),
-                              hint="drop it from the list, or make its layer trainable")
+                why, hint = frozen_penalized(name)
+                raise NNError(f"train setting '{key}' {why}", given_span(spans, key), hint=hint)
         # NOTE: --set l2=0 turns off a penalty whose l2_on the file gives; that is no slip
         given = names != (program.train and getattr(program.train, key))
         if names and given and not getattr(cfg, rate):
-            raise NNError(f"train setting '{key}' names the weights of the {rate} penalty, "
-                          f"but {rate} is 0", given_span(spans, key),
+            raise NNError(f"train setting '{key}' {rateless_penalty(key)}", given_span(spans, key),
                           hint=f"set its strength too, e.g. --set {rate}=1e-4")
 
 
