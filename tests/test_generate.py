@@ -281,7 +281,7 @@ def test_a_conflict_with_a_sections_setting_points_at_it_not_at_a_flag():
         assert source.splitlines()[line - 1][span.col - 1:].startswith(at.split(" = ")[1])
     with pytest.raises(NNError) as err:
         options_from(spec, {"stop_strings": ["x"], "beam": 3})
-    assert "(--beam 3)" in err.value.message and "drop --beam" in err.value.hint
+    assert "(beam=3)" in err.value.message and "drop beam" in err.value.hint   # Python's words
     # min_new_tokens without a stop token: the section's was said as --min-new-tokens
     source = LM.replace("logits = logits    #", "min_new_tokens = 2  logits = logits    #")
     net = lm_net(source=source)
@@ -439,8 +439,7 @@ def test_contradicting_decoding_flags_are_errors():
     with pytest.raises(NNError, match=r"greedy=True and beam=3 ask for two decodings") as err:
         options_from(spec, {"greedy": True, "beam": 3})
     assert "--" not in err.value.hint
-    with pytest.raises(NNError, match=r"--length-penalty \(length_penalty=\) has no effect "
-                                      "without beam search"):
+    with pytest.raises(NNError, match=r"error: length_penalty has no effect without beam search"):
         options_from(spec, {"length_penalty": 0.5, "temperature": 0.7})
     assert options_from(spec, {"greedy": True, "beam": 1})["beam"] == 1
     assert options_from(spec, {"beam": 2, "length_penalty": 0.5})["length_penalty"] == 0.5
@@ -472,7 +471,7 @@ def test_bad_generation_requests_are_clear_errors():
         generator(started).generate(["x" * 16], options_from(started.program.generate, {}))
     # NOTE: the hint said "at most 16 tokens", and a prompt of 16 is the one refused here
     assert "at most 15 tokens" in err.value.hint, err.value.hint
-    with pytest.raises(NNError, match=r"--max-new \(max_new=\)"):   # a Python user's name too
+    with pytest.raises(NNError, match=r"error: max_new: 2.5 is not an int"):   # a Python user's name
         options_from(spec, {"max_new": 2.5})
     with pytest.raises(NNError, match="prompts are int"):
         generate(net, 123, tokenizer=CharTokenizer(CHARS))
@@ -487,6 +486,49 @@ def test_bad_generation_requests_are_clear_errors():
     gen = Generator(s2s, s2s.program.generate, CharTokenizer("0123456789-"))
     with pytest.raises(NNError, match="the prompt is empty"):
         gen.generate([""], options_from(s2s.program.generate, {"max_new": 3}))
+
+
+@pytest.mark.parametrize("options,python,flag", [
+    ({"max_new": 2.5}, "max_new: 2.5 is not an int", "--max-new: 2.5"),
+    ({"length_penalty": 0.5}, "drop length_penalty", "drop --length-penalty"),
+    ({"beam": 2, "stop_strings": "x"}, "stop_strings works with", "--stop-string works with"),
+    ({"num_return_sequences": 3, "beam": 2}, "num_return_sequences=3: ",
+     "--num-return-sequences 3: "),
+    ({"min_new_tokens": 5, "max_new": 2}, "raise max_new", "raise --max-new"),
+    ({"min_new_tokens": 2}, "drop min_new_tokens", "drop --min-new-tokens"),
+    ({"stop_strings": [3]}, "stop_strings: 3 is int", "--stop-string: 3 is int"),
+    ({"stop_strings": ["\\"]}, "stop_strings '\\\\' is not", "--stop-string '\\\\' is not"),
+    ({"stop_strings": [""]}, "stop_strings is empty", "--stop-string is empty"),
+    ({"stop": 500}, "stop token id 500", "--stop-id: stop token id 500"),
+    ({"stop": "xyz"}, "or a token id", "(--stop-id N)"),
+    ({"stop": 0}, "stop token id 0 is padding", "--stop-id: stop token id 0"),
+])
+def test_generate_errors_name_the_keyword_from_python_and_the_flag_from_the_cli(
+        options, python, flag):
+    """net.generate serves Python and `nnlang generate`: its errors said both,
+    "--max-new (max_new=): 2.5 is not an int", and hints named flags to Python callers ("drop
+    --length-penalty"). Each now says its caller's words (errors.said_as)."""
+    from nnlang.errors import command_line
+    net, tok = lm_net(), CharTokenizer(CHARS)
+    with pytest.raises(NNError) as err:
+        net.generate(["the"], tokenizer=tok, **{"max_new": 3, **options})
+    text = err.value.render()
+    assert python in text and "--" not in text and "=)" not in text, text
+    with pytest.raises(NNError) as err, command_line():
+        net.generate(["the"], tokenizer=tok, **{"max_new": 3, **options})
+    text = err.value.render()
+    assert flag in text and "=)" not in text and "=" not in text.split("hint")[0], text
+
+
+def test_no_prompt_hints_at_the_callers_way_to_give_one():
+    from nnlang.errors import command_line
+    net, tok = lm_net(), CharTokenizer(CHARS)
+    with pytest.raises(NNError, match="no prompt given") as err:
+        net.generate([], tokenizer=tok)
+    assert err.value.hint == "pass a string, or a list of strings"
+    with pytest.raises(NNError) as err, command_line():
+        net.generate([], tokenizer=tok)
+    assert "--prompt TEXT" in err.value.hint
 
 
 def test_a_model_that_mixes_positions_falls_back_to_recomputation():
@@ -1006,7 +1048,7 @@ def test_numpy_numbers_are_numbers_to_generate():
         want = net.generate(["the"], tokenizer=tok, **python)
         got = net.generate(["the"], tokenizer=tok, **numpy)
         assert got.texts == want.texts and got.mode == want.mode
-    with pytest.raises(NNError, match=r"--max-new \(max_new=\): 2.5 is not an int"):
+    with pytest.raises(NNError, match=r"error: max_new: 2.5 is not an int"):
         net.generate(["the"], tokenizer=tok, max_new=np.float64(2.5))
 
 

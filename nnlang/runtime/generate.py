@@ -26,7 +26,13 @@ FLAGS = {"max_new": "--max-new", "temperature": "--temperature", "top_k": "--top
          "top_p": "--top-p", "beam": "--beam", "length_penalty": "--length-penalty",
          "seed": "--seed", "stop": "--stop", "repetition_penalty": "--repetition-penalty",
          "no_repeat_ngram_size": "--no-repeat-ngram-size", "min_new_tokens": "--min-new-tokens",
-         "num_return_sequences": "--num-return-sequences"}
+         "num_return_sequences": "--num-return-sequences", "stop_strings": "--stop-string"}
+
+
+def _flag(name: str) -> str:
+    """A generation setting's name as its caller knows it: the flag under the CLI
+    (`--max-new`), the keyword argument from Python (`max_new`)."""
+    return said_as(FLAGS[name], name)
 
 
 def _named(name: str, value=None) -> str:
@@ -133,11 +139,10 @@ def options_from(spec, given: dict) -> dict:
     given = {k: v.item() if isinstance(v, np.generic) else v for k, v in given.items()}
     for name, v in given.items():
         if v is not None and name in SAMPLING and (problem := sampling_problem(name, v)):
-            # NOTE: the flag and the keyword, since `Net.generate` serves the CLI and Python
-            raise NNError(f"{FLAGS[name]} ({name}=): {problem}")
+            raise NNError(f"{_flag(name)}: {problem}")
     explicit = {k: v for k, v in given.items() if v is not None}
     if "greedy" in explicit:   # NOTE: greedy="no" is truthy: it decoded greedily
-        explicit["greedy"] = as_bool(explicit["greedy"], "--greedy (greedy=)")
+        explicit["greedy"] = as_bool(explicit["greedy"], said_as("--greedy", "greedy"))
     if explicit.get("greedy") and explicit.get("beam", 1) > 1:
         greedy, beam = _named("greedy"), _named("beam", explicit["beam"])
         raise NNError(f"{greedy} and {beam} ask for two decodings: greedy decoding keeps one "
@@ -172,8 +177,9 @@ def options_from(spec, given: dict) -> dict:
     if "length_penalty" in explicit and opts["beam"] == 1:
         # NOTE: it only scores finished beam hypotheses; dropped silently, a sampled or greedy
         # run looked as if it had been length-normalized
-        raise NNError(f"{FLAGS['length_penalty']} (length_penalty=) has no effect without beam "
-                      "search", hint="add --beam W (W > 1), or drop --length-penalty")
+        raise NNError(f"{_flag('length_penalty')} has no effect without beam search",
+                      hint=f"add {said_as('--beam W', 'beam=W')} (W > 1), or drop "
+                      f"{_flag('length_penalty')}")
     opts["sample"] = not opts.pop("greedy", False) and opts["beam"] == 1 and any(
         k in opts for k in ("temperature", "top_k", "top_p"))
     _check_counts(spec, explicit, opts)
@@ -188,17 +194,18 @@ def options_from(spec, given: dict) -> dict:
         # completed over several tokens has no such place in HF's beam bookkeeping either
         # NOTE: the beam may be the section's: "drop --beam" named a flag never typed
         given = "beam" in explicit
-        raise NNError("--stop-string (stop_strings=) works with greedy decoding and sampling, "
+        raise NNError(f"{_flag('stop_strings')} works with greedy decoding and sampling, "
                       f"not with beam search ({_shown('beam', explicit, opts)})",
                       None if given else spec.spans.get("beam"),
-                      ("drop --beam" if given else "pass --beam 1 (or --greedy) to set the "
-                       "section's beam aside") + ", or end the beams at a stop token (--stop)")
+                      (f"drop {_flag('beam')}" if given else f"pass {_named('beam', 1)} (or "
+                       f"{_named('greedy')}) to set the section's beam aside") +
+                      f", or end the beams at a stop token ({said_as('--stop', 'stop=...')})")
     return opts
 
 
 def _shown(key: str, explicit: dict, opts: dict) -> str:
     """A setting as the user gave it: the flag, or the generate section's `key = value`."""
-    return (f"{FLAGS[key]} {opts[key]}" if key in explicit else
+    return (_named(key, opts[key]) if key in explicit else
             f"the generate section's {key} = {opts[key]}")
 
 
@@ -209,8 +216,8 @@ def _check_counts(spec, explicit: dict, opts: dict) -> None:
         return _shown(key, explicit, opts)
     if (problem := returns_problem(opts, show)) is not None:
         given = "num_return_sequences" in explicit
-        raise NNError(f"{FLAGS['num_return_sequences']} (num_return_sequences=) "
-                      f"{opts['num_return_sequences']}: {problem[0]}" if given else
+        raise NNError(f"{_named('num_return_sequences', opts['num_return_sequences'])}: "
+                      f"{problem[0]}" if given else
                       f"generate setting 'num_return_sequences': {problem[0]}",
                       None if given else spec.spans.get("num_return_sequences"), problem[1])
     if opts["min_new_tokens"] > opts["max_new"]:
@@ -219,7 +226,7 @@ def _check_counts(spec, explicit: dict, opts: dict) -> None:
                       # the section's setting of the two, where one is (a flag has no place)
                       next((spec.spans.get(k) for k in ("min_new_tokens", "max_new")
                             if k not in explicit), None),
-                      "lower the minimum, or raise --max-new")
+                      f"lower the minimum, or raise {_flag('max_new')}")
 
 
 def unescape(text: str) -> str:
@@ -243,15 +250,14 @@ def _stop_strings(value) -> tuple:
     out = []
     for v in value:
         if not isinstance(v, str):
-            raise NNError(f"--stop-string (stop_strings=): {v!r} is "
-                          f"{type(v).__name__}, not text")
+            raise NNError(f"{_flag('stop_strings')}: {v!r} is {type(v).__name__}, not text")
         try:
             text = unescape(v)
         except UnicodeDecodeError as err:
-            raise NNError(f"--stop-string {v!r} is not a valid escape ({err.reason})",
+            raise NNError(f"{_flag('stop_strings')} {v!r} is not a valid escape ({err.reason})",
                           hint="write a backslash itself as \\\\") from None
         if not text:
-            raise NNError("--stop-string (stop_strings=) is empty: every text ends with it",
+            raise NNError(f"{_flag('stop_strings')} is empty: every text ends with it",
                           hint="give the text that ends a sequence, e.g. \"\\n\\n\"")
         out.append(text)
     return tuple(dict.fromkeys(out))
@@ -368,7 +374,7 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
         # NOTE: one decoded row per example is compared with its target
         raise NNError("held-out decoding scores one sequence per example; "
                       f"num_return_sequences={opts['num_return_sequences']} would give "
-                      f"{opts['num_return_sequences']}", hint="drop --num-return-sequences")
+                      f"{opts['num_return_sequences']}", hint=f"drop {_flag('num_return_sequences')}")
     if opts.get("stop_strings"):
         # NOTE: the targets are cut at the stop token to be compared id for id
         raise NNError("held-out decoding compares ids through the stop token; stop_strings "
@@ -478,7 +484,8 @@ class Generator:
         if never is not None:
             # NOTE: accepted silently, such a stop let every sequence run to max_new
             span = self.spec.spans.get("stop") if value == self.spec.stop else None
-            flag = "" if span else ("--stop-id: " if isinstance(value, int) else "--stop: ")
+            flag = "" if span else said_as("--stop-id: " if isinstance(value, int) else
+                                           "--stop: ", "")
             token = (f"id {got}" if isinstance(value, int) else f"{value!r} (id {got})")
             raise NNError(f"{flag}stop token {token} is {never}, which generation never "
                           "produces, so no sequence would end there", span,
@@ -498,7 +505,7 @@ class Generator:
         points at the generate section when they came from there, else names the flag."""
         from nnlang.data import DataError
         span = self._section_span("stop_strings", strings)
-        what = "--stop-string" if span is None else "stop_strings"
+        what = _flag("stop_strings") if span is None else "stop_strings"
         for text in strings:
             try:
                 ids = self.tok.encode(text, what)
@@ -521,7 +528,8 @@ class Generator:
             # NOTE: a bool is an int in Python: stop=True ended sequences at id 1
             raise NNError(f"{what} is {value!r}: give a token id or its text")
         flag = f"--{what}-id" if isinstance(value, int) else f"--{what}"
-        what = what if span else f"{flag}: {what}"
+        # NOTE: a Python caller gave `stop=`, text or id alike: no flag to name
+        what = what if span else said_as(f"{flag}: {what}", what)
         if isinstance(value, int):
             if not 0 <= value < self.spec.vocab:
                 raise NNError(f"{what} token id {value} is outside the vocabulary "
@@ -538,15 +546,17 @@ class Generator:
         if got is None:
             raise NNError(f"{what} token {value!r} is not in the tokenizer's vocabulary",
                           span, "give one token (a single character for a character "
-                          f"tokenizer) or a token id{'' if span else f' ({flag}-id N)'}")
+                          f"tokenizer) or a token id"
+                          f"{'' if span else said_as(f' ({flag}-id N)', '')}")
         return got
 
     def encode(self, prompts: list[str]):
         """(decoder token ids per prompt, source ids per prompt or None)."""
         from nnlang.data import DataError
         if not prompts:
-            raise NNError("no prompt given", hint="pass --prompt TEXT (repeatable) or "
-                          "--prompt-file FILE")
+            raise NNError("no prompt given", hint=said_as(
+                "pass --prompt TEXT (repeatable) or --prompt-file FILE",
+                "pass a string, or a list of strings"))
         start = None if self.spec.start is None else self.token(self.spec.start, "start")
         dec, src = [], []
         for k, text in enumerate(prompts):
@@ -727,13 +737,13 @@ class Generator:
             # error pointed nowhere
             raise NNError(f"decoding {rows} rows at once (the generate section's {key} = "
                           f"{value}): {problem}", span,
-                          f"lower the section's {key}, or pass a smaller {FLAGS[key]}")
+                          f"lower the section's {key}, or pass a smaller {_flag(key)}")
         raise NNError(f"decoding {rows} rows at once: {problem}",
-                      hint=(f"use a smaller --beam (beam= here {width})" if width > 1 else
+                      hint=(f"use a smaller {_flag('beam')} (here {width})" if width > 1 else
                             # NOTE: one prompt sampled 10**8 times was told to give
                             # fewer prompts
-                            "use a smaller --num-return-sequences (num_return_sequences= "
-                            f"here {many}), or give fewer prompts at once" if many > 1 else
+                            f"use a smaller {_flag('num_return_sequences')} (here {many}), "
+                            "or give fewer prompts at once" if many > 1 else
                             "give fewer prompts at once"))
 
     def run(self, prompts: list[str], dec: list, src: list | None, opts: dict,
@@ -748,12 +758,11 @@ class Generator:
             span = self._section_span("min_new_tokens", opts["min_new_tokens"])
             # NOTE: the section's value was said as the flag, which the user had not typed
             said = (f"the generate section's min_new_tokens = {opts['min_new_tokens']}"
-                    if span is not None else f"{FLAGS['min_new_tokens']} (min_new_tokens=) "
-                    f"{opts['min_new_tokens']}")
+                    if span is not None else _named("min_new_tokens", opts["min_new_tokens"]))
             raise NNError(f"{said} has no effect without a stop token: it "
                           "keeps the stop token from ending a sequence too early", span,
-                          "give a stop token (--stop, --stop-id, or the section's `stop`), or "
-                          "drop min_new_tokens")
+                          f"give a stop token ({said_as('--stop, --stop-id', 'stop=...')}, or the "
+                          f"section's `stop`), or drop {_flag('min_new_tokens')}")
         width, many = opts["beam"], opts["num_return_sequences"]
         # NOTE: a sampled prompt's n samples are n rows (the same prompt n times, each its own
         # stream); beam search returns its n best hypotheses from its `width` rows
@@ -892,13 +901,14 @@ def _no_token_left(g: Generator, row: int, step: int, opts: dict, rows: slice):
         # repetition penalty) the error blamed that one
         why = (f"min_new_tokens {opts['min_new_tokens']} holds back the stop token, the only "
                "token with a finite score")
-        hint = "use a smaller --min-new-tokens"
+        hint = f"use a smaller {_flag('min_new_tokens')}"
     elif size:
         why = f"no_repeat_ngram_size {size} bans every token the tokenizer can write"
-        hint = "use a larger --no-repeat-ngram-size (or 0, off), or a smaller --max-new"
+        hint = (f"use a larger {_flag('no_repeat_ngram_size')} (or 0, off), or a smaller "
+                f"{_flag('max_new')}")
     else:
         why = f"repetition_penalty {penalty:g} leaves no token a finite score"
-        hint = "use a smaller --repetition-penalty"
+        hint = f"use a smaller {_flag('repetition_penalty')}"
     raise NNError(f"prompt {int(g.row_prompt[row]) + 1}: after {step} generated token(s) "
                   f"{why}, so no next token can be chosen", hint=hint)
 
