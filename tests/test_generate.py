@@ -431,6 +431,40 @@ def test_a_sampling_flag_overrides_a_sections_beam():
     assert [s.ids for s in got.samples] == [s.ids for s in want.samples]
 
 
+@pytest.mark.parametrize("settings,unused", [
+    ("beam = 3  temperature = 0.7", "temperature"), ("beam = 2  top_k = 5", "top_k"),
+    ("top_p = 0.9  beam = 2", "top_p"), ("length_penalty = 0.5", "length_penalty")])
+def test_a_sections_setting_its_own_decoding_leaves_unused_is_a_located_warning(settings,
+                                                                               unused):
+    """`beam = 3  temperature = 0.7` in a generate section decoded by beam search and dropped
+    the temperature without a word (--beam with --temperature is an error; Hugging Face's
+    GenerationConfig warns that a sampling flag "is only used in sample-based generation
+    modes"). A warning at the setting says so; it still applies to a call that samples."""
+    source = LM.replace("logits = logits    #", f"{settings}  logits = logits    #")
+    program = load(source)
+    warned = [w for w in program.warnings if unused in w.message]
+    assert len(warned) == 1 and warned[0].severity == "warning", program.warnings
+    text, span = warned[0].render(), warned[0].span
+    line = next(i for i, t in enumerate(source.splitlines(), 1) if settings in t)
+    assert span is not None and span.line == line and "^" in text
+    assert source.splitlines()[line - 1][span.col - 1:].startswith(
+        settings.split(f"{unused} = ")[1].split()[0])
+    assert f"generate setting '{unused}' has no effect" in text
+    # what the warning says: the section's own decoding is the same without the setting
+    tok = CharTokenizer(CHARS)
+    alone = " ".join(p for p in re.findall(r"\w+ = [\d.]+", settings) if unused not in p)
+    bare = lm_net(source=LM.replace("logits = logits    #", f"{alone}  logits = logits    #"))
+    got = lm_net(source=source).generate(["the"], max_new=4, tokenizer=tok)
+    assert got.texts == bare.generate(["the"], max_new=4, tokenizer=tok).texts
+
+
+@pytest.mark.parametrize("settings", ["temperature = 0.7  top_k = 5  top_p = 0.9",
+                                      "beam = 4  length_penalty = 0.5", "beam = 1"])
+def test_a_sections_settings_its_decoding_uses_are_no_warning(settings):
+    program = load(LM.replace("logits = logits    #", f"{settings}  logits = logits    #"))
+    assert not [w for w in program.warnings if "generate setting" in w.message]
+
+
 def test_contradicting_decoding_flags_are_errors():
     """--greedy with --beam 3 ran beam search, and --length-penalty without a beam was
     dropped: each silently did something else than one of the flags asked for."""

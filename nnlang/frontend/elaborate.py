@@ -17,7 +17,7 @@ from nnlang.errors import (ErrorSink, Given, NNError, Span, closest, did_you_mea
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration, number_text
 from nnlang.frontend.deep import deep_stack
-from nnlang.frontend.generate_config import elaborate_generate
+from nnlang.frontend.generate_config import elaborate_generate, section_warnings
 from nnlang.frontend.imports import collect_defs
 from nnlang.frontend.lint import lint
 from nnlang.frontend.parser import parse
@@ -732,7 +732,8 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
         scope = Scope("", vars=dict(hparams))
         gen = elaborate_generate(gdef, el.g, lambda e: el.const_expr(e, scope), errors, Abort)
     errors.raise_if_any()
-    warnings = lint(el.g, None if tdef is None else tdef.span, train)
+    warnings = lint(el.g, None if tdef is None else tdef.span, train) + (
+        [] if gen is None else section_warnings(gen))
     return Program(el.g, chosen.name, hparams, train, module.file, defs, warnings, gen)
 
 

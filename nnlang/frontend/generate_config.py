@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from nnlang.errors import ErrorSink, Span, did_you_mean
+from nnlang.errors import Diagnostic, ErrorSink, Span, did_you_mean
 from nnlang.frontend import ast
 from nnlang.frontend.lint import producer
 from nnlang.ir.dims import Sym
@@ -82,6 +82,32 @@ def returns_problem(o: dict, show) -> tuple[str, str] | None:
                 "token every step, the same each time)", "sample (temperature, top_k or "
                 f"top_p) for {n} independent samples, or use beam search with beam >= {n}")
     return None
+
+
+def section_warnings(spec: GenerateSpec) -> list[Diagnostic]:
+    """Settings of the generate section that its own decoding leaves unused, each a warning at
+    the setting: a sampling setting beside `beam` > 1 (beam search is deterministic; Hugging
+    Face's GenerationConfig warns that such a flag "is only used in sample-based generation
+    modes"), a `length_penalty` without it (only beam hypotheses are scored by length). Not
+    errors: each still applies to a call that picks the other decoding (`--beam 1`, `--beam W`)."""
+    # NOTE: `beam = 4  temperature = 0.7` decoded by beam search and dropped the temperature
+    # without a word; HF's beam-sample (do_sample with num_beams) is another search, not this one
+    values, found = spec.defaults, []
+    beam = values.get("beam", 1)
+    if beam > 1:
+        for k in (k for k in ("temperature", "top_k", "top_p") if k in values):
+            found.append(Diagnostic(
+                f"generate setting '{k}' has no effect with the section's beam = {beam}: beam "
+                "search is deterministic, so the section decodes without it", spec.spans.get(k),
+                f"drop {k}, or set beam = 1 to sample by default (a call that samples, with "
+                "beam 1 or a sampling setting of its own, still uses it)", severity="warning"))
+    elif "length_penalty" in values:
+        found.append(Diagnostic(
+            "generate setting 'length_penalty' has no effect without beam search: it scores "
+            "finished beam hypotheses by their length, and the section decodes with beam = 1",
+            spec.spans.get("length_penalty"), "drop length_penalty, or set beam = W (W > 1) "
+            "(a call with a beam of its own still uses it)", severity="warning"))
+    return found
 
 
 def elaborate_generate(d: ast.GenerateDef, g, evaluate, errors: ErrorSink, abort):
