@@ -1118,6 +1118,32 @@ def test_a_beam_wider_than_the_live_candidates_feeds_each_row_at_its_own_positio
     assert got.ids == want[1] and got.score == pytest.approx(want[0], abs=1e-9)
 
 
+def test_a_beam_that_finds_fewer_sequences_than_asked_for_says_so():
+    """Two writable tokens and one new token: two sequences exist, and num_return_sequences=4
+    gave each prompt two without a word (the CLI numbered them "1 of 4", "2 of 4"). A warning
+    names the prompts and the settings, the keyword from Python and the flag from the CLI."""
+    import warnings
+    from nnlang.errors import NNWarning, command_line
+    tok, net, _ = _tiny_gpt_for_beams("ab")
+    ask = dict(beam=4, num_return_sequences=4, tokenizer=tok)
+    with pytest.warns(NNWarning) as caught:
+        got = net.generate(["a", "ab"], max_new=1, **ask)
+    assert [sorted(s.text for s in g) for g in got.grouped] == [["a", "b"], ["a", "b"]]
+    text = str(caught[0].message)
+    assert "prompt 1 has 2, prompt 2 has 2: fewer sequences than num_return_sequences=4" in text
+    assert "--" not in text
+    with pytest.warns(NNWarning) as caught, command_line():
+        net.generate(["a"], max_new=1, **ask)
+    text = str(caught[0].message)
+    assert "prompt 1 has 2: fewer sequences than --num-return-sequences 4" in text
+    assert "--max-new" in text
+    # two new tokens: four sequences exist, the four asked for, and no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NNWarning)
+        got = net.generate(["a"], max_new=2, **ask)
+    assert sorted(s.text for s in got.samples) == ["aa", "ab", "ba", "bb"]
+
+
 @pytest.mark.parametrize("width", [2, 3])
 def test_beam_search_goes_on_while_the_best_candidate_is_a_stop(width):
     """HF's is_done compares the worst finished hypothesis with the step's best candidate

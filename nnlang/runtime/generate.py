@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nnlang.errors import NNError, said_as, with_article
+from nnlang.errors import NNError, said_as, warn, with_article
 from nnlang.files import as_bool, as_path
 from nnlang.frontend.generate_config import BASE, SAMPLING, returns_problem, sampling_problem
 from nnlang.gc_pause import paused_gc
@@ -802,7 +802,26 @@ class Generator:
         result = Generation(samples, self.mode, self.reason, opts, [int(k) for k in owner])
         if any(s.stopped == "interrupted" for s in samples):
             raise Interrupted(result)
+        if width > 1:
+            _fewer_than_asked(result.grouped, many, width)
         return result
+
+
+def _fewer_than_asked(groups: list, many: int, width: int) -> None:
+    """A warning for the prompts whose beam search found fewer than `many` sequences: only where
+    no more sequences of that length can be written (docs/generation.md)."""
+    # NOTE: the short group was handed back without a word (the CLI numbered them "1 of 4",
+    # "2 of 4" and stopped), and a loop over result.grouped[k] read past its end
+    short = [(p, len(g)) for p, g in enumerate(groups) if len(g) < many]
+    if not short:
+        return
+    shown = ", ".join(f"prompt {p + 1} has {n}" for p, n in short[:5]) + \
+        (f", and {len(short) - 5} more prompts" if len(short) > 5 else "")
+    warn(f"{shown}: fewer sequences than {_named('num_return_sequences', many)} asks for; "
+         f"beam search ({_named('beam', width)}) found no other sequence it could write (the "
+         "tokens the tokenizer writes, less any a repetition setting bans, allow no more at "
+         "that length)", hint=f"ask for fewer with {_flag('num_return_sequences')}, or allow "
+         f"longer sequences with {_flag('max_new')}")
 
 
 def _host(a):
