@@ -554,7 +554,9 @@ def test_generate_errors_name_the_keyword_from_python_and_the_flag_from_the_cli(
     assert flag in text and "=)" not in text and "=" not in text.split("hint")[0], text
 
 
-def test_no_prompt_hints_at_the_callers_way_to_give_one():
+def test_no_prompt_and_no_tokenizer_hint_at_what_the_caller_can_give():
+    """"no prompt given" told a Python caller to "pass --prompt TEXT", and a missing tokenizer
+    told a CLI user to "pass tokenizer=... in Python", which the command cannot."""
     from nnlang.errors import command_line
     net, tok = lm_net(), CharTokenizer(CHARS)
     with pytest.raises(NNError, match="no prompt given") as err:
@@ -563,6 +565,12 @@ def test_no_prompt_hints_at_the_callers_way_to_give_one():
     with pytest.raises(NNError) as err, command_line():
         net.generate([], tokenizer=tok)
     assert "--prompt TEXT" in err.value.hint
+    with pytest.raises(NNError, match="no train data set to take a tokenizer from") as err:
+        net.generate(["the"])
+    assert err.value.hint.endswith("train section, or pass tokenizer=...")
+    with pytest.raises(NNError) as err, command_line():
+        net.generate(["the"])
+    assert "tokenizer=" not in err.value.hint and "train section" in err.value.hint
 
 
 def test_a_model_that_mixes_positions_falls_back_to_recomputation():

@@ -102,6 +102,20 @@ def test_restore_of_a_save_is_the_same_net_and_its_next_step_the_same(tmp_path):
         np.testing.assert_array_equal(v, back.state_dict()[k], err_msg=k)
 
 
+def test_a_restore_that_does_not_fit_hints_at_the_callers_overrides(tmp_path):
+    """nnlang.restore of weights another model's size told a Python caller to check its "--set
+    values", a flag of the CLI; from Python it names load's overrides, from the CLI the flag."""
+    from nnlang.errors import command_line
+    nnlang.save(nnlang.compile(DROPOUT), tmp_path / "saved.npz")
+    other = DROPOUT.replace("hidden = 6", "hidden = 5")
+    with pytest.raises(NNError, match="does not fit model 'Drop'") as err:
+        nnlang.restore(other, tmp_path / "saved.npz")
+    assert "--" not in err.value.hint and "overrides" in err.value.hint, err.value.hint
+    with pytest.raises(NNError) as err, command_line():
+        nnlang.restore(other, tmp_path / "saved.npz")
+    assert "--set values" in err.value.hint
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_train_resume_from_a_save_goes_on_as_the_loop_does(tmp_path, dtype):
     """`nnlang train --resume --out SAVED` against the same loop going on in memory, both fed

@@ -332,7 +332,7 @@ def tokenizer_of(net, data_dir=None):
     if data is None:
         raise NNError(f"model '{program.model}' has no train data set to take a tokenizer "
                       "from", hint="add `data = ...` (a text data set such as imdb_text) to "
-                      "its train section, or pass tokenizer=... in Python")
+                      "its train section" + said_as("", ", or pass tokenizer=..."))
     try:
         ds = load_dataset(data.name, data_dir=data_dir, **data.options)
     except DataError as err:

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from nnlang.data.chars import tokenizer_from_meta
 from nnlang.data.registry import trained_words
-from nnlang.errors import NNError, Span
+from nnlang.errors import NNError, Span, said_as
 from nnlang.files import cannot_read, read_npy
 from nnlang.frontend.source import decode as decode_text
 from nnlang.ir.dims import Sym
@@ -79,7 +79,7 @@ def restore(program_or_path, ckpt_path, backend: str = "numba", batch: int | Non
                if unused else [])
         raise NNError(f"{ckpt.path} does not fit model '{net.program.model}': "
                       + "; ".join(why), hint="was it saved from another model or with other "
-                                              "--set values?")
+                      + said_as("--set values?", "overrides (load's overrides=)?"))
     # NOTE: the optimizer's state and the run's place in its schedule too: a loop that trains
     # the restored net on goes on where the run stopped (only the weights were loaded, so Adam's
     # moments, the step and the epoch started over)
