@@ -505,7 +505,8 @@ def test_bad_generation_requests_are_clear_errors():
         generator(started).generate(["x" * 16], options_from(started.program.generate, {}))
     # NOTE: the hint said "at most 16 tokens", and a prompt of 16 is the one refused here
     assert "at most 15 tokens" in err.value.hint, err.value.hint
-    with pytest.raises(NNError, match=r"error: max_new: 2.5 is not an int"):   # a Python user's name
+    # a Python user's name, not the CLI's flag
+    with pytest.raises(NNError, match=r"error: max_new: 2.5 is not an int"):
         options_from(spec, {"max_new": 2.5})
     with pytest.raises(NNError, match="prompts are int"):
         generate(net, 123, tokenizer=CharTokenizer(CHARS))
@@ -1389,7 +1390,7 @@ def test_greedy_takes_a_bool_and_data_dir_a_path():
     (the tokenizer given): each an error naming the argument. numpy's bool is a bool."""
     net = lm_net()
     tok = CharTokenizer(CHARS)
-    with pytest.raises(NNError, match=r"greedy=\) is True or False, not 'no'"):
+    with pytest.raises(NNError, match=r"error: greedy is True or False, not 'no'"):
         net.generate(["the"], greedy="no", max_new=2, tokenizer=tok)
     with pytest.raises(NNError, match=r"data_dir is a path \(a str or a pathlib.Path\), not 3"):
         net.generate(["the"], max_new=2, tokenizer=tok, data_dir=3)

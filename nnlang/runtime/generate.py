@@ -134,7 +134,8 @@ class Interrupted(KeyboardInterrupt):
 
 def options_from(spec, given: dict) -> dict:
     """The sampling settings: flags/arguments over the generate section over the defaults,
-    each range-checked (an error names the flag). Greedy unless some sampling is asked for."""
+    each range-checked (an error names the flag, or from Python the keyword: `said_as`).
+    Greedy unless some sampling is asked for."""
     # NOTE: numpy's scalars as Python's: np.int64(3) for max_new was "3 is not an int"
     given = {k: v.item() if isinstance(v, np.generic) else v for k, v in given.items()}
     for name, v in given.items():
@@ -374,7 +375,8 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
         # NOTE: one decoded row per example is compared with its target
         raise NNError("held-out decoding scores one sequence per example; "
                       f"num_return_sequences={opts['num_return_sequences']} would give "
-                      f"{opts['num_return_sequences']}", hint=f"drop {_flag('num_return_sequences')}")
+                      f"{opts['num_return_sequences']}",
+                      hint=f"drop {_flag('num_return_sequences')}")
     if opts.get("stop_strings"):
         # NOTE: the targets are cut at the stop token to be compared id for id
         raise NNError("held-out decoding compares ids through the stop token; stop_strings "
