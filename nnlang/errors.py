@@ -124,10 +124,18 @@ class NNWarning(UserWarning):
 
 
 def warn(message: str, span: Span | None = None, hint: str | None = None) -> None:
-    """Issues an NNWarning rendered like an error (file:line:col, caret, hint)."""
+    """Issues an NNWarning rendered like an error (file:line:col, caret, hint), attributed to
+    the innermost line outside nnlang, the caller's."""
+    # NOTE: a fixed stacklevel named a line of nnlang's own when the warning was raised a few
+    # calls deep (net.generate's "fewer sequences" came from runtime/generate.py)
+    import sys
     import warnings
+    from pathlib import Path
+    ours, frame, level = str(Path(__file__).parent), sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(ours):
+        frame, level = frame.f_back, level + 1
     warnings.warn(Diagnostic(message, span, hint, severity="warning").render(), NNWarning,
-                  stacklevel=3)
+                  stacklevel=level)
 
 
 class NNError(Exception):

@@ -1141,6 +1141,8 @@ def test_a_beam_that_finds_fewer_sequences_than_asked_for_says_so():
     text = str(caught[0].message)
     assert "prompt 1 has 2, prompt 2 has 2: fewer sequences than num_return_sequences=4" in text
     assert "--" not in text
+    # the caller's line, not runtime/generate.py's (a warning a few calls deep in nnlang)
+    assert caught[0].filename == __file__
     with pytest.warns(NNWarning) as caught, command_line():
         net.generate(["a"], max_new=1, **ask)
     text = str(caught[0].message)
