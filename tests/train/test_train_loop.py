@@ -519,6 +519,10 @@ def test_fit_of_a_net_compiled_with_a_seed_draws_everything_from_that_seed(tiny,
     fit(net, {"epochs": 2}, out=tmp_path / "net", progress=False)
     _exact(net.state_dict(), params(straight))
     assert checkpoint.load(tmp_path / "net" / "checkpoint.npz").config.seed == 3
+    # the net's own seed is the compiled one (the refusal named the section's 0)
+    other = nnlang.compile(str(tiny), backend="reference", seed=3, init_from=False)
+    with pytest.raises(NNError, match=r"'seed' is compiled into the net \(3\), not 5"):
+        fit(other, {"seed": 5}, save=False, progress=False)
 
 
 def test_a_restored_nets_records_are_its_own(tiny, tmp_path):
