@@ -1092,11 +1092,15 @@ def _loop_state(net) -> dict:
     state = net.loop_state
     if state is not None and state.get("step") == net.step and state.get("epoch") == net.epoch:
         return copy.deepcopy(state)
-    # NOTE: trained by train_step since (or never by a fit): the data order starts over
+    # NOTE: trained by train_step since (or never by a fit): the data order starts over. The
+    # net's batch and seed, which compile(batch=, seed=) may have set apart from the section's:
+    # with the section's seed the loop carved and shuffled from another seed than the weights
+    # and dropout drew from, and its run resumed with other dropout masks (as saved._meta)
     return {"model": net.program.model,
-            "config": checkpoint.config_to_dict(replace(net.config, batch=net.batch)),
+            "config": checkpoint.config_to_dict(replace(net.config, batch=net.batch,
+                                                        seed=net.seed)),
             "dtype": net.dtype, "epoch": net.epoch, "step": net.step, "step_in_epoch": 0,
-            "rng_state": feeds.order_rng(net.config.seed).bit_generator.state,
+            "rng_state": feeds.order_rng(net.seed).bit_generator.state,
             "lr_scale": net.lr_scale}
 
 

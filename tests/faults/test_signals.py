@@ -82,6 +82,22 @@ def test_signal_then_resume_is_bit_identical(tiny, spec, code, saved_step):
     assert not list((tiny / "cut").glob("*.tmp"))
 
 
+def test_the_same_seed_in_two_fresh_processes_is_bit_identical(tiny):
+    """README's promise (Training runs): the same seed and flags on one machine and thread
+    count give the same checkpoint in any process. Each process plans the graph afresh (no
+    plan cache, whose hit would hide a plan that depends on the process) under another string
+    hash seed, the order a set of names iterates in; the random draws are in the graph."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    src = TINY.replace("h = dense(x, hidden) |> relu", "h = dense(x, hidden) |> relu |> dropout(0.3)")
+    assert src != TINY, "the tiny model changed: give it its dropout elsewhere"
+    (tiny / "tiny.nn").write_text(src)
+    for run, hash_seed in (("one", "1"), ("two", "2")):
+        cli_process("train", "tiny.nn", "--seed", "4", "--out", run, code=0, cwd=tiny,
+                    env={"PYTHONPATH": path, "PYTHONHASHSEED": hash_seed,
+                         "NNLANG_PLAN_CACHE": "0"})
+    assert_bit_identical(tiny / "one", tiny / "two")
+
+
 def test_sigint_inside_a_step_waits_for_the_step(tiny, monkeypatch):
     """The issue's 937-vs-936 fault: SIGINT delivered after a step's kernels ran but before its
     counter moved. The step finishes and counts, then the loop stops; resume is exact."""

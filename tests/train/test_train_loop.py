@@ -508,6 +508,23 @@ def test_fit_of_a_restored_or_compiled_net(tiny, tmp_path):
     _exact(fresh.state_dict(), params(straight))
 
 
+def test_fit_of_a_net_compiled_with_a_seed_draws_everything_from_that_seed(tiny, tmp_path):
+    """compile(seed=3) drew the weights (and dropout) from seed 3, but fit(net) carved the
+    validation set and shuffled from the train section's seed 0, and its checkpoint said
+    seed 0, so a --resume of that run drew other dropout masks: it was neither a seed-3 run
+    nor a seed-0 one. Now it is, bit for bit, fit(path, seed=3), and its run resumes as one."""
+    import nnlang
+    straight = run(tiny, config={"seed": 3})
+    net = nnlang.compile(str(tiny), backend="reference", seed=3, init_from=False)
+    fit(net, {"epochs": 2}, out=tmp_path / "net", progress=False)
+    _exact(net.state_dict(), params(straight))
+    assert checkpoint.load(tmp_path / "net" / "checkpoint.npz").config.seed == 3
+    # the net's own seed is the compiled one (the refusal named the section's 0)
+    other = nnlang.compile(str(tiny), backend="reference", seed=3, init_from=False)
+    with pytest.raises(NNError, match=r"'seed' is compiled into the net \(3\), not 5"):
+        fit(other, {"seed": 5}, save=False, progress=False)
+
+
 def test_a_restored_nets_records_are_its_own(tiny, tmp_path):
     """restore() set the net's loop_state to the checkpoint's meta dict itself, and its
     trained_data to that dict's "data" (a deepcopy of the net shared trained_data too): the
