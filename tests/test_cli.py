@@ -1058,6 +1058,31 @@ def test_compile_fused_lists_the_kernels_that_run_in_run_order(tmp_path):
     assert "one step of its body" in run("compile", src, "--emit", "fused", "--batch", 2).stdout
 
 
+def test_compile_fused_names_the_line_of_a_state_read_twice_in_a_scan_body(tmp_path):
+    """A state read twice by the step (`... h @ u) + h`) sums two gradients in the backward
+    body; that add belonged to the body's input `carry`, which had no span, and --emit fused
+    showed it as `%26 = add  # . @?`. It is at the scan's line now."""
+    src = tmp_path / "fan.nn"
+    src.write_text("""block Cell(x, h, w, u) {
+  h2 = tanh(x @ w + h @ u) + h
+  return h2, h2
+}
+model Fan {
+  input x: float32[batch, 5, 3]
+  input h0: float32[batch, 4]
+  param w: float32[3, 4]
+  param u: float32[4, 4]
+  hs, h = scan Cell(h0, w = w, u = u) over x
+  loss mean(hs * hs)
+}
+""")
+    fused = run("compile", src, "--emit", "fused", "--batch", 2).stdout
+    bodies = fused.split("one step of its body:\n")[1:]
+    assert len(bodies) == 2, fused
+    back = re.findall(r"^  %\d+ = (\w+)  # \S+ @(\S+)$", bodies[1], re.M)
+    assert ("add", "10") in back and all(line != "?" for _, line in back), fused
+
+
 def test_compile_kernels_name_their_source_lines():
     result = CliRunner().invoke(app, ["compile", "models/mlp.nn", "--emit", "kernels",
                                       "--set", "hidden1=16", "--set", "hidden2=8"])

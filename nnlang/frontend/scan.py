@@ -201,6 +201,8 @@ class ScanElaboration:
             self._refuse_in_body(g.node(nid))
         result = self._lower_layers(inside, result)
         inside = _descendants(g, [p.id for p in places])
+        feeders = _inner_scan_feeders(g, inside)
+        inside |= feeders
         reads = []
         for nid in sorted(inside):
             reads += [i for i in g.node(nid).inputs if i is not None and i not in inside
@@ -224,27 +226,21 @@ class ScanElaboration:
         weights = [i for i in outer if any(_rhs(g, u, i) for u in g.users(i) if u in inside)]
         broadcast = [i for i in outer if any(not _rhs(g, u, i) for u in g.users(i)
                                              if u in inside)]
-        nested = set()
-        for i in broadcast:
-            inner = next((u for u in g.users(i) if u in inside and g.node(u).op == "scan"), None)
-            if inner is None:
-                continue
-            if not all(isinstance(d, int) for d in g.node(i).shape):
-                self.fail(f"scan: a scan inside this scan's body reads {g.node(i).type} from "
-                          "outside both loops, which nested scans do not support yet",
-                          g.node(inner).span, "compute what the inner scan needs from it in "
-                          "the outer block, or run the inner scan over the whole sequence "
-                          "before or after the outer one")
-            # NOTE: an inner scan's weight (a sentence loop's word-level cell): it travels
-            # flat, one row [1, k * n] every step, and takes its shape back in the step
-            nested.add(i)
+        # NOTE: an inner scan's weight (a sentence loop's word-level cell), or what its own
+        # loop copies per inner step (a word loop's weight one loop further in): it travels
+        # flat, one row [1, k * n] every step, and takes its shape back in the step. A value
+        # of the batch ([batch, k] context, a [batch, n, k] memory) is read per step as any
+        # other (_step_width)
+        nested = {i for i in broadcast if all(isinstance(d, int) for d in g.node(i).shape)
+                  and any(u in inside and (g.node(u).op == "scan" or u in feeders)
+                          for u in g.users(i))}
         steps = [int(np.prod(g.node(i).shape)) if i in nested else self._step_width(
             i, batch, span, next(u for u in sorted(g.users(i)) if u in inside and
                                  not _rhs(g, u, i)))
             for i in broadcast]
         bg = new_body_graph(dtype, batch, sum(widths),
                             [g.node(p.id).shape[1] for p in places[:n_seqs]] + steps,
-                            [g.node(i).shape for i in weights])
+                            [g.node(i).shape for i in weights], span)
         bb = Builder(bg, span=span)
         ids = {p.id: bg.inputs[f"x{k}"] for k, p in enumerate(places[:n_seqs])}
         for k, i in enumerate(broadcast):
@@ -345,7 +341,13 @@ class ScanElaboration:
             # (multi_head_attention's keys and values over it, [batch, heads, d, n])
             return int(np.prod(t.shape[1:]))
         hint = "pass it as a sequence (over ...) instead"
-        if t.rank >= 3 and t.shape[0] == batch:
+        if t.rank >= 3 and t.shape[0] == batch and \
+                any(self.g.node(u).op == "scan" for u in self.g.users(reader)):
+            # NOTE: a scan in the step runs over it (_inner_scan_feeders): its steps are copied
+            # into every outer step, which needs their number before the run
+            hint = (f"a scan inside a step runs over a sequence of numeric length, and this one "
+                    f"is {t}: give it a fixed length, or run that scan before or after this one")
+        elif t.rank >= 3 and t.shape[0] == batch:
             hint = ("a step reads a [batch, n, k] memory (attention over an encoder's outputs) "
                     f"of numeric n and k only, and this one is {t}; run the attention on the "
                     "scan's outputs instead")
@@ -450,6 +452,29 @@ def _descendants(g, roots) -> set[int]:
                 seen.add(u)
                 stack.append(u)
     return seen
+
+
+def _inner_scan_feeders(g, inside) -> set[int]:
+    """The nodes an inner scan's own emit made of outside values, to hand its loop one copy per
+    inner step: `transpose` of a sequence, `broadcast_to(reshape(v))` of a value read every
+    step (_emit_scan). They move into the body with the scan, so the outer loop reads `v`
+    itself (a [batch, k] context or a weight) rather than [steps, batch, k] copies of it,
+    which a symbolic batch could not carry (scans three deep, a context read two loops in)."""
+    pulled = set()
+    for nid in inside:
+        node = g.node(nid)
+        if node.op != "scan":
+            continue
+        for i in node.inputs[1:1 + node.attrs["body"].n_seqs]:
+            chain = [i]
+            if g.node(i).op == "broadcast_to" and g.node(g.node(i).inputs[0]).op == "reshape":
+                chain.append(g.node(i).inputs[0])
+            elif g.node(i).op != "transpose":
+                continue
+            if i not in inside and all(u in chain or u == nid for c in chain
+                                       for u in g.users(c)):
+                pulled.update(chain)
+    return pulled
 
 
 def _not_per_row(t, batch) -> bool:

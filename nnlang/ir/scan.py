@@ -62,14 +62,16 @@ def _structure(g: Graph) -> str:
     return h.hexdigest()
 
 
-def new_body_graph(dtype: str, batch, carry: int, seq_widths, weight_shapes) -> Graph:
-    """An empty body with its inputs declared (see the module docstring for the names)."""
+def new_body_graph(dtype: str, batch, carry: int, seq_widths, weight_shapes, span=None) -> Graph:
+    """An empty body with its inputs declared (see the module docstring for the names), at the
+    scan's `span`: the backward's sum of a state's gradients (a state read twice in the step)
+    is emitted at its input, and without one `--emit fused` showed it at line `?`."""
     from nnlang.ops.registry import TensorType
     g = Graph()
 
     def add(name, shape, op="input"):
         g.inputs[name] = g.add_node(op, [], {"name": name, "dtype": dtype, "shape": list(shape)},
-                                    TensorType(tuple(shape), dtype), name=name)
+                                    TensorType(tuple(shape), dtype), name=name, span=span)
 
     add("carry", (batch, carry))
     for i, k in enumerate(seq_widths):

@@ -97,7 +97,7 @@ def body_builder(b: Builder, init: int, seqs: list[int], weights: list[int]):
     inputs; the caller emits the step and sets `g.outputs["y"]`."""
     t = b.type(init)
     g = new_body_graph(t.dtype, t.shape[0], t.shape[1], [b.type(s).shape[2] for s in seqs],
-                       [b.type(w).shape for w in weights])
+                       [b.type(w).shape for w in weights], b.span)
     return g, Builder(g, span=b.span, path=b.path, role=b.role)
 
 

@@ -324,7 +324,7 @@ def scan_grad(b: Builder, node, gout: int) -> list:
     # the backward body: recompute the step from (carry, x_t, z_t), then its VJP
     widths = [width, C] + [int(b.type(s).shape[2]) for s in seqs] + \
              [flat_width(m) for m, _ in mms]
-    bg = new_body_graph(dtype, batch, C, widths, [b.type(w).shape for w in weights])
+    bg = new_body_graph(dtype, batch, C, widths, [b.type(w).shape for w in weights], node.span)
     bb = Builder(bg, span=node.span, path=node.path, role="bwd")
     env = {fg.inputs["carry"]: bg.inputs["x1"]}
     env.update({fg.inputs[f"x{i}"]: bg.inputs[f"x{2 + i}"] for i in range(nseq)})
