@@ -2,11 +2,13 @@
 such as `x + x + ... + x` (thousands of terms) or `x |> relu |> ... |> relu` is a tree that deep.
 
 `deep_stack` runs such a pass on a worker thread with a large stack and a recursion limit to
-match; `NestingGuard` (lark's post-lexer) and `check_nesting` (after the parse) turn anything
-deeper than `MAX_NESTING` into a located error instead of a crash.
+match (a Ctrl-C stops that thread too, before the caller gets its KeyboardInterrupt);
+`NestingGuard` (lark's post-lexer) and `check_nesting` (after the parse) turn anything deeper
+than `MAX_NESTING` into a located error instead of a crash.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import sys
 import threading
@@ -29,6 +31,7 @@ def deep_stack(fn):
         if getattr(_local, "inside", False):
             return fn(*args, **kwargs)
         result: dict = {}
+        done = threading.Event()
 
         def work():
             _local.inside = True
@@ -36,20 +39,36 @@ def deep_stack(fn):
                 result["value"] = fn(*args, **kwargs)
             except BaseException as err:  # noqa: BLE001 - re-raised on the calling thread
                 result["error"] = err
+            finally:
+                result["ended"] = True
+                # NOTE: put back by the thread that recursed, once it has: put back by the
+                # caller at a Ctrl-C, under this thread still thousands of calls deep, it made
+                # Python abort the whole process ("Fatal Python error: Cannot recover from
+                # stack overflow"), a notebook's kernel with it
+                _restore_limit()
+                done.set()
 
         worker = threading.Thread(target=work, name=f"nnlang-{fn.__name__}", daemon=True)
         with _LIMIT_LOCK:
             _raise_limit()
         try:
+            _start_with_big_stack(worker)
+        except (RuntimeError, ValueError):  # NOTE: no room for a big stack: run in place
+            work()
+        except BaseException:
+            _restore_limit()
+            raise
+        else:
+            # NOTE: not join(): once interrupted, Python 3.11's join takes the thread for ended
+            # (is_alive() False while it still runs)
             try:
-                _start_with_big_stack(worker)
-            except (RuntimeError, ValueError):  # NOTE: no room for a big stack: run in place
-                work()
-            else:
-                worker.join()
+                done.wait()
+            except BaseException:  # NOTE: Ctrl-C: the pass stops too, then it is raised here
+                _stop(worker, result)
+                raise
+            worker.join()
         finally:
             _local.inside = False
-            _restore_limit()
         err = result.get("error")
         if isinstance(err, RecursionError):  # NOTE: nesting check_nesting does not see
             raise NNError("the model nests too deeply to elaborate (blocks calling blocks, "
@@ -59,6 +78,19 @@ def deep_stack(fn):
             raise err.with_traceback(err.__traceback__)
         return result["value"]
     return run
+
+
+def _stop(worker: threading.Thread, result: dict) -> None:
+    """Raises KeyboardInterrupt inside `worker` (unless it is ending already) and waits until
+    it has ended, so no pass is left running behind the caller's Ctrl-C."""
+    if not result.get("ended"):
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident),
+                                                   ctypes.py_object(KeyboardInterrupt))
+    while worker.is_alive():
+        try:
+            worker.join()
+        except BaseException:  # noqa: BLE001 - a second Ctrl-C: it is stopping already
+            pass
 
 
 def _start_with_big_stack(worker: threading.Thread) -> None:

@@ -448,6 +448,50 @@ def test_nesting_beyond_the_limit_is_refused_while_parsing(monkeypatch):
             err.value.render(), err.value.render()
 
 
+# NOTE: run in a child: the interpreter could abort (below), which would end pytest too
+CTRL_C_WHILE_DEEP = """
+import signal, os, sys, threading, time
+import nnlang
+from nnlang.frontend.elaborate import Elaborator
+emit, calls = Elaborator.emit, [0]
+def deep_emit(self, *args):
+    calls[0] += 1
+    if calls[0] == 100:   # Ctrl-C on the way back up, still 4,900 terms deep
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)   # the main thread takes it meanwhile
+    return emit(self, *args)
+Elaborator.emit = deep_emit
+limit = sys.getrecursionlimit()
+try:
+    nnlang.load(sys.argv[1])
+except KeyboardInterrupt:
+    print("interrupted")
+print(sorted(t.name for t in threading.enumerate()))
+time.sleep(1)   # the user, after the Ctrl-C
+print(sys.getrecursionlimit() == limit)
+Elaborator.emit = emit
+print(list(nnlang.load(sys.argv[2]).graph.losses))
+"""
+
+
+def test_ctrl_c_while_a_deep_chain_elaborates_leaves_the_process_usable():
+    """Ctrl-C while a long chain elaborated (on its big-stack thread) gave the KeyboardInterrupt
+    at once and left that thread running, with the recursion limit put back under it while it
+    was still thousands of calls deep: Python then aborted the whole process, a notebook's
+    kernel with it ("Fatal Python error: Cannot recover from stack overflow", seen in 1 of 2
+    timed Ctrl-Cs on a 20,000-term chain). The thread is stopped first now, and it puts the
+    limit back itself: the program gets its KeyboardInterrupt, no thread is left running, the
+    limit is as it was, and the next model loads."""
+    import subprocess
+    import sys
+    deep = model("y = " + " + ".join(["v"] * 5000))
+    p = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_DEEP, deep, model("y = v")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split("\n")[:4] == ["interrupted", "['MainThread']", "True", "['mean']"], \
+        p.stdout
+
+
 @pytest.mark.slow
 def test_chains_near_the_nesting_limit(tmp_path):
     from nnlang.frontend.deep import MAX_NESTING

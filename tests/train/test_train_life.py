@@ -2,8 +2,11 @@
 arrays, the l1 setting, and a library loop whose schedule moves with `Net.end_epoch`."""
 import io
 import json
+import os
 import re
 import shutil
+import signal
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -15,6 +18,7 @@ from nnlang.errors import NNError
 from nnlang.runtime.net import Net
 from nnlang.train import checkpoint
 from nnlang.train.inference import evaluate_checkpoint
+from nnlang.train.interrupts import Interrupts
 from nnlang.train.trainer import fit
 from tests.faults.conftest import cli
 from tests.tiny_run import tiny_source
@@ -562,3 +566,43 @@ def test_set_values_keep_the_settings_types(folder, sets, words):
     with pytest.raises(NNError, match=words):
         fit(str(folder / "tiny.nn"), out=folder / "run", backend="reference", progress=False,
             overrides=sets)
+
+
+
+def _open_files() -> set[str]:
+    """What this process's file descriptors point at (Linux's /proc)."""
+    seen = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            seen.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:   # NOTE: the listing's own descriptor, closed by now
+            pass
+    return seen
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc")
+def test_a_sweep_of_fits_on_one_net_leaves_nothing_open(folder):
+    """A long-lived program (a notebook, a sweep) fits one net again and again, and one fit
+    ends by an error from the program's own console: each run folder's lock is let go (a
+    new run in that folder is allowed), no descriptor, thread or signal handler stays behind,
+    and the net trains on."""
+    overfit_data(folder)
+    net = nnlang.compile(overfit_source("", epochs=1), backend="reference")
+    # NOTE: the first fit opens what stays open by design (matplotlib's fonts for the plots)
+    fit(net, out=folder / "first", progress=False)
+    files, threads, handler = _open_files(), threading.active_count(), \
+        signal.getsignal(signal.SIGINT)
+    for k in range(4):
+        fit(net, out=folder / f"sweep{k}", progress=False)
+
+    class Broken(io.StringIO):
+        def write(self, text):
+            raise OSError("the program's log is gone")
+    with pytest.raises(OSError, match="log is gone"):
+        fit(net, out=folder / "broken", console=Console(file=Broken(), force_terminal=True))
+    assert _open_files() == files
+    assert threading.active_count() == threads
+    assert signal.getsignal(signal.SIGINT) is handler and Interrupts.active == []
+    step = net.step
+    h = fit(net, out=folder / "broken", progress=False)
+    assert net.step > step and h.rows
