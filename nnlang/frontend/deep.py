@@ -55,8 +55,11 @@ def deep_stack(fn):
             _start_with_big_stack(worker)
         except (RuntimeError, ValueError):  # NOTE: no room for a big stack: run in place
             work()
-        except BaseException:
-            _restore_limit()
+        except BaseException:  # NOTE: a Ctrl-C in start(): the thread may have begun
+            if worker.ident is None:
+                _restore_limit()
+            else:
+                _stop(worker, result)
             raise
         else:
             # NOTE: not join(): once interrupted, Python 3.11's join takes the thread for ended
