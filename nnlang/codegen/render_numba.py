@@ -72,7 +72,7 @@ def _flat_index(arg: str, bcast, order_names) -> str:
     view as its whole sequence and an index (`numba_scan.py`); a slice there cost numba
     ~0.03 s of compile each, ~0.4 s of each LSTM driver's cold compile.
 
-    NOTE: the offset is cast unsigned, so numba emits no negative-index wraparound branch and
+    NOTE: the index is cast unsigned, so numba emits no negative-index wraparound branch and
     LLVM vectorizes the loop (offsets are never negative: `executable._row_strided`). Signed,
     an LSTM cell's 4 strided gate loads took 10.1 us; unsigned 2.0, and 489 vs 3057 us over
     [50176, 32] rows (row slices taken before the inner loop: 2.2 and 750)."""
