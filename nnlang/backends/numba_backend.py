@@ -488,7 +488,11 @@ class NumbaBackend:
         def args_for(shape, xs):
             flat = [_row_strided(x, force=True) if a in strided else (x, [])
                     for a, x in zip(names, xs)]
-            return (*shape, *(f for f, _ in flat), *(s for _, ss in flat for s in ss))
+            # NOTE: a flat array's offset (`render_numba.stride_args`) is 0 here: its view
+            # starts at its first element
+            return (*shape, *(f for f, _ in flat),
+                    *(s for (_, ss), a in zip(flat, names) if a in strided
+                      for s in (np.intp(0), *ss)))
         if columns:
             calls = [self.specialize(fn, args_for((*loop_shape[:-1], hi - lo), xs))
                      for (lo, hi), xs in zip(zip(cuts, cuts[1:]), blocks)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import inspect
 import itertools
+import re
 
 from nnlang.backends import numba_config  # noqa: F401, I001  (numba's settings first)
 import numba
@@ -350,17 +351,22 @@ class DriverSource:
         return tuple(out)
 
     def _kernel_args(self, disp, args) -> list[str]:
-        """A generated kernel's arguments (n0, n1.., arrays.., outer strides `<array>_s0`..);
-        with rows, n0 is the part's row count and each flat array starts at row r0."""
+        """A generated kernel's arguments (n0, n1.., arrays.., each flat array's offset and
+        outer strides `<array>_o`, `<array>_s0`..); with rows, n0 is the part's row count and
+        each flat array starts at row r0. A flat array that is a range of another (step t of
+        a sequence, rows from r0) is passed whole, at its offset (`offset_form`)."""
         names = list(inspect.signature(disp.py_func).parameters)
         value = dict(zip(names, args))
         # NOTE: only a 2-D kernel's flat argument spans rows of n1 elements each
         n1 = int(value["n1"]) if "n1" in value and "n2" not in value else None
-        out, strides = [], {}
+        out, strides, offsets = [], {}, {}
         for name, v in zip(names, args):
             if isinstance(v, np.ndarray) and v.ndim:
                 s0 = value.get(f"{name}_s0")
-                out.append(self.array(v, None if s0 is None else int(s0), n1))
+                expr = self.array(v, None if s0 is None else int(s0), n1)
+                if f"{name}_o" in value:
+                    expr, offsets[f"{name}_o"] = offset_form(expr)
+                out.append(expr)
                 if id(v) in self.restride:
                     row, buf = self.restride[id(v)]
                     if s0 is None:
@@ -370,6 +376,8 @@ class DriverSource:
                 if int(v) != self.rows[0]:
                     raise Unsupported("a kernel whose outer loop is not the batch")
                 out.append("nb")
+            elif name in offsets:
+                out.append(offsets[name])
             else:
                 out.append(self.value(strides.get(name, v)))
         return out
@@ -397,6 +405,21 @@ class DriverSource:
         if layout[0]:
             raise Unmovable(buf, "a transposed GEMM operand")
         return row
+
+
+_FLAT_RANGE = re.compile(r"(p\d+)\[([^\[\]:,]+):[^\[\],]*\]")
+
+
+def offset_form(expr: str) -> tuple[str, str]:
+    """(array, offset) of a flat argument's expression: `p5[a:b]` or `p5[a:]` (`_in_step`,
+    `_rows_of`) as `p5` and `a`, which the kernel adds to its index (`render_numba`). NOTE:
+    numba spent ~0.03 s of compile on each slice; the kernel reads only its own elements, so
+    the range's end is not needed."""
+    found = _FLAT_RANGE.fullmatch(expr)
+    if not found:
+        return expr, "np.int64(0)"
+    at = found[2].strip()
+    return found[1], f"np.int64({at})" if at.isdigit() else at   # NOTE: as `value` says
 
 
 def render_driver(name: str, steps: int, reverse: bool, width: int, init, carry, out, y,

@@ -67,22 +67,27 @@ def _index(bcast, order_names) -> str:
 
 
 def _flat_index(arg: str, bcast, order_names) -> str:
-    """A row-strided array as a flat 1-D array: outer strides are arguments, the last is 1.
+    """A row-strided array as a flat 1-D array from an offset: the offset and the outer strides
+    are arguments, the last stride is 1. NOTE: the offset lets a scan driver pass a step's
+    view as its whole sequence and an index (`numba_scan.py`); a slice there cost numba
+    ~0.03 s of compile each, ~0.4 s of each LSTM driver's cold compile.
 
-    NOTE: the offset is cast unsigned, so numba emits no negative-index wraparound branch and
+    NOTE: the index is cast unsigned, so numba emits no negative-index wraparound branch and
     LLVM vectorizes the loop (offsets are never negative: `executable._row_strided`). Signed,
     an LSTM cell's 4 strided gate loads took 10.1 us; unsigned 2.0, and 489 vs 3057 us over
     [50176, 32] rows (row slices taken before the inner loop: 2.2 and 750)."""
-    terms = [f"{i} * {arg}_s{a}" for a, (b, i) in enumerate(zip(bcast[:-1], order_names))
-             if not b]
+    terms = [f"{arg}_o"] + [f"{i} * {arg}_s{a}" for a, (b, i) in
+                            enumerate(zip(bcast[:-1], order_names)) if not b]
     if not bcast[-1]:
         terms.append(order_names[-1])
-    return f"numba.uintp({' + '.join(terms)})" if terms else "0"
+    return f"numba.uintp({' + '.join(terms)})"
 
 
 def stride_args(k: Kernel, strided) -> list[str]:
-    """Extra trailing arguments for the arrays passed flat: their outer strides in elements."""
-    return [f"{a}_s{d}" for a in k.args if a in strided for d in range(k.loop_rank - 1)]
+    """Extra trailing arguments for the arrays passed flat: each one's offset, then its outer
+    strides, in elements."""
+    return [name for a in k.args if a in strided
+            for name in (f"{a}_o", *(f"{a}_s{d}" for d in range(k.loop_rank - 1)))]
 
 
 def render_body(k: Kernel, lang: ScalarLang = PYTHON, strided=()) -> str:

@@ -67,7 +67,7 @@ def test_gate_slices_are_indexed_flat_and_vectorizable():
     np.testing.assert_allclose(out["h"], want, rtol=2e-6, atol=2e-6)
     src = "".join(exe.kernel_sources())
     # NOTE: an unsigned offset, so numba adds no wraparound branch and the loop vectorizes
-    assert "in0_s0" in src and "in0[numba.uintp(i0 * in0_s0 + i1)]" in src
+    assert "in0_s0" in src and "in0[numba.uintp(in0_o + i0 * in0_s0 + i1)]" in src
 
 
 def test_large_kernels_run_as_row_blocks():
