@@ -1,5 +1,6 @@
 """`nnlang cache`: where the user cache is, what it holds per kind (`nnlang.user_cache.KINDS`),
-and `nnlang cache clear` to remove it (everything in it is made again when next needed)."""
+`nnlang cache prune` to bound it (least recently used kernels and plans first) and `nnlang
+cache clear` to remove it (everything in it is made again when next needed)."""
 from __future__ import annotations
 
 import inspect
@@ -26,7 +27,7 @@ def _root_text() -> str:
 @cache_app.callback()
 def cache(ctx: typer.Context):
     """Show where the cache is and what it holds (compiled kernels, compiled plans, downloaded
-    data); `nnlang cache clear` removes it."""
+    data); `nnlang cache prune` bounds it, `nnlang cache clear` removes it."""
     if ctx.invoked_subcommand is None:
         info()
 
@@ -35,7 +36,7 @@ def cache(ctx: typer.Context):
 def info():
     """Show the cache folder and the files and bytes it holds per kind."""
     from nnlang.ir.summary import human
-    from nnlang.user_cache import KINDS, usage
+    from nnlang.user_cache import KINDS, max_size, usage
 
     out = console()
     with reporting():
@@ -51,8 +52,47 @@ def info():
     t.add_row(Text("total"), Text(f"{sum(r[1] for r in rows):,}"),
               Text(human(sum(r[2] for r in rows), "B")), Text(""))
     out.print(t)
+    out.print(Text(f"bound: {_bound_text(max_size())} for kernels and plans, least recently "
+                   "used removed first (nnlang cache prune; $NNLANG_CACHE_MAX_SIZE)"))
     out.print(Text("remove: nnlang cache clear [--kernels] [--plans] [--data] (made again "
                    "when next needed)"))
+
+
+def _bound_text(limit) -> str:
+    from nnlang.ir.summary import human
+    return "none" if limit is None else human(limit, "B")
+
+
+@cache_app.command()
+def prune(
+    max_size: str = typer.Option(None, "--max-size", metavar="SIZE",
+                                 help="Bound kernels and plans to SIZE (e.g. 500M, 2G; 0: no "
+                                      "bound); default $NNLANG_CACHE_MAX_SIZE, else 2G."),
+):
+    """Remove the least recently used compiled kernels and plans until they fit the bound (to
+    90% of it); entries used in the last 10 minutes, or by another run now, stay. A run that
+    writes new kernels or plans prunes too, at most once an hour. Downloaded data stays."""
+    from nnlang.errors import NNError
+    from nnlang.ir.summary import human
+    from nnlang.user_cache import max_size as default_size
+    from nnlang.user_cache import parse_size
+    from nnlang.user_cache import prune as prune_cache
+
+    out = console()
+    with reporting():
+        if max_size is None:
+            limit = default_size()
+        else:
+            try:
+                limit = parse_size(max_size)
+            except ValueError:
+                raise NNError(f"--max-size {max_size!r} is not a size", None,
+                              "e.g. --max-size 500M, 2G or 10GiB (powers of 1024; 0: no "
+                              "bound)") from None
+        out.print(Text(f"cache: {_root_text()}"))
+        files, size = prune_cache(limit)
+        out.print(Text(f"pruned to {_bound_text(limit)}: removed {files:,} "
+                       f"file{'' if files == 1 else 's'}, {human(size, 'B')}"))
 
 
 @cache_app.command()

@@ -3,15 +3,19 @@
 (`plans/`, `passes/plan_cache.py`) and compiled kernels (`kernels/`, `backends/numba_backend.py`).
 Everything cached can be made again, so a cache that cannot be written is a warning, not an error,
 and `nnlang cache clear` (`clear`) may remove any of it, even while another run uses it. A cache
-that cannot be written (a shared pre-built one) is still read: plans, kernels, data.
+that cannot be written (a shared pre-built one) is still read: plans, kernels, data. Kernels and
+plans are bounded (`prune`: least recently used first, as ccache's max_size); data sets are not.
 """
 from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import sys
 import tempfile
+import time
+from collections import defaultdict
 from pathlib import Path
 
 from nnlang.files import user_path
@@ -167,3 +171,156 @@ def clear(kind: str) -> tuple[int, int]:
                       f"other files of the {kind} cache", None,
                       "check that folder's permissions (the cache belongs to whoever made it)")
     return count, freed
+
+
+# *** a bound on what compiling leaves (kernels, plans): least recently used first ***
+MAX_SIZE_ENV = "NNLANG_CACHE_MAX_SIZE"
+DEFAULT_MAX_SIZE = 2 * 2**30   # NOTE: a kernel is ~20 KB with numba's files, a plan 0.2-1.3 MB
+PRUNED = ("kernels", "plans")   # NOTE: not data: a pruned download would be fetched again
+IN_USE_S = 600        # entries used (loaded, compiled, written) this recently are never removed
+PRUNE_EVERY_S = 3600  # a run that writes new entries checks the bound at most this often
+_STAMP = ".prune-lock"
+_KERNEL = re.compile(r"k_[0-9a-f]{24}")   # the key every file of one kernel carries
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_size(text: str) -> int | None:
+    """'2G', '500M', '1.5GiB', '123456' -> bytes (powers of 1024, as ccache's); '0' -> None (no
+    bound, as ccache's max_size 0). ValueError for anything else."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", str(text).lower())
+    if m is None or (m.group(2) == "" and str(text).strip().lower().endswith("ib")):
+        raise ValueError(f"{text!r} is not a size")
+    n = int(float(m.group(1)) * _UNITS[m.group(2)])
+    return n or None
+
+
+def max_size() -> int | None:
+    """The bound on kernels and plans together: $NNLANG_CACHE_MAX_SIZE, else 2 GiB (None: no
+    bound). A value that is no size is said once and the default used (the cache never fails a
+    run)."""
+    text = os.environ.get(MAX_SIZE_ENV)
+    if not text:
+        return DEFAULT_MAX_SIZE
+    try:
+        return parse_size(text)
+    except ValueError:
+        if MAX_SIZE_ENV not in _warned:
+            _warned.add(MAX_SIZE_ENV)
+            print(f"warning: {MAX_SIZE_ENV}={text!r} is not a size; the cache keeps its default "
+                  "bound of 2 GiB\n  hint: e.g. 500M, 2G or 10GiB (0: no bound)", file=sys.stderr)
+        return DEFAULT_MAX_SIZE
+
+
+def touch(path) -> None:
+    """Marks a cache entry used now, so pruning keeps it longest (a read-only cache: no mark)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def _entries() -> dict:
+    """{entry: [(file, size, mtime)]}: one kernel's files (its module, numba's index and data,
+    the compiled marks) are one entry, removed together; every other file is its own."""
+    out = defaultdict(list)
+    for kind in PRUNED:
+        for p in kind_paths(kind):
+            for f in _files(p):
+                try:
+                    st = f.lstat()
+                except OSError:   # NOTE: removed meanwhile by another run
+                    continue
+                m = _KERNEL.search(f.name)
+                out[(kind, m.group()) if m else (kind, str(f))].append((f, st.st_size,
+                                                                        st.st_mtime))
+    return out
+
+
+def _removal_order(item) -> int:
+    """numba's index first (a reader then misses, never finds an index without its data), the
+    kernel's module last."""
+    name = item[0].name
+    return 0 if name.endswith(".nbi") else 2 if name.endswith(".py") else 1
+
+
+def _in_use(files) -> bool:
+    """Is a kernel's module flocked by another process (`compile_worker.held`: compiling or
+    loading it right now)? NOTE: a lock we cannot take is an entry we leave."""
+    module = next((f for f, _, _ in files if f.suffix == ".py"), None)
+    if module is None:
+        return False
+    try:
+        import fcntl
+        fd = os.open(module, os.O_RDONLY)
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def prune(limit: int | None, in_use_s: float = IN_USE_S) -> tuple[int, int]:
+    """Removes the least recently used kernels and plans until they hold at most 90% of `limit`
+    bytes (so the next few writes do not prune again), when they hold more than `limit`;
+    returns (files, bytes) removed. Never removes an entry used in the last `in_use_s` seconds
+    or one another process holds, and runs in one process at a time (the others skip it). A
+    run that needs a removed entry makes it again, as after `clear`."""
+    root = user_cache_dir()
+    if limit is None or not root.is_dir():
+        return 0, 0
+    try:
+        import fcntl
+        lock = os.open(root / _STAMP, os.O_CREAT | os.O_WRONLY, 0o644)
+    except ImportError:
+        lock = None
+    try:
+        if lock is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return 0, 0   # NOTE: another process is pruning now
+            # NOTE: not empty: an empty file in the cache is what a failed write leaves
+            os.pwrite(lock, b"nnlang: the last prune of this cache (its time) and its lock\n", 0)
+        entries = _entries()
+        total = sum(size for files in entries.values() for _, size, _ in files)
+        if total <= limit:
+            return 0, 0
+        now, count, freed = time.time(), 0, 0
+        for files in sorted(entries.values(), key=lambda fs: max(t for _, _, t in fs)):
+            if total <= 0.9 * limit:
+                break
+            if now - max(t for _, _, t in files) < in_use_s or _in_use(files):
+                continue
+            for f, size, _ in sorted(files, key=_removal_order):
+                try:
+                    os.unlink(f)
+                except OSError:   # NOTE: gone meanwhile, or not ours to remove: left
+                    continue
+                count, freed, total = count + 1, freed + size, total - size
+        return count, freed
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def maybe_prune() -> None:
+    """`prune` to `max_size()` if no process did in the last PRUNE_EVERY_S seconds: called
+    where a run writes a new kernel or plan, so the cache stays bounded without a command."""
+    limit = max_size()
+    if limit is None:
+        return
+    try:
+        if time.time() - (user_cache_dir() / _STAMP).stat().st_mtime < PRUNE_EVERY_S:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return
+    try:
+        prune(limit)
+    except OSError:   # NOTE: a cache that cannot be pruned is only a bigger cache
+        pass

@@ -129,3 +129,144 @@ def test_a_killed_writes_leftovers_are_counted_cleared_and_dropped_by_the_next_w
     os.utime(old, (back, back))
     write_atomic(target, b"{}")
     assert target.read_bytes() == b"{}" and not old.exists() and live.exists()
+
+
+# *** the bound: least recently used kernels and plans go first (`user_cache.prune`) ***
+def _kernel(root, key, size, age):
+    """One kernel's files as a run leaves them (module, numba's index and data, marks), all
+    last used `age` seconds ago."""
+    k = f"k_{key:024x}"
+    files = [root / "kernels" / f"{k}.py",
+             root / "kernels" / "__pycache__" / f"{k}.k_add-7.py311.nbi",
+             root / "kernels" / "__pycache__" / f"{k}.k_add-7.py311.1.nbc",
+             root / "kernels" / "compiled" / f"nnlang_kernels.{k}.k_add.crc32"]
+    for f in files:
+        _file(f, size // len(files))
+    _age(files, age)
+    return files
+
+
+def _age(files, age):
+    import time
+    back = time.time() - age
+    for f in files:
+        os.utime(f, (back, back))
+
+
+def test_prune_removes_least_recently_used_whole_kernels_until_under_the_bound(tmp_path,
+                                                                                monkeypatch):
+    """The kernel cache grew forever (every model, batch, length and dtype adds files): prune
+    removes the least recently used entries, a kernel's files together, down to 90% of the
+    bound; an entry used in the last 10 minutes, one another process holds (flock, as
+    `compile_worker.held` while compiling or loading it) and downloaded data all stay."""
+    import fcntl
+
+    from nnlang.user_cache import prune, usage
+    root = tmp_path / "cache"
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(root))
+    oldest = _kernel(root, 1, 4000, age=5 * 3600)
+    held = _kernel(root, 2, 4000, age=4 * 3600)
+    older = _kernel(root, 3, 4000, age=3 * 3600)
+    plan = root / "plans" / "p.pkl"
+    _file(plan, 4000)
+    _age([plan], 2 * 3600)
+    newer = _kernel(root, 4, 4000, age=3600)
+    recent = _kernel(root, 5, 4000, age=60)       # in use: never removed
+    _file(root / "mnist" / "train-images-idx3-ubyte.gz", 50_000)
+    assert prune(30_000) == (0, 0)                # 24,000 bytes fit
+    fd = os.open(held[0], os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with open(os.devnull):
+            pass
+        # a bound of 15,000 prunes to 13,500: the oldest and older kernels, then the plan
+        # (4,000 each), skipping the held one
+        assert prune(15_000) == (9, 12_000)
+    finally:
+        os.close(fd)
+    gone = [f for f in oldest + older + [plan] if f.exists()]
+    assert gone == []
+    assert all(f.exists() for f in held + newer + recent)
+    assert (root / "mnist" / "train-images-idx3-ubyte.gz").exists()
+    assert usage("kernels") == (12, 12_000)
+    # with nothing held and a tight bound, only the entry in use is left
+    assert prune(1)[0] == 8 and all(f.exists() for f in recent)
+
+
+def test_cache_prune_command_and_the_bound_in_cache_info(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(root))
+    _kernel(root, 1, 4000, age=7200)
+    _kernel(root, 2, 4000, age=3600)
+    r = run("cache")
+    assert "bound: 2.00 GiB for kernels and plans" in r.stdout
+    monkeypatch.setenv("NNLANG_CACHE_MAX_SIZE", "0")
+    assert "bound: none" in run("cache").stdout
+    r = run("cache", "prune", "--max-size", "5K")     # 5,120: pruned to 4,608
+    assert r.exit_code == 0, r.stderr
+    assert "pruned to 5.00 KiB: removed 4 files, 3.91 KiB" in r.stdout
+    assert not (root / "kernels" / f"k_{1:024x}.py").exists()
+    assert (root / "kernels" / f"k_{2:024x}.py").exists()
+    r = run("cache", "prune", "--max-size", "lots")
+    assert r.exit_code == 1
+    assert "error: --max-size 'lots' is not a size" in r.stderr and "hint:" in r.stderr
+
+
+def test_parse_size():
+    from nnlang.user_cache import parse_size
+    assert parse_size("2G") == parse_size("2GiB") == parse_size("2 gb") == 2 * 2**30
+    assert parse_size("500M") == 500 * 2**20 and parse_size("1.5k") == 1536
+    assert parse_size("123") == 123 and parse_size("0") is None
+    for bad in ("", "-1G", "2X", "G", "1e3", "12ib"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_a_compile_prunes_old_kernels_and_a_used_kernel_is_kept_as_recent(tmp_path,
+                                                                          monkeypatch):
+    """With real compiled kernels: a run that writes new kernels prunes the cache to
+    $NNLANG_CACHE_MAX_SIZE (at most once an hour), removing old entries; loading a cached
+    kernel marks it used (its module's time is numba's cache stamp, so not that), so the next
+    prune keeps it; a pruned kernel compiles again, with the same result."""
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+
+    import nnlang
+    from nnlang.user_cache import clear, prune, usage
+    root = tmp_path / "cache"
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(root))
+    src = "model M {\n  input x: float32[batch, 3]\n  output y = tanh(x) * 2.0 + 1.0\n}\n"
+    x = {"x": np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)}
+    want = nnlang.compile(src, batch=2).forward(x)["y"]
+    np.testing.assert_allclose(want, np.tanh(x["x"]) * 2 + 1, rtol=1e-6)
+    real = [f for f in (root / "kernels").rglob("*") if f.is_file()]
+    assert any(f.suffix == ".nbc" for f in real)
+    _age(real, 3 * 3600)
+    planted = _kernel(root, 7, 4000, age=2 * 3600)
+    monkeypatch.setenv("NNLANG_CACHE_MAX_SIZE", "1")
+    (root / ".prune-lock").unlink()
+    # another model: its new kernel's write prunes everything older than 10 minutes
+    nnlang.compile(src.replace("2.0", "3.0"), batch=2).forward(x)
+    assert not any(f.exists() for f in planted + real)
+    assert usage("kernels")[0] > 0
+    # the first model compiles again, from nothing, to the same values
+    np.testing.assert_array_equal(nnlang.compile(src, batch=2).forward(x)["y"], want)
+    # a process that loads a model's kernels and plan from the cache marks them used (not by
+    # the module's time: numba's cache stamp), so the next prune keeps them
+    clear("kernels"), clear("plans")
+    first = [sys.executable, "-c", f"import nnlang, numpy as np\nnnlang.compile({src!r}, "
+             "batch=2).forward({'x': np.ones((2, 3), np.float32)})"]
+    subprocess.run(first, check=True, env={**os.environ, "NNLANG_CACHE_MAX_SIZE": "0"})
+    mine = {f for f in root.rglob("*") if f.is_file() and f.name != ".prune-lock"}
+    stamps = {f: f.stat().st_mtime for f in mine if f.suffix in (".py", ".nbi", ".nbc")}
+    _age([f for f in mine if f not in stamps], 3 * 3600)   # numba's files keep their times
+    planted = _kernel(root, 8, 4000, age=2 * 3600)
+    subprocess.run(first, check=True, env={**os.environ, "NNLANG_CACHE_MAX_SIZE": "0"})
+    assert {f: f.stat().st_mtime for f in stamps} == stamps     # loaded, not compiled again
+    marked = [f for f in mine if f.suffix in (".crc32", ".pkl")]
+    assert len(marked) == 2 and all(time.time() - f.stat().st_mtime < 600 for f in marked)
+    prune(1)
+    assert all(f.exists() for f in mine) and not any(f.exists() for f in planted)

@@ -90,6 +90,68 @@ def test_update_matches_documented_formula(name, opts, clip):
     np.testing.assert_allclose(net.state["w"], expected, rtol=1e-10, atol=1e-12)
 
 
+MIXED = """
+model Q {
+  input t: float64[batch, 5]
+  param w: float64[5] = normal(std = 1.0)
+  d = w - t
+  loss l = reduce_sum(d * d) * 0.5
+}
+train Q { optimizer = %s  clip_norm = %s }
+"""
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+@pytest.mark.parametrize("name,opts", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+def test_a_float64_weight_of_a_float32_net_updates_in_float64(name, opts, clip):
+    """A weight declared float64 in a float32 net took a float32 learning rate, step count and
+    slots: sgd(lr = 0.1) moved it by 0.10000000149 x grad (relative error ~1e-8 against the
+    float64 reference); now by lr x grad in float64, as torch.optim does a float64 tensor."""
+    net = nnlang.compile(MIXED % (_opt_text(name, opts), clip or 0), backend="reference",
+                         batch=1, dtype="float32")
+    t = np.random.default_rng(3).normal(size=(1, 5))
+    w0 = net.state["w"].copy()
+    for _ in range(4):
+        net.train_step({"t": t})
+    assert net.state["w"].dtype == np.float64
+    expected = _reference(name, opts, w0, t[0], 4, clip)
+    np.testing.assert_allclose(net.state["w"], expected, rtol=1e-13, atol=1e-15)
+    assert all(v.dtype == np.float64 for k, v in net.state_dict().items() if k.endswith(".w"))
+
+
+def test_mixed_float32_and_float64_weights_each_update_in_their_own_dtype():
+    """The compiled twin of the test above, with a float32 weight beside the float64 one: each
+    weight's Adam moments are in its own dtype, and the float64 one matches the float64
+    reference to its precision."""
+    src = """
+model Q {
+  input t: float64[batch, 5]
+  input s: float32[batch, 3]
+  param w: float64[5] = normal(std = 1.0)
+  param u: float32[3] = normal(std = 1.0)
+  d = w - t
+  e = u - s
+  loss l = reduce_sum(d * d) * 0.5
+  loss k = reduce_sum(e * e) * 0.5
+}
+train Q { optimizer = adam(lr = 0.01) }
+"""
+    net = nnlang.compile(src, batch=1)
+    assert net.dtype == "float32"
+    rng = np.random.default_rng(4)
+    t, s = rng.normal(size=(1, 5)), rng.normal(size=(1, 3)).astype(np.float32)
+    w0, u0 = net.state["w"].copy(), net.state["u"].copy()
+    for _ in range(4):
+        net.train_step({"t": t, "s": s})
+    state = net.state_dict()
+    assert state["optimizer.m.w"].dtype == state["optimizer.v.w"].dtype == np.float64
+    assert state["optimizer.m.u"].dtype == state["u"].dtype == np.float32
+    np.testing.assert_allclose(state["w"], _reference("adam", {"lr": 0.01}, w0, t[0], 4),
+                               rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(state["u"], _reference("adam", {"lr": 0.01}, u0.astype(
+        np.float64), s[0].astype(np.float64), 4), rtol=1e-5)
+
+
 def test_schedules():
     cos = Choice("cosine", {"warmup": 10, "min_lr": 0.0})
     assert learning_rate(1.0, cos, 0, 0, 110) == pytest.approx(0.1)

@@ -45,8 +45,8 @@ from nnlang.errors import NNError
 from nnlang.files import write_atomic
 from nnlang.ir.graph import Node
 from nnlang.passes.schedule import apply_view
-from nnlang.user_cache import (cache_damaged, cache_subdir, cache_unwritable, private_dir,
-                                remove_quietly, user_cache_dir)
+from nnlang.user_cache import (cache_damaged, cache_subdir, cache_unwritable, maybe_prune,
+                               private_dir, remove_quietly, touch, user_cache_dir)
 
 VERSION = "nnlang-0.3"  # NOTE: bumped when numba_config changes what a kernel compiles to
 # NOTE: a cached kernel holds the code of the numba functions it calls, so the source of the
@@ -323,6 +323,7 @@ def _kernel_file(key: str, source: str) -> Path:
     path = cache_dir() / path.name
     try:
         write_atomic(path, source)
+        maybe_prune()
         return path
     except OSError as err:
         cache_unwritable(path.parent, err)
@@ -547,6 +548,9 @@ class NumbaBackend:
                 path = _kernel_file(key, source)
                 exec(compile(source, str(path), "exec"), module.__dict__)
             self._modules[key] = module
+            # NOTE: marks the kernel used now, so pruning (least recently used first) keeps it
+            # longest; its checksum file, not its module, whose time is numba's cache stamp
+            touch(path.parent / "compiled" / f"{spec.name}.{name}.crc32")
         return getattr(self._modules[key], name)
 
     def specialize(self, fn, args: tuple) -> Call:

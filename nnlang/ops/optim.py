@@ -243,16 +243,18 @@ class _LazySlots(dict):
 
 
 def append_update(b: Builder, params: dict, grads: dict, choice, clip_norm: float | None,
-                  lr: int, add_state) -> dict:
+                  lr, add_state) -> dict:
     """Appends clipping and the optimizer update for every trained parameter.
 
-    `params` and `grads` map parameter names to nodes; `add_state(name, like)` creates a
-    persistent zero-initialized state node. Returns {state name: new value node}.
+    `params` and `grads` map parameter names to nodes; `lr(dtype)` is the learning-rate node in
+    a dtype; `add_state(name, like)` creates a persistent zero-initialized state node (in the
+    dtype of `like`, the net's for None). Returns {state name: new value node}. NOTE: each
+    weight updates in its own dtype (its rate, step count and slots), so a float64 weight of a
+    float32 net moves by exactly lr * grad in float64, as PyTorch's optimizer moves it.
     """
     opt = OPTIMIZERS[choice.name]
     hp = dict(choice.options)
     hp.pop("lr", None)
-    dt = b.type(lr).dtype
     if clip_norm and grads:   # NOTE: no gradient has norm 0, which clipping leaves alone
         # NOTE: like torch.nn.utils.clip_grad_norm_: scale = min(1, max_norm / (norm + 1e-6))
         sq = None
@@ -260,16 +262,23 @@ def append_update(b: Builder, params: dict, grads: dict, choice, clip_norm: floa
             part = b.reduce_sum(b.mul(g, g), axes=None)
             sq = part if sq is None else b.add(sq, part)
         norm = b.sqrt(sq)
-        scale = b.minimum(b.const(1.0, dt),
-                          b.div(b.const(clip_norm, dt), b.add(norm, b.const(1e-6, dt))))
-        grads = {k: b.mul(g, scale) for k, g in grads.items()}
+        ndt = b.type(norm).dtype
+        scale = b.minimum(b.const(1.0, ndt),
+                          b.div(b.const(clip_norm, ndt), b.add(norm, b.const(1e-6, ndt))))
+        grads = {k: b.mul(g, _as(b, scale, b.type(g).dtype)) for k, g in grads.items()}
     step = add_state(STEP_SLOT, None)
-    t = b.add(step, b.const(1.0, dt))
+    t = b.add(step, b.const(1.0, b.type(step).dtype))
     updates = {STEP_SLOT: t}
     for name, p in params.items():
+        pdt = b.type(p).dtype
         slots = _LazySlots(lambda s, name=name, p=p: add_state(slot_name(s, name), p))
-        new_p, new_slots = opt.update(b, p, grads[name], slots, t, lr, **hp)
+        new_p, new_slots = opt.update(b, p, grads[name], slots, _as(b, t, pdt), lr(pdt), **hp)
         updates[name] = new_p
         for s, v in new_slots.items():
             updates[slot_name(s, name)] = v
     return updates
+
+
+def _as(b: Builder, nid: int, dtype: str) -> int:
+    """nid in dtype, cast only where it differs (a float32 model's graph gains nothing)."""
+    return nid if b.type(nid).dtype == dtype else b.cast(nid, dtype=dtype)

@@ -24,6 +24,20 @@ from nnlang.ops.optim import append_update, initial_state, slot_param
 LR_INPUT = "_lr"
 
 
+def lr_input(dtype: str, net_dtype: str) -> str:
+    """The learning rate's input for weights of `dtype`: `_lr` in the net's dtype, and one more
+    per other dtype a weight is declared in (`_lr_float64` for a float64 weight of a float32
+    net), so that weight's update is not rounded to float32 (lr = 0.1 moved it by
+    0.10000000149 times its gradient), while float32 weights' kernels stay as they were."""
+    return LR_INPUT if dtype == net_dtype else f"{LR_INPUT}_{dtype}"
+
+
+def lr_feeds(lr: float, net_dtype: str) -> dict:
+    """The feeds of every learning-rate input a train graph of a `net_dtype` net may have (an
+    executable ignores those its graph lacks)."""
+    return {lr_input(dt, net_dtype): np.asarray(lr, dt) for dt in ("float32", "float64")}
+
+
 def retype(g: Graph, dtype: str) -> Graph:
     """Every float32 value becomes `dtype` (float64 for gradient checks), in scan bodies too;
     a number literal starts from its exact value, not its float32 rounding. Afterwards no
@@ -228,15 +242,24 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     wrt = list(params.values()) + [g.inputs[n] for n in wrt_inputs]
     grads = backward(g, total, wrt)
     b.role = "optim"
-    lr = g.add_node("input", [], {"name": LR_INPUT, "dtype": dtype, "shape": []},
-                    TensorType((), dtype), role="optim", name=LR_INPUT)
-    g.inputs[LR_INPUT] = lr
+
+    def lr_of(dt):
+        name = lr_input(dt, dtype)
+        if name not in g.inputs:
+            g.inputs[name] = g.add_node("input", [], {"name": name, "dtype": dt, "shape": []},
+                                        TensorType((), dt), role="optim", name=name)
+        return g.inputs[name]
+
+    lr_of(dtype)   # NOTE: always there: net.py feeds it, a model with no weight to train too
 
     def add_state(name, like):
-        shape = list(g.node(like).shape) if like is not None else []
-        nid = g.add_node("param", [], {"name": name, "dtype": dtype, "shape": shape,
+        # NOTE: a slot takes its weight's dtype: a float64 weight's Adam moments in float32
+        # rounded its update as its learning rate did
+        shape, dt = (list(g.node(like).shape), g.node(like).dtype) if like is not None \
+            else ([], dtype)
+        nid = g.add_node("param", [], {"name": name, "dtype": dt, "shape": shape,
                                        "init": ("zeros", {}), "trainable": False},
-                         TensorType(tuple(shape), dtype), role="optim", name=name)
+                         TensorType(tuple(shape), dt), role="optim", name=name)
         g.params[name] = nid
         return nid
 
@@ -248,7 +271,7 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     if ranks > 1 and reached:  # NOTE: a model with all weights frozen has nothing to sync
         reached = sync_gradients(b, reached, ranks)
     updates = append_update(b, {k: params[k] for k in reached}, reached, cfg.optimizer,
-                            cfg.clip_norm, lr, add_state)
+                            cfg.clip_norm, lr_of, add_state)
     for name, shape in initial_state(cfg.optimizer, {k: g.node(params[k]).shape for k in params
                                                      if k not in reached}).items():
         if name not in g.params:

@@ -21,7 +21,8 @@ import numpy as np
 
 from nnlang.files import write_atomic
 from nnlang.ir.graph import Graph
-from nnlang.user_cache import cache_unwritable, discard_damaged, user_cache_dir
+from nnlang.user_cache import (cache_unwritable, discard_damaged, maybe_prune, touch,
+                               user_cache_dir)
 
 _FORMAT = 2  # bump when what is pickled changes shape
 # entries kept; older ones are removed when a new one is written. NOTE: a model with a symbolic
@@ -104,7 +105,9 @@ def load(key: str):
             raise ValueError("written by another version of nnlang")
         if hashlib.sha256(body).hexdigest().encode() != digest:
             raise ValueError("checksum mismatch")
-        return pickle.loads(body)
+        plan = pickle.loads(body)
+        touch(path)   # NOTE: used now: both prunings remove the least recently used first
+        return plan
     except Exception as e:  # noqa: BLE001 -- whatever a damaged entry raises, it is a miss
         discard_damaged(path, e)
         return None
@@ -123,12 +126,13 @@ def store(key: str, plan) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / f"{key}.pkl", head + body)
         _prune(folder)
+        maybe_prune()
     except OSError as err:
         cache_unwritable(folder, err)
 
 
 def _prune(folder: Path) -> None:
-    """Keeps the KEEP newest entries: every model, batch size, length and edit of the compiler
+    """Keeps the KEEP most recently used entries: every model, batch size, length and edit of the compiler
     adds one (1.3 MB for the unrolled LSTM, 0.2 MB for the Transformer)."""
     entries = sorted(((t, p) for p in folder.glob("*.pkl") if (t := _mtime(p)) is not None),
                      reverse=True)

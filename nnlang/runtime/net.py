@@ -28,7 +28,7 @@ from nnlang.ops.optim import (OPTIMIZER_PREFIX, OPTIMIZERS, STEP_SLOT, initial_s
                               learning_rate, slot_param)
 from nnlang.ops.registry import ParamSpec
 from nnlang.passes.optimize import switched_off
-from nnlang.passes.pipeline import (DIVIDED_VALUE, DIVISOR, LR_INPUT, divided_key,
+from nnlang.passes.pipeline import (DIVIDED_VALUE, DIVISOR, divided_key, lr_feeds,
                                     forward_graph, named_losses, train_graph)
 from nnlang.runtime.indices import check_indices, index_inputs
 from nnlang.runtime.interpret import interpret
@@ -197,7 +197,7 @@ class Net:
         """A state entry's dtype: the net's, but a weight declared float64 stays float64 (as
         its graph keeps it: `retype`). NOTE: made in the net's dtype, the executables took
         copies of it in the declared one and trained those, unseen by parameters()."""
-        nid = self.user.params.get(name)
+        nid = self.user.params.get(slot_param(name) or name)   # NOTE: a slot's is its weight's
         declared = None if nid is None else self.user.node(nid).attrs.get("dtype")
         return declared if declared not in (None, "float32") else self.dtype
 
@@ -215,7 +215,7 @@ class Net:
         if STEP_SLOT not in self.state:
             # NOTE: before the first step the slots do not exist yet; without their zeros a
             # dict taken now would, loaded later, leave the optimizer's state as it is then
-            out.update({k: np.zeros(shape, self.dtype)
+            out.update({k: np.zeros(shape, self._dtype_of(k))
                         for k, shape in self._optimizer_state().items()})
         return out
 
@@ -353,7 +353,7 @@ class Net:
             for name, nid in g.params.items():  # optimizer slots start at zero
                 if name not in self.state:
                     shape = tuple(int(d) for d in g.node(nid).shape)
-                    self.state[name] = aligned_zeros(shape, self.dtype)
+                    self.state[name] = aligned_zeros(shape, g.node(nid).dtype)
                     self._fresh.add(name)
         else:
             results = ("outputs",) if kind == "predict" else ("outputs", "losses", "metrics")
@@ -471,7 +471,7 @@ class Net:
                           "nnlang.compile (nnlang train does)", stacklevel=2)
         with self._lock:
             lr = self.learning_rate()
-            exe, _, feeds = self._prepared("train", feeds, {LR_INPUT: np.asarray(lr, self.dtype)})
+            exe, _, feeds = self._prepared("train", feeds, lr_feeds(lr, self.dtype))
             # NOTE: a KeyboardInterrupt between the step's kernels, or between the step and its
             # counters, left the weights half updated and net.step behind the optimizer's own
             # count (which a state dict then carried): a library loop's Ctrl-C waits for the
@@ -576,7 +576,7 @@ class Net:
                               "input has a gradient", hint="integer inputs (labels, token ids) "
                               "are not differentiable; leave them out")
         kind = f"grad:{','.join(inputs)}" if inputs else "grad"
-        out = self._run(kind, feeds, {LR_INPUT: np.asarray(0.0, self.dtype)})[0]
+        out = self._run(kind, feeds, lr_feeds(0.0, self.dtype))[0]
         return {k[len("grad:"):]: v for k, v in out.items() if k.startswith("grad:")}
 
     def forward(self, feeds: dict) -> dict:
