@@ -25,7 +25,7 @@ import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
-from nnlang.backends import numba_config  # noqa: F401, I001  (numba's settings first)
+from nnlang.backends import numba_config  # noqa: I001  (numba's settings first)
 import numba
 import numpy as np
 from numba.core.caching import CacheImpl, InTreeCacheLocator
@@ -48,11 +48,14 @@ from nnlang.passes.schedule import apply_view
 from nnlang.user_cache import (cache_damaged, cache_subdir, cache_unwritable, private_dir,
                                 remove_quietly, user_cache_dir)
 
-VERSION = "nnlang-0.3"  # NOTE: bumped when numba_config changes what a kernel compiles to
-# NOTE: a cached kernel holds the code of the numba functions it calls, so the source of the
-# modules generated kernels import is part of every kernel's key
-_IMPORTED = hashlib.sha256("".join(Path(m.__file__).read_text()
-                                   for m in (numba_kernels, numba_scan)).encode()).hexdigest()
+VERSION = "nnlang-0.3"  # NOTE: bumped when a kernel compiles otherwise for a reason no source shows
+# NOTE: a cached kernel holds the code of the numba functions it calls, compiled under the LLVM
+# options numba_config sets (numba's own cache key knows neither), so the source of those
+# modules is part of every kernel's key: an upgrade that retunes an option recompiles, where a
+# forgotten VERSION bump kept serving the kernels compiled under the old one
+_IMPORTED = hashlib.sha256("".join(
+    Path(m.__file__).read_text() for m in (numba_config, numba_kernels, numba_scan)).encode()
+).hexdigest()
 _KERNELS = "nnlang_kernels."   # the module prefix of generated kernels
 _WORKER_MIN = 2                 # jobs worth handing to a started worker (~0.2 s each to compile)
 _WORKER_TIMEOUT = 600

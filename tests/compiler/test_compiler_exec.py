@@ -239,6 +239,36 @@ def test_kernels_import_their_scalar_helpers_and_are_keyed_on_them(tmp_path, mon
     assert not set(other.backend._modules) & set(exe.backend._modules)
 
 
+def test_kernel_key_covers_the_llvm_options_kernels_compile_under(tmp_path):
+    """numba_config sets LLVM options every kernel compiles under, which numba's own cache does
+    not key on: a new version that retunes one must not load the old version's kernels from a
+    user's cache (its key changed only by a hand bump of VERSION, which could be forgotten)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from nnlang.backends import numba_backend
+
+    def key_of(root) -> str:
+        # NOTE: run in `root`: `python -c` puts the current folder first on the path
+        code = "from nnlang.backends import numba_backend as b; print(b.__file__, b._IMPORTED)"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+        assert done.returncode == 0, done.stderr
+        where, key = done.stdout.split()
+        assert Path(where).is_relative_to(root)
+        return key
+
+    package = Path(numba_backend.__file__).parents[1]
+    shutil.copytree(package, tmp_path / "nnlang", ignore=shutil.ignore_patterns("__pycache__"))
+    assert key_of(tmp_path) == numba_backend._IMPORTED   # a copy elsewhere: the same kernels
+    config = tmp_path / "nnlang" / "backends" / "numba_config.py"
+    config.write_text(config.read_text() + 'llvm.set_option("nnlang", "-unroll-threshold=150")\n')
+    assert key_of(tmp_path) != numba_backend._IMPORTED
+
+
 def test_cold_kernels_compile_in_a_second_process(tmp_path, monkeypatch):
     """With many kernels missing from the cache, a worker process compiles part of them into
     numba's disk cache while this one compiles the rest; the results are the same."""
