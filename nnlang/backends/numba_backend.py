@@ -25,18 +25,17 @@ import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
-from nnlang.backends import numba_config  # noqa: I001  (numba's settings first)
+from nnlang.backends import numba_config  # noqa: F401, I001  (numba's settings first)
 import numba
 import numpy as np
 from numba.core.caching import CacheImpl, InTreeCacheLocator
 
-from nnlang.backends import (cpu_affinity, denormals, numba_kernels,  # noqa: F401
-                             numba_scan)
+from nnlang.backends import cpu_affinity, denormals
 from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.base import Call, State, library_call, raising_located, run_in_order
 from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded_blas_pays,
                                   workers)
-from nnlang.backends.compile_worker import claim, held
+from nnlang.backends.compile_worker import claim, held, linked_key
 from nnlang.backends.ctrl_c import ctrl_c_held
 from nnlang.backends.numba_scan import KernelAddress, Unsupported, blas_gemms, render_driver
 from nnlang.codegen.render_numba import (COLUMNS_MIN, PARALLEL_MIN, column_reduction, render,
@@ -49,13 +48,10 @@ from nnlang.user_cache import (cache_damaged, cache_subdir, cache_unwritable, pr
                                 remove_quietly, user_cache_dir)
 
 VERSION = "nnlang-0.3"  # NOTE: bumped when a kernel compiles otherwise for a reason no source shows
-# NOTE: a cached kernel holds the code of the numba functions it calls, compiled under the LLVM
-# options numba_config sets (numba's own cache key knows neither), so the source of those
-# modules is part of every kernel's key: an upgrade that retunes an option recompiles, where a
-# forgotten VERSION bump kept serving the kernels compiled under the old one
-_IMPORTED = hashlib.sha256("".join(
-    Path(m.__file__).read_text() for m in (numba_config, numba_kernels, numba_scan)).encode()
-).hexdigest()
+# NOTE: the code kernels link with or compile under: with numba_config's source in it, an
+# upgrade that retunes an LLVM option recompiles, where a forgotten VERSION bump kept serving
+# the kernels compiled under the old one
+_IMPORTED = linked_key()
 _KERNELS = "nnlang_kernels."   # the module prefix of generated kernels
 _WORKER_MIN = 2                 # jobs worth handing to a started worker (~0.2 s each to compile)
 _WORKER_TIMEOUT = 600
@@ -231,7 +227,7 @@ def _send_jobs(worker, jobs: list, claims: str) -> bool:
         listed.append((module.__file__, module.__name__, fn.__name__,
                        [tuple(blas_names.get(t, t) for t in sig) for sig in sigs]))
     try:
-        worker.stdin.write(pickle.dumps((claims, listed)))
+        worker.stdin.write(pickle.dumps((claims, listed, _IMPORTED)))
         worker.stdin.close()
         return True
     except OSError:  # NOTE: the worker died: the parent compiles everything

@@ -295,6 +295,30 @@ def test_cold_kernels_compile_in_a_second_process(tmp_path, monkeypatch):
     assert warm.backend.compiled == 0
 
 
+def test_a_worker_with_other_kernel_helpers_than_its_parent_compiles_nothing(tmp_path,
+                                                                              monkeypatch):
+    """A worker whose helper modules on disk are not the ones its parent keys kernels on
+    (nnlang upgraded under a running process, another nnlang first on the worker's path)
+    would link the parent's kernels with other helpers and cache them under the parent's key:
+    it leaves them all to the parent, which compiles them itself, with the same values."""
+    from nnlang.backends import numba_backend
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(numba_backend, "_IMPORTED", "the helpers before an upgrade")
+    g = Graph()
+    b = Builder(g)
+    h = leaf(g, "input", "x", (4, 3))
+    eye = b.const(np.eye(3, dtype=np.float32))
+    for op in ("exp", "tanh", "sigmoid", "neg", "abs", "sign", "erf"):
+        h = b.matmul(b.emit(op, b.mul(h, b.const(0.25))), eye)   # one distinct kernel each
+    g.outputs["h"] = h
+    feeds = {"x": rand((4, 3))}
+    exe = compile_graph(g, numba_backend.NumbaBackend())
+    assert exe.backend.cache_hits == 0
+    assert exe.backend.compiled == exe.summary()["distinct_kernels"]
+    np.testing.assert_allclose(exe.run(feeds)["h"], interpret(g, feeds, want=g.outputs)["h"],
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("win", [
     dict(kernel=[3], stride=[2], pads=[1, 2], dilation=[2]),
     dict(kernel=[3, 2], stride=[1, 2], pads=[1, 1, 0, 1], dilation=[1, 2]),
