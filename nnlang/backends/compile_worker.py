@@ -1,8 +1,8 @@
 """A second process that compiles generated kernels into numba's disk cache, so a cold compile
 uses both cores (numba compiles one function at a time per process, ~0.2 s each).
 
-Started by `NumbaBackend` as `python -m nnlang.backends.compile_worker` at the first kernel
-missing from the cache, it warms numba up while the parent goes on building, then reads
+Started by `NumbaBackend` (this module as `__main__`, from the parent's nnlang) at the first
+kernel missing from the cache, it warms numba up while the parent goes on building, then reads
 (claims folder, [(kernel file, module name, function name, [numba signature, ...]), ...],
 the parent's `linked_key`) pickled on stdin (with too little to share, the parent kills it
 instead); with another key it compiles nothing. Both processes go down the list, costliest

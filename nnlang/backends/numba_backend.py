@@ -207,10 +207,15 @@ def _jobs(todo) -> list:
 def _spawn_worker():
     """A second process that warms numba up, then compiles jobs `_send_jobs` lists into the
     disk cache; None where no process can be started (the parent compiles everything)."""
+    # NOTE: this nnlang, first on the worker's path: `-m` ran whichever nnlang the current
+    # folder or the environment's path held (an installed one, when this one came through a
+    # sys.path entry), which compiled nothing for want of the same kernel helpers (linked_key)
+    here = str(Path(__file__).resolve().parents[2])
+    run = (f"import runpy, sys; sys.path.insert(0, {here!r}); "
+           "runpy.run_module('nnlang.backends.compile_worker', run_name='__main__')")
     try:
-        return subprocess.Popen([sys.executable, "-m", "nnlang.backends.compile_worker"],
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        return subprocess.Popen([sys.executable, "-c", run], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         return None
 
