@@ -1,23 +1,26 @@
 """A second process that compiles generated kernels into numba's disk cache, so a cold compile
 uses both cores (numba compiles one function at a time per process, ~0.2 s each).
 
-Started by `NumbaBackend` as `python -m nnlang.backends.compile_worker` at the first kernel
-missing from the cache, it warms numba up while the parent goes on building, then reads
-(claims folder, [(kernel file, module name, function name, [numba signature, ...]), ...])
-pickled on stdin (with too little to share, the parent kills it instead). Both processes go
-down the list, costliest first, each compiling the jobs it claims first, so neither waits
-while the other has a long queue. The worker only fills the cache; the parent loads every
+Started by `NumbaBackend` (this module as `__main__`, from the parent's nnlang) at the first
+kernel missing from the cache, it warms numba up while the parent goes on building, then reads
+(claims folder, [(kernel file, module name, function name, [numba signature, ...]), ...],
+the parent's `linked_key`) pickled on stdin (with too little to share, the parent kills it
+instead); with another key it compiles nothing. Both processes go down the list, costliest
+first, each compiling the jobs it claims first, so neither waits while the other has a long
+queue. The worker only fills the cache; the parent loads every
 kernel from it afterwards, and compiles itself whatever the worker did not manage (a failed
 worker costs time, never correctness).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pickle
 import signal
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 from nnlang.backends import numba_config  # noqa: F401, I001  (the parent's settings; first)
 import numba
@@ -75,6 +78,16 @@ def held(path: str):
         os.close(fd)   # NOTE: closing drops the lock
 
 
+def linked_key() -> str:
+    """A hash of the modules a generated kernel links with or compiles under, read from their
+    files: numba_config's LLVM options, numba_kernels' helpers, numba_scan's gemm. A cached
+    kernel holds their code and numba's own cache key knows none of them, so this is part of
+    every kernel's key (`numba_backend._IMPORTED`)."""
+    from nnlang.backends import numba_kernels, numba_scan
+    return hashlib.sha256("".join(Path(m.__file__).read_text() for m in
+                                  (numba_config, numba_kernels, numba_scan)).encode()).hexdigest()
+
+
 def compile_all(claims, jobs) -> None:
     """Compiles each job this process claims (`claim`: the parent takes the others)."""
     for k, (path, module_name, name, sigs) in enumerate(jobs):
@@ -108,4 +121,9 @@ if __name__ == "__main__":
     # numba temp files in the cache
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     warm_up()
-    compile_all(*pickle.load(sys.stdin.buffer))
+    claims, jobs, key = pickle.load(sys.stdin.buffer)
+    # NOTE: files that are not the parent's (nnlang upgraded under a running process, another
+    # nnlang first on this process's path) would link its kernels with other helpers and cache
+    # them under the parent's key: the parent compiles them all itself instead
+    if key == linked_key():
+        compile_all(claims, jobs)

@@ -30,13 +30,12 @@ import numba
 import numpy as np
 from numba.core.caching import CacheImpl, InTreeCacheLocator
 
-from nnlang.backends import (cpu_affinity, denormals, numba_kernels,  # noqa: F401
-                             numba_scan)
+from nnlang.backends import cpu_affinity, denormals
 from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.base import Call, State, library_call, raising_located, run_in_order
 from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded_blas_pays,
                                   workers)
-from nnlang.backends.compile_worker import claim, held
+from nnlang.backends.compile_worker import claim, held, linked_key
 from nnlang.backends.ctrl_c import ctrl_c_held
 from nnlang.backends.numba_scan import KernelAddress, Unsupported, blas_gemms, render_driver
 from nnlang.codegen.render_numba import (COLUMNS_MIN, PARALLEL_MIN, column_reduction, render,
@@ -48,11 +47,11 @@ from nnlang.passes.schedule import apply_view
 from nnlang.user_cache import (cache_damaged, cache_subdir, cache_unwritable, maybe_prune,
                                private_dir, remove_quietly, touch, user_cache_dir)
 
-VERSION = "nnlang-0.3"  # NOTE: bumped when numba_config changes what a kernel compiles to
-# NOTE: a cached kernel holds the code of the numba functions it calls, so the source of the
-# modules generated kernels import is part of every kernel's key
-_IMPORTED = hashlib.sha256("".join(Path(m.__file__).read_text()
-                                   for m in (numba_kernels, numba_scan)).encode()).hexdigest()
+VERSION = "nnlang-0.3"  # NOTE: bumped when a kernel compiles otherwise for a reason no source shows
+# NOTE: the code kernels link with or compile under: with numba_config's source in it, an
+# upgrade that retunes an LLVM option recompiles, where a forgotten VERSION bump kept serving
+# the kernels compiled under the old one
+_IMPORTED = linked_key()
 _KERNELS = "nnlang_kernels."   # the module prefix of generated kernels
 _WORKER_MIN = 2                 # jobs worth handing to a started worker (~0.2 s each to compile)
 _WORKER_TIMEOUT = 600
@@ -208,10 +207,15 @@ def _jobs(todo) -> list:
 def _spawn_worker():
     """A second process that warms numba up, then compiles jobs `_send_jobs` lists into the
     disk cache; None where no process can be started (the parent compiles everything)."""
+    # NOTE: this nnlang, first on the worker's path: `-m` ran whichever nnlang the current
+    # folder or the environment's path held (an installed one, when this one came through a
+    # sys.path entry), which compiled nothing for want of the same kernel helpers (linked_key)
+    here = str(Path(__file__).resolve().parents[2])
+    run = (f"import runpy, sys; sys.path.insert(0, {here!r}); "
+           "runpy.run_module('nnlang.backends.compile_worker', run_name='__main__')")
     try:
-        return subprocess.Popen([sys.executable, "-m", "nnlang.backends.compile_worker"],
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        return subprocess.Popen([sys.executable, "-c", run], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         return None
 
@@ -228,7 +232,7 @@ def _send_jobs(worker, jobs: list, claims: str) -> bool:
         listed.append((module.__file__, module.__name__, fn.__name__,
                        [tuple(blas_names.get(t, t) for t in sig) for sig in sigs]))
     try:
-        worker.stdin.write(pickle.dumps((claims, listed)))
+        worker.stdin.write(pickle.dumps((claims, listed, _IMPORTED)))
         worker.stdin.close()
         return True
     except OSError:  # NOTE: the worker died: the parent compiles everything

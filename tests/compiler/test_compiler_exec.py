@@ -239,6 +239,36 @@ def test_kernels_import_their_scalar_helpers_and_are_keyed_on_them(tmp_path, mon
     assert not set(other.backend._modules) & set(exe.backend._modules)
 
 
+def test_kernel_key_covers_the_llvm_options_kernels_compile_under(tmp_path):
+    """numba_config sets LLVM options every kernel compiles under, which numba's own cache does
+    not key on: a new version that retunes one must not load the old version's kernels from a
+    user's cache (its key changed only by a hand bump of VERSION, which could be forgotten)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from nnlang.backends import numba_backend
+
+    def key_of(root) -> str:
+        # NOTE: run in `root`: `python -c` puts the current folder first on the path
+        code = "from nnlang.backends import numba_backend as b; print(b.__file__, b._IMPORTED)"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+        assert done.returncode == 0, done.stderr
+        where, key = done.stdout.split()
+        assert Path(where).is_relative_to(root)
+        return key
+
+    package = Path(numba_backend.__file__).parents[1]
+    shutil.copytree(package, tmp_path / "nnlang", ignore=shutil.ignore_patterns("__pycache__"))
+    assert key_of(tmp_path) == numba_backend._IMPORTED   # a copy elsewhere: the same kernels
+    config = tmp_path / "nnlang" / "backends" / "numba_config.py"
+    config.write_text(config.read_text() + 'llvm.set_option("nnlang", "-unroll-threshold=150")\n')
+    assert key_of(tmp_path) != numba_backend._IMPORTED
+
+
 def test_cold_kernels_compile_in_a_second_process(tmp_path, monkeypatch):
     """With many kernels missing from the cache, a worker process compiles part of them into
     numba's disk cache while this one compiles the rest; the results are the same."""
@@ -263,6 +293,30 @@ def test_cold_kernels_compile_in_a_second_process(tmp_path, monkeypatch):
                                rtol=1e-5, atol=1e-6)
     warm = compile_graph(g, NumbaBackend())      # markers: no worker, all from the cache
     assert warm.backend.compiled == 0
+
+
+def test_a_worker_with_other_kernel_helpers_than_its_parent_compiles_nothing(tmp_path,
+                                                                              monkeypatch):
+    """A worker whose helper modules on disk are not the ones its parent keys kernels on
+    (nnlang upgraded under a running process, another nnlang first on the worker's path)
+    would link the parent's kernels with other helpers and cache them under the parent's key:
+    it leaves them all to the parent, which compiles them itself, with the same values."""
+    from nnlang.backends import numba_backend
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(numba_backend, "_IMPORTED", "the helpers before an upgrade")
+    g = Graph()
+    b = Builder(g)
+    h = leaf(g, "input", "x", (4, 3))
+    eye = b.const(np.eye(3, dtype=np.float32))
+    for op in ("exp", "tanh", "sigmoid", "neg", "abs", "sign", "erf"):
+        h = b.matmul(b.emit(op, b.mul(h, b.const(0.25))), eye)   # one distinct kernel each
+    g.outputs["h"] = h
+    feeds = {"x": rand((4, 3))}
+    exe = compile_graph(g, numba_backend.NumbaBackend())
+    assert exe.backend.cache_hits == 0
+    assert exe.backend.compiled == exe.summary()["distinct_kernels"]
+    np.testing.assert_allclose(exe.run(feeds)["h"], interpret(g, feeds, want=g.outputs)["h"],
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("win", [

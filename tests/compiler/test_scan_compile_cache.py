@@ -271,6 +271,26 @@ def test_cold_jobs_go_costliest_first_with_each_kernel_once_and_claimed_once(tmp
     assert [claim(str(tmp_path), k) for k in (0, 1, 0, 2, 1)] == [True, True, False, True, False]
 
 
+def test_the_worker_runs_its_parents_nnlang_not_the_current_folders(tmp_path, monkeypatch):
+    """The worker is this process's nnlang even where another comes first on a fresh
+    process's path (the current folder, PYTHONPATH): that one, with other kernel helpers,
+    would compile nothing (`linked_key`), or whatever its version does."""
+    import os
+    from nnlang.backends import numba_backend
+    other = tmp_path / "nnlang" / "backends"
+    other.mkdir(parents=True)
+    (tmp_path / "nnlang" / "__init__.py").write_text("")
+    (other / "__init__.py").write_text("")
+    (other / "compile_worker.py").write_text(
+        f"open({str(tmp_path / 'ran')!r}, 'w').write('the other nnlang')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    worker = numba_backend._spawn_worker()
+    worker.stdin.close()   # NOTE: no jobs: this nnlang's worker ends once numba is warm
+    assert worker.wait(timeout=300) is not None
+    assert not (tmp_path / "ran").exists()
+
+
 def test_a_worker_that_dies_costs_time_not_correctness(tmp_path, monkeypatch):
     """A compile worker that exits at once (here: a process that never reads its jobs) leaves
     the parent to compile everything, the jobs the dead worker could have claimed included."""
