@@ -20,6 +20,7 @@ COLUMNS_SPLIT_MIN = 1 << 20
 LANES = 4  # independent accumulators of an innermost-axis max (`_row_out`)
 
 PRELUDE = "import math\n\nimport numba\nimport numpy as np\n"
+JIT = "@numba.njit(cache=True, fastmath=False, error_model='numpy', nogil=True)"
 
 
 def split_rows(k: Kernel, loop_shape) -> bool:
@@ -105,8 +106,7 @@ def render_body(k: Kernel, lang: ScalarLang = PYTHON, strided=()) -> str:
     reduced = set(k.reduce.axes) if k.reduce else set()
     kept = [a for a in range(k.loop_rank) if a not in reduced]
     order = kept + sorted(reduced)
-    lines = ["@numba.njit(cache=True, fastmath=False, error_model='numpy', nogil=True)",
-             f"def {k.name}({', '.join(k.args + stride_args(k, strided))}):"]
+    lines = [JIT, f"def {k.name}({', '.join(k.args + stride_args(k, strided))}):"]
     pad = "    "
     for name, value, dtype in k.consts:
         lines.append(f"{pad}{name} = {lang.literal(value, dtype)}")
@@ -136,9 +136,9 @@ def _inner_reduced_loops(k: Kernel, lang: ScalarLang, at, full, order,
     red, last = k.reduce, k.loop_rank - 1
     pad = "    "
     if len(order) - n_kept >= 2:
-        return [f"{pad}row = np.empty(n{last}, np.{_acc_dtype(k)})",
+        return [f"{pad}row = np.empty((n{last},), np.{_acc_dtype(k)})",
                 *_columns_then_fold(k, lang, at, full, order, n_kept)]
-    lines = [f"{pad}row = np.empty(n{last}, np.{red.dtype})"]
+    lines = [f"{pad}row = np.empty((n{last},), np.{red.dtype})"]
     for axis in order[:-1]:
         lines.append(f"{pad}for i{axis} in range(n{axis}):")
         pad += "    "
@@ -184,13 +184,27 @@ def _columns_then_fold(k: Kernel, lang: ScalarLang, at, full, order, n_kept: int
     lines, pad = [], "    "
     for depth, axis in enumerate(order[:-1]):
         if depth == n_kept:
-            lines.append(f"{pad}row.fill({lang.reduce_init(red.op, _acc_dtype(k))})")
+            lines += _filled("row", [last], lang.reduce_init(red.op, _acc_dtype(k)), pad)
         lines.append(f"{pad}for i{axis} in range(n{axis}):")
         pad += "    "
     lines.append(f"{pad}for i{last} in range(n{last}):")
     lines += _body(k, pad + "    ", lang, at, full)
     lines.append(f"{pad}    {lang.reduce_step(red.op, f'row[i{last}]', red.value)}")
     return lines + _row_out(k, lang, order, n_kept, "    " * (1 + n_kept))
+
+
+def _filled(name: str, axes: list[int], value: str, pad: str) -> list[str]:
+    """A scratch array set to `value` by loops over its axes.
+
+    NOTE: with scratch arrays made by `np.empty((...,), dtype)` and set in loops, numba compiles
+    no `.fill` overload (~0.05 s a dtype and rank), and one `np.empty` overload a dtype (the
+    int and tuple shapes were two), in the parent and again in the compile worker: such
+    overloads are compiled anew in every process, not cached (the LSTM's cold compile made 8)."""
+    lines = []
+    for depth, a in enumerate(axes):
+        lines.append(f"{pad}{'    ' * depth}for i{a} in range(n{a}):")
+    index = ", ".join(f"i{a}" for a in axes)
+    return lines + [f"{pad}{'    ' * len(axes)}{name}[{index}] = {value}"]
 
 
 def _body(k: Kernel, pad: str, lang: ScalarLang, at, full) -> list[str]:
@@ -221,7 +235,7 @@ def _inner_kept_loops(k: Kernel, lang: ScalarLang, at, full) -> list[str]:
     for axis in range(first):
         lines.append(f"{pad}for i{axis} in range(n{axis}):")
         pad += "    "
-    lines.append(f"{pad}acc.fill({lang.reduce_init(red.op, _acc_dtype(k))})")
+    lines += _filled("acc", inner, lang.reduce_init(red.op, _acc_dtype(k)), pad)
     base = pad
     for axis in range(first, k.loop_rank):
         lines.append(f"{pad}for i{axis} in range(n{axis}):")
@@ -276,7 +290,7 @@ def render_multi(k: Kernel, body: str, count: int) -> tuple[str, str]:
     args = k.args[1:]
     views = [f"            tensor_at({a}[t], {'1' if a in single else 'n'}, "
              f"{PYTHON.dtype_names[dtypes[a]]})," for a in args]
-    lines = ["", "", "@numba.njit(cache=True, fastmath=False, error_model='numpy', nogil=True)",
+    lines = ["", "", JIT,
              f"def {k.name}_multi(ns, {', '.join(args)}):",
              "    for t in range(ns.shape[0]):",
              "        n = ns[t]",
@@ -286,5 +300,9 @@ def render_multi(k: Kernel, body: str, count: int) -> tuple[str, str]:
     header = "".join(f"# {line}\n" for line in
                      [f"computes, for each of {count} tensors in one launch:"] +
                      ["  " + h for h in k.header])
-    source = body.replace(PRELUDE, PRELUDE + MULTI_IMPORT, 1)
+    # NOTE: the kernel is inlined into the loop (numba IR), not compiled as a function of its
+    # own: that compile (its Python and C wrappers, its own LLVM module and cache entry) was
+    # ~0.1 s of the multi's ~0.5, for code LLVM inlined into the loop anyway
+    source = body.replace(PRELUDE, PRELUDE + MULTI_IMPORT, 1).replace(
+        JIT, JIT.replace("cache=True", "inline='always'"), 1)
     return header, source + "\n".join(lines) + "\n"

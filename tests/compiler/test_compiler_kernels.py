@@ -432,3 +432,57 @@ def test_a_numba_thread_setting_numba_refuses_is_named(name, value, words):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           env={**os.environ, name: value}, timeout=120)
     assert words in done.stdout and "hint: " in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+_COMPILES_PROBE = """
+import json
+import numpy as np
+from numba.core import event
+from nnlang.ir.graph import Builder, Graph, TensorType
+from nnlang.runtime.executable import compile_graph
+g = Graph()
+b = Builder(g)
+feeds = {}
+for name, shape in (("x", (6, 5)), ("y", (8,)), ("z", (3, 4))):
+    g.inputs[name] = g.add_node("input", [], {"name": name, "dtype": "float32",
+                                              "shape": list(shape)},
+                                TensorType(shape, "float32"), name=name)
+    feeds[name] = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+x = g.inputs["x"]
+g.outputs["cols"] = b.reduce_sum(b.mul(x, x), axes=[0])
+g.outputs["all"] = b.reduce_sum(b.mul(x, x), axes=[0, 1])
+for k in ("y", "z"):
+    g.outputs[k + "2"] = b.add(b.mul(g.inputs[k], b.const(2.0)), b.const(1.0))
+with event.install_recorder("numba:compile") as rec:
+    exe = compile_graph(g)
+out = exe.run(feeds)
+x64 = feeds["x"].astype(np.float64)
+assert np.allclose(out["cols"], (x64 ** 2).sum(0), rtol=1e-5)
+assert np.allclose(out["all"], (x64 ** 2).sum(), rtol=1e-5)
+assert np.allclose(out["y2"], feeds["y"] * 2 + 1) and np.allclose(out["z2"], feeds["z"] * 2 + 1)
+assert [s.kind for s in exe.steps].count("multi") == 1
+fns = [e.data["dispatcher"].py_func for _, e in rec.buffer if e.is_start]
+print(json.dumps([(f.__module__, f.__name__) for f in fns]))
+"""
+
+
+def test_a_cold_process_compiles_each_kernel_once_and_no_fill(tmp_path):
+    """What numba compiles in a fresh process (no compile worker) for two reductions and a
+    multi-tensor launch: each generated module's kernel once. The reductions' scratch rows
+    were reset with `.fill`, an overload numba compiled anew in every process (and in the
+    compile worker again, ~0.05 s each), and the multi-tensor launch compiled its kernel as a
+    function of its own before the loop calling it (~0.1 s of its ~0.5)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "NNLANG_CACHE_DIR": str(tmp_path),
+           "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    done = subprocess.run([sys.executable, "-c", _COMPILES_PROBE], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    compiled = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not [name for _, name in compiled if name == "fill_impl"]
+    kernels = [module for module, _ in compiled if module.startswith("nnlang_kernels.")]
+    assert len(kernels) == 3 and len(set(kernels)) == 3, compiled
