@@ -9,6 +9,7 @@ plans are bounded (`prune`: least recently used first, as ccache's max_size); da
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from decimal import Decimal
 from pathlib import Path
 
 from nnlang.files import user_path
@@ -185,12 +187,16 @@ _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
 def parse_size(text: str) -> int | None:
-    """'2G', '500M', '1.5GiB', '123456' -> bytes (powers of 1024, as ccache's); '0' -> None (no
-    bound, as ccache's max_size 0). ValueError for anything else."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", str(text).lower())
+    """'2G', '500M', '1.5GiB', '123456' -> bytes; K, M, G, T with or without B or iB are all
+    powers of 1024 (as java's -Xmx and docker's --memory; ccache's kB/MB/GB are powers of 1000),
+    a bare number is bytes; '0' -> None (no bound, as ccache's max_size 0). ValueError for
+    anything else."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([kmgt]?)(?:i?b)?\s*", str(text).lower())
     if m is None or (m.group(2) == "" and str(text).strip().lower().endswith("ib")):
         raise ValueError(f"{text!r} is not a size")
-    n = int(float(m.group(1)) * _UNITS[m.group(2)])
+    # NOTE: exact, not a float: a long number overflowed one (an OverflowError that ended the
+    # run writing a kernel); and only 0 is no bound: '0.1' rounded down to it
+    n = math.ceil(Decimal(m.group(1)) * _UNITS[m.group(2)])
     return n or None
 
 

@@ -217,9 +217,14 @@ def test_parse_size():
     assert parse_size("2G") == parse_size("2GiB") == parse_size("2 gb") == 2 * 2**30
     assert parse_size("500M") == 500 * 2**20 and parse_size("1.5k") == 1536
     assert parse_size("123") == 123 and parse_size("0") is None
-    for bad in ("", "-1G", "2X", "G", "1e3", "12ib"):
+    for bad in ("", "-1G", "2X", "G", "1e3", "12ib", "\u0661\u0662"):   # the last: Arabic 12
         with pytest.raises(ValueError):
             parse_size(bad)
+    # only 0 is no bound: a fraction of a byte was rounded down to it
+    assert parse_size("0.1") == parse_size("0.0001K") == 1 and parse_size("0.0") is None
+    # a number too long for a float is a bound too big to reach, not an OverflowError (which
+    # ended the run that wrote a kernel, NNLANG_CACHE_MAX_SIZE being read there)
+    assert parse_size("9" * 400 + "T") > 2**1000
 
 
 def test_a_compile_prunes_old_kernels_and_a_used_kernel_is_kept_as_recent(tmp_path,
