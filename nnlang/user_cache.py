@@ -122,7 +122,12 @@ def kind_paths(kind: str) -> list[Path]:
     if kind == "data":
         from nnlang.data.cache import cached_paths
         return cached_paths()
-    return [root / kind]
+    # NOTE: a kernels or plans folder linked elsewhere (a bigger disk) holds nnlang's files
+    # only: they are counted, pruned and cleared there, the link kept. Taken for a file, the
+    # link was all that was counted, and the bound unlinked it: the files it led to, never
+    # counted again, stayed, and the next run began a new folder in the root
+    path = root / kind
+    return [path.resolve() if path.is_symlink() else path]
 
 
 def _files(path: Path):

@@ -227,6 +227,27 @@ def test_parse_size():
     assert parse_size("9" * 400 + "T") > 2**1000
 
 
+def test_a_linked_kernels_folder_is_pruned_and_cleared_inside_its_link_kept(tmp_path,
+                                                                            monkeypatch):
+    """A kernels folder linked to another disk: its files were not counted (the link was, as
+    one file of a few bytes) and pruning unlinked it, leaving every kernel behind it uncounted
+    and unbounded while the next run began a new folder in the root."""
+    from nnlang.user_cache import clear, prune, usage
+    root, disk = tmp_path / "cache", tmp_path / "disk" / "kernels"
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(root))
+    disk.mkdir(parents=True)
+    root.mkdir()
+    os.symlink(disk, root / "kernels")
+    old = _kernel(root, 1, 4000, age=7200)
+    new = _kernel(root, 2, 4000, age=3600)
+    assert usage("kernels") == (8, 8000)
+    assert prune(5000) == (4, 4000)
+    assert (root / "kernels").is_symlink() and not any(f.exists() for f in old)
+    assert all(f.exists() for f in new) and usage("kernels") == (4, 4000)
+    assert clear("kernels") == (4, 4000)
+    assert (root / "kernels").is_symlink() and not any(f.is_file() for f in disk.rglob("*"))
+
+
 def test_a_compile_prunes_old_kernels_and_a_used_kernel_is_kept_as_recent(tmp_path,
                                                                           monkeypatch):
     """With real compiled kernels: a run that writes new kernels prunes the cache to
