@@ -77,6 +77,7 @@ def prune(
     from nnlang.user_cache import max_size as default_size
     from nnlang.user_cache import parse_size
     from nnlang.user_cache import prune as prune_cache
+    from nnlang.user_cache import user_cache_dir
 
     out = console()
     with reporting():
@@ -90,7 +91,13 @@ def prune(
                               "e.g. --max-size 500M, 2G or 10GiB (powers of 1024; 0: no "
                               "bound)") from None
         out.print(Text(f"cache: {_root_text()}"))
-        files, size = prune_cache(limit)
+        try:
+            files, size = prune_cache(limit)
+        except OSError as err:   # NOTE: its lock cannot be written: a read-only cache
+            raise NNError(f"cannot prune the cache at {user_cache_dir()} "
+                          f"({err.strerror or err})", None,
+                          "check that folder's permissions (the cache belongs to whoever made "
+                          "it); a read-only cache is only read, and grows no further") from None
         out.print(Text(f"pruned to {_bound_text(limit)}: removed {files:,} "
                        f"file{'' if files == 1 else 's'}, {human(size, 'B')}"))
 

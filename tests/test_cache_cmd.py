@@ -248,6 +248,27 @@ def test_a_linked_kernels_folder_is_pruned_and_cleared_inside_its_link_kept(tmp_
     assert (root / "kernels").is_symlink() and not any(f.is_file() for f in disk.rglob("*"))
 
 
+def test_cache_prune_of_a_read_only_cache_is_an_error_naming_it(cache, monkeypatch):
+    """A cache on a read-only mount (a shared pre-built one): `nnlang cache prune` was an
+    internal error (its lock file cannot be created)."""
+    import errno
+
+    from nnlang import user_cache
+    root, _ = cache
+    real = os.open
+
+    def read_only(path, flags, *a, **kw):   # NOTE: root (CI) writes a read-only folder anyway
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real(path, flags, *a, **kw)
+    monkeypatch.setattr(user_cache.os, "open", read_only)
+    r = run("cache", "prune", "--max-size", "1")
+    assert r.exit_code == 1
+    assert f"error: cannot prune the cache at {root} (Read-only file system)" in r.stderr
+    assert "hint: check that folder's permissions" in r.stderr
+    assert (root / "kernels" / "k_a.py").exists()
+
+
 def test_a_compile_prunes_old_kernels_and_a_used_kernel_is_kept_as_recent(tmp_path,
                                                                           monkeypatch):
     """With real compiled kernels: a run that writes new kernels prunes the cache to
