@@ -125,9 +125,10 @@ def kind_paths(kind: str) -> list[Path]:
     # NOTE: a kernels or plans folder linked elsewhere (a bigger disk) holds nnlang's files
     # only: they are counted, pruned and cleared there, the link kept. Taken for a file, the
     # link was all that was counted, and the bound unlinked it: the files it led to, never
-    # counted again, stayed, and the next run began a new folder in the root
+    # counted again, stayed, and the next run began a new folder in the root. A dangling link
+    # stays a file, so `clear` removes it and the next run can write there
     path = root / kind
-    return [path.resolve() if path.is_symlink() else path]
+    return [path.resolve() if path.is_symlink() and path.is_dir() else path]
 
 
 def _files(path: Path):

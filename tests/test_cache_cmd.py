@@ -246,6 +246,10 @@ def test_a_linked_kernels_folder_is_pruned_and_cleared_inside_its_link_kept(tmp_
     assert all(f.exists() for f in new) and usage("kernels") == (4, 4000)
     assert clear("kernels") == (4, 4000)
     assert (root / "kernels").is_symlink() and not any(f.is_file() for f in disk.rglob("*"))
+    # a link to nothing is itself what clear removes, so the next run can make the folder
+    disk.parent.rename(tmp_path / "gone")
+    assert clear("kernels") == (1, len(str(disk)))
+    assert not os.path.lexists(root / "kernels")
 
 
 def test_cache_prune_of_a_read_only_cache_is_an_error_naming_it(cache, monkeypatch):
