@@ -77,7 +77,7 @@ def prune(
     from nnlang.user_cache import max_size as default_size
     from nnlang.user_cache import parse_size
     from nnlang.user_cache import prune as prune_cache
-    from nnlang.user_cache import user_cache_dir
+    from nnlang.user_cache import IN_USE_S, PRUNED, usage, user_cache_dir
 
     out = console()
     with reporting():
@@ -100,6 +100,11 @@ def prune(
                           "it); a read-only cache is only read, and grows no further") from None
         out.print(Text(f"pruned to {_bound_text(limit)}: removed {files:,} "
                        f"file{'' if files == 1 else 's'}, {human(size, 'B')}"))
+        # NOTE: said, or 'removed 0 files' under a tiny bound read as a cache already within it
+        left = sum(usage(kind)[1] for kind in PRUNED)
+        if limit is not None and left > limit:
+            out.print(Text(f"still over the bound: {human(left, 'B')} in use (used in the last "
+                           f"{IN_USE_S // 60} minutes, or by another run or prune now)"))
 
 
 @cache_app.command()

@@ -207,6 +207,13 @@ def test_cache_prune_command_and_the_bound_in_cache_info(tmp_path, monkeypatch):
     assert "pruned to 5.00 KiB: removed 4 files, 3.91 KiB" in r.stdout
     assert not (root / "kernels" / f"k_{1:024x}.py").exists()
     assert (root / "kernels" / f"k_{2:024x}.py").exists()
+    assert "still over" not in r.stdout
+    # what is in use stays, and is said: 'removed 0 files' read as a cache within its bound
+    _kernel(root, 3, 8000, age=60)
+    r = run("cache", "prune", "--max-size", "5K")
+    assert "pruned to 5.00 KiB: removed 4 files, 3.91 KiB" in r.stdout
+    assert "still over the bound: 7.81 KiB in use (used in the last 10 minutes, or by " \
+        "another run or prune now)" in r.stdout
     r = run("cache", "prune", "--max-size", "lots")
     assert r.exit_code == 1
     assert "error: --max-size 'lots' is not a size" in r.stderr and "hint:" in r.stderr
