@@ -74,22 +74,23 @@ def prune(
     writes new kernels or plans prunes too, at most once an hour. Downloaded data stays."""
     from nnlang.errors import NNError
     from nnlang.ir.summary import human
-    from nnlang.user_cache import max_size as default_size
+    from nnlang.user_cache import DEFAULT_MAX_SIZE, IN_USE_S, MAX_SIZE_ENV, PRUNED
     from nnlang.user_cache import parse_size
     from nnlang.user_cache import prune as prune_cache
-    from nnlang.user_cache import IN_USE_S, PRUNED, usage, user_cache_dir
+    from nnlang.user_cache import usage, user_cache_dir
 
     out = console()
     with reporting():
-        if max_size is None:
-            limit = default_size()
-        else:
-            try:
-                limit = parse_size(max_size)
-            except ValueError:
-                raise NNError(f"--max-size {max_size!r} is not a size", None,
-                              "e.g. --max-size 500M, 2G or 10GiB (powers of 1024; 0: no "
-                              "bound)") from None
+        # NOTE: a $NNLANG_CACHE_MAX_SIZE that is no size is an error here, where a run only
+        # warns: this command would remove, down to the default 2G, what it meant to keep
+        said, text = ("--max-size ", max_size) if max_size is not None else \
+            (f"{MAX_SIZE_ENV}=", os.environ.get(MAX_SIZE_ENV) or None)
+        try:
+            limit = DEFAULT_MAX_SIZE if text is None else parse_size(text)
+        except ValueError:
+            raise NNError(f"{said}{text!r} is not a size", None,
+                          f"e.g. {said}500M, 2G or 10GiB (K, M, G, T: powers of 1024; 0: no "
+                          "bound)") from None
         out.print(Text(f"cache: {_root_text()}"))
         try:
             files, size = prune_cache(limit)

@@ -193,12 +193,12 @@ _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
 def parse_size(text: str) -> int | None:
-    """'2G', '500M', '1.5GiB', '123456' -> bytes; K, M, G, T with or without B or iB are all
-    powers of 1024 (as java's -Xmx and docker's --memory; ccache's kB/MB/GB are powers of 1000),
-    a bare number is bytes; '0' -> None (no bound, as ccache's max_size 0). ValueError for
-    anything else."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([kmgt]?)(?:i?b)?\s*", str(text).lower())
-    if m is None or (m.group(2) == "" and str(text).strip().lower().endswith("ib")):
+    """'2G', '500M', '1.5GiB', '20Gi', '123456' -> bytes; K, M, G, T (alone or with B, iB, i:
+    kubernetes' 20Gi) are all powers of 1024, as java's -Xmx and docker's --memory (ccache's
+    kB/MB/GB are powers of 1000); a bare number is bytes; '0' -> None (no bound, as ccache's
+    max_size 0). ValueError for anything else."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([kmgt]?)(?:i?b|i)?\s*", str(text).lower())
+    if m is None or (m.group(2) == "" and str(text).strip().lower().endswith(("i", "ib"))):
         raise ValueError(f"{text!r} is not a size")
     # NOTE: exact, not a float: a long number overflowed one (an OverflowError that ended the
     # run writing a kernel); and only 0 is no bound: '0.1' rounded down to it

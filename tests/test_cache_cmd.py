@@ -217,6 +217,13 @@ def test_cache_prune_command_and_the_bound_in_cache_info(tmp_path, monkeypatch):
     r = run("cache", "prune", "--max-size", "lots")
     assert r.exit_code == 1
     assert "error: --max-size 'lots' is not a size" in r.stderr and "hint:" in r.stderr
+    # the variable that is no size: a run warns and keeps the default, but this command would
+    # prune to the default 2G what a bound of (say) 20GG meant to keep, so it refuses
+    monkeypatch.setenv("NNLANG_CACHE_MAX_SIZE", "20GG")
+    r = run("cache", "prune")
+    assert r.exit_code == 1 and "pruned" not in r.stdout
+    assert "error: NNLANG_CACHE_MAX_SIZE='20GG' is not a size" in r.stderr
+    assert "hint: e.g. NNLANG_CACHE_MAX_SIZE=500M" in r.stderr
 
 
 def test_parse_size():
@@ -229,6 +236,10 @@ def test_parse_size():
             parse_size(bad)
     # only 0 is no bound: a fraction of a byte was rounded down to it
     assert parse_size("0.1") == parse_size("0.0001K") == 1 and parse_size("0.0") is None
+    # kubernetes' spelling: it was no size, so the default 2G bound pruned what 20Gi kept
+    assert parse_size("20Gi") == parse_size("20 gi") == 20 * 2**30
+    with pytest.raises(ValueError):
+        parse_size("20i")
     # a number too long for a float is a bound too big to reach, not an OverflowError (which
     # ended the run that wrote a kernel, NNLANG_CACHE_MAX_SIZE being read there)
     assert parse_size("9" * 400 + "T") > 2**1000
