@@ -92,6 +92,9 @@ def prune(
                           f"e.g. {said}500M, 2G or 10GiB (K, M, G, T: powers of 1024; 0: no "
                           "bound)") from None
         out.print(Text(f"cache: {_root_text()}"))
+        if limit is None:   # NOTE: 'pruned to none' read as 'pruned to nothing'
+            out.print(Text(f"no bound ({said}{text!r}): nothing removed"))
+            return
         try:
             files, size = prune_cache(limit)
         except OSError as err:   # NOTE: its lock cannot be written: a read-only cache
@@ -103,7 +106,7 @@ def prune(
                        f"file{'' if files == 1 else 's'}, {human(size, 'B')}"))
         # NOTE: said, or 'removed 0 files' under a tiny bound read as a cache already within it
         left = sum(usage(kind)[1] for kind in PRUNED)
-        if limit is not None and left > limit:
+        if left > limit:
             out.print(Text(f"still over the bound: {human(left, 'B')} in use (used in the last "
                            f"{IN_USE_S // 60} minutes, or by another run or prune now)"))
 

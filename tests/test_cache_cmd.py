@@ -214,6 +214,10 @@ def test_cache_prune_command_and_the_bound_in_cache_info(tmp_path, monkeypatch):
     assert "pruned to 5.00 KiB: removed 4 files, 3.91 KiB" in r.stdout
     assert "still over the bound: 7.81 KiB in use (used in the last 10 minutes, or by " \
         "another run or prune now)" in r.stdout
+    # 0 is no bound: said so ('pruned to none' read as everything removed)
+    r = run("cache", "prune", "--max-size", "0")
+    assert r.exit_code == 0 and "no bound (--max-size '0'): nothing removed" in r.stdout
+    assert "pruned" not in r.stdout
     r = run("cache", "prune", "--max-size", "lots")
     assert r.exit_code == 1
     assert "error: --max-size 'lots' is not a size" in r.stderr and "hint:" in r.stderr
