@@ -209,9 +209,13 @@ def _spawn_worker():
     disk cache; None where no process can be started (the parent compiles everything)."""
     # NOTE: this nnlang, first on the worker's path: `-m` ran whichever nnlang the current
     # folder or the environment's path held (an installed one, when this one came through a
-    # sys.path entry), which compiled nothing for want of the same kernel helpers (linked_key)
+    # sys.path entry), which compiled nothing for want of the same kernel helpers (linked_key).
+    # Then this process's own path, not a `-c` process's: that one puts the current folder
+    # first, where a folder named numba or numpy (a checkout) was imported and the worker died
+    # at its first line (a cold compile all in the parent)
     here = str(Path(__file__).resolve().parents[2])
-    run = (f"import runpy, sys; sys.path.insert(0, {here!r}); "
+    path = [here] + [p for p in sys.path if p != here]
+    run = (f"import sys; sys.path[:] = {path!r}; import runpy; "
            "runpy.run_module('nnlang.backends.compile_worker', run_name='__main__')")
     try:
         return subprocess.Popen([sys.executable, "-c", run], stdin=subprocess.PIPE,

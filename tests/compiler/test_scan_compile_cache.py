@@ -291,6 +291,25 @@ def test_the_worker_runs_its_parents_nnlang_not_the_current_folders(tmp_path, mo
     assert not (tmp_path / "ran").exists()
 
 
+def test_the_worker_imports_what_its_parent_does_not_the_current_folders(tmp_path,
+                                                                          monkeypatch):
+    """A folder named numba in the current folder (a checkout of it), which the parent does
+    not import (its path does not hold the current folder): a `-c` worker put that folder
+    first on its path, imported that numba and died, so a cold compile ran all in the
+    parent."""
+    from nnlang.backends import numba_backend
+    (tmp_path / "numba").mkdir()
+    (tmp_path / "numba" / "__init__.py").write_text(
+        f"open({str(tmp_path / 'ran')!r}, 'w').write('the other numba')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(numba_backend.sys, "path", [p for p in numba_backend.sys.path
+                                                    if p not in ("", str(tmp_path))])
+    worker = numba_backend._spawn_worker()
+    worker.stdin.close()   # NOTE: no jobs: the worker ends once numba is warm
+    assert worker.wait(timeout=300) is not None
+    assert not (tmp_path / "ran").exists()
+
+
 def test_a_worker_that_dies_costs_time_not_correctness(tmp_path, monkeypatch):
     """A compile worker that exits at once (here: a process that never reads its jobs) leaves
     the parent to compile everything, the jobs the dead worker could have claimed included."""
