@@ -201,9 +201,10 @@ def parse_size(text: str) -> int | None:
     if m is None or (m.group(2) == "" and str(text).strip().lower().endswith(("i", "ib"))):
         raise ValueError(f"{text!r} is not a size")
     # NOTE: exact, not a float: a long number overflowed one (an OverflowError that ended the
-    # run writing a kernel); and only 0 is no bound: '0.1' rounded down to it
+    # run writing a kernel); only 0 is no bound: '0.1' rounded down to it; and a bound past any
+    # disk is 2**63 bytes (the most a file size holds), which `nnlang cache` can print
     n = math.ceil(Decimal(m.group(1)) * _UNITS[m.group(2)])
-    return n or None
+    return min(n, 2**63) or None
 
 
 def max_size() -> int | None:
