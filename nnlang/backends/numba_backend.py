@@ -214,7 +214,8 @@ def _spawn_worker():
     # first, where a folder named numba or numpy (a checkout) was imported and the worker died
     # at its first line (a cold compile all in the parent)
     here = str(Path(__file__).resolve().parents[2])
-    path = [here] + [p for p in sys.path if p != here]
+    # (its str entries: a pathlib.Path appended there would be a NameError in the worker's -c)
+    path = [here] + [p for p in sys.path if isinstance(p, str) and p != here]
     run = (f"import sys; sys.path[:] = {path!r}; import runpy; "
            "runpy.run_module('nnlang.backends.compile_worker', run_name='__main__')")
     try:

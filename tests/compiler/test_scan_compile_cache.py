@@ -302,11 +302,14 @@ def test_the_worker_imports_what_its_parent_does_not_the_current_folders(tmp_pat
     (tmp_path / "numba" / "__init__.py").write_text(
         f"open({str(tmp_path / 'ran')!r}, 'w').write('the other numba')\n")
     monkeypatch.chdir(tmp_path)
+    # a pathlib.Path there too (a notebook's sys.path.append(Path(...))) is skipped, not a
+    # NameError in the worker's -c
     monkeypatch.setattr(numba_backend.sys, "path", [p for p in numba_backend.sys.path
-                                                    if p not in ("", str(tmp_path))])
+                                                    if p not in ("", str(tmp_path))] + [tmp_path])
     worker = numba_backend._spawn_worker()
-    worker.stdin.close()   # NOTE: no jobs: the worker ends once numba is warm
-    assert worker.wait(timeout=300) is not None
+    # NOTE: an empty job list: the worker warms numba up, reads it and ends well (0)
+    assert numba_backend._send_jobs(worker, [], str(tmp_path))
+    assert worker.wait(timeout=300) == 0
     assert not (tmp_path / "ran").exists()
 
 
