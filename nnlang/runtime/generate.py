@@ -390,6 +390,7 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
         raise NNError(f"sources are {sources.shape[1]} ids wide; the model's source input "
                       f"'{spec.source}' takes at most {gen._source_len()}")
     opts = options_from(spec, options)
+    _warn_unused_section_settings(net, spec, options)
     if options.get("stop_strings") is None:
         opts.pop("stop_strings", None)   # NOTE: the section's are for text generation
     if options.get("num_return_sequences") is None:
