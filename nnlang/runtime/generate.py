@@ -302,11 +302,10 @@ def _warn_unused_section_settings(net, spec, options: dict) -> None:
     them already, is not told twice."""
     if any(options.get(k) is not None for k in _DECODING):
         return
-    shown = net.__dict__.setdefault("shown_warnings", set())
     for diagnostic in section_warnings(spec):
         text = diagnostic.render()
-        if text not in shown:
-            shown.add(text)
+        if text not in net.shown_warnings:
+            net.shown_warnings.add(text)
             warn(diagnostic.message, diagnostic.span, diagnostic.hint)
 
 
