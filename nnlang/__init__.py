@@ -72,6 +72,8 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
             warnings.warn(diagnostic.render(), NNWarning, stacklevel=2)
     net = Net(program, backend=backend, batch=batch, dtype=dtype, seed=seed, disable=disable,
               total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    if not isinstance(model, Program):   # NOTE: net.generate does not say them again
+        net.shown_warnings = {diagnostic.render() for diagnostic in program.warnings}
     net.init_report = None
     if init_from is not False:
         from nnlang.train.init_from import from_program

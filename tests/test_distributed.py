@@ -83,6 +83,44 @@ def test_synced_step_matches_one_process(ranks, optimizer):
     assert _ops(net).count("allreduce_sum") == 1
 
 
+
+MIXED = """
+model Mixed {
+  input x: float32[batch, 4]
+  input label: int32[batch]
+  param W: float64[4, 3] = normal(std = 0.5)
+  h = dense(x, 8) |> relu
+  logits = dense(h, 3) + cast(matmul(cast(x, dtype = "float64"), W), dtype = "float32")
+  loss cross_entropy(logits, label)
+}
+train Mixed { optimizer = adam(lr = 0.05) }
+"""
+
+
+def test_synced_step_of_a_float64_weight_in_a_float32_net(ranks):
+    """A float64 weight's gradient could not join the float32 ones in the one flat buffer: the
+    train graph's build raised concat's ShapeError (a traceback). Each dtype now has its own
+    buffer and allreduce, and the weight and its slots stay float64."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 4).astype(np.int32)
+
+    def train():
+        net = nnlang.compile(MIXED, batch=4, seed=1)
+        for _ in range(3):
+            net.train_step({"x": x, "label": y})
+        return net
+    ref = train().state_dict()
+    world = ranks(2)
+    net = train()
+    got = net.state_dict()
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype, k
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    assert got["W"].dtype == got["optimizer.m.W"].dtype == np.float64
+    assert sorted(world.calls) == sorted([12, 4 * 8 + 8 + 8 * 3 + 3] * 3)
+    assert _ops(net).count("allreduce_sum") == 2
+
 SYMBOLIC_NOISY = """
 model Pool {
   symbol seq

@@ -94,3 +94,28 @@ def test_nccl_allreduce_on_the_step_stream(gpu_ranks, monkeypatch, graph):
     # ...on the stream the step ran on: the capture's own stream when a graph records it
     streams = {c[3] for c in nccl.calls}
     assert len(streams) == (2 if graph == "1" else 1)
+
+
+def test_nccl_sums_a_float64_weights_gradient_in_float64(gpu_ranks, monkeypatch):
+    """A float64 weight of a float32 net: its gradient is reduced by a FLOAT64 allReduce of its
+    own beside the float32 gradients' (the step's build raised concat's ShapeError before)."""
+    from tests.test_distributed import MIXED
+    cp, nccl = gpu_ranks
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 4).astype(np.int32)
+
+    def steps(backend):
+        net = nnlang.compile(MIXED, backend=backend, batch=4, seed=1)
+        for _ in range(3):
+            net.train_step({"x": x, "label": y})
+        return net.state_dict()
+    got = steps("cupy")
+    monkeypatch.setattr(collective, "_current", None)
+    ref = steps("numba")
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype, k
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert sorted({c[:2] for c in nccl.calls}) == [(12, FakeNccl.NCCL_FLOAT64),
+                                                   (67, FakeNccl.NCCL_FLOAT32)]
+    assert nccl.done == 6

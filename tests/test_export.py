@@ -459,6 +459,23 @@ def test_a_nested_user_scan_on_the_models_weights_exports_at_any_length():
         assert_matches(net, {"x": rng.normal(size=(2, n, 6)).astype(np.float32),
                              "h0": rng.normal(size=(2, 4)).astype(np.float32)})
 
+
+def test_scans_three_deep_export_as_numpy_computes_them():
+    """A sentence loop running a word loop running a character loop (tests/ops/test_user_scan.py)
+    exports as one outer Scan; ONNX Runtime gives the independent numpy loops' values at other
+    batch sizes and sentence counts than the net was compiled at."""
+    from tests.ops.test_user_scan import THREE_DEEP, _three_deep_numpy
+    net = nnlang.compile(THREE_DEEP, dtype="float64", batch=2, seed=1, backend="reference")
+    proto = nnlang.export_onnx(net)
+    assert [n.op_type for n in proto.graph.node].count("Scan") == 1
+    rng = np.random.default_rng(0)
+    for batch, n in ((2, 3), (5, 1)):
+        feeds = {"x": rng.normal(size=(batch, n, 12)), "h0": rng.normal(size=(batch, 4))}
+        got, (ys, ms) = run_onnx(proto, feeds), _three_deep_numpy(net.parameters(), feeds)
+        np.testing.assert_allclose(got["ys"], ys, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(got["ms"], ms, rtol=1e-12, atol=1e-13)
+
+
 def test_reversals_on_a_symbolic_length_and_batch():
     """flip, x[:, ::-1] (a Slice with steps -1 from the last entry) and a stepped subscript of
     a fixed axis, exported with a symbolic length and batch: one file, numpy's values at

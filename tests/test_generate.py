@@ -454,7 +454,9 @@ def test_a_sections_setting_its_own_decoding_leaves_unused_is_a_located_warning(
     tok = CharTokenizer(CHARS)
     alone = " ".join(p for p in re.findall(r"\w+ = [\d.]+", settings) if unused not in p)
     bare = lm_net(source=LM.replace("logits = logits    #", f"{alone}  logits = logits    #"))
-    got = lm_net(source=source).generate(["the"], max_new=4, tokenizer=tok)
+    from nnlang.errors import NNWarning
+    with pytest.warns(NNWarning, match=f"'{unused}' has no effect"):   # and said as it decodes
+        got = lm_net(source=source).generate(["the"], max_new=4, tokenizer=tok)
     assert got.texts == bare.generate(["the"], max_new=4, tokenizer=tok).texts
 
 
@@ -464,6 +466,48 @@ def test_a_sections_settings_its_decoding_uses_are_no_warning(settings):
     program = load(LM.replace("logits = logits    #", f"{settings}  logits = logits    #"))
     assert not [w for w in program.warnings if "generate setting" in w.message]
 
+
+
+def test_a_sections_unused_setting_is_said_once_by_the_generate_that_drops_it(tmp_path):
+    """The warning was check time's only: a restored net's net.generate and `nnlang generate`
+    decoded by the section's beam and dropped its temperature without a word. Said once per
+    net (not per call or prompt), at the section's line, attributed to the caller's line; not
+    by a call that picks its own decoding, nor again by a net of nnlang.compile, which warned
+    at compile."""
+    import warnings
+
+    import nnlang
+    from nnlang.data import load_dataset
+    from nnlang.data.chars import tokenizer_from_meta
+    from nnlang.errors import NNWarning
+    from tests.faults.conftest import cli
+    source = RUN_LM.replace("logits = logits }",
+                            "logits = logits\n  beam = 2\n  temperature = 0.7\n}")
+    (tmp_path / "lm.nn").write_text(source)
+    line = next(i for i, t in enumerate(source.splitlines(), 1) if "temperature" in t)
+    text = load_dataset("imdb-text-sample(maxlen = 16, train_chunks = 8, test_chunks = 2)")
+    with pytest.warns(NNWarning, match="'temperature' has no effect"):
+        net = nnlang.compile(str(tmp_path / "lm.nn"), backend="reference", batch=1)
+    net.tokenizer = tokenizer_from_meta(text.meta)
+    nnlang.save(net, tmp_path / "saved")
+
+    def said(call):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        return [w for w in caught if issubclass(w.category, NNWarning)]
+    assert said(lambda: net.generate(["The film", "A"], max_new=2)) == []
+    restored = nnlang.restore(str(tmp_path / "lm.nn"), tmp_path / "saved", backend="reference")
+    assert said(lambda: restored.generate(["The film"], max_new=2, beam=1)) == []
+    caught = said(lambda: [restored.generate(["The film", "A"], max_new=2) for _ in range(2)])
+    assert len(caught) == 1 and caught[0].filename == __file__, caught
+    assert f"lm.nn:{line}:17: warning: generate setting 'temperature'" in str(caught[0].message)
+    out = cli("generate", "lm.nn", "-c", "saved", "--backend", "reference", "--prompt", "The film",
+              "--prompt", "A", "--max-new", "2", cwd=tmp_path, code=0)
+    assert out.count(f"lm.nn:{line}:17: warning: generate setting 'temperature'") == 1, out
+    out = cli("generate", "lm.nn", "-c", "saved", "--backend", "reference", "--prompt", "The film",
+              "--max-new", "2", "--beam", "1", cwd=tmp_path, code=0)
+    assert "warning" not in out, out
 
 def test_contradicting_decoding_flags_are_errors():
     """--greedy with --beam 3 ran beam search, and --length-penalty without a beam was

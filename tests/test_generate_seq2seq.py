@@ -55,6 +55,27 @@ def test_greedy_with_the_cache_equals_full_recomputation(model):
     assert [s.ids for s in got.samples] == [through_end(r, tok.eos_id) for r in want]
 
 
+
+def test_held_out_says_a_setting_the_sections_decoding_drops(model):
+    """`nnlang generate --eval` decodes by the generate section too: its `beam = 2` dropped the
+    section's temperature without a word, as net.generate did. Said once per net."""
+    import warnings
+
+    from nnlang.errors import NNWarning
+    _, ds, tok = model
+    source = (ROOT / "models/seq2seq.nn").read_text().replace("  stop = 2\n",
+                                                             "  stop = 2\n  beam = 2\n"
+                                                             "  temperature = 0.7\n")
+    net = nnlang.compile(nnlang.load(source, SMALL), backend="reference", batch=8, seed=3)
+    rows = ds.test["source"][:2]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        held_out(net, rows, rows, tok, greedy=True)
+        held_out(net, rows, rows, tok)
+        held_out(net, rows, rows, tok)
+    said = [str(w.message) for w in caught if issubclass(w.category, NNWarning)]
+    assert len(said) == 1 and "generate setting 'temperature' has no effect" in said[0], said
+
 def test_held_out_exact_match_counts_whole_sequences(model):
     """Targets equal to the greedy output for rows 0-4, one character off for rows 5-7."""
     net, ds, tok = model

@@ -470,8 +470,11 @@ class Elaborator(CallElaboration, ScanElaboration):
                       "hyper-parameter (whole reviews: imdb(maxlen = none))")
         outside = (f"a block sees only its parameters and its own names: if '{e.id}' is the "
                    "model's, add it to the block's parameters and pass it in the call")
+        # NOTE: `cast(x, dtype = float64)`, as numpy and torch spell it, was told that names
+        # must be defined before they are used
+        quoted = f'a dtype is given as a string: dtype = "{e.id}"' if e.id in DTYPES else None
         self.fail(f"unknown name '{e.id}'", e.span,
-                  PYTHON_NAMES.get(e.id) or did_you_mean(e.id, scope.vars) or
+                  PYTHON_NAMES.get(e.id) or quoted or did_you_mean(e.id, scope.vars) or
                   (outside if scope.kind == "block" else
                    "names must be defined before they are used" if scope.vars else None))
 

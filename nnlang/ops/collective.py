@@ -26,19 +26,24 @@ register("allreduce_sum", "x: tensor", _same,
 
 
 def sync_gradients(b: Builder, grads: dict, ranks: int) -> dict:
-    """The gradients averaged over `ranks` processes: every one flattened into one buffer (the
-    concat writes them in place where it can), ONE allreduce of it, and each gradient a view
-    of its slice. The 1/ranks scale is a graph op, so it fuses into the update's kernels."""
-    names = list(grads)
-    flat = [b.reshape(grads[k], shape=[-1]) for k in names]
-    sizes = [int(np.prod([int(d) for d in b.type(grads[k]).shape], dtype=np.int64))
-             for k in names]
-    summed = b.allreduce_sum(b.concat(*flat, axis=0) if len(flat) > 1 else flat[0])
-    dtype = b.type(summed).dtype
-    scale = b.const(1.0 / ranks, dtype)
-    out, start = {}, 0
-    for k, size in zip(names, sizes):
-        part = b.slice(summed, axis=0, start=start, stop=start + size)
-        out[k] = b.mul(b.reshape(part, shape=list(b.type(grads[k]).shape)), scale)
-        start += size
-    return out
+    """The gradients averaged over `ranks` processes: every one flattened into one buffer per
+    dtype (the concat writes them in place where it can), ONE allreduce of each, and each
+    gradient a view of its slice. The 1/ranks scale is a graph op, so it fuses into the
+    update's kernels. NOTE: a float64 weight of a float32 net has a float64 gradient, which a
+    single float32 buffer could neither hold nor concat with the others."""
+    by_dtype: dict = {}
+    for k, g in grads.items():
+        by_dtype.setdefault(b.type(g).dtype, []).append(k)
+    out = {}
+    for dtype, names in by_dtype.items():
+        flat = [b.reshape(grads[k], shape=[-1]) for k in names]
+        sizes = [int(np.prod([int(d) for d in b.type(grads[k]).shape], dtype=np.int64))
+                 for k in names]
+        summed = b.allreduce_sum(b.concat(*flat, axis=0) if len(flat) > 1 else flat[0])
+        scale = b.const(1.0 / ranks, dtype)
+        start = 0
+        for k, size in zip(names, sizes):
+            part = b.slice(summed, axis=0, start=start, stop=start + size)
+            out[k] = b.mul(b.reshape(part, shape=list(b.type(grads[k]).shape)), scale)
+            start += size
+    return {k: out[k] for k in grads}

@@ -94,27 +94,29 @@ def fused_text(net, mode: str) -> str:
     """The kernel groups as the step runs them (the order of --emit kernels), then each scan
     body's, which run once per time step: what the summary's `kernels` counts."""
     from nnlang.passes.fuse import format_groups
-    from nnlang.runtime.scan import _body_graph
     g, groups = _planned_groups(_graph(net, mode), net.disable)
-    out = [format_groups(g, groups)]
-    for n in g:
-        if n.op == "scan":
-            bg, body_groups = _planned_groups(_body_graph(n), net.disable)
-            out.append(f"# scan %{n.id}, one step of its body:\n" + format_groups(bg, body_groups))
-    return "".join(out)
+    return format_groups(g, groups) + "".join(
+        head + format_groups(bg, body_groups) for head, bg, body_groups in _bodies(net, g))
 
 
 def scan_bodies_text(net, g: Graph, roles=None) -> str:
     """Each scan's body (of these roles) as the executable plans it: the loop's one step,
     which the scan's own line only sums up (`body(54 nodes, ...)`); the summary's `nodes`
     counts these. An LSTM's backward cell is here."""
+    return "".join(head + bg.dump() for head, bg, _ in _bodies(net, g, roles))
+
+
+def _bodies(net, g: Graph, roles=None, outer: str = ""):
+    """(header, planned body graph, its kernel groups) of each scan of `g` (of these roles), and
+    of each scan inside a body after it, headed by the scans it runs in as --emit kernels
+    heads them. NOTE: a nested scan's body (a word loop's character loop) was left out."""
     from nnlang.runtime.scan import _body_graph
-    out = []
     for n in g:
         if n.op == "scan" and (roles is None or n.role in roles):
-            bg, _ = _planned_groups(_body_graph(n), net.disable)
-            out.append(f"# scan %{n.id}, one step of its body:\n" + bg.dump())
-    return "".join(out)
+            bg, body_groups = _planned_groups(_body_graph(n), net.disable)
+            head = f"{outer}# scan %{n.id}, one step of its body:\n"
+            yield head, bg, body_groups
+            yield from _bodies(net, bg, None, head)
 
 
 def _summary(net, mode: str) -> str:

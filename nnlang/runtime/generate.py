@@ -17,7 +17,8 @@ import numpy as np
 
 from nnlang.errors import NNError, said_as, warn, with_article
 from nnlang.files import as_bool, as_path
-from nnlang.frontend.generate_config import BASE, SAMPLING, returns_problem, sampling_problem
+from nnlang.frontend.generate_config import (BASE, SAMPLING, returns_problem, sampling_problem,
+                                            section_warnings)
 from nnlang.gc_pause import paused_gc
 from nnlang.passes.pipeline import forward_graph
 from nnlang.runtime.decode_graphs import POS_INPUT, PROMPT_MASK, NotIncremental, derive
@@ -284,7 +285,28 @@ def prepared(net, prompts, options: dict) -> tuple[list, dict]:
         raise NNError(f"prompts are {type(prompts).__name__}: give a string or a list of "
                       "strings")
     # NOTE: before the tokenizer is looked for: a bad option is not a tokenizer's fault
-    return list(prompts), options_from(spec, options)
+    opts = options_from(spec, options)
+    _warn_unused_section_settings(net, spec, options)
+    return list(prompts), opts
+
+
+# NOTE: the settings by which a call picks its decoding over the section's
+_DECODING = ("greedy", "beam", "temperature", "top_k", "top_p", "length_penalty")
+
+
+def _warn_unused_section_settings(net, spec, options: dict) -> None:
+    """`section_warnings` (a sampling setting beside the section's beam > 1, a length_penalty
+    without it) when the call decodes as the section says, once per net: a call that picks its
+    own decoding uses them or sets them aside itself. NOTE: `nnlang generate` and a restored
+    net decoded without the word `nnlang check` gives; a net of nnlang.compile, which warned
+    them already, is not told twice."""
+    if any(options.get(k) is not None for k in _DECODING):
+        return
+    for diagnostic in section_warnings(spec):
+        text = diagnostic.render()
+        if text not in net.shown_warnings:
+            net.shown_warnings.add(text)
+            warn(diagnostic.message, diagnostic.span, diagnostic.hint)
 
 
 def decode(net, prompts: list, opts: dict, tokenizer=None, data_dir=None,
@@ -367,6 +389,7 @@ def held_out(net, sources: np.ndarray, targets: np.ndarray, tokenizer=None, data
         raise NNError(f"sources are {sources.shape[1]} ids wide; the model's source input "
                       f"'{spec.source}' takes at most {gen._source_len()}")
     opts = options_from(spec, options)
+    _warn_unused_section_settings(net, spec, options)
     if options.get("stop_strings") is None:
         opts.pop("stop_strings", None)   # NOTE: the section's are for text generation
     if options.get("num_return_sequences") is None:

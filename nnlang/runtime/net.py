@@ -118,6 +118,7 @@ class Net:
         self._checks: dict = {}   # executable key -> the inputs holding ids, checked per call
         self._train_ranks = 1     # the process count the training executables average over
         self._swap_said: list = []   # the swap warnings of this net's builds (one is shown)
+        self.shown_warnings: set = set()   # the rendered warnings said of this net (once)
         self.step = 0
         self.epoch = 0
         self.lr_scale = 1.0       # a plateau schedule's reductions so far (the trainer sets it)
