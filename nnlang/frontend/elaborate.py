@@ -729,6 +729,8 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
                        "remove clip_norm, or unfreeze a layer: every weight is frozen "
                        "(trainable = false)" if el.g.params else
                        "remove clip_norm, or give the model a layer with weights")
+    el.g.train_spans = {"": chosen.span} if tdef is None else \
+        {"": tdef.span, **{s.name: s.span for s in tdef.settings}}
     gen = None
     gdef = defs.get(f"generate:{chosen.name}")
     if gdef is not None and not errors.diagnostics:  # NOTE: checks need a sound graph

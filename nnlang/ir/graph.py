@@ -68,6 +68,9 @@ class Graph:
     grads: dict[str, int] = field(default_factory=dict)   # parameter name -> its gradient
     groups: list | None = None    # the kernel groups `fuse` chose (its last pass)
     salt: int = 0                 # the last salt handed to a random op
+    # where the train section sets each setting ("": the section itself, or the model when it
+    # has none): the optimizer's, clipping's and penalties' nodes point there
+    train_spans: dict = field(default_factory=dict)
     _next: int = 0
     _order: tuple | None = field(default=None, repr=False, compare=False)  # topo() until a change
 

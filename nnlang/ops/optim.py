@@ -243,18 +243,26 @@ class _LazySlots(dict):
 
 
 def append_update(b: Builder, params: dict, grads: dict, choice, clip_norm: float | None,
-                  lr, add_state) -> dict:
+                  lr, add_state, at=lambda setting: None) -> dict:
     """Appends clipping and the optimizer update for every trained parameter.
 
     `params` and `grads` map parameter names to nodes; `lr(dtype)` is the learning-rate node in
     a dtype; `add_state(name, like)` creates a persistent zero-initialized state node (in the
-    dtype of `like`, the net's for None). Returns {state name: new value node}. NOTE: each
-    weight updates in its own dtype (its rate, step count and slots), so a float64 weight of a
-    float32 net moves by exactly lr * grad in float64, as PyTorch's optimizer moves it.
+    dtype of `like`, the net's for None); `at(setting)` is the span of the train setting
+    (`clip_norm`, `optimizer`) whose ops these are. Returns {state name: new value node}. NOTE:
+    each weight updates in its own dtype (its rate, step count and slots), so a float64 weight
+    of a float32 net moves by exactly lr * grad in float64, as PyTorch's optimizer moves it.
     """
     opt = OPTIMIZERS[choice.name]
     hp = dict(choice.options)
     hp.pop("lr", None)
+    with b.at(at("clip_norm")):
+        grads = _clipped(b, grads, clip_norm)
+    with b.at(at("optimizer")):
+        return _updates(b, params, grads, opt, hp, lr, add_state)
+
+
+def _clipped(b: Builder, grads: dict, clip_norm: float | None) -> dict:
     if clip_norm and grads:   # NOTE: no gradient has norm 0, which clipping leaves alone
         # NOTE: like torch.nn.utils.clip_grad_norm_: scale = min(1, max_norm / (norm + 1e-6))
         sq = None
@@ -266,6 +274,10 @@ def append_update(b: Builder, params: dict, grads: dict, choice, clip_norm: floa
         scale = b.minimum(b.const(1.0, ndt),
                           b.div(b.const(clip_norm, ndt), b.add(norm, b.const(1e-6, ndt))))
         grads = {k: b.mul(g, _as(b, scale, b.type(g).dtype)) for k, g in grads.items()}
+    return grads
+
+
+def _updates(b: Builder, params: dict, grads: dict, opt, hp: dict, lr, add_state) -> dict:
     step = add_state(STEP_SLOT, None)
     t = b.add(step, b.const(1.0, b.type(step).dtype))
     updates = {STEP_SLOT: t}

@@ -262,10 +262,12 @@ def _sequence_to_weight(g: Graph, n: Node, i: int, src: Node) -> int:
     bg, old = _without_sequence(body, i)
     name, width = f"w{body.n_weights}", int(src.shape[-1])
     w = TensorType((width,), src.dtype)
+    # NOTE: both stand for the sequence they replace, so they keep its source line
+    at = {k: getattr(bg.node(old), k) for k in ("span", "path", "role")}
     bg.inputs[name] = bg.add_node("input", [], {"name": name, "dtype": src.dtype,
-                                                "shape": [width]}, w, name=name)
+                                                "shape": [width]}, w, name=name, **at)
     wide = bg.add_node("broadcast_to", [bg.inputs[name]], {"shape": list(bg.node(old).shape)},
-                       bg.node(old).type)
+                       bg.node(old).type, **at)
     bg.replace_uses(old, wide)
     bg.remove(old)
     vec = src.id if len(src.shape) == 1 else g.add_node(

@@ -145,21 +145,24 @@ def drop_unused_inputs(g: Graph, keep=()) -> Graph:
     return g
 
 
-def total_loss(b: Builder, g: Graph, cfg) -> int:
+def total_loss(b: Builder, g: Graph, cfg, at=lambda setting: None) -> int:
     """The sum of the losses and the penalties the train config `cfg` puts on the trainable
-    weights (`TrainConfig.penalties`)."""
+    weights (`TrainConfig.penalties`); `at(setting)` is where the train section sets it."""
     total = None
     for nid in g.losses.values():
-        total = nid if total is None else b.add(total, nid)
+        with b.at(g.node(nid).span):  # NOTE: the sum points at the loss it adds
+            total = nid if total is None else b.add(total, nid)
     dtype = g.node(total).dtype
     for name, nid in trainable(g).items():
         on = cfg.penalties(name, len(g.node(nid).shape))
         if "l2" in on:
-            sq = b.reduce_sum(b.mul(nid, nid), axes=None)
-            total = b.add(total, b.mul(b.const(on["l2"], dtype), sq))
+            with b.at(at("l2")):
+                sq = b.reduce_sum(b.mul(nid, nid), axes=None)
+                total = b.add(total, b.mul(b.const(on["l2"], dtype), sq))
         if "l1" in on:
-            ab = b.reduce_sum(b.abs(nid), axes=None)
-            total = b.add(total, b.mul(b.const(on["l1"], dtype), ab))
+            with b.at(at("l1")):
+                ab = b.reduce_sum(b.abs(nid), axes=None)
+                total = b.add(total, b.mul(b.const(on["l1"], dtype), ab))
     return total
 
 
@@ -236,18 +239,26 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     # NOTE: each loss is a result of the step besides their total, so training reports them
     # as evaluation does (Keras' progress line and history)
     named = {k: g.losses[k] for k in named_losses(g.losses)}
+    spans = user.train_spans
+
+    def at(setting):
+        """Where the train section sets `setting`; the section (or the model) when implicit,
+        so --emit shows each generated training op's source line as it shows the model's."""
+        return spans.get(setting, spans.get(""))
+
     b = Builder(g, role="bwd")
-    total = total_loss(b, g, cfg)
+    total = total_loss(b, g, cfg, at)
     params = trainable(g)
     wrt = list(params.values()) + [g.inputs[n] for n in wrt_inputs]
     grads = backward(g, total, wrt)
-    b.role = "optim"
+    b.role, b.span = "optim", at("")   # NOTE: the gradients' sync, no setting of its own
 
     def lr_of(dt):
         name = lr_input(dt, dtype)
         if name not in g.inputs:
             g.inputs[name] = g.add_node("input", [], {"name": name, "dtype": dt, "shape": []},
-                                        TensorType((), dt), role="optim", name=name)
+                                        TensorType((), dt), role="optim", name=name,
+                                        span=at("optimizer"))
         return g.inputs[name]
 
     lr_of(dtype)   # NOTE: always there: net.py feeds it, a model with no weight to train too
@@ -259,7 +270,8 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
             else ([], dtype)
         nid = g.add_node("param", [], {"name": name, "dtype": dt, "shape": shape,
                                        "init": ("zeros", {}), "trainable": False},
-                         TensorType(tuple(shape), dt), role="optim", name=name)
+                         TensorType(tuple(shape), dt), role="optim", name=name,
+                         span=at("optimizer"))
         g.params[name] = nid
         return nid
 
@@ -271,7 +283,7 @@ def train_graph(user: Graph, cfg, batch: int, dtype: str = "float32",
     if ranks > 1 and reached:  # NOTE: a model with all weights frozen has nothing to sync
         reached = sync_gradients(b, reached, ranks)
     updates = append_update(b, {k: params[k] for k in reached}, reached, cfg.optimizer,
-                            cfg.clip_norm, lr_of, add_state)
+                            cfg.clip_norm, lr_of, add_state, at)
     for name, shape in initial_state(cfg.optimizer, {k: g.node(params[k]).shape for k in params
                                                      if k not in reached}).items():
         if name not in g.params:
