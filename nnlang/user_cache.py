@@ -187,6 +187,7 @@ DEFAULT_MAX_SIZE = 2 * 2**30   # NOTE: a kernel is ~20 KB with numba's files, a 
 PRUNED = ("kernels", "plans")   # NOTE: not data: a pruned download would be fetched again
 IN_USE_S = 600        # entries used (loaded, compiled, written) this recently are never removed
 PRUNE_EVERY_S = 3600  # a run that writes new entries checks the bound at most this often
+CLOCK_SKEW_S = 60     # a file time this far ahead of the clock is a file server's skew
 _STAMP = ".prune-lock"
 _KERNEL = re.compile(r"k_[0-9a-f]{24}")   # the key every file of one kernel carries
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
@@ -222,6 +223,16 @@ def max_size() -> int | None:
             print(f"warning: {MAX_SIZE_ENV}={text!r} is not a size; the cache keeps its default "
                   "bound of 2 GiB\n  hint: e.g. 500M, 2G or 10GiB (0: no bound)", file=sys.stderr)
         return DEFAULT_MAX_SIZE
+
+
+def last_used(mtime: float, now: float) -> float:
+    """When a cache file was last used, by its time: one in the future (a cache copied from a
+    machine whose clock runs ahead, a clock set back) says nothing, so it is taken as long ago
+    (0). NOTE: taken as now, such an entry stayed "in use" for good and outlived the bound; up
+    to CLOCK_SKEW_S ahead is a file server's clock, and just written: now."""
+    if mtime <= now:
+        return mtime
+    return now if mtime - now <= CLOCK_SKEW_S else 0.0
 
 
 def touch(path) -> None:
@@ -280,8 +291,9 @@ def prune(limit: int | None, in_use_s: float = IN_USE_S) -> tuple[int, int]:
     """Removes the least recently used kernels and plans until they hold at most 90% of `limit`
     bytes (so the next few writes do not prune again), when they hold more than `limit`;
     returns (files, bytes) removed. Never removes an entry used in the last `in_use_s` seconds
-    or one another process holds, and runs in one process at a time (the others skip it). A
-    run that needs a removed entry makes it again, as after `clear`."""
+    (`last_used`: a time in the future is long ago) or one another process holds, and runs in
+    one process at a time (the others skip it). A run that needs a removed entry makes it
+    again, as after `clear`."""
     root = user_cache_dir()
     if limit is None or not root.is_dir():
         return 0, 0
@@ -303,10 +315,12 @@ def prune(limit: int | None, in_use_s: float = IN_USE_S) -> tuple[int, int]:
         if total <= limit:
             return 0, 0
         now, count, freed = time.time(), 0, 0
-        for files in sorted(entries.values(), key=lambda fs: max(t for _, _, t in fs)):
+        used = {k: max(last_used(t, now) for _, _, t in fs) for k, fs in entries.items()}
+        for key in sorted(entries, key=used.get):
+            files = entries[key]
             if total <= 0.9 * limit:
                 break
-            if now - max(t for _, _, t in files) < in_use_s or _in_use(files):
+            if now - used[key] < in_use_s or _in_use(files):
                 continue
             for f, size, _ in sorted(files, key=_removal_order):
                 try:
@@ -327,7 +341,8 @@ def maybe_prune() -> None:
     if limit is None:
         return
     try:
-        if time.time() - (user_cache_dir() / _STAMP).stat().st_mtime < PRUNE_EVERY_S:
+        now = time.time()
+        if now - last_used((user_cache_dir() / _STAMP).stat().st_mtime, now) < PRUNE_EVERY_S:
             return
     except FileNotFoundError:
         pass

@@ -193,6 +193,47 @@ def test_prune_removes_least_recently_used_whole_kernels_until_under_the_bound(t
     assert prune(1)[0] == 8 and all(f.exists() for f in recent)
 
 
+def test_an_entry_dated_in_the_future_is_pruned_as_long_unused(tmp_path, monkeypatch):
+    """A cache copied from a machine whose clock runs ahead (or a clock set back) has file
+    times in the future: each such entry counted as used in the last 10 minutes for good, so
+    the bound never held, and a prune stamp in the future stopped every run's prune. A time in
+    the future is now long ago; up to a minute ahead is a file server's clock (in use)."""
+    from nnlang.passes import plan_cache
+    from nnlang.user_cache import maybe_prune, prune
+    root = tmp_path / "cache"
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(root))
+    ahead = _kernel(root, 1, 4000, age=-30 * 24 * 3600)   # a month ahead
+    old = _kernel(root, 2, 4000, age=3600)
+    skewed = _kernel(root, 3, 4000, age=-30)               # half a minute ahead: just written
+    plan = root / "plans" / "p.pkl"
+    _file(plan, 4000)
+    _age([plan], -3600)
+    # 16,000 bytes over a bound of 9,000, pruned to 8,100: the future-dated entries go first
+    assert prune(9000) == (5, 8000)
+    assert not any(f.exists() for f in ahead + [plan])
+    assert all(f.exists() for f in old + skewed)
+    assert prune(1) == (4, 4000) and all(f.exists() for f in skewed)
+    # a run's prune, at most once an hour by the stamp's time: a stamp in the future is no
+    # prune at all
+    monkeypatch.setenv("NNLANG_CACHE_MAX_SIZE", "1")
+    older = _kernel(root, 4, 4000, age=7200)
+    stamp = root / ".prune-lock"
+    _age([stamp], 600)
+    maybe_prune()
+    assert all(f.exists() for f in older)                  # pruned 10 minutes ago
+    _age([stamp], -24 * 3600)
+    maybe_prune()
+    assert not any(f.exists() for f in older)
+    # the plans folder keeps its KEEP most recently used: a future one is the least
+    monkeypatch.setattr(plan_cache, "KEEP", 2)
+    plans = [root / "plans" / f"p{i}.pkl" for i in range(3)]
+    for p, age in zip(plans, (-24 * 3600, 3600, 7200)):
+        _file(p, 10)
+        _age([p], age)
+    plan_cache._prune(root / "plans")
+    assert [p.exists() for p in plans] == [False, True, True]
+
+
 def test_cache_prune_command_and_the_bound_in_cache_info(tmp_path, monkeypatch):
     root = tmp_path / "cache"
     monkeypatch.setenv("NNLANG_CACHE_DIR", str(root))

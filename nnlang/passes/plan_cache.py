@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,8 +22,8 @@ import numpy as np
 
 from nnlang.files import write_atomic
 from nnlang.ir.graph import Graph
-from nnlang.user_cache import (cache_unwritable, discard_damaged, maybe_prune, touch,
-                               user_cache_dir)
+from nnlang.user_cache import (cache_unwritable, discard_damaged, last_used, maybe_prune,
+                               touch, user_cache_dir)
 
 _FORMAT = 2  # bump when what is pickled changes shape
 # entries kept; older ones are removed when a new one is written. NOTE: a model with a symbolic
@@ -134,8 +135,9 @@ def store(key: str, plan) -> None:
 def _prune(folder: Path) -> None:
     """Keeps the KEEP most recently used entries: every model, batch size, length and edit of the compiler
     adds one (1.3 MB for the unrolled LSTM, 0.2 MB for the Transformer)."""
-    entries = sorted(((t, p) for p in folder.glob("*.pkl") if (t := _mtime(p)) is not None),
-                     reverse=True)
+    now = time.time()
+    entries = sorted(((last_used(t, now), p) for p in folder.glob("*.pkl")
+                      if (t := _mtime(p)) is not None), reverse=True)
     for _, old in entries[KEEP:]:
         old.unlink(missing_ok=True)
 
