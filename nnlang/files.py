@@ -138,6 +138,18 @@ def _encoded(data: bytes | str) -> bytes:
 # untouched this long is a killed process's (kill -9, a power cut): a live writer writes to it
 # (its mtime moves) until it renames it, and no write pauses for an hour
 STALE_TEMP_S = 3600.0
+CLOCK_SKEW_S = 60     # a file time this far ahead of the clock is a file server's skew
+
+
+def last_used(mtime: float, now: float) -> float:
+    """When a file (a cache entry, a temporary file) was last used, by its time: one in the
+    future (a cache copied from a machine whose clock runs ahead, a clock set back) says
+    nothing, so it is taken as long ago (0). NOTE: taken as now, such a cache entry stayed "in
+    use" for good and outlived the bound, and such a temporary file was never removed; up to
+    CLOCK_SKEW_S ahead is a file server's clock, and just written: now."""
+    if mtime <= now:
+        return mtime
+    return now if mtime - now <= CLOCK_SKEW_S else 0.0
 
 
 def drop_stale_temps(path, suffix: str = ".tmp", older_than: float = STALE_TEMP_S) -> int:
@@ -152,7 +164,8 @@ def drop_stale_temps(path, suffix: str = ".tmp", older_than: float = STALE_TEMP_
         return 0
     for tmp in temps:
         try:
-            if now - tmp.lstat().st_mtime >= older_than:
+            # NOTE: a time in the future (a clock set back) kept the file for good
+            if now - last_used(tmp.lstat().st_mtime, now) >= older_than:
                 tmp.unlink()
                 removed += 1
         except OSError:   # NOTE: renamed or removed meanwhile (its writer is alive), or ours not

@@ -20,7 +20,7 @@ from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
 
-from nnlang.files import user_path
+from nnlang.files import last_used, user_path
 
 _warned: set = set()
 _damaged: set = set()
@@ -187,7 +187,6 @@ DEFAULT_MAX_SIZE = 2 * 2**30   # NOTE: a kernel is ~20 KB with numba's files, a 
 PRUNED = ("kernels", "plans")   # NOTE: not data: a pruned download would be fetched again
 IN_USE_S = 600        # entries used (loaded, compiled, written) this recently are never removed
 PRUNE_EVERY_S = 3600  # a run that writes new entries checks the bound at most this often
-CLOCK_SKEW_S = 60     # a file time this far ahead of the clock is a file server's skew
 _STAMP = ".prune-lock"
 _KERNEL = re.compile(r"k_[0-9a-f]{24}")   # the key every file of one kernel carries
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
@@ -223,16 +222,6 @@ def max_size() -> int | None:
             print(f"warning: {MAX_SIZE_ENV}={text!r} is not a size; the cache keeps its default "
                   "bound of 2 GiB\n  hint: e.g. 500M, 2G or 10GiB (0: no bound)", file=sys.stderr)
         return DEFAULT_MAX_SIZE
-
-
-def last_used(mtime: float, now: float) -> float:
-    """When a cache file was last used, by its time: one in the future (a cache copied from a
-    machine whose clock runs ahead, a clock set back) says nothing, so it is taken as long ago
-    (0). NOTE: taken as now, such an entry stayed "in use" for good and outlived the bound; up
-    to CLOCK_SKEW_S ahead is a file server's clock, and just written: now."""
-    if mtime <= now:
-        return mtime
-    return now if mtime - now <= CLOCK_SKEW_S else 0.0
 
 
 def touch(path) -> None:

@@ -127,8 +127,14 @@ def test_a_killed_writes_leftovers_are_counted_cleared_and_dropped_by_the_next_w
     old.write_bytes(b"{"), live.write_bytes(b"{")
     back = time.time() - STALE_TEMP_S - 60
     os.utime(old, (back, back))
+    # and one dated a day ahead (a clock set back): it said "live" for good, and stayed
+    ahead = root / ".verified.json.ahead.tmp"
+    ahead.write_bytes(b"{")
+    later = time.time() + 86400
+    os.utime(ahead, (later, later))
     write_atomic(target, b"{}")
     assert target.read_bytes() == b"{}" and not old.exists() and live.exists()
+    assert not ahead.exists()
 
 
 # *** the bound: least recently used kernels and plans go first (`user_cache.prune`) ***
