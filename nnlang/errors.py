@@ -5,6 +5,7 @@ and an optional hint; several errors found in one run travel together in one `NN
 """
 from __future__ import annotations
 
+import os
 import re
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -123,6 +124,10 @@ class NNWarning(UserWarning):
     `Diagnostic` of severity "warning"; the CLI prints it as it prints errors."""
 
 
+# nnlang's own files: a warning or an error is attributed to the first line outside them
+_OURS = os.path.dirname(__file__)
+
+
 def warn(message: str, span: Span | None = None, hint: str | None = None) -> None:
     """Issues an NNWarning rendered like an error (file:line:col, caret, hint), attributed to
     the innermost line outside nnlang, the caller's."""
@@ -130,9 +135,8 @@ def warn(message: str, span: Span | None = None, hint: str | None = None) -> Non
     # calls deep (net.generate's "fewer sequences" came from runtime/generate.py)
     import sys
     import warnings
-    from pathlib import Path
-    ours, frame, level = str(Path(__file__).parent), sys._getframe(1), 2
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(ours):
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_OURS):
         frame, level = frame.f_back, level + 1
     warnings.warn(Diagnostic(message, span, hint, severity="warning").render(), NNWarning,
                   stacklevel=level)
@@ -204,14 +208,12 @@ def _caller(tb) -> str | None:
     import linecache
     import sys
     import sysconfig
-    from pathlib import Path
-    ours = str(Path(__file__).parent)
     libraries = tuple({p for k in ("stdlib", "platstdlib", "purelib", "platlib")
                        if (p := sysconfig.get_paths().get(k))})
     found = mine = None
     while tb is not None:
         file = tb.tb_frame.f_code.co_filename
-        if not file.startswith(ours):
+        if not file.startswith(_OURS):
             found = (file, tb.tb_lineno)
             if not file.startswith(libraries):
                 mine = found
