@@ -39,6 +39,16 @@ class Span:
             return None
         return line[self.col - 1:self.end_col - 1]
 
+    def label(self) -> str:
+        """What `--emit` writes after an op's `@`: the line of the .nn file, or for a setting
+        given outside it (`--set optimizer=sgd`, fit's config) that setting's words, so the
+        op is not taken for one of the file's line 1."""
+        return f"({self.source})" if self.file in OUTSIDE and self.source else str(self.line)
+
+
+# the files of a span that lies in no .nn file: a --set value's, a Python config's setting's
+OUTSIDE = ("<command line>", "<config>")
+
 
 @dataclass
 class Diagnostic:

@@ -133,6 +133,41 @@ def test_training_ops_point_at_the_setting_that_made_them(ranks):
     assert {n.span.line for n in g if n.role == "optim"} == {1}
 
 
+def test_training_ops_of_a_setting_not_the_files_point_where_it_was_given():
+    """An optimizer (or clip_norm, l1, l2) given with --set, or by fit's config, makes ops the
+    file's own setting did not: --emit placed them at the file's `optimizer = adam(...)` line,
+    whose optimizer is not the one that ran. Now at the --set value on the command line, or
+    said to be no line of the file; a setting the file gives and nothing replaced keeps its
+    line."""
+    from nnlang.errors import Given, Span
+    from nnlang.runtime.net import Net
+    from nnlang.train.overrides import resolve
+    item = "optimizer=sgd(lr = 0.5, momentum = 0.9)"
+    value = Span("<command line>", 1, 17, 1, 6 + len(item), f"--set {item}")
+    sets = Given({"optimizer": "sgd(lr = 0.5, momentum = 0.9)", "l1": 0.3},
+                 {"optimizer": (Span("<command line>", 1, 7, 1, 16, f"--set {item}"), value)})
+    program, cfg, *_ = resolve(PLACED, None, sets)
+    assert cfg.optimizer.name == "sgd"
+    g = Net(program, backend="reference", batch=4, config=cfg).graph("train")
+    optim = {n.span for n in g if n.role == "optim"}   # the optimizer's, clipping's (line 9)
+    assert value in optim and optim - {value} <= {s for s in optim if s.line == 9}
+    assert {n.span.line for n in g if n.op == "minimum"} == {9}   # clip_norm: the file's
+    l1 = {n.span for n in g if n.op == "abs"}   # no place on the command line: not line 10
+    assert l1 and all(s.file != "<string>" for s in l1)
+    net = Net(program, backend="reference", batch=4, config=cfg)
+    for what in ("ir", "backward", "fused"):
+        text = nnlang.emit(net, what)
+        assert "@(--set optimizer=sgd(lr = 0.5, momentum = 0.9))" in text, what
+        assert not re.search(r"%\d+ = mul.* @8$", text, re.M), what
+    fitted = resolve(PLACED, {"optimizer": "sgd"})
+    g = Net(fitted[0], backend="reference", batch=4, config=fitted[1]).graph("train")
+    optim = {n.span for n in g if n.role == "optim"}
+    assert {s.line for s in optim if s.file == "<string>"} <= {9}   # clip_norm: the file's
+    assert any(s.file == "<config>" for s in optim)
+    assert "@(optimizer = sgd(lr=0.01, momentum=0.0" in nnlang.emit(
+        Net(fitted[0], backend="reference", batch=4, config=fitted[1]), "backward")
+
+
 def test_float64_graphs_stay_float64():
     net = nnlang.compile(BN, backend="reference", batch=3, dtype="float64")
     assert {n.dtype for n in net.graph("train")} <= {"float64", "bool", "int64", "int32"}

@@ -138,7 +138,7 @@ def build_kernel(g: Graph, members: list[int], outputs: list[int], reduce: int |
     header = []
     for nid in members:
         n = g.node(nid)
-        line = n.span.line if n.span else "?"
+        line = n.span.label() if n.span else "?"
         header.append(f"{n.op:<12} {n.path or '.'} @{line}")
         if nid == reduce:
             continue

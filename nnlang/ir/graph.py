@@ -229,7 +229,8 @@ def format_node(g: Graph, n: Node) -> str:
     args = ", ".join(f"%{i}" for i in n.inputs)
     call = f"{n.op}({args}{', ' if args and attrs else ''}{attrs})"
     label = f" {n.name}" if n.name else ""
-    where = f"  # {n.path or '.'}" + (f" @{n.span.line}" if n.span and n.span.line else "")
+    where = f"  # {n.path or '.'}" + (f" @{n.span.label()}" if n.span and n.span.line
+                                      else "")
     role = "" if n.role == "fwd" else f"[{n.role}] "
     return f"%{n.id}{label}: {n.type or '?'} = {role}{call}{where}"
 

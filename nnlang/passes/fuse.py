@@ -264,6 +264,6 @@ def format_groups(g: Graph, groups: list[Group]) -> str:
                      + ", ".join(f"%{o}" for o in grp.outputs))
         for m in grp.members:
             n = g.node(m)
-            line = n.span.line if n.span else "?"
+            line = n.span.label() if n.span else "?"
             lines.append(f"  %{m} = {n.op}  # {n.path or '.'} @{line}")
     return "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
-from nnlang.errors import Given, NNError, did_you_mean
+from nnlang.errors import Given, NNError, Span, did_you_mean
 from nnlang.frontend.elaborate import Program, layer_weights_hint, load_text
 from nnlang.frontend.lint import retrained
 from nnlang.frontend.source import load_source, read_source
@@ -271,6 +271,7 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
                           hint=f"give it once: {flag} VALUE, or --set {k}=VALUE")
         cfg = apply_overrides(cfg, {**train_sets, **flags}, spans)
     _check_penalty_lists(cfg, program, spans)
+    program = _placed(program, cfg, spans)
     if program.train is None or any(getattr(cfg, k) != getattr(program.train, k)
                                     for k in ("l2", "l1", "l2_on", "l1_on")):
         # NOTE: the warnings were linted with the file's penalties; with --set l2=... an
@@ -278,6 +279,37 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
         program = replace(program, warnings=retrained(program.warnings, program.graph,
                                                       program.train, cfg))
     return program, cfg, source, file, hp
+
+
+# the train settings that make ops of the step, which `Graph.train_spans` places
+_PLACED = ("optimizer", "clip_norm", "l1", "l2")
+
+
+def _placed(program: Program, cfg: TrainConfig, spans: dict) -> Program:
+    """The program whose training ops point where their setting came from: the file's line
+    for a value the file gives, the --set value for one given there, else (fit's config, a
+    flag, a resumed run's) the setting itself, outside any file: `--emit` had placed the ops
+    of `--set optimizer=sgd` at the file's `optimizer = adam(...)` line."""
+    file_says = program.train or TrainConfig()   # NOTE: a model without a section: its defaults
+    moved = {}
+    for key in _PLACED:
+        value = getattr(cfg, key)
+        if value == getattr(file_says, key):
+            continue
+        # NOTE: an optimizer changed by an option alone (--set momentum=0.9) is at that option
+        given = [key, *(value.options if key == "optimizer" else ())]
+        moved[key] = next((given_span(spans, k) for k in given if k in spans), None) or \
+            _config_span(key, value)
+    if not moved:
+        return program
+    graph = program.graph.copy()
+    graph.train_spans = {**graph.train_spans, **moved}
+    return replace(program, graph=graph)
+
+
+def _config_span(key: str, value) -> Span:
+    text = f"{key} = {value if isinstance(value, Choice) else show_value(value)}"
+    return Span("<config>", 1, 1, 1, len(text) + 1, text)
 
 
 def _load_for(source: str, file: str, hp: dict, model, resuming: bool):
