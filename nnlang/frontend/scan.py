@@ -50,7 +50,7 @@ class ScanElaboration:
         prefix = self.layer_of.get(result[0].id)   # NOTE: the block call's weights' path
         body, weights, broadcast, cols = self._cut_body(
             places, result, len(seqs), dtype, batch, [self._type(h).shape[1] for h in inits],
-            e.span)
+            call, e.span)
         out = self._emit_scan(e, scope, seqs, inits, weights, broadcast, body, cols, reverse)
         if prefix is not None:  # NOTE: so a later `share = <a scan's result>` finds its weights
             for v in out if isinstance(out, tuple) else (out,):
@@ -190,7 +190,27 @@ class ScanElaboration:
         with self.b.at(span, ""):
             return T(self.b.emit("input", name=f"scan.{name}", dtype=dtype, shape=list(shape)))
 
-    def _cut_body(self, places, result, n_seqs, dtype, batch, widths, span):
+    def _foreign_dtype(self, i, inside, dtype, call: ast.Call, span):
+        """The error for a value of another dtype from outside the loop (a float64 weight of a
+        float32 net) that a step reads: the loop's body is compiled in one dtype, its states'.
+        It is at the read in the block; the hint casts it there, which needs no step value and
+        so runs once before the loop, and the gradient still reaches the weight (which updates
+        in its own dtype)."""
+        g, n = self.g, self.g.node(i)
+        read = next(u for u in sorted(g.users(i)) if u in inside)
+        # NOTE: the block's name for it, when the scan passes it by name (`r = r`)
+        named = [kw.name for kw in call.kwargs
+                 if isinstance(kw.value, ast.Name) and n.name and kw.value.id == n.name]
+        what = f"'{named[0]}', {n.type}," if named else n.type
+        cast = f'cast({named[0] if named else "it"}, dtype = "{dtype}")'
+        self.fail(f"scan: {call.func} reads {what} from outside the loop, but its steps run in "
+                  f"{dtype}, the dtype of the states and sequences: a scan body holds one dtype",
+                  g.node(read).span or span,
+                  f"read it as {dtype} in the block, {cast}: the cast runs once, before the "
+                  f"loop, and the gradient still reaches the {n.dtype} value",
+                  [("in the scan here", span)])
+
+    def _cut_body(self, places, result, n_seqs, dtype, batch, widths, call, span):
         """Moves the nodes that depend on the placeholders into a body graph. What else they
         read becomes a body input: a weight `w<j>` where it is a matmul's right operand (the
         scan's gradient makes one GEMM of those), else a per-step value broadcast over time
@@ -220,9 +240,7 @@ class ScanElaboration:
                     flags[i] = self.b.cast(i, dtype=dtype)
                 continue
             if g.node(i).dtype != dtype:
-                self.fail(f"scan: the block reads {g.node(i).type} from outside the loop, but "
-                          f"a scan body reads {dtype} values only", span,
-                          f"cast it to {dtype} before the scan")
+                self._foreign_dtype(i, inside, dtype, call, span)
         weights = [i for i in outer if any(_rhs(g, u, i) for u in g.users(i) if u in inside)]
         broadcast = [i for i in outer if any(not _rhs(g, u, i) for u in g.users(i)
                                              if u in inside)]

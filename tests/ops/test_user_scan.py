@@ -1651,3 +1651,42 @@ model KerasSeq2seq(vocab = 10, steps = 5, units = 4) {
     for k, v in mine.items():
         back = next(n for n, a in p.items() if a is v)
         np.testing.assert_allclose(got[k], want[back], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_a_float64_weight_read_by_a_step_as_its_errors_hint_casts_it(backend):
+    """A float64 weight of a float32 net read by a step is refused: the loop's body runs in one
+    dtype (tests/errors/scan_float64_weight.expected, located at the read in the block). Its
+    hint, followed, trains: the step's values are numpy's with the weight rounded to float32,
+    its gradient is the finite differences' of a float64 numpy loss, and sgd moves it in
+    float64 (lr 0.1 exactly, not float32's 0.10000000149)."""
+    from tests.regen import ERRORS_DIR
+    bad = (ERRORS_DIR / "scan_float64_weight.nn").read_text()
+    with pytest.raises(NNError, match="scan body holds one dtype"):
+        nnlang.load(bad)
+    src = bad.replace("h @ r", 'h @ cast(r, dtype = "float32")') + \
+        "train M { optimizer = sgd(lr = 0.1) }\n"
+    net = nnlang.compile(src, backend=backend, batch=2, seed=1)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=(2, 3, 2)).astype(np.float32),
+             "h0": rng.normal(size=(2, 4)).astype(np.float32)}
+    w, r = net.parameters()["w"], net.parameters()["r"]
+    assert r.dtype == np.float64 and w.dtype == np.float32
+
+    def loss(r, dt):
+        h, hs = feeds["h0"].astype(dt), []
+        for t in range(3):
+            h = np.tanh(feeds["x"][:, t].astype(dt) @ w.astype(dt) + h @ r.astype(dt))
+            hs.append(h)
+        return np.mean(np.stack(hs) ** 2)
+
+    assert net.evaluate(feeds)["mean"] == pytest.approx(loss(r, np.float32), rel=1e-5)
+    grad = net.gradients(feeds)["r"]
+    eps, want = 1e-6, np.zeros_like(r)
+    for idx in np.ndindex(r.shape):
+        step = np.zeros_like(r)
+        step[idx] = eps
+        want[idx] = (loss(r + step, np.float64) - loss(r - step, np.float64)) / (2 * eps)
+    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-6)
+    net.train_step(feeds)
+    np.testing.assert_allclose(net.parameters()["r"], r - 0.1 * grad, rtol=1e-15, atol=0)
