@@ -8,12 +8,13 @@ elaborated in `calls.py`, imports gathered in `imports.py`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from nnlang.errors import (ErrorSink, Given, NNError, Span, closest, did_you_mean,
-                           foreign_name, with_article)
+from nnlang.errors import (OUTSIDE, Diagnostic, ErrorSink, Given, NNError, Span, closest,
+                           did_you_mean, foreign_name, with_article)
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration, number_text
 from nnlang.frontend.deep import deep_stack
@@ -674,6 +675,24 @@ def checked_overrides(overrides) -> dict:
 def elaborate(module: ast.Module, overrides: dict | None = None,
               model: str | None = None) -> Program:
     overrides = Given(checked_overrides(overrides), getattr(overrides, "spans", None))
+    try:
+        return _elaborate(module, overrides, model)
+    except NNError as err:
+        raise NNError([_given_note(d, overrides) for d in err.diagnostics]) from None
+
+
+def _given_note(d: Diagnostic, overrides: Given) -> Diagnostic:
+    """`d` with a note at each --set value its source text reads: `dense(x, hidden)` refused
+    for `--set hidden=0` showed the file's line only, whose header says `hidden = 32`.
+    NOTE: matched by name in the span's text, which an error at a use of the value covers."""
+    text = d.span.text() if d.span is not None and d.span.file not in OUTSIDE else None
+    notes = [(f"{name} = {show_value(overrides[name])} is given by --set", where[1])
+             for name, where in overrides.spans.items()
+             if text and re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text)]
+    return replace(d, notes=[*d.notes, *notes]) if notes else d
+
+
+def _elaborate(module: ast.Module, overrides: Given, model: str | None) -> Program:
     if model is not None and not isinstance(model, str):
         raise NNError(f"model={model!r}: a model is chosen by its name (a str), not by "
                       f"{type(model).__name__}", hint="e.g. model=\"MLP\"")
