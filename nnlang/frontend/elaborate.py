@@ -25,7 +25,7 @@ from nnlang.frontend.parser import parse
 from nnlang.frontend.scan import ScanElaboration
 from nnlang.frontend.source import load_source
 from nnlang.frontend.train_config import (SAID_ELSEWHERE, TRAIN_SET_KEYS, TrainConfig,
-                                         elaborate_train, frozen_penalized)
+                                         elaborate_train, frozen_penalized, nothing_to_clip)
 from nnlang.frontend.values import (POISON, TENSOR_BINOPS, Abort, Initializer, Scope, T,
                                     eval_binop, join_path)
 from nnlang.gc_pause import paused_gc
@@ -742,12 +742,9 @@ def _elaborate(module: ast.Module, overrides: Given, model: str | None) -> Progr
                                 el.penalized_weight, None if errors.diagnostics else el.g)
         trained = [n for n in el.g.params.values() if el.g.node(n).attrs.get("trainable", True)]
         if train.clip_norm and not trained and not errors.diagnostics:
-            errors.add(f"clip_norm = {train.clip_norm:g}: model '{chosen.name}' has no trainable "
-                       "weights, so there is no gradient to clip",
-                       next(s.value.span for s in tdef.settings if s.name == "clip_norm"),
-                       "remove clip_norm, or unfreeze a layer: every weight is frozen "
-                       "(trainable = false)" if el.g.params else
-                       "remove clip_norm, or give the model a layer with weights")
+            message, hint = nothing_to_clip(train.clip_norm, chosen.name, bool(el.g.params))
+            errors.add(message, next(s.value.span for s in tdef.settings
+                                     if s.name == "clip_norm"), hint)
     el.g.train_spans = {"": chosen.span} if tdef is None else \
         {"": tdef.span, **{s.name: s.span for s in tdef.settings}}
     gen = None

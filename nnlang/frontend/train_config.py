@@ -543,6 +543,15 @@ def frozen_penalized(path: str) -> tuple[str, str]:
             "drop it from the list, or make its layer trainable")
 
 
+def nothing_to_clip(clip_norm: float, model: str, has_weights: bool) -> tuple[str, str]:
+    """(message, hint) for clip_norm over a model with no trainable weight, in the train
+    section (elaborate) and from --set (`overrides`) alike."""
+    return (f"clip_norm = {clip_norm:g}: model '{model}' has no trainable weights, so there is "
+            "no gradient to clip",
+            "remove clip_norm, or unfreeze a layer: every weight is frozen (trainable = false)"
+            if has_weights else "remove clip_norm, or give the model a layer with weights")
+
+
 def rateless_penalty(setting: str) -> str:
     """What follows a penalty list's name when its penalty's strength (l1, l2) is 0."""
     rate = setting[:2]

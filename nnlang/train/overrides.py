@@ -14,9 +14,9 @@ from nnlang.frontend.elaborate import Program, layer_weights_hint, load_text
 from nnlang.frontend.lint import retrained
 from nnlang.frontend.source import load_source, read_source
 from nnlang.frontend.train_config import (FLAGS, PENALTY_LISTS, Choice, TrainConfig,
-                                         frozen_penalized, option_problem, options_problem,
-                                         range_problem, rateless_penalty, rising_schedule,
-                                         setting_habit)
+                                         frozen_penalized, nothing_to_clip, option_problem,
+                                         options_problem, range_problem, rateless_penalty,
+                                         rising_schedule, setting_habit)
 from nnlang.train import feeds
 from nnlang.ops.optim import OPTIMIZERS, SCHEDULES, unknown_choice_hint
 from nnlang.ops.signature import show_value
@@ -271,6 +271,7 @@ def resolve(program_or_path, config=None, sets: dict | None = None, model: str |
                           hint=f"give it once: {flag} VALUE, or --set {k}=VALUE")
         cfg = apply_overrides(cfg, {**train_sets, **flags}, spans)
     _check_penalty_lists(cfg, program, spans)
+    _check_clip(cfg, program, spans)
     program = _placed(program, cfg, spans)
     if program.train is None or any(getattr(cfg, k) != getattr(program.train, k)
                                     for k in ("l2", "l1", "l2_on", "l1_on")):
@@ -348,6 +349,17 @@ def _check_penalty_lists(cfg: TrainConfig, program, spans: dict) -> None:
         if names and given and not getattr(cfg, rate):
             raise NNError(f"train setting '{key}' {rateless_penalty(key)}", given_span(spans, key),
                           hint=f"set its strength too, e.g. --set {rate}=1e-4")
+
+
+def _check_clip(cfg: TrainConfig, program, spans: dict) -> None:
+    """--set clip_norm=... over a model with no trainable weight is refused at its value, as
+    the train section's own is (elaborate): it was taken silently, clipping nothing.
+    NOTE: a Python config's stays a no-op, as before: it has no place to be refused at."""
+    graph = program.graph
+    if "clip_norm" in spans and cfg.clip_norm and not any(
+            graph.node(nid).attrs.get("trainable", True) for nid in graph.params.values()):
+        message, hint = nothing_to_clip(cfg.clip_norm, program.model, bool(graph.params))
+        raise NNError(message, given_span(spans, "clip_norm"), hint)
 
 
 # *** evaluation ***

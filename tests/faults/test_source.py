@@ -1160,7 +1160,8 @@ def test_clip_norm_needs_trainable_weights(tmp_path, line):
     import nnlang
     from nnlang.frontend.train_config import TrainConfig
     from nnlang.runtime.net import Net
-    # NOTE: clip_norm from --set or the Python API has no span: clipping nothing is a no-op
+    # NOTE: clip_norm from the Python API has no span: clipping nothing is a no-op (--set's is
+    # refused at its value: test_clip_norm_from_set_needs_trainable_weights_too)
     net = Net(nnlang.load(model(line)), backend="reference", batch=2,
               config=TrainConfig(clip_norm=1.0))
     before = net.parameters()
@@ -1169,6 +1170,23 @@ def test_clip_norm_needs_trainable_weights(tmp_path, line):
              "tok": np.zeros((2, 5), np.int32)}
     assert np.isfinite(net.train_step(feeds))
     assert all(np.array_equal(before[k], w) for k, w in net.parameters().items())
+
+
+@pytest.mark.parametrize("line", ["y = v", "y = dense(v, 4, trainable = false)"])
+def test_clip_norm_from_set_needs_trainable_weights_too(line):
+    """--set clip_norm=1 over a model with no trainable weight was taken silently (clipping
+    nothing), where the train section's `clip_norm = 1.0` is refused: now the same error, at
+    the value on the command line."""
+    from nnlang.errors import NNError
+    from nnlang.train.overrides import resolve
+    from nnlang_cli.app import parse_overrides
+    src = model(line) + "train M {\n  optimizer = sgd(lr = 0.1)\n}\n"
+    with pytest.raises(NNError) as err:
+        resolve(src, None, parse_overrides(["clip_norm=1"]))
+    assert str(err.value.span) == "<command line>:1:17"
+    assert err.value.message == ("clip_norm = 1: model 'M' has no trainable weights, so there "
+                                 "is no gradient to clip")
+    assert err.value.diagnostics[0].hint.startswith("remove clip_norm")
 
 
 def test_attribute_errors_point_at_the_argument(tmp_path):
