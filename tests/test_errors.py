@@ -48,3 +48,17 @@ def test_error_points_into_the_file(case):
     first = (ERRORS_DIR / f"{case}.expected").read_text().splitlines()[0]
     assert first.startswith((f"tests/errors/{case}.nn:", "<command line>:")), first
     assert "Traceback" not in (ERRORS_DIR / f"{case}.expected").read_text()
+
+
+def test_an_error_at_a_use_of_an_override_notes_it():
+    """As set_value_bad_at_its_use's --set: from Python, `overrides=` gave the value the file's
+    line refuses, whose header holds another; the note says so (a plain dict has no place)."""
+    import nnlang
+    src = (ERRORS_DIR / "set_value_bad_at_its_use.nn").read_text()
+    with pytest.raises(nnlang.NNError) as err:
+        nnlang.load(src, {"hidden": 0})
+    assert err.value.span.line == 4
+    assert ("hidden = 0 is given by overrides", None) in err.value.diagnostics[0].notes
+    with pytest.raises(nnlang.NNError) as err:   # a name the line does not read: no note
+        nnlang.load(src.replace("dense(x, hidden)", "dense(x, 0)"), {"hidden": 3})
+    assert not [n for n in err.value.diagnostics[0].notes if "given by" in n[0]]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from nnlang.errors import (OUTSIDE, Diagnostic, ErrorSink, Given, NNError, Span, closest,
-                           did_you_mean, foreign_name, with_article)
+                           did_you_mean, foreign_name, said_as, with_article)
 from nnlang.frontend import ast
 from nnlang.frontend.calls import CallElaboration, number_text
 from nnlang.frontend.deep import deep_stack
@@ -682,13 +682,17 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
 
 
 def _given_note(d: Diagnostic, overrides: Given) -> Diagnostic:
-    """`d` with a note at each --set value its source text reads: `dense(x, hidden)` refused
-    for `--set hidden=0` showed the file's line only, whose header says `hidden = 32`.
+    """`d` with a note at each --set value (or the Python API's override) its source text
+    reads: `dense(x, hidden)` refused for `--set hidden=0` showed the file's line only, whose
+    header says `hidden = 32`.
     NOTE: matched by name in the span's text, which an error at a use of the value covers."""
     text = d.span.text() if d.span is not None and d.span.file not in OUTSIDE else None
-    notes = [(f"{name} = {show_value(overrides[name])} is given by --set", where[1])
-             for name, where in overrides.spans.items()
-             if text and re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text)]
+    notes = []
+    for name, value in overrides.items():
+        if text and re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text):
+            where = overrides.spans.get(name, (None, None))[1]   # NOTE: a plain dict: no place
+            by = "--set" if where else said_as("--set", "overrides")
+            notes.append((f"{name} = {show_value(value)} is given by {by}", where))
     return replace(d, notes=[*d.notes, *notes]) if notes else d
 
 
