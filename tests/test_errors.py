@@ -62,3 +62,27 @@ def test_an_error_at_a_use_of_an_override_notes_it():
     with pytest.raises(nnlang.NNError) as err:   # a name the line does not read: no note
         nnlang.load(src.replace("dense(x, hidden)", "dense(x, 0)"), {"hidden": 3})
     assert not [n for n in err.value.diagnostics[0].notes if "given by" in n[0]]
+
+
+def test_a_warning_at_a_use_of_a_set_value_notes_it():
+    """A warning's line reading a --set value notes it as an error's does (batch_norm's
+    Keras-style momentum from --set m=0.99, the file's header saying m = 0.1); a warning
+    resolve() says again for other penalties (an unreached weight) is not doubled by it."""
+    from nnlang.errors import Given, Span
+    from nnlang.frontend.elaborate import load
+    from nnlang.train.overrides import resolve
+    src = """model M(m = 0.1, n = 2) {
+  input x: float32[batch, 3]
+  y = batch_norm(x, momentum = m)
+  z = dense(x, n)
+  loss l = mean(y * y)
+}
+"""
+    at = Span("<command line>", 1, 9, 1, 13, "--set m=0.99")
+    warned = load(src, Given({"m": 0.99}, {"m": (at, at)})).warnings
+    assert [("m = 0.99 is given by --set", at)] == \
+        [n for w in warned for n in w.notes if "momentum" in w.message]
+    nat = Span("<command line>", 1, 9, 1, 10, "--set n=3")
+    program = resolve(src, {"l2": 0.1}, Given({"n": 3}, {"n": (nat, nat)}))[0]
+    unreached = [w for w in program.warnings if "no loss reads" in w.message]
+    assert len(unreached) == 1 and "by the penalty" in unreached[0].message

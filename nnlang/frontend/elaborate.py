@@ -676,14 +676,16 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
               model: str | None = None) -> Program:
     overrides = Given(checked_overrides(overrides), getattr(overrides, "spans", None))
     try:
-        return _elaborate(module, overrides, model)
+        program = _elaborate(module, overrides, model)
     except NNError as err:
         raise NNError([_given_note(d, overrides) for d in err.diagnostics]) from None
+    program.warnings = [_given_note(w, overrides) for w in program.warnings]
+    return program
 
 
 def _given_note(d: Diagnostic, overrides: Given) -> Diagnostic:
-    """`d` with a note at each --set value (or the Python API's override) its source text
-    reads: `dense(x, hidden)` refused for `--set hidden=0` showed the file's line only, whose
+    """`d` (an error or a warning) with a note at each --set value (or the Python API's
+    override) its source text reads: `dense(x, hidden)` refused for `--set hidden=0` showed the file's line only, whose
     header says `hidden = 32`.
     NOTE: matched by name in the span's text, which an error at a use of the value covers."""
     text = d.span.text() if d.span is not None and d.span.file not in OUTSIDE else None

@@ -520,8 +520,10 @@ def retrained(warnings: list, g: Graph, before, after) -> list:
     for the config `after` (--set l2=... or a flag changes which weights a penalty shrinks)."""
     if not g.losses:
         return warnings
-    old = _unreached_weights(g, before)
-    return [w for w in warnings if w not in old] + _unreached_weights(g, after)
+    # NOTE: by message and place: elaborate notes the --set values a warning's line reads
+    old = {(w.message, w.span) for w in _unreached_weights(g, before)}
+    return [w for w in warnings if (w.message, w.span) not in old] + \
+        _unreached_weights(g, after)
 
 
 def lint(g: Graph, train_span=None, train=None) -> list[Diagnostic]:
