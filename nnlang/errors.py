@@ -42,8 +42,11 @@ class Span:
     def label(self) -> str:
         """What `--emit` writes after an op's `@`: the line of the .nn file, or for a setting
         given outside it (`--set optimizer=sgd`, fit's config) that setting's words, so the
-        op is not taken for one of the file's line 1."""
-        return f"({self.source})" if self.file in OUTSIDE and self.source else str(self.line)
+        op is not taken for one of the file's line 1. NOTE: on one line, as a kernel's header
+        comment holds it: a shell gives --set a value with newlines in it."""
+        if self.file in OUTSIDE and self.source:
+            return f"({' '.join(self.source.split())})"
+        return str(self.line)
 
 
 # the files of a span that lies in no .nn file: a --set value's, a Python config's setting's

@@ -159,6 +159,8 @@ def test_training_ops_of_a_setting_not_the_files_point_where_it_was_given():
         text = nnlang.emit(net, what)
         assert "@(--set optimizer=sgd(lr = 0.5, momentum = 0.9))" in text, what
         assert not re.search(r"%\d+ = mul.* @8$", text, re.M), what
+    # a value a shell passed with a newline in it stays on the op's line (a kernel's comment)
+    assert Span("<command line>", 1, 7, 1, 9, "--set l2=\n 0.1").label() == "(--set l2= 0.1)"
     fitted = resolve(PLACED, {"optimizer": "sgd"})
     g = Net(fitted[0], backend="reference", batch=4, config=fitted[1]).graph("train")
     optim = {n.span for n in g if n.role == "optim"}
