@@ -363,7 +363,7 @@ def test_sigterm_on_one_rank_stops_both_as_sigterm(tiny, kind, code, word):
 RAISES_ON_RANK_0 = """
 import time
 import nnlang.distributed as dist
-dist.init(timeout=60)
+dist.init(timeout=300)   # NOTE: a watchdog past the run's limit: only an end at once passes
 if dist.rank() == 0:
     time.sleep(0.5)
     raise ValueError("a bug in the user's loop")
@@ -374,15 +374,15 @@ print("rank 1 went on", flush=True)
 
 def test_an_uncaught_exception_on_one_rank_ends_the_job_at_once(tmp_path):
     """A user's script under `mpirun -n 2` that raises on rank 0: it printed the traceback,
-    and rank 1 waited in its collective for the watchdog's 60 s (then said a rank died).
-    The traceback is printed and the job ends at once, as torchrun ends a failed job."""
-    import time
+    and rank 1 waited in its collective for the watchdog (then said a rank died).
+    The traceback is printed and the job ends at once, as torchrun ends a failed job. The
+    watchdog here (300 s) is longer than the run's limit (120 s), so no wall-clock bound is needed:
+    a job that waits for it times out; one that ends at once passes however loaded the host
+    (a bound of 40 s under a 60 s watchdog left two ranks' start-up on a slow host little
+    room)."""
     (tmp_path / "script.py").write_text(RAISES_ON_RANK_0)
-    start = time.perf_counter()
     got = mpirun(2, sys.executable, "script.py", cwd=tmp_path, timeout=120)
-    took = time.perf_counter() - start
     text = got.stdout + got.stderr
     assert got.returncode != 0, text
     assert "ValueError: a bug in the user's loop" in text, text
     assert "rank 1 went on" not in text and "without an answer" not in text, text
-    assert took < 40, (took, text)
