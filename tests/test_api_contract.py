@@ -263,8 +263,9 @@ def test_reading_the_weights_waits_for_a_step_running_in_another_thread(backend,
     """README: a Net runs one call at a time, calls from several threads wait for each other.
     parameters() and state_dict() did not wait: read during another thread's train_step they
     gave a mix of the weights before and after it (seen with a reader thread polling a training
-    one). Here the step is held at its start until the reader has asked; the reader must get
-    the weights after the step, as plain SGD computes them in numpy."""
+    one). Here the step is held at its start until the reader has asked (it is at the Net's
+    lock, or has read already); the reader must get the weights after the step, as plain SGD
+    computes them in numpy."""
     net = nnlang.compile(CLASSIFIER.replace("adam(lr = 1.0)", "sgd(lr = 0.5)")
                          .replace("\n  schedule = constant(warmup = 10)", ""),
                          backend=backend, batch=4, seed=0)
@@ -278,7 +279,7 @@ def test_reading_the_weights_waits_for_a_step_running_in_another_thread(backend,
 
     def held_run(*args, **kw):
         started.set()
-        go.wait(10)
+        go.wait()   # NOTE: the test sets it
         return run(*args, **kw)
     exe.run = held_run
     p = net.parameters()
@@ -288,12 +289,30 @@ def test_reading_the_weights_waits_for_a_step_running_in_another_thread(backend,
     soft /= soft.sum(1, keepdims=True)
     soft[np.arange(4), feeds["label"]] -= 1
     want = w - 0.5 * x.T @ soft / 4
+    asked = threading.Event()
+
+    class Watched:   # the Net's lock, saying when the reader comes to it
+        def __init__(self, lock):
+            self.lock = lock
+
+        def __enter__(self):
+            if threading.current_thread() is reader:
+                asked.set()
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            return self.lock.__exit__(*exc)
+    net._lock, reader = Watched(net._lock), None
     trainer = threading.Thread(target=net.train_step, args=(feeds,))
     trainer.start()
-    assert started.wait(10)
+    assert started.wait(120)
     reader = threading.Thread(target=lambda: got.update(getattr(net, read)()))
     reader.start()
-    reader.join(0.3)   # NOTE: the reader waits for the held step (before: it returned here)
+    # NOTE: the step goes on once the reader has asked, waiting (now) or not (before); a
+    # fixed 0.3 s let a loaded host go on before the reader had asked, and a reader that did
+    # not wait then read after the step, which passed
+    while not asked.wait(0.01) and reader.is_alive():
+        pass
     go.set()
     trainer.join()
     reader.join()
@@ -1001,11 +1020,12 @@ def test_a_net_built_while_another_thread_builds_one_runs_its_own_kernels():
     def other_build():
         with backend.together():
             inside.set()
-            done.wait(30)
+            done.wait()   # NOTE: set by the test when done: a 30 s timeout let a slow cold
+            # compile below end this build first, and the test passed without the overlap
     other = threading.Thread(target=other_build)
     other.start()
     try:
-        assert inside.wait(10)
+        assert inside.wait(120)
         net = nnlang.compile("model B {\n  input x: float32[batch, 7]\n"
                              "  output y = dense(x, 5) |> tanh\n}\n", batch=4, seed=0)
         x = np.random.default_rng(0).standard_normal((4, 7)).astype(np.float32)
@@ -1076,11 +1096,11 @@ def test_a_child_forked_during_another_threads_parallel_kernel_can_launch_its_ow
     def launch():
         with numba_backend._PARALLEL_LAUNCH:
             inside.set()
-            done.wait(10)
+            done.wait()   # NOTE: held until the child has answered (the test sets it)
     t = threading.Thread(target=launch)
     t.start()
     try:
-        assert inside.wait(10)
+        assert inside.wait(120)
         pid = os.fork()
         if pid == 0:
             os._exit(0 if numba_backend._PARALLEL_LAUNCH.acquire(timeout=5) else 1)

@@ -212,11 +212,11 @@ def test_a_child_forked_while_another_thread_builds_collects_garbage():
     def build():
         with paused_gc():
             inside.set()
-            done.wait(10)
+            done.wait()   # NOTE: held until the child has answered (the test sets it)
     t = threading.Thread(target=build)
     t.start()
     try:
-        assert inside.wait(10) and not gc.isenabled()
+        assert inside.wait(120) and not gc.isenabled()
         pid = os.fork()
         if pid == 0:   # NOTE: the child reports by exit code only
             with paused_gc():

@@ -66,11 +66,13 @@ def test_a_second_thread_stepping_meanwhile_is_not_pinned_to_the_same_cpu():
     def first():
         with cpu_affinity.pinned():
             inside.set()
-            release.wait(10)
+            # NOTE: no timeout: a 10 s one could end this step on a stalled host before the second
+            # began, which was then pinned (a failure that was only the scheduler's)
+            release.wait()
     t = threading.Thread(target=first)
     t.start()
-    inside.wait(10)
     try:
+        assert inside.wait(120)
         def second():
             with cpu_affinity.pinned():
                 return os.sched_getaffinity(0)
@@ -82,8 +84,8 @@ def test_a_second_thread_stepping_meanwhile_is_not_pinned_to_the_same_cpu():
 
 def test_pool_workers_get_one_cpu_other_than_the_steps_while_a_step_runs():
     def affinities(ex):
-        barrier = threading.Barrier(3)
-        return list(ex.map(lambda _: (barrier.wait(10), os.sched_getaffinity(0))[1], range(3)))
+        barrier = threading.Barrier(3)   # NOTE: a hang guard, past any scheduling delay
+        return list(ex.map(lambda _: (barrier.wait(120), os.sched_getaffinity(0))[1], range(3)))
     with ThreadPoolExecutor(3, initializer=cpu_affinity.register_worker) as ex:
         with cpu_affinity.pinned():
             home = os.sched_getaffinity(0)

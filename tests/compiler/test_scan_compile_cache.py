@@ -342,7 +342,7 @@ def test_ctrl_c_while_compiling_stops_the_worker_instead_of_waiting_for_it(tmp_p
                                                                             monkeypatch):
     """A Ctrl-C (KeyboardInterrupt) while this process compiles its share of a cold compile
     ends the worker and comes out at once; it waited for the worker's whole list before (here
-    a worker that takes its jobs and then needs 30 s)."""
+    a worker that takes its jobs and then needs 5 minutes)."""
     import subprocess
     import sys
     import time
@@ -350,27 +350,36 @@ def test_ctrl_c_while_compiling_stops_the_worker_instead_of_waiting_for_it(tmp_p
     from nnlang.backends import numba_backend
     monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(numba_backend, "workers", lambda: 2)
-    workers = []
+    workers, interrupts = [], []
 
     def slow_worker():
         workers.append(subprocess.Popen(
-            [sys.executable, "-c", "import sys, time; sys.stdin.buffer.read(); time.sleep(30)"],
+            [sys.executable, "-c",
+             "import sys, time; sys.stdin.buffer.read(); time.sleep(300)"],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL))
         return workers[-1]
     real = NumbaBackend._entry
 
     def interrupted(self, fn, sig):
         if self._waiting is None and fn.py_func.__module__.startswith("nnlang_kernels."):
+            interrupts.append(time.perf_counter())
             raise KeyboardInterrupt   # NOTE: the first kernel this process compiles itself
         return real(self, fn, sig)
     monkeypatch.setattr(numba_backend, "_spawn_worker", slow_worker)
     monkeypatch.setattr(NumbaBackend, "_entry", interrupted)
     g = _lstm_train_graph()
-    start = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
-        compile_graph(g, NumbaBackend())
-    assert time.perf_counter() - start < 15
-    assert len(workers) == 1 and workers[0].poll() is not None
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            compile_graph(g, NumbaBackend())
+        # NOTE: timed from the interrupt: building the graph up to the first kernel (2-3 s
+        # here, several times that on a loaded host) counted against a 15 s bound before;
+        # waiting for the worker would take its 300 s, so the bound only tells the two apart
+        assert time.perf_counter() - interrupts[0] < 60
+        assert len(workers) == 1 and workers[0].poll() is not None
+    finally:
+        for w in workers:   # NOTE: not left sleeping behind a failed test
+            w.kill()
+            w.wait()
 
 
 def test_a_body_without_a_driver_runs_its_pending_kernels_in_the_python_loop(tmp_path,

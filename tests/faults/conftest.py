@@ -44,10 +44,12 @@ def cli(*args: str, code: int = 1, cwd=None) -> str:
     return _clean(out)
 
 
-def cli_process(*args: str, code: int | None = 1, timeout: float = 120, env=None, cwd=None,
+def cli_process(*args: str, code: int | None = 1, timeout: float = 600, env=None, cwd=None,
                 **kw) -> subprocess.CompletedProcess:
     """Runs `python -m nnlang_cli.main ARGS` in a subprocess bounded by `timeout` (a hang fails
     the test); asserts the exit code (unless None) and a clean output."""
+    # NOTE: `timeout` guards against hangs, not slowness: a cold numba `train tiny.nn` took
+    # about 45 s of a former 120 s on a 2-core host loaded by other work
     full = {**os.environ, **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "nnlang_cli.main", *map(str, args)],
                           cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,

@@ -60,7 +60,7 @@ def test_batch_that_does_not_split_ends_every_rank(tiny):
 def test_an_error_before_the_ranks_join_is_said_once(tiny):
     """An unknown --backend is refused before the ranks join: every rank said it (the error
     twice under `mpirun -n 2`), where an error after joining was rank 0's alone."""
-    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--backend", "tpu", cwd=tiny, timeout=120)
+    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--backend", "tpu", cwd=tiny)
     assert got.returncode != 0
     text = got.stdout + got.stderr
     assert text.count("error: unknown backend 'tpu'") == 1, text
@@ -72,7 +72,7 @@ def test_a_loss_the_ranks_cannot_average_ends_the_run_before_it_writes(tiny):
     src = (tiny / "tiny.nn").read_text().replace(
         "loss cross_entropy(logits, label)", "loss sum(square(logits)) * 0.01")
     (tiny / "tiny.nn").write_text(src)
-    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--out", "run", cwd=tiny, timeout=120)
+    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--out", "run", cwd=tiny)
     text = got.stdout + got.stderr
     assert got.returncode != 0, text
     assert "tiny.nn:8:8: error: the loss is a sum over the batch's rows" in text
@@ -88,7 +88,7 @@ def test_ranks_started_with_different_settings_stop_at_once(tiny):
     one = [_nnlang(), "train", "tiny.nn", "--out", "run"]
     got = subprocess.run([_mpirun(), "--oversubscribe", "-n", "1", *one, "--max-steps", "3",
                           ":", "-n", "1", *one, "--max-steps", "4"], cwd=tiny, env=mpi_env(),
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=240)
     text = got.stdout + got.stderr
     assert got.returncode != 0
     assert "the 2 processes were not started alike: their max_steps differ" in text, text
@@ -111,7 +111,7 @@ def test_ranks_with_other_data_of_the_same_shape_stop_and_say_it_once(tiny):
     one = [_nnlang(), "train", "tiny.nn", "--out", str(tiny / "run")]
     got = subprocess.run([_mpirun(), "--oversubscribe", "-n", "1", "--wdir", str(tiny), *one,
                           ":", "-n", "1", "--wdir", str(other), *one], env=mpi_env(),
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=240)
     text = got.stdout + got.stderr
     assert got.returncode != 0
     assert text.count("the 2 processes were not started alike: their data differ") == 1, text
@@ -257,9 +257,11 @@ def test_init_timeout_holds_after_the_group_was_joined(tmp_path):
     import subprocess
     env = {**os.environ, "OMPI_COMM_WORLD_SIZE": "2"}
     env.pop(collective.TIMEOUT_VAR, None)
+    # NOTE: 55 s: the default 60 s wait alone runs past it, while a slow start-up on a loaded
+    # host (3 s here, the 1 s wait included) has room; it was 30 s
     try:
         got = subprocess.run([sys.executable, "-c", LATE_TIMEOUT], capture_output=True,
-                             text=True, timeout=30, env=env)
+                             text=True, timeout=55, env=env)
     except subprocess.TimeoutExpired:
         pytest.fail("init(timeout=1) after dist.rank() did not set the wait")
     assert got.returncode == 1, got.stdout + got.stderr
@@ -363,7 +365,7 @@ def test_sigterm_on_one_rank_stops_both_as_sigterm(tiny, kind, code, word):
 RAISES_ON_RANK_0 = """
 import time
 import nnlang.distributed as dist
-dist.init(timeout=60)
+dist.init(timeout=300)   # NOTE: a watchdog past the run's limit: only an end at once passes
 if dist.rank() == 0:
     time.sleep(0.5)
     raise ValueError("a bug in the user's loop")
@@ -374,15 +376,15 @@ print("rank 1 went on", flush=True)
 
 def test_an_uncaught_exception_on_one_rank_ends_the_job_at_once(tmp_path):
     """A user's script under `mpirun -n 2` that raises on rank 0: it printed the traceback,
-    and rank 1 waited in its collective for the watchdog's 60 s (then said a rank died).
-    The traceback is printed and the job ends at once, as torchrun ends a failed job."""
-    import time
+    and rank 1 waited in its collective for the watchdog (then said a rank died).
+    The traceback is printed and the job ends at once, as torchrun ends a failed job. The
+    watchdog here (300 s) is longer than the run's limit (120 s), so no wall-clock bound is needed:
+    a job that waits for it times out; one that ends at once passes however loaded the host
+    (a bound of 40 s under a 60 s watchdog left two ranks' start-up on a slow host little
+    room)."""
     (tmp_path / "script.py").write_text(RAISES_ON_RANK_0)
-    start = time.perf_counter()
     got = mpirun(2, sys.executable, "script.py", cwd=tmp_path, timeout=120)
-    took = time.perf_counter() - start
     text = got.stdout + got.stderr
     assert got.returncode != 0, text
     assert "ValueError: a bug in the user's loop" in text, text
     assert "rank 1 went on" not in text and "without an answer" not in text, text
-    assert took < 40, (took, text)

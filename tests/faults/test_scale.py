@@ -38,6 +38,8 @@ train Deep {{
 
 
 def _compiles(tmp_path, n: int, timeout: float) -> None:
+    # NOTE: `timeout` is a hang guard, not a speed bound: a cold compile of 250 layers took
+    # 58 s of a former 120 s on a 2-core host loaded by other work
     path = tmp_path / f"deep{n}.nn"
     path.write_text(deep_model(n))
     out = cli_process("compile", path, code=0, timeout=timeout).stdout
@@ -55,7 +57,7 @@ def _trained(n: int, disable=(), steps: int = 2) -> dict:
 
 
 def test_repeat_250_compiles(tmp_path):
-    _compiles(tmp_path, 250, timeout=120)
+    _compiles(tmp_path, 250, timeout=600)
 
 
 def test_repeat_250_update_in_one_launch_matches_one_per_parameter():
@@ -69,7 +71,7 @@ def test_repeat_250_update_in_one_launch_matches_one_per_parameter():
 
 @pytest.mark.slow
 def test_repeat_1000_compiles_and_trains(tmp_path):
-    _compiles(tmp_path, 1000, timeout=300)
+    _compiles(tmp_path, 1000, timeout=1500)
     merged, apart = _trained(1000, steps=1), _trained(1000, disable=("multi_tensor",), steps=1)
     for name in merged:
         np.testing.assert_array_equal(merged[name], apart[name], err_msg=name)
