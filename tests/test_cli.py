@@ -935,7 +935,7 @@ def test_subprocess_check():
                 "ensure_cli().main.app(prog_name='nnlang')")
         cmd = [sys.executable, "-c", shim, "check", "models/mlp.nn"]
     env = dict(os.environ, COLUMNS="200")
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "Total params: 535,818" in proc.stdout
 
@@ -1258,7 +1258,7 @@ def _on_a_terminal(*args, columns: int) -> str:
             shown += chunk
     finally:
         os.close(master)
-    assert proc.wait(timeout=120) == 0, shown.decode()
+    assert proc.wait(timeout=600) == 0, shown.decode()
     return re.sub(r"\x1b\[[0-9;]*m", "", shown.decode()).replace("\r\n", "\n")
 
 

@@ -25,7 +25,7 @@ def venv(tmp_path_factory):
     wheel = next(out.glob("nnlang-*.whl"))
     env_dir = out / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True,
-                   timeout=120)
+                   timeout=600)
     python = env_dir / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
                            "['purelib'])"], capture_output=True, text=True, check=True).stdout

@@ -405,7 +405,7 @@ def test_numba_num_threads_bounds_the_pool():
              "net.forward({'x': np.ones((256, 1024), np.float32)})\n"
              "print(blas.workers(), sorted(t.name for t in threading.enumerate()))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          env={**os.environ, "NUMBA_NUM_THREADS": "1"}, timeout=120)
+                          env={**os.environ, "NUMBA_NUM_THREADS": "1"}, timeout=600)
     assert done.stdout.strip() == "1 ['MainThread']", done.stdout + done.stderr[-2000:]
 
 
@@ -430,7 +430,7 @@ def test_a_numba_thread_setting_numba_refuses_is_named(name, value, words):
              "{'x': np.ones((4, 8), np.float32), 'y': np.zeros(4, np.int32)})\n"
              "except nnlang.NNError as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          env={**os.environ, name: value}, timeout=120)
+                          env={**os.environ, name: value}, timeout=600)
     assert words in done.stdout and "hint: " in done.stdout, done.stdout + done.stderr[-2000:]
 
 

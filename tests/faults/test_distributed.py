@@ -49,7 +49,7 @@ def test_batch_that_does_not_split_points_at_the_train_section(tiny, monkeypatch
 
 @pytest.mark.slow
 def test_batch_that_does_not_split_ends_every_rank(tiny):
-    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--batch", "3", cwd=tiny, timeout=120)
+    got = mpirun(2, _nnlang(), "train", "tiny.nn", "--batch", "3", cwd=tiny, timeout=600)
     assert got.returncode != 0
     text = got.stdout + got.stderr
     assert "the batch of 3 does not split over 2 processes" in text
@@ -227,7 +227,7 @@ def test_a_rank_that_never_answers_ends_the_wait(tmp_path):
     ends the other ranks) instead of hanging the job."""
     import subprocess
     got = subprocess.run([sys.executable, "-c", HUNG_RANK], capture_output=True, text=True,
-                         timeout=60)
+                         timeout=300)
     assert got.returncode == 1
     assert "rank 0 of 2 waited 1 s in reading the steps' losses without an answer" in got.stderr
     assert "another rank died or hangs" in got.stderr and "--resume" in got.stderr

@@ -310,7 +310,7 @@ def test_ctrl_c_while_the_installed_script_loads_its_modules():
              "builtins.__import__ = interrupted\n"
              "nnlang_cli.run()\n")
     proc = subprocess.run([sys.executable, "-c", probe, "check", "models/mlp.nn"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     assert (proc.returncode, proc.stdout, proc.stderr) == (130, "interrupted\n", "")
 
 
@@ -409,7 +409,7 @@ def test_sigterm_outside_training_says_terminated_and_exits_143(tiny, command, m
              "app(prog_name='nnlang')\n")
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-c", probe, *command], cwd=tiny, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": path})
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": path})
     assert (proc.returncode, proc.stdout, proc.stderr) == (code, word + "\n", "")
 
 
@@ -435,7 +435,7 @@ def test_stdout_closed_while_training_saves_and_says_so_on_stderr(tiny):
         assert lines[-1], lines
     proc.stdout.close()   # NOTE: the next line printed (499 epochs more) meets EPIPE
     err = proc.stderr.read()
-    assert proc.wait(timeout=120) == 141, err
+    assert proc.wait(timeout=600) == 141, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert re.search(r"standard output closed \(broken pipe\) (at|after) epoch", err), err
     assert "checkpoint saved to cut/checkpoint.npz" in err, err
@@ -454,7 +454,7 @@ def test_a_closed_stdout_ends_any_command_quietly_with_141(tiny, command):
     write = _closed_pipe()
     try:
         proc = subprocess.run([sys.executable, "-m", "nnlang_cli.main", *command], cwd=tiny,
-                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=600)
     finally:
         os.close(write)
     assert (proc.returncode, proc.stderr) == (141, ""), proc.stderr
@@ -469,7 +469,7 @@ def test_output_to_a_full_disk_is_an_error_naming_standard_output(tiny, command)
     import subprocess
     with open("/dev/full", "w") as full:
         proc = subprocess.run([sys.executable, "-m", "nnlang_cli.main", *command], cwd=tiny,
-                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith("error: cannot write standard output: No space left on "
                                   "device\n"), proc.stderr
@@ -484,7 +484,7 @@ def test_closed_stdout_and_stderr_at_start_still_train(tiny):
     proc = subprocess.run([sys.executable, "-m", "nnlang_cli.main", "train", "tiny.nn",
                            "--backend", "reference", "--out", "run", "--epochs", "1"],
                           cwd=tiny, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          timeout=120, preexec_fn=lambda: (os.close(1), os.close(2)))
+                          timeout=600, preexec_fn=lambda: (os.close(1), os.close(2)))
     assert proc.returncode == 0
     assert checkpoint.load(tiny / "run").epoch == 1
 
@@ -523,7 +523,7 @@ def test_a_closed_terminal_saves_exits_129_and_resumes(tiny, hang_up):
     saved, exit 129 (128 + 1), no traceback, and --resume goes on from it."""
     proc = _train_on_a_closed_terminal(tiny, hang_up)
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 129, err
+    assert proc.wait(timeout=600) == 129, err
     assert err == "", err
     step = checkpoint.load(tiny / "cut").step
     assert 10 <= step < 500 * 10
@@ -568,7 +568,7 @@ assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
 print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tiny, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "ok\n", "")
 
 
@@ -599,7 +599,7 @@ assert (h.stopped, checkpoint.load("cut").step) == ("hung up", 13), h.stopped
 print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tiny, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "ok\n", "")
 
 

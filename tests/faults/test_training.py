@@ -541,7 +541,7 @@ def _two_at_once(work, *args) -> list[subprocess.CompletedProcess]:
            "reference", "--epochs", "40", *map(str, args)]
     procs = [subprocess.Popen(cmd + ["--seed", str(seed)], cwd=work, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for seed in (1, 2)]
-    out = [p.communicate(timeout=120)[0] for p in procs]
+    out = [p.communicate(timeout=600)[0] for p in procs]
     return [subprocess.CompletedProcess(p.args, p.returncode, o) for p, o in zip(procs, out)]
 
 
@@ -1091,7 +1091,7 @@ def test_a_flipped_bit_in_cached_machine_code_is_caught(tmp_path):
     env = {**os.environ, "NNLANG_CACHE_DIR": str(tmp_path)}
 
     def run():
-        return subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, timeout=120,
+        return subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, timeout=600,
                               capture_output=True, text=True)
     assert run().stdout.split() == ["42", "1"]
     (data,) = (tmp_path / "kernels").rglob("*.nbc")
@@ -1121,7 +1121,7 @@ def test_a_damaged_bytecode_file_of_a_kernel_module_is_not_read(tmp_path, damage
     env["NNLANG_CACHE_DIR"] = str(tmp_path)
 
     def run():
-        return subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, timeout=120,
+        return subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, timeout=600,
                               capture_output=True, text=True)
     assert run().stdout.split() == ["42"]
     for pyc in (tmp_path / "kernels").rglob("*.pyc"):
