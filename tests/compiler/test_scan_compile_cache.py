@@ -252,6 +252,38 @@ def test_a_cold_scan_driver_compiles_in_the_worker(tmp_path, monkeypatch):
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5)
 
 
+def test_a_cold_lowerings_kernel_compiles_in_the_worker_and_a_warm_one_starts_none(
+        tmp_path, monkeypatch):
+    """The embedding's gradient (`scatter_add`: a lowering's kernel, not a generated one)
+    missing from numba's disk cache waits with the generated kernels, so the compile worker
+    can take it: compiled at once, it was a cold LSTM's first compile in this process, before
+    the worker had started. On disk, it loads at once and starts no worker."""
+    from numba.core import config
+
+    from nnlang.backends import numba_backend
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path / "nn"))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))     # the worker's
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "numba"))  # this process's
+    monkeypatch.setattr(numba_backend, "workers", lambda: 2)
+    sent = []
+    real_send = numba_backend._send_jobs
+
+    def send(worker, jobs, claims):
+        sent.extend(fn.__name__ for fn, _ in jobs)
+        return real_send(worker, jobs, claims)
+    monkeypatch.setattr(numba_backend, "_send_jobs", send)
+    monkeypatch.setattr(numba_backend, "claim", lambda claims, k: False)   # all theirs
+    g = _lstm_train_graph()
+    cold = compile_graph(g, NumbaBackend())
+    assert "scatter_add_kernel" in sent
+    assert cold.backend.compiled == 0
+    spawned = []
+    monkeypatch.setattr(numba_backend, "_spawn_worker", lambda: spawned.append(1))
+    warm = compile_graph(g, NumbaBackend())
+    assert spawned == [] and warm.backend.compiled == 0
+    assert warm.backend.cache_hits == cold.backend.cache_hits
+
+
 def test_cold_jobs_go_costliest_first_with_each_kernel_once_and_claimed_once(tmp_path):
     """A cold compile's job list, which both processes go down claiming jobs: every signature
     of one kernel in one job (one cache index per kernel), the costliest first; a job claimed
