@@ -284,6 +284,41 @@ def test_a_cold_lowerings_kernel_compiles_in_the_worker_and_a_warm_one_starts_no
     assert warm.backend.cache_hits == cold.backend.cache_hits
 
 
+def test_a_cold_parallel_lowering_runs_from_its_pending_entry(tmp_path, monkeypatch):
+    """Dropout's `uniform_kernel` (a lowering's kernel compiled parallel) missing from numba's
+    disk cache waits in `together` like a generated kernel; its call, which runs one parallel
+    launch at a time, then runs the entry filled in later: the same mask as the reference."""
+    from numba.core import config
+
+    from nnlang.backends import numba_backend
+    from nnlang.ir.graph import Builder, Graph
+    from nnlang.ops.registry import TensorType
+    from nnlang.passes.decompose import decompose
+    from nnlang.runtime.interpret import interpret
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path / "nn"))
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "numba"))
+    monkeypatch.setattr(numba_backend, "workers", lambda: 1)   # no worker: this process
+    g = Graph()
+    x = g.add_node("input", [], {"name": "x", "dtype": "float32", "shape": [64, 50]},
+                   TensorType((64, 50), "float32"))
+    g.inputs["x"] = x
+    g.outputs["y"] = Builder(g).dropout(x, rate=0.3)
+    low = decompose(g, training=True)
+    after = []   # per compile of uniform_kernel: did it come after the build (Pending)?
+    real_entry = NumbaBackend._entry
+
+    def entry(self, fn, sig):
+        if fn.__name__ == "uniform_kernel":
+            after.append(self._waiting is None)
+        return real_entry(self, fn, sig)
+    monkeypatch.setattr(NumbaBackend, "_entry", entry)
+    exe = compile_graph(low, NumbaBackend())
+    assert after and all(after)
+    feeds = {"x": np.ones((64, 50), np.float32), "_rng": 3}
+    ref = interpret(low, feeds, want=dict(low.outputs))
+    np.testing.assert_array_equal(exe.run(feeds)["y"], ref["y"])
+
+
 def test_cold_jobs_go_costliest_first_with_each_kernel_once_and_claimed_once(tmp_path):
     """A cold compile's job list, which both processes go down claiming jobs: every signature
     of one kernel in one job (one cache index per kernel), the costliest first; a job claimed
