@@ -1,11 +1,12 @@
 """A second process that compiles generated kernels (and lowerings' kernels, `lowering_kernel`)
-into numba's disk cache, so a cold compile uses both cores (numba compiles one function at a time per process, ~0.2 s each).
+into numba's disk cache, so a cold compile uses both cores (numba compiles one function at a
+time per process, ~0.2 s each).
 
 Started by `NumbaBackend` (this module as `__main__`, from the parent's nnlang) at the first
 kernel missing from the cache, it warms numba up while the parent goes on building, then reads
 (claims folder, [(kernel file, module name, function name, [numba signature, ...], parallel),
-...], the parent's `linked_key`) pickled on stdin (with too little to share, the parent kills it
-instead); with another key it compiles nothing. Both processes go down the list, costliest
+...], the parent's `linked_key`) pickled on stdin (with too little to share, the parent kills
+it instead); with another key it compiles nothing. Both processes go down the list, costliest
 first, each compiling the jobs it claims first, so neither waits while the other has a long
 queue. The worker only fills the cache; the parent loads every
 kernel from it afterwards, and compiles itself whatever the worker did not manage (a failed
