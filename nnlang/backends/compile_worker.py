@@ -1,11 +1,12 @@
-"""A second process that compiles generated kernels into numba's disk cache, so a cold compile
-uses both cores (numba compiles one function at a time per process, ~0.2 s each).
+"""A second process that compiles generated kernels (and lowerings' kernels, `lowering_kernel`)
+into numba's disk cache, so a cold compile uses both cores (numba compiles one function at a
+time per process, ~0.2 s each).
 
 Started by `NumbaBackend` (this module as `__main__`, from the parent's nnlang) at the first
 kernel missing from the cache, it warms numba up while the parent goes on building, then reads
-(claims folder, [(kernel file, module name, function name, [numba signature, ...]), ...],
-the parent's `linked_key`) pickled on stdin (with too little to share, the parent kills it
-instead); with another key it compiles nothing. Both processes go down the list, costliest
+(claims folder, [(kernel file, module name, function name, [numba signature, ...], parallel),
+...], the parent's `linked_key`) pickled on stdin (with too little to share, the parent kills
+it instead); with another key it compiles nothing. Both processes go down the list, costliest
 first, each compiling the jobs it claims first, so neither waits while the other has a long
 queue. The worker only fills the cache; the parent loads every
 kernel from it afterwards, and compiles itself whatever the worker did not manage (a failed
@@ -19,6 +20,7 @@ import os
 import pickle
 import signal
 import sys
+import types
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,17 +90,33 @@ def linked_key() -> str:
                                   (numba_config, numba_kernels, numba_scan)).encode()).hexdigest()
 
 
+def lowering_kernel(pyfunc, parallel: bool):
+    """A lowering's kernel body (a plain Python function in `ops/`, which never imports numba)
+    compiled with numba and cached on disk; its `prange` and `uintp` names (Python's `range`
+    and `int` in its module) become numba's. Both processes make it here, so the worker's
+    compile is the cache entry the parent loads (`NumbaBackend.jit`)."""
+    names = {**pyfunc.__globals__, "prange": numba.prange, "uintp": numba.uintp}
+    fn = types.FunctionType(pyfunc.__code__, names, pyfunc.__name__, pyfunc.__defaults__,
+                            pyfunc.__closure__)
+    fn.__qualname__, fn.__module__ = pyfunc.__qualname__, pyfunc.__module__
+    return numba.njit(cache=True, parallel=parallel)(fn)
+
+
 def compile_all(claims, jobs) -> None:
-    """Compiles each job this process claims (`claim`: the parent takes the others)."""
-    for k, (path, module_name, name, sigs) in enumerate(jobs):
+    """Compiles each job this process claims (`claim`: the parent takes the others). A job's
+    `parallel` is None for a generated kernel, else the flag of a lowering's kernel."""
+    for k, (path, module_name, name, sigs, parallel) in enumerate(jobs):
         if not claim(claims, k):
             continue
-        if module_name not in sys.modules:
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            spec.loader.exec_module(module)
-        fn = getattr(sys.modules[module_name], name)
+        if parallel is not None:
+            fn = lowering_kernel(getattr(importlib.import_module(module_name), name), parallel)
+        else:
+            if module_name not in sys.modules:
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                spec.loader.exec_module(module)
+            fn = getattr(sys.modules[module_name], name)
         with held(path):
             for sig in sigs:
                 fn.compile(tuple(_typed(t) for t in sig))

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import types
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,7 +34,7 @@ from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.base import Call, State, library_call, raising_located, run_in_order
 from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded_blas_pays,
                                   workers)
-from nnlang.backends.compile_worker import claim, held, linked_key
+from nnlang.backends.compile_worker import claim, held, linked_key, lowering_kernel
 from nnlang.backends.ctrl_c import ctrl_c_held
 from nnlang.backends.numba_scan import KernelAddress, Unsupported, blas_gemms, render_driver
 from nnlang.codegen.render_numba import (COLUMNS_MIN, PARALLEL_MIN, column_reduction, render,
@@ -105,6 +104,17 @@ def _marker(fn, sig) -> Path:
 
 def _compiled_dir(fn) -> Path:
     return Path(sys.modules[fn.py_func.__module__].__file__).parent / "compiled"
+
+
+def _in_index(fn, sig) -> bool:
+    """Does numba's disk cache list this signature of a lowering's kernel (`NumbaBackend.jit`)?
+    Its index is read, the kernel not loaded. Where numba's cache cannot tell, yes: the kernel
+    is then compiled or loaded at once, in this process (as all of them were before)."""
+    try:
+        cache = fn._cache
+        return cache._index_key(sig, fn.targetctx.codegen()) in cache._cache_file._load_index()
+    except Exception:  # noqa: BLE001  (numba's private cache API: any change means "ask it")
+        return True
 
 
 def _mark(fn, sig) -> None:
@@ -234,8 +244,10 @@ def _send_jobs(worker, jobs: list, claims: str) -> bool:
     listed = []
     for fn, sigs in jobs:
         module = sys.modules[fn.py_func.__module__]
+        parallel = None if module.__name__.startswith(_KERNELS) else \
+            bool(fn.targetoptions.get("parallel"))
         listed.append((module.__file__, module.__name__, fn.__name__,
-                       [tuple(blas_names.get(t, t) for t in sig) for sig in sigs]))
+                       [tuple(blas_names.get(t, t) for t in sig) for sig in sigs], parallel))
     try:
         worker.stdin.write(pickle.dumps((claims, listed, _IMPORTED)))
         worker.stdin.close()
@@ -399,6 +411,7 @@ class NumbaBackend:
 
     def __init__(self):
         self._jitted: dict = {}     # (python function, parallel) -> numba dispatcher
+        self._lowerings: set = set()   # ... those dispatchers
         self._modules: dict[str, object] = {}
         self._entries: dict[tuple, object] = {}   # (dispatcher, signature) -> compiled entry
         # NOTE: per thread: the backend is the process's, and with one `together` state a net
@@ -564,15 +577,23 @@ class NumbaBackend:
 
     def specialize(self, fn, args: tuple) -> Call:
         sig = tuple(numba.typeof(a) for a in args)
-        if self._waiting is not None and fn.py_func.__module__.startswith(_KERNELS):
+        # NOTE: a lowering's kernel waits too when it is not on disk: compiled here at once, the
+        # embedding's scatter_add was a cold LSTM's first compile (~0.4 s), before the worker
+        # had even started; one on disk loads now, so a warm build starts no worker for it
+        generated = fn.py_func.__module__.startswith(_KERNELS)
+        if self._waiting is not None and (generated or
+                                          (fn in self._lowerings and self._missing(fn, sig))):
             if (fn, sig) not in self._waiting:
                 self._waiting[(fn, sig)] = Pending()
                 # NOTE: started at the first kernel missing from the cache, so the worker's
                 # start and numba's warm-up overlap the rest of the build
                 if self._worker is None and workers() >= 2 and self._missing(fn, sig):
                     self._worker = _spawn_worker()
-            return self._waiting[(fn, sig)], args
-        entry = self._entry(fn, sig)
+            entry = self._waiting[(fn, sig)]
+            if generated:
+                return entry, args
+        else:
+            entry = self._entry(fn, sig)
         return (_one_launch_at_a_time(entry) if fn.targetoptions.get("parallel") else entry), args
 
     def _request(self, fn, sig) -> None:
@@ -582,10 +603,12 @@ class NumbaBackend:
         else:
             self._entry(fn, sig)
 
-    @staticmethod
-    def _missing(fn, sig) -> bool:
-        """Is this kernel signature neither loaded nor (by its marker) in the disk cache?"""
-        return sig not in fn.overloads and not _marker(fn, sig).exists()
+    def _missing(self, fn, sig) -> bool:
+        """Is this kernel signature neither loaded nor in the disk cache (a generated kernel's
+        by its marker, a lowering's by numba's index)?"""
+        if sig in fn.overloads:
+            return False
+        return not (_in_index(fn, sig) if fn in self._lowerings else _marker(fn, sig).exists())
 
     def _entry(self, fn, sig):
         # NOTE: the unrolled LSTM binds one kernel ~200 times; asking numba again costs ~0.5 ms
@@ -744,15 +767,13 @@ class NumbaBackend:
 
     def jit(self, pyfunc, parallel: bool = False):
         """A lowering's kernel body (a plain Python function, so `ops/` never imports numba)
-        compiled with numba, cached on disk like the generated kernels. The body's `prange`
-        and `uintp` names (Python's `range` and `int` in its module) become numba's."""
+        compiled with numba, cached on disk like the generated kernels
+        (`compile_worker.lowering_kernel`). Inside `together`, one missing from the disk
+        cache waits with the generated kernels, so the compile worker can take it."""
         key = (pyfunc, parallel)
         if key not in self._jitted:
-            names = {**pyfunc.__globals__, "prange": numba.prange, "uintp": numba.uintp}
-            fn = types.FunctionType(pyfunc.__code__, names, pyfunc.__name__,
-                                    pyfunc.__defaults__, pyfunc.__closure__)
-            fn.__qualname__, fn.__module__ = pyfunc.__qualname__, pyfunc.__module__
-            self._jitted[key] = numba.njit(cache=True, parallel=parallel)(fn)
+            self._jitted[key] = lowering_kernel(pyfunc, parallel)
+            self._lowerings.add(self._jitted[key])
         return self._jitted[key]
 
     # *** running a step ***

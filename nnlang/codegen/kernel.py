@@ -98,6 +98,7 @@ def build_kernel(g: Graph, members: list[int], outputs: list[int], reduce: int |
     right, but LLVM's runtime overlap check then fails and it runs the scalar loop: an Adam
     update over 268k floats took 616 us instead of 66."""
     in_place = in_place or {}
+    given_rank = len(loop_shape)
     loop_shape = tuple(int(d) for d in loop_shape) or (1,)  # a scalar loops once
     rank = len(loop_shape)
     names: dict[int, str] = {}
@@ -125,8 +126,14 @@ def build_kernel(g: Graph, members: list[int], outputs: list[int], reduce: int |
         shape = tuple(int(d) for d in g.node(src).shape)
         if len(shape) > rank:  # a flattened loop (multi_tensor): full-size or a scalar
             shape = (int(np.prod(shape)),)
+        # NOTE: an axis the operand lacks is broadcast even where the loop's is 1 long (the
+        # same index either way): else the Adam update of a 1-element parameter (a dense
+        # layer's one bias) read its scalars as full-size, became a kernel of its own and
+        # left the multi-tensor launch, one more cold compile (~0.2-0.3 s)
+        added = max(given_rank - len(shape), 0)
         shape = (1,) * (rank - len(shape)) + shape
-        bcast = tuple(s == 1 and n != 1 for s, n in zip(shape, loop_shape))
+        bcast = tuple((s == 1 and n != 1) or a < added
+                      for a, (s, n) in enumerate(zip(shape, loop_shape)))
         key = (src, bcast)
         if key not in load_keys:
             k = len(loads)

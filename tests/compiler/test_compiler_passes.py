@@ -213,6 +213,28 @@ def test_multi_tensor_merges_independent_runs_of_one_kernel():
         np.testing.assert_allclose(out[k + "2"], feeds[k] * scale + 1, rtol=1e-6)
 
 
+def test_multi_tensor_takes_a_one_element_tensor_with_its_scalars():
+    """x*s+1 on x [8] and on y [1], s a scalar input: y's loop is 1 long, and s is still a
+    scalar there, so y's kernel is x's and joins its launch. It was a kernel of its own (s
+    read as a [1] tensor): the Adam update of a dense layer's one bias, one more cold compile
+    and launch of a kernel every other parameter shares."""
+    g = Graph()
+    b = Builder(g)
+    feeds = {}
+    for name, shape in (("x", (8,)), ("y", (1,)), ("s", ())):
+        g.inputs[name] = g.add_node("input", [], {"name": name, "dtype": "float32",
+                                                  "shape": list(shape)},
+                                    TensorType(shape, "float32"), name=name)
+        feeds[name] = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    for k in ("x", "y"):
+        g.outputs[k + "s"] = b.add(b.mul(g.inputs[k], g.inputs["s"]), b.const(1.0))
+    exe = compile_graph(g)
+    assert [(s.kind, len(s.kernel_groups)) for s in exe.steps] == [("multi", 2)]
+    out = exe.run(feeds)
+    for k in ("x", "y"):
+        np.testing.assert_allclose(out[k + "s"], feeds[k] * feeds["s"] + 1, rtol=1e-6)
+
+
 def test_multi_tensor_keeps_a_kernel_that_reads_another_apart():
     """Unfused, x*2 then (x*2)*2 are the same kernel twice, but the second reads the first:
     they are never one launch; y*2 may join either."""

@@ -252,6 +252,73 @@ def test_a_cold_scan_driver_compiles_in_the_worker(tmp_path, monkeypatch):
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5)
 
 
+def test_a_cold_lowerings_kernel_compiles_in_the_worker_and_a_warm_one_starts_none(
+        tmp_path, monkeypatch):
+    """The embedding's gradient (`scatter_add`: a lowering's kernel, not a generated one)
+    missing from numba's disk cache waits with the generated kernels, so the compile worker
+    can take it: compiled at once, it was a cold LSTM's first compile in this process, before
+    the worker had started. On disk, it loads at once and starts no worker."""
+    from numba.core import config
+
+    from nnlang.backends import numba_backend
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path / "nn"))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))     # the worker's
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "numba"))  # this process's
+    monkeypatch.setattr(numba_backend, "workers", lambda: 2)
+    sent = []
+    real_send = numba_backend._send_jobs
+
+    def send(worker, jobs, claims):
+        sent.extend(fn.__name__ for fn, _ in jobs)
+        return real_send(worker, jobs, claims)
+    monkeypatch.setattr(numba_backend, "_send_jobs", send)
+    monkeypatch.setattr(numba_backend, "claim", lambda claims, k: False)   # all theirs
+    g = _lstm_train_graph()
+    cold = compile_graph(g, NumbaBackend())
+    assert "scatter_add_kernel" in sent
+    assert cold.backend.compiled == 0
+    spawned = []
+    monkeypatch.setattr(numba_backend, "_spawn_worker", lambda: spawned.append(1))
+    warm = compile_graph(g, NumbaBackend())
+    assert spawned == [] and warm.backend.compiled == 0
+    assert warm.backend.cache_hits == cold.backend.cache_hits
+
+
+def test_a_cold_parallel_lowering_runs_from_its_pending_entry(tmp_path, monkeypatch):
+    """Dropout's `uniform_kernel` (a lowering's kernel compiled parallel) missing from numba's
+    disk cache waits in `together` like a generated kernel; its call, which runs one parallel
+    launch at a time, then runs the entry filled in later: the same mask as the reference."""
+    from numba.core import config
+
+    from nnlang.backends import numba_backend
+    from nnlang.ir.graph import Builder, Graph
+    from nnlang.ops.registry import TensorType
+    from nnlang.passes.decompose import decompose
+    from nnlang.runtime.interpret import interpret
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path / "nn"))
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "numba"))
+    monkeypatch.setattr(numba_backend, "workers", lambda: 1)   # no worker: this process
+    g = Graph()
+    x = g.add_node("input", [], {"name": "x", "dtype": "float32", "shape": [64, 50]},
+                   TensorType((64, 50), "float32"))
+    g.inputs["x"] = x
+    g.outputs["y"] = Builder(g).dropout(x, rate=0.3)
+    low = decompose(g, training=True)
+    after = []   # per compile of uniform_kernel: did it come after the build (Pending)?
+    real_entry = NumbaBackend._entry
+
+    def entry(self, fn, sig):
+        if fn.__name__ == "uniform_kernel":
+            after.append(self._waiting is None)
+        return real_entry(self, fn, sig)
+    monkeypatch.setattr(NumbaBackend, "_entry", entry)
+    exe = compile_graph(low, NumbaBackend())
+    assert after and all(after)
+    feeds = {"x": np.ones((64, 50), np.float32), "_rng": 3}
+    ref = interpret(low, feeds, want=dict(low.outputs))
+    np.testing.assert_array_equal(exe.run(feeds)["y"], ref["y"])
+
+
 def test_cold_jobs_go_costliest_first_with_each_kernel_once_and_claimed_once(tmp_path):
     """A cold compile's job list, which both processes go down claiming jobs: every signature
     of one kernel in one job (one cache index per kernel), the costliest first; a job claimed
