@@ -137,8 +137,10 @@ class NNWarning(UserWarning):
     `Diagnostic` of severity "warning"; the CLI prints it as it prints errors."""
 
 
-# nnlang's own files: a warning or an error is attributed to the first line outside them
-_OURS = os.path.dirname(__file__)
+# nnlang's own files: a warning or an error is attributed to the first line outside them.
+# NOTE: with the separator: a file beside the folder whose name begins the same (installed,
+# site-packages' nnlang_cli; a checkout's nnlang_scratch.py) is not nnlang's
+_OURS = os.path.join(os.path.dirname(__file__), "")
 
 
 def warn(message: str, span: Span | None = None, hint: str | None = None) -> None:

@@ -893,7 +893,7 @@ def test_help_at_the_narrowest_rich_width_shows_every_flag_in_full(monkeypatch):
                 assert opt in r.stdout, (name, opt)
 
 
-def test_help_command_list_has_no_mid_sentence_breaks():
+def test_help_command_list_has_no_mid_sentence_breaks(monkeypatch):
     """Each command's row in `nnlang --help` is its docstring's first paragraph, rewrapped to
     the panel: a line break in the docstring's source (`fused\n or kernels.`) is no break on
     screen. Checked against the docstrings themselves, and each wrapped line is full (the
@@ -901,7 +901,11 @@ def test_help_command_list_has_no_mid_sentence_breaks():
     import inspect as _inspect
 
     import typer.main
-    r = runner.invoke(app, ["--help"], env={"COLUMNS": "100"}, terminal_width=100)
+    # NOTE: not invoke's env=: typer's runner builds the command (and picks the layout by the
+    # width, `_Typer.rich_markup_mode`) before that env applies, so the test took the shell's
+    # COLUMNS: below 80 (a narrow pane) the plain layout had no panel rows and it failed
+    monkeypatch.setenv("COLUMNS", "100")
+    r = runner.invoke(app, ["--help"], terminal_width=100)
     assert r.exit_code == 0
     rows: dict[str, list[str]] = {}   # command -> the text of each of its lines
     name, width = None, 0

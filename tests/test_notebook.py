@@ -53,6 +53,22 @@ def test_the_callers_line_of_an_error_passed_on_by_a_pool_is_the_users(monkeypat
                             r"BAD\)\.result\(\)   # the caller's line", last), (pool, last)
 
 
+def test_the_callers_line_in_a_file_beside_nnlangs_folder_is_the_users(monkeypatch):
+    """nnlang's own frames were those whose file name began with its folder's path, without
+    a separator: a script beside that folder whose name began with the same letters (a
+    checkout's `nnlang_scratch.py`; installed, site-packages' `nnlang_cli`) was taken for
+    nnlang's, so the error was said to be raised by the line that ran the script."""
+    import os
+
+    import nnlang.errors
+    monkeypatch.delenv("NNLANG_DEBUG", raising=False)
+    beside = os.path.dirname(nnlang.errors.__file__) + "_scratch.py"
+    script = compile("\n\nnnlang.compile(BAD)\n", beside, "exec")
+    with pytest.raises(NNError) as raised:
+        exec(script, {"nnlang": nnlang, "BAD": BAD})
+    assert raised.value._render_traceback_()[-1] == f"  raised by: {beside}:3"
+
+
 def test_a_saved_run_leaves_the_notebooks_matplotlib_backend(tmp_path, monkeypatch):
     """Drawing a run's loss.png called matplotlib.use("Agg"), which switched the process's
     backend: after a fit that saved its run, `%matplotlib inline` showed no plot."""
