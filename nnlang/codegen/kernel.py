@@ -89,10 +89,11 @@ def _scalar_const(g: Graph, nid: int):
 
 
 def build_kernel(g: Graph, members: list[int], outputs: list[int], reduce: int | None,
-                 loop_shape: tuple[int, ...], in_place: dict[int, int] | None = None
-                 ) -> tuple[Kernel, Binding]:
+                 loop_shape: tuple[int, ...], in_place: dict[int, int] | None = None,
+                 scalars: frozenset[int] = frozenset()) -> tuple[Kernel, Binding]:
     """`in_place` maps outputs to the loaded node whose array they overwrite: the store goes
-    to that load's argument.
+    to that load's argument. `scalars` are loads read at index 0 whatever their size (a
+    one-element member of a multi-tensor launch, `Group.scalars`).
 
     NOTE: passing the state array twice (as a load and as a separate output) would be as
     right, but LLVM's runtime overlap check then fails and it runs the scalar loop: an Adam
@@ -132,7 +133,7 @@ def build_kernel(g: Graph, members: list[int], outputs: list[int], reduce: int |
         # left the multi-tensor launch, one more cold compile (~0.2-0.3 s)
         added = max(given_rank - len(shape), 0)
         shape = (1,) * (rank - len(shape)) + shape
-        bcast = tuple((s == 1 and n != 1) or a < added
+        bcast = tuple((s == 1 and n != 1) or a < added or src in scalars
                       for a, (s, n) in enumerate(zip(shape, loop_shape)))
         key = (src, bcast)
         if key not in load_keys:

@@ -34,6 +34,9 @@ class Group:
     members: list[int] = field(default_factory=list)   # topological order
     outputs: list[int] = field(default_factory=list)   # members whose values are stored
     reduce: int | None = None                          # the trailing reduce node, if any
+    # NOTE: only a one-element flattened loop has these (`multi_tensor`): the loads its
+    # launch's other members read as scalars, which its own size cannot tell from its tensors
+    scalars: frozenset[int] = frozenset()
 
 
 def _loop_shape(g: Graph, nid: int) -> tuple:

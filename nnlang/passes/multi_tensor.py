@@ -58,8 +58,27 @@ def _contiguous(g: Graph, nid: int, views: dict[int, int]) -> bool:
 def kernel_key(g: Graph, grp: Group) -> str:
     """What two groups must share to run as one launch: the kernel up to its loop size (the
     rendered source depends on nothing else)."""
-    k, _ = build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape)
+    k, _ = build_kernel(g, grp.members, grp.outputs, grp.reduce, grp.loop_shape,
+                        scalars=grp.scalars)
     return repr((k.name, list(k.loads.values()), k.consts, k.body, k.stores))
+
+
+def as_member(g: Graph, one: Group, like: Group) -> Group | None:
+    """`one`, a one-element flat group, as a member of `like`'s launch: its loads at the places
+    where `like`'s kernel reads a scalar are marked as scalars; None if it is then another
+    kernel. NOTE: its size alone cannot tell its tensors from the scalars broadcast to its
+    shape (a `[1]` learning-rate factor beside a `[1]` bias), which read as full-size made
+    it a kernel of its own. At one element both read index 0: the values cannot change."""
+    if one.loop_shape != (1,) or like.loop_shape == (1,):
+        return None
+    mine = build_kernel(g, one.members, one.outputs, one.reduce, one.loop_shape)[1].loads
+    theirs = build_kernel(g, like.members, like.outputs, like.reduce, like.loop_shape,
+                          scalars=like.scalars)[0].loads.values()
+    if len(mine) != len(theirs):
+        return None
+    joined = replace(one, scalars=frozenset(
+        nid for nid, ld in zip(mine, theirs) if ld.broadcast[0]))
+    return joined if kernel_key(g, joined) == kernel_key(g, like) else None
 
 
 def merge_multi_tensor(g: Graph, steps: list[Step], views: dict[int, int]) -> list[Step]:
@@ -78,6 +97,14 @@ def merge_multi_tensor(g: Graph, steps: list[Step], views: dict[int, int]) -> li
     for step in steps:
         flat = flat_group(g, step, views)
         key = kernel_key(g, flat) if flat is not None else None
+        if key is not None and run_key is not None and key != run_key:
+            joined = as_member(g, flat, run[-1][1])
+            if joined is not None:   # a one-element member joins the launch
+                flat, key = joined, run_key
+            else:                    # or the launch began with such members
+                rejoined = [(s, as_member(g, f, flat)) for s, f in run]
+                if all(f is not None for _, f in rejoined):
+                    run, run_key = rejoined, key
         reads = {base_of(views, i) for m in step.nodes for i in g.node(m).inputs}
         if key is not None and key == run_key and not reads & written:
             run.append((step, flat))

@@ -236,7 +236,7 @@ class Executable:
     def _kernel(self, grp):
         """The group's kernel; outputs that are state updates store into their state's load."""
         return build_kernel(self.graph, grp.members, grp.outputs, grp.reduce, grp.loop_shape,
-                            self.memory.in_place_of(self.graph, grp.outputs))
+                            self.memory.in_place_of(self.graph, grp.outputs), grp.scalars)
 
     def _kernel_call(self, grp):
         kernel, bind = self._kernel(grp)
