@@ -64,6 +64,29 @@ def test_an_error_at_a_use_of_an_override_notes_it():
     assert not [n for n in err.value.diagnostics[0].notes if "given by" in n[0]]
 
 
+@pytest.mark.parametrize("line", [
+    'h = dense(x, 8) + dense(x, units = 4)',              # a keyword argument's name
+    'h = dense(x, 8, activation = "units")',              # a string
+])
+def test_a_name_the_refused_text_holds_but_does_not_read_gets_no_note(line):
+    """The add's shape error, or the unknown activation, spans text that holds the name
+    `units` without reading the hyper-parameter: the note said `units = 5 is given by --set`
+    all the same, pointing at a value that had no part in the error."""
+    from nnlang.errors import Given, NNError, Span
+    from nnlang.frontend.elaborate import load
+    src = f"""model M(units = 32) {{
+  input x: float32[batch, 10]
+  {line}
+  output y = dense(h, units)
+}}
+"""
+    at = Span("<command line>", 1, 13, 1, 14, "--set units=5")
+    with pytest.raises(NNError) as err:
+        load(src, Given({"units": 5}, {"units": (at, at)}))
+    assert err.value.span.line == 3
+    assert not [n for n in err.value.diagnostics[0].notes if "given by" in n[0]]
+
+
 def test_a_warning_at_a_use_of_a_set_value_notes_it():
     """A warning's line reading a --set value notes it as an error's does (batch_norm's
     Keras-style momentum from --set m=0.99, the file's header saying m = 0.1); a warning

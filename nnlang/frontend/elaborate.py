@@ -683,12 +683,20 @@ def elaborate(module: ast.Module, overrides: dict | None = None,
     return program
 
 
+# the grammar's STRING, and a keyword argument's name (`units =`, not `==`); a comment is never
+# inside a span, which `Span.text` takes on one line
+_NOT_READ = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'|\b\w+\s*=(?!=)")
+
+
 def _given_note(d: Diagnostic, overrides: Given) -> Diagnostic:
     """`d` (an error or a warning) with a note at each --set value (or the Python API's
     override) its source text reads: `dense(x, hidden)` refused for `--set hidden=0` showed the file's line only, whose
     header says `hidden = 32`.
     NOTE: matched by name in the span's text, which an error at a use of the value covers."""
     text = d.span.text() if d.span is not None and d.span.file not in OUTSIDE else None
+    # NOTE: a string or an argument's keyword holds the name without reading it
+    # (`dense(x, units = 4)` noted --set units=5 beside a shape error that was not its)
+    text = _NOT_READ.sub(" ", text) if text else None
     notes = []
     for name, value in overrides.items():
         if text and re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text):
