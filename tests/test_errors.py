@@ -87,6 +87,33 @@ def test_a_name_the_refused_text_holds_but_does_not_read_gets_no_note(line):
     assert not [n for n in err.value.diagnostics[0].notes if "given by" in n[0]]
 
 
+@pytest.mark.parametrize("call,noted", [("Enc(x, 0) + dense(x, units)", False),
+                                        ("Enc(x, units)", True)])
+def test_an_error_in_a_block_notes_a_set_value_only_through_the_models_call(call, noted):
+    """A block's body sees only its parameters: its own `units` refused (called with 0) got
+    the note `units = 5 is given by --set`, the model's hyper-parameter of that name, which
+    had no part in it. The model's value reaches the body only through its call, so the note
+    stays where the call passes it."""
+    from nnlang.errors import Given, NNError, Span
+    from nnlang.frontend.elaborate import load
+    src = f"""block Enc(x, units) {{
+  return dense(x, units)
+}}
+model M(units = 4) {{
+  input x: float32[batch, 10]
+  output y = {call}
+}}
+"""
+    value = 0 if noted else 5
+    at = Span("<command line>", 1, 13, 1, 14, f"--set units={value}")
+    with pytest.raises(NNError) as err:
+        load(src, Given({"units": value}, {"units": (at, at)}))
+    d = err.value.diagnostics[0]
+    assert d.span.line == 2 and "positive integer, got 0" in d.message
+    assert [n for n in d.notes if "given by" in n[0]] == \
+        ([("units = 0 is given by --set", at)] if noted else [])
+
+
 def test_a_warning_at_a_use_of_a_set_value_notes_it():
     """A warning's line reading a --set value notes it as an error's does (batch_norm's
     Keras-style momentum from --set m=0.99, the file's header saying m = 0.1); a warning

@@ -693,7 +693,11 @@ def _given_note(d: Diagnostic, overrides: Given) -> Diagnostic:
     override) its source text reads: `dense(x, hidden)` refused for `--set hidden=0` showed the file's line only, whose
     header says `hidden = 32`.
     NOTE: matched by name in the span's text, which an error at a use of the value covers."""
-    text = d.span.text() if d.span is not None and d.span.file not in OUTSIDE else None
+    # NOTE: a block's body sees only its parameters: the model's values reach an error there
+    # through the model's call of the block (the outermost), not by a name in the body (a
+    # block's own `units` is not the model's --set one)
+    span = d.calls[-1][1] if d.calls else d.span
+    text = span.text() if span is not None and span.file not in OUTSIDE else None
     # NOTE: a string or an argument's keyword holds the name without reading it
     # (`dense(x, units = 4)` noted --set units=5 beside a shape error that was not its)
     text = _NOT_READ.sub(" ", text) if text else None
