@@ -214,3 +214,36 @@ def test_multi_tensor_update_of_many_parameters(name, opts, clip, disable):
     exe = net._exe("train", 1)[0]
     multi = [s for s in exe.steps if s.kind == "multi"]
     assert [len(s.groups) for s in multi] == ([] if disable else [len(SHAPES)])
+
+
+# one-element and 0-d weights of both dtypes, in a float32 net: the float32 ones next to each
+# other (e, b) make one launch, the others (a dtype apart) a kernel each
+TINY = {"s": ((), "float64"), "e": ((1,), "float32"), "b": ((7,), "float32"),
+        "f": ((1,), "float64"), "z": ((), "float32")}
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+@pytest.mark.parametrize("name,opts", [CASES[2], CASES[4], CASES[5], CASES[7]],
+                         ids=["nesterov", "adam", "adamw", "rms"])
+def test_one_element_and_0d_weights_of_both_dtypes_update_as_documented(name, opts, clip):
+    """Each weight moves by the documented formula in its own dtype (the clip norm is over all
+    of them), and the one-element float32 weight joins the launch of the [7] one after it."""
+    params = "\n".join(f"  param {k}: {dt}[{', '.join(map(str, s))}] = normal(std = 1.0)"
+                       for k, (s, dt) in TINY.items())
+    squares = " + ".join(f'cast(reduce_sum({k} * {k}), dtype = "float32")' for k in TINY)
+    net = nnlang.compile(MANY % (params, squares, _opt_text(name, opts), clip or 0),
+                         backend="numba", batch=1)
+    w0 = {k: net.state[k].astype(np.float64) for k in TINY}
+    for _ in range(4):
+        net.train_step({"t": np.ones((1, 1), np.float32)})
+    assert {k: str(net.state[k].dtype) for k in TINY} == {k: dt for k, (_, dt) in TINY.items()}
+    flat = np.concatenate([w0[k].ravel() for k in TINY])
+    expected = _reference(name, opts, flat, np.zeros_like(flat), 4, clip)
+    at = np.cumsum([0] + [w0[k].size for k in TINY])
+    for (k, (_, dt)), lo, hi in zip(TINY.items(), at, at[1:]):
+        # NOTE: the clip norm over weights of both dtypes is the float32 net's (~1e-9 apart)
+        tol = {"rtol": 1e-10 if clip is None else 1e-6, "atol": 1e-12} if dt == "float64" \
+            else {"rtol": 1e-5, "atol": 1e-6}
+        np.testing.assert_allclose(net.state[k].ravel(), expected[lo:hi], err_msg=k, **tol)
+    exe = net._exe("train", 1)[0]
+    assert [len(s.groups) for s in exe.steps if s.kind == "multi"] == [2]
