@@ -78,8 +78,10 @@ def graph_key(g: Graph, disable=()) -> str:
         s = n.span
         h.update(f"|{nid}:{n.op}{n.inputs}{n.type}{n.path}:{n.role}:{n.name}".encode())
         if s is not None:
-            # NOTE: a file name of bytes that are not UTF-8 (Linux allows any) holds surrogates
-            h.update(f"@{s.file}:{s.line}:{s.col}:{s.end_line}:{s.end_col}".encode(
+            # NOTE: a file name of bytes that are not UTF-8 (Linux allows any) holds surrogates.
+            # The label holds the words of a span outside any file (`--set optimizer=...`): two
+            # values of one length had one key, and --emit showed the first's at the second's
+            h.update(f"@{s.file}:{s.line}:{s.col}:{s.end_line}:{s.end_col}:{s.label()}".encode(
                 errors="surrogateescape"))
         _feed(h, n.attrs)
     _feed(h, [g.inputs, g.params, g.outputs, g.losses, g.metrics, g.symbols, g.model,

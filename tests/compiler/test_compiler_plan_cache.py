@@ -66,6 +66,33 @@ def test_a_changed_graph_or_switch_is_a_miss(cache):
     np.testing.assert_allclose(exe.run({"x": x})["h"], numpy_ref(x, w, 0.25), rtol=1e-5, atol=1e-6)
 
 
+def test_a_set_optimizer_of_another_value_is_a_miss_and_emit_shows_its_own(cache):
+    """Two --set optimizer values of one length made ops whose spans lay at the same places
+    on the command line: one key, so --emit fused of the second showed the first's value in
+    its @(...) (a plan with the other run's spans). The words of such a span are in the key;
+    the kernels are the same, so the second compiles none."""
+    from nnlang.errors import Given, Span
+    from nnlang.runtime.net import Net
+    from nnlang.train.overrides import resolve
+    src = """model M {
+  input x: float32[batch, 3]
+  loss l = reduce_sum(dense(x, 2))
+}
+"""
+    shown, compiled = [], []
+    for lr in ("0.5", "0.7"):
+        item = f"optimizer=sgd(lr = {lr})"
+        at = Span("<command line>", 1, 17, 1, 6 + len(item), f"--set {item}")
+        program, cfg, *_ = resolve(src, None, Given({"optimizer": f"sgd(lr = {lr})"},
+                                                    {"optimizer": (at, at)}))
+        net = Net(program, backend="numba", batch=2, config=cfg)
+        compiled.append(net._exe("train", 2)[0].backend.compiled)
+        shown.append({line.split("@", 1)[1] for line in nnlang.emit(net, "fused").splitlines()
+                      if "@(" in line})
+    assert shown == [{"(--set optimizer=sgd(lr = 0.5))"}, {"(--set optimizer=sgd(lr = 0.7))"}]
+    assert compiled[1] == compiled[0]   # the process's count: nothing compiled again
+
+
 def test_the_compiler_source_is_part_of_the_key(cache, monkeypatch):
     base = plan_cache.graph_key(small_graph())
     monkeypatch.setattr(plan_cache, "compiler_fingerprint", lambda: "an edited pass")
