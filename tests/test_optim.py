@@ -179,9 +179,10 @@ def test_plateau_cuts_by_factor_down_to_min_lr():
     # a scale past the floor (as a resumed run's) still reads as min_lr
     assert learning_rate(1.0, plateau, 0, 0, 0, 0.01) == pytest.approx(0.2)
 
-# a: over PARALLEL_MIN; e and f: one element, each scalar of their update broadcast to [1], at
-# the launch's start and end (each had been a kernel of its own, read as a full-size tensor)
-SHAPES = {"e": (1,), "a": (300, 300), "b": (7,), "c": (2, 3, 5), "d": (3, 4), "f": (1,)}
+# a: over PARALLEL_MIN; e, f and g: one element, each scalar of their update broadcast to [1],
+# at the launch's start and end (each had been a kernel of its own, read as a full-size tensor)
+SHAPES = {"e": (1,), "a": (300, 300), "b": (7,), "c": (2, 3, 5), "d": (3, 4), "f": (1,),
+          "g": (1,)}
 MANY = """
 model M {
   input t: float32[batch, 1]

@@ -98,7 +98,10 @@ def merge_multi_tensor(g: Graph, steps: list[Step], views: dict[int, int]) -> li
         flat = flat_group(g, step, views)
         key = kernel_key(g, flat) if flat is not None else None
         if key is not None and run_key is not None and key != run_key:
-            joined = as_member(g, flat, run[-1][1])
+            # NOTE: a member as its own loop, not one that joined: with two one-element
+            # members after the rest, the second matched neither and ran on its own
+            like = next((f for _, f in run if f.loop_shape != (1,)), run[0][1])
+            joined = as_member(g, flat, like)
             if joined is not None:   # a one-element member joins the launch
                 flat, key = joined, run_key
             else:                    # or the launch began with such members
