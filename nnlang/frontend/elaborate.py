@@ -690,8 +690,8 @@ _NOT_READ = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'|\b\w+\s*=(?!=)")
 
 def _given_note(d: Diagnostic, overrides: Given) -> Diagnostic:
     """`d` (an error or a warning) with a note at each --set value (or the Python API's
-    override) its source text reads: `dense(x, hidden)` refused for `--set hidden=0` showed the file's line only, whose
-    header says `hidden = 32`.
+    override) its source text reads: `dense(x, hidden)` refused for `--set hidden=0` showed
+    the file's line only, whose header says `hidden = 32`.
     NOTE: matched by name in the span's text, which an error at a use of the value covers."""
     # NOTE: a block's body sees only its parameters: the model's values reach an error there
     # through the model's call of the block (the outermost), not by a name in the body (a
