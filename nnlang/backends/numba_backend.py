@@ -411,7 +411,6 @@ class NumbaBackend:
 
     def __init__(self):
         self._jitted: dict = {}     # (python function, parallel) -> numba dispatcher
-        self._lowerings: set = set()   # ... those dispatchers
         self._modules: dict[str, object] = {}
         self._entries: dict[tuple, object] = {}   # (dispatcher, signature) -> compiled entry
         # NOTE: per thread: the backend is the process's, and with one `together` state a net
@@ -581,15 +580,19 @@ class NumbaBackend:
         # embedding's scatter_add was a cold LSTM's first compile (~0.4 s), before the worker
         # had even started; one on disk loads now, so a warm build starts no worker for it
         generated = fn.py_func.__module__.startswith(_KERNELS)
-        if self._waiting is not None and (generated or
-                                          (fn in self._lowerings and self._missing(fn, sig))):
-            if (fn, sig) not in self._waiting:
-                self._waiting[(fn, sig)] = Pending()
+        waiting = self._waiting
+        # NOTE: a lowering's (every kernel not generated here is `jit`'s) is looked up in
+        # numba's index once, not again at each binding of it
+        if waiting is not None and (generated or (fn, sig) in waiting or self._missing(fn, sig)):
+            if (fn, sig) not in waiting:
+                waiting[(fn, sig)] = Pending()
                 # NOTE: started at the first kernel missing from the cache, so the worker's
-                # start and numba's warm-up overlap the rest of the build
-                if self._worker is None and workers() >= 2 and self._missing(fn, sig):
+                # start and numba's warm-up overlap the rest of the build (a lowering's is
+                # known missing by now)
+                if self._worker is None and workers() >= 2 and \
+                        (not generated or self._missing(fn, sig)):
                     self._worker = _spawn_worker()
-            entry = self._waiting[(fn, sig)]
+            entry = waiting[(fn, sig)]
             if generated:
                 return entry, args
         else:
@@ -603,12 +606,15 @@ class NumbaBackend:
         else:
             self._entry(fn, sig)
 
-    def _missing(self, fn, sig) -> bool:
+    @staticmethod
+    def _missing(fn, sig) -> bool:
         """Is this kernel signature neither loaded nor in the disk cache (a generated kernel's
         by its marker, a lowering's by numba's index)?"""
         if sig in fn.overloads:
             return False
-        return not (_in_index(fn, sig) if fn in self._lowerings else _marker(fn, sig).exists())
+        if fn.py_func.__module__.startswith(_KERNELS):
+            return not _marker(fn, sig).exists()
+        return not _in_index(fn, sig)
 
     def _entry(self, fn, sig):
         # NOTE: the unrolled LSTM binds one kernel ~200 times; asking numba again costs ~0.5 ms
@@ -773,7 +779,6 @@ class NumbaBackend:
         key = (pyfunc, parallel)
         if key not in self._jitted:
             self._jitted[key] = lowering_kernel(pyfunc, parallel)
-            self._lowerings.add(self._jitted[key])
         return self._jitted[key]
 
     # *** running a step ***
