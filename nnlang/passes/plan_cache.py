@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nnlang.files import write_atomic
+from nnlang.files import last_used, write_atomic
 from nnlang.ir.graph import Graph
-from nnlang.user_cache import (cache_unwritable, discard_damaged, last_used, maybe_prune,
-                               touch, user_cache_dir)
+from nnlang.user_cache import (cache_unwritable, discard_damaged, maybe_prune, touch,
+                               user_cache_dir)
 
 _FORMAT = 2  # bump when what is pickled changes shape
 # entries kept; older ones are removed when a new one is written. NOTE: a model with a symbolic
