@@ -20,4 +20,5 @@ except ModuleNotFoundError as err:
 __all__ = ["app"]
 
 if __name__ == "__main__":
-    app()
+    from nnlang_cli import run
+    run(prog_name=None)

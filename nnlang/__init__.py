@@ -53,31 +53,35 @@ def compile(model, backend: str = "numba", batch: int | None = None, dtype: str 
     builds it). `dtype`: "float32" or "float64" for every float32 value of the model;
     default float64 for a model that declares all its float inputs and weights float64, else
     float32."""
-    import warnings
+    from nnlang.backends.worker_start import early
+    # NOTE: on a cold cache the compile worker starts now, its warm-up beside the imports
+    # and the parse below
+    with early(backend == "numba"):
+        import warnings
 
-    from nnlang.errors import NNWarning
-    from nnlang.files import as_bool
-    from nnlang.frontend.elaborate import Program
-    from nnlang.runtime.net import Net
-    # NOTE: before the compile, which a truthy "no" would otherwise wait for
-    init_skip_mismatch = as_bool(init_skip_mismatch, "compile(init_skip_mismatch=...)")
-    if isinstance(model, Program):  # NOTE: not hasattr "graph": a Net has a graph() too
-        _built_already(overrides, model_name)
-        program = model
-    else:
-        program = load(model, overrides, model_name)
-        # NOTE: what `nnlang check` and `train` print (a softmax fed to cross_entropy): a
-        # Python loop was told nothing; a `Program` from `load` holds them in `.warnings`
-        for diagnostic in program.warnings:
-            warnings.warn(diagnostic.render(), NNWarning, stacklevel=2)
-    net = Net(program, backend=backend, batch=batch, dtype=dtype, seed=seed, disable=disable,
-              total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-    if not isinstance(model, Program):   # NOTE: net.generate does not say them again
-        net.shown_warnings = {diagnostic.render() for diagnostic in program.warnings}
-    net.init_report = None
-    if init_from is not False:
-        from nnlang.train.init_from import from_program
-        net.init_report = from_program(net, init_from, init_skip_mismatch)
+        from nnlang.errors import NNWarning
+        from nnlang.files import as_bool
+        from nnlang.frontend.elaborate import Program
+        from nnlang.runtime.net import Net
+        # NOTE: before the compile, which a truthy "no" would otherwise wait for
+        init_skip_mismatch = as_bool(init_skip_mismatch, "compile(init_skip_mismatch=...)")
+        if isinstance(model, Program):  # NOTE: not hasattr "graph": a Net has a graph() too
+            _built_already(overrides, model_name)
+            program = model
+        else:
+            program = load(model, overrides, model_name)
+            # NOTE: what `nnlang check` and `train` print (a softmax fed to cross_entropy): a
+            # Python loop was told nothing; a `Program` from `load` holds them in `.warnings`
+            for diagnostic in program.warnings:
+                warnings.warn(diagnostic.render(), NNWarning, stacklevel=2)
+        net = Net(program, backend=backend, batch=batch, dtype=dtype, seed=seed, disable=disable,
+                  total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+        if not isinstance(model, Program):   # NOTE: net.generate does not say them again
+            net.shown_warnings = {diagnostic.render() for diagnostic in program.warnings}
+        net.init_report = None
+        if init_from is not False:
+            from nnlang.train.init_from import from_program
+            net.init_report = from_program(net, init_from, init_skip_mismatch)
     return net
 
 

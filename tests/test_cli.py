@@ -944,6 +944,60 @@ def test_subprocess_check():
     assert "Total params: 535,818" in proc.stdout
 
 
+# NOTE: the installed script's entry point (pyproject's [project.scripts]: `nnlang_cli:run`)
+_SCRIPT = ("import sys; sys.path.insert(0, '.'); sys.argv[0] = 'nnlang'; "
+           "from tests.regen import ensure_cli; ensure_cli().run()")
+
+
+def _script(*args, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _SCRIPT, *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "COLUMNS": "200", **env})
+
+
+def test_the_script_exits_with_the_commands_code_and_all_its_output(tmp_path):
+    """The script ends without the interpreter's teardown (`nnlang_cli._leave`): every line
+    the command wrote still arrives through the pipe, and the exit code is the command's: 0,
+    a user error's 1, a usage error's 2."""
+    import nnlang
+    small = ["--set", "hidden1=16", "--set", "hidden2=8"]
+    done = _script("compile", "models/mlp.nn", "--emit", "kernels", *small)
+    assert done.returncode == 0, done.stderr
+    net = nnlang.compile("models/mlp.nn", overrides={"hidden1": 16, "hidden2": 8},
+                         init_from=False)
+    assert done.stdout == nnlang.emit(net, "kernels")
+    missing = _script("check", tmp_path / "none.nn")
+    assert missing.returncode == 1 and "file not found" in missing.stderr
+    assert _script("compile", "models/mlp.nn", "--emit").returncode == 2
+
+
+def test_the_scripts_exit_handlers_still_run(tmp_path):
+    """Skipping the teardown skips no exit handler: with a cache that cannot be written, the
+    kernels go to a private temp folder that one removes, and it is gone once the command has
+    ended."""
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder would go")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    done = _script("compile", "models/mlp.nn", "--set", "hidden1=16", "--set", "hidden2=8",
+                   NNLANG_CACHE_DIR=str(blocked), TMPDIR=str(tmp))
+    assert done.returncode == 0, done.stderr
+    assert "cache" in done.stderr                    # the one warning: no cache this run
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("nnlang-")] == []
+
+
+@pytest.mark.parametrize("args,compiles", [
+    (["train", "models/lstm.nn"], True), (["compile", "m.nn", "--emit", "kernels"], True),
+    (["eval", "run1", "--backend", "numba"], True), (["predict", "--backend=numba", "r"], True),
+    (["compile", "m.nn", "--backend", "cupy"], False), (["train", "--backend=reference"], False),
+    (["train", "m.nn", "--help"], False), (["check", "m.nn"], False), (["export", "r"], False),
+    ([], False), (["--help"], False)])
+def test_the_script_starts_a_compile_worker_early_only_for_a_compile(args, compiles):
+    """`nnlang_cli.run` starts the compile worker before loading the commands (on a cold cache,
+    `worker_start.start_early`) for a command that compiles with numba, not for the others."""
+    assert ensure_cli().compiles(args) is compiles
+
+
 # *** compile (the generated backward pass and kernels) ***
 
 @pytest.mark.parametrize("emit,expect", [("ir", "matmul("), ("backward", "[bwd]"),

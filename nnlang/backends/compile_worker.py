@@ -3,7 +3,8 @@ into numba's disk cache, so a cold compile uses both cores (numba compiles one f
 time per process, ~0.2 s each).
 
 Started by `NumbaBackend` (this module as `__main__`, from the parent's nnlang) at the first
-kernel missing from the cache, it warms numba up while the parent goes on building, then reads
+kernel missing from the cache, or at the parent's start where its cache is cold
+(`worker_start.py`), it warms numba up while the parent goes on building, then reads
 (claims folder, [(kernel file, module name, function name, [numba signature, ...], parallel),
 ...], the parent's `linked_key`) pickled on stdin (with too little to share, the parent kills
 it instead); with another key it compiles nothing. Both processes go down the list, costliest
@@ -18,6 +19,7 @@ import hashlib
 import importlib.util
 import os
 import pickle
+import select
 import signal
 import sys
 import types
@@ -45,6 +47,7 @@ def claim(claims: str, k: int) -> bool:
         return False
 
 
+_IDLE_S = 600    # how long the worker waits for its job list before it ends unused
 _HELD: set = set()   # kernel files this process holds (`held`): a nested hold is a no-op
 
 
@@ -139,6 +142,10 @@ if __name__ == "__main__":
     # numba temp files in the cache
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     warm_up()
+    # NOTE: one started early (`worker_start.start_early`) by a process that then compiles
+    # nothing (a library's nnlang.compile never built) waits for no job list forever
+    if not select.select([sys.stdin], [], [], _IDLE_S)[0]:
+        sys.exit(0)
     claims, jobs, key = pickle.load(sys.stdin.buffer)
     # NOTE: files that are not the parent's (nnlang upgraded under a running process, another
     # nnlang first on this process's path) would link its kernels with other helpers and cache

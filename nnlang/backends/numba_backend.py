@@ -5,7 +5,8 @@ Kernel source is written to the cache's `kernels/` folder (`user_cache.py`) unde
 the source and versions, then imported, so numba's own `cache=True` on-disk cache (beside it)
 applies and a second process compiles nothing. An executable's kernels, its scan bodies' and
 their drivers' are compiled together (`together`): a worker process (`compile_worker.py`),
-started at the first kernel missing from the cache, compiles about half of them meanwhile.
+started at the first kernel missing from the cache (on a cold cache, at the process's start:
+`worker_start.py`), compiles about half of them meanwhile.
 A cache that cannot be written costs time only: the kernels go to a private temp folder
 instead, with a warning.
 """
@@ -29,13 +30,14 @@ import numba
 import numpy as np
 from numba.core.caching import CacheImpl, InTreeCacheLocator
 
-from nnlang.backends import cpu_affinity, denormals
+from nnlang.backends import cpu_affinity, denormals, worker_start
 from nnlang.backends.aligned import aligned_copy, aligned_empty, aligned_zeros
 from nnlang.backends.base import Call, State, library_call, raising_located, run_in_order
 from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded_blas_pays,
                                   workers)
 from nnlang.backends.compile_worker import claim, held, linked_key, lowering_kernel
 from nnlang.backends.ctrl_c import ctrl_c_held
+from nnlang.backends.worker_start import _stop
 from nnlang.backends.numba_scan import KernelAddress, Unsupported, blas_gemms, render_driver
 from nnlang.codegen.render_numba import (COLUMNS_MIN, PARALLEL_MIN, column_reduction, render,
                                          render_multi, split_columns, split_rows)
@@ -215,24 +217,8 @@ def _jobs(todo) -> list:
 
 
 def _spawn_worker():
-    """A second process that warms numba up, then compiles jobs `_send_jobs` lists into the
-    disk cache; None where no process can be started (the parent compiles everything)."""
-    # NOTE: this nnlang, first on the worker's path: `-m` ran whichever nnlang the current
-    # folder or the environment's path held (an installed one, when this one came through a
-    # sys.path entry), which compiled nothing for want of the same kernel helpers (linked_key).
-    # Then this process's own path, not a `-c` process's: that one puts the current folder
-    # first, where a folder named numba or numpy (a checkout) was imported and the worker died
-    # at its first line (a cold compile all in the parent)
-    here = str(Path(__file__).resolve().parents[2])
-    # (its str entries: a pathlib.Path appended there would be a NameError in the worker's -c)
-    path = [here] + [p for p in sys.path if isinstance(p, str) and p != here]
-    run = (f"import sys; sys.path[:] = {path!r}; import runpy; "
-           "runpy.run_module('nnlang.backends.compile_worker', run_name='__main__')")
-    try:
-        return subprocess.Popen([sys.executable, "-c", run], stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    except OSError:
-        return None
+    """The build's compile worker: the one `worker_start.start_early` started, or a new one."""
+    return worker_start.take()
 
 
 def _send_jobs(worker, jobs: list, claims: str) -> bool:
@@ -261,13 +247,6 @@ def _wait(worker) -> None:
         worker.wait(timeout=_WORKER_TIMEOUT)
     except subprocess.TimeoutExpired:
         _stop(worker)
-
-
-def _stop(worker) -> None:
-    """Ends the worker now (what it compiled stays in the cache: numba writes each file whole)."""
-    if worker is not None:
-        worker.kill()
-        worker.wait()
 
 
 def _element_ranges(members, parts: int) -> list[list]:
@@ -733,6 +712,7 @@ class NumbaBackend:
             raise
         finally:
             self._waiting, worker, self._worker = None, self._worker, None
+            worker_start.stop_early()   # NOTE: one this build did not take, none to take
         todo = [(fn, sig) for fn, sig in waiting if self._missing(fn, sig)]
         jobs = _jobs(todo)
         with tempfile.TemporaryDirectory(prefix="nnlang-claims-") as claims:

@@ -477,3 +477,74 @@ def test_a_kernel_file_removed_before_its_import_is_written_again(tmp_path, monk
     assert removed and removed[0].exists()
     np.testing.assert_allclose(exe.run(feeds)["y"], np.exp(feeds["x"].astype(np.float64) * 0.5),
                                rtol=1e-6)
+
+
+def _mlp_feeds(batch: int) -> dict:
+    return {"image": rand((batch, 784)), "label": RNG.integers(0, 10, batch).astype(np.int32)}
+
+
+def test_a_cold_cache_starts_the_compile_worker_early_and_the_build_takes_it(tmp_path,
+                                                                             monkeypatch):
+    """On a cold cache `nnlang.compile` starts the compile worker before its imports and the
+    parse (`worker_start.start_early`), so numba's start in it overlaps them; the build's first
+    missing kernel takes that worker rather than starting another, and it compiles its share.
+    A warm cache starts none."""
+    import nnlang
+    from nnlang.backends import worker_start
+    from nnlang.backends.base import get_backend
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
+    _leave_the_costliest_job_to_the_worker(monkeypatch)
+    started = []
+    spawn = worker_start.spawn
+    monkeypatch.setattr(worker_start, "spawn", lambda: started.append(spawn()) or started[-1])
+    small = {"hidden1": 16, "hidden2": 8}
+    net = nnlang.compile("models/mlp.nn", batch=4, overrides=small, init_from=False)
+    assert len(started) == 1 and started[0].poll() is None   # waiting for its jobs
+    backend = get_backend("numba")
+    hits = backend.cache_hits
+    loss = net.train_step(_mlp_feeds(4))
+    assert np.isfinite(float(np.asarray(loss)))
+    assert len(started) == 1                          # the same worker: none started at the build
+    assert started[0].wait(timeout=600) == 0          # it took its jobs and ended
+    assert backend.cache_hits > hits                  # its share, loaded from disk
+    warm = nnlang.compile("models/mlp.nn", batch=4, overrides=small, init_from=False)
+    warm.train_step(_mlp_feeds(4))
+    assert len(started) == 1
+
+
+def test_a_worker_started_early_that_no_build_takes_ends(tmp_path, monkeypatch):
+    """A compile that fails before building (a model that does not check) ends the worker it
+    started early; so does a build that needs none (every kernel on disk), and one started
+    for other caches is not handed to a build of these (it would fill the other cache)."""
+    import nnlang
+    from nnlang.backends import worker_start
+    from nnlang.backends.numba_backend import NumbaBackend
+    from nnlang.errors import NNError
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path / "a"))
+    monkeypatch.setattr(worker_start, "_two_cpus", lambda: True)
+    started = []
+    spawn = worker_start.spawn
+    monkeypatch.setattr(worker_start, "spawn", lambda: started.append(spawn()) or started[-1])
+    with pytest.raises(NNError):
+        nnlang.compile("model M {\n  input x: float32[batch, 3]\n  y = nope(x)\n  output y\n}")
+    assert len(started) == 1 and started[0].wait(timeout=60) is not None
+    worker_start.start_early()
+    assert len(started) == 2
+    monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path / "b"))
+    taken = worker_start.take()
+    try:
+        assert started[1].wait(timeout=60) is not None   # the one for cache a, ended
+        assert len(started) == 3 and taken is started[2]
+    finally:
+        worker_start._stop(taken)
+    worker_start.start_early()
+    assert len(started) == 4
+    g = Graph()
+    x = leaf(g, "input", "x", (2, 3))
+    g.outputs["y"] = Builder(g).matmul(x, leaf(g, "param", "w", (3, 4)))   # no kernel
+    compile_graph(g, NumbaBackend())
+    assert started[3].wait(timeout=60) is not None
+    (tmp_path / "b" / "kernels" / "compiled").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "b" / "kernels" / "compiled" / "marker").write_text("")
+    worker_start.start_early()   # NOTE: something compiled here already: not cold
+    assert len(started) == 4
