@@ -152,3 +152,7 @@ if __name__ == "__main__":
     # them under the parent's key: the parent compiles them all itself instead
     if key == linked_key():
         compile_all(claims, jobs)
+    # NOTE: the parent waits for this exit: the interpreter's teardown (numba's and LLVM's
+    # objects freed one by one, 0.2-0.4 s) was on the cold compile's critical path. Every
+    # kernel is in the cache by now (numba writes its files before compile returns)
+    os._exit(0)
