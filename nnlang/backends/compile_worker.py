@@ -138,10 +138,11 @@ def warm_up() -> None:
 
 if __name__ == "__main__":
     # NOTE: a Ctrl-C reaches the terminal's whole process group; the parent stops this worker
-    # (`numba_backend._stop`), so a KeyboardInterrupt here could only leave half-written
+    # (`worker_start._stop`), so a KeyboardInterrupt here could only leave half-written
     # numba temp files in the cache
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     warm_up()
+    mine = linked_key()   # NOTE: before the job list comes: it imports numba_scan (~0.15 s)
     # NOTE: one started early (`worker_start.start_early`) by a process that then compiles
     # nothing (a library's nnlang.compile never built) waits for no job list forever
     if not select.select([sys.stdin], [], [], _IDLE_S)[0]:
@@ -150,7 +151,7 @@ if __name__ == "__main__":
     # NOTE: files that are not the parent's (nnlang upgraded under a running process, another
     # nnlang first on this process's path) would link its kernels with other helpers and cache
     # them under the parent's key: the parent compiles them all itself instead
-    if key == linked_key():
+    if key == mine:
         compile_all(claims, jobs)
     # NOTE: the parent waits for this exit: the interpreter's teardown (numba's and LLVM's
     # objects freed one by one, 0.2-0.4 s) was on the cold compile's critical path. Every
