@@ -28,16 +28,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# NOTE: runs the CLI in the child process itself, then reads the backend's compile counters.
-# With standalone_mode=False click returns the command's exit code instead of exiting with it:
-# the child must exit with it, or a failed compile (say `--set maxlen` on a model without that
-# hyper-parameter) would be timed as a fast one.
+# NOTE: the child runs the installed script's entry (`nnlang_cli.run`, as `nnlang` does: the
+# compile worker started early on a cold cache, the exit without Python's teardown) and
+# prints the backend's compile counters from an exit handler, which that exit still runs; its
+# exit code is the command's, so a failed compile (say `--set maxlen` on a model without that
+# hyper-parameter) is not timed as a fast one.
 _CHILD = """
+import atexit
 import sys
-from nnlang_cli.main import app
-try:
-    code = app(sys.argv[1:], standalone_mode=False)
-finally:
+
+
+def counters():
     from nnlang.backends.base import _BACKENDS
     b = _BACKENDS.get("numba")
     if b is not None:
@@ -46,8 +47,13 @@ finally:
     import resource
     peak = max(resource.getrusage(r).ru_maxrss
                for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    print(f"peak_kib: {peak}")
-sys.exit(code if isinstance(code, int) else 0)
+    print(f"peak_kib: {peak}", flush=True)
+
+
+atexit.register(counters)
+sys.argv[0] = "nnlang"
+from nnlang_cli import run
+run()
 """
 
 
