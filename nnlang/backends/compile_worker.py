@@ -138,7 +138,7 @@ def warm_up() -> None:
 
 if __name__ == "__main__":
     # NOTE: a Ctrl-C reaches the terminal's whole process group; the parent stops this worker
-    # (`worker_start._stop`), so a KeyboardInterrupt here could only leave half-written
+    # (`worker_start.stop`), so a KeyboardInterrupt here could only leave half-written
     # numba temp files in the cache
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     warm_up()

@@ -37,7 +37,6 @@ from nnlang.backends.blas import (blas_threads, matmul_call, run_parts, threaded
                                   workers)
 from nnlang.backends.compile_worker import claim, held, linked_key, lowering_kernel
 from nnlang.backends.ctrl_c import ctrl_c_held
-from nnlang.backends.worker_start import _stop
 from nnlang.backends.numba_scan import KernelAddress, Unsupported, blas_gemms, render_driver
 from nnlang.codegen.render_numba import (COLUMNS_MIN, PARALLEL_MIN, column_reduction, render,
                                          render_multi, split_columns, split_rows)
@@ -246,7 +245,7 @@ def _wait(worker) -> None:
     try:
         worker.wait(timeout=_WORKER_TIMEOUT)
     except subprocess.TimeoutExpired:
-        _stop(worker)
+        worker_start.stop(worker)
 
 
 def _element_ranges(members, parts: int) -> list[list]:
@@ -708,7 +707,7 @@ class NumbaBackend:
             yield
             waiting = self._waiting
         except BaseException:
-            _stop(self._worker)
+            worker_start.stop(self._worker)
             raise
         finally:
             self._waiting, worker, self._worker = None, self._worker, None
@@ -719,7 +718,7 @@ class NumbaBackend:
             shared = worker is not None and len(jobs) >= _WORKER_MIN and \
                 _send_jobs(worker, jobs, claims)
             if not shared:   # NOTE: still warming up: no waiting for it
-                _stop(worker)
+                worker_start.stop(worker)
                 worker = None
             try:
                 for k, (fn, sigs) in enumerate(jobs):
@@ -727,7 +726,7 @@ class NumbaBackend:
                         for sig in sigs:
                             self._entry(fn, sig)
             except BaseException:   # NOTE: Ctrl-C or an error: no waiting for the worker's jobs
-                _stop(worker)
+                worker_start.stop(worker)
                 raise
             if worker is not None:
                 _wait(worker)

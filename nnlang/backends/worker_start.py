@@ -87,7 +87,7 @@ def take():
         worker, caches = early
         if worker.poll() is None and caches == _caches():
             return worker
-        _stop(worker)
+        stop(worker)
     return spawn()
 
 
@@ -97,10 +97,10 @@ def stop_early() -> None:
     global _early
     early, _early = _early, None
     if early is not None:
-        _stop(early[0])
+        stop(early[0])
 
 
-def _stop(worker) -> None:
+def stop(worker) -> None:
     """Ends a worker now (what it compiled stays in the cache: numba writes each file whole)."""
     if worker is not None:
         worker.kill()

@@ -536,7 +536,7 @@ def test_a_worker_started_early_that_no_build_takes_ends(tmp_path, monkeypatch):
         assert started[1].wait(timeout=60) is not None   # the one for cache a, ended
         assert len(started) == 3 and taken is started[2]
     finally:
-        worker_start._stop(taken)
+        worker_start.stop(taken)
     worker_start.start_early()
     assert len(started) == 4
     g = Graph()
