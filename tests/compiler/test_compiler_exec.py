@@ -479,8 +479,16 @@ def test_a_kernel_file_removed_before_its_import_is_written_again(tmp_path, monk
                                rtol=1e-6)
 
 
-def _mlp_feeds(batch: int) -> dict:
-    return {"image": rand((batch, 784)), "label": RNG.integers(0, 10, batch).astype(np.int32)}
+# NOTE: constants no other test's kernels hold, so no kernel of it is loaded in this process
+# already (from an earlier test's cache, which would leave nothing to compile)
+_OWN_KERNELS = """model Own {
+  input x: float32[batch, 5]
+  input y: float32[batch, 2]
+  h = dense(x, 3) |> tanh
+  output z = dense(h * 0.3171 + 0.0419, 2)
+  loss mse(z, y)
+}
+train Own { optimizer = adam(lr = 0.00137) batch = 4 }"""
 
 
 def test_a_cold_cache_starts_the_compile_worker_early_and_the_build_takes_it(tmp_path,
@@ -492,23 +500,23 @@ def test_a_cold_cache_starts_the_compile_worker_early_and_the_build_takes_it(tmp
     import nnlang
     from nnlang.backends import worker_start
     from nnlang.backends.base import get_backend
+    worker_start.stop_early()   # NOTE: one an earlier test's compile left untaken
     monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path))
     _leave_the_costliest_job_to_the_worker(monkeypatch)
     started = []
     spawn = worker_start.spawn
     monkeypatch.setattr(worker_start, "spawn", lambda: started.append(spawn()) or started[-1])
-    small = {"hidden1": 16, "hidden2": 8}
-    net = nnlang.compile("models/mlp.nn", batch=4, overrides=small, init_from=False)
+    net = nnlang.compile(_OWN_KERNELS, init_from=False)
     assert len(started) == 1 and started[0].poll() is None   # waiting for its jobs
     backend = get_backend("numba")
     hits = backend.cache_hits
-    loss = net.train_step(_mlp_feeds(4))
-    assert np.isfinite(float(np.asarray(loss)))
+    feeds = {"x": rand((4, 5)), "y": rand((4, 2))}
+    assert np.isfinite(float(np.asarray(net.train_step(feeds))))
     assert len(started) == 1                          # the same worker: none started at the build
     assert started[0].wait(timeout=600) == 0          # it took its jobs and ended
     assert backend.cache_hits > hits                  # its share, loaded from disk
-    warm = nnlang.compile("models/mlp.nn", batch=4, overrides=small, init_from=False)
-    warm.train_step(_mlp_feeds(4))
+    warm = nnlang.compile(_OWN_KERNELS, init_from=False)
+    warm.train_step(feeds)
     assert len(started) == 1
 
 
@@ -520,6 +528,7 @@ def test_a_worker_started_early_that_no_build_takes_ends(tmp_path, monkeypatch):
     from nnlang.backends import worker_start
     from nnlang.backends.numba_backend import NumbaBackend
     from nnlang.errors import NNError
+    worker_start.stop_early()   # NOTE: one an earlier test's compile left untaken
     monkeypatch.setenv("NNLANG_CACHE_DIR", str(tmp_path / "a"))
     monkeypatch.setattr(worker_start, "_two_cpus", lambda: True)
     started = []
