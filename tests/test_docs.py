@@ -173,6 +173,14 @@ def test_readme_model_is_the_file_it_names():
     assert strip(body) == strip((ROOT / path).read_text()), f"README's block is not {path}"
 
 
+def test_ci_runs_the_readmes_test_command():
+    """.ci/run installs and tests exactly as the README's test command says (CI's contract)."""
+    command = re.search(r"```\n(pip install '\.\[test\]' && .*)\n```", README).group(1)
+    install, test = command.split(" && ")
+    run = (ROOT / ".ci" / "run").read_text().split("# --- README: run the tests ---\n")[1]
+    assert run.splitlines()[:2] == [install, test]
+
+
 def _mlp_reference(params, x, y):
     """models/mlp.nn written out in float64 numpy from the net's own weights: logits, the mean
     cross-entropy, and its gradients by hand (backprop through dense, relu, softmax)."""
