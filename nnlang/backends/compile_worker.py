@@ -145,7 +145,11 @@ if __name__ == "__main__":
     mine = linked_key()   # NOTE: before the job list comes: it imports numba_scan (~0.15 s)
     # NOTE: one started early (`worker_start.start_early`) by a process that then compiles
     # nothing (a library's nnlang.compile never built) waits for no job list forever
-    if not select.select([sys.stdin], [], [], _IDLE_S)[0]:
+    try:
+        ready = select.select([sys.stdin], [], [], _IDLE_S)[0]
+    except (OSError, ValueError):   # NOTE: no select on a pipe (Windows): it waits as before
+        ready = True
+    if not ready:
         sys.exit(0)
     claims, jobs, key = pickle.load(sys.stdin.buffer)
     # NOTE: files that are not the parent's (nnlang upgraded under a running process, another
