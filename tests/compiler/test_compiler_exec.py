@@ -522,8 +522,9 @@ def test_a_cold_cache_starts_the_compile_worker_early_and_the_build_takes_it(tmp
 
 def test_a_worker_started_early_that_no_build_takes_ends(tmp_path, monkeypatch):
     """A compile that fails before building (a model that does not check) ends the worker it
-    started early; so does a build that needs none (every kernel on disk), and one started
-    for other caches is not handed to a build of these (it would fill the other cache)."""
+    started early; so does a build with no kernel to compile, and one started for other caches
+    is not handed to a build of these (it would fill the other cache). A cache with a kernel
+    compiled into it starts none."""
     import nnlang
     from nnlang.backends import worker_start
     from nnlang.backends.numba_backend import NumbaBackend
