@@ -47,11 +47,11 @@ def _caches() -> tuple:
     return str(user_cache_dir()), os.environ.get("NUMBA_CACHE_DIR")
 
 
-def _cold() -> bool:
-    """Has nothing been compiled into this cache yet? A kernel compiled there leaves a marker
-    in kernels/compiled (`numba_backend._mark`)."""
+def _cold(root: str) -> bool:
+    """Has nothing been compiled into the cache at `root` yet? A kernel compiled there leaves
+    a marker in kernels/compiled (`numba_backend._mark`)."""
     try:
-        with os.scandir(Path(_caches()[0]) / "kernels" / "compiled") as found:
+        with os.scandir(Path(root) / "kernels" / "compiled") as found:
             return next(found, None) is None
     except OSError:
         return True
@@ -72,10 +72,12 @@ def start_early() -> None:
     process that never compiles leaves it idle, and it ends with the process, or after
     `compile_worker._IDLE_S`)."""
     global _early
-    if _early is None and _two_cpus() and _cold():
-        worker = spawn()
-        if worker is not None:
-            _early = (worker, _caches())
+    if _early is not None or not _two_cpus():
+        return
+    caches = _caches()
+    worker = spawn() if _cold(caches[0]) else None
+    if worker is not None:
+        _early = (worker, caches)
 
 
 def take():
